@@ -1,0 +1,159 @@
+"""Richardson-Lucy speed on the CPU: deconv3d against its peers, measured side by side.
+
+Problem (issue 2): a 64x256x256 float32 phantom blurred by a 31^3 widefield PSF plus
+Poisson-Gaussian noise, 20 iterations, 2 threads. Rows, timed in one run:
+
+* deconv3d ``richardson_lucy(boundary="zero")``
+* scikit-image ``restoration.richardson_lucy(clip=False)`` (scipy.fft given the same threads)
+* RedLionfish's CPU path, when installed (``pip install -e .[bench]``)
+* the FFT floor: the two rfftn+irfftn pairs one iteration needs at deconv3d's padded size
+
+plus the largest difference between deconv3d and scikit-image, and time-to-quality:
+seconds for Biggs-Andrews accelerated RL to reach the PSNR plain RL reaches in 20
+iterations. Run ``python benchmarks/bench_rl.py --help`` for the options; ``--quick``
+runs a tiny problem (a smoke test, not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import scipy.fft
+import torch
+
+from deconv3d.classical import _build_problem, richardson_lucy
+from deconv3d.metrics import psnr
+from deconv3d.psf import generate_psf
+from deconv3d.synthetic import add_noise, blur, phantom
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", type=int, nargs=3, default=(64, 256, 256))
+    p.add_argument("--psf-size", type=int, default=31)
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per method (scikit-image: fewer)")
+    p.add_argument("--quick", action="store_true", help="tiny problem, one repeat: checks the script runs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.shape, args.psf_size, args.iterations, args.repeats = (16, 48, 48), 9, 4, 1
+    return args
+
+
+def make_problem(shape, psf_size, seed=0):
+    truth = phantom(tuple(shape), seed=seed)
+    psf = generate_psf(
+        "gibson-lanni", (psf_size,) * 3, voxel_size=(0.3, 0.1, 0.1), na=1.2, wavelength=0.52, ni=1.33, ns=1.33
+    )
+    image = add_noise(blur(truth, psf), photons=1000, read_noise=2.0, seed=seed)
+    return truth, np.ascontiguousarray(image, np.float32), np.ascontiguousarray(psf, np.float32)
+
+
+def timed(fn, repeats):
+    """Run ``fn`` once to warm up, then ``repeats`` times; return (seconds list, last result)."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return times, result
+
+
+def fft_floor(image, psf, iterations):
+    """The FFT work of ``iterations`` RL iterations alone: 2 x (rfftn + irfftn) each."""
+    problem = _build_problem(torch.from_numpy(image), torch.from_numpy(psf), "zero")
+    shape = problem.fft_shape
+    x = torch.rand(shape)
+    spectrum = torch.fft.rfftn(x)
+    out = torch.empty(shape)
+
+    def run():
+        for _ in range(2 * iterations):
+            torch.fft.rfftn(x, out=spectrum)
+            torch.fft.irfftn(spectrum, s=shape, out=out)
+
+    return run, shape
+
+
+def redlionfish_runner(image, psf, iterations):
+    try:
+        from RedLionfishDeconv import doRLDeconvolutionFromNpArrays
+    except ImportError:
+        return None
+    return lambda: doRLDeconvolutionFromNpArrays(image, psf, niter=iterations, method="cpu")
+
+
+def summarise(name, seconds, iterations, reference=None):
+    per_iter = [s / iterations * 1e3 for s in seconds]
+    med = statistics.median(per_iter)
+    ratio = "" if reference is None else f"{med / reference:6.2f}x"
+    return f"| {name:<34} | {med:9.1f} | {min(per_iter):7.1f} - {max(per_iter):<7.1f} | {ratio:>8} |", med
+
+
+def time_to_quality(truth, image, psf, iterations, repeats):
+    plain_times, plain = timed(lambda: richardson_lucy(image, psf, iterations, boundary="zero", device="cpu"), repeats)
+    target = psnr(truth, plain)
+    history = []
+    richardson_lucy(
+        image, psf, iterations, boundary="zero", accelerate=True, device="cpu",
+        callback=lambda i, est: history.append(psnr(truth, est.clamp_min(0).numpy())),
+    )
+    reached = next((i + 1 for i, v in enumerate(history) if v >= target), None)
+    if reached is None:
+        return target, None, plain_times, None
+    acc_times, _ = timed(
+        lambda: richardson_lucy(image, psf, reached, boundary="zero", accelerate=True, device="cpu"), repeats
+    )
+    return target, reached, plain_times, acc_times
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    truth, image, psf = make_problem(args.shape, args.psf_size)
+    it = args.iterations
+    print(f"# bench_rl: image {tuple(image.shape)} float32, PSF {tuple(psf.shape)}, {it} iterations, "
+          f"{args.threads} threads, {os.cpu_count()} cores, torch {torch.__version__}")
+    ours_times, ours = timed(lambda: richardson_lucy(image, psf, it, boundary="zero", device="cpu"), args.repeats)
+    sk_repeats = max(1, (args.repeats + 1) // 2)
+    from skimage.restoration import richardson_lucy as sk_rl
+
+    with scipy.fft.set_workers(args.threads):
+        sk_times, sk = timed(lambda: sk_rl(image, psf, it, clip=False), sk_repeats)
+        rlf = redlionfish_runner(image, psf, it)
+        rlf_times = timed(rlf, sk_repeats)[0] if rlf else None
+    floor_run, fft_shape = fft_floor(image, psf, it)
+    floor_times, _ = timed(floor_run, args.repeats)
+
+    print(f"# deconv3d FFT shape {fft_shape}; scikit-image/RedLionfish via scipy.fft with {args.threads} workers")
+    print("| method                             | ms / iter | min - max         | vs deconv3d |")
+    print("|------------------------------------|-----------|-------------------|----------|")
+    row, ref = summarise("deconv3d rl (zero boundary)", ours_times, it)
+    print(row)
+    print(summarise("scikit-image richardson_lucy", sk_times, it, ref)[0])
+    if rlf_times:
+        print(summarise("RedLionfish CPU (scipy)", rlf_times, it, ref)[0])
+    else:
+        print("| RedLionfish CPU                    | not installed (pip install -e .[bench])            |")
+    print(summarise("FFT floor (2 rfftn+irfftn pairs)", floor_times, it, ref)[0])
+    diff = float(np.abs(ours - sk).max() / np.abs(sk).max())
+    print(f"# max |deconv3d - scikit-image| / max = {diff:.2e}")
+
+    target, reached, plain_t, acc_t = time_to_quality(truth, image, psf, it, args.repeats)
+    if reached is None:
+        print(f"# time-to-quality: accelerated RL did not reach plain-{it} PSNR {target:.2f} dB in {it} iterations")
+        return
+    plain_med, acc_med = statistics.median(plain_t), statistics.median(acc_t)
+    print(f"# time-to-quality: plain rl {it} it -> {target:.2f} dB in {plain_med:.2f} s "
+          f"[{min(plain_t):.2f}-{max(plain_t):.2f}]; accelerated reaches it at iteration {reached} in "
+          f"{acc_med:.2f} s [{min(acc_t):.2f}-{max(acc_t):.2f}] = {acc_med / plain_med:.0%} of the time")
+
+
+if __name__ == "__main__":
+    main()

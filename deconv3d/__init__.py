@@ -1,0 +1,50 @@
+"""deconv3d: deconvolution of 3D fluorescence microscopy.
+
+Public API (stable names; everything else is internal)::
+
+    richardson_lucy, wiener          classical deconvolution (deconv3d.classical)
+    FFTConvolver, fft_convolve       cached-OTF FFT convolution (deconv3d.fft)
+    generate_psf, prepare_psf        PSF generation and preparation (deconv3d.psf)
+    read_image, write_tiff           TIFF I/O with voxel sizes (deconv3d.io)
+    InputError                       raised for bad user input
+"""
+
+__version__ = "0.1.0"
+
+from deconv3d.errors import InputError
+
+__all__ = [
+    "__version__",
+    "InputError",
+    "richardson_lucy",
+    "wiener",
+    "FFTConvolver",
+    "fft_convolve",
+    "generate_psf",
+    "prepare_psf",
+    "read_image",
+    "write_tiff",
+]
+
+_LAZY = {
+    "richardson_lucy": "deconv3d.classical",
+    "wiener": "deconv3d.classical",
+    "FFTConvolver": "deconv3d.fft",
+    "fft_convolve": "deconv3d.fft",
+    "generate_psf": "deconv3d.psf",
+    "prepare_psf": "deconv3d.psf",
+    "read_image": "deconv3d.io",
+    "write_tiff": "deconv3d.io",
+}
+
+
+def __getattr__(name):
+    # Lazy imports keep `import deconv3d` (and `deconv3d --help`) fast: torch is
+    # loaded only when a numeric function is first used.
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'deconv3d' has no attribute {name!r}")

@@ -1,0 +1,343 @@
+"""Read and write microscopy images with their voxel sizes (TIFF for now).
+
+Voxel sizes are ``(z, y, x)`` in micrometres for 3D images and ``(y, x)`` for
+2D ones.  This module is the edge between files and the numeric core: it turns
+every problem with a user's file into an :class:`~deconv3d.errors.InputError`
+with a one-line message, and it writes outputs atomically so that a failure
+never leaves a partial file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import tifffile
+
+from deconv3d.errors import InputError
+
+__all__ = ["Image", "read_image", "write_tiff", "check_output_path", "TIFF_SUFFIXES"]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+_FORMATS = "supported formats are .tif and .tiff (OME-Zarr support comes later)"
+
+# Micrometres per unit; keys are lower-case with the micro sign normalised to "u".
+_UNIT_TO_UM = {
+    "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6,
+    "\u00c5": 1e-4, "a": 1e-4, "angstrom": 1e-4, "pm": 1e-6,
+}
+# Axes that tifffile reports for a stack of planes without further meaning.
+_GENERIC_AXES = frozenset("ZIQ")
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image and its physical sampling.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        float32 array, ``(z, y, x)`` or ``(y, x)``.
+    voxel_size : tuple of float or None
+        Voxel size in micrometres in the order of ``axes``; None when the file
+        does not record a complete calibration.
+    axes : str
+        ``"ZYX"`` or ``"YX"``.
+    """
+
+    data: np.ndarray
+    voxel_size: tuple[float, ...] | None
+    axes: str
+
+
+def read_image(path) -> Image:
+    """Read a 2D or 3D TIFF (plain, ImageJ hyperstack or OME-TIFF).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.tif``/``.tiff`` file.
+
+    Returns
+    -------
+    Image
+        float32 data with singleton axes removed, the voxel size in micrometres
+        (from OME ``PhysicalSize*`` or ImageJ ``spacing`` plus the resolution
+        tags; None when missing) and the axes string.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, not a readable TIFF, not 2D/3D, multi-channel
+        or time-lapse, empty, or contains NaN/Inf values.
+
+    Examples
+    --------
+    >>> img = read_image("stack.tif")  # doctest: +SKIP
+    >>> img.data.shape, img.voxel_size  # doctest: +SKIP
+    ((64, 256, 256), (0.2, 0.065, 0.065))
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"input file not found: {path}: check the path")
+    _check_suffix(path, "input")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data = series.asarray()
+            axes = _series_axes(tif, series)
+            voxel = _voxel_size_um(tif)
+    except InputError:
+        raise
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}") from exc
+    data, axes = _squeeze(np.asarray(data), axes, path)
+    voxel = _complete(voxel[-len(axes):])
+    return Image(data=_as_float32(data, path), voxel_size=voxel, axes=axes)
+
+
+def write_tiff(path, data, voxel_size=None, metadata=None) -> None:
+    """Write a float32 ImageJ-compatible TIFF carrying the voxel size, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output ``.tif``/``.tiff`` path; an existing file is replaced.
+    data : array_like
+        2D ``(y, x)`` or 3D ``(z, y, x)`` array; written as float32.
+    voxel_size : sequence of float, optional
+        Voxel size in micrometres, one value per axis.  Stored as resolution
+        tags (pixels per micrometre) plus ImageJ ``spacing`` and ``unit='um'``,
+        which Fiji, tifffile and :func:`read_image` all read back.
+    metadata : dict, optional
+        Extra ``key: value`` pairs stored as ImageJ properties (shown by Fiji's
+        *Image > Show Info*), e.g. the method and its parameters.
+
+    Raises
+    ------
+    InputError
+        If the suffix is unsupported, the output directory is missing or not
+        writable, the data are not 2D/3D, or writing fails.
+
+    Notes
+    -----
+    The data go to a temporary file in the target directory, which is then
+    moved onto ``path`` with :func:`os.replace`; on any failure the temporary
+    file is removed, so no partial output is ever left behind.
+    """
+    path = Path(path)
+    _check_writable_target(path)
+    data = np.asarray(data, dtype=np.float32)
+    kwargs = _imagej_kwargs(data, voxel_size, metadata)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            tifffile.imwrite(fh, data, imagej=True, **kwargs)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {_one_line(exc)}: check free disk space and permissions") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def check_output_path(output, inputs=()) -> None:
+    """Check an output path before any heavy work starts.
+
+    Parameters
+    ----------
+    output : str or os.PathLike
+        The path that will be written.
+    inputs : str, os.PathLike or iterable of them
+        Input files that must not be overwritten (None entries are ignored).
+
+    Raises
+    ------
+    InputError
+        If the output is one of the inputs, has an unsupported suffix, or its
+        directory does not exist or is not writable.
+    """
+    output = Path(output)
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    for inp in inputs:
+        if inp is not None and _same_file(output, Path(inp)):
+            raise InputError(f"output path equals the input {inp}: choose another output name")
+    _check_writable_target(output)
+
+
+# ---------------------------------------------------------------- helpers ---
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _check_suffix(path: Path, role: str) -> None:
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        raise InputError(f"unsupported {role} format '{path.suffix}' for {path}: {_FORMATS}")
+
+
+def _check_writable_target(path: Path) -> None:
+    _check_suffix(path, "output")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"output directory is not writable: {parent}: choose another output location")
+    if path.is_dir():
+        raise InputError(f"output path is a directory: {path}: give a file name ending in .tif")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _series_axes(tif: tifffile.TiffFile, series) -> str:
+    """Series axes with sample axes of grey-level files treated as planes."""
+    axes = series.axes
+    photometric = tif.pages[0].photometric
+    if "S" in axes and photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE):
+        axes = axes.replace("S", "Q")
+    return axes
+
+
+def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str]:
+    """Drop singleton axes and check that what is left is a 2D or 3D image."""
+    keep = [i for i, n in enumerate(data.shape) if n != 1]
+    kept_axes = "".join(axes[i] for i in keep) if len(axes) == data.ndim else ""
+    data = data.reshape([data.shape[i] for i in keep])
+    if data.size == 0:
+        raise InputError(f"image {path} is empty (shape {data.shape}): check the file")
+    if data.ndim > 3:
+        raise InputError(
+            f"image {path} has {data.ndim} non-singleton dimensions (axes {kept_axes or '?'}, shape "
+            f"{data.shape}): multi-channel/time data are not supported yet; pick one channel and time point first"
+        )
+    if data.ndim < 2:
+        raise InputError(f"image {path} is {data.ndim}D (shape {data.shape}): a 2D or 3D image is needed")
+    extra = [a for a in kept_axes[:-2] if a not in _GENERIC_AXES]
+    if extra:
+        kind = {"C": "channel", "T": "time", "S": "colour-sample"}.get(extra[0], extra[0])
+        raise InputError(
+            f"image {path} has a {kind} axis (axes {kept_axes}): multi-channel/time data are not "
+            "supported yet; pick one channel and time point first (if the planes are z-slices, "
+            "relabel them as slices, e.g. in Fiji's Image > Properties)"
+        )
+    return data, "ZYX" if data.ndim == 3 else "YX"
+
+
+def _as_float32(data: np.ndarray, path: Path) -> np.ndarray:
+    if np.iscomplexobj(data):
+        raise InputError(f"image {path} has complex values: save the intensity (magnitude) instead")
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if not np.isfinite(data).all():
+        raise InputError(f"image {path} contains NaN or Inf values: replace them (e.g. with 0) and save it again")
+    return data
+
+
+# ------------------------------------------------------------ voxel size ---
+
+
+def _unit_factor(unit) -> float | None:
+    """Micrometres per ``unit``; None for unknown units or uncalibrated pixels."""
+    key = str(unit).strip().lower()
+    for micro in ("\\u00b5", "\u00b5", "\u03bc"):
+        key = key.replace(micro, "u")
+    return _UNIT_TO_UM.get(key)
+
+
+def _voxel_size_um(tif: tifffile.TiffFile) -> list:
+    """[z, y, x] voxel size in micrometres from OME or ImageJ metadata; None where unknown."""
+    if tif.is_ome and tif.ome_metadata:
+        voxel = _ome_voxel_size(tif.ome_metadata)
+        if any(v is not None for v in voxel[1:]):
+            return voxel
+    return _imagej_voxel_size(tif)
+
+
+def _ome_voxel_size(xml: str) -> list:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return [None, None, None]
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return [None, None, None]
+    sizes = []
+    for ax in "ZYX":
+        value = pixels.get(f"PhysicalSize{ax}")
+        factor = _unit_factor(pixels.get(f"PhysicalSize{ax}Unit", "um"))
+        if value is None or factor is None:
+            sizes.append(None)
+        else:
+            sizes.append(float(value) * factor)
+    return sizes
+
+
+def _imagej_voxel_size(tif: tifffile.TiffFile) -> list:
+    page = tif.pages[0]
+    ij = tif.imagej_metadata or {}
+    xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
+    if xres is None or yres is None:
+        return [None, None, None]
+    unit = ij.get("unit")
+    resunit = page.tags.get("ResolutionUnit")
+    resunit = resunit.value if resunit is not None else tifffile.RESUNIT.NONE
+    factor = _resolution_factor(unit, resunit, bool(ij), (xres.value, yres.value))
+    if factor is None:
+        return [None, None, None]
+    y, x = (factor * r[1] / r[0] if r[0] else None for r in (yres.value, xres.value))
+    z = float(ij["spacing"]) * factor if "spacing" in ij else None
+    return [z, y, x]
+
+
+def _resolution_factor(unit, resunit, is_imagej: bool, res) -> float | None:
+    """Micrometres per resolution unit, or None when the tags carry no calibration."""
+    uncalibrated = all(tuple(r) == (1, 1) for r in res)
+    if is_imagej and unit is not None:
+        return _unit_factor(unit)
+    if resunit == tifffile.RESUNIT.CENTIMETER:
+        return 1e4
+    if resunit == tifffile.RESUNIT.MILLIMETER:
+        return 1e3
+    if resunit == tifffile.RESUNIT.MICROMETER:
+        return 1.0
+    if is_imagej and resunit == tifffile.RESUNIT.NONE and not uncalibrated:
+        return 1.0  # ImageJ file without a unit: assume micrometres
+    return None
+
+
+def _complete(sizes) -> tuple[float, ...] | None:
+    """Return the sizes when all are known, finite and positive, else None."""
+    if any(s is None or not np.isfinite(s) or s <= 0 for s in sizes):
+        return None
+    return tuple(float(s) for s in sizes)
+
+
+def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
+    """Keyword arguments of ``tifffile.imwrite`` for an ImageJ hyperstack."""
+    if data.ndim not in (2, 3):
+        raise InputError(f"cannot write a {data.ndim}D array as an image: a 2D or 3D array is needed")
+    md: dict = {"axes": "ZYX"[-data.ndim:]}
+    kwargs: dict = {"metadata": md}
+    if voxel_size is not None:
+        voxel = tuple(float(v) for v in voxel_size)
+        if len(voxel) != data.ndim or not all(np.isfinite(v) and v > 0 for v in voxel):
+            raise InputError(f"voxel size {voxel_size} must have {data.ndim} positive values (one per axis)")
+        kwargs["resolution"] = (1.0 / voxel[-1], 1.0 / voxel[-2])
+        md["unit"] = "um"
+        if data.ndim == 3:
+            md["spacing"] = voxel[0]
+    if metadata:
+        md["Properties"] = {str(k): str(v) for k, v in metadata.items()}
+    return kwargs

@@ -1,0 +1,542 @@
+"""Point-spread functions: generate, validate, normalise, centre, crop, resample, distil.
+
+Everything here works on arrays (numpy, float32 out); loading a PSF file is the
+caller's job (:func:`deconv3d.io.read_image`).  Shapes and voxel sizes are
+``(z, y, x)`` for 3D and ``(y, x)`` for 2D, voxel sizes and wavelengths in
+micrometres.  The centre of an array of length ``n`` is index ``(n - 1) // 2``.
+
+References
+----------
+.. [1] S. F. Gibson and F. Lanni, "Experimental test of an analytical model of
+   aberrations in an oil-immersion objective lens used in three-dimensional light
+   microscopy", J. Opt. Soc. Am. A 8(10), 1601-1613 (1991).
+.. [2] F. Aguet, "Super-resolution fluorescence microscopy based on physical
+   models", EPFL thesis 4418 (2009); F. Aguet, D. Van De Ville and M. Unser,
+   "An accurate PSF model with few parameters for axially shift-variant
+   deconvolution", Proc. IEEE ISBI, 157-160 (2008).
+.. [3] T. Lambert, psfmodels (https://github.com/tlambert03/PSFmodels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from deconv3d.errors import InputError
+
+__all__ = [
+    "PSF_MODELS",
+    "generate_psf",
+    "validate_psf",
+    "normalize_psf",
+    "center_psf",
+    "crop_psf",
+    "resample_psf",
+    "prepare_psf",
+    "distill_psf",
+]
+
+#: Names accepted by :func:`generate_psf`, mapped to the psfmodels model names.
+PSF_MODELS = {"gaussian": "gaussian", "gibson-lanni": "scalar", "vectorial": "vectorial"}
+
+_NEGATIVE_TOLERANCE = 1e-6  # relative to the maximum; interpolation undershoot
+
+
+# ------------------------------------------------------------- generation ---
+
+
+def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, depth=0.0) -> np.ndarray:
+    """Compute a widefield PSF with psfmodels.
+
+    Parameters
+    ----------
+    model : {"gaussian", "gibson-lanni", "vectorial"}
+        ``"gibson-lanni"`` is the scalar model of Gibson & Lanni [1]_,
+        ``"vectorial"`` the vectorial model of Aguet et al. [2]_, ``"gaussian"``
+        a Gaussian approximation; all computed by psfmodels [3]_.
+    shape : tuple of int
+        ``(z, y, x)`` or ``(y, x)`` in voxels; the point source sits at index
+        ``(n - 1) // 2`` along each axis.
+    voxel_size : tuple of float
+        Voxel size in micrometres, one per axis of ``shape``.
+    na : float
+        Numerical aperture; ``0 < na < ni``.
+    wavelength : float
+        Emission wavelength in micrometres (e.g. 0.52).
+    ni : float, optional
+        Refractive index of the immersion medium (design and actual).
+    ns : float, optional
+        Refractive index of the sample.
+    depth : float, optional
+        Depth of the point source below the coverslip in micrometres; with
+        ``ns != ni`` it adds the depth-dependent spherical aberration.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 PSF of ``shape`` with unit sum.  A 2D shape gives the in-focus plane.
+
+    Raises
+    ------
+    InputError
+        For an unknown model or a non-physical parameter.
+
+    Examples
+    --------
+    >>> psf = generate_psf("gaussian", (17, 33, 33), (0.2, 0.1, 0.1), na=1.2, wavelength=0.52)
+    >>> psf.shape, round(float(psf.sum()), 4)
+    ((17, 33, 33), 1.0)
+    """
+    model_name, shape3, voxel3 = _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth)
+    nz, ny, nx = shape3
+    dz, dy, dx = voxel3
+    dxy = min(dy, dx)
+    half = max((ny - 1) // 2 * dy, (nx - 1) // 2 * dx) / dxy
+    n_gen = 2 * int(np.ceil(half - 1e-9)) + 3  # odd, one voxel of margin each side
+    psf = _make_psf(model_name, nz | 1, n_gen, dxy, dz, na, wavelength, ni, ns, depth)
+    psf = _centred_zoom(psf, (1.0, dy / dxy, dx / dxy), (nz, ny, nx), order=3)
+    psf = np.clip(psf, 0, None)
+    if len(shape) == 2:
+        psf = psf[0]
+    return normalize_psf(psf)
+
+
+def _make_psf(model, nz, nxy, dxy, dz, na, wavelength, ni, ns, depth) -> np.ndarray:
+    """Call psfmodels (imported lazily: it is slow to import)."""
+    import psfmodels
+
+    return psfmodels.make_psf(
+        nz, nxy, dxy=dxy, dz=dz, pz=depth, NA=na, wvl=wavelength,
+        ns=ns, ni=ni, ni0=ni, model=model,
+    )
+
+
+def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth):
+    """Validate :func:`generate_psf` arguments; return (psfmodels name, 3D shape, 3D voxel)."""
+    if model not in PSF_MODELS:
+        raise InputError(f"unknown PSF model {model!r}: choose one of {', '.join(PSF_MODELS)}")
+    shape = _positive_ints(shape, "PSF shape")
+    voxel = _positive_floats(voxel_size, "voxel size", len(shape))
+    for name, value in (("NA", na), ("wavelength", wavelength), ("ni", ni), ("ns", ns)):
+        if not (np.isfinite(value) and value > 0):
+            raise InputError(f"{name} must be a positive number, got {value}")
+    if na >= ni:
+        raise InputError(f"NA {na} must be below the immersion index ni={ni}: lower the NA or set --ni")
+    if wavelength > 5:
+        raise InputError(f"wavelength {wavelength} looks like nanometres: give it in micrometres (e.g. 0.52)")
+    if not (np.isfinite(depth) and depth >= 0):
+        raise InputError(f"depth must be >= 0 micrometres below the coverslip, got {depth}")
+    if len(shape) == 2:
+        shape, voxel = (1, *shape), (voxel[0], *voxel)
+    return PSF_MODELS[model], shape, voxel
+
+
+def _positive_ints(values, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in values)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be 2 or 3 positive integers, got {values!r}") from None
+    if len(values) not in (2, 3) or min(values) < 1:
+        raise InputError(f"{what} must be 2 or 3 positive integers, got {values}")
+    return values
+
+
+def _positive_floats(values, what: str, ndim: int) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be {ndim} positive numbers, got {values!r}") from None
+    if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"{what} must be {ndim} positive numbers (one per axis), got {values}")
+    return values
+
+
+def _centred_zoom(arr: np.ndarray, step, out_shape, order: int = 3) -> np.ndarray:
+    """Resample so that output centre ``(m-1)//2`` samples the input centre ``(n-1)/2``.
+
+    ``step[i]`` is the distance, in input voxels, between neighbouring output voxels.
+    """
+    step = np.asarray(step, dtype=float)
+    c_in = (np.asarray(arr.shape) - 1) / 2.0
+    c_out = (np.asarray(out_shape) - 1) // 2
+    if np.allclose(step, 1) and np.allclose(c_in - c_out, np.round(c_in - c_out)):
+        start = np.round(c_in - c_out).astype(int)
+        return arr[tuple(slice(s, s + m) for s, m in zip(start, out_shape))].copy()
+    offset = c_in - step * c_out
+    return ndimage.affine_transform(arr, step, offset=offset, output_shape=tuple(out_shape), order=order)
+
+
+# ------------------------------------------------------ basic operations ---
+
+
+def validate_psf(psf) -> np.ndarray:
+    """Check that an array can serve as a PSF.
+
+    Parameters
+    ----------
+    psf : array_like
+        2D or 3D array.
+
+    Returns
+    -------
+    numpy.ndarray
+        The PSF as float32 (not normalised).
+
+    Raises
+    ------
+    InputError
+        If the PSF is not 2D/3D, is empty, has NaN/Inf, has negative values
+        below ``-1e-6 * max`` or is all zero.
+    """
+    psf = np.asarray(psf, dtype=np.float32)
+    if psf.ndim not in (2, 3) or psf.size == 0:
+        raise InputError(f"PSF must be a non-empty 2D or 3D array, got shape {psf.shape}: check the PSF file")
+    if not np.isfinite(psf).all():
+        raise InputError("PSF contains NaN or Inf values: check the PSF file or regenerate it")
+    peak = float(psf.max())
+    if peak <= 0:
+        raise InputError("PSF is all zero (or has no positive value): check the PSF file or regenerate it")
+    if float(psf.min()) < -_NEGATIVE_TOLERANCE * peak:
+        raise InputError(
+            f"PSF has negative values (min {float(psf.min()):.3g}, max {peak:.3g}): "
+            "subtract the background and clip at zero, or regenerate it"
+        )
+    return psf
+
+
+def normalize_psf(psf) -> np.ndarray:
+    """Return ``psf / psf.sum()`` as float32.
+
+    Raises
+    ------
+    InputError
+        If the sum is not a positive finite number.
+    """
+    psf = np.asarray(psf, dtype=np.float32)
+    total = float(psf.sum(dtype=np.float64))
+    if not (np.isfinite(total) and total > 0):
+        raise InputError("PSF sum is not positive: check the PSF file or regenerate it")
+    return (psf / np.float32(total)).astype(np.float32)
+
+
+def _centroid(arr: np.ndarray) -> np.ndarray:
+    weights = arr.astype(np.float64)
+    total = weights.sum()
+    grids = np.ogrid[tuple(slice(0, n) for n in arr.shape)]
+    return np.array([(weights * g).sum() / total for g in grids])
+
+
+def center_psf(psf) -> np.ndarray:
+    """Shift a PSF so its intensity centroid lies on the centre voxel.
+
+    Even axes are first padded by one zero plane at the end so the output has
+    odd sizes, with centre index ``n // 2``.  The sub-voxel shift uses cubic
+    spline interpolation (:func:`scipy.ndimage.shift`); negative undershoot is
+    clamped to 0, the shift is refined twice, and the result has unit sum.
+
+    Parameters
+    ----------
+    psf : array_like
+        Non-negative 2D or 3D PSF.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, odd-shaped, centred, unit-sum PSF.
+    """
+    psf = np.clip(np.asarray(psf, dtype=np.float32), 0, None)
+    psf = np.pad(psf, [(0, 1 - n % 2) for n in psf.shape])
+    target = (np.asarray(psf.shape) - 1) / 2.0
+    total, out = np.zeros(psf.ndim), psf
+    for _ in range(3):
+        error = target - _centroid(out)
+        if np.abs(error).max() < 1e-3:
+            break
+        total += error
+        out = np.clip(ndimage.shift(psf, total, order=3, mode="constant"), 0, None)
+    return normalize_psf(out)
+
+
+def crop_psf(psf, energy=0.999) -> np.ndarray:
+    """Crop to the smallest centred odd box holding ``energy`` of the total.
+
+    The box grows greedily from the centre voxel ``(n-1)//2``: each step widens
+    by one voxel on both sides the axis whose added slab has the highest mean
+    intensity, until the box holds at least ``energy`` of the sum.
+
+    Parameters
+    ----------
+    psf : array_like
+        Non-negative 2D or 3D PSF, centred on its centre voxel.
+    energy : float, optional
+        Fraction of the total intensity to keep, in ``(0, 1]``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Cropped float32 PSF with unit sum and odd sizes.
+    """
+    if not 0 < energy <= 1:
+        raise InputError(f"PSF crop energy must be in (0, 1], got {energy}")
+    psf = np.asarray(psf, dtype=np.float32)
+    centre = (np.asarray(psf.shape) - 1) // 2
+    limit = np.minimum(centre, np.asarray(psf.shape) - 1 - centre)
+    table = _summed_area(np.clip(psf, 0, None))
+    goal = energy * table[(-1,) * psf.ndim] * (1 - 1e-7)
+    half = np.zeros(psf.ndim, dtype=int)
+    while _box_sum(table, centre, half) < goal and (half < limit).any():
+        half[_best_axis(table, centre, half, limit)] += 1
+    box = tuple(slice(c - h, c + h + 1) for c, h in zip(centre, half))
+    return normalize_psf(psf[box])
+
+
+def _summed_area(arr: np.ndarray) -> np.ndarray:
+    """Summed-area table padded with a leading zero along every axis."""
+    table = np.pad(arr.astype(np.float64), [(1, 0)] * arr.ndim)
+    for axis in range(arr.ndim):
+        np.cumsum(table, axis=axis, out=table)
+    return table
+
+
+def _box_sum(table: np.ndarray, centre, half) -> float:
+    """Sum of the box ``centre +- half`` by inclusion-exclusion on the table."""
+    lo, hi = np.asarray(centre) - half, np.asarray(centre) + half + 1
+    total = 0.0
+    for corner in np.ndindex(*(2,) * table.ndim):
+        index = tuple(hi[a] if c else lo[a] for a, c in enumerate(corner))
+        total += (-1) ** (table.ndim - sum(corner)) * table[index]
+    return total
+
+
+def _best_axis(table, centre, half, limit) -> int:
+    """Axis whose one-voxel widening adds the most intensity per added voxel."""
+    current, size = _box_sum(table, centre, half), np.prod(2 * half + 1)
+    best, best_gain = 0, -np.inf
+    for axis in np.flatnonzero(half < limit):
+        grown = half.copy()
+        grown[axis] += 1
+        gain = (_box_sum(table, centre, grown) - current) / (np.prod(2 * grown + 1) - size)
+        if gain > best_gain:
+            best, best_gain = axis, gain
+    return int(best)
+
+
+def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
+    """Resample a PSF from its voxel size to the image's, keeping its physical extent.
+
+    Parameters
+    ----------
+    psf : array_like
+        2D or 3D PSF.
+    psf_voxel, image_voxel : tuple of float
+        Voxel sizes (micrometres), one per axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, unit sum, odd-sized; the array centre stays on the centre voxel.
+        Returned unchanged (as float32) when the voxel sizes agree to 1e-6.
+
+    Notes
+    -----
+    Cubic-spline interpolation (:func:`scipy.ndimage.affine_transform`, a
+    centred :func:`scipy.ndimage.zoom`) samples the PSF on the image grid;
+    negative undershoot is clamped to 0.
+    """
+    psf = np.asarray(psf, dtype=np.float32)
+    src = np.asarray(_positive_floats(psf_voxel, "PSF voxel size", psf.ndim))
+    dst = np.asarray(_positive_floats(image_voxel, "image voxel size", psf.ndim))
+    if np.allclose(src, dst, rtol=1e-6, atol=0):
+        return psf.copy()
+    step = dst / src
+    half = np.floor((np.asarray(psf.shape) - 1) / 2.0 / step + 1e-9).astype(int)
+    out = _centred_zoom(psf, step, tuple(2 * half + 1), order=3)
+    return normalize_psf(np.clip(out, 0, None))
+
+
+def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999) -> np.ndarray:
+    """Make a PSF ready for deconvolving an image.
+
+    Validate, resample to the image voxel size (when both are known and differ),
+    centre on the centroid, crop to ``energy`` and normalise to unit sum.
+
+    Parameters
+    ----------
+    psf : array_like
+        2D or 3D PSF with the same number of dimensions as the image.
+    image_shape : tuple of int
+        Shape of the image to deconvolve.
+    psf_voxel, image_voxel : tuple of float, optional
+        Voxel sizes in micrometres.
+    energy : float, optional
+        Fraction of the PSF intensity kept by :func:`crop_psf`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, odd-shaped, centred, unit-sum PSF no larger than the image.
+
+    Raises
+    ------
+    InputError
+        If the PSF is invalid, its dimensionality differs from the image's, or
+        it is larger than the image after cropping.
+    """
+    image_shape = tuple(int(n) for n in image_shape)
+    psf = np.asarray(psf)
+    if psf.ndim != len(image_shape):
+        raise InputError(
+            f"PSF is {psf.ndim}D but image is {len(image_shape)}D: "
+            "use a PSF with the same number of dimensions as the image"
+        )
+    psf = validate_psf(psf)
+    if psf_voxel is not None and image_voxel is not None:
+        psf = resample_psf(psf, psf_voxel, image_voxel)
+    psf = crop_psf(center_psf(psf), energy)
+    if any(p > n for p, n in zip(psf.shape, image_shape)):
+        raise InputError(
+            f"PSF {psf.shape} is larger than the image {image_shape}: crop the PSF (or generate it "
+            "with a smaller shape) or use a larger image"
+        )
+    return normalize_psf(psf)
+
+
+# ------------------------------------------------------ bead distillation ---
+
+
+def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarray:
+    """Estimate a PSF from an image of sub-resolution beads ("PSF distillation").
+
+    Bright, isolated beads are found on a Gaussian-smoothed copy
+    (:func:`skimage.feature.peak_local_max`); beads whose box would leave the
+    image, or that have another bead inside it, are rejected, as are beads
+    more than twice as bright as the median (clusters).  Each box loses its
+    background (median of its border voxels), is shifted with sub-voxel
+    accuracy so that its centroid sits on the centre voxel, and the boxes are
+    summed (a brightness-weighted average), clamped at 0 and normalised.
+
+    Parameters
+    ----------
+    beads : array_like
+        2D or 3D bead image.
+    size : tuple of int, optional
+        Box size per axis (even sizes are increased by one).  Default: three
+        times the FWHM of the brightest bead per axis, rounded up to odd.
+    min_distance : int, optional
+        Minimum distance in voxels between detected peaks; default half the
+        smallest FWHM.
+    threshold : float, optional
+        Minimum smoothed intensity of a bead.  Default: background plus the
+        larger of 10 robust standard deviations and 20 % of the brightest peak.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 PSF of shape ``size`` with unit sum.
+
+    Raises
+    ------
+    InputError
+        If the image is invalid or no usable bead is found.
+    """
+    beads = _check_beads(beads)
+    smooth = ndimage.gaussian_filter(beads, 1.0)
+    background, noise = _robust_background(smooth)
+    fwhm = _fwhm(smooth - background, np.unravel_index(np.argmax(smooth), smooth.shape))
+    half = _box_half(size, fwhm, beads.ndim)
+    if threshold is None:
+        threshold = background + max(10 * noise, 0.2 * (float(smooth.max()) - background))
+    if min_distance is None:
+        min_distance = max(1, int(round(min(fwhm) / 2)))
+    centres = _isolated_beads(smooth, half, int(min_distance), float(threshold), background)
+    boxes = [_aligned_box(beads, c, half) for c in centres]
+    boxes = _reject_outliers([b for b in boxes if b is not None])
+    if not boxes:
+        raise InputError(
+            f"no isolated beads found (box {tuple(2 * half + 1)}, threshold {float(threshold):.3g}): "
+            "use a sparser bead image, a smaller --size or a lower threshold"
+        )
+    return normalize_psf(np.clip(np.sum(boxes, axis=0), 0, None))
+
+
+def _check_beads(beads) -> np.ndarray:
+    beads = np.asarray(beads, dtype=np.float32)
+    if beads.ndim not in (2, 3) or beads.size == 0:
+        raise InputError(f"bead image must be 2D or 3D, got shape {beads.shape}: check the file")
+    if not np.isfinite(beads).all():
+        raise InputError("bead image contains NaN or Inf values: replace them and try again")
+    if float(beads.max()) <= float(beads.min()):
+        raise InputError("bead image is constant: no beads to distil; check the file")
+    return beads
+
+
+def _robust_background(arr: np.ndarray) -> tuple[float, float]:
+    """Median and MAD-based standard deviation of an image."""
+    median = float(np.median(arr))
+    return median, 1.4826 * float(np.median(np.abs(arr - median)))
+
+
+def _fwhm(arr: np.ndarray, peak) -> np.ndarray:
+    """Full width at half maximum (voxels) along each axis through ``peak``."""
+    widths = []
+    for axis in range(arr.ndim):
+        index = list(peak)
+        index[axis] = slice(None)
+        profile = arr[tuple(index)]
+        above = profile >= profile[peak[axis]] / 2
+        lo = hi = peak[axis]
+        while lo > 0 and above[lo - 1]:
+            lo -= 1
+        while hi < len(profile) - 1 and above[hi + 1]:
+            hi += 1
+        widths.append(hi - lo + 1)
+    return np.asarray(widths, dtype=float)
+
+
+def _box_half(size, fwhm, ndim: int) -> np.ndarray:
+    """Half-widths of the bead box: from ``size`` or 1.5 FWHM each side."""
+    if size is None:
+        return np.maximum(1, np.ceil(1.5 * fwhm)).astype(int)
+    size = _positive_ints(size, "bead box size")
+    if len(size) != ndim:
+        raise InputError(f"bead box size {size} must have {ndim} values, one per image axis")
+    return np.asarray(size) // 2
+
+
+def _isolated_beads(smooth, half, min_distance, threshold, background) -> list:
+    """Peaks above ``threshold`` with a full box inside the image and no neighbour in it."""
+    from skimage.feature import peak_local_max
+
+    neighbour_level = background + 0.5 * (threshold - background)
+    peaks = peak_local_max(smooth, min_distance=min_distance, threshold_abs=neighbour_level, exclude_border=False)
+    shape = np.asarray(smooth.shape)
+    keep = []
+    for p in peaks:
+        if smooth[tuple(p)] < threshold or (p - half - 1 < 0).any() or (p + half + 1 >= shape).any():
+            continue
+        others = peaks[(peaks != p).any(axis=1)]
+        if not (np.abs(others - p) <= 2 * half).all(axis=1).any():
+            keep.append(p)
+    return keep
+
+
+def _aligned_box(image, centre, half) -> np.ndarray | None:
+    """Background-subtracted box around ``centre`` shifted so its centroid is central."""
+    box = image[tuple(slice(c - h - 1, c + h + 2) for c, h in zip(centre, half))].astype(np.float64)
+    border = np.concatenate([np.moveaxis(box, a, 0)[[0, -1]].ravel() for a in range(box.ndim)])
+    box -= np.median(border)
+    weights = np.clip(box - 0.1 * box.max(), 0, None)
+    if weights.sum() <= 0:
+        return None
+    shift = (np.asarray(box.shape) - 1) / 2.0 - _centroid(weights)
+    moved = ndimage.shift(box, shift, order=3, mode="nearest")
+    return moved[(slice(1, -1),) * box.ndim]
+
+
+def _reject_outliers(boxes: list) -> list:
+    """Drop boxes more than twice as bright as the median (unresolved clusters)."""
+    if len(boxes) < 3:
+        return boxes
+    sums = np.array([b.sum() for b in boxes])
+    median = np.median(sums)
+    return [b for b, s in zip(boxes, sums) if 0 < s <= 2 * median]

@@ -1,0 +1,171 @@
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+from skimage.restoration import richardson_lucy as skimage_rl
+
+from conftest import asymmetric_psf
+from deconv3d.classical import richardson_lucy, wiener
+from deconv3d.errors import InputError
+from deconv3d.metrics import psnr
+from deconv3d.synthetic import add_noise, blur, phantom
+
+SHAPES = [((40, 44), (7, 5)), ((14, 30, 28), (5, 7, 5))]
+
+
+def blurred(truth, psf):
+    return np.clip(scipy.signal.fftconvolve(truth, psf, mode="same"), 0, None).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape,kshape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_boundary_equals_skimage(rng, shape, kshape, dtype):
+    psf = asymmetric_psf(kshape).astype(dtype)
+    image = blurred(rng.random(shape), psf).astype(dtype)
+    ours = richardson_lucy(image, psf, 15, boundary="zero", device="cpu",
+                           dtype=torch.float64 if dtype == np.float64 else torch.float32)
+    reference = skimage_rl(image, psf, num_iter=15, clip=False)
+    assert ours.dtype == dtype and ours.shape == image.shape
+    assert np.abs(ours - reference).max() <= 1e-4 * reference.max()
+
+
+def test_flipped_psf_would_be_detected(rng):
+    """The asymmetric PSF makes the comparison sensitive to a convolution/correlation mix-up."""
+    psf = asymmetric_psf((5, 7, 5))
+    image = blurred(rng.random((14, 30, 28)), psf)
+    ours = richardson_lucy(image, psf[::-1, ::-1, ::-1].copy(), 15, boundary="zero", device="cpu")
+    reference = skimage_rl(image, psf, num_iter=15, clip=False)
+    assert np.abs(ours - reference).max() > 1e-2 * reference.max()
+
+
+def noisy_problem(shape, seed=3, photons=150):
+    truth = phantom(shape, seed=seed)
+    grids = np.meshgrid(*[np.arange(-4, 5)] * len(shape), indexing="ij")
+    psf = np.exp(-sum(g**2 / (2 * s**2) for g, s in zip(grids, [2.0, 1.2, 1.2][-len(shape):])))
+    psf = (psf / psf.sum()).astype(np.float32)
+    return truth, psf, add_noise(blur(truth, psf), photons=photons, read_noise=1.0, seed=seed)
+
+
+@pytest.mark.parametrize("shape", [(96, 96), (24, 64, 64)])
+def test_tv_beats_plain_rl_at_equal_iterations_on_noisy_data(shape):
+    truth, psf, image = noisy_problem(shape, photons=50)
+    plain = psnr(truth, richardson_lucy(image, psf, 30, boundary="zero", device="cpu"))
+    tv = psnr(truth, richardson_lucy(image, psf, 30, boundary="zero", tv_weight=0.01, device="cpu"))
+    assert tv > plain + 0.5
+
+
+def test_acceleration_beats_plain_rl_at_equal_iterations():
+    _, psf, _ = noisy_problem((96, 96))
+    truth = phantom((96, 96), seed=3, n_beads=0)
+    image = blur(truth, psf)
+    plain = psnr(truth, richardson_lucy(image, psf, 10, boundary="zero", device="cpu"))
+    fast = psnr(truth, richardson_lucy(image, psf, 10, boundary="zero", accelerate=True, device="cpu"))
+    assert fast > plain + 0.5
+
+
+def i_divergence(data, estimate, psf):
+    model = np.clip(blur(estimate, psf), 1e-12, None)
+    data = np.clip(data, 0, None)
+    return float(np.sum(data * np.log(np.where(data > 0, data, 1) / model) - data + model))
+
+
+def test_acceleration_lowers_the_rl_objective_faster_in_3d():
+    truth, psf, image = noisy_problem((24, 64, 64), photons=2000)
+    for iterations in (5, 10):
+        plain = richardson_lucy(image, psf, iterations, boundary="zero", device="cpu")
+        fast = richardson_lucy(image, psf, iterations, boundary="zero", accelerate=True, device="cpu")
+        assert i_divergence(image, fast, psf) < 0.9 * i_divergence(image, plain, psf)
+
+
+def test_bertero_boundary_has_lower_border_error_than_zero():
+    truth, psf, image = noisy_problem((24, 64, 64), photons=5000)
+    border = np.ones(truth.shape, bool)
+    border[4:-4, 6:-6, 6:-6] = False
+    assert truth[border].mean() > 0.5 * truth.mean(), "objects must touch the border"
+    errors = {}
+    for boundary in ("zero", "reflect", "bertero"):
+        result = richardson_lucy(image, psf, 30, boundary=boundary, device="cpu")
+        errors[boundary] = float(np.sqrt(np.mean((result[border] - truth[border]) ** 2)))
+    assert errors["bertero"] < errors["zero"]
+    assert errors["reflect"] < errors["zero"]
+
+
+def test_non_negative_float32_output_and_tensor_round_trip():
+    truth, psf, image = noisy_problem((32, 32))
+    out = richardson_lucy(image - 0.01, psf, 5, device="cpu")
+    assert out.dtype == np.float32 and out.min() >= 0
+    tensor_out = richardson_lucy(torch.from_numpy(image), psf, 5, device="cpu")
+    assert isinstance(tensor_out, torch.Tensor)
+
+
+def test_callback_reports_progress_and_can_cancel():
+    _, psf, image = noisy_problem((32, 32))
+    seen = []
+    richardson_lucy(image, psf, 10, device="cpu", callback=lambda i, est: seen.append((i, est.shape)) or i == 4)
+    assert [i for i, _ in seen] == [1, 2, 3, 4] and seen[0][1] == image.shape
+
+
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_tolerance_stops_early(accelerate):
+    _, psf, image = noisy_problem((32, 32))
+    seen = []
+    richardson_lucy(image, psf, 500, tol=1e-2, accelerate=accelerate, device="cpu",
+                    callback=lambda i, est: seen.append(i))
+    assert 1 < len(seen) < 500
+
+
+def test_anisotropic_voxels_raise_the_tv_limit():
+    _, psf, image = noisy_problem((12, 24, 24))
+    with pytest.raises(InputError, match="tv_weight"):
+        richardson_lucy(image, psf, 2, tv_weight=0.2, device="cpu")
+    richardson_lucy(image, psf, 2, tv_weight=0.2, voxel_size=(1.0, 0.1, 0.1), device="cpu")
+
+
+def test_bad_inputs():
+    _, psf, image = noisy_problem((32, 32))
+    bad_image = image.copy()
+    bad_image[3, 3] = np.nan
+    cases = [
+        (dict(image=bad_image, psf=psf), "NaN"),
+        (dict(image=image, psf=-psf), "non-negative"),
+        (dict(image=image, psf=np.zeros_like(psf)), "all zero"),
+        (dict(image=image[:5, :5], psf=psf), "larger than the image"),
+        (dict(image=image[None], psf=psf), "PSF is 2D"),
+        (dict(image=image[0], psf=psf[0]), "2D or 3D"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(InputError, match=message):
+            richardson_lucy(iterations=2, device="cpu", **kwargs)
+    with pytest.raises(InputError, match="boundary"):
+        richardson_lucy(image, psf, 2, boundary="mirror", device="cpu")
+
+
+@pytest.mark.parametrize("regularizer", ["identity", "laplacian"])
+@pytest.mark.parametrize("boundary", ["reflect", "zero"])
+def test_wiener_sharpens_a_noise_free_blur(regularizer, boundary):
+    truth = phantom((20, 64, 64), seed=1)
+    _, psf, _ = noisy_problem((20, 64, 64))
+    image = blur(truth, psf)
+    result = wiener(image, psf, 1e-3, regularizer=regularizer, boundary=boundary, device="cpu")
+    assert result.dtype == np.float32 and result.min() >= 0
+    inner = (slice(5, -5), slice(8, -8), slice(8, -8))  # away from the unknown outside of the field
+    assert psnr(truth[inner], result[inner]) > psnr(truth[inner], image[inner]) + 1.5
+
+
+def test_wiener_periodic_is_exact_inverse_of_circular_blur(rng):
+    truth = rng.random((32, 32)).astype(np.float32)
+    psf = np.zeros((32, 32), np.float32)
+    psf[15:18, 15:18] = np.outer([1, 4, 1], [1, 4, 1])  # its transfer function has no zeros
+    psf /= psf.sum()
+    circular = np.real(np.fft.ifft2(np.fft.fft2(truth) * np.fft.fft2(np.fft.ifftshift(psf)))).astype(np.float32)
+    small = psf[15:18, 15:18].copy()
+    result = wiener(circular, small, 1e-7, boundary="periodic", device="cpu")
+    np.testing.assert_allclose(result, truth, atol=2e-3)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    _, psf, image = noisy_problem((16, 32, 32))
+    cpu = richardson_lucy(image, psf, 10, device="cpu")
+    gpu = richardson_lucy(image, psf, 10, device="cuda")
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4 * cpu.max())

@@ -1,0 +1,141 @@
+"""The command-line contract: exit codes, one-line errors, no output left behind."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from deconv3d.cli import main
+from deconv3d.io import read_image, write_tiff
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.random((12, 40, 40)).astype(np.float32) + 0.1
+    grids = np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij")
+    psf = np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32)
+    write_tiff(tmp_path / "image.tif", image, voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *words):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deconv3d: error: "), err
+    for word in words:
+        assert word.lower() in lines[0].lower(), (word, lines[0])
+
+
+@pytest.mark.parametrize("method", ["rl", "rl-tv", "wiener"])
+def test_deconvolve_writes_float32_tiff_with_voxel_size(data, capsys, method):
+    out = data / f"out_{method}.tif"
+    code, stdout, _ = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", out,
+                           "--method", method, "--iterations", 3, "--device", "cpu"], capsys)
+    assert code == 0, stdout
+    result = read_image(out)
+    assert result.data.dtype == np.float32 and result.data.shape == (12, 40, 40)
+    assert result.voxel_size == pytest.approx((0.3, 0.1, 0.1))
+    assert result.data.min() >= 0
+
+
+def test_deconvolve_with_generated_psf(data, capsys):
+    out = data / "gen.tif"
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf-model", "gaussian", "--na", 1.2,
+                        "--wavelength", 0.5, "--ni", 1.33, "-o", out, "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert out.exists()
+
+
+def test_psf_command(tmp_path, capsys):
+    out = tmp_path / "psf.tif"
+    code, _, err = run(["psf", "-o", out, "--model", "gaussian", "--shape", 9, 15, 15, "--voxel-size", 0.2, 0.1, 0.1,
+                        "--na", 1.0, "--wavelength", 0.6], capsys)
+    assert code == 0, err
+    psf = read_image(out)
+    assert psf.data.shape == (9, 15, 15) and psf.voxel_size == pytest.approx((0.2, 0.1, 0.1))
+    assert psf.data.sum() == pytest.approx(1.0, rel=1e-4)
+
+
+def bad_cases(d):
+    rng = np.random.default_rng(1)
+    nan = rng.random((8, 20, 20)).astype(np.float32)
+    nan[1, 2, 3] = np.nan
+    tifffile.imwrite(d / "nan.tif", nan)
+    tifffile.imwrite(d / "line.tif", np.ones(30, np.float32))
+    tifffile.imwrite(d / "zero_psf.tif", np.zeros((3, 3, 3), np.float32))
+    tifffile.imwrite(d / "neg_psf.tif", -np.ones((3, 3, 3), np.float32))
+    tifffile.imwrite(d / "nan_psf.tif", np.full((3, 3, 3), np.nan, np.float32))
+    tifffile.imwrite(d / "big_psf.tif", np.ones((31, 61, 61), np.float32))
+    (d / "text.tif").write_text("not an image")
+    (d / "afile").write_text("x")
+    base = ["deconvolve", d / "image.tif", "--psf", d / "psf.tif", "--device", "cpu", "--iterations", 1]
+    return {
+        "missing input": (["deconvolve", d / "nope.tif", "--psf", d / "psf.tif", "-o", d / "o.tif"], "not found"),
+        "not an image": (["deconvolve", d / "text.tif", "--psf", d / "psf.tif", "-o", d / "o.tif"], "text.tif"),
+        "1D data": (["deconvolve", d / "line.tif", "--psf", d / "psf.tif", "-o", d / "o.tif"], "1D"),
+        "NaN image": (["deconvolve", d / "nan.tif", "--psf", d / "psf.tif", "-o", d / "o.tif"], "NaN"),
+        "NaN PSF": (base[:3] + ["--psf", d / "nan_psf.tif", "-o", d / "o.tif"], "NaN"),
+        "zero PSF": (base[:3] + ["--psf", d / "zero_psf.tif", "-o", d / "o.tif"], "zero"),
+        "negative PSF": (base[:3] + ["--psf", d / "neg_psf.tif", "-o", d / "o.tif"], "negative"),
+        "PSF too big": (base[:3] + ["--psf", d / "big_psf.tif", "-o", d / "o.tif"], "larger than the image"),
+        "voxel size": (base + ["--voxel-size", 0, 0.1, 0.1, "-o", d / "o.tif"], "positive"),
+        "output is input": (base + ["-o", d / "image.tif"], "input"),
+        "no such dir": (base + ["-o", d / "missing" / "o.tif"], "missing"),
+        "parent is a file": (base + ["-o", d / "afile" / "o.tif"], "afile"),
+        "unknown method": (base + ["-o", d / "o.tif", "--method", "magic"], "magic"),
+        "missing optics": (["deconvolve", d / "image.tif", "--psf-model", "vectorial", "-o", d / "o.tif"], "--na"),
+    }
+
+
+BAD_CASES = ["missing input", "not an image", "1D data", "NaN image", "NaN PSF", "zero PSF", "negative PSF",
+             "PSF too big", "voxel size", "output is input", "no such dir", "parent is a file", "unknown method",
+             "missing optics"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_exits_2_with_one_line_and_no_output(data, capsys, case):
+    argv, word = bad_cases(data)[case]
+    before = sorted(p.name for p in data.rglob("*"))
+    snapshot = {p: p.read_bytes() for p in data.glob("*.tif")}
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, word)
+    assert sorted(p.name for p in data.rglob("*")) == before, "no file may be created"
+    assert all(p.read_bytes() == b for p, b in snapshot.items()), "inputs must not change"
+
+
+def test_cuda_request_without_gpu_is_a_clean_error(data, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "o.tif",
+                        "--device", "cuda"], capsys)
+    assert_one_line_error(code, err, "cuda")
+    assert not (data / "o.tif").exists()
+
+
+def test_every_command_has_help():
+    for command in [[], ["psf"], ["psf", "distill"], ["deconvolve"], ["demo"]]:
+        proc = subprocess.run([sys.executable, "-m", "deconv3d.cli", *command, "--help"], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0 and "usage:" in proc.stdout
+
+
+def test_unexpected_error_exits_1(data, capsys, monkeypatch):
+    import deconv3d.classical
+
+    monkeypatch.setattr(deconv3d.classical, "richardson_lucy", lambda *a, **k: 1 / 0)
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "o.tif",
+                        "--device", "cpu"], capsys)
+    assert code == 1 and "internal error" in err and "Traceback" not in err
+    assert not (data / "o.tif").exists()

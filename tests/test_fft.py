@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+
+from deconv3d.errors import InputError
+from deconv3d.fft import FFTConvolver, fast_shape, fast_size, fft_convolve, fft_correlate, get_convolver
+
+CASES = [((33, 30), (5, 5)), ((33, 30), (4, 6)), ((11, 14, 13), (3, 5, 3)), ((11, 14, 13), (4, 3, 6))]
+
+
+@pytest.mark.parametrize("xshape,kshape", CASES)
+@pytest.mark.parametrize("mode", ["same", "full"])
+def test_convolve_equals_scipy(rng, xshape, kshape, mode):
+    x, k = rng.random(xshape), rng.random(kshape)
+    ours = FFTConvolver(k, dtype=torch.float64).convolve(x, mode=mode).numpy()
+    np.testing.assert_allclose(ours, scipy.signal.fftconvolve(x, k, mode=mode), atol=1e-10)
+
+
+@pytest.mark.parametrize("xshape,kshape", CASES)
+def test_float32_default_matches_scipy(rng, xshape, kshape):
+    x, k = rng.random(xshape).astype(np.float32), rng.random(kshape).astype(np.float32)
+    ours = fft_convolve(x, k)
+    assert ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.numpy(), scipy.signal.fftconvolve(x, k, mode="same"), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("xshape,kshape", CASES)
+@pytest.mark.parametrize("mode", ["same", "full"])
+def test_autograd_gradient_is_the_correlation(rng, xshape, kshape, mode):
+    conv = FFTConvolver(rng.random(kshape), dtype=torch.float64)
+    x = torch.tensor(rng.random(xshape), requires_grad=True)
+    out = conv.convolve(x, mode=mode)
+    weights = torch.tensor(rng.random(tuple(out.shape)))
+    (out * weights).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), conv.correlate(weights, mode=mode).numpy(), atol=1e-10)
+
+
+@pytest.mark.parametrize("xshape,kshape", [c for c in CASES if all(k % 2 for k in c[1])])
+def test_correlate_equals_scipy_for_odd_kernels(rng, xshape, kshape):
+    x, k = rng.random(xshape), rng.random(kshape)
+    ours = fft_correlate(x, k, dtype=torch.float64).numpy()
+    np.testing.assert_allclose(ours, scipy.signal.correlate(x, k, mode="same"), atol=1e-10)
+
+
+@pytest.mark.parametrize("xshape,kshape", CASES)
+def test_reflect_padding_equals_reflected_valid_convolution(rng, xshape, kshape):
+    x, k = rng.random(xshape), rng.random(kshape)
+    conv = FFTConvolver(k, dtype=torch.float64)
+    pads = [(n - 1 - o, o) for n, o in zip(kshape, conv.origin)]
+    expected = scipy.signal.fftconvolve(np.pad(x, pads, mode="reflect"), k, mode="valid")
+    np.testing.assert_allclose(conv.convolve(x, padding="reflect").numpy(), expected, atol=1e-10)
+
+
+def test_circular_padding_is_periodic(rng):
+    x, k = rng.random((16, 16)), rng.random((3, 3))
+    conv = FFTConvolver(k, dtype=torch.float64)
+    tiled = np.tile(x, (3, 3))
+    expected = scipy.signal.fftconvolve(tiled, k, mode="same")[16:32, 16:32]
+    np.testing.assert_allclose(conv.convolve(x, padding="circular").numpy(), expected, atol=1e-10)
+
+
+def test_batch_and_channel_dimensions(rng):
+    k = rng.random((3, 3, 3))
+    x = rng.random((2, 3, 6, 7, 8))
+    out = FFTConvolver(k, dtype=torch.float64).convolve(x).numpy()
+    for b in range(2):
+        for c in range(3):
+            np.testing.assert_allclose(out[b, c], scipy.signal.fftconvolve(x[b, c], k, mode="same"), atol=1e-10)
+
+
+def test_otf_is_computed_once_per_shape(rng, monkeypatch):
+    conv = FFTConvolver(rng.random((3, 3)))
+    calls = []
+    real_rfftn = torch.fft.rfftn
+    monkeypatch.setattr(torch.fft, "rfftn", lambda *a, **kw: calls.append(1) or real_rfftn(*a, **kw))
+    x = torch.rand(20, 20)
+    conv.convolve(x)
+    first = len(calls)  # OTF + input
+    conv.convolve(x)
+    assert first == 2 and len(calls) == 3, "the second call must reuse the cached OTF"
+    assert len(conv._otfs) == 1
+    conv.convolve(torch.rand(30, 30))
+    assert len(conv._otfs) == 2
+
+
+def test_shared_convolver_is_reused_for_equal_psfs(rng):
+    k = rng.random((3, 3)).astype(np.float32)
+    assert get_convolver(k) is get_convolver(k.copy())
+    assert get_convolver(k) is not get_convolver(k * 2)
+
+
+def test_fast_sizes():
+    assert fast_size(271) == 280 and fast_size(64) == 64 and fast_size(97) == 98
+    shape = fast_shape((79, 271, 271))
+    assert shape[-1] % 2 == 0 and all(s >= n for s, n in zip(shape, (79, 271, 271)))
+
+
+def test_bad_arguments(rng):
+    conv = FFTConvolver(rng.random((3, 3)))
+    with pytest.raises(InputError, match="mode"):
+        conv.convolve(torch.rand(8, 8), mode="valid")
+    with pytest.raises(InputError, match="padding"):
+        conv.convolve(torch.rand(8, 8), padding="mirror")
+    with pytest.raises(InputError, match="dimensions"):
+        conv.convolve(torch.rand(8))
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(rng):
+    x, k = rng.random((9, 20, 21)).astype(np.float32), rng.random((3, 5, 5)).astype(np.float32)
+    cpu = fft_convolve(x, k, device="cpu").numpy()
+    gpu = fft_convolve(torch.from_numpy(x).cuda(), k).cpu().numpy()
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,203 @@
+"""Tests for deconv3d.psf: generation, validation, centring, cropping, resampling, distillation."""
+
+import numpy as np
+import pytest
+
+from deconv3d.errors import InputError
+from deconv3d.psf import (
+    PSF_MODELS,
+    center_psf,
+    crop_psf,
+    distill_psf,
+    generate_psf,
+    normalize_psf,
+    prepare_psf,
+    resample_psf,
+    validate_psf,
+)
+
+VOXEL = (0.2, 0.1, 0.1)
+
+
+def gaussian(shape, sigma, centre=None):
+    """Unit-sum sampled Gaussian with ``sigma`` (voxels) at ``centre`` (default: centre voxel)."""
+    if centre is None:
+        centre = [(n - 1) // 2 for n in shape]
+    grids = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    r2 = sum(((g - c) / s) ** 2 for g, c, s in zip(grids, centre, sigma))
+    g = np.exp(-0.5 * r2)
+    return (g / g.sum()).astype(np.float32)
+
+
+def centroid(arr):
+    grids = np.meshgrid(*[np.arange(n) for n in arr.shape], indexing="ij")
+    return np.array([(arr * g).sum() / arr.sum() for g in grids])
+
+
+def second_moment_width(psf, axis):
+    """Standard deviation (voxels) of the PSF's marginal along ``axis``."""
+    others = tuple(a for a in range(psf.ndim) if a != axis)
+    profile = psf.sum(axis=others).astype(float)
+    x = np.arange(len(profile))
+    mean = (profile * x).sum() / profile.sum()
+    return np.sqrt((profile * (x - mean) ** 2).sum() / profile.sum())
+
+
+@pytest.mark.parametrize("model", list(PSF_MODELS))
+@pytest.mark.parametrize("shape", [(17, 33, 33), (16, 20, 31), (33, 33)])
+def test_generated_psf_is_valid_and_centred(model, shape):
+    psf = generate_psf(model, shape, VOXEL[-len(shape):], na=1.2, wavelength=0.52)
+    assert psf.shape == shape and psf.dtype == np.float32
+    assert np.isfinite(psf).all() and psf.min() >= 0
+    assert psf.sum() == pytest.approx(1.0, abs=1e-5)
+    assert np.unravel_index(np.argmax(psf), shape) == tuple((n - 1) // 2 for n in shape)
+
+
+def test_gaussian_psf_widens_as_na_drops():
+    widths = [
+        [second_moment_width(generate_psf("gaussian", (17, 33, 33), VOXEL, na, 0.52), a) for a in range(3)]
+        for na in (1.4, 1.0, 0.6)
+    ]
+    widths = np.array(widths)
+    assert (np.diff(widths, axis=0) > 0).all()
+
+
+def test_anisotropic_xy_voxel_matches_square_generation():
+    rect = generate_psf("gaussian", (9, 33, 33), (0.2, 0.1, 0.13), 1.2, 0.52)
+    square = generate_psf("gaussian", (9, 33, 33), (0.2, 0.13, 0.13), 1.2, 0.52)
+    x_rect, x_square = rect[4, 16] / rect[4, 16].max(), square[4, 16] / square[4, 16].max()
+    np.testing.assert_allclose(x_rect, x_square, atol=0.02)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"model": "airy"}, "unknown PSF model"),
+        ({"na": 1.6}, "NA .* must be below the immersion index"),
+        ({"na": 0}, "NA must be a positive"),
+        ({"wavelength": -0.5}, "wavelength must be a positive"),
+        ({"wavelength": 520}, "nanometres"),
+        ({"voxel_size": (0.2, 0, 0.1)}, "voxel size"),
+        ({"shape": (17, 0, 33)}, "PSF shape"),
+        ({"depth": -1.0}, "depth"),
+    ],
+)
+def test_generate_rejects_bad_parameters(kwargs, message):
+    args = {"model": "gaussian", "shape": (9, 17, 17), "voxel_size": VOXEL, "na": 1.2, "wavelength": 0.52}
+    args.update(kwargs)
+    with pytest.raises(InputError, match=message):
+        generate_psf(**args)
+
+
+def test_center_psf_moves_centroid_to_centre():
+    psf = gaussian((15, 20, 21), (2.0, 1.3, 1.1), centre=(5.3, 11.7, 8.2))
+    centred = center_psf(psf)
+    assert centred.shape == (15, 21, 21)
+    assert centred.sum() == pytest.approx(1.0, abs=1e-5) and centred.min() >= 0
+    np.testing.assert_allclose(centroid(centred), [7, 10, 10], atol=0.05)
+
+
+def test_crop_psf_keeps_energy_and_shrinks():
+    psf = np.pad(gaussian((15, 15, 15), (2.0, 1.0, 1.0)), 10)
+    cropped = crop_psf(psf, energy=0.99)
+    assert all(n % 2 == 1 for n in cropped.shape)
+    assert all(c < p for c, p in zip(cropped.shape, psf.shape))
+    assert cropped.shape[0] > cropped.shape[1]  # wider along the wider axis
+    lo = [(p - c) // 2 for p, c in zip(psf.shape, cropped.shape)]
+    box = tuple(slice(s, s + c) for s, c in zip(lo, cropped.shape))
+    assert psf[box].sum() / psf.sum() >= 0.99
+    assert cropped.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_resample_psf_preserves_physical_width():
+    sigma_um = np.array([0.6, 0.25, 0.25])
+    fine, coarse = np.array([0.1, 0.05, 0.05]), np.array([0.25, 0.1, 0.08])
+    psf = gaussian((61, 61, 61), sigma_um / fine)
+    out = resample_psf(psf, fine, coarse)
+    assert all(n % 2 == 1 for n in out.shape)
+    assert np.unravel_index(np.argmax(out), out.shape) == tuple(n // 2 for n in out.shape)
+    measured_um = np.array([second_moment_width(out, a) for a in range(3)]) * coarse
+    np.testing.assert_allclose(measured_um, sigma_um, rtol=0.05)
+    np.testing.assert_allclose(np.array(out.shape) * coarse, np.array(psf.shape) * fine, atol=2 * coarse.max())
+
+
+def test_resample_psf_is_noop_for_equal_voxels():
+    psf = gaussian((9, 11, 11), (1.5, 1.0, 1.0))
+    np.testing.assert_array_equal(resample_psf(psf, VOXEL, VOXEL), psf)
+
+
+def test_prepare_psf_returns_centred_unit_sum_psf():
+    psf = np.pad(gaussian((15, 15, 15), (2.0, 1.0, 1.0), centre=(6.6, 7.3, 7.0)), 5)
+    out = prepare_psf(psf, (64, 64, 64))
+    assert out.dtype == np.float32 and all(n % 2 == 1 for n in out.shape)
+    assert out.sum() == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(centroid(out), [(n - 1) / 2 for n in out.shape], atol=0.1)
+
+
+def test_prepare_psf_resamples_to_image_voxel():
+    psf = gaussian((41, 41, 41), (4.0, 4.0, 4.0))
+    out = prepare_psf(psf, (64, 64, 64), psf_voxel=(0.05, 0.05, 0.05), image_voxel=(0.2, 0.2, 0.2))
+    widths = [second_moment_width(out, a) for a in range(3)]
+    np.testing.assert_allclose(widths, 1.0, rtol=0.06)
+
+
+@pytest.mark.parametrize(
+    "psf, image_shape, message",
+    [
+        (gaussian((31, 31, 31), (6.0, 6.0, 6.0)), (16, 64, 64), "larger than the image"),
+        (gaussian((9, 9), (1.0, 1.0)), (16, 64, 64), "PSF is 2D but image is 3D"),
+        (np.full((5, 5, 5), np.nan, dtype=np.float32), (16, 64, 64), "NaN or Inf"),
+        (np.zeros((5, 5, 5), dtype=np.float32), (16, 64, 64), "all zero"),
+        (gaussian((9, 9, 9), (1.0, 1.0, 1.0)) - 0.01, (16, 64, 64), "negative values"),
+    ],
+)
+def test_prepare_psf_rejects_bad_psf(psf, image_shape, message):
+    with pytest.raises(InputError, match=message):
+        prepare_psf(psf, image_shape)
+
+
+def test_validate_psf_tolerates_interpolation_undershoot():
+    psf = gaussian((9, 9, 9), (1.0, 1.0, 1.0))
+    psf[0, 0, 0] = -1e-8 * psf.max()
+    assert validate_psf(psf).dtype == np.float32
+    with pytest.raises(InputError, match="2D or 3D"):
+        validate_psf(np.ones(5))
+
+
+def test_normalize_psf_unit_sum():
+    assert normalize_psf(np.full((3, 3), 2.0)).sum() == pytest.approx(1.0)
+
+
+def bead_image(rng, sigma, shape=(40, 96, 96), spacing=20):
+    """Beads at sub-voxel positions on a jittered grid, each a sampled Gaussian, plus noise."""
+    image = np.zeros(shape)
+    grids = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    for y in range(14, shape[1] - 13, spacing):
+        for x in range(14, shape[2] - 13, spacing):
+            centre = np.array([shape[0] / 2, y, x]) + rng.uniform(-0.5, 0.5, 3)
+            brightness = rng.uniform(800, 1200)
+            r2 = sum(((g - c) / s) ** 2 for g, c, s in zip(grids, centre, sigma))
+            image += brightness * np.exp(-0.5 * r2)
+    return (image + 10 + rng.normal(0, 1.0, shape)).astype(np.float32)
+
+
+def test_distill_psf_recovers_known_psf():
+    rng = np.random.default_rng(0)
+    sigma = (2.0, 1.2, 1.2)
+    beads = bead_image(rng, sigma)
+    size = (15, 11, 11)
+    psf = distill_psf(beads, size=size)
+    truth = gaussian(size, sigma)
+    assert psf.shape == size and psf.min() >= 0
+    assert psf.sum() == pytest.approx(1.0, abs=1e-5)
+    assert np.corrcoef(psf.ravel(), truth.ravel())[0, 1] > 0.98
+    default = distill_psf(beads)  # box size estimated from the brightest bead
+    assert all(n % 2 == 1 for n in default.shape)
+    np.testing.assert_allclose(centroid(default), [(n - 1) / 2 for n in default.shape], atol=0.2)
+
+
+def test_distill_psf_without_isolated_beads():
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 1.0, (20, 40, 40)).astype(np.float32)
+    with pytest.raises(InputError, match="no isolated beads found"):
+        distill_psf(noise, size=(41, 41, 41))
