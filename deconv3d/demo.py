@@ -17,6 +17,7 @@ DEMO_VOXEL = (0.25, 0.1, 0.1)  # µm, (z, y, x)
 DEMO_PSF_SHAPE = (39, 41, 41)
 DEMO_OPTICS = {"na": 1.2, "wavelength": 0.53, "ni": 1.33, "ns": 1.33}
 DEMO_ITERATIONS = 30
+LABELS = {"truth": "ground truth", "input": "widefield input (noisy)"}
 
 
 def demo_data(seed: int = 0):
@@ -55,14 +56,14 @@ def run_demo(output: Path, device="auto", seed: int = 0) -> list[dict]:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     truth, psf, image = demo_data(seed)
-    stacks = {"ground truth": truth, "widefield input": image}
-    rows = [_row("input (no deconvolution)", truth, image, 0.0, psnr_rescaled, ssim_rescaled)]
+    stacks = {"truth": truth, "input": image}
+    rows = [_row("input", truth, image, 0.0, psnr_rescaled, ssim_rescaled)]
     for name, result, seconds in demo_methods(image, psf, device):
         stacks[name] = result
         rows.append(_row(name, truth, result, seconds, psnr_rescaled, ssim_rescaled))
     write_tiff(output / "psf.tif", psf, voxel_size=DEMO_VOXEL)
     for name, stack in stacks.items():
-        write_tiff(output / f"{name.split()[0].replace('-', '_')}.tif", stack, voxel_size=DEMO_VOXEL)
+        write_tiff(output / f"{name}.tif", stack, voxel_size=DEMO_VOXEL)
     draw_projections(stacks, output / "demo.png", DEMO_VOXEL)
     return rows
 
@@ -86,7 +87,7 @@ def draw_projections(stacks: dict, path: Path, voxel_size) -> None:
         top = float(np.percentile(stack.max(axis=0), 99.8)) or 1.0
         ax_xy.imshow(stack.max(axis=0), cmap="magma", vmin=0, vmax=top)
         ax_xz.imshow(stack.max(axis=1), cmap="magma", vmin=0, vmax=top, aspect=aspect)
-        ax_xy.set_ylabel(name)
+        ax_xy.set_ylabel(LABELS.get(name, name))
         for ax in (ax_xy, ax_xz):
             ax.set_xticks([])
             ax.set_yticks([])

@@ -194,9 +194,9 @@ def validate_psf(psf) -> np.ndarray:
     if not np.isfinite(psf).all():
         raise InputError("PSF contains NaN or Inf values: check the PSF file or regenerate it")
     peak = float(psf.max())
-    if peak <= 0:
-        raise InputError("PSF is all zero (or has no positive value): check the PSF file or regenerate it")
-    if float(psf.min()) < -_NEGATIVE_TOLERANCE * peak:
+    if peak == 0 and float(psf.min()) == 0:
+        raise InputError("PSF is all zero: check the PSF file or regenerate it")
+    if float(psf.min()) < -_NEGATIVE_TOLERANCE * max(peak, 0.0):
         raise InputError(
             f"PSF has negative values (min {float(psf.min()):.3g}, max {peak:.3g}): "
             "subtract the background and clip at zero, or regenerate it"
