@@ -15,7 +15,7 @@ import torch
 from deconv3d.errors import InputError
 from deconv3d.fft import FFTConvolver, as_tensor, fast_shape, pad_spatial, resolve_device
 
-BOUNDARIES = ("zero", "reflect", "bertero")
+BOUNDARIES = ("zero", "reflect", "bertero", "periodic")
 Callback = Callable[[int, torch.Tensor], Optional[bool]]
 
 
@@ -59,12 +59,14 @@ def richardson_lucy(
         PSF with the image's dimensionality, normalised to unit sum.
     iterations : int
         Maximum number of iterations.
-    boundary : {"bertero", "zero", "reflect"}
+    boundary : {"bertero", "zero", "reflect", "periodic"}
         ``"zero"`` treats the object as zero outside the image (identical to
         :func:`skimage.restoration.richardson_lucy` with ``clip=False``); ``"reflect"``
         mirrors the image across its border; ``"bertero"`` (default) estimates the
         object on a domain extended by the PSF size, compares with the data inside the
-        image only and normalises by ``H^T 1``, which removes ringing at the borders [3]_.
+        image only and normalises by ``H^T 1``, which removes ringing at the borders [3]_;
+        ``"periodic"`` wraps the image around (circulant model at the image shape, the
+        fastest and the one RedLionfish's CPU path uses; it rings at the borders).
     tv_weight : float
         Weight λ of the total-variation term [2]_; 0 disables it. Must be below
         ``1 / sum_i(2 / s_i)`` (``s_i`` the voxel spacing relative to the finest axis;
@@ -185,6 +187,9 @@ def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str) -> _Problem
         problem = _Problem(y, *_otfs(conv, fft_shape), fft_shape, conv.dims, whole, whole, fft_shape)
         problem.inv_weight = _bertero_inverse_weight(problem)
         return problem
+    if boundary == "periodic":
+        # Circulant model at the image's own shape: cheapest, but light wraps across the borders.
+        return _Problem(y, *_otfs(conv, n), n, conv.dims, whole, whole, n)
     if boundary == "reflect":
         before = [a - 1 - b for a, b in zip(k, o)]
         y = pad_spatial(y, before, list(o), "reflect")
@@ -325,30 +330,40 @@ def _should_stop(it, u, previous, tol, callback, p) -> bool:
 
 
 def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback) -> torch.Tensor:
-    """Biggs & Andrews (1997) first-order vector extrapolation around the RL map ψ.
+    """Biggs & Andrews (1997) vector extrapolation around the RL map ψ, taken geometrically.
 
-    ``y_k = x_k + α_k (x_k - x_{k-1})``, ``x_{k+1} = ψ(y_k)``, ``g_k = x_{k+1} - y_k`` and
-    ``α_{k+1} = <g_k, g_{k-1}> / <g_{k-1}, g_{k-1}>`` clipped to [0, 1).
+    ``y_k = x_k (x_k / x_{k-1})^{α_k}``, ``x_{k+1} = ψ(y_k)``, ``g_k = x_{k+1} - y_k`` and
+    ``α_{k+1} = <g_k, g_{k-1}> / <g_{k-1}, g_{k-1}>`` clipped to [0, 1). Biggs & Andrews step
+    along ``x_k - x_{k-1}`` and clip the guess at zero; RL is multiplicative, so a voxel clipped
+    to zero can never recover, and on noisy 3D data that path peaks about 0.2 dB lower. Stepping
+    along ``log x_k - log x_{k-1}`` keeps the guess positive with the same α and the same
+    first-order prediction (the ratio per step is bounded to [1/20, 20]).
     """
     x = _initial_estimate(p)
     x_prev, guess = torch.empty_like(x), torch.empty_like(x)
     g, g_prev = torch.zeros_like(x), torch.zeros_like(x)
-    alpha = torch.zeros((), device=x.device, dtype=x.dtype)
+    alpha = 0.0
     for it in range(1, iterations + 1):
-        if it > 2:
-            torch.sub(x, x_prev, out=guess)
-            guess.mul_(alpha).add_(x).clamp_min_(0)
+        if it > 2 and alpha > 0:
+            _geometric_step(x, x_prev, alpha, out=guess)
         else:
             guess.copy_(x)
         _rl_update(p, ws, guess, x_prev, tv)  # x_prev's buffer now holds x_{k+1}
         torch.sub(x_prev, guess, out=g)
         if it > 1:
-            alpha = (_dot(g, g_prev) / _dot(g_prev, g_prev).clamp_min(1e-30)).clamp(0.0, 0.999)
+            alpha = float((_dot(g, g_prev) / _dot(g_prev, g_prev).clamp_min(1e-30)).clamp(0.0, 0.999))
         x, x_prev = x_prev, x
         g, g_prev = g_prev, g
         if _should_stop(it, x, x_prev if tol is not None else None, tol, callback, p):
             break
     return x
+
+
+def _geometric_step(x: torch.Tensor, x_prev: torch.Tensor, alpha: float, out: torch.Tensor) -> None:
+    """``out = x · (x / x_prev)^alpha`` with the ratio bounded to [1/20, 20]; zeros stay zero."""
+    torch.clamp(x_prev, min=1e-30, out=out)
+    torch.div(x, out, out=out)
+    out.clamp_(0.05, 20.0).pow_(alpha).mul_(x)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
