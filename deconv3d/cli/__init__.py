@@ -1,0 +1,62 @@
+"""The ``deconv3d`` command line: the only module that prints to the terminal or exits.
+
+Exit status: 0 done; 2 bad input or usage (one line ``deconv3d: error: ...`` on stderr,
+no output file left behind); 1 an unexpected internal error (``--debug`` shows the
+traceback). See ../shared/DESIGN.md for the contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from deconv3d import __version__
+from deconv3d.errors import InputError
+
+from . import classical
+from ._common import Parser, add_common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="deconv3d", description="Deconvolution of 3D fluorescence microscopy.")
+    parser.add_argument("--version", action="version", version=f"deconv3d {__version__}")
+    add_common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    classical.register(sub)
+    return parser
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """Accept the contract's ``psf distill BEADS`` spelling for the ``psf-distill`` command."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("-"):
+            continue
+        if arg == "psf" and i + 1 < len(argv) and argv[i + 1] == "distill":
+            return argv[:i] + ["psf-distill"] + argv[i + 2:]
+        break
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``deconv3d`` command; returns the exit status."""
+    argv = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except InputError as exc:
+        if debug:
+            raise
+        print(f"deconv3d: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deconv3d: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the contract: unexpected errors exit 1
+        if debug:
+            raise
+        print(f"deconv3d: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1
+

@@ -1,0 +1,91 @@
+"""Shared pieces of the command line: the contract-following parser, argument types, progress."""
+
+from __future__ import annotations
+
+import argparse
+
+from deconv3d.errors import InputError
+
+PSF_MODELS = ("gaussian", "gibson-lanni", "vectorial")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors follow the contract: one line, exit status 2."""
+
+    def error(self, message):
+        raise InputError(f"{message} (see '{self.prog} --help')")
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def add_optics(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("microscope (for generated PSFs)")
+    g.add_argument("--na", type=positive_float, required=required, help="numerical aperture of the objective")
+    g.add_argument("--wavelength", type=positive_float, required=required, help="emission wavelength in µm")
+    g.add_argument("--ni", type=positive_float, default=1.515, help="immersion refractive index (default 1.515, oil)")
+    g.add_argument("--ns", type=positive_float, default=1.33, help="sample refractive index (default 1.33, water)")
+    g.add_argument("--depth", type=float, default=0.0, help="depth below the coverslip in µm (default 0)")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def progress(total: int, desc: str):
+    """A tqdm bar on stderr (hidden when stderr is not a terminal) and an RL callback feeding it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="it", disable=None, leave=False)
+
+    def callback(iteration, _estimate):
+        bar.update(iteration - bar.n)
+
+    return bar, callback
+
+
+def voxel_size_of(args, image):
+    voxel = tuple(args.voxel_size) if args.voxel_size else image.voxel_size
+    if voxel is None:
+        return None
+    voxel = tuple(voxel)[-image.data.ndim:]
+    if min(voxel) <= 0:
+        raise InputError(f"voxel size {voxel} must be positive: pass --voxel-size DZ DY DX")
+    return voxel
+
+
+def load_psf(args, image, voxel):
+    from deconv3d.io import read_image
+    from deconv3d.psf import generate_psf, prepare_psf
+
+    if args.psf:
+        psf = read_image(args.psf)
+        return prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel)
+    if args.na is None or args.wavelength is None:
+        raise InputError("--psf-model needs --na and --wavelength: add them, or give a measured --psf file")
+    if voxel is None or len(voxel) != 3 or image.data.ndim != 3:
+        raise InputError("--psf-model needs a 3D image with a known voxel size: pass --voxel-size DZ DY DX")
+    shape = generated_psf_shape(image.data.shape, voxel, args.na, args.wavelength)
+    psf = generate_psf(args.psf_model, shape, voxel, args.na, args.wavelength, ni=args.ni, ns=args.ns,
+                       depth=args.depth)
+    return prepare_psf(psf, image.data.shape, psf_voxel=voxel, image_voxel=voxel)
+
+
+def generated_psf_shape(image_shape, voxel, na, wavelength):
+    """Odd PSF box: about 8 Airy radii laterally, the image's depth axially, never larger than the image."""
+    airy = 0.61 * wavelength / na
+    lateral = [2 * int(round(8 * airy / d)) + 1 for d in voxel[1:]]
+    wanted = [image_shape[0]] + lateral
+    return tuple(min(w, n if n % 2 else n - 1) for w, n in zip(wanted, image_shape))
