@@ -17,6 +17,7 @@ DEMO_VOXEL = (0.25, 0.1, 0.1)  # µm, (z, y, x)
 DEMO_PSF_SHAPE = (39, 41, 41)
 DEMO_OPTICS = {"na": 1.2, "wavelength": 0.53, "ni": 1.33, "ns": 1.33}
 DEMO_ITERATIONS = 30
+DEMO_SSL_SECONDS = 45.0  # training budget of the self-supervised network in the demo
 LABELS = {"truth": "ground truth", "input": "widefield input (noisy)"}
 
 
@@ -42,10 +43,19 @@ def demo_methods(image, psf, device="auto", iterations: int = DEMO_ITERATIONS):
             image, psf, iterations, tv_weight=0.002, accelerate=True, voxel_size=DEMO_VOXEL, device=device
         ),
     }
+    runs["ssl"] = lambda: _demo_ssl(image, psf, device)
     for name, run in runs.items():
         start = time.perf_counter()
         result = run()
         yield name, result, time.perf_counter() - start
+
+
+def _demo_ssl(image, psf, device):
+    """The self-supervised network, sized for the demo's time budget (a small, short training)."""
+    from deconv3d.selfsup import TrainConfig, UNetConfig, deconvolve
+
+    config = TrainConfig(steps=400, patch=24, batch=1, lr=1e-3, decay_steps=200, time_budget=DEMO_SSL_SECONDS)
+    return deconvolve(image, psf, config=config, unet=UNetConfig(ndim=3, base_channels=8, depth=3), device=device)
 
 
 def run_demo(output: Path, device="auto", seed: int = 0) -> list[dict]:

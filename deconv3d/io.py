@@ -14,7 +14,6 @@ import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import tifffile
@@ -147,7 +146,7 @@ def write_tiff(path, data, voxel_size=None, metadata=None) -> None:
             tmp.unlink()
 
 
-def check_output_path(output, inputs=()) -> None:
+def check_output_path(output, inputs=(), suffixes=None) -> None:
     """Check an output path before any heavy work starts.
 
     Parameters
@@ -156,6 +155,8 @@ def check_output_path(output, inputs=()) -> None:
         The path that will be written.
     inputs : str, os.PathLike or iterable of them
         Input files that must not be overwritten (None entries are ignored).
+    suffixes : sequence of str, optional
+        Accepted suffixes (lower case, with the dot); TIFF by default.
 
     Raises
     ------
@@ -169,7 +170,9 @@ def check_output_path(output, inputs=()) -> None:
     for inp in inputs:
         if inp is not None and _same_file(output, Path(inp)):
             raise InputError(f"output path equals the input {inp}: choose another output name")
-    _check_writable_target(output)
+    if suffixes is not None and output.suffix.lower() not in suffixes:
+        raise InputError(f"unsupported output format '{output.suffix}' for {output}: use {' or '.join(suffixes)}")
+    _check_writable_target(output, check_suffix=suffixes is None)
 
 
 # ---------------------------------------------------------------- helpers ---
@@ -185,15 +188,16 @@ def _check_suffix(path: Path, role: str) -> None:
         raise InputError(f"unsupported {role} format '{path.suffix}' for {path}: {_FORMATS}")
 
 
-def _check_writable_target(path: Path) -> None:
-    _check_suffix(path, "output")
+def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
+    if check_suffix:
+        _check_suffix(path, "output")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output directory is not writable: {parent}: choose another output location")
     if path.is_dir():
-        raise InputError(f"output path is a directory: {path}: give a file name ending in .tif")
+        raise InputError(f"output path is a directory: {path}: give a file name")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -190,3 +190,116 @@ def ssim_rescaled(reference, image) -> float:
     1.0
     """
     return ssim(reference, rescale_affine(reference, image), data_range=1.0)
+
+
+# --------------------------------------------------------------------------- latent linearity
+#
+# Scores of how linearly a sequence of latents (the encodings E(x_l) of the planes of one
+# focal stack, ordered by blur level) is arranged, after P. Mazilu, H. Wang, S. Dummer,
+# R. Veldhuis, C. Brune and N. Strisciuglio, "Defocus blur synthesis and deblurring via
+# interpolation and extrapolation in latent space", CAIP 2023, arXiv:2307.15461.
+
+__all__ += ["latent_lds", "latent_apd"]
+
+
+def _flat_latents(latents) -> np.ndarray:
+    """``(n, D)`` float64 matrix: each latent (array, tensor or tuple of them) flattened."""
+    rows = []
+    for z in latents:
+        parts = z if isinstance(z, (tuple, list)) else (z,)
+        arrays = [np.asarray(p.detach().cpu().numpy() if hasattr(p, "detach") else p, dtype=np.float64).ravel()
+                  for p in parts]
+        rows.append(np.concatenate(arrays) if arrays else np.zeros(0))
+    if len({r.size for r in rows}) > 1:
+        raise InputError("latents differ in size: encode every plane of the stack with the same model and shape")
+    return np.stack(rows)
+
+
+def latent_lds(latents) -> float:
+    """LDS: mean cosine similarity of consecutive latent differences (1 = collinear steps).
+
+    Parameters
+    ----------
+    latents : sequence
+        At least three latents ordered by blur level; each a numpy array, a torch tensor or
+        a tuple/list of them (tuples are flattened and concatenated).
+
+    Returns
+    -------
+    float
+        In [-1, 1]; 1 when every step points the same way.
+
+    Notes
+    -----
+    With ``d_i = z_{i+1} - z_i`` (flattened), ``i = 0 .. n-2``,
+
+    ``LDS = 1/(n-2) * sum_{i=0}^{n-3} <d_i, d_{i+1}> / (||d_i|| ||d_{i+1}||)``.
+
+    References
+    ----------
+    .. [1] P. Mazilu et al., "Defocus blur synthesis and deblurring via interpolation
+       and extrapolation in latent space", CAIP 2023, arXiv:2307.15461.
+
+    Examples
+    --------
+    >>> latent_lds([np.zeros(3), np.ones(3), 3 * np.ones(3)])
+    1.0
+    """
+    z = _flat_latents(latents)
+    if z.shape[0] < 3:
+        raise InputError(f"LDS needs at least 3 latents, got {z.shape[0]}")
+    d = np.diff(z, axis=0)
+    norms = np.linalg.norm(d, axis=1)
+    if np.any(norms == 0):
+        raise InputError("two consecutive latents are identical: LDS is undefined for a zero step")
+    cos = np.sum(d[:-1] * d[1:], axis=1) / (norms[:-1] * norms[1:])
+    return float(np.clip(np.mean(cos), -1.0, 1.0))
+
+
+def latent_apd(latents, levels=None) -> float:
+    """APD: mean deviation of consecutive latent distances from straight-line interpolation.
+
+    Parameters
+    ----------
+    latents : sequence
+        At least two latents ordered by blur level (arrays, tensors or tuples of them).
+    levels : sequence of float, optional
+        Strictly increasing level values of the latents; evenly spaced by default.
+
+    Returns
+    -------
+    float
+        Non-negative; 0 when the latents are evenly placed on the segment between the ends.
+
+    Notes
+    -----
+    With ``t_i = (l_i - l_0) / (l_{n-1} - l_0)``, the synthesised latents are
+    ``zhat_i = (1 - t_i) z_0 + t_i z_{n-1}``, so ``||zhat_{i+1} - zhat_i|| = (t_{i+1} - t_i) D``
+    with ``D = ||z_{n-1} - z_0||``, and
+
+    ``APD = 1/(n-1) * sum_{i=0}^{n-2} | ||z_{i+1} - z_i|| - ||zhat_{i+1} - zhat_i|| | / D``.
+
+    References
+    ----------
+    .. [1] P. Mazilu et al., "Defocus blur synthesis and deblurring via interpolation
+       and extrapolation in latent space", CAIP 2023, arXiv:2307.15461.
+
+    Examples
+    --------
+    >>> round(latent_apd([np.zeros(2), np.array([1.0, 1.0]), np.array([2.0, 0.0])]), 4)
+    0.2071
+    """
+    z = _flat_latents(latents)
+    n = z.shape[0]
+    if n < 2:
+        raise InputError(f"APD needs at least 2 latents, got {n}")
+    lv = np.arange(n, dtype=np.float64) if levels is None else np.asarray(levels, dtype=np.float64).ravel()
+    if lv.size != n or np.any(np.diff(lv) <= 0):
+        raise InputError(f"levels must be {n} strictly increasing values, one per latent")
+    total = float(np.linalg.norm(z[-1] - z[0]))
+    if total == 0:
+        raise InputError("the first and last latents are identical: APD is undefined")
+    t = (lv - lv[0]) / (lv[-1] - lv[0])
+    real = np.linalg.norm(np.diff(z, axis=0), axis=1)
+    synthetic = np.diff(t) * total
+    return float(np.mean(np.abs(real - synthetic)) / total)

@@ -13,7 +13,7 @@ import sys
 from deconv3d import __version__
 from deconv3d.errors import InputError
 
-from . import classical
+from . import blur, classical, selfsup
 from ._common import Parser, add_common
 
 
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     classical.register(sub)
+    blur.register(sub)
+    selfsup.register(sub)
     return parser
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 from deconv3d import __version__
 from deconv3d.errors import InputError
 
+from . import selfsup
 from ._common import DEVICES, PSF_MODELS, add_common, add_optics, load_psf, positive_float, positive_int, progress, voxel_size_of
 
-METHODS = ("rl", "rl-tv", "wiener")
+METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
 
 
@@ -51,8 +52,9 @@ def _deconvolve_parser(sub) -> None:
     p = sub.add_parser("deconvolve", help="deconvolve an image with a known or generated PSF")
     p.add_argument("input", help="input image (.tif/.tiff, 2D or 3D)")
     p.add_argument("-o", "--output", required=True, help="output image (.tif/.tiff, float32 with voxel size)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--psf", help="PSF file (.tif); resampled to the image's voxel size when they differ")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--psf", help="PSF file (.tif); resampled to the image's voxel size when they differ "
+                                   "(required, except for --method ssl with --model)")
     src.add_argument("--psf-model", choices=PSF_MODELS, help="generate the PSF from microscope parameters")
     add_optics(p, required=False)
     p.add_argument("--method", choices=METHODS, default="rl", help="deconvolution method (default rl)")
@@ -65,6 +67,7 @@ def _deconvolve_parser(sub) -> None:
     p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
                    help="voxel size in µm (overrides the file's metadata)")
     p.add_argument("--device", default="auto", choices=DEVICES)
+    selfsup.add_deconvolve_options(p)
     p.set_defaults(func=cmd_deconvolve)
     add_common(p)
 
@@ -101,13 +104,19 @@ def cmd_deconvolve(args) -> int:
     from deconv3d.io import check_output_path, read_image, write_tiff
 
     image = read_image(args.input)
-    check_output_path(args.output, [args.input] + ([args.psf] if args.psf else []))
+    check_output_path(args.output, [f for f in (args.input, args.psf, args.model) if f])
     if args.method == "rl-tv" and not args.tv_weight > 0:
         raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
     voxel = voxel_size_of(args, image)
-    psf = load_psf(args, image, voxel)
+    if args.method != "ssl" and (args.model or args.steps):
+        raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
+    if args.psf is None and args.psf_model is None and not (args.method == "ssl" and args.model):
+        raise InputError("a PSF is needed: add --psf PSF.tif or --psf-model MODEL --na NA --wavelength UM")
+    psf = load_psf(args, image, voxel) if (args.psf or args.psf_model) else None
     start = time.perf_counter()
-    if args.method == "wiener":
+    if args.method == "ssl":
+        result, params, psf = selfsup.deconvolve_ssl(args, image.data, psf, voxel)
+    elif args.method == "wiener":
         result = wiener(image.data, psf, args.balance, device=args.device)
         params = {"balance": args.balance}
     else:

@@ -1,0 +1,63 @@
+"""Small pieces shared by the two trainable models (selfsup and latent): stop rules and safe files.
+
+``stop_reason`` decides when a training loop ends; ``atomic_torch_save`` writes a
+checkpoint that appears complete or not at all; ``safe_torch_load`` reads one with
+``torch.load(weights_only=True)``, whose unpickler accepts only tensors, numbers,
+strings and containers, so a crafted file cannot run code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from deconv3d.errors import InputError
+
+
+def stop_reason(step: int, loss: float, steps: int, time_budget, callback, started: float) -> str | None:
+    """``"non-finite loss"``, ``"cancelled"``, ``"completed"``, ``"time_budget"`` or None (go on)."""
+    if not math.isfinite(loss):
+        return "non-finite loss"
+    if callback is not None and callback(step, loss):
+        return "cancelled"
+    if step >= steps:
+        return "completed"
+    if time_budget is not None and time.perf_counter() - started >= time_budget:
+        return "time_budget"
+    return None
+
+
+def atomic_torch_save(payload: dict, path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename it to ``path``."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_torch_load(path, producer: str):
+    """Load ``path`` without executing code from it; ``producer`` names the command that writes such files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model file {path} does not exist: give the path of a checkpoint written by {producer}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # the safe unpickler refuses any object that is not a tensor, number, string or container
+        raise InputError(f"{path} is not a safe deconv3d checkpoint (it holds objects that could run code, or is "
+                         f"not a checkpoint at all): use a model written by {producer}") from None

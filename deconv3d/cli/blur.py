@@ -1,0 +1,239 @@
+"""Commands of the latent path: ``blur train``, ``blur synth`` and ``blur deblur``.
+
+Linear-latent autoencoders after Mazilu, Wang, Dummer, Veldhuis, Brune & Strisciuglio,
+"Defocus Blur Synthesis and Deblurring via Interpolation and Extrapolation in Latent
+Space", CAIP 2023, arXiv:2307.15461 (see :mod:`deconv3d.latent`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from deconv3d import __version__
+from deconv3d.errors import InputError
+
+from ._common import DEVICES, Parser, add_common, positive_float, positive_int, progress
+
+VARIANTS = ("baseline", "implicit", "explicit")
+DISTANCES = ("mse", "l1")
+
+
+def register(sub) -> None:
+    """Add the ``blur`` command and its sub-commands to the ``deconv3d`` sub-parsers."""
+    p = sub.add_parser("blur", help="synthesise or remove defocus blur with a linear-latent autoencoder")
+    add_common(p)
+    blur = p.add_subparsers(dest="blur_command", metavar="SUBCOMMAND", parser_class=Parser)
+    blur.required = True
+    _train_parser(blur)
+    _synth_parser(blur)
+    _deblur_parser(blur)
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
+def _train_parser(blur) -> None:
+    p = blur.add_parser("train", help="train an autoencoder on through-focus stacks (planes ordered by blur)")
+    p.add_argument("stacks", nargs="+", metavar="STACK.tif", help="through-focus stacks of at least 3 planes")
+    p.add_argument("-o", "--output", required=True, help="output model file (.ckpt)")
+    p.add_argument("--variant", choices=VARIANTS, default="explicit",
+                   help="objective: plain autoencoder, + decoded interpolation, + latent match (default explicit)")
+    p.add_argument("--dist", choices=DISTANCES, default="mse", help="latent distance of the explicit loss")
+    p.add_argument("--levels", type=float, nargs="+", metavar="L",
+                   help="blur level of each plane, larger = nearer focus (default: plane index)")
+    p.add_argument("--focus", choices=("last", "first"), default="last",
+                   help="which end of the stacks is in focus when --levels is not given (default last)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="training steps (default 1000)")
+    p.add_argument("--batch", type=positive_int, default=16, help="triplets per step (default 16)")
+    p.add_argument("--crop", type=positive_int, default=64, help="training crop side (default 64)")
+    p.add_argument("--widths", type=positive_int, nargs="+", default=[32, 64, 128, 256], metavar="W",
+                   help="encoder widths, finest first (default 32 64 128 256; the paper: 64 ... 1024)")
+    p.add_argument("--skip", action="store_true", help="interpolate the encoder features of every scale")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--val-fraction", type=float, default=0.25, help="held-out share of the stacks (default 0.25)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, split and crops (default 0)")
+    p.add_argument("--time-budget", type=positive_float, help="stop after this many seconds")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    add_common(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _synth_parser(blur) -> None:
+    p = blur.add_parser("synth", help="synthesise blur levels between a blurred and a sharp plane")
+    p.add_argument("--model", required=True, help="autoencoder written by 'deconv3d blur train'")
+    p.add_argument("far", metavar="FAR.tif", help="the most blurred plane")
+    p.add_argument("near", metavar="NEAR.tif", help="the in-focus plane")
+    p.add_argument("--levels", type=positive_int, required=True, metavar="K",
+                   help="number of planes to write, evenly spaced over --range (default FAR to NEAR, both included)")
+    p.add_argument("--range", type=float, nargs=2, default=[0.0, 1.0], metavar=("A0", "A1"),
+                   help="first and last fraction from FAR (0) to NEAR (1); beyond [0, 1] extrapolates")
+    p.add_argument("-o", "--output", required=True, help="output stack (.tif), one plane per level")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    add_common(p)
+    p.set_defaults(func=cmd_synth)
+
+
+def _deblur_parser(blur) -> None:
+    p = blur.add_parser("deblur", help="extrapolate the in-focus plane from a blurred plane")
+    p.add_argument("--model", required=True, help="autoencoder written by 'deconv3d blur train'")
+    p.add_argument("far", metavar="FAR.tif", help="the most blurred plane")
+    p.add_argument("level", metavar="LEVEL.tif", help="the plane to deblur")
+    p.add_argument("--alpha", type=_fraction, required=True, metavar="A",
+                   help="weight of FAR in LEVEL, (b - m) / (b - a) for the levels a of FAR, m of LEVEL, b of focus")
+    p.add_argument("-o", "--output", required=True, help="output plane (.tif)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    add_common(p)
+    p.set_defaults(func=cmd_deblur)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _check_model_output(output, inputs) -> None:
+    path = Path(output)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"output directory {parent} is missing or not writable: choose another output path")
+    if path.is_dir():
+        raise InputError(f"output path is a directory: {path}: give a file name such as AE.ckpt")
+    if path.suffix.lower() not in (".ckpt", ".pt"):
+        raise InputError(f"unsupported model format '{path.suffix}' for {path}: name it .ckpt (or .pt)")
+    if any(path.resolve() == Path(p).resolve() for p in inputs):
+        raise InputError(f"output path equals the input {path}: choose another output name")
+
+
+def _read_stacks(paths) -> np.ndarray:
+    from deconv3d.io import read_image
+
+    stacks = []
+    for path in paths:
+        data = read_image(path).data
+        if data.ndim != 3 or data.shape[0] < 3:
+            planes = 1 if data.ndim == 2 else data.shape[0]
+            raise InputError(f"{path} holds {planes} plane(s): blur train needs through-focus stacks of at "
+                             "least 3 planes, ordered by blur")
+        if stacks and data.shape != stacks[0].shape:
+            raise InputError(f"{path} has shape {data.shape} but {paths[0]} has {stacks[0].shape}: "
+                             "give stacks with the same number of planes of the same size")
+        stacks.append(data)
+    return np.stack(stacks)
+
+
+def _ordered_levels(args, n: int, stacks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stacks with planes sorted by level (most blurred first) and the sorted level values."""
+    if args.levels is None:
+        levels = np.arange(n, dtype=np.float64)
+        return (stacks[:, ::-1] if args.focus == "first" else stacks), levels
+    levels = np.asarray(args.levels, dtype=np.float64)
+    if levels.size != n or np.unique(levels).size != n:
+        raise InputError(f"--levels needs {n} distinct values, one per plane, got {levels.size}")
+    order = np.argsort(levels)
+    return stacks[:, order], levels[order]
+
+
+def _read_plane(path, role: str) -> tuple[np.ndarray, tuple | None]:
+    from deconv3d.io import read_image
+
+    image = read_image(path)
+    if image.data.ndim != 2:
+        raise InputError(f"{role} {path} holds {image.data.shape[0]} planes: give a single 2D plane "
+                         "(extract it from the stack first)")
+    return image.data, image.voxel_size
+
+
+def _load_model(args, shape):
+    from deconv3d.latent.checkpoint import load_checkpoint
+
+    trained = load_checkpoint(args.model, device=args.device)
+    trained.check_planes(shape)
+    digest = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()[:16]
+    return trained, digest
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_train(args) -> int:
+    from deconv3d.latent.checkpoint import save_checkpoint
+    from deconv3d.latent.data import tile_stacks
+    from deconv3d.latent.model import AEConfig
+    from deconv3d.latent.train import LatentTrainConfig, train
+
+    _check_model_output(args.output, args.stacks)
+    stacks = _read_stacks(args.stacks)
+    stacks, levels = _ordered_levels(args, stacks.shape[1], stacks)
+    ae = AEConfig(widths=tuple(args.widths), crop=args.crop, skip_interp=args.skip)
+    if ae.crop > min(stacks.shape[-2:]):
+        raise InputError(f"the planes {stacks.shape[-2:]} are smaller than --crop {ae.crop}: give a smaller --crop")
+    val_fraction = args.val_fraction
+    if stacks.shape[0] == 1 and val_fraction > 0:  # validate on separate tiles of the one field of view
+        stacks = tile_stacks(stacks, ae.crop)
+        if stacks.shape[0] == 1:
+            print("note: one stack too small to split: no held-out validation, the last averaged weights are kept")
+            val_fraction = 0.0
+    config = LatentTrainConfig(variant=args.variant, dist=args.dist, steps=args.steps, batch=args.batch,
+                               lr=args.lr, val_every=min(100, args.steps), val_fraction=val_fraction,
+                               seed=args.seed, time_budget=args.time_budget)
+    bar, callback = progress(args.steps, f"blur train ({args.variant})")
+    with bar:
+        result = train(stacks, levels, config, ae, device=args.device, callback=callback)
+    if result.reason == "non-finite loss":
+        raise InputError("training diverged (non-finite loss): lower --lr or check the stacks")
+    save_checkpoint(result, args.output, plane_shape=stacks.shape[-2:])
+    score = "" if result.best_score is None else (f", best validation PSNR {result.best_score:.2f} dB "
+                                                  f"at step {result.best_step}")
+    print(f"wrote {args.output}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}){score}")
+    return 0
+
+
+def _read_pair(far_path, other_path, other_role: str):
+    """The FAR plane and another plane of the same shape, with the other's pixel size."""
+    far, _ = _read_plane(far_path, "FAR")
+    other, voxel = _read_plane(other_path, other_role)
+    if far.shape != other.shape:
+        raise InputError(f"FAR {far_path} {far.shape} and {other_role} {other_path} {other.shape} differ in shape: "
+                         "give two planes of one field of view")
+    return far, other, voxel
+
+
+def cmd_synth(args) -> int:
+    from deconv3d.io import check_output_path, write_tiff
+    from deconv3d.latent.ops import synthesize_blur
+
+    far, near, voxel = _read_pair(args.far, args.near, "NEAR")
+    if args.levels < 2:
+        raise InputError("--levels must be at least 2 (the planes at both ends of --range)")
+    check_output_path(args.output, [args.far, args.near, args.model])
+    trained, digest = _load_model(args, far.shape)
+    fractions = np.linspace(args.range[0], args.range[1], args.levels)
+    stack = synthesize_blur(trained.model, far, near, fractions)
+    meta = {"deconv3d": __version__, "method": "latent-synth", "fractions": [round(float(a), 6) for a in fractions],
+            "far": str(args.far), "near": str(args.near), "model_sha256_16": digest,
+            "pixel_size_um": None if voxel is None else list(voxel)}
+    write_tiff(args.output, stack, metadata=meta)
+    print(f"wrote {args.output}: {args.levels} planes from fraction {fractions[0]:g} to {fractions[-1]:g}")
+    return 0
+
+
+def cmd_deblur(args) -> int:
+    from deconv3d.io import check_output_path, write_tiff
+    from deconv3d.latent.ops import deblur
+
+    far, plane, voxel = _read_pair(args.far, args.level, "LEVEL")
+    check_output_path(args.output, [args.far, args.level, args.model])
+    trained, digest = _load_model(args, far.shape)
+    sharp = deblur(trained.model, far, plane, args.alpha)
+    meta = {"deconv3d": __version__, "method": "latent-deblur", "alpha": args.alpha, "far": str(args.far),
+            "level": str(args.level), "model_sha256_16": digest}
+    write_tiff(args.output, sharp, voxel_size=voxel, metadata=meta)
+    print(f"wrote {args.output}: in-focus plane extrapolated with alpha {args.alpha:g}")
+    return 0

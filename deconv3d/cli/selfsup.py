@@ -1,0 +1,134 @@
+"""Commands of the self-supervised path: ``train``, and ``deconvolve --method ssl``."""
+
+from __future__ import annotations
+
+import time
+
+from deconv3d.errors import InputError
+
+from ._common import DEVICES, add_common, positive_float, positive_int, voxel_size_of
+
+INVARIANCE = ("before-psf", "after-psf", "both", "none")
+
+
+def register(sub) -> None:
+    """Add the ``train`` command to the ``deconv3d`` sub-parsers."""
+    p = sub.add_parser("train", help="train a self-supervised deconvolution network on an image")
+    p.add_argument("input", help="image to train on (.tif/.tiff, 2D or 3D)")
+    p.add_argument("--psf", required=True, help="PSF file (.tif); resampled to the image's voxel size when they differ")
+    p.add_argument("-o", "--output", required=True, help="output model file (.ckpt)")
+    add_training_options(p, steps_flag="--steps")
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
+                   help="voxel size in µm (overrides the file's metadata)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.set_defaults(func=cmd_train)
+    add_common(p)
+
+
+def add_training_options(p, steps_flag: str) -> None:
+    """Options of the training recipe; ``steps_flag`` is ``--steps`` (train) or ``--train-steps`` (deconvolve)."""
+    g = p.add_argument_group("self-supervised network (Papkov et al. 2023)")
+    g.add_argument(steps_flag, dest="steps", type=positive_int, default=None,
+                   help="training steps (default 300)")
+    g.add_argument("--patch", type=positive_int, default=32, help="side of the training patches (default 32)")
+    g.add_argument("--batch", type=positive_int, default=2, help="patches per step (default 2)")
+    g.add_argument("--invariance", choices=INVARIANCE, default="before-psf",
+                   help="where the Siamese invariance loss sits (default before-psf; none with --ssi)")
+    g.add_argument("--ssi", action="store_true", help="SSI-style blind-spot baseline (invariance none, lambda_bsp 1)")
+    g.add_argument("--base-channels", type=positive_int, default=16, help="UNet width (default 16)")
+    g.add_argument("--unet-depth", type=positive_int, default=3, help="UNet depth (default 3)")
+    g.add_argument("--lr", type=positive_float, default=4e-4, help="Adam learning rate (default 4e-4)")
+    g.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
+                   help="stop training after this many seconds")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def configs(args, ndim: int):
+    """The (TrainConfig, UNetConfig) chosen on the command line."""
+    from deconv3d.selfsup import TrainConfig, UNetConfig
+
+    extra = dict(invariance="none", lambda_bsp=1.0) if args.ssi else dict(invariance=args.invariance)
+    config = TrainConfig(steps=args.steps or 300, patch=args.patch, batch=args.batch, lr=args.lr,
+                         time_budget=args.time_budget, seed=args.seed, **extra)
+    return config, UNetConfig(ndim=ndim, base_channels=args.base_channels, depth=args.unet_depth)
+
+
+def train_with_progress(image, psf, args, voxel):
+    """Train on ``image`` with a tqdm bar showing the loss; raises on cancel or divergence."""
+    from tqdm import tqdm
+
+    from deconv3d.selfsup import train
+
+    config, unet = configs(args, image.ndim)
+    bar = tqdm(total=config.steps, desc="train", unit="step", disable=None, leave=False)
+
+    def callback(step, loss):
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+    with bar:
+        result = train(image, psf, config=config, unet=unet, device=args.device, callback=callback, voxel_size=voxel)
+    if result.reason == "non-finite loss":
+        raise InputError(f"training diverged at step {result.steps_done} (non-finite loss): lower --lr or check the PSF")
+    return result
+
+
+def _read_inputs(args):
+    from deconv3d.io import check_output_path, read_image
+    from deconv3d.psf import prepare_psf
+
+    image = read_image(args.input)
+    check_output_path(args.output, [args.input, args.psf], suffixes=(".ckpt", ".pt"))
+    voxel = voxel_size_of(args, image)
+    psf = read_image(args.psf)
+    return image, prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel), voxel
+
+
+def cmd_train(args) -> int:
+    from deconv3d.selfsup import save_checkpoint
+
+    image, psf, voxel = _read_inputs(args)
+    start = time.perf_counter()
+    result = train_with_progress(image.data, psf, args, voxel)
+    save_checkpoint(result, args.output)
+    last = result.history[-1][1]
+    print(f"wrote {args.output}: {result.steps_done} steps ({result.reason}) in {time.perf_counter() - start:.1f} s, "
+          f"final loss {last:.4g}")
+    return 0
+
+
+def deconvolve_ssl(args, image, psf, voxel):
+    """``deconvolve --method ssl``: apply ``--model`` or train on the image first; returns (result, params, psf)."""
+    from tqdm import tqdm
+
+    from deconv3d.selfsup import apply_model, load_checkpoint
+
+    if args.model and args.steps:
+        raise InputError("give either --model or --train-steps for --method ssl, not both")
+    if args.model:
+        trained = load_checkpoint(args.model, device="cpu")
+        trained.check_compatible(image.ndim, psf, voxel)
+        params = {"model": str(args.model)}
+    else:
+        if psf is None:
+            raise InputError("--method ssl without --model needs a PSF: add --psf PSF.tif or --psf-model")
+        trained = train_with_progress(image, psf, args, voxel)
+        params = {"train_steps": trained.steps_done, "invariance": trained.config.invariance}
+    bar = tqdm(desc="predict", unit="tile", disable=None, leave=False)
+
+    def callback(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    with bar:
+        result = apply_model(trained, image, device=args.device, tta=args.tta, callback=callback)
+    params["tta"] = bool(args.tta)
+    return result, params, trained.psf
+
+
+def add_deconvolve_options(p) -> None:
+    """The ``--method ssl`` options of ``deconvolve``."""
+    p.add_argument("--model", help="trained network (.ckpt from deconv3d train) for --method ssl")
+    p.add_argument("--tta", action="store_true", help="ssl: average over the 8 xy rotations/flips")
+    add_training_options(p, steps_flag="--train-steps")
+

@@ -1,0 +1,153 @@
+"""Save and load trained linear-latent autoencoders without executing code from the file.
+
+A checkpoint is a plain ``torch.save`` dictionary of tensors, numbers, strings, lists and
+dicts: a format tag, the network weights, the network shape (``widths``, ``depth``,
+``crop``, ``skip_interp``), the training recipe (``variant``, ``dist``, steps, ...), the
+blur level values and the plane size of the training stacks. Loading uses
+``torch.load(weights_only=True)``, whose unpickler accepts only those types, so a crafted
+file holding arbitrary objects (a pickle payload) is refused before anything in it runs.
+
+References
+----------
+.. [1] P. Mazilu, H. Wang, S. Dummer, R. Veldhuis, C. Brune and N. Strisciuglio,
+   "Defocus blur synthesis and deblurring via interpolation and extrapolation in latent
+   space", CAIP 2023, arXiv:2307.15461.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from deconv3d._torch_common import atomic_torch_save, safe_torch_load
+from deconv3d.errors import InputError
+from deconv3d.fft import resolve_device
+from deconv3d.latent.data import check_levels
+from deconv3d.latent.model import AEConfig, Autoencoder, config_from_dict, config_to_dict
+from deconv3d.latent.train import LatentTrainConfig, config_to_dict as train_config_to_dict, train_config_from_dict
+
+__all__ = ["FORMAT", "TrainedAutoencoder", "save_checkpoint", "load_checkpoint"]
+
+FORMAT = "deconv3d.latent/1"
+
+
+@dataclass
+class TrainedAutoencoder:
+    """A trained linear-latent autoencoder with what is needed to apply it.
+
+    ``levels`` are the blur level values of the training stacks (larger = nearer focus),
+    ``plane_shape`` their ``(H, W)`` (``None`` when unknown) and ``best_score`` the best
+    validation PSNR of the interpolated middle planes (``None`` without validation).
+    """
+
+    model: Autoencoder
+    ae_config: AEConfig
+    config: LatentTrainConfig
+    levels: np.ndarray
+    plane_shape: Optional[tuple[int, int]] = None
+    best_score: Optional[float] = None
+
+    @classmethod
+    def from_result(cls, result, plane_shape=None) -> "TrainedAutoencoder":
+        """From a :class:`deconv3d.latent.train.LatentTrainResult`."""
+        shape = None if plane_shape is None else tuple(int(n) for n in plane_shape)[-2:]
+        return cls(result.model, result.ae_config, result.config, np.asarray(result.levels, np.float32), shape,
+                   result.best_score)
+
+    def check_planes(self, shape) -> None:
+        """Raise :class:`InputError` for planes smaller than the training crops (a model for another size).
+
+        Larger planes are fine: the network is fully convolutional and
+        :mod:`deconv3d.latent.ops` pads them to a multiple of its divisor.
+        """
+        h, w = (int(n) for n in tuple(shape)[-2:])
+        crop, div = self.ae_config.crop, self.ae_config.divisor
+        if min(h, w) >= crop:
+            return
+        fit = (min(h, w) // div) * div
+        hint = (f"train one on these planes with --crop {fit} (deconv3d blur train)" if fit
+                else f"train one with fewer --widths (planes need at least {div} pixels a side for this depth)")
+        raise InputError(f"the model was trained on {crop}x{crop} crops but the planes are {h}x{w}: "
+                         f"it is a model for another size; {hint}")
+
+
+def _payload(trained: TrainedAutoencoder) -> dict:
+    state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
+    model = config_to_dict(trained.ae_config)
+    model["depth"] = len(trained.ae_config.widths)
+    return {
+        "format": FORMAT,
+        "state_dict": state,
+        "model": model,
+        "train": train_config_to_dict(trained.config),
+        "levels": [float(v) for v in np.asarray(trained.levels).ravel()],
+        "plane_shape": None if trained.plane_shape is None else [int(n) for n in trained.plane_shape],
+        "best_score": None if trained.best_score is None else float(trained.best_score),
+    }
+
+
+def save_checkpoint(trained, path, plane_shape=None) -> None:
+    """Write ``trained`` (a :class:`TrainedAutoencoder` or a ``LatentTrainResult``) to ``path`` atomically.
+
+    The file appears complete or not at all: it is written under a temporary name in the
+    same folder and moved onto ``path`` with :func:`os.replace`. ``plane_shape`` is used
+    only with a ``LatentTrainResult``.
+
+    Examples
+    --------
+    >>> save_checkpoint(result, "ae.ckpt", plane_shape=(64, 64))  # doctest: +SKIP
+    >>> load_checkpoint("ae.ckpt").ae_config.widths  # doctest: +SKIP
+    (32, 64, 128, 256)
+    """
+    if not isinstance(trained, TrainedAutoencoder):
+        trained = TrainedAutoencoder.from_result(trained, plane_shape)
+    atomic_torch_save(_payload(trained), path)
+
+
+def _read(path) -> dict:
+    data = safe_torch_load(path, "deconv3d blur train")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InputError(f"{path} is not a deconv3d blur autoencoder checkpoint: use a model written by "
+                         "deconv3d blur train")
+    return data
+
+
+def _build(path, data: dict, device) -> Autoencoder:
+    ae = config_from_dict(data["model"])
+    if int(data["model"].get("depth", len(ae.widths))) != len(ae.widths):
+        raise InputError(f"{path} is a damaged deconv3d checkpoint (depth does not match widths): retrain the model")
+    model = Autoencoder(ae)
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError:
+        raise InputError(f"the weights in {path} do not fit its network shape (widths {list(ae.widths)}): "
+                         "it holds a model for another size; retrain it with deconv3d blur train") from None
+    return model.to(resolve_device(device)).eval()
+
+
+def load_checkpoint(path, device="cpu") -> TrainedAutoencoder:
+    """Load a checkpoint written by :func:`save_checkpoint`; the network is in eval mode on ``device``.
+
+    Raises
+    ------
+    InputError
+        For a missing file, a file that is not a deconv3d autoencoder checkpoint (including
+        crafted pickles, refused without running them), or weights that do not fit the
+        stored network shape.
+    """
+    data = _read(path)
+    try:
+        model = _build(path, data, device)
+        config = train_config_from_dict(data["train"])
+        levels = check_levels(data["levels"]).astype(np.float32)
+        shape = data.get("plane_shape")
+        best = data.get("best_score")
+        return TrainedAutoencoder(model, model.config, config, levels,
+                                  None if shape is None else tuple(int(n) for n in shape),
+                                  None if best is None else float(best))
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{path} is a damaged deconv3d checkpoint ({type(exc).__name__}): retrain the model") from None

@@ -1,0 +1,135 @@
+"""Training losses of the linear-latent autoencoder (pure functions of tensors).
+
+A training triplet holds planes ``x1, x2, x3`` at blur levels ``a < m < b`` with
+``alpha = (b - m) / (b - a)``; ``z_i = E(x_i)``, ``y_i = D(z_i)`` and the interpolated
+latent ``z2' = alpha z1 + (1 - alpha) z3`` decodes to ``y2' = D(z2')``. Mazilu et al.
+define three objectives:
+
+* baseline  ``L_b = 1/2 [MSE(y1, x1) + MSE(y3, x3)]`` (a plain autoencoder);
+* implicit  ``L_i = L_b + MSE(y2', x2)`` (the interpolation must decode to ``x2``);
+* explicit  ``L_d = L_i + dist(z2', E(x2))`` (it must also match the encoding of ``x2``),
+  with ``dist`` the mean squared error (the authors' code) or the mean absolute error
+  (the paper's figure).
+
+Latents are tuples of tensors (:mod:`deconv3d.latent.model`); the latent distance is the
+mean over all their elements together, i.e. over the concatenation of the flattened tensors.
+
+References
+----------
+.. [1] P. Mazilu, H. Wang, S. Dummer, R. Veldhuis, C. Brune and N. Strisciuglio,
+   "Defocus blur synthesis and deblurring via interpolation and extrapolation in latent
+   space", CAIP 2023, arXiv:2307.15461.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from deconv3d.errors import InputError
+
+__all__ = ["VARIANTS", "DISTANCES", "latent_distance", "baseline_loss", "implicit_loss", "explicit_loss"]
+
+VARIANTS = ("baseline", "implicit", "explicit")
+DISTANCES = ("mse", "l1")
+
+
+def _value(t: torch.Tensor) -> float:
+    return float(t.detach())
+
+
+def _parts(z) -> tuple:
+    return tuple(z) if isinstance(z, (tuple, list)) else (z,)
+
+
+def latent_distance(z_a, z_b, dist: str = "mse") -> torch.Tensor:
+    """Mean squared (``"mse"``) or absolute (``"l1"``) difference over all latent elements.
+
+    Examples
+    --------
+    >>> float(latent_distance((torch.zeros(2), torch.zeros(2)), (torch.ones(2), 3 * torch.ones(2)), "l1"))
+    2.0
+    """
+    if dist not in DISTANCES:
+        raise InputError(f"dist must be one of {', '.join(DISTANCES)}, got {dist!r}")
+    a, b = _parts(z_a), _parts(z_b)
+    if len(a) != len(b):
+        raise InputError(f"latents have {len(a)} and {len(b)} tensors: they must have the same structure")
+    total, count = 0.0, 0
+    for ta, tb in zip(a, b):
+        diff = ta - tb
+        total = total + (diff.square().sum() if dist == "mse" else diff.abs().sum())
+        count += diff.numel()
+    return total / count
+
+
+def baseline_loss(x1, x3, y1, y3) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L_b = 1/2 [MSE(y1, x1) + MSE(y3, x3)]``: reconstruction of the triplet's ends.
+
+    Parameters
+    ----------
+    x1, x3 : torch.Tensor
+        Planes at the lower and upper level.
+    y1, y3 : torch.Tensor
+        Their reconstructions ``D(E(x1))``, ``D(E(x3))``.
+
+    Returns
+    -------
+    (torch.Tensor, dict)
+        The scalar loss and its terms as floats (``"recon"``, ``"total"``).
+
+    Examples
+    --------
+    >>> x, y = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    >>> baseline_loss(x, x, y, x)[1]["total"]
+    0.5
+    """
+    recon = 0.5 * (F.mse_loss(y1, x1) + F.mse_loss(y3, x3))
+    return recon, {"recon": _value(recon), "total": _value(recon)}
+
+
+def implicit_loss(x1, x2, x3, y1, y2_interp, y3) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L_i = L_b + MSE(D(z2'), x2)``: the interpolated latent must decode to the middle plane.
+
+    Parameters
+    ----------
+    x1, x2, x3 : torch.Tensor
+        The triplet's planes (levels ``a < m < b``).
+    y1, y2_interp, y3 : torch.Tensor
+        ``D(z1)``, ``D(alpha z1 + (1 - alpha) z3)`` and ``D(z3)``.
+
+    Returns
+    -------
+    (torch.Tensor, dict)
+        The scalar loss and its terms (``"recon"``, ``"interp"``, ``"total"``).
+    """
+    recon, terms = baseline_loss(x1, x3, y1, y3)
+    interp = F.mse_loss(y2_interp, x2)
+    total = recon + interp
+    return total, {**terms, "interp": _value(interp), "total": _value(total)}
+
+
+def explicit_loss(x1, x2, x3, y1, y2_interp, y3, z2_interp, z2, dist: str = "mse"
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L_d = L_i + dist(z2', E(x2))``: the interpolated latent must also equal ``E(x2)``.
+
+    Parameters
+    ----------
+    x1, x2, x3, y1, y2_interp, y3 : torch.Tensor
+        As in :func:`implicit_loss`.
+    z2_interp : tuple of torch.Tensor
+        ``z2' = alpha z1 + (1 - alpha) z3``.
+    z2 : tuple of torch.Tensor
+        ``E(x2)``.
+    dist : {"mse", "l1"}, optional
+        Latent distance (:func:`latent_distance`).
+
+    Returns
+    -------
+    (torch.Tensor, dict)
+        The scalar loss and its terms (``"recon"``, ``"interp"``, ``"latent"``, ``"total"``).
+    """
+    implicit, terms = implicit_loss(x1, x2, x3, y1, y2_interp, y3)
+    latent = latent_distance(z2_interp, z2, dist)
+    total = implicit + latent
+    return total, {**terms, "latent": _value(latent), "total": _value(total)}

@@ -1,0 +1,322 @@
+"""Training of the linear-latent autoencoder on focal stacks.
+
+Each step draws a batch of random triplet crops (:class:`deconv3d.latent.data.TripletSampler`),
+encodes the planes in one batch (so that batch normalisation sees them together), combines
+the latents of each triplet's ends with its ``alpha``, decodes everything in one batch and
+minimises the chosen objective of :mod:`deconv3d.latent.losses` with Adam. An exponential
+moving average of the weights (with the usual warm-up ``min(decay, (1 + t) / (10 + t))``)
+is validated every ``val_every`` steps on held-out stacks by the PSNR of the interpolated
+middle plane ``D(alpha E(x1) + (1 - alpha) E(x3))`` against ``x2`` over fixed ten-crops of
+the dyadic triplets; the best validated weights are returned.
+
+References
+----------
+.. [1] P. Mazilu, H. Wang, S. Dummer, R. Veldhuis, C. Brune and N. Strisciuglio,
+   "Defocus blur synthesis and deblurring via interpolation and extrapolation in latent
+   space", CAIP 2023, arXiv:2307.15461.
+.. [2] B. T. Polyak and A. B. Juditsky, "Acceleration of stochastic approximation by
+   averaging", SIAM J. Control Optim. 30(4):838-855 (1992).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from deconv3d._torch_common import stop_reason
+from deconv3d.errors import InputError
+from deconv3d.fft import resolve_device
+from deconv3d.latent.data import (TripletSampler, all_triplets, check_levels, dyadic_triplets,
+                                  fixed_triplet_crops, normalize_planes, split_by_image)
+from deconv3d.latent.losses import DISTANCES, VARIANTS, baseline_loss, explicit_loss, implicit_loss
+from deconv3d.latent.model import AEConfig, Autoencoder, build_autoencoder
+from deconv3d.latent.ops import lincomb
+
+__all__ = ["LatentTrainConfig", "LatentTrainResult", "train", "triplet_loss", "interpolation_psnr",
+           "train_config_from_dict", "config_to_dict"]
+
+Callback = Callable[[int, float], Optional[bool]]
+LR_DECAYS = ("cosine", "step", "none")
+TRIPLET_SCHEMES = ("dyadic", "all")
+
+
+@dataclass(frozen=True)
+class LatentTrainConfig:
+    """Training recipe (the paper: batch 16, Adam 1e-3, 128x128 crops, GPU).
+
+    ``variant`` is ``"baseline"``, ``"implicit"`` or ``"explicit"``; ``dist`` the latent
+    distance of the explicit loss (``"mse"`` as in the authors' code or ``"l1"``);
+    ``lr_decay`` ``"cosine"`` (to zero at ``steps``), ``"step"`` (halve at 50% and 75%) or
+    ``"none"``; ``ema_decay`` 0 disables weight averaging; ``val_every`` steps between
+    validations on ``val_fraction`` of the stacks (0: no validation, the last weights are
+    kept); ``triplets`` ``"dyadic"`` (the paper's midpoint triplets) or ``"all"``;
+    ``time_budget`` in seconds stops early.
+    """
+
+    variant: str = "explicit"
+    dist: str = "mse"
+    steps: int = 1000
+    batch: int = 16
+    lr: float = 1e-3
+    lr_decay: str = "cosine"
+    ema_decay: float = 0.99
+    val_every: int = 100
+    val_fraction: float = 0.25
+    triplets: str = "dyadic"
+    augment: bool = True
+    seed: int = 0
+    time_budget: float | None = None
+
+    def __post_init__(self):
+        for name, value, allowed in (("variant", self.variant, VARIANTS), ("dist", self.dist, DISTANCES),
+                                     ("lr_decay", self.lr_decay, LR_DECAYS),
+                                     ("triplets", self.triplets, TRIPLET_SCHEMES)):
+            if value not in allowed:
+                raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if min(self.steps, self.batch, self.val_every) < 1:
+            raise InputError("steps, batch and val_every must be positive integers")
+        if not (self.lr > 0 and 0 <= self.ema_decay < 1 and 0 <= self.val_fraction < 1):
+            raise InputError("lr must be > 0, ema_decay in [0, 1) and val_fraction in [0, 1)")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise InputError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
+
+
+def train_config_from_dict(data: dict) -> LatentTrainConfig:
+    """Rebuild a :class:`LatentTrainConfig` from a plain dict, ignoring unknown keys."""
+    names = {f.name for f in fields(LatentTrainConfig)}
+    return LatentTrainConfig(**{k: v for k, v in dict(data).items() if k in names})
+
+
+@dataclass
+class LatentTrainResult:
+    """Outcome of :func:`train`.
+
+    ``model`` (eval mode, on the training device) holds the best validated averaged weights
+    (the last ones without validation). ``history`` is ``(step, loss)`` for every step,
+    ``val_history`` ``(step, PSNR dB)``; ``reason`` is ``"completed"``, ``"cancelled"``,
+    ``"time_budget"`` or ``"non-finite loss"``.
+    """
+
+    model: Autoencoder
+    history: list[tuple[int, float]]
+    val_history: list[tuple[int, float]]
+    best_score: float | None
+    best_step: int
+    steps_done: int
+    reason: str
+    config: LatentTrainConfig
+    ae_config: AEConfig
+    levels: np.ndarray
+    seconds: float = 0.0
+    last_terms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.reason != "completed"
+
+
+# ------------------------------------------------------------------ loss of one batch
+
+
+def _split(z: tuple, sizes: list[int]) -> list[tuple]:
+    return [tuple(parts) for parts in zip(*(t.split(sizes) for t in z))]
+
+
+def triplet_loss(model, x1, x2, x3, alpha, variant: str = "explicit", dist: str = "mse"):
+    """Loss of a batch of triplets: encode, interpolate, decode, :mod:`~deconv3d.latent.losses`.
+
+    Parameters
+    ----------
+    model : Autoencoder
+    x1, x2, x3 : torch.Tensor
+        ``(B, 1, H, W)`` planes at levels ``a < m < b``.
+    alpha : torch.Tensor
+        ``(B,)`` weights ``(b - m) / (b - a)``.
+    variant, dist : str
+        Objective and latent distance (see :class:`LatentTrainConfig`).
+
+    Returns
+    -------
+    (torch.Tensor, dict)
+        The scalar loss and its terms.
+    """
+    b = x1.shape[0]
+    planes = [x1, x3, x2] if variant == "explicit" else [x1, x3]
+    z = model.encode(torch.cat(planes))
+    z1, z3, *rest = _split(z, [b] * len(planes))
+    if variant == "baseline":
+        y1, y3 = model.decode(tuple(torch.cat([t1, t3]) for t1, t3 in zip(z1, z3))).split(b)
+        return baseline_loss(x1, x3, y1, y3)
+    a = alpha.view(-1, 1, 1, 1)
+    z2_interp = lincomb([a, 1 - a], [z1, z3])
+    y1, y3, y2 = model.decode(tuple(torch.cat([t1, t3, t2]) for t1, t3, t2 in zip(z1, z3, z2_interp))).split(b)
+    if variant == "implicit":
+        return implicit_loss(x1, x2, x3, y1, y2, y3)
+    return explicit_loss(x1, x2, x3, y1, y2, y3, z2_interp, rest[0], dist)
+
+
+def interpolation_psnr(model, x1, x2, x3, alpha, chunk: int = 64) -> float:
+    """Mean PSNR (data range 1) of ``D(alpha E(x1) + (1 - alpha) E(x3))`` against ``x2``."""
+    was_training = model.training
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for s in range(0, x1.shape[0], chunk):
+            c1, c2, c3, a = (t[s:s + chunk] for t in (x1, x2, x3, alpha))
+            z1, z3 = _split(model.encode(torch.cat([c1, c3])), [c1.shape[0]] * 2)
+            w = a.view(-1, 1, 1, 1)
+            mse = (model.decode(lincomb([w, 1 - w], [z1, z3])) - c2).square().mean(dim=(1, 2, 3))
+            scores.append(-10 * torch.log10(mse.clamp_min(1e-10)))
+    model.train(was_training)
+    return float(torch.cat(scores).mean())
+
+
+# ------------------------------------------------------------------ helpers
+
+
+class _WeightAverage:
+    """Exponential moving average of parameters and floating buffers, with warm-up."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        weight = 1 - min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, live in zip(self.model.parameters(), model.parameters()):
+            avg.lerp_(live, weight)
+        for avg, live in zip(self.model.buffers(), model.buffers()):
+            avg.lerp_(live, weight) if avg.dtype.is_floating_point else avg.copy_(live)
+
+
+def _schedule(optimizer, config: LatentTrainConfig):
+    if config.lr_decay == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+    milestones = [config.steps // 2, (3 * config.steps) // 4] if config.lr_decay == "step" else []
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[m for m in milestones if m > 0], gamma=0.5)
+
+
+def _check_stacks(stacks, levels, ae_config: AEConfig) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(stacks, dtype=np.float32)
+    x = x[None] if x.ndim == 3 else x
+    if x.ndim != 4 or x.size == 0:
+        raise InputError(f"stacks must be (n_images, n_levels, H, W) or one (n_levels, H, W), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise InputError("stacks contain NaN or Inf values: clean them first")
+    levels = check_levels(levels, x.shape[1])
+    if ae_config.crop > min(x.shape[-2:]):
+        raise InputError(f"planes {x.shape[-2:]} are smaller than the crop {ae_config.crop}: "
+                         "use a smaller AEConfig.crop")
+    return normalize_planes(x), levels
+
+
+class _Validator:
+    """Fixed validation crops on the device; keeps the best averaged weights."""
+
+    def __init__(self, stacks, levels, crop: int, device):
+        arrays = fixed_triplet_crops(stacks, dyadic_triplets(levels), crop) if len(stacks) else None
+        self.crops = None if arrays is None else [torch.from_numpy(a).to(device) for a in arrays]
+        self.history, self.best, self.best_step, self.best_state = [], None, 0, None
+
+    def __call__(self, step: int, model: torch.nn.Module) -> None:
+        if self.crops is None or (self.history and self.history[-1][0] == step):
+            return
+        score = interpolation_psnr(model, *self.crops)
+        self.history.append((step, score))
+        if self.best is None or score > self.best:
+            self.best, self.best_step = score, step
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------ training loop
+
+
+def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_config: AEConfig = AEConfig(),
+          device="auto", callback: Callback | None = None) -> LatentTrainResult:
+    """Train a linear-latent autoencoder on focal stacks.
+
+    Parameters
+    ----------
+    stacks : array_like
+        ``(n_images, n_levels, H, W)`` focal stacks (or one ``(n_levels, H, W)``), planes
+        ordered by level; each plane is min-max normalised to [0, 1] here.
+    levels : sequence of float
+        Strictly increasing level value of each plane (larger = closer to focus).
+    config : LatentTrainConfig
+        Objective, steps, batch, optimiser, schedule, averaging, validation, seed, budget.
+    ae_config : AEConfig
+        Network shape and training crop.
+    device : {"auto", "cpu", "cuda"} or torch.device
+    callback : callable, optional
+        ``callback(step, loss)`` after every step (1-based); returning ``True`` cancels.
+
+    Returns
+    -------
+    LatentTrainResult
+
+    Notes
+    -----
+    Stacks are split by image (``config.val_fraction``, seeded); training triplets are
+    the dyadic midpoint triplets of the levels or all triplets. The weights are
+    initialised from ``config.seed``, crops drawn from a numpy Generator seeded with it.
+
+    Examples
+    --------
+    >>> from deconv3d.latent.data import synthetic_focal_stacks
+    >>> stacks, levels = synthetic_focal_stacks(2, (16, 16), levels=(0, 2, 4), seed=0)
+    >>> res = train(stacks, levels, LatentTrainConfig(steps=2, batch=2, val_every=1),
+    ...             AEConfig(widths=(4, 8), crop=16), device="cpu")
+    >>> res.steps_done, res.reason
+    (2, 'completed')
+    """
+    dev = resolve_device(device)
+    x, levels = _check_stacks(stacks, levels, ae_config)
+    train_set, val_set = split_by_image(x, config.val_fraction, config.seed)
+    triplets = dyadic_triplets(levels) if config.triplets == "dyadic" else all_triplets(levels)
+    sampler = TripletSampler(train_set, triplets, ae_config.crop, seed=config.seed, device=dev,
+                             augment=config.augment)
+    validator = _Validator(val_set, levels, ae_config.crop, dev)
+    model = build_autoencoder(ae_config, config.seed, dev).train()
+    if dev.type == "cpu":  # oneDNN convolutions run ~1.4x faster channels-last (measured, 2 cores)
+        model = model.to(memory_format=torch.channels_last)
+    average = _WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = _schedule(optimizer, config)
+    history, terms, step, started = [], {}, 0, time.perf_counter()
+    while True:
+        step += 1
+        x1, x2, x3, alpha = sampler.sample(config.batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss, terms = triplet_loss(model, x1, x2, x3, alpha, config.variant, config.dist)
+        if math.isfinite(terms["total"]):
+            loss.backward()
+            optimizer.step()
+            if average is not None:
+                average.update(model)
+        schedule.step()
+        history.append((step, terms["total"]))
+        reason = stop_reason(step, terms["total"], config.steps, config.time_budget, callback, started)
+        evaluated = average.model if average is not None else model
+        if step % config.val_every == 0 or reason is not None:
+            validator(step, evaluated)
+        if reason is not None:
+            break
+    if validator.best_state is not None:
+        evaluated.load_state_dict(validator.best_state)
+    evaluated = evaluated.to(memory_format=torch.contiguous_format).eval()
+    return LatentTrainResult(evaluated, history, validator.history, validator.best, validator.best_step,
+                             step, reason, config, ae_config, levels.astype(np.float32),
+                             time.perf_counter() - started, terms)
+
+
+def config_to_dict(config: LatentTrainConfig) -> dict:
+    """Plain-dict form of a training config, for checkpoints."""
+    return asdict(config)

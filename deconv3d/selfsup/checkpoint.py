@@ -1,0 +1,123 @@
+"""Save and load trained self-supervised networks without executing code from the file.
+
+A checkpoint is a plain ``torch.save`` dictionary of tensors, numbers, strings, lists
+and dicts: the network weights, the network and training configurations, the image
+standardisation, the PSF (its shape and fingerprint) and the voxel size. Loading uses
+``torch.load(weights_only=True)``, whose unpickler accepts only those types, so a
+crafted file holding arbitrary objects (a pickle payload) is refused before anything in
+it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from deconv3d._torch_common import atomic_torch_save, safe_torch_load
+from deconv3d.errors import InputError
+from deconv3d.fft import psf_fingerprint, resolve_device
+from deconv3d.psf import normalize_psf, validate_psf
+from deconv3d.selfsup.config import TrainConfig, UNetConfig, from_dict, to_dict
+from deconv3d.selfsup.unet import ResUNet
+
+__all__ = ["TrainedModel", "save_checkpoint", "load_checkpoint", "FORMAT"]
+
+FORMAT = "deconv3d.selfsup/1"
+
+
+@dataclass
+class TrainedModel:
+    """A trained network with everything needed to apply it to a new image.
+
+    ``model`` maps standardised images to standardised estimates: the prediction is
+    ``model((x - mean) / std) * std + mean``.
+    """
+
+    model: ResUNet
+    unet: UNetConfig
+    config: TrainConfig
+    mean: float
+    std: float
+    psf: np.ndarray
+    voxel_size: Optional[tuple[float, ...]] = None
+
+    @property
+    def psf_fingerprint(self) -> str:
+        return psf_fingerprint(self.psf)
+
+    @classmethod
+    def from_result(cls, result) -> "TrainedModel":
+        """From a :class:`deconv3d.selfsup.train.TrainResult`."""
+        return cls(result.model, result.unet, result.config, result.mean, result.std, result.psf,
+                   result.voxel_size)
+
+    def check_compatible(self, image_ndim: int, psf=None, voxel_size: Sequence[float] | None = None) -> None:
+        """Raise :class:`InputError` if the model was trained for another dimensionality or PSF."""
+        if image_ndim != self.unet.ndim:
+            raise InputError(f"the model was trained on {self.unet.ndim}D images but the image is {image_ndim}D: "
+                             f"train a model on this image (deconv3d train)")
+        if psf is not None:
+            given = normalize_psf(validate_psf(psf))
+            if given.shape != self.psf.shape or psf_fingerprint(given) != self.psf_fingerprint:
+                raise InputError(f"the model was trained with another PSF (shape {self.psf.shape}, fingerprint "
+                                 f"{self.psf_fingerprint}, got shape {given.shape}, fingerprint "
+                                 f"{psf_fingerprint(given)}): pass the training PSF or retrain")
+        if voxel_size is not None and self.voxel_size is not None:
+            if not np.allclose(voxel_size, self.voxel_size, rtol=1e-3):
+                raise InputError(f"the model was trained at voxel size {self.voxel_size} µm but the image has "
+                                 f"{tuple(voxel_size)} µm: resample the image or retrain")
+
+
+def _payload(trained: TrainedModel) -> dict:
+    state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
+    return {
+        "format": FORMAT,
+        "state_dict": state,
+        "unet": to_dict(trained.unet),
+        "train": to_dict(trained.config),
+        "mean": float(trained.mean),
+        "std": float(trained.std),
+        "psf": torch.from_numpy(np.ascontiguousarray(trained.psf, dtype=np.float32)),
+        "psf_fingerprint": trained.psf_fingerprint,
+        "voxel_size": None if trained.voxel_size is None else [float(v) for v in trained.voxel_size],
+    }
+
+
+def save_checkpoint(trained, path) -> None:
+    """Write ``trained`` (a :class:`TrainedModel` or a ``TrainResult``) to ``path`` atomically.
+
+    The file appears complete or not at all: it is written under a temporary name in the
+    same folder and renamed.
+    """
+    if not isinstance(trained, TrainedModel):
+        trained = TrainedModel.from_result(trained)
+    atomic_torch_save(_payload(trained), path)
+
+
+def _read(path) -> dict:
+    data = safe_torch_load(path, "deconv3d train")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InputError(f"{path} is not a deconv3d self-supervised checkpoint: use a model written by deconv3d train")
+    return data
+
+
+def load_checkpoint(path, device="cpu") -> TrainedModel:
+    """Load a checkpoint written by :func:`save_checkpoint`; the network is in eval mode on ``device``."""
+    data = _read(path)
+    try:
+        unet = from_dict(UNetConfig, data["unet"])
+        config = from_dict(TrainConfig, data["train"])
+        model = ResUNet(unet)
+        model.load_state_dict(data["state_dict"])
+        psf = data["psf"].numpy().astype(np.float32)
+        voxel = data["voxel_size"]
+        trained = TrainedModel(model.to(resolve_device(device)).eval(), unet, config, float(data["mean"]),
+                               float(data["std"]), psf, None if voxel is None else tuple(voxel))
+    except (KeyError, TypeError, RuntimeError, AttributeError) as exc:
+        raise InputError(f"{path} is a damaged deconv3d checkpoint ({type(exc).__name__}): retrain the model") from None
+    if trained.psf_fingerprint != data["psf_fingerprint"]:
+        raise InputError(f"{path} is a damaged deconv3d checkpoint (PSF fingerprint mismatch): retrain the model")
+    return trained

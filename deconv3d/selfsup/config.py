@@ -1,0 +1,88 @@
+"""Validated configurations of the self-supervised network (frozen dataclasses).
+
+They live at the edges (CLI, napari, checkpoints) and unpack into keyword arguments of the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import InputError
+
+INVARIANCE_POSITIONS = ("before-psf", "after-psf", "both", "none")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Residual UNet shape (Noise2Same style). Paper sizes: 96 base channels in 2D, 48 in 3D."""
+
+    ndim: int = 3
+    base_channels: int = 16
+    depth: int = 3
+    blocks_per_level: int = 1
+    skip: str = "add"  # "add" (the paper's 3D choice) or "concat"
+    positive: bool = True  # softplus output floored at zero intensity (beyond the paper, False = paper; see ResUNet)
+
+    def __post_init__(self):
+        if self.ndim not in (2, 3):
+            raise InputError(f"network ndim must be 2 or 3, got {self.ndim}")
+        if self.base_channels < 1 or self.depth < 1 or self.blocks_per_level < 1:
+            raise InputError("base_channels, depth and blocks_per_level must be positive integers")
+        if self.skip not in ("add", "concat"):
+            raise InputError(f"skip must be 'add' or 'concat', got {self.skip!r}")
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes fed to the network must be multiples of this."""
+        return 2**self.depth
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe. Paper: 64^3 patches, batch 4, 15k steps, Adam 4e-4 on a GPU."""
+
+    steps: int = 300
+    patch: int = 32  # side of the data region compared in the loss (network input adds the PSF halo)
+    batch: int = 4
+    lr: float = 4e-4
+    decay_steps: int = 5000  # learning rate halves every decay_steps
+    mask_percent: float = 0.5  # blind-spot density in percent of voxels
+    mask_noise_std: float = 0.2  # masked voxels are replaced by N(0, std^2) in standardised units
+    invariance: str = "before-psf"  # before-psf | after-psf | both | none
+    lambda_inv: float = 2.0
+    lambda_bsp: float = 0.0  # SSI-style blind-spot term; the SSI baseline is invariance="none", lambda_bsp=1
+    lambda_bound: float = 0.1
+    augment: bool = True  # rot90/flip in the xy plane
+    seed: int = 0
+    time_budget: float | None = None  # seconds; stop early when exceeded
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    ema: float = 0.99  # moving average of the weights used for inference (beyond the paper; 0 = off)
+
+    def __post_init__(self):
+        if self.invariance not in INVARIANCE_POSITIONS:
+            raise InputError(f"invariance must be one of {', '.join(INVARIANCE_POSITIONS)}, got {self.invariance!r}")
+        if self.steps < 1 or self.patch < 1 or self.batch < 1 or self.decay_steps < 1:
+            raise InputError("steps, patch, batch and decay_steps must be positive integers")
+        if not 0 < self.mask_percent < 100:
+            raise InputError(f"mask_percent must be in (0, 100), got {self.mask_percent}")
+        if not 0 <= self.ema < 1:
+            raise InputError(f"ema must be in [0, 1), got {self.ema}")
+        if self.lr <= 0 or min(self.lambda_inv, self.lambda_bsp, self.lambda_bound, self.mask_noise_std) < 0:
+            raise InputError("lr must be positive and the loss weights and mask noise non-negative")
+
+    @property
+    def invariance_weights(self) -> tuple[float, float]:
+        """(weight before the PSF, weight after the PSF) implied by `invariance` and `lambda_inv`."""
+        before = self.lambda_inv if self.invariance in ("before-psf", "both") else 0.0
+        after = self.lambda_inv if self.invariance in ("after-psf", "both") else 0.0
+        return before, after
+
+
+def to_dict(config) -> dict:
+    return asdict(config)
+
+
+def from_dict(cls, data: dict):
+    """Rebuild a config from a plain dict, ignoring unknown keys (forward compatibility)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,335 @@
+"""Tiled inference of a fully convolutional network over a whole 2D or 3D volume.
+
+A volume too large for one forward pass is cut into overlapping tiles. Every tile is
+fed to the network with ``context`` extra voxels on each side (taken from the volume,
+or mirrored across the volume border) and padded further to a multiple of the
+network's ``divisor``; the context is cropped away and the tile cores are blended with
+a linear ramp across their overlap, so that no seam shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from deconv3d.errors import InputError
+from deconv3d.fft import resolve_device
+
+ProgressCallback = Callable[[int, int], Optional[bool]]
+
+# Largest tile core (voxels) run in one forward pass by default, keyed by (on CUDA, ndim).
+VOXEL_BUDGET = {(False, 2): 2**22, (False, 3): 2**21, (True, 2): 2**24, (True, 3): 2**23}
+
+
+class Cancelled(Exception):
+    """Raised by :func:`predict_tiled` when its progress callback returns ``True``."""
+
+
+@dataclass(frozen=True)
+class _AxisTile:
+    """One tile along one axis: its core ``[start, stop)`` and the overlaps with its neighbours."""
+
+    start: int
+    stop: int
+    ramp_before: int
+    ramp_after: int
+
+
+@dataclass(frozen=True)
+class _Window:
+    """How a tile core grows into the window fed to the network, per axis."""
+
+    pad_before: tuple[int, ...]  # context plus half the divisor padding
+    pad_after: tuple[int, ...]
+
+    def core(self, tile_shape: Sequence[int]) -> tuple[slice, ...]:
+        return tuple(slice(b, b + t) for b, t in zip(self.pad_before, tile_shape))
+
+
+def predict_tiled(
+    model: torch.nn.Module,
+    image,
+    *,
+    mean: float,
+    std: float,
+    divisor: int,
+    tile_shape: int | Sequence[int] | None = None,
+    overlap: int | Sequence[int] | None = None,
+    tta: bool = False,
+    device="auto",
+    batch_size: int = 1,
+    callback: ProgressCallback | None = None,
+    context: int = 0,
+    amp: bool = False,
+) -> np.ndarray:
+    """Run a fully convolutional network over a whole volume, tile by tile.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps ``(N, 1, *spatial)`` to ``(N, 1, *spatial)`` for spatial sizes that are
+        multiples of ``divisor``. It is moved to ``device`` and left there; its
+        train/eval mode is restored on return.
+    image : ndarray or torch.Tensor
+        2D ``(y, x)`` or 3D ``(z, y, x)`` intensities.
+    mean, std : float
+        Normalisation of the training data: the network sees ``(image - mean) / std``
+        and its output ``out`` becomes ``out * std + mean``.
+    divisor : int
+        Every window fed to the network is padded to a multiple of this per axis
+        (``UNetConfig.divisor``).
+    tile_shape : int or sequence of int, optional
+        Core size of a tile per axis (an int means a cube); clamped to the volume.
+        Default: the whole volume when it fits :data:`VOXEL_BUDGET`, else the largest
+        cubic-ish tile that does (see :func:`default_tile_shape`).
+    overlap : int or sequence of int, optional
+        Minimum overlap of neighbouring tile cores per axis, below the tile size.
+        Default: a quarter of the tile.
+    tta : bool
+        Average the network over the 8 rotations/flips of the xy plane (last two
+        axes), each transform undone on the output.
+    device : {"auto", "cpu", "cuda"} or torch.device
+    batch_size : int
+        Tiles per forward pass.
+    callback : callable, optional
+        ``callback(done, total)`` after every batch (every tile for ``batch_size=1``);
+        returning ``True`` cancels: :class:`Cancelled` is raised and nothing is returned.
+    context : int
+        Extra voxels of context on every side of each tile, cropped from the output;
+        make it at least the network's receptive-field radius for seamless tiling.
+        At the volume border the context is the volume mirrored (reflect padding).
+    amp : bool
+        Mixed precision (float16 autocast) on CUDA; ignored on the CPU. The output is
+        float32 either way.
+
+    Returns
+    -------
+    ndarray
+        float32 prediction, clamped to be non-negative, with the image's shape.
+
+    Notes
+    -----
+    The output is ``sum_t w_t f(x_t) / sum_t w_t`` over tiles ``t``. The weight ``w_t``
+    is separable; along an axis it is 1 except over an overlap of length ``L`` with a
+    neighbouring tile, where it rises linearly as ``(i + 1) / (L + 1)``, so it is never
+    zero and two overlapping tiles cross-fade. With ``context`` at least the receptive
+    field radius, the result equals one pass over the reflect-padded volume.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> net = torch.nn.Conv3d(1, 1, 3, padding=1)
+    >>> vol = np.random.default_rng(0).random((12, 40, 40)).astype(np.float32)
+    >>> out = predict_tiled(net, vol, mean=0.5, std=0.3, divisor=4, tile_shape=16,
+    ...                     context=2, device="cpu")
+    >>> out.shape, out.dtype
+    ((12, 40, 40), dtype('float32'))
+    """
+    volume = _as_volume(image)
+    dev = resolve_device(device)
+    _check_options(mean, std, divisor, batch_size, context)
+    tiles_shape = _resolve_tile_shape(tile_shape, volume.shape, divisor, dev)
+    overlaps = _resolve_overlap(overlap, tiles_shape, volume.shape)
+    axes = [_axis_tiles(n, t, o) for n, t, o in zip(volume.shape, tiles_shape, overlaps)]
+    window = _plan_window(tiles_shape, divisor, context)
+    run = _ModelRunner(model, dev, float(mean), float(std), tta, amp)
+    with run:
+        out = _blend_tiles(run, volume, list(itertools.product(*axes)), window, batch_size, callback)
+    return out
+
+
+def default_tile_shape(shape: Sequence[int], divisor: int, device="cpu") -> tuple[int, ...]:
+    """Whole volume if it fits :data:`VOXEL_BUDGET`, else a cubic-ish tile that does.
+
+    Short axes are kept whole and the budget left over is spread over the others; tile
+    sides are multiples of ``divisor`` (at least ``divisor``) unless they span an axis.
+
+    Examples
+    --------
+    >>> default_tile_shape((10, 1024, 1024), 8)
+    (10, 456, 456)
+    """
+    shape = tuple(int(n) for n in shape)
+    budget = VOXEL_BUDGET[(resolve_device(device).type == "cuda", len(shape))]
+    if math.prod(shape) <= budget:
+        return shape
+    tile = [0] * len(shape)
+    remaining = float(budget)
+    for i, axis in enumerate(np.argsort(shape, kind="stable")):
+        side = int(remaining ** (1.0 / (len(shape) - i)) + 1e-6)
+        side = max(divisor, side // divisor * divisor)
+        tile[axis] = min(shape[axis], side)
+        remaining /= tile[axis]
+    return tuple(tile)
+
+
+def _as_volume(image) -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    volume = np.ascontiguousarray(image, dtype=np.float32)
+    if volume.ndim not in (2, 3) or volume.size == 0:
+        raise InputError(f"prediction needs a non-empty 2D or 3D image, got shape {volume.shape}: pass one channel and one time point")
+    return volume
+
+
+def _check_options(mean, std, divisor, batch_size, context) -> None:
+    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+        raise InputError(f"normalisation needs a finite mean and a positive std, got mean={mean}, std={std}: use the values stored with the model")
+    if int(divisor) < 1 or int(batch_size) < 1:
+        raise InputError(f"divisor and batch_size must be positive integers, got {divisor} and {batch_size}")
+    if int(context) < 0:
+        raise InputError(f"context must be a non-negative number of voxels, got {context}")
+
+
+def _per_axis(value, ndim: int, name: str) -> tuple[int, ...]:
+    values = (value,) * ndim if np.isscalar(value) else tuple(value)
+    if len(values) != ndim:
+        raise InputError(f"{name} {tuple(values)} has {len(values)} axes but the image has {ndim}: give one value per axis or a single int")
+    return tuple(int(v) for v in values)
+
+
+def _resolve_tile_shape(tile_shape, shape, divisor, dev) -> tuple[int, ...]:
+    if tile_shape is None:
+        return default_tile_shape(shape, divisor, dev)
+    tiles = _per_axis(tile_shape, len(shape), "tile_shape")
+    if min(tiles) < 1:
+        raise InputError(f"tile_shape must be positive, got {tiles}: pass a size per axis such as 64")
+    return tuple(min(t, n) for t, n in zip(tiles, shape))
+
+
+def _resolve_overlap(overlap, tiles, shape) -> tuple[int, ...]:
+    if overlap is None:
+        return tuple(t // 4 if t < n else 0 for t, n in zip(tiles, shape))
+    overlaps = _per_axis(overlap, len(shape), "overlap")
+    for o, t, n in zip(overlaps, tiles, shape):
+        if o < 0 or (t < n and o >= t):
+            raise InputError(f"overlap {overlaps} must be non-negative and smaller than the tile {tiles}: lower the overlap or enlarge the tiles")
+    return overlaps
+
+
+def _axis_tiles(n: int, tile: int, overlap: int) -> list[_AxisTile]:
+    """Evenly spread tiles of size ``tile`` covering ``[0, n)`` that overlap by at least ``overlap``."""
+    if tile >= n:
+        return [_AxisTile(0, n, 0, 0)]
+    count = math.ceil((n - tile) / (tile - overlap)) + 1
+    starts = np.round(np.linspace(0, n - tile, count)).astype(int).tolist()
+    tiles = []
+    for i, start in enumerate(starts):
+        before = starts[i - 1] + tile - start if i > 0 else 0
+        after = start + tile - starts[i + 1] if i + 1 < count else 0
+        tiles.append(_AxisTile(start, start + tile, before, after))
+    return tiles
+
+
+def _plan_window(tiles_shape, divisor: int, context: int) -> _Window:
+    before, after = [], []
+    for t in tiles_shape:
+        size = t + 2 * context
+        extra = -size % divisor
+        before.append(context + extra // 2)
+        after.append(context + extra - extra // 2)
+    return _Window(tuple(before), tuple(after))
+
+
+def _reflect_indices(lo: int, hi: int, n: int) -> np.ndarray:
+    """Indices ``lo..hi-1`` mirrored into ``[0, n)`` (reflect padding, edge not repeated)."""
+    idx = np.arange(lo, hi)
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx >= n, period - idx, idx)
+
+
+def _gather_window(volume: np.ndarray, tile: Sequence[_AxisTile], window: _Window) -> np.ndarray:
+    index = [
+        _reflect_indices(t.start - b, t.stop + a, n)
+        for t, b, a, n in zip(tile, window.pad_before, window.pad_after, volume.shape)
+    ]
+    return volume[np.ix_(*index)]
+
+
+def _ramp(t: _AxisTile) -> torch.Tensor:
+    w = torch.ones(t.stop - t.start)
+    if t.ramp_before:
+        w[: t.ramp_before] = torch.arange(1, t.ramp_before + 1) / (t.ramp_before + 1)
+    if t.ramp_after:
+        down = torch.arange(t.ramp_after, 0, -1) / (t.ramp_after + 1)
+        w[-t.ramp_after :] = torch.minimum(w[-t.ramp_after :], down)
+    return w
+
+
+def _tile_weight(tile: Sequence[_AxisTile]) -> torch.Tensor:
+    weight = _ramp(tile[0])
+    for t in tile[1:]:
+        weight = weight[..., None] * _ramp(t)
+    return weight
+
+
+def _blend_tiles(run, volume, tiles, window: _Window, batch_size: int, callback) -> np.ndarray:
+    out = torch.zeros(volume.shape)
+    weight_sum = torch.zeros(volume.shape)
+    tile_shape = tuple(t.stop - t.start for t in tiles[0])
+    core = (slice(None), 0) + window.core(tile_shape)
+    for first in range(0, len(tiles), batch_size):
+        batch = tiles[first : first + batch_size]
+        windows = np.stack([_gather_window(volume, tile, window) for tile in batch])
+        pred = run(torch.from_numpy(windows)[:, None])[core].cpu()
+        for tile, tile_pred in zip(batch, pred):
+            region = tuple(slice(t.start, t.stop) for t in tile)
+            weight = _tile_weight(tile)
+            out[region] += tile_pred * weight
+            weight_sum[region] += weight
+        done = first + len(batch)
+        if callback is not None and callback(done, len(tiles)):
+            raise Cancelled(f"prediction cancelled after {done} of {len(tiles)} tiles")
+    return (out / weight_sum).clamp_(min=0).numpy()
+
+
+class _ModelRunner:
+    """The network in eval mode on a device: standardise, forward (with TTA), de-standardise."""
+
+    def __init__(self, model, device, mean, std, tta, amp):
+        self.model, self.device, self.mean, self.std = model, device, mean, std
+        self.tta = tta
+        self.amp = bool(amp) and device.type == "cuda"
+        self._was_training = model.training
+
+    def __enter__(self):
+        self.model.to(self.device).eval()
+        return self
+
+    def __exit__(self, *exc):
+        self.model.train(self._was_training)
+        return False
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        x = (windows.to(self.device) - self.mean) / self.std
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            y = _dihedral_mean(self.forward, x) if self.tta else self.forward(x)
+        return y.float() * self.std + self.mean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.model(x)
+        if y.shape != x.shape:
+            raise InputError(f"the network maps shape {tuple(x.shape)} to {tuple(y.shape)}: use a fully convolutional model with one input and one output channel")
+        return y.float()
+
+
+def _dihedral_mean(forward, x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``g^-1 forward(g x)`` over the 8 rotations and flips ``g`` of the last two axes."""
+    dims = (-2, -1)
+    total = torch.zeros_like(x, dtype=torch.float32)
+    for flip in (False, True):
+        xf = torch.flip(x, (-1,)) if flip else x
+        for k in range(4):
+            y = torch.rot90(forward(torch.rot90(xf, k, dims)), -k, dims)
+            total += torch.flip(y, (-1,)) if flip else y
+    return total / 8

@@ -1,0 +1,36 @@
+"""Fixtures of the linear-latent tests: tiny seeded focal stacks, one torch thread."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Keep the tiny networks on one core (the tests are small; the machine is shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def blur_stacks(n_images=2, n_levels=3, size=16, seed=0):
+    """``(n_images, n_levels, size, size)`` stacks: smooth random planes blurred more at lower levels."""
+    rng = np.random.default_rng(seed)
+    sharp = np.stack([gaussian_filter(img, 1.0) for img in rng.random((n_images, size, size))])
+    sigmas = np.linspace(2.0, 0.0, n_levels)
+    stacks = np.stack([[gaussian_filter(img, s) if s > 0 else img for s in sigmas] for img in sharp])
+    lo = stacks.min(axis=(-2, -1), keepdims=True)
+    hi = stacks.max(axis=(-2, -1), keepdims=True)
+    return ((stacks - lo) / (hi - lo)).astype(np.float32)
+
+
+@pytest.fixture
+def stacks():
+    return blur_stacks()
+
+
+@pytest.fixture
+def make_stacks():
+    return blur_stacks

@@ -1,0 +1,191 @@
+"""``deconv3d blur train|synth|deblur``: exit codes, output shapes, one-line errors, nothing left behind."""
+
+import numpy as np
+import pytest
+import torch
+
+from deconv3d.cli import main
+from deconv3d.io import read_image, write_tiff
+from deconv3d.latent.checkpoint import FORMAT, load_checkpoint
+
+TINY = ["--widths", "4", "8", "--crop", "16", "--steps", "3", "--batch", "2", "--device", "cpu"]
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *words):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deconv3d: error: "), err
+    for word in words:
+        assert word.lower() in lines[0].lower(), (word, lines[0])
+
+
+def write_stacks(folder, make_stacks, n=2, size=16):
+    paths = []
+    for i, stack in enumerate(make_stacks(n_images=n, size=size, seed=7)):
+        paths.append(folder / f"stack{i}_{size}.tif")
+        write_tiff(paths[-1], 100 * stack + 10, voxel_size=(0.5, 0.1, 0.1))
+    return paths
+
+
+@pytest.fixture
+def planes(tmp_path, make_stacks):
+    stack = make_stacks(n_images=1, size=16, seed=3)[0]
+    paths = {}
+    for name, plane in (("far", stack[0]), ("mid", stack[1]), ("near", stack[2])):
+        paths[name] = tmp_path / f"{name}.tif"
+        write_tiff(paths[name], 50 * plane, voxel_size=(0.1, 0.1))
+    write_tiff(tmp_path / "big.tif", np.ones((20, 20)) + np.eye(20))
+    write_tiff(tmp_path / "small.tif", np.ones((8, 8)) + np.eye(8))
+    write_tiff(tmp_path / "stack.tif", stack)
+    return tmp_path, paths
+
+
+@pytest.fixture
+def model(tmp_path, make_stacks, capsys):
+    stacks = write_stacks(tmp_path, make_stacks)
+    out = tmp_path / "ae.ckpt"
+    code, _, err = run(["blur", "train", *stacks, "-o", out, *TINY], capsys)
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("variant", ["baseline", "implicit", "explicit"])
+def test_train_writes_a_checkpoint(tmp_path, make_stacks, capsys, variant):
+    stacks = write_stacks(tmp_path, make_stacks)
+    out = tmp_path / f"{variant}.ckpt"
+    code, stdout, err = run(["blur", "train", *stacks, "-o", out, "--variant", variant, "--seed", "2", *TINY], capsys)
+    assert code == 0, err
+    trained = load_checkpoint(out)
+    assert trained.config.variant == variant and trained.config.steps == 3 and trained.config.seed == 2
+    assert trained.ae_config.widths == (4, 8) and trained.ae_config.crop == 16
+    assert trained.levels.tolist() == [0.0, 1.0, 2.0] and trained.best_score is not None
+    assert "wrote" in stdout
+
+
+def test_train_on_one_stack_validates_on_tiles(tmp_path, make_stacks, capsys):
+    stack = write_stacks(tmp_path, make_stacks, n=1, size=32)
+    out = tmp_path / "one.ckpt"
+    code, _, err = run(["blur", "train", *stack, "-o", out, "--levels", "4", "0", "2", *TINY], capsys)
+    assert code == 0, err
+    trained = load_checkpoint(out)
+    assert trained.best_score is not None and trained.plane_shape == (16, 16)
+    assert trained.levels.tolist() == [0.0, 2.0, 4.0]
+
+
+def test_synth_writes_one_plane_per_level(planes, model, capsys):
+    folder, p = planes
+    out = folder / "synth.tif"
+    code, _, err = run(["blur", "synth", "--model", model, p["far"], p["near"], "--levels", 4, "-o", out,
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    data = read_image(out).data
+    assert data.shape == (4, 16, 16) and data.dtype == np.float32 and np.isfinite(data).all()
+
+
+def test_synth_extrapolates_and_pads_odd_sizes(planes, model, capsys):
+    folder, p = planes
+    out = folder / "ext.tif"
+    code, _, err = run(["blur", "synth", "--model", model, folder / "big.tif", folder / "big.tif", "--levels", 3,
+                        "--range", "-0.5", "1.5", "-o", out, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert read_image(out).data.shape == (3, 20, 20)
+
+
+def test_deblur_writes_a_plane_with_the_pixel_size(planes, model, capsys):
+    folder, p = planes
+    out = folder / "sharp.tif"
+    code, _, err = run(["blur", "deblur", "--model", model, p["far"], p["mid"], "--alpha", 0.5, "-o", out,
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    image = read_image(out)
+    assert image.data.shape == (16, 16) and image.voxel_size == pytest.approx((0.1, 0.1))
+
+
+def test_train_errors(tmp_path, make_stacks, planes, capsys):
+    folder, p = planes
+    stacks = write_stacks(tmp_path, make_stacks)
+    other = write_stacks(tmp_path, make_stacks, n=1, size=32)
+    out = tmp_path / "bad.ckpt"
+    cases = [
+        ([p["far"], stacks[0]], [], "plane"),  # a single plane where a stack is needed
+        ([stacks[0], other[0]], [], "shape"),  # stacks of different shapes
+        (stacks, ["--levels", "0", "1"], "levels"),
+        (stacks, ["--crop", "10"], "crop"),
+        (stacks, ["--crop", "32"], "crop"),
+        (stacks, ["--variant", "other"], "variant"),
+        (stacks, ["--val-fraction", "1"], "val_fraction"),
+    ]
+    for inputs, options, word in cases:
+        code, _, err = run(["blur", "train", *inputs, "-o", out, *TINY, *options], capsys)
+        assert_one_line_error(code, err, word)
+        assert not out.exists()
+    code, _, err = run(["blur", "train", *stacks, "-o", tmp_path / "model.tif", *TINY], capsys)
+    assert_one_line_error(code, err, ".ckpt")
+    assert not (tmp_path / "model.tif").exists()
+
+
+def test_synth_and_deblur_errors(planes, model, capsys):
+    folder, p = planes
+    out = folder / "out.tif"
+    base = ["--model", model]
+    cases = [
+        (["synth", *base, p["far"], folder / "big.tif", "--levels", 3], "shape"),  # planes of different shapes
+        (["synth", *base, p["far"], "--levels", 3], "near"),  # a single plane where two are needed
+        (["synth", *base, folder / "stack.tif", p["near"], "--levels", 3], "single"),  # a stack, not a plane
+        (["synth", *base, p["far"], p["near"], "--levels", 1], "levels"),
+        (["synth", *base, folder / "small.tif", folder / "small.tif", "--levels", 3], "another size"),
+        (["deblur", *base, p["far"], p["mid"], "--alpha", 1.0], "alpha"),
+        (["deblur", *base, p["far"], p["mid"], "--alpha", 0], "alpha"),
+        (["deblur", *base, p["far"], p["mid"], "--alpha", -0.5], "alpha"),
+        (["deblur", *base, p["far"], p["mid"]], "alpha"),
+        (["deblur", *base, p["far"], folder / "big.tif", "--alpha", 0.5], "shape"),
+        (["deblur", *base, folder / "small.tif", folder / "small.tif", "--alpha", 0.5], "another size"),
+        (["deblur", "--model", folder / "missing.ckpt", p["far"], p["mid"], "--alpha", 0.5], "does not exist"),
+    ]
+    for argv, word in cases:
+        code, _, err = run(["blur", *argv, "-o", out, "--device", "cpu"], capsys)
+        assert_one_line_error(code, err, word)
+        assert not out.exists(), argv
+
+
+def test_crafted_model_file_is_refused(planes, capsys):
+    import os
+    import shlex
+
+    folder, p = planes
+    marker = folder / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {shlex.quote(str(marker))}",)
+
+    evil = folder / "evil.ckpt"
+    torch.save({"format": FORMAT, "state_dict": Payload()}, evil)
+    out = folder / "out.tif"
+    code, _, err = run(["blur", "deblur", "--model", evil, p["far"], p["mid"], "--alpha", 0.5, "-o", out], capsys)
+    assert_one_line_error(code, err, "not a safe")
+    assert not marker.exists() and not out.exists()
+
+
+def test_model_for_another_size_in_the_file_is_refused(planes, model, capsys):
+    folder, p = planes
+    data = torch.load(model, weights_only=True)
+    data["model"]["widths"] = [8, 16]
+    torch.save(data, model)
+    out = folder / "out.tif"
+    code, _, err = run(["blur", "synth", "--model", model, p["far"], p["near"], "--levels", 2, "-o", out], capsys)
+    assert_one_line_error(code, err, "another size")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["blur"], ["blur", "train"], ["blur", "synth"], ["blur", "deblur"]])
+def test_every_blur_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out

@@ -1,0 +1,134 @@
+"""Checkpoints: exact round trip, plain-dict config, atomic writes, crafted pickles refused."""
+
+import os
+import pickle
+import shlex
+
+import numpy as np
+import pytest
+import torch
+
+from deconv3d.errors import InputError
+from deconv3d.latent import checkpoint
+from deconv3d.latent.checkpoint import FORMAT, TrainedAutoencoder, load_checkpoint, save_checkpoint
+from deconv3d.latent.model import AEConfig, build_autoencoder
+from deconv3d.latent.ops import synthesize_blur
+from deconv3d.latent.train import LatentTrainConfig, train
+
+
+def trained(skip=False, widths=(4, 8)):
+    ae = AEConfig(widths=widths, crop=16, skip_interp=skip)
+    model = build_autoencoder(ae, seed=3).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    return TrainedAutoencoder(model, ae, LatentTrainConfig(variant="implicit", steps=7), np.array([0.0, 2.0, 4.0]),
+                              (16, 16), 21.5)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_round_trip_reproduces_outputs_exactly(tmp_path, skip):
+    original = trained(skip)
+    path = tmp_path / "ae.ckpt"
+    save_checkpoint(original, path)
+    loaded = load_checkpoint(path)
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(original.model(x), loaded.model(x))
+    assert loaded.ae_config == original.ae_config and loaded.config == original.config
+    assert loaded.levels.tolist() == [0.0, 2.0, 4.0] and loaded.plane_shape == (16, 16)
+    assert loaded.best_score == 21.5 and not loaded.model.training
+    far, near = np.random.default_rng(1).random((2, 16, 16))
+    assert np.array_equal(synthesize_blur(original.model, far, near, [0.5]),
+                          synthesize_blur(loaded.model, far, near, [0.5]))
+
+
+def test_round_trip_from_a_training_result(tmp_path, stacks):
+    result = train(stacks, [0, 1, 2], LatentTrainConfig(steps=2, batch=2, val_fraction=0.0),
+                   AEConfig(widths=(4, 8), crop=16), device="cpu")
+    save_checkpoint(result, tmp_path / "r.ckpt", plane_shape=stacks.shape[-2:])
+    loaded = load_checkpoint(tmp_path / "r.ckpt")
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(result.model(x), loaded.model(x))
+    assert loaded.config.steps == 2 and loaded.plane_shape == (16, 16)
+
+
+def test_file_holds_format_tag_and_plain_config(tmp_path):
+    save_checkpoint(trained(), tmp_path / "ae.ckpt")
+    data = torch.load(tmp_path / "ae.ckpt", weights_only=True)
+    assert data["format"] == FORMAT
+    assert data["model"] == {"widths": [4, 8], "depth": 2, "crop": 16, "skip_interp": False}
+    assert data["train"]["variant"] == "implicit" and data["levels"] == [0.0, 2.0, 4.0]
+    assert os.listdir(tmp_path) == ["ae.ckpt"]
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError):
+        save_checkpoint(trained(), tmp_path / "ae.ckpt")
+    assert os.listdir(tmp_path) == []
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch"])
+def test_crafted_pickle_is_refused_without_running(tmp_path, writer):
+    marker, path = tmp_path / "PWNED", tmp_path / "evil.ckpt"
+    obj = {"format": FORMAT, "state_dict": Payload(marker)}
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps(obj, protocol=2))
+    else:
+        torch.save(obj, path)
+    with pytest.raises(InputError, match="not a safe"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_payload_is_live_so_the_refusal_test_means_something(tmp_path):
+    marker = tmp_path / "RAN"
+    pickle.loads(pickle.dumps(Payload(marker)))  # an unsafe loader runs it
+    assert marker.exists()
+
+
+def test_other_files_are_refused(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+    torch.save({"format": "deconv3d.selfsup/1"}, tmp_path / "other.ckpt")
+    with pytest.raises(InputError, match="not a deconv3d blur"):
+        load_checkpoint(tmp_path / "other.ckpt")
+    (tmp_path / "text.ckpt").write_text("hello")
+    with pytest.raises(InputError):
+        load_checkpoint(tmp_path / "text.ckpt")
+
+
+def test_weights_of_another_size_are_refused(tmp_path):
+    path = tmp_path / "ae.ckpt"
+    save_checkpoint(trained(widths=(4, 8)), path)
+    data = torch.load(path, weights_only=True)
+    data["model"]["widths"] = [8, 16]
+    torch.save(data, path)
+    with pytest.raises(InputError, match="another size"):
+        load_checkpoint(path)
+    data["model"] = {"widths": [4, 8], "depth": 3, "crop": 16}
+    torch.save(data, path)
+    with pytest.raises(InputError, match="damaged"):
+        load_checkpoint(path)
+
+
+def test_planes_smaller_than_the_training_crops_are_refused():
+    model = trained()
+    model.check_planes((16, 40))
+    with pytest.raises(InputError, match="another size.*--crop 8"):
+        model.check_planes((8, 40))

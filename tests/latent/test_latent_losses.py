@@ -1,0 +1,70 @@
+"""The three objectives of Mazilu et al. against hand-computed values on tiny tensors."""
+
+import pytest
+import torch
+
+from deconv3d.errors import InputError
+from deconv3d.latent.losses import baseline_loss, explicit_loss, implicit_loss, latent_distance
+from deconv3d.latent.train import triplet_loss
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float32).view(1, 1, 1, -1)
+
+
+X1, X2, X3 = t(0.0, 0.0), t(1.0, 1.0), t(0.0, 2.0)
+Y1, Y2, Y3 = t(1.0, 1.0), t(4.0, 0.0), t(2.0, 2.0)
+# MSE(Y1, X1) = (1 + 1) / 2 = 1; MSE(Y3, X3) = (4 + 0) / 2 = 2; MSE(Y2, X2) = (9 + 1) / 2 = 5
+Z2I = (torch.tensor([1.0, 2.0]), torch.tensor([4.0]))
+Z2 = (torch.zeros(2), torch.zeros(1))
+# latent MSE = (1 + 4 + 16) / 3 = 7; latent L1 = (1 + 2 + 4) / 3 = 7 / 3
+
+
+def test_baseline_by_hand():
+    loss, terms = baseline_loss(X1, X3, Y1, Y3)
+    assert float(loss) == pytest.approx(0.5 * (1 + 2))
+    assert terms["total"] == pytest.approx(1.5)
+
+
+def test_implicit_by_hand():
+    loss, terms = implicit_loss(X1, X2, X3, Y1, Y2, Y3)
+    assert float(loss) == pytest.approx(1.5 + 5)
+    assert terms["interp"] == pytest.approx(5)
+
+
+@pytest.mark.parametrize("dist, latent", [("mse", 7.0), ("l1", 7.0 / 3.0)])
+def test_explicit_by_hand(dist, latent):
+    loss, terms = explicit_loss(X1, X2, X3, Y1, Y2, Y3, Z2I, Z2, dist)
+    assert float(loss) == pytest.approx(1.5 + 5 + latent)
+    assert terms["latent"] == pytest.approx(latent)
+    assert float(latent_distance(Z2I, Z2, dist)) == pytest.approx(latent)
+
+
+def test_latent_distance_refuses_unknown_or_mismatched():
+    with pytest.raises(InputError):
+        latent_distance(Z2I, Z2, "l2")
+    with pytest.raises(InputError):
+        latent_distance(Z2I, Z2[:1])
+
+
+class PixelModel:
+    """Identity autoencoder: the latent is the plane itself, so every term is known by hand."""
+
+    @staticmethod
+    def encode(x):
+        return (x,)
+
+    @staticmethod
+    def decode(z):
+        return z[0]
+
+
+def test_triplet_loss_weights_the_lower_level_by_alpha():
+    x1, x2, x3 = t(0.0, 0.0), t(1.0, 3.0), t(4.0, 4.0)
+    alpha = torch.tensor([0.75])
+    # z2' = 0.75 * x1 + 0.25 * x3 = (1, 1); MSE(z2', x2) = (0 + 4) / 2 = 2
+    for variant, want in (("baseline", 0.0), ("implicit", 2.0), ("explicit", 4.0)):
+        loss, terms = triplet_loss(PixelModel(), x1, x2, x3, alpha, variant, "mse")
+        assert float(loss) == pytest.approx(want), variant
+    loss, _ = triplet_loss(PixelModel(), x1, x2, x3, alpha, "explicit", "l1")
+    assert float(loss) == pytest.approx(2.0 + 1.0)

@@ -1,0 +1,145 @@
+"""Latent arithmetic of deconv3d.latent.ops: exact against hand computation with linear toys."""
+
+import numpy as np
+import pytest
+import torch
+
+from deconv3d.errors import InputError
+from deconv3d.latent.model import AEConfig, build_autoencoder
+from deconv3d.latent.ops import (blend_pixels, deblur, extrapolate_pixels, interior_fractions, interpolate, lincomb,
+                                 synthesize_blur)
+
+
+class LinearToy:
+    """Linear encoder/decoder ``z = A x``, ``y = B z`` on flattened planes (a tuple latent: (A x, 2 A x))."""
+
+    def __init__(self, n_pixels, n_latent=5, seed=0, divisor=1, shape=(4, 4)):
+        g = torch.Generator().manual_seed(seed)
+        self.A = torch.randn(n_latent, n_pixels, generator=g, dtype=torch.float64)
+        self.B = torch.randn(n_pixels, n_latent, generator=g, dtype=torch.float64)
+        self.divisor, self.shape = divisor, shape
+
+    def encode(self, x):
+        z = x.reshape(x.shape[0], -1).double() @ self.A.T
+        return (z, 2 * z)
+
+    def decode(self, z):
+        y = 0.5 * (z[0] + 0.5 * z[1]) @ self.B.T
+        return y.reshape(-1, 1, *self.shape).float()
+
+    def numpy(self, x):
+        """Hand reference: ``A`` and ``B`` applied to one flattened plane."""
+        return self.A.numpy() @ x.ravel()
+
+
+class ScaledIdentity:
+    divisor = 1
+
+    @staticmethod
+    def encode(x):
+        return 3.0 * x
+
+    @staticmethod
+    def decode(z):
+        return z / 3.0
+
+
+def unit_planes(seed=0, shape=(4, 4)):
+    """Two planes with min 0 and max 1 (so min-max normalisation changes nothing)."""
+    rng = np.random.default_rng(seed)
+    planes = rng.random((2,) + shape)
+    planes.reshape(2, -1)[:, 0], planes.reshape(2, -1)[:, 1] = 0.0, 1.0
+    return planes.astype(np.float32)
+
+
+def test_lincomb_on_tuples_and_tensors_is_exact():
+    a, b = (torch.tensor([1.0, 2.0]), torch.tensor([4.0])), (torch.tensor([3.0, -1.0]), torch.tensor([0.5]))
+    z = lincomb([0.25, 0.75], [a, b])
+    assert torch.equal(z[0], torch.tensor([2.5, -0.25])) and torch.equal(z[1], torch.tensor([1.375]))
+    assert torch.equal(lincomb([2.0, -1.0], [a[0], b[0]]), torch.tensor([-1.0, 5.0]))
+    assert torch.equal(interpolate(a[0], b[0], 0.25)[0:1], torch.tensor([1.5]))
+    with pytest.raises(InputError):
+        lincomb([1.0], [a, b])
+    with pytest.raises(InputError):
+        lincomb([1.0, 1.0], [a, (b[0],)])
+
+
+@pytest.mark.parametrize("fractions", [[0.25, 0.5], [0.0, 1.0], [-0.5, 1.5]])
+def test_synthesis_matches_hand_computation_with_linear_toy(fractions):
+    far, near = unit_planes()
+    toy = LinearToy(16)
+    out = synthesize_blur(toy, far, near, fractions)
+    for plane, a in zip(out, fractions):
+        z = (1 - a) * toy.numpy(far) + a * toy.numpy(near)
+        want = (toy.B.numpy() @ z).reshape(4, 4)
+        np.testing.assert_allclose(plane, want, rtol=1e-5, atol=1e-5)
+
+
+def test_deblur_matches_hand_computation_with_linear_toy():
+    far, plane = unit_planes(1)
+    toy = LinearToy(16, seed=3)
+    alpha = 0.3
+    z = (toy.numpy(plane) - alpha * toy.numpy(far)) / (1 - alpha)
+    want = (toy.B.numpy() @ z).reshape(4, 4)
+    np.testing.assert_allclose(deblur(toy, far, plane, alpha), want, rtol=1e-5, atol=1e-5)
+
+
+def test_identity_autoencoder_reduces_to_pixel_arithmetic_including_extrapolation():
+    far, near = unit_planes(2)
+    fractions = [-0.5, 0.0, 0.3, 1.0, 2.0]
+    np.testing.assert_allclose(synthesize_blur(ScaledIdentity(), far, near, fractions),
+                               blend_pixels(far, near, fractions), atol=1e-6)
+    np.testing.assert_allclose(blend_pixels(far, near, [0.25])[0], 0.75 * far + 0.25 * near, atol=1e-7)
+    np.testing.assert_allclose(deblur(ScaledIdentity(), far, near, 0.4), extrapolate_pixels(far, near, 0.4),
+                               atol=1e-6)
+    np.testing.assert_allclose(extrapolate_pixels(far, near, 0.4), (near - 0.4 * far) / 0.6, atol=1e-6)
+
+
+def test_deblur_inverts_synthesis():
+    """Synthesising at fraction a and deblurring with alpha = 1 - a gives the sharp plane back."""
+    far, near = unit_planes(4)
+    toy = ScaledIdentity()
+    mid = synthesize_blur(toy, far, near, [0.25])[0]
+    np.testing.assert_allclose(deblur(toy, far, mid, 0.75), near, atol=1e-5)
+
+
+def test_intensity_scale_follows_the_inputs():
+    far, near = unit_planes(5)
+    toy = ScaledIdentity()
+    base = synthesize_blur(toy, far, near, [0.5])
+    np.testing.assert_allclose(synthesize_blur(toy, 10 * far + 2, 10 * near + 2, [0.5]), 10 * base + 2, rtol=1e-5)
+
+
+def test_sizes_off_the_divisor_are_padded_and_cropped_back():
+    model = build_autoencoder(AEConfig(widths=(4, 8), crop=16), seed=0)
+    rng = np.random.default_rng(0)
+    far, near = rng.random((2, 18, 21))
+    assert synthesize_blur(model, far, near, [0.5, 1.5]).shape == (2, 18, 21)
+    assert deblur(model, far, near, 0.5).shape == (18, 21)
+    with pytest.raises(InputError, match="multiple"):
+        synthesize_blur(model, far, near, [0.5], fit="error")
+
+
+def test_interior_fractions():
+    np.testing.assert_allclose(interior_fractions(3), [0.25, 0.5, 0.75])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.2, 1.5, float("nan")])
+def test_deblur_refuses_alpha_outside_open_unit_interval(alpha):
+    far, near = unit_planes()
+    with pytest.raises(InputError, match="alpha"):
+        deblur(ScaledIdentity(), far, near, alpha)
+
+
+def test_bad_planes_are_input_errors():
+    far, near = unit_planes()
+    with pytest.raises(InputError, match="shape"):
+        synthesize_blur(ScaledIdentity(), far, near[:3], [0.5])
+    with pytest.raises(InputError, match="2D"):
+        synthesize_blur(ScaledIdentity(), np.stack([far, near]), near, [0.5])
+    with pytest.raises(InputError, match="shape"):
+        deblur(ScaledIdentity(), far[:, :3], near, 0.5)
+    with pytest.raises(InputError):
+        synthesize_blur(ScaledIdentity(), far, near, [])
+    with pytest.raises(InputError, match="NaN"):
+        synthesize_blur(ScaledIdentity(), far, np.full_like(near, np.nan), [0.5])

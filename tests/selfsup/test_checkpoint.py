@@ -1,0 +1,79 @@
+"""Checkpoints: exact round trip, refusal of crafted pickles and of mismatched images or PSFs."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from deconv3d.errors import InputError
+from deconv3d.selfsup import TrainConfig, TrainedModel, UNetConfig, apply_model, load_checkpoint, save_checkpoint
+from deconv3d.selfsup.train import train
+
+
+@pytest.fixture(scope="module")
+def trained():
+    rng = np.random.default_rng(0)
+    image = rng.random((12, 24, 24)).astype(np.float32)
+    psf = np.ones((3, 5, 5), np.float32)
+    cfg = TrainConfig(steps=2, patch=8, batch=2, invariance="both", seed=3)
+    res = train(image, psf, config=cfg, unet=UNetConfig(ndim=3, base_channels=4, depth=2), device="cpu",
+                voxel_size=(0.3, 0.1, 0.1))
+    return res, image, psf
+
+
+def test_round_trip_reproduces_outputs_exactly(trained, tmp_path):
+    res, image, psf = trained
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(res, path)
+    loaded = load_checkpoint(path)
+    assert loaded.unet == res.unet and loaded.config == res.config
+    assert (loaded.mean, loaded.std, loaded.voxel_size) == (res.mean, res.std, (0.3, 0.1, 0.1))
+    np.testing.assert_array_equal(loaded.psf, res.psf)
+    np.testing.assert_array_equal(apply_model(loaded, image, device="cpu"), apply_model(res, image, device="cpu"))
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # creates the marker file if it is ever unpickled
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch"])
+def test_crafted_pickle_is_refused_without_running_it(tmp_path, writer):
+    marker, path = tmp_path / "ran", tmp_path / "evil.ckpt"
+    obj = {"format": "deconv3d.selfsup/1", "state_dict": Payload(str(marker))}
+    with open(path, "wb") as fh:
+        (pickle.dump if writer == "pickle" else torch.save)(obj, fh)
+    with pytest.raises(InputError, match="not a safe deconv3d checkpoint"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_other_files_are_refused(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.ckpt")
+    with pytest.raises(InputError, match="not a deconv3d self-supervised checkpoint"):
+        load_checkpoint(tmp_path / "other.ckpt")
+    (tmp_path / "text.ckpt").write_text("hello")
+    with pytest.raises(InputError):
+        load_checkpoint(tmp_path / "text.ckpt")
+
+
+def test_mismatched_image_psf_or_voxel_size_is_refused(trained):
+    res, image, psf = trained
+    model = TrainedModel.from_result(res)
+    model.check_compatible(3, psf * 7.0, (0.3, 0.1, 0.1))  # same PSF up to scale: accepted
+    with pytest.raises(InputError, match="trained on 3D"):
+        model.check_compatible(2)
+    with pytest.raises(InputError, match="another PSF"):
+        model.check_compatible(3, np.ones((3, 3, 3), np.float32))
+    with pytest.raises(InputError, match="voxel size"):
+        model.check_compatible(3, psf, (0.5, 0.1, 0.1))
+    with pytest.raises(InputError, match="trained on 3D"):
+        apply_model(model, image[0], device="cpu")

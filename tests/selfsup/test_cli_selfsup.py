@@ -1,0 +1,91 @@
+"""`deconv3d train` and `deconv3d deconvolve --method ssl`: outputs, exit codes, one-line errors."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from deconv3d.cli import main
+from deconv3d.io import read_image, write_tiff
+
+TINY = ["--patch", 8, "--batch", 1, "--base-channels", 4, "--unet-depth", 2, "--device", "cpu"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    write_tiff(tmp_path / "image.tif", rng.random((12, 24, 24)).astype(np.float32) + 0.1, voxel_size=(0.3, 0.1, 0.1))
+    grids = np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij")
+    psf = np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32)
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, word):
+    lines = err.strip().splitlines()
+    return code == 2 and len(lines) == 1 and lines[0].startswith("deconv3d: error: ") and word in lines[0]
+
+
+def test_train_then_deconvolve_with_the_model(data, capsys):
+    model = data / "m.ckpt"
+    code, out, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 2] + TINY,
+                         capsys)
+    assert code == 0 and model.is_file(), err
+    assert "2 steps" in out
+    out_tif = data / "out.tif"
+    code, _, err = run(["deconvolve", data / "image.tif", "-o", out_tif, "--method", "ssl", "--model", model,
+                        "--device", "cpu", "--tta"], capsys)
+    assert code == 0, err
+    result = read_image(out_tif)
+    assert result.data.shape == (12, 24, 24) and result.data.dtype == np.float32 and result.data.min() >= 0
+    assert result.voxel_size == pytest.approx((0.3, 0.1, 0.1))
+
+
+def test_deconvolve_trains_on_the_image_when_no_model(data, capsys):
+    out_tif = data / "out.tif"
+    code, _, err = run(["deconvolve", data / "image.tif", "-o", out_tif, "--psf", data / "psf.tif",
+                        "--method", "ssl", "--train-steps", 2, "--invariance", "after-psf"] + TINY, capsys)
+    assert code == 0, err
+    assert read_image(out_tif).data.shape == (12, 24, 24)
+
+
+def test_model_for_another_psf_is_refused(data, capsys):
+    model = data / "m.ckpt"
+    assert run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1] + TINY,
+               capsys)[0] == 0
+    write_tiff(data / "psf2.tif", np.ones((3, 3, 3), np.float32), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", data / "image.tif", "-o", data / "out.tif", "--method", "ssl",
+                        "--model", model, "--psf", data / "psf2.tif"], capsys)
+    assert one_line_error(code, err, "another PSF") and not (data / "out.tif").exists()
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--method", "ssl"], "PSF is needed"),
+    (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--psf", "{d}/psf.tif", "--method", "rl",
+      "--train-steps", "3"], "apply to --method ssl"),
+    (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--method", "ssl", "--model", "{d}/evil.ckpt"],
+     "not a safe deconv3d checkpoint"),
+    (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--method", "ssl", "--model", "{d}/none.ckpt"],
+     "does not exist"),
+    (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/model.tif"], "unsupported output format"),
+    (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--invariance", "sideways"],
+     "invalid choice"),
+])
+def test_bad_input_one_line_and_no_output(data, capsys, argv, word):
+    with open(data / "evil.ckpt", "wb") as fh:
+        pickle.dump(Payload(), fh)
+    code, out, err = run([a.format(d=data) for a in argv], capsys)
+    assert one_line_error(code, err, word), err
+    assert "payload ran" not in out
+    assert not (data / "out.tif").exists() and not (data / "m.ckpt").exists() and not (data / "model.tif").exists()

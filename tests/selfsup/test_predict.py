@@ -1,0 +1,220 @@
+"""Tiled inference: seamless against one whole-volume pass, TTA, clamping, progress and cancel."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deconv3d.errors import InputError
+from deconv3d.selfsup import predict
+from deconv3d.selfsup.predict import Cancelled, default_tile_shape, predict_tiled
+
+SHAPES = {2: (40, 36), 3: (12, 20, 26)}
+TILES = {
+    2: [(20, 18), (16, 13), (40, 9)],  # divides the volume, does not divide, one axis whole
+    3: [(6, 10, 13), (5, 8, 11), (12, 7, 26)],
+}
+
+
+class Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+
+def conv(ndim, cin, cout, seed, symmetric=False):
+    """A seeded 3-wide convolution with zero padding; ``symmetric`` makes it xy-dihedral-equivariant."""
+    layer = (nn.Conv2d if ndim == 2 else nn.Conv3d)(cin, cout, 3, padding=1)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = torch.randn(layer.weight.shape, generator=gen) / (3**ndim * cin) ** 0.5
+        if symmetric:
+            w = sum(torch.rot90(f, k, (-2, -1)) for f in (w, w.flip(-1)) for k in range(4)) / 8
+        layer.weight.copy_(w)
+        layer.bias.copy_(0.1 * torch.randn(layer.bias.shape, generator=gen))
+    return layer
+
+
+def small_net(ndim, seed=0, symmetric=False):
+    """Three conv layers: receptive-field radius 3."""
+    return nn.Sequential(
+        conv(ndim, 1, 4, seed, symmetric), nn.Tanh(),
+        conv(ndim, 4, 4, seed + 1, symmetric), nn.Tanh(),
+        conv(ndim, 4, 1, seed + 2, symmetric),
+    )
+
+
+def volume(ndim, seed=0):
+    r = np.random.default_rng(seed)
+    return (2.0 + r.random(SHAPES[ndim])).astype(np.float32)
+
+
+def run_numpy(model, x, mean, std):
+    """The model on one standardised numpy array, de-standardised (no tiling, no padding)."""
+    t = torch.from_numpy(np.ascontiguousarray((x - mean) / std, dtype=np.float32))[None, None]
+    with torch.no_grad():
+        return model(t)[0, 0].numpy() * std + mean
+
+
+def whole_reflect_reference(model, x, mean, std, context):
+    padded = np.pad(x, context, mode="reflect")
+    out = run_numpy(model, padded, mean, std)
+    return np.maximum(out[(slice(context, -context),) * x.ndim], 0)
+
+
+def psnr(reference, test):
+    mse = float(np.mean((reference.astype(np.float64) - test) ** 2))
+    span = float(reference.max() - reference.min())
+    return np.inf if mse == 0 else 10 * np.log10(span**2 / mse)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("tile_index", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["identity", "conv"])
+def test_tiled_equals_untiled(ndim, tile_index, kind):
+    model = Identity() if kind == "identity" else conv(ndim, 1, 1, seed=3)
+    x = volume(ndim)
+    kw = dict(mean=2.5, std=0.3, divisor=4, context=1, device="cpu")
+    whole = predict_tiled(model, x, **kw)
+    tiled = predict_tiled(model, x, tile_shape=TILES[ndim][tile_index], overlap=2, **kw)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
+    if kind == "identity":
+        np.testing.assert_allclose(whole, x, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_tiled_random_net_matches_reflect_padded_whole_volume(ndim):
+    model = small_net(ndim)
+    x = volume(ndim, seed=1)
+    reference = whole_reflect_reference(model, x, 2.5, 0.3, context=4)
+    tiled = predict_tiled(model, x, mean=2.5, std=0.3, divisor=8, tile_shape=TILES[ndim][1],
+                          overlap=3, context=4, device="cpu")
+    assert psnr(reference, tiled) >= 50
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_tta_with_equivariant_model_changes_nothing(ndim):
+    model = small_net(ndim, seed=5, symmetric=True)
+    x = volume(ndim, seed=2)
+    kw = dict(mean=2.5, std=0.3, divisor=4, context=3, tile_shape=TILES[ndim][1], device="cpu")
+    plain = predict_tiled(model, x, **kw)
+    averaged = predict_tiled(model, x, tta=True, **kw)
+    np.testing.assert_allclose(averaged, plain, atol=1e-5, rtol=0)
+
+
+def dihedral_mean_by_hand(model, x, mean, std):
+    outputs = []
+    for flip in (False, True):
+        xf = np.flip(x, -1) if flip else x
+        for k in range(4):
+            y = run_numpy(model, np.rot90(xf, k, axes=(-2, -1)), mean, std)
+            y = np.rot90(y, -k, axes=(-2, -1))
+            outputs.append(np.flip(y, -1) if flip else y)
+    return np.maximum(np.mean(outputs, axis=0), 0)
+
+
+@pytest.mark.parametrize("shape", [(16, 24), (8, 16, 24)])
+def test_tta_equals_mean_of_eight_transforms(shape):
+    model = small_net(len(shape), seed=7)
+    x = (2 + np.random.default_rng(3).random(shape)).astype(np.float32)
+    expected = dihedral_mean_by_hand(model, x, 2.5, 0.3)
+    got = predict_tiled(model, x, mean=2.5, std=0.3, divisor=8, tta=True, device="cpu")
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert not np.allclose(got, np.maximum(run_numpy(model, x, 2.5, 0.3), 0), atol=1e-3)
+
+
+def test_tta_handles_non_square_padded_tiles():
+    x = volume(3, seed=4)  # 20 x 26 in xy; windows are padded to 24 x 32 (and 16 x 24 tiles)
+    model = Identity()
+    out = predict_tiled(model, x, mean=2.5, std=0.3, divisor=8, tta=True, context=2,
+                        tile_shape=(12, 11, 17), device="cpu")
+    np.testing.assert_allclose(out, x, atol=1e-5, rtol=0)
+
+
+class Negate(nn.Module):
+    def forward(self, x):
+        return -3 * x
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (9, 30), (1, 6, 6)])
+def test_output_non_negative_float32_same_shape(shape):
+    x = np.random.default_rng(5).integers(0, 1000, shape).astype(np.uint16)
+    out = predict_tiled(Negate(), x, mean=500.0, std=200.0, divisor=8, context=2,
+                        tile_shape=4, overlap=1, device="cpu")
+    assert out.dtype == np.float32 and out.shape == shape
+    assert out.min() >= 0 and out.max() > 0
+
+
+def test_tensor_input_and_batches_match():
+    model = small_net(3, seed=9)
+    x = volume(3, seed=6)
+    kw = dict(mean=2.5, std=0.3, divisor=4, context=4, tile_shape=(6, 8, 9), overlap=2, device="cpu")
+    one = predict_tiled(model, x, **kw)
+    many = predict_tiled(model, torch.from_numpy(x), batch_size=5, **kw)
+    np.testing.assert_allclose(many, one, atol=1e-5, rtol=0)
+
+
+def test_model_mode_restored_and_no_grad():
+    model = small_net(2)
+    model.train()
+    out = predict_tiled(model, volume(2), mean=2.5, std=0.3, divisor=4, device="cpu")
+    assert model.training and isinstance(out, np.ndarray)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_callback_reports_progress_and_cancels():
+    x = volume(3)
+    calls = []
+
+    def record(done, total):
+        calls.append((done, total))
+
+    predict_tiled(Identity(), x, mean=2.5, std=0.3, divisor=4, tile_shape=(6, 10, 13), overlap=0,
+                  callback=record, device="cpu")
+    assert calls == [(i, 8) for i in range(1, 9)]
+
+    seen = []
+
+    def cancel_at_two(done, total):
+        seen.append(done)
+        return done >= 2
+
+    with pytest.raises(Cancelled):
+        predict_tiled(Identity(), x, mean=2.5, std=0.3, divisor=4, tile_shape=(6, 10, 13),
+                      callback=cancel_at_two, device="cpu")
+    assert seen == [1, 2]
+
+
+def test_default_tiles_fit_the_budget(monkeypatch):
+    assert default_tile_shape((10, 1024, 1024), 8, "cpu") == (10, 456, 456)
+    assert default_tile_shape((64, 64, 64), 8, "cpu") == (64, 64, 64)
+    monkeypatch.setitem(predict.VOXEL_BUDGET, (False, 3), 1000)
+    x = volume(3)
+    assert np.prod(default_tile_shape(x.shape, 4, "cpu")) <= 1000
+    model = small_net(3, seed=2)
+    reference = whole_reflect_reference(model, x, 2.5, 0.3, context=4)
+    out = predict_tiled(model, x, mean=2.5, std=0.3, divisor=4, context=4, device="cpu")
+    assert psnr(reference, out) >= 50
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(std=0.0),
+        dict(tile_shape=(4, 4)),
+        dict(tile_shape=4, overlap=4),
+        dict(context=-1),
+        dict(batch_size=0),
+    ],
+)
+def test_bad_options_are_input_errors(kwargs):
+    options = dict(mean=0.0, std=1.0, divisor=4, device="cpu") | kwargs
+    with pytest.raises(InputError) as info:
+        predict_tiled(Identity(), volume(3), **options)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_image_and_bad_model_are_input_errors():
+    with pytest.raises(InputError):
+        predict_tiled(Identity(), np.zeros((2, 3, 4, 5), np.float32), mean=0, std=1, divisor=1, device="cpu")
+    with pytest.raises(InputError, match="fully convolutional"):
+        predict_tiled(nn.Conv3d(1, 2, 1), volume(3), mean=0, std=1, divisor=1, device="cpu")
