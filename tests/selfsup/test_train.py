@@ -97,3 +97,14 @@ def test_bad_inputs_are_refused(bad, message):
     image, kernel = bad(noisy, psf)
     with pytest.raises(InputError, match=message):
         deconvolve(image, kernel, config=TrainConfig(steps=1, patch=16, batch=1), unet=TINY[2], device="cpu")
+
+
+@pytest.mark.cuda
+def test_cuda_training_with_mixed_precision_and_prediction():
+    truth, noisy, psf = problem(3, sigma=0.15)
+    cfg = TrainConfig(steps=60, patch=16, batch=4, lr=2e-3, seed=0, amp=True)
+    result = train(noisy, psf, config=cfg, unet=TINY[3], device="cuda")
+    assert next(result.model.parameters()).device.type == "cuda" and result.reason == "completed"
+    out = apply_model(result, noisy, device="cuda", tta=True)
+    assert out.dtype == np.float32 and out.min() >= 0
+    assert psnr_rescaled(truth, out) > psnr_rescaled(truth, noisy) + 0.5
