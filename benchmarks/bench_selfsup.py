@@ -6,7 +6,8 @@ Data follow Papkov et al.'s synthetic recipe with light entering from outside th
 RL and RL-TV at their best iteration count (an oracle), and the self-supervised
 networks: the SSI-style blind-spot baseline and the Siamese invariance before the PSF,
 after it, and both, each without and with test-time augmentation, with CPU training
-time. ``--fft`` adds the FFT-versus-conv3d forward-model timing. Rows print as they
+time. Each network's output is scored raw and band-limited to the PSF's passband
+(``apply_model(band_limit=eps)``, the library default). ``--fft`` adds the FFT-versus-conv3d forward-model timing. Rows print as they
 finish. Run ``python benchmarks/bench_selfsup.py --help``.
 """
 
@@ -22,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from selfsup_data import best_gaussian, best_rl, bench_psf, make_volume, score  # noqa: E402
 
-from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, train  # noqa: E402
+from deconv3d.selfsup import BAND_LIMIT, TrainConfig, UNetConfig, apply_model, train  # noqa: E402
 
 METHODS = {
     "ssi": dict(invariance="none", lambda_bsp=1.0),
@@ -47,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--decay-steps", type=int, default=5000)
     p.add_argument("--no-tta", action="store_true")
+    p.add_argument("--band-limit", type=float, default=BAND_LIMIT,
+                   help="eps of the output band limit (rows without it print too)")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--fft", action="store_true", help="also time FFT vs conv3d inside training")
     p.add_argument("--threads", type=int, default=2)
@@ -83,11 +86,12 @@ def run_network(truth, noisy, psf, method, args):
 
         os.makedirs(args.save, exist_ok=True)
         save_checkpoint(res, os.path.join(args.save, f"{args.tag}-{method}.ckpt"))
-    out = apply_model(res, noisy, device="cpu")
-    s = score(truth, out)
+    row(f"ssl {method} (no band limit)", score(truth, apply_model(res, noisy, device="cpu", band_limit=None)), extra)
+    s = score(truth, apply_model(res, noisy, device="cpu", band_limit=args.band_limit))
     row(f"ssl {method}", s, extra)
     if not args.no_tta:
-        row(f"ssl {method} + TTA", score(truth, apply_model(res, noisy, device="cpu", tta=True)), extra)
+        tta = apply_model(res, noisy, device="cpu", tta=True, band_limit=args.band_limit)
+        row(f"ssl {method} + TTA", score(truth, tta), extra)
     return s
 
 

@@ -112,3 +112,59 @@ def test_cuda_matches_cpu(rng):
     cpu = fft_convolve(x, k, device="cpu").numpy()
     gpu = fft_convolve(torch.from_numpy(x).cuda(), k).cpu().numpy()
     np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5)
+
+
+def _numpy_band_limit(x, k, eps, pad):
+    """Independent reference: mirror by ``pad`` (edge-replicated beyond one reflection, as
+    ours), zero-fill to the same FFT grid, scale the spectrum, crop."""
+    padded = np.pad(x, [(p, p) for p in pad], mode="reflect" if all(p < n for p, n in zip(pad, x.shape)) else "edge")
+    grid = fast_shape(padded.shape)
+    kernel = np.zeros(grid)
+    kernel[tuple(slice(0, s) for s in k.shape)] = k
+    power = np.abs(np.fft.fftn(kernel)) ** 2
+    power /= power.flat[0]
+    out = np.fft.ifftn(np.fft.fftn(padded, s=grid, axes=range(x.ndim)) * power / (power + eps)).real
+    return out[tuple(slice(p, p + n) for p, n in zip(pad, x.shape))]
+
+
+@pytest.mark.parametrize("xshape,kshape", [((20, 23), (5, 7)), ((10, 16, 15), (3, 5, 5))])
+def test_band_limit_equals_numpy_reference(rng, xshape, kshape):
+    from deconv3d.fft import band_limit, band_limit_halo
+
+    x, k = rng.random(xshape), rng.random(kshape)
+    pad = band_limit_halo(k)
+    assert all(p >= s // 2 for p, s in zip(pad, kshape)) and all(p < n for p, n in zip(pad, xshape))
+    ours = band_limit(x, k, 0.05, dtype=torch.float64).numpy()
+    ref = _numpy_band_limit(x, k, 0.05, pad)
+    assert ours.shape == x.shape
+    np.testing.assert_allclose(ours, ref, atol=1e-10)
+
+
+def test_band_limit_halo_is_eight_psf_widths():
+    from deconv3d.fft import band_limit_halo
+
+    grids = np.meshgrid(np.arange(-10, 11), np.arange(-3, 4), indexing="ij")
+    psf = np.exp(-grids[0] ** 2 / (2 * 2.0**2) - grids[1] ** 2 / (2 * 0.5**2))
+    halo = band_limit_halo(psf)
+    assert halo[0] == 16  # ceil(8 * 2.0); the truncated Gaussian's RMS width is just under 2
+    assert halo[1] == 4  # 8 * 0.5 = 4 > half-size 3
+
+
+def test_band_limit_keeps_in_band_content_and_removes_what_the_psf_cannot_pass(rng):
+    from deconv3d.fft import band_limit
+
+    grids = np.meshgrid(*[np.arange(-4, 5)] * 3, indexing="ij")
+    psf = np.exp(-sum(g**2 for g in grids) / (2 * 1.5**2))
+    psf /= psf.sum()
+    smooth = scipy.signal.fftconvolve(rng.random((24, 32, 32)), psf, mode="same")  # lies in the PSF's band
+    noise = rng.standard_normal((24, 32, 32))
+    kept = band_limit(smooth + noise, psf, 1e-3, dtype=torch.float64).numpy()
+    # The smooth part passes nearly untouched, most of the white noise is removed.
+    interior = (slice(4, -4),) * 3
+    err_before = np.linalg.norm(noise[interior])
+    err_after = np.linalg.norm((kept - smooth)[interior])
+    assert err_after < 0.35 * err_before
+    assert np.linalg.norm((band_limit(smooth, psf, 1e-3, dtype=torch.float64).numpy() - smooth)[interior]) \
+        < 0.05 * np.linalg.norm(smooth[interior] - smooth.mean())
+    with pytest.raises(InputError, match="positive"):
+        band_limit(smooth, psf, 0.0)

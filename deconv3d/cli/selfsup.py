@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from deconv3d.errors import InputError
@@ -9,6 +10,7 @@ from deconv3d.errors import InputError
 from ._common import DEVICES, add_common, positive_float, positive_int, voxel_size_of
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
+BAND_LIMIT = 0.01  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
 
 
 def register(sub) -> None:
@@ -121,14 +123,26 @@ def deconvolve_ssl(args, image, psf, voxel):
         bar.update(done - bar.n)
 
     with bar:
-        result = apply_model(trained, image, device=args.device, tta=args.tta, callback=callback)
+        result = apply_model(trained, image, device=args.device, tta=args.tta, band_limit=args.band_limit,
+                             callback=callback)
     params["tta"] = bool(args.tta)
+    params["band_limit"] = args.band_limit
     return result, params, trained.psf
+
+
+def _band_limit(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
 
 
 def add_deconvolve_options(p) -> None:
     """The ``--method ssl`` options of ``deconvolve``."""
     p.add_argument("--model", help="trained network (.ckpt from deconv3d train) for --method ssl")
     p.add_argument("--tta", action="store_true", help="ssl: average over the 8 xy rotations/flips")
+    p.add_argument("--band-limit", type=_band_limit, default=BAND_LIMIT, metavar="EPS",
+                   help=f"ssl: damp frequencies the PSF does not pass, gain |H|^2/(|H|^2+EPS); 0 turns it off "
+                        f"(default {BAND_LIMIT})")
     add_training_options(p, steps_flag="--train-steps")
 

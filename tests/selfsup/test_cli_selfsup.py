@@ -79,6 +79,8 @@ class Payload:
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--method", "ssl", "--model", "{d}/none.ckpt"],
      "does not exist"),
     (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/model.tif"], "unsupported output format"),
+    (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--psf", "{d}/psf.tif", "--method", "ssl",
+      "--band-limit", "-1"], "--band-limit"),
     (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--invariance", "sideways"],
      "invalid choice"),
 ])
@@ -89,3 +91,29 @@ def test_bad_input_one_line_and_no_output(data, capsys, argv, word):
     assert one_line_error(code, err, word), err
     assert "payload ran" not in out
     assert not (data / "out.tif").exists() and not (data / "m.ckpt").exists() and not (data / "model.tif").exists()
+
+
+def test_band_limit_option(data, capsys):
+    """``--band-limit 0`` gives the network's raw output; the default filters it by the PSF's band."""
+    import torch
+
+    from deconv3d.cli import selfsup as cli_selfsup
+    from deconv3d.fft import band_limit
+    from deconv3d.selfsup import BAND_LIMIT
+
+    assert cli_selfsup.BAND_LIMIT == BAND_LIMIT
+    model = data / "m.ckpt"
+    assert run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 2] + TINY,
+               capsys)[0] == 0
+    outputs = {}
+    for eps in ("0", None):
+        out_tif = data / f"out-{eps}.tif"
+        extra = [] if eps is None else ["--band-limit", eps]
+        code, _, err = run(["deconvolve", data / "image.tif", "-o", out_tif, "--method", "ssl", "--model", model,
+                            "--device", "cpu"] + extra, capsys)
+        assert code == 0, err
+        outputs[eps] = read_image(out_tif).data
+    psf = read_image(data / "psf.tif").data
+    expected = band_limit(outputs["0"], psf / psf.sum(), BAND_LIMIT, dtype=torch.float64).clamp_min(0).numpy()
+    np.testing.assert_allclose(outputs[None], expected, atol=1e-5 * expected.max())
+    assert np.abs(outputs[None] - outputs["0"]).max() > 1e-3 * outputs["0"].max()
