@@ -33,6 +33,8 @@ Tables (rows print as they finish):
 2. interpolation ``synthesize_blur(far = level 0, near = level 16)`` at every
    intermediate level, PSNR / SSIM, against pixel blending (``blend_pixels``) and the
    true-PSF oracle;
+   Rows ``+ residual`` decode only a correction on top of pixel blending
+   (``synthesize_blur(residual=True)``, beyond the paper).
 3. deblurring ``deblur(far = level 0, plane = level k, alpha = (16 - k) / 16)``: PSNR of
    the extrapolated sharp plane against the level-16 reference, with its gain over the
    blurred input plane, and pixel extrapolation (``extrapolate_pixels``).
@@ -182,6 +184,9 @@ def interpolation_methods(models, fractions) -> dict:
                "true-PSF re-blur (recorded)": lambda s: s[1:-1]}
     for name, res in models.items():
         methods[f"latent {name}"] = lambda s, m=res.model: synthesize_blur(m, s[0], s[-1], fractions)
+    for name, res in models.items():  # beyond the paper: a decoded correction on top of pixel blending
+        methods[f"latent {name} + residual"] = lambda s, m=res.model: synthesize_blur(m, s[0], s[-1], fractions,
+                                                                                    residual=True)
     return methods
 
 

@@ -11,9 +11,15 @@ def test_demo_writes_rows_stacks_and_figure(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_PSF_SHAPE", (9, 11, 11))
     monkeypatch.setattr(demo, "DEMO_ITERATIONS", 3)
     monkeypatch.setattr(demo, "DEMO_SSL_SECONDS", 1.0)
+    monkeypatch.setattr(demo, "DEMO_BLUR_SECONDS", 1.0)
+    monkeypatch.setattr(demo, "DEMO_BLUR_SHAPE", (32, 32))
     rows = demo.run_demo(tmp_path, device="cpu")
-    assert [r["method"] for r in rows] == ["input", "wiener", "rl", "rl-tv", "ssl"]
-    assert all(np.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in rows)
+    assert [r["method"] for r in rows] == ["input", "wiener", "rl", "rl-tv", "ssl", "blur-synth"]
+    assert all(np.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in rows[:-1])
+    assert np.isfinite(rows[-1]["psnr"]) and "pixel blending" in rows[-1]["note"]
+    real, synth = read_image(tmp_path / "blur_real.tif").data, read_image(tmp_path / "blur_synth.tif").data
+    assert real.shape == synth.shape == (len(demo.DEMO_BLUR_LEVELS), 32, 32)
+    np.testing.assert_array_equal(synth[[0, -1]], real[[0, -1]])  # the end planes are the given ones
     for name in ("truth", "input", "wiener", "rl", "rl-tv", "ssl", "psf"):
         stack = read_image(tmp_path / f"{name}.tif")
         assert stack.voxel_size is not None and stack.data.dtype == np.float32

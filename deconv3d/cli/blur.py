@@ -77,6 +77,8 @@ def _synth_parser(blur) -> None:
     p.add_argument("--range", type=float, nargs=2, default=[0.0, 1.0], metavar=("A0", "A1"),
                    help="first and last fraction from FAR (0) to NEAR (1); beyond [0, 1] extrapolates")
     p.add_argument("-o", "--output", required=True, help="output stack (.tif), one plane per level")
+    p.add_argument("--residual", action="store_true",
+                   help="decode only a correction on top of pixel blending (keeps the end planes exact)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     add_common(p)
     p.set_defaults(func=cmd_synth)
@@ -215,8 +217,9 @@ def cmd_synth(args) -> int:
     check_output_path(args.output, [args.far, args.near, args.model])
     trained, digest = _load_model(args, far.shape)
     fractions = np.linspace(args.range[0], args.range[1], args.levels)
-    stack = synthesize_blur(trained.model, far, near, fractions)
-    meta = {"deconv3d": __version__, "method": "latent-synth", "fractions": [round(float(a), 6) for a in fractions],
+    stack = synthesize_blur(trained.model, far, near, fractions, residual=args.residual)
+    meta = {"deconv3d": __version__, "method": "latent-synth", "residual": bool(args.residual),
+            "fractions": [round(float(a), 6) for a in fractions],
             "far": str(args.far), "near": str(args.near), "model_sha256_16": digest,
             "pixel_size_um": None if voxel is None else list(voxel)}
     write_tiff(args.output, stack, metadata=meta)

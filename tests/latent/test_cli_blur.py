@@ -88,6 +88,18 @@ def test_synth_writes_one_plane_per_level(planes, model, capsys):
     assert data.shape == (4, 16, 16) and data.dtype == np.float32 and np.isfinite(data).all()
 
 
+def test_synth_residual_keeps_the_end_planes(planes, model, capsys):
+    folder, p = planes
+    out = folder / "res.tif"
+    code, _, err = run(["blur", "synth", "--model", model, p["far"], p["near"], "--levels", 3, "--residual",
+                        "-o", out, "--device", "cpu"], capsys)
+    assert code == 0, err
+    data = read_image(out).data
+    far, near = read_image(p["far"]).data, read_image(p["near"]).data
+    np.testing.assert_allclose(data[0], far, atol=1e-4 * np.abs(far).max())
+    np.testing.assert_allclose(data[-1], near, atol=1e-4 * np.abs(near).max())
+
+
 def test_synth_extrapolates_and_pads_odd_sizes(planes, model, capsys):
     folder, p = planes
     out = folder / "ext.tif"

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from deconv3d.errors import InputError
-from deconv3d.latent import checkpoint
 from deconv3d.latent.checkpoint import FORMAT, TrainedAutoencoder, load_checkpoint, save_checkpoint
 from deconv3d.latent.model import AEConfig, build_autoencoder
 from deconv3d.latent.ops import synthesize_blur

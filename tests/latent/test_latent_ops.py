@@ -143,3 +143,30 @@ def test_bad_planes_are_input_errors():
         synthesize_blur(ScaledIdentity(), far, near, [])
     with pytest.raises(InputError, match="NaN"):
         synthesize_blur(ScaledIdentity(), far, np.full_like(near, np.nan), [0.5])
+
+
+def test_residual_synthesis_is_blend_plus_the_decoders_departure_from_linearity():
+    """With a linear toy, D is linear in z, so the correction vanishes: residual = pixel blend.
+
+    With an added nonlinearity in the decoder, the correction is exactly
+    ``D(z_a) - [(1 - a) D(z_far) + a D(z_near)]``, computed here by hand.
+    """
+    far, near = unit_planes(3)
+    toy = LinearToy(16, n_latent=16)
+    fractions = [0.0, 0.25, 0.5, 1.0]
+    np.testing.assert_allclose(synthesize_blur(toy, far, near, fractions, residual=True),
+                               blend_pixels(far, near, fractions), atol=1e-4)  # float32 decode
+
+    class Squared(LinearToy):
+        def decode(self, z):
+            return super().decode(z) ** 2
+
+    sq = Squared(16, n_latent=16)
+    za, zb = sq.numpy(far), sq.numpy(near)
+    dec = lambda z: ((0.5 * (z + z) @ sq.B.numpy().T) ** 2).reshape(4, 4)  # decode of the tuple (z, 2 z)
+    for a in fractions:
+        expected = (1 - a) * far + a * near + dec((1 - a) * za + a * zb) - (1 - a) * dec(za) - a * dec(zb)
+        got = synthesize_blur(sq, far, near, [a], residual=True)[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(synthesize_blur(sq, far, near, [0.0, 1.0], residual=True), np.stack([far, near]),
+                               atol=1e-4)
