@@ -41,7 +41,7 @@ def richardson_lucy(
     *,
     boundary: str = "bertero",
     tv_weight: float = 0.0,
-    accelerate: bool = False,
+    accelerate: bool | Sequence[float] = False,
     tol: float | None = None,
     callback: Callback | None = None,
     voxel_size: Sequence[float] | None = None,
@@ -70,8 +70,11 @@ def richardson_lucy(
         Weight λ of the total-variation term [2]_; 0 disables it. Must be below
         ``1 / sum_i(2 / s_i)`` (``s_i`` the voxel spacing relative to the finest axis;
         1/6 for isotropic 3D) so that the update stays positive.
-    accelerate : bool
-        Biggs-Andrews vector extrapolation [4]_: same result in fewer iterations.
+    accelerate : bool or sequence of float
+        Biggs-Andrews vector extrapolation [4]_: same result in fewer iterations. A sequence
+        gives a fixed step schedule ``α_1, α_2, ...`` (see :func:`rl_alpha_schedule`) instead
+        of the adaptive one: every voxel's update is then local, so chunked runs over blocks
+        of one volume agree with a whole-volume run (the adaptive α depends on the whole image).
     tol : float, optional
         Stop when ``||u_k+1 - u_k|| / ||u_k||`` falls below ``tol``.
     callback : callable, optional
@@ -125,6 +128,25 @@ def richardson_lucy(
     estimate = _run(problem, iterations, tv, accelerate, tol, callback)
     result = estimate[problem.result_crop].clamp_min_(0)
     return result if isinstance(image, torch.Tensor) else result.cpu().numpy()
+
+
+def rl_alpha_schedule(image, psf, iterations: int = 20, *, boundary: str = "bertero", tv_weight: float = 0.0,
+                      voxel_size: Sequence[float] | None = None, device="auto",
+                      dtype: torch.dtype = torch.float32) -> list[float]:
+    """The adaptive Biggs-Andrews steps ``α_1..α_n`` that accelerated RL takes on ``image``.
+
+    Pass the list as ``accelerate=`` to :func:`richardson_lucy` to replay the same steps on
+    other images, e.g. on every block of a large volume after measuring them on a
+    representative crop (:mod:`deconv3d.pipeline`).
+    """
+    dev = resolve_device(device)
+    y, h = _check_inputs(image, psf, dev, dtype)
+    _check_options(iterations, boundary, tv_weight, None, y.ndim, voxel_size)
+    problem = _build_problem(y, h, boundary)
+    tv = _TV(problem.estimate_shape, y.ndim, tv_weight, voxel_size, y) if tv_weight > 0 else None
+    record: list[float] = []
+    _run(problem, iterations, tv, True, None, None, record=record)
+    return record
 
 
 def _check_inputs(image, psf, device, dtype):
@@ -294,10 +316,12 @@ def _initial_estimate(p: _Problem) -> torch.Tensor:
     return u
 
 
-def _run(p: _Problem, iterations: int, tv, accelerate: bool, tol, callback) -> torch.Tensor:
+def _run(p: _Problem, iterations: int, tv, accelerate, tol, callback, record=None) -> torch.Tensor:
     ws = _Workspace(p)
-    if accelerate:
-        return _run_accelerated(p, ws, iterations, tv, tol, callback)
+    if isinstance(accelerate, bool) and accelerate:
+        return _run_accelerated(p, ws, iterations, tv, tol, callback, record=record)
+    if not isinstance(accelerate, bool):
+        return _run_accelerated(p, ws, iterations, tv, tol, callback, schedule=[float(a) for a in accelerate])
     u = _initial_estimate(p)
     previous = torch.empty_like(u) if tol is not None else None
     for it in range(1, iterations + 1):
@@ -328,7 +352,8 @@ def _should_stop(it, u, previous, tol, callback, p) -> bool:
     return bool(change < tol)
 
 
-def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback) -> torch.Tensor:
+def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback, schedule=None,
+                     record=None) -> torch.Tensor:
     """Biggs & Andrews (1997) vector extrapolation around the RL map ψ, taken geometrically.
 
     ``y_k = x_k (x_k / x_{k-1})^{α_k}``, ``x_{k+1} = ψ(y_k)``, ``g_k = x_{k+1} - y_k`` and
@@ -343,13 +368,17 @@ def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback)
     g, g_prev = torch.zeros_like(x), torch.zeros_like(x)
     alpha = 0.0
     for it in range(1, iterations + 1):
+        if schedule is not None:
+            alpha = schedule[it - 1] if it <= len(schedule) else 0.0
+        if record is not None:
+            record.append(alpha if it > 2 else 0.0)
         if it > 2 and alpha > 0:
             _geometric_step(x, x_prev, alpha, out=guess)
         else:
             guess.copy_(x)
         _rl_update(p, ws, guess, x_prev, tv)  # x_prev's buffer now holds x_{k+1}
         torch.sub(x_prev, guess, out=g)
-        if it > 1:
+        if it > 1 and schedule is None:
             alpha = float((_dot(g, g_prev) / _dot(g_prev, g_prev).clamp_min(1e-30)).clamp(0.0, 0.999))
         x, x_prev = x_prev, x
         g, g_prev = g_prev, g

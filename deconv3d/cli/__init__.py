@@ -13,7 +13,7 @@ import sys
 from deconv3d import __version__
 from deconv3d.errors import InputError
 
-from . import blur, classical, selfsup
+from . import blur, classical, pipeline, selfsup
 from ._common import Parser, add_common
 
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     classical.register(sub)
     blur.register(sub)
     selfsup.register(sub)
+    pipeline.register(sub)
     return parser
 
 

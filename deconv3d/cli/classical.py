@@ -8,7 +8,7 @@ from pathlib import Path
 from deconv3d import __version__
 from deconv3d.errors import InputError
 
-from . import selfsup
+from . import pipeline, selfsup
 from ._common import DEVICES, PSF_MODELS, add_common, add_optics, load_psf, positive_float, positive_int, progress, voxel_size_of
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
@@ -50,8 +50,9 @@ def _distill_parser(sub) -> None:
 
 def _deconvolve_parser(sub) -> None:
     p = sub.add_parser("deconvolve", help="deconvolve an image with a known or generated PSF")
-    p.add_argument("input", help="input image (.tif/.tiff, 2D or 3D)")
-    p.add_argument("-o", "--output", required=True, help="output image (.tif/.tiff, float32 with voxel size)")
+    p.add_argument("input", help="input image (.tif/.tiff, 2D or 3D; or an OME-Zarr .zarr, read chunk by chunk)")
+    p.add_argument("-o", "--output", required=True, help="output image: .tif/.tiff (float32 with voxel size) or "
+                   ".zarr (OME-Zarr v0.5 with provenance, written chunk by chunk)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--psf", help="PSF file (.tif); resampled to the image's voxel size when they differ "
                                    "(required, except for --method ssl with --model)")
@@ -68,6 +69,7 @@ def _deconvolve_parser(sub) -> None:
                    help="voxel size in µm (overrides the file's metadata)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     selfsup.add_deconvolve_options(p)
+    pipeline.add_chunk_options(p)
     p.set_defaults(func=cmd_deconvolve)
     add_common(p)
 
@@ -103,6 +105,8 @@ def cmd_deconvolve(args) -> int:
     from deconv3d.fft import psf_fingerprint
     from deconv3d.io import check_output_path, read_image, write_tiff
 
+    if pipeline.wants_pipeline(args):
+        return pipeline.cmd_deconvolve_chunked(args)
     image = read_image(args.input)
     check_output_path(args.output, [f for f in (args.input, args.psf, args.model) if f])
     if args.method == "rl-tv" and not args.tv_weight > 0:
@@ -142,5 +146,7 @@ def cmd_demo(args) -> int:
     print(f"| {'method':<22} | {'PSNR (dB)':>9} | {'SSIM':>6} | {'time (s)':>8} |")
     print(f"|{'-' * 24}|{'-' * 11}|{'-' * 8}|{'-' * 10}|")
     for row in rows:
-        print(f"| {row['method']:<22} | {row['psnr']:9.2f} | {row['ssim']:6.3f} | {row['seconds']:8.1f} |")
+        ssim = "" if row["ssim"] != row["ssim"] else f"{row['ssim']:.3f}"  # NaN: not applicable
+        note = f" {row['note']}" if row.get("note") else ""
+        print(f"| {row['method']:<22} | {row['psnr']:9.2f} | {ssim:>6} | {row['seconds']:8.1f} |{note}")
     return 0

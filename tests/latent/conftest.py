@@ -1,18 +1,8 @@
-"""Fixtures of the linear-latent tests: tiny seeded focal stacks, one torch thread."""
+"""Fixtures of the linear-latent tests: tiny seeded focal stacks."""
 
 import numpy as np
 import pytest
-import torch
 from scipy.ndimage import gaussian_filter
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Keep the tiny networks on one core (the tests are small; the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def blur_stacks(n_images=2, n_levels=3, size=16, seed=0):

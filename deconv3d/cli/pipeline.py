@@ -1,0 +1,160 @@
+"""Out-of-core commands: ``deconvolve`` into OME-Zarr chunk by chunk, and ``batch`` over a folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from deconv3d.errors import InputError
+
+from ._common import DEVICES, PSF_MODELS, add_common, add_optics, positive_float, positive_int
+
+METHODS = ("rl", "rl-tv", "wiener", "ssl")
+BOUNDARIES = ("bertero", "zero", "reflect")
+OUTPUT_SUFFIXES = (".zarr", ".tif", ".tiff")
+
+
+def add_chunk_options(p, defaults=True) -> None:
+    """``--chunks``, ``--memory-limit`` and ``--pyramid-levels`` (deconvolve and batch)."""
+    g = p.add_argument_group("out-of-core execution")
+    g.add_argument("--chunks", type=positive_int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="core block shape; each block also gets a halo that the method needs")
+    g.add_argument("--memory-limit", metavar="SIZE", help="peak memory budget, e.g. 4GB: picks the largest "
+                   "blocks that fit (default: whole volume unless --chunks)")
+    g.add_argument("--pyramid-levels", type=int, default=0 if defaults else None, metavar="N",
+                   help="extra 2x down-sampled levels in a .zarr output (default 0)")
+
+
+def wants_pipeline(args) -> bool:
+    """Whether ``deconvolve`` should run chunk by chunk (a .zarr input/output, --chunks or --memory-limit)."""
+    suffixes = {Path(args.input).suffix.lower(), Path(args.output).suffix.lower()}
+    return ".zarr" in suffixes or args.chunks is not None or args.memory_limit is not None
+
+
+def settings_from_args(args, base: dict | None = None):
+    """Settings from a config dict ``base`` overridden by every option given on the command line."""
+    from deconv3d.pipeline.batch import make_settings
+
+    values = dict(base or {})
+    plain = ("method", "psf", "psf_model", "na", "wavelength", "ni", "ns", "depth", "iterations", "tv_weight",
+             "boundary", "balance", "device", "model", "memory_limit", "pyramid_levels")
+    for name in plain:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    for name in ("voxel_size", "chunks"):
+        if getattr(args, name, None) is not None:
+            values[name] = tuple(getattr(args, name))
+    if getattr(args, "no_accelerate", False):
+        values["accelerate"] = False
+    if getattr(args, "pattern", None):
+        values["pattern"] = tuple(args.pattern)
+    if getattr(args, "output_format", None):
+        values["output_format"] = args.output_format
+    return make_settings(values)
+
+
+def _bar(desc: str, unit: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit=unit, disable=None, leave=False)
+
+    def callback(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, callback
+
+
+def cmd_deconvolve_chunked(args) -> int:
+    """``deconvolve`` on the chunked pipeline."""
+    from deconv3d.io import check_output_path
+    from deconv3d.pipeline.files import deconvolve_file
+
+    if args.method == "ssl" and (args.steps or not args.model):
+        raise InputError("chunked --method ssl needs a trained --model: train one first with 'deconv3d train'")
+    if args.method != "ssl" and (args.model or args.steps):
+        raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
+    if not Path(args.input).exists():
+        raise InputError(f"input not found: {args.input}: check the path")
+    check_output_path(args.output, [f for f in (args.input, args.psf, args.model) if f], suffixes=OUTPUT_SUFFIXES)
+    if Path(args.output).suffix.lower() == ".zarr" and Path(args.output).is_file():
+        raise InputError(f"output {args.output} is a file: give a new .zarr folder name")
+    settings = settings_from_args(args, {"output_format": "zarr"})
+    bar, callback = _bar(args.method, "block")
+    with bar:
+        info = deconvolve_file(args.input, args.output, settings, progress=callback)
+    print(f"wrote {args.output}: {args.method} in {info.blocks} block(s) of {info.chunks} + halo {info.halo} "
+          f"in {info.seconds:.1f} s")
+    return 0
+
+
+def register(sub) -> None:
+    """Add the ``batch`` command to the ``deconv3d`` sub-parsers."""
+    p = sub.add_parser("batch", help="deconvolve every image of a folder (resumable; OME-Zarr outputs)",
+                       argument_default=None)
+    p.add_argument("input_dir", help="folder of .tif/.tiff/.zarr images")
+    p.add_argument("-o", "--output", required=True, help="output folder (created when missing)")
+    p.add_argument("--config", help="TOML file of settings (keys: long option names); options given here win")
+    p.add_argument("--pattern", action="append", metavar="GLOB",
+                   help="file pattern (repeatable; default *.tif, *.tiff, *.zarr)")
+    p.add_argument("--scheduler", default="threads", help="threads (default), processes (a LocalCluster on "
+                   "127.0.0.1) or tcp://HOST:PORT of a running dask scheduler")
+    p.add_argument("--workers", type=positive_int, default=None, help="worker threads/processes (default 1 thread, "
+                   "2 processes)")
+    p.add_argument("--output-format", choices=("zarr", "tif"), help="output format (default zarr)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--psf", help="PSF file (.tif)")
+    src.add_argument("--psf-model", choices=PSF_MODELS, help="generate the PSF from microscope parameters")
+    add_optics(p, required=False)
+    for action in p._actions:  # config values must win over the optics defaults
+        if action.dest in ("ni", "ns", "depth"):
+            action.default = None
+    p.add_argument("--method", choices=METHODS, help="deconvolution method (default rl)")
+    p.add_argument("--iterations", type=positive_int, help="RL iterations (default 20)")
+    p.add_argument("--tv-weight", type=float, help="TV weight for rl-tv (default 0.002)")
+    p.add_argument("--no-accelerate", action="store_true", default=False, help="turn off Biggs-Andrews acceleration")
+    p.add_argument("--boundary", choices=BOUNDARIES, help="RL border handling (default bertero)")
+    p.add_argument("--balance", type=positive_float, help="Wiener regularisation (default 1e-3)")
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"), help="voxel size in µm")
+    p.add_argument("--device", choices=DEVICES, help="cpu (default), cuda or auto")
+    p.add_argument("--model", help="trained network (.ckpt) for --method ssl")
+    add_chunk_options(p, defaults=False)
+    p.set_defaults(func=cmd_batch)
+    add_common(p)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from deconv3d.pipeline.batch import load_config, run_batch, write_reports
+    from deconv3d.pipeline.cluster import check_scheduler, scheduler_client
+    from deconv3d.pipeline.files import deconvolve_file
+
+    check_scheduler(args.scheduler)
+    settings = settings_from_args(args, load_config(args.config) if args.config else None)
+    output_dir = Path(args.output)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"output {output_dir} is a file: give a folder")
+    if output_dir.resolve() == Path(args.input_dir).resolve():
+        raise InputError("the output folder is the input folder: choose another one so inputs stay untouched")
+    start = time.perf_counter()
+    with scheduler_client(args.scheduler, args.workers) as client:
+        workers = args.workers or 1
+
+        def one(path, output, input_sha256):
+            deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256)
+
+        def report(number, total, row):
+            reason = f": {row['reason']}" if row["reason"] else ""
+            print(f"[{number}/{total}] {row['status']:<7} {Path(row['file']).name}{reason}", flush=True)
+
+        rows = run_batch(args.input_dir, output_dir, settings, one, progress=report)
+    json_path, _ = write_reports(output_dir, rows)
+    failed = [r for r in rows if r["status"] == "failed"]
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+    print(f"batch: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed in "
+          f"{time.perf_counter() - start:.1f} s; report {json_path}")
+    for row in failed:
+        print(f"deconv3d: failed: {row['file']}: {row['reason']}", file=sys.stderr)
+    return 3 if failed else 0

@@ -1,0 +1,430 @@
+"""OME-Zarr (v0.5 on zarr v3; v0.4 read) and lazy, out-of-core opening of large images.
+
+Write: :func:`create_ome_zarr` lays out an OME-NGFF v0.5 image group (axes with types and
+micrometre units, per-level ``scale`` transformations, a ``deconv3d`` provenance block) whose
+level-0 array is then filled block by block (:mod:`deconv3d.pipeline`);
+:func:`write_pyramid` adds down-sampled levels from level 0, chunk by chunk. :func:`write_ome_zarr`
+does both for an in-memory or dask array.
+
+Read: :func:`open_lazy` returns a dask array plus voxel size and axes for a TIFF (through
+tifffile's zarr interface, so a large TIFF is never loaded whole) or an OME-Zarr v0.4/v0.5
+image, and a block reader (:class:`ZarrReader`, :class:`TiffReader`) that reads any region
+straight from the file, which the chunked pipeline uses block by block; :func:`read_ome_zarr`
+loads one level into memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deconv3d.errors import InputError
+from deconv3d.io import TIFF_SUFFIXES, _GENERIC_AXES, _one_line, _unit_factor, _voxel_size_um
+
+__all__ = ["LazyImage", "ZarrReader", "TiffReader", "open_lazy", "read_ome_zarr", "create_ome_zarr", "write_ome_zarr", "write_pyramid",
+           "file_sha256", "ZARR_SUFFIX", "OME_VERSION"]
+
+ZARR_SUFFIX = ".zarr"
+OME_VERSION = "0.5"
+_AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+
+
+@dataclass(frozen=True)
+class LazyImage:
+    """A lazily read image: ``data`` is a dask array; nothing is loaded until computed.
+
+    ``axes`` is upper case from ``"TCZYX"`` (e.g. ``"ZYX"``, ``"CZYX"``); ``voxel_size`` has one
+    value in micrometres per spatial axis (z, y, x) or is None when the file does not say.
+    """
+
+    data: object
+    voxel_size: tuple[float, ...] | None
+    axes: str
+    path: Path
+    reader: object = None  # reads any region from the file directly (see ZarrReader, TiffReader)
+
+
+def open_lazy(path) -> LazyImage:
+    """Open a TIFF or an OME-Zarr image as a dask array without reading its pixels.
+
+    Raises
+    ------
+    InputError
+        If the path is missing, of an unsupported type, or not a readable image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input not found: {path}: check the path")
+    suffix = path.suffix.lower()
+    if suffix == ZARR_SUFFIX or (path.is_dir() and (path / "zarr.json").exists()):
+        return _open_ome_zarr(path)
+    if suffix in TIFF_SUFFIXES:
+        return _open_tiff(path)
+    raise InputError(f"unsupported input format '{path.suffix}' for {path}: use .tif, .tiff or .zarr")
+
+
+# ------------------------------------------------------------------ TIFF ---
+
+
+class _TiffArray:
+    """Array-like view of a TIFF's first series for ``dask.array.from_array``.
+
+    Only the path and a token of the file's identity travel with it (it pickles to
+    dask.distributed workers); every process opens the file through tifffile's zarr store and
+    reads just the pages a block needs. Open stores are cached per token (path, inode, size and
+    times, so a rewritten file is opened afresh) and the least recently used beyond
+    ``_MAX_OPEN`` are closed, so a long batch does not run out of file handles.
+    """
+
+    _open: "collections.OrderedDict" = collections.OrderedDict()
+    _lock = threading.Lock()
+    _MAX_OPEN = 8
+
+    def __init__(self, path: Path, shape, dtype, token: str = ""):
+        self.path, self.shape, self.dtype, self.ndim = str(path), tuple(shape), np.dtype(dtype), len(shape)
+        self.token = token or self.path
+
+    def _array(self):
+        import tifffile
+        import zarr
+
+        with self._lock:
+            entry = self._open.get(self.token)
+            if entry is None:
+                store = tifffile.imread(self.path, aszarr=True, series=0, level=0)
+                entry = self._open[self.token] = (store, zarr.open(store, mode="r"))
+                while len(self._open) > self._MAX_OPEN:
+                    _, (old, _) = self._open.popitem(last=False)
+                    old.close()
+            self._open.move_to_end(self.token)
+            return entry[1]
+
+    def __getitem__(self, key):
+        return np.asarray(self._array()[key])
+
+
+class TiffReader:
+    """Regions of a TIFF's first series, read through tifffile's zarr store, as float32.
+
+    Axes of length 1 in the file are dropped (as in :func:`open_lazy`'s dask array). It pickles
+    as a path and a file token (``remote``): a dask.distributed worker opens the file itself.
+    """
+
+    remote = True
+
+    def __init__(self, source: _TiffArray):
+        self.source = source
+        self.shape = tuple(n for n in source.shape if n != 1)
+        self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
+
+    def read(self, key) -> np.ndarray:
+        key = tuple(key) if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        it = iter(key)
+        full = tuple(0 if n == 1 else next(it) for n in self.source.shape)
+        return np.array(self.source[full], dtype=np.float32, order="C")
+
+    __getitem__ = read
+
+
+def _open_tiff(path: Path) -> LazyImage:
+    import dask.array as da
+    import tifffile
+
+    from deconv3d.io import _series_axes
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape, dtype = _series_axes(tif, series), series.shape, series.dtype
+            voxel = _voxel_size_um(tif)
+            page_shape = tuple(series.pages[0].shape) if series.pages else shape[-2:]
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}") from exc
+    if np.dtype(dtype).kind == "c":
+        raise InputError(f"image {path} has complex values: save the intensity (magnitude) instead")
+    axes = _tiff_axes(axes, shape, path)
+    plane = page_shape[-2:] if len(page_shape) >= 2 else shape[-2:]
+    chunks = (1,) * (len(shape) - 2) + tuple(plane)
+    token = _path_token(path)
+    source = _TiffArray(path, shape, dtype, token)
+    data = da.from_array(source, chunks=chunks, name=f"tiff-{token}", asarray=False,
+                         meta=np.empty((0,) * len(shape), dtype))
+    data = data.reshape([n for n in shape if n != 1]) if 1 in shape else data
+    spatial = _spatial_voxel(voxel, axes)
+    return LazyImage(data=data.astype(np.float32), voxel_size=spatial, axes=axes, path=path,
+                     reader=TiffReader(source))
+
+
+def _tiff_axes(axes: str, shape, path: Path) -> str:
+    """Map tifffile axes to TCZYX letters after dropping singleton axes."""
+    kept = [a for a, n in zip(axes, shape) if n != 1]
+    if len(kept) < 2:
+        raise InputError(f"image {path} is {len(kept)}D (shape {tuple(shape)}): a 2D or 3D image is needed")
+    out = []
+    for a in kept[:-2]:
+        a = "Z" if a in _GENERIC_AXES else a
+        if a not in "TCZ" or a in out:
+            raise InputError(f"image {path} has axes {''.join(kept)} that are not T, C, Z, Y, X: save it as "
+                             "an ImageJ hyperstack or OME-TIFF with labelled axes")
+        out.append(a)
+    result = "".join(out) + "YX"
+    if result not in ("YX", "ZYX", "CYX", "CZYX", "TYX", "TZYX", "TCYX", "TCZYX"):
+        raise InputError(f"image {path} has axes {result}: the order must be T, C, Z, Y, X")
+    return result
+
+
+def _spatial_voxel(voxel, axes: str):
+    """Voxel size of the spatial axes in ``axes`` from a [z, y, x] list (None when unknown)."""
+    spatial = [v for v, a in zip(voxel, "ZYX") if a in axes]
+    if any(v is None or not np.isfinite(v) or v <= 0 for v in spatial):
+        return None
+    return tuple(float(v) for v in spatial)
+
+
+def _path_token(path: Path) -> str:
+    st = path.stat()
+    identity = f"{path.resolve()}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return hashlib.sha1(identity.encode()).hexdigest()[:16]
+
+
+# -------------------------------------------------------------- OME-Zarr ---
+
+
+def _multiscale(attrs: dict, path: Path) -> dict:
+    ome = attrs.get("ome", attrs)
+    scales = ome.get("multiscales")
+    if not scales:
+        raise InputError(f"{path} is not an OME-Zarr image (no 'multiscales' metadata): give an image group")
+    return scales[0]
+
+
+def _axes_of(ms: dict, ndim: int, path: Path) -> tuple[str, list]:
+    axes = ms.get("axes") or ["t", "c", "z", "y", "x"][-ndim:]
+    names = [(a["name"] if isinstance(a, dict) else str(a)).lower() for a in axes]
+    units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
+    if len(names) != ndim or any(n not in _AXIS_TYPES for n in names):
+        raise InputError(f"{path}: unsupported OME-Zarr axes {names}: deconv3d reads t, c, z, y, x")
+    return "".join(names).upper(), units
+
+
+def _level_scale(ms: dict, level: int, ndim: int) -> list[float]:
+    scale = [1.0] * ndim
+    transforms = list(ms["datasets"][level].get("coordinateTransformations", []))
+    transforms += list(ms.get("coordinateTransformations", []))
+    for tr in transforms:
+        if tr.get("type") == "scale" and "scale" in tr:
+            scale = [a * float(b) for a, b in zip(scale, tr["scale"])]
+    return scale
+
+
+def _open_group(path: Path):
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as exc:
+        raise InputError(f"cannot open {path} as OME-Zarr: {_one_line(exc)}") from exc
+
+
+class ZarrReader:
+    """Regions of one array of a zarr (v2 or v3) store on disk, as float32.
+
+    It pickles as the path (``remote``): every process, a dask.distributed worker included,
+    opens the array itself, once, and reads only the chunks a region touches.
+    """
+
+    remote = True
+
+    def __init__(self, path, component: str = "", shape=None):
+        self.path, self.component = str(path), str(component)
+        self._array = None
+        self.shape = tuple(shape) if shape is not None else tuple(self._open().shape)
+        self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
+
+    def _open(self):
+        if self._array is None:
+            import zarr
+
+            self._array = zarr.open_array(self.path, path=self.component, mode="r")
+        return self._array
+
+    def __getstate__(self):
+        return {**self.__dict__, "_array": None}
+
+    def read(self, key) -> np.ndarray:
+        return np.array(self._open()[key], dtype=np.float32, order="C")
+
+    __getitem__ = read
+
+
+def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
+    import dask.array as da
+
+    group = _open_group(path)
+    ms = _multiscale(dict(group.attrs), path)
+    if level >= len(ms.get("datasets", [])):
+        raise InputError(f"{path} has no resolution level {level}")
+    component = ms["datasets"][level]["path"]
+    try:
+        data = da.from_zarr(str(path), component=component)
+    except Exception as exc:
+        raise InputError(f"cannot read level {component!r} of {path}: {_one_line(exc)}") from exc
+    axes, units = _axes_of(ms, data.ndim, path)
+    scale = _level_scale(ms, level, data.ndim)
+    voxel = []
+    for a, s, unit in zip(axes, scale, units):
+        if a in "ZYX":
+            factor = _unit_factor(unit) if unit else 1.0
+            voxel.append(s * factor if factor else None)
+    spatial = tuple(voxel) if all(v and v > 0 for v in voxel) and voxel else None
+    if data.dtype != np.float32:
+        data = data.astype(np.float32)
+    reader = ZarrReader(path, component, shape=data.shape)
+    return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader)
+
+
+def read_ome_zarr(path, level: int = 0):
+    """Load one level of an OME-Zarr (v0.4 or v0.5) image: ``(array, voxel_size, axes, attrs)``."""
+    path = Path(path)
+    lazy = _open_ome_zarr(path, level)
+    return np.asarray(lazy.data.compute()), lazy.voxel_size, lazy.axes, dict(_open_group(path).attrs)
+
+
+def _axes_metadata(axes: str) -> list[dict]:
+    out = []
+    for a in axes.lower():
+        entry = {"name": a, "type": _AXIS_TYPES[a]}
+        if entry["type"] == "space":
+            entry["unit"] = "micrometer"
+        out.append(entry)
+    return out
+
+
+def _full_scale(axes: str, voxel_size, factors) -> list[float]:
+    spatial = iter(voxel_size) if voxel_size is not None else None
+    scale = []
+    for a, f in zip(axes, factors):
+        base = float(next(spatial)) if (spatial is not None and a in "ZYX") else 1.0
+        scale.append(base * f)
+    return scale
+
+
+def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenance: dict | None = None,
+                    name: str | None = None):
+    """Create an empty OME-Zarr v0.5 image group (level ``0`` only) and return its level-0 array.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The group directory to create (it must not exist).
+    shape, chunks : tuple of int
+        Shape and chunk shape of the float32 level-0 array (chunks should match the blocks that
+        will be written, so that no two writers share a chunk).
+    axes : str
+        Letters from ``"TCZYX"`` in that order, one per dimension.
+    voxel_size : sequence of float, optional
+        One value in micrometres per spatial axis (z, y, x).
+    provenance : dict, optional
+        Stored verbatim (JSON) as the group's ``deconv3d`` attribute.
+    """
+    import zarr
+
+    axes = axes.upper()
+    if len(axes) != len(shape):
+        raise InputError(f"axes {axes!r} do not match an array of shape {tuple(shape)}")
+    if voxel_size is not None and len(voxel_size) != sum(a in "ZYX" for a in axes):
+        raise InputError(f"voxel size {tuple(voxel_size)} needs one value per spatial axis of {axes}")
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    arr = group.create_array("0", shape=tuple(shape), chunks=tuple(int(c) for c in chunks), dtype="float32",
+                             fill_value=0.0, dimension_names=list(axes.lower()))
+    ms = {"name": name or Path(path).stem, "axes": _axes_metadata(axes),
+          "datasets": [_dataset("0", _full_scale(axes, voxel_size, [1] * len(axes)))]}
+    attrs = {"ome": {"version": OME_VERSION, "multiscales": [ms]}}
+    if provenance is not None:
+        attrs["deconv3d"] = provenance
+    group.attrs.update(attrs)
+    return arr
+
+
+def _dataset(path: str, scale) -> dict:
+    return {"path": path, "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}]}
+
+
+def write_pyramid(path, levels: int, scheduler=None) -> None:
+    """Add ``levels`` down-sampled levels (2x mean in y and x, and in z while it stays above 8)."""
+    import dask.array as da
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = dict(group.attrs)
+    ms = attrs["ome"]["multiscales"][0]
+    axes = "".join(a["name"] for a in ms["axes"]).upper()
+    factors = [1] * len(axes)
+    for level in range(1, levels + 1):
+        src = da.from_zarr(str(path), component=ms["datasets"][level - 1]["path"])
+        step = [2 if (a in "YX" or (a == "Z" and n >= 16)) and n >= 2 else 1 for a, n in zip(axes, src.shape)]
+        if all(s == 1 for s in step):
+            break
+        trimmed = src[tuple(slice(0, n - n % s) for n, s in zip(src.shape, step))]
+        down = da.coarsen(np.mean, trimmed, dict(enumerate(step))).astype(np.float32)
+        arr = group.create_array(str(level), shape=down.shape, chunks=tuple(src.chunksize),
+                                 dtype="float32", fill_value=0.0, dimension_names=list(axes.lower()))
+        down.rechunk(arr.chunks).store(arr, lock=False, scheduler=scheduler)
+        factors = [f * s for f, s in zip(factors, step)]
+        base = _level_scale(ms, 0, len(axes))
+        ms["datasets"].append(_dataset(str(level), [b * f for b, f in zip(base, factors)]))
+    group.attrs.update(attrs)
+
+
+def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chunks=None, provenance=None,
+                   pyramid_levels: int = 0) -> None:
+    """Write an array (numpy or dask) as an OME-Zarr v0.5 image, atomically (temp name + rename).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output ``.zarr`` directory; an existing one is replaced only once the new one is complete.
+    data : array_like or dask array
+        2D to 5D data whose axes are ``axes`` (default ``"ZYX"``/``"YX"``); written as float32.
+    voxel_size : sequence of float, optional
+        Micrometres per spatial axis (z, y, x).
+    chunks : tuple of int, optional
+        Chunk shape on disk (default: 64 planes of at most 512 x 512).
+    provenance : dict, optional
+        The ``deconv3d`` attribute block (see :func:`deconv3d.pipeline.provenance`).
+    pyramid_levels : int
+        Number of extra, 2x down-sampled levels.
+    """
+    import dask.array as da
+
+    from deconv3d.pipeline.output import atomic_output
+
+    arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data))
+    axes = (axes or "TCZYX"[-arr.ndim:]).upper()
+    if chunks is None:
+        chunks = tuple(1 if a in "TC" else min(n, 64 if a == "Z" else 512) for a, n in zip(axes, arr.shape))
+    with atomic_output(path) as tmp:
+        target = create_ome_zarr(tmp, arr.shape, chunks, axes=axes, voxel_size=voxel_size, provenance=provenance)
+        arr.astype(np.float32).rechunk(chunks).store(target, lock=False)
+        if pyramid_levels:
+            write_pyramid(tmp, pyramid_levels)
+
+
+def file_sha256(path, block: int = 1 << 22) -> str:
+    """SHA-256 of a file, or of a directory's files (relative names and contents, sorted)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(block):
+                h.update(chunk)
+    return h.hexdigest()

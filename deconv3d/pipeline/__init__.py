@@ -1,0 +1,214 @@
+"""Out-of-core execution: any per-block callable over an image, with a halo, into OME-Zarr.
+
+:func:`run_chunked` is the entry point: it picks the chunk shape (given, or the largest that fits
+a memory limit under :class:`~deconv3d.pipeline.memory.MemoryModel`), runs the callable block by
+block, each block one self-contained task that reads its region plus halo straight from the
+source (:func:`~deconv3d.pipeline.chunked.run_blocks`), writes every block
+straight into the level-0 array of an OME-Zarr image created under a temporary name, adds the
+optional pyramid, and renames the image into place only when it is complete
+(:mod:`~deconv3d.pipeline.output`). Method-specific block callables and their halo rules live in
+:mod:`~deconv3d.pipeline.methods`; folders of files in :mod:`~deconv3d.pipeline.batch`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from deconv3d.errors import InputError
+from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _View, as_reader, blockwise, plan_chunks,
+                                       release_memory, run_blocks, store_blocks)
+from deconv3d.pipeline.memory import (MemoryModel, choose_chunks, current_rss, parse_memory,
+                                      return_large_allocations, round_chunks)
+from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
+from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
+
+__all__ = ["run_chunked", "RunInfo", "provenance", "Cancelled", "MemoryModel", "choose_chunks", "parse_memory",
+           "RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "atomic_output", "remove_stale_temporaries",
+           "plan_chunks", "blockwise", "store_blocks", "run_blocks"]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What :func:`run_chunked` did: core chunk shape, halo, number of blocks, predicted peak bytes."""
+
+    chunks: tuple
+    halo: tuple
+    blocks: int
+    predicted_peak: int | None
+    seconds: float
+
+
+def _spatial_plan(spatial_shape, block_fn, chunks, halo, memory_limit, model, workers):
+    halo = tuple(halo) if halo is not None else halo_for(block_fn)
+    halo = halo or (0,) * len(spatial_shape)
+    if len(halo) != len(spatial_shape):
+        raise InputError(f"halo {halo} needs one value per spatial axis of {tuple(spatial_shape)}")
+    predicted, multiple = None, chunk_multiple_for(block_fn)
+    if memory_limit is not None:
+        return_large_allocations()  # else heap fragments pile up block after block (see memory.py)
+    if chunks is None and memory_limit is not None:
+        if model is None:
+            raise InputError("a memory limit needs a memory model of the method")
+        limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
+        chunks = choose_chunks(spatial_shape, limit, model, halo, workers=workers, baseline=current_rss(),
+                               multiple=multiple)
+    if chunks is None:
+        chunks = tuple(spatial_shape)
+    chunks = tuple(int(c) for c in chunks)
+    if len(chunks) != len(spatial_shape) or min(chunks) < 1:
+        raise InputError(f"--chunks {chunks} needs {len(spatial_shape)} positive values (one per spatial axis)")
+    chunks = round_chunks(chunks, spatial_shape, multiple)  # a network's blocks start on its pooling grid
+    if model is not None:
+        predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=current_rss())
+    return chunks, halo, predicted
+
+
+def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: str | None = None,
+                chunks: Sequence[int] | None = None, halo: Sequence[int] | None = None, memory_limit=None,
+                model: MemoryModel | None = None, voxel_size=None, provenance: dict | None = None,
+                pyramid_levels: int = 0, client=None, workers: int = 1,
+                progress: ProgressCallback | None = None) -> RunInfo:
+    """Apply ``block_fn`` over ``data`` chunk by chunk with a halo and write an OME-Zarr image.
+
+    Parameters
+    ----------
+    data : ndarray, dask.array.Array, block reader or LazyImage
+        The image; axes ``axes`` (default ``"ZYX"``/``"YX"``, leading ``T``/``C`` allowed). Each
+        block reads only its own region plus halo: from a file with a block reader
+        (:class:`~deconv3d.omezarr.ZarrReader`, :class:`~deconv3d.omezarr.TiffReader`, or a
+        :class:`~deconv3d.omezarr.LazyImage`, whose reader is used), else by slicing the array.
+    block_fn : callable or sequence of callables
+        ``block -> block`` on float32 spatial blocks (same shape out). A sequence gives one
+        callable per channel (e.g. one PSF per emission wavelength). A callable with a
+        ``halo()`` method supplies the default halo; one with ``prepare(data, block_shape)`` is
+        replaced by what that returns before the run (RL's acceleration schedule).
+    output : str or os.PathLike
+        The ``.zarr`` directory to create; written under a temporary name, renamed when complete.
+    chunks, halo : sequence of int, optional
+        Core chunk shape and halo per spatial axis. Default chunks: the largest that fit
+        ``memory_limit`` under ``model``, else the whole volume. A callable with a
+        ``chunk_multiple()`` method (the network: ``2**depth``) gets chunk sides rounded up to
+        multiples of it, so chunked inference sees the whole-volume pooling grid.
+    memory_limit : int or str, optional
+        Budget for the whole process, e.g. ``"4GB"``. Also sets glibc's mmap threshold for the
+        rest of the process (:func:`~deconv3d.pipeline.memory.return_large_allocations`).
+    model : MemoryModel, optional
+    voxel_size, provenance, pyramid_levels
+        Written into the OME-Zarr metadata (see :func:`deconv3d.omezarr.create_ome_zarr`).
+    client : distributed.Client, optional
+        Run the blocks on this cluster; else ``workers`` local threads. Blocks of a file are read
+        by the workers themselves; blocks of an in-memory array are read here and sent along.
+    progress : callable, optional
+        ``progress(done, total)`` per block; returning True cancels (:class:`Cancelled`).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deconv3d.omezarr import LazyImage, create_ome_zarr, write_pyramid
+
+    start = time.perf_counter()
+    if isinstance(data, LazyImage):
+        axes = axes or data.axes
+        data = data.reader if data.reader is not None else data.data
+    reader = as_reader(data)
+    axes = (axes or "TCZYX"[-reader.ndim:]).upper()
+    if len(axes) != reader.ndim:
+        raise InputError(f"axes {axes!r} do not match an image of shape {tuple(reader.shape)}")
+    lead = sum(a in "TC" for a in axes)
+    spatial_shape = tuple(reader.shape[lead:])
+    fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
+    first = fns[0] if fns else block_fn
+    chunks, halo, predicted = _spatial_plan(spatial_shape, first, chunks, halo, memory_limit, model, workers)
+    dask_chunks, depth, zarr_chunks = plan_chunks(spatial_shape, chunks, halo)
+    blocks = math.prod(len(c) for c in dask_chunks)
+    indices = list(np.ndindex(*reader.shape[:lead]))
+    total = blocks * len(indices)
+    done = 0
+
+    with atomic_output(output) as tmp:
+        create_ome_zarr(tmp, reader.shape, (1,) * lead + zarr_chunks, axes=axes, voxel_size=voxel_size,
+                        provenance=provenance, name=Path(output).stem)
+        pool = ThreadPoolExecutor(max(1, int(workers))) if client is None else None
+        try:
+            for index in indices:
+                fn = _fn_for(fns, block_fn, index, axes)
+                if hasattr(fn, "prepare"):  # reads one central block; no block is in flight meanwhile
+                    fn = fn.prepare(_View(reader, index), _block_shape(spatial_shape, chunks, halo))
+                    release_memory()
+                done += run_blocks(reader, fn, os.path.join(tmp, "0"), chunks=chunks, halo=halo, lead=index,
+                                   client=client, workers=workers, progress=progress, done=done, total=total,
+                                   pool=pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        if pyramid_levels:
+            write_pyramid(tmp, pyramid_levels)
+    return RunInfo(chunks, depth, total, predicted, time.perf_counter() - start)
+
+
+def _fn_for(fns, block_fn, index, axes):
+    if fns is None:
+        return block_fn
+    channel = index[axes.index("C")] if "C" in axes else 0
+    if channel >= len(fns):
+        raise InputError(f"channel {channel} has no block function (got {len(fns)}): give one per channel")
+    return fns[channel]
+
+
+def _block_shape(shape, chunks, halo):
+    from deconv3d.pipeline.memory import largest_block
+
+    return largest_block(shape, chunks, halo)
+
+
+def psf_summary(psf) -> dict:
+    """Shape, sum, peak position and fingerprint of a PSF, for provenance records."""
+    from deconv3d.fft import psf_fingerprint
+    from deconv3d.pipeline.methods import psf_rms_width
+
+    psf = np.asarray(psf, dtype=np.float32)
+    return {"shape": list(psf.shape), "sum": float(psf.sum()),
+            "peak_index": [int(i) for i in np.unravel_index(int(np.argmax(psf)), psf.shape)],
+            "rms_width_voxels": [round(w, 4) for w in psf_rms_width(psf)], "sha256_16": psf_fingerprint(psf)}
+
+
+def provenance(method: str, parameters: dict, *, psf=None, input_path=None, checksum: bool | str = True,
+               model_hash: str | None = None, extra: dict | None = None) -> dict:
+    """The ``deconv3d`` provenance block stored with every OME-Zarr output.
+
+    ``checksum``: True hashes ``input_path``; a string is the input's SHA-256, already known.
+    """
+    from deconv3d import __version__
+    from deconv3d.omezarr import file_sha256
+
+    record = {"software": "deconv3d", "version": __version__, "method": method,
+              "parameters": _jsonable(parameters), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if psf is not None:
+        record["psf"] = psf_summary(psf)
+    if input_path is not None:
+        record["input"] = {"path": str(input_path)}
+        if checksum:
+            record["input"]["sha256"] = checksum if isinstance(checksum, str) else file_sha256(input_path)
+    if model_hash:
+        record["model_sha256"] = model_hash
+    if extra:
+        record.update(_jsonable(extra))
+    return record
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

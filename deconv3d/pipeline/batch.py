@@ -1,0 +1,332 @@
+"""Deconvolve every image of a folder with one validated configuration: resumable and crash-safe.
+
+Each output is written under a temporary name and renamed when complete; then a completion
+record (``OUTPUT_DIR/.deconv3d-batch/NAME.json``) notes the input's size, modification time and
+SHA-256 and a hash of the settings. A rerun skips an input whose record, output and settings
+still match (see :func:`is_finished`), and redoes everything else (stale temporaries are removed
+first). Inputs are only read.
+A failing file is recorded with its reason and the batch goes on; a JSON and a CSV report list
+every file's status, time and output.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from deconv3d.errors import InputError
+
+__all__ = ["Settings", "load_config", "find_inputs", "run_batch", "build_block_fn", "load_psf_for", "write_reports",
+           "RECORD_DIR"]
+
+METHODS = ("rl", "rl-tv", "wiener", "ssl")
+BOUNDARIES = ("bertero", "zero", "reflect")
+PSF_MODELS = ("gaussian", "gibson-lanni", "vectorial")
+RECORD_DIR = ".deconv3d-batch"
+ALWAYS_HASH_BYTES = 256 * 2**20  # inputs up to this size are re-hashed on every skip check
+OUTPUT_FORMATS = ("zarr", "tif")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One deconvolution configuration, shared by all files of a batch (keys: long option names)."""
+
+    method: str = "rl"
+    psf: Optional[str] = None
+    psf_model: Optional[str] = None
+    na: Optional[float] = None
+    wavelength: Optional[float] = None
+    ni: float = 1.515
+    ns: float = 1.33
+    depth: float = 0.0
+    iterations: int = 20
+    tv_weight: float = 0.002
+    accelerate: bool = True
+    boundary: str = "bertero"
+    balance: float = 1e-3
+    voxel_size: Optional[tuple] = None
+    device: str = "cpu"
+    model: Optional[str] = None
+    chunks: Optional[tuple] = None
+    memory_limit: Optional[str] = None
+    pyramid_levels: int = 0
+    output_format: str = "zarr"
+    pattern: tuple = ("*.tif", "*.tiff", "*.zarr")
+
+    def __post_init__(self):
+        _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _check(self.boundary in BOUNDARIES, f"boundary must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
+        _check(self.output_format in OUTPUT_FORMATS, f"output_format must be zarr or tif, got {self.output_format!r}")
+        _check(isinstance(self.iterations, int) and self.iterations >= 1,
+               f"iterations must be a positive integer, got {self.iterations!r}")
+        _check(_positive(self.balance), f"balance must be positive, got {self.balance!r}")
+        _check(self.method != "rl-tv" or _positive(self.tv_weight), "method rl-tv needs a positive tv_weight (try 0.002)")
+        _check(isinstance(self.pyramid_levels, int) and self.pyramid_levels >= 0, "pyramid_levels must be >= 0")
+        for name, n in (("voxel_size", 3), ("chunks", 3)):
+            value = getattr(self, name)
+            _check(value is None or (len(value) == n and all(_positive(v) for v in value)),
+                   f"{name} needs {n} positive numbers (Z Y X), got {value!r}")
+        if self.method == "ssl":
+            _check(self.model is not None, "method ssl in a batch needs model = a .ckpt from 'deconv3d train'")
+            _check(Path(self.model).is_file(), f"model file not found: {self.model}: check the path")
+        elif self.psf is None:
+            _check(self.psf_model in PSF_MODELS, "a PSF is needed: set psf = \"PSF.tif\" or psf_model with na and "
+                   "wavelength")
+            _check(_positive(self.na) and _positive(self.wavelength), "psf_model needs positive na and wavelength")
+        else:
+            _check(self.psf_model is None, "give either psf or psf_model, not both")
+            _check(Path(self.psf).is_file(), f"PSF file not found: {self.psf}: check the path")
+        if self.memory_limit is not None:
+            from deconv3d.pipeline.memory import parse_memory
+
+            parse_memory(self.memory_limit)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the output (not the file pattern)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "pattern"}
+        for key in ("psf", "model"):
+            if fields[key]:
+                from deconv3d.omezarr import file_sha256
+
+                fields[key] = file_sha256(fields[key])
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(f"batch configuration: {message}")
+
+
+def load_config(path) -> dict:
+    """Read a batch TOML file into a dict of settings (keys are long option names, '-' or '_')."""
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}: check the path")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read config {path}: {' '.join(str(exc).split())}: fix the TOML syntax") from exc
+    known = {f.name for f in dataclasses.fields(Settings)}
+    out = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise InputError(f"config {path}: unknown key {key!r}: use the long option names, e.g. method, psf, "
+                             "iterations")
+        if isinstance(value, list):
+            value = tuple(value)
+        if name in ("psf", "model") and value is not None and not Path(value).is_absolute():
+            value = str(path.parent / value)
+        out[name] = value
+    return out
+
+
+def make_settings(values: dict) -> Settings:
+    """Validated :class:`Settings` from a dict; wrong types become an InputError."""
+    if isinstance(values.get("pattern"), str):
+        values = {**values, "pattern": (values["pattern"],)}
+    try:
+        return Settings(**values)
+    except TypeError as exc:
+        raise InputError(f"batch configuration: {exc}") from exc
+
+
+def find_inputs(input_dir, patterns) -> list[Path]:
+    """Files (and .zarr folders) in ``input_dir`` matching any glob pattern, sorted, hidden ones excluded."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise InputError(f"input folder not found: {input_dir}: check the path")
+    found = {p for pattern in patterns for p in input_dir.glob(pattern) if not p.name.startswith(".")}
+    return sorted(found)
+
+
+def output_for(input_path: Path, output_dir: Path, settings: Settings) -> Path:
+    stem = input_path.name.split(".")[0]
+    return output_dir / f"{stem}.{settings.output_format}"
+
+
+def load_psf_for(settings: Settings, spatial_shape, voxel):
+    """The PSF for an image of ``spatial_shape`` and ``voxel`` size (file or generated), prepared."""
+    from deconv3d.io import read_image
+    from deconv3d.psf import generate_psf, prepare_psf
+
+    if settings.psf:
+        psf = read_image(settings.psf)
+        return prepare_psf(psf.data, tuple(spatial_shape), psf_voxel=psf.voxel_size, image_voxel=voxel)
+    if voxel is None or len(spatial_shape) != 3:
+        raise InputError("psf_model needs a 3D image with a known voxel size: set voxel_size or use a PSF file")
+    airy = 0.61 * settings.wavelength / settings.na
+    lateral = [2 * int(round(8 * airy / d)) + 1 for d in voxel[1:]]
+    wanted = [spatial_shape[0]] + lateral
+    shape = tuple(min(w, n if n % 2 else n - 1) for w, n in zip(wanted, spatial_shape))
+    psf = generate_psf(settings.psf_model, shape, voxel, settings.na, settings.wavelength, ni=settings.ni,
+                       ns=settings.ns, depth=settings.depth)
+    return prepare_psf(psf, tuple(spatial_shape), psf_voxel=voxel, image_voxel=voxel)
+
+
+def build_block_fn(settings: Settings, psf, voxel):
+    """(block callable, memory model, parameters) for ``settings`` and a prepared PSF."""
+    from deconv3d.pipeline.memory import MemoryModel
+    from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock
+
+    if settings.method == "ssl":
+        from deconv3d.selfsup import load_checkpoint
+
+        trained = load_checkpoint(settings.model, device="cpu")
+        weights = sum(p.numel() * 4 for p in trained.model.parameters())
+        block = NetworkBlock(trained, device=settings.device)
+        model = MemoryModel("ssl", tuple(trained.psf.shape), base_channels=trained.unet.base_channels,
+                            weights_bytes=weights)
+        return block, model, {"model": str(settings.model)}
+    if settings.method == "wiener":
+        return (WienerBlock(psf, settings.balance, settings.device), MemoryModel("wiener", psf.shape),
+                {"balance": settings.balance})
+    tv = settings.tv_weight if settings.method == "rl-tv" else 0.0
+    params = {"iterations": settings.iterations, "boundary": settings.boundary, "accelerate": settings.accelerate,
+              "tv_weight": tv}
+    block = RichardsonLucyBlock(psf, settings.iterations, settings.boundary, tv, settings.accelerate, voxel,
+                                settings.device)
+    return block, MemoryModel(settings.method, psf.shape, accelerate=settings.accelerate), params
+
+
+def _record_path(output_dir: Path, input_path: Path) -> Path:
+    return output_dir / RECORD_DIR / f"{input_path.name}.json"
+
+
+def input_state(path: Path) -> dict:
+    """Size and latest modification time of a file, or of all files under a folder (an OME-Zarr)."""
+    path = Path(path)
+    if not path.is_dir():
+        st = path.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    stats = [p.stat() for p in path.rglob("*") if p.is_file()]
+    return {"size": sum(st.st_size for st in stats),
+            "mtime_ns": max([st.st_mtime_ns for st in stats] + [path.stat().st_mtime_ns])}
+
+
+def _read_record(record_path: Path) -> dict:
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash: str) -> bool:
+    """True when a completion record matches this input, these settings and an existing output.
+
+    The input must still have the recorded size and SHA-256. The hash is recomputed when the
+    modification time differs from the record's (a touched or copied file that is unchanged is
+    still finished; the record is then refreshed) and always for inputs up to
+    :data:`ALWAYS_HASH_BYTES`; a large input with the recorded size and time is trusted unread.
+    """
+    from deconv3d.omezarr import file_sha256
+
+    record = _read_record(record_path)
+    if not (record.get("settings") == settings_hash and record.get("output") == output.name and output.exists()):
+        return False
+    recorded, state = record.get("input_state") or {}, input_state(input_path)
+    if recorded.get("size") != state["size"] or not record.get("input_sha256"):
+        return False
+    if recorded.get("mtime_ns") == state["mtime_ns"] and state["size"] > ALWAYS_HASH_BYTES:
+        return True
+    if file_sha256(input_path) != record["input_sha256"]:
+        return False
+    if recorded.get("mtime_ns") != state["mtime_ns"]:
+        _write_json_atomic(record_path, {**record, "input_state": state})
+    return True
+
+
+def _write_json_atomic(path: Path, payload) -> None:
+    from deconv3d.pipeline.output import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2))
+
+
+def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progress=None) -> list[dict]:
+    """Run ``process_one(input_path, output_path, input_sha256)`` for every unfinished input.
+
+    ``process_one`` writes the output (atomically) or raises; an InputError or any other
+    exception marks the file failed with its one-line reason, and the batch continues.
+    ``input_sha256`` is the input's hash, taken before the work starts (for provenance records).
+    Returns one row per file.
+    """
+    output_dir = Path(output_dir)
+    inputs = find_inputs(input_dir, settings.pattern)
+    if not inputs:
+        raise InputError(f"no input files in {input_dir} match {', '.join(settings.pattern)}: check --pattern")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RECORD_DIR).mkdir(exist_ok=True)
+    settings_hash = settings.fingerprint()
+    rows = []
+    for number, path in enumerate(inputs, 1):
+        output = output_for(path, output_dir, settings)
+        record = _record_path(output_dir, path)
+        row = {"file": str(path), "output": str(output), "status": "", "seconds": 0.0, "reason": ""}
+        if is_finished(path, output, record, settings_hash):
+            row["status"] = "skipped"
+        else:
+            _process(path, output, record, settings_hash, process_one, row)
+        rows.append(row)
+        if progress is not None:
+            progress(number, len(inputs), row)
+    return rows
+
+
+def _process(path, output, record, settings_hash, process_one, row) -> None:
+    from deconv3d.omezarr import file_sha256
+    from deconv3d.pipeline.output import remove_stale_temporaries
+
+    remove_stale_temporaries(output)
+    record.unlink(missing_ok=True)
+    start = time.perf_counter()
+    try:
+        state, digest = input_state(path), file_sha256(path)  # before reading: a change meanwhile shows
+        process_one(path, output, digest)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one failing file must not stop the batch
+        row.update(status="failed", reason=" ".join(str(exc).split()) or type(exc).__name__)
+    else:
+        row["status"] = "done"
+        _write_json_atomic(record, {"input": str(path), "input_state": state, "input_sha256": digest,
+                                    "settings": settings_hash, "output": output.name,
+                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    row["seconds"] = round(time.perf_counter() - start, 3)
+
+
+def write_reports(output_dir, rows) -> tuple[Path, Path]:
+    """Write ``batch_report.json`` and ``batch_report.csv`` into ``output_dir``."""
+    output_dir = Path(output_dir)
+    summary = {status: sum(r["status"] == status for r in rows) for status in ("done", "skipped", "failed")}
+    json_path, csv_path = output_dir / "batch_report.json", output_dir / "batch_report.csv"
+    _write_json_atomic(json_path, {"summary": summary, "files": rows})
+    from deconv3d.pipeline.output import atomic_output
+
+    with atomic_output(csv_path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["file", "status", "seconds", "output", "reason"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return json_path, csv_path
+
+
+def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:
+    """The voxel size to use: the configured one, else the file's."""
+    if settings.voxel_size is not None:
+        spatial = sum(a in "ZYX" for a in lazy.axes)
+        return tuple(float(v) for v in settings.voxel_size)[-spatial:]
+    return lazy.voxel_size

@@ -1,0 +1,81 @@
+"""Deconvolve one file out of core: lazy input (TIFF or OME-Zarr) to an OME-Zarr (or TIFF) output."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from deconv3d.errors import InputError
+
+__all__ = ["deconvolve_file"]
+
+
+def deconvolve_file(input_path, output_path, settings, *, client=None, workers: int = 1, progress=None,
+                    checksum: bool | str = True):
+    """Deconvolve ``input_path`` into ``output_path`` with :class:`~deconv3d.pipeline.batch.Settings`.
+
+    The input is opened lazily and processed block by block (:func:`deconv3d.pipeline.run_chunked`).
+    A ``.zarr`` output is an OME-Zarr v0.5 image with provenance; a ``.tif`` output is assembled
+    from a temporary OME-Zarr at the end, so it must fit in memory. Returns the
+    :class:`~deconv3d.pipeline.RunInfo`. ``checksum`` is passed to
+    :func:`~deconv3d.pipeline.provenance` (True: hash the input; or its known SHA-256).
+    """
+    from deconv3d.omezarr import open_lazy
+    from deconv3d.pipeline import provenance, run_chunked
+    from deconv3d.pipeline.batch import build_block_fn, load_psf_for, spatial_voxel
+
+    input_path, output_path = Path(input_path), Path(output_path)
+    lazy = open_lazy(input_path)
+    spatial_axes = "".join(a for a in lazy.axes if a in "ZYX")
+    spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]
+    voxel = spatial_voxel(settings, lazy)
+    psf = None if settings.method == "ssl" else load_psf_for(settings, spatial_shape, voxel)
+    block, model, params = build_block_fn(settings, psf, voxel)
+    if settings.method == "ssl":
+        block.trained.check_compatible(len(spatial_shape), None, voxel)
+        psf = block.trained.psf
+    model_hash = _sha(settings.model) if settings.model else None
+    record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
+                        model_hash=model_hash)
+    kwargs = dict(axes=lazy.axes, chunks=settings.chunks, memory_limit=settings.memory_limit, model=model,
+                  voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
+    if output_path.suffix.lower() == ".zarr":
+        info = run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
+        return _with_chunks(output_path, info)
+    return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
+
+
+def _sha(path) -> str:
+    from deconv3d.omezarr import file_sha256
+
+    return file_sha256(path)
+
+
+def _with_chunks(output_path: Path, info):
+    import zarr
+
+    group = zarr.open_group(str(output_path), mode="r+")
+    block = dict(group.attrs.get("deconv3d", {}))
+    block["execution"] = {"chunks": list(info.chunks), "halo": list(info.halo), "blocks": info.blocks}
+    group.attrs["deconv3d"] = block
+    return info
+
+
+def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
+    from deconv3d.io import write_tiff
+    from deconv3d.omezarr import read_ome_zarr
+    from deconv3d.pipeline import run_chunked
+    from deconv3d.pipeline.output import temporary_name
+
+    if any(a in "TC" for a in lazy.axes):
+        raise InputError(f"{lazy.path} has axes {lazy.axes}: TIFF output holds one 2D/3D image; write .zarr")
+    scratch = temporary_name(output_path.with_suffix(".zarr"))
+    try:
+        info = run_chunked(lazy, block, scratch, **kwargs)
+        data, _, _, _ = read_ome_zarr(scratch)
+        meta = {"deconv3d": record["version"], "method": record["method"], "parameters": record["parameters"],
+                "input": record.get("input", {}).get("path"), "psf_sha256_16": record.get("psf", {}).get("sha256_16")}
+        write_tiff(output_path, data, voxel_size=voxel, metadata=meta)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return info

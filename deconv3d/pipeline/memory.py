@@ -1,0 +1,254 @@
+"""Memory model of chunked execution and the choice of the largest chunk shape that fits a budget.
+
+Peak resident memory of a run is modelled as ::
+
+    peak = baseline + workers * block_bytes(core + 2 * halo)
+
+``baseline`` is the process before any block runs (Python, torch, dask: measured at run time),
+and ``block_bytes`` is what one block needs while its method runs, counted from the arrays the
+code allocates (float32 = 4 bytes, complex64 half spectra = 8 bytes per element):
+
+Richardson-Lucy, Bertero boundary (:mod:`deconv3d.classical`), with ``F`` the voxels of the FFT
+shape ``fast_shape(block + psf - 1)``, ``S`` the half-spectrum elements (about ``F / 2``) and
+``B`` the block's voxels:
+
+* real arrays of FFT shape: the estimate ``u``, the workspace ``full`` and ``1 / H^T 1``: 3 F;
+  Biggs-Andrews adds ``x_prev, guess, g, g_prev``: 4 F; TV adds ``ndim`` gradients, the norm and
+  the divergence: (ndim + 2) F;
+* half spectra: the OTF, its conjugate and the workspace spectrum: 3 S complex;
+* scratch that torch's CPU FFTs allocate on their own (a zero-padded copy of the input, the
+  multi-axis complex passes, the copy an inverse real FFT destroys) and the transients of the
+  ``1 / H^T 1`` set-up: fitted to the OS's count (ru_maxrss) at 2 F real plus 6 S complex;
+* block-sized arrays: the block read from the source, its clamped copy, the ratio ``y / Hu``
+  and the output being written: 4 B.
+
+Wiener: the padded block (``F`` from ``block + 2 * psf``) real, 4 S complex (rfft, product,
+quotient, irfft copy) plus 2 S real (``|H|^2`` and the denominator), the output F, and 2 B.
+
+Network inference: inputs and outputs of a tile (4 B) plus activations: in the UNet the widest
+level holds ``base_channels`` channels at full resolution and every level below it half as
+many voxels per channel, so with the skip tensors kept for the decoder the peak is about
+``(3 + 4/3) * base_channels * B`` floats (``B`` the padded window), plus the weights.
+
+Everything is multiplied by :data:`SAFETY` to cover allocator slack. The model holds for one
+block in a fresh heap; that it also holds after hundreds of blocks needs the allocator to give
+freed arrays back (:func:`return_large_allocations`, and ``malloc_trim`` after every block in
+:mod:`deconv3d.pipeline.chunked`): otherwise heap fragments pile up block after block.
+Measured (ru_maxrss growth plus the input block, one torch thread, PSF 11 x 13 x 13) against the
+model before SAFETY: RL on 64 x 192 x 192: 226 MB vs 224 MB; accelerated RL on 40 x 100 x 300:
+115 MB vs 149 MB; RL-TV on 64 x 192 x 192: 256 MB vs 290 MB. The Wiener and network counts are
+derived, not yet measured. End to end (``benchmarks/bench_pipeline.py``, CLI, RL 20 iterations,
+two torch threads, ``--memory-limit 512MB``): peak 476 MB for a 0.25 GiB volume and 477 MB for
+1 GiB.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from deconv3d.errors import InputError
+
+__all__ = ["MemoryModel", "choose_chunks", "round_chunks", "parse_memory", "current_rss", "format_bytes", "SAFETY",
+           "RESIDENT_ALLOWANCE",
+           "return_large_allocations", "MMAP_THRESHOLD"]
+
+SAFETY = 1.25
+# Memory that stays resident once the first block has run (torch's per-thread FFT plans and
+# scratch, allocator arenas): ~50 MB measured with two torch threads on a 256 MiB volume, where
+# the model without it fell 4-7 % short of the measured peak. Added once to every prediction.
+RESIDENT_ALLOWANCE = 64 * 2**20
+_F32, _C64 = 4, 8
+
+
+def parse_memory(text) -> int:
+    """Bytes from ``"4GB"``, ``"512MiB"``, ``"2e9"`` (decimal GB = 1e9 bytes, GiB = 2**30)."""
+    from dask.utils import parse_bytes
+
+    try:
+        value = int(parse_bytes(str(text).strip()))
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"cannot read memory limit {text!r}: write it like 4GB, 512MB or 2GiB") from exc
+    if value <= 0:
+        raise InputError(f"memory limit must be positive, got {text!r}")
+    return value
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{int(n)}B"
+
+
+def current_rss() -> int:
+    """Resident memory of this process now (Linux /proc; peak so far elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            import os
+
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+MMAP_THRESHOLD = 8 << 20
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def return_large_allocations(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Make glibc serve allocations of ``threshold`` bytes or more with their own mmap (process-wide).
+
+    glibc raises its mmap threshold adaptively up to 32 MB, after which the block-sized arrays
+    of a chunked run (a few to some tens of MB each) come from the heap, where they leave free
+    but resident fragments that later blocks of other sizes do not fill: resident memory then
+    creeps up block after block, far past the model (measured, RL 20 iterations on blocks of
+    64 x 149 x 185, 512 MB limit: 807 MB peak against 498 MB predicted). With a fixed threshold
+    every large array is unmapped when freed, so the peak follows what the blocks hold. The cost
+    is page faults on fresh arrays (measured: about as much system time as the adaptive default at
+    8 MiB; +30 % wall time at 4 MiB, +40 % at 1 MiB).
+    :func:`deconv3d.pipeline.run_chunked` calls this when given a memory limit. Returns whether
+    it took effect (False off glibc).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
+
+
+def _fft_sizes(shape: Sequence[int]) -> tuple[int, int]:
+    from deconv3d.fft import fast_shape
+
+    fft = fast_shape(shape)
+    half = math.prod(fft[:-1]) * (fft[-1] // 2 + 1)
+    return math.prod(fft), half
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Bytes one block needs for a method (see the module notes for the counts).
+
+    Parameters
+    ----------
+    method : {"rl", "rl-tv", "wiener", "ssl"}
+    psf_shape : tuple of int
+    accelerate : bool
+        Biggs-Andrews buffers (rl, rl-tv).
+    base_channels : int
+        UNet width (ssl).
+    weights_bytes : int
+        Size of the network's parameters (ssl).
+    """
+
+    method: str
+    psf_shape: tuple
+    accelerate: bool = False
+    base_channels: int = 16
+    weights_bytes: int = 0
+
+    def block_bytes(self, block_shape: Sequence[int]) -> int:
+        block = math.prod(block_shape)
+        if self.method in ("rl", "rl-tv"):
+            full, half = _fft_sizes([n + k - 1 for n, k in zip(block_shape, self.psf_shape)])
+            reals = 3 + 2 + 4 * bool(self.accelerate) + (len(block_shape) + 2) * (self.method == "rl-tv")
+            total = reals * full * _F32 + (3 + 6) * half * _C64 + 4 * block * _F32
+        elif self.method == "wiener":
+            full, half = _fft_sizes([n + 2 * k for n, k in zip(block_shape, self.psf_shape)])
+            total = 2 * full * _F32 + 4 * half * _C64 + 2 * half * _F32 + 2 * block * _F32
+        elif self.method == "ssl":
+            total = (4 + (3 + 4 / 3) * self.base_channels) * block * _F32 + self.weights_bytes
+        else:
+            raise InputError(f"no memory model for method {self.method!r}")
+        return int(SAFETY * total)
+
+    def peak_bytes(self, chunks: Sequence[int], halo: Sequence[int], shape: Sequence[int], *,
+                   workers: int = 1, baseline: int = 0) -> int:
+        """Predicted peak: ``baseline + RESIDENT_ALLOWANCE + workers * block_bytes(largest block)``."""
+        block = self.block_bytes(largest_block(shape, chunks, halo))
+        return int(baseline + RESIDENT_ALLOWANCE + workers * block)
+
+
+def largest_block(shape, chunks, halo) -> tuple[int, ...]:
+    """Largest block (core plus halo on both sides) of the plan :func:`plan_chunks` makes."""
+    from deconv3d.pipeline.chunked import plan_chunks
+
+    dask_chunks, depth, _ = plan_chunks(shape, chunks, halo)
+    return tuple(min(n, max(c) + 2 * h) for n, c, h in zip(shape, dask_chunks, depth))
+
+
+def _round_up(size: int, n: int, multiple: int) -> int:
+    return min(n, -(-int(size) // multiple) * multiple)
+
+
+def round_chunks(chunks: Sequence[int], shape: Sequence[int], multiple: int = 1) -> tuple[int, ...]:
+    """Each chunk side rounded up to a multiple of ``multiple`` (or to the whole axis)."""
+    return tuple(_round_up(c, n, max(1, int(multiple))) for c, n in zip(chunks, shape))
+
+
+def _candidates(n: int, low: int, multiple: int = 1) -> list[int]:
+    """Chunk sizes along an axis: the ceil(n / m) splits for m = 1, 2, ... down to ``low``.
+
+    With ``multiple`` > 1 every size is rounded up to a multiple of it (or to ``n``).
+    """
+    sizes = {n}
+    m = 2
+    while True:
+        size = _round_up(math.ceil(n / m), n, multiple)
+        if size < low:
+            break
+        sizes.add(size)
+        m += 1 if m < 16 else max(1, m // 8)
+    return sorted(sizes)
+
+
+def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, halo: Sequence[int], *,
+                  workers: int = 1, baseline: int = 0, min_chunk: int = 8, multiple: int = 1) -> tuple[int, ...]:
+    """The chunk shape that fits ``memory_limit`` with the least total work.
+
+    Among candidate chunk shapes (even splits of every axis, no side below ``min_chunk`` or the
+    halo) whose predicted peak fits, it returns the one that minimises the summed FFT volume of
+    all blocks, i.e. the largest blocks with the least halo overhead. With ``multiple`` > 1
+    (a network's ``2**depth``) every side is a multiple of it or the whole axis, so that every
+    block starts on the network's pooling grid, as the whole volume does.
+
+    Raises
+    ------
+    InputError
+        If not even the smallest candidate fits; the message suggests a limit that would.
+    """
+    from deconv3d.pipeline.chunked import plan_chunks
+
+    shape = tuple(int(n) for n in shape)
+    multiple = max(1, int(multiple))
+    lows = [_round_up(max(min_chunk, h + 1), n, multiple) for n, h in zip(shape, halo)]
+    axes = [_candidates(n, low, multiple) for n, low in zip(shape, lows)]
+    best, best_cost, smallest = None, math.inf, math.inf
+    for chunks in _product(axes):
+        peak = model.peak_bytes(chunks, halo, shape, workers=workers, baseline=baseline)
+        smallest = min(smallest, peak)
+        if peak > memory_limit:
+            continue
+        dask_chunks, depth, _ = plan_chunks(shape, chunks, halo)
+        blocks = math.prod(len(c) for c in dask_chunks)
+        work = blocks * math.prod(max(c) + 2 * h for c, h in zip(dask_chunks, depth))
+        if work < best_cost:
+            best, best_cost = chunks, work
+    if best is None:
+        raise InputError(f"memory limit {format_bytes(memory_limit)} is too small: the smallest block "
+                         f"{tuple(lows)} with halo {tuple(halo)} needs about {format_bytes(smallest)}: "
+                         f"use --memory-limit {format_bytes(math.ceil(smallest * 1.1))} or more, or fewer --workers")
+    return tuple(best)
+
+
+def _product(axes):
+    import itertools
+
+    return itertools.product(*axes)

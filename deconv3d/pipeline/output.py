@@ -1,0 +1,75 @@
+"""Crash-safe outputs: everything is written under a temporary name and renamed when complete.
+
+A run that is cancelled, fails or is killed leaves at most a hidden ``.NAME.<id>.tmp`` entry
+next to the target, which no reader (and no batch rerun) takes for a finished output;
+:func:`remove_stale_temporaries` sweeps such leftovers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from deconv3d.errors import InputError
+
+__all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
+
+_TMP_SUFFIX = ".tmp"
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden sibling of ``path`` that marks itself as unfinished."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path to write ``path`` (a file or a directory) under; publish it on success.
+
+    On leaving the block normally the temporary entry is renamed onto ``path`` (an existing
+    output is replaced only then); on any exception, KeyboardInterrupt included, it is removed.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        _publish(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    if not tmp.exists():
+        raise RuntimeError(f"nothing was written to {tmp}")
+    if path.is_dir() and not path.is_symlink():
+        # os.replace cannot replace a non-empty directory: move the old one aside first.
+        old = temporary_name(path)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        _remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Delete leftovers of interrupted writes of ``path``; returns what was removed."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    stale = sorted(parent.glob(f".{path.name}.*{_TMP_SUFFIX}")) if parent.is_dir() else []
+    for entry in stale:
+        _remove(entry)
+    return stale

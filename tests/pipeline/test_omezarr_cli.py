@@ -1,0 +1,119 @@
+"""OME-Zarr round trip, ome-zarr-py reading our output, and the out-of-core CLI (deconvolve, batch)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from deconv3d.cli import main
+from deconv3d.io import write_tiff
+from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
+
+from .conftest import blurred_beads, gaussian_psf
+
+
+def test_round_trip_keeps_data_axes_scale_and_pyramid(tmp_path):
+    data = np.random.default_rng(0).random((2, 20, 32, 32)).astype(np.float32)
+    write_ome_zarr(tmp_path / "a.zarr", data, axes="CZYX", voxel_size=(0.5, 0.2, 0.1), chunks=(1, 8, 16, 16),
+                   provenance={"method": "rl"}, pyramid_levels=1)
+    back, voxel, axes, attrs = read_ome_zarr(tmp_path / "a.zarr")
+    np.testing.assert_array_equal(back, data)
+    assert axes == "CZYX" and voxel == pytest.approx((0.5, 0.2, 0.1))
+    assert attrs["ome"]["version"] == "0.5" and attrs["deconv3d"] == {"method": "rl"}
+    level1, voxel1, _, _ = read_ome_zarr(tmp_path / "a.zarr", level=1)
+    assert level1.shape == (2, 10, 16, 16) and voxel1 == pytest.approx((1.0, 0.4, 0.2))
+    np.testing.assert_allclose(level1[0, 0, 0, 0], data[0, :2, :2, :2].mean(), rtol=1e-5)
+
+
+def test_reads_ome_zarr_v04(tmp_path):
+    import zarr
+
+    data = np.arange(4 * 6 * 8, dtype=np.uint16).reshape(4, 6, 8)
+    group = zarr.open_group(str(tmp_path / "v4.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", data=data, chunks=(2, 6, 8))
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space", "unit": "nanometer"}
+                                                               for a in "zyx"],
+                                   "datasets": [{"path": "0", "coordinateTransformations": [
+                                       {"type": "scale", "scale": [300.0, 100.0, 100.0]}]}]}]
+    lazy = open_lazy(tmp_path / "v4.zarr")
+    assert lazy.axes == "ZYX" and lazy.voxel_size == pytest.approx((0.3, 0.1, 0.1))
+    np.testing.assert_array_equal(lazy.data.compute(), data.astype(np.float32))
+
+
+def test_tiff_opens_lazily(tmp_path):
+    import dask.array as da
+
+    data = np.random.default_rng(1).random((6, 20, 24)).astype(np.float32)
+    write_tiff(tmp_path / "s.tif", data, voxel_size=(0.4, 0.2, 0.2))
+    lazy = open_lazy(tmp_path / "s.tif")
+    assert isinstance(lazy.data, da.Array) and lazy.data.chunksize == (1, 20, 24)
+    assert lazy.voxel_size == pytest.approx((0.4, 0.2, 0.2)) and lazy.axes == "ZYX"
+    np.testing.assert_array_equal(lazy.data[2:4].compute(), data[2:4])
+
+
+def test_ome_zarr_py_reads_our_output(tmp_path):
+    reader = pytest.importorskip("ome_zarr.reader", reason="ome-zarr (ome-zarr-py) is not installed")
+    from ome_zarr.io import parse_url
+
+    data = np.random.default_rng(2).random((8, 16, 16)).astype(np.float32)
+    write_ome_zarr(tmp_path / "b.zarr", data, voxel_size=(0.5, 0.25, 0.25), pyramid_levels=1)
+    node = list(reader.Reader(parse_url(str(tmp_path / "b.zarr")))())[0]
+    np.testing.assert_array_equal(np.asarray(node.data[0]), data)
+    transforms = node.metadata["coordinateTransformations"]
+    assert transforms[0][0]["scale"] == pytest.approx([0.5, 0.25, 0.25])
+    assert [a["name"] for a in node.metadata["axes"]] == ["z", "y", "x"]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    psf = gaussian_psf()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        write_tiff(inputs / f"img{i}.tif", blurred_beads((12, 24, 24), psf, seed=i), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def batch_argv(d, out, *extra):
+    return ["batch", d / "in", "-o", out, "--psf", d / "psf.tif", "--iterations", 3, "--chunks", 12, 12, 12, *extra]
+
+
+def test_batch_failing_file_exit_3_others_complete_and_resume(folder, capsys):
+    (folder / "in" / "broken.tif").write_bytes(b"not a tiff")
+    code, out, err = run(batch_argv(folder, folder / "out"), capsys)
+    assert code == 3, err
+    report = json.loads((folder / "out" / "batch_report.json").read_text())
+    status = {r["file"].split("/")[-1]: r["status"] for r in report["files"]}
+    assert status == {"broken.tif": "failed", "img0.tif": "done", "img1.tif": "done", "img2.tif": "done"}
+    assert "broken.tif" in err and (folder / "out" / "batch_report.csv").exists()
+    first = read_ome_zarr(folder / "out" / "img1.zarr")[0]
+    code, _, _ = run(batch_argv(folder, folder / "out"), capsys)
+    report = json.loads((folder / "out" / "batch_report.json").read_text())
+    assert code == 3 and sorted(r["status"] for r in report["files"]) == ["failed", "skipped", "skipped", "skipped"]
+    np.testing.assert_array_equal(read_ome_zarr(folder / "out" / "img1.zarr")[0], first)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["batch", "missing_dir", "-o", "out", "--psf", "psf.tif"], ["input folder not found"]),
+    (["batch", "in", "-o", "out", "--psf", "psf.tif", "--scheduler", "bogus"], ["unknown scheduler"]),
+    (["batch", "in", "-o", "out", "--psf", "psf.tif", "--memory-limit", "lots"], ["memory limit"]),
+    (["batch", "in", "-o", "out", "--method", "rl"], ["PSF is needed"]),
+    (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--memory-limit", "1kB"],
+     ["too small", "--memory-limit"]),
+    (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--method", "ssl"], ["--model"]),
+])
+def test_bad_input_one_line_exit_2(folder, capsys, monkeypatch, argv, words):
+    monkeypatch.chdir(folder)
+    code, _, err = run(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("deconv3d: error: "), err
+    for word in words:
+        assert word.lower() in lines[0].lower()
+    assert not (folder / "x.zarr").exists() and not list(folder.glob(".x.zarr*"))

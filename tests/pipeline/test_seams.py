@@ -1,0 +1,164 @@
+"""Chunked execution equals whole-volume execution: PSNR >= 50 dB, chunks that do and do not divide."""
+
+import dask.array as da
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio
+
+from deconv3d.classical import richardson_lucy, rl_alpha_schedule
+from deconv3d.pipeline import RichardsonLucyBlock, WienerBlock, plan_chunks, run_chunked
+from deconv3d.pipeline.chunked import blockwise
+from deconv3d.pipeline.methods import psf_rms_width, rl_halo
+
+from .conftest import blurred_beads, gaussian_psf
+
+CHUNKS = [(12, 16, 16), (10, 20, 17)]  # divides (24, 48, 48) / does not
+
+
+def psnr(reference, test):
+    with np.errstate(divide="ignore"):  # identical arrays: inf
+        return peak_signal_noise_ratio(reference, test, data_range=float(reference.max() - reference.min()))
+
+
+def chunked(image, fn, chunks, halo=None):
+    halo = fn.halo() if halo is None else halo
+    out, _ = blockwise(da.from_array(image), fn, chunks=chunks, halo=halo)
+    return out.compute(scheduler="sync")
+
+
+@pytest.mark.parametrize("chunks", CHUNKS)
+@pytest.mark.parametrize("tv_weight", [0.0, 0.01], ids=["rl", "rl-tv"])
+def test_rl_chunked_equals_whole(volume, psf3d, chunks, tv_weight):
+    fn = RichardsonLucyBlock(psf3d, iterations=8, tv_weight=tv_weight)
+    halo = fn.halo()
+    assert all(h < c for h, c in zip(halo, (24, 48, 48)))  # the halo does not cover the volume: seams exist
+    whole = richardson_lucy(volume, psf3d, 8, tv_weight=tv_weight, device="cpu")
+    result = chunked(volume, fn, chunks)
+    assert result.shape == whole.shape
+    assert psnr(whole, result) >= 50
+    # Without a halo the seams show: the check above can fail.
+    assert psnr(whole, chunked(volume, fn, chunks, halo=(0, 0, 0))) < 45
+
+
+def test_accelerated_rl_replays_one_schedule(volume, psf3d):
+    schedule = rl_alpha_schedule(volume, psf3d, 10, device="cpu")
+    adaptive = richardson_lucy(volume, psf3d, 10, accelerate=True, device="cpu")
+    np.testing.assert_array_equal(richardson_lucy(volume, psf3d, 10, accelerate=schedule, device="cpu"), adaptive)
+    fn = RichardsonLucyBlock(psf3d, iterations=10, accelerate=True).prepare(volume, (24, 32, 32))
+    assert isinstance(fn.accelerate, tuple) and max(fn.accelerate) > 0
+    whole = richardson_lucy(volume, psf3d, 10, accelerate=fn.accelerate, device="cpu")
+    assert psnr(whole, chunked(volume, fn, CHUNKS[1])) >= 50
+    assert psnr(adaptive, chunked(volume, fn, CHUNKS[1])) >= 40  # a schedule from one block is close
+
+
+@pytest.mark.parametrize("chunks", CHUNKS)
+def test_wiener_chunked_equals_whole(volume, psf3d, chunks):
+    fn = WienerBlock(psf3d, balance=1e-3)
+    whole = fn(volume)
+    assert psnr(whole, chunked(volume, fn, chunks)) >= 50
+
+
+@pytest.fixture(scope="module")
+def network():
+    """A tiny 2D network (depth 2: pooling grid of 4), its image, and its whole-image inference.
+
+    The band limit is off here, so these tests see the network's own seams; the band-limited
+    output (apply_model's default) is checked separately with the halo that adds its reach.
+    """
+    import torch
+
+    from deconv3d.pipeline import NetworkBlock
+    from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, train
+
+    before = torch.get_num_threads()  # module scope: set up before the per-test one-thread fixture
+    torch.set_num_threads(1)
+    try:
+        psf = gaussian_psf((5, 5), (1.0, 1.0))
+        image = blurred_beads((64, 64), psf, seed=3, count=30)
+        result = train(image, psf, config=TrainConfig(steps=3, patch=16, batch=2),
+                       unet=UNetConfig(ndim=2, base_channels=4, depth=2), device="cpu")
+        fn = NetworkBlock(result, band_limit=None)
+        whole = apply_model(result, image, device="cpu", context=fn.context, band_limit=None)
+    finally:
+        torch.set_num_threads(before)
+    return fn, image, whole
+
+
+@pytest.mark.parametrize("chunks", [(32, 32), (40, 28)])  # divides (64, 64) / does not
+def test_network_inference_chunked_equals_whole(network, chunks):
+    fn, image, whole = network
+    assert fn.chunk_multiple() == 4 and all(h % 4 == 0 for h in fn.halo())
+    assert psnr(whole, chunked(image, fn, chunks)) >= 50
+
+
+@pytest.mark.parametrize("chunks", [(32, 32), (40, 28)])
+def test_band_limited_network_inference_chunked_equals_whole(network, chunks):
+    """With the default band limit on, the halo adds the filter's reach and seams stay invisible."""
+    from deconv3d.pipeline import NetworkBlock
+    from deconv3d.selfsup import BAND_LIMIT, apply_model
+
+    fn, image, _ = network
+    banded = NetworkBlock(fn.trained, context=fn.context)  # band_limit: apply_model's default
+    assert all(h > fn.context and h % 4 == 0 for h in banded.halo())
+    whole = apply_model(fn.trained, image, device="cpu", context=fn.context, band_limit=BAND_LIMIT)
+    assert psnr(whole, chunked(image, banded, chunks)) >= 50
+
+
+def test_network_chunks_rounded_to_pooling_grid(tmp_path, network):
+    from deconv3d.omezarr import read_ome_zarr
+
+    fn, image, whole = network
+    assert psnr(whole, chunked(image, fn, (30, 27))) < 45  # blocks off the pooling grid: seams show
+    info = run_chunked(image, fn, tmp_path / "n.zarr", chunks=(30, 27))
+    assert info.chunks == (32, 28)
+    assert psnr(whole, read_ome_zarr(tmp_path / "n.zarr")[0]) >= 50
+
+
+def test_run_chunked_writes_zarr_equal_to_whole(tmp_path, volume, psf3d):
+    from deconv3d.omezarr import read_ome_zarr
+
+    fn = RichardsonLucyBlock(psf3d, iterations=6)
+    seen = []
+    info = run_chunked(volume, fn, tmp_path / "out.zarr", chunks=(10, 20, 17), voxel_size=(0.3, 0.1, 0.1),
+                       progress=lambda done, total: seen.append((done, total)))
+    data, voxel, axes, _ = read_ome_zarr(tmp_path / "out.zarr")
+    assert info.blocks == 2 * 3 * 3 == len(seen) and seen[-1] == (18, 18)  # z remainder 4 < halo 7: merged
+    assert psnr(richardson_lucy(volume, psf3d, 6, device="cpu"), data) >= 50
+    assert voxel == pytest.approx((0.3, 0.1, 0.1)) and axes == "ZYX"
+
+
+def test_run_chunked_per_channel_functions(tmp_path, psf3d):
+    from deconv3d.omezarr import read_ome_zarr
+
+    image = np.stack([blurred_beads((12, 24, 24), psf3d, seed=s) for s in (1, 2)])
+    fns = [RichardsonLucyBlock(psf3d, 3), RichardsonLucyBlock(gaussian_psf(sigma=(1.5, 1.3, 1.3)), 3)]
+    run_chunked(image, fns, tmp_path / "c.zarr", axes="CZYX", chunks=(12, 12, 12))
+    data, _, axes, _ = read_ome_zarr(tmp_path / "c.zarr")
+    assert axes == "CZYX"
+    for c in range(2):
+        assert psnr(fns[c](image[c]), data[c]) >= 50
+
+
+def test_cancel_leaves_nothing_that_looks_complete(tmp_path, volume, psf3d):
+    from deconv3d.pipeline import Cancelled
+
+    with pytest.raises(Cancelled):
+        run_chunked(volume, RichardsonLucyBlock(psf3d, 2), tmp_path / "out.zarr", chunks=(12, 16, 16),
+                    progress=lambda done, total: done >= 2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plan_chunks_respects_map_overlap_limits():
+    chunks, halo, zchunks = plan_chunks((50, 40, 30), (16, 4, 30), (6, 9, 5))
+    assert chunks[0] == (16, 16, 18) and halo[0] == 6  # remainder 2 < halo merged into the last block
+    assert chunks[1] == (9, 9, 9, 13) and halo[1] == 9  # chunk below the halo enlarged to it
+    assert chunks[2] == (30,) and halo[2] == 0  # whole axis in one block: no halo
+    assert zchunks == (16, 9, 30)
+
+
+def test_rl_halo_rule():
+    psf = gaussian_psf((11, 11, 11), (1.5, 1.2, 1.2))
+    widths = psf_rms_width(psf)
+    assert widths == pytest.approx((1.5, 1.2, 1.2), abs=0.02)
+    assert rl_halo(psf, 20) == tuple(int(np.ceil(w * (4 + 0.5 * np.sqrt(41)))) for w in widths)
+    assert rl_halo(psf, 1) == (5, 5, 5) or max(rl_halo(psf, 1)) <= 2 * 5  # capped at 2 n r

@@ -1,0 +1,72 @@
+"""Every block reads just its region plus halo from the source: files, dask and numpy give the same output."""
+
+import pickle
+import threading
+import time
+
+import dask.array as da
+import numpy as np
+import tifffile
+
+from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
+from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
+from deconv3d.pipeline.chunked import block_regions, blockwise, plan_chunks
+
+CHUNKS = (10, 20, 17)
+
+
+def test_file_dask_and_array_sources_equal_map_overlap(tmp_path, volume, psf3d):
+    fn = RichardsonLucyBlock(psf3d, iterations=4)
+    reference = blockwise(da.from_array(volume), fn, chunks=CHUNKS, halo=fn.halo())[0].compute(scheduler="sync")
+    write_ome_zarr(tmp_path / "in.zarr", volume, chunks=(7, 13, 11))
+    lazy = open_lazy(tmp_path / "in.zarr")
+    assert len(pickle.dumps(lazy.reader)) < 1000  # a path, not the pixels
+    sources = {"array": volume, "dask": da.from_array(volume, chunks=5), "file": lazy, "reader": lazy.reader}
+    for name, source in sources.items():
+        run_chunked(source, fn, tmp_path / f"{name}.zarr", chunks=CHUNKS, workers=2)
+        np.testing.assert_array_equal(read_ome_zarr(tmp_path / f"{name}.zarr")[0], reference, err_msg=name)
+
+
+def test_tiff_reader_drops_singleton_axes(tmp_path):
+    data = np.random.default_rng(0).random((1, 2, 6, 9, 11)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "h.ome.tif", data, ome=True, metadata={"axes": "TCZYX"})
+    lazy = open_lazy(tmp_path / "h.ome.tif")
+    assert lazy.axes == "CZYX" and lazy.reader.shape == (2, 6, 9, 11)
+    np.testing.assert_array_equal(lazy.reader[1, 2:5, 3:, :7], data[0, 1, 2:5, 3:, :7])
+    assert len(pickle.dumps(lazy.reader)) < 1000
+
+
+class _Counting:
+    """A reader that records the voxels read, and a block function that records concurrency."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.ndim = array, array.shape, array.ndim
+        self.voxels, self.running, self.most = 0, 0, 0
+        self.lock = threading.Lock()
+
+    def read(self, key):
+        block = np.array(self.array[key], np.float32)
+        with self.lock:
+            self.voxels += block.size
+        return block
+
+    def __call__(self, block):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.01)
+        with self.lock:
+            self.running -= 1
+        return block * 2
+
+
+def test_blocks_read_only_their_region_and_run_at_most_workers_at_once(tmp_path, volume):
+    halo = (3, 4, 5)
+    counting = _Counting(volume)
+    run_chunked(counting, counting, tmp_path / "o.zarr", chunks=(8, 16, 16), halo=halo, workers=2)
+    sizes, depth, _ = plan_chunks(volume.shape, (8, 16, 16), halo)
+    expected = sum(int(np.prod([s.stop - s.start for s in read])) for read, _, _ in
+                   block_regions(volume.shape, sizes, depth))
+    assert counting.voxels == expected  # each block read once, its own region plus halo only
+    assert counting.most <= 2
+    np.testing.assert_array_equal(read_ome_zarr(tmp_path / "o.zarr")[0], 2 * volume)
