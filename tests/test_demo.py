@@ -17,6 +17,7 @@ def test_demo_writes_rows_stacks_and_figure(tmp_path, monkeypatch):
     assert [r["method"] for r in rows] == ["input", "wiener", "rl", "rl-tv", "ssl", "blur-synth"]
     assert all(np.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in rows[:-1])
     assert np.isfinite(rows[-1]["psnr"]) and "pixel blending" in rows[-1]["note"]
+    assert "training steps" in rows[4]["note"]
     real, synth = read_image(tmp_path / "blur_real.tif").data, read_image(tmp_path / "blur_synth.tif").data
     assert real.shape == synth.shape == (len(demo.DEMO_BLUR_LEVELS), 32, 32)
     np.testing.assert_array_equal(synth[[0, -1]], real[[0, -1]])  # the end planes are the given ones
