@@ -39,7 +39,7 @@ def settings_from_args(args, base: dict | None = None):
 
     values = dict(base or {})
     plain = ("method", "psf", "psf_model", "na", "wavelength", "ni", "ns", "depth", "iterations", "tv_weight",
-             "boundary", "balance", "device", "model", "memory_limit", "pyramid_levels")
+             "boundary", "balance", "device", "model", "memory_limit", "pyramid_levels", "band_limit")
     for name in plain:
         value = getattr(args, name, None)
         if value is not None:
@@ -49,6 +49,8 @@ def settings_from_args(args, base: dict | None = None):
             values[name] = tuple(getattr(args, name))
     if getattr(args, "no_accelerate", False):
         values["accelerate"] = False
+    if getattr(args, "tta", False):
+        values["tta"] = True
     if getattr(args, "pattern", None):
         values["pattern"] = tuple(args.pattern)
     if getattr(args, "output_format", None):
@@ -121,6 +123,9 @@ def register(sub) -> None:
     p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"), help="voxel size in µm")
     p.add_argument("--device", choices=DEVICES, help="cpu (default), cuda or auto")
     p.add_argument("--model", help="trained network (.ckpt) for --method ssl")
+    p.add_argument("--tta", action="store_true", default=None, help="ssl: average over the 8 xy rotations/flips")
+    p.add_argument("--band-limit", type=float, metavar="EPS",
+                   help="ssl: damp frequencies the PSF does not pass (default 0.01; 0 turns it off)")
     add_chunk_options(p, defaults=False)
     p.set_defaults(func=cmd_batch)
     add_common(p)

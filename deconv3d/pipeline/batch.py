@@ -54,6 +54,8 @@ class Settings:
     voxel_size: Optional[tuple] = None
     device: str = "cpu"
     model: Optional[str] = None
+    tta: bool = False
+    band_limit: float = 0.01  # deconv3d.selfsup.BAND_LIMIT; 0 turns it off
     chunks: Optional[tuple] = None
     memory_limit: Optional[str] = None
     pyramid_levels: int = 0
@@ -69,6 +71,9 @@ class Settings:
         _check(_positive(self.balance), f"balance must be positive, got {self.balance!r}")
         _check(self.method != "rl-tv" or _positive(self.tv_weight), "method rl-tv needs a positive tv_weight (try 0.002)")
         _check(isinstance(self.pyramid_levels, int) and self.pyramid_levels >= 0, "pyramid_levels must be >= 0")
+        _check(isinstance(self.tta, bool), f"tta must be true or false, got {self.tta!r}")
+        _check(isinstance(self.band_limit, (int, float)) and 0 <= self.band_limit < float("inf"),
+               f"band_limit must be a number >= 0, got {self.band_limit!r}")
         for name, n in (("voxel_size", 3), ("chunks", 3)):
             value = getattr(self, name)
             _check(value is None or (len(value) == n and all(_positive(v) for v in value)),
@@ -187,10 +192,11 @@ def build_block_fn(settings: Settings, psf, voxel):
 
         trained = load_checkpoint(settings.model, device="cpu")
         weights = sum(p.numel() * 4 for p in trained.model.parameters())
-        block = NetworkBlock(trained, device=settings.device)
+        block = NetworkBlock(trained, device=settings.device, tta=settings.tta,
+                             band_limit=settings.band_limit or None)
         model = MemoryModel("ssl", tuple(trained.psf.shape), base_channels=trained.unet.base_channels,
                             weights_bytes=weights)
-        return block, model, {"model": str(settings.model)}
+        return block, model, {"model": str(settings.model), "tta": settings.tta, "band_limit": settings.band_limit}
     if settings.method == "wiener":
         return (WienerBlock(psf, settings.balance, settings.device), MemoryModel("wiener", psf.shape),
                 {"balance": settings.balance})

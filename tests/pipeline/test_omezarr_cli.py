@@ -7,6 +7,7 @@ import pytest
 
 from deconv3d.cli import main
 from deconv3d.io import write_tiff
+from deconv3d.metrics import psnr
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
 
 from .conftest import blurred_beads, gaussian_psf
@@ -117,3 +118,27 @@ def test_bad_input_one_line_exit_2(folder, capsys, monkeypatch, argv, words):
     for word in words:
         assert word.lower() in lines[0].lower()
     assert not (folder / "x.zarr").exists() and not list(folder.glob(".x.zarr*"))
+
+
+def test_batch_ssl_applies_the_band_limit_option(folder, capsys):
+    """``batch --method ssl``: the band limit is on by default, ``--band-limit 0`` turns it off,
+    and the chunked output matches the whole-volume inference with the same setting."""
+    from deconv3d.io import read_image
+    from deconv3d.selfsup import BAND_LIMIT, apply_model, load_checkpoint
+
+    model = folder / "m.ckpt"
+    code, _, err = run(["train", folder / "in" / "img0.tif", "--psf", folder / "psf.tif", "-o", model,
+                        "--steps", 2, "--patch", 8, "--batch", 1, "--base-channels", 4, "--unet-depth", 2,
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    trained = load_checkpoint(model)
+    image = read_image(folder / "in" / "img1.tif").data
+    for extra, eps in (([], BAND_LIMIT), (["--band-limit", 0], None)):
+        out = folder / f"out-{eps}"
+        code, _, err = run(["batch", folder / "in", "-o", out, "--method", "ssl", "--model", model,
+                            "--pattern", "img1.tif", "--chunks", 12, 12, 12, *extra], capsys)
+        assert code == 0, err
+        data, _, _, attrs = read_ome_zarr(out / "img1.zarr")
+        assert attrs["deconv3d"]["parameters"]["band_limit"] == (eps or 0)
+        whole = apply_model(trained, image, device="cpu", band_limit=eps)
+        assert psnr(whole, data) >= 50
