@@ -39,10 +39,10 @@ class Settings:
     """One deconvolution configuration, shared by all files of a batch (keys: long option names)."""
 
     method: str = "rl"
-    psf: Optional[str] = None
+    psf: Optional[str | tuple] = None  # one file, or one per channel
     psf_model: Optional[str] = None
     na: Optional[float] = None
-    wavelength: Optional[float] = None
+    wavelength: Optional[float | tuple] = None  # one emission wavelength, or one per channel
     ni: float = 1.515
     ns: float = 1.33
     depth: float = 0.0
@@ -63,6 +63,10 @@ class Settings:
     pattern: tuple = ("*.tif", "*.tiff", "*.zarr")
 
     def __post_init__(self):
+        for name in ("psf", "wavelength"):  # a list of one is the single value
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, value[0] if len(value) == 1 else tuple(value))
         _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         _check(self.boundary in BOUNDARIES, f"boundary must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
         _check(self.output_format in OUTPUT_FORMATS, f"output_format must be zarr or tif, got {self.output_format!r}")
@@ -84,10 +88,12 @@ class Settings:
         elif self.psf is None:
             _check(self.psf_model in PSF_MODELS, "a PSF is needed: set psf = \"PSF.tif\" or psf_model with na and "
                    "wavelength")
-            _check(_positive(self.na) and _positive(self.wavelength), "psf_model needs positive na and wavelength")
+            _check(_positive(self.na) and all(_positive(w) for w in _many(self.wavelength)),
+                   "psf_model needs positive na and wavelength (one, or one per channel)")
         else:
             _check(self.psf_model is None, "give either psf or psf_model, not both")
-            _check(Path(self.psf).is_file(), f"PSF file not found: {self.psf}: check the path")
+            for psf in _many(self.psf):
+                _check(Path(psf).is_file(), f"PSF file not found: {psf}: check the path")
         if self.memory_limit is not None:
             from deconv3d.pipeline.memory import parse_memory
 
@@ -100,8 +106,20 @@ class Settings:
             if fields[key]:
                 from deconv3d.omezarr import file_sha256
 
-                fields[key] = file_sha256(fields[key])
+                fields[key] = [file_sha256(f) for f in _many(fields[key])]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _many(value) -> tuple:
+    """A setting that may hold one value or one per channel, as a tuple (empty for None)."""
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def channel_count(settings: Settings) -> int:
+    """How many PSFs the settings give: 1, or one per channel."""
+    return max(len(_many(settings.psf)), len(_many(settings.wavelength)), 1)
 
 
 def _positive(v) -> bool:
@@ -133,8 +151,9 @@ def load_config(path) -> dict:
                              "iterations")
         if isinstance(value, list):
             value = tuple(value)
-        if name in ("psf", "model") and value is not None and not Path(value).is_absolute():
-            value = str(path.parent / value)
+        if name in ("psf", "model") and value is not None:
+            resolved = [f if Path(f).is_absolute() else str(path.parent / f) for f in _many(value)]
+            value = tuple(resolved) if isinstance(value, tuple) else resolved[0]
         out[name] = value
     return out
 
@@ -163,21 +182,33 @@ def output_for(input_path: Path, output_dir: Path, settings: Settings) -> Path:
     return output_dir / f"{stem}.{settings.output_format}"
 
 
-def load_psf_for(settings: Settings, spatial_shape, voxel):
-    """The PSF for an image of ``spatial_shape`` and ``voxel`` size (file or generated), prepared."""
+def load_psfs_for(settings: Settings, spatial_shape, voxel) -> list:
+    """The PSFs of the settings, prepared for the image: one, or one per channel."""
+    if settings.psf:
+        return [load_psf_for(settings, spatial_shape, voxel, psf=f) for f in _many(settings.psf)]
+    return [load_psf_for(settings, spatial_shape, voxel, wavelength=w) for w in _many(settings.wavelength)]
+
+
+def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, wavelength=None):
+    """The PSF for an image of ``spatial_shape`` and ``voxel`` size (file or generated), prepared.
+
+    ``psf`` (a file) or ``wavelength`` pick one channel's entry of a per-channel setting.
+    """
     from deconv3d.io import read_image
     from deconv3d.psf import generate_psf, prepare_psf
 
-    if settings.psf:
-        psf = read_image(settings.psf)
-        return prepare_psf(psf.data, tuple(spatial_shape), psf_voxel=psf.voxel_size, image_voxel=voxel)
+    psf = psf if psf is not None else (_many(settings.psf) or (None,))[0]
+    wavelength = wavelength if wavelength is not None else (_many(settings.wavelength) or (None,))[0]
+    if psf:
+        image = read_image(psf)
+        return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=image.voxel_size, image_voxel=voxel)
     if voxel is None or len(spatial_shape) != 3:
         raise InputError("psf_model needs a 3D image with a known voxel size: set voxel_size or use a PSF file")
-    airy = 0.61 * settings.wavelength / settings.na
+    airy = 0.61 * wavelength / settings.na
     lateral = [2 * int(round(8 * airy / d)) + 1 for d in voxel[1:]]
     wanted = [spatial_shape[0]] + lateral
     shape = tuple(min(w, n if n % 2 else n - 1) for w, n in zip(wanted, spatial_shape))
-    psf = generate_psf(settings.psf_model, shape, voxel, settings.na, settings.wavelength, ni=settings.ni,
+    psf = generate_psf(settings.psf_model, shape, voxel, settings.na, wavelength, ni=settings.ni,
                        ns=settings.ns, depth=settings.depth)
     return prepare_psf(psf, tuple(spatial_shape), psf_voxel=voxel, image_voxel=voxel)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -20,17 +21,31 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     :class:`~deconv3d.pipeline.RunInfo`. ``checksum`` is passed to
     :func:`~deconv3d.pipeline.provenance` (True: hash the input; or its known SHA-256).
     """
+    from deconv3d.fft import psf_fingerprint
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import provenance, run_chunked
-    from deconv3d.pipeline.batch import build_block_fn, load_psf_for, spatial_voxel
+    from deconv3d.pipeline.batch import build_block_fn, channel_count, load_psfs_for, spatial_voxel
 
     input_path, output_path = Path(input_path), Path(output_path)
     lazy = open_lazy(input_path)
     spatial_axes = "".join(a for a in lazy.axes if a in "ZYX")
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]
     voxel = spatial_voxel(settings, lazy)
-    psf = None if settings.method == "ssl" else load_psf_for(settings, spatial_shape, voxel)
-    block, model, params = build_block_fn(settings, psf, voxel)
+    psfs = [None] if settings.method == "ssl" else None
+    wanted = channel_count(settings)
+    if wanted > 1:
+        channels = lazy.data.shape[lazy.axes.index("C")] if "C" in lazy.axes else 1
+        if channels != wanted:
+            raise InputError(f"{input_path.name} has {channels} channel(s) but {wanted} PSFs were given: "
+                             f"give one PSF (or wavelength) per channel, or one for all")
+    psfs = psfs or load_psfs_for(settings, spatial_shape, voxel)
+    built = [build_block_fn(settings, p, voxel) for p in psfs]
+    psf = psfs[0]
+    block, model, params = built[0]
+    if len(built) > 1:  # one block function per channel; the largest PSF sets the memory model
+        block = [b for b, _, _ in built]
+        model = max((m for _, m, _ in built), key=lambda m: math.prod(m.psf_shape))
+        params = {**params, "per_channel_psf_sha256_16": [psf_fingerprint(p) for p in psfs]}
     if settings.method == "ssl":
         block.trained.check_compatible(len(spatial_shape), None, voxel)
         psf = block.trained.psf
