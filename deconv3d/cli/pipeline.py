@@ -136,7 +136,7 @@ def register(sub) -> None:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from deconv3d.pipeline.batch import load_config, run_batch, write_reports
-    from deconv3d.pipeline.cluster import check_scheduler, scheduler_client
+    from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
     from deconv3d.pipeline.files import deconvolve_file
 
     check_scheduler(args.scheduler)
@@ -147,8 +147,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if output_dir.resolve() == Path(args.input_dir).resolve():
         raise InputError("the output folder is the input folder: choose another one so inputs stay untouched")
     start = time.perf_counter()
-    with scheduler_client(args.scheduler, args.workers) as client:
-        workers = args.workers or 1
+    gpus = gpu_count(settings.device) if args.scheduler == "processes" else 0
+    with scheduler_client(args.scheduler, args.workers, gpus=gpus) as client:
+        workers = gpus or args.workers or 1
 
         def one(path, output, input_sha256):
             deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256)

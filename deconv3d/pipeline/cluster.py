@@ -7,7 +7,7 @@ import re
 
 from deconv3d.errors import InputError
 
-__all__ = ["check_scheduler", "scheduler_client"]
+__all__ = ["check_scheduler", "scheduler_client", "gpu_count", "PinGPU"]
 
 _ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://[^\s/]+(:\d+)?/?$")
 
@@ -31,13 +31,43 @@ def _import_distributed():
                          "pip install 'deconv3d[distributed]'") from exc
 
 
+def gpu_count(device: str | None) -> int:
+    """GPUs the workers should use: all visible ones for ``cuda``/``auto`` on a CUDA machine, else 0."""
+    if device not in ("cuda", "auto") and not str(device or "").startswith("cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+class PinGPU:
+    """Worker plugin: worker ``i`` of a LocalCluster makes GPU ``i % count`` its current device.
+
+    Tensors the block functions put on ``"cuda"`` then land on that worker's own GPU, so a
+    cluster of one worker per GPU uses every GPU once.
+    """
+
+    name = "deconv3d-pin-gpu"
+
+    def __init__(self, count: int):
+        self.count = int(count)
+
+    def setup(self, worker) -> None:
+        import torch
+
+        name = str(worker.name)
+        index = int(name) if name.isdigit() else sum(map(ord, worker.address))
+        torch.cuda.set_device(index % self.count)
+
+
 @contextlib.contextmanager
-def scheduler_client(spec: str, workers: int | None = None):
+def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
     """Yield a ``distributed.Client`` (None for ``threads``), closed (and its cluster stopped) on exit.
 
     ``processes`` starts a LocalCluster of ``workers`` single-threaded worker processes on
-    127.0.0.1 (no dashboard); an address connects to a scheduler the user started, e.g. with
-    dask-jobqueue on SLURM (see examples/). With GPUs, start one worker per GPU.
+    127.0.0.1 (no dashboard); with ``gpus`` > 0 it starts one worker per GPU instead, each
+    pinned to its own device (:class:`PinGPU`). An address connects to a scheduler the user
+    started, e.g. with dask-jobqueue on SLURM (see examples/).
     """
     check_scheduler(spec)
     if spec == "threads":
@@ -46,9 +76,12 @@ def scheduler_client(spec: str, workers: int | None = None):
     from distributed import Client, LocalCluster
 
     if spec == "processes":
-        cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        n_workers = gpus if gpus > 0 else (workers or 2)
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address=None)
         client = Client(cluster)
+        if gpus > 0:
+            client.register_plugin(PinGPU(gpus))
         try:
             yield client
         finally:

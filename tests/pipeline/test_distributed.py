@@ -27,3 +27,33 @@ def test_localcluster_equals_threads(tmp_path, volume, psf3d):
     for name in ("procs", "file"):
         out = read_ome_zarr(tmp_path / f"{name}.zarr")[0]
         np.testing.assert_allclose(out, threads, rtol=1e-5, atol=1e-6 * float(threads.max()), err_msg=name)
+
+
+def test_gpu_workers_pin_their_own_device(monkeypatch):
+    """One worker per GPU: worker i makes GPU i its current device (checked with a stand-in)."""
+    import torch
+
+    from deconv3d.pipeline.cluster import PinGPU, gpu_count
+
+    assert gpu_count("cpu") == 0
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+
+    class Worker:
+        def __init__(self, name):
+            self.name, self.address = name, f"tcp://127.0.0.1:{4000 + int(name)}"
+
+    plugin = PinGPU(2)
+    for name in (0, 1, 2):
+        plugin.setup(Worker(name))
+    assert chosen == [0, 1, 0]
+
+
+@pytest.mark.cuda
+def test_processes_scheduler_starts_one_worker_per_gpu():
+    import torch
+
+    count = torch.cuda.device_count()
+    with scheduler_client("processes", workers=5, gpus=count) as client:
+        devices = client.run(lambda: __import__("torch").cuda.current_device())
+    assert len(devices) == count and sorted(devices.values()) == list(range(count))
