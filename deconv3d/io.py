@@ -109,7 +109,9 @@ def write_tiff(path, data, voxel_size=None, metadata=None) -> None:
     path : str or os.PathLike
         Output ``.tif``/``.tiff`` path; an existing file is replaced.
     data : array_like
-        2D ``(y, x)`` or 3D ``(z, y, x)`` array; written as float32.
+        2D ``(y, x)`` or 3D ``(z, y, x)`` array; written as float32. A 3D zarr or dask
+        array is streamed into the file plane by plane (in slabs of at most 256 MiB), so
+        a volume larger than memory can be written.
     voxel_size : sequence of float, optional
         Voxel size in micrometres, one value per axis.  Stored as resolution
         tags (pixels per micrometre) plus ImageJ ``spacing`` and ``unit='um'``,
@@ -132,18 +134,41 @@ def write_tiff(path, data, voxel_size=None, metadata=None) -> None:
     """
     path = Path(path)
     _check_writable_target(path)
-    data = np.asarray(data, dtype=np.float32)
+    streamed = _is_lazy(data) and len(data.shape) == 3
+    if not streamed:
+        data = np.asarray(data, dtype=np.float32)
     kwargs = _imagej_kwargs(data, voxel_size, metadata)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "xb") as fh:
-            tifffile.imwrite(fh, data, imagej=True, **kwargs)
+            if streamed:  # page by page from slabs of planes: never the whole volume in memory
+                tifffile.imwrite(fh, data=_pages(data), shape=tuple(data.shape), dtype=np.float32, imagej=True,
+                                 **kwargs)
+            else:
+                tifffile.imwrite(fh, data, imagej=True, **kwargs)
         os.replace(tmp, path)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {_one_line(exc)}: check free disk space and permissions") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_SLAB_BYTES = 256 * 2**20  # planes read at once when a lazy volume is streamed into a TIFF
+
+
+def _is_lazy(data) -> bool:
+    """A zarr or dask array (sliced on demand), as opposed to something to load whole."""
+    return type(data).__module__.split(".")[0] in ("zarr", "dask")
+
+
+def _pages(volume):
+    """The z-planes of a lazy 3D array as float32, read in slabs of at most ``_SLAB_BYTES``."""
+    plane_bytes = max(1, int(np.prod(volume.shape[1:])) * 4)
+    step = max(1, min(volume.shape[0], _SLAB_BYTES // plane_bytes))
+    for start in range(0, volume.shape[0], step):
+        slab = np.asarray(volume[start:start + step], dtype=np.float32)
+        yield from slab
 
 
 def check_output_path(output, inputs=(), suffixes=None) -> None:

@@ -183,3 +183,31 @@ def test_failed_write_keeps_existing_output(tmp_path, rng, monkeypatch):
         write_tiff(path, np.zeros((4, 5), dtype=np.float32))
     assert os.listdir(tmp_path) == ["out.tif"]
     np.testing.assert_array_equal(read_image(path).data, original)
+
+
+def test_write_tiff_streams_a_lazy_volume_in_slabs(tmp_path, monkeypatch):
+    """A zarr (or dask) volume is written page by page, read in slabs, with the same result."""
+    import zarr
+
+    data = np.random.default_rng(0).random((7, 10, 12)).astype(np.float32)
+    arr = zarr.create_array(str(tmp_path / "v.zarr"), shape=data.shape, chunks=(3, 5, 6), dtype="float32")
+    arr[:] = data
+    reads = []
+    original = io._pages
+
+    def counting(volume):
+        class Spy:
+            shape, dtype = volume.shape, volume.dtype
+
+            def __getitem__(self, key):
+                reads.append(key)
+                return volume[key]
+        return original(Spy())
+
+    monkeypatch.setattr(io, "_SLAB_BYTES", 2 * 10 * 12 * 4)  # two planes per slab
+    monkeypatch.setattr(io, "_pages", counting)
+    write_tiff(tmp_path / "out.tif", arr, voxel_size=(0.5, 0.2, 0.1))
+    back = read_image(tmp_path / "out.tif")
+    np.testing.assert_array_equal(back.data, data)
+    assert back.voxel_size == pytest.approx((0.5, 0.2, 0.1))
+    assert reads == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]
