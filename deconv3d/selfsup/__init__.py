@@ -44,9 +44,10 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     ``|H|^2 / (|H|^2 + eps)`` (:func:`deconv3d.fft.band_limit`). The training losses
     compare the data with ``H f`` only, so whatever the network puts where the OTF
     vanishes is unconstrained: on noisy data it is texture that no measurement supports.
-    Removing it gained 0.1 dB on a microtubule phantom and 1.3 dB on confocal nuclei at
-    noise sigma 0.1 (``benchmarks/bench_selfsup.py``); the default 0.01 halves
-    frequencies where ``|H| = 0.1``.
+    Removing it gained 0.1-0.2 dB on a microtubule phantom and 1.0-1.2 dB on confocal
+    nuclei at noise sigma 0.1, but cost 0.1-0.25 dB on two of three volumes at sigma 0.01,
+    where the data do carry information at small ``|H|`` (``benchmarks/bench_selfsup.py``);
+    the default 0.01 halves frequencies where ``|H| = 0.1``.
     """
     if not isinstance(trained, TrainedModel):
         trained = TrainedModel.from_result(trained)
