@@ -239,12 +239,21 @@ def _bertero_inverse_weight(p: _Problem, threshold: float = 1e-3) -> torch.Tenso
 
 
 class _Workspace:
-    """Buffers reused by every iteration: one half-spectrum and one FFT-shaped real array."""
+    """Buffers reused by every iteration: one half-spectrum and one or two FFT-shaped real arrays.
+
+    ``padded`` holds the FFT's input with its zero margins already in place: handing torch a
+    smaller array with ``s=fft_shape`` would allocate and zero-pad a fresh FFT-sized array on
+    every call, twice per iteration.
+    """
 
     def __init__(self, p: _Problem):
+        like = dict(device=p.data.device, dtype=p.data.dtype)
         self.spectrum = torch.empty_like(p.otf)
-        self.full = torch.empty(p.fft_shape, device=p.data.device, dtype=p.data.dtype)
-        self.ratio = torch.empty_like(p.data)
+        self.full = torch.empty(p.fft_shape, **like)
+        self.padded = torch.zeros(p.fft_shape, **like) if tuple(p.data.shape) != p.fft_shape else None
+        self.ratio = self.padded[p.data_crop] if self.padded is not None else torch.empty_like(p.data)
+        pad_estimate = self.padded is not None and tuple(p.estimate_shape) != p.fft_shape
+        self.estimate_in = self.padded[tuple(slice(0, s) for s in p.estimate_shape)] if pad_estimate else None
 
 
 def _rl_factor(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
@@ -252,12 +261,16 @@ def _rl_factor(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
 
     Returns a view into the workspace with the estimate's shape.
     """
+    if ws.estimate_in is not None:
+        ws.estimate_in.copy_(u)
+        u = ws.padded
     torch.fft.rfftn(u, s=p.fft_shape, dim=p.dims, out=ws.spectrum)
     ws.spectrum.mul_(p.otf)
     torch.fft.irfftn(ws.spectrum, s=p.fft_shape, dim=p.dims, out=ws.full)
     blurred = ws.full[p.data_crop]
     torch.div(p.data, blurred.clamp_min_(p.floor), out=ws.ratio)
-    torch.fft.rfftn(ws.ratio, s=p.fft_shape, dim=p.dims, out=ws.spectrum)
+    ratio = ws.padded if ws.padded is not None else ws.ratio
+    torch.fft.rfftn(ratio, s=p.fft_shape, dim=p.dims, out=ws.spectrum)
     ws.spectrum.mul_(p.otf_conj)
     torch.fft.irfftn(ws.spectrum, s=p.fft_shape, dim=p.dims, out=ws.full)
     factor = ws.full[tuple(slice(0, s) for s in p.estimate_shape)]
@@ -366,7 +379,7 @@ def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback,
     x = _initial_estimate(p)
     x_prev, guess = torch.empty_like(x), torch.empty_like(x)
     g, g_prev = torch.zeros_like(x), torch.zeros_like(x)
-    alpha = 0.0
+    alpha, gg_prev = 0.0, None
     for it in range(1, iterations + 1):
         if schedule is not None:
             alpha = schedule[it - 1] if it <= len(schedule) else 0.0
@@ -378,8 +391,11 @@ def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback,
             guess.copy_(x)
         _rl_update(p, ws, guess, x_prev, tv)  # x_prev's buffer now holds x_{k+1}
         torch.sub(x_prev, guess, out=g)
-        if it > 1 and schedule is None:
-            alpha = float((_dot(g, g_prev) / _dot(g_prev, g_prev).clamp_min(1e-30)).clamp(0.0, 0.999))
+        if schedule is None:
+            gg = _dot(g, g)  # next iteration's denominator: one pass over g instead of two
+            if it > 1:
+                alpha = float((_dot(g, g_prev) / gg_prev.clamp_min(1e-30)).clamp(0.0, 0.999))
+            gg_prev = gg
         x, x_prev = x_prev, x
         g, g_prev = g_prev, g
         if _should_stop(it, x, x_prev if tol is not None else None, tol, callback, p):
@@ -388,10 +404,14 @@ def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback,
 
 
 def _geometric_step(x: torch.Tensor, x_prev: torch.Tensor, alpha: float, out: torch.Tensor) -> None:
-    """``out = x · (x / x_prev)^alpha`` with the ratio bounded to [1/20, 20]; zeros stay zero."""
+    """``out = x · (x / x_prev)^alpha`` with the ratio bounded to [1/20, 20]; zeros stay zero.
+
+    The power is taken as ``exp(alpha · log r)``: torch's CPU ``pow`` with a fractional
+    exponent is scalar code, about 12 ms on 4M voxels against 5 ms for ``log`` plus ``exp``.
+    """
     torch.clamp(x_prev, min=1e-30, out=out)
     torch.div(x, out, out=out)
-    out.clamp_(0.05, 20.0).pow_(alpha).mul_(x)
+    out.clamp_(0.05, 20.0).log_().mul_(alpha).exp_().mul_(x)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
