@@ -58,6 +58,8 @@ def _train_parser(blur) -> None:
     p.add_argument("--widths", type=positive_int, nargs="+", default=[32, 64, 128, 256], metavar="W",
                    help="encoder widths, finest first (default 32 64 128 256; the paper: 64 ... 1024)")
     p.add_argument("--skip", action="store_true", help="interpolate the encoder features of every scale")
+    p.add_argument("--residual", action="store_true",
+                   help="train the interpolation as a correction on top of pixel blending (for synth --residual)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--val-fraction", type=float, default=0.25, help="held-out share of the stacks (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, split and crops (default 0)")
@@ -92,6 +94,8 @@ def _deblur_parser(blur) -> None:
     p.add_argument("--alpha", type=_fraction, required=True, metavar="A",
                    help="weight of FAR in LEVEL, (b - m) / (b - a) for the levels a of FAR, m of LEVEL, b of focus")
     p.add_argument("-o", "--output", required=True, help="output plane (.tif)")
+    p.add_argument("--residual", action="store_true",
+                   help="add back the detail of LEVEL that the autoencoder does not reconstruct")
     p.add_argument("--device", default="auto", choices=DEVICES)
     add_common(p)
     p.set_defaults(func=cmd_deblur)
@@ -184,7 +188,7 @@ def cmd_train(args) -> int:
             val_fraction = 0.0
     config = LatentTrainConfig(variant=args.variant, dist=args.dist, steps=args.steps, batch=args.batch,
                                lr=args.lr, val_every=min(100, args.steps), val_fraction=val_fraction,
-                               seed=args.seed, time_budget=args.time_budget)
+                               seed=args.seed, time_budget=args.time_budget, residual=args.residual)
     bar, callback = progress(args.steps, f"blur train ({args.variant})")
     with bar:
         result = train(stacks, levels, config, ae, device=args.device, callback=callback)
@@ -234,8 +238,9 @@ def cmd_deblur(args) -> int:
     far, plane, voxel = _read_pair(args.far, args.level, "LEVEL")
     check_output_path(args.output, [args.far, args.level, args.model])
     trained, digest = _load_model(args, far.shape)
-    sharp = deblur(trained.model, far, plane, args.alpha)
-    meta = {"deconv3d": __version__, "method": "latent-deblur", "alpha": args.alpha, "far": str(args.far),
+    sharp = deblur(trained.model, far, plane, args.alpha, residual=args.residual)
+    meta = {"deconv3d": __version__, "method": "latent-deblur", "alpha": args.alpha,
+            "residual": bool(args.residual), "far": str(args.far),
             "level": str(args.level), "model_sha256_16": digest}
     write_tiff(args.output, sharp, voxel_size=voxel, metadata=meta)
     print(f"wrote {args.output}: in-focus plane extrapolated with alpha {args.alpha:g}")

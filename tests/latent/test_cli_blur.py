@@ -55,14 +55,17 @@ def model(tmp_path, make_stacks, capsys):
     return out
 
 
-@pytest.mark.parametrize("variant", ["baseline", "implicit", "explicit"])
-def test_train_writes_a_checkpoint(tmp_path, make_stacks, capsys, variant):
+@pytest.mark.parametrize("variant, extra", [("baseline", []), ("implicit", []), ("explicit", []),
+                                            ("explicit", ["--residual"])])
+def test_train_writes_a_checkpoint(tmp_path, make_stacks, capsys, variant, extra):
     stacks = write_stacks(tmp_path, make_stacks)
     out = tmp_path / f"{variant}.ckpt"
-    code, stdout, err = run(["blur", "train", *stacks, "-o", out, "--variant", variant, "--seed", "2", *TINY], capsys)
+    code, stdout, err = run(["blur", "train", *stacks, "-o", out, "--variant", variant, "--seed", "2", *extra, *TINY],
+                            capsys)
     assert code == 0, err
     trained = load_checkpoint(out)
     assert trained.config.variant == variant and trained.config.steps == 3 and trained.config.seed == 2
+    assert trained.config.residual == bool(extra)
     assert trained.ae_config.widths == (4, 8) and trained.ae_config.crop == 16
     assert trained.levels.tolist() == [0.0, 1.0, 2.0] and trained.best_score is not None
     assert "wrote" in stdout
@@ -117,6 +120,21 @@ def test_deblur_writes_a_plane_with_the_pixel_size(planes, model, capsys):
     assert code == 0, err
     image = read_image(out)
     assert image.data.shape == (16, 16) and image.voxel_size == pytest.approx((0.1, 0.1))
+
+
+def test_deblur_residual_matches_the_library(planes, model, capsys):
+    from deconv3d.latent.ops import deblur
+
+    folder, p = planes
+    out = folder / "sharp_res.tif"
+    code, _, err = run(["blur", "deblur", "--model", model, p["far"], p["mid"], "--alpha", 0.5, "--residual",
+                        "-o", out, "--device", "cpu"], capsys)
+    assert code == 0, err
+    far, mid = read_image(p["far"]).data, read_image(p["mid"]).data
+    trained = load_checkpoint(model)
+    expected = deblur(trained.model, far, mid, 0.5, residual=True)
+    np.testing.assert_allclose(read_image(out).data, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert np.abs(expected - deblur(trained.model, far, mid, 0.5)).max() > 0
 
 
 def test_train_errors(tmp_path, make_stacks, planes, capsys):

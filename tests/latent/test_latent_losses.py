@@ -68,3 +68,26 @@ def test_triplet_loss_weights_the_lower_level_by_alpha():
         assert float(loss) == pytest.approx(want), variant
     loss, _ = triplet_loss(PixelModel(), x1, x2, x3, alpha, "explicit", "l1")
     assert float(loss) == pytest.approx(2.0 + 1.0)
+
+
+class HalvingModel(PixelModel):
+    """Decodes to half the latent: the reconstructions miss half of each plane."""
+
+    @staticmethod
+    def decode(z):
+        return 0.5 * z[0]
+
+
+def test_residual_triplet_loss_scores_the_blend_plus_the_decoded_correction():
+    x1, x2, x3 = t(0.0, 2.0), t(1.0, 3.0), t(4.0, 4.0)
+    alpha = torch.tensor([0.75])
+    # y1 = (0, 1), y3 = (2, 2), y2' = 0.5 (0.75 x1 + 0.25 x3) = (0.5, 1.25)
+    # residual form: y2' + 0.75 (x1 - y1) + 0.25 (x3 - y3) = (0.5 + 0 + 0.5, 1.25 + 0.75 + 0.5) = (1, 2.5)
+    # MSE against x2 = (0 + 0.25) / 2 = 0.125; recon = 0.5 [(0 + 1) / 2 + (4 + 4) / 2] = 2.25
+    loss, terms = triplet_loss(HalvingModel(), x1, x2, x3, alpha, "implicit", "mse", residual=True)
+    assert terms["interp"] == pytest.approx(0.125) and float(loss) == pytest.approx(2.25 + 0.125)
+    plain, plain_terms = triplet_loss(HalvingModel(), x1, x2, x3, alpha, "implicit", "mse")
+    assert plain_terms["interp"] == pytest.approx((0.25 + 3.0625) / 2)  # y2' = (0.5, 1.25) against (1, 3)
+    # a model that reconstructs exactly makes the residual form equal the plain one
+    exact = triplet_loss(PixelModel(), x1, x2, x3, alpha, "explicit", "mse", residual=True)[0]
+    assert float(exact) == pytest.approx(float(triplet_loss(PixelModel(), x1, x2, x3, alpha, "explicit", "mse")[0]))

@@ -21,10 +21,11 @@ def quick(**kwargs):
 
 @pytest.mark.parametrize("variant, dist, skip", [("baseline", "mse", False), ("implicit", "mse", False),
                                                  ("explicit", "mse", False), ("explicit", "l1", False),
-                                                 ("explicit", "mse", True)])
+                                                 ("explicit", "mse", True), ("explicit-residual", "mse", False)])
 def test_short_training_lowers_every_loss(stacks, variant, dist, skip):
     ae = AEConfig(widths=(4, 8), crop=16, skip_interp=skip)
-    result = train(stacks, LEVELS, quick(variant=variant, dist=dist), ae, device="cpu")
+    residual = variant.endswith("-residual")
+    result = train(stacks, LEVELS, quick(variant=variant.split("-")[0], dist=dist, residual=residual), ae, device="cpu")
     losses = np.array([loss for _, loss in result.history])
     assert result.reason == "completed" and len(losses) == 30 and np.isfinite(losses).all()
     assert losses[-5:].mean() < 0.7 * losses[:5].mean()
@@ -95,3 +96,14 @@ def test_bad_train_config_is_input_error(kwargs):
         LatentTrainConfig(**kwargs)
     with pytest.raises(InputError):
         AEConfig(widths=(4, 8), crop=18)
+
+
+def test_residual_validation_scores_the_residual_form(make_stacks):
+    data = make_stacks(n_images=4)
+    config = quick(steps=10, val_every=5, val_fraction=0.5, residual=True)
+    result = train(data, LEVELS, config, TINY, device="cpu")
+    _, val = split_by_image(data, 0.5, config.seed)
+    crops = [torch.from_numpy(a) for a in fixed_triplet_crops(val, dyadic_triplets(LEVELS), 16)]
+    best = interpolation_psnr(result.model, *crops, residual=True)
+    assert best == pytest.approx(result.best_score, abs=1e-3)
+    assert abs(best - interpolation_psnr(result.model, *crops)) > 0.01
