@@ -22,12 +22,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from deconv3d.errors import InputError
-from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _View, as_reader, blockwise, plan_chunks,
-                                       release_memory, run_blocks, store_blocks)
+from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, blockwise, plan_chunks, release_memory, run_blocks,
+                                       store_blocks)
 from deconv3d.pipeline.memory import (MemoryModel, choose_chunks, current_rss, parse_memory,
                                       return_large_allocations, round_chunks)
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
+from deconv3d.pipeline.readers import _View, as_reader
 
 __all__ = ["run_chunked", "RunInfo", "provenance", "Cancelled", "MemoryModel", "choose_chunks", "parse_memory",
            "RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "atomic_output", "remove_stale_temporaries",

@@ -8,7 +8,7 @@ of Richardson-Lucy) treats that border exactly as in a whole-volume run. This is
 ``dask.array.map_overlap`` with ``boundary="none"`` computes (:func:`blockwise` builds that lazy
 graph), but :func:`run_blocks` does it without a graph over the input: every block is one
 self-contained task that reads exactly its own region plus halo straight from the source
-(:class:`ArrayReader`, :class:`DaskReader`, or the path-based readers of :mod:`deconv3d.omezarr`),
+(:mod:`deconv3d.pipeline.readers`, or the path-based readers of :mod:`deconv3d.omezarr`),
 runs the callable, trims the halo and writes the core into the output zarr chunk(s) it owns, and
 returns nothing. At most ``workers`` blocks are in flight at once, so peak memory depends on the
 block shape and the number of workers, never on the size of the volume; the volume is never
@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from deconv3d.errors import InputError
+from deconv3d.pipeline.readers import ArrayReader, DaskReader, as_reader  # noqa: F401 (re-exported)
 
 __all__ = ["plan_chunks", "block_regions", "blockwise", "store_blocks", "run_blocks", "as_reader", "ArrayReader",
            "DaskReader", "Cancelled", "ProgressCallback", "release_memory"]
@@ -100,74 +101,6 @@ def _product(axes):
     import itertools
 
     return itertools.product(*axes)
-
-
-# ---------------------------------------------------------------- sources ---
-
-
-class ArrayReader:
-    """Blocks of an in-memory array (numpy or array-like); ``read(key)`` returns a float32 copy.
-
-    It is not ``remote``: on a dask.distributed cluster each block is read here and sent along
-    with its task, rather than the whole array with every task.
-    """
-
-    remote = False
-
-    def __init__(self, array):
-        self.array = np.asarray(array)
-        self.shape, self.ndim, self.dtype = self.array.shape, self.array.ndim, np.dtype(np.float32)
-
-    def read(self, key) -> np.ndarray:
-        return np.array(self.array[key], dtype=np.float32, order="C")
-
-    __getitem__ = read
-
-
-class DaskReader:
-    """Blocks of a dask array: only the input chunks that a block's region touches are computed.
-
-    Not ``remote`` (a graph may embed big arrays): on a cluster blocks are read here.
-    """
-
-    remote = False
-
-    def __init__(self, array):
-        self.array = array
-        self.shape, self.ndim, self.dtype = tuple(array.shape), array.ndim, np.dtype(np.float32)
-
-    def read(self, key) -> np.ndarray:
-        block = self.array[key].compute(scheduler="sync")
-        return np.array(block, dtype=np.float32, order="C")
-
-    __getitem__ = read
-
-
-def as_reader(data):
-    """A block reader for ``data``: one already (it has ``read``), a dask array, or an array."""
-    if hasattr(data, "read") and hasattr(data, "shape"):
-        return data
-    import dask.array as da
-
-    if isinstance(data, da.Array):
-        return DaskReader(data)
-    return ArrayReader(data)
-
-
-class _View:
-    """The spatial image at one (t, c) index of a reader: ``view[slices]`` reads just that region."""
-
-    def __init__(self, reader, lead: tuple):
-        self.reader, self.lead = reader, tuple(int(i) for i in lead)
-        self.shape = tuple(reader.shape[len(self.lead):])
-        self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
-
-    def __getitem__(self, key):
-        key = key if isinstance(key, tuple) else (key,)
-        return self.reader.read(self.lead + key)
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self[tuple(slice(None) for _ in self.shape)], dtype=dtype)
 
 
 # ------------------------------------------------------------------ tasks ---
