@@ -52,7 +52,7 @@ def _train_parser(blur) -> None:
                    help="blur level of each plane, larger = nearer focus (default: plane index)")
     p.add_argument("--focus", choices=("last", "first"), default="last",
                    help="which end of the stacks is in focus when --levels is not given (default last)")
-    p.add_argument("--steps", type=positive_int, default=1000, help="training steps (default 1000)")
+    p.add_argument("--steps", type=positive_int, default=2000, help="training steps (default 2000)")
     p.add_argument("--batch", type=positive_int, default=16, help="triplets per step (default 16)")
     p.add_argument("--crop", type=positive_int, default=64, help="training crop side (default 64)")
     p.add_argument("--widths", type=positive_int, nargs="+", default=[32, 64, 128, 256], metavar="W",
