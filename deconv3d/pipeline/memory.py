@@ -12,13 +12,14 @@ Richardson-Lucy, Bertero boundary (:mod:`deconv3d.classical`), with ``F`` the vo
 shape ``fast_shape(block + psf - 1)``, ``S`` the half-spectrum elements (about ``F / 2``) and
 ``B`` the block's voxels:
 
-* real arrays of FFT shape: the estimate ``u``, the workspace ``full`` and ``1 / H^T 1``: 3 F;
-  Biggs-Andrews adds ``x_prev, guess, g, g_prev``: 4 F; TV adds ``ndim`` gradients, the norm and
-  the divergence: (ndim + 2) F;
+* real arrays of FFT shape: the estimate ``u``, the workspace ``full``, the zero-margined FFT
+  input ``padded`` and ``1 / H^T 1``: 4 F; Biggs-Andrews adds ``x_prev, guess, g, g_prev``: 4 F;
+  TV adds ``ndim`` gradients, the norm and the divergence: (ndim + 2) F;
 * half spectra: the OTF, its conjugate and the workspace spectrum: 3 S complex;
-* scratch that torch's CPU FFTs allocate on their own (a zero-padded copy of the input, the
-  multi-axis complex passes, the copy an inverse real FFT destroys) and the transients of the
-  ``1 / H^T 1`` set-up: fitted to the OS's count (ru_maxrss) at 2 F real plus 6 S complex;
+* scratch that torch's CPU FFTs allocate on their own (the multi-axis complex passes, the copy
+  an inverse real FFT destroys) and the transients of the ``1 / H^T 1`` set-up: 1 F real plus
+  6 S complex. (Before the workspace kept ``padded``, torch made a zero-padded copy of every
+  FFT input instead; the model was fitted to the OS's count, ru_maxrss, at 3 F + 2 F scratch.)
 * block-sized arrays: the block read from the source, its clamped copy, the ratio ``y / Hu``
   and the output being written: 4 B.
 
@@ -39,7 +40,7 @@ model before SAFETY: RL on 64 x 192 x 192: 226 MB vs 224 MB; accelerated RL on 4
 115 MB vs 149 MB; RL-TV on 64 x 192 x 192: 256 MB vs 290 MB. The Wiener and network counts are
 derived, not yet measured. End to end (``benchmarks/bench_pipeline.py``, CLI, RL 20 iterations,
 two torch threads, ``--memory-limit 512MB``): peak 476 MB for a 0.25 GiB volume and 477 MB for
-1 GiB.
+1 GiB; 496 MB for 0.25 GiB with the ``padded`` workspace.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ class MemoryModel:
         block = math.prod(block_shape)
         if self.method in ("rl", "rl-tv"):
             full, half = _fft_sizes([n + k - 1 for n, k in zip(block_shape, self.psf_shape)])
-            reals = 3 + 2 + 4 * bool(self.accelerate) + (len(block_shape) + 2) * (self.method == "rl-tv")
+            reals = 4 + 1 + 4 * bool(self.accelerate) + (len(block_shape) + 2) * (self.method == "rl-tv")
             total = reals * full * _F32 + (3 + 6) * half * _C64 + 4 * block * _F32
         elif self.method == "wiener":
             full, half = _fft_sizes([n + 2 * k for n, k in zip(block_shape, self.psf_shape)])
