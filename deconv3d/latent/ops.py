@@ -273,9 +273,10 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: bool 
         The decoder's reconstruction ceiling otherwise caps the output below the input's
         own detail; the residual of ``far`` is left out, since extrapolation would multiply
         it (and its noise) by ``alpha / (1 - alpha)``. On the held-out synthetic stacks of
-        ``benchmarks/bench_latent.py`` it lifted the gain from level 8 from +1.8 to +2.9 dB
-        (explicit) and from +2.7 to +3.2 dB (skip); weighting the residual by 0.5 or 2, or
-        carrying both planes' residuals with the extrapolation weights, scored lower.
+        ``benchmarks/bench_latent.py`` (default 2000 training steps) it lifted the gain from
+        level 8 from +2.7 to +3.5 dB (explicit) and from +2.5 to +3.1 dB (skip); weighting
+        the residual by 0.5 or 2, or carrying both planes' residuals with the extrapolation
+        weights, scored lower on earlier checkpoints.
 
     Returns
     -------
