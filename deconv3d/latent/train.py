@@ -88,6 +88,9 @@ class LatentTrainConfig:
             raise InputError("steps, batch and val_every must be positive integers")
         if not (self.lr > 0 and 0 <= self.ema_decay < 1 and 0 <= self.val_fraction < 1):
             raise InputError("lr must be > 0, ema_decay in [0, 1) and val_fraction in [0, 1)")
+        if self.residual and self.variant == "baseline":
+            raise InputError("residual training shapes the interpolation term, which the baseline loss lacks: "
+                             "use variant implicit or explicit")
         if self.time_budget is not None and not self.time_budget > 0:
             raise InputError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
 

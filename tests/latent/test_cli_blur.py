@@ -150,6 +150,7 @@ def test_train_errors(tmp_path, make_stacks, planes, capsys):
         (stacks, ["--crop", "32"], "crop"),
         (stacks, ["--variant", "other"], "variant"),
         (stacks, ["--val-fraction", "1"], "val_fraction"),
+        (stacks, ["--variant", "baseline", "--residual"], "baseline"),
     ]
     for inputs, options, word in cases:
         code, _, err = run(["blur", "train", *inputs, "-o", out, *TINY, *options], capsys)
