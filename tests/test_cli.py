@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from deconv3d.cli import main
+from cli_helpers import run, assert_one_line_error
 from deconv3d.io import read_image, write_tiff
 
 
@@ -20,20 +20,6 @@ def data(tmp_path):
     write_tiff(tmp_path / "image.tif", image, voxel_size=(0.3, 0.1, 0.1))
     write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
     return tmp_path
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("deconv3d: error: "), err
-    for word in words:
-        assert word.lower() in lines[0].lower(), (word, lines[0])
 
 
 @pytest.mark.parametrize("method", ["rl", "rl-tv", "wiener"])

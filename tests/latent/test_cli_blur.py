@@ -4,25 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from cli_helpers import run, assert_one_line_error
 from deconv3d.cli import main
 from deconv3d.io import read_image, write_tiff
 from deconv3d.latent.checkpoint import FORMAT, load_checkpoint
 
 TINY = ["--widths", "4", "8", "--crop", "16", "--steps", "3", "--batch", "2", "--device", "cpu"]
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("deconv3d: error: "), err
-    for word in words:
-        assert word.lower() in lines[0].lower(), (word, lines[0])
 
 
 def write_stacks(folder, make_stacks, n=2, size=16):

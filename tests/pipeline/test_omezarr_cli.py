@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from deconv3d.cli import main
+from cli_helpers import run
 from deconv3d.io import write_tiff
 from deconv3d.metrics import psnr
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
@@ -74,12 +74,6 @@ def folder(tmp_path):
         write_tiff(inputs / f"img{i}.tif", blurred_beads((12, 24, 24), psf, seed=i), voxel_size=(0.3, 0.1, 0.1))
     write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
     return tmp_path
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def batch_argv(d, out, *extra):

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from deconv3d.cli import main
+from cli_helpers import run
 from deconv3d.io import read_image, write_tiff
 
 TINY = ["--patch", 8, "--batch", 1, "--base-channels", 4, "--unet-depth", 2, "--device", "cpu"]
@@ -19,12 +19,6 @@ def data(tmp_path):
     psf = np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32)
     write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
     return tmp_path
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code, err, word):
