@@ -291,6 +291,20 @@ def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", device=None
     return get_convolver(psf, device, dtype).correlate(x, mode=mode, padding=padding)
 
 
+def psf_rms_width(psf) -> tuple[float, ...]:
+    """RMS width (square root of the second central moment) of a PSF along each axis, in voxels."""
+    arr = psf.detach().cpu().numpy() if isinstance(psf, torch.Tensor) else psf
+    h = np.clip(np.asarray(arr, dtype=np.float64), 0, None)
+    total = h.sum() or 1.0
+    widths = []
+    for axis in range(h.ndim):
+        profile = h.sum(axis=tuple(a for a in range(h.ndim) if a != axis)) / total
+        x = np.arange(profile.size)
+        mean = (profile * x).sum()
+        widths.append(float(np.sqrt(max((profile * (x - mean) ** 2).sum(), 0.0))))
+    return tuple(widths)
+
+
 def band_limit_halo(psf) -> tuple[int, ...]:
     """How far, per axis, :func:`band_limit` reaches: ``max(k // 2, ceil(8 sigma))``.
 
@@ -299,17 +313,7 @@ def band_limit_halo(psf) -> tuple[int, ...]:
     mirrored margin make the result independent of what lies beyond (a chunked run with
     this halo agrees with the whole-volume result to better than 90 dB).
     """
-    arr = psf.detach().cpu().numpy() if isinstance(psf, torch.Tensor) else np.asarray(psf, dtype=np.float64)
-    arr = np.clip(arr, 0, None)
-    total = arr.sum() or 1.0
-    halo = []
-    for axis, k in enumerate(arr.shape):
-        profile = arr.sum(axis=tuple(a for a in range(arr.ndim) if a != axis)) / total
-        pos = np.arange(k)
-        mean = (profile * pos).sum()
-        sigma = float(np.sqrt(max((profile * (pos - mean) ** 2).sum(), 0.0)))
-        halo.append(max(k // 2, int(np.ceil(8 * sigma))))
-    return tuple(halo)
+    return tuple(max(k // 2, int(np.ceil(8 * sigma))) for k, sigma in zip(psf.shape, psf_rms_width(psf)))
 
 
 def band_limit(x, psf, eps: float, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -38,21 +38,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from deconv3d.fft import psf_rms_width
+
 __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "psf_rms_width", "rl_halo",
            "wiener_halo", "chunk_multiple_for"]
-
-
-def psf_rms_width(psf) -> tuple[float, ...]:
-    """RMS width (square root of the second central moment) of a PSF along each axis, in voxels."""
-    h = np.clip(np.asarray(psf, dtype=np.float64), 0, None)
-    total = h.sum()
-    widths = []
-    for axis in range(h.ndim):
-        profile = h.sum(axis=tuple(a for a in range(h.ndim) if a != axis)) / total
-        x = np.arange(profile.size)
-        mean = (profile * x).sum()
-        widths.append(float(np.sqrt((profile * (x - mean) ** 2).sum())))
-    return tuple(widths)
 
 
 def _crop_psf(psf: np.ndarray, shape) -> np.ndarray:
