@@ -221,8 +221,13 @@ def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output directory is not writable: {parent}: choose another output location")
-    if path.is_dir():
+    if path.is_dir() and not _is_zarr_image(path):
         raise InputError(f"output path is a directory: {path}: give a file name")
+
+
+def _is_zarr_image(path: Path) -> bool:
+    """A ``.zarr`` folder holding a zarr group: a previous output, replaced once the new one is complete."""
+    return path.suffix.lower() == ".zarr" and any((path / f).is_file() for f in ("zarr.json", ".zgroup"))
 
 
 def _same_file(a: Path, b: Path) -> bool:

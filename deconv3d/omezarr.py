@@ -2,7 +2,8 @@
 
 Write: :func:`create_ome_zarr` lays out an OME-NGFF v0.5 image group (axes with types and
 micrometre units, per-level ``scale`` transformations, a ``deconv3d`` provenance block) whose
-level-0 array is then filled block by block (:mod:`deconv3d.pipeline`);
+level-0 array is then filled block by block (an unknown voxel size is written as scale 1
+without a unit, and read back as unknown) (:mod:`deconv3d.pipeline`);
 :func:`write_pyramid` adds down-sampled levels from level 0, chunk by chunk. :func:`write_ome_zarr`
 does both for an in-memory or dask array.
 
@@ -117,17 +118,26 @@ class TiffReader:
 
     remote = True
 
-    def __init__(self, source: _TiffArray):
+    def __init__(self, source: _TiffArray, order=None):
         self.source = source
-        self.shape = tuple(n for n in source.shape if n != 1)
+        kept = tuple(n for n in source.shape if n != 1)
+        self.order = tuple(order) if order is not None else tuple(range(len(kept)))
+        self.shape = tuple(kept[i] for i in self.order)
         self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
 
     def read(self, key) -> np.ndarray:
+        """Region ``key`` in this reader's (T, C, Z, Y, X) order, whatever order the file keeps."""
         key = tuple(key) if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (self.ndim - len(key))
-        it = iter(key)
+        in_file = [slice(None)] * self.ndim
+        for k, i in zip(key, self.order):
+            in_file[i] = k
+        it = iter(in_file)
         full = tuple(0 if n == 1 else next(it) for n in self.source.shape)
-        return np.array(self.source[full], dtype=np.float32, order="C")
+        block = self.source[full]
+        left = [i for i in range(self.ndim) if not isinstance(in_file[i], (int, np.integer))]  # file order
+        wanted = [left.index(i) for i in self.order if i in left]
+        return np.array(block.transpose(wanted), dtype=np.float32, order="C")
 
     __getitem__ = read
 
@@ -148,7 +158,7 @@ def _open_tiff(path: Path) -> LazyImage:
         raise InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}") from exc
     if np.dtype(dtype).kind == "c":
         raise InputError(f"image {path} has complex values: save the intensity (magnitude) instead")
-    axes = _tiff_axes(axes, shape, path)
+    axes, order = _tiff_axes(axes, shape, path)
     plane = page_shape[-2:] if len(page_shape) >= 2 else shape[-2:]
     chunks = (1,) * (len(shape) - 2) + tuple(plane)
     token = _path_token(path)
@@ -156,27 +166,28 @@ def _open_tiff(path: Path) -> LazyImage:
     data = da.from_array(source, chunks=chunks, name=f"tiff-{token}", asarray=False,
                          meta=np.empty((0,) * len(shape), dtype))
     data = data.reshape([n for n in shape if n != 1]) if 1 in shape else data
+    data = data.transpose(order) if list(order) != sorted(order) else data
     spatial = _spatial_voxel(voxel, axes)
     return LazyImage(data=data.astype(np.float32), voxel_size=spatial, axes=axes, path=path,
-                     reader=TiffReader(source))
+                     reader=TiffReader(source, order))
 
 
-def _tiff_axes(axes: str, shape, path: Path) -> str:
-    """Map tifffile axes to TCZYX letters after dropping singleton axes."""
+def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:
+    """TCZYX letters of a TIFF's non-singleton axes, and the order that puts them so.
+
+    Returns ``(letters, order)``: the image in deconv3d's order is the file's (singletons
+    dropped) transposed by ``order``. ImageJ hyperstacks keep Z before C (``ZCYX``), which
+    this reorders to ``CZYX``.
+    """
     kept = [a for a, n in zip(axes, shape) if n != 1]
     if len(kept) < 2:
         raise InputError(f"image {path} is {len(kept)}D (shape {tuple(shape)}): a 2D or 3D image is needed")
-    out = []
-    for a in kept[:-2]:
-        a = "Z" if a in _GENERIC_AXES else a
-        if a not in "TCZ" or a in out:
-            raise InputError(f"image {path} has axes {''.join(kept)} that are not T, C, Z, Y, X: save it as "
-                             "an ImageJ hyperstack or OME-TIFF with labelled axes")
-        out.append(a)
-    result = "".join(out) + "YX"
-    if result not in ("YX", "ZYX", "CYX", "CZYX", "TYX", "TZYX", "TCYX", "TCZYX"):
-        raise InputError(f"image {path} has axes {result}: the order must be T, C, Z, Y, X")
-    return result
+    lead = ["Z" if a in _GENERIC_AXES else a for a in kept[:-2]]
+    if any(a not in "TCZ" for a in lead) or len(set(lead)) != len(lead):
+        raise InputError(f"image {path} has axes {''.join(kept)} that are not T, C, Z, Y, X: save it as "
+                         "an ImageJ hyperstack or OME-TIFF with labelled axes")
+    order = tuple(sorted(range(len(lead)), key=lambda i: "TCZ".index(lead[i]))) + (len(lead), len(lead) + 1)
+    return "".join(lead[i] for i in order[:-2]) + "YX", order
 
 
 def _spatial_voxel(voxel, axes: str):
@@ -277,16 +288,29 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
         raise InputError(f"cannot read level {component!r} of {path}: {_one_line(exc)}") from exc
     axes, units = _axes_of(ms, data.ndim, path)
     scale = _level_scale(ms, level, data.ndim)
-    voxel = []
-    for a, s, unit in zip(axes, scale, units):
-        if a in "ZYX":
-            factor = _unit_factor(unit) if unit else 1.0
-            voxel.append(s * factor if factor else None)
-    spatial = tuple(voxel) if all(v and v > 0 for v in voxel) and voxel else None
+    spatial = _zarr_voxel(axes, scale, units, _level_scale(ms, 0, data.ndim))
     if data.dtype != np.float32:
         data = data.astype(np.float32)
     reader = ZarrReader(path, component, shape=data.shape)
     return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader)
+
+
+def _zarr_voxel(axes: str, scale, units, base_scale):
+    """Spatial voxel size in µm of a level with ``scale``, or None when unknown.
+
+    Space axes without a unit whose level-0 scale (``base_scale``) is 1 (what an uncalibrated
+    image gets, this package's own outputs included) are unknown; a scale other than 1 without
+    a unit is taken as micrometres.
+    """
+    space = [(s, unit) for a, s, unit in zip(axes, scale, units) if a in "ZYX"]
+    base = [b for a, b in zip(axes, base_scale) if a in "ZYX"]
+    if not any(unit for _, unit in space) and all(b == 1 for b in base):
+        return None
+    voxel = []
+    for s, unit in space:
+        factor = _unit_factor(unit) if unit else 1.0
+        voxel.append(s * factor if factor else None)
+    return tuple(voxel) if voxel and all(v and v > 0 for v in voxel) else None
 
 
 def read_ome_zarr(path, level: int = 0):
@@ -296,11 +320,12 @@ def read_ome_zarr(path, level: int = 0):
     return np.asarray(lazy.data.compute()), lazy.voxel_size, lazy.axes, dict(_open_group(path).attrs)
 
 
-def _axes_metadata(axes: str) -> list[dict]:
+def _axes_metadata(axes: str, calibrated: bool = True) -> list[dict]:
+    """NGFF axes; space axes carry ``micrometer`` only when the voxel size is known."""
     out = []
     for a in axes.lower():
         entry = {"name": a, "type": _AXIS_TYPES[a]}
-        if entry["type"] == "space":
+        if entry["type"] == "space" and calibrated:
             entry["unit"] = "micrometer"
         out.append(entry)
     return out
@@ -343,7 +368,7 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     arr = group.create_array("0", shape=tuple(shape), chunks=tuple(int(c) for c in chunks), dtype="float32",
                              fill_value=0.0, dimension_names=list(axes.lower()))
-    ms = {"name": name or Path(path).stem, "axes": _axes_metadata(axes),
+    ms = {"name": name or Path(path).stem, "axes": _axes_metadata(axes, voxel_size is not None),
           "datasets": [_dataset("0", _full_scale(axes, voxel_size, [1] * len(axes)))]}
     attrs = {"ome": {"version": OME_VERSION, "multiscales": [ms]}}
     if provenance is not None:

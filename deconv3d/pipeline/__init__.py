@@ -46,12 +46,20 @@ class RunInfo:
     seconds: float
 
 
-def _spatial_plan(spatial_shape, block_fn, chunks, halo, memory_limit, model, workers):
-    halo = tuple(halo) if halo is not None else halo_for(block_fn)
-    halo = halo or (0,) * len(spatial_shape)
-    if len(halo) != len(spatial_shape):
+def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, workers):
+    """Chunks, halo and predicted peak for the block callables (one, or one per channel).
+
+    Per-channel callables share one plan: the widest halo and the largest chunk multiple
+    any of them asks for, so that no channel's blocks are cut short of its PSF's reach.
+    """
+    ndim = len(spatial_shape)
+    if halo is None:
+        asked = [h for h in (halo_for(f) for f in block_fns) if h]
+        halo = tuple(max(h[i] for h in asked) for i in range(len(asked[0]))) if asked else ()
+    halo = tuple(halo) or (0,) * ndim
+    if len(halo) != ndim:
         raise InputError(f"halo {halo} needs one value per spatial axis of {tuple(spatial_shape)}")
-    predicted, multiple = None, chunk_multiple_for(block_fn)
+    predicted, multiple = None, max(chunk_multiple_for(f) for f in block_fns)
     if memory_limit is not None:
         return_large_allocations()  # else heap fragments pile up block after block (see memory.py)
     if chunks is None and memory_limit is not None:
@@ -124,8 +132,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     lead = sum(a in "TC" for a in axes)
     spatial_shape = tuple(reader.shape[lead:])
     fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
-    first = fns[0] if fns else block_fn
-    chunks, halo, predicted = _spatial_plan(spatial_shape, first, chunks, halo, memory_limit, model, workers)
+    chunks, halo, predicted = _spatial_plan(spatial_shape, fns or [block_fn], chunks, halo, memory_limit, model,
+                                            workers)
     dask_chunks, depth, zarr_chunks = plan_chunks(spatial_shape, chunks, halo)
     blocks = math.prod(len(c) for c in dask_chunks)
     indices = list(np.ndindex(*reader.shape[:lead]))

@@ -177,9 +177,31 @@ def find_inputs(input_dir, patterns) -> list[Path]:
     return sorted(found)
 
 
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
+
+
 def output_for(input_path: Path, output_dir: Path, settings: Settings) -> Path:
-    stem = input_path.name.split(".")[0]
+    """``output_dir/NAME.FORMAT``, NAME the input's name less its image suffix only.
+
+    ``cell.t001.tif`` gives ``cell.t001.zarr``: dots inside a name are kept, so that a time
+    series of files does not collapse onto one output.
+    """
+    name = input_path.name
+    stem = next((name[:-len(s)] for s in IMAGE_SUFFIXES if name.lower().endswith(s)), input_path.stem)
     return output_dir / f"{stem}.{settings.output_format}"
+
+
+def _outputs_for(inputs, output_dir: Path, settings: Settings) -> list[Path]:
+    """Each input's output; two inputs that would write the same output are refused up front."""
+    outputs, owner = [], {}
+    for path in inputs:
+        output = output_for(path, output_dir, settings)
+        if output in owner:
+            raise InputError(f"{owner[output].name} and {path.name} would both write {output.name}: "
+                             f"rename one or narrow --pattern")
+        owner[output] = path
+        outputs.append(output)
+    return outputs
 
 
 def load_psfs_for(settings: Settings, spatial_shape, voxel) -> list:
@@ -306,12 +328,12 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     inputs = find_inputs(input_dir, settings.pattern)
     if not inputs:
         raise InputError(f"no input files in {input_dir} match {', '.join(settings.pattern)}: check --pattern")
+    outputs = _outputs_for(inputs, output_dir, settings)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
     settings_hash = settings.fingerprint()
     rows = []
-    for number, path in enumerate(inputs, 1):
-        output = output_for(path, output_dir, settings)
+    for number, (path, output) in enumerate(zip(inputs, outputs), 1):
         record = _record_path(output_dir, path)
         row = {"file": str(path), "output": str(output), "status": "", "seconds": 0.0, "reason": ""}
         if is_finished(path, output, record, settings_hash):

@@ -173,8 +173,9 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
 
     Parameters
     ----------
-    reader : block reader
-        See :func:`as_reader`; ``lead`` indexes its leading (t, c) axes.
+    reader : block reader or array
+        Anything :func:`~deconv3d.pipeline.readers.as_reader` takes; ``lead`` indexes its
+        leading (t, c) axes.
     client : distributed.Client, optional
         Run on this dask.distributed cluster; else on ``pool`` (or a new pool of ``workers`` threads).
     progress : callable, optional
@@ -186,6 +187,7 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     int
         The number of blocks written.
     """
+    reader = as_reader(reader)  # a bare array would otherwise pass for a block already read
     lead = tuple(int(i) for i in lead)
     spatial = tuple(reader.shape[len(lead):])
     sizes, depth, _ = plan_chunks(spatial, chunks, halo)
@@ -405,7 +407,7 @@ def _store_threads(written, workers: int, total: int, progress) -> int:
 
     pool = ThreadPoolExecutor(workers)
     try:
-        with _Blocks():
+        with _Blocks(), _share_cores(workers):
             dask.compute(written, scheduler="threads", pool=pool)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

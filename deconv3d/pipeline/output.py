@@ -8,6 +8,7 @@ next to the target, which no reader (and no batch rerun) takes for a finished ou
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import uuid
@@ -69,7 +70,8 @@ def remove_stale_temporaries(path) -> list[Path]:
     """Delete leftovers of interrupted writes of ``path``; returns what was removed."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    stale = sorted(parent.glob(f".{path.name}.*{_TMP_SUFFIX}")) if parent.is_dir() else []
+    pattern = f".{glob.escape(path.name)}.*{_TMP_SUFFIX}"  # a name like img[1].zarr is not a pattern
+    stale = sorted(parent.glob(pattern)) if parent.is_dir() else []
     for entry in stale:
         _remove(entry)
     return stale
