@@ -97,7 +97,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         ``block -> block`` on float32 spatial blocks (same shape out). A sequence gives one
         callable per channel (e.g. one PSF per emission wavelength). A callable with a
         ``halo()`` method supplies the default halo; one with ``prepare(data, block_shape)`` is
-        replaced by what that returns before the run (RL's acceleration schedule).
+        replaced by what that returns before a run of more than one block (RL's acceleration
+        schedule).
     output : str or os.PathLike
         The ``.zarr`` directory to create; written under a temporary name, renamed when complete.
     chunks, halo : sequence of int, optional
@@ -147,7 +148,9 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         try:
             for index in indices:
                 fn = _fn_for(fns, block_fn, index, axes)
-                if hasattr(fn, "prepare"):  # reads one central block; no block is in flight meanwhile
+                # prepare reads one central block (no block is in flight meanwhile); a volume that is
+                # one block needs no common schedule, and preparing would run the method twice.
+                if hasattr(fn, "prepare") and blocks > 1:
                     fn = fn.prepare(_View(reader, index), _block_shape(spatial_shape, chunks, halo))
                     release_memory()
                 done += run_blocks(reader, fn, os.path.join(tmp, "0"), chunks=chunks, halo=halo, lead=index,
