@@ -377,12 +377,19 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
     return arr
 
 
-def _dataset(path: str, scale) -> dict:
-    return {"path": path, "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}]}
+def _dataset(path: str, scale, translation=None) -> dict:
+    transforms = [{"type": "scale", "scale": [float(s) for s in scale]}]
+    if translation is not None and any(translation):
+        transforms.append({"type": "translation", "translation": [float(t) for t in translation]})
+    return {"path": path, "coordinateTransformations": transforms}
 
 
 def write_pyramid(path, levels: int, scheduler=None) -> None:
-    """Add ``levels`` down-sampled levels (2x mean in y and x, and in z while it stays above 8)."""
+    """Add ``levels`` down-sampled levels (2x mean in y and x, and in z while it stays above 8).
+
+    Each level's ``translation`` puts its voxels at the centres of the level-0 voxels they
+    average, so that viewers overlay the levels without a half-voxel shift.
+    """
     import dask.array as da
     import zarr
 
@@ -403,7 +410,9 @@ def write_pyramid(path, levels: int, scheduler=None) -> None:
         down.rechunk(arr.chunks).store(arr, lock=False, scheduler=scheduler)
         factors = [f * s for f, s in zip(factors, step)]
         base = _level_scale(ms, 0, len(axes))
-        ms["datasets"].append(_dataset(str(level), [b * f for b, f in zip(base, factors)]))
+        # A mean over f voxels is centred (f - 1) / 2 voxels in: the level's origin moves by that.
+        shift = [b * (f - 1) / 2 for b, f in zip(base, factors)]
+        ms["datasets"].append(_dataset(str(level), [b * f for b, f in zip(base, factors)], shift))
     group.attrs.update(attrs)
 
 

@@ -24,6 +24,9 @@ def test_round_trip_keeps_data_axes_scale_and_pyramid(tmp_path):
     level1, voxel1, _, _ = read_ome_zarr(tmp_path / "a.zarr", level=1)
     assert level1.shape == (2, 10, 16, 16) and voxel1 == pytest.approx((1.0, 0.4, 0.2))
     np.testing.assert_allclose(level1[0, 0, 0, 0], data[0, :2, :2, :2].mean(), rtol=1e-5)
+    # level 1's first voxel sits at the centre of the 2x2x2 level-0 voxels it averages
+    transforms = attrs["ome"]["multiscales"][0]["datasets"][1]["coordinateTransformations"]
+    assert transforms[1] == {"type": "translation", "translation": pytest.approx([0.0, 0.25, 0.1, 0.05])}
 
 
 def test_reads_ome_zarr_v04(tmp_path):
