@@ -43,8 +43,10 @@ Tables (rows print as they finish):
 
 Variants: ``baseline``, ``implicit``, ``explicit`` (the paper's objectives), and beyond the
 paper ``skip``, the ``AEConfig(skip_interp=True)`` network trained with the explicit loss,
-and ``explicit-res``, the explicit loss with its interpolation term in residual form
-(``LatentTrainConfig(residual=True)``; its ``+ residual`` rows are the ones it is trained for).
+and ``explicit-res`` / ``implicit-res``, the explicit / implicit loss with its interpolation
+term in residual form (``LatentTrainConfig(residual=True)``; their ``+ residual`` rows are the
+ones they are trained for). The variant order is also checked in that residual form, with
+``baseline + residual`` (the baseline loss has no interpolation term to train residually).
 Training defaults are the library's (``LatentTrainConfig()``, ``AEConfig()``) with a
 time budget (``--minutes``). Seeded; no downloads. Run
 ``python benchmarks/bench_latent.py --help``; ``--quick`` is a smoke test, not a measurement.
@@ -70,6 +72,7 @@ VARIANTS = {  # name -> (loss, skip_interp, residual training)
     "explicit": ("explicit", False, False),
     "skip": ("explicit", True, False),
     "explicit-res": ("explicit", False, True),
+    "implicit-res": ("implicit", False, True),
 }
 NAME_WIDTH = 30
 TRAIN_COLUMNS = ["loss", "skip_interp", "train s", "steps (stop)", "best val dB", "LDS", "APD"]
@@ -90,6 +93,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=cfg.batch)
     p.add_argument("--val-every", type=int, default=cfg.val_every)
     p.add_argument("--dist", choices=("mse", "l1"), default=cfg.dist, help="latent distance of the explicit loss")
+    p.add_argument("--latent-weight", type=float, default=cfg.latent_weight, help="weight of the explicit latent term")
     p.add_argument("--widths", type=int, nargs="+", default=list(ae.widths))
     p.add_argument("--crop", type=int, default=ae.crop)
     p.add_argument("--seed", type=int, default=0)
@@ -157,9 +161,9 @@ def table_row(name: str, cells: list[str], width) -> None:
 
 def train_variant(name, train_stacks, levels, noisy, args):
     loss, skip, residual = VARIANTS[name]
-    cfg = LatentTrainConfig(variant=loss, dist=args.dist, steps=args.steps, batch=args.batch,
-                            val_every=args.val_every, seed=args.seed, time_budget=args.minutes * 60,
-                            residual=residual)
+    cfg = LatentTrainConfig(variant=loss, dist=args.dist, latent_weight=args.latent_weight, steps=args.steps,
+                            batch=args.batch, val_every=args.val_every, seed=args.seed,
+                            time_budget=args.minutes * 60, residual=residual)
     ae = AEConfig(widths=tuple(args.widths), crop=args.crop, skip_interp=skip)
     res = train(train_stacks, levels, cfg, ae, device="cpu")
     if args.save:
@@ -270,10 +274,15 @@ def report_targets(interp: dict, gains: dict, models: dict, levels, args) -> Non
         order = " > ".join(f"{n} {interp['latent ' + n]:.2f}" for n in names)
         ok = all(interp["latent " + a] > interp["latent " + b] for a, b in zip(names, names[1:]))
         print(f"- interpolation mean PSNR {order}: {'met' if ok else 'NOT met'}")
+    residual = [(n, f"latent {n} + residual") for n in ("explicit-res", "implicit-res", "baseline") if n in models]
+    if len(residual) == 3:  # beyond the paper: the same order with every variant in its residual form
+        order = " > ".join(f"{n} + residual {interp[key]:.2f}" for n, key in residual)
+        ok = all(interp[a[1]] > interp[b[1]] for a, b in zip(residual, residual[1:]))
+        print(f"- residual form (beyond the paper): {order}: {'met' if ok else 'NOT met'}")
     if "explicit" in models:
         margin = interp["latent explicit"] - interp["pixel blend"]
         print(f"- explicit - pixel blend = {margin:+.2f} dB (target >= +2): {'met' if margin >= 2 else 'NOT met'}")
-    for name in [n for n in ("explicit", "skip", "explicit-res") if n in models]:  # beyond the paper
+    for name in [n for n in ("explicit", "skip", "explicit-res", "implicit-res") if n in models]:  # beyond the paper
         margin = interp[f"latent {name} + residual"] - interp["pixel blend"]
         print(f"- {name} + residual - pixel blend = {margin:+.2f} dB (beyond the paper; +2 asked of explicit)")
     k = int(np.argmin(np.abs(levels[1:-1] - 8)))
@@ -296,7 +305,8 @@ def main(argv=None):
     print(f"# bench_latent: {os.cpu_count()} cores, {torch.get_num_threads()} threads; {args.data} stacks "
           f"{args.size}x{args.size}, levels {list(PAPER_LEVELS)}; {args.train_images} training stacks "
           f"(1/4 validate), {args.test_images} held-out; widths {args.widths}, crop {args.crop}, "
-          f"batch {args.batch}, <= {args.steps} steps or {args.minutes} min per network", flush=True)
+          f"batch {args.batch}, <= {args.steps} steps or {args.minutes} min per network; explicit latent "
+          f"term {args.dist} x {args.latent_weight:g}", flush=True)
     train_stacks, levels, noisy, reference = make_data(args)
     levels = np.asarray(levels, dtype=np.float64)
     print("\n## training (CPU) and latent linearity on the held-out stacks", flush=True)

@@ -48,6 +48,8 @@ def _train_parser(blur) -> None:
     p.add_argument("--variant", choices=VARIANTS, default="explicit",
                    help="objective: plain autoencoder, + decoded interpolation, + latent match (default explicit)")
     p.add_argument("--dist", choices=DISTANCES, default="mse", help="latent distance of the explicit loss")
+    p.add_argument("--latent-weight", type=float, default=0.1, metavar="W",
+                   help="weight of the explicit loss's latent term (default 0.1; the paper: 1)")
     p.add_argument("--levels", type=float, nargs="+", metavar="L",
                    help="blur level of each plane, larger = nearer focus (default: plane index)")
     p.add_argument("--focus", choices=("last", "first"), default="last",
@@ -186,8 +188,9 @@ def cmd_train(args) -> int:
         if stacks.shape[0] == 1:
             print("note: one stack too small to split: no held-out validation, the last averaged weights are kept")
             val_fraction = 0.0
-    config = LatentTrainConfig(variant=args.variant, dist=args.dist, steps=args.steps, batch=args.batch,
-                               lr=args.lr, val_every=min(100, args.steps), val_fraction=val_fraction,
+    config = LatentTrainConfig(variant=args.variant, dist=args.dist, latent_weight=args.latent_weight,
+                               steps=args.steps, batch=args.batch, lr=args.lr,
+                               val_every=min(100, args.steps), val_fraction=val_fraction,
                                seed=args.seed, time_budget=args.time_budget, residual=args.residual)
     bar, callback = progress(args.steps, f"blur train ({args.variant})")
     with bar:

@@ -7,9 +7,9 @@ define three objectives:
 
 * baseline  ``L_b = 1/2 [MSE(y1, x1) + MSE(y3, x3)]`` (a plain autoencoder);
 * implicit  ``L_i = L_b + MSE(y2', x2)`` (the interpolation must decode to ``x2``);
-* explicit  ``L_d = L_i + dist(z2', E(x2))`` (it must also match the encoding of ``x2``),
+* explicit  ``L_d = L_i + w dist(z2', E(x2))`` (it must also match the encoding of ``x2``),
   with ``dist`` the mean squared error (the authors' code) or the mean absolute error
-  (the paper's figure).
+  (the paper's figure), and ``w`` the latent weight (1 in the paper; a parameter here).
 
 Latents are tuples of tensors (:mod:`deconv3d.latent.model`); the latent distance is the
 mean over all their elements together, i.e. over the concatenation of the flattened tensors.
@@ -109,9 +109,9 @@ def implicit_loss(x1, x2, x3, y1, y2_interp, y3) -> tuple[torch.Tensor, dict[str
     return total, {**terms, "interp": _value(interp), "total": _value(total)}
 
 
-def explicit_loss(x1, x2, x3, y1, y2_interp, y3, z2_interp, z2, dist: str = "mse"
+def explicit_loss(x1, x2, x3, y1, y2_interp, y3, z2_interp, z2, dist: str = "mse", weight: float = 1.0
                   ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``L_d = L_i + dist(z2', E(x2))``: the interpolated latent must also equal ``E(x2)``.
+    """``L_d = L_i + w dist(z2', E(x2))``: the interpolated latent must also equal ``E(x2)``.
 
     Parameters
     ----------
@@ -123,13 +123,16 @@ def explicit_loss(x1, x2, x3, y1, y2_interp, y3, z2_interp, z2, dist: str = "mse
         ``E(x2)``.
     dist : {"mse", "l1"}, optional
         Latent distance (:func:`latent_distance`).
+    weight : float, optional
+        ``w``, the latent term's weight (the paper's 1 by default).
 
     Returns
     -------
     (torch.Tensor, dict)
-        The scalar loss and its terms (``"recon"``, ``"interp"``, ``"latent"``, ``"total"``).
+        The scalar loss and its terms (``"recon"``, ``"interp"``, ``"latent"`` unweighted,
+        ``"total"``).
     """
     implicit, terms = implicit_loss(x1, x2, x3, y1, y2_interp, y3)
     latent = latent_distance(z2_interp, z2, dist)
-    total = implicit + latent
+    total = implicit + weight * latent
     return total, {**terms, "latent": _value(latent), "total": _value(total)}

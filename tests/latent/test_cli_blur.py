@@ -43,7 +43,7 @@ def model(tmp_path, make_stacks, capsys):
 
 
 @pytest.mark.parametrize("variant, extra", [("baseline", []), ("implicit", []), ("explicit", []),
-                                            ("explicit", ["--residual"])])
+                                            ("explicit", ["--residual", "--latent-weight", "0.5"])])
 def test_train_writes_a_checkpoint(tmp_path, make_stacks, capsys, variant, extra):
     stacks = write_stacks(tmp_path, make_stacks)
     out = tmp_path / f"{variant}.ckpt"
@@ -53,6 +53,7 @@ def test_train_writes_a_checkpoint(tmp_path, make_stacks, capsys, variant, extra
     trained = load_checkpoint(out)
     assert trained.config.variant == variant and trained.config.steps == 3 and trained.config.seed == 2
     assert trained.config.residual == bool(extra)
+    assert trained.config.latent_weight == (0.5 if extra else 0.1)
     assert trained.ae_config.widths == (4, 8) and trained.ae_config.crop == 16
     assert trained.levels.tolist() == [0.0, 1.0, 2.0] and trained.best_score is not None
     assert "wrote" in stdout
@@ -138,6 +139,7 @@ def test_train_errors(tmp_path, make_stacks, planes, capsys):
         (stacks, ["--variant", "other"], "variant"),
         (stacks, ["--val-fraction", "1"], "val_fraction"),
         (stacks, ["--variant", "baseline", "--residual"], "baseline"),
+        (stacks, ["--latent-weight", "-1"], "latent_weight"),
     ]
     for inputs, options, word in cases:
         code, _, err = run(["blur", "train", *inputs, "-o", out, *TINY, *options], capsys)

@@ -131,3 +131,12 @@ def test_planes_smaller_than_the_training_crops_are_refused():
     model.check_planes((16, 40))
     with pytest.raises(InputError, match="another size.*--crop 8"):
         model.check_planes((8, 40))
+
+
+def test_config_without_a_latent_weight_was_trained_at_the_papers_weight():
+    from deconv3d.latent.train import LatentTrainConfig, config_to_dict, train_config_from_dict
+
+    stored = config_to_dict(LatentTrainConfig(latent_weight=0.3, steps=7))
+    assert train_config_from_dict(stored) == LatentTrainConfig(latent_weight=0.3, steps=7)
+    del stored["latent_weight"]  # a checkpoint from before the weight was a parameter
+    assert train_config_from_dict(stored).latent_weight == 1.0

@@ -40,6 +40,16 @@ def test_explicit_by_hand(dist, latent):
     assert float(latent_distance(Z2I, Z2, dist)) == pytest.approx(latent)
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.1, 3.0])
+def test_explicit_latent_weight_scales_only_the_latent_term(weight):
+    loss, terms = explicit_loss(X1, X2, X3, Y1, Y2, Y3, Z2I, Z2, "mse", weight)
+    assert float(loss) == pytest.approx(1.5 + 5 + weight * 7.0)
+    assert terms["latent"] == pytest.approx(7.0) and terms["total"] == pytest.approx(float(loss))
+    x1, x2, x3, alpha = t(0.0, 0.0), t(1.0, 3.0), t(4.0, 4.0), torch.tensor([0.75])
+    loss, _ = triplet_loss(PixelModel(), x1, x2, x3, alpha, "explicit", "mse", latent_weight=weight)
+    assert float(loss) == pytest.approx(2.0 + weight * 2.0)  # the hand values of the alpha test below
+
+
 def test_latent_distance_refuses_unknown_or_mismatched():
     with pytest.raises(InputError):
         latent_distance(Z2I, Z2, "l2")
