@@ -2,8 +2,8 @@
 
 Write: :func:`create_ome_zarr` lays out an OME-NGFF v0.5 image group (axes with types and
 micrometre units, per-level ``scale`` transformations, a ``deconv3d`` provenance block) whose
-level-0 array is then filled block by block (an unknown voxel size is written as scale 1
-without a unit, and read back as unknown) (:mod:`deconv3d.pipeline`);
+level-0 array is then filled block by block (:mod:`deconv3d.pipeline`); an unknown voxel size
+is written as scale 1 without a unit, and read back as unknown;
 :func:`write_pyramid` adds down-sampled levels from level 0, chunk by chunk. :func:`write_ome_zarr`
 does both for an in-memory or dask array.
 

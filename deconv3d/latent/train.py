@@ -53,10 +53,10 @@ class LatentTrainConfig:
     ``variant`` is ``"baseline"``, ``"implicit"`` or ``"explicit"``; ``dist`` the latent
     distance of the explicit loss (``"mse"`` as in the authors' code or ``"l1"``) and
     ``latent_weight`` its weight (see below); ``lr_decay`` ``"cosine"`` (to zero at
-    ``steps``), ``"step"`` (halve at 50% and 75%) or ``"none"``; ``ema_decay`` 0 disables weight averaging; ``val_every`` steps between
-    validations on ``val_fraction`` of the stacks (0: no validation, the last weights are
-    kept); ``triplets`` ``"dyadic"`` (the paper's midpoint triplets) or ``"all"``;
-    ``time_budget`` in seconds stops early. ``residual`` (beyond the paper) trains the
+    ``steps``), ``"step"`` (halve at 50% and 75%) or ``"none"``; ``ema_decay`` 0 disables
+    weight averaging; ``val_every`` steps between validations on ``val_fraction`` of the
+    stacks (0: no validation, the last weights are kept); ``triplets`` ``"dyadic"`` (the
+    paper's midpoint triplets) or ``"all"``; ``time_budget`` in seconds stops early. ``residual`` (beyond the paper) trains the
     interpolation term on the form :func:`~deconv3d.latent.ops.synthesize_blur` uses with
     ``residual=True``: ``D(z2') - [alpha D(z1) + (1 - alpha) D(z3)]`` added to the pixel
     blend ``alpha x1 + (1 - alpha) x3`` must match ``x2``, so the decoder learns the blend's
