@@ -2,6 +2,7 @@
 
 import json
 import threading
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -62,6 +63,12 @@ def test_unknown_voxel_size_is_read_back_as_unknown(tmp_path):
     assert all("unit" not in a for a in axes) and open_lazy(tmp_path / "u.zarr").voxel_size is None
     run_chunked(np.ones((4, 8, 8), np.float32), lambda b: b, tmp_path / "k.zarr", voxel_size=(1.0, 1.0, 1.0))
     assert open_lazy(tmp_path / "k.zarr").voxel_size == (1.0, 1.0, 1.0)  # 1 µm with its unit is known
+    write_ome_zarr(tmp_path / "s.zarr", np.ones((4, 8, 8), np.float32), voxel_size=(0.5, 0.2, 0.2))
+    meta = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())
+    for axis in meta["attributes"]["ome"]["multiscales"][0]["axes"]:
+        axis.pop("unit", None)  # another tool's calibrated file without units
+    (tmp_path / "s.zarr" / "zarr.json").write_text(json.dumps(meta))
+    assert open_lazy(tmp_path / "s.zarr").voxel_size == pytest.approx((0.5, 0.2, 0.2))
 
 
 def test_run_blocks_reads_a_plain_array_block_by_block(tmp_path):
@@ -103,6 +110,26 @@ def test_stale_temporaries_of_a_bracketed_name_only(tmp_path):
     other.mkdir()
     assert remove_stale_temporaries(tmp_path / "img[1].zarr") == [mine]
     assert other.exists() and not mine.exists()
+
+
+def test_tiff_output_scratch_is_a_leftover_the_sweep_finds(tmp_path, monkeypatch):
+    import deconv3d.pipeline as pipeline
+    from deconv3d.pipeline.files import deconvolve_file
+
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "in.tif", blurred_beads((12, 24, 24), gaussian_psf()), voxel_size=(0.3, 0.1, 0.1))
+    scratch = []
+
+    def killed(data, fn, output, **kwargs):  # stands for a run killed midway: its scratch stays behind
+        Path(output).mkdir()
+        scratch.append(Path(output))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_chunked", killed)
+    with pytest.raises(KeyboardInterrupt):
+        deconvolve_file(tmp_path / "in.tif", tmp_path / "out.tif", make_settings({"psf": str(tmp_path / "psf.tif")}))
+    scratch[0].mkdir()  # as a hard kill would leave it (the finally clause removed it here)
+    assert remove_stale_temporaries(tmp_path / "out.tif") == scratch
 
 
 def test_imagej_hyperstack_z_before_c_is_reordered(tmp_path):
