@@ -267,18 +267,22 @@ def deblur_table(models, levels, noisy, reference) -> dict:
 # ------------------------------------------------------------------ targets
 
 
+def _report_order(title: str, rows, interp: dict) -> None:
+    """Whether the mean PSNRs of ``rows`` ((label, interp key), best expected first) fall in that order."""
+    order = " > ".join(f"{label} {interp[key]:.2f}" for label, key in rows)
+    ok = all(interp[a] > interp[b] for (_, a), (_, b) in zip(rows, rows[1:]))
+    print(f"- {title} {order}: {'met' if ok else 'NOT met'}")
+
+
 def report_targets(interp: dict, gains: dict, models: dict, levels, args) -> None:
     print("\n## targets")
-    names = [n for n in ("explicit", "implicit", "baseline") if n in models]
-    if len(names) > 1:
-        order = " > ".join(f"{n} {interp['latent ' + n]:.2f}" for n in names)
-        ok = all(interp["latent " + a] > interp["latent " + b] for a, b in zip(names, names[1:]))
-        print(f"- interpolation mean PSNR {order}: {'met' if ok else 'NOT met'}")
-    residual = [(n, f"latent {n} + residual") for n in ("explicit-res", "implicit-res", "baseline") if n in models]
+    plain = [(n, f"latent {n}") for n in ("explicit", "implicit", "baseline") if n in models]
+    if len(plain) > 1:
+        _report_order("interpolation mean PSNR", plain, interp)
+    residual = [(f"{n} + residual", f"latent {n} + residual") for n in ("explicit-res", "implicit-res", "baseline")
+                if n in models]
     if len(residual) == 3:  # beyond the paper: the same order with every variant in its residual form
-        order = " > ".join(f"{n} + residual {interp[key]:.2f}" for n, key in residual)
-        ok = all(interp[a[1]] > interp[b[1]] for a, b in zip(residual, residual[1:]))
-        print(f"- residual form (beyond the paper): {order}: {'met' if ok else 'NOT met'}")
+        _report_order("residual form (beyond the paper):", residual, interp)
     if "explicit" in models:
         margin = interp["latent explicit"] - interp["pixel blend"]
         print(f"- explicit - pixel blend = {margin:+.2f} dB (target >= +2): {'met' if margin >= 2 else 'NOT met'}")

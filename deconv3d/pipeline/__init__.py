@@ -55,7 +55,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     ndim = len(spatial_shape)
     if halo is None:
         asked = [h for h in (halo_for(f) for f in block_fns) if h]
-        halo = tuple(max(h[i] for h in asked) for i in range(len(asked[0]))) if asked else ()
+        halo = tuple(max(axis) for axis in zip(*asked))  # () when none asks
     halo = tuple(halo) or (0,) * ndim
     if len(halo) != ndim:
         raise InputError(f"halo {halo} needs one value per spatial axis of {tuple(spatial_shape)}")

@@ -112,12 +112,10 @@ def test_stale_temporaries_of_a_bracketed_name_only(tmp_path):
     assert other.exists() and not mine.exists()
 
 
-def test_tiff_output_scratch_is_a_leftover_the_sweep_finds(tmp_path, monkeypatch):
+def test_tiff_output_scratch_is_a_leftover_the_sweep_finds(files, monkeypatch):
     import deconv3d.pipeline as pipeline
     from deconv3d.pipeline.files import deconvolve_file
 
-    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
-    write_tiff(tmp_path / "in.tif", blurred_beads((12, 24, 24), gaussian_psf()), voxel_size=(0.3, 0.1, 0.1))
     scratch = []
 
     def killed(data, fn, output, **kwargs):  # stands for a run killed midway: its scratch stays behind
@@ -127,9 +125,9 @@ def test_tiff_output_scratch_is_a_leftover_the_sweep_finds(tmp_path, monkeypatch
 
     monkeypatch.setattr(pipeline, "run_chunked", killed)
     with pytest.raises(KeyboardInterrupt):
-        deconvolve_file(tmp_path / "in.tif", tmp_path / "out.tif", make_settings({"psf": str(tmp_path / "psf.tif")}))
+        deconvolve_file(files / "in.tif", files / "out.tif", make_settings({"psf": str(files / "psf.tif")}))
     scratch[0].mkdir()  # as a hard kill would leave it (the finally clause removed it here)
-    assert remove_stale_temporaries(tmp_path / "out.tif") == scratch
+    assert remove_stale_temporaries(files / "out.tif") == scratch
 
 
 def test_imagej_hyperstack_z_before_c_is_reordered(tmp_path):
