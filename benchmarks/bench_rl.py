@@ -6,7 +6,9 @@ Poisson-Gaussian noise, 20 iterations, 2 threads. Rows, timed in one run:
 * deconv3d ``richardson_lucy(boundary="zero")``
 * scikit-image ``restoration.richardson_lucy(clip=False)`` (scipy.fft given the same threads)
 * RedLionfish's CPU path, when installed (``pip install -e .[bench]``)
-* the FFT floor: the two rfftn+irfftn pairs one iteration needs at deconv3d's padded size
+* the FFT floor: the two rfftn+irfftn pairs one iteration needs at deconv3d's padded size,
+  with the FFT backend deconv3d uses (FFTW via the ``fftw`` extra when installed, else torch.fft)
+* with the ``fftw`` extra installed, also deconv3d and the floor on torch.fft
 
 plus the largest difference between deconv3d and scikit-image, and time-to-quality:
 seconds for Biggs-Andrews accelerated RL to reach the PSNR plain RL reaches in 20
@@ -17,6 +19,7 @@ runs a tiny problem (a smoke test, not a measurement).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -25,6 +28,7 @@ import numpy as np
 import scipy.fft
 import torch
 
+from deconv3d._fftw import fftw_available, real_transforms, wisdom_path
 from deconv3d.classical import _build_problem, richardson_lucy
 from deconv3d.metrics import psnr
 from deconv3d.psf import generate_psf
@@ -67,20 +71,37 @@ def timed(fn, repeats):
     return times, result
 
 
-def fft_floor(image, psf, iterations):
-    """The FFT work of ``iterations`` RL iterations alone: 2 x (rfftn + irfftn) each."""
+def fft_floor(image, psf, iterations, backend=None):
+    """The FFT work of ``iterations`` RL iterations alone: 2 x (rfftn + irfftn) each, with the
+    backend deconv3d picks for this shape (FFTW when installed, else torch.fft) or ``backend``."""
     problem = _build_problem(torch.from_numpy(image), torch.from_numpy(psf), "zero")
     shape = problem.fft_shape
-    x = torch.rand(shape)
-    spectrum = torch.fft.rfftn(x)
-    out = torch.empty(shape)
+    with _fft_backend(backend):
+        fft = real_transforms(shape, 2, torch.device("cpu"), torch.float32)
+    fft.inputs[0].copy_(torch.rand(shape))
 
     def run():
-        for _ in range(2 * iterations):
-            torch.fft.rfftn(x, out=spectrum)
-            torch.fft.irfftn(spectrum, s=shape, out=out)
+        for _ in range(iterations):
+            for i in (0, 1):
+                fft.forward(i)
+                fft.inverse()
 
-    return run, shape
+    return run, shape, fft.backend
+
+
+@contextlib.contextmanager
+def _fft_backend(backend):
+    """Set ``DECONV3D_FFT`` for the block (``None``: leave it as it is)."""
+    before = os.environ.get("DECONV3D_FFT")
+    if backend is not None:
+        os.environ["DECONV3D_FFT"] = backend
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DECONV3D_FFT", None)
+        else:
+            os.environ["DECONV3D_FFT"] = before
 
 
 def redlionfish_runner(image, psf, iterations):
@@ -136,10 +157,18 @@ def main(argv=None):
     it = args.iterations
     print(f"# bench_rl: image {tuple(image.shape)} float32, PSF {tuple(psf.shape)}, {it} iterations, "
           f"{args.threads} threads, {os.cpu_count()} cores, torch {torch.__version__}")
+    first_start = time.perf_counter()
+    richardson_lucy(image, psf, it, boundary="zero", device="cpu")
+    first = time.perf_counter() - first_start
     ours_times, ours = timed(lambda: richardson_lucy(image, psf, it, boundary="zero", device="cpu"), args.repeats)
     periodic_times, periodic = timed(
         lambda: richardson_lucy(image, psf, it, boundary="periodic", device="cpu"), args.repeats
     )
+    torch_times = None
+    if fftw_available():
+        with _fft_backend("torch"):
+            torch_times, _ = timed(lambda: richardson_lucy(image, psf, it, boundary="zero", device="cpu"),
+                                   args.repeats)
     sk_repeats = max(1, (args.repeats + 1) // 2)
     from skimage.restoration import richardson_lucy as sk_rl
 
@@ -147,10 +176,14 @@ def main(argv=None):
         sk_times, sk = timed(lambda: sk_rl(image, psf, it, clip=False), sk_repeats)
         rlf = redlionfish_runner(image, psf, it)
         rlf_times = timed(rlf, sk_repeats)[0] if rlf else None
-    floor_run, fft_shape = fft_floor(image, psf, it)
+    floor_run, fft_shape, backend = fft_floor(image, psf, it)
     floor_times, _ = timed(floor_run, args.repeats)
+    torch_floor_times = timed(fft_floor(image, psf, it, "torch")[0], args.repeats)[0] if torch_times else None
 
-    print(f"# deconv3d FFT shape {fft_shape}; scikit-image/RedLionfish via scipy.fft with {args.threads} workers")
+    print(f"# deconv3d FFT shape {fft_shape}, backend {backend}; scikit-image/RedLionfish via scipy.fft "
+          f"with {args.threads} workers")
+    print(f"# first deconv3d run in this process (FFT planning included): {first:.2f} s; "
+          f"wisdom file {wisdom_path() if backend == 'fftw' else '-'}")
     print("| method                                 | ms / iter | min - max         | vs deconv3d |")
     print("|----------------------------------------|-----------|-------------------|----------|")
     row, ref = summarise("deconv3d rl (zero boundary)", ours_times, it)
@@ -160,8 +193,11 @@ def main(argv=None):
         print(summarise("RedLionfish CPU", rlf_times, it, ref)[0])
     else:
         print("| RedLionfish CPU                         | not installed (pip install -e .[bench])  |")
-    print(summarise("FFT floor (2 rfftn+irfftn pairs)", floor_times, it, ref)[0])
+    print(summarise(f"FFT floor (2 FFT pairs, {backend})", floor_times, it, ref)[0])
     print(summarise("deconv3d rl (periodic, as RedLionfish)", periodic_times, it, ref)[0])
+    if torch_times:
+        print(summarise("deconv3d rl (zero, torch.fft)", torch_times, it, ref)[0])
+        print(summarise("FFT floor (torch.fft)", torch_floor_times, it, ref)[0])
     diff = float(np.abs(ours - sk).max() / np.abs(sk).max())
     print(f"# max |deconv3d - scikit-image| / max = {diff:.2e}")
     # RedLionfish's CPU path solves the periodic problem at the image shape but starts from the

@@ -1,7 +1,9 @@
 """Classical deconvolution against a known PSF: Richardson-Lucy family and Wiener/Tikhonov.
 
 Everything runs in torch on the CPU or a GPU, float32 by default, with the PSF's OTF
-computed once per run (:mod:`deconv3d.fft`) and no allocation inside the iteration loop.
+computed once per run (:mod:`deconv3d.fft`) and no allocation inside the iteration loop. On
+the CPU, Richardson-Lucy's FFTs go through FFTW when the optional ``fftw`` extra is installed
+(:mod:`deconv3d._fftw`); the element-wise work stays in torch.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from deconv3d._fftw import real_transforms
 from deconv3d.errors import InputError
 from deconv3d.fft import FFTConvolver, as_tensor, fast_shape, pad_spatial, resolve_device
 
@@ -60,7 +63,9 @@ def richardson_lucy(
         Maximum number of iterations.
     boundary : {"bertero", "zero", "reflect", "periodic"}
         ``"zero"`` treats the object as zero outside the image (identical to
-        :func:`skimage.restoration.richardson_lucy` with ``clip=False``); ``"reflect"``
+        :func:`skimage.restoration.richardson_lucy` with ``clip=False`` for odd PSF sides;
+        for an even side scikit-image's mirrored "same" convolution is one voxel off the
+        adjoint, which deconv3d uses); ``"reflect"``
         mirrors the image across its border; ``"bertero"`` (default) estimates the
         object on a domain extended by the PSF size, compares with the data inside the
         image only and normalises by ``H^T 1``, which removes ringing at the borders [3]_;
@@ -126,7 +131,7 @@ def richardson_lucy(
     problem = _build_problem(y, h, boundary)
     tv = _TV(problem.estimate_shape, y.ndim, tv_weight, voxel_size, y) if tv_weight > 0 else None
     estimate = _run(problem, iterations, tv, accelerate, tol, callback)
-    result = estimate[problem.result_crop].clamp_min_(0)
+    result = estimate[problem.result_crop].clamp_min(0)  # a compact copy, not a view of a workspace
     return result if isinstance(image, torch.Tensor) else result.cpu().numpy()
 
 
@@ -239,21 +244,27 @@ def _bertero_inverse_weight(p: _Problem, threshold: float = 1e-3) -> torch.Tenso
 
 
 class _Workspace:
-    """Buffers reused by every iteration: one half-spectrum and one or two FFT-shaped real arrays.
+    """The transforms and buffers every iteration reuses (:mod:`deconv3d._fftw`).
 
-    ``padded`` holds the FFT's input with its zero margins already in place: handing torch a
-    smaller array with ``s=fft_shape`` would allocate and zero-pad a fresh FFT-sized array on
-    every call, twice per iteration.
+    Two FFT-shaped inputs with zero margins: ``estimate_in`` (where the estimate is written,
+    or lives: loops that keep their estimate there skip one copy per iteration) and ``ratio``
+    (where ``y / H u`` is written); one half-spectrum and one FFT-shaped output. Handing torch
+    a smaller array with ``s=fft_shape`` instead would allocate and zero-pad a fresh array on
+    every call, twice per iteration. ``otf``/``otf_conj`` carry the backend's inverse
+    normalisation (FFTW's inverse is unnormalised).
     """
 
     def __init__(self, p: _Problem):
-        like = dict(device=p.data.device, dtype=p.data.dtype)
-        self.spectrum = torch.empty_like(p.otf)
-        self.full = torch.empty(p.fft_shape, **like)
-        self.padded = torch.zeros(p.fft_shape, **like) if tuple(p.data.shape) != p.fft_shape else None
-        self.ratio = self.padded[p.data_crop] if self.padded is not None else torch.empty_like(p.data)
-        pad_estimate = self.padded is not None and tuple(p.estimate_shape) != p.fft_shape
-        self.estimate_in = self.padded[tuple(slice(0, s) for s in p.estimate_shape)] if pad_estimate else None
+        self.fft = real_transforms(p.fft_shape, 2, p.data.device, p.data.dtype)
+        est_in, ratio_in = self.fft.inputs
+        self.spectrum, self.full = self.fft.spectrum, self.fft.output
+        whole = tuple(p.estimate_shape) == p.fft_shape
+        self.estimate_in = est_in if whole else est_in[tuple(slice(0, s) for s in p.estimate_shape)]
+        self.ratio = ratio_in if tuple(p.data.shape) == p.fft_shape else ratio_in[p.data_crop]
+        self.factor = self.full if whole else self.full[tuple(slice(0, s) for s in p.estimate_shape)]
+        self.otf, self.otf_conj = p.otf, p.otf_conj
+        if self.fft.scale != 1.0:  # p.otf is shared with the convolver's cache; p.otf_conj is ours
+            self.otf, self.otf_conj = p.otf * self.fft.scale, p.otf_conj.mul_(self.fft.scale)
 
 
 def _rl_factor(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
@@ -261,19 +272,17 @@ def _rl_factor(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
 
     Returns a view into the workspace with the estimate's shape.
     """
-    if ws.estimate_in is not None:
+    if u is not ws.estimate_in:
         ws.estimate_in.copy_(u)
-        u = ws.padded
-    torch.fft.rfftn(u, s=p.fft_shape, dim=p.dims, out=ws.spectrum)
-    ws.spectrum.mul_(p.otf)
-    torch.fft.irfftn(ws.spectrum, s=p.fft_shape, dim=p.dims, out=ws.full)
+    ws.fft.forward(0)
+    ws.spectrum.mul_(ws.otf)
+    ws.fft.inverse()
     blurred = ws.full[p.data_crop]
     torch.div(p.data, blurred.clamp_min_(p.floor), out=ws.ratio)
-    ratio = ws.padded if ws.padded is not None else ws.ratio
-    torch.fft.rfftn(ratio, s=p.fft_shape, dim=p.dims, out=ws.spectrum)
-    ws.spectrum.mul_(p.otf_conj)
-    torch.fft.irfftn(ws.spectrum, s=p.fft_shape, dim=p.dims, out=ws.full)
-    factor = ws.full[tuple(slice(0, s) for s in p.estimate_shape)]
+    ws.fft.forward(1)
+    ws.spectrum.mul_(ws.otf_conj)
+    ws.fft.inverse()
+    factor = ws.factor
     if p.inv_weight is not None:
         factor.mul_(p.inv_weight)
     return factor
@@ -322,8 +331,10 @@ def _backward_diff_add(g: torch.Tensor, axis: int, step: float, acc: torch.Tenso
     acc.narrow(axis, 1, n - 1).sub_(g.narrow(axis, 0, n - 1), alpha=1.0 / step)
 
 
-def _initial_estimate(p: _Problem) -> torch.Tensor:
-    u = torch.full(p.estimate_shape, float(p.data.mean()), device=p.data.device, dtype=p.data.dtype)
+def _initial_estimate(p: _Problem, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The flat start (the data's mean; 0 where the Bertero weight is unreliable), into ``out``."""
+    u = out if out is not None else torch.empty(p.estimate_shape, device=p.data.device, dtype=p.data.dtype)
+    u.fill_(float(p.data.mean()))
     if p.inv_weight is not None:
         u.mul_(p.inv_weight > 0)
     return u
@@ -335,7 +346,7 @@ def _run(p: _Problem, iterations: int, tv, accelerate, tol, callback, record=Non
         return _run_accelerated(p, ws, iterations, tv, tol, callback, record=record)
     if not isinstance(accelerate, bool):
         return _run_accelerated(p, ws, iterations, tv, tol, callback, schedule=[float(a) for a in accelerate])
-    u = _initial_estimate(p)
+    u = _initial_estimate(p, out=ws.estimate_in)  # updated in place where the FFT reads it
     previous = torch.empty_like(u) if tol is not None else None
     for it in range(1, iterations + 1):
         if previous is not None:
@@ -367,17 +378,22 @@ def _should_stop(it, u, previous, tol, callback, p) -> bool:
 
 def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback, schedule=None,
                      record=None) -> torch.Tensor:
-    """Biggs & Andrews (1997) vector extrapolation around the RL map ψ, taken geometrically.
+    """Biggs & Andrews (1997) vector extrapolation around the RL map ψ, taken multiplicatively.
 
-    ``y_k = x_k (x_k / x_{k-1})^{α_k}``, ``x_{k+1} = ψ(y_k)``, ``g_k = x_{k+1} - y_k`` and
+    ``y_k = x_k · R_α(x_k / x_{k-1})``, ``x_{k+1} = ψ(y_k)``, ``g_k = x_{k+1} - y_k`` and
     ``α_{k+1} = <g_k, g_{k-1}> / <g_{k-1}, g_{k-1}>`` clipped to [0, 1). Biggs & Andrews step
     along ``x_k - x_{k-1}`` and clip the guess at zero; RL is multiplicative, so a voxel clipped
-    to zero can never recover, and on noisy 3D data that path peaks about 0.2 dB lower. Stepping
-    along ``log x_k - log x_{k-1}`` keeps the guess positive with the same α and the same
-    first-order prediction (the ratio per step is bounded to [1/20, 20]).
+    to zero can never recover, and on noisy 3D data that path peaks about 0.2 dB lower. A
+    geometric step, ``R_α(r) = r^α``, keeps the guess positive, but torch's CPU ``log``/``exp``
+    (or ``pow``) cost about 17 ms per 4M voxels, a third of an FFT iteration. ``R_α`` is
+    instead the [1/1] Padé approximant of ``r^α`` at ``r = 1`` (see :func:`_extrapolate`):
+    the same first- and second-order prediction, positive, bounded like a clamped ratio, and
+    five cheap passes (about 2.5 ms). On the bench_rl problem it reaches plain RL's
+    20-iteration PSNR at the same iteration as ``r^α`` (zero boundary: 28.13 vs 28.14 dB at
+    iteration 10; Bertero: both at iteration 10, 33.99 vs 33.85 dB after 20).
     """
     x = _initial_estimate(p)
-    x_prev, guess = torch.empty_like(x), torch.empty_like(x)
+    x_prev, guess, scratch = torch.empty_like(x), ws.estimate_in, torch.empty_like(x)  # FFT reads the guess
     g, g_prev = torch.zeros_like(x), torch.zeros_like(x)
     alpha, gg_prev = 0.0, None
     for it in range(1, iterations + 1):
@@ -386,7 +402,7 @@ def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback,
         if record is not None:
             record.append(alpha if it > 2 else 0.0)
         if it > 2 and alpha > 0:
-            _geometric_step(x, x_prev, alpha, out=guess)
+            _extrapolate(x, x_prev, alpha, out=guess, scratch=scratch)
         else:
             guess.copy_(x)
         _rl_update(p, ws, guess, x_prev, tv)  # x_prev's buffer now holds x_{k+1}
@@ -403,15 +419,27 @@ def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback,
     return x
 
 
-def _geometric_step(x: torch.Tensor, x_prev: torch.Tensor, alpha: float, out: torch.Tensor) -> None:
-    """``out = x · (x / x_prev)^alpha`` with the ratio bounded to [1/20, 20]; zeros stay zero.
+def _extrapolate(x: torch.Tensor, x_prev: torch.Tensor, alpha: float, out: torch.Tensor,
+                 scratch: torch.Tensor) -> None:
+    """``out = x · R_α(x / x_prev)`` with ``R_α(r) = ((1 - α) + (1 + α) r) / ((1 + α) + (1 - α) r)``.
 
-    The power is taken as ``exp(alpha · log r)``: torch's CPU ``pow`` with a fractional
-    exponent is scalar code, about 12 ms on 4M voxels against 5 ms for ``log`` plus ``exp``.
+    ``R_α`` is the [1/1] Padé approximant of ``r^α`` about ``r = 1``: equal value, slope and
+    curvature there, increasing, and bounded to ``[1/c, c]`` with ``c = (1 + α) / (1 - α)``, so
+    the guess stays positive and a voxel that fell to near zero is not pushed to zero. Taken
+    as ``x (x_prev + c x) / (x + c x_prev)``; where both are 0 the guess is 0.
+
+    Examples
+    --------
+    >>> x, prev = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([1.0, 1.0, 0.0])
+    >>> out, scratch = torch.empty(3), torch.empty(3)
+    >>> _extrapolate(x, prev, 0.5, out, scratch)
+    >>> [round(v, 3) for v in out.tolist()]  # 2 * 2**0.5 = 2.828 exactly; the approximant 2.8
+    [2.8, 1.0, 0.0]
     """
-    torch.clamp(x_prev, min=1e-30, out=out)
-    torch.div(x, out, out=out)
-    out.clamp_(0.05, 20.0).log_().mul_(alpha).exp_().mul_(x)
+    c = (1.0 + alpha) / (1.0 - alpha)
+    torch.add(x_prev, x, alpha=c, out=out)
+    torch.add(x, x_prev, alpha=c, out=scratch).clamp_min_(1e-30)
+    out.div_(scratch).mul_(x)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny seeded arrays and a CUDA marker that skips where no GPU exists."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """FFTW wisdom (deconv3d._fftw) goes to a temporary folder, not the user's ~/.cache."""
+    before = os.environ.get("DECONV3D_CACHE_DIR")
+    os.environ["DECONV3D_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("DECONV3D_CACHE_DIR", None)
+    else:
+        os.environ["DECONV3D_CACHE_DIR"] = before
 
 
 @pytest.fixture(autouse=True)

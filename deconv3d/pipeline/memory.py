@@ -12,13 +12,15 @@ Richardson-Lucy, Bertero boundary (:mod:`deconv3d.classical`), with ``F`` the vo
 shape ``fast_shape(block + psf - 1)``, ``S`` the half-spectrum elements (about ``F / 2``) and
 ``B`` the block's voxels:
 
-* real arrays of FFT shape: the estimate ``u``, the workspace ``full``, the zero-margined FFT
-  input ``padded`` and ``1 / H^T 1``: 4 F; Biggs-Andrews adds ``x_prev, guess, g, g_prev``: 4 F;
-  TV adds ``ndim`` gradients, the norm and the divergence: (ndim + 2) F;
+* real arrays of FFT shape: the workspace's two zero-margined FFT inputs (the estimate ``u``
+  lives in the first, ``y / H u`` is written into the second), its output ``full`` and
+  ``1 / H^T 1``: 4 F; Biggs-Andrews adds ``x, x_prev, g, g_prev`` and a scratch: 5 F (the guess
+  lives in the first input); TV adds ``ndim`` gradients, the norm and the divergence: (ndim + 2) F;
 * half spectra: the OTF, its conjugate and the workspace spectrum: 3 S complex;
 * scratch that torch's CPU FFTs allocate on their own (the multi-axis complex passes, the copy
   an inverse real FFT destroys) and the transients of the ``1 / H^T 1`` set-up: 1 F real plus
-  6 S complex. (Before the workspace kept ``padded``, torch made a zero-padded copy of every
+  6 S complex. FFTW (:mod:`deconv3d._fftw`) allocates no scratch but keeps the OTF scaled
+  by its normalisation (1 S more), so the torch count bounds both. (Before the workspace kept ``padded``, torch made a zero-padded copy of every
   FFT input instead; the model was fitted to the OS's count, ru_maxrss, at 3 F + 2 F scratch.)
 * block-sized arrays: the block read from the source, its clamped copy, the ratio ``y / Hu``
   and the output being written: 4 B.
@@ -159,7 +161,7 @@ class MemoryModel:
         block = math.prod(block_shape)
         if self.method in ("rl", "rl-tv"):
             full, half = _fft_sizes([n + k - 1 for n, k in zip(block_shape, self.psf_shape)])
-            reals = 4 + 1 + 4 * bool(self.accelerate) + (len(block_shape) + 2) * (self.method == "rl-tv")
+            reals = 4 + 1 + 5 * bool(self.accelerate) + (len(block_shape) + 2) * (self.method == "rl-tv")
             total = reals * full * _F32 + (3 + 6) * half * _C64 + 4 * block * _F32
         elif self.method == "wiener":
             full, half = _fft_sizes([n + 2 * k for n, k in zip(block_shape, self.psf_shape)])
