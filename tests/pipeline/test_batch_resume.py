@@ -1,9 +1,10 @@
 """Batch crash safety: a batch killed (SIGKILL) in the middle of a file resumes to the same outputs.
 
 The crashing run is a real ``deconv3d batch`` in a subprocess. To kill it reliably while a file
-is half written, the subprocess wraps the block writer of :mod:`deconv3d.pipeline.chunked` so
-that it pauses after every written block (a test-side hook; the package has none). The test
-polls for a written chunk inside the second file's hidden temporary output and kills then.
+is half written, the subprocess wraps the block task of :mod:`deconv3d.pipeline.chunked` (read,
+compute and write one block) so that it pauses after every written block (a test-side hook; the
+package has none). The test polls for a written chunk inside the second file's hidden temporary
+output and kills then.
 """
 
 import hashlib
@@ -26,19 +27,20 @@ from .conftest import blurred_beads, gaussian_psf
 NAMES = ("img0", "img1", "img2")
 
 # Runs the CLI with a pause of argv[1] seconds after each block is written into the zarr store.
+# (It must wrap the function the batch really calls: a stale hook leaves a race the poll may lose.)
 SLOW_CLI = """
 import sys, time
 import deconv3d.pipeline.chunked as chunked
 from deconv3d.cli import main
 
-_write, _delay = chunked._write_block, float(sys.argv[1])
+_task, _delay = chunked._block_task, float(sys.argv[1])
 
-def slow_write(block, array_path, offset, block_info=None):
-    out = _write(block, array_path, offset, block_info=block_info)
+def slow_task(*args, **kwargs):
+    out = _task(*args, **kwargs)
     time.sleep(_delay)
     return out
 
-chunked._write_block = slow_write
+chunked._block_task = slow_task
 sys.exit(main(sys.argv[2:]))
 """
 
