@@ -1,13 +1,16 @@
 """Richardson-Lucy speed on the CPU: deconv3d against its peers, measured side by side.
 
 Problem (issue 2): a 64x256x256 float32 phantom blurred by a 31^3 widefield PSF plus
-Poisson-Gaussian noise, 20 iterations, 2 threads. Rows, timed in one run:
+Poisson-Gaussian noise, 20 iterations, 2 threads. Rows, timed in one run, in turn (one run of
+each method per round, so that the shared machine's load hits them alike):
 
 * deconv3d ``richardson_lucy(boundary="zero")``
 * scikit-image ``restoration.richardson_lucy(clip=False)`` (scipy.fft given the same threads)
 * RedLionfish's CPU path, when installed (``pip install -e .[bench]``)
 * the FFT floor: the two rfftn+irfftn pairs one iteration needs at deconv3d's padded size,
-  with the FFT backend deconv3d uses (FFTW via the ``fftw`` extra when installed, else torch.fft)
+  with the FFT backend deconv3d uses (FFTW via the ``fftw`` extra when installed, else torch.fft).
+  These are whole transforms: deconv3d's FFTW path skips the zero padding (pruned transforms),
+  so its iterations can take less than the floor
 * with the ``fftw`` extra installed, also deconv3d and the floor on torch.fft
 
 plus the largest difference between deconv3d and scikit-image, and time-to-quality:
@@ -41,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--psf-size", type=int, default=31)
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per method (scikit-image: fewer)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (one run of every method each)")
     p.add_argument("--quick", action="store_true", help="tiny problem, one repeat: checks the script runs")
     args = p.parse_args(argv)
     if args.quick:
@@ -60,15 +63,19 @@ def make_problem(shape, psf_size, seed=0):
     return truth, np.ascontiguousarray(image, np.float32), np.ascontiguousarray(psf, np.float32)
 
 
-def timed(fn, repeats):
-    """Run ``fn`` once to warm up, then ``repeats`` times; return (seconds list, last result)."""
-    result = fn()
-    times = []
+def interleaved(runners, repeats, pause=0.2):
+    """Warm each runner up, then time them in turn, ``repeats`` rounds: a burst of load on the
+    shared machine then hits every method alike. ``pause`` seconds before each run let the
+    previous library's worker threads go idle. Returns ({name: seconds}, {name: last result})."""
+    results = {name: fn() for name, fn in runners.items()}
+    times = {name: [] for name in runners}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return times, result
+        for name, fn in runners.items():
+            time.sleep(pause)
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return times, results
 
 
 def fft_floor(image, psf, iterations, backend=None):
@@ -160,25 +167,38 @@ def main(argv=None):
     first_start = time.perf_counter()
     richardson_lucy(image, psf, it, boundary="zero", device="cpu")
     first = time.perf_counter() - first_start
-    ours_times, ours = timed(lambda: richardson_lucy(image, psf, it, boundary="zero", device="cpu"), args.repeats)
-    periodic_times, periodic = timed(
-        lambda: richardson_lucy(image, psf, it, boundary="periodic", device="cpu"), args.repeats
-    )
-    torch_times = None
-    if fftw_available():
-        with _fft_backend("torch"):
-            torch_times, _ = timed(lambda: richardson_lucy(image, psf, it, boundary="zero", device="cpu"),
-                                   args.repeats)
-    sk_repeats = max(1, (args.repeats + 1) // 2)
     from skimage.restoration import richardson_lucy as sk_rl
 
-    with scipy.fft.set_workers(args.threads):
-        sk_times, sk = timed(lambda: sk_rl(image, psf, it, clip=False), sk_repeats)
-        rlf = redlionfish_runner(image, psf, it)
-        rlf_times = timed(rlf, sk_repeats)[0] if rlf else None
+    def with_scipy_workers(fn):
+        def run():
+            with scipy.fft.set_workers(args.threads):
+                return fn()
+        return run
+
+    def ours_with(backend, boundary="zero"):
+        def run():
+            with _fft_backend(backend):
+                return richardson_lucy(image, psf, it, boundary=boundary, device="cpu")
+        return run
+
     floor_run, fft_shape, backend = fft_floor(image, psf, it)
-    floor_times, _ = timed(floor_run, args.repeats)
-    torch_floor_times = timed(fft_floor(image, psf, it, "torch")[0], args.repeats)[0] if torch_times else None
+    runners = {
+        "ours": ours_with(None),
+        "periodic": ours_with(None, "periodic"),
+        "skimage": with_scipy_workers(lambda: sk_rl(image, psf, it, clip=False)),
+        "floor": floor_run,
+    }
+    rlf = redlionfish_runner(image, psf, it)
+    if rlf:
+        runners["redlionfish"] = with_scipy_workers(rlf)
+    if fftw_available():
+        runners["torch"] = ours_with("torch")
+        runners["torch floor"] = fft_floor(image, psf, it, "torch")[0]
+    times, results = interleaved(runners, args.repeats)
+    ours, sk = results["ours"], results["skimage"]
+    ours_times, sk_times, floor_times = times["ours"], times["skimage"], times["floor"]
+    periodic_times, rlf_times = times["periodic"], times.get("redlionfish")
+    torch_times, torch_floor_times = times.get("torch"), times.get("torch floor")
 
     print(f"# deconv3d FFT shape {fft_shape}, backend {backend}; scikit-image/RedLionfish via scipy.fft "
           f"with {args.threads} workers")
