@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from deconv3d.latent.data import PAPER_LEVELS, focal_stacks_from_images, synthetic_focal_stacks
+from deconv3d.latent.losses import LATENT_NORMS
 from deconv3d.latent.model import AEConfig
 from deconv3d.latent.ops import blend_pixels, deblur, extrapolate_pixels, linearity_scores, synthesize_blur
 from deconv3d.latent.train import LatentTrainConfig, train
@@ -94,6 +95,8 @@ def parse_args(argv=None):
     p.add_argument("--val-every", type=int, default=cfg.val_every)
     p.add_argument("--dist", choices=("mse", "l1"), default=cfg.dist, help="latent distance of the explicit loss")
     p.add_argument("--latent-weight", type=float, default=cfg.latent_weight, help="weight of the explicit latent term")
+    p.add_argument("--latent-norm", choices=LATENT_NORMS, default=cfg.latent_norm,
+                   help="'endpoints': the explicit latent term relative to dist(E(x1), E(x3))")
     p.add_argument("--widths", type=int, nargs="+", default=list(ae.widths))
     p.add_argument("--crop", type=int, default=ae.crop)
     p.add_argument("--seed", type=int, default=0)
@@ -161,7 +164,8 @@ def table_row(name: str, cells: list[str], width) -> None:
 
 def train_variant(name, train_stacks, levels, noisy, args):
     loss, skip, residual = VARIANTS[name]
-    cfg = LatentTrainConfig(variant=loss, dist=args.dist, latent_weight=args.latent_weight, steps=args.steps,
+    cfg = LatentTrainConfig(variant=loss, dist=args.dist, latent_weight=args.latent_weight,
+                            latent_norm=args.latent_norm, steps=args.steps,
                             batch=args.batch, val_every=args.val_every, seed=args.seed,
                             time_budget=args.minutes * 60, residual=residual)
     ae = AEConfig(widths=tuple(args.widths), crop=args.crop, skip_interp=skip)
@@ -310,7 +314,7 @@ def main(argv=None):
           f"{args.size}x{args.size}, levels {list(PAPER_LEVELS)}; {args.train_images} training stacks "
           f"(1/4 validate), {args.test_images} held-out; widths {args.widths}, crop {args.crop}, "
           f"batch {args.batch}, <= {args.steps} steps or {args.minutes} min per network; explicit latent "
-          f"term {args.dist} x {args.latent_weight:g}", flush=True)
+          f"term {args.dist} x {args.latent_weight:g} (norm: {args.latent_norm})", flush=True)
     train_stacks, levels, noisy, reference = make_data(args)
     levels = np.asarray(levels, dtype=np.float64)
     print("\n## training (CPU) and latent linearity on the held-out stacks", flush=True)

@@ -21,6 +21,7 @@ from ._common import DEVICES, Parser, add_common, positive_float, positive_int, 
 
 VARIANTS = ("baseline", "implicit", "explicit")
 DISTANCES = ("mse", "l1")
+LATENT_NORMS = ("none", "endpoints")
 
 
 def register(sub) -> None:
@@ -48,8 +49,12 @@ def _train_parser(blur) -> None:
     p.add_argument("--variant", choices=VARIANTS, default="explicit",
                    help="objective: plain autoencoder, + decoded interpolation, + latent match (default explicit)")
     p.add_argument("--dist", choices=DISTANCES, default="mse", help="latent distance of the explicit loss")
-    p.add_argument("--latent-weight", type=float, default=0.1, metavar="W",
-                   help="weight of the explicit loss's latent term (default 0.1; the paper: 1)")
+    p.add_argument("--latent-weight", type=float, default=0.01, metavar="W",
+                   help="weight of the explicit loss's latent term (default 0.01; the paper: 1, with "
+                        "--latent-norm none)")
+    p.add_argument("--latent-norm", choices=LATENT_NORMS, default="endpoints",
+                   help="'endpoints' (default, beyond the paper): the latent term relative to dist(E(x1), E(x3)), "
+                        "so that it cannot fall by shrinking the latents; 'none': the paper's absolute term")
     p.add_argument("--levels", type=float, nargs="+", metavar="L",
                    help="blur level of each plane, larger = nearer focus (default: plane index)")
     p.add_argument("--focus", choices=("last", "first"), default="last",
@@ -189,6 +194,7 @@ def cmd_train(args) -> int:
             print("note: one stack too small to split: no held-out validation, the last averaged weights are kept")
             val_fraction = 0.0
     config = LatentTrainConfig(variant=args.variant, dist=args.dist, latent_weight=args.latent_weight,
+                               latent_norm=args.latent_norm,
                                steps=args.steps, batch=args.batch, lr=args.lr,
                                val_every=min(100, args.steps), val_fraction=val_fraction,
                                seed=args.seed, time_budget=args.time_budget, residual=args.residual)

@@ -10,6 +10,10 @@ define three objectives:
 * explicit  ``L_d = L_i + w dist(z2', E(x2))`` (it must also match the encoding of ``x2``),
   with ``dist`` the mean squared error (the authors' code) or the mean absolute error
   (the paper's figure), and ``w`` the latent weight (1 in the paper; a parameter here).
+  Beyond the paper, the latent term can be taken relative to the distance being
+  interpolated, ``dist(z2', E(x2)) / dist(E(x1), E(x3))`` (``latent_norm="endpoints"``):
+  the absolute term also falls when the encoder merely shrinks all its latents, which the
+  decoder undoes, while the relative one only falls when the latents become more linear.
 
 Latents are tuples of tensors (:mod:`deconv3d.latent.model`); the latent distance is the
 mean over all their elements together, i.e. over the concatenation of the flattened tensors.
@@ -28,10 +32,11 @@ import torch.nn.functional as F
 
 from deconv3d.errors import InputError
 
-__all__ = ["VARIANTS", "DISTANCES", "latent_distance", "baseline_loss", "implicit_loss", "explicit_loss"]
+__all__ = ["VARIANTS", "DISTANCES", "LATENT_NORMS", "latent_distance", "baseline_loss", "implicit_loss", "explicit_loss"]
 
 VARIANTS = ("baseline", "implicit", "explicit")
 DISTANCES = ("mse", "l1")
+LATENT_NORMS = ("none", "endpoints")
 
 
 def _value(t: torch.Tensor) -> float:
@@ -109,8 +114,8 @@ def implicit_loss(x1, x2, x3, y1, y2_interp, y3) -> tuple[torch.Tensor, dict[str
     return total, {**terms, "interp": _value(interp), "total": _value(total)}
 
 
-def explicit_loss(x1, x2, x3, y1, y2_interp, y3, z2_interp, z2, dist: str = "mse", weight: float = 1.0
-                  ) -> tuple[torch.Tensor, dict[str, float]]:
+def explicit_loss(x1, x2, x3, y1, y2_interp, y3, z2_interp, z2, dist: str = "mse", weight: float = 1.0,
+                  z_ends=None) -> tuple[torch.Tensor, dict[str, float]]:
     """``L_d = L_i + w dist(z2', E(x2))``: the interpolated latent must also equal ``E(x2)``.
 
     Parameters
@@ -125,14 +130,31 @@ def explicit_loss(x1, x2, x3, y1, y2_interp, y3, z2_interp, z2, dist: str = "mse
         Latent distance (:func:`latent_distance`).
     weight : float, optional
         ``w``, the latent term's weight (the paper's 1 by default).
+    z_ends : (z1, z3), optional
+        ``E(x1)`` and ``E(x3)``: when given, the latent term is divided by ``dist(z1, z3)``,
+        which makes it independent of the latents' scale (beyond the paper; module docstring).
 
     Returns
     -------
     (torch.Tensor, dict)
         The scalar loss and its terms (``"recon"``, ``"interp"``, ``"latent"`` unweighted,
         ``"total"``).
+
+    Examples
+    --------
+    Scaling every latent by the same factor leaves the relative term unchanged:
+
+    >>> z1, z3, z2, zi = (torch.zeros(2),), (torch.full((2,), 2.0),), (torch.ones(2),), (torch.full((2,), 1.5),)
+    >>> x = torch.zeros(1, 1, 1, 2)
+    >>> rel = [explicit_loss(x, x, x, x, x, x, tuple(s * t for t in zi), tuple(s * t for t in z2),
+    ...                      z_ends=(tuple(s * t for t in z1), tuple(s * t for t in z3)))[1]["latent"]
+    ...        for s in (1.0, 0.1)]
+    >>> [round(v, 6) for v in rel]  # 0.25 / 4
+    [0.0625, 0.0625]
     """
     implicit, terms = implicit_loss(x1, x2, x3, y1, y2_interp, y3)
     latent = latent_distance(z2_interp, z2, dist)
+    if z_ends is not None:
+        latent = latent / latent_distance(z_ends[0], z_ends[1], dist).clamp_min(1e-12)
     total = implicit + weight * latent
     return total, {**terms, "latent": _value(latent), "total": _value(total)}

@@ -43,7 +43,8 @@ def model(tmp_path, make_stacks, capsys):
 
 
 @pytest.mark.parametrize("variant, extra", [("baseline", []), ("implicit", []), ("explicit", []),
-                                            ("explicit", ["--residual", "--latent-weight", "0.5"])])
+                                            ("explicit", ["--residual", "--latent-weight", "0.5",
+                                                          "--latent-norm", "none"])])
 def test_train_writes_a_checkpoint(tmp_path, make_stacks, capsys, variant, extra):
     stacks = write_stacks(tmp_path, make_stacks)
     out = tmp_path / f"{variant}.ckpt"
@@ -53,7 +54,8 @@ def test_train_writes_a_checkpoint(tmp_path, make_stacks, capsys, variant, extra
     trained = load_checkpoint(out)
     assert trained.config.variant == variant and trained.config.steps == 3 and trained.config.seed == 2
     assert trained.config.residual == bool(extra)
-    assert trained.config.latent_weight == (0.5 if extra else 0.1)
+    assert trained.config.latent_weight == (0.5 if extra else 0.01)
+    assert trained.config.latent_norm == ("none" if extra else "endpoints")
     assert trained.ae_config.widths == (4, 8) and trained.ae_config.crop == 16
     assert trained.levels.tolist() == [0.0, 1.0, 2.0] and trained.best_score is not None
     assert "wrote" in stdout

@@ -140,3 +140,12 @@ def test_config_without_a_latent_weight_was_trained_at_the_papers_weight():
     assert train_config_from_dict(stored) == LatentTrainConfig(latent_weight=0.3, steps=7)
     del stored["latent_weight"]  # a checkpoint from before the weight was a parameter
     assert train_config_from_dict(stored).latent_weight == 1.0
+
+
+def test_config_without_a_latent_norm_used_the_absolute_term():
+    from deconv3d.latent.train import LatentTrainConfig, config_to_dict, train_config_from_dict
+
+    stored = config_to_dict(LatentTrainConfig(latent_norm="endpoints"))
+    assert train_config_from_dict(stored).latent_norm == "endpoints"
+    del stored["latent_norm"]
+    assert train_config_from_dict(stored).latent_norm == "none"

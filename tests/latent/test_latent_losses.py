@@ -101,3 +101,41 @@ def test_residual_triplet_loss_scores_the_blend_plus_the_decoded_correction():
     # a model that reconstructs exactly makes the residual form equal the plain one
     exact = triplet_loss(PixelModel(), x1, x2, x3, alpha, "explicit", "mse", residual=True)[0]
     assert float(exact) == pytest.approx(float(triplet_loss(PixelModel(), x1, x2, x3, alpha, "explicit", "mse")[0]))
+
+
+Z1 = (torch.zeros(2), torch.zeros(1))
+Z3 = (torch.full((2,), 2.0), torch.full((1,), 2.0))
+# MSE(Z1, Z3) = 4, L1 = 2: the relative term is 7 / 4 (mse) or (7 / 3) / 2 (l1)
+
+
+@pytest.mark.parametrize("dist, relative", [("mse", 7.0 / 4.0), ("l1", 7.0 / 6.0)])
+def test_explicit_relative_to_the_endpoints_by_hand(dist, relative):
+    loss, terms = explicit_loss(X1, X2, X3, Y1, Y2, Y3, Z2I, Z2, dist, 0.5, z_ends=(Z1, Z3))
+    assert terms["latent"] == pytest.approx(relative)
+    assert float(loss) == pytest.approx(1.5 + 5 + 0.5 * relative)
+
+
+class ScalingModel(PixelModel):
+    """Latents are ``s`` times the plane and decode back exactly: only their scale differs."""
+
+    def __init__(self, s):
+        self.s = s
+
+    def encode(self, x):
+        return (self.s * x,)
+
+    def decode(self, z):
+        return z[0] / self.s
+
+
+def test_relative_latent_term_ignores_the_latents_scale():
+    x1, x2, x3, alpha = t(0.0, 0.0), t(1.0, 3.0), t(4.0, 4.0), torch.tensor([0.75])
+    # z2' - z2 = s (0, -2) and z1 - z3 = s (-4, -4): absolute MSE 2 s^2, relative 2 / 16
+    for s in (1.0, 0.1):
+        _, absolute = triplet_loss(ScalingModel(s), x1, x2, x3, alpha, "explicit", "mse")
+        _, relative = triplet_loss(ScalingModel(s), x1, x2, x3, alpha, "explicit", "mse", latent_norm="endpoints")
+        assert absolute["latent"] == pytest.approx(2.0 * s * s)
+        assert relative["latent"] == pytest.approx(2.0 / 16.0)
+        assert relative["interp"] == pytest.approx(absolute["interp"])
+    with pytest.raises(InputError):
+        triplet_loss(PixelModel(), x1, x2, x3, alpha, "explicit", "mse", latent_norm="batch")
