@@ -20,8 +20,9 @@ shape ``fast_shape(block + psf - 1)``, ``S`` the half-spectrum elements (about `
 * scratch that torch's CPU FFTs allocate on their own (the multi-axis complex passes, the copy
   an inverse real FFT destroys) and the transients of the ``1 / H^T 1`` set-up: 1 F real plus
   6 S complex. FFTW (:mod:`deconv3d._fftw`) allocates no scratch but keeps the OTF scaled
-  by its normalisation (1 S more), so the torch count bounds both. (Before the workspace kept ``padded``, torch made a zero-padded copy of every
-  FFT input instead; the model was fitted to the OS's count, ru_maxrss, at 3 F + 2 F scratch.)
+  by its normalisation (1 S more), so the torch count bounds both. (Before the workspace
+  kept ``padded``, torch made a zero-padded copy of every FFT input instead; the model was
+  fitted to the OS's count, ru_maxrss, at 3 F + 2 F scratch.)
 * block-sized arrays: the block read from the source, its clamped copy, the ratio ``y / Hu``
   and the output being written: 4 B.
 
