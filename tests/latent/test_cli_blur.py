@@ -211,3 +211,17 @@ def test_every_blur_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
     assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_cli_choices_and_defaults_follow_the_library():
+    """The CLI keeps its own copies (it parses before importing torch): they must not drift."""
+    from deconv3d.cli import blur, build_parser
+    from deconv3d.latent import losses
+    from deconv3d.latent.train import LatentTrainConfig
+
+    assert blur.VARIANTS == losses.VARIANTS and blur.DISTANCES == losses.DISTANCES
+    assert blur.LATENT_NORMS == losses.LATENT_NORMS
+    args = build_parser().parse_args(["blur", "train", "s.tif", "-o", "m.ckpt"])
+    defaults = LatentTrainConfig()
+    assert (args.variant, args.dist, args.latent_weight, args.latent_norm) == (
+        defaults.variant, defaults.dist, defaults.latent_weight, defaults.latent_norm)
