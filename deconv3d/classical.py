@@ -262,10 +262,10 @@ class _Workspace:
                                    input_extents=[est_box, data_box], output_extents=[data_box, est_box])
         est_in, ratio_in = self.fft.inputs
         self.spectrum, self.full = self.fft.spectrum, self.fft.output
-        whole = tuple(p.estimate_shape) == p.fft_shape
-        self.estimate_in = est_in if whole else est_in[tuple(slice(0, s) for s in p.estimate_shape)]
+        whole, est_crop = est_box == tuple(p.fft_shape), tuple(slice(0, s) for s in est_box)
+        self.estimate_in = est_in if whole else est_in[est_crop]
         self.ratio = ratio_in if tuple(p.data.shape) == p.fft_shape else ratio_in[p.data_crop]
-        self.factor = self.full if whole else self.full[tuple(slice(0, s) for s in p.estimate_shape)]
+        self.factor = self.full if whole else self.full[est_crop]
         self.otf, self.otf_conj = p.otf, p.otf_conj
         if self.fft.scale != 1.0:  # p.otf is shared with the convolver's cache; p.otf_conj is ours
             self.otf, self.otf_conj = p.otf * self.fft.scale, p.otf_conj.mul_(self.fft.scale)

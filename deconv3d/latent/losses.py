@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from deconv3d.errors import InputError
 
-__all__ = ["VARIANTS", "DISTANCES", "LATENT_NORMS", "latent_distance", "baseline_loss", "implicit_loss", "explicit_loss"]
+__all__ = ["VARIANTS", "DISTANCES", "LATENT_NORMS", "latent_distance", "baseline_loss", "implicit_loss",
+           "explicit_loss"]
 
 VARIANTS = ("baseline", "implicit", "explicit")
 DISTANCES = ("mse", "l1")

@@ -58,10 +58,11 @@ class LatentTrainConfig:
     weight averaging; ``val_every`` steps between validations on ``val_fraction`` of the
     stacks (0: no validation, the last weights are kept); ``triplets`` ``"dyadic"`` (the
     paper's midpoint triplets) or ``"all"``; ``time_budget`` in seconds stops early.
-    ``residual`` (beyond the paper) trains the interpolation term on the form :func:`~deconv3d.latent.ops.synthesize_blur` uses with
-    ``residual=True``: ``D(z2') - [alpha D(z1) + (1 - alpha) D(z3)]`` added to the pixel
-    blend ``alpha x1 + (1 - alpha) x3`` must match ``x2``, so the decoder learns the blend's
-    error rather than the whole plane; validation scores that form too.
+    ``residual`` (beyond the paper) trains the interpolation term on the form
+    :func:`~deconv3d.latent.ops.synthesize_blur` uses with ``residual=True``:
+    ``D(z2') - [alpha D(z1) + (1 - alpha) D(z3)]`` added to the pixel blend
+    ``alpha x1 + (1 - alpha) x3`` must match ``x2``, so the decoder learns the blend's error
+    rather than the whole plane; validation scores that form too.
 
     The latent term defaults to ``latent_norm="endpoints"`` (beyond the paper): it is divided
     by ``dist(E(x1), E(x3))`` (:func:`~deconv3d.latent.losses.explicit_loss`), so the encoder
