@@ -26,8 +26,7 @@ class _Problem:
     """The fixed pieces of one Richardson-Lucy run, built once before the loop."""
 
     data: torch.Tensor  # measured image (reflect mode: the reflect-extended image)
-    otf: torch.Tensor  # cached OTF for fft_shape
-    otf_conj: torch.Tensor
+    otf: torch.Tensor  # cached OTF for fft_shape, shared with the convolver's cache: never written
     fft_shape: tuple[int, ...]
     dims: tuple[int, ...]
     data_crop: tuple  # where the data sit inside an FFT-shaped buffer
@@ -210,12 +209,12 @@ def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str) -> _Problem
     if boundary == "bertero":
         # Image at the origin, the margins of the extended object wrap around the end.
         fft_shape = fast_shape([a + b - 1 for a, b in zip(n, k)])
-        problem = _Problem(y, *_otfs(conv, fft_shape), fft_shape, conv.dims, whole, whole, fft_shape)
+        problem = _Problem(y, conv.otf(fft_shape), fft_shape, conv.dims, whole, whole, fft_shape)
         problem.inv_weight = _bertero_inverse_weight(problem)
         return problem
     if boundary == "periodic":
         # Circulant model at the image's own shape: cheapest, but light wraps across the borders.
-        return _Problem(y, *_otfs(conv, n), n, conv.dims, whole, whole, n)
+        return _Problem(y, conv.otf(n), n, conv.dims, whole, whole, n)
     if boundary == "reflect":
         before = [a - 1 - b for a, b in zip(k, o)]
         y = pad_spatial(y, before, list(o), "reflect")
@@ -224,18 +223,13 @@ def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str) -> _Problem
         crop = whole
     fft_shape = conv.same_fft_shape(y.shape)
     data_crop = tuple(slice(0, s) for s in y.shape)
-    return _Problem(y, *_otfs(conv, fft_shape), fft_shape, conv.dims, data_crop, crop, tuple(y.shape))
-
-
-def _otfs(conv: FFTConvolver, fft_shape):
-    otf = conv.otf(fft_shape)
-    return otf, otf.conj().resolve_conj()
+    return _Problem(y, conv.otf(fft_shape), fft_shape, conv.dims, data_crop, crop, tuple(y.shape))
 
 
 def _bertero_inverse_weight(p: _Problem, threshold: float = 1e-3) -> torch.Tensor:
     """1 / H^T(M 1) on the extended domain, 0 where the data barely constrain the object."""
     ones = torch.ones_like(p.data)
-    spectrum = torch.fft.rfftn(ones, s=p.fft_shape, dim=p.dims) * p.otf_conj
+    spectrum = torch.fft.rfftn(ones, s=p.fft_shape, dim=p.dims) * p.otf.conj()
     weight = torch.fft.irfftn(spectrum, s=p.fft_shape, dim=p.dims)
     # Element-wise rather than boolean indexing, which costs ~0.35 s at 96 x 288 x 288.
     inv = weight.clamp_min(threshold).reciprocal_()
@@ -266,9 +260,9 @@ class _Workspace:
         self.estimate_in = est_in if whole else est_in[est_crop]
         self.ratio = ratio_in if tuple(p.data.shape) == p.fft_shape else ratio_in[p.data_crop]
         self.factor = self.full if whole else self.full[est_crop]
-        self.otf, self.otf_conj = p.otf, p.otf_conj
-        if self.fft.scale != 1.0:  # p.otf is shared with the convolver's cache; p.otf_conj is ours
-            self.otf, self.otf_conj = p.otf * self.fft.scale, p.otf_conj.mul_(self.fft.scale)
+        # Both built here, leaving the problem as it was: p.otf is shared with the convolver's cache.
+        self.otf = p.otf * self.fft.scale if self.fft.scale != 1.0 else p.otf
+        self.otf_conj = self.otf.conj_physical()
 
 
 def _rl_factor(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from skimage.restoration import richardson_lucy as sk_rl
 
 from conftest import asymmetric_psf
 from deconv3d import _fftw
-from deconv3d.classical import _extrapolate, richardson_lucy
+from deconv3d.classical import _build_problem, _extrapolate, _rl_factor, _Workspace, richardson_lucy
 from deconv3d.errors import InputError
 
 needs_fftw = pytest.mark.skipif(not _fftw.fftw_available(), reason="pyFFTW not installed (extra 'fftw')")
@@ -44,6 +44,24 @@ def test_fftw_equals_torch(backend, boundary, accelerate, shape, psf_shape):
     # The adaptive step size feeds float32 round-off back into every later iterate, so the
     # accelerated runs agree less closely than the plain ones (as two torch builds would).
     assert np.abs(results["fftw"] - ref).max() <= (1e-3 if accelerate else 2e-5) * ref.max()
+
+
+@pytest.mark.parametrize("name", ["torch", pytest.param("fftw", marks=needs_fftw)])
+def test_workspace_leaves_the_problem_unchanged(backend, name):
+    # FFTW's inverse is unnormalised, so its workspace scales the OTFs: it must scale copies,
+    # or a second workspace on the same problem would apply the scale twice.
+    backend(name)
+    image, psf = _data((12, 20, 18), (5, 7, 4))
+    problem = _build_problem(torch.from_numpy(image), torch.from_numpy(psf), "bertero")
+    otf = problem.otf.clone()
+    factors = []
+    for _ in range(2):
+        ws = _Workspace(problem)
+        ws.estimate_in.fill_(float(image.mean()))
+        factors.append(_rl_factor(problem, ws, ws.estimate_in).clone())
+    assert torch.equal(problem.otf, otf)
+    torch.testing.assert_close(factors[1], factors[0], rtol=0, atol=0)
+    assert 0.5 < float(factors[0].max()) < 2  # a flat start's correction is near 1
 
 
 @needs_fftw
