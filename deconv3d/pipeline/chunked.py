@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 
 import math
+import sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -109,10 +110,26 @@ def _product(axes):
 def _apply(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray) -> np.ndarray:
     if block.size == 0:
         return np.zeros(block.shape, np.float32)
+    _pin_threads()
     out = np.asarray(fn(block), dtype=np.float32)
     if out.shape != block.shape:
         raise RuntimeError(f"block function returned shape {out.shape} for a block of shape {block.shape}")
     return out
+
+
+def _pin_threads() -> None:
+    """Give this worker thread torch's thread count for its OpenMP and MKL work too.
+
+    ``torch.set_num_threads`` sets the count of the thread that calls it; in another thread
+    torch reports that count, but MKL's FFTs run on every core: the blocks then oversubscribe
+    the cores that :func:`_share_cores` divided, and a block computed in a worker thread
+    differed in its last bits from the same block computed in the main thread. Setting the
+    count again in the worker fixes both. Nothing to do where the block function has not
+    imported torch.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(torch.get_num_threads())
 
 
 def release_memory() -> None:
