@@ -12,6 +12,8 @@ each method per round, so that the shared machine's load hits them alike):
   These are whole transforms: deconv3d's FFTW path skips the zero padding (pruned transforms),
   so its iterations can take less than the floor
 * with the ``fftw`` extra installed, also deconv3d and the floor on torch.fft
+* with the ``numba`` extra installed (fused element-wise passes, ``deconv3d._rl_ops``), also
+  deconv3d with torch's element-wise operations (``DECONV3D_FUSED=torch``)
 
 plus the largest difference between deconv3d and scikit-image, and time-to-quality:
 seconds for Biggs-Andrews accelerated RL to reach the PSNR plain RL reaches in 20
@@ -32,6 +34,7 @@ import scipy.fft
 import torch
 
 from deconv3d._fftw import fftw_available, real_transforms, wisdom_path
+from deconv3d._rl_ops import numba_available, ops_for
 from deconv3d.classical import _build_problem, richardson_lucy
 from deconv3d.metrics import psnr
 from deconv3d.psf import generate_psf
@@ -97,18 +100,23 @@ def fft_floor(image, psf, iterations, backend=None):
 
 
 @contextlib.contextmanager
-def _fft_backend(backend):
-    """Set ``DECONV3D_FFT`` for the block (``None``: leave it as it is)."""
-    before = os.environ.get("DECONV3D_FFT")
-    if backend is not None:
-        os.environ["DECONV3D_FFT"] = backend
+def _env(name, value):
+    """Set the environment variable ``name`` for the block (``None``: leave it as it is)."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop("DECONV3D_FFT", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["DECONV3D_FFT"] = before
+            os.environ[name] = before
+
+
+def _fft_backend(backend):
+    """Set ``DECONV3D_FFT`` (deconv3d._fftw) for the block (``None``: leave it as it is)."""
+    return _env("DECONV3D_FFT", backend)
 
 
 def redlionfish_runner(image, psf, iterations):
@@ -175,9 +183,9 @@ def main(argv=None):
                 return fn()
         return run
 
-    def ours_with(backend, boundary="zero"):
+    def ours_with(backend, boundary="zero", fused=None):
         def run():
-            with _fft_backend(backend):
+            with _fft_backend(backend), _env("DECONV3D_FUSED", fused):
                 return richardson_lucy(image, psf, it, boundary=boundary, device="cpu")
         return run
 
@@ -194,13 +202,18 @@ def main(argv=None):
     if fftw_available():
         runners["torch"] = ours_with("torch")
         runners["torch floor"] = fft_floor(image, psf, it, "torch")[0]
+    if numba_available():
+        runners["unfused"] = ours_with(None, fused="torch")
     times, results = interleaved(runners, args.repeats)
     ours, sk = results["ours"], results["skimage"]
     ours_times, sk_times, floor_times = times["ours"], times["skimage"], times["floor"]
     periodic_times, rlf_times = times["periodic"], times.get("redlionfish")
     torch_times, torch_floor_times = times.get("torch"), times.get("torch floor")
+    unfused_times = times.get("unfused")
 
-    print(f"# deconv3d FFT shape {fft_shape}, backend {backend}; scikit-image/RedLionfish via scipy.fft "
+    element_wise = ops_for(torch.device("cpu"), torch.float32).name
+    print(f"# deconv3d FFT shape {fft_shape}, backend {backend}, element-wise passes {element_wise}; "
+          f"scikit-image/RedLionfish via scipy.fft "
           f"with {args.threads} workers")
     print(f"# first deconv3d run in this process (FFT planning included): {first:.2f} s; "
           f"wisdom file {wisdom_path() if backend == 'fftw' else '-'}")
@@ -218,6 +231,8 @@ def main(argv=None):
     if torch_times:
         print(summarise("deconv3d rl (zero, torch.fft)", torch_times, it, ref)[0])
         print(summarise("FFT floor (torch.fft)", torch_floor_times, it, ref)[0])
+    if unfused_times:
+        print(summarise("deconv3d rl (zero, torch element-wise)", unfused_times, it, ref)[0])
     diff = float(np.abs(ours - sk).max() / np.abs(sk).max())
     print(f"# max |deconv3d - scikit-image| / max = {diff:.2e}")
     # RedLionfish's CPU path solves the periodic problem at the image shape but starts from the

@@ -3,7 +3,8 @@
 Everything runs in torch on the CPU or a GPU, float32 by default, with the PSF's OTF
 computed once per run (:mod:`deconv3d.fft`) and no allocation inside the iteration loop. On
 the CPU, Richardson-Lucy's FFTs go through FFTW when the optional ``fftw`` extra is installed
-(:mod:`deconv3d._fftw`); the element-wise work stays in torch.
+(:mod:`deconv3d._fftw`), and its element-wise passes are fused into numba loops when the
+optional ``numba`` extra is (:mod:`deconv3d._rl_ops`); otherwise they are torch operations.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from deconv3d._fftw import real_transforms
+from deconv3d._rl_ops import ops_for
 from deconv3d.errors import InputError
 from deconv3d.fft import FFTConvolver, as_tensor, fast_shape, pad_spatial, resolve_device
 
@@ -263,6 +265,7 @@ class _Workspace:
         # Both built here, leaving the problem as it was: p.otf is shared with the convolver's cache.
         self.otf = p.otf * self.fft.scale if self.fft.scale != 1.0 else p.otf
         self.otf_conj = self.otf.conj_physical()
+        self.ops = ops_for(p.data.device, p.data.dtype)  # the element-wise passes (deconv3d._rl_ops)
 
 
 def _rl_factor(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
@@ -270,20 +273,24 @@ def _rl_factor(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
 
     Returns a view into the workspace with the estimate's shape.
     """
+    factor = _correlated_ratio(p, ws, u)
+    if p.inv_weight is not None:
+        factor.mul_(p.inv_weight)
+    return factor
+
+
+def _correlated_ratio(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
+    """``H^T(y / H u)`` without the Bertero weight: a view into the workspace."""
     if u is not ws.estimate_in:
         ws.estimate_in.copy_(u)
     ws.fft.forward(0)
     ws.spectrum.mul_(ws.otf)
     ws.fft.inverse(0)
-    blurred = ws.full[p.data_crop]
-    torch.div(p.data, blurred.clamp_min_(p.floor), out=ws.ratio)
+    ws.ops.ratio(p.data, ws.full[p.data_crop], p.floor, ws.ratio)
     ws.fft.forward(1)
     ws.spectrum.mul_(ws.otf_conj)
     ws.fft.inverse(1)
-    factor = ws.factor
-    if p.inv_weight is not None:
-        factor.mul_(p.inv_weight)
-    return factor
+    return ws.factor
 
 
 class _TV:
@@ -357,12 +364,9 @@ def _run(p: _Problem, iterations: int, tv, accelerate, tol, callback, record=Non
 
 def _rl_update(p: _Problem, ws: _Workspace, u: torch.Tensor, out: torch.Tensor, tv) -> None:
     """``out = u · factor(u) / tv(u)``, clamped at 0; ``out`` may be ``u`` itself."""
-    factor = _rl_factor(p, ws, u)
+    factor = _correlated_ratio(p, ws, u)
     denominator = tv.denominator(u) if tv is not None else None
-    torch.mul(u, factor, out=out)
-    if denominator is not None:
-        out.div_(denominator)
-    out.clamp_min_(0)
+    ws.ops.update(u, factor, p.inv_weight, out, denominator)
 
 
 def _should_stop(it, u, previous, tol, callback, p) -> bool:
@@ -384,10 +388,12 @@ def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback,
     to zero can never recover, and on noisy 3D data that path peaks about 0.2 dB lower. A
     geometric step, ``R_α(r) = r^α``, keeps the guess positive, at the price of a ``log`` and
     an ``exp`` per voxel. ``R_α`` is instead the [1/1] Padé approximant of ``r^α`` at ``r = 1``
-    (see :func:`_extrapolate`): the same first- and second-order prediction, positive, bounded
-    like a clamped ratio, and only additions, multiplications and one division. Measured on
+    (:meth:`deconv3d._rl_ops.TorchOps.extrapolate`): the same first- and second-order
+    prediction, positive, bounded like a clamped ratio, and only additions, multiplications
+    and one division. Measured on
     6.3M float32 voxels with 2 threads: 2.9 ms against 5.6 ms for the geometric step (median
-    of 15), where one RL iteration at that FFT size takes about 32 ms. On the bench_rl problem
+    of 15), where one RL iteration at that FFT size takes about 32 ms; with the ``numba``
+    extra it is one fused pass (:class:`deconv3d._rl_ops.FusedOps`). On the bench_rl problem
     it reaches plain RL's 20-iteration PSNR within one iteration of ``r^α`` (zero boundary:
     iteration 11 against 10, 28.13 vs 28.14 dB at iteration 10; Bertero: both at iteration 10,
     33.99 vs 33.85 dB after 20).
@@ -402,48 +408,21 @@ def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback,
         if record is not None:
             record.append(alpha if it > 2 else 0.0)
         if it > 2 and alpha > 0:
-            _extrapolate(x, x_prev, alpha, out=guess, scratch=scratch)
+            ws.ops.extrapolate(x, x_prev, alpha, out=guess, scratch=scratch)
         else:
             guess.copy_(x)
         _rl_update(p, ws, guess, x_prev, tv)  # x_prev's buffer now holds x_{k+1}
-        torch.sub(x_prev, guess, out=g)
+        dots = ws.ops.step(guess, x_prev, g, g_prev, dots=schedule is None)  # g = x_{k+1} - guess
         if schedule is None:
-            gg = _dot(g, g)  # next iteration's denominator: one pass over g instead of two
+            gg, g_gprev = dots  # gg: the next iteration's denominator
             if it > 1:
-                alpha = float((_dot(g, g_prev) / gg_prev.clamp_min(1e-30)).clamp(0.0, 0.999))
+                alpha = min(max(g_gprev / max(gg_prev, 1e-30), 0.0), 0.999)
             gg_prev = gg
         x, x_prev = x_prev, x
         g, g_prev = g_prev, g
         if _should_stop(it, x, x_prev if tol is not None else None, tol, callback, p):
             break
     return x
-
-
-def _extrapolate(x: torch.Tensor, x_prev: torch.Tensor, alpha: float, out: torch.Tensor,
-                 scratch: torch.Tensor) -> None:
-    """``out = x · R_α(x / x_prev)`` with ``R_α(r) = ((1 - α) + (1 + α) r) / ((1 + α) + (1 - α) r)``.
-
-    ``R_α`` is the [1/1] Padé approximant of ``r^α`` about ``r = 1``: equal value, slope and
-    curvature there, increasing, and bounded to ``[1/c, c]`` with ``c = (1 + α) / (1 - α)``, so
-    the guess stays positive and a voxel that fell to near zero is not pushed to zero. Taken
-    as ``x (x_prev + c x) / (x + c x_prev)``; where both are 0 the guess is 0.
-
-    Examples
-    --------
-    >>> x, prev = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([1.0, 1.0, 0.0])
-    >>> out, scratch = torch.empty(3), torch.empty(3)
-    >>> _extrapolate(x, prev, 0.5, out, scratch)
-    >>> [round(v, 3) for v in out.tolist()]  # 2 * 2**0.5 = 2.828 exactly; the approximant 2.8
-    [2.8, 1.0, 0.0]
-    """
-    c = (1.0 + alpha) / (1.0 - alpha)
-    torch.add(x_prev, x, alpha=c, out=out)
-    torch.add(x, x_prev, alpha=c, out=scratch).clamp_min_(1e-30)
-    out.div_(scratch).mul_(x)
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
 WIENER_BOUNDARIES = ("reflect", "zero", "periodic")

@@ -10,7 +10,8 @@ from skimage.restoration import richardson_lucy as sk_rl
 
 from conftest import asymmetric_psf
 from deconv3d import _fftw
-from deconv3d.classical import _build_problem, _extrapolate, _rl_factor, _Workspace, richardson_lucy
+from deconv3d._rl_ops import TorchOps
+from deconv3d.classical import _build_problem, _rl_factor, _Workspace, richardson_lucy
 from deconv3d.errors import InputError
 
 needs_fftw = pytest.mark.skipif(not _fftw.fftw_available(), reason="pyFFTW not installed (extra 'fftw')")
@@ -182,7 +183,7 @@ def test_extrapolate_is_a_pade_approximant_of_the_power():
     x = r * x_prev
     for alpha in (0.1, 0.5, 0.9):
         out, scratch = torch.empty_like(r), torch.empty_like(r)
-        _extrapolate(x, x_prev, alpha, out, scratch)
+        TorchOps.extrapolate(x, x_prev, alpha, out, scratch)
         ratio = out / x
         c = (1 + alpha) / (1 - alpha)
         assert torch.all(ratio > 1 / c - 1e-12) and torch.all(ratio < c + 1e-12)  # bounded, positive
@@ -193,5 +194,5 @@ def test_extrapolate_is_a_pade_approximant_of_the_power():
         assert torch.all(err <= 0.1 * (r[near] - 1).abs() ** 3 + 1e-12)
     zeros = torch.zeros(2, dtype=torch.float64)
     out = torch.empty(2, dtype=torch.float64)
-    _extrapolate(zeros, zeros, 0.5, out, torch.empty_like(out))
+    TorchOps.extrapolate(zeros, zeros, 0.5, out, torch.empty_like(out))
     assert torch.equal(out, zeros)  # voxels at 0 stay 0, no NaN

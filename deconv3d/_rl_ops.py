@@ -1,0 +1,204 @@
+"""The element-wise passes of the Richardson-Lucy loop: torch, or fused with numba on the CPU.
+
+Between its FFTs, one RL iteration makes several passes over arrays of the FFT's size: the
+ratio ``y / max(H u, floor)``, the update ``max(u · factor · w, 0)`` and, with Biggs-Andrews
+acceleration, the step ``g = x_{k+1} - guess``, two dot products and the extrapolated guess.
+In torch each is its own pass over memory: the extrapolation alone is five (two additions,
+a clamp, a division and a product), the step and its dot products three. :class:`FusedOps`
+(the optional ``numba`` extra) does the ratio, the step with both dot products, and the
+extrapolation each in one parallel loop over the rows of the array (a 2D image is one
+plane). It computes the same float32 expressions in the same order as :class:`TorchOps`,
+except that its dot products accumulate in float64. The update stays in torch: its product
+and clamp ran as fast as a fused loop. Measured at 80 x 280 x 280 float32 with 2 threads
+(best of 41, in two runs on a shared 2-core machine whose medians swung twofold): the
+extrapolation 3.6-3.8 ms against 7.1-7.7 ms in torch, the ratio 2.6-2.8 against 3.1-3.3 ms,
+the step with its dot products 4.0-4.4 against 4.5-4.9 ms.
+
+:func:`ops_for` picks the implementation: the fused one for float32 CPU tensors when numba
+is installed, torch everywhere else (CUDA, float64, no numba). Environment:
+
+``DECONV3D_FUSED``
+    ``auto`` (default), ``torch`` (never fuse) or ``numba`` (an error if numba is missing).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from deconv3d.errors import InputError
+
+CHOICES = ("auto", "torch", "numba")
+TINY = 1e-30  # denominator floor of the extrapolation: where both estimates are 0, so is the guess
+
+
+def numba_available() -> bool:
+    """Whether numba is installed (``pip install deconv3d[numba]``); it is not imported here."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def ops_for(device: torch.device, dtype: torch.dtype):
+    """:class:`FusedOps` or :class:`TorchOps` for tensors on ``device``/``dtype`` (``DECONV3D_FUSED``)."""
+    choice = os.environ.get("DECONV3D_FUSED", "auto").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise InputError(f"DECONV3D_FUSED={choice!r} is not one of {', '.join(CHOICES)}: unset it or pick one")
+    if choice == "numba" and not numba_available():
+        raise InputError("DECONV3D_FUSED=numba but numba is not installed: pip install 'deconv3d[numba]'")
+    usable = device.type == "cpu" and dtype == torch.float32
+    return FusedOps if choice != "torch" and usable and numba_available() else TorchOps
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+class TorchOps:
+    """The passes as torch operations (any device and dtype)."""
+
+    name = "torch"
+
+    @staticmethod
+    def ratio(data, blurred, floor: float, out) -> None:
+        """``out = data / max(blurred, floor)`` (``blurred`` is clamped in place)."""
+        torch.div(data, blurred.clamp_min_(floor), out=out)
+
+    @staticmethod
+    def update(u, factor, weight, out, denominator=None) -> None:
+        """``out = max(u · (factor · weight) / denominator, 0)``; ``weight``/``denominator`` may
+        be None, ``out`` may be ``u``, and ``factor`` is overwritten."""
+        if weight is not None:
+            factor.mul_(weight)
+        torch.mul(u, factor, out=out)
+        if denominator is not None:
+            out.div_(denominator)
+        out.clamp_min_(0)
+
+    @staticmethod
+    def step(guess, new, g, g_prev, dots: bool = True):
+        """``g = new - guess``; returns ``(<g, g>, <g, g_prev>)`` as floats (None without ``dots``)."""
+        torch.sub(new, guess, out=g)
+        if not dots:
+            return None
+        return float(_dot(g, g)), float(_dot(g, g_prev))
+
+    @staticmethod
+    def extrapolate(x, x_prev, alpha: float, out, scratch) -> None:
+        """``out = x · R_α(x / x_prev)``, ``R_α(r) = ((1 - α) + (1 + α) r) / ((1 + α) + (1 - α) r)``.
+
+        ``R_α`` is the [1/1] Padé approximant of ``r^α`` about ``r = 1``: equal value, slope and
+        curvature there, increasing, and bounded to ``[1/c, c]`` with ``c = (1 + α) / (1 - α)``,
+        so the guess stays positive and a voxel that fell to near zero is not pushed to zero.
+        Taken as ``x (x_prev + c x) / (x + c x_prev)``; where both are 0 the guess is 0.
+
+        Examples
+        --------
+        >>> x, prev = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([1.0, 1.0, 0.0])
+        >>> out, scratch = torch.empty(3), torch.empty(3)
+        >>> TorchOps.extrapolate(x, prev, 0.5, out, scratch)
+        >>> [round(v, 3) for v in out.tolist()]  # 2 * 2**0.5 = 2.828 exactly; the approximant 2.8
+        [2.8, 1.0, 0.0]
+        """
+        c = (1.0 + alpha) / (1.0 - alpha)
+        torch.add(x_prev, x, alpha=c, out=out)
+        torch.add(x, x_prev, alpha=c, out=scratch).clamp_min_(TINY)
+        out.div_(scratch).mul_(x)
+
+
+def _as3d(t: torch.Tensor) -> np.ndarray:
+    """A numpy view (shared memory) of a CPU tensor, with a leading plane axis if it is 2D."""
+    a = t.detach().numpy()
+    return a[None] if a.ndim == 2 else a
+
+
+class FusedOps:
+    """The same passes, one numba loop each (float32 CPU tensors, any strides)."""
+
+    name = "numba"
+
+    @staticmethod
+    def ratio(data, blurred, floor: float, out) -> None:
+        _ready().ratio(_as3d(data), _as3d(blurred), np.float32(floor), _as3d(out))
+
+    update = staticmethod(TorchOps.update)  # torch's product and clamp were as fast as a fused loop
+
+    @staticmethod
+    def step(guess, new, g, g_prev, dots: bool = True):
+        gg, gp = _ready().step(_as3d(guess), _as3d(new), _as3d(g), _as3d(g_prev))
+        return (float(gg), float(gp)) if dots else None
+
+    @staticmethod
+    def extrapolate(x, x_prev, alpha: float, out, scratch=None) -> None:
+        c = (1.0 + alpha) / (1.0 - alpha)
+        _ready().extrapolate(_as3d(x), _as3d(x_prev), np.float32(c), _as3d(out))
+
+
+def _ready():
+    """The kernels, running on as many threads as torch does (``torch.set_num_threads``)."""
+    k = _kernels()
+    n = max(1, min(torch.get_num_threads(), k.max_threads))
+    if k.get_num_threads() != n:
+        k.set_num_threads(n)
+    return k
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """Compile the kernels on first use (numba is imported only then); numba caches them on disk
+    (next to this file, or in the user's cache folder where that is read-only; uncached where
+    neither can be written)."""
+    try:
+        return _compile(cache=True)
+    except RuntimeError:  # numba found nowhere to write its cache
+        return _compile(cache=False)
+
+
+def _compile(cache: bool) -> SimpleNamespace:
+    """One signature per kernel, float32 arrays of any layout, so that the crops of the FFT
+    buffers and contiguous arrays share one compiled kernel."""
+    import numba
+    from numba import float32 as f32, float64 as f64, void
+
+    a3 = f32[:, :, :]
+    jit = functools.partial(numba.njit, parallel=True, cache=cache, nogil=True)
+    tiny = np.float32(TINY)
+
+    @jit(void(a3, a3, f32, a3))
+    def ratio(data, blurred, floor, out):
+        nz, ny, nx = data.shape
+        for r in numba.prange(nz * ny):
+            z, y = r // ny, r % ny
+            for x in range(nx):
+                b = blurred[z, y, x]
+                out[z, y, x] = data[z, y, x] / (b if b > floor else floor)
+
+    @jit(numba.types.UniTuple(f64, 2)(a3, a3, a3, a3))
+    def step(guess, new, g, g_prev):
+        nz, ny, nx = guess.shape
+        gg, gp = 0.0, 0.0
+        for r in numba.prange(nz * ny):
+            z, y = r // ny, r % ny
+            for x in range(nx):
+                d = new[z, y, x] - guess[z, y, x]
+                g[z, y, x] = d
+                gg += f64(d) * f64(d)
+                gp += f64(d) * f64(g_prev[z, y, x])
+        return gg, gp
+
+    @jit(void(a3, a3, f32, a3))
+    def extrapolate(x, x_prev, c, out):
+        nz, ny, nx = x.shape
+        for r in numba.prange(nz * ny):
+            z, y = r // ny, r % ny
+            for i in range(nx):
+                a, b = x[z, y, i], x_prev[z, y, i]
+                den = a + c * b
+                out[z, y, i] = (b + c * a) / (den if den > tiny else tiny) * a
+
+    return SimpleNamespace(ratio=ratio, step=step, extrapolate=extrapolate,
+                           max_threads=numba.config.NUMBA_NUM_THREADS,
+                           get_num_threads=numba.get_num_threads, set_num_threads=numba.set_num_threads)
