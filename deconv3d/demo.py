@@ -74,9 +74,9 @@ def _demo_ssl(image, psf, device):
 def demo_blur(device="auto", seed: int = 0) -> dict:
     """Blur synthesis with a linear-latent autoencoder (Mazilu et al., CAIP 2023).
 
-    Trains the explicit variant briefly on synthetic focal stacks, then synthesises the
-    intermediate levels of a held-out stack from its most blurred and its sharp plane
-    (residual mode: a decoded correction on top of pixel blending, see
+    Trains the explicit variant briefly on synthetic focal stacks, in the default residual
+    form, then synthesises the intermediate levels of a held-out stack from its most blurred
+    and its sharp plane in that form (a decoded correction on top of pixel blending, see
     :func:`deconv3d.latent.ops.synthesize_blur`).
     Returns the real levels, the synthesised ones (end planes are the real ones), and
     the mean PSNR of the intermediate levels for the network and for pixel blending.
@@ -95,7 +95,7 @@ def demo_blur(device="auto", seed: int = 0) -> dict:
     result = train(stacks, levels, config, ae, device=device)
     real = held_out[0]
     fractions = (levels[1:-1] - levels[0]) / (levels[-1] - levels[0])
-    inner = synthesize_blur(result.model, real[0], real[-1], fractions, residual=True)
+    inner = synthesize_blur(result.model, real[0], real[-1], fractions, residual=config.residual)
     blended = blend_pixels(real[0], real[-1], fractions)
 
     def score(planes):

@@ -65,8 +65,9 @@ def _train_parser(blur) -> None:
     p.add_argument("--widths", type=positive_int, nargs="+", default=[32, 64, 128, 256], metavar="W",
                    help="encoder widths, finest first (default 32 64 128 256; the paper: 64 ... 1024)")
     p.add_argument("--skip", action="store_true", help="interpolate the encoder features of every scale")
-    p.add_argument("--residual", action="store_true",
-                   help="train the interpolation as a correction on top of pixel blending (for synth --residual)")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the interpolation as a correction on top of pixel blending (beyond the paper; "
+                        "default for implicit and explicit; --no-residual: the paper's form)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--val-fraction", type=float, default=0.25, help="held-out share of the stacks (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, split and crops (default 0)")
@@ -86,8 +87,9 @@ def _synth_parser(blur) -> None:
     p.add_argument("--range", type=float, nargs=2, default=[0.0, 1.0], metavar=("A0", "A1"),
                    help="first and last fraction from FAR (0) to NEAR (1); beyond [0, 1] extrapolates")
     p.add_argument("-o", "--output", required=True, help="output stack (.tif), one plane per level")
-    p.add_argument("--residual", action="store_true",
-                   help="decode only a correction on top of pixel blending (keeps the end planes exact)")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode only a correction on top of pixel blending, keeping the end planes exact "
+                        "(default: as the model was trained; --no-residual: the paper's decoding)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     add_common(p)
     p.set_defaults(func=cmd_synth)
@@ -101,8 +103,9 @@ def _deblur_parser(blur) -> None:
     p.add_argument("--alpha", type=_fraction, required=True, metavar="A",
                    help="weight of FAR in LEVEL, (b - m) / (b - a) for the levels a of FAR, m of LEVEL, b of focus")
     p.add_argument("-o", "--output", required=True, help="output plane (.tif)")
-    p.add_argument("--residual", action="store_true",
-                   help="add back the detail of LEVEL that the autoencoder does not reconstruct")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="add back the detail of LEVEL that the autoencoder does not reconstruct "
+                        "(default: when the model was trained in residual form; --no-residual: the paper's)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     add_common(p)
     p.set_defaults(func=cmd_deblur)
@@ -164,12 +167,14 @@ def _read_plane(path, role: str) -> tuple[np.ndarray, tuple | None]:
 
 
 def _load_model(args, shape):
+    """The checkpoint, its digest, and whether to apply it in residual form (unset: as trained)."""
     from deconv3d.latent.checkpoint import load_checkpoint
 
     trained = load_checkpoint(args.model, device=args.device)
     trained.check_planes(shape)
     digest = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()[:16]
-    return trained, digest
+    residual = bool(trained.config.residual) if args.residual is None else args.residual
+    return trained, digest, residual
 
 
 # ------------------------------------------------------------------ commands
@@ -228,10 +233,10 @@ def cmd_synth(args) -> int:
     if args.levels < 2:
         raise InputError("--levels must be at least 2 (the planes at both ends of --range)")
     check_output_path(args.output, [args.far, args.near, args.model])
-    trained, digest = _load_model(args, far.shape)
+    trained, digest, residual = _load_model(args, far.shape)
     fractions = np.linspace(args.range[0], args.range[1], args.levels)
-    stack = synthesize_blur(trained.model, far, near, fractions, residual=args.residual)
-    meta = {"deconv3d": __version__, "method": "latent-synth", "residual": bool(args.residual),
+    stack = synthesize_blur(trained.model, far, near, fractions, residual=residual)
+    meta = {"deconv3d": __version__, "method": "latent-synth", "residual": residual,
             "fractions": [round(float(a), 6) for a in fractions],
             "far": str(args.far), "near": str(args.near), "model_sha256_16": digest,
             "pixel_size_um": None if voxel is None else list(voxel)}
@@ -246,10 +251,10 @@ def cmd_deblur(args) -> int:
 
     far, plane, voxel = _read_pair(args.far, args.level, "LEVEL")
     check_output_path(args.output, [args.far, args.level, args.model])
-    trained, digest = _load_model(args, far.shape)
-    sharp = deblur(trained.model, far, plane, args.alpha, residual=args.residual)
+    trained, digest, residual = _load_model(args, far.shape)
+    sharp = deblur(trained.model, far, plane, args.alpha, residual=residual)
     meta = {"deconv3d": __version__, "method": "latent-deblur", "alpha": args.alpha,
-            "residual": bool(args.residual), "far": str(args.far),
+            "residual": residual, "far": str(args.far),
             "level": str(args.level), "model_sha256_16": digest}
     write_tiff(args.output, sharp, voxel_size=voxel, metadata=meta)
     print(f"wrote {args.output}: in-focus plane extrapolated with alpha {args.alpha:g}")

@@ -212,7 +212,9 @@ def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: 
         ``x_a = (1 - a) x_far + a x_near + D(z_a) - [(1 - a) D(z_far) + a D(z_near)]``
         (planes min-max normalised). The network then contributes only how its
         interpolation departs from blending its own reconstructions, so its
-        reconstruction error cancels and the end planes are returned exactly.
+        reconstruction error cancels and the end planes are returned exactly. Pass the
+        form the model was trained in (``LatentTrainConfig.residual``, residual by
+        default); ``deconv3d blur synth`` does so unless told otherwise.
 
     Returns
     -------

@@ -42,10 +42,13 @@ def model(tmp_path, make_stacks, capsys):
     return out
 
 
-@pytest.mark.parametrize("variant, extra", [("baseline", []), ("implicit", []), ("explicit", []),
-                                            ("explicit", ["--residual", "--latent-weight", "0.5",
-                                                          "--latent-norm", "none"])])
-def test_train_writes_a_checkpoint(tmp_path, make_stacks, capsys, variant, extra):
+PAPER = ["--no-residual", "--latent-weight", "0.5", "--latent-norm", "none"]
+
+
+@pytest.mark.parametrize("variant, extra, residual", [("baseline", [], False), ("implicit", [], True),
+                                                      ("explicit", [], True), ("explicit", PAPER, False),
+                                                      ("implicit", ["--no-residual"], False)])
+def test_train_writes_a_checkpoint(tmp_path, make_stacks, capsys, variant, extra, residual):
     stacks = write_stacks(tmp_path, make_stacks)
     out = tmp_path / f"{variant}.ckpt"
     code, stdout, err = run(["blur", "train", *stacks, "-o", out, "--variant", variant, "--seed", "2", *extra, *TINY],
@@ -53,9 +56,9 @@ def test_train_writes_a_checkpoint(tmp_path, make_stacks, capsys, variant, extra
     assert code == 0, err
     trained = load_checkpoint(out)
     assert trained.config.variant == variant and trained.config.steps == 3 and trained.config.seed == 2
-    assert trained.config.residual == bool(extra)
-    assert trained.config.latent_weight == (0.5 if extra else 0.01)
-    assert trained.config.latent_norm == ("none" if extra else "endpoints")
+    assert trained.config.residual == residual  # by default the residual form, except for baseline
+    assert trained.config.latent_weight == (0.5 if extra == PAPER else 0.01)
+    assert trained.config.latent_norm == ("none" if extra == PAPER else "endpoints")
     assert trained.ae_config.widths == (4, 8) and trained.ae_config.crop == 16
     assert trained.levels.tolist() == [0.0, 1.0, 2.0] and trained.best_score is not None
     assert "wrote" in stdout
@@ -91,6 +94,36 @@ def test_synth_residual_keeps_the_end_planes(planes, model, capsys):
     far, near = read_image(p["far"]).data, read_image(p["near"]).data
     np.testing.assert_allclose(data[0], far, atol=1e-4 * np.abs(far).max())
     np.testing.assert_allclose(data[-1], near, atol=1e-4 * np.abs(near).max())
+
+
+def test_synth_and_deblur_default_to_the_form_the_model_was_trained_in(planes, model, tmp_path, make_stacks,
+                                                                      capsys):
+    from deconv3d.latent.ops import deblur, synthesize_blur
+
+    folder, p = planes
+    far, near, mid = (read_image(p[k]).data for k in ("far", "near", "mid"))
+    paper_model = tmp_path / "paper.ckpt"  # the model fixture's: explicit, default (residual) form
+    code, _, err = run(["blur", "train", *write_stacks(tmp_path, make_stacks), "-o", paper_model, "--no-residual",
+                        *TINY], capsys)
+    assert code == 0, err
+    for ckpt, trained_residual in ((model, True), (paper_model, False)):
+        trained = load_checkpoint(ckpt)
+        assert trained.config.residual is trained_residual
+        for i, (flag, residual) in enumerate((([], trained_residual), (["--residual"], True),
+                                              (["--no-residual"], False))):
+            synth, sharp = folder / f"s_{ckpt.stem}_{i}.tif", folder / f"d_{ckpt.stem}_{i}.tif"
+            code, _, err = run(["blur", "synth", "--model", ckpt, p["far"], p["near"], "--levels", 3, *flag,
+                                "-o", synth, "--device", "cpu"], capsys)
+            assert code == 0, err
+            code, _, err = run(["blur", "deblur", "--model", ckpt, p["far"], p["mid"], "--alpha", 0.5, *flag,
+                                "-o", sharp, "--device", "cpu"], capsys)
+            assert code == 0, err
+            expected = synthesize_blur(trained.model, far, near, [0.0, 0.5, 1.0], residual=residual)
+            np.testing.assert_allclose(read_image(synth).data, expected, rtol=1e-5,
+                                       atol=1e-5 * np.abs(expected).max())
+            expected = deblur(trained.model, far, mid, 0.5, residual=residual)
+            np.testing.assert_allclose(read_image(sharp).data, expected, rtol=1e-5,
+                                       atol=1e-5 * np.abs(expected).max())
 
 
 def test_synth_extrapolates_and_pads_odd_sizes(planes, model, capsys):

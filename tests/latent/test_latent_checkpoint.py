@@ -149,3 +149,16 @@ def test_config_without_a_latent_norm_used_the_absolute_term():
     assert train_config_from_dict(stored).latent_norm == "endpoints"
     del stored["latent_norm"]
     assert train_config_from_dict(stored).latent_norm == "none"
+
+
+def test_residual_form_is_the_default_except_for_baseline_and_old_checkpoints():
+    from deconv3d.latent.train import LatentTrainConfig, config_to_dict, train_config_from_dict
+
+    assert LatentTrainConfig().residual is True
+    assert LatentTrainConfig(variant="implicit").residual is True
+    assert LatentTrainConfig(variant="baseline").residual is False
+    assert LatentTrainConfig(residual=False).residual is False
+    stored = config_to_dict(LatentTrainConfig())
+    assert stored["residual"] is True and train_config_from_dict(stored).residual is True
+    del stored["residual"]  # a checkpoint from before residual training existed: the paper's form
+    assert train_config_from_dict(stored).residual is False
