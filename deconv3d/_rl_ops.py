@@ -1,16 +1,16 @@
 """The element-wise passes of the Richardson-Lucy loop: torch, or fused with numba on the CPU.
 
 Between its FFTs, one RL iteration makes several passes over arrays of the FFT's size: the
-ratio ``y / max(H u, floor)``, the update ``max(u · factor · w, 0)`` and, with Biggs-Andrews
-acceleration, the step ``g = x_{k+1} - guess``, two dot products and the extrapolated guess.
-In torch each is its own pass over memory: the extrapolation alone is five (two additions,
-a clamp, a division and a product), the step and its dot products three. :class:`FusedOps`
-(the optional ``numba`` extra) does the ratio, the step with both dot products, and the
-extrapolation each in one parallel loop over the rows of the array (a 2D image is one
-plane). It computes the same float32 expressions in the same order as :class:`TorchOps`,
-except that its dot products accumulate in float64. The update stays in torch: its product
-and clamp ran as fast as a fused loop. Measured at 80 x 280 x 280 float32 with 2 threads
-(best of 41, in two runs on a shared 2-core machine whose medians swung twofold): the
+ratio ``y / max(H u, floor)`` and, with Biggs-Andrews acceleration, the step
+``g = x_{k+1} - guess``, two dot products and the extrapolated guess. In torch each is its
+own pass over memory: the extrapolation alone is five (two additions, a clamp, a division and
+a product), the step and its dot products three. :class:`FusedOps` (the optional ``numba``
+extra) does each of these stages in one parallel loop over the rows of the array (a 2D image
+is one plane). It computes the same float32 expressions in the same order as
+:class:`TorchOps`, except that its dot products accumulate in float64. The update
+``max(u · factor, 0)`` stays in torch (:func:`deconv3d.classical._rl_update`): its product and
+clamp ran as fast as a fused loop. Measured at 80 x 280 x 280 float32 with 2 threads (best
+of 41, in two runs on a shared 2-core machine whose medians swung twofold): the
 extrapolation 3.6-3.8 ms against 7.1-7.7 ms in torch, the ratio 2.6-2.8 against 3.1-3.3 ms,
 the step with its dot products 4.0-4.4 against 4.5-4.9 ms.
 
@@ -68,17 +68,6 @@ class TorchOps:
         torch.div(data, blurred.clamp_min_(floor), out=out)
 
     @staticmethod
-    def update(u, factor, weight, out, denominator=None) -> None:
-        """``out = max(u · (factor · weight) / denominator, 0)``; ``weight``/``denominator`` may
-        be None, ``out`` may be ``u``, and ``factor`` is overwritten."""
-        if weight is not None:
-            factor.mul_(weight)
-        torch.mul(u, factor, out=out)
-        if denominator is not None:
-            out.div_(denominator)
-        out.clamp_min_(0)
-
-    @staticmethod
     def step(guess, new, g, g_prev, dots: bool = True):
         """``g = new - guess``; returns ``(<g, g>, <g, g_prev>)`` as floats (None without ``dots``)."""
         torch.sub(new, guess, out=g)
@@ -123,8 +112,6 @@ class FusedOps:
     @staticmethod
     def ratio(data, blurred, floor: float, out) -> None:
         _ready().ratio(_as3d(data), _as3d(blurred), np.float32(floor), _as3d(out))
-
-    update = staticmethod(TorchOps.update)  # torch's product and clamp were as fast as a fused loop
 
     @staticmethod
     def step(guess, new, g, g_prev, dots: bool = True):

@@ -273,14 +273,6 @@ def _rl_factor(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
 
     Returns a view into the workspace with the estimate's shape.
     """
-    factor = _correlated_ratio(p, ws, u)
-    if p.inv_weight is not None:
-        factor.mul_(p.inv_weight)
-    return factor
-
-
-def _correlated_ratio(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
-    """``H^T(y / H u)`` without the Bertero weight: a view into the workspace."""
     if u is not ws.estimate_in:
         ws.estimate_in.copy_(u)
     ws.fft.forward(0)
@@ -290,7 +282,10 @@ def _correlated_ratio(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Ten
     ws.fft.forward(1)
     ws.spectrum.mul_(ws.otf_conj)
     ws.fft.inverse(1)
-    return ws.factor
+    factor = ws.factor
+    if p.inv_weight is not None:
+        factor.mul_(p.inv_weight)
+    return factor
 
 
 class _TV:
@@ -364,9 +359,12 @@ def _run(p: _Problem, iterations: int, tv, accelerate, tol, callback, record=Non
 
 def _rl_update(p: _Problem, ws: _Workspace, u: torch.Tensor, out: torch.Tensor, tv) -> None:
     """``out = u · factor(u) / tv(u)``, clamped at 0; ``out`` may be ``u`` itself."""
-    factor = _correlated_ratio(p, ws, u)
+    factor = _rl_factor(p, ws, u)
     denominator = tv.denominator(u) if tv is not None else None
-    ws.ops.update(u, factor, p.inv_weight, out, denominator)
+    torch.mul(u, factor, out=out)
+    if denominator is not None:
+        out.div_(denominator)
+    out.clamp_min_(0)
 
 
 def _should_stop(it, u, previous, tol, callback, p) -> bool:
