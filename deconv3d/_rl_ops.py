@@ -1,21 +1,23 @@
 """The element-wise passes of the Richardson-Lucy loop: torch, or fused with numba on the CPU.
 
 Between its FFTs, one RL iteration makes several passes over arrays of the FFT's size: the
-ratio ``y / max(H u, floor)`` and, with Biggs-Andrews acceleration, the step
-``g = x_{k+1} - guess``, two dot products and the extrapolated guess. In torch each is its
-own pass over memory: the extrapolation alone is five (two additions, a clamp, a division and
-a product), the step and its dot products three. :class:`FusedOps` (the optional ``numba``
-extra) does each of these stages in one parallel loop over the rows of the array (a 2D image
-is one plane). It computes the same float32 expressions in the same order as
-:class:`TorchOps`, except that its dot products accumulate in float64. The update
-``max(u · factor, 0)`` stays in torch (:func:`deconv3d.classical._rl_update`): its product and
-clamp ran as fast as a fused loop. Measured at 80 x 280 x 280 float32 with 2 threads (best
-of 41, in two runs on a shared 2-core machine whose medians swung twofold): the
-extrapolation 3.6-3.8 ms against 7.1-7.7 ms in torch, the ratio 2.6-2.8 against 3.1-3.3 ms,
-the step with its dot products 4.0-4.4 against 4.5-4.9 ms.
+ratio ``y / max(H u, floor)`` and the update ``max(u · factor, 0)``; with Biggs-Andrews
+acceleration also the step ``g = x_{k+1} - guess``, two dot products and the extrapolated
+guess. In torch each is its own pass over memory: the extrapolation alone is five (two
+additions, a clamp, a division and a product), the update and step five more. :class:`FusedOps`
+(the optional ``numba`` extra) does each stage in one parallel loop over the rows of the array
+(a 2D image is one plane): the ratio; the update together with the step and its dot products,
+writing the step over the previous one (one step buffer instead of two); the extrapolation. It
+computes the same float32 expressions in the same order as :class:`TorchOps`, except that its
+dot products accumulate in float64. Plain RL's update stays in torch
+(:func:`deconv3d.classical._rl_update`): its product and clamp ran as fast as a fused loop.
+Measured at 80 x 280 x 280 float32 with 2 threads (best of 41, in two runs on a shared 2-core
+machine whose medians swung twofold): the extrapolation 3.6-3.8 ms against 7.1-7.7 ms in torch,
+the ratio 2.6-2.8 against 3.1-3.3 ms. At 96 x 288 x 288 (best of 25) the fused update and step
+took 6.8 ms against 9.3 ms for torch's update followed by a fused step.
 
 :func:`ops_for` picks the implementation: the fused one for float32 CPU tensors when numba
-is installed, torch everywhere else (CUDA, float64, no numba). Environment:
+is installed and loads, torch everywhere else (CUDA, float64, no numba). Environment:
 
 ``DECONV3D_FUSED``
     ``auto`` (default), ``torch`` (never fuse) or ``numba`` (an error if numba is missing).
@@ -26,6 +28,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -43,14 +46,44 @@ def numba_available() -> bool:
 
 
 def ops_for(device: torch.device, dtype: torch.dtype):
-    """:class:`FusedOps` or :class:`TorchOps` for tensors on ``device``/``dtype`` (``DECONV3D_FUSED``)."""
+    """:class:`FusedOps` or :class:`TorchOps` for tensors on ``device``/``dtype`` (``DECONV3D_FUSED``).
+
+    Under ``auto`` an installed numba that fails to import (a broken install, or an llvmlite
+    that does not match it) gives a warning, once, and the torch passes.
+    """
     choice = os.environ.get("DECONV3D_FUSED", "auto").strip().lower() or "auto"
     if choice not in CHOICES:
         raise InputError(f"DECONV3D_FUSED={choice!r} is not one of {', '.join(CHOICES)}: unset it or pick one")
     if choice == "numba" and not numba_available():
         raise InputError("DECONV3D_FUSED=numba but numba is not installed: pip install 'deconv3d[numba]'")
     usable = device.type == "cpu" and dtype == torch.float32
-    return FusedOps if choice != "torch" and usable and numba_available() else TorchOps
+    if choice == "torch" or not usable or not numba_available():
+        return TorchOps
+    failure = _numba_import_error()
+    if failure is None:
+        return FusedOps
+    if choice == "numba":
+        raise InputError(f"DECONV3D_FUSED=numba but numba fails to import ({failure}): "
+                         "reinstall it (pip install --force-reinstall numba llvmlite) or unset DECONV3D_FUSED")
+    _warn_fallback(failure)
+    return TorchOps
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_import_error() -> str | None:
+    """Why ``import numba`` fails, in one line; None when it works."""
+    try:
+        importlib.import_module("numba")
+    except Exception as exc:  # a broken install may raise more than ImportError at import
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback(failure: str) -> None:
+    warnings.warn(f"numba is installed but fails to import ({failure}); Richardson-Lucy runs its "
+                  "element-wise passes in torch (slower on the CPU). Reinstall numba and llvmlite, "
+                  "or set DECONV3D_FUSED=torch to silence this.", RuntimeWarning, stacklevel=3)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -68,15 +101,29 @@ class TorchOps:
         torch.div(data, blurred.clamp_min_(floor), out=out)
 
     @staticmethod
-    def step(guess, new, g, g_prev, dots: bool = True):
-        """``g = new - guess``; returns ``(<g, g>, <g, g_prev>)`` as floats (None without ``dots``)."""
-        torch.sub(new, guess, out=g)
-        if not dots:
-            return None
-        return float(_dot(g, g)), float(_dot(g, g_prev))
+    def buffers(like: torch.Tensor, steps: bool = True) -> SimpleNamespace:
+        """The run's work arrays, shaped like the estimate: the extrapolation's scratch and,
+        with ``steps``, two step vectors (this step and the previous one)."""
+        z = (lambda: torch.zeros_like(like)) if steps else (lambda: None)
+        return SimpleNamespace(scratch=torch.empty_like(like), g=z(), g_prev=z())
 
     @staticmethod
-    def extrapolate(x, x_prev, alpha: float, out, scratch) -> None:
+    def update_step(guess, factor, denominator, out, buffers) -> tuple[float, float]:
+        """The RL update ``out = max(guess · factor [/ denominator], 0)`` and the Biggs-Andrews
+        step ``g = out - guess``; returns ``(<g, g>, <g, g_prev>)`` and keeps ``g`` as the next
+        call's ``g_prev`` (``buffers`` from :meth:`buffers`)."""
+        torch.mul(guess, factor, out=out)
+        if denominator is not None:
+            out.div_(denominator)
+        out.clamp_min_(0)
+        g, g_prev = buffers.g, buffers.g_prev
+        torch.sub(out, guess, out=g)
+        dots = float(_dot(g, g)), float(_dot(g, g_prev))
+        buffers.g, buffers.g_prev = g_prev, g
+        return dots
+
+    @staticmethod
+    def extrapolate(x, x_prev, alpha: float, out, buffers) -> None:
         """``out = x · R_α(x / x_prev)``, ``R_α(r) = ((1 - α) + (1 + α) r) / ((1 + α) + (1 - α) r)``.
 
         ``R_α`` is the [1/1] Padé approximant of ``r^α`` about ``r = 1``: equal value, slope and
@@ -87,13 +134,14 @@ class TorchOps:
         Examples
         --------
         >>> x, prev = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([1.0, 1.0, 0.0])
-        >>> out, scratch = torch.empty(3), torch.empty(3)
-        >>> TorchOps.extrapolate(x, prev, 0.5, out, scratch)
+        >>> out = torch.empty(3)
+        >>> TorchOps.extrapolate(x, prev, 0.5, out, TorchOps.buffers(out, steps=False))
         >>> [round(v, 3) for v in out.tolist()]  # 2 * 2**0.5 = 2.828 exactly; the approximant 2.8
         [2.8, 1.0, 0.0]
         """
         c = (1.0 + alpha) / (1.0 - alpha)
         torch.add(x_prev, x, alpha=c, out=out)
+        scratch = buffers.scratch
         torch.add(x, x_prev, alpha=c, out=scratch).clamp_min_(TINY)
         out.div_(scratch).mul_(x)
 
@@ -114,12 +162,19 @@ class FusedOps:
         _ready().ratio(_as3d(data), _as3d(blurred), np.float32(floor), _as3d(out))
 
     @staticmethod
-    def step(guess, new, g, g_prev, dots: bool = True):
-        gg, gp = _ready().step(_as3d(guess), _as3d(new), _as3d(g), _as3d(g_prev))
-        return (float(gg), float(gp)) if dots else None
+    def buffers(like: torch.Tensor, steps: bool = True) -> SimpleNamespace:
+        """One step vector, overwritten in place by each step (none without ``steps``)."""
+        return SimpleNamespace(g=torch.zeros_like(like) if steps else None)
 
     @staticmethod
-    def extrapolate(x, x_prev, alpha: float, out, scratch=None) -> None:
+    def update_step(guess, factor, denominator, out, buffers) -> tuple[float, float]:
+        divide = denominator is not None
+        gg, gp = _ready().update_step(_as3d(guess), _as3d(factor), _as3d(denominator if divide else factor),
+                                      divide, _as3d(out), _as3d(buffers.g))
+        return float(gg), float(gp)
+
+    @staticmethod
+    def extrapolate(x, x_prev, alpha: float, out, buffers=None) -> None:
         c = (1.0 + alpha) / (1.0 - alpha)
         _ready().extrapolate(_as3d(x), _as3d(x_prev), np.float32(c), _as3d(out))
 
@@ -163,17 +218,26 @@ def _compile(cache: bool) -> SimpleNamespace:
                 b = blurred[z, y, x]
                 out[z, y, x] = data[z, y, x] / (b if b > floor else floor)
 
-    @jit(numba.types.UniTuple(f64, 2)(a3, a3, a3, a3))
-    def step(guess, new, g, g_prev):
+    @jit(numba.types.UniTuple(f64, 2)(a3, a3, a3, numba.boolean, a3, a3))
+    def update_step(guess, factor, denominator, divide, out, g):
+        # Reads the previous step from g and writes this one over it.
         nz, ny, nx = guess.shape
         gg, gp = 0.0, 0.0
+        zero = np.float32(0)
         for r in numba.prange(nz * ny):
             z, y = r // ny, r % ny
             for x in range(nx):
-                d = new[z, y, x] - guess[z, y, x]
-                g[z, y, x] = d
+                u = guess[z, y, x]
+                v = u * factor[z, y, x]
+                if divide:
+                    v = v / denominator[z, y, x]
+                if v < zero:  # torch's clamp_min: NaN stays NaN
+                    v = zero
+                out[z, y, x] = v
+                d = v - u
                 gg += f64(d) * f64(d)
-                gp += f64(d) * f64(g_prev[z, y, x])
+                gp += f64(d) * f64(g[z, y, x])
+                g[z, y, x] = d
         return gg, gp
 
     @jit(void(a3, a3, f32, a3))
@@ -186,6 +250,6 @@ def _compile(cache: bool) -> SimpleNamespace:
                 den = a + c * b
                 out[z, y, i] = (b + c * a) / (den if den > tiny else tiny) * a
 
-    return SimpleNamespace(ratio=ratio, step=step, extrapolate=extrapolate,
+    return SimpleNamespace(ratio=ratio, update_step=update_step, extrapolate=extrapolate,
                            max_threads=numba.config.NUMBA_NUM_THREADS,
                            get_num_threads=numba.get_num_threads, set_num_threads=numba.set_num_threads)

@@ -34,35 +34,54 @@ def fused(monkeypatch):
 
 @needs_numba
 @pytest.mark.parametrize("shape", [(5, 7, 9), (6, 11)])
-def test_fused_passes_equal_torch(shape):
+@pytest.mark.parametrize("with_denominator", [False, True])
+def test_fused_passes_equal_torch(shape, with_denominator):
     make = _crops(shape)
-    data, blurred, u, factor, x_prev = (make() for _ in range(5))
+    data, blurred, u, factor, x_prev, denominator = (make() for _ in range(6))
     blurred[..., 0] = 1e-9  # below the floor
-    factor[..., 1] -= 5
-    new = (u * factor).clamp_min(0)  # an RL update with some voxels clamped to 0: the step's input
-    assert (new == 0).any() and (new > 0).any()
+    factor[..., 1] -= 5  # some updates are clamped to 0
+    denominator = denominator + 0.5 if with_denominator else None
     out = {}
     for ops in (TorchOps, FusedOps):
         r = torch.empty(shape)
         ops.ratio(data, blurred.clone(), 0.5, r)
-        g = torch.empty(shape)
-        dots = ops.step(u, new, g, x_prev)
+        buffers = ops.buffers(u)
+        new, steps = [], []
+        # Two steps in a row: the second's <g, g_prev> reads the step the first one kept.
+        for guess in (u, x_prev):
+            new.append(torch.empty(shape))
+            dots = ops.update_step(guess, factor, denominator, new[-1], buffers)
+            steps.append(torch.tensor(dots, dtype=torch.float64))
+        assert (new[0] == 0).any() and (new[0] > 0).any()
         ext = torch.empty(shape)
-        ops.extrapolate(u, x_prev, 0.6, ext, torch.empty(shape))
-        out[ops.name] = (r, g, torch.tensor(dots, dtype=torch.float64), ext)
-    names = ("ratio", "step", "dots", "extrapolate")
+        ops.extrapolate(u, x_prev, 0.6, ext, buffers)
+        out[ops.name] = (r, new[0], new[1], steps[0], steps[1], ext)
+    names = ("ratio", "update 1", "update 2", "dots 1", "dots 2", "extrapolate")
     for name, t, f in zip(names, out["torch"], out["numba"]):
-        if name in ("dots", "extrapolate"):  # float64 sums; the divide may round the other way
+        if name.startswith("dots") or name == "extrapolate":  # float64 sums; the divide may round the other way
             torch.testing.assert_close(f, t.to(f.dtype), rtol=1e-5, atol=0, msg=name)
         else:
             assert torch.equal(f, t), name
+    # The dots are those of the steps themselves (computed here in float64).
+    g1 = (out["torch"][1] - u).double()
+    g2 = (out["torch"][2] - x_prev).double()
+    expected = torch.stack([torch.dot(g2.flatten(), g2.flatten()), torch.dot(g2.flatten(), g1.flatten())])
+    torch.testing.assert_close(out["numba"][4], expected, rtol=1e-5, atol=0)
+
+
+def test_buffers_hold_only_what_the_run_needs():
+    like = torch.zeros(4, 5)
+    assert TorchOps.buffers(like, steps=False).g is None
+    assert TorchOps.buffers(like).g is not TorchOps.buffers(like).g_prev
+    assert FusedOps.buffers(like, steps=False).g is None
+    assert not hasattr(FusedOps.buffers(like), "scratch")  # the fused extrapolation needs none
 
 
 @needs_numba
 def test_fused_extrapolation_keeps_zeros_at_zero():
     zeros = torch.zeros(2, 3)
     out = torch.full((2, 3), 7.0)
-    FusedOps.extrapolate(zeros, zeros, 0.5, out)
+    FusedOps.extrapolate(zeros, zeros, 0.5, out, FusedOps.buffers(zeros, steps=False))
     assert torch.equal(out, zeros)
 
 
@@ -121,7 +140,26 @@ def test_fused_kernels_follow_torch_threads():
     try:
         torch.set_num_threads(1)
         x = torch.ones(3, 4, 5)
-        FusedOps.extrapolate(x, x.clone(), 0.5, torch.empty_like(x))
+        FusedOps.extrapolate(x, x.clone(), 0.5, torch.empty_like(x), None)
         assert _rl_ops._kernels().get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_numba_that_fails_to_import_falls_back_to_torch(fused, monkeypatch):
+    monkeypatch.setattr(_rl_ops, "numba_available", lambda: True)
+    monkeypatch.setattr(_rl_ops, "_numba_import_error", lambda: "ImportError: llvmlite mismatch")
+    _rl_ops._warn_fallback.cache_clear()
+    fused("auto")
+    with pytest.warns(RuntimeWarning, match="llvmlite mismatch.*torch"):
+        assert ops_for(CPU, torch.float32) is TorchOps
+    fused("numba")
+    with pytest.raises(InputError, match="fails to import.*unset DECONV3D_FUSED"):
+        ops_for(CPU, torch.float32)
+    _rl_ops._warn_fallback.cache_clear()
+
+
+def test_numba_import_error_reports_a_working_install():
+    expected = None if _rl_ops.numba_available() else "ModuleNotFoundError"
+    error = _rl_ops._numba_import_error()
+    assert error == expected or (expected and error.startswith(expected))

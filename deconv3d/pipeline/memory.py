@@ -14,8 +14,10 @@ shape ``fast_shape(block + psf - 1)``, ``S`` the half-spectrum elements (about `
 
 * real arrays of FFT shape: the workspace's two zero-margined FFT inputs (the estimate ``u``
   lives in the first, ``y / H u`` is written into the second), its output ``full`` and
-  ``1 / H^T 1``: 4 F; Biggs-Andrews adds ``x, x_prev, g, g_prev`` and a scratch: 5 F (the guess
-  lives in the first input); TV adds ``ndim`` gradients, the norm and the divergence: (ndim + 2) F;
+  ``1 / H^T 1``: 4 F; Biggs-Andrews adds at most ``x, x_prev, g, g_prev`` and a scratch: 5 F (the
+  guess lives in the first input; that is torch's passes with the adaptive step, while the fused
+  numba passes keep one step vector and no scratch, 3 F, and a replayed schedule keeps no step
+  vectors); TV adds ``ndim`` gradients, the norm and the divergence: (ndim + 2) F;
 * half spectra: the OTF, its conjugate and the workspace spectrum: 3 S complex;
 * scratch that torch's CPU FFTs allocate on their own (the multi-axis complex passes, the copy
   an inverse real FFT destroys) and the transients of the ``1 / H^T 1`` set-up: 1 F real plus
