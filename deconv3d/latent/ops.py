@@ -38,7 +38,7 @@ References
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -192,13 +192,16 @@ def _restore(y: np.ndarray, coeffs, ranges, fallback: int) -> np.ndarray:
 # ------------------------------------------------------------------ public operations
 
 
-def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: bool = False) -> np.ndarray:
+def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: Optional[bool] = None) -> np.ndarray:
     """Planes between (or beyond) a blurred and a sharp plane by latent interpolation.
 
     Parameters
     ----------
-    model : Autoencoder
-        A trained linear-latent autoencoder (or any object with ``encode``/``decode``).
+    model : Autoencoder, TrainedAutoencoder or LatentTrainResult
+        A trained linear-latent autoencoder (or any object with ``encode``/``decode``), or
+        what :func:`~deconv3d.latent.train.train` or
+        :func:`~deconv3d.latent.checkpoint.load_checkpoint` returns, which also carries the
+        training config.
     far : array_like
         The most blurred plane (fraction 0).
     near : array_like
@@ -212,9 +215,11 @@ def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: 
         ``x_a = (1 - a) x_far + a x_near + D(z_a) - [(1 - a) D(z_far) + a D(z_near)]``
         (planes min-max normalised). The network then contributes only how its
         interpolation departs from blending its own reconstructions, so its
-        reconstruction error cancels and the end planes are returned exactly. Pass the
-        form the model was trained in (``LatentTrainConfig.residual``, residual by
-        default); ``deconv3d blur synth`` does so unless told otherwise.
+        reconstruction error cancels and the end planes are returned exactly. ``None``
+        (default): the form the model was trained in when ``model`` carries its training
+        config (``LatentTrainConfig.residual``, residual by default), as ``deconv3d blur
+        synth`` does; the paper's plain form for a bare network, which does not know how it
+        was trained.
 
     Returns
     -------
@@ -235,6 +240,7 @@ def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: 
     >>> synthesize_blur(Identity(), far + 0.5 * near, near, [0.5]).shape
     (1, 4, 4)
     """
+    model, residual = _network_and_form(model, residual)
     far, near = _pair(far, near, ("far plane", "near plane"))
     a = np.asarray(fractions, dtype=np.float64).reshape(-1)
     if a.size == 0 or not np.isfinite(a).all():
@@ -252,13 +258,14 @@ def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: 
     return np.stack([_restore(yk, (1 - ak, ak), ranges, int(ak >= 0.5)) for yk, ak in zip(y, a)])
 
 
-def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: bool = False) -> np.ndarray:
+def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: Optional[bool] = None) -> np.ndarray:
     """Sharp plane extrapolated from a blurred plane and the most blurred one.
 
     Parameters
     ----------
-    model : Autoencoder
-        A trained linear-latent autoencoder (or any object with ``encode``/``decode``).
+    model : Autoencoder, TrainedAutoencoder or LatentTrainResult
+        A trained linear-latent autoencoder (or any object with ``encode``/``decode``), or a
+        trained model with its config, as in :func:`synthesize_blur`.
     far : array_like
         The most blurred plane (fraction 0).
     plane : array_like
@@ -278,7 +285,9 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: bool 
         ``benchmarks/bench_latent.py`` (default 2000 training steps) it lifted the gain from
         level 8 from +2.7 to +3.5 dB (explicit) and from +2.5 to +3.1 dB (skip); weighting
         the residual by 0.5 or 2, or carrying both planes' residuals with the extrapolation
-        weights, scored lower on earlier checkpoints.
+        weights, scored lower on earlier checkpoints. ``None`` (default): as the model was
+        trained, where ``model`` carries its config (plain for a bare network), as in
+        :func:`synthesize_blur`.
 
     Returns
     -------
@@ -298,6 +307,7 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: bool 
     >>> deblur(Identity(), np.zeros((4, 4)), np.eye(4), 0.5).shape
     (4, 4)
     """
+    model, residual = _network_and_form(model, residual)
     far, plane = _pair(far, plane, ("far plane", "plane to deblur"))
     alpha = float(alpha)
     if not 0 < alpha < 1:
@@ -309,6 +319,16 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: bool 
     if residual:
         y = y + (_minmax(plane)[0] - _decode(model, _select(z, 1), shape)[0])
     return _restore(y, coeffs, [_minmax(far)[1:], _minmax(plane)[1:]], 1)
+
+
+def _network_and_form(model, residual: Optional[bool]):
+    """The network inside ``model`` and the form to apply it in: a trained model that carries
+    its training config (``.model`` and ``.config.residual``) in the form it was trained in
+    unless ``residual`` says otherwise; a bare network plainly unless told."""
+    config = getattr(model, "config", None)
+    if hasattr(model, "model") and hasattr(config, "residual"):
+        return model.model, bool(config.residual) if residual is None else bool(residual)
+    return model, bool(residual)
 
 
 def blend_pixels(far, near, fractions) -> np.ndarray:

@@ -189,3 +189,23 @@ def test_residual_synthesis_is_blend_plus_the_decoders_departure_from_linearity(
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     np.testing.assert_allclose(synthesize_blur(sq, far, near, [0.0, 1.0], residual=True), np.stack([far, near]),
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("trained_residual", [False, True])
+def test_a_trained_model_is_applied_in_the_form_it_was_trained_in(trained_residual):
+    """A model that carries its training config (what ``train`` and ``load_checkpoint`` return)
+    is applied in its trained form unless ``residual`` says otherwise; a bare network plainly."""
+    from deconv3d.latent.checkpoint import TrainedAutoencoder
+    from deconv3d.latent.train import LatentTrainConfig
+
+    far, plane = unit_planes(4)
+    toy = LinearToy(16, n_latent=5)  # rank 5: the residual form differs from the plain one
+    trained = TrainedAutoencoder(toy, None, LatentTrainConfig(residual=trained_residual), np.zeros(2, np.float32))
+    for residual in (None, False, True):
+        form = trained_residual if residual is None else residual
+        np.testing.assert_array_equal(synthesize_blur(trained, far, plane, [0.25, 0.5], residual=residual),
+                                      synthesize_blur(toy, far, plane, [0.25, 0.5], residual=form))
+        np.testing.assert_array_equal(deblur(trained, far, plane, 0.5, residual=residual),
+                                      deblur(toy, far, plane, 0.5, residual=form))
+    np.testing.assert_array_equal(deblur(toy, far, plane, 0.5), deblur(toy, far, plane, 0.5, residual=False))
+    assert np.abs(deblur(toy, far, plane, 0.5, residual=True) - deblur(toy, far, plane, 0.5)).max() > 0.1
