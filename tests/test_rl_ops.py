@@ -88,15 +88,17 @@ def test_fused_extrapolation_keeps_zeros_at_zero():
 @needs_numba
 @pytest.mark.parametrize("boundary", ["zero", "bertero", "periodic", "reflect"])
 @pytest.mark.parametrize("accelerate", [False, True])
+@pytest.mark.parametrize("tv_weight", [0.0, 0.01])
 @pytest.mark.parametrize("shape,psf_shape", [((12, 20, 18), (5, 7, 4)), ((30, 26), (7, 6))])
-def test_richardson_lucy_fused_equals_torch(fused, boundary, accelerate, shape, psf_shape):
+def test_richardson_lucy_fused_equals_torch(fused, boundary, accelerate, tv_weight, shape, psf_shape):
     r = np.random.default_rng(1)
     image = (r.random(shape) * 50 + 5).astype(np.float32)
     psf = asymmetric_psf(psf_shape, 1)
     results = {}
     for name in ("torch", "numba"):
         fused(name)
-        results[name] = richardson_lucy(image, psf, 8, boundary=boundary, accelerate=accelerate, device="cpu")
+        results[name] = richardson_lucy(image, psf, 8, boundary=boundary, accelerate=accelerate,
+                                        tv_weight=tv_weight, device="cpu")
     ref = results["torch"]
     if accelerate:  # the step size's float64 dot products feed round-off into later iterates
         assert np.abs(results["numba"] - ref).max() <= 1e-3 * ref.max()
