@@ -9,6 +9,8 @@ optional ``numba`` extra is (:mod:`deconv3d._rl_ops`); otherwise they are torch 
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -172,7 +174,8 @@ def _check_inputs(image, psf, device, dtype):
 
 
 def _check_options(iterations, boundary, tv_weight, tol, ndim, voxel_size):
-    if int(iterations) != iterations or iterations < 0:
+    if not (isinstance(iterations, numbers.Real) and math.isfinite(iterations)
+            and int(iterations) == iterations and iterations >= 0):
         raise InputError(f"iterations must be a non-negative integer, got {iterations}")
     if boundary not in BOUNDARIES:
         raise InputError(f"unknown boundary {boundary!r}: choose one of {', '.join(BOUNDARIES)}")
@@ -187,7 +190,7 @@ def _spacing(ndim: int, voxel_size) -> list[float]:
     if voxel_size is None:
         return [1.0] * ndim
     vs = [float(v) for v in voxel_size][-ndim:]
-    if len(vs) != ndim or min(vs) <= 0:
+    if len(vs) != ndim or not all(math.isfinite(v) and v > 0 for v in vs):
         raise InputError(f"voxel size {tuple(voxel_size)} must have {ndim} positive values")
     return [v / min(vs) for v in vs]
 
@@ -482,8 +485,8 @@ def wiener(
     """
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype)
-    if not balance > 0:
-        raise InputError(f"balance must be positive, got {balance}: try 1e-3")
+    if not (balance > 0 and math.isfinite(balance)):
+        raise InputError(f"balance must be a positive finite number, got {balance}: try 1e-3")
     if regularizer not in REGULARIZERS or boundary not in WIENER_BOUNDARIES:
         raise InputError(
             f"regularizer must be one of {REGULARIZERS} and boundary one of {WIENER_BOUNDARIES}, "

@@ -9,7 +9,11 @@ never leaves a partial file behind.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
 import os
+import threading
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -29,7 +33,7 @@ _FORMATS = "supported formats are .tif and .tiff (OME-Zarr support comes later)"
 _UNIT_TO_UM = {
     "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
     "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6,
-    "\u00c5": 1e-4, "a": 1e-4, "angstrom": 1e-4, "pm": 1e-6,
+    "\u00c5": 1e-4, "\u00e5": 1e-4, "a": 1e-4, "angstrom": 1e-4, "pm": 1e-6, "in": 25400.0, "inch": 25400.0,
 }
 # Axes that tifffile reports for a stack of planes without further meaning.
 _GENERIC_AXES = frozenset("ZIQ")
@@ -48,11 +52,15 @@ class Image:
         does not record a complete calibration.
     axes : str
         ``"ZYX"`` or ``"YX"``.
+    voxel_problem : str or None
+        Set when the file records a voxel size that is zero, negative or not finite
+        (``voxel_size`` is then None): callers that need one should say so.
     """
 
     data: np.ndarray
     voxel_size: tuple[float, ...] | None
     axes: str
+    voxel_problem: str | None = None  # why a voxel size recorded in the file was not usable
 
 
 def read_image(path) -> Image:
@@ -73,8 +81,13 @@ def read_image(path) -> Image:
     Raises
     ------
     InputError
-        If the file is missing, not a readable TIFF, not 2D/3D, multi-channel
-        or time-lapse, empty, or contains NaN/Inf values.
+        If the file is missing, not a readable TIFF (truncated or corrupt included),
+        not 2D/3D, multi-channel, time-lapse or RGB, empty, or contains NaN/Inf values.
+
+    Notes
+    -----
+    An ImageJ file without a ``spacing`` entry has Fiji's default voxel depth of 1
+    (in its unit): ImageJ does not write ``spacing`` when it is 1.
 
     Examples
     --------
@@ -87,18 +100,59 @@ def read_image(path) -> Image:
         raise InputError(f"input file not found: {path}: check the path")
     _check_suffix(path, "input")
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            data = series.asarray()
-            axes = _series_axes(tif, series)
-            voxel = _voxel_size_um(tif)
+        with _tifffile_log() as log:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                data = series.asarray()
+                file_axes = _series_axes(tif, series)
+                voxel = _voxel_size_um(tif)
+                _check_complete(tif, series, log, path)
     except InputError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
         raise InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}") from exc
-    data, axes = _squeeze(np.asarray(data), axes, path)
-    voxel = _complete(voxel[-len(axes):])
-    return Image(data=_as_float32(data, path), voxel_size=voxel, axes=axes)
+    data, axes, kept = _squeeze(np.asarray(data), file_axes, path)
+    voxel, problem = _checked_voxel(_kept_voxel(voxel, kept, data.ndim), path)
+    return Image(data=_as_float32(data, path), voxel_size=voxel, axes=axes, voxel_problem=problem)
+
+
+@contextlib.contextmanager
+def _tifffile_log():
+    """Collect what tifffile logs in this thread while reading: its warnings about a broken
+    file would otherwise reach stderr ahead of the one-line error. They are passed on after
+    a read that succeeds. A filter on the logger, not a change to its handlers or
+    propagation, so that reads in other threads are not affected."""
+    logger = logging.getLogger("tifffile")
+    records: list[logging.LogRecord] = []
+    thread = threading.get_ident()
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.thread != thread:
+            return True
+        records.append(record)
+        return False
+
+    logger.addFilter(keep)
+    try:
+        yield records
+    except BaseException:
+        records.clear()  # the error says what went wrong
+        raise
+    finally:
+        logger.removeFilter(keep)
+        for record in records:
+            logger.handle(record)
+
+
+def _check_complete(tif: tifffile.TiffFile, series, log, path: Path) -> None:
+    """Refuse a file that tifffile could read only in part (truncated, bad page offsets)."""
+    ij = tif.imagej_metadata or {}
+    planes = math.prod(n for n, a in zip(series.shape, series.axes) if a not in "YXS")
+    expected = ij.get("images")
+    broken = [r.getMessage() for r in log if any(w in r.getMessage().lower() for w in ("corrupt", "page offset"))]
+    if (expected is not None and int(expected) != planes) or broken:
+        found = f"its ImageJ header lists {int(expected)} planes but {planes} could be read" if expected else broken[0]
+        raise InputError(f"{path} is truncated or corrupt ({_one_line(found)}): copy or export it again")
 
 
 def write_tiff(path, data, voxel_size=None, metadata=None) -> None:
@@ -245,11 +299,16 @@ def _series_axes(tif: tifffile.TiffFile, series) -> str:
     return axes
 
 
-def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str]:
-    """Drop singleton axes and check that what is left is a 2D or 3D image."""
+def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str, str]:
+    """Drop singleton axes and check that what is left is a 2D or 3D image.
+
+    Returns the data, its axes (``"ZYX"`` or ``"YX"``) and the file's letters of the axes
+    kept (``""`` when the file's axes do not match the data).
+    """
     keep = [i for i, n in enumerate(data.shape) if n != 1]
     kept_axes = "".join(axes[i] for i in keep) if len(axes) == data.ndim else ""
     data = data.reshape([data.shape[i] for i in keep])
+    _refuse_colour(kept_axes, path)
     if data.size == 0:
         raise InputError(f"image {path} is empty (shape {data.shape}): check the file")
     if data.ndim > 3:
@@ -267,7 +326,14 @@ def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str]:
             "supported yet; pick one channel and time point first (if the planes are z-slices, "
             "relabel them as slices, e.g. in Fiji's Image > Properties)"
         )
-    return data, "ZYX" if data.ndim == 3 else "YX"
+    return data, "ZYX" if data.ndim == 3 else "YX", kept_axes
+
+
+def _refuse_colour(kept_axes: str, path: Path) -> None:
+    """An RGB file keeps a sample axis ``S`` (grey-level samples are planes, see _series_axes)."""
+    if "S" in kept_axes:
+        raise InputError(f"image {path} is an RGB/colour image (axes {kept_axes}): convert it to greyscale or "
+                         "split the channels and keep one (Fiji: Image > Color > Split Channels)")
 
 
 def _as_float32(data: np.ndarray, path: Path) -> np.ndarray:
@@ -331,7 +397,9 @@ def _imagej_voxel_size(tif: tifffile.TiffFile) -> list:
     if factor is None:
         return [None, None, None]
     y, x = (factor * r[1] / r[0] if r[0] else None for r in (yres.value, xres.value))
-    z = float(ij["spacing"]) * factor if "spacing" in ij else None
+    # ImageJ leaves spacing out when it is 1 (its default voxel depth), so a calibrated
+    # ImageJ stack without it has a z step of 1 in its unit, as Fiji shows it.
+    z = float(ij.get("spacing", 1.0)) * factor if ij else None
     return [z, y, x]
 
 
@@ -351,11 +419,33 @@ def _resolution_factor(unit, resunit, is_imagej: bool, res) -> float | None:
     return None
 
 
-def _complete(sizes) -> tuple[float, ...] | None:
-    """Return the sizes when all are known, finite and positive, else None."""
-    if any(s is None or not np.isfinite(s) or s <= 0 for s in sizes):
-        return None
-    return tuple(float(s) for s in sizes)
+def _kept_voxel(voxel, kept_axes: str, ndim: int) -> list:
+    """The recorded [z, y, x] sizes of the axes a file keeps after squeezing, in their order.
+
+    ``kept_axes`` are the file's letters of the non-singleton axes (generic plane axes count
+    as z): an XZ section (``ZX``) gets the z and x sizes, not y and x. Without usable
+    letters the last ``ndim`` sizes are taken.
+    """
+    index = {"Z": 0, "Y": 1, "X": 2}
+    letters = ["Z" if a in _GENERIC_AXES else a for a in kept_axes]
+    if len(letters) == ndim and len(set(letters)) == ndim and all(a in index for a in letters):
+        return [voxel[index[a]] for a in letters]
+    return list(voxel[-ndim:])
+
+
+def _checked_voxel(sizes, path) -> tuple[tuple[float, ...] | None, str | None]:
+    """``(voxel size, problem)`` from recorded sizes (None where unknown).
+
+    The voxel size is None unless every size is known; the problem is set when one is
+    recorded but zero, negative or not finite, so that callers can refuse it instead of
+    silently dropping the calibration.
+    """
+    bad = [s for s in sizes if s is not None and not (np.isfinite(s) and s > 0)]
+    if bad:
+        return None, f"{path} records a voxel size of {bad[0]:g} µm, which is not a positive size"
+    if any(s is None for s in sizes):
+        return None, None
+    return tuple(float(s) for s in sizes), None
 
 
 def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d.errors import InputError
-from deconv3d.io import TIFF_SUFFIXES, _GENERIC_AXES, _one_line, _unit_factor, _voxel_size_um
+from deconv3d.io import (TIFF_SUFFIXES, _GENERIC_AXES, _check_complete, _kept_voxel, _one_line, _refuse_colour,
+                         _tifffile_log, _unit_factor, _voxel_size_um, _checked_voxel)
 
 __all__ = ["LazyImage", "ZarrReader", "TiffReader", "open_lazy", "read_ome_zarr", "create_ome_zarr", "write_ome_zarr", "write_pyramid",
            "file_sha256", "ZARR_SUFFIX", "OME_VERSION"]
@@ -48,6 +49,7 @@ class LazyImage:
     axes: str
     path: Path
     reader: object = None  # reads any region from the file directly (see ZarrReader, TiffReader)
+    voxel_problem: str | None = None  # why a voxel size recorded in the file was not usable (see io.Image)
 
 
 def open_lazy(path) -> LazyImage:
@@ -149,13 +151,19 @@ def _open_tiff(path: Path) -> LazyImage:
     from deconv3d.io import _series_axes
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes, shape, dtype = _series_axes(tif, series), series.shape, series.dtype
-            voxel = _voxel_size_um(tif)
-            page_shape = tuple(series.pages[0].shape) if series.pages else shape[-2:]
+        with _tifffile_log() as log:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                axes, shape, dtype = _series_axes(tif, series), series.shape, series.dtype
+                voxel = _voxel_size_um(tif)
+                page_shape = tuple(series.pages[0].shape) if series.pages else shape[-2:]
+                _check_complete(tif, series, log, path)
+    except InputError:
+        raise
     except Exception as exc:  # tifffile raises many types for broken files
         raise InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}") from exc
+    kept = "".join(a for a, n in zip(axes, shape) if n != 1)
+    _refuse_colour(kept, path)
     if np.dtype(dtype).kind == "c":
         raise InputError(f"image {path} has complex values: save the intensity (magnitude) instead")
     axes, order = _tiff_axes(axes, shape, path)
@@ -167,9 +175,10 @@ def _open_tiff(path: Path) -> LazyImage:
                          meta=np.empty((0,) * len(shape), dtype))
     data = data.reshape([n for n in shape if n != 1]) if 1 in shape else data
     data = data.transpose(order) if list(order) != sorted(order) else data
-    spatial = _spatial_voxel(voxel, axes)
+    spatial_kept = "".join(a for a in kept if a in "ZYX" or a in _GENERIC_AXES)
+    spatial, problem = _checked_voxel(_kept_voxel(voxel, spatial_kept, sum(a in "ZYX" for a in axes)), path)
     return LazyImage(data=data.astype(np.float32), voxel_size=spatial, axes=axes, path=path,
-                     reader=TiffReader(source, order))
+                     reader=TiffReader(source, order), voxel_problem=problem)
 
 
 def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:
@@ -188,14 +197,6 @@ def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:
                          "an ImageJ hyperstack or OME-TIFF with labelled axes")
     order = tuple(sorted(range(len(lead)), key=lambda i: "TCZ".index(lead[i]))) + (len(lead), len(lead) + 1)
     return "".join(lead[i] for i in order[:-2]) + "YX", order
-
-
-def _spatial_voxel(voxel, axes: str):
-    """Voxel size of the spatial axes in ``axes`` from a [z, y, x] list (None when unknown)."""
-    spatial = [v for v, a in zip(voxel, "ZYX") if a in axes]
-    if any(v is None or not np.isfinite(v) or v <= 0 for v in spatial):
-        return None
-    return tuple(float(v) for v in spatial)
 
 
 def _path_token(path: Path) -> str:

@@ -184,3 +184,21 @@ def test_periodic_boundary_equals_wrapped_ndimage_rl(rng, shape, kshape):
         ref = ref * ndimage.correlate(image / blurred, psf.astype(np.float64), mode="wrap")
     ours = np.asarray(richardson_lucy(image, psf, 8, boundary="periodic", device="cpu"))
     assert np.abs(ours - ref).max() <= 1e-4 * ref.max()
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"iterations": float("nan")}, "iterations"),
+    ({"iterations": 2.5}, "iterations"),
+    ({"voxel_size": (float("nan"), 0.1, 0.1), "tv_weight": 0.01}, "voxel size"),
+])
+def test_non_finite_options_are_input_errors(kwargs, words):
+    image = np.ones((6, 8, 8), np.float32)
+    psf = np.ones((3, 3, 3), np.float32)
+    args = {"iterations": 2, **kwargs}
+    with pytest.raises(InputError, match=words):
+        richardson_lucy(image, psf, args.pop("iterations"), device="cpu", **args)
+
+
+def test_wiener_refuses_an_infinite_balance():
+    with pytest.raises(InputError, match="finite"):
+        wiener(np.ones((6, 8, 8), np.float32), np.ones((3, 3, 3), np.float32), balance=float("inf"))

@@ -67,6 +67,13 @@ def bad_cases(d):
     save("big_psf.tif", np.ones((31, 61, 61), np.float32))
     (d / "text.tif").write_text("not an image")
     (d / "afile").write_text("x")
+    tifffile.imwrite(d / "neg_spacing.tif", rng.random((8, 20, 20)).astype(np.float32), imagej=True,
+                     resolution=(10, 10), metadata={"axes": "ZYX", "unit": "um", "spacing": -0.3})
+    tifffile.imwrite(d / "whole.tif", rng.random((8, 40, 40)).astype(np.float32), imagej=True,
+                     metadata={"axes": "ZYX"})
+    (d / "cut.tif").write_bytes((d / "whole.tif").read_bytes()[:20000])
+    (d / "whole.tif").unlink()
+    tifffile.imwrite(d / "rgb.tif", (rng.random((20, 20, 3)) * 255).astype(np.uint8), photometric="rgb")
     base = ["deconvolve", d / "image.tif", "--psf", d / "psf.tif", "--device", "cpu", "--iterations", 1]
     return {
         "missing input": (["deconvolve", d / "nope.tif", "--psf", d / "psf.tif", "-o", d / "o.tif"], "not found"),
@@ -83,12 +90,19 @@ def bad_cases(d):
         "parent is a file": (base + ["-o", d / "afile" / "o.tif"], "afile"),
         "unknown method": (base + ["-o", d / "o.tif", "--method", "magic"], "magic"),
         "missing optics": (["deconvolve", d / "image.tif", "--psf-model", "vectorial", "-o", d / "o.tif"], "--na"),
+        "voxel size in file": (["deconvolve", d / "neg_spacing.tif"] + base[2:] + ["-o", d / "o.tif"], "--voxel-size"),
+        "truncated file": (["deconvolve", d / "cut.tif", "--psf", d / "psf.tif", "-o", d / "o.tif"], "truncated"),
+        "RGB image": (["deconvolve", d / "rgb.tif", "--psf", d / "psf.tif", "-o", d / "o.tif"], "RGB"),
+        "infinite balance": (base + ["-o", d / "o.tif", "--method", "wiener", "--balance", "inf"], "finite"),
+        "voxel size in file, zarr": (["deconvolve", d / "neg_spacing.tif"] + base[2:] + ["-o", d / "o.zarr"],
+                                     "--voxel-size"),
     }
 
 
 BAD_CASES = ["missing input", "not an image", "1D data", "NaN image", "NaN PSF", "zero PSF", "negative PSF",
              "PSF too big", "voxel size", "output is input", "no such dir", "parent is a file", "unknown method",
-             "missing optics"]
+             "missing optics", "voxel size in file", "truncated file", "RGB image", "infinite balance",
+             "voxel size in file, zarr"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -128,3 +142,24 @@ def test_unexpected_error_exits_1(data, capsys, monkeypatch):
                         "--device", "cpu"], capsys)
     assert code == 1 and "internal error" in err and "Traceback" not in err
     assert not (data / "o.tif").exists()
+
+
+def test_voxel_size_flag_overrides_a_bad_one_in_the_file(data, capsys):
+    tifffile.imwrite(data / "neg.tif", np.ones((8, 20, 20), np.float32), imagej=True, resolution=(10, 10),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": -0.3})
+    out = data / "out.tif"
+    code, _, err = run(["deconvolve", data / "neg.tif", "--psf", data / "psf.tif", "--iterations", 1,
+                        "--voxel-size", 0.3, 0.1, 0.1, "--device", "cpu", "-o", out], capsys)
+    assert code == 0, err
+    assert read_image(out).voxel_size == pytest.approx((0.3, 0.1, 0.1))
+
+
+def test_fiji_stack_without_spacing_keeps_its_calibration(data, capsys):
+    """Fiji leaves ``spacing`` out when the z step is 1: the output keeps (1, 0.1, 0.1), not nothing."""
+    tifffile.imwrite(data / "fiji.tif", np.ones((8, 20, 20), np.float32), imagej=True, resolution=(10, 10),
+                     metadata={"axes": "ZYX", "unit": "micron"})
+    out = data / "out.tif"
+    code, _, err = run(["deconvolve", data / "fiji.tif", "--psf", data / "psf.tif", "--iterations", 1,
+                        "--device", "cpu", "-o", out], capsys)
+    assert code == 0, err
+    assert read_image(out).voxel_size == pytest.approx((1.0, 0.1, 0.1))

@@ -211,3 +211,78 @@ def test_write_tiff_streams_a_lazy_volume_in_slabs(tmp_path, monkeypatch):
     np.testing.assert_array_equal(back.data, data)
     assert back.voxel_size == pytest.approx((0.5, 0.2, 0.1))
     assert reads == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]
+
+
+def test_imagej_stack_without_spacing_has_fijis_depth_of_one(tmp_path, rng):
+    """ImageJ does not write ``spacing`` when the z step is 1 (its default): Fiji shows 1 µm."""
+    path = tmp_path / "fiji.tif"
+    tifffile.imwrite(path, rng.random((4, 6, 7), dtype=np.float32), imagej=True, resolution=(10, 10),
+                     metadata={"axes": "ZYX", "unit": "micron"})
+    assert read_image(path).voxel_size == pytest.approx((1.0, 0.1, 0.1))
+
+
+@pytest.mark.parametrize("shape, expected, ome", [((5, 1, 7), (0.3, 0.1), False), ((5, 6, 1), (0.3, 0.2), True)])
+def test_singleton_axis_keeps_the_voxel_sizes_of_the_axes_left(tmp_path, rng, shape, expected, ome):
+    """An XZ (or YZ) section squeezes to 2D and keeps z's size, not y's and x's. (tifffile
+    writes a width-1 ImageJ stack as one plane under a 5-plane header, so the YZ case is OME.)"""
+    path = tmp_path / "section.tif"
+    data = rng.random(shape, dtype=np.float32)
+    if ome:
+        tifffile.imwrite(path, data, ome=True, photometric="minisblack",
+                         metadata={"axes": "ZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.2, "PhysicalSizeZ": 0.3})
+    else:
+        tifffile.imwrite(path, data, imagej=True, resolution=(10, 5),
+                         metadata={"axes": "ZYX", "unit": "um", "spacing": 0.3})
+    image = read_image(path)
+    assert image.data.shape == tuple(n for n in shape if n != 1)
+    assert image.voxel_size == pytest.approx(expected)
+    from deconv3d.omezarr import open_lazy
+    assert open_lazy(path).voxel_size == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("spacing", [-0.3, 0.0])
+def test_non_positive_voxel_size_in_the_file_is_reported_not_dropped(tmp_path, rng, spacing):
+    path = tmp_path / "neg.tif"
+    tifffile.imwrite(path, rng.random((4, 6, 7), dtype=np.float32), imagej=True, resolution=(10, 10),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": spacing})
+    image = read_image(path)
+    assert image.voxel_size is None
+    assert "neg.tif" in image.voxel_problem and f"{spacing:g}" in image.voxel_problem
+    assert read_image(tmp_path / "neg.tif").data.shape == (4, 6, 7)  # the data stay readable
+    write_tiff(tmp_path / "ok.tif", np.ones((4, 6, 7), np.float32), voxel_size=(0.3, 0.1, 0.1))
+    assert read_image(tmp_path / "ok.tif").voxel_problem is None
+
+
+@pytest.mark.parametrize("imagej", [True, False])
+def test_truncated_tiff_is_refused_without_log_noise(tmp_path, rng, imagej, capfd):
+    full, cut = tmp_path / "full.tif", tmp_path / "cut.tif"
+    tifffile.imwrite(full, rng.random((16, 32, 32), dtype=np.float32), imagej=imagej,
+                     **({"metadata": {"axes": "ZYX"}} if imagej else {}))
+    cut.write_bytes(full.read_bytes()[:40000])  # about 9 of 16 planes
+    with pytest.raises(InputError, match="cut.tif"):
+        read_image(cut)
+    from deconv3d.omezarr import open_lazy
+    with pytest.raises(InputError, match="cut.tif"):
+        open_lazy(cut)
+    assert capfd.readouterr().err == ""  # tifffile's own warnings do not reach stderr
+
+
+def test_rgb_tiff_is_refused_as_colour(tmp_path, rng):
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, (rng.random((6, 7, 3)) * 255).astype(np.uint8), photometric="rgb")
+    with pytest.raises(InputError, match="RGB"):
+        read_image(path)
+    from deconv3d.omezarr import open_lazy
+    with pytest.raises(InputError, match="RGB"):
+        open_lazy(path)
+
+
+@pytest.mark.parametrize("unit, value", [("\u00c5", 1000.0), ("nm", 100.0), ("\u00b5m", 0.1)])
+def test_ome_units_include_angstrom(tmp_path, rng, unit, value):
+    path = tmp_path / "a.ome.tif"
+    metadata = {"axes": "ZYX"}
+    for ax, factor in (("X", 1), ("Y", 1), ("Z", 3)):
+        metadata[f"PhysicalSize{ax}"] = value * factor
+        metadata[f"PhysicalSize{ax}Unit"] = unit
+    tifffile.imwrite(path, rng.random((3, 6, 7), dtype=np.float32), ome=True, metadata=metadata)
+    assert read_image(path).voxel_size == pytest.approx((0.3, 0.1, 0.1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from deconv3d.errors import InputError
 
@@ -19,8 +20,8 @@ class Parser(argparse.ArgumentParser):
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
 
 
@@ -57,6 +58,11 @@ def progress(total: int, desc: str):
 
 
 def voxel_size_of(args, image):
+    """``--voxel-size`` (its last ``ndim`` values) when given, else the file's; a voxel size the
+    file records but that is not positive is refused rather than dropped."""
+    problem = getattr(image, "voxel_problem", None)
+    if problem and not args.voxel_size:
+        raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm)")
     voxel = tuple(args.voxel_size) if args.voxel_size else image.voxel_size
     if voxel is None:
         return None

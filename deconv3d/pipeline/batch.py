@@ -388,4 +388,7 @@ def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:
     if settings.voxel_size is not None:
         spatial = sum(a in "ZYX" for a in lazy.axes)
         return tuple(float(v) for v in settings.voxel_size)[-spatial:]
+    problem = getattr(lazy, "voxel_problem", None)
+    if problem:
+        raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm)")
     return lazy.voxel_size
