@@ -169,7 +169,10 @@ def write_tiff(path, data, voxel_size=None, metadata=None) -> None:
     voxel_size : sequence of float, optional
         Voxel size in micrometres, one value per axis.  Stored as resolution
         tags (pixels per micrometre) plus ImageJ ``spacing`` and ``unit='um'``,
-        which Fiji, tifffile and :func:`read_image` all read back.
+        which Fiji, tifffile and :func:`read_image` all read back. For a 3D stack
+        whose planes are not z steps (e.g. synthesised blur levels), two values
+        ``(y, x)`` give the pixel size only: no ``spacing`` is written, and Fiji
+        shows its default depth of 1.
     metadata : dict, optional
         Extra ``key: value`` pairs stored as ImageJ properties (shown by Fiji's
         *Image > Show Info*), e.g. the method and its parameters.
@@ -456,11 +459,11 @@ def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
     kwargs: dict = {"metadata": md}
     if voxel_size is not None:
         voxel = tuple(float(v) for v in voxel_size)
-        if len(voxel) != data.ndim or not all(np.isfinite(v) and v > 0 for v in voxel):
+        if len(voxel) not in (data.ndim, 2) or not all(np.isfinite(v) and v > 0 for v in voxel):
             raise InputError(f"voxel size {voxel_size} must have {data.ndim} positive values (one per axis)")
         kwargs["resolution"] = (1.0 / voxel[-1], 1.0 / voxel[-2])
         md["unit"] = "um"
-        if data.ndim == 3:
+        if len(voxel) == 3:
             md["spacing"] = voxel[0]
     if metadata:
         md["Properties"] = {str(k): str(v) for k, v in metadata.items()}

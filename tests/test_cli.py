@@ -134,6 +134,12 @@ def test_every_command_has_help():
         assert proc.returncode == 0 and "usage:" in proc.stdout
 
 
+def test_python_dash_m_deconv3d_is_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "deconv3d", "deconvolve", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "usage: deconv3d deconvolve" in proc.stdout, proc.stderr
+
+
 def test_unexpected_error_exits_1(data, capsys, monkeypatch):
     import deconv3d.classical
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -42,6 +43,20 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _val_fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (the share of stacks held out), got {text}")
+    return value
+
+
 def _train_parser(blur) -> None:
     p = blur.add_parser("train", help="train an autoencoder on through-focus stacks (planes ordered by blur)")
     p.add_argument("stacks", nargs="+", metavar="STACK.tif", help="through-focus stacks of at least 3 planes")
@@ -69,7 +84,7 @@ def _train_parser(blur) -> None:
                    help="train the interpolation as a correction on top of pixel blending (beyond the paper; "
                         "default for implicit and explicit; --no-residual: the paper's form)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--val-fraction", type=float, default=0.25, help="held-out share of the stacks (default 0.25)")
+    p.add_argument("--val-fraction", type=_val_fraction, default=0.25, help="held-out share of the stacks (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, split and crops (default 0)")
     p.add_argument("--time-budget", type=positive_float, help="stop after this many seconds")
     p.add_argument("--device", default="auto", choices=DEVICES)
@@ -84,7 +99,7 @@ def _synth_parser(blur) -> None:
     p.add_argument("near", metavar="NEAR.tif", help="the in-focus plane")
     p.add_argument("--levels", type=positive_int, required=True, metavar="K",
                    help="number of planes to write, evenly spaced over --range (default FAR to NEAR, both included)")
-    p.add_argument("--range", type=float, nargs=2, default=[0.0, 1.0], metavar=("A0", "A1"),
+    p.add_argument("--range", type=_finite, nargs=2, default=[0.0, 1.0], metavar=("A0", "A1"),
                    help="first and last fraction from FAR (0) to NEAR (1); beyond [0, 1] extrapolates")
     p.add_argument("-o", "--output", required=True, help="output stack (.tif), one plane per level")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
@@ -240,7 +255,7 @@ def cmd_synth(args) -> int:
             "fractions": [round(float(a), 6) for a in fractions],
             "far": str(args.far), "near": str(args.near), "model_sha256_16": digest,
             "pixel_size_um": None if voxel is None else list(voxel)}
-    write_tiff(args.output, stack, metadata=meta)
+    write_tiff(args.output, stack, voxel_size=voxel, metadata=meta)  # the pixel size; planes are levels, not z
     print(f"wrote {args.output}: {args.levels} planes from fraction {fractions[0]:g} to {fractions[-1]:g}")
     return 0
 

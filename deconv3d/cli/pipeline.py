@@ -147,6 +147,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise InputError(f"output {output_dir} is a file: give a folder")
     if output_dir.resolve() == Path(args.input_dir).resolve():
         raise InputError("the output folder is the input folder: choose another one so inputs stay untouched")
+    if settings.method == "ssl" and settings.model:  # an unreadable model fails every file: refuse it up front
+        from deconv3d.selfsup import load_checkpoint
+
+        load_checkpoint(settings.model, device="cpu")
     start = time.perf_counter()
     gpus = gpu_count(settings.device) if args.scheduler == "processes" else 0
     with scheduler_client(args.scheduler, args.workers, gpus=gpus) as client:

@@ -38,6 +38,13 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
         if channels != wanted:
             raise InputError(f"{input_path.name} has {channels} channel(s) but {wanted} PSFs were given: "
                              f"give one PSF (or wavelength) per channel, or one for all")
+    if settings.method == "ssl" and settings.model:
+        # Before the block function, whose receptive-field probe takes seconds: a PSF given with
+        # the model must be the one it was trained with, and the dimensionality and voxel size must fit.
+        from deconv3d.selfsup import load_checkpoint
+
+        given = load_psfs_for(settings, spatial_shape, voxel)[0] if (settings.psf or settings.wavelength) else None
+        load_checkpoint(settings.model, device="cpu").check_compatible(len(spatial_shape), given, voxel)
     psfs = psfs or load_psfs_for(settings, spatial_shape, voxel)
     built = [build_block_fn(settings, p, voxel) for p in psfs]
     psf = psfs[0]
@@ -47,7 +54,6 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
         model = max((m for _, m, _ in built), key=lambda m: math.prod(m.psf_shape))
         params = {**params, "per_channel_psf_sha256_16": [psf_fingerprint(p) for p in psfs]}
     if settings.method == "ssl":
-        block.trained.check_compatible(len(spatial_shape), None, voxel)
         psf = block.trained.psf
     model_hash = _sha(settings.model) if settings.model else None
     record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,

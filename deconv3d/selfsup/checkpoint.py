@@ -10,6 +10,8 @@ it runs.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -114,10 +116,16 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
         model.load_state_dict(data["state_dict"])
         psf = data["psf"].numpy().astype(np.float32)
         voxel = data["voxel_size"]
-        trained = TrainedModel(model.to(resolve_device(device)).eval(), unet, config, float(data["mean"]),
-                               float(data["std"]), psf, None if voxel is None else tuple(voxel))
-    except (KeyError, TypeError, RuntimeError, AttributeError) as exc:
+        voxel = None if voxel is None else tuple(float(v) for v in voxel)
+        mean, std = float(data["mean"]), float(data["std"])
+        if (voxel is not None and not all(math.isfinite(v) and v > 0 for v in voxel)) or not (
+                math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError("voxel size or standardisation out of range")
+        trained = TrainedModel(model.to(resolve_device(device)).eval(), unet, config, mean, std, psf, voxel)
+        fingerprint = data["psf_fingerprint"]
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, InputError) as exc:
+        # InputError: a config field out of range (UNetConfig/TrainConfig validate themselves)
         raise InputError(f"{path} is a damaged deconv3d checkpoint ({type(exc).__name__}): retrain the model") from None
-    if trained.psf_fingerprint != data["psf_fingerprint"]:
+    if trained.psf_fingerprint != fingerprint:
         raise InputError(f"{path} is a damaged deconv3d checkpoint (PSF fingerprint mismatch): retrain the model")
     return trained

@@ -80,8 +80,14 @@ def test_synth_writes_one_plane_per_level(planes, model, capsys):
     code, _, err = run(["blur", "synth", "--model", model, p["far"], p["near"], "--levels", 4, "-o", out,
                         "--device", "cpu"], capsys)
     assert code == 0, err
-    data = read_image(out).data
+    image = read_image(out)
+    data = image.data
     assert data.shape == (4, 16, 16) and data.dtype == np.float32 and np.isfinite(data).all()
+    # The planes' pixel size is kept; the level axis is not a z step (Fiji's default depth, 1).
+    assert image.voxel_size == pytest.approx((1.0, 0.1, 0.1))
+    import tifffile
+    with tifffile.TiffFile(out) as tif:
+        assert "spacing" not in tif.imagej_metadata
 
 
 def test_synth_residual_keeps_the_end_planes(planes, model, capsys):
@@ -172,7 +178,9 @@ def test_train_errors(tmp_path, make_stacks, planes, capsys):
         (stacks, ["--crop", "10"], "crop"),
         (stacks, ["--crop", "32"], "crop"),
         (stacks, ["--variant", "other"], "variant"),
-        (stacks, ["--val-fraction", "1"], "val_fraction"),
+        (stacks, ["--val-fraction", "1"], "--val-fraction"),
+        (stacks, ["--val-fraction", "nan"], "--val-fraction"),
+        (stacks, ["--val-fraction", "-0.5"], "--val-fraction"),
         (stacks, ["--variant", "baseline", "--residual"], "baseline"),
         (stacks, ["--latent-weight", "-1"], "latent_weight"),
     ]
@@ -194,6 +202,8 @@ def test_synth_and_deblur_errors(planes, model, capsys):
         (["synth", *base, p["far"], "--levels", 3], "near"),  # a single plane where two are needed
         (["synth", *base, folder / "stack.tif", p["near"], "--levels", 3], "single"),  # a stack, not a plane
         (["synth", *base, p["far"], p["near"], "--levels", 1], "levels"),
+        (["synth", *base, p["far"], p["near"], "--levels", 3, "--range", 0, "inf"], "--range"),
+        (["synth", *base, p["far"], p["near"], "--levels", 3, "--range", "nan", 1], "--range"),
         (["synth", *base, folder / "small.tif", folder / "small.tif", "--levels", 3], "another size"),
         (["deblur", *base, p["far"], p["mid"], "--alpha", 1.0], "alpha"),
         (["deblur", *base, p["far"], p["mid"], "--alpha", 0], "alpha"),

@@ -194,3 +194,26 @@ def test_chunked_deconvolve_to_tiff_matches_whole_and_leaves_no_scratch(folder, 
     whole = richardson_lucy(image, psf / psf.sum(), 4, device="cpu")
     assert psnr(whole, result.data) >= 50
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+
+
+def test_chunked_and_batch_ssl_check_the_model_first(folder, capsys):
+    """A PSF given with ``--model`` must be the training PSF on the chunked path too, and an
+    unreadable model is refused before a batch starts (exit 2, no output folder)."""
+    model = folder / "m.ckpt"
+    code, _, err = run(["train", folder / "in" / "img0.tif", "--psf", folder / "psf.tif", "-o", model,
+                        "--steps", 1, "--patch", 8, "--batch", 1, "--base-channels", 4, "--unet-depth", 2,
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    write_tiff(folder / "other.tif", gaussian_psf(sigma=(1.5, 2.0, 2.0)), voxel_size=(0.3, 0.1, 0.1))
+    for out in (folder / "x.zarr", folder / "x.tif"):
+        code, _, err = run(["deconvolve", folder / "in" / "img0.tif", "-o", out, "--method", "ssl", "--model", model,
+                            "--psf", folder / "other.tif", "--chunks", 12, 12, 12, "--device", "cpu"], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "another PSF" in lines[0], err
+        assert not out.exists()
+    (folder / "text.ckpt").write_text("not a model")
+    code, _, err = run(["batch", folder / "in", "-o", folder / "bout", "--method", "ssl", "--model",
+                        folder / "text.ckpt"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "text.ckpt" in lines[0], err
+    assert not (folder / "bout").exists()

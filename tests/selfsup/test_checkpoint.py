@@ -77,3 +77,24 @@ def test_mismatched_image_psf_or_voxel_size_is_refused(trained):
         model.check_compatible(3, psf, (0.5, 0.1, 0.1))
     with pytest.raises(InputError, match="trained on 3D"):
         apply_model(model, image[0], device="cpu")
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d.pop("psf_fingerprint"),
+    lambda d: d.update(mean="abc"),
+    lambda d: d.update(std=0.0),
+    lambda d: d.update(voxel_size=[0.3, "x", 0.1]),
+    lambda d: d.update(voxel_size=[0.3, -0.1, 0.1]),
+    lambda d: d["unet"].update(ndim=4),
+])
+def test_damaged_fields_are_a_clear_input_error(trained, tmp_path, damage):
+    """A checkpoint that loads safely but has a field missing or out of range is refused as
+    damaged (exit 2 in the CLI), not left to fail later with an internal error."""
+    res, _, _ = trained
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(res, path)
+    data = torch.load(path, weights_only=True)
+    damage(data)
+    torch.save(data, path)
+    with pytest.raises(InputError, match="damaged"):
+        load_checkpoint(path)
