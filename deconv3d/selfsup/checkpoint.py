@@ -11,7 +11,6 @@ it runs.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
