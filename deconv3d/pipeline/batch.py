@@ -235,8 +235,13 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     return prepare_psf(psf, tuple(spatial_shape), psf_voxel=voxel, image_voxel=voxel)
 
 
-def build_block_fn(settings: Settings, psf, voxel):
-    """(block callable, memory model, parameters) for ``settings`` and a prepared PSF."""
+def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None):
+    """(block callable, memory model, parameters) for ``settings`` and a prepared PSF.
+
+    For ``ssl`` the PSF is optional; the model is checked against it, ``voxel`` and the
+    image's dimensionality ``ndim`` (when given) before the block is built, whose
+    receptive-field probe takes seconds.
+    """
     from deconv3d.pipeline.memory import MemoryModel
     from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock
 
@@ -244,6 +249,7 @@ def build_block_fn(settings: Settings, psf, voxel):
         from deconv3d.selfsup import load_checkpoint
 
         trained = load_checkpoint(settings.model, device="cpu")
+        trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
         weights = sum(p.numel() * 4 for p in trained.model.parameters())
         block = NetworkBlock(trained, device=settings.device, tta=settings.tta,
                              band_limit=settings.band_limit or None)

@@ -31,22 +31,17 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     spatial_axes = "".join(a for a in lazy.axes if a in "ZYX")
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]
     voxel = spatial_voxel(settings, lazy)
-    psfs = [None] if settings.method == "ssl" else None
     wanted = channel_count(settings)
     if wanted > 1:
         channels = lazy.data.shape[lazy.axes.index("C")] if "C" in lazy.axes else 1
         if channels != wanted:
             raise InputError(f"{input_path.name} has {channels} channel(s) but {wanted} PSFs were given: "
                              f"give one PSF (or wavelength) per channel, or one for all")
-    if settings.method == "ssl" and settings.model:
-        # Before the block function, whose receptive-field probe takes seconds: a PSF given with
-        # the model must be the one it was trained with, and the dimensionality and voxel size must fit.
-        from deconv3d.selfsup import load_checkpoint
-
-        given = load_psfs_for(settings, spatial_shape, voxel)[0] if (settings.psf or settings.wavelength) else None
-        load_checkpoint(settings.model, device="cpu").check_compatible(len(spatial_shape), given, voxel)
-    psfs = psfs or load_psfs_for(settings, spatial_shape, voxel)
-    built = [build_block_fn(settings, p, voxel) for p in psfs]
+    if settings.method == "ssl":  # the model carries its PSF; one given is checked against it (build_block_fn)
+        psfs = [load_psfs_for(settings, spatial_shape, voxel)[0] if (settings.psf or settings.wavelength) else None]
+    else:
+        psfs = load_psfs_for(settings, spatial_shape, voxel)
+    built = [build_block_fn(settings, p, voxel, ndim=len(spatial_shape)) for p in psfs]
     psf = psfs[0]
     block, model, params = built[0]
     if len(built) > 1:  # one block function per channel; the largest PSF sets the memory model
