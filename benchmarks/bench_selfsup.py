@@ -47,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--decay-steps", type=int, default=5000)
+    p.add_argument("--precondition", default="0",
+                   help="Wiener-weighted data term: 0 (the paper's MSE, the library default), auto, or an eps")
     p.add_argument("--no-tta", action="store_true")
     p.add_argument("--band-limit", type=float, default=BAND_LIMIT,
                    help="eps of the output band limit (rows without it print too)")
@@ -77,10 +79,12 @@ def baselines(truth, noisy, psf):
 
 def run_network(truth, noisy, psf, method, args):
     cfg = TrainConfig(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr,
-                      decay_steps=args.decay_steps, time_budget=args.minutes * 60, **METHODS[method])
+                      decay_steps=args.decay_steps, time_budget=args.minutes * 60,
+                      precondition=args.precondition if args.precondition == "auto" else float(args.precondition),
+                      **METHODS[method])
     unet = UNetConfig(ndim=3, base_channels=args.base, depth=args.depth)
     res = train(noisy, psf, config=cfg, unet=unet, device="cpu")
-    extra = f"{res.seconds:.0f} s train, {res.steps_done} steps"
+    extra = f"{res.seconds:.0f} s, {res.steps_done} steps, pre {res.config.precondition}"
     if args.save:
         from deconv3d.selfsup import save_checkpoint
 

@@ -343,3 +343,45 @@ def band_limit(x, psf, eps: float, device=None, dtype=torch.float32) -> torch.Te
     spectrum = torch.fft.rfftn(padded, s=fft_shape, dim=conv.dims) * gain
     out = torch.fft.irfftn(spectrum, s=fft_shape, dim=conv.dims)
     return out[(Ellipsis,) + tuple(slice(b, b + n) for b, n in zip(before, shape))]
+
+
+BLIND = 1e-4  # |H|^2 / |H(0)|^2 below which the microscope transmits nothing measurable
+
+
+def white_noise_variance(image, psf, threshold: float = BLIND, max_side: int = 128) -> float | None:
+    """Variance of the white noise in ``image``, measured where the PSF transmits no light.
+
+    Beyond the support of the transfer function ``H`` (``|H|^2 < threshold |H(0)|^2``) the
+    microscope passes nothing, so the image's power there is noise alone; for noise that
+    is independent from voxel to voxel (Gaussian read noise, Poisson shot noise) it is the
+    same at every frequency, and its mean is the noise variance. The image (its central
+    crop of at most ``max_side`` per axis, mean removed) is tapered by a Hann window so that
+    its borders do not leak broadband power. Returns ``None`` when the PSF is so small
+    that every frequency of the crop is transmitted: there is nowhere to look.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    h = np.asarray(psf.detach().cpu() if isinstance(psf, torch.Tensor) else psf, dtype=np.float64)
+    if x.ndim != h.ndim:
+        raise InputError(f"image is {x.ndim}D but the PSF is {h.ndim}D: give them the same dimensions")
+    tapered, energy = tapered_crop(x, max_side)
+    power_h = np.abs(np.fft.rfftn(h, s=tapered.shape, axes=tuple(range(x.ndim)))) ** 2
+    blind = power_h < threshold * power_h.flat[0]
+    if not blind.any():
+        return None
+    power_x = np.abs(np.fft.rfftn(tapered)) ** 2
+    return float(power_x[blind].mean() / energy)
+
+
+def tapered_crop(image: np.ndarray, max_side: int = 128) -> tuple[np.ndarray, float]:
+    """The central crop (at most ``max_side`` per axis), mean removed, times a Hann window,
+    and the window's energy ``sum(w^2)``: a periodogram of the result divided by that energy
+    estimates the power spectrum without the leakage of the crop's borders."""
+    crop = tuple(slice((n - min(n, max_side)) // 2, (n - min(n, max_side)) // 2 + min(n, max_side))
+                 for n in image.shape)
+    x = np.asarray(image, dtype=np.float64)[crop]
+    window = np.ones(x.shape)
+    for axis, n in enumerate(x.shape):
+        shape = [1] * x.ndim
+        shape[axis] = n
+        window = window * np.hanning(n + 2)[1:-1].reshape(shape)  # no zero end points
+    return (x - x.mean()) * window, float(np.sum(window ** 2))

@@ -5,6 +5,7 @@ They live at the edges (CLI, napari, checkpoints) and unpack into keyword argume
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import InputError
@@ -57,6 +58,8 @@ class TrainConfig:
     time_budget: float | None = None  # seconds; stop early when exceeded
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     ema: float = 0.99  # moving average of the weights used for inference (beyond the paper; 0 = off)
+    # Wiener-weighted data term (beyond the paper): eps, or "auto" (eps 1e-3 gated by the image's SNR); 0 = the paper's MSE
+    precondition: float | str = 0.0
 
     def __post_init__(self):
         if self.invariance not in INVARIANCE_POSITIONS:
@@ -65,6 +68,10 @@ class TrainConfig:
             raise InputError("steps, patch, batch and decay_steps must be positive integers")
         if not 0 < self.mask_percent < 100:
             raise InputError(f"mask_percent must be in (0, 100), got {self.mask_percent}")
+        if self.precondition != "auto" and not (isinstance(self.precondition, (int, float))
+                                                and math.isfinite(self.precondition) and self.precondition >= 0):
+            raise InputError(f"precondition must be 'auto' or a finite number >= 0 (0 turns it off), "
+                             f"got {self.precondition!r}")
         if not 0 <= self.ema < 1:
             raise InputError(f"ema must be in [0, 1), got {self.ema}")
         if self.lr <= 0 or min(self.lambda_inv, self.lambda_bsp, self.lambda_bound, self.mask_noise_std) < 0:

@@ -32,7 +32,8 @@ from deconv3d.errors import InputError
 from deconv3d.fft import pad_spatial, resolve_device
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
-from deconv3d.selfsup.losses import FieldGeometry, ForwardModel, LossWeights, loss_weights, siamese_loss
+from deconv3d.selfsup.losses import (AUTO_EPS, FieldGeometry, ForwardModel, LossWeights, loss_weights, siamese_loss,
+                                     snr_gain)
 from deconv3d.selfsup.masking import apply_mask, stratified_mask
 from deconv3d.selfsup.unet import ResUNet
 
@@ -174,7 +175,7 @@ class _PatchSampler:
 
 
 def _train_step(model, batch: _Batch, forward: ForwardModel, region, weights: LossWeights, optimizer, scaler,
-                stats: tuple[float, float], amp: bool) -> dict[str, float]:
+                stats: tuple[float, float], amp: bool, data_weight=None) -> dict[str, float]:
     """One Siamese step: two passes with shared weights, loss in float32, update."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
@@ -182,12 +183,20 @@ def _train_step(model, batch: _Batch, forward: ForwardModel, region, weights: Lo
         out_masked = model(batch.augment(batch.masked))
     f, f_masked = batch.restore(out.float()), batch.restore(out_masked.float())
     total, terms = siamese_loss(batch.data, f, f_masked, batch.mask, partial(forward.blur, region=region), region,
-                                weights, mean=stats[0], std=stats[1])
+                                weights, mean=stats[0], std=stats[1], data_weight=data_weight)
     if math.isfinite(terms["total"]):
         scaler.scale(total).backward()
         scaler.step(optimizer)
         scaler.update()
     return terms
+
+
+def _data_weight(forward: ForwardModel, data_shape, precondition, image, psf):
+    """The data term's frequency weight for ``TrainConfig.precondition`` (None = plain MSE)."""
+    if precondition == "auto":
+        gain = snr_gain(image, psf)
+        return None if gain is None else forward.data_weight(data_shape, AUTO_EPS, gain)
+    return forward.data_weight(data_shape, precondition) if precondition > 0 else None
 
 
 class _WeightAverage:
@@ -257,7 +266,12 @@ def train(
     used on CUDA when ``config.amp``, for the network only: the FFT forward model and
     the loss run in float32. Augmentation flips/rotates the network input in the (y, x)
     plane and un-does it on the output, so that the loss and the PSF stay in the data's
-    frame (correct for PSFs that are not symmetric).
+    frame (correct for PSFs that are not symmetric). ``config.precondition`` weights the
+    data term's residual by ``(1 + eps) / (|H|^2 + eps)`` in frequency
+    (:func:`deconv3d.selfsup.losses.data_term`); ``"auto"`` uses ``eps = 1e-3`` and
+    gates the weight by the image's own signal-to-noise ratio per frequency
+    (:func:`deconv3d.selfsup.losses.snr_gain`), so that frequencies holding only noise do
+    not pull the network; it falls back to the plain MSE where the noise cannot be measured.
 
     Examples
     --------
@@ -284,13 +298,14 @@ def train(
     amp = bool(config.amp and dev.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     weights = loss_weights(config)
+    data_weight = _data_weight(forward, geometry.data_shape, config.precondition, img, psf)
     average = _WeightAverage(model, config.ema) if config.ema > 0 else None
     history, terms, reason, step = [], {}, "completed", 0
     started = time.perf_counter()
     while True:
         step += 1
         terms = _train_step(model, sampler.sample(config.batch), forward, geometry.region, weights, optimizer,
-                            scaler, (mean, std), amp)
+                            scaler, (mean, std), amp, data_weight)
         schedule.step()
         if average is not None:
             average.update(model)

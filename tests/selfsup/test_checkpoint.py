@@ -35,6 +35,18 @@ def test_round_trip_reproduces_outputs_exactly(trained, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
 
 
+def test_checkpoint_from_before_the_weighted_data_term_loads_as_plain_mse(trained, tmp_path):
+    """The recorded eps survives the round trip; a file without the field was trained with the plain MSE."""
+    res, _, _ = trained
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(res, path)
+    assert load_checkpoint(path).config.precondition == res.config.precondition
+    data = torch.load(path, weights_only=True)
+    del data["train"]["precondition"]
+    torch.save(data, path)
+    assert load_checkpoint(path).config.precondition == 0.0
+
+
 class Payload:
     def __init__(self, marker):
         self.marker = marker

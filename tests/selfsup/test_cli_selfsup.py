@@ -41,6 +41,20 @@ def test_train_then_deconvolve_with_the_model(data, capsys):
     assert result.voxel_size == pytest.approx((0.3, 0.1, 0.1))
 
 
+def test_precondition_option_reaches_the_checkpoint(data, capsys):
+    from deconv3d.cli import selfsup as cli_selfsup
+    from deconv3d.selfsup import TrainConfig, load_checkpoint
+
+    assert cli_selfsup.PRECONDITION == TrainConfig().precondition
+    for given in ("0.05", "0", "auto"):
+        model = data / f"m-{given}.ckpt"
+        code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1,
+                            "--precondition", given] + TINY, capsys)
+        assert code == 0, err
+        recorded = load_checkpoint(model).config.precondition
+        assert recorded == (given if given == "auto" else float(given))
+
+
 def test_deconvolve_trains_on_the_image_when_no_model(data, capsys):
     out_tif = data / "out.tif"
     code, _, err = run(["deconvolve", data / "image.tif", "-o", out_tif, "--psf", data / "psf.tif",
@@ -77,6 +91,10 @@ class Payload:
       "--band-limit", "-1"], "--band-limit"),
     (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--invariance", "sideways"],
      "invalid choice"),
+    (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--precondition", "-0.1"],
+     "--precondition"),
+    (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--precondition", "nan"],
+     "--precondition"),
 ])
 def test_bad_input_one_line_and_no_output(data, capsys, argv, word):
     with open(data / "evil.ckpt", "wb") as fh:

@@ -9,8 +9,8 @@ import torch
 
 from deconv3d.errors import InputError
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
-from deconv3d.selfsup.losses import (ForwardModel, LossWeights, blind_spot_term, bound_term, invariance_term,
-                                     loss_weights, masked_mse, siamese_loss)
+from deconv3d.selfsup.losses import (ForwardModel, LossWeights, blind_spot_term, bound_term, data_term,
+                                     invariance_term, loss_weights, masked_mse, mse, siamese_loss)
 from deconv3d.selfsup.masking import apply_mask, stratified_mask
 from deconv3d.selfsup.unet import ResUNet
 
@@ -61,6 +61,95 @@ def test_siamese_loss_combines_terms_with_weights():
         assert terms[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
     weighted = sum(getattr(w, k) * v for k, v in expected.items())
     assert total.item() == pytest.approx(weighted, rel=1e-5)
+
+
+@pytest.mark.parametrize("shape, psf_shape", [((9, 10, 7), (5, 4, 3)), ((12, 11), (5, 6))])
+def test_weighted_data_term_equals_a_numpy_reference(shape, psf_shape):
+    """mean_w (1 + eps) / (|H|^2 + eps) |FFT(r)|^2 / N over the full spectrum, with numpy's fftn."""
+    rng = np.random.default_rng(3)
+    psf = rng.random(psf_shape).astype(np.float32)
+    psf /= psf.sum()
+    fm = ForwardModel(psf)
+    data, blurred = (torch.from_numpy(rng.standard_normal((2, 1) + shape).astype(np.float32)) for _ in range(2))
+    axes = tuple(range(-len(shape), 0))
+    for eps in (0.01, 1.0):
+        weight = fm.data_weight(shape, eps)
+        assert all(n >= s + k - 1 for n, s, k in zip(weight.fft_shape, shape, psf_shape))
+        h2 = np.abs(np.fft.fftn(psf, s=weight.fft_shape, axes=axes)) ** 2
+        spectrum = np.fft.fftn((blurred - data).numpy().astype(np.float64), s=weight.fft_shape, axes=axes)
+        expected = ((1 + eps) / (h2 + eps) * np.abs(spectrum) ** 2).sum() / np.prod(weight.fft_shape) / data.numel()
+        assert data_term(data, blurred, weight).item() == pytest.approx(expected, rel=1e-5)
+    # W -> 1 as eps grows: Parseval, the plain MSE
+    assert data_term(data, blurred, fm.data_weight(shape, 1e9)).item() == pytest.approx(mse(data, blurred).item(),
+                                                                                         rel=1e-5)
+    assert data_term(data, blurred).item() == mse(data, blurred).item()
+
+
+def test_weighted_data_term_gradient_is_the_wiener_preconditioned_residual():
+    """d/df of the weighted term through H is H^T (H H^T + eps)^-1 (H f - x) up to the (1 + eps) scale (1D)."""
+    rng = np.random.default_rng(4)
+    psf = np.array([0.2, 0.5, 0.3], np.float32)
+    fm = ForwardModel(psf)
+    n, eps = 16, 0.05
+    f = torch.from_numpy(rng.standard_normal((1, 1, n + 2)).astype(np.float32)).requires_grad_()
+    x = torch.from_numpy(rng.standard_normal((1, 1, n)).astype(np.float32))
+    weight = fm.data_weight((n,), eps)
+    data_term(x, fm.valid(f), weight).backward()
+    # dense reference: H is the (n, n + 2) valid-convolution matrix on a circulant FFT grid
+    N = weight.fft_shape[0]
+    H = np.zeros((n, n + 2))
+    for i in range(n):
+        H[i, i:i + 3] = psf[::-1]
+    otf = np.fft.fft(psf, N)
+    spectral = ((1 + eps) / (np.abs(otf) ** 2 + eps))[:, None]
+    W = np.real(np.fft.ifft(spectral * np.fft.fft(np.eye(N), axis=0), axis=0))[:n, :n]
+    r = H @ f.detach().numpy().ravel() - x.numpy().ravel()
+    expected = 2 * H.T @ W @ r / n
+    np.testing.assert_allclose(f.grad.numpy().ravel(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_snr_gain_keeps_signal_frequencies_and_drops_noise_ones():
+    """A blurred object plus white noise: gain ~1 at the lowest frequencies, 0 beyond the
+    PSF's band, and 0 almost everywhere in it for noise alone."""
+    from deconv3d.selfsup.losses import _resample_gain, snr_gain
+
+    rng = np.random.default_rng(1)
+    grid = np.meshgrid(*[np.arange(15) - 7] * 3, indexing="ij")
+    psf = np.exp(-sum(g.astype(float) ** 2 for g in grid) / (2 * 2.0 ** 2)).astype(np.float32)
+    psf /= psf.sum()
+    shape = (32, 48, 48)
+    clean = scipy.signal.fftconvolve(rng.random(shape) ** 8, psf, mode="same") * 50
+    gain = snr_gain(clean + rng.normal(0, 0.05, shape), psf)
+    freq = np.sqrt(sum(f ** 2 for f in np.meshgrid(*[np.fft.fftfreq(n) for n in shape], indexing="ij")))
+    assert gain.shape == shape and gain.min() >= 0 and gain.max() <= 1
+    assert gain[(freq > 0) & (freq < 0.05)].mean() > 0.9
+    assert gain[freq > 0.3].max() == 0.0
+    noise_only = snr_gain(rng.normal(0, 1, shape), psf)
+    assert (noise_only > 0).mean() < 0.01
+    assert snr_gain(clean, np.ones((1, 1, 1), np.float32)) is None  # nowhere to measure the noise
+    # resampled to an rfft half-grid of another size: nearest frequency
+    half = _resample_gain(gain, (16, 24, 20))
+    assert half.shape == (16, 24, 11) and half[0, 0, 0] == gain[0, 0, 0]
+    assert half[8, 12, 10] == gain[16, 24, 24] and half[-1, -1, 5] == gain[-2, -2, 12]
+
+
+def test_gated_weight_is_the_wiener_weight_times_the_gain():
+    from deconv3d.selfsup.losses import _resample_gain
+
+    psf = np.ones((3, 3, 3), np.float32) / 27
+    fm = ForwardModel(psf)
+    gain = np.random.default_rng(2).random((10, 12, 14))
+    plain, gated = fm.data_weight((8, 8, 8), 0.01), fm.data_weight((8, 8, 8), 0.01, gain)
+    expected = plain.weight * torch.from_numpy(_resample_gain(gain, plain.fft_shape)).float()
+    assert gated.fft_shape == plain.fft_shape and torch.allclose(gated.weight, expected)
+    assert fm.data_weight((8, 8, 8), 0.01) is plain  # the ungated weight is cached, the gated one is not
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "often", None])
+def test_precondition_must_be_auto_or_a_non_negative_number(bad):
+    with pytest.raises(InputError, match="precondition"):
+        TrainConfig(precondition=bad)
+    assert TrainConfig(precondition="auto").precondition == "auto" and TrainConfig().precondition == 0.0
 
 
 def test_loss_weights_follow_the_config():
