@@ -69,6 +69,7 @@ class TrainConfig:
         if not 0 < self.mask_percent < 100:
             raise InputError(f"mask_percent must be in (0, 100), got {self.mask_percent}")
         if self.precondition != "auto" and not (isinstance(self.precondition, (int, float))
+                                                and not isinstance(self.precondition, bool)
                                                 and math.isfinite(self.precondition) and self.precondition >= 0):
             raise InputError(f"precondition must be 'auto' or a finite number >= 0 (0 turns it off), "
                              f"got {self.precondition!r}")

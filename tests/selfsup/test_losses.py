@@ -145,7 +145,7 @@ def test_gated_weight_is_the_wiener_weight_times_the_gain():
     assert fm.data_weight((8, 8, 8), 0.01) is plain  # the ungated weight is cached, the gated one is not
 
 
-@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "often", None])
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "often", None, True])
 def test_precondition_must_be_auto_or_a_non_negative_number(bad):
     with pytest.raises(InputError, match="precondition"):
         TrainConfig(precondition=bad)
