@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage as ndi
 
-from deconv3d.classical import richardson_lucy
+from deconv3d.classical import choose_iterations, richardson_lucy
 from deconv3d.metrics import psnr_rescaled, ssim_rescaled
 from deconv3d.psf import generate_psf
 from deconv3d.synthetic import add_noise_gaussian_poisson, blur, microtubules
@@ -84,3 +84,11 @@ def best_rl(truth, noisy, psf, tv_weight=0.0, boundaries=("zero", "bertero"), de
                         callback=keep, device=device)
         best = max([best] + found, key=lambda t: t[0][0])
     return best
+
+
+def calibrated_rl(truth, noisy, psf, tv_weight=0.0, device="cpu"):
+    """Bertero RL at the count :func:`deconv3d.classical.choose_iterations` picks from the image
+    alone (held-out voxels, no truth): the honest counterpart of :func:`best_rl`."""
+    choice = choose_iterations(noisy, psf, 100, tv_weight=tv_weight, device=device)
+    estimate = richardson_lucy(noisy, psf, choice.iterations, tv_weight=tv_weight, device=device)
+    return score(truth, estimate), f"bertero, {choice.iterations} it (chosen)"

@@ -3,6 +3,7 @@
 Public API (stable names; everything else is internal)::
 
     richardson_lucy, wiener          classical deconvolution (deconv3d.classical)
+    choose_iterations                RL's iteration count from held-out voxels (deconv3d.classical)
     FFTConvolver, fft_convolve       cached-OTF FFT convolution (deconv3d.fft)
     generate_psf, prepare_psf        PSF generation and preparation (deconv3d.psf)
     read_image, write_tiff           TIFF I/O with voxel sizes (deconv3d.io)
@@ -18,6 +19,7 @@ __all__ = [
     "InputError",
     "richardson_lucy",
     "wiener",
+    "choose_iterations",
     "FFTConvolver",
     "fft_convolve",
     "generate_psf",
@@ -29,6 +31,7 @@ __all__ = [
 _LAZY = {
     "richardson_lucy": "deconv3d.classical",
     "wiener": "deconv3d.classical",
+    "choose_iterations": "deconv3d.classical",
     "FFTConvolver": "deconv3d.fft",
     "fft_convolve": "deconv3d.fft",
     "generate_psf": "deconv3d.psf",

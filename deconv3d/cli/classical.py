@@ -59,7 +59,10 @@ def _deconvolve_parser(sub) -> None:
     src.add_argument("--psf-model", choices=PSF_MODELS, help="generate the PSF from microscope parameters")
     add_optics(p, required=False)
     p.add_argument("--method", choices=METHODS, default="rl", help="deconvolution method (default rl)")
-    p.add_argument("--iterations", type=positive_int, default=20, help="RL iterations (default 20)")
+    p.add_argument("--iterations", type=_iterations, default=20, metavar="N|auto",
+                   help="RL iterations (default 20); 'auto' chooses the count from the image itself by predicting "
+                        "5%% held-out voxels (deconv3d.classical.choose_iterations) and runs plain RL, "
+                        "without acceleration, for that many")
     p.add_argument("--tv-weight", type=float, default=0.002, help="TV weight for rl-tv (default 0.002)")
     p.add_argument("--no-accelerate", action="store_true", help="turn off Biggs-Andrews acceleration")
     p.add_argument("--boundary", choices=BOUNDARIES, default="bertero",
@@ -106,6 +109,9 @@ def cmd_deconvolve(args) -> int:
     from deconv3d.io import check_output_path, read_image, write_tiff
 
     if pipeline.wants_pipeline(args):
+        if args.iterations == "auto":
+            raise InputError("--iterations auto needs the whole image in memory: run it on a TIFF crop, then give "
+                             "the count it reports as --iterations N to the chunked run")
         return pipeline.cmd_deconvolve_chunked(args)
     image = read_image(args.input)
     check_output_path(args.output, [f for f in (args.input, args.psf, args.model) if f])
@@ -126,16 +132,37 @@ def cmd_deconvolve(args) -> int:
     else:
         params = {"iterations": args.iterations, "boundary": args.boundary, "accelerate": not args.no_accelerate,
                   "tv_weight": args.tv_weight if args.method == "rl-tv" else 0.0}
-        bar, callback = progress(args.iterations, args.method)
+        if args.iterations == "auto":
+            params.update(_choose_iterations(image.data, psf, params, voxel, args.device))
+        bar, callback = progress(params["iterations"], args.method)
         with bar:
-            result = richardson_lucy(image.data, psf, args.iterations, callback=callback, voxel_size=voxel,
-                                     device=args.device, **{k: v for k, v in params.items() if k != "iterations"})
+            result = richardson_lucy(image.data, psf, params["iterations"], callback=callback, voxel_size=voxel,
+                                     device=args.device, **{k: v for k, v in params.items()
+                                                            if k in ("boundary", "accelerate", "tv_weight")})
     seconds = time.perf_counter() - start
     meta = {"deconv3d": __version__, "method": args.method, "parameters": params, "input": str(args.input),
             "psf_shape": list(psf.shape), "psf_sha256_16": psf_fingerprint(psf)}
     write_tiff(args.output, result, voxel_size=voxel, metadata=meta)
     print(f"wrote {args.output}: {args.method} on {image.data.shape} in {seconds:.1f} s")
     return 0
+
+
+def _iterations(text: str) -> int | str:
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
+
+
+def _choose_iterations(image, psf, params: dict, voxel, device) -> dict:
+    """``--iterations auto``: the held-out-prediction count, for plain RL (acceleration off)."""
+    from deconv3d.classical import choose_iterations
+
+    bar, callback = progress(100, "choosing iterations")
+    with bar:
+        choice = choose_iterations(image, psf, 100, boundary=params["boundary"], tv_weight=params["tv_weight"],
+                                   voxel_size=voxel, device=device, callback=callback)
+    print(f"chose {choice.iterations} iterations (held-out prediction error lowest there, "
+          f"{len(choice.risk)} tried)")
+    return {"iterations": choice.iterations, "accelerate": False,
+            "iterations_chosen_by": f"held-out prediction ({choice.holdout:.0%} of voxels)"}
 
 
 def cmd_demo(args) -> int:

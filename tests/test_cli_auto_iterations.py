@@ -1,0 +1,59 @@
+"""``deconvolve --iterations auto``: the count chosen from held-out voxels, recorded in the output."""
+
+import ast
+
+import numpy as np
+import pytest
+import tifffile
+
+from cli_helpers import assert_one_line_error, run
+from deconv3d.classical import choose_iterations, richardson_lucy
+from deconv3d.io import read_image, write_tiff
+from deconv3d.synthetic import add_noise, blur, phantom
+
+
+@pytest.fixture
+def data(tmp_path):
+    truth = phantom((12, 32, 32), seed=1)
+    grids = np.meshgrid(*[np.arange(-3, 4)] * 3, indexing="ij")
+    psf = np.exp(-sum(g**2 / (2 * s**2) for g, s in zip(grids, (1.5, 1.0, 1.0)))).astype(np.float32)
+    psf /= psf.sum()
+    image = add_noise(blur(truth, psf), photons=100, seed=2).astype(np.float32)
+    write_tiff(tmp_path / "image.tif", image, voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path, image, psf
+
+
+@pytest.mark.parametrize("method", ["rl", "rl-tv"])
+def test_auto_iterations_runs_plain_rl_for_the_chosen_count(data, capsys, method):
+    d, image, psf = data
+    out = d / f"auto_{method}.tif"
+    code, stdout, err = run(["deconvolve", d / "image.tif", "--psf", d / "psf.tif", "-o", out, "--method", method,
+                             "--iterations", "auto", "--device", "cpu"], capsys)
+    assert code == 0, err
+    tv = 0.002 if method == "rl-tv" else 0.0
+    expected = choose_iterations(image, psf, 100, tv_weight=tv, voxel_size=(0.3, 0.1, 0.1), device="cpu").iterations
+    assert f"chose {expected} iterations" in stdout
+    result = read_image(out)
+    reference = richardson_lucy(image, psf, expected, tv_weight=tv, voxel_size=(0.3, 0.1, 0.1), device="cpu")
+    np.testing.assert_allclose(result.data, reference, rtol=1e-5, atol=1e-6 * float(reference.max()))
+    with tifffile.TiffFile(out) as tif:
+        params = ast.literal_eval(tif.imagej_metadata["Properties"]["parameters"])
+    assert params["iterations"] == expected and params["accelerate"] is False
+    assert "held-out" in params["iterations_chosen_by"]
+
+
+def test_auto_iterations_is_refused_for_chunked_runs(data, capsys):
+    d, _, _ = data
+    code, _, err = run(["deconvolve", d / "image.tif", "--psf", d / "psf.tif", "-o", d / "o.zarr",
+                        "--iterations", "auto", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "--iterations auto", "--iterations N")
+    assert not (d / "o.zarr").exists()
+
+
+def test_iterations_must_be_a_count_or_auto(data, capsys):
+    d, _, _ = data
+    code, _, err = run(["deconvolve", d / "image.tif", "--psf", d / "psf.tif", "-o", d / "o.tif",
+                        "--iterations", "many"], capsys)
+    assert code == 2 and "--iterations" in err
+    assert not (d / "o.tif").exists()
