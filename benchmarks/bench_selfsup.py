@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--decay-steps", type=int, default=5000)
     p.add_argument("--precondition", default="0",
                    help="Wiener-weighted data term: 0 (the paper's MSE, the library default), auto, or an eps")
+    p.add_argument("--warm-start", type=int, default=0,
+                   help="steps regressing onto RL at the held-out count before the Siamese loss (0 = off)")
     p.add_argument("--no-tta", action="store_true")
     p.add_argument("--band-limit", type=float, default=BAND_LIMIT,
                    help="eps of the output band limit (rows without it print too)")
@@ -78,7 +80,7 @@ def baselines(truth, noisy, psf):
         best = s if best is None or s[0] > best[0] else best
     for name, tv in (("rl", 0.0), ("rl-tv", 0.002)):
         s, how = calibrated_rl(truth, noisy, psf, tv_weight=tv)
-        row(f"{name} held-out count (no truth){' tv ' + str(tv) if tv else ''}", s, how)
+        row(f"{name} held-out count{' tv ' + str(tv) if tv else ''}", s, how)
     return best
 
 
@@ -86,10 +88,12 @@ def run_network(truth, noisy, psf, method, args):
     cfg = TrainConfig(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr,
                       decay_steps=args.decay_steps, time_budget=args.minutes * 60,
                       precondition=args.precondition if args.precondition == "auto" else float(args.precondition),
-                      **METHODS[method])
+                      warm_start=args.warm_start, **METHODS[method])
     unet = UNetConfig(ndim=3, base_channels=args.base, depth=args.depth)
     res = train(noisy, psf, config=cfg, unet=unet, device="cpu")
     extra = f"{res.seconds:.0f} s, {res.steps_done} steps, pre {res.config.precondition}"
+    if res.config.warm_start:
+        extra += f", warm {res.config.warm_start}"
     if args.save:
         from deconv3d.selfsup import save_checkpoint
 

@@ -45,6 +45,9 @@ def add_training_options(p, steps_flag: str) -> None:
                    help="weight the data term by frequency (Wiener): auto (eps 1e-3, gated by the image's "
                         "signal-to-noise ratio) or a number EPS; recovers fine detail in fewer steps on "
                         f"low-noise stacks, best with --band-limit 0 (default {PRECONDITION:g}: the paper's plain MSE)")
+    g.add_argument("--warm-start", type=_non_negative_int, default=0, metavar="STEPS",
+                   help="first regress the network for STEPS steps onto Richardson-Lucy of the image at the "
+                        "iteration count chosen from held-out voxels, then train as usual (default 0: random start)")
     g.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                    help="stop training after this many seconds")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -56,7 +59,8 @@ def configs(args, ndim: int):
 
     extra = dict(invariance="none", lambda_bsp=1.0) if args.ssi else dict(invariance=args.invariance)
     config = TrainConfig(steps=args.steps or 300, patch=args.patch, batch=args.batch, lr=args.lr,
-                         precondition=args.precondition, time_budget=args.time_budget, seed=args.seed, **extra)
+                         precondition=args.precondition, warm_start=args.warm_start, time_budget=args.time_budget,
+                         seed=args.seed, **extra)
     return config, UNetConfig(ndim=ndim, base_channels=args.base_channels, depth=args.unet_depth)
 
 
@@ -121,7 +125,7 @@ def deconvolve_ssl(args, image, psf, voxel):
             raise InputError("--method ssl without --model needs a PSF: add --psf PSF.tif or --psf-model")
         trained = train_with_progress(image, psf, args, voxel)
         params = {"train_steps": trained.steps_done, "invariance": trained.config.invariance,
-                  "precondition": trained.config.precondition}
+                  "precondition": trained.config.precondition, "warm_start": trained.config.warm_start}
     bar = tqdm(desc="predict", unit="tile", disable=None, leave=False)
 
     def callback(done, total):
@@ -134,6 +138,16 @@ def deconvolve_ssl(args, image, psf, voxel):
     params["tta"] = bool(args.tta)
     params["band_limit"] = args.band_limit
     return result, params, trained.psf
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of steps, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def _precondition(text: str) -> float | str:

@@ -60,6 +60,9 @@ class TrainConfig:
     ema: float = 0.99  # moving average of the weights used for inference (beyond the paper; 0 = off)
     # Wiener-weighted data term (beyond the paper): eps, or "auto" (eps 1e-3 gated by the image's SNR); 0 = the paper's MSE
     precondition: float | str = 0.0
+    # Warm start (beyond the paper): the first warm_start steps regress the network onto Bertero RL of the
+    # image at the count deconv3d.classical.choose_iterations picks; 0 = the paper's random start
+    warm_start: int = 0
 
     def __post_init__(self):
         if self.invariance not in INVARIANCE_POSITIONS:
@@ -73,6 +76,9 @@ class TrainConfig:
                                                 and math.isfinite(self.precondition) and self.precondition >= 0):
             raise InputError(f"precondition must be 'auto' or a finite number >= 0 (0 turns it off), "
                              f"got {self.precondition!r}")
+        if not (isinstance(self.warm_start, int) and not isinstance(self.warm_start, bool) and self.warm_start >= 0):
+            raise InputError(f"warm_start must be a non-negative number of steps (0 turns it off), "
+                             f"got {self.warm_start!r}")
         if not 0 <= self.ema < 1:
             raise InputError(f"ema must be in [0, 1), got {self.ema}")
         if self.lr <= 0 or min(self.lambda_inv, self.lambda_bsp, self.lambda_bound, self.mask_noise_std) < 0:

@@ -55,6 +55,16 @@ def test_precondition_option_reaches_the_checkpoint(data, capsys):
         assert recorded == (given if given == "auto" else float(given))
 
 
+def test_warm_start_option_reaches_the_checkpoint(data, capsys):
+    from deconv3d.selfsup import load_checkpoint
+
+    model = data / "m-warm.ckpt"
+    code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 2,
+                        "--warm-start", 1] + TINY, capsys)
+    assert code == 0, err
+    assert load_checkpoint(model).config.warm_start == 1
+
+
 def test_deconvolve_trains_on_the_image_when_no_model(data, capsys):
     out_tif = data / "out.tif"
     code, _, err = run(["deconvolve", data / "image.tif", "-o", out_tif, "--psf", data / "psf.tif",
@@ -95,6 +105,8 @@ class Payload:
      "--precondition"),
     (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--precondition", "nan"],
      "--precondition"),
+    (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--warm-start", "-3"], "--warm-start"),
+    (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--warm-start", "2.5"], "--warm-start"),
 ])
 def test_bad_input_one_line_and_no_output(data, capsys, argv, word):
     with open(data / "evil.ckpt", "wb") as fh:
