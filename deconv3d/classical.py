@@ -277,9 +277,7 @@ def _holdout_problem(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torc
     """
     problem = _build_problem(y * keep, h, boundary)
     kept = _build_geometry(keep, h, boundary).data  # the mask in the problem's geometry (reflect pads it)
-    reached = _transpose_of(problem, kept)
-    ratio = _transpose_of(problem, torch.ones_like(kept)).div_(reached.clamp_min(1e-3))
-    ratio.masked_fill_(reached <= 1e-3, 0.0)  # as the Bertero weight: too little data to normalise by
+    ratio = _transpose_of(problem, torch.ones_like(kept)).mul_(_safe_reciprocal(_transpose_of(problem, kept)))
     problem.inv_weight = ratio if problem.inv_weight is None else problem.inv_weight * ratio
     return problem
 
@@ -377,9 +375,11 @@ def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str) -> _Problem
 
 def _bertero_inverse_weight(p: _Problem, threshold: float = 1e-3) -> torch.Tensor:
     """1 / H^T(M 1) on the extended domain, 0 where the data barely constrain the object."""
-    ones = torch.ones_like(p.data)
-    spectrum = torch.fft.rfftn(ones, s=p.fft_shape, dim=p.dims) * p.otf.conj()
-    weight = torch.fft.irfftn(spectrum, s=p.fft_shape, dim=p.dims)
+    return _safe_reciprocal(_transpose_of(p, torch.ones_like(p.data)), threshold)
+
+
+def _safe_reciprocal(weight: torch.Tensor, threshold: float = 1e-3) -> torch.Tensor:
+    """``1 / weight``, and 0 where ``weight <= threshold`` (too little data to normalise by)."""
     # Element-wise rather than boolean indexing, which costs ~0.35 s at 96 x 288 x 288.
     inv = weight.clamp_min(threshold).reciprocal_()
     return inv.masked_fill_(weight <= threshold, 0.0)
