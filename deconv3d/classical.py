@@ -276,7 +276,7 @@ def _holdout_problem(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torc
     normalisation (Bertero's ``1 / H^T(M 1)``), which is 1 for the voxels' weights all 1.
     """
     problem = _build_problem(y * keep, h, boundary)
-    kept = _build_geometry(keep, h, boundary).data  # the mask in the problem's geometry (reflect pads it)
+    kept = _build_geometry(keep, h, boundary, weight=False).data  # the mask in the problem's geometry (reflect pads)
     ratio = _transpose_of(problem, torch.ones_like(kept)).mul_(_safe_reciprocal(_transpose_of(problem, kept)))
     problem.inv_weight = ratio if problem.inv_weight is None else problem.inv_weight * ratio
     return problem
@@ -290,13 +290,17 @@ def _transpose_of(p: _Problem, data: torch.Tensor) -> torch.Tensor:
 
 
 def _holdout_predictions(p: _Problem, iterations: int, tv):
-    """Plain RL on a hold-out problem, yielding ``(k, H u_k)`` on the image after each iteration."""
+    """Plain RL on a hold-out problem, yielding ``(k, H u_k)`` on the image after each iteration.
+
+    The prediction is the blur the next iteration starts from (one transform pair per
+    iteration, as plain RL): a view into the workspace, to be read before the next step.
+    """
     ws = _Workspace(p)
     u = _initial_estimate(p, out=ws.estimate_in)
+    _blur(p, ws, u)
     for it in range(1, iterations + 1):
-        _rl_update(p, ws, u, u, tv)
-        spectrum = torch.fft.rfftn(u, s=p.fft_shape, dim=p.dims) * p.otf
-        yield it, torch.fft.irfftn(spectrum, s=p.fft_shape, dim=p.dims)[p.data_crop][p.result_crop]
+        _rl_update(p, ws, u, u, tv, blurred=True)
+        yield it, _blur(p, ws, u)[p.result_crop]
 
 
 def _check_inputs(image, psf, device, dtype):
@@ -349,7 +353,8 @@ def _build_problem(y: torch.Tensor, h: torch.Tensor, boundary: str) -> _Problem:
     return problem
 
 
-def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str) -> _Problem:
+def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str, weight: bool = True) -> _Problem:
+    """The problem's FFT geometry around ``y``; ``weight=False`` skips Bertero's ``1 / H^T 1``."""
     conv = FFTConvolver(h, device=y.device, dtype=y.dtype)
     n, k, o = tuple(y.shape), tuple(h.shape), conv.origin
     whole = tuple(slice(0, s) for s in n)
@@ -357,7 +362,7 @@ def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str) -> _Problem
         # Image at the origin, the margins of the extended object wrap around the end.
         fft_shape = fast_shape([a + b - 1 for a, b in zip(n, k)])
         problem = _Problem(y, conv.otf(fft_shape), fft_shape, conv.dims, whole, whole, fft_shape)
-        problem.inv_weight = _bertero_inverse_weight(problem)
+        problem.inv_weight = _bertero_inverse_weight(problem) if weight else None
         return problem
     if boundary == "periodic":
         # Circulant model at the image's own shape: cheapest, but light wraps across the borders.
@@ -420,11 +425,22 @@ def _rl_factor(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
 
     Returns a view into the workspace with the estimate's shape.
     """
+    _blur(p, ws, u)
+    return _factor_from_blur(p, ws)
+
+
+def _blur(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
+    """``H u`` in the workspace's output: a view on the data's geometry, valid until the next transform."""
     if u is not ws.estimate_in:
         ws.estimate_in.copy_(u)
     ws.fft.forward(0)
     ws.spectrum.mul_(ws.otf)
     ws.fft.inverse(0)
+    return ws.full[p.data_crop]
+
+
+def _factor_from_blur(p: _Problem, ws: _Workspace) -> torch.Tensor:
+    """The second half of :func:`_rl_factor`, from the ``H u`` that :func:`_blur` left in the workspace."""
     ws.ops.ratio(p.data, ws.full[p.data_crop], p.floor, ws.ratio)
     ws.fft.forward(1)
     ws.spectrum.mul_(ws.otf_conj)
@@ -504,9 +520,12 @@ def _run(p: _Problem, iterations: int, tv, accelerate, tol, callback, record=Non
     return u
 
 
-def _rl_update(p: _Problem, ws: _Workspace, u: torch.Tensor, out: torch.Tensor, tv) -> None:
-    """``out = u · factor(u) / tv(u)``, clamped at 0; ``out`` may be ``u`` itself."""
-    factor = _rl_factor(p, ws, u)
+def _rl_update(p: _Problem, ws: _Workspace, u: torch.Tensor, out: torch.Tensor, tv, blurred: bool = False) -> None:
+    """``out = u · factor(u) / tv(u)``, clamped at 0; ``out`` may be ``u`` itself.
+
+    ``blurred``: :func:`_blur` has already left ``H u`` in the workspace (no transform repeated).
+    """
+    factor = _factor_from_blur(p, ws) if blurred else _rl_factor(p, ws, u)
     denominator = tv.denominator(u) if tv is not None else None
     torch.mul(u, factor, out=out)
     if denominator is not None:
