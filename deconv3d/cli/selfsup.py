@@ -11,7 +11,9 @@ from ._common import DEVICES, add_common, positive_float, positive_int, voxel_si
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
 BAND_LIMIT = 0.01  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
-PRECONDITION = 0.0  # TrainConfig().precondition, likewise
+PRECONDITION = "auto"  # TrainConfig().precondition, likewise
+WARM_START = "auto"  # TrainConfig().warm_start, likewise
+ANCHOR = 1.0  # TrainConfig().lambda_anchor, likewise
 
 
 def register(sub) -> None:
@@ -44,10 +46,18 @@ def add_training_options(p, steps_flag: str) -> None:
     g.add_argument("--precondition", type=_precondition, default=PRECONDITION, metavar="EPS",
                    help="weight the data term by frequency (Wiener): auto (eps 1e-3, gated by the image's "
                         "signal-to-noise ratio) or a number EPS; recovers fine detail in fewer steps on "
-                        f"low-noise stacks, best with --band-limit 0 (default {PRECONDITION:g}: the paper's plain MSE)")
-    g.add_argument("--warm-start", type=_non_negative_int, default=0, metavar="STEPS",
+                        f"low-noise stacks, best with --band-limit 0 (default {PRECONDITION}; 0 is the paper's "
+                        "plain MSE)")
+    g.add_argument("--warm-start", type=_warm_start, default=WARM_START, metavar="STEPS",
                    help="first regress the network for STEPS steps onto Richardson-Lucy of the image at the "
-                        "iteration count chosen from held-out voxels, then train as usual (default 0: random start)")
+                        "iteration count chosen from held-out voxels, then train as usual (default auto: 3/8 "
+                        "of the steps; 0 is the paper's random start)")
+    g.add_argument("--anchor", type=_non_negative, default=ANCHOR, metavar="W",
+                   help="after the warm start, keep W times the squared distance to that Richardson-Lucy "
+                        f"estimate in the loss (default {ANCHOR:g}; 0 lets the Siamese loss alone take over)")
+    g.add_argument("--warm-tv", type=_warm_tv, default=0.0, metavar="W",
+                   help="TV weight of the warm start's Richardson-Lucy target, or auto to choose it from "
+                        "held-out voxels (default 0: plain RL)")
     g.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                    help="stop training after this many seconds")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -59,7 +69,8 @@ def configs(args, ndim: int):
 
     extra = dict(invariance="none", lambda_bsp=1.0) if args.ssi else dict(invariance=args.invariance)
     config = TrainConfig(steps=args.steps or 300, patch=args.patch, batch=args.batch, lr=args.lr,
-                         precondition=args.precondition, warm_start=args.warm_start, time_budget=args.time_budget,
+                         precondition=args.precondition, warm_start=args.warm_start, lambda_anchor=args.anchor,
+                         warm_tv=args.warm_tv, time_budget=args.time_budget,
                          seed=args.seed, **extra)
     return config, UNetConfig(ndim=ndim, base_channels=args.base_channels, depth=args.unet_depth)
 
@@ -125,7 +136,9 @@ def deconvolve_ssl(args, image, psf, voxel):
             raise InputError("--method ssl without --model needs a PSF: add --psf PSF.tif or --psf-model")
         trained = train_with_progress(image, psf, args, voxel)
         params = {"train_steps": trained.steps_done, "invariance": trained.config.invariance,
-                  "precondition": trained.config.precondition, "warm_start": trained.config.warm_start}
+                  "precondition": trained.config.precondition, "warm_start": trained.config.warm_steps,
+                  "anchor": trained.config.lambda_anchor if trained.config.warm_steps else 0.0,
+                  "warm_tv": trained.config.warm_tv}
     bar = tqdm(desc="predict", unit="tile", disable=None, leave=False)
 
     def callback(done, total):
@@ -140,13 +153,24 @@ def deconvolve_ssl(args, image, psf, voxel):
     return result, params, trained.psf
 
 
-def _non_negative_int(text: str) -> int:
+def _warm_start(text: str) -> int | str:
+    if text == "auto":
+        return text
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of steps, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be auto or a whole number of steps, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _warm_tv(text: str) -> float | str:
+    if text == "auto":
+        return text
+    value = _non_negative(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be a TV weight below 1 (try 0.002-0.03), got {text}")
     return value
 
 

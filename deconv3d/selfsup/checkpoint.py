@@ -110,8 +110,9 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
     data = _read(path)
     try:
         unet = from_dict(UNetConfig, data["unet"])
-        # Checkpoints from before the Wiener-weighted data term were trained with the plain MSE.
-        config = from_dict(TrainConfig, {"precondition": 0.0, **data["train"]})
+        # Checkpoints from before the Wiener-weighted data term, the warm start and the anchor had none.
+        config = from_dict(TrainConfig, {"precondition": 0.0, "warm_start": 0, "lambda_anchor": 0.0,
+                                          **data["train"]})
         model = ResUNet(unet)
         model.load_state_dict(data["state_dict"])
         psf = data["psf"].numpy().astype(np.float32)

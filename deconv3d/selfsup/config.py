@@ -59,10 +59,16 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     ema: float = 0.99  # moving average of the weights used for inference (beyond the paper; 0 = off)
     # Wiener-weighted data term (beyond the paper): eps, or "auto" (eps 1e-3 gated by the image's SNR); 0 = the paper's MSE
-    precondition: float | str = 0.0
+    precondition: float | str = "auto"
     # Warm start (beyond the paper): the first warm_start steps regress the network onto Bertero RL of the
-    # image at the count deconv3d.classical.choose_iterations picks; 0 = the paper's random start
-    warm_start: int = 0
+    # image at the count deconv3d.classical.choose_iterations picks; "auto" = 3/8 of the steps; 0 = the
+    # paper's random start. The paper's recipe is precondition=0, warm_start=0.
+    warm_start: int | str = "auto"
+    # Anchor (beyond the paper): after a warm start, lambda_anchor * MSE(f(x), that RL target) joins the
+    # Siamese loss, so the network refines the calibrated RL estimate instead of drifting from it; 0 = off
+    lambda_anchor: float = 1.0
+    # TV weight of the warm-start target (RL-TV, Dey et al. 2006); "auto" picks it from held-out voxels
+    warm_tv: float | str = 0.0
 
     def __post_init__(self):
         if self.invariance not in INVARIANCE_POSITIONS:
@@ -76,13 +82,23 @@ class TrainConfig:
                                                 and math.isfinite(self.precondition) and self.precondition >= 0):
             raise InputError(f"precondition must be 'auto' or a finite number >= 0 (0 turns it off), "
                              f"got {self.precondition!r}")
-        if not (isinstance(self.warm_start, int) and not isinstance(self.warm_start, bool) and self.warm_start >= 0):
-            raise InputError(f"warm_start must be a non-negative number of steps (0 turns it off), "
+        if self.warm_start != "auto" and not (isinstance(self.warm_start, int) and not isinstance(self.warm_start, bool)
+                                              and self.warm_start >= 0):
+            raise InputError(f"warm_start must be 'auto' or a non-negative number of steps (0 turns it off), "
                              f"got {self.warm_start!r}")
+        if self.warm_tv != "auto" and not (isinstance(self.warm_tv, (int, float)) and not isinstance(self.warm_tv, bool)
+                                           and 0 <= self.warm_tv < 1):
+            raise InputError(f"warm_tv must be 'auto' or a TV weight in [0, 1), got {self.warm_tv!r}")
         if not 0 <= self.ema < 1:
             raise InputError(f"ema must be in [0, 1), got {self.ema}")
-        if self.lr <= 0 or min(self.lambda_inv, self.lambda_bsp, self.lambda_bound, self.mask_noise_std) < 0:
+        if self.lr <= 0 or min(self.lambda_inv, self.lambda_bsp, self.lambda_bound, self.lambda_anchor,
+                                self.mask_noise_std) < 0:
             raise InputError("lr must be positive and the loss weights and mask noise non-negative")
+
+    @property
+    def warm_steps(self) -> int:
+        """The number of warm-start steps: ``warm_start``, or 3/8 of ``steps`` for ``"auto"``."""
+        return self.steps * 3 // 8 if self.warm_start == "auto" else int(self.warm_start)
 
     @property
     def invariance_weights(self) -> tuple[float, float]:

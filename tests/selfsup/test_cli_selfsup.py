@@ -56,13 +56,19 @@ def test_precondition_option_reaches_the_checkpoint(data, capsys):
 
 
 def test_warm_start_option_reaches_the_checkpoint(data, capsys):
-    from deconv3d.selfsup import load_checkpoint
+    from deconv3d.cli import selfsup as cli_selfsup
+    from deconv3d.selfsup import TrainConfig, load_checkpoint
 
     model = data / "m-warm.ckpt"
-    code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 2,
-                        "--warm-start", 1] + TINY, capsys)
-    assert code == 0, err
-    assert load_checkpoint(model).config.warm_start == 1
+    assert cli_selfsup.WARM_START == TrainConfig().warm_start and cli_selfsup.ANCHOR == TrainConfig().lambda_anchor
+    for option, given, field, expected in [("--warm-start", 1, "warm_start", 1),
+                                           ("--warm-start", "auto", "warm_start", "auto"),
+                                           ("--anchor", 0.25, "lambda_anchor", 0.25),
+                                           ("--warm-tv", "auto", "warm_tv", "auto")]:
+        code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 2,
+                            option, given] + TINY, capsys)
+        assert code == 0, err
+        assert getattr(load_checkpoint(model).config, field) == expected
 
 
 def test_deconvolve_trains_on_the_image_when_no_model(data, capsys):
@@ -107,6 +113,8 @@ class Payload:
      "--precondition"),
     (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--warm-start", "-3"], "--warm-start"),
     (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--warm-start", "2.5"], "--warm-start"),
+    (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--anchor", "-1"], "--anchor"),
+    (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--warm-tv", "2"], "--warm-tv"),
 ])
 def test_bad_input_one_line_and_no_output(data, capsys, argv, word):
     with open(data / "evil.ckpt", "wb") as fh:

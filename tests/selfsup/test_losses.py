@@ -149,7 +149,7 @@ def test_gated_weight_is_the_wiener_weight_times_the_gain():
 def test_precondition_must_be_auto_or_a_non_negative_number(bad):
     with pytest.raises(InputError, match="precondition"):
         TrainConfig(precondition=bad)
-    assert TrainConfig(precondition="auto").precondition == "auto" and TrainConfig().precondition == 0.0
+    assert TrainConfig(precondition="auto").precondition == "auto" and TrainConfig().precondition == "auto"
 
 
 def test_loss_weights_follow_the_config():

@@ -52,19 +52,100 @@ def test_warm_steps_fit_the_target_then_the_siamese_loss_takes_over():
     assert "data" in both.last_terms and "warm" not in both.last_terms and both.steps_done == 6
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10", "Auto", None])
 def test_bad_warm_start_is_refused(bad):
     with pytest.raises(InputError, match="warm_start"):
         TrainConfig(warm_start=bad)
 
 
+def test_warm_start_auto_is_three_eighths_of_the_steps_and_the_default(monkeypatch):
+    import sys
+
+    training = sys.modules["deconv3d.selfsup.train"]  # the package's `train` attribute is the function
+    assert TrainConfig().warm_start == "auto" and TrainConfig().precondition == "auto"
+    assert [TrainConfig(steps=n).warm_steps for n in (1, 2, 3, 8, 300, 400)] == [0, 0, 1, 3, 112, 150]
+    assert TrainConfig(steps=400, warm_start=7).warm_steps == 7 and TrainConfig(warm_start=0).warm_steps == 0
+    calls = []
+    warm_step = training._warm_step
+    monkeypatch.setattr(training, "_warm_step", lambda *a, **k: calls.append(1) or warm_step(*a, **k))
+    noisy, psf = problem(3, sigma=0.02)[1:]
+    res = train(noisy, psf, config=TrainConfig(steps=8, patch=16, batch=1), unet=TINY[3], device="cpu")
+    assert len(calls) == 3 and res.steps_done == 8
+    assert "data" in res.last_terms and "warm" not in res.last_terms
+
+
 def test_checkpoint_records_the_warm_start_and_old_files_load_without(tmp_path):
     _, noisy, psf = problem(2, sigma=0.05)
     res = train(noisy, psf, config=TrainConfig(steps=2, warm_start=1, patch=16, batch=1), unet=TINY[2], device="cpu")
-    path = tmp_path / "m.ckpt"
+    assert saved_then_without(res, tmp_path / "m.ckpt", "warm_start") == (1, 0)
+
+
+def saved_then_without(res, path, name):
+    """The field ``name`` of a saved checkpoint's config, then of the same file written without it."""
     save_checkpoint(res, path)
-    assert load_checkpoint(path).config.warm_start == 1
+    saved = getattr(load_checkpoint(path).config, name)
     data = torch.load(path, weights_only=True)
-    del data["train"]["warm_start"]
+    del data["train"][name]
     torch.save(data, path)
-    assert load_checkpoint(path).config.warm_start == 0
+    return saved, getattr(load_checkpoint(path).config, name)
+
+
+def test_anchor_adds_its_weighted_distance_to_the_target():
+    """The anchored step's loss is the Siamese loss plus lambda * MSE(f(x), target), checked by hand."""
+    from deconv3d.selfsup.losses import loss_weights
+    from deconv3d.selfsup.train import _train_step, build_model
+
+    _, noisy, psf = problem(3, sigma=0.02)
+    image, mean, std = standardize(noisy)
+    config = TrainConfig(patch=16, batch=2, augment=False)
+    forward = ForwardModel(psf)
+    geometry = forward.geometry([16, 16, 16], TINY[3].divisor)
+    sampler = _PatchSampler(image, geometry, config, torch.device("cpu"))
+    target = np.random.default_rng(3).normal(size=image.shape).astype(np.float32)
+    sampler.set_target(target)
+    batch = sampler.sample(2)
+    model = build_model(TINY[3], 0).train()
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay put between the two steps
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    args = (model, batch, forward, geometry.region, loss_weights(config), frozen, scaler, (mean, std), False)
+    plain = _train_step(*args)
+    anchored = _train_step(*args, anchor=2.5)
+    with torch.no_grad():
+        f = model(batch.fields)[(Ellipsis,) + tuple(geometry.region)].numpy().astype(np.float64)
+    expected = np.mean((f - batch.target.numpy()) ** 2)
+    assert "anchor" not in plain and anchored["anchor"] == pytest.approx(expected, rel=1e-5)
+    assert anchored["total"] == pytest.approx(plain["total"] + 2.5 * expected, rel=1e-5)
+    batch.target = None  # no target, no anchor (the paper's random start)
+    assert "anchor" not in _train_step(*args[:1], batch, *args[2:], anchor=2.5)
+
+
+def test_anchor_holds_after_the_warm_start_and_old_files_load_without(tmp_path):
+    _, noisy, psf = problem(2, sigma=0.05)
+    on = train(noisy, psf, config=TrainConfig(steps=3, warm_start=1, patch=16, batch=1), unet=TINY[2], device="cpu")
+    off = train(noisy, psf, config=TrainConfig(steps=3, warm_start=1, patch=16, batch=1, lambda_anchor=0),
+                unet=TINY[2], device="cpu")
+    assert TrainConfig().lambda_anchor == 1.0 and "anchor" in on.last_terms and "anchor" not in off.last_terms
+    with pytest.raises(InputError, match="loss weights"):
+        TrainConfig(lambda_anchor=-1)
+    assert saved_then_without(on, tmp_path / "m.ckpt", "lambda_anchor") == (1.0, 0.0)
+
+
+def test_tv_target_is_rl_tv_and_auto_takes_the_lowest_held_out_error():
+    from deconv3d.selfsup.train import WARM_TV_WEIGHTS
+
+    _, noisy, psf = problem(3, sigma=0.02)
+    target, k = warm_start_target(noisy, psf, "cpu", tv_weight=0.01)
+    assert k == choose_iterations(noisy, psf, 100, tv_weight=0.01, device="cpu").iterations
+    np.testing.assert_array_equal(target, richardson_lucy(noisy, psf, k, tv_weight=0.01, device="cpu"))
+    choices = {w: choose_iterations(noisy, psf, 100, tv_weight=w, device="cpu") for w in WARM_TV_WEIGHTS}
+    best = min(WARM_TV_WEIGHTS, key=lambda w: min(choices[w].risk))
+    target, k = warm_start_target(noisy, psf, "cpu", tv_weight="auto")
+    assert k == choices[best].iterations
+    np.testing.assert_array_equal(target, richardson_lucy(noisy, psf, k, tv_weight=best, device="cpu"))
+    assert TrainConfig(warm_tv="auto").warm_tv == "auto" and TrainConfig().warm_tv == 0.0
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan"), True, "high", None])
+def test_bad_warm_tv_is_refused(bad):
+    with pytest.raises(InputError, match="warm_tv"):
+        TrainConfig(warm_tv=bad)
