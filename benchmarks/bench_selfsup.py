@@ -99,8 +99,8 @@ def run_network(truth, noisy, psf, method, args):
     unet = UNetConfig(ndim=3, base_channels=args.base, depth=args.depth)
     res = train(noisy, psf, config=cfg, unet=unet, device="cpu")
     extra = f"{res.seconds:.0f} s, {res.steps_done} steps, pre {res.config.precondition}"
-    if res.config.warm_steps:
-        extra += f", warm {res.config.warm_steps}, anchor {res.config.lambda_anchor:g}, tv {res.config.warm_tv}"
+    if res.warm_steps:
+        extra += f", warm {res.warm_steps}, anchor {res.config.lambda_anchor:g}, tv {res.config.warm_tv}"
     if args.save:
         from deconv3d.selfsup import save_checkpoint
 

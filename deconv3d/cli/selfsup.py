@@ -136,8 +136,8 @@ def deconvolve_ssl(args, image, psf, voxel):
             raise InputError("--method ssl without --model needs a PSF: add --psf PSF.tif or --psf-model")
         trained = train_with_progress(image, psf, args, voxel)
         params = {"train_steps": trained.steps_done, "invariance": trained.config.invariance,
-                  "precondition": trained.config.precondition, "warm_start": trained.config.warm_steps,
-                  "anchor": trained.config.lambda_anchor if trained.config.warm_steps else 0.0,
+                  "precondition": trained.config.precondition, "warm_start": trained.warm_steps,
+                  "anchor": trained.config.lambda_anchor if trained.warm_steps else 0.0,
                   "warm_tv": trained.config.warm_tv}
     bar = tqdm(desc="predict", unit="tile", disable=None, leave=False)
 

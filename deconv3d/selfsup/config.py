@@ -98,7 +98,7 @@ class TrainConfig:
     @property
     def warm_steps(self) -> int:
         """The number of warm-start steps: ``warm_start``, or 3/8 of ``steps`` for ``"auto"``."""
-        return self.steps * 3 // 8 if self.warm_start == "auto" else int(self.warm_start)
+        return self.steps * 3 // 8 if self.warm_start == "auto" else int(self.warm_start)  # train.WARM_SHARE
 
     @property
     def invariance_weights(self) -> tuple[float, float]:

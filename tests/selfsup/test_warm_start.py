@@ -149,3 +149,13 @@ def test_tv_target_is_rl_tv_and_auto_takes_the_lowest_held_out_error():
 def test_bad_warm_tv_is_refused(bad):
     with pytest.raises(InputError, match="warm_tv"):
         TrainConfig(warm_tv=bad)
+
+
+def test_auto_warm_start_leaves_most_of_a_time_budget_to_the_siamese_loss():
+    _, noisy, psf = problem(2, sigma=0.05)
+    config = TrainConfig(steps=100000, time_budget=4.0, patch=16, batch=1)
+    res = train(noisy, psf, config=config, unet=TINY[2], device="cpu")
+    assert res.reason == "time_budget" and res.warm_steps < config.warm_steps
+    assert res.warm_steps < res.steps_done and "data" in res.last_terms and "warm" not in res.last_terms
+    fixed = train(noisy, psf, config=TrainConfig(steps=6, warm_start=4, patch=16, batch=1), unet=TINY[2], device="cpu")
+    assert fixed.warm_steps == 4
