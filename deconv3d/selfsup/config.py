@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from ..errors import InputError
 
 INVARIANCE_POSITIONS = ("before-psf", "after-psf", "both", "none")
+WARM_SHARE = (3, 8)  # warm_start="auto": 3/8 of the steps (and of a time budget) go to the warm start
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ class TrainConfig:
     @property
     def warm_steps(self) -> int:
         """The number of warm-start steps: ``warm_start``, or 3/8 of ``steps`` for ``"auto"``."""
-        return self.steps * 3 // 8 if self.warm_start == "auto" else int(self.warm_start)  # train.WARM_SHARE
+        share, whole = WARM_SHARE
+        return self.steps * share // whole if self.warm_start == "auto" else int(self.warm_start)
 
     @property
     def invariance_weights(self) -> tuple[float, float]:

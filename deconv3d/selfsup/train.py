@@ -31,7 +31,7 @@ from deconv3d._torch_common import stop_reason
 from deconv3d.errors import InputError
 from deconv3d.fft import pad_spatial, resolve_device
 from deconv3d.psf import normalize_psf, validate_psf
-from deconv3d.selfsup.config import TrainConfig, UNetConfig
+from deconv3d.selfsup.config import WARM_SHARE, TrainConfig, UNetConfig
 from deconv3d.selfsup.losses import (AUTO_EPS, FieldGeometry, ForwardModel, LossWeights, loss_weights, mse,
                                      siamese_loss, snr_gain)
 from deconv3d.selfsup.masking import apply_mask, stratified_mask
@@ -225,7 +225,6 @@ def _warm_step(model, batch: _Batch, region, optimizer, scaler, amp: bool) -> di
     return {"warm": value, "total": value}
 
 
-WARM_SHARE = 3 / 8  # share of the steps (and of a time budget) warm_start="auto" spends on the warm start
 WARM_TV_WEIGHTS = (0.0, 0.002, 0.01, 0.03)  # the TV weights TrainConfig(warm_tv="auto") chooses from
 
 
@@ -376,7 +375,7 @@ def train(
         sampler.set_target((target - np.float32(mean)) / np.float32(std))
     warm_until = None  # "auto" under a time budget: also end the warm start at 3/8 of the budget
     if config.warm_start == "auto" and config.time_budget is not None:
-        warm_until = started + WARM_SHARE * config.time_budget
+        warm_until = started + WARM_SHARE[0] / WARM_SHARE[1] * config.time_budget
     warm_done = 0
     while True:
         step += 1
