@@ -376,15 +376,17 @@ def train(
     warm_until = None  # "auto" under a time budget: also end the warm start at 3/8 of the budget
     if config.warm_start == "auto" and config.time_budget is not None:
         warm_until = started + WARM_SHARE[0] / WARM_SHARE[1] * config.time_budget
-    warm_done = 0
+    warming, warm_done = warm > 0, 0
     while True:
         step += 1
-        if warm_done == step - 1 and step <= warm and (warm_until is None or time.perf_counter() < warm_until):
+        if warming and (step > warm or (warm_until is not None and time.perf_counter() >= warm_until)):
+            warming = False
+            if not config.lambda_anchor:
+                sampler.set_target(None)
+        if warming:
             terms = _warm_step(model, sampler.sample(config.batch), geometry.region, optimizer, scaler, amp)
             warm_done = step
         else:
-            if step == warm_done + 1 and not config.lambda_anchor:
-                sampler.set_target(None)
             terms = _train_step(model, sampler.sample(config.batch), forward, geometry.region, weights, optimizer,
                                 scaler, (mean, std), amp, data_weight, config.lambda_anchor)
         schedule.step()
