@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from selfsup_data import best_gaussian, best_rl, bench_psf, calibrated_rl, make_volume, score  # noqa: E402
 
+from deconv3d.cli.selfsup import _precondition, _warm_start, _warm_tv  # noqa: E402 (the CLI's own parsers)
 from deconv3d.selfsup import BAND_LIMIT, TrainConfig, UNetConfig, apply_model, train  # noqa: E402
 
 METHODS = {
@@ -49,14 +50,14 @@ def parse_args(argv=None):
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--decay-steps", type=int, default=5000)
-    p.add_argument("--precondition", default="auto",
+    p.add_argument("--precondition", type=_precondition, default="auto",
                    help="Wiener-weighted data term: auto (the library default), an eps, or 0 (the paper's MSE)")
-    p.add_argument("--warm-start", default="auto",
+    p.add_argument("--warm-start", type=_warm_start, default="auto",
                    help="steps regressing onto RL at the held-out count before the Siamese loss: auto (3/8 of "
                         "the steps, the library default), a number, or 0 (the paper's random start)")
     p.add_argument("--anchor", type=float, default=1.0,
                    help="weight of the distance to the warm-start RL estimate after the warm start (library default 1)")
-    p.add_argument("--warm-tv", default="0", help="TV weight of the warm-start target: a number or auto")
+    p.add_argument("--warm-tv", type=_warm_tv, default=0.0, help="TV weight of the warm-start target: a number or auto")
     p.add_argument("--paper", action="store_true", help="the paper's recipe: --precondition 0 --warm-start 0")
     p.add_argument("--no-tta", action="store_true")
     p.add_argument("--band-limit", type=float, default=BAND_LIMIT,
@@ -92,10 +93,8 @@ def baselines(truth, noisy, psf):
 def run_network(truth, noisy, psf, method, args):
     cfg = TrainConfig(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr,
                       decay_steps=args.decay_steps, time_budget=args.minutes * 60,
-                      precondition=args.precondition if args.precondition == "auto" else float(args.precondition),
-                      warm_start=args.warm_start if args.warm_start == "auto" else int(args.warm_start),
-                      lambda_anchor=args.anchor, warm_tv=args.warm_tv if args.warm_tv == "auto" else float(args.warm_tv),
-                      **METHODS[method])
+                      precondition=args.precondition, warm_start=args.warm_start, lambda_anchor=args.anchor,
+                      warm_tv=args.warm_tv, **METHODS[method])
     unet = UNetConfig(ndim=3, base_channels=args.base, depth=args.depth)
     res = train(noisy, psf, config=cfg, unet=unet, device="cpu")
     extra = f"{res.seconds:.0f} s, {res.steps_done} steps, pre {res.config.precondition}"
@@ -118,7 +117,7 @@ def run_network(truth, noisy, psf, method, args):
 def main(argv=None):
     args = parse_args(argv)
     if args.paper:
-        args.precondition, args.warm_start = "0", "0"
+        args.precondition, args.warm_start = 0.0, 0
     torch.set_num_threads(args.threads)
     if args.quick:
         args.steps, args.minutes, args.patch, args.base, args.depth = 3, 1.0, 16, 4, 2
