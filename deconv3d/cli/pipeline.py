@@ -129,7 +129,7 @@ def register(sub) -> None:
     p.add_argument("--model", help="trained network (.ckpt) for --method ssl")
     p.add_argument("--tta", action="store_true", default=None, help="ssl: average over the 8 xy rotations/flips")
     p.add_argument("--band-limit", type=float, metavar="EPS",
-                   help="ssl: damp frequencies the PSF does not pass (default 0.01; 0 turns it off)")
+                   help="ssl: damp frequencies the PSF does not pass, e.g. 0.01 on noisy stacks (default 0: off)")
     add_chunk_options(p, defaults=False)
     p.set_defaults(func=cmd_batch)
     add_common(p)

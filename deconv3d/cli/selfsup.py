@@ -10,7 +10,7 @@ from deconv3d.errors import InputError
 from ._common import DEVICES, add_common, positive_float, positive_int, voxel_size_of
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
-BAND_LIMIT = 0.01  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
+BAND_LIMIT = 0.0  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
 PRECONDITION = "auto"  # TrainConfig().precondition, likewise
 WARM_START = "auto"  # TrainConfig().warm_start, likewise
 ANCHOR = 1.0  # TrainConfig().lambda_anchor, likewise
@@ -46,7 +46,7 @@ def add_training_options(p, steps_flag: str) -> None:
     g.add_argument("--precondition", type=_precondition, default=PRECONDITION, metavar="EPS",
                    help="weight the data term by frequency (Wiener): auto (eps 1e-3, gated by the image's "
                         "signal-to-noise ratio) or a number EPS; recovers fine detail in fewer steps on "
-                        f"low-noise stacks, best with --band-limit 0 (default {PRECONDITION}; 0 is the paper's "
+                        f"low-noise stacks (default {PRECONDITION}; 0 is the paper's "
                         "plain MSE)")
     g.add_argument("--warm-start", type=_warm_start, default=WARM_START, metavar="STEPS",
                    help="first regress the network for STEPS steps onto Richardson-Lucy of the image at the "
@@ -190,7 +190,7 @@ def add_deconvolve_options(p) -> None:
     p.add_argument("--model", help="trained network (.ckpt from deconv3d train) for --method ssl")
     p.add_argument("--tta", action="store_true", help="ssl: average over the 8 xy rotations/flips")
     p.add_argument("--band-limit", type=_non_negative, default=BAND_LIMIT, metavar="EPS",
-                   help=f"ssl: damp frequencies the PSF does not pass, gain |H|^2/(|H|^2+EPS); 0 turns it off "
-                        f"(default {BAND_LIMIT})")
+                   help=f"ssl: damp frequencies the PSF does not pass, gain |H|^2/(|H|^2+EPS), e.g. 0.01 on stacks "
+                        f"dominated by noise; it blurs low-noise ones (default {BAND_LIMIT:g}: off)")
     add_training_options(p, steps_flag="--train-steps")
 

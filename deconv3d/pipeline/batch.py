@@ -55,7 +55,7 @@ class Settings:
     device: str = "cpu"
     model: Optional[str] = None
     tta: bool = False
-    band_limit: float = 0.01  # deconv3d.selfsup.BAND_LIMIT; 0 turns it off
+    band_limit: float = 0.0  # deconv3d.selfsup.BAND_LIMIT: off; an eps > 0 turns it on
     chunks: Optional[tuple] = None
     memory_limit: Optional[str] = None
     pyramid_levels: int = 0

@@ -148,8 +148,10 @@ class NetworkBlock:
 
     def halo(self) -> tuple[int, ...]:
         """The network's context, plus the band limit's reach when the output is band-limited."""
+        from deconv3d.selfsup import BAND_LIMIT
+
         ndim = int(self.trained.unet.ndim)
-        if self.band_limit is None or self.band_limit == 0:
+        if not (BAND_LIMIT if self.band_limit == "default" else self.band_limit):
             return (int(self.context),) * ndim
         from deconv3d.fft import band_limit_halo
 

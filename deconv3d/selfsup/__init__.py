@@ -23,7 +23,7 @@ __all__ = ["deconvolve", "apply_model", "train", "TrainConfig", "UNetConfig", "T
            "save_checkpoint", "load_checkpoint", "Cancelled", "BAND_LIMIT"]
 
 
-BAND_LIMIT = 0.01  # default eps of the output's band limit (see apply_model)
+BAND_LIMIT = 0.0  # default eps of the output's band limit: off (see apply_model)
 
 
 def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=None, context: int | None = None,
@@ -40,14 +40,16 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     and ``4 * blocks_per_level * 2**depth``, most of the UNet's receptive field, so
     that tiled and whole-volume results agree to about 1e-3 of the output range.
 
-    ``band_limit`` (``eps``; ``None`` or 0 turns it off) scales the output's spectrum by
-    ``|H|^2 / (|H|^2 + eps)`` (:func:`deconv3d.fft.band_limit`). The training losses
-    compare the data with ``H f`` only, so whatever the network puts where the OTF
-    vanishes is unconstrained: on noisy data it is texture that no measurement supports.
-    Removing it gained 0.1-0.2 dB on a microtubule phantom and 1.0-1.2 dB on confocal
-    nuclei at noise sigma 0.1, but cost 0.1-0.25 dB on two of three volumes at sigma 0.01,
-    where the data do carry information at small ``|H|`` (``benchmarks/bench_selfsup.py``);
-    the default 0.01 halves frequencies where ``|H| = 0.1``.
+    ``band_limit`` (``eps``; ``None`` or 0, the default, turns it off) scales the output's
+    spectrum by ``|H|^2 / (|H|^2 + eps)`` (:func:`deconv3d.fft.band_limit`). The training
+    losses compare the data with ``H f`` only, so what the network puts where the OTF
+    vanishes is constrained only by non-negativity and the network itself. On noisy data
+    some of it is texture no measurement supports; on sparse objects at low noise it is
+    mostly real detail that positivity recovers beyond the passband. On
+    ``benchmarks/bench_selfsup.py`` eps = 0.01 gained 0.01-0.17 dB at noise sigma 0.1 but
+    cost 0.25-3.6 dB at sigma 0.01 (microtubules and bars lost 2.8-3.6), and no eps from
+    1e-3 to 1e-2 avoided that loss (2.3-3.6 dB), so it is off unless asked for: try 0.01 on stacks
+    dominated by noise.
     """
     if not isinstance(trained, TrainedModel):
         trained = TrainedModel.from_result(trained)
@@ -84,7 +86,7 @@ def deconvolve(image, psf, *, model=None, config: TrainConfig = TrainConfig(), u
     tta : bool
         Test-time augmentation over the 8 xy rotations/flips.
     band_limit : float or None
-        ``eps`` of the output's band limit (see :func:`apply_model`); ``None`` turns it off.
+        ``eps`` of the output's band limit (see :func:`apply_model`); 0 or ``None`` (default) is off.
     voxel_size : sequence of float, optional
         Checked against the model's when both are known.
     train_callback, predict_callback : callable, optional

@@ -62,8 +62,8 @@ def test_wiener_chunked_equals_whole(volume, psf3d, chunks):
 def network():
     """A tiny 2D network (depth 2: pooling grid of 4), its image, and its whole-image inference.
 
-    The band limit is off here, so these tests see the network's own seams; the band-limited
-    output (apply_model's default) is checked separately with the halo that adds its reach.
+    The band limit is off here (apply_model's default), so these tests see the network's own
+    seams; the band-limited output is checked separately with the halo that adds its reach.
     """
     import torch
 
@@ -93,14 +93,16 @@ def test_network_inference_chunked_equals_whole(network, chunks):
 
 @pytest.mark.parametrize("chunks", [(32, 32), (40, 28)])
 def test_band_limited_network_inference_chunked_equals_whole(network, chunks):
-    """With the default band limit on, the halo adds the filter's reach and seams stay invisible."""
+    """With the band limit on, the halo adds the filter's reach and seams stay invisible; with
+    apply_model's default (off) the halo is the network's context alone."""
     from deconv3d.pipeline import NetworkBlock
-    from deconv3d.selfsup import BAND_LIMIT, apply_model
+    from deconv3d.selfsup import apply_model
 
     fn, image, _ = network
-    banded = NetworkBlock(fn.trained, context=fn.context)  # band_limit: apply_model's default
+    assert NetworkBlock(fn.trained, context=fn.context).halo() == (fn.context,) * 2  # "default": off
+    banded = NetworkBlock(fn.trained, context=fn.context, band_limit=0.01)
     assert all(h > fn.context and h % 4 == 0 for h in banded.halo())
-    whole = apply_model(fn.trained, image, device="cpu", context=fn.context, band_limit=BAND_LIMIT)
+    whole = apply_model(fn.trained, image, device="cpu", context=fn.context, band_limit=0.01)
     assert psnr(whole, chunked(image, banded, chunks)) >= 50
 
 

@@ -126,19 +126,20 @@ def test_bad_input_one_line_and_no_output(data, capsys, argv, word):
 
 
 def test_band_limit_option(data, capsys):
-    """``--band-limit 0`` gives the network's raw output; the default filters it by the PSF's band."""
+    """The default (and ``--band-limit 0``) gives the network's raw output; ``--band-limit EPS``
+    filters it by the PSF's band."""
     import torch
 
     from deconv3d.cli import selfsup as cli_selfsup
     from deconv3d.fft import band_limit
     from deconv3d.selfsup import BAND_LIMIT
 
-    assert cli_selfsup.BAND_LIMIT == BAND_LIMIT
+    assert cli_selfsup.BAND_LIMIT == BAND_LIMIT == 0
     model = data / "m.ckpt"
     assert run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 2] + TINY,
                capsys)[0] == 0
     outputs = {}
-    for eps in ("0", None):
+    for eps in ("0", None, "0.01"):
         out_tif = data / f"out-{eps}.tif"
         extra = [] if eps is None else ["--band-limit", eps]
         code, _, err = run(["deconvolve", data / "image.tif", "-o", out_tif, "--method", "ssl", "--model", model,
@@ -146,6 +147,7 @@ def test_band_limit_option(data, capsys):
         assert code == 0, err
         outputs[eps] = read_image(out_tif).data
     psf = read_image(data / "psf.tif").data
-    expected = band_limit(outputs["0"], psf / psf.sum(), BAND_LIMIT, dtype=torch.float64).clamp_min(0).numpy()
-    np.testing.assert_allclose(outputs[None], expected, atol=1e-5 * expected.max())
-    assert np.abs(outputs[None] - outputs["0"]).max() > 1e-3 * outputs["0"].max()
+    np.testing.assert_array_equal(outputs[None], outputs["0"])
+    expected = band_limit(outputs["0"], psf / psf.sum(), 0.01, dtype=torch.float64).clamp_min(0).numpy()
+    np.testing.assert_allclose(outputs["0.01"], expected, atol=1e-5 * expected.max())
+    assert np.abs(outputs["0.01"] - outputs["0"]).max() > 1e-3 * outputs["0"].max()
