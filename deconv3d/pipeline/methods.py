@@ -120,7 +120,8 @@ class WienerBlock:
 class NetworkBlock:
     """``block -> apply_model(trained, block)``: the self-supervised network's inference.
 
-    ``band_limit`` is passed on (``"default"``: apply_model's own default; None turns it off).
+    ``band_limit`` is passed on (``"default"``: apply_model's own default, resolved once here;
+    None or 0 turns it off).
     """
 
     trained: object  # deconv3d.selfsup.TrainedModel
@@ -130,8 +131,10 @@ class NetworkBlock:
     band_limit: Union[float, str, None] = "default"
 
     def __post_init__(self):
-        from deconv3d.selfsup import TrainedModel
+        from deconv3d.selfsup import BAND_LIMIT, TrainedModel
 
+        if self.band_limit == "default":
+            self.band_limit = BAND_LIMIT
         if not isinstance(self.trained, TrainedModel):
             self.trained = TrainedModel.from_result(self.trained)
         if self.context is None:
@@ -143,15 +146,13 @@ class NetworkBlock:
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from deconv3d.selfsup import apply_model
 
-        extra = {} if self.band_limit == "default" else {"band_limit": self.band_limit}
-        return apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context, **extra)
+        return apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context,
+                           band_limit=self.band_limit)
 
     def halo(self) -> tuple[int, ...]:
         """The network's context, plus the band limit's reach when the output is band-limited."""
-        from deconv3d.selfsup import BAND_LIMIT
-
         ndim = int(self.trained.unet.ndim)
-        if not (BAND_LIMIT if self.band_limit == "default" else self.band_limit):
+        if not self.band_limit:
             return (int(self.context),) * ndim
         from deconv3d.fft import band_limit_halo
 
