@@ -19,7 +19,7 @@ import torch
 from deconv3d._fftw import real_transforms
 from deconv3d._rl_ops import ops_for
 from deconv3d.errors import InputError
-from deconv3d.fft import FFTConvolver, as_tensor, fast_shape, pad_spatial, resolve_device
+from deconv3d.fft import FFTConvolver, as_tensor, fast_shape, kernel_origin, pad_spatial, resolve_device
 
 BOUNDARIES = ("zero", "reflect", "bertero", "periodic")
 Callback = Callable[[int, torch.Tensor], Optional[bool]]
@@ -53,6 +53,7 @@ def richardson_lucy(
     voxel_size: Sequence[float] | None = None,
     device="auto",
     dtype: torch.dtype = torch.float32,
+    extended: bool = False,
 ):
     """Richardson-Lucy deconvolution with optional TV regularisation and acceleration.
 
@@ -93,12 +94,19 @@ def richardson_lucy(
     device : {"auto", "cpu", "cuda"} or torch.device
     dtype : torch.dtype
         Working precision (float32 by default).
+    extended : bool
+        Bertero boundary only: return the estimate on the whole extended domain, of shape
+        ``image.shape + psf.shape - 1``, with the image's field starting at index
+        ``k - 1 - origin`` per axis (:func:`deconv3d.fft.kernel_origin`): the object that
+        sends light into the field from outside it, whose ``"valid"`` convolution with the
+        PSF is the predicted image.
 
     Returns
     -------
     ndarray or torch.Tensor
-        Non-negative estimate with the image's shape: an ndarray (float32 unless
-        ``dtype`` says otherwise) for array input, a tensor on ``device`` for tensor input.
+        Non-negative estimate with the image's shape (extended as above with ``extended``):
+        an ndarray (float32 unless ``dtype`` says otherwise) for array input, a tensor on
+        ``device`` for tensor input.
 
     Notes
     -----
@@ -131,10 +139,18 @@ def richardson_lucy(
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype)
     _check_options(iterations, boundary, tv_weight, tol, y.ndim, voxel_size)
+    if extended and boundary != "bertero":
+        raise InputError(f"extended=True needs boundary='bertero' (the only one that estimates the object beyond "
+                         f"the image), got {boundary!r}")
     problem = _build_problem(y, h, boundary)
     tv = _TV(problem.estimate_shape, y.ndim, tv_weight, voxel_size, y) if tv_weight > 0 else None
     estimate = _run(problem, iterations, tv, accelerate, tol, callback)
-    result = estimate[problem.result_crop].clamp_min(0)  # a compact copy, not a view of a workspace
+    if extended:  # the margins wrap around the end of the buffer: roll them in front of the image
+        before = [k - 1 - o for k, o in zip(h.shape, kernel_origin(h.shape))]
+        box = tuple(slice(0, n + k - 1) for n, k in zip(y.shape, h.shape))
+        result = torch.roll(estimate, before, problem.dims)[box].clamp_min(0)
+    else:
+        result = estimate[problem.result_crop].clamp_min(0)  # a compact copy, not a view of a workspace
     return result if isinstance(image, torch.Tensor) else result.cpu().numpy()
 
 

@@ -202,3 +202,24 @@ def test_non_finite_options_are_input_errors(kwargs, words):
 def test_wiener_refuses_an_infinite_balance():
     with pytest.raises(InputError, match="finite"):
         wiener(np.ones((6, 8, 8), np.float32), np.ones((3, 3, 3), np.float32), balance=float("inf"))
+
+
+@pytest.mark.parametrize("shape", [(9, 9), (7, 8)], ids=["odd", "even"])
+def test_bertero_extended_estimate_predicts_the_image_from_outside_light(shape):
+    """The extended estimate's interior is the ordinary result, and its "valid" convolution with
+    the PSF reproduces an image lit from outside the field better than the mirrored interior does."""
+    rng = np.random.default_rng(0)
+    psf = asymmetric_psf(shape)  # asymmetric: a flipped or misplaced margin shows
+    big = (rng.random((60, 60)) ** 8 * 10 + 0.1).astype(np.float32)
+    image = scipy.signal.fftconvolve(big, psf, mode="valid").astype(np.float32)
+    ext = richardson_lucy(image, psf, 300, extended=True, device="cpu")
+    plain = richardson_lucy(image, psf, 300, device="cpu")
+    before = [k // 2 for k in psf.shape]  # k - 1 - kernel_origin
+    assert ext.shape == tuple(n + k - 1 for n, k in zip(image.shape, psf.shape))
+    np.testing.assert_array_equal(ext[tuple(slice(b, b + n) for b, n in zip(before, image.shape))], plain)
+    err = np.abs(scipy.signal.fftconvolve(ext, psf, mode="valid") - image).mean() / image.mean()
+    mirrored = np.pad(plain, [(b, k - 1 - b) for b, k in zip(before, psf.shape)], mode="reflect")
+    err_mirrored = np.abs(scipy.signal.fftconvolve(mirrored, psf, mode="valid") - image).mean() / image.mean()
+    assert err < 0.02 and err < 0.5 * err_mirrored  # measured 1.0% vs 3.0% (odd)
+    with pytest.raises(InputError, match="bertero"):
+        richardson_lucy(image, psf, 2, boundary="zero", extended=True, device="cpu")
