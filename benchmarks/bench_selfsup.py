@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from selfsup_data import best_gaussian, best_rl, bench_psf, calibrated_rl, make_volume, score  # noqa: E402
 
-from deconv3d.cli.selfsup import _precondition, _warm_start, _warm_tv  # noqa: E402 (the CLI's own parsers)
+from deconv3d.cli.selfsup import RESIDUAL, WARM_TV, _anchor, _precondition, _warm_start, _warm_tv  # noqa: E402 (the CLI's own parsers)
 from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, train  # noqa: E402
 
 METHODS = {
@@ -55,10 +55,16 @@ def parse_args(argv=None):
     p.add_argument("--warm-start", type=_warm_start, default="auto",
                    help="steps regressing onto RL at the held-out count before the Siamese loss: auto (3/8 of "
                         "the steps, the library default), a number, or 0 (the paper's random start)")
-    p.add_argument("--anchor", type=float, default=1.0,
-                   help="weight of the distance to the warm-start RL estimate after the warm start (library default 1)")
-    p.add_argument("--warm-tv", type=_warm_tv, default=0.0, help="TV weight of the warm-start target: a number or auto")
-    p.add_argument("--paper", action="store_true", help="the paper's recipe: --precondition 0 --warm-start 0")
+    p.add_argument("--anchor", type=_anchor, default="auto",
+                   help="weight of the distance to the RL estimate: auto (the library default: 1 after a warm "
+                        "start, 0 in the residual form) or a number")
+    p.add_argument("--warm-tv", type=_warm_tv, default=WARM_TV,
+                   help=f"TV weight of the RL target: a number or auto (library default {WARM_TV})")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=RESIDUAL,
+                   help="the network corrects that RL estimate instead of replacing it (library default "
+                        f"{'on' if RESIDUAL else 'off'})")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's recipe: --precondition 0 --warm-start 0 --no-residual")
     p.add_argument("--no-tta", action="store_true")
     p.add_argument("--band-limit", type=float, default=0.01,
                    help="eps of the band-limited rows (the library default, off, prints too)")
@@ -94,12 +100,15 @@ def run_network(truth, noisy, psf, method, args):
     cfg = TrainConfig(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr,
                       decay_steps=args.decay_steps, time_budget=args.minutes * 60,
                       precondition=args.precondition, warm_start=args.warm_start, lambda_anchor=args.anchor,
-                      warm_tv=args.warm_tv, **METHODS[method])
+                      warm_tv=args.warm_tv, residual=args.residual, **METHODS[method])
     unet = UNetConfig(ndim=3, base_channels=args.base, depth=args.depth)
     res = train(noisy, psf, config=cfg, unet=unet, device="cpu")
     extra = f"{res.seconds:.0f} s, {res.steps_done} steps, pre {res.config.precondition}"
     if res.warm_steps:
-        extra += f", warm {res.warm_steps}, anchor {res.config.lambda_anchor:g}, tv {res.config.warm_tv}"
+        extra += f", warm {res.warm_steps}, anchor {res.config.anchor_weight:g}, tv {res.config.warm_tv}"
+    if res.reference is not None:
+        extra += (f", residual on RL {res.reference.iterations} it tv {res.reference.tv_weight:g}, "
+                  f"anchor {res.config.anchor_weight:g}")
     if args.save:
         from deconv3d.selfsup import save_checkpoint
 
@@ -117,7 +126,7 @@ def run_network(truth, noisy, psf, method, args):
 def main(argv=None):
     args = parse_args(argv)
     if args.paper:
-        args.precondition, args.warm_start = 0.0, 0
+        args.precondition, args.warm_start, args.residual = 0.0, 0, False
     torch.set_num_threads(args.threads)
     if args.quick:
         args.steps, args.minutes, args.patch, args.base, args.depth = 3, 1.0, 16, 4, 2

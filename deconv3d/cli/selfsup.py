@@ -13,7 +13,9 @@ INVARIANCE = ("before-psf", "after-psf", "both", "none")
 BAND_LIMIT = 0.0  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
 PRECONDITION = "auto"  # TrainConfig().precondition, likewise
 WARM_START = "auto"  # TrainConfig().warm_start, likewise
-ANCHOR = 1.0  # TrainConfig().lambda_anchor, likewise
+ANCHOR = "auto"  # TrainConfig().lambda_anchor, likewise
+RESIDUAL = True  # TrainConfig().residual, likewise
+WARM_TV = "auto"  # TrainConfig().warm_tv, likewise
 
 
 def register(sub) -> None:
@@ -48,16 +50,22 @@ def add_training_options(p, steps_flag: str) -> None:
                         "signal-to-noise ratio) or a number EPS; recovers fine detail in fewer steps on "
                         f"low-noise stacks (default {PRECONDITION}; 0 is the paper's "
                         "plain MSE)")
+    g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=RESIDUAL,
+                   help="the network learns a correction to Richardson-Lucy of the image, run for the iteration "
+                        "count chosen from held-out voxels, starting from that estimate exactly (default "
+                        f"{'on' if RESIDUAL else 'off'}); --no-residual learns the whole estimate, after a warm "
+                        "start towards it")
     g.add_argument("--warm-start", type=_warm_start, default=WARM_START, metavar="STEPS",
-                   help="first regress the network for STEPS steps onto Richardson-Lucy of the image at the "
-                        "iteration count chosen from held-out voxels, then train as usual (default auto: 3/8 "
-                        "of the steps; 0 is the paper's random start)")
-    g.add_argument("--anchor", type=_non_negative, default=ANCHOR, metavar="W",
-                   help="after the warm start, keep W times the squared distance to that Richardson-Lucy "
-                        f"estimate in the loss (default {ANCHOR:g}; 0 lets the Siamese loss alone take over)")
-    g.add_argument("--warm-tv", type=_warm_tv, default=0.0, metavar="W",
-                   help="TV weight of the warm start's Richardson-Lucy target, or auto to choose it from "
-                        "held-out voxels (default 0: plain RL)")
+                   help="with --no-residual: first regress the network for STEPS steps onto that "
+                        "Richardson-Lucy estimate, then train as usual (default auto: 3/8 of the steps; 0 is the "
+                        "paper's random start)")
+    g.add_argument("--anchor", type=_anchor, default=ANCHOR, metavar="W",
+                   help="keep W times the squared distance to that Richardson-Lucy estimate in the loss "
+                        f"(default {ANCHOR}: 0 in the residual form, 1 after a warm start; 0 lets the Siamese "
+                        "loss alone take over)")
+    g.add_argument("--warm-tv", type=_warm_tv, default=WARM_TV, metavar="W",
+                   help="TV weight of that Richardson-Lucy estimate, or auto to choose it from held-out voxels "
+                        f"(default {WARM_TV}; with --no-residual, plain RL (0) scored higher)")
     g.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                    help="stop training after this many seconds")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -70,7 +78,7 @@ def configs(args, ndim: int):
     extra = dict(invariance="none", lambda_bsp=1.0) if args.ssi else dict(invariance=args.invariance)
     config = TrainConfig(steps=args.steps or 300, patch=args.patch, batch=args.batch, lr=args.lr,
                          precondition=args.precondition, warm_start=args.warm_start, lambda_anchor=args.anchor,
-                         warm_tv=args.warm_tv, time_budget=args.time_budget,
+                         warm_tv=args.warm_tv, residual=args.residual, time_budget=args.time_budget,
                          seed=args.seed, **extra)
     return config, UNetConfig(ndim=ndim, base_channels=args.base_channels, depth=args.unet_depth)
 
@@ -137,8 +145,11 @@ def deconvolve_ssl(args, image, psf, voxel):
         trained = train_with_progress(image, psf, args, voxel)
         params = {"train_steps": trained.steps_done, "invariance": trained.config.invariance,
                   "precondition": trained.config.precondition, "warm_start": trained.warm_steps,
-                  "anchor": trained.config.lambda_anchor if trained.warm_steps else 0.0,
-                  "warm_tv": trained.config.warm_tv}
+                  "anchor": trained.config.anchor_weight if trained.warm_steps or trained.reference else 0.0,
+                  "warm_tv": trained.config.warm_tv, "residual": trained.config.residual}
+        if trained.reference is not None:
+            params["reference"] = {"iterations": trained.reference.iterations,
+                                   "tv_weight": trained.reference.tv_weight}
     bar = tqdm(desc="predict", unit="tile", disable=None, leave=False)
 
     def callback(done, total):
@@ -172,6 +183,10 @@ def _warm_tv(text: str) -> float | str:
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must be a TV weight below 1 (try 0.002-0.03), got {text}")
     return value
+
+
+def _anchor(text: str) -> float | str:
+    return "auto" if text == "auto" else _non_negative(text)
 
 
 def _precondition(text: str) -> float | str:

@@ -150,14 +150,18 @@ class NetworkBlock:
                            band_limit=self.band_limit)
 
     def halo(self) -> tuple[int, ...]:
-        """The network's context, plus the band limit's reach when the output is band-limited."""
+        """The network's context (or a residual network's RL reach where larger), plus the band limit's reach."""
         ndim = int(self.trained.unet.ndim)
-        if not self.band_limit:
-            return (int(self.context),) * ndim
-        from deconv3d.fft import band_limit_halo
+        reach = (int(self.context),) * ndim
+        reference = self.trained.reference
+        if reference is not None:  # the residual network's output adds RL of the block
+            reach = tuple(max(c, r) for c, r in zip(reach, rl_halo(self.trained.psf, reference.iterations)))
+        if self.band_limit:
+            from deconv3d.fft import band_limit_halo
 
+            reach = tuple(c + b for c, b in zip(reach, band_limit_halo(self.trained.psf)))
         d = int(self.trained.unet.divisor)  # a halo on the pooling grid keeps the whole-volume phase
-        return tuple(-(-(int(self.context) + b) // d) * d for b in band_limit_halo(self.trained.psf))
+        return tuple(-(-c // d) * d for c in reach)
 
     def chunk_multiple(self) -> int:
         """``2**depth``: blocks that start on the pooling grid see the whole-volume pooling phase."""

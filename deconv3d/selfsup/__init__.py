@@ -34,7 +34,9 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     The whole volume is processed in overlapping, linearly blended tiles
     (:func:`deconv3d.selfsup.predict.predict_tiled`) with the PSF half-size of context
     on every side, mirrored at the volume border as in training. ``tta`` averages the
-    8 rotations/flips of the xy plane. Returns a non-negative float32 array.
+    8 rotations/flips of the xy plane. A residual network (``TrainConfig.residual``) adds its
+    correction to Richardson-Lucy of ``image`` run as in training (``trained.reference``).
+    Returns a non-negative float32 array.
 
     ``context`` (voxels around each tile) defaults to the larger of the PSF half-size
     and ``4 * blocks_per_level * 2**depth``, most of the UNet's receptive field, so
@@ -58,9 +60,14 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     if context is None:
         unet = trained.unet
         context = max(max(k // 2 for k in trained.psf.shape), 4 * unet.blocks_per_level * unet.divisor)
+    residual = trained.reference is not None
     out = predict_tiled(trained.model, image, mean=trained.mean, std=trained.std, divisor=trained.unet.divisor,
                         tile_shape=tile_shape, tta=tta, device=device, callback=callback, context=context,
-                        amp=trained.config.amp)
+                        amp=trained.config.amp, clamp=not residual)
+    if residual:  # the network's correction on top of the RL estimate it was trained to correct
+        out -= np.float32(trained.mean)
+        out += trained.reference.estimate(image, trained.psf, device)
+        np.maximum(out, 0, out=out)
     if band_limit:
         out = fft_band_limit(out, trained.psf, band_limit, device=device).clamp_min_(0).cpu().numpy()
     return out

@@ -2,7 +2,8 @@
 
 A checkpoint is a plain ``torch.save`` dictionary of tensors, numbers, strings, lists
 and dicts: the network weights, the network and training configurations, the image
-standardisation, the PSF (its shape and fingerprint) and the voxel size. Loading uses
+standardisation, the PSF (its shape and fingerprint), the voxel size and, for a residual
+network, the Richardson-Lucy settings of the estimate it corrects. Loading uses
 ``torch.load(weights_only=True)``, whose unpickler accepts only those types, so a
 crafted file holding arbitrary objects (a pickle payload) is refused before anything in
 it runs.
@@ -21,7 +22,7 @@ from deconv3d._torch_common import atomic_torch_save, safe_torch_load
 from deconv3d.errors import InputError
 from deconv3d.fft import psf_fingerprint, resolve_device
 from deconv3d.psf import normalize_psf, validate_psf
-from deconv3d.selfsup.config import TrainConfig, UNetConfig, from_dict, to_dict
+from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig, from_dict, to_dict
 from deconv3d.selfsup.unet import ResUNet
 
 __all__ = ["TrainedModel", "save_checkpoint", "load_checkpoint", "FORMAT"]
@@ -34,7 +35,8 @@ class TrainedModel:
     """A trained network with everything needed to apply it to a new image.
 
     ``model`` maps standardised images to standardised estimates: the prediction is
-    ``model((x - mean) / std) * std + mean``.
+    ``model((x - mean) / std) * std + mean``; for a residual network (``reference`` set) it is
+    ``reference.estimate(x) + model((x - mean) / std) * std``.
     """
 
     model: ResUNet
@@ -44,6 +46,7 @@ class TrainedModel:
     std: float
     psf: np.ndarray
     voxel_size: Optional[tuple[float, ...]] = None
+    reference: Optional[Reference] = None
 
     @property
     def psf_fingerprint(self) -> str:
@@ -53,7 +56,7 @@ class TrainedModel:
     def from_result(cls, result) -> "TrainedModel":
         """From a :class:`deconv3d.selfsup.train.TrainResult`."""
         return cls(result.model, result.unet, result.config, result.mean, result.std, result.psf,
-                   result.voxel_size)
+                   result.voxel_size, result.reference)
 
     def check_compatible(self, image_ndim: int, psf=None, voxel_size: Sequence[float] | None = None) -> None:
         """Raise :class:`InputError` if the model was trained for another dimensionality or PSF."""
@@ -84,6 +87,7 @@ def _payload(trained: TrainedModel) -> dict:
         "psf": torch.from_numpy(np.ascontiguousarray(trained.psf, dtype=np.float32)),
         "psf_fingerprint": trained.psf_fingerprint,
         "voxel_size": None if trained.voxel_size is None else [float(v) for v in trained.voxel_size],
+        "reference": None if trained.reference is None else to_dict(trained.reference),
     }
 
 
@@ -110,9 +114,10 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
     data = _read(path)
     try:
         unet = from_dict(UNetConfig, data["unet"])
-        # Checkpoints from before the Wiener-weighted data term, the warm start and the anchor had none.
-        config = from_dict(TrainConfig, {"precondition": 0.0, "warm_start": 0, "lambda_anchor": 0.0,
-                                          **data["train"]})
+        # Checkpoints from before the Wiener-weighted data term, the warm start, the anchor, the TV target
+        # and the residual form had none of them.
+        config = from_dict(TrainConfig, {"precondition": 0.0, "warm_start": 0, "lambda_anchor": 0.0, "warm_tv": 0.0,
+                                          "residual": False, **data["train"]})
         model = ResUNet(unet)
         model.load_state_dict(data["state_dict"])
         psf = data["psf"].numpy().astype(np.float32)
@@ -122,7 +127,11 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
         if (voxel is not None and not all(math.isfinite(v) and v > 0 for v in voxel)) or not (
                 math.isfinite(mean) and math.isfinite(std) and std > 0):
             raise ValueError("voxel size or standardisation out of range")
-        trained = TrainedModel(model.to(resolve_device(device)).eval(), unet, config, mean, std, psf, voxel)
+        reference = data.get("reference")  # absent from files written before the residual form
+        reference = None if reference is None else from_dict(Reference, reference)
+        if config.residual != (reference is not None):
+            raise ValueError("a residual network without its reference, or the reverse")
+        trained = TrainedModel(model.to(resolve_device(device)).eval(), unet, config, mean, std, psf, voxel, reference)
         fingerprint = data["psf_fingerprint"]
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, InputError) as exc:
         # InputError: a config field out of range (UNetConfig/TrainConfig validate themselves)

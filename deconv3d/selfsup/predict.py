@@ -67,6 +67,7 @@ def predict_tiled(
     callback: ProgressCallback | None = None,
     context: int = 0,
     amp: bool = False,
+    clamp: bool = True,
 ) -> np.ndarray:
     """Run a fully convolutional network over a whole volume, tile by tile.
 
@@ -107,11 +108,14 @@ def predict_tiled(
     amp : bool
         Mixed precision (float16 autocast) on CUDA; ignored on the CPU. The output is
         float32 either way.
+    clamp : bool
+        Clamp the prediction to be non-negative (False for a signed output, such as a
+        residual network's correction).
 
     Returns
     -------
     ndarray
-        float32 prediction, clamped to be non-negative, with the image's shape.
+        float32 prediction with the image's shape.
 
     Notes
     -----
@@ -141,7 +145,7 @@ def predict_tiled(
     run = _ModelRunner(model, dev, float(mean), float(std), tta, amp)
     with run:
         out = _blend_tiles(run, volume, list(itertools.product(*axes)), window, batch_size, callback)
-    return out
+    return out.clamp_(min=0).numpy() if clamp else out.numpy()
 
 
 def default_tile_shape(shape: Sequence[int], divisor: int, device="cpu") -> tuple[int, ...]:
@@ -272,7 +276,7 @@ def _tile_weight(tile: Sequence[_AxisTile]) -> torch.Tensor:
     return weight
 
 
-def _blend_tiles(run, volume, tiles, window: _Window, batch_size: int, callback) -> np.ndarray:
+def _blend_tiles(run, volume, tiles, window: _Window, batch_size: int, callback) -> torch.Tensor:
     out = torch.zeros(volume.shape)
     weight_sum = torch.zeros(volume.shape)
     tile_shape = tuple(t.stop - t.start for t in tiles[0])
@@ -289,7 +293,7 @@ def _blend_tiles(run, volume, tiles, window: _Window, batch_size: int, callback)
         done = first + len(batch)
         if callback is not None and callback(done, len(tiles)):
             raise Cancelled(f"prediction cancelled after {done} of {len(tiles)} tiles")
-    return (out / weight_sum).clamp_(min=0).numpy()
+    return out / weight_sum
 
 
 class _ModelRunner:

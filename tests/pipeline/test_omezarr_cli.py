@@ -121,8 +121,10 @@ def test_batch_ssl_applies_the_band_limit_option(folder, capsys):
     """``batch --method ssl``: the band limit is off by default, ``--band-limit 0.01`` turns it on,
     and the chunked output matches the whole-volume inference with the same setting."""
     from deconv3d.io import read_image
-    from deconv3d.selfsup import apply_model, load_checkpoint
+    from deconv3d.pipeline.batch import Settings
+    from deconv3d.selfsup import BAND_LIMIT, apply_model, load_checkpoint
 
+    assert Settings.band_limit == BAND_LIMIT  # batch repeats the library default as a literal
     model = folder / "m.ckpt"
     code, _, err = run(["train", folder / "in" / "img0.tif", "--psf", folder / "psf.tif", "-o", model,
                         "--steps", 2, "--patch", 8, "--batch", 1, "--base-channels", 4, "--unet-depth", 2,

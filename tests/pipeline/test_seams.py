@@ -75,7 +75,7 @@ def network():
     try:
         psf = gaussian_psf((5, 5), (1.0, 1.0))
         image = blurred_beads((64, 64), psf, seed=3, count=30)
-        result = train(image, psf, config=TrainConfig(steps=3, patch=16, batch=2),
+        result = train(image, psf, config=TrainConfig(steps=3, patch=16, batch=2, residual=False),
                        unet=UNetConfig(ndim=2, base_channels=4, depth=2), device="cpu")
         fn = NetworkBlock(result, band_limit=None)
         whole = apply_model(result, image, device="cpu", context=fn.context, band_limit=None)
@@ -104,6 +104,31 @@ def test_band_limited_network_inference_chunked_equals_whole(network, chunks):
     assert all(h > fn.context and h % 4 == 0 for h in banded.halo())
     whole = apply_model(fn.trained, image, device="cpu", context=fn.context, band_limit=0.01)
     assert psnr(whole, chunked(image, banded, chunks)) >= 50
+
+
+@pytest.mark.parametrize("chunks", [(32, 32), (40, 28)])
+def test_residual_network_inference_chunked_equals_whole(network, chunks):
+    """A residual network adds RL of each block: the halo grows to RL's reach and seams stay invisible."""
+    import dataclasses
+
+    from deconv3d.pipeline import NetworkBlock
+    from deconv3d.selfsup import apply_model
+    from deconv3d.selfsup.config import Reference
+
+    fn, _, _ = network
+    # Any network adds its correction to RL the same way; a wide PSF makes RL reach beyond the network.
+    psf = gaussian_psf((15, 15), (4.0, 4.0))
+    image = blurred_beads((128, 128), psf, seed=5, count=80)
+    trained = dataclasses.replace(fn.trained, reference=Reference(60, 0.0), psf=psf)
+    residual = NetworkBlock(trained, context=fn.context, band_limit=None)
+    reach = rl_halo(psf, 60)
+    assert max(reach) > fn.context  # RL reaches further than the network here, so the halo must grow
+    assert all(h >= max(r, fn.context) and h % 4 == 0 for h, r in zip(residual.halo(), reach))
+    assert all(2 * h + c < n for h, c, n in zip(residual.halo(), chunks, image.shape))  # seams exist
+    whole = apply_model(trained, image, device="cpu", context=fn.context, band_limit=None)
+    assert np.abs(whole - apply_model(fn.trained, image, device="cpu", context=fn.context, band_limit=None)).max() > 0
+    full = psnr(whole, chunked(image, residual, chunks))
+    assert full >= 50 and full > psnr(whole, chunked(image, residual, chunks, halo=(fn.context,) * 2)) + 10  # 80 vs 62
 
 
 def test_network_chunks_rounded_to_pooling_grid(tmp_path, network):

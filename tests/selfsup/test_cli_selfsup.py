@@ -71,6 +71,20 @@ def test_warm_start_option_reaches_the_checkpoint(data, capsys):
         assert getattr(load_checkpoint(model).config, field) == expected
 
 
+def test_residual_option_reaches_the_checkpoint(data, capsys):
+    from deconv3d.cli import selfsup as cli_selfsup
+    from deconv3d.selfsup import TrainConfig, load_checkpoint
+
+    assert cli_selfsup.RESIDUAL == TrainConfig().residual
+    for flag, on in (("--residual", True), ("--no-residual", False)):
+        model = data / f"m{flag}.ckpt"
+        code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 2,
+                            flag] + TINY, capsys)
+        assert code == 0, err
+        trained = load_checkpoint(model)
+        assert trained.config.residual is on and (trained.reference is not None) is on
+
+
 def test_deconvolve_trains_on_the_image_when_no_model(data, capsys):
     out_tif = data / "out.tif"
     code, _, err = run(["deconvolve", data / "image.tif", "-o", out_tif, "--psf", data / "psf.tif",

@@ -15,8 +15,9 @@ from test_train import TINY, problem
 
 def test_target_is_bertero_rl_at_the_held_out_count():
     _, noisy, psf = problem(3, sigma=0.02)
-    target, iterations = warm_start_target(noisy, psf, "cpu")
-    assert iterations == choose_iterations(noisy, psf, 100, device="cpu").iterations
+    target, reference = warm_start_target(noisy, psf, "cpu")
+    iterations = reference.iterations
+    assert iterations == choose_iterations(noisy, psf, 100, device="cpu").iterations and reference.tv_weight == 0
     np.testing.assert_array_equal(target, richardson_lucy(noisy, psf, iterations, device="cpu"))
 
 
@@ -39,7 +40,7 @@ def test_target_patches_are_cut_where_the_fields_are():
 def test_warm_steps_fit_the_target_then_the_siamese_loss_takes_over():
     truth, noisy, psf = problem(3, sigma=0.02)
     target, _ = warm_start_target(noisy, psf, "cpu")
-    warm = train(noisy, psf, config=TrainConfig(steps=80, warm_start=80, patch=16, batch=2, lr=2e-3, ema=0),
+    warm = train(noisy, psf, config=TrainConfig(residual=False, steps=80, warm_start=80, patch=16, batch=2, lr=2e-3, ema=0),
                  unet=TINY[3], device="cpu")
     losses = [loss for _, loss in warm.history]
     assert set(warm.last_terms) == {"warm", "total"}
@@ -48,7 +49,7 @@ def test_warm_steps_fit_the_target_then_the_siamese_loss_takes_over():
     inner = (slice(3, -3), slice(4, -4), slice(4, -4))
     assert np.mean((out - target)[inner] ** 2) < 0.5 * np.mean((noisy - target)[inner] ** 2)
     assert psnr_rescaled(truth, out) > psnr_rescaled(truth, noisy) + 0.5  # measured 28.36 vs 27.63
-    both = train(noisy, psf, config=TrainConfig(steps=6, warm_start=4, patch=16, batch=2), unet=TINY[3], device="cpu")
+    both = train(noisy, psf, config=TrainConfig(residual=False, steps=6, warm_start=4, patch=16, batch=2), unet=TINY[3], device="cpu")
     assert "data" in both.last_terms and "warm" not in both.last_terms and both.steps_done == 6
 
 
@@ -63,20 +64,20 @@ def test_warm_start_auto_is_three_eighths_of_the_steps_and_the_default(monkeypat
 
     training = sys.modules["deconv3d.selfsup.train"]  # the package's `train` attribute is the function
     assert TrainConfig().warm_start == "auto" and TrainConfig().precondition == "auto"
-    assert [TrainConfig(steps=n).warm_steps for n in (1, 2, 3, 8, 300, 400)] == [0, 0, 1, 3, 112, 150]
-    assert TrainConfig(steps=400, warm_start=7).warm_steps == 7 and TrainConfig(warm_start=0).warm_steps == 0
+    assert [TrainConfig(residual=False, steps=n).warm_steps for n in (1, 2, 3, 8, 300, 400)] == [0, 0, 1, 3, 112, 150]
+    assert TrainConfig(residual=False, steps=400, warm_start=7).warm_steps == 7 and TrainConfig(warm_start=0).warm_steps == 0
     calls = []
     warm_step = training._warm_step
     monkeypatch.setattr(training, "_warm_step", lambda *a, **k: calls.append(1) or warm_step(*a, **k))
     noisy, psf = problem(3, sigma=0.02)[1:]
-    res = train(noisy, psf, config=TrainConfig(steps=8, patch=16, batch=1), unet=TINY[3], device="cpu")
+    res = train(noisy, psf, config=TrainConfig(residual=False, steps=8, patch=16, batch=1), unet=TINY[3], device="cpu")
     assert len(calls) == 3 and res.steps_done == 8
     assert "data" in res.last_terms and "warm" not in res.last_terms
 
 
 def test_checkpoint_records_the_warm_start_and_old_files_load_without(tmp_path):
     _, noisy, psf = problem(2, sigma=0.05)
-    res = train(noisy, psf, config=TrainConfig(steps=2, warm_start=1, patch=16, batch=1), unet=TINY[2], device="cpu")
+    res = train(noisy, psf, config=TrainConfig(residual=False, steps=2, warm_start=1, patch=16, batch=1), unet=TINY[2], device="cpu")
     assert saved_then_without(res, tmp_path / "m.ckpt", "warm_start") == (1, 0)
 
 
@@ -121,28 +122,33 @@ def test_anchor_adds_its_weighted_distance_to_the_target():
 
 def test_anchor_holds_after_the_warm_start_and_old_files_load_without(tmp_path):
     _, noisy, psf = problem(2, sigma=0.05)
-    on = train(noisy, psf, config=TrainConfig(steps=3, warm_start=1, patch=16, batch=1), unet=TINY[2], device="cpu")
-    off = train(noisy, psf, config=TrainConfig(steps=3, warm_start=1, patch=16, batch=1, lambda_anchor=0),
+    on = train(noisy, psf, config=TrainConfig(residual=False, steps=3, warm_start=1, patch=16, batch=1), unet=TINY[2], device="cpu")
+    off = train(noisy, psf, config=TrainConfig(residual=False, steps=3, warm_start=1, patch=16, batch=1, lambda_anchor=0),
                 unet=TINY[2], device="cpu")
-    assert TrainConfig().lambda_anchor == 1.0 and "anchor" in on.last_terms and "anchor" not in off.last_terms
-    with pytest.raises(InputError, match="loss weights"):
-        TrainConfig(lambda_anchor=-1)
-    assert saved_then_without(on, tmp_path / "m.ckpt", "lambda_anchor") == (1.0, 0.0)
+    assert TrainConfig().lambda_anchor == "auto" and TrainConfig(residual=False).anchor_weight == 1.0
+    assert TrainConfig(residual=True).anchor_weight == 0.0 and TrainConfig(lambda_anchor=0.5).anchor_weight == 0.5
+    assert "anchor" in on.last_terms and "anchor" not in off.last_terms
+    for bad in (-1, float("inf"), "high", True):
+        with pytest.raises(InputError, match="lambda_anchor"):
+            TrainConfig(lambda_anchor=bad)
+    assert saved_then_without(on, tmp_path / "m.ckpt", "lambda_anchor") == ("auto", 0.0)
 
 
 def test_tv_target_is_rl_tv_and_auto_takes_the_lowest_held_out_error():
     from deconv3d.selfsup.train import WARM_TV_WEIGHTS
 
     _, noisy, psf = problem(3, sigma=0.02)
-    target, k = warm_start_target(noisy, psf, "cpu", tv_weight=0.01)
-    assert k == choose_iterations(noisy, psf, 100, tv_weight=0.01, device="cpu").iterations
+    target, reference = warm_start_target(noisy, psf, "cpu", tv_weight=0.01)
+    k = reference.iterations
+    assert reference.tv_weight == 0.01 and k == choose_iterations(noisy, psf, 100, tv_weight=0.01, device="cpu").iterations
     np.testing.assert_array_equal(target, richardson_lucy(noisy, psf, k, tv_weight=0.01, device="cpu"))
     choices = {w: choose_iterations(noisy, psf, 100, tv_weight=w, device="cpu") for w in WARM_TV_WEIGHTS}
     best = min(WARM_TV_WEIGHTS, key=lambda w: min(choices[w].risk))
-    target, k = warm_start_target(noisy, psf, "cpu", tv_weight="auto")
-    assert k == choices[best].iterations
+    target, reference = warm_start_target(noisy, psf, "cpu", tv_weight="auto")
+    k = reference.iterations
+    assert k == choices[best].iterations and reference.tv_weight == best
     np.testing.assert_array_equal(target, richardson_lucy(noisy, psf, k, tv_weight=best, device="cpu"))
-    assert TrainConfig(warm_tv="auto").warm_tv == "auto" and TrainConfig().warm_tv == 0.0
+    assert TrainConfig(warm_tv=0.0).warm_tv == 0.0 and TrainConfig().warm_tv == "auto"
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan"), True, "high", None])
@@ -153,9 +159,9 @@ def test_bad_warm_tv_is_refused(bad):
 
 def test_auto_warm_start_leaves_most_of_a_time_budget_to_the_siamese_loss():
     _, noisy, psf = problem(2, sigma=0.05)
-    config = TrainConfig(steps=100000, time_budget=4.0, patch=16, batch=1)
+    config = TrainConfig(residual=False, steps=100000, time_budget=4.0, patch=16, batch=1)
     res = train(noisy, psf, config=config, unet=TINY[2], device="cpu")
     assert res.reason == "time_budget" and res.warm_steps < config.warm_steps
     assert res.warm_steps < res.steps_done and "data" in res.last_terms and "warm" not in res.last_terms
-    fixed = train(noisy, psf, config=TrainConfig(steps=6, warm_start=4, patch=16, batch=1), unet=TINY[2], device="cpu")
+    fixed = train(noisy, psf, config=TrainConfig(residual=False, steps=6, warm_start=4, patch=16, batch=1), unet=TINY[2], device="cpu")
     assert fixed.warm_steps == 4

@@ -1,0 +1,126 @@
+"""Residual form: the network learns a correction to the held-out-calibrated RL estimate."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal import fftconvolve
+
+from deconv3d.errors import InputError
+from deconv3d.metrics import psnr_rescaled
+from deconv3d.selfsup import TrainConfig, apply_model, load_checkpoint, save_checkpoint, train
+from deconv3d.selfsup.config import Reference
+from deconv3d.selfsup.losses import ForwardModel, loss_weights
+from deconv3d.selfsup.train import _PatchSampler, _train_step, build_model, standardize, warm_start_target
+from test_train import TINY, problem
+
+
+def test_training_starts_at_the_reference_estimate():
+    """A zero head and a vanishing step size leave the output equal to the RL estimate it corrects."""
+    _, noisy, psf = problem(3, sigma=0.02)
+    res = train(noisy, psf, config=TrainConfig(steps=2, patch=16, batch=1, lr=1e-12, residual=True),
+                unet=TINY[3], device="cpu")
+    target, reference = warm_start_target(noisy, psf, "cpu", "auto")  # TrainConfig().warm_tv
+    assert res.reference == reference and res.warm_steps == 0 and not res.unet.positive
+    assert "anchor" not in res.last_terms and "warm" not in res.last_terms  # anchor "auto": 0 in this form
+    anchored = train(noisy, psf, config=TrainConfig(steps=1, patch=16, batch=1, lambda_anchor=0.5), unet=TINY[3],
+                     device="cpu")
+    assert anchored.last_terms["anchor"] < 1e-6  # MSE(r, 0) with the zero head
+    out = apply_model(res, noisy, device="cpu")
+    np.testing.assert_allclose(out, np.maximum(target, 0), atol=1e-5 * float(target.max()))
+    plain = train(noisy, psf, config=TrainConfig(steps=2, patch=16, batch=1, lr=1e-12, residual=False), unet=TINY[3],
+                  device="cpu")
+    assert plain.reference is None and np.abs(apply_model(plain, noisy, device="cpu") - target).max() > 0.01
+
+
+def test_residual_step_adds_the_target_field_to_both_passes():
+    """With a zero network output, the data term is the target's own misfit (scipy blur) and both
+    passes agree, so the invariance term is at its floor."""
+    _, noisy, psf = problem(3, sigma=0.02)
+    image, mean, std = standardize(noisy)
+    config = TrainConfig(patch=16, batch=2, augment=False, precondition=0.0, residual=True)
+    forward = ForwardModel(psf)
+    geometry = forward.geometry([16, 16, 16], TINY[3].divisor)
+    sampler = _PatchSampler(image, geometry, config, torch.device("cpu"))
+    sampler.set_target(np.random.default_rng(4).normal(size=image.shape).astype(np.float32))
+    batch = sampler.sample(2)
+    model = build_model(replace(TINY[3], positive=False), 0).train()  # as train() builds it
+    with torch.no_grad():
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.zero_()
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    terms = _train_step(model, batch, forward, geometry.region, loss_weights(config), frozen, scaler, (mean, std),
+                        False, None, 1.0, residual=True)
+    region = (Ellipsis,) + tuple(geometry.region)
+    blurred = np.stack([fftconvolve(t[0], psf, mode="same") for t in batch.target_field.numpy().astype(np.float64)])
+    expected = np.mean((batch.data.numpy()[:, 0] - blurred[(slice(None),) + region[1:]]) ** 2)
+    assert terms["data"] == pytest.approx(expected, rel=1e-4)
+    assert terms["inv_before"] < 1e-5 and terms["anchor"] == 0.0
+    assert torch.equal(batch.target_field[region], batch.target)
+
+
+def test_short_residual_training_refines_the_reference():
+    truth, noisy, psf = problem(3, sigma=0.15)
+    res = train(noisy, psf, config=TrainConfig(steps=40, patch=16, batch=2, lr=2e-3, residual=True),
+                unet=TINY[3], device="cpu")
+    target, _ = warm_start_target(noisy, psf, "cpu", "auto")
+    out = apply_model(res, noisy, device="cpu")
+    losses = [loss for _, loss in res.history]
+    assert all(np.isfinite(losses)) and res.steps_done == 40
+    assert np.abs(out - target).max() > 1e-3  # the network moved
+    assert psnr_rescaled(truth, out) > psnr_rescaled(truth, noisy) + 0.5
+    assert psnr_rescaled(truth, out) > psnr_rescaled(truth, target) - 0.1  # measured 26.78 vs 26.72 (input 23.42)
+
+
+def test_checkpoint_keeps_the_reference_and_refuses_a_mismatch(tmp_path):
+    _, noisy, psf = problem(2, sigma=0.05)
+    res = train(noisy, psf, config=TrainConfig(steps=3, patch=16, batch=1, residual=True), unet=TINY[2],
+                device="cpu")
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(res, path)
+    loaded = load_checkpoint(path)
+    assert loaded.reference == res.reference and loaded.config.residual and not loaded.unet.positive
+    np.testing.assert_array_equal(apply_model(loaded, noisy, device="cpu"), apply_model(res, noisy, device="cpu"))
+    data = torch.load(path, weights_only=True)
+    del data["reference"]
+    torch.save(data, path)
+    with pytest.raises(InputError, match="damaged"):
+        load_checkpoint(path)
+    plain = train(noisy, psf, config=TrainConfig(steps=1, patch=16, batch=1), unet=TINY[2], device="cpu")
+    save_checkpoint(plain, path)
+    data = torch.load(path, weights_only=True)
+    del data["reference"]  # files from before the residual form
+    del data["train"]["residual"]
+    torch.save(data, path)
+    old = load_checkpoint(path)
+    assert old.reference is None and not old.config.residual
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_bad_residual_flag_is_refused(bad):
+    with pytest.raises(InputError, match="residual"):
+        TrainConfig(residual=bad)
+
+
+@pytest.mark.parametrize("bad", [dict(iterations=0), dict(iterations=2.5), dict(iterations=3, tv_weight=1.0)])
+def test_bad_reference_is_refused(bad):
+    with pytest.raises(InputError, match="reference"):
+        Reference(**bad)
+
+
+def test_residual_base_fills_the_halo_with_the_extended_estimate():
+    """The fields' PSF halo holds RL's estimate of the object outside the image, not a mirror image."""
+    _, noisy, psf = problem(3, sigma=0.02)
+    image, _, _ = standardize(noisy)
+    forward = ForwardModel(psf)
+    geometry = forward.geometry([16, 16, 16], TINY[3].divisor)
+    sampler = _PatchSampler(image, geometry, TrainConfig(patch=16, batch=1), torch.device("cpu"))
+    ext, _ = warm_start_target(noisy, psf, "cpu", extended=True)
+    sampler.set_target(ext, (forward.halo_before, forward.halo_after))
+    start = [p - b for p, b in zip(geometry.before, forward.halo_before)]
+    placed = sampler.target[tuple(slice(s, s + n) for s, n in zip(start, ext.shape))]
+    np.testing.assert_array_equal(placed.numpy(), ext)
+    with pytest.raises(ValueError, match="target shape"):
+        sampler.set_target(ext, None)
