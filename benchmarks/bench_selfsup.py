@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from selfsup_data import best_gaussian, best_rl, bench_psf, calibrated_rl, make_volume, score  # noqa: E402
 
-from deconv3d.cli.selfsup import RESIDUAL, WARM_TV, _anchor, _precondition, _warm_start, _warm_tv  # noqa: E402 (the CLI's own parsers)
+from deconv3d.cli.selfsup import RESIDUAL, WARM_TV, _auto_or_non_negative, _warm_start, _warm_tv  # noqa: E402 (the CLI's own parsers)
 from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, train  # noqa: E402
 
 METHODS = {
@@ -50,12 +50,12 @@ def parse_args(argv=None):
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--decay-steps", type=int, default=5000)
-    p.add_argument("--precondition", type=_precondition, default="auto",
+    p.add_argument("--precondition", type=_auto_or_non_negative, default="auto",
                    help="Wiener-weighted data term: auto (the library default), an eps, or 0 (the paper's MSE)")
     p.add_argument("--warm-start", type=_warm_start, default="auto",
                    help="steps regressing onto RL at the held-out count before the Siamese loss: auto (3/8 of "
                         "the steps, the library default), a number, or 0 (the paper's random start)")
-    p.add_argument("--anchor", type=_anchor, default="auto",
+    p.add_argument("--anchor", type=_auto_or_non_negative, default="auto",
                    help="weight of the distance to the RL estimate: auto (the library default: 1 after a warm "
                         "start, 0 in the residual form) or a number")
     p.add_argument("--warm-tv", type=_warm_tv, default=WARM_TV,

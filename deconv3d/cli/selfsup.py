@@ -45,7 +45,7 @@ def add_training_options(p, steps_flag: str) -> None:
     g.add_argument("--base-channels", type=positive_int, default=16, help="UNet width (default 16)")
     g.add_argument("--unet-depth", type=positive_int, default=3, help="UNet depth (default 3)")
     g.add_argument("--lr", type=positive_float, default=4e-4, help="Adam learning rate (default 4e-4)")
-    g.add_argument("--precondition", type=_precondition, default=PRECONDITION, metavar="EPS",
+    g.add_argument("--precondition", type=_auto_or_non_negative, default=PRECONDITION, metavar="EPS",
                    help="weight the data term by frequency (Wiener): auto (eps 1e-3, gated by the image's "
                         "signal-to-noise ratio) or a number EPS; recovers fine detail in fewer steps on "
                         f"low-noise stacks (default {PRECONDITION}; 0 is the paper's "
@@ -59,7 +59,7 @@ def add_training_options(p, steps_flag: str) -> None:
                    help="with --no-residual: first regress the network for STEPS steps onto that "
                         "Richardson-Lucy estimate, then train as usual (default auto: 3/8 of the steps; 0 is the "
                         "paper's random start)")
-    g.add_argument("--anchor", type=_anchor, default=ANCHOR, metavar="W",
+    g.add_argument("--anchor", type=_auto_or_non_negative, default=ANCHOR, metavar="W",
                    help="keep W times the squared distance to that Richardson-Lucy estimate in the loss "
                         f"(default {ANCHOR}: 0 in the residual form, 1 after a warm start; 0 lets the Siamese "
                         "loss alone take over)")
@@ -185,11 +185,8 @@ def _warm_tv(text: str) -> float | str:
     return value
 
 
-def _anchor(text: str) -> float | str:
-    return "auto" if text == "auto" else _non_negative(text)
-
-
-def _precondition(text: str) -> float | str:
+def _auto_or_non_negative(text: str) -> float | str:
+    """``auto`` or a number >= 0 (--precondition, --anchor)."""
     return "auto" if text == "auto" else _non_negative(text)
 
 

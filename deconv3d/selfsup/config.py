@@ -84,11 +84,11 @@ class TrainConfig:
             raise InputError("steps, patch, batch and decay_steps must be positive integers")
         if not 0 < self.mask_percent < 100:
             raise InputError(f"mask_percent must be in (0, 100), got {self.mask_percent}")
-        if self.precondition != "auto" and not (isinstance(self.precondition, (int, float))
-                                                and not isinstance(self.precondition, bool)
-                                                and math.isfinite(self.precondition) and self.precondition >= 0):
-            raise InputError(f"precondition must be 'auto' or a finite number >= 0 (0 turns it off), "
-                             f"got {self.precondition!r}")
+        for name in ("precondition", "lambda_anchor"):
+            value = getattr(self, name)
+            if value != "auto" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                        and math.isfinite(value) and value >= 0):
+                raise InputError(f"{name} must be 'auto' or a finite number >= 0 (0 turns it off), got {value!r}")
         if self.warm_start != "auto" and not (isinstance(self.warm_start, int) and not isinstance(self.warm_start, bool)
                                               and self.warm_start >= 0):
             raise InputError(f"warm_start must be 'auto' or a non-negative number of steps (0 turns it off), "
@@ -100,11 +100,6 @@ class TrainConfig:
             raise InputError(f"residual must be True or False, got {self.residual!r}")
         if not 0 <= self.ema < 1:
             raise InputError(f"ema must be in [0, 1), got {self.ema}")
-        if self.lambda_anchor != "auto" and not (isinstance(self.lambda_anchor, (int, float))
-                                                 and not isinstance(self.lambda_anchor, bool)
-                                                 and math.isfinite(self.lambda_anchor) and self.lambda_anchor >= 0):
-            raise InputError(f"lambda_anchor must be 'auto' or a finite number >= 0 (0 turns it off), "
-                             f"got {self.lambda_anchor!r}")
         if self.lr <= 0 or min(self.lambda_inv, self.lambda_bsp, self.lambda_bound, self.mask_noise_std) < 0:
             raise InputError("lr must be positive and the loss weights and mask noise non-negative")
 
