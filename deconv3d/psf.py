@@ -257,6 +257,19 @@ def center_psf(psf) -> np.ndarray:
     return normalize_psf(out)
 
 
+def fit_psf(psf: np.ndarray, shape) -> np.ndarray:
+    """Centre-crop a PSF to at most ``shape`` (renormalised to unit sum); unchanged when it fits.
+
+    For blocks or images smaller than the PSF along some axis (a chunk at a volume's
+    corner, a thin stack given to a trained model), where an unchanged PSF is refused.
+    """
+    if all(k <= n for k, n in zip(psf.shape, shape)):
+        return psf
+    box = tuple(slice((k - min(k, n)) // 2, (k - min(k, n)) // 2 + min(k, n)) for k, n in zip(psf.shape, shape))
+    cropped = psf[box]
+    return cropped / cropped.sum()
+
+
 def crop_psf(psf, energy=0.999) -> np.ndarray:
     """Crop to the smallest centred odd box holding ``energy`` of the total.
 

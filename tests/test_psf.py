@@ -9,6 +9,7 @@ from deconv3d.psf import (
     center_psf,
     crop_psf,
     distill_psf,
+    fit_psf,
     generate_psf,
     normalize_psf,
     prepare_psf,
@@ -107,6 +108,14 @@ def test_crop_psf_keeps_energy_and_shrinks():
     box = tuple(slice(s, s + c) for s, c in zip(lo, cropped.shape))
     assert psf[box].sum() / psf.sum() >= 0.99
     assert cropped.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_fit_psf_centre_crops_only_the_axes_that_do_not_fit():
+    psf = gaussian((9, 11, 11), (2.0, 1.0, 1.0))
+    assert fit_psf(psf, (9, 40, 40)) is psf
+    small = fit_psf(psf, (5, 40, 8))
+    assert small.shape == (5, 11, 8) and small.sum() == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(small, psf[2:7, :, 1:9] / psf[2:7, :, 1:9].sum(), rtol=1e-6)
 
 
 def test_resample_psf_preserves_physical_width():

@@ -39,22 +39,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from deconv3d.fft import psf_rms_width
+from deconv3d.psf import fit_psf
 
 __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "psf_rms_width", "rl_halo",
            "wiener_halo", "chunk_multiple_for"]
-
-
-def _crop_psf(psf: np.ndarray, shape) -> np.ndarray:
-    """Centre-crop a PSF that is larger than a block (small blocks at a volume's corner)."""
-    if all(k <= n for k, n in zip(psf.shape, shape)):
-        return psf
-    sl = []
-    for k, n in zip(psf.shape, shape):
-        m = min(k, n)
-        start = (k - m) // 2
-        sl.append(slice(start, start + m))
-    cropped = psf[tuple(sl)]
-    return cropped / cropped.sum()
 
 
 @dataclass
@@ -72,7 +60,7 @@ class RichardsonLucyBlock:
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from deconv3d.classical import richardson_lucy
 
-        return richardson_lucy(block, _crop_psf(self.psf, block.shape), self.iterations, boundary=self.boundary,
+        return richardson_lucy(block, fit_psf(self.psf, block.shape), self.iterations, boundary=self.boundary,
                                tv_weight=self.tv_weight, accelerate=self.accelerate, voxel_size=self.voxel_size,
                                device=self.device)
 
@@ -91,7 +79,7 @@ class RichardsonLucyBlock:
 
         start = [max(0, (n - b) // 2) for n, b in zip(data.shape, block_shape)]
         crop = np.asarray(data[tuple(slice(s, s + b) for s, b in zip(start, block_shape))], dtype=np.float32)
-        schedule = rl_alpha_schedule(crop, _crop_psf(self.psf, crop.shape), self.iterations,
+        schedule = rl_alpha_schedule(crop, fit_psf(self.psf, crop.shape), self.iterations,
                                      boundary=self.boundary, tv_weight=self.tv_weight,
                                      voxel_size=self.voxel_size, device=self.device)
         return replace(self, accelerate=tuple(schedule))
@@ -110,7 +98,7 @@ class WienerBlock:
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from deconv3d.classical import wiener
 
-        return wiener(block, _crop_psf(self.psf, block.shape), self.balance, device=self.device)
+        return wiener(block, fit_psf(self.psf, block.shape), self.balance, device=self.device)
 
     def halo(self) -> tuple[int, ...]:
         return wiener_halo(self.psf, self.balance)

@@ -8,10 +8,17 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
+
 from ..errors import InputError
 
 INVARIANCE_POSITIONS = ("before-psf", "after-psf", "both", "none")
 WARM_SHARE = (3, 8)  # warm_start="auto": 3/8 of the steps (and of a time budget) go to the warm start
+
+
+def _is_tv_weight(value) -> bool:
+    """A TV weight as ``TrainConfig.warm_tv`` and ``Reference`` take it: a number in [0, 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
 
 
 @dataclass(frozen=True)
@@ -93,8 +100,7 @@ class TrainConfig:
                                               and self.warm_start >= 0):
             raise InputError(f"warm_start must be 'auto' or a non-negative number of steps (0 turns it off), "
                              f"got {self.warm_start!r}")
-        if self.warm_tv != "auto" and not (isinstance(self.warm_tv, (int, float)) and not isinstance(self.warm_tv, bool)
-                                           and 0 <= self.warm_tv < 1):
+        if self.warm_tv != "auto" and not _is_tv_weight(self.warm_tv):
             raise InputError(f"warm_tv must be 'auto' or a TV weight in [0, 1), got {self.warm_tv!r}")
         if not isinstance(self.residual, bool):
             raise InputError(f"residual must be True or False, got {self.residual!r}")
@@ -144,13 +150,19 @@ class Reference:
     def __post_init__(self):
         if not (isinstance(self.iterations, int) and not isinstance(self.iterations, bool) and self.iterations >= 1):
             raise InputError(f"reference iterations must be a positive whole number, got {self.iterations!r}")
-        if not (isinstance(self.tv_weight, (int, float)) and 0 <= self.tv_weight < 1):
+        if not _is_tv_weight(self.tv_weight):
             raise InputError(f"reference tv_weight must be in [0, 1), got {self.tv_weight!r}")
 
     def estimate(self, image, psf, device="cpu", extended: bool = False):
-        """RL of ``image`` with these settings (float32 ndarray); ``extended``: on the Bertero extended domain."""
-        from deconv3d.classical import richardson_lucy
+        """RL of ``image`` with these settings (float32 ndarray); ``extended``: on the Bertero extended domain.
 
+        A PSF larger than the image along some axis is centre-cropped to it (:func:`deconv3d.psf.fit_psf`),
+        as the chunked pipeline's RL blocks do, so a thin stack still gets its reference.
+        """
+        from deconv3d.classical import richardson_lucy
+        from deconv3d.psf import fit_psf
+
+        psf = fit_psf(np.asarray(psf), np.shape(image))
         return richardson_lucy(image, psf, self.iterations, tv_weight=self.tv_weight, device=device,
                                extended=extended)
 
