@@ -125,7 +125,7 @@ def cmd_deconvolve(args) -> int:
     psf = load_psf(args, image, voxel) if (args.psf or args.psf_model) else None
     start = time.perf_counter()
     if args.method == "ssl":
-        result, params, psf = selfsup.deconvolve_ssl(args, image.data, psf, voxel)
+        result, params, psf, voxel = selfsup.deconvolve_ssl(args, image.data, psf, voxel)
     elif args.method == "wiener":
         result = wiener(image.data, psf, args.balance, device=args.device)
         params = {"balance": args.balance}

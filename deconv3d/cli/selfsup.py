@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from deconv3d.errors import InputError
@@ -128,7 +129,10 @@ def cmd_train(args) -> int:
 
 
 def deconvolve_ssl(args, image, psf, voxel):
-    """``deconvolve --method ssl``: apply ``--model`` or train on the image first; returns (result, params, psf)."""
+    """``deconvolve --method ssl``: apply ``--model`` or train on the image first.
+
+    Returns ``(result, params, psf, voxel)``; ``voxel`` is the model's when the image carries none.
+    """
     from tqdm import tqdm
 
     from deconv3d.selfsup import apply_model, load_checkpoint
@@ -139,6 +143,10 @@ def deconvolve_ssl(args, image, psf, voxel):
         trained = load_checkpoint(args.model, device="cpu")
         trained.check_compatible(image.ndim, psf, voxel)
         params = {"model": str(args.model)}
+        if voxel is None and trained.voxel_size is not None:  # keep the calibration the model carries
+            voxel = tuple(trained.voxel_size)
+            print(f"deconv3d: warning: {args.input} carries no voxel size; assuming the model's {voxel} µm "
+                  f"(pass --voxel-size DZ DY DX to check it)", file=sys.stderr)
     else:
         if psf is None:
             raise InputError("--method ssl without --model needs a PSF: add --psf PSF.tif or --psf-model")
@@ -161,7 +169,7 @@ def deconvolve_ssl(args, image, psf, voxel):
                              callback=callback)
     params["tta"] = bool(args.tta)
     params["band_limit"] = args.band_limit
-    return result, params, trained.psf
+    return result, params, trained.psf, voxel
 
 
 def _warm_start(text: str) -> int | str:

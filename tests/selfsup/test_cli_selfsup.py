@@ -41,6 +41,23 @@ def test_train_then_deconvolve_with_the_model(data, capsys):
     assert result.voxel_size == pytest.approx((0.3, 0.1, 0.1))
 
 
+def test_model_voxel_size_fills_an_uncalibrated_image(data, capsys):
+    """An image without voxel metadata takes the model's voxel size into the output, with a warning;
+    a calibrated image at another voxel size is refused."""
+    model = data / "m.ckpt"
+    assert run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1] + TINY,
+               capsys)[0] == 0
+    write_tiff(data / "bare.tif", read_image(data / "image.tif").data)
+    assert read_image(data / "bare.tif").voxel_size is None
+    code, _, err = run(["deconvolve", data / "bare.tif", "-o", data / "out.tif", "--method", "ssl", "--model", model,
+                        "--device", "cpu"], capsys)
+    assert code == 0 and "no voxel size" in err and "--voxel-size" in err, err
+    assert read_image(data / "out.tif").voxel_size == pytest.approx((0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", data / "bare.tif", "-o", data / "out2.tif", "--method", "ssl", "--model", model,
+                        "--voxel-size", 0.5, 0.1, 0.1], capsys)
+    assert one_line_error(code, err, "voxel size") and not (data / "out2.tif").exists()
+
+
 def test_precondition_option_reaches_the_checkpoint(data, capsys):
     from deconv3d.cli import selfsup as cli_selfsup
     from deconv3d.selfsup import TrainConfig, load_checkpoint
