@@ -63,9 +63,8 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     residual = trained.reference is not None
     out = predict_tiled(trained.model, image, mean=trained.mean, std=trained.std, divisor=trained.unet.divisor,
                         tile_shape=tile_shape, tta=tta, device=device, callback=callback, context=context,
-                        amp=trained.config.amp, clamp=not residual)
+                        amp=trained.config.amp, signed=residual)
     if residual:  # the network's correction on top of the RL estimate it was trained to correct
-        out -= np.float32(trained.mean)
         out += trained.reference.estimate(image, trained.psf, device)
         np.maximum(out, 0, out=out)
     if band_limit:

@@ -67,7 +67,7 @@ def predict_tiled(
     callback: ProgressCallback | None = None,
     context: int = 0,
     amp: bool = False,
-    clamp: bool = True,
+    signed: bool = False,
 ) -> np.ndarray:
     """Run a fully convolutional network over a whole volume, tile by tile.
 
@@ -108,9 +108,10 @@ def predict_tiled(
     amp : bool
         Mixed precision (float16 autocast) on CUDA; ignored on the CPU. The output is
         float32 either way.
-    clamp : bool
-        Clamp the prediction to be non-negative (False for a signed output, such as a
-        residual network's correction).
+    signed : bool
+        The network outputs a signed correction in standardised units (a residual network):
+        its output becomes ``out * std``, without the mean, and is not clamped. Otherwise
+        the prediction ``out * std + mean`` is clamped to be non-negative.
 
     Returns
     -------
@@ -142,10 +143,10 @@ def predict_tiled(
     overlaps = _resolve_overlap(overlap, tiles_shape, volume.shape)
     axes = [_axis_tiles(n, t, o) for n, t, o in zip(volume.shape, tiles_shape, overlaps)]
     window = _plan_window(tiles_shape, divisor, context)
-    run = _ModelRunner(model, dev, float(mean), float(std), tta, amp)
+    run = _ModelRunner(model, dev, float(mean), float(std), tta, amp, 0.0 if signed else float(mean))
     with run:
         out = _blend_tiles(run, volume, list(itertools.product(*axes)), window, batch_size, callback)
-    return out.clamp_(min=0).numpy() if clamp else out.numpy()
+    return out.numpy() if signed else out.clamp_(min=0).numpy()
 
 
 def default_tile_shape(shape: Sequence[int], divisor: int, device="cpu") -> tuple[int, ...]:
@@ -297,10 +298,13 @@ def _blend_tiles(run, volume, tiles, window: _Window, batch_size: int, callback)
 
 
 class _ModelRunner:
-    """The network in eval mode on a device: standardise, forward (with TTA), de-standardise."""
+    """The network in eval mode on a device: standardise, forward (with TTA), de-standardise.
 
-    def __init__(self, model, device, mean, std, tta, amp):
-        self.model, self.device, self.mean, self.std = model, device, mean, std
+    The output is ``y * std + level``; ``level`` is ``mean`` for an estimate, 0 for a signed correction.
+    """
+
+    def __init__(self, model, device, mean, std, tta, amp, level):
+        self.model, self.device, self.mean, self.std, self.level = model, device, mean, std, level
         self.tta = tta
         self.amp = bool(amp) and device.type == "cuda"
         self._was_training = model.training
@@ -318,7 +322,7 @@ class _ModelRunner:
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             y = _dihedral_mean(self.forward, x) if self.tta else self.forward(x)
-        return y.float() * self.std + self.mean
+        return y.float() * self.std + self.level
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.model(x)

@@ -144,6 +144,15 @@ def test_output_non_negative_float32_same_shape(shape):
     assert out.min() >= 0 and out.max() > 0
 
 
+def test_signed_output_is_the_correction_without_mean_or_clamp():
+    """``signed=True`` (a residual network's correction): ``net((x - mean) / std) * std``, negatives kept."""
+    x = np.random.default_rng(6).integers(0, 1000, (5, 12, 12)).astype(np.float32)
+    out = predict_tiled(Negate(), x, mean=500.0, std=200.0, divisor=8, context=2, tile_shape=4, overlap=1,
+                        device="cpu", signed=True)
+    np.testing.assert_allclose(out, -3 * (x - 500.0), atol=1e-3)
+    assert out.min() < 0
+
+
 def test_tensor_input_and_batches_match():
     model = small_net(3, seed=9)
     x = volume(3, seed=6)
