@@ -54,6 +54,7 @@ def richardson_lucy(
     device="auto",
     dtype: torch.dtype = torch.float32,
     extended: bool = False,
+    weights=None,
 ):
     """Richardson-Lucy deconvolution with optional TV regularisation and acceleration.
 
@@ -100,6 +101,13 @@ def richardson_lucy(
         ``k - 1 - origin`` per axis (:func:`deconv3d.fft.kernel_origin`): the object that
         sends light into the field from outside it, whose ``"valid"`` convolution with the
         PSF is the predicted image.
+    weights : array_like, optional
+        Per-voxel data weights with the image's shape, in [0, 1]: 0 leaves a voxel out of
+        the fit (dead or saturated pixels, voxels held out for validation), 1 (the default
+        everywhere) uses it. The back-projection ``H^T(y / H u)`` becomes
+        ``H^T(w y / H u) H^T(1) / H^T(w)`` (the weighted Poisson likelihood's update, with
+        the boundary's own normalisation kept), so weights of 1 give plain RL and the
+        estimate never depends on the value of a voxel of weight 0.
 
     Returns
     -------
@@ -142,7 +150,10 @@ def richardson_lucy(
     if extended and boundary != "bertero":
         raise InputError(f"extended=True needs boundary='bertero' (the only one that estimates the object beyond "
                          f"the image), got {boundary!r}")
-    problem = _build_problem(y, h, boundary)
+    if weights is None:
+        problem = _build_problem(y, h, boundary)
+    else:
+        problem = _holdout_problem(y, h, boundary, _check_weights(weights, y))
     tv = _TV(problem.estimate_shape, y.ndim, tv_weight, voxel_size, y) if tv_weight > 0 else None
     estimate = _run(problem, iterations, tv, accelerate, tol, callback)
     if extended:  # the margins wrap around the end of the buffer: roll them in front of the image
@@ -283,6 +294,15 @@ def choose_iterations(
             stopped = "patience"
             break
     return IterationChoice(risk.index(min(risk)) + 1, tuple(risk), float(holdout), stopped)
+
+
+def _check_weights(weights, y: torch.Tensor) -> torch.Tensor:
+    w = as_tensor(weights, y.device, y.dtype)
+    if tuple(w.shape) != tuple(y.shape):
+        raise InputError(f"weights have shape {tuple(w.shape)} but the image {tuple(y.shape)}: give one weight per voxel")
+    if not (torch.isfinite(w).all() and (w >= 0).all() and (w <= 1).all() and (w > 0).any()):
+        raise InputError("weights must be finite numbers in [0, 1], not all 0: use 1 for voxels to fit, 0 to leave out")
+    return w
 
 
 def _holdout_problem(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torch.Tensor) -> _Problem:
