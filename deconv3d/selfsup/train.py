@@ -247,7 +247,7 @@ def _warm_step(model, batch: _Batch, region, optimizer, scaler, amp: bool) -> di
     return {"warm": value, "total": value}
 
 
-WARM_TV_WEIGHTS = (0.0, 0.002, 0.01, 0.03)  # the TV weights TrainConfig(warm_tv="auto") chooses from
+WARM_TV_WEIGHTS = (0.0, 0.002, 0.01, 0.03, 0.06, 0.1)  # the TV weights TrainConfig(warm_tv="auto") chooses from
 
 
 def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weight: float | str = 0.0,

@@ -149,6 +149,8 @@ def test_tv_target_is_rl_tv_and_auto_takes_the_lowest_held_out_error():
     assert k == choices[best].iterations and reference.tv_weight == best
     np.testing.assert_array_equal(target, richardson_lucy(noisy, psf, k, tv_weight=best, device="cpu"))
     assert TrainConfig(warm_tv=0.0).warm_tv == 0.0 and TrainConfig().warm_tv == "auto"
+    _, noisier, psf = problem(3, sigma=0.15)  # noise-dominated: held-out voxels ask for more TV than 0.03
+    assert warm_start_target(noisier, psf, "cpu", tv_weight="auto")[1].tv_weight > 0.03  # measured 0.1
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan"), True, "high", None])
