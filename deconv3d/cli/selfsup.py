@@ -17,6 +17,7 @@ WARM_START = "auto"  # TrainConfig().warm_start, likewise
 ANCHOR = "auto"  # TrainConfig().lambda_anchor, likewise
 RESIDUAL = True  # TrainConfig().residual, likewise
 WARM_TV = "auto"  # TrainConfig().warm_tv, likewise
+LAMBDA_INV = 2.0  # TrainConfig().lambda_inv, likewise
 
 
 def register(sub) -> None:
@@ -42,6 +43,8 @@ def add_training_options(p, steps_flag: str) -> None:
     g.add_argument("--batch", type=positive_int, default=2, help="patches per step (default 2)")
     g.add_argument("--invariance", choices=INVARIANCE, default="before-psf",
                    help="where the Siamese invariance loss sits (default before-psf; none with --ssi)")
+    g.add_argument("--lambda-inv", type=_non_negative, default=LAMBDA_INV, metavar="W",
+                   help=f"weight of the invariance loss (default {LAMBDA_INV:g}, the paper's)")
     g.add_argument("--ssi", action="store_true", help="SSI-style blind-spot baseline (invariance none, lambda_bsp 1)")
     g.add_argument("--base-channels", type=positive_int, default=16, help="UNet width (default 16)")
     g.add_argument("--unet-depth", type=positive_int, default=3, help="UNet depth (default 3)")
@@ -80,6 +83,7 @@ def configs(args, ndim: int):
     config = TrainConfig(steps=args.steps or 300, patch=args.patch, batch=args.batch, lr=args.lr,
                          precondition=args.precondition, warm_start=args.warm_start, lambda_anchor=args.anchor,
                          warm_tv=args.warm_tv, residual=args.residual, time_budget=args.time_budget,
+                         lambda_inv=args.lambda_inv,
                          seed=args.seed, **extra)
     return config, UNetConfig(ndim=ndim, base_channels=args.base_channels, depth=args.unet_depth)
 

@@ -78,7 +78,9 @@ def test_warm_start_option_reaches_the_checkpoint(data, capsys):
 
     model = data / "m-warm.ckpt"
     assert cli_selfsup.WARM_START == TrainConfig().warm_start and cli_selfsup.ANCHOR == TrainConfig().lambda_anchor
+    assert cli_selfsup.LAMBDA_INV == TrainConfig().lambda_inv
     for option, given, field, expected in [("--warm-start", 1, "warm_start", 1),
+                                           ("--lambda-inv", 6, "lambda_inv", 6.0),
                                            ("--warm-start", "auto", "warm_start", "auto"),
                                            ("--anchor", 0.25, "lambda_anchor", 0.25),
                                            ("--warm-tv", "auto", "warm_tv", "auto")]:
