@@ -24,8 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from selfsup_data import best_gaussian, best_rl, bench_psf, calibrated_rl, make_volume, score  # noqa: E402
 
-from deconv3d.cli.selfsup import RESIDUAL, WARM_TV, _auto_or_non_negative, _warm_start, _warm_tv  # noqa: E402 (the CLI's own parsers)
+from deconv3d.cli.selfsup import (RESIDUAL, WARM_TV, _auto_or_non_negative, _non_negative, _warm_start,  # noqa: E402
+                                  _warm_tv)  # the CLI's own parsers
+from deconv3d.fft import band_limit  # noqa: E402
 from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, train  # noqa: E402
+from deconv3d.selfsup.train import warm_start_target  # noqa: E402
 
 METHODS = {
     "ssi": dict(invariance="none", lambda_bsp=1.0),
@@ -33,6 +36,7 @@ METHODS = {
     "both": dict(invariance="both"),
     "before": dict(invariance="before-psf"),
 }
+ORACLE_TV = (0.002, 0.01, 0.03, 0.06, 0.1)  # RL-TV weights of the oracle rows (WARM_TV_WEIGHTS' non-zero ones)
 SHAPES = {"microtubules": (64, 128, 128), "bars": (64, 128, 128), "nuclei": (64, 128, 128)}
 
 
@@ -49,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--base", type=int, default=16, help="UNet base channels")
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--lambda-inv", type=_non_negative, default=TrainConfig.lambda_inv,
+                   help=f"weight of the invariance terms (library default {TrainConfig.lambda_inv})")
     p.add_argument("--decay-steps", type=int, default=5000)
     p.add_argument("--precondition", type=_auto_or_non_negative, default="auto",
                    help="Wiener-weighted data term: auto (the library default), an eps, or 0 (the paper's MSE)")
@@ -86,13 +92,15 @@ def baselines(truth, noisy, psf):
     g, sigma = best_gaussian(truth, noisy)
     row("gaussian (best sigma)", g, f"sigma {sigma}")
     best = None
-    for name, tv in (("rl", 0.0), ("rl-tv", 0.002), ("rl-tv", 0.01)):
+    for name, tv in (("rl", 0.0),) + tuple(("rl-tv", w) for w in ORACLE_TV):
         s, how = best_rl(truth, noisy, psf, tv_weight=tv)
         row(f"{name} best (oracle){' tv ' + str(tv) if tv else ''}", s, how)
         best = s if best is None or s[0] > best[0] else best
     for name, tv in (("rl", 0.0), ("rl-tv", 0.002)):
         s, how = calibrated_rl(truth, noisy, psf, tv_weight=tv)
         row(f"{name} held-out count{' tv ' + str(tv) if tv else ''}", s, how)
+    estimate, ref = warm_start_target(noisy, psf, "cpu", "auto")  # what the residual network starts from
+    row("rl-tv held-out count and weight", score(truth, estimate), f"{ref.iterations} it, tv {ref.tv_weight:g}")
     return best
 
 
@@ -100,7 +108,7 @@ def run_network(truth, noisy, psf, method, args):
     cfg = TrainConfig(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr,
                       decay_steps=args.decay_steps, time_budget=args.minutes * 60,
                       precondition=args.precondition, warm_start=args.warm_start, lambda_anchor=args.anchor,
-                      warm_tv=args.warm_tv, residual=args.residual, **METHODS[method])
+                      warm_tv=args.warm_tv, residual=args.residual, **{"lambda_inv": args.lambda_inv, **METHODS[method]})
     unet = UNetConfig(ndim=3, base_channels=args.base, depth=args.depth)
     res = train(noisy, psf, config=cfg, unet=unet, device="cpu")
     extra = f"{res.seconds:.0f} s, {res.steps_done} steps, pre {res.config.precondition}"
@@ -119,7 +127,10 @@ def run_network(truth, noisy, psf, method, args):
     banded = apply_model(res, noisy, device="cpu", band_limit=args.band_limit)
     row(f"ssl {method} (band limit {args.band_limit:g})", score(truth, banded), extra)
     if not args.no_tta:
-        row(f"ssl {method} + TTA", score(truth, apply_model(res, noisy, device="cpu", tta=True)), extra)
+        tta = apply_model(res, noisy, device="cpu", tta=True)
+        row(f"ssl {method} + TTA", score(truth, tta), extra)
+        banded = band_limit(tta, res.psf, args.band_limit).clamp_min_(0).numpy()  # as apply_model(band_limit=)
+        row(f"ssl {method} + TTA (band limit {args.band_limit:g})", score(truth, banded), extra)
     return s
 
 
