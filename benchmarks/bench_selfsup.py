@@ -28,7 +28,7 @@ from deconv3d.cli.selfsup import (RESIDUAL, WARM_TV, _auto_or_non_negative, _non
                                   _warm_tv)  # the CLI's own parsers
 from deconv3d.fft import band_limit  # noqa: E402
 from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, train  # noqa: E402
-from deconv3d.selfsup.train import warm_start_target  # noqa: E402
+from deconv3d.selfsup.train import WARM_TV_WEIGHTS, warm_start_target  # noqa: E402
 
 METHODS = {
     "ssi": dict(invariance="none", lambda_bsp=1.0),
@@ -36,7 +36,7 @@ METHODS = {
     "both": dict(invariance="both"),
     "before": dict(invariance="before-psf"),
 }
-ORACLE_TV = (0.002, 0.01, 0.03, 0.06, 0.1)  # RL-TV weights of the oracle rows (WARM_TV_WEIGHTS' non-zero ones)
+ORACLE_TV = tuple(w for w in WARM_TV_WEIGHTS if w > 0)  # RL-TV weights of the oracle rows: those the residual picks from
 SHAPES = {"microtubules": (64, 128, 128), "bars": (64, 128, 128), "nuclei": (64, 128, 128)}
 
 

@@ -140,6 +140,7 @@ def deconvolve_ssl(args, image, psf, voxel):
     from tqdm import tqdm
 
     from deconv3d.selfsup import apply_model, load_checkpoint
+    from deconv3d.selfsup.config import to_dict
 
     if args.model and args.steps:
         raise InputError("give either --model or --train-steps for --method ssl, not both")
@@ -160,8 +161,7 @@ def deconvolve_ssl(args, image, psf, voxel):
                   "anchor": trained.config.anchor_weight if trained.warm_steps or trained.reference else 0.0,
                   "warm_tv": trained.config.warm_tv, "residual": trained.config.residual}
         if trained.reference is not None:
-            params["reference"] = {"iterations": trained.reference.iterations,
-                                   "tv_weight": trained.reference.tv_weight}
+            params["reference"] = to_dict(trained.reference)
     bar = tqdm(desc="predict", unit="tile", disable=None, leave=False)
 
     def callback(done, total):
