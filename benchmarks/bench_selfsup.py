@@ -2,7 +2,10 @@
 
 Data follow Papkov et al.'s synthetic recipe with light entering from outside the field
 (see ``selfsup_data.py``). For every volume and noise level the table lists PSNR/SSIM
-(affine-rescaled to the truth, data range 1) of the input, the best Gaussian smoothing,
+(affine-rescaled to the truth, data range 1) of a constant output (the score floor), the
+input, a Wiener filter told the truth's own spectrum (a periodic linear reference, not a
+method: at high noise it shows roughly how much a linear filter can recover), the best
+Gaussian smoothing,
 RL and RL-TV at their best iteration count (an oracle) and at the count chosen from the
 image alone (``deconv3d.classical.choose_iterations``), and the self-supervised
 networks: the SSI-style blind-spot baseline and the Siamese invariance before the PSF,
@@ -22,7 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from selfsup_data import best_gaussian, best_rl, bench_psf, calibrated_rl, make_volume, score  # noqa: E402
+from selfsup_data import (best_gaussian, best_rl, bench_psf, calibrated_rl, constant_floor, genie_wiener,  # noqa: E402
+                          make_volume, score)
 
 from deconv3d.cli.selfsup import (RESIDUAL, WARM_TV, _auto_or_non_negative, _non_negative, _warm_start,  # noqa: E402
                                   _warm_tv)  # the CLI's own parsers
@@ -72,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--paper", action="store_true",
                    help="the paper's recipe: --precondition 0 --warm-start 0 --no-residual")
     p.add_argument("--no-tta", action="store_true")
-    p.add_argument("--band-limit", type=float, default=0.01,
+    p.add_argument("--band-limit", type=_non_negative, default=0.01,
                    help="eps of the band-limited rows (the library default, off, prints too)")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--fft", action="store_true", help="also time FFT vs conv3d inside training")
@@ -87,10 +91,12 @@ def row(name, scores, extra=""):
     print(f"| {name:<34} | {p:6.2f} | {s:6.3f} | {extra:<28} |", flush=True)
 
 
-def baselines(truth, noisy, psf):
+def baselines(truth, noisy, psf, sigma):
+    row("constant output (the score floor)", constant_floor(truth))
     row("input", score(truth, noisy))
-    g, sigma = best_gaussian(truth, noisy)
-    row("gaussian (best sigma)", g, f"sigma {sigma}")
+    row("genie Wiener (truth's spectrum)", genie_wiener(truth, noisy, psf, sigma), "periodic linear reference")
+    g, width = best_gaussian(truth, noisy)
+    row("gaussian (best sigma)", g, f"sigma {width}")
     best = None
     for name, tv in (("rl", 0.0),) + tuple(("rl-tv", w) for w in ORACLE_TV):
         s, how = best_rl(truth, noisy, psf, tv_weight=tv)
@@ -154,7 +160,7 @@ def main(argv=None):
             print("| method                             | PSNR   | SSIM   | notes                        |")
             print("|------------------------------------|--------|--------|------------------------------|")
             if not args.no_baselines:
-                baselines(truth, noisy, psf)
+                baselines(truth, noisy, psf, sigma)
             for method in args.methods:
                 run_network(truth, noisy, psf, method, args)
     if args.fft:

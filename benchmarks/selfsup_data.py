@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.ndimage as ndi
+import torch
 
 from deconv3d.classical import choose_iterations, richardson_lucy
+from deconv3d.fft import FFTConvolver
 from deconv3d.metrics import psnr_rescaled, ssim_rescaled
 from deconv3d.psf import generate_psf
 from deconv3d.synthetic import add_noise_gaussian_poisson, blur, microtubules
@@ -62,6 +64,34 @@ def make_volume(name: str, sigma: float, psf: np.ndarray, shape=(64, 128, 128), 
 
 def score(truth, result) -> tuple[float, float]:
     return psnr_rescaled(truth, result), ssim_rescaled(truth, result)
+
+
+def constant_floor(truth) -> tuple[float, float]:
+    """The score of a constant output: PSNR ``-10 log10 var(truth)`` after the affine rescale, SSIM of the mean.
+
+    A result scoring near it explains almost none of the truth's variance.
+    """
+    return score(truth, np.zeros_like(truth))
+
+
+def genie_wiener(truth, noisy, psf, sigma: float) -> tuple[float, float]:
+    """Wiener filter told the truth's own power spectrum: a reference for linear filters, not a method.
+
+    Per frequency, ``H* |X|^2 / (|H|^2 |X|^2 + N s)`` with ``X`` the FFT of the mean-free truth, ``N`` the
+    voxel count and ``s`` the recipe's mean noise variance ``0.001 b + sigma^2``: in expectation over the
+    noise, the lowest-MSE shift-invariant linear estimate of this very truth if the field were periodic
+    and the noise white. It is a bound only under that model: light entering from outside the field
+    breaks periodicity, so at low noise the boundary limits it (it can score below the input), while at
+    high noise, where the noise dominates, it shows roughly how much a linear filter can recover.
+    Nonlinear methods (TV, networks) may pass it.
+    """
+    otf = FFTConvolver(psf, dtype=torch.float64).otf(truth.shape).numpy()
+    power = np.abs(np.fft.rfftn(truth - truth.mean())) ** 2
+    noise = float(np.mean(0.001 * np.clip(noisy, 0, None) + sigma**2)) * truth.size
+    gain = np.conj(otf) * power / (np.abs(otf) ** 2 * power + noise)
+    axes = tuple(range(truth.ndim))
+    estimate = np.fft.irfftn(gain * np.fft.rfftn(noisy - noisy.mean()), s=truth.shape, axes=axes)
+    return score(truth, estimate.astype(np.float32))
 
 
 def best_gaussian(truth, noisy, sigmas=(0.5, 1.0, 1.5, 2.0)):
