@@ -10,8 +10,10 @@ RL and RL-TV at their best iteration count (an oracle) and at the count chosen f
 image alone (``deconv3d.classical.choose_iterations``), and the self-supervised
 networks: the SSI-style blind-spot baseline and the Siamese invariance before the PSF,
 after it, and both, each without and with test-time augmentation, with CPU training
-time. Each network's output is scored raw (the library default) and band-limited to the
-PSF's passband (``apply_model(band_limit=eps)``, ``--band-limit``). ``--fft`` adds the
+time. ``--genie`` adds the networks' recipe trained on the ground truth
+(``selfsup_genie.py``): a reference for what this network reaches in the same budget when
+told the answer. Each network's output is scored raw (the library default) and
+band-limited to the PSF's passband (``apply_model(band_limit=eps)``, ``--band-limit``). ``--fft`` adds the
 FFT-versus-conv3d forward-model timing. Rows print as they finish. Run ``python benchmarks/bench_selfsup.py --help``.
 """
 
@@ -79,6 +81,9 @@ def parse_args(argv=None):
     p.add_argument("--band-limit", type=_non_negative, default=0.01,
                    help="eps of the band-limited rows (the library default, off, prints too)")
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--genie", action="store_true",
+                   help="also train the networks' recipe on the ground truth (residual form): what this "
+                        "network reaches in the same budget when told the answer, a reference row")
     p.add_argument("--fft", action="store_true", help="also time FFT vs conv3d inside training")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save", help="folder to write each trained network to (checkpoints)")
@@ -110,12 +115,26 @@ def baselines(truth, noisy, psf, sigma):
     return best
 
 
-def run_network(truth, noisy, psf, method, args):
+def recipe(args, method="before"):
+    """The (TrainConfig, UNetConfig) of a network row."""
     cfg = TrainConfig(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr,
                       decay_steps=args.decay_steps, time_budget=args.minutes * 60,
                       precondition=args.precondition, warm_start=args.warm_start, lambda_anchor=args.anchor,
                       warm_tv=args.warm_tv, residual=args.residual, **{"lambda_inv": args.lambda_inv, **METHODS[method]})
-    unet = UNetConfig(ndim=3, base_channels=args.base, depth=args.depth)
+    return cfg, UNetConfig(ndim=3, base_channels=args.base, depth=args.depth)
+
+
+def run_genie(truth, noisy, psf, args):
+    """The network row's recipe trained on the truth (selfsup_genie.py): a reference, not a method."""
+    from selfsup_genie import train_on_truth
+
+    res = train_on_truth(truth, noisy, psf, *recipe(args))
+    row("network trained on the truth", score(truth, apply_model(res, noisy, device="cpu")),
+        f"reference; {res.seconds:.0f} s, {res.steps_done} steps")
+
+
+def run_network(truth, noisy, psf, method, args):
+    cfg, unet = recipe(args, method)
     res = train(noisy, psf, config=cfg, unet=unet, device="cpu")
     extra = f"{res.seconds:.0f} s, {res.steps_done} steps, pre {res.config.precondition}"
     if res.warm_steps:
@@ -161,6 +180,8 @@ def main(argv=None):
             print("|------------------------------------|--------|--------|------------------------------|")
             if not args.no_baselines:
                 baselines(truth, noisy, psf, sigma)
+            if args.genie:
+                run_genie(truth, noisy, psf, args)
             for method in args.methods:
                 run_network(truth, noisy, psf, method, args)
     if args.fft:

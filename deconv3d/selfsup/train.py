@@ -37,7 +37,8 @@ from deconv3d.selfsup.losses import (AUTO_EPS, FieldGeometry, ForwardModel, Loss
 from deconv3d.selfsup.masking import apply_mask, stratified_mask
 from deconv3d.selfsup.unet import ResUNet
 
-__all__ = ["TrainResult", "train", "make_forward_model", "standardize", "build_model", "warm_start_target"]
+__all__ = ["TrainResult", "train", "make_forward_model", "standardize", "build_model", "trainable_model",
+           "warm_start_target"]
 
 Callback = Callable[[int, float], Optional[bool]]
 
@@ -301,6 +302,28 @@ class _WeightAverage:
             p.copy_(s)
 
 
+def trainable_model(unet: UNetConfig, config: TrainConfig, device: torch.device, floor: float):
+    """``(model, optimizer, schedule, average)`` as :func:`train` starts them.
+
+    The model is in training mode with its positive output's ``floor`` (zero intensity in
+    standardised units), a zero-initialised head in the residual form (training starts at the
+    reference estimate exactly) and channels-last memory on the CPU; Adam at ``config.lr``
+    halves every ``config.decay_steps``; ``average`` is the weight average (None without ``config.ema``).
+    """
+    model = build_model(unet, config.seed, device).train()
+    model.floor.fill_(floor)  # used when unet.positive
+    if config.residual:
+        with torch.no_grad():
+            model.head[-1].weight.zero_()
+            model.head[-1].bias.zero_()
+    if device.type == "cpu":  # oneDNN convolutions run ~1.5x faster channels-last (measured, 2 cores)
+        model = model.to(memory_format=torch.channels_last_3d if unet.ndim == 3 else torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_steps, gamma=0.5)
+    average = _WeightAverage(model, config.ema) if config.ema > 0 else None
+    return model, optimizer, schedule, average
+
+
 def train(
     image,
     psf,
@@ -395,21 +418,11 @@ def train(
     forward = ForwardModel(psf, device=dev)
     geometry = forward.geometry([min(config.patch, n) for n in img.shape], unet.divisor)
     sampler = _PatchSampler(standardized, geometry, config, dev)
-    model = build_model(unet, config.seed, dev).train()
-    model.floor.fill_(-mean / std)  # zero intensity in standardised units (used when unet.positive)
-    if config.residual:  # a zero head: training starts at the reference estimate exactly
-        with torch.no_grad():
-            model.head[-1].weight.zero_()
-            model.head[-1].bias.zero_()
-    if dev.type == "cpu":  # oneDNN convolutions run ~1.5x faster channels-last (measured, 2 cores)
-        model = model.to(memory_format=torch.channels_last_3d if unet.ndim == 3 else torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_steps, gamma=0.5)
+    model, optimizer, schedule, average = trainable_model(unet, config, dev, -mean / std)
     amp = bool(config.amp and dev.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     weights = loss_weights(config)
     data_weight = _data_weight(forward, geometry.data_shape, config.precondition, img, psf)
-    average = _WeightAverage(model, config.ema) if config.ema > 0 else None
     history, terms, reason, step = [], {}, "completed", 0
     started = time.perf_counter()
     warm, reference = config.warm_steps, None
