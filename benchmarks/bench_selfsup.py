@@ -10,11 +10,12 @@ RL and RL-TV at their best iteration count (an oracle) and at the count chosen f
 image alone (``deconv3d.classical.choose_iterations``), and the self-supervised
 networks: the SSI-style blind-spot baseline and the Siamese invariance before the PSF,
 after it, and both, each without and with test-time augmentation, with CPU training
-time. ``--genie`` adds the networks' recipe trained on the ground truth
-(``selfsup_genie.py``): a reference for what this network reaches in the same budget when
-told the answer. Each network's output is scored raw (the library default) and
-band-limited to the PSF's passband (``apply_model(band_limit=eps)``, ``--band-limit``). ``--fft`` adds the
-FFT-versus-conv3d forward-model timing. Rows print as they finish. Run ``python benchmarks/bench_selfsup.py --help``.
+time. ``--genie`` adds the networks' recipe trained on the ground truth and, in data space,
+on the noise-free blurred image (``selfsup_genie.py``): references for what this network
+reaches in the same budget when told the answer, and when told the noise-free
+measurement that the self-supervised data terms estimate from the noisy image. Each network's output is scored raw (the
+library default) and band-limited to the PSF's passband (``apply_model(band_limit=eps)``,
+``--band-limit``). ``--fft`` adds the FFT-versus-conv3d forward-model timing. Rows print as they finish. Run ``python benchmarks/bench_selfsup.py --help``.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def parse_args(argv=None):
                    help="eps of the band-limited rows (the library default, off, prints too)")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--genie", action="store_true",
-                   help="also train the networks' recipe on the ground truth (residual form): what this "
-                        "network reaches in the same budget when told the answer, a reference row")
+                   help="also train the networks' recipe (residual form) on the ground truth, and in data space "
+                        "on the noise-free blurred image: what this network reaches in the same budget when told "
+                        "the answer, and when told the noise-free measurement; reference rows")
     p.add_argument("--fft", action="store_true", help="also time FFT vs conv3d inside training")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save", help="folder to write each trained network to (checkpoints)")
@@ -124,13 +126,15 @@ def recipe(args, method="before"):
     return cfg, UNetConfig(ndim=3, base_channels=args.base, depth=args.depth)
 
 
-def run_genie(truth, noisy, psf, args):
-    """The network row's recipe trained on the truth (selfsup_genie.py): a reference, not a method."""
-    from selfsup_genie import train_on_truth
+def run_genie(truth, clean, noisy, psf, args):
+    """The network row's recipe trained on the truth, and on the noise-free data (selfsup_genie.py):
+    references, not methods."""
+    from selfsup_genie import train_supervised
 
-    res = train_on_truth(truth, noisy, psf, *recipe(args))
-    row("network trained on the truth", score(truth, apply_model(res, noisy, device="cpu")),
-        f"reference; {res.seconds:.0f} s, {res.steps_done} steps")
+    for name, target in (("truth", None), ("noise-free data", clean)):
+        res = train_supervised(truth, noisy, psf, *recipe(args), clean=target)
+        row(f"network trained on the {name}", score(truth, apply_model(res, noisy, device="cpu")),
+            f"reference; {res.seconds:.0f} s, {res.steps_done} steps")
 
 
 def run_network(truth, noisy, psf, method, args):
@@ -173,7 +177,7 @@ def main(argv=None):
     for sigma in args.sigmas:
         for volume in args.volumes:
             shape = (16, 32, 32) if args.quick else SHAPES[volume]
-            truth, noisy = make_volume(volume, sigma, psf, shape=shape)
+            truth, clean, noisy = make_volume(volume, sigma, psf, shape=shape, clean=True)
             args.tag = f"{volume}-{sigma}"
             print(f"\n## {volume}, sigma {sigma}, field {noisy.shape}", flush=True)
             print("| method                             | PSNR   | SSIM   | notes                        |")
@@ -181,7 +185,7 @@ def main(argv=None):
             if not args.no_baselines:
                 baselines(truth, noisy, psf, sigma)
             if args.genie:
-                run_genie(truth, noisy, psf, args)
+                run_genie(truth, clean, noisy, psf, args)
             for method in args.methods:
                 run_network(truth, noisy, psf, method, args)
     if args.fft:

@@ -1,11 +1,13 @@
-"""A reference row for bench_selfsup.py: the library's network trained on the ground truth.
+"""Reference rows for bench_selfsup.py: the library's network trained with the answer.
 
-Not a method (no real stack comes with its truth): the same residual UNet, Richardson-Lucy
+Not methods (no real stack comes with its truth): the same residual UNet, Richardson-Lucy
 base, patch sampler, augmentation, Adam schedule, weight average and step or time budget
-as :func:`deconv3d.selfsup.train`, but with the supervised loss ``MSE(f(x), truth)`` on the
-compared region instead of the self-supervised Siamese loss. It shows what this network
-can reach in the same CPU budget when told the answer: where it lies below a target, no
-self-supervised loss can reach that target with this network and budget.
+as :func:`deconv3d.selfsup.train`, with a supervised loss instead of the self-supervised
+Siamese loss. Trained on the ground truth, it shows what this network can reach in the
+same CPU budget when told the answer: where it lies below a target, no loss reaches that
+target with this network and budget. Trained in data space on the noise-free blurred
+image, it shows what the measurement itself can teach the network in that budget, without
+the noise that the self-supervised losses must average out.
 """
 
 from __future__ import annotations
@@ -22,14 +24,19 @@ from deconv3d.selfsup.losses import ForwardModel, mse
 from deconv3d.selfsup.train import TrainResult, _PatchSampler, standardize, trainable_model, warm_start_target
 
 
-def train_on_truth(truth: np.ndarray, noisy: np.ndarray, psf: np.ndarray, config: TrainConfig,
-                   unet: UNetConfig) -> TrainResult:
+def train_supervised(truth: np.ndarray, noisy: np.ndarray, psf: np.ndarray, config: TrainConfig,
+                   unet: UNetConfig, clean: np.ndarray | None = None) -> TrainResult:
     """Train the residual network of ``config`` on ``noisy`` with ``MSE(f(x), truth)``; CPU only.
 
     ``f(x) = T + r(x)`` with ``T`` the held-out-calibrated RL estimate that :func:`train`'s
     residual form uses. Two samplers seeded alike cut the image and the truth at the same
     positions with the same augmentation; the result is applied with
     :func:`deconv3d.selfsup.apply_model` like any trained network.
+
+    ``clean``, the noise-free blurred image, trains in data space instead: ``MSE(H f(x), clean)``
+    through the training's forward model, the data term with its noise removed. That is the most
+    any loss built from the measurement alone can tell the network (the self-supervised losses
+    estimate it from the noisy image); what lies where the PSF transmits nothing it does not see.
     """
     if not config.residual:
         raise ValueError("the reference trains the residual form only")
@@ -38,21 +45,24 @@ def train_on_truth(truth: np.ndarray, noisy: np.ndarray, psf: np.ndarray, config
     psf = normalize_psf(validate_psf(psf))
     forward = ForwardModel(psf, device=dev)
     geometry = forward.geometry([min(config.patch, n) for n in noisy.shape], unet.divisor)
+    region = (Ellipsis,) + tuple(geometry.region)
     image_patches = _PatchSampler(standardized, geometry, config, dev)
-    truth_patches = _PatchSampler((truth - np.float32(mean)) / np.float32(std), geometry, config, dev)
+    target = truth if clean is None else clean
+    target_patches = _PatchSampler((target - np.float32(mean)) / np.float32(std), geometry, config, dev)
+    predict = (lambda f: f[region]) if clean is None else (lambda f: forward.blur(f, geometry.region))
     started = time.perf_counter()
     base, reference = warm_start_target(noisy, psf, dev, config.warm_tv, extended=True)
     image_patches.set_target((base - np.float32(mean)) / np.float32(std), (forward.halo_before, forward.halo_after))
     unet = replace(unet, positive=False)  # a signed correction, clamped at zero intensity as in train()
     floor = -mean / std  # zero intensity in standardised units
     model, optimizer, schedule, average = trainable_model(unet, config, dev, floor)  # starts at T exactly
-    region, history, step = (Ellipsis,) + tuple(geometry.region), [], 0
+    history, step = [], 0
     while step < config.steps and (config.time_budget is None or time.perf_counter() - started < config.time_budget):
         step += 1
-        batch, wanted = image_patches.sample(config.batch), truth_patches.sample(config.batch).data
+        batch, wanted = image_patches.sample(config.batch), target_patches.sample(config.batch).data
         optimizer.zero_grad(set_to_none=True)
         f = (batch.restore(model(batch.augment(batch.fields))) + batch.target_field).clamp_min(floor)
-        loss = mse(f[region], wanted)
+        loss = mse(predict(f), wanted)
         loss.backward()
         optimizer.step()
         schedule.step()
