@@ -131,8 +131,8 @@ def run_genie(truth, clean, noisy, psf, args):
     references, not methods."""
     from selfsup_genie import train_supervised
 
-    for name, target in (("truth", None), ("noise-free data", clean)):
-        res = train_supervised(truth, noisy, psf, *recipe(args), clean=target)
+    for name, target, data_space in (("truth", truth, False), ("noise-free data", clean, True)):
+        res = train_supervised(noisy, psf, target, *recipe(args), data_space=data_space)
         row(f"network trained on the {name}", score(truth, apply_model(res, noisy, device="cpu")),
             f"reference; {res.seconds:.0f} s, {res.steps_done} steps")
 
@@ -177,7 +177,7 @@ def main(argv=None):
     for sigma in args.sigmas:
         for volume in args.volumes:
             shape = (16, 32, 32) if args.quick else SHAPES[volume]
-            truth, clean, noisy = make_volume(volume, sigma, psf, shape=shape, clean=True)
+            truth, clean, noisy = make_volume(volume, sigma, psf, shape=shape)
             args.tag = f"{volume}-{sigma}"
             print(f"\n## {volume}, sigma {sigma}, field {noisy.shape}", flush=True)
             print("| method                             | PSNR   | SSIM   | notes                        |")

@@ -52,19 +52,14 @@ def ground_truth(name: str, shape=(64, 128, 128), seed: int = 0) -> np.ndarray:
     raise ValueError(f"unknown volume {name!r}")
 
 
-def make_volume(name: str, sigma: float, psf: np.ndarray, shape=(64, 128, 128), seed: int = 0, clean=False):
-    """(truth, noisy input) on the kept field; the blur saw the whole larger truth.
-
-    ``clean=True`` returns (truth, noise-free blurred image, noisy input).
-    """
+def make_volume(name: str, sigma: float, psf: np.ndarray, shape=(64, 128, 128), seed: int = 0):
+    """(truth, noise-free blurred image, noisy input) on the kept field; the blur saw the whole larger truth."""
     big = ground_truth(name, shape, seed)
     blurred = np.clip(blur(big, psf), 0, 1)
     m = [min(PSF_SIZE // 2, max(0, (b - PSF_SIZE - 1) // 2)) for b in big.shape]  # keep more than the PSF
     crop = tuple(slice(k, b - k) for k, b in zip(m, big.shape))
     noisy = add_noise_gaussian_poisson(blurred[crop], a=0.001, sigma=sigma, bits=10, seed=seed).astype(np.float32)
-    if clean:
-        return big[crop], blurred[crop].astype(np.float32), noisy
-    return big[crop], noisy
+    return big[crop], blurred[crop].astype(np.float32), noisy
 
 
 def score(truth, result) -> tuple[float, float]:

@@ -3,11 +3,10 @@
 Not methods (no real stack comes with its truth): the same residual UNet, Richardson-Lucy
 base, patch sampler, augmentation, Adam schedule, weight average and step or time budget
 as :func:`deconv3d.selfsup.train`, with a supervised loss instead of the self-supervised
-Siamese loss. Trained on the ground truth, it shows what this network can reach in the
-same CPU budget when told the answer: where it lies below a target, no loss reaches that
-target with this network and budget. Trained in data space on the noise-free blurred
-image, it shows what the measurement itself can teach the network in that budget, without
-the noise that the self-supervised losses must average out.
+Siamese loss. Trained on the ground truth, it shows what this network reaches in the same
+CPU budget when told the answer. Trained in data space on the noise-free blurred image,
+it shows what the measurement itself teaches the network in that budget, without the
+noise that the self-supervised losses must average out.
 """
 
 from __future__ import annotations
@@ -24,19 +23,18 @@ from deconv3d.selfsup.losses import ForwardModel, mse
 from deconv3d.selfsup.train import TrainResult, _PatchSampler, standardize, trainable_model, warm_start_target
 
 
-def train_supervised(truth: np.ndarray, noisy: np.ndarray, psf: np.ndarray, config: TrainConfig,
-                   unet: UNetConfig, clean: np.ndarray | None = None) -> TrainResult:
-    """Train the residual network of ``config`` on ``noisy`` with ``MSE(f(x), truth)``; CPU only.
+def train_supervised(noisy: np.ndarray, psf: np.ndarray, target: np.ndarray, config: TrainConfig,
+                     unet: UNetConfig, data_space: bool = False) -> TrainResult:
+    """Train the residual network of ``config`` on ``noisy`` with ``MSE(f(x), target)``; CPU only.
 
     ``f(x) = T + r(x)`` with ``T`` the held-out-calibrated RL estimate that :func:`train`'s
-    residual form uses. Two samplers seeded alike cut the image and the truth at the same
-    positions with the same augmentation; the result is applied with
-    :func:`deconv3d.selfsup.apply_model` like any trained network.
+    residual form uses, and ``target`` the ground truth. Two samplers seeded alike cut the
+    image and the target at the same positions with the same augmentation; the result is
+    applied with :func:`deconv3d.selfsup.apply_model` like any trained network.
 
-    ``clean``, the noise-free blurred image, trains in data space instead: ``MSE(H f(x), clean)``
-    through the training's forward model, the data term with its noise removed. That is the most
-    any loss built from the measurement alone can tell the network (the self-supervised losses
-    estimate it from the noisy image); what lies where the PSF transmits nothing it does not see.
+    ``data_space`` trains ``MSE(H f(x), target)`` through the training's forward model, with
+    ``target`` the noise-free blurred image: the data term with its noise removed, which the
+    self-supervised data terms estimate from the noisy image.
     """
     if not config.residual:
         raise ValueError("the reference trains the residual form only")
@@ -47,9 +45,8 @@ def train_supervised(truth: np.ndarray, noisy: np.ndarray, psf: np.ndarray, conf
     geometry = forward.geometry([min(config.patch, n) for n in noisy.shape], unet.divisor)
     region = (Ellipsis,) + tuple(geometry.region)
     image_patches = _PatchSampler(standardized, geometry, config, dev)
-    target = truth if clean is None else clean
     target_patches = _PatchSampler((target - np.float32(mean)) / np.float32(std), geometry, config, dev)
-    predict = (lambda f: f[region]) if clean is None else (lambda f: forward.blur(f, geometry.region))
+    predict = (lambda f: forward.blur(f, geometry.region)) if data_space else (lambda f: f[region])
     started = time.perf_counter()
     base, reference = warm_start_target(noisy, psf, dev, config.warm_tv, extended=True)
     image_patches.set_target((base - np.float32(mean)) / np.float32(std), (forward.halo_before, forward.halo_after))

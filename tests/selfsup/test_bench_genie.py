@@ -19,10 +19,10 @@ from test_train import problem  # noqa: E402
 @pytest.mark.parametrize("space", ["object", "data"])
 def test_training_on_the_truth_moves_the_rl_base_towards_the_truth(space):
     truth, noisy, psf = problem(3, sigma=0.15)
-    clean = np.clip(blur(truth, psf), 0, 1).astype(np.float32) if space == "data" else None
+    target = np.clip(blur(truth, psf), 0, 1).astype(np.float32) if space == "data" else truth
     cfg = TrainConfig(steps=40, patch=16, batch=2, lr=2e-3, seed=0, warm_tv=0.0)
     unet = UNetConfig(ndim=3, base_channels=8, depth=2)
-    res = train_supervised(truth, noisy, psf, cfg, unet, clean=clean)
+    res = train_supervised(noisy, psf, target, cfg, unet, data_space=space == "data")
     assert res.steps_done == 40 and res.reference is not None and not res.unet.positive
     base = res.reference.estimate(noisy, psf)  # what the zero-initialised correction starts from
     out = apply_model(res, noisy, device="cpu")
@@ -37,4 +37,4 @@ def test_training_on_the_truth_moves_the_rl_base_towards_the_truth(space):
 def test_only_the_residual_form_is_trained_on_the_truth():
     truth, noisy, psf = problem(3, sigma=0.15)
     with pytest.raises(ValueError, match="residual"):
-        train_supervised(truth, noisy, psf, TrainConfig(steps=1, residual=False), UNetConfig(ndim=3))
+        train_supervised(noisy, psf, truth, TrainConfig(steps=1, residual=False), UNetConfig(ndim=3))
