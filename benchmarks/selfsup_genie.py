@@ -17,6 +17,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from deconv3d._torch_common import stop_reason
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
 from deconv3d.selfsup.losses import ForwardModel, mse
@@ -54,7 +55,7 @@ def train_supervised(noisy: np.ndarray, psf: np.ndarray, target: np.ndarray, con
     floor = -mean / std  # zero intensity in standardised units
     model, optimizer, schedule, average = trainable_model(unet, config, dev, floor)  # starts at T exactly
     history, step = [], 0
-    while step < config.steps and (config.time_budget is None or time.perf_counter() - started < config.time_budget):
+    while True:
         step += 1
         batch, wanted = image_patches.sample(config.batch), target_patches.sample(config.batch).data
         optimizer.zero_grad(set_to_none=True)
@@ -66,9 +67,11 @@ def train_supervised(noisy: np.ndarray, psf: np.ndarray, target: np.ndarray, con
         if average is not None:
             average.update(model)
         history.append((step, float(loss.detach())))
+        reason = stop_reason(step, history[-1][1], config.steps, config.time_budget, None, started)
+        if reason is not None:
+            break
     if average is not None:
         average.copy_to(model)
     model = model.to(memory_format=torch.contiguous_format).eval()
-    done = step >= config.steps
-    return TrainResult(model, mean, std, history, step, not done, "completed" if done else "time_budget", config,
-                       unet, psf, None, time.perf_counter() - started, {}, 0, reference)
+    return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf, None,
+                       time.perf_counter() - started, {}, 0, reference)
