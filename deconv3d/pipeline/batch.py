@@ -239,8 +239,7 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None):
     """(block callable, memory model, parameters) for ``settings`` and a prepared PSF.
 
     For ``ssl`` the PSF is optional; the model is checked against it, ``voxel`` and the
-    image's dimensionality ``ndim`` (when given) before the block is built, whose
-    receptive-field probe takes seconds.
+    image's dimensionality ``ndim`` (when given) before the block is built.
     """
     from deconv3d.pipeline.memory import MemoryModel
     from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock

@@ -24,10 +24,9 @@ root of its second central moment; see :func:`rl_halo`, :func:`wiener_halo`):
 * Wiener: a regularised inverse filter, whose impulse response lengthens as the balance
   ``lambda`` falls; the halo is ``ceil(sigma * (6 + log10(1 / lambda)))``. Measured as above: a
   halo of 8 voxels gives 72/62/56 dB at lambda 1e-2/1e-3/1e-4, 12 voxels 77/65/59 dB.
-* Self-supervised network: its receptive field radius, probed with autograd
-  (:func:`receptive_field_radius`, once per network in a process: :func:`network_radius`),
-  at least the PSF half-size, rounded up to whole pooling cells
-  (``2**depth``) so that blocks keep the down-sampling phase of a whole-volume pass; for exact
+* Self-supervised network: its receptive field radius, derived from the UNet's layers
+  (:func:`deconv3d.selfsup.unet.receptive_radius`), at least the PSF half-size, rounded up to
+  whole pooling cells (``2**depth``) so that blocks keep the down-sampling phase of a whole-volume pass; for exact
   agreement the chunk shape should also be a multiple of ``2**depth``.
 """
 
@@ -121,6 +120,7 @@ class NetworkBlock:
 
     def __post_init__(self):
         from deconv3d.selfsup import BAND_LIMIT, TrainedModel
+        from deconv3d.selfsup.unet import receptive_radius
 
         if self.band_limit == "default":
             self.band_limit = BAND_LIMIT
@@ -129,7 +129,7 @@ class NetworkBlock:
         if self.context is None:
             unet = self.trained.unet
             psf_half = max(k // 2 for k in self.trained.psf.shape)
-            radius = max(psf_half, network_radius(self.trained.model, unet))
+            radius = max(psf_half, receptive_radius(unet))
             self.context = -(-radius // unet.divisor) * unet.divisor  # whole pooling cells keep the phase
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
@@ -155,64 +155,6 @@ class NetworkBlock:
     def chunk_multiple(self) -> int:
         """``2**depth``: blocks that start on the pooling grid see the whole-volume pooling phase."""
         return int(self.trained.unet.divisor)
-
-
-_RADII: dict[str, int] = {}  # network_radius's results, per network config and weights
-
-
-def network_radius(model, unet) -> int:
-    """:func:`receptive_field_radius` of ``model``, built from the :class:`~deconv3d.selfsup.UNetConfig` ``unet``.
-
-    Probed once per process for each network: the probe takes about a minute for the default 3D
-    UNet on 2 cores, so a batch applying one checkpoint to many files pays it once. Keyed by the
-    config and a SHA-256 of the weights, so another network, or the same one trained further, is
-    probed anew.
-    """
-    import hashlib
-
-    digest = hashlib.sha256(repr(unet).encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    key = digest.hexdigest()
-    if key not in _RADII:
-        _RADII[key] = receptive_field_radius(model, unet.ndim, unet.divisor)
-    return _RADII[key]
-
-
-def receptive_field_radius(model, ndim: int, divisor: int, size: int = 96, probes: int = 2) -> int:
-    """Largest distance from which an input voxel changes an output voxel (autograd probe).
-
-    The gradient of one output voxel near the centre with respect to a random input shows which
-    inputs reach it. An output voxel where every ReLU of the head is off has no gradient at all,
-    so voxels at different pooling phases and seeds are tried (at most ``8 * probes``) until
-    ``probes`` of them respond; the largest offset among those is returned. When none responds,
-    ``size // 2`` (the whole probe) is returned, which errs on the safe side.
-    """
-    import torch
-
-    size = -(-size // divisor) * divisor
-    was_training = model.training
-    model.eval()
-    radius, live = 0, 0
-    try:
-        for i in range(8 * probes):
-            x = torch.rand((1, 1) + (size,) * ndim, generator=torch.Generator().manual_seed(i), requires_grad=True)
-            centre = size // 2 + i % max(1, divisor)
-            model(x)[(0, 0) + (centre,) * ndim].backward()
-            support = np.argwhere(x.grad[0, 0].abs().numpy() > 0)
-            if support.size:
-                live += 1
-                radius = max(radius, int(np.abs(support - centre).max()))
-                if live == probes:
-                    break
-    finally:
-        model.train(was_training)
-    if not live:
-        return size // 2
-    if radius >= size // 2 - 1 - divisor and size < 512:
-        return receptive_field_radius(model, ndim, divisor, 2 * size, probes)
-    return radius
 
 
 def rl_halo(psf, iterations: int) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from deconv3d.errors import InputError
 from deconv3d.fft import pad_spatial
 from deconv3d.selfsup.config import UNetConfig
 
-__all__ = ["ResUNet", "ResidualBlock", "pad_to_multiple"]
+__all__ = ["ResUNet", "ResidualBlock", "pad_to_multiple", "receptive_radius"]
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _UP = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -126,6 +126,47 @@ class ResUNet(nn.Module):
         if self.config.positive:
             out = self.floor + nn.functional.softplus(out - self.floor)
         return out
+
+
+def receptive_radius(config: UNetConfig) -> int:
+    """Largest distance, in voxels along an axis, from which an input voxel can change an output voxel.
+
+    Derived from :class:`ResUNet`'s layers, not probed: a 3x3(x3) convolution widens the
+    interval of inputs reaching a voxel by one cell of its level on each side, a strided 2x2(x2)
+    convolution maps cells ``[a, b]`` of level ``i + 1`` to ``[2a, 2b + 1]`` of level ``i``, a
+    transposed one maps ``[a, b]`` of level ``i`` to ``[a // 2, b // 2]`` of level ``i + 1``,
+    and batch norm (in eval mode), ReLU and 1x1 convolutions keep it. The answer is the widest
+    reach over the ``2**depth`` pooling phases of the output voxel, so it holds for every voxel.
+    Weights can only make the true reach shorter, so this is a safe halo for tiled or chunked
+    inference. Kernels are cubic, so the radius is the same along every axis.
+
+    >>> receptive_radius(UNetConfig(ndim=2, depth=1))
+    10
+    """
+    nb, depth = config.blocks_per_level, config.depth
+
+    def widen(cells, r):
+        return cells[0] - r, cells[1] + r
+
+    def encoder_input(level, cells):  # the tensor entering ``level``'s encoder blocks -> input voxels
+        if level == 0:
+            return widen(cells, 1)  # the stem
+        below = (2 * cells[0], 2 * cells[1] + 1)  # the strided down-sampling convolution
+        return encoder_input(level - 1, widen(below, 2 * nb))  # the encoder blocks of the level below
+
+    def decoder_output(level, cells):  # the output of ``level``'s decoder blocks (the bottom at ``depth``)
+        cells = widen(cells, 2 * nb)  # two 3x3(x3) convolutions per residual block
+        if level == depth:
+            return encoder_input(depth, cells)
+        skip = encoder_input(level, widen(cells, 2 * nb))
+        up = decoder_output(level + 1, (cells[0] // 2, cells[1] // 2))  # the transposed convolution
+        return min(skip[0], up[0]), max(skip[1], up[1])
+
+    reach = 0
+    for phase in range(config.divisor):
+        first, last = decoder_output(0, (phase, phase))
+        reach = max(reach, phase - first, last - phase)
+    return reach
 
 
 def pad_to_multiple(x: torch.Tensor, divisor: int, mode: str = "reflect", ndim: int | None = None):
