@@ -76,6 +76,8 @@ def as_tensor(x, device: torch.device | None = None, dtype: torch.dtype | None =
     if isinstance(x, torch.Tensor):
         return x.to(device=device or x.device, dtype=dtype or x.dtype)
     arr = np.ascontiguousarray(x)
+    if not arr.dtype.isnative:  # torch takes native byte order only (big-endian files, FITS)
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     t = torch.from_numpy(arr)
     return t.to(device=device or "cpu", dtype=dtype or t.dtype)
 
@@ -149,7 +151,7 @@ class FFTConvolver:
 
     def same_fft_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         """Smallest fast FFT shape with which a zero-padded "same" convolution does not wrap."""
-        need = [n + max(o, k - 1 - o) for n, k, o in zip(shape, self.psf.shape, self.origin)]
+        need = [max(n + max(o, k - 1 - o), k) for n, k, o in zip(shape, self.psf.shape, self.origin)]
         return fast_shape(need)
 
     def convolve(self, x, mode: str = "same", padding: str = "zero") -> torch.Tensor:

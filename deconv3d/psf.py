@@ -152,12 +152,13 @@ def _positive_floats(values, what: str, ndim: int) -> tuple[float, ...]:
 
 
 def _centred_zoom(arr: np.ndarray, step, out_shape, order: int = 3) -> np.ndarray:
-    """Resample so that output centre ``(m-1)//2`` samples the input centre ``(n-1)/2``.
+    """Resample so that output centre ``(m-1)//2`` samples the input centre ``(n-1)//2``.
 
+    Both are the kernel origin of :func:`deconv3d.fft.kernel_origin`, also for even sizes.
     ``step[i]`` is the distance, in input voxels, between neighbouring output voxels.
     """
     step = np.asarray(step, dtype=float)
-    c_in = (np.asarray(arr.shape) - 1) / 2.0
+    c_in = (np.asarray(arr.shape) - 1) // 2
     c_out = (np.asarray(out_shape) - 1) // 2
     if np.allclose(step, 1) and np.allclose(c_in - c_out, np.round(c_in - c_out)):
         start = np.round(c_in - c_out).astype(int)
@@ -265,7 +266,9 @@ def fit_psf(psf: np.ndarray, shape) -> np.ndarray:
     """
     if all(k <= n for k, n in zip(psf.shape, shape)):
         return psf
-    box = tuple(slice((k - min(k, n)) // 2, (k - min(k, n)) // 2 + min(k, n)) for k, n in zip(psf.shape, shape))
+    # The PSF's origin (k-1)//2 lands on the crop's origin (m-1)//2, so convolution does not shift.
+    box = tuple(slice((k - 1) // 2 - (m - 1) // 2, (k - 1) // 2 - (m - 1) // 2 + m)
+                for k, m in ((k, min(k, n)) for k, n in zip(psf.shape, shape)))
     cropped = psf[box]
     return cropped / cropped.sum()
 
@@ -347,7 +350,8 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        float32, unit sum, odd-sized; the array centre stays on the centre voxel.
+        float32, unit sum, odd-sized; the input's centre voxel ``(n-1)//2`` (the kernel
+        origin, also for even sizes) stays on the output's centre voxel.
         Returned unchanged (as float32) when the voxel sizes agree to 1e-6.
 
     Notes

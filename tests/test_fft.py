@@ -17,6 +17,22 @@ def test_convolve_equals_scipy(rng, xshape, kshape, mode):
     np.testing.assert_allclose(ours, scipy.signal.fftconvolve(x, k, mode=mode), atol=1e-10)
 
 
+@pytest.mark.parametrize("xshape,kshape", [((3, 12), (8, 5)), ((4, 16, 16), (9, 5, 5)), ((2, 3), (7, 8))])
+def test_same_convolution_of_an_image_thinner_than_half_the_kernel(rng, xshape, kshape):
+    x, k = rng.random(xshape), rng.random(kshape)
+    ours = FFTConvolver(k, dtype=torch.float64).convolve(x, mode="same").numpy()
+    np.testing.assert_allclose(ours, scipy.signal.fftconvolve(x, k, mode="same"), atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">u2", ">f8"])
+def test_big_endian_input_is_read_by_value(rng, dtype):
+    x, k = (rng.random((6, 10, 12)) * 1000).astype(dtype), rng.random((3, 3, 5)).astype(">f4")
+    native = fft_convolve(x.astype(x.dtype.newbyteorder("=")), k.astype("<f4"), dtype=torch.float64).numpy()
+    np.testing.assert_array_equal(fft_convolve(x, k, dtype=torch.float64).numpy(), native)
+    np.testing.assert_allclose(native, scipy.signal.fftconvolve(x.astype(float), k.astype(float), mode="same"),
+                               rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("xshape,kshape", CASES)
 def test_float32_default_matches_scipy(rng, xshape, kshape):
     x, k = rng.random(xshape).astype(np.float32), rng.random(kshape).astype(np.float32)

@@ -115,7 +115,28 @@ def test_fit_psf_centre_crops_only_the_axes_that_do_not_fit():
     assert fit_psf(psf, (9, 40, 40)) is psf
     small = fit_psf(psf, (5, 40, 8))
     assert small.shape == (5, 11, 8) and small.sum() == pytest.approx(1.0, abs=1e-6)
-    np.testing.assert_allclose(small, psf[2:7, :, 1:9] / psf[2:7, :, 1:9].sum(), rtol=1e-6)
+    # x: 11 -> 8, the PSF's origin 5 lands on the crop's origin 3 (start 2, not the centred 1)
+    np.testing.assert_allclose(small, psf[2:7, :, 2:10] / psf[2:7, :, 2:10].sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("k", [8, 9, 31])
+@pytest.mark.parametrize("n", [4, 5, 6, 7])
+def test_fit_psf_keeps_the_kernel_origin_so_convolution_does_not_shift(k, n):
+    """A point blurred with the cropped PSF stays where scipy's full-PSF blur puts it."""
+    import scipy.signal
+
+    from deconv3d.fft import fft_convolve, kernel_origin
+
+    psf = gaussian((k, 9), (k / 6, 1.5))
+    peak = np.unravel_index(np.argmax(psf), psf.shape)
+    assert peak == kernel_origin(psf.shape)  # the helper's Gaussian sits on the origin, also for even k
+    cropped = fit_psf(psf, (n, 32))
+    assert np.unravel_index(np.argmax(cropped), cropped.shape) == kernel_origin(cropped.shape)
+    point = np.zeros((n, 32))
+    point[(n - 1) // 2, 16] = 1.0
+    ours = fft_convolve(point, cropped).numpy()
+    full = scipy.signal.fftconvolve(point, psf, mode="same")
+    assert np.unravel_index(np.argmax(ours), ours.shape) == np.unravel_index(np.argmax(full), full.shape)
 
 
 def test_resample_psf_preserves_physical_width():
@@ -128,6 +149,18 @@ def test_resample_psf_preserves_physical_width():
     measured_um = np.array([second_moment_width(out, a) for a in range(3)]) * coarse
     np.testing.assert_allclose(measured_um, sigma_um, rtol=0.05)
     np.testing.assert_allclose(np.array(out.shape) * coarse, np.array(psf.shape) * fine, atol=2 * coarse.max())
+
+
+@pytest.mark.parametrize("shape", [(16, 32, 32), (17, 32, 33)])
+def test_resample_psf_keeps_an_even_psf_on_its_origin(shape):
+    """Even axes too: the input's origin (n-1)//2 maps onto the output's centre voxel."""
+    from deconv3d.fft import kernel_origin
+
+    psf = gaussian(shape, (2.0, 1.5, 1.5))
+    assert np.allclose(centroid(psf), kernel_origin(shape), atol=0.01)
+    out = resample_psf(psf, VOXEL, (0.2, 0.1, 0.102))
+    np.testing.assert_allclose(centroid(out), kernel_origin(out.shape), atol=0.02)  # was half a voxel off
+    assert out.sum() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_resample_psf_is_noop_for_equal_voxels():
