@@ -37,6 +37,10 @@ class _Problem:
     result_crop: tuple  # where the returned image sits inside the estimate
     estimate_shape: tuple[int, ...]
     inv_weight: Optional[torch.Tensor] = None  # Bertero-Boccacci 1 / H^T(1), 0 where unreliable
+    # Per axis, the first and last index of the estimate's forward differences that join no physical
+    # neighbours (the TV term zeroes them): the last voxel, or for Bertero's wrapped layout the gap
+    # between the end of the margin after the image and the start of the margin before it.
+    seams: Optional[tuple] = None
     floor: float = 1e-12  # predicted intensities below this give a zero ratio (FFT round-off guard)
 
 
@@ -71,7 +75,12 @@ def richardson_lucy(
         :func:`skimage.restoration.richardson_lucy` with ``clip=False`` for odd PSF sides;
         for an even side scikit-image's mirrored "same" convolution is one voxel off the
         adjoint, which deconv3d uses); ``"reflect"``
-        mirrors the image across its border; ``"bertero"`` (default) estimates the
+        mirrors the data across the image border by the PSF half-size and runs the Bertero
+        model on that mirrored field (costlier than ``"bertero"``: its FFT is a PSF size
+        longer per axis), so that no domain edge of the mirrored field rings into the image
+        (on 2D data that follow the mirror model, its border error came within 1% of that of
+        RL with the exact mirror model, forward ``H P u`` and adjoint ``P^T H^T``; zero-boundary
+        RL on the mirrored field had 1.1-2.1x the interior's); ``"bertero"`` (default) estimates the
         object on a domain extended by the PSF size, compares with the data inside the
         image only and normalises by ``H^T 1``, which removes ringing at the borders [3]_;
         ``"periodic"`` wraps the image around (circulant model at the image shape, the
@@ -154,7 +163,7 @@ def richardson_lucy(
         problem = _build_problem(y, h, boundary)
     else:
         problem = _holdout_problem(y, h, boundary, _check_weights(weights, y))
-    tv = _TV(problem.estimate_shape, y.ndim, tv_weight, voxel_size, y) if tv_weight > 0 else None
+    tv = _TV.for_problem(problem, tv_weight, voxel_size)
     estimate = _run(problem, iterations, tv, accelerate, tol, callback)
     if extended:  # the margins wrap around the end of the buffer: roll them in front of the image
         before = [k - 1 - o for k, o in zip(h.shape, kernel_origin(h.shape))]
@@ -178,7 +187,7 @@ def rl_alpha_schedule(image, psf, iterations: int = 20, *, boundary: str = "bert
     y, h = _check_inputs(image, psf, dev, dtype)
     _check_options(iterations, boundary, tv_weight, None, y.ndim, voxel_size)
     problem = _build_problem(y, h, boundary)
-    tv = _TV(problem.estimate_shape, y.ndim, tv_weight, voxel_size, y) if tv_weight > 0 else None
+    tv = _TV.for_problem(problem, tv_weight, voxel_size)
     record: list[float] = []
     _run(problem, iterations, tv, True, None, None, record=record)
     return record
@@ -281,7 +290,7 @@ def choose_iterations(
     held = holdout_mask(y.shape, holdout, seed).to(dev)
     keep = (~held).to(dtype)
     problem = _holdout_problem(y, h, boundary, keep)
-    tv = _TV(problem.estimate_shape, y.ndim, tv_weight, voxel_size, y) if tv_weight > 0 else None
+    tv = _TV.for_problem(problem, tv_weight, voxel_size)
     target, count = y.clamp_min(0)[held], max(int(held.sum()), 1)
     risk: list[float] = []
     stopped = "max_iterations"
@@ -399,19 +408,22 @@ def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str, weight: boo
         fft_shape = fast_shape([a + b - 1 for a, b in zip(n, k)])
         problem = _Problem(y, conv.otf(fft_shape), fft_shape, conv.dims, whole, whole, fft_shape)
         problem.inv_weight = _bertero_inverse_weight(problem) if weight else None
+        # The extended object runs from the margin before the image (k-1-o voxels, wrapped to the
+        # buffer's end) through the image to the margin after it (o voxels); between them, a gap.
+        problem.seams = tuple((a + b - 1, f - (c - 1 - b) - 1) for a, b, c, f in zip(n, o, k, fft_shape))
         return problem
     if boundary == "periodic":
         # Circulant model at the image's own shape: cheapest, but light wraps across the borders.
         return _Problem(y, conv.otf(n), n, conv.dims, whole, whole, n)
     if boundary == "reflect":
+        # The mirrored field is itself lit from outside: zero-boundary RL on it rings from its
+        # edges into the image (border error 1.1-2.1x the interior's), so it gets the Bertero model.
         before = [a - 1 - b for a, b in zip(k, o)]
-        y = pad_spatial(y, before, list(o), "reflect")
-        crop = tuple(slice(b, b + s) for b, s in zip(before, n))
-    else:
-        crop = whole
+        problem = _build_geometry(pad_spatial(y, before, list(o), "reflect"), h, "bertero", weight)
+        problem.result_crop = tuple(slice(b, b + s) for b, s in zip(before, n))
+        return problem
     fft_shape = conv.same_fft_shape(y.shape)
-    data_crop = tuple(slice(0, s) for s in y.shape)
-    return _Problem(y, conv.otf(fft_shape), fft_shape, conv.dims, data_crop, crop, tuple(y.shape))
+    return _Problem(y, conv.otf(fft_shape), fft_shape, conv.dims, whole, whole, tuple(y.shape))
 
 
 def _bertero_inverse_weight(p: _Problem, threshold: float = 1e-3) -> torch.Tensor:
@@ -490,8 +502,9 @@ def _factor_from_blur(p: _Problem, ws: _Workspace) -> torch.Tensor:
 class _TV:
     """Dey et al. (2006) TV term: ``1 / (1 - λ div(∇u / |∇u|))`` with forward/backward differences."""
 
-    def __init__(self, shape, ndim: int, weight: float, voxel_size, data: torch.Tensor):
+    def __init__(self, shape, ndim: int, weight: float, voxel_size, data: torch.Tensor, seams=None):
         self.weight = weight
+        self.seams = seams if seams is not None else tuple((n - 1, n - 1) for n in shape)  # Neumann ends
         self.spacing = _spacing(ndim, voxel_size)
         self.ndim = ndim
         # |∇u| is regularised by a small fraction of the data scale so flat areas stay finite.
@@ -501,11 +514,16 @@ class _TV:
         self.norm = torch.empty(shape, device=dev, dtype=dt)
         self.div = torch.empty(shape, device=dev, dtype=dt)
 
+    @classmethod
+    def for_problem(cls, p: _Problem, weight: float, voxel_size) -> Optional["_TV"]:
+        """The TV term on ``p``'s estimate (None for weight 0), across the physical neighbours only."""
+        return cls(p.estimate_shape, p.data.ndim, weight, voxel_size, p.data, p.seams) if weight > 0 else None
+
     def denominator(self, u: torch.Tensor) -> torch.Tensor:
         """``1 - λ div(∇u/|∇u|)`` at ``u`` (a reused buffer; positive for λ below the limit)."""
         self.norm.fill_(self.eps2)
         for axis, g in enumerate(self.grads):
-            _forward_diff(u, axis, self.spacing[axis], out=g)
+            _forward_diff(u, axis, self.spacing[axis], out=g, seam=self.seams[axis])
             self.norm.addcmul_(g, g)
         self.norm.sqrt_()
         self.div.zero_()
@@ -515,19 +533,25 @@ class _TV:
         return self.div.mul_(-self.weight).add_(1.0)
 
 
-def _forward_diff(u: torch.Tensor, axis: int, step: float, out: torch.Tensor) -> None:
+def _forward_diff(u: torch.Tensor, axis: int, step: float, out: torch.Tensor, seam: tuple[int, int]) -> None:
+    """``out[i] = (u[i+1] - u[i]) / step``, cyclic along ``axis``, zero for ``i`` in ``seam`` (first, last).
+
+    With the seam at the last index this is the Neumann forward difference.
+    """
     n = u.shape[axis]
-    out.narrow(axis, n - 1, 1).zero_()
     torch.sub(u.narrow(axis, 1, n - 1), u.narrow(axis, 0, n - 1), out=out.narrow(axis, 0, n - 1))
+    torch.sub(u.narrow(axis, 0, 1), u.narrow(axis, n - 1, 1), out=out.narrow(axis, n - 1, 1))
+    out.narrow(axis, seam[0], seam[1] - seam[0] + 1).zero_()
     if step != 1.0:
         out.div_(step)
 
 
 def _backward_diff_add(g: torch.Tensor, axis: int, step: float, acc: torch.Tensor) -> None:
-    """``acc += (g[i] - g[i-1]) / step`` with g[-1] = 0 (the adjoint of the forward difference)."""
+    """``acc += (g[i] - g[i-1]) / step``, cyclic: the adjoint of :func:`_forward_diff` (``g`` zero on its seam)."""
     n = g.shape[axis]
     acc.add_(g, alpha=1.0 / step)
     acc.narrow(axis, 1, n - 1).sub_(g.narrow(axis, 0, n - 1), alpha=1.0 / step)
+    acc.narrow(axis, 0, 1).sub_(g.narrow(axis, n - 1, 1), alpha=1.0 / step)
 
 
 def _initial_estimate(p: _Problem, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -263,7 +263,8 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None):
               "tv_weight": tv}
     block = RichardsonLucyBlock(psf, settings.iterations, settings.boundary, tv, settings.accelerate, voxel,
                                 settings.device)
-    return block, MemoryModel(settings.method, psf.shape, accelerate=settings.accelerate), params
+    return block, MemoryModel(settings.method, psf.shape, accelerate=settings.accelerate,
+                              boundary=settings.boundary), params
 
 
 def _record_path(output_dir: Path, input_path: Path) -> Path:

@@ -28,6 +28,10 @@ shape ``fast_shape(block + psf - 1)``, ``S`` the half-spectrum elements (about `
 * block-sized arrays: the block read from the source, its clamped copy, the ratio ``y / Hu``
   and the output being written: 4 B.
 
+The zero and periodic boundaries need smaller FFTs, so the Bertero count bounds them. The
+reflect boundary runs the Bertero model on the block mirrored by the PSF half-size: ``F`` from
+``block + 2 (psf - 1)``, and its data arrays are that mirrored block's size.
+
 Wiener: the padded block (``F`` from ``block + 2 * psf``) real, 4 S complex (rfft, product,
 quotient, irfft copy) plus 2 S real (``|H|^2`` and the denominator), the output F, and 2 B.
 
@@ -152,6 +156,8 @@ class MemoryModel:
         UNet width (ssl).
     weights_bytes : int
         Size of the network's parameters (ssl).
+    boundary : str
+        RL boundary (rl, rl-tv): ``"reflect"`` mirrors the block before the Bertero model.
     """
 
     method: str
@@ -159,10 +165,14 @@ class MemoryModel:
     accelerate: bool = False
     base_channels: int = 16
     weights_bytes: int = 0
+    boundary: str = "bertero"
 
     def block_bytes(self, block_shape: Sequence[int]) -> int:
         block = math.prod(block_shape)
         if self.method in ("rl", "rl-tv"):
+            if self.boundary == "reflect":
+                block_shape = [n + k - 1 for n, k in zip(block_shape, self.psf_shape)]
+                block = math.prod(block_shape)
             full, half = _fft_sizes([n + k - 1 for n, k in zip(block_shape, self.psf_shape)])
             reals = 4 + 1 + 5 * bool(self.accelerate) + (len(block_shape) + 2) * (self.method == "rl-tv")
             total = reals * full * _F32 + (3 + 6) * half * _C64 + 4 * block * _F32

@@ -27,3 +27,9 @@ def test_network_chunks_are_multiples_of_its_divisor():
     assert all(c % 8 == 0 or c == n for c, n in zip(chunks, shape)), chunks
     assert round_chunks((30, 27, 300), (50, 300, 300), 8) == (32, 32, 300)
     assert round_chunks((45, 1, 299), (50, 300, 300), 8) == (48, 8, 300)  # never past the axis
+
+
+def test_reflect_rl_counts_its_mirrored_block():
+    """The reflect boundary mirrors the block by the PSF half-size before the Bertero model."""
+    bertero, reflect = MemoryModel("rl", (9, 9, 9)), MemoryModel("rl", (9, 9, 9), boundary="reflect")
+    assert reflect.block_bytes((32, 64, 64)) == bertero.block_bytes((40, 72, 72))
