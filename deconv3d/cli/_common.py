@@ -72,13 +72,17 @@ def voxel_size_of(args, image):
     return voxel
 
 
-def load_psf(args, image, voxel):
+def load_psf(args, image, voxel, fit_image: bool = True):
+    """``--psf`` or ``--psf-model``, prepared for ``image``; ``fit_image=False`` allows a PSF larger than it."""
     from deconv3d.io import read_image
     from deconv3d.psf import generate_psf, prepare_psf
 
     if args.psf:
         psf = read_image(args.psf)
-        return prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel)
+        shape = image.data.shape
+        if not fit_image and psf.data.ndim == len(shape):
+            shape = tuple(max(n, k) for n, k in zip(shape, psf.data.shape))
+        return prepare_psf(psf.data, shape, psf_voxel=psf.voxel_size, image_voxel=voxel)
     if args.na is None or args.wavelength is None:
         raise InputError("--psf-model needs --na and --wavelength: add them, or give a measured --psf file")
     if voxel is None or len(voxel) != 3 or image.data.ndim != 3:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -75,6 +76,45 @@ def _deconvolve_parser(sub) -> None:
     pipeline.add_chunk_options(p)
     p.set_defaults(func=cmd_deconvolve)
     add_common(p)
+    _DEFAULTS.update({dest: p.get_default(dest) for dest in set(_METHOD_OPTIONS) | set(_OPTICS)})
+
+
+# Options of `deconvolve` that only some methods read (beyond the training options, ssl's).
+_METHOD_OPTIONS = {"iterations": ("rl", "rl-tv"), "no_accelerate": ("rl", "rl-tv"), "boundary": ("rl", "rl-tv"),
+                   "tv_weight": ("rl-tv",), "balance": ("wiener",), "tta": ("ssl",), "band_limit": ("ssl",)}
+_OPTICS = ("na", "wavelength", "ni", "ns", "depth")
+_DEFAULTS: dict = {}  # their defaults, read from the parser when it is built
+_FLAGS = {"steps": "--train-steps", "residual": "--residual/--no-residual"}
+
+
+def _flag(dest: str) -> str:
+    return _FLAGS.get(dest, "--" + dest.replace("_", "-"))
+
+
+def _warn_unused_options(args) -> None:
+    """Say on stderr which given options the chosen method (or a trained --model) ignores.
+
+    A warning, not an error: scripts that loop over methods with one set of options keep working.
+    """
+    training = selfsup.training_defaults()
+    defaults = {**_DEFAULTS, **{d: v for d, v in training.items() if d != "steps"}}
+
+    def given(dests):
+        return [_flag(d) for d in dests if getattr(args, d) != defaults[d]]
+
+    def warn(flags, one, many, why):
+        names = ", ".join(flags[:-1]) + " and " + flags[-1] if len(flags) > 1 else flags[0]
+        print(f"deconv3d: warning: {names} {one if len(flags) == 1 else many} {why}; ignored", file=sys.stderr)
+
+    unused = given(d for d, methods in _METHOD_OPTIONS.items() if args.method not in methods)
+    if args.method != "ssl":
+        unused += given(d for d in training if d != "steps")
+    if unused:
+        warn(unused, "does", "do", f"not apply to --method {args.method}")
+    if args.method == "ssl" and args.model and (unused := given(d for d in training if d != "steps")):
+        warn(unused, "sets", "set", "up training, which --model skips (train with --train-steps N instead)")
+    if args.psf_model is None and (unused := given(_OPTICS)):
+        warn(unused, "describes", "describe", "the microscope for --psf-model, and no --psf-model is given")
 
 
 def cmd_psf(args) -> int:
@@ -108,6 +148,7 @@ def cmd_deconvolve(args) -> int:
     from deconv3d.fft import psf_fingerprint
     from deconv3d.io import check_output_path, read_image, write_tiff
 
+    _warn_unused_options(args)
     if pipeline.wants_pipeline(args):
         if args.iterations == "auto":
             raise InputError("--iterations auto needs the whole image in memory: run it on a TIFF crop, then give "
@@ -122,10 +163,14 @@ def cmd_deconvolve(args) -> int:
         raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
     if args.psf is None and args.psf_model is None and not (args.method == "ssl" and args.model):
         raise InputError("a PSF is needed: add --psf PSF.tif or --psf-model MODEL --na NA --wavelength UM")
-    psf = load_psf(args, image, voxel) if (args.psf or args.psf_model) else None
+    trained = selfsup.load_model(args) if args.method == "ssl" else None
+    if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
+        voxel = selfsup.model_voxel_size(args, trained, voxel)
+    # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
+    psf = load_psf(args, image, voxel, fit_image=trained is None) if (args.psf or args.psf_model) else None
     start = time.perf_counter()
     if args.method == "ssl":
-        result, params, psf, voxel = selfsup.deconvolve_ssl(args, image.data, psf, voxel)
+        result, params, psf = selfsup.deconvolve_ssl(args, image.data, psf, voxel, trained)
     elif args.method == "wiener":
         result = wiener(image.data, psf, args.balance, device=args.device)
         params = {"balance": args.balance}

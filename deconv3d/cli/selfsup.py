@@ -132,26 +132,37 @@ def cmd_train(args) -> int:
     return 0
 
 
-def deconvolve_ssl(args, image, psf, voxel):
-    """``deconvolve --method ssl``: apply ``--model`` or train on the image first.
-
-    Returns ``(result, params, psf, voxel)``; ``voxel`` is the model's when the image carries none.
-    """
-    from tqdm import tqdm
-
-    from deconv3d.selfsup import apply_model, load_checkpoint
-    from deconv3d.selfsup.config import to_dict
+def load_model(args):
+    """The ``--model`` of ``deconvolve --method ssl`` (None when training instead)."""
+    from deconv3d.selfsup import load_checkpoint
 
     if args.model and args.steps:
         raise InputError("give either --model or --train-steps for --method ssl, not both")
-    if args.model:
-        trained = load_checkpoint(args.model, device="cpu")
+    return load_checkpoint(args.model, device="cpu") if args.model else None
+
+
+def model_voxel_size(args, trained, voxel):
+    """``voxel``, or the model's own voxel size (with a warning) for an image that carries none."""
+    if voxel is None and trained.voxel_size is not None:  # keep the calibration the model carries
+        voxel = tuple(trained.voxel_size)
+        print(f"deconv3d: warning: {args.input} carries no voxel size; assuming the model's {voxel} µm "
+              f"(pass --voxel-size DZ DY DX to check it)", file=sys.stderr)
+    return voxel
+
+
+def deconvolve_ssl(args, image, psf, voxel, trained=None):
+    """``deconvolve --method ssl``: apply ``trained`` (see :func:`load_model`) or train on the image first.
+
+    Returns ``(result, params, psf)``.
+    """
+    from tqdm import tqdm
+
+    from deconv3d.selfsup import apply_model
+    from deconv3d.selfsup.config import to_dict
+
+    if trained is not None:
         trained.check_compatible(image.ndim, psf, voxel)
         params = {"model": str(args.model)}
-        if voxel is None and trained.voxel_size is not None:  # keep the calibration the model carries
-            voxel = tuple(trained.voxel_size)
-            print(f"deconv3d: warning: {args.input} carries no voxel size; assuming the model's {voxel} µm "
-                  f"(pass --voxel-size DZ DY DX to check it)", file=sys.stderr)
     else:
         if psf is None:
             raise InputError("--method ssl without --model needs a PSF: add --psf PSF.tif or --psf-model")
@@ -173,7 +184,7 @@ def deconvolve_ssl(args, image, psf, voxel):
                              callback=callback)
     params["tta"] = bool(args.tta)
     params["band_limit"] = args.band_limit
-    return result, params, trained.psf, voxel
+    return result, params, trained.psf
 
 
 def _warm_start(text: str) -> int | str:
@@ -207,6 +218,13 @@ def _non_negative(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
+
+
+def training_defaults() -> dict:
+    """``{dest: default}`` of the training options (:func:`add_training_options`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_training_options(p, steps_flag="--train-steps")
+    return vars(p.parse_args([]))
 
 
 def add_deconvolve_options(p) -> None:

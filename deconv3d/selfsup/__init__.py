@@ -57,6 +57,8 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
         trained = TrainedModel.from_result(trained)
     image = np.asarray(image)
     trained.check_compatible(image.ndim)
+    if not np.isfinite(image).all():  # one would spread over the network's whole receptive field
+        raise InputError("image contains NaN or Inf values: clean the data (e.g. replace them by 0) first")
     if context is None:
         unet = trained.unet
         context = max(max(k // 2 for k in trained.psf.shape), 4 * unet.blocks_per_level * unet.divisor)

@@ -69,6 +69,9 @@ class TrainedModel:
                 raise InputError(f"the model was trained with another PSF (shape {self.psf.shape}, fingerprint "
                                  f"{self.psf_fingerprint}, got shape {given.shape}, fingerprint "
                                  f"{psf_fingerprint(given)}): pass the training PSF or retrain")
+        if voxel_size is not None and len(voxel_size) != self.unet.ndim:
+            raise InputError(f"voxel size {tuple(voxel_size)} has {len(voxel_size)} values but the model is "
+                             f"{self.unet.ndim}D: give one value per axis")
         if voxel_size is not None and self.voxel_size is not None:
             if not np.allclose(voxel_size, self.voxel_size, rtol=1e-3):
                 raise InputError(f"the model was trained at voxel size {self.voxel_size} µm but the image has "
@@ -97,6 +100,9 @@ def save_checkpoint(trained, path) -> None:
     The file appears complete or not at all: it is written under a temporary name in the
     same folder and renamed.
     """
+    if getattr(trained, "reason", None) == "non-finite loss":
+        raise InputError("training diverged (non-finite loss), so there is no model to save: lower the learning "
+                         "rate or check the PSF, and train again")
     if not isinstance(trained, TrainedModel):
         trained = TrainedModel.from_result(trained)
     atomic_torch_save(_payload(trained), path)
@@ -124,8 +130,9 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
         voxel = data["voxel_size"]
         voxel = None if voxel is None else tuple(float(v) for v in voxel)
         mean, std = float(data["mean"]), float(data["std"])
-        if (voxel is not None and not all(math.isfinite(v) and v > 0 for v in voxel)) or not (
-                math.isfinite(mean) and math.isfinite(std) and std > 0):
+        bad_voxel = voxel is not None and (len(voxel) != unet.ndim or
+                                           not all(math.isfinite(v) and v > 0 for v in voxel))
+        if bad_voxel or not (math.isfinite(mean) and math.isfinite(std) and std > 0):
             raise ValueError("voxel size or standardisation out of range")
         reference = data.get("reference")  # absent from files written before the residual form
         reference = None if reference is None else from_dict(Reference, reference)

@@ -6,6 +6,7 @@ They live at the edges (CLI, napari, checkpoints) and unpack into keyword argume
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -14,6 +15,15 @@ from ..errors import InputError
 
 INVARIANCE_POSITIONS = ("before-psf", "after-psf", "both", "none")
 WARM_SHARE = (3, 8)  # warm_start="auto": 3/8 of the steps (and of a time budget) go to the warm start
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_tv_weight(value) -> bool:
@@ -33,9 +43,9 @@ class UNetConfig:
     positive: bool = True  # softplus output floored at zero intensity (beyond the paper, False = paper; see ResUNet)
 
     def __post_init__(self):
-        if self.ndim not in (2, 3):
+        if not _is_int(self.ndim) or self.ndim not in (2, 3):
             raise InputError(f"network ndim must be 2 or 3, got {self.ndim}")
-        if self.base_channels < 1 or self.depth < 1 or self.blocks_per_level < 1:
+        if not all(_is_int(v) and v >= 1 for v in (self.base_channels, self.depth, self.blocks_per_level)):
             raise InputError("base_channels, depth and blocks_per_level must be positive integers")
         if self.skip not in ("add", "concat"):
             raise InputError(f"skip must be 'add' or 'concat', got {self.skip!r}")
@@ -87,8 +97,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.invariance not in INVARIANCE_POSITIONS:
             raise InputError(f"invariance must be one of {', '.join(INVARIANCE_POSITIONS)}, got {self.invariance!r}")
-        if self.steps < 1 or self.patch < 1 or self.batch < 1 or self.decay_steps < 1:
+        if not all(_is_int(v) and v >= 1 for v in (self.steps, self.patch, self.batch, self.decay_steps)):
             raise InputError("steps, patch, batch and decay_steps must be positive integers")
+        if not (_is_int(self.seed) and 0 <= self.seed < 2**63):
+            raise InputError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
+        if self.time_budget is not None and not (_is_number(self.time_budget) and self.time_budget > 0):
+            raise InputError(f"time_budget must be a positive number of seconds or None, got {self.time_budget!r}")
         if not 0 < self.mask_percent < 100:
             raise InputError(f"mask_percent must be in (0, 100), got {self.mask_percent}")
         for name in ("precondition", "lambda_anchor"):
@@ -106,8 +120,11 @@ class TrainConfig:
             raise InputError(f"residual must be True or False, got {self.residual!r}")
         if not 0 <= self.ema < 1:
             raise InputError(f"ema must be in [0, 1), got {self.ema}")
-        if self.lr <= 0 or min(self.lambda_inv, self.lambda_bsp, self.lambda_bound, self.mask_noise_std) < 0:
-            raise InputError("lr must be positive and the loss weights and mask noise non-negative")
+        if not (_is_number(self.lr) and 0 < self.lr <= 1):
+            raise InputError(f"lr must be a learning rate in (0, 1] (the paper's is 4e-4), got {self.lr!r}")
+        weights = (self.lambda_inv, self.lambda_bsp, self.lambda_bound, self.mask_noise_std)
+        if not all(_is_number(w) and w >= 0 for w in weights):
+            raise InputError("the loss weights and the mask noise must be finite numbers >= 0")
 
     @property
     def warm_steps(self) -> int:

@@ -426,7 +426,7 @@ def train(
     history, terms, reason, step = [], {}, "completed", 0
     started = time.perf_counter()
     warm, reference = config.warm_steps, None
-    if warm or config.residual:
+    if warm or config.residual or config.anchor_weight:  # an anchor without a warm start needs the target too
         # The residual base spans the fields' PSF halo with RL's estimate of the object outside the image,
         # so that H(T) explains the light entering the field from outside from the start.
         target, reference = warm_start_target(img, psf, dev, config.warm_tv, extended=config.residual)

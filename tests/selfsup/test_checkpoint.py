@@ -87,6 +87,8 @@ def test_mismatched_image_psf_or_voxel_size_is_refused(trained):
         model.check_compatible(3, np.ones((3, 3, 3), np.float32))
     with pytest.raises(InputError, match="voxel size"):
         model.check_compatible(3, psf, (0.5, 0.1, 0.1))
+    with pytest.raises(InputError, match="one value per axis"):
+        model.check_compatible(3, psf, (0.1, 0.1))
     with pytest.raises(InputError, match="trained on 3D"):
         apply_model(model, image[0], device="cpu")
 
@@ -98,6 +100,7 @@ def test_mismatched_image_psf_or_voxel_size_is_refused(trained):
     lambda d: d.update(voxel_size=[0.3, "x", 0.1]),
     lambda d: d.update(voxel_size=[0.3, -0.1, 0.1]),
     lambda d: d["unet"].update(ndim=4),
+    lambda d: d.update(voxel_size=[0.1, 0.1]),  # two values for a 3D network
 ])
 def test_damaged_fields_are_a_clear_input_error(trained, tmp_path, damage):
     """A checkpoint that loads safely but has a field missing or out of range is refused as
@@ -110,3 +113,41 @@ def test_damaged_fields_are_a_clear_input_error(trained, tmp_path, damage):
     torch.save(data, path)
     with pytest.raises(InputError, match="damaged"):
         load_checkpoint(path)
+
+
+def test_non_finite_image_is_refused_by_apply_model(trained):
+    """A NaN would spread over the network's receptive field (in the paper's form no RL refuses it first)."""
+    res, image, _ = trained
+    plain = TrainedModel.from_result(res)
+    for bad in (np.nan, np.inf):
+        broken = image.copy()
+        broken[5, 10, 10] = bad
+        with pytest.raises(InputError, match="NaN or Inf"):
+            apply_model(plain, broken, device="cpu")
+
+
+def test_a_diverged_training_is_not_saved(trained, tmp_path):
+    import dataclasses
+
+    res, _, _ = trained
+    diverged = dataclasses.replace(res, reason="non-finite loss", stopped_early=True)  # as train() reports one
+    with pytest.raises(InputError, match="diverged"):
+        save_checkpoint(diverged, tmp_path / "m.ckpt")
+    assert not (tmp_path / "m.ckpt").exists()
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(lr=float("nan")), "lr"), (dict(lr=1e39), "lr"), (dict(time_budget=-1.0), "time_budget"),
+    (dict(time_budget=float("nan")), "time_budget"), (dict(lambda_inv=float("nan")), "loss weights"),
+    (dict(mask_noise_std=float("inf")), "mask noise"), (dict(patch=2.5), "positive integers"),
+    (dict(steps=True), "positive integers"), (dict(seed=-1), "seed"), (dict(seed=2**64), "seed"),
+])
+def test_train_config_refuses_values_torch_cannot_use(kwargs, word):
+    with pytest.raises(InputError, match=word):
+        TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(base_channels=2.5), dict(depth=0.5), dict(ndim=3.0)])
+def test_unet_config_refuses_non_integers(kwargs):
+    with pytest.raises(InputError):
+        UNetConfig(**kwargs)

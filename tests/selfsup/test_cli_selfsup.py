@@ -148,6 +148,8 @@ class Payload:
     (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--warm-start", "2.5"], "--warm-start"),
     (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--anchor", "-1"], "--anchor"),
     (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--warm-tv", "2"], "--warm-tv"),
+    (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--seed", str(2**64)], "seed"),
+    (["train", "{d}/image.tif", "--psf", "{d}/psf.tif", "-o", "{d}/m.ckpt", "--lr", "1e39"], "lr"),
 ])
 def test_bad_input_one_line_and_no_output(data, capsys, argv, word):
     with open(data / "evil.ckpt", "wb") as fh:
@@ -184,3 +186,48 @@ def test_band_limit_option(data, capsys):
     expected = band_limit(outputs["0"], psf / psf.sum(), 0.01, dtype=torch.float64).clamp_min(0).numpy()
     np.testing.assert_allclose(outputs["0.01"], expected, atol=1e-5 * expected.max())
     assert np.abs(outputs["0.01"] - outputs["0"]).max() > 1e-3 * outputs["0"].max()
+
+
+def test_model_psf_and_voxel_size_on_an_uncalibrated_or_thin_stack(data, capsys):
+    """With --model, the training PSF file is accepted: resampled to the voxel size the model supplies
+    to an uncalibrated image, and on a stack thinner than the PSF (the model crops it itself)."""
+    fine = np.exp(-sum(g**2 for g in np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij")) / 8).astype(np.float32)
+    write_tiff(data / "fine_psf.tif", fine, voxel_size=(0.15, 0.05, 0.05))  # sampled twice as finely
+    model = data / "m.ckpt"
+    assert run(["train", data / "image.tif", "--psf", data / "fine_psf.tif", "-o", model, "--steps", 1] + TINY,
+               capsys)[0] == 0
+    write_tiff(data / "bare.tif", read_image(data / "image.tif").data)
+    outputs = {}
+    for name, extra in (("model", []), ("model+psf", ["--psf", data / "fine_psf.tif"])):
+        code, _, err = run(["deconvolve", data / "bare.tif", "-o", data / f"{name}.tif", "--method", "ssl",
+                            "--model", model, "--device", "cpu"] + extra, capsys)
+        assert code == 0 and "assuming the model's" in err, err
+        outputs[name] = read_image(data / f"{name}.tif").data
+    np.testing.assert_array_equal(outputs["model+psf"], outputs["model"])
+    # A 2-plane stack is thinner than the model's 3-plane PSF.
+    write_tiff(data / "thin.tif", read_image(data / "image.tif").data[:2], voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", data / "thin.tif", "-o", data / "thin_out.tif", "--method", "ssl",
+                        "--model", model, "--psf", data / "fine_psf.tif", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert read_image(data / "thin_out.tif").data.shape == (2, 24, 24)
+
+
+def test_options_the_method_ignores_are_named_on_stderr(data, capsys):
+    model = data / "m.ckpt"
+    assert run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1] + TINY,
+               capsys)[0] == 0
+    code, _, err = run(["deconvolve", data / "image.tif", "-o", data / "rl.tif", "--psf", data / "psf.tif",
+                        "--iterations", 2, "--tta", "--patch", 64, "--no-residual", "--na", 1.2], capsys)
+    assert code == 0 and (data / "rl.tif").is_file()
+    lines = err.strip().splitlines()
+    assert lines[0] == ("deconv3d: warning: --tta, --patch and --residual/--no-residual do not apply to "
+                        "--method rl; ignored"), err
+    assert "--na describes the microscope for --psf-model" in lines[1], err
+    code, _, err = run(["deconvolve", data / "image.tif", "-o", data / "ssl.tif", "--method", "ssl", "--model", model,
+                        "--seed", 3, "--iterations", 30, "--device", "cpu"], capsys)
+    assert code == 0 and (data / "ssl.tif").is_file()
+    assert "--iterations does not apply to --method ssl" in err, err
+    assert "--seed sets up training, which --model skips" in err, err
+    code, _, err = run(["deconvolve", data / "image.tif", "-o", data / "rl2.tif", "--psf", data / "psf.tif",
+                        "--iterations", 2], capsys)
+    assert code == 0 and "warning" not in err  # options the method uses: nothing to say

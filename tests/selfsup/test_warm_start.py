@@ -167,3 +167,14 @@ def test_auto_warm_start_leaves_most_of_a_time_budget_to_the_siamese_loss():
     assert res.warm_steps < res.steps_done and "data" in res.last_terms and "warm" not in res.last_terms
     fixed = train(noisy, psf, config=TrainConfig(residual=False, steps=6, warm_start=4, patch=16, batch=1), unet=TINY[2], device="cpu")
     assert fixed.warm_steps == 4
+
+
+def test_an_anchor_without_a_warm_start_still_anchors():
+    """lambda_anchor > 0 with warm_start 0 (paper's form) keeps the anchor term; it was dropped for lack of a target."""
+    from deconv3d.selfsup import TrainConfig, UNetConfig, train
+
+    rng = np.random.default_rng(0)
+    result = train(rng.random((12, 24, 24)).astype(np.float32) + 0.1, np.ones((3, 3, 3), np.float32),
+                   config=TrainConfig(steps=2, patch=8, batch=1, residual=False, warm_start=0, lambda_anchor=5.0),
+                   unet=UNetConfig(ndim=3, base_channels=4, depth=2), device="cpu")
+    assert result.warm_steps == 0 and result.last_terms.get("anchor", 0.0) > 0
