@@ -204,17 +204,18 @@ def _outputs_for(inputs, output_dir: Path, settings: Settings) -> list[Path]:
     return outputs
 
 
-def load_psfs_for(settings: Settings, spatial_shape, voxel) -> list:
+def load_psfs_for(settings: Settings, spatial_shape, voxel, fit_image: bool = True) -> list:
     """The PSFs of the settings, prepared for the image: one, or one per channel."""
     if settings.psf:
-        return [load_psf_for(settings, spatial_shape, voxel, psf=f) for f in _many(settings.psf)]
+        return [load_psf_for(settings, spatial_shape, voxel, psf=f, fit_image=fit_image) for f in _many(settings.psf)]
     return [load_psf_for(settings, spatial_shape, voxel, wavelength=w) for w in _many(settings.wavelength)]
 
 
-def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, wavelength=None):
+def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, wavelength=None, fit_image: bool = True):
     """The PSF for an image of ``spatial_shape`` and ``voxel`` size (file or generated), prepared.
 
     ``psf`` (a file) or ``wavelength`` pick one channel's entry of a per-channel setting.
+    ``fit_image=False`` accepts a PSF file larger than the image (an ssl model checks it against its own).
     """
     from deconv3d.io import read_image
     from deconv3d.psf import generate_psf, prepare_psf
@@ -223,7 +224,10 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     wavelength = wavelength if wavelength is not None else (_many(settings.wavelength) or (None,))[0]
     if psf:
         image = read_image(psf)
-        return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=image.voxel_size, image_voxel=voxel)
+        shape = tuple(spatial_shape)
+        if not fit_image and image.data.ndim == len(shape):
+            shape = tuple(max(n, k) for n, k in zip(shape, image.data.shape))
+        return prepare_psf(image.data, shape, psf_voxel=image.voxel_size, image_voxel=voxel)
     if voxel is None or len(spatial_shape) != 3:
         raise InputError("psf_model needs a 3D image with a known voxel size: set voxel_size or use a PSF file")
     airy = 0.61 * wavelength / settings.na

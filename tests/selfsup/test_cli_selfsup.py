@@ -204,6 +204,13 @@ def test_model_psf_and_voxel_size_on_an_uncalibrated_or_thin_stack(data, capsys)
         assert code == 0 and "assuming the model's" in err, err
         outputs[name] = read_image(data / f"{name}.tif").data
     np.testing.assert_array_equal(outputs["model+psf"], outputs["model"])
+    # The chunked path does the same, and writes the model's voxel size as the OME-Zarr scale.
+    from deconv3d.omezarr import open_lazy
+
+    code, _, err = run(["deconvolve", data / "bare.tif", "-o", data / "chunked.zarr", "--method", "ssl", "--model", model,
+                        "--psf", data / "fine_psf.tif", "--chunks", 12, 16, 16, "--device", "cpu"], capsys)
+    assert code == 0 and "assuming the model's" in err, err
+    assert open_lazy(data / "chunked.zarr").voxel_size == pytest.approx((0.3, 0.1, 0.1))
     # A 2-plane stack is thinner than the model's 3-plane PSF.
     write_tiff(data / "thin.tif", read_image(data / "image.tif").data[:2], voxel_size=(0.3, 0.1, 0.1))
     code, _, err = run(["deconvolve", data / "thin.tif", "-o", data / "thin_out.tif", "--method", "ssl",
