@@ -200,16 +200,22 @@ def _kernels():
 
 
 def _compile(cache: bool) -> SimpleNamespace:
-    """One signature per kernel, float32 arrays of any layout, so that the crops of the FFT
-    buffers and contiguous arrays share one compiled kernel."""
+    """Two signatures per kernel, float32 arrays: C-contiguous, which LLVM vectorises, and any
+    layout (the crops of the FFT buffers), whose runtime strides keep the loops scalar. Measured
+    at 96 x 288 x 288 with 2 threads (best of 15): the extrapolation 1.9 ms contiguous against
+    4.6 ms in any layout. The Bertero boundary's estimate, guess, factor and steps fill their
+    buffers, so its accelerated loop runs the contiguous kernels."""
     import numba
     from numba import float32 as f32, float64 as f64, void
 
-    a3 = f32[:, :, :]
+    layouts = (f32[:, :, ::1], f32[:, :, :])
     jit = functools.partial(numba.njit, parallel=True, cache=cache, nogil=True)
     tiny = np.float32(TINY)
 
-    @jit(void(a3, a3, f32, a3))
+    def signatures(make):
+        return [make(a3) for a3 in layouts]
+
+    @jit(signatures(lambda a3: void(a3, a3, f32, a3)))
     def ratio(data, blurred, floor, out):
         nz, ny, nx = data.shape
         for r in numba.prange(nz * ny):
@@ -218,14 +224,20 @@ def _compile(cache: bool) -> SimpleNamespace:
                 b = blurred[z, y, x]
                 out[z, y, x] = data[z, y, x] / (b if b > floor else floor)
 
-    @jit(numba.types.UniTuple(f64, 2)(a3, a3, a3, numba.boolean, a3, a3))
+    # reassoc lets LLVM vectorise the float64 dot products (partial sums in another order); the
+    # update itself has no sums to reorder and stays bit-identical to torch's (tested).
+    @jit(signatures(lambda a3: numba.types.UniTuple(f64, 2)(a3, a3, a3, numba.boolean, a3, a3)),
+         fastmath={"reassoc"})
     def update_step(guess, factor, denominator, divide, out, g):
-        # Reads the previous step from g and writes this one over it.
+        # Reads the previous step from g and writes this one over it. The dot products sum each
+        # row locally, then the rows: accumulating straight into the loop-wide reduction
+        # variables kept the loop scalar.
         nz, ny, nx = guess.shape
         gg, gp = 0.0, 0.0
         zero = np.float32(0)
         for r in numba.prange(nz * ny):
             z, y = r // ny, r % ny
+            row_gg, row_gp = 0.0, 0.0
             for x in range(nx):
                 u = guess[z, y, x]
                 v = u * factor[z, y, x]
@@ -235,12 +247,14 @@ def _compile(cache: bool) -> SimpleNamespace:
                     v = zero
                 out[z, y, x] = v
                 d = v - u
-                gg += f64(d) * f64(d)
-                gp += f64(d) * f64(g[z, y, x])
+                row_gg += f64(d) * f64(d)
+                row_gp += f64(d) * f64(g[z, y, x])
                 g[z, y, x] = d
+            gg += row_gg
+            gp += row_gp
         return gg, gp
 
-    @jit(void(a3, a3, f32, a3))
+    @jit(signatures(lambda a3: void(a3, a3, f32, a3)))
     def extrapolate(x, x_prev, c, out):
         nz, ny, nx = x.shape
         for r in numba.prange(nz * ny):

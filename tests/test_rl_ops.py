@@ -15,13 +15,15 @@ needs_numba = pytest.mark.skipif(not _rl_ops.numba_available(), reason="numba no
 CPU = torch.device("cpu")
 
 
-def _crops(shape, seed=0):
-    """Tensors of ``shape`` that are strided crops of larger buffers, as the FFT buffers are."""
+def _crops(shape, seed=0, contiguous=False):
+    """Tensors of ``shape`` that are strided crops of larger buffers, as the FFT buffers are
+    (``contiguous``: whole contiguous arrays, which run the kernels' vectorised signature)."""
     r = torch.Generator().manual_seed(seed)
 
     def one():
         big = torch.rand([s + 3 for s in shape], generator=r) * 4
-        return big[tuple(slice(1, 1 + s) for s in shape)]
+        crop = big[tuple(slice(1, 1 + s) for s in shape)]
+        return crop.contiguous() if contiguous else crop
     return one
 
 
@@ -33,10 +35,11 @@ def fused(monkeypatch):
 
 
 @needs_numba
-@pytest.mark.parametrize("shape", [(5, 7, 9), (6, 11)])
+@pytest.mark.parametrize("shape", [(5, 7, 9), (6, 11), (3, 5, 37)])
 @pytest.mark.parametrize("with_denominator", [False, True])
-def test_fused_passes_equal_torch(shape, with_denominator):
-    make = _crops(shape)
+@pytest.mark.parametrize("contiguous", [False, True], ids=["crops", "contiguous"])
+def test_fused_passes_equal_torch(shape, with_denominator, contiguous):
+    make = _crops(shape, contiguous=contiguous)
     data, blurred, u, factor, x_prev, denominator = (make() for _ in range(6))
     blurred[..., 0] = 1e-9  # below the floor
     factor[..., 1] -= 5  # some updates are clamped to 0
