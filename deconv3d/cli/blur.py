@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,14 @@ def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _range_end(text: str) -> float:
+    """A level fraction for --range: extrapolation far beyond [0, 1] only amplifies noise (and overflows)."""
+    value = _finite(text)
+    if not -10 <= value <= 11:
+        raise argparse.ArgumentTypeError(f"must lie in [-10, 11] (0 is FAR, 1 is NEAR), got {text}")
     return value
 
 
@@ -99,7 +108,7 @@ def _synth_parser(blur) -> None:
     p.add_argument("near", metavar="NEAR.tif", help="the in-focus plane")
     p.add_argument("--levels", type=positive_int, required=True, metavar="K",
                    help="number of planes to write, evenly spaced over --range (default FAR to NEAR, both included)")
-    p.add_argument("--range", type=_finite, nargs=2, default=[0.0, 1.0], metavar=("A0", "A1"),
+    p.add_argument("--range", type=_range_end, nargs=2, default=[0.0, 1.0], metavar=("A0", "A1"),
                    help="first and last fraction from FAR (0) to NEAR (1); beyond [0, 1] extrapolates")
     p.add_argument("-o", "--output", required=True, help="output stack (.tif), one plane per level")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
@@ -142,12 +151,36 @@ def _check_model_output(output, inputs) -> None:
         raise InputError(f"output path equals the input {path}: choose another output name")
 
 
-def _read_stacks(paths) -> np.ndarray:
+def _pixel_size(image, path) -> tuple | None:
+    """The (y, x) pixel size a file records (None when it records none); a bad one is refused."""
+    problem = getattr(image, "voxel_problem", None)
+    if problem:
+        raise InputError(f"{problem}: fix the file's calibration (in Fiji: Image > Properties) and save it again")
+    return None if image.voxel_size is None else tuple(float(v) for v in image.voxel_size)[-2:]
+
+
+def _common_pixel_size(sizes: dict) -> tuple | None:
+    """The one pixel size of ``{path: size or None}``, None when none is known; refuses a mismatch."""
+    known = {p: s for p, s in sizes.items() if s is not None}
+    if not known:
+        return None
+    (first, size), *rest = known.items()
+    for path, other in rest:
+        if not np.allclose(other, size, rtol=1e-3):
+            raise InputError(f"{path} has pixel size {other} µm but {first} has {size} µm: give planes of one "
+                             "sampling (resample one of them first)")
+    return size
+
+
+def _read_stacks(paths) -> tuple[np.ndarray, tuple | None]:
+    """The stacks, and their common (y, x) pixel size (None when no file records one)."""
     from deconv3d.io import read_image
 
-    stacks = []
+    stacks, sizes = [], {}
     for path in paths:
-        data = read_image(path).data
+        image = read_image(path)
+        data = image.data
+        sizes[path] = _pixel_size(image, path)
         if data.ndim != 3 or data.shape[0] < 3:
             planes = 1 if data.ndim == 2 else data.shape[0]
             raise InputError(f"{path} holds {planes} plane(s): blur train needs through-focus stacks of at "
@@ -156,7 +189,7 @@ def _read_stacks(paths) -> np.ndarray:
             raise InputError(f"{path} has shape {data.shape} but {paths[0]} has {stacks[0].shape}: "
                              "give stacks with the same number of planes of the same size")
         stacks.append(data)
-    return np.stack(stacks)
+    return np.stack(stacks), _common_pixel_size(sizes)
 
 
 def _ordered_levels(args, n: int, stacks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -165,8 +198,11 @@ def _ordered_levels(args, n: int, stacks: np.ndarray) -> tuple[np.ndarray, np.nd
         levels = np.arange(n, dtype=np.float64)
         return (stacks[:, ::-1] if args.focus == "first" else stacks), levels
     levels = np.asarray(args.levels, dtype=np.float64)
-    if levels.size != n or np.unique(levels).size != n:
-        raise InputError(f"--levels needs {n} distinct values, one per plane, got {levels.size}")
+    if levels.size != n:
+        raise InputError(f"--levels needs {n} values, one per plane, got {levels.size}")
+    values, counts = np.unique(levels, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"--levels gives {values[counts > 1][0]:g} twice: give each plane its own level")
     order = np.argsort(levels)
     return stacks[:, order], levels[order]
 
@@ -178,18 +214,27 @@ def _read_plane(path, role: str) -> tuple[np.ndarray, tuple | None]:
     if image.data.ndim != 2:
         raise InputError(f"{role} {path} holds {image.data.shape[0]} planes: give a single 2D plane "
                          "(extract it from the stack first)")
-    return image.data, image.voxel_size
+    return image.data, _pixel_size(image, path)
 
 
-def _load_model(args, shape):
-    """The checkpoint, its digest, and whether to apply it in residual form (unset: as trained)."""
+def _load_model(args, shape, pixel):
+    """The checkpoint, its digest, whether to apply it in residual form (unset: as trained) and the
+    planes' pixel size (the model's where the planes record none; a different one is refused)."""
     from deconv3d.latent.checkpoint import load_checkpoint
 
     trained = load_checkpoint(args.model, device=args.device)
     trained.check_planes(shape)
+    own = trained.pixel_size
+    if pixel is not None and own is not None and not np.allclose(pixel, own, rtol=1e-3):
+        raise InputError(f"the model was trained on planes of {own} µm pixels but these have {pixel} µm: resample "
+                         "the planes, or train a model at this sampling (deconv3d blur train)")
+    if pixel is None and own is not None:
+        pixel = own
+        print(f"deconv3d: warning: the planes record no pixel size; assuming the model's {own} µm",
+              file=sys.stderr)
     digest = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()[:16]
     residual = bool(trained.config.residual) if args.residual is None else args.residual
-    return trained, digest, residual
+    return trained, digest, residual, pixel
 
 
 # ------------------------------------------------------------------ commands
@@ -202,8 +247,9 @@ def cmd_train(args) -> int:
     from deconv3d.latent.train import LatentTrainConfig, train
 
     _check_model_output(args.output, args.stacks)
-    stacks = _read_stacks(args.stacks)
+    stacks, pixel = _read_stacks(args.stacks)
     stacks, levels = _ordered_levels(args, stacks.shape[1], stacks)
+    plane_shape = stacks.shape[-2:]  # before any tiling below
     ae = AEConfig(widths=tuple(args.widths), crop=args.crop, skip_interp=args.skip)
     if ae.crop > min(stacks.shape[-2:]):
         raise InputError(f"the planes {stacks.shape[-2:]} are smaller than --crop {ae.crop}: give a smaller --crop")
@@ -223,7 +269,7 @@ def cmd_train(args) -> int:
         result = train(stacks, levels, config, ae, device=args.device, callback=callback)
     if result.reason == "non-finite loss":
         raise InputError("training diverged (non-finite loss): lower --lr or check the stacks")
-    save_checkpoint(result, args.output, plane_shape=stacks.shape[-2:])
+    save_checkpoint(result, args.output, plane_shape=plane_shape, pixel_size=pixel)
     score = "" if result.best_score is None else (f", best validation PSNR {result.best_score:.2f} dB "
                                                   f"at step {result.best_step}")
     print(f"wrote {args.output}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}){score}")
@@ -231,13 +277,19 @@ def cmd_train(args) -> int:
 
 
 def _read_pair(far_path, other_path, other_role: str):
-    """The FAR plane and another plane of the same shape, with the other's pixel size."""
-    far, _ = _read_plane(far_path, "FAR")
-    other, voxel = _read_plane(other_path, other_role)
+    """The FAR plane and another plane of the same shape, with their common pixel size (or None)."""
+    far, far_pixel = _read_plane(far_path, "FAR")
+    other, other_pixel = _read_plane(other_path, other_role)
     if far.shape != other.shape:
         raise InputError(f"FAR {far_path} {far.shape} and {other_role} {other_path} {other.shape} differ in shape: "
                          "give two planes of one field of view")
-    return far, other, voxel
+    return far, other, _common_pixel_size({far_path: far_pixel, other_path: other_pixel})
+
+
+def _check_finite(result, what: str) -> None:
+    if not np.isfinite(result).all():
+        raise InputError(f"the {what} has NaN or Inf values (the model or the fractions are out of range): "
+                         "keep --range near [0, 1], or retrain the model")
 
 
 def cmd_synth(args) -> int:
@@ -248,9 +300,10 @@ def cmd_synth(args) -> int:
     if args.levels < 2:
         raise InputError("--levels must be at least 2 (the planes at both ends of --range)")
     check_output_path(args.output, [args.far, args.near, args.model])
-    trained, digest, residual = _load_model(args, far.shape)
+    trained, digest, residual, voxel = _load_model(args, far.shape, voxel)
     fractions = np.linspace(args.range[0], args.range[1], args.levels)
     stack = synthesize_blur(trained.model, far, near, fractions, residual=residual)
+    _check_finite(stack, "synthesised stack")
     meta = {"deconv3d": __version__, "method": "latent-synth", "residual": residual,
             "fractions": [round(float(a), 6) for a in fractions],
             "far": str(args.far), "near": str(args.near), "model_sha256_16": digest,
@@ -266,8 +319,9 @@ def cmd_deblur(args) -> int:
 
     far, plane, voxel = _read_pair(args.far, args.level, "LEVEL")
     check_output_path(args.output, [args.far, args.level, args.model])
-    trained, digest, residual = _load_model(args, far.shape)
+    trained, digest, residual, voxel = _load_model(args, far.shape, voxel)
     sharp = deblur(trained.model, far, plane, args.alpha, residual=residual)
+    _check_finite(sharp, "deblurred plane")
     meta = {"deconv3d": __version__, "method": "latent-deblur", "alpha": args.alpha,
             "residual": residual, "far": str(args.far),
             "level": str(args.level), "model_sha256_16": digest}

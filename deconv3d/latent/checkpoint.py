@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import torch
 
 from deconv3d._torch_common import atomic_torch_save, safe_torch_load
 from deconv3d.errors import InputError
@@ -48,13 +49,15 @@ class TrainedAutoencoder:
     levels: np.ndarray
     plane_shape: Optional[tuple[int, int]] = None
     best_score: Optional[float] = None
+    pixel_size: Optional[tuple[float, float]] = None  # (y, x) µm of the training planes, when known
 
     @classmethod
-    def from_result(cls, result, plane_shape=None) -> "TrainedAutoencoder":
+    def from_result(cls, result, plane_shape=None, pixel_size=None) -> "TrainedAutoencoder":
         """From a :class:`deconv3d.latent.train.LatentTrainResult`."""
         shape = None if plane_shape is None else tuple(int(n) for n in plane_shape)[-2:]
+        pixel = None if pixel_size is None else tuple(float(v) for v in pixel_size)[-2:]
         return cls(result.model, result.ae_config, result.config, np.asarray(result.levels, np.float32), shape,
-                   result.best_score)
+                   result.best_score, pixel)
 
     def check_planes(self, shape) -> None:
         """Raise :class:`InputError` for planes smaller than the training crops (a model for another size).
@@ -85,15 +88,16 @@ def _payload(trained: TrainedAutoencoder) -> dict:
         "levels": [float(v) for v in np.asarray(trained.levels).ravel()],
         "plane_shape": None if trained.plane_shape is None else [int(n) for n in trained.plane_shape],
         "best_score": None if trained.best_score is None else float(trained.best_score),
+        "pixel_size": None if trained.pixel_size is None else [float(v) for v in trained.pixel_size],
     }
 
 
-def save_checkpoint(trained, path, plane_shape=None) -> None:
+def save_checkpoint(trained, path, plane_shape=None, pixel_size=None) -> None:
     """Write ``trained`` (a :class:`TrainedAutoencoder` or a ``LatentTrainResult``) to ``path`` atomically.
 
     The file appears complete or not at all: it is written under a temporary name in the
-    same folder and moved onto ``path`` with :func:`os.replace`. ``plane_shape`` is used
-    only with a ``LatentTrainResult``.
+    same folder and moved onto ``path`` with :func:`os.replace`. ``plane_shape`` and the
+    planes' ``(y, x)`` ``pixel_size`` (µm) are used only with a ``LatentTrainResult``.
 
     Examples
     --------
@@ -102,7 +106,7 @@ def save_checkpoint(trained, path, plane_shape=None) -> None:
     (32, 64, 128, 256)
     """
     if not isinstance(trained, TrainedAutoencoder):
-        trained = TrainedAutoencoder.from_result(trained, plane_shape)
+        trained = TrainedAutoencoder.from_result(trained, plane_shape, pixel_size)
     atomic_torch_save(_payload(trained), path)
 
 
@@ -119,6 +123,8 @@ def _build(path, data: dict, device) -> Autoencoder:
     if int(data["model"].get("depth", len(ae.widths))) != len(ae.widths):
         raise InputError(f"{path} is a damaged deconv3d checkpoint (depth does not match widths): retrain the model")
     model = Autoencoder(ae)
+    if not all(torch.is_tensor(t) and bool(torch.isfinite(t).all()) for t in data["state_dict"].values()):
+        raise InputError(f"{path} is a damaged deconv3d checkpoint (non-finite weights): retrain the model")
     try:
         model.load_state_dict(data["state_dict"])
     except RuntimeError:
@@ -144,10 +150,17 @@ def load_checkpoint(path, device="cpu") -> TrainedAutoencoder:
         levels = check_levels(data["levels"]).astype(np.float32)
         shape = data.get("plane_shape")
         best = data.get("best_score")
+        pixel = data.get("pixel_size")  # absent from files written before it was recorded
+        if pixel is not None:
+            pixel = tuple(float(v) for v in pixel)
+            if len(pixel) != 2 or not all(np.isfinite(v) and v > 0 for v in pixel):
+                raise ValueError("pixel size out of range")
         return TrainedAutoencoder(model, model.config, config, levels,
                                   None if shape is None else tuple(int(n) for n in shape),
-                                  None if best is None else float(best))
-    except InputError:
-        raise
+                                  None if best is None else float(best), pixel)
+    except InputError as exc:  # a field out of range: name the file, not the training option
+        if str(path) in str(exc):
+            raise
+        raise InputError(f"{path} is a damaged deconv3d checkpoint ({exc}): retrain the model") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InputError(f"{path} is a damaged deconv3d checkpoint ({type(exc).__name__}): retrain the model") from None

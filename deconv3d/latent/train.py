@@ -103,6 +103,8 @@ class LatentTrainConfig:
     def __post_init__(self):
         if self.residual is None:  # frozen: resolve the default once, so the checkpoint records it
             object.__setattr__(self, "residual", self.variant != "baseline")
+        if not isinstance(self.residual, (bool, np.bool_)):
+            raise InputError(f"residual must be True, False or None, got {self.residual!r}")
         for name, value, allowed in (("variant", self.variant, VARIANTS), ("dist", self.dist, DISTANCES),
                                      ("latent_norm", self.latent_norm, LATENT_NORMS),
                                      ("lr_decay", self.lr_decay, LR_DECAYS),
@@ -276,6 +278,17 @@ def _check_stacks(stacks, levels, ae_config: AEConfig) -> tuple[np.ndarray, np.n
         raise InputError(f"stacks must be (n_images, n_levels, H, W) or one (n_levels, H, W), got {x.shape}")
     if not np.isfinite(x).all():
         raise InputError("stacks contain NaN or Inf values: clean them first")
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    constant = np.argwhere(flat.max(axis=2) == flat.min(axis=2))
+    if constant.size:
+        i, k = constant[0]
+        raise InputError(f"stack {i} has a constant plane (level index {k}): such planes carry no blur to learn; "
+                         "remove them or the stack")
+    for i, planes in enumerate(flat):  # two equal planes make the latent distances between them zero
+        _, first, counts = np.unique(planes, axis=0, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            raise InputError(f"stack {i} repeats a plane (level index {int(first[counts > 1][0])}): each level "
+                             "must be its own focal plane; remove the copy")
     levels = check_levels(levels, x.shape[1])
     if ae_config.crop > min(x.shape[-2:]):
         raise InputError(f"planes {x.shape[-2:]} are smaller than the crop {ae_config.crop}: "

@@ -70,7 +70,7 @@ def test_train_on_one_stack_validates_on_tiles(tmp_path, make_stacks, capsys):
     code, _, err = run(["blur", "train", *stack, "-o", out, "--levels", "4", "0", "2", *TINY], capsys)
     assert code == 0, err
     trained = load_checkpoint(out)
-    assert trained.best_score is not None and trained.plane_shape == (16, 16)
+    assert trained.best_score is not None and trained.plane_shape == (32, 32)  # the planes, not the tiles
     assert trained.levels.tolist() == [0.0, 2.0, 4.0]
 
 
@@ -183,7 +183,18 @@ def test_train_errors(tmp_path, make_stacks, planes, capsys):
         (stacks, ["--val-fraction", "-0.5"], "--val-fraction"),
         (stacks, ["--variant", "baseline", "--residual"], "baseline"),
         (stacks, ["--latent-weight", "-1"], "latent_weight"),
+        (stacks, ["--levels", "0", "1", "1"], "twice"),
     ]
+    # Stacks the loss cannot learn from, and stacks of two samplings.
+    good = read_image(stacks[0]).data
+    flat, repeated = good.copy(), good.copy()
+    flat[2] = 7.0
+    repeated[2] = repeated[0]
+    for name, data, voxel in (("flat", flat, (0.5, 0.1, 0.1)), ("repeat", repeated, (0.5, 0.1, 0.1)),
+                              ("coarse", good, (0.5, 0.2, 0.2))):
+        write_tiff(tmp_path / f"{name}.tif", data, voxel_size=voxel)
+    cases += [([tmp_path / "flat.tif"], [], "constant plane"), ([tmp_path / "repeat.tif"], [], "repeats a plane"),
+              ([stacks[0], tmp_path / "coarse.tif"], [], "pixel size")]
     for inputs, options, word in cases:
         code, _, err = run(["blur", "train", *inputs, "-o", out, *TINY, *options], capsys)
         assert_one_line_error(code, err, word)
@@ -212,7 +223,12 @@ def test_synth_and_deblur_errors(planes, model, capsys):
         (["deblur", *base, p["far"], folder / "big.tif", "--alpha", 0.5], "shape"),
         (["deblur", *base, folder / "small.tif", folder / "small.tif", "--alpha", 0.5], "another size"),
         (["deblur", "--model", folder / "missing.ckpt", p["far"], p["mid"], "--alpha", 0.5], "does not exist"),
+        (["synth", *base, p["far"], folder / "coarse.tif", "--levels", 3], "pixel size"),  # two samplings
+        (["deblur", *base, folder / "coarse.tif", folder / "coarse2.tif", "--alpha", 0.5], "trained on planes of"),
+        (["synth", *base, p["far"], p["near"], "--levels", 3, "--range", 0, 1e39], "--range"),
     ]
+    write_tiff(folder / "coarse.tif", read_image(p["near"]).data, voxel_size=(0.2, 0.2))
+    write_tiff(folder / "coarse2.tif", read_image(p["mid"]).data, voxel_size=(0.2, 0.2))
     for argv, word in cases:
         code, _, err = run(["blur", *argv, "-o", out, "--device", "cpu"], capsys)
         assert_one_line_error(code, err, word)
@@ -268,3 +284,33 @@ def test_cli_choices_and_defaults_follow_the_library():
     defaults = LatentTrainConfig()
     assert (args.variant, args.dist, args.latent_weight, args.latent_norm) == (
         defaults.variant, defaults.dist, defaults.latent_weight, defaults.latent_norm)
+
+
+def test_checkpoint_keeps_the_planes_shape_and_pixel_size(tmp_path, make_stacks, capsys):
+    """One stack is tiled for validation; the checkpoint still records its planes' shape. Planes
+    without a pixel size take the model's, with a warning."""
+    stack = write_stacks(tmp_path, make_stacks, n=1, size=32)
+    out = tmp_path / "one.ckpt"
+    code, _, err = run(["blur", "train", *stack, "-o", out, *TINY], capsys)
+    assert code == 0, err
+    trained = load_checkpoint(out)
+    assert trained.plane_shape == (32, 32) and trained.pixel_size == pytest.approx((0.1, 0.1))
+    planes = read_image(stack[0]).data
+    write_tiff(tmp_path / "far.tif", planes[0])
+    write_tiff(tmp_path / "near.tif", planes[-1])
+    code, _, err = run(["blur", "synth", "--model", out, tmp_path / "far.tif", tmp_path / "near.tif", "--levels", 3,
+                        "-o", tmp_path / "levels.tif", "--device", "cpu"], capsys)
+    assert code == 0 and "assuming the model's (0.1, 0.1)" in err, err
+    assert read_image(tmp_path / "levels.tif").voxel_size[1:] == pytest.approx((0.1, 0.1))
+
+
+def test_a_checkpoint_with_non_finite_weights_is_damaged(planes, model, capsys):
+    folder, p = planes
+    data = torch.load(model, weights_only=True)
+    name = next(iter(data["state_dict"]))
+    data["state_dict"][name] = torch.full_like(data["state_dict"][name], float("nan"))
+    torch.save(data, folder / "nan.ckpt")
+    code, _, err = run(["blur", "synth", "--model", folder / "nan.ckpt", p["far"], p["near"], "--levels", 3,
+                        "-o", folder / "out.tif", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "damaged", "non-finite")
+    assert not (folder / "out.tif").exists()
