@@ -168,3 +168,21 @@ def test_numba_import_error_reports_a_working_install():
     expected = None if _rl_ops.numba_available() else "ModuleNotFoundError"
     error = _rl_ops._numba_import_error()
     assert error == expected or (expected and error.startswith(expected))
+
+
+@needs_numba
+def test_fused_passes_read_inputs_of_any_strides():
+    """The kernels read rows as contiguous slices; an input whose rows are not contiguous (a
+    transposed tensor given to richardson_lucy) is copied first, so the result is the same."""
+    r = torch.Generator().manual_seed(1)
+    data = (torch.rand((5, 9, 7), generator=r) * 4).transpose(1, 2)  # (5, 7, 9), x stride 7
+    blurred = torch.rand((5, 7, 9), generator=r) + 0.1
+    assert data.stride(-1) != 1
+    outs = []
+    for ops in (TorchOps, FusedOps):
+        out = torch.empty((5, 7, 9))
+        ops.ratio(data, blurred.clone(), 0.5, out)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    with pytest.raises(ValueError, match="contiguous"):
+        FusedOps.ratio(data, blurred, 0.5, torch.empty((5, 9, 7)).transpose(1, 2))
