@@ -27,12 +27,13 @@ def chunked(image, fn, chunks, halo=None):
 
 
 @pytest.mark.parametrize("chunks", CHUNKS)
-@pytest.mark.parametrize("tv_weight", [0.0, 0.01], ids=["rl", "rl-tv"])
-def test_rl_chunked_equals_whole(volume, psf3d, chunks, tv_weight):
-    fn = RichardsonLucyBlock(psf3d, iterations=8, tv_weight=tv_weight)
+@pytest.mark.parametrize("tv_weight, boundary", [(0.0, "bertero"), (0.01, "bertero"), (0.0, "reflect")],
+                         ids=["rl", "rl-tv", "rl-reflect"])
+def test_rl_chunked_equals_whole(volume, psf3d, chunks, tv_weight, boundary):
+    fn = RichardsonLucyBlock(psf3d, iterations=8, tv_weight=tv_weight, boundary=boundary)
     halo = fn.halo()
     assert all(h < c for h, c in zip(halo, (24, 48, 48)))  # the halo does not cover the volume: seams exist
-    whole = richardson_lucy(volume, psf3d, 8, tv_weight=tv_weight, device="cpu")
+    whole = richardson_lucy(volume, psf3d, 8, tv_weight=tv_weight, boundary=boundary, device="cpu")
     result = chunked(volume, fn, chunks)
     assert result.shape == whole.shape
     assert psnr(whole, result) >= 50
