@@ -99,8 +99,8 @@ def _warn_unused_options(args) -> None:
     training = selfsup.training_defaults()
     defaults = {**_DEFAULTS, **{d: v for d, v in training.items() if d != "steps"}}
 
-    def given(dests):
-        return [_flag(d) for d in dests if getattr(args, d) != defaults[d]]
+    def given(dests):  # (an option missing from the parser that built ``args`` counts as not given)
+        return [_flag(d) for d in dests if d in defaults and getattr(args, d, defaults[d]) != defaults[d]]
 
     def warn(flags, one, many, why):
         names = ", ".join(flags[:-1]) + " and " + flags[-1] if len(flags) > 1 else flags[0]
