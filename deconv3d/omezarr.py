@@ -241,7 +241,8 @@ def _open_group(path: Path):
     try:
         return zarr.open_group(str(path), mode="r")
     except Exception as exc:
-        raise InputError(f"cannot open {path} as OME-Zarr: {_one_line(exc)}") from exc
+        raise InputError(f"cannot open {path} as OME-Zarr ({_one_line(exc)}): give an OME-Zarr image group, "
+                         "e.g. one written by deconv3d or bioformats2raw") from exc
 
 
 class ZarrReader:

@@ -24,7 +24,7 @@ def add_chunk_options(p, defaults=True) -> None:
                    "(a 2D image uses Y X)")
     g.add_argument("--memory-limit", metavar="SIZE", help="peak memory budget, e.g. 4GB: picks the largest "
                    "blocks that fit (default: whole volume unless --chunks)")
-    g.add_argument("--pyramid-levels", type=int, default=0 if defaults else None, metavar="N",
+    g.add_argument("--pyramid-levels", type=_non_negative_int, default=0 if defaults else None, metavar="N",
                    help="extra 2x down-sampled levels in a .zarr output (default 0)")
 
 
@@ -172,3 +172,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     for row in failed:
         print(f"deconv3d: failed: {row['file']}: {row['reason']}", file=sys.stderr)
     return 3 if failed else 0
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value

@@ -1,5 +1,6 @@
 """The memory model picks chunk shapes that fit a budget; a network's chunks follow its pooling grid."""
 
+import numpy as np
 import pytest
 
 from deconv3d.errors import InputError
@@ -33,3 +34,25 @@ def test_reflect_rl_counts_its_mirrored_block():
     """The reflect boundary mirrors the block by the PSF half-size before the Bertero model."""
     bertero, reflect = MemoryModel("rl", (9, 9, 9)), MemoryModel("rl", (9, 9, 9), boundary="reflect")
     assert reflect.block_bytes((32, 64, 64)) == bertero.block_bytes((40, 72, 72))
+
+
+def test_the_memory_baseline_is_measured_after_the_blocks_load_their_libraries(monkeypatch):
+    """The numba passes hold about 110 MB once loaded; measured before them, the baseline let a
+    run exceed its --memory-limit by that much."""
+    import deconv3d.pipeline as pipeline
+    from deconv3d.pipeline import RichardsonLucyBlock
+
+    events = []
+
+    class Block:
+        def load(self):
+            events.append("load")
+
+    def rss():
+        events.append("rss")
+        return 100 * 2**20
+
+    monkeypatch.setattr(pipeline, "current_rss", rss)
+    pipeline._spatial_plan((32, 64, 64), [Block()], None, (4, 4, 4), "2GB", MemoryModel("rl", (9, 9, 9)), 1)
+    assert events[0] == "load" and "rss" in events
+    RichardsonLucyBlock(np.ones((3, 3, 3), np.float32) / 27).load()  # loads the element-wise backend, no error

@@ -106,9 +106,13 @@ def test_batch_failing_file_exit_3_others_complete_and_resume(folder, capsys):
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--memory-limit", "1kB"],
      ["too small", "--memory-limit"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--method", "ssl"], ["--model"]),
+    (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--pyramid-levels", "-1"],
+     ["--pyramid-levels", "0 or more"]),
+    (["deconvolve", "empty.zarr", "--psf", "psf.tif", "-o", "x.zarr"], ["as OME-Zarr", "image group"]),
 ])
 def test_bad_input_one_line_exit_2(folder, capsys, monkeypatch, argv, words):
     monkeypatch.chdir(folder)
+    (folder / "empty.zarr").mkdir()
     code, _, err = run(argv, capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("deconv3d: error: "), err
