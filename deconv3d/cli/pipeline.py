@@ -22,8 +22,8 @@ def add_chunk_options(p, defaults=True) -> None:
     g.add_argument("--chunks", type=positive_int, nargs=3, metavar=("Z", "Y", "X"),
                    help="core block shape; each block also gets a halo that the method needs "
                    "(a 2D image uses Y X)")
-    g.add_argument("--memory-limit", metavar="SIZE", help="peak memory budget, e.g. 4GB: picks the largest "
-                   "blocks that fit (default: whole volume unless --chunks)")
+    g.add_argument("--memory-limit", metavar="SIZE", help="peak memory budget of one process, e.g. 4GB: picks "
+                   "the largest blocks that fit (default: whole volume unless --chunks)")
     g.add_argument("--pyramid-levels", type=_non_negative_int, default=0 if defaults else None, metavar="N",
                    help="extra 2x down-sampled levels in a .zarr output (default 0)")
 
