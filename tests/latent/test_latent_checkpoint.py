@@ -162,3 +162,23 @@ def test_residual_form_is_the_default_except_for_baseline_and_old_checkpoints():
     assert stored["residual"] is True and train_config_from_dict(stored).residual is True
     del stored["residual"]  # a checkpoint from before residual training existed: the paper's form
     assert train_config_from_dict(stored).residual is False
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: d["train"].update(variant="fancy"), ["variant must be one of"]),
+    (lambda d: d["train"].update(residual="no"), ["residual must be"]),
+    (lambda d: d.update(levels=[0.0, 1.0]), ["levels"]),
+    (lambda d: d.update(pixel_size=[0.1, -1.0]), ["ValueError"]),
+])
+def test_a_field_out_of_range_names_the_damaged_file(tmp_path, damage, words):
+    """Not the training option's own message alone (the user ran synth, not train)."""
+    path = tmp_path / "ae.ckpt"
+    save_checkpoint(trained(), path)
+    data = torch.load(path, weights_only=True)
+    damage(data)
+    torch.save(data, path)
+    with pytest.raises(InputError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "damaged deconv3d checkpoint" in message and "retrain" in message
+    assert all(w in message for w in words), message
