@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from deconv3d.errors import InputError
@@ -139,15 +138,6 @@ def load_model(args):
     if args.model and args.steps:
         raise InputError("give either --model or --train-steps for --method ssl, not both")
     return load_checkpoint(args.model, device="cpu") if args.model else None
-
-
-def model_voxel_size(args, trained, voxel):
-    """``voxel``, or the model's own voxel size (with a warning) for an image that carries none."""
-    if voxel is None and trained.voxel_size is not None:  # keep the calibration the model carries
-        voxel = tuple(trained.voxel_size)
-        print(f"deconv3d: warning: {args.input} carries no voxel size; assuming the model's {voxel} µm "
-              f"(pass --voxel-size DZ DY DX to check it)", file=sys.stderr)
-    return voxel
 
 
 def deconvolve_ssl(args, image, psf, voxel, trained=None):

@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 from pathlib import Path
 
 from deconv3d.errors import InputError
 
 __all__ = ["deconvolve_file"]
-
-
-def _model_voxel(settings, voxel, input_path: Path, ndim: int):
-    """``voxel``, or for an image that carries none the ssl model's own (said on stderr)."""
-    if voxel is not None:
-        return voxel
-    from deconv3d.selfsup import load_checkpoint
-
-    own = load_checkpoint(settings.model, device="cpu").voxel_size
-    if own is None or len(own) != ndim:
-        return voxel
-    print(f"deconv3d: warning: {input_path.name} carries no voxel size; assuming the model's {tuple(own)} µm "
-          f"(pass --voxel-size DZ DY DX to check it)", file=sys.stderr)
-    return tuple(own)
 
 
 def deconvolve_file(input_path, output_path, settings, *, client=None, workers: int = 1, progress=None,
@@ -53,7 +38,9 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
             raise InputError(f"{input_path.name} has {channels} channel(s) but {wanted} PSFs were given: "
                              f"give one PSF (or wavelength) per channel, or one for all")
     if settings.method == "ssl":  # the model carries its PSF; one given is checked against it (build_block_fn)
-        voxel = _model_voxel(settings, voxel, input_path, len(spatial_shape))
+        from deconv3d.selfsup import load_checkpoint
+
+        voxel = load_checkpoint(settings.model, device="cpu").voxel_for(voxel, len(spatial_shape), input_path.name)
         psfs = [load_psfs_for(settings, spatial_shape, voxel, fit_image=False)[0]
                 if (settings.psf or settings.wavelength) else None]
     else:

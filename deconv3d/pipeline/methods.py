@@ -72,11 +72,10 @@ class RichardsonLucyBlock:
         element-wise passes hold about 110 MB once loaded, which no block-size model counts."""
         import torch
 
-        from deconv3d._rl_ops import FusedOps, _ready, ops_for
+        from deconv3d._rl_ops import preload
         from deconv3d.fft import resolve_device
 
-        if ops_for(resolve_device(self.device), torch.float32) is FusedOps:
-            _ready()
+        preload(resolve_device(self.device), torch.float32)
 
     def with_alpha_schedule(self, data, block_shape) -> "RichardsonLucyBlock":
         """A copy that replays the acceleration steps measured on the central ``block_shape`` of ``data``.

@@ -12,6 +12,7 @@ it runs.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -57,6 +58,16 @@ class TrainedModel:
         """From a :class:`deconv3d.selfsup.train.TrainResult`."""
         return cls(result.model, result.unet, result.config, result.mean, result.std, result.psf,
                    result.voxel_size, result.reference)
+
+    def voxel_for(self, voxel_size, ndim: int, source) -> tuple | None:
+        """``voxel_size``, or for an image that carries none (``source``, for the message) the
+        model's own, said on stderr, when it has one per axis of the ``ndim``-D image."""
+        own = self.voxel_size
+        if voxel_size is not None or own is None or len(own) != ndim:
+            return voxel_size
+        print(f"deconv3d: warning: {source} carries no voxel size; assuming the model's {tuple(own)} µm "
+              f"(pass --voxel-size DZ DY DX to check it)", file=sys.stderr)
+        return tuple(own)
 
     def check_compatible(self, image_ndim: int, psf=None, voxel_size: Sequence[float] | None = None) -> None:
         """Raise :class:`InputError` if the model was trained for another dimensionality or PSF."""
