@@ -371,7 +371,7 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     return normalize_psf(np.clip(out, 0, None))
 
 
-def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999) -> np.ndarray:
+def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999, fit_image: bool = True) -> np.ndarray:
     """Make a PSF ready for deconvolving an image.
 
     Validate, resample to the image voxel size (when both are known and differ),
@@ -387,6 +387,9 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
         Voxel sizes in micrometres.
     energy : float, optional
         Fraction of the PSF intensity kept by :func:`crop_psf`.
+    fit_image : bool, optional
+        Refuse a PSF larger than the image (default). ``False`` for a PSF that is only compared
+        with another, e.g. a trained network's, which crops its own (:func:`fit_psf`).
 
     Returns
     -------
@@ -410,7 +413,7 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     if psf_voxel is not None and image_voxel is not None:
         psf = resample_psf(psf, psf_voxel, image_voxel)
     psf = crop_psf(center_psf(psf), energy)
-    if any(p > n for p, n in zip(psf.shape, image_shape)):
+    if fit_image and any(p > n for p, n in zip(psf.shape, image_shape)):
         raise InputError(
             f"PSF {psf.shape} is larger than the image {image_shape}: crop the PSF (or generate it "
             "with a smaller shape) or use a larger image"

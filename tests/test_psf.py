@@ -243,3 +243,12 @@ def test_distill_psf_without_isolated_beads():
     noise = rng.normal(0, 1.0, (20, 40, 40)).astype(np.float32)
     with pytest.raises(InputError, match="no isolated beads found"):
         distill_psf(noise, size=(41, 41, 41))
+
+
+def test_prepare_psf_for_comparison_only_may_be_larger_than_the_image():
+    """fit_image=False: a PSF only compared with a trained network's (which crops its own)."""
+    psf = gaussian((9, 11, 11), (1.5, 1.0, 1.0))
+    with pytest.raises(InputError, match="larger than the image"):
+        prepare_psf(psf, (5, 40, 40))
+    out = prepare_psf(psf, (5, 40, 40), fit_image=False)
+    np.testing.assert_array_equal(out, prepare_psf(psf, (40, 40, 40)))

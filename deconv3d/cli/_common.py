@@ -79,10 +79,8 @@ def load_psf(args, image, voxel, fit_image: bool = True):
 
     if args.psf:
         psf = read_image(args.psf)
-        shape = image.data.shape
-        if not fit_image and psf.data.ndim == len(shape):
-            shape = tuple(max(n, k) for n, k in zip(shape, psf.data.shape))
-        return prepare_psf(psf.data, shape, psf_voxel=psf.voxel_size, image_voxel=voxel)
+        return prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel,
+                           fit_image=fit_image)
     if args.na is None or args.wavelength is None:
         raise InputError("--psf-model needs --na and --wavelength: add them, or give a measured --psf file")
     if voxel is None or len(voxel) != 3 or image.data.ndim != 3:

@@ -224,10 +224,8 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     wavelength = wavelength if wavelength is not None else (_many(settings.wavelength) or (None,))[0]
     if psf:
         image = read_image(psf)
-        shape = tuple(spatial_shape)
-        if not fit_image and image.data.ndim == len(shape):
-            shape = tuple(max(n, k) for n, k in zip(shape, image.data.shape))
-        return prepare_psf(image.data, shape, psf_voxel=image.voxel_size, image_voxel=voxel)
+        return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=image.voxel_size, image_voxel=voxel,
+                           fit_image=fit_image)
     if voxel is None or len(spatial_shape) != 3:
         raise InputError("psf_model needs a 3D image with a known voxel size: set voxel_size or use a PSF file")
     airy = 0.61 * wavelength / settings.na
