@@ -50,6 +50,7 @@ class LazyImage:
     path: Path
     reader: object = None  # reads any region from the file directly (see ZarrReader, TiffReader)
     voxel_problem: str | None = None  # why a voxel size recorded in the file was not usable (see io.Image)
+    time_axis: tuple | None = None  # (step, unit or None) of a T axis that an OME-Zarr file calibrates
 
 
 def open_lazy(path) -> LazyImage:
@@ -294,7 +295,12 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
     if data.dtype != np.float32:
         data = data.astype(np.float32)
     reader = ZarrReader(path, component, shape=data.shape)
-    return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader)
+    time_axis = None
+    if "T" in axes:  # kept for the output, which would otherwise say 1 with no unit
+        t = axes.index("T")
+        if scale[t] != 1 or units[t]:
+            time_axis = (float(scale[t]), units[t])
+    return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader, time_axis=time_axis)
 
 
 def _zarr_voxel(axes: str, scale, units, base_scale):
@@ -322,28 +328,30 @@ def read_ome_zarr(path, level: int = 0):
     return np.asarray(lazy.data.compute()), lazy.voxel_size, lazy.axes, dict(_open_group(path).attrs)
 
 
-def _axes_metadata(axes: str, calibrated: bool = True) -> list[dict]:
-    """NGFF axes; space axes carry ``micrometer`` only when the voxel size is known."""
+def _axes_metadata(axes: str, calibrated: bool = True, time_unit: str | None = None) -> list[dict]:
+    """NGFF axes; space axes carry ``micrometer`` only when the voxel size is known, time its unit."""
     out = []
     for a in axes.lower():
         entry = {"name": a, "type": _AXIS_TYPES[a]}
         if entry["type"] == "space" and calibrated:
             entry["unit"] = "micrometer"
+        if entry["type"] == "time" and time_unit:
+            entry["unit"] = time_unit
         out.append(entry)
     return out
 
 
-def _full_scale(axes: str, voxel_size, factors) -> list[float]:
+def _full_scale(axes: str, voxel_size, factors, time_step: float = 1.0) -> list[float]:
     spatial = iter(voxel_size) if voxel_size is not None else None
     scale = []
     for a, f in zip(axes, factors):
         base = float(next(spatial)) if (spatial is not None and a in "ZYX") else 1.0
-        scale.append(base * f)
+        scale.append((time_step if a == "T" else base) * f)
     return scale
 
 
 def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenance: dict | None = None,
-                    name: str | None = None):
+                    name: str | None = None, time_axis: tuple | None = None):
     """Create an empty OME-Zarr v0.5 image group (level ``0`` only) and return its level-0 array.
 
     Parameters
@@ -359,10 +367,13 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
         One value in micrometres per spatial axis (z, y, x).
     provenance : dict, optional
         Stored verbatim (JSON) as the group's ``deconv3d`` attribute.
+    time_axis : (float, str or None), optional
+        Step and unit of the ``T`` axis (:attr:`LazyImage.time_axis` of the input); default 1, no unit.
     """
     import zarr
 
     axes = axes.upper()
+    time_step, time_unit = time_axis if time_axis is not None else (1.0, None)
     if len(axes) != len(shape):
         raise InputError(f"axes {axes!r} do not match an array of shape {tuple(shape)}")
     if voxel_size is not None and len(voxel_size) != sum(a in "ZYX" for a in axes):
@@ -370,8 +381,8 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     arr = group.create_array("0", shape=tuple(shape), chunks=tuple(int(c) for c in chunks), dtype="float32",
                              fill_value=0.0, dimension_names=list(axes.lower()))
-    ms = {"name": name or Path(path).stem, "axes": _axes_metadata(axes, voxel_size is not None),
-          "datasets": [_dataset("0", _full_scale(axes, voxel_size, [1] * len(axes)))]}
+    ms = {"name": name or Path(path).stem, "axes": _axes_metadata(axes, voxel_size is not None, time_unit),
+          "datasets": [_dataset("0", _full_scale(axes, voxel_size, [1] * len(axes), time_step))]}
     attrs = {"ome": {"version": OME_VERSION, "multiscales": [ms]}}
     if provenance is not None:
         attrs["deconv3d"] = provenance

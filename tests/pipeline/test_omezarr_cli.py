@@ -226,3 +226,26 @@ def test_chunked_and_batch_ssl_check_the_model_first(folder, capsys):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "text.ckpt" in lines[0], err
     assert not (folder / "bout").exists()
+
+
+def test_the_time_axis_keeps_its_step_and_unit(tmp_path, capsys):
+    """A TZYX OME-Zarr input with a 30 s time step: the output (and its pyramid) says so too."""
+    import zarr
+
+    psf = gaussian_psf()
+    stack = np.stack([blurred_beads((12, 24, 24), psf, seed=s) for s in (0, 1)])
+    write_ome_zarr(tmp_path / "in.zarr", stack, voxel_size=(0.3, 0.1, 0.1), axes="TZYX")
+    group = zarr.open_group(str(tmp_path / "in.zarr"), mode="r+")
+    attrs = dict(group.attrs)
+    attrs["ome"]["multiscales"][0]["axes"][0]["unit"] = "second"
+    attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][0] = 30.0
+    group.attrs.update(attrs)
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "in.zarr", "-o", tmp_path / "out.zarr", "--psf", tmp_path / "psf.tif",
+                        "--iterations", 2, "--pyramid-levels", 1], capsys)
+    assert code == 0, err
+    ms = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["ome"]["multiscales"][0]
+    assert ms["axes"][0] == {"name": "t", "type": "time", "unit": "second"}
+    scales = [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]]
+    assert len(scales) == 2 and all(s[0] == 30.0 for s in scales)
+    assert scales[0][1:] == pytest.approx([0.3, 0.1, 0.1])
