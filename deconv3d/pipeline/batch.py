@@ -237,11 +237,12 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     return prepare_psf(psf, tuple(spatial_shape), psf_voxel=voxel, image_voxel=voxel)
 
 
-def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None):
+def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, trained=None):
     """(block callable, memory model, parameters) for ``settings`` and a prepared PSF.
 
-    For ``ssl`` the PSF is optional; the model is checked against it, ``voxel`` and the
-    image's dimensionality ``ndim`` (when given) before the block is built.
+    For ``ssl`` the PSF is optional; the model (``trained``, else loaded from ``settings.model``)
+    is checked against it, ``voxel`` and the image's dimensionality ``ndim`` (when given) before
+    the block is built.
     """
     from deconv3d.pipeline.memory import MemoryModel
     from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock
@@ -249,7 +250,7 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None):
     if settings.method == "ssl":
         from deconv3d.selfsup import load_checkpoint
 
-        trained = load_checkpoint(settings.model, device="cpu")
+        trained = load_checkpoint(settings.model, device="cpu") if trained is None else trained
         trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
         weights = sum(p.numel() * 4 for p in trained.model.parameters())
         block = NetworkBlock(trained, device=settings.device, tta=settings.tta,

@@ -37,15 +37,17 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
         if channels != wanted:
             raise InputError(f"{input_path.name} has {channels} channel(s) but {wanted} PSFs were given: "
                              f"give one PSF (or wavelength) per channel, or one for all")
+    trained = None
     if settings.method == "ssl":  # the model carries its PSF; one given is checked against it (build_block_fn)
         from deconv3d.selfsup import load_checkpoint
 
-        voxel = load_checkpoint(settings.model, device="cpu").voxel_for(voxel, len(spatial_shape), input_path.name)
+        trained = load_checkpoint(settings.model, device="cpu")
+        voxel = trained.voxel_for(voxel, len(spatial_shape), input_path.name)
         psfs = [load_psfs_for(settings, spatial_shape, voxel, fit_image=False)[0]
                 if (settings.psf or settings.wavelength) else None]
     else:
         psfs = load_psfs_for(settings, spatial_shape, voxel)
-    built = [build_block_fn(settings, p, voxel, ndim=len(spatial_shape)) for p in psfs]
+    built = [build_block_fn(settings, p, voxel, ndim=len(spatial_shape), trained=trained) for p in psfs]
     psf = psfs[0]
     block, model, params = built[0]
     if len(built) > 1:  # one block function per channel; the largest PSF sets the memory model

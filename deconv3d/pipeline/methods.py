@@ -26,8 +26,9 @@ root of its second central moment; see :func:`rl_halo`, :func:`wiener_halo`):
   halo of 8 voxels gives 72/62/56 dB at lambda 1e-2/1e-3/1e-4, 12 voxels 77/65/59 dB.
 * Self-supervised network: its receptive field radius, derived from the UNet's layers
   (:func:`deconv3d.selfsup.unet.receptive_radius`), at least the PSF half-size, rounded up to
-  whole pooling cells (``2**depth``) so that blocks keep the down-sampling phase of a whole-volume pass; for exact
-  agreement the chunk shape should also be a multiple of ``2**depth``.
+  whole pooling cells (``2**depth``) so that blocks keep the down-sampling phase of a
+  whole-volume pass; for exact agreement the chunk shape should also be a multiple of
+  ``2**depth``.
 """
 
 from __future__ import annotations
