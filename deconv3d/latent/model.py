@@ -66,8 +66,10 @@ class AEConfig:
 
     def __post_init__(self):
         try:
+            if isinstance(self.widths, (str, bytes)) or any(isinstance(w, bool) or int(w) != w for w in self.widths):
+                raise ValueError
             widths = tuple(int(w) for w in self.widths)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InputError(f"widths must be a sequence of positive integers, got {self.widths!r}") from None
         if not widths or min(widths) < 1:
             raise InputError(f"widths must be a non-empty sequence of positive integers, got {self.widths!r}")

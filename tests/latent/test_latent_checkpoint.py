@@ -169,6 +169,7 @@ def test_residual_form_is_the_default_except_for_baseline_and_old_checkpoints():
     (lambda d: d["train"].update(residual="no"), ["residual must be"]),
     (lambda d: d.update(levels=[0.0, 1.0]), ["levels"]),
     (lambda d: d.update(pixel_size=[0.1, -1.0]), ["ValueError"]),
+    (lambda d: d["model"].update(widths="48"), ["widths must be"]),  # read as (4, 8) before
 ])
 def test_a_field_out_of_range_names_the_damaged_file(tmp_path, damage, words):
     """Not the training option's own message alone (the user ran synth, not train)."""

@@ -100,6 +100,12 @@ def test_bad_train_config_is_input_error(kwargs):
         AEConfig(widths=(4, 8), crop=18)
 
 
+@pytest.mark.parametrize("widths", ["48", (4.5, 8), (True, 8), (4, float("inf")), ()])
+def test_widths_must_be_whole_positive_numbers(widths):
+    with pytest.raises(InputError, match="widths must be"):
+        AEConfig(widths=widths, crop=16)
+
+
 def test_residual_validation_scores_the_residual_form(make_stacks):
     data = make_stacks(n_images=4)
     config = quick(steps=10, val_every=5, val_fraction=0.5, residual=True)
