@@ -155,7 +155,7 @@ def richardson_lucy(
     """
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype)
-    _check_options(iterations, boundary, tv_weight, tol, y.ndim, voxel_size)
+    iterations = _check_options(iterations, boundary, tv_weight, tol, y.ndim, voxel_size)
     if extended and boundary != "bertero":
         raise InputError(f"extended=True needs boundary='bertero' (the only one that estimates the object beyond "
                          f"the image), got {boundary!r}")
@@ -185,7 +185,7 @@ def rl_alpha_schedule(image, psf, iterations: int = 20, *, boundary: str = "bert
     """
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype)
-    _check_options(iterations, boundary, tv_weight, None, y.ndim, voxel_size)
+    iterations = _check_options(iterations, boundary, tv_weight, None, y.ndim, voxel_size)
     problem = _build_problem(y, h, boundary)
     tv = _TV.for_problem(problem, tv_weight, voxel_size)
     record: list[float] = []
@@ -282,7 +282,7 @@ def choose_iterations(
     """
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype)
-    _check_options(max_iterations, boundary, tv_weight, None, y.ndim, voxel_size)
+    max_iterations = _check_options(max_iterations, boundary, tv_weight, None, y.ndim, voxel_size)
     if max_iterations < 1:
         raise InputError(f"max_iterations must be at least 1, got {max_iterations}")
     if not (isinstance(patience, numbers.Integral) and patience >= 1):
@@ -364,7 +364,8 @@ def _check_inputs(image, psf, device, dtype):
     return y, h
 
 
-def _check_options(iterations, boundary, tv_weight, tol, ndim, voxel_size):
+def _check_options(iterations, boundary, tv_weight, tol, ndim, voxel_size) -> int:
+    """Refuse bad options; returns ``iterations`` as an int (3.0 and numpy integers are accepted)."""
     if not (isinstance(iterations, numbers.Real) and math.isfinite(iterations)
             and int(iterations) == iterations and iterations >= 0):
         raise InputError(f"iterations must be a non-negative integer, got {iterations}")
@@ -375,6 +376,7 @@ def _check_options(iterations, boundary, tv_weight, tol, ndim, voxel_size):
         raise InputError(f"tv_weight must be in [0, {limit:.3g}) for this data, got {tv_weight}: lower it")
     if tol is not None and not tol > 0:
         raise InputError(f"tol must be positive, got {tol}")
+    return int(iterations)
 
 
 def _spacing(ndim: int, voxel_size) -> list[float]:

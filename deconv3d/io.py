@@ -27,7 +27,7 @@ from deconv3d.errors import InputError
 __all__ = ["Image", "read_image", "write_tiff", "check_output_path", "TIFF_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-_FORMATS = "supported formats are .tif and .tiff (OME-Zarr support comes later)"
+_FORMATS = "use .tif or .tiff"
 
 # Micrometres per unit; keys are lower-case with the micro sign normalised to "u".
 _UNIT_TO_UM = {
@@ -101,7 +101,7 @@ def read_image(path) -> Image:
     _check_suffix(path, "input")
     try:
         with _tifffile_log() as log:
-            with tifffile.TiffFile(path) as tif:
+            with open_tiff(path) as (tif, _):
                 series = tif.series[0]
                 data = series.asarray()
                 file_axes = _series_axes(tif, series)
@@ -142,6 +142,36 @@ def _tifffile_log():
         logger.removeFilter(keep)
         for record in records:
             logger.handle(record)
+
+
+@contextlib.contextmanager
+def open_tiff(path: Path):
+    """``(TiffFile, options)``, its first series being the file's image; ``options`` are the
+    ``tifffile`` keywords that open it so (e.g. for ``tifffile.imread(..., **options)``).
+
+    Planes written one series each (``tifffile.imwrite(..., append=True)`` in a loop) are read
+    as one stack, as Fiji opens them. Several images of other shapes, or an OME-TIFF holding
+    several fields, are refused rather than cut down to the first; a reduced-resolution copy
+    (a thumbnail, subfile type 1) is not another image.
+    """
+    options: dict = {}
+    tif = tifffile.TiffFile(path)
+    try:
+        series = [tif.series[0]] + [s for s in tif.series[1:] if not (s.pages and s.pages[0].is_reduced)]
+        if len(series) > 1:
+            shapes = {(tuple(n for n in s.shape if n != 1), np.dtype(s.dtype)) for s in series}
+            planes = len(shapes) == 1 and len(next(iter(shapes))[0]) == 2 and not tif.is_ome
+            if planes:
+                tif.close()
+                options = {"is_shaped": False}  # tifffile's generic reading: uniform pages are one stack
+                tif = tifffile.TiffFile(path, **options)
+            if not planes or len(tif.series[0].pages) != len(series):
+                listed = ", ".join(str(tuple(s.shape)) for s in series[:3]) + (", ..." if len(series) > 3 else "")
+                raise InputError(f"{path} holds {len(series)} separate images (shapes {listed}): save the one "
+                                 "to deconvolve as its own file (Fiji: open it with Bio-Formats, then File > Save As)")
+        yield tif, options
+    finally:
+        tif.close()
 
 
 def _check_complete(tif: tifffile.TiffFile, series, log, path: Path) -> None:
@@ -243,8 +273,8 @@ def check_output_path(output, inputs=(), suffixes=None) -> None:
     Raises
     ------
     InputError
-        If the output is one of the inputs, has an unsupported suffix, or its
-        directory does not exist or is not writable.
+        If the output is one of the inputs, lies inside one or holds one, has an
+        unsupported suffix, or its directory does not exist or is not writable.
     """
     output = Path(output)
     if isinstance(inputs, (str, os.PathLike)):
@@ -252,6 +282,10 @@ def check_output_path(output, inputs=(), suffixes=None) -> None:
     for inp in inputs:
         if inp is not None and _same_file(output, Path(inp)):
             raise InputError(f"output path equals the input {inp}: choose another output name")
+        # An output folder (.zarr) is replaced whole, and one inside an input folder changes it.
+        if inp is not None and (_inside(output, Path(inp)) or _inside(Path(inp), output)):
+            raise InputError(f"output {output} and input {inp} lie one inside the other: choose an output "
+                             "outside the input, and not one that contains it")
     if suffixes is not None and output.suffix.lower() not in suffixes:
         raise InputError(f"unsupported output format '{output.suffix}' for {output}: use {' or '.join(suffixes)}")
     _check_writable_target(output, check_suffix=suffixes is None)
@@ -285,6 +319,12 @@ def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
 def _is_zarr_image(path: Path) -> bool:
     """A ``.zarr`` folder holding a zarr group: a previous output, replaced once the new one is complete."""
     return path.suffix.lower() == ".zarr" and any((path / f).is_file() for f in ("zarr.json", ".zgroup"))
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """Whether ``a`` lies (strictly) inside folder ``b``, links resolved."""
+    a, b = a.resolve(), b.resolve()
+    return a != b and a.is_relative_to(b)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -342,10 +382,15 @@ def _refuse_colour(kept_axes: str, path: Path) -> None:
 def _as_float32(data: np.ndarray, path: Path) -> np.ndarray:
     if np.iscomplexobj(data):
         raise InputError(f"image {path} has complex values: save the intensity (magnitude) instead")
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    if not np.isfinite(data).all():
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.ascontiguousarray(data, dtype=np.float32)
+    if not np.isfinite(converted).all():
+        if np.isfinite(data).all():  # finite in the file: float64 values beyond float32's range
+            peak = float(np.abs(data).max())
+            raise InputError(f"image {path} has values up to {peak:.3g}, beyond the float32 range (3.4e38) "
+                             "deconv3d computes in: rescale the image and save it again")
         raise InputError(f"image {path} contains NaN or Inf values: replace them (e.g. with 0) and save it again")
-    return data
+    return converted
 
 
 # ------------------------------------------------------------ voxel size ---

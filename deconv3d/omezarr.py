@@ -89,9 +89,10 @@ class _TiffArray:
     _lock = threading.Lock()
     _MAX_OPEN = 8
 
-    def __init__(self, path: Path, shape, dtype, token: str = ""):
+    def __init__(self, path: Path, shape, dtype, token: str = "", options: dict | None = None):
         self.path, self.shape, self.dtype, self.ndim = str(path), tuple(shape), np.dtype(dtype), len(shape)
         self.token = token or self.path
+        self.options = dict(options or {})  # how deconv3d.io.open_tiff opened the file
 
     def _array(self):
         import tifffile
@@ -100,7 +101,7 @@ class _TiffArray:
         with self._lock:
             entry = self._open.get(self.token)
             if entry is None:
-                store = tifffile.imread(self.path, aszarr=True, series=0, level=0)
+                store = tifffile.imread(self.path, aszarr=True, series=0, level=0, **self.options)
                 entry = self._open[self.token] = (store, zarr.open(store, mode="r"))
                 while len(self._open) > self._MAX_OPEN:
                     _, (old, _) = self._open.popitem(last=False)
@@ -147,13 +148,12 @@ class TiffReader:
 
 def _open_tiff(path: Path) -> LazyImage:
     import dask.array as da
-    import tifffile
 
-    from deconv3d.io import _series_axes
+    from deconv3d.io import _series_axes, open_tiff
 
     try:
         with _tifffile_log() as log:
-            with tifffile.TiffFile(path) as tif:
+            with open_tiff(path) as (tif, options):
                 series = tif.series[0]
                 axes, shape, dtype = _series_axes(tif, series), series.shape, series.dtype
                 voxel = _voxel_size_um(tif)
@@ -171,7 +171,7 @@ def _open_tiff(path: Path) -> LazyImage:
     plane = page_shape[-2:] if len(page_shape) >= 2 else shape[-2:]
     chunks = (1,) * (len(shape) - 2) + tuple(plane)
     token = _path_token(path)
-    source = _TiffArray(path, shape, dtype, token)
+    source = _TiffArray(path, shape, dtype, token, options)
     data = da.from_array(source, chunks=chunks, name=f"tiff-{token}", asarray=False,
                          meta=np.empty((0,) * len(shape), dtype))
     data = data.reshape([n for n in shape if n != 1]) if 1 in shape else data

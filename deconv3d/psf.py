@@ -69,7 +69,8 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
         Refractive index of the sample.
     depth : float, optional
         Depth of the point source below the coverslip in micrometres; with
-        ``ns != ni`` it adds the depth-dependent spherical aberration.
+        ``ns != ni`` it adds the depth-dependent spherical aberration (not
+        modelled by ``"gaussian"``, which refuses a depth above 0).
 
     Returns
     -------
@@ -103,12 +104,20 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
 
 def _make_psf(model, nz, nxy, dxy, dz, na, wavelength, ni, ns, depth) -> np.ndarray:
     """Call psfmodels (imported lazily: it is slow to import)."""
+    import warnings
+
     import psfmodels
 
-    return psfmodels.make_psf(
-        nz, nxy, dxy=dxy, dz=dz, pz=depth, NA=na, wvl=wavelength,
-        ns=ns, ni=ni, ni0=ni, model=model,
-    )
+    with warnings.catch_warnings():  # its RuntimeWarnings would precede our one-line error
+        warnings.simplefilter("ignore", RuntimeWarning)
+        psf = psfmodels.make_psf(
+            nz, nxy, dxy=dxy, dz=dz, pz=depth, NA=na, wvl=wavelength,
+            ns=ns, ni=ni, ni0=ni, model=model,
+        )
+    if not np.isfinite(psf).all() or not psf.max() > 0:
+        raise InputError(f"psfmodels could not compute a {model} PSF for NA {na}, wavelength {wavelength} µm, "
+                         f"ni {ni}, ns {ns}, depth {depth} µm: check these parameters")
+    return psf
 
 
 def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth):
@@ -126,6 +135,9 @@ def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth
         raise InputError(f"wavelength {wavelength} looks like nanometres: give it in micrometres (e.g. 0.52)")
     if not (np.isfinite(depth) and depth >= 0):
         raise InputError(f"depth must be >= 0 micrometres below the coverslip, got {depth}")
+    if model == "gaussian" and depth > 0:
+        raise InputError(f"the gaussian PSF model has no depth-dependent aberration (depth {depth} µm given): "
+                         "use --psf-model gibson-lanni or vectorial, or drop --depth")
     if len(shape) == 2:
         shape, voxel = (1, *shape), (voxel[0], *voxel)
     return PSF_MODELS[model], shape, voxel

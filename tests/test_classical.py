@@ -140,6 +140,22 @@ def test_bad_inputs():
         richardson_lucy(image, psf, 2, boundary="mirror", device="cpu")
 
 
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_a_whole_number_float_iteration_count_is_accepted(accelerate):
+    """The check accepts 3.0 and numpy integers; the loops used to fail on them with a TypeError."""
+    from deconv3d.classical import choose_iterations, rl_alpha_schedule
+
+    _, psf, image = noisy_problem((32, 32))
+    expected = richardson_lucy(image, psf, 3, accelerate=accelerate, device="cpu")
+    for count in (3.0, np.float64(3), np.int64(3)):
+        np.testing.assert_array_equal(richardson_lucy(image, psf, count, accelerate=accelerate, device="cpu"),
+                                      expected)
+    assert len(rl_alpha_schedule(image, psf, 3.0, device="cpu")) == 3
+    assert choose_iterations(image, psf, max_iterations=4.0, device="cpu").iterations <= 4
+    with pytest.raises(InputError, match="non-negative integer"):
+        richardson_lucy(image, psf, 2.5, device="cpu")
+
+
 @pytest.mark.parametrize("regularizer", ["identity", "laplacian"])
 @pytest.mark.parametrize("boundary", ["reflect", "zero"])
 def test_wiener_sharpens_a_noise_free_blur(regularizer, boundary):

@@ -74,6 +74,10 @@ def bad_cases(d):
     (d / "cut.tif").write_bytes((d / "whole.tif").read_bytes()[:20000])
     (d / "whole.tif").unlink()
     tifffile.imwrite(d / "rgb.tif", (rng.random((20, 20, 3)) * 255).astype(np.uint8), photometric="rgb")
+    save("huge.tif", (rng.random((8, 20, 20)) * 3e38).astype(np.float32))  # finite, but sums overflow
+    with tifffile.TiffWriter(d / "fields.ome.tif", ome=True) as tif:
+        tif.write(rng.random((20, 20)).astype(np.float32))
+        tif.write(rng.random((20, 20)).astype(np.float32))
     base = ["deconvolve", d / "image.tif", "--psf", d / "psf.tif", "--device", "cpu", "--iterations", 1]
     return {
         "missing input": (["deconvolve", d / "nope.tif", "--psf", d / "psf.tif", "-o", d / "o.tif"], "not found"),
@@ -96,13 +100,15 @@ def bad_cases(d):
         "infinite balance": (base + ["-o", d / "o.tif", "--method", "wiener", "--balance", "inf"], "finite"),
         "voxel size in file, zarr": (["deconvolve", d / "neg_spacing.tif"] + base[2:] + ["-o", d / "o.zarr"],
                                      "--voxel-size"),
+        "overflowing values": (["deconvolve", d / "huge.tif"] + base[2:] + ["-o", d / "o.tif"], "rescale"),
+        "several fields": (["deconvolve", d / "fields.ome.tif"] + base[2:] + ["-o", d / "o.tif"], "separate images"),
     }
 
 
 BAD_CASES = ["missing input", "not an image", "1D data", "NaN image", "NaN PSF", "zero PSF", "negative PSF",
              "PSF too big", "voxel size", "output is input", "no such dir", "parent is a file", "unknown method",
              "missing optics", "voxel size in file", "truncated file", "RGB image", "infinite balance",
-             "voxel size in file, zarr"]
+             "voxel size in file, zarr", "overflowing values", "several fields"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)

@@ -1,6 +1,7 @@
 """Tests for deconv3d.io: TIFF reading/writing with voxel sizes and input errors."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def test_text_file_named_tif(tmp_path):
 def test_unsupported_suffix(tmp_path):
     path = tmp_path / "img.png"
     path.write_bytes(b"\x89PNG")
-    with pytest.raises(InputError, match="supported formats"):
+    with pytest.raises(InputError, match=r"unsupported .*format .*use \.tif or \.tiff"):
         read_image(path)
 
 
@@ -126,6 +127,15 @@ def test_nan_values(tmp_path, rng):
     tifffile.imwrite(path, data)
     with pytest.raises(InputError, match="NaN or Inf"):
         read_image(path)
+
+
+def test_float64_values_beyond_float32_are_named_not_called_nan(tmp_path, rng):
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, rng.random((5, 6, 7)) * 1e39)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from the cast ahead of the one-line error
+        with pytest.raises(InputError, match="beyond the float32 range.*rescale"):
+            read_image(path)
 
 
 @pytest.mark.parametrize("axes, shape", [("ZCYX", (5, 2, 6, 7)), ("CYX", (2, 6, 7)), ("TYX", (5, 6, 7))])
@@ -155,7 +165,7 @@ def test_output_equals_input(tmp_path, rng):
 
 
 def test_output_unsupported_suffix(tmp_path):
-    with pytest.raises(InputError, match="supported formats"):
+    with pytest.raises(InputError, match=r"unsupported .*format .*use \.tif or \.tiff"):
         check_output_path(tmp_path / "out.png", [])
 
 
@@ -286,3 +296,44 @@ def test_ome_units_include_angstrom(tmp_path, rng, unit, value):
         metadata[f"PhysicalSize{ax}Unit"] = unit
     tifffile.imwrite(path, rng.random((3, 6, 7), dtype=np.float32), ome=True, metadata=metadata)
     assert read_image(path).voxel_size == pytest.approx((0.3, 0.1, 0.1))
+
+
+def test_planes_appended_one_series_each_read_as_a_stack(tmp_path, rng):
+    """``tifffile.imwrite(..., append=True)`` in a loop writes one series per plane; Fiji opens
+    them as one stack, and so do the in-memory and the lazy (chunked) readers."""
+    from deconv3d.omezarr import open_lazy
+
+    stack = rng.integers(0, 4000, (5, 12, 10)).astype(np.uint16)
+    path = tmp_path / "appended.tif"
+    for plane in stack:
+        tifffile.imwrite(path, plane, append=True)
+    assert len(tifffile.TiffFile(path).series) == 5  # the case: the first series is one plane
+    img = read_image(path)
+    assert img.axes == "ZYX"
+    np.testing.assert_array_equal(img.data, stack.astype(np.float32))
+    lazy = open_lazy(path)
+    np.testing.assert_array_equal(lazy.data.compute(), img.data)
+    np.testing.assert_array_equal(lazy.reader.read((slice(1, 3), slice(2, 9))), img.data[1:3, 2:9])
+
+
+def test_a_thumbnail_is_not_another_image(tmp_path, rng):
+    stack = rng.random((5, 16, 16), dtype=np.float32)
+    path = tmp_path / "thumb.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(stack)
+        tif.write(stack[0, ::4, ::4], subfiletype=1)  # reduced-resolution copy
+    np.testing.assert_array_equal(read_image(path).data, stack)
+
+
+@pytest.mark.parametrize("shapes", [[(5, 16, 16), (5, 8, 16)], [(16, 16), (16, 16)]])
+def test_several_images_in_one_file_are_refused_not_cut_to_the_first(tmp_path, rng, shapes):
+    """Different shapes, or separate fields in an OME-TIFF: which one to restore is the user's call."""
+    from deconv3d.omezarr import open_lazy
+
+    path = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for shape in shapes:
+            tif.write(rng.random(shape, dtype=np.float32))
+    for reader in (read_image, open_lazy):
+        with pytest.raises(InputError, match="holds 2 separate images.*its own file"):
+            reader(path)

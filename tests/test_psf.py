@@ -1,5 +1,7 @@
 """Tests for deconv3d.psf: generation, validation, centring, cropping, resampling, distillation."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -81,6 +83,7 @@ def test_anisotropic_xy_voxel_matches_square_generation():
         ({"voxel_size": (0.2, 0, 0.1)}, "voxel size"),
         ({"shape": (17, 0, 33)}, "PSF shape"),
         ({"depth": -1.0}, "depth"),
+        ({"depth": 5.0}, "gaussian PSF model has no depth"),  # psfmodels ignored it, and gave NaN from 20 µm
     ],
 )
 def test_generate_rejects_bad_parameters(kwargs, message):
@@ -88,6 +91,17 @@ def test_generate_rejects_bad_parameters(kwargs, message):
     args.update(kwargs)
     with pytest.raises(InputError, match=message):
         generate_psf(**args)
+
+
+def test_parameters_psfmodels_cannot_compute_are_one_clear_error(monkeypatch):
+    """No psfmodels warning text, and not "PSF sum is not positive" later on."""
+    import psfmodels
+
+    monkeypatch.setattr(psfmodels, "make_psf", lambda *a, **k: np.full((9, 19, 19), np.nan))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="psfmodels could not compute a scalar PSF .*check these parameters"):
+            generate_psf("gibson-lanni", (9, 17, 17), VOXEL, na=1.2, wavelength=0.52)
 
 
 def test_center_psf_moves_centroid_to_centre():

@@ -91,11 +91,14 @@ def _flag(dest: str) -> str:
     return _FLAGS.get(dest, "--" + dest.replace("_", "-"))
 
 
-def _warn_unused_options(args) -> None:
-    """Say on stderr which given options the chosen method (or a trained --model) ignores.
+def _unused_option_warnings(args) -> list[str]:
+    """The warnings naming the given options the chosen method (or a trained --model) ignores.
 
-    A warning, not an error: scripts that loop over methods with one set of options keep working.
+    Warnings, not errors: scripts that loop over methods with one set of options keep working.
+    They are printed once the input has been checked (:func:`print_warnings`), so that a run
+    refused for bad input says only its one-line error.
     """
+    lines: list[str] = []
     training = selfsup.training_defaults()
     defaults = {**_DEFAULTS, **{d: v for d, v in training.items() if d != "steps"}}
 
@@ -104,7 +107,7 @@ def _warn_unused_options(args) -> None:
 
     def warn(flags, one, many, why):
         names = ", ".join(flags[:-1]) + " and " + flags[-1] if len(flags) > 1 else flags[0]
-        print(f"deconv3d: warning: {names} {one if len(flags) == 1 else many} {why}; ignored", file=sys.stderr)
+        lines.append(f"deconv3d: warning: {names} {one if len(flags) == 1 else many} {why}; ignored")
 
     unused = given(d for d, methods in _METHOD_OPTIONS.items() if args.method not in methods)
     if args.method != "ssl":
@@ -115,6 +118,14 @@ def _warn_unused_options(args) -> None:
         warn(unused, "sets", "set", "up training, which --model skips (train with --train-steps N instead)")
     if args.psf_model is None and (unused := given(_OPTICS)):
         warn(unused, "describes", "describe", "the microscope for --psf-model, and no --psf-model is given")
+    return lines
+
+
+def print_warnings(lines: list[str]) -> None:
+    """Print (once) the warnings :func:`_unused_option_warnings` collected."""
+    for line in lines:
+        print(line, file=sys.stderr)
+    lines.clear()
 
 
 def cmd_psf(args) -> int:
@@ -144,16 +155,21 @@ def cmd_distill(args) -> int:
 
 
 def cmd_deconvolve(args) -> int:
+    import numpy as np
+
     from deconv3d.classical import richardson_lucy, wiener
     from deconv3d.fft import psf_fingerprint
     from deconv3d.io import check_output_path, read_image, write_tiff
 
-    _warn_unused_options(args)
+    warnings = _unused_option_warnings(args)
+    for role, path in (("input", args.input), ("output", args.output)):
+        if Path(path).suffix.lower() not in pipeline.OUTPUT_SUFFIXES:
+            raise InputError(f"unsupported {role} format '{Path(path).suffix}' for {path}: use .tif, .tiff or .zarr")
     if pipeline.wants_pipeline(args):
         if args.iterations == "auto":
             raise InputError("--iterations auto needs the whole image in memory: run it on a TIFF crop, then give "
                              "the count it reports as --iterations N to the chunked run")
-        return pipeline.cmd_deconvolve_chunked(args)
+        return pipeline.cmd_deconvolve_chunked(args, warnings)
     image = read_image(args.input)
     check_output_path(args.output, [f for f in (args.input, args.psf, args.model) if f])
     if args.method == "rl-tv" and not args.tv_weight > 0:
@@ -168,6 +184,7 @@ def cmd_deconvolve(args) -> int:
         voxel = trained.voxel_for(voxel, image.data.ndim, args.input)
     # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
     psf = load_psf(args, image, voxel, fit_image=trained is None) if (args.psf or args.psf_model) else None
+    print_warnings(warnings)
     start = time.perf_counter()
     if args.method == "ssl":
         result, params, psf = selfsup.deconvolve_ssl(args, image.data, psf, voxel, trained)
@@ -185,6 +202,9 @@ def cmd_deconvolve(args) -> int:
                                      device=args.device, **{k: v for k, v in params.items()
                                                             if k in ("boundary", "accelerate", "tv_weight")})
     seconds = time.perf_counter() - start
+    if not np.isfinite(result).all():  # float32 overflow on values near its limit
+        raise InputError(f"the {args.method} result has NaN or Inf values (the image's values reach "
+                         f"{float(np.abs(image.data).max()):.3g}): rescale the image to a smaller range and run again")
     meta = {"deconv3d": __version__, "method": args.method, "parameters": params, "input": str(args.input),
             "psf_shape": list(psf.shape), "psf_sha256_16": psf_fingerprint(psf)}
     write_tiff(args.output, result, voxel_size=voxel, metadata=meta)

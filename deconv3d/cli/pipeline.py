@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,20 +60,25 @@ def settings_from_args(args, base: dict | None = None):
     return make_settings(values)
 
 
-def _bar(desc: str, unit: str):
+def _bar(desc: str, unit: str, on_start=None):
+    """A tqdm bar and its ``(done, total)`` callback; ``on_start()`` runs at the first report."""
     from tqdm import tqdm
 
     bar = tqdm(desc=desc, unit=unit, disable=None, leave=False)
 
     def callback(done, total):
+        if on_start is not None and bar.total is None:
+            bar.clear()
+            on_start()
         bar.total = total
         bar.update(done - bar.n)
 
     return bar, callback
 
 
-def cmd_deconvolve_chunked(args) -> int:
-    """``deconvolve`` on the chunked pipeline."""
+def cmd_deconvolve_chunked(args, warnings=()) -> int:
+    """``deconvolve`` on the chunked pipeline; ``warnings`` are printed once the run is planned."""
+    from deconv3d.cli.classical import print_warnings
     from deconv3d.io import check_output_path
     from deconv3d.pipeline.files import deconvolve_file
 
@@ -86,7 +92,8 @@ def cmd_deconvolve_chunked(args) -> int:
     if Path(args.output).suffix.lower() == ".zarr" and Path(args.output).is_file():
         raise InputError(f"output {args.output} is a file: give a new .zarr folder name")
     settings = settings_from_args(args, {"output_format": "zarr"})
-    bar, callback = _bar(args.method, "block")
+    pending = list(warnings)
+    bar, callback = _bar(args.method, "block", on_start=lambda: print_warnings(pending))
     with bar:
         info = deconvolve_file(args.input, args.output, settings, progress=callback)
     print(f"wrote {args.output}: {args.method} in {info.blocks} block(s) of {info.chunks} + halo {info.halo} "
@@ -147,6 +154,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise InputError(f"output {output_dir} is a file: give a folder")
     if output_dir.resolve() == Path(args.input_dir).resolve():
         raise InputError("the output folder is the input folder: choose another one so inputs stay untouched")
+    if output_dir.resolve().is_relative_to(Path(args.input_dir).resolve()):  # its outputs would be inputs next time
+        raise InputError(f"the output folder {output_dir} lies inside the input folder: choose one outside it")
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create or write the output folder {output_dir} ({existing} is not writable): "
+                         "choose another location")
     if settings.method == "ssl" and settings.model:  # an unreadable model fails every file: refuse it up front
         from deconv3d.selfsup import load_checkpoint
 

@@ -119,7 +119,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         Run the blocks on this cluster; else ``workers`` local threads. Blocks of a file are read
         by the workers themselves; blocks of an in-memory array are read here and sent along.
     progress : callable, optional
-        ``progress(done, total)`` per block; returning True cancels (:class:`Cancelled`).
+        ``progress(0, total)`` once the blocks are planned, then ``progress(done, total)`` per
+        block; returning True cancels (:class:`Cancelled`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -144,6 +145,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     indices = list(np.ndindex(*reader.shape[:lead]))
     total = blocks * len(indices)
     done = 0
+    if progress is not None and progress(0, total):  # planned: the total is known, nothing written yet
+        raise Cancelled("cancelled before the first block")
 
     with atomic_output(output) as tmp:
         create_ome_zarr(tmp, reader.shape, (1,) * lead + zarr_chunks, axes=axes, voxel_size=voxel_size,

@@ -1,6 +1,7 @@
 """OME-Zarr round trip, ome-zarr-py reading our output, and the out-of-core CLI (deconvolve, batch)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +110,8 @@ def test_batch_failing_file_exit_3_others_complete_and_resume(folder, capsys):
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--pyramid-levels", "-1"],
      ["--pyramid-levels", "0 or more"]),
     (["deconvolve", "empty.zarr", "--psf", "psf.tif", "-o", "x.zarr"], ["as OME-Zarr", "image group"]),
+    (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.xyz"], ["'.xyz'", "use .tif, .tiff or .zarr"]),
+    (["batch", "in", "-o", "in/x.zarr", "--psf", "psf.tif"], ["inside the input folder"]),
 ])
 def test_bad_input_one_line_exit_2(folder, capsys, monkeypatch, argv, words):
     monkeypatch.chdir(folder)
@@ -119,6 +122,40 @@ def test_bad_input_one_line_exit_2(folder, capsys, monkeypatch, argv, words):
     for word in words:
         assert word.lower() in lines[0].lower()
     assert not (folder / "x.zarr").exists() and not list(folder.glob(".x.zarr*"))
+
+
+def _tree(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_an_output_inside_the_input_or_holding_it_is_refused(folder, capsys, monkeypatch):
+    """An output .zarr inside an input .zarr changed the input; an output .zarr holding the
+    input (or the PSF) deleted it when the finished output replaced the folder."""
+    monkeypatch.chdir(folder)
+    write_ome_zarr("a.zarr", blurred_beads((12, 24, 24), gaussian_psf(), seed=0), voxel_size=(0.3, 0.1, 0.1))
+    write_ome_zarr("a.zarr/inner.zarr", blurred_beads((12, 24, 24), gaussian_psf(), seed=1))
+    before = _tree(folder / "a.zarr")
+    for argv in (["deconvolve", "a.zarr", "-o", "a.zarr/out.zarr", "--psf", "psf.tif"],
+                 ["deconvolve", "a.zarr/inner.zarr", "-o", "a.zarr", "--psf", "psf.tif"],
+                 ["deconvolve", "in/img0.tif", "-o", "a.zarr", "--psf", "a.zarr/inner.zarr/zarr.json"]):
+        code, _, err = run(argv + ["--iterations", 2], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "one inside the other" in lines[0], err
+    assert _tree(folder / "a.zarr") == before
+
+
+def test_batch_into_a_folder_it_cannot_write_is_a_clean_error(folder, capsys, monkeypatch):
+    """As root every folder is writable, so the refusal of os.access is simulated."""
+    import os
+
+    locked = folder / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    code, _, err = run(batch_argv(folder, locked / "out"), capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "locked is not writable" in lines[0], err
+    assert not (locked / "out").exists()
 
 
 def test_batch_ssl_applies_the_band_limit_option(folder, capsys):

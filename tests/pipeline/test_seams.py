@@ -150,7 +150,8 @@ def test_run_chunked_writes_zarr_equal_to_whole(tmp_path, volume, psf3d):
     info = run_chunked(volume, fn, tmp_path / "out.zarr", chunks=(10, 20, 17), voxel_size=(0.3, 0.1, 0.1),
                        progress=lambda done, total: seen.append((done, total)))
     data, voxel, axes, _ = read_ome_zarr(tmp_path / "out.zarr")
-    assert info.blocks == 2 * 3 * 3 == len(seen) and seen[-1] == (18, 18)  # z remainder 4 < halo 7: merged
+    # (0, total) once planned, then one report per block; z remainder 4 < halo 7: merged
+    assert info.blocks == 2 * 3 * 3 == len(seen) - 1 and seen[0] == (0, 18) and seen[-1] == (18, 18)
     assert psnr(richardson_lucy(volume, psf3d, 6, device="cpu"), data) >= 50
     assert voxel == pytest.approx((0.3, 0.1, 0.1)) and axes == "ZYX"
 

@@ -238,3 +238,12 @@ def test_options_the_method_ignores_are_named_on_stderr(data, capsys):
     code, _, err = run(["deconvolve", data / "image.tif", "-o", data / "rl2.tif", "--psf", data / "psf.tif",
                         "--iterations", 2], capsys)
     assert code == 0 and "warning" not in err  # options the method uses: nothing to say
+    # A refused run says its one-line error only, in memory and chunked.
+    for extra in ([], ["--chunks", 8, 16, 16]):
+        code, _, err = run(["deconvolve", data / "missing.tif", "-o", data / "none.tif", "--psf", data / "psf.tif",
+                            "--method", "wiener", "--iterations", 5] + extra, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "not found" in err, err
+    # A chunked run names the ignored option too, before its blocks run.
+    code, _, err = run(["deconvolve", data / "image.tif", "-o", data / "w.zarr", "--psf", data / "psf.tif",
+                        "--method", "wiener", "--iterations", 5, "--chunks", 8, 16, 16], capsys)
+    assert code == 0 and "--iterations does not apply to --method wiener" in err, err
