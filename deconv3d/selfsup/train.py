@@ -156,6 +156,10 @@ class _PatchSampler:
         self.geometry, self.config, self.device = geometry, config, device
         self.shape = image.shape
         self.padded = self._pad(image)
+        # The image voxel each padded position copies, per axis (the padding is separable): a
+        # masked voxel's mirror copies elsewhere in a field are masked too (_mask_copies).
+        self.sources = [pad_spatial(torch.arange(n, dtype=torch.float64, device=device), [b], [a], "reflect").long()
+                        for n, b, a in zip(self.shape, geometry.before, geometry.after)]
         self.target: Optional[torch.Tensor] = None
         self.positions = torch.Generator().manual_seed(int(config.seed))
         self.noise = torch.Generator(device=device).manual_seed(int(config.seed) + 1)
@@ -182,6 +186,25 @@ class _PatchSampler:
         """
         self.target = None if target is None else self._pad(target, margin)
 
+    def _mask_copies(self, mask: torch.Tensor, starts) -> torch.Tensor:
+        """``mask`` widened to every field position that copies a masked voxel.
+
+        Near the image border the reflect padding puts a voxel into a field more than once;
+        masking one copy and leaving its mirror image in view would let the masked pass see the
+        value it must predict (on a stack a little thicker than the PSF, most masked voxels).
+        The widened mask only replaces the input; the loss still counts ``mask``.
+        """
+        out = mask.clone()
+        for b, start in enumerate(starts):
+            ids = torch.zeros((), dtype=torch.long, device=mask.device)
+            for axis, (s, f, n) in enumerate(zip(start, self.geometry.field_shape, self.shape)):
+                view = [1] * len(self.shape)
+                view[axis] = f
+                ids = ids * n + self.sources[axis][s:s + f].view(view)  # flat index of the source voxel
+            ids = ids.expand(self.geometry.field_shape)
+            out[b, 0] |= torch.isin(ids, ids[mask[b, 0]])
+        return out
+
     def sample(self, batch: int) -> _Batch:
         g, cfg = self.geometry, self.config
         highs = [n - d + 1 for n, d in zip(self.shape, g.data_shape)]
@@ -189,7 +212,7 @@ class _PatchSampler:
         boxes = [tuple(slice(s, s + f) for s, f in zip(st, g.field_shape)) for st in starts]
         fields = torch.stack([self.padded[box] for box in boxes]).unsqueeze(1)
         mask = stratified_mask(g.field_shape, cfg.mask_percent, self.noise, self.device, batch=batch)
-        masked = apply_mask(fields, mask, cfg.mask_noise_std, self.noise)
+        masked = apply_mask(fields, self._mask_copies(mask, starts), cfg.mask_noise_std, self.noise)
         rotations, flips = [0] * batch, [False] * batch
         if cfg.augment:
             step = 4 // self.rotation_choices

@@ -83,3 +83,54 @@ def test_masked_pass_is_blind_to_masked_input_voxels(ndim, shape, train_mode):
     assert (grad_masked[mask] == 0).all()
     (grad_clear,) = torch.autograd.grad(out[clear_voxel], x)
     assert grad_clear[clear_voxel].item() != 0.0
+
+
+@pytest.mark.parametrize("shape, psf_shape", [((6, 20, 20), (5, 5, 5)), ((12, 12), (9, 9))])
+def test_mirror_copies_of_a_masked_voxel_are_masked_too(shape, psf_shape):
+    """Near the border, reflect padding puts an image voxel into a training field more than once.
+    No masked voxel may stay in view through a copy: the masked input's gradient with respect to
+    the image is zero at every voxel that a mask position copies."""
+    import numpy as np
+
+    from deconv3d.fft import pad_spatial
+    from deconv3d.selfsup import TrainConfig
+    from deconv3d.selfsup.losses import ForwardModel
+    from deconv3d.selfsup.train import _PatchSampler
+
+    psf = np.ones(psf_shape, np.float32) / np.prod(psf_shape)
+    forward = ForwardModel(psf)
+    geometry = forward.geometry([min(n, 8) for n in shape], 4)
+    image = torch.randn(shape, generator=gen(7), dtype=torch.float32)
+    config = TrainConfig(patch=8, batch=1, mask_percent=5.0, augment=False)
+    copies = 0
+    for seed in range(4):
+        sampler = _PatchSampler(image.numpy(), geometry, replace_seed(config, seed), torch.device("cpu"))
+        leaf = image.clone().requires_grad_(True)
+        sampler.padded = pad_spatial(leaf, geometry.before, geometry.after, "reflect")  # same values, with a graph
+        batch = sampler.sample(1)
+        (grad,) = torch.autograd.grad(batch.masked.sum(), leaf)
+        # the image voxels the mask positions copy
+        padded_ids = pad_spatial(torch.arange(image.numel(), dtype=torch.float64).view(shape), geometry.before,
+                                 geometry.after, "reflect").long()
+        start = [int(i) for i in _start_of(batch.fields[0, 0], sampler.padded.detach())]
+        box = tuple(slice(s, s + f) for s, f in zip(start, geometry.field_shape))
+        ids = padded_ids[box][batch.mask[0, 0]]
+        assert (grad.view(-1)[ids] == 0).all()
+        copies += int((padded_ids[box].unsqueeze(0) == ids.view(-1, *([1] * len(shape)))).sum()) - len(ids)
+        assert (grad != 0).any()
+    assert copies > 0  # the case: some masked voxels had copies elsewhere in their field
+
+
+def replace_seed(config, seed):
+    from dataclasses import replace
+
+    return replace(config, seed=seed)
+
+
+def _start_of(field, padded):
+    """Where ``field`` sits in ``padded`` (exact match)."""
+    for start in itertools.product(*[range(p - f + 1) for p, f in zip(padded.shape, field.shape)]):
+        box = tuple(slice(s, s + f) for s, f in zip(start, field.shape))
+        if torch.equal(padded[box], field):
+            return start
+    raise AssertionError("field not found")
