@@ -43,13 +43,26 @@ class _AxisTile:
 
 @dataclass(frozen=True)
 class _Window:
-    """How a tile core grows into the window fed to the network, per axis."""
+    """The windows fed to the network around each tile core.
 
-    pad_before: tuple[int, ...]  # context plus half the divisor padding
-    pad_after: tuple[int, ...]
+    Every window starts on one pooling grid, that of a single pass over the whole volume
+    (``phase``, modulo ``divisor``), at least ``context`` voxels before its core, and all have
+    the same ``size`` (a multiple of the divisor). A strided network gives the same output for
+    a shifted input only when the shift is a multiple of its divisor, so tiles starting off
+    that grid would each compute on their own grid and disagree where they overlap.
+    """
 
-    def core(self, tile_shape: Sequence[int]) -> tuple[slice, ...]:
-        return tuple(slice(b, b + t) for b, t in zip(self.pad_before, tile_shape))
+    size: tuple[int, ...]
+    phase: tuple[int, ...]
+    context: int
+    divisor: int
+
+    def start(self, tile: Sequence[_AxisTile]) -> tuple[int, ...]:
+        return tuple(t.start - self.context - (t.start - self.context - p) % self.divisor
+                     for t, p in zip(tile, self.phase))
+
+    def core(self, tile: Sequence[_AxisTile]) -> tuple[slice, ...]:
+        return tuple(slice(t.start - w, t.stop - w) for t, w in zip(tile, self.start(tile)))
 
 
 def predict_tiled(
@@ -142,7 +155,7 @@ def predict_tiled(
     tiles_shape = _resolve_tile_shape(tile_shape, volume.shape, divisor, dev)
     overlaps = _resolve_overlap(overlap, tiles_shape, volume.shape)
     axes = [_axis_tiles(n, t, o) for n, t, o in zip(volume.shape, tiles_shape, overlaps)]
-    window = _plan_window(tiles_shape, divisor, context)
+    window = _plan_window(axes, volume.shape, divisor, context)
     run = _ModelRunner(model, dev, float(mean), float(std), tta, amp, 0.0 if signed else float(mean))
     with run:
         out = _blend_tiles(run, volume, list(itertools.product(*axes)), window, batch_size, callback)
@@ -232,14 +245,16 @@ def _axis_tiles(n: int, tile: int, overlap: int) -> list[_AxisTile]:
     return tiles
 
 
-def _plan_window(tiles_shape, divisor: int, context: int) -> _Window:
-    before, after = [], []
-    for t in tiles_shape:
-        size = t + 2 * context
-        extra = -size % divisor
-        before.append(context + extra // 2)
-        after.append(context + extra - extra // 2)
-    return _Window(tuple(before), tuple(after))
+def _plan_window(axes: Sequence[Sequence[_AxisTile]], shape, divisor: int, context: int) -> _Window:
+    """Windows on the grid of one whole-volume pass: ``context`` on each side of the volume, plus
+    half the rounding to the divisor before it (so one tile over the whole volume is that pass)."""
+    phase = tuple(-(context + (-(n + 2 * context) % divisor) // 2) for n in shape)
+    grid = _Window((0,) * len(shape), phase, context, divisor)
+    size = []
+    for axis, tiles in enumerate(axes):
+        reach = max(t.stop + context - grid.start([t] * len(shape))[axis] for t in tiles)
+        size.append(-(-reach // divisor) * divisor)
+    return _Window(tuple(size), phase, context, divisor)
 
 
 def _reflect_indices(lo: int, hi: int, n: int) -> np.ndarray:
@@ -253,10 +268,7 @@ def _reflect_indices(lo: int, hi: int, n: int) -> np.ndarray:
 
 
 def _gather_window(volume: np.ndarray, tile: Sequence[_AxisTile], window: _Window) -> np.ndarray:
-    index = [
-        _reflect_indices(t.start - b, t.stop + a, n)
-        for t, b, a, n in zip(tile, window.pad_before, window.pad_after, volume.shape)
-    ]
+    index = [_reflect_indices(w, w + size, n) for w, size, n in zip(window.start(tile), window.size, volume.shape)]
     return volume[np.ix_(*index)]
 
 
@@ -280,13 +292,12 @@ def _tile_weight(tile: Sequence[_AxisTile]) -> torch.Tensor:
 def _blend_tiles(run, volume, tiles, window: _Window, batch_size: int, callback) -> torch.Tensor:
     out = torch.zeros(volume.shape)
     weight_sum = torch.zeros(volume.shape)
-    tile_shape = tuple(t.stop - t.start for t in tiles[0])
-    core = (slice(None), 0) + window.core(tile_shape)
     for first in range(0, len(tiles), batch_size):
         batch = tiles[first : first + batch_size]
         windows = np.stack([_gather_window(volume, tile, window) for tile in batch])
-        pred = run(torch.from_numpy(windows)[:, None])[core].cpu()
-        for tile, tile_pred in zip(batch, pred):
+        pred = run(torch.from_numpy(windows)[:, None])[:, 0].cpu()
+        for tile, window_pred in zip(batch, pred):
+            tile_pred = window_pred[window.core(tile)]
             region = tuple(slice(t.start, t.stop) for t in tile)
             weight = _tile_weight(tile)
             out[region] += tile_pred * weight
