@@ -145,6 +145,10 @@ class _Batch:
         return torch.stack(out)
 
 
+#: Share of ``TrainConfig.time_budget`` that the search for the RL reference may take.
+REFERENCE_SHARE = 0.5
+
+
 class _PatchSampler:
     """Draws batches of fields from the reflect-padded, standardised image.
 
@@ -275,18 +279,27 @@ WARM_TV_WEIGHTS = (0.0, 0.002, 0.01, 0.03, 0.06, 0.1)  # the TV weights TrainCon
 
 
 def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weight: float | str = 0.0,
-                      extended: bool = False) -> tuple[np.ndarray, Reference]:
+                      extended: bool = False, deadline: float | None = None) -> tuple[np.ndarray, Reference]:
     """The warm-start target: Bertero RL (RL-TV for ``tv_weight`` > 0) at the count chosen from held-out voxels.
 
     ``tv_weight="auto"`` takes the weight of :data:`WARM_TV_WEIGHTS` whose chosen count has the
     lowest held-out error. Returns ``(estimate, reference)``, where ``reference`` holds the
     count (:func:`deconv3d.classical.choose_iterations`) and the weight and reproduces the estimate.
     ``extended`` returns the estimate on Bertero's extended domain (``richardson_lucy(extended=True)``).
+    ``deadline`` (a ``time.perf_counter()`` value) ends the search early: the best count and weight
+    found by then are used (at least one iteration of the first weight is always measured).
     """
     from deconv3d.classical import choose_iterations
 
+    def late(*_) -> bool:
+        return deadline is not None and time.perf_counter() >= deadline
+
     weights = WARM_TV_WEIGHTS if tv_weight == "auto" else (float(tv_weight),)
-    choices = [(choose_iterations(image, psf, 100, tv_weight=w, device=device), w) for w in weights]
+    choices = []
+    for w in weights:
+        if choices and late():
+            break
+        choices.append((choose_iterations(image, psf, 100, tv_weight=w, device=device, callback=late), w))
     choice, weight = min(choices, key=lambda c: min(c[0].risk))
     reference = Reference(int(choice.iterations), float(weight))
     return reference.estimate(image, psf, device, extended), reference
@@ -401,7 +414,8 @@ def train(
     a network trained only through ``H`` recovers each frequency in proportion to ``|H|^2``
     and needs many steps to reach what RL reaches in seconds, while a direct regression has
     no such attenuation. Those steps take one network pass instead of two; the Siamese loss
-    then takes over from that start. The RL run counts in the time budget. ``"auto"`` (the
+    then takes over from that start. The RL run counts in the time budget, and its search for
+    the count (and TV weight) stops at half the budget with the best found by then. ``"auto"`` (the
     default, with ``precondition="auto"``) spends 3/8 of ``config.steps`` on it, and at most
     3/8 of ``config.time_budget``, so that a budgeted run still trains the Siamese loss; on the
     bench_selfsup volumes the two together scored above the paper's recipe on every volume
@@ -417,7 +431,10 @@ def train(
     output (``UNetConfig.positive``): with it, the sum is clamped at zero intensity in training as
     at inference. ``lambda_anchor`` ("auto": 0) weighs ``MSE(r, 0)``, and
     ``TrainResult.reference`` records the RL settings that :func:`deconv3d.selfsup.apply_model`
-    reruns on the image it is applied to. A network that learns the whole estimate could not
+    reruns on the image it is applied to. In this form only the correction is blind: ``T`` is
+    computed once from the whole image, masked voxels included, and the same ``T`` enters both
+    passes, so the invariance terms constrain ``r`` alone and the blind-spot term (``--ssi``)
+    compares the data with an estimate whose ``T`` has seen the masked voxel. A network that learns the whole estimate could not
     fit RL's detail on dense, low-noise volumes in a CPU's few hundred steps (bench_selfsup
     nuclei: 1 dB below RL); the correction starts there.
     ``precondition=0, warm_start=0`` (and ``residual=False``) is the paper's recipe.
@@ -452,7 +469,10 @@ def train(
     if warm or config.residual or config.anchor_weight:  # an anchor without a warm start needs the target too
         # The residual base spans the fields' PSF halo with RL's estimate of the object outside the image,
         # so that H(T) explains the light entering the field from outside from the start.
-        target, reference = warm_start_target(img, psf, dev, config.warm_tv, extended=config.residual)
+        # Under a time budget the search for RL's count and weight takes at most half of it.
+        deadline = None if config.time_budget is None else started + REFERENCE_SHARE * config.time_budget
+        target, reference = warm_start_target(img, psf, dev, config.warm_tv, extended=config.residual,
+                                              deadline=deadline)
         margin = (forward.halo_before, forward.halo_after) if config.residual else None
         sampler.set_target((target - np.float32(mean)) / np.float32(std), margin)
     warm_until = None  # "auto" under a time budget: also end the warm start at 3/8 of the budget

@@ -1,5 +1,7 @@
 """Warm start: the first steps regress the network onto Richardson-Lucy at the held-out count."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,29 @@ def test_target_is_bertero_rl_at_the_held_out_count():
     iterations = reference.iterations
     assert iterations == choose_iterations(noisy, psf, 100, device="cpu").iterations and reference.tv_weight == 0
     np.testing.assert_array_equal(target, richardson_lucy(noisy, psf, iterations, device="cpu"))
+
+
+def test_a_deadline_ends_the_reference_search_with_the_best_so_far(monkeypatch):
+    """The search (six TV weights, up to 100 held-out iterations each) ran before the training
+    loop checked its budget: 17 s for a 2 s budget. A passed deadline keeps one iteration of the
+    first weight; train() gives the search half its budget."""
+    import importlib
+
+    train_module = importlib.import_module("deconv3d.selfsup.train")  # the package exports a train() too
+
+    _, noisy, psf = problem(3, sigma=0.02)
+    _, reference = warm_start_target(noisy, psf, "cpu", "auto", deadline=0.0)
+    assert (reference.iterations, reference.tv_weight) == (1, train_module.WARM_TV_WEIGHTS[0])
+    seen = []
+    real = train_module.warm_start_target
+
+    def spy(*args, deadline=None, **kwargs):
+        seen.append(deadline - time.perf_counter())
+        return real(*args, deadline=deadline, **kwargs)
+
+    monkeypatch.setattr(train_module, "warm_start_target", spy)
+    train(noisy, psf, config=TrainConfig(steps=1, patch=16, batch=1, time_budget=8.0), unet=TINY[3], device="cpu")
+    assert 0 < seen[0] <= train_module.REFERENCE_SHARE * 8.0
 
 
 def test_target_patches_are_cut_where_the_fields_are():
