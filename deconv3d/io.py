@@ -24,7 +24,7 @@ import tifffile
 
 from deconv3d.errors import InputError
 
-__all__ = ["Image", "read_image", "write_tiff", "check_output_path", "TIFF_SUFFIXES"]
+__all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 _FORMATS = "use .tif or .tiff"
@@ -114,6 +114,16 @@ def read_image(path) -> Image:
     data, axes, kept = _squeeze(np.asarray(data), file_axes, path)
     voxel, problem = _checked_voxel(_kept_voxel(voxel, kept, data.ndim), path)
     return Image(data=_as_float32(data, path), voxel_size=voxel, axes=axes, voxel_problem=problem)
+
+
+def read_psf(path) -> Image:
+    """:func:`read_image` for a PSF file: a voxel size that the file records but that is not
+    positive is refused (ignoring it would skip the resampling to the image's voxel size)."""
+    psf = read_image(path)
+    if psf.voxel_problem:
+        raise InputError(f"PSF {psf.voxel_problem}: fix its calibration (Fiji: Image > Properties) or save it "
+                         "without one")
+    return psf
 
 
 @contextlib.contextmanager
@@ -225,7 +235,7 @@ def write_tiff(path, data, voxel_size=None, metadata=None) -> None:
     if not streamed:
         data = np.asarray(data, dtype=np.float32)
     kwargs = _imagej_kwargs(data, voxel_size, metadata)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # as pipeline.output names them
     try:
         with open(tmp, "xb") as fh:
             if streamed:  # page by page from slabs of planes: never the whole volume in memory
@@ -352,6 +362,9 @@ def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str, 
     kept_axes = "".join(axes[i] for i in keep) if len(axes) == data.ndim else ""
     data = data.reshape([data.shape[i] for i in keep])
     _refuse_colour(kept_axes, path)
+    if kept_axes.endswith("YXQ"):  # grey-level samples stored per pixel (_series_axes): channels after X
+        raise InputError(f"image {path} has {data.shape[-1]} grey-level samples per pixel (axes "
+                         f"{kept_axes.replace('Q', 'S')}): they are channels; save one per file and pick it")
     if data.size == 0:
         raise InputError(f"image {path} is empty (shape {data.shape}): check the file")
     if data.ndim > 3:
@@ -411,6 +424,37 @@ def _voxel_size_um(tif: tifffile.TiffFile) -> list:
         if any(v is not None for v in voxel[1:]):
             return voxel
     return _imagej_voxel_size(tif)
+
+
+# OME-Zarr (UDUNITS) names of the time units that OME-XML and ImageJ write.
+_TIME_UNITS = {"s": "second", "sec": "second", "second": "second", "seconds": "second", "ms": "millisecond",
+               "millisecond": "millisecond", "us": "microsecond", "\u00b5s": "microsecond",
+               "microsecond": "microsecond", "min": "minute", "minute": "minute", "minutes": "minute",
+               "h": "hour", "hr": "hour", "hour": "hour", "hours": "hour"}
+
+
+def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
+    """``(step, unit)`` of the T axis an OME-TIFF (``TimeIncrement``) or an ImageJ hyperstack
+    (``finterval``, unit ``tunit``, else seconds) records, the unit an OME-Zarr name or None; None
+    when neither records one."""
+    step, unit = None, None
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            pixels = next((el for el in ET.fromstring(tif.ome_metadata).iter()
+                           if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+        except ET.ParseError:
+            pixels = None
+        if pixels is not None and pixels.get("TimeIncrement") is not None:
+            step, unit = pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s")
+    elif tif.imagej_metadata and tif.imagej_metadata.get("finterval"):
+        step, unit = tif.imagej_metadata["finterval"], tif.imagej_metadata.get("tunit", "sec")
+    try:
+        step = float(step) if step is not None else None
+    except (TypeError, ValueError):
+        step = None
+    if step is None or not (math.isfinite(step) and step > 0):
+        return None
+    return step, _TIME_UNITS.get(str(unit).strip().lower())
 
 
 def _ome_voxel_size(xml: str) -> list:

@@ -149,7 +149,7 @@ class TiffReader:
 def _open_tiff(path: Path) -> LazyImage:
     import dask.array as da
 
-    from deconv3d.io import _series_axes, open_tiff
+    from deconv3d.io import _series_axes, open_tiff, time_axis_of
 
     try:
         with _tifffile_log() as log:
@@ -157,6 +157,7 @@ def _open_tiff(path: Path) -> LazyImage:
                 series = tif.series[0]
                 axes, shape, dtype = _series_axes(tif, series), series.shape, series.dtype
                 voxel = _voxel_size_um(tif)
+                time_axis = time_axis_of(tif) if "T" in series.axes else None
                 page_shape = tuple(series.pages[0].shape) if series.pages else shape[-2:]
                 _check_complete(tif, series, log, path)
     except InputError:
@@ -178,7 +179,7 @@ def _open_tiff(path: Path) -> LazyImage:
     data = data.transpose(order) if list(order) != sorted(order) else data
     spatial_kept = "".join(a for a in kept if a in "ZYX" or a in _GENERIC_AXES)
     spatial, problem = _checked_voxel(_kept_voxel(voxel, spatial_kept, sum(a in "ZYX" for a in axes)), path)
-    return LazyImage(data=data.astype(np.float32), voxel_size=spatial, axes=axes, path=path,
+    return LazyImage(data=data.astype(np.float32), voxel_size=spatial, axes=axes, path=path, time_axis=time_axis,
                      reader=TiffReader(source, order), voxel_problem=problem)
 
 
@@ -255,10 +256,13 @@ class ZarrReader:
 
     remote = True
 
-    def __init__(self, path, component: str = "", shape=None):
+    def __init__(self, path, component: str = "", shape=None, drop: tuple[int, ...] = ()):
         self.path, self.component = str(path), str(component)
         self._array = None
-        self.shape = tuple(shape) if shape is not None else tuple(self._open().shape)
+        self.drop = tuple(drop)  # singleton axes of the array left out of this reader's shape (read at 0)
+        if shape is None:
+            shape = [n for i, n in enumerate(self._open().shape) if i not in self.drop]
+        self.shape = tuple(shape)
         self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
 
     def _open(self):
@@ -272,6 +276,12 @@ class ZarrReader:
         return {**self.__dict__, "_array": None}
 
     def read(self, key) -> np.ndarray:
+        if self.drop:
+            key = list(key) if isinstance(key, tuple) else [key]
+            key += [slice(None)] * (self.ndim - len(key))
+            for axis in sorted(self.drop):
+                key.insert(axis, 0)
+            key = tuple(key)
         return np.array(self._open()[key], dtype=np.float32, order="C")
 
     __getitem__ = read
@@ -290,11 +300,17 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
     except Exception as exc:
         raise InputError(f"cannot read level {component!r} of {path}: {_one_line(exc)}") from exc
     axes, units = _axes_of(ms, data.ndim, path)
-    scale = _level_scale(ms, level, data.ndim)
-    spatial = _zarr_voxel(axes, scale, units, _level_scale(ms, 0, data.ndim))
+    scale, base = _level_scale(ms, level, data.ndim), _level_scale(ms, 0, data.ndim)
+    drop = ()
+    if "Z" in axes and data.shape[axes.index("Z")] == 1:  # a 2D image stored as 5D (bioformats2raw)
+        drop = (axes.index("Z"),)
+        data = data[tuple(0 if i in drop else slice(None) for i in range(data.ndim))]
+        axes, units, scale, base = ("".join(a for i, a in enumerate(axes) if i not in drop),
+                                    *([v for i, v in enumerate(x) if i not in drop] for x in (units, scale, base)))
+    spatial = _zarr_voxel(axes, scale, units, base)
     if data.dtype != np.float32:
         data = data.astype(np.float32)
-    reader = ZarrReader(path, component, shape=data.shape)
+    reader = ZarrReader(path, component, shape=data.shape, drop=drop)
     time_axis = None
     if "T" in axes:  # kept for the output, which would otherwise say 1 with no unit
         t = axes.index("T")

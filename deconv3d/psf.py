@@ -476,6 +476,8 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     background, noise = _robust_background(smooth)
     fwhm = _fwhm(smooth - background, np.unravel_index(np.argmax(smooth), smooth.shape))
     half = _box_half(size, fwhm, beads.ndim)
+    if threshold is not None and not np.isfinite(threshold):
+        raise InputError(f"threshold must be a finite intensity, got {threshold}")
     if threshold is None:
         threshold = background + max(10 * noise, 0.2 * (float(smooth.max()) - background))
     if min_distance is None:
@@ -485,8 +487,8 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     boxes = _reject_outliers([b for b in boxes if b is not None])
     if not boxes:
         raise InputError(
-            f"no isolated beads found (box {tuple(2 * half + 1)}, threshold {float(threshold):.3g}): "
-            "use a sparser bead image, a smaller --size or a lower threshold"
+            f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold {float(threshold):.3g}): "
+            "use a sparser bead image, a smaller --size or a lower --threshold"
         )
     return normalize_psf(np.clip(np.sum(boxes, axis=0), 0, None))
 

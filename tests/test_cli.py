@@ -75,6 +75,8 @@ def bad_cases(d):
     (d / "whole.tif").unlink()
     tifffile.imwrite(d / "rgb.tif", (rng.random((20, 20, 3)) * 255).astype(np.uint8), photometric="rgb")
     save("huge.tif", (rng.random((8, 20, 20)) * 3e38).astype(np.float32))  # finite, but sums overflow
+    tifffile.imwrite(d / "psf_zero_spacing.tif", np.ones((3, 5, 5), np.float32), imagej=True, resolution=(10, 10),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 0.0})  # was used unresampled, silently
     with tifffile.TiffWriter(d / "fields.ome.tif", ome=True) as tif:
         tif.write(rng.random((20, 20)).astype(np.float32))
         tif.write(rng.random((20, 20)).astype(np.float32))
@@ -102,13 +104,15 @@ def bad_cases(d):
                                      "--voxel-size"),
         "overflowing values": (["deconvolve", d / "huge.tif"] + base[2:] + ["-o", d / "o.tif"], "rescale"),
         "several fields": (["deconvolve", d / "fields.ome.tif"] + base[2:] + ["-o", d / "o.tif"], "separate images"),
+        "voxel size in PSF file": (base[:2] + ["--psf", d / "psf_zero_spacing.tif", "-o", d / "o.tif"],
+                                   "PSF"),
     }
 
 
 BAD_CASES = ["missing input", "not an image", "1D data", "NaN image", "NaN PSF", "zero PSF", "negative PSF",
              "PSF too big", "voxel size", "output is input", "no such dir", "parent is a file", "unknown method",
              "missing optics", "voxel size in file", "truncated file", "RGB image", "infinite balance",
-             "voxel size in file, zarr", "overflowing values", "several fields"]
+             "voxel size in file, zarr", "overflowing values", "several fields", "voxel size in PSF file"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)

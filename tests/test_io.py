@@ -337,3 +337,11 @@ def test_several_images_in_one_file_are_refused_not_cut_to_the_first(tmp_path, r
     for reader in (read_image, open_lazy):
         with pytest.raises(InputError, match="holds 2 separate images.*its own file"):
             reader(path)
+
+
+def test_grey_samples_per_pixel_are_named_as_channels(tmp_path):
+    """They were reported as "a Y axis (axes YXQ)"."""
+    path = tmp_path / "samples.tif"
+    tifffile.imwrite(path, np.zeros((8, 10, 3), np.uint16), photometric="minisblack", planarconfig="contig")
+    with pytest.raises(InputError, match="3 grey-level samples per pixel .*channels"):
+        read_image(path)

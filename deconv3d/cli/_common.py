@@ -74,11 +74,11 @@ def voxel_size_of(args, image):
 
 def load_psf(args, image, voxel, fit_image: bool = True):
     """``--psf`` or ``--psf-model``, prepared for ``image``; ``fit_image=False`` allows a PSF larger than it."""
-    from deconv3d.io import read_image
+    from deconv3d.io import read_psf
     from deconv3d.psf import generate_psf, prepare_psf
 
     if args.psf:
-        psf = read_image(args.psf)
+        psf = read_psf(args.psf)
         return prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel,
                            fit_image=fit_image)
     if args.na is None or args.wavelength is None:

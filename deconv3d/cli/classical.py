@@ -44,7 +44,11 @@ def _distill_parser(sub) -> None:
     p = sub.add_parser("psf-distill", help="average isolated beads into a PSF (also: 'psf distill')")
     p.add_argument("beads", help="TIFF stack of sub-resolution beads")
     p.add_argument("-o", "--output", required=True, help="output PSF file (.tif)")
-    p.add_argument("--size", type=positive_int, nargs=3, metavar=("Z", "Y", "X"), help="PSF box size")
+    p.add_argument("--size", type=positive_int, nargs="+", metavar="N",
+                   help="PSF box size Z Y X (Y X for a 2D bead image); default 1.5 FWHM each side")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="bead detection level in image units (default: the background plus the larger of "
+                   "10 noise SDs and 20%% of the brightest peak)")
     p.set_defaults(func=cmd_distill)
     add_common(p)
 
@@ -148,7 +152,7 @@ def cmd_distill(args) -> int:
 
     beads = read_image(args.beads)
     check_output_path(args.output, [args.beads])
-    psf = distill_psf(beads.data, size=tuple(args.size) if args.size else None)
+    psf = distill_psf(beads.data, size=tuple(args.size) if args.size else None, threshold=args.threshold)
     write_tiff(args.output, psf, voxel_size=beads.voxel_size, metadata={"deconv3d": __version__, "psf": "distilled"})
     print(f"wrote {args.output}: PSF {psf.shape} distilled from {args.beads}")
     return 0

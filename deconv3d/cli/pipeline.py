@@ -20,9 +20,9 @@ OUTPUT_SUFFIXES = (".zarr", ".tif", ".tiff")
 def add_chunk_options(p, defaults=True) -> None:
     """``--chunks``, ``--memory-limit`` and ``--pyramid-levels`` (deconvolve and batch)."""
     g = p.add_argument_group("out-of-core execution")
-    g.add_argument("--chunks", type=positive_int, nargs=3, metavar=("Z", "Y", "X"),
-                   help="core block shape; each block also gets a halo that the method needs "
-                   "(a 2D image uses Y X)")
+    g.add_argument("--chunks", type=positive_int, nargs="+", metavar="N",
+                   help="core block shape Z Y X (Y X for a 2D image; a 2D image also takes the last two "
+                   "of three); each block also gets the halo that the method needs")
     g.add_argument("--memory-limit", metavar="SIZE", help="peak memory budget of one process, e.g. 4GB: picks "
                    "the largest blocks that fit (default: whole volume unless --chunks)")
     g.add_argument("--pyramid-levels", type=_non_negative_int, default=0 if defaults else None, metavar="N",
@@ -168,17 +168,25 @@ def cmd_batch(args: argparse.Namespace) -> int:
         load_checkpoint(settings.model, device="cpu")
     start = time.perf_counter()
     gpus = gpu_count(settings.device) if args.scheduler == "processes" else 0
-    with scheduler_client(args.scheduler, args.workers, gpus=gpus) as client:
-        workers = gpus or args.workers or 1
+    rows: list[dict] = []
+    try:
+        with scheduler_client(args.scheduler, args.workers, gpus=gpus) as client:
+            workers = gpus or args.workers or 1
 
-        def one(path, output, input_sha256):
-            deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256)
+            def one(path, output, input_sha256):
+                deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256)
 
-        def report(number, total, row):
-            reason = f": {row['reason']}" if row["reason"] else ""
-            print(f"[{number}/{total}] {row['status']:<7} {Path(row['file']).name}{reason}", flush=True)
+            def report(number, total, row):
+                reason = f": {row['reason']}" if row["reason"] else ""
+                print(f"[{number}/{total}] {row['status']:<7} {Path(row['file']).name}{reason}", flush=True)
 
-        rows = run_batch(args.input_dir, output_dir, settings, one, progress=report)
+            run_batch(args.input_dir, output_dir, settings, one, progress=report, rows=rows)
+    except KeyboardInterrupt:
+        if rows:
+            json_path, _ = write_reports(output_dir, rows)
+        print(f"deconv3d: interrupted after {len(rows)} file(s); their outputs are kept"
+              + (f" (report {json_path})" if rows else "") + ": rerun the same command to resume", file=sys.stderr)
+        return 130
     json_path, _ = write_reports(output_dir, rows)
     failed = [r for r in rows if r["status"] == "failed"]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}

@@ -78,6 +78,12 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     chunks = round_chunks(chunks, spatial_shape, multiple)  # a network's blocks start on its pooling grid
     if model is not None:
         predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=current_rss())
+        if memory_limit is not None:  # chunks given with a limit: hold them to it
+            limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
+            if predicted > limit:
+                raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
+                                 f"{halo}, above the memory limit {memory_limit}: give smaller chunks, or drop "
+                                 "--chunks to let the limit choose them")
     return chunks, halo, predicted
 
 
@@ -138,8 +144,11 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     lead = sum(a in "TC" for a in axes)
     spatial_shape = tuple(reader.shape[lead:])
     fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
+    # The limit budgets one process: blocks in flight in it are its threads (a cluster's worker
+    # processes each hold their own blocks), not all of the cluster's workers.
+    per_process = workers if client is None else _threads_per_worker(client)
     chunks, halo, predicted = _spatial_plan(spatial_shape, fns or [block_fn], chunks, halo, memory_limit, model,
-                                            workers)
+                                            per_process)
     dask_chunks, depth, zarr_chunks = plan_chunks(spatial_shape, chunks, halo)
     blocks = math.prod(len(c) for c in dask_chunks)
     indices = list(np.ndindex(*reader.shape[:lead]))
@@ -170,6 +179,15 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         if pyramid_levels:
             write_pyramid(tmp, pyramid_levels)
     return RunInfo(chunks, depth, total, predicted, time.perf_counter() - start)
+
+
+def _threads_per_worker(client) -> int:
+    """The most threads any worker process of a dask.distributed cluster runs (1 if it cannot say)."""
+    try:
+        workers = client.scheduler_info().get("workers", {}).values()
+        return max([int(w.get("nthreads", 1)) for w in workers] or [1])
+    except Exception:  # noqa: BLE001 - a scheduler that does not answer: assume one block per process
+        return 1
 
 
 def _fn_for(fns, block_fn, index, axes):

@@ -78,10 +78,10 @@ class Settings:
         _check(isinstance(self.tta, bool), f"tta must be true or false, got {self.tta!r}")
         _check(isinstance(self.band_limit, (int, float)) and 0 <= self.band_limit < float("inf"),
                f"band_limit must be a number >= 0, got {self.band_limit!r}")
-        for name, n in (("voxel_size", 3), ("chunks", 3)):
-            value = getattr(self, name)
-            _check(value is None or (len(value) == n and all(_positive(v) for v in value)),
-                   f"{name} needs {n} positive numbers (Z Y X), got {value!r}")
+        _check(self.voxel_size is None or (len(self.voxel_size) == 3 and all(_positive(v) for v in self.voxel_size)),
+               f"voxel_size needs 3 positive numbers (Z Y X), got {self.voxel_size!r}")
+        _check(self.chunks is None or (len(self.chunks) in (2, 3) and all(_positive(v) for v in self.chunks)),
+               f"chunks needs 3 positive numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")
         if self.method == "ssl":
             _check(self.model is not None, "method ssl in a batch needs model = a .ckpt from 'deconv3d train'")
             _check(Path(self.model).is_file(), f"model file not found: {self.model}: check the path")
@@ -217,13 +217,13 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     ``psf`` (a file) or ``wavelength`` pick one channel's entry of a per-channel setting.
     ``fit_image=False`` accepts a PSF file larger than the image (an ssl model checks it against its own).
     """
-    from deconv3d.io import read_image
+    from deconv3d.io import read_psf
     from deconv3d.psf import generate_psf, prepare_psf
 
     psf = psf if psf is not None else (_many(settings.psf) or (None,))[0]
     wavelength = wavelength if wavelength is not None else (_many(settings.wavelength) or (None,))[0]
     if psf:
-        image = read_image(psf)
+        image = read_psf(psf)
         return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=image.voxel_size, image_voxel=voxel,
                            fit_image=fit_image)
     if voxel is None or len(spatial_shape) != 3:
@@ -325,13 +325,15 @@ def _write_json_atomic(path: Path, payload) -> None:
         tmp.write_text(json.dumps(payload, indent=2))
 
 
-def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progress=None) -> list[dict]:
+def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progress=None,
+              rows: list | None = None) -> list[dict]:
     """Run ``process_one(input_path, output_path, input_sha256)`` for every unfinished input.
 
     ``process_one`` writes the output (atomically) or raises; an InputError or any other
     exception marks the file failed with its one-line reason, and the batch continues.
     ``input_sha256`` is the input's hash, taken before the work starts (for provenance records).
-    Returns one row per file.
+    Returns one row per file, appended to ``rows`` when given (so that a caller interrupted
+    midway still has the rows of the files finished).
     """
     output_dir = Path(output_dir)
     inputs = find_inputs(input_dir, settings.pattern)
@@ -341,7 +343,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
     settings_hash = settings.fingerprint()
-    rows = []
+    rows = [] if rows is None else rows
     for number, (path, output) in enumerate(zip(inputs, outputs), 1):
         record = _record_path(output_dir, path)
         row = {"file": str(path), "output": str(output), "status": "", "seconds": 0.0, "reason": ""}

@@ -25,6 +25,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import provenance, run_chunked
     from deconv3d.pipeline.batch import build_block_fn, channel_count, load_psfs_for, spatial_voxel
+    from deconv3d.pipeline.output import remove_stale_temporaries
 
     input_path, output_path = Path(input_path), Path(output_path)
     lazy = open_lazy(input_path)
@@ -59,9 +60,13 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     model_hash = _sha(settings.model) if settings.model else None
     record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
                         model_hash=model_hash)
+    if settings.chunks and len(settings.chunks) < len(spatial_shape):
+        raise InputError(f"chunks {tuple(settings.chunks)} give {len(settings.chunks)} sides but {input_path.name} "
+                         f"is {len(spatial_shape)}D: give Z Y X")
     chunks = tuple(settings.chunks)[-len(spatial_shape):] if settings.chunks else None  # (z,) y, x
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
                   voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
+    remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
     if output_path.suffix.lower() == ".zarr":
         info = run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
         return _with_chunks(output_path, info)

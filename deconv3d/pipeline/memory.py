@@ -260,7 +260,8 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
     if best is None:
         raise InputError(f"memory limit {format_bytes(memory_limit)} is too small: the smallest block "
                          f"{tuple(lows)} with halo {tuple(halo)} needs about {format_bytes(smallest)}: "
-                         f"use --memory-limit {format_bytes(math.ceil(smallest * 1.1))} or more, or fewer --workers")
+                         f"use --memory-limit {format_bytes(math.ceil(smallest * 1.1))} or more"
+                         + (" or fewer --workers" if workers > 1 else ""))
     return tuple(best)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -22,8 +23,26 @@ _TMP_SUFFIX = ".tmp"
 
 
 def temporary_name(path: Path) -> Path:
-    """A hidden sibling of ``path`` that marks itself as unfinished."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
+    """A hidden sibling of ``path`` that marks itself as unfinished, and names the process writing it."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
+
+
+def _writer_alive(entry: Path, path: Path) -> bool:
+    """Whether another process that is still running writes ``entry`` (named by :func:`temporary_name`)."""
+    middle = entry.name[len(path.name) + 2:-len(_TMP_SUFFIX)]
+    match = re.fullmatch(r"(\d+)-[0-9a-f]{8}", middle)
+    if match is None:  # an older name without the process: stale
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:
@@ -67,11 +86,14 @@ def _publish(tmp: Path, path: Path) -> None:
 
 
 def remove_stale_temporaries(path) -> list[Path]:
-    """Delete leftovers of interrupted writes of ``path``; returns what was removed."""
+    """Delete leftovers of interrupted writes of ``path``; returns what was removed.
+
+    A temporary that a process still running on this machine is writing is left alone.
+    """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     pattern = f".{glob.escape(path.name)}.*{_TMP_SUFFIX}"  # a name like img[1].zarr is not a pattern
-    stale = sorted(parent.glob(pattern)) if parent.is_dir() else []
+    stale = [p for p in sorted(parent.glob(pattern)) if not _writer_alive(p, path)] if parent.is_dir() else []
     for entry in stale:
         _remove(entry)
     return stale

@@ -112,6 +112,10 @@ def test_batch_failing_file_exit_3_others_complete_and_resume(folder, capsys):
     (["deconvolve", "empty.zarr", "--psf", "psf.tif", "-o", "x.zarr"], ["as OME-Zarr", "image group"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.xyz"], ["'.xyz'", "use .tif, .tiff or .zarr"]),
     (["batch", "in", "-o", "in/x.zarr", "--psf", "psf.tif"], ["inside the input folder"]),
+    (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--chunks", 12, 12], ["is 3D", "Z Y X"]),
+    (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--chunks", 4, 4, 4, 4], ["chunks needs 3"]),
+    (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--chunks", 12, 24, 24, "--memory-limit",
+      "100MB"], ["above the memory limit 100MB", "smaller chunks"]),  # the limit was ignored with --chunks
 ])
 def test_bad_input_one_line_exit_2(folder, capsys, monkeypatch, argv, words):
     monkeypatch.chdir(folder)
@@ -286,3 +290,72 @@ def test_the_time_axis_keeps_its_step_and_unit(tmp_path, capsys):
     scales = [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]]
     assert len(scales) == 2 and all(s[0] == 30.0 for s in scales)
     assert scales[0][1:] == pytest.approx([0.3, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("kind, expected", [("imagej", (5.0, "second")), ("ome", (2.0, "millisecond")),
+                                            ("plain", None)])
+def test_a_tiff_time_step_reaches_the_output(tmp_path, capsys, kind, expected):
+    """ImageJ's frame interval and OME-TIFF's TimeIncrement were dropped (the output said 1)."""
+    import tifffile
+    import zarr
+
+    psf = gaussian_psf()
+    stack = np.stack([blurred_beads((12, 24, 24), psf, seed=s) for s in (0, 1)])
+    path = tmp_path / "in.tif"
+    if kind == "imagej":
+        tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "TZYX", "finterval": 5.0})
+    elif kind == "ome":
+        tifffile.imwrite(path, stack, ome=True, metadata={"axes": "TZYX", "TimeIncrement": 2.0,
+                                                          "TimeIncrementUnit": "ms"})
+    else:
+        tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "TZYX"})
+    assert open_lazy(path).time_axis == expected
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", path, "-o", tmp_path / "out.zarr", "--psf", tmp_path / "psf.tif",
+                        "--iterations", 2, "--voxel-size", 0.3, 0.1, 0.1], capsys)
+    assert code == 0, err
+    ms = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["ome"]["multiscales"][0]
+    step = ms["datasets"][0]["coordinateTransformations"][0]["scale"][0]
+    assert (step, ms["axes"][0].get("unit")) == (expected or (1.0, None))
+
+
+def test_a_2d_image_stored_as_5d_ome_zarr_is_deconvolved_as_2d(tmp_path, capsys):
+    """bioformats2raw writes every image as T, C, Z, Y, X: a single plane has Z = 1, which was
+    kept as a 1-plane 3D image that no PSF fitted."""
+    from deconv3d.classical import richardson_lucy
+
+    rng = np.random.default_rng(0)
+    plane = rng.random((40, 36)).astype(np.float32) + 0.1
+    grids = np.meshgrid(*[np.arange(-3, 4)] * 2, indexing="ij")
+    psf = np.exp(-sum(g**2 for g in grids) / 3).astype(np.float32)
+    write_tiff(tmp_path / "psf.tif", psf / psf.sum(), voxel_size=(0.1, 0.1))
+    write_ome_zarr(tmp_path / "b2r.zarr", plane[None, None, None], axes="TCZYX", voxel_size=(0.5, 0.1, 0.1))
+    lazy = open_lazy(tmp_path / "b2r.zarr")
+    assert lazy.axes == "TCYX" and lazy.voxel_size == pytest.approx((0.1, 0.1))
+    np.testing.assert_array_equal(lazy.reader.read((0, 0, slice(2, 5))), plane[2:5])
+    code, _, err = run(["deconvolve", tmp_path / "b2r.zarr", "-o", tmp_path / "out.zarr", "--psf", tmp_path / "psf.tif",
+                        "--iterations", 4, "--no-accelerate", "--chunks", 20, 18], capsys)
+    assert code == 0, err
+    out, voxel, axes, _ = read_ome_zarr(tmp_path / "out.zarr")
+    assert axes == "TCYX" and voxel == pytest.approx((0.1, 0.1))
+    whole = richardson_lucy(plane, psf / psf.sum(), 4, device="cpu")
+    assert psnr(whole, out[0, 0]) > 60
+
+
+def test_ctrl_c_in_a_batch_keeps_and_reports_the_files_finished(folder, capsys, monkeypatch):
+    """It said "interrupted; no output was written" and wrote no report, though files were done."""
+    import deconv3d.pipeline.files as files
+
+    real, calls = files.deconvolve_file, []
+
+    def interrupted_on_the_second(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(files, "deconvolve_file", interrupted_on_the_second)
+    code, _, err = run(batch_argv(folder, folder / "out"), capsys)
+    assert code == 130 and "interrupted after 1 file(s); their outputs are kept" in err and "rerun" in err, err
+    report = json.loads((folder / "out" / "batch_report.json").read_text())
+    assert [r["status"] for r in report["files"]] == ["done"] and (folder / "out" / "img0.zarr").is_dir()

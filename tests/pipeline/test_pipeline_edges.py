@@ -130,6 +130,40 @@ def test_tiff_output_scratch_is_a_leftover_the_sweep_finds(files, monkeypatch):
     assert remove_stale_temporaries(files / "out.tif") == scratch
 
 
+def test_the_sweep_spares_a_temporary_a_running_process_writes(tmp_path):
+    import subprocess
+
+    alive = subprocess.Popen(["sleep", "30"])
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    try:
+        live = tmp_path / f".img.zarr.{alive.pid}-0123abcd.tmp"
+        dead = tmp_path / f".img.zarr.{finished.pid}-89abcdef.tmp"
+        live.mkdir()
+        dead.mkdir()
+        assert remove_stale_temporaries(tmp_path / "img.zarr") == [dead]
+        assert live.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+    assert remove_stale_temporaries(tmp_path / "img.zarr") == [live]
+
+
+def test_a_chunked_deconvolve_sweeps_what_a_killed_run_left(files):
+    """Only batch swept leftovers; a killed deconvolve left a hidden copy as large as its output."""
+    import subprocess
+
+    from deconv3d.pipeline.files import deconvolve_file
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leftover = files / f".out.zarr.{gone.pid}-0123abcd.tmp"
+    (leftover / "0").mkdir(parents=True)
+    deconvolve_file(files / "in.tif", files / "out.zarr", make_settings({"psf": str(files / "psf.tif"),
+                                                                        "iterations": 2}))
+    assert (files / "out.zarr").is_dir() and not leftover.exists()
+
+
 def test_imagej_hyperstack_z_before_c_is_reordered(tmp_path):
     data = np.random.default_rng(0).random((5, 2, 6, 7)).astype(np.float32)  # ImageJ order: Z, C, Y, X
     tifffile.imwrite(tmp_path / "zc.tif", data, imagej=True, metadata={"axes": "ZCYX"})
@@ -199,3 +233,33 @@ def test_one_block_runs_accelerated_rl_once_with_its_own_steps(tmp_path, monkeyp
     run_chunked(image, RichardsonLucyBlock(psf, 6, accelerate=True), tmp_path / "one.zarr")
     whole = richardson_lucy(image, psf, 6, accelerate=True, device="cpu")
     np.testing.assert_array_equal(read_ome_zarr(tmp_path / "one.zarr")[0], whole)
+
+
+def test_a_cluster_budgets_each_worker_process_not_the_whole_cluster(tmp_path, monkeypatch):
+    """--memory-limit budgets one process: with 2 single-threaded worker processes, each holds
+    one block, so the plan is for 1 block in flight (it was planned for 2, halving the blocks)."""
+    import deconv3d.pipeline as pipeline
+
+    class FakeClient:
+        def scheduler_info(self):
+            return {"workers": {"tcp://a": {"nthreads": 1}, "tcp://b": {"nthreads": 1}}}
+
+    seen = []
+
+    def planned(shape, fns, chunks, halo, limit, model, workers):
+        seen.append(workers)
+        raise KeyboardInterrupt  # stop before anything runs
+
+    monkeypatch.setattr(pipeline, "_spatial_plan", planned)
+    volume = np.ones((8, 16, 16), np.float32)
+    for client, workers, expected in ((FakeClient(), 2, 1), (None, 3, 3)):
+        with pytest.raises(KeyboardInterrupt):
+            run_chunked(volume, RichardsonLucyBlock(gaussian_psf()), tmp_path / "o.zarr", client=client,
+                        workers=workers, memory_limit="2GB")
+        assert seen[-1] == expected
+
+    class Silent:
+        def scheduler_info(self):
+            raise OSError("no answer")
+
+    assert pipeline._threads_per_worker(Silent()) == 1
