@@ -29,9 +29,11 @@ is installed and loads, torch everywhere else (CUDA, float64, no numba). Environ
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
+import threading
 import warnings
 from types import SimpleNamespace
 
@@ -182,8 +184,9 @@ class FusedOps:
 
     @staticmethod
     def ratio(data, blurred, floor: float, out) -> None:
-        _ready().ratio(*_rows(data), *_rows(blurred), np.float32(floor), *_rows(out, write=True),
-                       *_shape3(out))
+        with _serialised():
+            _ready().ratio(*_rows(data), *_rows(blurred), np.float32(floor), *_rows(out, write=True),
+                           *_shape3(out))
 
     @staticmethod
     def buffers(like: torch.Tensor, steps: bool = True) -> SimpleNamespace:
@@ -193,15 +196,38 @@ class FusedOps:
     @staticmethod
     def update_step(guess, factor, denominator, out, buffers) -> tuple[float, float]:
         divide = denominator is not None
-        gg, gp = _ready().update_step(*_rows(guess), *_rows(factor), *_rows(denominator if divide else factor),
-                                      divide, *_rows(out, write=True), *_rows(buffers.g, write=True),
-                                      *_shape3(out))
+        with _serialised():
+            gg, gp = _ready().update_step(*_rows(guess), *_rows(factor), *_rows(denominator if divide else factor),
+                                          divide, *_rows(out, write=True), *_rows(buffers.g, write=True),
+                                          *_shape3(out))
         return float(gg), float(gp)
 
     @staticmethod
     def extrapolate(x, x_prev, alpha: float, out, buffers=None) -> None:
         c = (1.0 + alpha) / (1.0 - alpha)
-        _ready().extrapolate(*_rows(x), *_rows(x_prev), np.float32(c), *_rows(out, write=True), *_shape3(out))
+        with _serialised():
+            _ready().extrapolate(*_rows(x), *_rows(x_prev), np.float32(c), *_rows(out, write=True), *_shape3(out))
+
+
+_LOCK = threading.Lock()
+_LAYER: list = []  # numba's threading layer, once a parallel kernel has chosen it
+
+
+def _serialised():
+    """A lock where numba's threading layer cannot run kernels from two threads at once.
+
+    numba's own ``workqueue`` layer (its fallback when neither OpenMP nor TBB loads) aborts the
+    process on concurrent use, and the pipeline runs blocks in threads; ``omp`` and ``tbb`` run
+    them side by side. Until the first kernel has run the layer is unknown: locked then too.
+    """
+    if not _LAYER:
+        import numba
+
+        try:
+            _LAYER.append(numba.threading_layer())
+        except ValueError:  # no parallel kernel has run yet
+            return _LOCK
+    return _LOCK if _LAYER[0] == "workqueue" else contextlib.nullcontext()
 
 
 def preload(device: torch.device, dtype: torch.dtype) -> None:

@@ -14,6 +14,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
 from deconv3d._fftw import real_transforms
@@ -95,7 +96,8 @@ def richardson_lucy(
         of the adaptive one: every voxel's update is then local, so chunked runs over blocks
         of one volume agree with a whole-volume run (the adaptive α depends on the whole image).
     tol : float, optional
-        Stop when ``||u_k+1 - u_k|| / ||u_k||`` falls below ``tol``.
+        Stop when ``||u_k+1 - u_k|| / ||u_k||`` falls below ``tol``, measured on the image's
+        field (what is returned), not on Bertero's margins or the mirrored copies of ``reflect``.
     callback : callable, optional
         ``callback(iteration, estimate)`` after every iteration (1-based); returning
         ``True`` stops early (use it for progress bars and cancel buttons).
@@ -156,6 +158,7 @@ def richardson_lucy(
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype)
     iterations = _check_options(iterations, boundary, tv_weight, tol, y.ndim, voxel_size)
+    accelerate = _check_accelerate(accelerate)
     if extended and boundary != "bertero":
         raise InputError(f"extended=True needs boundary='bertero' (the only one that estimates the object beyond "
                          f"the image), got {boundary!r}")
@@ -349,8 +352,9 @@ def _holdout_predictions(p: _Problem, iterations: int, tv):
 
 
 def _check_inputs(image, psf, device, dtype):
-    y = as_tensor(image, device, dtype)
-    h = as_tensor(psf, device, dtype)
+    # Detached: the loops write with out= (no autograd), and the fused passes read raw memory anyway.
+    y = as_tensor(image, device, dtype).detach()
+    h = as_tensor(psf, device, dtype).detach()
     if y.ndim not in (2, 3):
         raise InputError(f"image must be 2D or 3D, got {y.ndim}D: select a single channel and time point")
     if h.ndim != y.ndim:
@@ -362,6 +366,21 @@ def _check_inputs(image, psf, device, dtype):
     if any(k > n for k, n in zip(h.shape, y.shape)):
         raise InputError(f"PSF {tuple(h.shape)} is larger than the image {tuple(y.shape)}: crop the PSF")
     return y, h
+
+
+def _check_accelerate(accelerate) -> bool | tuple[float, ...]:
+    """``accelerate`` as a bool, or a replayed schedule of steps each in [0, 1)."""
+    if isinstance(accelerate, (bool, np.bool_)):
+        return bool(accelerate)
+    try:
+        steps = tuple(float(a) for a in accelerate)
+    except (TypeError, ValueError):
+        raise InputError(f"accelerate must be True, False or a sequence of steps, got {accelerate!r}") from None
+    if not all(math.isfinite(a) and 0 <= a < 1 for a in steps):
+        # alpha = 1 divides by zero in the step; above 1 the guess turns negative and is clamped to 0 for good
+        raise InputError(f"acceleration steps must lie in [0, 1), got {[a for a in steps if not 0 <= a < 1][:3]}: "
+                         "use rl_alpha_schedule's steps, or accelerate=True")
+    return steps
 
 
 def _check_options(iterations, boundary, tv_weight, tol, ndim, voxel_size) -> int:
@@ -600,6 +619,8 @@ def _should_stop(it, u, previous, tol, callback, p) -> bool:
         return True
     if previous is None:
         return False
+    # On the image returned, not on the extended or mirrored estimate around it.
+    u, previous = u[p.result_crop], previous[p.result_crop]
     change = torch.linalg.vector_norm(u - previous) / torch.linalg.vector_norm(previous).clamp_min(1e-30)
     return bool(change < tol)
 

@@ -15,6 +15,7 @@ odd and even kernels line up with scipy.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from typing import Sequence
 
@@ -82,10 +83,11 @@ def as_tensor(x, device: torch.device | None = None, dtype: torch.dtype | None =
     return t.to(device=device or "cpu", dtype=dtype or t.dtype)
 
 
-def psf_fingerprint(psf) -> str:
-    """Short SHA-256 of a PSF's shape and float32 values (identifies it in caches and files)."""
+def psf_fingerprint(psf, dtype=np.float32) -> str:
+    """Short SHA-256 of a PSF's shape and values in ``dtype`` (float32: the one stored in files;
+    the convolver cache hashes the values in the dtype it computes in)."""
     arr = psf.detach().cpu().numpy() if isinstance(psf, torch.Tensor) else np.asarray(psf)
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.ascontiguousarray(arr, dtype=dtype)
     h = hashlib.sha256(str(arr.shape).encode())
     h.update(arr.tobytes())
     return h.hexdigest()[:16]
@@ -122,7 +124,8 @@ class FFTConvolver:
     def __init__(self, psf, *, device="cpu", dtype: torch.dtype = torch.float32):
         self.device = resolve_device(device)
         self.dtype = dtype
-        self.psf = as_tensor(psf, self.device, dtype).detach()
+        # A private copy: a view of the caller's array would change under the cached OTFs.
+        self.psf = as_tensor(psf, self.device, dtype).detach().clone()
         if not 1 <= self.psf.ndim <= 3:
             raise InputError(f"PSF must be 1D, 2D or 3D, got {self.psf.ndim}D: pass a single PSF volume")
         self.ndim = self.psf.ndim
@@ -169,7 +172,10 @@ class FFTConvolver:
         return self._apply(x, mode, padding, adjoint=False)
 
     def correlate(self, x, mode: str = "same", padding: str = "zero") -> torch.Tensor:
-        """Correlate ``x`` with the kernel: the adjoint (transpose) of :meth:`convolve`."""
+        """Correlate ``x`` with the kernel: the adjoint (transpose) of :meth:`convolve` for
+        ``padding="zero"`` and ``"circular"``. With ``"reflect"`` both mirror ``x`` first, which
+        is not the adjoint of mirroring (that folds the margins back): use autograd through
+        :meth:`convolve` where the exact transpose of the reflect model is needed."""
         return self._apply(x, mode, padding, adjoint=True)
 
     def _apply(self, x, mode: str, padding: str, adjoint: bool) -> torch.Tensor:
@@ -259,19 +265,24 @@ def _torch_pad(x: torch.Tensor, before, after, mode: str) -> torch.Tensor:
 
 _CONVOLVERS: "OrderedDict[tuple, FFTConvolver]" = OrderedDict()
 _CACHE_SIZE = 8
+_CACHE_LOCK = threading.Lock()  # pipeline blocks call from worker threads
 
 
 def get_convolver(psf, device="cpu", dtype: torch.dtype = torch.float32) -> FFTConvolver:
-    """A shared :class:`FFTConvolver` for this PSF, device and dtype (small LRU cache)."""
+    """A shared :class:`FFTConvolver` for this PSF, device and dtype (small LRU cache, thread safe)."""
     dev = resolve_device(device)
-    key = (psf_fingerprint(psf), str(dev), dtype)
-    conv = _CONVOLVERS.get(key)
-    if conv is None:
-        conv = FFTConvolver(psf, device=dev, dtype=dtype)
-        _CONVOLVERS[key] = conv
+    key = (psf_fingerprint(psf, np.float64 if dtype == torch.float64 else np.float32), str(dev), dtype)
+    with _CACHE_LOCK:
+        conv = _CONVOLVERS.get(key)
+        if conv is not None:
+            _CONVOLVERS.move_to_end(key)
+            return conv
+    conv = FFTConvolver(psf, device=dev, dtype=dtype)  # outside the lock: another thread may build one too
+    with _CACHE_LOCK:
+        conv = _CONVOLVERS.setdefault(key, conv)
+        _CONVOLVERS.move_to_end(key)
         while len(_CONVOLVERS) > _CACHE_SIZE:
             _CONVOLVERS.popitem(last=False)
-    _CONVOLVERS.move_to_end(key)
     return conv
 
 
@@ -287,7 +298,8 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", device=None,
 
 
 def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", device=None, dtype=torch.float32):
-    """Correlate ``x`` with ``psf``: the adjoint of :func:`fft_convolve` (cached OTF)."""
+    """Correlate ``x`` with ``psf``: the adjoint of :func:`fft_convolve` (cached OTF) for the
+    zero and circular paddings (see :meth:`FFTConvolver.correlate` for reflect)."""
     if device is None:
         device = x.device if isinstance(x, torch.Tensor) else "cpu"
     return get_convolver(psf, device, dtype).correlate(x, mode=mode, padding=padding)

@@ -288,9 +288,10 @@ def fit_psf(psf: np.ndarray, shape) -> np.ndarray:
 def crop_psf(psf, energy=0.999) -> np.ndarray:
     """Crop to the smallest centred odd box holding ``energy`` of the total.
 
-    The box grows greedily from the centre voxel ``(n-1)//2``: each step widens
-    by one voxel on both sides the axis whose added slab has the highest mean
-    intensity, until the box holds at least ``energy`` of the sum.
+    Every box centred on the voxel ``(n-1)//2`` is considered (box sums from a
+    summed-area table, one axis at a time, so memory stays at a plane of the
+    PSF); the one with the fewest voxels that holds at least ``energy`` of the
+    sum wins, the one holding more energy among equals.
 
     Parameters
     ----------
@@ -311,9 +312,7 @@ def crop_psf(psf, energy=0.999) -> np.ndarray:
     limit = np.minimum(centre, np.asarray(psf.shape) - 1 - centre)
     table = _summed_area(np.clip(psf, 0, None))
     goal = energy * table[(-1,) * psf.ndim] * (1 - 1e-7)
-    half = np.zeros(psf.ndim, dtype=int)
-    while _box_sum(table, centre, half) < goal and (half < limit).any():
-        half[_best_axis(table, centre, half, limit)] += 1
+    half = _smallest_box(table, centre, limit, goal)
     box = tuple(slice(c - h, c + h + 1) for c, h in zip(centre, half))
     return normalize_psf(psf[box])
 
@@ -326,27 +325,33 @@ def _summed_area(arr: np.ndarray) -> np.ndarray:
     return table
 
 
-def _box_sum(table: np.ndarray, centre, half) -> float:
-    """Sum of the box ``centre +- half`` by inclusion-exclusion on the table."""
-    lo, hi = np.asarray(centre) - half, np.asarray(centre) + half + 1
+def _box_sums(table: np.ndarray, centre, halves) -> np.ndarray:
+    """Sums of the boxes ``centre +- halves`` (one integer array per axis, broadcast together)
+    by inclusion-exclusion on the summed-area table."""
     total = 0.0
     for corner in np.ndindex(*(2,) * table.ndim):
-        index = tuple(hi[a] if c else lo[a] for a, c in enumerate(corner))
-        total += (-1) ** (table.ndim - sum(corner)) * table[index]
-    return total
+        index = tuple(c + h + 1 if up else c - h for c, h, up in zip(centre, halves, corner))
+        total = total + (-1) ** (table.ndim - sum(corner)) * table[index]
+    return np.asarray(total)
 
 
-def _best_axis(table, centre, half, limit) -> int:
-    """Axis whose one-voxel widening adds the most intensity per added voxel."""
-    current, size = _box_sum(table, centre, half), np.prod(2 * half + 1)
-    best, best_gain = 0, -np.inf
-    for axis in np.flatnonzero(half < limit):
-        grown = half.copy()
-        grown[axis] += 1
-        gain = (_box_sum(table, centre, grown) - current) / (np.prod(2 * grown + 1) - size)
-        if gain > best_gain:
-            best, best_gain = axis, gain
-    return int(best)
+def _smallest_box(table: np.ndarray, centre, limit, goal: float) -> np.ndarray:
+    """Half-sizes of the centred box with the fewest voxels whose sum reaches ``goal``."""
+    rest = list(np.meshgrid(*[np.arange(n + 1) for n in limit[1:]], indexing="ij"))
+    volume_rest = np.prod([2 * h + 1 for h in rest], axis=0)
+    best, best_key = np.asarray(limit), (np.inf, 0.0)
+    for h0 in range(int(limit[0]) + 1):
+        sums = _box_sums(table, centre, [np.full(volume_rest.shape, h0)] + rest)
+        volume = np.where(sums >= goal, (2 * h0 + 1) * volume_rest, np.inf)
+        if not np.isfinite(volume).any():
+            continue
+        pick = np.flatnonzero(volume == volume.min())
+        i = pick[np.argmax(sums.ravel()[pick])]
+        key = (float(volume.ravel()[i]), -float(sums.ravel()[i]))
+        if key < best_key:
+            best_key = key
+            best = np.array([h0] + [int(h.ravel()[i]) for h in rest])
+    return best
 
 
 def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:

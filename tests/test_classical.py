@@ -114,6 +114,39 @@ def test_tolerance_stops_early(accelerate):
     assert 1 < len(seen) < 500
 
 
+@pytest.mark.parametrize("boundary, accelerate", [("bertero", True), ("reflect", False)])
+def test_tolerance_is_measured_on_the_returned_image(boundary, accelerate):
+    """It was measured on Bertero's extended estimate (or reflect's mirrored field): a run with
+    tol 3e-2 went on to iteration 38 where the returned image had changed by 0.029 at 24."""
+    _, psf, image = noisy_problem((32, 32))
+    seen = []
+    richardson_lucy(image, psf, 200, tol=2e-2, boundary=boundary, accelerate=accelerate, device="cpu",
+                    callback=lambda i, est: seen.append(est.clone()))
+    changes = [float(torch.linalg.vector_norm(b - a) / torch.linalg.vector_norm(a)) for a, b in zip(seen, seen[1:])]
+    first = next(i for i, c in enumerate(changes) if c < 2e-2)
+    assert len(seen) == first + 2  # stopped at the first iteration whose change fell below tol
+
+
+def test_bad_acceleration_schedules_are_refused():
+    _, psf, image = noisy_problem((32, 32))
+    for schedule in ([0, 0, 1.0], [0, 0, 1.5], [0.5, float("nan")], None, 3):
+        with pytest.raises(InputError, match="accelerate|steps must lie"):
+            richardson_lucy(image, psf, 4, accelerate=schedule, device="cpu")
+    np.testing.assert_array_equal(richardson_lucy(image, psf, 4, accelerate=np.bool_(True), device="cpu"),
+                                  richardson_lucy(image, psf, 4, accelerate=True, device="cpu"))
+
+
+@pytest.mark.parametrize("fused", ["torch", "auto"])
+def test_a_tensor_that_requires_grad_is_deconvolved_on_every_backend(fused, monkeypatch):
+    """The torch passes failed ("functions with out=... arguments don't support automatic
+    differentiation") where the numba ones worked."""
+    monkeypatch.setenv("DECONV3D_FUSED", fused)
+    _, psf, image = noisy_problem((32, 32))
+    tensor = torch.from_numpy(image).requires_grad_(True)
+    np.testing.assert_allclose(richardson_lucy(tensor, psf, 4, accelerate=True, device="cpu").numpy(),
+                               richardson_lucy(image, psf, 4, accelerate=True, device="cpu"), rtol=1e-6, atol=1e-7)
+
+
 def test_anisotropic_voxels_raise_the_tv_limit():
     _, psf, image = noisy_problem((12, 24, 24))
     with pytest.raises(InputError, match="tv_weight"):

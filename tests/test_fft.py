@@ -106,6 +106,50 @@ def test_shared_convolver_is_reused_for_equal_psfs(rng):
     assert get_convolver(k) is not get_convolver(k * 2)
 
 
+def test_editing_the_callers_psf_in_place_does_not_reach_the_cache(rng):
+    """The convolver held a view of the caller's array: after ``k *= 3`` a later call with the
+    original values returned 3x the reference from the shared cache."""
+    x = rng.random((20, 18)).astype(np.float32)
+    k = rng.random((5, 3)).astype(np.float32)
+    original = k.copy()
+    fft_convolve(x, k)
+    k *= 3
+    np.testing.assert_allclose(fft_convolve(x[:, :7], original).numpy(),
+                               scipy.signal.fftconvolve(x[:, :7], original, mode="same"), rtol=1e-5, atol=1e-6)
+
+
+def test_float64_psfs_that_round_alike_in_float32_are_not_confused(rng):
+    x = rng.random((16, 16))
+    h = rng.random((5, 5))
+    rounded = h.astype(np.float32).astype(np.float64)
+    close = rounded + 1e-9 * (h != rounded)
+    fft_convolve(x, rounded, dtype=torch.float64)
+    np.testing.assert_allclose(fft_convolve(x, close, dtype=torch.float64).numpy(),
+                               scipy.signal.fftconvolve(x, close, mode="same"), rtol=0, atol=1e-13)
+
+
+def test_the_shared_cache_serves_many_threads(rng):
+    """More PSFs than the cache holds, from 16 threads: a KeyError came out when another thread
+    evicted a key between the lookup and the LRU update."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kernels = [rng.random((3, 3)).astype(np.float32) for _ in range(40)]
+
+    def churn(seed):
+        order = np.random.default_rng(seed).integers(0, len(kernels), 1500)
+        return all(get_convolver(kernels[i]).psf.shape == (3, 3) for i in order)
+
+    import sys
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, as a loaded machine does
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            assert all(pool.map(churn, range(16)))
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def test_fast_sizes():
     assert fast_size(271) == 280 and fast_size(64) == 64 and fast_size(97) == 98
     shape = fast_shape((79, 271, 271))

@@ -186,3 +186,33 @@ def test_fused_passes_read_inputs_of_any_strides():
     assert torch.equal(outs[0], outs[1])
     with pytest.raises(ValueError, match="contiguous"):
         FusedOps.ratio(data, blurred, 0.5, torch.empty((5, 9, 7)).transpose(1, 2))
+
+
+@needs_numba
+def test_concurrent_blocks_under_numbas_workqueue_layer_do_not_abort():
+    """numba's fallback threading layer aborts the process (SIGABRT) when two threads run its
+    kernels at once, as pipeline blocks do; the fused passes take a lock under it."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import numpy as np, torch
+        from concurrent.futures import ThreadPoolExecutor
+        from deconv3d.classical import richardson_lucy
+        torch.set_num_threads(1)
+        rng = np.random.default_rng(0)
+        ys = [(rng.random((8, 24, 26)) * 30 + 1).astype(np.float32) for _ in range(4)]
+        h = rng.random((3, 5, 5)).astype(np.float32); h /= h.sum()
+        serial = [richardson_lucy(y, h, 6, accelerate=True, device="cpu") for y in ys]
+        with ThreadPoolExecutor(4) as pool:
+            par = list(pool.map(lambda i: richardson_lucy(ys[i % 4], h, 6, accelerate=True, device="cpu"), range(16)))
+        assert all(np.array_equal(p, serial[i % 4]) for i, p in enumerate(par))
+        import numba
+        print(numba.threading_layer())
+    """)
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "DECONV3D_FUSED": "numba"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "workqueue"
