@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 import uuid
 import xml.etree.ElementTree as ET
@@ -124,6 +125,23 @@ def read_psf(path) -> Image:
         raise InputError(f"PSF {psf.voxel_problem}: fix its calibration (Fiji: Image > Properties) or save it "
                          "without one")
     return psf
+
+
+def assume_psf_voxel(voxel_size, psf_path, ndim: int, source):
+    """``voxel_size``, or for an image that carries none (``source``, for the message) the PSF
+    file's own, said on stderr, when it records one per axis of the ``ndim``-D image.
+
+    Without it the PSF would be used at whatever sampling it has: a PSF sampled twice as finely
+    as the image then deconvolves with the wrong width, silently.
+    """
+    if voxel_size is not None or psf_path is None:
+        return voxel_size
+    own = read_psf(psf_path).voxel_size
+    if own is None or len(own) != ndim:
+        return voxel_size
+    print(f"deconv3d: warning: {source} carries no voxel size; assuming the PSF's {tuple(own)} µm "
+          f"(pass --voxel-size to set it)", file=sys.stderr)
+    return tuple(own)
 
 
 @contextlib.contextmanager

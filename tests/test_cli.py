@@ -179,3 +179,25 @@ def test_fiji_stack_without_spacing_keeps_its_calibration(data, capsys):
                         "--device", "cpu", "-o", out], capsys)
     assert code == 0, err
     assert read_image(out).voxel_size == pytest.approx((1.0, 0.1, 0.1))
+
+
+def test_an_uncalibrated_image_takes_the_psfs_voxel_size_and_says_so(data, capsys):
+    """The PSF was used at its own sampling, silently: with a PSF sampled twice as finely as the
+    image the result was wrong (correlation with the truth 0.81 against 0.98)."""
+    rng = np.random.default_rng(2)
+    tifffile.imwrite(data / "bare.tif", rng.random((12, 40, 40)).astype(np.float32) + 0.1)  # no calibration
+    grids = np.meshgrid(*[np.arange(-4, 5)] * 3, indexing="ij")
+    write_tiff(data / "fine_psf.tif", np.exp(-sum(g**2 for g in grids) / 8).astype(np.float32),
+               voxel_size=(0.15, 0.05, 0.05))
+    common = ["--psf", data / "fine_psf.tif", "--iterations", 3, "--device", "cpu"]
+    code, _, err = run(["deconvolve", data / "bare.tif", "-o", data / "assumed.tif"] + common, capsys)
+    assert code == 0 and "bare.tif carries no voxel size; assuming the PSF's (0.15, 0.05, 0.05) µm" in err, err
+    code, _, err = run(["deconvolve", data / "bare.tif", "-o", data / "given.tif", "--voxel-size", 0.15, 0.05, 0.05]
+                       + common, capsys)
+    assert code == 0 and "warning" not in err, err
+    assumed, given = read_image(data / "assumed.tif"), read_image(data / "given.tif")
+    np.testing.assert_array_equal(assumed.data, given.data)
+    assert assumed.voxel_size == pytest.approx((0.15, 0.05, 0.05))
+    code, _, err = run(["deconvolve", data / "bare.tif", "-o", data / "chunked.zarr", "--chunks", 6, 20, 20] + common,
+                       capsys)
+    assert code == 0 and "assuming the PSF's" in err, err

@@ -163,7 +163,7 @@ def cmd_deconvolve(args) -> int:
 
     from deconv3d.classical import richardson_lucy, wiener
     from deconv3d.fft import psf_fingerprint
-    from deconv3d.io import check_output_path, read_image, write_tiff
+    from deconv3d.io import assume_psf_voxel, check_output_path, read_image, write_tiff
 
     warnings = _unused_option_warnings(args)
     for role, path in (("input", args.input), ("output", args.output)):
@@ -186,6 +186,7 @@ def cmd_deconvolve(args) -> int:
     trained = selfsup.load_model(args) if args.method == "ssl" else None
     if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
         voxel = trained.voxel_for(voxel, image.data.ndim, args.input)
+    voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input)
     # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
     psf = load_psf(args, image, voxel, fit_image=trained is None) if (args.psf or args.psf_model) else None
     print_warnings(warnings)

@@ -108,12 +108,12 @@ def train_with_progress(image, psf, args, voxel):
 
 
 def _read_inputs(args):
-    from deconv3d.io import check_output_path, read_image, read_psf
+    from deconv3d.io import assume_psf_voxel, check_output_path, read_image, read_psf
     from deconv3d.psf import prepare_psf
 
     image = read_image(args.input)
     check_output_path(args.output, [args.input, args.psf], suffixes=(".ckpt", ".pt"))
-    voxel = voxel_size_of(args, image)
+    voxel = assume_psf_voxel(voxel_size_of(args, image), args.psf, image.data.ndim, args.input)
     psf = read_psf(args.psf)
     return image, prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel), voxel
 

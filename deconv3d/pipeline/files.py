@@ -24,7 +24,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     from deconv3d.fft import psf_fingerprint
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import provenance, run_chunked
-    from deconv3d.pipeline.batch import build_block_fn, channel_count, load_psfs_for, spatial_voxel
+    from deconv3d.io import assume_psf_voxel
+    from deconv3d.pipeline.batch import _many, build_block_fn, channel_count, load_psfs_for, spatial_voxel
     from deconv3d.pipeline.output import remove_stale_temporaries
 
     input_path, output_path = Path(input_path), Path(output_path)
@@ -32,6 +33,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     spatial_axes = "".join(a for a in lazy.axes if a in "ZYX")
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]
     voxel = spatial_voxel(settings, lazy)
+    if settings.method != "ssl" and settings.psf:  # (a network brings its own voxel size, below)
+        voxel = assume_psf_voxel(voxel, _many(settings.psf)[0], len(spatial_shape), input_path.name)
     wanted = channel_count(settings)
     if wanted > 1:
         channels = lazy.data.shape[lazy.axes.index("C")] if "C" in lazy.axes else 1
