@@ -274,6 +274,18 @@ def choose_iterations(
     Returns
     -------
     IterationChoice
+        ``.iterations`` is the count to pass to :func:`richardson_lucy`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> psf = np.ones((3, 5, 5), np.float32) / 75
+    >>> image = rng.poisson(50, (8, 32, 32)).astype(np.float32)
+    >>> choice = choose_iterations(image, psf, 30, device="cpu")
+    >>> restored = richardson_lucy(image, psf, choice.iterations, device="cpu")
+    >>> 1 <= choice.iterations <= 30 and len(choice.risk) >= choice.iterations
+    True
 
     References
     ----------

@@ -35,8 +35,10 @@ def demo_data(seed: int = 0):
     return truth, psf, image
 
 
-def demo_methods(image, psf, device="auto", iterations: int = DEMO_ITERATIONS):
-    """Run each classical method; yields ``(name, result, seconds)``."""
+def demo_methods(image, psf, device="auto", iterations: int = DEMO_ITERATIONS, announce=None):
+    """Run each method (the classical ones, then the network); yields ``(name, result, seconds)``.
+
+    ``announce(stage)`` is called before each method starts."""
     from deconv3d.classical import richardson_lucy, wiener
 
     runs = {
@@ -47,7 +49,11 @@ def demo_methods(image, psf, device="auto", iterations: int = DEMO_ITERATIONS):
         ),
     }
     runs["ssl"] = lambda: _demo_ssl(image, psf, device)
+    stages = {"wiener": "wiener", "rl": f"rl, {iterations} iterations", "rl-tv": f"rl-tv, {iterations} iterations",
+              "ssl": f"ssl: training the self-supervised network ({DEMO_SSL_SECONDS:.0f} s)"}
     for name, run in runs.items():
+        if announce is not None:
+            announce(stages[name])
         start = time.perf_counter()
         result = run()
         yield name, result, time.perf_counter() - start
@@ -109,26 +115,31 @@ def demo_blur(device="auto", seed: int = 0) -> dict:
             "steps": result.steps_done}
 
 
-def run_demo(output: Path, device="auto", seed: int = 0) -> list[dict]:
+def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[dict]:
     """Write the demo stacks (TIFF) and ``demo.png`` to ``output``; return one row per method.
 
     The last row is the blur synthesis of :func:`demo_blur` (PSNR of the synthesised
     levels against the real ones, SSIM not applicable); its strip is in the figure.
+    ``progress(stage)`` is called as each stage starts (the command line prints it).
     """
+    say = progress or (lambda stage: None)
     from deconv3d.io import write_tiff
     from deconv3d.metrics import psnr_rescaled, ssim_rescaled
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    say("synthesising the phantom and its widefield image")
     truth, psf, image = demo_data(seed)
     stacks = {"truth": truth, "input": image}
     rows = [_row("input", truth, image, 0.0, psnr_rescaled, ssim_rescaled)]
-    for name, result, seconds in demo_methods(image, psf, device):
+    methods = demo_methods(image, psf, device, announce=say)
+    for name, result, seconds in methods:
         stacks[name] = result
         rows.append(_row(name, truth, result, seconds, psnr_rescaled, ssim_rescaled))
     if _SSL_STEPS:
         next(r for r in rows if r["method"] == "ssl")["note"] = (f"{_SSL_STEPS[0]} training steps in {DEMO_SSL_SECONDS:.0f} s: far too few on a CPU; "
                             f"train for minutes with 'deconv3d train'")
+    say(f"blur synthesis: training a linear-latent autoencoder ({DEMO_BLUR_SECONDS:.0f} s)")
     start = time.perf_counter()
     blur = demo_blur(device, seed)
     rows.append({"method": "blur-synth", "psnr": blur["psnr"], "ssim": float("nan"),
@@ -137,8 +148,9 @@ def run_demo(output: Path, device="auto", seed: int = 0) -> list[dict]:
     write_tiff(output / "psf.tif", psf, voxel_size=DEMO_VOXEL)
     for name, stack in stacks.items():
         write_tiff(output / f"{name}.tif", stack, voxel_size=DEMO_VOXEL)
-    write_tiff(output / "blur_real.tif", blur["real"])
-    write_tiff(output / "blur_synth.tif", blur["synth"])
+    write_tiff(output / "blur_real.tif", blur["real"], voxel_size=DEMO_VOXEL[1:])  # synthetic planes: the demo's pixel
+    write_tiff(output / "blur_synth.tif", blur["synth"], voxel_size=DEMO_VOXEL[1:])
+    say("writing the stacks and the figure")
     draw_projections(stacks, output / "demo.png", DEMO_VOXEL, strip=blur)
     return rows
 

@@ -75,6 +75,8 @@ def bad_cases(d):
     (d / "whole.tif").unlink()
     tifffile.imwrite(d / "rgb.tif", (rng.random((20, 20, 3)) * 255).astype(np.uint8), photometric="rgb")
     save("huge.tif", (rng.random((8, 20, 20)) * 3e38).astype(np.float32))  # finite, but sums overflow
+    tifffile.imwrite(d / "hyper.tif", rng.random((2, 6, 2, 20, 20)).astype(np.float32), imagej=True,
+                     metadata={"axes": "TZCYX"})
     tifffile.imwrite(d / "psf_zero_spacing.tif", np.ones((3, 5, 5), np.float32), imagej=True, resolution=(10, 10),
                      metadata={"axes": "ZYX", "unit": "um", "spacing": 0.0})  # was used unresampled, silently
     with tifffile.TiffWriter(d / "fields.ome.tif", ome=True) as tif:
@@ -102,17 +104,23 @@ def bad_cases(d):
         "infinite balance": (base + ["-o", d / "o.tif", "--method", "wiener", "--balance", "inf"], "finite"),
         "voxel size in file, zarr": (["deconvolve", d / "neg_spacing.tif"] + base[2:] + ["-o", d / "o.zarr"],
                                      "--voxel-size"),
-        "overflowing values": (["deconvolve", d / "huge.tif"] + base[2:] + ["-o", d / "o.tif"], "rescale"),
+        "overflowing values": (["deconvolve", d / "huge.tif"] + base[2:] + ["--voxel-size", 0.3, 0.1, 0.1,
+                                                                         "-o", d / "o.tif"], "rescale"),
         "several fields": (["deconvolve", d / "fields.ome.tif"] + base[2:] + ["-o", d / "o.tif"], "separate images"),
         "voxel size in PSF file": (base[:2] + ["--psf", d / "psf_zero_spacing.tif", "-o", d / "o.tif"],
                                    "PSF"),
+        "hyperstack to TIFF": (["deconvolve", d / "hyper.tif"] + base[2:] + ["-o", d / "o.tif"], "as .zarr"),
+        "two PSFs": (base[:2] + ["--psf", d / "psf.tif", d / "psf.tif", "-o", d / "o.tif"],
+                     "see 'deconv3d deconvolve --help'"),
+        "2 voxel sizes, 3D": (base + ["--voxel-size", 0.1, 0.1, "-o", d / "o.tif"], "give DZ DY DX"),
     }
 
 
 BAD_CASES = ["missing input", "not an image", "1D data", "NaN image", "NaN PSF", "zero PSF", "negative PSF",
              "PSF too big", "voxel size", "output is input", "no such dir", "parent is a file", "unknown method",
              "missing optics", "voxel size in file", "truncated file", "RGB image", "infinite balance",
-             "voxel size in file, zarr", "overflowing values", "several fields", "voxel size in PSF file"]
+             "voxel size in file, zarr", "overflowing values", "several fields", "voxel size in PSF file",
+             "hyperstack to TIFF", "two PSFs", "2 voxel sizes, 3D"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -201,3 +209,15 @@ def test_an_uncalibrated_image_takes_the_psfs_voxel_size_and_says_so(data, capsy
     code, _, err = run(["deconvolve", data / "bare.tif", "-o", data / "chunked.zarr", "--chunks", 6, 20, 20] + common,
                        capsys)
     assert code == 0 and "assuming the PSF's" in err, err
+
+
+def test_a_2d_image_takes_two_voxel_sizes(tmp_path, capsys):
+    """--voxel-size took exactly three values, so a 2D image needed a made-up DZ."""
+    rng = np.random.default_rng(3)
+    tifffile.imwrite(tmp_path / "plane.tif", rng.random((30, 30)).astype(np.float32) + 0.1)
+    grids = np.meshgrid(*[np.arange(-2, 3)] * 2, indexing="ij")
+    write_tiff(tmp_path / "psf.tif", np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32), voxel_size=(0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "plane.tif", "-o", tmp_path / "out.tif", "--psf", tmp_path / "psf.tif",
+                        "--iterations", 2, "--voxel-size", 0.1, 0.1], capsys)
+    assert code == 0 and "warning" not in err, err
+    assert read_image(tmp_path / "out.tif").voxel_size == pytest.approx((0.1, 0.1))

@@ -13,12 +13,19 @@ def test_demo_writes_rows_stacks_and_figure(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_SSL_SECONDS", 1.0)
     monkeypatch.setattr(demo, "DEMO_BLUR_SECONDS", 1.0)
     monkeypatch.setattr(demo, "DEMO_BLUR_SHAPE", (32, 32))
-    rows = demo.run_demo(tmp_path, device="cpu")
+    stages = []
+    rows = demo.run_demo(tmp_path, device="cpu", progress=stages.append)
     assert [r["method"] for r in rows] == ["input", "wiener", "rl", "rl-tv", "ssl", "blur-synth"]
+    # one line per stage as it starts (the demo ran for minutes in silence)
+    assert [s.split(":")[0].split(",")[0] for s in stages] == ["synthesising the phantom and its widefield image",
+                                                               "wiener", "rl", "rl-tv", "ssl", "blur synthesis",
+                                                               "writing the stacks and the figure"]
     assert all(np.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in rows[:-1])
     assert np.isfinite(rows[-1]["psnr"]) and "pixel blending" in rows[-1]["note"]
     assert "training steps" in rows[4]["note"]
-    real, synth = read_image(tmp_path / "blur_real.tif").data, read_image(tmp_path / "blur_synth.tif").data
+    real, synth = read_image(tmp_path / "blur_real.tif"), read_image(tmp_path / "blur_synth.tif")
+    assert real.voxel_size[1:] == synth.voxel_size[1:] == demo.DEMO_VOXEL[1:]  # pixel size (they had none)
+    real, synth = real.data, synth.data
     assert real.shape == synth.shape == (len(demo.DEMO_BLUR_LEVELS), 32, 32)
     np.testing.assert_array_equal(synth[[0, -1]], real[[0, -1]])  # the end planes are the given ones
     for name in ("truth", "input", "wiener", "rl", "rl-tv", "ssl", "psf"):

@@ -27,7 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     blur.register(sub)
     selfsup.register(sub)
     pipeline.register(sub)
+    _record_progs(parser)
     return parser
+
+
+def _record_progs(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command records its own name, for usage errors the top-level parser reports."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.set_defaults(_prog=child.prog)
+                _record_progs(child)
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:
@@ -46,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # reported here by argparse, it would point at the top-level help
+            raise InputError(f"unrecognized arguments: {' '.join(extra)} "
+                             f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")
         return args.func(args)
     except InputError as exc:
         if debug:

@@ -41,7 +41,8 @@ def _psf_parser(sub) -> None:
 
 
 def _distill_parser(sub) -> None:
-    p = sub.add_parser("psf-distill", help="average isolated beads into a PSF (also: 'psf distill')")
+    p = sub.add_parser("psf-distill", prog="deconv3d psf distill",
+                       help="average isolated beads into a PSF (also: 'psf distill')")
     p.add_argument("beads", help="TIFF stack of sub-resolution beads")
     p.add_argument("-o", "--output", required=True, help="output PSF file (.tif)")
     p.add_argument("--size", type=positive_int, nargs="+", metavar="N",
@@ -73,8 +74,8 @@ def _deconvolve_parser(sub) -> None:
     p.add_argument("--boundary", choices=BOUNDARIES, default="bertero",
                    help="border handling for RL (default bertero: no ringing at the borders)")
     p.add_argument("--balance", type=positive_float, default=1e-3, help="Wiener regularisation (default 1e-3)")
-    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
-                   help="voxel size in µm (overrides the file's metadata)")
+    p.add_argument("--voxel-size", type=positive_float, nargs="+", metavar="D",
+                   help="voxel size DZ DY DX in µm, DY DX for a 2D image (overrides the file's metadata)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     selfsup.add_deconvolve_options(p)
     pipeline.add_chunk_options(p)
@@ -163,7 +164,7 @@ def cmd_deconvolve(args) -> int:
 
     from deconv3d.classical import richardson_lucy, wiener
     from deconv3d.fft import psf_fingerprint
-    from deconv3d.io import assume_psf_voxel, check_output_path, read_image, write_tiff
+    from deconv3d.io import assume_psf_voxel, check_output_path, write_tiff
 
     warnings = _unused_option_warnings(args)
     for role, path in (("input", args.input), ("output", args.output)):
@@ -174,7 +175,7 @@ def cmd_deconvolve(args) -> int:
             raise InputError("--iterations auto needs the whole image in memory: run it on a TIFF crop, then give "
                              "the count it reports as --iterations N to the chunked run")
         return pipeline.cmd_deconvolve_chunked(args, warnings)
-    image = read_image(args.input)
+    image = _read_one_image(args.input)
     check_output_path(args.output, [f for f in (args.input, args.psf, args.model) if f])
     if args.method == "rl-tv" and not args.tv_weight > 0:
         raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
@@ -217,6 +218,24 @@ def cmd_deconvolve(args) -> int:
     return 0
 
 
+def _read_one_image(path):
+    """read_image, with the way out for a hyperstack: a .zarr output runs each channel and time point."""
+    from deconv3d.io import read_image
+    from deconv3d.omezarr import open_lazy
+
+    try:
+        return read_image(path)
+    except InputError:
+        try:
+            axes = open_lazy(path).axes
+        except InputError:
+            axes = ""
+        if "T" in axes or "C" in axes:
+            raise InputError(f"{path} has axes {axes}: a TIFF output holds one 2D/3D image; write the output as "
+                             ".zarr to deconvolve every channel and time point (or pick one first)") from None
+        raise
+
+
 def _iterations(text: str) -> int | str:
     return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
@@ -238,7 +257,8 @@ def _choose_iterations(image, psf, params: dict, voxel, device) -> dict:
 def cmd_demo(args) -> int:
     from deconv3d.demo import run_demo
 
-    rows = run_demo(Path(args.output), device=args.device)
+    rows = run_demo(Path(args.output), device=args.device,
+                    progress=lambda stage: print(f"deconv3d demo: {stage} ...", file=sys.stderr, flush=True))
     print(f"deconv3d demo: outputs in {args.output}/")
     print(f"| {'method':<22} | {'PSNR (dB)':>9} | {'SSIM':>6} | {'time (s)':>8} |")
     print(f"|{'-' * 24}|{'-' * 11}|{'-' * 8}|{'-' * 10}|")

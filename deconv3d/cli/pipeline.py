@@ -126,12 +126,13 @@ def register(sub) -> None:
             action.nargs, action.metavar = "+", "UM"
             action.help = "emission wavelength in µm, or one per channel"
     p.add_argument("--method", choices=METHODS, help="deconvolution method (default rl)")
-    p.add_argument("--iterations", type=positive_int, help="RL iterations (default 20)")
+    p.add_argument("--iterations", type=_batch_iterations, help="RL iterations (default 20)")
     p.add_argument("--tv-weight", type=float, help="TV weight for rl-tv (default 0.002)")
     p.add_argument("--no-accelerate", action="store_true", default=False, help="turn off Biggs-Andrews acceleration")
     p.add_argument("--boundary", choices=BOUNDARIES, help="RL border handling (default bertero)")
     p.add_argument("--balance", type=positive_float, help="Wiener regularisation (default 1e-3)")
-    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"), help="voxel size in µm")
+    p.add_argument("--voxel-size", type=positive_float, nargs="+", metavar="D",
+                   help="voxel size DZ DY DX in µm (DY DX for 2D images)")
     p.add_argument("--device", choices=DEVICES, help="cpu (default), cuda or auto")
     p.add_argument("--model", help="trained network (.ckpt) for --method ssl")
     p.add_argument("--tta", action="store_true", default=None, help="ssl: average over the 8 xy rotations/flips")
@@ -195,6 +196,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     for row in failed:
         print(f"deconv3d: failed: {row['file']}: {row['reason']}", file=sys.stderr)
     return 3 if failed else 0
+
+
+def _batch_iterations(text: str) -> int:
+    if text.strip().lower() == "auto":
+        raise argparse.ArgumentTypeError("'auto' needs one image in memory: run 'deconv3d deconvolve FILE "
+                                         "--iterations auto' on a representative file and give the count it reports")
+    return positive_int(text)
 
 
 def _non_negative_int(text: str) -> int:

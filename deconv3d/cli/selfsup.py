@@ -26,8 +26,8 @@ def register(sub) -> None:
     p.add_argument("--psf", required=True, help="PSF file (.tif); resampled to the image's voxel size when they differ")
     p.add_argument("-o", "--output", required=True, help="output model file (.ckpt)")
     add_training_options(p, steps_flag="--steps")
-    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
-                   help="voxel size in µm (overrides the file's metadata)")
+    p.add_argument("--voxel-size", type=positive_float, nargs="+", metavar="D",
+                   help="voxel size DZ DY DX in µm, DY DX for a 2D image (overrides the file's metadata)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=cmd_train)
     add_common(p)
@@ -94,9 +94,18 @@ def train_with_progress(image, psf, args, voxel):
     from deconv3d.selfsup import train
 
     config, unet = configs(args, image.ndim)
-    bar = tqdm(total=config.steps, desc="train", unit="step", disable=None, leave=False)
+    # Before the first step, the residual form searches RL's iteration count on held-out voxels.
+    preparing = bool(config.residual or config.warm_steps or config.anchor_weight)  # as train() decides
+    bar = tqdm(total=config.steps, desc="train: choosing the RL reference" if preparing else "train", unit="step",
+               disable=None, leave=False)
+
+    waiting = [preparing]
 
     def callback(step, loss):
+        if waiting[0]:
+            waiting[0] = False
+            bar.set_description("train", refresh=False)
+            bar.reset(total=config.steps)  # the rate and ETA count training steps only
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
 

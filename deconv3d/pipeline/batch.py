@@ -78,8 +78,8 @@ class Settings:
         _check(isinstance(self.tta, bool), f"tta must be true or false, got {self.tta!r}")
         _check(isinstance(self.band_limit, (int, float)) and 0 <= self.band_limit < float("inf"),
                f"band_limit must be a number >= 0, got {self.band_limit!r}")
-        _check(self.voxel_size is None or (len(self.voxel_size) == 3 and all(_positive(v) for v in self.voxel_size)),
-               f"voxel_size needs 3 positive numbers (Z Y X), got {self.voxel_size!r}")
+        _check(self.voxel_size is None or (len(self.voxel_size) in (2, 3) and all(_positive(v) for v in self.voxel_size)),
+               f"voxel_size needs 3 positive numbers (Z Y X; Y X for 2D images), got {self.voxel_size!r}")
         _check(self.chunks is None or (len(self.chunks) in (2, 3) and all(_positive(v) for v in self.chunks)),
                f"chunks needs 3 positive numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")
         if self.method == "ssl":
@@ -398,6 +398,9 @@ def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:
     """The voxel size to use: the configured one, else the file's."""
     if settings.voxel_size is not None:
         spatial = sum(a in "ZYX" for a in lazy.axes)
+        if len(settings.voxel_size) < spatial:
+            raise InputError(f"voxel size {tuple(settings.voxel_size)} gives {len(settings.voxel_size)} values but "
+                             f"{Path(lazy.path).name} is {spatial}D: give DZ DY DX")
         return tuple(float(v) for v in settings.voxel_size)[-spatial:]
     problem = getattr(lazy, "voxel_problem", None)
     if problem:

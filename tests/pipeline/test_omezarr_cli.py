@@ -112,6 +112,7 @@ def test_batch_failing_file_exit_3_others_complete_and_resume(folder, capsys):
     (["deconvolve", "empty.zarr", "--psf", "psf.tif", "-o", "x.zarr"], ["as OME-Zarr", "image group"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.xyz"], ["'.xyz'", "use .tif, .tiff or .zarr"]),
     (["batch", "in", "-o", "in/x.zarr", "--psf", "psf.tif"], ["inside the input folder"]),
+    (["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "auto"], ["--iterations auto' on a"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--chunks", 12, 12], ["is 3D", "Z Y X"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--chunks", 4, 4, 4, 4], ["chunks needs 3"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--chunks", 12, 24, 24, "--memory-limit",
