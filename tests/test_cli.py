@@ -168,6 +168,22 @@ def test_unexpected_error_exits_1(data, capsys, monkeypatch):
     assert not (data / "o.tif").exists()
 
 
+@pytest.mark.parametrize("error", [MemoryError("Unable to allocate 745. GiB for an array"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+                                                "can't allocate memory: you tried to allocate 8 GB")])
+def test_running_out_of_memory_is_one_line_not_an_internal_error(data, capsys, monkeypatch, error):
+    import deconv3d.classical
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(deconv3d.classical, "richardson_lucy", fail)
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "o.tif",
+                        "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "not enough memory", "smaller sizes")
+    assert not (data / "o.tif").exists()
+
+
 def test_voxel_size_flag_overrides_a_bad_one_in_the_file(data, capsys):
     tifffile.imwrite(data / "neg.tif", np.ones((8, 20, 20), np.float32), imagej=True, resolution=(10, 10),
                      metadata={"axes": "ZYX", "unit": "um", "spacing": -0.3})

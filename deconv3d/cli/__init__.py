@@ -66,13 +66,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"deconv3d: error: {exc}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:  # numpy's MemoryError; torch's allocation failures
+        out_of_memory = isinstance(exc, MemoryError) or any(
+            words in str(exc) for words in ("out of memory", "can't allocate memory"))
+        if debug or not out_of_memory:
+            return _internal(exc, debug)
+        print(f"deconv3d: error: not enough memory for this run ({_first_line(exc) or type(exc).__name__}): use "
+              "smaller sizes (batch, widths, levels, chunks) or set --memory-limit where the command has it",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("deconv3d: interrupted; no output was written", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the contract: unexpected errors exit 1
-        if debug:
-            raise
-        print(f"deconv3d: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
-              file=sys.stderr)
-        return 1
+        return _internal(exc, debug)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+
+
+def _internal(exc: BaseException, debug: bool) -> int:
+    if debug:
+        raise exc
+    print(f"deconv3d: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
+    return 1
 

@@ -244,10 +244,16 @@ def cmd_train(args) -> int:
     from deconv3d.latent.checkpoint import save_checkpoint
     from deconv3d.latent.data import tile_stacks
     from deconv3d.latent.model import AEConfig
-    from deconv3d.latent.train import LatentTrainConfig, train
+    from deconv3d.latent.train import LatentTrainConfig, plane_problem, train
 
     _check_model_output(args.output, args.stacks)
     stacks, pixel = _read_stacks(args.stacks)
+    problem = plane_problem(stacks)  # in the files' own order and numbering, before sorting and tiling
+    if problem is not None:
+        i, k, what = problem
+        raise InputError(f"{args.stacks[i]} {what} (plane {k}, counting from 0): "
+                         + ("it carries no blur to learn; remove it" if what.endswith("constant")
+                            else "each plane must be its own focal level; remove the copy"))
     stacks, levels = _ordered_levels(args, stacks.shape[1], stacks)
     plane_shape = stacks.shape[-2:]  # before any tiling below
     ae = AEConfig(widths=tuple(args.widths), crop=args.crop, skip_interp=args.skip)
@@ -255,7 +261,10 @@ def cmd_train(args) -> int:
         raise InputError(f"the planes {stacks.shape[-2:]} are smaller than --crop {ae.crop}: give a smaller --crop")
     val_fraction = args.val_fraction
     if stacks.shape[0] == 1 and val_fraction > 0:  # validate on separate tiles of the one field of view
-        stacks = tile_stacks(stacks, ae.crop)
+        tiles = tile_stacks(stacks, ae.crop)
+        # a tile of empty background has constant planes: it holds no blur to train or validate on
+        usable = [t for t in tiles if plane_problem(t[None]) is None]
+        stacks = np.stack(usable) if len(usable) > 1 else stacks
         if stacks.shape[0] == 1:
             print("note: one stack too small to split: no held-out validation, the last averaged weights are kept")
             val_fraction = 0.0
@@ -292,13 +301,17 @@ def _check_finite(result, what: str) -> None:
                          "keep --range near [0, 1], or retrain the model")
 
 
+MAX_LEVELS = 1000  # planes blur synth writes at most (1e11 asked for 745 GiB)
+
+
 def cmd_synth(args) -> int:
     from deconv3d.io import check_output_path, write_tiff
     from deconv3d.latent.ops import synthesize_blur
 
     far, near, voxel = _read_pair(args.far, args.near, "NEAR")
-    if args.levels < 2:
-        raise InputError("--levels must be at least 2 (the planes at both ends of --range)")
+    if not 2 <= args.levels <= MAX_LEVELS:
+        raise InputError(f"--levels must be from 2 (the planes at both ends of --range) to {MAX_LEVELS}, "
+                         f"got {args.levels}")
     check_output_path(args.output, [args.far, args.near, args.model])
     trained, digest, residual, voxel = _load_model(args, far.shape, voxel)
     fractions = np.linspace(args.range[0], args.range[1], args.levels)

@@ -143,6 +143,7 @@ def load_checkpoint(path, device="cpu") -> TrainedAutoencoder:
         crafted pickles, refused without running them), or weights that do not fit the
         stored network shape.
     """
+    device = resolve_device(device)  # a missing GPU is not a damaged file
     data = _read(path)
     try:
         model = _build(path, data, device)

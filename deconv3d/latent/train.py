@@ -122,6 +122,8 @@ class LatentTrainConfig:
                              "use variant implicit or explicit")
         if self.time_budget is not None and not self.time_budget > 0:
             raise InputError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
+        if isinstance(self.seed, bool) or not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**63):
+            raise InputError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
 
 
 def train_config_from_dict(data: dict) -> LatentTrainConfig:
@@ -271,6 +273,24 @@ def _schedule(optimizer, config: LatentTrainConfig):
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[m for m in milestones if m > 0], gamma=0.5)
 
 
+def plane_problem(stacks: np.ndarray) -> tuple[int, int, str] | None:
+    """``(stack, plane, "has a plane that is constant" | "repeats a plane")`` for the first plane of
+    ``(n_images, n_levels, H, W)`` stacks that training cannot use, or None. A constant plane
+    carries no blur; two equal planes make the latent distances between them zero."""
+    flat = stacks.reshape(stacks.shape[0], stacks.shape[1], -1)
+    constant = np.argwhere(flat.max(axis=2) == flat.min(axis=2))
+    if constant.size:
+        return int(constant[0][0]), int(constant[0][1]), "has a plane that is constant"
+    for i, planes in enumerate(flat):
+        _, inverse = np.unique(planes, axis=0, return_inverse=True)
+        seen: set = set()
+        for k, group in enumerate(np.ravel(inverse)):
+            if group in seen:
+                return i, k, "repeats a plane"  # k: the later copy
+            seen.add(group)
+    return None
+
+
 def _check_stacks(stacks, levels, ae_config: AEConfig) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(stacks, dtype=np.float32)
     x = x[None] if x.ndim == 3 else x
@@ -278,17 +298,12 @@ def _check_stacks(stacks, levels, ae_config: AEConfig) -> tuple[np.ndarray, np.n
         raise InputError(f"stacks must be (n_images, n_levels, H, W) or one (n_levels, H, W), got {x.shape}")
     if not np.isfinite(x).all():
         raise InputError("stacks contain NaN or Inf values: clean them first")
-    flat = x.reshape(x.shape[0], x.shape[1], -1)
-    constant = np.argwhere(flat.max(axis=2) == flat.min(axis=2))
-    if constant.size:
-        i, k = constant[0]
-        raise InputError(f"stack {i} has a constant plane (level index {k}): such planes carry no blur to learn; "
-                         "remove them or the stack")
-    for i, planes in enumerate(flat):  # two equal planes make the latent distances between them zero
-        _, first, counts = np.unique(planes, axis=0, return_index=True, return_counts=True)
-        if (counts > 1).any():
-            raise InputError(f"stack {i} repeats a plane (level index {int(first[counts > 1][0])}): each level "
-                             "must be its own focal plane; remove the copy")
+    problem = plane_problem(x)
+    if problem is not None:
+        i, k, what = problem
+        raise InputError(f"stack {i} {what} (level index {k}): "
+                         + ("such planes carry no blur to learn; remove them or the stack" if what.endswith("constant")
+                            else "each level must be its own focal plane; remove the copy"))
     levels = check_levels(levels, x.shape[1])
     if ae_config.crop > min(x.shape[-2:]):
         raise InputError(f"planes {x.shape[-2:]} are smaller than the crop {ae_config.crop}: "

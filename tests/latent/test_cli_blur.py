@@ -193,11 +193,15 @@ def test_train_errors(tmp_path, make_stacks, planes, capsys):
     for name, data, voxel in (("flat", flat, (0.5, 0.1, 0.1)), ("repeat", repeated, (0.5, 0.1, 0.1)),
                               ("coarse", good, (0.5, 0.2, 0.2))):
         write_tiff(tmp_path / f"{name}.tif", data, voxel_size=voxel)
-    cases += [([tmp_path / "flat.tif"], [], "constant plane"), ([tmp_path / "repeat.tif"], [], "repeats a plane"),
-              ([stacks[0], tmp_path / "coarse.tif"], [], "pixel size")]
-    for inputs, options, word in cases:
+    # named by file and by the file's own plane number, also when --focus first reverses the order
+    cases += [([stacks[0], tmp_path / "flat.tif"], ["--focus", "first"], ("flat.tif has a plane that is constant",
+                                                                        "plane 2,")),
+              ([tmp_path / "repeat.tif"], [], ("repeat.tif repeats a plane", "plane 2,")),
+              ([stacks[0], tmp_path / "coarse.tif"], [], "pixel size"),
+              (stacks, ["--seed", "-1"], "seed"), (stacks, ["--seed", str(2**64)], "seed")]  # was exit 1
+    for inputs, options, words in cases:
         code, _, err = run(["blur", "train", *inputs, "-o", out, *TINY, *options], capsys)
-        assert_one_line_error(code, err, word)
+        assert_one_line_error(code, err, *([words] if isinstance(words, str) else words))
         assert not out.exists()
     code, _, err = run(["blur", "train", *stacks, "-o", tmp_path / "model.tif", *TINY], capsys)
     assert_one_line_error(code, err, ".ckpt")
@@ -226,6 +230,7 @@ def test_synth_and_deblur_errors(planes, model, capsys):
         (["synth", *base, p["far"], folder / "coarse.tif", "--levels", 3], "pixel size"),  # two samplings
         (["deblur", *base, folder / "coarse.tif", folder / "coarse2.tif", "--alpha", 0.5], "trained on planes of"),
         (["synth", *base, p["far"], p["near"], "--levels", 3, "--range", 0, 1e39], "--range"),
+        (["synth", *base, p["far"], p["near"], "--levels", 10**11], "to 1000"),  # asked for 745 GiB
     ]
     write_tiff(folder / "coarse.tif", read_image(p["near"]).data, voxel_size=(0.2, 0.2))
     write_tiff(folder / "coarse2.tif", read_image(p["mid"]).data, voxel_size=(0.2, 0.2))
@@ -233,6 +238,19 @@ def test_synth_and_deblur_errors(planes, model, capsys):
         code, _, err = run(["blur", *argv, "-o", out, "--device", "cpu"], capsys)
         assert_one_line_error(code, err, word)
         assert not out.exists(), argv
+
+
+def test_a_missing_gpu_is_not_a_damaged_checkpoint(planes, model, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    folder, p = planes
+    for argv in (["synth", "--model", model, p["far"], p["near"], "--levels", 3],
+                 ["deblur", "--model", model, p["far"], p["mid"], "--alpha", 0.5]):
+        code, _, err = run(["blur", *argv, "-o", folder / "out.tif", "--device", "cuda"], capsys)
+        assert_one_line_error(code, err, "no CUDA GPU")
+        assert "damaged" not in err and "retrain" not in err
 
 
 def test_crafted_model_file_is_refused(planes, capsys):
@@ -314,3 +332,14 @@ def test_a_checkpoint_with_non_finite_weights_is_damaged(planes, model, capsys):
                         "-o", folder / "out.tif", "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "damaged", "non-finite")
     assert not (folder / "out.tif").exists()
+
+
+def test_one_stack_with_empty_background_tiles_still_trains(tmp_path, make_stacks, capsys):
+    """A single stack is tiled for validation; a tile of plain background (constant planes) was
+    reported as "stack 3 has a constant plane" and stopped the run. Such tiles are left out."""
+    stack = 100 * make_stacks(n_images=1, size=32, seed=5)[0] + 10
+    stack[:, 16:, 16:] = 10.0  # one quadrant of background in every plane
+    write_tiff(tmp_path / "one.tif", stack, voxel_size=(0.5, 0.1, 0.1))
+    code, _, err = run(["blur", "train", tmp_path / "one.tif", "-o", tmp_path / "ae.ckpt", *TINY], capsys)
+    assert code == 0, err
+    assert (tmp_path / "ae.ckpt").is_file()
