@@ -308,6 +308,16 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: Optio
     ``z_near = E(x_k) / (1 - alpha) - alpha / (1 - alpha) E(x_far)``, decoded
     (Mazilu et al. [1]_, Sect. 3); it inverts ``E(x_k) = alpha E(x_far) + (1 - alpha) z_near``.
 
+    The decoded plane is in min-max normalised units; it is mapped back to the extrapolated
+    range ``(lo_k - alpha lo_far, hi_k - alpha hi_far) / (1 - alpha)`` (module docstring), in
+    both forms. Unlike :func:`synthesize_blur`'s residual form, this does not reduce to pixel
+    extrapolation (:func:`extrapolate_pixels`) for a network whose latents are exactly linear
+    unless the two planes span equal ranges: the sharp plane's own range is unknown. The form
+    that would (extrapolated pixels plus the network's departure from extrapolating its own
+    reconstructions) carries ``x_far``'s noise times ``alpha / (1 - alpha)``: on
+    ``benchmarks/bench_latent.py`` (explicit variant, 2000 steps, seed 0) it scored 27.8 dB
+    mean against 29.0 dB for the residual form here, and pixel extrapolation itself 25.4 dB.
+
     Examples
     --------
     >>> class Identity:
