@@ -97,7 +97,8 @@ def richardson_lucy(
         of one volume agree with a whole-volume run (the adaptive α depends on the whole image).
     tol : float, optional
         Stop when ``||u_k+1 - u_k|| / ||u_k||`` falls below ``tol``, measured on the image's
-        field (what is returned), not on Bertero's margins or the mirrored copies of ``reflect``.
+        field, not on Bertero's margins (also with ``extended=True``) or the mirrored copies of
+        ``reflect``.
     callback : callable, optional
         ``callback(iteration, estimate)`` after every iteration (1-based); returning
         ``True`` stops early (use it for progress bars and cancel buttons).

@@ -145,12 +145,12 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
     rows.append({"method": "blur-synth", "psnr": blur["psnr"], "ssim": float("nan"),
                  "seconds": time.perf_counter() - start,
                  "note": f"latent interpolation (residual); pixel blending {blur['psnr_blend']:.2f} dB"})
+    say("writing the stacks and the figure")
     write_tiff(output / "psf.tif", psf, voxel_size=DEMO_VOXEL)
     for name, stack in stacks.items():
         write_tiff(output / f"{name}.tif", stack, voxel_size=DEMO_VOXEL)
     write_tiff(output / "blur_real.tif", blur["real"], voxel_size=DEMO_VOXEL[1:])  # synthetic planes: the demo's pixel
     write_tiff(output / "blur_synth.tif", blur["synth"], voxel_size=DEMO_VOXEL[1:])
-    say("writing the stacks and the figure")
     draw_projections(stacks, output / "demo.png", DEMO_VOXEL, strip=blur)
     return rows
 

@@ -289,8 +289,8 @@ def crop_psf(psf, energy=0.999) -> np.ndarray:
     """Crop to the smallest centred odd box holding ``energy`` of the total.
 
     Every box centred on the voxel ``(n-1)//2`` is considered (box sums from a
-    summed-area table, one axis at a time, so memory stays at a plane of the
-    PSF); the one with the fewest voxels that holds at least ``energy`` of the
+    summed-area table of the PSF, evaluated for one first-axis half-size at a
+    time); the one with the fewest voxels that holds at least ``energy`` of the
     sum wins, the one holding more energy among equals.
 
     Parameters

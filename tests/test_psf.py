@@ -274,15 +274,15 @@ def test_distill_psf_without_isolated_beads():
         distill_psf(noise, size=(41, 41, 41))
 
 
-def test_distill_command_takes_two_sizes_for_2d_beads_and_a_threshold(tmp_path, capsys):
-    """--size took exactly three values, which a 2D bead image refuses; the no-beads message
+def test_distill_command_takes_the_last_two_sizes_for_2d_beads_and_a_threshold(tmp_path, capsys):
+    """A 2D bead image refused both three and two --size values; the no-beads message
     showed numpy reprs and suggested a threshold the command had no option for."""
     from cli_helpers import assert_one_line_error, run
     from deconv3d.io import read_image, write_tiff
 
     beads = bead_image(np.random.default_rng(0), (2.0, 1.2, 1.2))[20]  # the beads' focal plane
     write_tiff(tmp_path / "beads2d.tif", beads, voxel_size=(0.1, 0.1))
-    code, _, err = run(["psf", "distill", tmp_path / "beads2d.tif", "-o", tmp_path / "psf.tif", "--size", 11, 9],
+    code, _, err = run(["psf", "distill", "--size", 1, 11, 9, tmp_path / "beads2d.tif", "-o", tmp_path / "psf.tif"],
                        capsys)
     assert code == 0, err
     assert read_image(tmp_path / "psf.tif").data.shape == (11, 9)

@@ -63,9 +63,6 @@ def voxel_size_of(args, image):
     problem = getattr(image, "voxel_problem", None)
     if problem and not args.voxel_size:
         raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm)")
-    if args.voxel_size and not image.data.ndim <= len(args.voxel_size) <= 3:
-        raise InputError(f"--voxel-size gives {len(args.voxel_size)} values for a {image.data.ndim}D image: give "
-                         + ("DZ DY DX" if image.data.ndim == 3 else "DY DX") + " in µm")
     voxel = tuple(args.voxel_size) if args.voxel_size else image.voxel_size
     if voxel is None:
         return None

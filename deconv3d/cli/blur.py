@@ -265,7 +265,11 @@ def cmd_train(args) -> int:
         # a tile of empty background has constant planes: it holds no blur to train or validate on
         usable = [t for t in tiles if plane_problem(t[None]) is None]
         stacks = np.stack(usable) if len(usable) > 1 else stacks
-        if stacks.shape[0] == 1:
+        if stacks.shape[0] == 1 and len(tiles) > 1:
+            print("note: fewer than two tiles of the stack hold more than background: no held-out validation, "
+                  "the last averaged weights are kept")
+            val_fraction = 0.0
+        elif stacks.shape[0] == 1:
             print("note: one stack too small to split: no held-out validation, the last averaged weights are kept")
             val_fraction = 0.0
     config = LatentTrainConfig(variant=args.variant, dist=args.dist, latent_weight=args.latent_weight,

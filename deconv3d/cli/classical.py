@@ -45,8 +45,8 @@ def _distill_parser(sub) -> None:
                        help="average isolated beads into a PSF (also: 'psf distill')")
     p.add_argument("beads", help="TIFF stack of sub-resolution beads")
     p.add_argument("-o", "--output", required=True, help="output PSF file (.tif)")
-    p.add_argument("--size", type=positive_int, nargs="+", metavar="N",
-                   help="PSF box size Z Y X (Y X for a 2D bead image); default 1.5 FWHM each side")
+    p.add_argument("--size", type=positive_int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="PSF box size (a 2D bead image uses Y X); default 1.5 FWHM each side")
     p.add_argument("--threshold", type=float, default=None,
                    help="bead detection level in image units (default: the background plus the larger of "
                    "10 noise SDs and 20%% of the brightest peak)")
@@ -74,8 +74,8 @@ def _deconvolve_parser(sub) -> None:
     p.add_argument("--boundary", choices=BOUNDARIES, default="bertero",
                    help="border handling for RL (default bertero: no ringing at the borders)")
     p.add_argument("--balance", type=positive_float, default=1e-3, help="Wiener regularisation (default 1e-3)")
-    p.add_argument("--voxel-size", type=positive_float, nargs="+", metavar="D",
-                   help="voxel size DZ DY DX in µm, DY DX for a 2D image (overrides the file's metadata)")
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
+                   help="voxel size in µm (overrides the file's metadata; a 2D image uses DY DX)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     selfsup.add_deconvolve_options(p)
     pipeline.add_chunk_options(p)
@@ -153,7 +153,8 @@ def cmd_distill(args) -> int:
 
     beads = read_image(args.beads)
     check_output_path(args.output, [args.beads])
-    psf = distill_psf(beads.data, size=tuple(args.size) if args.size else None, threshold=args.threshold)
+    size = tuple(args.size)[-beads.data.ndim:] if args.size else None
+    psf = distill_psf(beads.data, size=size, threshold=args.threshold)
     write_tiff(args.output, psf, voxel_size=beads.voxel_size, metadata={"deconv3d": __version__, "psf": "distilled"})
     print(f"wrote {args.output}: PSF {psf.shape} distilled from {args.beads}")
     return 0
@@ -168,7 +169,7 @@ def cmd_deconvolve(args) -> int:
 
     warnings = _unused_option_warnings(args)
     for role, path in (("input", args.input), ("output", args.output)):
-        if Path(path).suffix.lower() not in pipeline.OUTPUT_SUFFIXES:
+        if Path(path).suffix.lower() not in pipeline.OUTPUT_SUFFIXES and not (role == "input" and Path(path).is_dir()):
             raise InputError(f"unsupported {role} format '{Path(path).suffix}' for {path}: use .tif, .tiff or .zarr")
     if pipeline.wants_pipeline(args):
         if args.iterations == "auto":

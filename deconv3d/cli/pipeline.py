@@ -20,9 +20,9 @@ OUTPUT_SUFFIXES = (".zarr", ".tif", ".tiff")
 def add_chunk_options(p, defaults=True) -> None:
     """``--chunks``, ``--memory-limit`` and ``--pyramid-levels`` (deconvolve and batch)."""
     g = p.add_argument_group("out-of-core execution")
-    g.add_argument("--chunks", type=positive_int, nargs="+", metavar="N",
-                   help="core block shape Z Y X (Y X for a 2D image; a 2D image also takes the last two "
-                   "of three); each block also gets the halo that the method needs")
+    g.add_argument("--chunks", type=positive_int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="core block shape (a 2D image uses Y X); each block also gets the halo that the "
+                   "method needs")
     g.add_argument("--memory-limit", metavar="SIZE", help="peak memory budget of one process, e.g. 4GB: picks "
                    "the largest blocks that fit (default: whole volume unless --chunks)")
     g.add_argument("--pyramid-levels", type=_non_negative_int, default=0 if defaults else None, metavar="N",
@@ -131,8 +131,8 @@ def register(sub) -> None:
     p.add_argument("--no-accelerate", action="store_true", default=False, help="turn off Biggs-Andrews acceleration")
     p.add_argument("--boundary", choices=BOUNDARIES, help="RL border handling (default bertero)")
     p.add_argument("--balance", type=positive_float, help="Wiener regularisation (default 1e-3)")
-    p.add_argument("--voxel-size", type=positive_float, nargs="+", metavar="D",
-                   help="voxel size DZ DY DX in µm (DY DX for 2D images)")
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
+                   help="voxel size in µm (2D images use DY DX)")
     p.add_argument("--device", choices=DEVICES, help="cpu (default), cuda or auto")
     p.add_argument("--model", help="trained network (.ckpt) for --method ssl")
     p.add_argument("--tta", action="store_true", default=None, help="ssl: average over the 8 xy rotations/flips")
@@ -155,8 +155,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise InputError(f"output {output_dir} is a file: give a folder")
     if output_dir.resolve() == Path(args.input_dir).resolve():
         raise InputError("the output folder is the input folder: choose another one so inputs stay untouched")
-    if output_dir.resolve().is_relative_to(Path(args.input_dir).resolve()):  # its outputs would be inputs next time
-        raise InputError(f"the output folder {output_dir} lies inside the input folder: choose one outside it")
+    if _found_as_input(output_dir, Path(args.input_dir), settings.pattern):  # its outputs would be inputs next time
+        raise InputError(f"the output folder {output_dir} would be read as an input (it matches "
+                         f"{', '.join(settings.pattern)} in the input folder): choose another name or place")
     existing = output_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -183,9 +184,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
             run_batch(args.input_dir, output_dir, settings, one, progress=report, rows=rows)
     except KeyboardInterrupt:
-        if rows:
-            json_path, _ = write_reports(output_dir, rows)
-        print(f"deconv3d: interrupted after {len(rows)} file(s); their outputs are kept"
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+        if rows:  # this run's rows, over an earlier report's rows for the files it did not reach
+            json_path, _ = write_reports(output_dir, _merged_rows(output_dir, rows))
+        print(f"deconv3d: interrupted after {len(rows)} file(s) ({counts['done']} done, {counts['skipped']} "
+              f"skipped, {counts['failed']} failed); finished outputs are kept"
               + (f" (report {json_path})" if rows else "") + ": rerun the same command to resume", file=sys.stderr)
         return 130
     json_path, _ = write_reports(output_dir, rows)
@@ -196,6 +199,33 @@ def cmd_batch(args: argparse.Namespace) -> int:
     for row in failed:
         print(f"deconv3d: failed: {row['file']}: {row['reason']}", file=sys.stderr)
     return 3 if failed else 0
+
+
+def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
+    """``rows`` in place of the same files' rows of the report already in ``output_dir``, if any."""
+    import json
+
+    try:
+        earlier = json.loads((output_dir / "batch_report.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return rows
+    mine = {r["file"]: r for r in rows}
+    merged = [mine.pop(r["file"], r) for r in earlier if isinstance(r, dict) and "file" in r]
+    return merged + list(mine.values())
+
+
+def _found_as_input(output_dir: Path, input_dir: Path, patterns) -> bool:
+    """Whether the input patterns would find the output folder (or something in it): a folder
+    in the input folder that matches one (``out.zarr`` for ``*.zarr``), or any folder inside it
+    for a recursive pattern (``**``)."""
+    import fnmatch
+
+    out, base = output_dir.resolve(), input_dir.resolve()
+    if out == base or not out.is_relative_to(base):
+        return False
+    if any("**" in p or "/" in p for p in patterns):
+        return True
+    return out.parent == base and any(fnmatch.fnmatch(out.name, p) for p in patterns)
 
 
 def _batch_iterations(text: str) -> int:

@@ -26,8 +26,8 @@ def register(sub) -> None:
     p.add_argument("--psf", required=True, help="PSF file (.tif); resampled to the image's voxel size when they differ")
     p.add_argument("-o", "--output", required=True, help="output model file (.ckpt)")
     add_training_options(p, steps_flag="--steps")
-    p.add_argument("--voxel-size", type=positive_float, nargs="+", metavar="D",
-                   help="voxel size DZ DY DX in µm, DY DX for a 2D image (overrides the file's metadata)")
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
+                   help="voxel size in µm (overrides the file's metadata; a 2D image uses DY DX)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=cmd_train)
     add_common(p)

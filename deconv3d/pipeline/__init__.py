@@ -64,6 +64,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
         return_large_allocations()  # else heap fragments pile up block after block (see memory.py)
         for f in block_fns:  # libraries the blocks will load count in the baseline, not in the budget
             getattr(f, "load", lambda: None)()
+    given = chunks is not None
     if chunks is None and memory_limit is not None:
         if model is None:
             raise InputError("a memory limit needs a memory model of the method")
@@ -78,7 +79,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     chunks = round_chunks(chunks, spatial_shape, multiple)  # a network's blocks start on its pooling grid
     if model is not None:
         predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=current_rss())
-        if memory_limit is not None:  # chunks given with a limit: hold them to it
+        if given and memory_limit is not None:  # chunks given with a limit: hold them to it
             limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
             if predicted > limit:
                 raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
@@ -184,8 +185,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
 def _threads_per_worker(client) -> int:
     """The most threads any worker process of a dask.distributed cluster runs (1 if it cannot say)."""
     try:
-        workers = client.scheduler_info().get("workers", {}).values()
-        return max([int(w.get("nthreads", 1)) for w in workers] or [1])
+        return max([int(n) for n in client.nthreads().values()] or [1])
     except Exception:  # noqa: BLE001 - a scheduler that does not answer: assume one block per process
         return 1
 

@@ -295,9 +295,9 @@ def _blend_tiles(run, volume, tiles, window: _Window, batch_size: int, callback)
     for first in range(0, len(tiles), batch_size):
         batch = tiles[first : first + batch_size]
         windows = np.stack([_gather_window(volume, tile, window) for tile in batch])
-        pred = run(torch.from_numpy(windows)[:, None])[:, 0].cpu()
+        pred = run(torch.from_numpy(windows)[:, None])[:, 0]
         for tile, window_pred in zip(batch, pred):
-            tile_pred = window_pred[window.core(tile)]
+            tile_pred = window_pred[window.core(tile)].cpu()  # only the core leaves the device
             region = tuple(slice(t.start, t.stop) for t in tile)
             weight = _tile_weight(tile)
             out[region] += tile_pred * weight

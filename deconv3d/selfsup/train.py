@@ -199,7 +199,10 @@ class _PatchSampler:
         The widened mask only replaces the input; the loss still counts ``mask``.
         """
         out = mask.clone()
+        g = self.geometry
         for b, start in enumerate(starts):
+            if all(s >= p and s + f <= p + n for s, f, p, n in zip(start, g.field_shape, g.before, self.shape)):
+                continue  # the field lies inside the image: every voxel appears once
             ids = torch.zeros((), dtype=torch.long, device=mask.device)
             for axis, (s, f, n) in enumerate(zip(start, self.geometry.field_shape, self.shape)):
                 view = [1] * len(self.shape)

@@ -111,10 +111,8 @@ def test_batch_failing_file_exit_3_others_complete_and_resume(folder, capsys):
      ["--pyramid-levels", "0 or more"]),
     (["deconvolve", "empty.zarr", "--psf", "psf.tif", "-o", "x.zarr"], ["as OME-Zarr", "image group"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.xyz"], ["'.xyz'", "use .tif, .tiff or .zarr"]),
-    (["batch", "in", "-o", "in/x.zarr", "--psf", "psf.tif"], ["inside the input folder"]),
+    (["batch", "in", "-o", "in/x.zarr", "--psf", "psf.tif"], ["would be read as an input"]),
     (["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "auto"], ["--iterations auto' on a"]),
-    (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--chunks", 12, 12], ["is 3D", "Z Y X"]),
-    (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--chunks", 4, 4, 4, 4], ["chunks needs 3"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--chunks", 12, 24, 24, "--memory-limit",
       "100MB"], ["above the memory limit 100MB", "smaller chunks"]),  # the limit was ignored with --chunks
 ])
@@ -147,6 +145,32 @@ def test_an_output_inside_the_input_or_holding_it_is_refused(folder, capsys, mon
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and "one inside the other" in lines[0], err
     assert _tree(folder / "a.zarr") == before
+
+
+def test_batch_into_a_subfolder_of_the_input_that_no_pattern_finds(folder, capsys):
+    """data/ -> data/deconvolved/ is a common layout: the default patterns do not look inside
+    subfolders, so its outputs are never read as inputs (only an output folder that matches a
+    pattern, like in/x.zarr, is refused)."""
+    for _ in range(2):
+        code, out, err = run(batch_argv(folder, folder / "in" / "deconvolved"), capsys)
+        assert code == 0, err
+    assert "skipped" in out and (folder / "in" / "deconvolved" / "img0.zarr").is_dir()
+
+
+def test_chunks_a_memory_limit_chose_are_not_checked_again(tmp_path, monkeypatch):
+    """The limit's own choice was re-checked against a second reading of the process size, and
+    could be refused (with advice to drop the --chunks the user never gave)."""
+    import deconv3d.pipeline as pipeline
+    from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
+
+    readings = iter([500_000_000])  # the first reading; any later one finds the process far larger
+    monkeypatch.setattr(pipeline, "current_rss", lambda: next(readings, 5_000_000_000))
+    volume = blurred_beads((16, 48, 48), gaussian_psf())
+    model = pipeline.MemoryModel("rl", gaussian_psf().shape)
+    limit = 500_000_000 + model.peak_bytes((8, 24, 24), (4, 4, 4), (16, 48, 48))  # fits a few blocks
+    info = run_chunked(volume, RichardsonLucyBlock(gaussian_psf(), iterations=2), tmp_path / "o.zarr",
+                       memory_limit=limit, model=model, halo=(4, 4, 4))
+    assert info.blocks > 1
 
 
 def test_batch_into_a_folder_it_cannot_write_is_a_clean_error(folder, capsys, monkeypatch):
@@ -335,7 +359,7 @@ def test_a_2d_image_stored_as_5d_ome_zarr_is_deconvolved_as_2d(tmp_path, capsys)
     assert lazy.axes == "TCYX" and lazy.voxel_size == pytest.approx((0.1, 0.1))
     np.testing.assert_array_equal(lazy.reader.read((0, 0, slice(2, 5))), plane[2:5])
     code, _, err = run(["deconvolve", tmp_path / "b2r.zarr", "-o", tmp_path / "out.zarr", "--psf", tmp_path / "psf.tif",
-                        "--iterations", 4, "--no-accelerate", "--chunks", 20, 18], capsys)
+                        "--iterations", 4, "--no-accelerate", "--chunks", 1, 20, 18], capsys)
     assert code == 0, err
     out, voxel, axes, _ = read_ome_zarr(tmp_path / "out.zarr")
     assert axes == "TCYX" and voxel == pytest.approx((0.1, 0.1))
@@ -357,6 +381,18 @@ def test_ctrl_c_in_a_batch_keeps_and_reports_the_files_finished(folder, capsys, 
 
     monkeypatch.setattr(files, "deconvolve_file", interrupted_on_the_second)
     code, _, err = run(batch_argv(folder, folder / "out"), capsys)
-    assert code == 130 and "interrupted after 1 file(s); their outputs are kept" in err and "rerun" in err, err
+    assert code == 130 and "interrupted after 1 file(s) (1 done, 0 skipped, 0 failed)" in err and "rerun" in err, err
     report = json.loads((folder / "out" / "batch_report.json").read_text())
     assert [r["status"] for r in report["files"]] == ["done"] and (folder / "out" / "img0.zarr").is_dir()
+    # A full run, then one interrupted again: the report keeps the rows of the files not reached.
+    monkeypatch.setattr(files, "deconvolve_file", real)
+    assert run(batch_argv(folder, folder / "out"), capsys)[0] == 0
+    (folder / "in" / "img0.tif").touch()  # content unchanged: skipped, not redone
+    calls.clear()
+    write_tiff(folder / "in" / "img1.tif", blurred_beads((12, 24, 24), gaussian_psf(), seed=9),
+               voxel_size=(0.3, 0.1, 0.1))  # changed: redone, and interrupted there
+    monkeypatch.setattr(files, "deconvolve_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    code, _, err = run(batch_argv(folder, folder / "out"), capsys)
+    assert code == 130 and "interrupted after 1 file(s) (0 done, 1 skipped, 0 failed)" in err, err
+    report = json.loads((folder / "out" / "batch_report.json").read_text())
+    assert [r["file"].split("/")[-1] for r in report["files"]] == ["img0.tif", "img1.tif", "img2.tif"]

@@ -241,8 +241,8 @@ def test_a_cluster_budgets_each_worker_process_not_the_whole_cluster(tmp_path, m
     import deconv3d.pipeline as pipeline
 
     class FakeClient:
-        def scheduler_info(self):
-            return {"workers": {"tcp://a": {"nthreads": 1}, "tcp://b": {"nthreads": 1}}}
+        def nthreads(self):
+            return {"tcp://a": 1, "tcp://b": 1}
 
     seen = []
 
@@ -259,7 +259,7 @@ def test_a_cluster_budgets_each_worker_process_not_the_whole_cluster(tmp_path, m
         assert seen[-1] == expected
 
     class Silent:
-        def scheduler_info(self):
+        def nthreads(self):
             raise OSError("no answer")
 
     assert pipeline._threads_per_worker(Silent()) == 1
