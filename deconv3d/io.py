@@ -127,9 +127,10 @@ def read_psf(path) -> Image:
     return psf
 
 
-def assume_psf_voxel(voxel_size, psf_path, ndim: int, source):
+def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | None = None):
     """``voxel_size``, or for an image that carries none (``source``, for the message) the PSF
-    file's own, said on stderr, when it records one per axis of the ``ndim``-D image.
+    file's own, when it records one per axis of the ``ndim``-D image; the warning that says so
+    is appended to ``warnings`` (for the caller to print once the input is checked), else printed.
 
     Without it the PSF would be used at whatever sampling it has: a PSF sampled twice as finely
     as the image then deconvolves with the wrong width, silently.
@@ -139,8 +140,12 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source):
     own = read_psf(psf_path).voxel_size
     if own is None or len(own) != ndim:
         return voxel_size
-    print(f"deconv3d: warning: {source} carries no voxel size; assuming the PSF's {tuple(own)} µm "
-          f"(pass --voxel-size to set it)", file=sys.stderr)
+    line = (f"deconv3d: warning: {source} carries no voxel size; assuming the PSF's {tuple(own)} µm "
+            f"(pass --voxel-size to set it)")
+    if warnings is None:
+        print(line, file=sys.stderr)
+    else:
+        warnings.append(line)
     return tuple(own)
 
 
@@ -185,7 +190,8 @@ def open_tiff(path: Path):
     options: dict = {}
     tif = tifffile.TiffFile(path)
     try:
-        series = [tif.series[0]] + [s for s in tif.series[1:] if not (s.pages and s.pages[0].is_reduced)]
+        series = [tif.series[0]] + [s for s in tif.series[1:]
+                                    if not (s.pages and (s.pages[0].is_reduced or s.pages[0].is_mask))]
         if len(series) > 1:
             shapes = {(tuple(n for n in s.shape if n != 1), np.dtype(s.dtype)) for s in series}
             planes = len(shapes) == 1 and len(next(iter(shapes))[0]) == 2 and not tif.is_ome
@@ -194,7 +200,8 @@ def open_tiff(path: Path):
                 options = {"is_shaped": False}  # tifffile's generic reading: uniform pages are one stack
                 tif = tifffile.TiffFile(path, **options)
             if not planes or len(tif.series[0].pages) != len(series):
-                listed = ", ".join(str(tuple(s.shape)) for s in series[:3]) + (", ..." if len(series) > 3 else "")
+                listed = ", ".join(f"{tuple(s.shape)} {np.dtype(s.dtype)}" for s in series[:3]) + (
+                    ", ..." if len(series) > 3 else "")
                 raise InputError(f"{path} holds {len(series)} separate images (shapes {listed}): save the one "
                                  "to deconvolve as its own file (Fiji: open it with Bio-Formats, then File > Save As)")
         yield tif, options

@@ -224,6 +224,13 @@ def test_an_uncalibrated_image_takes_the_psfs_voxel_size_and_says_so(data, capsy
     code, _, err = run(["deconvolve", data / "bare.tif", "-o", data / "chunked.zarr", "--chunks", 6, 20, 20] + common,
                        capsys)
     assert code == 0 and "assuming the PSF's" in err, err
+    # A refused run says only its error, not the warning first, in memory, chunked and for training.
+    write_tiff(data / "big_psf.tif", np.ones((13, 9, 9), np.float32), voxel_size=(0.15, 0.05, 0.05))
+    for argv in (["deconvolve", data / "bare.tif", "-o", data / "x.tif"],
+                 ["deconvolve", data / "bare.tif", "-o", data / "x.zarr"],
+                 ["train", data / "bare.tif", "-o", data / "x.ckpt", "--steps", 1]):
+        code, _, err = run(argv + ["--psf", data / "big_psf.tif"], capsys)
+        assert_one_line_error(code, err, "larger than the image")
 
 
 def test_a_2d_image_takes_the_last_two_voxel_sizes_given_before_the_file(tmp_path, capsys):

@@ -345,3 +345,13 @@ def test_grey_samples_per_pixel_are_named_as_channels(tmp_path):
     tifffile.imwrite(path, np.zeros((8, 10, 3), np.uint16), photometric="minisblack", planarconfig="contig")
     with pytest.raises(InputError, match="3 grey-level samples per pixel .*channels"):
         read_image(path)
+
+
+def test_a_transparency_mask_page_is_not_another_image(tmp_path, rng):
+    """A mask page (subfile type 4) made the file "hold 2 separate images" (a regression)."""
+    image = rng.random((32, 32), dtype=np.float32)
+    path = tmp_path / "masked.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image)
+        tif.write(np.ones((32, 32), bool), subfiletype=4)
+    np.testing.assert_array_equal(read_image(path).data, image)

@@ -46,7 +46,8 @@ def _distill_parser(sub) -> None:
     p.add_argument("beads", help="TIFF stack of sub-resolution beads")
     p.add_argument("-o", "--output", required=True, help="output PSF file (.tif)")
     p.add_argument("--size", type=positive_int, nargs=3, metavar=("Z", "Y", "X"),
-                   help="PSF box size (a 2D bead image uses Y X); default 1.5 FWHM each side")
+                   help="PSF box size; three values, of which a 2D bead image uses the last two (default: 1.5 FWHM each "
+                   "side)")
     p.add_argument("--threshold", type=float, default=None,
                    help="bead detection level in image units (default: the background plus the larger of "
                    "10 noise SDs and 20%% of the brightest peak)")
@@ -75,7 +76,8 @@ def _deconvolve_parser(sub) -> None:
                    help="border handling for RL (default bertero: no ringing at the borders)")
     p.add_argument("--balance", type=positive_float, default=1e-3, help="Wiener regularisation (default 1e-3)")
     p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
-                   help="voxel size in µm (overrides the file's metadata; a 2D image uses DY DX)")
+                   help="voxel size in µm (overrides the file's metadata); three values, of which a 2D image uses the "
+                   "last two")
     p.add_argument("--device", default="auto", choices=DEVICES)
     selfsup.add_deconvolve_options(p)
     pipeline.add_chunk_options(p)
@@ -188,7 +190,7 @@ def cmd_deconvolve(args) -> int:
     trained = selfsup.load_model(args) if args.method == "ssl" else None
     if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
         voxel = trained.voxel_for(voxel, image.data.ndim, args.input)
-    voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input)
+    voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input, warnings)
     # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
     psf = load_psf(args, image, voxel, fit_image=trained is None) if (args.psf or args.psf_model) else None
     print_warnings(warnings)

@@ -21,8 +21,8 @@ def add_chunk_options(p, defaults=True) -> None:
     """``--chunks``, ``--memory-limit`` and ``--pyramid-levels`` (deconvolve and batch)."""
     g = p.add_argument_group("out-of-core execution")
     g.add_argument("--chunks", type=positive_int, nargs=3, metavar=("Z", "Y", "X"),
-                   help="core block shape (a 2D image uses Y X); each block also gets the halo that the "
-                   "method needs")
+                   help="core block shape; three values, of which a 2D image uses the last two; each block also gets "
+                   "the halo that the method needs")
     g.add_argument("--memory-limit", metavar="SIZE", help="peak memory budget of one process, e.g. 4GB: picks "
                    "the largest blocks that fit (default: whole volume unless --chunks)")
     g.add_argument("--pyramid-levels", type=_non_negative_int, default=0 if defaults else None, metavar="N",
@@ -95,7 +95,7 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
     pending = list(warnings)
     bar, callback = _bar(args.method, "block", on_start=lambda: print_warnings(pending))
     with bar:
-        info = deconvolve_file(args.input, args.output, settings, progress=callback)
+        info = deconvolve_file(args.input, args.output, settings, progress=callback, warnings=pending)
     print(f"wrote {args.output}: {args.method} in {info.blocks} block(s) of {info.chunks} + halo {info.halo} "
           f"in {info.seconds:.1f} s")
     return 0
@@ -132,7 +132,7 @@ def register(sub) -> None:
     p.add_argument("--boundary", choices=BOUNDARIES, help="RL border handling (default bertero)")
     p.add_argument("--balance", type=positive_float, help="Wiener regularisation (default 1e-3)")
     p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
-                   help="voxel size in µm (2D images use DY DX)")
+                   help="voxel size in µm; three values, of which a 2D image uses the last two")
     p.add_argument("--device", choices=DEVICES, help="cpu (default), cuda or auto")
     p.add_argument("--model", help="trained network (.ckpt) for --method ssl")
     p.add_argument("--tta", action="store_true", default=None, help="ssl: average over the 8 xy rotations/flips")

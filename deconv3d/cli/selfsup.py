@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from deconv3d.errors import InputError
@@ -27,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output model file (.ckpt)")
     add_training_options(p, steps_flag="--steps")
     p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
-                   help="voxel size in µm (overrides the file's metadata; a 2D image uses DY DX)")
+                   help="voxel size in µm (overrides the file's metadata); three values, of which a 2D image uses the "
+                   "last two")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=cmd_train)
     add_common(p)
@@ -122,9 +124,13 @@ def _read_inputs(args):
 
     image = read_image(args.input)
     check_output_path(args.output, [args.input, args.psf], suffixes=(".ckpt", ".pt"))
-    voxel = assume_psf_voxel(voxel_size_of(args, image), args.psf, image.data.ndim, args.input)
+    notes: list[str] = []
+    voxel = assume_psf_voxel(voxel_size_of(args, image), args.psf, image.data.ndim, args.input, notes)
     psf = read_psf(args.psf)
-    return image, prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel), voxel
+    prepared = prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel)
+    for line in notes:  # once the inputs are checked
+        print(line, file=sys.stderr)
+    return image, prepared, voxel
 
 
 def cmd_train(args) -> int:

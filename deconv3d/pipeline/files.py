@@ -12,7 +12,7 @@ __all__ = ["deconvolve_file"]
 
 
 def deconvolve_file(input_path, output_path, settings, *, client=None, workers: int = 1, progress=None,
-                    checksum: bool | str = True):
+                    checksum: bool | str = True, warnings: list | None = None):
     """Deconvolve ``input_path`` into ``output_path`` with :class:`~deconv3d.pipeline.batch.Settings`.
 
     The input is opened lazily and processed block by block (:func:`deconv3d.pipeline.run_chunked`).
@@ -20,6 +20,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     into a temporary OME-Zarr first, then streamed into the TIFF in slabs of planes. Returns the
     :class:`~deconv3d.pipeline.RunInfo`. ``checksum`` is passed to
     :func:`~deconv3d.pipeline.provenance` (True: hash the input; or its known SHA-256).
+    ``warnings``: a list that collects the warnings (an assumed voxel size) instead of printing them.
     """
     from deconv3d.fft import psf_fingerprint
     from deconv3d.omezarr import open_lazy
@@ -34,7 +35,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]
     voxel = spatial_voxel(settings, lazy)
     if settings.method != "ssl" and settings.psf:  # (a network brings its own voxel size, below)
-        voxel = assume_psf_voxel(voxel, _many(settings.psf)[0], len(spatial_shape), input_path.name)
+        voxel = assume_psf_voxel(voxel, _many(settings.psf)[0], len(spatial_shape), input_path.name, warnings)
     wanted = channel_count(settings)
     if wanted > 1:
         channels = lazy.data.shape[lazy.axes.index("C")] if "C" in lazy.axes else 1

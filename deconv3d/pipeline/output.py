@@ -27,10 +27,10 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
 
 
-def _writer_alive(entry: Path, path: Path) -> bool:
-    """Whether another process that is still running writes ``entry`` (named by :func:`temporary_name`)."""
-    middle = entry.name[len(path.name) + 2:-len(_TMP_SUFFIX)]
-    match = re.fullmatch(r"(\d+)-[0-9a-f]{8}", middle)
+def _writer_alive(entry: Path) -> bool:
+    """Whether another process that is still running writes ``entry`` (named by :func:`temporary_name`,
+    possibly a temporary of a temporary, whose last part names the writer)."""
+    match = re.search(r"\.(\d+)-[0-9a-f]{8}" + re.escape(_TMP_SUFFIX) + "$", entry.name)
     if match is None:  # an older name without the process: stale
         return False
     pid = int(match.group(1))
@@ -92,8 +92,11 @@ def remove_stale_temporaries(path) -> list[Path]:
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    pattern = f".{glob.escape(path.name)}.*{_TMP_SUFFIX}"  # a name like img[1].zarr is not a pattern
-    stale = [p for p in sorted(parent.glob(pattern)) if not _writer_alive(p, path)] if parent.is_dir() else []
+    # a name like img[1].zarr is not a pattern; a TIFF output's scratch OME-Zarr is written under
+    # a temporary name of its own temporary name (two leading dots)
+    found = [q for dots in (".", "..") for q in parent.glob(f"{dots}{glob.escape(path.name)}.*{_TMP_SUFFIX}")] \
+        if parent.is_dir() else []
+    stale = [q for q in sorted(set(found)) if not _writer_alive(q)]
     for entry in stale:
         _remove(entry)
     return stale

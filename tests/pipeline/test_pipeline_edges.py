@@ -263,3 +263,15 @@ def test_a_cluster_budgets_each_worker_process_not_the_whole_cluster(tmp_path, m
             raise OSError("no answer")
 
     assert pipeline._threads_per_worker(Silent()) == 1
+
+
+def test_the_sweep_finds_a_tiff_outputs_nested_scratch(tmp_path):
+    """A TIFF output is first written as an OME-Zarr under a temporary name, which run_chunked
+    writes under a temporary name of its own: '..out.tif.<pid>-<id>.tmp.<pid>-<id>.tmp'."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    nested = tmp_path / f"..out.tif.{gone.pid}-0123abcd.tmp.{gone.pid}-89abcdef.tmp"
+    (nested / "0").mkdir(parents=True)
+    assert remove_stale_temporaries(tmp_path / "out.tif") == [nested]
