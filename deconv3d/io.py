@@ -102,8 +102,7 @@ def read_image(path) -> Image:
     _check_suffix(path, "input")
     try:
         with _tifffile_log() as log:
-            with open_tiff(path) as (tif, _):
-                series = tif.series[0]
+            with open_tiff(path) as (tif, series, _):
                 data = series.asarray()
                 file_axes = _series_axes(tif, series)
                 voxel = _voxel_size_um(tif)
@@ -179,32 +178,34 @@ def _tifffile_log():
 
 @contextlib.contextmanager
 def open_tiff(path: Path):
-    """``(TiffFile, options)``, its first series being the file's image; ``options`` are the
-    ``tifffile`` keywords that open it so (e.g. for ``tifffile.imread(..., **options)``).
+    """``(TiffFile, series, options)``: the open file, the series that is its image, and the
+    ``tifffile`` keywords that read that series (``tifffile.imread(path, **options)``).
 
     Planes written one series each (``tifffile.imwrite(..., append=True)`` in a loop) are read
     as one stack, as Fiji opens them. Several images of other shapes, or an OME-TIFF holding
     several fields, are refused rather than cut down to the first; a reduced-resolution copy
-    (a thumbnail, subfile type 1) is not another image.
+    (a thumbnail, subfile type 1) or a transparency mask (type 4) is not another image,
+    wherever it is stored.
     """
-    options: dict = {}
+    reopen: dict = {}
     tif = tifffile.TiffFile(path)
     try:
-        series = [tif.series[0]] + [s for s in tif.series[1:]
-                                    if not (s.pages and (s.pages[0].is_reduced or s.pages[0].is_mask))]
-        if len(series) > 1:
-            shapes = {(tuple(n for n in s.shape if n != 1), np.dtype(s.dtype)) for s in series}
+        images = [s for s in tif.series if not (s.pages and (s.pages[0].is_reduced or s.pages[0].is_mask))]
+        images = images or list(tif.series[:1])
+        if len(images) > 1:
+            shapes = {(tuple(n for n in s.shape if n != 1), np.dtype(s.dtype)) for s in images}
             planes = len(shapes) == 1 and len(next(iter(shapes))[0]) == 2 and not tif.is_ome
             if planes:
                 tif.close()
-                options = {"is_shaped": False}  # tifffile's generic reading: uniform pages are one stack
-                tif = tifffile.TiffFile(path, **options)
-            if not planes or len(tif.series[0].pages) != len(series):
-                listed = ", ".join(f"{tuple(s.shape)} {np.dtype(s.dtype)}" for s in series[:3]) + (
-                    ", ..." if len(series) > 3 else "")
-                raise InputError(f"{path} holds {len(series)} separate images (shapes {listed}): save the one "
+                reopen = {"is_shaped": False}  # tifffile's generic reading: uniform pages are one stack
+                tif = tifffile.TiffFile(path, **reopen)
+            if not planes or len(tif.series[0].pages) != len(images):
+                listed = ", ".join(f"{tuple(s.shape)} {np.dtype(s.dtype)}" for s in images[:3]) + (
+                    ", ..." if len(images) > 3 else "")
+                raise InputError(f"{path} holds {len(images)} separate images (shapes {listed}): save the one "
                                  "to deconvolve as its own file (Fiji: open it with Bio-Formats, then File > Save As)")
-        yield tif, options
+            images = [tif.series[0]]
+        yield tif, images[0], {**reopen, "series": tif.series.index(images[0])}
     finally:
         tif.close()
 

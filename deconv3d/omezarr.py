@@ -92,7 +92,7 @@ class _TiffArray:
     def __init__(self, path: Path, shape, dtype, token: str = "", options: dict | None = None):
         self.path, self.shape, self.dtype, self.ndim = str(path), tuple(shape), np.dtype(dtype), len(shape)
         self.token = token or self.path
-        self.options = dict(options or {})  # how deconv3d.io.open_tiff opened the file
+        self.options = {"series": 0, **(options or {})}  # how deconv3d.io.open_tiff reads the image
 
     def _array(self):
         import tifffile
@@ -101,7 +101,7 @@ class _TiffArray:
         with self._lock:
             entry = self._open.get(self.token)
             if entry is None:
-                store = tifffile.imread(self.path, aszarr=True, series=0, level=0, **self.options)
+                store = tifffile.imread(self.path, aszarr=True, level=0, **self.options)
                 entry = self._open[self.token] = (store, zarr.open(store, mode="r"))
                 while len(self._open) > self._MAX_OPEN:
                     _, (old, _) = self._open.popitem(last=False)
@@ -153,8 +153,7 @@ def _open_tiff(path: Path) -> LazyImage:
 
     try:
         with _tifffile_log() as log:
-            with open_tiff(path) as (tif, options):
-                series = tif.series[0]
+            with open_tiff(path) as (tif, series, options):
                 axes, shape, dtype = _series_axes(tif, series), series.shape, series.dtype
                 voxel = _voxel_size_um(tif)
                 time_axis = time_axis_of(tif) if "T" in series.axes else None

@@ -314,7 +314,7 @@ def crop_psf(psf, energy=0.999) -> np.ndarray:
     table = _summed_area(np.clip(psf, 0, None))
     goal = energy * table[(-1,) * psf.ndim] * (1 - 1e-7)
     # A PSF that is symmetric in y and x (every widefield PSF on axis) keeps equal lateral sides.
-    square = psf.shape[-1] == psf.shape[-2] and np.allclose(psf, np.swapaxes(psf, -1, -2), rtol=1e-3,
+    square = psf.ndim >= 2 and psf.shape[-1] == psf.shape[-2] and np.allclose(psf, np.swapaxes(psf, -1, -2), rtol=1e-3,
                                                             atol=1e-6 * float(psf.max()))
     half = _smallest_box(table, centre, limit, goal, square)
     box = tuple(slice(c - h, c + h + 1) for c, h in zip(centre, half))

@@ -231,6 +231,10 @@ def test_an_uncalibrated_image_takes_the_psfs_voxel_size_and_says_so(data, capsy
                  ["train", data / "bare.tif", "-o", data / "x.ckpt", "--steps", 1]):
         code, _, err = run(argv + ["--psf", data / "big_psf.tif"], capsys)
         assert_one_line_error(code, err, "larger than the image")
+    tifffile.imwrite(data / "flat.tif", np.full((12, 40, 40), 3.0, np.float32))  # refused by training itself
+    code, _, err = run(["train", data / "flat.tif", "-o", data / "x.ckpt", "--steps", 1, "--psf",
+                        data / "fine_psf.tif"], capsys)
+    assert_one_line_error(code, err, "constant")
 
 
 def test_a_2d_image_takes_the_last_two_voxel_sizes_given_before_the_file(tmp_path, capsys):

@@ -355,3 +355,15 @@ def test_a_transparency_mask_page_is_not_another_image(tmp_path, rng):
         tif.write(image)
         tif.write(np.ones((32, 32), bool), subfiletype=4)
     np.testing.assert_array_equal(read_image(path).data, image)
+
+
+def test_a_mask_page_stored_first_is_skipped_too(tmp_path, rng):
+    from deconv3d.omezarr import open_lazy
+
+    image = rng.random((32, 32), dtype=np.float32)
+    path = tmp_path / "mask_first.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(np.ones((32, 32), bool), subfiletype=4)
+        tif.write(image)
+    np.testing.assert_array_equal(read_image(path).data, image)
+    np.testing.assert_array_equal(open_lazy(path).data.compute(), image)

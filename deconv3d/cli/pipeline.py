@@ -32,7 +32,8 @@ def add_chunk_options(p, defaults=True) -> None:
 def wants_pipeline(args) -> bool:
     """Whether ``deconvolve`` should run chunk by chunk (a .zarr input/output, --chunks or --memory-limit)."""
     suffixes = {Path(args.input).suffix.lower(), Path(args.output).suffix.lower()}
-    return ".zarr" in suffixes or args.chunks is not None or args.memory_limit is not None
+    return (".zarr" in suffixes or Path(args.input).is_dir() or args.chunks is not None
+            or args.memory_limit is not None)
 
 
 def settings_from_args(args, base: dict | None = None):
@@ -184,11 +185,17 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
             run_batch(args.input_dir, output_dir, settings, one, progress=report, rows=rows)
     except KeyboardInterrupt:
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+        for row in rows:  # the file in progress: its earlier output, if any, no longer matches a record
+            if not row["status"]:
+                row.update(status="failed", reason="interrupted (Ctrl-C): rerun to redo it")
+        counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
         if rows:  # this run's rows, over an earlier report's rows for the files it did not reach
-            json_path, _ = write_reports(output_dir, _merged_rows(output_dir, rows))
-        print(f"deconv3d: interrupted after {len(rows)} file(s) ({counts['done']} done, {counts['skipped']} "
-              f"skipped, {counts['failed']} failed); finished outputs are kept"
+            try:
+                json_path, _ = write_reports(output_dir, _merged_rows(output_dir, rows))
+            except Exception:  # noqa: BLE001 - a report in a shape this version does not write
+                json_path, _ = write_reports(output_dir, rows)
+        print(f"deconv3d: interrupted at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
+              f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
               + (f" (report {json_path})" if rows else "") + ": rerun the same command to resume", file=sys.stderr)
         return 130
     json_path, _ = write_reports(output_dir, rows)
@@ -201,16 +208,24 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 3 if failed else 0
 
 
+STATUSES = ("done", "skipped", "failed")
+
+
 def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
     """``rows`` in place of the same files' rows of the report already in ``output_dir``, if any."""
     import json
 
+    fields = ("file", "status", "seconds", "output", "reason")
     try:
         earlier = json.loads((output_dir / "batch_report.json").read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return rows
+    if not isinstance(earlier, list):
+        return rows
+    earlier = [{k: r.get(k, "") for k in fields} for r in earlier
+               if isinstance(r, dict) and isinstance(r.get("file"), str) and r.get("status") in STATUSES]
     mine = {r["file"]: r for r in rows}
-    merged = [mine.pop(r["file"], r) for r in earlier if isinstance(r, dict) and "file" in r]
+    merged = [mine.pop(r["file"], r) for r in earlier]
     return merged + list(mine.values())
 
 
@@ -219,13 +234,22 @@ def _found_as_input(output_dir: Path, input_dir: Path, patterns) -> bool:
     in the input folder that matches one (``out.zarr`` for ``*.zarr``), or any folder inside it
     for a recursive pattern (``**``)."""
     import fnmatch
+    import os
+    from pathlib import PurePath
 
-    out, base = output_dir.resolve(), input_dir.resolve()
+    out, base = Path(os.path.abspath(output_dir)), Path(os.path.abspath(input_dir))  # links not followed
     if out == base or not out.is_relative_to(base):
         return False
-    if any("**" in p or "/" in p for p in patterns):
-        return True
-    return out.parent == base and any(fnmatch.fnmatch(out.name, p) for p in patterns)
+    rel = out.relative_to(base).parts
+    if rel[0].startswith("."):  # the glob skips hidden names
+        return False
+    for pattern in patterns:
+        if "/" not in pattern and "**" not in pattern:
+            if fnmatch.fnmatch(rel[0], pattern):  # the output, or the input folder that holds it
+                return True
+        elif any(PurePath(*rel[:k]).match(pattern) for k in range(1, len(rel) + 1)) or "**" in pattern:
+            return True
+    return False
 
 
 def _batch_iterations(text: str) -> int:

@@ -89,8 +89,10 @@ def configs(args, ndim: int):
     return config, UNetConfig(ndim=ndim, base_channels=args.base_channels, depth=args.unet_depth)
 
 
-def train_with_progress(image, psf, args, voxel):
-    """Train on ``image`` with a tqdm bar showing the loss; raises on cancel or divergence."""
+def train_with_progress(image, psf, args, voxel, notes=()):
+    """Train on ``image`` with a tqdm bar showing the loss; raises on cancel or divergence.
+
+    ``notes`` (warnings) are printed at the first step, once training has accepted the input."""
     from tqdm import tqdm
 
     from deconv3d.selfsup import train
@@ -103,7 +105,13 @@ def train_with_progress(image, psf, args, voxel):
 
     waiting = [preparing]
 
+    pending = list(notes)
+
     def callback(step, loss):
+        if pending:
+            bar.clear()
+            print(*pending, sep="\n", file=sys.stderr)
+            pending.clear()
         if waiting[0]:
             waiting[0] = False
             bar.set_description("train", refresh=False)
@@ -128,17 +136,15 @@ def _read_inputs(args):
     voxel = assume_psf_voxel(voxel_size_of(args, image), args.psf, image.data.ndim, args.input, notes)
     psf = read_psf(args.psf)
     prepared = prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel)
-    for line in notes:  # once the inputs are checked
-        print(line, file=sys.stderr)
-    return image, prepared, voxel
+    return image, prepared, voxel, notes
 
 
 def cmd_train(args) -> int:
     from deconv3d.selfsup import save_checkpoint
 
-    image, psf, voxel = _read_inputs(args)
+    image, psf, voxel, notes = _read_inputs(args)
     start = time.perf_counter()
-    result = train_with_progress(image.data, psf, args, voxel)
+    result = train_with_progress(image.data, psf, args, voxel, notes)
     save_checkpoint(result, args.output)
     last = result.history[-1][1]
     print(f"wrote {args.output}: {result.steps_done} steps ({result.reason}) in {time.perf_counter() - start:.1f} s, "

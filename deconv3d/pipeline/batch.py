@@ -347,11 +347,11 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     for number, (path, output) in enumerate(zip(inputs, outputs), 1):
         record = _record_path(output_dir, path)
         row = {"file": str(path), "output": str(output), "status": "", "seconds": 0.0, "reason": ""}
+        rows.append(row)  # before the work: an interrupted file shows as the row left without a status
         if is_finished(path, output, record, settings_hash):
             row["status"] = "skipped"
         else:
             _process(path, output, record, settings_hash, process_one, row)
-        rows.append(row)
         if progress is not None:
             progress(number, len(inputs), row)
     return rows

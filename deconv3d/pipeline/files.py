@@ -47,7 +47,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
         from deconv3d.selfsup import load_checkpoint
 
         trained = load_checkpoint(settings.model, device="cpu")
-        voxel = trained.voxel_for(voxel, len(spatial_shape), input_path.name)
+        voxel = trained.voxel_for(voxel, len(spatial_shape), input_path.name, warnings)
         psfs = [load_psfs_for(settings, spatial_shape, voxel, fit_image=False)[0]
                 if (settings.psf or settings.wavelength) else None]
     else:

@@ -59,14 +59,19 @@ class TrainedModel:
         return cls(result.model, result.unet, result.config, result.mean, result.std, result.psf,
                    result.voxel_size, result.reference)
 
-    def voxel_for(self, voxel_size, ndim: int, source) -> tuple | None:
+    def voxel_for(self, voxel_size, ndim: int, source, warnings: list | None = None) -> tuple | None:
         """``voxel_size``, or for an image that carries none (``source``, for the message) the
-        model's own, said on stderr, when it has one per axis of the ``ndim``-D image."""
+        model's own, when it has one per axis of the ``ndim``-D image; the warning that says so
+        is appended to ``warnings`` (printed by the caller once the input is checked), else printed."""
         own = self.voxel_size
         if voxel_size is not None or own is None or len(own) != ndim:
             return voxel_size
-        print(f"deconv3d: warning: {source} carries no voxel size; assuming the model's {tuple(own)} µm "
-              f"(pass --voxel-size DZ DY DX to check it)", file=sys.stderr)
+        line = (f"deconv3d: warning: {source} carries no voxel size; assuming the model's {tuple(own)} µm "
+                f"(pass --voxel-size DZ DY DX to check it)")
+        if warnings is None:
+            print(line, file=sys.stderr)
+        else:
+            warnings.append(line)
         return tuple(own)
 
     def check_compatible(self, image_ndim: int, psf=None, voxel_size: Sequence[float] | None = None) -> None:
