@@ -1,4 +1,6 @@
-"""Exceptions for user-facing failures."""
+"""Exceptions for user-facing failures, and the warnings said on the way."""
+
+import sys
 
 
 class InputError(ValueError):
@@ -7,3 +9,12 @@ class InputError(ValueError):
     The message is one line that names the problem and how to fix it; the command
     line prints it as ``deconv3d: error: <message>`` and exits with status 2.
     """
+
+
+def warn(line: str, warnings: list | None = None) -> None:
+    """Append a ``deconv3d: warning: ...`` line to ``warnings`` (for a caller that prints them
+    once the input is checked, so that a refusal says only its error), else print it."""
+    if warnings is None:
+        print(line, file=sys.stderr)
+    else:
+        warnings.append(line)

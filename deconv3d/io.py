@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 import os
-import sys
 import threading
 import uuid
 import xml.etree.ElementTree as ET
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, warn
 
 __all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES"]
 
@@ -139,12 +138,8 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
     own = read_psf(psf_path).voxel_size
     if own is None or len(own) != ndim:
         return voxel_size
-    line = (f"deconv3d: warning: {source} carries no voxel size; assuming the PSF's {tuple(own)} µm "
-            f"(pass --voxel-size to set it)")
-    if warnings is None:
-        print(line, file=sys.stderr)
-    else:
-        warnings.append(line)
+    warn(f"deconv3d: warning: {source} carries no voxel size; assuming the PSF's {tuple(own)} µm "
+         f"(pass --voxel-size to set it)", warnings)
     return tuple(own)
 
 

@@ -12,7 +12,6 @@ it runs.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from deconv3d._torch_common import atomic_torch_save, safe_torch_load
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, warn
 from deconv3d.fft import psf_fingerprint, resolve_device
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig, from_dict, to_dict
@@ -66,12 +65,8 @@ class TrainedModel:
         own = self.voxel_size
         if voxel_size is not None or own is None or len(own) != ndim:
             return voxel_size
-        line = (f"deconv3d: warning: {source} carries no voxel size; assuming the model's {tuple(own)} µm "
-                f"(pass --voxel-size DZ DY DX to check it)")
-        if warnings is None:
-            print(line, file=sys.stderr)
-        else:
-            warnings.append(line)
+        warn(f"deconv3d: warning: {source} carries no voxel size; assuming the model's {tuple(own)} µm "
+             f"(pass --voxel-size DZ DY DX to check it)", warnings)
         return tuple(own)
 
     def check_compatible(self, image_ndim: int, psf=None, voxel_size: Sequence[float] | None = None) -> None:
