@@ -256,7 +256,7 @@ def write_tiff(path, data, voxel_size=None, metadata=None) -> None:
     if not streamed:
         data = np.asarray(data, dtype=np.float32)
     kwargs = _imagej_kwargs(data, voxel_size, metadata)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # as pipeline.output names them
+    tmp = temporary_name(path)
     try:
         with open(tmp, "xb") as fh:
             if streamed:  # page by page from slabs of planes: never the whole volume in memory
@@ -323,6 +323,12 @@ def check_output_path(output, inputs=(), suffixes=None) -> None:
 
 
 # ---------------------------------------------------------------- helpers ---
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden sibling of ``path`` that marks itself as unfinished, and names the process writing
+    it (``.NAME.<pid>-<id>.tmp``; :func:`deconv3d.pipeline.output.remove_stale_temporaries` sweeps them)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -460,11 +466,7 @@ def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
     when neither records one."""
     step, unit = None, None
     if tif.is_ome and tif.ome_metadata:
-        try:
-            pixels = next((el for el in ET.fromstring(tif.ome_metadata).iter()
-                           if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-        except ET.ParseError:
-            pixels = None
+        pixels = _ome_pixels(tif.ome_metadata)
         if pixels is not None and pixels.get("TimeIncrement") is not None:
             step, unit = pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s")
     elif tif.imagej_metadata and tif.imagej_metadata.get("finterval"):
@@ -478,12 +480,17 @@ def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
     return step, _TIME_UNITS.get(str(unit).strip().lower())
 
 
-def _ome_voxel_size(xml: str) -> list:
+def _ome_pixels(xml: str):
+    """The first ``Pixels`` element of an OME-XML document (any namespace), or None."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
-        return [None, None, None]
-    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+        return None
+    return next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+
+
+def _ome_voxel_size(xml: str) -> list:
+    pixels = _ome_pixels(xml)
     if pixels is None:
         return [None, None, None]
     sizes = []

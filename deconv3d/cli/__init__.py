@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             words in str(exc) for words in ("out of memory", "can't allocate memory"))
         if debug or not out_of_memory:
             return _internal(exc, debug)
-        print(f"deconv3d: error: not enough memory for this run ({_first_line(exc) or type(exc).__name__}): use "
+        from deconv3d.io import _one_line
+
+        print(f"deconv3d: error: not enough memory for this run ({_one_line(exc)}): use "
               "smaller sizes (batch, widths, levels, chunks) or set --memory-limit where the command has it",
               file=sys.stderr)
         return 2
@@ -80,10 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - the contract: unexpected errors exit 1
         return _internal(exc, debug)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
 
 
 def _internal(exc: BaseException, debug: bool) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import math
 
 from deconv3d.errors import InputError
@@ -97,3 +98,10 @@ def generated_psf_shape(image_shape, voxel, na, wavelength):
     lateral = [2 * int(round(8 * airy / d)) + 1 for d in voxel[1:]]
     wanted = [image_shape[0]] + lateral
     return tuple(min(w, n if n % 2 else n - 1) for w, n in zip(wanted, image_shape))
+
+
+def print_warnings(lines: list) -> None:
+    """Print, once, warnings collected while the input was checked (then the list is empty)."""
+    for line in lines:
+        print(line, file=sys.stderr)
+    lines.clear()

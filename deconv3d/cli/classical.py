@@ -10,7 +10,8 @@ from deconv3d import __version__
 from deconv3d.errors import InputError
 
 from . import pipeline, selfsup
-from ._common import DEVICES, PSF_MODELS, add_common, add_optics, load_psf, positive_float, positive_int, progress, voxel_size_of
+from ._common import (DEVICES, PSF_MODELS, add_common, add_optics, load_psf, positive_float, positive_int,
+                      print_warnings, progress, voxel_size_of)
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -46,8 +47,8 @@ def _distill_parser(sub) -> None:
     p.add_argument("beads", help="TIFF stack of sub-resolution beads")
     p.add_argument("-o", "--output", required=True, help="output PSF file (.tif)")
     p.add_argument("--size", type=positive_int, nargs=3, metavar=("Z", "Y", "X"),
-                   help="PSF box size; three values, of which a 2D bead image uses the last two (default: 1.5 FWHM each "
-                   "side)")
+                   help="PSF box size; three values, of which a 2D bead image uses the last two "
+                   "(default: 1.5 FWHM each side)")
     p.add_argument("--threshold", type=float, default=None,
                    help="bead detection level in image units (default: the background plus the larger of "
                    "10 noise SDs and 20%% of the brightest peak)")
@@ -102,7 +103,7 @@ def _unused_option_warnings(args) -> list[str]:
     """The warnings naming the given options the chosen method (or a trained --model) ignores.
 
     Warnings, not errors: scripts that loop over methods with one set of options keep working.
-    They are printed once the input has been checked (:func:`print_warnings`), so that a run
+    They are printed once the input has been checked (``_common.print_warnings``), so that a run
     refused for bad input says only its one-line error.
     """
     lines: list[str] = []
@@ -126,13 +127,6 @@ def _unused_option_warnings(args) -> list[str]:
     if args.psf_model is None and (unused := given(_OPTICS)):
         warn(unused, "describes", "describe", "the microscope for --psf-model, and no --psf-model is given")
     return lines
-
-
-def print_warnings(lines: list[str]) -> None:
-    """Print (once) the warnings :func:`_unused_option_warnings` collected."""
-    for line in lines:
-        print(line, file=sys.stderr)
-    lines.clear()
 
 
 def cmd_psf(args) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from deconv3d.errors import InputError
 
-from ._common import DEVICES, PSF_MODELS, add_common, add_optics, positive_float, positive_int
+from ._common import DEVICES, PSF_MODELS, add_common, add_optics, positive_float, positive_int, print_warnings
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -79,7 +79,6 @@ def _bar(desc: str, unit: str, on_start=None):
 
 def cmd_deconvolve_chunked(args, warnings=()) -> int:
     """``deconvolve`` on the chunked pipeline; ``warnings`` are printed once the run is planned."""
-    from deconv3d.cli.classical import print_warnings
     from deconv3d.io import check_output_path
     from deconv3d.pipeline.files import deconvolve_file
 
@@ -188,6 +187,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         for row in rows:  # the file in progress: its earlier output, if any, no longer matches a record
             if not row["status"]:
                 row.update(status="failed", reason="interrupted (Ctrl-C): rerun to redo it")
+        from deconv3d.pipeline.batch import STATUSES
+
         counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
         if rows:  # this run's rows, over an earlier report's rows for the files it did not reach
             try:
@@ -208,21 +209,19 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 3 if failed else 0
 
 
-STATUSES = ("done", "skipped", "failed")
-
-
 def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
     """``rows`` in place of the same files' rows of the report already in ``output_dir``, if any."""
     import json
 
-    fields = ("file", "status", "seconds", "output", "reason")
+    from deconv3d.pipeline.batch import REPORT_FIELDS, STATUSES
+
     try:
         earlier = json.loads((output_dir / "batch_report.json").read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return rows
     if not isinstance(earlier, list):
         return rows
-    earlier = [{k: r.get(k, "") for k in fields} for r in earlier
+    earlier = [{k: r.get(k, "") for k in REPORT_FIELDS} for r in earlier
                if isinstance(r, dict) and isinstance(r.get("file"), str) and r.get("status") in STATUSES]
     mine = {r["file"]: r for r in rows}
     merged = [mine.pop(r["file"], r) for r in earlier]
@@ -234,7 +233,6 @@ def _found_as_input(output_dir: Path, input_dir: Path, patterns) -> bool:
     in the input folder that matches one (``out.zarr`` for ``*.zarr``), or any folder inside it
     for a recursive pattern (``**``)."""
     import fnmatch
-    import os
     from pathlib import PurePath
 
     out, base = Path(os.path.abspath(output_dir)), Path(os.path.abspath(input_dir))  # links not followed

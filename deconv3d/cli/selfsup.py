@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from deconv3d.errors import InputError
 
-from ._common import DEVICES, add_common, positive_float, positive_int, voxel_size_of
+from ._common import DEVICES, add_common, positive_float, positive_int, print_warnings, voxel_size_of
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
 BAND_LIMIT = 0.0  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
@@ -110,8 +109,7 @@ def train_with_progress(image, psf, args, voxel, notes=()):
     def callback(step, loss):
         if pending:
             bar.clear()
-            print(*pending, sep="\n", file=sys.stderr)
-            pending.clear()
+            print_warnings(pending)
         if waiting[0]:
             waiting[0] = False
             bar.set_description("train", refresh=False)

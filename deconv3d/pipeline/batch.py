@@ -78,7 +78,8 @@ class Settings:
         _check(isinstance(self.tta, bool), f"tta must be true or false, got {self.tta!r}")
         _check(isinstance(self.band_limit, (int, float)) and 0 <= self.band_limit < float("inf"),
                f"band_limit must be a number >= 0, got {self.band_limit!r}")
-        _check(self.voxel_size is None or (len(self.voxel_size) in (2, 3) and all(_positive(v) for v in self.voxel_size)),
+        _check(self.voxel_size is None
+               or (len(self.voxel_size) in (2, 3) and all(_positive(v) for v in self.voxel_size)),
                f"voxel_size needs 3 positive numbers (Z Y X; Y X for 2D images), got {self.voxel_size!r}")
         _check(self.chunks is None or (len(self.chunks) in (2, 3) and all(_positive(v) for v in self.chunks)),
                f"chunks needs 3 positive numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")
@@ -325,6 +326,10 @@ def _write_json_atomic(path: Path, payload) -> None:
         tmp.write_text(json.dumps(payload, indent=2))
 
 
+STATUSES = ("done", "skipped", "failed")  # of a file in the batch report
+REPORT_FIELDS = ("file", "status", "seconds", "output", "reason")
+
+
 def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progress=None,
               rows: list | None = None) -> list[dict]:
     """Run ``process_one(input_path, output_path, input_sha256)`` for every unfinished input.
@@ -382,13 +387,13 @@ def _process(path, output, record, settings_hash, process_one, row) -> None:
 def write_reports(output_dir, rows) -> tuple[Path, Path]:
     """Write ``batch_report.json`` and ``batch_report.csv`` into ``output_dir``."""
     output_dir = Path(output_dir)
-    summary = {status: sum(r["status"] == status for r in rows) for status in ("done", "skipped", "failed")}
+    summary = {status: sum(r["status"] == status for r in rows) for status in STATUSES}
     json_path, csv_path = output_dir / "batch_report.json", output_dir / "batch_report.csv"
     _write_json_atomic(json_path, {"summary": summary, "files": rows})
     from deconv3d.pipeline.output import atomic_output
 
     with atomic_output(csv_path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["file", "status", "seconds", "output", "reason"])
+        writer = csv.DictWriter(fh, fieldnames=list(REPORT_FIELDS))
         writer.writeheader()
         writer.writerows(rows)
     return json_path, csv_path

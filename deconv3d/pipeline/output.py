@@ -12,19 +12,14 @@ import glob
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 from deconv3d.errors import InputError
+from deconv3d.io import temporary_name
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
 _TMP_SUFFIX = ".tmp"
-
-
-def temporary_name(path: Path) -> Path:
-    """A hidden sibling of ``path`` that marks itself as unfinished, and names the process writing it."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
 
 
 def _writer_alive(entry: Path) -> bool:
