@@ -58,8 +58,7 @@ class _Window:
     divisor: int
 
     def start(self, tile: Sequence[_AxisTile]) -> tuple[int, ...]:
-        return tuple(t.start - self.context - (t.start - self.context - p) % self.divisor
-                     for t, p in zip(tile, self.phase))
+        return tuple(_grid_start(t.start - self.context, p, self.divisor) for t, p in zip(tile, self.phase))
 
     def core(self, tile: Sequence[_AxisTile]) -> tuple[slice, ...]:
         return tuple(slice(t.start - w, t.stop - w) for t, w in zip(tile, self.start(tile)))
@@ -249,12 +248,16 @@ def _plan_window(axes: Sequence[Sequence[_AxisTile]], shape, divisor: int, conte
     """Windows on the grid of one whole-volume pass: ``context`` on each side of the volume, plus
     half the rounding to the divisor before it (so one tile over the whole volume is that pass)."""
     phase = tuple(-(context + (-(n + 2 * context) % divisor) // 2) for n in shape)
-    grid = _Window((0,) * len(shape), phase, context, divisor)
     size = []
-    for axis, tiles in enumerate(axes):
-        reach = max(t.stop + context - grid.start([t] * len(shape))[axis] for t in tiles)
+    for tiles, p in zip(axes, phase):
+        reach = max(t.stop + context - _grid_start(t.start - context, p, divisor) for t in tiles)
         size.append(-(-reach // divisor) * divisor)
     return _Window(tuple(size), phase, context, divisor)
+
+
+def _grid_start(at_most: int, phase: int, divisor: int) -> int:
+    """The largest position ``<= at_most`` that is ``phase`` modulo ``divisor``."""
+    return at_most - (at_most - phase) % divisor
 
 
 def _reflect_indices(lo: int, hi: int, n: int) -> np.ndarray:
