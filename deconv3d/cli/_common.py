@@ -105,3 +105,11 @@ def print_warnings(lines: list) -> None:
     for line in lines:
         print(line, file=sys.stderr)
     lines.clear()
+
+
+def refuse_non_finite(result, what: str, fix: str) -> None:
+    """Refuse to write a result with NaN or Inf values: one line naming ``what`` and the ``fix``."""
+    import numpy as np
+
+    if not np.isfinite(result).all():
+        raise InputError(f"the {what} has NaN or Inf values {fix}")

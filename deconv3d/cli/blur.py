@@ -11,15 +11,14 @@ import argparse
 import hashlib
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from deconv3d import __version__
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, warn
 
-from ._common import DEVICES, Parser, add_common, positive_float, positive_int, progress
+from ._common import DEVICES, Parser, add_common, positive_float, positive_int, progress, refuse_non_finite
 
 VARIANTS = ("baseline", "implicit", "explicit")
 DISTANCES = ("mse", "l1")
@@ -230,8 +229,7 @@ def _load_model(args, shape, pixel):
                          "the planes, or train a model at this sampling (deconv3d blur train)")
     if pixel is None and own is not None:
         pixel = own
-        print(f"deconv3d: warning: the planes record no pixel size; assuming the model's {own} µm",
-              file=sys.stderr)
+        warn(f"deconv3d: warning: the planes record no pixel size; assuming the model's {own} µm")
     digest = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()[:16]
     residual = bool(trained.config.residual) if args.residual is None else args.residual
     return trained, digest, residual, pixel
@@ -299,10 +297,7 @@ def _read_pair(far_path, other_path, other_role: str):
     return far, other, _common_pixel_size({far_path: far_pixel, other_path: other_pixel})
 
 
-def _check_finite(result, what: str) -> None:
-    if not np.isfinite(result).all():
-        raise InputError(f"the {what} has NaN or Inf values (the model or the fractions are out of range): "
-                         "keep --range near [0, 1], or retrain the model")
+_OUT_OF_RANGE = "(the model or the fractions are out of range): keep --range near [0, 1], or retrain the model"
 
 
 MAX_LEVELS = 1000  # planes blur synth writes at most (1e11 asked for 745 GiB)
@@ -320,7 +315,7 @@ def cmd_synth(args) -> int:
     trained, digest, residual, voxel = _load_model(args, far.shape, voxel)
     fractions = np.linspace(args.range[0], args.range[1], args.levels)
     stack = synthesize_blur(trained.model, far, near, fractions, residual=residual)
-    _check_finite(stack, "synthesised stack")
+    refuse_non_finite(stack, "synthesised stack", _OUT_OF_RANGE)
     meta = {"deconv3d": __version__, "method": "latent-synth", "residual": residual,
             "fractions": [round(float(a), 6) for a in fractions],
             "far": str(args.far), "near": str(args.near), "model_sha256_16": digest,
@@ -338,7 +333,7 @@ def cmd_deblur(args) -> int:
     check_output_path(args.output, [args.far, args.level, args.model])
     trained, digest, residual, voxel = _load_model(args, far.shape, voxel)
     sharp = deblur(trained.model, far, plane, args.alpha, residual=residual)
-    _check_finite(sharp, "deblurred plane")
+    refuse_non_finite(sharp, "deblurred plane", _OUT_OF_RANGE)
     meta = {"deconv3d": __version__, "method": "latent-deblur", "alpha": args.alpha,
             "residual": residual, "far": str(args.far),
             "level": str(args.level), "model_sha256_16": digest}

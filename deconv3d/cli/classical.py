@@ -11,7 +11,7 @@ from deconv3d.errors import InputError
 
 from . import pipeline, selfsup
 from ._common import (DEVICES, PSF_MODELS, add_common, add_optics, load_psf, positive_float, positive_int,
-                      print_warnings, progress, voxel_size_of)
+                      print_warnings, progress, refuse_non_finite, voxel_size_of)
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -205,9 +205,9 @@ def cmd_deconvolve(args) -> int:
                                      device=args.device, **{k: v for k, v in params.items()
                                                             if k in ("boundary", "accelerate", "tv_weight")})
     seconds = time.perf_counter() - start
-    if not np.isfinite(result).all():  # float32 overflow on values near its limit
-        raise InputError(f"the {args.method} result has NaN or Inf values (the image's values reach "
-                         f"{float(np.abs(image.data).max()):.3g}): rescale the image to a smaller range and run again")
+    refuse_non_finite(result, f"{args.method} result",  # float32 overflow on values near its limit
+                      f"(the image's values reach {float(np.abs(image.data).max()):.3g}): rescale the image to a "
+                      "smaller range and run again")
     meta = {"deconv3d": __version__, "method": args.method, "parameters": params, "input": str(args.input),
             "psf_shape": list(psf.shape), "psf_sha256_16": psf_fingerprint(psf)}
     write_tiff(args.output, result, voxel_size=voxel, metadata=meta)
