@@ -35,7 +35,8 @@ import torch
 
 from deconv3d._fftw import fftw_available, real_transforms, wisdom_path
 from deconv3d._rl_ops import numba_available, ops_for
-from deconv3d.classical import _build_problem, richardson_lucy
+from deconv3d.classical import richardson_lucy
+from deconv3d.classical._problem import _build_problem
 from deconv3d.metrics import psnr
 from deconv3d.psf import generate_psf
 from deconv3d.synthetic import add_noise, blur, phantom

@@ -10,7 +10,7 @@ additions, a clamp, a division and a product), the update and step five more. :c
 writing the step over the previous one (one step buffer instead of two); the extrapolation. It
 computes the same float32 expressions in the same order as :class:`TorchOps`, except that its
 dot products accumulate in float64. Plain RL's update stays in torch
-(:func:`deconv3d.classical._rl_update`): its product and clamp ran as fast as a fused loop.
+(:func:`deconv3d.classical._iterate._rl_update`): its product and clamp ran as fast as a fused loop.
 Measured at 80 x 280 x 280 float32 with 2 threads (best of 41, in two runs on a shared 2-core
 machine whose medians swung twofold): the extrapolation 3.6-3.8 ms against 7.1-7.7 ms in torch,
 the ratio 2.6-2.8 against 3.1-3.3 ms. At 96 x 288 x 288 (best of 25) the fused update and step

@@ -7,8 +7,9 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from conftest import asymmetric_psf
-from deconv3d.classical import (_holdout_predictions, _holdout_problem, choose_iterations, holdout_mask,
-                                richardson_lucy)
+from deconv3d.classical import choose_iterations, holdout_mask, richardson_lucy
+from deconv3d.classical._problem import _holdout_problem
+from deconv3d.classical.iterations import _holdout_predictions
 from deconv3d.errors import InputError
 from deconv3d.synthetic import add_noise, blur, phantom
 

@@ -11,7 +11,9 @@ from skimage.restoration import richardson_lucy as sk_rl
 from conftest import asymmetric_psf
 from deconv3d import _fftw
 from deconv3d._rl_ops import TorchOps
-from deconv3d.classical import _build_problem, _rl_factor, _Workspace, richardson_lucy
+from deconv3d.classical import richardson_lucy
+from deconv3d.classical._iterate import _rl_factor, _Workspace
+from deconv3d.classical._problem import _build_problem
 from deconv3d.errors import InputError
 
 needs_fftw = pytest.mark.skipif(not _fftw.fftw_available(), reason="pyFFTW not installed (extra 'fftw')")

@@ -1,0 +1,229 @@
+"""The Richardson-Lucy iteration itself: the transforms and buffers it reuses, the plain and
+TV-regularised update, and Biggs-Andrews acceleration."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from deconv3d._fftw import real_transforms
+from deconv3d._rl_ops import ops_for
+from deconv3d.classical._problem import _Problem, _spacing
+
+
+class _Workspace:
+    """The transforms and buffers every iteration reuses (:mod:`deconv3d._fftw`).
+
+    Two FFT-shaped inputs with zero margins: ``estimate_in`` (where the estimate is written,
+    or lives: loops that keep their estimate there skip one copy per iteration) and ``ratio``
+    (where ``y / H u`` is written); one half-spectrum and one FFT-shaped output. Handing torch
+    a smaller array with ``s=fft_shape`` instead would allocate and zero-pad a fresh array on
+    every call, twice per iteration. ``otf``/``otf_conj`` carry the backend's inverse
+    normalisation (FFTW's inverse is unnormalised).
+    """
+
+    def __init__(self, p: _Problem):
+        data_box = tuple(c.stop for c in p.data_crop)  # _build_geometry puts the data at the origin
+        est_box = tuple(p.estimate_shape)
+        # Input 0 holds the estimate, input 1 the ratio (data-sized); inverse 0 is read on the
+        # data (the prediction), inverse 1 on the estimate (the correction factor).
+        self.fft = real_transforms(p.fft_shape, 2, p.data.device, p.data.dtype,
+                                   input_extents=[est_box, data_box], output_extents=[data_box, est_box])
+        est_in, ratio_in = self.fft.inputs
+        self.spectrum, self.full = self.fft.spectrum, self.fft.output
+        whole, est_crop = est_box == tuple(p.fft_shape), tuple(slice(0, s) for s in est_box)
+        self.estimate_in = est_in if whole else est_in[est_crop]
+        self.ratio = ratio_in if tuple(p.data.shape) == p.fft_shape else ratio_in[p.data_crop]
+        self.factor = self.full if whole else self.full[est_crop]
+        # Both built here, leaving the problem as it was: p.otf is shared with the convolver's cache.
+        self.otf = p.otf * self.fft.scale if self.fft.scale != 1.0 else p.otf
+        self.otf_conj = self.otf.conj_physical()
+        self.ops = ops_for(p.data.device, p.data.dtype)  # the element-wise passes (deconv3d._rl_ops)
+
+
+def _rl_factor(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
+    """The multiplicative RL correction ``H^T(y / H u)`` (Bertero: divided by H^T 1).
+
+    Returns a view into the workspace with the estimate's shape.
+    """
+    _blur(p, ws, u)
+    return _factor_from_blur(p, ws)
+
+
+def _blur(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
+    """``H u`` in the workspace's output: a view on the data's geometry, valid until the next transform."""
+    if u is not ws.estimate_in:
+        ws.estimate_in.copy_(u)
+    ws.fft.forward(0)
+    ws.spectrum.mul_(ws.otf)
+    ws.fft.inverse(0)
+    return ws.full[p.data_crop]
+
+
+def _factor_from_blur(p: _Problem, ws: _Workspace) -> torch.Tensor:
+    """The second half of :func:`_rl_factor`, from the ``H u`` that :func:`_blur` left in the workspace."""
+    ws.ops.ratio(p.data, ws.full[p.data_crop], p.floor, ws.ratio)
+    ws.fft.forward(1)
+    ws.spectrum.mul_(ws.otf_conj)
+    ws.fft.inverse(1)
+    factor = ws.factor
+    if p.inv_weight is not None:
+        factor.mul_(p.inv_weight)
+    return factor
+
+
+class _TV:
+    """Dey et al. (2006) TV term: ``1 / (1 - λ div(∇u / |∇u|))`` with forward/backward differences."""
+
+    def __init__(self, shape, ndim: int, weight: float, voxel_size, data: torch.Tensor, seams=None):
+        self.weight = weight
+        self.seams = seams if seams is not None else tuple((n - 1, n - 1) for n in shape)  # Neumann ends
+        self.spacing = _spacing(ndim, voxel_size)
+        self.ndim = ndim
+        # |∇u| is regularised by a small fraction of the data scale so flat areas stay finite.
+        self.eps2 = float((1e-3 * data.abs().max().clamp_min(1e-12)) ** 2)
+        dev, dt = data.device, data.dtype
+        self.grads = [torch.empty(shape, device=dev, dtype=dt) for _ in range(ndim)]
+        self.norm = torch.empty(shape, device=dev, dtype=dt)
+        self.div = torch.empty(shape, device=dev, dtype=dt)
+
+    @classmethod
+    def for_problem(cls, p: _Problem, weight: float, voxel_size) -> Optional["_TV"]:
+        """The TV term on ``p``'s estimate (None for weight 0), across the physical neighbours only."""
+        return cls(p.estimate_shape, p.data.ndim, weight, voxel_size, p.data, p.seams) if weight > 0 else None
+
+    def denominator(self, u: torch.Tensor) -> torch.Tensor:
+        """``1 - λ div(∇u/|∇u|)`` at ``u`` (a reused buffer; positive for λ below the limit)."""
+        self.norm.fill_(self.eps2)
+        for axis, g in enumerate(self.grads):
+            _forward_diff(u, axis, self.spacing[axis], out=g, seam=self.seams[axis])
+            self.norm.addcmul_(g, g)
+        self.norm.sqrt_()
+        self.div.zero_()
+        for axis, g in enumerate(self.grads):
+            g.div_(self.norm)
+            _backward_diff_add(g, axis, self.spacing[axis], self.div)
+        return self.div.mul_(-self.weight).add_(1.0)
+
+
+def _forward_diff(u: torch.Tensor, axis: int, step: float, out: torch.Tensor, seam: tuple[int, int]) -> None:
+    """``out[i] = (u[i+1] - u[i]) / step``, cyclic along ``axis``, zero for ``i`` in ``seam`` (first, last).
+
+    With the seam at the last index this is the Neumann forward difference.
+    """
+    n = u.shape[axis]
+    torch.sub(u.narrow(axis, 1, n - 1), u.narrow(axis, 0, n - 1), out=out.narrow(axis, 0, n - 1))
+    torch.sub(u.narrow(axis, 0, 1), u.narrow(axis, n - 1, 1), out=out.narrow(axis, n - 1, 1))
+    out.narrow(axis, seam[0], seam[1] - seam[0] + 1).zero_()
+    if step != 1.0:
+        out.div_(step)
+
+
+def _backward_diff_add(g: torch.Tensor, axis: int, step: float, acc: torch.Tensor) -> None:
+    """``acc += (g[i] - g[i-1]) / step``, cyclic: the adjoint of :func:`_forward_diff` (``g`` zero on its seam)."""
+    n = g.shape[axis]
+    acc.add_(g, alpha=1.0 / step)
+    acc.narrow(axis, 1, n - 1).sub_(g.narrow(axis, 0, n - 1), alpha=1.0 / step)
+    acc.narrow(axis, 0, 1).sub_(g.narrow(axis, n - 1, 1), alpha=1.0 / step)
+
+
+def _initial_estimate(p: _Problem, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The flat start (the data's mean; 0 where the Bertero weight is unreliable), into ``out``."""
+    u = out if out is not None else torch.empty(p.estimate_shape, device=p.data.device, dtype=p.data.dtype)
+    u.fill_(float(p.data.mean()))
+    if p.inv_weight is not None:
+        u.mul_(p.inv_weight > 0)
+    return u
+
+
+def _run(p: _Problem, iterations: int, tv, accelerate, tol, callback, record=None) -> torch.Tensor:
+    ws = _Workspace(p)
+    if isinstance(accelerate, bool) and accelerate:
+        return _run_accelerated(p, ws, iterations, tv, tol, callback, record=record)
+    if not isinstance(accelerate, bool):
+        return _run_accelerated(p, ws, iterations, tv, tol, callback, schedule=[float(a) for a in accelerate])
+    u = _initial_estimate(p, out=ws.estimate_in)  # updated in place where the FFT reads it
+    previous = torch.empty_like(u) if tol is not None else None
+    for it in range(1, iterations + 1):
+        if previous is not None:
+            previous.copy_(u)
+        _rl_update(p, ws, u, u, tv)
+        if _should_stop(it, u, previous, tol, callback, p):
+            break
+    return u
+
+
+def _rl_update(p: _Problem, ws: _Workspace, u: torch.Tensor, out: torch.Tensor, tv, blurred: bool = False) -> None:
+    """``out = u · factor(u) / tv(u)``, clamped at 0; ``out`` may be ``u`` itself.
+
+    ``blurred``: :func:`_blur` has already left ``H u`` in the workspace (no transform repeated).
+    """
+    factor = _factor_from_blur(p, ws) if blurred else _rl_factor(p, ws, u)
+    denominator = tv.denominator(u) if tv is not None else None
+    torch.mul(u, factor, out=out)
+    if denominator is not None:
+        out.div_(denominator)
+    out.clamp_min_(0)
+
+
+def _should_stop(it, u, previous, tol, callback, p) -> bool:
+    if callback is not None and callback(it, u[p.result_crop]):
+        return True
+    if previous is None:
+        return False
+    # On the image returned, not on the extended or mirrored estimate around it.
+    u, previous = u[p.result_crop], previous[p.result_crop]
+    change = torch.linalg.vector_norm(u - previous) / torch.linalg.vector_norm(previous).clamp_min(1e-30)
+    return bool(change < tol)
+
+
+def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback, schedule=None,
+                     record=None) -> torch.Tensor:
+    """Biggs & Andrews (1997) vector extrapolation around the RL map ψ, taken multiplicatively.
+
+    ``y_k = x_k · R_α(x_k / x_{k-1})``, ``x_{k+1} = ψ(y_k)``, ``g_k = x_{k+1} - y_k`` and
+    ``α_{k+1} = <g_k, g_{k-1}> / <g_{k-1}, g_{k-1}>`` clipped to [0, 1). Biggs & Andrews step
+    along ``x_k - x_{k-1}`` and clip the guess at zero; RL is multiplicative, so a voxel clipped
+    to zero can never recover, and on noisy 3D data that path peaks about 0.2 dB lower. A
+    geometric step, ``R_α(r) = r^α``, keeps the guess positive, at the price of a ``log`` and
+    an ``exp`` per voxel. ``R_α`` is instead the [1/1] Padé approximant of ``r^α`` at ``r = 1``
+    (:meth:`deconv3d._rl_ops.TorchOps.extrapolate`): the same first- and second-order
+    prediction, positive, bounded like a clamped ratio, and only additions, multiplications
+    and one division. Measured on
+    6.3M float32 voxels with 2 threads: 2.9 ms against 5.6 ms for the geometric step (median
+    of 15), where one RL iteration at that FFT size takes about 32 ms; with the ``numba``
+    extra it is one fused pass (:class:`deconv3d._rl_ops.FusedOps`), and so are the update,
+    the step and its two dot products, which then keep one step vector instead of two. With
+    a ``schedule`` (replayed steps) no step vectors are kept at all. On the bench_rl problem
+    it reaches plain RL's 20-iteration PSNR within one iteration of ``r^α`` (zero boundary:
+    iteration 11 against 10, 28.13 vs 28.14 dB at iteration 10; Bertero: both at iteration 10,
+    33.99 vs 33.85 dB after 20).
+    """
+    x = _initial_estimate(p)
+    x_prev, guess = torch.empty_like(x), ws.estimate_in  # the FFT reads the guess where it is written
+    buffers = ws.ops.buffers(x, steps=schedule is None)  # a schedule needs no step vectors
+    alpha, gg_prev = 0.0, None
+    for it in range(1, iterations + 1):
+        if schedule is not None:
+            alpha = schedule[it - 1] if it <= len(schedule) else 0.0
+        if record is not None:
+            record.append(alpha if it > 2 else 0.0)
+        if it > 2 and alpha > 0:
+            ws.ops.extrapolate(x, x_prev, alpha, out=guess, buffers=buffers)
+        else:
+            guess.copy_(x)
+        if schedule is not None:
+            _rl_update(p, ws, guess, x_prev, tv)  # x_prev's buffer now holds x_{k+1}
+        else:
+            factor = _rl_factor(p, ws, guess)
+            denominator = tv.denominator(guess) if tv is not None else None
+            # x_prev's buffer now holds x_{k+1}; the step g = x_{k+1} - guess stays in buffers
+            gg, g_gprev = ws.ops.update_step(guess, factor, denominator, x_prev, buffers)
+            if it > 1:
+                alpha = min(max(g_gprev / max(gg_prev, 1e-30), 0.0), 0.999)
+            gg_prev = gg  # the next iteration's denominator
+        x, x_prev = x_prev, x
+        if _should_stop(it, x, x_prev if tol is not None else None, tol, callback, p):
+            break
+    return x

@@ -1,0 +1,173 @@
+"""The fixed pieces of a Richardson-Lucy run: input checks, the FFT geometry of each boundary
+model, Bertero's normalisation and the held-out (weighted) variant of the problem."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from deconv3d.errors import InputError
+from deconv3d.fft import FFTConvolver, as_tensor, fast_shape, pad_spatial
+
+BOUNDARIES = ("zero", "reflect", "bertero", "periodic")
+
+
+@dataclass
+class _Problem:
+    """The fixed pieces of one Richardson-Lucy run, built once before the loop."""
+
+    data: torch.Tensor  # measured image (reflect mode: the reflect-extended image)
+    otf: torch.Tensor  # cached OTF for fft_shape, shared with the convolver's cache: never written
+    fft_shape: tuple[int, ...]
+    dims: tuple[int, ...]
+    data_crop: tuple  # where the data sit inside an FFT-shaped buffer
+    result_crop: tuple  # where the returned image sits inside the estimate
+    estimate_shape: tuple[int, ...]
+    inv_weight: Optional[torch.Tensor] = None  # Bertero-Boccacci 1 / H^T(1), 0 where unreliable
+    # Per axis, the first and last index of the estimate's forward differences that join no physical
+    # neighbours (the TV term zeroes them): the last voxel, or for Bertero's wrapped layout the gap
+    # between the end of the margin after the image and the start of the margin before it.
+    seams: Optional[tuple] = None
+    floor: float = 1e-12  # predicted intensities below this give a zero ratio (FFT round-off guard)
+
+
+def _check_inputs(image, psf, device, dtype):
+    # Detached: the loops write with out= (no autograd), and the fused passes read raw memory anyway.
+    y = as_tensor(image, device, dtype).detach()
+    h = as_tensor(psf, device, dtype).detach()
+    if y.ndim not in (2, 3):
+        raise InputError(f"image must be 2D or 3D, got {y.ndim}D: select a single channel and time point")
+    if h.ndim != y.ndim:
+        raise InputError(f"PSF is {h.ndim}D but the image is {y.ndim}D: use a PSF with the image's dimensionality")
+    if not (torch.isfinite(y).all() and torch.isfinite(h).all()):
+        raise InputError("image or PSF contains NaN or Inf values: clean the data or regenerate the PSF")
+    if (h < 0).any() or not (h > 0).any():
+        raise InputError("PSF must be non-negative and not all zero: check the PSF file")
+    if any(k > n for k, n in zip(h.shape, y.shape)):
+        raise InputError(f"PSF {tuple(h.shape)} is larger than the image {tuple(y.shape)}: crop the PSF")
+    return y, h
+
+
+def _check_accelerate(accelerate) -> bool | tuple[float, ...]:
+    """``accelerate`` as a bool, or a replayed schedule of steps each in [0, 1)."""
+    if isinstance(accelerate, (bool, np.bool_)):
+        return bool(accelerate)
+    try:
+        steps = tuple(float(a) for a in accelerate)
+    except (TypeError, ValueError):
+        raise InputError(f"accelerate must be True, False or a sequence of steps, got {accelerate!r}") from None
+    if not all(math.isfinite(a) and 0 <= a < 1 for a in steps):
+        # alpha = 1 divides by zero in the step; above 1 the guess turns negative and is clamped to 0 for good
+        raise InputError(f"acceleration steps must lie in [0, 1), got {[a for a in steps if not 0 <= a < 1][:3]}: "
+                         "use rl_alpha_schedule's steps, or accelerate=True")
+    return steps
+
+
+def _check_options(iterations, boundary, tv_weight, tol, ndim, voxel_size) -> int:
+    """Refuse bad options; returns ``iterations`` as an int (3.0 and numpy integers are accepted)."""
+    if not (isinstance(iterations, numbers.Real) and math.isfinite(iterations)
+            and int(iterations) == iterations and iterations >= 0):
+        raise InputError(f"iterations must be a non-negative integer, got {iterations}")
+    if boundary not in BOUNDARIES:
+        raise InputError(f"unknown boundary {boundary!r}: choose one of {', '.join(BOUNDARIES)}")
+    limit = _tv_limit(ndim, voxel_size)
+    if not 0 <= tv_weight < limit:
+        raise InputError(f"tv_weight must be in [0, {limit:.3g}) for this data, got {tv_weight}: lower it")
+    if tol is not None and not tol > 0:
+        raise InputError(f"tol must be positive, got {tol}")
+    return int(iterations)
+
+
+def _spacing(ndim: int, voxel_size) -> list[float]:
+    if voxel_size is None:
+        return [1.0] * ndim
+    vs = [float(v) for v in voxel_size][-ndim:]
+    if len(vs) != ndim or not all(math.isfinite(v) and v > 0 for v in vs):
+        raise InputError(f"voxel size {tuple(voxel_size)} must have {ndim} positive values")
+    return [v / min(vs) for v in vs]
+
+
+def _tv_limit(ndim: int, voxel_size) -> float:
+    return 1.0 / sum(2.0 / s for s in _spacing(ndim, voxel_size))
+
+
+def _build_problem(y: torch.Tensor, h: torch.Tensor, boundary: str) -> _Problem:
+    problem = _build_geometry(y.clamp_min(0), h, boundary)
+    # Float32 FFT round-off is ~1e-7 of the signal: a prediction below ~1e-6 of the data's
+    # peak is numerical zero, and dividing noise by it would blow the estimate up.
+    problem.floor = max(1e-6 * float(problem.data.max()), 1e-30)
+    return problem
+
+
+def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str, weight: bool = True) -> _Problem:
+    """The problem's FFT geometry around ``y``; ``weight=False`` skips Bertero's ``1 / H^T 1``."""
+    conv = FFTConvolver(h, device=y.device, dtype=y.dtype)
+    n, k, o = tuple(y.shape), tuple(h.shape), conv.origin
+    whole = tuple(slice(0, s) for s in n)
+    if boundary == "bertero":
+        # Image at the origin, the margins of the extended object wrap around the end.
+        fft_shape = fast_shape([a + b - 1 for a, b in zip(n, k)])
+        problem = _Problem(y, conv.otf(fft_shape), fft_shape, conv.dims, whole, whole, fft_shape)
+        problem.inv_weight = _bertero_inverse_weight(problem) if weight else None
+        # The extended object runs from the margin before the image (k-1-o voxels, wrapped to the
+        # buffer's end) through the image to the margin after it (o voxels); between them, a gap.
+        problem.seams = tuple((a + b - 1, f - (c - 1 - b) - 1) for a, b, c, f in zip(n, o, k, fft_shape))
+        return problem
+    if boundary == "periodic":
+        # Circulant model at the image's own shape: cheapest, but light wraps across the borders.
+        return _Problem(y, conv.otf(n), n, conv.dims, whole, whole, n)
+    if boundary == "reflect":
+        # The mirrored field is itself lit from outside: zero-boundary RL on it rings from its
+        # edges into the image (border error 1.1-2.1x the interior's), so it gets the Bertero model.
+        before = [a - 1 - b for a, b in zip(k, o)]
+        problem = _build_geometry(pad_spatial(y, before, list(o), "reflect"), h, "bertero", weight)
+        problem.result_crop = tuple(slice(b, b + s) for b, s in zip(before, n))
+        return problem
+    fft_shape = conv.same_fft_shape(y.shape)
+    return _Problem(y, conv.otf(fft_shape), fft_shape, conv.dims, whole, whole, tuple(y.shape))
+
+
+def _bertero_inverse_weight(p: _Problem, threshold: float = 1e-3) -> torch.Tensor:
+    """1 / H^T(M 1) on the extended domain, 0 where the data barely constrain the object."""
+    return _safe_reciprocal(_transpose_of(p, torch.ones_like(p.data)), threshold)
+
+
+def _safe_reciprocal(weight: torch.Tensor, threshold: float = 1e-3) -> torch.Tensor:
+    """``1 / weight``, and 0 where ``weight <= threshold`` (too little data to normalise by)."""
+    # Element-wise rather than boolean indexing, which costs ~0.35 s at 96 x 288 x 288.
+    inv = weight.clamp_min(threshold).reciprocal_()
+    return inv.masked_fill_(weight <= threshold, 0.0)
+
+
+def _transpose_of(p: _Problem, data: torch.Tensor) -> torch.Tensor:
+    """``H^T(data)`` on the estimate's domain (``data`` in the problem's data geometry)."""
+    spectrum = torch.fft.rfftn(data, s=p.fft_shape, dim=p.dims) * p.otf.conj()
+    out = torch.fft.irfftn(spectrum, s=p.fft_shape, dim=p.dims)
+    return out[tuple(slice(0, s) for s in p.estimate_shape)]
+
+
+def _check_weights(weights, y: torch.Tensor) -> torch.Tensor:
+    w = as_tensor(weights, y.device, y.dtype)
+    if tuple(w.shape) != tuple(y.shape):
+        raise InputError(f"weights have shape {tuple(w.shape)} but the image {tuple(y.shape)}: give one weight per voxel")
+    if not (torch.isfinite(w).all() and (w >= 0).all() and (w <= 1).all() and (w > 0).any()):
+        raise InputError("weights must be finite numbers in [0, 1], not all 0: use 1 for voxels to fit, 0 to leave out")
+    return w
+
+
+def _holdout_problem(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torch.Tensor) -> _Problem:
+    """The RL problem on ``y · keep`` with the update normalised by ``H^T`` of the kept voxels.
+
+    The factor becomes ``H^T(keep · y / H u) · H^T(1) / H^T(keep)`` times the boundary's own
+    normalisation (Bertero's ``1 / H^T(M 1)``), which is 1 for the voxels' weights all 1.
+    """
+    problem = _build_problem(y * keep, h, boundary)
+    kept = _build_geometry(keep, h, boundary, weight=False).data  # the mask in the problem's geometry (reflect pads)
+    ratio = _transpose_of(problem, torch.ones_like(kept)).mul_(_safe_reciprocal(_transpose_of(problem, kept)))
+    problem.inv_weight = ratio if problem.inv_weight is None else problem.inv_weight * ratio
+    return problem

@@ -1,0 +1,153 @@
+"""Richardson-Lucy's iteration count chosen from the image alone, by held-out prediction."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from deconv3d.classical._iterate import _TV, _Workspace, _blur, _initial_estimate, _rl_update
+from deconv3d.classical._problem import _Problem, _check_inputs, _check_options, _holdout_problem
+from deconv3d.errors import InputError
+from deconv3d.fft import resolve_device
+
+
+@dataclass(frozen=True)
+class IterationChoice:
+    """Outcome of :func:`choose_iterations`.
+
+    ``iterations`` is the count with the lowest held-out prediction error; ``risk[k - 1]`` is
+    that error (mean squared, in the image's units) after ``k`` iterations; ``holdout`` is
+    the fraction of voxels held out and ``stopped`` why the search ended: ``"patience"``
+    (the error rose for ``patience`` iterations past its minimum), ``"max_iterations"`` or
+    ``"cancelled"``.
+    """
+
+    iterations: int
+    risk: tuple[float, ...]
+    holdout: float
+    stopped: str
+
+
+def holdout_mask(shape: Sequence[int], fraction: float, seed: int = 0) -> torch.Tensor:
+    """The voxels :func:`choose_iterations` holds out: a seeded uniform random subset (bool, CPU)."""
+    if not (isinstance(fraction, numbers.Real) and 0 < fraction <= 0.5):
+        raise InputError(f"holdout fraction must be in (0, 0.5], got {fraction}: try 0.05")
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.rand(tuple(shape), generator=generator) < float(fraction)
+
+
+def choose_iterations(
+    image,
+    psf,
+    max_iterations: int = 100,
+    *,
+    boundary: str = "bertero",
+    tv_weight: float = 0.0,
+    holdout: float = 0.05,
+    patience: int = 10,
+    seed: int = 0,
+    callback: Callable[[int, float], Optional[bool]] | None = None,
+    voxel_size: Sequence[float] | None = None,
+    device="auto",
+    dtype: torch.dtype = torch.float32,
+) -> IterationChoice:
+    """Choose Richardson-Lucy's iteration count from the image alone, by held-out prediction.
+
+    A random ``holdout`` fraction of the voxels is left out of the data fit (their weight in
+    the RL ratio is 0 and the update is normalised by ``H^T`` of the kept-voxel mask), so the
+    estimate never sees them; after each iteration the blurred estimate predicts them, and
+    the mean squared error of that prediction is recorded. Noise at a held-out voxel is
+    independent of the estimate, so the error equals the error against the noise-free
+    blurred image plus the noise variance: its minimum is where RL stops fitting signal and
+    starts fitting noise. This is the J-invariant calibration of Batson & Royer [1]_ applied
+    to RL's stopping time: a cross-validation of the regularisation, as in [2]_. Run
+    :func:`richardson_lucy` on the whole image with the returned ``iterations`` (it then
+    fits ``1 / (1 - holdout)`` times more data, so its best count can be a little higher).
+    The count that predicts the blurred data best is not always the one that restores the
+    object best: on a seeded 3D phantom it lost 0.0-0.5 dB against the truth-picked count
+    from 30 to 1000 photons per voxel at the peak, but 1.5 dB at 10 photons, where it
+    iterated 38 times instead of 7.
+
+    Parameters
+    ----------
+    image, psf
+        As for :func:`richardson_lucy` (no acceleration: the count is for plain RL).
+    max_iterations : int
+        Search up to this many iterations.
+    boundary, tv_weight, voxel_size, device, dtype
+        As for :func:`richardson_lucy`; pass the ones the final run will use.
+    holdout : float
+        Fraction of voxels held out, in (0, 0.5].
+    patience : int
+        Stop once the error has stayed above its minimum for this many iterations.
+    seed : int
+        Seed of the held-out voxels (:func:`holdout_mask`).
+    callback : callable, optional
+        ``callback(iteration, risk)`` after every iteration; returning ``True`` cancels
+        (the best count so far is returned).
+
+    Returns
+    -------
+    IterationChoice
+        ``.iterations`` is the count to pass to :func:`richardson_lucy`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deconv3d.classical import choose_iterations, richardson_lucy
+    >>> rng = np.random.default_rng(0)
+    >>> psf = np.ones((3, 5, 5), np.float32) / 75
+    >>> image = rng.poisson(50, (8, 32, 32)).astype(np.float32)
+    >>> choice = choose_iterations(image, psf, 30, device="cpu")
+    >>> restored = richardson_lucy(image, psf, choice.iterations, device="cpu")
+    >>> 1 <= choice.iterations <= 30 and len(choice.risk) >= choice.iterations
+    True
+
+    References
+    ----------
+    .. [1] J. Batson and L. Royer, "Noise2Self: blind denoising by self-supervision",
+       ICML 2019 (J-invariant calibration of denoisers).
+    .. [2] G. Wahba, "Practical approximate solutions to linear operator equations when the
+       data are noisy", SIAM J. Numer. Anal. 14, 651-667 (1977) (cross-validation of the
+       regularisation of an inverse problem).
+    """
+    dev = resolve_device(device)
+    y, h = _check_inputs(image, psf, dev, dtype)
+    max_iterations = _check_options(max_iterations, boundary, tv_weight, None, y.ndim, voxel_size)
+    if max_iterations < 1:
+        raise InputError(f"max_iterations must be at least 1, got {max_iterations}")
+    if not (isinstance(patience, numbers.Integral) and patience >= 1):
+        raise InputError(f"patience must be a positive integer, got {patience}")
+    held = holdout_mask(y.shape, holdout, seed).to(dev)
+    keep = (~held).to(dtype)
+    problem = _holdout_problem(y, h, boundary, keep)
+    tv = _TV.for_problem(problem, tv_weight, voxel_size)
+    target, count = y.clamp_min(0)[held], max(int(held.sum()), 1)
+    risk: list[float] = []
+    stopped = "max_iterations"
+    for it, prediction in _holdout_predictions(problem, int(max_iterations), tv):
+        risk.append(float(torch.sum((prediction[held] - target) ** 2)) / count)
+        if callback is not None and callback(it, risk[-1]):
+            stopped = "cancelled"
+            break
+        if it - (risk.index(min(risk)) + 1) >= patience:
+            stopped = "patience"
+            break
+    return IterationChoice(risk.index(min(risk)) + 1, tuple(risk), float(holdout), stopped)
+
+
+def _holdout_predictions(p: _Problem, iterations: int, tv):
+    """Plain RL on a hold-out problem, yielding ``(k, H u_k)`` on the image after each iteration.
+
+    The prediction is the blur the next iteration starts from (one transform pair per
+    iteration, as plain RL): a view into the workspace, to be read before the next step.
+    """
+    ws = _Workspace(p)
+    u = _initial_estimate(p, out=ws.estimate_in)
+    _blur(p, ws, u)
+    for it in range(1, iterations + 1):
+        _rl_update(p, ws, u, u, tv, blurred=True)
+        yield it, _blur(p, ws, u)[p.result_crop]
