@@ -1,0 +1,121 @@
+"""PSFs generated from microscope parameters through psfmodels (Gaussian, Gibson-Lanni, vectorial).
+
+References
+----------
+.. [1] S. F. Gibson and F. Lanni, "Experimental test of an analytical model of
+   aberrations in an oil-immersion objective lens used in three-dimensional light
+   microscopy", J. Opt. Soc. Am. A 8(10), 1601-1613 (1991).
+.. [2] F. Aguet, "Super-resolution fluorescence microscopy based on physical
+   models", EPFL thesis 4418 (2009); F. Aguet, D. Van De Ville and M. Unser,
+   "An accurate PSF model with few parameters for axially shift-variant
+   deconvolution", Proc. IEEE ISBI, 157-160 (2008).
+.. [3] T. Lambert, psfmodels (https://github.com/tlambert03/PSFmodels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deconv3d.errors import InputError
+from deconv3d.psf.prepare import _centred_zoom, _positive_floats, _positive_ints, normalize_psf
+
+#: Names accepted by :func:`generate_psf`, mapped to the psfmodels model names.
+PSF_MODELS = {"gaussian": "gaussian", "gibson-lanni": "scalar", "vectorial": "vectorial"}
+
+
+def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, depth=0.0) -> np.ndarray:
+    """Compute a widefield PSF with psfmodels.
+
+    Parameters
+    ----------
+    model : {"gaussian", "gibson-lanni", "vectorial"}
+        ``"gibson-lanni"`` is the scalar model of Gibson & Lanni [1]_,
+        ``"vectorial"`` the vectorial model of Aguet et al. [2]_, ``"gaussian"``
+        a Gaussian approximation; all computed by psfmodels [3]_.
+    shape : tuple of int
+        ``(z, y, x)`` or ``(y, x)`` in voxels; the point source sits at index
+        ``(n - 1) // 2`` along each axis.
+    voxel_size : tuple of float
+        Voxel size in micrometres, one per axis of ``shape``.
+    na : float
+        Numerical aperture; ``0 < na < ni``.
+    wavelength : float
+        Emission wavelength in micrometres (e.g. 0.52).
+    ni : float, optional
+        Refractive index of the immersion medium (design and actual).
+    ns : float, optional
+        Refractive index of the sample.
+    depth : float, optional
+        Depth of the point source below the coverslip in micrometres; with
+        ``ns != ni`` it adds the depth-dependent spherical aberration (not
+        modelled by ``"gaussian"``, which refuses a depth above 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 PSF of ``shape`` with unit sum.  A 2D shape gives the in-focus plane.
+
+    Raises
+    ------
+    InputError
+        For an unknown model or a non-physical parameter.
+
+    Examples
+    --------
+    >>> psf = generate_psf("gaussian", (17, 33, 33), (0.2, 0.1, 0.1), na=1.2, wavelength=0.52)
+    >>> psf.shape, round(float(psf.sum()), 4)
+    ((17, 33, 33), 1.0)
+    """
+    model_name, shape3, voxel3 = _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth)
+    nz, ny, nx = shape3
+    dz, dy, dx = voxel3
+    dxy = min(dy, dx)
+    half = max((ny - 1) // 2 * dy, (nx - 1) // 2 * dx) / dxy
+    n_gen = 2 * int(np.ceil(half - 1e-9)) + 3  # odd, one voxel of margin each side
+    psf = _make_psf(model_name, nz | 1, n_gen, dxy, dz, na, wavelength, ni, ns, depth)
+    psf = _centred_zoom(psf, (1.0, dy / dxy, dx / dxy), (nz, ny, nx), order=3)
+    psf = np.clip(psf, 0, None)
+    if len(shape) == 2:
+        psf = psf[0]
+    return normalize_psf(psf)
+
+
+def _make_psf(model, nz, nxy, dxy, dz, na, wavelength, ni, ns, depth) -> np.ndarray:
+    """Call psfmodels (imported lazily: it is slow to import)."""
+    import warnings
+
+    import psfmodels
+
+    with warnings.catch_warnings():  # its RuntimeWarnings would precede our one-line error
+        warnings.simplefilter("ignore", RuntimeWarning)
+        psf = psfmodels.make_psf(
+            nz, nxy, dxy=dxy, dz=dz, pz=depth, NA=na, wvl=wavelength,
+            ns=ns, ni=ni, ni0=ni, model=model,
+        )
+    if not np.isfinite(psf).all() or not psf.max() > 0:
+        raise InputError(f"psfmodels could not compute a {model} PSF for NA {na}, wavelength {wavelength} µm, "
+                         f"ni {ni}, ns {ns}, depth {depth} µm: check these parameters")
+    return psf
+
+
+def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth):
+    """Validate :func:`generate_psf` arguments; return (psfmodels name, 3D shape, 3D voxel)."""
+    if model not in PSF_MODELS:
+        raise InputError(f"unknown PSF model {model!r}: choose one of {', '.join(PSF_MODELS)}")
+    shape = _positive_ints(shape, "PSF shape")
+    voxel = _positive_floats(voxel_size, "voxel size", len(shape))
+    for name, value in (("NA", na), ("wavelength", wavelength), ("ni", ni), ("ns", ns)):
+        if not (np.isfinite(value) and value > 0):
+            raise InputError(f"{name} must be a positive number, got {value}")
+    if na >= ni:
+        raise InputError(f"NA {na} must be below the immersion index ni={ni}: lower the NA or set --ni")
+    if wavelength > 5:
+        raise InputError(f"wavelength {wavelength} looks like nanometres: give it in micrometres (e.g. 0.52)")
+    if not (np.isfinite(depth) and depth >= 0):
+        raise InputError(f"depth must be >= 0 micrometres below the coverslip, got {depth}")
+    if model == "gaussian" and depth > 0:
+        raise InputError(f"the gaussian PSF model has no depth-dependent aberration (depth {depth} µm given): "
+                         "use --psf-model gibson-lanni or vectorial, or drop --depth")
+    if len(shape) == 2:
+        shape, voxel = (1, *shape), (voxel[0], *voxel)
+    return PSF_MODELS[model], shape, voxel
