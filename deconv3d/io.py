@@ -14,29 +14,18 @@ import logging
 import math
 import os
 import threading
-import uuid
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
+from deconv3d._paths import (TIFF_SUFFIXES, _check_suffix, _check_writable_target, _one_line, check_output_path,
+                             temporary_name)
+from deconv3d._tiff_metadata import _GENERIC_AXES, _checked_voxel, _kept_voxel, _voxel_size_um
 from deconv3d.errors import InputError, warn
 
 __all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES"]
-
-TIFF_SUFFIXES = (".tif", ".tiff")
-_FORMATS = "use .tif or .tiff"
-
-# Micrometres per unit; keys are lower-case with the micro sign normalised to "u".
-_UNIT_TO_UM = {
-    "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
-    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6,
-    "\u00c5": 1e-4, "\u00e5": 1e-4, "a": 1e-4, "angstrom": 1e-4, "pm": 1e-6, "in": 25400.0, "inch": 25400.0,
-}
-# Axes that tifffile reports for a stack of planes without further meaning.
-_GENERIC_AXES = frozenset("ZIQ")
 
 
 @dataclass(frozen=True)
@@ -289,87 +278,6 @@ def _pages(volume):
         yield from slab
 
 
-def check_output_path(output, inputs=(), suffixes=None) -> None:
-    """Check an output path before any heavy work starts.
-
-    Parameters
-    ----------
-    output : str or os.PathLike
-        The path that will be written.
-    inputs : str, os.PathLike or iterable of them
-        Input files that must not be overwritten (None entries are ignored).
-    suffixes : sequence of str, optional
-        Accepted suffixes (lower case, with the dot); TIFF by default.
-
-    Raises
-    ------
-    InputError
-        If the output is one of the inputs, lies inside one or holds one, has an
-        unsupported suffix, or its directory does not exist or is not writable.
-    """
-    output = Path(output)
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    for inp in inputs:
-        if inp is not None and _same_file(output, Path(inp)):
-            raise InputError(f"output path equals the input {inp}: choose another output name")
-        # An output folder (.zarr) is replaced whole, and one inside an input folder changes it.
-        if inp is not None and (_inside(output, Path(inp)) or _inside(Path(inp), output)):
-            raise InputError(f"output {output} and input {inp} lie one inside the other: choose an output "
-                             "outside the input, and not one that contains it")
-    if suffixes is not None and output.suffix.lower() not in suffixes:
-        raise InputError(f"unsupported output format '{output.suffix}' for {output}: use {' or '.join(suffixes)}")
-    _check_writable_target(output, check_suffix=suffixes is None)
-
-
-# ---------------------------------------------------------------- helpers ---
-
-
-def temporary_name(path: Path) -> Path:
-    """A hidden sibling of ``path`` that marks itself as unfinished, and names the process writing
-    it (``.NAME.<pid>-<id>.tmp``; :func:`deconv3d.pipeline.output.remove_stale_temporaries` sweeps them)."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-def _check_suffix(path: Path, role: str) -> None:
-    if path.suffix.lower() not in TIFF_SUFFIXES:
-        raise InputError(f"unsupported {role} format '{path.suffix}' for {path}: {_FORMATS}")
-
-
-def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
-    if check_suffix:
-        _check_suffix(path, "output")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"output directory is not writable: {parent}: choose another output location")
-    if path.is_dir() and not _is_zarr_image(path):
-        raise InputError(f"output path is a directory: {path}: give a file name")
-
-
-def _is_zarr_image(path: Path) -> bool:
-    """A ``.zarr`` folder holding a zarr group: a previous output, replaced once the new one is complete."""
-    return path.suffix.lower() == ".zarr" and any((path / f).is_file() for f in ("zarr.json", ".zgroup"))
-
-
-def _inside(a: Path, b: Path) -> bool:
-    """Whether ``a`` lies (strictly) inside folder ``b``, links resolved."""
-    a, b = a.resolve(), b.resolve()
-    return a != b and a.is_relative_to(b)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
-
-
 def _series_axes(tif: tifffile.TiffFile, series) -> str:
     """Series axes with sample axes of grey-level files treated as planes."""
     axes = series.axes
@@ -431,141 +339,6 @@ def _as_float32(data: np.ndarray, path: Path) -> np.ndarray:
                              "deconv3d computes in: rescale the image and save it again")
         raise InputError(f"image {path} contains NaN or Inf values: replace them (e.g. with 0) and save it again")
     return converted
-
-
-# ------------------------------------------------------------ voxel size ---
-
-
-def _unit_factor(unit) -> float | None:
-    """Micrometres per ``unit``; None for unknown units or uncalibrated pixels."""
-    key = str(unit).strip().lower()
-    for micro in ("\\u00b5", "\u00b5", "\u03bc"):
-        key = key.replace(micro, "u")
-    return _UNIT_TO_UM.get(key)
-
-
-def _voxel_size_um(tif: tifffile.TiffFile) -> list:
-    """[z, y, x] voxel size in micrometres from OME or ImageJ metadata; None where unknown."""
-    if tif.is_ome and tif.ome_metadata:
-        voxel = _ome_voxel_size(tif.ome_metadata)
-        if any(v is not None for v in voxel[1:]):
-            return voxel
-    return _imagej_voxel_size(tif)
-
-
-# OME-Zarr (UDUNITS) names of the time units that OME-XML and ImageJ write.
-_TIME_UNITS = {"s": "second", "sec": "second", "second": "second", "seconds": "second", "ms": "millisecond",
-               "millisecond": "millisecond", "us": "microsecond", "\u00b5s": "microsecond",
-               "microsecond": "microsecond", "min": "minute", "minute": "minute", "minutes": "minute",
-               "h": "hour", "hr": "hour", "hour": "hour", "hours": "hour"}
-
-
-def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
-    """``(step, unit)`` of the T axis an OME-TIFF (``TimeIncrement``) or an ImageJ hyperstack
-    (``finterval``, unit ``tunit``, else seconds) records, the unit an OME-Zarr name or None; None
-    when neither records one."""
-    step, unit = None, None
-    if tif.is_ome and tif.ome_metadata:
-        pixels = _ome_pixels(tif.ome_metadata)
-        if pixels is not None and pixels.get("TimeIncrement") is not None:
-            step, unit = pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s")
-    elif tif.imagej_metadata and tif.imagej_metadata.get("finterval"):
-        step, unit = tif.imagej_metadata["finterval"], tif.imagej_metadata.get("tunit", "sec")
-    try:
-        step = float(step) if step is not None else None
-    except (TypeError, ValueError):
-        step = None
-    if step is None or not (math.isfinite(step) and step > 0):
-        return None
-    return step, _TIME_UNITS.get(str(unit).strip().lower())
-
-
-def _ome_pixels(xml: str):
-    """The first ``Pixels`` element of an OME-XML document (any namespace), or None."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    return next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-
-
-def _ome_voxel_size(xml: str) -> list:
-    pixels = _ome_pixels(xml)
-    if pixels is None:
-        return [None, None, None]
-    sizes = []
-    for ax in "ZYX":
-        value = pixels.get(f"PhysicalSize{ax}")
-        factor = _unit_factor(pixels.get(f"PhysicalSize{ax}Unit", "um"))
-        if value is None or factor is None:
-            sizes.append(None)
-        else:
-            sizes.append(float(value) * factor)
-    return sizes
-
-
-def _imagej_voxel_size(tif: tifffile.TiffFile) -> list:
-    page = tif.pages[0]
-    ij = tif.imagej_metadata or {}
-    xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
-    if xres is None or yres is None:
-        return [None, None, None]
-    unit = ij.get("unit")
-    resunit = page.tags.get("ResolutionUnit")
-    resunit = resunit.value if resunit is not None else tifffile.RESUNIT.NONE
-    factor = _resolution_factor(unit, resunit, bool(ij), (xres.value, yres.value))
-    if factor is None:
-        return [None, None, None]
-    y, x = (factor * r[1] / r[0] if r[0] else None for r in (yres.value, xres.value))
-    # ImageJ leaves spacing out when it is 1 (its default voxel depth), so a calibrated
-    # ImageJ stack without it has a z step of 1 in its unit, as Fiji shows it.
-    z = float(ij.get("spacing", 1.0)) * factor if ij else None
-    return [z, y, x]
-
-
-def _resolution_factor(unit, resunit, is_imagej: bool, res) -> float | None:
-    """Micrometres per resolution unit, or None when the tags carry no calibration."""
-    uncalibrated = all(tuple(r) == (1, 1) for r in res)
-    if is_imagej and unit is not None:
-        return _unit_factor(unit)
-    if resunit == tifffile.RESUNIT.CENTIMETER:
-        return 1e4
-    if resunit == tifffile.RESUNIT.MILLIMETER:
-        return 1e3
-    if resunit == tifffile.RESUNIT.MICROMETER:
-        return 1.0
-    if is_imagej and resunit == tifffile.RESUNIT.NONE and not uncalibrated:
-        return 1.0  # ImageJ file without a unit: assume micrometres
-    return None
-
-
-def _kept_voxel(voxel, kept_axes: str, ndim: int) -> list:
-    """The recorded [z, y, x] sizes of the axes a file keeps after squeezing, in their order.
-
-    ``kept_axes`` are the file's letters of the non-singleton axes (generic plane axes count
-    as z): an XZ section (``ZX``) gets the z and x sizes, not y and x. Without usable
-    letters the last ``ndim`` sizes are taken.
-    """
-    index = {"Z": 0, "Y": 1, "X": 2}
-    letters = ["Z" if a in _GENERIC_AXES else a for a in kept_axes]
-    if len(letters) == ndim and len(set(letters)) == ndim and all(a in index for a in letters):
-        return [voxel[index[a]] for a in letters]
-    return list(voxel[-ndim:])
-
-
-def _checked_voxel(sizes, path) -> tuple[tuple[float, ...] | None, str | None]:
-    """``(voxel size, problem)`` from recorded sizes (None where unknown).
-
-    The voxel size is None unless every size is known; the problem is set when one is
-    recorded but zero, negative or not finite, so that callers can refuse it instead of
-    silently dropping the calibration.
-    """
-    bad = [s for s in sizes if s is not None and not (np.isfinite(s) and s > 0)]
-    if bad:
-        return None, f"{path} records a voxel size of {bad[0]:g} µm, which is not a positive size"
-    if any(s is None for s in sizes):
-        return None, None
-    return tuple(float(s) for s in sizes), None
 
 
 def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:

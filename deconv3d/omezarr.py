@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d.errors import InputError
-from deconv3d.io import (TIFF_SUFFIXES, _GENERIC_AXES, _check_complete, _kept_voxel, _one_line, _refuse_colour,
-                         _tifffile_log, _unit_factor, _voxel_size_um, _checked_voxel)
+from deconv3d._paths import TIFF_SUFFIXES, _one_line
+from deconv3d._tiff_metadata import _GENERIC_AXES, _checked_voxel, _kept_voxel, _unit_factor, _voxel_size_um
+from deconv3d.io import _check_complete, _refuse_colour, _tifffile_log
 
 __all__ = ["LazyImage", "ZarrReader", "TiffReader", "open_lazy", "read_ome_zarr", "create_ome_zarr", "write_ome_zarr", "write_pyramid",
            "file_sha256", "ZARR_SUFFIX", "OME_VERSION"]
@@ -149,7 +150,8 @@ class TiffReader:
 def _open_tiff(path: Path) -> LazyImage:
     import dask.array as da
 
-    from deconv3d.io import _series_axes, open_tiff, time_axis_of
+    from deconv3d._tiff_metadata import time_axis_of
+    from deconv3d.io import _series_axes, open_tiff
 
     try:
         with _tifffile_log() as log:

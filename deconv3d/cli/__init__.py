@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             words in str(exc) for words in ("out of memory", "can't allocate memory"))
         if debug or not out_of_memory:
             return _internal(exc, debug)
-        from deconv3d.io import _one_line
+        from deconv3d._paths import _one_line
 
         print(f"deconv3d: error: not enough memory for this run ({_one_line(exc)}): use "
               "smaller sizes (batch, widths, levels, chunks) or set --memory-limit where the command has it",

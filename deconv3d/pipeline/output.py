@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d.io import temporary_name
+from deconv3d._paths import temporary_name
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
