@@ -174,6 +174,7 @@ def degrade(truth, psf, *, photons=100.0, read_noise=1.0, background=0.0,
 
     Examples
     --------
+    >>> from deconv3d.synthetic import phantom
     >>> truth = phantom((16, 32, 32), seed=0)
     >>> psf = np.ones((3, 3, 3)) / 27
     >>> degrade(truth, psf, photons=50, seed=1).shape
