@@ -21,7 +21,8 @@ from deconv3d._torch_common import stop_reason
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
 from deconv3d.selfsup.losses import ForwardModel, mse
-from deconv3d.selfsup.train import TrainResult, _PatchSampler, standardize, trainable_model, warm_start_target
+from deconv3d.selfsup.patches import _PatchSampler
+from deconv3d.selfsup.train import TrainResult, standardize, trainable_model, warm_start_target
 
 
 def train_supervised(noisy: np.ndarray, psf: np.ndarray, target: np.ndarray, config: TrainConfig,

@@ -29,12 +29,12 @@ import torch
 
 from deconv3d._torch_common import stop_reason
 from deconv3d.errors import InputError
-from deconv3d.fft import pad_spatial, resolve_device
+from deconv3d.fft import resolve_device
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import WARM_SHARE, Reference, TrainConfig, UNetConfig
-from deconv3d.selfsup.losses import (AUTO_EPS, FieldGeometry, ForwardModel, LossWeights, loss_weights, mse,
+from deconv3d.selfsup.losses import (AUTO_EPS, ForwardModel, LossWeights, loss_weights, mse,
                                      siamese_loss, snr_gain)
-from deconv3d.selfsup.masking import apply_mask, stratified_mask
+from deconv3d.selfsup.patches import _Batch, _PatchSampler
 from deconv3d.selfsup.unet import ResUNet
 
 __all__ = ["TrainResult", "train", "make_forward_model", "standardize", "build_model", "trainable_model",
@@ -114,123 +114,8 @@ def _check_inputs(image, psf, unet, voxel_size):
     return img, psf, unet, voxel_size
 
 
-@dataclass
-class _Batch:
-    """One training batch: fields, the data region, the mask and the augmentation."""
-
-    fields: torch.Tensor  # (B, 1, *field) standardised image
-    masked: torch.Tensor  # the same with masked voxels replaced by noise
-    mask: torch.Tensor  # (B, 1, *field) bool
-    data: torch.Tensor  # (B, 1, *data) the compared region of `fields`
-    rotations: list[int]
-    flips: list[bool]
-    target: Optional[torch.Tensor] = None  # (B, 1, *data) the warm-start target on the compared region
-    target_field: Optional[torch.Tensor] = None  # (B, 1, *field) the same target on the whole field
-
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample flip of x then rot90 in the (y, x) plane."""
-        if not any(self.rotations) and not any(self.flips):
-            return x
-        out = [torch.rot90(xi.flip(-1) if fl else xi, k, (-2, -1)) for xi, k, fl in zip(x, self.rotations, self.flips)]
-        return torch.stack(out)
-
-    def restore(self, y: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`augment`: the output back in the data's frame."""
-        if not any(self.rotations) and not any(self.flips):
-            return y
-        out = []
-        for yi, k, fl in zip(y, self.rotations, self.flips):
-            yi = torch.rot90(yi, -k, (-2, -1))
-            out.append(yi.flip(-1) if fl else yi)
-        return torch.stack(out)
-
-
 #: Share of ``TrainConfig.time_budget`` that the search for the RL reference may take.
 REFERENCE_SHARE = 0.5
-
-
-class _PatchSampler:
-    """Draws batches of fields from the reflect-padded, standardised image.
-
-    Patch positions and augmentations come from a CPU generator seeded with ``seed``;
-    masks and mask noise from a generator on the device seeded with ``seed + 1``.
-    """
-
-    def __init__(self, image: np.ndarray, geometry: FieldGeometry, config: TrainConfig, device: torch.device):
-        self.geometry, self.config, self.device = geometry, config, device
-        self.shape = image.shape
-        self.padded = self._pad(image)
-        # The image voxel each padded position copies, per axis (the padding is separable): a
-        # masked voxel's mirror copies elsewhere in a field are masked too (_mask_copies).
-        self.sources = [pad_spatial(torch.arange(n, dtype=torch.float64, device=device), [b], [a], "reflect").long()
-                        for n, b, a in zip(self.shape, geometry.before, geometry.after)]
-        self.target: Optional[torch.Tensor] = None
-        self.positions = torch.Generator().manual_seed(int(config.seed))
-        self.noise = torch.Generator(device=device).manual_seed(int(config.seed) + 1)
-        fs = geometry.field_shape
-        self.rotation_choices = 4 if fs[-1] == fs[-2] else 2  # non-square planes: 0 or 180 degrees
-
-    def _pad(self, image: np.ndarray, margin: tuple[Sequence[int], Sequence[int]] | None = None) -> torch.Tensor:
-        """Reflect-pad ``image`` to the fields' frame; it may already extend ``margin`` (before, after) beyond the image."""
-        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
-        g = self.geometry
-        before, after = margin if margin is not None else ((0,) * len(self.shape),) * 2
-        if tuple(tensor.shape) != tuple(b + n + a for b, n, a in zip(before, self.shape, after)):
-            raise ValueError(f"target shape {tuple(tensor.shape)} is not the image {self.shape} plus {before}, {after}")
-        return pad_spatial(tensor, [p - m for p, m in zip(g.before, before)], [p - m for p, m in zip(g.after, after)],
-                           "reflect")
-
-    def set_target(self, target: Optional[np.ndarray], margin: tuple[Sequence[int], Sequence[int]] | None = None
-                   ) -> None:
-        """A standardised target cut at the same positions as the fields (warm start, residual base).
-
-        ``target`` has the image's shape, or extends ``margin = (before, after)`` voxels beyond
-        it per axis (Bertero RL's extended estimate): the fields' halo then holds the estimated
-        object outside the image instead of a mirror image of the inside.
-        """
-        self.target = None if target is None else self._pad(target, margin)
-
-    def _mask_copies(self, mask: torch.Tensor, starts) -> torch.Tensor:
-        """``mask`` widened to every field position that copies a masked voxel.
-
-        Near the image border the reflect padding puts a voxel into a field more than once;
-        masking one copy and leaving its mirror image in view would let the masked pass see the
-        value it must predict (on a stack a little thicker than the PSF, most masked voxels).
-        The widened mask only replaces the input; the loss still counts ``mask``.
-        """
-        out = mask.clone()
-        g = self.geometry
-        for b, start in enumerate(starts):
-            if all(s >= p and s + f <= p + n for s, f, p, n in zip(start, g.field_shape, g.before, self.shape)):
-                continue  # the field lies inside the image: every voxel appears once
-            ids = torch.zeros((), dtype=torch.long, device=mask.device)
-            for axis, (s, f, n) in enumerate(zip(start, self.geometry.field_shape, self.shape)):
-                view = [1] * len(self.shape)
-                view[axis] = f
-                ids = ids * n + self.sources[axis][s:s + f].view(view)  # flat index of the source voxel
-            ids = ids.expand(self.geometry.field_shape)
-            out[b, 0] |= torch.isin(ids, ids[mask[b, 0]])
-        return out
-
-    def sample(self, batch: int) -> _Batch:
-        g, cfg = self.geometry, self.config
-        highs = [n - d + 1 for n, d in zip(self.shape, g.data_shape)]
-        starts = torch.stack([torch.randint(0, h, (batch,), generator=self.positions) for h in highs], 1).tolist()
-        boxes = [tuple(slice(s, s + f) for s, f in zip(st, g.field_shape)) for st in starts]
-        fields = torch.stack([self.padded[box] for box in boxes]).unsqueeze(1)
-        mask = stratified_mask(g.field_shape, cfg.mask_percent, self.noise, self.device, batch=batch)
-        masked = apply_mask(fields, self._mask_copies(mask, starts), cfg.mask_noise_std, self.noise)
-        rotations, flips = [0] * batch, [False] * batch
-        if cfg.augment:
-            step = 4 // self.rotation_choices
-            rotations = (torch.randint(0, self.rotation_choices, (batch,), generator=self.positions) * step).tolist()
-            flips = torch.randint(0, 2, (batch,), generator=self.positions).bool().tolist()
-        data = fields[(Ellipsis,) + g.region]
-        target_field = target = None
-        if self.target is not None:
-            target_field = torch.stack([self.target[box] for box in boxes]).unsqueeze(1)
-            target = target_field[(Ellipsis,) + g.region]
-        return _Batch(fields, masked, mask, data, rotations, flips, target, target_field)
 
 
 def _train_step(model, batch: _Batch, forward: ForwardModel, region, weights: LossWeights, optimizer, scaler,

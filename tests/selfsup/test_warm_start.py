@@ -11,7 +11,8 @@ from deconv3d.errors import InputError
 from deconv3d.metrics import psnr_rescaled
 from deconv3d.selfsup import TrainConfig, apply_model, load_checkpoint, save_checkpoint, train
 from deconv3d.selfsup.losses import ForwardModel
-from deconv3d.selfsup.train import _PatchSampler, standardize, warm_start_target
+from deconv3d.selfsup.patches import _PatchSampler
+from deconv3d.selfsup.train import standardize, warm_start_target
 from test_train import TINY, problem
 
 
