@@ -36,9 +36,15 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was requested but no CUDA GPU is available: use --device cpu or auto")
+        raise InputError(f"device {str(device)!r} was requested but no CUDA GPU is available: use device 'cpu' or "
+                         "'auto' (--device cpu on the command line)")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {str(device)!r} is not supported: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return dev
 
 
@@ -79,6 +85,8 @@ def as_tensor(x, device: torch.device | None = None, dtype: torch.dtype | None =
     arr = np.ascontiguousarray(x)
     if not arr.dtype.isnative:  # torch takes native byte order only (big-endian files, FITS)
         arr = arr.astype(arr.dtype.newbyteorder("="))
+    elif not arr.flags.writeable:  # memory maps, broadcasts, read-only chunks: torch wants writable memory
+        arr = arr.copy()
     t = torch.from_numpy(arr)
     return t.to(device=device or "cpu", dtype=dtype or t.dtype)
 

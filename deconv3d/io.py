@@ -23,6 +23,7 @@ import tifffile
 from deconv3d._paths import (TIFF_SUFFIXES, _check_suffix, _check_writable_target, _one_line, check_output_path,
                              temporary_name)
 from deconv3d._tiff_metadata import _GENERIC_AXES, _checked_voxel, _kept_voxel, _voxel_size_um
+from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
 
 __all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES"]
@@ -243,6 +244,10 @@ def write_tiff(path, data, voxel_size=None, metadata=None) -> None:
     _check_writable_target(path)
     streamed = _is_lazy(data) and len(data.shape) == 3
     if not streamed:
+        if hasattr(data, "detach") and hasattr(data, "cpu"):  # a torch tensor, maybe on a GPU or needing grad
+            data = data.detach().cpu().numpy()
+        if np.iscomplexobj(data):
+            raise InputError(f"cannot write complex data to {path}: write its magnitude or real part")
         data = np.asarray(data, dtype=np.float32)
     kwargs = _imagej_kwargs(data, voxel_size, metadata)
     tmp = temporary_name(path)
@@ -348,9 +353,8 @@ def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
     md: dict = {"axes": "ZYX"[-data.ndim:]}
     kwargs: dict = {"metadata": md}
     if voxel_size is not None:
-        voxel = tuple(float(v) for v in voxel_size)
-        if len(voxel) not in (data.ndim, 2) or not all(np.isfinite(v) and v > 0 for v in voxel):
-            raise InputError(f"voxel size {voxel_size} must have {data.ndim} positive values (one per axis)")
+        lateral_only = np.ndim(voxel_size) == 1 and len(voxel_size) == 2  # (y, x) of a stack: no z spacing
+        voxel = checked_voxel_size(voxel_size, 2 if lateral_only else data.ndim)
         kwargs["resolution"] = (1.0 / voxel[-1], 1.0 / voxel[-2])
         md["unit"] = "um"
         if len(voxel) == 3:

@@ -29,13 +29,17 @@ __all__ = ["psnr", "ssim", "rescale_affine", "psnr_rescaled", "ssim_rescaled"]
 
 def _pair(reference, image) -> tuple[np.ndarray, np.ndarray]:
     """Both arrays as float64, checked to have the same 2D or 3D shape."""
-    reference = np.asarray(reference, dtype=np.float64)
-    image = np.asarray(image, dtype=np.float64)
+    reference, image = (np.asarray(_numpy(a), dtype=np.float64) for a in (reference, image))
     if reference.shape != image.shape:
         raise InputError(f"reference {reference.shape} and image {image.shape} differ in shape")
     if reference.ndim not in (2, 3):
         raise InputError(f"metrics need 2D or 3D arrays, got {reference.ndim}D")
     return reference, image
+
+
+def _numpy(a):
+    """An array for ``a``; a torch tensor detached and moved to the CPU first."""
+    return a.detach().cpu().numpy() if hasattr(a, "detach") and hasattr(a, "cpu") else a
 
 
 def _data_range(reference: np.ndarray, data_range) -> float:
@@ -84,6 +88,10 @@ def psnr(reference, image, data_range=None) -> float:
 def _win_size(shape, win_size) -> int:
     """Largest odd window <= the smallest dimension, at most 7 (or ``win_size``)."""
     if win_size is not None:
+        if not (isinstance(win_size, (int, np.integer)) and win_size >= 3 and win_size % 2 == 1
+                and win_size <= min(shape)):
+            raise InputError(f"win_size must be an odd integer from 3 to the smallest dimension {min(shape)}, "
+                             f"got {win_size!r}")
         return int(win_size)
     size = min(7, min(shape))
     size -= 1 - size % 2
@@ -157,8 +165,7 @@ def rescale_affine(reference, image) -> np.ndarray:
     >>> np.allclose(rescale_affine(ref, 3 * ref - 2), ref, atol=1e-6)
     True
     """
-    reference = np.asarray(reference, dtype=np.float64)
-    image = np.asarray(image, dtype=np.float64)
+    reference, image = (np.asarray(_numpy(a), dtype=np.float64) for a in (reference, image))
     if reference.shape != image.shape:
         raise InputError(f"reference {reference.shape} and image {image.shape} differ in shape")
     centred = image - image.mean()
@@ -177,7 +184,7 @@ def psnr_rescaled(reference, image) -> float:
     >>> psnr_rescaled(ref, 5 * ref + 1) > 100
     True
     """
-    return psnr(reference, rescale_affine(reference, image), data_range=1.0)
+    return psnr(_unit_range(reference), rescale_affine(reference, image), data_range=1.0)
 
 
 def ssim_rescaled(reference, image) -> float:
@@ -189,7 +196,18 @@ def ssim_rescaled(reference, image) -> float:
     >>> round(ssim_rescaled(ref, 2 * ref), 4)
     1.0
     """
-    return ssim(reference, rescale_affine(reference, image), data_range=1.0)
+    return ssim(_unit_range(reference), rescale_affine(reference, image), data_range=1.0)
+
+
+def _unit_range(reference):
+    """``reference``, refused unless it lies in [0, 1] (the benchmark recipe's scale, which ``data_range=1``
+    assumes: raw counts gave -46 dB where the same data in [0, 1] gave 26 dB)."""
+    arr = np.asarray(_numpy(reference))
+    if arr.size and (float(np.min(arr)) < -1e-6 or float(np.max(arr)) > 1 + 1e-6):
+        raise InputError(f"the reference spans [{float(np.min(arr)):.4g}, {float(np.max(arr)):.4g}], but the "
+                         "rescaled metrics use data_range 1: scale it to [0, 1] first, or use psnr/ssim with "
+                         "data_range")
+    return reference
 
 
 # --------------------------------------------------------------------------- latent linearity

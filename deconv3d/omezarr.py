@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deconv3d.errors import InputError
 from deconv3d._paths import TIFF_SUFFIXES, _one_line
 from deconv3d._tiff_metadata import _GENERIC_AXES, _checked_voxel, _kept_voxel, _unit_factor, _voxel_size_um
+from deconv3d._voxel import checked_voxel_size
+from deconv3d.errors import InputError
 from deconv3d.io import _check_complete, _refuse_colour, _tifffile_log
 
 __all__ = ["LazyImage", "ZarrReader", "TiffReader", "open_lazy", "read_ome_zarr", "create_ome_zarr", "write_ome_zarr", "write_pyramid",
@@ -393,8 +394,7 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
     time_step, time_unit = time_axis if time_axis is not None else (1.0, None)
     if len(axes) != len(shape):
         raise InputError(f"axes {axes!r} do not match an array of shape {tuple(shape)}")
-    if voxel_size is not None and len(voxel_size) != sum(a in "ZYX" for a in axes):
-        raise InputError(f"voxel size {tuple(voxel_size)} needs one value per spatial axis of {axes}")
+    voxel_size = checked_voxel_size(voxel_size, sum(a in "ZYX" for a in axes))
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     arr = group.create_array("0", shape=tuple(shape), chunks=tuple(int(c) for c in chunks), dtype="float32",
                              fill_value=0.0, dimension_names=list(axes.lower()))

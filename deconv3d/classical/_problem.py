@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import FFTConvolver, as_tensor, fast_shape, pad_spatial
 
@@ -37,6 +38,13 @@ class _Problem:
 
 
 def _check_inputs(image, psf, device, dtype):
+    """The image and the PSF as detached tensors; the PSF scaled to unit sum (its total would only
+    scale the result: a bead image's PSF in camera counts made RL's output ~1e-6 of the data)."""
+    if dtype not in (torch.float32, torch.float64):
+        raise InputError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    for name, arr in (("image", image), ("PSF", psf)):
+        if (arr.is_complex() if isinstance(arr, torch.Tensor) else np.iscomplexobj(arr)):
+            raise InputError(f"{name} is complex: give real intensities (e.g. the magnitude)")
     # Detached: the loops write with out= (no autograd), and the fused passes read raw memory anyway.
     y = as_tensor(image, device, dtype).detach()
     h = as_tensor(psf, device, dtype).detach()
@@ -48,6 +56,9 @@ def _check_inputs(image, psf, device, dtype):
         raise InputError("image or PSF contains NaN or Inf values: clean the data or regenerate the PSF")
     if (h < 0).any() or not (h > 0).any():
         raise InputError("PSF must be non-negative and not all zero: check the PSF file")
+    total = float(h.sum())
+    if abs(total - 1.0) > 1e-5:  # an already normalised PSF is used as given, bit for bit
+        h = h / total
     if any(k > n for k, n in zip(h.shape, y.shape)):
         raise InputError(f"PSF {tuple(h.shape)} is larger than the image {tuple(y.shape)}: crop the PSF")
     return y, h
@@ -72,23 +83,26 @@ def _check_options(iterations, boundary, tv_weight, tol, ndim, voxel_size) -> in
     """Refuse bad options; returns ``iterations`` as an int (3.0 and numpy integers are accepted)."""
     if not (isinstance(iterations, numbers.Real) and math.isfinite(iterations)
             and int(iterations) == iterations and iterations >= 0):
-        raise InputError(f"iterations must be a non-negative integer, got {iterations}")
+        raise InputError(f"iterations must be a non-negative integer, got {iterations!r}")
     if boundary not in BOUNDARIES:
         raise InputError(f"unknown boundary {boundary!r}: choose one of {', '.join(BOUNDARIES)}")
     limit = _tv_limit(ndim, voxel_size)
-    if not 0 <= tv_weight < limit:
-        raise InputError(f"tv_weight must be in [0, {limit:.3g}) for this data, got {tv_weight}: lower it")
-    if tol is not None and not tol > 0:
-        raise InputError(f"tol must be positive, got {tol}")
+    if not (_is_number(tv_weight) and 0 <= tv_weight < limit):
+        raise InputError(f"tv_weight must be a number in [0, {limit:.3g}) for this data, got {tv_weight!r}: lower it")
+    if tol is not None and not (_is_number(tol) and tol > 0):
+        raise InputError(f"tol must be a positive number, got {tol!r}")
     return int(iterations)
+
+
+def _is_number(value) -> bool:
+    """A real, finite number (not a string, None or a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _spacing(ndim: int, voxel_size) -> list[float]:
     if voxel_size is None:
         return [1.0] * ndim
-    vs = [float(v) for v in voxel_size][-ndim:]
-    if len(vs) != ndim or not all(math.isfinite(v) and v > 0 for v in vs):
-        raise InputError(f"voxel size {tuple(voxel_size)} must have {ndim} positive values")
+    vs = checked_voxel_size(voxel_size, ndim)
     return [v / min(vs) for v in vs]
 
 

@@ -38,7 +38,8 @@ def richardson_lucy(
     image : ndarray or torch.Tensor
         2D or 3D image (non-negative intensities, not normalised).
     psf : ndarray or torch.Tensor
-        PSF with the image's dimensionality, normalised to unit sum.
+        PSF with the image's dimensionality; scaled to unit sum here if it is not (a PSF's
+        total only scales the result).
     iterations : int
         Maximum number of iterations.
     boundary : {"bertero", "zero", "reflect", "periodic"}
@@ -71,7 +72,11 @@ def richardson_lucy(
         ``reflect``.
     callback : callable, optional
         ``callback(iteration, estimate)`` after every iteration (1-based); returning
-        ``True`` stops early (use it for progress bars and cancel buttons).
+        ``True`` stops early (use it for progress bars and cancel buttons). ``estimate`` is
+        a torch tensor on ``device`` (also for array input) that views the working estimate
+        on the image's field, without a copy per iteration: it is valid during the call only,
+        so copy it to keep it (``estimate.clone()``, or ``estimate.cpu().numpy().copy()``),
+        and do not write to it (that changes the run).
     voxel_size : sequence of float, optional
         Voxel size (z, y, x); used to weight the TV gradient of anisotropic data.
     device : {"auto", "cpu", "cuda"} or torch.device

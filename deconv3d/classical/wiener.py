@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from deconv3d.classical._problem import _check_inputs
+from deconv3d.classical._problem import _check_inputs, _is_number
 from deconv3d.errors import InputError
 from deconv3d.fft import FFTConvolver, fast_shape, pad_spatial, resolve_device
 
@@ -29,7 +27,7 @@ def wiener(
     Parameters
     ----------
     image, psf : ndarray or torch.Tensor
-        2D or 3D image and a unit-sum PSF of the same dimensionality.
+        2D or 3D image and a PSF of the same dimensionality (scaled to unit sum here).
     balance : float
         Regularisation weight λ (relative to the OTF's peak of 1); larger is smoother.
         Roughly the noise-to-signal power ratio.
@@ -65,8 +63,8 @@ def wiener(
     """
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype)
-    if not (balance > 0 and math.isfinite(balance)):
-        raise InputError(f"balance must be a positive finite number, got {balance}: try 1e-3")
+    if not (_is_number(balance) and balance > 0):
+        raise InputError(f"balance must be a positive finite number, got {balance!r}: try 1e-3")
     if regularizer not in REGULARIZERS or boundary not in WIENER_BOUNDARIES:
         raise InputError(
             f"regularizer must be one of {REGULARIZERS} and boundary one of {WIENER_BOUNDARIES}, "

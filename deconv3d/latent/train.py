@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Optional
@@ -111,17 +112,21 @@ class LatentTrainConfig:
                                      ("triplets", self.triplets, TRIPLET_SCHEMES)):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if min(self.steps, self.batch, self.val_every) < 1:
-            raise InputError("steps, batch and val_every must be positive integers")
+        counts = (self.steps, self.batch, self.val_every)
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in counts):
+            raise InputError(f"steps, batch and val_every must be positive integers, got {counts!r}")
+        rates = (self.lr, self.ema_decay, self.val_fraction, self.latent_weight)
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in rates):
+            raise InputError(f"lr, ema_decay, val_fraction and latent_weight must be finite numbers, got {rates!r}")
         if not (self.lr > 0 and 0 <= self.ema_decay < 1 and 0 <= self.val_fraction < 1):
             raise InputError("lr must be > 0, ema_decay in [0, 1) and val_fraction in [0, 1)")
-        if not (math.isfinite(self.latent_weight) and self.latent_weight >= 0):
+        if self.latent_weight < 0:
             raise InputError(f"latent_weight must be a finite number >= 0, got {self.latent_weight}")
         if self.residual and self.variant == "baseline":
             raise InputError("residual training shapes the interpolation term, which the baseline loss lacks: "
                              "use variant implicit or explicit")
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise InputError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
+        if self.time_budget is not None and not (isinstance(self.time_budget, numbers.Real) and self.time_budget > 0):
+            raise InputError(f"time_budget must be a positive number of seconds, got {self.time_budget!r}")
         if isinstance(self.seed, bool) or not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**63):
             raise InputError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
 

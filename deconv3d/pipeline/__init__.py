@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from deconv3d._paths import TIFF_SUFFIXES
 from deconv3d.errors import InputError
 from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, blockwise, plan_chunks, release_memory, run_blocks,
                                        store_blocks)
@@ -37,7 +38,9 @@ __all__ = ["run_chunked", "RunInfo", "provenance", "Cancelled", "MemoryModel", "
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What :func:`run_chunked` did: core chunk shape, halo, number of blocks, predicted peak bytes."""
+    """What :func:`run_chunked` did: the core block shape it used (the chunks asked for, rounded to a
+    network's pooling grid, cut to the volume and at least the halo; the last block along an axis
+    also holds a remainder shorter than the halo), halo, number of blocks, predicted peak bytes."""
 
     chunks: tuple
     halo: tuple
@@ -134,6 +137,9 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     from deconv3d.omezarr import LazyImage, create_ome_zarr, write_pyramid
 
     start = time.perf_counter()
+    if Path(output).suffix.lower() in TIFF_SUFFIXES:
+        raise InputError(f"run_chunked writes an OME-Zarr folder, not a TIFF ({output}): give a path ending in .zarr "
+                         "(deconv3d.pipeline.files.deconvolve_file writes TIFF)")
     if isinstance(data, LazyImage):
         axes = axes or data.axes
         time_axis = time_axis if time_axis is not None else data.time_axis
@@ -179,7 +185,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
                 pool.shutdown(wait=True, cancel_futures=True)
         if pyramid_levels:
             write_pyramid(tmp, pyramid_levels)
-    return RunInfo(chunks, depth, total, predicted, time.perf_counter() - start)
+    return RunInfo(zarr_chunks, depth, total, predicted, time.perf_counter() - start)
 
 
 def _threads_per_worker(client) -> int:

@@ -104,6 +104,11 @@ def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth
         raise InputError(f"unknown PSF model {model!r}: choose one of {', '.join(PSF_MODELS)}")
     shape = _positive_ints(shape, "PSF shape")
     voxel = _positive_floats(voxel_size, "voxel size", len(shape))
+    if max(voxel) > 20:  # a PSF sampled that coarsely is one voxel: nanometres given for micrometres
+        raise InputError(f"voxel size {voxel} looks like nanometres: give it in micrometres (e.g. 0.3 0.1 0.1)")
+    for name, value in (("NA", na), ("wavelength", wavelength), ("ni", ni), ("ns", ns), ("depth", depth)):
+        if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+            raise InputError(f"{name} must be a number, got {value!r}")
     for name, value in (("NA", na), ("wavelength", wavelength), ("ni", ni), ("ns", ns)):
         if not (np.isfinite(value) and value > 0):
             raise InputError(f"{name} must be a positive number, got {value}")

@@ -306,6 +306,9 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
         If the PSF is invalid, its dimensionality differs from the image's, or
         it is larger than the image after cropping.
     """
+    if np.ndim(image_shape) != 1:
+        raise InputError(f"image_shape must be the image's shape (a tuple of ints), got an array of shape "
+                         f"{np.shape(image_shape)}: pass image.shape")
     image_shape = tuple(int(n) for n in image_shape)
     psf = np.asarray(psf)
     if psf.ndim != len(image_shape):

@@ -42,6 +42,9 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     and ``4 * blocks_per_level * 2**depth``, most of the UNet's receptive field, so
     that tiled and whole-volume results agree to about 1e-3 of the output range.
 
+    ``callback(done, total)`` after every tile; returning ``True`` cancels, which raises
+    :class:`Cancelled` (nothing is returned).
+
     ``band_limit`` (``eps``; ``None`` or 0, the default, turns it off) scales the output's
     spectrum by ``|H|^2 / (|H|^2 + eps)`` (:func:`deconv3d.fft.band_limit`). The training
     losses compare the data with ``H f`` only, so what the network puts where the OTF
@@ -105,6 +108,13 @@ def deconvolve(image, psf, *, model=None, config: TrainConfig = TrainConfig(), u
     -------
     ndarray
         Non-negative float32 estimate of the object, same shape as ``image``.
+
+    Raises
+    ------
+    Cancelled
+        When a callback cancels (nothing is returned).
+    InputError
+        For bad input, an incompatible model, or training that diverged.
 
     References
     ----------

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from deconv3d._torch_common import atomic_torch_save, safe_torch_load
+from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
 from deconv3d.fft import psf_fingerprint, resolve_device
 from deconv3d.psf import normalize_psf, validate_psf
@@ -80,9 +81,7 @@ class TrainedModel:
                 raise InputError(f"the model was trained with another PSF (shape {self.psf.shape}, fingerprint "
                                  f"{self.psf_fingerprint}, got shape {given.shape}, fingerprint "
                                  f"{psf_fingerprint(given)}): pass the training PSF or retrain")
-        if voxel_size is not None and len(voxel_size) != self.unet.ndim:
-            raise InputError(f"voxel size {tuple(voxel_size)} has {len(voxel_size)} values but the model is "
-                             f"{self.unet.ndim}D: give one value per axis")
+        voxel_size = checked_voxel_size(voxel_size, self.unet.ndim)
         if voxel_size is not None and self.voxel_size is not None:
             if not np.allclose(voxel_size, self.voxel_size, rtol=1e-3):
                 raise InputError(f"the model was trained at voxel size {self.voxel_size} µm but the image has "
@@ -128,6 +127,7 @@ def _read(path) -> dict:
 
 def load_checkpoint(path, device="cpu") -> TrainedModel:
     """Load a checkpoint written by :func:`save_checkpoint`; the network is in eval mode on ``device``."""
+    device = resolve_device(device)  # a missing GPU is not a damaged file
     data = _read(path)
     try:
         unet = from_dict(UNetConfig, data["unet"])
@@ -149,7 +149,7 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
         reference = None if reference is None else from_dict(Reference, reference)
         if config.residual != (reference is not None):
             raise ValueError("a residual network without its reference, or the reverse")
-        trained = TrainedModel(model.to(resolve_device(device)).eval(), unet, config, mean, std, psf, voxel, reference)
+        trained = TrainedModel(model.to(device).eval(), unet, config, mean, std, psf, voxel, reference)
         fingerprint = data["psf_fingerprint"]
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, InputError) as exc:
         # InputError: a config field out of range (UNetConfig/TrainConfig validate themselves)

@@ -103,8 +103,8 @@ class TrainConfig:
             raise InputError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
         if self.time_budget is not None and not (_is_number(self.time_budget) and self.time_budget > 0):
             raise InputError(f"time_budget must be a positive number of seconds or None, got {self.time_budget!r}")
-        if not 0 < self.mask_percent < 100:
-            raise InputError(f"mask_percent must be in (0, 100), got {self.mask_percent}")
+        if not (_is_number(self.mask_percent) and 0 < self.mask_percent < 100):
+            raise InputError(f"mask_percent must be a number in (0, 100), got {self.mask_percent!r}")
         for name in ("precondition", "lambda_anchor"):
             value = getattr(self, name)
             if value != "auto" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -118,8 +118,8 @@ class TrainConfig:
             raise InputError(f"warm_tv must be 'auto' or a TV weight in [0, 1), got {self.warm_tv!r}")
         if not isinstance(self.residual, bool):
             raise InputError(f"residual must be True or False, got {self.residual!r}")
-        if not 0 <= self.ema < 1:
-            raise InputError(f"ema must be in [0, 1), got {self.ema}")
+        if not (_is_number(self.ema) and 0 <= self.ema < 1):
+            raise InputError(f"ema must be a number in [0, 1), got {self.ema!r}")
         if not (_is_number(self.lr) and 0 < self.lr <= 1):
             raise InputError(f"lr must be a learning rate in (0, 1] (the paper's is 4e-4), got {self.lr!r}")
         weights = (self.lambda_inv, self.lambda_bsp, self.lambda_bound, self.mask_noise_std)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from deconv3d._torch_common import stop_reason
+from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
 from deconv3d.psf import normalize_psf, validate_psf
@@ -107,11 +108,7 @@ def _check_inputs(image, psf, unet, voxel_size):
     unet = UNetConfig(ndim=img.ndim) if unet is None else unet
     if unet.ndim != img.ndim:
         raise InputError(f"network is {unet.ndim}D but the image is {img.ndim}D: set UNetConfig(ndim={img.ndim})")
-    if voxel_size is not None:
-        voxel_size = tuple(float(v) for v in voxel_size)
-        if len(voxel_size) != img.ndim or min(voxel_size) <= 0:
-            raise InputError(f"voxel_size must be {img.ndim} positive numbers, got {voxel_size}")
-    return img, psf, unet, voxel_size
+    return img, psf, unet, checked_voxel_size(voxel_size, img.ndim)
 
 
 #: Share of ``TrainConfig.time_budget`` that the search for the RL reference may take.

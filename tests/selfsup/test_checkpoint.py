@@ -87,7 +87,7 @@ def test_mismatched_image_psf_or_voxel_size_is_refused(trained):
         model.check_compatible(3, np.ones((3, 3, 3), np.float32))
     with pytest.raises(InputError, match="voxel size"):
         model.check_compatible(3, psf, (0.5, 0.1, 0.1))
-    with pytest.raises(InputError, match="one value per axis"):
+    with pytest.raises(InputError, match="must be 3 positive finite numbers"):
         model.check_compatible(3, psf, (0.1, 0.1))
     with pytest.raises(InputError, match="trained on 3D"):
         apply_model(model, image[0], device="cpu")

@@ -1,0 +1,38 @@
+"""One check of a voxel size given to the Python API, shared by the numeric core, the writers and
+the pipeline, so that each refuses a bad one with the same one-line :class:`InputError`."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from deconv3d.errors import InputError
+
+
+def checked_voxel_size(voxel_size, ndim: int) -> tuple[float, ...] | None:
+    """``voxel_size`` as ``ndim`` positive finite floats, ``(z, y, x)`` or ``(y, x)`` in µm;
+    ``None`` stays ``None`` and one number means isotropic voxels.
+
+    >>> checked_voxel_size(0.1, 2), checked_voxel_size([0.3, 0.1, 0.1], 3)
+    ((0.1, 0.1), (0.3, 0.1, 0.1))
+    """
+    if voxel_size is None:
+        return None
+    if isinstance(voxel_size, (numbers.Real, np.ndarray)) and np.ndim(voxel_size) == 0:
+        values = (voxel_size,) * ndim
+    else:
+        try:
+            values = tuple(voxel_size)
+        except TypeError:
+            values = ()
+    try:
+        values = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != ndim or not all(math.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"voxel size {voxel_size!r} must be {ndim} positive finite numbers (µm, "
+                         f"{'z, y, x' if ndim == 3 else 'y, x' if ndim == 2 else 'one per axis'}) "
+                         "or one number for isotropic voxels")
+    return values

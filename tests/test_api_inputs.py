@@ -1,0 +1,163 @@
+"""The Python API as a notebook user calls it: inputs that used to give raw tracebacks, silently
+wrong results or warnings now give one-line InputErrors or the documented behaviour."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import asymmetric_psf
+from deconv3d.classical import richardson_lucy, wiener
+from deconv3d.errors import InputError
+from deconv3d.fft import resolve_device
+
+
+@pytest.fixture
+def image():
+    return np.random.default_rng(0).random((10, 20, 22)).astype(np.float32) + 0.1
+
+
+@pytest.fixture
+def psf():
+    return asymmetric_psf((3, 5, 3))
+
+
+def test_a_psf_not_summing_to_one_gives_the_same_result(image, psf):
+    """A bead PSF in camera counts scaled RL's result by 1/sum (7e-8 for a 0.017 mean) and Wiener's."""
+    for method in (lambda h: richardson_lucy(image, h, 4, device="cpu"), lambda h: wiener(image, h, device="cpu")):
+        unit, counts = method(psf), method(psf * 4000 + 0)
+        np.testing.assert_allclose(counts, unit, rtol=1e-4, atol=1e-6 * float(unit.max()))
+
+
+def test_voxel_size_one_number_is_isotropic_and_a_wrong_count_is_refused(image, psf):
+    one = richardson_lucy(image, psf, 3, tv_weight=0.01, voxel_size=0.2, device="cpu")
+    three = richardson_lucy(image, psf, 3, tv_weight=0.01, voxel_size=(0.2, 0.2, 0.2), device="cpu")
+    np.testing.assert_array_equal(one, three)
+    for bad in ((0.1,) * 4, (0.1, 0.1), (0.0, 0.1, 0.1), (float("nan"), 0.1, 0.1), "0.1"):
+        with pytest.raises(InputError, match="voxel size"):
+            richardson_lucy(image, psf, 2, tv_weight=0.01, voxel_size=bad, device="cpu")
+
+
+def test_training_refuses_a_non_finite_voxel_size(image, psf):
+    from deconv3d.selfsup import TrainConfig, UNetConfig, train
+
+    for bad in ((float("nan"), 0.1, 0.1), (float("inf"), 0.1, 0.1), 0.0):
+        with pytest.raises(InputError, match="voxel size"):
+            train(image, psf, config=TrainConfig(steps=1, patch=8, batch=1),
+                  unet=UNetConfig(ndim=3, base_channels=2, depth=1), device="cpu", voxel_size=bad)
+
+
+def test_writers_take_one_voxel_number_and_refuse_bad_ones(tmp_path, image):
+    from deconv3d.io import read_image, write_tiff
+    from deconv3d.omezarr import create_ome_zarr
+
+    write_tiff(tmp_path / "iso.tif", image, voxel_size=0.25)
+    assert read_image(tmp_path / "iso.tif").voxel_size == pytest.approx((0.25, 0.25, 0.25))
+    with pytest.raises(InputError, match="voxel size"):
+        write_tiff(tmp_path / "bad.tif", image, voxel_size=(0.1,) * 4)
+    with pytest.raises(InputError, match="voxel size"):
+        create_ome_zarr(tmp_path / "z.zarr", image.shape, image.shape, axes="ZYX", voxel_size=(0, 0.1, 0.1))
+    assert not (tmp_path / "bad.tif").exists() and not (tmp_path / "z.zarr").exists()
+
+
+def test_run_chunked_refuses_a_tiff_output_and_reports_the_blocks_it_used(tmp_path, image, psf):
+    from deconv3d.pipeline import WienerBlock, run_chunked
+
+    with pytest.raises(InputError, match=".zarr"):
+        run_chunked(image, WienerBlock(psf), tmp_path / "out.tif")
+    assert not (tmp_path / "out.tif").exists()
+    # 4-plane chunks under a 6-plane halo: the blocks are enlarged to the halo, and RunInfo says so.
+    info = run_chunked(image, WienerBlock(psf), tmp_path / "out.zarr", chunks=(4, 20, 22), halo=(6, 0, 0))
+    assert info.chunks == (6, 20, 22) and info.blocks == 1 + (10 - 6 >= 6)
+
+
+def test_read_only_arrays_give_no_warning(image, psf):
+    frozen = image.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warned: "The given NumPy array is not writable"
+        out = richardson_lucy(frozen, psf, 2, device="cpu")
+    np.testing.assert_array_equal(out, richardson_lucy(image, psf, 2, device="cpu"))
+
+
+def test_device_names_are_checked_in_api_words():
+    for bad in ("gpu", "mps", "meta"):
+        with pytest.raises(InputError, match="'auto', 'cpu', 'cuda'"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="device 'cuda' was requested"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_loading_a_checkpoint_onto_a_missing_gpu_does_not_call_the_file_damaged(tmp_path, image, psf):
+    from deconv3d.selfsup import TrainConfig, UNetConfig, load_checkpoint, save_checkpoint, train
+
+    result = train(image, psf, config=TrainConfig(steps=1, patch=8, batch=1, residual=False),
+                   unet=UNetConfig(ndim=3, base_channels=2, depth=1), device="cpu")
+    save_checkpoint(result, tmp_path / "m.ckpt")
+    with pytest.raises(InputError) as info:
+        load_checkpoint(tmp_path / "m.ckpt", device="cuda")
+    assert "no CUDA GPU" in str(info.value) and "damaged" not in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"tol": "1e-3"}, "tol"), ({"tv_weight": None}, "tv_weight"), ({"dtype": torch.float16}, "dtype"),
+    ({"dtype": np.float64}, "dtype"), ({"iterations": "5"}, "'5'"),
+])
+def test_wrongly_typed_rl_options_are_input_errors(image, psf, kwargs, words):
+    kwargs = {"iterations": 2, **kwargs}
+    with pytest.raises(InputError, match=words):
+        richardson_lucy(image, psf, kwargs.pop("iterations"), device="cpu", **kwargs)
+
+
+def test_complex_images_and_bad_balances_are_refused(image, psf):
+    with pytest.raises(InputError, match="complex"):
+        richardson_lucy(image.astype(np.complex64), psf, 2, device="cpu")
+    for balance in ("0.1", None, float("nan")):
+        with pytest.raises(InputError, match="balance"):
+            wiener(image, psf, balance, device="cpu")
+
+
+def test_psf_generation_catches_nanometres_and_text():
+    from deconv3d.psf import generate_psf, prepare_psf
+
+    args = dict(model="gaussian", shape=(9, 15, 15), voxel_size=(0.3, 0.1, 0.1), na=1.2, wavelength=0.52)
+    with pytest.raises(InputError, match="nanometres"):
+        generate_psf(**{**args, "voxel_size": (300, 100, 100)})  # was a one-voxel delta
+    with pytest.raises(InputError, match="NA must be a number"):
+        generate_psf(**{**args, "na": "1.2"})
+    with pytest.raises(InputError, match="image.shape"):
+        prepare_psf(generate_psf(**args), np.zeros((20, 30, 30)))
+
+
+def test_config_fields_of_the_wrong_type_are_input_errors():
+    from deconv3d.latent import LatentTrainConfig
+    from deconv3d.selfsup import TrainConfig
+
+    for kwargs in ({"mask_percent": "1"}, {"ema": None}):
+        with pytest.raises(InputError):
+            TrainConfig(**kwargs)
+    for kwargs in ({"steps": "3"}, {"steps": 2.5}, {"lr": "1e-3"}, {"latent_weight": None}):
+        with pytest.raises(InputError):
+            LatentTrainConfig(**kwargs)
+
+
+def test_metrics_take_tensors_and_check_their_ranges(image):
+    from deconv3d.metrics import psnr, psnr_rescaled, ssim
+
+    truth = image / image.max()
+    estimate = torch.tensor(truth * 0.9, requires_grad=True)
+    assert psnr(truth, estimate) == pytest.approx(psnr(truth, truth * 0.9))
+    with pytest.raises(InputError, match="scale it to"):
+        psnr_rescaled(truth * 4000, truth * 4000)  # was -46 dB against 26 dB in [0, 1]
+    with pytest.raises(InputError, match="win_size"):
+        ssim(truth, truth, win_size=4)
+
+
+def test_write_tiff_takes_a_tensor_that_needs_grad(tmp_path, image):
+    from deconv3d.io import read_image, write_tiff
+
+    write_tiff(tmp_path / "t.tif", torch.tensor(image, requires_grad=True))
+    np.testing.assert_array_equal(read_image(tmp_path / "t.tif").data, image)
