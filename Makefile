@@ -4,9 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # A CPU build of torch is installed unless an NVIDIA GPU is present: an unpinned
-# `torch` pulls a multi-GB CUDA build on Linux. Override on other machines, e.g.
-# TORCH_CPU_SPEC="torch==2.5.1" PIP_EXTRA_INDEX_URL=<your CPU wheel index>.
+# `torch` pulls a multi-GB CUDA build on Linux, and so does a pinned one from PyPI.
+# PyTorch's CPU wheel index is asked first (its "+cpu" builds win over PyPI's of the
+# same version); where it cannot be reached, a local CPU wheel (pip's find-links) or
+# PyPI's is used. Override on other machines, e.g. TORCH_CPU_SPEC="torch==2.5.1".
 TORCH_CPU_SPEC ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_GPU_SPEC ?= torch>=2.2
 HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
@@ -18,7 +21,9 @@ $(VENV)/.torch:
 ifeq ($(HAS_NVIDIA),yes)
 	$(PIP) install -q "$(TORCH_GPU_SPEC)"
 else
+	$(PIP) install -q --no-deps --retries 1 --extra-index-url "$(TORCH_CPU_INDEX)" "$(TORCH_CPU_SPEC)"
 	$(PIP) install -q "$(TORCH_CPU_SPEC)"
+	@$(PY) -W ignore -c "import torch; torch.version.cuda and print('warning: a CUDA build of torch', torch.__version__, 'was installed on a machine without an NVIDIA GPU: set TORCH_CPU_SPEC/TORCH_CPU_INDEX (Makefile)')"
 endif
 	touch $@
 
