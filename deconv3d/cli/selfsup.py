@@ -17,6 +17,10 @@ ANCHOR = "auto"  # TrainConfig().lambda_anchor, likewise
 RESIDUAL = True  # TrainConfig().residual, likewise
 WARM_TV = "auto"  # TrainConfig().warm_tv, likewise
 LAMBDA_INV = 2.0  # TrainConfig().lambda_inv, likewise
+LAMBDA_BOUND = 0.1  # TrainConfig().lambda_bound, likewise
+DECAY_STEPS = 5000  # TrainConfig().decay_steps, likewise
+EMA = 0.99  # TrainConfig().ema, likewise
+POSITIVE = True  # UNetConfig().positive, likewise
 
 
 def register(sub) -> None:
@@ -41,14 +45,29 @@ def add_training_options(p, steps_flag: str) -> None:
                    help="training steps (default 300)")
     g.add_argument("--patch", type=positive_int, default=32, help="side of the training patches (default 32)")
     g.add_argument("--batch", type=positive_int, default=2, help="patches per step (default 2)")
-    g.add_argument("--invariance", choices=INVARIANCE, default="before-psf",
+    g.add_argument("--invariance", choices=INVARIANCE, default=None,
                    help="where the Siamese invariance loss sits (default before-psf; none with --ssi)")
     g.add_argument("--lambda-inv", type=_non_negative, default=LAMBDA_INV, metavar="W",
                    help=f"weight of the invariance loss (default {LAMBDA_INV:g}, the paper's)")
-    g.add_argument("--ssi", action="store_true", help="SSI-style blind-spot baseline (invariance none, lambda_bsp 1)")
+    g.add_argument("--lambda-inv-psf", type=_non_negative, default=None, metavar="W",
+                   help="weight of the invariance after the PSF (--invariance after-psf or both; default: --lambda-inv)")
+    g.add_argument("--lambda-bound", type=_non_negative, default=LAMBDA_BOUND, metavar="W",
+                   help=f"weight of the bounds term (default {LAMBDA_BOUND:g}, the paper's)")
+    g.add_argument("--ssi", action="store_true", help="SSI-style blind-spot baseline (invariance none, lambda_bsp 1; "
+                   "the data term is off unless --lambda-rec is given)")
+    g.add_argument("--lambda-rec", type=_non_negative, default=None, metavar="W",
+                   help="weight of the data term MSE(x, PSF*f(x)) (default 1; 0 with --ssi)")
     g.add_argument("--base-channels", type=positive_int, default=16, help="UNet width (default 16)")
     g.add_argument("--unet-depth", type=positive_int, default=3, help="UNet depth (default 3)")
     g.add_argument("--lr", type=positive_float, default=4e-4, help="Adam learning rate (default 4e-4)")
+    g.add_argument("--decay-steps", type=positive_int, default=DECAY_STEPS, metavar="N",
+                   help=f"halve the learning rate every N steps (default {DECAY_STEPS})")
+    g.add_argument("--ema", type=_ema, default=EMA, metavar="D",
+                   help=f"infer with a moving average of the weights, decay D (default {EMA:g}; 0 is the paper's: "
+                        "the last weights)")
+    g.add_argument("--positive", action=argparse.BooleanOptionalAction, default=POSITIVE,
+                   help="softplus output head floored at zero intensity (default on; --no-positive is the paper's "
+                        "linear head)")
     g.add_argument("--precondition", type=_auto_or_non_negative, default=PRECONDITION, metavar="EPS",
                    help="weight the data term by frequency (Wiener): auto (eps 1e-3, gated by the image's "
                         "signal-to-noise ratio) or a number EPS; recovers fine detail in fewer steps on "
@@ -79,13 +98,18 @@ def configs(args, ndim: int):
     """The (TrainConfig, UNetConfig) chosen on the command line."""
     from deconv3d.selfsup import TrainConfig, UNetConfig
 
-    extra = dict(invariance="none", lambda_bsp=1.0) if args.ssi else dict(invariance=args.invariance)
+    if args.ssi and args.invariance not in (None, "none"):
+        raise InputError(f"--ssi is the baseline without an invariance term, but --invariance {args.invariance} was "
+                         "given: drop one of them")
+    extra = dict(invariance="none", lambda_bsp=1.0) if args.ssi else dict(invariance=args.invariance or "before-psf")
     config = TrainConfig(steps=args.steps or 300, patch=args.patch, batch=args.batch, lr=args.lr,
+                         decay_steps=args.decay_steps, ema=args.ema,
                          precondition=args.precondition, warm_start=args.warm_start, lambda_anchor=args.anchor,
                          warm_tv=args.warm_tv, residual=args.residual, time_budget=args.time_budget,
-                         lambda_inv=args.lambda_inv,
-                         seed=args.seed, **extra)
-    return config, UNetConfig(ndim=ndim, base_channels=args.base_channels, depth=args.unet_depth)
+                         lambda_inv=args.lambda_inv, lambda_inv_psf=args.lambda_inv_psf, lambda_rec=args.lambda_rec,
+                         lambda_bound=args.lambda_bound, seed=args.seed, **extra)
+    return config, UNetConfig(ndim=ndim, base_channels=args.base_channels, depth=args.unet_depth,
+                              positive=args.positive)
 
 
 def train_with_progress(image, psf, args, voxel, notes=()):
@@ -220,6 +244,13 @@ def _warm_tv(text: str) -> float | str:
 def _auto_or_non_negative(text: str) -> float | str:
     """``auto`` or a number >= 0 (--precondition, --anchor)."""
     return "auto" if text == "auto" else _non_negative(text)
+
+
+def _ema(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a decay in [0, 1) (0 turns the average off), got {text}")
+    return value
 
 
 def _non_negative(text: str) -> float:

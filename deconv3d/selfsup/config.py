@@ -69,7 +69,12 @@ class TrainConfig:
     mask_noise_std: float = 0.2  # masked voxels are replaced by N(0, std^2) in standardised units
     invariance: str = "before-psf"  # before-psf | after-psf | both | none
     lambda_inv: float = 2.0
+    # weight of the invariance after the PSF (invariance "after-psf" or "both"); None = lambda_inv
+    lambda_inv_psf: float | None = None
     lambda_bsp: float = 0.0  # SSI-style blind-spot term; the SSI baseline is invariance="none", lambda_bsp=1
+    # weight of the data term MSE(x, H f(x)); None = 1, except 0 in the SSI baseline (Kobayashi et al.: masked
+    # voxels alone train the network); 1 there gives the issue's literal formula with lambda_inv = 0
+    lambda_rec: float | None = None
     lambda_bound: float = 0.1
     augment: bool = True  # rot90/flip in the xy plane
     seed: int = 0
@@ -123,7 +128,8 @@ class TrainConfig:
         if not (_is_number(self.lr) and 0 < self.lr <= 1):
             raise InputError(f"lr must be a learning rate in (0, 1] (the paper's is 4e-4), got {self.lr!r}")
         weights = (self.lambda_inv, self.lambda_bsp, self.lambda_bound, self.mask_noise_std)
-        if not all(_is_number(w) and w >= 0 for w in weights):
+        optional = tuple(w for w in (self.lambda_inv_psf, self.lambda_rec) if w is not None)
+        if not all(_is_number(w) and w >= 0 for w in weights + optional):
             raise InputError("the loss weights and the mask noise must be finite numbers >= 0")
 
     @property
@@ -147,9 +153,10 @@ class TrainConfig:
 
     @property
     def invariance_weights(self) -> tuple[float, float]:
-        """(weight before the PSF, weight after the PSF) implied by `invariance` and `lambda_inv`."""
+        """(weight before the PSF, weight after the PSF) implied by `invariance`, `lambda_inv` and `lambda_inv_psf`."""
+        after_weight = self.lambda_inv if self.lambda_inv_psf is None else self.lambda_inv_psf
         before = self.lambda_inv if self.invariance in ("before-psf", "both") else 0.0
-        after = self.lambda_inv if self.invariance in ("after-psf", "both") else 0.0
+        after = after_weight if self.invariance in ("after-psf", "both") else 0.0
         return before, after
 
 

@@ -211,14 +211,16 @@ class LossWeights:
 def loss_weights(config: TrainConfig) -> LossWeights:
     """Loss weights implied by a :class:`TrainConfig`.
 
-    ``invariance`` picks the invariance term(s) with weight ``lambda_inv``
-    (``config.invariance_weights``). The data term has weight 1, except in the SSI
-    baseline (``invariance="none"`` with ``lambda_bsp > 0``) where, as in Kobayashi et
-    al., only masked voxels train the network and the data term is off.
+    ``invariance`` picks the invariance term(s) with weights ``lambda_inv`` (before the PSF)
+    and ``lambda_inv_psf`` (after it; ``lambda_inv`` when None): ``config.invariance_weights``.
+    The data term has weight ``lambda_rec``; when None, 1, except in the SSI baseline
+    (``invariance="none"`` with ``lambda_bsp > 0``) where, as in Kobayashi et al., only
+    masked voxels train the network and the data term is off (``lambda_rec=1`` keeps it).
     """
     before, after = config.invariance_weights
     ssi = config.invariance == "none" and config.lambda_bsp > 0
-    return LossWeights(0.0 if ssi else 1.0, before, after, config.lambda_bsp, config.lambda_bound)
+    data = config.lambda_rec if config.lambda_rec is not None else (0.0 if ssi else 1.0)
+    return LossWeights(data, before, after, config.lambda_bsp, config.lambda_bound)
 
 
 # ---------------------------------------------------------------------------- terms ---

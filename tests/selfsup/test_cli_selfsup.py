@@ -79,8 +79,15 @@ def test_warm_start_option_reaches_the_checkpoint(data, capsys):
     model = data / "m-warm.ckpt"
     assert cli_selfsup.WARM_START == TrainConfig().warm_start and cli_selfsup.ANCHOR == TrainConfig().lambda_anchor
     assert cli_selfsup.LAMBDA_INV == TrainConfig().lambda_inv
+    assert (cli_selfsup.LAMBDA_BOUND, cli_selfsup.DECAY_STEPS, cli_selfsup.EMA) == (
+        TrainConfig().lambda_bound, TrainConfig().decay_steps, TrainConfig().ema)
     for option, given, field, expected in [("--warm-start", 1, "warm_start", 1),
                                            ("--lambda-inv", 6, "lambda_inv", 6.0),
+                                           ("--lambda-inv-psf", 3, "lambda_inv_psf", 3.0),
+                                           ("--lambda-bound", 0.5, "lambda_bound", 0.5),
+                                           ("--lambda-rec", 0.5, "lambda_rec", 0.5),
+                                           ("--decay-steps", 7, "decay_steps", 7),
+                                           ("--ema", 0, "ema", 0.0),
                                            ("--warm-start", "auto", "warm_start", "auto"),
                                            ("--anchor", 0.25, "lambda_anchor", 0.25),
                                            ("--warm-tv", "auto", "warm_tv", "auto")]:
@@ -247,3 +254,21 @@ def test_options_the_method_ignores_are_named_on_stderr(data, capsys):
     code, _, err = run(["deconvolve", data / "image.tif", "-o", data / "w.zarr", "--psf", data / "psf.tif",
                         "--method", "wiener", "--iterations", 5, "--chunks", 8, 16, 16], capsys)
     assert code == 0 and "--iterations does not apply to --method wiener" in err, err
+
+
+def test_paper_recipe_flags_and_ssi_conflicts(data, capsys):
+    """The README's paper recipe is reachable from the command line (linear head, no weight
+    average), and --ssi with an invariance position is refused instead of silently dropped."""
+    from deconv3d.selfsup import load_checkpoint
+
+    model = data / "m-paper.ckpt"
+    code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 2,
+                        "--no-residual", "--precondition", 0, "--warm-start", 0, "--ema", 0, "--no-positive"]
+                       + TINY, capsys)
+    assert code == 0, err
+    trained = load_checkpoint(model)
+    assert (trained.unet.positive, trained.config.ema, trained.config.residual) == (False, 0.0, False)
+    code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "m-ssi.ckpt",
+                        "--steps", 2, "--ssi", "--invariance", "both"] + TINY, capsys)
+    assert code == 2 and "--ssi" in err and "--invariance both" in err
+    assert not (data / "m-ssi.ckpt").exists()

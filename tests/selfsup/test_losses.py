@@ -158,6 +158,14 @@ def test_loss_weights_follow_the_config():
     assert loss_weights(TrainConfig(invariance="both", lambda_inv=3)) == LossWeights(1.0, 3.0, 3.0, 0.0, 0.1)
     ssi = loss_weights(TrainConfig(invariance="none", lambda_bsp=1.0))
     assert ssi.data == 0.0 and ssi.bsp == 1.0 and ssi.inv_before == ssi.inv_after == 0.0
+    # The issue's formula with lambda_inv = 0, lambda_bsp = 1 keeps the data term: lambda_rec = 1 selects it.
+    assert loss_weights(TrainConfig(invariance="none", lambda_bsp=1.0, lambda_rec=1.0)).data == 1.0
+    both = loss_weights(TrainConfig(invariance="both", lambda_inv=3, lambda_inv_psf=0.5))
+    assert (both.inv_before, both.inv_after) == (3.0, 0.5)
+    assert loss_weights(TrainConfig(invariance="before-psf", lambda_inv_psf=0.5)).inv_after == 0.0
+    for bad in ({"lambda_inv_psf": -1.0}, {"lambda_rec": float("nan")}, {"lambda_rec": "1"}):
+        with pytest.raises(InputError):
+            TrainConfig(**bad)
     with pytest.raises(InputError):
         siamese_loss(t([1.0]), t([1.0]), t([1.0]), torch.ones(1, 1, 1, dtype=torch.bool), lambda x: x,
                      (slice(0, 1),), LossWeights(0, 0, 0, 0, 0))
