@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +33,44 @@ def test_deconvolve_writes_float32_tiff_with_voxel_size(data, capsys, method):
     assert result.data.dtype == np.float32 and result.data.shape == (12, 40, 40)
     assert result.voxel_size == pytest.approx((0.3, 0.1, 0.1))
     assert result.data.min() >= 0
+
+
+@pytest.mark.parametrize("options, boundary, accelerate", [([], "bertero", True),
+                                                        (["--boundary", "zero"], "zero", True),
+                                                        (["--boundary", "reflect", "--no-accelerate"], "reflect", False),
+                                                        (["--method", "rl-tv", "--tv-weight", 0.02], "bertero", True)])
+def test_deconvolve_rl_options_reach_richardson_lucy(data, capsys, options, boundary, accelerate):
+    """The written result is richardson_lucy's with the options given (accelerated by default)."""
+    from deconv3d.classical import richardson_lucy
+    from deconv3d.psf import normalize_psf
+
+    out = data / "rl_options.tif"
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", out, "--iterations", 4,
+                        "--device", "cpu"] + options, capsys)
+    assert code == 0, err
+    tv = float(options[-1]) if "--tv-weight" in options else 0.0
+    expected = richardson_lucy(read_image(data / "image.tif").data, normalize_psf(read_image(data / "psf.tif").data), 4,
+                               boundary=boundary, accelerate=accelerate, tv_weight=tv, voxel_size=(0.3, 0.1, 0.1),
+                               device="cpu")
+    np.testing.assert_allclose(read_image(out).data, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
+
+
+@pytest.mark.parametrize("command", ["deconvolve", "train", "psf"])
+def test_an_output_folder_it_cannot_write_is_a_clean_error(data, capsys, monkeypatch, command):
+    """As root every folder is writable, so the refusal of os.access is simulated."""
+    import os
+
+    locked = data / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    argv = {"deconvolve": ["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", locked / "o.tif"],
+            "train": ["train", data / "image.tif", "--psf", data / "psf.tif", "-o", locked / "m.ckpt", "--steps", 1],
+            "psf": ["psf", "-o", locked / "p.tif", "--model", "gaussian", "--shape", 5, 9, 9, "--voxel-size", 0.3,
+                    0.1, 0.1, "--na", 1.2, "--wavelength", 0.5]}[command]
+    code, _, err = run(argv + ["--device", "cpu"] * (command != "psf"), capsys)
+    assert_one_line_error(code, err, "not writable")
+    assert list(locked.iterdir()) == []
 
 
 def test_deconvolve_with_generated_psf(data, capsys):
