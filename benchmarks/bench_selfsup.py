@@ -44,6 +44,7 @@ METHODS = {
     "before": dict(invariance="before-psf"),
 }
 ORACLE_TV = tuple(w for w in WARM_TV_WEIGHTS if w > 0)  # RL-TV weights of the oracle rows: those the residual picks from
+# Fields asked for; the sources give bars 18x48x48 and nuclei 44x128x128 (selfsup_data.py's docstring).
 SHAPES = {"microtubules": (64, 128, 128), "bars": (64, 128, 128), "nuclei": (64, 128, 128)}
 
 

@@ -4,6 +4,12 @@ Ground truth scaled to [0, 1]; a Gibson-Lanni PSF (NA 0.8, water n = 1.33, emiss
 0.6 µm, voxel 0.406 µm, 17^3); the truth is blurred on a field larger than the one kept,
 then cropped, so light enters from outside the field as in a real stack; noise
 ``y = b + sqrt(0.001 b + σ²) N(0, 1)`` quantised to 10 bits and clipped to [0, 1].
+
+The sources limit two volumes. flowdec's ``bars`` ships as a 32x64x64 stack whose bars lie well
+inside it, so its field is 18x48x48 and no light enters from outside (the exception to the
+recipe: a crop tight enough to cut the bars would leave a field smaller than a training patch).
+The nuclei stack has 60 planes, so its field is 44x128x128. Microtubules are synthesised at
+64x128x128 with a margin of half the PSF around the field.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 One forward+backward step through the forward model ``PSF ⊛ f`` (both Siamese branches) on a 64^3 patch with a
 21^3 Gibson-Lanni PSF, timed three ways in one interleaved run: the cached-OTF FFT
-convolver, an FFT convolver that recomputes the kernel FFT every step, and torch's
+convolver, an FFT convolver that recomputes the kernel FFT once every step (shared by the two
+branches), and torch's
 ``conv3d``. Run as ``python benchmarks/selfsup_fft.py [--batch 4] [--repeats 30]``
 or through ``bench_selfsup.py``.
 """
@@ -30,17 +31,19 @@ def make_steps(batch: int, patch: int = 64, psf_size: int = 21):
     cached = FFTConvolver(psf)
     kernel = torch.from_numpy(np.ascontiguousarray(psf[::-1, ::-1, ::-1], dtype=np.float32))[None, None]
 
-    def loss_step(forward):
-        # Both Siamese branches go through the forward model, as in a training step.
+    def loss_step(make_forward):
+        # Both Siamese branches go through the forward model, as in a training step; make_forward() is
+        # called once per step (the uncached row computes the kernel FFT once per step, not per branch).
+        forward = make_forward()
         f = field.clone().requires_grad_(True)
         loss = ((forward(f) - target) ** 2).mean() + ((forward(f * 0.9) - target) ** 2).mean()
         loss.backward()
         return float(loss.detach())
 
     return {
-        "FFT, cached OTF": lambda: loss_step(cached.convolve),
-        "FFT, kernel FFT recomputed": lambda: loss_step(lambda f: FFTConvolver(psf).convolve(f)),
-        "torch conv3d": lambda: loss_step(lambda f: F.conv3d(f, kernel, padding=psf_size // 2)),
+        "FFT, cached OTF": lambda: loss_step(lambda: cached.convolve),
+        "FFT, kernel FFT recomputed": lambda: loss_step(lambda: FFTConvolver(psf).convolve),
+        "torch conv3d": lambda: loss_step(lambda: lambda f: F.conv3d(f, kernel, padding=psf_size // 2)),
     }
 
 
