@@ -14,6 +14,7 @@ import numpy as np
 
 from deconv3d.errors import InputError
 from deconv3d.fft import band_limit as fft_band_limit
+from deconv3d.fft import psf_fingerprint
 from deconv3d.selfsup.checkpoint import TrainedModel, load_checkpoint, save_checkpoint
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
 from deconv3d.selfsup.predict import Cancelled, predict_tiled
@@ -70,11 +71,20 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
                         tile_shape=tile_shape, tta=tta, device=device, callback=callback, context=context,
                         amp=trained.config.amp, signed=residual)
     if residual:  # the network's correction on top of the RL estimate it was trained to correct
-        out += trained.reference.estimate(image, trained.psf, device)
+        out += _reference_estimate(trained, image, device)
         np.maximum(out, 0, out=out)
     if band_limit:
         out = fft_band_limit(out, trained.psf, band_limit, device=device).clamp_min_(0).cpu().numpy()
     return out
+
+
+def _reference_estimate(trained: TrainedModel, image: np.ndarray, device) -> np.ndarray:
+    """RL's estimate the residual network corrects: the one training computed when ``image`` is the
+    training image itself (deconvolve with --train-steps), else a fresh run with the recorded settings."""
+    cache = trained.reference_cache
+    if cache is not None and cache[1].shape == image.shape and psf_fingerprint(image) == cache[0]:
+        return cache[1]
+    return trained.reference.estimate(image, trained.psf, device)
 
 
 def deconvolve(image, psf, *, model=None, config: TrainConfig = TrainConfig(), unet: UNetConfig | None = None,

@@ -12,7 +12,7 @@ it runs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -48,6 +48,8 @@ class TrainedModel:
     psf: np.ndarray
     voxel_size: Optional[tuple[float, ...]] = None
     reference: Optional[Reference] = None
+    # TrainResult.reference_cache: RL's estimate on the training image, reused by apply_model on that image
+    reference_cache: Optional[tuple[str, np.ndarray]] = field(default=None, repr=False, compare=False)
 
     @property
     def psf_fingerprint(self) -> str:
@@ -57,7 +59,7 @@ class TrainedModel:
     def from_result(cls, result) -> "TrainedModel":
         """From a :class:`deconv3d.selfsup.train.TrainResult`."""
         return cls(result.model, result.unet, result.config, result.mean, result.std, result.psf,
-                   result.voxel_size, result.reference)
+                   result.voxel_size, result.reference, getattr(result, "reference_cache", None))
 
     def voxel_for(self, voxel_size, ndim: int, source, warnings: list | None = None) -> tuple | None:
         """``voxel_size``, or for an image that carries none (``source``, for the message) the

@@ -31,7 +31,7 @@ from deconv3d._torch_common import stop_reason
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
-from deconv3d.psf import normalize_psf, validate_psf
+from deconv3d.psf import fit_psf, normalize_psf, validate_psf
 from deconv3d.selfsup.config import WARM_SHARE, Reference, TrainConfig, UNetConfig
 from deconv3d.selfsup.losses import (AUTO_EPS, ForwardModel, LossWeights, loss_weights, mse,
                                      siamese_loss, snr_gain)
@@ -69,6 +69,9 @@ class TrainResult:
     last_terms: dict[str, float] = field(default_factory=dict)
     warm_steps: int = 0  # warm-start steps run (TrainConfig.warm_steps, or fewer under a time budget)
     reference: Optional[Reference] = None  # what a residual network corrects (TrainConfig.residual)
+    # (fingerprint of the training image, the reference's estimate on it): apply_model on that same image
+    # reuses it instead of rerunning RL (not saved in checkpoints)
+    reference_cache: Optional[tuple[str, np.ndarray]] = field(default=None, repr=False, compare=False)
 
 
 def make_forward_model(psf, device="cpu") -> ForwardModel:
@@ -387,6 +390,18 @@ def train(
     if average is not None:
         average.copy_to(model)
     model = model.to(memory_format=torch.contiguous_format).eval()
+    cache = _reference_on_field(img, psf, target) if config.residual else None
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
                        voxel_size, time.perf_counter() - started, terms, warm_done,
-                       reference if config.residual else None)
+                       reference if config.residual else None, cache)
+
+
+def _reference_on_field(img: np.ndarray, psf: np.ndarray, extended: np.ndarray) -> tuple[str, np.ndarray]:
+    """The residual base on the image's field (cut from the extended estimate of the same RL run, so
+    equal to ``Reference.estimate(img, psf)``), keyed by the image's fingerprint."""
+    from deconv3d.fft import kernel_origin, psf_fingerprint
+
+    shape = np.shape(fit_psf(psf, img.shape))
+    start = [k - 1 - o for k, o in zip(shape, kernel_origin(shape))]
+    field_box = tuple(slice(s, s + n) for s, n in zip(start, img.shape))
+    return psf_fingerprint(img), np.ascontiguousarray(extended[field_box])

@@ -145,3 +145,24 @@ def test_residual_base_fills_the_halo_with_the_extended_estimate():
     np.testing.assert_array_equal(placed.numpy(), ext)
     with pytest.raises(ValueError, match="target shape"):
         sampler.set_target(ext, None)
+
+
+def test_the_training_image_reuses_the_reference_training_computed(monkeypatch):
+    """deconvolve --train-steps restores the image it trained on: RL's estimate from training is reused
+    (it equals a fresh run exactly), and any other image, or a loaded checkpoint, reruns RL."""
+    _, noisy, psf = problem(3, sigma=0.02)
+    res = train(noisy, psf, config=TrainConfig(steps=2, patch=16, batch=1, residual=True), unet=TINY[3],
+                device="cpu")
+    fresh = res.reference.estimate(noisy, psf, "cpu")
+    np.testing.assert_array_equal(res.reference_cache[1], fresh)
+    runs = []
+    original = Reference.estimate
+    monkeypatch.setattr(Reference, "estimate", lambda self, *a, **k: runs.append(1) or original(self, *a, **k))
+    cached = apply_model(res, noisy, device="cpu")
+    assert runs == []
+    other = noisy.copy()
+    other[0, 0, 0] += 1.0
+    apply_model(res, other, device="cpu")
+    assert runs == [1]
+    uncached = apply_model(replace(res, reference_cache=None), noisy, device="cpu")
+    np.testing.assert_array_equal(cached, uncached)
