@@ -68,6 +68,20 @@ def test_reflect_padding_equals_reflected_valid_convolution(rng, xshape, kshape)
     np.testing.assert_allclose(conv.convolve(x, padding="reflect").numpy(), expected, atol=1e-10)
 
 
+@pytest.mark.parametrize("xshape,kshape", CASES + [((9, 12), (4, 5)), ((7, 9, 8), (2, 4, 3))])
+def test_reflect_correlation_equals_reflected_valid_correlation(rng, xshape, kshape):
+    """Correlation ``out[i] = sum_j k[j] x[i + j - o]`` (the transpose of the "same" convolution)
+    reads ``o`` voxels before and ``k - 1 - o`` after: the mirror margins are those of the
+    convolution swapped (different for even kernels). Asymmetric kernels, odd and even sides."""
+    x, k = rng.random(xshape), rng.random(kshape)
+    conv = FFTConvolver(k, dtype=torch.float64)
+    pads = [(o, n - 1 - o) for n, o in zip(kshape, conv.origin)]
+    expected = scipy.signal.correlate(np.pad(x, pads, mode="reflect"), k, mode="valid", method="direct")
+    np.testing.assert_allclose(conv.correlate(x, padding="reflect").numpy(), expected, atol=1e-10)
+    np.testing.assert_allclose(fft_correlate(x, k, padding="reflect", dtype=torch.float64).numpy(), expected,
+                               atol=1e-10)
+
+
 def test_circular_padding_is_periodic(rng):
     x, k = rng.random((16, 16)), rng.random((3, 3))
     conv = FFTConvolver(k, dtype=torch.float64)

@@ -136,3 +136,45 @@ def test_batch_redoes_a_changed_input_and_skips_a_touched_one(folder, capsys):
     assert not np.array_equal(read_ome_zarr(out / "img1.zarr")[0], first)
     refreshed = json.loads((out / ".deconv3d-batch" / "img0.tif.json").read_text())
     assert refreshed["input_state"]["mtime_ns"] == touched.stat().st_mtime_ns
+
+
+@pytest.fixture
+def one_image(tmp_path):
+    """One small image and its PSF file: a batch of a single file."""
+    (tmp_path / "in").mkdir()
+    write_tiff(tmp_path / "in" / "img0.tif", blurred_beads((12, 24, 24), gaussian_psf(), seed=3),
+               voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path
+
+
+def run_one(d, out, capsys, *extra):
+    code = main([str(a) for a in ["batch", d / "in", "-o", out, "--psf", d / "psf.tif", *extra]])
+    capsys.readouterr()
+    assert code == 0
+    return statuses(out)["img0.tif"], read_ome_zarr(out / "img0.zarr")[0]
+
+
+def test_batch_redoes_a_finished_file_when_the_settings_change(one_image, capsys):
+    """The completion record holds the settings' hash: other iterations redo the file, the same ones skip it."""
+    out = one_image / "out"
+    assert run_one(one_image, out, capsys, "--iterations", 2)[0] == "done"
+    status, same = run_one(one_image, out, capsys, "--iterations", 2)
+    assert status == "skipped"
+    status, redone = run_one(one_image, out, capsys, "--iterations", 5)
+    assert status == "done"
+    fresh = run_one(one_image, one_image / "fresh", capsys, "--iterations", 5)[1]  # new settings, new folder
+    np.testing.assert_array_equal(redone, fresh)
+    assert not np.allclose(redone, same)  # 2 and 5 iterations really differ
+
+
+def test_batch_redoes_a_finished_file_when_the_psf_file_is_edited_in_place(one_image, capsys):
+    """The settings' hash covers the PSF file's contents, not only its name."""
+    out = one_image / "out"
+    first = run_one(one_image, out, capsys, "--iterations", 3)[1]
+    write_tiff(one_image / "psf.tif", gaussian_psf(sigma=(2.0, 1.5, 0.7)), voxel_size=(0.3, 0.1, 0.1))  # same name
+    status, redone = run_one(one_image, out, capsys, "--iterations", 3)
+    assert status == "done"
+    fresh = run_one(one_image, one_image / "fresh", capsys, "--iterations", 3)[1]
+    np.testing.assert_array_equal(redone, fresh)
+    assert not np.allclose(redone, first)

@@ -37,6 +37,29 @@ def test_bound_term_by_hand():
     assert bound_term(t([0.5, 1.0]), 0.0, 1.0).item() == 0.0
 
 
+def test_bound_term_gradient_treats_the_detached_maximum_as_a_constant():
+    """With ``detach_max`` the gradient is that of the formula with the peak a fixed number:
+    ``d/df_i mean(relu(-z/P))**2 = -2 m std / (N P)`` where ``z_i < 0``, 0 elsewhere (the brightest
+    voxel included); a differentiable maximum would also push the brightest voxel."""
+    values = np.array([-1.5, -0.4, 0.3, 2.0, 0.9, -2.2, 1.1, 0.0], np.float64)  # standardised, one clear maximum
+    mean, std = 0.5, 2.0
+    z = values * std + mean  # [-2.5, -0.3, 1.1, 4.5, 2.3, -3.9, 2.7, 0.5]
+    peak = z.max()
+    m = np.mean(np.maximum(-z / peak, 0) + np.maximum(z / peak - 1, 0))
+    expected = np.where(z < 0, -2 * m * std / (len(z) * peak), 0.0)
+
+    f = torch.tensor(values, requires_grad=True)
+    loss = bound_term(f.view(1, 1, -1), mean=mean, std=std, detach_max=True)
+    assert loss.item() == pytest.approx(m**2, rel=1e-12)
+    (grad,) = torch.autograd.grad(loss, f)
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-12, atol=1e-15)
+    assert grad[3].item() == 0.0  # the maximum gets no gradient
+
+    (free,) = torch.autograd.grad(bound_term(f.view(1, 1, -1), mean=mean, std=std, detach_max=False), f)
+    assert free[3].item() < 0  # a differentiable maximum: raising the brightest voxel lowers the loss
+    np.testing.assert_allclose(free.numpy()[z != peak], expected[z != peak], rtol=1e-12)
+
+
 def test_siamese_loss_combines_terms_with_weights():
     g = torch.Generator().manual_seed(0)
     f = torch.rand(1, 1, 6, generator=g)

@@ -1,5 +1,7 @@
 """Tiled inference: seamless against one whole-volume pass, TTA, clamping, progress and cancel."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -173,6 +175,78 @@ def test_signed_output_is_the_correction_without_mean_or_clamp():
                         device="cpu", signed=True)
     np.testing.assert_allclose(out, -3 * (x - 500.0), atol=1e-3)
     assert out.min() < 0
+
+
+class WindowRamp(nn.Module):
+    """Input plus a ramp over the position inside its window: overlapping tiles disagree."""
+
+    SLOPES = (0.7, 0.5, 0.25)
+
+    def forward(self, x):
+        nd = x.ndim - 2
+        out = x.clone()
+        for axis, slope in zip(range(nd), self.SLOPES[-nd:]):
+            view = [1] * x.ndim
+            view[2 + axis] = x.shape[2 + axis]
+            out = out + slope * torch.arange(x.shape[2 + axis], dtype=x.dtype).view(view)
+        return out
+
+
+def cross_fade(starts, tile, length):
+    """Per-tile weights along one axis, as the docstring of predict_tiled gives them: 1, except
+    over an overlap of length L with a neighbour, where it rises (or falls) as (i + 1) / (L + 1)."""
+    weights = []
+    for k, start in enumerate(starts):
+        w = np.zeros(length)
+        w[start:start + tile] = 1.0
+        if k > 0:  # overlap with the tile before: rising
+            overlap = starts[k - 1] + tile - start
+            w[start:start + overlap] = np.arange(1, overlap + 1) / (overlap + 1)
+        if k + 1 < len(starts):  # overlap with the tile after: falling
+            overlap = start + tile - starts[k + 1]
+            w[start + tile - overlap:start + tile] = np.minimum(w[start + tile - overlap:start + tile],
+                                                                 np.arange(overlap, 0, -1) / (overlap + 1))
+        weights.append(w)
+    return weights
+
+
+@pytest.mark.parametrize("shape, tile, overlap, starts", [
+    ((20, 40), (12, 24), (4, 8), ([0, 8], [0, 16])),
+    ((10, 20, 40), (6, 12, 24), (2, 4, 8), ([0, 4], [0, 8], [0, 16])),
+])
+def test_overlapping_tiles_that_disagree_cross_fade_linearly(shape, tile, overlap, starts):
+    """Where tiles overlap, the output is the weighted mean of the tiles with separable linear
+    ramps (predict_tiled's Notes), not their plain mean. The model adds a ramp over the position
+    inside its window, so two tiles differ there by a known offset (no context, divisor 1:
+    each window is its tile's core)."""
+    x = np.random.default_rng(4).uniform(2.0, 3.0, shape).astype(np.float32)
+    mean, std = 2.5, 0.3
+    out = predict_tiled(WindowRamp(), x, mean=mean, std=std, divisor=1, context=0, tile_shape=tile,
+                        overlap=overlap, device="cpu")
+    ndim, slopes = len(shape), WindowRamp.SLOPES[-len(shape):]
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    axis_weights = [cross_fade(s, t, n) for s, t, n in zip(starts, tile, shape)]
+    total, weight_sum = np.zeros(shape), np.zeros(shape)
+    for corner in itertools.product(*[range(len(s)) for s in starts]):
+        weight = np.ones(shape)
+        value = x.astype(np.float64)
+        for axis, k in enumerate(corner):
+            view = [1] * ndim
+            view[axis] = shape[axis]
+            weight = weight * axis_weights[axis][k].reshape(view)
+            value = value + std * slopes[axis] * (grids[axis] - starts[axis][k])
+        total += weight * value
+        weight_sum += weight
+    np.testing.assert_allclose(out, total / weight_sum, rtol=0, atol=1e-5)
+
+    # By hand along the last axis, in the first tile of the others: tile 0 fades out as (8 - i) / 9
+    # over x = 16 + i while tile 1 (its window starting at 16) fades in as (i + 1) / 9.
+    i = np.arange(8)
+    lead = (0,) * (ndim - 1)
+    ramp = std * slopes[-1] * (16 + i - 16 * (i + 1) / 9)
+    np.testing.assert_allclose(out[lead + (slice(16, 24),)], x[lead + (slice(16, 24),)] + ramp, rtol=0, atol=1e-5)
+    plain = x[lead + (slice(16, 24),)] + std * slopes[-1] * (16 + i - 8)  # the plain mean of the two tiles
+    assert np.abs(out[lead + (slice(16, 24),)] - plain).max() > 0.1
 
 
 def test_tensor_input_and_batches_match():
