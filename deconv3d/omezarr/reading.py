@@ -1,18 +1,5 @@
-"""OME-Zarr (v0.5 on zarr v3; v0.4 read) and lazy, out-of-core opening of large images.
-
-Write: :func:`create_ome_zarr` lays out an OME-NGFF v0.5 image group (axes with types and
-micrometre units, per-level ``scale`` transformations, a ``deconv3d`` provenance block) whose
-level-0 array is then filled block by block (:mod:`deconv3d.pipeline`); an unknown voxel size
-is written as scale 1 without a unit, and read back as unknown;
-:func:`write_pyramid` adds down-sampled levels from level 0, chunk by chunk. :func:`write_ome_zarr`
-does both for an in-memory or dask array.
-
-Read: :func:`open_lazy` returns a dask array plus voxel size and axes for a TIFF (through
-tifffile's zarr interface, so a large TIFF is never loaded whole) or an OME-Zarr v0.4/v0.5
-image, and a block reader (:class:`ZarrReader`, :class:`TiffReader`) that reads any region
-straight from the file, which the chunked pipeline uses block by block; :func:`read_ome_zarr`
-loads one level into memory.
-"""
+"""Reading: lazy, out-of-core opening of TIFF and OME-Zarr (v0.4/v0.5) images, block readers, and
+whole levels into memory (see :mod:`deconv3d.omezarr`)."""
 
 from __future__ import annotations
 
@@ -26,15 +13,10 @@ import numpy as np
 
 from deconv3d._paths import TIFF_SUFFIXES, _one_line
 from deconv3d._tiff_metadata import _GENERIC_AXES, _checked_voxel, _kept_voxel, _unit_factor, _voxel_size_um
-from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.io import _check_complete, _refuse_colour, _tifffile_log
 
-__all__ = ["LazyImage", "ZarrReader", "TiffReader", "open_lazy", "read_ome_zarr", "create_ome_zarr", "write_ome_zarr", "write_pyramid",
-           "file_sha256", "ZARR_SUFFIX", "OME_VERSION"]
-
 ZARR_SUFFIX = ".zarr"
-OME_VERSION = "0.5"
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 
 
@@ -72,9 +54,6 @@ def open_lazy(path) -> LazyImage:
     if suffix in TIFF_SUFFIXES:
         return _open_tiff(path)
     raise InputError(f"unsupported input format '{path.suffix}' for {path}: use .tif, .tiff or .zarr")
-
-
-# ------------------------------------------------------------------ TIFF ---
 
 
 class _TiffArray:
@@ -209,9 +188,6 @@ def _path_token(path: Path) -> str:
     return hashlib.sha1(identity.encode()).hexdigest()[:16]
 
 
-# -------------------------------------------------------------- OME-Zarr ---
-
-
 def _multiscale(attrs: dict, path: Path) -> dict:
     ome = attrs.get("ome", attrs)
     scales = ome.get("multiscales")
@@ -344,151 +320,3 @@ def read_ome_zarr(path, level: int = 0):
     path = Path(path)
     lazy = _open_ome_zarr(path, level)
     return np.asarray(lazy.data.compute()), lazy.voxel_size, lazy.axes, dict(_open_group(path).attrs)
-
-
-def _axes_metadata(axes: str, calibrated: bool = True, time_unit: str | None = None) -> list[dict]:
-    """NGFF axes; space axes carry ``micrometer`` only when the voxel size is known, time its unit."""
-    out = []
-    for a in axes.lower():
-        entry = {"name": a, "type": _AXIS_TYPES[a]}
-        if entry["type"] == "space" and calibrated:
-            entry["unit"] = "micrometer"
-        if entry["type"] == "time" and time_unit:
-            entry["unit"] = time_unit
-        out.append(entry)
-    return out
-
-
-def _full_scale(axes: str, voxel_size, factors, time_step: float = 1.0) -> list[float]:
-    spatial = iter(voxel_size) if voxel_size is not None else None
-    scale = []
-    for a, f in zip(axes, factors):
-        base = float(next(spatial)) if (spatial is not None and a in "ZYX") else 1.0
-        scale.append((time_step if a == "T" else base) * f)
-    return scale
-
-
-def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenance: dict | None = None,
-                    name: str | None = None, time_axis: tuple | None = None):
-    """Create an empty OME-Zarr v0.5 image group (level ``0`` only) and return its level-0 array.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The group directory to create (it must not exist).
-    shape, chunks : tuple of int
-        Shape and chunk shape of the float32 level-0 array (chunks should match the blocks that
-        will be written, so that no two writers share a chunk).
-    axes : str
-        Letters from ``"TCZYX"`` in that order, one per dimension.
-    voxel_size : sequence of float, optional
-        One value in micrometres per spatial axis (z, y, x).
-    provenance : dict, optional
-        Stored verbatim (JSON) as the group's ``deconv3d`` attribute.
-    time_axis : (float, str or None), optional
-        Step and unit of the ``T`` axis (:attr:`LazyImage.time_axis` of the input); default 1, no unit.
-    """
-    import zarr
-
-    axes = axes.upper()
-    time_step, time_unit = time_axis if time_axis is not None else (1.0, None)
-    if len(axes) != len(shape):
-        raise InputError(f"axes {axes!r} do not match an array of shape {tuple(shape)}")
-    voxel_size = checked_voxel_size(voxel_size, sum(a in "ZYX" for a in axes))
-    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    arr = group.create_array("0", shape=tuple(shape), chunks=tuple(int(c) for c in chunks), dtype="float32",
-                             fill_value=0.0, dimension_names=list(axes.lower()))
-    ms = {"name": name or Path(path).stem, "axes": _axes_metadata(axes, voxel_size is not None, time_unit),
-          "datasets": [_dataset("0", _full_scale(axes, voxel_size, [1] * len(axes), time_step))]}
-    attrs = {"ome": {"version": OME_VERSION, "multiscales": [ms]}}
-    if provenance is not None:
-        attrs["deconv3d"] = provenance
-    group.attrs.update(attrs)
-    return arr
-
-
-def _dataset(path: str, scale, translation=None) -> dict:
-    transforms = [{"type": "scale", "scale": [float(s) for s in scale]}]
-    if translation is not None and any(translation):
-        transforms.append({"type": "translation", "translation": [float(t) for t in translation]})
-    return {"path": path, "coordinateTransformations": transforms}
-
-
-def write_pyramid(path, levels: int, scheduler=None) -> None:
-    """Add ``levels`` down-sampled levels (2x mean in y and x, and in z while it stays above 8).
-
-    Each level's ``translation`` puts its voxels at the centres of the level-0 voxels they
-    average, so that viewers overlay the levels without a half-voxel shift.
-    """
-    import dask.array as da
-    import zarr
-
-    group = zarr.open_group(str(path), mode="r+")
-    attrs = dict(group.attrs)
-    ms = attrs["ome"]["multiscales"][0]
-    axes = "".join(a["name"] for a in ms["axes"]).upper()
-    factors = [1] * len(axes)
-    for level in range(1, levels + 1):
-        src = da.from_zarr(str(path), component=ms["datasets"][level - 1]["path"])
-        step = [2 if (a in "YX" or (a == "Z" and n >= 16)) and n >= 2 else 1 for a, n in zip(axes, src.shape)]
-        if all(s == 1 for s in step):
-            break
-        trimmed = src[tuple(slice(0, n - n % s) for n, s in zip(src.shape, step))]
-        down = da.coarsen(np.mean, trimmed, dict(enumerate(step))).astype(np.float32)
-        arr = group.create_array(str(level), shape=down.shape, chunks=tuple(src.chunksize),
-                                 dtype="float32", fill_value=0.0, dimension_names=list(axes.lower()))
-        down.rechunk(arr.chunks).store(arr, lock=False, scheduler=scheduler)
-        factors = [f * s for f, s in zip(factors, step)]
-        base = _level_scale(ms, 0, len(axes))
-        # A mean over f voxels is centred (f - 1) / 2 voxels in: the level's origin moves by that.
-        shift = [b * (f - 1) / 2 for b, f in zip(base, factors)]
-        ms["datasets"].append(_dataset(str(level), [b * f for b, f in zip(base, factors)], shift))
-    group.attrs.update(attrs)
-
-
-def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chunks=None, provenance=None,
-                   pyramid_levels: int = 0) -> None:
-    """Write an array (numpy or dask) as an OME-Zarr v0.5 image, atomically (temp name + rename).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Output ``.zarr`` directory; an existing one is replaced only once the new one is complete.
-    data : array_like or dask array
-        2D to 5D data whose axes are ``axes`` (default ``"ZYX"``/``"YX"``); written as float32.
-    voxel_size : sequence of float, optional
-        Micrometres per spatial axis (z, y, x).
-    chunks : tuple of int, optional
-        Chunk shape on disk (default: 64 planes of at most 512 x 512).
-    provenance : dict, optional
-        The ``deconv3d`` attribute block (see :func:`deconv3d.pipeline.provenance`).
-    pyramid_levels : int
-        Number of extra, 2x down-sampled levels.
-    """
-    import dask.array as da
-
-    from deconv3d.pipeline.output import atomic_output
-
-    arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data))
-    axes = (axes or "TCZYX"[-arr.ndim:]).upper()
-    if chunks is None:
-        chunks = tuple(1 if a in "TC" else min(n, 64 if a == "Z" else 512) for a, n in zip(axes, arr.shape))
-    with atomic_output(path) as tmp:
-        target = create_ome_zarr(tmp, arr.shape, chunks, axes=axes, voxel_size=voxel_size, provenance=provenance)
-        arr.astype(np.float32).rechunk(chunks).store(target, lock=False)
-        if pyramid_levels:
-            write_pyramid(tmp, pyramid_levels)
-
-
-def file_sha256(path, block: int = 1 << 22) -> str:
-    """SHA-256 of a file, or of a directory's files (relative names and contents, sorted)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(block):
-                h.update(chunk)
-    return h.hexdigest()
