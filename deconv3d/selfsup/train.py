@@ -398,7 +398,7 @@ def train(
 
 def _reference_on_field(img: np.ndarray, psf: np.ndarray, extended: np.ndarray) -> tuple[str, np.ndarray]:
     """The residual base on the image's field (cut from the extended estimate of the same RL run, so
-    equal to ``Reference.estimate(img, psf)``), keyed by the image's fingerprint."""
+    ``Reference.estimate(img, psf)`` up to float32 rounding), keyed by the image's fingerprint."""
     from deconv3d.fft import kernel_origin, psf_fingerprint
 
     shape = np.shape(fit_psf(psf, img.shape))

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -31,7 +32,9 @@ def test_round_trip_reproduces_outputs_exactly(trained, tmp_path):
     assert loaded.unet == res.unet and loaded.config == res.config
     assert (loaded.mean, loaded.std, loaded.voxel_size) == (res.mean, res.std, (0.3, 0.1, 0.1))
     np.testing.assert_array_equal(loaded.psf, res.psf)
-    np.testing.assert_array_equal(apply_model(loaded, image, device="cpu"), apply_model(res, image, device="cpu"))
+    # (without the training run's RL estimate, which the file does not carry: RL runs afresh on both sides)
+    np.testing.assert_array_equal(apply_model(loaded, image, device="cpu"),
+                                  apply_model(replace(res, reference_cache=None), image, device="cpu"))
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
 
 

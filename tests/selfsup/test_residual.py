@@ -149,12 +149,13 @@ def test_residual_base_fills_the_halo_with_the_extended_estimate():
 
 def test_the_training_image_reuses_the_reference_training_computed(monkeypatch):
     """deconvolve --train-steps restores the image it trained on: RL's estimate from training is reused
-    (it equals a fresh run exactly), and any other image, or a loaded checkpoint, reruns RL."""
+    (a fresh run equals it to float32 rounding: FFTW may plan the two runs differently), and any other
+    image reruns RL."""
     _, noisy, psf = problem(3, sigma=0.02)
     res = train(noisy, psf, config=TrainConfig(steps=2, patch=16, batch=1, residual=True), unet=TINY[3],
                 device="cpu")
     fresh = res.reference.estimate(noisy, psf, "cpu")
-    np.testing.assert_array_equal(res.reference_cache[1], fresh)
+    np.testing.assert_allclose(res.reference_cache[1], fresh, rtol=1e-5, atol=1e-6 * float(fresh.max()))
     runs = []
     original = Reference.estimate
     monkeypatch.setattr(Reference, "estimate", lambda self, *a, **k: runs.append(1) or original(self, *a, **k))
@@ -165,4 +166,4 @@ def test_the_training_image_reuses_the_reference_training_computed(monkeypatch):
     apply_model(res, other, device="cpu")
     assert runs == [1]
     uncached = apply_model(replace(res, reference_cache=None), noisy, device="cpu")
-    np.testing.assert_array_equal(cached, uncached)
+    np.testing.assert_allclose(cached, uncached, rtol=1e-5, atol=1e-6 * float(uncached.max()))
