@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,12 +107,31 @@ def read_image(path) -> Image:
 
 def read_psf(path) -> Image:
     """:func:`read_image` for a PSF file: a voxel size that the file records but that is not
-    positive is refused (ignoring it would skip the resampling to the image's voxel size)."""
-    psf = read_image(path)
-    if psf.voxel_problem:
-        raise InputError(f"PSF {psf.voxel_problem}: fix its calibration (Fiji: Image > Properties) or save it "
-                         "without one")
-    return psf
+    positive is refused (ignoring it would skip the resampling to the image's voxel size).
+
+    The last file read is remembered (by path, inode, size and change times), so that a run that
+    asks for the PSF's voxel size and then for the PSF reads a large measured PSF once; every
+    call returns its own copy of the data.
+    """
+    stat = Path(path).stat() if Path(path).is_file() else None
+    key = None if stat is None else (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns,
+                                     stat.st_ctime_ns)
+    with _PSF_LOCK:
+        cached = _PSF_CACHE.get(key) if key is not None else None
+    if cached is None:
+        cached = read_image(path)
+        if cached.voxel_problem:
+            raise InputError(f"PSF {cached.voxel_problem}: fix its calibration (Fiji: Image > Properties) or save "
+                             "it without one")
+        if key is not None:
+            with _PSF_LOCK:
+                _PSF_CACHE.clear()
+                _PSF_CACHE[key] = cached
+    return replace(cached, data=cached.data.copy())
+
+
+_PSF_CACHE: dict = {}  # the last PSF file read_psf read: {(path, inode, size, mtime, ctime): Image}
+_PSF_LOCK = threading.Lock()
 
 
 def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | None = None):

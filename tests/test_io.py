@@ -367,3 +367,21 @@ def test_a_mask_page_stored_first_is_skipped_too(tmp_path, rng):
         tif.write(image)
     np.testing.assert_array_equal(read_image(path).data, image)
     np.testing.assert_array_equal(open_lazy(path).data.compute(), image)
+
+
+def test_read_psf_reads_a_file_once_until_it_changes(tmp_path, monkeypatch):
+    """Asking for a PSF's voxel size and then for the PSF read the file twice; now once. A changed
+    file is read again, and callers get their own copies."""
+    from deconv3d.io import read_psf
+
+    psf = np.random.default_rng(0).random((3, 5, 5)).astype(np.float32)
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    reads = []
+    original = io.read_image
+    monkeypatch.setattr(io, "read_image", lambda path: reads.append(path) or original(path))
+    first = read_psf(tmp_path / "psf.tif")
+    first.data[...] = 0  # the caller's copy
+    second = read_psf(tmp_path / "psf.tif")
+    assert len(reads) == 1 and np.array_equal(second.data, psf)
+    write_tiff(tmp_path / "psf.tif", psf * 2, voxel_size=(0.3, 0.1, 0.1))
+    assert np.array_equal(read_psf(tmp_path / "psf.tif").data, psf * 2) and len(reads) == 2
