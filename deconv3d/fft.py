@@ -298,7 +298,7 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", device=None,
     """Convolve ``x`` with ``psf`` by FFT, reusing the PSF's cached OTF across calls.
 
     Returns a tensor on ``device`` (default: ``x``'s device for tensors, else the CPU).
-    Equals ``scipy.signal.fftconvolve(x, psf, mode)`` for ``padding="zero"``.
+    Equals ``scipy.signal.fftconvolve(x, psf, mode)`` for ``padding="zero"`` and ``mode`` "same" or "full".
     """
     if device is None:
         device = x.device if isinstance(x, torch.Tensor) else "cpu"

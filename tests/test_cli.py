@@ -196,6 +196,26 @@ def test_python_dash_m_deconv3d_is_the_cli():
     assert proc.returncode == 0 and "usage: deconv3d deconvolve" in proc.stdout, proc.stderr
 
 
+def test_pyramid_levels_for_a_tiff_output_are_named_as_ignored(data, capsys):
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "p.tif",
+                        "--iterations", 1, "--pyramid-levels", 2, "--device", "cpu"], capsys)
+    assert code == 0 and "--pyramid-levels adds down-sampled levels to a .zarr output" in err and "ignored" in err
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_status(data, capsys, monkeypatch):
+    """--debug printed the traceback by re-raising, so bad input exited 1 instead of 2."""
+    import deconv3d.classical
+
+    code, _, err = run(["deconvolve", data / "missing.tif", "--psf", data / "psf.tif", "-o", data / "o.tif",
+                        "--debug"], capsys)
+    assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("deconv3d: error:")
+    monkeypatch.setattr(deconv3d.classical, "richardson_lucy", lambda *a, **k: 1 / 0)
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "o.tif",
+                        "--device", "cpu", "--debug"], capsys)
+    assert code == 1 and "ZeroDivisionError" in err and "Traceback" in err
+    assert not (data / "o.tif").exists()
+
+
 def test_unexpected_error_exits_1(data, capsys, monkeypatch):
     import deconv3d.classical
 

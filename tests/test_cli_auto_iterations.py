@@ -57,3 +57,16 @@ def test_iterations_must_be_a_count_or_auto(data, capsys):
                         "--iterations", "many"], capsys)
     assert code == 2 and "--iterations" in err
     assert not (d / "o.tif").exists()
+
+
+def test_auto_iterations_says_when_it_stopped_at_its_cap(data, capsys, monkeypatch):
+    """A noise-free stack keeps improving: the CLI says the cap was reached instead of calling it a minimum."""
+    from deconv3d.cli import classical as cli_classical
+
+    d, image, psf = data
+    monkeypatch.setattr(cli_classical, "AUTO_MAX_ITERATIONS", 3)
+    write_tiff(d / "clean.tif", blur(phantom((12, 32, 32), seed=1), psf) * 100, voxel_size=(0.3, 0.1, 0.1))
+    code, stdout, err = run(["deconvolve", d / "clean.tif", "--psf", d / "psf.tif", "-o", d / "clean_out.tif",
+                             "--iterations", "auto", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "chose 3 iterations, the most --iterations auto tries" in stdout and "--iterations N" in stdout

@@ -1,14 +1,17 @@
 """The ``deconv3d`` command line: the only module that prints to the terminal or exits.
 
-Exit status: 0 done; 2 bad input or usage (one line ``deconv3d: error: ...`` on stderr,
-no output file left behind); 1 an unexpected internal error (``--debug`` shows the
-traceback). See ../shared/DESIGN.md for the contract.
+Exit status: 0 done; 2 bad input or usage, or not enough memory for the run (one line
+``deconv3d: error: ...`` on stderr, no output file left behind); 3 a batch in which some files
+failed (the others are complete); 130 interrupted (Ctrl-C; nothing partial is left); 1 an
+unexpected internal error. ``--debug`` prints the traceback first, with the same status. The
+contract is the design document's command-line section (DESIGN.md, shared with the project).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from deconv3d import __version__
 from deconv3d.errors import InputError
@@ -62,15 +65,17 @@ def main(argv: list[str] | None = None) -> int:
                              f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")
         return args.func(args)
     except InputError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and status as without --debug
+            traceback.print_exc()
         print(f"deconv3d: error: {exc}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # numpy's MemoryError; torch's allocation failures
         out_of_memory = isinstance(exc, MemoryError) or any(
             words in str(exc) for words in ("out of memory", "can't allocate memory"))
-        if debug or not out_of_memory:
+        if not out_of_memory:
             return _internal(exc, debug)
+        if debug:
+            traceback.print_exc()
         from deconv3d._paths import _one_line
 
         print(f"deconv3d: error: not enough memory for this run ({_one_line(exc)}): use "
@@ -86,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _internal(exc: BaseException, debug: bool) -> int:
     if debug:
-        raise exc
+        traceback.print_exc()
+        return 1
     print(f"deconv3d: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
     return 1
 

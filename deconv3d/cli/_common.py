@@ -10,6 +10,7 @@ from deconv3d.errors import InputError
 
 PSF_MODELS = ("gaussian", "gibson-lanni", "vectorial")
 DEVICES = ("auto", "cpu", "cuda")
+DEVICE_HELP = "auto (default: CUDA when an NVIDIA GPU is available, else the CPU), cpu or cuda"
 
 
 class Parser(argparse.ArgumentParser):

@@ -18,7 +18,7 @@ import numpy as np
 from deconv3d import __version__
 from deconv3d.errors import InputError, warn
 
-from ._common import DEVICES, Parser, add_common, positive_float, positive_int, progress, refuse_non_finite
+from ._common import DEVICE_HELP, DEVICES, Parser, add_common, positive_float, positive_int, progress, refuse_non_finite
 
 VARIANTS = ("baseline", "implicit", "explicit")
 DISTANCES = ("mse", "l1")
@@ -71,7 +71,8 @@ def _train_parser(blur) -> None:
     p.add_argument("-o", "--output", required=True, help="output model file (.ckpt)")
     p.add_argument("--variant", choices=VARIANTS, default="explicit",
                    help="objective: plain autoencoder, + decoded interpolation, + latent match (default explicit)")
-    p.add_argument("--dist", choices=DISTANCES, default="mse", help="latent distance of the explicit loss")
+    p.add_argument("--dist", choices=DISTANCES, default="mse",
+                   help="latent distance of the explicit loss (default mse)")
     p.add_argument("--latent-weight", type=float, default=0.01, metavar="W",
                    help="weight of the explicit loss's latent term (default 0.01; the paper: 1, with "
                         "--latent-norm none)")
@@ -95,7 +96,7 @@ def _train_parser(blur) -> None:
     p.add_argument("--val-fraction", type=_val_fraction, default=0.25, help="held-out share of the stacks (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, split and crops (default 0)")
     p.add_argument("--time-budget", type=positive_float, help="stop after this many seconds")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     add_common(p)
     p.set_defaults(func=cmd_train)
 
@@ -113,7 +114,7 @@ def _synth_parser(blur) -> None:
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
                    help="decode only a correction on top of pixel blending, keeping the end planes exact "
                         "(default: as the model was trained; --no-residual: the paper's decoding)")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     add_common(p)
     p.set_defaults(func=cmd_synth)
 
@@ -129,7 +130,7 @@ def _deblur_parser(blur) -> None:
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
                    help="add back the detail of LEVEL that the autoencoder does not reconstruct "
                         "(default: when the model was trained in residual form; --no-residual: the paper's)")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     add_common(p)
     p.set_defaults(func=cmd_deblur)
 

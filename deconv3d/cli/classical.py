@@ -10,7 +10,7 @@ from deconv3d import __version__
 from deconv3d.errors import InputError
 
 from . import pipeline, selfsup
-from ._common import (DEVICES, PSF_MODELS, add_common, add_optics, load_psf, positive_float, positive_int,
+from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, add_common, add_optics, load_psf, positive_float, positive_int,
                       print_warnings, progress, refuse_non_finite, voxel_size_of)
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
@@ -24,7 +24,7 @@ def register(sub) -> None:
     _deconvolve_parser(sub)
     demo = sub.add_parser("demo", help="synthesise a phantom, deconvolve it, write figures and a table")
     demo.add_argument("-o", "--output", default="demo_output", help="output folder (default demo_output)")
-    demo.add_argument("--device", default="auto", choices=DEVICES)
+    demo.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     add_common(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -79,7 +79,7 @@ def _deconvolve_parser(sub) -> None:
     p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
                    help="voxel size in µm (overrides the file's metadata); three values, of which a 2D image uses the "
                    "last two")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     selfsup.add_deconvolve_options(p)
     pipeline.add_chunk_options(p)
     p.set_defaults(func=cmd_deconvolve)
@@ -126,6 +126,8 @@ def _unused_option_warnings(args) -> list[str]:
         warn(unused, "sets", "set", "up training, which --model skips (train with --train-steps N instead)")
     if args.psf_model is None and (unused := given(_OPTICS)):
         warn(unused, "describes", "describe", "the microscope for --psf-model, and no --psf-model is given")
+    if getattr(args, "pyramid_levels", 0) and not str(args.output).lower().endswith(".zarr"):
+        warn(["--pyramid-levels"], "adds", "add", "down-sampled levels to a .zarr output, and the output is not one")
     return lines
 
 
@@ -233,6 +235,9 @@ def _read_one_image(path):
         raise
 
 
+AUTO_MAX_ITERATIONS = 100  # the most --iterations auto tries
+
+
 def _iterations(text: str) -> int | str:
     return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
@@ -241,12 +246,16 @@ def _choose_iterations(image, psf, params: dict, voxel, device) -> dict:
     """``--iterations auto``: the held-out-prediction count, for plain RL (acceleration off)."""
     from deconv3d.classical import choose_iterations
 
-    bar, callback = progress(100, "choosing iterations")
+    bar, callback = progress(AUTO_MAX_ITERATIONS, "choosing iterations")
     with bar:
-        choice = choose_iterations(image, psf, 100, boundary=params["boundary"], tv_weight=params["tv_weight"],
-                                   voxel_size=voxel, device=device, callback=callback)
-    print(f"chose {choice.iterations} iterations (held-out prediction error lowest there, "
-          f"{len(choice.risk)} tried)")
+        choice = choose_iterations(image, psf, AUTO_MAX_ITERATIONS, boundary=params["boundary"],
+                                   tv_weight=params["tv_weight"], voxel_size=voxel, device=device, callback=callback)
+    if choice.stopped == "max_iterations" and choice.iterations == AUTO_MAX_ITERATIONS:
+        print(f"chose {choice.iterations} iterations, the most --iterations auto tries: the held-out error was "
+              "still falling, so more may restore more (give --iterations N to go further)")
+    else:
+        print(f"chose {choice.iterations} iterations (held-out prediction error lowest there, "
+              f"{len(choice.risk)} tried)")
     return {"iterations": choice.iterations, "accelerate": False,
             "iterations_chosen_by": f"held-out prediction ({choice.holdout:.0%} of voxels)"}
 

@@ -41,6 +41,11 @@ def settings_from_args(args, base: dict | None = None):
     from deconv3d.pipeline.batch import make_settings
 
     values = dict(base or {})
+    # A PSF source given here replaces the config's, whichever kind it is.
+    if getattr(args, "psf", None) is not None:
+        values.pop("psf_model", None)
+    if getattr(args, "psf_model", None) is not None:
+        values.pop("psf", None)
     plain = ("method", "psf", "psf_model", "na", "wavelength", "ni", "ns", "depth", "iterations", "tv_weight",
              "boundary", "balance", "device", "model", "memory_limit", "pyramid_levels", "band_limit")
     for name in plain:
@@ -50,10 +55,11 @@ def settings_from_args(args, base: dict | None = None):
     for name in ("voxel_size", "chunks"):
         if getattr(args, name, None) is not None:
             values[name] = tuple(getattr(args, name))
-    if getattr(args, "no_accelerate", False):
+    if getattr(args, "no_accelerate", False):  # deconvolve's flag
         values["accelerate"] = False
-    if getattr(args, "tta", False):
-        values["tta"] = True
+    for name in ("accelerate", "tta"):  # batch's --accelerate/--no-accelerate and --tta/--no-tta
+        if isinstance(getattr(args, name, None), bool):
+            values[name] = getattr(args, name)
     if getattr(args, "pattern", None):
         values["pattern"] = tuple(args.pattern)
     if getattr(args, "output_format", None):
@@ -110,8 +116,8 @@ def register(sub) -> None:
     p.add_argument("--config", help="TOML file of settings (keys: long option names); options given here win")
     p.add_argument("--pattern", action="append", metavar="GLOB",
                    help="file pattern (repeatable; default *.tif, *.tiff, *.zarr)")
-    p.add_argument("--scheduler", default="threads", help="threads (default), processes (a LocalCluster on "
-                   "127.0.0.1) or tcp://HOST:PORT of a running dask scheduler")
+    p.add_argument("--scheduler", default=None, help="threads (default), processes (a LocalCluster on "
+                   "127.0.0.1; needs the distributed extra) or tcp://HOST:PORT of a running dask scheduler")
     p.add_argument("--workers", type=positive_int, default=None, help="worker threads/processes (default 1 thread, "
                    "2 processes)")
     p.add_argument("--output-format", choices=("zarr", "tif"), help="output format (default zarr)")
@@ -128,14 +134,16 @@ def register(sub) -> None:
     p.add_argument("--method", choices=METHODS, help="deconvolution method (default rl)")
     p.add_argument("--iterations", type=_batch_iterations, help="RL iterations (default 20)")
     p.add_argument("--tv-weight", type=float, help="TV weight for rl-tv (default 0.002)")
-    p.add_argument("--no-accelerate", action="store_true", default=False, help="turn off Biggs-Andrews acceleration")
+    p.add_argument("--accelerate", action=argparse.BooleanOptionalAction, default=None,
+                   help="Biggs-Andrews acceleration (default on; --no-accelerate turns it off)")
     p.add_argument("--boundary", choices=BOUNDARIES, help="RL border handling (default bertero)")
     p.add_argument("--balance", type=positive_float, help="Wiener regularisation (default 1e-3)")
     p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
                    help="voxel size in µm; three values, of which a 2D image uses the last two")
     p.add_argument("--device", choices=DEVICES, help="cpu (default), cuda or auto")
     p.add_argument("--model", help="trained network (.ckpt) for --method ssl")
-    p.add_argument("--tta", action="store_true", default=None, help="ssl: average over the 8 xy rotations/flips")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="ssl: average over the 8 xy rotations/flips (default off)")
     p.add_argument("--band-limit", type=float, metavar="EPS",
                    help="ssl: damp frequencies the PSF does not pass, e.g. 0.01 on noisy stacks (default 0: off)")
     add_chunk_options(p, defaults=False)
@@ -144,12 +152,21 @@ def register(sub) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from deconv3d.pipeline.batch import load_config, run_batch, write_reports
+    from deconv3d.pipeline.batch import RUN_KEYS, load_config, run_batch, write_reports
     from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
     from deconv3d.pipeline.files import deconvolve_file
 
+    config = load_config(args.config) if args.config else {}
+    for key in RUN_KEYS:  # how to run: the command line wins over the config, then the defaults
+        if getattr(args, key) is None:
+            setattr(args, key, config.get(key))
+        config.pop(key, None)
+    args.scheduler = args.scheduler or "threads"
+    workers = args.workers
+    if workers is not None and (isinstance(workers, bool) or not (isinstance(workers, int) and workers >= 1)):
+        raise InputError(f"workers must be a positive whole number, got {args.workers!r}")
     check_scheduler(args.scheduler)
-    settings = settings_from_args(args, load_config(args.config) if args.config else None)
+    settings = settings_from_args(args, config)
     output_dir = Path(args.output)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output {output_dir} is a file: give a folder")

@@ -7,7 +7,7 @@ import time
 
 from deconv3d.errors import InputError
 
-from ._common import DEVICES, add_common, positive_float, positive_int, print_warnings, voxel_size_of
+from ._common import DEVICE_HELP, DEVICES, add_common, positive_float, positive_int, print_warnings, voxel_size_of
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
 BAND_LIMIT = 0.0  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
@@ -33,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
                    help="voxel size in µm (overrides the file's metadata); three values, of which a 2D image uses the "
                    "last two")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.set_defaults(func=cmd_train)
     add_common(p)
 
@@ -50,7 +50,8 @@ def add_training_options(p, steps_flag: str) -> None:
     g.add_argument("--lambda-inv", type=_non_negative, default=LAMBDA_INV, metavar="W",
                    help=f"weight of the invariance loss (default {LAMBDA_INV:g}, the paper's)")
     g.add_argument("--lambda-inv-psf", type=_non_negative, default=None, metavar="W",
-                   help="weight of the invariance after the PSF (--invariance after-psf or both; default: --lambda-inv)")
+                   help="weight of the invariance after the PSF (--invariance after-psf or both; "
+                        "default: --lambda-inv)")
     g.add_argument("--lambda-bound", type=_non_negative, default=LAMBDA_BOUND, metavar="W",
                    help=f"weight of the bounds term (default {LAMBDA_BOUND:g}, the paper's)")
     g.add_argument("--ssi", action="store_true", help="SSI-style blind-spot baseline (invariance none, lambda_bsp 1; "

@@ -132,8 +132,13 @@ def _check(ok: bool, message: str) -> None:
         raise InputError(f"batch configuration: {message}")
 
 
+#: Keys of a batch config that say how to run it rather than what to compute (``batch``'s own options).
+RUN_KEYS = ("scheduler", "workers")
+
+
 def load_config(path) -> dict:
-    """Read a batch TOML file into a dict of settings (keys are long option names, '-' or '_')."""
+    """Read a batch TOML file into a dict of settings (keys are long option names, '-' or '_';
+    ``no-accelerate = true`` is ``accelerate = false``), plus :data:`RUN_KEYS` where given."""
     import tomllib
 
     path = Path(path)
@@ -143,10 +148,12 @@ def load_config(path) -> dict:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read config {path}: {' '.join(str(exc).split())}: fix the TOML syntax") from exc
-    known = {f.name for f in dataclasses.fields(Settings)}
+    known = {f.name for f in dataclasses.fields(Settings)} | set(RUN_KEYS)
     out = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
+        if name == "no_accelerate" and isinstance(value, bool):  # the flag's own name: no-accelerate = true
+            name, value = "accelerate", not value
         if name not in known:
             raise InputError(f"config {path}: unknown key {key!r}: use the long option names, e.g. method, psf, "
                              "iterations")

@@ -268,6 +268,44 @@ def test_config_per_channel_psfs_resolve_relative_to_the_file(tmp_path):
         make_settings({"psf_model": "gaussian", "na": 1.2, "wavelength": [0.5, -1]})
 
 
+def test_config_keys_are_the_long_option_names_and_the_command_line_wins(tmp_path):
+    """no-accelerate (the flag's name) works as a key, and so do batch's own scheduler and workers; a PSF
+    source given on the command line replaces the config's other kind, and --accelerate undoes the
+    config's accelerate = false (both were refused or impossible)."""
+    from deconv3d.cli import build_parser
+    from deconv3d.cli.pipeline import settings_from_args
+    from deconv3d.pipeline.batch import load_config
+
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    (tmp_path / "batch.toml").write_text('psf = "psf.tif"\nno-accelerate = true\nscheduler = "threads"\nworkers = 2\n')
+    config = load_config(tmp_path / "batch.toml")
+    assert config["accelerate"] is False and (config["scheduler"], config["workers"]) == ("threads", 2)
+    parse = build_parser().parse_args
+    base = {k: v for k, v in config.items() if k not in ("scheduler", "workers")}
+    settings = settings_from_args(parse(["batch", str(tmp_path), "-o", str(tmp_path / "o")]), base)
+    assert settings.accelerate is False and settings.psf == str(tmp_path / "psf.tif")
+    settings = settings_from_args(parse(["batch", str(tmp_path), "-o", str(tmp_path / "o"), "--accelerate",
+                                         "--psf-model", "gaussian", "--na", "1.2", "--wavelength", "0.5"]), base)
+    assert settings.accelerate is True and settings.psf is None and settings.psf_model == "gaussian"
+    settings = settings_from_args(parse(["batch", str(tmp_path), "-o", str(tmp_path / "o"), "--psf",
+                                         str(tmp_path / "psf.tif")]), {"psf_model": "gaussian", "na": 1.2,
+                                                                        "wavelength": 0.5})
+    assert settings.psf_model is None and settings.psf == str(tmp_path / "psf.tif")
+
+
+def test_a_batch_runs_with_scheduler_and_workers_from_its_config(folder, capsys):
+    (folder / "batch.toml").write_text('workers = 2\nscheduler = "threads"\niterations = 2\n')
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--psf", folder / "psf.tif", "--config",
+                        folder / "batch.toml"], capsys)
+    assert code == 0, err
+    report = json.loads((folder / "out" / "batch_report.json").read_text())
+    assert [r["status"] for r in report["files"]] == ["done"] * 3
+    (folder / "bad.toml").write_text("workers = 0\n")
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out2", "--psf", folder / "psf.tif", "--config",
+                        folder / "bad.toml"], capsys)
+    assert code == 2 and "workers" in err and not (folder / "out2").exists()
+
+
 def test_chunked_deconvolve_to_tiff_matches_whole_and_leaves_no_scratch(folder, capsys):
     from deconv3d.classical import richardson_lucy
     from deconv3d.io import read_image
