@@ -22,11 +22,12 @@ import tifffile
 
 from deconv3d._paths import (TIFF_SUFFIXES, _check_suffix, _check_writable_target, _one_line, check_output_path,
                              temporary_name)
-from deconv3d._tiff_metadata import _GENERIC_AXES, _checked_voxel, _kept_voxel, _voxel_size_um
+from deconv3d._tiff_metadata import _GENERIC_AXES, _checked_voxel, _kept_voxel, _voxel_size_um, time_axis_of
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
 
-__all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES"]
+__all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES", "time_axis_of",
+           "assume_psf_voxel"]
 
 
 @dataclass(frozen=True)

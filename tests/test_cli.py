@@ -200,6 +200,9 @@ def test_pyramid_levels_for_a_tiff_output_are_named_as_ignored(data, capsys):
     code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "p.tif",
                         "--iterations", 1, "--pyramid-levels", 2, "--device", "cpu"], capsys)
     assert code == 0 and "--pyramid-levels adds down-sampled levels to a .zarr output" in err and "ignored" in err
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", f"{data / 'p.zarr'}/",
+                        "--iterations", 1, "--pyramid-levels", 1, "--device", "cpu"], capsys)
+    assert code == 0 and "--pyramid-levels" not in err and (data / "p.zarr" / "1").is_dir()
 
 
 def test_debug_shows_the_traceback_and_keeps_the_exit_status(data, capsys, monkeypatch):

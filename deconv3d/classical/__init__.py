@@ -14,8 +14,8 @@ Modules: :mod:`~deconv3d.classical.rl` (:func:`richardson_lucy`, :func:`rl_alpha
 
 from deconv3d.classical._problem import BOUNDARIES
 from deconv3d.classical.iterations import IterationChoice, choose_iterations, holdout_mask
-from deconv3d.classical.rl import richardson_lucy, rl_alpha_schedule
+from deconv3d.classical.rl import Callback, richardson_lucy, rl_alpha_schedule
 from deconv3d.classical.wiener import REGULARIZERS, WIENER_BOUNDARIES, wiener
 
 __all__ = ["richardson_lucy", "rl_alpha_schedule", "choose_iterations", "holdout_mask", "IterationChoice",
-           "wiener", "BOUNDARIES", "WIENER_BOUNDARIES", "REGULARIZERS"]
+           "wiener", "BOUNDARIES", "WIENER_BOUNDARIES", "REGULARIZERS", "Callback"]

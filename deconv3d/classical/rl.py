@@ -77,8 +77,9 @@ def richardson_lucy(
         on the image's field, without a copy per iteration: it is valid during the call only,
         so copy it to keep it (``estimate.clone()``, or ``estimate.cpu().numpy().copy()``),
         and do not write to it (that changes the run).
-    voxel_size : sequence of float, optional
-        Voxel size (z, y, x); used to weight the TV gradient of anisotropic data.
+    voxel_size : float or sequence of float, optional
+        Voxel size, one value per image axis ((z, y, x) for 3D, (y, x) for 2D) or one number for
+        isotropic voxels; used to weight the TV gradient of anisotropic data.
     device : {"auto", "cpu", "cuda"} or torch.device
     dtype : torch.dtype
         Working precision (float32 by default).

@@ -126,7 +126,7 @@ def _unused_option_warnings(args) -> list[str]:
         warn(unused, "sets", "set", "up training, which --model skips (train with --train-steps N instead)")
     if args.psf_model is None and (unused := given(_OPTICS)):
         warn(unused, "describes", "describe", "the microscope for --psf-model, and no --psf-model is given")
-    if getattr(args, "pyramid_levels", 0) and not str(args.output).lower().endswith(".zarr"):
+    if getattr(args, "pyramid_levels", 0) and Path(args.output).suffix.lower() != ".zarr":
         warn(["--pyramid-levels"], "adds", "add", "down-sampled levels to a .zarr output, and the output is not one")
     return lines
 

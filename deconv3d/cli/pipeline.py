@@ -161,6 +161,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if getattr(args, key) is None:
             setattr(args, key, config.get(key))
         config.pop(key, None)
+    if args.scheduler is not None and not (isinstance(args.scheduler, str) and args.scheduler.strip()):
+        raise InputError(f"scheduler must be threads, processes or tcp://HOST:PORT, got {args.scheduler!r}")
     args.scheduler = args.scheduler or "threads"
     workers = args.workers
     if workers is not None and (isinstance(workers, bool) or not (isinstance(workers, int) and workers >= 1)):

@@ -152,7 +152,9 @@ def load_config(path) -> dict:
     out = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if name == "no_accelerate" and isinstance(value, bool):  # the flag's own name: no-accelerate = true
+        if name == "no_accelerate":  # the flag's own name: no-accelerate = true
+            if not isinstance(value, bool):
+                raise InputError(f"config {path}: {key} must be true or false, got {value!r}")
             name, value = "accelerate", not value
         if name not in known:
             raise InputError(f"config {path}: unknown key {key!r}: use the long option names, e.g. method, psf, "

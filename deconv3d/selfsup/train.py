@@ -30,7 +30,7 @@ import torch
 from deconv3d._torch_common import stop_reason
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
-from deconv3d.fft import resolve_device
+from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
 from deconv3d.psf import fit_psf, normalize_psf, validate_psf
 from deconv3d.selfsup.config import WARM_SHARE, Reference, TrainConfig, UNetConfig
 from deconv3d.selfsup.losses import (AUTO_EPS, ForwardModel, LossWeights, loss_weights, mse,
@@ -359,6 +359,7 @@ def train(
         # so that H(T) explains the light entering the field from outside from the start.
         # Under a time budget the search for RL's count and weight takes at most half of it.
         deadline = None if config.time_budget is None else started + REFERENCE_SHARE * config.time_budget
+        image_key = psf_fingerprint(img)  # of the data RL runs on (a caller may change the array while training)
         target, reference = warm_start_target(img, psf, dev, config.warm_tv, extended=config.residual,
                                               deadline=deadline)
         margin = (forward.halo_before, forward.halo_after) if config.residual else None
@@ -390,18 +391,16 @@ def train(
     if average is not None:
         average.copy_to(model)
     model = model.to(memory_format=torch.contiguous_format).eval()
-    cache = _reference_on_field(img, psf, target) if config.residual else None
+    cache = _reference_on_field(image_key, img.shape, psf, target) if config.residual else None
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
                        voxel_size, time.perf_counter() - started, terms, warm_done,
                        reference if config.residual else None, cache)
 
 
-def _reference_on_field(img: np.ndarray, psf: np.ndarray, extended: np.ndarray) -> tuple[str, np.ndarray]:
+def _reference_on_field(image_key: str, image_shape, psf: np.ndarray, extended: np.ndarray) -> tuple[str, np.ndarray]:
     """The residual base on the image's field (cut from the extended estimate of the same RL run, so
-    ``Reference.estimate(img, psf)`` up to float32 rounding), keyed by the image's fingerprint."""
-    from deconv3d.fft import kernel_origin, psf_fingerprint
-
-    shape = np.shape(fit_psf(psf, img.shape))
+    ``Reference.estimate(img, psf)`` up to float32 rounding), keyed by the fingerprint of the image RL ran on."""
+    shape = np.shape(fit_psf(psf, image_shape))
     start = [k - 1 - o for k, o in zip(shape, kernel_origin(shape))]
-    field_box = tuple(slice(s, s + n) for s, n in zip(start, img.shape))
-    return psf_fingerprint(img), np.ascontiguousarray(extended[field_box])
+    field_box = tuple(slice(s, s + n) for s, n in zip(start, image_shape))
+    return image_key, np.ascontiguousarray(extended[field_box])

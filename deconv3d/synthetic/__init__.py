@@ -13,7 +13,7 @@ Modules: :mod:`~deconv3d.synthetic.phantoms` (ground truths) and :mod:`~deconv3d
 """
 
 from deconv3d.synthetic.imaging import add_noise, add_noise_gaussian_poisson, blur, degrade
-from deconv3d.synthetic.phantoms import beads, filaments, microtubules, nuclei, phantom
+from deconv3d.synthetic.phantoms import Seed, beads, filaments, microtubules, nuclei, phantom
 
 __all__ = [
     "phantom",
@@ -25,4 +25,5 @@ __all__ = [
     "add_noise",
     "add_noise_gaussian_poisson",
     "degrade",
+    "Seed",
 ]

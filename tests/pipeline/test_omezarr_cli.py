@@ -300,10 +300,12 @@ def test_a_batch_runs_with_scheduler_and_workers_from_its_config(folder, capsys)
     assert code == 0, err
     report = json.loads((folder / "out" / "batch_report.json").read_text())
     assert [r["status"] for r in report["files"]] == ["done"] * 3
-    (folder / "bad.toml").write_text("workers = 0\n")
-    code, _, err = run(["batch", folder / "in", "-o", folder / "out2", "--psf", folder / "psf.tif", "--config",
-                        folder / "bad.toml"], capsys)
-    assert code == 2 and "workers" in err and not (folder / "out2").exists()
+    for bad, word in (("workers = 0", "workers"), ("scheduler = 3", "scheduler"), ('scheduler = ""', "scheduler"),
+                      ('no-accelerate = "true"', "true or false")):
+        (folder / "bad.toml").write_text(bad + "\n")
+        code, _, err = run(["batch", folder / "in", "-o", folder / "out2", "--psf", folder / "psf.tif", "--config",
+                            folder / "bad.toml"], capsys)
+        assert code == 2 and word in err and "internal" not in err and not (folder / "out2").exists(), (bad, err)
 
 
 def test_chunked_deconvolve_to_tiff_matches_whole_and_leaves_no_scratch(folder, capsys):
