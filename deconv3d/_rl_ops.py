@@ -124,9 +124,9 @@ class TorchOps:
         out.clamp_min_(0)
         g, g_prev = buffers.g, buffers.g_prev
         torch.sub(out, guess, out=g)
-        dots = float(_dot(g, g)), float(_dot(g, g_prev))
+        gg, g_gprev = torch.stack((_dot(g, g), _dot(g, g_prev))).tolist()  # one host sync on a GPU, not two
         buffers.g, buffers.g_prev = g_prev, g
-        return dots
+        return gg, g_gprev
 
     @staticmethod
     def extrapolate(x, x_prev, alpha: float, out, buffers) -> None:

@@ -20,6 +20,13 @@ import torch
 from deconv3d.errors import InputError
 
 
+def grad_scaler(enabled: bool):
+    """A CUDA gradient scaler for mixed precision (a no-op when not ``enabled``): ``torch.amp.GradScaler``
+    from torch 2.3, ``torch.cuda.amp.GradScaler`` on torch 2.2, the oldest release pyproject allows."""
+    scaler = getattr(torch.amp, "GradScaler", None)
+    return scaler("cuda", enabled=enabled) if scaler is not None else torch.cuda.amp.GradScaler(enabled=enabled)
+
+
 def stop_reason(step: int, loss: float, steps: int, time_budget, callback, started: float) -> str | None:
     """``"non-finite loss"``, ``"cancelled"``, ``"completed"``, ``"time_budget"`` or None (go on)."""
     if not math.isfinite(loss):

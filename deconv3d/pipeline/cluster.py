@@ -7,7 +7,7 @@ import re
 
 from deconv3d.errors import InputError
 
-__all__ = ["check_scheduler", "scheduler_client", "gpu_count", "PinGPU"]
+__all__ = ["check_scheduler", "scheduler_client", "gpu_count", "gpu_worker_ids"]
 
 _ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://[^\s/]+(:\d+)?/?$")
 
@@ -40,24 +40,33 @@ def gpu_count(device: str | None) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-class PinGPU:
-    """Worker plugin: worker ``i`` of a LocalCluster makes GPU ``i % count`` its current device.
+def gpu_worker_ids(count: int, visible: str | None = None) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` value of each of ``count`` GPU workers: one GPU each, taken from
+    ``visible`` (this process's ``CUDA_VISIBLE_DEVICES``, when set) or numbered from 0.
 
-    Tensors the block functions put on ``"cuda"`` then land on that worker's own GPU, so a
-    cluster of one worker per GPU uses every GPU once.
+    >>> gpu_worker_ids(2), gpu_worker_ids(2, "3,5")
+    (['0', '1'], ['3', '5'])
     """
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(count)]
+    return [ids[i % len(ids)] for i in range(count)]
 
-    name = "deconv3d-pin-gpu"
 
-    def __init__(self, count: int):
-        self.count = int(count)
+def _gpu_cluster(count: int):
+    """A local cluster of ``count`` single-threaded worker processes, each started with one GPU visible.
 
-    def setup(self, worker) -> None:
-        import torch
+    The device is chosen per process, before CUDA starts in it: ``torch.cuda.set_device`` in a worker
+    plugin only sets the current device of the thread the plugin runs in, not of the threads that
+    run the tasks (those start on device 0), so every worker computed on GPU 0.
+    """
+    import os
 
-        name = str(worker.name)
-        index = int(name) if name.isdigit() else sum(map(ord, worker.address))
-        torch.cuda.set_device(index % self.count)
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    ids = gpu_worker_ids(count, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    workers = {i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1",
+                                              "env": {"CUDA_VISIBLE_DEVICES": ids[i]}}} for i in range(count)}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    return SpecCluster(workers=workers, scheduler=scheduler)
 
 
 @contextlib.contextmanager
@@ -66,8 +75,8 @@ def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
 
     ``processes`` starts a LocalCluster of ``workers`` single-threaded worker processes on
     127.0.0.1 (no dashboard); with ``gpus`` > 0 it starts one worker per GPU instead, each
-    pinned to its own device (:class:`PinGPU`). An address connects to a scheduler the user
-    started, e.g. with dask-jobqueue on SLURM (see examples/).
+    process seeing only its own GPU (as ``cuda:0``; :func:`gpu_worker_ids`). An address connects
+    to a scheduler the user started, e.g. with dask-jobqueue on SLURM (see examples/).
     """
     check_scheduler(spec)
     if spec == "threads":
@@ -76,12 +85,12 @@ def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
     from distributed import Client, LocalCluster
 
     if spec == "processes":
-        n_workers = gpus if gpus > 0 else (workers or 2)
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
-        client = Client(cluster)
         if gpus > 0:
-            client.register_plugin(PinGPU(gpus))
+            cluster = _gpu_cluster(gpus)
+        else:
+            cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None)
+        client = Client(cluster)
         try:
             yield client
         finally:

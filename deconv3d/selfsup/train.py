@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d._torch_common import stop_reason
+from deconv3d._torch_common import grad_scaler, stop_reason
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
@@ -348,7 +348,7 @@ def train(
     sampler = _PatchSampler(standardized, geometry, config, dev)
     model, optimizer, schedule, average = trainable_model(unet, config, dev, -mean / std)
     amp = bool(config.amp and dev.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = grad_scaler(amp)
     weights = loss_weights(config)
     data_weight = _data_weight(forward, geometry.data_shape, config.precondition, img, psf)
     history, terms, reason, step = [], {}, "completed", 0

@@ -29,31 +29,42 @@ def test_localcluster_equals_threads(tmp_path, volume, psf3d):
         np.testing.assert_allclose(out, threads, rtol=1e-5, atol=1e-6 * float(threads.max()), err_msg=name)
 
 
-def test_gpu_workers_pin_their_own_device(monkeypatch):
-    """One worker per GPU: worker i makes GPU i its current device (checked with a stand-in)."""
-    import torch
+def test_gpu_workers_each_see_their_own_device():
+    """One worker process per GPU, started with only that GPU visible: the threads that run the
+    tasks see it too (a worker plugin's torch.cuda.set_device reached only the plugin's own thread,
+    and registering that plugin failed). Checked through tasks, without a GPU."""
+    import os
 
-    from deconv3d.pipeline.cluster import PinGPU, gpu_count
+    from deconv3d.pipeline.cluster import gpu_count, gpu_worker_ids
 
     assert gpu_count("cpu") == 0
-    chosen = []
-    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-
-    class Worker:
-        def __init__(self, name):
-            self.name, self.address = name, f"tcp://127.0.0.1:{4000 + int(name)}"
-
-    plugin = PinGPU(2)
-    for name in (0, 1, 2):
-        plugin.setup(Worker(name))
-    assert chosen == [0, 1, 0]
+    assert gpu_worker_ids(3) == ["0", "1", "2"] and gpu_worker_ids(2, "4, 6") == ["4", "6"]
+    with scheduler_client("processes", workers=5, gpus=2) as client:
+        addresses = sorted(client.scheduler_info()["workers"])
+        seen = [client.submit(lambda _: os.environ.get("CUDA_VISIBLE_DEVICES"), a, workers=[a], pure=False).result()
+                for a in addresses]
+    assert len(addresses) == 2 and sorted(seen) == ["0", "1"]
 
 
 @pytest.mark.cuda
 def test_processes_scheduler_starts_one_worker_per_gpu():
     import torch
 
+    from deconv3d.pipeline.cluster import gpu_worker_ids
+
     count = torch.cuda.device_count()
+
+    def device_of_a_task(_):
+        import os
+
+        import torch
+
+        x = torch.ones(1, device="cuda")
+        return os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count(), x.device.index
+
     with scheduler_client("processes", workers=5, gpus=count) as client:
-        devices = client.run(lambda: __import__("torch").cuda.current_device())
-    assert len(devices) == count and sorted(devices.values()) == list(range(count))
+        addresses = sorted(client.scheduler_info()["workers"])
+        seen = [client.submit(device_of_a_task, a, workers=[a], pure=False).result() for a in addresses]
+    expected = gpu_worker_ids(count, __import__("os").environ.get("CUDA_VISIBLE_DEVICES"))
+    assert len(seen) == count and sorted(s[0] for s in seen) == sorted(expected)
+    assert all(s[1:] == (1, 0) for s in seen)

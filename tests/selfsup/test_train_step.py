@@ -114,3 +114,20 @@ def test_training_step_bound_term_is_taken_on_the_de_standardised_output(mean, s
     assert expected > 1e-4
     assert terms["bound"] == pytest.approx(expected, rel=1e-5)
     assert terms["total"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_grad_scaler_falls_back_to_the_torch_2_2_class(monkeypatch):
+    """pyproject allows torch 2.2, which has no torch.amp.GradScaler (added in 2.3): training built one
+    unconditionally, so it failed there even on the CPU."""
+    import warnings
+
+    import torch
+
+    from deconv3d._torch_common import grad_scaler
+
+    assert not grad_scaler(False).is_enabled()
+    monkeypatch.delattr(torch.amp, "GradScaler")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the 2.2 class is deprecated in later releases
+        scaler = grad_scaler(False)
+    assert isinstance(scaler, torch.cuda.amp.GradScaler) and not scaler.is_enabled()
