@@ -20,12 +20,13 @@ Resources: each worker process runs one block at a time (``processes == cores`` 
 thread each), so give every job ``memory`` of at least ``processes x --memory-limit``; the memory
 model then keeps each block within its share. For GPUs, ask for one GPU per job
 (``job_extra_directives=["--gres=gpu:1"]``), run one worker process per job and set
-``device = "cuda"`` below.
+``"device": "cuda"`` in ``SETTINGS`` below.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,9 @@ MEMORY_PER_JOB = "64GB"  # at least CORES_PER_JOB x MEMORY_LIMIT_PER_BLOCK plus 
 MEMORY_LIMIT_PER_BLOCK = "6GB"  # passed as memory_limit: the memory model sizes blocks for it
 WALLTIME = "04:00:00"
 ENV_SETUP = ["source ~/venvs/deconv3d/bin/activate"]  # run in each job before the workers start
-LOCAL_DIRECTORY = "$TMPDIR"  # node-local scratch for dask's spill files
+LOCAL_DIRECTORY = "${TMPDIR:-/tmp}"  # node-local scratch for dask's spill files (an empty one kills the workers)
+START_FRACTION = 0.5  # start once this share of the workers has connected (or after WAIT_SECONDS with any)
+WAIT_SECONDS = 1800  # the queue may take a while
 SETTINGS = {"method": "rl", "iterations": 30, "psf": "/shared/psf.tif", "device": "cpu",
             "memory_limit": MEMORY_LIMIT_PER_BLOCK}
 # --------------------------------------------------------------------------------------------
@@ -56,9 +59,10 @@ def require_jobqueue():
 
 def make_cluster():
     SLURMCluster = require_jobqueue()
+    # python="python": the interpreter that ENV_SETUP activates on the node (the default is this one's path)
     cluster = SLURMCluster(queue=QUEUE, account=ACCOUNT, cores=CORES_PER_JOB, processes=CORES_PER_JOB,
                            memory=MEMORY_PER_JOB, walltime=WALLTIME, job_script_prologue=ENV_SETUP,
-                           local_directory=LOCAL_DIRECTORY)  # cores == processes: one thread per worker
+                           local_directory=LOCAL_DIRECTORY, python="python")  # cores == processes: 1 thread each
     print(cluster.job_script())  # the sbatch script each job runs: check it once
     cluster.scale(jobs=JOBS)
     return cluster
@@ -73,12 +77,11 @@ def run(input_dir: Path, output_dir: Path) -> int:
     settings = make_settings(SETTINGS)  # validated before any job is submitted
     cluster = make_cluster()
     with cluster, Client(cluster) as client:
-        client.wait_for_workers(1, timeout=1800)  # the queue may take a while
-        workers = len(client.scheduler_info()["workers"])
-        print(f"{workers} workers connected to {client.scheduler.address}")
+        wait_for_workers(client, JOBS * CORES_PER_JOB)
+        print(f"{len(client.nthreads())} workers connected to {client.scheduler.address}")
 
         def one(path, output, input_sha256):
-            info = deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256)
+            info = deconvolve_file(path, output, settings, client=client, checksum=input_sha256)
             print(f"{path.name}: {info.blocks} blocks in {info.seconds:.0f} s", flush=True)
 
         start = time.perf_counter()
@@ -88,6 +91,19 @@ def run(input_dir: Path, output_dir: Path) -> int:
     print(f"{len(rows) - len(failed)} of {len(rows)} files done in {time.perf_counter() - start:.0f} s; "
           f"report {output_dir / 'batch_report.json'}")
     return 3 if failed else 0
+
+
+def wait_for_workers(client, wanted: int) -> None:
+    """Wait until ``START_FRACTION`` of ``wanted`` workers have connected (a file's blocks in flight are
+    planned from the workers present when it starts), or until ``WAIT_SECONDS`` have passed with at
+    least one."""
+    target = max(1, int(wanted * START_FRACTION))
+    try:
+        client.wait_for_workers(target, timeout=WAIT_SECONDS)
+    except TimeoutError:  # distributed raises the built-in one
+        if not client.nthreads():
+            raise
+        print(f"only {len(client.nthreads())} of {target} workers after {WAIT_SECONDS} s: starting anyway")
 
 
 def serve() -> None:
@@ -110,6 +126,8 @@ def main() -> None:
     if not args.serve and (args.input_dir is None or args.output is None):
         parser.error("give INPUT_DIR and -o OUTPUT (or --serve)")
     require_jobqueue()  # a clear message before anything else when it is missing
+    if shutil.which("sbatch") is None:
+        sys.exit("sbatch not found: run this on a SLURM login node (or inside an allocation)")
     if args.serve:
         serve()
         return
