@@ -32,8 +32,10 @@ def _import_distributed():
 
 
 def gpu_count(device: str | None) -> int:
-    """GPUs the workers should use: all visible ones for ``cuda``/``auto`` on a CUDA machine, else 0."""
-    if device not in ("cuda", "auto") and not str(device or "").startswith("cuda"):
+    """GPUs the workers should use: all visible ones for ``cuda``/``auto`` on a CUDA machine, else 0
+    (also for ``cuda:N``: a worker per GPU sees only its own GPU, as ``cuda:0``, so a run asking for
+    GPU N gets plain workers that all see every GPU)."""
+    if device not in ("cuda", "auto"):
         return 0
     import torch
 
@@ -58,15 +60,19 @@ def _gpu_cluster(count: int):
     plugin only sets the current device of the thread the plugin runs in, not of the threads that
     run the tasks (those start on device 0), so every worker computed on GPU 0.
     """
+    import logging
     import os
 
     from distributed import Nanny, Scheduler, SpecCluster
 
     ids = gpu_worker_ids(count, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    workers = {i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1",
-                                              "env": {"CUDA_VISIBLE_DEVICES": ids[i]}}} for i in range(count)}
+    # As LocalCluster: each worker's share of the RAM (a Nanny's "auto" is RAM x threads / cores, 1/16
+    # of a 16-core node for one GPU) and dask's logs at WARN.
+    options = {"nthreads": 1, "host": "127.0.0.1", "memory_limit": 1 / count, "silence_logs": logging.WARN}
+    workers = {i: {"cls": Nanny, "options": {**options, "env": {"CUDA_VISIBLE_DEVICES": ids[i]}}}
+               for i in range(count)}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
-    return SpecCluster(workers=workers, scheduler=scheduler)
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARN)
 
 
 @contextlib.contextmanager

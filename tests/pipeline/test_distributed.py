@@ -29,7 +29,18 @@ def test_localcluster_equals_threads(tmp_path, volume, psf3d):
         np.testing.assert_allclose(out, threads, rtol=1e-5, atol=1e-6 * float(threads.max()), err_msg=name)
 
 
-def test_gpu_workers_each_see_their_own_device():
+def test_gpu_count_gives_workers_per_gpu_only_for_cuda_and_auto(monkeypatch):
+    """A worker per GPU sees its GPU as cuda:0, so cuda:N runs on plain workers instead."""
+    import torch
+
+    from deconv3d.pipeline.cluster import gpu_count
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [gpu_count(d) for d in ("cuda", "auto", "cuda:1", "cpu", None)] == [2, 2, 0, 0, 0]
+
+
+def test_gpu_workers_each_see_their_own_device(capfd):
     """One worker process per GPU, started with only that GPU visible: the threads that run the
     tasks see it too (a worker plugin's torch.cuda.set_device reached only the plugin's own thread,
     and registering that plugin failed). Checked through tasks, without a GPU."""
@@ -40,10 +51,20 @@ def test_gpu_workers_each_see_their_own_device():
     assert gpu_count("cpu") == 0
     assert gpu_worker_ids(3) == ["0", "1", "2"] and gpu_worker_ids(2, "4, 6") == ["4", "6"]
     with scheduler_client("processes", workers=5, gpus=2) as client:
-        addresses = sorted(client.scheduler_info()["workers"])
+        info = client.scheduler_info()["workers"]
+        addresses = sorted(info)
         seen = [client.submit(lambda _: os.environ.get("CUDA_VISIBLE_DEVICES"), a, workers=[a], pure=False).result()
                 for a in addresses]
     assert len(addresses) == 2 and sorted(seen) == ["0", "1"]
+    # Each worker's memory share as a LocalCluster's (all the RAM for one GPU), not a Nanny's default
+    # RAM x threads / cores (1/16 of a 16-core node); and dask's INFO logs stay quiet.
+    from distributed.system import MEMORY_LIMIT
+
+    with scheduler_client("processes", gpus=1) as client:
+        (one,) = client.scheduler_info()["workers"].values()
+    assert one["memory_limit"] >= 0.9 * MEMORY_LIMIT and all(w["memory_limit"] >= 0.45 * MEMORY_LIMIT
+                                                             for w in info.values())
+    assert "INFO" not in capfd.readouterr().err
 
 
 @pytest.mark.cuda
