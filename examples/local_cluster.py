@@ -140,6 +140,8 @@ def main() -> int:
             figure = folder / args.figure.name if args.keep else args.figure
             save_figure(figure, truth_of(0), read_image(folder / "raw" / "stack00.tif").data, result)
             print(f"first output: shape {result.shape}, max {float(np.max(result)):.3g}; figure: {figure}")
+        else:
+            print("no figure: stack00 did not finish")
         print(f"outputs: {folder / 'deconvolved'} (report: batch_report.json)")
         if args.keep is None:
             print("(a temporary folder, removed now: use --keep DIR to keep the outputs)")
