@@ -234,8 +234,11 @@ def preload(device: torch.device, dtype: torch.dtype) -> None:
     """Load (compile or read from the cache) the passes :func:`ops_for` picks for ``device``/``dtype``.
 
     The numba kernels hold about 110 MB once loaded; the pipeline loads them before it measures
-    the memory baseline its blocks must fit beside.
+    the memory baseline its blocks must fit beside. On a GPU it starts CUDA instead, whose context
+    and libraries take host memory too (typically some hundreds of MB) from the first tensor on.
     """
+    if device.type == "cuda":
+        torch.empty(1, device=device)
     if ops_for(device, dtype) is FusedOps:
         _ready()
 

@@ -216,3 +216,16 @@ def test_concurrent_blocks_under_numbas_workqueue_layer_do_not_abort():
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "workqueue"
+
+
+def test_preload_starts_cuda_before_the_memory_baseline(monkeypatch):
+    """The pipeline measures its memory baseline after preload: on a GPU the CUDA context must exist by
+    then (checked with a stand-in for torch.empty, without a GPU)."""
+    made = []
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: made.append(k.get("device")))
+    _rl_ops.preload(torch.device("cuda"), torch.float32)
+    assert made == [torch.device("cuda")]
+    made.clear()
+    monkeypatch.setattr(_rl_ops, "ops_for", lambda device, dtype: None)  # no numba kernels to load here
+    _rl_ops.preload(torch.device("cpu"), torch.float32)
+    assert made == []

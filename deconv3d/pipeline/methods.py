@@ -70,13 +70,9 @@ class RichardsonLucyBlock:
 
     def load(self) -> None:
         """Load what every block will use, before the memory baseline is measured: the numba
-        element-wise passes hold about 110 MB once loaded, which no block-size model counts."""
-        import torch
-
-        from deconv3d._rl_ops import preload
-        from deconv3d.fft import resolve_device
-
-        preload(resolve_device(self.device), torch.float32)
+        element-wise passes hold about 110 MB once loaded, which no block-size model counts (on a
+        GPU: the CUDA context)."""
+        _preload(self.device)
 
     def with_alpha_schedule(self, data, block_shape) -> "RichardsonLucyBlock":
         """A copy that replays the acceleration steps measured on the central ``block_shape`` of ``data``.
@@ -143,6 +139,11 @@ class NetworkBlock:
             radius = max(psf_half, receptive_radius(unet))
             self.context = -(-radius // unet.divisor) * unet.divisor  # whole pooling cells keep the phase
 
+    def load(self) -> None:
+        """Before the memory baseline is measured: CUDA on a GPU, and on the CPU the numba passes
+        of the Richardson-Lucy run a residual network adds its correction to."""
+        _preload(self.device)
+
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from deconv3d.selfsup import apply_model
 
@@ -166,6 +167,16 @@ class NetworkBlock:
     def chunk_multiple(self) -> int:
         """``2**depth``: blocks that start on the pooling grid see the whole-volume pooling phase."""
         return int(self.trained.unet.divisor)
+
+
+def _preload(device) -> None:
+    """What the blocks' Richardson-Lucy runs load on ``device`` (:func:`deconv3d._rl_ops.preload`)."""
+    import torch
+
+    from deconv3d._rl_ops import preload
+    from deconv3d.fft import resolve_device
+
+    preload(resolve_device(device), torch.float32)
 
 
 def rl_halo(psf, iterations: int) -> tuple[int, ...]:
