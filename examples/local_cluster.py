@@ -125,10 +125,12 @@ def main() -> int:
                                                              if args.keep else " only with --keep DIR"))
             return 130
         seconds = time.perf_counter() - start
+        from deconv3d.pipeline.batch import status_counts
+
         for row in rows:
             if row["status"] == "failed":
                 print(f"  {Path(row['file']).name} failed: {row['reason']}")
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+        counts = status_counts(rows)
         print(f"{counts['done']} of {len(rows)} stacks deconvolved, {counts['skipped']} finished before "
               f"(skipped), {counts['failed']} failed, in {seconds:.1f} s")
         finished = next((r for r in rows if r["status"] in ("done", "skipped")), None)

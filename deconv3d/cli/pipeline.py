@@ -152,21 +152,12 @@ def register(sub) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from deconv3d.pipeline.batch import RUN_KEYS, load_config, run_batch, write_reports
+    from deconv3d.pipeline.batch import load_config, run_batch, status_counts, write_reports
     from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
     from deconv3d.pipeline.files import deconvolve_file
 
     config = load_config(args.config) if args.config else {}
-    for key in RUN_KEYS:  # how to run: the command line wins over the config, then the defaults
-        if getattr(args, key) is None:
-            setattr(args, key, config.get(key))
-        config.pop(key, None)
-    if args.scheduler is not None and not (isinstance(args.scheduler, str) and args.scheduler.strip()):
-        raise InputError(f"scheduler must be threads, processes or tcp://HOST:PORT, got {args.scheduler!r}")
-    args.scheduler = args.scheduler or "threads"
-    workers = args.workers
-    if workers is not None and (isinstance(workers, bool) or not (isinstance(workers, int) and workers >= 1)):
-        raise InputError(f"workers must be a positive whole number, got {args.workers!r}")
+    _take_run_options(args, config)
     check_scheduler(args.scheduler)
     settings = settings_from_args(args, config)
     output_dir = Path(args.output)
@@ -206,9 +197,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         for row in rows:  # the file in progress: its earlier output, if any, no longer matches a record
             if not row["status"]:
                 row.update(status="failed", reason="interrupted (Ctrl-C): rerun to redo it")
-        from deconv3d.pipeline.batch import STATUSES
-
-        counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+        counts = status_counts(rows)
         if rows:  # this run's rows, over an earlier report's rows for the files it did not reach
             try:
                 json_path, _ = write_reports(output_dir, _merged_rows(output_dir, rows))
@@ -220,12 +209,29 @@ def cmd_batch(args: argparse.Namespace) -> int:
         return 130
     json_path, _ = write_reports(output_dir, rows)
     failed = [r for r in rows if r["status"] == "failed"]
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+    counts = status_counts(rows)
     print(f"batch: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed in "
           f"{time.perf_counter() - start:.1f} s; report {json_path}")
     for row in failed:
         print(f"deconv3d: failed: {row['file']}: {row['reason']}", file=sys.stderr)
     return 3 if failed else 0
+
+
+def _take_run_options(args, config: dict) -> None:
+    """Move ``scheduler`` and ``workers`` from ``config`` onto ``args`` where the command line did not
+    give them (then the defaults), checked: a config can hold any TOML value."""
+    from deconv3d.pipeline.batch import RUN_KEYS
+
+    for key in RUN_KEYS:
+        if getattr(args, key) is None:
+            setattr(args, key, config.get(key))
+        config.pop(key, None)
+    if args.scheduler is not None and not (isinstance(args.scheduler, str) and args.scheduler.strip()):
+        raise InputError(f"scheduler must be threads, processes or tcp://HOST:PORT, got {args.scheduler!r}")
+    args.scheduler = args.scheduler or "threads"
+    workers = args.workers
+    if workers is not None and (isinstance(workers, bool) or not (isinstance(workers, int) and workers >= 1)):
+        raise InputError(f"workers must be a positive whole number, got {workers!r}")
 
 
 def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:

@@ -24,7 +24,7 @@ from typing import Optional
 from deconv3d.errors import InputError
 
 __all__ = ["Settings", "load_config", "find_inputs", "run_batch", "build_block_fn", "load_psf_for", "write_reports",
-           "RECORD_DIR"]
+           "status_counts", "RECORD_DIR"]
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -393,10 +393,15 @@ def _process(path, output, record, settings_hash, process_one, row) -> None:
     row["seconds"] = round(time.perf_counter() - start, 3)
 
 
+def status_counts(rows) -> dict[str, int]:
+    """How many rows of a batch report are done, skipped and failed."""
+    return {status: sum(r["status"] == status for r in rows) for status in STATUSES}
+
+
 def write_reports(output_dir, rows) -> tuple[Path, Path]:
     """Write ``batch_report.json`` and ``batch_report.csv`` into ``output_dir``."""
     output_dir = Path(output_dir)
-    summary = {status: sum(r["status"] == status for r in rows) for status in STATUSES}
+    summary = status_counts(rows)
     json_path, csv_path = output_dir / "batch_report.json", output_dir / "batch_report.csv"
     _write_json_atomic(json_path, {"summary": summary, "files": rows})
     from deconv3d.pipeline.output import atomic_output
