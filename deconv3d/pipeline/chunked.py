@@ -21,6 +21,7 @@ import contextlib
 
 import math
 import sys
+import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -232,18 +233,34 @@ def _share_cores(workers: int):
     Every block would otherwise use all of torch's threads, and ``workers`` blocks at once
     oversubscribe the cores (on a 2-core machine two blocks of two threads each ran many
     times slower than one block after the other).
+
+    torch's thread count is one setting for the whole process (and the default of new threads),
+    so overlapping runs (a GUI's background calls) share one saved count: the first run in saves
+    it and the last one out restores it. Saved per run, a second run saved the first's lowered
+    count and put it back for good. While a run with several workers is in progress, other
+    calls in the process run with its lowered count too (their FFTs round differently).
     """
     if workers <= 1:
         yield
         return
     import torch
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, before // workers))
+    with _CORES_LOCK:
+        if _CORES["active"] == 0:
+            _CORES["before"] = torch.get_num_threads()
+        _CORES["active"] += 1
+        torch.set_num_threads(max(1, _CORES["before"] // workers))
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _CORES_LOCK:
+            _CORES["active"] -= 1
+            if _CORES["active"] == 0:
+                torch.set_num_threads(_CORES["before"])
+
+
+_CORES_LOCK = threading.Lock()
+_CORES = {"active": 0, "before": 1}  # runs inside _share_cores, and torch's thread count before the first
 
 
 def _counter(progress, done: int, total: int):

@@ -10,6 +10,7 @@ a linear ramp across their overlap, so that no seam shows.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
 from dataclasses import dataclass
@@ -321,14 +322,20 @@ class _ModelRunner:
         self.model, self.device, self.mean, self.std, self.level = model, device, mean, std, level
         self.tta = tta
         self.amp = bool(amp) and device.type == "cuda"
-        self._was_training = model.training
 
     def __enter__(self):
-        self.model.to(self.device).eval()
+        # The caller's module is left as it is: other threads may be running it (a model switched to
+        # eval and back here put a concurrent call's remaining tiles in training mode, whose batch
+        # norm then used and overwrote batch statistics). A model in training mode or on another
+        # device is run as a copy.
+        param = next(self.model.parameters(), None)
+        here = param is None or (param.device.type == self.device.type
+                                 and self.device.index in (None, param.device.index))
+        if self.model.training or not here:
+            self.model = copy.deepcopy(self.model).to(self.device).eval()
         return self
 
     def __exit__(self, *exc):
-        self.model.train(self._was_training)
         return False
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:

@@ -275,3 +275,24 @@ def test_the_sweep_finds_a_tiff_outputs_nested_scratch(tmp_path):
     nested = tmp_path / f"..out.tif.{gone.pid}-0123abcd.tmp.{gone.pid}-89abcdef.tmp"
     (nested / "0").mkdir(parents=True)
     assert remove_stale_temporaries(tmp_path / "out.tif") == [nested]
+
+
+def test_overlapping_runs_restore_torch_s_thread_count():
+    """Two runs that overlap (a GUI's background calls), the first ending first: torch's thread count,
+    which new threads inherit, came back as the first run's lowered value for good."""
+    import torch
+
+    from deconv3d.pipeline.chunked import _share_cores
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        a, b = _share_cores(2), _share_cores(2)
+        a.__enter__()
+        b.__enter__()
+        assert torch.get_num_threads() == 2
+        a.__exit__(None, None, None)
+        b.__exit__(None, None, None)
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)

@@ -1,6 +1,7 @@
 """Tiled inference: seamless against one whole-volume pass, TTA, clamping, progress and cancel."""
 
 import itertools
+import threading
 
 import numpy as np
 import pytest
@@ -323,3 +324,38 @@ def test_bad_image_and_bad_model_are_input_errors():
         predict_tiled(Identity(), np.zeros((2, 3, 4, 5), np.float32), mean=0, std=1, divisor=1, device="cpu")
     with pytest.raises(InputError, match="fully convolutional"):
         predict_tiled(nn.Conv3d(1, 2, 1), volume(3), mean=0, std=1, divisor=1, device="cpu")
+
+
+def test_a_model_in_training_mode_is_run_as_a_copy():
+    """apply_model switched the caller's module to eval and back: a concurrent call's remaining tiles
+    then ran in training mode, and batch norm overwrote its running statistics."""
+    from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, train
+
+    rng = np.random.default_rng(0)
+    image = rng.random((12, 24, 24)).astype(np.float32)
+    psf = np.ones((3, 3, 3), np.float32) / 27
+    res = train(image, psf, config=TrainConfig(steps=2, patch=16, batch=1, residual=False),
+                unet=UNetConfig(ndim=3, base_channels=4, depth=2), device="cpu")
+    expected = apply_model(res, image, device="cpu", tile_shape=(12, 16, 16))
+    stats = {k: v.clone() for k, v in res.model.state_dict().items()}
+    res.model.train()
+    # Call B starts while A runs, and A ends while B still has tiles to go.
+    b_started, a_done = threading.Event(), threading.Event()
+
+    def a_waits(done, total):
+        assert b_started.wait(30)
+
+    a = threading.Thread(target=lambda: (apply_model(res, image, device="cpu", tile_shape=(12, 16, 16),
+                                                     callback=a_waits), a_done.set()))
+    a.start()
+
+    def b_waits(done, total):
+        b_started.set()
+        if done == 1:
+            assert a_done.wait(30)
+
+    out = apply_model(res, image, device="cpu", tile_shape=(12, 16, 16), callback=b_waits)
+    a.join(30)
+    np.testing.assert_array_equal(out, expected)
+    assert res.model.training
+    assert all(torch.equal(v, stats[k]) for k, v in res.model.state_dict().items())
