@@ -140,13 +140,11 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
         model = ResUNet(unet)
         model.load_state_dict(data["state_dict"])
         psf = data["psf"].numpy().astype(np.float32)
-        voxel = data["voxel_size"]
-        voxel = None if voxel is None else tuple(float(v) for v in voxel)
+        voxel = data["voxel_size"]  # a sequence (one number, which the API takes as isotropic, is damage here)
+        voxel = None if voxel is None else checked_voxel_size(tuple(voxel), unet.ndim)
         mean, std = float(data["mean"]), float(data["std"])
-        bad_voxel = voxel is not None and (len(voxel) != unet.ndim or
-                                           not all(math.isfinite(v) and v > 0 for v in voxel))
-        if bad_voxel or not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-            raise ValueError("voxel size or standardisation out of range")
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError("standardisation out of range")
         reference = data.get("reference")  # absent from files written before the residual form
         reference = None if reference is None else from_dict(Reference, reference)
         if config.residual != (reference is not None):

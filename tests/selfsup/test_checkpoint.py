@@ -154,3 +154,14 @@ def test_train_config_refuses_values_torch_cannot_use(kwargs, word):
 def test_unet_config_refuses_non_integers(kwargs):
     with pytest.raises(InputError):
         UNetConfig(**kwargs)
+
+
+@pytest.mark.parametrize("voxel", [(float("nan"), 0.1, 0.1), (0.1, 0.1), 0.1, (0.0, 0.1, 0.1)])
+def test_a_checkpoint_with_a_bad_voxel_size_is_damaged(trained, tmp_path, voxel):
+    res, _, _ = trained
+    save_checkpoint(res, tmp_path / "m.ckpt")
+    data = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    data["voxel_size"] = voxel
+    torch.save(data, tmp_path / "m.ckpt")
+    with pytest.raises(InputError, match="damaged"):
+        load_checkpoint(tmp_path / "m.ckpt")
