@@ -8,6 +8,7 @@ strings and containers, so a crafted file cannot run code.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -25,6 +26,20 @@ def grad_scaler(enabled: bool):
     from torch 2.3, ``torch.cuda.amp.GradScaler`` on torch 2.2, the oldest release pyproject allows."""
     scaler = getattr(torch.amp, "GradScaler", None)
     return scaler("cuda", enabled=enabled) if scaler is not None else torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def amp_enabled(requested: bool, device: torch.device) -> bool:
+    """Whether mixed precision runs: asked for, and on CUDA (it is ignored on the CPU)."""
+    return bool(requested) and device.type == "cuda"
+
+
+def cuda_half(enabled: bool):
+    """float16 autocast on CUDA when ``enabled``, else a context that changes nothing."""
+    return torch.autocast("cuda", dtype=torch.float16) if enabled else contextlib.nullcontext()
+
+
+FP16_OVERFLOW = ("mixed precision: float16 overflowed in the network's forward pass (values above 65504), "
+                 "so the run goes on in float32 (slower)")
 
 
 def stop_reason(step: int, loss: float, steps: int, time_budget, callback, started: float) -> str | None:

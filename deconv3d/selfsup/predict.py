@@ -9,16 +9,17 @@ a linear ramp across their overlap, so that no seam shows.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from deconv3d._torch_common import FP16_OVERFLOW, amp_enabled, cuda_half
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
 
@@ -120,7 +121,8 @@ def predict_tiled(
         At the volume border the context is the volume mirrored (reflect padding).
     amp : bool
         Mixed precision (float16 autocast) on CUDA; ignored on the CPU. The output is
-        float32 either way.
+        float32 either way. A tile whose float16 pass overflows is recomputed in float32,
+        as are the tiles after it (with a RuntimeWarning).
     signed : bool
         The network outputs a signed correction in standardised units (a residual network):
         its output becomes ``out * std``, without the mean, and is not clamped. Otherwise
@@ -321,7 +323,7 @@ class _ModelRunner:
     def __init__(self, model, device, mean, std, tta, amp, level):
         self.model, self.device, self.mean, self.std, self.level = model, device, mean, std, level
         self.tta = tta
-        self.amp = bool(amp) and device.type == "cuda"
+        self.amp = amp_enabled(amp, device)
 
     def __enter__(self):
         # The caller's module is left as it is: other threads may be running it (a model switched to
@@ -340,10 +342,19 @@ class _ModelRunner:
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
         x = (windows.to(self.device) - self.mean) / self.std
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
-            y = _dihedral_mean(self.forward, x) if self.tta else self.forward(x)
-        return y.float() * self.std + self.level
+        y = self._run(x)
+        if self.amp and not bool(torch.isfinite(y).all()):
+            # float16 overflowed, or the input is not finite (then float32 fails too: no warning);
+            # this tile and the later ones run in float32
+            self.amp = False
+            y = self._run(x)
+            if bool(torch.isfinite(y).all()):
+                warnings.warn(FP16_OVERFLOW, RuntimeWarning, stacklevel=2)
+        return y * self.std + self.level
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), cuda_half(self.amp):
+            return _dihedral_mean(self.forward, x) if self.tta else self.forward(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.model(x)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Optional, Sequence
@@ -27,7 +28,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d._torch_common import grad_scaler, stop_reason
+from deconv3d._torch_common import FP16_OVERFLOW, amp_enabled, cuda_half, grad_scaler, stop_reason
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
@@ -128,7 +129,7 @@ def _train_step(model, batch: _Batch, forward: ForwardModel, region, weights: Lo
     clamped at ``floor`` (zero intensity in standardised units) unless it is None.
     """
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
+    with cuda_half(amp):
         out = model(batch.augment(batch.fields))
         out_masked = model(batch.augment(batch.masked))
     f, f_masked = batch.restore(out.float()), batch.restore(out_masked.float())
@@ -152,7 +153,7 @@ def _train_step(model, batch: _Batch, forward: ForwardModel, region, weights: Lo
 def _warm_step(model, batch: _Batch, region, optimizer, scaler, amp: bool) -> dict[str, float]:
     """One warm-start step: ``MSE(f(x), target)`` on the compared region, one pass, no mask."""
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
+    with cuda_half(amp):
         out = model(batch.augment(batch.fields))
     loss = mse(batch.restore(out.float())[(Ellipsis,) + tuple(region)], batch.target)
     value = float(loss.detach())
@@ -288,9 +289,10 @@ def train(
     ``unet.divisor``. Adam with learning rate ``config.lr``, halved every
     ``config.decay_steps``. Mixed precision (float16 autocast with gradient scaling) is
     used on CUDA when ``config.amp``, for the network only: the FFT forward model and
-    the loss run in float32. Augmentation flips/rotates the network input in the (y, x)
-    plane and un-does it on the output, so that the loss and the PSF stay in the data's
-    frame (correct for PSFs that are not symmetric). ``config.precondition`` weights the
+    the loss run in float32; a step whose float16 pass overflows is redone in float32, as
+    is the rest of the run (with a RuntimeWarning). Augmentation flips/rotates the network
+    input in the (y, x) plane and un-does it on the output, so that the loss and the PSF
+    stay in the data's frame (correct for PSFs that are not symmetric). ``config.precondition`` weights the
     data term's residual by ``(1 + eps) / (|H|^2 + eps)`` in frequency
     (:func:`deconv3d.selfsup.losses.data_term`); ``"auto"`` uses ``eps = 1e-3`` and
     gates the weight by the image's own signal-to-noise ratio per frequency
@@ -347,7 +349,7 @@ def train(
     geometry = forward.geometry([min(config.patch, n) for n in img.shape], unet.divisor)
     sampler = _PatchSampler(standardized, geometry, config, dev)
     model, optimizer, schedule, average = trainable_model(unet, config, dev, -mean / std)
-    amp = bool(config.amp and dev.type == "cuda")
+    amp = amp_enabled(config.amp, dev)
     scaler = grad_scaler(amp)
     weights = loss_weights(config)
     data_weight = _data_weight(forward, geometry.data_shape, config.precondition, img, psf)
@@ -374,13 +376,25 @@ def train(
             warming = False
             if not config.anchor_weight:
                 sampler.set_target(None)
+        batch = sampler.sample(config.batch)
+
+        def one_step():
+            if warming:
+                return _warm_step(model, batch, geometry.region, optimizer, scaler, amp)
+            return _train_step(model, batch, forward, geometry.region, weights, optimizer, scaler, (mean, std),
+                               amp, data_weight, config.anchor_weight, config.residual,
+                               -mean / std if positive_sum else None)
+
+        terms = one_step()
+        if amp and not math.isfinite(terms["total"]):
+            # The gradient scaler guards the backward pass only: an overflowing float16 forward pass
+            # would end the run as a non-finite loss. The step (not taken) is redone in float32.
+            amp, scaler = False, grad_scaler(False)
+            terms = one_step()
+            if math.isfinite(terms["total"]):  # else a real divergence, which ends the run below
+                warnings.warn(FP16_OVERFLOW, RuntimeWarning, stacklevel=2)
         if warming:
-            terms = _warm_step(model, sampler.sample(config.batch), geometry.region, optimizer, scaler, amp)
             warm_done = step
-        else:
-            terms = _train_step(model, sampler.sample(config.batch), forward, geometry.region, weights, optimizer,
-                                scaler, (mean, std), amp, data_weight, config.anchor_weight, config.residual,
-                                -mean / std if positive_sum else None)
         schedule.step()
         if average is not None:
             average.update(model)
