@@ -11,9 +11,9 @@ import numpy as np
 from deconv3d.errors import InputError
 
 
-def checked_voxel_size(voxel_size, ndim: int) -> tuple[float, ...] | None:
+def checked_voxel_size(voxel_size, ndim: int, what: str = "voxel size") -> tuple[float, ...] | None:
     """``voxel_size`` as ``ndim`` positive finite floats, ``(z, y, x)`` or ``(y, x)`` in µm;
-    ``None`` stays ``None`` and one number means isotropic voxels.
+    ``None`` stays ``None`` and one number means isotropic voxels. ``what`` names it in the error.
 
     >>> checked_voxel_size(0.1, 2), checked_voxel_size([0.3, 0.1, 0.1], 3)
     ((0.1, 0.1), (0.3, 0.1, 0.1))
@@ -32,7 +32,7 @@ def checked_voxel_size(voxel_size, ndim: int) -> tuple[float, ...] | None:
     except (TypeError, ValueError):
         values = ()
     if len(values) != ndim or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"voxel size {voxel_size!r} must be {ndim} positive finite numbers (µm, "
+        raise InputError(f"{what} {voxel_size!r} must be {ndim} positive finite numbers (µm, "
                          f"{'z, y, x' if ndim == 3 else 'y, x' if ndim == 2 else 'one per axis'}) "
                          "or one number for isotropic voxels")
     return values

@@ -205,6 +205,19 @@ def test_resample_psf_keeps_an_even_psf_on_its_origin(shape):
     assert out.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_one_voxel_size_means_isotropic_voxels_and_bad_ones_are_named():
+    """As everywhere else in the API (deconv3d._voxel.checked_voxel_size)."""
+    psf = gaussian((9, 11, 11), (1.5, 1.0, 1.0))
+    np.testing.assert_array_equal(resample_psf(psf, 0.1, 0.15), resample_psf(psf, (0.1,) * 3, (0.15,) * 3))
+    args = dict(model="gaussian", shape=(9, 17, 17), na=1.2, wavelength=0.52)
+    np.testing.assert_array_equal(generate_psf(voxel_size=0.1, **args), generate_psf(voxel_size=(0.1,) * 3, **args))
+    for psf_voxel, image_voxel, named in [(None, VOXEL, "PSF voxel size"), (VOXEL, (0.1, 0.1), "image voxel size"),
+                                          ((0.1, float("nan"), 0.1), VOXEL, "PSF voxel size"),
+                                          (VOXEL, "0.1", "image voxel size")]:
+        with pytest.raises(InputError, match=f"^{named} .* must be 3 positive finite numbers"):
+            resample_psf(psf, psf_voxel, image_voxel)
+
+
 def test_resample_psf_is_noop_for_equal_voxels():
     psf = gaussian((9, 11, 11), (1.5, 1.0, 1.0))
     np.testing.assert_array_equal(resample_psf(psf, VOXEL, VOXEL), psf)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
-from deconv3d.psf.prepare import _centred_zoom, _positive_floats, _positive_ints, normalize_psf
+from deconv3d.psf.prepare import _centred_zoom, _positive_ints, normalize_psf
 
 #: Names accepted by :func:`generate_psf`, mapped to the psfmodels model names.
 PSF_MODELS = {"gaussian": "gaussian", "gibson-lanni": "scalar", "vectorial": "vectorial"}
@@ -35,8 +36,8 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     shape : tuple of int
         ``(z, y, x)`` or ``(y, x)`` in voxels; the point source sits at index
         ``(n - 1) // 2`` along each axis.
-    voxel_size : tuple of float
-        Voxel size in micrometres, one per axis of ``shape``.
+    voxel_size : float or tuple of float
+        Voxel size in micrometres, one per axis of ``shape``, or one number for isotropic voxels.
     na : float
         Numerical aperture; ``0 < na < ni``.
     wavelength : float
@@ -103,7 +104,7 @@ def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth
     if model not in PSF_MODELS:
         raise InputError(f"unknown PSF model {model!r}: choose one of {', '.join(PSF_MODELS)}")
     shape = _positive_ints(shape, "PSF shape")
-    voxel = _positive_floats(voxel_size, "voxel size", len(shape))
+    voxel = checked_voxel_size(voxel_size, len(shape))
     if max(voxel) > 20:  # a PSF sampled that coarsely is one voxel: nanometres given for micrometres
         raise InputError(f"voxel size {voxel} looks like nanometres: give it in micrometres (e.g. 0.3 0.1 0.1)")
     for name, value in (("NA", na), ("wavelength", wavelength), ("ni", ni), ("ns", ns), ("depth", depth)):

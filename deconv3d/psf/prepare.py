@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 
 _NEGATIVE_TOLERANCE = 1e-6  # relative to the maximum; interpolation undershoot
@@ -17,16 +18,6 @@ def _positive_ints(values, what: str) -> tuple[int, ...]:
         raise InputError(f"{what} must be 2 or 3 positive integers, got {values!r}") from None
     if len(values) not in (2, 3) or min(values) < 1:
         raise InputError(f"{what} must be 2 or 3 positive integers, got {values}")
-    return values
-
-
-def _positive_floats(values, what: str, ndim: int) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be {ndim} positive numbers, got {values!r}") from None
-    if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"{what} must be {ndim} positive numbers (one per axis), got {values}")
     return values
 
 
@@ -248,8 +239,8 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     ----------
     psf : array_like
         2D or 3D PSF.
-    psf_voxel, image_voxel : tuple of float
-        Voxel sizes (micrometres), one per axis.
+    psf_voxel, image_voxel : float or tuple of float
+        Voxel sizes (micrometres), one per axis, or one number for isotropic voxels.
 
     Returns
     -------
@@ -265,8 +256,8 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     negative undershoot is clamped to 0.
     """
     psf = np.asarray(psf, dtype=np.float32)
-    src = np.asarray(_positive_floats(psf_voxel, "PSF voxel size", psf.ndim))
-    dst = np.asarray(_positive_floats(image_voxel, "image voxel size", psf.ndim))
+    src, dst = (np.asarray(checked_voxel_size(v if v is not None else (), psf.ndim, what))
+                for v, what in ((psf_voxel, "PSF voxel size"), (image_voxel, "image voxel size")))
     if np.allclose(src, dst, rtol=1e-6, atol=0):
         return psf.copy()
     step = dst / src
