@@ -339,7 +339,7 @@ def band_limit_halo(psf) -> tuple[int, ...]:
 
 
 def band_limit(x, psf, eps: float, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Attenuate what the PSF does not transmit: scale the spectrum by ``|H|^2 / (|H|^2 + eps)``.
+    """Attenuate what the PSF does not transmit: scale the spectrum by ``(1 + eps) |H|^2 / (|H|^2 + eps)``.
 
     ``H`` is the PSF's transfer function normalised to 1 at zero frequency. Frequencies
     where ``|H|`` is far above ``sqrt(eps)`` pass unchanged; those the microscope barely
@@ -357,11 +357,12 @@ def band_limit(x, psf, eps: float, device=None, dtype=torch.float32) -> torch.Te
     x = as_tensor(x, conv.device, dtype)
     shape = tuple(x.shape[-conv.ndim:])
     before = list(band_limit_halo(conv.psf))
-    padded = pad_spatial(x, before, before, "reflect")
-    fft_shape = fast_shape([max(n, k) for n, k in zip(padded.shape[-conv.ndim:], conv.psf.shape)])
+    # The mirror fills the whole FFT box: zeros after it would be an edge that rings into the image.
+    fft_shape = fast_shape([max(n + 2 * b, k) for n, b, k in zip(shape, before, conv.psf.shape)])
+    padded = pad_spatial(x, before, [f - n - b for f, n, b in zip(fft_shape, shape, before)], "reflect")
     power = conv.otf(fft_shape).abs().square_()
     power.div_(power.flatten()[0].clamp_min(1e-30))  # |H(0)|^2 = 1 whatever the PSF's sum
-    gain = power.div_(power + eps)
+    gain = power.div_(power + eps).mul_(1 + eps)  # 1 at zero frequency: the total intensity is kept
     spectrum = torch.fft.rfftn(padded, s=fft_shape, dim=conv.dims) * gain
     out = torch.fft.irfftn(spectrum, s=fft_shape, dim=conv.dims)
     return out[(Ellipsis,) + tuple(slice(b, b + n) for b, n in zip(before, shape))]

@@ -224,11 +224,24 @@ def test_wiener_periodic_inverts_an_asymmetric_circular_blur(rng):
     np.testing.assert_allclose(result, truth, atol=2e-3)
 
 
+def _mirror_then_edge(x, before, after):
+    """np.pad: reflected up to one reflection of each axis, the edge repeated beyond (as pad_spatial)."""
+    first = [(min(b, n - 1), min(a, n - 1)) for b, a, n in zip(before, after, x.shape)]
+    x = np.pad(x, first, mode="reflect")
+    return np.pad(x, [(b - f[0], a - f[1]) for b, a, f in zip(before, after, first)], mode="edge")
+
+
 def _numpy_wiener(image, psf, balance, regularizer, boundary):
     """The filter ``conj(H) Y / (|H|^2 + balance |L|^2)`` in numpy's full FFTs, on the image
-    extended by the kernel size with ``np.pad``; shapes are chosen so that no extra FFT padding occurs."""
-    pad = [(k, k) for k in psf.shape]
-    ext = np.pad(image, pad, mode="reflect" if boundary == "reflect" else "constant").astype(np.float64)
+    extended by the kernel size before and up to the fast FFT size after, with ``np.pad``."""
+    from deconv3d.fft import fast_shape
+
+    box = fast_shape([n + 2 * k for n, k in zip(image.shape, psf.shape)])
+    before, after = list(psf.shape), [b - n - k for b, n, k in zip(box, image.shape, psf.shape)]
+    if boundary == "reflect":
+        ext = _mirror_then_edge(image.astype(np.float64), before, after)
+    else:
+        ext = np.pad(image, list(zip(before, after))).astype(np.float64)
 
     def transfer(kernel):
         placed = np.zeros(ext.shape)
@@ -248,13 +261,26 @@ def _numpy_wiener(image, psf, balance, regularizer, boundary):
 
 @pytest.mark.parametrize("regularizer", ["identity", "laplacian"])
 @pytest.mark.parametrize("boundary", ["reflect", "zero"])
-@pytest.mark.parametrize("shape,kshape", [((14, 20), (3, 5)), ((8, 14, 20), (3, 3, 5))])  # extended: fast FFT sizes
+# extended by the kernel: fast FFT sizes already, or not (13 + 6 = 19 -> 20, 19 + 10 = 29 -> 30)
+@pytest.mark.parametrize("shape,kshape", [((14, 20), (3, 5)), ((8, 14, 20), (3, 3, 5)), ((13, 19), (3, 5)),
+                                          ((7, 13, 19), (3, 3, 5))])
 def test_wiener_equals_a_numpy_reference(rng, regularizer, boundary, shape, kshape):
     image = blurred(rng.random(shape).astype(np.float32), asymmetric_psf(kshape)) + 0.01
     psf = asymmetric_psf(kshape)
     expected = _numpy_wiener(image, psf, 1e-2, regularizer, boundary)
     result = wiener(image, psf, 1e-2, regularizer=regularizer, boundary=boundary, device="cpu")
     np.testing.assert_allclose(result, expected, atol=1e-4 * float(expected.max()))
+
+
+@pytest.mark.parametrize("shape, kshape", [((64, 64), (9, 9)), ((6, 12, 12), (3, 5, 5)), ((6, 14, 14), (3, 5, 5)),
+                                           ((17, 33, 31), (7, 9, 9))])
+def test_wiener_of_a_constant_image_is_the_constant_over_one_plus_balance(shape, kshape):
+    """Whatever the image's size: the reflected border fills the FFT box (zeros after it rang
+    through the image, 80-108 % of the value at (64, 64), 0-428 % at (6, 12, 12))."""
+    psf = np.ones(kshape, np.float64) / np.prod(kshape)
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-5)):
+        result = wiener(np.full(shape, 100.0), psf, 1e-3, device="cpu", dtype=dtype)
+        np.testing.assert_allclose(result, 100 / (1 + 1e-3), rtol=tol)
 
 
 @pytest.mark.cuda

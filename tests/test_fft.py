@@ -189,15 +189,18 @@ def test_cuda_matches_cpu(rng):
 
 
 def _numpy_band_limit(x, k, eps, pad):
-    """Independent reference: mirror by ``pad`` (edge-replicated beyond one reflection, as
-    ours), zero-fill to the same FFT grid, scale the spectrum, crop."""
-    padded = np.pad(x, [(p, p) for p in pad], mode="reflect" if all(p < n for p, n in zip(pad, x.shape)) else "edge")
-    grid = fast_shape(padded.shape)
+    """Independent reference: mirror by ``pad`` before and up to the fast FFT grid after (the
+    edge repeated beyond one reflection, as ours), scale the spectrum by (1 + eps) P / (P + eps), crop."""
+    grid = fast_shape([n + 2 * p for n, p in zip(x.shape, pad)])
+    after = [g - n - p for g, n, p in zip(grid, x.shape, pad)]
+    first = [(min(p, n - 1), min(a, n - 1)) for p, a, n in zip(pad, after, x.shape)]
+    padded = np.pad(np.pad(x, first, mode="reflect"), [(p - f[0], a - f[1]) for p, a, f in zip(pad, after, first)],
+                    mode="edge")
     kernel = np.zeros(grid)
     kernel[tuple(slice(0, s) for s in k.shape)] = k
     power = np.abs(np.fft.fftn(kernel)) ** 2
     power /= power.flat[0]
-    out = np.fft.ifftn(np.fft.fftn(padded, s=grid, axes=range(x.ndim)) * power / (power + eps)).real
+    out = np.fft.ifftn(np.fft.fftn(padded) * (1 + eps) * power / (power + eps)).real
     return out[tuple(slice(p, p + n) for p, n in zip(pad, x.shape))]
 
 
@@ -212,6 +215,8 @@ def test_band_limit_equals_numpy_reference(rng, xshape, kshape):
     ref = _numpy_band_limit(x, k, 0.05, pad)
     assert ours.shape == x.shape
     np.testing.assert_allclose(ours, ref, atol=1e-10)
+    flat = band_limit(np.full(xshape, 100.0), k, 0.05, dtype=torch.float64).numpy()
+    np.testing.assert_allclose(flat, 100.0, rtol=1e-12)  # the total kept, no ripple from the FFT box's end
 
 
 def test_band_limit_halo_is_eight_psf_widths():

@@ -72,7 +72,7 @@ def wiener(
         )
     conv = FFTConvolver(h, device=dev, dtype=dtype)
     padded, crop = _wiener_extend(y, tuple(h.shape), boundary)
-    fft_shape = tuple(padded.shape) if boundary == "periodic" else fast_shape(padded.shape)
+    fft_shape = tuple(padded.shape)
     otf = conv.otf(fft_shape)
     penalty = _regularizer_power(regularizer, y.ndim, fft_shape, dev, dtype)
     spectrum = torch.fft.rfftn(padded, s=fft_shape) * otf.conj()
@@ -82,12 +82,20 @@ def wiener(
 
 
 def _wiener_extend(y: torch.Tensor, kernel_shape, boundary: str):
-    """Extend the image by the kernel size on each side (reflected or zero), or not (periodic)."""
+    """Extend the image by at least the kernel size on each side (reflected or zero) up to a fast
+    FFT size, or not at all (periodic).
+
+    The reflection fills the whole FFT box: zeros left between it and the box's end would be an
+    edge that the inverse filter, whose gain reaches ``1 / (2 sqrt(λ))``, rings across the image
+    (a constant image came back between 80 % and 108 % of ``c / (1 + λ)``, depending on its size).
+    """
     if boundary == "periodic":
         return y, tuple(slice(0, n) for n in y.shape)
-    pads = list(kernel_shape)
-    padded = pad_spatial(y, pads, pads, boundary)
-    return padded, tuple(slice(p, p + n) for p, n in zip(pads, y.shape))
+    before = list(kernel_shape)
+    box = fast_shape([n + 2 * k for n, k in zip(y.shape, kernel_shape)])
+    after = [b - n - k for b, n, k in zip(box, y.shape, kernel_shape)]
+    padded = pad_spatial(y, before, after, boundary)
+    return padded, tuple(slice(p, p + n) for p, n in zip(before, y.shape))
 
 
 def _regularizer_power(name: str, ndim: int, fft_shape, device, dtype):

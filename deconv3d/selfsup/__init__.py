@@ -47,7 +47,7 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     :class:`Cancelled` (nothing is returned).
 
     ``band_limit`` (``eps``; ``None`` or 0, the default, turns it off) scales the output's
-    spectrum by ``|H|^2 / (|H|^2 + eps)`` (:func:`deconv3d.fft.band_limit`). The training
+    spectrum by ``(1 + eps) |H|^2 / (|H|^2 + eps)`` (:func:`deconv3d.fft.band_limit`). The training
     losses compare the data with ``H f`` only, so what the network puts where the OTF
     vanishes is constrained only by non-negativity and the network itself. On noisy data
     some of it is texture no measurement supports; on sparse objects at low noise it is
