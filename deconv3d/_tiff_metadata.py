@@ -152,3 +152,12 @@ def _checked_voxel(sizes, path) -> tuple[tuple[float, ...] | None, str | None]:
     if any(s is None for s in sizes):
         return None, None
     return tuple(float(s) for s in sizes), None
+
+
+def _partial_voxel(sizes) -> tuple | None:
+    """The recorded sizes when the file calibrates some axes but not all (None for the others),
+    else None: a stack with pixel sizes but no z step keeps its pixel sizes."""
+    known = [v is not None for v in sizes]
+    if not any(known) or all(known) or _checked_voxel(sizes, "")[1]:
+        return None
+    return tuple(None if v is None else float(v) for v in sizes)

@@ -36,3 +36,15 @@ def checked_voxel_size(voxel_size, ndim: int, what: str = "voxel size") -> tuple
                          f"{'z, y, x' if ndim == 3 else 'y, x' if ndim == 2 else 'one per axis'}) "
                          "or one number for isotropic voxels")
     return values
+
+
+#: µm. A voxel side above this is taken for nanometres given as micrometres: deconvolution needs a
+#: PSF several voxels wide, and no light microscope's PSF spans several 20 µm voxels.
+NANOMETRE_LIKE = 20.0
+
+
+def refuse_nanometres(voxel_size, fix: str, what: str = "voxel size") -> None:
+    """Refuse a voxel size with a side above :data:`NANOMETRE_LIKE` µm, naming ``fix``."""
+    if voxel_size is not None and max(voxel_size) > NANOMETRE_LIKE:
+        shown = " ".join(f"{v:g}" for v in voxel_size)
+        raise InputError(f"{what} {shown} µm looks like nanometres: {fix}")

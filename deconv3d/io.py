@@ -22,7 +22,8 @@ import tifffile
 
 from deconv3d._paths import (TIFF_SUFFIXES, _check_suffix, _check_writable_target, _one_line, check_output_path,
                              temporary_name)
-from deconv3d._tiff_metadata import _GENERIC_AXES, _checked_voxel, _kept_voxel, _voxel_size_um, time_axis_of
+from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
+                                     time_axis_of)
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
 
@@ -46,12 +47,16 @@ class Image:
     voxel_problem : str or None
         Set when the file records a voxel size that is zero, negative or not finite
         (``voxel_size`` is then None): callers that need one should say so.
+    partial_voxel : tuple or None
+        For a file that calibrates some axes but not all (pixel sizes but no z step): the
+        recorded sizes, None for the others (``voxel_size`` is then None).
     """
 
     data: np.ndarray
     voxel_size: tuple[float, ...] | None
     axes: str
     voxel_problem: str | None = None  # why a voxel size recorded in the file was not usable
+    partial_voxel: tuple | None = None  # the sizes of a file that calibrates some axes only (None for the rest)
 
 
 def read_image(path) -> Image:
@@ -102,8 +107,10 @@ def read_image(path) -> Image:
     except Exception as exc:  # tifffile raises many types for broken files
         raise InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}") from exc
     data, axes, kept = _squeeze(np.asarray(data), file_axes, path)
-    voxel, problem = _checked_voxel(_kept_voxel(voxel, kept, data.ndim), path)
-    return Image(data=_as_float32(data, path), voxel_size=voxel, axes=axes, voxel_problem=problem)
+    sizes = _kept_voxel(voxel, kept, data.ndim)
+    voxel, problem = _checked_voxel(sizes, path)
+    return Image(data=_as_float32(data, path), voxel_size=voxel, axes=axes, voxel_problem=problem,
+                 partial_voxel=_partial_voxel(sizes))
 
 
 def read_psf(path) -> Image:
@@ -135,22 +142,51 @@ _PSF_CACHE: dict = {}  # the last PSF file read_psf read: {(path, inode, size, m
 _PSF_LOCK = threading.Lock()
 
 
-def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | None = None):
-    """``voxel_size``, or for an image that carries none (``source``, for the message) the PSF
-    file's own, when it records one per axis of the ``ndim``-D image; the warning that says so
-    is appended to ``warnings`` (for the caller to print once the input is checked), else printed.
+def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | None = None, partial=None):
+    """The image's voxel size, completed from a PSF file where the image does not say.
 
-    Without it the PSF would be used at whatever sampling it has: a PSF sampled twice as finely
+    ``voxel_size`` is returned as given when known; a PSF file (``psf_path``) that carries no voxel
+    size is then taken to be sampled like the image, with a warning. For an image (``source``, for
+    the messages) that carries none, the PSF file's own is taken, when it records one per axis of
+    the ``ndim``-D image; for one that calibrates some axes only (``partial``, as
+    :attr:`Image.partial_voxel`) the PSF's fills the missing axes and the recorded ones are kept.
+    Warnings are appended to ``warnings`` (for the caller to print once the input is checked),
+    else printed.
+
+    Without this the PSF would be used at whatever sampling it has: a PSF sampled twice as finely
     as the image then deconvolves with the wrong width, silently.
     """
-    if voxel_size is not None or psf_path is None:
+    if psf_path is None:
         return voxel_size
     own = read_psf(psf_path).voxel_size
-    if own is None or len(own) != ndim:
+    own = tuple(own) if own is not None and len(own) == ndim else None
+    if voxel_size is not None:
+        if own is None:
+            warn(f"deconv3d: warning: the PSF file {psf_path} carries no voxel size; taking it as sampled like "
+                 f"the image ({_sizes(voxel_size)} µm)", warnings)
         return voxel_size
-    warn(f"deconv3d: warning: {source} carries no voxel size; assuming the PSF's {tuple(own)} µm "
+    if partial is not None and len(partial) == ndim:
+        missing = "/".join(a for a, v in zip("zyx"[-ndim:], partial) if v is None)
+        if own is None:
+            warn(f"deconv3d: warning: {source} records no {missing} voxel size and the PSF file none: the PSF is "
+                 f"taken as sampled like the image and the output carries no voxel size (pass --voxel-size "
+                 f"{_sizes(partial)} with the missing values to set it)", warnings)
+            return None
+        filled = tuple(o if v is None else v for v, o in zip(partial, own))
+        warn(f"deconv3d: warning: {source} records no {missing} voxel size; assuming the PSF's for it: "
+             f"{_sizes(filled)} µm (pass --voxel-size to set it)", warnings)
+        return filled
+    if own is None:
+        return None
+    warn(f"deconv3d: warning: {source} carries no voxel size; assuming the PSF's {own} µm "
          f"(pass --voxel-size to set it)", warnings)
-    return tuple(own)
+    return own
+
+
+def _sizes(values) -> str:
+    """Voxel sizes as the command line takes them, ``D?`` where unknown: ``0.3 0.1 0.1``, ``DZ 0.1 0.1``."""
+    names = ("DZ", "DY", "DX")[-len(values):]
+    return " ".join(n if v is None else f"{v:g}" for n, v in zip(names, values))
 
 
 @contextlib.contextmanager

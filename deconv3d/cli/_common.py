@@ -6,6 +6,7 @@ import argparse
 import sys
 import math
 
+from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
 
 PSF_MODELS = ("gaussian", "gibson-lanni", "vectorial")
@@ -71,6 +72,8 @@ def voxel_size_of(args, image):
     voxel = tuple(voxel)[-image.data.ndim:]
     if min(voxel) <= 0:
         raise InputError(f"voxel size {voxel} must be positive: pass --voxel-size DZ DY DX")
+    refuse_nanometres(voxel, "give --voxel-size in micrometres" if args.voxel_size else
+                      "the file's unit is wrong: fix it (Fiji: Image > Properties) or pass --voxel-size in µm")
     return voxel
 
 
@@ -81,12 +84,21 @@ def load_psf(args, image, voxel, fit_image: bool = True):
 
     if args.psf:
         psf = read_psf(args.psf)
+        refuse_nanometres(psf.voxel_size, f"fix the unit of {args.psf} (Fiji: Image > Properties)", "PSF voxel size")
         return prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel,
                            fit_image=fit_image)
     if args.na is None or args.wavelength is None:
         raise InputError("--psf-model needs --na and --wavelength: add them, or give a measured --psf file")
-    if voxel is None or len(voxel) != 3 or image.data.ndim != 3:
-        raise InputError("--psf-model needs a 3D image with a known voxel size: pass --voxel-size DZ DY DX")
+    if image.data.ndim != 3:
+        raise InputError("--psf-model generates 3D PSFs: for a 2D image give a --psf file, e.g. one plane made by "
+                         "'deconv3d psf --shape 1 31 31 ...'")
+    if voxel is None or len(voxel) != 3:
+        partial = getattr(image, "partial_voxel", None)
+        partial = partial if partial is not None and len(partial) == 3 else (None,) * 3
+        missing = "/".join(a for a, v in zip("zyx", partial) if v is None)
+        example = " ".join(n if v is None else f"{v:g}" for n, v in zip(("DZ", "DY", "DX"), partial))
+        raise InputError(f"--psf-model needs the image's voxel size, and the image records no {missing} size: "
+                         f"pass --voxel-size {example}")
     shape = generated_psf_shape(image.data.shape, voxel, args.na, args.wavelength)
     psf = generate_psf(args.psf_model, shape, voxel, args.na, args.wavelength, ni=args.ni, ns=args.ns,
                        depth=args.depth)

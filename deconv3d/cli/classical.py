@@ -186,7 +186,7 @@ def cmd_deconvolve(args) -> int:
     trained = selfsup.load_model(args) if args.method == "ssl" else None
     if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
         voxel = trained.voxel_for(voxel, image.data.ndim, args.input, warnings)
-    voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input, warnings)
+    voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input, warnings, partial=image.partial_voxel)
     # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
     psf = load_psf(args, image, voxel, fit_image=trained is None) if (args.psf or args.psf_model) else None
     print_warnings(warnings)

@@ -156,7 +156,8 @@ def _read_inputs(args):
     image = read_image(args.input)
     check_output_path(args.output, [args.input, args.psf], suffixes=(".ckpt", ".pt"))
     notes: list[str] = []
-    voxel = assume_psf_voxel(voxel_size_of(args, image), args.psf, image.data.ndim, args.input, notes)
+    voxel = assume_psf_voxel(voxel_size_of(args, image), args.psf, image.data.ndim, args.input, notes,
+                             partial=image.partial_voxel)
     psf = read_psf(args.psf)
     prepared = prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel)
     return image, prepared, voxel, notes

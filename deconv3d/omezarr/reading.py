@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d._paths import TIFF_SUFFIXES, _one_line
-from deconv3d._tiff_metadata import _GENERIC_AXES, _checked_voxel, _kept_voxel, _unit_factor, _voxel_size_um
+from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _unit_factor,
+                                     _voxel_size_um)
 from deconv3d.errors import InputError
 from deconv3d.io import _check_complete, _refuse_colour, _tifffile_log
 
@@ -34,6 +35,7 @@ class LazyImage:
     path: Path
     reader: object = None  # reads any region from the file directly (see ZarrReader, TiffReader)
     voxel_problem: str | None = None  # why a voxel size recorded in the file was not usable (see io.Image)
+    partial_voxel: tuple | None = None  # a TIFF that calibrates some axes only: their sizes (see io.Image)
     time_axis: tuple | None = None  # (step, unit or None) of a T axis that an OME-Zarr file calibrates
 
 
@@ -159,9 +161,10 @@ def _open_tiff(path: Path) -> LazyImage:
     data = data.reshape([n for n in shape if n != 1]) if 1 in shape else data
     data = data.transpose(order) if list(order) != sorted(order) else data
     spatial_kept = "".join(a for a in kept if a in "ZYX" or a in _GENERIC_AXES)
-    spatial, problem = _checked_voxel(_kept_voxel(voxel, spatial_kept, sum(a in "ZYX" for a in axes)), path)
+    sizes = _kept_voxel(voxel, spatial_kept, sum(a in "ZYX" for a in axes))
+    spatial, problem = _checked_voxel(sizes, path)
     return LazyImage(data=data.astype(np.float32), voxel_size=spatial, axes=axes, path=path, time_axis=time_axis,
-                     reader=TiffReader(source, order), voxel_problem=problem)
+                     reader=TiffReader(source, order), voxel_problem=problem, partial_voxel=_partial_voxel(sizes))
 
 
 def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
 
 __all__ = ["Settings", "load_config", "find_inputs", "run_batch", "build_block_fn", "load_psf_for", "write_reports",
@@ -234,6 +235,7 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     wavelength = wavelength if wavelength is not None else (_many(settings.wavelength) or (None,))[0]
     if psf:
         image = read_psf(psf)
+        refuse_nanometres(image.voxel_size, f"fix the unit of {psf} (Fiji: Image > Properties)", "PSF voxel size")
         return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=image.voxel_size, image_voxel=voxel,
                            fit_image=fit_image)
     if voxel is None or len(spatial_shape) != 3:
@@ -420,8 +422,12 @@ def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:
         if len(settings.voxel_size) < spatial:
             raise InputError(f"voxel size {tuple(settings.voxel_size)} gives {len(settings.voxel_size)} values but "
                              f"{Path(lazy.path).name} is {spatial}D: give DZ DY DX")
-        return tuple(float(v) for v in settings.voxel_size)[-spatial:]
+        voxel = tuple(float(v) for v in settings.voxel_size)[-spatial:]
+        refuse_nanometres(voxel, "give the voxel size in micrometres")
+        return voxel
     problem = getattr(lazy, "voxel_problem", None)
     if problem:
         raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm)")
+    refuse_nanometres(lazy.voxel_size, f"the unit of {Path(lazy.path).name} is wrong: fix it (Fiji: Image > "
+                      "Properties) or pass --voxel-size in µm")
     return lazy.voxel_size

@@ -35,7 +35,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]
     voxel = spatial_voxel(settings, lazy)
     if settings.method != "ssl" and settings.psf:  # (a network brings its own voxel size, below)
-        voxel = assume_psf_voxel(voxel, _many(settings.psf)[0], len(spatial_shape), input_path.name, warnings)
+        voxel = assume_psf_voxel(voxel, _many(settings.psf)[0], len(spatial_shape), input_path.name, warnings,
+                                 partial=lazy.partial_voxel)
     wanted = channel_count(settings)
     if wanted > 1:
         channels = lazy.data.shape[lazy.axes.index("C")] if "C" in lazy.axes else 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deconv3d._voxel import checked_voxel_size
+from deconv3d._voxel import checked_voxel_size, refuse_nanometres
 from deconv3d.errors import InputError
 from deconv3d.psf.prepare import _centred_zoom, _positive_ints, normalize_psf
 
@@ -105,8 +105,7 @@ def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth
         raise InputError(f"unknown PSF model {model!r}: choose one of {', '.join(PSF_MODELS)}")
     shape = _positive_ints(shape, "PSF shape")
     voxel = checked_voxel_size(voxel_size, len(shape))
-    if max(voxel) > 20:  # a PSF sampled that coarsely is one voxel: nanometres given for micrometres
-        raise InputError(f"voxel size {voxel} looks like nanometres: give it in micrometres (e.g. 0.3 0.1 0.1)")
+    refuse_nanometres(voxel, "give it in micrometres (e.g. 0.3 0.1 0.1)")  # such a PSF would be one voxel
     for name, value in (("NA", na), ("wavelength", wavelength), ("ni", ni), ("ns", ns), ("depth", depth)):
         if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
             raise InputError(f"{name} must be a number, got {value!r}")

@@ -232,6 +232,15 @@ def _smallest_box(table: np.ndarray, centre, limit, goal: float, square: bool = 
     return best
 
 
+#: The largest PSF :func:`resample_psf` builds (512^3, 0.5 GiB in float32): beyond it the two voxel
+#: sizes are in different units (nanometres given as micrometres) far more often than a PSF is that large.
+MAX_RESAMPLED_VOXELS = 512**3
+
+
+def _shown(values) -> str:
+    return " ".join(f"{v:g}" for v in values)
+
+
 def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     """Resample a PSF from its voxel size to the image's, keeping its physical extent.
 
@@ -249,6 +258,13 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
         origin, also for even sizes) stays on the output's centre voxel.
         Returned unchanged (as float32) when the voxel sizes agree to 1e-6.
 
+    Raises
+    ------
+    InputError
+        For a voxel size that is not positive, and when the resampled PSF would be a single
+        voxel or more than :data:`MAX_RESAMPLED_VOXELS`: both come from voxel sizes in
+        different units (nanometres given as micrometres).
+
     Notes
     -----
     Cubic-spline interpolation (:func:`scipy.ndimage.affine_transform`, a
@@ -262,7 +278,15 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
         return psf.copy()
     step = dst / src
     half = np.floor((np.asarray(psf.shape) - 1) / 2.0 / step + 1e-9).astype(int)
-    out = _centred_zoom(psf, step, tuple(2 * half + 1), order=3)
+    shape = tuple(int(n) for n in 2 * half + 1)
+    sizes = f"from {_shown(src)} µm voxels to {_shown(dst)} µm"
+    if max(shape) == 1 and max(psf.shape) > 1:  # deconvolving with it would return the image unchanged
+        raise InputError(f"resampled {sizes} the PSF is a single voxel: check that both voxel sizes are in "
+                         "micrometres")
+    if np.prod(shape, dtype=float) > MAX_RESAMPLED_VOXELS:
+        raise InputError(f"resampled {sizes} the PSF would be {shape} voxels: check that both voxel sizes are in "
+                         "micrometres, or crop the PSF")
+    out = _centred_zoom(psf, step, shape, order=3)
     return normalize_psf(np.clip(out, 0, None))
 
 

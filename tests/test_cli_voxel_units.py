@@ -1,0 +1,104 @@
+"""Voxel sizes a file half records or records in the wrong unit (review as a Fiji user): the known
+axes are kept, the missing ones come from the PSF with a warning, and nanometres given as
+micrometres are refused instead of deconvolving with a one-voxel PSF (an unchanged image, exit 0)."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from cli_helpers import assert_one_line_error, run
+from deconv3d.errors import InputError
+from deconv3d.io import read_image, write_tiff
+from deconv3d.psf import resample_psf
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    stack = rng.poisson(100, (12, 40, 40)).astype(np.uint16)
+    grids = np.meshgrid(*[np.arange(-3, 4)] * 3, indexing="ij")
+    psf = np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32)
+    # OME-TIFF with pixel sizes but no z step (PhysicalSizeZ absent)
+    tifffile.imwrite(tmp_path / "noz.ome.tif", stack, metadata={"axes": "ZYX", "PhysicalSizeX": 0.1,
+                                                               "PhysicalSizeY": 0.1})
+    tifffile.imwrite(tmp_path / "ij.tif", stack, imagej=True, resolution=(10, 10),
+                     metadata={"spacing": 0.3, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "ij_nm.tif", stack, imagej=True, resolution=(0.01, 0.01),  # 300/100 nm as µm
+                     metadata={"spacing": 300, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "ij_nm_label.tif", stack, imagej=True, resolution=(10, 10),  # µm labelled nm
+                     metadata={"spacing": 0.3, "unit": "nm", "axes": "ZYX"})
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.25, 0.05, 0.05))
+    tifffile.imwrite(tmp_path / "psf_bare.tif", psf)
+    return tmp_path
+
+
+def test_a_file_with_pixel_sizes_but_no_z_step_keeps_them(files):
+    image = read_image(files / "noz.ome.tif")
+    assert image.voxel_size is None and image.partial_voxel[0] is None
+    assert image.partial_voxel[1:] == pytest.approx((0.1, 0.1))
+    assert read_image(files / "ij.tif").partial_voxel is None  # complete: nothing partial
+
+
+def test_the_missing_z_step_comes_from_the_psf_and_the_pixel_sizes_stay(files, capsys):
+    out = files / "o.tif"
+    code, _, err = run(["deconvolve", files / "noz.ome.tif", "--psf", files / "psf.tif", "-o", out,
+                        "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "records no z voxel size; assuming the PSF's for it: 0.25 0.1 0.1 µm" in err
+    assert read_image(out).voxel_size == pytest.approx((0.25, 0.1, 0.1))  # was the PSF's 0.05 µm pixels
+
+
+def test_no_z_step_and_an_uncalibrated_psf_says_what_to_pass(files, capsys):
+    code, _, err = run(["deconvolve", files / "noz.ome.tif", "--psf", files / "psf_bare.tif", "-o",
+                        files / "o.tif", "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0 and "pass --voxel-size DZ 0.1 0.1" in err, err
+    code, _, err = run(["deconvolve", files / "noz.ome.tif", "--psf-model", "gaussian", "--na", 1.2,
+                        "--wavelength", 0.5, "-o", files / "g.tif", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "records no z size", "--voxel-size DZ 0.1 0.1")
+    assert not (files / "g.tif").exists()
+
+
+def test_an_uncalibrated_psf_with_a_calibrated_image_is_named(files, capsys):
+    code, _, err = run(["deconvolve", files / "ij.tif", "--psf", files / "psf_bare.tif", "-o", files / "o.tif",
+                        "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0 and "psf_bare.tif carries no voxel size; taking it as sampled like the image (0.3 0.1 0.1" in err
+    code, _, err = run(["deconvolve", files / "ij.tif", "--psf", files / "psf.tif", "-o", files / "p.tif",
+                        "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0 and "warning" not in err, err
+
+
+@pytest.mark.parametrize("name, extra, words", [
+    ("ij.tif", ["--voxel-size", 300, 100, 100], ["looks like nanometres", "--voxel-size in micrometres"]),
+    ("ij_nm.tif", [], ["300 100 100 µm looks like nanometres", "Image > Properties"]),
+    ("ij_nm_label.tif", [], ["would be", "both voxel sizes are in micrometres"]),
+])
+def test_voxel_sizes_in_the_wrong_unit_are_refused(files, capsys, name, extra, words):
+    before = (files / name).read_bytes()
+    out = files / "o.tif"
+    code, _, err = run(["deconvolve", files / name, "--psf", files / "psf.tif", "-o", out, "--iterations", 2,
+                        "--device", "cpu"] + extra, capsys)
+    assert_one_line_error(code, err, *words)
+    assert not out.exists() and (files / name).read_bytes() == before
+
+
+def test_a_nanometre_voxel_size_in_a_batch_config_is_refused(files, capsys):
+    (files / "in").mkdir()
+    (files / "in" / "a.tif").write_bytes((files / "ij.tif").read_bytes())
+    code, _, err = run(["batch", files / "in", "-o", files / "out", "--psf", files / "psf.tif", "--iterations", 1,
+                        "--voxel-size", 300, 100, 100], capsys)
+    assert code != 0 and "looks like nanometres" in err, err
+
+
+def test_resampling_refuses_a_single_voxel_or_a_giant_psf():
+    psf = np.ones((5, 9, 9)) / 405
+    with pytest.raises(InputError, match="is a single voxel: check that both voxel sizes are in micrometres"):
+        resample_psf(psf, (0.3, 0.1, 0.1), (300, 100, 100))
+    with pytest.raises(InputError, match=r"would be \(4001, 8001, 8001\) voxels"):
+        resample_psf(psf, (300, 100, 100), (0.3, 0.1, 0.1))
+
+
+def test_a_2d_image_with_a_generated_psf_is_told_to_give_a_psf_file(files, capsys):
+    write_tiff(files / "plane.tif", np.ones((32, 32), np.float32), voxel_size=(0.1, 0.1))
+    code, _, err = run(["deconvolve", files / "plane.tif", "--psf-model", "gaussian", "--na", 1.2,
+                        "--wavelength", 0.5, "-o", files / "o.tif"], capsys)
+    assert_one_line_error(code, err, "for a 2D image give a --psf file", "--shape 1 31 31")
