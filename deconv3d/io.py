@@ -246,9 +246,21 @@ def open_tiff(path: Path):
                 raise InputError(f"{path} holds {len(images)} separate images (shapes {listed}): save the one "
                                  "to deconvolve as its own file (Fiji: open it with Bio-Formats, then File > Save As)")
             images = [tif.series[0]]
+        _check_decodable(images[0], path)
         yield tif, images[0], {**reopen, "series": tif.series.index(images[0])}
     finally:
         tif.close()
+
+
+def _check_decodable(series, path: Path) -> None:
+    """Refuse, before anything is read, pixels compressed with a codec tifffile has only through the
+    optional ``imagecodecs`` package (LZW, JPEG, ...: common in exports); a lazy read found out only
+    while computing, as an internal error."""
+    compression = series.pages[0].compression if series.pages else None
+    if compression is not None and compression not in tifffile.TIFF.DECOMPRESSORS:
+        name = getattr(compression, "name", str(compression))
+        raise InputError(f"{path} is {name}-compressed, which needs the imagecodecs package: pip install "
+                         "imagecodecs, or save the file uncompressed (Fiji: File > Save As > Tiff)")
 
 
 def _check_complete(tif: tifffile.TiffFile, series, log, path: Path) -> None:

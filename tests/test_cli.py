@@ -309,3 +309,15 @@ def test_a_2d_image_takes_the_last_two_voxel_sizes_given_before_the_file(tmp_pat
                         "--psf", tmp_path / "psf.tif", "--iterations", 2], capsys)
     assert code == 0 and "warning" not in err, err
     assert read_image(tmp_path / "out.tif").voxel_size == pytest.approx((0.1, 0.1))
+
+
+@pytest.mark.parametrize("axes, shape, relabel", [("TZYX", (2, 4, 16, 16), False), ("CYX", (3, 16, 16), True),
+                                                  ("TYX", (6, 16, 16), True)])
+def test_a_hyperstack_for_a_tiff_output_is_pointed_to_zarr_and_frames_to_relabelling(data, capsys, axes, shape,
+                                                                                     relabel):
+    """Frames or channels without a z axis are often slices that Fiji labelled as frames."""
+    path = data / f"{axes}.tif"
+    tifffile.imwrite(path, np.ones(shape, np.float32), imagej=True, metadata={"axes": axes})
+    code, _, err = run(["deconvolve", path, "--psf", data / "psf.tif", "-o", data / "o.tif"], capsys)
+    assert_one_line_error(code, err, f"has axes {axes}", "write the output as .zarr")
+    assert ("relabel them as slices" in err) == relabel and not (data / "o.tif").exists()

@@ -385,3 +385,20 @@ def test_read_psf_reads_a_file_once_until_it_changes(tmp_path, monkeypatch):
     assert len(reads) == 1 and np.array_equal(second.data, psf)
     write_tiff(tmp_path / "psf.tif", psf * 2, voxel_size=(0.3, 0.1, 0.1))
     assert np.array_equal(read_psf(tmp_path / "psf.tif").data, psf * 2) and len(reads) == 2
+
+
+def test_a_codec_tifffile_lacks_is_named_before_anything_is_read(tmp_path, monkeypatch):
+    """LZW needs the optional imagecodecs package: one line with the fix, also for the lazy
+    reader (which found out only while computing, as an internal error). Stood in for by
+    removing zlib's decoder, which tifffile always has, from its table."""
+    from deconv3d.omezarr import open_lazy
+
+    path = tmp_path / "deflate.tif"
+    tifffile.imwrite(path, np.ones((5, 16, 16), np.uint16), compression="zlib")
+    assert read_image(path).data.shape == (5, 16, 16)  # readable while the codec is there
+    table = {k for k in tifffile.COMPRESSION if k in tifffile.TIFF.DECOMPRESSORS} - {tifffile.COMPRESSION.ADOBE_DEFLATE}
+    monkeypatch.setattr(tifffile.TIFF, "DECOMPRESSORS", table, raising=False)
+    for opener in (read_image, open_lazy):
+        with pytest.raises(InputError, match="ADOBE_DEFLATE-compressed, which needs the imagecodecs package: pip "
+                                             "install imagecodecs, or save the file uncompressed"):
+            opener(path)

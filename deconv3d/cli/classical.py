@@ -230,8 +230,11 @@ def _read_one_image(path):
         except InputError:
             axes = ""
         if "T" in axes or "C" in axes:
+            # Frames or channels of a stack with no z axis are often z-slices that Fiji mislabelled.
+            relabel = (" (if they are z-slices, relabel them as slices: Fiji's Image > Properties)"
+                       if "Z" not in axes else "")
             raise InputError(f"{path} has axes {axes}: a TIFF output holds one 2D/3D image; write the output as "
-                             ".zarr to deconvolve every channel and time point (or pick one first)") from None
+                             f".zarr to deconvolve every channel and time point (or pick one first){relabel}") from None
         raise
 
 

@@ -102,8 +102,8 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
     bar, callback = _bar(args.method, "block", on_start=lambda: print_warnings(pending))
     with bar:
         info = deconvolve_file(args.input, args.output, settings, progress=callback, warnings=pending)
-    print(f"wrote {args.output}: {args.method} in {info.blocks} block(s) of {info.chunks} + halo {info.halo} "
-          f"in {info.seconds:.1f} s")
+    print(f"wrote {args.output}: {args.method} in {info.blocks} block(s) of at most {info.largest_block} + halo "
+          f"{info.halo} in {info.seconds:.1f} s")
     return 0
 
 

@@ -47,6 +47,7 @@ class RunInfo:
     blocks: int
     predicted_peak: int | None
     seconds: float
+    largest_block: tuple = ()  # the largest core block (a remainder shorter than the halo merged in)
 
 
 def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, workers):
@@ -185,7 +186,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
                 pool.shutdown(wait=True, cancel_futures=True)
         if pyramid_levels:
             write_pyramid(tmp, pyramid_levels)
-    return RunInfo(zarr_chunks, depth, total, predicted, time.perf_counter() - start)
+    return RunInfo(zarr_chunks, depth, total, predicted, time.perf_counter() - start,
+                   tuple(max(c) for c in dask_chunks))
 
 
 def _threads_per_worker(client) -> int:

@@ -296,3 +296,20 @@ def test_overlapping_runs_restore_torch_s_thread_count():
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
+
+
+def test_run_info_names_the_largest_block_when_a_short_remainder_is_merged(tmp_path, capsys):
+    """64 voxels in chunks of 30 with a halo of 5: the remainder of 4 joins the block before it
+    (30 + 4 = 34), which the CLI's summary reports instead of the chunk asked for."""
+    from deconv3d.pipeline import run_chunked
+
+    image = np.random.default_rng(0).random((4, 64, 64)).astype(np.float32)
+    info = run_chunked(image, lambda block: block, tmp_path / "o.zarr", chunks=(4, 30, 30), halo=(0, 5, 5))
+    assert info.chunks == (4, 30, 30) and info.largest_block == (4, 34, 34) and info.blocks == 4
+    np.testing.assert_array_equal(read_ome_zarr(tmp_path / "o.zarr")[0], image)
+    write_tiff(tmp_path / "in.tif", image, voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", np.ones((3, 3, 3), np.float32) / 27, voxel_size=(0.3, 0.1, 0.1))
+    code, out, err = run(["deconvolve", tmp_path / "in.tif", "--psf", tmp_path / "psf.tif", "-o",
+                          tmp_path / "c.zarr", "--chunks", 4, 30, 30, "--iterations", 1], capsys)
+    assert code == 0, err
+    assert "block(s) of at most (4, " in out
