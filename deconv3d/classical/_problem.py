@@ -112,10 +112,17 @@ def _tv_limit(ndim: int, voxel_size) -> float:
 
 def _build_problem(y: torch.Tensor, h: torch.Tensor, boundary: str) -> _Problem:
     problem = _build_geometry(y.clamp_min(0), h, boundary)
-    # Float32 FFT round-off is ~1e-7 of the signal: a prediction below ~1e-6 of the data's
-    # peak is numerical zero, and dividing noise by it would blow the estimate up.
-    problem.floor = max(1e-6 * float(problem.data.max()), 1e-30)
+    # FFT round-off is a few machine epsilons of the data's peak: a prediction below that is
+    # numerical zero, and dividing noise by it would blow the estimate up. The floor also sets
+    # the dynamic range RL keeps: where the data stay below it the estimate shrinks every
+    # iteration, so it follows the precision (1e-6 of the peak in float32, as before; 2e-15 in
+    # float64, where a 1e-6 floor erased structure a million times fainter than a bright bead).
+    problem.floor = max(RATIO_FLOOR_EPS * torch.finfo(problem.data.dtype).eps * float(problem.data.max()), 1e-30)
     return problem
+
+
+#: The prediction floor of the RL ratio in machine epsilons of the data's peak (8 eps = 9.5e-7 in float32).
+RATIO_FLOOR_EPS = 8
 
 
 def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str, weight: bool = True) -> _Problem:

@@ -82,7 +82,10 @@ def richardson_lucy(
         isotropic voxels; used to weight the TV gradient of anisotropic data.
     device : {"auto", "cpu", "cuda"} or torch.device
     dtype : torch.dtype
-        Working precision (float32 by default).
+        Working precision (float32 by default). It also sets the dynamic range kept: where
+        the data stay below about 1e-6 of their peak in float32 (2e-15 in float64), the FFT's
+        round-off level, the estimate fades; use float64 for fainter structure next to a
+        much brighter object.
     extended : bool
         Bertero boundary only: return the estimate on the whole extended domain, of shape
         ``image.shape + psf.shape - 1``, with the image's field starting at index
