@@ -43,8 +43,12 @@ Tables (rows print as they finish):
    ``+ residual`` add back the plane's own reconstruction error
    (``deblur(residual=True)``, beyond the paper).
 
-Variants: ``baseline``, ``implicit``, ``explicit`` (the paper's objectives, trained in the
-paper's plain form), and beyond the paper ``skip``, the ``AEConfig(skip_interp=True)`` network
+Variants: ``baseline``, ``implicit``, ``explicit`` (the paper's three objectives, trained in
+the paper's plain form; ``explicit`` uses the library's default latent term, which is not the
+paper's: ``latent_norm="endpoints"``, the distance ``dist(z2', E(x2))`` divided by
+``dist(E(x1), E(x3))`` and weighted 0.01; ``--latent-norm none --latent-weight 1`` gives the
+paper's unnormalised term at weight 1, and the two options apply to every variant trained with
+the explicit loss), and beyond the paper ``skip``, the ``AEConfig(skip_interp=True)`` network
 trained with the explicit loss, and ``explicit-res`` / ``implicit-res``, the explicit / implicit
 loss with its interpolation term in residual form (``LatentTrainConfig(residual=True)``; their
 ``+ residual`` rows are the ones they are trained for). ``explicit-res`` is what the library
@@ -101,7 +105,8 @@ def parse_args(argv=None):
     p.add_argument("--dist", choices=("mse", "l1"), default=cfg.dist, help="latent distance of the explicit loss")
     p.add_argument("--latent-weight", type=float, default=cfg.latent_weight, help="weight of the explicit latent term")
     p.add_argument("--latent-norm", choices=LATENT_NORMS, default=cfg.latent_norm,
-                   help="'endpoints': the explicit latent term relative to dist(E(x1), E(x3))")
+                   help="'endpoints': the explicit latent term relative to dist(E(x1), E(x3)) (the library's "
+                        "default); 'none' with --latent-weight 1: the paper's term")
     p.add_argument("--widths", type=int, nargs="+", default=list(ae.widths))
     p.add_argument("--crop", type=int, default=ae.crop)
     p.add_argument("--seed", type=int, default=0)

@@ -312,8 +312,9 @@ def latent_apd(latents, levels=None) -> float:
     if n < 2:
         raise InputError(f"APD needs at least 2 latents, got {n}")
     lv = np.arange(n, dtype=np.float64) if levels is None else np.asarray(levels, dtype=np.float64).ravel()
-    if lv.size != n or np.any(np.diff(lv) <= 0):
-        raise InputError(f"levels must be {n} strictly increasing values, one per latent")
+    if lv.size != n or not np.isfinite(lv).all() or np.any(np.diff(lv) <= 0):  # NaN passes the diff test
+        raise InputError(f"levels must be {n} finite, strictly increasing values, one per latent, "
+                         f"got {lv.tolist()[:8]}")
     total = float(np.linalg.norm(z[-1] - z[0]))
     if total == 0:
         raise InputError("the first and last latents are identical: APD is undefined")

@@ -52,9 +52,11 @@ def _finite(text: str) -> float:
 
 def _range_end(text: str) -> float:
     """A level fraction for --range: extrapolation far beyond [0, 1] only amplifies noise (and overflows)."""
-    value = _finite(text)
-    if not -10 <= value <= 11:
-        raise argparse.ArgumentTypeError(f"must lie in [-10, 11] (0 is FAR, 1 is NEAR), got {text}")
+    from deconv3d.latent.ops import FRACTION_LIMITS
+
+    value, (lo, hi) = _finite(text), FRACTION_LIMITS
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"must lie in [{lo:g}, {hi:g}] (0 is FAR, 1 is NEAR), got {text}")
     return value
 
 

@@ -104,10 +104,21 @@ def save_checkpoint(trained, path, plane_shape=None, pixel_size=None) -> None:
     >>> save_checkpoint(result, "ae.ckpt", plane_shape=(64, 64))  # doctest: +SKIP
     >>> load_checkpoint("ae.ckpt").ae_config.widths  # doctest: +SKIP
     (32, 64, 128, 256)
+
+    A diverged training (``reason == "non-finite loss"``) or a network with NaN or infinite
+    weights or buffers is refused with :class:`InputError`: loading would refuse the file
+    as damaged anyway.
     """
+    if getattr(trained, "reason", None) == "non-finite loss":
+        raise InputError("training diverged (non-finite loss), so there is no model to save: lower the learning "
+                         "rate or check the stacks")
     if not isinstance(trained, TrainedAutoencoder):
         trained = TrainedAutoencoder.from_result(trained, plane_shape, pixel_size)
-    atomic_torch_save(_payload(trained), path)
+    payload = _payload(trained)
+    if not all(bool(torch.isfinite(t).all()) for t in payload["state_dict"].values() if t.is_floating_point()):
+        raise InputError("the network has NaN or infinite weights (its training diverged), so there is no model "
+                         "to save: retrain with a lower learning rate")
+    atomic_torch_save(payload, path)
 
 
 def _read(path) -> dict:

@@ -49,6 +49,7 @@ __all__ = ["lincomb", "interpolate", "interior_fractions", "synthesize_blur", "d
            "blend_pixels", "extrapolate_pixels", "encode_planes", "linearity_scores"]
 
 _DECODE_CHUNK = 16
+FRACTION_LIMITS = (-10.0, 11.0)  # synthesize_blur's fractions, as deconv3d blur synth --range allows
 
 
 # ------------------------------------------------------------------ latent arithmetic
@@ -207,7 +208,9 @@ def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: 
     near : array_like
         The sharp, in-focus plane (fraction 1); same shape as ``far``.
     fractions : sequence of float
-        Positions ``a`` of the planes to synthesise; values outside [0, 1] extrapolate.
+        Positions ``a`` of the planes to synthesise; values outside [0, 1] extrapolate, up to
+        ``FRACTION_LIMITS`` (-10 to 11, as ``deconv3d blur synth --range``): further out the
+        latent arithmetic only amplifies noise and overflows float32 (NaN planes).
     fit : {"pad", "error"}, optional
         What to do with sizes that are not multiples of ``model.divisor``.
     residual : bool, optional
@@ -249,8 +252,10 @@ def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: 
     model, residual = _network_and_form(model, residual)
     far, near = _pair(far, near, ("far plane", "near plane"))
     a = np.asarray(fractions, dtype=np.float64).reshape(-1)
-    if a.size == 0 or not np.isfinite(a).all():
-        raise InputError("fractions must be a non-empty list of finite numbers")
+    lo, hi = FRACTION_LIMITS
+    if a.size == 0 or not np.isfinite(a).all() or not ((a >= lo) & (a <= hi)).all():
+        raise InputError(f"fractions must be a non-empty list of finite numbers from {lo:g} to {hi:g} "
+                         f"(0 is the far plane, 1 the near one), got {a.tolist()[:8]}")
     z, shape = encode_planes(model, np.stack([far, near]), fit=fit)
     device = (z[0] if isinstance(z, (tuple, list)) else z).device
     t = torch.as_tensor(a, dtype=torch.float32, device=device).view(-1, 1, 1, 1)

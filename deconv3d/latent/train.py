@@ -7,7 +7,10 @@ minimises the chosen objective of :mod:`deconv3d.latent.losses` with Adam. An ex
 moving average of the weights (with the usual warm-up ``min(decay, (1 + t) / (10 + t))``)
 is validated every ``val_every`` steps on held-out stacks by the PSNR of the interpolated
 middle plane ``D(alpha E(x1) + (1 - alpha) E(x3))`` against ``x2`` over fixed ten-crops of
-the dyadic triplets; the best validated weights are returned.
+the dyadic triplets; the best validated weights are returned. A run whose loss, weights,
+batch-normalisation statistics or validation score stop being finite (too high a learning
+rate) ends with reason ``"non-finite loss"``; a validation score that is not finite is
+never kept as the best.
 
 References
 ----------
@@ -151,7 +154,12 @@ class LatentTrainResult:
     ``model`` (eval mode, on the training device) holds the best validated averaged weights
     (the last ones without validation). ``history`` is ``(step, loss)`` for every step,
     ``val_history`` ``(step, PSNR dB)``; ``reason`` is ``"completed"``, ``"cancelled"``,
-    ``"time_budget"`` or ``"non-finite loss"``.
+    ``"time_budget"`` or ``"non-finite loss"``. The last means the run diverged: the loss, a
+    weight or buffer of the network or of its average (e.g. a BatchNorm running variance),
+    or a validation score was NaN or infinite; ``model`` then holds the best finite
+    validated weights if there were any, else the diverged ones, and is not to be used
+    (``deconv3d blur train`` refuses to save it, and so does
+    :func:`~deconv3d.latent.checkpoint.save_checkpoint`). ``best_score`` is finite or None.
     """
 
     model: Autoencoder
@@ -271,6 +279,19 @@ class _WeightAverage:
             avg.lerp_(live, weight) if avg.dtype.is_floating_point else avg.copy_(live)
 
 
+def _all_finite(*models) -> bool:
+    """Whether the floating parameters and buffers of ``models`` all have finite sums.
+
+    The loss alone does not show divergence: the decoder ends in a sigmoid, so with exploding
+    weights the loss stays bounded while BatchNorm's running variance overflows, and the
+    network is then useless in eval mode. A sum is NaN or infinite when a value is, or when
+    the values are too large to add up in float32, which no converging run comes near; one
+    sum per tensor costs a fraction of ``torch.isfinite`` on every value (measured, 2 cores)."""
+    unique = {id(m): m for m in models}.values()
+    sums = [t.sum() for m in unique for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+    return not sums or bool(torch.isfinite(torch.stack(sums)).all())
+
+
 def _schedule(optimizer, config: LatentTrainConfig):
     if config.lr_decay == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
@@ -325,14 +346,18 @@ class _Validator:
         self.history, self.best, self.best_step, self.best_state = [], None, 0, None
         self.residual = residual
 
-    def __call__(self, step: int, model: torch.nn.Module) -> None:
+    def __call__(self, step: int, model: torch.nn.Module) -> float | None:
+        """Score ``model`` at ``step`` (None without validation data or if already scored);
+        keep its weights if the score is finite and the best so far."""
         if self.crops is None or (self.history and self.history[-1][0] == step):
-            return
+            return None
         score = interpolation_psnr(model, *self.crops, residual=self.residual)
         self.history.append((step, score))
-        if self.best is None or score > self.best:
+        # a NaN score must not become the best: nothing compares greater than NaN, so it would stay
+        if math.isfinite(score) and (self.best is None or score > self.best):
             self.best, self.best_step = score, step
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return score
 
 
 # ------------------------------------------------------------------ training loop
@@ -405,8 +430,12 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
         history.append((step, terms["total"]))
         reason = stop_reason(step, terms["total"], config.steps, config.time_budget, callback, started)
         evaluated = average.model if average is not None else model
+        if not _all_finite(model, evaluated):  # diverged with a finite loss (see _all_finite)
+            reason = "non-finite loss"
         if step % config.val_every == 0 or reason is not None:
-            validator(step, evaluated)
+            score = validator(step, evaluated)
+            if score is not None and not math.isfinite(score):
+                reason = "non-finite loss"
         if reason is not None:
             break
     if validator.best_state is not None:

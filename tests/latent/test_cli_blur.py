@@ -343,3 +343,14 @@ def test_one_stack_with_empty_background_tiles_still_trains(tmp_path, make_stack
     code, _, err = run(["blur", "train", tmp_path / "one.tif", "-o", tmp_path / "ae.ckpt", *TINY], capsys)
     assert code == 0, err
     assert (tmp_path / "ae.ckpt").is_file()
+
+
+def test_a_diverged_training_is_an_error_and_writes_nothing(tmp_path, make_stacks, capsys):
+    """--lr 1e9 overflows the BatchNorm statistics while the loss stays finite: the run used to
+    finish "completed" with a validation PSNR of nan dB and save a file that blur synth then
+    refused as damaged."""
+    stacks = write_stacks(tmp_path, make_stacks)
+    out = tmp_path / "diverged.ckpt"
+    code, _, err = run(["blur", "train", *stacks, "-o", out, *TINY, "--lr", "1e9"], capsys)
+    assert_one_line_error(code, err, "diverged", "--lr")
+    assert sorted(tmp_path.iterdir()) == sorted(stacks)  # no checkpoint, no temporary file

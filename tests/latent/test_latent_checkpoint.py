@@ -183,3 +183,13 @@ def test_a_field_out_of_range_names_the_damaged_file(tmp_path, damage, words):
     message = str(info.value)
     assert str(path) in message and "damaged deconv3d checkpoint" in message and "retrain" in message
     assert all(w in message for w in words), message
+
+
+def test_a_network_with_non_finite_buffers_is_not_saved(tmp_path):
+    """load_checkpoint refuses such a file as damaged, so save_checkpoint must not write one."""
+    original = trained()
+    bn = next(m for m in original.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var[0] = float("inf")
+    with pytest.raises(InputError, match="NaN or infinite"):
+        save_checkpoint(original, tmp_path / "ae.ckpt")
+    assert list(tmp_path.iterdir()) == []

@@ -32,6 +32,17 @@ class LinearToy:
         return self.A.numpy() @ x.ravel()
 
 
+class Squared(LinearToy):
+    """The linear toy with its output squared: a decoder that is not linear in the latent."""
+
+    def decode(self, z):
+        return super().decode(z) ** 2
+
+    def decode_numpy(self, z):
+        """Hand reference of ``decode((z, 2 z))`` for one flattened latent ``z``: ``(B z) ** 2``."""
+        return ((0.5 * (z + z) @ self.B.numpy().T) ** 2).reshape(self.shape)
+
+
 class ScaledIdentity:
     divisor = 1
 
@@ -176,13 +187,9 @@ def test_residual_synthesis_is_blend_plus_the_decoders_departure_from_linearity(
     np.testing.assert_allclose(synthesize_blur(toy, far, near, fractions, residual=True),
                                blend_pixels(far, near, fractions), atol=1e-4)  # float32 decode
 
-    class Squared(LinearToy):
-        def decode(self, z):
-            return super().decode(z) ** 2
-
     sq = Squared(16, n_latent=16)
     za, zb = sq.numpy(far), sq.numpy(near)
-    dec = lambda z: ((0.5 * (z + z) @ sq.B.numpy().T) ** 2).reshape(4, 4)  # decode of the tuple (z, 2 z)
+    dec = sq.decode_numpy
     for a in fractions:
         expected = (1 - a) * far + a * near + dec((1 - a) * za + a * zb) - (1 - a) * dec(za) - a * dec(zb)
         got = synthesize_blur(sq, far, near, [a], residual=True)[0]
@@ -225,3 +232,55 @@ def test_a_trained_model_is_applied_in_the_form_it_was_trained_in(trained_residu
                                       deblur(toy, far, plane, 0.5, residual=form))
     np.testing.assert_array_equal(deblur(toy, far, plane, 0.5), deblur(toy, far, plane, 0.5, residual=False))
     assert np.abs(deblur(toy, far, plane, 0.5, residual=True) - deblur(toy, far, plane, 0.5)).max() > 0.1
+
+
+def test_deblur_maps_the_output_to_the_extrapolated_range_of_the_inputs():
+    """Planes of different intensity ranges (far in [b, a + b], plane in [d, c + d]) with a toy whose
+    latents are exactly linear: the normalised output ``y = cf u + cp v`` (u, v the min-max
+    normalised planes, cf = -alpha / (1 - alpha), cp = 1 / (1 - alpha)) is mapped to
+    ``(cf lo_far + cp lo_plane, cf hi_far + cp hi_plane)``; where that range is empty or inverted,
+    to the plane's own range (module docstring of deconv3d.latent.ops)."""
+    u, v = unit_planes(6)
+    cases = [(20.0, 10.0, 100.0, 5.0, 0.25, None),  # far in [10, 30], plane in [5, 105]: the mapped range
+             (100.0, 0.0, 10.0, 0.0, 0.5, (0.0, 10.0))]  # hi = -100 + 20 < lo = 0: the plane's own range
+    for a, b, c, d, alpha, fallback in cases:
+        far, plane = a * u + b, c * v + d
+        cf, cp = -alpha / (1 - alpha), 1 / (1 - alpha)
+        lo, hi = (cf * b + cp * d, cf * (a + b) + cp * (c + d)) if fallback is None else fallback
+        assert hi > lo
+        want = lo + (hi - lo) * (cf * u + cp * v)
+        for residual in (False, True):  # an exact autoencoder leaves no residual to add
+            got = deblur(ScaledIdentity(), far, plane, alpha, residual=residual)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("s_far, s_near", [(2.0, 50.0), (50.0, 2.0)])
+def test_residual_synthesis_scales_the_correction_by_the_blended_span(s_far, s_near):
+    """With planes spanning different ranges (s_far, s_near counts) and a decoder nonlinear in the
+    latent, the correction ``D(z_a) - [(1 - a) D(z_far) + a D(z_near)]`` (normalised units) is
+    scaled by ``(1 - a) s_far + a s_near``, or, where extrapolation makes that not positive
+    (a = -0.1 for spans 2 / 50, a = 1.5 for 50 / 2), by the span of the nearer end plane, as the
+    synthesize_blur docstring says."""
+    u, v = unit_planes(7)
+    far, near = s_far * u + 1, s_near * v - 3
+    sq = Squared(16, n_latent=16, seed=2)
+    zf, zn = sq.numpy(u), sq.numpy(v)
+    fractions = [-0.1, 0.25, 0.5, 0.9, 1.5]
+    got = synthesize_blur(sq, far, near, fractions, residual=True)
+    for plane, a in zip(got, fractions):
+        span = (1 - a) * s_far + a * s_near
+        span = span if span > 0 else (s_near if a >= 0.5 else s_far)
+        correction = sq.decode_numpy((1 - a) * zf + a * zn) - (1 - a) * sq.decode_numpy(zf) - a * sq.decode_numpy(zn)
+        want = (1 - a) * far + a * near + span * correction
+        assert np.abs(span * correction).max() > 10  # the correction matters at this scale
+        np.testing.assert_allclose(plane, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("fractions", [[1e39], [0.5, -1e30], [11.5], [-10.5]])
+def test_fractions_beyond_the_extrapolation_limits_are_input_errors(fractions):
+    """1e39 is finite in float64 but overflows float32, which used to give an all-NaN stack."""
+    far, near = unit_planes()
+    with pytest.raises(InputError, match="fractions") as info:
+        synthesize_blur(ScaledIdentity(), far, near, fractions)
+    assert "\n" not in str(info.value)
+    assert np.isfinite(synthesize_blur(ScaledIdentity(), far, near, [-10.0, 11.0])).all()

@@ -1,5 +1,7 @@
 """Short seeded trainings: every objective lowers its loss; validation keeps the best weights."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -115,3 +117,115 @@ def test_residual_validation_scores_the_residual_form(make_stacks):
     best = interpolation_psnr(result.model, *crops, residual=True)
     assert best == pytest.approx(result.best_score, abs=1e-3)
     assert abs(best - interpolation_psnr(result.model, *crops)) > 0.01
+
+
+# ------------------------------------------------------------------ weight averaging
+
+
+def _trained_bn(seed):
+    """A tiny network whose BatchNorm statistics have moved off their initial 0 / 1."""
+    model = build_autoencoder(TINY, seed=seed).train()
+    with torch.no_grad():
+        model(torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(seed)))
+    return model
+
+
+def test_weight_average_update_is_the_warmed_up_lerp():
+    """Update t moves every float parameter and buffer by ``1 - min(decay, (1 + t) / (10 + t))``
+    of the way to the live network (Polyak-style averaging with warm-up); integer buffers are
+    copied. With decay 0.2 the warm-up rules the first update (1 - 2/11) and the decay the second (1 - 0.2)."""
+    from deconv3d.latent.train import _WeightAverage
+
+    average = _WeightAverage(_trained_bn(0), decay=0.2)
+    live = _trained_bn(1)
+    expected = {k: v.clone() for k, v in average.model.state_dict().items()}
+    for weight in (1 - 2 / 11, 1 - 0.2):
+        average.update(live)
+        for name, value in live.state_dict().items():
+            if value.is_floating_point():
+                expected[name] = expected[name] + weight * (value - expected[name])
+            else:
+                expected[name] = value.clone()
+            torch.testing.assert_close(average.model.state_dict()[name], expected[name], rtol=1e-6, atol=1e-7)
+    moved = [(expected[k] - v).abs().max() for k, v in _trained_bn(0).state_dict().items() if v.is_floating_point()]
+    assert max(moved) > 0.1  # the check above compared values that really changed
+
+
+def test_train_returns_trained_weights_not_the_initial_ones(stacks):
+    """Without validation train() returns the averaged weights of the last step: they must have
+    left the network built from the same seed (a frozen average would hand back the random start)."""
+    result = train(stacks, LEVELS, quick(steps=5), TINY, device="cpu")
+    initial = build_autoencoder(TINY, seed=0).state_dict()
+    change = max(float((v - initial[k]).abs().max()) for k, v in result.model.state_dict().items()
+                 if v.is_floating_point())
+    assert change > 1e-3
+
+
+# ------------------------------------------------------------------ interpolation score, divergence
+
+
+class _SquareToy(torch.nn.Module):
+    """``E(x) = (2 x,)``, ``D(z) = (z / 2) ** 2``: a decoder nonlinear in the latent, so the
+    latent weights show in the output; it has no weights of its own."""
+
+    @staticmethod
+    def encode(x):
+        return (2 * x,)
+
+    @staticmethod
+    def decode(z):
+        return (z[0] / 2) ** 2
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_interpolation_psnr_weights_the_far_latent_by_alpha_on_uneven_levels(make_stacks, residual):
+    """Levels 0, 1, 4 give the one dyadic triplet (0, 1, 4) with alpha = (4 - 1) / (4 - 0) = 0.75,
+    the weight of the level-0 latent (Mazilu et al., CAIP 2023, Sect. 3); the score is compared with
+    the PSNR of ``D(0.75 E(x1) + 0.25 E(x3))`` (or its residual form) against ``x2`` by hand."""
+    crops = fixed_triplet_crops(make_stacks(n_images=1), dyadic_triplets([0.0, 1.0, 4.0]), 16)
+    x1, x2, x3, alpha = (a.astype(np.float64) for a in crops)
+    assert np.allclose(alpha, 0.75)
+    a = 0.75
+    y2 = (a * x1 + (1 - a) * x3) ** 2
+    if residual:
+        y2 = y2 + a * (x1 - x1 ** 2) + (1 - a) * (x3 - x3 ** 2)
+    want = np.mean(-10 * np.log10(np.maximum(((y2 - x2) ** 2).mean(axis=(1, 2, 3)), 1e-10)))
+    got = interpolation_psnr(_SquareToy(), *(torch.from_numpy(c) for c in crops), residual=residual)
+    assert got == pytest.approx(want, abs=1e-3)
+
+
+def test_validator_never_keeps_a_non_finite_score(make_stacks, monkeypatch):
+    """Nothing compares greater than NaN, so a NaN first score used to stay the best for good."""
+    latent_train = importlib.import_module("deconv3d.latent.train")  # the package exports a function train
+
+    scores = iter([float("nan"), 20.0, float("inf"), 10.0])
+    monkeypatch.setattr(latent_train, "interpolation_psnr", lambda *args, **kwargs: next(scores))
+    validator = latent_train._Validator(make_stacks(n_images=1), LEVELS, 16, torch.device("cpu"))
+    model = build_autoencoder(TINY, seed=0)
+    for step in (1, 2, 3, 4):
+        validator(step, model)
+    assert validator.best == 20.0 and validator.best_step == 2 and validator.best_state is not None
+    assert len(validator.history) == 4
+
+
+def test_a_diverging_run_stops_as_non_finite_loss(stacks, tmp_path):
+    """With a learning rate of 1e9 the loss stays finite (the decoder ends in a sigmoid) while the
+    BatchNorm running variances overflow; the run must stop as diverged, not report "completed",
+    and its network must not be saved."""
+    from deconv3d.latent.checkpoint import save_checkpoint
+
+    result = train(stacks, LEVELS, quick(steps=8, lr=1e9), TINY, device="cpu")
+    assert np.isfinite([loss for _, loss in result.history]).all()
+    assert result.reason == "non-finite loss" and result.steps_done < 8 and result.best_score is None
+    with pytest.raises(InputError, match="diverged"):
+        save_checkpoint(result, tmp_path / "ae.ckpt", plane_shape=(16, 16))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_non_finite_validation_score_stops_training(make_stacks, monkeypatch):
+    latent_train = importlib.import_module("deconv3d.latent.train")  # the package exports a function train
+
+    monkeypatch.setattr(latent_train, "interpolation_psnr", lambda *args, **kwargs: float("nan"))
+    result = train(make_stacks(n_images=4), LEVELS, quick(steps=10, val_every=2, val_fraction=0.5), TINY,
+                   device="cpu")
+    assert result.reason == "non-finite loss" and result.steps_done == 2 and result.best_score is None

@@ -77,3 +77,13 @@ def test_linearity_scores_of_a_pixel_blend_stack():
     stack = (1 - t[:, None, None]) * a + t[:, None, None] * b
     scores = linearity_scores(Identity(), stack, levels=t)
     assert scores["lds"] == pytest.approx(1.0) and scores["apd"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("levels", [[0.0, float("nan"), 2.0], [0.0, 1.0, float("inf")], [float("-inf"), 0.0, 1.0]])
+def test_apd_refuses_non_finite_levels(levels):
+    """A NaN level passes the 'strictly increasing' test (every comparison with NaN is False) and
+    made APD NaN; an infinite one makes the fractions t_i NaN."""
+    z = [np.array([0.0]), np.array([1.0]), np.array([4.0])]
+    with pytest.raises(InputError, match="finite") as info:
+        latent_apd(z, levels=levels)
+    assert "\n" not in str(info.value)
