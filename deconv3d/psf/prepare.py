@@ -146,11 +146,11 @@ def fit_psf(psf: np.ndarray, shape) -> np.ndarray:
 def crop_psf(psf, energy=0.999) -> np.ndarray:
     """Crop to the smallest centred odd box holding ``energy`` of the total.
 
-    Every box centred on the voxel ``(n-1)//2`` is considered (box sums from a
-    summed-area table of the PSF, evaluated for one first-axis half-size at a
-    time); among those that hold at least ``energy`` of the sum and have at most
-    :data:`CROP_SLACK` more voxels than the smallest of them, the one holding the
-    most energy wins. A PSF symmetric in its last two axes keeps them equal.
+    Every box centred on the voxel ``(n-1)//2`` (the kernel origin, for even sides too) is
+    considered (box sums from a summed-area table of the PSF, evaluated for one first-axis
+    half-size at a time); among those that hold at least ``energy`` of the sum and have at
+    most :data:`CROP_SLACK` more voxels than the smallest of them, the one holding the most
+    energy wins. A PSF symmetric in its last two axes keeps them equal.
 
     Parameters
     ----------
@@ -167,6 +167,9 @@ def crop_psf(psf, energy=0.999) -> np.ndarray:
     if not 0 < energy <= 1:
         raise InputError(f"PSF crop energy must be in (0, 1], got {energy}")
     psf = np.asarray(psf, dtype=np.float32)
+    # An even axis gets a zero plane in front: its centre voxel n/2 - 1 becomes (n+1 - 1)//2 = n/2,
+    # the same voxel, and odd boxes around it can then hold the whole axis (they missed its last plane).
+    psf = np.pad(psf, [(1 - n % 2, 0) for n in psf.shape])
     centre = (np.asarray(psf.shape) - 1) // 2
     limit = np.minimum(centre, np.asarray(psf.shape) - 1 - centre)
     table = _summed_area(np.clip(psf, 0, None))
