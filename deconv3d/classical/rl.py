@@ -60,7 +60,12 @@ def richardson_lucy(
     tv_weight : float
         Weight λ of the total-variation term [2]_; 0 disables it. Must be below
         ``1 / sum_i(2 / s_i)`` (``s_i`` the voxel spacing relative to the finest axis;
-        1/6 for isotropic 3D) so that the update stays positive.
+        1/6 for isotropic 3D) so that the update stays positive. In practice keep it at
+        0.001-0.01: above about 0.01 the scheme alternates between two estimates on noisy
+        data instead of settling (measured on a 100-photon phantom: a change of 1.6 % per
+        iteration at 0.01, 7 % at 0.03, against 0.3 % at 0.002), so the result depends on
+        the iteration count's parity and ``tol`` may never be met; it was also less
+        accurate there.
     accelerate : bool or sequence of float
         Biggs-Andrews vector extrapolation [4]_: same result in fewer iterations. A sequence
         gives a fixed step schedule ``α_1, α_2, ...`` (see :func:`rl_alpha_schedule`) instead

@@ -71,7 +71,8 @@ def _deconvolve_parser(sub) -> None:
                    help="RL iterations (default 20); 'auto' chooses the count from the image itself by predicting "
                         "5%% held-out voxels (deconv3d.classical.choose_iterations) and runs plain RL, "
                         "without acceleration, for that many")
-    p.add_argument("--tv-weight", type=float, default=0.002, help="TV weight for rl-tv (default 0.002)")
+    p.add_argument("--tv-weight", type=float, default=0.002,
+                   help="TV weight for rl-tv (default 0.002; keep it at 0.001-0.01: above, the iteration oscillates)")
     p.add_argument("--no-accelerate", action="store_true", help="turn off Biggs-Andrews acceleration")
     p.add_argument("--boundary", choices=BOUNDARIES, default="bertero",
                    help="border handling for RL (default bertero: no ringing at the borders)")
