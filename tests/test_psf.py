@@ -340,3 +340,20 @@ def test_crop_psf_keeps_the_energy_asked_for_even_sides(shape):
     peak[kernel_origin(shape)] = 1
     centred = crop_psf(peak + 0.01 * flat, 1.0)
     assert centred[tuple(n // 2 for n in centred.shape)] == centred.max()  # the origin stays in the middle
+
+
+@pytest.mark.parametrize("fine, coarse", [(0.02, 0.1), (0.04, 0.1), (0.05, 0.4)])
+def test_resampling_to_coarser_voxels_integrates_over_each_new_voxel(fine, coarse):
+    """Against the exact voxel integrals of a Gaussian (erf differences): sampling the fine PSF
+    at the coarse centres alone made it too narrow (central voxel 0.99 against 0.91 at 0.4 µm)."""
+    from scipy.special import erf
+
+    sigma = 0.12  # µm
+    n = 2 * int(round(6 * sigma / fine)) + 1
+    fine_psf = gaussian((n, n), (sigma / fine, sigma / fine))
+    out = resample_psf(fine_psf, (fine, fine), (coarse, coarse))
+    m = out.shape[0]
+    edges = (np.arange(m + 1) - m // 2 - 0.5) * coarse
+    profile = np.diff(erf(edges / (sigma * np.sqrt(2)))) / 2
+    exact = np.outer(profile, profile)
+    np.testing.assert_allclose(out, exact / exact.sum(), atol=0.015 * exact.max())

@@ -244,6 +244,26 @@ def _shown(values) -> str:
     return " ".join(f"{v:g}" for v in values)
 
 
+def _voxel_integrated(psf: np.ndarray, step) -> np.ndarray:
+    """``psf`` averaged over a box ``step`` input voxels wide along every axis it coarsens (step > 1).
+
+    A camera pixel (and a z step) records the light over its whole extent: sampled at the
+    coarse voxel centres alone, a finely sampled PSF came out too narrow (a Gaussian of
+    sigma 0.12 µm resampled from 0.05 to 0.4 µm had an RMS width of 0.035 µm instead of
+    the 0.167 µm of its voxel-integrated form). Box weights have fractional ends for a
+    step that is not a whole number of voxels.
+    """
+    out = np.asarray(psf, dtype=np.float64)
+    for axis, width in enumerate(np.asarray(step, dtype=float)):
+        if width <= 1 + 1e-9:
+            continue
+        reach = int(np.ceil(width / 2 - 0.5))
+        k = np.arange(-reach, reach + 1)
+        weights = np.clip(np.minimum(k + 0.5, width / 2) - np.maximum(k - 0.5, -width / 2), 0, None)
+        out = ndimage.convolve1d(out, weights / weights.sum(), axis=axis, mode="constant")
+    return out
+
+
 def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     """Resample a PSF from its voxel size to the image's, keeping its physical extent.
 
@@ -272,7 +292,9 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     -----
     Cubic-spline interpolation (:func:`scipy.ndimage.affine_transform`, a
     centred :func:`scipy.ndimage.zoom`) samples the PSF on the image grid;
-    negative undershoot is clamped to 0.
+    negative undershoot is clamped to 0. Along an axis that gets coarser the PSF is first
+    averaged over the new voxel's extent, as a camera pixel integrates the light falling on
+    it. The output spans the input's physical extent, rounded to whole voxels.
     """
     psf = np.asarray(psf, dtype=np.float32)
     src, dst = (np.asarray(checked_voxel_size(v if v is not None else (), psf.ndim, what))
@@ -280,7 +302,7 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     if np.allclose(src, dst, rtol=1e-6, atol=0):
         return psf.copy()
     step = dst / src
-    half = np.floor((np.asarray(psf.shape) - 1) / 2.0 / step + 1e-9).astype(int)
+    half = np.floor((np.asarray(psf.shape) - 1) / 2.0 / step + 0.5).astype(int)
     shape = tuple(int(n) for n in 2 * half + 1)
     sizes = f"from {_shown(src)} µm voxels to {_shown(dst)} µm"
     if max(shape) == 1 and max(psf.shape) > 1:  # deconvolving with it would return the image unchanged
@@ -289,7 +311,7 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     if np.prod(shape, dtype=float) > MAX_RESAMPLED_VOXELS:
         raise InputError(f"resampled {sizes} the PSF would be {shape} voxels: check that both voxel sizes are in "
                          "micrometres, or crop the PSF")
-    out = _centred_zoom(psf, step, shape, order=3)
+    out = _centred_zoom(_voxel_integrated(psf, step), step, shape, order=3)
     return normalize_psf(np.clip(out, 0, None))
 
 
