@@ -357,3 +357,34 @@ def test_resampling_to_coarser_voxels_integrates_over_each_new_voxel(fine, coars
     profile = np.diff(erf(edges / (sigma * np.sqrt(2)))) / 2
     exact = np.outer(profile, profile)
     np.testing.assert_allclose(out, exact / exact.sum(), atol=0.015 * exact.max())
+
+
+def test_distill_warns_when_its_box_cuts_the_psfs_tails():
+    """A bead with a faint wide halo (as a widefield PSF's out-of-focus cone) next to a compact
+    one: the default box of 3 FWHM holds the core only, and the user is told to enlarge it."""
+    shape = (40, 96, 96)
+    grids = np.meshgrid(*[np.arange(n, dtype=float) - c for n, c in zip(shape, (20, 48, 48))], indexing="ij")
+    core = np.exp(-0.5 * sum((g / s) ** 2 for g, s in zip(grids, (2.0, 1.2, 1.2))))
+    halo = np.exp(-0.5 * sum((g / s) ** 2 for g, s in zip(grids, (6.0, 5.0, 5.0))))
+    compact = (1000 * core + 10).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        distill_psf(compact)  # 3 FWHM hold all of a Gaussian: no warning
+    halo_share = halo.sum() / (core.sum() + halo.sum())
+    assert halo_share > 0.9  # most of the light is in the halo, 0.06 of the peak
+    beads = (1000 * core + 60 * halo + 10).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match=r"holds about \d+% of a bead's light .* give a larger box, e.g. size"):
+        distill_psf(beads)
+
+
+def test_the_cli_prints_library_warnings_as_its_own_lines(tmp_path, capsys):
+    from cli_helpers import run
+    from deconv3d.io import write_tiff
+
+    shape = (40, 96, 96)
+    grids = np.meshgrid(*[np.arange(n, dtype=float) - c for n, c in zip(shape, (20, 48, 48))], indexing="ij")
+    core = np.exp(-0.5 * sum((g / s) ** 2 for g, s in zip(grids, (2.0, 1.2, 1.2))))
+    halo = np.exp(-0.5 * sum((g / s) ** 2 for g, s in zip(grids, (6.0, 5.0, 5.0))))
+    write_tiff(tmp_path / "beads.tif", (1000 * core + 60 * halo + 10).astype(np.float32), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["psf", "distill", tmp_path / "beads.tif", "-o", tmp_path / "psf.tif"], capsys)
+    assert code == 0 and err.startswith("deconv3d: warning: the bead box (") and "Warning" not in err, err

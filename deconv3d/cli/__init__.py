@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 
 from deconv3d import __version__
 from deconv3d.errors import InputError
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         if extra:  # reported here by argparse, it would point at the top-level help
             raise InputError(f"unrecognized arguments: {' '.join(extra)} "
                              f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")
-        return args.func(args)
+        with warnings.catch_warnings():  # the library's warnings as the CLI's own lines, not Python's format
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except InputError as exc:
         if debug:  # the traceback, then the same line and status as without --debug
             traceback.print_exc()
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - the contract: unexpected errors exit 1
         return _internal(exc, debug)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"deconv3d: warning: {message}", file=sys.stderr)
 
 
 def _internal(exc: BaseException, debug: bool) -> int:
