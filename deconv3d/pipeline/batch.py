@@ -184,8 +184,25 @@ def find_inputs(input_dir, patterns) -> list[Path]:
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise InputError(f"input folder not found: {input_dir}: check the path")
-    found = {p for pattern in patterns for p in input_dir.glob(pattern) if not p.name.startswith(".")}
+    found = {p for pattern in patterns for p in input_dir.glob(_any_case(pattern)) if not p.name.startswith(".")}
     return sorted(found)
+
+
+def _any_case(pattern: str) -> str:
+    """``pattern`` matching letters in either case (``*.tif`` -> ``*.[tT][iI][fF]``): microscope
+    software and Windows tools write ``.TIF``, which a batch skipped without a word, exit 0.
+    Letters inside a ``[...]`` set are left as given."""
+    out, inside = [], False
+    for ch in pattern:
+        if ch == "[" and not inside:
+            inside = True
+        elif ch == "]" and inside:
+            inside = False
+        elif ch.isalpha() and not inside and ch.lower() != ch.upper():
+            out.append(f"[{ch.lower()}{ch.upper()}]")
+            continue
+        out.append(ch)
+    return "".join(out)
 
 
 IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")

@@ -313,3 +313,22 @@ def test_run_info_names_the_largest_block_when_a_short_remainder_is_merged(tmp_p
                           tmp_path / "c.zarr", "--chunks", 4, 30, 30, "--iterations", 1], capsys)
     assert code == 0, err
     assert "block(s) of at most (4, " in out
+
+
+def test_batch_finds_image_files_whatever_the_case_of_their_suffix(tmp_path, capsys):
+    """.TIF and .Tiff (Windows tools, vendors) were skipped without a word, exit 0."""
+    from deconv3d.pipeline.batch import _any_case, find_inputs
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = np.random.default_rng(0).random((6, 20, 20)).astype(np.float32)
+    for name in ("a.tif", "B.TIF", "c.Tiff"):
+        write_tiff(folder / name, image, voxel_size=(0.3, 0.1, 0.1))
+    (folder / "d.txt").write_text("not an image")
+    assert [p.name for p in find_inputs(folder, ["*.tif", "*.tiff"])] == ["B.TIF", "a.tif", "c.Tiff"]
+    assert _any_case("[ab]x*.tif") == "[ab][xX]*.[tT][iI][fF]"
+    write_tiff(tmp_path / "psf.tif", np.ones((3, 3, 3), np.float32) / 27, voxel_size=(0.3, 0.1, 0.1))
+    code, out, err = run(["batch", folder, "-o", tmp_path / "out", "--psf", tmp_path / "psf.tif", "--iterations", 1],
+                         capsys)
+    assert code == 0 and "3 done" in out, (out, err)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.zarr")) == ["B.zarr", "a.zarr", "c.zarr"]
