@@ -205,14 +205,14 @@ def test_write_tiff_streams_a_lazy_volume_in_slabs(tmp_path, monkeypatch):
     reads = []
     original = io._pages
 
-    def counting(volume):
+    def counting(volume, slab_bytes):
         class Spy:
             shape, dtype = volume.shape, volume.dtype
 
             def __getitem__(self, key):
                 reads.append(key)
                 return volume[key]
-        return original(Spy())
+        return original(Spy(), slab_bytes)
 
     monkeypatch.setattr(io, "_SLAB_BYTES", 2 * 10 * 12 * 4)  # two planes per slab
     monkeypatch.setattr(io, "_pages", counting)
@@ -402,3 +402,29 @@ def test_a_codec_tifffile_lacks_is_named_before_anything_is_read(tmp_path, monke
         with pytest.raises(InputError, match="ADOBE_DEFLATE-compressed, which needs the imagecodecs package: pip "
                                              "install imagecodecs, or save the file uncompressed"):
             opener(path)
+
+
+def test_streamed_writing_reads_slabs_within_the_budget_it_is_given(tmp_path):
+    """A zarr image behind singleton leading axes (an OME-Zarr's t, c) is streamed plane slab by
+    plane slab, each at most ``slab_bytes`` (at least one plane), into the same TIFF as the array."""
+    import zarr
+
+    volume = np.random.default_rng(0).random((10, 16, 24)).astype(np.float32)
+    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=(1, 1) + volume.shape, chunks=(1, 1, 4, 16, 24),
+                              dtype="float32")
+    array[0, 0] = volume
+    asked = []
+
+    class Recording(io.ZarrPlanes):
+        def __getitem__(self, key):
+            asked.append(key)
+            return super().__getitem__(key)
+
+    plane = 16 * 24 * 4
+    for budget, planes in ((3 * plane + 5, 3), (1, 1), (None, 10)):
+        asked.clear()
+        view = Recording(array, (0, 0))
+        assert view.shape == volume.shape and view.ndim == 3
+        write_tiff(tmp_path / "o.tif", view, voxel_size=(0.3, 0.1, 0.1), slab_bytes=budget)
+        np.testing.assert_array_equal(read_image(tmp_path / "o.tif").data, volume)
+        assert max(k.stop - k.start for k in asked) == planes and sum(min(k.stop, 10) - k.start for k in asked) == 10
