@@ -82,8 +82,16 @@ class Settings:
         _check(self.voxel_size is None
                or (len(self.voxel_size) in (2, 3) and all(_positive(v) for v in self.voxel_size)),
                f"voxel_size needs 3 positive numbers (Z Y X; Y X for 2D images), got {self.voxel_size!r}")
-        _check(self.chunks is None or (len(self.chunks) in (2, 3) and all(_positive(v) for v in self.chunks)),
-               f"chunks needs 3 positive numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")
+        _check(self.chunks is None or (len(self.chunks) in (2, 3) and all(_positive(v) and isinstance(v, int)
+                                                                          for v in self.chunks)),
+               f"chunks needs 3 positive whole numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")
+        # Checked here, before any file runs: each of a night's files failed on them one by one.
+        _check(isinstance(self.accelerate, bool), f"accelerate must be true or false, got {self.accelerate!r}")
+        _check(self.memory_limit is None or isinstance(self.memory_limit, str),
+               f"memory_limit needs a unit, like \"4GB\" or \"512MiB\", got {self.memory_limit!r}")
+        from deconv3d.fft import resolve_device
+
+        resolve_device(self.device)
         if self.method == "ssl":
             _check(self.model is not None, "method ssl in a batch needs model = a .ckpt from 'deconv3d train'")
             _check(Path(self.model).is_file(), f"model file not found: {self.model}: check the path")

@@ -456,3 +456,18 @@ def test_ctrl_c_in_a_batch_keeps_and_reports_the_files_finished(folder, capsys, 
     (folder / "out" / "batch_report.json").write_text(json.dumps({"files": [{"file": "x", "note": 1}, 5]}))
     code, _, err = run(batch_argv(folder, folder / "out"), capsys)
     assert code == 130 and "interrupted at file 2" in err, err
+
+
+@pytest.mark.parametrize("line, words", [('accelerate = "no"', "accelerate must be true or false"),
+                                         ('device = "gpu"', "unknown device 'gpu'"),
+                                         ("memory_limit = 500", "memory_limit needs a unit"),
+                                         ("chunks = [8.5, 16, 16]", "positive whole numbers")])
+def test_bad_config_values_are_refused_before_any_file_runs(folder, capsys, line, words):
+    """Each of these passed the up-front check and then failed every file of the batch in turn (exit 3)."""
+    from cli_helpers import assert_one_line_error
+
+    (folder / "batch.toml").write_text(f'iterations = 2\n{line}\n')
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--psf", folder / "psf.tif", "--config",
+                        folder / "batch.toml"], capsys)
+    assert_one_line_error(code, err, words)
+    assert not (folder / "out").exists() or not any((folder / "out").iterdir())
