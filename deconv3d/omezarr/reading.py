@@ -51,7 +51,7 @@ def open_lazy(path) -> LazyImage:
     if not path.exists():
         raise InputError(f"input not found: {path}: check the path")
     suffix = path.suffix.lower()
-    if suffix == ZARR_SUFFIX or (path.is_dir() and (path / "zarr.json").exists()):
+    if suffix == ZARR_SUFFIX or (path.is_dir() and any((path / f).exists() for f in _ZARR_MARKERS)):
         return _open_ome_zarr(path)
     if suffix in TIFF_SUFFIXES:
         return _open_tiff(path)
@@ -268,10 +268,26 @@ class ZarrReader:
     __getitem__ = read
 
 
+#: Files that make a folder a zarr group: zarr v3, and v2 (OME-Zarr v0.4, bioformats2raw's output).
+_ZARR_MARKERS = ("zarr.json", ".zgroup", ".zattrs")
+
+
+def _image_group(path: Path):
+    """The zarr group of the image at ``path``: ``path`` itself, or for a bioformats2raw root
+    (``bioformats2raw.layout``, no multiscales) its first series ``path/0``. Returns ``(group, path)``."""
+    group = _open_group(path)
+    attrs = dict(group.attrs)
+    ome = attrs.get("ome", attrs)
+    if not ome.get("multiscales") and ("bioformats2raw.layout" in ome or "bioformats2raw.layout" in attrs):
+        if (path / "0").is_dir():
+            return _open_group(path / "0"), path / "0"
+    return group, path
+
+
 def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
     import dask.array as da
 
-    group = _open_group(path)
+    group, path = _image_group(path)
     ms = _multiscale(dict(group.attrs), path)
     if level >= len(ms.get("datasets", [])):
         raise InputError(f"{path} has no resolution level {level}")
@@ -322,4 +338,4 @@ def read_ome_zarr(path, level: int = 0):
     """Load one level of an OME-Zarr (v0.4 or v0.5) image: ``(array, voxel_size, axes, attrs)``."""
     path = Path(path)
     lazy = _open_ome_zarr(path, level)
-    return np.asarray(lazy.data.compute()), lazy.voxel_size, lazy.axes, dict(_open_group(path).attrs)
+    return np.asarray(lazy.data.compute()), lazy.voxel_size, lazy.axes, dict(_open_group(lazy.path).attrs)

@@ -471,3 +471,29 @@ def test_bad_config_values_are_refused_before_any_file_runs(folder, capsys, line
                         folder / "batch.toml"], capsys)
     assert_one_line_error(code, err, words)
     assert not (folder / "out").exists() or not any((folder / "out").iterdir())
+
+
+def test_reads_a_bioformats2raw_folder_and_its_image_group(tmp_path, capsys):
+    """bioformats2raw (OME-Zarr v0.4, zarr v2) puts the image in a series group '0' under a root that
+    has only 'bioformats2raw.layout': the root was 'not an OME-Zarr image' and the group, without a
+    .zarr suffix or a zarr.json, an 'unsupported input format'."""
+    import zarr
+
+    data = np.random.default_rng(0).random((10, 16, 16)).astype(np.float32)
+    root = zarr.open_group(str(tmp_path / "b2r.zarr"), mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    series = root.create_group("0")
+    series.create_array("0", data=data, chunks=(5, 16, 16))
+    series.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space", "unit": "micrometer"}
+                                                                for a in "zyx"],
+                                    "datasets": [{"path": "0", "coordinateTransformations": [
+                                        {"type": "scale", "scale": [0.3, 0.1, 0.1]}]}]}]
+    for path in (tmp_path / "b2r.zarr", tmp_path / "b2r.zarr" / "0"):
+        lazy = open_lazy(path)
+        assert lazy.axes == "ZYX" and lazy.voxel_size == pytest.approx((0.3, 0.1, 0.1))
+        np.testing.assert_array_equal(lazy.data.compute(), data)
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "b2r.zarr" / "0", "-o", tmp_path / "o.zarr", "--psf",
+                        tmp_path / "psf.tif", "--iterations", 2], capsys)
+    assert code == 0, err
+    assert read_ome_zarr(tmp_path / "o.zarr")[0].shape == data.shape
