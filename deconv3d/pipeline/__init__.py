@@ -173,10 +173,11 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         try:
             for index in indices:
                 fn = _fn_for(fns, block_fn, index, axes)
-                # prepare reads one central block (no block is in flight meanwhile); a volume that is
+                # prepare reads one central box (no block is in flight meanwhile); a volume that is
                 # one block needs no common schedule, and preparing would run the method twice.
                 if hasattr(fn, "prepare") and blocks > 1:
-                    fn = fn.prepare(_View(reader, index), _block_shape(spatial_shape, chunks, halo))
+                    fn = fn.prepare(_View(reader, index), _sample_shape(spatial_shape, chunks, halo, model,
+                                                                        memory_limit))
                     release_memory()
                 done += run_blocks(reader, fn, os.path.join(tmp, "0"), chunks=chunks, halo=halo, lead=index,
                                    client=client, workers=workers, progress=progress, done=done, total=total,
@@ -205,6 +206,38 @@ def _fn_for(fns, block_fn, index, axes):
     if channel >= len(fns):
         raise InputError(f"channel {channel} has no block function (got {len(fns)}): give one per channel")
     return fns[channel]
+
+
+#: Without a memory limit, the box :func:`_sample_shape` measures on may take this many times a block's memory.
+SAMPLE_BLOCKS = 8
+
+
+def _sample_shape(shape, chunks, halo, model, memory_limit) -> tuple[int, ...]:
+    """The centred box a block callable's ``prepare`` measures its common settings on (accelerated
+    RL's step schedule): the whole volume when the memory model says it fits (under the limit,
+    or without one in :data:`SAMPLE_BLOCKS` blocks' memory), else the largest box scaled up
+    from a block that does; a block without a model.
+
+    The adaptive steps depend on the whole image: measured on one block, a chunked run differed
+    from the whole-volume run by up to 11 % of the maximum (43 dB); on the whole volume it
+    replays that run's steps exactly.
+    """
+    block = tuple(_block_shape(shape, chunks, halo))
+    if model is None:
+        return block
+    if memory_limit is not None:
+        limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
+        budget = limit - current_rss()
+    else:
+        budget = SAMPLE_BLOCKS * model.block_bytes(block)
+    if model.block_bytes(shape) <= budget:
+        return tuple(shape)
+    scaled = lambda f: tuple(min(n, max(b, int(b * f))) for n, b in zip(shape, block))
+    low, high = 1.0, max(n / b for n, b in zip(shape, block))
+    for _ in range(30):  # the largest common scale whose box fits
+        mid = (low + high) / 2
+        low, high = (mid, high) if model.block_bytes(scaled(mid)) <= budget else (low, mid)
+    return scaled(low)
 
 
 def _block_shape(shape, chunks, halo):

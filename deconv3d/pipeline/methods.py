@@ -17,7 +17,8 @@ root of its second central moment; see :func:`rl_halo`, :func:`wiener_halo`):
   and 102 dB; at 100 iterations a halo of 3 still gives 50 dB. tests/pipeline/test_seams.py
   asserts >= 50 dB for rl, rl-tv and accelerated rl.
 * Biggs-Andrews acceleration picks its step from the whole image, which blocks cannot share:
-  the pipeline measures the adaptive steps once on a central block
+  the pipeline measures the adaptive steps once on a central box (the whole volume when the
+  memory model says it fits: ``deconv3d.pipeline._sample_shape``)
   (:func:`deconv3d.classical.rl_alpha_schedule`) and replays them on every block
   (:meth:`RichardsonLucyBlock.with_alpha_schedule`); adaptive steps per block cap the seam
   PSNR at about 46 dB whatever the halo.
@@ -75,10 +76,11 @@ class RichardsonLucyBlock:
         _preload(self.device)
 
     def with_alpha_schedule(self, data, block_shape) -> "RichardsonLucyBlock":
-        """A copy that replays the acceleration steps measured on the central ``block_shape`` of ``data``.
+        """A copy that replays the acceleration steps measured on the central ``block_shape`` of ``data``
+        (run_chunked passes the largest box that fits in memory, the whole volume if it can).
 
         Without acceleration (or with a schedule already) the block is returned unchanged.
-        ``data`` may be a dask array: only the central block is read.
+        ``data`` may be a dask array: only the central box is read.
         """
         if not (isinstance(self.accelerate, bool) and self.accelerate):
             return self

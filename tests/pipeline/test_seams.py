@@ -52,6 +52,29 @@ def test_accelerated_rl_replays_one_schedule(volume, psf3d):
     assert psnr(adaptive, chunked(volume, fn, CHUNKS[1])) >= 40  # a schedule from one block is close
 
 
+def test_chunked_accelerated_rl_measures_its_steps_on_the_whole_volume_when_it_fits(tmp_path, volume, psf3d):
+    """With a memory model, run_chunked measures the schedule on as large a centred box as memory
+    allows: here the whole volume, so the chunked run equals the adaptive whole-volume run
+    (measured on one block it was 43 dB in the pipeline review); under a limit too small for
+    the whole volume, a box between a block and the volume."""
+    from deconv3d.omezarr import read_ome_zarr
+    from deconv3d.pipeline import MemoryModel, _sample_shape
+    from deconv3d.pipeline.memory import current_rss
+
+    fn = RichardsonLucyBlock(psf3d, iterations=10, accelerate=True)
+    adaptive = richardson_lucy(volume, psf3d, 10, accelerate=True, device="cpu")
+    model = MemoryModel("rl", psf3d.shape, accelerate=True)
+    run_chunked(volume, fn, tmp_path / "m.zarr", chunks=CHUNKS[1], model=model)
+    assert psnr(adaptive, read_ome_zarr(tmp_path / "m.zarr")[0]) >= 60  # 49.5 with one block's steps
+    block = (24, 34, 31)  # CHUNKS[1] and the halo, cut to the volume
+    assert _sample_shape(volume.shape, CHUNKS[1], fn.halo(), None, None) == block
+    assert _sample_shape(volume.shape, CHUNKS[1], fn.halo(), model, None) == volume.shape
+    limit = current_rss() + model.block_bytes((24, 40, 40))
+    middle = _sample_shape(volume.shape, CHUNKS[1], fn.halo(), model, limit)
+    assert all(b <= m <= n for b, m, n in zip(block, middle, volume.shape)) and middle != volume.shape
+    assert model.block_bytes(middle) <= model.block_bytes((24, 40, 40))
+
+
 @pytest.mark.parametrize("chunks", CHUNKS)
 def test_wiener_chunked_equals_whole(volume, psf3d, chunks):
     fn = WienerBlock(psf3d, balance=1e-3)
