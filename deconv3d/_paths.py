@@ -4,6 +4,7 @@ under until they are complete (:mod:`deconv3d.io`, :mod:`deconv3d.pipeline.outpu
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -50,9 +51,18 @@ def check_output_path(output, inputs=(), suffixes=None) -> None:
 
 
 def temporary_name(path: Path) -> Path:
-    """A hidden sibling of ``path`` that marks itself as unfinished, and names the process writing
-    it (``.NAME.<pid>-<id>.tmp``; :func:`deconv3d.pipeline.output.remove_stale_temporaries` sweeps them)."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    """A hidden sibling of ``path`` that marks itself as unfinished, and names the machine and the
+    process writing it (``.NAME.<host>@<pid>-<id>.tmp``;
+    :func:`deconv3d.pipeline.output.remove_stale_temporaries` sweeps them)."""
+    return path.with_name(f".{path.name}.{host_tag()}@{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def host_tag() -> str:
+    """This machine's name as a file-name part (letters, digits and '-'): jobs on several cluster
+    nodes writing into one shared folder must not take each other's temporaries for leftovers."""
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -11,24 +11,37 @@ import contextlib
 import glob
 import os
 import re
+import time
 import shutil
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d._paths import temporary_name
+from deconv3d._paths import host_tag, temporary_name
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
 _TMP_SUFFIX = ".tmp"
 
 
+#: Seconds after its last change that a temporary written from another machine counts as abandoned.
+OTHER_HOST_STALE_AGE = 2 * 24 * 3600
+
+
 def _writer_alive(entry: Path) -> bool:
     """Whether another process that is still running writes ``entry`` (named by :func:`temporary_name`,
-    possibly a temporary of a temporary, whose last part names the writer)."""
-    match = re.search(r"\.(\d+)-[0-9a-f]{8}" + re.escape(_TMP_SUFFIX) + "$", entry.name)
+    possibly a temporary of a temporary, whose last part names the writer). A temporary from
+    another machine (a job on another node of a cluster, writing into the same shared folder) is
+    taken as live until it has not changed for :data:`OTHER_HOST_STALE_AGE`: its process cannot
+    be asked from here, and removing it broke that job's write."""
+    match = re.search(r"\.(?:([A-Za-z0-9-]+)@)?(\d+)-[0-9a-f]{8}" + re.escape(_TMP_SUFFIX) + "$", entry.name)
     if match is None:  # an older name without the process: stale
         return False
-    pid = int(match.group(1))
+    if match.group(1) is not None and match.group(1) != host_tag():
+        try:
+            return time.time() - entry.stat().st_mtime < OTHER_HOST_STALE_AGE
+        except OSError:
+            return False
+    pid = int(match.group(2))
     if pid == os.getpid():
         return False
     try:

@@ -149,6 +149,28 @@ def test_the_sweep_spares_a_temporary_a_running_process_writes(tmp_path):
     assert remove_stale_temporaries(tmp_path / "img.zarr") == [live]
 
 
+def test_the_sweep_leaves_another_machines_temporary_until_it_is_old(tmp_path):
+    """Jobs on two cluster nodes writing into one folder deleted each other's temporaries (a pid
+    cannot be asked about on another machine); a recent one from elsewhere is now left alone."""
+    import os
+    import time
+
+    from deconv3d._paths import host_tag, temporary_name
+    from deconv3d.pipeline.output import OTHER_HOST_STALE_AGE
+
+    mine = temporary_name(tmp_path / "img.zarr")
+    assert mine.name.startswith(f".img.zarr.{host_tag()}@{os.getpid()}-")
+    other = tmp_path / f".img.zarr.{host_tag()}x@1-0123abcd.tmp"  # another host, its pid meaningless here
+    old = tmp_path / f".img.zarr.{host_tag()}y@1-89abcdef.tmp"
+    here_gone = tmp_path / f".img.zarr.{host_tag()}@999999999-aaaabbbb.tmp"  # this host, no such process
+    for entry in (other, old, here_gone):
+        entry.mkdir()
+    stale = time.time() - OTHER_HOST_STALE_AGE - 60
+    os.utime(old, (stale, stale))
+    assert remove_stale_temporaries(tmp_path / "img.zarr") == sorted([old, here_gone])
+    assert other.exists()
+
+
 def test_a_chunked_deconvolve_sweeps_what_a_killed_run_left(files):
     """Only batch swept leftovers; a killed deconvolve left a hidden copy as large as its output."""
     import subprocess
