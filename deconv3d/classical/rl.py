@@ -54,7 +54,10 @@ def richardson_lucy(
         RL with the exact mirror model, forward ``H P u`` and adjoint ``P^T H^T``; zero-boundary
         RL on the mirrored field had 1.1-2.1x the interior's); ``"bertero"`` (default) estimates the
         object on a domain extended by the PSF size, compares with the data inside the
-        image only and normalises by ``H^T 1``, which removes ringing at the borders [3]_;
+        image only and normalises by ``H^T 1``, which removes ringing at the borders [3]_
+        (a feature sharper than the PSF on the border itself, such as a hot pixel, is then
+        explained by light from outside the field and comes back dim: remove hot pixels
+        first, or use ``"reflect"``);
         ``"periodic"`` wraps the image around (circulant model at the image shape, the
         fastest and the one RedLionfish's CPU path uses; it rings at the borders).
     tv_weight : float

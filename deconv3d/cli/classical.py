@@ -180,6 +180,10 @@ def cmd_deconvolve(args) -> int:
     if args.method == "rl-tv" and not args.tv_weight > 0:
         raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
     voxel = voxel_size_of(args, image)
+    negative = float(np.mean(image.data < 0))
+    if args.method in ("rl", "rl-tv") and negative > NEGATIVE_SHARE:
+        warnings.append(f"deconv3d: warning: {negative:.0%} of {args.input}'s voxels are negative (a subtracted "
+                        "offset?); Richardson-Lucy counts them as 0: add the offset back, or use --method wiener")
     if args.method != "ssl" and (args.model or args.steps):
         raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
     if args.psf is None and args.psf_model is None and not (args.method == "ssl" and args.model):
@@ -216,6 +220,10 @@ def cmd_deconvolve(args) -> int:
     write_tiff(args.output, result, voxel_size=voxel, metadata=meta)
     print(f"wrote {args.output}: {args.method} on {image.data.shape} in {seconds:.1f} s")
     return 0
+
+
+#: deconvolve warns when more than this share of an image's voxels, which RL clips to 0, are negative.
+NEGATIVE_SHARE = 0.01
 
 
 def _read_one_image(path):
