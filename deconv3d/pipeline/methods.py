@@ -10,12 +10,17 @@ root of its second central moment; see :func:`rl_halo`, :func:`wiener_halo`):
 * Richardson-Lucy (rl, rl-tv): each iteration convolves with the PSF and correlates back, so after
   ``n`` iterations a voxel can feel data up to ``2 n r`` voxels away (``r`` the PSF half-size), but
   that influence decays fast and spreads like a random walk, as ``sigma * sqrt(2 n + 1)``. The halo
-  is ``ceil(sigma * (4 + 0.5 * sqrt(2 n + 1)))``, capped at ``2 n r``: four widths for the PSF
-  itself plus half a diffusion width. Measured on a Poisson-noisy bead volume (40 x 128 x 128,
-  sigma 1.5/1.2/1.2, 20 iterations, chunks 16 x 48 x 48): this rule's halo (11, 9, 9) gives
+  is ``ceil(sigma * (4 + 0.5 * sqrt(2 n + 1)))``, capped at the PSF's size ``2 r``: four widths for
+  the PSF itself plus half a diffusion width. Measured on a Poisson-noisy bead volume (40 x 128 x
+  128, sigma 1.5/1.2/1.2, 20 iterations, chunks 16 x 48 x 48): this rule's halo (11, 9, 9) gives
   92 dB against the whole-volume result; a flat halo of 3, 5, 8 and 12 voxels gives 58, 67, 83
-  and 102 dB; at 100 iterations a halo of 3 still gives 50 dB. tests/pipeline/test_seams.py
-  asserts >= 50 dB for rl, rl-tv and accelerated rl.
+  and 102 dB; at 100 iterations a halo of 3 still gives 50 dB. A widefield PSF's faint defocus
+  cone inflates its RMS width (8-12 voxels for a 31 x 65 x 65 kernel), so uncapped the rule
+  asked for halos of 58-111 voxels, blocks several times the chunks and runs up to 6x slower
+  than the whole volume; with the cap (30, 64, 64), phantoms of 48 x 160-192^2 with chunks
+  16 x 64 x 64 came within 80.6 dB (vectorial NA 1.4, 20 iterations) and 87.9 dB (Gibson-Lanni
+  NA 1.2, 50 iterations) of the whole-volume result; at the half-size, 47 and 53 dB.
+  tests/pipeline/test_seams.py asserts >= 50 dB for rl, rl-tv and accelerated rl.
 * Biggs-Andrews acceleration picks its step from the whole image, which blocks cannot share:
   the pipeline measures the adaptive steps once on a central box (the whole volume when the
   memory model says it fits: ``deconv3d.pipeline._sample_shape``)
@@ -182,12 +187,13 @@ def _preload(device) -> None:
 
 
 def rl_halo(psf, iterations: int) -> tuple[int, ...]:
-    """The Richardson-Lucy halo per axis: ``ceil(sigma (4 + 0.5 sqrt(2n + 1)))``, at most ``2 n r``."""
+    """The Richardson-Lucy halo per axis: ``ceil(sigma (4 + 0.5 sqrt(2n + 1)))``, at most the PSF's
+    size ``2 r`` (none for 0 iterations)."""
     psf = np.asarray(psf)
     halo = []
     for s, k in zip(psf_rms_width(psf), psf.shape):
         spread = math.ceil(s * (4 + 0.5 * math.sqrt(2 * iterations + 1)))
-        halo.append(int(max(0, min(spread, 2 * iterations * (k // 2)))))
+        halo.append(int(max(0, min(spread, 2 * min(iterations, 1) * (k // 2)))))
     return tuple(halo)
 
 

@@ -66,7 +66,10 @@ def test_chunked_accelerated_rl_measures_its_steps_on_the_whole_volume_when_it_f
     model = MemoryModel("rl", psf3d.shape, accelerate=True)
     run_chunked(volume, fn, tmp_path / "m.zarr", chunks=CHUNKS[1], model=model)
     assert psnr(adaptive, read_ome_zarr(tmp_path / "m.zarr")[0]) >= 60  # 49.5 with one block's steps
-    block = (24, 34, 31)  # CHUNKS[1] and the halo, cut to the volume
+    from deconv3d.pipeline.memory import largest_block
+
+    block = largest_block(volume.shape, CHUNKS[1], fn.halo())  # a block and its halo, cut to the volume
+    assert block != volume.shape
     assert _sample_shape(volume.shape, CHUNKS[1], fn.halo(), None, None) == block
     assert _sample_shape(volume.shape, CHUNKS[1], fn.halo(), model, None) == volume.shape
     limit = current_rss() + model.block_bytes((24, 40, 40))
@@ -141,7 +144,7 @@ def test_residual_network_inference_chunked_equals_whole(network, chunks):
 
     fn, _, _ = network
     # Any network adds its correction to RL the same way; a wide PSF makes RL reach beyond the network.
-    psf = gaussian_psf((15, 15), (4.0, 4.0))
+    psf = gaussian_psf((31, 31), (4.0, 4.0))
     image = blurred_beads((128, 128), psf, seed=5, count=80)
     trained = dataclasses.replace(fn.trained, reference=Reference(60, 0.0), psf=psf)
     residual = NetworkBlock(trained, context=fn.context, band_limit=None)
@@ -152,7 +155,7 @@ def test_residual_network_inference_chunked_equals_whole(network, chunks):
     whole = apply_model(trained, image, device="cpu", context=fn.context, band_limit=None)
     assert np.abs(whole - apply_model(fn.trained, image, device="cpu", context=fn.context, band_limit=None)).max() > 0
     full = psnr(whole, chunked(image, residual, chunks))
-    assert full >= 50 and full > psnr(whole, chunked(image, residual, chunks, halo=(fn.context,) * 2)) + 10  # 80 vs 62
+    assert full >= 50 and full > psnr(whole, chunked(image, residual, chunks, halo=(fn.context,) * 2)) + 5  # 77 vs 68
 
 
 def test_network_chunks_rounded_to_pooling_grid(tmp_path, network):
@@ -212,9 +215,27 @@ def test_rl_halo_rule():
     psf = gaussian_psf((11, 11, 11), (1.5, 1.2, 1.2))
     widths = psf_rms_width(psf)
     assert widths == pytest.approx((1.5, 1.2, 1.2), abs=0.02)
-    assert rl_halo(psf, 20) == tuple(int(np.ceil(w * (4 + 0.5 * np.sqrt(41)))) for w in widths)
+    rule = tuple(int(np.ceil(w * (4 + 0.5 * np.sqrt(41)))) for w in widths)
+    assert rule == (11, 9, 9) and rl_halo(psf, 20) == (10, 9, 9)  # z capped at the kernel's size, 2 r = 10
     # A broad PSF in a small box: one iteration spreads light by at most the box's half-size r,
     # so the rule's larger spread is capped at 2 n r.
     box = gaussian_psf((5, 5, 5), (3.0, 3.0, 3.0))
     spread = [int(np.ceil(w * (4 + 0.5 * np.sqrt(3)))) for w in psf_rms_width(box)]
     assert min(spread) > 4 and rl_halo(box, 1) == (4, 4, 4)
+    assert rl_halo(box, 5) == (4, 4, 4) and rl_halo(box, 0) == (0, 0, 0)  # the PSF's size, whatever n
+
+
+def test_rl_halo_capped_at_the_psf_size_keeps_seams_invisible_for_a_heavy_tailed_psf():
+    """A widefield-like PSF (a sharp core plus a faint wide cone) has an RMS width that asks for a
+    halo beyond the kernel; capped at the kernel's size, chunked still equals whole."""
+    grids = np.meshgrid(*[np.arange(n) - n // 2 for n in (9, 17, 17)], indexing="ij")
+    core = np.exp(-0.5 * sum((g / s) ** 2 for g, s in zip(grids, (1.2, 1.0, 1.0))))
+    cone = np.exp(-0.5 * sum((g / s) ** 2 for g, s in zip(grids, (3.0, 6.0, 6.0))))
+    psf = (core / core.sum() + 0.6 * cone / cone.sum()).astype(np.float32)
+    psf /= psf.sum()
+    spread = [int(np.ceil(w * (4 + 0.5 * np.sqrt(41)))) for w in psf_rms_width(psf)]
+    assert all(sp > k - 1 for sp, k in zip(spread, psf.shape)) and rl_halo(psf, 20) == (8, 16, 16)
+    image = blurred_beads((32, 96, 96), psf, seed=3, count=60)
+    fn = RichardsonLucyBlock(psf, iterations=20)
+    whole = richardson_lucy(image, psf, 20, device="cpu")
+    assert psnr(whole, chunked(image, fn, (12, 32, 32))) >= 50
