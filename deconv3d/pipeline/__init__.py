@@ -25,7 +25,7 @@ from deconv3d._paths import TIFF_SUFFIXES
 from deconv3d.errors import InputError
 from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, blockwise, plan_chunks, release_memory, run_blocks,
                                        store_blocks)
-from deconv3d.pipeline.memory import (MemoryModel, choose_chunks, current_rss, parse_memory,
+from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, current_rss, parse_memory,
                                       return_large_allocations, round_chunks)
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
@@ -208,28 +208,22 @@ def _fn_for(fns, block_fn, index, axes):
     return fns[channel]
 
 
-#: Without a memory limit, the box :func:`_sample_shape` measures on may take this many times a block's memory.
-SAMPLE_BLOCKS = 8
-
-
 def _sample_shape(shape, chunks, halo, model, memory_limit) -> tuple[int, ...]:
     """The centred box a block callable's ``prepare`` measures its common settings on (accelerated
-    RL's step schedule): the whole volume when the memory model says it fits (under the limit,
-    or without one in :data:`SAMPLE_BLOCKS` blocks' memory), else the largest box scaled up
-    from a block that does; a block without a model.
+    RL's step schedule): under a memory limit, the whole volume when the memory model says it
+    fits, else the largest box scaled up from a block that does; one block otherwise (chunks
+    given without a limit bound each block's memory, often a GPU's, which a larger box would
+    overrun, and it would cost up to a whole-volume run before the blocks).
 
     The adaptive steps depend on the whole image: measured on one block, a chunked run differed
     from the whole-volume run by up to 11 % of the maximum (43 dB); on the whole volume it
     replays that run's steps exactly.
     """
     block = tuple(_block_shape(shape, chunks, halo))
-    if model is None:
+    if model is None or memory_limit is None:
         return block
-    if memory_limit is not None:
-        limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
-        budget = limit - current_rss()
-    else:
-        budget = SAMPLE_BLOCKS * model.block_bytes(block)
+    limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
+    budget = limit - current_rss() - RESIDENT_ALLOWANCE
     if model.block_bytes(shape) <= budget:
         return tuple(shape)
     scaled = lambda f: tuple(min(n, max(b, int(b * f))) for n, b in zip(shape, block))

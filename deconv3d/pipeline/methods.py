@@ -22,8 +22,8 @@ root of its second central moment; see :func:`rl_halo`, :func:`wiener_halo`):
   NA 1.2, 50 iterations) of the whole-volume result; at the half-size, 47 and 53 dB.
   tests/pipeline/test_seams.py asserts >= 50 dB for rl, rl-tv and accelerated rl.
 * Biggs-Andrews acceleration picks its step from the whole image, which blocks cannot share:
-  the pipeline measures the adaptive steps once on a central box (the whole volume when the
-  memory model says it fits: ``deconv3d.pipeline._sample_shape``)
+  the pipeline measures the adaptive steps once on a central box (under a memory limit the
+  whole volume when the memory model says it fits: ``deconv3d.pipeline._sample_shape``)
   (:func:`deconv3d.classical.rl_alpha_schedule`) and replays them on every block
   (:meth:`RichardsonLucyBlock.with_alpha_schedule`); adaptive steps per block cap the seam
   PSNR at about 46 dB whatever the halo.
@@ -82,7 +82,8 @@ class RichardsonLucyBlock:
 
     def with_alpha_schedule(self, data, block_shape) -> "RichardsonLucyBlock":
         """A copy that replays the acceleration steps measured on the central ``block_shape`` of ``data``
-        (run_chunked passes the largest box that fits in memory, the whole volume if it can).
+        (run_chunked passes, under a memory limit, the largest box that fits, the whole volume if
+        it can; one block otherwise).
 
         Without acceleration (or with a schedule already) the block is returned unchanged.
         ``data`` may be a dask array: only the central box is read.
