@@ -44,7 +44,9 @@ NANOMETRE_LIKE = 20.0
 
 
 def refuse_nanometres(voxel_size, fix: str, what: str = "voxel size") -> None:
-    """Refuse a voxel size with a side above :data:`NANOMETRE_LIKE` µm, naming ``fix``."""
-    if voxel_size is not None and max(voxel_size) > NANOMETRE_LIKE:
-        shown = " ".join(f"{v:g}" for v in voxel_size)
-        raise InputError(f"{what} {shown} µm looks like nanometres: {fix}")
+    """Refuse a voxel size with a side above :data:`NANOMETRE_LIKE` µm, naming ``fix``; unknown
+    sides (None, in a file that calibrates some axes only) are left out."""
+    known = [v for v in voxel_size or () if v is not None]
+    if known and max(known) > NANOMETRE_LIKE:
+        shown = " ".join("?" if v is None else f"{v:g}" for v in voxel_size)
+        raise InputError(f"{what} {shown} µm looks like nanometres (or a print resolution in dpi): {fix}")

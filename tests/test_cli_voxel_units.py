@@ -95,6 +95,29 @@ def test_resampling_refuses_a_single_voxel_or_a_giant_psf():
         resample_psf(psf, (0.3, 0.1, 0.1), (300, 100, 100))
     with pytest.raises(InputError, match=r"would be \(4001, 8001, 8001\) voxels"):
         resample_psf(psf, (300, 100, 100), (0.3, 0.1, 0.1))
+    with pytest.raises(InputError, match="is one voxel wide across the image plane"):  # (5, 1, 1): z kept
+        resample_psf(psf, (0.3, 0.1, 0.1), (0.3, 100, 100))
+
+
+@pytest.mark.parametrize("name, write", [
+    ("partial.tif", lambda p, a: tifffile.imwrite(p, a, resolution=(72 / 2.54,) * 2, resolutionunit="CENTIMETER",
+                                                  metadata={"axes": "ZYX"})),  # a 72 dpi export
+    ("partial.ome.tif", lambda p, a: tifffile.imwrite(p, a, metadata={"axes": "ZYX", "PhysicalSizeX": 100,
+                                                                      "PhysicalSizeY": 100})),
+])
+def test_implausible_pixel_sizes_without_a_z_step_are_refused_too(files, capsys, name, write):
+    """The partial calibration's known sizes go through the same check: a 72 dpi export (353 µm
+    pixels) ran with a PSF of (7, 1, 1) voxels, exit 0, in the diff review."""
+    path = files / name
+    write(path, np.random.default_rng(0).poisson(100, (12, 40, 40)).astype(np.uint16))
+    assert read_image(path).partial_voxel is not None
+    code, _, err = run(["deconvolve", path, "--psf", files / "psf.tif", "-o", files / "o.tif", "--iterations", 2,
+                        "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "looks like nanometres (or a print resolution in dpi)")
+    assert not (files / "o.tif").exists()
+    code, _, err = run(["batch", files, "-o", files / "out", "--psf", files / "psf.tif", "--iterations", 1,
+                        "--pattern", "partial*"], capsys)
+    assert code == 3 and "print resolution" in err, err
 
 
 def test_a_2d_image_with_a_generated_psf_is_told_to_give_a_psf_file(files, capsys):

@@ -375,6 +375,16 @@ def test_distill_warns_when_its_box_cuts_the_psfs_tails():
     beads = (1000 * core + 60 * halo + 10).astype(np.float32)
     with pytest.warns(RuntimeWarning, match=r"holds about \d+% of a bead's light .* give a larger box, e.g. size"):
         distill_psf(beads)
+    # Four compact beads on an uneven background (+-10 % across x): their default box holds all their
+    # light, which the image's median background made look like 37 %.
+    rng = np.random.default_rng(0)
+    grid = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    four = sum(1000 * np.exp(-0.5 * sum(((g - c) / s) ** 2 for g, c, s in zip(grid, (20, y, x), (2, 1.5, 1.5))))
+               for y in (24, 72) for x in (24, 72))
+    uneven = rng.poisson(four + 100 * (1 + np.linspace(-0.1, 0.1, shape[2]))).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        distill_psf(uneven)
 
 
 def test_the_cli_prints_library_warnings_as_its_own_lines(tmp_path, capsys):

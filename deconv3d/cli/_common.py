@@ -68,6 +68,9 @@ def voxel_size_of(args, image):
         raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm)")
     voxel = tuple(args.voxel_size) if args.voxel_size else image.voxel_size
     if voxel is None:
+        if not args.voxel_size:  # the sizes a file records for some axes only
+            refuse_nanometres(getattr(image, "partial_voxel", None), "the file's unit is wrong: fix it (Fiji: "
+                              "Image > Properties) or pass --voxel-size in µm")
         return None
     voxel = tuple(voxel)[-image.data.ndim:]
     if min(voxel) <= 0:

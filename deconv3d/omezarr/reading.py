@@ -287,15 +287,15 @@ def _image_group(path: Path):
 def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
     import dask.array as da
 
-    group, path = _image_group(path)
-    ms = _multiscale(dict(group.attrs), path)
+    group, image_path = _image_group(path)  # path stays the input's name, for messages and outputs
+    ms = _multiscale(dict(group.attrs), image_path)
     if level >= len(ms.get("datasets", [])):
         raise InputError(f"{path} has no resolution level {level}")
     component = ms["datasets"][level]["path"]
     try:
-        data = da.from_zarr(str(path), component=component)
+        data = da.from_zarr(str(image_path), component=component)
     except Exception as exc:
-        raise InputError(f"cannot read level {component!r} of {path}: {_one_line(exc)}") from exc
+        raise InputError(f"cannot read level {component!r} of {image_path}: {_one_line(exc)}") from exc
     axes, units = _axes_of(ms, data.ndim, path)
     scale, base = _level_scale(ms, level, data.ndim), _level_scale(ms, 0, data.ndim)
     drop = ()
@@ -307,7 +307,7 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
     spatial = _zarr_voxel(axes, scale, units, base)
     if data.dtype != np.float32:
         data = data.astype(np.float32)
-    reader = ZarrReader(path, component, shape=data.shape, drop=drop)
+    reader = ZarrReader(image_path, component, shape=data.shape, drop=drop)
     time_axis = None
     if "T" in axes:  # kept for the output, which would otherwise say 1 with no unit
         t = axes.index("T")
@@ -338,4 +338,4 @@ def read_ome_zarr(path, level: int = 0):
     """Load one level of an OME-Zarr (v0.4 or v0.5) image: ``(array, voxel_size, axes, attrs)``."""
     path = Path(path)
     lazy = _open_ome_zarr(path, level)
-    return np.asarray(lazy.data.compute()), lazy.voxel_size, lazy.axes, dict(_open_group(lazy.path).attrs)
+    return np.asarray(lazy.data.compute()), lazy.voxel_size, lazy.axes, dict(_image_group(lazy.path)[0].attrs)

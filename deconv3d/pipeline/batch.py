@@ -87,7 +87,11 @@ class Settings:
                f"chunks needs 3 positive whole numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")
         # Checked here, before any file runs: each of a night's files failed on them one by one.
         _check(isinstance(self.accelerate, bool), f"accelerate must be true or false, got {self.accelerate!r}")
-        _check(self.memory_limit is None or isinstance(self.memory_limit, str),
+        # A bare number is bytes for the Python API (as run_chunked takes); a small one is a config's
+        # "memory_limit = 500" that meant megabytes, refused rather than read as 500 bytes.
+        _check(self.memory_limit is None or isinstance(self.memory_limit, str)
+               or (isinstance(self.memory_limit, int) and not isinstance(self.memory_limit, bool)
+                   and self.memory_limit >= 2**20),
                f"memory_limit needs a unit, like \"4GB\" or \"512MiB\", got {self.memory_limit!r}")
         from deconv3d.fft import resolve_device
 
@@ -453,6 +457,7 @@ def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:
     problem = getattr(lazy, "voxel_problem", None)
     if problem:
         raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm)")
-    refuse_nanometres(lazy.voxel_size, f"the unit of {Path(lazy.path).name} is wrong: fix it (Fiji: Image > "
-                      "Properties) or pass --voxel-size in µm")
+    for recorded in (lazy.voxel_size, getattr(lazy, "partial_voxel", None)):
+        refuse_nanometres(recorded, f"the unit of {Path(lazy.path).name} is wrong: fix it or pass --voxel-size "
+                          "in µm")
     return lazy.voxel_size

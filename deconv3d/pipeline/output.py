@@ -37,10 +37,7 @@ def _writer_alive(entry: Path) -> bool:
     if match is None:  # an older name without the process: stale
         return False
     if match.group(1) is not None and match.group(1) != host_tag():
-        try:
-            return time.time() - entry.stat().st_mtime < OTHER_HOST_STALE_AGE
-        except OSError:
-            return False
+        return _changed_since(entry, time.time() - OTHER_HOST_STALE_AGE)
     pid = int(match.group(2))
     if pid == os.getpid():
         return False
@@ -51,6 +48,22 @@ def _writer_alive(entry: Path) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def _changed_since(entry: Path, moment: float) -> bool:
+    """Whether ``entry`` or anything under it changed after ``moment`` (stops at the first that did):
+    a zarr folder's own time changes only when its top-level entries do, not as chunks are written."""
+    stack = [str(entry)]
+    while stack:
+        path = stack.pop()
+        try:
+            if os.lstat(path).st_mtime > moment:
+                return True
+            if os.path.isdir(path) and not os.path.islink(path):
+                stack.extend(os.path.join(path, name) for name in os.listdir(path))
+        except OSError:  # removed meanwhile
+            continue
+    return False
 
 
 def _remove(path: Path) -> None:

@@ -284,9 +284,9 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     Raises
     ------
     InputError
-        For a voxel size that is not positive, and when the resampled PSF would be a single
-        voxel or more than :data:`MAX_RESAMPLED_VOXELS`: both come from voxel sizes in
-        different units (nanometres given as micrometres).
+        For a voxel size that is not positive, and when the resampled PSF would be one voxel
+        wide across the image plane or more than :data:`MAX_RESAMPLED_VOXELS` voxels: both
+        come from voxel sizes in different units (nanometres given as micrometres).
 
     Notes
     -----
@@ -305,8 +305,10 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     half = np.floor((np.asarray(psf.shape) - 1) / 2.0 / step + 0.5).astype(int)
     shape = tuple(int(n) for n in 2 * half + 1)
     sizes = f"from {_shown(src)} µm voxels to {_shown(dst)} µm"
-    if max(shape) == 1 and max(psf.shape) > 1:  # deconvolving with it would return the image unchanged
-        raise InputError(f"resampled {sizes} the PSF is a single voxel: check that both voxel sizes are in "
+    # Deconvolving with a PSF one voxel wide across the image plane would leave it as it is there
+    if any(m == 1 and n >= 3 for m, n in zip(shape[-2:], psf.shape[-2:])):
+        width = "a single voxel" if max(shape) == 1 else "one voxel wide across the image plane"
+        raise InputError(f"resampled {sizes} the PSF is {width}: check that both voxel sizes are in "
                          "micrometres")
     if np.prod(shape, dtype=float) > MAX_RESAMPLED_VOXELS:
         raise InputError(f"resampled {sizes} the PSF would be {shape} voxels: check that both voxel sizes are in "

@@ -490,6 +490,7 @@ def test_reads_a_bioformats2raw_folder_and_its_image_group(tmp_path, capsys):
                                         {"type": "scale", "scale": [0.3, 0.1, 0.1]}]}]}]
     for path in (tmp_path / "b2r.zarr", tmp_path / "b2r.zarr" / "0"):
         lazy = open_lazy(path)
+        assert lazy.path == path  # messages name the input given, not its series "0"
         assert lazy.axes == "ZYX" and lazy.voxel_size == pytest.approx((0.3, 0.1, 0.1))
         np.testing.assert_array_equal(lazy.data.compute(), data)
     write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
@@ -497,3 +498,12 @@ def test_reads_a_bioformats2raw_folder_and_its_image_group(tmp_path, capsys):
                         tmp_path / "psf.tif", "--iterations", 2], capsys)
     assert code == 0, err
     assert read_ome_zarr(tmp_path / "o.zarr")[0].shape == data.shape
+
+
+def test_a_memory_limit_in_bytes_is_still_taken_from_the_python_api(folder):
+    from deconv3d.errors import InputError
+    from deconv3d.pipeline.batch import make_settings
+
+    assert make_settings({"psf": str(folder / "psf.tif"), "memory_limit": 2**30}).memory_limit == 2**30
+    with pytest.raises(InputError, match="memory_limit needs a unit"):
+        make_settings({"psf": str(folder / "psf.tif"), "memory_limit": 500})

@@ -165,10 +165,14 @@ def test_the_sweep_leaves_another_machines_temporary_until_it_is_old(tmp_path):
     here_gone = tmp_path / f".img.zarr.{host_tag()}@999999999-aaaabbbb.tmp"  # this host, no such process
     for entry in (other, old, here_gone):
         entry.mkdir()
+    busy = tmp_path / f".img.zarr.{host_tag()}z@1-cccc0000.tmp"  # old top folder, a chunk written just now
+    (busy / "0" / "c").mkdir(parents=True)
+    (busy / "0" / "c" / "5").write_bytes(b"chunk")
     stale = time.time() - OTHER_HOST_STALE_AGE - 60
-    os.utime(old, (stale, stale))
+    for entry in (old, busy, busy / "0", busy / "0" / "c"):
+        os.utime(entry, (stale, stale))
     assert remove_stale_temporaries(tmp_path / "img.zarr") == sorted([old, here_gone])
-    assert other.exists()
+    assert other.exists() and busy.exists()
 
 
 def test_a_chunked_deconvolve_sweeps_what_a_killed_run_left(files):
