@@ -12,6 +12,12 @@ from deconv3d.io import read_image, write_tiff
 from deconv3d.psf import resample_psf
 
 
+def gaussian_3d(shape, sigma):
+    grids = np.meshgrid(*[np.arange(n) - n // 2 for n in shape], indexing="ij")
+    g = np.exp(-0.5 * sum((x / s) ** 2 for x, s in zip(grids, sigma)))
+    return (g / g.sum()).astype(np.float32)
+
+
 @pytest.fixture
 def files(tmp_path):
     rng = np.random.default_rng(0)
@@ -70,7 +76,7 @@ def test_an_uncalibrated_psf_with_a_calibrated_image_is_named(files, capsys):
 @pytest.mark.parametrize("name, extra, words", [
     ("ij.tif", ["--voxel-size", 300, 100, 100], ["looks like nanometres", "--voxel-size in micrometres"]),
     ("ij_nm.tif", [], ["300 100 100 µm looks like nanometres", "Image > Properties"]),
-    ("ij_nm_label.tif", [], ["would be", "both voxel sizes are in micrometres"]),
+    ("ij_nm_label.tif", [], ["changes scale", "both voxel sizes are in micrometres"]),
 ])
 def test_voxel_sizes_in_the_wrong_unit_are_refused(files, capsys, name, extra, words):
     before = (files / name).read_bytes()
@@ -91,12 +97,16 @@ def test_a_nanometre_voxel_size_in_a_batch_config_is_refused(files, capsys):
 
 def test_resampling_refuses_a_single_voxel_or_a_giant_psf():
     psf = np.ones((5, 9, 9)) / 405
-    with pytest.raises(InputError, match="is a single voxel: check that both voxel sizes are in micrometres"):
-        resample_psf(psf, (0.3, 0.1, 0.1), (300, 100, 100))
-    with pytest.raises(InputError, match=r"would be \(4001, 8001, 8001\) voxels"):
-        resample_psf(psf, (300, 100, 100), (0.3, 0.1, 0.1))
-    with pytest.raises(InputError, match="is one voxel wide across the image plane"):  # (5, 1, 1): z kept
-        resample_psf(psf, (0.3, 0.1, 0.1), (0.3, 100, 100))
+    for src, dst, fold in [((0.3, 0.1, 0.1), (300, 100, 100), "1000 1000 1000"),
+                           ((300, 100, 100), (0.3, 0.1, 0.1), "0.001 0.001 0.001"),
+                           ((0.3, 0.1, 0.1), (0.3, 100, 100), "1 1000 1000")]:  # (5, 1, 1): z kept
+        with pytest.raises(InputError, match=f"changes scale {fold}-fold: check that both voxel sizes are in µm"
+                                             .replace("µm", "micrometres")):
+            resample_psf(psf, src, dst)
+    with pytest.raises(InputError, match=r"would be \(3001, 1201, 1201\) voxels"):
+        resample_psf(np.ones((61, 121, 121)) / 61 / 121**2, (1.0, 1.0, 1.0), (0.02, 0.1, 0.1))  # 50x, 10x finer
+    # A low-magnification image (6.5 µm camera at 4x): a fine PSF one pixel wide laterally, as before
+    assert resample_psf(gaussian_3d((41, 15, 15), (4, 1.5, 1.5)), (0.5, 0.1, 0.1), (4, 1.625, 1.625)).shape[1:] == (1, 1)
 
 
 @pytest.mark.parametrize("name, write", [

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,7 @@ class Settings:
         # A bare number is bytes for the Python API (as run_chunked takes); a small one is a config's
         # "memory_limit = 500" that meant megabytes, refused rather than read as 500 bytes.
         _check(self.memory_limit is None or isinstance(self.memory_limit, str)
-               or (isinstance(self.memory_limit, int) and not isinstance(self.memory_limit, bool)
+               or (isinstance(self.memory_limit, numbers.Integral) and not isinstance(self.memory_limit, bool)
                    and self.memory_limit >= 2**20),
                f"memory_limit needs a unit, like \"4GB\" or \"512MiB\", got {self.memory_limit!r}")
         from deconv3d.fft import resolve_device

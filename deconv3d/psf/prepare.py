@@ -235,6 +235,10 @@ def _smallest_box(table: np.ndarray, centre, limit, goal: float, square: bool = 
     return best
 
 
+#: Voxel sizes of a PSF and an image that differ this many times along an axis are taken for units
+#: that disagree (nanometres given as micrometres: 1000), not for a PSF measured at another sampling.
+MAX_VOXEL_RATIO = 100
+
 #: The largest PSF :func:`resample_psf` builds (512^3, 0.5 GiB in float32): beyond it the two voxel
 #: sizes are in different units (nanometres given as micrometres) far more often than a PSF is that large.
 MAX_RESAMPLED_VOXELS = 512**3
@@ -284,9 +288,10 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     Raises
     ------
     InputError
-        For a voxel size that is not positive, and when the resampled PSF would be one voxel
-        wide across the image plane or more than :data:`MAX_RESAMPLED_VOXELS` voxels: both
-        come from voxel sizes in different units (nanometres given as micrometres).
+        For a voxel size that is not positive, for voxel sizes :data:`MAX_VOXEL_RATIO` times
+        apart along an axis, and when the resampled PSF would be more than
+        :data:`MAX_RESAMPLED_VOXELS` voxels: these come from voxel sizes in different units
+        (nanometres given as micrometres).
 
     Notes
     -----
@@ -305,11 +310,10 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     half = np.floor((np.asarray(psf.shape) - 1) / 2.0 / step + 0.5).astype(int)
     shape = tuple(int(n) for n in 2 * half + 1)
     sizes = f"from {_shown(src)} µm voxels to {_shown(dst)} µm"
-    # Deconvolving with a PSF one voxel wide across the image plane would leave it as it is there
-    if any(m == 1 and n >= 3 for m, n in zip(shape[-2:], psf.shape[-2:])):
-        width = "a single voxel" if max(shape) == 1 else "one voxel wide across the image plane"
-        raise InputError(f"resampled {sizes} the PSF is {width}: check that both voxel sizes are in "
-                         "micrometres")
+    if (step >= MAX_VOXEL_RATIO).any() or (step <= 1 / MAX_VOXEL_RATIO).any():
+        # a PSF shrunk to a voxel (the image returned unchanged) or blown up: units that disagree
+        raise InputError(f"resampled {sizes} the PSF changes scale {_shown(np.round(step, 3))}-fold: check that "
+                         "both voxel sizes are in micrometres")
     if np.prod(shape, dtype=float) > MAX_RESAMPLED_VOXELS:
         raise InputError(f"resampled {sizes} the PSF would be {shape} voxels: check that both voxel sizes are in "
                          "micrometres, or crop the PSF")

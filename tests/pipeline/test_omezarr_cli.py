@@ -505,5 +505,6 @@ def test_a_memory_limit_in_bytes_is_still_taken_from_the_python_api(folder):
     from deconv3d.pipeline.batch import make_settings
 
     assert make_settings({"psf": str(folder / "psf.tif"), "memory_limit": 2**30}).memory_limit == 2**30
+    assert make_settings({"psf": str(folder / "psf.tif"), "memory_limit": np.int64(2**32)}).memory_limit == 2**32
     with pytest.raises(InputError, match="memory_limit needs a unit"):
         make_settings({"psf": str(folder / "psf.tif"), "memory_limit": 500})
