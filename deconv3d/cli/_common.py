@@ -96,12 +96,13 @@ def load_psf(args, image, voxel, fit_image: bool = True):
         raise InputError("--psf-model generates 3D PSFs: for a 2D image give a --psf file, e.g. one plane made by "
                          "'deconv3d psf --shape 1 31 31 ...'")
     if voxel is None or len(voxel) != 3:
+        from deconv3d.io import _sizes
+
         partial = getattr(image, "partial_voxel", None)
         partial = partial if partial is not None and len(partial) == 3 else (None,) * 3
         missing = "/".join(a for a, v in zip("zyx", partial) if v is None)
-        example = " ".join(n if v is None else f"{v:g}" for n, v in zip(("DZ", "DY", "DX"), partial))
         raise InputError(f"--psf-model needs the image's voxel size, and the image records no {missing} size: "
-                         f"pass --voxel-size {example}")
+                         f"pass --voxel-size {_sizes(partial)}")
     shape = generated_psf_shape(image.data.shape, voxel, args.na, args.wavelength)
     psf = generate_psf(args.psf_model, shape, voxel, args.na, args.wavelength, ni=args.ni, ns=args.ns,
                        depth=args.depth)

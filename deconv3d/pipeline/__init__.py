@@ -72,7 +72,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     if chunks is None and memory_limit is not None:
         if model is None:
             raise InputError("a memory limit needs a memory model of the method")
-        limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
+        limit = parse_memory(memory_limit)
         chunks = choose_chunks(spatial_shape, limit, model, halo, workers=workers, baseline=current_rss(),
                                multiple=multiple)
     if chunks is None:
@@ -84,7 +84,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     if model is not None:
         predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=current_rss())
         if given and memory_limit is not None:  # chunks given with a limit: hold them to it
-            limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
+            limit = parse_memory(memory_limit)
             if predicted > limit:
                 raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
                                  f"{halo}, above the memory limit {memory_limit}: give smaller chunks, or drop "
@@ -222,7 +222,7 @@ def _sample_shape(shape, chunks, halo, model, memory_limit) -> tuple[int, ...]:
     block = tuple(_block_shape(shape, chunks, halo))
     if model is None or memory_limit is None:
         return block
-    limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
+    limit = parse_memory(memory_limit)
     budget = limit - current_rss() - RESIDENT_ALLOWANCE
     if model.block_bytes(shape) <= budget:
         return tuple(shape)

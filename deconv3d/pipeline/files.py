@@ -104,7 +104,7 @@ def _slab_budget(kwargs) -> int | None:
     limit = kwargs.get("memory_limit")
     if limit is None:
         return None
-    limit = parse_memory(limit) if isinstance(limit, str) else int(limit)
+    limit = parse_memory(limit)
     return max(1, (limit - current_rss()) // 4)
 
 

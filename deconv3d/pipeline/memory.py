@@ -73,7 +73,8 @@ _F32, _C64 = 4, 8
 
 
 def parse_memory(text) -> int:
-    """Bytes from ``"4GB"``, ``"512MiB"``, ``"2e9"`` (decimal GB = 1e9 bytes, GiB = 2**30)."""
+    """Bytes from ``"4GB"``, ``"512MiB"``, ``"2e9"`` (decimal GB = 1e9 bytes, GiB = 2**30), or a
+    number of bytes as it is."""
     from dask.utils import parse_bytes
 
     try:
