@@ -48,5 +48,12 @@ def refuse_nanometres(voxel_size, fix: str, what: str = "voxel size") -> None:
     sides (None, in a file that calibrates some axes only) are left out."""
     known = [v for v in voxel_size or () if v is not None]
     if known and max(known) > NANOMETRE_LIKE:
-        shown = " ".join("?" if v is None else f"{v:g}" for v in voxel_size)
-        raise InputError(f"{what} {shown} µm looks like nanometres (or a print resolution in dpi): {fix}")
+        raise InputError(f"{what} {format_sizes(voxel_size)} µm looks like nanometres (or a print resolution in "
+                         f"dpi): {fix}")
+
+
+def format_sizes(values, unknown=None) -> str:
+    """Voxel sizes as the command line takes them (``0.3 0.1 0.1``); an unknown one (None) shows as
+    its entry in ``unknown`` (e.g. ``("DZ", "DY", "DX")``), else as ``?``."""
+    unknown = unknown or ("?",) * len(values)
+    return " ".join(u if v is None else f"{v:g}" for u, v in zip(unknown, values))

@@ -24,7 +24,7 @@ from deconv3d._paths import (TIFF_SUFFIXES, _check_suffix, _check_writable_targe
                              temporary_name)
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
                                      time_axis_of)
-from deconv3d._voxel import checked_voxel_size
+from deconv3d._voxel import checked_voxel_size, format_sizes
 from deconv3d.errors import InputError, warn
 
 __all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES", "time_axis_of",
@@ -185,8 +185,7 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
 
 def _sizes(values) -> str:
     """Voxel sizes as the command line takes them, ``D?`` where unknown: ``0.3 0.1 0.1``, ``DZ 0.1 0.1``."""
-    names = ("DZ", "DY", "DX")[-len(values):]
-    return " ".join(n if v is None else f"{v:g}" for n, v in zip(names, values))
+    return format_sizes(values, ("DZ", "DY", "DX")[-len(values):])
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from deconv3d._voxel import checked_voxel_size
+from deconv3d._voxel import checked_voxel_size, format_sizes
 from deconv3d.errors import InputError
 
 _NEGATIVE_TOLERANCE = 1e-6  # relative to the maximum; interpolation undershoot
@@ -244,10 +244,6 @@ MAX_VOXEL_RATIO = 100
 MAX_RESAMPLED_VOXELS = 512**3
 
 
-def _shown(values) -> str:
-    return " ".join(f"{v:g}" for v in values)
-
-
 def _voxel_integrated(psf: np.ndarray, step) -> np.ndarray:
     """``psf`` averaged over a box ``step`` input voxels wide along every axis it coarsens (step > 1).
 
@@ -309,11 +305,11 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     step = dst / src
     half = np.floor((np.asarray(psf.shape) - 1) / 2.0 / step + 0.5).astype(int)
     shape = tuple(int(n) for n in 2 * half + 1)
-    sizes = f"from {_shown(src)} µm voxels to {_shown(dst)} µm"
+    sizes = f"from {format_sizes(src)} µm voxels to {format_sizes(dst)} µm"
     if (step >= MAX_VOXEL_RATIO).any() or (step <= 1 / MAX_VOXEL_RATIO).any():
         # a PSF shrunk to a voxel (the image returned unchanged) or blown up: units that disagree
-        raise InputError(f"resampled {sizes} the PSF changes scale {_shown(np.round(step, 3))}-fold: check that "
-                         "both voxel sizes are in micrometres")
+        raise InputError(f"resampled {sizes} the PSF changes scale {format_sizes(np.round(step, 3))}-fold: "
+                         "check that both voxel sizes are in micrometres")
     if np.prod(shape, dtype=float) > MAX_RESAMPLED_VOXELS:
         raise InputError(f"resampled {sizes} the PSF would be {shape} voxels: check that both voxel sizes are in "
                          "micrometres, or crop the PSF")
