@@ -24,7 +24,7 @@ from deconv3d._paths import (TIFF_SUFFIXES, _check_suffix, _check_writable_targe
                              temporary_name)
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
                                      time_axis_of)
-from deconv3d._voxel import checked_voxel_size, format_sizes
+from deconv3d._voxel import checked_voxel_size, format_sizes, refuse_nanometres
 from deconv3d.errors import InputError, warn
 
 __all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES", "time_axis_of",
@@ -115,7 +115,8 @@ def read_image(path) -> Image:
 
 def read_psf(path) -> Image:
     """:func:`read_image` for a PSF file: a voxel size that the file records but that is not
-    positive is refused (ignoring it would skip the resampling to the image's voxel size).
+    positive is refused (ignoring it would skip the resampling to the image's voxel size), and so
+    is one that looks like nanometres (:func:`deconv3d._voxel.refuse_nanometres`).
 
     The last file read is remembered (by path, inode, size and change times), so that a run that
     asks for the PSF's voxel size and then for the PSF reads a large measured PSF once; every
@@ -131,6 +132,7 @@ def read_psf(path) -> Image:
         if cached.voxel_problem:
             raise InputError(f"PSF {cached.voxel_problem}: fix its calibration (Fiji: Image > Properties) or save "
                              "it without one")
+        refuse_nanometres(cached.voxel_size, f"fix the unit of {path} (Fiji: Image > Properties)", "PSF voxel size")
         if key is not None:
             with _PSF_LOCK:
                 _PSF_CACHE.clear()

@@ -67,16 +67,16 @@ def voxel_size_of(args, image):
     if problem and not args.voxel_size:
         raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm)")
     voxel = tuple(args.voxel_size) if args.voxel_size else image.voxel_size
+    fix = ("give --voxel-size in micrometres" if args.voxel_size else
+           "the file's unit is wrong: fix it (Fiji: Image > Properties) or pass --voxel-size in µm")
     if voxel is None:
         if not args.voxel_size:  # the sizes a file records for some axes only
-            refuse_nanometres(getattr(image, "partial_voxel", None), "the file's unit is wrong: fix it (Fiji: "
-                              "Image > Properties) or pass --voxel-size in µm")
+            refuse_nanometres(getattr(image, "partial_voxel", None), fix)
         return None
     voxel = tuple(voxel)[-image.data.ndim:]
     if min(voxel) <= 0:
         raise InputError(f"voxel size {voxel} must be positive: pass --voxel-size DZ DY DX")
-    refuse_nanometres(voxel, "give --voxel-size in micrometres" if args.voxel_size else
-                      "the file's unit is wrong: fix it (Fiji: Image > Properties) or pass --voxel-size in µm")
+    refuse_nanometres(voxel, fix)
     return voxel
 
 
@@ -84,10 +84,10 @@ def load_psf(args, image, voxel, fit_image: bool = True):
     """``--psf`` or ``--psf-model``, prepared for ``image``; ``fit_image=False`` allows a PSF larger than it."""
     from deconv3d.io import read_psf
     from deconv3d.psf import generate_psf, prepare_psf
+    from deconv3d.psf.generate import generated_psf_shape
 
     if args.psf:
         psf = read_psf(args.psf)
-        refuse_nanometres(psf.voxel_size, f"fix the unit of {args.psf} (Fiji: Image > Properties)", "PSF voxel size")
         return prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel,
                            fit_image=fit_image)
     if args.na is None or args.wavelength is None:
@@ -107,14 +107,6 @@ def load_psf(args, image, voxel, fit_image: bool = True):
     psf = generate_psf(args.psf_model, shape, voxel, args.na, args.wavelength, ni=args.ni, ns=args.ns,
                        depth=args.depth)
     return prepare_psf(psf, image.data.shape, psf_voxel=voxel, image_voxel=voxel)
-
-
-def generated_psf_shape(image_shape, voxel, na, wavelength):
-    """Odd PSF box: about 8 Airy radii laterally, the image's depth axially, never larger than the image."""
-    airy = 0.61 * wavelength / na
-    lateral = [2 * int(round(8 * airy / d)) + 1 for d in voxel[1:]]
-    wanted = [image_shape[0]] + lateral
-    return tuple(min(w, n if n % 2 else n - 1) for w, n in zip(wanted, image_shape))
 
 
 def print_warnings(lines: list) -> None:

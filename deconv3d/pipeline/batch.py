@@ -260,20 +260,17 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     """
     from deconv3d.io import read_psf
     from deconv3d.psf import generate_psf, prepare_psf
+    from deconv3d.psf.generate import generated_psf_shape
 
     psf = psf if psf is not None else (_many(settings.psf) or (None,))[0]
     wavelength = wavelength if wavelength is not None else (_many(settings.wavelength) or (None,))[0]
     if psf:
         image = read_psf(psf)
-        refuse_nanometres(image.voxel_size, f"fix the unit of {psf} (Fiji: Image > Properties)", "PSF voxel size")
         return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=image.voxel_size, image_voxel=voxel,
                            fit_image=fit_image)
     if voxel is None or len(spatial_shape) != 3:
         raise InputError("psf_model needs a 3D image with a known voxel size: set voxel_size or use a PSF file")
-    airy = 0.61 * wavelength / settings.na
-    lateral = [2 * int(round(8 * airy / d)) + 1 for d in voxel[1:]]
-    wanted = [spatial_shape[0]] + lateral
-    shape = tuple(min(w, n if n % 2 else n - 1) for w, n in zip(wanted, spatial_shape))
+    shape = generated_psf_shape(tuple(spatial_shape), voxel, settings.na, wavelength)
     psf = generate_psf(settings.psf_model, shape, voxel, settings.na, wavelength, ni=settings.ni,
                        ns=settings.ns, depth=settings.depth)
     return prepare_psf(psf, tuple(spatial_shape), psf_voxel=voxel, image_voxel=voxel)

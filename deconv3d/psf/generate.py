@@ -124,3 +124,12 @@ def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth
     if len(shape) == 2:
         shape, voxel = (1, *shape), (voxel[0], *voxel)
     return PSF_MODELS[model], shape, voxel
+
+
+def generated_psf_shape(image_shape, voxel, na, wavelength) -> tuple[int, ...]:
+    """The box of a PSF generated for a 3D image: odd sides, about 8 Airy radii laterally, the
+    image's depth axially, never larger than the image."""
+    airy = 0.61 * wavelength / na
+    lateral = [2 * int(round(8 * airy / d)) + 1 for d in voxel[1:]]
+    wanted = [image_shape[0]] + lateral
+    return tuple(min(w, n if n % 2 else n - 1) for w, n in zip(wanted, image_shape))
