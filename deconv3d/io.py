@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from deconv3d._paths import (TIFF_SUFFIXES, _check_suffix, _check_writable_target, _one_line, check_output_path,
-                             temporary_name)
+from deconv3d._paths import TIFF_SUFFIXES, _check_suffix, _one_line, check_output_path
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
                                      time_axis_of)
-from deconv3d._voxel import checked_voxel_size, format_sizes, refuse_nanometres
+from deconv3d._tiff_write import write_tiff
+from deconv3d._voxel import format_sizes, refuse_nanometres
 from deconv3d.errors import InputError, warn
 
 __all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES", "time_axis_of",
@@ -275,104 +274,6 @@ def _check_complete(tif: tifffile.TiffFile, series, log, path: Path) -> None:
         raise InputError(f"{path} is truncated or corrupt ({_one_line(found)}): copy or export it again")
 
 
-def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | None = None) -> None:
-    """Write a float32 ImageJ-compatible TIFF carrying the voxel size, atomically.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Output ``.tif``/``.tiff`` path; an existing file is replaced.
-    data : array_like
-        2D ``(y, x)`` or 3D ``(z, y, x)`` array; written as float32. A 3D zarr or dask
-        array is streamed into the file plane by plane (in slabs of at most 256 MiB), so
-        a volume larger than memory can be written.
-    voxel_size : sequence of float, optional
-        Voxel size in micrometres, one value per axis.  Stored as resolution
-        tags (pixels per micrometre) plus ImageJ ``spacing`` and ``unit='um'``,
-        which Fiji, tifffile and :func:`read_image` all read back. For a 3D stack
-        whose planes are not z steps (e.g. synthesised blur levels), two values
-        ``(y, x)`` give the pixel size only: no ``spacing`` is written, and Fiji
-        shows its default depth of 1.
-    metadata : dict, optional
-        Extra ``key: value`` pairs stored as ImageJ properties (shown by Fiji's
-        *Image > Show Info*), e.g. the method and its parameters.
-    slab_bytes : int, optional
-        For streamed data: the most bytes of planes read at once (default 256 MiB, at least
-        one plane), e.g. what a memory limit leaves.
-
-    Raises
-    ------
-    InputError
-        If the suffix is unsupported, the output directory is missing or not
-        writable, the data are not 2D/3D, or writing fails.
-
-    Notes
-    -----
-    The data go to a temporary file in the target directory, which is then
-    moved onto ``path`` with :func:`os.replace`; on any failure the temporary
-    file is removed, so no partial output is ever left behind.
-    """
-    path = Path(path)
-    _check_writable_target(path)
-    streamed = _is_lazy(data) and len(data.shape) == 3
-    if not streamed:
-        if hasattr(data, "detach") and hasattr(data, "cpu"):  # a torch tensor, maybe on a GPU or needing grad
-            data = data.detach().cpu().numpy()
-        if np.iscomplexobj(data):
-            raise InputError(f"cannot write complex data to {path}: write its magnitude or real part")
-        data = np.asarray(data, dtype=np.float32)
-    kwargs = _imagej_kwargs(data, voxel_size, metadata)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "xb") as fh:
-            if streamed:  # page by page from slabs of planes: never the whole volume in memory
-                tifffile.imwrite(fh, data=_pages(data, slab_bytes or _SLAB_BYTES), shape=tuple(data.shape),
-                                 dtype=np.float32, imagej=True, **kwargs)
-            else:
-                tifffile.imwrite(fh, data, imagej=True, **kwargs)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {_one_line(exc)}: check free disk space and permissions") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-_SLAB_BYTES = 256 * 2**20  # planes read at once when a lazy volume is streamed into a TIFF
-
-
-def _is_lazy(data) -> bool:
-    """A zarr or dask array (sliced on demand), as opposed to something to load whole."""
-    return isinstance(data, ZarrPlanes) or type(data).__module__.split(".")[0] in ("zarr", "dask")
-
-
-class ZarrPlanes:
-    """The 3D image ``array[lead]`` of a zarr array, read only when sliced (``[a:b]``: planes a to b).
-
-    For :func:`write_tiff` to stream an image that sits behind singleton leading axes (an
-    OME-Zarr's t and c) straight from zarr: each slab decodes every chunk it touches once and
-    keeps a copy of the planes only. Through dask, every task's slice stayed a view of its
-    whole decoded chunk until the slab was joined (150 MB over a 67 MB slab, measured).
-    """
-
-    def __init__(self, array, lead=()):
-        self.array, self.lead = array, tuple(lead)
-        self.shape = tuple(array.shape[len(self.lead):])
-        self.ndim, self.dtype = len(self.shape), array.dtype
-
-    def __getitem__(self, key):
-        return self.array[self.lead + (key,)]
-
-
-def _pages(volume, slab_bytes: int = _SLAB_BYTES):
-    """The z-planes of a lazy 3D array as float32, read in slabs of at most ``slab_bytes`` (one plane at least)."""
-    plane_bytes = max(1, int(np.prod(volume.shape[1:])) * 4)
-    step = max(1, min(volume.shape[0], int(slab_bytes) // plane_bytes))
-    for start in range(0, volume.shape[0], step):
-        slab = np.asarray(volume[start:start + step], dtype=np.float32)
-        yield from slab
-
-
 def _series_axes(tif: tifffile.TiffFile, series) -> str:
     """Series axes with sample axes of grey-level files treated as planes."""
     axes = series.axes
@@ -434,21 +335,3 @@ def _as_float32(data: np.ndarray, path: Path) -> np.ndarray:
                              "deconv3d computes in: rescale the image and save it again")
         raise InputError(f"image {path} contains NaN or Inf values: replace them (e.g. with 0) and save it again")
     return converted
-
-
-def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
-    """Keyword arguments of ``tifffile.imwrite`` for an ImageJ hyperstack."""
-    if data.ndim not in (2, 3):
-        raise InputError(f"cannot write a {data.ndim}D array as an image: a 2D or 3D array is needed")
-    md: dict = {"axes": "ZYX"[-data.ndim:]}
-    kwargs: dict = {"metadata": md}
-    if voxel_size is not None:
-        lateral_only = np.ndim(voxel_size) == 1 and len(voxel_size) == 2  # (y, x) of a stack: no z spacing
-        voxel = checked_voxel_size(voxel_size, 2 if lateral_only else data.ndim)
-        kwargs["resolution"] = (1.0 / voxel[-1], 1.0 / voxel[-2])
-        md["unit"] = "um"
-        if len(voxel) == 3:
-            md["spacing"] = voxel[0]
-    if metadata:
-        md["Properties"] = {str(k): str(v) for k, v in metadata.items()}
-    return kwargs

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from deconv3d import io
+from deconv3d import _tiff_write, io
 from deconv3d.errors import InputError
 from deconv3d.io import check_output_path, read_image, write_tiff
 
@@ -203,7 +203,7 @@ def test_write_tiff_streams_a_lazy_volume_in_slabs(tmp_path, monkeypatch):
     arr = zarr.create_array(str(tmp_path / "v.zarr"), shape=data.shape, chunks=(3, 5, 6), dtype="float32")
     arr[:] = data
     reads = []
-    original = io._pages
+    original = _tiff_write._pages
 
     def counting(volume, slab_bytes):
         class Spy:
@@ -214,8 +214,8 @@ def test_write_tiff_streams_a_lazy_volume_in_slabs(tmp_path, monkeypatch):
                 return volume[key]
         return original(Spy(), slab_bytes)
 
-    monkeypatch.setattr(io, "_SLAB_BYTES", 2 * 10 * 12 * 4)  # two planes per slab
-    monkeypatch.setattr(io, "_pages", counting)
+    monkeypatch.setattr(_tiff_write, "_SLAB_BYTES", 2 * 10 * 12 * 4)  # two planes per slab
+    monkeypatch.setattr(_tiff_write, "_pages", counting)
     write_tiff(tmp_path / "out.tif", arr, voxel_size=(0.5, 0.2, 0.1))
     back = read_image(tmp_path / "out.tif")
     np.testing.assert_array_equal(back.data, data)
@@ -415,7 +415,7 @@ def test_streamed_writing_reads_slabs_within_the_budget_it_is_given(tmp_path):
     array[0, 0] = volume
     asked = []
 
-    class Recording(io.ZarrPlanes):
+    class Recording(_tiff_write.ZarrPlanes):
         def __getitem__(self, key):
             asked.append(key)
             return super().__getitem__(key)

@@ -111,7 +111,8 @@ def _slab_budget(kwargs) -> int | None:
 def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
     import zarr
 
-    from deconv3d.io import ZarrPlanes, write_tiff
+    from deconv3d._tiff_write import ZarrPlanes
+    from deconv3d.io import write_tiff
     from deconv3d.pipeline import run_chunked
     from deconv3d.pipeline.output import temporary_name
 
