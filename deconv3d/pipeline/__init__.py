@@ -23,8 +23,8 @@ import numpy as np
 
 from deconv3d._paths import TIFF_SUFFIXES
 from deconv3d.errors import InputError
-from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, blockwise, plan_chunks, release_memory, run_blocks,
-                                       store_blocks)
+from deconv3d.pipeline.chunked import Cancelled, ProgressCallback, plan_chunks, release_memory, run_blocks
+from deconv3d.pipeline.graph import blockwise, store_blocks
 from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, current_rss, parse_memory,
                                       return_large_allocations, round_chunks)
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for

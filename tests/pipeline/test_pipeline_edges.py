@@ -16,7 +16,7 @@ from deconv3d.metrics import psnr
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
 from deconv3d.pipeline import RichardsonLucyBlock, plan_chunks, run_blocks, run_chunked
 from deconv3d.pipeline.batch import make_settings, output_for, run_batch
-from deconv3d.pipeline.chunked import blockwise, store_blocks
+from deconv3d.pipeline.graph import blockwise, store_blocks
 from deconv3d.pipeline.output import remove_stale_temporaries
 
 from .conftest import blurred_beads, gaussian_psf

@@ -7,7 +7,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from deconv3d.classical import richardson_lucy, rl_alpha_schedule
 from deconv3d.pipeline import RichardsonLucyBlock, WienerBlock, plan_chunks, run_chunked
-from deconv3d.pipeline.chunked import blockwise
+from deconv3d.pipeline.graph import blockwise
 from deconv3d.pipeline.methods import psf_rms_width, rl_halo
 
 from .conftest import blurred_beads, gaussian_psf

@@ -10,7 +10,8 @@ import tifffile
 
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
 from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
-from deconv3d.pipeline.chunked import block_regions, blockwise, plan_chunks
+from deconv3d.pipeline.chunked import block_regions, plan_chunks
+from deconv3d.pipeline.graph import blockwise
 
 CHUNKS = (10, 20, 17)
 
