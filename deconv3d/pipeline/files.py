@@ -26,8 +26,9 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import provenance, run_chunked
     from deconv3d.io import assume_psf_voxel
-    from deconv3d.pipeline.batch import _many, build_block_fn, channel_count, load_psfs_for, spatial_voxel
+    from deconv3d.pipeline.batch import build_block_fn, load_psfs_for, spatial_voxel
     from deconv3d.pipeline.output import remove_stale_temporaries
+    from deconv3d.pipeline.settings import _many, channel_count
 
     input_path, output_path = Path(input_path), Path(output_path)
     lazy = open_lazy(input_path)

@@ -1,0 +1,178 @@
+"""The settings of a batch run: one validated configuration for every file, read from a TOML file
+or given as a dict (keys are the long option names of ``deconv3d deconvolve``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from deconv3d.errors import InputError
+
+__all__ = ["Settings", "load_config", "make_settings", "channel_count", "RUN_KEYS", "METHODS"]
+
+METHODS = ("rl", "rl-tv", "wiener", "ssl")
+BOUNDARIES = ("bertero", "zero", "reflect")
+PSF_MODELS = ("gaussian", "gibson-lanni", "vectorial")
+OUTPUT_FORMATS = ("zarr", "tif")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One deconvolution configuration, shared by all files of a batch (keys: long option names)."""
+
+    method: str = "rl"
+    psf: Optional[str | tuple] = None  # one file, or one per channel
+    psf_model: Optional[str] = None
+    na: Optional[float] = None
+    wavelength: Optional[float | tuple] = None  # one emission wavelength, or one per channel
+    ni: float = 1.515
+    ns: float = 1.33
+    depth: float = 0.0
+    iterations: int = 20
+    tv_weight: float = 0.002
+    accelerate: bool = True
+    boundary: str = "bertero"
+    balance: float = 1e-3
+    voxel_size: Optional[tuple] = None
+    device: str = "cpu"
+    model: Optional[str] = None
+    tta: bool = False
+    band_limit: float = 0.0  # deconv3d.selfsup.BAND_LIMIT: off; an eps > 0 turns it on
+    chunks: Optional[tuple] = None
+    memory_limit: Optional[str] = None
+    pyramid_levels: int = 0
+    output_format: str = "zarr"
+    pattern: tuple = ("*.tif", "*.tiff", "*.zarr")
+
+    def __post_init__(self):
+        for name in ("psf", "wavelength"):  # a list of one is the single value
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, value[0] if len(value) == 1 else tuple(value))
+        _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _check(self.boundary in BOUNDARIES, f"boundary must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
+        _check(self.output_format in OUTPUT_FORMATS, f"output_format must be zarr or tif, got {self.output_format!r}")
+        _check(isinstance(self.iterations, int) and self.iterations >= 1,
+               f"iterations must be a positive integer, got {self.iterations!r}")
+        _check(_positive(self.balance), f"balance must be positive, got {self.balance!r}")
+        _check(self.method != "rl-tv" or _positive(self.tv_weight), "method rl-tv needs a positive tv_weight (try 0.002)")
+        _check(isinstance(self.pyramid_levels, int) and self.pyramid_levels >= 0, "pyramid_levels must be >= 0")
+        _check(isinstance(self.tta, bool), f"tta must be true or false, got {self.tta!r}")
+        _check(isinstance(self.band_limit, (int, float)) and 0 <= self.band_limit < float("inf"),
+               f"band_limit must be a number >= 0, got {self.band_limit!r}")
+        _check(self.voxel_size is None
+               or (len(self.voxel_size) in (2, 3) and all(_positive(v) for v in self.voxel_size)),
+               f"voxel_size needs 3 positive numbers (Z Y X; Y X for 2D images), got {self.voxel_size!r}")
+        _check(self.chunks is None or (len(self.chunks) in (2, 3) and all(_positive(v) and isinstance(v, int)
+                                                                          for v in self.chunks)),
+               f"chunks needs 3 positive whole numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")
+        # Checked here, before any file runs: each of a night's files failed on them one by one.
+        _check(isinstance(self.accelerate, bool), f"accelerate must be true or false, got {self.accelerate!r}")
+        # A bare number is bytes for the Python API (as run_chunked takes); a small one is a config's
+        # "memory_limit = 500" that meant megabytes, refused rather than read as 500 bytes.
+        _check(self.memory_limit is None or isinstance(self.memory_limit, str)
+               or (isinstance(self.memory_limit, numbers.Integral) and not isinstance(self.memory_limit, bool)
+                   and self.memory_limit >= 2**20),
+               f"memory_limit needs a unit, like \"4GB\" or \"512MiB\", got {self.memory_limit!r}")
+        from deconv3d.fft import resolve_device
+
+        resolve_device(self.device)
+        if self.method == "ssl":
+            _check(self.model is not None, "method ssl in a batch needs model = a .ckpt from 'deconv3d train'")
+            _check(Path(self.model).is_file(), f"model file not found: {self.model}: check the path")
+        elif self.psf is None:
+            _check(self.psf_model in PSF_MODELS, "a PSF is needed: set psf = \"PSF.tif\" or psf_model with na and "
+                   "wavelength")
+            _check(_positive(self.na) and all(_positive(w) for w in _many(self.wavelength)),
+                   "psf_model needs positive na and wavelength (one, or one per channel)")
+        else:
+            _check(self.psf_model is None, "give either psf or psf_model, not both")
+            for psf in _many(self.psf):
+                _check(Path(psf).is_file(), f"PSF file not found: {psf}: check the path")
+        if self.memory_limit is not None:
+            from deconv3d.pipeline.memory import parse_memory
+
+            parse_memory(self.memory_limit)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the output (not the file pattern)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "pattern"}
+        for key in ("psf", "model"):
+            if fields[key]:
+                from deconv3d.omezarr import file_sha256
+
+                fields[key] = [file_sha256(f) for f in _many(fields[key])]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _many(value) -> tuple:
+    """A setting that may hold one value or one per channel, as a tuple (empty for None)."""
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def channel_count(settings: Settings) -> int:
+    """How many PSFs the settings give: 1, or one per channel."""
+    return max(len(_many(settings.psf)), len(_many(settings.wavelength)), 1)
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(f"batch configuration: {message}")
+
+
+#: Keys of a batch config that say how to run it rather than what to compute (``batch``'s own options).
+RUN_KEYS = ("scheduler", "workers")
+
+
+def load_config(path) -> dict:
+    """Read a batch TOML file into a dict of settings (keys are long option names, '-' or '_';
+    ``no-accelerate = true`` is ``accelerate = false``), plus :data:`RUN_KEYS` where given."""
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}: check the path")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read config {path}: {' '.join(str(exc).split())}: fix the TOML syntax") from exc
+    known = {f.name for f in dataclasses.fields(Settings)} | set(RUN_KEYS)
+    out = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name == "no_accelerate":  # the flag's own name: no-accelerate = true
+            if not isinstance(value, bool):
+                raise InputError(f"config {path}: {key} must be true or false, got {value!r}")
+            name, value = "accelerate", not value
+        if name not in known:
+            raise InputError(f"config {path}: unknown key {key!r}: use the long option names, e.g. method, psf, "
+                             "iterations")
+        if isinstance(value, list):
+            value = tuple(value)
+        if name in ("psf", "model") and value is not None:
+            resolved = [f if Path(f).is_absolute() else str(path.parent / f) for f in _many(value)]
+            value = tuple(resolved) if isinstance(value, tuple) else resolved[0]
+        out[name] = value
+    return out
+
+
+def make_settings(values: dict) -> Settings:
+    """Validated :class:`Settings` from a dict; wrong types become an InputError."""
+    if isinstance(values.get("pattern"), str):
+        values = {**values, "pattern": (values["pattern"],)}
+    try:
+        return Settings(**values)
+    except TypeError as exc:
+        raise InputError(f"batch configuration: {exc}") from exc
