@@ -27,7 +27,7 @@ from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
 from deconv3d.latent.data import check_levels
 from deconv3d.latent.model import AEConfig, Autoencoder, config_from_dict, config_to_dict
-from deconv3d.latent.train import LatentTrainConfig, config_to_dict as train_config_to_dict, train_config_from_dict
+from deconv3d.latent.config import LatentTrainConfig, config_to_dict as train_config_to_dict, train_config_from_dict
 
 __all__ = ["FORMAT", "TrainedAutoencoder", "save_checkpoint", "load_checkpoint"]
 

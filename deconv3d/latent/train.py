@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -36,10 +35,10 @@ import torch
 from deconv3d._torch_common import stop_reason
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
+from deconv3d.latent.config import LatentTrainConfig, config_to_dict, train_config_from_dict
 from deconv3d.latent.data import (TripletSampler, all_triplets, check_levels, dyadic_triplets,
                                   fixed_triplet_crops, normalize_planes, split_by_image)
-from deconv3d.latent.losses import (DISTANCES, LATENT_NORMS, VARIANTS, baseline_loss, explicit_loss,
-                                    implicit_loss)
+from deconv3d.latent.losses import LATENT_NORMS, baseline_loss, explicit_loss, implicit_loss
 from deconv3d.latent.model import AEConfig, Autoencoder, build_autoencoder
 from deconv3d.latent.ops import lincomb
 
@@ -47,106 +46,6 @@ __all__ = ["LatentTrainConfig", "LatentTrainResult", "train", "triplet_loss", "i
            "train_config_from_dict", "config_to_dict"]
 
 Callback = Callable[[int, float], Optional[bool]]
-LR_DECAYS = ("cosine", "step", "none")
-TRIPLET_SCHEMES = ("dyadic", "all")
-
-
-@dataclass(frozen=True)
-class LatentTrainConfig:
-    """Training recipe (the paper: batch 16, Adam 1e-3, 128x128 crops, GPU).
-
-    ``variant`` is ``"baseline"``, ``"implicit"`` or ``"explicit"``; ``dist`` the latent
-    distance of the explicit loss (``"mse"`` as in the authors' code or ``"l1"``) and
-    ``latent_weight`` its weight (see below); ``lr_decay`` ``"cosine"`` (to zero at
-    ``steps``), ``"step"`` (halve at 50% and 75%) or ``"none"``; ``ema_decay`` 0 disables
-    weight averaging; ``val_every`` steps between validations on ``val_fraction`` of the
-    stacks (0: no validation, the last weights are kept); ``triplets`` ``"dyadic"`` (the
-    paper's midpoint triplets) or ``"all"``; ``time_budget`` in seconds stops early.
-    ``residual`` (beyond the paper) trains the interpolation term on the form
-    :func:`~deconv3d.latent.ops.synthesize_blur` uses with ``residual=True``:
-    ``D(z2') - [alpha D(z1) + (1 - alpha) D(z3)]`` added to the pixel blend
-    ``alpha x1 + (1 - alpha) x3`` must match ``x2``, so the decoder learns the blend's error
-    rather than the whole plane; validation scores that form too. ``None`` (default) means
-    ``True`` for the implicit and explicit losses and ``False`` for the baseline, which has no
-    interpolation term; ``False`` is the paper's form. On benchmarks/bench_latent.py (data
-    seeds 0 / 1 / 2, 2000 steps) the explicit loss trained and used in residual form gave
-    +2.85 / +2.40 / +2.61 dB interpolation PSNR over pixel blending, against +0.46 / +0.20 /
-    +0.69 dB for the paper's form, and ranked above implicit (by 0.24 / 0.27 / 0.14 dB) and
-    baseline in that form; in the paper's form explicit and implicit tied.
-
-    The latent term defaults to ``latent_norm="endpoints"`` (beyond the paper): it is divided
-    by ``dist(E(x1), E(x3))`` (:func:`~deconv3d.latent.losses.explicit_loss`), so the encoder
-    cannot lower it by shrinking all its latents, and, being unitless, it is weighted 0.01.
-    On benchmarks/bench_latent.py (synthetic stacks, default network, 2000 steps, 2 cores,
-    data seeds 0 / 1) it beat the absolute term at its best weight, 0.1, on every measure:
-    interpolation PSNR 33.82 / 34.07 against 33.64 / 33.84 dB, latent linearity LDS 0.850 /
-    0.876 against 0.754 / 0.776, deblurring gain from level 8 +4.08 / +2.37 against +3.32 /
-    +1.95 dB. The implicit loss (no latent term) gave 33.76 / 34.11 dB, LDS 0.693 / 0.706.
-    Earlier runs of the absolute term: 32.85 / 33.60 / 33.76 dB at weights 1 (the paper's) /
-    0.1 / 0.01, with LDS 0.759 / 0.751 / 0.717; ``latent_norm="none", latent_weight=1``
-    is the paper's loss. A relative weight of 0.03 gave LDS 0.917 for 33.73 dB (seed 0).
-    """
-
-    variant: str = "explicit"
-    dist: str = "mse"
-    latent_weight: float = 0.01  # of the relative term; see the docstring
-    latent_norm: str = "endpoints"  # the latent term relative to dist(z1, z3); "none": the paper's
-    steps: int = 2000  # about 7 minutes for the explicit variant on 2 CPU cores (bench_latent)
-    batch: int = 16
-    lr: float = 1e-3
-    lr_decay: str = "cosine"
-    ema_decay: float = 0.99
-    val_every: int = 100
-    val_fraction: float = 0.25
-    triplets: str = "dyadic"
-    augment: bool = True
-    seed: int = 0
-    time_budget: float | None = None
-    residual: Optional[bool] = None  # None: residual form unless variant is baseline
-
-    def __post_init__(self):
-        if self.residual is None:  # frozen: resolve the default once, so the checkpoint records it
-            object.__setattr__(self, "residual", self.variant != "baseline")
-        if not isinstance(self.residual, (bool, np.bool_)):
-            raise InputError(f"residual must be True, False or None, got {self.residual!r}")
-        for name, value, allowed in (("variant", self.variant, VARIANTS), ("dist", self.dist, DISTANCES),
-                                     ("latent_norm", self.latent_norm, LATENT_NORMS),
-                                     ("lr_decay", self.lr_decay, LR_DECAYS),
-                                     ("triplets", self.triplets, TRIPLET_SCHEMES)):
-            if value not in allowed:
-                raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        counts = (self.steps, self.batch, self.val_every)
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in counts):
-            raise InputError(f"steps, batch and val_every must be positive integers, got {counts!r}")
-        rates = (self.lr, self.ema_decay, self.val_fraction, self.latent_weight)
-        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in rates):
-            raise InputError(f"lr, ema_decay, val_fraction and latent_weight must be finite numbers, got {rates!r}")
-        if not (self.lr > 0 and 0 <= self.ema_decay < 1 and 0 <= self.val_fraction < 1):
-            raise InputError("lr must be > 0, ema_decay in [0, 1) and val_fraction in [0, 1)")
-        if self.latent_weight < 0:
-            raise InputError(f"latent_weight must be a finite number >= 0, got {self.latent_weight}")
-        if self.residual and self.variant == "baseline":
-            raise InputError("residual training shapes the interpolation term, which the baseline loss lacks: "
-                             "use variant implicit or explicit")
-        if self.time_budget is not None and not (isinstance(self.time_budget, numbers.Real) and self.time_budget > 0):
-            raise InputError(f"time_budget must be a positive number of seconds, got {self.time_budget!r}")
-        if isinstance(self.seed, bool) or not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**63):
-            raise InputError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
-
-
-def train_config_from_dict(data: dict) -> LatentTrainConfig:
-    """Rebuild a :class:`LatentTrainConfig` from a plain dict, ignoring unknown keys.
-
-    A dict without ``latent_weight`` comes from a checkpoint written before the weight was a
-    parameter, when it was always the paper's 1; one without ``latent_norm`` used the
-    absolute latent term; one without ``residual`` was trained in the paper's plain form.
-    """
-    names = {f.name for f in fields(LatentTrainConfig)}
-    values = {"latent_weight": 1.0, "latent_norm": "none", "residual": False,
-              **{k: v for k, v in dict(data).items() if k in names}}
-    return LatentTrainConfig(**values)
-
-
 @dataclass
 class LatentTrainResult:
     """Outcome of :func:`train`.
@@ -444,8 +343,3 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
     return LatentTrainResult(evaluated, history, validator.history, validator.best, validator.best_step,
                              step, reason, config, ae_config, levels.astype(np.float32),
                              time.perf_counter() - started, terms)
-
-
-def config_to_dict(config: LatentTrainConfig) -> dict:
-    """Plain-dict form of a training config, for checkpoints."""
-    return asdict(config)
