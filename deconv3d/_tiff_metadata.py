@@ -10,12 +10,23 @@ import numpy as np
 import tifffile
 
 
-# Micrometres per unit; keys are lower-case with the micro sign normalised to "u".
+# Micrometres per unit; keys are lower-case with the micro sign normalised to "u". The names
+# are those ImageJ/Fiji users type, OME-XML's symbols and OME-Zarr's (UDUNITS) names.
 _UNIT_TO_UM = {
-    "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
-    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6,
-    "\u00c5": 1e-4, "\u00e5": 1e-4, "a": 1e-4, "angstrom": 1e-4, "pm": 1e-6, "in": 25400.0, "inch": 25400.0,
+    "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0, "micrometers": 1.0,
+    "micrometres": 1.0, "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "nanometers": 1e-3, "nanometres": 1e-3,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3, "millimeters": 1e3, "millimetres": 1e3,
+    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4, "dm": 1e5, "decimeter": 1e5, "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "\u00c5": 1e-4, "\u00e5": 1e-4, "a": 1e-4, "angstrom": 1e-4, "pm": 1e-6, "picometer": 1e-6,
+    "in": 25400.0, "inch": 25400.0, "ft": 304800.0, "foot": 304800.0,
 }
+# Units that say the image is not calibrated (ImageJ's default unit is "pixel").
+_UNCALIBRATED = frozenset({"", "pixel", "pixels", "px", "pix", "reference frame"})
+
+
+class UnknownUnit(str):
+    """A recorded size whose unit deconv3d cannot convert: the unit's name, kept in place of the
+    size so that the reader can name it (:func:`_checked_voxel`)."""
 
 
 # Axes that tifffile reports for a stack of planes without further meaning.
@@ -24,10 +35,23 @@ _GENERIC_AXES = frozenset("ZIQ")
 
 def _unit_factor(unit) -> float | None:
     """Micrometres per ``unit``; None for unknown units or uncalibrated pixels."""
+    return _UNIT_TO_UM.get(_unit_key(unit))
+
+
+def _unit_key(unit) -> str:
     key = str(unit).strip().lower()
     for micro in ("\\u00b5", "\u00b5", "\u03bc"):
         key = key.replace(micro, "u")
-    return _UNIT_TO_UM.get(key)
+    return key
+
+
+def _size_in_um(value, unit):
+    """``value`` (in ``unit``) in micrometres; None for an uncalibrated unit, :class:`UnknownUnit`
+    for a unit that cannot be converted."""
+    factor = _unit_factor(unit)
+    if factor is not None:
+        return float(value) * factor
+    return None if _unit_key(unit) in _UNCALIBRATED else UnknownUnit(str(unit).strip())
 
 
 def _voxel_size_um(tif: tifffile.TiffFile) -> list:
@@ -82,11 +106,7 @@ def _ome_voxel_size(xml: str) -> list:
     sizes = []
     for ax in "ZYX":
         value = pixels.get(f"PhysicalSize{ax}")
-        factor = _unit_factor(pixels.get(f"PhysicalSize{ax}Unit", "um"))
-        if value is None or factor is None:
-            sizes.append(None)
-        else:
-            sizes.append(float(value) * factor)
+        sizes.append(None if value is None else _size_in_um(value, pixels.get(f"PhysicalSize{ax}Unit", "um")))
     return sizes
 
 
@@ -97,6 +117,8 @@ def _imagej_voxel_size(tif: tifffile.TiffFile) -> list:
     if xres is None or yres is None:
         return [None, None, None]
     unit = ij.get("unit")
+    if ij and unit is not None and isinstance(_size_in_um(1.0, unit), UnknownUnit):
+        return [UnknownUnit(str(unit).strip())] * 3
     resunit = page.tags.get("ResolutionUnit")
     resunit = resunit.value if resunit is not None else tifffile.RESUNIT.NONE
     factor = _resolution_factor(unit, resunit, bool(ij), (xres.value, yres.value))
@@ -146,6 +168,9 @@ def _checked_voxel(sizes, path) -> tuple[tuple[float, ...] | None, str | None]:
     recorded but zero, negative or not finite, so that callers can refuse it instead of
     silently dropping the calibration.
     """
+    unknown = [s for s in sizes if isinstance(s, UnknownUnit)]
+    if unknown:
+        return None, f"{path} records its voxel size in {str(unknown[0])!r}, a unit deconv3d cannot convert to µm"
     bad = [s for s in sizes if s is not None and not (np.isfinite(s) and s > 0)]
     if bad:
         return None, f"{path} records a voxel size of {bad[0]:g} µm, which is not a positive size"

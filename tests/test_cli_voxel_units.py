@@ -135,3 +135,51 @@ def test_a_2d_image_with_a_generated_psf_is_told_to_give_a_psf_file(files, capsy
     code, _, err = run(["deconvolve", files / "plane.tif", "--psf-model", "gaussian", "--na", 1.2,
                         "--wavelength", 0.5, "-o", files / "o.tif"], capsys)
     assert_one_line_error(code, err, "for a 2D image give a --psf file", "--shape 1 31 31")
+
+
+@pytest.mark.parametrize("unit, factor", [("micrometers", 1.0), ("nanometres", 1e-3), ("millimeter", 1e3)])
+def test_unit_names_fiji_users_type_are_read(tmp_path, unit, factor):
+    metadata = {"spacing": 0.3 / factor, "unit": unit, "axes": "ZYX"}
+    tifffile.imwrite(tmp_path / "a.tif", np.ones((3, 6, 7), np.float32), imagej=True,
+                     resolution=(1 / (0.1 / factor),) * 2, metadata=metadata)
+    assert read_image(tmp_path / "a.tif").voxel_size == pytest.approx((0.3, 0.1, 0.1))
+
+
+def test_a_unit_that_cannot_be_converted_is_named_not_taken_for_no_calibration(files, capsys):
+    # It was read as an uncalibrated file: the PSF's voxel size was assumed and the run went on.
+    stack = np.random.default_rng(1).poisson(100, (12, 40, 40)).astype(np.uint16)
+    tifffile.imwrite(files / "odd.tif", stack, imagej=True, resolution=(10, 10),
+                     metadata={"spacing": 0.3, "unit": "furlong", "axes": "ZYX"})
+    image = read_image(files / "odd.tif")
+    assert image.voxel_size is None and image.partial_voxel is None and "'furlong'" in image.voxel_problem
+    before, out = (files / "odd.tif").read_bytes(), files / "o.tif"
+    common = ["--psf", files / "psf.tif", "-o", out, "--iterations", 1, "--device", "cpu"]
+    code, _, err = run(["deconvolve", files / "odd.tif"] + common, capsys)
+    assert_one_line_error(code, err, "'furlong', a unit deconv3d cannot convert to µm", "--voxel-size")
+    assert not out.exists() and (files / "odd.tif").read_bytes() == before
+    code, _, err = run(["deconvolve", files / "odd.tif", "--voxel-size", 0.3, 0.1, 0.1] + common, capsys)
+    assert code == 0 and read_image(out).voxel_size == pytest.approx((0.3, 0.1, 0.1)), err
+
+
+@pytest.mark.parametrize("unit, expected", [("pixel", None), ("reference frame", None), ("furlong", "'furlong'")])
+def test_ome_tiff_pixel_units_are_uncalibrated_and_unknown_ones_named(tmp_path, unit, expected):
+    metadata = {"axes": "ZYX", **{f"PhysicalSize{a}": 1.0 for a in "ZYX"},
+                **{f"PhysicalSize{a}Unit": unit for a in "ZYX"}}
+    tifffile.imwrite(tmp_path / "a.ome.tif", np.ones((3, 6, 7), np.float32), ome=True, metadata=metadata)
+    image = read_image(tmp_path / "a.ome.tif")
+    assert image.voxel_size is None
+    assert image.voxel_problem is None if expected is None else expected in image.voxel_problem
+
+
+def test_an_ome_zarr_unit_that_cannot_be_converted_is_named(tmp_path):
+    from deconv3d.omezarr import open_lazy, write_ome_zarr
+
+    write_ome_zarr(tmp_path / "a.zarr", np.ones((3, 6, 7), np.float32), voxel_size=(0.3, 0.1, 0.1))
+    attrs = tmp_path / "a.zarr" / "zarr.json"
+    text = attrs.read_text()
+    assert text.count('"micrometer"') == 3
+    attrs.write_text(text.replace('"micrometer"', '"millimeter"'))
+    assert open_lazy(tmp_path / "a.zarr").voxel_size == pytest.approx((300, 100, 100))
+    attrs.write_text(text.replace('"micrometer"', '"furlong"'))
+    lazy = open_lazy(tmp_path / "a.zarr")
+    assert lazy.voxel_size is None and "'furlong'" in lazy.voxel_problem

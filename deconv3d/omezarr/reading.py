@@ -313,7 +313,16 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
         t = axes.index("T")
         if scale[t] != 1 or units[t]:
             time_axis = (float(scale[t]), units[t])
-    return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader, time_axis=time_axis)
+    return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader, time_axis=time_axis,
+                     voxel_problem=_unit_problem(axes, units, path))
+
+
+def _unit_problem(axes: str, units, path) -> str | None:
+    """Why the spatial units cannot be read (one that cannot be converted to µm), or None."""
+    unknown = [u for a, u in zip(axes, units) if a in "ZYX" and u and _unit_factor(u) is None]
+    if unknown:
+        return f"{path} records its voxel size in {unknown[0]!r}, a unit deconv3d cannot convert to µm"
+    return None
 
 
 def _zarr_voxel(axes: str, scale, units, base_scale):
