@@ -1,4 +1,5 @@
-"""Small pieces shared by the two trainable models (selfsup and latent): stop rules and safe files.
+"""Small pieces shared by the two trainable models (selfsup and latent): stop rules, weight averaging
+and safe files.
 
 ``stop_reason`` decides when a training loop ends; ``atomic_torch_save`` writes a
 checkpoint that appears complete or not at all; ``safe_torch_load`` reads one with
@@ -9,6 +10,7 @@ strings and containers, so a crafted file cannot run code.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import tempfile
@@ -83,3 +85,39 @@ def safe_torch_load(path, producer: str):
     except Exception:  # the safe unpickler refuses any object that is not a tensor, number, string or container
         raise InputError(f"{path} is not a safe deconv3d checkpoint (it holds objects that could run code, or is "
                          f"not a checkpoint at all): use a model written by {producer}") from None
+
+
+class WeightAverage:
+    """Exponential moving average of a network's weights (Polyak & Juditsky 1992, SIAM J. Control
+    Optim. 30(4):838-855) with warm-up: update ``t`` moves the average ``1 - min(decay, (1 + t) / (10 + t))``
+    of the way to the live network, so that the first steps do not dominate.
+
+    ``model`` holds the average. With ``buffers`` the floating buffers (BatchNorm statistics) are
+    averaged too and integer ones copied; without, they stay the live network's own, which already
+    are running averages, and :meth:`copy_to` writes only the parameters.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, buffers: bool = False):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.updates, self.buffers = float(decay), 0, buffers
+
+    def _pairs(self, model: torch.nn.Module):
+        yield from zip(self.model.parameters(), model.parameters())
+        if self.buffers:
+            yield from zip(self.model.buffers(), model.buffers())
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        keep = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, live in self._pairs(model):
+            if avg.dtype.is_floating_point:
+                avg.mul_(keep).add_(live.detach(), alpha=1 - keep)
+            else:
+                avg.copy_(live)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Write the averages into ``model``."""
+        for avg, live in self._pairs(model):
+            live.copy_(avg)

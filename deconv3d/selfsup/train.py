@@ -28,7 +28,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d._torch_common import FP16_OVERFLOW, amp_enabled, cuda_half, grad_scaler, stop_reason
+from deconv3d._torch_common import FP16_OVERFLOW, WeightAverage, amp_enabled, cuda_half, grad_scaler, stop_reason
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
@@ -202,31 +202,6 @@ def _data_weight(forward: ForwardModel, data_shape, precondition, image, psf):
     return forward.data_weight(data_shape, precondition) if precondition > 0 else None
 
 
-class _WeightAverage:
-    """Exponential moving average of a model's parameters (Polyak averaging).
-
-    The decay ramps up as ``min(decay, (1 + t) / (10 + t))`` so that early steps do not
-    dominate; :meth:`copy_to` writes the averages into the model (buffers such as the
-    BatchNorm statistics are the model's own, which already are running averages).
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay, self.t = float(decay), 0
-        self.shadow = [p.detach().clone() for p in model.parameters()]
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.t += 1
-        d = min(self.decay, (1 + self.t) / (10 + self.t))
-        for s, p in zip(self.shadow, model.parameters()):
-            s.mul_(d).add_(p.detach(), alpha=1 - d)
-
-    @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module) -> None:
-        for s, p in zip(self.shadow, model.parameters()):
-            p.copy_(s)
-
-
 def trainable_model(unet: UNetConfig, config: TrainConfig, device: torch.device, floor: float):
     """``(model, optimizer, schedule, average)`` as :func:`train` starts them.
 
@@ -245,7 +220,7 @@ def trainable_model(unet: UNetConfig, config: TrainConfig, device: torch.device,
         model = model.to(memory_format=torch.channels_last_3d if unet.ndim == 3 else torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_steps, gamma=0.5)
-    average = _WeightAverage(model, config.ema) if config.ema > 0 else None
+    average = WeightAverage(model, config.ema) if config.ema > 0 else None
     return model, optimizer, schedule, average
 
 

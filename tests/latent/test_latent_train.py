@@ -134,9 +134,9 @@ def test_weight_average_update_is_the_warmed_up_lerp():
     """Update t moves every float parameter and buffer by ``1 - min(decay, (1 + t) / (10 + t))``
     of the way to the live network (Polyak-style averaging with warm-up); integer buffers are
     copied. With decay 0.2 the warm-up rules the first update (1 - 2/11) and the decay the second (1 - 0.2)."""
-    from deconv3d.latent.train import _WeightAverage
+    from deconv3d._torch_common import WeightAverage
 
-    average = _WeightAverage(_trained_bn(0), decay=0.2)
+    average = WeightAverage(_trained_bn(0), decay=0.2, buffers=True)
     live = _trained_bn(1)
     expected = {k: v.clone() for k, v in average.model.state_dict().items()}
     for weight in (1 - 2 / 11, 1 - 0.2):

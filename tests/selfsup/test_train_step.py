@@ -131,3 +131,26 @@ def test_grad_scaler_falls_back_to_the_torch_2_2_class(monkeypatch):
         warnings.simplefilter("ignore", FutureWarning)  # the 2.2 class is deprecated in later releases
         scaler = grad_scaler(False)
     assert isinstance(scaler, torch.cuda.amp.GradScaler) and not scaler.is_enabled()
+
+
+def test_weight_average_without_buffers_writes_back_the_averaged_parameters_only():
+    """Self-supervised training averages the parameters and, at the end, writes them into the
+    network, whose BatchNorm statistics (already running averages) stay its own."""
+    from deconv3d._torch_common import WeightAverage
+
+    torch.manual_seed(0)
+    live = nn.Sequential(nn.Conv3d(1, 2, 3), nn.BatchNorm3d(2))
+    start = [p.detach().clone() for p in live.parameters()]
+    average = WeightAverage(live, decay=0.5)
+    with torch.no_grad():
+        for p in live.parameters():
+            p.add_(1.0)
+        live.train()(torch.rand(2, 1, 5, 5, 5))  # moves the BatchNorm statistics
+    buffers = [b.clone() for b in live.buffers()]
+    average.update(live)  # warm-up: keep min(0.5, 2/11) of the average
+    average.copy_to(live)
+    for p, s in zip(live.parameters(), start):
+        torch.testing.assert_close(p.detach(), s + 9 / 11)
+    for b, kept in zip(live.buffers(), buffers):
+        assert torch.equal(b, kept)
+    assert not torch.equal(next(average.model.buffers()), buffers[0])  # the average's own were not averaged
