@@ -77,8 +77,15 @@ def parse_args(argv=None):
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=RESIDUAL,
                    help="the network corrects that RL estimate instead of replacing it (library default "
                         f"{'on' if RESIDUAL else 'off'})")
+    p.add_argument("--ema", type=float, default=TrainConfig.ema,
+                   help=f"moving average of the weights (library default {TrainConfig.ema}; 0: the paper's last "
+                        "weights)")
+    p.add_argument("--positive", action=argparse.BooleanOptionalAction, default=UNetConfig.positive,
+                   help="softplus output floored at zero intensity (library default on; off: the paper's linear "
+                        "output)")
     p.add_argument("--paper", action="store_true",
-                   help="the paper's recipe: --precondition 0 --warm-start 0 --no-residual")
+                   help="the paper's recipe: --precondition 0 --warm-start 0 --no-residual --ema 0 --no-positive "
+                        "(and so no anchor)")
     p.add_argument("--no-tta", action="store_true")
     p.add_argument("--band-limit", type=_non_negative, default=0.01,
                    help="eps of the band-limited rows (the library default, off, prints too)")
@@ -123,8 +130,9 @@ def recipe(args, method="before"):
     cfg = TrainConfig(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr,
                       decay_steps=args.decay_steps, time_budget=args.minutes * 60,
                       precondition=args.precondition, warm_start=args.warm_start, lambda_anchor=args.anchor,
-                      warm_tv=args.warm_tv, residual=args.residual, **{"lambda_inv": args.lambda_inv, **METHODS[method]})
-    return cfg, UNetConfig(ndim=3, base_channels=args.base, depth=args.depth)
+                      warm_tv=args.warm_tv, residual=args.residual, ema=args.ema,
+                      **{"lambda_inv": args.lambda_inv, **METHODS[method]})
+    return cfg, UNetConfig(ndim=3, base_channels=args.base, depth=args.depth, positive=args.positive)
 
 
 def run_genie(truth, clean, noisy, psf, args):
@@ -167,7 +175,7 @@ def run_network(truth, noisy, psf, method, args):
 def main(argv=None):
     args = parse_args(argv)
     if args.paper:
-        args.precondition, args.warm_start, args.residual = 0.0, 0, False
+        args.precondition, args.warm_start, args.residual, args.ema, args.positive = 0.0, 0, False, 0.0, False
     torch.set_num_threads(args.threads)
     if args.quick:
         args.steps, args.minutes, args.patch, args.base, args.depth = 3, 1.0, 16, 4, 2

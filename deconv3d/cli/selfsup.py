@@ -85,7 +85,7 @@ def add_training_options(p, steps_flag: str) -> None:
                         "paper's random start)")
     g.add_argument("--anchor", type=_auto_or_non_negative, default=ANCHOR, metavar="W",
                    help="keep W times the squared distance to that Richardson-Lucy estimate in the loss "
-                        f"(default {ANCHOR}: 0 in the residual form, 1 after a warm start; 0 lets the Siamese "
+                        f"(default {ANCHOR}: 1 after a warm start, else 0; 0 lets the Siamese "
                         "loss alone take over)")
     g.add_argument("--warm-tv", type=_warm_tv, default=WARM_TV, metavar="W",
                    help="TV weight of that Richardson-Lucy estimate, or auto to choose it from held-out voxels "

@@ -89,7 +89,7 @@ class TrainConfig:
     warm_start: int | str = "auto"
     # Anchor (beyond the paper): after a warm start, lambda_anchor * MSE(f(x), that RL target) joins the
     # Siamese loss, so the network refines the calibrated RL estimate instead of drifting from it; 0 = off;
-    # "auto" = 1 after a warm start, 0 in the residual form (anchor_weight)
+    # "auto" = 1 after a warm start, else 0 (anchor_weight)
     lambda_anchor: float | str = "auto"
     # TV weight of the RL target (warm start or residual base; RL-TV, Dey et al. 2006); "auto" picks it
     # from held-out voxels
@@ -142,13 +142,14 @@ class TrainConfig:
 
     @property
     def anchor_weight(self) -> float:
-        """``lambda_anchor``, with ``"auto"`` resolved: 1 after a warm start, 0 in the residual form.
+        """``lambda_anchor``, with ``"auto"`` resolved: 1 after a warm start, else 0 (the residual
+        form, and the paper's random start, which has no RL target to anchor to).
 
         On benchmarks/bench_selfsup.py the residual form scored higher without the anchor on every
         low-noise volume (bars by 0.8 dB), while the warm-started form needs it (see ``train``).
         """
         if self.lambda_anchor == "auto":
-            return 0.0 if self.residual else 1.0
+            return 1.0 if self.warm_steps > 0 else 0.0  # warm_steps is 0 in the residual form
         return float(self.lambda_anchor)
 
     @property

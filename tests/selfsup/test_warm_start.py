@@ -153,6 +153,10 @@ def test_anchor_holds_after_the_warm_start_and_old_files_load_without(tmp_path):
                 unet=TINY[2], device="cpu")
     assert TrainConfig().lambda_anchor == "auto" and TrainConfig(residual=False).anchor_weight == 1.0
     assert TrainConfig(residual=True).anchor_weight == 0.0 and TrainConfig(lambda_anchor=0.5).anchor_weight == 0.5
+    # The paper's random start has no RL target: "auto" adds none (it was 1, an RL pull in the paper's recipe).
+    paper = TrainConfig(residual=False, warm_start=0, precondition=0, steps=3, patch=16, batch=1)
+    assert paper.anchor_weight == 0.0 and TrainConfig(residual=False, warm_start=0, lambda_anchor=1).anchor_weight == 1
+    assert "anchor" not in train(noisy, psf, config=paper, unet=TINY[2], device="cpu").last_terms
     assert "anchor" in on.last_terms and "anchor" not in off.last_terms
     for bad in (-1, float("inf"), "high", True):
         with pytest.raises(InputError, match="lambda_anchor"):
