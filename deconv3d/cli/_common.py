@@ -122,3 +122,24 @@ def refuse_non_finite(result, what: str, fix: str) -> None:
 
     if not np.isfinite(result).all():
         raise InputError(f"the {what} has NaN or Inf values {fix}")
+
+
+#: Richardson-Lucy and the self-supervised network warn when more than this share of the voxels is negative.
+NEGATIVE_SHARE = 0.01
+
+
+def check_negative(data, source, method: str, warnings: list) -> None:
+    """Background-subtracted data: Richardson-Lucy counts negative voxels as 0, and the network's
+    output (and its Richardson-Lucy reference) is non-negative too. An image with no positive
+    value would come back all zeros and is refused; many negative voxels get a warning."""
+    import numpy as np
+
+    fix = "add the subtracted offset back" + (", or use --method wiener" if method != "train" else "")
+    if not float(np.max(data)) > 0:
+        raise InputError(f"{source} has no positive values, so {method} would return only zeros: {fix}")
+    share = float(np.mean(data < 0))
+    if share > NEGATIVE_SHARE:
+        how = "Richardson-Lucy counts them as 0" if method in ("rl", "rl-tv") else \
+            "the network's output, like Richardson-Lucy's, cannot go below 0"
+        warnings.append(f"deconv3d: warning: {share:.0%} of {source}'s voxels are negative (a subtracted offset?); "
+                        f"{how}: {fix}")

@@ -10,8 +10,8 @@ from deconv3d import __version__
 from deconv3d.errors import InputError
 
 from . import pipeline, selfsup
-from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, add_common, add_optics, load_psf, positive_float, positive_int,
-                      print_warnings, progress, refuse_non_finite, voxel_size_of)
+from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, add_common, add_optics, check_negative, load_psf, positive_float,
+                      positive_int, print_warnings, progress, refuse_non_finite, voxel_size_of)
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -180,10 +180,8 @@ def cmd_deconvolve(args) -> int:
     if args.method == "rl-tv" and not args.tv_weight > 0:
         raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
     voxel = voxel_size_of(args, image)
-    negative = float(np.mean(image.data < 0))
-    if args.method in ("rl", "rl-tv") and negative > NEGATIVE_SHARE:
-        warnings.append(f"deconv3d: warning: {negative:.0%} of {args.input}'s voxels are negative (a subtracted "
-                        "offset?); Richardson-Lucy counts them as 0: add the offset back, or use --method wiener")
+    if args.method != "wiener":
+        check_negative(image.data, args.input, args.method, warnings)
     if args.method != "ssl" and (args.model or args.steps):
         raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
     if args.psf is None and args.psf_model is None and not (args.method == "ssl" and args.model):
@@ -220,10 +218,6 @@ def cmd_deconvolve(args) -> int:
     write_tiff(args.output, result, voxel_size=voxel, metadata=meta)
     print(f"wrote {args.output}: {args.method} on {image.data.shape} in {seconds:.1f} s")
     return 0
-
-
-#: deconvolve warns when more than this share of an image's voxels, which RL clips to 0, are negative.
-NEGATIVE_SHARE = 0.01
 
 
 def _read_one_image(path):

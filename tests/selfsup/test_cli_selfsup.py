@@ -272,3 +272,27 @@ def test_paper_recipe_flags_and_ssi_conflicts(data, capsys):
                         "--steps", 2, "--ssi", "--invariance", "both"] + TINY, capsys)
     assert code == 2 and "--ssi" in err and "--invariance both" in err
     assert not (data / "m-ssi.ckpt").exists()
+
+
+def test_negative_images_are_warned_about_and_one_without_positive_values_refused(data, capsys):
+    """Background subtracted past zero: the network's output, like RL's, is non-negative, so an
+    image with nothing above zero came back all zeros with exit 0 (ssl), and many negative
+    voxels passed without the warning rl gives."""
+    image = read_image(data / "image.tif").data
+    write_tiff(data / "below.tif", image - 2.0, voxel_size=(0.3, 0.1, 0.1))  # every voxel negative
+    write_tiff(data / "offset.tif", image - 0.5, voxel_size=(0.3, 0.1, 0.1))  # about 40 % negative
+    model = data / "m.ckpt"
+    code, _, err = run(["train", data / "below.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1] + TINY,
+                       capsys)
+    assert one_line_error(code, err, "has no positive values") and "offset back" in err and not model.exists()
+    for method in ("ssl", "rl"):
+        out = data / f"{method}.tif"
+        code, _, err = run(["deconvolve", data / "below.tif", "--psf", data / "psf.tif", "-o", out, "--method",
+                            method, "--device", "cpu"], capsys)
+        assert one_line_error(code, err, "has no positive values") and "--method wiener" in err and not out.exists()
+    code, _, err = run(["train", data / "offset.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1] + TINY,
+                       capsys)
+    assert code == 0 and "voxels are negative (a subtracted offset?)" in err and "cannot go below 0" in err, err
+    code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1] + TINY,
+                       capsys)
+    assert code == 0 and "negative" not in err, err
