@@ -322,6 +322,10 @@ def train(
     standardized, mean, std = standardize(img)
     forward = ForwardModel(psf, device=dev)
     geometry = forward.geometry([min(config.patch, n) for n in img.shape], unet.divisor)
+    if config.batch * math.prod(n // unet.divisor for n in geometry.field_shape) < 2:
+        raise InputError(f"a batch of {config.batch} training field(s) of {geometry.field_shape} voxels leaves one value "
+                         "per channel at the network's coarsest level, too few for batch normalisation: use a batch "
+                         "of 2 or more or a larger patch (--batch, --patch)")
     sampler = _PatchSampler(standardized, geometry, config, dev)
     model, optimizer, schedule, average = trainable_model(unet, config, dev, -mean / std)
     amp = amp_enabled(config.amp, dev)

@@ -129,3 +129,15 @@ def test_cuda_training_with_mixed_precision_and_prediction():
     out = apply_model(result, noisy, device="cuda", tta=True)
     assert out.dtype == np.float32 and out.min() >= 0
     assert psnr_rescaled(truth, out) > psnr_rescaled(truth, noisy) + 0.5
+
+
+def test_a_batch_that_leaves_one_value_per_channel_at_the_bottom_is_refused():
+    """Batch normalisation in training needs two values per channel: one small field in a batch of
+    one ended in torch's ValueError (an internal error, exit 1); two fields are fine."""
+    _, noisy, psf = problem(2, sigma=0.1)
+    small, psf = noisy[:6, :6], psf[1:-1, 1:-1]  # patch 4 and a 5x5 PSF: 8x8 fields, 1x1 after three halvings
+    unet = UNetConfig(ndim=2, base_channels=4, depth=3)
+    with pytest.raises(InputError, match="a batch of 1 training field.*use a batch of 2 or more or a larger patch"):
+        train(small, psf, config=TrainConfig(steps=1, patch=4, batch=1), unet=unet, device="cpu")
+    res = train(small, psf, config=TrainConfig(steps=1, patch=4, batch=2), unet=unet, device="cpu")
+    assert res.steps_done == 1
