@@ -54,7 +54,9 @@ def add_training_options(p, steps_flag: str) -> None:
                    help="weight of the invariance after the PSF (--invariance after-psf or both; "
                         "default: --lambda-inv)")
     g.add_argument("--lambda-bound", type=_non_negative, default=LAMBDA_BOUND, metavar="W",
-                   help=f"weight of the bounds term (default {LAMBDA_BOUND:g}, the paper's)")
+                   help=f"weight of the bounds term (default {LAMBDA_BOUND:g}, the paper's). It penalises negative "
+                        "output only (the output is scaled by its own maximum, so never above 1): with the "
+                        "positive output, the default, it is 0; it acts with --no-positive")
     g.add_argument("--ssi", action="store_true", help="SSI-style blind-spot baseline (invariance none, lambda_bsp 1; "
                    "the data term is off unless --lambda-rec is given)")
     g.add_argument("--lambda-rec", type=_non_negative, default=None, metavar="W",

@@ -312,6 +312,10 @@ def bound_term(f: torch.Tensor, mean: float = 0.0, std: float = 1.0, detach_max:
     sign. With ``detach_max`` (default) the maximum is a constant for the gradient: the
     penalty then lifts negative values instead of being lowered by inflating the
     brightest voxel, which a differentiable maximum would also reward.
+
+    Scaled by its own maximum, ``z`` never exceeds 1, so only the negative part acts: with a
+    non-negative output (``UNetConfig.positive``, or the residual form's sum clamped at zero
+    intensity) the term is 0.
     """
     z = f * std + mean
     peak = z.max()
