@@ -13,13 +13,13 @@ import contextlib
 import copy
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
+from deconv3d._paths import temporary_name
 from deconv3d.errors import InputError
 
 
@@ -58,18 +58,22 @@ def stop_reason(step: int, loss: float, steps: int, time_budget, callback, start
 
 
 def atomic_torch_save(payload: dict, path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it to ``path``."""
+    """``torch.save`` to a temporary file in the same folder, then rename it to ``path``.
+
+    The file is created with the mode the umask gives (0644 under the usual 022), as the TIFF
+    and zarr outputs are, so that colleagues on a shared server can read the model.
+    """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
+    tmp = temporary_name(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             torch.save(payload, fh)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

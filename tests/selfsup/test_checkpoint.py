@@ -35,7 +35,17 @@ def test_round_trip_reproduces_outputs_exactly(trained, tmp_path):
     # (without the training run's RL estimate, which the file does not carry: RL runs afresh on both sides)
     np.testing.assert_array_equal(apply_model(loaded, image, device="cpu"),
                                   apply_model(replace(res, reference_cache=None), image, device="cpu"))
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
+    assert os.listdir(tmp_path) == ["m.ckpt"]  # no temporary left
+
+
+def test_a_checkpoint_gets_the_mode_the_umask_gives_like_other_outputs(trained, tmp_path):
+    """It was created owner-only (0600, tempfile.mkstemp) where TIFF outputs get 0644."""
+    before = os.umask(0o022)
+    try:
+        save_checkpoint(trained[0], tmp_path / "m.ckpt")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "m.ckpt").stat().st_mode & 0o777 == 0o644
 
 
 def test_checkpoint_from_before_the_weighted_data_term_loads_as_plain_mse(trained, tmp_path):
