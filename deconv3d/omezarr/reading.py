@@ -263,9 +263,18 @@ class ZarrReader:
             for axis in sorted(self.drop):
                 key.insert(axis, 0)
             key = tuple(key)
-        return np.array(self._open()[key], dtype=np.float32, order="C")
+        try:
+            return np.array(self._open()[key], dtype=np.float32, order="C")
+        except (OSError, RuntimeError, ValueError) as exc:  # a codec's or the store's complaint about a chunk
+            raise InputError(f"cannot read {self.path} (array {self.component!r}, region {_region(key)}): "
+                             f"{_one_line(exc)}: a chunk is damaged; copy or convert the image again") from exc
 
     __getitem__ = read
+
+
+def _region(key) -> str:
+    key = key if isinstance(key, tuple) else (key,)
+    return "[" + ", ".join(f"{k.start or 0}:{k.stop}" if isinstance(k, slice) else str(k) for k in key) + "]"
 
 
 #: Files that make a folder a zarr group: zarr v3, and v2 (OME-Zarr v0.4, bioformats2raw's output).

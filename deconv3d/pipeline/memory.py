@@ -79,10 +79,10 @@ def parse_memory(text) -> int:
 
     try:
         value = int(parse_bytes(str(text).strip()))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(f"cannot read memory limit {text!r}: write it like 4GB, 512MB or 2GiB") from exc
     if value <= 0:
-        raise InputError(f"memory limit must be positive, got {text!r}")
+        raise InputError(f"memory limit must be positive, got {text!r}: write it like 4GB, 512MB or 2GiB")
     return value
 
 

@@ -358,3 +358,36 @@ def test_batch_finds_image_files_whatever_the_case_of_their_suffix(tmp_path, cap
                          capsys)
     assert code == 0 and "3 done" in out, (out, err)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.zarr")) == ["B.zarr", "a.zarr", "c.zarr"]
+
+
+def test_a_chunked_result_that_overflows_float32_is_refused_like_an_in_memory_one(tmp_path, capsys):
+    """Values near float32's limit: the in-memory run refused its Inf result, the chunked run wrote
+    an all-Inf OME-Zarr and exited 0."""
+    image = blurred_beads((8, 24, 24), gaussian_psf()) * np.float32(1e36)
+    write_tiff(tmp_path / "huge.tif", image, voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    for out, extra in (("h.zarr", []), ("h.tif", ["--chunks", 8, 12, 12])):
+        code, _, err = run(["deconvolve", tmp_path / "huge.tif", "--psf", tmp_path / "psf.tif", "-o", tmp_path / out,
+                            "--iterations", 2, "--device", "cpu"] + extra, capsys)
+        assert code == 2 and "NaN or Inf values" in err and "rescale the image" in err, err
+        assert not (tmp_path / out).exists()
+
+
+def test_a_damaged_chunk_of_a_zarr_input_is_named_not_an_internal_error(tmp_path, capsys):
+    write_ome_zarr(tmp_path / "in.zarr", blurred_beads((8, 24, 24), gaussian_psf()), voxel_size=(0.3, 0.1, 0.1),
+                   chunks=(4, 12, 12))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    chunk = next(p for p in sorted((tmp_path / "in.zarr").rglob("*")) if p.is_file() and "c" in p.parts[-4:-1])
+    chunk.write_bytes(b"\x00\x01")
+    code, _, err = run(["deconvolve", tmp_path / "in.zarr", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "o.zarr",
+                        "--iterations", 1, "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "in.zarr", "a chunk is damaged")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize("text", ["1e400", "0", "-5MB"])
+def test_memory_limits_that_overflow_or_are_not_positive_name_the_fix(text):
+    from deconv3d.pipeline.memory import parse_memory
+
+    with pytest.raises(InputError, match="write it like 4GB"):
+        parse_memory(text)
