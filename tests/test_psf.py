@@ -1,5 +1,6 @@
 """Tests for deconv3d.psf: generation, validation, centring, cropping, resampling, distillation."""
 
+import re
 import warnings
 
 import numpy as np
@@ -398,3 +399,14 @@ def test_the_cli_prints_library_warnings_as_its_own_lines(tmp_path, capsys):
     write_tiff(tmp_path / "beads.tif", (1000 * core + 60 * halo + 10).astype(np.float32), voxel_size=(0.3, 0.1, 0.1))
     code, _, err = run(["psf", "distill", tmp_path / "beads.tif", "-o", tmp_path / "psf.tif"], capsys)
     assert code == 0 and err.startswith("deconv3d: warning: the bead box (") and "Warning" not in err, err
+
+
+@pytest.mark.parametrize("option", ["ni", "ns"])
+@pytest.mark.parametrize("value", [1e9, 0.5, 3.0])
+def test_refractive_indices_outside_any_medium_are_refused(option, value):
+    """ni 1e9 reached psfmodels and came back as numpy's LinAlgError (an internal error); ns 1e9 gave a PSF."""
+    from deconv3d.psf import generate_psf
+
+    kwargs = {"ni": 1.515, "ns": 1.33, option: value}
+    with pytest.raises(InputError, match=re.escape(f"{option} {value:g} is not") + ".* give one from 1 to 2.5"):
+        generate_psf("gaussian", (9, 9, 9), (0.3, 0.1, 0.1), na=0.3, wavelength=0.5, **kwargs)

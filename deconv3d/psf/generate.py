@@ -89,14 +89,21 @@ def _make_psf(model, nz, nxy, dxy, dz, na, wavelength, ni, ns, depth) -> np.ndar
 
     with warnings.catch_warnings():  # its RuntimeWarnings would precede our one-line error
         warnings.simplefilter("ignore", RuntimeWarning)
-        psf = psfmodels.make_psf(
-            nz, nxy, dxy=dxy, dz=dz, pz=depth, NA=na, wvl=wavelength,
-            ns=ns, ni=ni, ni0=ni, model=model,
-        )
+        try:
+            psf = psfmodels.make_psf(
+                nz, nxy, dxy=dxy, dz=dz, pz=depth, NA=na, wvl=wavelength,
+                ns=ns, ni=ni, ni0=ni, model=model,
+            )
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+            psf = np.full(1, np.nan)  # refused below, with the parameters
     if not np.isfinite(psf).all() or not psf.max() > 0:
         raise InputError(f"psfmodels could not compute a {model} PSF for NA {na}, wavelength {wavelength} µm, "
                          f"ni {ni}, ns {ns}, depth {depth} µm: check these parameters")
     return psf
+
+
+#: The largest refractive index accepted for the immersion medium and the sample (diamond's is 2.42).
+REFRACTIVE_INDEX_MAX = 2.5
 
 
 def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth):
@@ -112,6 +119,10 @@ def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth
     for name, value in (("NA", na), ("wavelength", wavelength), ("ni", ni), ("ns", ns)):
         if not (np.isfinite(value) and value > 0):
             raise InputError(f"{name} must be a positive number, got {value}")
+    for name, value in (("ni", ni), ("ns", ns)):
+        if not 1.0 <= value <= REFRACTIVE_INDEX_MAX:
+            raise InputError(f"{name} {value:g} is not the refractive index of an immersion medium or a sample: give "
+                             f"one from 1 to {REFRACTIVE_INDEX_MAX:g} (water 1.33, glycerol 1.47, oil 1.515)")
     if na >= ni:
         raise InputError(f"NA {na} must be below the immersion index ni={ni}: lower the NA or set --ni")
     if wavelength > 5:
