@@ -7,6 +7,7 @@ command line prints them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -126,8 +127,11 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
     from deconv3d.io import write_tiff
     from deconv3d.metrics import psnr_rescaled, ssim_rescaled
 
+    from deconv3d.fft import resolve_device
+
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    resolve_device(device)  # before minutes of work: a missing GPU is a one-line error now
+    _check_folder(output)
     say("synthesising the phantom and its widefield image")
     truth, psf, image = demo_data(seed)
     stacks = {"truth": truth, "input": image}
@@ -146,13 +150,57 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
                  "seconds": time.perf_counter() - start,
                  "note": f"latent interpolation (residual); pixel blending {blur['psnr_blend']:.2f} dB"})
     say("writing the stacks and the figure")
-    write_tiff(output / "psf.tif", psf, voxel_size=DEMO_VOXEL)
-    for name, stack in stacks.items():
-        write_tiff(output / f"{name}.tif", stack, voxel_size=DEMO_VOXEL)
-    write_tiff(output / "blur_real.tif", blur["real"], voxel_size=DEMO_VOXEL[1:])  # synthetic planes: the demo's pixel
-    write_tiff(output / "blur_synth.tif", blur["synth"], voxel_size=DEMO_VOXEL[1:])
-    draw_projections(stacks, output / "demo.png", DEMO_VOXEL, strip=blur)
+    with _staged(output) as folder:
+        write_tiff(folder / "psf.tif", psf, voxel_size=DEMO_VOXEL)
+        for name, stack in stacks.items():
+            write_tiff(folder / f"{name}.tif", stack, voxel_size=DEMO_VOXEL)
+        # synthetic planes: the demo's pixel size only
+        write_tiff(folder / "blur_real.tif", blur["real"], voxel_size=DEMO_VOXEL[1:])
+        write_tiff(folder / "blur_synth.tif", blur["synth"], voxel_size=DEMO_VOXEL[1:])
+        draw_projections(stacks, folder / "demo.png", DEMO_VOXEL, strip=blur)
     return rows
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _check_folder(output: Path) -> None:
+    """Refuse, before any work, an output that is a file or that cannot be created or written."""
+    import os
+
+    from deconv3d.errors import InputError
+
+    if output.exists() and not output.is_dir():
+        raise InputError(f"demo output {output} is a file: give a folder (it is created if missing)")
+    for folder in {_existing_ancestor(output.absolute().parent), _existing_ancestor(output)}:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write the demo output {output}: {folder} is not writable: choose another folder")
+
+
+@contextlib.contextmanager
+def _staged(output: Path):
+    """A hidden folder beside ``output`` (or in its nearest existing ancestor) to write the files into;
+    on success ``output`` is created if missing and the files are moved into it, replacing those of
+    an earlier demo (other files there are left alone). On any failure, Ctrl-C included, nothing
+    is created."""
+    import os
+    import shutil
+
+    from deconv3d._paths import temporary_name
+
+    staging = _existing_ancestor(output.absolute().parent) / temporary_name(output).name
+    staging.mkdir()
+    try:
+        yield staging
+        output.mkdir(parents=True, exist_ok=True)
+        for item in staging.iterdir():
+            os.replace(item, output / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _row(name, truth, result, seconds, psnr_fn, ssim_fn) -> dict:

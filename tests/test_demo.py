@@ -1,20 +1,30 @@
 """The demo on a shrunken problem: every method's row, stacks and the figure are written."""
 
 import numpy as np
+import pytest
+import torch
 
 from deconv3d import demo
+from deconv3d.errors import InputError
 from deconv3d.io import read_image
 
 
-def test_demo_writes_rows_stacks_and_figure(tmp_path, monkeypatch):
+def shrink(monkeypatch):
     monkeypatch.setattr(demo, "DEMO_SHAPE", (16, 32, 32))
     monkeypatch.setattr(demo, "DEMO_PSF_SHAPE", (9, 11, 11))
     monkeypatch.setattr(demo, "DEMO_ITERATIONS", 3)
     monkeypatch.setattr(demo, "DEMO_SSL_SECONDS", 1.0)
     monkeypatch.setattr(demo, "DEMO_BLUR_SECONDS", 1.0)
     monkeypatch.setattr(demo, "DEMO_BLUR_SHAPE", (32, 32))
+
+
+def test_demo_writes_rows_stacks_and_figure(tmp_path, monkeypatch):
+    shrink(monkeypatch)
     stages = []
-    rows = demo.run_demo(tmp_path, device="cpu", progress=stages.append)
+    folder = tmp_path / "new" / "demo"  # parents are created, at the end
+    rows = demo.run_demo(folder, device="cpu", progress=stages.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]  # no staging folder left
+    tmp_path = folder
     assert [r["method"] for r in rows] == ["input", "wiener", "rl", "rl-tv", "ssl", "blur-synth"]
     # one line per stage as it starts (the demo ran for minutes in silence)
     assert [s.split(":")[0].split(",")[0] for s in stages] == ["synthesising the phantom and its widefield image",
@@ -33,3 +43,23 @@ def test_demo_writes_rows_stacks_and_figure(tmp_path, monkeypatch):
         assert stack.voxel_size is not None and stack.data.dtype == np.float32
     assert read_image(tmp_path / "ssl.tif").data.shape == (16, 32, 32)
     assert (tmp_path / "demo.png").stat().st_size > 1000
+
+
+def test_demo_checks_before_working_and_creates_nothing_when_it_fails(tmp_path, monkeypatch):
+    """The demo created its folder first, so a refused device, a Ctrl-C or a failure left an empty
+    folder behind, and an output naming a file was an internal error."""
+    shrink(monkeypatch)
+    (tmp_path / "file.tif").write_bytes(b"x")
+    with pytest.raises(InputError, match="is a file"):
+        demo.run_demo(tmp_path / "file.tif", device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA"):
+            demo.run_demo(tmp_path / "gpu", device="cuda")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "draw_projections", interrupted)  # the last file written
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(tmp_path / "a" / "b", device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.tif"]
