@@ -152,6 +152,25 @@ def register(sub) -> None:
     add_common(p)
 
 
+def _check_shared_files(settings) -> None:
+    """An unreadable model or a bad PSF file would fail every file of the batch: refuse it up front."""
+    from deconv3d.io import read_psf
+    from deconv3d.pipeline.settings import _many
+    from deconv3d.psf import validate_psf
+
+    if settings.method == "ssl" and settings.model:
+        from deconv3d.selfsup import load_checkpoint
+
+        load_checkpoint(settings.model, device="cpu")
+    elif settings.method != "ssl":
+        for psf in _many(settings.psf):
+            data = read_psf(psf).data  # its errors name the file
+            try:
+                validate_psf(data)
+            except InputError as exc:
+                raise InputError(f"{psf}: {exc}") from None
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     from deconv3d.pipeline.batch import load_config, run_batch, status_counts, write_reports
     from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
@@ -175,10 +194,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"cannot create or write the output folder {output_dir} ({existing} is not writable): "
                          "choose another location")
-    if settings.method == "ssl" and settings.model:  # an unreadable model fails every file: refuse it up front
-        from deconv3d.selfsup import load_checkpoint
-
-        load_checkpoint(settings.model, device="cpu")
+    _check_shared_files(settings)
     start = time.perf_counter()
     gpus = gpu_count(settings.device) if args.scheduler == "processes" else 0
     rows: list[dict] = []

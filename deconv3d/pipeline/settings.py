@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,6 +21,8 @@ METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
 PSF_MODELS = ("gaussian", "gibson-lanni", "vectorial")
 OUTPUT_FORMATS = ("zarr", "tif")
+#: Above every image's limit on the RL-TV weight (1 / sum(2 / s_i), s_i the spacing relative to the finest axis).
+TV_WEIGHT_MAX = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,17 +54,33 @@ class Settings:
     pattern: tuple = ("*.tif", "*.tiff", "*.zarr")
 
     def __post_init__(self):
+        self._normalise()
+        self._check_values()
+        self._check_memory_limit()
+        self._check_sources()
+
+    def _normalise(self) -> None:
         for name in ("psf", "wavelength"):  # a list of one is the single value
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):
                 object.__setattr__(self, name, value[0] if len(value) == 1 else tuple(value))
+        if isinstance(self.pattern, (str, list)):
+            pattern = (self.pattern,) if isinstance(self.pattern, str) else tuple(self.pattern)
+            object.__setattr__(self, "pattern", pattern)
+
+    def _check_values(self) -> None:
         _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         _check(self.boundary in BOUNDARIES, f"boundary must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
         _check(self.output_format in OUTPUT_FORMATS, f"output_format must be zarr or tif, got {self.output_format!r}")
-        _check(isinstance(self.iterations, int) and self.iterations >= 1,
+        _check(isinstance(self.iterations, int) and not isinstance(self.iterations, bool) and self.iterations >= 1,
                f"iterations must be a positive integer, got {self.iterations!r}")
         _check(_positive(self.balance), f"balance must be positive, got {self.balance!r}")
-        _check(self.method != "rl-tv" or _positive(self.tv_weight), "method rl-tv needs a positive tv_weight (try 0.002)")
+        _check(self.method != "rl-tv" or (_positive(self.tv_weight) and self.tv_weight < TV_WEIGHT_MAX),
+               f"method rl-tv needs a positive tv_weight below {TV_WEIGHT_MAX} (try 0.002), got {self.tv_weight!r}")
+        _check(isinstance(self.pattern, tuple) and self.pattern
+               and all(isinstance(p, str) and p.strip() and not Path(p).is_absolute() and ".." not in Path(p).parts
+                       for p in self.pattern),
+               f"pattern needs file-name patterns inside the input folder, like \"*.tif\", got {self.pattern!r}")
         _check(isinstance(self.pyramid_levels, int) and self.pyramid_levels >= 0, "pyramid_levels must be >= 0")
         _check(isinstance(self.tta, bool), f"tta must be true or false, got {self.tta!r}")
         _check(isinstance(self.band_limit, (int, float)) and 0 <= self.band_limit < float("inf"),
@@ -74,31 +93,43 @@ class Settings:
                f"chunks needs 3 positive whole numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")
         # Checked here, before any file runs: each of a night's files failed on them one by one.
         _check(isinstance(self.accelerate, bool), f"accelerate must be true or false, got {self.accelerate!r}")
+        from deconv3d.fft import resolve_device
+
+        resolve_device(self.device)
+
+    def _check_memory_limit(self) -> None:
         # A bare number is bytes for the Python API (as run_chunked takes); a small one is a config's
         # "memory_limit = 500" that meant megabytes, refused rather than read as 500 bytes.
         _check(self.memory_limit is None or isinstance(self.memory_limit, str)
                or (isinstance(self.memory_limit, numbers.Integral) and not isinstance(self.memory_limit, bool)
                    and self.memory_limit >= 2**20),
                f"memory_limit needs a unit, like \"4GB\" or \"512MiB\", got {self.memory_limit!r}")
-        from deconv3d.fft import resolve_device
-
-        resolve_device(self.device)
-        if self.method == "ssl":
-            _check(self.model is not None, "method ssl in a batch needs model = a .ckpt from 'deconv3d train'")
-            _check(Path(self.model).is_file(), f"model file not found: {self.model}: check the path")
-        elif self.psf is None:
-            _check(self.psf_model in PSF_MODELS, "a PSF is needed: set psf = \"PSF.tif\" or psf_model with na and "
-                   "wavelength")
-            _check(_positive(self.na) and all(_positive(w) for w in _many(self.wavelength)),
-                   "psf_model needs positive na and wavelength (one, or one per channel)")
-        else:
-            _check(self.psf_model is None, "give either psf or psf_model, not both")
-            for psf in _many(self.psf):
-                _check(Path(psf).is_file(), f"PSF file not found: {psf}: check the path")
         if self.memory_limit is not None:
             from deconv3d.pipeline.memory import parse_memory
 
             parse_memory(self.memory_limit)
+
+    def _check_sources(self) -> None:
+        """The model, PSF files or PSF model: present, and usable by every file."""
+        if self.method == "ssl":
+            _check(isinstance(self.model, (str, os.PathLike)), "method ssl in a batch needs model = a .ckpt from "
+                   "'deconv3d train'")
+            _check(Path(self.model).is_file(), f"model file not found: {self.model}: check the path")
+        elif self.psf is None:
+            _check(self.psf_model in PSF_MODELS, "a PSF is needed: set psf = \"PSF.tif\" or psf_model with na and "
+                   "wavelength")
+            _check(_positive(self.na) and _many(self.wavelength) and all(_positive(w) for w in _many(self.wavelength)),
+                   "psf_model needs positive na and wavelength (one, or one per channel)")
+            from deconv3d.psf.generate import check_optics
+
+            for wavelength in _many(self.wavelength):
+                check_optics(self.psf_model, self.na, wavelength, self.ni, self.ns, self.depth)
+        else:
+            _check(self.psf_model is None, "give either psf or psf_model, not both")
+            _check(bool(_many(self.psf)) and all(isinstance(p, (str, os.PathLike)) for p in _many(self.psf)),
+                   f"psf needs a file name, or one per channel, got {self.psf!r}")
+            for psf in _many(self.psf):
+                _check(Path(psf).is_file(), f"PSF file not found: {psf}: check the path")
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the output (not the file pattern)."""
@@ -162,6 +193,9 @@ def load_config(path) -> dict:
         if isinstance(value, list):
             value = tuple(value)
         if name in ("psf", "model") and value is not None:
+            if not all(isinstance(f, str) for f in _many(value)):
+                raise InputError(f"config {path}: {key} must be a file name in quotes (or a list of them for psf), "
+                                 f"got {value!r}")
             resolved = [f if Path(f).is_absolute() else str(path.parent / f) for f in _many(value)]
             value = tuple(resolved) if isinstance(value, tuple) else resolved[0]
         out[name] = value

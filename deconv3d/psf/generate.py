@@ -108,11 +108,21 @@ REFRACTIVE_INDEX_MAX = 2.5
 
 def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth):
     """Validate :func:`generate_psf` arguments; return (psfmodels name, 3D shape, 3D voxel)."""
-    if model not in PSF_MODELS:
-        raise InputError(f"unknown PSF model {model!r}: choose one of {', '.join(PSF_MODELS)}")
+    check_optics(model, na, wavelength, ni, ns, depth)
     shape = _positive_ints(shape, "PSF shape")
     voxel = checked_voxel_size(voxel_size, len(shape))
     refuse_nanometres(voxel, "give it in micrometres (e.g. 0.3 0.1 0.1)")  # such a PSF would be one voxel
+    if len(shape) == 2:
+        shape, voxel = (1, *shape), (voxel[0], *voxel)
+    return PSF_MODELS[model], shape, voxel
+
+
+def check_optics(model, na, wavelength, ni=1.515, ns=1.33, depth=0.0) -> None:
+    """Refuse a PSF model or microscope parameters that :func:`generate_psf` cannot use, with a
+    one-line :class:`~deconv3d.errors.InputError` naming the fix (also run on a batch
+    configuration before its first file)."""
+    if model not in PSF_MODELS:
+        raise InputError(f"unknown PSF model {model!r}: choose one of {', '.join(PSF_MODELS)}")
     for name, value in (("NA", na), ("wavelength", wavelength), ("ni", ni), ("ns", ns), ("depth", depth)):
         if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
             raise InputError(f"{name} must be a number, got {value!r}")
@@ -132,9 +142,6 @@ def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth
     if model == "gaussian" and depth > 0:
         raise InputError(f"the gaussian PSF model has no depth-dependent aberration (depth {depth} µm given): "
                          "use --psf-model gibson-lanni or vectorial, or drop --depth")
-    if len(shape) == 2:
-        shape, voxel = (1, *shape), (voxel[0], *voxel)
-    return PSF_MODELS[model], shape, voxel
 
 
 def generated_psf_shape(image_shape, voxel, na, wavelength) -> tuple[int, ...]:

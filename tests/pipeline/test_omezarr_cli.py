@@ -508,3 +508,37 @@ def test_a_memory_limit_in_bytes_is_still_taken_from_the_python_api(folder):
     assert make_settings({"psf": str(folder / "psf.tif"), "memory_limit": np.int64(2**32)}).memory_limit == 2**32
     with pytest.raises(InputError, match="memory_limit needs a unit"):
         make_settings({"psf": str(folder / "psf.tif"), "memory_limit": 500})
+
+
+PSF_LINE = 'psf = "psf.tif"'
+
+
+@pytest.mark.parametrize("lines, words", [
+    ([PSF_LINE, "pattern = 5"], "pattern needs file-name patterns"),
+    ([PSF_LINE, 'pattern = ["*.tif", 5]'], "pattern needs file-name patterns"),
+    ([PSF_LINE, 'pattern = "/tmp/*.tif"'], "pattern needs file-name patterns"),
+    ([PSF_LINE, 'pattern = "../*.tif"'], "pattern needs file-name patterns"),
+    ([PSF_LINE, 'pattern = ""'], "pattern needs file-name patterns"),
+    (["psf = 5"], "psf must be a file name in quotes"),
+    (["psf = []"], "psf needs a file name, or one per channel"),
+    (['psf_model = "gaussian"', "na = 0.5", "wavelength = []"], "psf_model needs positive na and wavelength"),
+    (['psf_model = "gibson-lanni"', "na = 1.2", "wavelength = 520"], "looks like nanometres"),
+    (['psf_model = "gibson-lanni"', "na = 1.2", "wavelength = 0.52", 'ni = "abc"'], "ni must be a number"),
+    ([PSF_LINE, "iterations = true"], "iterations must be a positive integer"),
+    ([PSF_LINE, 'method = "rl-tv"', "tv_weight = 1e9"], "positive tv_weight below 0.5"),
+    (['psf = "nan_psf.tif"'], "nan_psf.tif contains NaN or Inf"),
+    (['psf = "negative_psf.tif"'], "negative_psf.tif: PSF has negative values"),
+])
+def test_settings_every_file_would_fail_on_are_refused_up_front(folder, capsys, lines, words):
+    """A review's config fuzzing: each was an internal error (exit 1) or failed every file in turn
+    (exit 3), or, for iterations = true, ran one iteration."""
+    from cli_helpers import assert_one_line_error
+
+    for name, value in (("nan", np.nan), ("negative", -1.0)):
+        psf = np.asarray(gaussian_psf())
+        psf[0, 0, 0] = value
+        write_tiff(folder / f"{name}_psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    (folder / "batch.toml").write_text("\n".join(lines) + "\n")
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--config", folder / "batch.toml"], capsys)
+    assert_one_line_error(code, err, words)
+    assert not (folder / "out").exists()
