@@ -321,7 +321,13 @@ def train(
         unet = replace(unet, positive=False)
     standardized, mean, std = standardize(img)
     forward = ForwardModel(psf, device=dev)
-    geometry = forward.geometry([min(config.patch, n) for n in img.shape], unet.divisor)
+    data_shape = [min(config.patch, n) for n in img.shape]
+    side = max(n + b + a for n, b, a in zip(data_shape, forward.halo_before, forward.halo_after))
+    if unet.divisor > side:  # the fields would be padded up to 2**depth voxels per side
+        raise InputError(f"a UNet of depth {unet.depth} halves its field {unet.depth} times, more than the "
+                         f"{side} voxels of a training field allow: use a depth of {side.bit_length() - 1} or less, "
+                         "or a larger patch (--unet-depth, --patch)")
+    geometry = forward.geometry(data_shape, unet.divisor)
     if config.batch * math.prod(n // unet.divisor for n in geometry.field_shape) < 2:
         raise InputError(f"a batch of {config.batch} training field(s) of {geometry.field_shape} voxels leaves one value "
                          "per channel at the network's coarsest level, too few for batch normalisation: use a batch "
