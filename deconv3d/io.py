@@ -91,6 +91,11 @@ def read_image(path) -> Image:
     ((64, 256, 256), (0.2, 0.065, 0.065))
     """
     path = Path(path)
+    if path.is_dir():
+        kind = "an OME-Zarr folder" if path.suffix.lower() == ".zarr" else "a folder"
+        raise InputError(f"{path} is {kind}, and this reads a TIFF file: give a .tif"
+                         + (" (save one from it, or use a command that reads .zarr: deconvolve, batch)"
+                            if path.suffix.lower() == ".zarr" else ""))
     if not path.is_file():
         raise InputError(f"input file not found: {path}: check the path")
     _check_suffix(path, "input")
@@ -304,7 +309,8 @@ def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str, 
             f"{data.shape}): multi-channel/time data are not supported yet; pick one channel and time point first"
         )
     if data.ndim < 2:
-        raise InputError(f"image {path} is {data.ndim}D (shape {data.shape}): a 2D or 3D image is needed")
+        raise InputError(f"image {path} is {data.ndim}D once its axes of length 1 are dropped (shape {data.shape}): "
+                         "a 2D or 3D image is needed")
     extra = [a for a in kept_axes[:-2] if a not in _GENERIC_AXES]
     if extra:
         kind = {"C": "channel", "T": "time", "S": "colour-sample"}.get(extra[0], extra[0])

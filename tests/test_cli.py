@@ -334,3 +334,11 @@ def test_an_image_with_many_negative_voxels_is_warned_about_for_rl(data, capsys)
     code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "plain.tif",
                         "--iterations", 2, "--device", "cpu"], capsys)
     assert code == 0 and "negative" not in err
+
+
+@pytest.mark.parametrize("value", ["2.5", "ten"])
+def test_a_count_that_is_not_a_whole_number_says_so(data, capsys, value):
+    """argparse printed "invalid _iterations value" (the converter's name)."""
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "o.tif",
+                        "--iterations", value], capsys)
+    assert_one_line_error(code, err, f"must be a positive whole number, got '{value}'")

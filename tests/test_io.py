@@ -428,3 +428,22 @@ def test_streamed_writing_reads_slabs_within_the_budget_it_is_given(tmp_path):
         write_tiff(tmp_path / "o.tif", view, voxel_size=(0.3, 0.1, 0.1), slab_bytes=budget)
         np.testing.assert_array_equal(read_image(tmp_path / "o.tif").data, volume)
         assert max(k.stop - k.start for k in asked) == planes and sum(min(k.stop, 10) - k.start for k in asked) == 10
+
+
+def test_a_folder_given_as_a_tiff_is_named_as_a_folder(tmp_path):
+    """An existing OME-Zarr folder or a folder named .tif was 'input file not found'."""
+    from deconv3d.omezarr import open_lazy
+
+    (tmp_path / "x.zarr").mkdir()
+    (tmp_path / "dir.tif").mkdir()
+    with pytest.raises(InputError, match="x.zarr is an OME-Zarr folder, and this reads a TIFF file"):
+        read_image(tmp_path / "x.zarr")
+    for read in (read_image, open_lazy):
+        with pytest.raises(InputError, match="dir.tif is a folder"):
+            read(tmp_path / "dir.tif")
+
+
+def test_a_single_voxel_image_says_its_singleton_axes_were_dropped(tmp_path):
+    tifffile.imwrite(tmp_path / "one.tif", np.ones((1, 1, 1), np.float32))
+    with pytest.raises(InputError, match=r"0D once its axes of length 1 are dropped"):
+        read_image(tmp_path / "one.tif")

@@ -29,7 +29,10 @@ def positive_float(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:  # argparse would print "invalid positive_int value"
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value

@@ -53,6 +53,9 @@ def open_lazy(path) -> LazyImage:
     suffix = path.suffix.lower()
     if suffix == ZARR_SUFFIX or (path.is_dir() and any((path / f).exists() for f in _ZARR_MARKERS)):
         return _open_ome_zarr(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder but not a zarr image (no zarr.json or .zgroup in it): give a TIFF file "
+                         "or an OME-Zarr folder")
     if suffix in TIFF_SUFFIXES:
         return _open_tiff(path)
     raise InputError(f"unsupported input format '{path.suffix}' for {path}: use .tif, .tiff or .zarr")
@@ -176,7 +179,8 @@ def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:
     """
     kept = [a for a, n in zip(axes, shape) if n != 1]
     if len(kept) < 2:
-        raise InputError(f"image {path} is {len(kept)}D (shape {tuple(shape)}): a 2D or 3D image is needed")
+        raise InputError(f"image {path} is {len(kept)}D once its axes of length 1 are dropped (shape {tuple(shape)}): "
+                         "a 2D or 3D image is needed")
     lead = ["Z" if a in _GENERIC_AXES else a for a in kept[:-2]]
     if any(a not in "TCZ" for a in lead) or len(set(lead)) != len(lead):
         raise InputError(f"image {path} has axes {''.join(kept)} that are not T, C, Z, Y, X: save it as "
