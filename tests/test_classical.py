@@ -158,8 +158,13 @@ def test_bad_inputs():
     _, psf, image = noisy_problem((32, 32))
     bad_image = image.copy()
     bad_image[3, 3] = np.nan
+    huge = image.astype(np.float64) * 1e300  # finite, beyond float32
+    nan_psf = psf.copy()
+    nan_psf[0, 0] = np.nan
     cases = [
-        (dict(image=bad_image, psf=psf), "NaN"),
+        (dict(image=bad_image, psf=psf), "^image contains NaN"),
+        (dict(image=image, psf=nan_psf), "^PSF contains NaN"),
+        (dict(image=huge, psf=psf), "^image has values beyond the range of torch.float32"),
         (dict(image=image, psf=-psf), "non-negative"),
         (dict(image=image, psf=np.zeros_like(psf)), "all zero"),
         (dict(image=image[:5, :5], psf=psf), "larger than the image"),

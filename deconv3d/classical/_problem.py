@@ -37,6 +37,12 @@ class _Problem:
     floor: float = 1e-12  # predicted intensities below this give a zero ratio (FFT round-off guard)
 
 
+def _finite(array) -> bool:
+    if isinstance(array, torch.Tensor):
+        return bool(torch.isfinite(array).all())
+    return bool(np.isfinite(np.asarray(array)).all())
+
+
 def _check_inputs(image, psf, device, dtype):
     """The image and the PSF as detached tensors; the PSF scaled to unit sum (its total would only
     scale the result: a bead image's PSF in camera counts made RL's output ~1e-6 of the data)."""
@@ -46,14 +52,20 @@ def _check_inputs(image, psf, device, dtype):
         if (arr.is_complex() if isinstance(arr, torch.Tensor) else np.iscomplexobj(arr)):
             raise InputError(f"{name} is complex: give real intensities (e.g. the magnitude)")
     # Detached: the loops write with out= (no autograd), and the fused passes read raw memory anyway.
-    y = as_tensor(image, device, dtype).detach()
-    h = as_tensor(psf, device, dtype).detach()
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond the dtype's range: refused below, by name
+        y = as_tensor(image, device, dtype).detach()
+        h = as_tensor(psf, device, dtype).detach()
     if y.ndim not in (2, 3):
         raise InputError(f"image must be 2D or 3D, got {y.ndim}D: select a single channel and time point")
     if h.ndim != y.ndim:
         raise InputError(f"PSF is {h.ndim}D but the image is {y.ndim}D: use a PSF with the image's dimensionality")
-    if not (torch.isfinite(y).all() and torch.isfinite(h).all()):
-        raise InputError("image or PSF contains NaN or Inf values: clean the data or regenerate the PSF")
+    for name, given, t, fix in (("image", image, y, "replace them (e.g. with 0)"),
+                                ("PSF", psf, h, "check the PSF file or regenerate it")):
+        if not torch.isfinite(t).all():
+            if _finite(given):  # finite as given: beyond the working precision's range
+                raise InputError(f"{name} has values beyond the range of {dtype} that deconv3d computes in: rescale "
+                                 "it to a smaller range")
+            raise InputError(f"{name} contains NaN or Inf values: {fix}")
     if (h < 0).any() or not (h > 0).any():
         raise InputError("PSF must be non-negative and not all zero: check the PSF file")
     total = float(h.sum())
