@@ -13,13 +13,15 @@ import tifffile
 # Micrometres per unit; keys are lower-case with the micro sign normalised to "u". The names
 # are those ImageJ/Fiji users type, OME-XML's symbols and OME-Zarr's (UDUNITS) names.
 _UNIT_TO_UM = {
-    "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0, "micrometers": 1.0,
-    "micrometres": 1.0, "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "nanometers": 1e-3, "nanometres": 1e-3,
-    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3, "millimeters": 1e3, "millimetres": 1e3,
-    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4, "dm": 1e5, "decimeter": 1e5, "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "um": 1.0, "micron": 1.0, "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3, "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
+    "dm": 1e5, "decimeter": 1e5, "m": 1e6, "meter": 1e6, "metre": 1e6,
     "\u00c5": 1e-4, "\u00e5": 1e-4, "a": 1e-4, "angstrom": 1e-4, "pm": 1e-6, "picometer": 1e-6,
     "in": 25400.0, "inch": 25400.0, "ft": 304800.0, "foot": 304800.0,
 }
+# Plural forms ("meters", "inches", ...) of the names above.
+_UNIT_TO_UM.update({("inches" if k == "inch" else "feet" if k == "foot" else k + "s"): v
+                    for k, v in list(_UNIT_TO_UM.items()) if len(k) > 2 and not k.endswith("s")})
 # Units that say the image is not calibrated (ImageJ's default unit is "pixel").
 _UNCALIBRATED = frozenset({"", "pixel", "pixels", "px", "pix", "reference frame"})
 

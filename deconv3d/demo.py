@@ -175,23 +175,23 @@ def _check_folder(output: Path) -> None:
 
     if output.exists() and not output.is_dir():
         raise InputError(f"demo output {output} is a file: give a folder (it is created if missing)")
-    for folder in {_existing_ancestor(output.absolute().parent), _existing_ancestor(output)}:
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise InputError(f"cannot write the demo output {output}: {folder} is not writable: choose another folder")
+    folder = _existing_ancestor(output.resolve())  # the output itself, or where it will be created
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write the demo output {output}: {folder} is not writable: choose another folder")
 
 
 @contextlib.contextmanager
 def _staged(output: Path):
-    """A hidden folder beside ``output`` (or in its nearest existing ancestor) to write the files into;
-    on success ``output`` is created if missing and the files are moved into it, replacing those of
-    an earlier demo (other files there are left alone). On any failure, Ctrl-C included, nothing
-    is created."""
+    """A hidden folder to write the files into, on the output's file system: inside ``output`` when
+    it exists (links resolved), else in the nearest existing folder above it. On success ``output``
+    is created if missing and the files are moved into it, replacing those of an earlier demo
+    (other files there are left alone). On any failure, Ctrl-C included, nothing is created."""
     import os
     import shutil
+    import uuid
 
-    from deconv3d._paths import temporary_name
-
-    staging = _existing_ancestor(output.absolute().parent) / temporary_name(output).name
+    output = output.resolve()
+    staging = _existing_ancestor(output) / f".deconv3d-demo-{uuid.uuid4().hex[:8]}.tmp"
     staging.mkdir()
     try:
         yield staging

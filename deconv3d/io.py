@@ -94,8 +94,7 @@ def read_image(path) -> Image:
     if path.is_dir():
         kind = "an OME-Zarr folder" if path.suffix.lower() == ".zarr" else "a folder"
         raise InputError(f"{path} is {kind}, and this reads a TIFF file: give a .tif"
-                         + (" (save one from it, or use a command that reads .zarr: deconvolve, batch)"
-                            if path.suffix.lower() == ".zarr" else ""))
+                         + (" (save the image as one)" if path.suffix.lower() == ".zarr" else ""))
     if not path.is_file():
         raise InputError(f"input file not found: {path}: check the path")
     _check_suffix(path, "input")

@@ -334,6 +334,10 @@ def test_an_image_with_many_negative_voxels_is_warned_about_for_rl(data, capsys)
     code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "plain.tif",
                         "--iterations", 2, "--device", "cpu"], capsys)
     assert code == 0 and "negative" not in err
+    write_tiff(data / "zero.tif", np.zeros((12, 40, 40), np.float32), voxel_size=(0.3, 0.1, 0.1))  # an empty tile
+    code, _, err = run(["deconvolve", data / "zero.tif", "--psf", data / "psf.tif", "-o", data / "zero_rl.tif",
+                        "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0 and not read_image(data / "zero_rl.tif").data.any(), err
 
 
 @pytest.mark.parametrize("value", ["2.5", "ten"])

@@ -137,7 +137,8 @@ def test_a_2d_image_with_a_generated_psf_is_told_to_give_a_psf_file(files, capsy
     assert_one_line_error(code, err, "for a 2D image give a --psf file", "--shape 1 31 31")
 
 
-@pytest.mark.parametrize("unit, factor", [("micrometers", 1.0), ("nanometres", 1e-3), ("millimeter", 1e3)])
+@pytest.mark.parametrize("unit, factor", [("micrometers", 1.0), ("nanometres", 1e-3), ("millimeter", 1e3),
+                                          ("meters", 1e6), ("inches", 25400.0)])
 def test_unit_names_fiji_users_type_are_read(tmp_path, unit, factor):
     metadata = {"spacing": 0.3 / factor, "unit": unit, "axes": "ZYX"}
     tifffile.imwrite(tmp_path / "a.tif", np.ones((3, 6, 7), np.float32), imagej=True,

@@ -63,3 +63,21 @@ def test_demo_checks_before_working_and_creates_nothing_when_it_fails(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         demo.run_demo(tmp_path / "a" / "b", device="cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.tif"]
+
+
+def test_the_staging_folder_sits_on_the_outputs_file_system(tmp_path, monkeypatch):
+    """'-o .' failed at the end of the demo (a temporary name from an empty name), and an output that
+    is a link to another file system failed to move the files (and the results were deleted)."""
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    with demo._staged(Path(".")) as folder:
+        assert folder.parent == tmp_path  # inside the existing output
+        (folder / "a.txt").write_text("1")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with demo._staged(Path("link")) as folder:
+        assert folder.parent == tmp_path / "real"  # beside the files, where the link leads
+        (folder / "b.txt").write_text("2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "link", "real"]
+    assert [p.name for p in (tmp_path / "real").iterdir()] == ["b.txt"]

@@ -134,11 +134,12 @@ NEGATIVE_SHARE = 0.01
 def check_negative(data, source, method: str, warnings: list) -> None:
     """Background-subtracted data: Richardson-Lucy counts negative voxels as 0, and the network's
     output (and its Richardson-Lucy reference) is non-negative too. An image with no positive
-    value would come back all zeros and is refused; many negative voxels get a warning."""
+    value but negative ones would come back all zeros and is refused; many negative voxels get a
+    warning."""
     import numpy as np
 
     fix = "add the subtracted offset back" + (", or use --method wiener" if method != "train" else "")
-    if not float(np.max(data)) > 0:
+    if not float(np.max(data)) > 0 and float(np.min(data)) < 0:  # all zero stays allowed: zeros come back
         raise InputError(f"{source} has no positive values, so {method} would return only zeros: {fix}")
     share = float(np.mean(data < 0))
     if share > NEGATIVE_SHARE:

@@ -208,7 +208,7 @@ def deconvolve_ssl(args, image, psf, voxel, trained=None):
         trained = train_with_progress(image, psf, args, voxel)
         params = {"train_steps": trained.steps_done, "invariance": trained.config.invariance,
                   "precondition": trained.config.precondition, "warm_start": trained.warm_steps,
-                  "anchor": trained.config.anchor_weight if trained.warm_steps or trained.reference else 0.0,
+                  "anchor": trained.config.anchor_weight,
                   "warm_tv": trained.config.warm_tv, "residual": trained.config.residual}
         if trained.reference is not None:
             params["reference"] = to_dict(trained.reference)

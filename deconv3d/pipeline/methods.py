@@ -48,11 +48,21 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from deconv3d.errors import InputError
 from deconv3d.fft import psf_rms_width
 from deconv3d.psf import fit_psf
 
 __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "psf_rms_width", "rl_halo",
            "wiener_halo", "chunk_multiple_for"]
+
+
+def _finite(result: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """A deconvolved block, refused when float32 overflowed in it (values near 3.4e38), as an in-memory
+    run refuses its result (``cli._common.refuse_non_finite``): an all-Inf output was written before."""
+    if not np.isfinite(result).all():
+        raise InputError(f"the result has NaN or Inf values (the image's values reach {float(np.abs(block).max()):.3g} "
+                         "in this block): rescale the image to a smaller range and run again")
+    return result
 
 
 @dataclass
@@ -70,9 +80,9 @@ class RichardsonLucyBlock:
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from deconv3d.classical import richardson_lucy
 
-        return richardson_lucy(block, fit_psf(self.psf, block.shape), self.iterations, boundary=self.boundary,
-                               tv_weight=self.tv_weight, accelerate=self.accelerate, voxel_size=self.voxel_size,
-                               device=self.device)
+        return _finite(richardson_lucy(block, fit_psf(self.psf, block.shape), self.iterations, boundary=self.boundary,
+                                       tv_weight=self.tv_weight, accelerate=self.accelerate,
+                                       voxel_size=self.voxel_size, device=self.device), block)
 
     def halo(self) -> tuple[int, ...]:
         return rl_halo(self.psf, self.iterations)
@@ -116,7 +126,7 @@ class WienerBlock:
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from deconv3d.classical import wiener
 
-        return wiener(block, fit_psf(self.psf, block.shape), self.balance, device=self.device)
+        return _finite(wiener(block, fit_psf(self.psf, block.shape), self.balance, device=self.device), block)
 
     def halo(self) -> tuple[int, ...]:
         return wiener_halo(self.psf, self.balance)
@@ -158,8 +168,8 @@ class NetworkBlock:
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from deconv3d.selfsup import apply_model
 
-        return apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context,
-                           band_limit=self.band_limit)
+        return _finite(apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context,
+                                   band_limit=self.band_limit), block)
 
     def halo(self) -> tuple[int, ...]:
         """The network's context (or a residual network's RL reach where larger), plus the band limit's reach."""

@@ -31,11 +31,6 @@ def _is_tv_weight(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
 
 
-#: The deepest UNet accepted: its fields are multiples of 2**depth voxels per side, with 2**depth times
-#: the base channels at the bottom (depth 10 asked for fields of 1024 voxels and ran out of memory).
-MAX_DEPTH = 6
-
-
 @dataclass(frozen=True)
 class UNetConfig:
     """Residual UNet shape (Noise2Same style). Paper sizes: 96 base channels in 2D, 48 in 3D."""
@@ -54,8 +49,6 @@ class UNetConfig:
             raise InputError("base_channels, depth and blocks_per_level must be positive integers")
         if self.skip not in ("add", "concat"):
             raise InputError(f"skip must be 'add' or 'concat', got {self.skip!r}")
-        if self.depth > MAX_DEPTH:  # 2**depth times the base channels at the bottom, on fields of 2**depth voxels
-            raise InputError(f"UNet depth {self.depth} is too deep: give a depth from 1 to {MAX_DEPTH} (default 3)")
 
     @property
     def divisor(self) -> int:

@@ -323,10 +323,10 @@ def train(
     forward = ForwardModel(psf, device=dev)
     data_shape = [min(config.patch, n) for n in img.shape]
     side = max(n + b + a for n, b, a in zip(data_shape, forward.halo_before, forward.halo_after))
-    if unet.divisor > side:  # the fields would be padded up to 2**depth voxels per side
-        raise InputError(f"a UNet of depth {unet.depth} halves its field {unet.depth} times, more than the "
-                         f"{side} voxels of a training field allow: use a depth of {side.bit_length() - 1} or less, "
-                         "or a larger patch (--unet-depth, --patch)")
+    if unet.divisor > 2 * side:  # fields are padded up to 2**depth voxels a side: more than twice what they hold
+        raise InputError(f"a UNet of depth {unet.depth} pads the training fields to {unet.divisor} voxels a side, more "
+                         f"than twice the {side} they hold: use a depth of {(2 * side).bit_length() - 1} or less "
+                         "(--unet-depth)")
     geometry = forward.geometry(data_shape, unet.divisor)
     if config.batch * math.prod(n // unet.divisor for n in geometry.field_shape) < 2:
         raise InputError(f"a batch of {config.batch} training field(s) of {geometry.field_shape} voxels leaves one value "

@@ -391,3 +391,19 @@ def test_memory_limits_that_overflow_or_are_not_positive_name_the_fix(text):
 
     with pytest.raises(InputError, match="write it like 4GB"):
         parse_memory(text)
+
+
+def test_the_generic_block_mappers_pass_non_finite_results_through(tmp_path):
+    """Only the deconvolution blocks refuse an overflowed result; a user's own block function may
+    return Inf through blockwise and run_blocks as before."""
+    import zarr
+
+    def to_inf(block):
+        return np.full_like(block, -np.inf)
+
+    data = np.zeros((4, 8, 8), np.float32)
+    zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=(4, 4, 4), dtype="float32")
+    result, _ = blockwise(da.from_array(data), to_inf, chunks=(4, 4, 4), halo=(0, 0, 0))
+    assert np.isneginf(result.compute(scheduler="sync")).all()
+    assert run_blocks(data, to_inf, tmp_path / "a.zarr", chunks=(4, 4, 4), halo=(0, 0, 0)) == 4
+    assert np.isneginf(zarr.open_array(str(tmp_path / "a.zarr"))[...]).all()

@@ -296,3 +296,18 @@ def test_negative_images_are_warned_about_and_one_without_positive_values_refuse
     code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1] + TINY,
                        capsys)
     assert code == 0 and "negative" not in err, err
+
+
+def test_the_recorded_anchor_is_the_weight_training_used(data, capsys):
+    """An explicit --anchor without a warm start anchors training, but the output recorded 0."""
+    import ast
+
+    import tifffile
+
+    out = data / "a.tif"
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", out, "--method", "ssl",
+                        "--train-steps", 1, "--no-residual", "--warm-start", 0, "--anchor", 0.5] + TINY, capsys)
+    assert code == 0, err
+    with tifffile.TiffFile(out) as tif:
+        params = ast.literal_eval(tif.imagej_metadata["Properties"]["parameters"])
+    assert params["anchor"] == 0.5 and params["warm_start"] == 0
