@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d._paths import TIFF_SUFFIXES, _one_line
-from deconv3d._tiff_metadata import (_GENERIC_AXES, UnknownUnit, _checked_voxel, _kept_voxel, _partial_voxel,
+from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel,
                                      _size_in_um, _unit_factor, _voxel_size_um)
 from deconv3d.errors import InputError
 from deconv3d.io import _check_complete, _refuse_colour, _tifffile_log
@@ -331,11 +331,9 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
 
 
 def _unit_problem(axes: str, units, path) -> str | None:
-    """Why the spatial units cannot be read (one that cannot be converted to µm), or None."""
-    unknown = [u for a, u in zip(axes, units) if a in "ZYX" and u and isinstance(_size_in_um(1.0, u), UnknownUnit)]
-    if unknown:
-        return f"{path} records its voxel size in {unknown[0]!r}, a unit deconv3d cannot convert to µm"
-    return None
+    """Why the spatial units cannot be read (one that cannot be converted to µm), or None: the TIFF
+    reader's rule and message (:func:`deconv3d._tiff_metadata._checked_voxel`)."""
+    return _checked_voxel([_size_in_um(1.0, u) for a, u in zip(axes, units) if a in "ZYX" and u], path)[1]
 
 
 def _zarr_voxel(axes: str, scale, units, base_scale):

@@ -204,8 +204,6 @@ def load_config(path) -> dict:
 
 def make_settings(values: dict) -> Settings:
     """Validated :class:`Settings` from a dict; wrong types become an InputError."""
-    if isinstance(values.get("pattern"), str):
-        values = {**values, "pattern": (values["pattern"],)}
     try:
         return Settings(**values)
     except TypeError as exc:
