@@ -345,4 +345,4 @@ def test_a_count_that_is_not_a_whole_number_says_so(data, capsys, value):
     """argparse printed "invalid _iterations value" (the converter's name)."""
     code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "o.tif",
                         "--iterations", value], capsys)
-    assert_one_line_error(code, err, f"must be a positive whole number, got '{value}'")
+    assert_one_line_error(code, err, f"must be a positive whole number or auto, got '{value}'")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -245,7 +246,12 @@ AUTO_MAX_ITERATIONS = 100  # the most --iterations auto tries
 
 
 def _iterations(text: str) -> int | str:
-    return "auto" if text.strip().lower() == "auto" else positive_int(text)
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number or auto, got {text!r}") from None
 
 
 def _choose_iterations(image, psf, params: dict, voxel, device) -> dict:
