@@ -57,6 +57,15 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{host_tag()}@{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
+def existing_ancestor(path: Path) -> Path:
+    """``path`` (made absolute) if it exists, else the nearest folder above it that does: where a
+    missing output folder would be created, and so what must be writable."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def host_tag() -> str:
     """This machine's name as a file-name part (letters, digits and '-'): jobs on several cluster
     nodes writing into one shared folder must not take each other's temporaries for leftovers."""

@@ -160,22 +160,16 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
     return rows
 
 
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists():
-        path = path.parent
-    return path
-
-
 def _check_folder(output: Path) -> None:
     """Refuse, before any work, an output that is a file or that cannot be created or written."""
     import os
 
+    from deconv3d._paths import existing_ancestor
     from deconv3d.errors import InputError
 
     if output.exists() and not output.is_dir():
         raise InputError(f"demo output {output} is a file: give a folder (it is created if missing)")
-    folder = _existing_ancestor(output.resolve())  # the output itself, or where it will be created
+    folder = existing_ancestor(output.resolve())  # the output itself, or where it will be created
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"cannot write the demo output {output}: {folder} is not writable: choose another folder")
 
@@ -190,8 +184,10 @@ def _staged(output: Path):
     import shutil
     import uuid
 
+    from deconv3d._paths import existing_ancestor
+
     output = output.resolve()
-    staging = _existing_ancestor(output) / f".deconv3d-demo-{uuid.uuid4().hex[:8]}.tmp"
+    staging = existing_ancestor(output) / f".deconv3d-demo-{uuid.uuid4().hex[:8]}.tmp"
     staging.mkdir()
     try:
         yield staging

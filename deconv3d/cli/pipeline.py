@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from deconv3d._paths import existing_ancestor
 from deconv3d.errors import InputError
 
 from ._common import DEVICES, PSF_MODELS, add_common, add_optics, positive_float, positive_int, print_warnings
@@ -188,9 +189,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if _found_as_input(output_dir, Path(args.input_dir), settings.pattern):  # its outputs would be inputs next time
         raise InputError(f"the output folder {output_dir} would be read as an input (it matches "
                          f"{', '.join(settings.pattern)} in the input folder): choose another name or place")
-    existing = output_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = existing_ancestor(output_dir)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"cannot create or write the output folder {output_dir} ({existing} is not writable): "
                          "choose another location")
