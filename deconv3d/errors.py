@@ -18,3 +18,11 @@ def warn(line: str, warnings: list | None = None) -> None:
         print(line, file=sys.stderr)
     else:
         warnings.append(line)
+
+
+def refuse_non_finite(result, what: str, fix: str) -> None:
+    """Refuse to write a result with NaN or Inf values: one line naming ``what`` and the ``fix``."""
+    import numpy as np
+
+    if not np.isfinite(result).all():
+        raise InputError(f"the {what} has NaN or Inf values {fix}")

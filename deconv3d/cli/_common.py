@@ -119,13 +119,6 @@ def print_warnings(lines: list) -> None:
     lines.clear()
 
 
-def refuse_non_finite(result, what: str, fix: str) -> None:
-    """Refuse to write a result with NaN or Inf values: one line naming ``what`` and the ``fix``."""
-    import numpy as np
-
-    if not np.isfinite(result).all():
-        raise InputError(f"the {what} has NaN or Inf values {fix}")
-
 
 #: Richardson-Lucy and the self-supervised network warn when more than this share of the voxels is negative.
 NEGATIVE_SHARE = 0.01

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d import __version__
-from deconv3d.errors import InputError, warn
+from deconv3d.errors import InputError, refuse_non_finite, warn
 
-from ._common import DEVICE_HELP, DEVICES, Parser, add_common, positive_float, positive_int, progress, refuse_non_finite
+from ._common import DEVICE_HELP, DEVICES, Parser, add_common, positive_float, positive_int, progress
 
 VARIANTS = ("baseline", "implicit", "explicit")
 DISTANCES = ("mse", "l1")

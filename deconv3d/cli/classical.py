@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 from deconv3d import __version__
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, refuse_non_finite
 
 from . import pipeline, selfsup
 from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, add_common, add_optics, check_negative, load_psf, positive_float,
-                      positive_int, print_warnings, progress, refuse_non_finite, voxel_size_of)
+                      positive_int, print_warnings, progress, voxel_size_of)
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")

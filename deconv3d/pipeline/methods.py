@@ -48,7 +48,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from deconv3d.errors import InputError
+from deconv3d.errors import refuse_non_finite
 from deconv3d.fft import psf_rms_width
 from deconv3d.psf import fit_psf
 
@@ -58,10 +58,10 @@ __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "ps
 
 def _finite(result: np.ndarray, block: np.ndarray) -> np.ndarray:
     """A deconvolved block, refused when float32 overflowed in it (values near 3.4e38), as an in-memory
-    run refuses its result (``cli._common.refuse_non_finite``): an all-Inf output was written before."""
-    if not np.isfinite(result).all():
-        raise InputError(f"the result has NaN or Inf values (the image's values reach {float(np.abs(block).max()):.3g} "
-                         "in this block): rescale the image to a smaller range and run again")
+    run refuses its result: an all-Inf output was written before."""
+    if not np.isfinite(result).all():  # the peak is named only then: no extra pass over every block
+        refuse_non_finite(result, "result", f"(the image's values reach {float(np.abs(block).max()):.3g} in this "
+                          "block): rescale the image to a smaller range and run again")
     return result
 
 
