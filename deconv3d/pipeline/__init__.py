@@ -159,6 +159,13 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
                                             per_process)
     dask_chunks, depth, zarr_chunks = plan_chunks(spatial_shape, chunks, halo)
     blocks = math.prod(len(c) for c in dask_chunks)
+    run_chunks = chunks
+    if blocks > 1 and _prepare_runs_whole(fns or [block_fn], spatial_shape, chunks, halo, model, memory_limit):
+        # The common settings would be measured by running the method on the whole volume, and the
+        # blocks would then compute it again: that run is the result (the zarr chunks stay as planned).
+        run_chunks, depth, dask_chunks, blocks = spatial_shape, (0,) * len(spatial_shape), (), 1
+        if model is not None:
+            predicted = model.peak_bytes(spatial_shape, depth, spatial_shape, workers=1, baseline=current_rss())
     indices = list(np.ndindex(*reader.shape[:lead]))
     total = blocks * len(indices)
     done = 0
@@ -179,7 +186,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
                     fn = fn.prepare(_View(reader, index), _sample_shape(spatial_shape, chunks, halo, model,
                                                                         memory_limit))
                     release_memory()
-                done += run_blocks(reader, fn, os.path.join(tmp, "0"), chunks=chunks, halo=halo, lead=index,
+                done += run_blocks(reader, fn, os.path.join(tmp, "0"), chunks=run_chunks, halo=halo, lead=index,
                                    client=client, workers=workers, progress=progress, done=done, total=total,
                                    pool=pool)
         finally:
@@ -188,7 +195,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         if pyramid_levels:
             write_pyramid(tmp, pyramid_levels)
     return RunInfo(zarr_chunks, depth, total, predicted, time.perf_counter() - start,
-                   tuple(max(c) for c in dask_chunks))
+                   tuple(max(c) for c in dask_chunks) if dask_chunks else tuple(spatial_shape))
 
 
 def _threads_per_worker(client) -> int:
@@ -206,6 +213,13 @@ def _fn_for(fns, block_fn, index, axes):
     if channel >= len(fns):
         raise InputError(f"channel {channel} has no block function (got {len(fns)}): give one per channel")
     return fns[channel]
+
+
+def _prepare_runs_whole(block_fns, shape, chunks, halo, model, memory_limit) -> bool:
+    """Whether a block callable's ``prepare`` would run its method over the whole volume (accelerated
+    RL measuring its steps, when the memory model says the volume fits: :func:`_sample_shape`)."""
+    runs = any(getattr(f, "prepare_runs_method", lambda: False)() for f in block_fns)
+    return runs and _sample_shape(shape, chunks, halo, model, memory_limit) == tuple(shape)
 
 
 def _sample_shape(shape, chunks, halo, model, memory_limit) -> tuple[int, ...]:

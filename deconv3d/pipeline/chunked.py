@@ -216,7 +216,7 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     if client is not None:
         return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total)
     own = pool is None
-    workers = max(1, int(workers))
+    workers = max(1, min(int(workers), count))  # fewer blocks than workers: each keeps more of the cores
     pool = pool or ThreadPoolExecutor(workers)
     try:
         with _share_cores(workers):

@@ -26,7 +26,8 @@ root of its second central moment; see :func:`rl_halo`, :func:`wiener_halo`):
   tests/pipeline/test_seams.py asserts >= 50 dB for rl, rl-tv and accelerated rl.
 * Biggs-Andrews acceleration picks its step from the whole image, which blocks cannot share:
   the pipeline measures the adaptive steps once on a central box (under a memory limit the
-  whole volume when the memory model says it fits: ``deconv3d.pipeline._sample_shape``)
+  whole volume when the memory model says it fits: ``deconv3d.pipeline._sample_shape``; that run
+  is then the result, and the volume runs as one block instead)
   (:func:`deconv3d.classical.rl_alpha_schedule`) and replays them on every block
   (:meth:`RichardsonLucyBlock.with_alpha_schedule`); adaptive steps per block cap the seam
   PSNR at about 46 dB whatever the halo.
@@ -113,6 +114,11 @@ class RichardsonLucyBlock:
         return replace(self, accelerate=tuple(schedule))
 
     prepare = with_alpha_schedule  # the hook deconv3d.pipeline.run_chunked calls before a run
+
+    def prepare_runs_method(self) -> bool:
+        """Whether :meth:`prepare` runs RL on its box (adaptive acceleration): where that box is the
+        whole volume, run_chunked runs the volume as one block instead of running it twice."""
+        return isinstance(self.accelerate, bool) and self.accelerate
 
 
 @dataclass

@@ -104,6 +104,29 @@ def test_store_blocks_shares_the_cores_between_workers(tmp_path):
     assert seen and set(seen) == {2}
 
 
+def test_run_blocks_gives_fewer_blocks_than_workers_the_cores(tmp_path):
+    """One block with two workers keeps all of torch's threads: halving them left a core idle."""
+    import torch
+    import zarr
+
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        def fn(block):
+            seen.append(torch.get_num_threads())
+            return block
+
+        x = np.ones((6, 8), np.float32)
+        for name in ("one.zarr", "two.zarr"):
+            zarr.create_array(str(tmp_path / name), shape=x.shape, chunks=(3, 8), dtype="float32")
+        assert run_blocks(x, fn, tmp_path / "one.zarr", chunks=(6, 8), halo=(0, 0), workers=2) == 1
+        assert run_blocks(x, fn, tmp_path / "two.zarr", chunks=(3, 8), halo=(0, 0), workers=2) == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [4, 2, 2]
+
+
 def test_stale_temporaries_of_a_bracketed_name_only(tmp_path):
     mine, other = tmp_path / ".img[1].zarr.0123abcd.tmp", tmp_path / ".img1.zarr.89abcdef.tmp"
     mine.mkdir()

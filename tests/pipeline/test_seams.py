@@ -55,10 +55,13 @@ def test_accelerated_rl_replays_one_schedule(volume, psf3d):
 def test_chunked_accelerated_rl_measures_its_steps_on_the_whole_volume_when_the_limit_allows(tmp_path, volume,
                                                                                              psf3d):
     """Under a memory limit, run_chunked measures the schedule on as large a centred box as the
-    limit allows: here the whole volume, so the chunked run equals the adaptive whole-volume run
-    (measured on one block it was 43 dB in the pipeline review); under a smaller limit, a box
-    between a block and the volume; chunks without a limit keep one block (a larger box would
-    overrun the memory the chunks bound and cost up to a whole-volume run)."""
+    limit allows: here the whole volume, and as that run is the adaptive whole-volume result, the
+    volume is run once as one block (measured on one block the steps gave 43 dB in the pipeline
+    review; replayed block by block after a whole-volume measurement, the method ran twice); under a
+    smaller limit, a box between a block and the volume; chunks without a limit keep one block (a
+    larger box would overrun the memory the chunks bound and cost up to a whole-volume run)."""
+    import zarr
+
     from deconv3d.omezarr import read_ome_zarr
     from deconv3d.pipeline import MemoryModel, _sample_shape
     from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE, current_rss, largest_block
@@ -67,8 +70,18 @@ def test_chunked_accelerated_rl_measures_its_steps_on_the_whole_volume_when_the_
     adaptive = richardson_lucy(volume, psf3d, 10, accelerate=True, device="cpu")
     model = MemoryModel("rl", psf3d.shape, accelerate=True)
     roomy = current_rss() + RESIDENT_ALLOWANCE + 4 * model.block_bytes(volume.shape)
-    run_chunked(volume, fn, tmp_path / "m.zarr", chunks=CHUNKS[1], model=model, memory_limit=roomy)
-    assert psnr(adaptive, read_ome_zarr(tmp_path / "m.zarr")[0]) >= 60  # 49.5 with one block's steps
+    calls = []
+    counted = lambda done, total: calls.append((done, total))
+    info = run_chunked(volume, fn, tmp_path / "m.zarr", chunks=CHUNKS[1], model=model, memory_limit=roomy,
+                       workers=2, progress=counted)
+    assert info.blocks == 1 and calls == [(0, 1), (1, 1)] and info.largest_block == volume.shape
+    np.testing.assert_allclose(read_ome_zarr(tmp_path / "m.zarr")[0], adaptive, rtol=1e-6, atol=1e-6 * adaptive.max())
+    assert zarr.open_array(str(tmp_path / "m.zarr" / "0"), mode="r").chunks == CHUNKS[1]  # stored as asked
+    # Without a limit the chunks bound the memory: blocks, with one block's steps.
+    assert run_chunked(volume, fn, tmp_path / "b.zarr", chunks=CHUNKS[1]).blocks > 1
+    # Plain RL measures nothing: its blocks run as planned under the roomy limit too.
+    plain = RichardsonLucyBlock(psf3d, iterations=10)
+    assert run_chunked(volume, plain, tmp_path / "p.zarr", chunks=CHUNKS[1], model=model, memory_limit=roomy).blocks > 1
     block = largest_block(volume.shape, CHUNKS[1], fn.halo())  # a block and its halo, cut to the volume
     assert block != volume.shape
     assert _sample_shape(volume.shape, CHUNKS[1], fn.halo(), None, roomy) == block
