@@ -26,3 +26,14 @@ def refuse_non_finite(result, what: str, fix: str) -> None:
 
     if not np.isfinite(result).all():
         raise InputError(f"the {what} has NaN or Inf values {fix}")
+
+
+def refuse_no_positive(source, method: str) -> None:
+    """Refuse background-subtracted data with negative values and no positive one: Richardson-Lucy
+    and the network return only zeros for it (``method`` "train": the network would learn nothing)."""
+    raise InputError(f"{source} has no positive values, so {method} would return only zeros: {negative_fix(method)}")
+
+
+def negative_fix(method: str) -> str:
+    """What to do about negative (background-subtracted) data before ``method``."""
+    return "add the subtracted offset back" + (", or use --method wiener" if method != "train" else "")

@@ -131,9 +131,11 @@ def check_negative(data, source, method: str, warnings: list) -> None:
     warning."""
     import numpy as np
 
-    fix = "add the subtracted offset back" + (", or use --method wiener" if method != "train" else "")
+    from deconv3d.errors import negative_fix, refuse_no_positive
+
+    fix = negative_fix(method)
     if not float(np.max(data)) > 0 and float(np.min(data)) < 0:  # all zero stays allowed: zeros come back
-        raise InputError(f"{source} has no positive values, so {method} would return only zeros: {fix}")
+        refuse_no_positive(source, method)
     share = float(np.mean(data < 0))
     if share > NEGATIVE_SHARE:
         how = "Richardson-Lucy counts them as 0" if method in ("rl", "rl-tv") else \

@@ -72,11 +72,45 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     chunks = tuple(settings.chunks)[-len(spatial_shape):] if settings.chunks else None  # (z,) y, x
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
                   voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
+    if settings.method in NON_NEGATIVE_METHODS:
+        check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path.name, settings.method)
     remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
     if output_path.suffix.lower() == ".zarr":
         info = run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
         return _with_chunks(output_path, info)
     return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
+
+
+#: Methods whose output is non-negative: an input with no positive voxel comes back all zeros.
+NON_NEGATIVE_METHODS = ("rl", "rl-tv", "ssl")
+
+#: Bytes of the input that :func:`check_has_positive` reads at a time.
+SCAN_SLAB_BYTES = 64 * 2**20
+
+
+def check_has_positive(data, name: str, method: str) -> None:
+    """Refuse an image with negative voxels and no positive one (background-subtracted data) before
+    ``method`` returns it all zeros, as an in-memory run refuses it.
+
+    ``data``: a block reader, dask array or array. It is read in slabs along its first axis that
+    stop at the first positive voxel, so an ordinary image costs one slab, not a pass over the file.
+    """
+    from deconv3d.errors import refuse_no_positive
+    from deconv3d.pipeline.readers import as_reader
+
+    reader = as_reader(data)
+    shape = tuple(reader.shape)
+    plane = 4 * math.prod(shape[1:])
+    step = max(1, SCAN_SLAB_BYTES // max(plane, 1))
+    rest = tuple(slice(None) for _ in shape[1:])
+    negative = False
+    for start in range(0, shape[0], step):
+        slab = reader.read((slice(start, min(start + step, shape[0])),) + rest)
+        if slab.size and float(slab.max()) > 0:
+            return
+        negative = negative or (slab.size > 0 and float(slab.min()) < 0)
+    if negative:  # all zero stays allowed: zeros come back
+        refuse_no_positive(name, method)
 
 
 def _sha(path) -> str:

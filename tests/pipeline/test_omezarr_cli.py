@@ -542,3 +542,50 @@ def test_settings_every_file_would_fail_on_are_refused_up_front(folder, capsys, 
     code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--config", folder / "batch.toml"], capsys)
     assert_one_line_error(code, err, words)
     assert not (folder / "out").exists()
+
+
+def test_chunked_and_batch_refuse_an_image_with_no_positive_value(folder, capsys, monkeypatch):
+    """Background subtracted past zero: RL's output is non-negative, so the chunked path wrote an
+    all-zero output with exit 0 where the in-memory path refuses; Wiener still runs on it."""
+    image = -2.0 - blurred_beads((12, 24, 24), gaussian_psf(), seed=5)
+    write_tiff(folder / "below.tif", image, voxel_size=(0.3, 0.1, 0.1))
+    monkeypatch.chdir(folder)
+    for out in ("x.zarr", "x.tif"):
+        code, _, err = run(["deconvolve", "below.tif", "--psf", "psf.tif", "-o", out, "--chunks", 12, 12, 12], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "below.tif has no positive values" in lines[0], err
+        assert "offset back" in lines[0] and "--method wiener" in lines[0]
+        assert not (folder / out).exists() and not list(folder.glob(f".{out}*"))
+    code, _, err = run(["deconvolve", "below.tif", "--psf", "psf.tif", "-o", "w.zarr", "--chunks", 12, 12, 12,
+                        "--method", "wiener"], capsys)
+    assert code == 0 and (folder / "w.zarr").exists(), err
+    (folder / "in" / "below.tif").write_bytes((folder / "below.tif").read_bytes())
+    code, _, err = run(batch_argv(folder, folder / "out"), capsys)
+    report = json.loads((folder / "out" / "batch_report.json").read_text())
+    status = {r["file"].split("/")[-1]: r["status"] for r in report["files"]}
+    assert code == 3 and status["below.tif"] == "failed" and "has no positive values" in err
+    assert not (folder / "out" / "below.zarr").exists() and status["img0.tif"] == "done"
+
+
+def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
+    """An ordinary image costs one slab of reading, not a pass over the file."""
+    from deconv3d.errors import InputError
+    from deconv3d.pipeline import files
+    from deconv3d.pipeline.readers import ArrayReader
+
+    reads = []
+
+    class Counting(ArrayReader):
+        def read(self, key):
+            reads.append(key)
+            return super().read(key)
+
+    monkeypatch.setattr(files, "SCAN_SLAB_BYTES", 4 * 8 * 8 * 2)  # two planes of 8 x 8 per slab
+    data = np.full((10, 8, 8), -1.0, np.float32)
+    data[5, 3, 3] = 0.5
+    files.check_has_positive(Counting(data), "img", "rl")
+    assert [k[0] for k in reads] == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    data[5, 3, 3] = 0.0
+    with pytest.raises(InputError, match="img has no positive values, so rl would"):
+        files.check_has_positive(Counting(data), "img", "rl")
+    files.check_has_positive(np.zeros((3, 4, 4), np.float32), "img", "rl")  # all zero: zeros come back
