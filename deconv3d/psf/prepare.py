@@ -97,8 +97,23 @@ def _centroid(arr: np.ndarray) -> np.ndarray:
     return np.array([(weights * g).sum() / total for g in grids])
 
 
+#: :func:`center_psf` centres the PSF's core: the voxels above this fraction of its peak.
+CORE_LEVEL = 0.5
+
+
+def _core_centroid(arr: np.ndarray, level: float = CORE_LEVEL) -> np.ndarray:
+    """The centroid of ``arr - level * max`` where positive: the in-focus core of a PSF."""
+    return _centroid(np.clip(arr.astype(np.float64) - level * float(arr.max()), 0, None))
+
+
 def center_psf(psf) -> np.ndarray:
-    """Shift a PSF so its intensity centroid lies on the centre voxel.
+    """Shift a PSF so the centroid of its core (the voxels above half its peak) lies on the centre voxel.
+
+    The core, not all of the light: a widefield PSF's defocus cone holds much of its light, and a
+    box that cuts the cone unevenly (a bead stack not centred on the bead, a depth-aberrated PSF)
+    put the whole-box centroid up to 7 planes from the bead, which moved every deconvolved object
+    along z. For a symmetric PSF the two coincide. A depth-aberrated PSF's core sits where the
+    emitter appears in the data (the focal shift), so objects keep the depth they show in the image.
 
     Even axes are first padded by one zero plane at the end so the output has
     odd sizes, with centre index ``n // 2``.  The sub-voxel shift uses cubic
@@ -120,7 +135,7 @@ def center_psf(psf) -> np.ndarray:
     target = (np.asarray(psf.shape) - 1) / 2.0
     total, out = np.zeros(psf.ndim), psf
     for _ in range(3):
-        error = target - _centroid(out)
+        error = target - _core_centroid(out)
         if np.abs(error).max() < 1e-3:
             break
         total += error
@@ -321,7 +336,7 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     """Make a PSF ready for deconvolving an image.
 
     Validate, resample to the image voxel size (when both are known and differ),
-    centre on the centroid, crop to ``energy`` and normalise to unit sum.
+    centre on the centroid of its core (:func:`center_psf`), crop to ``energy`` and normalise to unit sum.
 
     Parameters
     ----------
