@@ -37,6 +37,7 @@ class LazyImage:
     voxel_problem: str | None = None  # why a voxel size recorded in the file was not usable (see io.Image)
     partial_voxel: tuple | None = None  # a TIFF that calibrates some axes only: their sizes (see io.Image)
     time_axis: tuple | None = None  # (step, unit or None) of a T axis that an OME-Zarr file calibrates
+    origin: tuple | None = None  # micrometres per spatial axis: where an OME-Zarr image's first voxel sits
 
 
 def open_lazy(path) -> LazyImage:
@@ -204,22 +205,91 @@ def _multiscale(attrs: dict, path: Path) -> dict:
 
 
 def _axes_of(ms: dict, ndim: int, path: Path) -> tuple[str, list]:
+    """The axes as letters from ``TCZYX`` in the file's order, and their units.
+
+    OME-NGFF (0.4, 0.5) orders axes by type: time, then channel, then space, with unique names.
+    Spatial axes are also taken in deconv3d's z, y, x order, which the specification recommends:
+    read by position, an ``xyz`` image put the PSF's optical axis along x without a word.
+    """
     axes = ms.get("axes") or ["t", "c", "z", "y", "x"][-ndim:]
-    names = [(a["name"] if isinstance(a, dict) else str(a)).lower() for a in axes]
+    names = [(a.get("name") if isinstance(a, dict) else str(a)) for a in axes]
+    names = [n.lower() if isinstance(n, str) else n for n in names]
     units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
     if len(names) != ndim or any(n not in _AXIS_TYPES for n in names):
         raise InputError(f"{path}: unsupported OME-Zarr axes {names}: deconv3d reads t, c, z, y, x")
-    return "".join(names).upper(), units
+    for a, n in zip(axes, names):
+        kind = a.get("type") if isinstance(a, dict) else None
+        if kind is not None and kind != _AXIS_TYPES[n]:
+            raise InputError(f"{path}: OME-Zarr axis {n!r} has type {kind!r}, not {_AXIS_TYPES[n]!r}: fix the "
+                             "image's axes metadata")
+    letters = "".join(names)
+    if not _in_order(letters, "tczyx"):
+        raise InputError(f"{path}: OME-Zarr axes {''.join(names)} are not in t, c, z, y, x order: deconv3d reads "
+                         "that order (spatial axes z, y, x); reorder the image's axes")
+    return letters.upper(), units
 
 
-def _level_scale(ms: dict, level: int, ndim: int) -> list[float]:
+def _in_order(letters: str, order: str) -> bool:
+    """Whether ``letters`` are distinct and appear in ``order``'s order."""
+    positions = [order.index(a) for a in letters]
+    return positions == sorted(positions) and len(set(positions)) == len(positions)
+
+
+def _level_scale(ms: dict, level: int, ndim: int, path: Path | None = None) -> list[float]:
+    """The voxel scale of ``level`` (its own scale times the multiscale's, when given).
+
+    Each must be a list of one finite positive number per axis (OME-NGFF); a scale stored in a
+    file (``path``), or one of another length, is refused by name rather than read as 1.
+    """
     scale = [1.0] * ndim
-    transforms = list(ms["datasets"][level].get("coordinateTransformations", []))
-    transforms += list(ms.get("coordinateTransformations", []))
+    transforms = list(ms["datasets"][level].get("coordinateTransformations", None) or [])
+    transforms += list(ms.get("coordinateTransformations", None) or [])
     for tr in transforms:
-        if tr.get("type") == "scale" and "scale" in tr:
-            scale = [a * float(b) for a, b in zip(scale, tr["scale"])]
+        if not isinstance(tr, dict) or tr.get("type") != "scale":
+            continue
+        where = f"{path}: level {ms['datasets'][level].get('path', level)!r}"
+        values = tr.get("scale")
+        if values is None and "path" in tr:
+            raise InputError(f"{where} keeps its scale outside the metadata ({tr['path']!r}), which "
+                             "deconv3d does not read: write the scale values into the image's metadata")
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
+            raise InputError(f"{where} has scale {tr.get('scale')!r}, not {ndim} positive numbers (one per axis): "
+                             "fix the image's coordinateTransformations")
+        scale = [a * b for a, b in zip(scale, values)]
     return scale
+
+
+def _level_translation(ms: dict, level: int, ndim: int, path: Path) -> list[float]:
+    """The physical position of the first voxel of ``level``, per axis in the file's units.
+
+    The dataset's transforms apply first, then the multiscale's: a translation ``t`` of the
+    dataset is scaled by the multiscale's scale before its own translation is added.
+    """
+    origin = [0.0] * ndim
+    groups = (ms["datasets"][level].get("coordinateTransformations", None) or [],
+              ms.get("coordinateTransformations", None) or [])
+    for transforms in groups:
+        for tr in transforms:
+            if not isinstance(tr, dict) or tr.get("type") not in ("scale", "translation"):
+                continue
+            key = tr["type"]
+            try:
+                values = [float(v) for v in tr.get(key)]
+            except (TypeError, ValueError):
+                values = []
+            if len(values) != ndim or not all(np.isfinite(values)):
+                if key == "scale":  # _level_scale names what is wrong with it
+                    continue
+                raise InputError(f"{path}: level {ms['datasets'][level].get('path', level)!r} has translation "
+                                 f"{tr.get(key)!r}, not {ndim} numbers (one per axis): fix the image's "
+                                 "coordinateTransformations")
+            origin = [o * v for o, v in zip(origin, values)] if key == "scale" else \
+                [o + v for o, v in zip(origin, values)]
+    return origin
 
 
 def _open_group(path: Path):
@@ -292,6 +362,10 @@ def _image_group(path: Path):
     attrs = dict(group.attrs)
     ome = attrs.get("ome", attrs)
     if not ome.get("multiscales") and ("bioformats2raw.layout" in ome or "bioformats2raw.layout" in attrs):
+        if (path / "1").is_dir():  # OME-NGFF: readers SHOULD tell that there is more than one image
+            series = sorted((p.name for p in path.iterdir() if p.name.isdigit() and p.is_dir()), key=int)
+            raise InputError(f"{path} holds {len(series)} images (bioformats2raw series {', '.join(series[:5])}"
+                             f"{', ...' if len(series) > 5 else ''}): give one, e.g. {path / '0'}")
         if (path / "0").is_dir():
             return _open_group(path / "0"), path / "0"
     return group, path
@@ -309,15 +383,22 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
         data = da.from_zarr(str(image_path), component=component)
     except Exception as exc:
         raise InputError(f"cannot read level {component!r} of {image_path}: {_one_line(exc)}") from exc
+    if np.dtype(data.dtype).kind == "c":
+        raise InputError(f"image {path} has complex values: save the intensity (magnitude) instead")
     axes, units = _axes_of(ms, data.ndim, path)
-    scale, base = _level_scale(ms, level, data.ndim), _level_scale(ms, 0, data.ndim)
+    scale, base = _level_scale(ms, level, data.ndim, path), _level_scale(ms, 0, data.ndim, path)
+    shift = _level_translation(ms, level, data.ndim, path)
     drop = ()
     if "Z" in axes and data.shape[axes.index("Z")] == 1:  # a 2D image stored as 5D (bioformats2raw)
         drop = (axes.index("Z"),)
         data = data[tuple(0 if i in drop else slice(None) for i in range(data.ndim))]
-        axes, units, scale, base = ("".join(a for i, a in enumerate(axes) if i not in drop),
-                                    *([v for i, v in enumerate(x) if i not in drop] for x in (units, scale, base)))
+        axes, units, scale, base, shift = ("".join(a for i, a in enumerate(axes) if i not in drop),
+                                           *([v for i, v in enumerate(x) if i not in drop]
+                                             for x in (units, scale, base, shift)))
     spatial = _zarr_voxel(axes, scale, units, base)
+    origin = None
+    if spatial is not None and any(v for a, v in zip(axes, shift) if a in "ZYX"):  # in µm, as the voxel size
+        origin = tuple(v * (_unit_factor(u) if u else 1.0) for a, v, u in zip(axes, shift, units) if a in "ZYX")
     if data.dtype != np.float32:
         data = data.astype(np.float32)
     reader = ZarrReader(image_path, component, shape=data.shape, drop=drop)
@@ -327,7 +408,7 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
         if scale[t] != 1 or units[t]:
             time_axis = (float(scale[t]), units[t])
     return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader, time_axis=time_axis,
-                     voxel_problem=_unit_problem(axes, units, path))
+                     voxel_problem=_unit_problem(axes, units, path), origin=origin)
 
 
 def _unit_problem(axes: str, units, path) -> str | None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
-from deconv3d.omezarr.reading import _AXIS_TYPES, _level_scale
+from deconv3d.omezarr.reading import _AXIS_TYPES, _level_scale, _level_translation
 
 OME_VERSION = "0.5"
 
@@ -38,7 +38,7 @@ def _full_scale(axes: str, voxel_size, factors, time_step: float = 1.0) -> list[
 
 
 def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenance: dict | None = None,
-                    name: str | None = None, time_axis: tuple | None = None):
+                    name: str | None = None, time_axis: tuple | None = None, origin=None):
     """Create an empty OME-Zarr v0.5 image group (level ``0`` only) and return its level-0 array.
 
     Parameters
@@ -56,6 +56,9 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
         Stored verbatim (JSON) as the group's ``deconv3d`` attribute.
     time_axis : (float, str or None), optional
         Step and unit of the ``T`` axis (:attr:`LazyImage.time_axis` of the input); default 1, no unit.
+    origin : sequence of float, optional
+        Where the first voxel sits, in micrometres per spatial axis (:attr:`LazyImage.origin` of
+        the input): written as level 0's translation, so that the output overlays its input.
     """
     import zarr
 
@@ -67,13 +70,29 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     arr = group.create_array("0", shape=tuple(shape), chunks=tuple(int(c) for c in chunks), dtype="float32",
                              fill_value=0.0, dimension_names=list(axes.lower()))
+    translation = None
+    if origin is not None:
+        origin = checked_origin(origin, sum(a in "ZYX" for a in axes))
+        spatial = iter(origin)
+        translation = [next(spatial) if a in "ZYX" else 0.0 for a in axes]
     ms = {"name": name or Path(path).stem, "axes": _axes_metadata(axes, voxel_size is not None, time_unit),
-          "datasets": [_dataset("0", _full_scale(axes, voxel_size, [1] * len(axes), time_step))]}
+          "datasets": [_dataset("0", _full_scale(axes, voxel_size, [1] * len(axes), time_step), translation)]}
     attrs = {"ome": {"version": OME_VERSION, "multiscales": [ms]}}
     if provenance is not None:
         attrs["deconv3d"] = provenance
     group.attrs.update(attrs)
     return arr
+
+
+def checked_origin(origin, ndim: int) -> tuple[float, ...]:
+    """``origin`` as ``ndim`` finite floats, or a one-line :class:`InputError`."""
+    try:
+        values = tuple(float(v) for v in origin)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != ndim or not all(np.isfinite(values)):
+        raise InputError(f"origin {origin!r} must be {ndim} finite numbers (micrometres per spatial axis)")
+    return values
 
 
 def _dataset(path: str, scale, translation=None) -> dict:
@@ -104,14 +123,20 @@ def write_pyramid(path, levels: int, scheduler=None) -> None:
             break
         trimmed = src[tuple(slice(0, n - n % s) for n, s in zip(src.shape, step))]
         down = da.coarsen(np.mean, trimmed, dict(enumerate(step))).astype(np.float32)
-        arr = group.create_array(str(level), shape=down.shape, chunks=tuple(src.chunksize),
+        chunks = tuple(min(c, n) for c, n in zip(src.chunksize, down.shape))  # a chunk no larger than its level
+        arr = group.create_array(str(level), shape=down.shape, chunks=chunks,
                                  dtype="float32", fill_value=0.0, dimension_names=list(axes.lower()))
         down.rechunk(arr.chunks).store(arr, lock=False, scheduler=scheduler)
         factors = [f * s for f, s in zip(factors, step)]
         base = _level_scale(ms, 0, len(axes))
+        start = _level_translation(ms, 0, len(axes), Path(path))
         # A mean over f voxels is centred (f - 1) / 2 voxels in: the level's origin moves by that.
-        shift = [b * (f - 1) / 2 for b, f in zip(base, factors)]
+        shift = [s + b * (f - 1) / 2 for s, b, f in zip(start, base, factors)]
         ms["datasets"].append(_dataset(str(level), [b * f for b, f in zip(base, factors)], shift))
+        # OME-NGFF: the multiscale SHOULD name how its levels were made
+        ms["type"] = "mean"
+        ms["metadata"] = {"description": "each level is the mean of 2 x 2 (x 2 in z while z has at least 16 "
+                                         "planes) voxels of the level above", "method": "dask.array.coarsen(numpy.mean)"}
     group.attrs.update(attrs)
 
 

@@ -96,7 +96,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
                 chunks: Sequence[int] | None = None, halo: Sequence[int] | None = None, memory_limit=None,
                 model: MemoryModel | None = None, voxel_size=None, provenance: dict | None = None,
                 pyramid_levels: int = 0, client=None, workers: int = 1,
-                progress: ProgressCallback | None = None, time_axis: tuple | None = None) -> RunInfo:
+                progress: ProgressCallback | None = None, time_axis: tuple | None = None,
+                origin: Sequence[float] | None = None) -> RunInfo:
     """Apply ``block_fn`` over ``data`` chunk by chunk with a halo and write an OME-Zarr image.
 
     Parameters
@@ -123,9 +124,9 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         Budget for the whole process, e.g. ``"4GB"``. Also sets glibc's mmap threshold for the
         rest of the process (:func:`~deconv3d.pipeline.memory.return_large_allocations`).
     model : MemoryModel, optional
-    voxel_size, provenance, pyramid_levels, time_axis
+    voxel_size, provenance, pyramid_levels, time_axis, origin
         Written into the OME-Zarr metadata (see :func:`deconv3d.omezarr.create_ome_zarr`); ``time_axis``
-        defaults to a :class:`~deconv3d.omezarr.LazyImage` input's own.
+        and ``origin`` default to a :class:`~deconv3d.omezarr.LazyImage` input's own.
     client : distributed.Client, optional
         Run the blocks on this cluster; else ``workers`` local threads. Blocks of a file are read
         by the workers themselves; blocks of an in-memory array are read here and sent along.
@@ -144,6 +145,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     if isinstance(data, LazyImage):
         axes = axes or data.axes
         time_axis = time_axis if time_axis is not None else data.time_axis
+        origin = origin if origin is not None else data.origin
         data = data.reader if data.reader is not None else data.data
     reader = as_reader(data)
     axes = (axes or "TCZYX"[-reader.ndim:]).upper()
@@ -175,7 +177,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     with atomic_output(output) as tmp:
         create_ome_zarr(tmp, reader.shape, (1,) * lead + zarr_chunks, axes=axes, voxel_size=voxel_size,
                         provenance=provenance, name=Path(output).stem,
-                        time_axis=time_axis if "T" in axes else None)
+                        time_axis=time_axis if "T" in axes else None, origin=origin)
         pool = ThreadPoolExecutor(max(1, int(workers))) if client is None else None
         try:
             for index in indices:

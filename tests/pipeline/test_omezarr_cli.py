@@ -589,3 +589,105 @@ def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
     with pytest.raises(InputError, match="img has no positive values, so rl would"):
         files.check_has_positive(Counting(data), "img", "rl")
     files.check_has_positive(np.zeros((3, 4, 4), np.float32), "img", "rl")  # all zero: zeros come back
+
+
+def _hand_made(path, axes, scale, shape, dtype="float32", transforms=None):
+    """A one-level OME-Zarr v0.5 image written by hand, as another tool might."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("0", data=np.ones(shape, dtype), chunks=shape)
+    tr = transforms if transforms is not None else [{"type": "scale", "scale": scale}]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": a, "type": {"t": "time", "c": "channel"}.get(a, "space")} | (
+            {"unit": "micrometer"} if a in "zyx" else {}) for a in axes],
+        "datasets": [{"path": "0", "coordinateTransformations": tr}]}]}
+    return path
+
+
+@pytest.mark.parametrize("axes, shape, words", [
+    ("xyz", (8, 10, 12), ["axes xyz are not in t, c, z, y, x order", "reorder"]),  # ran, PSF axis along x
+    ("zcyx", (8, 2, 10, 12), ["axes zcyx are not in"]),  # ran each plane's CYX as a volume
+    ("ctzyx", (2, 2, 8, 10, 12), ["axes ctzyx are not in"]),
+    ("zyy", (8, 10, 12), ["axes zyy are not in"]),
+])
+def test_ome_zarr_axes_out_of_order_are_refused(tmp_path, axes, shape, words):
+    """OME-NGFF orders axes time, channel, space, with unique names; read by position these ran."""
+    from deconv3d.errors import InputError
+
+    image = _hand_made(tmp_path / "a.zarr", axes, [1.0] * len(axes), shape)
+    with pytest.raises(InputError) as caught:
+        open_lazy(image)
+    for word in words:
+        assert word in str(caught.value)
+    assert open_lazy(_hand_made(tmp_path / "b.zarr", "tczyx", [1.0] * 5, (1, 2, 8, 10, 12))).axes == "TCZYX"
+
+
+@pytest.mark.parametrize("transforms, words", [
+    ([{"type": "scale", "scale": [0.3, 0.1]}], ["scale [0.3, 0.1], not 3 positive numbers"]),  # blamed the PSF
+    ([{"type": "scale", "scale": None}], ["scale None"]),  # a TypeError
+    ([{"type": "scale", "scale": [0, 0.1, 0.1]}], ["not 3 positive numbers"]),  # ran as 'no voxel size'
+    ([{"type": "scale", "path": "s.bin"}], ["outside the metadata", "'s.bin'"]),  # ignored: 1 µm voxels
+])
+def test_ome_zarr_scales_that_cannot_be_read_are_refused(tmp_path, transforms, words):
+    from deconv3d.errors import InputError
+
+    image = _hand_made(tmp_path / "a.zarr", "zyx", None, (8, 10, 12), transforms=transforms)
+    with pytest.raises(InputError) as caught:
+        open_lazy(image)
+    assert "level '0'" in str(caught.value)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_complex_ome_zarr_and_a_root_of_several_series_are_refused(tmp_path):
+    """A complex array lost its imaginary part with exit 0 (the TIFF reader refuses it); a
+    bioformats2raw root of several images opened its first without a word."""
+    import zarr
+
+    from deconv3d.errors import InputError
+
+    with pytest.raises(InputError, match="has complex values"):
+        open_lazy(_hand_made(tmp_path / "c.zarr", "zyx", [1.0] * 3, (4, 5, 6), dtype="complex64"))
+    root = zarr.open_group(str(tmp_path / "r.zarr"), mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    for i in "01":
+        _hand_made(tmp_path / "r.zarr" / i, "zyx", [1.0] * 3, (4, 5, 6))
+    with pytest.raises(InputError, match=r"holds 2 images \(bioformats2raw series 0, 1\): give one, e\.g\. .*r\.zarr/0"):
+        open_lazy(tmp_path / "r.zarr")
+    assert open_lazy(tmp_path / "r.zarr" / "1").data.shape == (4, 5, 6)
+
+
+def test_pyramid_levels_name_their_method_and_chunks_fit_them(tmp_path):
+    import zarr
+
+    write_ome_zarr(tmp_path / "p.zarr", np.ones((20, 32, 32), np.float32), chunks=(20, 32, 32), pyramid_levels=2)
+    ms = zarr.open_group(str(tmp_path / "p.zarr"), mode="r").attrs["ome"]["multiscales"][0]
+    assert ms["type"] == "mean" and "mean" in ms["metadata"]["description"]
+    level2 = zarr.open_array(str(tmp_path / "p.zarr" / "2"), mode="r")
+    assert level2.shape == (10, 8, 8) and level2.chunks == (10, 8, 8)  # was (20, 32, 32)
+
+
+def test_the_input_origin_reaches_the_output_and_its_pyramid(tmp_path, capsys):
+    """A tile's level-0 translation (here in nanometres, with a multiscale-wide scale as well) was
+    dropped: the output no longer overlaid its input in a viewer."""
+    import zarr
+
+    image = _hand_made(tmp_path / "t.zarr", "zyx", None, (12, 24, 24), transforms=[
+        {"type": "scale", "scale": [150.0, 50.0, 50.0]}, {"type": "translation", "translation": [1500.0, 2500.0, 3500.0]}])
+    group = zarr.open_group(str(image), mode="r+")
+    attrs = dict(group.attrs)
+    for axis in attrs["ome"]["multiscales"][0]["axes"]:
+        axis["unit"] = "nanometer"
+    attrs["ome"]["multiscales"][0]["coordinateTransformations"] = [{"type": "scale", "scale": [2.0, 2.0, 2.0]}]
+    group.attrs.update(attrs)
+    lazy = open_lazy(image)
+    assert lazy.voxel_size == pytest.approx((0.3, 0.1, 0.1)) and lazy.origin == pytest.approx((3.0, 5.0, 7.0))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", image, "-o", tmp_path / "o.zarr", "--psf", tmp_path / "psf.tif",
+                        "--iterations", 2, "--pyramid-levels", 1], capsys)
+    assert code == 0, err
+    out = open_lazy(tmp_path / "o.zarr")
+    assert out.voxel_size == pytest.approx((0.3, 0.1, 0.1)) and out.origin == pytest.approx((3.0, 5.0, 7.0))
+    datasets = zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["ome"]["multiscales"][0]["datasets"]
+    assert datasets[1]["coordinateTransformations"][1]["translation"] == pytest.approx([3.0, 5.05, 7.05])
