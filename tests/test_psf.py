@@ -81,6 +81,8 @@ def test_anisotropic_xy_voxel_matches_square_generation():
         ({"na": 0}, "NA must be a positive"),
         ({"wavelength": -0.5}, "wavelength must be a positive"),
         ({"wavelength": 520}, "nanometres"),
+        ({"wavelength": 0.052}, "0.052 µm is not an emission wavelength: give one from 0.2 to 2 µm"),  # was a delta
+        ({"wavelength": 52}, "52 µm is not an emission wavelength"),
         ({"voxel_size": (0.2, 0, 0.1)}, "voxel size"),
         ({"shape": (17, 0, 33)}, "PSF shape"),
         ({"depth": -1.0}, "depth"),

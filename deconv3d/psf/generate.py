@@ -35,7 +35,10 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
         a Gaussian approximation; all computed by psfmodels [3]_.
     shape : tuple of int
         ``(z, y, x)`` or ``(y, x)`` in voxels; the point source sits at index
-        ``(n - 1) // 2`` along each axis.
+        ``(n - 1) // 2`` along each axis. Along z the focus moves away from the coverslip, deeper
+        into the sample, as the index grows (psfmodels' focal positions); for a stack whose first
+        plane is the deepest, flip the PSF along z (``psf[::-1]``). With ``depth`` above 0 and
+        ``ns != ni`` the two directions differ.
     voxel_size : float or tuple of float
         Voxel size in micrometres, one per axis of ``shape``, or one number for isotropic voxels.
     na : float
@@ -117,6 +120,10 @@ def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth
     return PSF_MODELS[model], shape, voxel
 
 
+#: Emission wavelengths (µm) that generate_psf accepts: ultraviolet to short-wave infrared.
+WAVELENGTH_RANGE = (0.2, 2.0)
+
+
 def check_optics(model, na, wavelength, ni=1.515, ns=1.33, depth=0.0) -> None:
     """Refuse a PSF model or microscope parameters that :func:`generate_psf` cannot use, with a
     one-line :class:`~deconv3d.errors.InputError` naming the fix (also run on a batch
@@ -135,8 +142,11 @@ def check_optics(model, na, wavelength, ni=1.515, ns=1.33, depth=0.0) -> None:
                              f"one from 1 to {REFRACTIVE_INDEX_MAX:g} (water 1.33, glycerol 1.47, oil 1.515)")
     if na >= ni:
         raise InputError(f"NA {na} must be below the immersion index ni={ni}: lower the NA or set --ni")
-    if wavelength > 5:
+    if wavelength >= 100:
         raise InputError(f"wavelength {wavelength} looks like nanometres: give it in micrometres (e.g. 0.52)")
+    if not WAVELENGTH_RANGE[0] <= wavelength <= WAVELENGTH_RANGE[1]:  # 0.052 for 0.52: a PSF of one voxel
+        raise InputError(f"wavelength {wavelength} µm is not an emission wavelength: give one from "
+                         f"{WAVELENGTH_RANGE[0]:g} to {WAVELENGTH_RANGE[1]:g} µm (e.g. 0.52 for green)")
     if not (np.isfinite(depth) and depth >= 0):
         raise InputError(f"depth must be >= 0 micrometres below the coverslip, got {depth}")
     if model == "gaussian" and depth > 0:
