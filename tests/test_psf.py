@@ -435,3 +435,22 @@ def test_prepare_psf_centres_the_core_of_a_cone_the_box_cuts_unevenly(bead_plane
     out = prepare_psf(even, (64, 64, 64), voxel, voxel)
     assert tuple(np.unravel_index(int(out.argmax()), out.shape)) == tuple(n // 2 for n in out.shape)
     assert out.max() == pytest.approx(even.max() / even.sum(), rel=0.01)
+
+
+def test_distill_psf_keeps_the_peak_of_faint_noisy_beads():
+    """Clamping the noisy bead sum voxel by voxel kept the positive half of the tails' noise, which
+    then took much of the unit sum: the peak came out at 0.50 / 0.85 of the true one at 2e4 / 1e5
+    photons per bead (0.84 / 0.98 with the tails averaged)."""
+    from scipy.signal import fftconvolve
+
+    true = generate_psf("gaussian", (15, 25, 25), (0.2, 0.1, 0.1), 1.2, 0.52).astype(np.float64)
+    objects = np.zeros((32, 96, 96))
+    objects[16, 24::48, 24::48] = 1.0
+    image = fftconvolve(objects, true, mode="same")
+    rng = np.random.default_rng(3)
+    for photons, peak, error in ((2e4, 0.75, 0.5), (1e5, 0.95, 0.15)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the tail-share warning is not the point here
+            psf = distill_psf(rng.poisson(image * photons + 100.0).astype(np.float32), size=true.shape)
+        assert psf.max() / true.max() > peak and np.abs(psf - true).sum() < error
+        assert psf.min() >= 0 and psf.sum() == pytest.approx(1.0, abs=1e-5)
