@@ -65,7 +65,7 @@ def settings_from_args(args, base: dict | None = None):
         values["pattern"] = tuple(args.pattern)
     if getattr(args, "output_format", None):
         values["output_format"] = args.output_format
-    return make_settings(values)
+    return make_settings(values, options=not hasattr(args, "input_dir"))  # deconvolve: its options, not a batch's
 
 
 def _bar(desc: str, unit: str, on_start=None):

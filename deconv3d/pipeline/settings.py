@@ -9,6 +9,7 @@ import json
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -202,9 +203,25 @@ def load_config(path) -> dict:
     return out
 
 
-def make_settings(values: dict) -> Settings:
-    """Validated :class:`Settings` from a dict; wrong types become an InputError."""
+def make_settings(values: dict, options: bool = False) -> Settings:
+    """Validated :class:`Settings` from a dict; wrong types become an InputError.
+
+    ``options``: the values came from a command's options (``deconvolve`` on the chunked path):
+    a refusal names them as options (``--tv-weight``), without the "batch configuration" of a
+    batch, whose TOML keys and options both take the settings' names.
+    """
     try:
         return Settings(**values)
     except TypeError as exc:
         raise InputError(f"batch configuration: {exc}") from exc
+    except InputError as exc:
+        if not options:
+            raise
+        message = str(exc).removeprefix("batch configuration: ")
+        raise InputError(_OPTION_NAMES.sub(lambda m: "--" + m.group(0).replace("_", "-"), message)) from None
+
+
+#: The settings' names as they appear in their messages, which a command's refusal names as options.
+_OPTION_NAMES = re.compile(r"(?<![\w-])(" + "|".join(f.name for f in dataclasses.fields(Settings)
+                                                     if "_" in f.name or f.name in ("method", "iterations", "balance",
+                                                                                     "boundary", "chunks")) + r")\b")
