@@ -119,25 +119,28 @@ def _imagej_voxel_size(tif: tifffile.TiffFile) -> list:
     if xres is None or yres is None:
         return [None, None, None]
     unit = ij.get("unit")
-    if ij and unit is not None and isinstance(_size_in_um(1.0, unit), UnknownUnit):
-        return [UnknownUnit(str(unit).strip())] * 3
+    if ij and unit is not None:
+        # ImageJ writes yunit= and zunit= where an axis's unit differs from x's (a stack that
+        # Bio-Formats calibrated in nm laterally and in microns along z), and reads them back.
+        # It leaves spacing out when it is 1 (its default voxel depth), so a calibrated ImageJ
+        # stack without it has a z step of 1 in its unit, as Fiji shows it.
+        units = (ij.get("zunit", unit), ij.get("yunit", unit), unit)
+        steps = (float(ij.get("spacing", 1.0)),) + tuple(r[1] / r[0] if r[0] else None
+                                                          for r in (yres.value, xres.value))
+        return [None if step is None else _size_in_um(step, u) for step, u in zip(steps, units)]
     resunit = page.tags.get("ResolutionUnit")
     resunit = resunit.value if resunit is not None else tifffile.RESUNIT.NONE
-    factor = _resolution_factor(unit, resunit, bool(ij), (xres.value, yres.value))
+    factor = _resolution_factor(resunit, bool(ij), (xres.value, yres.value))
     if factor is None:
         return [None, None, None]
     y, x = (factor * r[1] / r[0] if r[0] else None for r in (yres.value, xres.value))
-    # ImageJ leaves spacing out when it is 1 (its default voxel depth), so a calibrated
-    # ImageJ stack without it has a z step of 1 in its unit, as Fiji shows it.
-    z = float(ij.get("spacing", 1.0)) * factor if ij else None
+    z = float(ij.get("spacing", 1.0)) * factor if ij else None  # an ImageJ file without a unit: µm
     return [z, y, x]
 
 
-def _resolution_factor(unit, resunit, is_imagej: bool, res) -> float | None:
+def _resolution_factor(resunit, is_imagej: bool, res) -> float | None:
     """Micrometres per resolution unit, or None when the tags carry no calibration."""
     uncalibrated = all(tuple(r) == (1, 1) for r in res)
-    if is_imagej and unit is not None:
-        return _unit_factor(unit)
     if resunit == tifffile.RESUNIT.CENTIMETER:
         return 1e4
     if resunit == tifffile.RESUNIT.MILLIMETER:

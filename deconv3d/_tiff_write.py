@@ -112,6 +112,7 @@ def _pages(volume, slab_bytes: int = _SLAB_BYTES):
     for start in range(0, volume.shape[0], step):
         slab = np.asarray(volume[start:start + step], dtype=np.float32)
         yield from slab
+        del slab  # else it is held while the next slab is read: two slabs at a time, twice the budget
 
 
 def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -102,7 +103,7 @@ def read_image(path) -> Image:
         with _tifffile_log() as log:
             with open_tiff(path) as (tif, series, _):
                 data = series.asarray()
-                file_axes = _series_axes(tif, series)
+                file_axes = series.axes
                 voxel = _voxel_size_um(tif)
                 _check_complete(tif, series, log, path)
     except InputError:
@@ -257,34 +258,42 @@ def open_tiff(path: Path):
 
 
 def _check_decodable(series, path: Path) -> None:
-    """Refuse, before anything is read, pixels compressed with a codec tifffile has only through the
-    optional ``imagecodecs`` package (LZW, JPEG, ...: common in exports); a lazy read found out only
-    while computing, as an internal error."""
-    compression = series.pages[0].compression if series.pages else None
+    """Refuse, before anything is read, pixels compressed with a codec or predictor tifffile has only
+    through the optional ``imagecodecs`` package (LZW, JPEG, the floating-point predictor: common in
+    exports; a lazy read found out only while computing, as an internal error), and grey-level
+    samples per pixel, which ImageJ opens as channels (stored as planes they were read as z)."""
+    page = series.pages[0] if series.pages else None
+    compression = page.compression if page is not None else None
     if compression is not None and compression not in tifffile.TIFF.DECOMPRESSORS:
         name = getattr(compression, "name", str(compression))
         raise InputError(f"{path} is {name}-compressed, which needs the imagecodecs package: pip install "
                          "imagecodecs, or save the file uncompressed (Fiji: File > Save As > Tiff)")
+    predictor = getattr(page, "predictor", None)
+    if predictor is not None and predictor not in tifffile.TIFF.UNPREDICTORS:  # GDAL's and tifffile's float one
+        name = getattr(predictor, "name", str(predictor)).lower().replace("_", " ")
+        raise InputError(f"{path} is compressed with a {name} predictor, which needs the imagecodecs package: pip "
+                         "install imagecodecs, or save the file uncompressed (Fiji: File > Save As > Tiff)")
+    samples = getattr(page, "samplesperpixel", 1)
+    grey = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
+    if samples > 1 and getattr(page, "photometric", None) in grey:  # stored per pixel or as planes alike
+        raise InputError(f"image {path} has {samples} grey-level samples per pixel (axes {series.axes}): they are "
+                         "channels; save one per file and pick it")
 
 
 def _check_complete(tif: tifffile.TiffFile, series, log, path: Path) -> None:
     """Refuse a file that tifffile could read only in part (truncated, bad page offsets)."""
     ij = tif.imagej_metadata or {}
+    for record in log:  # a multi-file OME-TIFF whose partner file is missing: tifffile zeroes its planes
+        missing = re.search(r"failed to read '([^']+)'", record.getMessage())
+        if missing:
+            raise InputError(f"{path} is one file of a multi-file OME-TIFF, and its part {missing.group(1)} is "
+                             "missing or unreadable (its planes would be zeros): keep all files of the image together")
     planes = math.prod(n for n, a in zip(series.shape, series.axes) if a not in "YXS")
     expected = ij.get("images")
     broken = [r.getMessage() for r in log if any(w in r.getMessage().lower() for w in ("corrupt", "page offset"))]
     if (expected is not None and int(expected) != planes) or broken:
         found = f"its ImageJ header lists {int(expected)} planes but {planes} could be read" if expected else broken[0]
         raise InputError(f"{path} is truncated or corrupt ({_one_line(found)}): copy or export it again")
-
-
-def _series_axes(tif: tifffile.TiffFile, series) -> str:
-    """Series axes with sample axes of grey-level files treated as planes."""
-    axes = series.axes
-    photometric = tif.pages[0].photometric
-    if "S" in axes and photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE):
-        axes = axes.replace("S", "Q")
-    return axes
 
 
 def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str, str]:
@@ -297,9 +306,6 @@ def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str, 
     kept_axes = "".join(axes[i] for i in keep) if len(axes) == data.ndim else ""
     data = data.reshape([data.shape[i] for i in keep])
     _refuse_colour(kept_axes, path)
-    if kept_axes.endswith("YXQ"):  # grey-level samples stored per pixel (_series_axes): channels after X
-        raise InputError(f"image {path} has {data.shape[-1]} grey-level samples per pixel (axes "
-                         f"{kept_axes.replace('Q', 'S')}): they are channels; save one per file and pick it")
     if data.size == 0:
         raise InputError(f"image {path} is empty (shape {data.shape}): check the file")
     if data.ndim > 3:
@@ -322,7 +328,7 @@ def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str, 
 
 
 def _refuse_colour(kept_axes: str, path: Path) -> None:
-    """An RGB file keeps a sample axis ``S`` (grey-level samples are planes, see _series_axes)."""
+    """An RGB file keeps a sample axis ``S`` (grey-level samples are refused by _check_decodable)."""
     if "S" in kept_axes:
         raise InputError(f"image {path} is an RGB/colour image (axes {kept_axes}): convert it to greyscale or "
                          "split the channels and keep one (Fiji: Image > Color > Split Channels)")

@@ -447,3 +447,105 @@ def test_a_single_voxel_image_says_its_singleton_axes_were_dropped(tmp_path):
     tifffile.imwrite(tmp_path / "one.tif", np.ones((1, 1, 1), np.float32))
     with pytest.raises(InputError, match=r"0D once its axes of length 1 are dropped"):
         read_image(tmp_path / "one.tif")
+
+
+def test_imagej_per_axis_units_are_read(tmp_path):
+    """Fiji writes zunit= (and yunit=) where an axis's unit differs from x's: the z step of a stack
+    calibrated in nm laterally and in microns along z was read 1000x too small."""
+    path = tmp_path / "zunit.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for i, plane in enumerate(np.zeros((4, 8, 8), np.uint16)):
+            tif.write(plane, resolution=(1 / 65, 1 / 65), metadata=None, contiguous=True, description=(
+                "ImageJ=1.54f\nimages=4\nslices=4\nunit=nm\nzunit=micron\nspacing=0.3\nloop=false\n") if i == 0 else None)
+    assert read_image(path).voxel_size == pytest.approx((0.3, 0.065, 0.065))
+    from deconv3d.omezarr import open_lazy
+
+    assert open_lazy(path).voxel_size == pytest.approx((0.3, 0.065, 0.065))
+
+
+def test_a_multi_file_ome_tiff_missing_a_part_is_refused(tmp_path, monkeypatch):
+    """tifffile zeroes the planes of a missing partner file: they were deconvolved as zeros, exit 0."""
+    from deconv3d.omezarr import open_lazy
+
+    monkeypatch.chdir(tmp_path)
+    data = np.arange(1, 6 * 8 * 8 + 1, dtype=np.uint16).reshape(6, 8, 8)
+    uuid = "urn:uuid:aaaaaaaa-0000-0000-0000-00000000000"
+
+    def xml(part):
+        return (f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
+                f'UUID="{uuid}{part}"><Image ID="Image:0"><Pixels DimensionOrder="XYZCT" ID="Pixels:0" SizeX="8" '
+                'SizeY="8" SizeZ="6" SizeC="1" SizeT="1" Type="uint16" PhysicalSizeX="0.1" PhysicalSizeY="0.1" '
+                'PhysicalSizeZ="0.5"><Channel ID="Channel:0:0" SamplesPerPixel="1"/>'
+                f'<TiffData FirstZ="0" IFD="0" PlaneCount="3"><UUID FileName="a.ome.tif">{uuid}1</UUID></TiffData>'
+                f'<TiffData FirstZ="3" IFD="0" PlaneCount="3"><UUID FileName="b.ome.tif">{uuid}2</UUID></TiffData>'
+                '</Pixels></Image></OME>')
+
+    for name, part, planes in (("a.ome.tif", 1, data[:3]), ("b.ome.tif", 2, data[3:])):
+        with tifffile.TiffWriter(name) as tif:
+            for i, plane in enumerate(planes):
+                tif.write(plane, description=xml(part) if i == 0 else None, metadata=None)
+    np.testing.assert_array_equal(read_image("a.ome.tif").data, data)  # both parts there: the whole image
+    os.remove("b.ome.tif")
+    for reader in (read_image, open_lazy):
+        with pytest.raises(InputError, match="its part b.ome.tif is missing .*keep all files of the image together"):
+            reader("a.ome.tif")
+
+
+def test_grey_samples_stored_as_planes_are_channels_too(tmp_path):
+    """Planar grey samples (SYX) were read as a z-stack; ImageJ opens them as channels."""
+    from deconv3d.omezarr import open_lazy
+
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, np.zeros((3, 16, 16), np.uint16), photometric="minisblack", planarconfig="separate")
+    for reader in (read_image, open_lazy):
+        with pytest.raises(InputError, match="3 grey-level samples per pixel .*they are channels"):
+            reader(path)
+
+
+def test_a_float_predictor_and_a_damaged_strip_are_one_line_errors_on_the_lazy_path(tmp_path):
+    """Both were an 'internal error' with pages of asyncio tracebacks once the blocks read them."""
+    from deconv3d.omezarr import open_lazy
+
+    data = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)
+    meta = {"axes": "ZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1, "PhysicalSizeZ": 0.3}
+    predicted = tmp_path / "fp.ome.tif"
+    tifffile.imwrite(predicted, data.view(np.int32), compression="zlib", predictor=2, ome=True, metadata=meta)
+    with tifffile.TiffFile(predicted, mode="r+") as tif:  # zlib with the floating-point predictor, as GDAL writes
+        for page in tif.pages:
+            page.tags["Predictor"].overwrite(3)
+            page.tags["SampleFormat"].overwrite(3)
+    for reader in (read_image, open_lazy):
+        with pytest.raises(InputError, match="floatingpoint predictor, which needs the imagecodecs package"):
+            reader(predicted)
+    damaged = tmp_path / "bad.ome.tif"
+    tifffile.imwrite(damaged, data, compression="zlib", ome=True, metadata=meta)
+    with tifffile.TiffFile(damaged) as tif:
+        offset = tif.pages[2].dataoffsets[0]
+    with open(damaged, "r+b") as f:
+        f.seek(offset + 10)
+        f.write(b"\xff" * 40)
+    lazy = open_lazy(damaged)
+    with pytest.raises(InputError, match=r"cannot read .*bad\.ome\.tif \(region \[0:4.*damaged; copy or export"):
+        lazy.reader.read((slice(0, 4),))
+
+
+def test_streamed_tiff_pages_hold_one_slab_at_a_time():
+    """The generator held the slab it had yielded while reading the next: twice the slab budget."""
+    import weakref
+
+    slabs, alive_at_read = [], []
+
+    class Volume:
+        shape = (8, 4, 4)
+
+        def __getitem__(self, key):
+            alive_at_read.append(sum(r() is not None for r in slabs))
+            out = np.ones((min(key.stop, 8) - key.start, 4, 4), np.float32)
+            slabs.append(weakref.ref(out))
+            return out
+
+    planes = 0
+    for plane in _tiff_write._pages(Volume(), slab_bytes=2 * 4 * 4 * 4):
+        planes += 1
+        del plane
+    assert planes == 8 and alive_at_read == [0, 0, 0, 0]

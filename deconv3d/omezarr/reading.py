@@ -97,7 +97,11 @@ class _TiffArray:
             return entry[1]
 
     def __getitem__(self, key):
-        return np.asarray(self._array()[key])
+        try:
+            return np.asarray(self._array()[key])
+        except Exception as exc:  # noqa: BLE001 - a codec's complaint: zlib.error, a predictor's KeyError, ...
+            raise InputError(f"cannot read {self.path} (region {_region(key)}): {_one_line(exc)}: a strip or tile "
+                             "is damaged; copy or export the image again") from exc
 
 
 class TiffReader:
@@ -137,12 +141,12 @@ def _open_tiff(path: Path) -> LazyImage:
     import dask.array as da
 
     from deconv3d._tiff_metadata import time_axis_of
-    from deconv3d.io import _series_axes, open_tiff
+    from deconv3d.io import open_tiff
 
     try:
         with _tifffile_log() as log:
             with open_tiff(path) as (tif, series, options):
-                axes, shape, dtype = _series_axes(tif, series), series.shape, series.dtype
+                axes, shape, dtype = series.axes, series.shape, series.dtype
                 voxel = _voxel_size_um(tif)
                 time_axis = time_axis_of(tif) if "T" in series.axes else None
                 page_shape = tuple(series.pages[0].shape) if series.pages else shape[-2:]
@@ -348,7 +352,8 @@ class ZarrReader:
 
 def _region(key) -> str:
     key = key if isinstance(key, tuple) else (key,)
-    return "[" + ", ".join(f"{k.start or 0}:{k.stop}" if isinstance(k, slice) else str(k) for k in key) + "]"
+    return "[" + ", ".join((f"{k.start or 0}:{'' if k.stop is None else k.stop}" if isinstance(k, slice) else str(k))
+                           for k in key) + "]"
 
 
 #: Files that make a folder a zarr group: zarr v3, and v2 (OME-Zarr v0.4, bioformats2raw's output).
