@@ -198,3 +198,47 @@ def test_extrapolate_is_a_pade_approximant_of_the_power():
     out = torch.empty(2, dtype=torch.float64)
     TorchOps.extrapolate(zeros, zeros, 0.5, out, TorchOps.buffers(out, steps=False))
     assert torch.equal(out, zeros)  # voxels at 0 stay 0, no NaN
+
+
+@needs_fftw
+def test_the_auto_planner_measures_a_size_once_it_recurs(backend, tmp_path, monkeypatch):
+    """Measuring plans cost 57-81 % of a first 20-iteration run (5-20 s per shape): a size met for
+    the first time gets estimated plans at once; met again by a later process (the sizes file), or
+    RECUR_IN_PROCESS times in this one, it is measured, and measured plans kept are reused."""
+    import pyfftw
+
+    monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_fftw, "_wisdom_loaded", False)
+    monkeypatch.setattr(_fftw, "_met", {})
+    monkeypatch.setattr(_fftw, "_remembered", set())
+    monkeypatch.delenv("DECONV3D_FFTW_PLANNER", raising=False)
+    made, original = [], pyfftw.FFTW
+
+    def recording(*args, **kwargs):
+        plan = original(*args, **kwargs)  # FFTW_WISDOM_ONLY without a measured plan raises here
+        made.append(tuple(kwargs.get("flags", ())))
+        return plan
+
+    def planned(shape):
+        made.clear()
+        _fftw.FFTWTransforms(shape, 1, torch.float32)
+        flags = set(made)
+        return "estimate" if all("FFTW_ESTIMATE" in f for f in flags) else \
+            "measured" if all("FFTW_MEASURE" in f and "FFTW_WISDOM_ONLY" not in f for f in flags) else \
+            "kept" if all("FFTW_WISDOM_ONLY" in f for f in flags) else flags
+
+    monkeypatch.setattr(pyfftw, "FFTW", recording)
+    once, often = (5, 21, 38), (5, 23, 38)  # planned nowhere else in the tests
+    assert planned(once) == "estimate" and planned(once) == "estimate"  # this process: not yet recurring
+    assert "5x21x38:float32" in (tmp_path / os.path.basename(_fftw._sizes_path())).read_text()
+    monkeypatch.setattr(_fftw, "_wisdom_loaded", False)  # as a later process: the size recurs
+    assert planned(once) == "measured"
+    monkeypatch.setattr(_fftw, "RECUR_IN_PROCESS", 3)
+    assert [planned(often) for _ in range(3)] == ["estimate", "estimate", "measured"]
+    monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "estimate")
+    assert planned(once) == "estimate"
+    monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "measure")
+    assert planned((5, 25, 38)) == "measured"
+    monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "fast")
+    with pytest.raises(InputError, match="not auto, estimate, measure or patient"):
+        _fftw.FFTWTransforms(once, 1, torch.float32)
