@@ -242,3 +242,24 @@ def test_the_auto_planner_measures_a_size_once_it_recurs(backend, tmp_path, monk
     monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "fast")
     with pytest.raises(InputError, match="not auto, estimate, measure or patient"):
         _fftw.FFTWTransforms(once, 1, torch.float32)
+
+
+def test_processes_recording_sizes_at_once_keep_every_size(tmp_path, monkeypatch):
+    """Read, merge and replace lost 138 of 240 sizes to six processes at once; appends keep all."""
+    import multiprocessing
+
+    monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_fftw, "_remembered", set())
+
+    def record(i):
+        for j in range(40):
+            _fftw._remember_size(f"{i}x{j}:float32")
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=record, args=(i,)) for i in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(set(_fftw._read_sizes(_fftw._sizes_path()))) == sorted(f"{i}x{j}:float32" for i in range(6)
+                                                                          for j in range(40))

@@ -390,20 +390,31 @@ def test_distill_warns_when_its_box_cuts_the_psfs_tails():
         distill_psf(uneven)
 
 
-def test_distill_measures_the_tails_only_on_a_bead_whose_wide_box_holds_no_neighbour():
+def test_distill_measures_the_tails_on_the_beads_side_of_its_neighbours():
     """Nine beads 50 voxels apart whose PSF fits the box: the neighbours' light in the twice-wider
-    box made it look like 64 % of a bead's, and the larger box the warning advised then found no
-    isolated bead. No bead here has room for the measurement: no warning."""
+    box made it look like 64 % of a bead's, and the larger box that the warning advised then found
+    no isolated bead; the wider box now stops at the midline to each neighbour. Beads 60 apart
+    whose box cuts the tails (a 31-voxel box holds 77 % of the light of a 61-voxel one) are still
+    warned about."""
     from scipy.signal import fftconvolve
 
-    true = generate_psf("vectorial", (31, 41, 41), (0.2, 0.1, 0.1), 1.2, 0.52).astype(np.float64)
+    voxel, rng = (0.2, 0.1, 0.1), np.random.default_rng(1)
+    fits = generate_psf("vectorial", (31, 41, 41), voxel, 1.2, 0.52).astype(np.float64)
     objects = np.zeros((48, 160, 160))
-    objects[24, 30:135:50, 30:135:50] = 2e5
-    image = (fftconvolve(objects, true, mode="same") + 100).astype(np.float32)
+    for y in range(30, 135, 50):
+        for x in range(30, 135, 50):
+            objects[24 + rng.integers(-2, 3), y, x] = 2e5
+    image = (fftconvolve(objects, fits, mode="same") + 100).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         psf = distill_psf(image, size=(31, 41, 41))
-    assert np.abs(psf - true).sum() < 0.05
+    assert np.abs(psf - fits).sum() < 0.05
+    wide = generate_psf("vectorial", (41, 61, 61), voxel, 1.2, 0.52).astype(np.float64)
+    objects = np.zeros((48, 200, 200))
+    objects[24, 40:170:60, 40:170:60] = 2e5
+    image = (fftconvolve(objects, wide, mode="same") + 100).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match=r"box \(31, 31, 31\) holds about \d+% of a bead's light"):
+        distill_psf(image, size=(31, 31, 31))
 
 
 def test_the_cli_prints_library_warnings_as_its_own_lines(tmp_path, capsys):

@@ -99,6 +99,9 @@ class _TiffArray:
     def __getitem__(self, key):
         try:
             return np.asarray(self._array()[key])
+        except (OSError, MemoryError) as exc:
+            _refuse_unreadable(self.path, key, exc)
+            raise
         except Exception as exc:  # noqa: BLE001 - a codec's complaint: zlib.error, a predictor's KeyError, ...
             raise InputError(f"cannot read {self.path} (region {_region(key)}): {_one_line(exc)}: a strip or tile "
                              "is damaged; copy or export the image again") from exc
@@ -343,11 +346,22 @@ class ZarrReader:
             key = tuple(key)
         try:
             return np.array(self._open()[key], dtype=np.float32, order="C")
-        except (OSError, RuntimeError, ValueError) as exc:  # a codec's or the store's complaint about a chunk
+        except OSError as exc:
+            _refuse_unreadable(self.path, key, exc)
+            raise
+        except (RuntimeError, ValueError) as exc:  # a codec's or the store's complaint about a chunk
             raise InputError(f"cannot read {self.path} (array {self.component!r}, region {_region(key)}): "
                              f"{_one_line(exc)}: a chunk is damaged; copy or convert the image again") from exc
 
     __getitem__ = read
+
+
+def _refuse_unreadable(path, key, exc: BaseException) -> None:
+    """A file that went away or cannot be read during a run (not a damaged one): say so in one line.
+    Other errors (MemoryError) are left to the caller to raise."""
+    if isinstance(exc, OSError):
+        raise InputError(f"cannot read {path} (region {_region(key)}): {_one_line(exc)}: check that the image is "
+                         "still there and readable (it was moved, deleted or unmounted during the run?)") from exc
 
 
 def _region(key) -> str:

@@ -6,6 +6,8 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from deconv3d.errors import InputError
 
 __all__ = ["deconvolve_file"]
@@ -73,7 +75,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
                   voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
     if settings.method in NON_NEGATIVE_METHODS:
-        check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path.name, settings.method)
+        check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path, settings.method)
     remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
     if output_path.suffix.lower() == ".zarr":
         info = run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
@@ -92,23 +94,29 @@ def check_has_positive(data, name: str, method: str) -> None:
     """Refuse an image with negative voxels and no positive one (background-subtracted data) before
     ``method`` returns it all zeros, as an in-memory run refuses it.
 
-    ``data``: a block reader, dask array or array. It is read in slabs along its first axis that
-    stop at the first positive voxel, so an ordinary image costs one slab, not a pass over the file.
+    ``data``: a block reader, dask array or array. It is read in slabs of at most
+    :data:`SCAN_SLAB_BYTES` that stop at the first positive voxel, so an ordinary image costs one
+    slab, not a pass over the file: slabs along the first axis whose planes fit (z of one time
+    point and channel after another; rows of a plane too large), one index at a time before it.
     """
     from deconv3d.errors import refuse_no_positive
     from deconv3d.pipeline.readers import as_reader
 
     reader = as_reader(data)
     shape = tuple(reader.shape)
-    plane = 4 * math.prod(shape[1:])
-    step = max(1, SCAN_SLAB_BYTES // max(plane, 1))
-    rest = tuple(slice(None) for _ in shape[1:])
+    axis = 0
+    while axis < len(shape) - 1 and 4 * math.prod(shape[axis + 1:]) > SCAN_SLAB_BYTES:
+        axis += 1
+    step = max(1, SCAN_SLAB_BYTES // max(4 * math.prod(shape[axis + 1:]), 1))
+    rest = tuple(slice(None) for _ in shape[axis + 1:])
     negative = False
-    for start in range(0, shape[0], step):
-        slab = reader.read((slice(start, min(start + step, shape[0])),) + rest)
-        if slab.size and float(slab.max()) > 0:
-            return
-        negative = negative or (slab.size > 0 and float(slab.min()) < 0)
+    for lead in np.ndindex(*shape[:axis]):
+        for start in range(0, shape[axis], step):
+            key = tuple(slice(i, i + 1) for i in lead) + (slice(start, min(start + step, shape[axis])),) + rest
+            slab = reader.read(key)
+            if slab.size and float(slab.max()) > 0:
+                return
+            negative = negative or (slab.size > 0 and float(slab.min()) < 0)
     if negative:  # all zero stays allowed: zeros come back
         refuse_no_positive(name, method)
 

@@ -3,13 +3,13 @@ or given as a dict (keys are the long option names of ``deconv3d deconvolve``)."
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import hashlib
 import json
 import math
 import numbers
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -70,30 +70,30 @@ class Settings:
             object.__setattr__(self, "pattern", pattern)
 
     def _check_values(self) -> None:
-        _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        _check(self.boundary in BOUNDARIES, f"boundary must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
-        _check(self.output_format in OUTPUT_FORMATS, f"output_format must be zarr or tif, got {self.output_format!r}")
+        _check(self.method in METHODS, f"{_n('method')} must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _check(self.boundary in BOUNDARIES, f"{_n('boundary')} must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
+        _check(self.output_format in OUTPUT_FORMATS, f"{_n('output_format')} must be zarr or tif, got {self.output_format!r}")
         _check(isinstance(self.iterations, int) and not isinstance(self.iterations, bool) and self.iterations >= 1,
-               f"iterations must be a positive integer, got {self.iterations!r}")
-        _check(_positive(self.balance), f"balance must be positive, got {self.balance!r}")
+               f"{_n('iterations')} must be a positive integer, got {self.iterations!r}")
+        _check(_positive(self.balance), f"{_n('balance')} must be positive, got {self.balance!r}")
         _check(self.method != "rl-tv" or (_positive(self.tv_weight) and self.tv_weight < TV_WEIGHT_MAX),
-               f"method rl-tv needs a positive tv_weight below {TV_WEIGHT_MAX} (try 0.002), got {self.tv_weight!r}")
+               f"{_n('method')} rl-tv needs a positive {_n('tv_weight')} below {TV_WEIGHT_MAX} (try 0.002), got {self.tv_weight!r}")
         _check(isinstance(self.pattern, tuple) and self.pattern
                and all(isinstance(p, str) and p.strip() and not Path(p).is_absolute() and ".." not in Path(p).parts
                        for p in self.pattern),
-               f"pattern needs file-name patterns inside the input folder, like \"*.tif\", got {self.pattern!r}")
-        _check(isinstance(self.pyramid_levels, int) and self.pyramid_levels >= 0, "pyramid_levels must be >= 0")
-        _check(isinstance(self.tta, bool), f"tta must be true or false, got {self.tta!r}")
+               f"{_n('pattern')} needs file-name patterns inside the input folder, like \"*.tif\", got {self.pattern!r}")
+        _check(isinstance(self.pyramid_levels, int) and self.pyramid_levels >= 0, f"{_n('pyramid_levels')} must be >= 0")
+        _check(isinstance(self.tta, bool), f"{_n('tta')} must be true or false, got {self.tta!r}")
         _check(isinstance(self.band_limit, (int, float)) and 0 <= self.band_limit < float("inf"),
-               f"band_limit must be a number >= 0, got {self.band_limit!r}")
+               f"{_n('band_limit')} must be a number >= 0, got {self.band_limit!r}")
         _check(self.voxel_size is None
                or (len(self.voxel_size) in (2, 3) and all(_positive(v) for v in self.voxel_size)),
-               f"voxel_size needs 3 positive numbers (Z Y X; Y X for 2D images), got {self.voxel_size!r}")
+               f"{_n('voxel_size')} needs 3 positive numbers (Z Y X; Y X for 2D images), got {self.voxel_size!r}")
         _check(self.chunks is None or (len(self.chunks) in (2, 3) and all(_positive(v) and isinstance(v, int)
                                                                           for v in self.chunks)),
-               f"chunks needs 3 positive whole numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")
+               f"{_n('chunks')} needs 3 positive whole numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")
         # Checked here, before any file runs: each of a night's files failed on them one by one.
-        _check(isinstance(self.accelerate, bool), f"accelerate must be true or false, got {self.accelerate!r}")
+        _check(isinstance(self.accelerate, bool), f"{_n('accelerate')} must be true or false, got {self.accelerate!r}")
         from deconv3d.fft import resolve_device
 
         resolve_device(self.device)
@@ -104,7 +104,7 @@ class Settings:
         _check(self.memory_limit is None or isinstance(self.memory_limit, str)
                or (isinstance(self.memory_limit, numbers.Integral) and not isinstance(self.memory_limit, bool)
                    and self.memory_limit >= 2**20),
-               f"memory_limit needs a unit, like \"4GB\" or \"512MiB\", got {self.memory_limit!r}")
+               f"{_n('memory_limit')} needs a unit, like \"4GB\" or \"512MiB\", got {self.memory_limit!r}")
         if self.memory_limit is not None:
             from deconv3d.pipeline.memory import parse_memory
 
@@ -120,15 +120,15 @@ class Settings:
             _check(self.psf_model in PSF_MODELS, "a PSF is needed: set psf = \"PSF.tif\" or psf_model with na and "
                    "wavelength")
             _check(_positive(self.na) and _many(self.wavelength) and all(_positive(w) for w in _many(self.wavelength)),
-                   "psf_model needs positive na and wavelength (one, or one per channel)")
+                   f"{_n('psf_model')} needs positive {_n('na')} and {_n('wavelength')} (one, or one per channel)")
             from deconv3d.psf.generate import check_optics
 
             for wavelength in _many(self.wavelength):
                 check_optics(self.psf_model, self.na, wavelength, self.ni, self.ns, self.depth)
         else:
-            _check(self.psf_model is None, "give either psf or psf_model, not both")
+            _check(self.psf_model is None, f"give either {_n('psf')} or {_n('psf_model')}, not both")
             _check(bool(_many(self.psf)) and all(isinstance(p, (str, os.PathLike)) for p in _many(self.psf)),
-                   f"psf needs a file name, or one per channel, got {self.psf!r}")
+                   f"{_n('psf')} needs a file name, or one per channel, got {self.psf!r}")
             for psf in _many(self.psf):
                 _check(Path(psf).is_file(), f"PSF file not found: {psf}: check the path")
 
@@ -159,9 +159,18 @@ def _positive(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
+#: True while :func:`make_settings` builds settings from a command's options (``deconvolve``).
+_AS_OPTIONS = contextvars.ContextVar("deconv3d_settings_as_options", default=False)
+
+
+def _n(name: str) -> str:
+    """A setting's name in a message: the key (a batch's TOML and options take it), or a command's option."""
+    return "--" + name.replace("_", "-") if _AS_OPTIONS.get() else name
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise InputError(f"batch configuration: {message}")
+        raise InputError(message if _AS_OPTIONS.get() else f"batch configuration: {message}")
 
 
 #: Keys of a batch config that say how to run it rather than what to compute (``batch``'s own options).
@@ -210,18 +219,10 @@ def make_settings(values: dict, options: bool = False) -> Settings:
     a refusal names them as options (``--tv-weight``), without the "batch configuration" of a
     batch, whose TOML keys and options both take the settings' names.
     """
+    token = _AS_OPTIONS.set(bool(options))
     try:
         return Settings(**values)
     except TypeError as exc:
         raise InputError(f"batch configuration: {exc}") from exc
-    except InputError as exc:
-        if not options:
-            raise
-        message = str(exc).removeprefix("batch configuration: ")
-        raise InputError(_OPTION_NAMES.sub(lambda m: "--" + m.group(0).replace("_", "-"), message)) from None
-
-
-#: The settings' names as they appear in their messages, which a command's refusal names as options.
-_OPTION_NAMES = re.compile(r"(?<![\w-])(" + "|".join(f.name for f in dataclasses.fields(Settings)
-                                                     if "_" in f.name or f.name in ("method", "iterations", "balance",
-                                                                                     "boundary", "chunks")) + r")\b")
+    finally:
+        _AS_OPTIONS.reset(token)

@@ -124,30 +124,31 @@ def _smoothed_noise(total: np.ndarray, sigma: float) -> float:
 
 
 def _tail_share(beads, smooth, centres, peaks, half) -> tuple[float | None, np.ndarray]:
-    """:func:`_light_in_box` of the brightest bead that has no other peak in its wide box, nor
-    within twice its half-width (what a box of that size needs to count as isolated, so that the
-    larger box the warning advises finds it); ``(None, half)`` when no bead has that much room.
-    A neighbour's light in the wide box made a box that held all of a bead's light look like 64 %,
-    and the advised box then found no isolated bead."""
-    for centre in sorted(centres, key=lambda c: -float(smooth[tuple(c)])):
-        room = np.minimum(np.asarray(centre), np.asarray(beads.shape) - 1 - np.asarray(centre))
-        wide = np.minimum(2 * np.asarray(half), room)
-        others = peaks[(peaks != centre).any(axis=1)]
-        if not (np.abs(others - centre) <= 2 * wide).all(axis=1).any():
-            return _light_in_box(beads, centre, half)
-    return None, np.asarray(half)
-
-
-def _light_in_box(beads, centre, half) -> tuple[float | None, np.ndarray]:
-    """Share of a bead's light inside its box, against a box twice as wide (or as wide as fits in
-    the image); ``(None, half)`` when no wider box fits. Both lose the wide box's own background
-    (:func:`_face_background`): against the image's median, an uneven background of +-10 % made
-    a box that held all of a bead's light look like 34 %. A widefield PSF's out-of-focus cone
-    holds much of its light far from the peak: 3 FWHM kept 42 %."""
-    room = np.minimum(np.asarray(centre), np.asarray(beads.shape) - 1 - np.asarray(centre))
+    """:func:`_light_in_box` of the brightest bead, its wider box kept on the bead's side of the
+    midline to every neighbouring peak (along the axis that separates them most): a neighbour's
+    light in the wider box made a box that held all of a bead's light look like 64 %, and the
+    larger box the warning advised then found no isolated bead. ``(None, half)`` when the
+    neighbours leave no room beyond the box."""
+    centre = np.asarray(max(centres, key=lambda c: float(smooth[tuple(c)])))
+    room = np.minimum(centre, np.asarray(beads.shape) - 1 - centre)
     wide = np.minimum(2 * np.asarray(half), room)
+    for other in peaks:
+        offset = np.abs(np.asarray(other) - centre)
+        if not offset.any() or (offset > wide + half).any():  # the bead itself, or too far to reach the box
+            continue
+        axis = int(np.argmax(offset / np.maximum(wide, 1)))
+        wide[axis] = min(wide[axis], offset[axis] // 2)
     if (wide <= half).all():
         return None, np.asarray(half)
+    return _light_in_box(beads, centre, half, np.maximum(wide, half))
+
+def _light_in_box(beads, centre, half, wide) -> tuple[float | None, np.ndarray]:
+    """Share of a bead's light inside its box, against the wider box of half-widths ``wide`` (twice
+    as wide where it fits in the image and no neighbour is near), and ``wide``. Both lose the
+    wide box's own background (:func:`_face_background`): against the image's median, an uneven
+    background of +-10 % made
+    a box that held all of a bead's light look like 34 %. A widefield PSF's out-of-focus cone
+    holds much of its light far from the peak: 3 FWHM kept 42 %."""
     big = beads[tuple(slice(c - r, c + r + 1) for c, r in zip(centre, wide))].astype(np.float64)
     big -= _face_background(big)
     inner = big[tuple(slice(w - h, w + h + 1) for w, h in zip(wide, half))]

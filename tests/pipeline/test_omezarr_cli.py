@@ -119,6 +119,8 @@ def test_batch_failing_file_exit_3_others_complete_and_resume(folder, capsys):
      ["error: --method rl-tv needs a positive --tv-weight below 0.5"]),  # was 'batch configuration: ... tv_weight'
     (["batch", "in", "-o", "out", "--psf", "psf.tif", "--method", "rl-tv", "--tv-weight", 0.7],
      ["batch configuration: method rl-tv needs a positive tv_weight"]),  # a config's keys: their names
+    (["deconvolve", "in/img0.tif", "--psf", "chunks/psf.tif", "-o", "x.zarr", "--chunks", 12, 12, 12],
+     ["PSF file not found: chunks/psf.tif"]),  # the option names were put into the path too
 ])
 def test_bad_input_one_line_exit_2(folder, capsys, monkeypatch, argv, words):
     monkeypatch.chdir(folder)
@@ -593,6 +595,15 @@ def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
     with pytest.raises(InputError, match="img has no positive values, so rl would"):
         files.check_has_positive(Counting(data), "img", "rl")
     files.check_has_positive(np.zeros((3, 4, 4), np.float32), "img", "rl")  # all zero: zeros come back
+    # A time series (and a plane larger than a slab) is cut below its first axis: a whole time
+    # point was read at once, however large.
+    for shape in ((2, 10, 8, 8), (1, 2, 64, 8)):
+        reads.clear()
+        series = np.full(shape, -1.0, np.float32)
+        with pytest.raises(InputError, match="no positive values"):
+            files.check_has_positive(Counting(series), "img", "rl")
+        sizes = [series[k].nbytes for k in reads]
+        assert max(sizes) <= files.SCAN_SLAB_BYTES and sum(sizes) == series.nbytes, (shape, sizes)
 
 
 def _hand_made(path, axes, scale, shape, dtype="float32", transforms=None):
