@@ -15,6 +15,7 @@ odd and even kernels line up with scipy.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from typing import Sequence
@@ -79,16 +80,43 @@ def kernel_origin(kernel_shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def as_tensor(x, device: torch.device | None = None, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
-    """Tensor view of an array or tensor on ``device`` with ``dtype`` (no copy if already so)."""
+    """Tensor view of an array or tensor on ``device`` with ``dtype`` (no copy if already so);
+    what is not numbers is refused by name (:func:`as_array`)."""
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise InputError(f"dtype must be a torch dtype such as torch.float32, got {dtype!r}")
     if isinstance(x, torch.Tensor):
         return x.to(device=device or x.device, dtype=dtype or x.dtype)
-    arr = np.ascontiguousarray(x)
+    arr = as_array(x)
     if not arr.dtype.isnative:  # torch takes native byte order only (big-endian files, FITS)
         arr = arr.astype(arr.dtype.newbyteorder("="))
     elif not arr.flags.writeable:  # memory maps, broadcasts, read-only chunks: torch wants writable memory
         arr = arr.copy()
     t = torch.from_numpy(arr)
     return t.to(device=device or "cpu", dtype=dtype or t.dtype)
+
+
+def as_array(x) -> np.ndarray:
+    """``x`` (not a tensor) as a C-contiguous numpy array of numbers (bool, int, float or complex).
+
+    A file name, None, ragged lists or anything else that is not numbers is refused by name
+    (torch's own error about ``numpy.str_`` or ``object_`` told a notebook user nothing).
+    """
+    if isinstance(x, (str, bytes, os.PathLike)):
+        raise InputError(f"got the file name {str(x)!r} where an array is needed: read it first, e.g. "
+                         "deconv3d.io.read_image(path).data")
+    try:
+        arr = np.ascontiguousarray(x)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise InputError(f"cannot make an array of numbers from {type(x).__name__} ({_first_line(exc)}): give a "
+                         "2D or 3D numeric array") from None
+    if arr.dtype.kind not in "biufc":
+        raise InputError(f"got {type(x).__name__} of {arr.dtype} values where an array of numbers is needed: give "
+                         "a 2D or 3D numeric array")
+    return arr
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).split(".")[0].strip()
 
 
 def psf_fingerprint(psf, dtype=np.float32) -> str:
@@ -131,6 +159,10 @@ class FFTConvolver:
 
     def __init__(self, psf, *, device="cpu", dtype: torch.dtype = torch.float32):
         self.device = resolve_device(device)
+        if not isinstance(dtype, torch.dtype):
+            raise InputError(f"dtype must be a torch dtype such as torch.float32, got {dtype!r}")
+        if dtype not in (torch.float32, torch.float64):  # int32 truncated the PSF to 0; float16 has no FFT here
+            raise InputError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.dtype = dtype
         # A private copy: a view of the caller's array would change under the cached OTFs.
         self.psf = as_tensor(psf, self.device, dtype).detach().clone()
@@ -294,20 +326,35 @@ def get_convolver(psf, device="cpu", dtype: torch.dtype = torch.float32) -> FFTC
     return conv
 
 
-def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", device=None, dtype=torch.float32):
+def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=None, dtype=torch.float32):
     """Convolve ``x`` with ``psf`` by FFT, reusing the PSF's cached OTF across calls.
 
-    Returns a tensor on ``device`` (default: ``x``'s device for tensors, else the CPU).
+    Returns a torch tensor (for numpy input too: it is the differentiable building block of the
+    network's forward model) on ``device`` (default: ``x``'s device for tensors, else the CPU).
     Equals ``scipy.signal.fftconvolve(x, psf, mode)`` for ``padding="zero"`` and ``mode`` "same" or "full".
+    Complex or non-finite ``x`` or ``psf`` are refused (FFTs would spread one NaN over the output).
     """
+    _check_real_finite(x, "image")
+    _check_real_finite(psf, "PSF")
     if device is None:
         device = x.device if isinstance(x, torch.Tensor) else "cpu"
     return get_convolver(psf, device, dtype).convolve(x, mode=mode, padding=padding)
 
 
-def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", device=None, dtype=torch.float32):
+def _check_real_finite(x, name: str) -> None:
+    """Refuse a complex, or non-finite, array or tensor ``x`` by ``name`` (one pass over it)."""
+    t = x if isinstance(x, torch.Tensor) else as_tensor(x, dtype=None)
+    if t.is_complex():
+        raise InputError(f"{name} is complex: give real intensities (e.g. the magnitude)")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise InputError(f"{name} contains NaN or Inf values: replace them (e.g. with 0)")
+
+
+def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", *, device=None, dtype=torch.float32):
     """Correlate ``x`` with ``psf``: the adjoint of :func:`fft_convolve` (cached OTF) for the
     zero and circular paddings (see :meth:`FFTConvolver.correlate` for reflect)."""
+    _check_real_finite(x, "image")
+    _check_real_finite(psf, "PSF")
     if device is None:
         device = x.device if isinstance(x, torch.Tensor) else "cpu"
     return get_convolver(psf, device, dtype).correlate(x, mode=mode, padding=padding)

@@ -34,6 +34,9 @@ def _pair(reference, image) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"reference {reference.shape} and image {image.shape} differ in shape")
     if reference.ndim not in (2, 3):
         raise InputError(f"metrics need 2D or 3D arrays, got {reference.ndim}D")
+    for name, a in (("reference", reference), ("image", image)):
+        if not np.isfinite(a).all():  # the score was NaN, quietly
+            raise InputError(f"the {name} has NaN or Inf values: a metric over them means nothing; replace them")
     return reference, image
 
 
@@ -45,6 +48,9 @@ def _numpy(a):
 def _data_range(reference: np.ndarray, data_range) -> float:
     """``data_range`` or the reference's max - min (1.0 for a constant reference)."""
     if data_range is not None:
+        if not (isinstance(data_range, (int, float, np.integer, np.floating)) and np.isfinite(data_range)
+                and data_range > 0):  # -1 was squared away, 0 gave -inf
+            raise InputError(f"data_range must be a positive number, got {data_range!r}")
         return float(data_range)
     span = float(reference.max() - reference.min())
     return span if span > 0 else 1.0
@@ -61,7 +67,9 @@ def psnr(reference, image, data_range=None) -> float:
         Image to score, same shape.
     data_range : float, optional
         Peak-to-peak range of the signal; defaults to ``reference.max() - reference.min()``
-        (1.0 when the reference is constant).
+        (1.0 when the reference is constant). Integer images are scored as numbers too, not
+        against their type's range, which is scikit-image's default (255 for uint8): pass
+        ``data_range=255`` to score a uint8 pair as scikit-image does.
 
     Returns
     -------

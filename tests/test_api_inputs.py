@@ -161,3 +161,73 @@ def test_write_tiff_takes_a_tensor_that_needs_grad(tmp_path, image):
 
     write_tiff(tmp_path / "t.tif", torch.tensor(image, requires_grad=True))
     np.testing.assert_array_equal(read_image(tmp_path / "t.tif").data, image)
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("stack.tif", "file name 'stack.tif' where an array is needed"),  # torch: can't convert numpy.str_
+    (None, "NoneType of object values"),
+    ([[1.0, 2.0], [3.0]], "cannot make an array of numbers from list"),  # numpy: setting an array element ...
+])
+def test_what_is_not_an_array_of_numbers_is_named(psf, bad, words):
+    from deconv3d.classical import choose_iterations
+    from deconv3d.fft import fft_convolve
+
+    for call in (lambda: richardson_lucy(bad, psf, 2, device="cpu"), lambda: wiener(bad, psf, device="cpu"),
+                 lambda: choose_iterations(bad, psf, 3, device="cpu"), lambda: fft_convolve(bad, psf)):
+        with pytest.raises(InputError, match=words):
+            call()
+
+
+def test_background_subtracted_data_with_nothing_above_zero_is_refused_as_on_the_command_line(psf):
+    """RL returned all zeros (and choose_iterations 1 iteration of zero risk) without a word."""
+    from deconv3d.classical import choose_iterations
+
+    below = np.random.default_rng(0).normal(0, 1, (6, 16, 16)).astype(np.float32) - 5
+    for call in (lambda: richardson_lucy(below, psf, 3, device="cpu"),
+                 lambda: choose_iterations(below, psf, 5, device="cpu")):
+        with pytest.raises(InputError, match="image has no positive values, so Richardson-Lucy would return only "
+                                             "zeros: add the subtracted offset back, or use deconv3d.classical.wiener"):
+            call()
+    assert wiener(below, psf, device="cpu").shape == below.shape  # linear: it keeps the data's sign
+    assert not richardson_lucy(np.zeros((6, 16, 16), np.float32), psf, 2, device="cpu").any()  # zeros stay allowed
+
+
+def test_fft_convolve_refuses_what_rl_refuses(image, psf):
+    """int32 truncated the PSF to 0 (an all-zero result), a NaN spread over the whole output,
+    and a complex image lost its imaginary part with only torch's warning."""
+    from deconv3d.fft import fft_convolve
+
+    for kwargs, words in (({"dtype": torch.int32}, "dtype must be torch.float32 or torch.float64"),
+                          ({"dtype": torch.float16}, "dtype must be torch.float32 or torch.float64"),
+                          ({"dtype": np.float32}, "dtype must be a torch dtype")):
+        with pytest.raises(InputError, match=words):
+            fft_convolve(image, psf, **kwargs)
+    holed = image.copy()
+    holed[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="image contains NaN or Inf"):
+        fft_convolve(holed, psf)
+    with pytest.raises(InputError, match="image is complex"):
+        fft_convolve(image.astype(np.complex64), psf)
+    with pytest.raises(TypeError):  # device and dtype are keywords, as everywhere else in the API
+        fft_convolve(image, psf, "same", "zero", "cpu")
+
+
+def test_small_validation_gaps(image, psf):
+    from deconv3d.classical import choose_iterations
+    from deconv3d.metrics import psnr
+    from deconv3d.psf import generate_psf, prepare_psf
+
+    cases = [
+        (lambda: choose_iterations(image, psf, 3, seed="a", device="cpu"), "seed must be a whole number"),
+        (lambda: prepare_psf(psf, image.shape, energy="0.9"), "energy must be a number in"),
+        (lambda: prepare_psf(psf, (20, -64, 64)), r"image_shape must be 2 or 3 positive integers"),
+        (lambda: generate_psf("gaussian", (9.7, 17, 17), 0.1, 1.2, 0.52), r"PSF shape must be .* got \(9\.7"),
+        (lambda: richardson_lucy(image, psf, True, device="cpu"), "iterations must be a non-negative integer"),
+        (lambda: richardson_lucy(image, psf, 2, callback=5, device="cpu"), "callback must be a function"),
+        (lambda: psnr(image, image + 0.1, data_range=-1), "data_range must be a positive number"),
+        (lambda: psnr(np.where(image > 0.5, np.nan, image), image), "reference has NaN or Inf"),
+    ]
+    for call, words in cases:
+        with pytest.raises(InputError, match=words):
+            call()
+    assert generate_psf("gaussian", (9.0, 17, 17), 0.1, 1.2, 0.52).shape == (9, 17, 17)  # a whole float is fine

@@ -13,7 +13,7 @@ import torch
 
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
-from deconv3d.fft import FFTConvolver, as_tensor, fast_shape, pad_spatial
+from deconv3d.fft import FFTConvolver, as_array, as_tensor, fast_shape, pad_spatial
 
 BOUNDARIES = ("zero", "reflect", "bertero", "periodic")
 
@@ -43,11 +43,16 @@ def _finite(array) -> bool:
     return bool(np.isfinite(np.asarray(array)).all())
 
 
-def _check_inputs(image, psf, device, dtype):
+def _check_inputs(image, psf, device, dtype, method: str | None = None):
     """The image and the PSF as detached tensors; the PSF scaled to unit sum (its total would only
-    scale the result: a bead image's PSF in camera counts made RL's output ~1e-6 of the data)."""
+    scale the result: a bead image's PSF in camera counts made RL's output ~1e-6 of the data).
+
+    ``method`` names a non-negative method (Richardson-Lucy) that refuses an image with negative
+    values and no positive one: it would return only zeros (the command line refuses it too).
+    """
     if dtype not in (torch.float32, torch.float64):
         raise InputError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    image, psf = (a if isinstance(a, torch.Tensor) else as_array(a) for a in (image, psf))
     for name, arr in (("image", image), ("PSF", psf)):
         if (arr.is_complex() if isinstance(arr, torch.Tensor) else np.iscomplexobj(arr)):
             raise InputError(f"{name} is complex: give real intensities (e.g. the magnitude)")
@@ -68,6 +73,9 @@ def _check_inputs(image, psf, device, dtype):
             raise InputError(f"{name} contains NaN or Inf values: {fix}")
     if (h < 0).any() or not (h > 0).any():
         raise InputError("PSF must be non-negative and not all zero: check the PSF file")
+    if method is not None and not bool((y > 0).any()) and bool((y < 0).any()):  # all zero: zeros come back
+        raise InputError(f"image has no positive values, so {method} would return only zeros: add the subtracted "
+                         "offset back, or use deconv3d.classical.wiener")
     total = float(h.sum())
     if abs(total - 1.0) > 1e-5:  # an already normalised PSF is used as given, bit for bit
         h = h / total
@@ -93,8 +101,8 @@ def _check_accelerate(accelerate) -> bool | tuple[float, ...]:
 
 def _check_options(iterations, boundary, tv_weight, tol, ndim, voxel_size) -> int:
     """Refuse bad options; returns ``iterations`` as an int (3.0 and numpy integers are accepted)."""
-    if not (isinstance(iterations, numbers.Real) and math.isfinite(iterations)
-            and int(iterations) == iterations and iterations >= 0):
+    if not (isinstance(iterations, numbers.Real) and not isinstance(iterations, (bool, np.bool_))
+            and math.isfinite(iterations) and int(iterations) == iterations and iterations >= 0):
         raise InputError(f"iterations must be a non-negative integer, got {iterations!r}")
     if boundary not in BOUNDARIES:
         raise InputError(f"unknown boundary {boundary!r}: choose one of {', '.join(BOUNDARIES)}")

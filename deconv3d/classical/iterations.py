@@ -94,6 +94,11 @@ def choose_iterations(
     IterationChoice
         ``.iterations`` is the count to pass to :func:`richardson_lucy`.
 
+    Raises
+    ------
+    InputError
+        For the inputs :func:`richardson_lucy` refuses, and for invalid options of its own.
+
     Examples
     --------
     >>> import numpy as np
@@ -115,12 +120,16 @@ def choose_iterations(
        regularisation of an inverse problem).
     """
     dev = resolve_device(device)
-    y, h = _check_inputs(image, psf, dev, dtype)
+    y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
     max_iterations = _check_options(max_iterations, boundary, tv_weight, None, y.ndim, voxel_size)
     if max_iterations < 1:
         raise InputError(f"max_iterations must be at least 1, got {max_iterations}")
     if not (isinstance(patience, numbers.Integral) and patience >= 1):
         raise InputError(f"patience must be a positive integer, got {patience}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise InputError(f"seed must be a whole number, got {seed!r}")
+    if callback is not None and not callable(callback):
+        raise InputError(f"callback must be a function callback(iteration, risk), got {callback!r}")
     held = holdout_mask(y.shape, holdout, seed).to(dev)
     keep = (~held).to(dtype)
     problem = _holdout_problem(y, h, boundary, keep)

@@ -115,6 +115,14 @@ def richardson_lucy(
         an ndarray (float32 unless ``dtype`` says otherwise) for array input, a tensor on
         ``device`` for tensor input.
 
+    Raises
+    ------
+    InputError
+        For an image or PSF that is not 2D/3D numbers of matching dimensionality, has NaN or
+        Inf values, a PSF that is negative, all zero or larger than the image, an image with
+        negative values and no positive one (it would come back all zeros), or an invalid
+        option; the message names the fix.
+
     Notes
     -----
     Negative data values (read noise around a zero background) are set to zero first: the
@@ -144,7 +152,7 @@ def richardson_lucy(
     (8, 16, 16)
     """
     dev = resolve_device(device)
-    y, h = _check_inputs(image, psf, dev, dtype)
+    y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
     iterations = _check_options(iterations, boundary, tv_weight, tol, y.ndim, voxel_size)
     accelerate = _check_accelerate(accelerate)
     if extended and boundary != "bertero":
@@ -155,6 +163,8 @@ def richardson_lucy(
     else:
         problem = _holdout_problem(y, h, boundary, _check_weights(weights, y))
     tv = _TV.for_problem(problem, tv_weight, voxel_size)
+    if callback is not None and not callable(callback):
+        raise InputError(f"callback must be a function callback(iteration, estimate), got {callback!r}")
     estimate = _run(problem, iterations, tv, accelerate, tol, callback)
     if extended:  # the margins wrap around the end of the buffer: roll them in front of the image
         before = [k - 1 - o for k, o in zip(h.shape, kernel_origin(h.shape))]
@@ -175,7 +185,7 @@ def rl_alpha_schedule(image, psf, iterations: int = 20, *, boundary: str = "bert
     representative crop (:mod:`deconv3d.pipeline`).
     """
     dev = resolve_device(device)
-    y, h = _check_inputs(image, psf, dev, dtype)
+    y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
     iterations = _check_options(iterations, boundary, tv_weight, None, y.ndim, voxel_size)
     problem = _build_problem(y, h, boundary)
     tv = _TV.for_problem(problem, tv_weight, voxel_size)

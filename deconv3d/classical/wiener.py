@@ -36,17 +36,29 @@ def wiener(
     boundary : {"reflect", "zero", "periodic"}
         How the image is extended before the FFT; ``"reflect"`` limits edge ringing.
     device, dtype
-        Where and in which precision to compute.
+        Where (``"auto"``: CUDA when present, else the CPU) and in which precision
+        (``torch.float32`` or ``torch.float64``) to compute.
 
     Returns
     -------
     ndarray or torch.Tensor
-        Non-negative estimate with the image's shape.
+        Non-negative estimate with the image's shape: an ndarray (float32 unless ``dtype`` says
+        otherwise) for array input, a tensor on ``device`` for tensor input.
+
+    Raises
+    ------
+    InputError
+        For an image or PSF that is not 2D/3D numbers of matching dimensionality, has NaN or
+        Inf values, a PSF that is negative, all zero or larger than the image, or an unknown
+        option; the message names the fix.
 
     Notes
     -----
     ``X = conj(H) Y / (|H|^2 + λ |R|^2)`` with ``H`` the OTF and ``R`` the regulariser's
-    transfer function (1, or the discrete Laplacian's) [1]_ [2]_.
+    transfer function (1, or the discrete Laplacian's) [1]_ [2]_. Unlike
+    ``skimage.restoration.wiener``, whose regulariser defaults to the Laplacian and whose
+    boundary is periodic, the default here is the identity with reflected borders;
+    ``regularizer="laplacian", boundary="periodic"`` gives scikit-image's result for odd PSFs.
 
     References
     ----------
@@ -57,6 +69,7 @@ def wiener(
     Examples
     --------
     >>> import numpy as np
+    >>> from deconv3d.classical import wiener
     >>> psf = np.ones((3, 3), np.float32) / 9
     >>> wiener(np.ones((16, 16), np.float32), psf, device="cpu").shape
     (16, 16)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from scipy import ndimage
 
@@ -12,13 +14,16 @@ _NEGATIVE_TOLERANCE = 1e-6  # relative to the maximum; interpolation undershoot
 
 
 def _positive_ints(values, what: str) -> tuple[int, ...]:
+    """``values`` as 2 or 3 positive ints; 9.7 (silently 9 before), strings and bools are refused."""
     try:
-        values = tuple(int(v) for v in values)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be 2 or 3 positive integers, got {values!r}") from None
-    if len(values) not in (2, 3) or min(values) < 1:
-        raise InputError(f"{what} must be 2 or 3 positive integers, got {values}")
-    return values
+        whole = all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+                    or isinstance(v, (float, np.floating)) and float(v).is_integer() for v in values)
+        ints = tuple(int(v) for v in values) if whole else None
+    except (TypeError, ValueError, OverflowError):
+        ints = None
+    if ints is None or len(ints) not in (2, 3) or min(ints) < 1:
+        raise InputError(f"{what} must be 2 or 3 positive integers, got {values!r}")
+    return ints
 
 
 def _centred_zoom(arr: np.ndarray, step, out_shape, order: int = 3) -> np.ndarray:
@@ -179,8 +184,8 @@ def crop_psf(psf, energy=0.999) -> np.ndarray:
     numpy.ndarray
         Cropped float32 PSF with unit sum and odd sizes.
     """
-    if not 0 < energy <= 1:
-        raise InputError(f"PSF crop energy must be in (0, 1], got {energy}")
+    if not (isinstance(energy, numbers.Real) and not isinstance(energy, bool) and 0 < energy <= 1):
+        raise InputError(f"PSF crop energy must be a number in (0, 1], got {energy!r}")
     psf = np.asarray(psf, dtype=np.float32)
     # An even axis gets a zero plane in front: its centre voxel n/2 - 1 becomes (n+1 - 1)//2 = n/2,
     # the same voxel, and odd boxes around it can then hold the whole axis (they missed its last plane).
@@ -366,7 +371,7 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     if np.ndim(image_shape) != 1:
         raise InputError(f"image_shape must be the image's shape (a tuple of ints), got an array of shape "
                          f"{np.shape(image_shape)}: pass image.shape")
-    image_shape = tuple(int(n) for n in image_shape)
+    image_shape = _positive_ints(image_shape, "image_shape")
     psf = np.asarray(psf)
     if psf.ndim != len(image_shape):
         raise InputError(
