@@ -58,7 +58,8 @@ def wiener(
     transfer function (1, or the discrete Laplacian's) [1]_ [2]_. Unlike
     ``skimage.restoration.wiener``, whose regulariser defaults to the Laplacian and whose
     boundary is periodic, the default here is the identity with reflected borders;
-    ``regularizer="laplacian", boundary="periodic"`` gives scikit-image's result for odd PSFs.
+    ``regularizer="laplacian", boundary="periodic"`` gives scikit-image's result
+    (``clip=False``) clamped at 0, for odd PSFs.
 
     References
     ----------
