@@ -178,18 +178,25 @@ def test_what_is_not_an_array_of_numbers_is_named(psf, bad, words):
             call()
 
 
-def test_background_subtracted_data_with_nothing_above_zero_is_refused_as_on_the_command_line(psf):
-    """RL returned all zeros (and choose_iterations 1 iteration of zero risk) without a word."""
+def test_background_subtracted_data_with_nothing_above_zero_is_warned_about(psf):
+    """RL returned all zeros (and choose_iterations 1 iteration of zero risk) without a word. A
+    warning, not the command line's refusal: a tile of such a volume can be all below zero, and
+    zeros are RL's answer there; the pipeline's blocks skip RL for such a block (no warning)."""
     from deconv3d.classical import choose_iterations
+    from deconv3d.pipeline import RichardsonLucyBlock
 
     below = np.random.default_rng(0).normal(0, 1, (6, 16, 16)).astype(np.float32) - 5
     for call in (lambda: richardson_lucy(below, psf, 3, device="cpu"),
                  lambda: choose_iterations(below, psf, 5, device="cpu")):
-        with pytest.raises(InputError, match="image has no positive values, so Richardson-Lucy would return only "
-                                             "zeros: add the subtracted offset back, or use deconv3d.classical.wiener"):
+        with pytest.warns(RuntimeWarning, match="the image has no positive values, so Richardson-Lucy returns only "
+                                                "zeros: add the subtracted offset back, or use deconv3d.classical.wiener"):
             call()
     assert wiener(below, psf, device="cpu").shape == below.shape  # linear: it keeps the data's sign
-    assert not richardson_lucy(np.zeros((6, 16, 16), np.float32), psf, 2, device="cpu").any()  # zeros stay allowed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not richardson_lucy(np.zeros((6, 16, 16), np.float32), psf, 2, device="cpu").any()  # zeros: no word
+        block = RichardsonLucyBlock(psf, iterations=3, accelerate=True)
+        assert not block(below).any() and block.prepare(below, below.shape).accelerate == (0.0,) * 3
 
 
 def test_fft_convolve_refuses_what_rl_refuses(image, psf):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -47,8 +48,10 @@ def _check_inputs(image, psf, device, dtype, method: str | None = None):
     """The image and the PSF as detached tensors; the PSF scaled to unit sum (its total would only
     scale the result: a bead image's PSF in camera counts made RL's output ~1e-6 of the data).
 
-    ``method`` names a non-negative method (Richardson-Lucy) that refuses an image with negative
-    values and no positive one: it would return only zeros (the command line refuses it too).
+    ``method`` names a non-negative method (Richardson-Lucy), which warns about an image with
+    negative values and no positive one: it returns only zeros for it. A warning, not a refusal
+    (the command line refuses such an image): a tile of a background-subtracted volume can be
+    all below zero, and RL's zeros are its right answer there.
     """
     if dtype not in (torch.float32, torch.float64):
         raise InputError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
@@ -74,8 +77,8 @@ def _check_inputs(image, psf, device, dtype, method: str | None = None):
     if (h < 0).any() or not (h > 0).any():
         raise InputError("PSF must be non-negative and not all zero: check the PSF file")
     if method is not None and not bool((y > 0).any()) and bool((y < 0).any()):  # all zero: zeros come back
-        raise InputError(f"image has no positive values, so {method} would return only zeros: add the subtracted "
-                         "offset back, or use deconv3d.classical.wiener")
+        warnings.warn(f"the image has no positive values, so {method} returns only zeros: add the subtracted "
+                      "offset back, or use deconv3d.classical.wiener", RuntimeWarning, stacklevel=3)
     total = float(h.sum())
     if abs(total - 1.0) > 1e-5:  # an already normalised PSF is used as given, bit for bit
         h = h / total

@@ -81,6 +81,8 @@ class RichardsonLucyBlock:
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from deconv3d.classical import richardson_lucy
 
+        if not (block > 0).any():  # a dark block of background-subtracted data: RL's answer, without its warning
+            return np.zeros(block.shape, np.float32)
         return _finite(richardson_lucy(block, fit_psf(self.psf, block.shape), self.iterations, boundary=self.boundary,
                                        tv_weight=self.tv_weight, accelerate=self.accelerate,
                                        voxel_size=self.voxel_size, device=self.device), block)
@@ -108,6 +110,8 @@ class RichardsonLucyBlock:
 
         start = [max(0, (n - b) // 2) for n, b in zip(data.shape, block_shape)]
         crop = np.asarray(data[tuple(slice(s, s + b) for s, b in zip(start, block_shape))], dtype=np.float32)
+        if not (crop > 0).any():  # nothing to measure on: no extrapolation
+            return replace(self, accelerate=(0.0,) * self.iterations)
         schedule = rl_alpha_schedule(crop, fit_psf(self.psf, crop.shape), self.iterations,
                                      boundary=self.boundary, tv_weight=self.tv_weight,
                                      voxel_size=self.voxel_size, device=self.device)

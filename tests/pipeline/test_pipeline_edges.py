@@ -430,3 +430,30 @@ def test_the_generic_block_mappers_pass_non_finite_results_through(tmp_path):
     assert np.isneginf(result.compute(scheduler="sync")).all()
     assert run_blocks(data, to_inf, tmp_path / "a.zarr", chunks=(4, 4, 4), halo=(0, 0, 0)) == 4
     assert np.isneginf(zarr.open_array(str(tmp_path / "a.zarr"))[...]).all()
+
+
+def test_dark_blocks_of_background_subtracted_data_run_without_a_word(tmp_path):
+    """Blocks that are all below zero (background around the sample, an offset subtracted) are RL's
+    zeros: they neither stop the run nor warn, though the image as a whole is checked."""
+    import warnings
+
+    from deconv3d.omezarr import read_ome_zarr
+    from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
+    from deconv3d.selfsup.config import Reference
+
+    from .conftest import gaussian_psf
+
+    psf = gaussian_psf()
+    volume = np.full((12, 48, 48), -1.0, np.float32)
+    volume[4:8, 30:40, 30:40] = 50.0  # the sample, in one corner block
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for accelerate in (False, True):
+            info = run_chunked(volume, RichardsonLucyBlock(psf, iterations=3, accelerate=accelerate),
+                               tmp_path / f"o{accelerate}.zarr", chunks=(12, 16, 16))
+            out = read_ome_zarr(tmp_path / f"o{accelerate}.zarr")[0]
+            assert info.blocks == 9 and not out[:, :16, :16].any() and out[:, 30:40, 30:40].max() > 0
+        reference = Reference(iterations=3)
+        assert reference.estimate(volume[:, :16, :16], psf).shape == (12, 16, 16)
+        assert reference.estimate(volume[:, :16, :16], psf, extended=True).shape == tuple(
+            n + k - 1 for n, k in zip((12, 16, 16), psf.shape))
