@@ -25,7 +25,7 @@ from deconv3d._paths import TIFF_SUFFIXES
 from deconv3d.errors import InputError
 from deconv3d.pipeline.chunked import Cancelled, ProgressCallback, plan_chunks, release_memory, run_blocks
 from deconv3d.pipeline.graph import blockwise, store_blocks
-from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, current_rss, parse_memory,
+from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, parse_memory, planning_baseline,
                                       return_large_allocations, round_chunks)
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
@@ -73,7 +73,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
         if model is None:
             raise InputError("a memory limit needs a memory model of the method")
         limit = parse_memory(memory_limit)
-        chunks = choose_chunks(spatial_shape, limit, model, halo, workers=workers, baseline=current_rss(),
+        chunks = choose_chunks(spatial_shape, limit, model, halo, workers=workers, baseline=planning_baseline(),
                                multiple=multiple)
     if chunks is None:
         chunks = tuple(spatial_shape)
@@ -82,7 +82,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
         raise InputError(f"--chunks {chunks} needs {len(spatial_shape)} positive values (one per spatial axis)")
     chunks = round_chunks(chunks, spatial_shape, multiple)  # a network's blocks start on its pooling grid
     if model is not None:
-        predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=current_rss())
+        predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=planning_baseline())
         if given and memory_limit is not None:  # chunks given with a limit: hold them to it
             limit = parse_memory(memory_limit)
             if predicted > limit:
@@ -167,7 +167,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         # blocks would then compute it again: that run is the result (the zarr chunks stay as planned).
         run_chunks, depth, dask_chunks, blocks = spatial_shape, (0,) * len(spatial_shape), (), 1
         if model is not None:
-            predicted = model.peak_bytes(spatial_shape, depth, spatial_shape, workers=1, baseline=current_rss())
+            predicted = model.peak_bytes(spatial_shape, depth, spatial_shape, workers=1, baseline=planning_baseline())
     indices = list(np.ndindex(*reader.shape[:lead]))
     total = blocks * len(indices)
     done = 0
@@ -239,7 +239,7 @@ def _sample_shape(shape, chunks, halo, model, memory_limit) -> tuple[int, ...]:
     if model is None or memory_limit is None:
         return block
     limit = parse_memory(memory_limit)
-    budget = limit - current_rss() - RESIDENT_ALLOWANCE
+    budget = limit - planning_baseline() - RESIDENT_ALLOWANCE
     if model.block_bytes(shape) <= budget:
         return tuple(shape)
     scaled = lambda f: tuple(min(n, max(b, int(b * f))) for n, b in zip(shape, block))

@@ -60,7 +60,8 @@ from typing import Sequence
 
 from deconv3d.errors import InputError
 
-__all__ = ["MemoryModel", "choose_chunks", "round_chunks", "parse_memory", "current_rss", "format_bytes", "SAFETY",
+__all__ = ["MemoryModel", "choose_chunks", "round_chunks", "parse_memory", "current_rss", "planning_baseline",
+           "format_bytes", "SAFETY",
            "RESIDENT_ALLOWANCE",
            "return_large_allocations", "MMAP_THRESHOLD"]
 
@@ -106,6 +107,24 @@ def current_rss() -> int:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024
+
+
+_FIRST_BASELINE: list = []  # the resident memory of this process when its first run was planned
+
+
+def planning_baseline() -> int:
+    """The resident memory a run's blocks are budgeted on top of (with :data:`RESIDENT_ALLOWANCE`).
+
+    The memory now, less what a previous run in this process left resident, up to the allowance
+    that already counts it: measured afresh, a batch's second file of the same size was refused
+    (the baseline had grown by 70 MB, torch's FFT plans and allocator arenas, and the allowance
+    was added on top). Growth beyond the allowance (libraries loaded since) still counts.
+    """
+    now = current_rss()
+    if not _FIRST_BASELINE:
+        _FIRST_BASELINE.append(now)
+        return now
+    return max(_FIRST_BASELINE[0], now - RESIDENT_ALLOWANCE)
 
 
 MMAP_THRESHOLD = 8 << 20
@@ -157,6 +176,9 @@ class MemoryModel:
         UNet width (ssl).
     weights_bytes : int
         Size of the network's parameters (ssl).
+    context : int
+        Voxels of mirrored context the network's tiled inference adds on every side of each tile
+        (ssl: :attr:`~deconv3d.pipeline.methods.NetworkBlock.context`), on top of the block's halo.
     boundary : str
         RL boundary (rl, rl-tv): ``"reflect"`` mirrors the block before the Bertero model.
     """
@@ -167,6 +189,7 @@ class MemoryModel:
     base_channels: int = 16
     weights_bytes: int = 0
     boundary: str = "bertero"
+    context: int = 0
 
     def block_bytes(self, block_shape: Sequence[int]) -> int:
         block = math.prod(block_shape)
@@ -181,7 +204,11 @@ class MemoryModel:
             full, half = _fft_sizes([n + 2 * k for n, k in zip(block_shape, self.psf_shape)])
             total = 2 * full * _F32 + 4 * half * _C64 + 2 * half * _F32 + 2 * block * _F32
         elif self.method == "ssl":
-            total = (4 + (3 + 4 / 3) * self.base_channels) * block * _F32 + self.weights_bytes
+            # The activations scale with the window the network sees: a tile of the block (all of
+            # it when it fits predict_tiled's budget) plus the context on every side. Counted on
+            # the block alone, a 2 GB limit was exceeded 2.85 times (context 56 around 88-voxel cores).
+            window = _network_window(block_shape, self.context)
+            total = 4 * block * _F32 + (3 + 4 / 3) * self.base_channels * window * _F32 + self.weights_bytes
         else:
             raise InputError(f"no memory model for method {self.method!r}")
         return int(SAFETY * total)
@@ -191,6 +218,15 @@ class MemoryModel:
         """Predicted peak: ``baseline + RESIDENT_ALLOWANCE + workers * block_bytes(largest block)``."""
         block = self.block_bytes(largest_block(shape, chunks, halo))
         return int(baseline + RESIDENT_ALLOWANCE + workers * block)
+
+
+def _network_window(block_shape: Sequence[int], context: int) -> int:
+    """Voxels of the largest window :func:`deconv3d.selfsup.predict.predict_tiled` feeds the network
+    for a block: its default tile (the block, or a part of it) plus ``context`` on every side."""
+    from deconv3d.selfsup.predict import default_tile_shape
+
+    tile = default_tile_shape(block_shape, 1)
+    return math.prod(min(n, t) + 2 * int(context) for n, t in zip(block_shape, tile))
 
 
 def largest_block(shape, chunks, halo) -> tuple[int, ...]:

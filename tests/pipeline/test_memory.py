@@ -1,5 +1,7 @@
 """The memory model picks chunk shapes that fit a budget; a network's chunks follow its pooling grid."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -30,6 +32,22 @@ def test_network_chunks_are_multiples_of_its_divisor():
     assert round_chunks((45, 1, 299), (50, 300, 300), 8) == (48, 8, 300)  # never past the axis
 
 
+def test_the_network_model_counts_the_context_its_tiles_get(monkeypatch):
+    """predict_tiled pads every tile by the network's context on top of the block's halo: a 2 GB
+    limit was exceeded 2.85 times when only the block was counted. The window is the block (or
+    its default tile, for a block larger than predict_tiled's budget) plus the context per side."""
+    from deconv3d.pipeline.memory import _network_window
+    from deconv3d.selfsup import predict
+
+    bare, padded = (MemoryModel("ssl", (5, 5, 5), base_channels=16, context=c) for c in (0, 56))
+    block = (64, 176, 176)  # a 64-voxel core with a halo of 56
+    assert _network_window(block, 56) == 176 * 288 * 288 and _network_window(block, 0) == 64 * 176 * 176
+    ratio = padded.block_bytes(block) / bare.block_bytes(block)
+    assert 6.5 < ratio < 7.5  # activations on 176 x 288 x 288 voxels, 7.4 times the block of 64 x 176 x 176
+    monkeypatch.setitem(predict.VOXEL_BUDGET, (False, 3), 32 ** 3)  # a block larger than one tile
+    assert _network_window(block, 56) == math.prod(t + 112 for t in predict.default_tile_shape(block, 1))
+
+
 def test_reflect_rl_counts_its_mirrored_block():
     """The reflect boundary mirrors the block by the PSF half-size before the Bertero model."""
     bertero, reflect = MemoryModel("rl", (9, 9, 9)), MemoryModel("rl", (9, 9, 9), boundary="reflect")
@@ -52,7 +70,21 @@ def test_the_memory_baseline_is_measured_after_the_blocks_load_their_libraries(m
         events.append("rss")
         return 100 * 2**20
 
-    monkeypatch.setattr(pipeline, "current_rss", rss)
+    monkeypatch.setattr(pipeline, "planning_baseline", rss)
     pipeline._spatial_plan((32, 64, 64), [Block()], None, (4, 4, 4), "2GB", MemoryModel("rl", (9, 9, 9)), 1)
     assert events[0] == "load" and "rss" in events
     RichardsonLucyBlock(np.ones((3, 3, 3), np.float32) / 27).load()  # loads the element-wise backend, no error
+
+
+def test_a_later_run_is_not_charged_twice_for_what_an_earlier_one_left(monkeypatch):
+    """A batch's second file of the same size was refused: its baseline had grown by 70 MB that an
+    earlier run left resident, which the resident allowance already counts. Growth beyond the
+    allowance (libraries loaded since) still counts."""
+    from deconv3d.pipeline import memory
+
+    monkeypatch.setattr(memory, "_FIRST_BASELINE", [])
+    rss = iter([400e6, 460e6, 400e6 + memory.RESIDENT_ALLOWANCE + 100e6])
+    monkeypatch.setattr(memory, "current_rss", lambda: int(next(rss)))
+    assert memory.planning_baseline() == 400e6
+    assert memory.planning_baseline() == 400e6  # 60 MB of leftovers: within the allowance
+    assert memory.planning_baseline() == 400e6 + 100e6

@@ -183,7 +183,7 @@ def test_chunks_a_memory_limit_chose_are_not_checked_again(tmp_path, monkeypatch
     from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
 
     readings = iter([500_000_000])  # the first reading; any later one finds the process far larger
-    monkeypatch.setattr(pipeline, "current_rss", lambda: next(readings, 5_000_000_000))
+    monkeypatch.setattr(pipeline, "planning_baseline", lambda: next(readings, 5_000_000_000))
     volume = blurred_beads((16, 48, 48), gaussian_psf())
     model = pipeline.MemoryModel("rl", gaussian_psf().shape)
     limit = 500_000_000 + model.peak_bytes((8, 24, 24), (4, 4, 4), (16, 48, 48))  # fits a few blocks

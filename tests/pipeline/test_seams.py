@@ -64,12 +64,12 @@ def test_chunked_accelerated_rl_measures_its_steps_on_the_whole_volume_when_the_
 
     from deconv3d.omezarr import read_ome_zarr
     from deconv3d.pipeline import MemoryModel, _sample_shape
-    from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE, current_rss, largest_block
+    from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE, largest_block, planning_baseline
 
     fn = RichardsonLucyBlock(psf3d, iterations=10, accelerate=True)
     adaptive = richardson_lucy(volume, psf3d, 10, accelerate=True, device="cpu")
     model = MemoryModel("rl", psf3d.shape, accelerate=True)
-    roomy = current_rss() + RESIDENT_ALLOWANCE + 4 * model.block_bytes(volume.shape)
+    roomy = planning_baseline() + RESIDENT_ALLOWANCE + 4 * model.block_bytes(volume.shape)
     calls = []
     counted = lambda done, total: calls.append((done, total))
     info = run_chunked(volume, fn, tmp_path / "m.zarr", chunks=CHUNKS[1], model=model, memory_limit=roomy,
@@ -87,7 +87,7 @@ def test_chunked_accelerated_rl_measures_its_steps_on_the_whole_volume_when_the_
     assert _sample_shape(volume.shape, CHUNKS[1], fn.halo(), None, roomy) == block
     assert _sample_shape(volume.shape, CHUNKS[1], fn.halo(), model, None) == block
     assert _sample_shape(volume.shape, CHUNKS[1], fn.halo(), model, roomy) == volume.shape
-    limit = current_rss() + RESIDENT_ALLOWANCE + model.block_bytes((24, 40, 40))
+    limit = planning_baseline() + RESIDENT_ALLOWANCE + model.block_bytes((24, 40, 40))
     middle = _sample_shape(volume.shape, CHUNKS[1], fn.halo(), model, limit)
     assert all(b <= m <= n for b, m, n in zip(block, middle, volume.shape)) and middle != volume.shape
     assert model.block_bytes(middle) <= model.block_bytes((24, 40, 40)) * 1.01  # rss moves a little
