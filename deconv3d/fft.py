@@ -164,6 +164,7 @@ class FFTConvolver:
         if dtype not in (torch.float32, torch.float64):  # int32 truncated the PSF to 0; float16 has no FFT here
             raise InputError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.dtype = dtype
+        _check_real_finite(psf, "PSF")  # once per kernel: a NaN would fill every OTF and output
         # A private copy: a view of the caller's array would change under the cached OTFs.
         self.psf = as_tensor(psf, self.device, dtype).detach().clone()
         if not 1 <= self.psf.ndim <= 3:
@@ -332,10 +333,12 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     Returns a torch tensor (for numpy input too: it is the differentiable building block of the
     network's forward model) on ``device`` (default: ``x``'s device for tensors, else the CPU).
     Equals ``scipy.signal.fftconvolve(x, psf, mode)`` for ``padding="zero"`` and ``mode`` "same" or "full".
-    Complex or non-finite ``x`` or ``psf`` are refused (FFTs would spread one NaN over the output).
+    A complex or non-finite ``psf`` is refused, and so is such an ``x`` given as an array (FFTs
+    would spread one NaN over the output); a tensor ``x`` is not checked (no extra pass, nor a
+    GPU synchronisation, per training step).
     """
-    _check_real_finite(x, "image")
-    _check_real_finite(psf, "PSF")
+    if not isinstance(x, torch.Tensor):
+        _check_real_finite(x, "image")
     if device is None:
         device = x.device if isinstance(x, torch.Tensor) else "cpu"
     return get_convolver(psf, device, dtype).convolve(x, mode=mode, padding=padding)
@@ -352,9 +355,10 @@ def _check_real_finite(x, name: str) -> None:
 
 def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", *, device=None, dtype=torch.float32):
     """Correlate ``x`` with ``psf``: the adjoint of :func:`fft_convolve` (cached OTF) for the
-    zero and circular paddings (see :meth:`FFTConvolver.correlate` for reflect)."""
-    _check_real_finite(x, "image")
-    _check_real_finite(psf, "PSF")
+    zero and circular paddings (see :meth:`FFTConvolver.correlate` for reflect); inputs are checked
+    as by :func:`fft_convolve`."""
+    if not isinstance(x, torch.Tensor):
+        _check_real_finite(x, "image")
     if device is None:
         device = x.device if isinstance(x, torch.Tensor) else "cpu"
     return get_convolver(psf, device, dtype).correlate(x, mode=mode, padding=padding)

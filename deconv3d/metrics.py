@@ -48,10 +48,13 @@ def _numpy(a):
 def _data_range(reference: np.ndarray, data_range) -> float:
     """``data_range`` or the reference's max - min (1.0 for a constant reference)."""
     if data_range is not None:
-        if not (isinstance(data_range, (int, float, np.integer, np.floating)) and np.isfinite(data_range)
-                and data_range > 0):  # -1 was squared away, 0 gave -inf
+        try:  # a number, or a 0-d array or tensor (t.max() - t.min())
+            value = float(data_range) if not isinstance(data_range, (bool, np.bool_)) else float("nan")
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not (np.isfinite(value) and value > 0):  # -1 was squared away, 0 gave -inf
             raise InputError(f"data_range must be a positive number, got {data_range!r}")
-        return float(data_range)
+        return value
     span = float(reference.max() - reference.min())
     return span if span > 0 else 1.0
 

@@ -197,6 +197,10 @@ def test_background_subtracted_data_with_nothing_above_zero_is_warned_about(psf)
         assert not richardson_lucy(np.zeros((6, 16, 16), np.float32), psf, 2, device="cpu").any()  # zeros: no word
         block = RichardsonLucyBlock(psf, iterations=3, accelerate=True)
         assert not block(below).any() and block.prepare(below, below.shape).accelerate == (0.0,) * 3
+    holed = below.copy()
+    holed[0, 0, 0] = np.nan  # a dark block with a NaN is not skipped as dark: RL refuses it, as before
+    with pytest.raises(InputError, match="NaN"):
+        block(holed)
 
 
 def test_fft_convolve_refuses_what_rl_refuses(image, psf):
@@ -213,6 +217,8 @@ def test_fft_convolve_refuses_what_rl_refuses(image, psf):
     holed[0, 0, 0] = np.nan
     with pytest.raises(InputError, match="image contains NaN or Inf"):
         fft_convolve(holed, psf)
+    with pytest.raises(InputError, match="PSF contains NaN or Inf"):
+        fft_convolve(image, np.where(psf > psf.max() / 2, np.nan, psf))
     with pytest.raises(InputError, match="image is complex"):
         fft_convolve(image.astype(np.complex64), psf)
     with pytest.raises(TypeError):  # device and dtype are keywords, as everywhere else in the API
@@ -232,9 +238,12 @@ def test_small_validation_gaps(image, psf):
         (lambda: richardson_lucy(image, psf, True, device="cpu"), "iterations must be a non-negative integer"),
         (lambda: richardson_lucy(image, psf, 2, callback=5, device="cpu"), "callback must be a function"),
         (lambda: psnr(image, image + 0.1, data_range=-1), "data_range must be a positive number"),
+        (lambda: psnr(image, image + 0.1, data_range=True), "data_range must be a positive number"),
         (lambda: psnr(np.where(image > 0.5, np.nan, image), image), "reference has NaN or Inf"),
     ]
     for call, words in cases:
         with pytest.raises(InputError, match=words):
             call()
     assert generate_psf("gaussian", (9.0, 17, 17), 0.1, 1.2, 0.52).shape == (9, 17, 17)  # a whole float is fine
+    span = torch.tensor(float(image.max() - image.min()))  # a 0-d tensor or array, as t.max() - t.min() gives
+    assert psnr(image, image + 0.1, data_range=span) == psnr(image, image + 0.1, data_range=np.array(float(span)))

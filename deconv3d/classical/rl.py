@@ -119,9 +119,14 @@ def richardson_lucy(
     ------
     InputError
         For an image or PSF that is not 2D/3D numbers of matching dimensionality, has NaN or
-        Inf values, a PSF that is negative, all zero or larger than the image, an image with
-        negative values and no positive one (it would come back all zeros), or an invalid
+        Inf values, a PSF that is negative, all zero or larger than the image, or an invalid
         option; the message names the fix.
+
+    Warns
+    -----
+    RuntimeWarning
+        For an image with negative values and no positive one (background subtracted past
+        zero): it comes back all zeros.
 
     Notes
     -----
@@ -155,6 +160,8 @@ def richardson_lucy(
     y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
     iterations = _check_options(iterations, boundary, tv_weight, tol, y.ndim, voxel_size)
     accelerate = _check_accelerate(accelerate)
+    if callback is not None and not callable(callback):
+        raise InputError(f"callback must be a function callback(iteration, estimate), got {callback!r}")
     if extended and boundary != "bertero":
         raise InputError(f"extended=True needs boundary='bertero' (the only one that estimates the object beyond "
                          f"the image), got {boundary!r}")
@@ -163,8 +170,6 @@ def richardson_lucy(
     else:
         problem = _holdout_problem(y, h, boundary, _check_weights(weights, y))
     tv = _TV.for_problem(problem, tv_weight, voxel_size)
-    if callback is not None and not callable(callback):
-        raise InputError(f"callback must be a function callback(iteration, estimate), got {callback!r}")
     estimate = _run(problem, iterations, tv, accelerate, tol, callback)
     if extended:  # the margins wrap around the end of the buffer: roll them in front of the image
         before = [k - 1 - o for k, o in zip(h.shape, kernel_origin(h.shape))]

@@ -124,7 +124,7 @@ def planning_baseline() -> int:
     if not _FIRST_BASELINE:
         _FIRST_BASELINE.append(now)
         return now
-    return max(_FIRST_BASELINE[0], now - RESIDENT_ALLOWANCE)
+    return min(now, max(_FIRST_BASELINE[0], now - RESIDENT_ALLOWANCE))  # never above what is resident now
 
 
 MMAP_THRESHOLD = 8 << 20

@@ -81,7 +81,7 @@ class RichardsonLucyBlock:
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from deconv3d.classical import richardson_lucy
 
-        if not (block > 0).any():  # a dark block of background-subtracted data: RL's answer, without its warning
+        if (block <= 0).all():  # a dark block of background-subtracted data: RL's answer, without its warning (NaN: RL refuses)
             return np.zeros(block.shape, np.float32)
         return _finite(richardson_lucy(block, fit_psf(self.psf, block.shape), self.iterations, boundary=self.boundary,
                                        tv_weight=self.tv_weight, accelerate=self.accelerate,
@@ -110,7 +110,7 @@ class RichardsonLucyBlock:
 
         start = [max(0, (n - b) // 2) for n, b in zip(data.shape, block_shape)]
         crop = np.asarray(data[tuple(slice(s, s + b) for s, b in zip(start, block_shape))], dtype=np.float32)
-        if not (crop > 0).any():  # nothing to measure on: no extrapolation
+        if (crop <= 0).all():  # nothing to measure on: no extrapolation (NaN: RL refuses)
             return replace(self, accelerate=(0.0,) * self.iterations)
         schedule = rl_alpha_schedule(crop, fit_psf(self.psf, crop.shape), self.iterations,
                                      boundary=self.boundary, tv_weight=self.tv_weight,

@@ -188,7 +188,7 @@ class Reference:
         from deconv3d.psf import fit_psf
 
         psf = fit_psf(np.asarray(psf), np.shape(image))
-        if not (np.asarray(image) > 0).any():  # a dark block: RL's zeros, without its warning
+        if (np.asarray(image) <= 0).all():  # a dark block: RL's zeros, without its warning (NaN: RL refuses)
             shape = [n + k - 1 for n, k in zip(np.shape(image), psf.shape)] if extended else np.shape(image)
             return np.zeros(shape, np.float32)
         return richardson_lucy(image, psf, self.iterations, tv_weight=self.tv_weight, device=device,

@@ -83,8 +83,9 @@ def test_a_later_run_is_not_charged_twice_for_what_an_earlier_one_left(monkeypat
     from deconv3d.pipeline import memory
 
     monkeypatch.setattr(memory, "_FIRST_BASELINE", [])
-    rss = iter([400e6, 460e6, 400e6 + memory.RESIDENT_ALLOWANCE + 100e6])
+    rss = iter([400e6, 460e6, 400e6 + memory.RESIDENT_ALLOWANCE + 100e6, 300e6])
     monkeypatch.setattr(memory, "current_rss", lambda: int(next(rss)))
     assert memory.planning_baseline() == 400e6
     assert memory.planning_baseline() == 400e6  # 60 MB of leftovers: within the allowance
     assert memory.planning_baseline() == 400e6 + 100e6
+    assert memory.planning_baseline() == 300e6  # memory freed since the first run: never above what is resident
