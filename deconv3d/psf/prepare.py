@@ -371,13 +371,13 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     if np.ndim(image_shape) != 1:
         raise InputError(f"image_shape must be the image's shape (a tuple of ints), got an array of shape "
                          f"{np.shape(image_shape)}: pass image.shape")
-    image_shape = _positive_ints(image_shape, "image_shape")
     psf = np.asarray(psf)
     if psf.ndim != len(image_shape):
         raise InputError(
             f"PSF is {psf.ndim}D but image is {len(image_shape)}D: "
             "use a PSF with the same number of dimensions as the image"
         )
+    image_shape = _positive_ints(image_shape, "image_shape")
     psf = validate_psf(psf)
     if psf_voxel is not None and image_voxel is not None:
         psf = resample_psf(psf, psf_voxel, image_voxel)
