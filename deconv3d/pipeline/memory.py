@@ -210,7 +210,7 @@ class MemoryModel:
             # Per window voxel and channel: 4 full-resolution activations, and the coarser levels'
             # sum(r**l), r = 2 / 2**ndim (channels double as each level halves every axis): 4/3 in
             # 3D, 2 in 2D. Measured with base 16 and context 56 (predict_tiled's peak RSS growth
-            # against this count with SAFETY): 16x128x128 0.86, 1536^2 0.80, 1024^2 0.87, 512^2 1.02
+            # against this count with SAFETY): 16x128x128 0.86, 1536^2 0.80, 1024^2 0.84-0.87, 512^2 0.96-1.02
             # (0.77 with RESIDENT_ALLOWANCE); with 3 + 4/3 in both, 1.02 (3D) and 1.09-1.30 (2D).
             ratio = 2 / 2 ** len(block_shape)
             per_channel = 4 + 1 / (1 - ratio)

@@ -81,7 +81,7 @@ class RichardsonLucyBlock:
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from deconv3d.classical import richardson_lucy
 
-        if (block <= 0).all():  # a dark block of background-subtracted data: RL's answer, without its warning (NaN: RL refuses)
+        if (block <= 0).all():  # a dark block (background subtracted): RL's zeros, without its warning; NaN: RL refuses
             return np.zeros(block.shape, np.float32)
         return _finite(richardson_lucy(block, fit_psf(self.psf, block.shape), self.iterations, boundary=self.boundary,
                                        tv_weight=self.tv_weight, accelerate=self.accelerate,
