@@ -242,61 +242,39 @@ def _in_order(letters: str, order: str) -> bool:
     return positions == sorted(positions) and len(set(positions)) == len(positions)
 
 
-def _level_scale(ms: dict, level: int, ndim: int, path: Path | None = None) -> list[float]:
-    """The voxel scale of ``level`` (its own scale times the multiscale's, when given).
+def _level_transform(ms: dict, level: int, ndim: int, path: Path | None = None) -> tuple[list, list]:
+    """The voxel scale of ``level`` and the position of its first voxel, per axis in the file's units.
 
-    Each must be a list of one finite positive number per axis (OME-NGFF); a scale stored in a
-    file (``path``), or one of another length, is refused by name rather than read as 1.
+    The dataset's transforms apply first, then the multiscale's: scales multiply, and a translation
+    of the dataset is scaled by the multiscale's scale before its own translation is added. Each is
+    a list of one finite number per axis (a scale's positive; OME-NGFF): one stored in a file
+    (``path``), or of another length, is refused by name rather than read as 1 (or 0).
     """
-    scale = [1.0] * ndim
-    transforms = list(ms["datasets"][level].get("coordinateTransformations", None) or [])
-    transforms += list(ms.get("coordinateTransformations", None) or [])
-    for tr in transforms:
-        if not isinstance(tr, dict) or tr.get("type") != "scale":
-            continue
-        where = f"{path}: level {ms['datasets'][level].get('path', level)!r}"
-        values = tr.get("scale")
-        if values is None and "path" in tr:
-            raise InputError(f"{where} keeps its scale outside the metadata ({tr['path']!r}), which "
-                             "deconv3d does not read: write the scale values into the image's metadata")
-        try:
-            values = [float(v) for v in values]
-        except (TypeError, ValueError):
-            values = []
-        if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
-            raise InputError(f"{where} has scale {tr.get('scale')!r}, not {ndim} positive numbers (one per axis): "
-                             "fix the image's coordinateTransformations")
-        scale = [a * b for a, b in zip(scale, values)]
-    return scale
-
-
-def _level_translation(ms: dict, level: int, ndim: int, path: Path) -> list[float]:
-    """The physical position of the first voxel of ``level``, per axis in the file's units.
-
-    The dataset's transforms apply first, then the multiscale's: a translation ``t`` of the
-    dataset is scaled by the multiscale's scale before its own translation is added.
-    """
-    origin = [0.0] * ndim
-    groups = (ms["datasets"][level].get("coordinateTransformations", None) or [],
-              ms.get("coordinateTransformations", None) or [])
-    for transforms in groups:
+    scale, origin = [1.0] * ndim, [0.0] * ndim
+    where = f"{path}: level {ms['datasets'][level].get('path', level)!r}"
+    for transforms in (ms["datasets"][level].get("coordinateTransformations", None) or [],
+                       ms.get("coordinateTransformations", None) or []):
         for tr in transforms:
-            if not isinstance(tr, dict) or tr.get("type") not in ("scale", "translation"):
+            kind = tr.get("type") if isinstance(tr, dict) else None
+            if kind not in ("scale", "translation"):
                 continue
-            key = tr["type"]
+            if tr.get(kind) is None and "path" in tr:
+                raise InputError(f"{where} keeps its {kind} outside the metadata ({tr['path']!r}), which deconv3d "
+                                 f"does not read: write the {kind} values into the image's metadata")
             try:
-                values = [float(v) for v in tr.get(key)]
+                values = [float(v) for v in tr.get(kind)]
             except (TypeError, ValueError):
                 values = []
-            if len(values) != ndim or not all(np.isfinite(values)):
-                if key == "scale":  # _level_scale names what is wrong with it
-                    continue
-                raise InputError(f"{path}: level {ms['datasets'][level].get('path', level)!r} has translation "
-                                 f"{tr.get(key)!r}, not {ndim} numbers (one per axis): fix the image's "
-                                 "coordinateTransformations")
-            origin = [o * v for o, v in zip(origin, values)] if key == "scale" else \
-                [o + v for o, v in zip(origin, values)]
-    return origin
+            if len(values) != ndim or not all(np.isfinite(values)) or (kind == "scale" and min(values) <= 0):
+                raise InputError(f"{where} has {kind} {tr.get(kind)!r}, not {ndim} "
+                                 f"{'positive numbers' if kind == 'scale' else 'numbers'} (one per axis): fix the "
+                                 "image's coordinateTransformations")
+            if kind == "scale":
+                scale = [a * b for a, b in zip(scale, values)]
+                origin = [o * b for o, b in zip(origin, values)]
+            else:
+                origin = [o + v for o, v in zip(origin, values)]
+    return scale, origin
 
 
 def _open_group(path: Path):
@@ -405,8 +383,7 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
     if np.dtype(data.dtype).kind == "c":
         raise InputError(f"image {path} has complex values: save the intensity (magnitude) instead")
     axes, units = _axes_of(ms, data.ndim, path)
-    scale, base = _level_scale(ms, level, data.ndim, path), _level_scale(ms, 0, data.ndim, path)
-    shift = _level_translation(ms, level, data.ndim, path)
+    (scale, shift), base = _level_transform(ms, level, data.ndim, path), _level_transform(ms, 0, data.ndim, path)[0]
     drop = ()
     if "Z" in axes and data.shape[axes.index("Z")] == 1:  # a 2D image stored as 5D (bioformats2raw)
         drop = (axes.index("Z"),)

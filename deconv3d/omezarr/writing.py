@@ -10,7 +10,7 @@ import numpy as np
 
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
-from deconv3d.omezarr.reading import _AXIS_TYPES, _level_scale, _level_translation
+from deconv3d.omezarr.reading import _AXIS_TYPES, _level_transform
 
 OME_VERSION = "0.5"
 
@@ -116,6 +116,7 @@ def write_pyramid(path, levels: int, scheduler=None) -> None:
     ms = attrs["ome"]["multiscales"][0]
     axes = "".join(a["name"] for a in ms["axes"]).upper()
     factors = [1] * len(axes)
+    base, start = _level_transform(ms, 0, len(axes), Path(path))
     for level in range(1, levels + 1):
         src = da.from_zarr(str(path), component=ms["datasets"][level - 1]["path"])
         step = [2 if (a in "YX" or (a == "Z" and n >= 16)) and n >= 2 else 1 for a, n in zip(axes, src.shape)]
@@ -128,15 +129,14 @@ def write_pyramid(path, levels: int, scheduler=None) -> None:
                                  dtype="float32", fill_value=0.0, dimension_names=list(axes.lower()))
         down.rechunk(arr.chunks).store(arr, lock=False, scheduler=scheduler)
         factors = [f * s for f, s in zip(factors, step)]
-        base = _level_scale(ms, 0, len(axes))
-        start = _level_translation(ms, 0, len(axes), Path(path))
         # A mean over f voxels is centred (f - 1) / 2 voxels in: the level's origin moves by that.
         shift = [s + b * (f - 1) / 2 for s, b, f in zip(start, base, factors)]
         ms["datasets"].append(_dataset(str(level), [b * f for b, f in zip(base, factors)], shift))
-        # OME-NGFF: the multiscale SHOULD name how its levels were made
+    if len(ms["datasets"]) > 1:  # OME-NGFF: the multiscale SHOULD name how its levels were made
         ms["type"] = "mean"
         ms["metadata"] = {"description": "each level is the mean of 2 x 2 (x 2 in z while z has at least 16 "
-                                         "planes) voxels of the level above", "method": "dask.array.coarsen(numpy.mean)"}
+                                         "planes) voxels of the level above",
+                          "method": "dask.array.coarsen(numpy.mean)"}
     group.attrs.update(attrs)
 
 
