@@ -344,11 +344,16 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     return get_convolver(psf, device, dtype).convolve(x, mode=mode, padding=padding)
 
 
+def refuse_complex(x, name: str) -> None:
+    """Refuse a complex array or tensor ``x`` by ``name`` (the functions that take arrays)."""
+    if x.is_complex() if isinstance(x, torch.Tensor) else np.iscomplexobj(x):
+        raise InputError(f"{name} is complex: give real intensities (e.g. the magnitude)")
+
+
 def _check_real_finite(x, name: str) -> None:
     """Refuse a complex, or non-finite, array or tensor ``x`` by ``name`` (one pass over it)."""
     t = x if isinstance(x, torch.Tensor) else as_tensor(x, dtype=None)
-    if t.is_complex():
-        raise InputError(f"{name} is complex: give real intensities (e.g. the magnitude)")
+    refuse_complex(t, name)
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise InputError(f"{name} contains NaN or Inf values: replace them (e.g. with 0)")
 

@@ -334,9 +334,14 @@ def _refuse_colour(kept_axes: str, path: Path) -> None:
                          "split the channels and keep one (Fiji: Image > Color > Split Channels)")
 
 
-def _as_float32(data: np.ndarray, path: Path) -> np.ndarray:
-    if np.iscomplexobj(data):
+def _refuse_complex(dtype, path) -> None:
+    """An image file of complex values (the eager and lazy TIFF and OME-Zarr readers): one line."""
+    if np.dtype(dtype).kind == "c":
         raise InputError(f"image {path} has complex values: save the intensity (magnitude) instead")
+
+
+def _as_float32(data: np.ndarray, path: Path) -> np.ndarray:
+    _refuse_complex(data.dtype, path)
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(data, dtype=np.float32)
     if not np.isfinite(converted).all():

@@ -14,7 +14,7 @@ import torch
 
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
-from deconv3d.fft import FFTConvolver, as_array, as_tensor, fast_shape, pad_spatial
+from deconv3d.fft import FFTConvolver, as_array, as_tensor, fast_shape, pad_spatial, refuse_complex
 
 BOUNDARIES = ("zero", "reflect", "bertero", "periodic")
 
@@ -56,9 +56,8 @@ def _check_inputs(image, psf, device, dtype, method: str | None = None):
     if dtype not in (torch.float32, torch.float64):
         raise InputError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     image, psf = (a if isinstance(a, torch.Tensor) else as_array(a) for a in (image, psf))
-    for name, arr in (("image", image), ("PSF", psf)):
-        if (arr.is_complex() if isinstance(arr, torch.Tensor) else np.iscomplexobj(arr)):
-            raise InputError(f"{name} is complex: give real intensities (e.g. the magnitude)")
+    refuse_complex(image, "image")
+    refuse_complex(psf, "PSF")
     # Detached: the loops write with out= (no autograd), and the fused passes read raw memory anyway.
     with np.errstate(over="ignore", invalid="ignore"):  # values beyond the dtype's range: refused below, by name
         y = as_tensor(image, device, dtype).detach()
