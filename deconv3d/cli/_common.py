@@ -44,8 +44,8 @@ def add_optics(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--wavelength", type=positive_float, required=required, help="emission wavelength in µm")
     g.add_argument("--ni", type=positive_float, default=1.515, help="immersion refractive index (default 1.515, oil)")
     g.add_argument("--ns", type=positive_float, default=1.33, help="sample refractive index (default 1.33, water)")
-    g.add_argument("--depth", type=float, default=0.0, help="depth below the coverslip in µm (default 0); the PSF's z index runs from the coverslip "
-                   "into the sample")
+    g.add_argument("--depth", type=float, default=0.0, help="depth below the coverslip in µm (default 0); the "
+                   "PSF's z index runs from the coverslip into the sample")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -118,7 +118,6 @@ def print_warnings(lines: list) -> None:
     for line in lines:
         print(line, file=sys.stderr)
     lines.clear()
-
 
 
 #: Richardson-Lucy and the self-supervised network warn when more than this share of the voxels is negative.

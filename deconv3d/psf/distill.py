@@ -140,20 +140,21 @@ def _tail_share(beads, smooth, centres, peaks, half) -> tuple[float | None, np.n
         wide[axis] = min(wide[axis], offset[axis] // 2)
     if (wide <= half).all():
         return None, np.asarray(half)
-    return _light_in_box(beads, centre, half, np.maximum(wide, half))
+    wide = np.maximum(wide, half)
+    return _light_in_box(beads, centre, half, wide), wide
 
-def _light_in_box(beads, centre, half, wide) -> tuple[float | None, np.ndarray]:
+
+def _light_in_box(beads, centre, half, wide) -> float | None:
     """Share of a bead's light inside its box, against the wider box of half-widths ``wide`` (twice
-    as wide where it fits in the image and no neighbour is near), and ``wide``. Both lose the
-    wide box's own background (:func:`_face_background`): against the image's median, an uneven
-    background of +-10 % made
-    a box that held all of a bead's light look like 34 %. A widefield PSF's out-of-focus cone
-    holds much of its light far from the peak: 3 FWHM kept 42 %."""
+    as wide where it fits in the image and no neighbour is near). Both lose the wide box's own
+    background (:func:`_face_background`): against the image's median, an uneven background of
+    +-10 % made a box that held all of a bead's light look like 34 %. A widefield PSF's
+    out-of-focus cone holds much of its light far from the peak: 3 FWHM kept 42 %."""
     big = beads[tuple(slice(c - r, c + r + 1) for c, r in zip(centre, wide))].astype(np.float64)
     big -= _face_background(big)
     inner = big[tuple(slice(w - h, w + h + 1) for w, h in zip(wide, half))]
     total = float(big.sum())
-    return (float(inner.sum()) / total if total > 0 else None), wide
+    return float(inner.sum()) / total if total > 0 else None
 
 
 def _face_background(box: np.ndarray) -> float:
