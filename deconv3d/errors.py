@@ -34,6 +34,21 @@ def refuse_no_positive(source, method: str) -> None:
     raise InputError(f"{source} has no positive values, so {method} would return only zeros: {negative_fix(method)}")
 
 
+#: Richardson-Lucy and the self-supervised network warn when more than this share of the voxels is negative.
+NEGATIVE_SHARE = 0.01
+
+
+def warn_negative_share(share: float, source, method: str, warnings: list | None = None, sampled: str = "") -> None:
+    """Warn (see :func:`warn`) when more than :data:`NEGATIVE_SHARE` of the voxels are negative:
+    background-subtracted data, which Richardson-Lucy counts as 0 and the network's output cannot
+    reach. ``sampled`` says which part of the image the share was measured on, if not all of it."""
+    if share > NEGATIVE_SHARE:
+        how = "Richardson-Lucy counts them as 0" if method in ("rl", "rl-tv") else \
+            "the network's output, like Richardson-Lucy's, cannot go below 0"
+        warn(f"deconv3d: warning: {share:.0%} of {source}'s voxels{sampled} are negative (a subtracted offset?); "
+             f"{how}: {negative_fix(method)}", warnings)
+
+
 def negative_fix(method: str) -> str:
     """What to do about negative (background-subtracted) data before ``method``."""
     return "add the subtracted offset back" + (", or use --method wiener" if method != "train" else "")

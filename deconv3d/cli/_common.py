@@ -120,10 +120,6 @@ def print_warnings(lines: list) -> None:
     lines.clear()
 
 
-#: Richardson-Lucy and the self-supervised network warn when more than this share of the voxels is negative.
-NEGATIVE_SHARE = 0.01
-
-
 def check_negative(data, source, method: str, warnings: list) -> None:
     """Background-subtracted data: Richardson-Lucy counts negative voxels as 0, and the network's
     output (and its Richardson-Lucy reference) is non-negative too. An image with no positive
@@ -131,14 +127,8 @@ def check_negative(data, source, method: str, warnings: list) -> None:
     warning."""
     import numpy as np
 
-    from deconv3d.errors import negative_fix, refuse_no_positive
+    from deconv3d.errors import refuse_no_positive, warn_negative_share
 
-    fix = negative_fix(method)
     if not float(np.max(data)) > 0 and float(np.min(data)) < 0:  # all zero stays allowed: zeros come back
         refuse_no_positive(source, method)
-    share = float(np.mean(data < 0))
-    if share > NEGATIVE_SHARE:
-        how = "Richardson-Lucy counts them as 0" if method in ("rl", "rl-tv") else \
-            "the network's output, like Richardson-Lucy's, cannot go below 0"
-        warnings.append(f"deconv3d: warning: {share:.0%} of {source}'s voxels are negative (a subtracted offset?); "
-                        f"{how}: {fix}")
+    warn_negative_share(float(np.mean(data < 0)), source, method, warnings)

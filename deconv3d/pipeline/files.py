@@ -75,7 +75,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
                   voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
     if settings.method in NON_NEGATIVE_METHODS:
-        check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path, settings.method)
+        check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path.name, settings.method,
+                           warnings)
     remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
     if output_path.suffix.lower() == ".zarr":
         info = run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
@@ -90,16 +91,19 @@ NON_NEGATIVE_METHODS = ("rl", "rl-tv", "ssl")
 SCAN_SLAB_BYTES = 64 * 2**20
 
 
-def check_has_positive(data, name: str, method: str) -> None:
+def check_has_positive(data, name: str, method: str, warnings: list | None = None) -> None:
     """Refuse an image with negative voxels and no positive one (background-subtracted data) before
-    ``method`` returns it all zeros, as an in-memory run refuses it.
+    ``method`` returns it all zeros, as an in-memory run refuses it; warn, as it does, when many
+    voxels are negative (:func:`deconv3d.errors.warn_negative_share`; ``warnings`` as there).
 
     ``data``: a block reader, dask array or array. It is read in slabs of at most
     :data:`SCAN_SLAB_BYTES` that stop at the first positive voxel, so an ordinary image costs one
     slab, not a pass over the file: slabs along the first axis whose planes fit (z of one time
     point and channel after another; rows of a plane too large), one index at a time before it.
+    The negative share is measured on the slabs read, plus the middle slab when the scan stopped
+    before it, so that it does not rest on the first planes alone.
     """
-    from deconv3d.errors import refuse_no_positive
+    from deconv3d.errors import refuse_no_positive, warn_negative_share
     from deconv3d.pipeline.readers import as_reader
 
     reader = as_reader(data)
@@ -109,14 +113,19 @@ def check_has_positive(data, name: str, method: str) -> None:
         axis += 1
     step = max(1, SCAN_SLAB_BYTES // max(4 * math.prod(shape[axis + 1:]), 1))
     rest = tuple(slice(None) for _ in shape[axis + 1:])
-    negative = False
-    for lead in np.ndindex(*shape[:axis]):
-        for start in range(0, shape[axis], step):
-            key = tuple(slice(i, i + 1) for i in lead) + (slice(start, min(start + step, shape[axis])),) + rest
-            slab = reader.read(key)
-            if slab.size and float(slab.max()) > 0:
-                return
-            negative = negative or (slab.size > 0 and float(slab.min()) < 0)
+    keys = [tuple(slice(i, i + 1) for i in lead) + (slice(start, min(start + step, shape[axis])),) + rest
+            for lead in np.ndindex(*shape[:axis]) for start in range(0, shape[axis], step)]
+    negative = counted = 0
+    for n, key in enumerate(keys):
+        slab = reader.read(key)
+        negative, counted = negative + int(np.count_nonzero(slab < 0)), counted + slab.size
+        if slab.size and float(slab.max()) > 0:
+            if n < len(keys) // 2:
+                slab = reader.read(keys[len(keys) // 2])
+                negative, counted = negative + int(np.count_nonzero(slab < 0)), counted + slab.size
+            sampled = "" if counted == math.prod(shape) else " in a sample"
+            warn_negative_share(negative / counted, name, method, warnings, sampled=sampled)
+            return
     if negative:  # all zero stays allowed: zeros come back
         refuse_no_positive(name, method)
 

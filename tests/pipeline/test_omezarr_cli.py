@@ -590,8 +590,12 @@ def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
     data = np.full((10, 8, 8), -1.0, np.float32)
     data[5, 3, 3] = 0.5
     files.check_has_positive(Counting(data), "img", "rl")
-    assert [k[0] for k in reads] == [slice(0, 2), slice(2, 4), slice(4, 6)]
-    data[5, 3, 3] = 0.0
+    assert [k[0] for k in reads] == [slice(0, 2), slice(2, 4), slice(4, 6)]  # stopped past the middle slab
+    data[5, 3, 3], data[1, 0, 0] = 0.0, 0.5
+    reads.clear()
+    files.check_has_positive(Counting(data), "img", "rl")
+    assert [k[0] for k in reads] == [slice(0, 2), slice(4, 6)]  # the first, then the middle for the warning
+    data[1, 0, 0] = 0.0
     with pytest.raises(InputError, match="img has no positive values, so rl would"):
         files.check_has_positive(Counting(data), "img", "rl")
     files.check_has_positive(np.zeros((3, 4, 4), np.float32), "img", "rl")  # all zero: zeros come back
@@ -604,6 +608,45 @@ def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
             files.check_has_positive(Counting(series), "img", "rl")
         sizes = [series[k].nbytes for k in reads]
         assert max(sizes) <= files.SCAN_SLAB_BYTES and sum(sizes) == series.nbytes, (shape, sizes)
+
+
+def test_chunked_and_batch_warn_when_many_voxels_are_negative(folder, capsys, monkeypatch):
+    """Background-subtracted data (noise around 0): the in-memory path warned that RL counts the
+    negative voxels as 0; the chunked path and batch said nothing. The share is measured on a
+    sample (the first and middle slabs) and is close to the whole image's."""
+    from deconv3d.errors import NEGATIVE_SHARE
+    from deconv3d.pipeline import files
+
+    rng = np.random.default_rng(3)
+    beads = blurred_beads((12, 24, 24), gaussian_psf(), seed=5)
+    image = (beads - np.median(beads) + rng.normal(0, 1, beads.shape)).astype(np.float32)  # offset subtracted
+    share = float(np.mean(image < 0))
+    assert 0.2 < share < 0.6
+    write_tiff(folder / "sub.tif", image, voxel_size=(0.3, 0.1, 0.1))
+    monkeypatch.chdir(folder)
+    code, _, err = run(["deconvolve", "sub.tif", "--psf", "psf.tif", "-o", "s.zarr", "--chunks", 12, 12, 12], capsys)
+    assert code == 0 and f"{share:.0%} of sub.tif's voxels are negative" in err, err
+    assert "counts them as 0" in err and "offset back" in err
+    code, _, err = run(["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "i.zarr", "--chunks", 12, 12, 12], capsys)
+    assert code == 0 and "negative" not in err, err
+    (folder / "in" / "sub.tif").write_bytes((folder / "sub.tif").read_bytes())
+    code, _, err = run(batch_argv(folder, folder / "out"), capsys)
+    assert code == 0 and "sub.tif's voxels are negative" in err and err.count("are negative") == 1, err
+    low = np.abs(image) + 0.1
+    flat, n = low.reshape(-1), int(NEGATIVE_SHARE * low.size)
+    flat[:n] *= -1  # at the share, not above it: quiet
+    found = []
+    files.check_has_positive(low, "low", "rl", found)
+    assert found == []
+    flat[:n + 10] = -np.abs(flat[:n + 10])
+    files.check_has_positive(low, "low", "rl", found)
+    assert len(found) == 1 and "1% of low's voxels are negative" in found[0]
+    # A sample: 2 of 12 planes per slab, the first and the middle slab read.
+    monkeypatch.setattr(files, "SCAN_SLAB_BYTES", 4 * 24 * 24 * 2)
+    found.clear()
+    files.check_has_positive(image, "sub", "rl", found)
+    sample = np.concatenate([image[0:2], image[6:8]])
+    assert len(found) == 1 and f"{np.mean(sample < 0):.0%} of sub's voxels in a sample are negative" in found[0]
 
 
 def _hand_made(path, axes, scale, shape, dtype="float32", transforms=None):
