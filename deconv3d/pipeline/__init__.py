@@ -80,7 +80,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     chunks = tuple(int(c) for c in chunks)
     if len(chunks) != len(spatial_shape) or min(chunks) < 1:
         raise InputError(f"--chunks {chunks} needs {len(spatial_shape)} positive values (one per spatial axis)")
-    chunks = round_chunks(chunks, spatial_shape, multiple)  # a network's blocks start on its pooling grid
+    chunks = round_chunks(chunks, spatial_shape, multiple)  # a network's chunks in whole pooling cells
     if model is not None:
         predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=planning_baseline())
         if given and memory_limit is not None:  # chunks given with a limit: hold them to it
@@ -119,7 +119,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         Core chunk shape and halo per spatial axis. Default chunks: the largest that fit
         ``memory_limit`` under ``model``, else the whole volume. A callable with a
         ``chunk_multiple()`` method (the network: ``2**depth``) gets chunk sides rounded up to
-        multiples of it, so chunked inference sees the whole-volume pooling grid.
+        multiples of it. One whose ``placed`` attribute is true is called as
+        ``fn(block, placement)`` (:class:`~deconv3d.pipeline.chunked.Placement`: where the block lies).
     memory_limit : int or str, optional
         Budget for the whole process, e.g. ``"4GB"``. Also sets glibc's mmap threshold for the
         rest of the process (:func:`~deconv3d.pipeline.memory.return_large_allocations`).

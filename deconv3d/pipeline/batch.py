@@ -131,7 +131,7 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
         block = NetworkBlock(trained, device=settings.device, tta=settings.tta,
                              band_limit=settings.band_limit or None)
         model = MemoryModel("ssl", tuple(trained.psf.shape), base_channels=trained.unet.base_channels,
-                            weights_bytes=weights, context=int(block.context))
+                            weights_bytes=weights, context=block.reach())
         return block, model, {"model": str(settings.model), "tta": settings.tta, "band_limit": settings.band_limit}
     if settings.method == "wiener":
         return (WienerBlock(psf, settings.balance, settings.device), MemoryModel("wiener", psf.shape),

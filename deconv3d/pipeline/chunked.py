@@ -1,7 +1,8 @@
 """Run a per-block callable over an image with a halo and write the result to zarr, block by block.
 
 The callable knows nothing about chunks: it takes a float32 numpy block and returns an array of
-the same shape. Each block is handed to it with ``halo`` extra voxels of real neighbouring data
+the same shape (one whose ``placed`` attribute is true is also told where the block lies: a
+:class:`Placement`). Each block is handed to it with ``halo`` extra voxels of real neighbouring data
 on every side that has a neighbour; at the outer border of the volume the read region is just
 clipped (no padding), so the callable's own boundary handling (e.g. the Bertero-Boccacci boundary
 of Richardson-Lucy) treats that border exactly as in a whole-volume run. This is what
@@ -18,11 +19,11 @@ assembled in memory.
 from __future__ import annotations
 
 import contextlib
-
 import math
 import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
@@ -31,13 +32,29 @@ from deconv3d.errors import InputError
 from deconv3d.pipeline.readers import ArrayReader, DaskReader, as_reader  # noqa: F401 (re-exported)
 
 __all__ = ["plan_chunks", "block_regions", "run_blocks", "as_reader", "ArrayReader", "DaskReader", "Cancelled",
-           "ProgressCallback", "release_memory"]
+           "ProgressCallback", "release_memory", "Placement"]
 
 ProgressCallback = Callable[[int, int], Optional[bool]]
 
 
 class Cancelled(Exception):
     """Raised when the progress callback asks to stop; the output is then discarded."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a block lies, for a block callable whose ``placed`` attribute is true: it is then
+    called as ``fn(block, placement)``.
+
+    ``start``: the block's first voxel in the volume (per spatial axis); ``core``: the core's
+    slices inside the block (the rest is halo, to be trimmed); ``shape``: the volume's spatial
+    shape. Where ``core`` reaches the block's edge, that edge is the volume's border (halos are
+    clipped only there).
+    """
+
+    start: tuple
+    core: tuple
+    shape: tuple
 
 
 def plan_chunks(shape: Sequence[int], chunks: Sequence[int], halo: Sequence[int]):
@@ -108,11 +125,12 @@ def _product(axes):
 # ------------------------------------------------------------------ tasks ---
 
 
-def _apply(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray) -> np.ndarray:
+def _apply(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray, placement: Placement | None = None) -> np.ndarray:
     if block.size == 0:
         return np.zeros(block.shape, np.float32)
     _pin_threads()
-    out = np.asarray(fn(block), dtype=np.float32)
+    placed = placement is not None and getattr(fn, "placed", False)
+    out = np.asarray(fn(block, placement) if placed else fn(block), dtype=np.float32)
     if out.shape != block.shape:
         raise RuntimeError(f"block function returned shape {out.shape} for a block of shape {block.shape}")
     return out
@@ -162,18 +180,18 @@ def _malloc_trim():
 _TRIM = False
 
 
-def _block_task(source, read_key: tuple, fn, trim: tuple, target_path: str, write_key: tuple) -> None:
-    """Read one block (plus halo) from ``source``, run ``fn``, write the trimmed core; return nothing.
+def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: str, write_key: tuple) -> None:
+    """Read one block (plus halo) from ``source``, run ``fn``, write the core; return nothing.
 
     ``source`` is a reader (read ``read_key`` from it) or the block itself, already read.
     """
     import zarr
 
     block = source if isinstance(source, np.ndarray) else source.read(read_key)
-    out = _apply(fn, np.ascontiguousarray(block, dtype=np.float32))
+    out = _apply(fn, np.ascontiguousarray(block, dtype=np.float32), placement)
     del block
     target = zarr.open_array(str(target_path), mode="r+")
-    target[write_key] = out[trim]
+    target[write_key] = out[placement.core]
     del out
     release_memory()
     return None
@@ -212,7 +230,8 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     regions = block_regions(spatial, sizes, depth)
     count = math.prod(len(s) for s in sizes)
     total = count if total is None else total
-    tasks = ((lead + read, trim, lead + write) for read, trim, write in regions)
+    tasks = ((lead + read, Placement(tuple(r.start for r in read), trim, spatial), lead + write)
+             for read, trim, write in regions)
     if client is not None:
         return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total)
     own = pool is None
@@ -289,9 +308,9 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
                 finished()
 
     try:
-        for read, trim, write in tasks:
+        for read, placement, write in tasks:
             settle(workers - 1)
-            futures.add(pool.submit(_block_task, reader, read, fn, trim, target_path, write))
+            futures.add(pool.submit(_block_task, reader, read, fn, placement, target_path, write))
         settle(0)
     except BaseException:
         for future in futures:
@@ -322,10 +341,10 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
                 finished()
 
     try:
-        for read, trim, write in tasks:
+        for read, placement, write in tasks:
             settle(limit - 1)
             source = refs[1] if remote else reader.read(read)
-            futures.add(client.submit(_block_task, source, read, refs[0], trim, target_path, write, pure=False))
+            futures.add(client.submit(_block_task, source, read, refs[0], placement, target_path, write, pure=False))
             del source
         settle(0)
     except BaseException:

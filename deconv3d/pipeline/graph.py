@@ -14,19 +14,30 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from deconv3d.pipeline.chunked import Cancelled, ProgressCallback, _apply, _share_cores, plan_chunks
+from deconv3d.pipeline.chunked import Cancelled, Placement, ProgressCallback, _apply, _share_cores, plan_chunks
 
 __all__ = ["blockwise", "store_blocks"]
 
 
-def _as_block_function(fn: Callable[[np.ndarray], np.ndarray], ndim: int):
-    """Wrap ``fn`` to drop leading singleton (t, c) axes and to check what comes back."""
+def _as_block_function(fn: Callable[[np.ndarray], np.ndarray], ndim: int, chunks, depth):
+    """Wrap ``fn`` to drop leading singleton (t, c) axes and to check what comes back; a callable
+    that asks for its :class:`~deconv3d.pipeline.chunked.Placement` gets it (``chunks`` and
+    ``depth``: the plan's core block sizes and halo per axis)."""
+    shape = tuple(sum(c) for c in chunks[-ndim:])
 
-    def run(block: np.ndarray) -> np.ndarray:
+    def run(block: np.ndarray, block_info=None) -> np.ndarray:
         if block.size == 0:
             return np.zeros(block.shape, np.float32)
-        core = np.ascontiguousarray(block.reshape(block.shape[block.ndim - ndim:]), dtype=np.float32)
-        return _apply(fn, core).reshape(block.shape)
+        spatial = np.ascontiguousarray(block.reshape(block.shape[block.ndim - ndim:]), dtype=np.float32)
+        placement = None
+        if block_info is not None:
+            starts, cores = [], []
+            for i, sizes, h in zip(block_info[0]["chunk-location"][-ndim:], chunks[-ndim:], depth[-ndim:]):
+                begin = sum(sizes[:i])
+                starts.append(max(0, begin - h))
+                cores.append(slice(begin - starts[-1], begin - starts[-1] + sizes[i]))
+            placement = Placement(tuple(starts), tuple(cores), shape)
+        return _apply(fn, spatial, placement).reshape(block.shape)
 
     return run
 
@@ -54,7 +65,7 @@ def blockwise(data, fn: Callable[[np.ndarray], np.ndarray], *, chunks: Sequence[
     spatial_ndim = spatial_ndim or data.ndim
     dask_chunks, depth, zarr_chunks = plan_chunks(data.shape, chunks, halo)
     data = data.astype(np.float32).rechunk(dask_chunks)
-    func = _as_block_function(fn, spatial_ndim)
+    func = _as_block_function(fn, spatial_ndim, dask_chunks, depth)
     out = da.map_overlap(func, data, depth=dict(enumerate(depth)), boundary="none", trim=True,
                          dtype=np.float32, meta=np.empty((0,) * data.ndim, np.float32))
     return out, zarr_chunks

@@ -177,8 +177,9 @@ class MemoryModel:
     weights_bytes : int
         Size of the network's parameters (ssl).
     context : int
-        Voxels of mirrored context the network's tiled inference adds on every side of each tile
-        (ssl: :attr:`~deconv3d.pipeline.methods.NetworkBlock.context`), on top of the block's halo.
+        Voxels of context around each tile of the region the network predicts (ssl:
+        :meth:`~deconv3d.pipeline.methods.NetworkBlock.reach`): the core's tiles, grown by that
+        much on every side (taken from the halo, or mirrored at the volume border).
     boundary : str
         RL boundary (rl, rl-tv): ``"reflect"`` mirrors the block before the Bertero model.
     """
@@ -191,7 +192,9 @@ class MemoryModel:
     boundary: str = "bertero"
     context: int = 0
 
-    def block_bytes(self, block_shape: Sequence[int]) -> int:
+    def block_bytes(self, block_shape: Sequence[int], core_shape: Sequence[int] | None = None) -> int:
+        """Bytes for one block of ``block_shape`` (core and halo) whose core is ``core_shape``
+        (default: the whole block, which has no halo)."""
         block = math.prod(block_shape)
         if self.method in ("rl", "rl-tv"):
             if self.boundary == "reflect":
@@ -204,9 +207,10 @@ class MemoryModel:
             full, half = _fft_sizes([n + 2 * k for n, k in zip(block_shape, self.psf_shape)])
             total = 2 * full * _F32 + 4 * half * _C64 + 2 * half * _F32 + 2 * block * _F32
         elif self.method == "ssl":
-            # The activations scale with the window the network sees: a tile of the block (all of
+            # The activations scale with the window the network sees: a tile of the core (all of
             # it when it fits predict_tiled's budget) plus the context on every side. Counted on
-            # the block alone, a 2 GB limit was exceeded 2.85 times (context 56 around 88-voxel cores).
+            # the block alone, a 2 GB limit was exceeded 2.85 times (context 56 around 88-voxel
+            # cores, when the network also mirrored context around the whole block).
             # Per window voxel and channel: 4 full-resolution activations, and the coarser levels'
             # sum(r**l), r = 2 / 2**ndim (channels double as each level halves every axis): 4/3 in
             # 3D, 2 in 2D. Measured with base 16 and context 56 (predict_tiled's peak RSS growth
@@ -214,7 +218,7 @@ class MemoryModel:
             # (0.77 with RESIDENT_ALLOWANCE); with 3 + 4/3 in both, 1.02 (3D) and 1.09-1.30 (2D).
             ratio = 2 / 2 ** len(block_shape)
             per_channel = 4 + 1 / (1 - ratio)
-            window = _network_window(block_shape, self.context)
+            window = _network_window(block_shape if core_shape is None else core_shape, self.context)
             total = 4 * block * _F32 + per_channel * self.base_channels * window * _F32 + self.weights_bytes
         else:
             raise InputError(f"no memory model for method {self.method!r}")
@@ -223,17 +227,20 @@ class MemoryModel:
     def peak_bytes(self, chunks: Sequence[int], halo: Sequence[int], shape: Sequence[int], *,
                    workers: int = 1, baseline: int = 0) -> int:
         """Predicted peak: ``baseline + RESIDENT_ALLOWANCE + workers * block_bytes(largest block)``."""
-        block = self.block_bytes(largest_block(shape, chunks, halo))
+        from deconv3d.pipeline.chunked import plan_chunks
+
+        core = tuple(max(c) for c in plan_chunks(shape, chunks, halo)[0])
+        block = self.block_bytes(largest_block(shape, chunks, halo), core)
         return int(baseline + RESIDENT_ALLOWANCE + workers * block)
 
 
-def _network_window(block_shape: Sequence[int], context: int) -> int:
+def _network_window(core_shape: Sequence[int], context: int) -> int:
     """Voxels of the largest window :func:`deconv3d.selfsup.predict.predict_tiled` feeds the network
-    for a block: its default tile (the block, or a part of it) plus ``context`` on every side."""
+    for a block's core: its default tile (the core, or a part of it) plus ``context`` on every side."""
     from deconv3d.selfsup.predict import default_tile_shape
 
-    tile = default_tile_shape(block_shape, 1)
-    return math.prod(min(n, t) + 2 * int(context) for n, t in zip(block_shape, tile))
+    tile = default_tile_shape(core_shape, 1)
+    return math.prod(min(n, t) + 2 * int(context) for n, t in zip(core_shape, tile))
 
 
 def largest_block(shape, chunks, halo) -> tuple[int, ...]:
@@ -276,8 +283,7 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
     Among candidate chunk shapes (even splits of every axis, no side below ``min_chunk`` or the
     halo) whose predicted peak fits, it returns the one that minimises the summed FFT volume of
     all blocks, i.e. the largest blocks with the least halo overhead. With ``multiple`` > 1
-    (a network's ``2**depth``) every side is a multiple of it or the whole axis, so that every
-    block starts on the network's pooling grid, as the whole volume does.
+    (a network's ``2**depth``) every side is a multiple of it or the whole axis.
 
     Raises
     ------

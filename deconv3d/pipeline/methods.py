@@ -36,9 +36,11 @@ root of its second central moment; see :func:`rl_halo`, :func:`wiener_halo`):
   halo of 8 voxels gives 72/62/56 dB at lambda 1e-2/1e-3/1e-4, 12 voxels 77/65/59 dB.
 * Self-supervised network: its receptive field radius, derived from the UNet's layers
   (:func:`deconv3d.selfsup.unet.receptive_radius`), at least the PSF half-size, rounded up to
-  whole pooling cells (``2**depth``) so that blocks keep the down-sampling phase of a
-  whole-volume pass; for exact agreement the chunk shape should also be a multiple of
-  ``2**depth``.
+  whole pooling cells (``2**depth``). Told where its block lies (:class:`Placement`), the network
+  predicts only the core, with the halo as its context, on the whole volume's pooling grid:
+  blocks then agree with a whole-volume pass whatever the volume's size (on a volume that is not
+  a multiple of ``2**depth``, blocks that computed on their own grid differed from it by up to
+  a quarter of the range, and from each other at the seams).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import numpy as np
 
 from deconv3d.errors import refuse_non_finite
 from deconv3d.fft import psf_rms_width
+from deconv3d.pipeline.chunked import Placement
 from deconv3d.psf import fit_psf
 
 __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "psf_rms_width", "rl_halo",
@@ -175,11 +178,40 @@ class NetworkBlock:
         of the Richardson-Lucy run a residual network adds its correction to."""
         _preload(self.device)
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
-        from deconv3d.selfsup import apply_model
+    #: :func:`~deconv3d.pipeline.chunked.run_blocks` passes where each block lies (a :class:`Placement`).
+    placed = True
 
+    def __call__(self, block: np.ndarray, placement: "Placement | None" = None) -> np.ndarray:
+        """The network's estimate of ``block``. With its ``placement`` in the volume, only the
+        core (grown by the band limit's reach) is predicted, the halo serving as the network's
+        context instead of context mirrored around the whole block, on the whole volume's
+        pooling grid: the cores then equal one pass over the volume, whatever its size. Outside
+        that region the result holds no prediction (the halo is trimmed)."""
+        from deconv3d.selfsup import apply_model
+        from deconv3d.selfsup.predict import volume_phase
+
+        region = phase = None
+        if placement is not None:
+            reach = self._band_reach()
+            region = tuple(slice(max(0, c.start - r), min(n, c.stop + r))
+                           for c, r, n in zip(placement.core, reach, block.shape))
+            whole = volume_phase(placement.shape, self.trained.unet.divisor, self.context)
+            phase = tuple(p - s for p, s in zip(whole, placement.start))
         return _finite(apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context,
-                                   band_limit=self.band_limit), block)
+                                   band_limit=self.band_limit, region=region, phase=phase), block)
+
+    def _band_reach(self) -> tuple[int, ...]:
+        """How far the band limit (when on) reaches, per axis: the network predicts that much around a core."""
+        if not self.band_limit:
+            return (0,) * int(self.trained.unet.ndim)
+        from deconv3d.fft import band_limit_halo
+
+        return tuple(band_limit_halo(self.trained.psf))
+
+    def reach(self) -> int:
+        """Voxels the network's windows reach past a block's core: the context around the
+        region it predicts (the core grown by the band limit's reach)."""
+        return int(self.context) + max(self._band_reach())
 
     def halo(self) -> tuple[int, ...]:
         """The network's context (or a residual network's RL reach where larger), plus the band limit's reach."""
@@ -188,15 +220,13 @@ class NetworkBlock:
         reference = self.trained.reference
         if reference is not None:  # the residual network's output adds RL of the block
             reach = tuple(max(c, r) for c, r in zip(reach, rl_halo(self.trained.psf, reference.iterations)))
-        if self.band_limit:
-            from deconv3d.fft import band_limit_halo
-
-            reach = tuple(c + b for c, b in zip(reach, band_limit_halo(self.trained.psf)))
-        d = int(self.trained.unet.divisor)  # a halo on the pooling grid keeps the whole-volume phase
+        reach = tuple(c + b for c, b in zip(reach, self._band_reach()))
+        d = int(self.trained.unet.divisor)  # whole pooling cells, as the chunks
         return tuple(-(-c // d) * d for c in reach)
 
     def chunk_multiple(self) -> int:
-        """``2**depth``: blocks that start on the pooling grid see the whole-volume pooling phase."""
+        """``2**depth``: chunk sides in whole pooling cells (the pooling grid itself comes with each
+        block's :class:`Placement`, so that blocks agree with a whole-volume pass either way)."""
         return int(self.trained.unet.divisor)
 
 

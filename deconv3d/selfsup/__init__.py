@@ -29,7 +29,7 @@ BAND_LIMIT = 0.0  # default eps of the output's band limit: off (see apply_model
 
 def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=None, context: int | None = None,
                 band_limit: float | None = BAND_LIMIT,
-                callback: Callable[[int, int], Optional[bool]] | None = None) -> np.ndarray:
+                callback: Callable[[int, int], Optional[bool]] | None = None, region=None, phase=None) -> np.ndarray:
     """Deconvolve ``image`` with a trained network (a :class:`TrainedModel` or ``TrainResult``).
 
     The whole volume is processed in overlapping, linearly blended tiles
@@ -45,6 +45,10 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
 
     ``callback(done, total)`` after every tile; returning ``True`` cancels, which raises
     :class:`Cancelled` (nothing is returned).
+
+    ``region`` and ``phase`` are :func:`~deconv3d.selfsup.predict.predict_tiled`'s: the network
+    predicts only ``region`` (a block's core; the rest is context, and outside it the output holds
+    no prediction), on the pooling grid ``phase``.
 
     ``band_limit`` (``eps``; ``None`` or 0, the default, turns it off) scales the output's
     spectrum by ``(1 + eps) |H|^2 / (|H|^2 + eps)`` (:func:`deconv3d.fft.band_limit`). The training
@@ -69,7 +73,7 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     residual = trained.reference is not None
     out = predict_tiled(trained.model, image, mean=trained.mean, std=trained.std, divisor=trained.unet.divisor,
                         tile_shape=tile_shape, tta=tta, device=device, callback=callback, context=context,
-                        amp=trained.config.amp, signed=residual)
+                        amp=trained.config.amp, signed=residual, region=region, phase=phase)
     if residual:  # the network's correction on top of the RL estimate it was trained to correct
         out += _reference_estimate(trained, image, device)
         np.maximum(out, 0, out=out)

@@ -82,6 +82,8 @@ def predict_tiled(
     context: int = 0,
     amp: bool = False,
     signed: bool = False,
+    region: Sequence[slice] | None = None,
+    phase: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Run a fully convolutional network over a whole volume, tile by tile.
 
@@ -127,11 +129,21 @@ def predict_tiled(
         The network outputs a signed correction in standardised units (a residual network):
         its output becomes ``out * std``, without the mean, and is not clamped. Otherwise
         the prediction ``out * std + mean`` is clamped to be non-negative.
+    region : sequence of slice, optional
+        Predict only this box (one slice per axis, steps of 1); the rest of the image serves
+        as context and comes back as 0. A block of a larger volume, read with a halo of real
+        neighbouring data, passes its core here: the halo then is the context on those sides
+        and is not mirrored and fed to the network a second time.
+    phase : sequence of int, optional
+        Position, per axis and modulo ``divisor``, of the pooling grid the windows start on.
+        Default: that of one pass over this image (see ``Notes``). A block of a larger volume
+        passes the whole volume's grid, shifted to the block, so that its result is the whole
+        volume's (see :func:`volume_phase`).
 
     Returns
     -------
     ndarray
-        float32 prediction with the image's shape.
+        float32 prediction with the image's shape (0 outside ``region``).
 
     Notes
     -----
@@ -154,14 +166,32 @@ def predict_tiled(
     volume = _as_volume(image)
     dev = resolve_device(device)
     _check_options(mean, std, divisor, batch_size, context)
-    tiles_shape = _resolve_tile_shape(tile_shape, volume.shape, divisor, dev)
-    overlaps = _resolve_overlap(overlap, tiles_shape, volume.shape)
-    axes = [_axis_tiles(n, t, o) for n, t, o in zip(volume.shape, tiles_shape, overlaps)]
-    window = _plan_window(axes, volume.shape, divisor, context)
+    box = _resolve_region(region, volume.shape)
+    sides = tuple(b.stop - b.start for b in box)
+    tiles_shape = _resolve_tile_shape(tile_shape, sides, divisor, dev)
+    overlaps = _resolve_overlap(overlap, tiles_shape, sides)
+    axes = [_axis_tiles(n, t, o, b.start) for n, t, o, b in zip(sides, tiles_shape, overlaps, box)]
+    if phase is None:
+        phase = volume_phase(volume.shape, divisor, context)
+    window = _plan_window(axes, _per_axis(phase, volume.ndim, "phase"), divisor, context)
     run = _ModelRunner(model, dev, float(mean), float(std), tta, amp, 0.0 if signed else float(mean))
     with run:
-        out = _blend_tiles(run, volume, list(itertools.product(*axes)), window, batch_size, callback)
-    return out.numpy() if signed else out.clamp_(min=0).numpy()
+        core = _blend_tiles(run, volume, box, list(itertools.product(*axes)), window, batch_size, callback)
+    if not signed:
+        core.clamp_(min=0)
+    if core.shape == volume.shape:
+        return core.numpy()
+    out = np.zeros(volume.shape, np.float32)
+    out[box] = core.numpy()
+    return out
+
+
+def volume_phase(shape: Sequence[int], divisor: int, context: int) -> tuple[int, ...]:
+    """The pooling grid of one pass over a whole image of ``shape``: ``context`` mirrored on
+    each side, plus half the rounding to a multiple of ``divisor`` before it (see
+    :func:`predict_tiled`'s ``phase``). A block read from ``start`` in that image has the grid
+    ``volume_phase(...)[i] - start[i]``."""
+    return tuple(-(int(context) + (-(int(n) + 2 * int(context)) % int(divisor)) // 2) for n in shape)
 
 
 def default_tile_shape(shape: Sequence[int], divisor: int, device="cpu") -> tuple[int, ...]:
@@ -214,6 +244,18 @@ def _per_axis(value, ndim: int, name: str) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+def _resolve_region(region, shape) -> tuple[slice, ...]:
+    if region is None:
+        return tuple(slice(0, n) for n in shape)
+    box = tuple(region)
+    if len(box) != len(shape) or not all(isinstance(b, slice) for b in box):
+        raise InputError(f"region {box} needs one slice per axis of the image {tuple(shape)}")
+    box = tuple(slice(*b.indices(n)[:2]) if b.step in (None, 1) else b for b, n in zip(box, shape))
+    if any(b.step not in (None, 1) or b.stop <= b.start for b in box):
+        raise InputError(f"region {tuple(region)} must be a non-empty box with steps of 1 inside the image {tuple(shape)}")
+    return box
+
+
 def _resolve_tile_shape(tile_shape, shape, divisor, dev) -> tuple[int, ...]:
     if tile_shape is None:
         return default_tile_shape(shape, divisor, dev)
@@ -233,24 +275,24 @@ def _resolve_overlap(overlap, tiles, shape) -> tuple[int, ...]:
     return overlaps
 
 
-def _axis_tiles(n: int, tile: int, overlap: int) -> list[_AxisTile]:
-    """Evenly spread tiles of size ``tile`` covering ``[0, n)`` that overlap by at least ``overlap``."""
+def _axis_tiles(n: int, tile: int, overlap: int, offset: int = 0) -> list[_AxisTile]:
+    """Evenly spread tiles of size ``tile`` covering ``[offset, offset + n)`` that overlap by at least ``overlap``."""
     if tile >= n:
-        return [_AxisTile(0, n, 0, 0)]
+        return [_AxisTile(offset, offset + n, 0, 0)]
     count = math.ceil((n - tile) / (tile - overlap)) + 1
     starts = np.round(np.linspace(0, n - tile, count)).astype(int).tolist()
     tiles = []
     for i, start in enumerate(starts):
         before = starts[i - 1] + tile - start if i > 0 else 0
         after = start + tile - starts[i + 1] if i + 1 < count else 0
-        tiles.append(_AxisTile(start, start + tile, before, after))
+        tiles.append(_AxisTile(offset + start, offset + start + tile, before, after))
     return tiles
 
 
-def _plan_window(axes: Sequence[Sequence[_AxisTile]], shape, divisor: int, context: int) -> _Window:
-    """Windows on the grid of one whole-volume pass: ``context`` on each side of the volume, plus
-    half the rounding to the divisor before it (so one tile over the whole volume is that pass)."""
-    phase = tuple(-(context + (-(n + 2 * context) % divisor) // 2) for n in shape)
+def _plan_window(axes: Sequence[Sequence[_AxisTile]], phase, divisor: int, context: int) -> _Window:
+    """Windows on the grid ``phase``: with :func:`volume_phase`'s grid, one tile over the whole
+    volume is one pass over it."""
+    phase = tuple(int(p) % divisor for p in phase)
     size = []
     for tiles, p in zip(axes, phase):
         reach = max(t.stop + context - _grid_start(t.start - context, p, divisor) for t in tiles)
@@ -295,16 +337,18 @@ def _tile_weight(tile: Sequence[_AxisTile]) -> torch.Tensor:
     return weight
 
 
-def _blend_tiles(run, volume, tiles, window: _Window, batch_size: int, callback) -> torch.Tensor:
-    out = torch.zeros(volume.shape)
-    weight_sum = torch.zeros(volume.shape)
+def _blend_tiles(run, volume, box, tiles, window: _Window, batch_size: int, callback) -> torch.Tensor:
+    """The blended prediction of the region ``box`` (a tensor of its shape)."""
+    shape = tuple(b.stop - b.start for b in box)
+    out = torch.zeros(shape)
+    weight_sum = torch.zeros(shape)
     for first in range(0, len(tiles), batch_size):
         batch = tiles[first : first + batch_size]
         windows = np.stack([_gather_window(volume, tile, window) for tile in batch])
         pred = run(torch.from_numpy(windows)[:, None])[:, 0]
         for tile, window_pred in zip(batch, pred):
             tile_pred = window_pred[window.core(tile)].cpu()  # only the core leaves the device
-            region = tuple(slice(t.start, t.stop) for t in tile)
+            region = tuple(slice(t.start - b.start, t.stop - b.start) for t, b in zip(tile, box))
             weight = _tile_weight(tile)
             out[region] += tile_pred * weight
             weight_sum[region] += weight

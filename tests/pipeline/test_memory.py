@@ -33,19 +33,27 @@ def test_network_chunks_are_multiples_of_its_divisor():
 
 
 def test_the_network_model_counts_the_context_its_tiles_get(monkeypatch):
-    """predict_tiled pads every tile by the network's context on top of the block's halo: a 2 GB
-    limit was exceeded 2.85 times when only the block was counted. The window is the block (or
-    its default tile, for a block larger than predict_tiled's budget) plus the context per side."""
+    """The network predicts a block's core, its tiles grown by the context (from the halo, or
+    mirrored at the volume border): a 2 GB limit was exceeded 2.85 times when only the block was
+    counted. The window is the core (or its default tile, for a core larger than predict_tiled's
+    budget) plus the context per side; the block itself is counted once, as the input."""
     from deconv3d.pipeline.memory import _network_window
     from deconv3d.selfsup import predict
 
     bare, padded = (MemoryModel("ssl", (5, 5, 5), base_channels=16, context=c) for c in (0, 56))
-    block = (64, 176, 176)  # a 64-voxel core with a halo of 56
-    assert _network_window(block, 56) == 176 * 288 * 288 and _network_window(block, 0) == 64 * 176 * 176
-    ratio = padded.block_bytes(block) / bare.block_bytes(block)
-    assert 6.5 < ratio < 7.5  # activations on 176 x 288 x 288 voxels, 7.4 times the block of 64 x 176 x 176
-    monkeypatch.setitem(predict.VOXEL_BUDGET, (False, 3), 32 ** 3)  # a block larger than one tile
-    assert _network_window(block, 56) == math.prod(t + 112 for t in predict.default_tile_shape(block, 1))
+    block, core = (64, 176, 176), (64, 64, 64)  # a 64-voxel core with a halo of 56 in y and x
+    assert _network_window(core, 56) == 176 ** 3 and _network_window(core, 0) == 64 ** 3
+    ratio = padded.block_bytes(block, core) / bare.block_bytes(block, core)
+    assert 15 < ratio < 20  # activations on 176^3 voxels, 21 times the core's; the block's input the same
+    # a whole volume of the block's size: its window is the block plus the context, 176 x 288 x 288
+    assert padded.block_bytes(block) > 2.5 * padded.block_bytes(block, core)
+    monkeypatch.setitem(predict.VOXEL_BUDGET, (False, 3), 32 ** 3)  # a core larger than one tile
+    assert _network_window(core, 56) == math.prod(t + 112 for t in predict.default_tile_shape(core, 1))
+    monkeypatch.undo()
+    # peak_bytes counts the largest block, and the network's window on its core
+    shape, halo = (64, 384, 384), (0, 56, 56)  # six 64-voxel cores along y and x
+    assert padded.peak_bytes((64, 64, 64), halo, shape) - padded.peak_bytes((64, 64, 64), halo, shape, workers=0) \
+        == padded.block_bytes((64, 176, 176), (64, 64, 64))
 
 
 def test_reflect_rl_counts_its_mirrored_block():

@@ -177,9 +177,30 @@ def test_network_chunks_rounded_to_pooling_grid(tmp_path, network):
     from deconv3d.omezarr import read_ome_zarr
 
     fn, image, whole = network
-    assert psnr(whole, chunked(image, fn, (30, 27))) < 45  # blocks off the pooling grid: seams show
+    unplaced = lambda block: fn(block)  # noqa: E731 - a block computed on its own pooling grid
+    assert psnr(whole, chunked(image, unplaced, (30, 27), halo=fn.halo())) < 45  # off the grid: seams show
+    assert psnr(whole, chunked(image, fn, (30, 27))) >= 50  # told where it lies: the volume's grid
     info = run_chunked(image, fn, tmp_path / "n.zarr", chunks=(30, 27))
     assert info.chunks == (32, 28)
+    assert psnr(whole, read_ome_zarr(tmp_path / "n.zarr")[0]) >= 50
+
+
+@pytest.mark.parametrize("shape", [(62, 61), (64, 57)])
+def test_network_blocks_of_a_volume_off_the_pooling_grid_equal_whole(tmp_path, network, shape):
+    """A volume whose sides are not multiples of 2**depth: one pass over it puts the pooling grid
+    half the rounding before it, and blocks that computed on their own grid (their own size's)
+    differed from it by up to a quarter of the range. Each block is now told where it lies and
+    predicts only its core, with the halo as context."""
+    from deconv3d.omezarr import read_ome_zarr
+    from deconv3d.selfsup import apply_model
+
+    fn, image, _ = network
+    crop = np.ascontiguousarray(image[:shape[0], :shape[1]])
+    whole = apply_model(fn.trained, crop, device="cpu", context=fn.context, band_limit=None)
+    assert psnr(whole, chunked(crop, lambda block: fn(block), (32, 28), halo=fn.halo())) < 45
+    assert psnr(whole, chunked(crop, fn, (32, 28))) >= 50
+    info = run_chunked(crop, fn, tmp_path / "n.zarr", chunks=(32, 28))
+    assert info.blocks == 4
     assert psnr(whole, read_ome_zarr(tmp_path / "n.zarr")[0]) >= 50
 
 

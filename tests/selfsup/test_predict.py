@@ -116,6 +116,52 @@ def test_tiles_of_a_strided_unet_keep_the_whole_volume_pooling_grid(ndim, shape,
         assert np.abs(tiled - whole).max() <= 1e-5 * span, tile
 
 
+@pytest.mark.parametrize("ndim, shape, block, core", [(2, (90, 77), (slice(21, 90), slice(0, 77)), (slice(24, 69), slice(0, 40))),
+                                                      (3, (10, 62, 57), (slice(0, 10), slice(5, 62), slice(3, 57)),
+                                                       (slice(0, 10), slice(24, 33), slice(24, 30)))])
+def test_a_block_told_its_region_and_grid_equals_the_whole_volume_there(ndim, shape, block, core):
+    """A block of a larger volume (read with real context around its core, clipped at the volume
+    border) predicts only its core, on the whole volume's grid (volume_phase shifted to the
+    block): the core equals the whole-volume pass, the rest is 0. On its own grid and with
+    context mirrored around the whole block, it did not (the volume's sides are not multiples of
+    the divisor, so its grid is not the block's)."""
+    from deconv3d.selfsup.config import UNetConfig
+    from deconv3d.selfsup.unet import ResUNet, receptive_radius
+
+    config = UNetConfig(ndim=ndim, base_channels=4, depth=2, positive=False)
+    torch.manual_seed(0)
+    model = ResUNet(config).eval()
+    context = receptive_radius(config)
+    x = np.random.default_rng(3).random(shape).astype(np.float32) + 1.0
+    kw = dict(mean=1.5, std=0.3, divisor=config.divisor, context=context, device="cpu", signed=True)
+    whole = predict_tiled(model, x, **kw)
+    assert predict.volume_phase(shape, 4, context) != (0,) * ndim
+    start = tuple(b.start for b in block)
+    assert all(c.start >= context or b.start == c.start == 0 for b, c in zip(block, core))  # real context
+    assert all(b.stop - b.start - c.stop >= context or b.stop == n for b, c, n in zip(block, core, shape))
+    piece = np.ascontiguousarray(x[block])
+    phase = tuple(p - s for p, s in zip(predict.volume_phase(shape, 4, context), start))
+    out = predict_tiled(model, piece, region=core, phase=phase, tile_shape=[max(4, (c.stop - c.start) // 2 + 1)
+                                                                            for c in core], **kw)
+    span = float(whole.max() - whole.min())
+    where = tuple(slice(s + c.start, s + c.stop) for s, c in zip(start, core))
+    assert np.abs(out[core] - whole[where]).max() <= 1e-5 * span
+    outside = np.ones(piece.shape, bool)
+    outside[core] = False
+    assert not out[outside].any()
+    own = predict_tiled(model, piece, **kw)  # the block's own grid, context mirrored around it
+    assert np.abs(own[core] - whole[where]).max() > 1e-2 * span
+
+
+@pytest.mark.parametrize("region, phase", [((slice(0, 4),), None), ((slice(3, 3), slice(0, 4), slice(0, 4)), None),
+                                           ((slice(0, 12, 2), slice(None), slice(None)), None),
+                                           (None, (0, 1)), ((0, 1, 2), None)])
+def test_bad_regions_and_phases_are_input_errors(region, phase):
+    with pytest.raises(InputError) as info:
+        predict_tiled(Identity(), volume(3), mean=0.0, std=1.0, divisor=4, device="cpu", region=region, phase=phase)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_tta_with_equivariant_model_changes_nothing(ndim):
     model = small_net(ndim, seed=5, symmetric=True)
