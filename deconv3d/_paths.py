@@ -92,6 +92,9 @@ def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output directory is not writable: {parent}: choose another output location")
+    if path.is_symlink():  # replacing the output would replace the link, not write where it points
+        raise InputError(f"output {path} is a symbolic link (to {os.readlink(path)}): give the link's target as the "
+                         "output, or remove the link")
     if path.is_dir() and not _is_zarr_image(path):
         raise InputError(f"output path is a directory: {path}: give a file name")
 

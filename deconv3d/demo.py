@@ -179,15 +179,18 @@ def _staged(output: Path):
     """A hidden folder to write the files into, on the output's file system: inside ``output`` when
     it exists (links resolved), else in the nearest existing folder above it. On success ``output``
     is created if missing and the files are moved into it, replacing those of an earlier demo
-    (other files there are left alone). On any failure, Ctrl-C included, nothing is created."""
+    (other files there are left alone). On any failure, Ctrl-C included, nothing is created; what a
+    killed demo left there (named after its machine and process) is removed by the next one."""
     import os
     import shutil
-    import uuid
 
-    from deconv3d._paths import existing_ancestor
+    from deconv3d._paths import existing_ancestor, temporary_name
+    from deconv3d.pipeline.output import remove_stale_temporaries
 
     output = output.resolve()
-    staging = existing_ancestor(output) / f".deconv3d-demo-{uuid.uuid4().hex[:8]}.tmp"
+    name = existing_ancestor(output) / "deconv3d-demo"  # staged as .deconv3d-demo.<host>@<pid>-<id>.tmp
+    remove_stale_temporaries(name)
+    staging = temporary_name(name)
     staging.mkdir()
     try:
         yield staging

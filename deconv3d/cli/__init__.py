@@ -1,8 +1,9 @@
 """The ``deconv3d`` command line: the only module that prints to the terminal or exits.
 
-Exit status: 0 done; 2 bad input or usage, or not enough memory for the run (one line
-``deconv3d: error: ...`` on stderr, no output file left behind); 3 a batch in which some files
-failed (the others are complete); 130 interrupted (Ctrl-C; nothing partial is left); 1 an
+Exit status: 0 done; 2 bad input or usage, not enough memory for the run, or a full or
+read-only disk (one line ``deconv3d: error: ...`` on stderr, no output file left behind); 3 a
+batch in which some files failed (the others are complete); 130 interrupted (Ctrl-C) and 143
+terminated (SIGTERM, as a cluster scheduler sends), with nothing partial left; 1 an
 unexpected internal error. ``--debug`` prints the traceback first, with the same status. The
 contract is the design document's command-line section (DESIGN.md, shared with the project).
 """
@@ -10,7 +11,11 @@ contract is the design document's command-line section (DESIGN.md, shared with t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import signal
 import sys
+import threading
 import traceback
 import warnings
 
@@ -18,7 +23,7 @@ from deconv3d import __version__
 from deconv3d.errors import InputError
 
 from . import blur, classical, pipeline, selfsup
-from ._common import Parser, add_common
+from ._common import Parser, Terminated, add_common
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         if extra:  # reported here by argparse, it would point at the top-level help
             raise InputError(f"unrecognized arguments: {' '.join(extra)} "
                              f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")
-        with warnings.catch_warnings():  # the library's warnings as the CLI's own lines, not Python's format
-            warnings.showwarning = _show_warning
+        with warnings.catch_warnings(), _terminate_as_interrupt():
+            warnings.showwarning = _show_warning  # the library's warnings as the CLI's own lines
             return args.func(args)
     except InputError as exc:
         if debug:  # the traceback, then the same line and status as without --debug
@@ -85,11 +90,44 @@ def main(argv: list[str] | None = None) -> int:
               "smaller sizes (batch, widths, levels, chunks) or set --memory-limit where the command has it",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("deconv3d: interrupted; no output was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"deconv3d: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; no output was written",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRORS:
+            return _internal(exc, debug)
+        if debug:
+            traceback.print_exc()
+        from deconv3d._paths import _one_line
+
+        print(f"deconv3d: error: cannot write {exc.filename or 'the output'} ({_one_line(exc)}): check free disk "
+              "space and permissions, then run again; nothing was written", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - the contract: unexpected errors exit 1
         return _internal(exc, debug)
+
+
+#: Errors of a full or read-only disk met while writing: a one-line error (exit 2), not an internal one.
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While a command runs, SIGTERM raises :class:`Terminated` (in the main thread only, where
+    Python runs signal handlers); the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

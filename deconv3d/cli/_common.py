@@ -21,6 +21,11 @@ class Parser(argparse.ArgumentParser):
         raise InputError(f"{message} (see '{self.prog} --help')")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster scheduler's cancel or time limit), raised in the main thread as Ctrl-C is:
+    the same clean-up runs (temporaries removed, a batch report written)."""
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not (value > 0 and math.isfinite(value)):

@@ -11,7 +11,8 @@ from pathlib import Path
 from deconv3d._paths import existing_ancestor
 from deconv3d.errors import InputError
 
-from ._common import DEVICES, PSF_MODELS, add_common, add_optics, positive_float, positive_int, print_warnings
+from ._common import (DEVICES, PSF_MODELS, Terminated, add_common, add_optics, positive_float, positive_int,
+                      print_warnings)
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -209,20 +210,21 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 print(f"[{number}/{total}] {row['status']:<7} {Path(row['file']).name}{reason}", flush=True)
 
             run_batch(args.input_dir, output_dir, settings, one, progress=report, rows=rows)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
         for row in rows:  # the file in progress: its earlier output, if any, no longer matches a record
             if not row["status"]:
-                row.update(status="failed", reason="interrupted (Ctrl-C): rerun to redo it")
+                row.update(status="failed", reason=f"{how}: rerun to redo it")
         counts = status_counts(rows)
         if rows:  # this run's rows, over an earlier report's rows for the files it did not reach
             try:
                 json_path, _ = write_reports(output_dir, _merged_rows(output_dir, rows))
             except Exception:  # noqa: BLE001 - a report in a shape this version does not write
                 json_path, _ = write_reports(output_dir, rows)
-        print(f"deconv3d: interrupted at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
+        print(f"deconv3d: {how.split()[0]} at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
               f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
               + (f" (report {json_path})" if rows else "") + ": rerun the same command to resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     json_path, _ = write_reports(output_dir, rows)
     failed = [r for r in rows if r["status"] == "failed"]
     counts = status_counts(rows)

@@ -139,6 +139,15 @@ class TiffReader:
 
     __getitem__ = read
 
+    def verify(self) -> None:
+        """Refuse a run whose TIFF was rewritten, replaced, moved or deleted since it was opened:
+        blocks read before and after would come from two different images."""
+        try:
+            now = _path_token(Path(self.source.path))
+        except OSError:
+            now = None
+        _verify_unchanged(self.source.path, now, None if self.source.token == self.source.path else self.source.token)
+
 
 def _open_tiff(path: Path) -> LazyImage:
     import dask.array as da
@@ -303,6 +312,7 @@ class ZarrReader:
             shape = [n for i, n in enumerate(self._open().shape) if i not in self.drop]
         self.shape = tuple(shape)
         self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
+        self.token = self._metadata_token()  # what verify compares with
 
     def _open(self):
         if self._array is None:
@@ -331,6 +341,29 @@ class ZarrReader:
                              f"{_one_line(exc)}: a chunk is damaged; copy or convert the image again") from exc
 
     __getitem__ = read
+
+    def verify(self) -> None:
+        """Refuse a run whose input array was rewritten, moved or deleted since it was opened (its
+        metadata file changed or went away): missing chunks read as the fill value, so the
+        output would hold zeros where the image was."""
+        _verify_unchanged(self.path, self._metadata_token(), self.token)
+
+    def _metadata_token(self) -> str | None:
+        folder = Path(self.path) / self.component
+        for name in ("zarr.json", ".zarray"):
+            try:
+                return _path_token(folder / name)
+            except OSError:
+                continue
+        return None
+
+
+def _verify_unchanged(path, now: str | None, then: str | None) -> None:
+    """Raise the one-line error for an input that changed during a run (``now`` differs from
+    ``then``; nothing to compare with when ``then`` is None)."""
+    if then is not None and now != then:
+        raise InputError(f"{path} was changed, moved or deleted during the run: nothing was written; run again "
+                         "once the image is complete and left in place")
 
 
 def _refuse_unreadable(path, key, exc: BaseException) -> None:

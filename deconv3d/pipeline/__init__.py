@@ -23,7 +23,8 @@ import numpy as np
 
 from deconv3d._paths import TIFF_SUFFIXES
 from deconv3d.errors import InputError
-from deconv3d.pipeline.chunked import Cancelled, ProgressCallback, plan_chunks, release_memory, run_blocks
+from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, plan_chunks, release_memory,
+                                       run_blocks)
 from deconv3d.pipeline.graph import blockwise, store_blocks
 from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, parse_memory, planning_baseline,
                                       return_large_allocations, round_chunks)
@@ -171,6 +172,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
             predicted = model.peak_bytes(spatial_shape, depth, spatial_shape, workers=1, baseline=planning_baseline())
     indices = list(np.ndindex(*reader.shape[:lead]))
     total = blocks * len(indices)
+    if provenance is not None:  # how it ran, recorded before the output is published (not after)
+        provenance = {**provenance, "execution": {"chunks": list(zarr_chunks), "halo": list(depth), "blocks": total}}
     done = 0
     if progress is not None and progress(0, total):  # planned: the total is known, nothing written yet
         raise Cancelled("cancelled before the first block")
@@ -195,6 +198,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+        _verify_source(reader)  # a file moved or rewritten after the last block was read: no output
         if pyramid_levels:
             write_pyramid(tmp, pyramid_levels)
     return RunInfo(zarr_chunks, depth, total, predicted, time.perf_counter() - start,

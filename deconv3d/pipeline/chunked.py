@@ -188,6 +188,7 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     import zarr
 
     block = source if isinstance(source, np.ndarray) else source.read(read_key)
+    _verify_source(source)
     out = _apply(fn, np.ascontiguousarray(block, dtype=np.float32), placement)
     del block
     target = zarr.open_array(str(target_path), mode="r+")
@@ -195,6 +196,13 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     del out
     release_memory()
     return None
+
+
+def _verify_source(source) -> None:
+    """Refuse a block read from a file that changed since the run opened it (a reader's ``verify``)."""
+    verify = getattr(source, "verify", None)
+    if verify is not None and not isinstance(source, np.ndarray):
+        verify()
 
 
 def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence[int], lead: Sequence[int] = (),

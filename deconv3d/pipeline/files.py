@@ -79,8 +79,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
                            warnings)
     remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
     if output_path.suffix.lower() == ".zarr":
-        info = run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
-        return _with_chunks(output_path, info)
+        return run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
     return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
 
 
@@ -134,16 +133,6 @@ def _sha(path) -> str:
     from deconv3d.omezarr import file_sha256
 
     return file_sha256(path)
-
-
-def _with_chunks(output_path: Path, info):
-    import zarr
-
-    group = zarr.open_group(str(output_path), mode="r+")
-    block = dict(group.attrs.get("deconv3d", {}))
-    block["execution"] = {"chunks": list(info.chunks), "halo": list(info.halo), "blocks": info.blocks}
-    group.attrs["deconv3d"] = block
-    return info
 
 
 def _slab_budget(kwargs) -> int | None:

@@ -1,0 +1,221 @@
+"""What goes wrong around a chunked run, not in it: the input changing under it, a disk that
+fills up, SIGTERM from a scheduler, a symbolic link as the output. Each ends with a one-line
+error (or the interrupted status), and no output or temporary left behind."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deconv3d.errors import InputError
+from deconv3d.io import write_tiff
+
+from cli_helpers import assert_one_line_error, run
+from .conftest import blurred_beads, gaussian_psf
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def stack(tmp_path):
+    psf = gaussian_psf()
+    image = blurred_beads((16, 32, 32), psf, seed=2)
+    write_tiff(tmp_path / "img.tif", image, voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path, image
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Hidden entries other than batch's completion records: temporaries of unfinished writes."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != ".deconv3d-batch")
+
+
+def _changing(monkeypatch, change):
+    """Run ``change()`` once, after the first block has been read (the input changes mid-run)."""
+    from deconv3d.pipeline import chunked
+
+    apply, calls = chunked._apply, []
+
+    def first_then_change(fn, block, placement=None):
+        if not calls:
+            change()
+        calls.append(1)
+        return apply(fn, block, placement)
+
+    monkeypatch.setattr(chunked, "_apply", first_then_change)
+    return calls
+
+
+@pytest.mark.parametrize("how", ["rewritten", "deleted"])
+def test_a_tiff_input_changed_during_the_run_leaves_no_output(stack, monkeypatch, capsys, how):
+    """`cat other.tif > img.tif` mid-run gave an output built from both images with exit 0 (and
+    the old file's checksum in its provenance)."""
+    folder, image = stack
+    monkeypatch.chdir(folder)
+    other = folder / "other.tif"
+    write_tiff(other, image[::-1].copy(), voxel_size=(0.3, 0.1, 0.1))
+    change = (lambda: (folder / "img.tif").write_bytes(other.read_bytes())) if how == "rewritten" \
+        else (lambda: (folder / "img.tif").unlink())
+    calls = _changing(monkeypatch, change)
+    code, _, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "-o", "out.zarr", "--chunks", 8, 16, 16,
+                        "--iterations", 2], capsys)
+    assert_one_line_error(code, err, "img.tif", "changed, moved or deleted during the run")
+    assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
+    assert len(calls) < 8  # refused at the next block, not after all of them
+
+
+def test_a_zarr_input_moved_away_during_the_run_leaves_no_output(stack, monkeypatch, capsys):
+    """Missing chunks read as zeros: an OME-Zarr input moved away mid-run gave an all-zero (or
+    half-zero) output with exit 0, and batch recorded it as done."""
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    code, _, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "-o", "in.zarr", "--method", "wiener"], capsys)
+    assert code == 0, err
+    _changing(monkeypatch, lambda: (folder / "in.zarr").rename(folder / "archived.zarr"))
+    code, _, err = run(["deconvolve", "in.zarr", "--psf", "psf.tif", "-o", "out.zarr", "--chunks", 8, 16, 16,
+                        "--iterations", 2], capsys)
+    assert_one_line_error(code, err, "in.zarr", "changed, moved or deleted during the run")
+    assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
+    # in batch: the file fails (no completion record), so a rerun redoes it
+    (folder / "in").mkdir()
+    (folder / "archived.zarr").rename(folder / "in" / "z.zarr")
+    _changing(monkeypatch, lambda: (folder / "in" / "z.zarr").rename(folder / "away.zarr"))
+    code, _, err = run(["batch", "in", "-o", "res", "--psf", "psf.tif", "--chunks", 8, 16, 16, "--iterations", 2],
+                       capsys)
+    report = json.loads((folder / "res" / "batch_report.json").read_text())
+    assert code == 3 and [r["status"] for r in report["files"]] == ["failed"], err
+    assert "changed, moved or deleted" in report["files"][0]["reason"] and not (folder / "res" / "z.zarr").exists()
+
+
+def test_an_unchanged_input_runs_and_records_how_it_ran(stack, monkeypatch, capsys):
+    """The execution record (chunks, halo, blocks) is part of the output before it is published;
+    it was written into the published output afterwards, where a failure left the output behind."""
+    import zarr
+
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    code, out, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "-o", "out.zarr", "--chunks", 8, 16, 16,
+                          "--iterations", 2], capsys)
+    assert code == 0 and "8 block(s)" in out, err
+    record = zarr.open_group("out.zarr", mode="r").attrs["deconv3d"]
+    assert record["execution"]["chunks"] == [8, 16, 16] and record["execution"]["blocks"] == 8
+    assert len(record["execution"]["halo"]) == 3
+
+
+def test_a_disk_that_fills_up_is_a_one_line_error_with_nothing_left(stack, monkeypatch, capsys):
+    """ENOSPC while blocks are written was an internal error (exit 1)."""
+    from deconv3d.pipeline import chunked
+
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    _changing(monkeypatch, lambda: None)
+    apply = chunked._apply
+
+    def full(fn, block, placement=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "out.zarr"))
+
+    monkeypatch.setattr(chunked, "_apply", full)
+    code, _, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "-o", "out.zarr", "--chunks", 8, 16, 16,
+                        "--iterations", 2], capsys)
+    assert_one_line_error(code, err, "cannot write", "No space left on device", "free disk space")
+    assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
+    monkeypatch.setattr(chunked, "_apply", apply)
+    # other OS errors stay internal errors (exit 1): they are not the user's to fix
+    monkeypatch.setattr(chunked, "_apply", lambda *a: (_ for _ in ()).throw(OSError(errno.EBADF, "Bad file")))
+    code, _, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "-o", "out.zarr", "--chunks", 8, 16, 16,
+                        "--iterations", 2], capsys)
+    assert code == 1 and "internal error" in err
+
+
+def test_a_symbolic_link_as_the_output_is_refused_up_front(stack, monkeypatch, capsys):
+    """Publishing replaced the link by a regular file (a .tif) or failed after all the work with
+    NotADirectoryError (a .zarr link to an earlier output)."""
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    (folder / "store").mkdir()
+    (folder / "store" / "res.tif").write_bytes(b"earlier")
+    os.symlink("store/res.tif", "out.tif")
+    for extra in ([], ["--chunks", 8, 16, 16]):
+        code, _, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "-o", "out.tif", "--iterations", 2, *extra],
+                           capsys)
+        assert_one_line_error(code, err, "out.tif", "symbolic link", "store/res.tif")
+        assert os.path.islink("out.tif") and (folder / "store" / "res.tif").read_bytes() == b"earlier"
+
+
+DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    from deconv3d.pipeline import chunked
+    apply = chunked._apply
+    def terminated(fn, block, placement=None):
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, while a block runs
+        return apply(fn, block, placement)
+    chunked._apply = terminated
+    from deconv3d.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("command", ["deconvolve", "batch"])
+def test_sigterm_cleans_up_as_ctrl_c_does(stack, command):
+    """A cluster scheduler's SIGTERM killed the run outright (status 143 from the signal, no
+    message, no batch report) and left hidden temporaries as large as the output."""
+    folder, _ = stack
+    (folder / "in").mkdir()
+    (folder / "img.tif").rename(folder / "in" / "img.tif")
+    argv = (["deconvolve", "in/img.tif", "-o", "out.zarr"] if command == "deconvolve" else ["batch", "in", "-o", "res"])
+    argv += ["--psf", "psf.tif", "--chunks", "8", "16", "16", "--iterations", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", DRIVER, *argv], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 143, done.stderr
+    assert "terminated" in done.stderr and "Traceback" not in done.stderr
+    assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
+    if command == "batch":
+        report = json.loads((folder / "res" / "batch_report.json").read_text())
+        assert [r["status"] for r in report["files"]] == ["failed"]
+        assert "terminated (SIGTERM)" in report["files"][0]["reason"] and _leftovers(folder / "res") == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # this process: nothing installed here
+
+
+def test_sigterm_handler_is_restored_after_a_command(stack, monkeypatch, capsys):
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "-o", "o.tif", "--iterations", 1], capsys)
+    assert code == 0, err
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_killed_demo_staging_folder_is_removed_by_the_next_demo(tmp_path):
+    """A demo killed while moving its files left a hidden 16 MB folder that nothing removed."""
+    from deconv3d._paths import host_tag
+    from deconv3d.demo import _staged
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    left = tmp_path / f".deconv3d-demo.{host_tag()}@{dead}-0123abcd.tmp"
+    left.mkdir()
+    (left / "rl.tif").write_bytes(b"x" * 100)
+    with _staged(tmp_path / "demo") as staging:
+        assert staging.parent == tmp_path and staging.name.startswith(".deconv3d-demo.")
+        (staging / "demo.png").write_bytes(b"png")
+    assert not left.exists() and (tmp_path / "demo" / "demo.png").exists() and _leftovers(tmp_path) == []
+
+
+def test_reader_verify_names_the_file(tmp_path):
+    from deconv3d.omezarr import open_lazy
+
+    image = np.ones((4, 8, 8), np.float32)
+    write_tiff(tmp_path / "a.tif", image)
+    lazy = open_lazy(tmp_path / "a.tif")
+    lazy.reader.verify()  # unchanged: quiet
+    os.utime(tmp_path / "a.tif", ns=(1, 1))
+    with pytest.raises(InputError, match="a.tif was changed, moved or deleted during the run"):
+        lazy.reader.verify()
