@@ -99,8 +99,8 @@ def check_has_positive(data, name: str, method: str, warnings: list | None = Non
     :data:`SCAN_SLAB_BYTES` that stop at the first positive voxel, so an ordinary image costs one
     slab, not a pass over the file: slabs along the first axis whose planes fit (z of one time
     point and channel after another; rows of a plane too large), one index at a time before it.
-    The negative share is measured on the slabs read, plus the middle slab when the scan stopped
-    before it, so that it does not rest on the first planes alone.
+    The negative share is measured on the slab where the scan stopped and on the middle slab (the
+    slabs before the first positive voxel are not a fair sample: they have none by construction).
     """
     from deconv3d.errors import refuse_no_positive, warn_negative_share
     from deconv3d.pipeline.readers import as_reader
@@ -114,17 +114,17 @@ def check_has_positive(data, name: str, method: str, warnings: list | None = Non
     rest = tuple(slice(None) for _ in shape[axis + 1:])
     keys = [tuple(slice(i, i + 1) for i in lead) + (slice(start, min(start + step, shape[axis])),) + rest
             for lead in np.ndindex(*shape[:axis]) for start in range(0, shape[axis], step)]
-    negative = counted = 0
+    negative = False
     for n, key in enumerate(keys):
         slab = reader.read(key)
-        negative, counted = negative + int(np.count_nonzero(slab < 0)), counted + slab.size
         if slab.size and float(slab.max()) > 0:
-            if n < len(keys) // 2:
-                slab = reader.read(keys[len(keys) // 2])
-                negative, counted = negative + int(np.count_nonzero(slab < 0)), counted + slab.size
-            sampled = "" if counted == math.prod(shape) else " in a sample"
-            warn_negative_share(negative / counted, name, method, warnings, sampled=sampled)
+            sample = [slab] if n == len(keys) // 2 else [slab, reader.read(keys[len(keys) // 2])]
+            counted = sum(s.size for s in sample)
+            share = sum(int(np.count_nonzero(s < 0)) for s in sample) / counted
+            warn_negative_share(share, name, method, warnings, sampled="" if counted == math.prod(shape) else
+                                " in a sample")
             return
+        negative = negative or (slab.size > 0 and float(slab.min()) < 0)
     if negative:  # all zero stays allowed: zeros come back
         refuse_no_positive(name, method)
 

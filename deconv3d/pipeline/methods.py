@@ -190,15 +190,21 @@ class NetworkBlock:
         from deconv3d.selfsup import apply_model
         from deconv3d.selfsup.predict import volume_phase
 
-        region = phase = None
-        if placement is not None:
-            reach = self._band_reach()
-            region = tuple(slice(max(0, c.start - r), min(n, c.stop + r))
-                           for c, r, n in zip(placement.core, reach, block.shape))
-            whole = volume_phase(placement.shape, self.trained.unet.divisor, self.context)
-            phase = tuple(p - s for p, s in zip(whole, placement.start))
-        return _finite(apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context,
-                                   band_limit=self.band_limit, region=region, phase=phase), block)
+        if placement is None:
+            return _finite(apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context,
+                                       band_limit=self.band_limit), block)
+        region = tuple(slice(max(0, c.start - r), min(n, c.stop + r))
+                       for c, r, n in zip(placement.core, self._band_reach(), block.shape))
+        whole = volume_phase(placement.shape, self.trained.unet.divisor, self.context)
+        phase = tuple(p - s for p, s in zip(whole, placement.start))
+        out = apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context,
+                          band_limit=None, region=region, phase=phase)
+        if self.band_limit:  # on the region alone (mirrored at its edges): around it the block holds no prediction
+            from deconv3d.fft import band_limit
+
+            out[region] = band_limit(out[region], self.trained.psf, self.band_limit,
+                                      device=self.device).clamp_min_(0).cpu().numpy()
+        return _finite(out, block)
 
     def _band_reach(self) -> tuple[int, ...]:
         """How far the band limit (when on) reaches, per axis: the network predicts that much around a core."""
