@@ -461,6 +461,53 @@ def test_imagej_per_axis_units_are_read(tmp_path):
     from deconv3d.omezarr import open_lazy
 
     assert open_lazy(path).voxel_size == pytest.approx((0.3, 0.065, 0.065))
+    path = tmp_path / "yunit.tif"  # y in nm, x (and z) in microns
+    with tifffile.TiffWriter(path) as tif:
+        for i, plane in enumerate(np.zeros((4, 8, 8), np.uint16)):
+            tif.write(plane, resolution=(1 / 0.065, 1 / 65), metadata=None, contiguous=True, description=(
+                "ImageJ=1.54f\nimages=4\nslices=4\nunit=micron\nyunit=nm\nspacing=0.3\nloop=false\n") if i == 0 else None)
+    assert read_image(path).voxel_size == pytest.approx((0.3, 0.065, 0.065))
+    assert open_lazy(path).voxel_size == pytest.approx((0.3, 0.065, 0.065))
+
+
+def test_a_complex_tiff_is_refused_in_memory_and_lazily(tmp_path):
+    """Its imaginary part was dropped without a word (only the OME-Zarr case was tested)."""
+    from deconv3d.omezarr import open_lazy
+
+    tifffile.imwrite(tmp_path / "c.tif", np.full((4, 8, 8), 1 + 2j, np.complex64), photometric="minisblack")
+    for read in (read_image, open_lazy):
+        with pytest.raises(InputError, match="has complex values"):
+            read(tmp_path / "c.tif")
+
+
+def test_lazy_readers_tell_a_vanished_file_from_a_damaged_one_and_pass_memory_errors_on(tmp_path, monkeypatch):
+    """A file gone during the run is named as such (not as damaged); running out of memory is not
+    reported as a damaged strip."""
+    from deconv3d.omezarr import open_lazy, reading
+
+    tifffile.imwrite(tmp_path / "a.tif", np.ones((4, 8, 8), np.float32), photometric="minisblack")
+    lazy = open_lazy(tmp_path / "a.tif")
+
+    class Failing:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __getitem__(self, key):
+            raise self.exc
+
+    monkeypatch.setattr(reading._TiffArray, "_array", lambda self: Failing(MemoryError()))
+    with pytest.raises(MemoryError):
+        lazy.reader.read((slice(0, 2),))
+    monkeypatch.setattr(reading._TiffArray, "_array", lambda self: Failing(OSError(5, "Input/output error")))
+    with pytest.raises(InputError, match="check that the image is still there"):
+        lazy.reader.read((slice(0, 2),))
+    zarr_reader = reading.ZarrReader.__new__(reading.ZarrReader)
+    zarr_reader.path, zarr_reader.component, zarr_reader.drop = str(tmp_path / "z.zarr"), "0", ()
+    for exc, words in ((OSError(5, "Input/output error"), "check that the image is still there"),
+                       (ValueError("bad chunk"), "a chunk is damaged")):
+        zarr_reader._array = Failing(exc)
+        with pytest.raises(InputError, match=words):
+            zarr_reader.read((slice(0, 2),))
 
 
 def test_a_multi_file_ome_tiff_missing_a_part_is_refused(tmp_path, monkeypatch):

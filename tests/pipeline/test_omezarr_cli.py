@@ -556,10 +556,11 @@ def test_chunked_and_batch_refuse_an_image_with_no_positive_value(folder, capsys
     image = -2.0 - blurred_beads((12, 24, 24), gaussian_psf(), seed=5)
     write_tiff(folder / "below.tif", image, voxel_size=(0.3, 0.1, 0.1))
     monkeypatch.chdir(folder)
-    for out in ("x.zarr", "x.tif"):
-        code, _, err = run(["deconvolve", "below.tif", "--psf", "psf.tif", "-o", out, "--chunks", 12, 12, 12], capsys)
+    for out, method in (("x.zarr", "rl"), ("x.tif", "rl"), ("x.zarr", "rl-tv")):
+        code, _, err = run(["deconvolve", "below.tif", "--psf", "psf.tif", "-o", out, "--chunks", 12, 12, 12,
+                            "--method", method], capsys)
         lines = err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and "below.tif has no positive values" in lines[0], err
+        assert code == 2 and len(lines) == 1 and f"below.tif has no positive values, so {method} " in lines[0], err
         assert "offset back" in lines[0] and "--method wiener" in lines[0]
         assert not (folder / out).exists() and not list(folder.glob(f".{out}*"))
     code, _, err = run(["deconvolve", "below.tif", "--psf", "psf.tif", "-o", "w.zarr", "--chunks", 12, 12, 12,
@@ -599,6 +600,10 @@ def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
     with pytest.raises(InputError, match="img has no positive values, so rl would"):
         files.check_has_positive(Counting(data), "img", "rl")
     files.check_has_positive(np.zeros((3, 4, 4), np.float32), "img", "rl")  # all zero: zeros come back
+    data[:] = -1.0
+    data[8:] = 0.0  # negative, then empty planes at the end: still no positive value
+    with pytest.raises(InputError, match="no positive values"):
+        files.check_has_positive(Counting(data), "img", "rl")
     # A time series (and a plane larger than a slab) is cut below its first axis: a whole time
     # point was read at once, however large.
     for shape in ((2, 10, 8, 8), (1, 2, 64, 8)):
@@ -686,11 +691,42 @@ def test_ome_zarr_axes_out_of_order_are_refused(tmp_path, axes, shape, words):
     assert open_lazy(_hand_made(tmp_path / "b.zarr", "tczyx", [1.0] * 5, (1, 2, 8, 10, 12))).axes == "TCZYX"
 
 
+@pytest.mark.parametrize("axes, kinds, shape", [("zyx", {"z": "time"}, (8, 10, 12)), ("cyx", {"c": "space"}, (2, 10, 12))])
+def test_ome_zarr_axes_of_the_wrong_type_are_refused(tmp_path, axes, kinds, shape):
+    """An axis named z but typed time (or c typed space) was read by its name alone."""
+    import zarr
+
+    from deconv3d.errors import InputError
+
+    image = _hand_made(tmp_path / "a.zarr", axes, [1.0] * len(axes), shape)
+    group = zarr.open_group(str(image), mode="r+")
+    attrs = dict(group.attrs)
+    for axis in attrs["ome"]["multiscales"][0]["axes"]:
+        axis["type"] = kinds.get(axis["name"], axis["type"])
+    group.attrs.update(attrs)
+    name, kind = next(iter(kinds.items()))
+    with pytest.raises(InputError, match=f"axis '{name}' has type '{kind}'"):
+        open_lazy(image)
+
+
+def test_a_2d_image_stored_as_5d_keeps_its_yx_origin(tmp_path):
+    """bioformats2raw writes a 2D image as t, c, z of length 1: z is dropped, and its translation
+    with it (kept, the origin landed on the wrong axes: (1, 2) instead of (2, 3))."""
+    image = _hand_made(tmp_path / "a.zarr", "tczyx", None, (1, 1, 1, 24, 24), transforms=[
+        {"type": "scale", "scale": [1.0, 1.0, 0.5, 0.1, 0.1]}, {"type": "translation", "translation": [0, 0, 1, 2, 3]}])
+    lazy = open_lazy(image)
+    assert lazy.data.shape == (1, 1, 24, 24) and lazy.origin == pytest.approx((2.0, 3.0))
+
+
 @pytest.mark.parametrize("transforms, words", [
     ([{"type": "scale", "scale": [0.3, 0.1]}], ["scale [0.3, 0.1], not 3 positive numbers"]),  # blamed the PSF
     ([{"type": "scale", "scale": None}], ["scale None"]),  # a TypeError
     ([{"type": "scale", "scale": [0, 0.1, 0.1]}], ["not 3 positive numbers"]),  # ran as 'no voxel size'
     ([{"type": "scale", "path": "s.bin"}], ["outside the metadata", "'s.bin'"]),  # ignored: 1 µm voxels
+    ([{"type": "scale", "scale": [float("inf"), 0.1, 0.1]}], ["not 3 positive numbers"]),  # an infinite voxel
+    ([{"type": "scale", "scale": [float("nan"), 0.1, 0.1]}], ["not 3 positive numbers"]),  # read as 'no voxel size'
+    ([{"type": "scale", "scale": [1, 1, 1]}, {"type": "translation", "translation": [float("nan"), 0, 0]}],
+     ["translation [nan, 0, 0], not 3 numbers"]),  # a NaN origin written to the output
 ])
 def test_ome_zarr_scales_that_cannot_be_read_are_refused(tmp_path, transforms, words):
     from deconv3d.errors import InputError
@@ -723,6 +759,11 @@ def test_complex_ome_zarr_and_a_root_of_several_series_are_refused(tmp_path):
 
 def test_pyramid_levels_name_their_method_and_chunks_fit_them(tmp_path):
     import zarr
+
+    write_ome_zarr(tmp_path / "one.zarr", np.ones((20, 32, 32), np.float32), pyramid_levels=1)
+    assert zarr.open_group(str(tmp_path / "one.zarr"), mode="r").attrs["ome"]["multiscales"][0]["type"] == "mean"
+    write_ome_zarr(tmp_path / "none.zarr", np.ones((20, 32, 32), np.float32))
+    assert "type" not in zarr.open_group(str(tmp_path / "none.zarr"), mode="r").attrs["ome"]["multiscales"][0]
 
     write_ome_zarr(tmp_path / "p.zarr", np.ones((20, 32, 32), np.float32), chunks=(20, 32, 32), pyramid_levels=2)
     ms = zarr.open_group(str(tmp_path / "p.zarr"), mode="r").attrs["ome"]["multiscales"][0]
