@@ -101,14 +101,15 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         from deconv3d._paths import _one_line
 
-        print(f"deconv3d: error: cannot write {exc.filename or 'the output'} ({_one_line(exc)}): check free disk "
-              "space and permissions, then run again; nothing was written", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""  # a file being written, or one a block reads
+        print(f"deconv3d: error: {where}{exc.strerror or _one_line(exc)}: check free disk space and permissions, "
+              "then run again; nothing was written", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the contract: unexpected errors exit 1
         return _internal(exc, debug)
 
 
-#: Errors of a full or read-only disk met while writing: a one-line error (exit 2), not an internal one.
+#: Errors of a full, read-only or forbidden place (met while writing, mostly): one line (exit 2), not an internal error.
 _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 

@@ -124,7 +124,7 @@ def test_a_disk_that_fills_up_is_a_one_line_error_with_nothing_left(stack, monke
     monkeypatch.setattr(chunked, "_apply", full)
     code, _, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "-o", "out.zarr", "--chunks", 8, 16, 16,
                         "--iterations", 2], capsys)
-    assert_one_line_error(code, err, "cannot write", "No space left on device", "free disk space")
+    assert_one_line_error(code, err, "out.zarr: No space left on device", "free disk space")
     assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
     monkeypatch.setattr(chunked, "_apply", apply)
     # other OS errors stay internal errors (exit 1): they are not the user's to fix
