@@ -124,6 +124,9 @@ def _terminate_as_interrupt():
     def handler(signum, frame):
         raise Terminated()
 
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:  # ignored by whoever started us (nohup-like): keep it so
+        yield
+        return
     before = signal.signal(signal.SIGTERM, handler)
     try:
         yield

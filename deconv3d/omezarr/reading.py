@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,7 @@ class TiffReader:
 
     def __init__(self, source: _TiffArray, order=None):
         self.source = source
+        self.identity = _content_identity(source.path)  # what verify compares with
         kept = tuple(n for n in source.shape if n != 1)
         self.order = tuple(order) if order is not None else tuple(range(len(kept)))
         self.shape = tuple(kept[i] for i in self.order)
@@ -142,11 +144,7 @@ class TiffReader:
     def verify(self) -> None:
         """Refuse a run whose TIFF was rewritten, replaced, moved or deleted since it was opened:
         blocks read before and after would come from two different images."""
-        try:
-            now = _path_token(Path(self.source.path))
-        except OSError:
-            now = None
-        _verify_unchanged(self.source.path, now, None if self.source.token == self.source.path else self.source.token)
+        _verify_unchanged(self.source.path, _content_identity(self.source.path), self.identity)
 
 
 def _open_tiff(path: Path) -> LazyImage:
@@ -312,7 +310,7 @@ class ZarrReader:
             shape = [n for i, n in enumerate(self._open().shape) if i not in self.drop]
         self.shape = tuple(shape)
         self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
-        self.token = self._metadata_token()  # what verify compares with
+        self.identity = self._metadata_identity()  # what verify compares with
 
     def _open(self):
         if self._array is None:
@@ -346,19 +344,29 @@ class ZarrReader:
         """Refuse a run whose input array was rewritten, moved or deleted since it was opened (its
         metadata file changed or went away): missing chunks read as the fill value, so the
         output would hold zeros where the image was."""
-        _verify_unchanged(self.path, self._metadata_token(), self.token)
+        _verify_unchanged(self.path, self._metadata_identity(), self.identity)
 
-    def _metadata_token(self) -> str | None:
+    def _metadata_identity(self) -> tuple | None:
         folder = Path(self.path) / self.component
         for name in ("zarr.json", ".zarray"):
-            try:
-                return _path_token(folder / name)
-            except OSError:
-                continue
+            found = _content_identity(folder / name)
+            if found is not None:
+                return found
         return None
 
 
-def _verify_unchanged(path, now: str | None, then: str | None) -> None:
+def _content_identity(path) -> tuple | None:
+    """What changes when a file's contents are rewritten or it is replaced, moved or deleted: its
+    inode, size and modification time (None when it cannot be read). Not its change time, which
+    chmod, chown and new hard links (backups) move without touching the contents."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _verify_unchanged(path, now: tuple | None, then: tuple | None) -> None:
     """Raise the one-line error for an input that changed during a run (``now`` differs from
     ``then``; nothing to compare with when ``then`` is None)."""
     if then is not None and now != then:

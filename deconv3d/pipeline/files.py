@@ -99,8 +99,9 @@ def check_has_positive(data, name: str, method: str, warnings: list | None = Non
     :data:`SCAN_SLAB_BYTES` that stop at the first positive voxel, so an ordinary image costs one
     slab, not a pass over the file: slabs along the first axis whose planes fit (z of one time
     point and channel after another; rows of a plane too large), one index at a time before it.
-    The negative share is measured on the slab where the scan stopped and on the middle slab (the
-    slabs before the first positive voxel are not a fair sample: they have none by construction).
+    The negative share is measured on the slab where the scan stopped and on the slab halfway
+    through the rest (the slabs before the first positive voxel are not a fair sample: they have
+    none by construction).
     """
     from deconv3d.errors import refuse_no_positive, warn_negative_share
     from deconv3d.pipeline.readers import as_reader
@@ -118,7 +119,8 @@ def check_has_positive(data, name: str, method: str, warnings: list | None = Non
     for n, key in enumerate(keys):
         slab = reader.read(key)
         if slab.size and float(slab.max()) > 0:
-            sample = [slab] if n == len(keys) // 2 else [slab, reader.read(keys[len(keys) // 2])]
+            later = (n + len(keys)) // 2  # halfway through the slabs not read yet
+            sample = [slab] if later == n else [slab, reader.read(keys[later])]
             counted = sum(s.size for s in sample)
             share = sum(int(np.count_nonzero(s < 0)) for s in sample) / counted
             warn_negative_share(share, name, method, warnings, sampled="" if counted == math.prod(shape) else

@@ -591,11 +591,12 @@ def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
     data = np.full((10, 8, 8), -1.0, np.float32)
     data[5, 3, 3] = 0.5
     files.check_has_positive(Counting(data), "img", "rl")
-    assert [k[0] for k in reads] == [slice(0, 2), slice(2, 4), slice(4, 6)]  # stopped past the middle slab
+    # stopped at the third slab, then one halfway through the rest for the negative share
+    assert [k[0] for k in reads] == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]
     data[5, 3, 3], data[1, 0, 0] = 0.0, 0.5
     reads.clear()
     files.check_has_positive(Counting(data), "img", "rl")
-    assert [k[0] for k in reads] == [slice(0, 2), slice(4, 6)]  # the first, then the middle for the warning
+    assert [k[0] for k in reads] == [slice(0, 2), slice(4, 6)]  # the first, then halfway through the rest
     data[1, 0, 0] = 0.0
     with pytest.raises(InputError, match="img has no positive values, so rl would"):
         files.check_has_positive(Counting(data), "img", "rl")
@@ -653,10 +654,13 @@ def test_chunked_and_batch_warn_when_many_voxels_are_negative(folder, capsys, mo
     sample = np.concatenate([image[0:2], image[6:8]])
     assert len(found) == 1 and f"{np.mean(sample < 0):.0%} of sub's voxels in a sample are negative" in found[0]
     # Empty planes before the stack (no positive voxel by construction) are not part of the sample:
-    # counted, they diluted a 40 % share to 2 %.
-    found.clear()
-    files.check_has_positive(np.concatenate([np.zeros_like(image), image]), "padded", "rl", found)
-    assert len(found) == 1 and f"{np.mean(image[0:2] < 0):.0%} of padded's voxels in a sample" in found[0]
+    # counted, they diluted a 40 % share to 2 % (and so did an empty middle slab when the data
+    # started past it).
+    for empty in (12, 30):
+        found.clear()
+        files.check_has_positive(np.concatenate([np.zeros((empty, 24, 24), np.float32), image]), "padded", "rl", found)
+        sample = np.concatenate([image[0:2], image[6:8]])  # where the scan stopped, and halfway through the rest
+        assert len(found) == 1 and f"{np.mean(sample < 0):.0%} of padded's voxels in a sample" in found[0], found
 
 
 def _hand_made(path, axes, scale, shape, dtype="float32", transforms=None):

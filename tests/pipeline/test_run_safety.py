@@ -184,6 +184,18 @@ def test_sigterm_cleans_up_as_ctrl_c_does(stack, command):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # this process: nothing installed here
 
 
+def test_an_ignored_sigterm_stays_ignored(stack):
+    """Started with SIGTERM ignored (nohup-like), the run finishes as before the handler existed."""
+    folder, _ = stack
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = ["deconvolve", "img.tif", "-o", "out.zarr", "--psf", "psf.tif", "--chunks", "8", "16", "16",
+            "--iterations", "2"]
+    ignoring = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + DRIVER
+    done = subprocess.run([sys.executable, "-c", ignoring, *argv], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and (folder / "out.zarr").exists(), done.stderr
+
+
 def test_sigterm_handler_is_restored_after_a_command(stack, monkeypatch, capsys):
     folder, _ = stack
     monkeypatch.chdir(folder)
@@ -216,6 +228,10 @@ def test_reader_verify_names_the_file(tmp_path):
     write_tiff(tmp_path / "a.tif", image)
     lazy = open_lazy(tmp_path / "a.tif")
     lazy.reader.verify()  # unchanged: quiet
+    # chmod and a new hard link (a backup) move the change time, not the contents: quiet
+    os.chmod(tmp_path / "a.tif", 0o640)
+    os.link(tmp_path / "a.tif", tmp_path / "backup.tif")
+    lazy.reader.verify()
     os.utime(tmp_path / "a.tif", ns=(1, 1))
     with pytest.raises(InputError, match="a.tif was changed, moved or deleted during the run"):
         lazy.reader.verify()
