@@ -5,51 +5,62 @@ Peak resident memory of a run is modelled as ::
     peak = baseline + workers * block_bytes(core + 2 * halo)
 
 ``baseline`` is the process before any block runs (Python, torch, dask: measured at run time),
-and ``block_bytes`` is what one block needs while its method runs, counted from the arrays the
-code allocates (float32 = 4 bytes, complex64 half spectra = 8 bytes per element):
+and ``block_bytes`` is what one block needs while its method runs. For the classical methods it
+is the arrays that coexist at the method's peak (float32 = 4 bytes, complex64 half spectra = 8
+bytes per element), times :data:`ARRAY_SAFETY`, plus :data:`BLOCK_OVERHEAD`:
 
 Richardson-Lucy, Bertero boundary (:mod:`deconv3d.classical`), with ``F`` the voxels of the FFT
 shape ``fast_shape(block + psf - 1)``, ``S`` the half-spectrum elements (about ``F / 2``) and
-``B`` the block's voxels:
+``B`` the block's voxels. The peak is in the loop, where the problem and the workspace coexist:
 
-* real arrays of FFT shape: the workspace's two zero-margined FFT inputs (the estimate ``u``
-  lives in the first, ``y / H u`` is written into the second), its output ``full`` and
-  ``1 / H^T 1``: 4 F; Biggs-Andrews adds at most ``x, x_prev, g, g_prev`` and a scratch: 5 F (the
-  guess lives in the first input; that is torch's passes with the adaptive step, while the fused
-  numba passes keep one step vector and no scratch, 3 F, and a replayed schedule keeps no step
-  vectors); TV adds ``ndim`` gradients, the norm and the divergence: (ndim + 2) F;
-* half spectra: the OTF, its conjugate and the workspace spectrum: 3 S complex;
-* scratch that torch's CPU FFTs allocate on their own (the multi-axis complex passes, the copy
-  an inverse real FFT destroys) and the transients of the ``1 / H^T 1`` set-up: 1 F real plus
-  6 S complex. FFTW (:mod:`deconv3d._fftw`) allocates no scratch but keeps the OTF scaled
-  by its normalisation (1 S more), so the torch count bounds both. (Before the workspace
-  kept ``padded``, torch made a zero-padded copy of every FFT input instead; the model was
-  fitted to the OS's count, ru_maxrss, at 3 F + 2 F scratch.)
-* block-sized arrays: the block read from the source, its clamped copy, the ratio ``y / Hu``
-  and the output being written: 4 B.
+* real arrays of FFT shape: ``1 / H^T 1``, the workspace's two zero-margined FFT inputs (the
+  estimate ``u`` lives in the first, ``y / H u`` is written into the second) and its output: 4 F;
+  torch's transforms (:class:`deconv3d._fftw.TorchTransforms`, where pyFFTW is missing or the FFT
+  is small) compute an inverse into a fresh array before copying it to the output: 1 F more.
+  Biggs-Andrews adds ``x``, ``x_prev`` and numba's one step vector, 3 F (torch's passes: two step
+  vectors and a scratch, 5 F; a replayed schedule keeps one step vector fewer, counted as the
+  adaptive run that measures it); TV adds ``ndim`` gradients, the norm and the divergence:
+  (ndim + 2) F;
+* half spectra: the problem's OTF, the workspace spectrum, the conjugate OTF and, with FFTW, the
+  OTF scaled by FFTW's normalisation (torch instead copies the spectrum that its inverse
+  destroys): 4 S complex;
+* block-sized arrays: the block read from the source and its clamped copy: 2 B. (``y / H u`` is
+  written into the workspace's second input, and the returned crop is allocated once the
+  workspace is gone.)
 
+The set-up of ``1 / H^T 1`` and of the OTF holds less, and is freed before the workspace exists.
 The zero and periodic boundaries need smaller FFTs, so the Bertero count bounds them. The
 reflect boundary runs the Bertero model on the block mirrored by the PSF half-size: ``F`` from
 ``block + 2 (psf - 1)``, and its data arrays are that mirrored block's size.
 
-Wiener: the padded block (``F`` from ``block + 2 * psf``) real, 4 S complex (rfft, product,
-quotient, irfft copy) plus 2 S real (``|H|^2`` and the denominator), the output F, and 2 B.
+Wiener: the padded block (``F`` from ``block + 2 * psf``), the OTF, the quotient spectrum, the
+copy of it that the inverse FFT destroys and the inverse's output (the result is a view of it):
+2 F real + 3 S complex, and the block, 1 B.
+
+Measured (``benchmarks/bench_block_memory.py``: peak RSS growth of one block in a fresh process
+after the pipeline's set-up, 2 torch threads, PSF 15^3 and 31^3, blocks 32 x 128^2 to 96 x 384^2
+and 64 x 512^2, FFTW and numba, torch's FFTs, torch's passes): these arrays plus 17-19 MB for
+blocks whose arrays are above the mmap threshold (each is its own mapping: no allocator slack
+in proportion), up to 45 MB for smaller ones (torch's first-call tables and code, arrays below the
+threshold kept in the heap). With the factor and the overhead: 0.77-0.96 of ``block_bytes``
+(0.52-1.03 down to 16 x 64 x 64 blocks, the excess within :data:`RESIDENT_ALLOWANCE`). The old
+count (5 F real, 9 S complex, 4 B, Wiener's 2 S real more, all times 1.25) measured 0.42-0.83
+(up to 1.9 on the smallest blocks). End to end (``run_chunked`` on 64 x 512^2, 20 iterations,
+limits of 0.6-1.5 GB) the peak came to 0.87-0.93 of the limit with one worker and 0.80-0.88 with
+two, against 0.67-0.75 with the old count.
 
 Network inference: inputs and outputs of a tile (4 B) plus activations: in the UNet the widest
 level holds ``base_channels`` channels at full resolution and every level below it half as
 many voxels per channel, so with the skip tensors kept for the decoder the peak is about
-``(3 + 4/3) * base_channels * B`` floats (``B`` the padded window), plus the weights.
+``(3 + 4/3) * base_channels * B`` floats (``B`` the padded window), plus the weights; times
+:data:`SAFETY`.
 
-Everything is multiplied by :data:`SAFETY` to cover allocator slack. The model holds for one
-block in a fresh heap; that it also holds after hundreds of blocks needs the allocator to give
-freed arrays back (:func:`return_large_allocations`, and ``malloc_trim`` after every block in
-:mod:`deconv3d.pipeline.chunked`): otherwise heap fragments pile up block after block.
-Measured (ru_maxrss growth plus the input block, one torch thread, PSF 11 x 13 x 13) against the
-model before SAFETY: RL on 64 x 192 x 192: 226 MB vs 224 MB; accelerated RL on 40 x 100 x 300:
-115 MB vs 149 MB; RL-TV on 64 x 192 x 192: 256 MB vs 290 MB. The Wiener and network counts are
-derived, not yet measured. End to end (``benchmarks/bench_pipeline.py``, CLI, RL 20 iterations,
-two torch threads, ``--memory-limit 512MB``): peak 476 MB for a 0.25 GiB volume and 477 MB for
-1 GiB; 496 MB for 0.25 GiB with the ``padded`` workspace.
+The model holds for one block in a fresh heap; that it also holds after hundreds of blocks needs
+the allocator to give freed arrays back (:func:`return_large_allocations`, and ``malloc_trim``
+after every block in :mod:`deconv3d.pipeline.chunked`): otherwise heap fragments pile up block
+after block. End to end (``benchmarks/bench_pipeline.py``, CLI, RL 20 iterations, two torch
+threads, ``--memory-limit 512MB``, with the old count): peak 476 MB for a 0.25 GiB volume and
+477 MB for 1 GiB.
 """
 
 from __future__ import annotations
@@ -61,11 +72,16 @@ from typing import Sequence
 from deconv3d.errors import InputError
 
 __all__ = ["MemoryModel", "choose_chunks", "round_chunks", "parse_memory", "current_rss", "planning_baseline",
-           "format_bytes", "SAFETY",
+           "format_bytes", "SAFETY", "ARRAY_SAFETY", "BLOCK_OVERHEAD",
            "RESIDENT_ALLOWANCE",
            "return_large_allocations", "MMAP_THRESHOLD"]
 
-SAFETY = 1.25
+SAFETY = 1.25  # the network's count (derived from the layers, not from the arrays one by one)
+# The classical counts are the arrays that coexist at the peak: measured, one block holds them plus
+# a constant (17-45 MB: torch's first-call tables and code, arrays below the mmap threshold kept in
+# the heap), not a share of them. A few % for FFTW's plans and the allocator's pages.
+ARRAY_SAFETY = 1.05
+BLOCK_OVERHEAD = 40 * 10**6
 # Memory that stays resident once the first block has run (torch's per-thread FFT plans and
 # scratch, allocator arenas): ~50 MB measured with two torch threads on a 256 MiB volume, where
 # the model without it fell 4-7 % short of the measured peak. Added once to every prediction.
@@ -154,6 +170,20 @@ def return_large_allocations(threshold: int = MMAP_THRESHOLD) -> bool:
         return False
 
 
+def _rl_backends(shape: Sequence[int]) -> tuple[bool, bool]:
+    """Whether the CPU Richardson-Lucy loop on ``shape`` (before rounding to a fast FFT size)
+    transforms with FFTW (:func:`deconv3d._fftw.backend_for`) and runs numba's fused passes
+    (:func:`deconv3d._rl_ops.ops_for`, which the pipeline has loaded before it plans)."""
+    import torch
+
+    from deconv3d._fftw import backend_for
+    from deconv3d._rl_ops import FusedOps, ops_for
+    from deconv3d.fft import fast_shape
+
+    cpu = torch.device("cpu")
+    return backend_for(fast_shape(shape), cpu, torch.float32) == "fftw", ops_for(cpu, torch.float32) is FusedOps
+
+
 def _fft_sizes(shape: Sequence[int]) -> tuple[int, int]:
     from deconv3d.fft import fast_shape
 
@@ -200,13 +230,18 @@ class MemoryModel:
             if self.boundary == "reflect":
                 block_shape = [n + k - 1 for n, k in zip(block_shape, self.psf_shape)]
                 block = math.prod(block_shape)
-            full, half = _fft_sizes([n + k - 1 for n, k in zip(block_shape, self.psf_shape)])
-            reals = 4 + 1 + 5 * bool(self.accelerate) + (len(block_shape) + 2) * (self.method == "rl-tv")
-            total = reals * full * _F32 + (3 + 6) * half * _C64 + 4 * block * _F32
-        elif self.method == "wiener":
+            fft = [n + k - 1 for n, k in zip(block_shape, self.psf_shape)]
+            full, half = _fft_sizes(fft)
+            fftw, fused = _rl_backends(fft)
+            reals = 4 + (not fftw) + (3 if fused else 5) * bool(self.accelerate)
+            reals += (len(block_shape) + 2) * (self.method == "rl-tv")
+            total = reals * full * _F32 + 4 * half * _C64 + 2 * block * _F32
+            return int(ARRAY_SAFETY * total + BLOCK_OVERHEAD)
+        if self.method == "wiener":
             full, half = _fft_sizes([n + 2 * k for n, k in zip(block_shape, self.psf_shape)])
-            total = 2 * full * _F32 + 4 * half * _C64 + 2 * half * _F32 + 2 * block * _F32
-        elif self.method == "ssl":
+            total = 2 * full * _F32 + 3 * half * _C64 + block * _F32
+            return int(ARRAY_SAFETY * total + BLOCK_OVERHEAD)
+        if self.method == "ssl":
             # The activations scale with the window the network sees: a tile of the core (all of
             # it when it fits predict_tiled's budget) plus the context on every side. Counted on
             # the block alone, a 2 GB limit was exceeded 2.85 times (context 56 around 88-voxel

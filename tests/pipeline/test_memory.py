@@ -13,8 +13,8 @@ def test_choose_chunks_fits_the_limit_and_prefers_large_blocks():
     model = MemoryModel("rl", (9, 9, 9))
     shape, halo = (64, 256, 256), (8, 8, 8)
     whole = model.peak_bytes(shape, halo, shape)
-    chunks = choose_chunks(shape, whole // 3, model, halo)
-    assert model.peak_bytes(chunks, halo, shape) <= whole // 3
+    chunks = choose_chunks(shape, whole // 2, model, halo)
+    assert model.peak_bytes(chunks, halo, shape) <= whole // 2
     assert chunks != shape and max(largest_block(shape, chunks, halo)) > 2 * 8
     assert choose_chunks(shape, 2 * whole, model, halo) == shape
     with pytest.raises(InputError, match="--memory-limit"):
