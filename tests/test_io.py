@@ -452,22 +452,18 @@ def test_a_single_voxel_image_says_its_singleton_axes_were_dropped(tmp_path):
 def test_imagej_per_axis_units_are_read(tmp_path):
     """Fiji writes zunit= (and yunit=) where an axis's unit differs from x's: the z step of a stack
     calibrated in nm laterally and in microns along z was read 1000x too small."""
-    path = tmp_path / "zunit.tif"
-    with tifffile.TiffWriter(path) as tif:
-        for i, plane in enumerate(np.zeros((4, 8, 8), np.uint16)):
-            tif.write(plane, resolution=(1 / 65, 1 / 65), metadata=None, contiguous=True, description=(
-                "ImageJ=1.54f\nimages=4\nslices=4\nunit=nm\nzunit=micron\nspacing=0.3\nloop=false\n") if i == 0 else None)
-    assert read_image(path).voxel_size == pytest.approx((0.3, 0.065, 0.065))
     from deconv3d.omezarr import open_lazy
 
-    assert open_lazy(path).voxel_size == pytest.approx((0.3, 0.065, 0.065))
-    path = tmp_path / "yunit.tif"  # y in nm, x (and z) in microns
-    with tifffile.TiffWriter(path) as tif:
-        for i, plane in enumerate(np.zeros((4, 8, 8), np.uint16)):
-            tif.write(plane, resolution=(1 / 0.065, 1 / 65), metadata=None, contiguous=True, description=(
-                "ImageJ=1.54f\nimages=4\nslices=4\nunit=micron\nyunit=nm\nspacing=0.3\nloop=false\n") if i == 0 else None)
-    assert read_image(path).voxel_size == pytest.approx((0.3, 0.065, 0.065))
-    assert open_lazy(path).voxel_size == pytest.approx((0.3, 0.065, 0.065))
+    # (x, y) pixels per unit and the units: nm laterally with z in microns; y alone in nm
+    for name, resolution, units in (("zunit", (1 / 65, 1 / 65), "unit=nm\nzunit=micron"),
+                                    ("yunit", (1 / 0.065, 1 / 65), "unit=micron\nyunit=nm")):
+        path = tmp_path / f"{name}.tif"
+        with tifffile.TiffWriter(path) as tif:
+            for i, plane in enumerate(np.zeros((4, 8, 8), np.uint16)):
+                tif.write(plane, resolution=resolution, metadata=None, contiguous=True, description=(
+                    f"ImageJ=1.54f\nimages=4\nslices=4\n{units}\nspacing=0.3\nloop=false\n") if i == 0 else None)
+        assert read_image(path).voxel_size == pytest.approx((0.3, 0.065, 0.065)), name
+        assert open_lazy(path).voxel_size == pytest.approx((0.3, 0.065, 0.065)), name
 
 
 def test_a_complex_tiff_is_refused_in_memory_and_lazily(tmp_path):

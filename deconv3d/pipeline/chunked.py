@@ -104,16 +104,19 @@ def block_regions(shape: Sequence[int], block_sizes: Sequence[Sequence[int]], ha
     padding); ``trim`` selects the core inside what was read; ``write`` is the core's place in
     the volume.
     """
-    per_axis = []
-    for n, sizes, h in zip(shape, block_sizes, halo):
-        axis, start = [], 0
-        for size in sizes:
-            lo, hi = max(0, start - h), min(int(n), start + size + h)
-            axis.append((slice(lo, hi), slice(start - lo, start - lo + size), slice(start, start + size)))
-            start += size
-        per_axis.append(axis)
+    per_axis = [axis_regions(n, sizes, h) for n, sizes, h in zip(shape, block_sizes, halo)]
     for combo in _product(per_axis):
         yield tuple(c[0] for c in combo), tuple(c[1] for c in combo), tuple(c[2] for c in combo)
+
+
+def axis_regions(n: int, sizes: Sequence[int], halo: int) -> list[tuple[slice, slice, slice]]:
+    """``(read, trim, write)`` of every block along one axis of length ``n`` (see :func:`block_regions`)."""
+    regions, start = [], 0
+    for size in sizes:
+        lo, hi = max(0, start - halo), min(int(n), start + size + halo)
+        regions.append((slice(lo, hi), slice(start - lo, start - lo + size), slice(start, start + size)))
+        start += size
+    return regions
 
 
 def _product(axes):

@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from deconv3d.pipeline.chunked import Cancelled, Placement, ProgressCallback, _apply, _share_cores, plan_chunks
+from deconv3d.pipeline.chunked import (Cancelled, Placement, ProgressCallback, _apply, _share_cores, axis_regions,
+                                       plan_chunks)
 
 __all__ = ["blockwise", "store_blocks"]
 
@@ -24,6 +25,7 @@ def _as_block_function(fn: Callable[[np.ndarray], np.ndarray], ndim: int, chunks
     that asks for its :class:`~deconv3d.pipeline.chunked.Placement` gets it (``chunks`` and
     ``depth``: the plan's core block sizes and halo per axis)."""
     shape = tuple(sum(c) for c in chunks[-ndim:])
+    regions = [axis_regions(n, sizes, h) for n, sizes, h in zip(shape, chunks[-ndim:], depth[-ndim:])]
 
     def run(block: np.ndarray, block_info=None) -> np.ndarray:
         if block.size == 0:
@@ -31,12 +33,8 @@ def _as_block_function(fn: Callable[[np.ndarray], np.ndarray], ndim: int, chunks
         spatial = np.ascontiguousarray(block.reshape(block.shape[block.ndim - ndim:]), dtype=np.float32)
         placement = None
         if block_info is not None:
-            starts, cores = [], []
-            for i, sizes, h in zip(block_info[0]["chunk-location"][-ndim:], chunks[-ndim:], depth[-ndim:]):
-                begin = sum(sizes[:i])
-                starts.append(max(0, begin - h))
-                cores.append(slice(begin - starts[-1], begin - starts[-1] + sizes[i]))
-            placement = Placement(tuple(starts), tuple(cores), shape)
+            found = [axis[i] for axis, i in zip(regions, block_info[0]["chunk-location"][-ndim:])]
+            placement = Placement(tuple(read.start for read, _, _ in found), tuple(trim for _, trim, _ in found), shape)
         return _apply(fn, spatial, placement).reshape(block.shape)
 
     return run
