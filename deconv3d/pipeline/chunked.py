@@ -32,7 +32,7 @@ from deconv3d.errors import InputError
 from deconv3d.pipeline.readers import ArrayReader, DaskReader, as_reader  # noqa: F401 (re-exported)
 
 __all__ = ["plan_chunks", "block_regions", "run_blocks", "as_reader", "ArrayReader", "DaskReader", "Cancelled",
-           "ProgressCallback", "release_memory", "Placement"]
+           "ProgressCallback", "release_memory", "Placement", "abandoned"]
 
 ProgressCallback = Callable[[int, int], Optional[bool]]
 
@@ -128,6 +128,21 @@ def _product(axes):
 # ------------------------------------------------------------------ tasks ---
 
 
+_BLOCK = threading.local()  # the abandon event of the run whose block this worker thread is computing
+
+
+def abandoned() -> bool:
+    """Whether the run of the block this thread computes has been abandoned (interrupted, cancelled,
+    or failed in another block). A block callable's long loop may check it to stop early: its
+    result is then discarded, and the run ends without waiting for the rest of the block.
+
+    Always False outside :func:`run_blocks`' worker threads (in-memory runs, dask graphs, a
+    cluster's workers).
+    """
+    event = getattr(_BLOCK, "abandon", None)
+    return event is not None and event.is_set()
+
+
 def _apply(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray, placement: Placement | None = None) -> np.ndarray:
     if block.size == 0:
         return np.zeros(block.shape, np.float32)
@@ -183,17 +198,28 @@ def _malloc_trim():
 _TRIM = False
 
 
-def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: str, write_key: tuple) -> None:
+def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: str, write_key: tuple,
+                abandon: threading.Event | None = None) -> None:
     """Read one block (plus halo) from ``source``, run ``fn``, write the core; return nothing.
 
-    ``source`` is a reader (read ``read_key`` from it) or the block itself, already read.
+    ``source`` is a reader (read ``read_key`` from it) or the block itself, already read. Once
+    ``abandon`` is set (the run is being given up), the block is skipped, or its result (cut short
+    where ``fn`` checks :func:`abandoned`) discarded.
     """
     import zarr
 
+    if abandon is not None and abandon.is_set():
+        return None
     block = source if isinstance(source, np.ndarray) else source.read(read_key)
     _verify_source(source)
-    out = _apply(fn, np.ascontiguousarray(block, dtype=np.float32), placement)
+    _BLOCK.abandon = abandon
+    try:
+        out = _apply(fn, np.ascontiguousarray(block, dtype=np.float32), placement)
+    finally:
+        _BLOCK.abandon = None
     del block
+    if abandon is not None and abandon.is_set():
+        return None
     target = zarr.open_array(str(target_path), mode="r+")
     target[write_key] = out[placement.core]
     del out
@@ -227,7 +253,8 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
         Run on this dask.distributed cluster; else on ``pool`` (or a new pool of ``workers`` threads).
     progress : callable, optional
         ``progress(done + k, total)`` after the k-th written block; returning True cancels
-        (:class:`Cancelled` is raised once running blocks have finished).
+        (:class:`Cancelled` is raised once running blocks have stopped: at their next check of
+        :func:`abandoned`, or when they finish).
 
     Returns
     -------
@@ -310,6 +337,7 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
                  total: int) -> int:
     finished, state = _counter(progress, done, total)
     futures: set = set()
+    abandon = threading.Event()
 
     def settle(at_most: int) -> None:
         while len(futures) > at_most:
@@ -321,12 +349,13 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
     try:
         for read, placement, write in tasks:
             settle(workers - 1)
-            futures.add(pool.submit(_block_task, reader, read, fn, placement, target_path, write))
+            futures.add(pool.submit(_block_task, reader, read, fn, placement, target_path, write, abandon))
         settle(0)
     except BaseException:
+        abandon.set()  # running blocks stop at their next check of abandoned() and write nothing
         for future in futures:
             future.cancel()
-        wait(futures)  # let running blocks finish before the output is removed
+        wait(futures)  # before the output is removed
         raise
     return state["count"]
 

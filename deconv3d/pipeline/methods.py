@@ -53,11 +53,18 @@ import numpy as np
 
 from deconv3d.errors import refuse_non_finite
 from deconv3d.fft import psf_rms_width
-from deconv3d.pipeline.chunked import Placement
+from deconv3d.pipeline.chunked import Placement, abandoned
 from deconv3d.psf import fit_psf
 
 __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "psf_rms_width", "rl_halo",
            "wiener_halo", "chunk_multiple_for"]
+
+
+def _stop_if_abandoned(*_progress) -> bool:
+    """A per-iteration (per-tile) callback of a block's loop: True, to stop it, once the run is
+    abandoned (:func:`deconv3d.pipeline.chunked.abandoned`): an interrupted run then ends after one
+    more iteration or tile, not the whole block."""
+    return abandoned()
 
 
 def _finite(result: np.ndarray, block: np.ndarray) -> np.ndarray:
@@ -88,7 +95,8 @@ class RichardsonLucyBlock:
             return np.zeros(block.shape, np.float32)
         return _finite(richardson_lucy(block, fit_psf(self.psf, block.shape), self.iterations, boundary=self.boundary,
                                        tv_weight=self.tv_weight, accelerate=self.accelerate,
-                                       voxel_size=self.voxel_size, device=self.device), block)
+                                       voxel_size=self.voxel_size, device=self.device, callback=_stop_if_abandoned),
+                       block)
 
     def halo(self) -> tuple[int, ...]:
         return rl_halo(self.psf, self.iterations)
@@ -192,13 +200,13 @@ class NetworkBlock:
 
         if placement is None:
             return _finite(apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context,
-                                       band_limit=self.band_limit), block)
+                                       band_limit=self.band_limit, callback=_stop_if_abandoned), block)
         region = tuple(slice(max(0, c.start - r), min(n, c.stop + r))
                        for c, r, n in zip(placement.core, self._band_reach(), block.shape))
         whole = volume_phase(placement.shape, self.trained.unet.divisor, self.context)
         phase = tuple(p - s for p, s in zip(whole, placement.start))
         out = apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context,
-                          band_limit=None, region=region, phase=phase)
+                          band_limit=None, region=region, phase=phase, callback=_stop_if_abandoned)
         if self.band_limit:  # on the region alone (mirrored at its edges): around it the block holds no prediction
             from deconv3d.fft import band_limit
 

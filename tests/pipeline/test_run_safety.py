@@ -235,3 +235,83 @@ def test_reader_verify_names_the_file(tmp_path):
     os.utime(tmp_path / "a.tif", ns=(1, 1))
     with pytest.raises(InputError, match="a.tif was changed, moved or deleted during the run"):
         lazy.reader.verify()
+
+
+def test_a_failing_block_stops_the_running_ones_at_their_next_check(tmp_path):
+    """Ctrl-C, SIGTERM, a cancel or a failed block waited for every running block to finish:
+    minutes on large blocks, past a scheduler's grace period. Running blocks now stop at their
+    next check of ``abandoned()`` and write nothing."""
+    import threading
+
+    import zarr
+
+    from deconv3d.pipeline import chunked, run_blocks
+
+    started, loops = threading.Event(), []
+
+    def block_fn(block, placement):
+        if placement.start[1] == 0:  # the first block fails once the other one is running
+            assert started.wait(30)
+            raise RuntimeError("this block failed")
+        started.set()
+        for k in range(2000):  # 10 s if nothing stopped it
+            if chunked.abandoned():
+                break
+            threading.Event().wait(0.005)
+        loops.append(k)
+        return block + 1
+
+    block_fn.placed = True
+    target = zarr.create_array(str(tmp_path / "out.zarr"), shape=(4, 16), chunks=(4, 8), dtype="f4", fill_value=0)
+    with pytest.raises(RuntimeError, match="this block failed"):
+        run_blocks(np.ones((4, 16), np.float32), block_fn, tmp_path / "out.zarr", chunks=(4, 8), halo=(0, 0),
+                   workers=2)
+    assert len(loops) == 1 and loops[0] < 1999  # it stopped early ...
+    assert not target[:].any()  # ... and wrote nothing
+    assert not chunked.abandoned()  # the flag is this run's, and only inside its blocks
+
+
+@pytest.mark.parametrize("method", ["rl", "rl-tv"])
+def test_richardson_lucy_blocks_stop_after_one_iteration_once_abandoned(method):
+    import threading
+
+    from deconv3d.pipeline import RichardsonLucyBlock, chunked
+
+    psf = gaussian_psf()
+    image = blurred_beads((16, 32, 32), psf, seed=2)
+    tv = 0.002 if method == "rl-tv" else 0.0
+    abandon = threading.Event()
+    abandon.set()
+    chunked._BLOCK.abandon = abandon
+    try:
+        cut = RichardsonLucyBlock(psf, iterations=30, tv_weight=tv)(image)
+    finally:
+        chunked._BLOCK.abandon = None
+    np.testing.assert_array_equal(cut, RichardsonLucyBlock(psf, iterations=1, tv_weight=tv)(image))
+    assert not np.array_equal(cut, RichardsonLucyBlock(psf, iterations=30, tv_weight=tv)(image))
+
+
+def test_network_blocks_stop_after_one_tile_once_abandoned():
+    import threading
+
+    from deconv3d.pipeline import NetworkBlock, chunked
+    from deconv3d.pipeline.chunked import Placement
+    from deconv3d.selfsup import TrainConfig, UNetConfig, train
+    from deconv3d.selfsup.predict import Cancelled
+
+    psf = gaussian_psf((5, 5), (1.0, 1.0))
+    image = blurred_beads((48, 48), psf, seed=3, count=20)
+    result = train(image, psf, config=TrainConfig(steps=1, patch=16, batch=1, residual=False),
+                   unet=UNetConfig(ndim=2, base_channels=4, depth=2), device="cpu")
+    block = NetworkBlock(result, band_limit=None)
+    whole = Placement((0, 0), (slice(0, 48), slice(0, 48)), (48, 48))
+    abandon = threading.Event()
+    abandon.set()
+    chunked._BLOCK.abandon = abandon
+    try:
+        for placement in (None, whole):
+            with pytest.raises(Cancelled, match="after 1 of"):
+                block(image, placement) if placement else block(image)
+    finally:
+        chunked._BLOCK.abandon = None
+    assert block(image, whole).shape == image.shape
