@@ -11,8 +11,8 @@ from pathlib import Path
 from deconv3d._paths import existing_ancestor
 from deconv3d.errors import InputError
 
-from ._common import (DEVICES, PSF_MODELS, Terminated, add_common, add_optics, positive_float, positive_int,
-                      print_warnings)
+from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, Terminated, add_common, add_optics, positive_float,
+                      positive_int, print_warnings)
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -49,7 +49,10 @@ def settings_from_args(args, base: dict | None = None):
     if getattr(args, "psf_model", None) is not None:
         values.pop("psf", None)
     plain = ("method", "psf", "psf_model", "na", "wavelength", "ni", "ns", "depth", "iterations", "tv_weight",
-             "boundary", "balance", "device", "model", "memory_limit", "pyramid_levels", "band_limit")
+             "boundary", "balance", "device", "model", "memory_limit", "pyramid_levels", "band_limit", "train_steps",
+             "seed")
+    if getattr(args, "steps", None) is not None:  # deconvolve's --train-steps
+        values["train_steps"] = args.steps
     for name in plain:
         value = getattr(args, name, None)
         if value is not None:
@@ -90,8 +93,8 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
     from deconv3d.io import check_output_path
     from deconv3d.pipeline.files import deconvolve_file
 
-    if args.method == "ssl" and (args.steps or not args.model):
-        raise InputError("chunked --method ssl needs a trained --model: train one first with 'deconv3d train'")
+    if args.method == "ssl" and args.steps and args.model:
+        raise InputError("give --model or --train-steps for --method ssl, not both")
     if args.method != "ssl" and (args.model or args.steps):
         raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
     if not Path(args.input).exists():
@@ -103,10 +106,25 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
     pending = list(warnings)
     bar, callback = _bar(args.method, "block", on_start=lambda: print_warnings(pending))
     with bar:
-        info = deconvolve_file(args.input, args.output, settings, progress=callback, warnings=pending)
+        info = deconvolve_file(args.input, args.output, settings, progress=callback, warnings=pending,
+                               trainer=_trainer(args, pending))
     print(f"wrote {args.output}: {args.method} in {info.blocks} block(s) of at most {info.largest_block} + halo "
           f"{info.halo} in {info.seconds:.1f} s")
     return 0
+
+
+def _trainer(args, pending: list):
+    """``trainer(image, psf, voxel)`` for an ssl run that trains on the image first: the command's
+    training options (``args``; for batch, the defaults of ``deconv3d train`` with its steps and
+    seed), with a tqdm bar showing the loss; ``pending`` warnings are printed at the first step."""
+    from .selfsup import train_with_progress
+
+    def trainer(image, psf, voxel):
+        notes = list(pending)
+        pending.clear()
+        return train_with_progress(image, psf, args, voxel, notes=notes)
+
+    return trainer
 
 
 def register(sub) -> None:
@@ -143,8 +161,12 @@ def register(sub) -> None:
     p.add_argument("--balance", type=positive_float, help="Wiener regularisation (default 1e-3)")
     p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
                    help="voxel size in µm; three values, of which a 2D image uses the last two")
-    p.add_argument("--device", choices=DEVICES, help="cpu (default), cuda or auto")
+    p.add_argument("--device", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--model", help="trained network (.ckpt) for --method ssl")
+    p.add_argument("--train-steps", type=positive_int, metavar="N",
+                   help="ssl without --model: train a network on each image first, N steps of the default recipe "
+                   "('deconv3d train' sets the others)")
+    p.add_argument("--seed", type=_non_negative_int, help="random seed of that training (default 0)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="ssl: average over the 8 xy rotations/flips (default off)")
     p.add_argument("--band-limit", type=float, metavar="EPS",
@@ -164,7 +186,7 @@ def _check_shared_files(settings) -> None:
         from deconv3d.selfsup import load_checkpoint
 
         load_checkpoint(settings.model, device="cpu")
-    elif settings.method != "ssl":
+    else:
         for psf in _many(settings.psf):
             data = read_psf(psf).data  # its errors name the file
             try:
@@ -177,6 +199,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from deconv3d.pipeline.batch import load_config, run_batch, status_counts, write_reports
     from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
     from deconv3d.pipeline.files import deconvolve_file
+
+    from .selfsup import training_defaults
 
     config = load_config(args.config) if args.config else {}
     _take_run_options(args, config)
@@ -202,8 +226,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         with scheduler_client(args.scheduler, args.workers, gpus=gpus) as client:
             workers = gpus or args.workers or 1
 
+            training = argparse.Namespace(**{**training_defaults(), "steps": settings.train_steps,
+                                                 "seed": settings.seed, "device": settings.device})
+
             def one(path, output, input_sha256):
-                deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256)
+                deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,
+                                trainer=_trainer(training, []))
 
             def report(number, total, row):
                 reason = f": {row['reason']}" if row["reason"] else ""

@@ -132,7 +132,8 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
                              band_limit=settings.band_limit or None)
         model = MemoryModel("ssl", tuple(trained.psf.shape), base_channels=trained.unet.base_channels,
                             weights_bytes=weights, context=block.reach())
-        return block, model, {"model": str(settings.model), "tta": settings.tta, "band_limit": settings.band_limit}
+        source = {"model": str(settings.model)} if settings.model else {}  # else: trained in the run (its record)
+        return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit}
     if settings.method == "wiener":
         return (WienerBlock(psf, settings.balance, settings.device), MemoryModel("wiener", psf.shape),
                 {"balance": settings.balance})

@@ -14,7 +14,7 @@ __all__ = ["deconvolve_file"]
 
 
 def deconvolve_file(input_path, output_path, settings, *, client=None, workers: int = 1, progress=None,
-                    checksum: bool | str = True, warnings: list | None = None):
+                    checksum: bool | str = True, warnings: list | None = None, trainer=None):
     """Deconvolve ``input_path`` into ``output_path`` with :class:`~deconv3d.pipeline.batch.Settings`.
 
     The input is opened lazily and processed block by block (:func:`deconv3d.pipeline.run_chunked`).
@@ -23,12 +23,15 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     :class:`~deconv3d.pipeline.RunInfo`. ``checksum`` is passed to
     :func:`~deconv3d.pipeline.provenance` (True: hash the input; or its known SHA-256).
     ``warnings``: a list that collects the warnings (an assumed voxel size) instead of printing them.
+
+    ``ssl`` without a model (``settings.train_steps``) first trains a network on the image, read
+    whole into memory (:func:`train_on_image`), with ``trainer(image, psf, voxel)`` when given (it
+    returns a ``TrainResult``), else with :class:`~deconv3d.selfsup.TrainConfig`'s defaults.
     """
-    from deconv3d.fft import psf_fingerprint
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import provenance, run_chunked
     from deconv3d.io import assume_psf_voxel
-    from deconv3d.pipeline.batch import build_block_fn, load_psfs_for, spatial_voxel
+    from deconv3d.pipeline.batch import spatial_voxel
     from deconv3d.pipeline.output import remove_stale_temporaries
     from deconv3d.pipeline.settings import _many, channel_count
 
@@ -46,41 +49,91 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
         if channels != wanted:
             raise InputError(f"{input_path.name} has {channels} channel(s) but {wanted} PSFs were given: "
                              f"give one PSF (or wavelength) per channel, or one for all")
-    trained = None
-    if settings.method == "ssl":  # the model carries its PSF; one given is checked against it (build_block_fn)
+    if settings.chunks and len(settings.chunks) < len(spatial_shape):
+        raise InputError(f"chunks {tuple(settings.chunks)} give {len(settings.chunks)} sides but {input_path.name} "
+                         f"is {len(spatial_shape)}D: give Z Y X")
+    chunks = tuple(settings.chunks)[-len(spatial_shape):] if settings.chunks else None  # (z,) y, x
+    if settings.method in NON_NEGATIVE_METHODS:  # before any training
+        check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path.name, settings.method,
+                           warnings)
+    block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings)
+    model_hash = _sha(settings.model) if settings.model else None
+    record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
+                        model_hash=model_hash)
+    kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
+                  voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
+    remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
+    if output_path.suffix.lower() == ".zarr":
+        return run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
+    return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
+
+
+def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings):
+    """(block callable or one per channel, memory model, parameters, PSF, voxel size) of a run:
+    the network is loaded, or trained on the image first (:func:`train_on_image`)."""
+    from deconv3d.fft import psf_fingerprint
+    from deconv3d.pipeline.batch import build_block_fn, load_psfs_for
+
+    trained, training = None, {}
+    if settings.method == "ssl" and settings.model is None:  # trained here, on this image, with this PSF
+        from deconv3d.selfsup import TrainedModel, training_record
+
+        psfs = load_psfs_for(settings, spatial_shape, voxel)
+        result = train_on_image(lazy, psfs[0], voxel, settings, trainer, memory_limit=settings.memory_limit)
+        trained, training = TrainedModel.from_result(result), training_record(result)
+        trained.reference_cache = None  # RL of the whole image: blocks cannot use it, and it is as large
+    elif settings.method == "ssl":  # the model carries its PSF; one given is checked against it (build_block_fn)
         from deconv3d.selfsup import load_checkpoint
 
         trained = load_checkpoint(settings.model, device="cpu")
-        voxel = trained.voxel_for(voxel, len(spatial_shape), input_path.name, warnings)
+        voxel = trained.voxel_for(voxel, len(spatial_shape), Path(lazy.path).name, warnings)
         psfs = [load_psfs_for(settings, spatial_shape, voxel, fit_image=False)[0]
                 if (settings.psf or settings.wavelength) else None]
     else:
         psfs = load_psfs_for(settings, spatial_shape, voxel)
     built = [build_block_fn(settings, p, voxel, ndim=len(spatial_shape), trained=trained) for p in psfs]
-    psf = psfs[0]
     block, model, params = built[0]
     if len(built) > 1:  # one block function per channel; the largest PSF sets the memory model
         block = [b for b, _, _ in built]
         model = max((m for _, m, _ in built), key=lambda m: math.prod(m.psf_shape))
         params = {**params, "per_channel_psf_sha256_16": [psf_fingerprint(p) for p in psfs]}
     if settings.method == "ssl":
-        psf = block.trained.psf
-    model_hash = _sha(settings.model) if settings.model else None
-    record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
-                        model_hash=model_hash)
-    if settings.chunks and len(settings.chunks) < len(spatial_shape):
-        raise InputError(f"chunks {tuple(settings.chunks)} give {len(settings.chunks)} sides but {input_path.name} "
-                         f"is {len(spatial_shape)}D: give Z Y X")
-    chunks = tuple(settings.chunks)[-len(spatial_shape):] if settings.chunks else None  # (z,) y, x
-    kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
-                  voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
-    if settings.method in NON_NEGATIVE_METHODS:
-        check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path.name, settings.method,
-                           warnings)
-    remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
-    if output_path.suffix.lower() == ".zarr":
-        return run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
-    return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
+        return block, model, {**params, **training}, block.trained.psf, voxel
+    return block, model, params, psfs[0], voxel
+
+
+def train_on_image(lazy, psf, voxel, settings, trainer=None, memory_limit=None):
+    """A network (a ``TrainResult``) trained on the whole image of ``lazy`` (one channel and time
+    point), read into memory.
+
+    ``trainer(image, psf, voxel)`` trains (returns a ``TrainResult``); by default
+    :func:`deconv3d.selfsup.train` with ``settings.train_steps``, ``settings.seed`` and
+    ``settings.device``. Under ``memory_limit`` an image over a quarter of it is refused (training
+    holds it, its standardised copy and the network's activations): train on a crop instead.
+    """
+    from deconv3d.pipeline.memory import format_bytes, parse_memory
+    from deconv3d.selfsup import TrainConfig, UNetConfig, train
+
+    name = Path(lazy.path).name
+    lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
+    if any(n > 1 for n in lead):
+        raise InputError(f"{name} has axes {lazy.axes} of shape {lazy.data.shape}: training on the image takes one "
+                         "channel and time point; train one network per channel with 'deconv3d train' on that "
+                         "channel, then pass it with --model")
+    size = 4 * math.prod(lazy.data.shape)
+    if memory_limit is not None and 4 * size > parse_memory(memory_limit):
+        raise InputError(f"training on {name} holds it in memory ({format_bytes(size)} as float32), too much for "
+                         f"--memory-limit {memory_limit}: train on a crop with 'deconv3d train', then pass --model")
+    image = np.asarray(lazy.data, dtype=np.float32).reshape(lazy.data.shape[len(lead):])
+    if trainer is None:
+        config = TrainConfig(steps=settings.train_steps, seed=settings.seed)
+        result = train(image, psf, config=config, unet=UNetConfig(ndim=image.ndim), device=settings.device,
+                       voxel_size=voxel)
+        if result.reason == "non-finite loss":
+            raise InputError(f"training on {name} diverged at step {result.steps_done} (non-finite loss): check "
+                             "the PSF")
+        return result
+    return trainer(image, psf, voxel)
 
 
 #: Methods whose output is non-negative: an input with no positive voxel comes back all zeros.

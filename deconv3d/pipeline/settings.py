@@ -44,8 +44,10 @@ class Settings:
     boundary: str = "bertero"
     balance: float = 1e-3
     voxel_size: Optional[tuple] = None
-    device: str = "cpu"
+    device: str = "auto"
     model: Optional[str] = None
+    train_steps: Optional[int] = None  # ssl without a model: train on each image first (TrainConfig's defaults)
+    seed: int = 0  # of that training
     tta: bool = False
     band_limit: float = 0.0  # deconv3d.selfsup.BAND_LIMIT: off; an eps > 0 turns it on
     chunks: Optional[tuple] = None
@@ -112,13 +114,26 @@ class Settings:
 
     def _check_sources(self) -> None:
         """The model, PSF files or PSF model: present, and usable by every file."""
+        _check(self.method == "ssl" or (self.model is None and self.train_steps is None),
+               f"{_n('model')} and {_n('train_steps')} apply to {_n('method')} ssl, not {self.method}")
+        _check(self.train_steps is None or (_is_whole(self.train_steps) and self.train_steps >= 1),
+               f"{_n('train_steps')} must be a positive whole number, got {self.train_steps!r}")
+        _check(_is_whole(self.seed) and 0 <= self.seed < 2**63, f"{_n('seed')} must be a whole number >= 0, "
+               f"got {self.seed!r}")
         if self.method == "ssl":
-            _check(isinstance(self.model, (str, os.PathLike)), "method ssl in a batch needs model = a .ckpt from "
-                   "'deconv3d train'")
-            _check(Path(self.model).is_file(), f"model file not found: {self.model}: check the path")
-        elif self.psf is None:
-            _check(self.psf_model in PSF_MODELS, "a PSF is needed: set psf = \"PSF.tif\" or psf_model with na and "
-                   "wavelength")
+            _check(self.model is None or self.train_steps is None,
+                   f"give {_n('model')} or {_n('train_steps')} for {_n('method')} ssl, not both")
+            _check(self.model is not None or self.train_steps is not None,
+                   f"{_n('method')} ssl needs {_n('model')} (a .ckpt from 'deconv3d train') or {_n('train_steps')} "
+                   "(train on each image first)")
+            if self.model is not None:
+                _check(isinstance(self.model, (str, os.PathLike)), f"{_n('model')} must be a file name, got "
+                       f"{self.model!r}")
+                _check(Path(self.model).is_file(), f"model file not found: {self.model}: check the path")
+                return
+        if self.psf is None:
+            _check(self.psf_model in PSF_MODELS, f"a PSF is needed: set {_n('psf')} = \"PSF.tif\" or {_n('psf_model')} "
+                   f"with {_n('na')} and {_n('wavelength')}")
             _check(_positive(self.na) and _many(self.wavelength) and all(_positive(w) for w in _many(self.wavelength)),
                    f"{_n('psf_model')} needs positive {_n('na')} and {_n('wavelength')} (one, or one per channel)")
             from deconv3d.psf.generate import check_optics
@@ -134,13 +149,27 @@ class Settings:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the output (not the file pattern)."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "pattern"}
+        fields = {k: v for k, v in dataclasses.asdict(self).items()
+                  if k != "pattern" and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
+        fields["device"] = _resolved(self.device)
         for key in ("psf", "model"):
             if fields[key]:
                 from deconv3d.omezarr import file_sha256
 
                 fields[key] = [file_sha256(f) for f in _many(fields[key])]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+#: Settings added after batch folders held completion records, and their defaults: left out of the
+#: fingerprint at those, so that the records of a batch started before still match.
+_ADDED_LATER = {"train_steps": None, "seed": 0}
+
+
+def _resolved(device: str) -> str:
+    """The device a run uses ("auto": cuda where there is one): the output depends on that, not on the word."""
+    from deconv3d.fft import resolve_device
+
+    return str(resolve_device(device))
 
 
 def _many(value) -> tuple:
@@ -153,6 +182,10 @@ def _many(value) -> tuple:
 def channel_count(settings: Settings) -> int:
     """How many PSFs the settings give: 1, or one per channel."""
     return max(len(_many(settings.psf)), len(_many(settings.wavelength)), 1)
+
+
+def _is_whole(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _positive(v) -> bool:

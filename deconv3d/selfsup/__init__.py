@@ -21,7 +21,7 @@ from deconv3d.selfsup.predict import Cancelled, predict_tiled
 from deconv3d.selfsup.train import TrainResult, train
 
 __all__ = ["deconvolve", "apply_model", "train", "TrainConfig", "UNetConfig", "TrainResult", "TrainedModel",
-           "save_checkpoint", "load_checkpoint", "Cancelled", "BAND_LIMIT"]
+           "save_checkpoint", "load_checkpoint", "Cancelled", "BAND_LIMIT", "training_record"]
 
 
 BAND_LIMIT = 0.0  # default eps of the output's band limit: off (see apply_model)
@@ -157,3 +157,16 @@ def deconvolve(image, psf, *, model=None, config: TrainConfig = TrainConfig(), u
     trained = model if isinstance(model, TrainedModel) else TrainedModel.from_result(model)
     trained.check_compatible(image.ndim, psf, voxel_size)
     return apply_model(trained, image, device=device, tta=tta, band_limit=band_limit, callback=predict_callback)
+
+
+def training_record(result: TrainResult) -> dict:
+    """How a network trained within a run was trained, for the output's provenance: the steps
+    run and why training stopped, the full training and UNet configurations (seed included), the
+    warm-start steps run and, for a residual network, the Richardson-Lucy reference it corrects."""
+    from deconv3d.selfsup.config import to_dict
+
+    record = {"train_steps": result.steps_done, "stopped": result.reason, "warm_steps": result.warm_steps,
+              "training": to_dict(result.config), "unet": to_dict(result.unet)}
+    if result.reference is not None:
+        record["reference"] = to_dict(result.reference)
+    return record

@@ -1,0 +1,132 @@
+"""ssl without a model on the chunked path (a .zarr output, --chunks, batch): the network is trained
+on the image first, as an in-memory run does, and its recipe goes into the provenance."""
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from cli_helpers import assert_one_line_error, run
+from deconv3d.errors import InputError
+from deconv3d.io import read_image, write_tiff
+from deconv3d.omezarr import read_ome_zarr
+from deconv3d.pipeline.settings import make_settings
+
+from .conftest import blurred_beads, gaussian_psf
+
+SMALL = ["--base-channels", "4", "--unet-depth", "2", "--patch", "16", "--no-residual", "--warm-start", "0"]
+
+
+@pytest.fixture
+def files(tmp_path):
+    psf = gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0))
+    write_tiff(tmp_path / "img.tif", blurred_beads((8, 32, 32), psf, seed=4), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path
+
+
+def _provenance(path):
+    return json.loads((path / "zarr.json").read_text())["attributes"]["deconv3d"]
+
+
+def test_a_zarr_output_trains_on_the_image_as_an_in_memory_run_does(files, capsys, monkeypatch):
+    """`deconvolve --method ssl --train-steps N -o OUT.zarr` was refused ("train one first")."""
+    monkeypatch.chdir(files)
+    write_tiff(files / "wide.tif", blurred_beads((8, 32, 96), gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0)), seed=4),
+               voxel_size=(0.3, 0.1, 0.1))
+    argv = ["wide.tif", "--psf", "psf.tif", "--method", "ssl", "--train-steps", "3", "--seed", "5", *SMALL]
+    assert run(["deconvolve", "-o", "mem.tif", *argv], capsys)[0] == 0
+    code, out, err = run(["deconvolve", "-o", "out.zarr", "--chunks", "8", "32", "32", *argv], capsys)
+    assert code == 0, err
+    assert "in 3 block(s)" in out
+    in_memory = read_image(files / "mem.tif").data
+    chunked = np.asarray(read_ome_zarr(files / "out.zarr")[0]).reshape(in_memory.shape)
+    assert in_memory.max() > 0
+    np.testing.assert_allclose(chunked, in_memory, rtol=0, atol=1e-5 * in_memory.max())
+    record = _provenance(files / "out.zarr")
+    assert "model_sha256" not in record and "model" not in record["parameters"]
+    assert record["parameters"]["train_steps"] == 3 and record["parameters"]["training"]["seed"] == 5
+    assert record["parameters"]["unet"]["base_channels"] == 4
+
+
+def test_batch_trains_one_network_per_image(files, capsys, monkeypatch):
+    from deconv3d.cli import selfsup
+
+    defaults = selfsup.training_defaults()  # 'deconv3d train''s, on a smaller network to keep the test short
+    small = {"base_channels": 4, "unet_depth": 2, "patch": 16, "residual": False, "warm_start": 0}
+    monkeypatch.setattr(selfsup, "training_defaults", lambda: {**defaults, **small})
+    monkeypatch.chdir(files)
+    (files / "in").mkdir()
+    for name, seed in (("a.tif", 1), ("b.tif", 2)):
+        write_tiff(files / "in" / name, blurred_beads((8, 32, 32), gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0)), seed=seed),
+                   voxel_size=(0.3, 0.1, 0.1))
+    code, out, err = run(["batch", "in", "-o", "res", "--psf", "psf.tif", "--method", "ssl", "--train-steps", "2"],
+                         capsys)
+    assert code == 0, err
+    report = json.loads((files / "res" / "batch_report.json").read_text())
+    assert [r["status"] for r in report["files"]] == ["done", "done"]
+    records = [_provenance(files / "res" / name) for name in ("a.zarr", "b.zarr")]
+    # The defaults of 'deconv3d train' (batch 2 patches, not TrainConfig's 4)
+    assert all(r["parameters"]["train_steps"] == 2 and r["parameters"]["training"]["batch"] == 2 for r in records)
+    assert all(r["parameters"]["unet"]["base_channels"] == 4 for r in records)
+    code, out, err = run(["batch", "in", "-o", "res", "--psf", "psf.tif", "--method", "ssl", "--train-steps", "2"],
+                         capsys)
+    assert code == 0 and out.count("] skipped") == 2, out  # finished: not trained again
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"method": "ssl", "train_steps": 2, "model": "m.ckpt"}, ["model", "train_steps", "not both"]),
+    ({"method": "ssl"}, ["model", "train_steps"]),
+    ({"method": "rl", "model": "m.ckpt"}, ["apply to method ssl"]),
+    ({"method": "wiener", "train_steps": 3}, ["apply to method ssl"]),
+    ({"method": "ssl", "train_steps": 0}, ["positive whole number"]),
+    ({"method": "ssl", "train_steps": 2.5}, ["positive whole number"]),
+    ({"method": "ssl", "train_steps": 2, "seed": -1}, ["seed"]),
+])
+def test_settings_refuse_a_model_or_training_that_does_not_apply(files, values, words):
+    """A batch with --model and method rl ran without a word (deconvolve refuses it)."""
+    (files / "m.ckpt").write_bytes(b"")
+    with pytest.raises(InputError) as caught:
+        make_settings({"psf": str(files / "psf.tif"), **{k: str(files / v) if k == "model" else v
+                                                          for k, v in values.items()}})
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_training_on_a_hyperstack_or_past_the_memory_limit_is_refused(files, capsys, monkeypatch):
+    monkeypatch.chdir(files)
+    stack = np.stack([read_image(files / "img.tif").data] * 2, axis=1)  # z, c, y, x
+    _write_zcyx(files / "two.tif", stack)
+    code, _, err = run(["deconvolve", "two.tif", "-o", "two.zarr", "--psf", "psf.tif", "--method", "ssl",
+                        "--train-steps", "2"], capsys)
+    assert_one_line_error(code, err, "one channel and time point", "--model")
+    write_tiff(files / "big.tif", np.ones((8, 96, 96), np.float32), voxel_size=(0.3, 0.1, 0.1))  # 295 kB
+    code, _, err = run(["deconvolve", "big.tif", "-o", "lim.zarr", "--psf", "psf.tif", "--method", "ssl",
+                        "--train-steps", "2", "--memory-limit", "1MB"], capsys)
+    assert_one_line_error(code, err, "memory", "crop")
+    assert not (files / "two.zarr").exists() and not (files / "lim.zarr").exists()
+
+
+def _write_zcyx(path, stack):
+    import tifffile
+
+    tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "ZCYX", "spacing": 0.3, "unit": "um"},
+                     resolution=(10.0, 10.0))
+
+
+def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(files):
+    """Adding train_steps and seed, and making the device default auto, must not make every
+    batch folder's completion records stale: the fingerprint of settings that leave them at
+    their defaults is computed as before (and auto is the device it resolves to, here the CPU)."""
+    settings = make_settings({"psf": str(files / "psf.tif")})
+    assert settings.device == "auto"
+    from deconv3d.omezarr import file_sha256
+
+    before = {k: v for k, v in dataclasses.asdict(settings).items()
+              if k not in ("pattern", "train_steps", "seed")}
+    before.update(device="cpu", psf=[file_sha256(files / "psf.tif")])
+    old = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert settings.fingerprint() == old == make_settings({"psf": str(files / "psf.tif"), "device": "cpu"}).fingerprint()
+    assert make_settings({"psf": str(files / "psf.tif"), "seed": 1}).fingerprint() != old
