@@ -215,10 +215,20 @@ def cmd_deconvolve(args) -> int:
                       f"(the image's values reach {float(np.abs(image.data).max()):.3g}): rescale the image to a "
                       "smaller range and run again")
     meta = {"deconv3d": __version__, "method": args.method, "parameters": params, "input": str(args.input),
-            "psf_shape": list(psf.shape), "psf_sha256_16": psf_fingerprint(psf)}
+            "psf_shape": list(psf.shape), "psf_sha256_16": psf_fingerprint(psf), "psf_source": _psf_source(args)}
     write_tiff(args.output, result, voxel_size=voxel, metadata=meta)
     print(f"wrote {args.output}: {args.method} on {image.data.shape} in {seconds:.1f} s")
     return 0
+
+
+def _psf_source(args):
+    """Where ``--psf``/``--psf-model`` took the PSF from (:func:`deconv3d.pipeline.psf_source`)."""
+    from deconv3d.pipeline import psf_source
+
+    if args.psf_model is None:
+        return psf_source(args.psf)
+    return psf_source(model=args.psf_model, na=args.na, wavelength=args.wavelength, ni=args.ni, ns=args.ns,
+                      depth=args.depth)
 
 
 def _read_one_image(path):

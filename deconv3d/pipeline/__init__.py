@@ -272,11 +272,27 @@ def psf_summary(psf) -> dict:
             "rms_width_voxels": [round(w, 4) for w in psf_rms_width(psf)], "sha256_16": psf_fingerprint(psf)}
 
 
+def psf_source(files=None, model: str | None = None, **optics) -> dict | None:
+    """Where a run's PSF came from, for its provenance: the PSF file(s), by path and SHA-256 (the
+    summary holds the PSF as prepared for the image: resampled, cropped), or the model and the
+    microscope parameters it was generated from (``na``, ``wavelength``, ``ni``, ``ns``, ``depth``).
+    None when neither is given (a network's own PSF)."""
+    from deconv3d.omezarr import file_sha256
+
+    files = [files] if isinstance(files, (str, os.PathLike)) else list(files or [])
+    if files:
+        return {"files": [str(f) for f in files], "sha256": [file_sha256(f) for f in files]}
+    if model:
+        return {"model": model, **_jsonable(optics)}
+    return None
+
+
 def provenance(method: str, parameters: dict, *, psf=None, input_path=None, checksum: bool | str = True,
-               model_hash: str | None = None, extra: dict | None = None) -> dict:
+               model_hash: str | None = None, extra: dict | None = None, source: dict | None = None) -> dict:
     """The ``deconv3d`` provenance block stored with every OME-Zarr output.
 
     ``checksum``: True hashes ``input_path``; a string is the input's SHA-256, already known.
+    ``source``: where the PSF came from (:func:`psf_source`), kept in the PSF's summary.
     """
     from deconv3d import __version__
     from deconv3d.omezarr import file_sha256
@@ -285,6 +301,8 @@ def provenance(method: str, parameters: dict, *, psf=None, input_path=None, chec
               "parameters": _jsonable(parameters), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if psf is not None:
         record["psf"] = psf_summary(psf)
+        if source:
+            record["psf"]["source"] = _jsonable(source)
     if input_path is not None:
         record["input"] = {"path": str(input_path)}
         if checksum:

@@ -59,13 +59,24 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings)
     model_hash = _sha(settings.model) if settings.model else None
     record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
-                        model_hash=model_hash)
+                        model_hash=model_hash, source=_psf_source(settings))
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
                   voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
     remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
     if output_path.suffix.lower() == ".zarr":
         return run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
     return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
+
+
+def _psf_source(settings):
+    """Where the settings take the PSF from (:func:`deconv3d.pipeline.psf_source`)."""
+    from deconv3d.pipeline import psf_source
+    from deconv3d.pipeline.settings import _many
+
+    if settings.psf_model is None:
+        return psf_source(_many(settings.psf))
+    return psf_source(model=settings.psf_model, na=settings.na, wavelength=settings.wavelength, ni=settings.ni,
+                      ns=settings.ns, depth=settings.depth)
 
 
 def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings):
@@ -220,8 +231,10 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
     try:
         info = run_chunked(lazy, block, scratch, **kwargs)
         array = zarr.open_array(str(scratch / "0"), mode="r")
+        psf = record.get("psf", {})
         meta = {"deconv3d": record["version"], "method": record["method"], "parameters": record["parameters"],
-                "input": record.get("input", {}).get("path"), "psf_sha256_16": record.get("psf", {}).get("sha256_16")}
+                "input": record.get("input", {}).get("path"), "psf_shape": psf.get("shape"),
+                "psf_sha256_16": psf.get("sha256_16"), "psf_source": psf.get("source")}
         # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
         # (a 2D result, read whole here, went 5-10 % over it while it was read outside this setting)
         with zarr.config.set({"async.concurrency": 1}):
