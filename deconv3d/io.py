@@ -22,7 +22,7 @@ import tifffile
 
 from deconv3d._paths import TIFF_SUFFIXES, _check_suffix, _one_line, check_output_path
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
-                                     time_axis_of)
+                                     calibrated, imagej_calibration, time_axis_of)
 from deconv3d._tiff_write import write_tiff
 from deconv3d._voxel import format_sizes, refuse_nanometres
 from deconv3d.errors import InputError, warn
@@ -83,7 +83,9 @@ def read_image(path) -> Image:
     Notes
     -----
     An ImageJ file without a ``spacing`` entry has Fiji's default voxel depth of 1
-    (in its unit): ImageJ does not write ``spacing`` when it is 1.
+    (in its unit): ImageJ does not write ``spacing`` when it is 1. An ImageJ intensity
+    calibration that is a straight line is applied, as Fiji shows the values (Fiji stores signed
+    16-bit data as unsigned with an offset of -32768); another function is refused.
 
     Examples
     --------
@@ -102,6 +104,7 @@ def read_image(path) -> Image:
     try:
         with _tifffile_log() as log:
             with open_tiff(path) as (tif, series, _):
+                calibration = imagej_calibration(tif, series.dtype, path)
                 data = series.asarray()
                 file_axes = series.axes
                 voxel = _voxel_size_um(tif)
@@ -113,8 +116,8 @@ def read_image(path) -> Image:
     data, axes, kept = _squeeze(np.asarray(data), file_axes, path)
     sizes = _kept_voxel(voxel, kept, data.ndim)
     voxel, problem = _checked_voxel(sizes, path)
-    return Image(data=_as_float32(data, path), voxel_size=voxel, axes=axes, voxel_problem=problem,
-                 partial_voxel=_partial_voxel(sizes))
+    return Image(data=calibrated(_as_float32(data, path), calibration), voxel_size=voxel, axes=axes,
+                 voxel_problem=problem, partial_voxel=_partial_voxel(sizes))
 
 
 def read_psf(path) -> Image:

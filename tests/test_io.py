@@ -603,3 +603,44 @@ def test_streamed_tiff_pages_hold_one_slab_at_a_time():
         planes += 1
         del plane
     assert planes == 8 and alive_at_read == [0, 0, 0, 0]
+
+
+def _fiji_signed16(path, values, **calibration):
+    """What Fiji saves for a signed 16-bit image: stored + 32768 as uint16, with a linear calibration."""
+    header = {"cf": 0, "c0": -32768.0, "c1": 1.0, "vunit": "Gray Value", **calibration}
+    tifffile.imwrite(path, (values.astype(np.int32) + 32768).astype(np.uint16), imagej=True, resolution=(10, 10),
+                     metadata={"axes": "ZYX", "spacing": 0.3, "unit": "um", **header})
+
+
+def test_fiji_signed_16_bit_data_is_read_with_its_calibration(tmp_path):
+    """Read raw, every value was 32768 too high, and RL deconvolved the offset without a word."""
+    from deconv3d.omezarr import open_lazy
+
+    values = np.random.default_rng(0).integers(-300, 3000, (4, 8, 12)).astype(np.int16)
+    _fiji_signed16(tmp_path / "s16.tif", values)
+    np.testing.assert_array_equal(read_image(tmp_path / "s16.tif").data, values.astype(np.float32))
+    lazy = open_lazy(tmp_path / "s16.tif")
+    np.testing.assert_array_equal(np.asarray(lazy.data), values)
+    np.testing.assert_array_equal(lazy.reader.read((slice(1, 3), slice(None), slice(2, 5))), values[1:3, :, 2:5])
+    _fiji_signed16(tmp_path / "scaled.tif", values, c0=5.0, c1=0.5)  # any straight line
+    np.testing.assert_allclose(read_image(tmp_path / "scaled.tif").data, 5.0 + 0.5 * (values + 32768.0))
+
+
+@pytest.mark.parametrize("calibration, words", [({"cf": 1, "c2": 0.1}, ["not a straight line", "Calibrate"]),
+                                                ({"c1": 0.0}, ["c1=0.0", "Calibrate"])])
+def test_an_intensity_calibration_that_is_not_linear_is_refused(tmp_path, calibration, words):
+    from deconv3d.omezarr import open_lazy
+
+    _fiji_signed16(tmp_path / "cal.tif", np.ones((2, 4, 4), np.int16), **calibration)
+    for read in (read_image, open_lazy):
+        with pytest.raises(InputError) as caught:
+            read(tmp_path / "cal.tif")
+        assert all(w in str(caught.value) for w in words), caught.value
+
+
+def test_float_data_keeps_its_values_whatever_the_calibration_says(tmp_path):
+    """ImageJ calibrates 8- and 16-bit images only; converting to 32-bit applies the calibration."""
+    values = np.linspace(-5, 5, 32, dtype=np.float32).reshape(2, 4, 4)
+    tifffile.imwrite(tmp_path / "f.tif", values, imagej=True, metadata={"axes": "ZYX", "cf": 0, "c0": -32768.0,
+                                                                        "c1": 1.0})
+    np.testing.assert_array_equal(read_image(tmp_path / "f.tif").data, values)

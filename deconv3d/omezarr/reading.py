@@ -14,7 +14,7 @@ import numpy as np
 
 from deconv3d._paths import TIFF_SUFFIXES, _one_line
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel,
-                                     _size_in_um, _unit_factor, _voxel_size_um)
+                                     _size_in_um, _unit_factor, _voxel_size_um, calibrated, imagej_calibration)
 from deconv3d.errors import InputError
 from deconv3d.io import _check_complete, _refuse_colour, _refuse_complex, _tifffile_log
 
@@ -117,8 +117,9 @@ class TiffReader:
 
     remote = True
 
-    def __init__(self, source: _TiffArray, order=None):
+    def __init__(self, source: _TiffArray, order=None, calibration: tuple[float, float] | None = None):
         self.source = source
+        self.calibration = calibration  # ImageJ's linear intensity calibration (offset, scale), applied on read
         self.identity = _content_identity(source.path)  # what verify compares with
         kept = tuple(n for n in source.shape if n != 1)
         self.order = tuple(order) if order is not None else tuple(range(len(kept)))
@@ -137,7 +138,7 @@ class TiffReader:
         block = self.source[full]
         left = [i for i in range(self.ndim) if not isinstance(in_file[i], (int, np.integer))]  # file order
         wanted = [left.index(i) for i in self.order if i in left]
-        return np.array(block.transpose(wanted), dtype=np.float32, order="C")
+        return calibrated(np.array(block.transpose(wanted), dtype=np.float32, order="C"), self.calibration)
 
     __getitem__ = read
 
@@ -157,6 +158,7 @@ def _open_tiff(path: Path) -> LazyImage:
         with _tifffile_log() as log:
             with open_tiff(path) as (tif, series, options):
                 axes, shape, dtype = series.axes, series.shape, series.dtype
+                calibration = imagej_calibration(tif, dtype, path)
                 voxel = _voxel_size_um(tif)
                 time_axis = time_axis_of(tif) if "T" in series.axes else None
                 page_shape = tuple(series.pages[0].shape) if series.pages else shape[-2:]
@@ -180,8 +182,12 @@ def _open_tiff(path: Path) -> LazyImage:
     spatial_kept = "".join(a for a in kept if a in "ZYX" or a in _GENERIC_AXES)
     sizes = _kept_voxel(voxel, spatial_kept, sum(a in "ZYX" for a in axes))
     spatial, problem = _checked_voxel(sizes, path)
-    return LazyImage(data=data.astype(np.float32), voxel_size=spatial, axes=axes, path=path, time_axis=time_axis,
-                     reader=TiffReader(source, order), voxel_problem=problem, partial_voxel=_partial_voxel(sizes))
+    data = data.astype(np.float32)
+    if calibration is not None:
+        data = data * np.float32(calibration[1]) + np.float32(calibration[0])
+    return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, time_axis=time_axis,
+                     reader=TiffReader(source, order, calibration), voxel_problem=problem,
+                     partial_voxel=_partial_voxel(sizes))
 
 
 def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:
