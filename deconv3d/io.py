@@ -241,6 +241,9 @@ def open_tiff(path: Path):
     try:
         images = [s for s in tif.series if not (s.pages and (s.pages[0].is_reduced or s.pages[0].is_mask))]
         images = images or list(tif.series[:1])
+        if not images:
+            raise InputError(f"{path} holds no image, only a TIFF header (a save that was interrupted?): export or "
+                             "copy it again")
         if len(images) > 1:
             shapes = {(tuple(n for n in s.shape if n != 1), np.dtype(s.dtype)) for s in images}
             planes = len(shapes) == 1 and len(next(iter(shapes))[0]) == 2 and not tif.is_ome

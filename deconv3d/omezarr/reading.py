@@ -138,7 +138,7 @@ class TiffReader:
         block = self.source[full]
         left = [i for i in range(self.ndim) if not isinstance(in_file[i], (int, np.integer))]  # file order
         wanted = [left.index(i) for i in self.order if i in left]
-        return calibrated(np.array(block.transpose(wanted), dtype=np.float32, order="C"), self.calibration)
+        return calibrated(_float32_block(block.transpose(wanted), self.source.path), self.calibration)
 
     __getitem__ = read
 
@@ -336,7 +336,7 @@ class ZarrReader:
                 key.insert(axis, 0)
             key = tuple(key)
         try:
-            return np.array(self._open()[key], dtype=np.float32, order="C")
+            return _float32_block(self._open()[key], self.path)
         except OSError as exc:
             _refuse_unreadable(self.path, key, exc)
             raise
@@ -359,6 +359,20 @@ class ZarrReader:
             if found is not None:
                 return found
         return None
+
+
+def _float32_block(block, path) -> np.ndarray:
+    """A block read from ``path`` as C-ordered float32; float64 values past float32's range are
+    refused as in-memory reading refuses them (a bare cast made them Inf, then reported as Inf
+    in the file, with a numpy overflow warning first)."""
+    block = np.asarray(block)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.array(block, dtype=np.float32, order="C")
+    if block.dtype.kind == "f" and block.dtype.itemsize > 4 and np.isinf(out).any():
+        from deconv3d.io import _as_float32
+
+        _as_float32(block, path)  # names the peak, or the NaN/Inf the file itself holds
+    return out
 
 
 def _content_identity(path) -> tuple | None:

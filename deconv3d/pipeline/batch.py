@@ -104,8 +104,9 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
         image = read_psf(psf)
         return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=image.voxel_size, image_voxel=voxel,
                            fit_image=fit_image)
-    if voxel is None or len(spatial_shape) != 3:
-        raise InputError("psf_model needs a 3D image with a known voxel size: set voxel_size or use a PSF file")
+    if voxel is None or len(spatial_shape) != 3:  # (a 2D image is refused before: files._check_psf_dimensions)
+        raise InputError("--psf-model needs the image's voxel size, which it does not record: pass --voxel-size "
+                         "DZ DY DX (in µm), or give a --psf file")
     shape = generated_psf_shape(tuple(spatial_shape), voxel, settings.na, wavelength)
     psf = generate_psf(settings.psf_model, shape, voxel, settings.na, wavelength, ni=settings.ni,
                        ns=settings.ns, depth=settings.depth)

@@ -39,6 +39,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     lazy = open_lazy(input_path)
     spatial_axes = "".join(a for a in lazy.axes if a in "ZYX")
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]
+    _check_psf_dimensions(settings, lazy, len(spatial_shape))
     voxel = spatial_voxel(settings, lazy)
     if settings.method != "ssl" and settings.psf:  # (a network brings its own voxel size, below)
         voxel = assume_psf_voxel(voxel, _many(settings.psf)[0], len(spatial_shape), input_path.name, warnings,
@@ -66,6 +67,30 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     if output_path.suffix.lower() == ".zarr":
         return run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
     return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
+
+
+def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
+    """Refuse a PSF of another dimensionality than the image before anything else (a 2D image and
+    a 3D PSF file drew a warning that the PSF had no voxel size first), saying so where the image
+    may be a z-stack whose slices Fiji labelled channels or frames."""
+    from deconv3d.io import read_psf
+    from deconv3d.pipeline.settings import _many
+
+    if settings.method == "ssl" and settings.model:  # the model's own check
+        return
+    name, axes = Path(lazy.path).name, lazy.axes
+    hint = ""
+    if "Z" not in axes and ("C" in axes or "T" in axes):  # as in-memory reading hints
+        kind = "channels" if "C" in axes else "frames"
+        hint = f" ({name} has axes {axes}: if its {kind} are z-slices, relabel them as slices: Fiji's Image > Properties)"
+    if settings.psf_model is not None and ndim != 3:
+        raise InputError(f"--psf-model generates 3D PSFs but {name} is {ndim}D: give a 2D --psf file, e.g. one plane "
+                         f"made by 'deconv3d psf --shape 1 31 31 ...'{hint}")
+    for psf in _many(settings.psf):
+        found = read_psf(psf).data.ndim
+        if found != ndim:
+            raise InputError(f"PSF {Path(psf).name} is {found}D but {name} is {ndim}D: use a PSF with as many "
+                             f"dimensions as the image{hint}")
 
 
 def _psf_source(settings):

@@ -457,3 +457,34 @@ def test_dark_blocks_of_background_subtracted_data_run_without_a_word(tmp_path):
         assert reference.estimate(volume[:, :16, :16], psf).shape == (12, 16, 16)
         assert reference.estimate(volume[:, :16, :16], psf, extended=True).shape == tuple(
             n + k - 1 for n, k in zip((12, 16, 16), psf.shape))
+
+
+def test_chunked_runs_name_what_is_wrong_with_odd_files_as_in_memory_runs_do(tmp_path, capsys, monkeypatch):
+    """Found by the real-world-files review, each on the chunked path (a .zarr output):
+    a z-stack Fiji labelled as channels got 'PSF is 3D but image is 2D' without the relabel
+    hint; a 2D image with --psf-model was told to 'set voxel_size'; float64 values past float32
+    drew a numpy overflow warning, then 'contains NaN or Inf'; a header-only TIFF was 'list
+    index out of range'."""
+    monkeypatch.chdir(tmp_path)
+    psf = gaussian_psf()
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    stack = blurred_beads((8, 32, 32), psf, seed=3)
+    tifffile.imwrite(tmp_path / "cyx.tif", stack.astype(np.uint16), imagej=True)  # no axes: Fiji reads CYX
+    tifffile.imwrite(tmp_path / "plane.tif", stack[4], imagej=True, resolution=(10, 10), metadata={"unit": "um"})
+    huge = stack.astype(np.float64)
+    huge[4, 16, 16] = 1e300
+    tifffile.imwrite(tmp_path / "huge.tif", huge)
+    (tmp_path / "empty.tif").write_bytes(b"II*\x00\x00\x00\x00\x00")
+    cases = [("cyx.tif", ["--psf", "psf.tif"], ["3D but cyx.tif is 2D", "axes CYX", "relabel"]),
+             ("plane.tif", ["--psf-model", "gaussian", "--na", "1.2", "--wavelength", "0.5"],
+              ["generates 3D PSFs", "plane.tif is 2D", "--shape 1 31 31"]),
+             ("huge.tif", ["--psf", "psf.tif"], ["up to 1e+300", "beyond the float32 range"]),
+             ("empty.tif", ["--psf", "psf.tif"], ["holds no image", "TIFF header"])]
+    for name, psf_args, words in cases:
+        code, _, err = run(["deconvolve", tmp_path / name, "-o", tmp_path / "out.zarr", *psf_args], capsys)
+        assert_one_line_error(code, err, *words)
+        assert "warning" not in err and not (tmp_path / "out.zarr").exists()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "plane.tif").rename(tmp_path / "in" / "plane.tif")
+    code, out, err = run(["batch", tmp_path / "in", "-o", tmp_path / "res", "--psf", tmp_path / "psf.tif"], capsys)
+    assert code == 3 and "3D but plane.tif is 2D" in out and "voxel size" not in out + err  # no false warning
