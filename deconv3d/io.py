@@ -112,7 +112,8 @@ def read_image(path) -> Image:
     except InputError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
-        raise InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}") from exc
+        raise InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}: check that it is one, or export "
+                         "it again") from exc
     data, axes, kept = _squeeze(np.asarray(data), file_axes, path)
     sizes = _kept_voxel(voxel, kept, data.ndim)
     voxel, problem = _checked_voxel(sizes, path)

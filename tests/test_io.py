@@ -102,8 +102,11 @@ def test_missing_file(tmp_path):
 def test_text_file_named_tif(tmp_path):
     path = tmp_path / "fake.tif"
     path.write_text("this is not an image")
-    with pytest.raises(InputError, match="cannot read .* as a TIFF image"):
-        read_image(path)
+    from deconv3d.omezarr import open_lazy
+
+    for reader in (read_image, open_lazy):
+        with pytest.raises(InputError, match="cannot read .* as a TIFF image: .*: check that it is one, or export it"):
+            reader(path)
 
 
 def test_unsupported_suffix(tmp_path):

@@ -166,7 +166,8 @@ def _open_tiff(path: Path) -> LazyImage:
     except InputError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
-        raise InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}") from exc
+        raise InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}: check that it is one, or export "
+                         "it again") from exc
     kept = "".join(a for a, n in zip(axes, shape) if n != 1)
     _refuse_colour(kept, path)
     _refuse_complex(dtype, path)
