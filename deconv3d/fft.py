@@ -26,6 +26,12 @@ import torch.nn.functional as F
 
 from deconv3d.errors import InputError
 
+__all__ = [
+    "FFTConvolver", "fft_convolve", "fft_correlate", "get_convolver", "resolve_device", "fast_size", "fast_shape",
+    "kernel_origin", "pad_spatial", "as_tensor", "as_array", "refuse_complex", "psf_fingerprint", "psf_rms_width",
+    "band_limit", "band_limit_halo", "white_noise_variance", "tapered_crop", "PADDINGS", "BLIND",
+]
+
 PADDINGS = ("zero", "reflect", "circular")
 
 
@@ -336,6 +342,77 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     A complex or non-finite ``psf`` is refused, and so is such an ``x`` given as an array (FFTs
     would spread one NaN over the output); a tensor ``x`` is not checked (no extra pass, nor a
     GPU synchronisation, per training step).
+
+    Parameters
+    ----------
+    x : array_like or torch.Tensor
+        Input whose last ``psf.ndim`` axes are spatial; leading axes (batch, channel) are
+        carried through.
+    psf : array_like or torch.Tensor
+        Kernel with 1 to 3 dimensions, used as given (neither normalised nor flipped).
+    mode : {"same", "full"}
+        ``"same"``: the input's shape, centred as scipy centres it; ``"full"``: the full linear
+        convolution, ``n + k - 1`` voxels per spatial axis.
+    padding : {"zero", "reflect", "circular"}
+        How ``x`` continues beyond its border: zeros, a mirror image, or wrapping around
+        (periodic). ``"reflect"`` and ``"circular"`` work with ``mode="same"`` only.
+    device : str or torch.device, optional
+        Where the work runs and the result lives; ``None`` (default) is ``x``'s device for a
+        tensor, else the CPU; ``"auto"`` picks CUDA when present.
+    dtype : torch.dtype, optional
+        ``torch.float32`` (default) or ``torch.float64``: the precision of the computation
+        and of the result.
+
+    Returns
+    -------
+    torch.Tensor
+        The convolution, real, of ``dtype`` on ``device``: ``x``'s shape for ``mode="same"``,
+        spatial axes ``n + k - 1`` long for ``mode="full"``.
+
+    Raises
+    ------
+    InputError
+        For a complex or non-finite PSF or array ``x``; a PSF that is not 1D to 3D; an ``x``
+        with fewer dimensions than the PSF; an unknown ``mode`` or ``padding``, or
+        ``mode="full"`` with a padding other than ``"zero"``; ``padding="circular"`` on an
+        ``x`` smaller than the PSF; a ``dtype`` other than float32/float64; or an unknown or
+        unavailable ``device``.
+
+    See Also
+    --------
+    fft_correlate : the adjoint (transpose) of this convolution.
+    FFTConvolver : the same operation as an object that owns its kernel.
+
+    Notes
+    -----
+    With ``c = (k - 1) // 2`` per axis (:func:`kernel_origin`), output voxel ``i`` of the
+    "same" convolution is ``y[i] = sum_j psf[j] x[i + c - j]``. It is computed as
+    ``irfftn(rfftn(x) · OTF)``, the OTF being the real FFT of the kernel zero-padded to the FFT
+    shape with its origin rolled to index 0. With ``padding="zero"`` the FFT shape is a fast
+    size (prime factors 2, 3, 5, 7; :func:`fast_shape`) large enough that the circular
+    convolution does not wrap around, and the result is cropped; ``"circular"`` uses ``x``'s own
+    shape; ``"reflect"`` first mirrors ``x`` across its border by the kernel's extent on either side
+    of its origin, then keeps the interior.
+    The :class:`FFTConvolver` (and its OTFs, one per FFT shape) comes from a small thread-safe
+    cache keyed by the PSF's values, the device and the dtype (:func:`get_convolver`, the last
+    8 kernels), so repeated calls with the same PSF cost two real FFTs each. The operation is
+    differentiable with autograd.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy.signal import fftconvolve
+    >>> from deconv3d.fft import fft_convolve
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.random((6, 8)).astype(np.float32)
+    >>> psf = rng.random((3, 4)).astype(np.float32)
+    >>> y = fft_convolve(x, psf)
+    >>> type(y).__name__, tuple(y.shape)
+    ('Tensor', (6, 8))
+    >>> bool(np.allclose(y.numpy(), fftconvolve(x, psf, mode="same"), atol=1e-5))
+    True
+    >>> tuple(fft_convolve(x, psf, mode="full").shape)
+    (8, 11)
     """
     if not isinstance(x, torch.Tensor):
         _check_real_finite(x, "image")
@@ -361,7 +438,57 @@ def _check_real_finite(x, name: str) -> None:
 def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", *, device=None, dtype=torch.float32):
     """Correlate ``x`` with ``psf``: the adjoint of :func:`fft_convolve` (cached OTF) for the
     zero and circular paddings (see :meth:`FFTConvolver.correlate` for reflect); inputs are checked
-    as by :func:`fft_convolve`."""
+    as by :func:`fft_convolve`.
+
+    Parameters
+    ----------
+    x : array_like or torch.Tensor
+        Input whose last ``psf.ndim`` axes are spatial; leading axes (batch, channel) are
+        carried through.
+    psf : array_like or torch.Tensor
+        Kernel with 1 to 3 dimensions, used as given (neither normalised nor flipped).
+    mode : {"same", "full"}
+        ``"same"``: the adjoint of the "same" convolution, the input's shape; ``"full"``: the
+        adjoint of the full convolution, which takes a full-size ``x`` back to ``n - k + 1``
+        voxels per spatial axis.
+    padding : {"zero", "reflect", "circular"}
+        As for :func:`fft_convolve`. With ``"reflect"`` ``x`` is mirrored before correlating,
+        which is not the exact adjoint of the reflect convolution.
+    device : str or torch.device, optional
+        Where the work runs; ``None`` (default) is ``x``'s device for a tensor, else the CPU.
+    dtype : torch.dtype, optional
+        ``torch.float32`` (default) or ``torch.float64``.
+
+    Returns
+    -------
+    torch.Tensor
+        The correlation, real, of ``dtype`` on ``device``.
+
+    Raises
+    ------
+    InputError
+        For the inputs and options that :func:`fft_convolve` refuses.
+
+    Notes
+    -----
+    With ``c = (k - 1) // 2`` per axis, output voxel ``i`` of the "same" correlation is
+    ``z[i] = sum_j psf[j] x[i - c + j]``: the spectrum of ``x`` is multiplied by the complex
+    conjugate of the cached OTF, so that ``<fft_convolve(u, psf), v> = <u, fft_correlate(v, psf)>``
+    for every ``u`` and ``v`` (zero and circular padding).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> from deconv3d.fft import fft_convolve, fft_correlate
+    >>> rng = np.random.default_rng(0)
+    >>> u, v = rng.random((2, 6, 8))
+    >>> psf = rng.random((3, 4))
+    >>> lhs = float(np.sum(fft_convolve(u, psf, dtype=torch.float64).numpy() * v))
+    >>> rhs = float(np.sum(u * fft_correlate(v, psf, dtype=torch.float64).numpy()))
+    >>> abs(lhs - rhs) < 1e-9
+    True
+    """
     if not isinstance(x, torch.Tensor):
         _check_real_finite(x, "image")
     if device is None:

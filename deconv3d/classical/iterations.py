@@ -99,6 +99,31 @@ def choose_iterations(
     InputError
         For the inputs :func:`richardson_lucy` refuses, and for invalid options of its own.
 
+    Notes
+    -----
+    The held-out set ``M`` is :func:`holdout_mask`: each voxel is in it with probability
+    ``holdout``, drawn from a CPU torch generator seeded with ``seed``, so a given seed and
+    shape always hold out the same voxels. The kept voxels get weight ``w = 1`` and the held-out
+    ones ``w = 0``, and plain RL (no acceleration; with the TV term for ``tv_weight`` > 0) runs
+    from a flat start on the data with the weighted update of ``richardson_lucy(weights=w)``,
+    ``u_{k+1} = u_k · H^T(w y / H u_k) · H^T(1) / H^T(w)`` (times the boundary's own
+    normalisation). After iteration ``k`` the blurred estimate predicts the held-out voxels,
+    and the risk is
+
+    ``R(k) = (1 / |M|) sum_{i in M} ((H u_k)_i - max(y_i, 0))^2``.
+
+    The search stops after ``max_iterations``, when ``patience`` iterations have passed since
+    the lowest risk so far, or when ``callback`` returns ``True``; the count returned is the
+    first ``k`` with the lowest ``R(k)``, and ``risk`` holds every ``R(k)`` computed.
+
+    References
+    ----------
+    .. [1] J. Batson and L. Royer, "Noise2Self: blind denoising by self-supervision",
+       ICML 2019 (J-invariant calibration of denoisers).
+    .. [2] G. Wahba, "Practical approximate solutions to linear operator equations when the
+       data are noisy", SIAM J. Numer. Anal. 14, 651-667 (1977) (cross-validation of the
+       regularisation of an inverse problem).
+
     Examples
     --------
     >>> import numpy as np
@@ -110,14 +135,6 @@ def choose_iterations(
     >>> restored = richardson_lucy(image, psf, choice.iterations, device="cpu")
     >>> 1 <= choice.iterations <= 30 and len(choice.risk) >= choice.iterations
     True
-
-    References
-    ----------
-    .. [1] J. Batson and L. Royer, "Noise2Self: blind denoising by self-supervision",
-       ICML 2019 (J-invariant calibration of denoisers).
-    .. [2] G. Wahba, "Practical approximate solutions to linear operator equations when the
-       data are noisy", SIAM J. Numer. Anal. 14, 651-667 (1977) (cross-validation of the
-       regularisation of an inverse problem).
     """
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")

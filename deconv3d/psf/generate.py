@@ -4,12 +4,16 @@ References
 ----------
 .. [1] S. F. Gibson and F. Lanni, "Experimental test of an analytical model of
    aberrations in an oil-immersion objective lens used in three-dimensional light
-   microscopy", J. Opt. Soc. Am. A 8(10), 1601-1613 (1991).
-.. [2] F. Aguet, "Super-resolution fluorescence microscopy based on physical
-   models", EPFL thesis 4418 (2009); F. Aguet, D. Van De Ville and M. Unser,
-   "An accurate PSF model with few parameters for axially shift-variant
-   deconvolution", Proc. IEEE ISBI, 157-160 (2008).
+   microscopy", J. Opt. Soc. Am. A 8(10), 1601-1613 (1991); also J. Opt. Soc. Am. A
+   9(1), 154-166 (1992), the version psfmodels cites.
+.. [2] F. Aguet, S. Geissbühler, I. Märki, T. Lasser and M. Unser, "Super-resolution
+   orientation estimation and localization of fluorescent dipoles using 3-D steerable
+   filters", Opt. Express 17(8), 6829-6848 (2009); F. Aguet, "Super-resolution
+   fluorescence microscopy based on physical models", EPFL thesis 4418 (2009).
 .. [3] T. Lambert, psfmodels (https://github.com/tlambert03/PSFmodels).
+.. [4] B. Zhang, J. Zerubia and J.-C. Olivo-Marin, "Gaussian approximations of
+   fluorescence microscope point-spread function models", Appl. Opt. 46(10),
+   1819-1829 (2007).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     model : {"gaussian", "gibson-lanni", "vectorial"}
         ``"gibson-lanni"`` is the scalar model of Gibson & Lanni [1]_,
         ``"vectorial"`` the vectorial model of Aguet et al. [2]_, ``"gaussian"``
-        a Gaussian approximation; all computed by psfmodels [3]_.
+        a Gaussian approximation [4]_; all computed by psfmodels [3]_.
     shape : tuple of int
         ``(z, y, x)`` or ``(y, x)`` in voxels; the point source sits at index
         ``(n - 1) // 2`` along each axis. Along z the focus moves away from the coverslip, deeper
@@ -63,6 +67,54 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     ------
     InputError
         For an unknown model or a non-physical parameter.
+
+    Notes
+    -----
+    The Gibson-Lanni model [1]_ is scalar diffraction through a stratified medium: with
+    ``k = 2π / wavelength`` and ``ρ`` the normalised radius in the objective's pupil, the
+    intensity at lateral distance ``r`` and focal position ``z`` is
+
+    ``h(r, z) = |∫_0^1 J_0(k NA r ρ) exp(i k OPD(ρ, z)) ρ dρ|^2``,
+
+    where ``OPD`` is the optical path difference, along the ray through ``ρ``, between the
+    actual layers (sample of index ``ns`` down to the source's ``depth``, coverslip, immersion
+    of index ``ni``) and the objective's design conditions; defocus enters through the
+    immersion layer's thickness. A sample index that differs from the immersion index makes
+    the sample layer's term a spherical aberration that grows with ``depth``. The vectorial
+    model [2]_ keeps the same optical path difference but computes the components of the
+    electric field in the focal region instead of a scalar amplitude (polarisation matters at
+    high NA) and sums their intensities. The Gaussian model is a 3D Gaussian whose lateral and
+    axial widths come from NA, ``ni`` and the wavelength through Zhang et al.'s fits [4]_
+    (paraxial below NA 0.7, non-paraxial above); it ignores ``ns``, and a ``depth`` above 0
+    is refused for it.
+
+    deconv3d calls ``psfmodels.make_psf`` [3]_ with the design immersion index equal to
+    ``ni``, psfmodels' default coverslip (170 µm of index 1.515, as designed) and working
+    distance (150 µm), and its default 3x oversampling, which approximates integration over a
+    pixel in the scalar and vectorial models. The model is computed on a square lateral grid
+    at the finer of the two lateral voxel sizes, one voxel wider than the requested field on
+    each side, with the requested number of planes rounded up to odd (``z`` step
+    ``voxel_size[0]``, source at ``depth``). When the
+    lateral voxel sizes differ, the volume is resampled onto them by cubic-spline
+    interpolation about the centre; otherwise it is cropped. The result is cut to ``shape``
+    with the source at ``(n - 1) // 2``, clamped at 0 (interpolation can undershoot) and
+    scaled to unit sum.
+
+    References
+    ----------
+    .. [1] S. F. Gibson and F. Lanni, "Experimental test of an analytical model of
+       aberrations in an oil-immersion objective lens used in three-dimensional light
+       microscopy", J. Opt. Soc. Am. A 8(10), 1601-1613 (1991); also J. Opt. Soc. Am. A
+       9(1), 154-166 (1992), the version psfmodels cites.
+    .. [2] F. Aguet, S. Geissbühler, I. Märki, T. Lasser and M. Unser, "Super-resolution
+       orientation estimation and localization of fluorescent dipoles using 3-D steerable
+       filters", Opt. Express 17(8), 6829-6848 (2009); F. Aguet, "Super-resolution
+       fluorescence microscopy based on physical models", EPFL thesis 4418 (2009).
+    .. [3] T. Lambert, psfmodels: scalar and vectorial models of the microscope PSF,
+       https://github.com/tlambert03/PSFmodels (Python bindings of F. Aguet's C++ code).
+    .. [4] B. Zhang, J. Zerubia and J.-C. Olivo-Marin, "Gaussian approximations of
+       fluorescence microscope point-spread function models", Appl. Opt. 46(10),
+       1819-1829 (2007).
 
     Examples
     --------

@@ -130,6 +130,30 @@ def deconvolve(image, psf, *, model=None, config: TrainConfig = TrainConfig(), u
     InputError
         For bad input, an incompatible model, or training that diverged.
 
+    Notes
+    -----
+    Without ``model``, a network ``f`` is trained on ``image`` itself (:func:`train`) and then
+    applied to the whole of it (:func:`apply_model`). Following Papkov et al. [1]_, each
+    training step draws patches of the standardised image ``x`` and runs ``f``, with shared
+    weights, on ``x`` and on a copy ``x_m`` whose blind-spot voxels ``M`` (one random voxel per
+    small box, ``config.mask_percent`` % of them) are replaced by Gaussian noise. With the
+    default terms the loss is
+
+    ``L = λ_rec MSE(x, H f(x)) + λ_inv sqrt(MSE_M(f(x), f(x_m))) + λ_bound B(f(x))``,
+
+    with weights 1, 2 and 0.1, where ``H`` convolves with the unit-sum PSF (the valid part of
+    the convolution over a field that includes the PSF halo, so light from outside a patch is
+    modelled), the invariance term keeps ``f`` from reproducing each voxel's own noise, and
+    ``B`` penalises negative intensities (:func:`deconv3d.selfsup.losses.siamese_loss` lists
+    all the terms). By default deconv3d goes beyond the paper: the data term's residual is
+    weighted in frequency by ``(1 + ε) / (|H|^2 + ε)``, gated by the image's own
+    signal-to-noise ratio (``config.precondition``), and the network learns a correction ``r``
+    to a Bertero Richardson-Lucy estimate ``T`` whose iteration count (and TV weight) held-out
+    voxels pick (:func:`deconv3d.classical.choose_iterations`), ``f(x) = T + r(x)``
+    (``config.residual``). ``TrainConfig(precondition=0, warm_start=0, residual=False)`` is
+    the paper's recipe. Inference runs in overlapping tiles; the output is de-standardised
+    and clamped at zero.
+
     References
     ----------
     .. [1] K. Papkov, M. Palo and L. Parts, "Self-supervised single-image deconvolution
