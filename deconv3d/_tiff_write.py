@@ -129,5 +129,5 @@ def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
         if len(voxel) == 3:
             md["spacing"] = voxel[0]
     if metadata:
-        md["Properties"] = {str(k): str(v) for k, v in metadata.items()}
+        md["Properties"] = {str(k): str(v) for k, v in metadata.items() if v is not None}  # None: not known
     return kwargs

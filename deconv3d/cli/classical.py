@@ -214,8 +214,14 @@ def cmd_deconvolve(args) -> int:
     refuse_non_finite(result, f"{args.method} result",  # float32 overflow on values near its limit
                       f"(the image's values reach {float(np.abs(image.data).max()):.3g}): rescale the image to a "
                       "smaller range and run again")
+    from deconv3d.omezarr import file_sha256
+    from deconv3d.pipeline import run_environment
+
     meta = {"deconv3d": __version__, "method": args.method, "parameters": params, "input": str(args.input),
-            "psf_shape": list(psf.shape), "psf_sha256_16": psf_fingerprint(psf), "psf_source": _psf_source(args)}
+            "input_sha256": file_sha256(args.input), "psf_shape": list(psf.shape),
+            "psf_sha256_16": psf_fingerprint(psf), "psf_source": _psf_source(args),
+            "model_sha256": file_sha256(args.model) if args.model else None,
+            "environment": run_environment(args.device), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_tiff(args.output, result, voxel_size=voxel, metadata=meta)
     print(f"wrote {args.output}: {args.method} on {image.data.shape} in {seconds:.1f} s")
     return 0

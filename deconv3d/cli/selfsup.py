@@ -196,8 +196,7 @@ def deconvolve_ssl(args, image, psf, voxel, trained=None):
     """
     from tqdm import tqdm
 
-    from deconv3d.selfsup import apply_model
-    from deconv3d.selfsup.config import to_dict
+    from deconv3d.selfsup import apply_model, training_record
 
     if trained is not None:
         trained.check_compatible(image.ndim, psf, voxel)
@@ -206,12 +205,7 @@ def deconvolve_ssl(args, image, psf, voxel, trained=None):
         if psf is None:
             raise InputError("--method ssl without --model needs a PSF: add --psf PSF.tif or --psf-model")
         trained = train_with_progress(image, psf, args, voxel)
-        params = {"train_steps": trained.steps_done, "invariance": trained.config.invariance,
-                  "precondition": trained.config.precondition, "warm_start": trained.warm_steps,
-                  "anchor": trained.config.anchor_weight,
-                  "warm_tv": trained.config.warm_tv, "residual": trained.config.residual}
-        if trained.reference is not None:
-            params["reference"] = to_dict(trained.reference)
+        params = training_record(trained)  # the whole recipe, seed included
     bar = tqdm(desc="predict", unit="tile", disable=None, leave=False)
 
     def callback(done, total):

@@ -173,7 +173,11 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     indices = list(np.ndindex(*reader.shape[:lead]))
     total = blocks * len(indices)
     if provenance is not None:  # how it ran, recorded before the output is published (not after)
-        provenance = {**provenance, "execution": {"chunks": list(zarr_chunks), "halo": list(depth), "blocks": total}}
+        execution = {"chunks": list(zarr_chunks), "halo": list(depth), "blocks": total,
+                     "workers": int(workers) if client is None else f"cluster of {sum(client.nthreads().values())} threads",
+                     "memory_limit": memory_limit if memory_limit is None or isinstance(memory_limit, str)
+                     else int(memory_limit)}
+        provenance = {**provenance, "execution": execution}
     done = 0
     if progress is not None and progress(0, total):  # planned: the total is known, nothing written yet
         raise Cancelled("cancelled before the first block")
@@ -287,12 +291,35 @@ def psf_source(files=None, model: str | None = None, **optics) -> dict | None:
     return None
 
 
+def run_environment(device="cpu") -> dict:
+    """What besides the parameters sets a run's last bits, for its provenance: the device it ran on,
+    torch's thread count, the FFT backend asked for (``DECONV3D_FFT``; FFTW where installed) and
+    FFTW's planner (its timed plans change float32 rounding from run to run; ``estimate`` or
+    ``DECONV3D_FFT=torch`` reproduce bit for bit), and the versions of Python, numpy and torch."""
+    import platform
+
+    import torch
+
+    from deconv3d._fftw import fftw_available
+    from deconv3d.fft import resolve_device
+
+    fft = os.environ.get("DECONV3D_FFT", "auto").strip().lower() or "auto"
+    record = {"device": str(resolve_device(device)), "threads": torch.get_num_threads(),
+              "fft": fft if fft != "auto" else ("fftw" if fftw_available() else "torch") + " (auto)",
+              "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
+    if "fftw" in record["fft"]:
+        record["fftw_planner"] = os.environ.get("DECONV3D_FFTW_PLANNER", "auto").strip().lower() or "auto"
+    return record
+
+
 def provenance(method: str, parameters: dict, *, psf=None, input_path=None, checksum: bool | str = True,
-               model_hash: str | None = None, extra: dict | None = None, source: dict | None = None) -> dict:
+               model_hash: str | None = None, extra: dict | None = None, source: dict | None = None,
+               device=None) -> dict:
     """The ``deconv3d`` provenance block stored with every OME-Zarr output.
 
     ``checksum``: True hashes ``input_path``; a string is the input's SHA-256, already known.
     ``source``: where the PSF came from (:func:`psf_source`), kept in the PSF's summary.
+    ``device``: the run's, for its :func:`run_environment`.
     """
     from deconv3d import __version__
     from deconv3d.omezarr import file_sha256
@@ -309,6 +336,8 @@ def provenance(method: str, parameters: dict, *, psf=None, input_path=None, chec
             record["input"]["sha256"] = checksum if isinstance(checksum, str) else file_sha256(input_path)
     if model_hash:
         record["model_sha256"] = model_hash
+    if device is not None:
+        record["environment"] = run_environment(device)
     if extra:
         record.update(_jsonable(extra))
     return record

@@ -60,7 +60,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings)
     model_hash = _sha(settings.model) if settings.model else None
     record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
-                        model_hash=model_hash, source=_psf_source(settings))
+                        model_hash=model_hash, source=_psf_source(settings), device=settings.device)
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
                   voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
     remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
@@ -259,7 +259,10 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
         psf = record.get("psf", {})
         meta = {"deconv3d": record["version"], "method": record["method"], "parameters": record["parameters"],
                 "input": record.get("input", {}).get("path"), "psf_shape": psf.get("shape"),
-                "psf_sha256_16": psf.get("sha256_16"), "psf_source": psf.get("source")}
+                "psf_sha256_16": psf.get("sha256_16"), "psf_source": psf.get("source"),
+                "input_sha256": record.get("input", {}).get("sha256"), "model_sha256": record.get("model_sha256"),
+                "environment": record.get("environment"), "execution": record.get("execution"),
+                "created": record.get("created")}
         # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
         # (a 2D result, read whole here, went 5-10 % over it while it was read outside this setting)
         with zarr.config.set({"async.concurrency": 1}):

@@ -1,0 +1,108 @@
+"""What outputs record for a rerun. Every output says where its PSF came from: the file (path and
+SHA-256) or the model and the microscope parameters it was generated from (before, a generated
+PSF was recorded only as the prepared array's summary, and a chunked run's TIFF lost the PSF's
+shape); how the run was executed and in what environment; a network trained in the run, its
+whole recipe (found by the reproducibility review: the seed, patch, batch, learning rate and
+network size were missing, so a rebuilt command gave another result)."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import tifffile
+
+from cli_helpers import run
+from deconv3d.io import write_tiff
+
+from .conftest import blurred_beads, gaussian_psf
+
+OPTICS = ["--psf-model", "gibson-lanni", "--na", "1.1", "--wavelength", "0.52", "--ni", "1.4", "--ns", "1.36",
+          "--depth", "2.5"]
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    psf = gaussian_psf()
+    write_tiff(tmp_path / "img.tif", blurred_beads((16, 32, 32), psf, seed=1), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _psf_record(output: Path) -> tuple[dict, list]:
+    """(source, shape) of the PSF as an output records them."""
+    if output.suffix == ".zarr":
+        psf = json.loads((output / "zarr.json").read_text())["attributes"]["deconv3d"]["psf"]
+        return psf["source"], psf["shape"]
+    with tifffile.TiffFile(output) as tif:
+        properties = tif.imagej_metadata["Properties"]
+    import ast
+
+    return ast.literal_eval(properties["psf_source"]), ast.literal_eval(properties["psf_shape"])
+
+
+@pytest.mark.parametrize("output, extra", [("out.tif", []), ("out.zarr", []), ("chunked.tif", ["--chunks", "8", "16", "16"])])
+def test_a_generated_psf_is_recorded_with_its_microscope_parameters(folder, capsys, output, extra):
+    code, _, err = run(["deconvolve", "img.tif", "-o", output, *OPTICS, "--iterations", "2", *extra], capsys)
+    assert code == 0, err
+    source, shape = _psf_record(folder / output)
+    assert source == {"model": "gibson-lanni", "na": 1.1, "wavelength": 0.52, "ni": 1.4, "ns": 1.36, "depth": 2.5}
+    assert len(shape) == 3 and all(n > 1 for n in shape)
+
+
+@pytest.mark.parametrize("output, extra", [("out.tif", []), ("out.zarr", []), ("chunked.tif", ["--chunks", "8", "16", "16"])])
+def test_a_psf_file_is_recorded_by_path_and_hash(folder, capsys, output, extra):
+    code, _, err = run(["deconvolve", "img.tif", "-o", output, "--psf", "psf.tif", "--iterations", "2", *extra], capsys)
+    assert code == 0, err
+    source, shape = _psf_record(folder / output)
+    assert source == {"files": ["psf.tif"], "sha256": [hashlib.sha256((folder / "psf.tif").read_bytes()).hexdigest()]}
+    assert shape == [7, 7, 7]
+
+
+def test_batch_records_the_generated_psf_s_parameters(folder, capsys):
+    (folder / "in").mkdir()
+    (folder / "img.tif").rename(folder / "in" / "img.tif")
+    code, _, err = run(["batch", "in", "-o", "res", *OPTICS, "--iterations", "2"], capsys)
+    assert code == 0, err
+    source, _ = _psf_record(folder / "res" / "img.zarr")
+    assert source["model"] == "gibson-lanni" and source["wavelength"] == 0.52 and source["depth"] == 2.5
+
+
+def _properties(path: Path) -> dict:
+    import ast
+
+    with tifffile.TiffFile(path) as tif:
+        found = dict(tif.imagej_metadata["Properties"])
+    return {k: (v if k in ("deconv3d", "method", "input", "input_sha256", "created", "psf_sha256_16")
+                else ast.literal_eval(v)) for k, v in found.items()}
+
+
+def test_outputs_record_the_input_hash_environment_and_how_the_run_was_split(folder, capsys):
+    """The memory limit (which sets the blocks, and with accelerated RL the box its steps are
+    measured on) was missing, and so were the device, threads and FFT backend; a TIFF output had no
+    input hash or time."""
+    digest = hashlib.sha256((folder / "img.tif").read_bytes()).hexdigest()
+    for output, extra in (("mem.tif", []), ("lim.zarr", ["--memory-limit", "3GB"])):
+        code, _, err = run(["deconvolve", "img.tif", "-o", output, "--psf", "psf.tif", "--iterations", "2",
+                            "--device", "cpu", *extra], capsys)
+        assert code == 0, err
+    tiff = _properties(folder / "mem.tif")
+    assert tiff["input_sha256"] == digest and tiff["created"].startswith("20") and "model_sha256" not in tiff
+    record = json.loads((folder / "lim.zarr" / "zarr.json").read_text())["attributes"]["deconv3d"]
+    assert record["input"]["sha256"] == digest
+    assert record["execution"]["memory_limit"] == "3GB" and record["execution"]["workers"] == 1
+    for environment in (tiff["environment"], record["environment"]):
+        assert environment["device"] == "cpu" and environment["threads"] >= 1
+        assert environment["fft"].split()[0] in ("torch", "fftw") and environment["torch"]
+
+
+def test_a_network_trained_in_memory_records_its_whole_recipe(folder, capsys):
+    code, _, err = run(["deconvolve", "img.tif", "-o", "ssl.tif", "--psf", "psf.tif", "--method", "ssl",
+                        "--train-steps", "2", "--seed", "7", "--patch", "16", "--batch", "1", "--base-channels", "4",
+                        "--unet-depth", "2", "--no-residual", "--warm-start", "0"], capsys)
+    assert code == 0, err
+    params = _properties(folder / "ssl.tif")["parameters"]
+    assert params["train_steps"] == 2 and params["warm_start"] == 0
+    assert params["training"]["seed"] == 7 and params["training"]["patch"] == 16 and params["training"]["batch"] == 1
+    assert params["unet"]["base_channels"] == 4 and params["unet"]["depth"] == 2
