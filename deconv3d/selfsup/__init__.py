@@ -21,7 +21,7 @@ from deconv3d.selfsup.predict import Cancelled, predict_tiled
 from deconv3d.selfsup.train import TrainResult, train
 
 __all__ = ["deconvolve", "apply_model", "train", "TrainConfig", "UNetConfig", "TrainResult", "TrainedModel",
-           "save_checkpoint", "load_checkpoint", "Cancelled", "BAND_LIMIT", "training_record"]
+           "save_checkpoint", "load_checkpoint", "Cancelled", "BAND_LIMIT", "training_record", "default_context"]
 
 
 BAND_LIMIT = 0.0  # default eps of the output's band limit: off (see apply_model)
@@ -39,9 +39,8 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     correction to Richardson-Lucy of ``image`` run as in training (``trained.reference``).
     Returns a non-negative float32 array.
 
-    ``context`` (voxels around each tile) defaults to the larger of the PSF half-size
-    and ``4 * blocks_per_level * 2**depth``, most of the UNet's receptive field, so
-    that tiled and whole-volume results agree to about 1e-3 of the output range.
+    ``context`` (voxels around each tile) defaults to :func:`default_context`: tiled and
+    whole-volume results of a trained network then agree to about 1e-3 of the output range.
 
     ``callback(done, total)`` after every tile; returning ``True`` cancels, which raises
     :class:`Cancelled` (nothing is returned).
@@ -68,8 +67,7 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     if not np.isfinite(image).all():  # one would spread over the network's whole receptive field
         raise InputError("image contains NaN or Inf values: clean the data (e.g. replace them by 0) first")
     if context is None:
-        unet = trained.unet
-        context = max(max(k // 2 for k in trained.psf.shape), 4 * unet.blocks_per_level * unet.divisor)
+        context = default_context(trained)
     residual = trained.reference is not None
     out = predict_tiled(trained.model, image, mean=trained.mean, std=trained.std, divisor=trained.unet.divisor,
                         tile_shape=tile_shape, tta=tta, device=device, callback=callback, context=context,
@@ -80,6 +78,22 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     if band_limit:
         out = fft_band_limit(out, trained.psf, band_limit, device=device).clamp_min_(0).cpu().numpy()
     return out
+
+
+def default_context(trained) -> int:
+    """Voxels of context around every tile by default (also a chunked run's halo): the larger of
+    the PSF half-size and ``4 * blocks_per_level * 2**depth`` (32 for the default 3D network),
+    most of the UNet's receptive field (:func:`deconv3d.selfsup.unet.receptive_radius`: 52).
+
+    Measured on a 32 x 256 x 256 confocal stack with a 3D network trained 150 steps, split into
+    64 x 64 blocks: the blocks agreed with one pass over the volume to 5.6e-4 of the peak
+    (94 dB); with the whole receptive field as context they cost 2.7x the time and differed from
+    that pass by 5.7e-3 (73 dB), at the volume's borders, where the two contexts mirror different
+    depths of the image. A network trained only a few steps still has weight further out: tiles
+    and blocks of a 20-step 2D one differed by up to 1.4e-2 of the peak at their seams.
+    """
+    unet = trained.unet
+    return max(max(k // 2 for k in trained.psf.shape), 4 * unet.blocks_per_level * unet.divisor)
 
 
 def _reference_estimate(trained: TrainedModel, image: np.ndarray, device) -> np.ndarray:
