@@ -53,6 +53,8 @@ def settings_from_args(args, base: dict | None = None):
              "seed")
     if getattr(args, "steps", None) is not None:  # deconvolve's --train-steps
         values["train_steps"] = args.steps
+    elif getattr(args, "method", None) == "ssl" and hasattr(args, "steps") and not args.model:
+        values["train_steps"] = selfsup_defaults_steps()  # deconvolve trains by default, as in memory
     for name in plain:
         value = getattr(args, name, None)
         if value is not None:
@@ -70,6 +72,13 @@ def settings_from_args(args, base: dict | None = None):
     if getattr(args, "output_format", None):
         values["output_format"] = args.output_format
     return make_settings(values, options=not hasattr(args, "input_dir"))  # deconvolve: its options, not a batch's
+
+
+def selfsup_defaults_steps() -> int:
+    """The training steps of ``deconvolve --method ssl`` without --model or --train-steps."""
+    from deconv3d.cli.selfsup import DEFAULT_STEPS
+
+    return DEFAULT_STEPS
 
 
 def _bar(desc: str, unit: str, on_start=None):
@@ -220,14 +229,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
                          "choose another location")
     _check_shared_files(settings)
     start = time.perf_counter()
-    gpus = gpu_count(settings.device) if args.scheduler == "processes" else 0
+    gpus = gpu_count(settings.run_device) if args.scheduler == "processes" else 0
     rows: list[dict] = []
     try:
         with scheduler_client(args.scheduler, args.workers, gpus=gpus) as client:
             workers = gpus or args.workers or 1
 
             training = argparse.Namespace(**{**training_defaults(), "steps": settings.train_steps,
-                                                 "seed": settings.seed, "device": settings.device})
+                                                 "seed": settings.seed, "device": settings.run_device})
 
             def one(path, output, input_sha256):
                 deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,

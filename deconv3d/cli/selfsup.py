@@ -39,11 +39,15 @@ def register(sub) -> None:
     add_common(p)
 
 
+#: Training steps when none are given (train, and deconvolve --method ssl without --model).
+DEFAULT_STEPS = 300
+
+
 def add_training_options(p, steps_flag: str) -> None:
     """Options of the training recipe; ``steps_flag`` is ``--steps`` (train) or ``--train-steps`` (deconvolve)."""
     g = p.add_argument_group("self-supervised network (Papkov et al. 2023)")
     g.add_argument(steps_flag, dest="steps", type=positive_int, default=None,
-                   help="training steps (default 300)")
+                   help=f"training steps (default {DEFAULT_STEPS})")
     g.add_argument("--patch", type=positive_int, default=32, help="side of the training patches (default 32)")
     g.add_argument("--batch", type=positive_int, default=2, help="patches per step (default 2)")
     g.add_argument("--invariance", choices=INVARIANCE, default=None,
@@ -106,7 +110,7 @@ def configs(args, ndim: int):
         raise InputError(f"--ssi is the baseline without an invariance term, but --invariance {args.invariance} was "
                          "given: drop one of them")
     extra = dict(invariance="none", lambda_bsp=1.0) if args.ssi else dict(invariance=args.invariance or "before-psf")
-    config = TrainConfig(steps=args.steps or 300, patch=args.patch, batch=args.batch, lr=args.lr,
+    config = TrainConfig(steps=args.steps or DEFAULT_STEPS, patch=args.patch, batch=args.batch, lr=args.lr,
                          decay_steps=args.decay_steps, ema=args.ema,
                          precondition=args.precondition, warm_start=args.warm_start, lambda_anchor=args.anchor,
                          warm_tv=args.warm_tv, residual=args.residual, time_budget=args.time_budget,

@@ -129,20 +129,20 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
         trained = load_checkpoint(settings.model, device="cpu") if trained is None else trained
         trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
         weights = sum(p.numel() * 4 for p in trained.model.parameters())
-        block = NetworkBlock(trained, device=settings.device, tta=settings.tta,
+        block = NetworkBlock(trained, device=settings.run_device, tta=settings.tta,
                              band_limit=settings.band_limit or None)
         model = MemoryModel("ssl", tuple(trained.psf.shape), base_channels=trained.unet.base_channels,
                             weights_bytes=weights, context=block.reach())
         source = {"model": str(settings.model)} if settings.model else {}  # else: trained in the run (its record)
         return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit}
     if settings.method == "wiener":
-        return (WienerBlock(psf, settings.balance, settings.device), MemoryModel("wiener", psf.shape),
+        return (WienerBlock(psf, settings.balance, settings.run_device), MemoryModel("wiener", psf.shape),
                 {"balance": settings.balance})
     tv = settings.tv_weight if settings.method == "rl-tv" else 0.0
     params = {"iterations": settings.iterations, "boundary": settings.boundary, "accelerate": settings.accelerate,
               "tv_weight": tv}
     block = RichardsonLucyBlock(psf, settings.iterations, settings.boundary, tv, settings.accelerate, voxel,
-                                settings.device)
+                                settings.run_device)
     return block, MemoryModel(settings.method, psf.shape, accelerate=settings.accelerate,
                               boundary=settings.boundary), params
 

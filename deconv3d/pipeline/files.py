@@ -41,7 +41,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]
     _check_psf_dimensions(settings, lazy, len(spatial_shape))
     voxel = spatial_voxel(settings, lazy)
-    if settings.method != "ssl" and settings.psf:  # (a network brings its own voxel size, below)
+    if settings.psf and (settings.method != "ssl" or settings.model is None):  # (a model brings its own, below)
         voxel = assume_psf_voxel(voxel, _many(settings.psf)[0], len(spatial_shape), input_path.name, warnings,
                                  partial=lazy.partial_voxel)
     wanted = channel_count(settings)
@@ -60,7 +60,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings)
     model_hash = _sha(settings.model) if settings.model else None
     record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
-                        model_hash=model_hash, source=_psf_source(settings), device=settings.device)
+                        model_hash=model_hash, source=_psf_source(settings), device=settings.run_device)
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
                   voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
     remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
@@ -144,7 +144,7 @@ def train_on_image(lazy, psf, voxel, settings, trainer=None, memory_limit=None):
 
     ``trainer(image, psf, voxel)`` trains (returns a ``TrainResult``); by default
     :func:`deconv3d.selfsup.train` with ``settings.train_steps``, ``settings.seed`` and
-    ``settings.device``. Under ``memory_limit`` an image over a quarter of it is refused (training
+    ``settings.run_device``. Under ``memory_limit`` an image over a quarter of it is refused (training
     holds it, its standardised copy and the network's activations): train on a crop instead.
     """
     from deconv3d.pipeline.memory import format_bytes, parse_memory
@@ -163,7 +163,7 @@ def train_on_image(lazy, psf, voxel, settings, trainer=None, memory_limit=None):
     image = np.asarray(lazy.data, dtype=np.float32).reshape(lazy.data.shape[len(lead):])
     if trainer is None:
         config = TrainConfig(steps=settings.train_steps, seed=settings.seed)
-        result = train(image, psf, config=config, unet=UNetConfig(ndim=image.ndim), device=settings.device,
+        result = train(image, psf, config=config, unet=UNetConfig(ndim=image.ndim), device=settings.run_device,
                        voxel_size=voxel)
         if result.reason == "non-finite loss":
             raise InputError(f"training on {name} diverged at step {result.steps_done} (non-finite loss): check "

@@ -44,7 +44,7 @@ class Settings:
     boundary: str = "bertero"
     balance: float = 1e-3
     voxel_size: Optional[tuple] = None
-    device: str = "auto"
+    device: Optional[str] = None  # None: not given, which runs as "auto" (see run_device)
     model: Optional[str] = None
     train_steps: Optional[int] = None  # ssl without a model: train on each image first (TrainConfig's defaults)
     seed: int = 0  # of that training
@@ -98,7 +98,7 @@ class Settings:
         _check(isinstance(self.accelerate, bool), f"{_n('accelerate')} must be true or false, got {self.accelerate!r}")
         from deconv3d.fft import resolve_device
 
-        resolve_device(self.device)
+        resolve_device(self.run_device)
 
     def _check_memory_limit(self) -> None:
         # A bare number is bytes for the Python API (as run_chunked takes); a small one is a config's
@@ -114,8 +114,9 @@ class Settings:
 
     def _check_sources(self) -> None:
         """The model, PSF files or PSF model: present, and usable by every file."""
-        _check(self.method == "ssl" or (self.model is None and self.train_steps is None),
-               f"{_n('model')} and {_n('train_steps')} apply to {_n('method')} ssl, not {self.method}")
+        extra = [_n(k) for k in ("model", "train_steps") if getattr(self, k) is not None]
+        _check(self.method == "ssl" or not extra, f"{' and '.join(extra)} apply to {_n('method')} ssl only: remove "
+               f"{'them' if len(extra) > 1 else 'it'} for {self.method}")
         _check(self.train_steps is None or (_is_whole(self.train_steps) and self.train_steps >= 1),
                f"{_n('train_steps')} must be a positive whole number, got {self.train_steps!r}")
         _check(_is_whole(self.seed) and 0 <= self.seed < 2**63, f"{_n('seed')} must be a whole number >= 0, "
@@ -147,11 +148,18 @@ class Settings:
             for psf in _many(self.psf):
                 _check(Path(psf).is_file(), f"PSF file not found: {psf}: check the path")
 
+    @property
+    def run_device(self) -> str:
+        """The device to run on: the one given, else ``auto`` (CUDA where there is a GPU), as for
+        ``deconvolve``. (The default was ``cpu``; a device not given is fingerprinted as that.)"""
+        return self.device or "auto"
+
     def fingerprint(self) -> str:
         """Hash of everything that changes the output (not the file pattern)."""
         fields = {k: v for k, v in dataclasses.asdict(self).items()
-                  if k != "pattern" and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
-        fields["device"] = _resolved(self.device)
+                  if k != "pattern" and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
+                  and not (k in _SSL_ONLY and self.method != "ssl")}
+        fields["device"] = self.device or "cpu"  # not given: as records of the old default, cpu, were made
         for key in ("psf", "model"):
             if fields[key]:
                 from deconv3d.omezarr import file_sha256
@@ -163,13 +171,8 @@ class Settings:
 #: Settings added after batch folders held completion records, and their defaults: left out of the
 #: fingerprint at those, so that the records of a batch started before still match.
 _ADDED_LATER = {"train_steps": None, "seed": 0}
-
-
-def _resolved(device: str) -> str:
-    """The device a run uses ("auto": cuda where there is one): the output depends on that, not on the word."""
-    from deconv3d.fft import resolve_device
-
-    return str(resolve_device(device))
+#: Settings that change the output of method ssl only (others leave them out of the fingerprint).
+_SSL_ONLY = ("train_steps", "seed")
 
 
 def _many(value) -> tuple:

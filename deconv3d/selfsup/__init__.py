@@ -164,9 +164,10 @@ def deconvolve(image, psf, *, model=None, config: TrainConfig = TrainConfig(), u
     signal-to-noise ratio (``config.precondition``), and the network learns a correction ``r``
     to a Bertero Richardson-Lucy estimate ``T`` whose iteration count (and TV weight) held-out
     voxels pick (:func:`deconv3d.classical.choose_iterations`), ``f(x) = T + r(x)``
-    (``config.residual``). ``TrainConfig(precondition=0, warm_start=0, residual=False)`` is
-    the paper's recipe. Inference runs in overlapping tiles; the output is de-standardised
-    and clamped at zero.
+    (``config.residual``); weights are averaged (``config.ema``) and the output head is
+    positive (``unet.positive``). ``TrainConfig(precondition=0, warm_start=0, residual=False,
+    ema=0)`` with ``UNetConfig(positive=False)`` is the paper's recipe. Inference runs in
+    overlapping tiles; the output is de-standardised and clamped at zero.
 
     References
     ----------

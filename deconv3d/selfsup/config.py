@@ -85,7 +85,8 @@ class TrainConfig:
     precondition: float | str = "auto"
     # Warm start (beyond the paper): the first warm_start steps regress the network onto Bertero RL of the
     # image at the count deconv3d.classical.choose_iterations picks; "auto" = 3/8 of the steps; 0 = the
-    # paper's random start. The paper's recipe is precondition=0, warm_start=0, residual=False.
+    # paper's random start. The paper's recipe is precondition=0, warm_start=0, residual=False, ema=0 (and
+    # UNetConfig.positive=False).
     warm_start: int | str = "auto"
     # Anchor (beyond the paper): after a warm start, lambda_anchor * MSE(f(x), that RL target) joins the
     # Siamese loss, so the network refines the calibrated RL estimate instead of drifting from it; 0 = off;

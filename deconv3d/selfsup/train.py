@@ -302,7 +302,8 @@ def train(
     compares the data with an estimate whose ``T`` has seen the masked voxel. A network that learns the whole estimate could not
     fit RL's detail on dense, low-noise volumes in a CPU's few hundred steps (bench_selfsup
     nuclei: 1 dB below RL); the correction starts there.
-    ``precondition=0, warm_start=0`` (and ``residual=False``) is the paper's recipe.
+    ``precondition=0, warm_start=0`` (with ``residual=False``, ``ema=0`` and a linear head,
+    ``UNetConfig(positive=False)``) is the paper's recipe.
 
     Examples
     --------

@@ -81,8 +81,9 @@ def test_batch_trains_one_network_per_image(files, capsys, monkeypatch):
 @pytest.mark.parametrize("values, words", [
     ({"method": "ssl", "train_steps": 2, "model": "m.ckpt"}, ["model", "train_steps", "not both"]),
     ({"method": "ssl"}, ["model", "train_steps"]),
-    ({"method": "rl", "model": "m.ckpt"}, ["apply to method ssl"]),
-    ({"method": "wiener", "train_steps": 3}, ["apply to method ssl"]),
+    ({"method": "rl", "model": "m.ckpt"}, ["model apply to method ssl only: remove it for rl"]),
+    ({"method": "wiener", "train_steps": 3}, ["train_steps apply to method ssl only: remove it"]),
+    ({"method": "rl", "model": "m.ckpt", "train_steps": 3}, ["model and train_steps", "remove them"]),
     ({"method": "ssl", "train_steps": 0}, ["positive whole number"]),
     ({"method": "ssl", "train_steps": 2.5}, ["positive whole number"]),
     ({"method": "ssl", "train_steps": 2, "seed": -1}, ["seed"]),
@@ -122,13 +123,37 @@ def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(fi
     """Adding train_steps and seed, and making the device default auto, must not make every
     batch folder's completion records stale: the fingerprint of settings that leave them at
     their defaults is computed as before (and auto is the device it resolves to, here the CPU)."""
-    settings = make_settings({"psf": str(files / "psf.tif")})
-    assert settings.device == "auto"
     from deconv3d.omezarr import file_sha256
 
-    before = {k: v for k, v in dataclasses.asdict(settings).items()
-              if k not in ("pattern", "train_steps", "seed")}
-    before.update(device="cpu", psf=[file_sha256(files / "psf.tif")])
-    old = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    assert settings.fingerprint() == old == make_settings({"psf": str(files / "psf.tif"), "device": "cpu"}).fingerprint()
-    assert make_settings({"psf": str(files / "psf.tif"), "seed": 1}).fingerprint() != old
+    def old_fingerprint(settings, device):
+        before = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed")}
+        before.update(device=device, psf=[file_sha256(files / "psf.tif")])
+        return hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    psf = {"psf": str(files / "psf.tif")}
+    settings = make_settings(psf)
+    assert settings.device is None and settings.run_device == "auto"  # runs as auto ...
+    assert settings.fingerprint() == old_fingerprint(settings, "cpu")  # ... but matches the old default's records
+    for device in ("cpu", "auto"):  # given, it is fingerprinted as given, as before
+        assert make_settings({**psf, "device": device}).fingerprint() == old_fingerprint(settings, device)
+    assert make_settings({**psf, "seed": 1}).fingerprint() == settings.fingerprint()  # rl ignores the seed
+    ssl = [make_settings({**psf, "method": "ssl", "train_steps": 5, "seed": s}).fingerprint() for s in (0, 1)]
+    assert ssl[0] != ssl[1]
+
+
+def test_chunked_ssl_trains_by_default_as_in_memory_and_takes_the_psf_s_voxel_size(files, capsys, monkeypatch):
+    """Found by the diff review: the chunked path refused ssl without --model or --train-steps (in
+    memory it trains 300 steps), and trained on an image without a voxel size with none, where the
+    in-memory run takes the PSF's and says so."""
+    from deconv3d.cli import build_parser
+    from deconv3d.cli.pipeline import settings_from_args
+
+    monkeypatch.chdir(files)
+    args = build_parser().parse_args(["deconvolve", "img.tif", "-o", "o.zarr", "--psf", "psf.tif", "--method", "ssl"])
+    assert settings_from_args(args).train_steps == 300
+    write_tiff(files / "novox.tif", read_image(files / "img.tif").data)  # no voxel size
+    code, _, err = run(["deconvolve", "novox.tif", "-o", "nv.zarr", "--psf", "psf.tif", "--method", "ssl",
+                        "--train-steps", "1", *SMALL], capsys)
+    assert code == 0 and "carries no voxel size; assuming the PSF's" in err, err
+    scale = json.loads((files / "nv.zarr" / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
+    assert scale["datasets"][0]["coordinateTransformations"][0]["scale"][-3:] == [0.3, 0.1, 0.1]
