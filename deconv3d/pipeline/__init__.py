@@ -22,12 +22,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from deconv3d._paths import TIFF_SUFFIXES
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, warn
 from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, plan_chunks, release_memory,
                                        run_blocks)
 from deconv3d.pipeline.graph import blockwise, store_blocks
-from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, parse_memory, planning_baseline,
-                                      return_large_allocations, round_chunks)
+from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, format_bytes, limit_for_available,
+                                      parse_memory, planning_baseline, return_large_allocations, round_chunks)
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
 from deconv3d.pipeline.readers import _View, as_reader
@@ -52,7 +52,9 @@ class RunInfo:
 
 
 def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, workers):
-    """Chunks, halo and predicted peak for the block callables (one, or one per channel).
+    """Chunks, halo, predicted peak and memory limit for the block callables (one, or one per
+    channel). Without chunks or a limit, a volume that does not fit in the available memory gets a
+    limit (:func:`~deconv3d.pipeline.memory.limit_for_available`), with a warning.
 
     Per-channel callables share one plan: the widest halo and the largest chunk multiple
     any of them asks for, so that no channel's blocks are cut short of its PSF's reach.
@@ -65,6 +67,10 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     if len(halo) != ndim:
         raise InputError(f"halo {halo} needs one value per spatial axis of {tuple(spatial_shape)}")
     predicted, multiple = None, max(chunk_multiple_for(f) for f in block_fns)
+    automatic = chunks is None and memory_limit is None and model is not None  # the whole volume, if it fits
+    if automatic:
+        memory_limit = limit_for_available(model, spatial_shape, planning_baseline())
+        automatic = memory_limit is not None
     if memory_limit is not None:
         return_large_allocations()  # else heap fragments pile up block after block (see memory.py)
         for f in block_fns:  # libraries the blocks will load count in the baseline, not in the budget
@@ -75,7 +81,11 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
             raise InputError("a memory limit needs a memory model of the method")
         limit = parse_memory(memory_limit)
         chunks = choose_chunks(spatial_shape, limit, model, halo, workers=workers, baseline=planning_baseline(),
-                               multiple=multiple)
+                               multiple=multiple, automatic=automatic)
+        if automatic:
+            warn(f"deconv3d: warning: the whole volume {tuple(spatial_shape)} would need more memory than is "
+                 f"available: running it in blocks of {tuple(chunks)} within {format_bytes(limit)} (set "
+                 "--memory-limit or --chunks to choose)")
     if chunks is None:
         chunks = tuple(spatial_shape)
     chunks = tuple(int(c) for c in chunks)
@@ -90,7 +100,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
                 raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
                                  f"{halo}, above the memory limit {memory_limit}: give smaller chunks, or drop "
                                  "--chunks to let the limit choose them")
-    return chunks, halo, predicted
+    return chunks, halo, predicted, memory_limit
 
 
 def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: str | None = None,
@@ -159,8 +169,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     # The limit budgets one process: blocks in flight in it are its threads (a cluster's worker
     # processes each hold their own blocks), not all of the cluster's workers.
     per_process = workers if client is None else _threads_per_worker(client)
-    chunks, halo, predicted = _spatial_plan(spatial_shape, fns or [block_fn], chunks, halo, memory_limit, model,
-                                            per_process)
+    chunks, halo, predicted, memory_limit = _spatial_plan(spatial_shape, fns or [block_fn], chunks, halo,
+                                                          memory_limit, model, per_process)
     dask_chunks, depth, zarr_chunks = plan_chunks(spatial_shape, chunks, halo)
     blocks = math.prod(len(c) for c in dask_chunks)
     run_chunks = chunks
@@ -304,7 +314,10 @@ def run_environment(device="cpu") -> dict:
     from deconv3d.fft import resolve_device
 
     fft = os.environ.get("DECONV3D_FFT", "auto").strip().lower() or "auto"
-    record = {"device": str(resolve_device(device)), "threads": torch.get_num_threads(),
+    device = resolve_device(device)
+    if device.type == "cuda":
+        fft = "torch (cuFFT)"  # FFTW is for the CPU only
+    record = {"device": str(device), "threads": torch.get_num_threads(),
               "fft": fft if fft != "auto" else ("fftw" if fftw_available() else "torch") + " (auto)",
               "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
     if "fftw" in record["fft"]:

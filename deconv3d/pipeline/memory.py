@@ -125,6 +125,55 @@ def current_rss() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
+#: Share of the available memory a run may take when it chose its blocks itself (no limit given).
+AVAILABLE_SHARE = 0.8
+
+
+MEMINFO = "/proc/meminfo"
+#: (limit, usage) files of cgroup v2 and v1.
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def available_memory() -> int | None:
+    """Bytes this process could still allocate: the kernel's ``MemAvailable``, or less where a
+    control group (a container, a Slurm job) limits the process (cgroup v2 ``memory.max`` less
+    ``memory.current``; v1's ``limit_in_bytes`` less ``usage_in_bytes``). None where neither is
+    known (not Linux)."""
+    found = []
+    try:
+        with open(MEMINFO) as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in CGROUP_FILES:
+        try:
+            with open(limit) as fh:
+                text = fh.read().strip()
+            if text != "max":
+                with open(usage) as fh:
+                    found.append(max(0, int(text) - int(fh.read().strip())))
+        except (OSError, ValueError):
+            continue
+    return min(found) if found else None
+
+
+def limit_for_available(model: "MemoryModel", shape: Sequence[int], baseline: int, held: int = 0) -> int | None:
+    """A memory limit for a run given none, or None when the whole ``shape`` fits in what is
+    available (:func:`available_memory`) with ``held`` bytes more (an in-memory run's image and
+    result): the memory now (``baseline``) plus :data:`AVAILABLE_SHARE` of what is available.
+    Without it a volume larger than the memory ran as one block until the kernel killed the
+    process, with no message."""
+    available = available_memory()
+    if available is None:
+        return None
+    whole = model.peak_bytes(shape, (0,) * len(shape), shape, workers=1, baseline=baseline) + held
+    share = int(AVAILABLE_SHARE * available)
+    return None if whole <= baseline + share else baseline + share
+
+
 _FIRST_BASELINE: list = []  # the resident memory of this process when its first run was planned
 
 
@@ -312,7 +361,8 @@ def _candidates(n: int, low: int, multiple: int = 1) -> list[int]:
 
 
 def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, halo: Sequence[int], *,
-                  workers: int = 1, baseline: int = 0, min_chunk: int = 8, multiple: int = 1) -> tuple[int, ...]:
+                  workers: int = 1, baseline: int = 0, min_chunk: int = 8, multiple: int = 1,
+                  automatic: bool = False) -> tuple[int, ...]:
     """The chunk shape that fits ``memory_limit`` with the least total work.
 
     Among candidate chunk shapes (even splits of every axis, no side below ``min_chunk`` or the
@@ -323,7 +373,8 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
     Raises
     ------
     InputError
-        If not even the smallest candidate fits; the message suggests a limit that would.
+        If not even the smallest candidate fits; the message suggests a limit that would, or for
+        an ``automatic`` limit (:func:`limit_for_available`) says that too little memory is free.
     """
     from deconv3d.pipeline.chunked import plan_chunks
 
@@ -342,6 +393,11 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
         work = blocks * math.prod(max(c) + 2 * h for c, h in zip(dask_chunks, depth))
         if work < best_cost:
             best, best_cost = chunks, work
+    if best is None and automatic:
+        raise InputError(f"not enough free memory: the run may use {format_bytes(memory_limit)} (with "
+                         f"{AVAILABLE_SHARE:.0%} of what is available), and its smallest block {tuple(lows)} with halo "
+                         f"{tuple(halo)} needs about {format_bytes(smallest)}: free memory (close other programs) "
+                         "or run it on a machine with more")
     if best is None:
         raise InputError(f"memory limit {format_bytes(memory_limit)} is too small: the smallest block "
                          f"{tuple(lows)} with halo {tuple(halo)} needs about {format_bytes(smallest)}: "

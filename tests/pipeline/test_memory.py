@@ -110,3 +110,70 @@ def test_a_later_run_is_not_charged_twice_for_what_an_earlier_one_left(monkeypat
     assert memory.planning_baseline() == 400e6  # 60 MB of leftovers: within the allowance
     assert memory.planning_baseline() == 400e6 + 100e6
     assert memory.planning_baseline() == 300e6  # memory freed since the first run: never above what is resident
+
+
+def test_a_volume_larger_than_the_free_memory_runs_in_blocks_that_fit(tmp_path, monkeypatch, capsys):
+    """Without --chunks or --memory-limit a volume ran as one block whatever its size: past the
+    machine's memory the kernel killed the process, with no message and no output."""
+    from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
+    from deconv3d.pipeline import memory as memory_module
+
+    from .conftest import blurred_beads, gaussian_psf
+
+    psf = gaussian_psf()
+    volume = blurred_beads((32, 256, 256), psf, seed=2)
+    model = MemoryModel("rl", psf.shape, accelerate=False, boundary="bertero")
+    block = RichardsonLucyBlock(psf, 2, accelerate=False)
+    monkeypatch.setattr(memory_module, "available_memory", lambda: 250 * 10**6)  # the whole needs 260 MB more
+    info = run_chunked(volume, block, tmp_path / "auto.zarr", model=model)
+    err = capsys.readouterr().err
+    assert info.blocks > 1 and "would need more memory than is available" in err and "blocks of" in err
+    assert info.predicted_peak <= memory_module.planning_baseline() + 200 * 10**6 + memory_module.RESIDENT_ALLOWANCE
+    monkeypatch.setattr(memory_module, "available_memory", lambda: 10**10)  # it fits: one block, no word
+    assert run_chunked(volume, block, tmp_path / "whole.zarr", model=model).blocks == 1
+    assert "available" not in capsys.readouterr().err
+    monkeypatch.setattr(memory_module, "available_memory", lambda: 50 * 10**6)  # not even the smallest block
+    with pytest.raises(InputError, match="not enough free memory: .*close other programs"):
+        run_chunked(volume, block, tmp_path / "none.zarr", model=model)
+    assert not (tmp_path / "none.zarr").exists()
+
+
+def test_an_in_memory_deconvolve_too_large_for_the_free_memory_goes_block_by_block(tmp_path, monkeypatch, capsys):
+    from cli_helpers import assert_one_line_error, run
+    from deconv3d.io import read_image, write_tiff
+    from deconv3d.metrics import psnr
+    from deconv3d.pipeline import memory as memory_module
+
+    from .conftest import blurred_beads, gaussian_psf
+
+    psf = gaussian_psf()
+    write_tiff(tmp_path / "img.tif", blurred_beads((32, 256, 256), psf, seed=2), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    argv = ["deconvolve", tmp_path / "img.tif", "--psf", tmp_path / "psf.tif", "--iterations", "3", "--no-accelerate"]
+    assert run([*argv, "-o", tmp_path / "whole.tif"], capsys)[0] == 0
+    monkeypatch.setattr(memory_module, "available_memory", lambda: 250 * 10**6)
+    code, out, err = run([*argv, "-o", tmp_path / "blocks.tif"], capsys)
+    assert code == 0 and "would need more memory than is available" in err and "block(s)" in out, err
+    assert "in 1 block(s)" not in out
+    whole, blocks = (read_image(tmp_path / f"{n}.tif").data for n in ("whole", "blocks"))
+    assert psnr(whole, blocks, data_range=float(whole.max())) > 60
+    code, _, err = run([*argv[:-3], "--iterations", "auto", "-o", tmp_path / "auto.tif"], capsys)
+    assert_one_line_error(code, err, "more memory than is available", "--iterations auto", "crop")
+
+
+def test_available_memory_is_the_least_of_the_kernel_s_and_the_cgroup_s(tmp_path, monkeypatch):
+    from deconv3d.pipeline import memory as memory_module
+
+    (tmp_path / "meminfo").write_text("MemTotal:  8000000 kB\nMemAvailable:    4000000 kB\n")
+    (tmp_path / "max").write_text("1000000000\n")
+    (tmp_path / "current").write_text("300000000\n")
+    (tmp_path / "unlimited").write_text("max\n")
+    monkeypatch.setattr(memory_module, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(memory_module, "CGROUP_FILES", ((str(tmp_path / "unlimited"), str(tmp_path / "current")),))
+    assert memory_module.available_memory() == 4000000 * 1024  # no cgroup limit: the kernel's figure
+    monkeypatch.setattr(memory_module, "CGROUP_FILES", ((str(tmp_path / "max"), str(tmp_path / "current")),
+                                                        (str(tmp_path / "missing"), str(tmp_path / "current"))))
+    assert memory_module.available_memory() == 700_000_000  # a job's limit less its usage, below the kernel's
+    monkeypatch.setattr(memory_module, "MEMINFO", str(tmp_path / "missing"))
+    monkeypatch.setattr(memory_module, "CGROUP_FILES", ())
+    assert memory_module.available_memory() is None  # nothing known: no automatic limit
