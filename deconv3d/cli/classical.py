@@ -238,8 +238,10 @@ def _go_out_of_core_if_too_large(args, warnings: list) -> None:
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline.memory import MemoryModel, format_bytes, limit_for_available, planning_baseline
 
-    if args.method == "ssl" or not Path(args.input).is_file():
-        return
+    from deconv3d.fft import resolve_device
+
+    if args.method == "ssl" or not Path(args.input).is_file() or resolve_device(args.device).type == "cuda":
+        return  # (on a GPU the arrays live in its memory, which this does not budget)
     lazy = open_lazy(args.input)
     if any(n > 1 for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"):
         return  # refused below: one 2D/3D image per TIFF
