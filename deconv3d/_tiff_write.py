@@ -129,5 +129,13 @@ def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
         if len(voxel) == 3:
             md["spacing"] = voxel[0]
     if metadata:
-        md["Properties"] = {str(k): str(v) for k, v in metadata.items() if v is not None}  # None: not known
+        md["Properties"] = {str(k): _property_text(v) for k, v in metadata.items() if v is not None}  # None: unknown
     return kwargs
+
+
+def _property_text(value) -> str:
+    """An ImageJ property's text: strings as they are, anything else (numbers, lists, the parameter
+    dicts of the provenance) as JSON, which other tools read back (``json.loads``)."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, default=str)

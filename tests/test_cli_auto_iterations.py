@@ -1,6 +1,6 @@
 """``deconvolve --iterations auto``: the count chosen from held-out voxels, recorded in the output."""
 
-import ast
+import json
 
 import numpy as np
 import pytest
@@ -38,7 +38,7 @@ def test_auto_iterations_runs_plain_rl_for_the_chosen_count(data, capsys, method
     reference = richardson_lucy(image, psf, expected, tv_weight=tv, voxel_size=(0.3, 0.1, 0.1), device="cpu")
     np.testing.assert_allclose(result.data, reference, rtol=1e-5, atol=1e-6 * float(reference.max()))
     with tifffile.TiffFile(out) as tif:
-        params = ast.literal_eval(tif.imagej_metadata["Properties"]["parameters"])
+        params = json.loads(tif.imagej_metadata["Properties"]["parameters"])
     assert params["iterations"] == expected and params["accelerate"] is False
     assert "held-out" in params["iterations_chosen_by"]
 

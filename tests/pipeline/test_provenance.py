@@ -37,9 +37,8 @@ def _psf_record(output: Path) -> tuple[dict, list]:
         return psf["source"], psf["shape"]
     with tifffile.TiffFile(output) as tif:
         properties = tif.imagej_metadata["Properties"]
-    import ast
 
-    return ast.literal_eval(properties["psf_source"]), ast.literal_eval(properties["psf_shape"])
+    return json.loads(properties["psf_source"]), json.loads(properties["psf_shape"])
 
 
 @pytest.mark.parametrize("output, extra", [("out.tif", []), ("out.zarr", []), ("chunked.tif", ["--chunks", "8", "16", "16"])])
@@ -70,12 +69,11 @@ def test_batch_records_the_generated_psf_s_parameters(folder, capsys):
 
 
 def _properties(path: Path) -> dict:
-    import ast
 
     with tifffile.TiffFile(path) as tif:
         found = dict(tif.imagej_metadata["Properties"])
     return {k: (v if k in ("deconv3d", "method", "input", "input_sha256", "created", "psf_sha256_16")
-                else ast.literal_eval(v)) for k, v in found.items()}
+                else json.loads(v)) for k, v in found.items()}
 
 
 def test_outputs_record_the_input_hash_environment_and_how_the_run_was_split(folder, capsys):

@@ -300,7 +300,7 @@ def test_negative_images_are_warned_about_and_one_without_positive_values_refuse
 
 def test_the_recorded_anchor_is_the_weight_training_used(data, capsys):
     """An explicit --anchor without a warm start anchors training, but the output recorded 0."""
-    import ast
+    import json
 
     import tifffile
 
@@ -309,5 +309,5 @@ def test_the_recorded_anchor_is_the_weight_training_used(data, capsys):
                         "--train-steps", 1, "--no-residual", "--warm-start", 0, "--anchor", 0.5] + TINY, capsys)
     assert code == 0, err
     with tifffile.TiffFile(out) as tif:
-        params = ast.literal_eval(tif.imagej_metadata["Properties"]["parameters"])
+        params = json.loads(tif.imagej_metadata["Properties"]["parameters"])
     assert params["anchor"] == 0.5 and params["warm_start"] == 0
