@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from deconv3d import __version__
-from deconv3d.errors import InputError, refuse_non_finite, warn
+from deconv3d.errors import InputError, refuse_non_finite
 
 from . import pipeline, selfsup
 from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, add_common, add_optics, check_negative, load_psf, positive_float,
@@ -173,7 +173,7 @@ def cmd_deconvolve(args) -> int:
         if Path(path).suffix.lower() not in pipeline.OUTPUT_SUFFIXES and not (role == "input" and Path(path).is_dir()):
             raise InputError(f"unsupported {role} format '{Path(path).suffix}' for {path}: use .tif, .tiff or .zarr")
     if not pipeline.wants_pipeline(args):
-        _go_out_of_core_if_too_large(args, warnings)
+        _go_out_of_core_if_too_large(args)
     if pipeline.wants_pipeline(args):
         if args.iterations == "auto":
             raise InputError("--iterations auto needs the whole image in memory: run it on a TIFF crop, then give "
@@ -230,15 +230,14 @@ def cmd_deconvolve(args) -> int:
     return 0
 
 
-def _go_out_of_core_if_too_large(args, warnings: list) -> None:
-    """Set ``--memory-limit`` (and so the chunked pipeline) for rl, rl-tv or Wiener on an image whose
-    in-memory run would need more memory than is available (:func:`deconv3d.pipeline.memory.
-    available_memory`): it ran until the kernel killed the process, with no message and no output."""
-    from deconv3d.io import read_psf
-    from deconv3d.omezarr import open_lazy
-    from deconv3d.pipeline.memory import MemoryModel, format_bytes, limit_for_available, planning_baseline
-
+def _go_out_of_core_if_too_large(args) -> None:
+    """Send rl, rl-tv or Wiener on an image whose in-memory run would need more memory than is
+    available (:func:`deconv3d.pipeline.memory.available_memory`) to the chunked pipeline, which
+    then splits it into blocks that fit (``run_chunked``'s automatic limit): in memory it ran
+    until the kernel killed the process, with no message and no output."""
     from deconv3d.fft import resolve_device
+    from deconv3d.omezarr import open_lazy
+    from deconv3d.pipeline.memory import MemoryModel, limit_for_available, planning_baseline
 
     if args.method == "ssl" or not Path(args.input).is_file() or resolve_device(args.device).type == "cuda":
         return  # (on a GPU the arrays live in its memory, which this does not budget)
@@ -246,19 +245,28 @@ def _go_out_of_core_if_too_large(args, warnings: list) -> None:
     if any(n > 1 for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"):
         return  # refused below: one 2D/3D image per TIFF
     shape = tuple(n for a, n in zip(lazy.axes, lazy.data.shape) if a in "ZYX")
-    psf = tuple(min(k, n) for k, n in zip(read_psf(args.psf).data.shape, shape)) if args.psf else (1,) * len(shape)
-    kind = "wiener" if args.method == "wiener" else args.method
-    model = MemoryModel(kind, psf, accelerate=not args.no_accelerate, boundary=args.boundary)
-    # the baseline the chunked run will plan on; the image and result held in memory come on top
-    limit = limit_for_available(model, shape, planning_baseline(), held=8 * math.prod(shape))
-    if limit is None:
+    model = MemoryModel("wiener" if args.method == "wiener" else args.method, _psf_shape_estimate(args, lazy, shape),
+                        accelerate=not args.no_accelerate, boundary=args.boundary)
+    # the image and the result held in memory come on top of what the method needs
+    if limit_for_available(model, shape, planning_baseline(), held=8 * math.prod(shape)) is None:
         return
     if args.iterations == "auto":
         raise InputError(f"{args.input} would need more memory than is available in one piece, and --iterations "
                          "auto needs it whole: run it on a crop, then give the count it reports as --iterations N")
-    args.memory_limit = str(limit)
-    warn(f"deconv3d: warning: {args.input} {shape} would need more memory than is available: running it block by "
-         f"block within {format_bytes(limit)} (set --memory-limit or --chunks to choose)", warnings)
+    args.out_of_core = True
+
+
+def _psf_shape_estimate(args, lazy, shape) -> tuple[int, ...]:
+    """The PSF's shape as the run will prepare it, near enough for a memory estimate."""
+    from deconv3d.io import read_psf
+    from deconv3d.psf.generate import generated_psf_shape
+
+    if args.psf:
+        return tuple(min(k, n) for k, n in zip(read_psf(args.psf).data.shape, shape))
+    voxel = tuple(args.voxel_size)[-len(shape):] if args.voxel_size else lazy.voxel_size
+    if args.psf_model and args.na and args.wavelength and voxel is not None and len(shape) == 3:
+        return tuple(min(k, n) for k, n in zip(generated_psf_shape(shape, voxel, args.na, args.wavelength), shape))
+    return (1,) * len(shape)
 
 
 def _psf_source(args):

@@ -32,10 +32,11 @@ def add_chunk_options(p, defaults=True) -> None:
 
 
 def wants_pipeline(args) -> bool:
-    """Whether ``deconvolve`` should run chunk by chunk (a .zarr input/output, --chunks or --memory-limit)."""
+    """Whether ``deconvolve`` should run chunk by chunk (a .zarr input/output, --chunks or --memory-limit,
+    or an image too large for the free memory: ``args.out_of_core``)."""
     suffixes = {Path(args.input).suffix.lower(), Path(args.output).suffix.lower()}
     return (".zarr" in suffixes or Path(args.input).is_dir() or args.chunks is not None
-            or args.memory_limit is not None)
+            or args.memory_limit is not None or getattr(args, "out_of_core", False))
 
 
 def settings_from_args(args, base: dict | None = None):

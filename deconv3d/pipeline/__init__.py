@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -49,12 +49,15 @@ class RunInfo:
     predicted_peak: int | None
     seconds: float
     largest_block: tuple = ()  # the largest core block (a remainder shorter than the halo merged in)
+    execution: dict = field(default_factory=dict)  # how it ran, as the provenance records it
 
 
-def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, workers):
+def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, workers, local: bool = True):
     """Chunks, halo, predicted peak and memory limit for the block callables (one, or one per
     channel). Without chunks or a limit, a volume that does not fit in the available memory gets a
-    limit (:func:`~deconv3d.pipeline.memory.limit_for_available`), with a warning.
+    limit (:func:`~deconv3d.pipeline.memory.limit_for_available`), with a warning: only for
+    blocks run in this process (``local``: not on a cluster, whose workers' memory this does not
+    see) on the CPU (a GPU's memory is not budgeted).
 
     Per-channel callables share one plan: the widest halo and the largest chunk multiple
     any of them asks for, so that no channel's blocks are cut short of its PSF's reach.
@@ -67,14 +70,16 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     if len(halo) != ndim:
         raise InputError(f"halo {halo} needs one value per spatial axis of {tuple(spatial_shape)}")
     predicted, multiple = None, max(chunk_multiple_for(f) for f in block_fns)
-    automatic = chunks is None and memory_limit is None and model is not None  # the whole volume, if it fits
+    automatic = (chunks is None and memory_limit is None and model is not None and local
+                 and not any(_on_gpu(f) for f in block_fns))  # the whole volume, if it fits
+    if memory_limit is not None or automatic:
+        for f in block_fns:  # libraries the blocks will load count in the baseline, not in the budget
+            getattr(f, "load", lambda: None)()
     if automatic:
         memory_limit = limit_for_available(model, spatial_shape, planning_baseline())
         automatic = memory_limit is not None
     if memory_limit is not None:
         return_large_allocations()  # else heap fragments pile up block after block (see memory.py)
-        for f in block_fns:  # libraries the blocks will load count in the baseline, not in the budget
-            getattr(f, "load", lambda: None)()
     given = chunks is not None
     if chunks is None and memory_limit is not None:
         if model is None:
@@ -101,6 +106,16 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
                                  f"{halo}, above the memory limit {memory_limit}: give smaller chunks, or drop "
                                  "--chunks to let the limit choose them")
     return chunks, halo, predicted, memory_limit
+
+
+def _on_gpu(block_fn) -> bool:
+    """Whether a block callable runs on a CUDA device (its ``device`` attribute, when it has one)."""
+    device = getattr(block_fn, "device", None)
+    if device is None:
+        return False
+    from deconv3d.fft import resolve_device
+
+    return resolve_device(device).type == "cuda"
 
 
 def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: str | None = None,
@@ -169,8 +184,9 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     # The limit budgets one process: blocks in flight in it are its threads (a cluster's worker
     # processes each hold their own blocks), not all of the cluster's workers.
     per_process = workers if client is None else _threads_per_worker(client)
+    asked_limit = memory_limit
     chunks, halo, predicted, memory_limit = _spatial_plan(spatial_shape, fns or [block_fn], chunks, halo,
-                                                          memory_limit, model, per_process)
+                                                          memory_limit, model, per_process, local=client is None)
     dask_chunks, depth, zarr_chunks = plan_chunks(spatial_shape, chunks, halo)
     blocks = math.prod(len(c) for c in dask_chunks)
     run_chunks = chunks
@@ -182,11 +198,13 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
             predicted = model.peak_bytes(spatial_shape, depth, spatial_shape, workers=1, baseline=planning_baseline())
     indices = list(np.ndindex(*reader.shape[:lead]))
     total = blocks * len(indices)
+    execution = {"chunks": list(zarr_chunks), "halo": list(depth), "blocks": total,
+                 "workers": int(workers) if client is None else f"cluster of {sum(client.nthreads().values())} threads",
+                 "memory_limit": memory_limit if memory_limit is None or isinstance(memory_limit, str)
+                 else int(memory_limit)}
+    if asked_limit is None and memory_limit is not None:
+        execution["memory_limit_from"] = "free memory"  # chosen here: the whole volume did not fit
     if provenance is not None:  # how it ran, recorded before the output is published (not after)
-        execution = {"chunks": list(zarr_chunks), "halo": list(depth), "blocks": total,
-                     "workers": int(workers) if client is None else f"cluster of {sum(client.nthreads().values())} threads",
-                     "memory_limit": memory_limit if memory_limit is None or isinstance(memory_limit, str)
-                     else int(memory_limit)}
         provenance = {**provenance, "execution": execution}
     done = 0
     if progress is not None and progress(0, total):  # planned: the total is known, nothing written yet
@@ -216,7 +234,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         if pyramid_levels:
             write_pyramid(tmp, pyramid_levels)
     return RunInfo(zarr_chunks, depth, total, predicted, time.perf_counter() - start,
-                   tuple(max(c) for c in dask_chunks) if dask_chunks else tuple(spatial_shape))
+                   tuple(max(c) for c in dask_chunks) if dask_chunks else tuple(spatial_shape), execution)
 
 
 def _threads_per_worker(client) -> int:

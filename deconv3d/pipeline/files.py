@@ -261,7 +261,7 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
                 "input": record.get("input", {}).get("path"), "psf_shape": psf.get("shape"),
                 "psf_sha256_16": psf.get("sha256_16"), "psf_source": psf.get("source"),
                 "input_sha256": record.get("input", {}).get("sha256"), "model_sha256": record.get("model_sha256"),
-                "environment": record.get("environment"), "execution": record.get("execution"),
+                "environment": record.get("environment"), "execution": info.execution,
                 "created": record.get("created")}
         # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
         # (a 2D result, read whole here, went 5-10 % over it while it was read outside this setting)

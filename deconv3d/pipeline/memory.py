@@ -130,16 +130,19 @@ AVAILABLE_SHARE = 0.8
 
 
 MEMINFO = "/proc/meminfo"
-#: (limit, usage) files of cgroup v2 and v1.
-CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+CGROUP_ROOT = "/sys/fs/cgroup"
+#: File names of a cgroup's memory limit, usage and statistics, and the statistic counting page cache
+#: the kernel can reclaim, in cgroup v2 and v1.
+_CGROUP_NAMES = {"v2": ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+                 "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_inactive_file")}
 
 
 def available_memory() -> int | None:
-    """Bytes this process could still allocate: the kernel's ``MemAvailable``, or less where a
-    control group (a container, a Slurm job) limits the process (cgroup v2 ``memory.max`` less
-    ``memory.current``; v1's ``limit_in_bytes`` less ``usage_in_bytes``). None where neither is
-    known (not Linux)."""
+    """Bytes this process could still allocate: the kernel's ``MemAvailable``, or less where its
+    control group (a container, a Slurm job) limits it: the limit less the group's usage, not
+    counting page cache the kernel reclaims (``inactive_file``: a container that had read a few
+    GB of files otherwise seemed full, and small images went block by block). None where nothing
+    is known (not Linux)."""
     found = []
     try:
         with open(MEMINFO) as fh:
@@ -148,16 +151,65 @@ def available_memory() -> int | None:
                     found.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    for limit, usage in CGROUP_FILES:
-        try:
-            with open(limit) as fh:
-                text = fh.read().strip()
-            if text != "max":
-                with open(usage) as fh:
-                    found.append(max(0, int(text) - int(fh.read().strip())))
-        except (OSError, ValueError):
-            continue
+    for version, folder in _cgroup_dirs():
+        free = _cgroup_free(folder, *_CGROUP_NAMES[version])
+        if free is not None:
+            found.append(free)
     return min(found) if found else None
+
+
+def _cgroup_dirs() -> list[tuple[str, str]]:
+    """(version, folder) of this process's memory cgroup and of every group above it up to the
+    hierarchy's root (a Slurm job's limit sits on the job's group, the process in a step below
+    it; in a container's namespace the process's group is the root)."""
+    import os
+
+    roots = {"v2": os.path.normpath(CGROUP_ROOT), "v1": os.path.normpath(os.path.join(CGROUP_ROOT, "memory"))}
+    own = {}
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    own["v2"] = path
+                elif "memory" in controllers.split(","):
+                    own["v1"] = path
+    except (OSError, ValueError):
+        pass
+    found = []
+    for version, root in roots.items():
+        folder = os.path.normpath(os.path.join(root, own.get(version, "/").lstrip("/")))
+        while True:
+            found.append((version, folder))
+            if folder == root or not folder.startswith(root):
+                break
+            folder = os.path.dirname(folder)
+    return found
+
+
+def _cgroup_free(folder: str, limit_name: str, usage_name: str, stat_name: str, cache_key: str) -> int | None:
+    """A cgroup's limit less its usage without reclaimable page cache; None without a limit there."""
+    import os
+
+    try:
+        with open(os.path.join(folder, limit_name)) as fh:
+            text = fh.read().strip()
+        if text == "max":
+            return None
+        with open(os.path.join(folder, usage_name)) as fh:
+            usage = int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+    cache = 0
+    try:
+        with open(os.path.join(folder, stat_name)) as fh:
+            for line in fh:
+                key, _, value = line.partition(" ")
+                if key == cache_key:
+                    cache = int(value)
+    except (OSError, ValueError):
+        pass
+    return max(0, int(text) - max(0, usage - cache))
 
 
 def limit_for_available(model: "MemoryModel", shape: Sequence[int], baseline: int, held: int = 0) -> int | None:

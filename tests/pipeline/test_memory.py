@@ -155,25 +155,64 @@ def test_an_in_memory_deconvolve_too_large_for_the_free_memory_goes_block_by_blo
     code, out, err = run([*argv, "-o", tmp_path / "blocks.tif"], capsys)
     assert code == 0 and "would need more memory than is available" in err and "block(s)" in out, err
     assert "in 1 block(s)" not in out
+    import json
+
+    import tifffile
+
+    with tifffile.TiffFile(tmp_path / "blocks.tif") as tif:  # the TIFF says how it ran (it said nothing)
+        execution = json.loads(tif.imagej_metadata["Properties"]["execution"])
+    assert execution["blocks"] > 1 and execution["memory_limit_from"] == "free memory"
     whole, blocks = (read_image(tmp_path / f"{n}.tif").data for n in ("whole", "blocks"))
     assert psnr(whole, blocks, data_range=float(whole.max())) > 60
     code, _, err = run([*argv[:-3], "--iterations", "auto", "-o", tmp_path / "auto.tif"], capsys)
     assert_one_line_error(code, err, "more memory than is available", "--iterations auto", "crop")
 
 
-def test_available_memory_is_the_least_of_the_kernel_s_and_the_cgroup_s(tmp_path, monkeypatch):
+def test_available_memory_is_the_least_of_the_kernel_s_and_the_cgroups_without_page_cache(tmp_path, monkeypatch):
+    """A cgroup's usage counts page cache the kernel reclaims: in a container that had read a few
+    GB of files, small images were sent block by block (found by the diff review)."""
     from deconv3d.pipeline import memory as memory_module
 
     (tmp_path / "meminfo").write_text("MemTotal:  8000000 kB\nMemAvailable:    4000000 kB\n")
-    (tmp_path / "max").write_text("1000000000\n")
-    (tmp_path / "current").write_text("300000000\n")
-    (tmp_path / "unlimited").write_text("max\n")
+    job, step = tmp_path / "job", tmp_path / "job" / "step"
+    step.mkdir(parents=True)
+    (job / "memory.max").write_text("2000000000\n")  # the job's limit, above the process's own group
+    (job / "memory.current").write_text("1500000000\n")
+    (job / "memory.stat").write_text("anon 500000000\ninactive_file 1000000000\n")  # 1 GB of it reclaimable
+    (step / "memory.max").write_text("max\n")
     monkeypatch.setattr(memory_module, "MEMINFO", str(tmp_path / "meminfo"))
-    monkeypatch.setattr(memory_module, "CGROUP_FILES", ((str(tmp_path / "unlimited"), str(tmp_path / "current")),))
-    assert memory_module.available_memory() == 4000000 * 1024  # no cgroup limit: the kernel's figure
-    monkeypatch.setattr(memory_module, "CGROUP_FILES", ((str(tmp_path / "max"), str(tmp_path / "current")),
-                                                        (str(tmp_path / "missing"), str(tmp_path / "current"))))
-    assert memory_module.available_memory() == 700_000_000  # a job's limit less its usage, below the kernel's
+    monkeypatch.setattr(memory_module, "_cgroup_dirs", lambda: [("v2", str(step)), ("v2", str(job))])
+    assert memory_module.available_memory() == 1_500_000_000  # 2 GB less 0.5 GB in use, below the kernel's
+    (job / "memory.stat").write_text("anon 1500000000\n")  # all of it in use
+    assert memory_module.available_memory() == 500_000_000
+    monkeypatch.setattr(memory_module, "_cgroup_dirs", lambda: [("v2", str(step))])
+    assert memory_module.available_memory() == 4000000 * 1024  # no limit: the kernel's figure
     monkeypatch.setattr(memory_module, "MEMINFO", str(tmp_path / "missing"))
-    monkeypatch.setattr(memory_module, "CGROUP_FILES", ())
+    monkeypatch.setattr(memory_module, "_cgroup_dirs", lambda: [])
     assert memory_module.available_memory() is None  # nothing known: no automatic limit
+
+
+def test_the_cgroup_walk_goes_from_the_process_s_group_up_to_the_root(tmp_path, monkeypatch):
+    from deconv3d.pipeline import memory as memory_module
+
+    monkeypatch.setattr(memory_module, "CGROUP_ROOT", str(tmp_path))
+    found = memory_module._cgroup_dirs()
+    versions = {v for v, _ in found}
+    assert versions == {"v1", "v2"} and (("v2", str(tmp_path)) in found)
+    assert ("v1", str(tmp_path / "memory")) in found
+    for version, folder in found:  # every folder is inside its hierarchy
+        assert folder.startswith(str(tmp_path / "memory") if version == "v1" else str(tmp_path))
+
+
+def test_the_in_memory_estimate_counts_a_generated_psf():
+    """It took a 1-voxel PSF for --psf-model: a 47 x 37 x 37 generated PSF's run then stayed in
+    memory past the free memory (found by the diff review)."""
+    import argparse
+
+    from deconv3d.cli.classical import _psf_shape_estimate
+
+    args = argparse.Namespace(psf=None, psf_model="gibson-lanni", na=1.4, wavelength=0.52, voxel_size=None)
+    lazy = argparse.Namespace(voxel_size=(0.2, 0.1, 0.1))
+    shape = _psf_shape_estimate(args, lazy, (64, 256, 256))
+    assert len(shape) == 3 and min(shape) > 9
+    assert _psf_shape_estimate(args, argparse.Namespace(voxel_size=None), (64, 256, 256)) == (1, 1, 1)  # unknown
