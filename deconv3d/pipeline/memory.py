@@ -165,6 +165,7 @@ def _cgroup_dirs() -> list[tuple[str, str]]:
     import os
 
     roots = {"v2": os.path.normpath(CGROUP_ROOT), "v1": os.path.normpath(os.path.join(CGROUP_ROOT, "memory"))}
+    sep = os.sep
     own = {}
     try:
         with open("/proc/self/cgroup") as fh:
@@ -179,9 +180,11 @@ def _cgroup_dirs() -> list[tuple[str, str]]:
     found = []
     for version, root in roots.items():
         folder = os.path.normpath(os.path.join(root, own.get(version, "/").lstrip("/")))
+        if not (folder + sep).startswith(root + sep):  # a path that leaves the mount: only the root is known
+            folder = root
         while True:
             found.append((version, folder))
-            if folder == root or not folder.startswith(root):
+            if folder == root:
                 break
             folder = os.path.dirname(folder)
     return found
@@ -196,6 +199,7 @@ def _cgroup_free(folder: str, limit_name: str, usage_name: str, stat_name: str, 
             text = fh.read().strip()
         if text == "max":
             return None
+        limit = int(text)
         with open(os.path.join(folder, usage_name)) as fh:
             usage = int(fh.read().strip())
     except (OSError, ValueError):
@@ -209,7 +213,7 @@ def _cgroup_free(folder: str, limit_name: str, usage_name: str, stat_name: str, 
                     cache = int(value)
     except (OSError, ValueError):
         pass
-    return max(0, int(text) - max(0, usage - cache))
+    return max(0, limit - max(0, usage - cache))
 
 
 def limit_for_available(model: "MemoryModel", shape: Sequence[int], baseline: int, held: int = 0) -> int | None:
