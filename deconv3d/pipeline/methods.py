@@ -103,7 +103,22 @@ class RichardsonLucyBlock:
                        block)
 
     def halo(self) -> tuple[int, ...]:
-        return rl_halo(self.psf, self.iterations)
+        """:func:`rl_halo`, half as wide again for accelerated runs with the zero or reflect boundary.
+
+        Extrapolated steps carry the artefacts of a block's outer faces further in, and more so
+        there than with the Bertero boundary: on a 48 x 160 x 160 bead image (PSF 7 x 9 x 9, 10
+        iterations, one replayed schedule, 40-voxel blocks) :func:`rl_halo` left seams of 1.3e-2
+        of the peak with the zero boundary (66 dB from the whole-volume run), 4.9e-3 with reflect
+        (73 dB) and 2.1e-3 with Bertero (81 dB); 1.5x the halo gave 8.2e-4 (88 dB), 3.3e-4 (92 dB)
+        and 2.0e-4 (98 dB). Bertero keeps the plain halo: 1.5x cost 1.6x the time of a
+        64 x 256 x 256 run for 78 -> 88 dB.
+        """
+        halo = rl_halo(self.psf, self.iterations)
+        accelerated = self.accelerate is True or (not isinstance(self.accelerate, bool)
+                                                  and any(a > 0 for a in self.accelerate))
+        if accelerated and self.boundary in ("zero", "reflect"):
+            halo = tuple(math.ceil(1.5 * h) for h in halo)
+        return halo
 
     def load(self) -> None:
         """Load what every block will use, before the memory baseline is measured: the numba

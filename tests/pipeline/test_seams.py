@@ -293,3 +293,20 @@ def test_rl_halo_capped_at_the_psf_size_keeps_seams_invisible_for_a_heavy_tailed
     fn = RichardsonLucyBlock(psf, iterations=20)
     whole = richardson_lucy(image, psf, 20, device="cpu")
     assert psnr(whole, chunked(image, fn, (12, 32, 32))) >= 75  # 88.7 dB; half that halo gave 68.6
+
+
+@pytest.mark.parametrize("boundary", ["zero", "reflect"])
+def test_accelerated_rl_with_other_boundaries_gets_the_wider_halo_it_needs(boundary):
+    """Extrapolated steps carry a block's face artefacts further in: with the zero or reflect
+    boundary, rl_halo left seams of 66-73 dB (up to 1.3e-2 of the peak) on accelerated runs."""
+    psf = gaussian_psf((7, 9, 9), (1.2, 1.5, 1.5))
+    image = blurred_beads((24, 96, 96), psf, seed=6, count=120)
+    schedule = tuple(rl_alpha_schedule(image, psf, 10, boundary=boundary, device="cpu"))
+    fn = RichardsonLucyBlock(psf, iterations=10, boundary=boundary, accelerate=schedule)
+    plain = rl_halo(psf, 10)
+    assert all(h >= 1.5 * p for h, p in zip(fn.halo(), plain))
+    assert RichardsonLucyBlock(psf, iterations=10, boundary=boundary, accelerate=False).halo() == plain
+    assert RichardsonLucyBlock(psf, iterations=10, accelerate=schedule).halo() == plain  # Bertero
+    whole = richardson_lucy(image, psf, 10, boundary=boundary, accelerate=schedule, device="cpu")
+    wide, narrow = psnr(whole, chunked(image, fn, (24, 32, 96))), psnr(whole, chunked(image, fn, (24, 32, 96), plain))
+    assert wide >= 80 and wide > narrow + 5, (wide, narrow)
