@@ -46,7 +46,7 @@ class Settings:
     voxel_size: Optional[tuple] = None
     device: Optional[str] = None  # None: not given, which runs as "auto" (see run_device)
     model: Optional[str] = None
-    train_steps: Optional[int] = None  # ssl without a model: train on each image first (TrainConfig's defaults)
+    train_steps: Optional[int] = None  # ssl without a model: train on each image first (deconv3d train's recipe)
     seed: int = 0  # of that training
     tta: bool = False
     band_limit: float = 0.0  # deconv3d.selfsup.BAND_LIMIT: off; an eps > 0 turns it on
