@@ -113,9 +113,12 @@ class RichardsonLucyBlock:
         and 2.0e-4 (98 dB). Bertero keeps the plain halo: 1.5x cost 1.6x the time of a
         64 x 256 x 256 run for 78 -> 88 dB.
         """
+        from deconv3d.classical._problem import _check_accelerate
+
         halo = rl_halo(self.psf, self.iterations)
-        accelerated = self.accelerate is True or (not isinstance(self.accelerate, bool)
-                                                  and any(a > 0 for a in self.accelerate))
+        steps = _check_accelerate(self.accelerate)  # True/False (numpy's too), or a replayed schedule
+        # Biggs-Andrews extrapolates from the third iteration on: before, True changes nothing
+        accelerated = (steps is True and self.iterations >= 3) or (isinstance(steps, tuple) and any(steps))
         if accelerated and self.boundary in ("zero", "reflect"):
             halo = tuple(math.ceil(1.5 * h) for h in halo)
         return halo

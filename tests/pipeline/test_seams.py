@@ -307,6 +307,12 @@ def test_accelerated_rl_with_other_boundaries_gets_the_wider_halo_it_needs(bound
     assert all(h >= 1.5 * p for h, p in zip(fn.halo(), plain))
     assert RichardsonLucyBlock(psf, iterations=10, boundary=boundary, accelerate=False).halo() == plain
     assert RichardsonLucyBlock(psf, iterations=10, accelerate=schedule).halo() == plain  # Bertero
+    # numpy's booleans and arrays as RL takes them (a numpy bool crashed the plan); with fewer than
+    # 3 iterations nothing is extrapolated, and the halo stays
+    assert RichardsonLucyBlock(psf, 10, boundary=boundary, accelerate=np.True_).halo() == fn.halo()
+    assert RichardsonLucyBlock(psf, 10, boundary=boundary, accelerate=np.array(schedule)).halo() == fn.halo()
+    assert RichardsonLucyBlock(psf, 10, boundary=boundary, accelerate=np.False_).halo() == plain
+    assert RichardsonLucyBlock(psf, 2, boundary=boundary, accelerate=True).halo() == rl_halo(psf, 2)
     whole = richardson_lucy(image, psf, 10, boundary=boundary, accelerate=schedule, device="cpu")
     wide, narrow = psnr(whole, chunked(image, fn, (24, 32, 96))), psnr(whole, chunked(image, fn, (24, 32, 96), plain))
     assert wide >= 80 and wide > narrow + 5, (wide, narrow)
