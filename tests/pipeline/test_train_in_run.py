@@ -157,3 +157,21 @@ def test_chunked_ssl_trains_by_default_as_in_memory_and_takes_the_psf_s_voxel_si
     assert code == 0 and "carries no voxel size; assuming the PSF's" in err, err
     scale = json.loads((files / "nv.zarr" / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
     assert scale["datasets"][0]["coordinateTransformations"][0]["scale"][-3:] == [0.3, 0.1, 0.1]
+
+
+def test_the_reported_time_includes_the_training(files, capsys, monkeypatch):
+    """A chunked ssl run that trained first reported only the blocks' time (0.3 s after a long training)."""
+    import types
+
+    from deconv3d.cli import pipeline as cli_pipeline
+    from deconv3d.cli import selfsup
+
+    clock = iter([0.0, 42.0])
+    monkeypatch.setattr(cli_pipeline, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    trained = []
+    real = selfsup.train_with_progress
+    monkeypatch.setattr(selfsup, "train_with_progress", lambda *a, **k: trained.append(1) or real(*a, **k))
+    monkeypatch.chdir(files)
+    code, out, err = run(["deconvolve", "img.tif", "-o", "t.zarr", "--psf", "psf.tif", "--method", "ssl",
+                          "--train-steps", "1", *SMALL], capsys)
+    assert code == 0 and trained == [1] and out.strip().endswith("in 42.0 s"), out + err
