@@ -442,11 +442,8 @@ def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", *, device=N
 
     Parameters
     ----------
-    x : array_like or torch.Tensor
-        Input whose last ``psf.ndim`` axes are spatial; leading axes (batch, channel) are
-        carried through.
-    psf : array_like or torch.Tensor
-        Kernel with 1 to 3 dimensions, used as given (neither normalised nor flipped).
+    x, psf : array_like or torch.Tensor
+        As for :func:`fft_convolve`.
     mode : {"same", "full"}
         ``"same"``: the adjoint of the "same" convolution, the input's shape; ``"full"``: the
         adjoint of the full convolution, which takes a full-size ``x`` back to ``n - k + 1``

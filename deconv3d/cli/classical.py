@@ -164,7 +164,6 @@ def cmd_deconvolve(args) -> int:
     import numpy as np
 
     from deconv3d.classical import richardson_lucy, wiener
-    from deconv3d.fft import psf_fingerprint
     from deconv3d.io import assume_psf_voxel, check_output_path, write_tiff
 
     warnings = _unused_option_warnings(args)
@@ -217,14 +216,11 @@ def cmd_deconvolve(args) -> int:
                       f"(the image's values reach {float(np.abs(image.data).max()):.3g}): rescale the image to a "
                       "smaller range and run again")
     from deconv3d.omezarr import file_sha256
-    from deconv3d.pipeline import run_environment
+    from deconv3d.pipeline import provenance, psf_source, tiff_properties
 
-    meta = {"deconv3d": __version__, "method": args.method, "parameters": params, "input": str(args.input),
-            "input_sha256": file_sha256(args.input), "psf_shape": list(psf.shape),
-            "psf_sha256_16": psf_fingerprint(psf), "psf_source": _psf_source(args),
-            "model_sha256": file_sha256(args.model) if args.model else None,
-            "environment": run_environment(args.device), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_tiff(args.output, result, voxel_size=voxel, metadata=meta)
+    record = provenance(args.method, params, psf=psf, input_path=args.input, device=args.device,
+                        model_hash=file_sha256(args.model) if args.model else None, source=psf_source(args))
+    write_tiff(args.output, result, voxel_size=voxel, metadata=tiff_properties(record))
     print(f"wrote {args.output}: {args.method} on {image.data.shape} in {seconds:.1f} s")
     return 0
 
@@ -268,16 +264,6 @@ def _psf_shape_estimate(args, lazy, shape) -> tuple[int, ...]:
     if args.psf_model and args.na and args.wavelength and voxel is not None and len(shape) == 3:
         return tuple(min(k, n) for k, n in zip(generated_psf_shape(shape, voxel, args.na, args.wavelength), shape))
     return (1,) * len(shape)
-
-
-def _psf_source(args):
-    """Where ``--psf``/``--psf-model`` took the PSF from (:func:`deconv3d.pipeline.psf_source`)."""
-    from deconv3d.pipeline import psf_source
-
-    if args.psf_model is None:
-        return psf_source(args.psf)
-    return psf_source(model=args.psf_model, na=args.na, wavelength=args.wavelength, ni=args.ni, ns=args.ns,
-                      depth=args.depth)
 
 
 def _read_one_image(path):

@@ -13,6 +13,7 @@ from deconv3d.errors import InputError
 
 from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, Terminated, add_common, add_optics, positive_float,
                       positive_int, print_warnings)
+from .selfsup import DEFAULT_STEPS
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -55,7 +56,7 @@ def settings_from_args(args, base: dict | None = None):
     if getattr(args, "steps", None) is not None:  # deconvolve's --train-steps
         values["train_steps"] = args.steps
     elif getattr(args, "method", None) == "ssl" and hasattr(args, "steps") and not args.model:
-        values["train_steps"] = selfsup_defaults_steps()  # deconvolve trains by default, as in memory
+        values["train_steps"] = DEFAULT_STEPS  # deconvolve trains by default, as in memory
     for name in plain:
         value = getattr(args, name, None)
         if value is not None:
@@ -73,13 +74,6 @@ def settings_from_args(args, base: dict | None = None):
     if getattr(args, "output_format", None):
         values["output_format"] = args.output_format
     return make_settings(values, options=not hasattr(args, "input_dir"))  # deconvolve: its options, not a batch's
-
-
-def selfsup_defaults_steps() -> int:
-    """The training steps of ``deconvolve --method ssl`` without --model or --train-steps."""
-    from deconv3d.cli.selfsup import DEFAULT_STEPS
-
-    return DEFAULT_STEPS
 
 
 def _bar(desc: str, unit: str, on_start=None):

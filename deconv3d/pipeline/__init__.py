@@ -304,18 +304,22 @@ def psf_summary(psf) -> dict:
             "rms_width_voxels": [round(w, 4) for w in psf_rms_width(psf)], "sha256_16": psf_fingerprint(psf)}
 
 
-def psf_source(files=None, model: str | None = None, **optics) -> dict | None:
-    """Where a run's PSF came from, for its provenance: the PSF file(s), by path and SHA-256 (the
-    summary holds the PSF as prepared for the image: resampled, cropped), or the model and the
-    microscope parameters it was generated from (``na``, ``wavelength``, ``ni``, ``ns``, ``depth``).
-    None when neither is given (a network's own PSF)."""
+def psf_source(options) -> dict | None:
+    """Where a run's PSF came from, for its provenance, from its ``options`` (batch
+    :class:`~deconv3d.pipeline.settings.Settings` or ``deconvolve``'s parsed arguments: ``psf``,
+    ``psf_model``, ``na``, ``wavelength``, ``ni``, ``ns``, ``depth``): the PSF file(s), by path
+    and SHA-256 (the summary holds the PSF as prepared for the image: resampled, cropped), or the
+    model and the microscope parameters it was generated from. None when neither is given (a
+    network's own PSF)."""
     from deconv3d.omezarr import file_sha256
 
+    files = options.psf
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files or [])
-    if files:
+    if options.psf_model is None and files:
         return {"files": [str(f) for f in files], "sha256": [file_sha256(f) for f in files]}
-    if model:
-        return {"model": model, **_jsonable(optics)}
+    if options.psf_model:
+        return _jsonable({"model": options.psf_model, "na": options.na, "wavelength": options.wavelength,
+                          "ni": options.ni, "ns": options.ns, "depth": options.depth})
     return None
 
 
@@ -372,6 +376,17 @@ def provenance(method: str, parameters: dict, *, psf=None, input_path=None, chec
     if extra:
         record.update(_jsonable(extra))
     return record
+
+
+def tiff_properties(record: dict, execution: dict | None = None) -> dict:
+    """A :func:`provenance` record as a TIFF output's ImageJ properties: flat keys (unknown values
+    None, which the writer leaves out), and the run's ``execution`` when it ran in blocks."""
+    psf, source = record.get("psf", {}), record.get("input", {})
+    return {"deconv3d": record["version"], "method": record["method"], "parameters": record["parameters"],
+            "input": source.get("path"), "input_sha256": source.get("sha256"), "psf_shape": psf.get("shape"),
+            "psf_sha256_16": psf.get("sha256_16"), "psf_source": psf.get("source"),
+            "model_sha256": record.get("model_sha256"), "environment": record.get("environment"),
+            "execution": execution, "created": record.get("created")}
 
 
 def _jsonable(value):

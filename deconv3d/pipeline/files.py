@@ -29,7 +29,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     returns a ``TrainResult``), else with :class:`~deconv3d.selfsup.TrainConfig`'s defaults.
     """
     from deconv3d.omezarr import open_lazy
-    from deconv3d.pipeline import provenance, run_chunked
+    from deconv3d.pipeline import provenance, psf_source, run_chunked
     from deconv3d.io import assume_psf_voxel
     from deconv3d.pipeline.batch import spatial_voxel
     from deconv3d.pipeline.output import remove_stale_temporaries
@@ -60,7 +60,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings)
     model_hash = _sha(settings.model) if settings.model else None
     record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
-                        model_hash=model_hash, source=_psf_source(settings), device=settings.run_device)
+                        model_hash=model_hash, source=psf_source(settings), device=settings.run_device)
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
                   voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
     remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
@@ -91,17 +91,6 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
         if found != ndim:
             raise InputError(f"PSF {Path(psf).name} is {found}D but {name} is {ndim}D: use a PSF with as many "
                              f"dimensions as the image{hint}")
-
-
-def _psf_source(settings):
-    """Where the settings take the PSF from (:func:`deconv3d.pipeline.psf_source`)."""
-    from deconv3d.pipeline import psf_source
-    from deconv3d.pipeline.settings import _many
-
-    if settings.psf_model is None:
-        return psf_source(_many(settings.psf))
-    return psf_source(model=settings.psf_model, na=settings.na, wavelength=settings.wavelength, ni=settings.ni,
-                      ns=settings.ns, depth=settings.depth)
 
 
 def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings):
@@ -245,7 +234,7 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
 
     from deconv3d._tiff_write import ZarrPlanes
     from deconv3d.io import write_tiff
-    from deconv3d.pipeline import run_chunked
+    from deconv3d.pipeline import run_chunked, tiff_properties
     from deconv3d.pipeline.output import temporary_name
 
     lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
@@ -256,13 +245,7 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
     try:
         info = run_chunked(lazy, block, scratch, **kwargs)
         array = zarr.open_array(str(scratch / "0"), mode="r")
-        psf = record.get("psf", {})
-        meta = {"deconv3d": record["version"], "method": record["method"], "parameters": record["parameters"],
-                "input": record.get("input", {}).get("path"), "psf_shape": psf.get("shape"),
-                "psf_sha256_16": psf.get("sha256_16"), "psf_source": psf.get("source"),
-                "input_sha256": record.get("input", {}).get("sha256"), "model_sha256": record.get("model_sha256"),
-                "environment": record.get("environment"), "execution": info.execution,
-                "created": record.get("created")}
+        meta = tiff_properties(record, info.execution)
         # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
         # (a 2D result, read whole here, went 5-10 % over it while it was read outside this setting)
         with zarr.config.set({"async.concurrency": 1}):

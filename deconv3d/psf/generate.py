@@ -1,19 +1,6 @@
 """PSFs generated from microscope parameters through psfmodels (Gaussian, Gibson-Lanni, vectorial).
 
-References
-----------
-.. [1] S. F. Gibson and F. Lanni, "Experimental test of an analytical model of
-   aberrations in an oil-immersion objective lens used in three-dimensional light
-   microscopy", J. Opt. Soc. Am. A 8(10), 1601-1613 (1991); also J. Opt. Soc. Am. A
-   9(1), 154-166 (1992), the version psfmodels cites.
-.. [2] F. Aguet, S. Geissbühler, I. Märki, T. Lasser and M. Unser, "Super-resolution
-   orientation estimation and localization of fluorescent dipoles using 3-D steerable
-   filters", Opt. Express 17(8), 6829-6848 (2009); F. Aguet, "Super-resolution
-   fluorescence microscopy based on physical models", EPFL thesis 4418 (2009).
-.. [3] T. Lambert, psfmodels (https://github.com/tlambert03/PSFmodels).
-.. [4] B. Zhang, J. Zerubia and J.-C. Olivo-Marin, "Gaussian approximations of
-   fluorescence microscope point-spread function models", Appl. Opt. 46(10),
-   1819-1829 (2007).
+The models, what deconv3d does around them, and their references: :func:`generate_psf`.
 """
 
 from __future__ import annotations
