@@ -122,14 +122,16 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
 def _trainer(args, pending: list):
     """``trainer(image, psf, voxel)`` for an ssl run that trains on the image first: the command's
     training options (``args``; for batch, the defaults of ``deconv3d train`` with its steps and
-    seed), with a tqdm bar showing the loss; ``pending`` warnings are printed at the first step."""
-    from .selfsup import train_with_progress
+    seed), with a tqdm bar showing the loss; ``pending`` warnings are printed at the first step.
+    ``trainer.configs(ndim)`` is the (TrainConfig, UNetConfig) it trains with, to plan the blocks first."""
+    from .selfsup import configs, train_with_progress
 
     def trainer(image, psf, voxel):
         notes = list(pending)
         pending.clear()
         return train_with_progress(image, psf, args, voxel, notes=notes)
 
+    trainer.configs = lambda ndim: configs(args, ndim)
     return trainer
 
 

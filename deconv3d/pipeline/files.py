@@ -57,7 +57,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     if settings.method in NON_NEGATIVE_METHODS:  # before any training
         check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path.name, settings.method,
                            warnings)
-    block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings)
+    plan = dict(chunks=chunks, workers=workers, client=client)
+    block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan)
     model_hash = _sha(settings.model) if settings.model else None
     record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
                         model_hash=model_hash, source=psf_source(settings), device=settings.run_device)
@@ -93,9 +94,10 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
                              f"dimensions as the image{hint}")
 
 
-def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings):
+def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan):
     """(block callable or one per channel, memory model, parameters, PSF, voxel size) of a run:
-    the network is loaded, or trained on the image first (:func:`train_on_image`)."""
+    the network is loaded, or trained on the image first (:func:`train_on_image`), once the
+    blocks' ``plan`` (chunks, workers, client) is known to fit the memory limit."""
     from deconv3d.fft import psf_fingerprint
     from deconv3d.pipeline.batch import build_block_fn, load_psfs_for
 
@@ -104,6 +106,8 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings):
         from deconv3d.selfsup import TrainedModel, training_record
 
         psfs = load_psfs_for(settings, spatial_shape, voxel)
+        _refuse_untrainable(lazy, settings.memory_limit)  # the image itself first, then its blocks
+        _check_plan_before_training(spatial_shape, psfs[0], voxel, settings, trainer, **plan)
         result = train_on_image(lazy, psfs[0], voxel, settings, trainer, memory_limit=settings.memory_limit)
         trained, training = TrainedModel.from_result(result), training_record(result)
         trained.reference_cache = None  # RL of the whole image: blocks cannot use it, and it is as large
@@ -127,6 +131,37 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings):
     return block, model, params, psfs[0], voxel
 
 
+def _check_plan_before_training(spatial_shape, psf, voxel, settings, trainer, chunks, workers, client) -> None:
+    """Refuse a ``--memory-limit`` (or ``--chunks`` held to it) that no block of the network fits
+    before training, which takes minutes, rather than after it. The blocks are planned as
+    :func:`~deconv3d.pipeline.run_chunked` plans them, with an untrained network of the
+    configuration to be trained (``trainer.configs(ndim)``, else the defaults) and, for a
+    residual one, RL at one iteration: the count training chooses can only widen the halo."""
+    if settings.memory_limit is None:
+        return
+    from deconv3d.pipeline import _spatial_plan, _threads_per_worker
+    from deconv3d.pipeline.batch import build_block_fn
+    from deconv3d.psf import normalize_psf
+    from deconv3d.selfsup import TrainedModel
+    from deconv3d.selfsup.config import Reference
+    from deconv3d.selfsup.unet import ResUNet
+
+    ndim = len(spatial_shape)
+    config, unet = trainer.configs(ndim) if hasattr(trainer, "configs") else _default_configs(settings, ndim)
+    reference = Reference(iterations=1) if config.residual else None
+    untrained = TrainedModel(ResUNet(unet), unet, config, 0.0, 1.0, normalize_psf(psf), voxel, reference)
+    block, model, _ = build_block_fn(settings, psf, voxel, ndim=ndim, trained=untrained)
+    per_process = workers if client is None else _threads_per_worker(client)
+    _spatial_plan(spatial_shape, [block], chunks, None, settings.memory_limit, model, per_process, local=client is None)
+
+
+def _default_configs(settings, ndim: int):
+    """(TrainConfig, UNetConfig) of a network :func:`train_on_image` trains without a trainer."""
+    from deconv3d.selfsup import TrainConfig, UNetConfig
+
+    return TrainConfig(steps=settings.train_steps, seed=settings.seed), UNetConfig(ndim=ndim)
+
+
 def train_on_image(lazy, psf, voxel, settings, trainer=None, memory_limit=None):
     """A network (a ``TrainResult``) trained on the whole image of ``lazy`` (one channel and time
     point), read into memory.
@@ -136,8 +171,29 @@ def train_on_image(lazy, psf, voxel, settings, trainer=None, memory_limit=None):
     ``settings.run_device``. Under ``memory_limit`` an image over a quarter of it is refused (training
     holds it, its standardised copy and the network's activations): train on a crop instead.
     """
+    from deconv3d.pipeline.chunked import release_memory
+    from deconv3d.selfsup import train
+
+    name = Path(lazy.path).name
+    lead = _refuse_untrainable(lazy, memory_limit)
+    image = np.asarray(lazy.data, dtype=np.float32).reshape(lazy.data.shape[len(lead):])
+    if trainer is None:
+        config, unet = _default_configs(settings, image.ndim)
+        result = train(image, psf, config=config, unet=unet, device=settings.run_device, voxel_size=voxel)
+        if result.reason == "non-finite loss":
+            raise InputError(f"training on {name} diverged at step {result.steps_done} (non-finite loss): check "
+                             "the PSF")
+    else:
+        result = trainer(image, psf, voxel)
+    del image
+    release_memory()  # training's freed arrays, else resident: the blocks' memory baseline would count them
+    return result
+
+
+def _refuse_untrainable(lazy, memory_limit) -> list:
+    """Refuse to train on an image of several channels or time points, or one over a quarter of
+    ``memory_limit``; returns the sizes of its leading (T, C) axes."""
     from deconv3d.pipeline.memory import format_bytes, parse_memory
-    from deconv3d.selfsup import TrainConfig, UNetConfig, train
 
     name = Path(lazy.path).name
     lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
@@ -149,16 +205,7 @@ def train_on_image(lazy, psf, voxel, settings, trainer=None, memory_limit=None):
     if memory_limit is not None and 4 * size > parse_memory(memory_limit):
         raise InputError(f"training on {name} holds it in memory ({format_bytes(size)} as float32), too much for "
                          f"--memory-limit {memory_limit}: train on a crop with 'deconv3d train', then pass --model")
-    image = np.asarray(lazy.data, dtype=np.float32).reshape(lazy.data.shape[len(lead):])
-    if trainer is None:
-        config = TrainConfig(steps=settings.train_steps, seed=settings.seed)
-        result = train(image, psf, config=config, unet=UNetConfig(ndim=image.ndim), device=settings.run_device,
-                       voxel_size=voxel)
-        if result.reason == "non-finite loss":
-            raise InputError(f"training on {name} diverged at step {result.steps_done} (non-finite loss): check "
-                             "the PSF")
-        return result
-    return trainer(image, psf, voxel)
+    return lead
 
 
 #: Methods whose output is non-negative: an input with no positive voxel comes back all zeros.

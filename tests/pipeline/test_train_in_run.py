@@ -175,3 +175,30 @@ def test_the_reported_time_includes_the_training(files, capsys, monkeypatch):
     code, out, err = run(["deconvolve", "img.tif", "-o", "t.zarr", "--psf", "psf.tif", "--method", "ssl",
                           "--train-steps", "1", *SMALL], capsys)
     assert code == 0 and trained == [1] and out.strip().endswith("in 42.0 s"), out + err
+
+
+@pytest.mark.parametrize("through_cli", [True, False])
+def test_a_memory_limit_no_block_fits_is_refused_before_training(files, capsys, monkeypatch, through_cli):
+    """A --memory-limit the training image fits but no block of the network does was found only
+    after training (minutes): the blocks are now planned first, with the configuration to be trained."""
+    from deconv3d.pipeline.files import deconvolve_file
+    from deconv3d.selfsup import train as real_train
+
+    trained = []
+
+    def counting_train(*args, **kwargs):
+        trained.append(1)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.chdir(files)
+    monkeypatch.setattr("deconv3d.selfsup.train", counting_train)
+    limit = "40MB"  # 4x the image's 33 kB passes the training check; no network block fits
+    if through_cli:
+        code, _, err = run(["deconvolve", "img.tif", "-o", "lim.zarr", "--psf", "psf.tif", "--method", "ssl",
+                            "--train-steps", "2", "--memory-limit", limit, *SMALL], capsys)
+        assert_one_line_error(code, err, "memory limit", "too small", "--memory-limit")
+    else:
+        settings = make_settings({"psf": "psf.tif", "method": "ssl", "train_steps": 2, "memory_limit": limit})
+        with pytest.raises(InputError, match="too small"):
+            deconvolve_file("img.tif", "lim.zarr", settings)
+    assert not trained and not (files / "lim.zarr").exists()
