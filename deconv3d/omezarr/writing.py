@@ -181,7 +181,7 @@ def file_sha256(path, block: int = 1 << 22) -> str:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")  # the same hash on Windows
         with open(f, "rb") as fh:
             while chunk := fh.read(block):
                 h.update(chunk)

@@ -73,10 +73,13 @@ def _outputs_for(inputs, output_dir: Path, settings: Settings) -> list[Path]:
     outputs, owner = [], {}
     for path in inputs:
         output = output_for(path, output_dir, settings)
-        if output in owner:
-            raise InputError(f"{owner[output].name} and {path.name} would both write {output.name}: "
-                             f"rename one or narrow --pattern")
-        owner[output] = path
+        key = str(output).casefold()  # Cell.tif and cell.tiff: one folder on macOS's and Windows' disks
+        if key in owner:
+            first = owner[key][1]
+            case = "" if first == output else f" (as {first.name}: one name on macOS and Windows disks)"
+            raise InputError(f"{owner[key][0].name} and {path.name} would both write {output.name}{case}: rename one "
+                             "or narrow --pattern")
+        owner[key] = (path, output)
         outputs.append(output)
     return outputs
 
@@ -273,7 +276,7 @@ def write_reports(output_dir, rows) -> tuple[Path, Path]:
     _write_json_atomic(json_path, {"summary": summary, "files": rows})
     from deconv3d.pipeline.output import atomic_output
 
-    with atomic_output(csv_path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_output(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:  # any file name
         writer = csv.DictWriter(fh, fieldnames=list(REPORT_FIELDS))
         writer.writeheader()
         writer.writerows(rows)

@@ -341,7 +341,8 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
 
     def settle(at_most: int) -> None:
         while len(futures) > at_most:
-            for future in wait(futures, return_when=FIRST_COMPLETED).done:
+            # with a timeout: on Windows before Python 3.14 an untimed lock wait ignores Ctrl-C
+            for future in wait(futures, timeout=0.5, return_when=FIRST_COMPLETED).done:
                 futures.discard(future)
                 future.result()  # a block's failure is raised here
                 finished()

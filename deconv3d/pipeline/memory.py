@@ -111,18 +111,21 @@ def format_bytes(n: float) -> str:
 
 
 def current_rss() -> int:
-    """Resident memory of this process now (Linux /proc; peak so far elsewhere)."""
+    """Resident memory of this process now (Linux ``/proc``; elsewhere psutil, a dependency:
+    ``resource``'s ``ru_maxrss``, the peak so far, made a batch's later files plan from an
+    earlier file's peak on macOS, and Windows has no ``resource`` module); 0 if unknown."""
     try:
         with open("/proc/self/statm") as fh:
             import os
 
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-        import sys
+    except (OSError, ValueError, IndexError, AttributeError):
+        try:
+            import psutil
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
+            return int(psutil.Process().memory_info().rss)
+        except Exception:  # psutil missing or refused: plan without a baseline
+            return 0
 
 
 #: Share of the available memory a run may take when it chose its blocks itself (no limit given).
@@ -141,8 +144,8 @@ def available_memory() -> int | None:
     """Bytes this process could still allocate: the kernel's ``MemAvailable``, or less where its
     control group (a container, a Slurm job) limits it: the limit less the group's usage, not
     counting page cache the kernel reclaims (``inactive_file``: a container that had read a few
-    GB of files otherwise seemed full, and small images went block by block). None where nothing
-    is known (not Linux)."""
+    GB of files otherwise seemed full, and small images went block by block). Without ``/proc``
+    (macOS, Windows), psutil's available memory; None where nothing is known."""
     found = []
     try:
         with open(MEMINFO) as fh:
@@ -155,6 +158,13 @@ def available_memory() -> int | None:
         free = _cgroup_free(folder, *_CGROUP_NAMES[version])
         if free is not None:
             found.append(free)
+    if not found:  # macOS, Windows: the system's own figure
+        try:
+            import psutil
+
+            found.append(int(psutil.virtual_memory().available))
+        except Exception:
+            pass
     return min(found) if found else None
 
 

@@ -23,6 +23,8 @@ __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 _TMP_SUFFIX = ".tmp"
 
 
+_ON_WINDOWS = os.name == "nt"
+
 #: Seconds after its last change that a temporary written from another machine counts as abandoned.
 OTHER_HOST_STALE_AGE = 2 * 24 * 3600
 
@@ -39,13 +41,26 @@ def _writer_alive(entry: Path) -> bool:
     if match.group(1) is not None and match.group(1) != host_tag():
         return _changed_since(entry, time.time() - OTHER_HOST_STALE_AGE)
     pid = int(match.group(2))
-    if pid == os.getpid():
-        return False
+    return pid != os.getpid() and _process_exists(pid)
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine; when that cannot be told, True (its
+    temporary is then left alone). On Windows ``os.kill(pid, 0)`` is no check: signal 0 is
+    CTRL_C_EVENT there, which interrupts the processes of a console, and a dead pid raises
+    ``OSError``, which ended a batch in an internal error; psutil asks the system instead."""
+    if _ON_WINDOWS:
+        try:
+            import psutil
+
+            return bool(psutil.pid_exists(pid))
+        except Exception:
+            return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
+    except OSError:  # PermissionError: another user's live process; anything else: unknown
         return True
     return True
 
@@ -117,7 +132,12 @@ def remove_stale_temporaries(path) -> list[Path]:
     # a temporary name of its own temporary name (two leading dots)
     found = [q for dots in (".", "..") for q in parent.glob(f"{dots}{glob.escape(path.name)}.*{_TMP_SUFFIX}")] \
         if parent.is_dir() else []
-    stale = [q for q in sorted(set(found)) if not _writer_alive(q)]
-    for entry in stale:
-        _remove(entry)
+    stale = []
+    for entry in sorted(set(found)):
+        if not _writer_alive(entry):
+            try:
+                _remove(entry)
+            except OSError:  # held open (Windows), or no permission: left for a later sweep, not the run's end
+                continue
+            stale.append(entry)
     return stale

@@ -222,7 +222,7 @@ def load_config(path) -> dict:
     if not path.is_file():
         raise InputError(f"config file not found: {path}: check the path")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8 (Windows' default was cp1252)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read config {path}: {' '.join(str(exc).split())}: fix the TOML syntax") from exc
     known = {f.name for f in dataclasses.fields(Settings)} | set(RUN_KEYS)

@@ -197,7 +197,41 @@ def test_available_memory_is_the_least_of_the_kernel_s_and_the_cgroups_without_p
     assert memory_module.available_memory() == 4000000 * 1024  # no limit: the kernel's figure
     monkeypatch.setattr(memory_module, "MEMINFO", str(tmp_path / "missing"))
     monkeypatch.setattr(memory_module, "_cgroup_dirs", lambda: [])
+    import psutil  # no /proc (macOS, Windows): the system's figure, through psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"available": 3_000_000_000})())
+    assert memory_module.available_memory() == 3_000_000_000
+    monkeypatch.setitem(__import__("sys").modules, "psutil", None)  # not even that
     assert memory_module.available_memory() is None  # nothing known: no automatic limit
+
+
+def test_resident_memory_without_proc_is_psutil_s_current_figure(monkeypatch):
+    """Without /proc, ru_maxrss (the peak so far) was read: on macOS a batch's later files planned
+    from an earlier file's peak, and on Windows, which has no ``resource`` module, every CPU
+    deconvolve ended in an internal error (found by the portability review)."""
+    import builtins
+    import sys
+
+    import psutil
+
+    from deconv3d.pipeline import memory as memory_module
+
+    on_linux = memory_module.current_rss()
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows
+    monkeypatch.setattr(psutil, "Process", lambda: type("P", (), {"memory_info": lambda self: type(
+        "M", (), {"rss": 123_456_789})()})())  # (psutil's own reads /proc here)
+    assert memory_module.current_rss() == 123_456_789
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    assert memory_module.current_rss() == 0  # unknown: planned without a baseline, not an internal error
+    assert on_linux > 10_000_000  # /proc's figure where it exists (the interpreter with numpy and torch)
 
 
 @pytest.mark.parametrize("lines, expected", [

@@ -46,6 +46,20 @@ def test_batch_refuses_two_inputs_with_one_output_before_writing(tmp_path):
     assert called == [] and not (tmp_path / "out").exists()
 
 
+def test_batch_refuses_two_inputs_whose_outputs_differ_only_in_case(tmp_path):
+    """Cell.tif and cell.tiff write Cell.zarr and cell.zarr: one folder on a macOS (APFS) or
+    Windows disk, where the second replaced the first and a rerun skipped the first as done
+    (found by the portability review)."""
+    (tmp_path / "in").mkdir()
+    for name in ("Cell.tif", "cell.tiff"):
+        tifffile.imwrite(tmp_path / "in" / name, np.zeros((4, 4, 4), np.float32), photometric="minisblack")
+    called = []
+    with pytest.raises(InputError, match=r"Cell.tif and cell.tiff would both write cell.zarr \(as Cell.zarr: one name"):
+        run_batch(tmp_path / "in", tmp_path / "out", settings_with_a_psf(tmp_path),
+                  lambda *args: called.append(args))
+    assert called == []
+
+
 def test_per_channel_functions_share_the_widest_halo(tmp_path):
     narrow, wide = gaussian_psf((9, 9, 9), (0.8, 0.8, 0.8)), gaussian_psf((15, 15, 15), (2.0, 2.0, 2.0))
     image = np.stack([blurred_beads((24, 48, 48), p, seed=c) for c, p in enumerate((narrow, wide))])
@@ -153,9 +167,23 @@ def test_tiff_output_scratch_is_a_leftover_the_sweep_finds(files, monkeypatch):
     assert remove_stale_temporaries(files / "out.tif") == scratch
 
 
-def test_the_sweep_spares_a_temporary_a_running_process_writes(tmp_path):
+@pytest.mark.parametrize("windows", [False, True])
+def test_the_sweep_spares_a_temporary_a_running_process_writes(tmp_path, monkeypatch, windows):
+    """On Windows os.kill(pid, 0) sends CTRL_C_EVENT, and for a dead pid raises OSError (WinError 87),
+    which ended every later batch in an internal error (found by the portability review)."""
+    import os
+    import signal
     import subprocess
 
+    real_kill = os.kill
+    if windows:
+        def windows_kill(pid, sig):
+            raise OSError(22, "The parameter is incorrect")
+
+        monkeypatch.setattr("deconv3d.pipeline.output._ON_WINDOWS", True)
+        monkeypatch.setattr(os, "kill", windows_kill)
+        # psutil asks Windows itself; here it would call the os.kill above, so ask /proc instead
+        monkeypatch.setattr("psutil.pid_exists", lambda pid: os.path.exists(f"/proc/{pid}"))
     alive = subprocess.Popen(["sleep", "30"])
     finished = subprocess.Popen(["true"])
     finished.wait()
@@ -167,7 +195,7 @@ def test_the_sweep_spares_a_temporary_a_running_process_writes(tmp_path):
         assert remove_stale_temporaries(tmp_path / "img.zarr") == [dead]
         assert live.exists()
     finally:
-        alive.kill()
+        real_kill(alive.pid, signal.SIGKILL)
         alive.wait()
     assert remove_stale_temporaries(tmp_path / "img.zarr") == [live]
 
@@ -488,3 +516,53 @@ def test_chunked_runs_name_what_is_wrong_with_odd_files_as_in_memory_runs_do(tmp
     (tmp_path / "plane.tif").rename(tmp_path / "in" / "plane.tif")
     code, out, err = run(["batch", tmp_path / "in", "-o", tmp_path / "res", "--psf", tmp_path / "psf.tif"], capsys)
     assert code == 3 and "3D but plane.tif is 2D" in out and "voxel size" not in out + err  # no false warning
+
+
+def test_batch_reads_its_config_and_writes_its_report_in_utf8_whatever_the_locale(tmp_path, capsys, monkeypatch):
+    """Under Windows' default text encoding (cp1252) a UTF-8 config naming 'psfs é/psf é.tif' read
+    as 'psfs Ã©/...', and a file named in Cyrillic ended the finished batch in an internal error
+    while writing the CSV report (found by the portability review). Emulated here by making
+    text-mode open() default to cp1252."""
+    import builtins
+    import io
+
+    real_open = io.open
+
+    def cp1252_open(file, mode="r", buffering=-1, encoding=None, *args, **kwargs):
+        if "b" not in mode and encoding in (None, "locale"):
+            encoding = "cp1252"
+        return real_open(file, mode, buffering, encoding, *args, **kwargs)
+
+    (tmp_path / "psfs é").mkdir()
+    (tmp_path / "in").mkdir()
+    psf = gaussian_psf((5, 5, 5))
+    write_tiff(tmp_path / "psfs é" / "psf é.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "in" / "клетка.tif", blurred_beads((8, 24, 24), psf), voxel_size=(0.3, 0.1, 0.1))
+    (tmp_path / "batch.toml").write_text('psf = "psfs é/psf é.tif"\niterations = 2\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(builtins, "open", cp1252_open)
+    monkeypatch.setattr(io, "open", cp1252_open)
+    code, out, err = run(["batch", "in", "-o", "out", "--config", "batch.toml"], capsys)
+    monkeypatch.undo()
+    assert code == 0, err
+    report = (tmp_path / "out" / "batch_report.csv").read_text(encoding="utf-8")
+    assert "клетка.tif" in report and (tmp_path / "out" / "клетка.zarr").is_dir()
+
+
+def test_the_sweep_goes_on_past_a_temporary_it_cannot_remove(tmp_path, monkeypatch):
+    """A leftover held open (Windows) or not ours to delete is left for a later sweep; the run goes on."""
+    from deconv3d.pipeline import output
+
+    held, gone = (tmp_path / f".img.zarr.999999999-{tag}.tmp" for tag in ("0123abcd", "89abcdef"))
+    held.mkdir()
+    gone.mkdir()
+    real_remove = output._remove
+
+    def remove(path):
+        if path == held:
+            raise PermissionError(13, "The process cannot access the file", str(path))
+        real_remove(path)
+
+    monkeypatch.setattr(output, "_remove", remove)
+    assert remove_stale_temporaries(tmp_path / "img.zarr") == [gone]
+    assert held.exists() and not gone.exists()
