@@ -12,13 +12,19 @@ TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_GPU_SPEC ?= torch>=2.2
 HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+# macOS wheels of torch hold no CUDA (and Intel Macs have none past torch 2.2): the normal range there too.
+UNAME ?= $(shell uname -s)
+TORCH_FROM_RANGE := $(HAS_NVIDIA)
+ifeq ($(UNAME),Darwin)
+TORCH_FROM_RANGE := yes
+endif
 
 .PHONY: demo test bench venv clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-ifeq ($(HAS_NVIDIA),yes)
+ifeq ($(TORCH_FROM_RANGE),yes)
 	$(PIP) install -q "$(TORCH_GPU_SPEC)"
 else
 	$(PIP) install -q --no-deps --retries 1 --extra-index-url "$(TORCH_CPU_INDEX)" "$(TORCH_CPU_SPEC)"
