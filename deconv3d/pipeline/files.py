@@ -141,7 +141,7 @@ def _check_plan_before_training(spatial_shape, psf, voxel, settings, trainer, ch
         return
     from deconv3d.pipeline import _spatial_plan, _threads_per_worker
     from deconv3d.pipeline.batch import build_block_fn
-    from deconv3d.psf import normalize_psf
+    from deconv3d.psf import normalize_psf, validate_psf
     from deconv3d.selfsup import TrainedModel
     from deconv3d.selfsup.config import Reference
     from deconv3d.selfsup.unet import ResUNet
@@ -149,7 +149,8 @@ def _check_plan_before_training(spatial_shape, psf, voxel, settings, trainer, ch
     ndim = len(spatial_shape)
     config, unet = trainer.configs(ndim) if hasattr(trainer, "configs") else _default_configs(settings, ndim)
     reference = Reference(iterations=1) if config.residual else None
-    untrained = TrainedModel(ResUNet(unet), unet, config, 0.0, 1.0, normalize_psf(psf), voxel, reference)
+    psf_as_trained = normalize_psf(validate_psf(psf))  # as train() stores it
+    untrained = TrainedModel(ResUNet(unet), unet, config, 0.0, 1.0, psf_as_trained, voxel, reference)
     block, model, _ = build_block_fn(settings, psf, voxel, ndim=ndim, trained=untrained)
     per_process = workers if client is None else _threads_per_worker(client)
     _spatial_plan(spatial_shape, [block], chunks, None, settings.memory_limit, model, per_process, local=client is None)
