@@ -21,6 +21,16 @@ class Parser(argparse.ArgumentParser):
         raise InputError(f"{message} (see '{self.prog} --help')")
 
 
+def check_output(output, inputs=(), **kwargs) -> None:
+    """:func:`deconv3d.io.check_output_path`, then remove what killed runs left of this output on
+    this machine: hidden temporaries as large as the output, which only chunked runs swept before
+    (a killed in-memory run to .tif left its own for good)."""
+    from deconv3d._paths import check_output_path, remove_stale_temporaries
+
+    check_output_path(output, inputs, **kwargs)
+    remove_stale_temporaries(output)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a cluster scheduler's cancel or time limit), raised in the main thread as Ctrl-C is:
     the same clean-up runs (temporaries removed, a batch report written)."""

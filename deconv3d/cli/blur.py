@@ -18,7 +18,7 @@ import numpy as np
 from deconv3d import __version__
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
-from ._common import DEVICE_HELP, DEVICES, Parser, add_common, positive_float, positive_int, progress
+from ._common import DEVICE_HELP, DEVICES, Parser, add_common, check_output, positive_float, positive_int, progress
 
 VARIANTS = ("baseline", "implicit", "explicit")
 DISTANCES = ("mse", "l1")
@@ -141,6 +141,8 @@ def _deblur_parser(blur) -> None:
 
 
 def _check_model_output(output, inputs) -> None:
+    from deconv3d._paths import remove_stale_temporaries
+
     path = Path(output)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
@@ -151,6 +153,7 @@ def _check_model_output(output, inputs) -> None:
         raise InputError(f"unsupported model format '{path.suffix}' for {path}: name it .ckpt (or .pt)")
     if any(path.resolve() == Path(p).resolve() for p in inputs):
         raise InputError(f"output path equals the input {path}: choose another output name")
+    remove_stale_temporaries(path)  # a killed run's hidden checkpoint, as the other commands sweep theirs
 
 
 def _pixel_size(image, path) -> tuple | None:
@@ -307,14 +310,14 @@ MAX_LEVELS = 1000  # planes blur synth writes at most (1e11 asked for 745 GiB)
 
 
 def cmd_synth(args) -> int:
-    from deconv3d.io import check_output_path, write_tiff
+    from deconv3d.io import write_tiff
     from deconv3d.latent.ops import synthesize_blur
 
     far, near, voxel = _read_pair(args.far, args.near, "NEAR")
     if not 2 <= args.levels <= MAX_LEVELS:
         raise InputError(f"--levels must be from 2 (the planes at both ends of --range) to {MAX_LEVELS}, "
                          f"got {args.levels}")
-    check_output_path(args.output, [args.far, args.near, args.model])
+    check_output(args.output, [args.far, args.near, args.model])
     trained, digest, residual, voxel = _load_model(args, far.shape, voxel)
     fractions = np.linspace(args.range[0], args.range[1], args.levels)
     stack = synthesize_blur(trained.model, far, near, fractions, residual=residual)
@@ -329,11 +332,11 @@ def cmd_synth(args) -> int:
 
 
 def cmd_deblur(args) -> int:
-    from deconv3d.io import check_output_path, write_tiff
+    from deconv3d.io import write_tiff
     from deconv3d.latent.ops import deblur
 
     far, plane, voxel = _read_pair(args.far, args.level, "LEVEL")
-    check_output_path(args.output, [args.far, args.level, args.model])
+    check_output(args.output, [args.far, args.level, args.model])
     trained, digest, residual, voxel = _load_model(args, far.shape, voxel)
     sharp = deblur(trained.model, far, plane, args.alpha, residual=residual)
     refuse_non_finite(sharp, "deblurred plane", _OUT_OF_RANGE)

@@ -11,8 +11,8 @@ from deconv3d import __version__
 from deconv3d.errors import InputError, refuse_non_finite
 
 from . import pipeline, selfsup
-from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, add_common, add_optics, check_negative, load_psf, positive_float,
-                      positive_int, print_warnings, progress, voxel_size_of)
+from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, add_common, add_optics, check_negative, check_output, load_psf,
+                      positive_float, positive_int, print_warnings, progress, voxel_size_of)
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -134,10 +134,10 @@ def _unused_option_warnings(args) -> list[str]:
 
 
 def cmd_psf(args) -> int:
-    from deconv3d.io import check_output_path, write_tiff
+    from deconv3d.io import write_tiff
     from deconv3d.psf import generate_psf
 
-    check_output_path(args.output, [])
+    check_output(args.output, [])
     psf = generate_psf(args.model, tuple(args.shape), tuple(args.voxel_size), args.na, args.wavelength,
                        ni=args.ni, ns=args.ns, depth=args.depth)
     meta = {"deconv3d": __version__, "psf_model": args.model, "na": args.na, "wavelength_um": args.wavelength,
@@ -148,11 +148,11 @@ def cmd_psf(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from deconv3d.io import check_output_path, read_image, write_tiff
+    from deconv3d.io import read_image, write_tiff
     from deconv3d.psf import distill_psf
 
     beads = read_image(args.beads)
-    check_output_path(args.output, [args.beads])
+    check_output(args.output, [args.beads])
     size = tuple(args.size)[-beads.data.ndim:] if args.size else None
     psf = distill_psf(beads.data, size=size, threshold=args.threshold)
     write_tiff(args.output, psf, voxel_size=beads.voxel_size, metadata={"deconv3d": __version__, "psf": "distilled"})
@@ -164,7 +164,7 @@ def cmd_deconvolve(args) -> int:
     import numpy as np
 
     from deconv3d.classical import richardson_lucy, wiener
-    from deconv3d.io import assume_psf_voxel, check_output_path, write_tiff
+    from deconv3d.io import assume_psf_voxel, write_tiff
 
     warnings = _unused_option_warnings(args)
     for role, path in (("input", args.input), ("output", args.output)):
@@ -178,7 +178,7 @@ def cmd_deconvolve(args) -> int:
                              "the count it reports as --iterations N to the chunked run")
         return pipeline.cmd_deconvolve_chunked(args, warnings)
     image = _read_one_image(args.input)
-    check_output_path(args.output, [f for f in (args.input, args.psf, args.model) if f])
+    check_output(args.output, [f for f in (args.input, args.psf, args.model) if f])
     if args.method == "rl-tv" and not args.tv_weight > 0:
         raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
     voxel = voxel_size_of(args, image)

@@ -11,8 +11,8 @@ from pathlib import Path
 from deconv3d._paths import existing_ancestor
 from deconv3d.errors import InputError
 
-from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, Terminated, add_common, add_optics, positive_float,
-                      positive_int, print_warnings)
+from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, Terminated, add_common, add_optics, check_output,
+                      positive_float, positive_int, print_warnings)
 from .selfsup import DEFAULT_STEPS
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
@@ -94,7 +94,6 @@ def _bar(desc: str, unit: str, on_start=None):
 
 def cmd_deconvolve_chunked(args, warnings=()) -> int:
     """``deconvolve`` on the chunked pipeline; ``warnings`` are printed once the run is planned."""
-    from deconv3d.io import check_output_path
     from deconv3d.pipeline.files import deconvolve_file
 
     if args.method == "ssl" and args.steps and args.model:
@@ -103,7 +102,7 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
         raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
     if not Path(args.input).exists():
         raise InputError(f"input not found: {args.input}: check the path")
-    check_output_path(args.output, [f for f in (args.input, args.psf, args.model) if f], suffixes=OUTPUT_SUFFIXES)
+    check_output(args.output, [f for f in (args.input, args.psf, args.model) if f], suffixes=OUTPUT_SUFFIXES)
     if Path(args.output).suffix.lower() == ".zarr" and Path(args.output).is_file():
         raise InputError(f"output {args.output} is a file: give a new .zarr folder name")
     settings = settings_from_args(args, {"output_format": "zarr"})

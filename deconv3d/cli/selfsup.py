@@ -7,8 +7,8 @@ import time
 
 from deconv3d.errors import InputError
 
-from ._common import (DEVICE_HELP, DEVICES, add_common, check_negative, positive_float, positive_int, print_warnings,
-                      voxel_size_of)
+from ._common import (DEVICE_HELP, DEVICES, add_common, check_negative, check_output, positive_float, positive_int,
+                      print_warnings, voxel_size_of)
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
 BAND_LIMIT = 0.0  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
@@ -157,11 +157,11 @@ def train_with_progress(image, psf, args, voxel, notes=()):
 
 
 def _read_inputs(args):
-    from deconv3d.io import assume_psf_voxel, check_output_path, read_image, read_psf
+    from deconv3d.io import assume_psf_voxel, read_image, read_psf
     from deconv3d.psf import prepare_psf
 
     image = read_image(args.input)
-    check_output_path(args.output, [args.input, args.psf], suffixes=(".ckpt", ".pt"))
+    check_output(args.output, [args.input, args.psf], suffixes=(".ckpt", ".pt"))
     notes: list[str] = []
     check_negative(image.data, args.input, "train", notes)
     voxel = assume_psf_voxel(voxel_size_of(args, image), args.psf, image.data.ndim, args.input, notes,

@@ -180,7 +180,7 @@ def test_the_sweep_spares_a_temporary_a_running_process_writes(tmp_path, monkeyp
         def windows_kill(pid, sig):
             raise OSError(22, "The parameter is incorrect")
 
-        monkeypatch.setattr("deconv3d.pipeline.output._ON_WINDOWS", True)
+        monkeypatch.setattr("deconv3d._paths._ON_WINDOWS", True)
         monkeypatch.setattr(os, "kill", windows_kill)
         # psutil asks Windows itself; here it would call the os.kill above, so ask /proc instead
         monkeypatch.setattr("psutil.pid_exists", lambda pid: os.path.exists(f"/proc/{pid}"))
@@ -207,7 +207,7 @@ def test_the_sweep_leaves_another_machines_temporary_until_it_is_old(tmp_path):
     import time
 
     from deconv3d._paths import host_tag, temporary_name
-    from deconv3d.pipeline.output import OTHER_HOST_STALE_AGE
+    from deconv3d._paths import OTHER_HOST_STALE_AGE
 
     mine = temporary_name(tmp_path / "img.zarr")
     assert mine.name.startswith(f".img.zarr.{host_tag()}@{os.getpid()}-")
@@ -551,18 +551,36 @@ def test_batch_reads_its_config_and_writes_its_report_in_utf8_whatever_the_local
 
 def test_the_sweep_goes_on_past_a_temporary_it_cannot_remove(tmp_path, monkeypatch):
     """A leftover held open (Windows) or not ours to delete is left for a later sweep; the run goes on."""
-    from deconv3d.pipeline import output
+    from deconv3d import _paths
 
     held, gone = (tmp_path / f".img.zarr.999999999-{tag}.tmp" for tag in ("0123abcd", "89abcdef"))
     held.mkdir()
     gone.mkdir()
-    real_remove = output._remove
+    real_remove = _paths._remove
 
     def remove(path):
         if path == held:
             raise PermissionError(13, "The process cannot access the file", str(path))
         real_remove(path)
 
-    monkeypatch.setattr(output, "_remove", remove)
+    monkeypatch.setattr(_paths, "_remove", remove)
     assert remove_stale_temporaries(tmp_path / "img.zarr") == [gone]
     assert held.exists() and not gone.exists()
+
+
+def test_a_temporary_from_another_pid_namespace_of_this_host_is_not_taken_for_this_process_s(tmp_path, monkeypatch):
+    """Two containers on one host share its name while their process ids overlap: both runs were
+    process 1, and the second removed the first's temporary as its own leftover, failing that run
+    (found by the review of concurrent runs). The pid namespace is now part of the host's tag."""
+    import os
+
+    from deconv3d import _paths
+
+    monkeypatch.setattr(_paths, "_pid_namespace", lambda: "4026532175")
+    mine = _paths.host_tag()
+    monkeypatch.setattr(_paths, "_pid_namespace", lambda: "4026532999")
+    assert _paths.host_tag() != mine and _paths.host_tag().startswith(mine.split("-ns")[0])
+    other_container = tmp_path / f".img.zarr.{mine}@{os.getpid()}-0123abcd.tmp"  # its pid equals ours
+    other_container.mkdir()
+    assert remove_stale_temporaries(tmp_path / "img.zarr") == []
+    assert other_container.exists()
