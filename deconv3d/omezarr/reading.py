@@ -317,7 +317,7 @@ class ZarrReader:
             shape = [n for i, n in enumerate(self._open().shape) if i not in self.drop]
         self.shape = tuple(shape)
         self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
-        self.identity = self._metadata_identity()  # what verify compares with
+        self.identity = self._identity()  # what verify compares with
 
     def _open(self):
         if self._array is None:
@@ -349,9 +349,16 @@ class ZarrReader:
 
     def verify(self) -> None:
         """Refuse a run whose input array was rewritten, moved or deleted since it was opened (its
-        metadata file changed or went away): missing chunks read as the fill value, so the
-        output would hold zeros where the image was."""
-        _verify_unchanged(self.path, self._metadata_identity(), self.identity)
+        metadata file changed or went away), or whose chunks were written meanwhile (an image
+        still being acquired or copied): missing chunks read as the fill value, so the output
+        would hold zeros where the image was."""
+        _verify_unchanged(self.path, self._identity(), self.identity)
+
+    def _identity(self) -> tuple | None:
+        """The metadata file's identity and the count, total size and latest modification time
+        of the array's files (None when the metadata cannot be read: nothing to compare)."""
+        metadata = self._metadata_identity()
+        return None if metadata is None else (metadata, _files_state(Path(self.path) / self.component))
 
     def _metadata_identity(self) -> tuple | None:
         folder = Path(self.path) / self.component
@@ -374,6 +381,28 @@ def _float32_block(block, path) -> np.ndarray:
 
         _as_float32(block, path)  # names the peak, or the NaN/Inf the file itself holds
     return out
+
+
+def _files_state(folder: Path) -> tuple[int, int, int]:
+    """(count, total size, latest modification time) of the files under ``folder``: a zarr array
+    whose chunks are written during a run changes it (one stat per chunk file)."""
+    count = size = latest = 0
+    stack = [str(folder)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                st = entry.stat()
+            except OSError:
+                continue
+            count, size, latest = count + 1, size + st.st_size, max(latest, st.st_mtime_ns)
+    return count, size, latest
 
 
 def _content_identity(path) -> tuple | None:

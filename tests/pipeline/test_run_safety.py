@@ -71,6 +71,31 @@ def test_a_tiff_input_changed_during_the_run_leaves_no_output(stack, monkeypatch
     assert len(calls) < 8  # refused at the next block, not after all of them
 
 
+def test_a_zarr_input_still_being_written_during_the_run_leaves_no_output(stack, monkeypatch, capsys):
+    """An OME-Zarr still being acquired or copied (metadata first, then chunk after chunk) gave an
+    output with zeros where the chunks had not arrived, recorded as done with exit 0: only the
+    metadata file was compared (found by the review of concurrent runs). Chunks written during
+    the run now refuse it, as a rewritten TIFF is refused."""
+    import zarr
+
+    from deconv3d.omezarr import write_ome_zarr
+
+    folder, image = stack
+    monkeypatch.chdir(folder)
+    partial = image.copy()
+    partial[8:] = 0  # not yet written: all-fill chunks are not stored
+    write_ome_zarr(folder / "live.zarr", partial, voxel_size=(0.3, 0.1, 0.1), chunks=(4, 16, 16))
+
+    def more_planes_arrive():
+        zarr.open_array(str(folder / "live.zarr"), path="0", mode="r+")[8:12] = image[8:12]
+
+    calls = _changing(monkeypatch, more_planes_arrive)
+    code, _, err = run(["deconvolve", "live.zarr", "--psf", "psf.tif", "-o", "out.zarr", "--chunks", 8, 16, 16,
+                        "--iterations", 2], capsys)
+    assert_one_line_error(code, err, "live.zarr", "changed, moved or deleted during the run")
+    assert calls and not (folder / "out.zarr").exists() and _leftovers(folder) == []
+
+
 def test_a_zarr_input_moved_away_during_the_run_leaves_no_output(stack, monkeypatch, capsys):
     """Missing chunks read as zeros: an OME-Zarr input moved away mid-run gave an all-zero (or
     half-zero) output with exit 0, and batch recorded it as done."""
