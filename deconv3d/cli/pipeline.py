@@ -252,10 +252,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 row.update(status="failed", reason=f"{how}: rerun to redo it")
         counts = status_counts(rows)
         if rows:  # this run's rows, over an earlier report's rows for the files it did not reach
-            try:
-                json_path, _ = write_reports(output_dir, _merged_rows(output_dir, rows))
-            except Exception:  # noqa: BLE001 - a report in a shape this version does not write
-                json_path, _ = write_reports(output_dir, rows)
+            json_path, _ = write_reports(output_dir, rows)
         print(f"deconv3d: {how.split()[0]} at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
               f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
               + (f" (report {json_path})" if rows else "") + ": rerun the same command to resume", file=sys.stderr)
@@ -285,25 +282,6 @@ def _take_run_options(args, config: dict) -> None:
     workers = args.workers
     if workers is not None and (isinstance(workers, bool) or not (isinstance(workers, int) and workers >= 1)):
         raise InputError(f"workers must be a positive whole number, got {workers!r}")
-
-
-def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
-    """``rows`` in place of the same files' rows of the report already in ``output_dir``, if any."""
-    import json
-
-    from deconv3d.pipeline.batch import REPORT_FIELDS, STATUSES
-
-    try:
-        earlier = json.loads((output_dir / "batch_report.json").read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return rows
-    if not isinstance(earlier, list):
-        return rows
-    earlier = [{k: r.get(k, "") for k in REPORT_FIELDS} for r in earlier
-               if isinstance(r, dict) and isinstance(r.get("file"), str) and r.get("status") in STATUSES]
-    mine = {r["file"]: r for r in rows}
-    merged = [mine.pop(r["file"], r) for r in earlier]
-    return merged + list(mine.values())
 
 
 def _found_as_input(output_dir: Path, input_dir: Path, patterns) -> bool:

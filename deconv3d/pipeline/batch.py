@@ -19,6 +19,7 @@ from typing import Optional
 
 from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
+from deconv3d.pipeline.locks import BUSY, claim, report_lock, settings_guard
 from deconv3d.pipeline.settings import RUN_KEYS, Settings, _many, channel_count, load_config, make_settings
 
 __all__ = ["Settings", "load_config", "make_settings", "channel_count", "RUN_KEYS", "find_inputs", "run_batch",
@@ -228,16 +229,20 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
     settings_hash = settings.fingerprint()
     rows = [] if rows is None else rows
-    for number, (path, output) in enumerate(zip(inputs, outputs), 1):
-        record = _record_path(output_dir, path)
-        row = {"file": str(path), "output": str(output), "status": "", "seconds": 0.0, "reason": ""}
-        rows.append(row)  # before the work: an interrupted file shows as the row left without a status
-        if is_finished(path, output, record, settings_hash):
-            row["status"] = "skipped"
-        else:
-            _process(path, output, record, settings_hash, process_one, row)
-        if progress is not None:
-            progress(number, len(inputs), row)
+    with settings_guard(output_dir / RECORD_DIR, settings_hash):  # other live runs: same settings, or none
+        for number, (path, output) in enumerate(zip(inputs, outputs), 1):
+            record = _record_path(output_dir, path)
+            row = {"file": str(path), "output": str(output), "status": "", "seconds": 0.0, "reason": ""}
+            rows.append(row)  # before the work: an interrupted file shows as the row left without a status
+            with claim(output_dir / RECORD_DIR, path) as mine:
+                if mine is False:  # another run of this folder is on it
+                    row.update(status="skipped", reason=BUSY)
+                elif is_finished(path, output, record, settings_hash):  # (perhaps by another run, just now)
+                    row["status"] = "skipped"
+                else:
+                    _process(path, output, record, settings_hash, process_one, row)
+            if progress is not None:
+                progress(number, len(inputs), row)
     return rows
 
 
@@ -269,8 +274,30 @@ def status_counts(rows) -> dict[str, int]:
 
 
 def write_reports(output_dir, rows) -> tuple[Path, Path]:
-    """Write ``batch_report.json`` and ``batch_report.csv`` into ``output_dir``."""
+    """Write ``batch_report.json`` and ``batch_report.csv`` into ``output_dir``: ``rows`` in place
+    of the same files' rows of the report already there (other runs' and earlier runs' files keep
+    theirs; a file this run left to another live run keeps that run's row), one run at a time."""
     output_dir = Path(output_dir)
+    with report_lock(output_dir / RECORD_DIR):
+        return _write_reports(output_dir, _merged_rows(output_dir, rows))
+
+
+def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
+    try:
+        earlier = json.loads((output_dir / "batch_report.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return rows
+    if not isinstance(earlier, list):
+        return rows
+    earlier = [{k: r.get(k, "") for k in REPORT_FIELDS} for r in earlier
+               if isinstance(r, dict) and isinstance(r.get("file"), str) and r.get("status") in STATUSES]
+    known = {r["file"] for r in earlier}
+    mine = {r["file"]: r for r in rows if not (r["reason"] == BUSY and r["file"] in known)}
+    merged = [mine.pop(r["file"], r) for r in earlier]
+    return merged + list(mine.values())
+
+
+def _write_reports(output_dir: Path, rows) -> tuple[Path, Path]:
     summary = status_counts(rows)
     json_path, csv_path = output_dir / "batch_report.json", output_dir / "batch_report.csv"
     _write_json_atomic(json_path, {"summary": summary, "files": rows})

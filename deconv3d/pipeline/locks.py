@@ -1,0 +1,84 @@
+"""Advisory locks that let several batch runs work into one output folder at once.
+
+A cluster user may launch the same ``deconv3d batch IN -o OUT`` as N array tasks, or relaunch a
+batch while the first still runs. Without coordination every run computed every file, reports
+overwrote each other (a failure could vanish from the last one written) and a run with other
+settings could leave a folder of mixed outputs. The locks here are ``flock`` locks on small files
+in the batch's record folder: the system drops them when their process ends, however it ends,
+so a killed run leaves no lock behind (and Linux maps them onto NFS's locks across nodes).
+Where locks are not available (Windows, a filesystem mounted without them) runs go on without
+coordination, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from deconv3d.errors import InputError
+
+#: The reason of a file another live run is processing (its row in that run's report says how it went).
+BUSY = "in progress in another run"
+
+
+@contextlib.contextmanager
+def file_lock(path, *, shared: bool = False, wait: bool = False):
+    """Hold a lock on ``path`` (created when missing) for the ``with`` block.
+
+    Yields True while this process holds it, False when another holds it (and ``wait`` is False),
+    None when this system or filesystem has no locks. ``shared`` locks coexist with each other.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield None
+        return
+    try:
+        handle = open(path, "a")
+    except OSError:
+        yield None
+        return
+    with handle:
+        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(handle.fileno(), mode)
+            held = True
+        except BlockingIOError:
+            held = False
+        except OSError:  # ENOLCK, EINVAL: a filesystem without locks
+            held = None
+        try:
+            yield held
+        finally:
+            if held:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def settings_guard(record_dir: Path, fingerprint: str):
+    """While a batch runs, hold a shared lock named by its settings' fingerprint; refuse to start
+    while another live run with other settings holds its own (runs with the same settings share
+    the folder, each taking the files no other holds: :func:`claim`)."""
+    record_dir = Path(record_dir)
+    own = record_dir / f"settings-{fingerprint}.runlock"  # (input locks end in .tif.lock, .zarr.lock)
+    with file_lock(own, shared=True) as held:
+        if held:
+            for other in sorted(record_dir.glob("*.runlock")):
+                if other == own:
+                    continue
+                with file_lock(other) as free:
+                    if free is False:
+                        raise InputError(f"another batch with other settings is writing into {record_dir.parent}: "
+                                         "wait for it to finish, or give another output folder")
+        yield
+
+
+def claim(record_dir: Path, input_path: Path):
+    """A lock on ``input_path``'s processing (see :func:`file_lock`: False while another live run
+    processes it)."""
+    return file_lock(Path(record_dir) / f"{Path(input_path).name}.lock")
+
+
+def report_lock(record_dir: Path):
+    """The lock a run holds while it merges its rows into the folder's report (waits its turn)."""
+    return file_lock(Path(record_dir) / "report.lock", wait=True)

@@ -1,0 +1,100 @@
+"""Several batch runs over one output folder (found by the review of concurrent runs): a Slurm
+array job launching the same command N times computed every file N times, the last report
+written hid the others' files and failures, and a relaunch with other settings mixed its
+outputs into the first run's."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cli_helpers import assert_one_line_error, run
+from deconv3d.io import write_tiff
+from deconv3d.pipeline.batch import RECORD_DIR, make_settings
+from deconv3d.pipeline.locks import BUSY, file_lock
+
+from .conftest import blurred_beads, gaussian_psf
+from .test_batch_resume import SLOW_CLI
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock locks")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    psf = gaussian_psf()
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        write_tiff(tmp_path / "in" / f"img{i}.tif", blurred_beads((12, 24, 24), psf, seed=i),
+                   voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path
+
+
+def _report(out):
+    return {os.path.basename(r["file"]): r for r in json.loads((out / "batch_report.json").read_text())["files"]}
+
+
+def test_a_file_another_live_run_holds_is_left_to_it_and_keeps_its_row(folder, capsys, monkeypatch):
+    monkeypatch.chdir(folder)
+    argv = ["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "2"]
+    (folder / "out" / RECORD_DIR).mkdir(parents=True)
+    # the other run's report so far: it failed img1 (its row must survive this run's "busy" one)
+    other_row = {"file": "in/img1.tif", "status": "failed", "seconds": 1.0, "output": "out/img1.zarr",
+                 "reason": "cannot read in/img1.tif"}
+    (folder / "out" / "batch_report.json").write_text(json.dumps({"summary": {}, "files": [other_row]}))
+    with file_lock(folder / "out" / RECORD_DIR / "img1.tif.lock") as held:  # the other run, on img1
+        assert held is True
+        code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert "1 skipped" in out and not (folder / "out" / "img1.zarr").exists()
+    report = _report(folder / "out")
+    assert [report[f"img{i}.tif"]["status"] for i in (0, 2)] == ["done", "done"]
+    assert report["img1.tif"]["status"] == "failed" and report["img1.tif"]["reason"] == other_row["reason"]
+    code, out, err = run(argv, capsys)  # the lock released: a rerun takes it
+    assert code == 0 and (folder / "out" / "img1.zarr").exists() and _report(folder / "out")["img1.tif"]["status"] \
+        == "done"
+
+
+def test_a_busy_file_without_an_earlier_row_is_reported_as_left_to_another_run(folder, capsys, monkeypatch):
+    monkeypatch.chdir(folder)
+    (folder / "out" / RECORD_DIR).mkdir(parents=True)
+    with file_lock(folder / "out" / RECORD_DIR / "img0.tif.lock"):
+        code, _, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "2"], capsys)
+    assert code == 0, err
+    row = _report(folder / "out")["img0.tif"]
+    assert row["status"] == "skipped" and row["reason"] == BUSY
+
+
+def test_a_run_with_other_settings_is_refused_while_one_runs_and_one_with_the_same_is_not(folder, capsys,
+                                                                                          monkeypatch):
+    monkeypatch.chdir(folder)
+    record_dir = folder / "out" / RECORD_DIR
+    record_dir.mkdir(parents=True)
+    running = make_settings({"psf": "psf.tif", "iterations": 2}).fingerprint()
+    with file_lock(record_dir / f"settings-{running}.runlock", shared=True):  # a live run, 2 iterations
+        code, _, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "5"], capsys)
+        assert_one_line_error(code, err, "another batch with other settings", "another output folder")
+        assert not list((folder / "out").glob("*.zarr"))
+        code, _, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "2"], capsys)
+        assert code == 0, err
+    code, _, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "5"], capsys)
+    assert code == 0, err  # that run has ended: its settings file alone refuses nothing
+
+
+def test_two_runs_launched_together_share_the_files(folder):
+    """Two real processes (each block slowed so that they overlap): every file is computed once,
+    and the folder's report, merged by both, shows every file done."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    argv = [sys.executable, "-c", SLOW_CLI, "0.3", "batch", str(folder / "in"), "-o", str(folder / "out"),
+            "--psf", str(folder / "psf.tif"), "--iterations", "2", "--chunks", "12", "12", "12"]
+    runs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    time.sleep(0.2)
+    runs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [r.communicate(timeout=240) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outputs
+    done = [int(out.split("batch: ")[1].split(" done")[0]) for out, _ in outputs]
+    assert sum(done) == 3, outputs  # each file once (without the claims: 6)
+    assert {r["status"] for r in _report(folder / "out").values()} == {"done"}
