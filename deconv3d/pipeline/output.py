@@ -37,14 +37,31 @@ def atomic_output(path):
         raise
 
 
-def _publish(tmp: Path, path: Path) -> None:
+def _publish(tmp: Path, path: Path, attempts: int = 20) -> None:
+    """Rename ``tmp`` onto ``path``. A directory in the way is moved aside first (``os.replace``
+    cannot replace a non-empty one); when another process publishes the same output in that gap
+    (its directory appears, or the one to move aside is already gone) the steps are retried, so
+    that the last to publish wins instead of failing with ENOTEMPTY or ENOENT."""
     if not tmp.exists():
         raise RuntimeError(f"nothing was written to {tmp}")
-    if path.is_dir() and not path.is_symlink():
-        # os.replace cannot replace a non-empty directory: move the old one aside first.
-        old = temporary_name(path)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        _remove(old)
-    else:
-        os.replace(tmp, path)
+    for attempt in range(attempts):
+        old = None
+        try:
+            if path.is_dir() and not path.is_symlink():
+                old = temporary_name(path)
+                os.replace(path, old)
+            os.replace(tmp, path)
+            return
+        except OSError as exc:
+            if attempt == attempts - 1 or not _raced(exc) or not tmp.exists():
+                raise
+        finally:
+            if old is not None:
+                _remove(old)
+
+
+def _raced(exc: OSError) -> bool:
+    """An error another process's publishing of the same output can cause in :func:`_publish`."""
+    import errno
+
+    return exc.errno in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR)
