@@ -20,23 +20,21 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from deconv3d._torch_common import FP16_OVERFLOW, WeightAverage, amp_enabled, cuda_half, grad_scaler, stop_reason
+from deconv3d._torch_common import WeightAverage, amp_enabled, grad_scaler
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
 from deconv3d.psf import fit_psf, normalize_psf, validate_psf
-from deconv3d.selfsup.config import WARM_SHARE, Reference, TrainConfig, UNetConfig
-from deconv3d.selfsup.losses import (AUTO_EPS, ForwardModel, LossWeights, loss_weights, mse,
-                                     siamese_loss, snr_gain)
-from deconv3d.selfsup.patches import _Batch, _PatchSampler
+from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig
+from deconv3d.selfsup.losses import AUTO_EPS, ForwardModel, loss_weights, snr_gain
+from deconv3d.selfsup.patches import _PatchSampler
+from deconv3d.selfsup.steps import _Steps
 from deconv3d.selfsup.unet import ResUNet
 
 __all__ = ["TrainResult", "train", "make_forward_model", "standardize", "build_model", "trainable_model",
@@ -117,51 +115,6 @@ def _check_inputs(image, psf, unet, voxel_size):
 
 #: Share of ``TrainConfig.time_budget`` that the search for the RL reference may take.
 REFERENCE_SHARE = 0.5
-
-
-def _train_step(model, batch: _Batch, forward: ForwardModel, region, weights: LossWeights, optimizer, scaler,
-                stats: tuple[float, float], amp: bool, data_weight=None, anchor: float = 0.0,
-                residual: bool = False, floor: float | None = None) -> dict[str, float]:
-    """One Siamese step: two passes with shared weights, loss in float32, update.
-
-    ``anchor`` > 0 with a batch target adds ``anchor * MSE(f(x), target)`` on the compared region.
-    ``residual`` makes the estimate the batch target plus the network's output, in both passes,
-    clamped at ``floor`` (zero intensity in standardised units) unless it is None.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    with cuda_half(amp):
-        out = model(batch.augment(batch.fields))
-        out_masked = model(batch.augment(batch.masked))
-    f, f_masked = batch.restore(out.float()), batch.restore(out_masked.float())
-    if residual:
-        f, f_masked = f + batch.target_field, f_masked + batch.target_field
-        if floor is not None:
-            f, f_masked = f.clamp_min(floor), f_masked.clamp_min(floor)
-    total, terms = siamese_loss(batch.data, f, f_masked, batch.mask, partial(forward.blur, region=region), region,
-                                weights, mean=stats[0], std=stats[1], data_weight=data_weight)
-    if anchor and batch.target is not None:
-        term = mse(f[(Ellipsis,) + tuple(region)], batch.target)
-        total = total + anchor * term
-        terms["anchor"], terms["total"] = float(term.detach()), float(total.detach())
-    if math.isfinite(terms["total"]):
-        scaler.scale(total).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    return terms
-
-
-def _warm_step(model, batch: _Batch, region, optimizer, scaler, amp: bool) -> dict[str, float]:
-    """One warm-start step: ``MSE(f(x), target)`` on the compared region, one pass, no mask."""
-    optimizer.zero_grad(set_to_none=True)
-    with cuda_half(amp):
-        out = model(batch.augment(batch.fields))
-    loss = mse(batch.restore(out.float())[(Ellipsis,) + tuple(region)], batch.target)
-    value = float(loss.detach())
-    if math.isfinite(value):
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    return {"warm": value, "total": value}
 
 
 WARM_TV_WEIGHTS = (0.0, 0.002, 0.01, 0.03, 0.06, 0.1)  # the TV weights TrainConfig(warm_tv="auto") chooses from
@@ -322,7 +275,31 @@ def train(
         unet = replace(unet, positive=False)
     standardized, mean, std = standardize(img)
     forward = ForwardModel(psf, device=dev)
-    data_shape = [min(config.patch, n) for n in img.shape]
+    geometry = _field_geometry(forward, img.shape, unet, config)
+    sampler = _PatchSampler(standardized, geometry, config, dev)
+    model, optimizer, schedule, average = trainable_model(unet, config, dev, -mean / std)
+    amp = amp_enabled(config.amp, dev)
+    steps = _Steps(model, optimizer, schedule, average, forward, geometry.region, loss_weights(config), (mean, std),
+                   _data_weight(forward, geometry.data_shape, config.precondition, img, psf), config,
+                   -mean / std if positive_sum else None, amp, grad_scaler(amp))
+    started = time.perf_counter()
+    image_key, target, reference = _set_reference(img, psf, forward, sampler, config, dev, started, (mean, std))
+    step, history, terms, reason, warm_done = steps.run(sampler, callback, started)
+    if average is not None:
+        average.copy_to(model)
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    cache = _reference_on_field(image_key, img.shape, psf, target) if config.residual else None
+    return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
+                       voxel_size, time.perf_counter() - started, terms, warm_done,
+                       reference if config.residual else None, cache)
+
+
+def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config: TrainConfig):
+    """The training fields' geometry (``ForwardModel.geometry``): data regions of side ``config.patch``
+    (the image's size along shorter axes) in their PSF halo, padded to the network's divisor;
+    refused where the padding would more than double them or batch normalisation would see too
+    few values."""
+    data_shape = [min(config.patch, n) for n in image_shape]
     side = max(n + b + a for n, b, a in zip(data_shape, forward.halo_before, forward.halo_after))
     if unet.divisor > 2 * side:  # fields are padded up to 2**depth voxels a side: more than twice what they hold
         raise InputError(f"a UNet of depth {unet.depth} pads the training fields to {unet.divisor} voxels a side, more "
@@ -333,68 +310,28 @@ def train(
         raise InputError(f"a batch of {config.batch} training field(s) of {geometry.field_shape} voxels leaves one value "
                          "per channel at the network's coarsest level, too few for batch normalisation: use a batch "
                          "of 2 or more or a larger patch (--batch, --patch)")
-    sampler = _PatchSampler(standardized, geometry, config, dev)
-    model, optimizer, schedule, average = trainable_model(unet, config, dev, -mean / std)
-    amp = amp_enabled(config.amp, dev)
-    scaler = grad_scaler(amp)
-    weights = loss_weights(config)
-    data_weight = _data_weight(forward, geometry.data_shape, config.precondition, img, psf)
-    history, terms, reason, step = [], {}, "completed", 0
-    started = time.perf_counter()
-    warm, reference = config.warm_steps, None
-    if warm or config.residual or config.anchor_weight:  # an anchor without a warm start needs the target too
-        # The residual base spans the fields' PSF halo with RL's estimate of the object outside the image,
-        # so that H(T) explains the light entering the field from outside from the start.
-        # Under a time budget the search for RL's count and weight takes at most half of it.
-        deadline = None if config.time_budget is None else started + REFERENCE_SHARE * config.time_budget
-        image_key = psf_fingerprint(img)  # of the data RL runs on (a caller may change the array while training)
-        target, reference = warm_start_target(img, psf, dev, config.warm_tv, extended=config.residual,
-                                              deadline=deadline)
-        margin = (forward.halo_before, forward.halo_after) if config.residual else None
-        sampler.set_target((target - np.float32(mean)) / np.float32(std), margin)
-    warm_until = None  # "auto" under a time budget: also end the warm start at 3/8 of the budget
-    if config.warm_start == "auto" and config.time_budget is not None:
-        warm_until = started + WARM_SHARE[0] / WARM_SHARE[1] * config.time_budget
-    warming, warm_done = warm > 0, 0
-    while True:
-        step += 1
-        if warming and (step > warm or (warm_until is not None and time.perf_counter() >= warm_until)):
-            warming = False
-            if not config.anchor_weight:
-                sampler.set_target(None)
-        batch = sampler.sample(config.batch)
+    return geometry
 
-        def one_step():
-            if warming:
-                return _warm_step(model, batch, geometry.region, optimizer, scaler, amp)
-            return _train_step(model, batch, forward, geometry.region, weights, optimizer, scaler, (mean, std),
-                               amp, data_weight, config.anchor_weight, config.residual,
-                               -mean / std if positive_sum else None)
 
-        terms = one_step()
-        if amp and not math.isfinite(terms["total"]):
-            # The gradient scaler guards the backward pass only: an overflowing float16 forward pass
-            # would end the run as a non-finite loss. The step (not taken) is redone in float32.
-            amp, scaler = False, grad_scaler(False)
-            terms = one_step()
-            if math.isfinite(terms["total"]):  # else a real divergence, which ends the run below
-                warnings.warn(FP16_OVERFLOW, RuntimeWarning, stacklevel=2)
-        if warming:
-            warm_done = step
-        schedule.step()
-        if average is not None:
-            average.update(model)
-        history.append((step, terms["total"]))
-        reason = stop_reason(step, terms["total"], config.steps, config.time_budget, callback, started)
-        if reason is not None:
-            break
-    if average is not None:
-        average.copy_to(model)
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    cache = _reference_on_field(image_key, img.shape, psf, target) if config.residual else None
-    return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
-                       voxel_size, time.perf_counter() - started, terms, warm_done,
-                       reference if config.residual else None, cache)
+def _set_reference(img, psf, forward: ForwardModel, sampler: _PatchSampler, config: TrainConfig, device, started: float,
+                   mean_std) -> tuple:
+    """Richardson-Lucy's estimate that the warm start regresses onto, the anchor keeps the network
+    near, or the residual network corrects, set as ``sampler``'s target (standardised by
+    ``mean_std``). Returns (fingerprint of the image, the estimate, its :class:`Reference`), or
+    Nones when the recipe needs none."""
+    if not (config.warm_steps or config.residual or config.anchor_weight):  # (an anchor alone needs it too)
+        return None, None, None
+    # The residual base spans the fields' PSF halo with RL's estimate of the object outside the image,
+    # so that H(T) explains the light entering the field from outside from the start.
+    # Under a time budget the search for RL's count and weight takes at most half of it.
+    deadline = None if config.time_budget is None else started + REFERENCE_SHARE * config.time_budget
+    image_key = psf_fingerprint(img)  # of the data RL runs on (a caller may change the array while training)
+    target, reference = warm_start_target(img, psf, device, config.warm_tv, extended=config.residual,
+                                          deadline=deadline)
+    margin = (forward.halo_before, forward.halo_after) if config.residual else None
+    mean, std = mean_std
+    sampler.set_target((target - np.float32(mean)) / np.float32(std), margin)
+    return image_key, target, reference
 
 
 def _reference_on_field(image_key: str, image_shape, psf: np.ndarray, extended: np.ndarray) -> tuple[str, np.ndarray]:

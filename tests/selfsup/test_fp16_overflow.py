@@ -36,6 +36,7 @@ def overflowing_half(monkeypatch):
 
     for mod in map(importlib.import_module, ("deconv3d.selfsup.train", "deconv3d.selfsup.predict")):
         monkeypatch.setattr(mod, "amp_enabled", lambda requested, device: bool(requested))
+    for mod in map(importlib.import_module, ("deconv3d.selfsup.steps", "deconv3d.selfsup.predict")):
         monkeypatch.setattr(mod, "cuda_half", fake_half)
     return entered
 

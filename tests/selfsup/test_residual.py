@@ -13,7 +13,8 @@ from deconv3d.selfsup import TrainConfig, apply_model, load_checkpoint, save_che
 from deconv3d.selfsup.config import Reference
 from deconv3d.selfsup.losses import ForwardModel, loss_weights
 from deconv3d.selfsup.patches import _PatchSampler
-from deconv3d.selfsup.train import _train_step, build_model, standardize, warm_start_target
+from deconv3d.selfsup.steps import _train_step
+from deconv3d.selfsup.train import build_model, standardize, warm_start_target
 from test_train import TINY, problem
 
 

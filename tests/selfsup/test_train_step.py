@@ -11,7 +11,7 @@ from torch import nn
 from deconv3d.selfsup.config import TrainConfig
 from deconv3d.selfsup.losses import ForwardModel, LossWeights
 from deconv3d.selfsup.patches import _PatchSampler
-from deconv3d.selfsup.train import _train_step
+from deconv3d.selfsup.steps import _train_step
 
 CPU = torch.device("cpu")
 

@@ -88,13 +88,13 @@ def test_bad_warm_start_is_refused(bad):
 def test_warm_start_auto_is_three_eighths_of_the_steps_and_the_default(monkeypatch):
     import sys
 
-    training = sys.modules["deconv3d.selfsup.train"]  # the package's `train` attribute is the function
     assert TrainConfig().warm_start == "auto" and TrainConfig().precondition == "auto"
     assert [TrainConfig(residual=False, steps=n).warm_steps for n in (1, 2, 3, 8, 300, 400)] == [0, 0, 1, 3, 112, 150]
     assert TrainConfig(residual=False, steps=400, warm_start=7).warm_steps == 7 and TrainConfig(warm_start=0).warm_steps == 0
     calls = []
-    warm_step = training._warm_step
-    monkeypatch.setattr(training, "_warm_step", lambda *a, **k: calls.append(1) or warm_step(*a, **k))
+    steps = sys.modules["deconv3d.selfsup.steps"]  # the loop's own module
+    warm_step = steps._warm_step
+    monkeypatch.setattr(steps, "_warm_step", lambda *a, **k: calls.append(1) or warm_step(*a, **k))
     noisy, psf = problem(3, sigma=0.02)[1:]
     res = train(noisy, psf, config=TrainConfig(residual=False, steps=8, patch=16, batch=1), unet=TINY[3], device="cpu")
     assert len(calls) == 3 and res.steps_done == 8
@@ -120,7 +120,8 @@ def saved_then_without(res, path, name):
 def test_anchor_adds_its_weighted_distance_to_the_target():
     """The anchored step's loss is the Siamese loss plus lambda * MSE(f(x), target), checked by hand."""
     from deconv3d.selfsup.losses import loss_weights
-    from deconv3d.selfsup.train import _train_step, build_model
+    from deconv3d.selfsup.steps import _train_step
+    from deconv3d.selfsup.train import build_model
 
     _, noisy, psf = problem(3, sigma=0.02)
     image, mean, std = standardize(noisy)
