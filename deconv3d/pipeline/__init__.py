@@ -31,10 +31,12 @@ from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_ch
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
 from deconv3d.pipeline.readers import _View, as_reader
+from deconv3d.pipeline.records import provenance, psf_source, psf_summary, run_environment, tiff_properties
 
 __all__ = ["run_chunked", "RunInfo", "provenance", "Cancelled", "MemoryModel", "choose_chunks", "parse_memory",
            "RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "atomic_output", "remove_stale_temporaries",
-           "plan_chunks", "blockwise", "store_blocks", "run_blocks"]
+           "plan_chunks", "blockwise", "store_blocks", "run_blocks", "psf_summary", "psf_source", "run_environment",
+           "tiff_properties"]
 
 
 @dataclass(frozen=True)
@@ -161,14 +163,41 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         ``progress(0, total)`` once the blocks are planned, then ``progress(done, total)`` per
         block; returning True cancels (:class:`Cancelled`).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from deconv3d.omezarr import LazyImage, create_ome_zarr, write_pyramid
+    from deconv3d.omezarr import create_ome_zarr, write_pyramid
 
     start = time.perf_counter()
     if Path(output).suffix.lower() in TIFF_SUFFIXES:
         raise InputError(f"run_chunked writes an OME-Zarr folder, not a TIFF ({output}): give a path ending in .zarr "
                          "(deconv3d.pipeline.files.deconvolve_file writes TIFF)")
+    reader, axes, time_axis, origin = _source(data, axes, time_axis, origin)
+    lead = sum(a in "TC" for a in axes)
+    fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
+    plan = _Plan.make(tuple(reader.shape[lead:]), fns or [block_fn], chunks, halo, memory_limit, model, workers,
+                      client)
+    indices = list(np.ndindex(*reader.shape[:lead]))
+    total = plan.blocks * len(indices)
+    execution = plan.execution(total, workers, client, asked_limit=memory_limit)
+    if provenance is not None:  # how it ran, recorded before the output is published (not after)
+        provenance = {**provenance, "execution": execution}
+    if progress is not None and progress(0, total):  # planned: the total is known, nothing written yet
+        raise Cancelled("cancelled before the first block")
+    with atomic_output(output) as tmp:
+        create_ome_zarr(tmp, reader.shape, (1,) * lead + plan.zarr_chunks, axes=axes, voxel_size=voxel_size,
+                        provenance=provenance, name=Path(output).stem,
+                        time_axis=time_axis if "T" in axes else None, origin=origin)
+        _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client, workers, progress, total)
+        _verify_source(reader)  # a file moved or rewritten after the last block was read: no output
+        if pyramid_levels:
+            write_pyramid(tmp, pyramid_levels)
+    return RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
+                   tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution)
+
+
+def _source(data, axes, time_axis, origin):
+    """(block reader, axes, time axis, origin) of ``data``; a :class:`~deconv3d.omezarr.LazyImage`
+    brings its own axes, time axis and origin where they are not given."""
+    from deconv3d.omezarr import LazyImage
+
     if isinstance(data, LazyImage):
         axes = axes or data.axes
         time_axis = time_axis if time_axis is not None else data.time_axis
@@ -178,63 +207,78 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     axes = (axes or "TCZYX"[-reader.ndim:]).upper()
     if len(axes) != reader.ndim:
         raise InputError(f"axes {axes!r} do not match an image of shape {tuple(reader.shape)}")
-    lead = sum(a in "TC" for a in axes)
-    spatial_shape = tuple(reader.shape[lead:])
-    fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
-    # The limit budgets one process: blocks in flight in it are its threads (a cluster's worker
-    # processes each hold their own blocks), not all of the cluster's workers.
-    per_process = workers if client is None else _threads_per_worker(client)
-    asked_limit = memory_limit
-    chunks, halo, predicted, memory_limit = _spatial_plan(spatial_shape, fns or [block_fn], chunks, halo,
-                                                          memory_limit, model, per_process, local=client is None)
-    dask_chunks, depth, zarr_chunks = plan_chunks(spatial_shape, chunks, halo)
-    blocks = math.prod(len(c) for c in dask_chunks)
-    run_chunks = chunks
-    if blocks > 1 and _prepare_runs_whole(fns or [block_fn], spatial_shape, chunks, halo, model, memory_limit):
-        # The common settings would be measured by running the method on the whole volume, and the
-        # blocks would then compute it again: that run is the result (the zarr chunks stay as planned).
-        run_chunks, depth, dask_chunks, blocks = spatial_shape, (0,) * len(spatial_shape), (), 1
-        if model is not None:
-            predicted = model.peak_bytes(spatial_shape, depth, spatial_shape, workers=1, baseline=planning_baseline())
-    indices = list(np.ndindex(*reader.shape[:lead]))
-    total = blocks * len(indices)
-    execution = {"chunks": list(zarr_chunks), "halo": list(depth), "blocks": total,
-                 "workers": int(workers) if client is None else f"cluster of {sum(client.nthreads().values())} threads",
-                 "memory_limit": memory_limit if memory_limit is None or isinstance(memory_limit, str)
-                 else int(memory_limit)}
-    if asked_limit is None and memory_limit is not None:
-        execution["memory_limit_from"] = "free memory"  # chosen here: the whole volume did not fit
-    if provenance is not None:  # how it ran, recorded before the output is published (not after)
-        provenance = {**provenance, "execution": execution}
-    done = 0
-    if progress is not None and progress(0, total):  # planned: the total is known, nothing written yet
-        raise Cancelled("cancelled before the first block")
+    return reader, axes, time_axis, origin
 
-    with atomic_output(output) as tmp:
-        create_ome_zarr(tmp, reader.shape, (1,) * lead + zarr_chunks, axes=axes, voxel_size=voxel_size,
-                        provenance=provenance, name=Path(output).stem,
-                        time_axis=time_axis if "T" in axes else None, origin=origin)
-        pool = ThreadPoolExecutor(max(1, int(workers))) if client is None else None
-        try:
-            for index in indices:
-                fn = _fn_for(fns, block_fn, index, axes)
-                # prepare reads one central box (no block is in flight meanwhile); a volume that is
-                # one block needs no common schedule, and preparing would run the method twice.
-                if hasattr(fn, "prepare") and blocks > 1:
-                    fn = fn.prepare(_View(reader, index), _sample_shape(spatial_shape, chunks, halo, model,
-                                                                        memory_limit))
-                    release_memory()
-                done += run_blocks(reader, fn, os.path.join(tmp, "0"), chunks=run_chunks, halo=halo, lead=index,
-                                   client=client, workers=workers, progress=progress, done=done, total=total,
-                                   pool=pool)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-        _verify_source(reader)  # a file moved or rewritten after the last block was read: no output
-        if pyramid_levels:
-            write_pyramid(tmp, pyramid_levels)
-    return RunInfo(zarr_chunks, depth, total, predicted, time.perf_counter() - start,
-                   tuple(max(c) for c in dask_chunks) if dask_chunks else tuple(spatial_shape), execution)
+
+@dataclass
+class _Plan:
+    """How :func:`run_chunked` cuts a volume of ``shape``: core ``chunks`` and ``halo``, the halo
+    the blocks get (``depth``, clipped to the volume; none when it runs as one block), the blocks'
+    dask chunks and count, the zarr chunks of the output, the chunks the blocks run
+    with (``run_chunks``: the whole volume when preparing would run the method on it anyway), the
+    predicted peak memory and the memory limit (asked, or chosen from the free memory)."""
+
+    shape: tuple
+    chunks: tuple
+    halo: tuple
+    depth: tuple
+    dask_chunks: tuple
+    zarr_chunks: tuple
+    blocks: int
+    run_chunks: tuple
+    predicted: int | None
+    memory_limit: object
+    model: MemoryModel | None
+
+    @classmethod
+    def make(cls, shape, block_fns, chunks, halo, memory_limit, model, workers, client) -> "_Plan":
+        # The limit budgets one process: blocks in flight in it are its threads (a cluster's worker
+        # processes each hold their own blocks), not all of the cluster's workers.
+        per_process = workers if client is None else _threads_per_worker(client)
+        chunks, halo, predicted, memory_limit = _spatial_plan(shape, block_fns, chunks, halo, memory_limit, model,
+                                                              per_process, local=client is None)
+        dask_chunks, depth, zarr_chunks = plan_chunks(shape, chunks, halo)
+        blocks, run_chunks = math.prod(len(c) for c in dask_chunks), chunks
+        if blocks > 1 and _prepare_runs_whole(block_fns, shape, chunks, halo, model, memory_limit):
+            # The common settings would be measured by running the method on the whole volume, and the
+            # blocks would then compute it again: that run is the result (the zarr chunks stay as planned).
+            run_chunks, depth, dask_chunks, blocks = shape, (0,) * len(shape), (), 1
+            if model is not None:
+                predicted = model.peak_bytes(shape, depth, shape, workers=1, baseline=planning_baseline())
+        return cls(tuple(shape), chunks, tuple(halo), depth, dask_chunks, zarr_chunks, blocks, run_chunks, predicted,
+                   memory_limit, model)
+
+    def execution(self, total: int, workers: int, client, asked_limit) -> dict:
+        """How the run goes, as its provenance records it."""
+        limit = self.memory_limit
+        record = {"chunks": list(self.zarr_chunks), "halo": list(self.depth), "blocks": total,
+                  "workers": int(workers) if client is None else f"cluster of {sum(client.nthreads().values())} threads",
+                  "memory_limit": limit if limit is None or isinstance(limit, str) else int(limit)}
+        if asked_limit is None and limit is not None:
+            record["memory_limit_from"] = "free memory"  # chosen here: the whole volume did not fit
+        return record
+
+
+def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: _Plan, client, workers, progress, total):
+    """Run every (time point, channel) ``index`` of ``reader`` block by block into ``target_path``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    done = 0
+    pool = ThreadPoolExecutor(max(1, int(workers))) if client is None else None
+    try:
+        for index in indices:
+            fn = _fn_for(fns, block_fn, index, axes)
+            # prepare reads one central box (no block is in flight meanwhile); a volume that is
+            # one block needs no common schedule, and preparing would run the method twice.
+            if hasattr(fn, "prepare") and plan.blocks > 1:
+                fn = fn.prepare(_View(reader, index), _sample_shape(plan.shape, plan.chunks, plan.halo, plan.model,
+                                                                    plan.memory_limit))
+                release_memory()
+            done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
+                               client=client, workers=workers, progress=progress, done=done, total=total, pool=pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _threads_per_worker(client) -> int:
@@ -291,111 +335,3 @@ def _block_shape(shape, chunks, halo):
     from deconv3d.pipeline.memory import largest_block
 
     return largest_block(shape, chunks, halo)
-
-
-def psf_summary(psf) -> dict:
-    """Shape, sum, peak position and fingerprint of a PSF, for provenance records."""
-    from deconv3d.fft import psf_fingerprint
-    from deconv3d.pipeline.methods import psf_rms_width
-
-    psf = np.asarray(psf, dtype=np.float32)
-    return {"shape": list(psf.shape), "sum": float(psf.sum()),
-            "peak_index": [int(i) for i in np.unravel_index(int(np.argmax(psf)), psf.shape)],
-            "rms_width_voxels": [round(w, 4) for w in psf_rms_width(psf)], "sha256_16": psf_fingerprint(psf)}
-
-
-def psf_source(options) -> dict | None:
-    """Where a run's PSF came from, for its provenance, from its ``options`` (batch
-    :class:`~deconv3d.pipeline.settings.Settings` or ``deconvolve``'s parsed arguments: ``psf``,
-    ``psf_model``, ``na``, ``wavelength``, ``ni``, ``ns``, ``depth``): the PSF file(s), by path
-    and SHA-256 (the summary holds the PSF as prepared for the image: resampled, cropped), or the
-    model and the microscope parameters it was generated from. None when neither is given (a
-    network's own PSF)."""
-    from deconv3d.omezarr import file_sha256
-
-    files = options.psf
-    files = [files] if isinstance(files, (str, os.PathLike)) else list(files or [])
-    if options.psf_model is None and files:
-        return {"files": [str(f) for f in files], "sha256": [file_sha256(f) for f in files]}
-    if options.psf_model:
-        return _jsonable({"model": options.psf_model, "na": options.na, "wavelength": options.wavelength,
-                          "ni": options.ni, "ns": options.ns, "depth": options.depth})
-    return None
-
-
-def run_environment(device="cpu") -> dict:
-    """What besides the parameters sets a run's last bits, for its provenance: the device it ran on,
-    torch's thread count, the FFT backend asked for (``DECONV3D_FFT``; FFTW where installed) and
-    FFTW's planner (its timed plans change float32 rounding from run to run; ``estimate`` or
-    ``DECONV3D_FFT=torch`` reproduce bit for bit), and the versions of Python, numpy and torch."""
-    import platform
-
-    import torch
-
-    from deconv3d._fftw import fftw_available
-    from deconv3d.fft import resolve_device
-
-    fft = os.environ.get("DECONV3D_FFT", "auto").strip().lower() or "auto"
-    device = resolve_device(device)
-    if device.type == "cuda":
-        fft = "torch (cuFFT)"  # FFTW is for the CPU only
-    record = {"device": str(device), "threads": torch.get_num_threads(),
-              "fft": fft if fft != "auto" else ("fftw" if fftw_available() else "torch") + " (auto)",
-              "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
-    if "fftw" in record["fft"]:
-        record["fftw_planner"] = os.environ.get("DECONV3D_FFTW_PLANNER", "auto").strip().lower() or "auto"
-    return record
-
-
-def provenance(method: str, parameters: dict, *, psf=None, input_path=None, checksum: bool | str = True,
-               model_hash: str | None = None, extra: dict | None = None, source: dict | None = None,
-               device=None) -> dict:
-    """The ``deconv3d`` provenance block stored with every OME-Zarr output.
-
-    ``checksum``: True hashes ``input_path``; a string is the input's SHA-256, already known.
-    ``source``: where the PSF came from (:func:`psf_source`), kept in the PSF's summary.
-    ``device``: the run's, for its :func:`run_environment`.
-    """
-    from deconv3d import __version__
-    from deconv3d.omezarr import file_sha256
-
-    record = {"software": "deconv3d", "version": __version__, "method": method,
-              "parameters": _jsonable(parameters), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if psf is not None:
-        record["psf"] = psf_summary(psf)
-        if source:
-            record["psf"]["source"] = _jsonable(source)
-    if input_path is not None:
-        record["input"] = {"path": str(input_path)}
-        if checksum:
-            record["input"]["sha256"] = checksum if isinstance(checksum, str) else file_sha256(input_path)
-    if model_hash:
-        record["model_sha256"] = model_hash
-    if device is not None:
-        record["environment"] = run_environment(device)
-    if extra:
-        record.update(_jsonable(extra))
-    return record
-
-
-def tiff_properties(record: dict, execution: dict | None = None) -> dict:
-    """A :func:`provenance` record as a TIFF output's ImageJ properties: flat keys (unknown values
-    None, which the writer leaves out), and the run's ``execution`` when it ran in blocks."""
-    psf, source = record.get("psf", {}), record.get("input", {})
-    return {"deconv3d": record["version"], "method": record["method"], "parameters": record["parameters"],
-            "input": source.get("path"), "input_sha256": source.get("sha256"), "psf_shape": psf.get("shape"),
-            "psf_sha256_16": psf.get("sha256_16"), "psf_source": psf.get("source"),
-            "model_sha256": record.get("model_sha256"), "environment": record.get("environment"),
-            "execution": execution, "created": record.get("created")}
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

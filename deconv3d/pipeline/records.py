@@ -1,0 +1,118 @@
+"""Provenance records of a run: what it did (method, parameters, PSF and where it came from),
+on what (the input and its checksum), how (the execution plan and the environment), for OME-Zarr
+attributes and TIFF properties alike."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+
+def psf_summary(psf) -> dict:
+    """Shape, sum, peak position and fingerprint of a PSF, for provenance records."""
+    from deconv3d.fft import psf_fingerprint
+    from deconv3d.pipeline.methods import psf_rms_width
+
+    psf = np.asarray(psf, dtype=np.float32)
+    return {"shape": list(psf.shape), "sum": float(psf.sum()),
+            "peak_index": [int(i) for i in np.unravel_index(int(np.argmax(psf)), psf.shape)],
+            "rms_width_voxels": [round(w, 4) for w in psf_rms_width(psf)], "sha256_16": psf_fingerprint(psf)}
+
+
+def psf_source(options) -> dict | None:
+    """Where a run's PSF came from, for its provenance, from its ``options`` (batch
+    :class:`~deconv3d.pipeline.settings.Settings` or ``deconvolve``'s parsed arguments: ``psf``,
+    ``psf_model``, ``na``, ``wavelength``, ``ni``, ``ns``, ``depth``): the PSF file(s), by path
+    and SHA-256 (the summary holds the PSF as prepared for the image: resampled, cropped), or the
+    model and the microscope parameters it was generated from. None when neither is given (a
+    network's own PSF)."""
+    from deconv3d.omezarr import file_sha256
+
+    files = options.psf
+    files = [files] if isinstance(files, (str, os.PathLike)) else list(files or [])
+    if options.psf_model is None and files:
+        return {"files": [str(f) for f in files], "sha256": [file_sha256(f) for f in files]}
+    if options.psf_model:
+        return _jsonable({"model": options.psf_model, "na": options.na, "wavelength": options.wavelength,
+                          "ni": options.ni, "ns": options.ns, "depth": options.depth})
+    return None
+
+
+def run_environment(device="cpu") -> dict:
+    """What besides the parameters sets a run's last bits, for its provenance: the device it ran on,
+    torch's thread count, the FFT backend asked for (``DECONV3D_FFT``; FFTW where installed) and
+    FFTW's planner (its timed plans change float32 rounding from run to run; ``estimate`` or
+    ``DECONV3D_FFT=torch`` reproduce bit for bit), and the versions of Python, numpy and torch."""
+    import platform
+
+    import torch
+
+    from deconv3d._fftw import fftw_available
+    from deconv3d.fft import resolve_device
+
+    fft = os.environ.get("DECONV3D_FFT", "auto").strip().lower() or "auto"
+    device = resolve_device(device)
+    if device.type == "cuda":
+        fft = "torch (cuFFT)"  # FFTW is for the CPU only
+    record = {"device": str(device), "threads": torch.get_num_threads(),
+              "fft": fft if fft != "auto" else ("fftw" if fftw_available() else "torch") + " (auto)",
+              "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
+    if "fftw" in record["fft"]:
+        record["fftw_planner"] = os.environ.get("DECONV3D_FFTW_PLANNER", "auto").strip().lower() or "auto"
+    return record
+
+
+def provenance(method: str, parameters: dict, *, psf=None, input_path=None, checksum: bool | str = True,
+               model_hash: str | None = None, extra: dict | None = None, source: dict | None = None,
+               device=None) -> dict:
+    """The ``deconv3d`` provenance block stored with every OME-Zarr output.
+
+    ``checksum``: True hashes ``input_path``; a string is the input's SHA-256, already known.
+    ``source``: where the PSF came from (:func:`psf_source`), kept in the PSF's summary.
+    ``device``: the run's, for its :func:`run_environment`.
+    """
+    from deconv3d import __version__
+    from deconv3d.omezarr import file_sha256
+
+    record = {"software": "deconv3d", "version": __version__, "method": method,
+              "parameters": _jsonable(parameters), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if psf is not None:
+        record["psf"] = psf_summary(psf)
+        if source:
+            record["psf"]["source"] = _jsonable(source)
+    if input_path is not None:
+        record["input"] = {"path": str(input_path)}
+        if checksum:
+            record["input"]["sha256"] = checksum if isinstance(checksum, str) else file_sha256(input_path)
+    if model_hash:
+        record["model_sha256"] = model_hash
+    if device is not None:
+        record["environment"] = run_environment(device)
+    if extra:
+        record.update(_jsonable(extra))
+    return record
+
+
+def tiff_properties(record: dict, execution: dict | None = None) -> dict:
+    """A :func:`provenance` record as a TIFF output's ImageJ properties: flat keys (unknown values
+    None, which the writer leaves out), and the run's ``execution`` when it ran in blocks."""
+    psf, source = record.get("psf", {}), record.get("input", {})
+    return {"deconv3d": record["version"], "method": record["method"], "parameters": record["parameters"],
+            "input": source.get("path"), "input_sha256": source.get("sha256"), "psf_shape": psf.get("shape"),
+            "psf_sha256_16": psf.get("sha256_16"), "psf_source": psf.get("source"),
+            "model_sha256": record.get("model_sha256"), "environment": record.get("environment"),
+            "execution": execution, "created": record.get("created")}
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
