@@ -142,9 +142,10 @@ class TiffReader:
 
     __getitem__ = read
 
-    def verify(self) -> None:
+    def verify(self, thorough: bool = True) -> None:
         """Refuse a run whose TIFF was rewritten, replaced, moved or deleted since it was opened:
-        blocks read before and after would come from two different images."""
+        blocks read before and after would come from two different images (one stat: ``thorough``
+        changes nothing)."""
         _verify_unchanged(self.source.path, _content_identity(self.source.path), self.identity)
 
 
@@ -347,11 +348,17 @@ class ZarrReader:
 
     __getitem__ = read
 
-    def verify(self) -> None:
+    def verify(self, thorough: bool = True) -> None:
         """Refuse a run whose input array was rewritten, moved or deleted since it was opened (its
-        metadata file changed or went away), or whose chunks were written meanwhile (an image
-        still being acquired or copied): missing chunks read as the fill value, so the output
-        would hold zeros where the image was."""
+        metadata file changed or went away), or, ``thorough``, whose chunks were written meanwhile
+        (an image still being acquired or copied): missing chunks read as the fill value, so the
+        output would hold zeros where the image was. The chunk files are stat'ed only when
+        ``thorough`` (the run's last check: once per block, a zarr of 16386 chunk files in 32
+        blocks spent 2.9 s of 30 s on them)."""
+        if self.identity is None or not thorough:
+            now = self._metadata_identity()
+            _verify_unchanged(self.path, now, None if self.identity is None else self.identity[0])
+            return
         _verify_unchanged(self.path, self._identity(), self.identity)
 
     def _identity(self) -> tuple | None:

@@ -211,7 +211,7 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     if abandon is not None and abandon.is_set():
         return None
     block = source if isinstance(source, np.ndarray) else source.read(read_key)
-    _verify_source(source)
+    _verify_source(source, thorough=False)  # (run_chunked checks thoroughly once, before publishing)
     _BLOCK.abandon = abandon
     try:
         out = _apply(fn, np.ascontiguousarray(block, dtype=np.float32), placement)
@@ -227,11 +227,12 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     return None
 
 
-def _verify_source(source) -> None:
-    """Refuse a block read from a file that changed since the run opened it (a reader's ``verify``)."""
+def _verify_source(source, thorough: bool = True) -> None:
+    """Refuse a block read from a file that changed since the run opened it (a reader's ``verify``;
+    ``thorough`` asks it for its costlier checks, once per run)."""
     verify = getattr(source, "verify", None)
     if verify is not None and not isinstance(source, np.ndarray):
-        verify()
+        verify(thorough=thorough)
 
 
 def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence[int], lead: Sequence[int] = (),
