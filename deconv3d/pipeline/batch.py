@@ -19,7 +19,7 @@ from typing import Optional
 
 from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
-from deconv3d.pipeline.locks import BUSY, claim, report_lock, settings_guard
+from deconv3d.pipeline.locks import BUSY, DEFERRING, DONE_ELSEWHERE, claim, report_lock, settings_guard
 from deconv3d.pipeline.settings import RUN_KEYS, Settings, _many, channel_count, load_config, make_settings
 
 __all__ = ["Settings", "load_config", "make_settings", "channel_count", "RUN_KEYS", "find_inputs", "run_batch",
@@ -227,18 +227,19 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     outputs = _outputs_for(inputs, output_dir, settings)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
-    settings_hash = settings.fingerprint()
+    settings_hash, started = settings.fingerprint(), time.time()
     rows = [] if rows is None else rows
-    with settings_guard(output_dir / RECORD_DIR, settings_hash):  # other live runs: same settings, or none
+    with settings_guard(output_dir / RECORD_DIR, settings.guard_fingerprint()):  # other live runs: like settings
         for number, (path, output) in enumerate(zip(inputs, outputs), 1):
             record = _record_path(output_dir, path)
             row = {"file": str(path), "output": str(output), "status": "", "seconds": 0.0, "reason": ""}
             rows.append(row)  # before the work: an interrupted file shows as the row left without a status
             with claim(output_dir / RECORD_DIR, path) as mine:
+                by_another = _written_since(record, started)  # (before is_finished refreshes a touched file's)
                 if mine is False:  # another run of this folder is on it
                     row.update(status="skipped", reason=BUSY)
-                elif is_finished(path, output, record, settings_hash):  # (perhaps by another run, just now)
-                    row["status"] = "skipped"
+                elif is_finished(path, output, record, settings_hash):
+                    row.update(status="skipped", reason=DONE_ELSEWHERE if by_another else "")
                 else:
                     _process(path, output, record, settings_hash, process_one, row)
             if progress is not None:
@@ -282,18 +283,37 @@ def write_reports(output_dir, rows) -> tuple[Path, Path]:
         return _write_reports(output_dir, _merged_rows(output_dir, rows))
 
 
+def _written_since(record: Path, moment: float) -> bool:
+    """Whether the completion record was written after ``moment`` (by another run, during this one)."""
+    try:
+        return record.stat().st_mtime > moment
+    except OSError:
+        return False
+
+
 def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
+    """``rows`` over the folder's report: rows of one output (its name: paths may be given relative
+    or absolute) replace the earlier row, except those deferring to another run's row; earlier rows
+    whose input no longer exists are dropped (a deleted file's failure no longer counts)."""
     try:
         earlier = json.loads((output_dir / "batch_report.json").read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return rows
     if not isinstance(earlier, list):
         return rows
+
+    def key(row):
+        return Path(str(row["output"])).name or row["file"]
+
     earlier = [{k: r.get(k, "") for k in REPORT_FIELDS} for r in earlier
                if isinstance(r, dict) and isinstance(r.get("file"), str) and r.get("status") in STATUSES]
-    known = {r["file"] for r in earlier}
-    mine = {r["file"]: r for r in rows if not (r["reason"] == BUSY and r["file"] in known)}
-    merged = [mine.pop(r["file"], r) for r in earlier]
+    mine, merged = {key(r): r for r in rows}, []
+    for row in earlier:
+        own, exists = mine.pop(key(row), None), Path(row["file"]).exists()
+        if own is not None and (own["reason"] not in DEFERRING or not exists):
+            merged.append(own)
+        elif exists:  # another run's row that this run's defers to, or a file this run did not see
+            merged.append(row)
     return merged + list(mine.values())
 
 

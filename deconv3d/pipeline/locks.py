@@ -19,6 +19,13 @@ from deconv3d.errors import InputError
 
 #: The reason of a file another live run is processing (its row in that run's report says how it went).
 BUSY = "in progress in another run"
+#: The reason of a file another run finished while this one ran (its row says how long it took).
+DONE_ELSEWHERE = "finished by another run"
+#: Rows with these reasons defer to the row another run writes for the same file.
+DEFERRING = (BUSY, DONE_ELSEWHERE)
+#: Seconds a run keeps testing another settings' lock before it takes it as held (other runs
+#: starting take it for a moment to test it too).
+TEST_PATIENCE = 1.0
 
 
 @contextlib.contextmanager
@@ -34,7 +41,7 @@ def file_lock(path, *, shared: bool = False, wait: bool = False):
         yield None
         return
     try:
-        handle = open(path, "a")
+        handle = open(path, "a+")  # readable too: NFS maps flock onto POSIX locks, whose shared kind needs it
     except OSError:
         yield None
         return
@@ -61,16 +68,28 @@ def settings_guard(record_dir: Path, fingerprint: str):
     the folder, each taking the files no other holds: :func:`claim`)."""
     record_dir = Path(record_dir)
     own = record_dir / f"settings-{fingerprint}.runlock"  # (input locks end in .tif.lock, .zarr.lock)
-    with file_lock(own, shared=True) as held:
+    with file_lock(own, shared=True, wait=True) as held:  # (waits out a starting run testing it)
         if held:
             for other in sorted(record_dir.glob("*.runlock")):
-                if other == own:
-                    continue
-                with file_lock(other) as free:
-                    if free is False:
-                        raise InputError(f"another batch with other settings is writing into {record_dir.parent}: "
-                                         "wait for it to finish, or give another output folder")
+                if other != own and _held_by_a_run(other):
+                    raise InputError(f"another batch with other settings is writing into {record_dir.parent}: "
+                                     "wait for it to finish, or give another output folder")
         yield
+
+
+def _held_by_a_run(path: Path) -> bool:
+    """Whether a live run holds its settings lock ``path``: it cannot be taken for
+    :data:`TEST_PATIENCE` seconds (a run starting up and testing it holds it only for a moment)."""
+    import time
+
+    deadline = time.monotonic() + TEST_PATIENCE
+    while True:
+        with file_lock(path) as free:
+            if free is not False:
+                return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.02)
 
 
 def claim(record_dir: Path, input_path: Path):

@@ -73,7 +73,7 @@ def test_a_run_with_other_settings_is_refused_while_one_runs_and_one_with_the_sa
     monkeypatch.chdir(folder)
     record_dir = folder / "out" / RECORD_DIR
     record_dir.mkdir(parents=True)
-    running = make_settings({"psf": "psf.tif", "iterations": 2}).fingerprint()
+    running = make_settings({"psf": "psf.tif", "iterations": 2}).guard_fingerprint()
     with file_lock(record_dir / f"settings-{running}.runlock", shared=True):  # a live run, 2 iterations
         code, _, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "5"], capsys)
         assert_one_line_error(code, err, "another batch with other settings", "another output folder")
@@ -127,3 +127,68 @@ def test_outputs_published_at_once_by_several_writers_end_as_one_complete_output
     assert errors == []
     assert [p.name for p in tmp_path.iterdir()] == ["out.zarr"]  # nothing moved aside left behind
     assert (target / "zarr.json").read_text().endswith("-149")  # one writer's last output, whole
+
+
+def test_runs_that_differ_only_in_how_they_use_the_machine_share_a_folder(folder, capsys, monkeypatch):
+    """4G and 4GB, another --chunks or --device, na = 1 in a config against --na 1.0 were refused
+    as 'other settings' (found by the review of this session's diff)."""
+    monkeypatch.chdir(folder)
+    record_dir = folder / "out" / RECORD_DIR
+    record_dir.mkdir(parents=True)
+    base = {"psf": "psf.tif", "iterations": 2}
+    running = make_settings({**base, "memory_limit": "4G", "chunks": [12, 12, 12]}).guard_fingerprint()
+    assert make_settings({**base, "memory_limit": "4GB", "device": "cpu"}).guard_fingerprint() == running
+    optics = {"psf_model": "gaussian", "wavelength": 0.5, "voxel_size": [0.3, 0.1, 0.1]}
+    assert make_settings({**optics, "na": 1}).guard_fingerprint() == make_settings({**optics, "na": 1.0}) \
+        .guard_fingerprint()
+    with file_lock(record_dir / f"settings-{running}.runlock", shared=True):
+        code, _, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "2",
+                            "--memory-limit", "4GB"], capsys)
+    assert code == 0, err
+
+
+def test_a_run_testing_another_s_lock_for_a_moment_is_not_taken_for_a_live_run(folder, capsys, monkeypatch):
+    """Starting runs test the other settings' lock files by taking them for a moment: two runs
+    with the same settings starting together refused each other now and then (1772 of 100000
+    in the review's loop). A lock held briefly is waited out."""
+    import threading
+
+    monkeypatch.chdir(folder)
+    record_dir = folder / "out" / RECORD_DIR
+    record_dir.mkdir(parents=True)
+    old = record_dir / "settings-0000000000000000.runlock"  # an earlier batch's, now free
+    release = threading.Event()
+
+    def tester():  # another starting run, testing it for a moment
+        with file_lock(old):
+            release.wait(0.3)
+
+    thread = threading.Thread(target=tester)
+    thread.start()
+    time.sleep(0.05)
+    code, _, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "2"], capsys)
+    thread.join()
+    assert code == 0, err
+
+
+def test_the_report_matches_rows_by_output_and_drops_deleted_inputs(folder, capsys, monkeypatch):
+    """Runs naming the folder relatively and absolutely doubled every row; a deleted input's old
+    failure stayed in the report (its summary 'failed: 1' after a run with exit 0); a file another
+    run finished while this one ran had its 'done' row replaced by 'skipped' (found by the review
+    of this session's diff)."""
+    from deconv3d.pipeline.batch import write_reports
+
+    monkeypatch.chdir(folder)
+    argv = ["-o", "out", "--psf", "psf.tif", "--iterations", "2"]
+    assert run(["batch", "in", *argv], capsys)[0] == 0
+    assert run(["batch", str(folder / "in"), *argv[2:], "-o", str(folder / "out")], capsys)[0] == 0
+    rows = json.loads((folder / "out" / "batch_report.json").read_text())["files"]
+    assert sorted(os.path.basename(r["file"]) for r in rows) == ["img0.tif", "img1.tif", "img2.tif"]
+    gone = {"file": "in/gone.tif", "status": "failed", "seconds": 0.1, "output": "out/gone.zarr", "reason": "bad"}
+    other = {**_report(folder / "out")["img1.tif"], "status": "done", "seconds": 7.5}
+    write_reports(folder / "out", [gone, other])
+    mine = {"file": "in/img1.tif", "status": "skipped", "seconds": 0.0, "output": "out/img1.zarr",
+            "reason": "finished by another run"}
+    write_reports(folder / "out", [mine])
+    report = _report(folder / "out")
+    assert "gone.tif" not in report and report["img1.tif"]["seconds"] == 7.5
