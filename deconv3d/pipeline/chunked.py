@@ -130,14 +130,40 @@ def _product(axes):
 
 _BLOCK = threading.local()  # the abandon event of the run whose block this worker thread is computing
 
+#: Seconds between a cluster task's questions to the scheduler whether its run was abandoned.
+CLUSTER_POLL = 1.0
+
+
+class _ClusterFlag:
+    """A run's abandon flag on a dask.distributed cluster: a named ``distributed.Event`` that the
+    client sets, read by a block's task (each read asks the scheduler: at most every
+    :data:`CLUSTER_POLL` seconds). Cancelling a cluster's futures does not stop running tasks:
+    without it a cancelled run's blocks ran on to their end, holding the workers."""
+
+    def __init__(self, name: str):
+        self.name, self._set, self._next = name, False, 0.0
+
+    def is_set(self) -> bool:
+        import time
+
+        if not self._set and time.monotonic() >= self._next:
+            from distributed import Event
+
+            try:
+                self._set = Event(self.name).is_set()
+            except Exception:  # noqa: BLE001 - no scheduler to ask (gone): go on as before
+                self._set = False
+            self._next = time.monotonic() + CLUSTER_POLL
+        return self._set
+
 
 def abandoned() -> bool:
     """Whether the run of the block this thread computes has been abandoned (interrupted, cancelled,
     or failed in another block). A block callable's long loop may check it to stop early: its
     result is then discarded, and the run ends without waiting for the rest of the block.
 
-    Always False outside :func:`run_blocks`' worker threads (in-memory runs, dask graphs, a
-    cluster's workers).
+    Always False outside :func:`run_blocks`' tasks (in-memory runs, dask graphs). On a cluster's
+    workers it asks the scheduler, at most once every :data:`CLUSTER_POLL` seconds.
     """
     event = getattr(_BLOCK, "abandon", None)
     return event is not None and event.is_set()
@@ -199,15 +225,18 @@ _TRIM = False
 
 
 def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: str, write_key: tuple,
-                abandon: threading.Event | None = None) -> None:
+                abandon: "threading.Event | str | None" = None) -> None:
     """Read one block (plus halo) from ``source``, run ``fn``, write the core; return nothing.
 
     ``source`` is a reader (read ``read_key`` from it) or the block itself, already read. Once
     ``abandon`` is set (the run is being given up), the block is skipped, or its result (cut short
-    where ``fn`` checks :func:`abandoned`) discarded.
+    where ``fn`` checks :func:`abandoned`) discarded; on a cluster it is the name of the run's
+    ``distributed.Event`` (:class:`_ClusterFlag`).
     """
     import zarr
 
+    if isinstance(abandon, str):  # on a cluster's worker: the name of the run's distributed.Event
+        abandon = _ClusterFlag(abandon)
     if abandon is not None and abandon.is_set():
         return None
     block = source if isinstance(source, np.ndarray) else source.read(read_key)
@@ -363,6 +392,9 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
 
 
 def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, progress, done: int, total: int) -> int:
+    import uuid
+
+    from distributed import Event
     from distributed import wait as dwait
 
     finished, state = _counter(progress, done, total)
@@ -373,6 +405,7 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
     if remote:  # a path-based reader: every worker opens the source itself
         refs.append(client.scatter(reader, broadcast=True, hash=False))
     futures: set = set()
+    abandon = Event(f"deconv3d-abandon-{uuid.uuid4().hex}", client=client)
 
     def settle(at_most: int) -> None:
         while len(futures) > at_most:
@@ -386,10 +419,12 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
         for read, placement, write in tasks:
             settle(limit - 1)
             source = refs[1] if remote else reader.read(read)
-            futures.add(client.submit(_block_task, source, read, refs[0], placement, target_path, write, pure=False))
+            futures.add(client.submit(_block_task, source, read, refs[0], placement, target_path, write, abandon.name,
+                                      pure=False))
             del source
         settle(0)
     except BaseException:
+        abandon.set()  # running blocks stop at their next check of abandoned(); the others are cancelled
         client.cancel(list(futures))
         raise
     finally:

@@ -89,3 +89,47 @@ def test_processes_scheduler_starts_one_worker_per_gpu():
     expected = gpu_worker_ids(count, __import__("os").environ.get("CUDA_VISIBLE_DEVICES"))
     assert len(seen) == count and sorted(s[0] for s in seen) == sorted(expected)
     assert all(s[1:] == (1, 0) for s in seen)
+
+
+def test_a_failed_cluster_run_stops_its_running_blocks(tmp_path):
+    """Cancelling a cluster's futures does not stop running tasks: after one block failed (or a
+    Ctrl-C), the other blocks ran on to their end, holding the workers. They now stop at their
+    next check of ``abandoned()``, as local threads do."""
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from deconv3d.pipeline.chunked import CLUSTER_POLL
+
+    started, ended = tmp_path / "slow-block-started", tmp_path / "how-the-slow-block-ended"
+
+    class FailOrWait:  # (defined here: sent to the worker by value)
+        def __call__(self, block):
+            import time
+
+            from deconv3d.pipeline import chunked
+
+            if block.max() == 0:  # fails once the other block runs
+                deadline = time.monotonic() + 60
+                while not started.exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                raise ValueError("this block fails")
+            started.write_text("")
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not chunked.abandoned():
+                time.sleep(0.05)
+            ended.write_text("abandoned" if chunked.abandoned() else "ran to its end")
+            return block
+
+    volume = np.ones((4, 8, 16), np.float32)
+    volume[..., :8] = 0  # the first block (x < 8) fails; the second waits
+    # one worker process with two threads: both blocks run at once
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        with pytest.raises(ValueError, match="this block fails"):
+            run_chunked(volume, FailOrWait(), tmp_path / "out.zarr", chunks=(4, 8, 8), halo=(0, 0, 0), client=client)
+        deadline = time.monotonic() + 30 + 2 * CLUSTER_POLL
+        while not ended.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert ended.read_text() == "abandoned"
+    assert not (tmp_path / "out.zarr").exists()
