@@ -49,6 +49,7 @@ from typing import Sequence
 import torch
 
 from deconv3d.errors import InputError
+from deconv3d.fft import irfftn
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class TorchTransforms:
         torch.fft.rfftn(self.inputs[i], s=self.shape, dim=self.dims, out=self.spectrum)
 
     def inverse(self, j: int = 0) -> None:
-        torch.fft.irfftn(self.spectrum, s=self.shape, dim=self.dims, out=self.output)
+        irfftn(self.spectrum, self.shape, self.dims, out=self.output)
 
 
 class FFTWTransforms:

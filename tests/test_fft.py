@@ -271,3 +271,44 @@ def test_white_noise_variance_finds_the_noise_and_not_the_signal(shape):
     assert clean.var() > 50 * 0.02 ** 2
     assert white_noise_variance(clean, psf) < 0.05 * 0.02 ** 2
     assert white_noise_variance(clean, np.ones((1,) * len(shape), np.float32)) is None  # transmits everything
+
+
+def test_deconvolving_a_stack_of_few_large_planes_does_not_corrupt_the_heap():
+    """torch.fft.irfftn on the CPU with MKL corrupts the heap for many shapes of few large planes
+    (glibc aborts: 'free(): corrupted unsorted chunks'): Wiener and RL on a 16 x 1024 x 1024
+    stack, a common size, died with SIGABRT (found by the scale review; pytorch issue 125664).
+    Run in a subprocess, since the failure kills the interpreter; the same spectra must also
+    come back as numpy's inverse transform gives them."""
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np, torch
+from deconv3d.classical import richardson_lucy, wiener
+from deconv3d.fft import irfftn
+image = np.random.default_rng(0).random((16, 1024, 1024), dtype=np.float32)
+psf = np.ones((3, 7, 7), np.float32)
+for result in (wiener(image, psf), richardson_lucy(image, psf, iterations=2)):
+    assert result.shape == image.shape and np.isfinite(result).all()
+for shape in ((2, 512, 512), (1, 1, 5, 2000, 300)):
+    x = torch.randn(*shape[:-1], shape[-1] // 2 + 1, dtype=torch.complex64)
+    y = irfftn(x, shape[-3:], (-3, -2, -1)).numpy()
+    ref = np.fft.irfftn(x.numpy(), s=shape[-3:], axes=(-3, -2, -1))
+    assert y.shape == shape and np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max(), shape
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dims", [(-1,), (-2, -1), (-3, -2, -1), (1, 2)])
+def test_irfftn_equals_torch_s_with_out_and_uneven_sizes(rng, dims):
+    from deconv3d.fft import irfftn
+
+    x = torch.from_numpy(rng.random((3, 6, 10, 9)).astype(np.float32))
+    s = [x.shape[d] + 1 for d in dims]  # padded, odd last: every axis's size is honoured
+    spectrum = torch.fft.rfftn(x, s=s, dim=dims)
+    out = torch.empty(torch.fft.irfftn(spectrum, s=s, dim=dims).shape)
+    result = irfftn(spectrum, s, dims, out=out)
+    assert result.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(result, torch.fft.irfftn(spectrum, s=s, dim=dims), rtol=1e-5, atol=1e-6)

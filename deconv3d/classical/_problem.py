@@ -14,7 +14,7 @@ import torch
 
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
-from deconv3d.fft import FFTConvolver, as_array, as_tensor, fast_shape, pad_spatial, refuse_complex
+from deconv3d.fft import FFTConvolver, as_array, as_tensor, fast_shape, irfftn, pad_spatial, refuse_complex
 
 BOUNDARIES = ("zero", "reflect", "bertero", "periodic")
 
@@ -190,7 +190,7 @@ def _safe_reciprocal(weight: torch.Tensor, threshold: float = 1e-3) -> torch.Ten
 def _transpose_of(p: _Problem, data: torch.Tensor) -> torch.Tensor:
     """``H^T(data)`` on the estimate's domain (``data`` in the problem's data geometry)."""
     spectrum = torch.fft.rfftn(data, s=p.fft_shape, dim=p.dims) * p.otf.conj()
-    out = torch.fft.irfftn(spectrum, s=p.fft_shape, dim=p.dims)
+    out = irfftn(spectrum, p.fft_shape, p.dims)
     return out[tuple(slice(0, s) for s in p.estimate_shape)]
 
 

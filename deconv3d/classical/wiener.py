@@ -6,7 +6,7 @@ import torch
 
 from deconv3d.classical._problem import _check_inputs, _is_number
 from deconv3d.errors import InputError
-from deconv3d.fft import FFTConvolver, fast_shape, pad_spatial, resolve_device
+from deconv3d.fft import FFTConvolver, fast_shape, irfftn, pad_spatial, resolve_device
 
 WIENER_BOUNDARIES = ("reflect", "zero", "periodic")
 REGULARIZERS = ("identity", "laplacian")
@@ -91,7 +91,7 @@ def wiener(
     penalty = _regularizer_power(regularizer, y.ndim, fft_shape, dev, dtype)
     spectrum = torch.fft.rfftn(padded, s=fft_shape) * otf.conj()
     spectrum /= otf.abs().square_() + balance * penalty
-    result = torch.fft.irfftn(spectrum, s=fft_shape)[crop].clamp_min_(0)
+    result = irfftn(spectrum, fft_shape, range(len(fft_shape)))[crop].clamp_min_(0)
     return result if isinstance(image, torch.Tensor) else result.cpu().numpy()
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from deconv3d.errors import InputError
-from deconv3d.fft import BLIND, FFTConvolver, fast_shape, tapered_crop, white_noise_variance
+from deconv3d.fft import BLIND, FFTConvolver, fast_shape, irfftn, tapered_crop, white_noise_variance
 from deconv3d.selfsup.config import TrainConfig
 
 __all__ = [
@@ -174,7 +174,7 @@ class ForwardModel:
         fft = fast_shape(ext)
         dims = self.conv.dims
         spectrum = torch.fft.rfftn(f.float(), s=fft, dim=dims) * self.conv.otf(fft, (0,) * nd)
-        full = torch.fft.irfftn(spectrum, s=fft, dim=dims)
+        full = irfftn(spectrum, fft, dims)
         # A circular convolution of size >= n has no wrap-around at indices k-1 .. n-1.
         return full[(Ellipsis,) + tuple(slice(kk - 1, n) for kk, n in zip(k, ext))]
 
