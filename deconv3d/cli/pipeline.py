@@ -238,7 +238,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
             def one(path, output, input_sha256):
                 deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,
-                                trainer=_trainer(training, []))
+                                trainer=_trainer(training, []), sweep=False)  # (run_batch swept the folder)
 
             def report(number, total, row):
                 reason = f": {row['reason']}" if row["reason"] else ""

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from deconv3d._paths import remove_stale_temporaries_in
 from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
 from deconv3d.pipeline.locks import BUSY, DEFERRING, DONE_ELSEWHERE, claim, report_lock, settings_guard
@@ -229,6 +230,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
     settings_hash, started = settings.fingerprint(), time.time()
     rows = [] if rows is None else rows
+    remove_stale_temporaries_in(output_dir)  # killed runs' leftovers, as large as outputs (live runs' are kept)
     with settings_guard(output_dir / RECORD_DIR, settings.guard_fingerprint()):  # other live runs: like settings
         for number, (path, output) in enumerate(zip(inputs, outputs), 1):
             record = _record_path(output_dir, path)
@@ -249,9 +251,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
 
 def _process(path, output, record, settings_hash, process_one, row) -> None:
     from deconv3d.omezarr import file_sha256
-    from deconv3d.pipeline.output import remove_stale_temporaries
 
-    remove_stale_temporaries(output)
     record.unlink(missing_ok=True)
     start = time.perf_counter()
     try:

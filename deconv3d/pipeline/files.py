@@ -14,7 +14,7 @@ __all__ = ["deconvolve_file"]
 
 
 def deconvolve_file(input_path, output_path, settings, *, client=None, workers: int = 1, progress=None,
-                    checksum: bool | str = True, warnings: list | None = None, trainer=None):
+                    checksum: bool | str = True, warnings: list | None = None, trainer=None, sweep: bool = True):
     """Deconvolve ``input_path`` into ``output_path`` with :class:`~deconv3d.pipeline.batch.Settings`.
 
     The input is opened lazily and processed block by block (:func:`deconv3d.pipeline.run_chunked`).
@@ -27,6 +27,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     ``ssl`` without a model (``settings.train_steps``) first trains a network on the image, read
     whole into memory (:func:`train_on_image`), with ``trainer(image, psf, voxel)`` when given (it
     returns a ``TrainResult``), else with :class:`~deconv3d.selfsup.TrainConfig`'s defaults.
+    ``sweep`` removes what killed runs left of the output first (a batch sweeps its folder once).
     """
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import provenance, psf_source, run_chunked
@@ -64,7 +65,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
                         model_hash=model_hash, source=psf_source(settings), device=settings.run_device)
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
                   voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
-    remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
+    if sweep:
+        remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
     if output_path.suffix.lower() == ".zarr":
         return run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
     return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
