@@ -215,15 +215,26 @@ def remove_stale_temporaries(path) -> list[Path]:
     return _remove_stale(found)
 
 
-def remove_stale_temporaries_in(folder) -> list[Path]:
-    """Delete the leftovers of interrupted writes of every output in ``folder``, listing it once
-    (a batch sweeping each output's own listed the folder per file: 6.3 s over 2000 files, growing
-    with their square)."""
+def remove_stale_temporaries_in(folder, names) -> list[Path]:
+    """Delete the leftovers of interrupted writes of the outputs ``names`` in ``folder``, listing
+    it once (a batch sweeping each output's own listed the folder per file: 6.3 s over 2000
+    files, growing with their square). Only names deconv3d writes (``.NAME.<host>@<pid>-<id>.tmp``,
+    or a temporary of one) are touched: any other hidden ``.tmp`` entry is left alone."""
+    names = set(names)
     try:
-        found = [Path(e.path) for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(_TMP_SUFFIX)]
+        entries = [e for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(_TMP_SUFFIX)]
     except OSError:
         return []
+    found = []
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is not None and match.group(1) in names:
+            found.append(Path(entry.path))
     return _remove_stale(found)
+
+
+#: ``.NAME.<host>@<pid>-<id>.tmp`` (:func:`temporary_name`), or a temporary of one (two dots, two tags).
+_TEMPORARY = re.compile(r"^\.\.?(.+?)(?:\.(?:[A-Za-z0-9-]+@)?\d+-[0-9a-f]{8}\.tmp){1,2}$")
 
 
 def _remove_stale(found) -> list[Path]:

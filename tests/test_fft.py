@@ -279,6 +279,7 @@ def test_deconvolving_a_stack_of_few_large_planes_does_not_corrupt_the_heap():
     stack, a common size, died with SIGABRT (found by the scale review; pytorch issue 125664).
     Run in a subprocess, since the failure kills the interpreter; the same spectra must also
     come back as numpy's inverse transform gives them."""
+    import os
     import subprocess
     import sys
 
@@ -297,7 +298,8 @@ for shape in ((2, 512, 512), (1, 1, 5, 2000, 300)):
     assert y.shape == shape and np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max(), shape
 print("ok")
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "DECONV3D_FFT": "torch"}  # RL's loop on torch's transforms too (else FFTW where installed)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 

@@ -252,7 +252,8 @@ class _Plan:
         """How the run goes, as its provenance records it."""
         limit = self.memory_limit
         record = {"chunks": list(self.zarr_chunks), "halo": list(self.depth), "blocks": total,
-                  "workers": int(workers) if client is None else f"cluster of {sum(client.nthreads().values())} threads",
+                  "workers": int(workers) if client is None
+                  else f"cluster of {sum(client.nthreads().values())} threads",
                   "memory_limit": limit if limit is None or isinstance(limit, str) else int(limit)}
         if asked_limit is None and limit is not None:
             record["memory_limit_from"] = "free memory"  # chosen here: the whole volume did not fit

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -230,11 +231,13 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
     settings_hash, started = settings.fingerprint(), time.time()
     rows = [] if rows is None else rows
-    remove_stale_temporaries_in(output_dir)  # killed runs' leftovers, as large as outputs (live runs' are kept)
-    with settings_guard(output_dir / RECORD_DIR, settings.guard_fingerprint()):  # other live runs: like settings
+    # Runs of one folder share it when they would keep each other's outputs: the same fingerprint.
+    with settings_guard(output_dir / RECORD_DIR, settings_hash):
+        remove_stale_temporaries_in(output_dir, [o.name for o in outputs])  # killed runs' (live runs' are kept)
         for number, (path, output) in enumerate(zip(inputs, outputs), 1):
             record = _record_path(output_dir, path)
-            row = {"file": str(path), "output": str(output), "status": "", "seconds": 0.0, "reason": ""}
+            row = {"file": str(path.absolute()), "output": str(output.absolute()), "status": "", "seconds": 0.0,
+                   "reason": ""}
             rows.append(row)  # before the work: an interrupted file shows as the row left without a status
             with claim(output_dir / RECORD_DIR, path) as mine:
                 by_another = _written_since(record, started)  # (before is_finished refreshes a touched file's)
@@ -292,9 +295,10 @@ def _written_since(record: Path, moment: float) -> bool:
 
 
 def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
-    """``rows`` over the folder's report: rows of one output (its name: paths may be given relative
-    or absolute) replace the earlier row, except those deferring to another run's row; earlier rows
-    whose input no longer exists are dropped (a deleted file's failure no longer counts)."""
+    """``rows`` over the folder's report: a row replaces the earlier row of the same input (by its
+    absolute path), except one deferring to another run's row; earlier rows whose input, named by
+    an absolute path, no longer exists are dropped (a deleted file's failure no longer counts; a
+    relative path, from a report of an older version, cannot be checked and is kept)."""
     try:
         earlier = json.loads((output_dir / "batch_report.json").read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -303,13 +307,13 @@ def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
         return rows
 
     def key(row):
-        return Path(str(row["output"])).name or row["file"]
+        return os.path.abspath(row["file"])
 
     earlier = [{k: r.get(k, "") for k in REPORT_FIELDS} for r in earlier
                if isinstance(r, dict) and isinstance(r.get("file"), str) and r.get("status") in STATUSES]
     mine, merged = {key(r): r for r in rows}, []
     for row in earlier:
-        own, exists = mine.pop(key(row), None), Path(row["file"]).exists()
+        own, exists = mine.pop(key(row), None), not os.path.isabs(row["file"]) or os.path.exists(row["file"])
         if own is not None and (own["reason"] not in DEFERRING or not exists):
             merged.append(own)
         elif exists:  # another run's row that this run's defers to, or a file this run did not see

@@ -260,8 +260,18 @@ def _verify_source(source, thorough: bool = True) -> None:
     """Refuse a block read from a file that changed since the run opened it (a reader's ``verify``;
     ``thorough`` asks it for its costlier checks, once per run)."""
     verify = getattr(source, "verify", None)
-    if verify is not None and not isinstance(source, np.ndarray):
+    if verify is None or isinstance(source, np.ndarray):
+        return
+    import inspect
+
+    try:
+        takes_thorough = "thorough" in inspect.signature(verify).parameters
+    except (TypeError, ValueError):
+        takes_thorough = False
+    if takes_thorough:
         verify(thorough=thorough)
+    else:  # a reader of one's own, whose verify takes no argument
+        verify()
 
 
 def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence[int], lead: Sequence[int] = (),
@@ -426,10 +436,25 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
     except BaseException:
         abandon.set()  # running blocks stop at their next check of abandoned(); the others are cancelled
         client.cancel(list(futures))
+        _clear_later(abandon, 3 * CLUSTER_POLL)  # once they have read it: a set event stays on the scheduler
         raise
     finally:
         client.cancel(refs)
     return state["count"]
+
+
+def _clear_later(event, seconds: float) -> None:
+    """Clear (and so remove from the scheduler) a distributed ``event`` after ``seconds``, in a
+    daemon thread; nothing happens if the client is gone by then."""
+    def clear():
+        try:
+            event.clear()
+        except Exception:  # noqa: BLE001 - the client closed meanwhile: its scheduler is gone too, or keeps one flag
+            pass
+
+    timer = threading.Timer(seconds, clear)
+    timer.daemon = True
+    timer.start()
 
 
 # ---------------------------------------------------------- dask graph API ---

@@ -72,8 +72,10 @@ def settings_guard(record_dir: Path, fingerprint: str):
         if held:
             for other in sorted(record_dir.glob("*.runlock")):
                 if other != own and _held_by_a_run(other):
-                    raise InputError(f"another batch with other settings is writing into {record_dir.parent}: "
-                                     "wait for it to finish, or give another output folder")
+                    raise InputError(f"another batch with other settings (memory limit, chunks and device "
+                                     f"included: they decide which outputs a rerun keeps) is writing into "
+                                     f"{record_dir.parent}: give the same options, wait for it to finish, or give "
+                                     "another output folder")
         yield
 
 

@@ -158,13 +158,6 @@ class Settings:
         """Hash of everything that changes the output (not the file pattern)."""
         return _hash(self._output_fields())
 
-    def guard_fingerprint(self) -> str:
-        """Hash that tells concurrent batch runs of one folder apart (:mod:`deconv3d.pipeline.locks`):
-        the fingerprint's settings less those that set how a run uses its machine (memory limit,
-        chunks, device: array tasks on different nodes may differ in them), numbers compared as
-        numbers (``na = 1`` in a config file and ``--na 1.0``)."""
-        return _hash({k: _as_numbers(v) for k, v in self._output_fields().items() if k not in _MACHINE})
-
     def _output_fields(self) -> dict:
         fields = {k: v for k, v in dataclasses.asdict(self).items()
                   if k != "pattern" and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
@@ -180,17 +173,6 @@ class Settings:
 
 def _hash(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _as_numbers(value):
-    """Whole numbers as floats, in lists and tuples too (as lists)."""
-    if isinstance(value, (list, tuple)):
-        return [_as_numbers(v) for v in value]
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-#: Settings that set how a run uses its machine rather than what it computes (up to rounding and seams).
-_MACHINE = ("memory_limit", "chunks", "device")
 
 
 #: Settings added after batch folders held completion records, and their defaults: left out of the

@@ -73,7 +73,7 @@ def test_a_run_with_other_settings_is_refused_while_one_runs_and_one_with_the_sa
     monkeypatch.chdir(folder)
     record_dir = folder / "out" / RECORD_DIR
     record_dir.mkdir(parents=True)
-    running = make_settings({"psf": "psf.tif", "iterations": 2}).guard_fingerprint()
+    running = make_settings({"psf": "psf.tif", "iterations": 2}).fingerprint()
     with file_lock(record_dir / f"settings-{running}.runlock", shared=True):  # a live run, 2 iterations
         code, _, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "5"], capsys)
         assert_one_line_error(code, err, "another batch with other settings", "another output folder")
@@ -129,22 +129,22 @@ def test_outputs_published_at_once_by_several_writers_end_as_one_complete_output
     assert (target / "zarr.json").read_text().endswith("-149")  # one writer's last output, whole
 
 
-def test_runs_that_differ_only_in_how_they_use_the_machine_share_a_folder(folder, capsys, monkeypatch):
-    """4G and 4GB, another --chunks or --device, na = 1 in a config against --na 1.0 were refused
-    as 'other settings' (found by the review of this session's diff)."""
+def test_a_run_with_another_memory_limit_is_refused_while_one_runs(folder, capsys, monkeypatch):
+    """Runs let in with another memory limit (left out of the guard's comparison) did not keep
+    each other's outputs, whose records hold the limit: every file was computed by both, each
+    replacing the other's output (found by the second review of this session's diff). The guard
+    compares what the records compare, and says so."""
     monkeypatch.chdir(folder)
     record_dir = folder / "out" / RECORD_DIR
     record_dir.mkdir(parents=True)
-    base = {"psf": "psf.tif", "iterations": 2}
-    running = make_settings({**base, "memory_limit": "4G", "chunks": [12, 12, 12]}).guard_fingerprint()
-    assert make_settings({**base, "memory_limit": "4GB", "device": "cpu"}).guard_fingerprint() == running
-    optics = {"psf_model": "gaussian", "wavelength": 0.5, "voxel_size": [0.3, 0.1, 0.1]}
-    assert make_settings({**optics, "na": 1}).guard_fingerprint() == make_settings({**optics, "na": 1.0}) \
-        .guard_fingerprint()
+    running = make_settings({"psf": "psf.tif", "iterations": 2, "memory_limit": "4GB"}).fingerprint()
     with file_lock(record_dir / f"settings-{running}.runlock", shared=True):
         code, _, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "2",
+                            "--memory-limit", "8GB"], capsys)
+        assert_one_line_error(code, err, "other settings", "memory limit", "give the same options")
+        code, _, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "2",
                             "--memory-limit", "4GB"], capsys)
-    assert code == 0, err
+        assert code == 0, err
 
 
 def test_a_run_testing_another_s_lock_for_a_moment_is_not_taken_for_a_live_run(folder, capsys, monkeypatch):
@@ -171,7 +171,7 @@ def test_a_run_testing_another_s_lock_for_a_moment_is_not_taken_for_a_live_run(f
     assert code == 0, err
 
 
-def test_the_report_matches_rows_by_output_and_drops_deleted_inputs(folder, capsys, monkeypatch):
+def test_the_report_matches_rows_by_input_and_drops_deleted_inputs(folder, capsys, monkeypatch):
     """Runs naming the folder relatively and absolutely doubled every row; a deleted input's old
     failure stayed in the report (its summary 'failed: 1' after a run with exit 0); a file another
     run finished while this one ran had its 'done' row replaced by 'skipped' (found by the review
@@ -184,14 +184,18 @@ def test_the_report_matches_rows_by_output_and_drops_deleted_inputs(folder, caps
     assert run(["batch", str(folder / "in"), *argv[2:], "-o", str(folder / "out")], capsys)[0] == 0
     rows = json.loads((folder / "out" / "batch_report.json").read_text())["files"]
     assert sorted(os.path.basename(r["file"]) for r in rows) == ["img0.tif", "img1.tif", "img2.tif"]
-    gone = {"file": "in/gone.tif", "status": "failed", "seconds": 0.1, "output": "out/gone.zarr", "reason": "bad"}
+    assert all(os.path.isabs(r["file"]) and os.path.isabs(r["output"]) for r in rows)
+    gone = {"file": str(folder / "in" / "gone.tif"), "status": "failed", "seconds": 0.1,
+            "output": str(folder / "out" / "gone.zarr"), "reason": "bad"}
+    legacy = {**gone, "file": "elsewhere/old.tif"}  # relative, from another directory: cannot be checked
     other = {**_report(folder / "out")["img1.tif"], "status": "done", "seconds": 7.5}
-    write_reports(folder / "out", [gone, other])
-    mine = {"file": "in/img1.tif", "status": "skipped", "seconds": 0.0, "output": "out/img1.zarr",
-            "reason": "finished by another run"}
+    write_reports(folder / "out", [gone, legacy, other])
+    mine = {"file": str(folder / "in" / "img1.tif"), "status": "skipped", "seconds": 0.0,
+            "output": str(folder / "out" / "img1.tif"), "reason": "finished by another run"}  # (as .tif)
     write_reports(folder / "out", [mine])
     report = _report(folder / "out")
-    assert "gone.tif" not in report and report["img1.tif"]["seconds"] == 7.5
+    assert "gone.tif" not in report and "old.tif" in report and report["img1.tif"]["seconds"] == 7.5
+    assert len(json.loads((folder / "out" / "batch_report.json").read_text())["files"]) == 4  # img0-2, old
 
 
 def test_a_batch_lists_its_output_folder_once_to_sweep_leftovers(folder, capsys, monkeypatch):
@@ -204,11 +208,16 @@ def test_a_batch_lists_its_output_folder_once_to_sweep_leftovers(folder, capsys,
     (folder / "out").mkdir()
     left = folder / "out" / f".img1.zarr.{_paths.host_tag()}@999999999-0123abcd.tmp"  # a killed run's
     (left / "0").mkdir(parents=True)
+    theirs = [folder / "out" / ".notes.tmp", folder / "out" / f".other.zarr.{_paths.host_tag()}@999999999-0123abcd.tmp"]
+    for entry in theirs:  # not a temporary of this batch's outputs: left alone
+        entry.write_text("keep")
     per_output, per_folder = [], []
     real_in = batch_module.remove_stale_temporaries_in
     for module in (_paths, __import__("deconv3d.pipeline.output", fromlist=["x"])):
         monkeypatch.setattr(module, "remove_stale_temporaries", lambda path: per_output.append(path) or [])
-    monkeypatch.setattr(batch_module, "remove_stale_temporaries_in", lambda f: per_folder.append(f) or real_in(f))
+    monkeypatch.setattr(batch_module, "remove_stale_temporaries_in",
+                        lambda f, names: per_folder.append(f) or real_in(f, names))
     code, _, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "2"], capsys)
     assert code == 0, err
     assert per_output == [] and len(per_folder) == 1 and not left.exists()
+    assert all(entry.read_text() == "keep" for entry in theirs)

@@ -131,5 +131,13 @@ def test_a_failed_cluster_run_stops_its_running_blocks(tmp_path):
         deadline = time.monotonic() + 30 + 2 * CLUSTER_POLL
         while not ended.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
+
+        def abandon_events(dask_scheduler):
+            return [name for name in dask_scheduler.extensions["events"]._events if name.startswith("deconv3d")]
+
+        deadline = time.monotonic() + 10 * CLUSTER_POLL  # the flag is cleared once the blocks have read it
+        while client.run_on_scheduler(abandon_events) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.run_on_scheduler(abandon_events) == []  # a long-lived cluster keeps none per failed run
     assert ended.read_text() == "abandoned"
     assert not (tmp_path / "out.zarr").exists()
