@@ -156,9 +156,6 @@ class Settings:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the output (not the file pattern)."""
-        return _hash(self._output_fields())
-
-    def _output_fields(self) -> dict:
         fields = {k: v for k, v in dataclasses.asdict(self).items()
                   if k != "pattern" and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
                   and not (k in _SSL_ONLY and self.method != "ssl")}
@@ -168,11 +165,7 @@ class Settings:
                 from deconv3d.omezarr import file_sha256
 
                 fields[key] = [file_sha256(f) for f in _many(fields[key])]
-        return fields
-
-
-def _hash(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 #: Settings added after batch folders held completion records, and their defaults: left out of the
