@@ -160,6 +160,10 @@ class Settings:
                   if k != "pattern" and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
                   and not (k in _SSL_ONLY and self.method != "ssl")}
         fields["device"] = self.device or "cpu"  # not given: as records of the old default, cpu, were made
+        if self.memory_limit is not None:  # 4G, 4000MB and 4GB alike (records made with "4GB" still match)
+            from deconv3d.pipeline.memory import format_bytes, parse_memory
+
+            fields["memory_limit"] = format_bytes(parse_memory(self.memory_limit))
         for key in ("psf", "model"):
             if fields[key]:
                 from deconv3d.omezarr import file_sha256

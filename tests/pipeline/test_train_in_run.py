@@ -202,3 +202,19 @@ def test_a_memory_limit_no_block_fits_is_refused_before_training(files, capsys, 
         with pytest.raises(InputError, match="too small"):
             deconvolve_file("img.tif", "lim.zarr", settings)
     assert not trained and not (files / "lim.zarr").exists()
+
+
+def test_a_memory_limit_is_fingerprinted_by_its_value_not_its_spelling(files):
+    """A rerun with --memory-limit 4G after 4GB redid every file (its records held the text), and a
+    concurrent run with the other spelling was refused as having other settings. Records made
+    with the usual spelling (4GB) still match."""
+    from deconv3d.omezarr import file_sha256
+
+    psf = {"psf": str(files / "psf.tif")}
+    prints = {text: make_settings({**psf, "memory_limit": text}).fingerprint() for text in ("4GB", "4G", "4000MB")}
+    assert len(set(prints.values())) == 1
+    assert make_settings({**psf, "memory_limit": "8GB"}).fingerprint() != prints["4GB"]
+    settings = make_settings({**psf, "memory_limit": "4GB"})
+    before = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed")}
+    before.update(device="cpu", psf=[file_sha256(files / "psf.tif")])
+    assert prints["4GB"] == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
