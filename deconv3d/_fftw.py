@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "fftw")
 FFTW_MIN_VOXELS = 1 << 19  # below this torch's FFT is a few ms and planning would not pay off
-PLANNING_TIME_LIMIT = 30.0  # seconds per plan: FFTW keeps the best plan found by then
+PLANNING_TIME_LIMIT = 10.0  # seconds per plan (several per run): FFTW keeps the best plan found by then
 _WISDOM_MAGIC = b"deconv3d-fftw-wisdom-1\n"
 _lock = threading.Lock()
 _wisdom_loaded = False
@@ -252,6 +252,10 @@ _PLANS = {"auto": (("FFTW_MEASURE", "FFTW_WISDOM_ONLY"), ("FFTW_ESTIMATE",)),
 #: by an earlier process on this machine, or this many times in this one (the blocks of a large
 #: volume). Measuring costs about as much as 25-75 block runs save at 12 % per iteration.
 RECUR_IN_PROCESS = 50
+#: ``auto`` never measures transforms larger than this: measuring grows faster than the gain (the
+#: second rl-tv run on a 30 x 1024 x 1024 stack, 44 x 1056 x 1056 transforms, spent 235 s of 255
+#: measuring, to save about 12 % of 2 s per iteration).
+MEASURE_MAX_VOXELS = 1 << 24
 _met: dict = {}  # transform sizes met in this process, and how often
 _met_before: frozenset = frozenset()  # sizes that earlier processes met (read with the wisdom)
 _remembered: set = set()  # sizes this process has added to the file
@@ -266,6 +270,8 @@ def _attempts(shape, real: str) -> tuple:
     _met[key] = _met.get(key, 0) + 1
     if key not in _met_before and key not in _remembered:
         _remember_size(key)
+    if math.prod(shape) > MEASURE_MAX_VOXELS:  # kept measured plans are still used (WISDOM_ONLY)
+        return _PLANS["auto"]
     if key in _met_before or _met[key] >= RECUR_IN_PROCESS:
         return _PLANS["measure"]  # quick where the measured plans are kept already
     return _PLANS["auto"]

@@ -235,6 +235,11 @@ def test_the_auto_planner_measures_a_size_once_it_recurs(backend, tmp_path, monk
     assert planned(once) == "measured"
     monkeypatch.setattr(_fftw, "RECUR_IN_PROCESS", 3)
     assert [planned(often) for _ in range(3)] == ["estimate", "estimate", "measured"]
+    monkeypatch.setattr(_fftw, "MEASURE_MAX_VOXELS", 5 * 21 * 38 - 1)  # as for a large transform: never measured
+    monkeypatch.setattr(_fftw, "_wisdom_loaded", False)
+    assert planned((5, 21, 40)) == "estimate" and planned((5, 21, 40)) == "estimate"
+    monkeypatch.setattr(_fftw, "_wisdom_loaded", False)  # met before, but too large: not measured now ...
+    assert planned((5, 21, 40)) == "estimate" and planned(once) == "kept"  # ... while kept plans are used
     monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "estimate")
     assert planned(once) == "estimate"
     monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "measure")
