@@ -14,6 +14,7 @@ import copy
 import math
 import os
 import time
+import threading
 import warnings
 from pathlib import Path
 
@@ -77,13 +78,16 @@ def atomic_torch_save(payload: dict, path) -> None:
         raise
 
 
+_WARNINGS_LOCK = threading.Lock()  # two threads inside catch_warnings at once left "ignore all" behind
+
+
 def safe_torch_load(path, producer: str):
     """Load ``path`` without executing code from it; ``producer`` names the command that writes such files."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model file {path} does not exist: give the path of a checkpoint written by {producer}")
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings():  # (its save and restore of the filters is process-wide)
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # the safe unpickler refuses any object that is not a tensor, number, string or container

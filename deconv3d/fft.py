@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 PADDINGS = ("zero", "reflect", "circular")
+#: OTFs one convolver keeps (per FFT shape): each is as large as an image, and a long-lived
+#: process calling with ever new shapes grew by 0.7 MB per call, without bound.
+MAX_OTFS = 4
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -195,7 +198,8 @@ class FFTConvolver:
             raise InputError(f"PSF must be 1D, 2D or 3D, got {self.psf.ndim}D: pass a single PSF volume")
         self.ndim = self.psf.ndim
         self.origin = kernel_origin(self.psf.shape)
-        self._otfs: dict[tuple, torch.Tensor] = {}
+        self._otfs: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # the MAX_OTFS most recently used
+        self._otfs_lock = threading.Lock()
 
     @property
     def dims(self) -> tuple[int, ...]:
@@ -206,15 +210,21 @@ class FFTConvolver:
         """Half-spectrum OTF for ``fft_shape`` (cached), kernel ``origin`` rolled to index 0."""
         origin = self.origin if origin is None else tuple(origin)
         key = (tuple(fft_shape), origin)
-        otf = self._otfs.get(key)
-        if otf is None:
-            if any(s < k for s, k in zip(fft_shape, self.psf.shape)):
-                raise InputError(f"FFT shape {tuple(fft_shape)} is smaller than the PSF {tuple(self.psf.shape)}")
-            padded = torch.zeros(tuple(fft_shape), device=self.device, dtype=self.dtype)
-            padded[tuple(slice(0, k) for k in self.psf.shape)] = self.psf
-            padded = torch.roll(padded, tuple(-o for o in origin), self.dims)
-            otf = torch.fft.rfftn(padded, dim=self.dims)
+        with self._otfs_lock:
+            otf = self._otfs.get(key)
+            if otf is not None:
+                self._otfs.move_to_end(key)
+                return otf
+        if any(s < k for s, k in zip(fft_shape, self.psf.shape)):
+            raise InputError(f"FFT shape {tuple(fft_shape)} is smaller than the PSF {tuple(self.psf.shape)}")
+        padded = torch.zeros(tuple(fft_shape), device=self.device, dtype=self.dtype)
+        padded[tuple(slice(0, k) for k in self.psf.shape)] = self.psf
+        padded = torch.roll(padded, tuple(-o for o in origin), self.dims)
+        otf = torch.fft.rfftn(padded, dim=self.dims)
+        with self._otfs_lock:
             self._otfs[key] = otf
+            while len(self._otfs) > MAX_OTFS:  # a long-lived process (napari) meets ever new shapes
+                self._otfs.popitem(last=False)
         return otf
 
     def same_fft_shape(self, shape: Sequence[int]) -> tuple[int, ...]:

@@ -555,3 +555,30 @@ def test_distill_psf_keeps_the_peak_of_faint_noisy_beads():
             psf = distill_psf(rng.poisson(image * photons + 100.0).astype(np.float32), size=true.shape)
         assert psf.max() / true.max() > peak and np.abs(psf - true).sum() < error
         assert psf.min() >= 0 and psf.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_two_threads_generating_the_first_psfs_at_once_do_not_hang_the_process():
+    """psfmodels hangs when two threads make the first call at once (holding the interpreter lock:
+    napari's window would freeze); its warning filter, process-wide, could also be left behind
+    (found by the review of the API in a long-lived process). Run in a fresh process."""
+    import subprocess
+    import sys
+
+    script = """
+import threading, warnings
+import psfmodels  # (its import adds a filter of its own)
+from deconv3d.psf import generate_psf
+before = list(warnings.filters)
+out = []
+threads = [threading.Thread(target=lambda: out.append(generate_psf("gibson-lanni", (9, 33, 33), (0.2, 0.1, 0.1),
+                                                                  1.2, 0.52))) for _ in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert len(out) == 2 and (out[0] == out[1]).all() and warnings.filters == before
+print("ok")
+"""
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("two threads generating PSFs at once hung the process")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -5,6 +5,8 @@ The models, what deconv3d does around them, and their references: :func:`generat
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from deconv3d._voxel import checked_voxel_size, refuse_nanometres
@@ -123,13 +125,18 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     return normalize_psf(psf)
 
 
+_PSFMODELS_LOCK = threading.Lock()
+
+
 def _make_psf(model, nz, nxy, dxy, dz, na, wavelength, ni, ns, depth) -> np.ndarray:
     """Call psfmodels (imported lazily: it is slow to import)."""
     import warnings
 
     import psfmodels
 
-    with warnings.catch_warnings():  # its RuntimeWarnings would precede our one-line error
+    # One call at a time: two threads making the first call at once hung the whole process
+    # (inside psfmodels, holding the interpreter lock), and warning filters are process-wide.
+    with _PSFMODELS_LOCK, warnings.catch_warnings():  # its RuntimeWarnings would precede our one-line error
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
             psf = psfmodels.make_psf(
