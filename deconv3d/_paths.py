@@ -135,6 +135,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 _TMP_SUFFIX = ".tmp"
+#: The writer's part of a name :func:`temporary_name` gives: ``.<host>@<pid>-<id>.tmp`` (the host,
+#: missing in names of older versions, and the process as groups).
+_WRITER = r"\.(?:([A-Za-z0-9-]+)@)?(\d+)-[0-9a-f]{8}" + re.escape(_TMP_SUFFIX)
 
 _ON_WINDOWS = os.name == "nt"
 
@@ -148,7 +151,7 @@ def _writer_alive(entry: Path) -> bool:
     another machine (a job on another node of a cluster, writing into the same shared folder) is
     taken as live until it has not changed for :data:`OTHER_HOST_STALE_AGE`: its process cannot
     be asked from here, and removing it broke that job's write."""
-    match = re.search(r"\.(?:([A-Za-z0-9-]+)@)?(\d+)-[0-9a-f]{8}" + re.escape(_TMP_SUFFIX) + "$", entry.name)
+    match = re.search(_WRITER + "$", entry.name)
     if match is None:  # an older name without the process: stale
         return False
     if match.group(1) is not None and match.group(1) != host_tag():
@@ -234,7 +237,7 @@ def remove_stale_temporaries_in(folder, names) -> list[Path]:
 
 
 #: ``.NAME.<host>@<pid>-<id>.tmp`` (:func:`temporary_name`), or a temporary of one (two dots, two tags).
-_TEMPORARY = re.compile(r"^\.\.?(.+?)(?:\.(?:[A-Za-z0-9-]+@)?\d+-[0-9a-f]{8}\.tmp){1,2}$")
+_TEMPORARY = re.compile(r"^\.\.?(.+?)(?:" + _WRITER + "){1,2}$")  # group 1: the output's name
 
 
 def _remove_stale(found) -> list[Path]:
