@@ -62,8 +62,13 @@ _wisdom_loaded = False
 _wisdom_on_disk: tuple = ()  # what the file held when loaded, or what this process last wrote
 
 
+@functools.lru_cache(maxsize=None)
 def fftw_available() -> bool:
-    """Whether pyFFTW is installed (``pip install deconv3d[fftw]``); it is not imported here."""
+    """Whether pyFFTW is installed (``pip install deconv3d[fftw]``); it is not imported here.
+
+    Looked up once per process: the lookup searches ``sys.path`` (0.15 ms), and the memory
+    planner asks once per candidate block (78 000 times, 12 s, for a 2000 x 20000 x 20000 stack).
+    """
     return importlib.util.find_spec("pyfftw") is not None
 
 

@@ -14,6 +14,7 @@ odd and even kernels line up with scipy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -83,6 +84,7 @@ def _is_smooth(n: int, primes: Sequence[int] = (2, 3, 5, 7)) -> bool:
     return n == 1
 
 
+@functools.lru_cache(maxsize=4096)
 def fast_size(n: int) -> int:
     """Smallest integer >= ``n`` whose prime factors are 2, 3, 5 and 7 (fast for FFTs)."""
     m = max(int(n), 1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deconv3d.errors import InputError
-from deconv3d.pipeline.memory import MemoryModel, choose_chunks, largest_block, round_chunks
+from deconv3d.pipeline.memory import MemoryModel, choose_chunks, format_bytes, largest_block, round_chunks
 
 
 def test_choose_chunks_fits_the_limit_and_prefers_large_blocks():
@@ -19,6 +19,36 @@ def test_choose_chunks_fits_the_limit_and_prefers_large_blocks():
     assert choose_chunks(shape, 2 * whole, model, halo) == shape
     with pytest.raises(InputError, match="--memory-limit"):
         choose_chunks(shape, 1000, model, halo)
+
+
+@pytest.mark.parametrize("method, shape, halo, multiple", [
+    ("rl", (100, 130, 90), (10, 12, 7), 1),  # remainders below the halo merge into the last block
+    ("wiener", (37, 300), (5, 20), 1),
+    ("ssl", (50, 120, 200), (16, 16, 16), 8),
+])
+def test_choose_chunks_is_the_least_work_among_the_candidates_that_fit(method, shape, halo, multiple):
+    """choose_chunks plans every axis once, not every combination; it must pick what a search
+    over all combinations with peak_bytes and plan_chunks picks."""
+    import itertools
+
+    from deconv3d.pipeline.chunked import plan_chunks
+    from deconv3d.pipeline.memory import _candidates
+
+    model = MemoryModel(method, (9,) * len(shape), accelerate=True)
+    lows = [min(n, -(-max(8, h + 1) // multiple) * multiple) for n, h in zip(shape, halo)]
+    combos = list(itertools.product(*(_candidates(n, low, multiple) for n, low in zip(shape, lows))))
+    peaks = [model.peak_bytes(c, halo, shape, workers=2, baseline=10 ** 8) for c in combos]
+    for limit in np.quantile(peaks, [0.05, 0.3, 0.7]).astype(int):
+        fitting = [c for c, p in zip(combos, peaks) if p <= limit]
+
+        def work(c):
+            sizes, depth, _ = plan_chunks(shape, c, halo)
+            return math.prod(len(s) for s in sizes) * math.prod(max(s) + 2 * h for s, h in zip(sizes, depth))
+
+        chunks = choose_chunks(shape, limit, model, halo, workers=2, baseline=10 ** 8, multiple=multiple)
+        assert chunks in fitting and work(chunks) == min(work(c) for c in fitting)
+    with pytest.raises(InputError, match=f"needs about {format_bytes(min(peaks))}"):
+        choose_chunks(shape, min(peaks) - 1, model, halo, workers=2, baseline=10 ** 8, multiple=multiple)
 
 
 def test_network_chunks_are_multiples_of_its_divisor():
