@@ -151,15 +151,30 @@ class Settings:
     @property
     def run_device(self) -> str:
         """The device to run on: the one given, else ``auto`` (CUDA where there is a GPU), as for
-        ``deconvolve``. (The default was ``cpu``; a device not given is fingerprinted as that.)"""
+        ``deconvolve``."""
         return self.device or "auto"
+
+    def device_kind(self) -> str:
+        """``"cpu"`` or ``"cuda"``: the kind of device the run gets, as the fingerprint holds it.
+
+        A device not given, ``auto`` and the device it picks are one setting (``--device auto``
+        redid a batch that ran without ``--device``, and was refused as other settings while it
+        ran); ``cuda:0`` and ``cuda:1`` compute alike. Records of the old default (``cpu``, and
+        written for a device not given) still match on a machine without a GPU.
+        """
+        device = str(self.run_device)
+        if device == "auto":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return device.split(":")[0]
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the output (not the file pattern)."""
         fields = {k: v for k, v in dataclasses.asdict(self).items()
                   if k != "pattern" and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
                   and not (k in _SSL_ONLY and self.method != "ssl")}
-        fields["device"] = self.device or "cpu"  # not given: as records of the old default, cpu, were made
+        fields["device"] = self.device_kind()
         if self.memory_limit is not None:  # 4G, 4000MB and 4GB alike (records made with "4GB" still match)
             from deconv3d.pipeline.memory import format_bytes, parse_memory
 

@@ -1,6 +1,7 @@
 """ssl without a model on the chunked path (a .zarr output, --chunks, batch): the network is trained
 on the image first, as an in-memory run does, and its recipe goes into the provenance."""
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -122,7 +123,9 @@ def _write_zcyx(path, stack):
 def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(files):
     """Adding train_steps and seed, and making the device default auto, must not make every
     batch folder's completion records stale: the fingerprint of settings that leave them at
-    their defaults is computed as before (and auto is the device it resolves to, here the CPU)."""
+    their defaults is computed as before (and auto is the device it resolves to, here the CPU).
+    (Records written with an explicit ``auto`` before auto was fingerprinted as its device are
+    redone once.)"""
     from deconv3d.omezarr import file_sha256
 
     def old_fingerprint(settings, device):
@@ -130,12 +133,21 @@ def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(fi
         before.update(device=device, psf=[file_sha256(files / "psf.tif")])
         return hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    import torch
+
     psf = {"psf": str(files / "psf.tif")}
     settings = make_settings(psf)
+    kind = "cuda" if torch.cuda.is_available() else "cpu"
     assert settings.device is None and settings.run_device == "auto"  # runs as auto ...
-    assert settings.fingerprint() == old_fingerprint(settings, "cpu")  # ... but matches the old default's records
-    for device in ("cpu", "auto"):  # given, it is fingerprinted as given, as before
-        assert make_settings({**psf, "device": device}).fingerprint() == old_fingerprint(settings, device)
+    assert settings.fingerprint() == old_fingerprint(settings, kind)  # ... and matches the old default's records
+    # auto is the device it picks: --device auto did not match a batch run without --device (it
+    # redid every file, and was refused as other settings while that ran); cuda:N is cuda
+    for device in ("auto", kind):
+        assert make_settings({**psf, "device": device}).fingerprint() == settings.fingerprint()
+    for device, expected in (("cuda:1", "cuda"), ("cuda", "cuda"), ("cpu", "cpu")):
+        other = copy.copy(settings)  # not validated: validation refuses cuda on a machine without a GPU
+        object.__setattr__(other, "device", device)
+        assert other.device_kind() == expected
     assert make_settings({**psf, "seed": 1}).fingerprint() == settings.fingerprint()  # rl ignores the seed
     ssl = [make_settings({**psf, "method": "ssl", "train_steps": 5, "seed": s}).fingerprint() for s in (0, 1)]
     assert ssl[0] != ssl[1]
