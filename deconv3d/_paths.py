@@ -17,6 +17,8 @@ from deconv3d.errors import InputError
 
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: What ``deconvolve`` (and a batch) writes: an OME-Zarr folder or a TIFF.
+OUTPUT_SUFFIXES = (".zarr",) + TIFF_SUFFIXES
 
 
 _FORMATS = "use .tif or .tiff"
@@ -53,6 +55,41 @@ def check_output_path(output, inputs=(), suffixes=None) -> None:
     if suffixes is not None and output.suffix.lower() not in suffixes:
         raise InputError(f"unsupported output format '{output.suffix}' for {output}: use {' or '.join(suffixes)}")
     _check_writable_target(output, check_suffix=suffixes is None)
+    check_name_length(output)
+
+
+def check_name_length(path: Path, renamed: Path | None = None) -> None:
+    """Refuse an output name too long to be written under its temporary names.
+
+    :func:`temporary_name` adds the writer's tag (about 40 bytes) to the name, twice for a TIFF
+    (which may be assembled from a temporary OME-Zarr of its own temporary name): a legal name
+    of 184 to 255 bytes failed with "File name too long" after the whole computation.
+    ``renamed``: the file whose name ``path``'s derives from (a batch's input, for its record),
+    named in the message as the one to shorten.
+    """
+    path = Path(path)
+    parent = existing_ancestor(path.parent if str(path.parent) else Path("."))
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # Windows, or a file system that does not say
+        limit = 255
+    if limit is None or limit <= 0:
+        return
+    tag = len(f".{host_tag()}@{max(9999999, os.getpid())}-{'0' * 8}{_TMP_SUFFIX}") + 1  # the leading dot too
+    extra = tag * (2 if path.suffix.lower() in TIFF_SUFFIXES else 1)
+    size = len(os.fsencode(path.name))
+    if size + extra > limit:
+        def short(name):
+            return name if len(name) <= 48 else f"{name[:24]}...{name[-16:]}"
+
+        if renamed is None:
+            raise InputError(f"output name {short(path.name)} is too long ({size} bytes): it is written under a "
+                             f"temporary name {extra} bytes longer, past the limit of {limit} here: shorten it to "
+                             f"{limit - extra} bytes or fewer")
+        own = len(os.fsencode(Path(renamed).name))
+        raise InputError(f"input name {short(Path(renamed).name)} is too long ({own} bytes): the file {short(path.name)} "
+                         f"derived from it is written under a temporary name {extra} bytes longer, past the limit of "
+                         f"{limit} here: rename the input to {limit - extra - (size - own)} bytes or fewer")
 
 
 def temporary_name(path: Path) -> Path:
@@ -111,15 +148,25 @@ def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output directory is not writable: {parent}: choose another output location")
     if path.is_symlink():  # replacing the output would replace the link, not write where it points
-        raise InputError(f"output {path} is a symbolic link (to {os.readlink(path)}): give the link's target as the "
-                         "output, or remove the link")
-    if path.is_dir() and not _is_zarr_image(path):
-        raise InputError(f"output path is a directory: {path}: give a file name")
+        raise InputError(f"output {path} is a symbolic link (to {os.readlink(path)}): remove the link, or give "
+                         "its target as the output")
+    if path.is_dir() and not replaceable_folder(path):
+        raise InputError(f"output path is a directory: {path}: "
+                         + ("it holds files that are not a zarr image: move them away or choose another output name"
+                            if path.suffix.lower() == ".zarr" else "give a file name"))
 
 
-def _is_zarr_image(path: Path) -> bool:
-    """A ``.zarr`` folder holding a zarr group: a previous output, replaced once the new one is complete."""
-    return path.suffix.lower() == ".zarr" and any((path / f).is_file() for f in ("zarr.json", ".zgroup"))
+def replaceable_folder(path: Path) -> bool:
+    """Whether a folder at an output path may be replaced by the output: a ``.zarr`` folder holding
+    a zarr group (a previous output, replaced once the new one is complete) or an empty one."""
+    if path.suffix.lower() != ".zarr":
+        return False
+    if any((path / f).is_file() for f in ("zarr.json", ".zgroup")):
+        return True
+    try:
+        return not any(os.scandir(path))
+    except OSError:
+        return False
 
 
 def _inside(a: Path, b: Path) -> bool:

@@ -68,10 +68,20 @@ def atomic_torch_save(payload: dict, path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
+    import io
+
+    # Serialised in memory first (a model is some MB): torch.save into a file that cannot be
+    # written (a full disk) raised RuntimeError ("unexpected pos"), an internal error (exit 1);
+    # writing the bytes raises OSError, which the command line reports as a full disk.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     tmp = temporary_name(path)
     try:
-        with open(tmp, "xb") as fh:
-            torch.save(payload, fh)
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(buffer.getbuffer())
+        except OSError as exc:  # named: a failed write's error names no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -141,7 +141,7 @@ def _deblur_parser(blur) -> None:
 
 
 def _check_model_output(output, inputs) -> None:
-    from deconv3d._paths import remove_stale_temporaries
+    from deconv3d._paths import check_name_length, remove_stale_temporaries
 
     path = Path(output)
     parent = path.parent if str(path.parent) else Path(".")
@@ -153,6 +153,7 @@ def _check_model_output(output, inputs) -> None:
         raise InputError(f"unsupported model format '{path.suffix}' for {path}: name it .ckpt (or .pt)")
     if any(path.resolve() == Path(p).resolve() for p in inputs):
         raise InputError(f"output path equals the input {path}: choose another output name")
+    check_name_length(path)
     remove_stale_temporaries(path)  # a killed run's hidden checkpoint, as the other commands sweep theirs
 
 

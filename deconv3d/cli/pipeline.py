@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from deconv3d._paths import existing_ancestor
+from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor
 from deconv3d.errors import InputError
 
 from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, Terminated, add_common, add_optics, check_output,
@@ -17,7 +17,6 @@ from .selfsup import DEFAULT_STEPS
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
-OUTPUT_SUFFIXES = (".zarr", ".tif", ".tiff")
 
 
 def add_chunk_options(p, defaults=True) -> None:
@@ -203,7 +202,7 @@ def _check_shared_files(settings) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from deconv3d.pipeline.batch import load_config, run_batch, status_counts, write_reports
+    from deconv3d.pipeline.batch import load_config, run_batch, status_counts
     from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
     from deconv3d.pipeline.files import deconvolve_file
 
@@ -251,13 +250,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
             if not row["status"]:
                 row.update(status="failed", reason=f"{how}: rerun to redo it")
         counts = status_counts(rows)
-        if rows:  # this run's rows, over an earlier report's rows for the files it did not reach
-            json_path, _ = write_reports(output_dir, rows)
+        json_path = _write_reports(output_dir, rows) if rows else None  # over an earlier report's other rows
         print(f"deconv3d: {how.split()[0]} at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
               f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
-              + (f" (report {json_path})" if rows else "") + ": rerun the same command to resume", file=sys.stderr)
+              + (f" (report {json_path})" if json_path else "") + ": rerun the same command to resume", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
-    json_path, _ = write_reports(output_dir, rows)
+    json_path = _write_reports(output_dir, rows)
+    if json_path is None:
+        return 3
     failed = [r for r in rows if r["status"] == "failed"]
     counts = status_counts(rows)
     print(f"batch: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed in "
@@ -265,6 +265,23 @@ def cmd_batch(args: argparse.Namespace) -> int:
     for row in failed:
         print(f"deconv3d: failed: {row['file']}: {row['reason']}", file=sys.stderr)
     return 3 if failed else 0
+
+
+def _write_reports(output_dir: Path, rows) -> Path | None:
+    """Write the batch report; when that fails (a full disk), say so in one line with what the
+    run did, and return None. The generic message for a failed write ("nothing was written") was
+    wrong here: the finished files' outputs are complete."""
+    from deconv3d.pipeline.batch import status_counts, write_reports
+
+    try:
+        return write_reports(output_dir, rows)[0]
+    except OSError as exc:
+        counts = status_counts(rows)
+        print(f"deconv3d: error: the batch report could not be written in {output_dir} ({exc.strerror or exc}); "
+              f"{counts['done']} file(s) done, {counts['skipped']} skipped, {counts['failed']} failed: their outputs "
+              "are complete and kept: free disk space, then rerun the same command to write the report",
+              file=sys.stderr)
+        return None
 
 
 def _take_run_options(args, config: dict) -> None:

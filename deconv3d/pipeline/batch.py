@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from deconv3d._paths import remove_stale_temporaries_in
+from deconv3d._paths import check_name_length, remove_stale_temporaries_in
 from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
 from deconv3d.pipeline.locks import BUSY, DEFERRING, DONE_ELSEWHERE, claim, report_lock, settings_guard
@@ -34,6 +34,9 @@ ALWAYS_HASH_BYTES = 256 * 2**20  # inputs up to this size are re-hashed on every
 def find_inputs(input_dir, patterns) -> list[Path]:
     """Files (and .zarr folders) in ``input_dir`` matching any glob pattern, sorted, hidden ones excluded."""
     input_dir = Path(input_dir)
+    if input_dir.is_file():
+        raise InputError(f"input {input_dir} is a file: batch takes a folder (every image in it that matches the "
+                         "pattern); use 'deconv3d deconvolve' for one file")
     if not input_dir.is_dir():
         raise InputError(f"input folder not found: {input_dir}: check the path")
     found = {p for pattern in patterns for p in input_dir.glob(_any_case(pattern)) if not p.name.startswith(".")}
@@ -223,7 +226,10 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     midway still has the rows of the files finished).
     """
     output_dir = Path(output_dir)
-    inputs = find_inputs(input_dir, settings.pattern)
+    # the PSF (or model) kept among the images it applies to is not one of them (it was deconvolved too)
+    shared = [Path(f) for f in (*_many(settings.psf), settings.model) if f and Path(f).exists()]
+    inputs = [p for p in find_inputs(input_dir, settings.pattern)
+              if not any(os.path.samefile(p, f) for f in shared)]
     if not inputs:
         raise InputError(f"no input files in {input_dir} match {', '.join(settings.pattern)}: check --pattern")
     outputs = _outputs_for(inputs, output_dir, settings)
@@ -258,18 +264,30 @@ def _process(path, output, record, settings_hash, process_one, row) -> None:
     record.unlink(missing_ok=True)
     start = time.perf_counter()
     try:
+        check_name_length(record, renamed=path)  # (its temporary name is the longest a file's run writes)
         state, digest = input_state(path), file_sha256(path)  # before reading: a change meanwhile shows
         process_one(path, output, digest)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - one failing file must not stop the batch
-        row.update(status="failed", reason=" ".join(str(exc).split()) or type(exc).__name__)
+        row.update(status="failed", reason=_reason(exc))
     else:
         row["status"] = "done"
         _write_json_atomic(record, {"input": str(path), "input_state": state, "input_sha256": digest,
                                     "settings": settings_hash, "output": output.name,
                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     row["seconds"] = round(time.perf_counter() - start, 3)
+
+
+def _reason(exc: Exception) -> str:
+    """A failed file's reason in one line: an OS error as "FILE: what happened" (not "[Errno 28] ...")."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        return f"{where}{exc.strerror}" + (": free disk space, then rerun the batch" if full else "")
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def status_counts(rows) -> dict[str, int]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deconv3d._paths import OUTPUT_SUFFIXES, check_output_path
 from deconv3d.errors import InputError
 
 __all__ = ["deconvolve_file"]
@@ -37,6 +38,9 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     from deconv3d.pipeline.settings import _many, channel_count
 
     input_path, output_path = Path(input_path), Path(output_path)
+    # before any work, as the command line checks (a batch's outputs are checked only here: it
+    # replaced a folder of the user's files named like an output, and deleted them)
+    check_output_path(output_path, [input_path, *_many(settings.psf), settings.model], suffixes=OUTPUT_SUFFIXES)
     lazy = open_lazy(input_path)
     spatial_axes = "".join(a for a in lazy.axes if a in "ZYX")
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d._paths import _remove, remove_stale_temporaries, temporary_name
+from deconv3d._paths import _remove, remove_stale_temporaries, replaceable_folder, temporary_name
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
@@ -38,8 +38,8 @@ def atomic_output(path):
 
 
 def _publish(tmp: Path, path: Path, attempts: int = 20) -> None:
-    """Rename ``tmp`` onto ``path``. A directory in the way is moved aside first (``os.replace``
-    cannot replace a non-empty one); when another process publishes the same output in that gap
+    """Rename ``tmp`` onto ``path``. A directory in the way, a previous zarr output, is moved aside
+    first (``os.replace`` cannot replace a non-empty one; any other folder is refused, not deleted); when another process publishes the same output in that gap
     (its directory appears, or the one to move aside is already gone) the steps are retried, so
     that the last to publish wins instead of failing with ENOTEMPTY or ENOENT."""
     if not tmp.exists():
@@ -48,6 +48,10 @@ def _publish(tmp: Path, path: Path, attempts: int = 20) -> None:
         old = None
         try:
             if path.is_dir() and not path.is_symlink():
+                if not replaceable_folder(path):  # (checked before the run too; it may have appeared since)
+                    raise InputError(f"output path {path} is a directory that is not a zarr image (it appeared "
+                                     "during the run?): move it away or choose another output name; its files are "
+                                     "left as they are")
                 old = temporary_name(path)
                 os.replace(path, old)
             os.replace(tmp, path)

@@ -178,3 +178,102 @@ def test_batch_redoes_a_finished_file_when_the_psf_file_is_edited_in_place(one_i
     fresh = run_one(one_image, one_image / "fresh", capsys, "--iterations", 3)[1]
     np.testing.assert_array_equal(redone, fresh)
     assert not np.allclose(redone, first)
+
+
+def test_batch_never_replaces_a_folder_of_the_users_files_named_like_an_output(folder, capsys):
+    """Found by the review of filesystem edge cases: a folder out/a.zarr holding the user's notes
+    was moved aside by the batch, replaced by a's output and deleted (exit 0). It is now that file's
+    failure, its folder untouched; an empty folder of that name is replaced."""
+    out = folder / "out"
+    (out / "img0.zarr").mkdir(parents=True)
+    (out / "img0.zarr" / "notes.txt").write_text("keep")
+    (out / "img1.zarr").mkdir()
+    code = main([str(a) for a in argv(folder, out)])
+    _, err = capsys.readouterr()
+    assert code == 3 and "img0.zarr" in err and "not a zarr image" in err and "move them away" in err
+    assert statuses(out) == {"img0.tif": "failed", "img1.tif": "done", "img2.tif": "done"}
+    assert sorted(p.name for p in (out / "img0.zarr").iterdir()) == ["notes.txt"]
+    assert (out / "img0.zarr" / "notes.txt").read_text() == "keep"
+    assert read_ome_zarr(out / "img1.zarr")[0].shape == (12, 24, 24)
+
+
+def test_publishing_refuses_a_folder_that_appeared_during_the_run(tmp_path):
+    """The last guard: a folder that is not a zarr image, created at the output path while the
+    output was written, is refused and kept, not moved aside and deleted."""
+    from deconv3d.errors import InputError
+    from deconv3d.pipeline.output import atomic_output
+
+    target = tmp_path / "res.zarr"
+    with pytest.raises(InputError, match="not a zarr image"):
+        with atomic_output(target) as tmp:
+            tmp.mkdir()
+            (tmp / "zarr.json").write_text("{}")
+            target.mkdir()
+            (target / "data.csv").write_text("1,2")
+    assert [p.name for p in tmp_path.iterdir()] == ["res.zarr"]  # no temporary left
+    assert (target / "data.csv").read_text() == "1,2"
+    (target / "data.csv").unlink()
+    with atomic_output(target) as tmp:  # an empty folder is replaced
+        tmp.mkdir()
+        (tmp / "zarr.json").write_text("{}")
+    with atomic_output(target) as tmp:  # and a previous zarr output, as before
+        tmp.mkdir()
+        (tmp / "zarr.json").write_text('{"new": 1}')
+    assert (target / "zarr.json").read_text() == '{"new": 1}'
+
+
+def test_a_report_that_cannot_be_written_is_not_called_nothing_written(folder, capsys, monkeypatch):
+    """Found by the review of filesystem edge cases: with the disk full by the time of the report,
+    batch said "nothing was written" (exit 2) though its outputs were complete."""
+    import errno
+
+    from deconv3d.pipeline import batch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(batch, "write_reports", full)
+    out = folder / "out"
+    code = main([str(a) for a in argv(folder, out)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 3 and "nothing was written" not in err
+    assert "report could not be written" in err and "3 file(s) done" in err and "rerun the same command" in err
+    assert all(read_ome_zarr(out / f"{n}.zarr")[0].shape == (12, 24, 24) for n in NAMES)
+
+
+def test_a_failed_file_s_os_error_reads_as_a_sentence(folder, capsys, monkeypatch):
+    import errno
+
+    from deconv3d.pipeline import files
+
+    deconvolve_file = files.deconvolve_file
+
+    def img1_on_a_full_disk(path, output, *args, **kwargs):
+        if path.name == "img1.tif":
+            raise OSError(errno.ENOSPC, "No space left on device", str(output))
+        return deconvolve_file(path, output, *args, **kwargs)
+
+    monkeypatch.setattr(files, "deconvolve_file", img1_on_a_full_disk)
+    out = folder / "out"
+    assert main([str(a) for a in argv(folder, out)]) == 3
+    capsys.readouterr()
+    rows = {os.path.basename(r["file"]): r for r in json.loads((out / "batch_report.json").read_text())["files"]}
+    assert rows["img1.tif"]["reason"] == f"{out / 'img1.zarr'}: No space left on device: free disk space, then rerun " \
+                                         "the batch"
+    assert [rows[n]["status"] for n in ("img0.tif", "img2.tif")] == ["done", "done"]
+
+
+def test_a_batch_leaves_out_the_psf_kept_among_its_images_and_names_a_file_given_as_the_folder(folder, capsys):
+    """The PSF kept in the input folder was deconvolved as one more image (review of filesystem
+    edge cases); a file given as the input folder was called "not found"."""
+    (folder / "in" / "psf.tif").write_bytes((folder / "psf.tif").read_bytes())
+    out = folder / "out"
+    args = [str(a) for a in argv(folder, out)]
+    args[args.index("--psf") + 1] = str(folder / "in" / "psf.tif")
+    assert main(args) == 0
+    capsys.readouterr()
+    assert statuses(out) == {f"{n}.tif": "done" for n in NAMES} and not (out / "psf.zarr").exists()
+    args[1] = str(folder / "in" / "img0.tif")
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "img0.tif is a file: batch takes a folder" in err and "deconv3d deconvolve" in err
