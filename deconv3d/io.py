@@ -112,8 +112,7 @@ def read_image(path) -> Image:
     except InputError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
-        raise InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}: check that it is one, or export "
-                         "it again") from exc
+        raise _unreadable_tiff(path, exc) from exc
     data, axes, kept = _squeeze(np.asarray(data), file_axes, path)
     sizes = _kept_voxel(voxel, kept, data.ndim)
     voxel, problem = _checked_voxel(sizes, path)
@@ -196,6 +195,15 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
 def _sizes(values) -> str:
     """Voxel sizes as the command line takes them, ``D?`` where unknown: ``0.3 0.1 0.1``, ``DZ 0.1 0.1``."""
     return format_sizes(values, ("DZ", "DY", "DX")[-len(values):])
+
+
+def _unreadable_tiff(path, exc: Exception) -> InputError:
+    """The one-line error for a TIFF that could not be read: a permission problem says so (it was
+    told to check that the file is a TIFF, or export it again)."""
+    if isinstance(exc, PermissionError):
+        return InputError(f"cannot read {path}: permission denied: ask for read access to it, or copy it somewhere "
+                          "you can read")
+    return InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}: check that it is one, or export it again")
 
 
 @contextlib.contextmanager

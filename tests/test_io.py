@@ -662,3 +662,24 @@ def test_lzw_and_zstd_tiffs_from_instruments_are_read(tmp_path, compression):
     tifffile.imwrite(tmp_path / "c.tif", values, compression=compression, imagej=True, metadata={"axes": "ZYX"})
     np.testing.assert_array_equal(read_image(tmp_path / "c.tif").data, values)
     np.testing.assert_array_equal(open_lazy(tmp_path / "c.tif").reader.read((slice(1, 3),)), values[1:3])
+
+
+def test_an_unreadable_tiff_is_named_a_permission_problem(tmp_path, monkeypatch):
+    """A TIFF the user may not read was refused with "check that it is one, or export it again"
+    (review of filesystem edge cases). Simulated: the tests may run as root, who reads anything."""
+    from deconv3d.omezarr import open_lazy
+
+    path = tmp_path / "img.tif"
+    write_tiff(path, np.ones((4, 8, 8), np.float32))
+
+    def forbidden(p, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(p))
+
+    monkeypatch.setattr(io, "open_tiff", forbidden)
+    for read in (read_image, open_lazy):
+        with pytest.raises(InputError, match="img.tif: permission denied: ask for read access") as info:
+            read(path)
+        assert "export it again" not in str(info.value)
+    monkeypatch.setattr(io, "open_tiff", lambda p, *a, **k: (_ for _ in ()).throw(ValueError("not a TIFF file")))
+    with pytest.raises(InputError, match="as a TIFF image: not a TIFF file: check that it is one"):
+        read_image(path)

@@ -16,7 +16,7 @@ from deconv3d._paths import TIFF_SUFFIXES, _one_line
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel,
                                      _size_in_um, _unit_factor, _voxel_size_um, calibrated, imagej_calibration)
 from deconv3d.errors import InputError
-from deconv3d.io import _check_complete, _refuse_colour, _refuse_complex, _tifffile_log
+from deconv3d.io import _check_complete, _refuse_colour, _refuse_complex, _tifffile_log, _unreadable_tiff
 
 ZARR_SUFFIX = ".zarr"
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
@@ -167,8 +167,7 @@ def _open_tiff(path: Path) -> LazyImage:
     except InputError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
-        raise InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}: check that it is one, or export "
-                         "it again") from exc
+        raise _unreadable_tiff(path, exc) from exc
     kept = "".join(a for a, n in zip(axes, shape) if n != 1)
     _refuse_colour(kept, path)
     _refuse_complex(dtype, path)
