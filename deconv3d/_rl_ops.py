@@ -184,9 +184,8 @@ class FusedOps:
 
     @staticmethod
     def ratio(data, blurred, floor: float, out) -> None:
-        with _serialised():
-            _ready().ratio(*_rows(data), *_rows(blurred), np.float32(floor), *_rows(out, write=True),
-                           *_shape3(out))
+        with _serialised(), _ready() as k:
+            k.ratio(*_rows(data), *_rows(blurred), np.float32(floor), *_rows(out, write=True), *_shape3(out))
 
     @staticmethod
     def buffers(like: torch.Tensor, steps: bool = True) -> SimpleNamespace:
@@ -196,17 +195,16 @@ class FusedOps:
     @staticmethod
     def update_step(guess, factor, denominator, out, buffers) -> tuple[float, float]:
         divide = denominator is not None
-        with _serialised():
-            gg, gp = _ready().update_step(*_rows(guess), *_rows(factor), *_rows(denominator if divide else factor),
-                                          divide, *_rows(out, write=True), *_rows(buffers.g, write=True),
-                                          *_shape3(out))
+        with _serialised(), _ready() as k:
+            gg, gp = k.update_step(*_rows(guess), *_rows(factor), *_rows(denominator if divide else factor),
+                                   divide, *_rows(out, write=True), *_rows(buffers.g, write=True), *_shape3(out))
         return float(gg), float(gp)
 
     @staticmethod
     def extrapolate(x, x_prev, alpha: float, out, buffers=None) -> None:
         c = (1.0 + alpha) / (1.0 - alpha)
-        with _serialised():
-            _ready().extrapolate(*_rows(x), *_rows(x_prev), np.float32(c), *_rows(out, write=True), *_shape3(out))
+        with _serialised(), _ready() as k:
+            k.extrapolate(*_rows(x), *_rows(x_prev), np.float32(c), *_rows(out, write=True), *_shape3(out))
 
 
 _LOCK = threading.Lock()
@@ -240,16 +238,24 @@ def preload(device: torch.device, dtype: torch.dtype) -> None:
     if device.type == "cuda":
         torch.empty(1, device=device)
     if ops_for(device, dtype) is FusedOps:
-        _ready()
+        _kernels()
 
 
+@contextlib.contextmanager
 def _ready():
-    """The kernels, running on as many threads as torch does (``torch.set_num_threads``)."""
+    """The kernels, running on as many threads as torch does (``torch.set_num_threads``) for the
+    ``with`` block; numba's count in this thread is put back afterwards (a user's own parallel
+    numba code ran on the count RL had set: twice as long after RL under torch.set_num_threads(1))."""
     k = _kernels()
     n = max(1, min(torch.get_num_threads(), k.max_threads))
-    if k.get_num_threads() != n:
+    before = k.get_num_threads()
+    if before != n:
         k.set_num_threads(n)
-    return k
+    try:
+        yield k
+    finally:
+        if before != n:
+            k.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=None)
@@ -257,10 +263,17 @@ def _kernels():
     """Compile the kernels on first use (numba is imported only then); numba caches them on disk
     (next to this file, or in the user's cache folder where that is read-only; uncached where
     neither can be written)."""
+    threads = torch.get_num_threads()
     try:
         return _compile(cache=True)
     except RuntimeError:  # numba found nowhere to write its cache
         return _compile(cache=False)
+    finally:
+        # Loading them starts numba's OpenMP threads, which set OpenMP's count in this thread to
+        # all cores: torch then ran on 2 threads after torch.set_num_threads(1), for good (its
+        # sums and FFTs round differently with another count).
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _compile(cache: bool) -> SimpleNamespace:

@@ -1,5 +1,8 @@
 """The fused (numba) element-wise passes of the RL loop against the torch ones, and the choice."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -140,15 +143,53 @@ def test_choice_of_implementation(fused, monkeypatch):
 
 
 @needs_numba
-def test_fused_kernels_follow_torch_threads():
-    before = torch.get_num_threads()
+def test_fused_kernels_follow_torch_threads_and_leave_numba_s_count_as_it_was(monkeypatch):
+    """The kernels run on torch's thread count; numba's count in the calling thread is put back
+    afterwards (review of process-global state: a user's parallel numba code ran on 1 thread
+    after RL under torch.set_num_threads(1), twice as long)."""
+    kernels = _rl_ops._kernels()
+    extrapolate, seen = kernels.extrapolate, []
+
+    def counting(*args):
+        seen.append(kernels.get_num_threads())
+        return extrapolate(*args)
+
+    monkeypatch.setattr(kernels, "extrapolate", counting)
+    before, numba_before = torch.get_num_threads(), kernels.get_num_threads()
     try:
         torch.set_num_threads(1)
+        kernels.set_num_threads(kernels.max_threads)
         x = torch.ones(3, 4, 5)
         FusedOps.extrapolate(x, x.clone(), 0.5, torch.empty_like(x), None)
-        assert _rl_ops._kernels().get_num_threads() == 1
+        assert seen == [1] and kernels.get_num_threads() == kernels.max_threads
     finally:
         torch.set_num_threads(before)
+        kernels.set_num_threads(numba_before)
+
+
+@needs_numba
+def test_loading_the_kernels_keeps_torch_s_thread_count():
+    """Loading the kernels started numba's OpenMP threads, which set this thread's OpenMP count,
+    and so torch's, to all cores: after torch.set_num_threads(1) the first RL ran, and all later
+    torch work went on, with 2 threads (found as a test that passed only after another had left
+    torch at 1 thread). Needs a fresh process: the kernels load once per process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import numpy as np, torch
+        torch.set_num_threads(1)
+        from deconv3d.classical import richardson_lucy
+        from deconv3d._rl_ops import FusedOps, ops_for
+        assert ops_for(torch.device("cpu"), torch.float32) is FusedOps
+        richardson_lucy(np.ones((8, 16, 16), np.float32), np.ones((3, 3, 3), np.float32), 2, device="cpu")
+        print(torch.get_num_threads())
+    """)
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": root, "DECONV3D_FUSED": "auto"})
+    assert proc.stdout.split() == ["1"], proc.stderr[-2000:]
 
 
 def test_numba_that_fails_to_import_falls_back_to_torch(fused, monkeypatch):
