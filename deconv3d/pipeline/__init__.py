@@ -27,7 +27,7 @@ from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_sour
                                        run_blocks)
 from deconv3d.pipeline.graph import blockwise, store_blocks
 from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, format_bytes, limit_for_available,
-                                      parse_memory, planning_baseline, return_large_allocations, round_chunks)
+                                      parse_memory, planning_baseline, large_allocations_returned, round_chunks)
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
 from deconv3d.pipeline.readers import _View, as_reader
@@ -80,8 +80,6 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     if automatic:
         memory_limit = limit_for_available(model, spatial_shape, planning_baseline())
         automatic = memory_limit is not None
-    if memory_limit is not None:
-        return_large_allocations()  # else heap fragments pile up block after block (see memory.py)
     given = chunks is not None
     if chunks is None and memory_limit is not None:
         if model is None:
@@ -150,8 +148,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         multiples of it. One whose ``placed`` attribute is true is called as
         ``fn(block, placement)`` (:class:`~deconv3d.pipeline.chunked.Placement`: where the block lies).
     memory_limit : int or str, optional
-        Budget for the whole process, e.g. ``"4GB"``. Also sets glibc's mmap threshold for the
-        rest of the process (:func:`~deconv3d.pipeline.memory.return_large_allocations`).
+        Budget for the whole process, e.g. ``"4GB"``. Also fixes glibc's mmap threshold while the
+        run lasts (:func:`~deconv3d.pipeline.memory.large_allocations_returned`).
     model : MemoryModel, optional
     voxel_size, provenance, pyramid_levels, time_axis, origin
         Written into the OME-Zarr metadata (see :func:`deconv3d.omezarr.create_ome_zarr`); ``time_axis``
@@ -181,7 +179,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         provenance = {**provenance, "execution": execution}
     if progress is not None and progress(0, total):  # planned: the total is known, nothing written yet
         raise Cancelled("cancelled before the first block")
-    with atomic_output(output) as tmp:
+    # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (memory.py)
+    with large_allocations_returned(plan.memory_limit is not None), atomic_output(output) as tmp:
         create_ome_zarr(tmp, reader.shape, (1,) * lead + plan.zarr_chunks, axes=axes, voxel_size=voxel_size,
                         provenance=provenance, name=Path(output).stem,
                         time_axis=time_axis if "T" in axes else None, origin=origin)

@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from deconv3d.errors import InputError
+from deconv3d.pipeline.memory import OverlappingRuns
 from deconv3d.pipeline.readers import ArrayReader, DaskReader, as_reader  # noqa: F401 (re-exported)
 
 __all__ = ["plan_chunks", "block_regions", "run_blocks", "as_reader", "ArrayReader", "DaskReader", "Cancelled",
@@ -181,18 +182,36 @@ def _apply(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray, placement:
 
 
 def _pin_threads() -> None:
-    """Give this worker thread torch's thread count for its OpenMP and MKL work too.
+    """Give this worker thread its share of the cores (:func:`_share_cores`), or torch's count,
+    for its OpenMP and MKL work.
 
-    ``torch.set_num_threads`` sets the count of the thread that calls it; in another thread
-    torch reports that count, but MKL's FFTs run on every core: the blocks then oversubscribe
-    the cores that :func:`_share_cores` divided, and a block computed in a worker thread
-    differed in its last bits from the same block computed in the main thread. Setting the
-    count again in the worker fixes both. Nothing to do where the block function has not
-    imported torch.
+    ``torch.set_num_threads`` sets the count of the thread that calls it (and the default of
+    threads started after); in another thread torch reports a count, but MKL's FFTs run on
+    every core: the blocks then oversubscribed the cores, and a block computed in a worker
+    thread differed in its last bits from the same block computed at that count in the main
+    thread. Setting the count in the worker fixes both. Nothing to do where the block function
+    has not imported torch.
     """
     torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(torch.get_num_threads())
+    if torch is None:
+        return
+    share, default = (_CORES["share"], _CORES["default"]) if _SHARED_CORES.active else (0, 0)
+    # torch gives a thread the process's count at its first use of threads, unless that has
+    # happened: asked first, the count set next stays this thread's when the default changes
+    own = torch.get_num_threads()
+    torch.set_num_threads(share or own)
+    if share and share != default:  # and the default of new threads back: a GUI thread started now kept the share
+        _set_default_threads(default)
+
+
+def _set_default_threads(count: int) -> None:
+    """Make ``count`` the torch thread count of threads started from now on, leaving this thread's
+    own count as it is: set from a short-lived thread of its own."""
+    import torch
+
+    setter = threading.Thread(target=torch.set_num_threads, args=(count,))
+    setter.start()
+    setter.join()
 
 
 def release_memory() -> None:
@@ -325,39 +344,39 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
 
 @contextlib.contextmanager
 def _share_cores(workers: int):
-    """Give each of ``workers`` concurrent blocks its share of torch's intra-op threads.
+    """Give each of ``workers`` concurrent blocks its share of torch's threads.
 
     Every block would otherwise use all of torch's threads, and ``workers`` blocks at once
     oversubscribe the cores (on a 2-core machine two blocks of two threads each ran many
-    times slower than one block after the other).
+    times slower than one block after the other). The blocks' worker threads take the share
+    (:func:`_pin_threads`); the calling thread keeps its own count. It used to be lowered there
+    and put back by whichever overlapping run ended last, in that run's thread only: a GUI's
+    background thread was left at 1 thread for good (review of process-global state).
 
-    torch's thread count is one setting for the whole process (and the default of new threads),
-    so overlapping runs (a GUI's background calls) share one saved count: the first run in saves
-    it and the last one out restores it. Saved per run, a second run saved the first's lowered
-    count and put it back for good. While a run with several workers is in progress, other
-    calls in the process run with its lowered count too (their FFTs round differently).
+    A count set in any thread is also the default of threads started after it: overlapping runs
+    share the default the first one in found (their blocks get its share), and each worker sets
+    it back after taking its share (:func:`_set_default_threads`), as the last run out does.
     """
     if workers <= 1:
         yield
         return
+
+    def share():
+        _CORES["share"] = max(1, _CORES["default"] // workers)
+
+    with _SHARED_CORES.held(each=share):
+        yield
+
+
+def _note_default_threads() -> None:
     import torch
 
-    with _CORES_LOCK:
-        if _CORES["active"] == 0:
-            _CORES["before"] = torch.get_num_threads()
-        _CORES["active"] += 1
-        torch.set_num_threads(max(1, _CORES["before"] // workers))
-    try:
-        yield
-    finally:
-        with _CORES_LOCK:
-            _CORES["active"] -= 1
-            if _CORES["active"] == 0:
-                torch.set_num_threads(_CORES["before"])
+    _CORES["default"] = torch.get_num_threads()
 
 
-_CORES_LOCK = threading.Lock()
-_CORES = {"active": 0, "before": 1}  # runs inside _share_cores, and torch's thread count before the first
+#: The default thread count the first of the runs inside _share_cores found, and each block's share.
+_CORES = {"default": 1, "share": 0}
+_SHARED_CORES = OverlappingRuns(first=_note_default_threads, last=lambda: _set_default_threads(_CORES["default"]))
 
 
 def _counter(progress, done: int, total: int):

@@ -289,6 +289,7 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
     from deconv3d._tiff_write import ZarrPlanes
     from deconv3d.io import write_tiff
     from deconv3d.pipeline import run_chunked, tiff_properties
+    from deconv3d.pipeline.memory import large_allocations_returned
     from deconv3d.pipeline.output import temporary_name
 
     lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
@@ -297,14 +298,16 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
                          f"2D/3D image; write .zarr")
     scratch = temporary_name(output_path)  # a hidden .NAME.tif.<id>.tmp zarr: swept like any leftover
     try:
-        info = run_chunked(lazy, block, scratch, **kwargs)
-        array = zarr.open_array(str(scratch / "0"), mode="r")
-        meta = tiff_properties(record, info.execution)
-        # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
-        # (a 2D result, read whole here, went 5-10 % over it while it was read outside this setting)
-        with zarr.config.set({"async.concurrency": 1}):
-            data = ZarrPlanes(array, (0,) * len(lead)) if len(array.shape) == 3 + len(lead) else array[(0,) * len(lead)]
-            write_tiff(output_path, data, voxel_size=voxel, metadata=meta, slab_bytes=_slab_budget(kwargs))
+        with large_allocations_returned():  # through the copy into the TIFF, which the budget counts too
+            info = run_chunked(lazy, block, scratch, **kwargs)
+            array = zarr.open_array(str(scratch / "0"), mode="r")
+            meta = tiff_properties(record, info.execution)
+            # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
+            # (a 2D result, read whole here, went 5-10 % over it while it was read outside this setting)
+            with zarr.config.set({"async.concurrency": 1}):
+                data = ZarrPlanes(array, (0,) * len(lead)) if len(array.shape) == 3 + len(lead) \
+                    else array[(0,) * len(lead)]
+                write_tiff(output_path, data, voxel_size=voxel, metadata=meta, slab_bytes=_slab_budget(kwargs))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return info

@@ -65,7 +65,9 @@ threads, ``--memory-limit 512MB``, with the old count): peak 476 MB for a 0.25 G
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -74,7 +76,7 @@ from deconv3d.errors import InputError
 __all__ = ["MemoryModel", "choose_chunks", "round_chunks", "parse_memory", "current_rss", "planning_baseline",
            "format_bytes", "SAFETY", "ARRAY_SAFETY", "BLOCK_OVERHEAD",
            "RESIDENT_ALLOWANCE",
-           "return_large_allocations", "MMAP_THRESHOLD"]
+           "return_large_allocations", "large_allocations_returned", "MMAP_THRESHOLD"]
 
 SAFETY = 1.25  # the network's count (derived from the layers, not from the arrays one by one)
 # The classical counts are the arrays that coexist at the peak: measured, one block holds them plus
@@ -259,7 +261,10 @@ def planning_baseline() -> int:
 
 
 MMAP_THRESHOLD = 8 << 20
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+#: glibc's ceiling for its adaptive mmap threshold on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX):
+#: where a process that has freed large arrays ends up on its own.
+SETTLED_MMAP_THRESHOLD = 32 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 def return_large_allocations(threshold: int = MMAP_THRESHOLD) -> bool:
@@ -272,17 +277,72 @@ def return_large_allocations(threshold: int = MMAP_THRESHOLD) -> bool:
     64 x 149 x 185, 512 MB limit: 807 MB peak against 498 MB predicted). With a fixed threshold
     every large array is unmapped when freed, so the peak follows what the blocks hold. The cost
     is page faults on fresh arrays (measured: about as much system time as the adaptive default at
-    8 MiB; +30 % wall time at 4 MiB, +40 % at 1 MiB).
-    :func:`deconv3d.pipeline.run_chunked` calls this when given a memory limit. Returns whether
-    it took effect (False off glibc).
+    8 MiB; +30 % wall time at 4 MiB, +40 % at 1 MiB). :func:`large_allocations_returned` scopes
+    it to a run. Returns whether it took effect (False off glibc).
     """
+    return _mallopt(_M_MMAP_THRESHOLD, threshold)
+
+
+def _mallopt(parameter: int, value: int) -> bool:
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+        return bool(libc.mallopt(parameter, int(value)))
     except (OSError, AttributeError):
         return False
+
+
+class OverlappingRuns:
+    """A process-wide setting that overlapping runs (a GUI's background calls) hold together:
+    ``first()`` is called as the first of them starts, ``each`` (given per run) as every one
+    starts, and ``last()`` as the last one ends, whichever thread that is, all under one lock;
+    ``active`` counts the runs inside."""
+
+    def __init__(self, first, last):
+        self.first, self.last = first, last
+        self.active, self._lock = 0, threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self, each=None):
+        with self._lock:
+            if self.active == 0:
+                self.first()
+            self.active += 1
+            if each is not None:
+                each()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active -= 1
+                if self.active == 0:
+                    self.last()
+
+
+def _settle_allocations() -> None:
+    _mallopt(_M_MMAP_THRESHOLD, SETTLED_MMAP_THRESHOLD)
+    _mallopt(_M_TRIM_THRESHOLD, 2 * SETTLED_MMAP_THRESHOLD)
+
+
+_ALLOCATIONS = OverlappingRuns(first=return_large_allocations, last=_settle_allocations)
+
+
+@contextlib.contextmanager
+def large_allocations_returned(enabled: bool = True):
+    """:func:`return_large_allocations` while the ``with`` block (a run under a memory limit) runs.
+
+    Left in place, the fixed 8 MiB threshold made every later array of 8-32 MiB in the process a
+    fresh mmap: numpy on 12 MiB arrays ran 2.1-4.7 times slower after one run (review of
+    process-global state, as a napari session would call it). glibc's adaptive threshold cannot be
+    switched back on, so when the last overlapping run ends the threshold is set where the
+    adaptive one settles in a process that has freed large arrays (32 MiB, trimming above twice that).
+    """
+    if not enabled:
+        yield
+        return
+    with _ALLOCATIONS.held():
+        yield
 
 
 def _rl_backends(shape: Sequence[int]) -> tuple[bool, bool]:

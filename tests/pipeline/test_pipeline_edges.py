@@ -354,23 +354,62 @@ def test_the_sweep_finds_a_tiff_outputs_nested_scratch(tmp_path):
     assert remove_stale_temporaries(tmp_path / "out.tif") == [nested]
 
 
-def test_overlapping_runs_restore_torch_s_thread_count():
-    """Two runs that overlap (a GUI's background calls), the first ending first: torch's thread count,
-    which new threads inherit, came back as the first run's lowered value for good."""
+def test_overlapping_runs_leave_every_thread_s_count_and_the_default_as_they_were(tmp_path):
+    """Runs from two background threads that overlap (a GUI's calls), the first ending first.
+    Found by the review of process-global state: the count was lowered in the calling thread and
+    restored by the last run out in its own thread only, so the other caller stayed at 1 thread
+    for good (and so did later runs it started, which saved that). Now the callers' counts are
+    never changed, every block gets the share of the count found before the first run, and threads
+    started afterwards get that count again."""
     import torch
 
-    from deconv3d.pipeline.chunked import _share_cores
+    from deconv3d.pipeline.chunked import _SHARED_CORES
 
-    before = torch.get_num_threads()
+    seen, lock = [], threading.Lock()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def fn(block):
+        with lock:
+            seen.append(torch.get_num_threads())
+        return block
+
+    x = np.ones((8, 8), np.float32)
+
+    def caller(name, gate_in, gate_out):
+        counts = [torch.get_num_threads()]
+        zarr_path = tmp_path / f"{name}.zarr"
+        import zarr
+
+        zarr.create_array(str(zarr_path), shape=x.shape, chunks=(4, 8), dtype="float32")
+
+        def waiting(block):
+            gate_in.set()
+            gate_out.wait(10)
+            return fn(block)
+
+        run_blocks(x, waiting, zarr_path, chunks=(4, 8), halo=(0, 0), workers=2)
+        counts.append(torch.get_num_threads())
+        results[name] = counts
+
+    results, before = {}, torch.get_num_threads()
     try:
         torch.set_num_threads(4)
-        a, b = _share_cores(2), _share_cores(2)
-        a.__enter__()
-        b.__enter__()
-        assert torch.get_num_threads() == 2
-        a.__exit__(None, None, None)
-        b.__exit__(None, None, None)
+        a = threading.Thread(target=caller, args=("a", first_in, second_in))
+        a.start()
+        assert first_in.wait(10)
+        b = threading.Thread(target=caller, args=("b", second_in, first_out))
+        b.start()  # b starts while a's blocks run; a ends first, b last
+        a.join(20)
+        first_out.set()
+        b.join(20)
+        assert _SHARED_CORES.active == 0
+        assert results == {"a": [4, 4], "b": [4, 4]} and seen and set(seen) == {2}
         assert torch.get_num_threads() == 4
+        fresh = []
+        t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert fresh == [4]  # the default of new threads, which the blocks' threads had set to 2
     finally:
         torch.set_num_threads(before)
 

@@ -10,7 +10,7 @@ import tifffile
 
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
 from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
-from deconv3d.pipeline.chunked import _share_cores, block_regions, plan_chunks
+from deconv3d.pipeline.chunked import block_regions, plan_chunks
 from deconv3d.pipeline.graph import blockwise
 
 CHUNKS = (10, 20, 17)
@@ -18,10 +18,7 @@ CHUNKS = (10, 20, 17)
 
 def test_file_dask_and_array_sources_equal_map_overlap(tmp_path, volume, psf3d):
     fn = RichardsonLucyBlock(psf3d, iterations=4)
-    # computed with the threads each of two workers gets: torch's sums and MKL's FFTs round
-    # differently with another thread count (this passed only after a test that left torch at 1)
-    with _share_cores(2):
-        reference = blockwise(da.from_array(volume), fn, chunks=CHUNKS, halo=fn.halo())[0].compute(scheduler="sync")
+    reference = blockwise(da.from_array(volume), fn, chunks=CHUNKS, halo=fn.halo())[0].compute(scheduler="sync")
     write_ome_zarr(tmp_path / "in.zarr", volume, chunks=(7, 13, 11))
     lazy = open_lazy(tmp_path / "in.zarr")
     assert len(pickle.dumps(lazy.reader)) < 1000  # a path, not the pixels
