@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from deconv3d._paths import temporary_name
-from deconv3d.errors import InputError
+from deconv3d.errors import WARNINGS_LOCK, InputError
 
 
 def grad_scaler(enabled: bool):
@@ -88,7 +88,19 @@ def atomic_torch_save(payload: dict, path) -> None:
         raise
 
 
-_WARNINGS_LOCK = threading.Lock()  # two threads inside catch_warnings at once left "ignore all" behind
+_RNG_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """torch's global RNG seeded with ``seed`` for the ``with`` block (building a network), and put
+    back afterwards; one such block at a time in the process. ``fork_rng`` saves and restores the
+    process-wide state, so two overlapping blocks (two trainings started from a GUI) drew from each
+    other's streams: the weights differed from a run alone, and the caller's RNG was not restored
+    (review of process-global state)."""
+    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
 
 
 def safe_torch_load(path, producer: str):
@@ -97,7 +109,7 @@ def safe_torch_load(path, producer: str):
     if not path.is_file():
         raise InputError(f"model file {path} does not exist: give the path of a checkpoint written by {producer}")
     try:
-        with _WARNINGS_LOCK, warnings.catch_warnings():  # (its save and restore of the filters is process-wide)
+        with WARNINGS_LOCK, warnings.catch_warnings():  # (its save and restore of the filters is process-wide)
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # the safe unpickler refuses any object that is not a tensor, number, string or container

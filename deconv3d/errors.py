@@ -1,6 +1,12 @@
 """Exceptions for user-facing failures, and the warnings said on the way."""
 
 import sys
+import threading
+
+#: Held around every ``warnings.catch_warnings`` block of the package: the block saves and restores
+#: the process's filters, so two of them overlapping in two threads left an "ignore" filter behind
+#: for good (a checkpoint loaded while a PSF was generated; review of process-global state).
+WARNINGS_LOCK = threading.RLock()
 
 
 class InputError(ValueError):

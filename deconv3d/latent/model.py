@@ -174,8 +174,9 @@ class Autoencoder(nn.Module):
 
 def build_autoencoder(config: AEConfig = AEConfig(), seed: int = 0, device="cpu") -> Autoencoder:
     """An :class:`Autoencoder` initialised from ``seed`` (the global RNG is left untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    from deconv3d._torch_common import seeded
+
+    with seeded(seed):
         model = Autoencoder(config)
     return model.to(device)
 

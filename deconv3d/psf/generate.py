@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from deconv3d._voxel import checked_voxel_size, refuse_nanometres
-from deconv3d.errors import InputError
+from deconv3d.errors import WARNINGS_LOCK, InputError
 from deconv3d.psf.prepare import _centred_zoom, _positive_ints, normalize_psf
 
 #: Names accepted by :func:`generate_psf`, mapped to the psfmodels model names.
@@ -136,7 +136,7 @@ def _make_psf(model, nz, nxy, dxy, dz, na, wavelength, ni, ns, depth) -> np.ndar
 
     # One call at a time: two threads making the first call at once hung the whole process
     # (inside psfmodels, holding the interpreter lock), and warning filters are process-wide.
-    with _PSFMODELS_LOCK, warnings.catch_warnings():  # its RuntimeWarnings would precede our one-line error
+    with _PSFMODELS_LOCK, WARNINGS_LOCK, warnings.catch_warnings():  # its RuntimeWarnings would precede our error
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
             psf = psfmodels.make_psf(

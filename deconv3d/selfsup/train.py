@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d._torch_common import WeightAverage, amp_enabled, grad_scaler
+from deconv3d._torch_common import WeightAverage, amp_enabled, grad_scaler, seeded
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
@@ -89,8 +89,7 @@ def standardize(image) -> tuple[np.ndarray, float, float]:
 
 def build_model(unet: UNetConfig, seed: int = 0, device="cpu") -> ResUNet:
     """A :class:`ResUNet` with weights initialised from ``seed`` (global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    with seeded(seed):
         model = ResUNet(unet)
     return model.to(resolve_device(device))
 
