@@ -22,6 +22,7 @@ import torch
 from deconv3d._torch_common import FP16_OVERFLOW, amp_enabled, cuda_half
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
+from deconv3d.selfsup.unet import ResUNet, ResidualBlock
 
 ProgressCallback = Callable[[int, int], Optional[bool]]
 
@@ -91,8 +92,9 @@ def predict_tiled(
     ----------
     model : torch.nn.Module
         Maps ``(N, 1, *spatial)`` to ``(N, 1, *spatial)`` for spatial sizes that are
-        multiples of ``divisor``. It is moved to ``device`` and left there; its
-        train/eval mode is restored on return.
+        multiples of ``divisor``. It is left as it is: a model in training mode or on another
+        device runs as an eval-mode copy on ``device`` (a :class:`ResUNet` on the CPU always
+        runs as a copy with its batch norms folded into its convolutions, channels-last).
     image : ndarray or torch.Tensor
         2D ``(y, x)`` or 3D ``(z, y, x)`` intensities.
     mean, std : float
@@ -377,7 +379,9 @@ class _ModelRunner:
         param = next(self.model.parameters(), None)
         here = param is None or (param.device.type == self.device.type
                                  and self.device.index in (None, param.device.index))
-        if self.model.training or not here:
+        if self.device.type == "cpu" and isinstance(self.model, ResUNet):
+            self.model = _for_cpu_inference(self.model)
+        elif self.model.training or not here:
             self.model = copy.deepcopy(self.model).to(self.device).eval()
         return self
 
@@ -405,6 +409,22 @@ class _ModelRunner:
         if y.shape != x.shape:
             raise InputError(f"the network maps shape {tuple(x.shape)} to {tuple(y.shape)}: use a fully convolutional model with one input and one output channel")
         return y.float()
+
+
+def _for_cpu_inference(model: ResUNet) -> ResUNet:
+    """An eval-mode copy of ``model`` for the CPU: every residual block's batch norms folded into
+    the convolutions before them, and channels-last memory, as training uses. Measured (profiling
+    review, 64 x 128 x 128 in one 128 x 192 x 192 window, 2 threads): 5.7 s before, 3.7 s
+    channels-last, 3.1 s folded too; with test-time augmentation 62 s before; outputs within
+    2e-7 of the unfolded network's."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fast = copy.deepcopy(model).to("cpu").eval()
+    for block in fast.modules():
+        if isinstance(block, ResidualBlock):
+            conv1, norm1, act, conv2, norm2 = block.body
+            block.body = torch.nn.Sequential(fuse_conv_bn_eval(conv1, norm1), act, fuse_conv_bn_eval(conv2, norm2))
+    return fast.to(memory_format=torch.channels_last_3d if model.config.ndim == 3 else torch.channels_last)
 
 
 def _dihedral_mean(forward, x: torch.Tensor) -> torch.Tensor:

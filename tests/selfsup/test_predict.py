@@ -405,3 +405,46 @@ def test_a_model_in_training_mode_is_run_as_a_copy():
     np.testing.assert_array_equal(out, expected)
     assert res.model.training
     assert all(torch.equal(v, stats[k]) for k, v in res.model.state_dict().items())
+
+
+def test_cpu_inference_folds_batch_norm_and_leaves_the_callers_model_alone():
+    """The CPU runs a copy with each residual block's batch norms folded into its convolutions and
+    channels-last memory (1.7x faster on 64 x 128 x 128, profiling review); its output equals the
+    network's own to float32 rounding, and the caller's module is untouched."""
+    from deconv3d.selfsup import UNetConfig
+    from deconv3d.selfsup.predict import _for_cpu_inference
+    from deconv3d.selfsup.train import build_model
+    from deconv3d.selfsup.unet import ResidualBlock
+
+    model = build_model(UNetConfig(ndim=3, base_channels=4, depth=2), seed=1).eval()
+    with torch.no_grad():  # batch norms that do something
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(1, 1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    fast = _for_cpu_inference(model)
+    blocks = [m for m in fast.modules() if isinstance(m, ResidualBlock)]
+    assert blocks and not any(isinstance(m, torch.nn.BatchNorm3d) for b in blocks for m in b.modules())
+    with torch.no_grad():
+        np.testing.assert_allclose(fast(x).numpy(), model(x).numpy(), atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
+    assert model.stem.weight.is_contiguous()  # the caller's stays in its own memory format
+
+
+def test_predict_tiled_runs_the_folded_copy_on_the_cpu(monkeypatch):
+    from deconv3d.selfsup import UNetConfig
+    from deconv3d.selfsup.train import build_model
+
+    model, used = build_model(UNetConfig(ndim=2, base_channels=4, depth=2), seed=0).eval(), []
+    fold = predict._for_cpu_inference
+    monkeypatch.setattr(predict, "_for_cpu_inference", lambda m: used.append(m) or fold(m))
+    image = np.random.default_rng(0).random((24, 24)).astype(np.float32)
+    out = predict_tiled(model, image, mean=0.5, std=0.2, divisor=4, device="cpu")
+    with torch.no_grad():
+        whole = model((torch.from_numpy(image)[None, None] - 0.5) / 0.2) * 0.2 + 0.5
+    assert used == [model] and np.abs(out - whole[0, 0].numpy()).max() < 1e-5
