@@ -161,12 +161,14 @@ def replaceable_folder(path: Path) -> bool:
     a zarr group (a previous output, replaced once the new one is complete) or an empty one."""
     if path.suffix.lower() != ".zarr":
         return False
-    if any((path / f).is_file() for f in ("zarr.json", ".zgroup")):
+    try:  # one listing of one folder: another writer may replace it meanwhile, by a zarr output too
+        with os.scandir(path) as entries:
+            names = {entry.name for entry in entries}
+    except FileNotFoundError:  # gone meanwhile (another writer moved its output aside): nothing to keep
         return True
-    try:
-        return not any(os.scandir(path))
     except OSError:
         return False
+    return not names or bool(names & {"zarr.json", ".zgroup"})
 
 
 def _inside(a: Path, b: Path) -> bool:

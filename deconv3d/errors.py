@@ -3,9 +3,10 @@
 import sys
 import threading
 
-#: Held around every ``warnings.catch_warnings`` block of the package: the block saves and restores
-#: the process's filters, so two of them overlapping in two threads left an "ignore" filter behind
-#: for good (a checkpoint loaded while a PSF was generated; review of process-global state).
+#: Held around the library's ``warnings.catch_warnings`` blocks (not the command line's, which spans
+#: a whole command in the main thread): the block saves and restores the process's filters, so two
+#: of them overlapping in two threads left an "ignore" filter behind for good (a checkpoint loaded
+#: while a PSF was generated; review of process-global state).
 WARNINGS_LOCK = threading.RLock()
 
 

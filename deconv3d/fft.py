@@ -84,10 +84,14 @@ def _is_smooth(n: int, primes: Sequence[int] = (2, 3, 5, 7)) -> bool:
     return n == 1
 
 
-@functools.lru_cache(maxsize=4096)
 def fast_size(n: int) -> int:
     """Smallest integer >= ``n`` whose prime factors are 2, 3, 5 and 7 (fast for FFTs)."""
-    m = max(int(n), 1)
+    return _fast_size(int(n))
+
+
+@functools.lru_cache(maxsize=4096)
+def _fast_size(n: int) -> int:
+    m = max(n, 1)
     while not _is_smooth(m):
         m += 1
     return m

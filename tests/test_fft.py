@@ -166,6 +166,7 @@ def test_the_shared_cache_serves_many_threads(rng):
 
 def test_fast_sizes():
     assert fast_size(271) == 280 and fast_size(64) == 64 and fast_size(97) == 98
+    assert fast_size(np.array(11)) == 12 and fast_size(np.int64(13)) == 14  # numpy integers too (cached by value)
     shape = fast_shape((79, 271, 271))
     assert shape[-1] % 2 == 0 and all(s >= n for s, n in zip(shape, (79, 271, 271)))
 

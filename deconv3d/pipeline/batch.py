@@ -263,7 +263,8 @@ def _process(path, output, record, settings_hash, process_one, row) -> None:
     record.unlink(missing_ok=True)
     start = time.perf_counter()
     try:
-        check_name_length(record, renamed=path)  # (its temporary name is the longest a file's run writes)
+        for written in (output, record):  # (named by the input: a name too long is the input's to shorten)
+            check_name_length(written, renamed=path)
         state, digest = input_state(path), file_sha256(path)  # before reading: a change meanwhile shows
         process_one(path, output, digest)
     except (KeyboardInterrupt, SystemExit):

@@ -19,7 +19,9 @@ assembled in memory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
 import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -182,26 +184,88 @@ def _apply(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray, placement:
 
 
 def _pin_threads() -> None:
-    """Give this worker thread its share of the cores (:func:`_share_cores`), or torch's count,
-    for its OpenMP and MKL work.
+    """Give this worker thread its run's share of the cores (:func:`_share_cores`), or the
+    process's count, for its OpenMP and MKL work.
 
     ``torch.set_num_threads`` sets the count of the thread that calls it (and the default of
     threads started after); in another thread torch reports a count, but MKL's FFTs run on
     every core: the blocks then oversubscribed the cores, and a block computed in a worker
     thread differed in its last bits from the same block computed at that count in the main
-    thread. Setting the count in the worker fixes both. Nothing to do where the block function
-    has not imported torch.
+    thread. Setting the count in the worker fixes both. The share comes with the block's task
+    (``_BLOCK.threads``): read from one process-wide value, a one-worker run's blocks took the
+    share of another run in progress, and left it as the default of new threads. Nothing to do
+    where the block function has not imported torch.
     """
     torch = sys.modules.get("torch")
     if torch is None:
         return
-    share, default = (_CORES["share"], _CORES["default"]) if _SHARED_CORES.active else (0, 0)
+    share = getattr(_BLOCK, "threads", 0)
     # torch gives a thread the process's count at its first use of threads, unless that has
     # happened: asked first, the count set next stays this thread's when the default changes
     own = torch.get_num_threads()
-    torch.set_num_threads(share or own)
-    if share and share != default:  # and the default of new threads back: a GUI thread started now kept the share
-        _set_default_threads(default)
+    if not share:
+        torch.set_num_threads(_CORES["default"] if _SHARED_CORES.active else own)
+        return
+    if _set_this_thread(share):
+        return
+    torch.set_num_threads(share)
+    if share != _CORES["default"]:  # and the default of new threads back: a GUI thread started now kept the share
+        _set_default_threads(_CORES["default"])
+
+
+def _set_this_thread(count: int) -> bool:
+    """Set this thread's OpenMP and MKL thread counts, and nothing else, where torch's libraries
+    allow it (Linux wheels: its libgomp and the MKL inside libtorch_cpu). ``torch.set_num_threads``
+    also sets the count threads started later get: put back from another thread right after, a
+    GUI thread that started in between kept the share for good (4 times in 30 in a test)."""
+    setters = _thread_setters()
+    if setters is None:
+        return False
+    import torch
+
+    omp, mkl = setters
+    omp(int(count))
+    mkl(int(count))
+    if torch.get_num_threads() == count:
+        return True
+    _THREAD_SETTERS_WORK.append(False)  # another OpenMP runtime than the one torch asks: not again
+    return False
+
+
+_THREAD_SETTERS_WORK: list = []
+
+
+def _thread_setters():
+    """``(omp_set_num_threads, MKL_Set_Num_Threads_Local)`` of the libraries torch runs on, or None."""
+    if _THREAD_SETTERS_WORK:
+        return None
+    setters = _find_thread_setters()
+    if setters is None:
+        _THREAD_SETTERS_WORK.append(False)
+    return setters
+
+
+@functools.lru_cache(maxsize=None)
+def _find_thread_setters():
+    import ctypes
+    import glob
+
+    import torch
+
+    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    try:
+        gomp = ctypes.CDLL(sorted(glob.glob(os.path.join(libdir, "libgomp*.so*")))[0])
+        cpu = ctypes.CDLL(os.path.join(libdir, "libtorch_cpu.so"))
+        omp, mkl = gomp.omp_set_num_threads, cpu.MKL_Set_Num_Threads_Local  # (the C call: mkl_set_... takes a pointer)
+    except (IndexError, OSError, AttributeError):
+        return None
+    omp.argtypes, mkl.argtypes = [ctypes.c_int], [ctypes.c_int]
+    return omp, mkl
+
+
+def _take_share(threads: int) -> None:
+    """Give the blocks this worker thread runs ``threads`` torch threads (a pool's initializer)."""
+    _BLOCK.threads = threads
 
 
 def _set_default_threads(count: int) -> None:
@@ -244,8 +308,9 @@ _TRIM = False
 
 
 def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: str, write_key: tuple,
-                abandon: "threading.Event | str | None" = None) -> None:
-    """Read one block (plus halo) from ``source``, run ``fn``, write the core; return nothing.
+                abandon: "threading.Event | str | None" = None, threads: int = 0) -> None:
+    """Read one block (plus halo) from ``source``, run ``fn`` (on ``threads`` torch threads, when
+    given: :func:`_pin_threads`), write the core; return nothing.
 
     ``source`` is a reader (read ``read_key`` from it) or the block itself, already read. Once
     ``abandon`` is set (the run is being given up), the block is skipped, or its result (cut short
@@ -260,11 +325,11 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
         return None
     block = source if isinstance(source, np.ndarray) else source.read(read_key)
     _verify_source(source, thorough=False)  # (run_chunked checks thoroughly once, before publishing)
-    _BLOCK.abandon = abandon
+    _BLOCK.abandon, _BLOCK.threads = abandon, threads
     try:
         out = _apply(fn, np.ascontiguousarray(block, dtype=np.float32), placement)
     finally:
-        _BLOCK.abandon = None
+        _BLOCK.abandon, _BLOCK.threads = None, 0
     del block
     if abandon is not None and abandon.is_set():
         return None
@@ -335,8 +400,8 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     workers = max(1, min(int(workers), count))  # fewer blocks than workers: each keeps more of the cores
     pool = pool or ThreadPoolExecutor(workers)
     try:
-        with _share_cores(workers):
-            return _run_threads(reader, fn, str(target_path), tasks, pool, workers, progress, done, total)
+        with _share_cores(workers) as share:
+            return _run_threads(reader, fn, str(target_path), tasks, pool, workers, progress, done, total, share)
     finally:
         if own:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -354,18 +419,15 @@ def _share_cores(workers: int):
     background thread was left at 1 thread for good (review of process-global state).
 
     A count set in any thread is also the default of threads started after it: overlapping runs
-    share the default the first one in found (their blocks get its share), and each worker sets
-    it back after taking its share (:func:`_set_default_threads`), as the last run out does.
+    share the default the first one in found, and each worker sets it back after taking its
+    share (:func:`_set_default_threads`), as the last run out does. Yields the share of each
+    block (0 for one worker: the blocks keep the process's count).
     """
     if workers <= 1:
-        yield
+        yield 0
         return
-
-    def share():
-        _CORES["share"] = max(1, _CORES["default"] // workers)
-
-    with _SHARED_CORES.held(each=share):
-        yield
+    with _SHARED_CORES.held():
+        yield max(1, _CORES["default"] // workers)
 
 
 def _note_default_threads() -> None:
@@ -374,8 +436,8 @@ def _note_default_threads() -> None:
     _CORES["default"] = torch.get_num_threads()
 
 
-#: The default thread count the first of the runs inside _share_cores found, and each block's share.
-_CORES = {"default": 1, "share": 0}
+#: The default thread count the first of the runs inside _share_cores found.
+_CORES = {"default": 1}
 _SHARED_CORES = OverlappingRuns(first=_note_default_threads, last=lambda: _set_default_threads(_CORES["default"]))
 
 
@@ -393,7 +455,7 @@ def _counter(progress, done: int, total: int):
 
 
 def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: int, progress, done: int,
-                 total: int) -> int:
+                 total: int, threads: int = 0) -> int:
     finished, state = _counter(progress, done, total)
     futures: set = set()
     abandon = threading.Event()
@@ -409,7 +471,7 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
     try:
         for read, placement, write in tasks:
             settle(workers - 1)
-            futures.add(pool.submit(_block_task, reader, read, fn, placement, target_path, write, abandon))
+            futures.add(pool.submit(_block_task, reader, read, fn, placement, target_path, write, abandon, threads))
         settle(0)
     except BaseException:
         abandon.set()  # running blocks stop at their next check of abandoned() and write nothing

@@ -298,16 +298,16 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
                          f"2D/3D image; write .zarr")
     scratch = temporary_name(output_path)  # a hidden .NAME.tif.<id>.tmp zarr: swept like any leftover
     try:
-        with large_allocations_returned():  # through the copy into the TIFF, which the budget counts too
-            info = run_chunked(lazy, block, scratch, **kwargs)
-            array = zarr.open_array(str(scratch / "0"), mode="r")
-            meta = tiff_properties(record, info.execution)
-            # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
-            # (a 2D result, read whole here, went 5-10 % over it while it was read outside this setting)
-            with zarr.config.set({"async.concurrency": 1}):
-                data = ZarrPlanes(array, (0,) * len(lead)) if len(array.shape) == 3 + len(lead) \
-                    else array[(0,) * len(lead)]
-                write_tiff(output_path, data, voxel_size=voxel, metadata=meta, slab_bytes=_slab_budget(kwargs))
+        info = run_chunked(lazy, block, scratch, **kwargs)
+        array = zarr.open_array(str(scratch / "0"), mode="r")
+        meta = tiff_properties(record, info.execution)
+        # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
+        # (a 2D result, read whole here, went 5-10 % over it while it was read outside this setting);
+        # the copy is in the run's budget, so freed slabs are unmapped as the blocks' arrays were
+        with zarr.config.set({"async.concurrency": 1}), \
+                large_allocations_returned(info.execution.get("memory_limit") is not None):
+            data = ZarrPlanes(array, (0,) * len(lead)) if len(array.shape) == 3 + len(lead) else array[(0,) * len(lead)]
+            write_tiff(output_path, data, voxel_size=voxel, metadata=meta, slab_bytes=_slab_budget(kwargs))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return info

@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from deconv3d.pipeline.chunked import (Cancelled, Placement, ProgressCallback, _apply, _share_cores, axis_regions,
-                                       plan_chunks)
+from deconv3d.pipeline.chunked import (Cancelled, Placement, ProgressCallback, _apply, _share_cores, _take_share,
+                                       axis_regions, plan_chunks)
 
 __all__ = ["blockwise", "store_blocks"]
 
@@ -128,12 +128,12 @@ def _store_threads(written, workers: int, total: int, progress) -> int:
                 if progress is not None and progress(counter["done"], total):
                     raise Cancelled(f"cancelled after {counter['done']} of {total} blocks")
 
-    pool = ThreadPoolExecutor(workers)
-    try:
-        with _Blocks(), _share_cores(workers):
+    with _Blocks(), _share_cores(workers) as share:
+        pool = ThreadPoolExecutor(workers, initializer=_take_share, initargs=(share,))  # (its threads are this run's)
+        try:
             dask.compute(written, scheduler="threads", pool=pool)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return counter["done"]
 
 

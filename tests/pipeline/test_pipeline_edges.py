@@ -354,6 +354,17 @@ def test_the_sweep_finds_a_tiff_outputs_nested_scratch(tmp_path):
     assert remove_stale_temporaries(tmp_path / "out.tif") == [nested]
 
 
+def _count_in_a_new_thread() -> int:
+    """torch's thread count in a thread started now (the default new threads get)."""
+    import torch
+
+    found = []
+    thread = threading.Thread(target=lambda: found.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return found[0]
+
+
 def test_overlapping_runs_leave_every_thread_s_count_and_the_default_as_they_were(tmp_path):
     """Runs from two background threads that overlap (a GUI's calls), the first ending first.
     Found by the review of process-global state: the count was lowered in the calling thread and
@@ -405,11 +416,69 @@ def test_overlapping_runs_leave_every_thread_s_count_and_the_default_as_they_wer
         assert _SHARED_CORES.active == 0
         assert results == {"a": [4, 4], "b": [4, 4]} and seen and set(seen) == {2}
         assert torch.get_num_threads() == 4
-        fresh = []
-        t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
-        t.start()
-        t.join()
+        fresh = [_count_in_a_new_thread()]
         assert fresh == [4]  # the default of new threads, which the blocks' threads had set to 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_one_worker_run_beside_a_two_worker_run_keeps_the_process_count(tmp_path):
+    """Found by the review of this session's diff: the share was one process-wide value, so a
+    one-worker run's blocks took the share of a two-worker run in progress, and left it as the
+    default of new threads for good. The share now comes with each run's own tasks."""
+    import torch
+
+    a_running, a_release, a_done, seen = threading.Event(), threading.Event(), threading.Event(), []
+
+    def a_fn(block):
+        a_running.set()
+        a_release.wait(10)
+        return block
+
+    def b_fn(block):
+        seen.append(torch.get_num_threads())
+        if len(seen) == 1:  # B's first block overlaps A; A then ends
+            a_release.set()
+            a_done.wait(10)
+        return block
+
+    image, before = np.ones((8, 8, 16), np.float32), torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+
+        def a():
+            run_chunked(image, a_fn, tmp_path / "a.zarr", chunks=(8, 8, 8), halo=(0, 0, 0), workers=2)
+            a_done.set()
+
+        thread = threading.Thread(target=a)
+        thread.start()
+        assert a_running.wait(10)
+        run_chunked(image, b_fn, tmp_path / "b.zarr", chunks=(8, 8, 8), halo=(0, 0, 0), workers=1)
+        thread.join(10)
+        fresh = [_count_in_a_new_thread()]
+        assert seen == [4, 4] and torch.get_num_threads() == 4 and fresh == [4]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_without_per_thread_setters_blocks_still_get_their_share_and_the_default_comes_back(tmp_path, monkeypatch):
+    """Where torch's OpenMP and MKL cannot be set per thread (another platform or build), a
+    worker sets torch's count, and the default of new threads is put back right after."""
+    import torch
+    import zarr
+
+    from deconv3d.pipeline import chunked
+
+    monkeypatch.setattr(chunked, "_thread_setters", lambda: None)
+    seen, before = [], torch.get_num_threads()
+    x = np.ones((8, 8), np.float32)
+    zarr.create_array(str(tmp_path / "s.zarr"), shape=x.shape, chunks=(4, 8), dtype="float32")
+    try:
+        torch.set_num_threads(4)
+        run_blocks(x, lambda b: seen.append(torch.get_num_threads()) or b, tmp_path / "s.zarr", chunks=(4, 8),
+                   halo=(0, 0), workers=2)
+        fresh = [_count_in_a_new_thread()]
+        assert seen == [2, 2] and torch.get_num_threads() == 4 and fresh == [4]
     finally:
         torch.set_num_threads(before)
 
