@@ -228,20 +228,20 @@ def _set_this_thread(count: int) -> bool:
     mkl(int(count))
     if torch.get_num_threads() == count:
         return True
-    _THREAD_SETTERS_WORK.append(False)  # another OpenMP runtime than the one torch asks: not again
+    _NO_THREAD_SETTERS.append(False)  # another OpenMP runtime than the one torch asks: not again
     return False
 
 
-_THREAD_SETTERS_WORK: list = []
+_NO_THREAD_SETTERS: list = []  # holds False once the per-thread setters are missing or ask another runtime
 
 
 def _thread_setters():
     """``(omp_set_num_threads, MKL_Set_Num_Threads_Local)`` of the libraries torch runs on, or None."""
-    if _THREAD_SETTERS_WORK:
+    if _NO_THREAD_SETTERS:
         return None
     setters = _find_thread_setters()
     if setters is None:
-        _THREAD_SETTERS_WORK.append(False)
+        _NO_THREAD_SETTERS.append(False)
     return setters
 
 
