@@ -179,7 +179,10 @@ def _inside(a: Path, b: Path) -> bool:
 
 def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
-        return os.path.samefile(a, b)
+        try:
+            return os.path.samefile(a, b)
+        except OSError:  # one removed meanwhile
+            return False
     return a.resolve() == b.resolve()
 
 

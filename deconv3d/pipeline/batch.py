@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from deconv3d._paths import check_name_length, remove_stale_temporaries_in
+from deconv3d._paths import _same_file, check_name_length, remove_stale_temporaries_in
 from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
 from deconv3d.pipeline.locks import BUSY, DEFERRING, DONE_ELSEWHERE, claim, report_lock, settings_guard
@@ -228,7 +228,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     output_dir = Path(output_dir)
     # the PSF (or model) kept among the images it applies to is not one of them (it was deconvolved too)
     shared = [Path(f) for f in (*_many(settings.psf), settings.model) if f]
-    inputs = [p for p in find_inputs(input_dir, settings.pattern) if not any(_same(p, f) for f in shared)]
+    inputs = [p for p in find_inputs(input_dir, settings.pattern) if not any(_same_file(p, f) for f in shared)]
     if not inputs:
         raise InputError(f"no input files in {input_dir} match {', '.join(settings.pattern)}: check --pattern")
     outputs = _outputs_for(inputs, output_dir, settings)
@@ -277,13 +277,6 @@ def _process(path, output, record, settings_hash, process_one, row) -> None:
                                     "settings": settings_hash, "output": output.name,
                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     row["seconds"] = round(time.perf_counter() - start, 3)
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # either gone (or never there): not the same file
-        return False
 
 
 def _reason(exc: Exception) -> str:
