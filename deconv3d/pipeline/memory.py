@@ -295,22 +295,19 @@ def _mallopt(parameter: int, value: int) -> bool:
 
 class OverlappingRuns:
     """A process-wide setting that overlapping runs (a GUI's background calls) hold together:
-    ``first()`` is called as the first of them starts, ``each`` (given per run) as every one
-    starts, and ``last()`` as the last one ends, whichever thread that is, all under one lock;
-    ``active`` counts the runs inside."""
+    ``first()`` is called as the first of them starts and ``last()`` as the last one ends,
+    whichever thread that is, both under one lock; ``active`` counts the runs inside."""
 
     def __init__(self, first, last):
         self.first, self.last = first, last
         self.active, self._lock = 0, threading.Lock()
 
     @contextlib.contextmanager
-    def held(self, each=None):
+    def held(self):
         with self._lock:
             if self.active == 0:
                 self.first()
             self.active += 1
-            if each is not None:
-                each()
         try:
             yield
         finally:

@@ -39,9 +39,10 @@ def atomic_output(path):
 
 def _publish(tmp: Path, path: Path, attempts: int = 20) -> None:
     """Rename ``tmp`` onto ``path``. A directory in the way, a previous zarr output, is moved aside
-    first (``os.replace`` cannot replace a non-empty one; any other folder is refused, not deleted); when another process publishes the same output in that gap
-    (its directory appears, or the one to move aside is already gone) the steps are retried, so
-    that the last to publish wins instead of failing with ENOTEMPTY or ENOENT."""
+    first (``os.replace`` cannot replace a non-empty one; any other folder is refused, not
+    deleted); when another process publishes the same output in that gap (its directory appears,
+    or the one to move aside is already gone) the steps are retried, so that the last to publish
+    wins instead of failing with ENOTEMPTY or ENOENT."""
     if not tmp.exists():
         raise RuntimeError(f"nothing was written to {tmp}")
     for attempt in range(attempts):
