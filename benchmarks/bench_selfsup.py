@@ -86,6 +86,8 @@ def parse_args(argv=None):
     p.add_argument("--paper", action="store_true",
                    help="the paper's recipe: --precondition 0 --warm-start 0 --no-residual --ema 0 --no-positive "
                         "(and so no anchor)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=TrainConfig.amp,
+                   help="mixed precision: bfloat16 on a CPU with AMX (library default on; --no-amp: float32)")
     p.add_argument("--no-tta", action="store_true")
     p.add_argument("--band-limit", type=_non_negative, default=0.01,
                    help="eps of the band-limited rows (the library default, off, prints too)")
@@ -130,7 +132,7 @@ def recipe(args, method="before"):
     cfg = TrainConfig(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr,
                       decay_steps=args.decay_steps, time_budget=args.minutes * 60,
                       precondition=args.precondition, warm_start=args.warm_start, lambda_anchor=args.anchor,
-                      warm_tv=args.warm_tv, residual=args.residual, ema=args.ema,
+                      warm_tv=args.warm_tv, residual=args.residual, ema=args.ema, amp=args.amp,
                       **{"lambda_inv": args.lambda_inv, **METHODS[method]})
     return cfg, UNetConfig(ndim=3, base_channels=args.base, depth=args.depth, positive=args.positive)
 
@@ -143,13 +145,13 @@ def run_genie(truth, clean, noisy, psf, args):
     for name, target, data_space in (("truth", truth, False), ("noise-free data", clean, True)):
         res = train_supervised(noisy, psf, target, *recipe(args), data_space=data_space)
         row(f"network trained on the {name}", score(truth, apply_model(res, noisy, device="cpu")),
-            f"reference; {res.seconds:.0f} s, {res.steps_done} steps")
+            f"reference; {res.seconds:.0f} s, {res.steps_done} steps, {res.precision}")
 
 
 def run_network(truth, noisy, psf, method, args):
     cfg, unet = recipe(args, method)
     res = train(noisy, psf, config=cfg, unet=unet, device="cpu")
-    extra = f"{res.seconds:.0f} s, {res.steps_done} steps, pre {res.config.precondition}"
+    extra = f"{res.seconds:.0f} s, {res.steps_done} steps, {res.precision}, pre {res.config.precondition}"
     if res.warm_steps:
         extra += f", warm {res.warm_steps}, anchor {res.config.anchor_weight:g}, tv {res.config.warm_tv}"
     if res.reference is not None:

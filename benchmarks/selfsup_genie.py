@@ -1,8 +1,8 @@
 """Reference rows for bench_selfsup.py: the library's network trained with the answer.
 
 Not methods (no real stack comes with its truth): the same residual UNet, Richardson-Lucy
-base, patch sampler, augmentation, Adam schedule, weight average and step or time budget
-as :func:`deconv3d.selfsup.train`, with a supervised loss instead of the self-supervised
+base, patch sampler, augmentation, Adam schedule, weight average, precision (``config.amp``)
+and step or time budget as :func:`deconv3d.selfsup.train`, with a supervised loss instead of the self-supervised
 Siamese loss. Trained on the ground truth, it shows what this network reaches in the same
 CPU budget when told the answer. Trained in data space on the noise-free blurred image,
 it shows what the measurement itself teaches the network in that budget, without the
@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from deconv3d._torch_common import stop_reason
+from deconv3d._torch_common import amp_dtype, autocast, stop_reason
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
 from deconv3d.selfsup.losses import ForwardModel, mse
@@ -55,12 +55,15 @@ def train_supervised(noisy: np.ndarray, psf: np.ndarray, target: np.ndarray, con
     unet = replace(unet, positive=False)  # a signed correction, clamped at zero intensity as in train()
     floor = -mean / std  # zero intensity in standardised units
     model, optimizer, schedule, average = trainable_model(unet, config, dev, floor)  # starts at T exactly
+    amp = amp_dtype(config.amp, dev, training=True)  # bfloat16 on a CPU with AMX, as train() trains
     history, step = [], 0
     while True:
         step += 1
         batch, wanted = image_patches.sample(config.batch), target_patches.sample(config.batch).data
         optimizer.zero_grad(set_to_none=True)
-        f = (batch.restore(model(batch.augment(batch.fields))) + batch.target_field).clamp_min(floor)
+        with autocast(amp, dev):
+            out = model(batch.augment(batch.fields))
+        f = (batch.restore(out.float()) + batch.target_field).clamp_min(floor)
         loss = mse(predict(f), wanted)
         loss.backward()
         optimizer.step()
@@ -75,4 +78,5 @@ def train_supervised(noisy: np.ndarray, psf: np.ndarray, target: np.ndarray, con
         average.copy_to(model)
     model = model.to(memory_format=torch.contiguous_format).eval()
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf, None,
-                       time.perf_counter() - started, {}, 0, reference)
+                       time.perf_counter() - started, {}, 0, reference,
+                       precision=str(amp or torch.float32).replace("torch.", ""))

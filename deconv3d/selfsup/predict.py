@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d._torch_common import FP16_OVERFLOW, amp_enabled, cuda_half
+from deconv3d._torch_common import AMP_OVERFLOW, amp_dtype, autocast
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
 from deconv3d.selfsup.unet import ResUNet, ResidualBlock
@@ -369,7 +369,7 @@ class _ModelRunner:
     def __init__(self, model, device, mean, std, tta, amp, level):
         self.model, self.device, self.mean, self.std, self.level = model, device, mean, std, level
         self.tta = tta
-        self.amp = amp_enabled(amp, device)
+        self.amp = amp_dtype(amp, device)  # float16 on CUDA; None (float32) on the CPU
 
     def __enter__(self):
         # The caller's module is left as it is: other threads may be running it (a model switched to
@@ -391,17 +391,18 @@ class _ModelRunner:
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
         x = (windows.to(self.device) - self.mean) / self.std
         y = self._run(x)
-        if self.amp and not bool(torch.isfinite(y).all()):
+        if self.amp is not None and not bool(torch.isfinite(y).all()):
             # float16 overflowed, or the input is not finite (then float32 fails too: no warning);
             # this tile and the later ones run in float32
-            self.amp = False
+            dtype, self.amp = self.amp, None
             y = self._run(x)
             if bool(torch.isfinite(y).all()):
-                warnings.warn(FP16_OVERFLOW, RuntimeWarning, stacklevel=2)
+                warnings.warn(AMP_OVERFLOW.format(dtype=str(dtype).replace("torch.", "")), RuntimeWarning,
+                              stacklevel=2)
         return y * self.std + self.level
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), cuda_half(self.amp):
+        with torch.inference_mode(), autocast(self.amp, x.device):
             return _dihedral_mean(self.forward, x) if self.tta else self.forward(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

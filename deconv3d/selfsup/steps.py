@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from deconv3d._torch_common import FP16_OVERFLOW, WeightAverage, cuda_half, grad_scaler, stop_reason
+from deconv3d._torch_common import AMP_OVERFLOW, WeightAverage, autocast, grad_scaler, stop_reason
 from deconv3d.selfsup.config import WARM_SHARE, TrainConfig
 from deconv3d.selfsup.losses import ForwardModel, LossWeights, mse, siamese_loss
 from deconv3d.selfsup.patches import _Batch, _PatchSampler
@@ -20,16 +20,17 @@ from deconv3d.selfsup.unet import ResUNet
 
 
 def _train_step(model, batch: _Batch, forward: ForwardModel, region, weights: LossWeights, optimizer, scaler,
-                stats: tuple[float, float], amp: bool, data_weight=None, anchor: float = 0.0,
+                stats: tuple[float, float], amp: torch.dtype | None, data_weight=None, anchor: float = 0.0,
                 residual: bool = False, floor: float | None = None) -> dict[str, float]:
-    """One Siamese step: two passes with shared weights, loss in float32, update.
+    """One Siamese step: two passes with shared weights (autocast to ``amp`` unless None), loss in
+    float32, update.
 
     ``anchor`` > 0 with a batch target adds ``anchor * MSE(f(x), target)`` on the compared region.
     ``residual`` makes the estimate the batch target plus the network's output, in both passes,
     clamped at ``floor`` (zero intensity in standardised units) unless it is None.
     """
     optimizer.zero_grad(set_to_none=True)
-    with cuda_half(amp):
+    with autocast(amp, batch.fields.device):
         out = model(batch.augment(batch.fields))
         out_masked = model(batch.augment(batch.masked))
     f, f_masked = batch.restore(out.float()), batch.restore(out_masked.float())
@@ -50,10 +51,10 @@ def _train_step(model, batch: _Batch, forward: ForwardModel, region, weights: Lo
     return terms
 
 
-def _warm_step(model, batch: _Batch, region, optimizer, scaler, amp: bool) -> dict[str, float]:
+def _warm_step(model, batch: _Batch, region, optimizer, scaler, amp: torch.dtype | None) -> dict[str, float]:
     """One warm-start step: ``MSE(f(x), target)`` on the compared region, one pass, no mask."""
     optimizer.zero_grad(set_to_none=True)
-    with cuda_half(amp):
+    with autocast(amp, batch.fields.device):
         out = model(batch.augment(batch.fields))
     loss = mse(batch.restore(out.float())[(Ellipsis,) + tuple(region)], batch.target)
     value = float(loss.detach())
@@ -69,7 +70,8 @@ def _warm_step(model, batch: _Batch, region, optimizer, scaler, amp: bool) -> di
 class _Steps:
     """The training loop of :func:`train`: the network, its optimiser, schedule and weight average,
     and what each step's loss needs (``floor``: zero intensity, where the residual sum is kept
-    non-negative; ``amp`` and its gradient ``scaler``, switched off for good after an overflow)."""
+    non-negative; ``amp``, the autocast dtype or None, and its gradient ``scaler``, switched off for
+    good after a non-finite pass)."""
 
     model: ResUNet
     optimizer: torch.optim.Optimizer
@@ -82,7 +84,7 @@ class _Steps:
     data_weight: Optional[torch.Tensor]
     config: TrainConfig
     floor: Optional[float]
-    amp: bool
+    amp: Optional[torch.dtype]
     scaler: object
 
     def run(self, sampler: _PatchSampler, callback, started: float) -> tuple:
@@ -114,13 +116,14 @@ class _Steps:
     def step(self, batch: _Batch, warming: bool) -> dict[str, float]:
         """One optimiser step. The gradient scaler guards the backward pass only: an overflowing
         float16 forward pass would end the run as a non-finite loss, so that step (not taken) is
-        redone in float32, as is the rest of the run."""
+        redone in float32, as is the rest of the run (bfloat16 likewise)."""
         terms = self._once(batch, warming)
-        if self.amp and not math.isfinite(terms["total"]):
-            self.amp, self.scaler = False, grad_scaler(False)
+        if self.amp is not None and not math.isfinite(terms["total"]):
+            dtype, self.amp, self.scaler = self.amp, None, grad_scaler(None)
             terms = self._once(batch, warming)
             if math.isfinite(terms["total"]):  # else a real divergence, which ends the run
-                warnings.warn(FP16_OVERFLOW, RuntimeWarning, stacklevel=4)
+                warnings.warn(AMP_OVERFLOW.format(dtype=str(dtype).replace("torch.", "")), RuntimeWarning,
+                              stacklevel=4)
         return terms
 
     def _once(self, batch: _Batch, warming: bool) -> dict[str, float]:

@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d._torch_common import WeightAverage, amp_enabled, grad_scaler, seeded
+from deconv3d._torch_common import WeightAverage, amp_dtype, grad_scaler, seeded
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
@@ -71,6 +71,9 @@ class TrainResult:
     # (fingerprint of the training image, the reference's estimate on it): apply_model on that same image
     # reuses it instead of rerunning RL (not saved in checkpoints)
     reference_cache: Optional[tuple[str, np.ndarray]] = field(default=None, repr=False, compare=False)
+    # the network's precision in training: "float32", or the mixed-precision autocast dtype ("bfloat16" on a
+    # CPU with AMX, "float16" on CUDA; TrainConfig.amp); "float32" too after a non-finite pass fell back to it
+    precision: str = "float32"
 
 
 def make_forward_model(psf, device="cpu") -> ForwardModel:
@@ -214,9 +217,12 @@ def train(
     The compared data region has side ``config.patch`` (the image size along shorter
     axes); the network sees it with the PSF halo around it, rounded up to a multiple of
     ``unet.divisor``. Adam with learning rate ``config.lr``, halved every
-    ``config.decay_steps``. Mixed precision (float16 autocast with gradient scaling) is
-    used on CUDA when ``config.amp``, for the network only: the FFT forward model and
-    the loss run in float32; a step whose float16 pass overflows is redone in float32, as
+    ``config.decay_steps``. Mixed precision is used when ``config.amp``, for the network
+    only: float16 autocast with gradient scaling on CUDA, bfloat16 autocast on a CPU with
+    AMX (:func:`deconv3d._torch_common.cpu_has_amx`; about 2x faster steps there, and
+    float32 on other CPUs, where bfloat16 is slower); the network's last layer (whose
+    output is the estimate), the FFT forward model and the loss run in float32; a step
+    whose reduced-precision pass is not finite (float16 overflow) is redone in float32, as
     is the rest of the run (with a RuntimeWarning). Augmentation flips/rotates the network
     input in the (y, x) plane and un-does it on the output, so that the loss and the PSF
     stay in the data's frame (correct for PSFs that are not symmetric). ``config.precondition`` weights the
@@ -277,7 +283,7 @@ def train(
     geometry = _field_geometry(forward, img.shape, unet, config)
     sampler = _PatchSampler(standardized, geometry, config, dev)
     model, optimizer, schedule, average = trainable_model(unet, config, dev, -mean / std)
-    amp = amp_enabled(config.amp, dev)
+    amp = amp_dtype(config.amp, dev, training=True)
     steps = _Steps(model, optimizer, schedule, average, forward, geometry.region, loss_weights(config), (mean, std),
                    _data_weight(forward, geometry.data_shape, config.precondition, img, psf), config,
                    -mean / std if positive_sum else None, amp, grad_scaler(amp))
@@ -290,7 +296,8 @@ def train(
     cache = _reference_on_field(image_key, img.shape, psf, target) if config.residual else None
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
                        voxel_size, time.perf_counter() - started, terms, warm_done,
-                       reference if config.residual else None, cache)
+                       reference if config.residual else None, cache,
+                       precision=str(steps.amp or torch.float32).replace("torch.", ""))
 
 
 def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config: TrainConfig):

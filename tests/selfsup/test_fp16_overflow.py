@@ -23,10 +23,11 @@ def overflowing_half(monkeypatch):
     entered = []
 
     @contextlib.contextmanager
-    def fake_half(enabled):
-        if not enabled:
+    def fake_half(dtype, device):
+        if dtype is None:
             yield
             return
+        assert dtype == torch.float16
         entered.append(1)
         handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, out: out + float("inf"))
         try:
@@ -35,9 +36,10 @@ def overflowing_half(monkeypatch):
             handle.remove()
 
     for mod in map(importlib.import_module, ("deconv3d.selfsup.train", "deconv3d.selfsup.predict")):
-        monkeypatch.setattr(mod, "amp_enabled", lambda requested, device: bool(requested))
+        monkeypatch.setattr(mod, "amp_dtype", lambda requested, device, training=False:
+                            torch.float16 if requested else None)
     for mod in map(importlib.import_module, ("deconv3d.selfsup.steps", "deconv3d.selfsup.predict")):
-        monkeypatch.setattr(mod, "cuda_half", fake_half)
+        monkeypatch.setattr(mod, "autocast", fake_half)
     return entered
 
 
@@ -47,7 +49,7 @@ def test_training_redoes_an_overflowing_step_in_float32_and_goes_on(overflowing_
     _, noisy, psf = problem(3, sigma=0.15)
     kwargs = dict(steps=4, patch=16, batch=2, seed=0, warm_start=warm, warm_tv=0.0, residual=False,
                   precondition=0.0, lambda_anchor=0.0)
-    with pytest.warns(RuntimeWarning, match="float16 overflowed"):
+    with pytest.warns(RuntimeWarning, match="float16 gave a non-finite value"):
         mixed = train(noisy, psf, config=TrainConfig(amp=True, **kwargs), unet=TINY[3], device="cpu")
     assert len(overflowing_half) == 1  # tried once, then float32 for the rest of the run
     assert mixed.reason == "completed" and mixed.steps_done == 4 and mixed.warm_steps == warm
@@ -65,7 +67,7 @@ def test_prediction_recomputes_an_overflowing_tile_in_float32(overflowing_half):
     opts = dict(mean=result.mean, std=result.std, divisor=result.unet.divisor, tile_shape=8, device="cpu")
     plain = predict_tiled(result.model, noisy, amp=False, **opts)
     assert not overflowing_half
-    with pytest.warns(RuntimeWarning, match="float16 overflowed"):
+    with pytest.warns(RuntimeWarning, match="float16 gave a non-finite value"):
         mixed = predict_tiled(result.model, noisy, amp=True, **opts)
     assert len(overflowing_half) == 1  # the first tile only: the rest ran in float32
     assert np.isfinite(mixed).all()
@@ -91,7 +93,7 @@ def test_cuda_float16_overflow_falls_back_to_float32():
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
         assert not torch.isfinite(model(x)).all()  # the premise: float16 overflows here
     volume = np.random.default_rng(0).random((8, 16, 16), dtype=np.float32) + 1.0
-    with pytest.warns(RuntimeWarning, match="float16 overflowed"):
+    with pytest.warns(RuntimeWarning, match="float16 gave a non-finite value"):
         out = predict_tiled(model, volume, mean=0.0, std=1.0, divisor=1, device="cuda", amp=True, tile_shape=8)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, volume, rtol=1e-3)

@@ -54,7 +54,7 @@ def test_residual_step_adds_the_target_field_to_both_passes():
     frozen = torch.optim.SGD(model.parameters(), lr=0.0)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     terms = _train_step(model, batch, forward, geometry.region, loss_weights(config), frozen, scaler, (mean, std),
-                        False, None, 1.0, residual=True)
+                        None, None, 1.0, residual=True)
     region = (Ellipsis,) + tuple(geometry.region)
     blurred = np.stack([fftconvolve(t[0], psf, mode="same") for t in batch.target_field.numpy().astype(np.float64)])
     expected = np.mean((batch.data.numpy()[:, 0] - blurred[(slice(None),) + region[1:]]) ** 2)

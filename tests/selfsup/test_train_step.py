@@ -78,7 +78,7 @@ def test_masked_pass_of_a_training_step_does_not_see_the_masked_voxels():
     assert any(batch.rotations) or any(batch.flips)  # the augmentation is undone below
     model = Recorder()
     optimizer, scaler = step_tools(model)
-    terms = _train_step(model, batch, forward, geometry.region, LossWeights(), optimizer, scaler, (0.0, 1.0), False)
+    terms = _train_step(model, batch, forward, geometry.region, LossWeights(), optimizer, scaler, (0.0, 1.0), None)
     assert np.isfinite(terms["total"]) and terms["inv_before"] > 0
     assert len(model.inputs) == 2
     full, masked = (batch.restore(x) for x in model.inputs)
@@ -107,7 +107,7 @@ def test_training_step_bound_term_is_taken_on_the_de_standardised_output(mean, s
     model = Affine(3.0, -1.0)
     optimizer, scaler = step_tools(model)
     weights = LossWeights(data=0.0, inv_before=0.0, inv_after=0.0, bsp=0.0, bound=1.0)
-    terms = _train_step(model, batch, forward, geometry.region, weights, optimizer, scaler, (mean, std), False)
+    terms = _train_step(model, batch, forward, geometry.region, weights, optimizer, scaler, (mean, std), None)
     z = (3.0 * batch.fields.double().numpy() - 1.0) * std + mean
     z = z / z.max()
     expected = np.mean(np.maximum(-z, 0) + np.maximum(z - 1, 0)) ** 2

@@ -135,7 +135,7 @@ def test_anchor_adds_its_weighted_distance_to_the_target():
     model = build_model(TINY[3], 0).train()
     frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay put between the two steps
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    args = (model, batch, forward, geometry.region, loss_weights(config), frozen, scaler, (mean, std), False)
+    args = (model, batch, forward, geometry.region, loss_weights(config), frozen, scaler, (mean, std), None)
     plain = _train_step(*args)
     anchored = _train_step(*args, anchor=2.5)
     with torch.no_grad():

@@ -1,0 +1,109 @@
+"""Mixed precision: which dtype each device trains and predicts in, and that training reports it.
+
+bfloat16 on the CPU is used only where the CPU has AMX; these tests force the check either way,
+so they run the same on any CPU (forced bfloat16 on a CPU without AMX is emulated: slow, but right).
+"""
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from deconv3d import _torch_common
+from deconv3d._torch_common import amp_dtype, cpu_has_amx, grad_scaler
+from deconv3d.selfsup import TrainConfig, train, training_record
+from tests.selfsup.test_train import TINY, problem
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+TRAIN = importlib.import_module("deconv3d.selfsup.train")
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_the_dtype_follows_device_purpose_and_request(monkeypatch, amx):
+    monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: amx)
+    assert amp_dtype(True, CUDA) is torch.float16 and amp_dtype(True, CUDA, training=True) is torch.float16
+    assert amp_dtype(True, CPU, training=True) is (torch.bfloat16 if amx else None)
+    assert amp_dtype(True, CPU) is None  # CPU inference stays in float32
+    assert amp_dtype(False, CPU, training=True) is None and amp_dtype(False, CUDA) is None
+
+
+def test_only_float16_scales_gradients(monkeypatch):
+    """bfloat16 has float32's exponent range: its gradients need no scaling."""
+    asked = []
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: asked.append((device, enabled)))
+    for dtype in (torch.float16, torch.bfloat16, None):
+        grad_scaler(dtype)
+    assert asked == [("cuda", True), ("cuda", False), ("cuda", False)]
+
+
+@pytest.mark.parametrize("helper", ["missing", "raises"])
+def test_no_amx_where_torch_cannot_tell(monkeypatch, helper):
+    if helper == "missing":
+        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    else:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: 1 / 0, raising=False)
+    assert cpu_has_amx() is False
+
+
+def _conv_dtypes():
+    """Record the output dtype of every convolution, by its name in the network (a forward hook on all
+    modules; the names are filled in once the network exists)."""
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, out: seen.append((m, out.dtype)) if isinstance(m, torch.nn.Conv3d) else None)
+    return seen, handle
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_cpu_training_runs_bfloat16_only_with_amx_and_says_so(monkeypatch, amx):
+    monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: amx)
+    truth, noisy, psf = problem(3, sigma=0.05)
+    cfg = dict(steps=3, patch=16, batch=2, seed=0)
+    seen, handle = _conv_dtypes()
+    try:
+        mixed = train(noisy, psf, config=TrainConfig(amp=True, **cfg), unet=TINY[3], device="cpu")
+    finally:
+        handle.remove()
+    head = mixed.model.head[-1]
+    assert isinstance(head, torch.nn.Conv3d) and any(m is head for m, _ in seen)
+    # the head, whose output is the estimate, in float32; every other convolution in bfloat16 with AMX
+    assert {dtype for m, dtype in seen if m is head} == {torch.float32}
+    assert {dtype for m, dtype in seen if m is not head} == {torch.bfloat16 if amx else torch.float32}
+    assert mixed.precision == ("bfloat16" if amx else "float32")
+    assert training_record(mixed)["precision"] == mixed.precision
+    assert all(p.dtype == torch.float32 for p in mixed.model.parameters())  # weights stay float32
+    plain = train(noisy, psf, config=TrainConfig(amp=False, **cfg), unet=TINY[3], device="cpu")
+    assert plain.precision == "float32"
+    same = all(torch.equal(a, b) for a, b in zip(mixed.model.parameters(), plain.model.parameters()))
+    assert same is (not amx)  # without AMX, amp on the CPU is the float32 run, bit for bit
+
+
+@pytest.mark.parametrize("recipe", ["default", "paper"])
+def test_bfloat16_training_tracks_float32(monkeypatch, recipe):
+    """The loss of a short bfloat16 run follows the float32 run's: step for step in the residual
+    form, and falls as far in the paper's form (there per step within 10 %)."""
+    monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: True)
+    _, noisy, psf = problem(3, sigma=0.05)
+    paper = dict(precondition=0.0, warm_start=0, residual=False) if recipe == "paper" else {}
+    cfg = dict(steps=30, patch=16, batch=2, seed=0, lr=2e-3, **paper)
+    runs = [train(noisy, psf, config=TrainConfig(amp=amp, **cfg), unet=TINY[3], device="cpu") for amp in (True, False)]
+    assert [r.precision for r in runs] == ["bfloat16", "float32"]
+    mixed, plain = (np.array([loss for _, loss in r.history]) for r in runs)
+    assert not np.array_equal(mixed, plain)  # the premise: bfloat16 did run
+    if recipe == "default":
+        rel = np.abs(mixed / plain - 1)
+        assert rel.mean() < 0.01 and rel.max() < 0.05  # AMX: 0.4 % at most; emulated (AVX2 only): 2.3 %
+    else:
+        assert mixed[-10:].mean() < 0.6 * mixed[0] and mixed[-10:].mean() == pytest.approx(plain[-10:].mean(), rel=0.05)
+
+
+def test_command_line_no_amp_trains_in_float32():
+    from deconv3d.cli import build_parser
+    from deconv3d.cli.selfsup import configs
+
+    parser = build_parser()
+    on = parser.parse_args(["train", "in.tif", "--psf", "p.tif", "-o", "m.ckpt"])
+    off = parser.parse_args(["train", "in.tif", "--psf", "p.tif", "-o", "m.ckpt", "--no-amp"])
+    assert configs(on, 3)[0].amp is True and configs(off, 3)[0].amp is False
+    assert TRAIN.amp_dtype(configs(off, 3)[0].amp, CPU, training=True) is None
