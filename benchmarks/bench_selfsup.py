@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +98,8 @@ def parse_args(argv=None):
                         "on the noise-free blurred image: what this network reaches in the same budget when told "
                         "the answer, and when told the noise-free measurement; reference rows")
     p.add_argument("--fft", action="store_true", help="also time FFT vs conv3d inside training")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="training seeds: each network row is trained once per seed (the data stay the same)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save", help="folder to write each trained network to (checkpoints)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (not a measurement)")
@@ -127,14 +130,23 @@ def baselines(truth, noisy, psf, sigma):
     return best
 
 
-def recipe(args, method="before"):
+def recipe(args, method="before", seed=0):
     """The (TrainConfig, UNetConfig) of a network row."""
-    cfg = TrainConfig(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr,
+    cfg = TrainConfig(steps=args.steps, seed=seed, patch=args.patch, batch=args.batch, lr=args.lr,
                       decay_steps=args.decay_steps, time_budget=args.minutes * 60,
                       precondition=args.precondition, warm_start=args.warm_start, lambda_anchor=args.anchor,
                       warm_tv=args.warm_tv, residual=args.residual, ema=args.ema, amp=args.amp,
                       **{"lambda_inv": args.lambda_inv, **METHODS[method]})
     return cfg, UNetConfig(ndim=3, base_channels=args.base, depth=args.depth, positive=args.positive)
+
+
+def _seeded(name, seed, args):
+    return f"{name} seed {seed}" if len(args.seeds) > 1 else name
+
+
+def _median_row(name, scores, args):
+    if len(scores) > 1:
+        row(f"{name} median of {len(scores)} seeds", tuple(float(np.median(v)) for v in zip(*scores)))
 
 
 def run_genie(truth, clean, noisy, psf, args):
@@ -143,13 +155,17 @@ def run_genie(truth, clean, noisy, psf, args):
     from selfsup_genie import train_supervised
 
     for name, target, data_space in (("truth", truth, False), ("noise-free data", clean, True)):
-        res = train_supervised(noisy, psf, target, *recipe(args), data_space=data_space)
-        row(f"network trained on the {name}", score(truth, apply_model(res, noisy, device="cpu")),
-            f"reference; {res.seconds:.0f} s, {res.steps_done} steps, {res.precision}")
+        scores = []
+        for seed in args.seeds:
+            res = train_supervised(noisy, psf, target, *recipe(args, seed=seed), data_space=data_space)
+            scores.append(score(truth, apply_model(res, noisy, device="cpu")))
+            row(_seeded(f"network trained on the {name}", seed, args), scores[-1],
+                f"reference; {res.seconds:.0f} s, {res.steps_done} steps, {res.precision}")
+        _median_row(f"network trained on the {name}", scores, args)
 
 
-def run_network(truth, noisy, psf, method, args):
-    cfg, unet = recipe(args, method)
+def run_network(truth, noisy, psf, method, args, seed=0):
+    cfg, unet = recipe(args, method, seed)
     res = train(noisy, psf, config=cfg, unet=unet, device="cpu")
     extra = f"{res.seconds:.0f} s, {res.steps_done} steps, {res.precision}, pre {res.config.precondition}"
     if res.warm_steps:
@@ -161,16 +177,16 @@ def run_network(truth, noisy, psf, method, args):
         from deconv3d.selfsup import save_checkpoint
 
         os.makedirs(args.save, exist_ok=True)
-        save_checkpoint(res, os.path.join(args.save, f"{args.tag}-{method}.ckpt"))
+        save_checkpoint(res, os.path.join(args.save, _seeded(f"{args.tag}-{method}", seed, args).replace(" ", "-") + ".ckpt"))
     s = score(truth, apply_model(res, noisy, device="cpu"))
-    row(f"ssl {method}", s, extra)
+    row(_seeded(f"ssl {method}", seed, args), s, extra)
     banded = apply_model(res, noisy, device="cpu", band_limit=args.band_limit)
-    row(f"ssl {method} (band limit {args.band_limit:g})", score(truth, banded), extra)
+    row(_seeded(f"ssl {method} (band limit {args.band_limit:g})", seed, args), score(truth, banded), extra)
     if not args.no_tta:
         tta = apply_model(res, noisy, device="cpu", tta=True)
-        row(f"ssl {method} + TTA", score(truth, tta), extra)
+        row(_seeded(f"ssl {method} + TTA", seed, args), score(truth, tta), extra)
         banded = band_limit(tta, res.psf, args.band_limit).clamp_min_(0).numpy()  # as apply_model(band_limit=)
-        row(f"ssl {method} + TTA (band limit {args.band_limit:g})", score(truth, banded), extra)
+        row(_seeded(f"ssl {method} + TTA (band limit {args.band_limit:g})", seed, args), score(truth, banded), extra)
     return s
 
 
@@ -198,7 +214,8 @@ def main(argv=None):
             if args.genie:
                 run_genie(truth, clean, noisy, psf, args)
             for method in args.methods:
-                run_network(truth, noisy, psf, method, args)
+                _median_row(f"ssl {method}", [run_network(truth, noisy, psf, method, args, seed) for seed in args.seeds],
+                            args)
     if args.fft:
         from selfsup_fft import run as run_fft
 

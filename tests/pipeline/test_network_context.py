@@ -16,8 +16,11 @@ def test_network_blocks_take_the_in_memory_context_and_agree_with_that_run(tmp_p
     psf = gaussian_psf((5, 5), (1.0, 1.0))
     image = blurred_beads((128, 128), psf, seed=3, count=60)
     unet = UNetConfig(ndim=2, base_channels=4, depth=3)  # the default depth: pooling cells of 8
-    result = train(image, psf, config=TrainConfig(steps=20, patch=32, batch=2, residual=False, warm_start=0),
-                   unet=unet, device="cpu")
+    # float32 training (amp=False): the bound below was measured on this network. Trained in bfloat16 (a CPU
+    # with AMX) it is another network, as another seed is: the ratio of the errors at contexts 32 and 56 came
+    # out 0.86-1.72 over four seeds, against 0.96-1.42 in float32.
+    result = train(image, psf, config=TrainConfig(steps=20, patch=32, batch=2, residual=False, warm_start=0,
+                                                  amp=False), unet=unet, device="cpu")
     in_memory = apply_model(result, image, device="cpu", band_limit=None)  # one tile: the whole image
     errors = {}
     for context in (None, 56):  # the default, and the receptive field (the halo before)
