@@ -28,6 +28,8 @@ def grad_scaler(dtype):
     """A CUDA gradient scaler for float16 mixed precision (a no-op for any other ``dtype``, None included:
     bfloat16 has float32's exponent range, so its gradients do not underflow): ``torch.amp.GradScaler``
     from torch 2.3, ``torch.cuda.amp.GradScaler`` on torch 2.2, the oldest release pyproject allows."""
+    if isinstance(dtype, bool):  # the old signature took a flag: refuse it rather than scale nothing
+        raise TypeError("grad_scaler takes the autocast dtype (or None), not a bool")
     enabled = dtype == torch.float16
     scaler = getattr(torch.amp, "GradScaler", None)
     return scaler("cuda", enabled=enabled) if scaler is not None else torch.cuda.amp.GradScaler(enabled=enabled)
@@ -40,8 +42,13 @@ def cpu_has_amx() -> bool:
     659 to 311 ms. Limited to ``avx512_bf16`` (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``), the
     network's step took 1.05x float32's time, and without bfloat16 instructions (``AVX512_CORE``,
     ``AVX2``) 2.3-2.7x: there autocast would only slow training down. False where torch cannot tell
-    (its check is private; torch 2.2 lacks it).
+    (its check is private; torch 2.2 lacks it), and where ``ONEDNN_MAX_CPU_ISA`` (or its old name
+    ``DNNL_MAX_CPU_ISA``) keeps oneDNN from AMX: torch's check reads the CPU, not that limit.
     """
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        isa = os.environ.get(name, "").strip().upper()
+        if isa and isa not in ("ALL", "DEFAULT") and "AMX" not in isa:
+            return False
     check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
     try:
         return bool(check()) if check is not None else False

@@ -183,7 +183,7 @@ def cmd_train(args) -> int:
     save_checkpoint(result, args.output)
     last = result.history[-1][1]
     print(f"wrote {args.output}: {result.steps_done} steps ({result.reason}) in {time.perf_counter() - start:.1f} s, "
-          f"final loss {last:.4g}")
+          f"final loss {last:.4g}, {result.precision}")
     return 0
 
 

@@ -86,6 +86,7 @@ class _Steps:
     floor: Optional[float]
     amp: Optional[torch.dtype]
     scaler: object
+    fell_back: Optional[tuple] = None  # (the autocast dtype, the step that fell back to float32)
 
     def run(self, sampler: _PatchSampler, callback, started: float) -> tuple:
         """Steps until :func:`~deconv3d._torch_common.stop_reason` gives a reason: the warm-start
@@ -102,7 +103,10 @@ class _Steps:
                 warming = False
                 if not config.anchor_weight:
                     sampler.set_target(None)
+            before = self.amp
             terms = self.step(sampler.sample(config.batch), warming)
+            if self.amp is not before:
+                self.fell_back = (before, step)
             if warming:
                 warm_done = step
             self.schedule.step()
@@ -113,6 +117,16 @@ class _Steps:
             if reason is not None:
                 return step, history, terms, reason, warm_done
 
+    def precision(self) -> str:
+        """What the network trained in: "float32", the autocast dtype ("bfloat16", "float16"), or
+        e.g. "bfloat16 for steps 1-3, then float32" after a non-finite pass (the step redone)."""
+        if self.fell_back is not None:
+            dtype, step = self.fell_back
+            if step == 1:
+                return f"float32 (the first {_name(dtype)} pass was not finite)"
+            return f"{_name(dtype)} for step{'s 1-' if step > 2 else ' '}{step - 1}, then float32"
+        return _name(self.amp or torch.float32)
+
     def step(self, batch: _Batch, warming: bool) -> dict[str, float]:
         """One optimiser step. The gradient scaler guards the backward pass only: an overflowing
         float16 forward pass would end the run as a non-finite loss, so that step (not taken) is
@@ -122,8 +136,7 @@ class _Steps:
             dtype, self.amp, self.scaler = self.amp, None, grad_scaler(None)
             terms = self._once(batch, warming)
             if math.isfinite(terms["total"]):  # else a real divergence, which ends the run
-                warnings.warn(AMP_OVERFLOW.format(dtype=str(dtype).replace("torch.", "")), RuntimeWarning,
-                              stacklevel=4)
+                warnings.warn(AMP_OVERFLOW.format(dtype=_name(dtype)), RuntimeWarning, stacklevel=4)
         return terms
 
     def _once(self, batch: _Batch, warming: bool) -> dict[str, float]:
@@ -132,3 +145,7 @@ class _Steps:
         return _train_step(self.model, batch, self.forward, self.region, self.weights, self.optimizer, self.scaler,
                            self.mean_std, self.amp, self.data_weight, self.config.anchor_weight, self.config.residual,
                            self.floor)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")

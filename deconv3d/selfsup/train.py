@@ -72,7 +72,8 @@ class TrainResult:
     # reuses it instead of rerunning RL (not saved in checkpoints)
     reference_cache: Optional[tuple[str, np.ndarray]] = field(default=None, repr=False, compare=False)
     # the network's precision in training: "float32", or the mixed-precision autocast dtype ("bfloat16" on a
-    # CPU with AMX, "float16" on CUDA; TrainConfig.amp); "float32" too after a non-finite pass fell back to it
+    # CPU with AMX, "float16" on CUDA; TrainConfig.amp), or e.g. "bfloat16 for steps 1-3, then float32" after
+    # a non-finite pass fell back to float32
     precision: str = "float32"
 
 
@@ -297,7 +298,7 @@ def train(
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
                        voxel_size, time.perf_counter() - started, terms, warm_done,
                        reference if config.residual else None, cache,
-                       precision=str(steps.amp or torch.float32).replace("torch.", ""))
+                       precision=steps.precision())
 
 
 def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config: TrainConfig):

@@ -122,12 +122,14 @@ class ResUNet(nn.Module):
             else:
                 h = h + skips[i]
             h = self.decoder[i](h)
-        if h.dtype in (torch.float16, torch.bfloat16):
-            # Under mixed precision the head runs in float32: its output is the estimate itself, which
-            # bfloat16 rounds to 8 significant bits. A tiny network regressed onto RL's estimate (the
-            # warm start) kept 0.58 of the misfit with a bfloat16 head, 0.24 with this, 0.17 in float32.
+        own = next(self.head.parameters()).dtype
+        if h.dtype != own:
+            # Under mixed precision (autocast) the head runs at its weights' precision (float32): its output
+            # is the estimate itself, which bfloat16 rounds to 8 significant bits. A tiny network regressed
+            # onto RL's estimate (the warm start) kept 0.58 of the misfit with a bfloat16 head, 0.24 with
+            # this, 0.17 in float32. A network converted to one dtype as a whole runs as it is.
             with torch.autocast(h.device.type, enabled=False):
-                out = self.head(h.float())
+                out = self.head(h.to(own))
         else:
             out = self.head(h)
         if self.config.positive:

@@ -106,4 +106,70 @@ def test_command_line_no_amp_trains_in_float32():
     on = parser.parse_args(["train", "in.tif", "--psf", "p.tif", "-o", "m.ckpt"])
     off = parser.parse_args(["train", "in.tif", "--psf", "p.tif", "-o", "m.ckpt", "--no-amp"])
     assert configs(on, 3)[0].amp is True and configs(off, 3)[0].amp is False
-    assert TRAIN.amp_dtype(configs(off, 3)[0].amp, CPU, training=True) is None
+
+
+@pytest.mark.parametrize("isa, amx", [("AVX2", False), ("avx512_core_bf16", False), ("AVX512_CORE_AMX", True),
+                                      ("ALL", True), ("", True)])
+def test_a_onednn_limit_below_amx_keeps_float32(monkeypatch, isa, amx):
+    """torch's check reads the CPU; a oneDNN limit set by the user would emulate bfloat16 (slower)."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    assert cpu_has_amx() is amx
+
+
+def test_grad_scaler_refuses_the_old_flag():
+    with pytest.raises(TypeError, match="dtype"):
+        grad_scaler(True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_network_converted_as_a_whole_runs_in_its_own_dtype(dtype):
+    """The float32 head is for autocast only: a network converted to one dtype keeps it throughout."""
+    net = TRAIN.build_model(TINY[3]).to(dtype).eval()
+    x = torch.rand(1, 1, 8, 16, 16, dtype=dtype)
+    with torch.no_grad():
+        assert net(x).dtype == dtype
+
+
+def test_under_autocast_the_head_computes_in_float32():
+    net = TRAIN.build_model(TINY[3]).eval()
+    x = torch.rand(1, 1, 8, 16, 16)
+    seen = {}
+    net.head.register_forward_hook(lambda m, i, out: seen.update(h=i[0].detach().clone(), out=out))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    assert out.dtype == torch.float32 and seen["h"].dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(seen["out"], net.head(seen["h"]), rtol=0, atol=0)  # float32 all through
+
+
+def test_the_precision_says_when_training_fell_back_to_float32(monkeypatch):
+    """A non-finite bfloat16 pass at step 3: steps 1-2 ran in bfloat16, the rest in float32."""
+    import contextlib
+
+    monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: True)
+    steps_module = importlib.import_module("deconv3d.selfsup.steps")
+    real, calls = steps_module.autocast, []
+
+    @contextlib.contextmanager
+    def failing_third(dtype, device):
+        if dtype is None:
+            yield
+            return
+        calls.append(1)
+        handle = None
+        if len(calls) == 3:
+            handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, out: out + float("inf"))
+        try:
+            with real(dtype, device):
+                yield
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    monkeypatch.setattr(steps_module, "autocast", failing_third)
+    _, noisy, psf = problem(3, sigma=0.05)
+    with pytest.warns(RuntimeWarning, match="bfloat16 gave a non-finite value"):
+        res = train(noisy, psf, config=TrainConfig(steps=5, patch=16, batch=2, seed=0), unet=TINY[3], device="cpu")
+    assert res.steps_done == 5 and len(calls) == 3
+    assert res.precision == "bfloat16 for steps 1-2, then float32" == training_record(res)["precision"]

@@ -125,11 +125,11 @@ def test_grad_scaler_falls_back_to_the_torch_2_2_class(monkeypatch):
 
     from deconv3d._torch_common import grad_scaler
 
-    assert not grad_scaler(False).is_enabled()
+    assert not grad_scaler(None).is_enabled()
     monkeypatch.delattr(torch.amp, "GradScaler")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the 2.2 class is deprecated in later releases
-        scaler = grad_scaler(False)
+        scaler = grad_scaler(None)
     assert isinstance(scaler, torch.cuda.amp.GradScaler) and not scaler.is_enabled()
 
 
