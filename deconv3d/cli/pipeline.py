@@ -65,7 +65,7 @@ def settings_from_args(args, base: dict | None = None):
             values[name] = tuple(getattr(args, name))
     if getattr(args, "no_accelerate", False):  # deconvolve's flag
         values["accelerate"] = False
-    for name in ("accelerate", "tta"):  # batch's --accelerate/--no-accelerate and --tta/--no-tta
+    for name in ("accelerate", "tta", "amp"):  # batch's --accelerate/--no-accelerate, --tta/--no-tta, --amp
         if isinstance(getattr(args, name, None), bool):
             values[name] = getattr(args, name)
     if getattr(args, "pattern", None):
@@ -173,6 +173,9 @@ def register(sub) -> None:
                    help="ssl without --model: train a network on each image first, N steps of the default recipe "
                    "('deconv3d train' sets the others)")
     p.add_argument("--seed", type=_non_negative_int, help="random seed of that training (default 0)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision of that training: bfloat16 on CPUs with AMX, float16 on CUDA (default on; "
+                        "--no-amp: float32)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="ssl: average over the 8 xy rotations/flips (default off)")
     p.add_argument("--band-limit", type=float, metavar="EPS",
@@ -233,7 +236,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             workers = gpus or args.workers or 1
 
             training = argparse.Namespace(**{**training_defaults(), "steps": settings.train_steps,
-                                                 "seed": settings.seed, "device": settings.run_device})
+                                                 "seed": settings.seed, "amp": settings.amp,
+                                                 "device": settings.run_device})
 
             def one(path, output, input_sha256):
                 deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,

@@ -166,7 +166,7 @@ def _default_configs(settings, ndim: int):
     """(TrainConfig, UNetConfig) of a network :func:`train_on_image` trains without a trainer."""
     from deconv3d.selfsup import TrainConfig, UNetConfig
 
-    return TrainConfig(steps=settings.train_steps, seed=settings.seed), UNetConfig(ndim=ndim)
+    return TrainConfig(steps=settings.train_steps, seed=settings.seed, amp=settings.amp), UNetConfig(ndim=ndim)
 
 
 def train_on_image(lazy, psf, voxel, settings, trainer=None, memory_limit=None):

@@ -48,6 +48,7 @@ class Settings:
     model: Optional[str] = None
     train_steps: Optional[int] = None  # ssl without a model: train on each image first (deconv3d train's recipe)
     seed: int = 0  # of that training
+    amp: bool = True  # and its mixed precision (bfloat16 on a CPU with AMX; TrainConfig.amp)
     tta: bool = False
     band_limit: float = 0.0  # deconv3d.selfsup.BAND_LIMIT: off; an eps > 0 turns it on
     chunks: Optional[tuple] = None
@@ -95,7 +96,8 @@ class Settings:
                                                                           for v in self.chunks)),
                f"{_n('chunks')} needs 3 positive whole numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")
         # Checked here, before any file runs: each of a night's files failed on them one by one.
-        _check(isinstance(self.accelerate, bool), f"{_n('accelerate')} must be true or false, got {self.accelerate!r}")
+        for name in ("accelerate", "amp"):
+            _check(isinstance(getattr(self, name), bool), f"{_n(name)} must be true or false, got {getattr(self, name)!r}")
         from deconv3d.fft import resolve_device
 
         resolve_device(self.run_device)
@@ -189,9 +191,9 @@ class Settings:
 
 #: Settings added after batch folders held completion records, and their defaults: left out of the
 #: fingerprint at those, so that the records of a batch started before still match.
-_ADDED_LATER = {"train_steps": None, "seed": 0}
+_ADDED_LATER = {"train_steps": None, "seed": 0, "amp": True}
 #: Settings that change the output of method ssl only (others leave them out of the fingerprint).
-_SSL_ONLY = ("train_steps", "seed")
+_SSL_ONLY = ("train_steps", "seed", "amp")
 
 
 def _many(value) -> tuple:
@@ -234,7 +236,7 @@ RUN_KEYS = ("scheduler", "workers")
 
 def load_config(path) -> dict:
     """Read a batch TOML file into a dict of settings (keys are long option names, '-' or '_';
-    ``no-accelerate = true`` is ``accelerate = false``), plus :data:`RUN_KEYS` where given."""
+    ``no-accelerate = true`` is ``accelerate = false``, and ``no-amp`` likewise), plus :data:`RUN_KEYS` where given."""
     import tomllib
 
     path = Path(path)
@@ -248,10 +250,10 @@ def load_config(path) -> dict:
     out = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if name == "no_accelerate":  # the flag's own name: no-accelerate = true
+        if name in ("no_accelerate", "no_amp"):  # the flag's own name: no-accelerate = true
             if not isinstance(value, bool):
                 raise InputError(f"config {path}: {key} must be true or false, got {value!r}")
-            name, value = "accelerate", not value
+            name, value = name[3:], not value
         if name not in known:
             raise InputError(f"config {path}: unknown key {key!r}: use the long option names, e.g. method, psf, "
                              "iterations")

@@ -285,9 +285,11 @@ def test_config_keys_are_the_long_option_names_and_the_command_line_wins(tmp_pat
     from deconv3d.pipeline.batch import load_config
 
     write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
-    (tmp_path / "batch.toml").write_text('psf = "psf.tif"\nno-accelerate = true\nscheduler = "threads"\nworkers = 2\n')
+    (tmp_path / "batch.toml").write_text('psf = "psf.tif"\nno-accelerate = true\nscheduler = "threads"\nworkers = 2\n'
+                                         'no-amp = true\n')
     config = load_config(tmp_path / "batch.toml")
     assert config["accelerate"] is False and (config["scheduler"], config["workers"]) == ("threads", 2)
+    assert config["amp"] is False
     parse = build_parser().parse_args
     base = {k: v for k, v in config.items() if k not in ("scheduler", "workers")}
     settings = settings_from_args(parse(["batch", str(tmp_path), "-o", str(tmp_path / "o")]), base)
@@ -295,6 +297,8 @@ def test_config_keys_are_the_long_option_names_and_the_command_line_wins(tmp_pat
     settings = settings_from_args(parse(["batch", str(tmp_path), "-o", str(tmp_path / "o"), "--accelerate",
                                          "--psf-model", "gaussian", "--na", "1.2", "--wavelength", "0.5"]), base)
     assert settings.accelerate is True and settings.psf is None and settings.psf_model == "gaussian"
+    assert settings.amp is False  # the config's no-amp; --amp undoes it
+    assert settings_from_args(parse(["batch", str(tmp_path), "-o", str(tmp_path / "o"), "--amp"]), base).amp is True
     settings = settings_from_args(parse(["batch", str(tmp_path), "-o", str(tmp_path / "o"), "--psf",
                                          str(tmp_path / "psf.tif")]), {"psf_model": "gaussian", "na": 1.2,
                                                                         "wavelength": 0.5})
@@ -467,6 +471,8 @@ def test_ctrl_c_in_a_batch_keeps_and_reports_the_files_finished(folder, capsys, 
 
 
 @pytest.mark.parametrize("line, words", [('accelerate = "no"', "accelerate must be true or false"),
+                                         ('amp = "no"', "amp must be true or false"),
+                                         ('no-amp = 1', "no-amp must be true or false"),
                                          ('device = "gpu"', "unknown device 'gpu'"),
                                          ("memory_limit = 500", "memory_limit needs a unit"),
                                          ("chunks = [8.5, 16, 16]", "positive whole numbers")])

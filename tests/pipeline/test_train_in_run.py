@@ -65,8 +65,8 @@ def test_batch_trains_one_network_per_image(files, capsys, monkeypatch):
     for name, seed in (("a.tif", 1), ("b.tif", 2)):
         write_tiff(files / "in" / name, blurred_beads((8, 32, 32), gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0)), seed=seed),
                    voxel_size=(0.3, 0.1, 0.1))
-    code, out, err = run(["batch", "in", "-o", "res", "--psf", "psf.tif", "--method", "ssl", "--train-steps", "2"],
-                         capsys)
+    argv = ["batch", "in", "-o", "res", "--psf", "psf.tif", "--method", "ssl", "--train-steps", "2", "--no-amp"]
+    code, out, err = run(argv, capsys)
     assert code == 0, err
     report = json.loads((files / "res" / "batch_report.json").read_text())
     assert [r["status"] for r in report["files"]] == ["done", "done"]
@@ -74,8 +74,9 @@ def test_batch_trains_one_network_per_image(files, capsys, monkeypatch):
     # The defaults of 'deconv3d train' (batch 2 patches, not TrainConfig's 4)
     assert all(r["parameters"]["train_steps"] == 2 and r["parameters"]["training"]["batch"] == 2 for r in records)
     assert all(r["parameters"]["unet"]["base_channels"] == 4 for r in records)
-    code, out, err = run(["batch", "in", "-o", "res", "--psf", "psf.tif", "--method", "ssl", "--train-steps", "2"],
-                         capsys)
+    # --no-amp: trained in float32 (bfloat16 on a CPU with AMX otherwise)
+    assert all(r["parameters"]["precision"] == "float32" and not r["parameters"]["training"]["amp"] for r in records)
+    code, out, err = run(argv, capsys)
     assert code == 0 and out.count("] skipped") == 2, out  # finished: not trained again
 
 
@@ -129,7 +130,7 @@ def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(fi
     from deconv3d.omezarr import file_sha256
 
     def old_fingerprint(settings, device):
-        before = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed")}
+        before = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed", "amp")}
         before.update(device=device, psf=[file_sha256(files / "psf.tif")])
         return hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -151,6 +152,9 @@ def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(fi
     assert make_settings({**psf, "seed": 1}).fingerprint() == settings.fingerprint()  # rl ignores the seed
     ssl = [make_settings({**psf, "method": "ssl", "train_steps": 5, "seed": s}).fingerprint() for s in (0, 1)]
     assert ssl[0] != ssl[1]
+    # amp: another training for ssl (float32 against bfloat16 on AMX CPUs), nothing for rl
+    assert make_settings({**psf, "method": "ssl", "train_steps": 5, "amp": False}).fingerprint() != ssl[0]
+    assert make_settings({**psf, "amp": False}).fingerprint() == settings.fingerprint()
 
 
 def test_chunked_ssl_trains_by_default_as_in_memory_and_takes_the_psf_s_voxel_size(files, capsys, monkeypatch):
@@ -227,6 +231,6 @@ def test_a_memory_limit_is_fingerprinted_by_its_value_not_its_spelling(files):
     assert len(set(prints.values())) == 1
     assert make_settings({**psf, "memory_limit": "8GB"}).fingerprint() != prints["4GB"]
     settings = make_settings({**psf, "memory_limit": "4GB"})
-    before = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed")}
+    before = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed", "amp")}
     before.update(device="cpu", psf=[file_sha256(files / "psf.tif")])
     assert prints["4GB"] == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
