@@ -141,7 +141,7 @@ def recipe(args, method="before", seed=0):
 
 
 def _seeded(name, seed, args):
-    return f"{name} seed {seed}" if len(args.seeds) > 1 else name
+    return f"{name} seed {seed}" if len(args.seeds) > 1 or seed != 0 else name
 
 
 def _median_row(name, scores, args):

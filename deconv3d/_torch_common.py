@@ -45,15 +45,21 @@ def cpu_has_amx() -> bool:
     (its check is private; torch 2.2 lacks it), and where ``ONEDNN_MAX_CPU_ISA`` (or its old name
     ``DNNL_MAX_CPU_ISA``) keeps oneDNN from AMX: torch's check reads the CPU, not that limit.
     """
-    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
-        isa = os.environ.get(name, "").strip().upper()
-        if isa and isa not in ("ALL", "DEFAULT") and "AMX" not in isa:
-            return False
+    # oneDNN reads ONEDNN_MAX_CPU_ISA before the old name, case-insensitively, and ignores a value it
+    # does not know (then AMX stays in use)
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    if isa.upper() in _ISA_WITHOUT_AMX:
+        return False
     check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
     try:
         return bool(check()) if check is not None else False
     except Exception:  # a private helper: whatever it raises, take no AMX
         return False
+
+
+#: oneDNN's ``ONEDNN_MAX_CPU_ISA`` values that stop below AMX.
+_ISA_WITHOUT_AMX = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+                    "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX10_2_512")
 
 
 def amp_dtype(requested: bool, device: torch.device, training: bool = False) -> torch.dtype | None:

@@ -94,7 +94,7 @@ _METHOD_OPTIONS = {"iterations": ("rl", "rl-tv"), "no_accelerate": ("rl", "rl-tv
                    "tv_weight": ("rl-tv",), "balance": ("wiener",), "tta": ("ssl",), "band_limit": ("ssl",)}
 _OPTICS = ("na", "wavelength", "ni", "ns", "depth")
 _DEFAULTS: dict = {}  # their defaults, read from the parser when it is built
-_FLAGS = {"steps": "--train-steps", "residual": "--residual/--no-residual"}
+_FLAGS = {"steps": "--train-steps", "residual": "--residual/--no-residual", "amp": "--amp/--no-amp"}
 
 
 def _flag(dest: str) -> str:

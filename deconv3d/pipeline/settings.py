@@ -175,7 +175,8 @@ class Settings:
         """Hash of everything that changes the output (not the file pattern)."""
         fields = {k: v for k, v in dataclasses.asdict(self).items()
                   if k != "pattern" and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
-                  and not (k in _SSL_ONLY and self.method != "ssl")}
+                  and not (k in _SSL_ONLY and self.method != "ssl")
+                  and not (k in _TRAINING_ONLY and self.train_steps is None)}
         fields["device"] = self.device_kind()
         if self.memory_limit is not None:  # 4G, 4000MB and 4GB alike (records made with "4GB" still match)
             from deconv3d.pipeline.memory import format_bytes, parse_memory
@@ -194,6 +195,8 @@ class Settings:
 _ADDED_LATER = {"train_steps": None, "seed": 0, "amp": True}
 #: Settings that change the output of method ssl only (others leave them out of the fingerprint).
 _SSL_ONLY = ("train_steps", "seed", "amp")
+#: Settings of the training with train_steps: a trained --model leaves them out of the fingerprint.
+_TRAINING_ONLY = ("seed", "amp")
 
 
 def _many(value) -> tuple:

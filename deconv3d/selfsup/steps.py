@@ -135,8 +135,10 @@ class _Steps:
         if self.amp is not None and not math.isfinite(terms["total"]):
             dtype, self.amp, self.scaler = self.amp, None, grad_scaler(None)
             terms = self._once(batch, warming)
-            if math.isfinite(terms["total"]):  # else a real divergence, which ends the run
+            if math.isfinite(terms["total"]):
                 warnings.warn(AMP_OVERFLOW.format(dtype=_name(dtype)), RuntimeWarning, stacklevel=4)
+            else:  # a real divergence, which ends the run: no step was taken in float32
+                self.amp = dtype
         return terms
 
     def _once(self, batch: _Batch, warming: bool) -> dict[str, float]:

@@ -155,6 +155,11 @@ def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(fi
     # amp: another training for ssl (float32 against bfloat16 on AMX CPUs), nothing for rl
     assert make_settings({**psf, "method": "ssl", "train_steps": 5, "amp": False}).fingerprint() != ssl[0]
     assert make_settings({**psf, "amp": False}).fingerprint() == settings.fingerprint()
+    # a trained --model: nothing is trained, so the training's seed and precision change nothing (--no-amp
+    # with --model redid every finished file)
+    (files / "m.ckpt").write_bytes(b"weights")
+    model = {**psf, "method": "ssl", "model": str(files / "m.ckpt")}
+    assert len({make_settings({**model, **extra}).fingerprint() for extra in ({}, {"amp": False}, {"seed": 3})}) == 1
 
 
 def test_chunked_ssl_trains_by_default_as_in_memory_and_takes_the_psf_s_voxel_size(files, capsys, monkeypatch):

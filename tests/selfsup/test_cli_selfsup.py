@@ -231,11 +231,11 @@ def test_options_the_method_ignores_are_named_on_stderr(data, capsys):
     assert run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1] + TINY,
                capsys)[0] == 0
     code, _, err = run(["deconvolve", data / "image.tif", "-o", data / "rl.tif", "--psf", data / "psf.tif",
-                        "--iterations", 2, "--tta", "--patch", 64, "--no-residual", "--na", 1.2], capsys)
+                        "--iterations", 2, "--tta", "--patch", 64, "--no-residual", "--no-amp", "--na", 1.2], capsys)
     assert code == 0 and (data / "rl.tif").is_file()
     lines = err.strip().splitlines()
-    assert lines[0] == ("deconv3d: warning: --tta, --patch and --residual/--no-residual do not apply to "
-                        "--method rl; ignored"), err
+    assert lines[0] == ("deconv3d: warning: --tta, --patch, --residual/--no-residual and --amp/--no-amp do not "
+                        "apply to --method rl; ignored"), err
     assert "--na describes the microscope for --psf-model" in lines[1], err
     code, _, err = run(["deconvolve", data / "image.tif", "-o", data / "ssl.tif", "--method", "ssl", "--model", model,
                         "--seed", 3, "--iterations", 30, "--device", "cpu"], capsys)

@@ -108,12 +108,20 @@ def test_command_line_no_amp_trains_in_float32():
     assert configs(on, 3)[0].amp is True and configs(off, 3)[0].amp is False
 
 
-@pytest.mark.parametrize("isa, amx", [("AVX2", False), ("avx512_core_bf16", False), ("AVX512_CORE_AMX", True),
-                                      ("ALL", True), ("", True)])
-def test_a_onednn_limit_below_amx_keeps_float32(monkeypatch, isa, amx):
+@pytest.mark.parametrize("onednn, dnnl, amx", [
+    ("AVX2", None, False), ("avx512_core_bf16", None, False), (None, "AVX2", False),  # below AMX
+    ("AVX512_CORE_AMX", None, True), ("avx10_1_512_amx", None, True), ("ALL", None, True), (None, None, True),
+    ("DEFAULT", "AVX2", True),  # oneDNN reads the new name first
+    ("bogus", None, True), (" AVX2", None, True),  # values oneDNN ignores: AMX stays in use
+])
+def test_a_onednn_limit_below_amx_keeps_float32(monkeypatch, onednn, dnnl, amx):
     """torch's check reads the CPU; a oneDNN limit set by the user would emulate bfloat16 (slower)."""
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    for name, value in (("ONEDNN_MAX_CPU_ISA", onednn), ("DNNL_MAX_CPU_ISA", dnnl)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     assert cpu_has_amx() is amx
 
 
@@ -143,13 +151,15 @@ def test_under_autocast_the_head_computes_in_float32():
         torch.testing.assert_close(seen["out"], net.head(seen["h"]), rtol=0, atol=0)  # float32 all through
 
 
-def test_the_precision_says_when_training_fell_back_to_float32(monkeypatch):
+@pytest.mark.parametrize("diverged", [False, True])
+def test_the_precision_says_when_training_fell_back_to_float32(monkeypatch, diverged):
     """A non-finite bfloat16 pass at step 3: steps 1-2 ran in bfloat16, the rest in float32."""
     import contextlib
 
     monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: True)
     steps_module = importlib.import_module("deconv3d.selfsup.steps")
     real, calls = steps_module.autocast, []
+    real_once = steps_module._Steps._once
 
     @contextlib.contextmanager
     def failing_third(dtype, device):
@@ -169,6 +179,12 @@ def test_the_precision_says_when_training_fell_back_to_float32(monkeypatch):
 
     monkeypatch.setattr(steps_module, "autocast", failing_third)
     _, noisy, psf = problem(3, sigma=0.05)
+    if diverged:  # the float32 redo fails too: no float32 step was taken, and the run ends there
+        monkeypatch.setattr(steps_module._Steps, "_once", lambda self, batch, warming: {"total": float("nan")}
+                            if len(calls) >= 3 else real_once(self, batch, warming))
+        res = train(noisy, psf, config=TrainConfig(steps=5, patch=16, batch=2, seed=0), unet=TINY[3], device="cpu")
+        assert res.reason == "non-finite loss" and res.precision == "bfloat16"
+        return
     with pytest.warns(RuntimeWarning, match="bfloat16 gave a non-finite value"):
         res = train(noisy, psf, config=TrainConfig(steps=5, patch=16, batch=2, seed=0), unet=TINY[3], device="cpu")
     assert res.steps_done == 5 and len(calls) == 3
