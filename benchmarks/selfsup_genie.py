@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from deconv3d._torch_common import amp_dtype, autocast, stop_reason
+from deconv3d._torch_common import amp_dtype, autocast, dtype_name, stop_reason
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
 from deconv3d.selfsup.losses import ForwardModel, mse
@@ -79,4 +79,4 @@ def train_supervised(noisy: np.ndarray, psf: np.ndarray, target: np.ndarray, con
     model = model.to(memory_format=torch.contiguous_format).eval()
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf, None,
                        time.perf_counter() - started, {}, 0, reference,
-                       precision=str(amp or torch.float32).replace("torch.", ""))
+                       precision=dtype_name(amp or torch.float32))

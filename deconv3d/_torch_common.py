@@ -83,6 +83,11 @@ def autocast(dtype: torch.dtype | None, device: torch.device):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``"bfloat16"`` for ``torch.bfloat16``: a dtype as messages and records name it."""
+    return str(dtype).replace("torch.", "")
+
+
 AMP_OVERFLOW = ("mixed precision: {dtype} gave a non-finite value in the network's forward pass (float16 overflows "
                 "above 65504), so the run goes on in float32 (slower)")
 

@@ -239,7 +239,8 @@ RUN_KEYS = ("scheduler", "workers")
 
 def load_config(path) -> dict:
     """Read a batch TOML file into a dict of settings (keys are long option names, '-' or '_';
-    ``no-accelerate = true`` is ``accelerate = false``, and ``no-amp`` likewise), plus :data:`RUN_KEYS` where given."""
+    ``no-accelerate = true`` is ``accelerate = false``, and ``no-amp`` likewise), plus
+    :data:`RUN_KEYS` where given."""
     import tomllib
 
     path = Path(path)

@@ -201,8 +201,9 @@ def deconvolve(image, psf, *, model=None, config: TrainConfig = TrainConfig(), u
 def training_record(result: TrainResult) -> dict:
     """How a network trained within a run was trained, for the output's provenance: the steps
     run and why training stopped, the warm-start steps run and the anchor weight used (``auto``
-    resolved), the precision the network trained in (``TrainResult.precision``), the full training and UNet configurations (seed included) and, for a residual
-    network, the Richardson-Lucy reference it corrects."""
+    resolved), the precision the network trained in (``TrainResult.precision``), the full training
+    and UNet configurations (seed included) and, for a residual network, the Richardson-Lucy
+    reference it corrects."""
     from deconv3d.selfsup.config import to_dict
 
     record = {"train_steps": result.steps_done, "stopped": result.reason, "warm_start": result.warm_steps,

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d._torch_common import AMP_OVERFLOW, amp_dtype, autocast
+from deconv3d._torch_common import AMP_OVERFLOW, amp_dtype, autocast, dtype_name
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
 from deconv3d.selfsup.unet import ResUNet, ResidualBlock
@@ -397,8 +397,7 @@ class _ModelRunner:
             dtype, self.amp = self.amp, None
             y = self._run(x)
             if bool(torch.isfinite(y).all()):
-                warnings.warn(AMP_OVERFLOW.format(dtype=str(dtype).replace("torch.", "")), RuntimeWarning,
-                              stacklevel=2)
+                warnings.warn(AMP_OVERFLOW.format(dtype=dtype_name(dtype)), RuntimeWarning, stacklevel=2)
         return y * self.std + self.level
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from deconv3d._torch_common import AMP_OVERFLOW, WeightAverage, autocast, grad_scaler, stop_reason
+from deconv3d._torch_common import AMP_OVERFLOW, WeightAverage, autocast, dtype_name, grad_scaler, stop_reason
 from deconv3d.selfsup.config import WARM_SHARE, TrainConfig
 from deconv3d.selfsup.losses import ForwardModel, LossWeights, mse, siamese_loss
 from deconv3d.selfsup.patches import _Batch, _PatchSampler
@@ -123,9 +123,9 @@ class _Steps:
         if self.fell_back is not None:
             dtype, step = self.fell_back
             if step == 1:
-                return f"float32 (the first {_name(dtype)} pass was not finite)"
-            return f"{_name(dtype)} for step{'s 1-' if step > 2 else ' '}{step - 1}, then float32"
-        return _name(self.amp or torch.float32)
+                return f"float32 (the first {dtype_name(dtype)} pass was not finite)"
+            return f"{dtype_name(dtype)} for step{'s 1-' if step > 2 else ' '}{step - 1}, then float32"
+        return dtype_name(self.amp or torch.float32)
 
     def step(self, batch: _Batch, warming: bool) -> dict[str, float]:
         """One optimiser step. The gradient scaler guards the backward pass only: an overflowing
@@ -136,7 +136,7 @@ class _Steps:
             dtype, self.amp, self.scaler = self.amp, None, grad_scaler(None)
             terms = self._once(batch, warming)
             if math.isfinite(terms["total"]):
-                warnings.warn(AMP_OVERFLOW.format(dtype=_name(dtype)), RuntimeWarning, stacklevel=4)
+                warnings.warn(AMP_OVERFLOW.format(dtype=dtype_name(dtype)), RuntimeWarning, stacklevel=4)
             else:  # a real divergence, which ends the run: no step was taken in float32
                 self.amp = dtype
         return terms
@@ -147,7 +147,3 @@ class _Steps:
         return _train_step(self.model, batch, self.forward, self.region, self.weights, self.optimizer, self.scaler,
                            self.mean_std, self.amp, self.data_weight, self.config.anchor_weight, self.config.residual,
                            self.floor)
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
