@@ -2,8 +2,8 @@
 
 Not methods (no real stack comes with its truth): the same residual UNet, Richardson-Lucy
 base, patch sampler, augmentation, Adam schedule, weight average, precision (``config.amp``)
-and step or time budget as :func:`deconv3d.selfsup.train`, with a supervised loss instead of the self-supervised
-Siamese loss. Trained on the ground truth, it shows what this network reaches in the same
+and step or time budget as :func:`deconv3d.selfsup.train`, with a supervised loss instead of
+the self-supervised Siamese loss. Trained on the ground truth, it shows what this network reaches in the same
 CPU budget when told the answer. Trained in data space on the noise-free blurred image,
 it shows what the measurement itself teaches the network in that budget, without the
 noise that the self-supervised losses must average out.
