@@ -232,17 +232,13 @@ def _set_this_thread(count: int) -> bool:
     return False
 
 
-_NO_THREAD_SETTERS: list = []  # holds False once the per-thread setters are missing or ask another runtime
+_NO_THREAD_SETTERS: list = []  # holds False once the per-thread setters turned out to ask another runtime
 
 
 def _thread_setters():
-    """``(omp_set_num_threads, MKL_Set_Num_Threads_Local)`` of the libraries torch runs on, or None."""
-    if _NO_THREAD_SETTERS:
-        return None
-    setters = _find_thread_setters()
-    if setters is None:
-        _NO_THREAD_SETTERS.append(False)
-    return setters
+    """``(omp_set_num_threads, MKL_Set_Num_Threads_Local)`` of the libraries torch runs on, or None
+    (missing: :func:`_find_thread_setters` remembers that)."""
+    return None if _NO_THREAD_SETTERS else _find_thread_setters()
 
 
 @functools.lru_cache(maxsize=None)
