@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d._torch_common import WeightAverage, amp_dtype, grad_scaler, seeded
+from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, seeded
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
@@ -284,10 +284,9 @@ def train(
     geometry = _field_geometry(forward, img.shape, unet, config)
     sampler = _PatchSampler(standardized, geometry, config, dev)
     model, optimizer, schedule, average = trainable_model(unet, config, dev, -mean / std)
-    amp = amp_dtype(config.amp, dev, training=True)
     steps = _Steps(model, optimizer, schedule, average, forward, geometry.region, loss_weights(config), (mean, std),
                    _data_weight(forward, geometry.data_shape, config.precondition, img, psf), config,
-                   -mean / std if positive_sum else None, amp, grad_scaler(amp))
+                   -mean / std if positive_sum else None, MixedPrecision(amp_dtype(config.amp, dev, training=True)))
     started = time.perf_counter()
     image_key, target, reference = _set_reference(img, psf, forward, sampler, config, dev, started, (mean, std))
     step, history, terms, reason, warm_done = steps.run(sampler, callback, started)
@@ -298,7 +297,7 @@ def train(
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
                        voxel_size, time.perf_counter() - started, terms, warm_done,
                        reference if config.residual else None, cache,
-                       precision=steps.precision())
+                       precision=steps.precision.name())
 
 
 def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config: TrainConfig):

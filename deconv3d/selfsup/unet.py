@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deconv3d._torch_common import at_own_precision
 from deconv3d.errors import InputError
 from deconv3d.fft import pad_spatial
 from deconv3d.selfsup.config import UNetConfig
@@ -122,16 +123,7 @@ class ResUNet(nn.Module):
             else:
                 h = h + skips[i]
             h = self.decoder[i](h)
-        own = next(self.head.parameters()).dtype
-        if h.dtype != own:
-            # Under mixed precision (autocast) the head runs at its weights' precision (float32): its output
-            # is the estimate itself, which bfloat16 rounds to 8 significant bits. A tiny network regressed
-            # onto RL's estimate (the warm start) kept 0.58 of the misfit with a bfloat16 head, 0.24 with
-            # this, 0.17 in float32. A network converted to one dtype as a whole runs as it is.
-            with torch.autocast(h.device.type, enabled=False):
-                out = self.head(h.to(own))
-        else:
-            out = self.head(h)
+        out = at_own_precision(self.head, h)  # float32 under mixed precision
         if self.config.positive:
             out = self.floor + nn.functional.softplus(out - self.floor)
         return out

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from amp_helpers import autocast_failing_at
 from deconv3d import _torch_common
 from deconv3d._torch_common import amp_dtype, cpu_has_amx, grad_scaler
 from deconv3d.selfsup import TrainConfig, train, training_record
@@ -154,30 +155,11 @@ def test_under_autocast_the_head_computes_in_float32():
 @pytest.mark.parametrize("diverged", [False, True])
 def test_the_precision_says_when_training_fell_back_to_float32(monkeypatch, diverged):
     """A non-finite bfloat16 pass at step 3: steps 1-2 ran in bfloat16, the rest in float32."""
-    import contextlib
-
     monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: True)
     steps_module = importlib.import_module("deconv3d.selfsup.steps")
-    real, calls = steps_module.autocast, []
+    calls = []
     real_once = steps_module._Steps._once
-
-    @contextlib.contextmanager
-    def failing_third(dtype, device):
-        if dtype is None:
-            yield
-            return
-        calls.append(1)
-        handle = None
-        if len(calls) == 3:
-            handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, out: out + float("inf"))
-        try:
-            with real(dtype, device):
-                yield
-        finally:
-            if handle is not None:
-                handle.remove()
-
-    monkeypatch.setattr(steps_module, "autocast", failing_third)
+    monkeypatch.setattr(steps_module, "autocast", autocast_failing_at(3, steps_module.autocast, calls))
     _, noisy, psf = problem(3, sigma=0.05)
     if diverged:  # the float32 redo fails too: no float32 step was taken, and the run ends there
         monkeypatch.setattr(steps_module._Steps, "_once", lambda self, batch, warming: {"total": float("nan")}

@@ -13,6 +13,7 @@ from deconv3d.selfsup import TrainConfig, apply_model, load_checkpoint, save_che
 from deconv3d.selfsup.config import Reference
 from deconv3d.selfsup.losses import ForwardModel, loss_weights
 from deconv3d.selfsup.patches import _PatchSampler
+from deconv3d._torch_common import MixedPrecision
 from deconv3d.selfsup.steps import _train_step
 from deconv3d.selfsup.train import build_model, standardize, warm_start_target
 from test_train import TINY, problem
@@ -52,9 +53,8 @@ def test_residual_step_adds_the_target_field_to_both_passes():
         model.head[-1].weight.zero_()
         model.head[-1].bias.zero_()
     frozen = torch.optim.SGD(model.parameters(), lr=0.0)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    terms = _train_step(model, batch, forward, geometry.region, loss_weights(config), frozen, scaler, (mean, std),
-                        None, None, 1.0, residual=True)
+    terms = _train_step(model, batch, forward, geometry.region, loss_weights(config), frozen, MixedPrecision(None),
+                        (mean, std), None, 1.0, residual=True)
     region = (Ellipsis,) + tuple(geometry.region)
     blurred = np.stack([fftconvolve(t[0], psf, mode="same") for t in batch.target_field.numpy().astype(np.float64)])
     expected = np.mean((batch.data.numpy()[:, 0] - blurred[(slice(None),) + region[1:]]) ** 2)

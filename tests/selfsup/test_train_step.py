@@ -11,6 +11,7 @@ from torch import nn
 from deconv3d.selfsup.config import TrainConfig
 from deconv3d.selfsup.losses import ForwardModel, LossWeights
 from deconv3d.selfsup.patches import _PatchSampler
+from deconv3d._torch_common import MixedPrecision
 from deconv3d.selfsup.steps import _train_step
 
 CPU = torch.device("cpu")
@@ -29,7 +30,7 @@ def sampler_2d(config, shape=(20, 20), seed=7):
 
 
 def step_tools(model):
-    return torch.optim.SGD(model.parameters(), lr=1e-3), torch.amp.GradScaler("cuda", enabled=False)
+    return torch.optim.SGD(model.parameters(), lr=1e-3), MixedPrecision(None)
 
 
 @pytest.mark.parametrize("given, box", [({}, 6), ({"mask_percent": 2.0, "mask_noise_std": 0.5}, 4)])
@@ -77,8 +78,8 @@ def test_masked_pass_of_a_training_step_does_not_see_the_masked_voxels():
     batch = sampler.sample(3)
     assert any(batch.rotations) or any(batch.flips)  # the augmentation is undone below
     model = Recorder()
-    optimizer, scaler = step_tools(model)
-    terms = _train_step(model, batch, forward, geometry.region, LossWeights(), optimizer, scaler, (0.0, 1.0), None)
+    optimizer, precision = step_tools(model)
+    terms = _train_step(model, batch, forward, geometry.region, LossWeights(), optimizer, precision, (0.0, 1.0))
     assert np.isfinite(terms["total"]) and terms["inv_before"] > 0
     assert len(model.inputs) == 2
     full, masked = (batch.restore(x) for x in model.inputs)
@@ -105,9 +106,9 @@ def test_training_step_bound_term_is_taken_on_the_de_standardised_output(mean, s
     forward, geometry, sampler = sampler_2d(TrainConfig(patch=12, batch=2, seed=4))
     batch = sampler.sample(2)
     model = Affine(3.0, -1.0)
-    optimizer, scaler = step_tools(model)
+    optimizer, precision = step_tools(model)
     weights = LossWeights(data=0.0, inv_before=0.0, inv_after=0.0, bsp=0.0, bound=1.0)
-    terms = _train_step(model, batch, forward, geometry.region, weights, optimizer, scaler, (mean, std), None)
+    terms = _train_step(model, batch, forward, geometry.region, weights, optimizer, precision, (mean, std))
     z = (3.0 * batch.fields.double().numpy() - 1.0) * std + mean
     z = z / z.max()
     expected = np.mean(np.maximum(-z, 0) + np.maximum(z - 1, 0)) ** 2

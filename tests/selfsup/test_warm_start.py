@@ -120,6 +120,7 @@ def saved_then_without(res, path, name):
 def test_anchor_adds_its_weighted_distance_to_the_target():
     """The anchored step's loss is the Siamese loss plus lambda * MSE(f(x), target), checked by hand."""
     from deconv3d.selfsup.losses import loss_weights
+    from deconv3d._torch_common import MixedPrecision
     from deconv3d.selfsup.steps import _train_step
     from deconv3d.selfsup.train import build_model
 
@@ -134,8 +135,7 @@ def test_anchor_adds_its_weighted_distance_to_the_target():
     batch = sampler.sample(2)
     model = build_model(TINY[3], 0).train()
     frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay put between the two steps
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    args = (model, batch, forward, geometry.region, loss_weights(config), frozen, scaler, (mean, std), None)
+    args = (model, batch, forward, geometry.region, loss_weights(config), frozen, MixedPrecision(None), (mean, std))
     plain = _train_step(*args)
     anchored = _train_step(*args, anchor=2.5)
     with torch.no_grad():
