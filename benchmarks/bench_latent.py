@@ -86,7 +86,7 @@ VARIANTS = {  # name -> (loss, skip_interp, residual training)
 }
 NAME_WIDTH = 30
 TRAIN_COLUMNS = ["loss", "skip_interp", "train s", "steps (stop)", "best val dB", "LDS", "APD"]
-TRAIN_WIDTHS = [8, 11, 7, 18, 11, 6, 6]
+TRAIN_WIDTHS = [8, 11, 7, 28, 11, 6, 6]
 TEST_SEED_OFFSET = 1000
 
 
@@ -111,6 +111,8 @@ def parse_args(argv=None):
     p.add_argument("--crop", type=int, default=ae.crop)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="mixed precision in training (bfloat16 on a CPU with AMX, else float32; default on)")
     p.add_argument("--save", help="folder to write each trained network to (checkpoints)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (not a measurement)")
     args = p.parse_args(argv)
@@ -178,7 +180,7 @@ def train_variant(name, train_stacks, levels, noisy, args):
     cfg = LatentTrainConfig(variant=loss, dist=args.dist, latent_weight=args.latent_weight,
                             latent_norm=args.latent_norm, steps=args.steps,
                             batch=args.batch, val_every=args.val_every, seed=args.seed,
-                            time_budget=args.minutes * 60, residual=residual)
+                            time_budget=args.minutes * 60, residual=residual, amp=args.amp)
     ae = AEConfig(widths=tuple(args.widths), crop=args.crop, skip_interp=skip)
     res = train(train_stacks, levels, cfg, ae, device="cpu")
     if args.save:
@@ -189,7 +191,7 @@ def train_variant(name, train_stacks, levels, noisy, args):
     lin = [linearity_scores(res.model, stack, levels) for stack in noisy]
     lds, apd = np.mean([s["lds"] for s in lin]), np.mean([s["apd"] for s in lin])
     best = "-" if res.best_score is None else f"{res.best_score:.2f}"
-    cells = [loss, "yes" if skip else "no", f"{res.seconds:.1f}", f"{res.steps_done} ({res.reason})", best,
+    cells = [loss, "yes" if skip else "no", f"{res.seconds:.1f}", f"{res.steps_done} ({res.reason}, {res.precision})", best,
              f"{lds:.3f}", f"{apd:.3f}"]
     table_row(name, cells, TRAIN_WIDTHS)
     return res

@@ -18,7 +18,8 @@ import numpy as np
 from deconv3d import __version__
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
-from ._common import DEVICE_HELP, DEVICES, Parser, add_common, check_output, positive_float, positive_int, progress
+from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, Parser, add_common, check_output, positive_float, positive_int,
+                      progress)
 
 VARIANTS = ("baseline", "implicit", "explicit")
 DISTANCES = ("mse", "l1")
@@ -98,6 +99,7 @@ def _train_parser(blur) -> None:
     p.add_argument("--val-fraction", type=_val_fraction, default=0.25, help="held-out share of the stacks (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, split and crops (default 0)")
     p.add_argument("--time-budget", type=positive_float, help="stop after this many seconds")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help=AMP_HELP)
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     add_common(p)
     p.set_defaults(func=cmd_train)
@@ -281,7 +283,7 @@ def cmd_train(args) -> int:
                                latent_norm=args.latent_norm,
                                steps=args.steps, batch=args.batch, lr=args.lr,
                                val_every=min(100, args.steps), val_fraction=val_fraction,
-                               seed=args.seed, time_budget=args.time_budget, residual=args.residual)
+                               seed=args.seed, time_budget=args.time_budget, residual=args.residual, amp=args.amp)
     bar, callback = progress(args.steps, f"blur train ({args.variant})")
     with bar:
         result = train(stacks, levels, config, ae, device=args.device, callback=callback)
@@ -290,7 +292,8 @@ def cmd_train(args) -> int:
     save_checkpoint(result, args.output, plane_shape=plane_shape, pixel_size=pixel)
     score = "" if result.best_score is None else (f", best validation PSNR {result.best_score:.2f} dB "
                                                   f"at step {result.best_step}")
-    print(f"wrote {args.output}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}){score}")
+    print(f"wrote {args.output}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}), "
+          f"{result.precision}{score}")
     return 0
 
 

@@ -7,7 +7,7 @@ import time
 
 from deconv3d.errors import InputError
 
-from ._common import (DEVICE_HELP, DEVICES, add_common, check_negative, check_output, positive_float, positive_int,
+from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, add_common, check_negative, check_output, positive_float, positive_int,
                       print_warnings, voxel_size_of)
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
@@ -100,9 +100,7 @@ def add_training_options(p, steps_flag: str) -> None:
     g.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                    help="stop training after this many seconds")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="mixed precision for the network: float16 on CUDA, bfloat16 on CPUs with AMX, where a step "
-                        "takes about half the time; float32 elsewhere (default on; --no-amp: float32)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help=AMP_HELP)
 
 
 def configs(args, ndim: int):
@@ -207,7 +205,7 @@ def deconvolve_ssl(args, image, psf, voxel, trained=None):
 
     if trained is not None:
         trained.check_compatible(image.ndim, psf, voxel)
-        params = {"model": str(args.model)}
+        params = {"model": str(args.model), **trained.record()}  # its recipe, as the checkpoint holds it
     else:
         if psf is None:
             raise InputError("--method ssl without --model needs a PSF: add --psf PSF.tif or --psf-model")

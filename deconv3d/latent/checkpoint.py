@@ -3,7 +3,8 @@
 A checkpoint is a plain ``torch.save`` dictionary of tensors, numbers, strings, lists and
 dicts: a format tag, the network weights, the network shape (``widths``, ``depth``,
 ``crop``, ``skip_interp``), the training recipe (``variant``, ``dist``, steps, ...), the
-blur level values and the plane size of the training stacks. Loading uses
+blur level values, the plane size of the training stacks and how the training went (steps
+run, why it stopped, precision). Loading uses
 ``torch.load(weights_only=True)``, whose unpickler accepts only those types, so a crafted
 file holding arbitrary objects (a pickle payload) is refused before anything in it runs.
 
@@ -50,14 +51,17 @@ class TrainedAutoencoder:
     plane_shape: Optional[tuple[int, int]] = None
     best_score: Optional[float] = None
     pixel_size: Optional[tuple[float, float]] = None  # (y, x) µm of the training planes, when known
+    # how the training went: steps run, why it stopped, precision (None from files written before it was recorded)
+    run: Optional[dict] = None
 
     @classmethod
     def from_result(cls, result, plane_shape=None, pixel_size=None) -> "TrainedAutoencoder":
         """From a :class:`deconv3d.latent.train.LatentTrainResult`."""
         shape = None if plane_shape is None else tuple(int(n) for n in plane_shape)[-2:]
         pixel = None if pixel_size is None else tuple(float(v) for v in pixel_size)[-2:]
+        run = {"train_steps": result.steps_done, "stopped": result.reason, "precision": result.precision}
         return cls(result.model, result.ae_config, result.config, np.asarray(result.levels, np.float32), shape,
-                   result.best_score, pixel)
+                   result.best_score, pixel, run)
 
     def check_planes(self, shape) -> None:
         """Raise :class:`InputError` for planes smaller than the training crops (a model for another size).
@@ -89,6 +93,7 @@ def _payload(trained: TrainedAutoencoder) -> dict:
         "plane_shape": None if trained.plane_shape is None else [int(n) for n in trained.plane_shape],
         "best_score": None if trained.best_score is None else float(trained.best_score),
         "pixel_size": None if trained.pixel_size is None else [float(v) for v in trained.pixel_size],
+        "run": trained.run,
     }
 
 
@@ -168,9 +173,12 @@ def load_checkpoint(path, device="cpu") -> TrainedAutoencoder:
             pixel = tuple(float(v) for v in pixel)
             if len(pixel) != 2 or not all(np.isfinite(v) and v > 0 for v in pixel):
                 raise ValueError("pixel size out of range")
+        run = data.get("run")  # absent from files written before it was recorded
+        if not (run is None or isinstance(run, dict)):
+            raise TypeError("run record")
         return TrainedAutoencoder(model, model.config, config, levels,
                                   None if shape is None else tuple(int(n) for n in shape),
-                                  None if best is None else float(best), pixel)
+                                  None if best is None else float(best), pixel, run)
     except InputError as exc:  # a field out of range: name the file, not the training option
         if str(path) in str(exc):
             raise

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from deconv3d._torch_common import at_own_precision
 from deconv3d.errors import InputError
 
 __all__ = ["AEConfig", "Autoencoder", "Latent", "PAPER_WIDTHS", "build_autoencoder", "config_from_dict",
@@ -166,7 +167,7 @@ class Autoencoder(nn.Module):
             if k > 0 and self.config.skip_interp:
                 x = torch.cat([x, z[-1 - k]], dim=1)
             x = block(x)
-        return self.head(x)
+        return at_own_precision(self.head, x)  # float32 under mixed precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

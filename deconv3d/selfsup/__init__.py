@@ -15,7 +15,7 @@ import numpy as np
 from deconv3d.errors import InputError
 from deconv3d.fft import band_limit as fft_band_limit
 from deconv3d.fft import psf_fingerprint
-from deconv3d.selfsup.checkpoint import TrainedModel, load_checkpoint, save_checkpoint
+from deconv3d.selfsup.checkpoint import TrainedModel, load_checkpoint, save_checkpoint, training_record
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
 from deconv3d.selfsup.predict import Cancelled, predict_tiled
 from deconv3d.selfsup.train import TrainResult, train
@@ -196,19 +196,3 @@ def deconvolve(image, psf, *, model=None, config: TrainConfig = TrainConfig(), u
     trained = model if isinstance(model, TrainedModel) else TrainedModel.from_result(model)
     trained.check_compatible(image.ndim, psf, voxel_size)
     return apply_model(trained, image, device=device, tta=tta, band_limit=band_limit, callback=predict_callback)
-
-
-def training_record(result: TrainResult) -> dict:
-    """How a network trained within a run was trained, for the output's provenance: the steps
-    run and why training stopped, the warm-start steps run and the anchor weight used (``auto``
-    resolved), the precision the network trained in (``TrainResult.precision``), the full training
-    and UNet configurations (seed included) and, for a residual network, the Richardson-Lucy
-    reference it corrects."""
-    from deconv3d.selfsup.config import to_dict
-
-    record = {"train_steps": result.steps_done, "stopped": result.reason, "warm_start": result.warm_steps,
-              "anchor": result.config.anchor_weight, "precision": result.precision, "training": to_dict(result.config),
-              "unet": to_dict(result.unet)}
-    if result.reference is not None:
-        record["reference"] = to_dict(result.reference)
-    return record

@@ -2,8 +2,9 @@
 
 A checkpoint is a plain ``torch.save`` dictionary of tensors, numbers, strings, lists
 and dicts: the network weights, the network and training configurations, the image
-standardisation, the PSF (its shape and fingerprint), the voxel size and, for a residual
-network, the Richardson-Lucy settings of the estimate it corrects. Loading uses
+standardisation, the PSF (its shape and fingerprint), the voxel size, for a residual
+network the Richardson-Lucy settings of the estimate it corrects, and how the training went
+(steps run, why it stopped, precision). Loading uses
 ``torch.load(weights_only=True)``, whose unpickler accepts only those types, so a
 crafted file holding arbitrary objects (a pickle payload) is refused before anything in
 it runs.
@@ -26,7 +27,7 @@ from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig, from_dict, to_dict
 from deconv3d.selfsup.unet import ResUNet
 
-__all__ = ["TrainedModel", "save_checkpoint", "load_checkpoint", "FORMAT"]
+__all__ = ["TrainedModel", "save_checkpoint", "load_checkpoint", "training_record", "FORMAT"]
 
 FORMAT = "deconv3d.selfsup/1"
 
@@ -50,6 +51,9 @@ class TrainedModel:
     reference: Optional[Reference] = None
     # TrainResult.reference_cache: RL's estimate on the training image, reused by apply_model on that image
     reference_cache: Optional[tuple[str, np.ndarray]] = field(default=None, repr=False, compare=False)
+    # how the training went: steps run, why it stopped, warm-start steps, anchor weight and precision
+    # (None from checkpoints written before it was recorded)
+    run: Optional[dict] = field(default=None, compare=False)
 
     @property
     def psf_fingerprint(self) -> str:
@@ -58,8 +62,19 @@ class TrainedModel:
     @classmethod
     def from_result(cls, result) -> "TrainedModel":
         """From a :class:`deconv3d.selfsup.train.TrainResult`."""
+        run = {"train_steps": result.steps_done, "stopped": result.reason, "warm_start": result.warm_steps,
+               "anchor": result.config.anchor_weight, "precision": result.precision}
         return cls(result.model, result.unet, result.config, result.mean, result.std, result.psf,
-                   result.voxel_size, result.reference, getattr(result, "reference_cache", None))
+                   result.voxel_size, result.reference, getattr(result, "reference_cache", None), run)
+
+    def record(self) -> dict:
+        """How the network was trained, for an output's provenance: :attr:`run` (when known), the
+        full training and UNet configurations (seed included) and, for a residual network, the
+        Richardson-Lucy reference it corrects."""
+        record = {**(self.run or {}), "training": to_dict(self.config), "unet": to_dict(self.unet)}
+        if self.reference is not None:
+            record["reference"] = to_dict(self.reference)
+        return record
 
     def voxel_for(self, voxel_size, ndim: int, source, warnings: list | None = None) -> tuple | None:
         """``voxel_size``, or for an image that carries none (``source``, for the message) the
@@ -103,6 +118,7 @@ def _payload(trained: TrainedModel) -> dict:
         "psf_fingerprint": trained.psf_fingerprint,
         "voxel_size": None if trained.voxel_size is None else [float(v) for v in trained.voxel_size],
         "reference": None if trained.reference is None else to_dict(trained.reference),
+        "run": trained.run,
     }
 
 
@@ -150,7 +166,10 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
         reference = None if reference is None else from_dict(Reference, reference)
         if config.residual != (reference is not None):
             raise ValueError("a residual network without its reference, or the reverse")
-        trained = TrainedModel(model.to(device).eval(), unet, config, mean, std, psf, voxel, reference)
+        run = data.get("run")  # absent from files written before it was recorded
+        if not (run is None or isinstance(run, dict)):
+            raise TypeError("run record")
+        trained = TrainedModel(model.to(device).eval(), unet, config, mean, std, psf, voxel, reference, run=run)
         fingerprint = data["psf_fingerprint"]
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, InputError) as exc:
         # InputError: a config field out of range (UNetConfig/TrainConfig validate themselves)
@@ -158,3 +177,11 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
     if trained.psf_fingerprint != fingerprint:
         raise InputError(f"{path} is a damaged deconv3d checkpoint (PSF fingerprint mismatch): retrain the model")
     return trained
+
+
+def training_record(result) -> dict:
+    """How a network trained within a run (a :class:`~deconv3d.selfsup.train.TrainResult`) was
+    trained, for the output's provenance: :meth:`TrainedModel.record` (the steps run and why
+    training stopped, the warm-start steps run and the anchor weight used, ``auto`` resolved, the
+    precision, and the configurations)."""
+    return TrainedModel.from_result(result).record()

@@ -124,8 +124,9 @@ class TrainConfig:
                              f"got {self.warm_start!r}")
         if self.warm_tv != "auto" and not _is_tv_weight(self.warm_tv):
             raise InputError(f"warm_tv must be 'auto' or a TV weight in [0, 1), got {self.warm_tv!r}")
-        if not isinstance(self.residual, bool):
-            raise InputError(f"residual must be True or False, got {self.residual!r}")
+        for name in ("residual", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not (_is_number(self.ema) and 0 <= self.ema < 1):
             raise InputError(f"ema must be a number in [0, 1), got {self.ema!r}")
         if not (_is_number(self.lr) and 0 < self.lr <= 1):

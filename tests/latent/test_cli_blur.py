@@ -64,6 +64,19 @@ def test_train_writes_a_checkpoint(tmp_path, make_stacks, capsys, variant, extra
     assert "wrote" in stdout
 
 
+@pytest.mark.parametrize("flag, amp", [([], True), (["--no-amp"], False)])
+def test_train_records_the_mixed_precision_setting_and_what_ran(tmp_path, make_stacks, capsys, flag, amp):
+    stacks = write_stacks(tmp_path, make_stacks)
+    out = tmp_path / "m.ckpt"
+    code, stdout, err = run(["blur", "train", *stacks, "-o", out, *flag, *TINY], capsys)
+    assert code == 0, err
+    trained = load_checkpoint(out)
+    assert trained.config.amp is amp and trained.run["train_steps"] == 3
+    ran = trained.run["precision"]
+    assert ran == "float32" if not amp else ran in ("float32", "bfloat16")  # bfloat16 where the CPU has AMX
+    assert f"(completed), {ran}" in stdout
+
+
 def test_train_on_one_stack_validates_on_tiles(tmp_path, make_stacks, capsys):
     stack = write_stacks(tmp_path, make_stacks, n=1, size=32)
     out = tmp_path / "one.ckpt"

@@ -230,7 +230,9 @@ def test_batch_ssl_applies_the_band_limit_option(folder, capsys):
                             "--pattern", "img1.tif", "--chunks", 12, 12, 12, *extra], capsys)
         assert code == 0, err
         data, _, _, attrs = read_ome_zarr(out / "img1.zarr")
-        assert attrs["deconv3d"]["parameters"]["band_limit"] == (eps or 0)
+        params = attrs["deconv3d"]["parameters"]
+        assert params["band_limit"] == (eps or 0)
+        assert params["model"] == str(model) and params["train_steps"] == 2 and params["training"]["patch"] == 8
         whole = apply_model(trained, image, device="cpu", band_limit=eps)
         assert psnr(whole, data) >= 50
         outputs[eps] = np.asarray(data)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from deconv3d.errors import InputError
-from deconv3d.selfsup import TrainConfig, TrainedModel, UNetConfig, apply_model, load_checkpoint, save_checkpoint
+from deconv3d.selfsup import (TrainConfig, TrainedModel, UNetConfig, apply_model, load_checkpoint, save_checkpoint,
+                              training_record)
 from deconv3d.selfsup.train import train
 
 
@@ -36,6 +37,25 @@ def test_round_trip_reproduces_outputs_exactly(trained, tmp_path):
     np.testing.assert_array_equal(apply_model(loaded, image, device="cpu"),
                                   apply_model(replace(res, reference_cache=None), image, device="cpu"))
     assert os.listdir(tmp_path) == ["m.ckpt"]  # no temporary left
+
+
+def test_the_checkpoint_records_how_training_went(trained, tmp_path):
+    """Steps run, stop reason, warm-start steps, anchor and precision survive; older files have none."""
+    res, _, _ = trained
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(res, path)
+    run = {"train_steps": 2, "stopped": "completed", "warm_start": res.warm_steps, "anchor": res.config.anchor_weight,
+           "precision": res.precision}
+    assert load_checkpoint(path).run == run
+    assert load_checkpoint(path).record() == training_record(res)  # what an output trained in the run records
+    data = torch.load(path, weights_only=True)
+    del data["run"]  # a checkpoint from before the record
+    torch.save(data, path)
+    assert load_checkpoint(path).run is None and "train_steps" not in load_checkpoint(path).record()
+    data["run"] = "2 steps"
+    torch.save(data, path)
+    with pytest.raises(InputError, match="damaged"):
+        load_checkpoint(path)
 
 
 def test_a_checkpoint_gets_the_mode_the_umask_gives_like_other_outputs(trained, tmp_path):
@@ -154,6 +174,7 @@ def test_a_diverged_training_is_not_saved(trained, tmp_path):
     (dict(time_budget=float("nan")), "time_budget"), (dict(lambda_inv=float("nan")), "loss weights"),
     (dict(mask_noise_std=float("inf")), "mask noise"), (dict(patch=2.5), "positive integers"),
     (dict(steps=True), "positive integers"), (dict(seed=-1), "seed"), (dict(seed=2**64), "seed"),
+    (dict(amp="no"), "amp must be True or False"),
 ])
 def test_train_config_refuses_values_torch_cannot_use(kwargs, word):
     with pytest.raises(InputError, match=word):

@@ -39,6 +39,20 @@ def test_train_then_deconvolve_with_the_model(data, capsys):
     result = read_image(out_tif)
     assert result.data.shape == (12, 24, 24) and result.data.dtype == np.float32 and result.data.min() >= 0
     assert result.voxel_size == pytest.approx((0.3, 0.1, 0.1))
+    params = parameters(out_tif)  # the model's recipe and run, as the checkpoint holds them
+    assert params["model"] == str(model) and params["train_steps"] == 2 and params["stopped"] == "completed"
+    assert params["precision"] in ("float32", "bfloat16") and params["training"]["patch"] == 8
+    assert params["unet"]["base_channels"] == 4 and params["tta"] is True
+
+
+def parameters(path) -> dict:
+    """The ``parameters`` an output TIFF records."""
+    import json
+
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        return json.loads(tif.imagej_metadata["Properties"]["parameters"])
 
 
 def test_model_voxel_size_fills_an_uncalibrated_image(data, capsys):
@@ -300,14 +314,9 @@ def test_negative_images_are_warned_about_and_one_without_positive_values_refuse
 
 def test_the_recorded_anchor_is_the_weight_training_used(data, capsys):
     """An explicit --anchor without a warm start anchors training, but the output recorded 0."""
-    import json
-
-    import tifffile
-
     out = data / "a.tif"
     code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", out, "--method", "ssl",
                         "--train-steps", 1, "--no-residual", "--warm-start", 0, "--anchor", 0.5] + TINY, capsys)
     assert code == 0, err
-    with tifffile.TiffFile(out) as tif:
-        params = json.loads(tif.imagej_metadata["Properties"]["parameters"])
+    params = parameters(out)
     assert params["anchor"] == 0.5 and params["warm_start"] == 0
