@@ -239,8 +239,9 @@ RUN_KEYS = ("scheduler", "workers")
 
 def load_config(path) -> dict:
     """Read a batch TOML file into a dict of settings (keys are long option names, '-' or '_';
-    ``no-accelerate = true`` is ``accelerate = false``, and ``no-amp`` likewise), plus
-    :data:`RUN_KEYS` where given."""
+    ``no-accelerate = true`` is ``accelerate = false``, and ``no-amp`` and ``no-tta`` likewise),
+    plus :data:`RUN_KEYS` where given. Two keys for one setting (``amp`` and ``no-amp``, or
+    ``tv-weight`` and ``tv_weight``) are refused: which one was meant is not for us to guess."""
     import tomllib
 
     path = Path(path)
@@ -251,16 +252,19 @@ def load_config(path) -> dict:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read config {path}: {' '.join(str(exc).split())}: fix the TOML syntax") from exc
     known = {f.name for f in dataclasses.fields(Settings)} | set(RUN_KEYS)
-    out = {}
+    out, keys = {}, {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if name in ("no_accelerate", "no_amp"):  # the flag's own name: no-accelerate = true
+        if name in ("no_accelerate", "no_amp", "no_tta"):  # the flag's own name: no-accelerate = true
             if not isinstance(value, bool):
                 raise InputError(f"config {path}: {key} must be true or false, got {value!r}")
             name, value = name[3:], not value
         if name not in known:
             raise InputError(f"config {path}: unknown key {key!r}: use the long option names, e.g. method, psf, "
                              "iterations")
+        if name in keys:
+            raise InputError(f"config {path}: {keys[name]!r} and {key!r} both set {name}: keep one of them")
+        keys[name] = key
         if isinstance(value, list):
             value = tuple(value)
         if name in ("psf", "model") and value is not None:

@@ -288,10 +288,10 @@ def test_config_keys_are_the_long_option_names_and_the_command_line_wins(tmp_pat
 
     write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
     (tmp_path / "batch.toml").write_text('psf = "psf.tif"\nno-accelerate = true\nscheduler = "threads"\nworkers = 2\n'
-                                         'no-amp = true\n')
+                                         'no-amp = true\nno-tta = false\n')
     config = load_config(tmp_path / "batch.toml")
     assert config["accelerate"] is False and (config["scheduler"], config["workers"]) == ("threads", 2)
-    assert config["amp"] is False
+    assert config["amp"] is False and config["tta"] is True
     parse = build_parser().parse_args
     base = {k: v for k, v in config.items() if k not in ("scheduler", "workers")}
     settings = settings_from_args(parse(["batch", str(tmp_path), "-o", str(tmp_path / "o")]), base)
@@ -475,6 +475,9 @@ def test_ctrl_c_in_a_batch_keeps_and_reports_the_files_finished(folder, capsys, 
 @pytest.mark.parametrize("line, words", [('accelerate = "no"', "accelerate must be true or false"),
                                          ('amp = "no"', "amp must be true or false"),
                                          ('no-amp = 1', "no-amp must be true or false"),
+                                         ("amp = false\nno-amp = false", "'amp' and 'no-amp' both set amp"),
+                                         ("no-tta = true\ntta = true", "'no-tta' and 'tta' both set tta"),
+                                         ("tv-weight = 0.01\ntv_weight = 0.02", "both set tv_weight: keep one"),
                                          ('device = "gpu"', "unknown device 'gpu'"),
                                          ("memory_limit = 500", "memory_limit needs a unit"),
                                          ("chunks = [8.5, 16, 16]", "positive whole numbers")])
