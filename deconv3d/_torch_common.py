@@ -124,11 +124,12 @@ class MixedPrecision:
         self.scaler.step(optimizer)
         self.scaler.update()
 
-    def step(self, once, step: int, model: torch.nn.Module) -> dict[str, float]:
+    def step(self, once, step: int, model: torch.nn.Module, stacklevel: int = 2) -> dict[str, float]:
         """``once()``, a training step of ``model`` returning its loss terms (``"total"`` among them)
         and taking its optimiser step only when that is finite, run at this precision; redone in
         float32 when its reduced-precision pass was not finite. ``step``: its 1-based number, for
-        :meth:`name`. The failed pass's BatchNorm statistics are undone: its infinite activations
+        :meth:`name`; ``stacklevel``: the warning's as the caller would give it (2: the caller's
+        caller). The failed pass's BatchNorm statistics are undone: its infinite activations
         made them infinite for good, and eval mode would have given NaN everywhere."""
         saved = None if self.dtype is None else [b.detach().clone() for b in model.buffers()]
         terms = once()
@@ -141,7 +142,7 @@ class MixedPrecision:
         terms = once()
         if math.isfinite(terms["total"]):
             self.fell_back = (dtype, step)
-            warnings.warn(AMP_OVERFLOW.format(dtype=dtype_name(dtype)), RuntimeWarning, stacklevel=3)
+            warnings.warn(AMP_OVERFLOW.format(dtype=dtype_name(dtype)), RuntimeWarning, stacklevel=stacklevel + 1)
         else:  # a real divergence, which ends the run: no step was taken in float32
             self.dtype = dtype
         return terms
@@ -227,6 +228,22 @@ def safe_torch_load(path, producer: str):
     except Exception:  # the safe unpickler refuses any object that is not a tensor, number, string or container
         raise InputError(f"{path} is not a safe deconv3d checkpoint (it holds objects that could run code, or is "
                          f"not a checkpoint at all): use a model written by {producer}") from None
+
+
+def checked_run_record(record, kinds: dict[str, type]) -> dict | None:
+    """A checkpoint's record of its training run, checked: None when the file has none (written
+    before it was recorded), else its ``kinds`` keys, each of that type (``float`` takes a finite
+    number); keys of a later version are dropped. Anything else raises TypeError (a damaged file)."""
+    if record is None:
+        return None
+    if not isinstance(record, dict) or not set(kinds) <= set(record):
+        raise TypeError("run record")
+    for key, kind in kinds.items():
+        value = record[key]
+        fits = isinstance(value, (int, float)) and math.isfinite(value) if kind is float else isinstance(value, kind)
+        if isinstance(value, bool) or not fits:
+            raise TypeError(f"run record: {key}")
+    return {key: record[key] for key in kinds}
 
 
 class WeightAverage:

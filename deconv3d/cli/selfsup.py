@@ -205,7 +205,7 @@ def deconvolve_ssl(args, image, psf, voxel, trained=None):
 
     if trained is not None:
         trained.check_compatible(image.ndim, psf, voxel)
-        params = {"model": str(args.model), **trained.record()}  # its recipe, as the checkpoint holds it
+        params = {**trained.record(), "model": str(args.model)}  # its recipe, as the checkpoint holds it
     else:
         if psf is None:
             raise InputError("--method ssl without --model needs a PSF: add --psf PSF.tif or --psf-model")

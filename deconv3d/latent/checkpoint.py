@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from deconv3d._torch_common import atomic_torch_save, safe_torch_load, seeded
+from deconv3d._torch_common import atomic_torch_save, checked_run_record, safe_torch_load, seeded
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
 from deconv3d.latent.data import check_levels
@@ -33,6 +33,10 @@ from deconv3d.latent.config import LatentTrainConfig, config_to_dict as train_co
 __all__ = ["FORMAT", "TrainedAutoencoder", "save_checkpoint", "load_checkpoint"]
 
 FORMAT = "deconv3d.latent/1"
+
+
+#: The run record a checkpoint keeps (``TrainedAutoencoder.run``): its keys and their types.
+RUN_RECORD = {"train_steps": int, "stopped": str, "precision": str}
 
 
 @dataclass
@@ -173,9 +177,7 @@ def load_checkpoint(path, device="cpu") -> TrainedAutoencoder:
             pixel = tuple(float(v) for v in pixel)
             if len(pixel) != 2 or not all(np.isfinite(v) and v > 0 for v in pixel):
                 raise ValueError("pixel size out of range")
-        run = data.get("run")  # absent from files written before it was recorded
-        if not (run is None or isinstance(run, dict)):
-            raise TypeError("run record")
+        run = checked_run_record(data.get("run"), RUN_RECORD)  # absent from files written before it was recorded
         return TrainedAutoencoder(model, model.config, config, levels,
                                   None if shape is None else tuple(int(n) for n in shape),
                                   None if best is None else float(best), pixel, run)

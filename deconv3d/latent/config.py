@@ -84,6 +84,8 @@ class LatentTrainConfig:
             raise InputError(f"residual must be True, False or None, got {self.residual!r}")
         if not isinstance(self.amp, (bool, np.bool_)):
             raise InputError(f"amp must be True or False, got {self.amp!r}")
+        for name in ("residual", "amp"):  # a numpy bool would make the checkpoint unloadable (weights_only)
+            object.__setattr__(self, name, bool(getattr(self, name)))
         for name, value, allowed in (("variant", self.variant, VARIANTS), ("dist", self.dist, DISTANCES),
                                      ("latent_norm", self.latent_norm, LATENT_NORMS),
                                      ("lr_decay", self.lr_decay, LR_DECAYS),

@@ -116,7 +116,8 @@ def triplet_loss(model, x1, x2, x3, alpha, variant: str = "explicit", dist: str 
     """
     b = x1.shape[0]
     planes = [x1, x3, x2] if variant == "explicit" else [x1, x3]
-    z = tuple(t.float() for t in model.encode(torch.cat(planes)))  # the latent arithmetic and terms in float32
+    # the latent arithmetic and terms at the planes' precision (float32 under autocast)
+    z = tuple(t.to(x1.dtype) for t in model.encode(torch.cat(planes)))
     z1, z3, *rest = _split(z, [b] * len(planes))
     if variant == "baseline":
         y1, y3 = model.decode(tuple(torch.cat([t1, t3]) for t1, t3 in zip(z1, z3))).split(b)

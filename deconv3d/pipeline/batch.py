@@ -143,7 +143,7 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
         model = MemoryModel("ssl", tuple(trained.psf.shape), base_channels=trained.unet.base_channels,
                             weights_bytes=weights, context=block.reach())
         # a model file's recipe as the checkpoint holds it; else the network was trained in the run (its record)
-        source = {"model": str(settings.model), **trained.record()} if settings.model else {}
+        source = {**trained.record(), "model": str(settings.model)} if settings.model else {}
         return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit}
     if settings.method == "wiener":
         return (WienerBlock(psf, settings.balance, settings.run_device), MemoryModel("wiener", psf.shape),

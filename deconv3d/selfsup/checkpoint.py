@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d._torch_common import atomic_torch_save, safe_torch_load, seeded
+from deconv3d._torch_common import atomic_torch_save, checked_run_record, safe_torch_load, seeded
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
 from deconv3d.fft import psf_fingerprint, resolve_device
@@ -30,6 +30,10 @@ from deconv3d.selfsup.unet import ResUNet
 __all__ = ["TrainedModel", "save_checkpoint", "load_checkpoint", "training_record", "FORMAT"]
 
 FORMAT = "deconv3d.selfsup/1"
+
+
+#: The run record a checkpoint keeps (``TrainedModel.run``): its keys and their types.
+RUN_RECORD = {"train_steps": int, "stopped": str, "warm_start": int, "anchor": float, "precision": str}
 
 
 @dataclass
@@ -166,9 +170,7 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
         reference = None if reference is None else from_dict(Reference, reference)
         if config.residual != (reference is not None):
             raise ValueError("a residual network without its reference, or the reverse")
-        run = data.get("run")  # absent from files written before it was recorded
-        if not (run is None or isinstance(run, dict)):
-            raise TypeError("run record")
+        run = checked_run_record(data.get("run"), RUN_RECORD)  # absent from files written before it was recorded
         trained = TrainedModel(model.to(device).eval(), unet, config, mean, std, psf, voxel, reference, run=run)
         fingerprint = data["psf_fingerprint"]
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, InputError) as exc:

@@ -46,6 +46,30 @@ def test_training_reports_its_precision_and_the_checkpoint_keeps_it(amx, stacks,
     loaded = load_checkpoint(tmp_path / "ae.ckpt")
     assert loaded.config.amp is amp
     assert loaded.run == {"train_steps": 3, "stopped": "completed", "precision": expected}
+    data = torch.load(tmp_path / "ae.ckpt", weights_only=True)
+    data["run"]["train_steps"] = "3"
+    torch.save(data, tmp_path / "ae.ckpt")
+    with pytest.raises(InputError, match="damaged"):
+        load_checkpoint(tmp_path / "ae.ckpt")
+
+
+def test_numpy_bools_are_stored_as_bools(stacks, tmp_path):
+    """np.True_ passed the check, and torch.load(weights_only=True) refused the checkpoint holding it."""
+    config = LatentTrainConfig(steps=1, batch=2, val_fraction=0.0, amp=np.False_, residual=np.True_)
+    assert config.amp is False and config.residual is True
+    res = train(stacks, [0, 1, 2], config, AE, device="cpu")
+    save_checkpoint(res, tmp_path / "ae.ckpt", plane_shape=stacks.shape[-2:])
+    assert load_checkpoint(tmp_path / "ae.ckpt").config == config
+
+
+@pytest.mark.parametrize("variant", ["baseline", "implicit", "explicit"])
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_network_converted_to_one_dtype_computes_its_loss_in_that_dtype(variant, skip):
+    model = build_autoencoder(AEConfig(widths=(4, 8), crop=16, skip_interp=skip), seed=0).to(torch.bfloat16)
+    x1, x2, x3 = torch.rand(3, 2, 1, 16, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    alpha = torch.tensor([0.5, 0.25], dtype=torch.bfloat16)
+    loss, terms = triplet_loss(model, x1, x2, x3, alpha, variant, residual=variant != "baseline")
+    assert loss.dtype == torch.bfloat16 and np.isfinite(terms["total"])
 
 
 def test_bfloat16_training_follows_float32_training(amx, stacks):
@@ -93,8 +117,9 @@ def test_a_non_finite_bfloat16_pass_is_redone_in_float32(amx, stacks, monkeypatc
     """A non-finite bfloat16 pass at step 3: that step is redone in float32, as are the rest."""
     calls = []
     monkeypatch.setattr(train_module, "autocast", autocast_failing_at(3, train_module.autocast, calls))
-    with pytest.warns(RuntimeWarning, match="bfloat16 gave a non-finite value"):
+    with pytest.warns(RuntimeWarning, match="bfloat16 gave a non-finite value") as caught:
         res = train(stacks, [0, 1, 2], LatentTrainConfig(steps=5, batch=2, val_every=1), AE, device="cpu")
+    assert caught[0].filename == __file__  # the warning names the caller's line
     assert res.reason == "completed" and res.steps_done == 5 and len(calls) == 3
     assert all(np.isfinite(loss) for _, loss in res.history)
     assert res.precision == "bfloat16 for steps 1-2, then float32"

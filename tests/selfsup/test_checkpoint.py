@@ -52,10 +52,15 @@ def test_the_checkpoint_records_how_training_went(trained, tmp_path):
     del data["run"]  # a checkpoint from before the record
     torch.save(data, path)
     assert load_checkpoint(path).run is None and "train_steps" not in load_checkpoint(path).record()
-    data["run"] = "2 steps"
+    data["run"] = {**run, "later": [1], "model": "other.ckpt"}  # keys of a later version are dropped
     torch.save(data, path)
-    with pytest.raises(InputError, match="damaged"):
-        load_checkpoint(path)
+    assert load_checkpoint(path).run == run
+    for damaged in ("2 steps", {**run, "train_steps": "2"}, {**run, "train_steps": torch.tensor(2)},
+                    {**run, "anchor": float("nan")}, {**run, "stopped": True}, {k: run[k] for k in list(run)[1:]}):
+        data["run"] = damaged
+        torch.save(data, path)
+        with pytest.raises(InputError, match="damaged"):
+            load_checkpoint(path)
 
 
 def test_a_checkpoint_gets_the_mode_the_umask_gives_like_other_outputs(trained, tmp_path):

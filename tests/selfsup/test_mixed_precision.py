@@ -167,7 +167,8 @@ def test_the_precision_says_when_training_fell_back_to_float32(monkeypatch, dive
         res = train(noisy, psf, config=TrainConfig(steps=5, patch=16, batch=2, seed=0), unet=TINY[3], device="cpu")
         assert res.reason == "non-finite loss" and res.precision == "bfloat16"
         return
-    with pytest.warns(RuntimeWarning, match="bfloat16 gave a non-finite value"):
+    with pytest.warns(RuntimeWarning, match="bfloat16 gave a non-finite value") as caught:
         res = train(noisy, psf, config=TrainConfig(steps=5, patch=16, batch=2, seed=0), unet=TINY[3], device="cpu")
+    assert caught[0].filename == __file__  # the warning names the caller's line
     assert res.steps_done == 5 and len(calls) == 3
     assert res.precision == "bfloat16 for steps 1-2, then float32" == training_record(res)["precision"]
