@@ -11,13 +11,14 @@ noise that the self-supervised losses must average out.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-from deconv3d._torch_common import amp_dtype, autocast, dtype_name, stop_reason
+from deconv3d._torch_common import MixedPrecision, amp_dtype, autocast, stop_reason
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
 from deconv3d.selfsup.losses import ForwardModel, mse
@@ -55,23 +56,29 @@ def train_supervised(noisy: np.ndarray, psf: np.ndarray, target: np.ndarray, con
     unet = replace(unet, positive=False)  # a signed correction, clamped at zero intensity as in train()
     floor = -mean / std  # zero intensity in standardised units
     model, optimizer, schedule, average = trainable_model(unet, config, dev, floor)  # starts at T exactly
-    amp = amp_dtype(config.amp, dev, training=True)  # bfloat16 on a CPU with AMX, as train() trains
+    precision = MixedPrecision(amp_dtype(config.amp, dev, training=True))  # as train() trains, fallback included
+
+    def once(batch, wanted) -> dict[str, float]:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(precision.dtype, dev):
+            out = model(batch.augment(batch.fields))
+        f = (batch.restore(out.float()) + batch.target_field).clamp_min(floor)
+        loss = mse(predict(f), wanted)
+        value = float(loss.detach())
+        if math.isfinite(value):
+            precision.backward(loss, optimizer)
+        return {"total": value}
+
     history, step = [], 0
     while True:
         step += 1
         batch, wanted = image_patches.sample(config.batch), target_patches.sample(config.batch).data
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(amp, dev):
-            out = model(batch.augment(batch.fields))
-        f = (batch.restore(out.float()) + batch.target_field).clamp_min(floor)
-        loss = mse(predict(f), wanted)
-        loss.backward()
-        optimizer.step()
+        loss = precision.step(lambda: once(batch, wanted), step, model)["total"]
         schedule.step()
         if average is not None:
             average.update(model)
-        history.append((step, float(loss.detach())))
-        reason = stop_reason(step, history[-1][1], config.steps, config.time_budget, None, started)
+        history.append((step, loss))
+        reason = stop_reason(step, loss, config.steps, config.time_budget, None, started)
         if reason is not None:
             break
     if average is not None:
@@ -79,4 +86,4 @@ def train_supervised(noisy: np.ndarray, psf: np.ndarray, target: np.ndarray, con
     model = model.to(memory_format=torch.contiguous_format).eval()
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf, None,
                        time.perf_counter() - started, {}, 0, reference,
-                       precision=dtype_name(amp or torch.float32))
+                       precision=precision.name())
