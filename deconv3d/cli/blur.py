@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -142,23 +141,6 @@ def _deblur_parser(blur) -> None:
 # ------------------------------------------------------------------ helpers
 
 
-def _check_model_output(output, inputs) -> None:
-    from deconv3d._paths import check_name_length, remove_stale_temporaries
-
-    path = Path(output)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"output directory {parent} is missing or not writable: choose another output path")
-    if path.is_dir():
-        raise InputError(f"output path is a directory: {path}: give a file name such as AE.ckpt")
-    if path.suffix.lower() not in (".ckpt", ".pt"):
-        raise InputError(f"unsupported model format '{path.suffix}' for {path}: name it .ckpt (or .pt)")
-    if any(path.resolve() == Path(p).resolve() for p in inputs):
-        raise InputError(f"output path equals the input {path}: choose another output name")
-    check_name_length(path)
-    remove_stale_temporaries(path)  # a killed run's hidden checkpoint, as the other commands sweep theirs
-
-
 def _pixel_size(image, path) -> tuple | None:
     """The (y, x) pixel size a file records (None when it records none); a bad one is refused."""
     problem = getattr(image, "voxel_problem", None)
@@ -253,7 +235,7 @@ def cmd_train(args) -> int:
     from deconv3d.latent.model import AEConfig
     from deconv3d.latent.train import LatentTrainConfig, plane_problem, train
 
-    _check_model_output(args.output, args.stacks)
+    check_output(args.output, args.stacks, suffixes=(".ckpt", ".pt"))
     stacks, pixel = _read_stacks(args.stacks)
     problem = plane_problem(stacks)  # in the files' own order and numbering, before sorting and tiling
     if problem is not None:
