@@ -56,7 +56,7 @@ def train_supervised(noisy: np.ndarray, psf: np.ndarray, target: np.ndarray, con
     unet = replace(unet, positive=False)  # a signed correction, clamped at zero intensity as in train()
     floor = -mean / std  # zero intensity in standardised units
     model, optimizer, schedule, average = trainable_model(unet, config, dev, floor)  # starts at T exactly
-    precision = MixedPrecision(amp_dtype(config.amp, dev, training=True))  # as train() trains, fallback included
+    precision = MixedPrecision(amp_dtype(config.amp, dev))  # as train() trains, fallback included
 
     def once(batch, wanted) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)

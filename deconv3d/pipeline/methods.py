@@ -180,7 +180,7 @@ class NetworkBlock:
     """``block -> apply_model(trained, block)``: the self-supervised network's inference.
 
     ``band_limit`` is passed on (``"default"``: apply_model's own default, resolved once here;
-    None or 0 turns it off).
+    None or 0 turns it off), and so is ``amp`` (None: the network's training setting).
     """
 
     trained: object  # deconv3d.selfsup.TrainedModel
@@ -188,6 +188,7 @@ class NetworkBlock:
     tta: bool = False
     context: Optional[int] = field(default=None)
     band_limit: Union[float, str, None] = "default"
+    amp: Optional[bool] = None
 
     def __post_init__(self):
         from deconv3d.selfsup import BAND_LIMIT, TrainedModel, default_context
@@ -223,13 +224,13 @@ class NetworkBlock:
 
         if placement is None:
             return _finite(apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context,
-                                       band_limit=self.band_limit, callback=_stop_if_abandoned), block)
+                                       band_limit=self.band_limit, callback=_stop_if_abandoned, amp=self.amp), block)
         region = tuple(slice(max(0, c.start - r), min(n, c.stop + r))
                        for c, r, n in zip(placement.core, self._band_reach(), block.shape))
         whole = volume_phase(placement.shape, self.trained.unet.divisor, self.context)
         phase = tuple(p - s for p, s in zip(whole, placement.start))
         out = apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context,
-                          band_limit=None, region=region, phase=phase, callback=_stop_if_abandoned)
+                          band_limit=None, region=region, phase=phase, callback=_stop_if_abandoned, amp=self.amp)
         if self.band_limit:  # on the region alone (mirrored at its edges): around it the block holds no prediction
             from deconv3d.fft import band_limit
 

@@ -48,7 +48,7 @@ class Settings:
     model: Optional[str] = None
     train_steps: Optional[int] = None  # ssl without a model: train on each image first (deconv3d train's recipe)
     seed: int = 0  # of that training
-    amp: bool = True  # and its mixed precision (bfloat16 on a CPU with AMX; TrainConfig.amp)
+    amp: bool = True  # mixed precision of the network, in that training and in inference (bfloat16 on a CPU with AMX)
     tta: bool = False
     band_limit: float = 0.0  # deconv3d.selfsup.BAND_LIMIT: off; an eps > 0 turns it on
     chunks: Optional[tuple] = None
@@ -195,8 +195,9 @@ class Settings:
 _ADDED_LATER = {"train_steps": None, "seed": 0, "amp": True}
 #: Settings that change the output of method ssl only (others leave them out of the fingerprint).
 _SSL_ONLY = ("train_steps", "seed", "amp")
-#: Settings of the training with train_steps: a trained --model leaves them out of the fingerprint.
-_TRAINING_ONLY = ("seed", "amp")
+#: Settings of the training with train_steps: a trained --model leaves them out of the fingerprint
+#: (amp is not one: it also sets the network's inference precision).
+_TRAINING_ONLY = ("seed",)
 
 
 def _many(value) -> tuple:

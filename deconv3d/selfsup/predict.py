@@ -124,9 +124,11 @@ def predict_tiled(
         make it at least the network's receptive-field radius for seamless tiling.
         At the volume border the context is the volume mirrored (reflect padding).
     amp : bool
-        Mixed precision (float16 autocast) on CUDA; ignored on the CPU. The output is
-        float32 either way. A tile whose float16 pass overflows is recomputed in float32,
-        as are the tiles after it (with a RuntimeWarning).
+        Mixed precision (:func:`~deconv3d._torch_common.amp_dtype`): float16 autocast on
+        CUDA, bfloat16 on a CPU with AMX, float32 elsewhere; the network's last layer and the
+        output are float32 either way. A tile whose reduced-precision pass is not finite (a
+        float16 overflow) is recomputed in float32, as are the tiles after it (with a
+        RuntimeWarning).
     signed : bool
         The network outputs a signed correction in standardised units (a residual network):
         its output becomes ``out * std``, without the mean, and is not clamped. Otherwise
@@ -369,7 +371,7 @@ class _ModelRunner:
     def __init__(self, model, device, mean, std, tta, amp, level):
         self.model, self.device, self.mean, self.std, self.level = model, device, mean, std, level
         self.tta = tta
-        self.amp = amp_dtype(amp, device)  # float16 on CUDA; None (float32) on the CPU
+        self.amp = amp_dtype(amp, device)  # float16 on CUDA, bfloat16 on a CPU with AMX, else None (float32)
 
     def __enter__(self):
         # The caller's module is left as it is: other threads may be running it (a model switched to

@@ -286,7 +286,7 @@ def train(
     model, optimizer, schedule, average = trainable_model(unet, config, dev, -mean / std)
     steps = _Steps(model, optimizer, schedule, average, forward, geometry.region, loss_weights(config), (mean, std),
                    _data_weight(forward, geometry.data_shape, config.precondition, img, psf), config,
-                   -mean / std if positive_sum else None, MixedPrecision(amp_dtype(config.amp, dev, training=True)))
+                   -mean / std if positive_sum else None, MixedPrecision(amp_dtype(config.amp, dev)))
     started = time.perf_counter()
     image_key, target, reference = _set_reference(img, psf, forward, sampler, config, dev, started, (mean, std))
     step, history, terms, reason, warm_done = steps.run(sampler, callback, started)

@@ -233,6 +233,7 @@ def test_batch_ssl_applies_the_band_limit_option(folder, capsys):
         params = attrs["deconv3d"]["parameters"]
         assert params["band_limit"] == (eps or 0)
         assert params["model"] == str(model) and params["train_steps"] == 2 and params["training"]["patch"] == 8
+        assert params["amp"] is True  # the network's inference in bfloat16 on a CPU with AMX
         whole = apply_model(trained, image, device="cpu", band_limit=eps)
         assert psnr(whole, data) >= 50
         outputs[eps] = np.asarray(data)

@@ -37,7 +37,8 @@ def test_a_zarr_output_trains_on_the_image_as_an_in_memory_run_does(files, capsy
     monkeypatch.chdir(files)
     write_tiff(files / "wide.tif", blurred_beads((8, 32, 96), gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0)), seed=4),
                voxel_size=(0.3, 0.1, 0.1))
-    argv = ["wide.tif", "--psf", "psf.tif", "--method", "ssl", "--train-steps", "3", "--seed", "5", *SMALL]
+    # (in float32: bfloat16 inference on a CPU with AMX rounds differently in the blocks' shapes, 1e-3 of the peak)
+    argv = ["wide.tif", "--psf", "psf.tif", "--method", "ssl", "--train-steps", "3", "--seed", "5", "--no-amp", *SMALL]
     assert run(["deconvolve", "-o", "mem.tif", *argv], capsys)[0] == 0
     code, out, err = run(["deconvolve", "-o", "out.zarr", "--chunks", "8", "32", "32", *argv], capsys)
     assert code == 0, err
@@ -155,11 +156,12 @@ def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(fi
     # amp: another training for ssl (float32 against bfloat16 on AMX CPUs), nothing for rl
     assert make_settings({**psf, "method": "ssl", "train_steps": 5, "amp": False}).fingerprint() != ssl[0]
     assert make_settings({**psf, "amp": False}).fingerprint() == settings.fingerprint()
-    # a trained --model: nothing is trained, so the training's seed and precision change nothing (--no-amp
-    # with --model redid every finished file)
+    # a trained --model: nothing is trained, so the training's seed changes nothing (--seed with --model redid
+    # every finished file); amp does, as the network's inference runs in bfloat16 on AMX CPUs with it
     (files / "m.ckpt").write_bytes(b"weights")
     model = {**psf, "method": "ssl", "model": str(files / "m.ckpt")}
-    assert len({make_settings({**model, **extra}).fingerprint() for extra in ({}, {"amp": False}, {"seed": 3})}) == 1
+    assert make_settings({**model, "seed": 3}).fingerprint() == make_settings(model).fingerprint()
+    assert make_settings({**model, "amp": False}).fingerprint() != make_settings(model).fingerprint()
 
 
 def test_chunked_ssl_trains_by_default_as_in_memory_and_takes_the_psf_s_voxel_size(files, capsys, monkeypatch):

@@ -42,7 +42,31 @@ def test_train_then_deconvolve_with_the_model(data, capsys):
     params = parameters(out_tif)  # the model's recipe and run, as the checkpoint holds them
     assert params["model"] == str(model) and params["train_steps"] == 2 and params["stopped"] == "completed"
     assert params["precision"] in ("float32", "bfloat16") and params["training"]["patch"] == 8
-    assert params["unet"]["base_channels"] == 4 and params["tta"] is True
+    assert params["unet"]["base_channels"] == 4 and params["tta"] is True and params["amp"] is True
+
+
+def test_no_amp_runs_a_models_inference_in_float32(data, capsys, monkeypatch):
+    """--amp (default) runs the network in bfloat16 on a CPU with AMX (forced here), --no-amp in
+    float32; with --model it is not a training option that --model ignores."""
+    from deconv3d import _torch_common
+    from deconv3d.selfsup import apply_model, load_checkpoint
+
+    monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: True)
+    model = data / "m.ckpt"
+    assert run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 2] + TINY,
+               capsys)[0] == 0
+    outputs = {}
+    for flag in ("--amp", "--no-amp"):
+        out = data / f"{flag}.tif"
+        code, _, err = run(["deconvolve", data / "image.tif", "-o", out, "--method", "ssl", "--model", model,
+                            "--device", "cpu", flag], capsys)
+        assert code == 0 and "warning" not in err, err
+        assert parameters(out)["amp"] is (flag == "--amp")
+        outputs[flag] = read_image(out).data
+    image = read_image(data / "image.tif").data
+    np.testing.assert_array_equal(outputs["--no-amp"], apply_model(load_checkpoint(model), image, device="cpu",
+                                                                   amp=False))
+    assert not np.array_equal(outputs["--amp"], outputs["--no-amp"])
 
 
 def parameters(path) -> dict:

@@ -13,7 +13,7 @@ import torch
 from amp_helpers import autocast_failing_at
 from deconv3d import _torch_common
 from deconv3d._torch_common import amp_dtype, cpu_has_amx, grad_scaler
-from deconv3d.selfsup import TrainConfig, train, training_record
+from deconv3d.selfsup import TrainConfig, apply_model, train, training_record
 from tests.selfsup.test_train import TINY, problem
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -21,12 +21,32 @@ TRAIN = importlib.import_module("deconv3d.selfsup.train")
 
 
 @pytest.mark.parametrize("amx", [True, False])
-def test_the_dtype_follows_device_purpose_and_request(monkeypatch, amx):
+def test_the_dtype_follows_device_and_request(monkeypatch, amx):
     monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: amx)
-    assert amp_dtype(True, CUDA) is torch.float16 and amp_dtype(True, CUDA, training=True) is torch.float16
-    assert amp_dtype(True, CPU, training=True) is (torch.bfloat16 if amx else None)
-    assert amp_dtype(True, CPU) is None  # CPU inference stays in float32
-    assert amp_dtype(False, CPU, training=True) is None and amp_dtype(False, CUDA) is None
+    assert amp_dtype(True, CUDA) is torch.float16
+    assert amp_dtype(True, CPU) is (torch.bfloat16 if amx else None)
+    assert amp_dtype(False, CPU) is None and amp_dtype(False, CUDA) is None
+
+
+@pytest.mark.parametrize("amp", [True, False, None])
+def test_inference_runs_in_bfloat16_on_a_cpu_with_amx_unless_asked_not_to(monkeypatch, amp):
+    """apply_model's amp (None: the training setting, here on) picks the inference precision; the
+    bfloat16 result stays within 1e-2 of the float32 one's peak, with the last layer in float32."""
+    monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: True)
+    _, noisy, psf = problem(3, sigma=0.05)
+    res = train(noisy, psf, config=TrainConfig(steps=3, patch=16, batch=2, seed=0), unet=TINY[3], device="cpu")
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, out: seen.append(out.dtype) if isinstance(m, torch.nn.Conv3d) else None)
+    try:
+        out = apply_model(res, noisy, device="cpu", amp=amp)
+    finally:
+        handle.remove()
+    low = amp in (True, None)
+    assert (torch.bfloat16 in seen) is low and seen[-1] == torch.float32  # the head's convolution: float32
+    full = apply_model(res, noisy, device="cpu", amp=False)
+    difference = np.abs(out - full).max() / full.max()
+    assert (0 < difference < 1e-2) if low else difference == 0
 
 
 def test_only_float16_scales_gradients(monkeypatch):
