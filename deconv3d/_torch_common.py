@@ -90,7 +90,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-AMP_OVERFLOW = ("mixed precision: {dtype} gave a non-finite value in the network's forward pass (float16 overflows "
+AMP_OVERFLOW = ("mixed precision: {dtype} gave a non-finite value in the network's forward pass (as float16 does "
                 "above 65504), so the run goes on in float32 (slower)")
 
 

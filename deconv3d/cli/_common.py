@@ -12,8 +12,8 @@ from deconv3d.errors import InputError
 PSF_MODELS = ("gaussian", "gibson-lanni", "vectorial")
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_HELP = "auto (default: CUDA when an NVIDIA GPU is available, else the CPU), cpu or cuda"
-AMP_HELP = ("mixed precision for the network: float16 on CUDA, bfloat16 on CPUs with AMX, where it takes half the "
-            "time or less; float32 elsewhere (default on; --no-amp: float32)")
+AMP_HELP = ("mixed precision for the network, in training and inference: float16 on CUDA, bfloat16 on CPUs with "
+            "AMX, where each takes about half the time or less; float32 elsewhere (default on; --no-amp: float32)")
 
 
 class Parser(argparse.ArgumentParser):

@@ -17,7 +17,7 @@ import numpy as np
 from deconv3d import __version__
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
-from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, Parser, add_common, check_output, positive_float, positive_int,
+from ._common import (DEVICE_HELP, DEVICES, Parser, add_common, check_output, positive_float, positive_int,
                       progress)
 
 VARIANTS = ("baseline", "implicit", "explicit")
@@ -98,7 +98,9 @@ def _train_parser(blur) -> None:
     p.add_argument("--val-fraction", type=_val_fraction, default=0.25, help="held-out share of the stacks (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, split and crops (default 0)")
     p.add_argument("--time-budget", type=positive_float, help="stop after this many seconds")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help=AMP_HELP)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="mixed precision for the network's training: float16 on CUDA, bfloat16 on CPUs with AMX, where "
+                        "it took 0.7x the time; float32 elsewhere (default on; --no-amp: float32)")
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     add_common(p)
     p.set_defaults(func=cmd_train)

@@ -202,6 +202,7 @@ def deconvolve_ssl(args, image, psf, voxel, trained=None):
     from tqdm import tqdm
 
     from deconv3d.selfsup import apply_model, training_record
+    from deconv3d.selfsup.predict import inference_precision
 
     if trained is not None:
         trained.check_compatible(image.ndim, psf, voxel)
@@ -223,6 +224,7 @@ def deconvolve_ssl(args, image, psf, voxel, trained=None):
     params["tta"] = bool(args.tta)
     params["band_limit"] = args.band_limit
     params["amp"] = bool(args.amp)  # the inference's mixed precision (and the training's, with --train-steps)
+    params["inference_precision"] = inference_precision(args.amp, args.device)  # what that is on this machine
     return result, params, trained.psf
 
 

@@ -144,7 +144,11 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
                             weights_bytes=weights, context=block.reach())
         # a model file's recipe as the checkpoint holds it; else the network was trained in the run (its record)
         source = {**trained.record(), "model": str(settings.model)} if settings.model else {}
-        return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit, "amp": settings.amp}
+        from deconv3d.selfsup.predict import inference_precision
+
+        # (the precision on this machine: a cluster's workers on other CPUs may differ)
+        return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit, "amp": settings.amp,
+                              "inference_precision": inference_precision(settings.amp, settings.run_device)}
     if settings.method == "wiener":
         return (WienerBlock(psf, settings.balance, settings.run_device), MemoryModel("wiener", psf.shape),
                 {"balance": settings.balance})

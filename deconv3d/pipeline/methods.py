@@ -37,7 +37,8 @@ root of its second central moment; see :func:`rl_halo`, :func:`wiener_halo`):
 * Self-supervised network: the context of an in-memory run's tiles
   (:func:`deconv3d.selfsup.default_context`: 32 voxels for the default 3D network, at least
   the PSF half-size), rounded up to whole pooling cells (``2**depth``): blocks then agree with
-  the in-memory run as its tiles agree with each other (94 dB on a trained network; see there).
+  the in-memory run as its tiles agree with each other (94 dB on a trained network in float32,
+  86 dB with bfloat16 inference; see there).
   The network's whole receptive field (:func:`deconv3d.selfsup.unet.receptive_radius`: 52
   voxels, 56 in whole cells), the halo before, made blocks equal a pass with that context, which
   no in-memory run makes (73 dB from it), at 2.7-3.7x the time. Told where its block lies

@@ -124,11 +124,12 @@ def predict_tiled(
         make it at least the network's receptive-field radius for seamless tiling.
         At the volume border the context is the volume mirrored (reflect padding).
     amp : bool
-        Mixed precision (:func:`~deconv3d._torch_common.amp_dtype`): float16 autocast on
-        CUDA, bfloat16 on a CPU with AMX, float32 elsewhere; the network's last layer and the
-        output are float32 either way. A tile whose reduced-precision pass is not finite (a
-        float16 overflow) is recomputed in float32, as are the tiles after it (with a
-        RuntimeWarning).
+        Mixed precision (:func:`~deconv3d._torch_common.amp_dtype`, :func:`inference_precision`):
+        float16 autocast on CUDA, bfloat16 on a CPU with AMX, float32 elsewhere; the output is
+        float32 either way, and a :class:`ResUNet` computes its last layer in float32
+        (:func:`~deconv3d._torch_common.at_own_precision`). A tile whose reduced-precision pass
+        is not finite (a float16 overflow) is recomputed in float32, as are the tiles after it
+        (with a RuntimeWarning).
     signed : bool
         The network outputs a signed correction in standardised units (a residual network):
         its output becomes ``out * std``, without the mean, and is not clamped. Otherwise
@@ -360,6 +361,13 @@ def _blend_tiles(run, volume, box, tiles, window: _Window, batch_size: int, call
         if callback is not None and callback(done, len(tiles)):
             raise Cancelled(f"prediction cancelled after {done} of {len(tiles)} tiles")
     return out / weight_sum
+
+
+def inference_precision(amp: bool, device) -> str:
+    """The dtype :func:`predict_tiled` with ``amp`` runs the network in on ``device``, for records:
+    "bfloat16" on a CPU with AMX, "float16" on CUDA, else "float32" (a tile that is not finite in
+    reduced precision then falls back to float32, with a warning)."""
+    return dtype_name(amp_dtype(amp, resolve_device(device)) or torch.float32)
 
 
 class _ModelRunner:

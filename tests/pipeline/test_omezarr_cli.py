@@ -213,6 +213,7 @@ def test_batch_ssl_applies_the_band_limit_option(folder, capsys):
     and the chunked output matches the whole-volume inference with the same setting."""
     from deconv3d.io import read_image
     from deconv3d.pipeline.batch import Settings
+    from deconv3d._torch_common import cpu_has_amx
     from deconv3d.selfsup import BAND_LIMIT, apply_model, load_checkpoint
 
     assert Settings.band_limit == BAND_LIMIT  # batch repeats the library default as a literal
@@ -234,6 +235,7 @@ def test_batch_ssl_applies_the_band_limit_option(folder, capsys):
         assert params["band_limit"] == (eps or 0)
         assert params["model"] == str(model) and params["train_steps"] == 2 and params["training"]["patch"] == 8
         assert params["amp"] is True  # the network's inference in bfloat16 on a CPU with AMX
+        assert params["inference_precision"] == ("bfloat16" if cpu_has_amx() else "float32")
         whole = apply_model(trained, image, device="cpu", band_limit=eps)
         assert psnr(whole, data) >= 50
         outputs[eps] = np.asarray(data)

@@ -61,7 +61,9 @@ def test_no_amp_runs_a_models_inference_in_float32(data, capsys, monkeypatch):
         code, _, err = run(["deconvolve", data / "image.tif", "-o", out, "--method", "ssl", "--model", model,
                             "--device", "cpu", flag], capsys)
         assert code == 0 and "warning" not in err, err
-        assert parameters(out)["amp"] is (flag == "--amp")
+        params = parameters(out)
+        assert params["amp"] is (flag == "--amp")
+        assert params["inference_precision"] == ("bfloat16" if flag == "--amp" else "float32")
         outputs[flag] = read_image(out).data
     image = read_image(data / "image.tif").data
     np.testing.assert_array_equal(outputs["--no-amp"], apply_model(load_checkpoint(model), image, device="cpu",
