@@ -17,8 +17,7 @@ import numpy as np
 from deconv3d import __version__
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
-from ._common import (DEVICE_HELP, DEVICES, Parser, add_common, check_output, positive_float, positive_int,
-                      progress)
+from ._common import DEVICE_HELP, DEVICES, Parser, add_common, check_output, positive_float, positive_int, progress
 
 VARIANTS = ("baseline", "implicit", "explicit")
 DISTANCES = ("mse", "l1")

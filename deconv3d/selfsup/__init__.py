@@ -47,7 +47,7 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
 
     ``amp`` (None: the network's training setting, ``trained.config.amp``) runs the network in
     mixed precision, as :func:`~deconv3d.selfsup.predict.predict_tiled` says: bfloat16 on a CPU
-    with AMX (2-3.5x faster on bench_selfsup's volumes, the PSNR unchanged to 0.001 dB, the output
+    with AMX (2-3.4x faster on bench_selfsup's volumes, the PSNR unchanged to 0.001 dB, the output
     within 7e-3 of the float32 one's peak), float16 on CUDA.
 
     ``region`` and ``phase`` are :func:`~deconv3d.selfsup.predict.predict_tiled`'s: the network
