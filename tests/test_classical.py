@@ -178,6 +178,20 @@ def test_bad_inputs():
         richardson_lucy(image, psf, 2, boundary="mirror", device="cpu")
 
 
+@pytest.mark.parametrize("method", ["wiener", "zero", "reflect", "bertero"])
+def test_an_image_whose_total_overflows_the_transforms_is_refused(method):
+    """Each value fits float32 but their sum does not: the transform's zero frequency overflowed and
+    every method returned all NaN without a word."""
+    _, psf, image = noisy_problem((16, 32, 32))
+    huge = (image / image.max() * 1e36).astype(np.float32)
+    with pytest.raises(InputError, match="^the result overflowed torch.float32: .* rescale it"):
+        if method == "wiener":
+            wiener(huge, psf, device="cpu")
+        else:
+            richardson_lucy(huge, psf, 2, boundary=method, device="cpu")
+    assert np.isfinite(richardson_lucy(huge / 1e6, psf, 2, device="cpu")).all()
+
+
 @pytest.mark.parametrize("accelerate", [False, True])
 def test_a_whole_number_float_iteration_count_is_accepted(accelerate):
     """The check accepts 3.0 and numpy integers; the loops used to fail on them with a TypeError."""

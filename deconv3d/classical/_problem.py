@@ -86,6 +86,15 @@ def _check_inputs(image, psf, device, dtype, method: str | None = None):
     return y, h
 
 
+def _checked_result(result: torch.Tensor) -> torch.Tensor:
+    """``result``, refused when finite inputs overflowed into NaN or Inf on the way (a total intensity
+    near the working dtype's range: a transform's zero frequency sums the whole padded field)."""
+    if not torch.isfinite(result).all():
+        raise InputError(f"the result overflowed {result.dtype}: the image's intensities are too large to "
+                         "deconvolve, rescale it to a smaller range (e.g. divide by its maximum)")
+    return result
+
+
 def _check_accelerate(accelerate) -> bool | tuple[float, ...]:
     """``accelerate`` as a bool, or a replayed schedule of steps each in [0, 1)."""
     if isinstance(accelerate, (bool, np.bool_)):

@@ -8,7 +8,7 @@ import torch
 
 from deconv3d.classical._iterate import _TV, _run
 from deconv3d.classical._problem import (_build_problem, _check_accelerate, _check_inputs, _check_options,
-                                         _check_weights, _holdout_problem)
+                                         _check_weights, _checked_result, _holdout_problem)
 from deconv3d.errors import InputError
 from deconv3d.fft import kernel_origin, resolve_device
 
@@ -177,6 +177,7 @@ def richardson_lucy(
         result = torch.roll(estimate, before, problem.dims)[box].clamp_min(0)
     else:
         result = estimate[problem.result_crop].clamp_min(0)  # a compact copy, not a view of a workspace
+    _checked_result(result)
     return result if isinstance(image, torch.Tensor) else result.cpu().numpy()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from deconv3d.classical._problem import _check_inputs, _is_number
+from deconv3d.classical._problem import _check_inputs, _checked_result, _is_number
 from deconv3d.errors import InputError
 from deconv3d.fft import FFTConvolver, fast_shape, irfftn, pad_spatial, resolve_device
 
@@ -91,7 +91,7 @@ def wiener(
     penalty = _regularizer_power(regularizer, y.ndim, fft_shape, dev, dtype)
     spectrum = torch.fft.rfftn(padded, s=fft_shape) * otf.conj()
     spectrum /= otf.abs().square_() + balance * penalty
-    result = irfftn(spectrum, fft_shape, range(len(fft_shape)))[crop].clamp_min_(0)
+    result = _checked_result(irfftn(spectrum, fft_shape, range(len(fft_shape)))[crop].clamp_min_(0))
     return result if isinstance(image, torch.Tensor) else result.cpu().numpy()
 
 
