@@ -134,7 +134,6 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
 
     if settings.method == "ssl":
         from deconv3d.selfsup import load_checkpoint
-        from deconv3d.selfsup.predict import inference_precision
 
         trained = load_checkpoint(settings.model, device="cpu") if trained is None else trained
         trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
@@ -145,9 +144,9 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
                             weights_bytes=weights, context=block.reach())
         # a model file's recipe as the checkpoint holds it; else the network was trained in the run (its record)
         source = {**trained.record(), "model": str(settings.model)} if settings.model else {}
-        # (the inference precision on this machine: a cluster's workers on other CPUs may differ)
+        # (the inference precision on this machine, as fingerprinted: a cluster's workers on other CPUs may differ)
         return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit, "amp": settings.amp,
-                              "inference_precision": inference_precision(settings.amp, settings.run_device)}
+                              "inference_precision": settings.precision()}
     if settings.method == "wiener":
         return (WienerBlock(psf, settings.balance, settings.run_device), MemoryModel("wiener", psf.shape),
                 {"balance": settings.balance})

@@ -181,7 +181,7 @@ class NetworkBlock:
     """``block -> apply_model(trained, block)``: the self-supervised network's inference.
 
     ``band_limit`` is passed on (``"default"``: apply_model's own default, resolved once here;
-    None or 0 turns it off), and so is ``amp`` (None: the network's training setting).
+    None or 0 turns it off), and so is ``amp`` (default on, as :func:`~deconv3d.selfsup.apply_model`'s).
     """
 
     trained: object  # deconv3d.selfsup.TrainedModel
@@ -189,7 +189,7 @@ class NetworkBlock:
     tta: bool = False
     context: Optional[int] = field(default=None)
     band_limit: Union[float, str, None] = "default"
-    amp: Optional[bool] = None
+    amp: bool = True
 
     def __post_init__(self):
         from deconv3d.selfsup import BAND_LIMIT, TrainedModel, default_context

@@ -171,13 +171,29 @@ class Settings:
             return "cuda" if torch.cuda.is_available() else "cpu"
         return device.split(":")[0]
 
+    def precision(self) -> str:
+        """The dtype method ssl's network runs (and trains) in: ``amp`` on this machine's kind of
+        device (bfloat16 only on a CPU with AMX, see :func:`deconv3d._torch_common.amp_dtype`)."""
+        import torch
+
+        from deconv3d._torch_common import amp_dtype, dtype_name
+
+        return dtype_name(amp_dtype(self.amp, torch.device(self.device_kind())) or torch.float32)
+
     def fingerprint(self) -> str:
-        """Hash of everything that changes the output (not the file pattern)."""
+        """Hash of everything that changes the output (not the file pattern).
+
+        For ssl, the precision ``amp`` resolves to, not ``amp`` itself: a batch resumed on a CPU
+        without AMX (or with ``ONEDNN_MAX_CPU_ISA`` limited) computes in float32, and had added
+        float32 outputs to the bfloat16 ones under the same records.
+        """
         fields = {k: v for k, v in dataclasses.asdict(self).items()
-                  if k != "pattern" and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
+                  if k not in ("pattern", "amp") and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
                   and not (k in _SSL_ONLY and self.method != "ssl")
                   and not (k in _TRAINING_ONLY and self.train_steps is None)}
         fields["device"] = self.device_kind()
+        if self.method == "ssl" and self.precision() != _BEFORE_AMP[fields["device"]]:
+            fields["precision"] = self.precision()
         if self.memory_limit is not None:  # 4G, 4000MB and 4GB alike (records made with "4GB" still match)
             from deconv3d.pipeline.memory import format_bytes, parse_memory
 
@@ -192,12 +208,14 @@ class Settings:
 
 #: Settings added after batch folders held completion records, and their defaults: left out of the
 #: fingerprint at those, so that the records of a batch started before still match.
-_ADDED_LATER = {"train_steps": None, "seed": 0, "amp": True}
+_ADDED_LATER = {"train_steps": None, "seed": 0}
 #: Settings that change the output of method ssl only (others leave them out of the fingerprint).
-_SSL_ONLY = ("train_steps", "seed", "amp")
-#: Settings of the training with train_steps: a trained --model leaves them out of the fingerprint
-#: (amp is not one: it also sets the network's inference precision).
+_SSL_ONLY = ("train_steps", "seed")
+#: Settings of the training with train_steps: a trained --model leaves them out of the fingerprint.
 _TRAINING_ONLY = ("seed",)
+#: The precision ssl ran in on each kind of device before ``amp`` was a setting: left out of the
+#: fingerprint, so that the records of then still match where the output would be the same.
+_BEFORE_AMP = {"cpu": "float32", "cuda": "float16"}
 
 
 def _many(value) -> tuple:

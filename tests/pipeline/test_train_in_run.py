@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import assert_one_line_error, run
+from deconv3d import _torch_common
 from deconv3d.errors import InputError
 from deconv3d.io import read_image, write_tiff
 from deconv3d.omezarr import read_ome_zarr
@@ -122,7 +123,7 @@ def _write_zcyx(path, stack):
                      resolution=(10.0, 10.0))
 
 
-def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(files):
+def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(files, monkeypatch):
     """Adding train_steps and seed, and making the device default auto, must not make every
     batch folder's completion records stale: the fingerprint of settings that leave them at
     their defaults is computed as before (and auto is the device it resolves to, here the CPU).
@@ -154,6 +155,7 @@ def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(fi
     ssl = [make_settings({**psf, "method": "ssl", "train_steps": 5, "seed": s}).fingerprint() for s in (0, 1)]
     assert ssl[0] != ssl[1]
     # amp: another training for ssl (float32 against bfloat16 on AMX CPUs), nothing for rl
+    monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: True)
     assert make_settings({**psf, "method": "ssl", "train_steps": 5, "amp": False}).fingerprint() != ssl[0]
     assert make_settings({**psf, "amp": False}).fingerprint() == settings.fingerprint()
     # a trained --model: nothing is trained, so the training's seed changes nothing (--seed with --model redid
@@ -162,6 +164,24 @@ def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(fi
     model = {**psf, "method": "ssl", "model": str(files / "m.ckpt")}
     assert make_settings({**model, "seed": 3}).fingerprint() == make_settings(model).fingerprint()
     assert make_settings({**model, "amp": False}).fingerprint() != make_settings(model).fingerprint()
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_the_fingerprint_holds_the_precision_amp_resolves_to(files, monkeypatch, amx):
+    """Found by review: the fingerprint held amp as asked, so a batch resumed on a CPU without AMX
+    (float32) skipped the files finished in bfloat16 and wrote the rest in float32 under one record.
+    Records of float32 runs made before amp was a setting match exactly where float32 still runs."""
+    from deconv3d.omezarr import file_sha256
+
+    monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: amx)
+    (files / "m.ckpt").write_bytes(b"weights")
+    model = {"psf": str(files / "psf.tif"), "method": "ssl", "model": str(files / "m.ckpt"), "device": "cpu"}
+    on, off = (make_settings({**model, "amp": amp}) for amp in (True, False))
+    assert on.precision() == ("bfloat16" if amx else "float32") and off.precision() == "float32"
+    assert (on.fingerprint() == off.fingerprint()) is not amx
+    before = {k: v for k, v in dataclasses.asdict(off).items() if k not in ("pattern", "train_steps", "seed", "amp")}
+    before.update(psf=[file_sha256(files / "psf.tif")], model=[file_sha256(files / "m.ckpt")])
+    assert off.fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def test_chunked_ssl_trains_by_default_as_in_memory_and_takes_the_psf_s_voxel_size(files, capsys, monkeypatch):
