@@ -253,11 +253,24 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
                     row.update(status="skipped", reason=BUSY)
                 elif is_finished(path, output, record, settings_hash):
                     row.update(status="skipped", reason=DONE_ELSEWHERE if by_another else "")
+                elif (other := _recorded_for_another(record, path)) is not None:
+                    row.update(status="failed", reason=f"{output.name} holds the result of {other}, another file of "
+                               "this name: write the results of this folder to another output folder")
                 else:
                     _process(path, output, record, settings_hash, process_one, row)
             if progress is not None:
                 progress(number, len(inputs), row)
     return rows
+
+
+def _recorded_for_another(record_path: Path, path: Path) -> Optional[Path]:
+    """The input a completion record was written for, when that is another file that still exists:
+    one of the same name in another folder, whose result this input's would replace (a batch of
+    day1/ and then one of day2/ into one output folder left day1's result replaced, both "done").
+    A recorded input that is gone (moved, renamed) is not in the way."""
+    given = _read_record(record_path).get("input")
+    other = Path(given) if isinstance(given, str) else None
+    return other if other is not None and other.exists() and not _same_file(other, path) else None
 
 
 def _process(path, output, record, settings_hash, process_one, row) -> None:
@@ -276,7 +289,7 @@ def _process(path, output, record, settings_hash, process_one, row) -> None:
         row.update(status="failed", reason=_reason(exc))
     else:
         row["status"] = "done"
-        _write_json_atomic(record, {"input": str(path), "input_state": state, "input_sha256": digest,
+        _write_json_atomic(record, {"input": str(path.absolute()), "input_state": state, "input_sha256": digest,
                                     "settings": settings_hash, "output": output.name,
                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     row["seconds"] = round(time.perf_counter() - start, 3)

@@ -69,6 +69,12 @@ def statuses(out):
     return {os.path.basename(r["file"]): r["status"] for r in report["files"]}
 
 
+def status(out, folder):
+    """The report's status of ``folder``/cell.tif (the report keeps the rows of every earlier run)."""
+    report = json.loads((out / "batch_report.json").read_text())
+    return {r["status"] for r in report["files"] if os.path.basename(os.path.dirname(r["file"])) == folder}.pop()
+
+
 def run_cli(d, out, capsys):
     code = main([str(a) for a in argv(d, out)])
     capsys.readouterr()
@@ -195,6 +201,32 @@ def test_batch_never_replaces_a_folder_of_the_users_files_named_like_an_output(f
     assert sorted(p.name for p in (out / "img0.zarr").iterdir()) == ["notes.txt"]
     assert (out / "img0.zarr" / "notes.txt").read_text() == "keep"
     assert read_ome_zarr(out / "img1.zarr")[0].shape == (12, 24, 24)
+
+
+def test_a_file_of_the_same_name_from_another_folder_does_not_replace_a_result(one_image, capsys):
+    """Found by the pipeline review: a batch of day1/ and then one of day2/ into one output folder, each
+    holding cell.tif, replaced day1's result with day2's, and the report called both done (exit 0).
+    The second is now that file's failure, day1's result kept; the same content, or day1's file moved
+    away, is no conflict."""
+    d, psf = one_image, gaussian_psf()
+    for day, seed in (("day1", 1), ("day2", 2), ("copy", 1)):
+        (d / day).mkdir()
+        write_tiff(d / day / "cell.tif", blurred_beads((12, 24, 24), psf, seed=seed), voxel_size=(0.3, 0.1, 0.1))
+
+    def batch(day):
+        code = main([str(a) for a in ["batch", d / day, "-o", d / "out", "--psf", d / "psf.tif", "--iterations", 2]])
+        return code, capsys.readouterr().err
+
+    assert batch("day1")[0] == 0
+    first = read_ome_zarr(d / "out" / "cell.zarr")[0]
+    code, err = batch("day2")
+    assert code == 3 and "cell.zarr holds the result of " in err and "day1" in err and "another output folder" in err
+    assert status(d / "out", "day2") == "failed"
+    np.testing.assert_array_equal(read_ome_zarr(d / "out" / "cell.zarr")[0], first)
+    assert batch("copy")[0] == 0 and status(d / "out", "copy") == "skipped"  # the same image
+    (d / "day1" / "cell.tif").unlink()
+    assert batch("day2")[0] == 0 and status(d / "out", "day2") == "done"  # day1's file is gone
+    assert not np.array_equal(read_ome_zarr(d / "out" / "cell.zarr")[0], first)
 
 
 def test_publishing_refuses_a_folder_that_appeared_during_the_run(tmp_path):
