@@ -375,9 +375,7 @@ def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:
         if len(settings.voxel_size) < spatial:
             raise InputError(f"voxel size {tuple(settings.voxel_size)} gives {len(settings.voxel_size)} values but "
                              f"{Path(lazy.path).name} is {spatial}D: give DZ DY DX")
-        voxel = tuple(float(v) for v in settings.voxel_size)[-spatial:]
-        refuse_nanometres(voxel, "give the voxel size in micrometres")
-        return voxel
+        return tuple(float(v) for v in settings.voxel_size)[-spatial:]  # (nanometres: refused by Settings)
     problem = getattr(lazy, "voxel_problem", None)
     if problem:
         raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from deconv3d._voxel import NANOMETRE_LIKE, format_sizes
 from deconv3d.errors import InputError
 
 __all__ = ["Settings", "load_config", "make_settings", "channel_count", "RUN_KEYS", "METHODS"]
@@ -92,6 +93,9 @@ class Settings:
         _check(self.voxel_size is None
                or (len(self.voxel_size) in (2, 3) and all(_positive(v) for v in self.voxel_size)),
                f"{_n('voxel_size')} needs 3 positive numbers (Z Y X; Y X for 2D images), got {self.voxel_size!r}")
+        if self.voxel_size is not None:  # (it failed each file of the batch in turn, exit 3)
+            _check(max(self.voxel_size) <= NANOMETRE_LIKE, f"{_n('voxel_size')} {format_sizes(self.voxel_size)} "
+                   "looks like nanometres: give it in micrometres")
         _check(self.chunks is None or (len(self.chunks) in (2, 3) and all(_positive(v) and isinstance(v, int)
                                                                           for v in self.chunks)),
                f"{_n('chunks')} needs 3 positive whole numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")

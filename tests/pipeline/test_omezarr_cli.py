@@ -483,7 +483,8 @@ def test_ctrl_c_in_a_batch_keeps_and_reports_the_files_finished(folder, capsys, 
                                          ("tv-weight = 0.01\ntv_weight = 0.02", "both set tv_weight: keep one"),
                                          ('device = "gpu"', "unknown device 'gpu'"),
                                          ("memory_limit = 500", "memory_limit needs a unit"),
-                                         ("chunks = [8.5, 16, 16]", "positive whole numbers")])
+                                         ("chunks = [8.5, 16, 16]", "positive whole numbers"),
+                                         ("voxel-size = [300, 100, 100]", "looks like nanometres")])
 def test_bad_config_values_are_refused_before_any_file_runs(folder, capsys, line, words):
     """Each of these passed the up-front check and then failed every file of the batch in turn (exit 3)."""
     from cli_helpers import assert_one_line_error
