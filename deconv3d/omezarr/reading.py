@@ -296,8 +296,21 @@ def _open_group(path: Path):
     try:
         return zarr.open_group(str(path), mode="r")
     except Exception as exc:
+        if _is_bare_array(path):  # zarr's own words were "an array already exists", read as a write clash
+            raise InputError(f"{path} is a bare zarr array, without the OME-Zarr metadata that gives its axes and "
+                             "voxel size: save it as an OME-Zarr image (deconv3d.omezarr.write_ome_zarr) or as TIFF") from exc
         raise InputError(f"cannot open {path} as OME-Zarr ({_one_line(exc)}): give an OME-Zarr image group, "
                          "e.g. one written by deconv3d or bioformats2raw") from exc
+
+
+def _is_bare_array(path: Path) -> bool:
+    import zarr
+
+    try:
+        zarr.open_array(str(path), mode="r")
+    except Exception:  # noqa: BLE001 - anything else is not one
+        return False
+    return True
 
 
 class ZarrReader:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import run
+from cli_helpers import assert_one_line_error, run
 from deconv3d.io import write_tiff
 from deconv3d.metrics import psnr
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
@@ -494,6 +494,18 @@ def test_bad_config_values_are_refused_before_any_file_runs(folder, capsys, line
                         folder / "batch.toml"], capsys)
     assert_one_line_error(code, err, words)
     assert not (folder / "out").exists() or not any((folder / "out").iterdir())
+
+
+def test_a_bare_zarr_array_is_named_as_one(tmp_path, capsys):
+    """Found by the pipeline review: zarr's "an array already exists" read as a clash with an output."""
+    import zarr
+
+    zarr.create_array(str(tmp_path / "plain.zarr"), shape=(8, 24, 24), dtype="f4")[:] = 1
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "plain.zarr", "--psf", tmp_path / "psf.tif", "-o",
+                        tmp_path / "o.tif"], capsys)
+    assert_one_line_error(code, err, "plain.zarr is a bare zarr array", "save it as an OME-Zarr image")
+    assert "already exists" not in err and not (tmp_path / "o.tif").exists()
 
 
 def test_reads_a_bioformats2raw_folder_and_its_image_group(tmp_path, capsys):
