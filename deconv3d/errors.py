@@ -37,8 +37,11 @@ def refuse_non_finite(result, what: str, fix: str) -> None:
 
 def refuse_no_positive(source, method: str) -> None:
     """Refuse background-subtracted data with negative values and no positive one: Richardson-Lucy
-    and the network return only zeros for it (``method`` "train": the network would learn nothing)."""
-    raise InputError(f"{source} has no positive values, so {method} would return only zeros: {negative_fix(method)}")
+    and the network return only zeros for it (``method`` "train": the network would learn nothing),
+    and Wiener's output, clipped at 0, only the positive lobes of its ringing."""
+    outcome = "wiener's output, clipped at 0, would hold only ringing" if method == "wiener" else \
+        f"{method} would return only zeros"
+    raise InputError(f"{source} has no positive values, so {outcome}: {NEGATIVE_FIX}")
 
 
 #: Richardson-Lucy and the self-supervised network warn when more than this share of the voxels is negative.
@@ -50,12 +53,13 @@ def warn_negative_share(share: float, source, method: str, warnings: list | None
     background-subtracted data, which Richardson-Lucy counts as 0 and the network's output cannot
     reach. ``sampled`` says which part of the image the share was measured on, if not all of it."""
     if share > NEGATIVE_SHARE:
-        how = "Richardson-Lucy counts them as 0" if method in ("rl", "rl-tv") else \
-            "the network's output, like Richardson-Lucy's, cannot go below 0"
+        how = {"rl": "Richardson-Lucy counts them as 0", "rl-tv": "Richardson-Lucy counts them as 0",
+               "wiener": "Wiener's output is clipped at 0, which raises its mean"}.get(
+            method, "the network's output, like Richardson-Lucy's, cannot go below 0")
         warn(f"deconv3d: warning: {share:.0%} of {source}'s voxels{sampled} are negative (a subtracted offset?); "
-             f"{how}: {negative_fix(method)}", warnings)
+             f"{how}: {NEGATIVE_FIX}", warnings)
 
 
-def negative_fix(method: str) -> str:
-    """What to do about negative (background-subtracted) data before ``method``."""
-    return "add the subtracted offset back" + (", or use --method wiener" if method != "train" else "")
+#: What to do about negative (background-subtracted) data: every method's output is non-negative
+#: (Wiener's is clipped at 0), so the Wiener suggested before gave a clipped result as well.
+NEGATIVE_FIX = "add the subtracted offset back"

@@ -77,7 +77,7 @@ def _check_inputs(image, psf, device, dtype, method: str | None = None):
         raise InputError("PSF must be non-negative and not all zero: check the PSF file")
     if method is not None and not bool((y > 0).any()) and bool((y < 0).any()):  # all zero: zeros come back
         warnings.warn(f"the image has no positive values, so {method} returns only zeros: add the subtracted "
-                      "offset back, or use deconv3d.classical.wiener", RuntimeWarning, stacklevel=3)
+                      "offset back", RuntimeWarning, stacklevel=3)
     total = float(h.sum())
     if abs(total - 1.0) > 1e-5:  # an already normalised PSF is used as given, bit for bit
         h = h / total

@@ -182,8 +182,7 @@ def cmd_deconvolve(args) -> int:
     if args.method == "rl-tv" and not args.tv_weight > 0:
         raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
     voxel = voxel_size_of(args, image)
-    if args.method != "wiener":
-        check_negative(image.data, args.input, args.method, warnings)
+    check_negative(image.data, args.input, args.method, warnings)
     if args.method != "ssl" and (args.model or args.steps):
         raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
     if args.psf is None and args.psf_model is None and not (args.method == "ssl" and args.model):

@@ -59,9 +59,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
         raise InputError(f"chunks {tuple(settings.chunks)} give {len(settings.chunks)} sides but {input_path.name} "
                          f"is {len(spatial_shape)}D: give Z Y X")
     chunks = tuple(settings.chunks)[-len(spatial_shape):] if settings.chunks else None  # (z,) y, x
-    if settings.method in NON_NEGATIVE_METHODS:  # before any training
-        check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path.name, settings.method,
-                           warnings)
+    # every method's output is non-negative (before any training)
+    check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path.name, settings.method, warnings)
     plan = dict(chunks=chunks, workers=workers, client=client)
     block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan)
     model_hash = _sha(settings.model) if settings.model else None
@@ -214,9 +213,6 @@ def _refuse_untrainable(lazy, memory_limit) -> list:
                          f"--memory-limit {memory_limit}: train on a crop with 'deconv3d train', then pass --model")
     return lead
 
-
-#: Methods whose output is non-negative: an input with no positive voxel comes back all zeros.
-NON_NEGATIVE_METHODS = ("rl", "rl-tv", "ssl")
 
 #: Bytes of the input that :func:`check_has_positive` reads at a time.
 SCAN_SLAB_BYTES = 64 * 2**20
