@@ -121,8 +121,8 @@ def network():
         image = blurred_beads((64, 64), psf, seed=3, count=30)
         result = train(image, psf, config=TrainConfig(steps=3, patch=16, batch=2, residual=False, amp=False),
                        unet=UNetConfig(ndim=2, base_channels=4, depth=2), device="cpu")
-        fn = NetworkBlock(result, band_limit=None)
-        whole = apply_model(result, image, device="cpu", context=fn.context, band_limit=None)
+        fn = NetworkBlock(result, band_limit=None, amp=False)
+        whole = apply_model(result, image, device="cpu", context=fn.context, band_limit=None, amp=False)
     finally:
         torch.set_num_threads(before)
     return fn, image, whole
@@ -143,10 +143,10 @@ def test_band_limited_network_inference_chunked_equals_whole(network, chunks):
     from deconv3d.selfsup import apply_model
 
     fn, image, _ = network
-    assert NetworkBlock(fn.trained, context=fn.context).halo() == (fn.context,) * 2  # "default": off
-    banded = NetworkBlock(fn.trained, context=fn.context, band_limit=0.01)
+    assert NetworkBlock(fn.trained, context=fn.context, amp=False).halo() == (fn.context,) * 2  # "default": off
+    banded = NetworkBlock(fn.trained, context=fn.context, band_limit=0.01, amp=False)
     assert all(h > fn.context and h % 4 == 0 for h in banded.halo())
-    whole = apply_model(fn.trained, image, device="cpu", context=fn.context, band_limit=0.01)
+    whole = apply_model(fn.trained, image, device="cpu", context=fn.context, band_limit=0.01, amp=False)
     assert psnr(whole, chunked(image, banded, chunks)) >= 85  # 64-75 dB when the band limit filtered the whole block
 
 
@@ -164,13 +164,14 @@ def test_residual_network_inference_chunked_equals_whole(network, chunks):
     psf = gaussian_psf((31, 31), (4.0, 4.0))
     image = blurred_beads((128, 128), psf, seed=5, count=80)
     trained = dataclasses.replace(fn.trained, reference=Reference(60, 0.0), psf=psf)
-    residual = NetworkBlock(trained, context=fn.context, band_limit=None)
+    residual = NetworkBlock(trained, context=fn.context, band_limit=None, amp=False)
     reach = rl_halo(psf, 60)
     assert max(reach) > fn.context  # RL reaches further than the network here, so the halo must grow
     assert all(h >= max(r, fn.context) and h % 4 == 0 for h, r in zip(residual.halo(), reach))
     assert all(2 * h + c < n for h, c, n in zip(residual.halo(), chunks, image.shape))  # seams exist
-    whole = apply_model(trained, image, device="cpu", context=fn.context, band_limit=None)
-    assert np.abs(whole - apply_model(fn.trained, image, device="cpu", context=fn.context, band_limit=None)).max() > 0
+    whole = apply_model(trained, image, device="cpu", context=fn.context, band_limit=None, amp=False)
+    plain = apply_model(fn.trained, image, device="cpu", context=fn.context, band_limit=None, amp=False)
+    assert np.abs(whole - plain).max() > 0
     full = psnr(whole, chunked(image, residual, chunks))
     assert full >= 50 and full > psnr(whole, chunked(image, residual, chunks, halo=(fn.context,) * 2)) + 5  # 77 vs 68
 
@@ -214,10 +215,10 @@ def test_network_blocks_of_a_volume_off_the_pooling_grid_equal_whole(tmp_path, n
     from deconv3d.selfsup import apply_model
 
     fn, image, _ = network
-    fn = NetworkBlock(fn.trained, context=fn.context, band_limit=band)
+    fn = NetworkBlock(fn.trained, context=fn.context, band_limit=band, amp=False)
     crop = np.ascontiguousarray(image[:shape[0], :shape[1]]) if shape[0] <= 64 else \
         blurred_beads(shape, gaussian_psf((5, 5), (1.0, 1.0)), seed=7, count=60)
-    whole = apply_model(fn.trained, crop, device="cpu", context=fn.context, band_limit=band)
+    whole = apply_model(fn.trained, crop, device="cpu", context=fn.context, band_limit=band, amp=False)
     assert psnr(whole, chunked(crop, lambda block: fn(block), (32, 28), halo=fn.halo())) < 45
     assert psnr(whole, chunked(crop, fn, (32, 28))) >= 85
     info = run_chunked(crop, fn, tmp_path / "n.zarr", chunks=(32, 28))
