@@ -76,6 +76,25 @@ def _gpu_cluster(count: int):
 
 
 @contextlib.contextmanager
+def _ctrl_c_ignored():
+    """SIGINT ignored while local worker processes start, so that they inherit it ignored (Python
+    keeps an ignored SIGINT): a terminal's Ctrl-C reaches the whole process group, and each worker
+    printed its own KeyboardInterrupt traceback and the nanny's complaints (67 lines for 2 workers)
+    before the one line of the run's own. The run stops its workers as it closes the cluster."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
     """Yield a ``distributed.Client`` (None for ``threads``), closed (and its cluster stopped) on exit.
 
@@ -91,11 +110,12 @@ def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
     from distributed import Client, LocalCluster
 
     if spec == "processes":
-        if gpus > 0:
-            cluster = _gpu_cluster(gpus)
-        else:
-            cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None)
+        with _ctrl_c_ignored():
+            if gpus > 0:
+                cluster = _gpu_cluster(gpus)
+            else:
+                cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None)
         client = Client(cluster)
         try:
             yield client

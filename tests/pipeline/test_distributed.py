@@ -29,6 +29,25 @@ def test_localcluster_equals_threads(tmp_path, volume, psf3d):
         np.testing.assert_allclose(out, threads, rtol=1e-5, atol=1e-6 * float(threads.max()), err_msg=name)
 
 
+def _ctrl_c_disposition():
+    import signal
+
+    return "ignored" if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else "handled"
+
+
+def test_local_workers_leave_ctrl_c_to_the_run(tmp_path):
+    """Found by the pipeline review: Ctrl-C at a terminal reaches the whole process group, and each
+    worker printed its own KeyboardInterrupt traceback and the nanny's complaints (67 lines with
+    4 tracebacks) before the run's one line. Workers start with SIGINT ignored; the run keeps its own."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    with scheduler_client("processes", workers=1) as client:
+        assert set(client.run(_ctrl_c_disposition).values()) == {"ignored"}
+        assert signal.getsignal(signal.SIGINT) is before
+    assert _ctrl_c_disposition() == "handled"
+
+
 def test_gpu_count_gives_workers_per_gpu_only_for_cuda_and_auto(monkeypatch):
     """A worker per GPU sees its GPU as cuda:0, so cuda:N runs on plain workers instead."""
     import torch
