@@ -152,10 +152,10 @@ def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(fi
         object.__setattr__(other, "device", device)
         assert other.device_kind() == expected
     assert make_settings({**psf, "seed": 1}).fingerprint() == settings.fingerprint()  # rl ignores the seed
+    monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: True)  # amp on resolves to bfloat16
     ssl = [make_settings({**psf, "method": "ssl", "train_steps": 5, "seed": s}).fingerprint() for s in (0, 1)]
     assert ssl[0] != ssl[1]
     # amp: another training for ssl (float32 against bfloat16 on AMX CPUs), nothing for rl
-    monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: True)
     assert make_settings({**psf, "method": "ssl", "train_steps": 5, "amp": False}).fingerprint() != ssl[0]
     assert make_settings({**psf, "amp": False}).fingerprint() == settings.fingerprint()
     # a trained --model: nothing is trained, so the training's seed changes nothing (--seed with --model redid
