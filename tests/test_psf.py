@@ -560,6 +560,28 @@ def test_distill_psf_averages_the_tails_of_nine_noisy_vectorial_beads():
     assert np.abs(psf - true / true.sum()).sum() < 0.30
 
 
+def test_distill_says_when_the_beads_have_no_full_voxel_size_and_takes_one(tmp_path, capsys):
+    """Found by the user-journey review: beads calibrated in x and y only (centimetre resolution tags,
+    no z step) gave a PSF without a voxel size, silently; deconvolve then took it as sampled like
+    the image. The command now says so, naming what is known, and takes --voxel-size."""
+    import tifffile
+
+    from cli_helpers import assert_one_line_error, run
+    from deconv3d.io import read_image
+
+    beads = bead_image(np.random.default_rng(0), (2.0, 1.2, 1.2))
+    tifffile.imwrite(tmp_path / "beads.tif", beads, resolution=(1e5, 1e5), resolutionunit="CENTIMETER")
+    code, _, err = run(["psf", "distill", tmp_path / "beads.tif", "-o", tmp_path / "psf.tif"], capsys)
+    assert code == 0 and "records no full voxel size" in err and "pass --voxel-size DZ 0.1 0.1" in err, err
+    assert read_image(tmp_path / "psf.tif").voxel_size is None
+    code, _, err = run(["psf", "distill", tmp_path / "beads.tif", "-o", tmp_path / "psf2.tif", "--voxel-size", 0.3,
+                        0.1, 0.1], capsys)
+    assert code == 0 and "warning" not in err and read_image(tmp_path / "psf2.tif").voxel_size == (0.3, 0.1, 0.1)
+    code, _, err = run(["psf", "distill", tmp_path / "beads.tif", "-o", tmp_path / "none.tif", "--threshold", 1e9],
+                       capsys)
+    assert_one_line_error(code, err, "no isolated beads")  # the warning is not printed before a refusal
+
+
 def test_the_cli_prints_library_warnings_as_its_own_lines(tmp_path, capsys):
     from cli_helpers import run
     from deconv3d.io import write_tiff

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from deconv3d import __version__
-from deconv3d.errors import InputError, refuse_non_finite
+from deconv3d.errors import InputError, refuse_non_finite, warn
 
 from . import pipeline, selfsup
 from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, add_common, add_optics, check_negative, check_output, load_psf,
@@ -53,6 +53,8 @@ def _distill_parser(sub) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="bead detection level in image units (default: the background plus the larger of "
                    "10 noise SDs and 20%% of the brightest peak)")
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
+                   help="voxel size in µm written with the PSF (overrides the file's metadata)")
     p.set_defaults(func=cmd_distill)
     add_common(p)
 
@@ -153,9 +155,17 @@ def cmd_distill(args) -> int:
 
     beads = read_image(args.beads)
     check_output(args.output, [args.beads])
+    voxel, notes = voxel_size_of(args, beads), []
+    if voxel is None:  # the PSF then counts as sampled like each image it deconvolves, whatever that is
+        from deconv3d.io import _sizes
+
+        partial = (None,) * (3 - beads.data.ndim) + tuple(beads.partial_voxel or (None,) * beads.data.ndim)
+        warn(f"deconv3d: warning: {args.beads} records no full voxel size, so the PSF is written without one and "
+             f"taken as sampled like the image it deconvolves: pass --voxel-size {_sizes(partial)}", notes)
     size = tuple(args.size)[-beads.data.ndim:] if args.size else None
     psf = distill_psf(beads.data, size=size, threshold=args.threshold)
-    write_tiff(args.output, psf, voxel_size=beads.voxel_size, metadata={"deconv3d": __version__, "psf": "distilled"})
+    print_warnings(notes)
+    write_tiff(args.output, psf, voxel_size=voxel, metadata={"deconv3d": __version__, "psf": "distilled"})
     print(f"wrote {args.output}: PSF {psf.shape} distilled from {args.beads}")
     return 0
 
