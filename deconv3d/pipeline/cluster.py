@@ -68,30 +68,20 @@ def _gpu_cluster(count: int):
     ids = gpu_worker_ids(count, os.environ.get("CUDA_VISIBLE_DEVICES"))
     # As LocalCluster: each worker's share of the RAM (a Nanny's "auto" is RAM x threads / cores, 1/16
     # of a 16-core node for one GPU) and dask's logs at WARN.
-    options = {"nthreads": 1, "host": "127.0.0.1", "memory_limit": 1 / count, "silence_logs": logging.WARN}
+    options = {"nthreads": 1, "host": "127.0.0.1", "memory_limit": 1 / count, "silence_logs": logging.WARN,
+               "preload": _worker_preload()}
     workers = {i: {"cls": Nanny, "options": {**options, "env": {"CUDA_VISIBLE_DEVICES": ids[i]}}}
                for i in range(count)}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARN)
 
 
-@contextlib.contextmanager
-def _ctrl_c_ignored():
-    """SIGINT ignored while local worker processes start, so that they inherit it ignored (Python
-    keeps an ignored SIGINT): a terminal's Ctrl-C reaches the whole process group, and each worker
-    printed its own KeyboardInterrupt traceback and the nanny's complaints (67 lines for 2 workers)
-    before the one line of the run's own. The run stops its workers as it closes the cluster."""
-    import signal
-    import threading
+def _worker_preload() -> list[str]:
+    """The workers' preload modules: the user's (dask config) and :mod:`deconv3d.pipeline._worker_preload`."""
+    import dask
 
-    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    given = dask.config.get("distributed.worker.preload", None) or []
+    return [*([given] if isinstance(given, str) else given), "deconv3d.pipeline._worker_preload"]
 
 
 @contextlib.contextmanager
@@ -110,12 +100,11 @@ def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
     from distributed import Client, LocalCluster
 
     if spec == "processes":
-        with _ctrl_c_ignored():
-            if gpus > 0:
-                cluster = _gpu_cluster(gpus)
-            else:
-                cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None)
+        if gpus > 0:
+            cluster = _gpu_cluster(gpus)
+        else:
+            cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None, preload=_worker_preload())
         client = Client(cluster)
         try:
             yield client
