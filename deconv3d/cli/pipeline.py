@@ -254,12 +254,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
             if not row["status"]:
                 row.update(status="failed", reason=f"{how}: rerun to redo it")
         counts = status_counts(rows)
-        json_path = _write_reports(output_dir, rows, settings) if rows else None  # over an earlier report's other rows
+        json_path = _write_reports(output_dir, rows) if rows else None  # over an earlier report's other rows
         print(f"deconv3d: {how.split()[0]} at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
               f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
               + (f" (report {json_path})" if json_path else "") + ": rerun the same command to resume", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
-    json_path = _write_reports(output_dir, rows, settings)
+    json_path = _write_reports(output_dir, rows)
     if json_path is None:
         return 3
     failed = [r for r in rows if r["status"] == "failed"]
@@ -271,14 +271,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 3 if failed else 0
 
 
-def _write_reports(output_dir: Path, rows, settings) -> Path | None:
+def _write_reports(output_dir: Path, rows) -> Path | None:
     """Write the batch report; when that fails (a full disk), say so in one line with what the
     run did, and return None. The generic message for a failed write ("nothing was written") was
     wrong here: the finished files' outputs are complete."""
     from deconv3d.pipeline.batch import status_counts, write_reports
 
     try:
-        return write_reports(output_dir, rows, settings.fingerprint())[0]
+        return write_reports(output_dir, rows)[0]
     except OSError as exc:
         counts = status_counts(rows)
         print(f"deconv3d: error: the batch report could not be written in {output_dir} ({exc.strerror or exc}); "

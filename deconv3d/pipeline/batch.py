@@ -311,18 +311,13 @@ def status_counts(rows) -> dict[str, int]:
     return {status: sum(r["status"] == status for r in rows) for status in STATUSES}
 
 
-def write_reports(output_dir, rows, settings_hash: str) -> tuple[Path, Path]:
+def write_reports(output_dir, rows) -> tuple[Path, Path]:
     """Write ``batch_report.json`` and ``batch_report.csv`` into ``output_dir``: ``rows`` in place
     of the same files' rows of the report already there (other runs' and earlier runs' files keep
-    theirs; a file this run left to another live run keeps that run's row), one run at a time.
-
-    ``settings_hash`` (:meth:`Settings.fingerprint`) is recorded; a report of other settings is
-    replaced, not merged: its rows said "done" or "skipped" of outputs the new settings had not
-    made (a rerun with other iterations, interrupted, listed the files it never reached as skipped).
-    """
+    theirs; a file this run left to another live run keeps that run's row), one run at a time."""
     output_dir = Path(output_dir)
     with report_lock(output_dir / RECORD_DIR):
-        return _write_reports(output_dir, _merged_rows(output_dir, rows, settings_hash), settings_hash)
+        return _write_reports(output_dir, _merged_rows(output_dir, rows))
 
 
 def _written_since(record: Path, moment: float) -> bool:
@@ -333,18 +328,17 @@ def _written_since(record: Path, moment: float) -> bool:
         return False
 
 
-def _merged_rows(output_dir: Path, rows: list[dict], settings_hash: str) -> list[dict]:
+def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
     """``rows`` over the folder's report: a row replaces the earlier row of the same input (by its
     absolute path), except one deferring to another run's row; earlier rows whose input, named by
     an absolute path, no longer exists are dropped (a deleted file's failure no longer counts; a
     relative path, from a report of an older version, cannot be checked and is kept)."""
     try:
-        report = json.loads((output_dir / "batch_report.json").read_text())
-        earlier = report["files"]
+        earlier = json.loads((output_dir / "batch_report.json").read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return rows
-    if not isinstance(earlier, list) or report.get("settings", settings_hash) != settings_hash:
-        return rows  # (a report without settings is an older version's: merged as before)
+    if not isinstance(earlier, list):
+        return rows
 
     def key(row):
         return os.path.abspath(row["file"])
@@ -361,10 +355,10 @@ def _merged_rows(output_dir: Path, rows: list[dict], settings_hash: str) -> list
     return merged + list(mine.values())
 
 
-def _write_reports(output_dir: Path, rows, settings_hash: str) -> tuple[Path, Path]:
+def _write_reports(output_dir: Path, rows) -> tuple[Path, Path]:
     summary = status_counts(rows)
     json_path, csv_path = output_dir / "batch_report.json", output_dir / "batch_report.csv"
-    _write_json_atomic(json_path, {"summary": summary, "settings": settings_hash, "files": rows})
+    _write_json_atomic(json_path, {"summary": summary, "files": rows})
     from deconv3d.pipeline.output import atomic_output
 
     with atomic_output(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:  # any file name
