@@ -196,7 +196,7 @@ class Settings:
                   and not (k in _SSL_ONLY and self.method != "ssl")
                   and not (k in _TRAINING_ONLY and self.train_steps is None)}
         fields["device"] = self.device_kind()
-        if self.method == "ssl" and self.precision() != _BEFORE_AMP[fields["device"]]:
+        if self.method == "ssl":  # (so an ssl batch finished by an earlier version is redone once)
             fields["precision"] = self.precision()
         if self.memory_limit is not None:  # 4G, 4000MB and 4GB alike (records made with "4GB" still match)
             from deconv3d.pipeline.memory import format_bytes, parse_memory
@@ -217,9 +217,6 @@ _ADDED_LATER = {"train_steps": None, "seed": 0}
 _SSL_ONLY = ("train_steps", "seed")
 #: Settings of the training with train_steps: a trained --model leaves them out of the fingerprint.
 _TRAINING_ONLY = ("seed",)
-#: The precision ssl ran in on each kind of device before ``amp`` was a setting: left out of the
-#: fingerprint, so that the records of then still match where the output would be the same.
-_BEFORE_AMP = {"cpu": "float32", "cuda": "float16"}
 
 
 def _many(value) -> tuple:

@@ -203,7 +203,7 @@ def test_batch_never_replaces_a_folder_of_the_users_files_named_like_an_output(f
     assert read_ome_zarr(out / "img1.zarr")[0].shape == (12, 24, 24)
 
 
-def test_a_file_of_the_same_name_from_another_folder_does_not_replace_a_result(one_image, capsys):
+def test_a_file_of_the_same_name_from_another_folder_does_not_replace_a_result(one_image, capsys, monkeypatch):
     """Found by the pipeline review: a batch of day1/ and then one of day2/ into one output folder, each
     holding cell.tif, replaced day1's result with day2's, and the report called both done (exit 0).
     The second is now that file's failure, day1's result kept; the same content, or day1's file moved
@@ -227,6 +227,12 @@ def test_a_file_of_the_same_name_from_another_folder_does_not_replace_a_result(o
     (d / "day1" / "cell.tif").unlink()
     assert batch("day2")[0] == 0 and status(d / "out", "day2") == "done"  # day1's file is gone
     assert not np.array_equal(read_ome_zarr(d / "out" / "cell.zarr")[0], first)
+    # An earlier version recorded the input relative to its run's folder, unknown here: no conflict.
+    write_tiff(d / "day1" / "cell.tif", blurred_beads((12, 24, 24), psf, seed=1), voxel_size=(0.3, 0.1, 0.1))
+    record = d / "out" / ".deconv3d-batch" / "cell.tif.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "input": "cell.tif"}))
+    monkeypatch.chdir(d / "day2")  # where another cell.tif lies
+    assert batch("day1")[0] == 0 and status(d / "out", "day1") == "done"
 
 
 def test_publishing_refuses_a_folder_that_appeared_during_the_run(tmp_path):
