@@ -441,13 +441,14 @@ def test_distill_warns_when_its_box_cuts_the_psfs_tails():
         distill_psf(uneven)
 
 
-@pytest.mark.parametrize("photons, cut", [(2e4, False), (2e5, True)])
-def test_distill_warns_of_cut_tails_only_beyond_the_noise(photons, cut):
+@pytest.mark.parametrize("photons, cut, size", [(2e4, False, (9, 15, 15)), (2e5, True, (9, 15, 15)),
+                                                (2e4, True, (7, 9, 9))])
+def test_distill_warns_of_cut_tails_only_beyond_the_noise(photons, cut, size):
     """Found by the user-journey review: five 2e4-photon beads over a Poisson background of 100, their
     PSF inside the 9x15x15 box, were said to hold 65 % of their light (the faces' medians read 98.98
     for 100, and the wide box's 14,297 voxels turned a count into 70 % of a bead), and the larger box
-    the warning advised found no isolated bead. A widefield PSF's cone, bright enough to measure, is
-    still warned about."""
+    the warning advised found no isolated bead. A widefield PSF's cone is still warned about, from
+    the beads together (the brightest one's alone hid a 7x9x9 box holding 20 % of 2e4 photons)."""
     from scipy.signal import fftconvolve
 
     if cut:
@@ -462,7 +463,7 @@ def test_distill_warns_of_cut_tails_only_beyond_the_noise(photons, cut):
     beads = np.random.default_rng(1).poisson(fftconvolve(objects, psf, mode="same").clip(0) + 100).astype(np.float32)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        distill_psf(beads, size=(9, 15, 15))
+        distill_psf(beads, size=size)
     assert any("the PSF's tails are cut" in str(w.message) for w in record) is cut
 
 

@@ -180,13 +180,35 @@ def _smoothed_noise(total: np.ndarray, sigma: float) -> float:
 
 
 def _tail_share(beads, smooth, centres, peaks, half) -> tuple[tuple[float, float] | None, np.ndarray]:
-    """:func:`_light_in_box` of the brightest bead, its wider box kept on the bead's side of the
-    midline to every neighbouring peak (along the axis that separates them most): a neighbour's
-    light in the wider box made a box that held all of a bead's light look like 64 %, and the
-    larger box the warning advised then found no isolated bead. ``(None, half)`` when the
-    neighbours leave no room beyond the box."""
-    centre = np.asarray(max(centres, key=lambda c: float(smooth[tuple(c)])))
-    room = np.minimum(centre, np.asarray(beads.shape) - 1 - centre)
+    """The share of the beads' light inside their boxes and twice its uncertainty from the noise,
+    over the brightest isolated bead and those whose wider box is as large (:func:`_light_in_box`;
+    the brightest bead's alone was so noisy that the margin hid boxes holding 20 % of 2e4-photon
+    beads; a fainter bead at the border, whose wider box the image cuts, hid the 62 % its box
+    holds), and that wider box.
+
+    Each bead's wider box is kept on its side of the midline to every neighbouring peak (along the
+    axis that separates them most): a neighbour's light in the wider box made a box that held all
+    of a bead's light look like 64 %, and the larger box the warning advised then found no
+    isolated bead. ``(None, half)`` when the neighbours leave no room beyond any box."""
+    parts = []
+    for centre in sorted(centres, key=lambda c: -float(smooth[tuple(c)])):
+        wide = _wider_box(beads.shape, np.asarray(centre), peaks, half)
+        part = None if wide is None else _light_in_box(beads, np.asarray(centre), half, wide)
+        if part is not None:
+            parts.append((part, wide))
+    if not parts:
+        return None, np.asarray(half)
+    parts = [(p, w) for p, w in parts if np.array_equal(w, parts[0][1])]
+    inner, total, variance = (sum(p[k] for p, _ in parts) for k in range(3))
+    if total <= 0:
+        return None, np.asarray(half)
+    return (inner / total, 2 * np.sqrt(variance) / total), parts[0][1]
+
+
+def _wider_box(shape, centre, peaks, half) -> np.ndarray | None:
+    """Half-widths of the box around ``centre`` against which its light is measured (twice its box
+    where the image and the neighbours leave room), or None when there is no room beyond the box."""
+    room = np.minimum(centre, np.asarray(shape) - 1 - centre)
     wide = np.minimum(2 * np.asarray(half), room)
     for other in peaks:
         offset = np.abs(np.asarray(other) - centre)
@@ -194,19 +216,16 @@ def _tail_share(beads, smooth, centres, peaks, half) -> tuple[tuple[float, float
             continue
         axis = int(np.argmax(offset / np.maximum(wide, 1)))
         wide[axis] = min(wide[axis], offset[axis] // 2)
-    if (wide <= half).all():
-        return None, np.asarray(half)
-    wide = np.maximum(wide, half)
-    return _light_in_box(beads, centre, half, wide), wide
+    return None if (wide <= half).all() else np.maximum(wide, half)
 
 
-def _light_in_box(beads, centre, half, wide) -> tuple[float, float] | None:
-    """Share of a bead's light inside its box, against the wider box of half-widths ``wide`` (twice
-    as wide where it fits in the image and no neighbour is near), and twice its uncertainty from the
-    noise (only a box known to cut light is warned about). Both lose the wide box's own
-    background (:func:`_face_background`): against the image's median, an uneven background of
-    +-10 % made a box that held all of a bead's light look like 34 %. A widefield PSF's
-    out-of-focus cone holds much of its light far from the peak: 3 FWHM kept 42 %."""
+def _light_in_box(beads, centre, half, wide) -> tuple[float, float, float] | None:
+    """A bead's light inside its box and inside the wider box of half-widths ``wide``, and the
+    variance the noise gives the share of the two, scaled by the total squared (None without light).
+    Both lose the wide box's own background (:func:`_face_background`): against the image's
+    median, an uneven background of +-10 % made a box that held all of a bead's light look like
+    34 %. A widefield PSF's out-of-focus cone holds much of its light far from the peak: 3 FWHM
+    kept 42 %."""
     big = beads[tuple(slice(c - r, c + r + 1) for c, r in zip(centre, wide))].astype(np.float64)
     big -= _face_background(big)
     inner = big[tuple(slice(w - h, w + h + 1) for w, h in zip(wide, half))]
@@ -214,15 +233,15 @@ def _light_in_box(beads, centre, half, wide) -> tuple[float, float] | None:
     if total <= 0:
         return None
     share = float(inner.sum()) / total
-    # Within the noise, the box is not known to cut anything: the background, from faces of n voxels,
-    # is uncertain by sigma/sqrt(n) under each of the wide box's voxels, and the shell around the box
-    # adds its own noise. With 2e4-photon beads over a background of 100 a box holding all of the
-    # light read as 73 % (share 0.85-1.08 at the true background, by noise alone).
+    # The background, from faces of n voxels, is uncertain by sigma/sqrt(n) under each of the wide
+    # box's voxels, and the shell around the box adds its own noise. With 2e4-photon beads over a
+    # background of 100 a box holding all of the light read as 73 % (0.85-1.08 at the true
+    # background, by noise alone), and a warning needs the share below its limit beyond that.
     sigma = _robust_background(np.concatenate([np.moveaxis(big, a, 0)[i].ravel() for a in range(big.ndim)
                                                for i in (0, -1)]))[1]
     face = min(big.size // n for n in big.shape)  # the smallest face
-    spread = sigma * (abs(big.size * share - inner.size) / np.sqrt(2 * face) + np.sqrt(big.size - inner.size))
-    return share, 2 * spread / total
+    variance = sigma**2 * ((big.size * share - inner.size) ** 2 / (2 * face) + big.size - inner.size)
+    return float(inner.sum()), total, variance
 
 
 def _face_background(box: np.ndarray) -> float:
