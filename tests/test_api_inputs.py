@@ -191,7 +191,9 @@ def test_background_subtracted_data_with_nothing_above_zero_is_warned_about(psf)
         with pytest.warns(RuntimeWarning, match="the image has no positive values, so Richardson-Lucy returns only "
                                                 "zeros: add the subtracted offset back$"):
             call()
-    assert wiener(below, psf, device="cpu").shape == below.shape  # linear: it keeps the data's sign
+    # Wiener says nothing here (the command line refuses such an image): a block of a volume may be
+    # all below zero, and its clipped ringing is part of the whole volume's linear estimate
+    assert wiener(below, psf, device="cpu").shape == below.shape
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not richardson_lucy(np.zeros((6, 16, 16), np.float32), psf, 2, device="cpu").any()  # zeros: no word

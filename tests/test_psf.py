@@ -284,6 +284,7 @@ def test_a_psf_with_a_camera_offset_is_warned_about_and_generated_ones_are_not()
         prepare_psf(np.ones((3, 5, 5)), (32, 64, 64))
         prepare_psf(gaussian((7, 7, 7), (1.5, 2.0, 2.0)), (32, 64, 64))
         prepare_psf(gaussian((3, 3, 3), (1.0, 1.0, 1.0)), (32, 64, 64))
+        prepare_psf(generate_psf("vectorial", (7, 7), (0.16, 0.16), 0.8, 0.6, ni=1.0), (64, 64))  # ring on the edges
         for model, shape, depth in (("vectorial", (9, 15, 15), 5.0), ("gibson-lanni", (15, 31, 31), 5.0)):
             prepare_psf(generate_psf(model, shape, (0.2, 0.1, 0.1), 1.4, 0.52, ni=1.515, ns=1.33, depth=depth),
                         (32, 64, 64))
