@@ -8,6 +8,7 @@ inversion").
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -50,6 +51,9 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     with AMX (2-3.4x faster on bench_selfsup's volumes, the PSNR unchanged to 0.001 dB, the output
     within 7e-3 of the float32 one's peak), float16 on CUDA.
 
+    A whole image (no ``region``) whose intensities are far from the training image's is warned
+    about (:func:`warn_of_another_scale`).
+
     ``region`` and ``phase`` are :func:`~deconv3d.selfsup.predict.predict_tiled`'s: the network
     predicts only ``region`` (a block's core; the rest is context, and outside it the output holds
     no prediction), on the pooling grid ``phase``.
@@ -71,6 +75,8 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     trained.check_compatible(image.ndim)
     if not np.isfinite(image).all():  # one would spread over the network's whole receptive field
         raise InputError("image contains NaN or Inf values: clean the data (e.g. replace them by 0) first")
+    if region is None:  # a whole image (a block's region is compared by its run: NetworkBlock.prepare)
+        warn_of_another_scale(trained, image)
     if context is None:
         context = default_context(trained)
     residual = trained.reference is not None
@@ -83,6 +89,28 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     if band_limit:
         out = fft_band_limit(out, trained.psf, band_limit, device=device).clamp_min_(0).cpu().numpy()
     return out
+
+
+#: :func:`warn_of_another_scale` warns when an image's mean or SD is this many times the training
+#: image's, or less than its share: the network's output keeps the training image's scale (a model
+#: trained on an image x1000 wrote 1000x too bright a result, or a residual one mostly zeros).
+SCALE_TOLERANCE = 2.0
+
+
+def warn_of_another_scale(trained, image) -> None:
+    """Warn when ``image``'s intensities are far from those the network was trained on: it
+    standardises by the training image's mean and SD, as CSBDeep's networks do, so the output stays
+    on that image's scale."""
+    if not isinstance(trained, TrainedModel):
+        trained = TrainedModel.from_result(trained)
+    mean, std = float(np.mean(image, dtype=np.float64)), float(np.std(image, dtype=np.float64))
+    # (the mean only where the training image's is positive: background-subtracted data sits near 0)
+    pairs = [(std, float(trained.std))] + ([(mean, float(trained.mean))] if trained.mean > 0 else [])
+    if any(not b / SCALE_TOLERANCE <= a <= b * SCALE_TOLERANCE for a, b in pairs):
+        warnings.warn(f"the image's intensities (mean {mean:.3g}, SD {std:.3g}) are far from those the network was "
+                      f"trained on (mean {float(trained.mean):.3g}, SD {float(trained.std):.3g}), and its output keeps "
+                      "the training image's scale: rescale the image to that range, or train on this one "
+                      "(--train-steps)", RuntimeWarning, stacklevel=3)
 
 
 def default_context(trained) -> int:
