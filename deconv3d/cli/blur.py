@@ -331,5 +331,5 @@ def cmd_deblur(args) -> int:
             "residual": residual, "far": str(args.far),
             "level": str(args.level), "model_sha256_16": digest}
     write_tiff(args.output, sharp, voxel_size=voxel, metadata=meta)
-    print(f"wrote {args.output}: in-focus plane extrapolated with alpha {args.alpha:g}")
+    print(f"wrote {args.output}: in-focus plane extrapolated with alpha {args.alpha!r}")
     return 0

@@ -50,6 +50,9 @@ __all__ = ["lincomb", "interpolate", "interior_fractions", "synthesize_blur", "d
 
 _DECODE_CHUNK = 16
 FRACTION_LIMITS = (-10.0, 11.0)  # synthesize_blur's fractions, as deconv3d blur synth --range allows
+#: The largest alpha :func:`deblur` takes: its weight 1 / (1 - alpha) reaches FRACTION_LIMITS' 11 there
+#: (0.9999 wrote a plane of mean -0.065 from one of mean 0.17).
+MAX_DEBLUR_ALPHA = 1 - 1 / FRACTION_LIMITS[1]
 
 
 # ------------------------------------------------------------------ latent arithmetic
@@ -285,9 +288,10 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: Optio
     plane : array_like
         The plane to deblur, between ``far`` and focus.
     alpha : float
-        Weight of ``E(far)`` in ``E(plane)``, in (0, 1): ``(b - m) / (b - a)`` for the
-        levels ``a`` of ``far``, ``m`` of ``plane`` and ``b`` of focus (the distance from
-        ``plane`` to focus as a fraction of the distance from ``far`` to focus).
+        Weight of ``E(far)`` in ``E(plane)``, in (0, :data:`MAX_DEBLUR_ALPHA` = 10/11]:
+        ``(b - m) / (b - a)`` for the levels ``a`` of ``far``, ``m`` of ``plane`` and ``b`` of
+        focus (the distance from ``plane`` to focus as a fraction of the distance from ``far``
+        to focus).
     fit : {"pad", "error"}, optional
         What to do with sizes that are not multiples of ``model.divisor``.
     residual : bool, optional
@@ -337,6 +341,10 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: Optio
     if not 0 < alpha < 1:
         raise InputError(f"alpha must lie strictly between 0 and 1 (the weight of the far plane), got {alpha}: "
                          "use (b - m) / (b - a) for the far level a, the plane's level m and the focus level b")
+    if alpha > MAX_DEBLUR_ALPHA:
+        raise InputError(f"alpha {alpha!r} extrapolates {1 / (1 - alpha):.4g}-fold, past the {FRACTION_LIMITS[1]:g} "
+                         f"that blur synthesis allows (noise only, then NaN): deblur a plane nearer the far one "
+                         f"(alpha at most {MAX_DEBLUR_ALPHA:.4f})")
     coeffs = (-alpha / (1 - alpha), 1 / (1 - alpha))
     z, shape = encode_planes(model, np.stack([far, plane]), fit=fit)
     y = _decode(model, lincomb(list(coeffs), [_select(z, 0), _select(z, 1)]), shape)[0]

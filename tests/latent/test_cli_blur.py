@@ -236,6 +236,8 @@ def test_synth_and_deblur_errors(planes, model, capsys):
         (["deblur", *base, p["far"], p["mid"], "--alpha", 1.0], "alpha"),
         (["deblur", *base, p["far"], p["mid"], "--alpha", 0], "alpha"),
         (["deblur", *base, p["far"], p["mid"], "--alpha", -0.5], "alpha"),
+        # 1 / (1 - alpha) past blur synth's limit of 11: 0.9999 wrote a plane of negative mean (review)
+        (["deblur", *base, p["far"], p["mid"], "--alpha", 0.9999], "extrapolates 1e+04-fold, past the 11"),
         (["deblur", *base, p["far"], p["mid"]], "alpha"),
         (["deblur", *base, p["far"], folder / "big.tif", "--alpha", 0.5], "shape"),
         (["deblur", *base, folder / "small.tif", folder / "small.tif", "--alpha", 0.5], "another size"),

@@ -135,11 +135,13 @@ def test_interior_fractions():
     np.testing.assert_allclose(interior_fractions(3), [0.25, 0.5, 0.75])
 
 
-@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.2, 1.5, float("nan")])
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.2, 1.5, float("nan"), 0.92, 0.9999])
 def test_deblur_refuses_alpha_outside_open_unit_interval(alpha):
+    """Beyond 10/11 the weight 1 / (1 - alpha) passes the 11 that blur synthesis allows."""
     far, near = unit_planes()
     with pytest.raises(InputError, match="alpha"):
         deblur(ScaledIdentity(), far, near, alpha)
+    assert np.isfinite(deblur(ScaledIdentity(), far, near, 10 / 11)).all()
 
 
 def test_bad_planes_are_input_errors():
