@@ -1,6 +1,7 @@
 """Warm start: the first steps regress the network onto Richardson-Lucy at the held-out count."""
 
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -33,8 +34,12 @@ def test_a_deadline_ends_the_reference_search_with_the_best_so_far(monkeypatch):
     train_module = importlib.import_module("deconv3d.selfsup.train")  # the package exports a train() too
 
     _, noisy, psf = problem(3, sigma=0.02)
-    _, reference = warm_start_target(noisy, psf, "cpu", "auto", deadline=0.0)
+    with pytest.warns(RuntimeWarning, match="time budget ended the search .* at 1 iteration"):  # (it said nothing)
+        _, reference = warm_start_target(noisy, psf, "cpu", "auto", deadline=0.0)
     assert (reference.iterations, reference.tv_weight) == (1, train_module.WARM_TV_WEIGHTS[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a search that finished in time says nothing
+        warm_start_target(noisy, psf, "cpu", 0.0, deadline=time.perf_counter() + 600)
     seen = []
     real = train_module.warm_start_target
 
