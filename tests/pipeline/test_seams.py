@@ -150,6 +150,7 @@ def test_band_limited_network_inference_chunked_equals_whole(network, chunks):
     assert psnr(whole, chunked(image, banded, chunks)) >= 85  # 64-75 dB when the band limit filtered the whole block
 
 
+@pytest.mark.filterwarnings("ignore:the image.s intensities:RuntimeWarning")  # another image, on purpose
 @pytest.mark.parametrize("chunks", [(32, 32), (40, 28)])
 def test_residual_network_inference_chunked_equals_whole(network, chunks):
     """A residual network adds RL of each block: the halo grows to RL's reach and seams stay invisible."""
