@@ -298,7 +298,8 @@ def _open_group(path: Path):
     except Exception as exc:
         if _is_bare_array(path):  # zarr's own words were "an array already exists", read as a write clash
             raise InputError(f"{path} is a bare zarr array, without the OME-Zarr metadata that gives its axes and "
-                             "voxel size: save it as an OME-Zarr image (deconv3d.omezarr.write_ome_zarr) or as TIFF") from exc
+                             "voxel size: save it as an OME-Zarr image (deconv3d.omezarr.write_ome_zarr) "
+                             "or as TIFF") from exc
         raise InputError(f"cannot open {path} as OME-Zarr ({_one_line(exc)}): give an OME-Zarr image group, "
                          "e.g. one written by deconv3d or bioformats2raw") from exc
 

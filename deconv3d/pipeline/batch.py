@@ -269,7 +269,7 @@ def _recorded_for_another(record_path: Path, path: Path) -> Optional[Path]:
     day1/ and then one of day2/ into one output folder left day1's result replaced, both "done").
     A recorded input that is gone (moved, renamed) is not in the way, nor one recorded by an earlier
     version, relative to a working directory that is not known."""
-    given = _read_record(record_path).get("input")  # (an earlier version's, relative to its run's folder, is not known)
+    given = _read_record(record_path).get("input")
     other = Path(given) if isinstance(given, str) and os.path.isabs(given) else None
     return other if other is not None and other.exists() and not _same_file(other, path) else None
 

@@ -60,7 +60,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
                          f"is {len(spatial_shape)}D: give Z Y X")
     chunks = tuple(settings.chunks)[-len(spatial_shape):] if settings.chunks else None  # (z,) y, x
     # every method's output is non-negative (before any training)
-    check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path.name, settings.method, warnings)
+    check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path.name, settings.method,
+                       warnings)
     plan = dict(chunks=chunks, workers=workers, client=client)
     block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan)
     model_hash = _sha(settings.model) if settings.model else None

@@ -102,9 +102,9 @@ def _warn_of_an_offset(psf: np.ndarray) -> None:
     faces = np.concatenate([np.take(psf, i, axis=a).ravel() for a in range(psf.ndim) for i in (0, -1)])
     low, peak = float(np.percentile(faces, 5)), float(psf.max())
     if OFFSET_LEVEL < low / peak <= 0.5 and low >= 0.8 * float(np.median(faces)):
-        warnings.warn(f"the PSF's faces sit at {low / peak:.1%} of its peak or more, a flat background (a camera offset?) that "
-                      "deconvolution takes for light of the PSF: subtract it from the PSF, or distill the PSF from "
-                      "beads with 'deconv3d psf distill'", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"the PSF's faces sit at {low / peak:.1%} of its peak or more, a flat background (a camera "
+                      "offset?) that deconvolution takes for light of the PSF: subtract it from the PSF, or distill "
+                      "the PSF from beads with 'deconv3d psf distill'", RuntimeWarning, stacklevel=3)
 
 
 def normalize_psf(psf) -> np.ndarray:
@@ -344,7 +344,8 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     centred :func:`scipy.ndimage.zoom`) samples the PSF on the image grid;
     negative undershoot is clamped to 0. Along a lateral axis that gets coarser the PSF is
     first averaged over the new pixel's extent, as a camera pixel integrates the light falling
-    on it; planes are taken at one focus each, so z is interpolated only. The output spans the input's physical extent, rounded to whole voxels.
+    on it; planes are taken at one focus each, so z is interpolated only. The output spans the
+    input's physical extent, rounded to whole voxels.
     """
     psf = np.asarray(psf, dtype=np.float32)
     src, dst = (np.asarray(checked_voxel_size(v if v is not None else (), psf.ndim, what))

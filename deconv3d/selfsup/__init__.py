@@ -47,9 +47,9 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     :class:`Cancelled` (nothing is returned).
 
     ``amp`` (default on, whatever precision the network was trained in, as the command line's
-    ``--amp``) runs the network in mixed precision, as :func:`~deconv3d.selfsup.predict.predict_tiled` says: bfloat16 on a CPU
-    with AMX (2-3.4x faster on bench_selfsup's volumes, the PSNR unchanged to 0.001 dB, the output
-    within 7e-3 of the float32 one's peak), float16 on CUDA.
+    ``--amp``) runs the network in mixed precision, as :func:`~deconv3d.selfsup.predict.predict_tiled`
+    says: bfloat16 on a CPU with AMX (2-3.4x faster on bench_selfsup's volumes, the PSNR unchanged
+    to 0.001 dB, the output within 7e-3 of the float32 one's peak), float16 on CUDA.
 
     A whole image (no ``region``) whose intensities are far from the training image's is warned
     about (:func:`warn_of_another_scale`).
