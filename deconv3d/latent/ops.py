@@ -344,7 +344,7 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: Optio
     if alpha > MAX_DEBLUR_ALPHA:
         raise InputError(f"alpha {alpha!r} extrapolates {1 / (1 - alpha):.4g}-fold, past the {FRACTION_LIMITS[1]:g} "
                          f"that blur synthesis allows (noise only, then NaN): deblur a plane nearer the far one "
-                         f"(alpha at most {MAX_DEBLUR_ALPHA:.4f})")
+                         f"(alpha at most 10/11, {MAX_DEBLUR_ALPHA:.5f})")
     coeffs = (-alpha / (1 - alpha), 1 / (1 - alpha))
     z, shape = encode_planes(model, np.stack([far, plane]), fit=fit)
     y = _decode(model, lincomb(list(coeffs), [_select(z, 0), _select(z, 1)]), shape)[0]

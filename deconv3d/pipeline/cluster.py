@@ -69,19 +69,25 @@ def _gpu_cluster(count: int):
     # As LocalCluster: each worker's share of the RAM (a Nanny's "auto" is RAM x threads / cores, 1/16
     # of a 16-core node for one GPU) and dask's logs at WARN.
     options = {"nthreads": 1, "host": "127.0.0.1", "memory_limit": 1 / count, "silence_logs": logging.WARN,
-               "preload": _worker_preload()}
+               **_worker_preload()}
     workers = {i: {"cls": Nanny, "options": {**options, "env": {"CUDA_VISIBLE_DEVICES": ids[i]}}}
                for i in range(count)}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARN)
 
 
-def _worker_preload() -> list[str]:
-    """The workers' preload modules: the user's (dask config) and :mod:`deconv3d.pipeline._worker_preload`."""
+def _worker_preload() -> dict:
+    """The workers' preload options: the user's modules (dask config) and
+    :mod:`deconv3d.pipeline._worker_preload`; arguments given per module (a list of lists) get an
+    empty one for it (distributed refuses lists of other lengths: the workers did not start)."""
     import dask
 
     given = dask.config.get("distributed.worker.preload", None) or []
-    return [*([given] if isinstance(given, str) else given), "deconv3d.pipeline._worker_preload"]
+    argv = dask.config.get("distributed.worker.preload-argv", None) or []
+    if argv and all(isinstance(a, (list, tuple)) for a in argv):
+        argv = [*argv, []]
+    return {"preload": [*([given] if isinstance(given, str) else given), "deconv3d.pipeline._worker_preload"],
+            "preload_argv": argv}
 
 
 @contextlib.contextmanager
@@ -104,7 +110,7 @@ def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
             cluster = _gpu_cluster(gpus)
         else:
             cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None, preload=_worker_preload())
+                                   dashboard_address=None, **_worker_preload())
         client = Client(cluster)
         try:
             yield client

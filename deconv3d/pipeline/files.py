@@ -100,15 +100,6 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
                              f"dimensions as the image{hint}")
 
 
-def _spread_sample(lazy, spatial_shape, count: int = 16) -> np.ndarray:
-    """Up to ``count`` evenly spaced whole planes (rows of a 2D image) of the first time point and
-    channel: their mean and SD are the image's to a few percent, where a central box, brighter than
-    the background around it, is not."""
-    lead = (0,) * (len(lazy.data.shape) - len(spatial_shape))
-    index = np.unique(np.linspace(0, spatial_shape[0] - 1, min(count, spatial_shape[0])).round().astype(int))
-    return np.asarray(lazy.data[lead + (index.tolist(),)], dtype=np.float32)
-
-
 def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan):
     """(block callable or one per channel, memory model, parameters, PSF, voxel size) of a run:
     the network is loaded, or trained on the image first (:func:`train_on_image`), once the
@@ -129,10 +120,7 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
     elif settings.method == "ssl":  # the model carries its PSF; one given is checked against it (build_block_fn)
         from deconv3d.selfsup import load_checkpoint
 
-        from deconv3d.selfsup import warn_of_another_scale
-
         trained = load_checkpoint(settings.model, device="cpu")
-        warn_of_another_scale(trained, _spread_sample(lazy, spatial_shape))
         voxel = trained.voxel_for(voxel, len(spatial_shape), Path(lazy.path).name, warnings)
         psfs = [load_psfs_for(settings, spatial_shape, voxel, fit_image=False)[0]
                 if (settings.psf or settings.wavelength) else None]

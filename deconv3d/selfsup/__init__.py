@@ -75,7 +75,7 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     trained.check_compatible(image.ndim)
     if not np.isfinite(image).all():  # one would spread over the network's whole receptive field
         raise InputError("image contains NaN or Inf values: clean the data (e.g. replace them by 0) first")
-    if region is None:  # a whole image (a block's region is compared by its run: NetworkBlock.prepare)
+    if region is None:  # a whole image (a chunked run's blocks pass their region)
         warn_of_another_scale(trained, image)
     if context is None:
         context = default_context(trained)

@@ -48,6 +48,20 @@ def test_local_workers_leave_ctrl_c_to_the_run(tmp_path):
     assert _ctrl_c_disposition() == "handled"
 
 
+@pytest.mark.parametrize("argv", [[["--tag", "mine"]], ["--tag", "flat"], []])
+def test_the_workers_preload_keeps_the_users_own(argv):
+    """A user's preload arguments given per module (a list of lists) did not match the longer list of
+    modules, and the workers failed to start (diff review): ours gets an empty list of its own."""
+    import dask
+
+    from deconv3d.pipeline.cluster import _worker_preload
+
+    with dask.config.set({"distributed.worker.preload": ["userpre"], "distributed.worker.preload-argv": argv}):
+        options = _worker_preload()
+    assert options["preload"] == ["userpre", "deconv3d.pipeline._worker_preload"]
+    assert options["preload_argv"] == ([*argv, []] if argv and isinstance(argv[0], list) else argv)
+
+
 def test_gpu_count_gives_workers_per_gpu_only_for_cuda_and_auto(monkeypatch):
     """A worker per GPU sees its GPU as cuda:0, so cuda:N runs on plain workers instead."""
     import torch
