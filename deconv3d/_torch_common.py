@@ -90,6 +90,12 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def precision_name(requested: bool, device: torch.device) -> str:
+    """The dtype mixed precision (``requested``) runs a network in on ``device``, as records name
+    it: :func:`amp_dtype`'s, "float32" where that is None."""
+    return dtype_name(amp_dtype(requested, device) or torch.float32)
+
+
 AMP_OVERFLOW = ("mixed precision: {dtype} gave a non-finite value in the network's forward pass (as float16 does "
                 "above 65504), so the run goes on in float32 (slower)")
 

@@ -177,12 +177,14 @@ class Settings:
 
     def precision(self) -> str:
         """The dtype method ssl's network runs (and trains) in: ``amp`` on this machine's kind of
-        device (bfloat16 only on a CPU with AMX, see :func:`deconv3d._torch_common.amp_dtype`)."""
+        device (bfloat16 only on a CPU with AMX, see :func:`deconv3d._torch_common.amp_dtype`); as
+        :func:`deconv3d.selfsup.predict.inference_precision`, but for the kind of device only, which
+        need not be here (a driver without a GPU may plan a cluster's CUDA run)."""
         import torch
 
-        from deconv3d._torch_common import amp_dtype, dtype_name
+        from deconv3d._torch_common import precision_name
 
-        return dtype_name(amp_dtype(self.amp, torch.device(self.device_kind())) or torch.float32)
+        return precision_name(self.amp, torch.device(self.device_kind()))
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the output (not the file pattern).

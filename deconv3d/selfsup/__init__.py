@@ -100,9 +100,7 @@ SCALE_TOLERANCE = 2.0
 def warn_of_another_scale(trained, image) -> None:
     """Warn when ``image``'s intensities are far from those the network was trained on: it
     standardises by the training image's mean and SD, as CSBDeep's networks do, so the output stays
-    on that image's scale."""
-    if not isinstance(trained, TrainedModel):
-        trained = TrainedModel.from_result(trained)
+    on that image's scale. ``trained``: anything with the training image's ``mean`` and ``std``."""
     mean, std = float(np.mean(image, dtype=np.float64)), float(np.std(image, dtype=np.float64))
     # (the mean only where the training image's is positive: background-subtracted data sits near 0)
     pairs = [(std, float(trained.std))] + ([(mean, float(trained.mean))] if trained.mean > 0 else [])

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d._torch_common import AMP_OVERFLOW, amp_dtype, autocast, dtype_name
+from deconv3d._torch_common import AMP_OVERFLOW, amp_dtype, autocast, dtype_name, precision_name
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
 from deconv3d.selfsup.unet import ResUNet, ResidualBlock
@@ -367,7 +367,7 @@ def inference_precision(amp: bool, device) -> str:
     """The dtype :func:`predict_tiled` with ``amp`` runs the network in on ``device``, for records:
     "bfloat16" on a CPU with AMX, "float16" on CUDA, else "float32" (a tile that is not finite in
     reduced precision then falls back to float32, with a warning)."""
-    return dtype_name(amp_dtype(amp, resolve_device(device)) or torch.float32)
+    return precision_name(amp, resolve_device(device))
 
 
 class _ModelRunner:
