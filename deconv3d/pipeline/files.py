@@ -122,6 +122,7 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
 
         trained = load_checkpoint(settings.model, device="cpu")
         voxel = trained.voxel_for(voxel, len(spatial_shape), Path(lazy.path).name, warnings)
+        warn_of_another_scale(trained, lazy, warnings)
         psfs = [load_psfs_for(settings, spatial_shape, voxel, fit_image=False)[0]
                 if (settings.psf or settings.wavelength) else None]
     else:
@@ -258,6 +259,71 @@ def check_has_positive(data, name: str, method: str, warnings: list | None = Non
         negative = negative or (slab.size > 0 and float(slab.min()) < 0)
     if negative:  # all zero stays allowed: zeros come back
         refuse_no_positive(name, method)
+
+
+#: Bytes of each channel that :func:`intensity_statistics` reads.
+SAMPLE_BYTES = 64 * 2**20
+
+
+def intensity_statistics(data, axes: str) -> list[tuple[float, float, bool]]:
+    """``(mean, SD, sampled)`` of each channel of ``data`` (a block reader, dask array or array
+    with ``axes`` from ``"TCZYX"``), read :data:`SAMPLE_BYTES` at most per channel: a channel that
+    fits is read whole (``sampled`` False), else its planes (of every time point and z) are sampled
+    at even spacing, each plane too large for its share by the band of rows through its middle.
+    """
+    from deconv3d.pipeline.readers import as_reader
+
+    reader = as_reader(data)
+    shape = tuple(reader.shape)
+    channel = axes.index("C") if "C" in axes else None
+    plane = shape[-2:] if len(shape) >= 2 else shape
+    per_plane = 4 * math.prod(plane)
+    stacks = [i for i in range(len(shape) - len(plane)) if i != channel]  # t and z: the planes' positions
+    positions = list(np.ndindex(*(shape[i] for i in stacks)))
+    whole = per_plane * len(positions) <= SAMPLE_BYTES
+    taken = positions if whole else [positions[int(i)] for i in np.unique(
+        np.linspace(0, len(positions) - 1, max(1, min(len(positions), SAMPLE_BYTES // per_plane))).round())]
+    rows = plane[0] if per_plane * len(taken) <= SAMPLE_BYTES else max(
+        1, SAMPLE_BYTES // len(taken) // (4 * math.prod(plane[1:])))
+    first = (plane[0] - rows) // 2
+    statistics = []
+    for c in range(shape[channel] if channel is not None else 1):
+        count, mean, m2 = 0, 0.0, 0.0  # Chan et al.'s pairwise update of the mean and squared deviations
+        keys = [tuple(slice(None) for _ in shape)] if whole else []
+        for position in ([] if whole else taken):
+            key = [slice(None)] * len(shape)
+            for axis, index in zip(stacks, position):
+                key[axis] = slice(index, index + 1)
+            key[len(shape) - len(plane)] = slice(first, first + rows)
+            keys.append(tuple(key))
+        for key in keys:
+            if channel is not None:
+                key = key[:channel] + (slice(c, c + 1),) + key[channel + 1:]
+            piece = reader.read(key).astype(np.float64)
+            n, m = piece.size, float(piece.mean())
+            delta, total = m - mean, count + n
+            m2 += float(np.square(piece - m).sum()) + delta * delta * count * n / total
+            mean, count = mean + delta * n / total, total
+        statistics.append((mean, math.sqrt(m2 / count), not whole or rows < plane[0]))
+    return statistics
+
+
+def warn_of_another_scale(trained, lazy, warnings: list | None) -> None:
+    """Warn (:func:`deconv3d.errors.warn`) when a channel of ``lazy`` is on another intensity scale
+    than the image ``trained`` was trained on, as an in-memory run warns
+    (:func:`deconv3d.selfsup.scale_mismatch`), from :func:`intensity_statistics`."""
+    from deconv3d.errors import warn
+    from deconv3d.selfsup import scale_mismatch
+
+    name = Path(lazy.path).name
+    data = lazy.reader if lazy.reader is not None else lazy.data
+    statistics = intensity_statistics(data, lazy.axes)
+    for c, (mean, std, sampled) in enumerate(statistics):
+        subject = (f"{name}'s intensities" if len(statistics) == 1 else f"the intensities of {name}'s channel {c}") \
+            + (" in a sample" if sampled else "")
+        message = scale_mismatch(trained, mean, std, subject)
+        if message:
+            warn(f"deconv3d: warning: {message}", warnings)
 
 
 def _sha(path) -> str:

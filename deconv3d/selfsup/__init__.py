@@ -98,17 +98,26 @@ SCALE_TOLERANCE = 2.0
 
 
 def warn_of_another_scale(trained, image) -> None:
-    """Warn when ``image``'s intensities are far from those the network was trained on: it
-    standardises by the training image's mean and SD, as CSBDeep's networks do, so the output stays
-    on that image's scale. ``trained``: anything with the training image's ``mean`` and ``std``."""
+    """Warn when ``image``'s intensities are far from those the network was trained on
+    (:func:`scale_mismatch`)."""
     mean, std = float(np.mean(image, dtype=np.float64)), float(np.std(image, dtype=np.float64))
+    message = scale_mismatch(trained, mean, std)
+    if message:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def scale_mismatch(trained, mean: float, std: float, subject: str = "the image's intensities") -> str | None:
+    """What to say of an image of intensity ``mean`` and ``std`` (``subject`` in the message), or None
+    when both are within :data:`SCALE_TOLERANCE` of the training image's: the network standardises
+    by those, as CSBDeep's networks do, so the output stays on that image's scale. ``trained``:
+    anything with the training image's ``mean`` and ``std``."""
     # (the mean only where the training image's is positive: background-subtracted data sits near 0)
     pairs = [(std, float(trained.std))] + ([(mean, float(trained.mean))] if trained.mean > 0 else [])
-    if any(not b / SCALE_TOLERANCE <= a <= b * SCALE_TOLERANCE for a, b in pairs):
-        warnings.warn(f"the image's intensities (mean {mean:.3g}, SD {std:.3g}) are far from those the network was "
-                      f"trained on (mean {float(trained.mean):.3g}, SD {float(trained.std):.3g}), and its output keeps "
-                      "the training image's scale: rescale the image to that range, or train on this one "
-                      "(--train-steps)", RuntimeWarning, stacklevel=3)
+    if all(b / SCALE_TOLERANCE <= a <= b * SCALE_TOLERANCE for a, b in pairs):
+        return None
+    return (f"{subject} (mean {mean:.3g}, SD {std:.3g}) are far from those the network was trained on (mean "
+            f"{float(trained.mean):.3g}, SD {float(trained.std):.3g}), and its output keeps the training image's "
+            "scale: rescale the image to that range, or train on this one (--train-steps)")
 
 
 def default_context(trained) -> int:

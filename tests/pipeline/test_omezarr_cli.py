@@ -647,6 +647,42 @@ def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
         assert max(sizes) <= files.SCAN_SLAB_BYTES and sum(sizes) == series.nbytes, (shape, sizes)
 
 
+def test_intensity_statistics_read_each_channel_whole_or_a_bounded_spread_sample(monkeypatch):
+    """The scale check of a model applied chunk by chunk: per-channel mean and SD equal numpy's
+    for a channel that fits SAMPLE_BYTES, and otherwise come from at most that many bytes of
+    evenly spaced planes (rows through the middle of a plane too large)."""
+    from deconv3d.pipeline import files
+    from deconv3d.pipeline.readers import ArrayReader
+
+    reads = []
+
+    class Counting(ArrayReader):
+        def read(self, key):
+            reads.append(key)
+            return super().read(key)
+
+    rng = np.random.default_rng(0)
+    data = rng.gamma(2.0, 1.0, (3, 2, 10, 16, 20)).astype(np.float32)
+    data[:, 1] *= 100
+    data[:, :, 6:] += 2  # a brighter bottom of the stack: a sample from the top alone would miss it
+    for c, (mean, std, sampled) in enumerate(files.intensity_statistics(data, "TCZYX")):
+        assert not sampled and mean == pytest.approx(data[:, c].mean(dtype=np.float64), rel=1e-9)
+        assert std == pytest.approx(data[:, c].std(dtype=np.float64), rel=1e-9)
+    monkeypatch.setattr(files, "SAMPLE_BYTES", 4 * 16 * 20 * 6)  # 6 of each channel's 30 planes
+    statistics = files.intensity_statistics(Counting(data), "TCZYX")
+    assert len(reads) == 12 and all(data[k].nbytes == 4 * 16 * 20 for k in reads)
+    assert {(k[0].start, k[2].start) for k in reads} == {(0, 0), (0, 6), (1, 2), (1, 7), (2, 3), (2, 9)}
+    for c, (mean, std, sampled) in enumerate(statistics):
+        assert sampled and mean == pytest.approx(data[:, c].mean(), rel=0.1) and std == pytest.approx(
+            data[:, c].std(), rel=0.1)
+    reads.clear()
+    plane = data[0, 1, 0]
+    monkeypatch.setattr(files, "SAMPLE_BYTES", 4 * 20 * 11)
+    [(mean, std, sampled)] = files.intensity_statistics(Counting(plane[None]), "CYX")  # 11 of 16 rows fit
+    assert sampled and [(k[1].start, k[1].stop) for k in reads] == [(2, 13)]
+    assert mean == pytest.approx(plane[2:13].mean(dtype=np.float64), rel=1e-9)
+
+
 def test_chunked_and_batch_warn_when_many_voxels_are_negative(folder, capsys, monkeypatch):
     """Background-subtracted data (noise around 0): the in-memory path warned that RL counts the
     negative voxels as 0; the chunked path and batch said nothing. The share is measured on a

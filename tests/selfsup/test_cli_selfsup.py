@@ -45,10 +45,13 @@ def test_train_then_deconvolve_with_the_model(data, capsys):
     assert params["unet"]["base_channels"] == 4 and params["tta"] is True and params["amp"] is True
 
 
-def test_a_model_applied_to_an_image_on_another_scale_says_so(data, capsys):
+def test_a_model_applied_to_an_image_on_another_scale_says_so(data, capsys, monkeypatch):
     """Found by the review of the network commands: a model trained on an image x1000 wrote a result
-    1000x too bright for the image itself (a residual one mostly zeros), exit 0 and no word. In
-    memory the image's intensities are compared with the training image's (not yet in chunked runs)."""
+    1000x too bright for the image itself (a residual one mostly zeros), exit 0 and no word. The
+    image's intensities are compared with the training image's in memory, chunk by chunk and in a
+    batch (there from a sample of planes when a channel is over SAMPLE_BYTES)."""
+    from deconv3d.pipeline import files
+
     image = read_image(data / "image.tif").data
     (data / "in").mkdir()
     write_tiff(data / "in" / "bright.tif", image * 1000, voxel_size=(0.3, 0.1, 0.1))
@@ -60,6 +63,13 @@ def test_a_model_applied_to_an_image_on_another_scale_says_so(data, capsys):
         code, _, err = run(["deconvolve", source, "-o", data / out, "--method", "ssl", "--model", model,
                             "--device", "cpu"], capsys)
         assert code == 0 and (scale in err) == (source.name == "bright.tif"), err
+        code, _, err = run(["deconvolve", source, "-o", data / f"{out}.zarr", "--method", "ssl", "--model", model,
+                            "--device", "cpu", "--chunks", 12, 16, 16], capsys)
+        assert code == 0 and (scale in err) == (source.name == "bright.tif"), err
+    monkeypatch.setattr(files, "SAMPLE_BYTES", 4 * 24 * 24 * 5)  # 5 of the 12 planes
+    code, out, err = run(["batch", data / "in", "-o", data / "res", "--method", "ssl", "--model", model,
+                          "--device", "cpu"], capsys)
+    assert code == 0 and "bright.tif's intensities in a sample (mean " in err and scale in err, err
 
 
 def test_no_amp_runs_a_models_inference_in_float32(data, capsys, monkeypatch):
