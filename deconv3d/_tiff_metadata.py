@@ -56,13 +56,15 @@ def _size_in_um(value, unit):
     return None if _unit_key(unit) in _UNCALIBRATED else UnknownUnit(str(unit).strip())
 
 
-def _voxel_size_um(tif: tifffile.TiffFile) -> list:
-    """[z, y, x] voxel size in micrometres from OME or ImageJ metadata; None where unknown."""
+def _voxel_size_um(tif: tifffile.TiffFile, series) -> list:
+    """[z, y, x] voxel size in micrometres of the image ``series`` from OME or ImageJ metadata; None
+    where unknown. The resolution tags are the series' own first page's: a thumbnail or mask
+    page before the image (subfile types 1 and 4) has its own, coarser ones."""
     if tif.is_ome and tif.ome_metadata:
         voxel = _ome_voxel_size(tif.ome_metadata)
         if any(v is not None for v in voxel[1:]):
             return voxel
-    return _imagej_voxel_size(tif)
+    return _imagej_voxel_size(tif, series.keyframe if series.pages else tif.pages[0])
 
 
 # OME-Zarr (UDUNITS) names of the time units that OME-XML and ImageJ write.
@@ -112,8 +114,7 @@ def _ome_voxel_size(xml: str) -> list:
     return sizes
 
 
-def _imagej_voxel_size(tif: tifffile.TiffFile) -> list:
-    page = tif.pages[0]
+def _imagej_voxel_size(tif: tifffile.TiffFile, page) -> list:
     ij = tif.imagej_metadata or {}
     xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
     if xres is None or yres is None:

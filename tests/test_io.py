@@ -328,6 +328,23 @@ def test_a_thumbnail_is_not_another_image(tmp_path, rng):
     np.testing.assert_array_equal(read_image(path).data, stack)
 
 
+@pytest.mark.parametrize("planes", [False, True])
+def test_the_pixel_size_is_the_images_not_a_thumbnails_stored_first(tmp_path, rng, planes):
+    """The resolution tags were read from the file's first page: a 4x-reduced preview written
+    before the image gave 0.4 um pixels for 0.1 um ones (the PSF then resampled 4x too narrow)."""
+    from deconv3d.omezarr import open_lazy
+
+    stack = rng.random((5, 16, 16), dtype=np.float32)
+    path = tmp_path / "preview_first.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(stack[0, ::4, ::4], subfiletype=1, resolution=(2.5e4, 2.5e4), resolutionunit="CENTIMETER",
+                  metadata=None)
+        for part in (stack if planes else [stack]):  # one page series, or planes written one by one
+            tif.write(part, resolution=(1e5, 1e5), resolutionunit="CENTIMETER", metadata=None)
+    for image in (read_image(path), open_lazy(path)):
+        assert image.partial_voxel == pytest.approx((None, 0.1, 0.1))
+
+
 @pytest.mark.parametrize("shapes", [[(5, 16, 16), (5, 8, 16)], [(16, 16), (16, 16)]])
 def test_several_images_in_one_file_are_refused_not_cut_to_the_first(tmp_path, rng, shapes):
     """Different shapes, or separate fields in an OME-TIFF: which one to restore is the user's call."""

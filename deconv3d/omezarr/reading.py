@@ -160,7 +160,7 @@ def _open_tiff(path: Path) -> LazyImage:
             with open_tiff(path) as (tif, series, options):
                 axes, shape, dtype = series.axes, series.shape, series.dtype
                 calibration = imagej_calibration(tif, dtype, path)
-                voxel = _voxel_size_um(tif)
+                voxel = _voxel_size_um(tif, series)
                 time_axis = time_axis_of(tif) if "T" in series.axes else None
                 page_shape = tuple(series.pages[0].shape) if series.pages else shape[-2:]
                 _check_complete(tif, series, log, path)
