@@ -73,6 +73,32 @@ def test_an_uncalibrated_psf_with_a_calibrated_image_is_named(files, capsys):
     assert code == 0 and "warning" not in err, err
 
 
+def test_a_psfs_pixel_size_without_a_z_step_is_kept(files, capsys):
+    """Found by the review of file metadata: a PSF file with 0.05 µm pixels and no z step was taken
+    as sampled like the image throughout (0.1 µm pixels: twice too wide), under a warning that it
+    carried no voxel size. Its pixel size is kept and the image's z step completes it: the result
+    equals that of the same PSF calibrated (0.3, 0.05, 0.05), in memory and chunk by chunk."""
+    from deconv3d.omezarr import read_ome_zarr
+
+    psf = tifffile.imread(files / "psf.tif")
+    tifffile.imwrite(files / "psf_noz.tif", psf, resolution=(20, 20), resolutionunit="MICROMETER")
+    write_tiff(files / "psf_full.tif", psf, voxel_size=(0.3, 0.05, 0.05))
+    results = {}
+    for name in ("psf_noz", "psf_full"):
+        for out, extra in ((files / f"o_{name}.tif", []), (files / f"o_{name}.zarr", ["--chunks", 12, 24, 24])):
+            code, _, err = run(["deconvolve", files / "ij.tif", "--psf", files / f"{name}.tif", "-o", out,
+                                "--iterations", 2, "--device", "cpu", *extra], capsys)
+            assert code == 0 and ("records no z voxel size; taking the image's for it (0.3 0.05 0.05 µm)" in err) == (
+                name == "psf_noz"), err
+            results[out.name] = read_image(out).data if out.suffix == ".tif" else read_ome_zarr(out)[0]
+    for suffix in (".tif", ".zarr"):
+        np.testing.assert_array_equal(results["o_psf_noz" + suffix], results["o_psf_full" + suffix])
+    sampled_like_the_image = files / "bare.tif"
+    assert run(["deconvolve", files / "ij.tif", "--psf", files / "psf_bare.tif", "-o", sampled_like_the_image,
+                "--iterations", 2, "--device", "cpu"], capsys)[0] == 0
+    assert np.abs(read_image(sampled_like_the_image).data - results["o_psf_noz.tif"]).max() > 1
+
+
 @pytest.mark.parametrize("name, extra, words", [
     ("ij.tif", ["--voxel-size", 300, 100, 100], ["looks like nanometres", "--voxel-size in micrometres"]),
     ("ij_nm.tif", [], ["300 100 100 µm looks like nanometres", "Image > Properties"]),

@@ -103,13 +103,13 @@ def voxel_size_of(args, image):
 
 def load_psf(args, image, voxel, fit_image: bool = True):
     """``--psf`` or ``--psf-model``, prepared for ``image``; ``fit_image=False`` allows a PSF larger than it."""
-    from deconv3d.io import read_psf
+    from deconv3d.io import psf_voxel_size, read_psf
     from deconv3d.psf import generate_psf, prepare_psf
     from deconv3d.psf.generate import generated_psf_shape
 
     if args.psf:
         psf = read_psf(args.psf)
-        return prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel,
+        return prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel), image_voxel=voxel,
                            fit_image=fit_image)
     if args.na is None or args.wavelength is None:
         raise InputError("--psf-model needs --na and --wavelength: add them, or give a measured --psf file")

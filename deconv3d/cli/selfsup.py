@@ -158,7 +158,7 @@ def train_with_progress(image, psf, args, voxel, notes=()):
 
 
 def _read_inputs(args):
-    from deconv3d.io import assume_psf_voxel, read_image, read_psf
+    from deconv3d.io import assume_psf_voxel, psf_voxel_size, read_image, read_psf
     from deconv3d.psf import prepare_psf
 
     image = read_image(args.input)
@@ -168,7 +168,7 @@ def _read_inputs(args):
     voxel = assume_psf_voxel(voxel_size_of(args, image), args.psf, image.data.ndim, args.input, notes,
                              partial=image.partial_voxel)
     psf = read_psf(args.psf)
-    prepared = prepare_psf(psf.data, image.data.shape, psf_voxel=psf.voxel_size, image_voxel=voxel)
+    prepared = prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel), image_voxel=voxel)
     return image, prepared, voxel, notes
 
 

@@ -103,7 +103,7 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     ``psf`` (a file) or ``wavelength`` pick one channel's entry of a per-channel setting.
     ``fit_image=False`` accepts a PSF file larger than the image (an ssl model checks it against its own).
     """
-    from deconv3d.io import read_psf
+    from deconv3d.io import psf_voxel_size, read_psf
     from deconv3d.psf import generate_psf, prepare_psf
     from deconv3d.psf.generate import generated_psf_shape
 
@@ -111,7 +111,7 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     wavelength = wavelength if wavelength is not None else (_many(settings.wavelength) or (None,))[0]
     if psf:
         image = read_psf(psf)
-        return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=image.voxel_size, image_voxel=voxel,
+        return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=psf_voxel_size(image, voxel), image_voxel=voxel,
                            fit_image=fit_image)
     if voxel is None or len(spatial_shape) != 3:  # (a 2D image is refused before: files._check_psf_dimensions)
         raise InputError("--psf-model needs the image's voxel size, which it does not record: pass --voxel-size "
