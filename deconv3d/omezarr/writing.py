@@ -168,7 +168,8 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     if chunks is None:
         chunks = tuple(1 if a in "TC" else min(n, 64 if a == "Z" else 512) for a, n in zip(axes, arr.shape))
     with atomic_output(path) as tmp:
-        target = create_ome_zarr(tmp, arr.shape, chunks, axes=axes, voxel_size=voxel_size, provenance=provenance)
+        target = create_ome_zarr(tmp, arr.shape, chunks, axes=axes, voxel_size=voxel_size, provenance=provenance,
+                                 name=Path(path).stem)  # (not the temporary folder's)
         arr.astype(np.float32).rechunk(chunks).store(target, lock=False)
         if pyramid_levels:
             write_pyramid(tmp, pyramid_levels)

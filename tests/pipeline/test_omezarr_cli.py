@@ -67,6 +67,7 @@ def test_ome_zarr_py_reads_our_output(tmp_path):
     transforms = node.metadata["coordinateTransformations"]
     assert transforms[0][0]["scale"] == pytest.approx([0.5, 0.25, 0.25])
     assert [a["name"] for a in node.metadata["axes"]] == ["z", "y", "x"]
+    assert node.metadata["name"] == "b"  # not the temporary folder it was written in
 
 
 @pytest.fixture
