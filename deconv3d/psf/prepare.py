@@ -40,7 +40,8 @@ def _centred_zoom(arr: np.ndarray, step, out_shape, order: int = 3) -> np.ndarra
         start = np.round(c_in - c_out).astype(int)
         return arr[tuple(slice(s, s + m) for s, m in zip(start, out_shape))].copy()
     offset = c_in - step * c_out
-    return ndimage.affine_transform(arr, step, offset=offset, output_shape=tuple(out_shape), order=order)
+    return ndimage.affine_transform(arr, step, offset=offset, output_shape=tuple(out_shape), order=order,
+                                    mode="grid-constant")
 
 
 # ------------------------------------------------------ basic operations ---
