@@ -135,8 +135,20 @@ CORE_LEVEL = 0.5
 
 
 def _core_centroid(arr: np.ndarray, level: float = CORE_LEVEL) -> np.ndarray:
-    """The centroid of ``arr - level * max`` where positive: the in-focus core of a PSF."""
-    return _centroid(np.clip(arr.astype(np.float64) - level * float(arr.max()), 0, None))
+    """The centroid of ``arr - level * peak`` where positive around the in-focus core of a PSF.
+
+    The core is found on a copy smoothed by a Gaussian of 1 voxel (the connected voxels above
+    ``level`` of its maximum around that maximum, widened by 2 voxels), and ``peak`` is the
+    largest value inside it. A lone hot voxel (a camera's) at 2x the bead's peak had been taken
+    for the core, which put the bead 5 planes and 20 pixels off the centre (and at 1.2x one
+    pixel off); smoothed, it stands lower than the bead.
+    """
+    arr = arr.astype(np.float64)
+    smooth = ndimage.gaussian_filter(arr, 1.0)
+    labels, _ = ndimage.label(smooth > level * float(smooth.max()))
+    core = labels == labels[np.unravel_index(np.argmax(smooth), smooth.shape)]
+    core = ndimage.binary_dilation(core, iterations=2)
+    return _centroid(np.clip(arr - level * float(arr[core].max()), 0, None) * core)
 
 
 def center_psf(psf) -> np.ndarray:
