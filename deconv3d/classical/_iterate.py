@@ -76,22 +76,25 @@ def _factor_from_blur(p: _Problem, ws: _Workspace) -> torch.Tensor:
 class _TV:
     """Dey et al. (2006) TV term: ``1 / (1 - λ div(∇u / |∇u|))`` with forward/backward differences."""
 
-    def __init__(self, shape, ndim: int, weight: float, voxel_size, data: torch.Tensor, seams=None):
+    def __init__(self, shape, ndim: int, weight: float, voxel_size, data: torch.Tensor, seams=None,
+                 scale: float | None = None):
         self.weight = weight
         self.seams = seams if seams is not None else tuple((n - 1, n - 1) for n in shape)  # Neumann ends
         self.spacing = _spacing(ndim, voxel_size)
         self.ndim = ndim
-        # |∇u| is regularised by a small fraction of the data scale so flat areas stay finite.
-        self.eps2 = float((1e-3 * data.abs().max().clamp_min(1e-12)) ** 2)
+        # |∇u| is regularised by a small fraction of the data scale (``scale``, else the data's
+        # largest absolute value) so flat areas stay finite.
+        peak = data.abs().max().clamp_min(1e-12) if scale is None else max(float(scale), 1e-12)
+        self.eps2 = float((1e-3 * peak) ** 2)
         dev, dt = data.device, data.dtype
         self.grads = [torch.empty(shape, device=dev, dtype=dt) for _ in range(ndim)]
         self.norm = torch.empty(shape, device=dev, dtype=dt)
         self.div = torch.empty(shape, device=dev, dtype=dt)
 
     @classmethod
-    def for_problem(cls, p: _Problem, weight: float, voxel_size) -> Optional["_TV"]:
+    def for_problem(cls, p: _Problem, weight: float, voxel_size, scale: float | None = None) -> Optional["_TV"]:
         """The TV term on ``p``'s estimate (None for weight 0), across the physical neighbours only."""
-        return cls(p.estimate_shape, p.data.ndim, weight, voxel_size, p.data, p.seams) if weight > 0 else None
+        return cls(p.estimate_shape, p.data.ndim, weight, voxel_size, p.data, p.seams, scale) if weight > 0 else None
 
     def denominator(self, u: torch.Tensor) -> torch.Tensor:
         """``1 - λ div(∇u/|∇u|)`` at ``u`` (a reused buffer; positive for λ below the limit)."""

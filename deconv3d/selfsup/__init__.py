@@ -30,7 +30,7 @@ BAND_LIMIT = 0.0  # default eps of the output's band limit: off (see apply_model
 
 def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=None, context: int | None = None,
                 band_limit: float | None = BAND_LIMIT, callback: Callable[[int, int], Optional[bool]] | None = None,
-                region=None, phase=None, amp: bool = True) -> np.ndarray:
+                region=None, phase=None, amp: bool = True, tv_scale: float | None = None) -> np.ndarray:
     """Deconvolve ``image`` with a trained network (a :class:`TrainedModel` or ``TrainResult``).
 
     The whole volume is processed in overlapping, linearly blended tiles
@@ -53,6 +53,10 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
 
     A whole image (no ``region``) whose intensities are far from the training image's is warned
     about (:func:`warn_of_another_scale`).
+
+    ``tv_scale`` is the intensity scale of the TV term of the Richardson-Lucy reference a residual
+    network corrects (:func:`~deconv3d.classical.richardson_lucy`'s; default the image's own): a
+    block of a larger volume passes the volume's.
 
     ``region`` and ``phase`` are :func:`~deconv3d.selfsup.predict.predict_tiled`'s: the network
     predicts only ``region`` (a block's core; the rest is context, and outside it the output holds
@@ -84,7 +88,7 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
                         tile_shape=tile_shape, tta=tta, device=device, callback=callback, context=context,
                         amp=amp, signed=residual, region=region, phase=phase)
     if residual:  # the network's correction on top of the RL estimate it was trained to correct
-        out += _reference_estimate(trained, image, device)
+        out += _reference_estimate(trained, image, device, tv_scale)
         np.maximum(out, 0, out=out)
     if band_limit:
         out = fft_band_limit(out, trained.psf, band_limit, device=device).clamp_min_(0).cpu().numpy()
@@ -138,13 +142,13 @@ def default_context(trained) -> int:
     return max(max(k // 2 for k in trained.psf.shape), 4 * unet.blocks_per_level * unet.divisor)
 
 
-def _reference_estimate(trained: TrainedModel, image: np.ndarray, device) -> np.ndarray:
+def _reference_estimate(trained: TrainedModel, image: np.ndarray, device, tv_scale=None) -> np.ndarray:
     """RL's estimate the residual network corrects: the one training computed when ``image`` is the
     training image itself (deconvolve with --train-steps), else a fresh run with the recorded settings."""
     cache = trained.reference_cache
     if cache is not None and cache[1].shape == image.shape and psf_fingerprint(image) == cache[0]:
         return cache[1]
-    return trained.reference.estimate(image, trained.psf, device)
+    return trained.reference.estimate(image, trained.psf, device, tv_scale=tv_scale)
 
 
 def deconvolve(image, psf, *, model=None, config: TrainConfig = TrainConfig(), unet: UNetConfig | None = None,

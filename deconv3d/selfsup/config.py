@@ -182,8 +182,9 @@ class Reference:
         if not _is_tv_weight(self.tv_weight):
             raise InputError(f"reference tv_weight must be in [0, 1), got {self.tv_weight!r}")
 
-    def estimate(self, image, psf, device="cpu", extended: bool = False):
-        """RL of ``image`` with these settings (float32 ndarray); ``extended``: on the Bertero extended domain.
+    def estimate(self, image, psf, device="cpu", extended: bool = False, tv_scale: float | None = None):
+        """RL of ``image`` with these settings (float32 ndarray); ``extended``: on the Bertero extended domain;
+        ``tv_scale``: :func:`~deconv3d.classical.richardson_lucy`'s (a block passes its volume's).
 
         A PSF larger than the image along some axis is centre-cropped to it (:func:`deconv3d.psf.fit_psf`),
         as the chunked pipeline's RL blocks do, so a thin stack still gets its reference.
@@ -196,7 +197,7 @@ class Reference:
             shape = [n + k - 1 for n, k in zip(np.shape(image), psf.shape)] if extended else np.shape(image)
             return np.zeros(shape, np.float32)
         return richardson_lucy(image, psf, self.iterations, tv_weight=self.tv_weight, device=device,
-                               extended=extended)
+                               extended=extended, tv_scale=tv_scale)
 
 
 def to_dict(config) -> dict:

@@ -177,6 +177,69 @@ def test_residual_network_inference_chunked_equals_whole(network, chunks):
     assert full >= 50 and full > psnr(whole, chunked(image, residual, chunks, halo=(fn.context,) * 2)) + 5  # 77 vs 68
 
 
+def _dimmed(image):
+    dim = image.copy()
+    dim[..., dim.shape[-1] // 2:] *= 0.02  # a region 50x fainter than the rest
+    return dim
+
+
+def _dim_error(whole, result):
+    """The largest difference in the dim half away from the seam, as a share of that half's peak."""
+    half = (Ellipsis, slice(whole.shape[-1] * 5 // 8, None))
+    return float(np.abs(result[half] - whole[half]).max() / whole[half].max())
+
+
+def test_rl_tv_blocks_share_the_volumes_tv_scale(tmp_path, volume, psf3d):
+    """Found by the chunked-equivalence review: the TV term's |grad u| floor was 1e-3 of each block's
+    own peak, so the blocks of a dim region were regularised otherwise than the whole volume (2 % of
+    that region's peak apart at TV weight 0.002, with a step at the seams). run_chunked now
+    prepares every block with the volume's peak (volume_peak)."""
+    from deconv3d.omezarr import read_ome_zarr
+
+    dim = _dimmed(volume)
+    fn = RichardsonLucyBlock(psf3d, iterations=10, tv_weight=0.01)
+    whole = richardson_lucy(dim, psf3d, 10, tv_weight=0.01, device="cpu")
+    run_chunked(dim, fn, tmp_path / "tv.zarr", chunks=(24, 48, 12))
+    # 2.3e-4, as plain RL's seams (2.7e-4); each block with its own scale: 1.9e-2, so the check can fail
+    assert _dim_error(whole, read_ome_zarr(tmp_path / "tv.zarr")[0]) < 1e-3
+    assert _dim_error(whole, chunked(dim, fn, (24, 48, 12))) > 1e-2
+    assert fn.prepare(dim, dim.shape).tv_scale == pytest.approx(float(dim.max()))
+
+
+def test_volume_peak_reads_slabs_and_leaves_nan_to_the_blocks(monkeypatch):
+    from deconv3d.classical import richardson_lucy
+    from deconv3d.errors import InputError
+    from deconv3d.pipeline import methods
+
+    data = np.random.default_rng(0).normal(0, 1, (5, 6, 7)).astype(np.float32)
+    data[3, 2, 1], data[0, 0, 0] = -9.0, np.nan
+    monkeypatch.setattr(methods, "PEAK_SLAB_BYTES", 4 * 6 * 7 * 2)  # two planes a slab
+    assert methods.volume_peak(data) == 9.0 and methods.volume_peak(np.zeros((2, 3))) == 1e-12
+    with pytest.raises(InputError, match="tv_scale must be a positive finite number"):
+        richardson_lucy(np.ones((8, 8), np.float32), np.ones((3, 3), np.float32), 1, tv_weight=0.01, tv_scale=0,
+                        device="cpu")
+
+
+@pytest.mark.filterwarnings("ignore:the image.s intensities:RuntimeWarning")  # another image, on purpose
+def test_a_residual_networks_rl_tv_blocks_share_the_volumes_tv_scale(tmp_path, network):
+    """As above, for the RL-TV reference a residual network corrects (2.3 % of the peak before)."""
+    import dataclasses
+
+    from deconv3d.omezarr import read_ome_zarr
+    from deconv3d.pipeline import NetworkBlock
+    from deconv3d.selfsup import apply_model
+    from deconv3d.selfsup.config import Reference
+
+    fn, image, _ = network
+    trained = dataclasses.replace(fn.trained, reference=Reference(10, 0.01))
+    residual = NetworkBlock(trained, context=fn.context, band_limit=None, amp=False)
+    dim = _dimmed(image)
+    whole = apply_model(trained, dim, device="cpu", context=fn.context, band_limit=None, amp=False)
+    run_chunked(dim, residual, tmp_path / "res.zarr", chunks=(64, 16))
+    assert _dim_error(whole, read_ome_zarr(tmp_path / "res.zarr")[0]) < 1e-3
+    assert _dim_error(whole, chunked(dim, residual, (64, 16))) > 1e-3 * 3
+
+
 def test_network_chunks_rounded_to_pooling_grid(tmp_path, network):
     from deconv3d.omezarr import read_ome_zarr
 
