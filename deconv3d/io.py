@@ -190,7 +190,10 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
         warn(f"deconv3d: warning: {source} records no {missing} voxel size; assuming the PSF's for it: "
              f"{_sizes(filled)} µm (pass --voxel-size to set it)", warnings)
         return filled
-    if own is None:
+    if own is None:  # as the partly calibrated case above says: nothing to resample with, nothing to record
+        warn(f"deconv3d: warning: neither {source} nor the PSF file {psf_path} records a voxel size: the PSF is "
+             f"taken as sampled like the image and the output carries no voxel size (pass --voxel-size "
+             f"{_sizes((None,) * ndim)} to set it)", warnings)
         return None
     warn(f"deconv3d: warning: {source} carries no voxel size; assuming the PSF's {own} µm "
          f"(pass --voxel-size to set it)", warnings)

@@ -99,6 +99,27 @@ def test_a_psfs_pixel_size_without_a_z_step_is_kept(files, capsys):
     assert np.abs(read_image(sampled_like_the_image).data - results["o_psf_noz.tif"]).max() > 1
 
 
+def test_no_voxel_size_anywhere_is_said(files, capsys):
+    """Found by the docs review: an image and a PSF without voxel sizes ran silently and wrote an
+    output without one, where a partly calibrated image is warned about."""
+    tifffile.imwrite(files / "bare.tif", tifffile.imread(files / "ij.tif"))
+    out = files / "o.tif"
+    code, _, err = run(["deconvolve", files / "bare.tif", "--psf", files / "psf_bare.tif", "-o", out,
+                        "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0 and "bare.tif nor the PSF file" in err and "neither" in err and "--voxel-size DZ DY DX" in err, err
+    assert read_image(out).voxel_size is None
+
+
+def test_prepare_psf_says_when_only_the_psfs_voxel_size_is_given():
+    """The README's recipe on an image without a (full) voxel size: the PSF went unresampled, silently."""
+    from deconv3d.psf import prepare_psf
+
+    psf = gaussian_3d((9, 15, 15), (2.0, 2.0, 2.0))
+    with pytest.warns(RuntimeWarning, match=r"image_voxel=None\), so the PSF, sampled at 0.2 0.05 0.05 µm"):
+        unresampled = prepare_psf(psf, (16, 64, 64), psf_voxel=(0.2, 0.05, 0.05), image_voxel=None)
+    assert unresampled.shape[1] > prepare_psf(psf, (16, 64, 64), (0.2, 0.05, 0.05), (0.2, 0.1, 0.1)).shape[1]
+
+
 @pytest.mark.parametrize("name, extra, words", [
     ("ij.tif", ["--voxel-size", 300, 100, 100], ["looks like nanometres", "--voxel-size in micrometres"]),
     ("ij_nm.tif", [], ["300 100 100 µm looks like nanometres", "Image > Properties"]),

@@ -426,6 +426,11 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     _warn_of_an_offset(psf)
     if psf_voxel is not None and image_voxel is not None:
         psf = resample_psf(psf, psf_voxel, image_voxel)
+    elif psf_voxel is not None:  # (the command line completes the image's from the PSF's before)
+        warnings.warn(f"the image's voxel size is not given (image_voxel=None), so the PSF, sampled at "
+                      f"{format_sizes(checked_voxel_size(psf_voxel, psf.ndim, 'PSF voxel size'))} µm, is used as if "
+                      "sampled like the image: pass image_voxel (read_image(...).voxel_size, or partial_voxel "
+                      "completed by hand)", RuntimeWarning, stacklevel=2)
     given = psf.shape
     psf = crop_psf(center_psf(psf), energy)
     if fit_image and any(p > n for p, n in zip(psf.shape, image_shape)):
