@@ -3,6 +3,7 @@ whole levels into memory (see :mod:`deconv3d.omezarr`)."""
 
 from __future__ import annotations
 
+import atexit
 import collections
 import hashlib
 import os
@@ -106,6 +107,17 @@ class _TiffArray:
         except Exception as exc:  # noqa: BLE001 - a codec's complaint: zlib.error, a predictor's KeyError, ...
             raise InputError(f"cannot read {self.path} (region {_region(key)}): {_one_line(exc)}: a strip or tile "
                              "is damaged; copy or export the image again") from exc
+
+    @classmethod
+    def close_all(cls) -> None:
+        """Close the cached stores (at exit: left to the interpreter's teardown, their files were
+        reported as unclosed)."""
+        with cls._lock:
+            while cls._open:
+                cls._open.popitem()[1][0].close()
+
+
+atexit.register(_TiffArray.close_all)
 
 
 class TiffReader:
