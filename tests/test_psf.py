@@ -5,7 +5,6 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from deconv3d.errors import InputError
 from deconv3d.psf import (
@@ -185,7 +184,7 @@ def test_fit_psf_keeps_the_kernel_origin_so_convolution_does_not_shift(k, n):
     assert np.unravel_index(np.argmax(ours), ours.shape) == np.unravel_index(np.argmax(full), full.shape)
 
 
-@pytest.mark.parametrize("hot", [1.2, 2.0, 5.0])
+@pytest.mark.parametrize("hot", [1.2, 2.0, 20.0, 1000.0])
 def test_center_psf_is_not_drawn_to_a_hot_voxel(hot):
     """Found by the PSF review: the core was the voxels above half the peak, so one hot camera voxel
     at 2x the bead's peak became the core and the bead was put 5 planes and 20 pixels off centre
@@ -194,9 +193,9 @@ def test_center_psf_is_not_drawn_to_a_hot_voxel(hot):
     measured = np.random.default_rng(0).poisson(true * 3e6).astype(np.float32)
     measured[12, 27, 6] = hot * measured.max()
     centred = center_psf(measured)
-    smoothed = ndimage.gaussian_filter(centred.astype(np.float64), 1.0)
-    assert np.unravel_index(np.argmax(smoothed), smoothed.shape) == (8, 16, 16)
-    core = np.clip(centred - 0.5 * centred[6:11, 12:21, 12:21].max(), 0, None)[6:11, 12:21, 12:21]
+    assert np.unravel_index(np.argmax(centred), centred.shape) == (12, 27, 6)  # left where it was
+    box = (slice(6, 11), slice(12, 21), slice(12, 21))
+    core = np.clip(centred[box] - 0.5 * centred[box].max(), 0, None)
     np.testing.assert_allclose(centroid(core), [2, 4, 4], atol=0.1)
 
 
