@@ -355,6 +355,11 @@ class ZarrReader:
     def __getstate__(self):
         return {**self.__dict__, "_array": None}
 
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        """The array's chunk shape on disk (less the dropped axes): what one read decodes at least."""
+        return tuple(n for i, n in enumerate(self._open().chunks) if i not in self.drop)
+
     def read(self, key) -> np.ndarray:
         if self.drop:
             key = list(key) if isinstance(key, tuple) else [key]

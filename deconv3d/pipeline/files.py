@@ -261,50 +261,51 @@ def check_has_positive(data, name: str, method: str, warnings: list | None = Non
         refuse_no_positive(name, method)
 
 
-#: Bytes of each channel that :func:`intensity_statistics` reads.
-SAMPLE_BYTES = 64 * 2**20
+#: Bytes of each channel that :func:`intensity_statistics` decodes (at least one chunk or plane).
+SAMPLE_BYTES = 256 * 2**20
 
 
 def intensity_statistics(data, axes: str) -> list[tuple[float, float, bool]]:
     """``(mean, SD, sampled)`` of each channel of ``data`` (a block reader, dask array or array
-    with ``axes`` from ``"TCZYX"``), read :data:`SAMPLE_BYTES` at most per channel: a channel that
-    fits is read whole (``sampled`` False), else its planes (of every time point and z) are sampled
-    at even spacing, each plane too large for its share by the band of rows through its middle.
+    with ``axes`` from ``"TCZYX"``).
+
+    A channel of at most :data:`SAMPLE_BYTES` is read whole (``sampled`` False). A larger one is
+    sampled in boxes of whole chunks (of whole planes for a TIFF; an eighth of the budget each where
+    chunks allow: :func:`~deconv3d.pipeline.readers.storage_boxes`), as many as the budget holds,
+    one from the middle of each of that many equal runs of the boxes in C order (time points and
+    z first), so that no chunk is decoded twice nor the stack's ends favoured; a box over the
+    budget keeps the band of rows through its middle.
     """
-    from deconv3d.pipeline.readers import as_reader
+    from deconv3d.pipeline.readers import as_reader, storage_boxes, storage_unit
 
     reader = as_reader(data)
     shape = tuple(reader.shape)
     channel = axes.index("C") if "C" in axes else None
-    plane = shape[-2:] if len(shape) >= 2 else shape
-    per_plane = 4 * math.prod(plane)
-    stacks = [i for i in range(len(shape) - len(plane)) if i != channel]  # t and z: the planes' positions
-    positions = list(np.ndindex(*(shape[i] for i in stacks)))
-    whole = per_plane * len(positions) <= SAMPLE_BYTES
-    taken = positions if whole else [positions[int(i)] for i in np.unique(
-        np.linspace(0, len(positions) - 1, max(1, min(len(positions), SAMPLE_BYTES // per_plane))).round())]
-    rows = plane[0] if per_plane * len(taken) <= SAMPLE_BYTES else max(
-        1, SAMPLE_BYTES // len(taken) // (4 * math.prod(plane[1:])))
-    first = (plane[0] - rows) // 2
+    unit = list(storage_unit(reader))
+    if channel is not None:
+        unit[channel] = 1
+    boxes = storage_boxes(shape, unit, SAMPLE_BYTES // 8, fixed=() if channel is None else (channel,))
     statistics = []
     for c in range(shape[channel] if channel is not None else 1):
-        count, mean, m2 = 0, 0.0, 0.0  # Chan et al.'s pairwise update of the mean and squared deviations
-        keys = [tuple(slice(None) for _ in shape)] if whole else []
-        for position in ([] if whole else taken):
-            key = [slice(None)] * len(shape)
-            for axis, index in zip(stacks, position):
-                key[axis] = slice(index, index + 1)
-            key[len(shape) - len(plane)] = slice(first, first + rows)
-            keys.append(tuple(key))
-        for key in keys:
-            if channel is not None:
-                key = key[:channel] + (slice(c, c + 1),) + key[channel + 1:]
-            piece = reader.read(key).astype(np.float64)
-            n, m = piece.size, float(piece.mean())
-            delta, total = m - mean, count + n
-            m2 += float(np.square(piece - m).sum()) + delta * delta * count * n / total
-            mean, count = mean + delta * n / total, total
-        statistics.append((mean, math.sqrt(m2 / count), not whole or rows < plane[0]))
+        mine = [b for b in boxes if channel is None or b[channel].start == c]
+        whole = 4 * math.prod(shape) // (shape[channel] if channel is not None else 1) <= SAMPLE_BYTES
+        size = 4 * math.prod(s.stop - s.start for s in mine[0])
+        count = len(mine) if whole else max(1, min(len(mine), SAMPLE_BYTES // size))
+        taken = [mine[int((i + 0.5) * len(mine) / count)] for i in range(count)]
+        sampled = not whole
+        n, mean, m2 = 0, 0.0, 0.0  # Chan et al.'s pairwise update of the mean and squared deviations
+        for box in taken:
+            if size > SAMPLE_BYTES:  # one chunk or plane over the budget: rows through its middle
+                rows = box[-2].stop - box[-2].start
+                keep = max(1, rows * SAMPLE_BYTES // size)
+                first = box[-2].start + (rows - keep) // 2
+                box, sampled = box[:-2] + (slice(first, first + keep), box[-1]), True
+            piece = reader.read(box).astype(np.float64)
+            m = float(piece.mean())
+            delta, total = m - mean, n + piece.size
+            m2 += float(np.square(piece - m).sum()) + delta * delta * n * piece.size / total
+            mean, n = mean + delta * piece.size / total, total
+        statistics.append((mean, math.sqrt(m2 / n), sampled))
     return statistics
 
 

@@ -295,17 +295,17 @@ PEAK_SLAB_BYTES = 64 * 2**20
 
 
 def volume_peak(data) -> float:
-    """The largest absolute value of ``data`` (an array or a reader's view of one volume), read in
-    slabs of planes of at most :data:`PEAK_SLAB_BYTES` (one plane when a plane is larger), or 1e-12
+    """The largest absolute value of ``data`` (an array or a reader's view of one volume), or 1e-12
     where it is all zero: the TV term's scale (:func:`deconv3d.classical.richardson_lucy`'s
-    ``tv_scale``) that every block of a chunked run then shares."""
-    shape = tuple(data.shape)
-    step = max(1, PEAK_SLAB_BYTES // max(4 * math.prod(shape[1:]), 1))
-    rest = tuple(slice(None) for _ in shape[1:])
+    ``tv_scale``) that every block of a chunked run then shares. Read in boxes of whole chunks (whole
+    planes of a TIFF) of at most :data:`PEAK_SLAB_BYTES` (:func:`~deconv3d.pipeline.readers.storage_boxes`),
+    so that each chunk is decoded once."""
+    from deconv3d.pipeline.readers import storage_boxes, storage_unit
+
     peak = 0.0
-    for start in range(0, shape[0], step):  # NaN and Inf left to the blocks, which refuse them by name
-        slab = np.asarray(data[(slice(start, start + step),) + rest])
-        peak = max(peak, float(np.max(np.abs(slab), initial=0.0, where=np.isfinite(slab))))
+    for box in storage_boxes(tuple(data.shape), storage_unit(data), PEAK_SLAB_BYTES):
+        piece = np.asarray(data[box])  # NaN and Inf are left to the blocks, which refuse them by name
+        peak = max(peak, float(np.max(np.abs(piece), initial=0.0, where=np.isfinite(piece))))
     return max(peak, 1e-12)
 
 

@@ -8,6 +8,9 @@ read on the client and the block is sent with its task.
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 
 __all__ = ["ArrayReader", "DaskReader", "as_reader"]
@@ -43,6 +46,7 @@ class DaskReader:
     def __init__(self, array):
         self.array = array
         self.shape, self.ndim, self.dtype = tuple(array.shape), array.ndim, np.dtype(np.float32)
+        self.chunks = tuple(c[0] if c else 1 for c in array.chunks)  # (the first block's along each axis)
 
     def read(self, key) -> np.ndarray:
         block = self.array[key].compute(scheduler="sync")
@@ -62,12 +66,36 @@ def as_reader(data):
     return ArrayReader(data)
 
 
+def storage_unit(reader) -> tuple[int, ...]:
+    """The region of ``reader`` that one read decodes at least: a zarr array's or a dask array's
+    chunk (its ``chunks``), else one plane (a TIFF page; all of a 1D reader)."""
+    shape = tuple(reader.shape)
+    chunks = getattr(reader, "chunks", None)
+    if chunks is None:
+        return (1,) * (len(shape) - 2) + shape[-2:]
+    return tuple(max(1, min(int(c), n)) for c, n in zip(chunks, shape))
+
+
+def storage_boxes(shape, unit, budget: int, fixed: tuple[int, ...] = ()) -> list[tuple[slice, ...]]:
+    """Boxes tiling ``shape`` in C order, each of whole storage ``unit`` s (:func:`storage_unit`),
+    grown along the first axis the unit does not span (not one of ``fixed``) to at most ``budget``
+    bytes of float32 (a unit larger than that stays one unit): a pass over them decodes every
+    chunk once."""
+    box = [min(u, n) for u, n in zip(unit, shape)]
+    grow = next((i for i, (b, n) in enumerate(zip(box, shape)) if b < n and i not in fixed), None)
+    if grow is not None:
+        box[grow] = min(shape[grow], box[grow] * max(1, budget // (4 * math.prod(box))))
+    return [tuple(slice(s, min(s + b, n)) for s, b, n in zip(start, box, shape))
+            for start in itertools.product(*(range(0, n, b) for n, b in zip(shape, box)))]
+
+
 class _View:
     """The spatial image at one (t, c) index of a reader: ``view[slices]`` reads just that region."""
 
     def __init__(self, reader, lead: tuple):
         self.reader, self.lead = reader, tuple(int(i) for i in lead)
         self.shape = tuple(reader.shape[len(self.lead):])
+        self.chunks = storage_unit(reader)[len(self.lead):]
         self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
 
     def __getitem__(self, key):

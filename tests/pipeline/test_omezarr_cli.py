@@ -650,10 +650,14 @@ def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
 
 def test_intensity_statistics_read_each_channel_whole_or_a_bounded_spread_sample(monkeypatch):
     """The scale check of a model applied chunk by chunk: per-channel mean and SD equal numpy's
-    for a channel that fits SAMPLE_BYTES, and otherwise come from at most that many bytes of
-    evenly spaced planes (rows through the middle of a plane too large)."""
+    for a channel that fits SAMPLE_BYTES, and otherwise come from that many bytes of whole chunks
+    (planes of a TIFF) taken from the middles of equal runs: not the stack's first and last planes
+    (the first version's evenly spaced planes), and no chunk decoded twice (a zarr volume's
+    single-plane reads had decoded each 64-plane chunk four times, 4x the volume)."""
+    import dask.array as da
+
     from deconv3d.pipeline import files
-    from deconv3d.pipeline.readers import ArrayReader
+    from deconv3d.pipeline.readers import ArrayReader, DaskReader
 
     reads = []
 
@@ -662,26 +666,37 @@ def test_intensity_statistics_read_each_channel_whole_or_a_bounded_spread_sample
             reads.append(key)
             return super().read(key)
 
+    class CountingChunks(DaskReader):
+        def read(self, key):
+            reads.append(key)
+            return super().read(key)
+
     rng = np.random.default_rng(0)
     data = rng.gamma(2.0, 1.0, (3, 2, 10, 16, 20)).astype(np.float32)
     data[:, 1] *= 100
-    data[:, :, 6:] += 2  # a brighter bottom of the stack: a sample from the top alone would miss it
+    data[:, :, 6:] += 2  # a brighter bottom of the stack
     for c, (mean, std, sampled) in enumerate(files.intensity_statistics(data, "TCZYX")):
         assert not sampled and mean == pytest.approx(data[:, c].mean(dtype=np.float64), rel=1e-9)
         assert std == pytest.approx(data[:, c].std(dtype=np.float64), rel=1e-9)
-    monkeypatch.setattr(files, "SAMPLE_BYTES", 4 * 16 * 20 * 6)  # 6 of each channel's 30 planes
+    plane = 4 * 16 * 20
+    monkeypatch.setattr(files, "SAMPLE_BYTES", plane * 6)  # 6 of each channel's 30 planes
     statistics = files.intensity_statistics(Counting(data), "TCZYX")
-    assert len(reads) == 12 and all(data[k].nbytes == 4 * 16 * 20 for k in reads)
-    assert {(k[0].start, k[2].start) for k in reads} == {(0, 0), (0, 6), (1, 2), (1, 7), (2, 3), (2, 9)}
+    assert len(reads) == 12 and all(data[k].nbytes == plane for k in reads)
+    assert {(k[0].start, k[2].start) for k in reads} == {(t, z) for t in range(3) for z in (2, 7)}
     for c, (mean, std, sampled) in enumerate(statistics):
-        assert sampled and mean == pytest.approx(data[:, c].mean(), rel=0.1) and std == pytest.approx(
-            data[:, c].std(), rel=0.1)
+        assert sampled and mean == pytest.approx(data[:, c].mean(), rel=0.15) and std == pytest.approx(
+            data[:, c].std(), rel=0.15)
     reads.clear()
-    plane = data[0, 1, 0]
+    chunks = (1, 1, 5, 8, 10)
+    monkeypatch.setattr(files, "SAMPLE_BYTES", 4 * 5 * 8 * 10 * 4)
+    files.intensity_statistics(CountingChunks(da.from_array(data, chunks=chunks)), "TCZYX")
+    assert len(reads) == 8 and len({tuple((s.start, s.stop) for s in k) for k in reads}) == 8
+    assert all(k[i].start % n == 0 and k[i].stop - k[i].start == n for k in reads for i, n in enumerate(chunks))
+    reads.clear()
     monkeypatch.setattr(files, "SAMPLE_BYTES", 4 * 20 * 11)
-    [(mean, std, sampled)] = files.intensity_statistics(Counting(plane[None]), "CYX")  # 11 of 16 rows fit
+    [(mean, std, sampled)] = files.intensity_statistics(Counting(data[0, 1, 0][None]), "CYX")  # 11 of 16 rows
     assert sampled and [(k[1].start, k[1].stop) for k in reads] == [(2, 13)]
-    assert mean == pytest.approx(plane[2:13].mean(dtype=np.float64), rel=1e-9)
+    assert mean == pytest.approx(data[0, 1, 0, 2:13].mean(dtype=np.float64), rel=1e-9)
 
 
 def test_chunked_and_batch_warn_when_many_voxels_are_negative(folder, capsys, monkeypatch):

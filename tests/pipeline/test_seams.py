@@ -211,10 +211,26 @@ def test_volume_peak_reads_slabs_and_leaves_nan_to_the_blocks(monkeypatch):
     from deconv3d.errors import InputError
     from deconv3d.pipeline import methods
 
+    import dask.array as da
+
+    from deconv3d.pipeline.readers import DaskReader
+
     data = np.random.default_rng(0).normal(0, 1, (5, 6, 7)).astype(np.float32)
     data[3, 2, 1], data[0, 0, 0] = -9.0, np.nan
     monkeypatch.setattr(methods, "PEAK_SLAB_BYTES", 4 * 6 * 7 * 2)  # two planes a slab
     assert methods.volume_peak(data) == 9.0 and methods.volume_peak(np.zeros((2, 3))) == 1e-12
+    reads = []
+
+    class Counting(DaskReader):
+        def read(self, key):
+            reads.append(key)
+            return super().read(key)
+
+        __getitem__ = read
+
+    # chunks of 4 planes: each read once (two-plane slabs had read the first chunk twice)
+    assert methods.volume_peak(Counting(da.from_array(data, chunks=(4, 3, 7)))) == 9.0
+    assert sorted((k[0].start, k[1].start) for k in reads) == [(0, 0), (0, 3), (4, 0), (4, 3)]
     with pytest.raises(InputError, match="tv_scale must be a positive finite number"):
         richardson_lucy(np.ones((8, 8), np.float32), np.ones((3, 3), np.float32), 1, tv_weight=0.01, tv_scale=0,
                         device="cpu")
