@@ -58,11 +58,12 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training recipe. Paper: 64^3 patches, batch 4, 15k steps, Adam 4e-4 on a GPU."""
+    """Training recipe. Paper: 64^3 patches, batch 4, 15k steps, Adam 4e-4 on a GPU; the defaults are
+    the command line's CPU recipe (``deconv3d train``), measured in ``benchmarks/bench_selfsup.py``."""
 
     steps: int = 300
     patch: int = 32  # side of the data region compared in the loss (network input adds the PSF halo)
-    batch: int = 4
+    batch: int = 2
     lr: float = 4e-4
     decay_steps: int = 5000  # learning rate halves every decay_steps
     mask_percent: float = 0.5  # blind-spot density in percent of voxels

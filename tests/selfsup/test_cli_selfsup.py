@@ -148,6 +148,16 @@ def test_warm_start_option_reaches_the_checkpoint(data, capsys):
     assert cli_selfsup.LAMBDA_INV == TrainConfig().lambda_inv
     assert (cli_selfsup.LAMBDA_BOUND, cli_selfsup.DECAY_STEPS, cli_selfsup.EMA) == (
         TrainConfig().lambda_bound, TrainConfig().decay_steps, TrainConfig().ema)
+    # every option with a default that names a field: the API trains what the command line trains
+    # (TrainConfig's batch was 4, the command line's 2: deconv3d.selfsup.deconvolve trained another network)
+    from dataclasses import fields
+
+    from deconv3d.selfsup import UNetConfig
+
+    for config in (TrainConfig(), UNetConfig(ndim=3)):
+        for name in {f.name for f in fields(config)} & set(cli_selfsup.training_defaults()):
+            given = cli_selfsup.training_defaults()[name]
+            assert given is None or given == getattr(config, name), (name, given, getattr(config, name))
     for option, given, field, expected in [("--warm-start", 1, "warm_start", 1),
                                            ("--lambda-inv", 6, "lambda_inv", 6.0),
                                            ("--lambda-inv-psf", 3, "lambda_inv_psf", 3.0),
