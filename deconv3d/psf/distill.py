@@ -119,14 +119,15 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     if min_distance is None:
         min_distance = max(1, int(round(min(fwhm) / 2)))
     centres, peaks = _isolated_beads(smooth, half, int(min_distance), float(threshold), background)
-    boxes = [_aligned_box(beads, c, half, _bead_background(beads, c, peaks, half)) for c in centres]
+    found = [_surroundings(beads, c, peaks, half) for c in centres]  # (centre, wider box, background)
+    boxes = [_aligned_box(beads, c, half, background) for c, _, background in found]
     boxes = _reject_outliers([b for b in boxes if b is not None])
     if not boxes:
         raise InputError(
             f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold {float(threshold):.3g}): "
             "use a sparser bead image, a smaller --size or a lower --threshold"
         )
-    measured, wide = _tail_share(beads, smooth, centres, peaks, half)
+    measured, wide = _tail_share(beads, smooth, found, half)
     share, margin = measured or (1.0, 0.0)
     if share + margin < MIN_BOX_SHARE:
         warnings.warn(f"the bead box {tuple(int(v) for v in 2 * half + 1)} holds about {share:.0%} of a bead's "
@@ -181,7 +182,7 @@ def _smoothed_noise(total: np.ndarray, sigma: float) -> float:
     return white * float(np.sqrt((kernel ** 2).sum()))
 
 
-def _tail_share(beads, smooth, centres, peaks, half) -> tuple[tuple[float, float] | None, np.ndarray]:
+def _tail_share(beads, smooth, found, half) -> tuple[tuple[float, float] | None, np.ndarray]:
     """The share of the beads' light inside their boxes and twice its uncertainty from the noise,
     over the brightest isolated bead and those whose wider box is as large (:func:`_light_in_box`;
     the brightest bead's alone was so noisy that the margin hid boxes holding 20 % of 2e4-photon
@@ -193,9 +194,8 @@ def _tail_share(beads, smooth, centres, peaks, half) -> tuple[tuple[float, float
     of a bead's light look like 64 %, and the larger box the warning advised then found no
     isolated bead. ``(None, half)`` when the neighbours leave no room beyond any box."""
     parts = []
-    for centre in sorted(centres, key=lambda c: -float(smooth[tuple(c)])):
-        wide = _wider_box(beads.shape, np.asarray(centre), peaks, half)
-        part = None if wide is None else _light_in_box(beads, np.asarray(centre), half, wide)
+    for centre, wide, background in sorted(found, key=lambda f: -float(smooth[tuple(f[0])])):
+        part = None if wide is None else _light_in_box(beads, centre, half, wide, background)
         if part is not None:
             parts.append((part, wide))
     if not parts:
@@ -221,15 +221,14 @@ def _wider_box(shape, centre, peaks, half) -> np.ndarray | None:
     return None if (wide <= half).all() else np.maximum(wide, half)
 
 
-def _light_in_box(beads, centre, half, wide) -> tuple[float, float, float] | None:
+def _light_in_box(beads, centre, half, wide, background: float) -> tuple[float, float, float] | None:
     """A bead's light inside its box and inside the wider box of half-widths ``wide``, and the
     variance the noise gives the share of the two, scaled by the total squared (None without light).
-    Both lose the wide box's own background (:func:`_face_background`): against the image's
+    Both lose ``background``, the wide box's own (:func:`_surroundings`): against the image's
     median, an uneven background of +-10 % made a box that held all of a bead's light look like
     34 %. A widefield PSF's out-of-focus cone holds much of its light far from the peak: 3 FWHM
     kept 42 %."""
-    big = beads[tuple(slice(c - r, c + r + 1) for c, r in zip(centre, wide))].astype(np.float64)
-    big -= _face_background(big)
+    big = beads[tuple(slice(c - r, c + r + 1) for c, r in zip(centre, wide))].astype(np.float64) - background
     inner = big[tuple(slice(w - h, w + h + 1) for w, h in zip(wide, half))]
     total = float(big.sum())
     if total <= 0:
@@ -326,9 +325,10 @@ def _isolated_beads(smooth, half, min_distance, threshold, background) -> list:
     return keep, peaks
 
 
-def _bead_background(beads, centre, peaks, half) -> float:
-    """The background under the bead at ``centre``: the level of the faces of its wider box
-    (:func:`_wider_box`, :func:`_face_background`), else of its box with the one-voxel margin.
+def _surroundings(beads, centre, peaks, half) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """``(centre, wide, background)`` of a bead: the half-widths of its wider box (:func:`_wider_box`)
+    and the background under it, the level of that box's faces (:func:`_face_background`), else,
+    with no room beyond its box, of its box with the one-voxel margin.
 
     Not the median of the box's own border: a widefield bead's defocus light reaches it, and
     subtracting that light as background took 30-38 % of it from a noise-free NA 1.2 PSF (boxes
@@ -340,7 +340,8 @@ def _bead_background(beads, centre, peaks, half) -> float:
     centre = np.asarray(centre)
     wide = _wider_box(beads.shape, centre, peaks, half)
     reach = np.asarray(half) + 1 if wide is None else wide
-    return _face_background(beads[tuple(slice(c - r, c + r + 1) for c, r in zip(centre, reach))].astype(np.float64))
+    box = beads[tuple(slice(c - r, c + r + 1) for c, r in zip(centre, reach))].astype(np.float64)
+    return centre, wide, _face_background(box)
 
 
 def _aligned_box(image, centre, half, background: float) -> np.ndarray | None:
