@@ -98,7 +98,10 @@ class TrainedModel:
                              f"train a model on this image (deconv3d train)")
         if psf is not None:
             given = normalize_psf(validate_psf(psf))
-            if given.shape != self.psf.shape or psf_fingerprint(given) != self.psf_fingerprint:
+            # the same PSF on another scale (a file x1000) normalises to values a float32 rounding apart
+            same = given.shape == self.psf.shape and (psf_fingerprint(given) == self.psf_fingerprint or np.allclose(
+                given, self.psf, rtol=1e-5, atol=1e-6 * float(np.max(self.psf))))
+            if not same:
                 raise InputError(f"the model was trained with another PSF (shape {self.psf.shape}, fingerprint "
                                  f"{self.psf_fingerprint}, got shape {given.shape}, fingerprint "
                                  f"{psf_fingerprint(given)}): pass the training PSF or retrain")

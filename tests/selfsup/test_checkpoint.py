@@ -119,6 +119,20 @@ def test_mismatched_image_psf_or_voxel_size_is_refused(trained):
     res, image, psf = trained
     model = TrainedModel.from_result(res)
     model.check_compatible(3, psf * 7.0, (0.3, 0.1, 0.1))  # same PSF up to scale: accepted
+    # A PSF file x1000 (or x3) prepared as the command line prepares it (centred by interpolation)
+    # comes a float32 rounding from the training one (9e-8 of its peak) and was refused as "another PSF".
+    import dataclasses
+
+    from deconv3d.psf import generate_psf, prepare_psf
+
+    raw = np.roll(generate_psf("gibson-lanni", (9, 15, 15), (0.3, 0.1, 0.1), 1.2, 0.52), 1, axis=2)
+    measured = dataclasses.replace(model, psf=prepare_psf(raw, image.shape))
+    for scale in (3.0, 1000.0):
+        measured.check_compatible(3, prepare_psf(raw * np.float32(scale), image.shape), (0.3, 0.1, 0.1))
+    other = model.psf.copy()  # one voxel 1 % off: another PSF
+    other[tuple(n // 2 for n in other.shape)] *= 1.01
+    with pytest.raises(InputError, match="another PSF"):
+        model.check_compatible(3, other)
     with pytest.raises(InputError, match="trained on 3D"):
         model.check_compatible(2)
     with pytest.raises(InputError, match="another PSF"):
