@@ -170,8 +170,9 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
     psf = read_psf(psf_path)
     own = tuple(psf.voxel_size) if psf.voxel_size is not None and len(psf.voxel_size) == ndim else None
     if voxel_size is not None:
-        completed = psf_voxel_size(psf, voxel_size)
-        if own is None and completed is not None:
+        partial_psf = psf.partial_voxel is not None and len(psf.partial_voxel) == ndim  # (else: another dimensionality)
+        if own is None and partial_psf:
+            completed = psf_voxel_size(psf, voxel_size)
             missing = "/".join(a for a, v in zip("zyx"[-ndim:], psf.partial_voxel) if v is None)
             warn(f"deconv3d: warning: the PSF file {psf_path} records no {missing} voxel size; taking the image's "
                  f"for it ({_sizes(completed)} µm)", warnings)

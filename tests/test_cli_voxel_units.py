@@ -99,6 +99,20 @@ def test_a_psfs_pixel_size_without_a_z_step_is_kept(files, capsys):
     assert np.abs(read_image(sampled_like_the_image).data - results["o_psf_noz.tif"]).max() > 1
 
 
+def test_a_psf_of_another_dimensionality_is_one_line_even_when_both_are_calibrated(files, capsys):
+    """Found by the review of unusual data: a 3D stack with a one-plane PSF file (what 'psf --shape 1 31
+    31' writes), both calibrated, crashed in the voxel-size check (TypeError, exit 1) that 60ddb92
+    added, before the dimensionality was checked; so did a 2D image with a 3D PSF, and train."""
+    write_tiff(files / "psf2d.tif", gaussian_3d((1, 9, 9), (1, 1.5, 1.5))[0], voxel_size=(0.1, 0.1))
+    write_tiff(files / "plane.tif", tifffile.imread(files / "ij.tif")[0], voxel_size=(0.1, 0.1))
+    for command in (["deconvolve", files / "ij.tif", "--psf", files / "psf2d.tif", "-o", files / "o.tif"],
+                    ["deconvolve", files / "plane.tif", "--psf", files / "psf.tif", "-o", files / "o.tif"],
+                    ["train", files / "plane.tif", "--psf", files / "psf.tif", "-o", files / "m.ckpt"]):
+        code, _, err = run(command + ["--device", "cpu"], capsys)
+        assert_one_line_error(code, err, "PSF", "image")
+    assert not (files / "o.tif").exists() and not (files / "m.ckpt").exists()
+
+
 def test_no_voxel_size_anywhere_is_said(files, capsys):
     """Found by the docs review: an image and a PSF without voxel sizes ran silently and wrote an
     output without one, where a partly calibrated image is warned about."""
