@@ -168,10 +168,11 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
     if psf_path is None:
         return voxel_size
     psf = read_psf(psf_path)
-    own = tuple(psf.voxel_size) if psf.voxel_size is not None and len(psf.voxel_size) == ndim else None
+    if psf.data.ndim != ndim:  # refused next, by the dimensionality check: nothing to say of voxel sizes
+        return voxel_size
+    own = tuple(psf.voxel_size) if psf.voxel_size is not None else None
     if voxel_size is not None:
-        partial_psf = psf.partial_voxel is not None and len(psf.partial_voxel) == ndim  # (else: another dimensionality)
-        if own is None and partial_psf:
+        if own is None and psf.partial_voxel is not None:
             completed = psf_voxel_size(psf, voxel_size)
             missing = "/".join(a for a, v in zip("zyx"[-ndim:], psf.partial_voxel) if v is None)
             warn(f"deconv3d: warning: the PSF file {psf_path} records no {missing} voxel size; taking the image's "

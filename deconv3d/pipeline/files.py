@@ -272,9 +272,10 @@ def intensity_statistics(data, axes: str) -> list[tuple[float, float, bool]]:
     A channel of at most :data:`SAMPLE_BYTES` is read whole (``sampled`` False). A larger one is
     sampled in boxes of whole chunks (of whole planes for a TIFF; an eighth of the budget each where
     chunks allow: :func:`~deconv3d.pipeline.readers.storage_boxes`), as many as the budget holds,
-    one from the middle of each of that many equal runs of the boxes in C order (time points and
-    z first), so that no chunk is decoded twice nor the stack's ends favoured; a box over the
-    budget keeps the band of rows through its middle.
+    drawn at random (seed 0) over all of them, so that no chunk is decoded twice and no part of
+    the image is favoured (evenly spaced planes had favoured the stack's ends, and boxes from the
+    middles of runs in C order one column of lateral chunks); a box over the budget keeps the
+    band of rows through its middle.
     """
     from deconv3d.pipeline.readers import as_reader, storage_boxes, storage_unit
 
@@ -291,7 +292,7 @@ def intensity_statistics(data, axes: str) -> list[tuple[float, float, bool]]:
         whole = 4 * math.prod(shape) // (shape[channel] if channel is not None else 1) <= SAMPLE_BYTES
         size = 4 * math.prod(s.stop - s.start for s in mine[0])
         count = len(mine) if whole else max(1, min(len(mine), SAMPLE_BYTES // size))
-        taken = [mine[int((i + 0.5) * len(mine) / count)] for i in range(count)]
+        taken = [mine[i] for i in sorted(np.random.default_rng(0).choice(len(mine), count, replace=False))]
         sampled = not whole
         n, mean, m2 = 0, 0.0, 0.0  # Chan et al.'s pairwise update of the mean and squared deviations
         for box in taken:

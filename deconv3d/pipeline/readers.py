@@ -46,7 +46,7 @@ class DaskReader:
     def __init__(self, array):
         self.array = array
         self.shape, self.ndim, self.dtype = tuple(array.shape), array.ndim, np.dtype(np.float32)
-        self.chunks = tuple(c[0] if c else 1 for c in array.chunks)  # (the first block's along each axis)
+        self.chunks = array.chunks  # (dask's block sizes along each axis: storage_unit takes the first)
 
     def read(self, key) -> np.ndarray:
         block = self.array[key].compute(scheduler="sync")
@@ -73,7 +73,9 @@ def storage_unit(reader) -> tuple[int, ...]:
     chunks = getattr(reader, "chunks", None)
     if chunks is None:
         return (1,) * (len(shape) - 2) + shape[-2:]
-    return tuple(max(1, min(int(c), n)) for c, n in zip(chunks, shape))
+    # a dask array's chunks are each axis's block sizes: the first (irregular ones are not aligned to)
+    sizes = [c[0] if isinstance(c, tuple) and c else c for c in chunks]
+    return tuple(max(1, min(int(c), n)) for c, n in zip(sizes, shape))
 
 
 def storage_boxes(shape, unit, budget: int, fixed: tuple[int, ...] = ()) -> list[tuple[slice, ...]]:
