@@ -33,20 +33,23 @@ def _centred_zoom(arr: np.ndarray, step, out_shape, order: int = 3) -> np.ndarra
     Both are the kernel origin of :func:`deconv3d.fft.kernel_origin`, also for even sizes.
     ``step[i]`` is the distance, in input voxels, between neighbouring output voxels.
     """
-    step = np.asarray(step, dtype=float)
+    step = np.array(step, dtype=float)  # a copy: an end sample moved inside changes its axis's step
     c_in = (np.asarray(arr.shape) - 1) // 2
     c_out = (np.asarray(out_shape) - 1) // 2
     if np.allclose(step, 1) and np.allclose(c_in - c_out, np.round(c_in - c_out)):
         start = np.round(c_in - c_out).astype(int)
         return arr[tuple(slice(s, s + m) for s, m in zip(start, out_shape))].copy()
-    # Each axis's sample positions, those within 1e-9 of a whole voxel snapped onto it: rounding put
-    # upsampling 3x (0.1 / 0.3 = 0.33333333333333337) at -5e-16 and 10 + 2e-15 of an 11-voxel axis,
-    # outside it, where 'constant' mode gives 0: whole faces were emptied.
-    axes = []
-    for centre, stride, m, o in zip(c_in, step, out_shape, c_out):
-        x = centre + stride * (np.arange(m) - o)
-        axes.append(np.where(np.abs(x - np.round(x)) < 1e-9, np.round(x), x))
-    return ndimage.map_coordinates(arr, np.meshgrid(*axes, indexing="ij"), order=order, mode="constant")
+    offset = c_in - step * c_out
+    # Rounding put the end samples of upsampling 3x (0.1 / 0.3 = 0.33333333333333337) at -5e-16 and
+    # 10 + 2e-15 of an 11-voxel axis, outside it, where 'constant' mode gives 0: whole faces were
+    # emptied. An end sample within 1e-9 outside is moved a hair inside, and that axis's step follows.
+    last = offset + step * (np.asarray(out_shape) - 1)
+    for i, n in enumerate(arr.shape):
+        low = 1e-12 if -1e-9 < offset[i] < 0 else offset[i]
+        high = n - 1 - 1e-12 if n - 1 < last[i] < n - 1 + 1e-9 else last[i]
+        if (low, high) != (offset[i], last[i]) and out_shape[i] > 1:
+            offset[i], step[i] = low, (high - low) / (out_shape[i] - 1)
+    return ndimage.affine_transform(arr, step, offset=offset, output_shape=tuple(out_shape), order=order)
 
 
 # ------------------------------------------------------ basic operations ---
