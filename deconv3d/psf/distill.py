@@ -122,7 +122,7 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     centres, peaks = _isolated_beads(smooth, half, int(min_distance), float(threshold), background)
     centres = _unsaturated(beads, centres, half)
     found = [_surroundings(beads, c, peaks, half) for c in centres]  # (centre, wider box, background)
-    boxes = [_aligned_box(beads, c, half, background) for c, _, background in found]
+    boxes = [_aligned_box(beads, c, half, level) for c, _, level in found]
     boxes = _reject_outliers([b for b in boxes if b is not None])
     if not boxes:
         raise InputError(
