@@ -201,7 +201,6 @@ def _source(data, axes, time_axis, origin):
         axes = axes or data.axes
         time_axis = time_axis if time_axis is not None else data.time_axis
         origin = origin if origin is not None else data.origin
-        data = data.reader if data.reader is not None else data.data
     reader = as_reader(data)
     axes = (axes or "TCZYX"[-reader.ndim:]).upper()
     if len(axes) != reader.ndim:

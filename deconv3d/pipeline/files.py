@@ -60,8 +60,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
                          f"is {len(spatial_shape)}D: give Z Y X")
     chunks = tuple(settings.chunks)[-len(spatial_shape):] if settings.chunks else None  # (z,) y, x
     # every method's output is non-negative (before any training)
-    check_has_positive(lazy.reader if lazy.reader is not None else lazy.data, input_path.name, settings.method,
-                       warnings)
+    check_has_positive(lazy, input_path.name, settings.method, warnings)
     plan = dict(chunks=chunks, workers=workers, client=client)
     block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan)
     model_hash = _sha(settings.model) if settings.model else None
@@ -225,7 +224,7 @@ def check_has_positive(data, name: str, method: str, warnings: list | None = Non
     ``method`` returns it all zeros, as an in-memory run refuses it; warn, as it does, when many
     voxels are negative (:func:`deconv3d.errors.warn_negative_share`; ``warnings`` as there).
 
-    ``data``: a block reader, dask array or array. It is read in slabs of at most
+    ``data``: a block reader, lazy image, dask array or array. It is read in slabs of at most
     :data:`SCAN_SLAB_BYTES` that stop at the first positive voxel, so an ordinary image costs one
     slab, not a pass over the file: slabs along the first axis whose planes fit (z of one time
     point and channel after another; rows of a plane too large), one index at a time before it.
@@ -266,8 +265,8 @@ SAMPLE_BYTES = 256 * 2**20
 
 
 def intensity_statistics(data, axes: str) -> list[tuple[float, float, bool]]:
-    """``(mean, SD, sampled)`` of each channel of ``data`` (a block reader, dask array or array
-    with ``axes`` from ``"TCZYX"``).
+    """``(mean, SD, sampled)`` of each channel of ``data`` (a block reader, lazy image, dask array
+    or array with ``axes`` from ``"TCZYX"``).
 
     A channel of at most :data:`SAMPLE_BYTES` is read whole (``sampled`` False). A larger one is
     sampled in boxes of whole chunks (of whole planes for a TIFF; an eighth of the budget each where
@@ -318,8 +317,7 @@ def warn_of_another_scale(trained, lazy, warnings: list | None) -> None:
     from deconv3d.selfsup import scale_mismatch
 
     name = Path(lazy.path).name
-    data = lazy.reader if lazy.reader is not None else lazy.data
-    statistics = intensity_statistics(data, lazy.axes)
+    statistics = intensity_statistics(lazy, lazy.axes)
     for c, (mean, std, sampled) in enumerate(statistics):
         subject = (f"{name}'s intensities" if len(statistics) == 1 else f"the intensities of {name}'s channel {c}") \
             + (" in a sample" if sampled else "")

@@ -56,7 +56,12 @@ class DaskReader:
 
 
 def as_reader(data):
-    """A block reader for ``data``: one already (it has ``read``), a dask array, or an array."""
+    """A block reader for ``data``: one already (it has ``read``), a :class:`~deconv3d.omezarr.LazyImage`
+    (its file's reader, else its dask array), a dask array, or an array."""
+    from deconv3d.omezarr import LazyImage
+
+    if isinstance(data, LazyImage):
+        data = data.reader if data.reader is not None else data.data
     if hasattr(data, "read") and hasattr(data, "shape"):
         return data
     import dask.array as da
