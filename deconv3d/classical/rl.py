@@ -197,14 +197,25 @@ def rl_alpha_schedule(image, psf, iterations: int = 20, *, boundary: str = "bert
     other images, e.g. on every block of a large volume after measuring them on a
     representative crop (:mod:`deconv3d.pipeline`).
     """
+    return _schedule_and_estimate(image, psf, iterations, boundary=boundary, tv_weight=tv_weight,
+                                  voxel_size=voxel_size, device=device, dtype=dtype, tv_scale=tv_scale)[0]
+
+
+def _schedule_and_estimate(image, psf, iterations: int, *, boundary: str, tv_weight: float, voxel_size, device,
+                           dtype: torch.dtype = torch.float32, tv_scale: float | None = None):
+    """:func:`rl_alpha_schedule`'s steps and the estimate of that run (an ndarray): the result of
+    ``richardson_lucy(image, psf, iterations, accelerate=True, ...)``, which replaying the steps
+    on ``image`` reproduces."""
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
     iterations = _check_options(iterations, boundary, tv_weight, None, y.ndim, voxel_size)
     problem = _build_problem(y, h, boundary)
     tv = _TV.for_problem(problem, tv_weight, voxel_size, _check_tv_scale(tv_scale))
     record: list[float] = []
-    _run(problem, iterations, tv, True, None, None, record=record)
-    return record
+    estimate = _run(problem, iterations, tv, True, None, None, record=record)
+    result = estimate[problem.result_crop].clamp_min(0)
+    _checked_result(result)
+    return record, result.cpu().numpy()
 
 
 def _check_tv_scale(tv_scale):

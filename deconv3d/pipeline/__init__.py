@@ -23,8 +23,8 @@ import numpy as np
 
 from deconv3d._paths import TIFF_SUFFIXES
 from deconv3d.errors import InputError, warn
-from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, plan_chunks, release_memory,
-                                       run_blocks)
+from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, aligned_box, box_blocks, plan_chunks,
+                                       release_memory, run_blocks, write_box_blocks)
 from deconv3d.pipeline.graph import blockwise, store_blocks
 from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, format_bytes, limit_for_available,
                                       parse_memory, planning_baseline, large_allocations_returned, round_chunks)
@@ -136,9 +136,12 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     block_fn : callable or sequence of callables
         ``block -> block`` on float32 spatial blocks (same shape out). A sequence gives one
         callable per channel (e.g. one PSF per emission wavelength). A callable with a
-        ``halo()`` method supplies the default halo; one with ``prepare(data, block_shape)`` is
+        ``halo()`` method supplies the default halo; one with ``prepare(data, box)`` is
         replaced by what that returns before a run of more than one block (RL's acceleration
-        schedule).
+        schedule, measured on ``data[box]``, ``box`` a tuple of slices). One with
+        ``prepare_with_output(data, box)`` returning ``(callable, output)`` has that called instead:
+        ``output``, unless None, is its result on the box, and the blocks the box covers are
+        written from it rather than run.
     output : str or os.PathLike
         The ``.zarr`` directory to create; written under a temporary name, renamed when complete.
     chunks, halo : sequence of int, optional
@@ -267,17 +270,39 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: _Plan, cli
     try:
         for index in indices:
             fn = _fn_for(fns, block_fn, index, axes)
-            # prepare reads one central box (no block is in flight meanwhile); a volume that is
-            # one block needs no common schedule, and preparing would run the method twice.
+            # prepare reads one box (no block is in flight meanwhile); a volume that is one block
+            # needs no common schedule, and preparing would run the method twice.
+            covered = []
             if hasattr(fn, "prepare") and plan.blocks > 1:
-                fn = fn.prepare(_View(reader, index), _sample_shape(plan.shape, plan.chunks, plan.halo, plan.model,
-                                                                    plan.memory_limit))
-                release_memory()
+                fn, covered = _prepare(fn, _View(reader, index), plan, target_path, index)
+                done += len(covered)
+                if covered and progress is not None and progress(done, total):
+                    raise Cancelled(f"cancelled after {done} of {total} blocks")
             done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
-                               client=client, workers=workers, progress=progress, done=done, total=total, pool=pool)
+                               client=client, workers=workers, progress=progress, done=done, total=total, pool=pool,
+                               skip=covered)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _prepare(fn, view, plan: _Plan, target_path, index):
+    """``fn`` prepared on its measuring box (:func:`_sample_shape`, placed to hold whole blocks:
+    :func:`~deconv3d.pipeline.chunked.aligned_box`), and the blocks written from the method's result
+    on that box, where its ``prepare_with_output`` returns one (accelerated RL measuring its steps:
+    those blocks are not run again)."""
+    sizes = plan.dask_chunks  # the blocks' core sizes
+    box = aligned_box(plan.shape, sizes, plan.depth,
+                      _sample_shape(plan.shape, plan.chunks, plan.halo, plan.model, plan.memory_limit))
+    if hasattr(fn, "prepare_with_output"):
+        fn, output = fn.prepare_with_output(view, box)
+    else:
+        fn, output = fn.prepare(view, box), None
+    covered = box_blocks(plan.shape, sizes, plan.depth, box) if output is not None else []
+    write_box_blocks(output, box, covered, target_path, index)
+    del output
+    release_memory()
+    return fn, covered
 
 
 def _threads_per_worker(client) -> int:
@@ -305,8 +330,8 @@ def _prepare_runs_whole(block_fns, shape, chunks, halo, model, memory_limit) -> 
 
 
 def _sample_shape(shape, chunks, halo, model, memory_limit) -> tuple[int, ...]:
-    """The centred box a block callable's ``prepare`` measures its common settings on (accelerated
-    RL's step schedule): under a memory limit, the whole volume when the memory model says it
+    """The shape of the box a block callable's ``prepare`` measures its common settings on
+    (accelerated RL's step schedule; placed by :func:`~deconv3d.pipeline.chunked.aligned_box`): under a memory limit, the whole volume when the memory model says it
     fits, else the largest box scaled up from a block that does; one block otherwise (chunks
     given without a limit bound each block's memory, often a GPU's, which a larger box would
     overrun, and it would cost up to a whole-volume run before the blocks).

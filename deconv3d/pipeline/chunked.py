@@ -35,7 +35,8 @@ from deconv3d.pipeline.memory import OverlappingRuns
 from deconv3d.pipeline.readers import ArrayReader, DaskReader, as_reader  # noqa: F401 (re-exported)
 
 __all__ = ["plan_chunks", "block_regions", "run_blocks", "as_reader", "ArrayReader", "DaskReader", "Cancelled",
-           "ProgressCallback", "release_memory", "Placement", "abandoned"]
+           "ProgressCallback", "release_memory", "Placement", "abandoned", "box_blocks", "aligned_box",
+           "write_box_blocks"]
 
 ProgressCallback = Callable[[int, int], Optional[bool]]
 
@@ -120,6 +121,50 @@ def axis_regions(n: int, sizes: Sequence[int], halo: int) -> list[tuple[slice, s
         regions.append((slice(lo, hi), slice(start - lo, start - lo + size), slice(start, start + size)))
         start += size
     return regions
+
+
+def box_blocks(shape: Sequence[int], block_sizes: Sequence[Sequence[int]], halo: Sequence[int],
+               box: Sequence[slice]) -> list[tuple[slice, ...]]:
+    """The ``write`` regions (see :func:`block_regions`) of the blocks whose cores lie inside
+    ``box`` and at least ``halo`` from each face of it that is inside the volume: where a run of
+    the method on the box agrees with the blocks' runs as closely as blocks agree at their seams."""
+    per_axis = []
+    for n, sizes, h, b in zip(shape, block_sizes, halo, box):
+        lo = b.start if b.start == 0 else b.start + h
+        hi = b.stop if b.stop == n else b.stop - h
+        per_axis.append([w for _, _, w in axis_regions(n, sizes, h) if w.start >= lo and w.stop <= hi])
+    return list(_product(per_axis))
+
+
+def aligned_box(shape: Sequence[int], block_sizes: Sequence[Sequence[int]], halo: Sequence[int],
+                box_shape: Sequence[int]) -> tuple[slice, ...]:
+    """A box of ``box_shape`` at most one block from the centre on every axis (the steps measured
+    on it stand for the volume: a box at a corner of a large stack may hold background alone),
+    placed there to hold as many whole blocks as it can (:func:`box_blocks`), nearest the centre
+    among those."""
+    box = []
+    for n, sizes, h, b in zip(shape, block_sizes, halo, box_shape):
+        b = min(int(b), int(n))
+        centre = (n - b) // 2
+        starts = {centre, 0, n - b} | {min(max(w.start - h, 0), n - b) for _, _, w in axis_regions(n, sizes, h)}
+        held = lambda s: len(box_blocks((n,), (sizes,), (h,), (slice(s, s + b),)))
+        start = min(sorted(s for s in starts if abs(s - centre) <= max(sizes)),
+                    key=lambda s: (-held(s), abs(s - centre)))
+        box.append(slice(start, start + b))
+    return tuple(box)
+
+
+def write_box_blocks(output: np.ndarray, box: Sequence[slice], regions: Sequence[tuple[slice, ...]],
+                     target_path, lead: Sequence[int] = ()) -> None:
+    """Write the ``regions`` (:func:`box_blocks`) of ``output``, the method's result on ``box``,
+    into the zarr array at ``target_path`` (at index ``lead`` of its leading axes)."""
+    import zarr
+
+    target = zarr.open_array(str(target_path), mode="r+")
+    lead = tuple(int(i) for i in lead)
+    for write in regions:
+        inside = tuple(slice(w.start - b.start, w.stop - b.start) for w, b in zip(write, box))
+        target[lead + tuple(write)] = output[inside]
 
 
 def _product(axes):
@@ -356,7 +401,8 @@ def _verify_source(source, thorough: bool = True) -> None:
 
 def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence[int], lead: Sequence[int] = (),
                client=None, workers: int = 1, progress: ProgressCallback | None = None, done: int = 0,
-               total: int | None = None, pool: ThreadPoolExecutor | None = None) -> int:
+               total: int | None = None, pool: ThreadPoolExecutor | None = None,
+               skip: Sequence[tuple[slice, ...]] = ()) -> int:
     """Run ``fn`` over the image ``reader[lead]`` block by block, writing into ``target[lead]``.
 
     Every block is one independent task: read its region plus halo (clipped at the border) from
@@ -375,21 +421,24 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
         ``progress(done + k, total)`` after the k-th written block; returning True cancels
         (:class:`Cancelled` is raised once running blocks have stopped: at their next check of
         :func:`abandoned`, or when they finish).
+    skip : sequence of tuple of slice
+        The ``write`` regions of blocks already written (:func:`write_box_blocks`): not run.
 
     Returns
     -------
     int
-        The number of blocks written.
+        The number of blocks written (those in ``skip`` not counted).
     """
     reader = as_reader(reader)  # a bare array would otherwise pass for a block already read
     lead = tuple(int(i) for i in lead)
     spatial = tuple(reader.shape[len(lead):])
     sizes, depth, _ = plan_chunks(spatial, chunks, halo)
     regions = block_regions(spatial, sizes, depth)
-    count = math.prod(len(s) for s in sizes)
+    written = {tuple(w.start for w in write) for write in skip}
+    count = math.prod(len(s) for s in sizes) - len(written)
     total = count if total is None else total
     tasks = ((lead + read, Placement(tuple(r.start for r in read), trim, spatial), lead + write)
-             for read, trim, write in regions)
+             for read, trim, write in regions if tuple(w.start for w in write) not in written)
     if client is not None:
         return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total)
     own = pool is None

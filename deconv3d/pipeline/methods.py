@@ -25,12 +25,13 @@ root of its second central moment; see :func:`rl_halo`, :func:`wiener_halo`):
   NA 1.2, 50 iterations) of the whole-volume result; at the half-size, 47 and 53 dB.
   tests/pipeline/test_seams.py asserts >= 50 dB for rl, rl-tv and accelerated rl.
 * Biggs-Andrews acceleration picks its step from the whole image, which blocks cannot share:
-  the pipeline measures the adaptive steps once on a central box (under a memory limit the
+  the pipeline measures the adaptive steps once on a box near the centre (under a memory limit the
   whole volume when the memory model says it fits: ``deconv3d.pipeline._sample_shape``; that run
   is then the result, and the volume runs as one block instead)
   (:func:`deconv3d.classical.rl_alpha_schedule`) and replays them on every block
   (:meth:`RichardsonLucyBlock.with_alpha_schedule`); adaptive steps per block cap the seam
-  PSNR at about 46 dB whatever the halo.
+  PSNR at about 46 dB whatever the halo. The blocks that box holds, a halo inside its faces,
+  are written from the measuring run (:meth:`RichardsonLucyBlock.prepare_with_output`).
 * Wiener: a regularised inverse filter, whose impulse response lengthens as the balance
   ``lambda`` falls; the halo is ``ceil(sigma * (6 + log10(1 / lambda)))``. Measured as above: a
   halo of 8 voxels gives 72/62/56 dB at lambda 1e-2/1e-3/1e-4, 12 voxels 77/65/59 dB.
@@ -79,6 +80,15 @@ def _finite(result: np.ndarray, block: np.ndarray) -> np.ndarray:
         refuse_non_finite(result, "result", f"(the image's values reach {float(np.abs(block).max()):.3g} in this "
                           "block): rescale the image to a smaller range and run again")
     return result
+
+
+def centred_box(shape: Sequence[int], box) -> tuple[slice, ...]:
+    """``box`` as slices of an array of ``shape``: slices as they are, a shape as the centred box of
+    that shape (cut to the array)."""
+    if all(isinstance(b, slice) for b in box):
+        return tuple(box)
+    start = [max(0, (n - int(b)) // 2) for n, b in zip(shape, box)]
+    return tuple(slice(s, s + int(b)) for s, b in zip(start, box))
 
 
 @dataclass
@@ -131,35 +141,46 @@ class RichardsonLucyBlock:
         GPU: the CUDA context)."""
         _preload(self.device)
 
-    def with_alpha_schedule(self, data, block_shape) -> "RichardsonLucyBlock":
-        """A copy that replays the acceleration steps measured on the central ``block_shape`` of ``data``
-        (run_chunked passes, under a memory limit, the largest box that fits, the whole volume if
-        it can; one block otherwise).
+    def with_alpha_schedule(self, data, box) -> "RichardsonLucyBlock":
+        """A copy that replays the acceleration steps measured on the ``box`` of ``data`` (a tuple
+        of slices, or a shape: the centred box of that shape). run_chunked passes, under a memory
+        limit, the largest box that fits, the whole volume if it can; one block otherwise.
 
         Without acceleration (or with a schedule already) the block is returned unchanged.
-        ``data`` may be a dask array: only the central box is read.
+        ``data`` may be a dask array: only the box is read.
         """
+        return self._measure(data, box)[0]
+
+    def _measure(self, data, box):
+        """:meth:`with_alpha_schedule`'s copy, and the adaptive run's result on the box (None where
+        nothing was run)."""
         if not (isinstance(self.accelerate, bool) and self.accelerate):
-            return self
-        from deconv3d.classical import rl_alpha_schedule
+            return self, None
+        from deconv3d.classical.rl import _schedule_and_estimate
 
-        start = [max(0, (n - b) // 2) for n, b in zip(data.shape, block_shape)]
-        crop = np.asarray(data[tuple(slice(s, s + b) for s, b in zip(start, block_shape))], dtype=np.float32)
-        if (crop <= 0).all():  # nothing to measure on: no extrapolation (NaN: RL refuses)
-            return replace(self, accelerate=(0.0,) * self.iterations)
-        schedule = rl_alpha_schedule(crop, fit_psf(self.psf, crop.shape), self.iterations,
-                                     boundary=self.boundary, tv_weight=self.tv_weight,
-                                     voxel_size=self.voxel_size, device=self.device, tv_scale=self.tv_scale)
-        return replace(self, accelerate=tuple(schedule))
+        crop = np.asarray(data[centred_box(data.shape, box)], dtype=np.float32)
+        if (crop <= 0).all():  # nothing to measure on: no extrapolation (NaN: RL refuses), and RL's zeros
+            return replace(self, accelerate=(0.0,) * self.iterations), np.zeros(crop.shape, np.float32)
+        schedule, result = _schedule_and_estimate(crop, fit_psf(self.psf, crop.shape), self.iterations,
+                                                  boundary=self.boundary, tv_weight=self.tv_weight,
+                                                  voxel_size=self.voxel_size, device=self.device,
+                                                  tv_scale=self.tv_scale)
+        return replace(self, accelerate=tuple(schedule)), _finite(result, crop)
 
-    def prepare(self, data, block_shape) -> "RichardsonLucyBlock":
-        """The hook :func:`deconv3d.pipeline.run_chunked` calls before a run of several blocks: with
-        TV, the volume's intensity scale (:func:`volume_peak`, a pass over ``data``) for every
-        block; then :meth:`with_alpha_schedule`."""
+    def prepare(self, data, box) -> "RichardsonLucyBlock":
+        """The hook :func:`deconv3d.pipeline.run_chunked` calls before a run of several blocks
+        (:meth:`prepare_with_output` without the output)."""
+        return self.prepare_with_output(data, box)[0]
+
+    def prepare_with_output(self, data, box):
+        """With TV, the volume's intensity scale (:func:`volume_peak`, a pass over ``data``) for
+        every block; then :meth:`with_alpha_schedule`. Returns the prepared copy and, where the
+        steps were measured, RL's result on ``box``, which run_chunked writes for the blocks the
+        box covers instead of running them again."""
         fn = self
         if self.tv_weight > 0 and self.tv_scale is None:
             fn = replace(self, tv_scale=volume_peak(data))
-        return fn.with_alpha_schedule(data, block_shape)
+        return fn._measure(data, box)
 
     def prepare_runs_method(self) -> bool:
         """Whether :meth:`prepare` runs RL on its box (adaptive acceleration): where that box is the
@@ -250,7 +271,7 @@ class NetworkBlock:
                                       device=self.device).clamp_min_(0).cpu().numpy()
         return _finite(out, block)
 
-    def prepare(self, data, block_shape) -> "NetworkBlock":
+    def prepare(self, data, box) -> "NetworkBlock":
         """The hook :func:`deconv3d.pipeline.run_chunked` calls before a run of several blocks: a
         residual network's RL-TV reference gets the volume's intensity scale (:func:`volume_peak`)
         on every block, as a whole-volume run has it (with each block's own, blocks of a dim
