@@ -79,7 +79,8 @@ class _TiffArray:
     _MAX_OPEN = 8
 
     def __init__(self, path: Path, shape, dtype, token: str = "", options: dict | None = None):
-        self.path, self.shape, self.dtype, self.ndim = str(path), tuple(shape), np.dtype(dtype), len(shape)
+        # absolute: a dask.distributed worker opens it from a folder of its own
+        self.path, self.shape, self.dtype, self.ndim = os.path.abspath(path), tuple(shape), np.dtype(dtype), len(shape)
         self.token = token or self.path
         self.options = {"series": 0, **(options or {})}  # how deconv3d.io.open_tiff reads the image
 
@@ -336,7 +337,7 @@ class ZarrReader:
     remote = True
 
     def __init__(self, path, component: str = "", shape=None, drop: tuple[int, ...] = ()):
-        self.path, self.component = str(path), str(component)
+        self.path, self.component = os.path.abspath(path), str(component)  # absolute: as _TiffArray's
         self._array = None
         self.drop = tuple(drop)  # singleton axes of the array left out of this reader's shape (read at 0)
         if shape is None:

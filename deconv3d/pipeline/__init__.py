@@ -170,6 +170,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     if Path(output).suffix.lower() in TIFF_SUFFIXES:
         raise InputError(f"run_chunked writes an OME-Zarr folder, not a TIFF ({output}): give a path ending in .zarr "
                          "(deconv3d.pipeline.files.deconvolve_file writes TIFF)")
+    output = Path(output).absolute()  # where a cluster's workers, each in a folder of its own, write the blocks
     reader, axes, time_axis, origin = _source(data, axes, time_axis, origin)
     lead = sum(a in "TC" for a in axes)
     fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None

@@ -440,7 +440,15 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     tasks = ((lead + read, Placement(tuple(r.start for r in read), trim, spatial), lead + write)
              for read, trim, write in regions if tuple(w.start for w in write) not in written)
     if client is not None:
-        return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total)
+        try:
+            return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total)
+        except Exception as exc:
+            if getattr(client, "status", "running") == "running":
+                raise
+            # else the error is whatever call failed first ("'NoneType' object has no attribute 'ncores'")
+            address = getattr(client, "_start_arg", None) or "its address"
+            raise RuntimeError(f"lost the dask scheduler at {address}: is it still running? Start it again and "
+                               "rerun") from exc
     own = pool is None
     workers = max(1, min(int(workers), count))  # fewer blocks than workers: each keeps more of the cores
     pool = pool or ThreadPoolExecutor(workers)

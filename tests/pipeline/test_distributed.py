@@ -7,6 +7,7 @@ worker opens it by path and reads its blocks itself).
 import numpy as np
 import pytest
 
+from deconv3d.io import write_tiff
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
 from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
 from deconv3d.pipeline.cluster import scheduler_client
@@ -14,17 +15,24 @@ from deconv3d.pipeline.cluster import scheduler_client
 pytest.importorskip("distributed", reason="dask.distributed is not installed")
 
 
-def test_localcluster_equals_threads(tmp_path, volume, psf3d):
+def test_localcluster_equals_threads(tmp_path, volume, psf3d, monkeypatch):
+    """Also with paths relative to a folder the workers were not started in (a cluster's workers
+    run where the cluster put them: relative paths had failed every block)."""
     fn = RichardsonLucyBlock(psf3d, iterations=3)
     run_chunked(volume, fn, tmp_path / "threads.zarr", chunks=(12, 24, 24), workers=2)
     write_ome_zarr(tmp_path / "in.zarr", volume, chunks=(5, 16, 16))
+    write_tiff(tmp_path / "in.tif", volume)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     with scheduler_client("processes", workers=2) as client:
+        monkeypatch.chdir(tmp_path)
         assert len(client.scheduler_info()["workers"]) == 2
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
-        run_chunked(volume, fn, tmp_path / "procs.zarr", chunks=(12, 24, 24), client=client)
-        run_chunked(open_lazy(tmp_path / "in.zarr"), fn, tmp_path / "file.zarr", chunks=(12, 24, 24), client=client)
+        run_chunked(volume, fn, "procs.zarr", chunks=(12, 24, 24), client=client)
+        run_chunked(open_lazy("in.zarr"), fn, "file.zarr", chunks=(12, 24, 24), client=client)
+        run_chunked(open_lazy("in.tif"), fn, "tiff.zarr", chunks=(12, 24, 24), client=client)
     threads = read_ome_zarr(tmp_path / "threads.zarr")[0]
-    for name in ("procs", "file"):
+    for name in ("procs", "file", "tiff"):
         out = read_ome_zarr(tmp_path / f"{name}.zarr")[0]
         np.testing.assert_allclose(out, threads, rtol=1e-5, atol=1e-6 * float(threads.max()), err_msg=name)
 
@@ -174,3 +182,23 @@ def test_a_failed_cluster_run_stops_its_running_blocks(tmp_path):
         assert client.run_on_scheduler(abandon_events) == []  # a long-lived cluster keeps none per failed run
     assert ended.read_text() == "abandoned"
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_lost_scheduler_is_named(tmp_path, volume, psf3d):
+    """A client whose scheduler went away fails with that reason, not with the first call it broke
+    ("'NoneType' object has no attribute 'ncores'" was a batch's only word on it)."""
+    from deconv3d.pipeline.chunked import run_blocks
+
+    class Lost:
+        status, _start_arg = "closing", "tcp://127.0.0.1:8786"
+
+        def nthreads(self):
+            raise AttributeError("'NoneType' object has no attribute 'ncores'")
+
+    with pytest.raises(RuntimeError, match=r"lost the dask scheduler at tcp://127\.0\.0\.1:8786: is it still running"):
+        run_blocks(volume, RichardsonLucyBlock(psf3d, iterations=2), tmp_path / "t.zarr", chunks=(12, 24, 24),
+                   halo=(2, 2, 2), client=Lost())
+    Lost.status = "running"  # a live cluster's own errors pass through as they are
+    with pytest.raises(AttributeError, match="ncores"):
+        run_blocks(volume, RichardsonLucyBlock(psf3d, iterations=2), tmp_path / "t.zarr", chunks=(12, 24, 24),
+                   halo=(2, 2, 2), client=Lost())
