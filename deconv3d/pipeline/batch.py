@@ -22,7 +22,8 @@ from deconv3d._paths import _same_file, check_name_length, remove_stale_temporar
 from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
 from deconv3d.pipeline.locks import BUSY, DEFERRING, DONE_ELSEWHERE, claim, report_lock, settings_guard
-from deconv3d.pipeline.settings import RUN_KEYS, Settings, _many, channel_count, load_config, make_settings
+from deconv3d.pipeline.settings import (OUTPUT_FORMATS, RUN_KEYS, Settings, _many, channel_count, load_config,
+                                       make_settings)
 
 __all__ = ["Settings", "load_config", "make_settings", "channel_count", "RUN_KEYS", "find_inputs", "run_batch",
            "build_block_fn", "load_psf_for", "write_reports", "status_counts", "RECORD_DIR"]
@@ -241,7 +242,9 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     rows = [] if rows is None else rows
     # Runs of one folder share it when they would keep each other's outputs: the same fingerprint.
     with settings_guard(output_dir / RECORD_DIR, settings_hash):
-        remove_stale_temporaries_in(output_dir, [o.name for o in outputs])  # killed runs' (live runs' are kept)
+        # killed runs' (live runs' are kept), in either output format: a run of the other one left them too
+        remove_stale_temporaries_in(output_dir, [o.with_suffix(f".{f}").name for o in outputs for f in OUTPUT_FORMATS])
+        owners = _output_owners(output_dir / RECORD_DIR)
         for number, (path, output) in enumerate(zip(inputs, outputs), 1):
             record = _record_path(output_dir, path)
             row = {"file": str(path.absolute()), "output": str(output.absolute()), "status": "", "seconds": 0.0,
@@ -253,9 +256,12 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
                     row.update(status="skipped", reason=BUSY)
                 elif is_finished(path, output, record, settings_hash):
                     row.update(status="skipped", reason=DONE_ELSEWHERE if by_another else "")
-                elif (other := _recorded_for_another(record, path)) is not None:
+                elif (other := _owned_by_another(owners, output, path)) is not None:
                     row.update(status="failed", reason=f"{output.name} holds the result of {other}, another file of "
                                "this name: write the results of this folder to another output folder")
+                elif _in_the_way(output) and output.name.casefold() not in owners:
+                    row.update(status="failed", reason=f"{output.name} is already in {output_dir} and no batch into "
+                               "this folder wrote it: move it away, or write to another output folder")
                 else:
                     _process(path, output, record, settings_hash, process_one, row)
             if progress is not None:
@@ -263,25 +269,46 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     return rows
 
 
-def _recorded_for_another(record_path: Path, path: Path) -> Optional[Path]:
-    """The input a completion record was written for, when that is another file that still exists:
-    one of the same name in another folder, whose result this input's would replace (a batch of
-    day1/ and then one of day2/ into one output folder left day1's result replaced, both "done").
-    A recorded input that is gone (moved, renamed) is not in the way, nor one recorded by an earlier
-    version, relative to a working directory that is not known."""
-    given = _read_record(record_path).get("input")
-    other = Path(given) if isinstance(given, str) and os.path.isabs(given) else None
+def _output_owners(record_dir: Path) -> dict[str, Optional[str]]:
+    """The outputs the completion records of a folder name (case-folded), each with the input
+    recorded for it (None where a record of an earlier version names none). An output in the
+    folder that no record names is not the batch's to replace: a user's own file of that name
+    was overwritten without a word."""
+    owners = {}
+    for record_path in sorted(record_dir.glob("*.json")):
+        record = _read_record(record_path)
+        if isinstance(record.get("output"), str):
+            given = record.get("input")
+            owners[record["output"].casefold()] = given if isinstance(given, str) and os.path.isabs(given) else None
+    return owners
+
+
+def _in_the_way(output: Path) -> bool:
+    """Whether something is at ``output`` that its replacement would lose (an empty folder is not)."""
+    if output.is_dir() and not output.is_symlink():
+        return next(output.iterdir(), None) is not None
+    return output.exists() or output.is_symlink()
+
+
+def _owned_by_another(owners: dict, output: Path, path: Path) -> Optional[Path]:
+    """The input whose result ``output`` holds, by the folder's records, when that is another file
+    that still exists: one of the same output name in another folder (day1/a.tif, then day2/a.tif
+    or day2/a.tiff), whose result this input's would replace. A recorded input that is gone (moved,
+    renamed) is not in the way, nor an unknown one (an earlier version's relative path)."""
+    given = owners.get(output.name.casefold())
+    other = Path(given) if given is not None else None
     return other if other is not None and other.exists() and not _same_file(other, path) else None
 
 
 def _process(path, output, record, settings_hash, process_one, row) -> None:
     from deconv3d.omezarr import file_sha256
 
-    record.unlink(missing_ok=True)
     start = time.perf_counter()
     try:
         for written in (output, record):  # (named by the input: a name too long is the input's to shorten)
             check_name_length(written, renamed=path)
+        # Not finished, but the output stays this input's (an interrupted run's next one may replace it).
+        _write_json_atomic(record, {"input": str(path.absolute()), "output": output.name, "settings": None})
         state, digest = input_state(path), file_sha256(path)  # before reading: a change meanwhile shows
         process_one(path, output, digest)
     except (KeyboardInterrupt, SystemExit):

@@ -112,7 +112,10 @@ def test_batch_killed_mid_file_resumes_to_identical_outputs(folder, capsys):
     # img0 finished before the kill, img1 is half written under its hidden name, img2 not started.
     assert (out / "img0.zarr").is_dir() and (out / ".deconv3d-batch" / "img0.tif.json").is_file()
     assert not (out / "img1.zarr").exists() and list(out.glob(".img1.zarr.*.tmp"))
-    assert not (out / "img2.zarr").exists() and not (out / ".deconv3d-batch" / "img1.tif.json").exists()
+    # img1's record names its output (the batch's to replace), but no settings: not finished
+    started = json.loads((out / ".deconv3d-batch" / "img1.tif.json").read_text())
+    assert started["settings"] is None and started["output"] == "img1.zarr" and "input_sha256" not in started
+    assert not (out / "img2.zarr").exists() and not (out / ".deconv3d-batch" / "img2.tif.json").exists()
 
     assert run_cli(folder, out, capsys) == 0
     assert statuses(out) == {"img0.tif": "skipped", "img1.tif": "done", "img2.tif": "done"}
@@ -196,7 +199,7 @@ def test_batch_never_replaces_a_folder_of_the_users_files_named_like_an_output(f
     (out / "img1.zarr").mkdir()
     code = main([str(a) for a in argv(folder, out)])
     _, err = capsys.readouterr()
-    assert code == 3 and "img0.zarr" in err and "not a zarr image" in err and "move them away" in err
+    assert code == 3 and "img0.zarr is already in" in err and "no batch into this folder wrote it" in err
     assert statuses(out) == {"img0.tif": "failed", "img1.tif": "done", "img2.tif": "done"}
     assert sorted(p.name for p in (out / "img0.zarr").iterdir()) == ["notes.txt"]
     assert (out / "img0.zarr" / "notes.txt").read_text() == "keep"
@@ -233,6 +236,65 @@ def test_a_file_of_the_same_name_from_another_folder_does_not_replace_a_result(o
     record.write_text(json.dumps({**json.loads(record.read_text()), "input": "cell.tif"}))
     monkeypatch.chdir(d / "day2")  # where another cell.tif lies
     assert batch("day1")[0] == 0 and status(d / "out", "day1") == "done"
+
+
+def test_a_batch_replaces_only_the_outputs_it_wrote(one_image, capsys):
+    """Found by the review of batch runs: an output folder holding the user's own img0.tif (or a zarr
+    image of theirs) had it replaced by a batch's result of another img0 without a word (exit 0).
+    It is now that file's failure, the file untouched; the batch's own outputs are still replaced
+    when the settings change, also after a run killed between its record and its output."""
+    d = one_image
+    mine = d / "mine"
+    mine.mkdir()
+    write_tiff(mine / "img0.tif", np.ones((4, 8, 8), np.float32))
+    kept = (mine / "img0.tif").read_bytes()
+    code = main([str(a) for a in ["batch", d / "in", "-o", mine, "--psf", d / "psf.tif", "--iterations", 2,
+                                  "--output-format", "tif"]])
+    err = capsys.readouterr().err
+    assert code == 3 and "img0.tif is already in" in err and "no batch into this folder wrote it" in err
+    assert (mine / "img0.tif").read_bytes() == kept
+    out = d / "out"
+    run_one(d, out, capsys, "--iterations", 2)
+    record = out / ".deconv3d-batch" / "img0.tif.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "settings": None}))  # killed mid-file
+    assert run_one(d, out, capsys, "--iterations", 3)[0] == "done"
+
+
+def test_an_input_of_another_suffix_does_not_replace_a_result(one_image, capsys):
+    """Found by the review of batch runs: day1/a.tif, then day2/a.tiff into one output folder (one
+    output name, two records) replaced day1's result, and day1's next run called the other file's
+    result finished. The second is now refused, as for inputs of one name."""
+    d, psf = one_image, gaussian_psf()
+    for day, name, seed in (("day1", "a.tif", 1), ("day2", "a.tiff", 2), ("day3", "a.ome.tif", 3)):
+        (d / day).mkdir()
+        write_tiff(d / day / name, blurred_beads((12, 24, 24), psf, seed=seed), voxel_size=(0.3, 0.1, 0.1))
+
+    def batch(day):
+        code = main([str(a) for a in ["batch", d / day, "-o", d / "out", "--psf", d / "psf.tif", "--iterations", 2,
+                                      "--pattern", "a.*"]])
+        return code, capsys.readouterr().err
+
+    assert batch("day1")[0] == 0
+    first = read_ome_zarr(d / "out" / "a.zarr")[0]
+    for day in ("day2", "day3"):
+        code, err = batch(day)
+        assert code == 3 and "a.zarr holds the result of " in err and "day1" in err, err
+        np.testing.assert_array_equal(read_ome_zarr(d / "out" / "a.zarr")[0], first)
+    assert batch("day1")[0] == 0 and status(d / "out", "day1") == "skipped"
+
+
+def test_a_killed_run_of_the_other_output_format_leaves_no_temporary(one_image, capsys):
+    """Found by the review of batch runs: a --output-format tif run killed mid-file left its hidden
+    temporary, which runs writing zarr never removed."""
+    d, out = one_image, one_image / "out"
+    out.mkdir()
+    from deconv3d._paths import host_tag
+
+    stale = out / f".img0.tif.{host_tag()}@999999999-0000abcd.tmp"  # of a writer that is gone
+    stale.mkdir()
+    (stale / "zarr.json").write_text("{}")
+    run_one(d, out, capsys, "--iterations", 2)
+    assert not stale.exists()
 
 
 def test_publishing_refuses_a_folder_that_appeared_during_the_run(tmp_path):
