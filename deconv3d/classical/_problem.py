@@ -15,6 +15,7 @@ import torch
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import FFTConvolver, as_array, as_tensor, fast_shape, irfftn, pad_spatial, refuse_complex
+from deconv3d.psf.prepare import NEGATIVE_TOLERANCE
 
 BOUNDARIES = ("zero", "reflect", "bertero", "periodic")
 
@@ -73,8 +74,14 @@ def _check_inputs(image, psf, device, dtype, method: str | None = None):
                 raise InputError(f"{name} has values beyond the range of {dtype} that deconv3d computes in: rescale "
                                  "it to a smaller range")
             raise InputError(f"{name} contains NaN or Inf values: {fix}")
-    if (h < 0).any() or not (h > 0).any():
-        raise InputError("PSF must be non-negative and not all zero: check the PSF file")
+    if not (h > 0).any():
+        raise InputError("PSF has no positive value (all zero or negative): check the PSF file or regenerate it")
+    if (h < 0).any():  # round-off undershoot (an FFT's or a resampling's) as validate_psf allows it: cut at 0
+        low, peak = float(h.min()), float(h.max())
+        if low < -NEGATIVE_TOLERANCE * peak:
+            raise InputError(f"PSF has negative values (min {low:.3g}, max {peak:.3g}): subtract the background and "
+                             "clip at zero, or regenerate it")
+        h = h.clamp_min(0)
     if method is not None and not bool((y > 0).any()) and bool((y < 0).any()):  # all zero: zeros come back
         warnings.warn(f"the image has no positive values, so {method} returns only zeros: add the subtracted "
                       "offset back", RuntimeWarning, stacklevel=3)

@@ -11,7 +11,8 @@ from scipy import ndimage
 from deconv3d._voxel import checked_voxel_size, format_sizes
 from deconv3d.errors import InputError
 
-_NEGATIVE_TOLERANCE = 1e-6  # relative to the maximum; interpolation undershoot
+#: Negative PSF values down to this share of its peak are round-off (an FFT's, a resampling's undershoot).
+NEGATIVE_TOLERANCE = 1e-6
 
 
 def _positive_ints(values, what: str) -> tuple[int, ...]:
@@ -82,7 +83,7 @@ def validate_psf(psf) -> np.ndarray:
     peak = float(psf.max())
     if peak == 0 and float(psf.min()) == 0:
         raise InputError("PSF is all zero: check the PSF file or regenerate it")
-    if float(psf.min()) < -_NEGATIVE_TOLERANCE * max(peak, 0.0):
+    if float(psf.min()) < -NEGATIVE_TOLERANCE * max(peak, 0.0):
         raise InputError(
             f"PSF has negative values (min {float(psf.min()):.3g}, max {peak:.3g}): "
             "subtract the background and clip at zero, or regenerate it"
