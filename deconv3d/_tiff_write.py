@@ -45,7 +45,8 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
     ------
     InputError
         If the suffix is unsupported, the output directory is missing or not
-        writable, the data are not 2D/3D, or writing fails.
+        writable, the data are empty, not 2D/3D or hold NaN or Inf values (which
+        :func:`read_image` refuses), or writing fails.
 
     Notes
     -----
@@ -61,13 +62,19 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
             data = data.detach().cpu().numpy()
         if np.iscomplexobj(data):
             raise InputError(f"cannot write complex data to {path}: write its magnitude or real part")
-        data = np.asarray(data, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: refused below, as Inf
+            data = np.asarray(data, dtype=np.float32)
+        if data.size == 0:
+            raise InputError(f"cannot write {path}: the image is empty (shape {data.shape})")
+        _refuse_non_finite(data, path)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InputError(f"metadata must be a dict of ImageJ properties, got {type(metadata).__name__}")
     kwargs = _imagej_kwargs(data, voxel_size, metadata)
     tmp = temporary_name(path)
     try:
         with open(tmp, "xb") as fh:
             if streamed:  # page by page from slabs of planes: never the whole volume in memory
-                tifffile.imwrite(fh, data=_pages(data, slab_bytes or _SLAB_BYTES), shape=tuple(data.shape),
+                tifffile.imwrite(fh, data=_pages(data, slab_bytes or _SLAB_BYTES, path), shape=tuple(data.shape),
                                  dtype=np.float32, imagej=True, **kwargs)
             else:
                 tifffile.imwrite(fh, data, imagej=True, **kwargs)
@@ -80,6 +87,15 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
 
 
 _SLAB_BYTES = 256 * 2**20  # planes read at once when a lazy volume is streamed into a TIFF
+
+
+def _refuse_non_finite(data: np.ndarray, path) -> None:
+    """Refuse NaN or Inf (float64 data beyond float32's range become Inf): read_image refuses such
+    a file, so it was written only to be unreadable. Checked plane by plane (no volume-sized mask)."""
+    for plane in data.reshape((-1,) + data.shape[-2:]) if data.ndim >= 2 else [data]:
+        if not np.isfinite(plane).all():
+            raise InputError(f"cannot write {path}: the image holds NaN or Inf values (or values beyond float32's "
+                             "range): replace them, e.g. with numpy.nan_to_num, or rescale the image")
 
 
 def _is_lazy(data) -> bool:
@@ -105,12 +121,14 @@ class ZarrPlanes:
         return self.array[self.lead + (key,)]
 
 
-def _pages(volume, slab_bytes: int = _SLAB_BYTES):
+def _pages(volume, slab_bytes: int = _SLAB_BYTES, path="the TIFF"):
     """The z-planes of a lazy 3D array as float32, read in slabs of at most ``slab_bytes`` (one plane at least)."""
     plane_bytes = max(1, int(np.prod(volume.shape[1:])) * 4)
     step = max(1, min(volume.shape[0], int(slab_bytes) // plane_bytes))
     for start in range(0, volume.shape[0], step):
-        slab = np.asarray(volume[start:start + step], dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            slab = np.asarray(volume[start:start + step], dtype=np.float32)
+        _refuse_non_finite(slab, path)  # (write_tiff removes its temporary file)
         yield from slab
         del slab  # else it is held while the next slab is read: two slabs at a time, twice the budget
 

@@ -208,14 +208,14 @@ def test_write_tiff_streams_a_lazy_volume_in_slabs(tmp_path, monkeypatch):
     reads = []
     original = _tiff_write._pages
 
-    def counting(volume, slab_bytes):
+    def counting(volume, slab_bytes, path):
         class Spy:
             shape, dtype = volume.shape, volume.dtype
 
             def __getitem__(self, key):
                 reads.append(key)
                 return volume[key]
-        return original(Spy(), slab_bytes)
+        return original(Spy(), slab_bytes, path)
 
     monkeypatch.setattr(_tiff_write, "_SLAB_BYTES", 2 * 10 * 12 * 4)  # two planes per slab
     monkeypatch.setattr(_tiff_write, "_pages", counting)
@@ -224,6 +224,30 @@ def test_write_tiff_streams_a_lazy_volume_in_slabs(tmp_path, monkeypatch):
     np.testing.assert_array_equal(back.data, data)
     assert back.voxel_size == pytest.approx((0.5, 0.2, 0.1))
     assert reads == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]
+
+
+def test_write_tiff_refuses_what_read_image_would_refuse(tmp_path):
+    """Found by the API review: NaN, Inf, or float64 values beyond float32's range were written
+    (the last with only numpy's overflow warning), and read_image then refused the file; an empty
+    array or metadata that is not a dict failed inside tifffile. Nothing is written, in memory or
+    streamed from zarr, and an existing output is kept."""
+    import zarr
+
+    path = tmp_path / "out.tif"
+    write_tiff(path, np.ones((2, 3, 4), np.float32))
+    kept = path.read_bytes()
+    for data, message in ((np.full((2, 3, 4), np.nan), "NaN or Inf"), (np.full((2, 3, 4), 1e39), "NaN or Inf"),
+                          (np.ones((0, 8, 8)), "empty")):
+        with pytest.raises(InputError, match=f"^cannot write {path}: the image .*{message}"):
+            write_tiff(path, data)
+    with pytest.raises(InputError, match="^metadata must be a dict"):
+        write_tiff(path, np.ones((2, 3, 4)), metadata=[1])
+    lazy = zarr.create_array(str(tmp_path / "v.zarr"), shape=(7, 10, 12), chunks=(3, 5, 6), dtype="float32")
+    lazy[:] = 1.0
+    lazy[6, 2, 3] = np.inf  # in the last slab: pages before it were already written
+    with pytest.raises(InputError, match="NaN or Inf"):
+        write_tiff(path, lazy)
+    assert path.read_bytes() == kept and sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "v.zarr"]
 
 
 def test_imagej_stack_without_spacing_has_fijis_depth_of_one(tmp_path, rng):
