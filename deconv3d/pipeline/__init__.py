@@ -190,8 +190,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
                         time_axis=time_axis if "T" in axes else None, origin=origin)
         _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client, workers, progress, total)
         _verify_source(reader)  # a file moved or rewritten after the last block was read: no output
-        if pyramid_levels:
-            write_pyramid(tmp, pyramid_levels)
+        if pyramid_levels:  # as many chunks at once as blocks were: the limit budgeted those
+            write_pyramid(tmp, pyramid_levels, workers=workers)
     return RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
                    tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution)
 

@@ -863,6 +863,29 @@ def test_pyramid_levels_name_their_method_and_chunks_fit_them(tmp_path):
     assert level2.shape == (10, 8, 8) and level2.chunks == (10, 8, 8)  # was (20, 32, 32)
 
 
+def test_a_chunked_runs_pyramid_averages_as_many_chunks_at_once_as_it_ran_blocks(tmp_path, monkeypatch):
+    """Found by the memory review: the pyramid was written on dask's pool, one thread per core (on 16
+    cores, 20 % over a limit the blocks had kept); it now gets the run's ``workers``."""
+    import dask.array as da
+    import zarr
+
+    from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
+
+    from .conftest import blurred_beads, gaussian_psf
+
+    seen, store = [], da.Array.store
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("num_workers"))
+        return store(self, *args, **kwargs)
+
+    monkeypatch.setattr(da.Array, "store", spy)
+    psf = gaussian_psf()
+    run_chunked(blurred_beads((20, 32, 32), psf), RichardsonLucyBlock(psf, iterations=2), tmp_path / "a.zarr",
+                chunks=(10, 16, 16), workers=1, pyramid_levels=1)
+    assert seen == [1] and zarr.open_array(str(tmp_path / "a.zarr" / "1"), mode="r").shape == (10, 16, 16)
+
+
 def test_the_input_origin_reaches_the_output_and_its_pyramid(tmp_path, capsys):
     """A tile's level-0 translation (here in nanometres, with a multiscale-wide scale as well) was
     dropped: the output no longer overlaid its input in a viewer."""
