@@ -100,6 +100,19 @@ def test_loading_a_checkpoint_onto_a_missing_gpu_does_not_call_the_file_damaged(
     with pytest.raises(InputError) as info:
         load_checkpoint(tmp_path / "m.ckpt", device="cuda")
     assert "no CUDA GPU" in str(info.value) and "damaged" not in str(info.value)
+    # A checkpoint's path, or an image's, given where the loaded thing is needed (API review:
+    # AttributeError "'str' object has no attribute 'steps_done'", and "the image is 0D").
+    from deconv3d.latent import synthesize_blur
+    from deconv3d.selfsup import apply_model
+
+    for call, words in ((lambda: apply_model(str(tmp_path / "m.ckpt"), image), "^apply_model needs a trained network, "
+                         "got the file name .*m.ckpt.*deconv3d.selfsup.load_checkpoint"),
+                        (lambda: apply_model({"model": 1}, image), "^apply_model needs a trained network, got a dict"),
+                        (lambda: apply_model(result, "x.tif"), "^got the file name 'x.tif' where an array is needed"),
+                        (lambda: synthesize_blur(tmp_path / "ae.ckpt", image[0], image[1], [0.5]),
+                         "^got the file name .*ae.ckpt.* deconv3d.latent.load_checkpoint")):
+        with pytest.raises(InputError, match=words):
+            call()
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -118,6 +131,8 @@ def test_complex_images_and_bad_balances_are_refused(image, psf):
     for balance in ("0.1", None, float("nan")):
         with pytest.raises(InputError, match="balance"):
             wiener(image, psf, balance, device="cpu")
+    with pytest.raises(InputError, match="^regularizer must be the name of one of .* a kernel array is not taken"):
+        wiener(image, psf, regularizer=np.ones((3, 3, 3)), device="cpu")  # scikit-image's reg (API review)
 
 
 def test_psf_generation_catches_nanometres_and_text():
@@ -249,3 +264,23 @@ def test_small_validation_gaps(image, psf):
     assert generate_psf("gaussian", (9.0, 17, 17), 0.1, 1.2, 0.52).shape == (9, 17, 17)  # a whole float is fine
     span = torch.tensor(float(image.max() - image.min()))  # a 0-d tensor or array, as t.max() - t.min() gives
     assert psnr(image, image + 0.1, data_range=span) == psnr(image, image + 0.1, data_range=np.array(float(span)))
+
+
+def test_fit_psf_crops_a_half_precision_psf_and_takes_a_list():
+    """API review: a float16 PSF's crop summed to Inf and came back all zero, without an error; a
+    list failed with "'list' object has no attribute 'shape'"."""
+    from deconv3d.psf import fit_psf
+
+    half = fit_psf(np.full((9, 31, 31), 100, np.float16), (5, 16, 16))
+    assert half.dtype == np.float32 and half.shape == (5, 16, 16) and half.sum() == pytest.approx(1.0)
+    assert fit_psf(np.ones((3, 5, 5)).tolist(), (3, 3, 3)).shape == (3, 3, 3)
+    kept = np.ones((3, 5, 5), np.float32)
+    assert fit_psf(kept, (8, 8, 8)) is kept  # a PSF that fits: as it is, no copy
+
+
+def test_a_single_focal_stack_names_how_to_train_on_it():
+    from deconv3d.latent import LatentTrainConfig, synthetic_focal_stacks, train
+
+    stacks, levels = synthetic_focal_stacks(1, (64, 64), levels=(0, 2, 4))
+    with pytest.raises(InputError, match=r"LatentTrainConfig\(val_fraction=0\)"):
+        train(stacks[0], levels, config=LatentTrainConfig(steps=1), device="cpu")

@@ -79,6 +79,9 @@ def wiener(
     y, h = _check_inputs(image, psf, dev, dtype)
     if not (_is_number(balance) and balance > 0):
         raise InputError(f"balance must be a positive finite number, got {balance!r}: try 1e-3")
+    if not isinstance(regularizer, str):  # scikit-image's reg is an array: the truth of its `in` was ambiguous
+        raise InputError(f"regularizer must be the name of one of {REGULARIZERS}, got {type(regularizer).__name__}: "
+                         "a kernel array is not taken")
     if regularizer not in REGULARIZERS or boundary not in WIENER_BOUNDARIES:
         raise InputError(
             f"regularizer must be one of {REGULARIZERS} and boundary one of {WIENER_BOUNDARIES}, "

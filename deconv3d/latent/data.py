@@ -273,7 +273,8 @@ def split_by_image(stacks, test_fraction: float = 0.25, seed=0) -> tuple[np.ndar
         raise InputError(f"test_fraction must be in [0, 1), got {test_fraction}")
     n_test = 0 if test_fraction == 0 else min(max(1, round(test_fraction * n)), n - 1)
     if test_fraction > 0 and n < 2:
-        raise InputError("a train/validation split needs at least 2 stacks: add stacks or set the fraction to 0")
+        raise InputError("a train/validation split needs at least 2 stacks: add stacks or train without one, with "
+                         "LatentTrainConfig(val_fraction=0) (--val-fraction 0 on the command line)")
     order = np.random.default_rng(seed).permutation(n)
     return stacks[np.sort(order[n_test:])], stacks[np.sort(order[:n_test])]
 

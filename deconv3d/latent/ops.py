@@ -38,6 +38,7 @@ References
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -357,6 +358,9 @@ def _network_and_form(model, residual: Optional[bool]):
     """The network inside ``model`` and the form to apply it in: a trained model that carries
     its training config (``.model`` and ``.config.residual``) in the form it was trained in
     unless ``residual`` says otherwise; a bare network plainly unless told."""
+    if isinstance(model, (str, bytes, os.PathLike)):
+        raise InputError(f"got the file name {os.fsdecode(model)!r} where a trained autoencoder is needed: load it "
+                         "first with deconv3d.latent.load_checkpoint(path)")
     config = getattr(model, "config", None)
     if hasattr(model, "model") and hasattr(config, "residual"):
         return model.model, bool(config.residual) if residual is None else bool(residual)

@@ -217,15 +217,18 @@ def fit_psf(psf: np.ndarray, shape) -> np.ndarray:
     """Centre-crop a PSF to at most ``shape`` (renormalised to unit sum); unchanged when it fits.
 
     For blocks or images smaller than the PSF along some axis (a chunk at a volume's
-    corner, a thin stack given to a trained model), where an unchanged PSF is refused.
+    corner, a thin stack given to a trained model), where an unchanged PSF is refused. A crop is
+    float32 (float64 stays float64), summed in float64: a float16 PSF's sum overflowed to Inf and
+    came back all zero.
     """
+    psf = np.asarray(psf)
     if all(k <= n for k, n in zip(psf.shape, shape)):
         return psf
     # The PSF's origin (k-1)//2 lands on the crop's origin (m-1)//2, so convolution does not shift.
     box = tuple(slice((k - 1) // 2 - (m - 1) // 2, (k - 1) // 2 - (m - 1) // 2 + m)
                 for k, m in ((k, min(k, n)) for k, n in zip(psf.shape, shape)))
-    cropped = psf[box]
-    return cropped / cropped.sum()
+    cropped = psf[box].astype(np.promote_types(psf.dtype, np.float32))
+    return cropped / cropped.dtype.type(cropped.sum(dtype=np.float64))
 
 
 def crop_psf(psf, energy=0.999) -> np.ndarray:

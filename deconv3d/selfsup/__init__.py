@@ -8,6 +8,7 @@ inversion").
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from deconv3d.errors import InputError
 from deconv3d.fft import band_limit as fft_band_limit
-from deconv3d.fft import psf_fingerprint
+from deconv3d.fft import as_array, psf_fingerprint
 from deconv3d.selfsup.checkpoint import TrainedModel, load_checkpoint, save_checkpoint, training_record
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
 from deconv3d.selfsup.predict import Cancelled, predict_tiled
@@ -74,8 +75,11 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     dominated by noise.
     """
     if not isinstance(trained, TrainedModel):
+        if not isinstance(trained, TrainResult):
+            raise InputError(f"apply_model needs a trained network, got {_what(trained)}: pass train()'s result, or "
+                             "load a checkpoint first with deconv3d.selfsup.load_checkpoint(path)")
         trained = TrainedModel.from_result(trained)
-    image = np.asarray(image)
+    image = as_array(image)  # a file name is refused by name ("read it first")
     trained.check_compatible(image.ndim)
     if not np.isfinite(image).all():  # one would spread over the network's whole receptive field
         raise InputError("image contains NaN or Inf values: clean the data (e.g. replace them by 0) first")
@@ -93,6 +97,13 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     if band_limit:
         out = fft_band_limit(out, trained.psf, band_limit, device=device).clamp_min_(0).cpu().numpy()
     return out
+
+
+def _what(value) -> str:
+    """``value`` as an error message names it: a file name quoted, anything else by its type."""
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return f"the file name {os.fsdecode(value)!r}"
+    return f"a {type(value).__name__}"
 
 
 #: :func:`warn_of_another_scale` warns when an image's mean or SD is this many times the training
