@@ -29,6 +29,29 @@ def test_zero_boundary_equals_skimage(rng, shape, kshape, dtype):
     assert np.abs(ours - reference).max() <= 1e-4 * reference.max()
 
 
+@pytest.mark.parametrize("shape, support", [((20, 22), (slice(0, 1), slice(0, 2))),
+                                            ((8, 12, 14), (slice(2, 5), slice(3, 5), slice(0, 2)))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_boundary_psf_short_of_its_origin_on_one_side(shape, support, dtype):
+    """Numerics review: a PSF whose support stops short of its origin on one side (zero rows at one
+    end: padded, or cut off centre) leaves faces of the image no voxel sends light to. Exact RL
+    ignores their data, but the FFT path divided by the ratio floor there, and the round-off of
+    those huge ratios spread over the whole image: 7-14 % of the peak in float32 and float64."""
+    from scipy.ndimage import convolve, correlate
+
+    psf = np.zeros((3, 5, 5)[-len(shape):])
+    psf[support] = np.random.default_rng(2).random(psf[support].shape) + 0.5
+    psf /= psf.sum()
+    y = np.random.default_rng(1).random(shape) + 0.05
+    u = np.full(shape, y.mean())  # exact spatial RL, zero boundary, origin (k - 1) // 2 as deconv3d's
+    for _ in range(5):
+        hu = convolve(u, psf, mode="constant", origin=0)
+        u = u * correlate(np.divide(y, hu, out=np.zeros(shape), where=hu > 1e-300), psf, mode="constant")
+    ours = richardson_lucy(y.astype(dtype), psf.astype(dtype), 5, boundary="zero", device="cpu",
+                           dtype=torch.float64 if dtype == np.float64 else torch.float32)
+    assert np.abs(ours - u).max() <= (1e-5 if dtype == np.float32 else 1e-12) * u.max()
+
+
 def test_flipped_psf_would_be_detected(rng):
     """The asymmetric PSF makes the comparison sensitive to a convolution/correlation mix-up."""
     psf = asymmetric_psf((5, 7, 5))

@@ -84,7 +84,11 @@ def richardson_lucy(
     tol : float, optional
         Stop when ``||u_k+1 - u_k|| / ||u_k||`` falls below ``tol``, measured on the image's
         field, not on Bertero's margins (also with ``extended=True``) or the mirrored copies of
-        ``reflect``.
+        ``reflect``. With adaptive acceleration the change is not monotone: where the step
+        resets (``α = 0``) it dips to one plain iteration's for a few iterations, and a ``tol``
+        can stop the run there (on 8 x 32 x 32 Poisson data, ``tol=1e-2`` stopped at iteration
+        12, 27 % from converged, while iterations 16-30 changed by 1.0-1.3e-2). For a stop at
+        convergence, take a smaller ``tol`` or ``accelerate=False``.
     callback : callable, optional
         ``callback(iteration, estimate)`` after every iteration (1-based); returning
         ``True`` stops early (use it for progress bars and cancel buttons). ``estimate`` is
