@@ -532,7 +532,8 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
                          "or run it on a machine with more")
     if best is None:
         raise InputError(f"memory limit {format_bytes(memory_limit)} is too small: the smallest block "
-                         f"{tuple(lows)} with halo {tuple(halo)} needs about {format_bytes(smallest)}: "
+                         f"{tuple(lows)} with halo {tuple(halo)} needs about {format_bytes(smallest)}, "
+                         f"{format_bytes(fixed)} of it the program's own (Python, torch and their libraries): "
                          f"use --memory-limit {format_bytes(math.ceil(smallest * 1.1))} or more"
                          + (" or fewer --workers" if workers > 1 else ""))
     return tuple(best)
