@@ -248,7 +248,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
         for number, (path, output) in enumerate(zip(inputs, outputs), 1):
             record = _record_path(output_dir, path)
             row = {"file": str(path.absolute()), "output": str(output.absolute()), "status": "", "seconds": 0.0,
-                   "reason": ""}
+                   "reason": "", "settings": settings_hash}
             rows.append(row)  # before the work: an interrupted file shows as the row left without a status
             with claim(output_dir / RECORD_DIR, path) as mine:
                 by_another = _written_since(record, started)  # (before is_finished refreshes a touched file's)
@@ -360,7 +360,9 @@ def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
     """``rows`` over the folder's report: a row replaces the earlier row of the same input (by its
     absolute path), except one deferring to another run's row; earlier rows whose input, named by
     an absolute path, no longer exists are dropped (a deleted file's failure no longer counts; a
-    relative path, from a report of an older version, cannot be checked and is kept)."""
+    relative path, from a report of an older version, cannot be checked and is kept). An earlier
+    row of a file done with other settings than this run's is marked skipped, its output not
+    this run's result (a run with new settings, interrupted, had reported the old outputs done)."""
     try:
         earlier = json.loads((output_dir / "batch_report.json").read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -371,16 +373,23 @@ def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
     def key(row):
         return os.path.abspath(row["file"])
 
-    earlier = [{k: r.get(k, "") for k in REPORT_FIELDS} for r in earlier
+    earlier = [{k: r.get(k, "") for k in (*REPORT_FIELDS, "settings")} for r in earlier
                if isinstance(r, dict) and isinstance(r.get("file"), str) and r.get("status") in STATUSES]
     mine, merged = {key(r): r for r in rows}, []
+    current = {r.get("settings") for r in rows} - {None, ""}
     for row in earlier:
+        if len(current) == 1 and row["settings"] not in ("", *current) and row["status"] != "failed":
+            row.update(status="skipped", reason=OTHER_SETTINGS)
         own, exists = mine.pop(key(row), None), not os.path.isabs(row["file"]) or os.path.exists(row["file"])
         if own is not None and (own["reason"] not in DEFERRING or not exists):
             merged.append(own)
         elif exists:  # another run's row that this run's defers to, or a file this run did not see
             merged.append(row)
     return merged + list(mine.values())
+
+
+#: The reason of an earlier run's row whose output was made with other settings (see _merged_rows).
+OTHER_SETTINGS = "its output was made with other settings by an earlier run: rerun the batch to redo it"
 
 
 def _write_reports(output_dir: Path, rows) -> tuple[Path, Path]:
@@ -390,7 +399,7 @@ def _write_reports(output_dir: Path, rows) -> tuple[Path, Path]:
     from deconv3d.pipeline.output import atomic_output
 
     with atomic_output(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:  # any file name
-        writer = csv.DictWriter(fh, fieldnames=list(REPORT_FIELDS))
+        writer = csv.DictWriter(fh, fieldnames=list(REPORT_FIELDS), extrasaction="ignore")  # (settings: JSON only)
         writer.writeheader()
         writer.writerows(rows)
     return json_path, csv_path

@@ -297,6 +297,26 @@ def test_a_killed_run_of_the_other_output_format_leaves_no_temporary(one_image, 
     assert not stale.exists()
 
 
+def test_the_report_does_not_count_outputs_of_other_settings_as_done(folder, capsys):
+    """Found by the review of batch runs: a run with new settings, interrupted (here: narrowed to one
+    file), left the earlier run's rows saying "done" for outputs made with the old settings."""
+    out = folder / "out"
+    base = ["batch", folder / "in", "-o", out, "--psf", folder / "psf.tif"]
+    assert main([str(a) for a in base + ["--iterations", 2]]) == 0
+    assert main([str(a) for a in base + ["--iterations", 3, "--pattern", "img0.tif"]]) == 0
+    capsys.readouterr()
+    report = json.loads((out / "batch_report.json").read_text())
+    rows = {os.path.basename(r["file"]): r for r in report["files"]}
+    assert rows["img0.tif"]["status"] == "done" and report["summary"]["done"] == 1
+    for name in ("img1.tif", "img2.tif"):
+        assert rows[name]["status"] == "skipped" and "made with other settings" in rows[name]["reason"]
+    assert "settings" not in (out / "batch_report.csv").read_text().splitlines()[0]
+    assert main([str(a) for a in base + ["--iterations", 2]]) == 0  # img1, img2 finished with these: skipped
+    capsys.readouterr()
+    assert statuses(out) == {"img0.tif": "done", "img1.tif": "skipped", "img2.tif": "skipped"}
+    assert "other settings" not in (out / "batch_report.json").read_text()
+
+
 def test_publishing_refuses_a_folder_that_appeared_during_the_run(tmp_path):
     """The last guard: a folder that is not a zarr image, created at the output path while the
     output was written, is refused and kept, not moved aside and deleted."""
