@@ -16,8 +16,8 @@ loads one level into memory.
 
 from deconv3d.omezarr.reading import (ZARR_SUFFIX, LazyImage, TiffReader, ZarrReader, open_lazy,
                                      read_ome_zarr)
-from deconv3d.omezarr.writing import (OME_VERSION, create_ome_zarr, file_sha256, write_ome_zarr,
+from deconv3d.omezarr.writing import (OME_VERSION, create_ome_zarr, file_sha256, write_ome_zarr, write_omero,
                                      write_pyramid)
 
-__all__ = ["LazyImage", "ZarrReader", "TiffReader", "open_lazy", "read_ome_zarr", "create_ome_zarr", "write_ome_zarr", "write_pyramid",
-           "file_sha256", "ZARR_SUFFIX", "OME_VERSION"]
+__all__ = ["LazyImage", "ZarrReader", "TiffReader", "open_lazy", "read_ome_zarr", "create_ome_zarr", "write_ome_zarr",
+           "write_pyramid", "write_omero", "file_sha256", "ZARR_SUFFIX", "OME_VERSION"]

@@ -40,6 +40,7 @@ class LazyImage:
     partial_voxel: tuple | None = None  # a TIFF that calibrates some axes only: their sizes (see io.Image)
     time_axis: tuple | None = None  # (step, unit or None) of a T axis that an OME-Zarr file calibrates
     origin: tuple | None = None  # micrometres per spatial axis: where an OME-Zarr image's first voxel sits
+    channels: tuple | None = None  # an OME-Zarr's omero channels, one dict per channel: label, color, active
 
 
 def open_lazy(path) -> LazyImage:
@@ -531,7 +532,22 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
         if scale[t] != 1 or units[t]:
             time_axis = (float(scale[t]), units[t])
     return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader, time_axis=time_axis,
-                     voxel_problem=_unit_problem(axes, units, path), origin=origin)
+                     voxel_problem=_unit_problem(axes, units, path), origin=origin,
+                     channels=_omero_channels(dict(group.attrs), data.shape[axes.index("C")] if "C" in axes else 1))
+
+
+def _omero_channels(attrs: dict, count: int) -> tuple | None:
+    """The label, colour and visibility of each of the ``count`` channels in an OME-Zarr's
+    ``omero`` metadata (0.5 under ``ome``, 0.4 at the top), or None where it does not give one
+    entry per channel. The display windows are left out: they describe the input's intensities."""
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs
+    omero = ome.get("omero", attrs.get("omero"))
+    channels = omero.get("channels") if isinstance(omero, dict) else None
+    if not isinstance(channels, list) or len(channels) != count or not all(isinstance(c, dict) for c in channels):
+        return None
+    kept = tuple({k: c[k] for k, kind in (("label", str), ("color", str), ("active", bool))
+                  if isinstance(c.get(k), kind)} for c in channels)
+    return kept if any(kept) else None
 
 
 def _unit_problem(axes: str, units, path) -> str | None:

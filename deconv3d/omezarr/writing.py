@@ -84,6 +84,40 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
     return arr
 
 
+def write_omero(path, channels, workers: int | None = None) -> None:
+    """Give the OME-Zarr image at ``path`` ``omero`` channel metadata: ``channels`` (one dict per
+    channel of level 0: ``label``, ``color``, ``active``, as :attr:`LazyImage.channels`) with each
+    channel's display window its own intensity range, read from level 0 (one pass, ``workers``
+    chunks at a time). A colour that is not six hex digits becomes white."""
+    import re
+
+    import dask.array as da
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = dict(group.attrs)
+    ms = attrs["ome"]["multiscales"][0]
+    axes = "".join(a["name"] for a in ms["axes"]).upper()
+    level = da.from_zarr(str(path), component=ms["datasets"][0]["path"])
+    if "C" in axes:
+        level = da.moveaxis(level, axes.index("C"), 0)
+    else:
+        level = level[None]
+    if len(channels) != level.shape[0]:
+        raise InputError(f"{len(channels)} channel entries for an image of {level.shape[0]} channels")
+    others = tuple(range(1, level.ndim))
+    low, high = da.compute(level.min(axis=others), level.max(axis=others),
+                           **({"num_workers": max(1, int(workers))} if workers else {}))
+    entries = []
+    for channel, lo, hi in zip(channels, low, high):
+        color = channel.get("color", "")
+        entry = {**channel, "color": color if re.fullmatch(r"[0-9A-Fa-f]{6}", str(color)) else "FFFFFF"}
+        entry["window"] = {"min": float(lo), "max": float(hi), "start": float(lo), "end": float(hi)}
+        entries.append(entry)
+    attrs["ome"]["omero"] = {"channels": entries}
+    group.attrs.update(attrs)
+
+
 def checked_origin(origin, ndim: int) -> tuple[float, ...]:
     """``origin`` as ``ndim`` finite floats, or a one-line :class:`InputError`."""
     try:

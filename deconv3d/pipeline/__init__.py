@@ -123,7 +123,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
                 model: MemoryModel | None = None, voxel_size=None, provenance: dict | None = None,
                 pyramid_levels: int = 0, client=None, workers: int = 1,
                 progress: ProgressCallback | None = None, time_axis: tuple | None = None,
-                origin: Sequence[float] | None = None) -> RunInfo:
+                origin: Sequence[float] | None = None, channels: Sequence[dict] | None = None) -> RunInfo:
     """Apply ``block_fn`` over ``data`` chunk by chunk with a halo and write an OME-Zarr image.
 
     Parameters
@@ -157,6 +157,10 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     voxel_size, provenance, pyramid_levels, time_axis, origin
         Written into the OME-Zarr metadata (see :func:`deconv3d.omezarr.create_ome_zarr`); ``time_axis``
         and ``origin`` default to a :class:`~deconv3d.omezarr.LazyImage` input's own.
+    channels : sequence of dict, optional
+        The channels' names and colours (:attr:`~deconv3d.omezarr.LazyImage.channels`, the default
+        for such an input), written as ``omero`` metadata with the output's own display windows
+        (:func:`~deconv3d.omezarr.write_omero`: one more pass over the output).
     client : distributed.Client, optional
         Run the blocks on this cluster; else ``workers`` local threads. Blocks of a file are read
         by the workers themselves; blocks of an in-memory array are read here and sent along.
@@ -164,14 +168,14 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         ``progress(0, total)`` once the blocks are planned, then ``progress(done, total)`` per
         block; returning True cancels (:class:`Cancelled`).
     """
-    from deconv3d.omezarr import create_ome_zarr, write_pyramid
+    from deconv3d.omezarr import create_ome_zarr, write_omero, write_pyramid
 
     start = time.perf_counter()
     if Path(output).suffix.lower() in TIFF_SUFFIXES:
         raise InputError(f"run_chunked writes an OME-Zarr folder, not a TIFF ({output}): give a path ending in .zarr "
                          "(deconv3d.pipeline.files.deconvolve_file writes TIFF)")
     output = Path(output).absolute()  # where a cluster's workers, each in a folder of its own, write the blocks
-    reader, axes, time_axis, origin = _source(data, axes, time_axis, origin)
+    reader, axes, time_axis, origin, channels = _source(data, axes, time_axis, origin, channels)
     lead = sum(a in "TC" for a in axes)
     fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
     plan = _Plan.make(tuple(reader.shape[lead:]), fns or [block_fn], chunks, halo, memory_limit, model, workers,
@@ -190,26 +194,30 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
                         time_axis=time_axis if "T" in axes else None, origin=origin)
         _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client, workers, progress, total)
         _verify_source(reader)  # a file moved or rewritten after the last block was read: no output
+        if channels:  # the input's channel names and colours, not lost on the way
+            write_omero(tmp, channels, workers=workers)
         if pyramid_levels:  # as many chunks at once as blocks were: the limit budgeted those
             write_pyramid(tmp, pyramid_levels, workers=workers)
     return RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
                    tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution)
 
 
-def _source(data, axes, time_axis, origin):
-    """(block reader, axes, time axis, origin) of ``data``; a :class:`~deconv3d.omezarr.LazyImage`
-    brings its own axes, time axis and origin where they are not given."""
+def _source(data, axes, time_axis, origin, channels):
+    """(block reader, axes, time axis, origin, channels) of ``data``; a
+    :class:`~deconv3d.omezarr.LazyImage` brings its own axes, time axis, origin and channels where
+    they are not given."""
     from deconv3d.omezarr import LazyImage
 
     if isinstance(data, LazyImage):
         axes = axes or data.axes
         time_axis = time_axis if time_axis is not None else data.time_axis
         origin = origin if origin is not None else data.origin
+        channels = channels if channels is not None else data.channels
     reader = as_reader(data)
     axes = (axes or "TCZYX"[-reader.ndim:]).upper()
     if len(axes) != reader.ndim:
         raise InputError(f"axes {axes!r} do not match an image of shape {tuple(reader.shape)}")
-    return reader, axes, time_axis, origin
+    return reader, axes, time_axis, origin, channels
 
 
 @dataclass

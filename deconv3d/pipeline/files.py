@@ -361,7 +361,7 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
                          f"2D/3D image; write .zarr")
     scratch = temporary_name(output_path)  # a hidden .NAME.tif.<id>.tmp zarr: swept like any leftover
     try:
-        info = run_chunked(lazy, block, scratch, **kwargs)
+        info = run_chunked(lazy, block, scratch, channels=(), **kwargs)  # (a TIFF keeps no omero channels)
         array = zarr.open_array(str(scratch / "0"), mode="r")
         meta = tiff_properties(record, info.execution)
         # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own

@@ -268,6 +268,45 @@ def test_batch_gives_each_channel_its_own_psf(tmp_path, capsys):
         assert psnr(other, data[c]) < 40  # the other channel's PSF would give a different result
 
 
+def test_channel_names_and_colours_reach_the_output(tmp_path):
+    """Found by the OME-Zarr review: an input's omero channels (DAPI, GFP, their colours) were
+    dropped, so viewers showed the output's channels unnamed and grey. They are kept, with display
+    windows of the output's own intensity range (the input's described other intensities), and
+    the metadata still validates as OME-Zarr 0.5."""
+    import zarr
+
+    from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
+
+    psf = gaussian_psf()
+    image = np.stack([blurred_beads((8, 16, 16), psf, seed=c) for c in range(2)]) * np.array([1, 3])[:, None, None, None]
+    write_ome_zarr(tmp_path / "in.zarr", image, axes="CZYX", voxel_size=(0.3, 0.1, 0.1))
+    group = zarr.open_group(str(tmp_path / "in.zarr"), mode="r+")
+    attrs = dict(group.attrs)
+    attrs["ome"]["omero"] = {"channels": [
+        {"label": "DAPI", "color": "0000FF", "active": True, "window": {"min": 0, "max": 9, "start": 1, "end": 5}},
+        {"label": "GFP", "color": "green", "window": {"min": 0, "max": 9, "start": 1, "end": 5}}]}
+    group.attrs.update(attrs)
+    lazy = open_lazy(tmp_path / "in.zarr")
+    assert lazy.channels == ({"label": "DAPI", "color": "0000FF", "active": True}, {"label": "GFP", "color": "green"})
+    run_chunked(lazy, RichardsonLucyBlock(psf, iterations=2), tmp_path / "out.zarr", chunks=(8, 8, 8), workers=2)
+    data, _, _, out_attrs = read_ome_zarr(tmp_path / "out.zarr")
+    channels = out_attrs["ome"]["omero"]["channels"]
+    assert [c["label"] for c in channels] == ["DAPI", "GFP"] and channels[0]["active"] is True
+    assert [c["color"] for c in channels] == ["0000FF", "FFFFFF"]  # "green" is no hex colour: white
+    for c, channel in enumerate(channels):
+        lo, hi = float(data[c].min()), float(data[c].max())
+        assert channel["window"] == {"min": lo, "max": hi, "start": lo, "end": hi}
+    from ome_zarr_models.v05.image import Image
+
+    Image.from_zarr(zarr.open_group(str(tmp_path / "out.zarr"), mode="r"))
+    # An input without them, or with a count that does not match its channels, gives none.
+    write_ome_zarr(tmp_path / "plain.zarr", image, axes="CZYX", voxel_size=(0.3, 0.1, 0.1))
+    assert open_lazy(tmp_path / "plain.zarr").channels is None
+    attrs["ome"]["omero"]["channels"].pop()
+    group.attrs.update(attrs)
+    assert open_lazy(tmp_path / "in.zarr").channels is None
+
+
 def test_config_per_channel_psfs_resolve_relative_to_the_file(tmp_path):
     from deconv3d.errors import InputError
     from deconv3d.pipeline.batch import channel_count, load_config, make_settings
