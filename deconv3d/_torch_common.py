@@ -14,7 +14,6 @@ import copy
 import math
 import os
 import time
-import threading
 import warnings
 from pathlib import Path
 
@@ -209,19 +208,56 @@ def atomic_torch_save(payload: dict, path) -> None:
         raise
 
 
-_RNG_LOCK = threading.Lock()
+def build_seeded(factory, seed: int) -> torch.nn.Module:
+    """``factory()``, a network, initialised as torch initialises it after ``torch.manual_seed(seed)``
+    (the same weights, bit for bit), from a generator of its own: torch's process-wide RNG is
+    neither read nor changed.
+
+    It used to seed and restore the global RNG around the build (``fork_rng``). Another thread
+    drawing from it meanwhile (a user's torch code, another plugin) changed the seeded weights (up
+    to 0.49) and had its own stream reseeded and rewound (43 values repeated): review of threaded
+    use. The network is now built on the meta device, where its default initialisation draws
+    nothing, then given real memory and initialised: convolutions and linear layers as their
+    ``reset_parameters`` do, norm layers by theirs (no draws), other buffers at zero.
+    """
+    import math
+
+    nn = torch.nn
+    model = empty_network(factory)
+    generator = torch.Generator().manual_seed(int(seed))
+    done = set()
+    for module in model.modules():
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+            # the bounds of torch's kaiming_uniform_(a=sqrt(5)) and bias init, computed as torch does
+            # (bit for bit); Tensor.uniform_ takes the generator on every torch pyproject allows
+            fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
+            bound = math.sqrt(3.0) * (nn.init.calculate_gain("leaky_relu", math.sqrt(5)) / math.sqrt(fan_in))
+            with torch.no_grad():
+                module.weight.uniform_(-bound, bound, generator=generator)
+                if module.bias is not None:
+                    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                    module.bias.uniform_(-bound, bound, generator=generator)
+        elif isinstance(module, nn.modules.batchnorm._NormBase):
+            module.reset_parameters()  # ones, zeros and the running statistics: nothing drawn
+            done.update(id(b) for b in module.buffers(recurse=False))
+        else:
+            continue
+        done.update(id(p) for p in module.parameters(recurse=False))
+    missed = [name for name, p in model.named_parameters() if id(p) not in done]
+    if missed:
+        raise RuntimeError(f"build_seeded does not know how to initialise {missed[:3]}")
+    for buffer in model.buffers():
+        if id(buffer) not in done:
+            buffer.zero_()
+    return model
 
 
-@contextlib.contextmanager
-def seeded(seed: int):
-    """torch's global RNG seeded with ``seed`` for the ``with`` block (building a network), and put
-    back afterwards; one such block at a time in the process. ``fork_rng`` saves and restores the
-    process-wide state, so two overlapping blocks (two trainings started from a GUI) drew from each
-    other's streams: the weights differed from a run alone, and the caller's RNG was not restored
-    (review of process-global state)."""
-    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        yield
+def empty_network(factory) -> torch.nn.Module:
+    """``factory()`` on the CPU with uninitialised memory and nothing drawn from torch's RNG (built
+    on the meta device): for weights loaded next, or set by :func:`build_seeded`."""
+    with torch.device("meta"):
+        model = factory()
+    return model.to_empty(device="cpu")
 
 
 def safe_torch_load(path, producer: str):

@@ -63,6 +63,40 @@ def test_overlapping_seeded_builds_give_the_weights_of_a_build_alone_and_keep_th
     assert torch.equal(torch.random.get_rng_state(), caller)
 
 
+def test_a_seeded_build_neither_reads_nor_moves_the_rng_another_thread_draws_from():
+    """Review of threaded use: builds seeded and restored torch's process-wide RNG around them, so
+    a thread drawing from it meanwhile (a user's torch code) changed the seeded weights (up to 0.49)
+    and saw its own stream reseeded and rewound (43 repeated values). Builds now draw from a
+    generator of their own: the weights are a build alone's, bit for bit those of torch's default
+    initialisation after torch.manual_seed(seed), and the other thread's stream is untouched."""
+    from deconv3d.latent.model import AEConfig, Autoencoder, build_autoencoder
+    from deconv3d.selfsup import UNetConfig
+    from deconv3d.selfsup.train import ResUNet, build_model
+
+    config = UNetConfig(ndim=3, base_channels=4, depth=2)
+    for make, build in ((lambda: ResUNet(config), lambda: build_model(config, seed=3)),
+                        (lambda: Autoencoder(AEConfig()), lambda: build_autoencoder(AEConfig(), seed=3))):
+        torch.manual_seed(3)
+        default = make().state_dict()  # torch's own initialisation of that seed
+        stop, draws = threading.Event(), []
+
+        def draw():
+            while not stop.is_set():
+                draws.append(torch.rand(64))
+
+        torch.manual_seed(0)
+        drawer = threading.Thread(target=draw)
+        drawer.start()
+        try:
+            built = [build().state_dict() for _ in range(3)]
+        finally:
+            stop.set()
+            drawer.join(10)
+        assert all(_state_dicts_equal(b, default) for b in built)
+        expected = torch.rand(len(draws) * 64, generator=torch.Generator().manual_seed(0))
+        assert len(draws) > 0 and torch.equal(torch.cat(draws), expected)
+
+
 def test_loading_a_checkpoint_leaves_the_callers_rng_alone(tmp_path):
     """Both loaders built their network from the caller's RNG before replacing its weights
     (review of process-global state): a user's seeded sequence changed when a model was loaded."""

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from deconv3d._torch_common import atomic_torch_save, checked_run_record, safe_torch_load, seeded
+from deconv3d._torch_common import atomic_torch_save, checked_run_record, empty_network, safe_torch_load
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
 from deconv3d.latent.data import check_levels
@@ -142,8 +142,7 @@ def _build(path, data: dict, device) -> Autoencoder:
     ae = config_from_dict(data["model"])
     if int(data["model"].get("depth", len(ae.widths))) != len(ae.widths):
         raise InputError(f"{path} is a damaged deconv3d checkpoint (depth does not match widths): retrain the model")
-    with seeded(0):  # (its initial weights, replaced below, would draw from the caller's RNG)
-        model = Autoencoder(ae)
+    model = empty_network(lambda: Autoencoder(ae))  # (weights loaded below: nothing drawn from the caller's RNG)
     if not all(torch.is_tensor(t) and bool(torch.isfinite(t).all()) for t in data["state_dict"].values()):
         raise InputError(f"{path} is a damaged deconv3d checkpoint (non-finite weights): retrain the model")
     try:

@@ -175,11 +175,9 @@ class Autoencoder(nn.Module):
 
 def build_autoencoder(config: AEConfig = AEConfig(), seed: int = 0, device="cpu") -> Autoencoder:
     """An :class:`Autoencoder` initialised from ``seed`` (the global RNG is left untouched)."""
-    from deconv3d._torch_common import seeded
+    from deconv3d._torch_common import build_seeded
 
-    with seeded(seed):
-        model = Autoencoder(config)
-    return model.to(device)
+    return build_seeded(lambda: Autoencoder(config), seed).to(device)
 
 
 def config_to_dict(config: AEConfig) -> dict:

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d._torch_common import atomic_torch_save, checked_run_record, safe_torch_load, seeded
+from deconv3d._torch_common import atomic_torch_save, checked_run_record, empty_network, safe_torch_load
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
 from deconv3d.fft import psf_fingerprint, resolve_device
@@ -160,8 +160,7 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
         # and the residual form had none of them.
         config = from_dict(TrainConfig, {"precondition": 0.0, "warm_start": 0, "lambda_anchor": 0.0, "warm_tv": 0.0,
                                           "residual": False, **data["train"]})
-        with seeded(0):  # (its initial weights, replaced next, would draw from the caller's RNG)
-            model = ResUNet(unet)
+        model = empty_network(lambda: ResUNet(unet))  # (weights loaded next: nothing drawn from the caller's RNG)
         model.load_state_dict(data["state_dict"])
         psf = data["psf"].numpy().astype(np.float32)
         voxel = data["voxel_size"]  # a sequence (one number, which the API takes as isotropic, is damage here)

@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, seeded
+from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, build_seeded
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
@@ -94,9 +94,7 @@ def standardize(image) -> tuple[np.ndarray, float, float]:
 
 def build_model(unet: UNetConfig, seed: int = 0, device="cpu") -> ResUNet:
     """A :class:`ResUNet` with weights initialised from ``seed`` (global RNG untouched)."""
-    with seeded(seed):
-        model = ResUNet(unet)
-    return model.to(resolve_device(device))
+    return build_seeded(lambda: ResUNet(unet), seed).to(resolve_device(device))
 
 
 def _check_inputs(image, psf, unet, voxel_size):
