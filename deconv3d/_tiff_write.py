@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from deconv3d._arrays import as_numpy
 from deconv3d._paths import _check_writable_target, _one_line, temporary_name
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
@@ -58,8 +59,7 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
     _check_writable_target(path)
     streamed = _is_lazy(data) and len(data.shape) == 3
     if not streamed:
-        if hasattr(data, "detach") and hasattr(data, "cpu"):  # a torch tensor, maybe on a GPU or needing grad
-            data = data.detach().cpu().numpy()
+        data = as_numpy(data)  # a torch tensor too, maybe on a GPU or needing grad
         if np.iscomplexobj(data):
             raise InputError(f"cannot write complex data to {path}: write its magnitude or real part")
         with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: refused below, as Inf

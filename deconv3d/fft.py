@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deconv3d._arrays import as_numpy
 from deconv3d.errors import InputError
 
 __all__ = [
@@ -129,7 +130,7 @@ def as_tensor(x, device: torch.device | None = None, dtype: torch.dtype | None =
 
 
 def as_array(x) -> np.ndarray:
-    """``x`` (not a tensor) as a C-contiguous numpy array of numbers (bool, int, float or complex).
+    """``x`` as a C-contiguous numpy array of numbers (bool, int, float or complex).
 
     A file name, None, ragged lists or anything else that is not numbers is refused by name
     (torch's own error about ``numpy.str_`` or ``object_`` told a notebook user nothing).
@@ -138,7 +139,7 @@ def as_array(x) -> np.ndarray:
         raise InputError(f"got the file name {str(x)!r} where an array is needed: read it first, e.g. "
                          "deconv3d.io.read_image(path).data")
     try:
-        arr = np.ascontiguousarray(x)
+        arr = np.ascontiguousarray(as_numpy(x))  # (a tensor too: one that requires grad is detached)
     except (ValueError, TypeError) as exc:  # ragged nested lists
         raise InputError(f"cannot make an array of numbers from {type(x).__name__} ({_first_line(exc)}): give a "
                          "2D or 3D numeric array") from None

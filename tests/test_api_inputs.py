@@ -284,3 +284,30 @@ def test_a_single_focal_stack_names_how_to_train_on_it():
     stacks, levels = synthetic_focal_stacks(1, (64, 64), levels=(0, 2, 4))
     with pytest.raises(InputError, match=r"LatentTrainConfig\(val_fraction=0\)"):
         train(stacks[0], levels, config=LatentTrainConfig(steps=1), device="cpu")
+
+
+def test_tensors_that_require_grad_are_taken_where_arrays_are(psf):
+    """API review: the PSF functions, the network's train/apply_model and the autoencoder's functions
+    failed on such a tensor with "Can't call numpy() on Tensor that requires grad", where the
+    classical functions took it."""
+    from deconv3d import psf as psfs
+    from deconv3d.latent import AEConfig, deblur, synthesize_blur
+    from deconv3d.latent.model import build_autoencoder
+    from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, train
+
+    grad = lambda a: torch.tensor(np.asarray(a, np.float32), requires_grad=True)  # noqa: E731
+    kernel = grad(psf)
+    for call in (lambda p: psfs.validate_psf(p), lambda p: psfs.normalize_psf(p), lambda p: psfs.center_psf(p),
+                 lambda p: psfs.crop_psf(p), lambda p: psfs.fit_psf(p, (3, 3, 3)),
+                 lambda p: psfs.resample_psf(p, (0.2, 0.1, 0.1), (0.2, 0.1, 0.1)),
+                 lambda p: psfs.prepare_psf(p, (10, 20, 22))):
+        np.testing.assert_array_equal(call(kernel), call(np.asarray(psf, np.float32)))
+    image = np.random.default_rng(0).random((24, 24)).astype(np.float32) + 0.1
+    flat = np.ones((3, 3), np.float32) / 9
+    result = train(grad(image), grad(flat), config=TrainConfig(steps=1, patch=8, batch=1, residual=False),
+                   unet=UNetConfig(ndim=2, base_channels=2, depth=1), device="cpu")
+    assert apply_model(result, grad(image), device="cpu").shape == image.shape
+    ae = build_autoencoder(AEConfig(widths=(4, 8), crop=16))
+    planes = np.random.default_rng(1).random((2, 16, 16)).astype(np.float32)
+    assert synthesize_blur(ae, grad(planes[0]), grad(planes[1]), [0.5]).shape == (1, 16, 16)
+    assert deblur(ae, grad(planes[0]), grad(planes[1]), 0.5).shape == (16, 16)

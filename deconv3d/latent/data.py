@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from deconv3d import synthetic
+from deconv3d._arrays import as_numpy
 from deconv3d.errors import InputError
 from deconv3d.psf import generate_psf
 
@@ -200,7 +201,7 @@ def focal_stacks_from_images(images, levels=PAPER_LEVELS, *, noise=DEFAULT_NOISE
         Stacks ``(n_images, n_levels, H, W)`` float32, each plane min-max normalised to
         [0, 1], and the level values (float32).
     """
-    images = np.asarray(images, dtype=np.float32)
+    images = as_numpy(images, dtype=np.float32)
     images = images[None] if images.ndim == 2 else images
     if images.ndim != 3 or images.size == 0 or not np.isfinite(images).all():
         raise InputError(f"images must be finite (n, H, W) sharp planes, got shape {images.shape}")
@@ -256,7 +257,7 @@ def synthetic_focal_stacks(n_images: int = 8, shape=(64, 64), levels=PAPER_LEVEL
 
 def normalize_planes(planes) -> np.ndarray:
     """Min-max normalise every 2D plane (last two axes) to [0, 1]; constant planes become 0."""
-    x = np.asarray(planes, dtype=np.float32)
+    x = as_numpy(planes, dtype=np.float32)
     lo = x.min(axis=(-2, -1), keepdims=True)
     span = x.max(axis=(-2, -1), keepdims=True) - lo
     return ((x - lo) / np.where(span > 0, span, 1)).astype(np.float32)
@@ -267,7 +268,7 @@ def split_by_image(stacks, test_fraction: float = 0.25, seed=0) -> tuple[np.ndar
 
     At least one image goes to each side when ``test_fraction > 0`` (``n_images >= 2``).
     """
-    stacks = np.asarray(stacks)
+    stacks = as_numpy(stacks)
     n = stacks.shape[0]
     if not 0 <= test_fraction < 1:
         raise InputError(f"test_fraction must be in [0, 1), got {test_fraction}")
@@ -290,7 +291,7 @@ def tile_stacks(stacks, tile: int, max_per_axis: int = 2) -> np.ndarray:
     >>> tile_stacks(np.zeros((1, 3, 40, 20)), 16).shape
     (2, 3, 20, 20)
     """
-    stacks = np.asarray(stacks)
+    stacks = as_numpy(stacks)
     h, w = stacks.shape[-2:]
     ny, nx = (max(1, min(int(max_per_axis), n // int(tile))) for n in (h, w))
     if ny * nx == 1:
@@ -319,7 +320,7 @@ def fixed_triplet_crops(stacks, triplets, crop: int) -> tuple[np.ndarray, ...]:
 
     The planes are ``(N, 1, crop, crop)`` float32, ``alpha`` is ``(N,)`` float32.
     """
-    stacks = np.asarray(stacks, dtype=np.float32)
+    stacks = as_numpy(stacks, dtype=np.float32)
     positions = ten_crop_positions(stacks.shape[-2], stacks.shape[-1], crop)
     planes, alphas = [], []
     for stack, t, (y, x, flip) in itertools.product(stacks, triplets, positions):
@@ -348,7 +349,7 @@ class TripletSampler:
     """
 
     def __init__(self, stacks, triplets, crop: int, *, seed: int = 0, device="cpu", augment: bool = True):
-        stacks = np.asarray(stacks, dtype=np.float32)
+        stacks = as_numpy(stacks, dtype=np.float32)
         if crop > min(stacks.shape[-2:]):
             raise InputError(f"crop {crop} is larger than the planes {stacks.shape[-2:]}: use a smaller crop")
         if not triplets:

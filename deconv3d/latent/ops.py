@@ -44,6 +44,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from deconv3d._arrays import as_numpy
 from deconv3d.errors import InputError
 
 __all__ = ["lincomb", "interpolate", "interior_fractions", "synthesize_blur", "deblur",
@@ -114,7 +115,7 @@ def interior_fractions(n: int) -> np.ndarray:
 
 
 def _as_plane(x, name: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
+    x = as_numpy(x, dtype=np.float32)
     if x.ndim != 2 or x.size == 0:
         raise InputError(f"{name} must be a non-empty 2D plane, got shape {x.shape}: pass one plane of the stack")
     if not np.isfinite(x).all():
@@ -155,7 +156,7 @@ def _device(model) -> torch.device:
 
 def encode_planes(model, planes, *, fit: str = "pad"):
     """Latent of ``(N, H, W)`` planes, each min-max normalised; returns ``(latent, (H, W))``."""
-    planes = np.asarray(planes, dtype=np.float32)
+    planes = as_numpy(planes, dtype=np.float32)
     normed = np.stack([_minmax(p)[0] for p in planes])
     padded = _pad_to_divisor(normed, int(getattr(model, "divisor", 1)), fit)
     if hasattr(model, "eval"):
@@ -412,7 +413,7 @@ def linearity_scores(model, stack, levels=None, *, fit: str = "pad") -> dict[str
     """
     from deconv3d.metrics import latent_apd, latent_lds
 
-    stack = np.asarray(stack, dtype=np.float32)
+    stack = as_numpy(stack, dtype=np.float32)
     if stack.ndim != 3 or stack.shape[0] < 3:
         raise InputError(f"stack must be (n_levels >= 3, H, W), got shape {stack.shape}")
     z, _ = encode_planes(model, stack, fit=fit)

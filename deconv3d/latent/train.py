@@ -31,6 +31,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from deconv3d._arrays import as_numpy
 from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, autocast, stop_reason
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
@@ -203,7 +204,7 @@ def plane_problem(stacks: np.ndarray) -> tuple[int, int, str] | None:
 
 
 def _check_stacks(stacks, levels, ae_config: AEConfig) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(stacks, dtype=np.float32)
+    x = as_numpy(stacks, dtype=np.float32)
     x = x[None] if x.ndim == 3 else x
     if x.ndim != 4 or x.size == 0:
         raise InputError(f"stacks must be (n_images, n_levels, H, W) or one (n_levels, H, W), got {x.shape}")

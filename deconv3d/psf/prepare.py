@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
+from deconv3d._arrays import as_numpy
 from deconv3d._voxel import checked_voxel_size, format_sizes
 from deconv3d.errors import InputError
 
@@ -75,7 +76,7 @@ def validate_psf(psf) -> np.ndarray:
         If the PSF is not 2D/3D, is empty, has NaN/Inf, has negative values
         below ``-1e-6 * max`` or is all zero.
     """
-    psf = np.asarray(psf, dtype=np.float32)
+    psf = as_numpy(psf, dtype=np.float32)
     if psf.ndim not in (2, 3) or psf.size == 0:
         raise InputError(f"PSF must be a non-empty 2D or 3D array, got shape {psf.shape}: check the PSF file")
     if not np.isfinite(psf).all():
@@ -125,7 +126,7 @@ def normalize_psf(psf) -> np.ndarray:
     InputError
         If the sum is not a positive finite number.
     """
-    psf = np.asarray(psf, dtype=np.float32)
+    psf = as_numpy(psf, dtype=np.float32)
     total = float(psf.sum(dtype=np.float64))
     if not (np.isfinite(total) and total > 0):
         raise InputError("PSF sum is not positive: check the PSF file or regenerate it")
@@ -195,7 +196,7 @@ def center_psf(psf) -> np.ndarray:
     numpy.ndarray
         float32, odd-shaped, centred, unit-sum PSF.
     """
-    psf = np.clip(np.asarray(psf, dtype=np.float32), 0, None)
+    psf = np.clip(as_numpy(psf, dtype=np.float32), 0, None)
     psf = np.pad(psf, [(0, 1 - n % 2) for n in psf.shape])
     target = (np.asarray(psf.shape) - 1) / 2.0
     # Measured without hot voxels: one at 2x the bead's peak had been taken for the core, which put
@@ -221,7 +222,7 @@ def fit_psf(psf: np.ndarray, shape) -> np.ndarray:
     float32 (float64 stays float64), summed in float64: a float16 PSF's sum overflowed to Inf and
     came back all zero.
     """
-    psf = np.asarray(psf)
+    psf = as_numpy(psf)
     if all(k <= n for k, n in zip(psf.shape, shape)):
         return psf
     # The PSF's origin (k-1)//2 lands on the crop's origin (m-1)//2, so convolution does not shift.
@@ -254,7 +255,7 @@ def crop_psf(psf, energy=0.999) -> np.ndarray:
     """
     if not (isinstance(energy, numbers.Real) and not isinstance(energy, bool) and 0 < energy <= 1):
         raise InputError(f"PSF crop energy must be a number in (0, 1], got {energy!r}")
-    psf = np.asarray(psf, dtype=np.float32)
+    psf = as_numpy(psf, dtype=np.float32)
     # An even axis gets a zero plane in front: its centre voxel n/2 - 1 becomes (n+1 - 1)//2 = n/2,
     # the same voxel, and odd boxes around it can then hold the whole axis (they missed its last plane).
     psf = np.pad(psf, [(1 - n % 2, 0) for n in psf.shape])
@@ -388,7 +389,7 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     on it; planes are taken at one focus each, so z is interpolated only. The output spans the
     input's physical extent, rounded to whole voxels.
     """
-    psf = np.asarray(psf, dtype=np.float32)
+    psf = as_numpy(psf, dtype=np.float32)
     src, dst = (np.asarray(checked_voxel_size(v if v is not None else (), psf.ndim, what))
                 for v, what in ((psf_voxel, "PSF voxel size"), (image_voxel, "image voxel size")))
     if np.allclose(src, dst, rtol=1e-6, atol=0):
@@ -443,7 +444,7 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     if np.ndim(image_shape) != 1:
         raise InputError(f"image_shape must be the image's shape (a tuple of ints), got an array of shape "
                          f"{np.shape(image_shape)}: pass image.shape")
-    psf = np.asarray(psf)
+    psf = as_numpy(psf)
     if psf.ndim != len(image_shape):
         raise InputError(
             f"PSF is {psf.ndim}D but image is {len(image_shape)}D: "

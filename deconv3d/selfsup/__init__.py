@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from deconv3d._arrays import as_numpy
 from deconv3d.errors import InputError
 from deconv3d.fft import band_limit as fft_band_limit
 from deconv3d.fft import as_array, psf_fingerprint
@@ -240,7 +241,7 @@ def deconvolve(image, psf, *, model=None, config: TrainConfig = TrainConfig(), u
     >>> out.shape, out.dtype
     ((24, 24), dtype('float32'))
     """
-    image = np.asarray(image)
+    image = as_numpy(image)
     if model is None:
         model = train(image, psf, config=config, unet=unet, device=device, callback=train_callback,
                       voxel_size=voxel_size)

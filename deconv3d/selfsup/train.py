@@ -27,6 +27,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from deconv3d._arrays import as_numpy
 from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, build_seeded
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
@@ -85,7 +86,7 @@ def make_forward_model(psf, device="cpu") -> ForwardModel:
 
 def standardize(image) -> tuple[np.ndarray, float, float]:
     """Return ``((image - mean) / std, mean, std)`` in float32 (statistics in float64)."""
-    img = np.asarray(image, dtype=np.float32)
+    img = as_numpy(image, dtype=np.float32)
     mean, std = float(img.mean(dtype=np.float64)), float(img.std(dtype=np.float64))
     if not (math.isfinite(std) and std > 0):
         raise InputError("image is constant (zero standard deviation): there is nothing to deconvolve")
@@ -98,7 +99,7 @@ def build_model(unet: UNetConfig, seed: int = 0, device="cpu") -> ResUNet:
 
 
 def _check_inputs(image, psf, unet, voxel_size):
-    img = np.asarray(image, dtype=np.float32)
+    img = as_numpy(image, dtype=np.float32)
     if img.ndim not in (2, 3) or img.size == 0:
         raise InputError(f"image must be a non-empty 2D or 3D array, got shape {img.shape}")
     if not np.isfinite(img).all():
