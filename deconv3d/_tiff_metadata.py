@@ -126,7 +126,13 @@ def _imagej_voxel_size(tif: tifffile.TiffFile, page) -> list:
         # It leaves spacing out when it is 1 (its default voxel depth), so a calibrated ImageJ
         # stack without it has a z step of 1 in its unit, as Fiji shows it.
         units = (ij.get("zunit", unit), ij.get("yunit", unit), unit)
-        steps = (float(ij.get("spacing", 1.0)),) + tuple(r[1] / r[0] if r[0] else None
+        # Micro-Manager writes the resolution tags per centimetre under an ImageJ unit of "um";
+        # ImageJ then reads them as centimetres (x 1e4 into µm, its FileOpener), as here: taken as
+        # µm they were 1e4 times too small (0.1 µm pixels read as 1e-5 µm)
+        resunit = page.tags.get("ResolutionUnit")
+        per_cm = resunit is not None and resunit.value == tifffile.RESUNIT.CENTIMETER and unit == "um"
+        lateral = 1e4 if per_cm else 1.0
+        steps = (float(ij.get("spacing", 1.0)),) + tuple(lateral * r[1] / r[0] if r[0] else None
                                                           for r in (yres.value, xres.value))
         return [None if step is None else _size_in_um(step, u) for step, u in zip(steps, units)]
     resunit = page.tags.get("ResolutionUnit")

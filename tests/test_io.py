@@ -250,6 +250,25 @@ def test_write_tiff_refuses_what_read_image_would_refuse(tmp_path):
     assert path.read_bytes() == kept and sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "v.zarr"]
 
 
+def test_micro_manager_resolution_per_centimetre_under_an_imagej_um_unit(tmp_path, rng):
+    """Found by the review of input files: Micro-Manager writes its resolution tags per centimetre
+    (ResolutionUnit 3) under an ImageJ description saying unit=um; ImageJ reads the tags as cm
+    (x 1e4 into µm), and deconv3d read 0.1 µm pixels as 1e-5 µm, so a generated PSF was 1e4 times
+    too wide in pixels. The z spacing is the description's own, in µm."""
+    from deconv3d.omezarr import open_lazy
+
+    data = (rng.random((4, 8, 8)) * 1000).astype(np.uint16)
+    path = tmp_path / "mm.tif"
+    tifffile.imwrite(path, data, imagej=True, resolution=(1e5, 1e5), resolutionunit="CENTIMETER",
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 0.3})
+    assert read_image(path).voxel_size == pytest.approx((0.3, 0.1, 0.1))
+    assert open_lazy(path).voxel_size == pytest.approx((0.3, 0.1, 0.1))
+    other = tmp_path / "cm.tif"  # a unit of cm in the description too: the tags are cm, as before
+    tifffile.imwrite(other, data, imagej=True, resolution=(1e5, 1e5), resolutionunit="CENTIMETER",
+                     metadata={"axes": "ZYX", "unit": "cm", "spacing": 3e-5})
+    assert read_image(other).voxel_size == pytest.approx((0.3, 0.1, 0.1))
+
+
 def test_imagej_stack_without_spacing_has_fijis_depth_of_one(tmp_path, rng):
     """ImageJ does not write ``spacing`` when the z step is 1 (its default): Fiji shows 1 µm."""
     path = tmp_path / "fiji.tif"
