@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 import threading
 from dataclasses import dataclass, replace
@@ -93,6 +94,9 @@ def read_image(path) -> Image:
     >>> img.data.shape, img.voxel_size  # doctest: +SKIP
     ((64, 256, 256), (0.2, 0.065, 0.065))
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"read_image takes a file's path, got {type(path).__name__}: an array in memory needs no "
+                         "reading")
     path = Path(path)
     if path.is_dir():
         kind = "an OME-Zarr folder" if path.suffix.lower() == ".zarr" else "a folder"

@@ -244,8 +244,15 @@ def test_fft_convolve_refuses_what_rl_refuses(image, psf):
 
 def test_small_validation_gaps(image, psf):
     from deconv3d.classical import choose_iterations
+    from deconv3d.io import read_image
+    from deconv3d.latent import deblur, synthetic_focal_stacks
     from deconv3d.metrics import psnr
     from deconv3d.psf import generate_psf, prepare_psf
+    from deconv3d.selfsup.predict import predict_tiled
+
+    class Identity:
+        divisor = 1
+        encode = decode = staticmethod(lambda x: x)
 
     cases = [
         (lambda: choose_iterations(image, psf, 3, seed="a", device="cpu"), "seed must be a whole number"),
@@ -257,6 +264,14 @@ def test_small_validation_gaps(image, psf):
         (lambda: psnr(image, image + 0.1, data_range=-1), "data_range must be a positive number"),
         (lambda: psnr(image, image + 0.1, data_range=True), "data_range must be a positive number"),
         (lambda: psnr(np.where(image > 0.5, np.nan, image), image), "reference has NaN or Inf"),
+        # API review: TypeError, IndexError, or a value that read as valid
+        (lambda: choose_iterations(image, psf, 3, holdout="0.1", device="cpu"), r"got '0\.1'"),
+        (lambda: choose_iterations(image, psf, 3, patience=True, device="cpu"), "patience must be a positive"),
+        (lambda: read_image(image), "read_image takes a file's path, got ndarray"),
+        (lambda: deblur(Identity(), image[0], image[1], None), "alpha must be a number between 0 and 1"),
+        (lambda: synthetic_focal_stacks(1, 16), r"shape must be the plane's \(height, width\), got 16"),
+        (lambda: predict_tiled(torch.nn.Identity(), image, mean=0.0, std=1.0, divisor=1, context=2.5, device="cpu"),
+         "context must be a non-negative whole number of voxels, got 2.5"),
     ]
     for call, words in cases:
         with pytest.raises(InputError, match=words):

@@ -33,8 +33,8 @@ class IterationChoice:
 
 def holdout_mask(shape: Sequence[int], fraction: float, seed: int = 0) -> torch.Tensor:
     """The voxels :func:`choose_iterations` holds out: a seeded uniform random subset (bool, CPU)."""
-    if not (isinstance(fraction, numbers.Real) and 0 < fraction <= 0.5):
-        raise InputError(f"holdout fraction must be in (0, 0.5], got {fraction}: try 0.05")
+    if not (isinstance(fraction, numbers.Real) and not isinstance(fraction, bool) and 0 < fraction <= 0.5):
+        raise InputError(f"holdout fraction must be a number in (0, 0.5], got {fraction!r}: try 0.05")
     generator = torch.Generator().manual_seed(int(seed))
     return torch.rand(tuple(shape), generator=generator) < float(fraction)
 
@@ -141,8 +141,8 @@ def choose_iterations(
     max_iterations = _check_options(max_iterations, boundary, tv_weight, None, y.ndim, voxel_size)
     if max_iterations < 1:
         raise InputError(f"max_iterations must be at least 1, got {max_iterations}")
-    if not (isinstance(patience, numbers.Integral) and patience >= 1):
-        raise InputError(f"patience must be a positive integer, got {patience}")
+    if not (isinstance(patience, numbers.Integral) and not isinstance(patience, bool) and patience >= 1):
+        raise InputError(f"patience must be a positive integer, got {patience!r}")
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise InputError(f"seed must be a whole number, got {seed!r}")
     if callback is not None and not callable(callback):

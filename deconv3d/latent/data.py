@@ -246,6 +246,8 @@ def synthetic_focal_stacks(n_images: int = 8, shape=(64, 64), levels=PAPER_LEVEL
     """
     if int(n_images) < 1:
         raise InputError(f"n_images must be a positive integer, got {n_images}")
+    if np.ndim(shape) != 1 or len(shape) != 2:
+        raise InputError(f"shape must be the plane's (height, width), got {shape!r}")
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, 2**63 - 1, size=int(n_images))
     sharp = np.stack([synthetic.phantom(tuple(shape), seed=int(s)) for s in seeds])

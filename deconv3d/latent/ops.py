@@ -38,6 +38,7 @@ References
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Optional, Sequence
 
@@ -339,6 +340,8 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: Optio
     """
     model, residual = _network_and_form(model, residual)
     far, plane = _pair(far, plane, ("far plane", "plane to deblur"))
+    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
+        raise InputError(f"alpha must be a number between 0 and 1 (the weight of the far plane), got {alpha!r}")
     alpha = float(alpha)
     if not 0 < alpha < 1:
         raise InputError(f"alpha must lie strictly between 0 and 1 (the weight of the far plane), got {alpha}: "

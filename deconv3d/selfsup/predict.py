@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -238,8 +239,8 @@ def _check_options(mean, std, divisor, batch_size, context) -> None:
         raise InputError(f"normalisation needs a finite mean and a positive std, got mean={mean}, std={std}: use the values stored with the model")
     if int(divisor) < 1 or int(batch_size) < 1:
         raise InputError(f"divisor and batch_size must be positive integers, got {divisor} and {batch_size}")
-    if int(context) < 0:
-        raise InputError(f"context must be a non-negative number of voxels, got {context}")
+    if not (isinstance(context, numbers.Integral) and not isinstance(context, bool) and context >= 0):
+        raise InputError(f"context must be a non-negative whole number of voxels, got {context!r}")
 
 
 def _per_axis(value, ndim: int, name: str) -> tuple[int, ...]:
