@@ -32,7 +32,22 @@ class IterationChoice:
 
 
 def holdout_mask(shape: Sequence[int], fraction: float, seed: int = 0) -> torch.Tensor:
-    """The voxels :func:`choose_iterations` holds out: a seeded uniform random subset (bool, CPU)."""
+    """The voxels :func:`choose_iterations` holds out: a seeded uniform random subset.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The image's shape.
+    fraction : float
+        Expected share of the voxels held out, in (0, 0.5].
+    seed : int, optional
+        Seeds a CPU ``torch.Generator``: a given seed and shape give the same mask.
+
+    Returns
+    -------
+    torch.Tensor
+        Boolean mask of ``shape`` on the CPU, True where a voxel is held out.
+    """
     if not (isinstance(fraction, numbers.Real) and not isinstance(fraction, bool) and 0 < fraction <= 0.5):
         raise InputError(f"holdout fraction must be a number in (0, 0.5], got {fraction!r}: try 0.05")
     generator = torch.Generator().manual_seed(int(seed))

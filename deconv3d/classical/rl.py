@@ -200,6 +200,17 @@ def rl_alpha_schedule(image, psf, iterations: int = 20, *, boundary: str = "bert
     Pass the list as ``accelerate=`` to :func:`richardson_lucy` to replay the same steps on
     other images, e.g. on every block of a large volume after measuring them on a
     representative crop (:mod:`deconv3d.pipeline`).
+
+    Parameters
+    ----------
+    image, psf, iterations, boundary, tv_weight, voxel_size, device, dtype, tv_scale
+        As for :func:`richardson_lucy` (with ``accelerate=True``).
+
+    Returns
+    -------
+    list of float
+        ``iterations`` steps in [0, 1); the first two are 0 (Biggs & Andrews extrapolate from
+        the third iteration on). Replayed on ``image``, they give the adaptive run's result.
     """
     return _schedule_and_estimate(image, psf, iterations, boundary=boundary, tv_weight=tv_weight,
                                   voxel_size=voxel_size, device=device, dtype=dtype, tv_scale=tv_scale)[0]

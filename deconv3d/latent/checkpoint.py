@@ -154,7 +154,18 @@ def _build(path, data: dict, device) -> Autoencoder:
 
 
 def load_checkpoint(path, device="cpu") -> TrainedAutoencoder:
-    """Load a checkpoint written by :func:`save_checkpoint`; the network is in eval mode on ``device``.
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`save_checkpoint` (``deconv3d blur train``).
+    device : {"cpu", "cuda", "auto"} or torch.device, optional
+        Where the network is put, in eval mode.
+
+    Returns
+    -------
+    TrainedAutoencoder
 
     Raises
     ------

@@ -121,6 +121,16 @@ def _warn_of_an_offset(psf: np.ndarray) -> None:
 def normalize_psf(psf) -> np.ndarray:
     """Return ``psf / psf.sum()`` as float32.
 
+    Parameters
+    ----------
+    psf : array_like
+        The PSF, any shape (a tensor is taken too); summed in float64.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of unit sum.
+
     Raises
     ------
     InputError
@@ -218,9 +228,21 @@ def fit_psf(psf: np.ndarray, shape) -> np.ndarray:
     """Centre-crop a PSF to at most ``shape`` (renormalised to unit sum); unchanged when it fits.
 
     For blocks or images smaller than the PSF along some axis (a chunk at a volume's
-    corner, a thin stack given to a trained model), where an unchanged PSF is refused. A crop is
-    float32 (float64 stays float64), summed in float64: a float16 PSF's sum overflowed to Inf and
-    came back all zero.
+    corner, a thin stack given to a trained model), where an unchanged PSF is refused.
+
+    Parameters
+    ----------
+    psf : array_like
+        2D or 3D PSF; its origin ``(k - 1) // 2`` per axis lands on the crop's, so
+        convolution with the crop does not shift.
+    shape : sequence of int
+        The most voxels per axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``psf`` itself (no copy) when it fits; else the crop, float32 (float64 stays float64),
+        summed in float64 (a float16 PSF's sum had overflowed and come back all zero).
     """
     psf = as_numpy(psf)
     if all(k <= n for k, n in zip(psf.shape, shape)):

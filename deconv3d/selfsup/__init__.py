@@ -33,47 +33,75 @@ BAND_LIMIT = 0.0  # default eps of the output's band limit: off (see apply_model
 def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=None, context: int | None = None,
                 band_limit: float | None = BAND_LIMIT, callback: Callable[[int, int], Optional[bool]] | None = None,
                 region=None, phase=None, amp: bool = True, tv_scale: float | None = None) -> np.ndarray:
-    """Deconvolve ``image`` with a trained network (a :class:`TrainedModel` or ``TrainResult``).
+    """Deconvolve ``image`` with a trained network.
 
     The whole volume is processed in overlapping, linearly blended tiles
-    (:func:`deconv3d.selfsup.predict.predict_tiled`) with the PSF half-size of context
-    on every side, mirrored at the volume border as in training. ``tta`` averages the
-    8 rotations/flips of the xy plane. A residual network (``TrainConfig.residual``) adds its
+    (:func:`deconv3d.selfsup.predict.predict_tiled`) with context on every side, mirrored at
+    the volume border as in training. A residual network (``TrainConfig.residual``) adds its
     correction to Richardson-Lucy of ``image`` run as in training (``trained.reference``).
-    Returns a non-negative float32 array.
 
-    ``context`` (voxels around each tile) defaults to :func:`default_context`: tiled and
-    whole-volume results of a trained network then agree to about 1e-3 of the output range.
+    Parameters
+    ----------
+    trained : TrainedModel or TrainResult
+        :func:`train`'s result, or a checkpoint loaded with :func:`load_checkpoint`.
+    image : array_like
+        2D or 3D image of the network's dimensionality, finite; a tensor is taken too.
+    device : {"auto", "cpu", "cuda"} or torch.device, optional
+    tta : bool, optional
+        Average the 8 rotations and flips of the xy plane (8x the time).
+    tile_shape : int or sequence of int, optional
+        Tile size per axis; default :func:`~deconv3d.selfsup.predict.default_tile_shape`: the
+        whole image if it is within a voxel budget, else cubic-ish tiles that are.
+    context : int, optional
+        Voxels around each tile; default :func:`default_context`, with which tiled and
+        whole-volume results of a trained network agree to about 1e-3 of the output range.
+    band_limit : float, optional
+        ``eps`` of the output's band limit (``None`` or 0, the default: off); see Notes.
+    callback : callable, optional
+        ``callback(done, total)`` after every tile; returning ``True`` cancels, which raises
+        :class:`Cancelled` (nothing is returned).
+    region, phase : optional
+        :func:`~deconv3d.selfsup.predict.predict_tiled`'s: the network predicts only ``region``
+        (a block's core; the rest is context, and outside it the output holds no prediction),
+        on the pooling grid ``phase``.
+    amp : bool, optional
+        Mixed precision (default on, as the command line's ``--amp``): bfloat16 on a CPU with
+        AMX (2-3.4x faster on bench_selfsup's volumes, the PSNR unchanged to 0.001 dB, the
+        output within 7e-3 of the float32 one's peak), float16 on CUDA, float32 elsewhere.
+    tv_scale : float, optional
+        Intensity scale of the TV term of the Richardson-Lucy reference a residual network
+        corrects (:func:`~deconv3d.classical.richardson_lucy`'s; default the image's own): a
+        block of a larger volume passes the volume's.
 
-    ``callback(done, total)`` after every tile; returning ``True`` cancels, which raises
-    :class:`Cancelled` (nothing is returned).
+    Returns
+    -------
+    numpy.ndarray
+        Non-negative float32 array of the image's shape.
 
-    ``amp`` (default on, whatever precision the network was trained in, as the command line's
-    ``--amp``) runs the network in mixed precision, as :func:`~deconv3d.selfsup.predict.predict_tiled`
-    says: bfloat16 on a CPU with AMX (2-3.4x faster on bench_selfsup's volumes, the PSNR unchanged
-    to 0.001 dB, the output within 7e-3 of the float32 one's peak), float16 on CUDA.
+    Raises
+    ------
+    InputError
+        For something that is not a trained network (a checkpoint's path: load it first), an
+        image of another dimensionality or with NaN/Inf values, or an invalid option.
 
-    A whole image (no ``region``) whose intensities are far from the training image's is warned
-    about (:func:`warn_of_another_scale`).
+    Warns
+    -----
+    RuntimeWarning
+        For a whole image whose intensities are far from the training image's
+        (:func:`warn_of_another_scale`): the output keeps the training image's scale.
 
-    ``tv_scale`` is the intensity scale of the TV term of the Richardson-Lucy reference a residual
-    network corrects (:func:`~deconv3d.classical.richardson_lucy`'s; default the image's own): a
-    block of a larger volume passes the volume's.
-
-    ``region`` and ``phase`` are :func:`~deconv3d.selfsup.predict.predict_tiled`'s: the network
-    predicts only ``region`` (a block's core; the rest is context, and outside it the output holds
-    no prediction), on the pooling grid ``phase``.
-
-    ``band_limit`` (``eps``; ``None`` or 0, the default, turns it off) scales the output's
-    spectrum by ``(1 + eps) |H|^2 / (|H|^2 + eps)`` (:func:`deconv3d.fft.band_limit`). The training
-    losses compare the data with ``H f`` only, so what the network puts where the OTF
-    vanishes is constrained only by non-negativity and the network itself. On noisy data
-    some of it is texture no measurement supports; on sparse objects at low noise it is
-    mostly real detail that positivity recovers beyond the passband. On
-    ``benchmarks/bench_selfsup.py`` eps = 0.01 gained 0.01-0.17 dB at noise sigma 0.1 but
-    cost 0.25-3.6 dB at sigma 0.01 (microtubules and bars lost 2.8-3.6), and no eps from
-    1e-3 to 1e-2 avoided that loss (2.3-3.6 dB), so it is off unless asked for: try 0.01 on stacks
-    dominated by noise.
+    Notes
+    -----
+    The band limit scales the output's spectrum by ``(1 + eps) |H|^2 / (|H|^2 + eps)``
+    (:func:`deconv3d.fft.band_limit`). The training losses compare the data with ``H f`` only,
+    so what the network puts where the OTF vanishes is constrained only by non-negativity and
+    the network itself. On noisy data some of it is texture no measurement supports; on
+    sparse objects at low noise it is mostly real detail that positivity recovers beyond the
+    passband. On ``benchmarks/bench_selfsup.py`` eps = 0.01 gained 0.01-0.17 dB at noise sigma
+    0.1 but cost 0.25-3.6 dB at sigma 0.01 (microtubules and bars lost 2.8-3.6), and no eps
+    from 1e-3 to 1e-2 avoided that loss (2.3-3.6 dB), so it is off unless asked for: try 0.01
+    on stacks dominated by noise. See Papkov, Palo & Parts (2023) for the network and its
+    training.
     """
     if not isinstance(trained, TrainedModel):
         if not isinstance(trained, TrainResult):

@@ -130,10 +130,25 @@ def _payload(trained: TrainedModel) -> dict:
 
 
 def save_checkpoint(trained, path) -> None:
-    """Write ``trained`` (a :class:`TrainedModel` or a ``TrainResult``) to ``path`` atomically.
+    """Write ``trained`` to ``path`` atomically.
 
     The file appears complete or not at all: it is written under a temporary name in the
     same folder and renamed.
+
+    Parameters
+    ----------
+    trained : TrainedModel or TrainResult
+        The network with what applying it needs: its configs, the PSF, the standardisation,
+        the voxel size and, for a residual network, its Richardson-Lucy reference.
+    path : str or os.PathLike
+        The checkpoint file to write (``.ckpt`` by convention); an existing one is replaced.
+
+    Raises
+    ------
+    InputError
+        For a training that diverged (nothing to save) or a missing output folder.
+    OSError
+        Where the file cannot be written (a full disk, no permission), naming it.
     """
     if getattr(trained, "reason", None) == "non-finite loss":
         raise InputError("training diverged (non-finite loss), so there is no model to save: lower the learning "
@@ -151,7 +166,26 @@ def _read(path) -> dict:
 
 
 def load_checkpoint(path, device="cpu") -> TrainedModel:
-    """Load a checkpoint written by :func:`save_checkpoint`; the network is in eval mode on ``device``."""
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`save_checkpoint` (``deconv3d train``); read with
+        ``torch.load(weights_only=True)``, so a crafted file cannot run code.
+    device : {"cpu", "cuda", "auto"} or torch.device, optional
+        Where the network is put, in eval mode.
+
+    Returns
+    -------
+    TrainedModel
+
+    Raises
+    ------
+    InputError
+        For a missing file, one that is not a deconv3d network checkpoint or is damaged, or a
+        device that is not there.
+    """
     device = resolve_device(device)  # a missing GPU is not a damaged file
     data = _read(path)
     try:
