@@ -215,8 +215,11 @@ def _refuse_untrainable(lazy, memory_limit) -> list:
     return lead
 
 
-#: Bytes of the input that :func:`check_has_positive` reads at a time.
-SCAN_SLAB_BYTES = 64 * 2**20
+#: Bytes of the input that :func:`check_has_positive` reads at a time. It runs before the memory
+#: limit is checked against the blocks: at 64 MiB its two slabs, their source-dtype copies and
+#: masks took about 210 MB, and a run under --memory-limit 256MB peaked at 474 MB before being
+#: told the limit was too small (memory review). 16 MiB stays within the resident allowance.
+SCAN_SLAB_BYTES = 16 * 2**20
 
 
 def check_has_positive(data, name: str, method: str, warnings: list | None = None) -> None:
