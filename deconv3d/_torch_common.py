@@ -220,8 +220,6 @@ def build_seeded(factory, seed: int) -> torch.nn.Module:
     nothing, then given real memory and initialised: convolutions and linear layers as their
     ``reset_parameters`` do, norm layers by theirs (no draws), other buffers at zero.
     """
-    import math
-
     nn = torch.nn
     model = empty_network(factory)
     generator = torch.Generator().manual_seed(int(seed))

@@ -357,6 +357,9 @@ def test_distill_psf_recovers_known_psf():
     assert psf.shape == size and psf.min() >= 0
     assert psf.sum() == pytest.approx(1.0, abs=1e-5)
     assert np.corrcoef(psf.ravel(), truth.ravel())[0, 1] > 0.98
+    import torch  # a tensor that requires grad is taken as its values (diff review)
+
+    np.testing.assert_array_equal(distill_psf(torch.tensor(beads, requires_grad=True), size=size), psf)
     default = distill_psf(beads)  # box size estimated from the brightest bead
     assert all(n % 2 == 1 for n in default.shape)
     np.testing.assert_allclose(centroid(default), [(n - 1) / 2 for n in default.shape], atol=0.2)

@@ -136,12 +136,13 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     block_fn : callable or sequence of callables
         ``block -> block`` on float32 spatial blocks (same shape out). A sequence gives one
         callable per channel (e.g. one PSF per emission wavelength). A callable with a
-        ``halo()`` method supplies the default halo; one with ``prepare(data, box)`` is
+        ``halo()`` method supplies the default halo; one with ``prepare(data, block_shape)`` is
         replaced by what that returns before a run of more than one block (RL's acceleration
-        schedule, measured on ``data[box]``, ``box`` a tuple of slices). One with
-        ``prepare_with_output(data, box)`` returning ``(callable, output)`` has that called instead:
-        ``output``, unless None, is its result on the box, and the blocks the box covers are
-        written from it rather than run.
+        schedule, measured on a centred box of that shape). One with
+        ``prepare_with_output(data, box)`` (``box`` a tuple of slices, placed to hold whole
+        blocks) returning ``(callable, output)`` has that called instead: ``output``, unless
+        None, is its result on ``data[box]``, and the blocks the box holds are written from it
+        rather than run.
     output : str or os.PathLike
         The ``.zarr`` directory to create; written under a temporary name, renamed when complete.
     chunks, halo : sequence of int, optional
@@ -305,8 +306,8 @@ def _prepare(fn, view, plan: _Plan, target_path, index):
                       _sample_shape(plan.shape, plan.chunks, plan.halo, plan.model, plan.memory_limit))
     if hasattr(fn, "prepare_with_output"):
         fn, output = fn.prepare_with_output(view, box)
-    else:
-        fn, output = fn.prepare(view, box), None
+    else:  # the hook's contract: the box's shape (a callable centres it)
+        fn, output = fn.prepare(view, tuple(b.stop - b.start for b in box)), None
     covered = box_blocks(plan.shape, sizes, plan.depth, box) if output is not None else []
     write_box_blocks(output, box, covered, target_path, index)
     del output

@@ -259,7 +259,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
                 elif (other := _owned_by_another(owners, output, path)) is not None:
                     row.update(status="failed", reason=f"{output.name} holds the result of {other}, another file of "
                                "this name: write the results of this folder to another output folder")
-                elif _in_the_way(output) and output.name.casefold() not in owners:
+                elif _in_the_way(output) and not _batch_output(owners, output):
                     row.update(status="failed", reason=f"{output.name} is already in {output_dir} and no batch into "
                                "this folder wrote it: move it away, or write to another output folder")
                 else:
@@ -281,6 +281,14 @@ def _output_owners(record_dir: Path) -> dict[str, Optional[str]]:
             given = record.get("input")
             owners[record["output"].casefold()] = given if isinstance(given, str) and os.path.isabs(given) else None
     return owners
+
+
+def _batch_output(owners: dict, output: Path) -> bool:
+    """Whether a record names ``output`` in any output format: a record names the last format its
+    input was written in, and a switch to --output-format tif and back left the zarr output no
+    record named (every file then failed, diff review)."""
+    stem = output.name[:-len(output.suffix)] if output.suffix else output.name
+    return any(f"{stem}.{f}".casefold() in owners for f in OUTPUT_FORMATS)
 
 
 def _in_the_way(output: Path) -> bool:

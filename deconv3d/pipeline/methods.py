@@ -271,7 +271,7 @@ class NetworkBlock:
                                       device=self.device).clamp_min_(0).cpu().numpy()
         return _finite(out, block)
 
-    def prepare(self, data, box) -> "NetworkBlock":
+    def prepare(self, data, block_shape) -> "NetworkBlock":
         """The hook :func:`deconv3d.pipeline.run_chunked` calls before a run of several blocks: a
         residual network's RL-TV reference gets the volume's intensity scale (:func:`volume_peak`)
         on every block, as a whole-volume run has it (with each block's own, blocks of a dim

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
+from deconv3d._arrays import as_numpy
 from deconv3d.errors import InputError
 from deconv3d.psf.prepare import _centroid, _positive_ints, normalize_psf
 
@@ -266,7 +267,7 @@ def _face_background(box: np.ndarray) -> float:
 
 
 def _check_beads(beads) -> np.ndarray:
-    beads = np.asarray(beads, dtype=np.float32)
+    beads = as_numpy(beads, dtype=np.float32)
     if beads.ndim not in (2, 3) or beads.size == 0:
         raise InputError(f"bead image must be 2D or 3D, got shape {beads.shape}: check the file")
     if not np.isfinite(beads).all():

@@ -258,6 +258,11 @@ def test_a_batch_replaces_only_the_outputs_it_wrote(one_image, capsys):
     record = out / ".deconv3d-batch" / "img0.tif.json"
     record.write_text(json.dumps({**json.loads(record.read_text()), "settings": None}))  # killed mid-file
     assert run_one(d, out, capsys, "--iterations", 3)[0] == "done"
+    # A run in the other output format and back: the record names the TIFF, the zarr is still the
+    # batch's (every file failed after such a switch, diff review).
+    tif = ["batch", d / "in", "-o", out, "--psf", d / "psf.tif", "--iterations", 2, "--output-format", "tif"]
+    assert main([str(a) for a in tif]) == 0
+    assert run_one(d, out, capsys, "--iterations", 2)[0] == "done"
 
 
 def test_an_input_of_another_suffix_does_not_replace_a_result(one_image, capsys):

@@ -301,12 +301,13 @@ def test_singleton_time_and_channel_axes_can_go_to_tiff(files, capsys):
 
 
 def test_one_block_runs_accelerated_rl_once_with_its_own_steps(tmp_path, monkeypatch):
-    import deconv3d.classical as classical
+    import deconv3d.classical.rl as rl
     from deconv3d.classical import richardson_lucy
 
     psf = gaussian_psf()
     image = blurred_beads((12, 24, 24), psf)
-    monkeypatch.setattr(classical, "rl_alpha_schedule", lambda *a, **k: pytest.fail("one block needs no schedule"))
+    # (what measuring the steps runs: RichardsonLucyBlock.prepare_with_output calls it)
+    monkeypatch.setattr(rl, "_schedule_and_estimate", lambda *a, **k: pytest.fail("one block needs no schedule"))
     run_chunked(image, RichardsonLucyBlock(psf, 6, accelerate=True), tmp_path / "one.zarr")
     whole = richardson_lucy(image, psf, 6, accelerate=True, device="cpu")
     np.testing.assert_array_equal(read_ome_zarr(tmp_path / "one.zarr")[0], whole)

@@ -128,6 +128,33 @@ def test_blocks_inside_the_measuring_box_are_written_from_its_run(tmp_path, psf3
     assert psnr(richardson_lucy(volume, psf3d, 10, accelerate=steps, device="cpu"), out) >= 50
 
 
+def test_a_prepare_hook_of_ones_own_still_gets_the_boxs_shape(tmp_path, volume, psf3d, monkeypatch):
+    """run_chunked's documented hook is prepare(data, block_shape); the measuring-box change had
+    passed it slices, and a block callable written to the contract failed (diff review)."""
+    from deconv3d.pipeline import MemoryModel
+    from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE
+
+    monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: 0)
+    seen = []
+
+    class Scaled:
+        def halo(self):
+            return (2, 2, 2)
+
+        def prepare(self, data, block_shape):
+            seen.append(tuple(block_shape))
+            assert all(isinstance(n, int) for n in block_shape)
+            return self
+
+        def __call__(self, block):
+            return block * 2
+
+    model = MemoryModel("rl", psf3d.shape)
+    run_chunked(volume, Scaled(), tmp_path / "s.zarr", chunks=(12, 16, 16), model=model,
+                memory_limit=RESIDENT_ALLOWANCE + model.block_bytes((24, 40, 40)))
+    assert len(seen) == 1 and all(b <= n for b, n in zip(seen[0], volume.shape))
+
+
 def test_aligned_box_holds_the_most_blocks_nearest_the_centre():
     from deconv3d.pipeline.chunked import aligned_box, box_blocks
 
