@@ -115,3 +115,21 @@ def test_bad_options_are_one_line_input_errors(kwargs, words):
     with pytest.raises(InputError, match=words) as info:
         choose_iterations(np.ones((16, 16), np.float32), psf, **{"device": "cpu", **kwargs})
     assert "\n" not in str(info.value)
+
+
+def test_an_image_too_small_to_hold_out_enough_voxels_is_refused():
+    """Review of choose_iterations: a 3 x 3 image held out no voxel and "chose" 1 iteration at a
+    risk of 0 (the command line printed it, exit 0); 4 x 4 and 5 x 5 held out one."""
+    import numpy as np
+    import pytest
+
+    from deconv3d.classical import choose_iterations
+    from deconv3d.errors import InputError
+
+    psf = np.ones((3, 3), np.float32) / 9
+    small = np.random.default_rng(0).poisson(50, (3, 3)).astype(np.float32)
+    with pytest.raises(InputError, match=r"^only 0 of the image's 9 voxels are held out .* \(at least 20\): give the "
+                                         r"count yourself"):
+        choose_iterations(small, psf, 5, device="cpu")
+    enough = np.random.default_rng(0).poisson(50, (24, 24)).astype(np.float32)  # ~29 held out
+    assert choose_iterations(enough, psf, 3, device="cpu").iterations >= 1

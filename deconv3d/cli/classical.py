@@ -318,7 +318,8 @@ def _choose_iterations(image, psf, params: dict, voxel, device) -> dict:
                                    tv_weight=params["tv_weight"], voxel_size=voxel, device=device, callback=callback)
     if choice.stopped == "max_iterations" and choice.iterations == AUTO_MAX_ITERATIONS:
         print(f"chose {choice.iterations} iterations, the most --iterations auto tries: the held-out error was "
-              "still falling, so more may restore more (give --iterations N to go further)")
+              "still falling, but it is nearly flat there and on noisy data may keep falling past the best "
+              "restoration: compare a few --iterations N before going further")
     else:
         print(f"chose {choice.iterations} iterations (held-out prediction error lowest there, "
               f"{len(choice.risk)} tried)")
