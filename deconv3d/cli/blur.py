@@ -73,10 +73,10 @@ def _train_parser(blur) -> None:
     p.add_argument("--variant", choices=VARIANTS, default="explicit",
                    help="objective: plain autoencoder, + decoded interpolation, + latent match (default explicit)")
     p.add_argument("--dist", choices=DISTANCES, default="mse",
-                   help="latent distance of the explicit loss (default mse)")
+                   help="latent distance of the explicit loss (default mse; explicit variant only)")
     p.add_argument("--latent-weight", type=float, default=0.01, metavar="W",
                    help="weight of the explicit loss's latent term (default 0.01; the paper: 1, with "
-                        "--latent-norm none)")
+                        "--latent-norm none; explicit variant only)")
     p.add_argument("--latent-norm", choices=LATENT_NORMS, default="endpoints",
                    help="'endpoints' (default, beyond the paper): the latent term relative to dist(E(x1), E(x3)), "
                         "so that it cannot fall by shrinking the latents; 'none': the paper's absolute term")
@@ -129,7 +129,8 @@ def _deblur_parser(blur) -> None:
     p.add_argument("far", metavar="FAR.tif", help="the most blurred plane")
     p.add_argument("level", metavar="LEVEL.tif", help="the plane to deblur")
     p.add_argument("--alpha", type=_fraction, required=True, metavar="A",
-                   help="weight of FAR in LEVEL, (b - m) / (b - a) for the levels a of FAR, m of LEVEL, b of focus")
+                   help="weight of FAR in LEVEL, (b - m) / (b - a) for the levels a of FAR, m of LEVEL, b of focus; "
+                        "above 0 and at most 10/11 (an 11-fold extrapolation)")
     p.add_argument("-o", "--output", required=True, help="output plane (.tif)")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
                    help="add back the detail of LEVEL that the autoencoder does not reconstruct "
