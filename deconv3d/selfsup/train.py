@@ -121,6 +121,8 @@ REFERENCE_SHARE = 0.5
 
 
 WARM_TV_WEIGHTS = (0.0, 0.002, 0.01, 0.03, 0.06, 0.1)  # the TV weights TrainConfig(warm_tv="auto") chooses from
+#: The reference's RL count for an image too small for choose_iterations (richardson_lucy's default).
+SMALL_IMAGE_ITERATIONS = 20
 
 
 def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weight: float | str = 0.0,
@@ -134,12 +136,19 @@ def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weigh
     ``deadline`` (a ``time.perf_counter()`` value) ends the search early: the best count and weight
     found by then are used (at least one iteration of the first weight is always measured).
     """
-    from deconv3d.classical import choose_iterations
+    from deconv3d.classical import choose_iterations, holdout_mask
+    from deconv3d.classical.iterations import MIN_HELD_OUT
 
     def late(*_) -> bool:
         return deadline is not None and time.perf_counter() >= deadline
 
     weights = WARM_TV_WEIGHTS if tv_weight == "auto" else (float(tv_weight),)
+    if int(holdout_mask(np.shape(image), 0.05).sum()) < MIN_HELD_OUT:  # (choose_iterations' defaults: it refuses)
+        reference = Reference(SMALL_IMAGE_ITERATIONS, weights[0])
+        warnings.warn(f"the training image ({np.size(image)} voxels) is too small to choose the Richardson-Lucy "
+                      f"reference's iteration count by held-out voxels: it runs {SMALL_IMAGE_ITERATIONS}",
+                      RuntimeWarning, stacklevel=2)
+        return reference.estimate(image, psf, device, extended), reference
     choices = []
     for w in weights:
         if choices and late():
