@@ -112,6 +112,8 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     trained.check_compatible(image.ndim)
     if not np.isfinite(image).all():  # one would spread over the network's whole receptive field
         raise InputError("image contains NaN or Inf values: clean the data (e.g. replace them by 0) first")
+    if not (image > 0).any():  # no light at all: nothing to restore, as Richardson-Lucy returns (it gave 0.2-0.3)
+        return np.zeros(image.shape, np.float32)
     if region is None:  # a whole image (a chunked run's blocks pass their region)
         warn_of_another_scale(trained, image)
     if context is None:
@@ -159,9 +161,14 @@ def scale_mismatch(trained, mean: float, std: float, subject: str = "the image's
     pairs = [(std, float(trained.std))] + ([(mean, float(trained.mean))] if trained.mean > 0 else [])
     if all(b / SCALE_TOLERANCE <= a <= b * SCALE_TOLERANCE for a, b in pairs):
         return None
+    if getattr(trained, "reference", None) is not None:  # residual: RL's estimate carries this image's scale
+        effect = ("the correction it adds to the Richardson-Lucy estimate keeps the training image's scale, too "
+                  "weak or too strong here")
+    else:  # (a residual network's output was said to keep the training scale too: it is within 1 % of the input's)
+        effect = "its output keeps the training image's scale"
     return (f"{subject} (mean {mean:.3g}, SD {std:.3g}) are far from those the network was trained on (mean "
-            f"{float(trained.mean):.3g}, SD {float(trained.std):.3g}), and its output keeps the training image's "
-            "scale: rescale the image to that range, or train on this one (--train-steps)")
+            f"{float(trained.mean):.3g}, SD {float(trained.std):.3g}), and {effect}: rescale the image to that "
+            "range, or train on this one (--train-steps)")
 
 
 def default_context(trained) -> int:

@@ -383,3 +383,41 @@ def test_the_recorded_anchor_is_the_weight_training_used(data, capsys):
     assert code == 0, err
     params = parameters(out)
     assert params["anchor"] == 0.5 and params["warm_start"] == 0
+
+
+def test_the_scale_warning_says_what_a_residual_network_keeps():
+    """Review of the network commands: the warning said the output keeps the training image's
+    scale, but a residual network's output is RL's estimate of this image plus its correction (the
+    output's mean was within 1 % of the input's); it is the correction that keeps that scale."""
+    from types import SimpleNamespace
+
+    from deconv3d.selfsup import scale_mismatch
+
+    plain = SimpleNamespace(mean=10.0, std=2.0, reference=None)
+    residual = SimpleNamespace(mean=10.0, std=2.0, reference=object())
+    assert scale_mismatch(plain, 11.0, 2.5) is None and scale_mismatch(residual, 11.0, 2.5) is None
+    assert "its output keeps the training image's scale" in scale_mismatch(plain, 1e4, 2e3)
+    said = scale_mismatch(residual, 1e4, 2e3)
+    assert "the correction it adds to the Richardson-Lucy estimate keeps" in said and "its output" not in said
+
+
+def test_an_image_without_light_comes_back_dark(data, capsys):
+    """Review of the network commands: an all-zero image came back at 0.2-0.3 (RL returns zeros).
+    The network's last bias is raised here, so that it would add light where there is none."""
+    import warnings
+
+    import torch
+
+    from deconv3d.selfsup import apply_model, load_checkpoint
+
+    model = data / "m.ckpt"
+    assert run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1] + TINY,
+               capsys)[0] == 0
+    trained = load_checkpoint(model)
+    with torch.no_grad():
+        trained.model.head[-1].bias += 5.0
+    dark = np.zeros((12, 24, 24), np.float32)
+    with warnings.catch_warnings():  # (a flat image of 1 is far from the training image's scale: said)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert apply_model(trained, dark + 1.0, device="cpu", amp=False).min() > 0  # (it would)
+    assert not apply_model(trained, dark, device="cpu", amp=False).any()
