@@ -753,3 +753,20 @@ print("ok")
     except subprocess.TimeoutExpired:
         pytest.fail("two threads generating PSFs at once hung the process")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_psf_narrower_than_a_voxel_is_centred_not_despiked_to_nothing():
+    """Found by the review of the network commands: a 3x3x3 PSF resampled to voxels twice as large is
+    one bright voxel, which the hot-voxel filter lowered to nothing, and center_psf (so every run
+    with such a PSF) failed with "PSF sum is not positive". A lone voxel holding the light is the
+    PSF; a hot voxel beside a bead is still ignored (tests above)."""
+    from deconv3d.psf import center_psf, prepare_psf
+
+    grids = np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij")
+    small = np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32)
+    coarse = prepare_psf(small, (12, 24, 24), psf_voxel=(0.3, 0.1, 0.1), image_voxel=(0.6, 0.2, 0.2))
+    assert coarse.sum() == pytest.approx(1.0) and coarse[tuple(n // 2 for n in coarse.shape)] == coarse.max()
+    delta = np.zeros((5, 5, 5), np.float32)
+    delta[1, 2, 3] = 1.0
+    centred = center_psf(delta)
+    assert centred[2, 2, 2] == pytest.approx(1.0, abs=1e-6)
