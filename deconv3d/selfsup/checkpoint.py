@@ -92,10 +92,16 @@ class TrainedModel:
         return tuple(own)
 
     def check_compatible(self, image_ndim: int, psf=None, voxel_size: Sequence[float] | None = None) -> None:
-        """Raise :class:`InputError` if the model was trained for another dimensionality or PSF."""
+        """Raise :class:`InputError` if the model was trained for another dimensionality, voxel size or PSF."""
         if image_ndim != self.unet.ndim:
             raise InputError(f"the model was trained on {self.unet.ndim}D images but the image is {image_ndim}D: "
                              f"train a model on this image (deconv3d train)")
+        voxel_size = checked_voxel_size(voxel_size, self.unet.ndim)
+        if voxel_size is not None and self.voxel_size is not None:
+            if not np.allclose(voxel_size, self.voxel_size, rtol=1e-3):
+                raise InputError(f"the model was trained at voxel size {self.voxel_size} µm but the image has "
+                                 f"{tuple(voxel_size)} µm: resample the image or retrain")
+        # (after the voxel size: a training PSF resampled to another voxel size read as "another PSF")
         if psf is not None:
             given = normalize_psf(validate_psf(psf))
             # the same PSF on another scale (a file x1000) normalises to values a float32 rounding apart
@@ -105,11 +111,6 @@ class TrainedModel:
                 raise InputError(f"the model was trained with another PSF (shape {self.psf.shape}, fingerprint "
                                  f"{self.psf_fingerprint}, got shape {given.shape}, fingerprint "
                                  f"{psf_fingerprint(given)}): pass the training PSF or retrain")
-        voxel_size = checked_voxel_size(voxel_size, self.unet.ndim)
-        if voxel_size is not None and self.voxel_size is not None:
-            if not np.allclose(voxel_size, self.voxel_size, rtol=1e-3):
-                raise InputError(f"the model was trained at voxel size {self.voxel_size} µm but the image has "
-                                 f"{tuple(voxel_size)} µm: resample the image or retrain")
 
 
 def _payload(trained: TrainedModel) -> dict:

@@ -421,3 +421,20 @@ def test_an_image_without_light_comes_back_dark(data, capsys):
         warnings.simplefilter("ignore", RuntimeWarning)
         assert apply_model(trained, dark + 1.0, device="cpu", amp=False).min() > 0  # (it would)
     assert not apply_model(trained, dark, device="cpu", amp=False).any()
+
+
+def test_a_model_on_an_image_of_another_voxel_size_names_the_voxel_size(data, capsys):
+    """Review of the network commands: with the training PSF given, an image at another voxel size
+    was refused as "trained with another PSF ... pass the training PSF" (its PSF had been resampled
+    to the image's voxels); without --psf the voxel size was named. It is named in both cases."""
+    from cli_helpers import assert_one_line_error
+
+    model = data / "m.ckpt"
+    assert run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1] + TINY,
+               capsys)[0] == 0
+    write_tiff(data / "coarse.tif", read_image(data / "image.tif").data, voxel_size=(0.6, 0.2, 0.2))
+    for extra in ([], ["--psf", data / "psf.tif"]):
+        code, _, err = run(["deconvolve", data / "coarse.tif", "-o", data / "c.tif", "--method", "ssl", "--model",
+                            model, "--device", "cpu", *extra], capsys)
+        assert_one_line_error(code, err, "trained at voxel size", "resample the image or retrain")
+        assert not (data / "c.tif").exists()
