@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from deconv3d.errors import InputError
 
@@ -173,12 +174,14 @@ def _read_inputs(args):
 
 
 def cmd_train(args) -> int:
+    from deconv3d.omezarr import file_sha256
     from deconv3d.selfsup import save_checkpoint
 
     image, psf, voxel, notes = _read_inputs(args)
     start = time.perf_counter()
     result = train_with_progress(image.data, psf, args, voxel, notes)
-    save_checkpoint(result, args.output)
+    source = {"path": str(Path(args.input).absolute()), "sha256": file_sha256(args.input)}
+    save_checkpoint(result, args.output, training_image=source)
     last = result.history[-1][1]
     print(f"wrote {args.output}: {result.steps_done} steps ({result.reason}) in {time.perf_counter() - start:.1f} s, "
           f"final loss {last:.4g}, {result.precision}")

@@ -13,7 +13,8 @@ it runs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -34,6 +35,8 @@ FORMAT = "deconv3d.selfsup/1"
 
 #: The run record a checkpoint keeps (``TrainedModel.run``): its keys and their types.
 RUN_RECORD = {"train_steps": int, "stopped": str, "warm_start": int, "anchor": float, "precision": str}
+#: What save_checkpoint adds to the run record: optional, for files written before.
+SAVED_RECORD = {"deconv3d_version": str, "saved": str, "training_image": dict}
 
 
 @dataclass
@@ -130,7 +133,7 @@ def _payload(trained: TrainedModel) -> dict:
     }
 
 
-def save_checkpoint(trained, path) -> None:
+def save_checkpoint(trained, path, *, training_image: dict | None = None) -> None:
     """Write ``trained`` to ``path`` atomically.
 
     The file appears complete or not at all: it is written under a temporary name in the
@@ -143,6 +146,10 @@ def save_checkpoint(trained, path) -> None:
         the voxel size and, for a residual network, its Richardson-Lucy reference.
     path : str or os.PathLike
         The checkpoint file to write (``.ckpt`` by convention); an existing one is replaced.
+    training_image : dict, optional
+        What the network was trained on (``deconv3d train`` gives the file's path and SHA-256),
+        kept with the run record beside the deconv3d version and the time of saving: an
+        output made with the model records them in its provenance.
 
     Raises
     ------
@@ -156,6 +163,12 @@ def save_checkpoint(trained, path) -> None:
                          "rate or check the PSF, and train again")
     if not isinstance(trained, TrainedModel):
         trained = TrainedModel.from_result(trained)
+    from deconv3d import __version__
+
+    saved = {"deconv3d_version": __version__, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if training_image is not None:
+        saved["training_image"] = dict(training_image)
+    trained = replace(trained, run={**(trained.run or {}), **saved})
     atomic_torch_save(_payload(trained), path)
 
 
@@ -208,6 +221,8 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
         if config.residual != (reference is not None):
             raise ValueError("a residual network without its reference, or the reverse")
         run = checked_run_record(data.get("run"), RUN_RECORD)  # absent from files written before it was recorded
+        if run is not None:  # what save_checkpoint adds (files written before had none): kept where well formed
+            run.update({k: data["run"][k] for k, kind in SAVED_RECORD.items() if isinstance(data["run"].get(k), kind)})
         trained = TrainedModel(model.to(device).eval(), unet, config, mean, std, psf, voxel, reference, run=run)
         fingerprint = data["psf_fingerprint"]
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, InputError) as exc:

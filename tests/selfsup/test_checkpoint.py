@@ -46,8 +46,12 @@ def test_the_checkpoint_records_how_training_went(trained, tmp_path):
     save_checkpoint(res, path)
     run = {"train_steps": 2, "stopped": "completed", "warm_start": res.warm_steps, "anchor": res.config.anchor_weight,
            "precision": res.precision}
-    assert load_checkpoint(path).run == run
-    assert load_checkpoint(path).record() == training_record(res)  # what an output trained in the run records
+    from deconv3d import __version__
+
+    saved = load_checkpoint(path).run  # with the release that saved it and when
+    assert {k: saved[k] for k in run} == run and saved["deconv3d_version"] == __version__ and saved["saved"]
+    record = load_checkpoint(path).record()  # what an output trained in the run records, and those two
+    assert {k: v for k, v in record.items() if k not in ("deconv3d_version", "saved")} == training_record(res)
     data = torch.load(path, weights_only=True)
     del data["run"]  # a checkpoint from before the record
     torch.save(data, path)

@@ -41,6 +41,15 @@ def test_train_then_deconvolve_with_the_model(data, capsys):
     assert result.voxel_size == pytest.approx((0.3, 0.1, 0.1))
     params = parameters(out_tif)  # the model's recipe and run, as the checkpoint holds them
     assert params["model"] == str(model) and params["train_steps"] == 2 and params["stopped"] == "completed"
+    # what it was trained on, with which release and when (review of the network commands: nothing said it)
+    import hashlib
+
+    from deconv3d import __version__
+
+    trained_on = params["training_image"]
+    assert trained_on["sha256"] == hashlib.sha256((data / "image.tif").read_bytes()).hexdigest()
+    assert trained_on["path"] == str(data / "image.tif") and params["deconv3d_version"] == __version__
+    assert params["saved"][:4].isdigit()
     assert params["precision"] in ("float32", "bfloat16") and params["training"]["patch"] == 8
     assert params["unet"]["base_channels"] == 4 and params["tta"] is True and params["amp"] is True
 
