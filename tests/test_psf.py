@@ -770,3 +770,16 @@ def test_a_psf_narrower_than_a_voxel_is_centred_not_despiked_to_nothing():
     delta[1, 2, 3] = 1.0
     centred = center_psf(delta)
     assert centred[2, 2, 2] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_hot_voxel_holding_most_of_the_light_of_a_dim_bead_is_still_ignored():
+    """Diff review: with the sub-voxel rule at 1 % of the light left, a hot voxel 3000x the peak of a
+    dim, narrow bead (99.4 % of the light) passed for the PSF and was moved to the centre."""
+    from deconv3d.psf import center_psf
+
+    grids = np.meshgrid(*[np.arange(15) - 7.0] * 3, indexing="ij")
+    bead = 40 * np.exp(-sum(g**2 for g in grids) / (2 * 0.8**2))
+    bead[2, 12, 3] = 3000 * 40  # a hot voxel far from the bead
+    centred = center_psf(bead.astype(np.float32))
+    assert centred[2, 12, 3] == centred.max()  # the hot voxel stays where it was: the bead is the centre
+    assert abs(np.average(np.arange(15), weights=centred[7, 7, :]) - 7) < 0.5

@@ -259,7 +259,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
                 elif (other := _owned_by_another(owners, output, path)) is not None:
                     row.update(status="failed", reason=f"{output.name} holds the result of {other}, another file of "
                                "this name: write the results of this folder to another output folder")
-                elif _in_the_way(output) and not _batch_output(owners, output):
+                elif _in_the_way(output) and output.name.casefold() not in owners:
                     row.update(status="failed", reason=f"{output.name} is already in {output_dir} and no batch into "
                                "this folder wrote it: move it away, or write to another output folder")
                 else:
@@ -277,18 +277,21 @@ def _output_owners(record_dir: Path) -> dict[str, Optional[str]]:
     owners = {}
     for record_path in sorted(record_dir.glob("*.json")):
         record = _read_record(record_path)
-        if isinstance(record.get("output"), str):
-            given = record.get("input")
-            owners[record["output"].casefold()] = given if isinstance(given, str) and os.path.isabs(given) else None
+        given = record.get("input")
+        given = given if isinstance(given, str) and os.path.isabs(given) else None
+        for name in _outputs_written(record):
+            owners[name.casefold()] = given
     return owners
 
 
-def _batch_output(owners: dict, output: Path) -> bool:
-    """Whether a record names ``output`` in any output format: a record names the last format its
-    input was written in, and a switch to --output-format tif and back left the zarr output no
-    record named (every file then failed, diff review)."""
-    stem = output.name[:-len(output.suffix)] if output.suffix else output.name
-    return any(f"{stem}.{f}".casefold() in owners for f in OUTPUT_FORMATS)
+def _outputs_written(record: dict) -> list[str]:
+    """Every output name a record's input has been written to (``outputs``: one per output format a
+    run used; a run in the other format and back had left the first output no record named, and
+    every file failed), with the current ``output``."""
+    names = [n for n in record.get("outputs", []) if isinstance(n, str)] if isinstance(record.get("outputs"),
+                                                                                         list) else []
+    current = record.get("output")
+    return names + [current] if isinstance(current, str) and current not in names else names
 
 
 def _in_the_way(output: Path) -> bool:
@@ -316,7 +319,9 @@ def _process(path, output, record, settings_hash, process_one, row) -> None:
         for written in (output, record):  # (named by the input: a name too long is the input's to shorten)
             check_name_length(written, renamed=path)
         # Not finished, but the output stays this input's (an interrupted run's next one may replace it).
-        _write_json_atomic(record, {"input": str(path.absolute()), "output": output.name, "settings": None})
+        names = sorted(set(_outputs_written(_read_record(record))) | {output.name})
+        _write_json_atomic(record, {"input": str(path.absolute()), "output": output.name, "outputs": names,
+                                    "settings": None})
         state, digest = input_state(path), file_sha256(path)  # before reading: a change meanwhile shows
         process_one(path, output, digest)
     except (KeyboardInterrupt, SystemExit):
@@ -326,7 +331,7 @@ def _process(path, output, record, settings_hash, process_one, row) -> None:
     else:
         row["status"] = "done"
         _write_json_atomic(record, {"input": str(path.absolute()), "input_state": state, "input_sha256": digest,
-                                    "settings": settings_hash, "output": output.name,
+                                    "settings": settings_hash, "output": output.name, "outputs": names,
                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     row["seconds"] = round(time.perf_counter() - start, 3)
 

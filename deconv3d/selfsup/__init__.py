@@ -88,7 +88,9 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     -----
     RuntimeWarning
         For a whole image whose intensities are far from the training image's
-        (:func:`warn_of_another_scale`): the output keeps the training image's scale.
+        (:func:`warn_of_another_scale`): a plain network's output keeps the training image's
+        scale, a residual one's correction does. For an image with negative values and no
+        positive one: it comes back all zeros, as from Richardson-Lucy.
 
     Notes
     -----
@@ -112,8 +114,6 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     trained.check_compatible(image.ndim)
     if not np.isfinite(image).all():  # one would spread over the network's whole receptive field
         raise InputError("image contains NaN or Inf values: clean the data (e.g. replace them by 0) first")
-    if not (image > 0).any():  # no light at all: nothing to restore, as Richardson-Lucy returns (it gave 0.2-0.3)
-        return np.zeros(image.shape, np.float32)
     if region is None:  # a whole image (a chunked run's blocks pass their region)
         warn_of_another_scale(trained, image)
     if context is None:
@@ -125,6 +125,11 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     if residual:  # the network's correction on top of the RL estimate it was trained to correct
         out += _reference_estimate(trained, image, device, tv_scale)
         np.maximum(out, 0, out=out)
+    if region is None and not (image > 0).any():  # no light: nothing to restore (it gave 0.2-0.3), as RL says
+        if (image < 0).any():
+            warnings.warn("the image has no positive values, so the network returns only zeros: add the subtracted "
+                          "offset back", RuntimeWarning, stacklevel=2)
+        out[...] = 0  # (a whole image only: a dark block of a volume keeps what one pass would give it)
     if band_limit:
         out = fft_band_limit(out, trained.psf, band_limit, device=device).clamp_min_(0).cpu().numpy()
     return out

@@ -168,7 +168,8 @@ def save_checkpoint(trained, path, *, training_image: dict | None = None) -> Non
     saved = {"deconv3d_version": __version__, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if training_image is not None:
         saved["training_image"] = dict(training_image)
-    trained = replace(trained, run={**(trained.run or {}), **saved})
+    if trained.run is not None:  # (a checkpoint from before the run record has none to extend: a partial
+        trained = replace(trained, run={**trained.run, **saved})  # record would make the file unloadable)
     atomic_torch_save(_payload(trained), path)
 
 

@@ -263,6 +263,16 @@ def test_a_batch_replaces_only_the_outputs_it_wrote(one_image, capsys):
     tif = ["batch", d / "in", "-o", out, "--psf", d / "psf.tif", "--iterations", 2, "--output-format", "tif"]
     assert main([str(a) for a in tif]) == 0
     assert run_one(d, out, capsys, "--iterations", 2)[0] == "done"
+    # ... but only the formats it wrote: a user's own zarr beside a TIFF-only batch stays theirs.
+    tif_only = d / "tif_only"
+    assert main([str(a) for a in tif[:3] + [tif_only] + tif[4:]]) == 0
+    from deconv3d.omezarr import write_ome_zarr
+
+    write_ome_zarr(tif_only / "img0.zarr", np.ones((4, 8, 8), np.float32))
+    capsys.readouterr()
+    assert main([str(a) for a in ["batch", d / "in", "-o", tif_only, "--psf", d / "psf.tif", "--iterations", 2]]) == 3
+    assert "img0.zarr is already in" in capsys.readouterr().err
+    assert read_ome_zarr(tif_only / "img0.zarr")[0].shape == (4, 8, 8)
 
 
 def test_an_input_of_another_suffix_does_not_replace_a_result(one_image, capsys):

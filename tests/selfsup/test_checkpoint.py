@@ -56,6 +56,8 @@ def test_the_checkpoint_records_how_training_went(trained, tmp_path):
     del data["run"]  # a checkpoint from before the record
     torch.save(data, path)
     assert load_checkpoint(path).run is None and "train_steps" not in load_checkpoint(path).record()
+    save_checkpoint(load_checkpoint(path), tmp_path / "again.ckpt")  # saved again, it still loads
+    assert load_checkpoint(tmp_path / "again.ckpt").run is None
     data["run"] = {**run, "later": [1], "model": "other.ckpt"}  # keys of a later version are dropped
     torch.save(data, path)
     assert load_checkpoint(path).run == run

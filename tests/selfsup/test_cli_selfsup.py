@@ -426,10 +426,15 @@ def test_an_image_without_light_comes_back_dark(data, capsys):
     with torch.no_grad():
         trained.model.head[-1].bias += 5.0
     dark = np.zeros((12, 24, 24), np.float32)
-    with warnings.catch_warnings():  # (a flat image of 1 is far from the training image's scale: said)
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with warnings.catch_warnings():  # (flat images are far from the training image's scale: said)
+        warnings.filterwarnings("ignore", "the image's intensities .* are far from", RuntimeWarning)
         assert apply_model(trained, dark + 1.0, device="cpu", amp=False).min() > 0  # (it would)
-    assert not apply_model(trained, dark, device="cpu", amp=False).any()
+        assert not apply_model(trained, dark, device="cpu", amp=False).any()
+        # A dark block of a volume (region given) keeps what one pass over the volume gives it there.
+        whole = tuple(slice(0, n) for n in dark.shape)
+        assert apply_model(trained, dark, device="cpu", amp=False, region=whole).min() > 0
+        with pytest.warns(RuntimeWarning, match="no positive values, so the network returns only zeros"):
+            assert not apply_model(trained, dark - 1.0, device="cpu", amp=False).any()
 
 
 def test_a_model_on_an_image_of_another_voxel_size_names_the_voxel_size(data, capsys):
