@@ -309,7 +309,8 @@ def _prepare(fn, view, plan: _Plan, target_path, index):
     else:  # the hook's contract: the box's shape (a callable centres it)
         fn, output = fn.prepare(view, tuple(b.stop - b.start for b in box)), None
     covered = box_blocks(plan.shape, sizes, plan.depth, box) if output is not None else []
-    write_box_blocks(output, box, covered, target_path, index)
+    if covered:
+        write_box_blocks(output, box, covered, target_path, index)
     del output
     release_memory()
     return fn, covered
@@ -341,7 +342,8 @@ def _prepare_runs_whole(block_fns, shape, chunks, halo, model, memory_limit) -> 
 
 def _sample_shape(shape, chunks, halo, model, memory_limit) -> tuple[int, ...]:
     """The shape of the box a block callable's ``prepare`` measures its common settings on
-    (accelerated RL's step schedule; placed by :func:`~deconv3d.pipeline.chunked.aligned_box`): under a memory limit, the whole volume when the memory model says it
+    (accelerated RL's step schedule; placed by :func:`~deconv3d.pipeline.chunked.aligned_box`):
+    under a memory limit, the whole volume when the memory model says it
     fits, else the largest box scaled up from a block that does; one block otherwise (chunks
     given without a limit bound each block's memory, often a GPU's, which a larger box would
     overrun, and it would cost up to a whole-volume run before the blocks).

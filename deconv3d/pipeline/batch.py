@@ -288,8 +288,8 @@ def _outputs_written(record: dict) -> list[str]:
     """Every output name a record's input has been written to (``outputs``: one per output format a
     run used; a run in the other format and back had left the first output no record named, and
     every file failed), with the current ``output``."""
-    names = [n for n in record.get("outputs", []) if isinstance(n, str)] if isinstance(record.get("outputs"),
-                                                                                         list) else []
+    listed = record.get("outputs")
+    names = [n for n in listed if isinstance(n, str)] if isinstance(listed, list) else []
     current = record.get("output")
     return names + [current] if isinstance(current, str) and current not in names else names
 
