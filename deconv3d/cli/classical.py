@@ -34,7 +34,9 @@ def _psf_parser(sub) -> None:
     p = sub.add_parser("psf", help="generate a PSF from microscope parameters ('psf distill' for beads)")
     p.add_argument("-o", "--output", required=True, help="output PSF file (.tif)")
     p.add_argument("--model", choices=PSF_MODELS, default="vectorial", help="PSF model (default vectorial)")
-    p.add_argument("--shape", type=positive_int, nargs=3, required=True, metavar=("Z", "Y", "X"))
+    p.add_argument("--shape", type=positive_int, nargs=3, required=True, metavar=("Z", "Y", "X"),
+                   help="voxels per axis, wide enough to hold the defocus light, e.g. a z range a few times "
+                        "the stack's depth of field and some micrometres laterally (31 63 63 at 0.2/0.1 µm)")
     p.add_argument("--voxel-size", type=positive_float, nargs=3, required=True, metavar=("DZ", "DY", "DX"),
                    help="voxel size in µm")
     add_optics(p, required=True)

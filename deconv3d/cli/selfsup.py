@@ -283,7 +283,7 @@ def add_deconvolve_options(p) -> None:
     p.add_argument("--model", help="trained network (.ckpt from deconv3d train) for --method ssl")
     p.add_argument("--tta", action="store_true", help="ssl: average over the 8 xy rotations/flips")
     p.add_argument("--band-limit", type=_non_negative, default=BAND_LIMIT, metavar="EPS",
-                   help=f"ssl: damp frequencies the PSF does not pass, gain |H|^2/(|H|^2+EPS), e.g. 0.01 on stacks "
+                   help=f"ssl: damp frequencies the PSF does not pass, gain (1+EPS)|H|^2/(|H|^2+EPS), e.g. 0.01 on stacks "
                         f"dominated by noise; it blurs low-noise ones (default {BAND_LIMIT:g}: off)")
     add_training_options(p, steps_flag="--train-steps")
 
