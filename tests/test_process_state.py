@@ -136,10 +136,10 @@ def test_overlapping_warning_guards_leave_no_filter_behind(monkeypatch, tmp_path
     gates = {"psf": threading.Event(), "load": threading.Event()}
     inside = threading.Event()
 
-    def slow_psf(nz, nxy, **kwargs):
+    def slow_psf(zv, nxy, **kwargs):
         inside.set()
         assert gates["psf"].wait(10)
-        return np.ones((nz, nxy, nxy))
+        return np.ones((len(zv), nxy, nxy))
 
     load = torch.load
 
@@ -150,7 +150,7 @@ def test_overlapping_warning_guards_leave_no_filter_behind(monkeypatch, tmp_path
     monkeypatch.setattr(psfmodels, "make_psf", slow_psf)
     monkeypatch.setattr(_torch_common.torch, "load", slow_load)
     before = list(warnings.filters)
-    psf = threading.Thread(target=generate._make_psf, args=("vectorial", 5, 9, 0.1, 0.2, 1.2, 0.5, 1.33, 1.33, 0.0))
+    psf = threading.Thread(target=generate._make_psf, args=("vectorial", np.linspace(-0.4, 0.4, 5), 9, 0.1, 1.2, 0.5, 1.33, 1.33, 0.0))
     loader = threading.Thread(target=_torch_common.safe_torch_load, args=(tmp_path / "w.pt", "test"))
     psf.start()
     assert inside.wait(10)
