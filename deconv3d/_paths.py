@@ -152,13 +152,15 @@ def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
                          "its target as the output")
     if path.is_dir() and not replaceable_folder(path):
         raise InputError(f"output path is a directory: {path}: "
-                         + ("it holds files that are not a zarr image: move them away or choose another output name"
-                            if path.suffix.lower() == ".zarr" else "give a file name"))
+                         + ("it is not a zarr image deconv3d wrote, and is not replaced: move it away or choose "
+                            "another output name" if path.suffix.lower() == ".zarr" else "give a file name"))
 
 
 def replaceable_folder(path: Path) -> bool:
-    """Whether a folder at an output path may be replaced by the output: a ``.zarr`` folder holding
-    a zarr group (a previous output, replaced once the new one is complete) or an empty one."""
+    """Whether a folder at an output path may be replaced by the output: an empty ``.zarr``
+    folder, or a zarr image deconv3d wrote (its attributes hold ``deconv3d``; a previous output,
+    replaced once the new one is complete). Any other zarr folder, an acquisition say, is not
+    deleted for an output path that names it."""
     if path.suffix.lower() != ".zarr":
         return False
     try:  # one listing of one folder: another writer may replace it meanwhile, by a zarr output too
@@ -168,7 +170,25 @@ def replaceable_folder(path: Path) -> bool:
         return True
     except OSError:
         return False
-    return not names or bool(names & {"zarr.json", ".zgroup"})
+    return not names or _written_by_deconv3d(path, names)
+
+
+def _written_by_deconv3d(path: Path, names: set) -> bool:
+    """Whether the zarr group at ``path`` (whose entries are ``names``) carries deconv3d's attribute."""
+    import json
+
+    for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        if name not in names:
+            continue
+        try:
+            meta = json.loads((path / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:  # replaced meanwhile by another writer's output
+            return True
+        except (OSError, ValueError):
+            return False
+        attrs = meta.get(key, {}) if key is not None else meta
+        return isinstance(attrs, dict) and "deconv3d" in attrs
+    return False
 
 
 def _inside(a: Path, b: Path) -> bool:

@@ -307,22 +307,35 @@ def _take_run_options(args, config: dict) -> None:
 
 def _found_as_input(output_dir: Path, input_dir: Path, patterns) -> bool:
     """Whether the input patterns would find the output folder (or something in it): a folder
-    in the input folder that matches one (``out.zarr`` for ``*.zarr``), or any folder inside it
-    for a recursive pattern (``**``)."""
+    in the input folder that matches one (``out.zarr`` for ``*.zarr``), a folder whose files
+    one matches (``out`` for ``*/*.tif``), or any folder inside it for a recursive pattern
+    (``**``). Tried on the paths as given and with links resolved: an output given as a link to
+    an input (``olink -> in/raw.zarr``) had a batch write 27 files into that input."""
+    out_given, base_given = Path(os.path.abspath(output_dir)), Path(os.path.abspath(input_dir))
+    return any(_pattern_reaches(out, base, patterns)
+               for out, base in ((out_given, base_given), (out_given.resolve(), base_given.resolve())))
+
+
+def _pattern_reaches(out: Path, base: Path, patterns) -> bool:
     import fnmatch
     from pathlib import PurePath
 
-    out, base = Path(os.path.abspath(output_dir)), Path(os.path.abspath(input_dir))  # links not followed
     if out == base or not out.is_relative_to(base):
         return False
-    rel = out.relative_to(base).parts
+    rel = tuple(part.lower() for part in out.relative_to(base).parts)  # the batch's glob ignores case
     if rel[0].startswith("."):  # the glob skips hidden names
         return False
-    for pattern in patterns:
-        if "/" not in pattern and "**" not in pattern:
+    for pattern in (p.lower() for p in patterns):
+        if "**" in pattern:
+            return True
+        if "/" not in pattern:
             if fnmatch.fnmatch(rel[0], pattern):  # the output, or the input folder that holds it
                 return True
-        elif any(PurePath(*rel[:k]).match(pattern) for k in range(1, len(rel) + 1)) or "**" in pattern:
+            continue
+        if any(PurePath(*rel[:k]).match(pattern) for k in range(1, len(rel) + 1)):
+            return True
+        parts = pattern.split("/")  # files the batch writes in the output, one level below it
+        if len(parts) == len(rel) + 1 and all(fnmatch.fnmatch(r, q) for r, q in zip(rel, parts)):
             return True
     return False
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deconv3d import __version__
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.omezarr.reading import _AXIS_TYPES, _level_transform
@@ -53,7 +54,9 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
     voxel_size : sequence of float, optional
         One value in micrometres per spatial axis (z, y, x).
     provenance : dict, optional
-        Stored verbatim (JSON) as the group's ``deconv3d`` attribute.
+        Stored verbatim (JSON) as the group's ``deconv3d`` attribute; without one that attribute
+        holds ``{"software": "deconv3d", "version": ...}``. It marks the folder as deconv3d's: an
+        output path may replace only such a folder (:func:`deconv3d._paths.replaceable_folder`).
     time_axis : (float, str or None), optional
         Step and unit of the ``T`` axis (:attr:`LazyImage.time_axis` of the input); default 1, no unit.
     origin : sequence of float, optional
@@ -78,8 +81,7 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
     ms = {"name": name or Path(path).stem, "axes": _axes_metadata(axes, voxel_size is not None, time_unit),
           "datasets": [_dataset("0", _full_scale(axes, voxel_size, [1] * len(axes), time_step), translation)]}
     attrs = {"ome": {"version": OME_VERSION, "multiscales": [ms]}}
-    if provenance is not None:
-        attrs["deconv3d"] = provenance
+    attrs["deconv3d"] = provenance if provenance is not None else {"software": "deconv3d", "version": __version__}
     group.attrs.update(attrs)
     return arr
 

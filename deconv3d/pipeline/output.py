@@ -50,9 +50,9 @@ def _publish(tmp: Path, path: Path, attempts: int = 20) -> None:
         try:
             if path.is_dir() and not path.is_symlink():
                 if not replaceable_folder(path):  # (checked before the run too; it may have appeared since)
-                    raise InputError(f"output path {path} is a directory that is not a zarr image (it appeared "
-                                     "during the run?): move it away or choose another output name; its files are "
-                                     "left as they are")
+                    raise InputError(f"output path {path} is a directory that is not a zarr image deconv3d wrote (it "
+                                     "appeared during the run?): move it away or choose another output name; its "
+                                     "files are left as they are")
                 old = temporary_name(path)
                 os.replace(path, old)
             os.replace(tmp, path)

@@ -348,13 +348,21 @@ def test_publishing_refuses_a_folder_that_appeared_during_the_run(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["res.zarr"]  # no temporary left
     assert (target / "data.csv").read_text() == "1,2"
     (target / "data.csv").unlink()
+    ours = '{"zarr_format": 3, "node_type": "group", "attributes": {"deconv3d": {"version": "0"}}}'
     with atomic_output(target) as tmp:  # an empty folder is replaced
         tmp.mkdir()
-        (tmp / "zarr.json").write_text("{}")
+        (tmp / "zarr.json").write_text(ours)
     with atomic_output(target) as tmp:  # and a previous zarr output, as before
         tmp.mkdir()
-        (tmp / "zarr.json").write_text('{"new": 1}')
-    assert (target / "zarr.json").read_text() == '{"new": 1}'
+        (tmp / "zarr.json").write_text(ours.replace('"0"', '"1"'))
+    assert '"1"' in (target / "zarr.json").read_text()
+    foreign = '{"zarr_format": 3, "node_type": "group", "attributes": {"ome": {}}}'
+    (target / "zarr.json").write_text(foreign)  # a zarr image deconv3d did not write: kept
+    with pytest.raises(InputError, match="not a zarr image deconv3d wrote"):
+        with atomic_output(target) as tmp:
+            tmp.mkdir()
+            (tmp / "zarr.json").write_text(ours)
+    assert (target / "zarr.json").read_text() == foreign
 
 
 def test_a_report_that_cannot_be_written_is_not_called_nothing_written(folder, capsys, monkeypatch):

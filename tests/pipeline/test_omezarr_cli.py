@@ -179,6 +179,60 @@ def test_batch_into_an_input_zarr_is_refused_and_a_suffixless_zarr_is_read(folde
     assert code == 0, err
 
 
+def test_batch_into_a_link_to_an_input_zarr_is_refused(folder, capsys, monkeypatch):
+    """An output folder given as a link to an input (olink -> in/raw.zarr) passed the check on
+    the path as given, and the batch wrote its outputs, reports and records into that input."""
+    monkeypatch.chdir(folder)
+    write_ome_zarr("in/raw.zarr", blurred_beads((12, 24, 24), gaussian_psf(), seed=4), voxel_size=(0.3, 0.1, 0.1))
+    Path("olink").symlink_to(Path("in/raw.zarr").resolve(), target_is_directory=True)
+    before = _tree(folder / "in" / "raw.zarr")
+    code, _, err = run(["batch", "in", "-o", "olink", "--psf", "psf.tif", "--iterations", 2], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "would be read as an input" in lines[0], err
+    assert _tree(folder / "in" / "raw.zarr") == before
+
+
+def test_batch_into_a_subfolder_whose_files_a_pattern_finds_is_refused(folder, capsys):
+    """--pattern '*/*.tif' with the output in in/out: the first run went through, and its
+    outputs were inputs of the next (the rerun was refused: "c.tif and c.tif would both write
+    c.tif"). Refused before the first run now; a subfolder the pattern does not reach is fine."""
+    (folder / "in" / "day1").mkdir()
+    (folder / "in" / "img0.tif").rename(folder / "in" / "day1" / "img0.tif")
+    argv = batch_argv(folder, folder / "in" / "Out", "--pattern", "*/*.TIF", "--output-format", "tif")
+    code, _, err = run(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "would be read as an input" in lines[0], err
+    assert not (folder / "in" / "Out").exists()
+    argv = batch_argv(folder, folder / "in" / "day1" / "out", "--pattern", "*/*.tif", "--output-format", "tif")
+    for _ in range(2):
+        code, out, err = run(argv, capsys)
+        assert code == 0, err
+    assert "skipped" in out and (folder / "in" / "day1" / "out" / "img0.tif").is_file()
+
+
+def test_deconvolve_replaces_its_own_zarr_output_but_not_a_foreign_zarr_image(folder, capsys, monkeypatch):
+    """-o raw.zarr replaced any zarr group: an acquisition deconv3d did not write was deleted.
+    Only a folder that deconv3d's attribute marks (its earlier output) is replaced now."""
+    import zarr
+
+    monkeypatch.chdir(folder)
+    raw = zarr.open_group("raw.zarr", mode="w-", zarr_format=3)
+    raw.create_array("0", data=np.ones((4, 8, 8), np.uint16))
+    raw.attrs["ome"] = {"version": "0.5"}
+    before = _tree(folder / "raw.zarr")
+    argv = ["deconvolve", "in/img0.tif", "-o", "raw.zarr", "--psf", "psf.tif", "--iterations", 2]
+    code, _, err = run(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "not a zarr image deconv3d wrote" in lines[0], err
+    assert _tree(folder / "raw.zarr") == before
+    argv[3] = "ours.zarr"
+    for iterations in (2, 3):  # the second run replaces the first's output
+        argv[-1] = iterations
+        code, _, err = run(argv, capsys)
+        assert code == 0, err
+    assert read_ome_zarr("ours.zarr")[3]["deconv3d"]["parameters"]["iterations"] == 3
+
+
 def test_chunks_a_memory_limit_chose_are_not_checked_again(tmp_path, monkeypatch):
     """The limit's own choice was re-checked against a second reading of the process size, and
     could be refused (with advice to drop the --chunks the user never gave)."""
