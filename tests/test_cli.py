@@ -150,7 +150,7 @@ def bad_cases(d):
                                    "PSF"),
         "hyperstack to TIFF": (["deconvolve", d / "hyper.tif"] + base[2:] + ["-o", d / "o.tif"], "as .zarr"),
         "two PSFs": (base[:2] + ["--psf", d / "psf.tif", d / "psf.tif", "-o", d / "o.tif"],
-                     "see 'deconv3d deconvolve --help'"),
+                     "one value per channel needs a .zarr output"),
     }
 
 
@@ -367,3 +367,14 @@ def test_a_command_removes_what_a_killed_run_left_of_its_output(data, capsys, mo
     code, _, err = run(command, capsys)
     assert code == 0, err
     assert not left.exists() and (data / "out.tif").is_file()
+
+
+def test_a_psf_option_before_the_input_says_why_the_input_is_missing(tmp_path, capsys):
+    """--psf takes one file per channel, up to the next option: 'deconvolve --psf psf.tif in.tif'
+    reads both as PSFs. The error says so instead of only "required: input"."""
+
+    code, _, err = run(["deconvolve", "--psf", "psf.tif", "in.tif", "-o", "out.tif"], capsys)
+    assert_one_line_error(code, err, "required: input", "--psf took psf.tif in.tif", "after the input")
+    code, _, err = run(["deconvolve", "in.tif", "--psf", "psf.tif"], capsys)
+    assert_one_line_error(code, err, "required: -o/--output")
+    assert "took" not in err

@@ -19,8 +19,27 @@ AMP_HELP = ("mixed precision for the network, in training and inference: float16
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors follow the contract: one line, exit status 2."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(args) if args is not None else []  # (a subcommand's parser gets its own part)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):
-        raise InputError(f"{message} (see '{self.prog} --help')")
+        raise InputError(f"{message}{self._greedy_hint(message)} (see '{self.prog} --help')")
+
+    def _greedy_hint(self, message: str) -> str:
+        """Why a positional is missing when a one-per-channel option took it: ``--psf psf.tif in.tif``
+        reads both as PSFs."""
+        given = [str(a) for a in getattr(self, "_given", [])]
+        if "arguments are required" not in message:
+            return ""
+        for option in ("--psf", "--wavelength"):
+            if option in given:
+                after = given[given.index(option) + 1:]
+                values = next((after[:i] for i, a in enumerate(after) if a.startswith("-") and len(a) > 1), after)
+                if len(values) > 1:
+                    return (f": {option} took {' '.join(values)} (it takes one value per channel, up to the next "
+                            f"option); give the {option} values after the input, or end them with another option")
+        return ""
 
 
 def check_output(output, inputs=(), **kwargs) -> None:

@@ -67,10 +67,16 @@ def _deconvolve_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output image: .tif/.tiff (float32 with voxel size) or "
                    ".zarr (OME-Zarr v0.5 with provenance, written chunk by chunk)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--psf", help="PSF file (.tif); resampled to the image's voxel size when they differ "
-                                   "(required, except for --method ssl with --model)")
+    src.add_argument("--psf", nargs="+", metavar="PSF",
+                     help="PSF file (.tif), or one per channel of a multi-channel input (with a .zarr output); "
+                          "resampled to the image's voxel size when they differ (required, except for --method ssl "
+                          "with --model)")
     src.add_argument("--psf-model", choices=PSF_MODELS, help="generate the PSF from microscope parameters")
     add_optics(p, required=False)
+    for action in p._actions:
+        if action.dest == "wavelength":  # one emission wavelength, or one per channel (as batch)
+            action.nargs, action.metavar = "+", "UM"
+            action.help = "emission wavelength in µm, or one per channel of a multi-channel input (.zarr output)"
     p.add_argument("--method", choices=METHODS, default="rl", help="deconvolution method (default rl)")
     p.add_argument("--iterations", type=_iterations, default=20, metavar="N|auto",
                    help="RL iterations (default 20); 'auto' chooses the count from the image itself by predicting "
@@ -178,6 +184,7 @@ def cmd_deconvolve(args) -> int:
     from deconv3d.classical import richardson_lucy, wiener
     from deconv3d.io import assume_psf_voxel, write_tiff
 
+    _one_per_channel(args)
     warnings = _unused_option_warnings(args)
     for role, path in (("input", args.input), ("output", args.output)):
         if Path(path).suffix.lower() not in pipeline.OUTPUT_SUFFIXES and not (role == "input" and Path(path).is_dir()):
@@ -234,6 +241,20 @@ def cmd_deconvolve(args) -> int:
     write_tiff(args.output, result, voxel_size=voxel, metadata=tiff_properties(record))
     print(f"wrote {args.output}: {args.method} on {image.data.shape} in {seconds:.1f} s")
     return 0
+
+
+def _one_per_channel(args) -> None:
+    """``--psf`` and ``--wavelength`` as one value, or kept as lists of one per channel, which the
+    chunked path takes (a channel axis is written to .zarr only)."""
+    several = [name for name in ("psf", "wavelength") if isinstance(getattr(args, name), list)
+               and len(getattr(args, name)) > 1]
+    for name in ("psf", "wavelength"):
+        value = getattr(args, name)
+        if isinstance(value, list) and len(value) == 1:
+            setattr(args, name, value[0])
+    if several and Path(args.output).suffix.lower() != ".zarr":
+        raise InputError(f"--{several[0]} with one value per channel needs a .zarr output (a TIFF output holds "
+                         f"one channel): write -o {Path(args.output).stem}.zarr, or give one value for all channels")
 
 
 def _go_out_of_core_if_too_large(args) -> None:

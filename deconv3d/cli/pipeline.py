@@ -101,7 +101,8 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
         raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
     if not Path(args.input).exists():
         raise InputError(f"input not found: {args.input}: check the path")
-    check_output(args.output, [f for f in (args.input, args.psf, args.model) if f], suffixes=OUTPUT_SUFFIXES)
+    psfs = args.psf if isinstance(args.psf, list) else [args.psf]  # one per channel, or one
+    check_output(args.output, [f for f in (args.input, *psfs, args.model) if f], suffixes=OUTPUT_SUFFIXES)
     if Path(args.output).suffix.lower() == ".zarr" and Path(args.output).is_file():
         raise InputError(f"output {args.output} is a file: give a new .zarr folder name")
     settings = settings_from_args(args, {"output_format": "zarr"})
