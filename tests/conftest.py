@@ -28,6 +28,20 @@ def private_cache(tmp_path_factory):
         os.environ["DECONV3D_CACHE_DIR"] = before
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_progress_lines():
+    """No progress lines in captured stderr (deconv3d.cli._common.LogBar writes one every 30 s when
+    stderr is not a terminal): a slow machine would add lines to outputs the tests compare.
+    test_cli covers them with the interval set to 0."""
+    before = os.environ.get("DECONV3D_PROGRESS_SECONDS")
+    os.environ["DECONV3D_PROGRESS_SECONDS"] = "1e9"
+    yield
+    if before is None:
+        os.environ.pop("DECONV3D_PROGRESS_SECONDS", None)
+    else:
+        os.environ["DECONV3D_PROGRESS_SECONDS"] = before
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """One torch thread per test: the data are tiny, and on a busy 2-core machine two OpenMP

@@ -1,5 +1,6 @@
 """The command-line contract: exit codes, one-line errors, no output left behind."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -378,3 +379,28 @@ def test_a_psf_option_before_the_input_says_why_the_input_is_missing(tmp_path, c
     code, _, err = run(["deconvolve", "in.tif", "--psf", "psf.tif"], capsys)
     assert_one_line_error(code, err, "required: -o/--output")
     assert "took" not in err
+
+
+def test_a_log_gets_plain_progress_lines_and_a_short_run_none(tmp_path, capsys, monkeypatch):
+    """tqdm hides its bar when stderr is not a terminal, so a cluster job's log showed nothing for
+    the hours a run took. There, a line every DECONV3D_PROGRESS_SECONDS (30 by default; 0 here)
+    tells how far it is, and one at the end; a run shorter than the interval writes none."""
+    psf = np.ones((3, 3, 3), np.float32) / 27
+    write_tiff(tmp_path / "in.tif", np.random.default_rng(0).random((8, 16, 16)).astype(np.float32) + 1,
+               voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    argv = ["deconvolve", tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--psf", tmp_path / "psf.tif",
+            "--iterations", 3]
+    code, _, err = run(argv, capsys)
+    assert code == 0 and err == "", err
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "0")
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["rl: 1/3 it (33%)", "rl: 2/3 it (67%)", "rl: 3/3 it (100%)",
+                                                        "rl: 3/3 it (100%)"], err
+    assert "left" in lines[0] and "left" not in lines[-1]
+    argv[3] = tmp_path / "out.zarr"  # the chunked path's bar counts blocks
+    code, _, err = run(argv + ["--chunks", 4, 16, 16], capsys)
+    assert code == 0, err
+    assert re.search(r"^rl: (\d+)/\1 block \(100%\), ", err, re.M), err

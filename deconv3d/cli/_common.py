@@ -88,11 +88,99 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
 
-def progress(total: int, desc: str):
-    """A tqdm bar on stderr (hidden when stderr is not a terminal) and an RL callback feeding it."""
-    from tqdm import tqdm
+#: Seconds between the progress lines written when stderr is not a terminal (a cluster job's log);
+#: the environment variable ``DECONV3D_PROGRESS_SECONDS`` sets another.
+LOG_INTERVAL = 30.0
 
-    bar = tqdm(total=total, desc=desc, unit="it", disable=None, leave=False)
+
+def make_bar(total=None, desc: str = "", unit: str = "it"):
+    """A progress bar on stderr: tqdm's on a terminal; elsewhere (a log file, a cluster job's
+    output) a :class:`LogBar`, whose plain lines tell how far a long run is (tqdm hides itself
+    there, so a run of hours logged nothing until it ended)."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, leave=False)
+    return LogBar(total, desc, unit)
+
+
+class LogBar:
+    """Progress for a log: a line ``desc: n/total unit (p%), elapsed, about t left`` on stderr at
+    most every :data:`LOG_INTERVAL` seconds, and a last one at the end of a run that wrote any
+    (short runs write none). The part of tqdm's interface the commands use."""
+
+    def __init__(self, total=None, desc: str = "", unit: str = "it"):
+        import time
+
+        self._clock = time.monotonic
+        self.total, self.desc, self.unit, self.n, self._postfix = total, desc, unit, 0, ""
+        self._start = self._last = self._clock()
+        self._wrote = False
+
+    def update(self, k=1) -> None:
+        self.n += k
+        if self._clock() - self._last >= _log_interval():
+            self._line()
+
+    def _line(self, end: bool = False) -> None:
+        now = self._clock()
+        elapsed = now - self._start
+        done = f"{self.n}/{self.total} {self.unit}" if self.total else f"{self.n} {self.unit}"
+        if self.total:
+            done += f" ({100 * self.n / self.total:.0f}%)"
+        text = f"{self.desc}: {done}, {_duration(elapsed)}"
+        if not end and self.total and 0 < self.n < self.total:
+            text += f", about {_duration(elapsed * (self.total - self.n) / self.n)} left"
+        print(text + (f" [{self._postfix}]" if self._postfix else ""), file=sys.stderr, flush=True)
+        self._last, self._wrote = now, True
+
+    def set_description(self, desc: str, refresh: bool = True) -> None:
+        self.desc = desc
+
+    def set_postfix(self, refresh: bool = True, **values) -> None:
+        self._postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def reset(self, total=None) -> None:
+        self.n, self.total, self._start = 0, total, self._clock()
+
+    def clear(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._wrote and (not self.total or self.n >= self.total):
+            self._line(end=True)
+        self._wrote = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_exc) -> None:
+        if kind is not None:
+            self._wrote = False  # an error or Ctrl-C says its own line
+        self.close()
+
+
+def _log_interval() -> float:
+    import os
+
+    text = os.environ.get("DECONV3D_PROGRESS_SECONDS")
+    try:
+        return float(text) if text else LOG_INTERVAL
+    except ValueError:
+        return LOG_INTERVAL
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def progress(total: int, desc: str):
+    """A progress bar on stderr (:func:`make_bar`) and an RL callback feeding it."""
+    bar = make_bar(total, desc, "it")
 
     def callback(iteration, _estimate):
         bar.update(iteration - bar.n)

@@ -11,7 +11,7 @@ from pathlib import Path
 from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor
 from deconv3d.errors import InputError
 
-from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, Terminated, add_common, add_optics, check_output,
+from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, Terminated, add_common, add_optics, check_output, make_bar,
                       positive_float, positive_int, print_warnings)
 from .selfsup import DEFAULT_STEPS
 
@@ -76,10 +76,9 @@ def settings_from_args(args, base: dict | None = None):
 
 
 def _bar(desc: str, unit: str, on_start=None):
-    """A tqdm bar and its ``(done, total)`` callback; ``on_start()`` runs at the first report."""
-    from tqdm import tqdm
-
-    bar = tqdm(desc=desc, unit=unit, disable=None, leave=False)
+    """A progress bar (:func:`~deconv3d.cli._common.make_bar`) and its ``(done, total)`` callback;
+    ``on_start()`` runs at the first report."""
+    bar = make_bar(None, desc, unit)
 
     def callback(done, total):
         if on_start is not None and bar.total is None:
@@ -121,7 +120,7 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
 def _trainer(args, pending: list):
     """``trainer(image, psf, voxel)`` for an ssl run that trains on the image first: the command's
     training options (``args``; for batch, the defaults of ``deconv3d train`` with its steps and
-    seed), with a tqdm bar showing the loss; ``pending`` warnings are printed at the first step.
+    seed), with a progress bar showing the loss; ``pending`` warnings are printed at the first step.
     ``trainer.configs(ndim)`` is the (TrainConfig, UNetConfig) it trains with, to plan the blocks first."""
     from .selfsup import configs, train_with_progress
 

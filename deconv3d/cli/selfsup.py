@@ -8,8 +8,8 @@ from pathlib import Path
 
 from deconv3d.errors import InputError
 
-from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, add_common, check_negative, check_output, positive_float,
-                      positive_int, print_warnings, voxel_size_of)
+from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, add_common, check_negative, check_output, make_bar,
+                      positive_float, positive_int, print_warnings, voxel_size_of)
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
 BAND_LIMIT = 0.0  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
@@ -123,18 +123,15 @@ def configs(args, ndim: int):
 
 
 def train_with_progress(image, psf, args, voxel, notes=()):
-    """Train on ``image`` with a tqdm bar showing the loss; raises on cancel or divergence.
+    """Train on ``image`` with a progress bar showing the loss; raises on cancel or divergence.
 
     ``notes`` (warnings) are printed at the first step, once training has accepted the input."""
-    from tqdm import tqdm
-
     from deconv3d.selfsup import train
 
     config, unet = configs(args, image.ndim)
     # Before the first step, the residual form searches RL's iteration count on held-out voxels.
     preparing = bool(config.residual or config.warm_steps or config.anchor_weight)  # as train() decides
-    bar = tqdm(total=config.steps, desc="train: choosing the RL reference" if preparing else "train", unit="step",
-               disable=None, leave=False)
+    bar = make_bar(config.steps, "train: choosing the RL reference" if preparing else "train", "step")
 
     waiting = [preparing]
 
@@ -202,8 +199,6 @@ def deconvolve_ssl(args, image, psf, voxel, trained=None):
 
     Returns ``(result, params, psf)``.
     """
-    from tqdm import tqdm
-
     from deconv3d.selfsup import apply_model, training_record
     from deconv3d.selfsup.predict import inference_precision
 
@@ -215,7 +210,7 @@ def deconvolve_ssl(args, image, psf, voxel, trained=None):
             raise InputError("--method ssl without --model needs a PSF: add --psf PSF.tif or --psf-model")
         trained = train_with_progress(image, psf, args, voxel)
         params = training_record(trained)  # the whole recipe, seed included
-    bar = tqdm(desc="predict", unit="tile", disable=None, leave=False)
+    bar = make_bar(None, "predict", "tile")
 
     def callback(done, total):
         bar.total = total
