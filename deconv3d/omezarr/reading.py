@@ -227,7 +227,7 @@ def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:
 def _path_token(path: Path) -> str:
     st = path.stat()
     identity = f"{path.resolve()}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-    return hashlib.sha1(identity.encode()).hexdigest()[:16]
+    return hashlib.sha1(os.fsencode(identity)).hexdigest()[:16]  # (a file name need not be UTF-8)
 
 
 def _multiscale(attrs: dict, path: Path) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,7 @@ from deconv3d._paths import _same_file, check_name_length, remove_stale_temporar
 from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
 from deconv3d.pipeline.locks import BUSY, DEFERRING, DONE_ELSEWHERE, claim, report_lock, settings_guard
+from deconv3d.pipeline.records import path_text
 from deconv3d.pipeline.settings import (OUTPUT_FORMATS, RUN_KEYS, Settings, _many, channel_count, load_config,
                                        make_settings)
 
@@ -247,8 +249,9 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
         owners = _output_owners(output_dir / RECORD_DIR)
         for number, (path, output) in enumerate(zip(inputs, outputs), 1):
             record = _record_path(output_dir, path)
-            row = {"file": str(path.absolute()), "output": str(output.absolute()), "status": "", "seconds": 0.0,
-                   "reason": "", "settings": settings_hash}
+            # (names as text a report can hold: a name that is not UTF-8 failed the CSV report's writing)
+            row = {"file": path_text(path.absolute()), "output": path_text(output.absolute()), "status": "",
+                   "seconds": 0.0, "reason": "", "settings": settings_hash}
             rows.append(row)  # before the work: an interrupted file shows as the row left without a status
             with claim(output_dir / RECORD_DIR, path) as mine:
                 by_another = _written_since(record, started)  # (before is_finished refreshes a touched file's)
@@ -264,6 +267,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
                                "this folder wrote it: move it away, or write to another output folder")
                 else:
                     _process(path, output, record, settings_hash, process_one, row)
+                row["reason"] = path_text(row["reason"])
             if progress is not None:
                 progress(number, len(inputs), row)
     return rows
@@ -383,8 +387,8 @@ def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
     if not isinstance(earlier, list):
         return rows
 
-    def key(row):
-        return os.path.abspath(row["file"])
+    def key(row):  # (as text: a name that is not UTF-8 is in the report with its bytes as \xNN)
+        return path_text(os.path.abspath(row["file"]))
 
     earlier = [{k: r.get(k, "") for k in (*REPORT_FIELDS, "settings")} for r in earlier
                if isinstance(r, dict) and isinstance(r.get("file"), str) and r.get("status") in STATUSES]
@@ -393,12 +397,21 @@ def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
     for row in earlier:
         if len(current) == 1 and row["settings"] not in ("", *current) and row["status"] != "failed":
             row.update(status="skipped", reason=OTHER_SETTINGS)
-        own, exists = mine.pop(key(row), None), not os.path.isabs(row["file"]) or os.path.exists(row["file"])
+        own, exists = mine.pop(key(row), None), not os.path.isabs(row["file"]) or _exists(row["file"])
         if own is not None and (own["reason"] not in DEFERRING or not exists):
             merged.append(own)
         elif exists:  # another run's row that this run's defers to, or a file this run did not see
             merged.append(row)
     return merged + list(mine.values())
+
+
+def _exists(text: str) -> bool:
+    """Whether the file a report names exists: by its text, or with the ``\\xNN`` that
+    :func:`~deconv3d.pipeline.records.path_text` wrote for the bytes of a name not UTF-8 as bytes."""
+    if os.path.exists(text):
+        return True
+    raw = re.sub(r"\\x([89a-f][0-9a-f])", lambda m: chr(0xDC00 + int(m.group(1), 16)), text)
+    return raw != text and os.path.exists(raw)
 
 
 #: The reason of an earlier run's row whose output was made with other settings (see _merged_rows).

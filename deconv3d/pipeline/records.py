@@ -10,6 +10,22 @@ import time
 import numpy as np
 
 
+def path_text(path) -> str:
+    """A file name as text any file format or report can hold: itself, or where it is not valid
+    UTF-8 (``lat\\xe9.tif`` from Latin-1 times, which Python reads with a lone surrogate that a TIFF
+    property, a CSV or a JSON report cannot encode) with the bytes that are not as ``\\xNN``."""
+    text = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")  # the name's own bytes
+        except UnicodeEncodeError:  # a surrogate no file name decodes to
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
+
+
 def psf_summary(psf) -> dict:
     """Shape, sum, peak position and fingerprint of a PSF, for provenance records."""
     from deconv3d.fft import psf_fingerprint
@@ -33,7 +49,7 @@ def psf_source(options) -> dict | None:
     files = options.psf
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files or [])
     if options.psf_model is None and files:
-        return {"files": [str(f) for f in files], "sha256": [file_sha256(f) for f in files]}
+        return {"files": [path_text(f) for f in files], "sha256": [file_sha256(f) for f in files]}
     if options.psf_model:
         return _jsonable({"model": options.psf_model, "na": options.na, "wavelength": options.wavelength,
                           "ni": options.ni, "ns": options.ns, "depth": options.depth})
@@ -83,7 +99,7 @@ def provenance(method: str, parameters: dict, *, psf=None, input_path=None, chec
         if source:
             record["psf"]["source"] = _jsonable(source)
     if input_path is not None:
-        record["input"] = {"path": str(input_path)}
+        record["input"] = {"path": path_text(input_path)}
         if checksum:
             record["input"]["sha256"] = checksum if isinstance(checksum, str) else file_sha256(input_path)
     if model_hash:
@@ -113,6 +129,8 @@ def _jsonable(value):
         return [_jsonable(v) for v in value]
     if isinstance(value, (np.generic,)):
         return value.item()
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, str):
+        return path_text(value)  # (a model's or PSF's file name)
+    if isinstance(value, (int, float, bool)) or value is None:
         return value
-    return str(value)
+    return path_text(value) if isinstance(value, os.PathLike) else str(value)
