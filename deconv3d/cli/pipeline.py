@@ -228,6 +228,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise InputError(f"cannot create or write the output folder {output_dir} ({existing} is not writable): "
                          "choose another location")
     _check_shared_files(settings)
+    print_warnings(_unused_settings_warnings(settings))
     start = time.perf_counter()
     gpus = gpu_count(settings.run_device) if args.scheduler == "processes" else 0
     rows: list[dict] = []
@@ -269,6 +270,21 @@ def cmd_batch(args: argparse.Namespace) -> int:
     for row in failed:
         print(f"deconv3d: failed: {row['file']}: {row['reason']}", file=sys.stderr)
     return 3 if failed else 0
+
+
+def _unused_settings_warnings(settings) -> list[str]:
+    """``deconvolve``'s warnings about options the method ignores, for a batch's settings (its
+    options and its config's keys alike): --iterations with --method wiener redid every finished
+    file without a word (such settings are no longer in the fingerprint, see Settings.fingerprint)."""
+    from .classical import _unused_option_warnings
+
+    s = settings
+    as_options = argparse.Namespace(
+        method=s.method, iterations=s.iterations, no_accelerate=not s.accelerate, boundary=s.boundary,
+        tv_weight=s.tv_weight, balance=s.balance, tta=s.tta, band_limit=s.band_limit, seed=s.seed, amp=s.amp,
+        model=s.model, psf_model=s.psf_model, na=s.na, wavelength=s.wavelength, ni=s.ni, ns=s.ns, depth=s.depth,
+        pyramid_levels=s.pyramid_levels, output=f"output.{s.output_format}")
+    return _unused_option_warnings(as_options)
 
 
 def _write_reports(output_dir: Path, rows) -> Path | None:

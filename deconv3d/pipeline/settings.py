@@ -192,11 +192,16 @@ class Settings:
         For ssl, the precision ``amp`` resolves to, not ``amp`` itself: a batch resumed on a CPU
         without AMX (or with ``ONEDNN_MAX_CPU_ISA`` limited) computes in float32, and had added
         float32 outputs to the bfloat16 ones under the same records.
+
+        A setting the method ignores (:data:`_METHOD_ONLY`; ``pyramid_levels`` for TIFF outputs)
+        counts at its default: ``--iterations 5`` with ``--method wiener`` redid every finished
+        file. (At the default, not left out: the records written before still match.)
         """
         fields = {k: v for k, v in dataclasses.asdict(self).items()
                   if k not in ("pattern", "amp") and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
                   and not (k in _SSL_ONLY and self.method != "ssl")
                   and not (k in _TRAINING_ONLY and self.train_steps is None)}
+        fields.update(self._ignored_at_defaults())
         fields["device"] = self.device_kind()
         if self.method == "ssl":  # (so an ssl batch finished by an earlier version is redone once)
             fields["precision"] = self.precision()
@@ -211,12 +216,21 @@ class Settings:
                 fields[key] = [file_sha256(f) for f in _many(fields[key])]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def _ignored_at_defaults(self) -> dict:
+        """The settings this configuration's method (or output format) ignores, at their defaults."""
+        ignored = [k for k, methods in _METHOD_ONLY.items() if self.method not in methods]
+        ignored += ["pyramid_levels"] if self.output_format != "zarr" else []
+        return {f.name: f.default for f in dataclasses.fields(self) if f.name in ignored}
+
 
 #: Settings added after batch folders held completion records, and their defaults: left out of the
 #: fingerprint at those, so that the records of a batch started before still match.
 _ADDED_LATER = {"train_steps": None, "seed": 0}
 #: Settings that change the output of method ssl only (others leave them out of the fingerprint).
 _SSL_ONLY = ("train_steps", "seed")
+#: Settings that change the output of some methods only (as ``deconvolve`` warns about them).
+_METHOD_ONLY = {"iterations": ("rl", "rl-tv"), "accelerate": ("rl", "rl-tv"), "boundary": ("rl", "rl-tv"),
+                "tv_weight": ("rl-tv",), "balance": ("wiener",), "tta": ("ssl",), "band_limit": ("ssl",)}
 #: Settings of the training with train_steps: a trained --model leaves them out of the fingerprint.
 _TRAINING_ONLY = ("seed",)
 

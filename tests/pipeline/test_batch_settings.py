@@ -1,0 +1,77 @@
+"""A batch's settings: which of them its completion records hold, what it warns about, and its
+TOML configuration file."""
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import pytest
+from cli_helpers import run
+
+from deconv3d.io import write_tiff
+from deconv3d.pipeline.settings import make_settings
+
+from .conftest import blurred_beads, gaussian_psf
+
+# Which methods each setting changes the output of (the others ignore it).
+APPLIES = {"iterations": ("rl", "rl-tv"), "accelerate": ("rl", "rl-tv"), "boundary": ("rl", "rl-tv"),
+           "tv_weight": ("rl-tv",), "balance": ("wiener",), "tta": ("ssl",), "band_limit": ("ssl",)}
+OTHER_VALUES = {"iterations": 5, "accelerate": False, "boundary": "zero", "tv_weight": 0.01, "balance": 0.1,
+                "tta": True, "band_limit": 0.1}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    psf = gaussian_psf((5, 5, 5))
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        write_tiff(tmp_path / "in" / f"img{i}.tif", blurred_beads((8, 16, 16), psf, seed=i), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path
+
+
+def statuses(out):
+    return [r["status"] for r in json.loads((out / "batch_report.json").read_text())["files"]]
+
+
+@pytest.mark.parametrize("method", ["rl", "rl-tv", "wiener"])
+def test_settings_the_method_ignores_are_not_in_the_fingerprint(folder, method):
+    """--iterations 5 with --method wiener redid every finished file of a wiener batch. The records
+    written before (the ignored settings at their defaults) must still match."""
+    import torch
+
+    from deconv3d.omezarr import file_sha256
+
+    base = {"psf": str(folder / "psf.tif"), "method": method}
+    settings = make_settings(base)
+    before = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed", "amp")}
+    before.update(device="cuda" if torch.cuda.is_available() else "cpu", psf=[file_sha256(folder / "psf.tif")])
+    assert settings.fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    for key, value in OTHER_VALUES.items():
+        changed = make_settings({**base, key: value}).fingerprint() != settings.fingerprint()
+        assert changed is (method in APPLIES[key]), key
+    for output_format, changes in (("tif", False), ("zarr", True)):  # pyramid levels: OME-Zarr outputs only
+        plain = make_settings({**base, "output_format": output_format})
+        assert (make_settings({**base, "output_format": output_format, "pyramid_levels": 2}).fingerprint()
+                != plain.fingerprint()) is changes
+
+
+def test_a_batch_warns_about_options_its_method_ignores_and_skips_what_they_do_not_change(folder, capsys):
+    out = folder / "out"
+    argv = ["batch", folder / "in", "-o", out, "--psf", folder / "psf.tif", "--method", "wiener"]
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "warning" not in err, err
+    code, _, err = run([*argv, "--iterations", 5, "--tv-weight", 0.01, "--boundary", "zero", "--band-limit", 0.1],
+                       capsys)
+    assert code == 0 and statuses(out) == ["skipped", "skipped"], err
+    assert ("deconv3d: warning: --iterations, --boundary, --tv-weight and --band-limit do not apply to --method "
+            "wiener; ignored") in err.splitlines()
+    (folder / "batch.toml").write_text('method = "wiener"\niterations = 7\n', encoding="utf-8")  # from a config too
+    code, _, err = run(["batch", folder / "in", "-o", out, "--psf", folder / "psf.tif", "--config",
+                        folder / "batch.toml"], capsys)
+    assert code == 0 and statuses(out) == ["skipped", "skipped"], err
+    assert "deconv3d: warning: --iterations does not apply to --method wiener; ignored" in err.splitlines()
+    code, _, err = run([*argv, "--balance", 0.01], capsys)  # a setting wiener reads redoes the files
+    assert code == 0 and statuses(out) == ["done", "done"] and "warning" not in err, err
+    assert os.path.isdir(out / "img0.zarr")
