@@ -139,7 +139,9 @@ def register(sub) -> None:
                        argument_default=None)
     p.add_argument("input_dir", help="folder of .tif/.tiff/.zarr images")
     p.add_argument("-o", "--output", required=True, help="output folder (created when missing)")
-    p.add_argument("--config", help="TOML file of settings (keys: long option names); options given here win")
+    p.add_argument("--config", help="TOML file of settings (keys: long option names); options given here win; "
+                   "psf and model paths in it are relative to the config file's folder (--psf: to the working "
+                   "directory)")
     p.add_argument("--pattern", action="append", metavar="GLOB",
                    help="file pattern (repeatable; default *.tif, *.tiff, *.zarr)")
     p.add_argument("--scheduler", default=None, help="threads (default), processes (a LocalCluster on "

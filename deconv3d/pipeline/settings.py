@@ -60,6 +60,7 @@ class Settings:
 
     def __post_init__(self):
         self._normalise()
+        self._check_numbers()
         self._check_values()
         self._check_memory_limit()
         self._check_sources()
@@ -86,25 +87,36 @@ class Settings:
                and all(isinstance(p, str) and p.strip() and not Path(p).is_absolute() and ".." not in Path(p).parts
                        for p in self.pattern),
                f"{_n('pattern')} needs file-name patterns inside the input folder, like \"*.tif\", got {self.pattern!r}")
-        _check(isinstance(self.pyramid_levels, int) and self.pyramid_levels >= 0, f"{_n('pyramid_levels')} must be >= 0")
+        _check(_is_whole(self.pyramid_levels) and self.pyramid_levels >= 0,
+               f"{_n('pyramid_levels')} must be a whole number >= 0, got {self.pyramid_levels!r}")
         _check(isinstance(self.tta, bool), f"{_n('tta')} must be true or false, got {self.tta!r}")
         _check(isinstance(self.band_limit, (int, float)) and 0 <= self.band_limit < float("inf"),
                f"{_n('band_limit')} must be a number >= 0, got {self.band_limit!r}")
-        _check(self.voxel_size is None
-               or (len(self.voxel_size) in (2, 3) and all(_positive(v) for v in self.voxel_size)),
-               f"{_n('voxel_size')} needs 3 positive numbers (Z Y X; Y X for 2D images), got {self.voxel_size!r}")
+        _check(self.voxel_size is None or (_sized(self.voxel_size) and len(self.voxel_size) in (2, 3)
+                                           and all(_positive(v) for v in self.voxel_size)),
+               f"{_n('voxel_size')} needs 3 positive numbers in µm (Z Y X; Y X for 2D images), like [0.3, 0.1, 0.1], "
+               f"got {self.voxel_size!r}")
         if self.voxel_size is not None:  # (it failed each file of the batch in turn, exit 3)
             _check(max(self.voxel_size) <= NANOMETRE_LIKE, f"{_n('voxel_size')} {format_sizes(self.voxel_size)} "
                    "looks like nanometres: give it in micrometres")
-        _check(self.chunks is None or (len(self.chunks) in (2, 3) and all(_positive(v) and isinstance(v, int)
-                                                                          for v in self.chunks)),
-               f"{_n('chunks')} needs 3 positive whole numbers (Z Y X; Y X for 2D images), got {self.chunks!r}")
+        _check(self.chunks is None or (_sized(self.chunks) and len(self.chunks) in (2, 3)
+                                       and all(_positive(v) and isinstance(v, int) for v in self.chunks)),
+               f"{_n('chunks')} needs 3 positive whole numbers (Z Y X; Y X for 2D images), like [32, 256, 256], "
+               f"got {self.chunks!r}")
         # Checked here, before any file runs: each of a night's files failed on them one by one.
         for name in ("accelerate", "amp"):
             _check(isinstance(getattr(self, name), bool), f"{_n(name)} must be true or false, got {getattr(self, name)!r}")
         from deconv3d.fft import resolve_device
 
         resolve_device(self.run_device)
+
+    def _check_numbers(self) -> None:
+        """Settings that take a number get one: a TOML ``true`` (a bool is an int in Python) ran as 1."""
+        for name in ("na", "ni", "ns", "depth", "tv_weight", "balance", "band_limit"):
+            value = getattr(self, name)
+            _check(value is None or _is_number(value), f"{_n(name)} must be a number, got {value!r}")
+        _check(all(_is_number(w) for w in _many(self.wavelength)),
+               f"{_n('wavelength')} must be a number in micrometres, or one per channel, got {self.wavelength!r}")
 
     def _check_memory_limit(self) -> None:
         # A bare number is bytes for the Python API (as run_chunked takes); a small one is a config's
@@ -251,6 +263,15 @@ def _is_whole(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+def _sized(v) -> bool:
+    """A list of values (a TOML ``voxel-size = 5`` gave "object of type 'int' has no len()")."""
+    return hasattr(v, "__len__") and not isinstance(v, (str, bytes, dict))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def _positive(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
@@ -277,14 +298,16 @@ def load_config(path) -> dict:
     """Read a batch TOML file into a dict of settings (keys are long option names, '-' or '_';
     ``no-accelerate = true`` is ``accelerate = false``, and ``no-amp`` and ``no-tta`` likewise),
     plus :data:`RUN_KEYS` where given. Two keys for one setting (``amp`` and ``no-amp``, or
-    ``tv-weight`` and ``tv_weight``) are refused: which one was meant is not for us to guess."""
+    ``tv-weight`` and ``tv_weight``) are refused: which one was meant is not for us to guess.
+    The files ``psf`` and ``model`` name are taken relative to the config file's folder."""
     import tomllib
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file not found: {path}: check the path")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8 (Windows' default was cp1252)
+        # TOML is UTF-8 (Windows' default was cp1252); Notepad's "UTF-8 with BOM" was refused at line 1
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read config {path}: {' '.join(str(exc).split())}: fix the TOML syntax") from exc
     known = {f.name for f in dataclasses.fields(Settings)} | set(RUN_KEYS)
@@ -307,10 +330,17 @@ def load_config(path) -> dict:
             if not all(isinstance(f, str) for f in _many(value)):
                 raise InputError(f"config {path}: {key} must be a file name in quotes (or a list of them for psf), "
                                  f"got {value!r}")
-            resolved = [f if Path(f).is_absolute() else str(path.parent / f) for f in _many(value)]
+            resolved = [_config_path(f, path) for f in _many(value)]
             value = tuple(resolved) if isinstance(value, tuple) else resolved[0]
         out[name] = value
     return out
+
+
+def _config_path(name: str, config: Path) -> str:
+    """A file a config names: ``~`` expanded (no shell does it there), a relative path taken from
+    the config file's folder (not the working directory, as for --psf: the config travels with it)."""
+    given = Path(name).expanduser()
+    return str(given if given.is_absolute() else config.parent / given)
 
 
 def make_settings(values: dict, options: bool = False) -> Settings:

@@ -7,10 +7,11 @@ import json
 import os
 
 import pytest
-from cli_helpers import run
+from cli_helpers import assert_one_line_error, run
 
+from deconv3d.cli import main
 from deconv3d.io import write_tiff
-from deconv3d.pipeline.settings import make_settings
+from deconv3d.pipeline.settings import load_config, make_settings
 
 from .conftest import blurred_beads, gaussian_psf
 
@@ -75,3 +76,46 @@ def test_a_batch_warns_about_options_its_method_ignores_and_skips_what_they_do_n
     code, _, err = run([*argv, "--balance", 0.01], capsys)  # a setting wiener reads redoes the files
     assert code == 0 and statuses(out) == ["done", "done"] and "warning" not in err, err
     assert os.path.isdir(out / "img0.zarr")
+
+
+def test_config_paths_are_the_config_folder_s_and_tilde_is_home(tmp_path, monkeypatch, capsys):
+    """A TOML file has no shell to expand ~, and its relative paths are not the working directory's
+    (as --psf's are): both are said in batch --help."""
+    home, configs = tmp_path / "home", tmp_path / "configs"
+    home.mkdir()
+    configs.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    (configs / "batch.toml").write_text('psf = ["~/a.tif", "b.tif"]\nmodel = "~/m.ckpt"\n', encoding="utf-8")
+    config = load_config(configs / "batch.toml")
+    assert config["psf"] == (str(home / "a.tif"), str(configs / "b.tif")) and config["model"] == str(home / "m.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["batch", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0 and "relative to the config file's folder" in help_text
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read(folder):
+    """Windows Notepad's "UTF-8 with BOM" was refused: "Invalid statement (at line 1, column 1)"."""
+    (folder / "batch.toml").write_text('method = "wiener"\npsf = "psf.tif"\n', encoding="utf-8-sig")
+    assert (folder / "batch.toml").read_bytes().startswith(b"\xef\xbb\xbf")
+    assert load_config(folder / "batch.toml") == {"method": "wiener", "psf": str(folder / "psf.tif")}
+
+
+@pytest.mark.parametrize("line, words", [
+    ("voxel-size = 5", ["voxel_size needs 3 positive numbers", "[0.3, 0.1, 0.1]"]),  # was: 'int' has no len()
+    ("chunks = 5", ["chunks needs 3 positive whole numbers", "[32, 256, 256]"]),
+    ("pyramid-levels = true", ["pyramid_levels must be a whole number"]),  # each ran as 1
+    ("band-limit = true", ["band_limit must be a number"]),
+    ("tv-weight = true", ["tv_weight must be a number"]),
+    ("balance = true", ["balance must be a number"]),
+    ("na = true", ["na must be a number"]),
+    ("ni = true", ["ni must be a number"]),
+    ("depth = true", ["depth must be a number"]),
+    ("wavelength = [0.5, true]", ["wavelength must be a number"]),
+])
+def test_config_values_of_the_wrong_kind_are_named_in_one_line(folder, capsys, line, words):
+    (folder / "batch.toml").write_text(f'psf = "psf.tif"\n{line}\n', encoding="utf-8")
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--config", folder / "batch.toml"], capsys)
+    assert_one_line_error(code, err, *words)
+    assert not (folder / "out").exists()
