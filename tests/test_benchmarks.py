@@ -1,0 +1,47 @@
+"""The benchmark scripts' own logic (parsing, warm-up, aggregation, targets) on tiny or stubbed
+work: the measurements themselves live in benchmarks/ and are not run here."""
+
+import os
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+import bench_pipeline  # noqa: E402
+
+
+@pytest.mark.parametrize("line, plan", [
+    ("wrote o.zarr: rl in 12 block(s) of at most (32, 128, 256) + halo (8, 8, 8) in 3.1 s",
+     "12 blocks of at most (32, 128, 256) + halo (8, 8, 8)"),
+    ("wrote o.zarr: rl in 3 block(s) of (16, 48, 48) + halo (4, 4, 4) in 1.0 s",
+     "3 blocks of (16, 48, 48) + halo (4, 4, 4)"),
+    ("no plan here", "?"),
+])
+def test_the_pipeline_bench_reads_the_block_plan_of_the_cli(line, plan):
+    assert bench_pipeline.block_plan("progress...\n" + line + "\nVMHWM 123\n") == plan
+
+
+def test_the_pipeline_bench_runs_each_variant_once_untimed_first(monkeypatch, tmp_path):
+    """The first run pays the process's one-time costs: it must not be one of the timed runs."""
+    import deconv3d.classical
+    import deconv3d.pipeline
+
+    calls = {"whole": 0, "chunked": 0}
+    shape = (8, 24, 24)
+
+    def counted(name, fn):
+        def run(image, *args, **kwargs):
+            calls[name] += image.shape == shape  # richardson_lucy on the whole image, not on a block
+            return fn(image, *args, **kwargs)
+        return run
+
+    monkeypatch.setattr(deconv3d.classical, "richardson_lucy", counted("whole", deconv3d.classical.richardson_lucy))
+    monkeypatch.setattr(deconv3d.pipeline, "run_chunked", counted("chunked", deconv3d.pipeline.run_chunked))
+    args = bench_pipeline.parse_args(["--shape", *map(str, shape), "--chunks", "4", "12", "12", "--iterations", "2",
+                                      "--psf-size", "5", "--repeats", "2"])
+    result = bench_pipeline.part_throughput(args, tmp_path)
+    assert calls == {"whole": 3, "chunked": 3}
+    assert [len(t) for t in result["times"].values()] == [2, 2]
+    assert list(tmp_path.iterdir()) == []  # every chunked output removed
