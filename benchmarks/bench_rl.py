@@ -15,7 +15,10 @@ each method per round, so that the shared machine's load hits them alike):
 * with the ``numba`` extra installed (fused element-wise passes, ``deconv3d._rl_ops``), also
   deconv3d with torch's element-wise operations (``DECONV3D_FUSED=torch``)
 
-plus the largest difference between deconv3d and scikit-image, and time-to-quality:
+The last column is each row's time divided by deconv3d's (above 1: slower than deconv3d); a
+line below the table gives issue 2's targets the other way round where they are stated so:
+deconv3d / floor <= 1.2, scikit-image / deconv3d >= 3.5, RedLionfish / deconv3d > 1. Then
+the largest difference between deconv3d and scikit-image, and time-to-quality:
 seconds for Biggs-Andrews accelerated RL to reach the PSNR plain RL reaches in 20
 iterations (zero and Bertero boundaries). Run ``python benchmarks/bench_rl.py --help`` for
 the options; ``--quick`` runs a tiny problem (a smoke test, not a measurement).
@@ -139,7 +142,26 @@ def summarise(name, seconds, iterations, reference=None):
     per_iter = [s / iterations * 1e3 for s in seconds]
     med = statistics.median(per_iter)
     ratio = "" if reference is None else f"{med / reference:6.2f}x"
-    return f"| {name:<38} | {med:9.1f} | {min(per_iter):7.1f} - {max(per_iter):<7.1f} | {ratio:>8} |", med
+    return f"| {name:<38} | {med:9.1f} | {min(per_iter):7.1f} - {max(per_iter):<7.1f} | {ratio:>19} |", med
+
+
+# Issue 2's speed targets: (label, numerator, denominator, the ratio's bound, "<=" or ">=" or ">").
+TARGETS = (("deconv3d / FFT floor", "ours", "floor", 1.2, "<="),
+           ("scikit-image / deconv3d", "skimage", "ours", 3.5, ">="),
+           ("RedLionfish / deconv3d", "redlionfish", "ours", 1.0, ">"))
+
+
+def target_line(medians) -> str:
+    """Issue 2's speed targets against the median ms / iteration of each runner (``medians``, keyed
+    as ``main``'s runners): each ratio, its target and whether it is met; a runner not run is skipped."""
+    parts = []
+    for label, num, den, bound, op in TARGETS:
+        if medians.get(num) is None or medians.get(den) is None:
+            continue
+        ratio = medians[num] / medians[den]
+        met = {"<=": ratio <= bound, ">=": ratio >= bound, ">": ratio > bound}[op]
+        parts.append(f"{label} {ratio:.2f}x (target {op} {bound:g}x: {'met' if met else 'MISSED'})")
+    return "# targets (issue 2): " + "; ".join(parts)
 
 
 def time_to_quality(truth, image, psf, iterations, repeats, boundary="zero"):
@@ -232,22 +254,27 @@ def main(argv=None):
           f"with {args.threads} workers")
     print(f"# first deconv3d run in this process (FFT planning included): {first:.2f} s; FFTW planner "
           f"{os.environ['DECONV3D_FFTW_PLANNER']}, wisdom file {wisdom_path() if backend == 'fftw' else '-'}")
-    print("| method                                 | ms / iter | min - max         | vs deconv3d |")
-    print("|----------------------------------------|-----------|-------------------|----------|")
+    print("| method                                 | ms / iter | min - max         | this row / deconv3d |")
+    print("|----------------------------------------|-----------|-------------------|---------------------|")
     row, ref = summarise("deconv3d rl (zero boundary)", ours_times, it)
     print(row)
-    print(summarise("scikit-image richardson_lucy", sk_times, it, ref)[0])
+    medians = {"ours": ref}
+    row, medians["skimage"] = summarise("scikit-image richardson_lucy", sk_times, it, ref)
+    print(row)
     if rlf_times:
-        print(summarise("RedLionfish CPU", rlf_times, it, ref)[0])
+        row, medians["redlionfish"] = summarise("RedLionfish CPU", rlf_times, it, ref)
+        print(row)
     else:
         print("| RedLionfish CPU                         | not installed (pip install -e .[bench])  |")
-    print(summarise(f"FFT floor (2 FFT pairs, {backend})", floor_times, it, ref)[0])
+    row, medians["floor"] = summarise(f"FFT floor (2 FFT pairs, {backend})", floor_times, it, ref)
+    print(row)
     print(summarise("deconv3d rl (periodic, as RedLionfish)", periodic_times, it, ref)[0])
     if torch_times:
         print(summarise("deconv3d rl (zero, torch.fft)", torch_times, it, ref)[0])
         print(summarise("FFT floor (torch.fft)", torch_floor_times, it, ref)[0])
     if unfused_times:
         print(summarise("deconv3d rl (zero, torch element-wise)", unfused_times, it, ref)[0])
+    print(target_line(medians))
     diff = float(np.abs(ours - sk).max() / np.abs(sk).max())
     print(f"# max |deconv3d - scikit-image| / max = {diff:.2e}")
     # RedLionfish's CPU path solves the periodic problem at the image shape but starts from the

@@ -45,3 +45,16 @@ def test_the_pipeline_bench_runs_each_variant_once_untimed_first(monkeypatch, tm
     assert calls == {"whole": 3, "chunked": 3}
     assert [len(t) for t in result["times"].values()] == [2, 2]
     assert list(tmp_path.iterdir()) == []  # every chunked output removed
+
+
+def test_the_rl_bench_states_issue_2s_targets_the_way_round_they_are_set():
+    """The table's column is other / deconv3d (the floor 0.84x); the floor target is deconv3d / floor."""
+    import bench_rl
+
+    line = bench_rl.target_line({"ours": 10.0, "floor": 8.4, "skimage": 40.0, "redlionfish": 9.0})
+    assert "deconv3d / FFT floor 1.19x (target <= 1.2x: met)" in line
+    assert "scikit-image / deconv3d 4.00x (target >= 3.5x: met)" in line
+    assert "RedLionfish / deconv3d 0.90x (target > 1x: MISSED)" in line
+    slow = bench_rl.target_line({"ours": 10.0, "floor": 5.0, "skimage": 30.0})
+    assert "deconv3d / FFT floor 2.00x (target <= 1.2x: MISSED)" in slow and "3.00x (target >= 3.5x: MISSED)" in slow
+    assert "RedLionfish" not in slow  # not installed: no row, no target
