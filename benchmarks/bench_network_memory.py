@@ -2,13 +2,16 @@
 against the measured peak of its tiled inference.
 
 Each case runs ``deconv3d.selfsup.predict.predict_tiled`` once on a random image with an untrained
-ResUNet (the activations do not depend on the weights) in a fresh process, and prints the growth
-of the process's peak resident memory (``ru_maxrss`` after the call less the resident memory
-before it) beside ``MemoryModel("ssl", ...).block_bytes`` for the same image (SAFETY included,
-RESIDENT_ALLOWANCE not). A ratio above 1 means the model undercounts: a ``--memory-limit`` run of
-the chunked network could then exceed its limit.
+ResUNet (the activations do not depend on the weights) in a fresh process, ``--runs`` times (the
+peak swings by about 20 % from one process to the next). Per case it prints the median and range
+of the growth of the process's peak resident memory (``ru_maxrss`` after the call less the
+resident memory before it) beside ``MemoryModel("ssl", ...).block_bytes`` for the same image
+(SAFETY included, RESIDENT_ALLOWANCE not), and the largest ratio measured / counted. A ratio
+above 1 means the model undercounts: a ``--memory-limit`` run of the chunked network could then
+exceed its limit, so the largest ratio is the figure that matters.
 
-Run ``python benchmarks/bench_network_memory.py`` (about a minute on 2 cores), or ``--quick``
+Run ``python benchmarks/bench_network_memory.py`` (about five minutes on 2 cores; ``--runs 1``
+about one), ``--shapes 512x512`` for chosen images, or ``--quick``
 for a smoke test on tiny images (no measurement).
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 
@@ -48,28 +52,57 @@ def measure(shape, base_channels: int, depth: int, context: int) -> str:
     return f"{peak - before} {counted}"
 
 
+def run_case(shape, args) -> tuple[int, int]:
+    """One case in a fresh process: (measured growth of the peak, counted) in bytes."""
+    case = "x".join(str(n) for n in shape)
+    out = subprocess.run([sys.executable, __file__, "--case", case, "--base-channels", str(args.base_channels),
+                          "--depth", str(args.depth), "--context", str(args.context)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return int(out[-2]), int(out[-1])
+
+
+def case_row(shape, args) -> float:
+    """Run one case in ``args.runs`` fresh processes, print its row; returns the largest measured / counted."""
+    runs = [run_case(shape, args) for _ in range(args.runs)]
+    measured, counted = [m for m, _ in runs], runs[0][1]
+    ratios = [m / counted for m in measured]
+    print(f"| {'x'.join(map(str, shape))} | {statistics.median(measured) / 1e6:.0f} ({min(measured) / 1e6:.0f}-"
+          f"{max(measured) / 1e6:.0f}) | {counted / 1e6:.0f} | {statistics.median(ratios):.2f} "
+          f"({min(ratios):.2f}-{max(ratios):.2f}) | {max(ratios):.2f} |", flush=True)
+    return max(ratios)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--context", type=int, default=56, help="the default 3D network's receptive radius")
+    parser.add_argument("--shapes", help="images to measure, e.g. 512x512,16x128x128 (default: "
+                        + ",".join("x".join(map(str, s)) for s in CASES) + ")")
+    parser.add_argument("--runs", type=_positive, default=5,
+                        help="fresh processes per case (default 5): the peak varies from run to run")
     parser.add_argument("--quick", action="store_true", help="tiny images: a smoke test, not a measurement")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
     args = parser.parse_args(argv)
     if args.case:
         print(measure(tuple(int(n) for n in args.case.split("x")), args.base_channels, args.depth, args.context))
         return
+    shapes = QUICK if args.quick else [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")] \
+        if args.shapes else CASES
     print(f"# bench_network_memory: base {args.base_channels} channels, depth {args.depth}, context "
-          f"{args.context}, {os.cpu_count()} cores; peak RSS growth of predict_tiled against the model")
-    print("| image | measured MB | model MB | measured / model |")
-    print("|---|---|---|---|")
-    for shape in QUICK if args.quick else CASES:
-        case = "x".join(str(n) for n in shape)
-        out = subprocess.run([sys.executable, __file__, "--case", case, "--base-channels", str(args.base_channels),
-                              "--depth", str(args.depth), "--context", str(args.context)],
-                             capture_output=True, text=True, check=True).stdout.split()
-        measured, counted = int(out[-2]), int(out[-1])
-        print(f"| {case} | {measured / 1e6:.0f} | {counted / 1e6:.0f} | {measured / counted:.2f} |")
+          f"{args.context}, {os.cpu_count()} cores, {args.runs} fresh process(es) per case; peak RSS growth of "
+          f"predict_tiled against the model: median (min-max)")
+    print("| image | measured MB | model MB | measured / model | max measured / model |")
+    print("|---|---|---|---|---|")
+    worst = max(case_row(shape, args) for shape in shapes)
+    print(f"# largest measured / model over all runs: {worst:.2f} (above 1: the model undercounts)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
 
 
 if __name__ == "__main__":

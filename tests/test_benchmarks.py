@@ -58,3 +58,42 @@ def test_the_rl_bench_states_issue_2s_targets_the_way_round_they_are_set():
     slow = bench_rl.target_line({"ours": 10.0, "floor": 5.0, "skimage": 30.0})
     assert "deconv3d / FFT floor 2.00x (target <= 1.2x: MISSED)" in slow and "3.00x (target >= 3.5x: MISSED)" in slow
     assert "RedLionfish" not in slow  # not installed: no row, no target
+
+
+def _stub_runs(monkeypatch, module, values):
+    """Replace the module's one-process run with ``values`` in turn; returns the list of calls."""
+    calls = []
+
+    def run_case(*case):
+        calls.append(case[:-1])
+        return values[len(calls) - 1]
+
+    monkeypatch.setattr(module, "run_case", run_case)
+    return calls
+
+
+def test_the_network_memory_bench_runs_each_case_in_several_processes(monkeypatch, capsys):
+    """One process's peak swings by +-20 %: the table gives median, range and the largest ratio."""
+    import bench_network_memory
+
+    counted = 195_000_000
+    calls = _stub_runs(monkeypatch, bench_network_memory, [(m * 1_000_000, counted) for m in (160, 205, 229, 160)])
+    bench_network_memory.main(["--shapes", "512x512", "--runs", "4"])
+    out = capsys.readouterr().out
+    assert calls == [((512, 512),)] * 4
+    assert "| 512x512 | 182 (160-229) | 195 | 0.94 (0.82-1.17) | 1.17 |" in out
+    assert "largest measured / model over all runs: 1.17" in out
+
+
+def test_the_block_memory_bench_runs_each_case_in_several_processes(monkeypatch, capsys):
+    import bench_block_memory
+
+    mb = 1_000_000
+    calls = _stub_runs(monkeypatch, bench_block_memory, [(90 * mb, 95 * mb, 100 * mb, 40 * mb),
+                                                         (110 * mb, 120 * mb, 100 * mb, 42 * mb),
+                                                         (80 * mb, 80 * mb, 100 * mb, 41 * mb)])
+    bench_block_memory.main(["--methods", "rl", "--psfs", "15", "--shapes", "32x128x128", "--runs", "3"])
+    out = capsys.readouterr().out
+    assert calls == [("rl", (32, 128, 128), 15)] * 3
+    assert "| rl | 32x128x128 | 15^3 | 90 (80-110) | 100 | 0.90 (0.80-1.10) | 1.10 | 1.20 | 41 |" in out
+    assert "largest measured / model over all runs: 1.10" in out
