@@ -15,7 +15,11 @@ on the noise-free blurred image (``selfsup_genie.py``): references for what this
 reaches in the same budget when told the answer, and when told the noise-free
 measurement that the self-supervised data terms estimate from the noisy image. Each network's output is scored raw (the
 library default) and band-limited to the PSF's passband (``apply_model(band_limit=eps)``,
-``--band-limit``). ``--fft`` adds the FFT-versus-conv3d forward-model timing. Rows print as they finish. Run ``python benchmarks/bench_selfsup.py --help``.
+``--band-limit``). ``--fft`` adds the FFT-versus-conv3d forward-model timing. Rows print as they finish.
+The last column sets each network row against issue 3's targets (:class:`Targets`): at sigma
+0.1, 0.5 dB above the best classical baseline (the best oracle rl / rl-tv row; not with
+``--no-baselines``) and, for before-PSF, 0.5 dB above the SSI-style row of the same seed and
+variant; at sigma 0.01, no worse than the best classical baseline. Run ``python benchmarks/bench_selfsup.py --help``.
 """
 
 from __future__ import annotations
@@ -106,9 +110,38 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def row(name, scores, extra=""):
+def row(name, scores, extra="", target=""):
     (p, s) = scores
-    print(f"| {name:<34} | {p:6.2f} | {s:6.3f} | {extra:<28} |", flush=True)
+    print(f"| {name:<34} | {p:6.2f} | {s:6.3f} | {extra:<28} | {target} |", flush=True)
+
+
+class Targets:
+    """Issue 3's PSNR targets for the network rows of one volume and noise level: at sigma 0.1 at
+    least 0.5 dB above the best classical baseline (rl and rl-tv at their oracle counts) and, for the
+    Siamese network before the PSF, 0.5 dB above the SSI-style network; at sigma 0.01 no worse than
+    the best classical baseline. Every network row is set against the classical target."""
+
+    CLASSICAL = {0.1: 0.5, 0.01: 0.0}  # sigma: dB above the best classical baseline
+    SSI = {0.1: 0.5}  # sigma: dB of before-PSF above the SSI-style network
+
+    def __init__(self, sigma: float, classical: float | None):
+        self.sigma, self.classical, self.ssi = sigma, classical, {}
+
+    def note(self, method: str, key, psnr: float) -> str:
+        """The targets for row ``key`` (seed and variant) of ``method`` with this PSNR, met or missed."""
+        if method == "ssi":
+            self.ssi[key] = psnr
+        parts = []
+        if self.classical is not None and self.sigma in self.CLASSICAL:
+            parts.append(self._versus("best classical", self.classical, self.CLASSICAL[self.sigma], psnr))
+        if method == "before" and key in self.ssi and self.sigma in self.SSI:
+            parts.append(self._versus("ssi", self.ssi[key], self.SSI[self.sigma], psnr))
+        return "; ".join(parts)
+
+    @staticmethod
+    def _versus(name: str, reference: float, margin: float, psnr: float) -> str:
+        goal = reference + margin
+        return f">= {goal:.2f} ({name} {reference:.2f} + {margin:g}): {'met' if psnr >= goal else 'missed'}"
 
 
 def baselines(truth, noisy, psf, sigma):
@@ -144,9 +177,11 @@ def _seeded(name, seed, args):
     return f"{name} seed {seed}" if len(args.seeds) > 1 or seed != 0 else name
 
 
-def _median_row(name, scores, args):
+def _median_row(name, scores, args, targets=None, method=""):
     if len(scores) > 1:
-        row(f"{name} median of {len(scores)} seeds", tuple(float(np.median(v)) for v in zip(*scores)))
+        median = tuple(float(np.median(v)) for v in zip(*scores))
+        row(f"{name} median of {len(scores)} seeds", median, "",
+            targets.note(method, "median", median[0]) if targets else "")
 
 
 def run_genie(truth, clean, noisy, psf, args):
@@ -164,7 +199,7 @@ def run_genie(truth, clean, noisy, psf, args):
         _median_row(f"network trained on the {name}", scores, args)
 
 
-def run_network(truth, noisy, psf, method, args, seed=0):
+def run_network(truth, noisy, psf, method, args, seed=0, targets=None):
     cfg, unet = recipe(args, method, seed)
     res = train(noisy, psf, config=cfg, unet=unet, device="cpu")
     extra = f"{res.seconds:.0f} s, {res.steps_done} steps, {res.precision}, pre {res.config.precondition}"
@@ -178,15 +213,19 @@ def run_network(truth, noisy, psf, method, args, seed=0):
 
         os.makedirs(args.save, exist_ok=True)
         save_checkpoint(res, os.path.join(args.save, _seeded(f"{args.tag}-{method}", seed, args).replace(" ", "-") + ".ckpt"))
-    s = score(truth, apply_model(res, noisy, device="cpu"))
-    row(_seeded(f"ssl {method}", seed, args), s, extra)
-    banded = apply_model(res, noisy, device="cpu", band_limit=args.band_limit)
-    row(_seeded(f"ssl {method} (band limit {args.band_limit:g})", seed, args), score(truth, banded), extra)
+    def report(variant, output):
+        s = score(truth, output)
+        row(_seeded(f"ssl {method}{variant}", seed, args), s, extra,
+            targets.note(method, (seed, variant), s[0]) if targets else "")
+        return s
+
+    s = report("", apply_model(res, noisy, device="cpu"))
+    limited = f" (band limit {args.band_limit:g})"
+    report(limited, apply_model(res, noisy, device="cpu", band_limit=args.band_limit))
     if not args.no_tta:
         tta = apply_model(res, noisy, device="cpu", tta=True)
-        row(_seeded(f"ssl {method} + TTA", seed, args), score(truth, tta), extra)
-        banded = band_limit(tta, res.psf, args.band_limit).clamp_min_(0).numpy()  # as apply_model(band_limit=)
-        row(_seeded(f"ssl {method} + TTA (band limit {args.band_limit:g})", seed, args), score(truth, banded), extra)
+        report(" + TTA", tta)
+        report(" + TTA" + limited, band_limit(tta, res.psf, args.band_limit).clamp_min_(0).numpy())  # as apply_model
     return s
 
 
@@ -207,15 +246,17 @@ def main(argv=None):
             truth, clean, noisy = make_volume(volume, sigma, psf, shape=shape)
             args.tag = f"{volume}-{sigma}"
             print(f"\n## {volume}, sigma {sigma}, field {noisy.shape}", flush=True)
-            print("| method                             | PSNR   | SSIM   | notes                        |")
-            print("|------------------------------------|--------|--------|------------------------------|")
-            if not args.no_baselines:
-                baselines(truth, noisy, psf, sigma)
+            print("| method                             | PSNR   | SSIM   | notes                        | issue 3 target "
+                  "(PSNR) |")
+            print("|------------------------------------|--------|--------|------------------------------|"
+                  "-----------------------|")
+            best = None if args.no_baselines else baselines(truth, noisy, psf, sigma)
+            targets = Targets(sigma, None if best is None else best[0])
             if args.genie:
                 run_genie(truth, clean, noisy, psf, args)
             for method in args.methods:
-                _median_row(f"ssl {method}", [run_network(truth, noisy, psf, method, args, seed) for seed in args.seeds],
-                            args)
+                scores = [run_network(truth, noisy, psf, method, args, seed, targets) for seed in args.seeds]
+                _median_row(f"ssl {method}", scores, args, targets, method)
     if args.fft:
         from selfsup_fft import run as run_fft
 
