@@ -18,10 +18,12 @@ distance from ``x_k`` to focus as a fraction of the distance from ``x_far`` to f
 fraction ``a`` has ``alpha = 1 - a``.
 
 Inputs are 2D numpy arrays of equal shape in any intensity scale. Each plane is min-max
-normalised to [0, 1] on its own (as in training); the output, decoded in [0, 1], is mapped
-back to an intensity range obtained by applying the same linear combination to the
-inputs' (min, max); where that range would be empty or inverted (strong extrapolation),
-the range of the input nearest to the output is used instead. Sizes that are not
+normalised to [0, 1] on its own (as in training), with a range that leaves out hot and cold
+pixels (:func:`~deconv3d.latent.data.plane_ranges`: one hot pixel would otherwise squeeze the
+plane and inflate the intensity range everything is mapped back to); the output, decoded in
+[0, 1], is mapped back to an intensity range obtained by applying the same linear combination
+to the inputs' (min, max), those ranges; where that range would be empty or inverted (strong
+extrapolation), the range of the input nearest to the output is used instead. Sizes that are not
 multiples of the network's divisor are reflect-padded and the output cropped back
 (``fit="pad"``, the default), or refused (``fit="error"``).
 
@@ -47,6 +49,7 @@ import torch
 
 from deconv3d._arrays import as_numpy
 from deconv3d.errors import InputError
+from deconv3d.latent.data import plane_ranges
 
 __all__ = ["lincomb", "interpolate", "interior_fractions", "synthesize_blur", "deblur",
            "blend_pixels", "extrapolate_pixels", "encode_planes", "linearity_scores"]
@@ -132,7 +135,9 @@ def _pair(a, b, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _minmax(x: np.ndarray) -> tuple[np.ndarray, float, float]:
-    lo, hi = float(x.min()), float(x.max())
+    """The plane normalised as in training (:func:`~deconv3d.latent.data.normalize_planes`: its range
+    leaves out hot and cold pixels, which keep their values), and that range."""
+    lo, hi = (float(v.item()) for v in plane_ranges(x))
     scale = hi - lo if hi > lo else 1.0
     return ((x - lo) / scale).astype(np.float32), lo, hi
 
