@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -72,7 +73,8 @@ import torch
 from deconv3d.latent.data import PAPER_LEVELS, focal_stacks_from_images, synthetic_focal_stacks
 from deconv3d.latent.losses import LATENT_NORMS
 from deconv3d.latent.model import AEConfig
-from deconv3d.latent.ops import blend_pixels, deblur, extrapolate_pixels, linearity_scores, synthesize_blur
+from deconv3d.latent.ops import (FormWarning, blend_pixels, deblur, extrapolate_pixels, linearity_scores,
+                                  synthesize_blur)
 from deconv3d.latent.train import LatentTrainConfig, train
 from deconv3d.metrics import latent_apd, latent_lds, psnr, rescale_affine, ssim
 
@@ -210,7 +212,7 @@ def interpolation_methods(models, fractions) -> dict:
     methods = {"pixel blend": lambda s: blend_pixels(s[0], s[-1], fractions),
                "true-PSF re-blur (recorded)": lambda s: s[1:-1]}
     for name, res in models.items():
-        methods[f"latent {name}"] = lambda s, m=res.model: synthesize_blur(m, s[0], s[-1], fractions)
+        methods[f"latent {name}"] = lambda s, m=res.model: synthesize_blur(m, s[0], s[-1], fractions, residual=False)
     for name, res in models.items():  # beyond the paper: a decoded correction on top of pixel blending
         methods[f"latent {name} + residual"] = lambda s, m=res.model: synthesize_blur(m, s[0], s[-1], fractions,
                                                                                     residual=True)
@@ -248,7 +250,7 @@ def deblur_methods(models) -> dict:
     methods = {"blurred input plane": lambda s, k, a: s[k],
                "pixel extrapolation": lambda s, k, a: extrapolate_pixels(s[0], s[k], a)}
     for name, res in models.items():
-        methods[f"latent {name}"] = lambda s, k, a, m=res.model: deblur(m, s[0], s[k], a)
+        methods[f"latent {name}"] = lambda s, k, a, m=res.model: deblur(m, s[0], s[k], a, residual=False)
     for name, res in models.items():
         methods[f"latent {name} + residual"] = lambda s, k, a, m=res.model: deblur(m, s[0], s[k], a, residual=True)
     return methods
@@ -325,6 +327,7 @@ def report_targets(interp: dict, gains: dict, models: dict, levels, args) -> Non
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore", FormWarning)  # every network is scored in both forms on purpose
     print(f"# bench_latent: {os.cpu_count()} cores, {torch.get_num_threads()} threads; {args.data} stacks "
           f"{args.size}x{args.size}, levels {list(PAPER_LEVELS)}; {args.train_images} training stacks "
           f"(1/4 validate), {args.test_images} held-out; widths {args.widths}, crop {args.crop}, "

@@ -166,6 +166,8 @@ def load_checkpoint(path, device="cpu") -> TrainedAutoencoder:
     Returns
     -------
     TrainedAutoencoder
+        Its ``model`` records the form it was trained in (``model.residual``, from the
+        training config), so the network alone is applied in that form too.
 
     Raises
     ------
@@ -188,6 +190,7 @@ def load_checkpoint(path, device="cpu") -> TrainedAutoencoder:
             if len(pixel) != 2 or not all(np.isfinite(v) and v > 0 for v in pixel):
                 raise ValueError("pixel size out of range")
         run = checked_run_record(data.get("run"), RUN_RECORD)  # absent from files written before it was recorded
+        model.residual = bool(config.residual)  # the network alone knows its form too (deconv3d.latent.ops)
         return TrainedAutoencoder(model, model.config, config, levels,
                                   None if shape is None else tuple(int(n) for n in shape),
                                   None if best is None else float(best), pixel, run)

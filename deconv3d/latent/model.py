@@ -28,6 +28,7 @@ References
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Optional
 
 import torch
 from torch import nn
@@ -127,6 +128,10 @@ class Autoencoder(nn.Module):
     def __init__(self, config: AEConfig = AEConfig()):
         super().__init__()
         self.config = config
+        # The form it was trained in (LatentTrainConfig.residual), set by train() and load_checkpoint from the
+        # checkpoint's training config; None for a network that does not know, which deconv3d.latent.ops then
+        # applies in the paper's plain form.
+        self.residual: Optional[bool] = None
         w = config.widths
         self.encoder = nn.ModuleList(_down(c_in, c_out) for c_in, c_out in zip((1,) + w[:-1], w))
         ups = []

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -52,7 +53,7 @@ from deconv3d.errors import InputError
 from deconv3d.latent.data import plane_ranges
 
 __all__ = ["lincomb", "interpolate", "interior_fractions", "synthesize_blur", "deblur",
-           "blend_pixels", "extrapolate_pixels", "encode_planes", "linearity_scores"]
+           "blend_pixels", "extrapolate_pixels", "encode_planes", "linearity_scores", "FormWarning"]
 
 _DECODE_CHUNK = 16
 FRACTION_LIMITS = (-10.0, 11.0)  # synthesize_blur's fractions, as deconv3d blur synth --range allows
@@ -236,10 +237,12 @@ def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: 
         blend was taken in normalised units and mapped back with the blended range, which
         is pixel blending only when the planes span equal ranges: on
         ``benchmarks/bench_latent.py``, seed 0, both scored 36.21 dB.) ``None``
-        (default): the form the model was trained in when ``model`` carries its training
-        config (``LatentTrainConfig.residual``, residual by default), as ``deconv3d blur
-        synth`` does; the paper's plain form for a bare network, which does not know how it
-        was trained.
+        (default): the form the model was trained in (``LatentTrainConfig.residual``,
+        residual by default) where it knows it: a model that carries its training config, or
+        the ``.model`` of one (``Autoencoder.residual``, set by ``train`` and
+        ``load_checkpoint``), as ``deconv3d blur synth`` does; the paper's plain form for a
+        network that does not know how it was trained. A form other than the trained one
+        warns (:class:`FormWarning`).
 
     Returns
     -------
@@ -312,8 +315,8 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: Optio
         level 8 from +2.7 to +3.5 dB (explicit) and from +2.5 to +3.1 dB (skip); weighting
         the residual by 0.5 or 2, or carrying both planes' residuals with the extrapolation
         weights, scored lower on earlier checkpoints. ``None`` (default): as the model was
-        trained, where ``model`` carries its config (plain for a bare network), as in
-        :func:`synthesize_blur`.
+        trained, where it knows (plain for a network that does not); a form other than the
+        trained one warns, as in :func:`synthesize_blur`.
 
     Returns
     -------
@@ -363,17 +366,34 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: Optio
     return _restore(y, coeffs, [_minmax(far)[1:], _minmax(plane)[1:]], 1)
 
 
+class FormWarning(UserWarning):
+    """A network applied in another form (``residual``) than the one it was trained in."""
+
+
 def _network_and_form(model, residual: Optional[bool]):
-    """The network inside ``model`` and the form to apply it in: a trained model that carries
-    its training config (``.model`` and ``.config.residual``) in the form it was trained in
-    unless ``residual`` says otherwise; a bare network plainly unless told."""
+    """The network inside ``model`` and the form to apply it in: the form it was trained in where
+    that is known (a trained model's ``.config.residual``, or ``.residual`` of a network that
+    :func:`~deconv3d.latent.train.train` or :func:`~deconv3d.latent.checkpoint.load_checkpoint`
+    returned) unless ``residual`` says otherwise, which warns (:class:`FormWarning`); a network
+    that does not know its form plainly unless told."""
     if isinstance(model, (str, bytes, os.PathLike)):
         raise InputError(f"got the file name {os.fsdecode(model)!r} where a trained autoencoder is needed: load it "
                          "first with deconv3d.latent.load_checkpoint(path)")
     config = getattr(model, "config", None)
     if hasattr(model, "model") and hasattr(config, "residual"):
-        return model.model, bool(config.residual) if residual is None else bool(residual)
+        model, trained = model.model, config.residual
+    else:
+        trained = getattr(model, "residual", None)
+    if trained is None or residual is None:
+        return model, bool(residual if trained is None else trained)
+    if bool(residual) != bool(trained):
+        warnings.warn(f"the network was trained in the {_FORMS[bool(trained)]} form and is applied in the "
+                      f"{_FORMS[bool(residual)]} one (residual={bool(residual)}), which it was not trained for: leave "
+                      "residual unset (no --residual/--no-residual) to apply it as trained", FormWarning, stacklevel=3)
     return model, bool(residual)
+
+
+_FORMS = {True: "residual", False: "plain"}
 
 
 def blend_pixels(far, near, fractions) -> np.ndarray:

@@ -51,14 +51,15 @@ class LatentTrainResult:
     """Outcome of :func:`train`.
 
     ``model`` (eval mode, on the training device) holds the best validated averaged weights
-    (the last ones without validation). ``history`` is ``(step, loss)`` for every step,
-    ``val_history`` ``(step, PSNR dB)``; ``reason`` is ``"completed"``, ``"cancelled"``,
-    ``"time_budget"`` or ``"non-finite loss"``. The last means the run diverged: the loss, a
-    weight or buffer of the network or of its average (e.g. a BatchNorm running variance),
-    or a validation score was NaN or infinite; ``model`` then holds the best finite
-    validated weights if there were any, else the diverged ones, and is not to be used
-    (``deconv3d blur train`` refuses to save it, and so does
-    :func:`~deconv3d.latent.checkpoint.save_checkpoint`). ``best_score`` is finite or None.
+    (the last ones without validation), and records the form it was trained in
+    (``model.residual``, ``config.residual``), which :mod:`deconv3d.latent.ops` applies it in.
+    ``history`` is ``(step, loss)`` for every step, ``val_history`` ``(step, PSNR dB)``;
+    ``reason`` is ``"completed"``, ``"cancelled"``, ``"time_budget"`` or ``"non-finite loss"``.
+    The last means the run diverged: the loss, a weight or buffer of the network or of its
+    average (e.g. a BatchNorm running variance), or a validation score was NaN or infinite;
+    ``model`` then holds the best finite validated weights if there were any, else the
+    diverged ones, and is not to be used (``deconv3d blur train`` refuses to save it, and so
+    does :func:`~deconv3d.latent.checkpoint.save_checkpoint`). ``best_score`` is finite or None.
     """
 
     model: Autoencoder
@@ -339,6 +340,7 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
     if validator.best_state is not None:
         evaluated.load_state_dict(validator.best_state)
     evaluated = evaluated.to(memory_format=torch.contiguous_format).eval()
+    evaluated.residual = bool(config.residual)  # the form it was trained in, for a caller that passes .model alone
     return LatentTrainResult(evaluated, history, validator.history, validator.best, validator.best_step,
                              step, reason, config, ae_config, levels.astype(np.float32),
                              time.perf_counter() - started, terms, precision.name())

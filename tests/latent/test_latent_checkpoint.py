@@ -40,8 +40,10 @@ def test_round_trip_reproduces_outputs_exactly(tmp_path, skip):
     assert loaded.levels.tolist() == [0.0, 2.0, 4.0] and loaded.plane_shape == (16, 16)
     assert loaded.best_score == 21.5 and not loaded.model.training
     far, near = np.random.default_rng(1).random((2, 16, 16))
-    assert np.array_equal(synthesize_blur(original.model, far, near, [0.5]),
-                          synthesize_blur(loaded.model, far, near, [0.5]))
+    assert np.array_equal(synthesize_blur(original, far, near, [0.5]), synthesize_blur(loaded, far, near, [0.5]))
+    # the network alone knows the form it was trained in (residual here), and is applied in it
+    assert original.model.residual is None and loaded.model.residual is True
+    assert np.array_equal(synthesize_blur(loaded.model, far, near, [0.5]), synthesize_blur(original, far, near, [0.5]))
 
 
 def test_round_trip_from_a_training_result(tmp_path, stacks):

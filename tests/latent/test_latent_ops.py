@@ -1,5 +1,7 @@
 """Latent arithmetic of deconv3d.latent.ops: exact against hand computation with linear toys."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -219,21 +221,32 @@ def test_residual_synthesis_blends_planes_of_different_intensity_ranges_exactly(
 
 
 @pytest.mark.parametrize("trained_residual", [False, True])
-def test_a_trained_model_is_applied_in_the_form_it_was_trained_in(trained_residual):
-    """A model that carries its training config (what ``train`` and ``load_checkpoint`` return)
-    is applied in its trained form unless ``residual`` says otherwise; a bare network plainly."""
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_a_trained_model_is_applied_in_the_form_it_was_trained_in(trained_residual, wrapped):
+    """A model that carries its training config (what ``train`` and ``load_checkpoint`` return),
+    or a network that records its form (their ``.model``), is applied in its trained form unless
+    ``residual`` says otherwise, which warns; a bare network that knows nothing plainly."""
     from deconv3d.latent.checkpoint import TrainedAutoencoder
+    from deconv3d.latent.ops import FormWarning
     from deconv3d.latent.train import LatentTrainConfig
 
     far, plane = unit_planes(4)
     toy = LinearToy(16, n_latent=5)  # rank 5: the residual form differs from the plain one
-    trained = TrainedAutoencoder(toy, None, LatentTrainConfig(residual=trained_residual), np.zeros(2, np.float32))
+    if wrapped:
+        trained = TrainedAutoencoder(toy, None, LatentTrainConfig(residual=trained_residual), np.zeros(2, np.float32))
+    else:
+        trained = LinearToy(16, n_latent=5)
+        trained.residual = trained_residual
     for residual in (None, False, True):
         form = trained_residual if residual is None else residual
-        np.testing.assert_array_equal(synthesize_blur(trained, far, plane, [0.25, 0.5], residual=residual),
-                                      synthesize_blur(toy, far, plane, [0.25, 0.5], residual=form))
-        np.testing.assert_array_equal(deblur(trained, far, plane, 0.5, residual=residual),
-                                      deblur(toy, far, plane, 0.5, residual=form))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            synth = synthesize_blur(trained, far, plane, [0.25, 0.5], residual=residual)
+            sharp = deblur(trained, far, plane, 0.5, residual=residual)
+        assert [w.category for w in caught] == [FormWarning] * 2 * (form != trained_residual)
+        assert all("not trained for" in str(w.message) and "\n" not in str(w.message) for w in caught)
+        np.testing.assert_array_equal(synth, synthesize_blur(toy, far, plane, [0.25, 0.5], residual=form))
+        np.testing.assert_array_equal(sharp, deblur(toy, far, plane, 0.5, residual=form))
     np.testing.assert_array_equal(deblur(toy, far, plane, 0.5), deblur(toy, far, plane, 0.5, residual=False))
     assert np.abs(deblur(toy, far, plane, 0.5, residual=True) - deblur(toy, far, plane, 0.5)).max() > 0.1
 
