@@ -106,7 +106,11 @@ def _train_parser(blur) -> None:
 
 
 def _synth_parser(blur) -> None:
-    p = blur.add_parser("synth", help="synthesise blur levels between a blurred and a sharp plane")
+    p = blur.add_parser("synth", help="synthesise blur levels between a blurred and a sharp plane",
+                        description="Synthesise blur levels between a blurred and a sharp plane. The output's "
+                                    "first axis holds the blur levels, not z: no z spacing is written (Fiji and "
+                                    "read_image show their default depth, 1) and the file's properties list the "
+                                    "fraction of each plane.")
     p.add_argument("--model", required=True, help="autoencoder written by 'deconv3d blur train'")
     p.add_argument("far", metavar="FAR.tif", help="the most blurred plane")
     p.add_argument("near", metavar="NEAR.tif", help="the in-focus plane")
@@ -114,7 +118,9 @@ def _synth_parser(blur) -> None:
                    help="number of planes to write, evenly spaced over --range (default FAR to NEAR, both included)")
     p.add_argument("--range", type=_range_end, nargs=2, default=[0.0, 1.0], metavar=("A0", "A1"),
                    help="first and last fraction from FAR (0) to NEAR (1); beyond [0, 1] extrapolates")
-    p.add_argument("-o", "--output", required=True, help="output stack (.tif), one plane per level")
+    p.add_argument("-o", "--output", required=True,
+                   help="output stack (.tif), one plane per blur level: its first axis holds the levels, not z "
+                        "(no z spacing is written; the properties 'first_axis' and 'fractions' say so)")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
                    help="decode only a correction on top of pixel blending, keeping the end planes exact "
                         "(default: as the model was trained; --no-residual: the paper's decoding)")
@@ -295,6 +301,10 @@ _OUT_OF_RANGE = "(the model or the fractions are out of range): keep --range nea
 
 
 MAX_LEVELS = 1000  # planes blur synth writes at most (1e11 asked for 745 GiB)
+#: What the first axis of a ``blur synth`` stack holds (its ``first_axis`` property): read back, the stack has
+#: the z step of an ImageJ file without one, 1, which is no distance between its planes.
+FIRST_AXIS = ("blur level, not z: plane k lies at fractions[k] of the way from FAR (0) to NEAR (1); "
+              "no z spacing is recorded")
 
 
 def cmd_synth(args) -> int:
@@ -311,11 +321,12 @@ def cmd_synth(args) -> int:
     stack = synthesize_blur(trained.model, far, near, fractions, residual=residual)
     refuse_non_finite(stack, "synthesised stack", _OUT_OF_RANGE)
     meta = {"deconv3d": __version__, "method": "latent-synth", "residual": residual,
-            "fractions": [round(float(a), 6) for a in fractions],
+            "first_axis": FIRST_AXIS, "fractions": [round(float(a), 6) for a in fractions],
             "far": str(args.far), "near": str(args.near), "model_sha256_16": digest,
             "pixel_size_um": None if voxel is None else list(voxel)}
     write_tiff(args.output, stack, voxel_size=voxel, metadata=meta)  # the pixel size; planes are levels, not z
-    print(f"wrote {args.output}: {args.levels} planes from fraction {fractions[0]:g} to {fractions[-1]:g}")
+    print(f"wrote {args.output}: {args.levels} blur levels (the first axis, not z) from fraction {fractions[0]:g} "
+          f"to {fractions[-1]:g}")
     return 0
 
 

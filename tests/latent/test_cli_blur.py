@@ -99,11 +99,20 @@ def test_synth_writes_one_plane_per_level(planes, model, capsys):
     image = read_image(out)
     data = image.data
     assert data.shape == (4, 16, 16) and data.dtype == np.float32 and np.isfinite(data).all()
-    # The planes' pixel size is kept; the level axis is not a z step (Fiji's default depth, 1).
+    # The planes' pixel size is kept; the level axis is not a z step (Fiji's default depth, 1), and the
+    # file says so: its first axis holds the blur levels, at the fractions it lists.
     assert image.voxel_size == pytest.approx((1.0, 0.1, 0.1))
+    import json
+
     import tifffile
     with tifffile.TiffFile(out) as tif:
         assert "spacing" not in tif.imagej_metadata
+        properties = tif.imagej_metadata["Properties"]
+    assert properties["first_axis"].startswith("blur level, not z")
+    assert json.loads(properties["fractions"]) == pytest.approx([0, 1 / 3, 2 / 3, 1], abs=1e-6)
+    with pytest.raises(SystemExit):
+        main(["blur", "synth", "--help"])
+    assert "first axis holds the blur levels, not z" in " ".join(capsys.readouterr().out.split())
 
 
 def test_synth_residual_keeps_the_end_planes(planes, model, capsys):
