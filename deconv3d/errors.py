@@ -1,7 +1,10 @@
 """Exceptions for user-facing failures, and the warnings said on the way."""
 
+import os
+import re
 import sys
 import threading
+import warnings as _warnings
 
 #: Held around the library's ``warnings.catch_warnings`` blocks (not the command line's, which spans
 #: a whole command in the main thread): the block saves and restores the process's filters, so two
@@ -18,13 +21,47 @@ class InputError(ValueError):
     """
 
 
+class OptionWarning(RuntimeWarning):
+    """A warning whose advice names keyword arguments of the Python API (``voxel_size``);
+    ``command_line`` holds the same advice naming the command line's options (``--voxel-size``),
+    which the command line prints instead."""
+
+    def __init__(self, message: str, command_line: str):
+        super().__init__(message)
+        self.command_line = command_line
+
+
+PREFIX = "deconv3d: warning: "
+#: The command line's options that warnings name, and the keyword arguments (of
+#: :class:`~deconv3d.pipeline.batch.Settings` and :func:`~deconv3d.pipeline.run_chunked`) that set the same.
+_KEYWORDS = {"--voxel-size": "voxel_size", "--memory-limit": "memory_limit", "--chunks": "chunks"}
+_OPTIONS = re.compile(r"--(?:voxel-size|memory-limit|chunks)\b")
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def warn(line: str, warnings: list | None = None) -> None:
     """Append a ``deconv3d: warning: ...`` line to ``warnings`` (for a caller that prints them
-    once the input is checked, so that a refusal says only its error), else print it."""
-    if warnings is None:
-        print(line, file=sys.stderr)
-    else:
+    once the input is checked, so that a refusal says only its error), else issue it as a
+    :class:`RuntimeWarning` (an :class:`OptionWarning` naming the keyword arguments where the line
+    names command-line options) located at the caller outside deconv3d.
+
+    Every call warns, as the line printed before did (no once-per-location registry): a folder's
+    files that each assume a voxel size each say so. The command line shows it as the same line.
+    """
+    if warnings is not None:
         warnings.append(line)
+        return
+    text = line.removeprefix(PREFIX)
+    api = _OPTIONS.sub(lambda match: _KEYWORDS[match[0]], text)
+    message = RuntimeWarning(text) if api == text else OptionWarning(api, text)
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+    if frame is None:  # called from deconv3d only (python -m deconv3d): as warnings.warn says it
+        _warnings.warn_explicit(message, type(message), "sys", 1, registry=None)
+    else:
+        _warnings.warn_explicit(message, type(message), frame.f_code.co_filename, frame.f_lineno,
+                                module=frame.f_globals.get("__name__"), registry=None, module_globals=frame.f_globals)
 
 
 def refuse_non_finite(result, what: str, fix: str) -> None:

@@ -135,7 +135,8 @@ def _terminate_as_interrupt():
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"deconv3d: warning: {message}", file=sys.stderr)
+    # in the command line's words where the library's name keyword arguments (errors.OptionWarning)
+    print(f"deconv3d: warning: {getattr(message, 'command_line', message)}", file=sys.stderr)
 
 
 def _internal(exc: BaseException, debug: bool) -> int:

@@ -23,7 +23,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     into a temporary OME-Zarr first, then streamed into the TIFF in slabs of planes. Returns the
     :class:`~deconv3d.pipeline.RunInfo`. ``checksum`` is passed to
     :func:`~deconv3d.pipeline.provenance` (True: hash the input; or its known SHA-256).
-    ``warnings``: a list that collects the warnings (an assumed voxel size) instead of printing them.
+    ``warnings``: a list that collects the warnings (an assumed voxel size) as ``deconv3d: warning:``
+    lines; without it they are issued as Python ``RuntimeWarning``s.
 
     ``ssl`` without a model (``settings.train_steps``) first trains a network on the image, read
     whole into memory (:func:`train_on_image`), with ``trainer(image, psf, voxel)`` when given (it

@@ -749,12 +749,14 @@ def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
     monkeypatch.setattr(files, "SCAN_SLAB_BYTES", 4 * 8 * 8 * 2)  # two planes of 8 x 8 per slab
     data = np.full((10, 8, 8), -1.0, np.float32)
     data[5, 3, 3] = 0.5
-    files.check_has_positive(Counting(data), "img", "rl")
+    with pytest.warns(RuntimeWarning, match="of img's voxels in a sample are negative"):
+        files.check_has_positive(Counting(data), "img", "rl")
     # stopped at the third slab, then one halfway through the rest for the negative share
     assert [k[0] for k in reads] == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]
     data[5, 3, 3], data[1, 0, 0] = 0.0, 0.5
     reads.clear()
-    files.check_has_positive(Counting(data), "img", "rl")
+    with pytest.warns(RuntimeWarning, match="are negative"):
+        files.check_has_positive(Counting(data), "img", "rl")
     assert [k[0] for k in reads] == [slice(0, 2), slice(4, 6)]  # the first, then halfway through the rest
     data[1, 0, 0] = 0.0
     with pytest.raises(InputError, match="img has no positive values, so rl would"):

@@ -1,0 +1,64 @@
+"""The library's warnings are Python warnings located at the caller (a GUI or a logging handler
+can catch them), naming keyword arguments; the command line prints them as its own lines, naming
+its options, as before."""
+
+import warnings
+
+import pytest
+
+from deconv3d.io import write_tiff
+from deconv3d.pipeline.files import deconvolve_file
+from deconv3d.pipeline.settings import Settings
+
+from .conftest import blurred_beads, gaussian_psf
+
+
+@pytest.fixture
+def bare(tmp_path):
+    """An image that carries no voxel size, and a calibrated PSF."""
+    psf = gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0))
+    write_tiff(tmp_path / "bare.tif", blurred_beads((8, 16, 16), psf, seed=1))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path
+
+
+def test_deconvolve_file_warns_with_python_warnings_at_the_caller_naming_the_keyword(bare, capfd):
+    """It printed "deconv3d: warning: ... (pass --voxel-size to set it)" to stderr, which
+    warnings.catch_warnings could not capture, naming an option an API user has not got."""
+    from deconv3d.errors import OptionWarning
+
+    with pytest.warns(RuntimeWarning, match=r"carries no voxel size; assuming the PSF's .*pass voxel_size") as caught:
+        deconvolve_file(bare / "bare.tif", bare / "out.zarr", Settings(psf=str(bare / "psf.tif"), iterations=2))
+    assert capfd.readouterr().err == ""
+    (warning,) = [w for w in caught if "voxel size" in str(w.message)]
+    assert warning.filename == __file__ and isinstance(warning.message, OptionWarning)
+    assert "--voxel-size" in warning.message.command_line
+    collected = []  # the command line's way: lines collected to print once the input is checked
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        deconvolve_file(bare / "bare.tif", bare / "again.zarr", Settings(psf=str(bare / "psf.tif"), iterations=2),
+                        warnings=collected)
+    assert collected and collected[0].startswith("deconv3d: warning: bare.tif carries no voxel size")
+
+
+def test_each_call_warns_as_the_printed_line_did(bare):
+    """Python's once-per-location default would have said it for the first file of a loop only."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's own: once per location
+        for name in ("a.zarr", "b.zarr"):
+            deconvolve_file(bare / "bare.tif", bare / name, Settings(psf=str(bare / "psf.tif"), iterations=2))
+    assert sum("carries no voxel size" in str(w.message) for w in caught) == 2
+
+
+def test_the_command_line_prints_them_in_its_own_words(bare, capsys):
+    """A batch passes no list: its warnings go through the command line's warning hook."""
+    from cli_helpers import run
+
+    (bare / "in").mkdir()
+    (bare / "bare.tif").rename(bare / "in" / "bare.tif")
+    code, _, err = run(["batch", bare / "in", "-o", bare / "res", "--psf", bare / "psf.tif", "--iterations", 2],
+                       capsys)
+    assert code == 0, err
+    assert ("deconv3d: warning: bare.tif carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm "
+            "(pass --voxel-size to set it)\n") in err
+
