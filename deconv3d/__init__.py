@@ -8,15 +8,18 @@ Public API (stable names; everything else is internal)::
     generate_psf, prepare_psf        PSF generation and preparation (deconv3d.psf)
     read_image, write_tiff           TIFF I/O with voxel sizes (deconv3d.io)
     InputError                       raised for bad user input
+    Cancelled                        raised where a caller cancels a run that returns nothing
+                                     (also deconv3d.pipeline.Cancelled, deconv3d.selfsup.Cancelled)
 """
 
 __version__ = "0.1.0"
 
-from deconv3d.errors import InputError
+from deconv3d.errors import Cancelled, InputError
 
 __all__ = [
     "__version__",
     "InputError",
+    "Cancelled",
     "richardson_lucy",
     "wiener",
     "choose_iterations",

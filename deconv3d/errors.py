@@ -21,6 +21,14 @@ class InputError(ValueError):
     """
 
 
+class Cancelled(Exception):
+    """Raised where a caller cancels a run whose result would be incomplete: a chunked run
+    (:func:`deconv3d.pipeline.run_chunked`: its progress callback returns True, or its ``cancel``
+    event is set), a network's prediction or in-memory training (:mod:`deconv3d.selfsup`). Nothing
+    is returned or written. ``deconv3d.pipeline.Cancelled`` and ``deconv3d.selfsup.Cancelled`` are
+    this class."""
+
+
 class OptionWarning(RuntimeWarning):
     """A warning whose advice names keyword arguments of the Python API (``voxel_size``);
     ``command_line`` holds the same advice naming the command line's options (``--voxel-size``),

@@ -27,3 +27,18 @@ def test_public_api():
     assert deconv3d.__version__
     for name in deconv3d.__all__:
         assert getattr(deconv3d, name) is not None
+
+
+def test_one_cancelled_exception_under_every_name():
+    """A chunked run raised pipeline.Cancelled, the network selfsup.Cancelled: two classes, so a GUI
+    catching one missed the other (a network's blocks could raise either)."""
+    import deconv3d
+    import deconv3d.pipeline
+    import deconv3d.selfsup
+    from deconv3d.errors import Cancelled
+    from deconv3d.pipeline.chunked import Cancelled as chunked
+    from deconv3d.selfsup.predict import Cancelled as predict
+
+    assert deconv3d.Cancelled is Cancelled and "Cancelled" in deconv3d.__all__
+    for name in (deconv3d.pipeline.Cancelled, deconv3d.selfsup.Cancelled, chunked, predict):
+        assert name is Cancelled

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from deconv3d.errors import InputError
+from deconv3d.errors import Cancelled, InputError
 from deconv3d.pipeline.memory import OverlappingRuns
 from deconv3d.pipeline.readers import ArrayReader, DaskReader, as_reader  # noqa: F401 (re-exported)
 
@@ -39,10 +39,6 @@ __all__ = ["plan_chunks", "block_regions", "run_blocks", "as_reader", "ArrayRead
            "write_box_blocks"]
 
 ProgressCallback = Callable[[int, int], Optional[bool]]
-
-
-class Cancelled(Exception):
-    """Raised when the progress callback asks to stop; the output is then discarded."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from deconv3d._torch_common import AMP_OVERFLOW, amp_dtype, autocast, dtype_name, precision_name
-from deconv3d.errors import InputError
+from deconv3d.errors import Cancelled, InputError
 from deconv3d.fft import resolve_device
 from deconv3d.selfsup.unet import ResUNet, ResidualBlock
 
@@ -29,10 +29,6 @@ ProgressCallback = Callable[[int, int], Optional[bool]]
 
 # Largest tile core (voxels) run in one forward pass by default, keyed by (on CUDA, ndim).
 VOXEL_BUDGET = {(False, 2): 2**22, (False, 3): 2**21, (True, 2): 2**24, (True, 3): 2**23}
-
-
-class Cancelled(Exception):
-    """Raised by :func:`predict_tiled` when its progress callback returns ``True``."""
 
 
 @dataclass(frozen=True)
