@@ -72,6 +72,15 @@ def warn(line: str, warnings: list | None = None) -> None:
                                 module=frame.f_globals.get("__name__"), registry=None, module_globals=frame.f_globals)
 
 
+def outside_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` in the function that calls this which points at
+    the first caller outside deconv3d (the user's code), however deep inside the package it is."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def refuse_non_finite(result, what: str, fix: str) -> None:
     """Refuse to write a result with NaN or Inf values: one line naming ``what`` and the ``fix``."""
     import numpy as np

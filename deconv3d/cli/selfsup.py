@@ -138,6 +138,8 @@ def train_with_progress(image, psf, args, voxel, notes=()):
     pending = list(notes)
 
     def callback(step, loss):
+        if step == 0:  # the search for the RL reference (the bar says so already)
+            return
         if pending:
             bar.clear()
             print_warnings(pending)

@@ -30,7 +30,7 @@ import torch
 from deconv3d._arrays import as_numpy
 from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, build_seeded
 from deconv3d._voxel import checked_voxel_size
-from deconv3d.errors import InputError
+from deconv3d.errors import Cancelled, InputError, OptionWarning, outside_stacklevel
 from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
 from deconv3d.psf import fit_psf, normalize_psf, validate_psf
 from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig
@@ -126,7 +126,8 @@ SMALL_IMAGE_ITERATIONS = 20
 
 
 def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weight: float | str = 0.0,
-                      extended: bool = False, deadline: float | None = None) -> tuple[np.ndarray, Reference]:
+                      extended: bool = False, deadline: float | None = None,
+                      callback: Callable[[int, float], Optional[bool]] | None = None) -> tuple[np.ndarray, Reference]:
     """The warm-start target: Bertero RL (RL-TV for ``tv_weight`` > 0) at the count chosen from held-out voxels.
 
     ``tv_weight="auto"`` takes the weight of :data:`WARM_TV_WEIGHTS` whose chosen count has the
@@ -135,12 +136,19 @@ def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weigh
     ``extended`` returns the estimate on Bertero's extended domain (``richardson_lucy(extended=True)``).
     ``deadline`` (a ``time.perf_counter()`` value) ends the search early: the best count and weight
     found by then are used (at least one iteration of the first weight is always measured).
+    ``callback(iteration, risk)`` is called after every iteration of the search
+    (:func:`~deconv3d.classical.choose_iterations`'); returning ``True`` cancels:
+    :class:`~deconv3d.Cancelled` is raised.
     """
     from deconv3d.classical import choose_iterations, holdout_mask
     from deconv3d.classical.iterations import MIN_HELD_OUT
 
-    def late(*_) -> bool:
-        return deadline is not None and time.perf_counter() >= deadline
+    asked = []  # holds True once the callback cancelled
+
+    def late(*progress) -> bool:
+        if callback is not None and progress and not asked and callback(*progress):
+            asked.append(True)
+        return bool(asked) or (deadline is not None and time.perf_counter() >= deadline)
 
     weights = WARM_TV_WEIGHTS if tv_weight == "auto" else (float(tv_weight),)
     # Too few held-out voxels for choose_iterations (its defaults: it refuses). The mask is drawn only
@@ -151,19 +159,22 @@ def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weigh
         reference = Reference(SMALL_IMAGE_ITERATIONS, weights[0])
         warnings.warn(f"the training image ({np.size(image)} voxels) is too small to choose the Richardson-Lucy "
                       f"reference's iteration count by held-out voxels: it runs {SMALL_IMAGE_ITERATIONS}",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning, stacklevel=outside_stacklevel())
         return reference.estimate(image, psf, device, extended), reference
     choices = []
     for w in weights:
         if choices and late():
             break
         choices.append((choose_iterations(image, psf, 100, tv_weight=w, device=device, callback=late), w))
+    if asked:
+        raise Cancelled("the search for the Richardson-Lucy reference's iteration count was cancelled")
     choice, weight = min(choices, key=lambda c: min(c[0].risk))
     reference = Reference(int(choice.iterations), float(weight))
     if late():  # (a 0.5 s budget kept 1 iteration where the search picks 21: a reference blurrier than the data)
-        warnings.warn(f"the time budget ended the search for the reference's Richardson-Lucy count at "
-                      f"{reference.iterations} iteration(s): give a larger --time-budget (or none) to let it finish",
-                      RuntimeWarning, stacklevel=2)
+        said = (f"the time budget ended the search for the reference's Richardson-Lucy count at {reference.iterations} "
+                "iteration(s): give a larger {} (or none) to let it finish")
+        warnings.warn(OptionWarning(said.format("TrainConfig.time_budget"), said.format("--time-budget")),
+                      stacklevel=outside_stacklevel())
     return reference.estimate(image, psf, device, extended), reference
 
 
@@ -222,7 +233,10 @@ def train(
         Network shape; by default ``UNetConfig(ndim=image.ndim)``.
     device : {"auto", "cpu", "cuda"} or torch.device
     callback : callable, optional
-        ``callback(step, loss)`` after every step (1-based); returning ``True`` cancels.
+        ``callback(step, loss)`` after every step (1-based); returning ``True`` cancels. Before
+        step 1, while the RL reference's iteration count is searched (``config.residual``,
+        ``warm_start`` or ``anchor_weight``), it is called as ``callback(0, risk)`` after every
+        RL iteration tried (``risk``: its held-out error); cancelling there returns with no step run.
     voxel_size : sequence of float, optional
         Voxel size (z, y, x), recorded in the result (for checkpoints).
 
@@ -305,12 +319,18 @@ def train(
                    _data_weight(forward, geometry.data_shape, config.precondition, img, psf), config,
                    -mean / std if positive_sum else None, MixedPrecision(amp_dtype(config.amp, dev)))
     started = time.perf_counter()
-    image_key, target, reference = _set_reference(img, psf, forward, sampler, config, dev, started, (mean, std))
-    step, history, terms, reason, warm_done = steps.run(sampler, callback, started)
+    try:
+        image_key, target, reference = _set_reference(img, psf, forward, sampler, config, dev, started, (mean, std),
+                                                      callback)
+    except Cancelled:  # in the search for the RL reference: no step run
+        image_key = target = reference = None
+        step, history, terms, reason, warm_done = 0, [], {}, "cancelled", 0
+    else:
+        step, history, terms, reason, warm_done = steps.run(sampler, callback, started)
     if average is not None:
         average.copy_to(model)
     model = model.to(memory_format=torch.contiguous_format).eval()
-    cache = _reference_on_field(image_key, img.shape, psf, target) if config.residual else None
+    cache = _reference_on_field(image_key, img.shape, psf, target) if config.residual and target is not None else None
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
                        voxel_size, time.perf_counter() - started, terms, warm_done,
                        reference if config.residual else None, cache,
@@ -337,11 +357,12 @@ def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config
 
 
 def _set_reference(img, psf, forward: ForwardModel, sampler: _PatchSampler, config: TrainConfig, device, started: float,
-                   mean_std) -> tuple:
+                   mean_std, callback: Callback | None = None) -> tuple:
     """Richardson-Lucy's estimate that the warm start regresses onto, the anchor keeps the network
     near, or the residual network corrects, set as ``sampler``'s target (standardised by
     ``mean_std``). Returns (fingerprint of the image, the estimate, its :class:`Reference`), or
-    Nones when the recipe needs none."""
+    Nones when the recipe needs none. :func:`train`'s ``callback`` gets ``(0, risk)`` per iteration
+    of the search for RL's count; its cancel raises :class:`~deconv3d.Cancelled`."""
     if not (config.warm_steps or config.residual or config.anchor_weight):  # (an anchor alone needs it too)
         return None, None, None
     # The residual base spans the fields' PSF halo with RL's estimate of the object outside the image,
@@ -349,8 +370,9 @@ def _set_reference(img, psf, forward: ForwardModel, sampler: _PatchSampler, conf
     # Under a time budget the search for RL's count and weight takes at most half of it.
     deadline = None if config.time_budget is None else started + REFERENCE_SHARE * config.time_budget
     image_key = psf_fingerprint(img)  # of the data RL runs on (a caller may change the array while training)
+    searching = None if callback is None else (lambda _iteration, risk: callback(0, risk))
     target, reference = warm_start_target(img, psf, device, config.warm_tv, extended=config.residual,
-                                          deadline=deadline)
+                                          deadline=deadline, callback=searching)
     margin = (forward.halo_before, forward.halo_after) if config.residual else None
     mean, std = mean_std
     sampler.set_target((target - np.float32(mean)) / np.float32(std), margin)

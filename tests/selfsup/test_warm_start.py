@@ -214,3 +214,41 @@ def test_an_anchor_without_a_warm_start_still_anchors():
                    config=TrainConfig(steps=2, patch=8, batch=1, residual=False, warm_start=0, lambda_anchor=5.0),
                    unet=UNetConfig(ndim=3, base_channels=4, depth=2), device="cpu")
     assert result.warm_steps == 0 and result.last_terms.get("anchor", 0.0) > 0
+
+
+def test_train_s_reference_warnings_point_at_the_caller():
+    """They pointed at deconv3d/selfsup/train.py (stacklevel 2 in warm_start_target, two calls below train)."""
+    _, noisy, psf = problem(2, sigma=0.02)
+    with pytest.warns(RuntimeWarning, match="time budget ended the search") as caught:
+        train(noisy, psf, config=TrainConfig(steps=1, patch=16, batch=2, time_budget=1e-3), unet=TINY[2], device="cpu")
+    (said,) = [w for w in caught if "time budget" in str(w.message)]
+    assert said.filename == __file__ and "give a larger TrainConfig.time_budget" in str(said.message)
+    assert "give a larger --time-budget" in said.message.command_line  # what the command line prints
+    with pytest.warns(RuntimeWarning, match="too small to choose") as caught:
+        train(noisy[:12, :12], psf, config=TrainConfig(steps=1, patch=8, batch=2), unet=TINY[2], device="cpu")
+    assert [w.filename for w in caught if "too small" in str(w.message)] == [__file__]
+
+
+def test_train_s_callback_hears_and_can_cancel_the_reference_search():
+    """The search for RL's count (up to a minute on large stacks) called no callback: a GUI saw
+    nothing and could not cancel it. It is step 0 now; cancelling there runs no step."""
+    from deconv3d import Cancelled
+    from deconv3d.selfsup import deconvolve
+
+    _, noisy, psf = problem(2, sigma=0.02)
+    calls = []
+
+    def cancel_at_third(step, loss):
+        calls.append(step)
+        return len(calls) == 3
+
+    result = train(noisy, psf, config=TrainConfig(steps=5, patch=16, batch=2), unet=TINY[2], device="cpu",
+                   callback=cancel_at_third)
+    assert calls == [0, 0, 0] and (result.reason, result.steps_done, result.history) == ("cancelled", 0, [])
+    with pytest.raises(Cancelled, match="training cancelled after 0 steps"):
+        deconvolve(noisy, psf, config=TrainConfig(steps=5, patch=16, batch=2), unet=TINY[2], device="cpu",
+                   train_callback=lambda step, loss: True)
+    calls.clear()
+    result = train(noisy, psf, config=TrainConfig(steps=2, patch=16, batch=2), unet=TINY[2], device="cpu",
+                   callback=lambda step, loss: calls.append(step))
+    assert calls[0] == 0 and calls[-2:] == [1, 2] and set(calls[:-2]) == {0} and result.reason == "completed"
