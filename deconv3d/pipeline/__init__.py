@@ -123,7 +123,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
                 model: MemoryModel | None = None, voxel_size=None, provenance: dict | None = None,
                 pyramid_levels: int = 0, client=None, workers: int = 1,
                 progress: ProgressCallback | None = None, time_axis: tuple | None = None,
-                origin: Sequence[float] | None = None, channels: Sequence[dict] | None = None) -> RunInfo:
+                origin: Sequence[float] | None = None, channels: Sequence[dict] | None = None,
+                cancel=None) -> RunInfo:
     """Apply ``block_fn`` over ``data`` chunk by chunk with a halo and write an OME-Zarr image.
 
     Parameters
@@ -168,6 +169,11 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     progress : callable, optional
         ``progress(0, total)`` once the blocks are planned, then ``progress(done, total)`` per
         block; returning True cancels (:class:`Cancelled`).
+    cancel : threading.Event, optional
+        Set it (from any thread: a GUI's cancel button) to cancel without waiting for the next
+        block: running blocks stop at their next check (an RL iteration, a network's tile), and
+        :class:`Cancelled` is raised. A multi-block RL run's measuring of its acceleration steps,
+        before the blocks, is not cut short. Cancelled runs leave no output.
     """
     from deconv3d.omezarr import create_ome_zarr, write_omero, write_pyramid
 
@@ -186,14 +192,16 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     execution = plan.execution(total, workers, client, asked_limit=memory_limit)
     if provenance is not None:  # how it ran, recorded before the output is published (not after)
         provenance = {**provenance, "execution": execution}
-    if progress is not None and progress(0, total):  # planned: the total is known, nothing written yet
+    # planned: the total is known, nothing written yet
+    if (progress is not None and progress(0, total)) or _is_set(cancel):
         raise Cancelled("cancelled before the first block")
     # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (memory.py)
     with large_allocations_returned(plan.memory_limit is not None), atomic_output(output) as tmp:
         create_ome_zarr(tmp, reader.shape, (1,) * lead + plan.zarr_chunks, axes=axes, voxel_size=voxel_size,
                         provenance=provenance, name=Path(output).stem,
                         time_axis=time_axis if "T" in axes else None, origin=origin)
-        _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client, workers, progress, total)
+        _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client, workers, progress, total,
+                 cancel)
         _verify_source(reader)  # a file moved or rewritten after the last block was read: no output
         if channels:  # the input's channel names and colours, not lost on the way
             write_omero(tmp, channels, workers=workers)
@@ -271,7 +279,12 @@ class _Plan:
         return record
 
 
-def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: _Plan, client, workers, progress, total):
+def _is_set(cancel) -> bool:
+    return cancel is not None and bool(cancel.is_set())
+
+
+def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: _Plan, client, workers, progress, total,
+             cancel=None):
     """Run every (time point, channel) ``index`` of ``reader`` block by block into ``target_path``."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -286,11 +299,11 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: _Plan, cli
             if hasattr(fn, "prepare") and plan.blocks > 1:
                 fn, covered = _prepare(fn, _View(reader, index), plan, target_path, index)
                 done += len(covered)
-                if covered and progress is not None and progress(done, total):
+                if (covered and progress is not None and progress(done, total)) or _is_set(cancel):
                     raise Cancelled(f"cancelled after {done} of {total} blocks")
             done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
                                client=client, workers=workers, progress=progress, done=done, total=total, pool=pool,
-                               skip=covered)
+                               skip=covered, cancel=cancel)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -201,9 +201,29 @@ class _ClusterFlag:
         return self._set
 
 
+class _RunFlag:
+    """A run's abandon flag in this process: set when the run is given up (interrupted, failed in a
+    block, cancelled by its progress callback), or by the caller's ``cancel`` event (any object
+    with ``is_set()``, e.g. a ``threading.Event``), which another thread may set at any time."""
+
+    def __init__(self, cancel=None):
+        self._own, self._cancel = threading.Event(), cancel
+
+    def set(self) -> None:
+        self._own.set()
+
+    def cancelled(self) -> bool:
+        """Whether the caller's ``cancel`` event is set."""
+        return self._cancel is not None and bool(self._cancel.is_set())
+
+    def is_set(self) -> bool:
+        return self._own.is_set() or self.cancelled()
+
+
 def abandoned() -> bool:
-    """Whether the run of the block this thread computes has been abandoned (interrupted, cancelled,
-    or failed in another block). A block callable's long loop may check it to stop early: its
+    """Whether the run of the block this thread computes has been abandoned (interrupted, cancelled
+    by its progress callback or its ``cancel`` event, or failed in another block). A block
+    callable's long loop may check it to stop early (RL per iteration, the network per tile): its
     result is then discarded, and the run ends without waiting for the rest of the block.
 
     Always False outside :func:`run_blocks`' tasks (in-memory runs, dask graphs). On a cluster's
@@ -345,7 +365,7 @@ _TRIM = False
 
 
 def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: str, write_key: tuple,
-                abandon: "threading.Event | str | None" = None, threads: int = 0) -> None:
+                abandon: "_RunFlag | threading.Event | str | None" = None, threads: int = 0) -> None:
     """Read one block (plus halo) from ``source``, run ``fn`` (on ``threads`` torch threads, when
     given: :func:`_pin_threads`), write the core; return nothing.
 
@@ -398,7 +418,7 @@ def _verify_source(source, thorough: bool = True) -> None:
 def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence[int], lead: Sequence[int] = (),
                client=None, workers: int = 1, progress: ProgressCallback | None = None, done: int = 0,
                total: int | None = None, pool: ThreadPoolExecutor | None = None,
-               skip: Sequence[tuple[slice, ...]] = ()) -> int:
+               skip: Sequence[tuple[slice, ...]] = (), cancel=None) -> int:
     """Run ``fn`` over the image ``reader[lead]`` block by block, writing into ``target[lead]``.
 
     Every block is one independent task: read its region plus halo (clipped at the border) from
@@ -417,6 +437,9 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
         ``progress(done + k, total)`` after the k-th written block; returning True cancels
         (:class:`Cancelled` is raised once running blocks have stopped: at their next check of
         :func:`abandoned`, or when they finish).
+    cancel : threading.Event, optional
+        Set from another thread to cancel: running blocks stop at their next check of
+        :func:`abandoned` (an RL iteration, a network's tile) and :class:`Cancelled` is raised.
     skip : sequence of tuple of slice
         The ``write`` regions of blocks already written (:func:`write_box_blocks`): not run.
 
@@ -437,7 +460,7 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
              for read, trim, write in regions if tuple(w.start for w in write) not in written)
     if client is not None:
         try:
-            return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total)
+            return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total, cancel)
         except Exception as exc:
             if getattr(client, "status", "running") == "running":
                 raise
@@ -450,7 +473,8 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     pool = pool or ThreadPoolExecutor(workers)
     try:
         with _share_cores(workers) as share:
-            return _run_threads(reader, fn, str(target_path), tasks, pool, workers, progress, done, total, share)
+            return _run_threads(reader, fn, str(target_path), tasks, pool, workers, progress, done, total, share,
+                                cancel)
     finally:
         if own:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -503,16 +527,25 @@ def _counter(progress, done: int, total: int):
     return finished, state
 
 
+def _stop_if_cancelled(flag: _RunFlag, done: int, total: int) -> None:
+    """Raise :class:`Cancelled` once the caller's ``cancel`` event is set (``done`` blocks written)."""
+    if flag.cancelled():
+        raise Cancelled(f"cancelled after {done} of {total} blocks")
+
+
 def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: int, progress, done: int,
-                 total: int, threads: int = 0) -> int:
+                 total: int, threads: int = 0, cancel=None) -> int:
     finished, state = _counter(progress, done, total)
     futures: set = set()
-    abandon = threading.Event()
+    abandon = _RunFlag(cancel)  # the blocks see a cancel at once, and this loop within half a second
 
     def settle(at_most: int) -> None:
+        _stop_if_cancelled(abandon, done + state["count"], total)
         while len(futures) > at_most:
             # with a timeout: on Windows before Python 3.14 an untimed lock wait ignores Ctrl-C
-            for future in wait(futures, timeout=0.5, return_when=FIRST_COMPLETED).done:
+            ready = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED).done
+            _stop_if_cancelled(abandon, done + state["count"], total)  # (a block the cancel cut short wrote nothing)
+            for future in ready:
                 futures.discard(future)
                 future.result()  # a block's failure is raised here
                 finished()
@@ -531,7 +564,8 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
     return state["count"]
 
 
-def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, progress, done: int, total: int) -> int:
+def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, progress, done: int, total: int,
+                     cancel=None) -> int:
     import uuid
 
     from distributed import Event
@@ -546,10 +580,17 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
         refs.append(client.scatter(reader, broadcast=True, hash=False))
     futures: set = set()
     abandon = Event(f"deconv3d-abandon-{uuid.uuid4().hex}", client=client)
+    asked = _RunFlag(cancel)  # the caller's cancel, passed on to the workers' blocks through ``abandon``
 
     def settle(at_most: int) -> None:
+        _stop_if_cancelled(asked, done + state["count"], total)
         while len(futures) > at_most:
-            for future in dwait(list(futures), return_when="FIRST_COMPLETED").done:
+            try:
+                ready = dwait(list(futures), timeout=None if cancel is None else 0.5, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # none finished: look at the cancel event again
+                ready = None
+            _stop_if_cancelled(asked, done + state["count"], total)
+            for future in ready.done if ready else ():
                 futures.discard(future)
                 future.result()  # a block's failure is raised here
                 future.release()

@@ -15,7 +15,8 @@ __all__ = ["deconvolve_file"]
 
 
 def deconvolve_file(input_path, output_path, settings, *, client=None, workers: int = 1, progress=None,
-                    checksum: bool | str = True, warnings: list | None = None, trainer=None, sweep: bool = True):
+                    checksum: bool | str = True, warnings: list | None = None, trainer=None, sweep: bool = True,
+                    cancel=None):
     """Deconvolve ``input_path`` into ``output_path`` with :class:`~deconv3d.pipeline.batch.Settings`.
 
     The input is opened lazily and processed block by block (:func:`deconv3d.pipeline.run_chunked`).
@@ -24,7 +25,10 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     :class:`~deconv3d.pipeline.RunInfo`. ``checksum`` is passed to
     :func:`~deconv3d.pipeline.provenance` (True: hash the input; or its known SHA-256).
     ``warnings``: a list that collects the warnings (an assumed voxel size) as ``deconv3d: warning:``
-    lines; without it they are issued as Python ``RuntimeWarning``s.
+    lines; without it they are issued as Python ``RuntimeWarning``s. ``progress(done, total)`` is
+    called per block (returning True cancels) and ``cancel``, a ``threading.Event``, cancels once set
+    from another thread (:func:`~deconv3d.pipeline.run_chunked`): :class:`~deconv3d.Cancelled` is
+    raised and nothing is written.
 
     ``ssl`` without a model (``settings.train_steps``) first trains a network on the image, read
     whole into memory (:func:`train_on_image`), with ``trainer(image, psf, voxel)`` when given (it
@@ -68,7 +72,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
                         model_hash=model_hash, source=psf_source(settings), device=settings.run_device)
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
-                  voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress)
+                  voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress,
+                  cancel=cancel)
     if sweep:
         remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
     if output_path.suffix.lower() == ".zarr":
