@@ -404,3 +404,27 @@ def test_a_log_gets_plain_progress_lines_and_a_short_run_none(tmp_path, capsys, 
     code, _, err = run(argv + ["--chunks", 4, 16, 16], capsys)
     assert code == 0, err
     assert re.search(r"^rl: (\d+)/\1 block \(100%\), ", err, re.M), err
+
+
+def test_a_warning_during_a_live_bar_on_a_terminal_starts_its_own_line(monkeypatch):
+    """Printed into a live bar, a warning began mid-line ("predict: 0tile [00:00, ?tile/s]deconv3d:
+    warning: ..."): it goes through tqdm, which clears the bar first and draws it again below."""
+    import io
+
+    from deconv3d.cli import _common
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stderr = Terminal()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    bar = _common.make_bar(None, "predict", "tile")
+    bar.update(1)
+    bar.refresh()
+    _common.say("deconv3d: warning: look")
+    bar.close()
+    text = stderr.getvalue()
+    assert "predict" in text and "deconv3d: warning: look\n" in text
+    before = text[:text.index("deconv3d: warning: look")]
+    assert "predict" in before and before[-1] in "\r\n", repr(text)  # the bar cleared: a line of its own

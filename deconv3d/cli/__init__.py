@@ -23,7 +23,7 @@ from deconv3d import __version__
 from deconv3d.errors import InputError
 
 from . import blur, classical, pipeline, selfsup
-from ._common import Parser, Terminated, add_common
+from ._common import Parser, Terminated, add_common, say
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +136,7 @@ def _terminate_as_interrupt():
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # in the command line's words where the library's name keyword arguments (errors.OptionWarning)
-    print(f"deconv3d: warning: {getattr(message, 'command_line', message)}", file=sys.stderr)
+    say(f"deconv3d: warning: {getattr(message, 'command_line', message)}")
 
 
 def _internal(exc: BaseException, debug: bool) -> int:

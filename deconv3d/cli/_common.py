@@ -240,8 +240,20 @@ def load_psf(args, image, voxel, fit_image: bool = True):
 def print_warnings(lines: list) -> None:
     """Print, once, warnings collected while the input was checked (then the list is empty)."""
     for line in lines:
-        print(line, file=sys.stderr)
+        say(line)
     lines.clear()
+
+
+def say(line: str) -> None:
+    """Print ``line`` on stderr; on a terminal through tqdm, which clears a live progress bar first
+    and draws it again below (printed into it, a warning began mid-line: "predict: 0tile [00:00,
+    ?tile/s]deconv3d: warning: ...")."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
 
 
 def check_negative(data, source, method: str, warnings: list) -> None:
