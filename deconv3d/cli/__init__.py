@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``deconv3d`` command; returns the exit status."""
     argv = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv
+    _tolerant_output()
     try:
         args, extra = build_parser().parse_known_args(argv)
         if extra:  # reported here by argparse, it would point at the top-level help
@@ -132,6 +133,18 @@ def _terminate_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def _tolerant_output() -> None:
+    """Print text the stream cannot encode as backslash escapes instead of failing: with a strict
+    stdout (a UTF-8 locale other than C), a file name that is not valid UTF-8 made "wrote ..." an
+    internal error, exit 1, after the output had been written; it prints as ``out\\udce9.tif``."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict":
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (AttributeError, ValueError, OSError):
+                pass
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -70,3 +70,16 @@ def test_a_batch_with_a_name_that_is_not_utf8_writes_its_report_and_resumes(fold
     # a run that does not see it keeps its row (the file, named by the report's text, still exists)
     assert run([*argv, "--pattern", "plain.tif"], capsys)[0] == 0
     assert report() == {SHOWN: "skipped", "plain.tif": "skipped"}
+
+
+def test_a_strict_terminal_prints_such_an_output_name_instead_of_failing(folder):
+    """With a strict stdout (a UTF-8 locale other than C), "wrote out\\udce9.tif" failed to encode:
+    an internal error, exit 1, after the output had been written."""
+    import subprocess
+
+    output = folder / os.fsdecode(b"out\xe9.tif")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    done = subprocess.run([sys.executable, "-m", "deconv3d", "deconvolve", folder / "in" / LATIN1, "-o", output,
+                           "--psf", folder / "psf.tif", "--iterations", "2"], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert b"out\\udce9.tif: rl on" in done.stdout and output.is_file()
