@@ -33,12 +33,17 @@ else
 endif
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.torch pyproject.toml
-	$(PIP) install -q -e .
+# The later installs keep the torch installed above (a constraint on its version): a pyproject
+# bound it no longer met would otherwise have pip fetch PyPI's, a CUDA build on Linux.
+$(VENV)/torch-constraint.txt: $(VENV)/.torch
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $@
+
+$(VENV)/.installed: $(VENV)/.torch $(VENV)/torch-constraint.txt pyproject.toml
+	$(PIP) install -q -e . -c $(VENV)/torch-constraint.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev]" -c $(VENV)/torch-constraint.txt
 	touch $@
 
 venv: $(VENV)/.installed
@@ -50,7 +55,7 @@ test: $(VENV)/.dev
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
-	$(PIP) install -q -e ".[bench]" || $(PIP) install -q psutil
+	$(PIP) install -q -e ".[bench]" -c $(VENV)/torch-constraint.txt || $(PIP) install -q psutil
 	$(PY) benchmarks/bench_rl.py
 
 clean:

@@ -30,7 +30,7 @@ def demo_data(seed: int = 0):
     from deconv3d.psf import generate_psf
     from deconv3d.synthetic import add_noise, blur, phantom
 
-    truth = phantom(DEMO_SHAPE, seed=seed)
+    truth = phantom(DEMO_SHAPE, seed=seed, voxel_size=DEMO_VOXEL)  # round nuclei, not 2x taller than wide
     psf = generate_psf("gibson-lanni", DEMO_PSF_SHAPE, DEMO_VOXEL, **DEMO_OPTICS)
     image = add_noise(blur(truth, psf), photons=300, read_noise=2.0, seed=seed)
     return truth, psf, image
@@ -150,6 +150,7 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
                  "note": f"latent interpolation (residual); pixel blending {blur['psnr_blend']:.2f} dB"})
     say("writing the stacks and the figure")
     with _staged(output) as folder:
+        (folder / MARKER).write_text("written by 'deconv3d demo': a later demo replaces its files here\n")
         write_tiff(folder / "psf.tif", psf, voxel_size=DEMO_VOXEL)
         for name, stack in stacks.items():
             write_tiff(folder / f"{name}.tif", stack, voxel_size=DEMO_VOXEL)
@@ -160,18 +161,39 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
     return rows
 
 
-def _check_folder(output: Path) -> None:
-    """Refuse, before any work, an output that is a file or that cannot be created or written."""
-    import os
+#: The file a demo leaves in its folder: a later demo replaces the files of a folder holding it.
+MARKER = ".deconv3d-demo"
+#: What a demo writes: the stacks (truth, input and each method's), the PSF, the blur strip's
+#: planes and the figure.
+DEMO_FILES = tuple(f"{name}.tif" for name in ("truth", "input", "wiener", "rl", "rl-tv", "ssl", "psf", "blur_real",
+                                              "blur_synth")) + ("demo.png",)
 
-    from deconv3d._paths import existing_ancestor
+
+def _check_folder(output: Path) -> None:
+    """Refuse, before any work, an output that is a file, that cannot be created or written (tried:
+    ``os.access`` says yes to root where a file system says no), or a folder holding files named
+    like the demo's that no demo wrote (they were replaced, a user's own ``psf.tif`` among them)."""
+    from deconv3d._paths import existing_ancestor, temporary_name
     from deconv3d.errors import InputError
 
     if output.exists() and not output.is_dir():
         raise InputError(f"demo output {output} is a file: give a folder (it is created if missing)")
     folder = existing_ancestor(output.resolve())  # the output itself, or where it will be created
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write the demo output {output}: {folder} is not writable: choose another folder")
+    if not folder.is_dir():
+        raise InputError(f"cannot create the demo output {output}: {folder} is a file: choose another folder")
+    if output.is_dir() and not (output / MARKER).exists():
+        taken = sorted(name for name in DEMO_FILES if (output / name).exists())
+        if taken:
+            raise InputError(f"demo output {output} holds {', '.join(taken)}, which no demo wrote there and the "
+                             "demo would replace: choose another folder (an earlier version's demo folder: delete "
+                             "it first)")
+    probe = temporary_name(folder / "deconv3d-demo")
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise InputError(f"cannot write the demo output {output} in {folder} ({exc.strerror or exc}): choose "
+                         "another folder") from None
 
 
 @contextlib.contextmanager

@@ -65,6 +65,29 @@ def test_demo_checks_before_working_and_creates_nothing_when_it_fails(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.tif"]
 
 
+def test_the_demo_replaces_only_what_a_demo_wrote(tmp_path, monkeypatch):
+    """A folder holding the user's own psf.tif and input.tif lost both to the demo's, exit 0. Such
+    a folder is refused before any work; a folder a demo wrote is written again; other files are
+    left alone. A path through a file says so."""
+    shrink(monkeypatch)
+    user = tmp_path / "mine"
+    user.mkdir()
+    for name, text in (("psf.tif", "my psf"), ("input.tif", "my data"), ("notes.txt", "notes")):
+        (user / name).write_text(text)
+    with pytest.raises(InputError, match=r"holds input.tif, psf.tif, which no demo wrote"):
+        demo.run_demo(user, device="cpu")
+    assert {p.name: p.read_text() for p in user.iterdir()} == {"psf.tif": "my psf", "input.tif": "my data",
+                                                               "notes.txt": "notes"}
+    (user / "psf.tif").unlink()
+    (user / "input.tif").unlink()
+    for _ in range(2):  # the second run replaces the first's files
+        demo.run_demo(user, device="cpu")
+    assert (user / "notes.txt").read_text() == "notes" and (user / demo.MARKER).is_file()
+    assert sorted(p.name for p in user.iterdir()) == sorted([*demo.DEMO_FILES, demo.MARKER, "notes.txt"])
+    with pytest.raises(InputError, match="notes.txt is a file"):
+        demo.run_demo(user / "notes.txt" / "sub", device="cpu")
+
+
 def test_the_staging_folder_sits_on_the_outputs_file_system(tmp_path, monkeypatch):
     """'-o .' failed at the end of the demo (a temporary name from an empty name), and an output that
     is a link to another file system failed to move the files (and the results were deleted)."""
