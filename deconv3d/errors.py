@@ -29,7 +29,13 @@ class Cancelled(Exception):
     this class."""
 
 
-class OptionWarning(RuntimeWarning):
+class Deconv3dWarning(RuntimeWarning):
+    """A warning :func:`warn` issues: what a run assumed or noticed about its input (a voxel size
+    taken from the PSF, many negative voxels). The command line always prints these, whatever
+    ``PYTHONWARNINGS`` says (they were printed lines before they were warnings)."""
+
+
+class OptionWarning(Deconv3dWarning):
     """A warning whose advice names keyword arguments of the Python API (``voxel_size``);
     ``command_line`` holds the same advice naming the command line's options (``--voxel-size``),
     which the command line prints instead."""
@@ -50,8 +56,8 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 def warn(line: str, warnings: list | None = None) -> None:
     """Append a ``deconv3d: warning: ...`` line to ``warnings`` (for a caller that prints them
     once the input is checked, so that a refusal says only its error), else issue it as a
-    :class:`RuntimeWarning` (an :class:`OptionWarning` naming the keyword arguments where the line
-    names command-line options) located at the caller outside deconv3d.
+    :class:`Deconv3dWarning`, a RuntimeWarning (an :class:`OptionWarning` naming the keyword
+    arguments where the line names command-line options), located at the caller outside deconv3d.
 
     Every call warns, as the line printed before did (no once-per-location registry): a folder's
     files that each assume a voxel size each say so. The command line shows it as the same line.
@@ -61,7 +67,7 @@ def warn(line: str, warnings: list | None = None) -> None:
         return
     text = line.removeprefix(PREFIX)
     api = _OPTIONS.sub(lambda match: _KEYWORDS[match[0]], text)
-    message = RuntimeWarning(text) if api == text else OptionWarning(api, text)
+    message = Deconv3dWarning(text) if api == text else OptionWarning(api, text)
     frame = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame = frame.f_back

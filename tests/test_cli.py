@@ -379,6 +379,11 @@ def test_a_psf_option_before_the_input_says_why_the_input_is_missing(tmp_path, c
     code, _, err = run(["deconvolve", "in.tif", "--psf", "psf.tif"], capsys)
     assert_one_line_error(code, err, "required: -o/--output")
     assert "took" not in err
+    code, _, err = run(["deconvolve", "in.tif", "--psf", "a.tif", "b.tif"], capsys)  # the input is first already
+    assert_one_line_error(code, err, "required: -o/--output")
+    assert "took" not in err
+    code, _, err = run(["deconvolve", "--wavelength", 0.5, "in.tif", "-o", "o.tif"], capsys)
+    assert_one_line_error(code, err, "--wavelength takes one value per channel", "after the input")
 
 
 def test_a_log_gets_plain_progress_lines_and_a_short_run_none(tmp_path, capsys, monkeypatch):
@@ -397,13 +402,28 @@ def test_a_log_gets_plain_progress_lines_and_a_short_run_none(tmp_path, capsys, 
     code, _, err = run(argv, capsys)
     assert code == 0, err
     lines = err.strip().splitlines()
-    assert [line.split(",")[0] for line in lines] == ["rl: 1/3 it (33%)", "rl: 2/3 it (67%)", "rl: 3/3 it (100%)",
-                                                        "rl: 3/3 it (100%)"], err
-    assert "left" in lines[0] and "left" not in lines[-1]
+    assert [line.split(",")[0] for line in lines] == ["rl: 1/3 it (33%)", "rl: 2/3 it (67%)", "rl: 3/3 it (100%)"], err
+    assert "left" in lines[0] and "left" not in lines[-1]  # (the last count said once, not again at the end)
     argv[3] = tmp_path / "out.zarr"  # the chunked path's bar counts blocks
     code, _, err = run(argv + ["--chunks", 4, 16, 16], capsys)
     assert code == 0, err
     assert re.search(r"^rl: (\d+)/\1 block \(100%\), ", err, re.M), err
+    from deconv3d.cli._common import LogBar
+
+    bar = LogBar(None, "ssl", "block")
+    clock = iter([100.0, 101.0, 101.0, 102.0, 102.0])  # reset 100 s after the bar was made (a training first)
+    bar._clock, bar._start = (lambda: next(clock)), 0.0
+    bar.reset(total=4)
+    bar.update(1)  # one second after the reset: the interval is 0 here
+    bar.update(1)
+    said = capsys.readouterr().err.splitlines()
+    assert said == ["ssl: 1/4 block (25%), 1 s, about 3 s left", "ssl: 2/4 block (50%), 2 s, about 2 s left"], said
+    from deconv3d.cli.pipeline import _bar
+
+    bar, callback = _bar("ssl", "block")  # made before a network trains: its clock starts at the plan
+    bar._start = -1000.0
+    callback(0, 4)
+    assert bar.total == 4 and bar._start != -1000.0
 
 
 def test_a_warning_during_a_live_bar_on_a_terminal_starts_its_own_line(monkeypatch):

@@ -20,7 +20,7 @@ import traceback
 import warnings
 
 from deconv3d import __version__
-from deconv3d.errors import InputError
+from deconv3d.errors import Deconv3dWarning, InputError
 
 from . import blur, classical, pipeline, selfsup
 from ._common import Parser, Terminated, add_common, say
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")
         with warnings.catch_warnings(), _terminate_as_interrupt():
             warnings.showwarning = _show_warning  # the library's warnings as the CLI's own lines
+            warnings.simplefilter("always", Deconv3dWarning)  # PYTHONWARNINGS=ignore or error hid or raised them
             return args.func(args)
     except InputError as exc:
         if debug:  # the traceback, then the same line and status as without --debug

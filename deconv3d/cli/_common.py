@@ -30,7 +30,11 @@ class Parser(argparse.ArgumentParser):
         """Why a positional is missing when a one-per-channel option took it: ``--psf psf.tif in.tif``
         reads both as PSFs."""
         given = [str(a) for a in getattr(self, "_given", [])]
-        if "arguments are required" not in message:
+        missing = message.split("arguments are required: ", 1)[1].split(", ") if "arguments are required: " in message \
+            else []
+        if message.startswith("argument --wavelength: invalid"):  # '--wavelength 0.5 in.tif'
+            return ": --wavelength takes one value per channel, up to the next option; give it after the input"
+        if not any(not name.startswith("-") for name in missing):  # only a positional can have been taken
             return ""
         for option in ("--psf", "--wavelength"):
             if option in given:
@@ -115,7 +119,7 @@ class LogBar:
         self._clock = time.monotonic
         self.total, self.desc, self.unit, self.n, self._postfix = total, desc, unit, 0, ""
         self._start = self._last = self._clock()
-        self._wrote = False
+        self._wrote, self._said = False, None  # (the count the last line gave)
 
     def update(self, k=1) -> None:
         self.n += k
@@ -132,7 +136,7 @@ class LogBar:
         if not end and self.total and 0 < self.n < self.total:
             text += f", about {_duration(elapsed * (self.total - self.n) / self.n)} left"
         print(text + (f" [{self._postfix}]" if self._postfix else ""), file=sys.stderr, flush=True)
-        self._last, self._wrote = now, True
+        self._last, self._wrote, self._said = now, True, self.n
 
     def set_description(self, desc: str, refresh: bool = True) -> None:
         self.desc = desc
@@ -142,12 +146,13 @@ class LogBar:
 
     def reset(self, total=None) -> None:
         self.n, self.total, self._start = 0, total, self._clock()
+        self._last, self._said = self._start, None  # the next line one interval on, with a rate to go by
 
     def clear(self) -> None:
         pass
 
     def close(self) -> None:
-        if self._wrote and (not self.total or self.n >= self.total):
+        if self._wrote and (not self.total or self.n >= self.total) and self._said != self.n:
             self._line(end=True)
         self._wrote = False
 

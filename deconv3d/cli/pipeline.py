@@ -81,9 +81,11 @@ def _bar(desc: str, unit: str, on_start=None):
     bar = make_bar(None, desc, unit)
 
     def callback(done, total):
-        if on_start is not None and bar.total is None:
-            bar.clear()
-            on_start()
+        if bar.total is None:  # planned: the blocks start now (time and rate not counting a training first)
+            if on_start is not None:
+                bar.clear()
+                on_start()
+            bar.reset(total=total)
         bar.total = total
         bar.update(done - bar.n)
 

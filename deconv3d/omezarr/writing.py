@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d import __version__
+from deconv3d._paths import path_text
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.omezarr.reading import _AXIS_TYPES, _level_transform
@@ -78,7 +79,8 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
         origin = checked_origin(origin, sum(a in "ZYX" for a in axes))
         spatial = iter(origin)
         translation = [next(spatial) if a in "ZYX" else 0.0 for a in axes]
-    ms = {"name": name or Path(path).stem, "axes": _axes_metadata(axes, voxel_size is not None, time_unit),
+    # (path_text: a name that is not UTF-8 as \xNN; JSON holds no lone surrogate)
+    ms = {"name": path_text(name or Path(path).stem), "axes": _axes_metadata(axes, voxel_size is not None, time_unit),
           "datasets": [_dataset("0", _full_scale(axes, voxel_size, [1] * len(axes), time_step), translation)]}
     attrs = {"ome": {"version": OME_VERSION, "multiscales": [ms]}}
     attrs["deconv3d"] = provenance if provenance is not None else {"software": "deconv3d", "version": __version__}
@@ -186,7 +188,9 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     Parameters
     ----------
     path : str or os.PathLike
-        Output ``.zarr`` directory; an existing one is replaced only once the new one is complete.
+        Output ``.zarr`` directory; an existing one is replaced only once the new one is complete,
+        and only a zarr image deconv3d wrote (:func:`deconv3d._paths.replaceable_folder`; any other
+        is refused before any work).
     data : array_like or dask array
         2D to 5D data whose axes are ``axes`` (default ``"ZYX"``/``"YX"``); written as float32.
     voxel_size : sequence of float, optional

@@ -185,8 +185,9 @@ def _read_record(record_path: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash: str) -> bool:
-    """True when a completion record matches this input, these settings and an existing output.
+def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash) -> bool:
+    """True when a completion record matches this input, these settings (``settings_hash``: one
+    fingerprint, or several that all mean them) and an existing output.
 
     The input must still have the recorded size and SHA-256. The hash is recomputed when the
     modification time differs from the record's (a touched or copied file that is unchanged is
@@ -196,7 +197,8 @@ def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash
     from deconv3d.omezarr import file_sha256
 
     record = _read_record(record_path)
-    if not (record.get("settings") == settings_hash and record.get("output") == output.name and output.exists()):
+    hashes = (settings_hash,) if isinstance(settings_hash, str) else tuple(settings_hash)
+    if not (record.get("settings") in hashes and record.get("output") == output.name and output.exists()):
         return False
     recorded, state = record.get("input_state") or {}, input_state(input_path)
     if recorded.get("size") != state["size"] or not record.get("input_sha256"):
@@ -241,6 +243,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
     settings_hash, started = settings.fingerprint(), time.time()
+    finished_as = (settings_hash, settings.fingerprint(legacy=True))  # (records of earlier versions too)
     rows = [] if rows is None else rows
     # Runs of one folder share it when they would keep each other's outputs: the same fingerprint.
     with settings_guard(output_dir / RECORD_DIR, settings_hash):
@@ -257,7 +260,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
                 by_another = _written_since(record, started)  # (before is_finished refreshes a touched file's)
                 if mine is False:  # another run of this folder is on it
                     row.update(status="skipped", reason=BUSY)
-                elif is_finished(path, output, record, settings_hash):
+                elif is_finished(path, output, record, finished_as):
                     row.update(status="skipped", reason=DONE_ELSEWHERE if by_another else "")
                 elif (other := _owned_by_another(owners, output, path)) is not None:
                     row.update(status="failed", reason=f"{output.name} holds the result of {other}, another file of "

@@ -23,11 +23,17 @@ def atomic_output(path):
 
     On leaving the block normally the temporary entry is renamed onto ``path`` (an existing
     output is replaced only then); on any exception, KeyboardInterrupt included, it is removed.
+    A folder at ``path`` that may not be replaced (:func:`~deconv3d._paths.replaceable_folder`)
+    is refused here, before any work, and again when publishing (it may appear meanwhile).
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
+    if path.is_dir() and not path.is_symlink() and not replaceable_folder(path):
+        raise InputError(f"output path {path} is a directory that is not a zarr image deconv3d wrote (another "
+                         "tool's, or written through the Python API before deconv3d marked its outputs): move it "
+                         "away or choose another output name; its files are left as they are")
     tmp = temporary_name(path)
     try:
         yield tmp

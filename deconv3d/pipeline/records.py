@@ -9,21 +9,7 @@ import time
 
 import numpy as np
 
-
-def path_text(path) -> str:
-    """A file name as text any file format or report can hold: itself, or where it is not valid
-    UTF-8 (``lat\\xe9.tif`` from Latin-1 times, which Python reads with a lone surrogate that a TIFF
-    property, a CSV or a JSON report cannot encode) with the bytes that are not as ``\\xNN``."""
-    text = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        try:
-            raw = text.encode("utf-8", "surrogateescape")  # the name's own bytes
-        except UnicodeEncodeError:  # a surrogate no file name decodes to
-            return text.encode("utf-8", "backslashreplace").decode("utf-8")
-        return raw.decode("utf-8", "backslashreplace")
+from deconv3d._paths import path_text
 
 
 def psf_summary(psf) -> dict:

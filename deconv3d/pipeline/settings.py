@@ -198,7 +198,7 @@ class Settings:
 
         return precision_name(self.amp, torch.device(self.device_kind()))
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, legacy: bool = False) -> str:
         """Hash of everything that changes the output (not the file pattern).
 
         For ssl, the precision ``amp`` resolves to, not ``amp`` itself: a batch resumed on a CPU
@@ -207,13 +207,17 @@ class Settings:
 
         A setting the method ignores (:data:`_METHOD_ONLY`; ``pyramid_levels`` for TIFF outputs)
         counts at its default: ``--iterations 5`` with ``--method wiener`` redid every finished
-        file. (At the default, not left out: the records written before still match.)
+        file; so do the microscope's parameters with a PSF file. (At the default, not left out:
+        the records written before still match.) ``legacy=True`` gives the hash of the versions
+        before that rule, which counted them as given: a record of theirs with such a setting still
+        matches the same command (:func:`~deconv3d.pipeline.batch.run_batch` accepts both).
         """
         fields = {k: v for k, v in dataclasses.asdict(self).items()
                   if k not in ("pattern", "amp") and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
                   and not (k in _SSL_ONLY and self.method != "ssl")
                   and not (k in _TRAINING_ONLY and self.train_steps is None)}
-        fields.update(self._ignored_at_defaults())
+        if not legacy:
+            fields.update(self._ignored_at_defaults())
         fields["device"] = self.device_kind()
         if self.method == "ssl":  # (so an ssl batch finished by an earlier version is redone once)
             fields["precision"] = self.precision()
@@ -232,6 +236,9 @@ class Settings:
         """The settings this configuration's method (or output format) ignores, at their defaults."""
         ignored = [k for k, methods in _METHOD_ONLY.items() if self.method not in methods]
         ignored += ["pyramid_levels"] if self.output_format != "zarr" else []
+        if self.psf_model is None:  # a PSF file (or a model's own): the optics generate nothing
+            ignored += ["na", "ni", "ns", "depth"]
+            ignored += ["wavelength"] if len(_many(self.wavelength)) <= 1 else []  # (several set the channels)
         return {f.name: f.default for f in dataclasses.fields(self) if f.name in ignored}
 
 

@@ -154,13 +154,17 @@ def save_checkpoint(trained, path, *, training_image: dict | None = None) -> Non
     Raises
     ------
     InputError
-        For a training that diverged (nothing to save) or a missing output folder.
+        For a training that diverged or stopped before its first step (nothing to save), or a
+        missing output folder.
     OSError
         Where the file cannot be written (a full disk, no permission), naming it.
     """
     if getattr(trained, "reason", None) == "non-finite loss":
         raise InputError("training diverged (non-finite loss), so there is no model to save: lower the learning "
                          "rate or check the PSF, and train again")
+    if getattr(trained, "steps_done", None) == 0:  # cancelled in the reference search: no reference either
+        raise InputError("the training was stopped before its first step, so there is no model to save: train "
+                         "again and let it run")
     if not isinstance(trained, TrainedModel):
         trained = TrainedModel.from_result(trained)
     from deconv3d import __version__

@@ -420,3 +420,27 @@ def test_a_batch_leaves_out_the_psf_kept_among_its_images_and_names_a_file_given
     code = main(args)
     err = capsys.readouterr().err
     assert code == 2 and "img0.tif is a file: batch takes a folder" in err and "deconv3d deconvolve" in err
+
+
+def test_a_folder_that_may_not_be_replaced_is_refused_before_any_work(tmp_path):
+    """run_chunked onto a zarr folder deconv3d did not write (an earlier API output without the
+    marker, another tool's image) did all the work and then refused to publish it."""
+    import numpy as np
+    import zarr
+
+    from deconv3d.errors import InputError
+    from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
+
+    target = tmp_path / "out.zarr"
+    zarr.open_group(str(target), mode="w-", zarr_format=3).create_array("0", data=np.ones((2, 2), np.float32))
+    calls = []
+
+    class Counting(RichardsonLucyBlock):
+        def __call__(self, block):
+            calls.append(1)
+            return super().__call__(block)
+
+    psf = np.ones((3, 3, 3), np.float32) / 27
+    with pytest.raises(InputError, match="not a zarr image deconv3d wrote"):
+        run_chunked(np.ones((8, 8, 8), np.float32), Counting(psf, iterations=1), target, chunks=(4, 8, 8))
+    assert calls == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]

@@ -119,3 +119,42 @@ def test_config_values_of_the_wrong_kind_are_named_in_one_line(folder, capsys, l
     code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--config", folder / "batch.toml"], capsys)
     assert_one_line_error(code, err, *words)
     assert not (folder / "out").exists()
+
+
+def test_the_microscope_s_parameters_count_only_for_a_generated_psf(folder):
+    """--ni 1.4 with a PSF file was warned about as ignored and still redid every finished file."""
+    base = make_settings({"psf": str(folder / "psf.tif"), "method": "rl"})
+    for key, value in (("na", 1.2), ("ni", 1.4), ("ns", 1.45), ("depth", 5.0), ("wavelength", 0.6)):
+        assert make_settings({"psf": str(folder / "psf.tif"), "method": "rl", key: value}).fingerprint() \
+            == base.fingerprint(), key
+    generated = {"psf_model": "gibson-lanni", "na": 1.2, "wavelength": 0.52, "method": "rl"}
+    for key, value in (("ni", 1.4), ("ns", 1.45), ("depth", 5.0), ("wavelength", 0.6)):
+        assert make_settings({**generated, key: value}).fingerprint() != make_settings(generated).fingerprint(), key
+    two = make_settings({"psf": str(folder / "psf.tif"), "method": "rl", "wavelength": [0.5, 0.6]})
+    assert two.fingerprint() != base.fingerprint()  # (several wavelengths set how many channels a file has)
+
+
+def test_records_of_earlier_versions_with_an_ignored_setting_still_match_the_same_command(folder, capsys):
+    """Earlier versions hashed an ignored setting as given: their records of 'wiener --iterations 5'
+    would have been redone by the same command. Their hash is accepted too."""
+    out = folder / "out"
+    argv = ["batch", folder / "in", "-o", out, "--psf", folder / "psf.tif", "--method", "wiener", "--iterations", 5]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    settings = make_settings({"psf": str(folder / "psf.tif"), "method": "wiener", "iterations": 5})
+    legacy = settings.fingerprint(legacy=True)
+    assert legacy != settings.fingerprint()
+    records = sorted((out / ".deconv3d-batch").glob("*.json"))
+    assert len(records) == 2
+    for path in records:  # as the earlier version wrote them
+        record = json.loads(path.read_text())
+        record["settings"] = legacy
+        path.write_text(json.dumps(record))
+    code, _, err = run(argv, capsys)
+    assert code == 0 and statuses(out) == ["skipped", "skipped"], err
+    for path in records:
+        record = json.loads(path.read_text())
+        record["settings"] = "0123456789abcdef"  # any other settings: redone
+        path.write_text(json.dumps(record))
+    code, _, err = run(argv, capsys)
+    assert code == 0 and statuses(out) == ["done", "done"], err

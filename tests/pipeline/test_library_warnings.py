@@ -62,3 +62,19 @@ def test_the_command_line_prints_them_in_its_own_words(bare, capsys):
     assert ("deconv3d: warning: bare.tif carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm "
             "(pass --voxel-size to set it)\n") in err
 
+
+
+@pytest.mark.parametrize("setting", ["ignore", "error"])
+def test_the_command_line_prints_them_whatever_pythonwarnings_says(bare, capsys, monkeypatch, setting):
+    """As Python warnings they followed PYTHONWARNINGS in the command line too: 'ignore' hid the
+    lines it had always printed, and 'error' failed every file of a batch (exit 3)."""
+    from cli_helpers import run
+
+    (bare / "in").mkdir()
+    (bare / "bare.tif").rename(bare / "in" / "bare.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter(setting)  # what PYTHONWARNINGS sets before main() runs
+        code, _, err = run(["batch", bare / "in", "-o", bare / "res", "--psf", bare / "psf.tif", "--iterations", 2],
+                           capsys)
+    assert code == 0, err
+    assert "deconv3d: warning: bare.tif carries no voxel size" in err

@@ -229,7 +229,7 @@ def test_train_s_reference_warnings_point_at_the_caller():
     assert [w.filename for w in caught if "too small" in str(w.message)] == [__file__]
 
 
-def test_train_s_callback_hears_and_can_cancel_the_reference_search():
+def test_train_s_callback_hears_and_can_cancel_the_reference_search(tmp_path):
     """The search for RL's count (up to a minute on large stacks) called no callback: a GUI saw
     nothing and could not cancel it. It is step 0 now; cancelling there runs no step."""
     from deconv3d import Cancelled
@@ -245,6 +245,10 @@ def test_train_s_callback_hears_and_can_cancel_the_reference_search():
     result = train(noisy, psf, config=TrainConfig(steps=5, patch=16, batch=2), unet=TINY[2], device="cpu",
                    callback=cancel_at_third)
     assert calls == [0, 0, 0] and (result.reason, result.steps_done, result.history) == ("cancelled", 0, [])
+    from deconv3d.selfsup import save_checkpoint  # no reference and no step: nothing to save (it saved an
+    with pytest.raises(InputError, match="stopped before its first step"):  # unloadable file)
+        save_checkpoint(result, tmp_path / "m.ckpt")
+    assert not (tmp_path / "m.ckpt").exists()
     with pytest.raises(Cancelled, match="training cancelled after 0 steps"):
         deconvolve(noisy, psf, config=TrainConfig(steps=5, patch=16, batch=2), unet=TINY[2], device="cpu",
                    train_callback=lambda step, loss: True)
