@@ -32,17 +32,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from deconv3d import synthetic
 from deconv3d._arrays import as_numpy
 from deconv3d.errors import InputError
 from deconv3d.psf import generate_psf
-from deconv3d.psf.prepare import SPIKE_RATIO
 
 __all__ = ["PAPER_LEVELS", "Triplet", "check_levels", "triplet_alpha", "dyadic_triplets", "all_triplets",
            "defocus_psfs", "focal_stacks_from_images", "synthetic_focal_stacks", "normalize_planes",
-           "plane_ranges", "split_by_image", "tile_stacks", "ten_crop_positions", "fixed_triplet_crops", "TripletSampler"]
+           "split_by_image", "tile_stacks", "ten_crop_positions", "fixed_triplet_crops", "TripletSampler"]
 
 #: The paper's blur levels: 0 (most blurred) to 16 (in focus) in steps of 2.
 PAPER_LEVELS = tuple(range(0, 17, 2))
@@ -211,13 +209,13 @@ def focal_stacks_from_images(images, levels=PAPER_LEVELS, *, noise=DEFAULT_NOISE
     psfs = defocus_psfs(lv, **psf_options)
     rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
     stacks = np.empty((images.shape[0], lv.size) + images.shape[1:], np.float32)
-    for i, sharp in enumerate(normalize_planes(images, despike=False)):
+    for i, sharp in enumerate(normalize_planes(images)):
         for j, psf in enumerate(psfs):
             plane = _blur_plane(sharp, psf)
             if noise is not None:
                 plane = synthetic.add_noise_gaussian_poisson(plane, a=noise[0], sigma=noise[1], bits=12, seed=rng)
             stacks[i, j] = plane
-    return normalize_planes(stacks, despike=False), lv.astype(np.float32)
+    return normalize_planes(stacks), lv.astype(np.float32)
 
 
 def synthetic_focal_stacks(n_images: int = 8, shape=(64, 64), levels=PAPER_LEVELS, *, seed=0,
@@ -259,62 +257,12 @@ def synthetic_focal_stacks(n_images: int = 8, shape=(64, 64), levels=PAPER_LEVEL
 # ------------------------------------------------------------------ normalisation and split
 
 
-def normalize_planes(planes, *, despike: bool = True) -> np.ndarray:
-    """Min-max normalise every 2D plane (last two axes) to [0, 1]; constant planes become 0.
-
-    With ``despike`` (the rule of training and of :mod:`deconv3d.latent.ops`) the range is
-    :func:`plane_ranges`', which leaves out hot and cold pixels: such a pixel keeps its value
-    and lands outside [0, 1]; planes without one are normalised exactly as by their plain
-    minimum and maximum. ``despike=False``: the plain minimum and maximum.
-    """
+def normalize_planes(planes) -> np.ndarray:
+    """Min-max normalise every 2D plane (last two axes) to [0, 1]; constant planes become 0."""
     x = as_numpy(planes, dtype=np.float32)
-    if despike:
-        lo, hi = plane_ranges(x)
-    else:
-        lo, hi = x.min(axis=(-2, -1), keepdims=True), x.max(axis=(-2, -1), keepdims=True)
-    span = hi - lo
+    lo = x.min(axis=(-2, -1), keepdims=True)
+    span = x.max(axis=(-2, -1), keepdims=True) - lo
     return ((x - lo) / np.where(span > 0, span, 1)).astype(np.float32)
-
-
-def plane_ranges(planes) -> tuple[np.ndarray, np.ndarray]:
-    """``(lo, hi)`` of every 2D plane (last two axes, kept as size 1), leaving out hot and cold pixels.
-
-    A pixel more than :data:`~deconv3d.psf.prepare.SPIKE_RATIO` (2) times its brightest
-    8-neighbour is a hot pixel (as :func:`deconv3d.psf.prepare.center_psf` takes a hot voxel),
-    both measured above the plane's minimum, as the normalisation itself is (a camera offset
-    would otherwise hide a hot pixel a few times the signal): it counts at that neighbour's
-    value for ``hi``. A cold pixel (dead or dark one), likewise with values measured below
-    ``hi``, counts at its dimmest neighbour's value for ``lo``. The values themselves are
-    left as they are. One hot pixel 10x a plane's maximum otherwise squeezed the rest of the
-    plane into [0, 0.1] and multiplied the residual form's correction tenfold: blur synthesis
-    fell from 34.5 to 15.8 dB. Not a percentile, which maps a sparse field of bright beads
-    far above 1; a bead spans several pixels at the sampling deconvolution needs (a Gaussian spot
-    centred on a pixel passes for a hot one only below a sigma of 0.85 pixel). A plane
-    with no such pixel gets exactly its minimum and maximum, and a plane whose whole range
-    is made of such pixels (one bright pixel on a flat background) keeps its own.
-    """
-    x = as_numpy(planes, dtype=np.float32)
-    lo_raw, hi_raw = x.min(axis=(-2, -1), keepdims=True), x.max(axis=(-2, -1), keepdims=True)
-    ring = np.ones((1,) * (x.ndim - 2) + (3, 3), bool)
-    ring[(0,) * (x.ndim - 2) + (1, 1)] = False
-    brightest = ndimage.maximum_filter(x, footprint=ring, mode="constant", cval=-np.inf)
-    dimmest = ndimage.minimum_filter(x, footprint=ring, mode="constant", cval=np.inf)
-
-    def top(floor):  # (outside the plane is no neighbour: -inf, so a lone pixel is its own range)
-        with np.errstate(invalid="ignore", over="ignore"):
-            hot = x - floor > SPIKE_RATIO * (brightest - floor)
-        return np.where(hot, brightest, x).max(axis=(-2, -1), keepdims=True)
-
-    def bottom(ceiling):
-        with np.errstate(invalid="ignore", over="ignore"):
-            cold = ceiling - x > SPIKE_RATIO * (ceiling - dimmest)
-        return np.where(cold, dimmest, x).min(axis=(-2, -1), keepdims=True)
-
-    hi = top(lo_raw)
-    lo = bottom(hi)
-    hi = top(lo)  # a cold pixel far below the rest hid a hot one in the first pass
-    usable = hi > lo
-    return np.where(usable, lo, lo_raw).astype(np.float32), np.where(usable, hi, hi_raw).astype(np.float32)
 
 
 def split_by_image(stacks, test_fraction: float = 0.25, seed=0) -> tuple[np.ndarray, np.ndarray]:

@@ -258,8 +258,7 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
     ----------
     stacks : array_like
         ``(n_images, n_levels, H, W)`` focal stacks (or one ``(n_levels, H, W)``), planes
-        ordered by level; each plane is min-max normalised to [0, 1] here, its range leaving out
-        hot and cold pixels (:func:`~deconv3d.latent.data.plane_ranges`, as at inference).
+        ordered by level; each plane is min-max normalised to [0, 1] here.
     levels : sequence of float
         Strictly increasing level value of each plane (larger = closer to focus).
     config : LatentTrainConfig

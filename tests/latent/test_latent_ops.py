@@ -58,12 +58,10 @@ class ScaledIdentity:
 
 
 def unit_planes(seed=0, shape=(4, 4)):
-    """Two planes with min 0 and max 1 (so min-max normalisation changes nothing): the pixel
-    beside both at 0.5, so that neither is a hot or cold pixel (plane_ranges)."""
+    """Two planes with min 0 and max 1 (so min-max normalisation changes nothing)."""
     rng = np.random.default_rng(seed)
     planes = rng.random((2,) + shape)
     planes.reshape(2, -1)[:, 0], planes.reshape(2, -1)[:, 1] = 0.0, 1.0
-    planes[:, 1, 1] = 0.5
     return planes.astype(np.float32)
 
 
