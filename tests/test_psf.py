@@ -837,3 +837,17 @@ def test_centring_a_psf_by_part_of_a_voxel_keeps_the_face_it_moves_from(offset):
     expected = gaussian(shape, sigma)
     assert out.sum(axis=(1, 2)).min() > 0.5 * expected.sum(axis=(1, 2)).min()
     assert np.abs(out - expected).max() < 0.02 * expected.max()
+
+
+def test_centring_a_tight_box_by_part_of_a_voxel_is_not_warned_about():
+    """A bead sits anywhere between voxel centres: half a voxel off in a tight box moves 4 % of the
+    light out (its faces hold 5-8 %), which no one can help, and was warned about."""
+    import psfmodels
+    from scipy import ndimage
+
+    zv = (np.arange(9) - 4.5) * 0.5
+    p = psfmodels.make_psf(zv, 23, dxy=0.2, pz=0, NA=0.8, wvl=0.52, ns=1.515, ni=1.515, ni0=1.515, model="scalar")
+    tight = np.clip(ndimage.shift(p, (0, 0.5, 0.5), order=3)[:, 4:-4, 4:-4], 0, None).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        center_psf(tight)
