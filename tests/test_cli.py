@@ -384,6 +384,10 @@ def test_a_psf_option_before_the_input_says_why_the_input_is_missing(tmp_path, c
     assert "took" not in err
     code, _, err = run(["deconvolve", "--wavelength", 0.5, "in.tif", "-o", "o.tif"], capsys)
     assert_one_line_error(code, err, "--wavelength takes one value per channel", "after the input")
+    for argv in (["deconvolve", "in.tif", "-o", "o.tif", "--wavelength", "0.5um"],  # a bad value, no input taken
+                 ["psf", "-o", "p.tif", "--wavelength", "p.tif"]):  # a command with no input
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "invalid" in err and "takes one value per channel" not in err, err
 
 
 def test_a_log_gets_plain_progress_lines_and_a_short_run_none(tmp_path, capsys, monkeypatch):
@@ -448,3 +452,19 @@ def test_a_warning_during_a_live_bar_on_a_terminal_starts_its_own_line(monkeypat
     assert "predict" in text and "deconv3d: warning: look\n" in text
     before = text[:text.index("deconv3d: warning: look")]
     assert "predict" in before and before[-1] in "\r\n", repr(text)  # the bar cleared: a line of its own
+
+
+def test_main_called_from_python_leaves_the_caller_s_streams_as_they_were(monkeypatch):
+    """main() switches a strict stdout/stderr to backslash escapes for its own output (a file name
+    that is not UTF-8), and switches them back when it returns."""
+    import io
+
+    from deconv3d.cli import main
+
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict") for _ in range(2)]
+    monkeypatch.setattr(sys, "stdout", streams[0])
+    monkeypatch.setattr(sys, "stderr", streams[1])
+    seen = []
+    monkeypatch.setattr("deconv3d.cli.build_parser", lambda: seen.append(sys.stdout.errors) or 1 / 0)
+    assert main(["deconvolve"]) == 1  # (an internal error: the parser stand-in fails)
+    assert seen == ["backslashreplace"] and [s.errors for s in streams] == ["strict", "strict"]

@@ -841,7 +841,8 @@ def test_centring_a_psf_by_part_of_a_voxel_keeps_the_face_it_moves_from(offset):
 
 def test_centring_a_tight_box_by_part_of_a_voxel_is_not_warned_about():
     """A bead sits anywhere between voxel centres: half a voxel off in a tight box moves 4 % of the
-    light out (its faces hold 5-8 %), which no one can help, and was warned about."""
+    light out (its faces hold 5-8 %), which no one can help, and was warned about. Further off,
+    a box one voxel over would have held the bead: that is still warned about."""
     import psfmodels
     from scipy import ndimage
 
@@ -851,3 +852,7 @@ def test_centring_a_tight_box_by_part_of_a_voxel_is_not_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         center_psf(tight)
+    # 1.5 planes off (moved by one more): 4 % of the light is lost, and a box one plane over would hold it
+    off = np.clip(ndimage.shift(p, (1.0, 0, 0), order=3)[:, 4:-4, 4:-4], 0, None).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match=r"moved it by \(-1\.5, \+0\.0, \+0\.0\) voxels and 4%"):
+        center_psf(off)

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``deconv3d`` command; returns the exit status."""
     argv = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv
-    _tolerant_output()
+    restore = _tolerant_output()
     try:
         args, extra = build_parser().parse_known_args(argv)
         if extra:  # reported here by argparse, it would point at the top-level help
@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
                              f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")
         with warnings.catch_warnings(), _terminate_as_interrupt():
             warnings.showwarning = _show_warning  # the library's warnings as the CLI's own lines
-            warnings.simplefilter("always", Deconv3dWarning)  # PYTHONWARNINGS=ignore or error hid or raised them
+            # The library's warnings are part of the command's output, whatever PYTHONWARNINGS says
+            # ('ignore' hid them, 'error' failed the run or every file of a batch): its own RuntimeWarnings
+            # once per place as Python's default does, errors.warn's lines (Deconv3dWarning) every time.
+            warnings.filterwarnings("default", module=r"deconv3d(\.|$)")
+            warnings.simplefilter("always", Deconv3dWarning)
             return args.func(args)
     except InputError as exc:
         if debug:  # the traceback, then the same line and status as without --debug
@@ -109,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001 - the contract: unexpected errors exit 1
         return _internal(exc, debug)
+    finally:
+        restore()
 
 
 #: Errors of a full, read-only or forbidden place (met while writing, mostly): one line (exit 2), not an internal error.
@@ -136,16 +142,25 @@ def _terminate_as_interrupt():
         signal.signal(signal.SIGTERM, before)
 
 
-def _tolerant_output() -> None:
+def _tolerant_output():
     """Print text the stream cannot encode as backslash escapes instead of failing: with a strict
     stdout (a UTF-8 locale other than C), a file name that is not valid UTF-8 made "wrote ..." an
     internal error, exit 1, after the output had been written; it prints as ``out\\udce9.tif``."""
+    changed = []
     for stream in (sys.stdout, sys.stderr):
         if getattr(stream, "errors", None) == "strict":
             try:
                 stream.reconfigure(errors="backslashreplace")
+                changed.append(stream)
             except (AttributeError, ValueError, OSError):
                 pass
+
+    def restore() -> None:  # (main() called from Python leaves the caller's streams as they were)
+        for stream in changed:
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                stream.reconfigure(errors="strict")
+
+    return restore
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

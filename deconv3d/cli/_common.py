@@ -16,6 +16,12 @@ AMP_HELP = ("mixed precision for the network, in training and inference: float16
             "AMX, where each takes about half the time or less; float32 elsewhere (default on; --no-amp: float32)")
 
 
+def _looks_like_a_file(text: str) -> bool:
+    import os
+
+    return os.path.exists(text) or text.lower().endswith((".tif", ".tiff", ".zarr", ".ckpt", ".pt", ".toml"))
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors follow the contract: one line, exit status 2."""
 
@@ -32,7 +38,10 @@ class Parser(argparse.ArgumentParser):
         given = [str(a) for a in getattr(self, "_given", [])]
         missing = message.split("arguments are required: ", 1)[1].split(", ") if "arguments are required: " in message \
             else []
-        if message.startswith("argument --wavelength: invalid"):  # '--wavelength 0.5 in.tif'
+        taken = message.split("value: ", 1)[1].strip("'") if message.startswith("argument --wavelength: invalid") \
+            and "value: " in message else None
+        if taken is not None and _looks_like_a_file(taken) and any(
+                a.nargs is None and not a.option_strings for a in self._actions):  # '--wavelength 0.5 in.tif'
             return ": --wavelength takes one value per channel, up to the next option; give it after the input"
         if not any(not name.startswith("-") for name in missing):  # only a positional can have been taken
             return ""

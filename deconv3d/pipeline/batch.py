@@ -254,7 +254,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
             record = _record_path(output_dir, path)
             # (names as text a report can hold: a name that is not UTF-8 failed the CSV report's writing)
             row = {"file": path_text(path.absolute()), "output": path_text(output.absolute()), "status": "",
-                   "seconds": 0.0, "reason": "", "settings": settings_hash}
+                   "seconds": 0.0, "reason": "", "settings": settings_hash, EQUIVALENT: finished_as}
             rows.append(row)  # before the work: an interrupted file shows as the row left without a status
             with claim(output_dir / RECORD_DIR, path) as mine:
                 by_another = _written_since(record, started)  # (before is_finished refreshes a touched file's)
@@ -376,6 +376,10 @@ def _written_since(record: Path, moment: float) -> bool:
         return False
 
 
+#: A row's fingerprints that mean its settings (this version's and the earlier one's): not written.
+EQUIVALENT = "equivalent_settings"
+
+
 def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
     """``rows`` over the folder's report: a row replaces the earlier row of the same input (by its
     absolute path), except one deferring to another run's row; earlier rows whose input, named by
@@ -397,8 +401,9 @@ def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
                if isinstance(r, dict) and isinstance(r.get("file"), str) and r.get("status") in STATUSES]
     mine, merged = {key(r): r for r in rows}, []
     current = {r.get("settings") for r in rows} - {None, ""}
+    same = {h for r in rows for h in r.get(EQUIVALENT, ())} | current  # (an earlier version's hash of them)
     for row in earlier:
-        if len(current) == 1 and row["settings"] not in ("", *current) and row["status"] != "failed":
+        if len(current) == 1 and row["settings"] not in ("", *same) and row["status"] != "failed":
             row.update(status="skipped", reason=OTHER_SETTINGS)
         own, exists = mine.pop(key(row), None), not os.path.isabs(row["file"]) or _exists(row["file"])
         if own is not None and (own["reason"] not in DEFERRING or not exists):
@@ -424,7 +429,8 @@ OTHER_SETTINGS = "its output was made with other settings by an earlier run: rer
 def _write_reports(output_dir: Path, rows) -> tuple[Path, Path]:
     summary = status_counts(rows)
     json_path, csv_path = output_dir / "batch_report.json", output_dir / "batch_report.csv"
-    _write_json_atomic(json_path, {"summary": summary, "files": rows})
+    _write_json_atomic(json_path, {"summary": summary, "files": [{k: v for k, v in r.items() if k != EQUIVALENT}
+                                                                 for r in rows]})
     from deconv3d.pipeline.output import atomic_output
 
     with atomic_output(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:  # any file name

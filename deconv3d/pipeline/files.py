@@ -129,7 +129,7 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
         voxel = trained.voxel_for(voxel, len(spatial_shape), Path(lazy.path).name, warnings)
         warn_of_another_scale(trained, lazy, warnings)
         psfs = [load_psfs_for(settings, spatial_shape, voxel, fit_image=False)[0]
-                if (settings.psf or settings.wavelength) else None]
+                if (settings.psf or settings.psf_model) else None]
     else:
         psfs = load_psfs_for(settings, spatial_shape, voxel)
     built = [build_block_fn(settings, p, voxel, ndim=len(spatial_shape), trained=trained) for p in psfs]

@@ -208,10 +208,10 @@ def center_psf(psf) -> np.ndarray:
     into its faces (``mode="grid-constant"``: ``"constant"`` emptied the face the PSF moved away
     from, 2.5 % of a widefield PSF's light, for any shift however small); negative undershoot is
     clamped to 0, the shift is refined twice, and the result has unit sum. A shift of more than
-    a voxel that moves more than :data:`CENTRING_LOSS` of the light out of the box is warned
-    about (a bead stack not centred on its bead): the PSF then lacks that side's light. Within a
-    voxel it is not: a bead sits anywhere between voxel centres, and in a tight box a face holds
-    5-8 % of a widefield PSF's light.
+    half a voxel that moves more than :data:`CENTRING_LOSS` of the light out of the box is
+    warned about (a bead stack not centred on its bead: a box one voxel over would hold it): the
+    PSF then lacks that side's light. Up to half a voxel it is not: a bead sits anywhere between
+    voxel centres, and in a tight box a face holds 5-8 % of a widefield PSF's light.
 
     Parameters
     ----------
@@ -239,7 +239,7 @@ def center_psf(psf) -> np.ndarray:
         out = np.clip(ndimage.shift(psf, total, order=3, mode="grid-constant"), 0, None)
         seen = out if probe is psf else np.clip(ndimage.shift(probe, total, order=3, mode="grid-constant"), 0, None)
     lost = 1.0 - float(out.sum(dtype=np.float64)) / max(float(psf.sum(dtype=np.float64)), 1e-300)
-    if lost > CENTRING_LOSS and np.abs(total).max() > 1.0:  # (within a voxel: where a bead happens to sit)
+    if lost > CENTRING_LOSS and np.abs(total).max() > 0.55:  # (up to half a voxel: where a bead happens to sit)
         moved = ", ".join(f"{v:+.1f}" for v in total)
         warnings.warn(f"centring the PSF's core moved it by ({moved}) voxels and {lost:.0%} of its light out of its "
                       "box: give a PSF stack centred on the bead, with as much room on each side", RuntimeWarning,
@@ -247,7 +247,7 @@ def center_psf(psf) -> np.ndarray:
     return normalize_psf(out)
 
 
-#: :func:`center_psf` warns when centring moves the PSF by more than a voxel and this share of its
+#: :func:`center_psf` warns when centring moves the PSF by more than half a voxel and this share of its
 #: light out of its box. A generated widefield PSF centred at depth (``deconv3d.psf.generate``;
 #: Gibson-Lanni, NA 0.8 and 1.3, water under oil, up to 150 µm deep, 31 planes of 0.2 µm) moves up
 #: to half a plane and loses at most 1.5 %; a bead stack of 31 planes 1, 2 or 3 planes off its bead

@@ -150,6 +150,15 @@ def test_records_of_earlier_versions_with_an_ignored_setting_still_match_the_sam
         record = json.loads(path.read_text())
         record["settings"] = legacy
         path.write_text(json.dumps(record))
+    report = json.loads((out / "batch_report.json").read_text())
+    for row in report["files"]:
+        row["settings"] = legacy
+    (out / "batch_report.json").write_text(json.dumps(report))
+    code, _, err = run([*argv, "--pattern", "img0.tif"], capsys)  # img1's earlier row is not called stale
+    assert code == 0, err
+    rows = json.loads((out / "batch_report.json").read_text())["files"]
+    assert [r["status"] for r in rows] == ["skipped", "done"] and all("settings" not in r["reason"] for r in rows)
+    assert all("equivalent_settings" not in r for r in rows)
     code, _, err = run(argv, capsys)
     assert code == 0 and statuses(out) == ["skipped", "skipped"], err
     for path in records:

@@ -78,3 +78,21 @@ def test_the_command_line_prints_them_whatever_pythonwarnings_says(bare, capsys,
                            capsys)
     assert code == 0, err
     assert "deconv3d: warning: bare.tif carries no voxel size" in err
+
+
+
+def test_the_command_line_prints_the_library_s_other_warnings_whatever_pythonwarnings_says(bare, capsys):
+    """Not only errors.warn's lines: a PSF's flat floor (prepare_psf's RuntimeWarning) under
+    PYTHONWARNINGS=error failed the run as an internal error, and 'ignore' dropped it."""
+    import numpy as np
+    from cli_helpers import run
+
+    floored = gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0)) + np.float32(0.02)
+    write_tiff(bare / "floor.tif", floored / floored.sum(), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(bare / "in.tif", blurred_beads((8, 16, 16), gaussian_psf(), seed=2), voxel_size=(0.3, 0.1, 0.1))
+    for setting in ("error", "ignore"):
+        with warnings.catch_warnings():
+            warnings.simplefilter(setting)
+            code, _, err = run(["deconvolve", bare / "in.tif", "-o", bare / f"{setting}.tif", "--psf",
+                                bare / "floor.tif", "--iterations", 2], capsys)
+        assert code == 0 and "deconv3d: warning: the PSF's faces sit at" in err, err

@@ -295,6 +295,11 @@ def test_batch_ssl_applies_the_band_limit_option(folder, capsys):
         assert psnr(whole, data) >= 50
         outputs[eps] = np.asarray(data)
     assert np.abs(outputs[0.01] - outputs[None]).max() > 1e-3 * outputs[None].max()
+    # A wavelength without --psf-model generates no PSF: warned about as ignored, it failed every
+    # file ("unsupported operand type(s) for /: 'float' and 'NoneType'").
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out-wl", "--method", "ssl", "--model", model,
+                        "--pattern", "img1.tif", "--wavelength", 0.5], capsys)
+    assert code == 0 and "--wavelength" in err and "ignored" in err, err
 
 
 def test_batch_gives_each_channel_its_own_psf(tmp_path, capsys):
