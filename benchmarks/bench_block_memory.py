@@ -158,14 +158,16 @@ def case_row(method: str, shape, k: int, args) -> float | None:
 
 
 def main(argv=None) -> None:
+    from deconv3d.cli._common import positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--psfs", default=",".join(str(k) for k in PSFS))
     parser.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES))
     parser.add_argument("--iterations", type=int, default=5, help="RL iterations (the peak is reached by the 3rd)")
-    parser.add_argument("--runs", type=_positive, default=5,
+    parser.add_argument("--runs", type=positive_int, default=5,
                         help="fresh processes per case (default 5): the peak varies from run to run")
-    parser.add_argument("--blocks", type=_positive, default=1, help="blocks run one after the other in each process")
+    parser.add_argument("--blocks", type=positive_int, default=1, help="blocks run one after the other in each process")
     parser.add_argument("--warm", action="store_true", help=f"run one {WARM_UP} block before the baseline")
     parser.add_argument("--quick", action="store_true", help="tiny blocks: a smoke test, not a measurement")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
@@ -188,13 +190,6 @@ def main(argv=None) -> None:
     worst = [w for w in worst if w is not None]
     if worst:
         print(f"# largest measured / model over all runs: {max(worst):.2f} (above 1: the model undercounts)")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
 if __name__ == "__main__":

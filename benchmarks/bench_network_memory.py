@@ -73,13 +73,15 @@ def case_row(shape, args) -> float:
 
 
 def main(argv=None) -> None:
+    from deconv3d.cli._common import positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--context", type=int, default=56, help="the default 3D network's receptive radius")
     parser.add_argument("--shapes", help="images to measure, e.g. 512x512,16x128x128 (default: "
                         + ",".join("x".join(map(str, s)) for s in CASES) + ")")
-    parser.add_argument("--runs", type=_positive, default=5,
+    parser.add_argument("--runs", type=positive_int, default=5,
                         help="fresh processes per case (default 5): the peak varies from run to run")
     parser.add_argument("--quick", action="store_true", help="tiny images: a smoke test, not a measurement")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
@@ -96,13 +98,6 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|")
     worst = max(case_row(shape, args) for shape in shapes)
     print(f"# largest measured / model over all runs: {worst:.2f} (above 1: the model undercounts)")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
 if __name__ == "__main__":
