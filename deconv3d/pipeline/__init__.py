@@ -23,8 +23,8 @@ import numpy as np
 
 from deconv3d._paths import TIFF_SUFFIXES
 from deconv3d.errors import InputError, warn
-from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, aligned_box, box_blocks, plan_chunks,
-                                       release_memory, run_blocks, write_box_blocks)
+from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, aligned_box, box_blocks,
+                                       cancel_requested, plan_chunks, release_memory, run_blocks, write_box_blocks)
 from deconv3d.pipeline.graph import blockwise, store_blocks
 from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, format_bytes, limit_for_available,
                                       parse_memory, planning_baseline, large_allocations_returned, round_chunks)
@@ -193,7 +193,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     if provenance is not None:  # how it ran, recorded before the output is published (not after)
         provenance = {**provenance, "execution": execution}
     # planned: the total is known, nothing written yet
-    if (progress is not None and progress(0, total)) or _is_set(cancel):
+    if (progress is not None and progress(0, total)) or cancel_requested(cancel):
         raise Cancelled("cancelled before the first block")
     # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (memory.py)
     with large_allocations_returned(plan.memory_limit is not None), atomic_output(output) as tmp:
@@ -279,10 +279,6 @@ class _Plan:
         return record
 
 
-def _is_set(cancel) -> bool:
-    return cancel is not None and bool(cancel.is_set())
-
-
 def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: _Plan, client, workers, progress, total,
              cancel=None):
     """Run every (time point, channel) ``index`` of ``reader`` block by block into ``target_path``."""
@@ -299,7 +295,7 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: _Plan, cli
             if hasattr(fn, "prepare") and plan.blocks > 1:
                 fn, covered = _prepare(fn, _View(reader, index), plan, target_path, index)
                 done += len(covered)
-                if (covered and progress is not None and progress(done, total)) or _is_set(cancel):
+                if (covered and progress is not None and progress(done, total)) or cancel_requested(cancel):
                     raise Cancelled(f"cancelled after {done} of {total} blocks")
             done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
                                client=client, workers=workers, progress=progress, done=done, total=total, pool=pool,

@@ -201,6 +201,11 @@ class _ClusterFlag:
         return self._set
 
 
+def cancel_requested(cancel) -> bool:
+    """Whether a caller's ``cancel`` event (None, or anything with ``is_set()``) is set."""
+    return cancel is not None and bool(cancel.is_set())
+
+
 class _RunFlag:
     """A run's abandon flag in this process: set when the run is given up (interrupted, failed in a
     block, cancelled by its progress callback), or by the caller's ``cancel`` event (any object
@@ -214,7 +219,7 @@ class _RunFlag:
 
     def cancelled(self) -> bool:
         """Whether the caller's ``cancel`` event is set."""
-        return self._cancel is not None and bool(self._cancel.is_set())
+        return cancel_requested(self._cancel)
 
     def is_set(self) -> bool:
         return self._own.is_set() or self.cancelled()
