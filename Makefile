@@ -36,7 +36,7 @@ endif
 # The later installs keep the torch installed above (a constraint on its version): a pyproject
 # bound it no longer met would otherwise have pip fetch PyPI's, a CUDA build on Linux.
 $(VENV)/torch-constraint.txt: $(VENV)/.torch
-	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $@
+	$(PY) -W ignore -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $@
 
 $(VENV)/.installed: $(VENV)/.torch $(VENV)/torch-constraint.txt pyproject.toml
 	$(PIP) install -q -e . -c $(VENV)/torch-constraint.txt
