@@ -108,15 +108,17 @@ def refuse_no_positive(source, method: str) -> None:
 NEGATIVE_SHARE = 0.01
 
 
-def warn_negative_share(share: float, source, method: str, warnings: list | None = None, sampled: str = "") -> None:
+def warn_negative_share(share: float, source, method: str, warnings: list | None = None, sampled: str = "",
+                        part: str = "") -> None:
     """Warn (see :func:`warn`) when more than :data:`NEGATIVE_SHARE` of the voxels are negative:
     background-subtracted data, which Richardson-Lucy counts as 0 and the network's output cannot
-    reach. ``sampled`` says which part of the image the share was measured on, if not all of it."""
+    reach. ``part`` says which channel or time points of the image the share is of (" in channel 1"),
+    ``sampled`` which part of those it was measured on, if not all of it."""
     if share > NEGATIVE_SHARE:
         how = {"rl": "Richardson-Lucy counts them as 0", "rl-tv": "Richardson-Lucy counts them as 0",
                "wiener": "Wiener's output is clipped at 0, which raises its mean"}.get(
             method, "the network's output, like Richardson-Lucy's, cannot go below 0")
-        warn(f"deconv3d: warning: {share:.0%} of {source}'s voxels{sampled} are negative (a subtracted offset?); "
+        warn(f"deconv3d: warning: {share:.0%} of {source}'s voxels{part}{sampled} are negative (a subtracted offset?); "
              f"{how}: {NEGATIVE_FIX}", warnings)
 
 

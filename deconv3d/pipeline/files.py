@@ -39,6 +39,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     from deconv3d.pipeline import provenance, psf_source, run_chunked
     from deconv3d.io import assume_psf_voxel
     from deconv3d.pipeline.batch import spatial_voxel
+    from deconv3d.pipeline.negatives import check_has_positive
     from deconv3d.pipeline.output import remove_stale_temporaries
     from deconv3d.pipeline.settings import _many, channel_count
 
@@ -65,7 +66,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
                          f"is {len(spatial_shape)}D: give Z Y X")
     chunks = tuple(settings.chunks)[-len(spatial_shape):] if settings.chunks else None  # (z,) y, x
     # every method's output is non-negative (before any training)
-    check_has_positive(lazy, input_path.name, settings.method, warnings)
+    check_has_positive(lazy, input_path.name, settings.method, warnings, axes=lazy.axes,
+                       channels=lazy.channels)
     plan = dict(chunks=chunks, workers=workers, client=client)
     block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan)
     model_hash = _sha(settings.model) if settings.model else None
@@ -219,54 +221,6 @@ def _refuse_untrainable(lazy, memory_limit) -> list:
         raise InputError(f"training on {name} holds it in memory ({format_bytes(size)} as float32), too much for "
                          f"--memory-limit {memory_limit}: train on a crop with 'deconv3d train', then pass --model")
     return lead
-
-
-#: Bytes of the input that :func:`check_has_positive` reads at a time. It runs before the memory
-#: limit is checked against the blocks: at 64 MiB its two slabs, their source-dtype copies and
-#: masks took about 210 MB, and a run under --memory-limit 256MB peaked at 474 MB before being
-#: told the limit was too small (memory review). 16 MiB stays within the resident allowance.
-SCAN_SLAB_BYTES = 16 * 2**20
-
-
-def check_has_positive(data, name: str, method: str, warnings: list | None = None) -> None:
-    """Refuse an image with negative voxels and no positive one (background-subtracted data) before
-    ``method`` returns it all zeros, as an in-memory run refuses it; warn, as it does, when many
-    voxels are negative (:func:`deconv3d.errors.warn_negative_share`; ``warnings`` as there).
-
-    ``data``: a block reader, lazy image, dask array or array. It is read in slabs of at most
-    :data:`SCAN_SLAB_BYTES` that stop at the first positive voxel, so an ordinary image costs one
-    slab, not a pass over the file: slabs along the first axis whose planes fit (z of one time
-    point and channel after another; rows of a plane too large), one index at a time before it.
-    The negative share is measured on the slab where the scan stopped and on the slab halfway
-    through the rest (the slabs before the first positive voxel are not a fair sample: they have
-    none by construction).
-    """
-    from deconv3d.errors import refuse_no_positive, warn_negative_share
-    from deconv3d.pipeline.readers import as_reader
-
-    reader = as_reader(data)
-    shape = tuple(reader.shape)
-    axis = 0
-    while axis < len(shape) - 1 and 4 * math.prod(shape[axis + 1:]) > SCAN_SLAB_BYTES:
-        axis += 1
-    step = max(1, SCAN_SLAB_BYTES // max(4 * math.prod(shape[axis + 1:]), 1))
-    rest = tuple(slice(None) for _ in shape[axis + 1:])
-    keys = [tuple(slice(i, i + 1) for i in lead) + (slice(start, min(start + step, shape[axis])),) + rest
-            for lead in np.ndindex(*shape[:axis]) for start in range(0, shape[axis], step)]
-    negative = False
-    for n, key in enumerate(keys):
-        slab = reader.read(key)
-        if slab.size and float(slab.max()) > 0:
-            later = (n + len(keys)) // 2  # halfway through the slabs not read yet
-            sample = [slab] if later == n else [slab, reader.read(keys[later])]
-            counted = sum(s.size for s in sample)
-            share = sum(int(np.count_nonzero(s < 0)) for s in sample) / counted
-            warn_negative_share(share, name, method, warnings, sampled="" if counted == math.prod(shape) else
-                                " in a sample")
-            return
-        negative = negative or (slab.size > 0 and float(slab.min()) < 0)
-    if negative:  # all zero stays allowed: zeros come back
-        refuse_no_positive(name, method)
 
 
 #: Bytes of each channel that :func:`intensity_statistics` decodes (at least one chunk or plane).

@@ -741,7 +741,7 @@ def test_chunked_and_batch_refuse_an_image_with_no_positive_value(folder, capsys
 def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
     """An ordinary image costs one slab of reading, not a pass over the file."""
     from deconv3d.errors import InputError
-    from deconv3d.pipeline import files
+    from deconv3d.pipeline import negatives
     from deconv3d.pipeline.readers import ArrayReader
 
     reads = []
@@ -751,35 +751,35 @@ def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
             reads.append(key)
             return super().read(key)
 
-    monkeypatch.setattr(files, "SCAN_SLAB_BYTES", 4 * 8 * 8 * 2)  # two planes of 8 x 8 per slab
+    monkeypatch.setattr(negatives, "SCAN_SLAB_BYTES", 4 * 8 * 8 * 2)  # two planes of 8 x 8 per slab
     data = np.full((10, 8, 8), -1.0, np.float32)
     data[5, 3, 3] = 0.5
     with pytest.warns(RuntimeWarning, match="of img's voxels in a sample are negative"):
-        files.check_has_positive(Counting(data), "img", "rl")
+        negatives.check_has_positive(Counting(data), "img", "rl")
     # stopped at the third slab, then one halfway through the rest for the negative share
     assert [k[0] for k in reads] == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]
     data[5, 3, 3], data[1, 0, 0] = 0.0, 0.5
     reads.clear()
     with pytest.warns(RuntimeWarning, match="are negative"):
-        files.check_has_positive(Counting(data), "img", "rl")
+        negatives.check_has_positive(Counting(data), "img", "rl")
     assert [k[0] for k in reads] == [slice(0, 2), slice(4, 6)]  # the first, then halfway through the rest
     data[1, 0, 0] = 0.0
     with pytest.raises(InputError, match="img has no positive values, so rl would"):
-        files.check_has_positive(Counting(data), "img", "rl")
-    files.check_has_positive(np.zeros((3, 4, 4), np.float32), "img", "rl")  # all zero: zeros come back
+        negatives.check_has_positive(Counting(data), "img", "rl")
+    negatives.check_has_positive(np.zeros((3, 4, 4), np.float32), "img", "rl")  # all zero: zeros come back
     data[:] = -1.0
     data[8:] = 0.0  # negative, then empty planes at the end: still no positive value
     with pytest.raises(InputError, match="no positive values"):
-        files.check_has_positive(Counting(data), "img", "rl")
+        negatives.check_has_positive(Counting(data), "img", "rl")
     # A time series (and a plane larger than a slab) is cut below its first axis: a whole time
     # point was read at once, however large.
     for shape in ((2, 10, 8, 8), (1, 2, 64, 8)):
         reads.clear()
         series = np.full(shape, -1.0, np.float32)
         with pytest.raises(InputError, match="no positive values"):
-            files.check_has_positive(Counting(series), "img", "rl")
+            negatives.check_has_positive(Counting(series), "img", "rl")
         sizes = [series[k].nbytes for k in reads]
-        assert max(sizes) <= files.SCAN_SLAB_BYTES and sum(sizes) == series.nbytes, (shape, sizes)
+        assert max(sizes) <= negatives.SCAN_SLAB_BYTES and sum(sizes) == series.nbytes, (shape, sizes)
 
 
 def test_intensity_statistics_read_each_channel_whole_or_a_bounded_spread_sample(monkeypatch):
@@ -842,7 +842,7 @@ def test_chunked_and_batch_warn_when_many_voxels_are_negative(folder, capsys, mo
     negative voxels as 0; the chunked path and batch said nothing. The share is measured on a
     sample (the first and middle slabs) and is close to the whole image's."""
     from deconv3d.errors import NEGATIVE_SHARE
-    from deconv3d.pipeline import files
+    from deconv3d.pipeline import negatives
 
     rng = np.random.default_rng(3)
     beads = blurred_beads((12, 24, 24), gaussian_psf(), seed=5)
@@ -863,15 +863,15 @@ def test_chunked_and_batch_warn_when_many_voxels_are_negative(folder, capsys, mo
     flat, n = low.reshape(-1), int(NEGATIVE_SHARE * low.size)
     flat[:n] *= -1  # at the share, not above it: quiet
     found = []
-    files.check_has_positive(low, "low", "rl", found)
+    negatives.check_has_positive(low, "low", "rl", found)
     assert found == []
     flat[:n + 10] = -np.abs(flat[:n + 10])
-    files.check_has_positive(low, "low", "rl", found)
+    negatives.check_has_positive(low, "low", "rl", found)
     assert len(found) == 1 and "1% of low's voxels are negative" in found[0]
     # A sample: 2 of 12 planes per slab, the first and the middle slab read.
-    monkeypatch.setattr(files, "SCAN_SLAB_BYTES", 4 * 24 * 24 * 2)
+    monkeypatch.setattr(negatives, "SCAN_SLAB_BYTES", 4 * 24 * 24 * 2)
     found.clear()
-    files.check_has_positive(image, "sub", "rl", found)
+    negatives.check_has_positive(image, "sub", "rl", found)
     sample = np.concatenate([image[0:2], image[6:8]])
     assert len(found) == 1 and f"{np.mean(sample < 0):.0%} of sub's voxels in a sample are negative" in found[0]
     # Empty planes before the stack (no positive voxel by construction) are not part of the sample:
@@ -879,7 +879,7 @@ def test_chunked_and_batch_warn_when_many_voxels_are_negative(folder, capsys, mo
     # started past it).
     for empty in (12, 30):
         found.clear()
-        files.check_has_positive(np.concatenate([np.zeros((empty, 24, 24), np.float32), image]), "padded", "rl", found)
+        negatives.check_has_positive(np.concatenate([np.zeros((empty, 24, 24), np.float32), image]), "padded", "rl", found)
         sample = np.concatenate([image[0:2], image[6:8]])  # where the scan stopped, and halfway through the rest
         assert len(found) == 1 and f"{np.mean(sample < 0):.0%} of padded's voxels in a sample" in found[0], found
 

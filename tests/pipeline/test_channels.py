@@ -1,0 +1,67 @@
+"""Multi-channel inputs on the chunked path: each channel and time point checked and named on its own."""
+
+import numpy as np
+
+from cli_helpers import assert_one_line_error, run
+from deconv3d.io import write_tiff
+from deconv3d.omezarr import write_ome_zarr
+
+from .conftest import gaussian_psf
+
+
+def _positive(shape, seed=0):
+    return np.random.default_rng(seed).uniform(1, 2, shape).astype(np.float32)
+
+
+def test_a_channel_with_no_positive_value_is_refused_by_name(tmp_path, capsys):
+    """Found by the channel review: the check looked at the whole hyperstack, so a negated channel
+    came back all zeros with exit 0 (the same channel as a file of its own was refused)."""
+    image = _positive((2, 3, 4, 8, 8))
+    image[1, 2] *= -1  # channel 2 at time point 1: background-subtracted, no positive voxel
+    write_ome_zarr(tmp_path / "in.zarr", image, axes="TCZYX", voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 3, 3)), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "in.zarr", "-o", tmp_path / "out.zarr", "--psf",
+                        tmp_path / "psf.tif", "--iterations", 2], capsys)
+    assert_one_line_error(code, err, "channel 2 at time point 1 of in.zarr has no positive values")
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_the_negative_share_is_warned_about_per_channel(tmp_path):
+    """A channel with many negative voxels among others with none: the share of the whole image
+    (diluted by the others) named no channel. One line per channel, naming the time points where
+    the share is high when not all of them are."""
+    from deconv3d.pipeline.negatives import check_has_positive
+
+    image = _positive((3, 3, 4, 8, 8))
+    image[1, 1, :2] *= -1  # channel 1: half of time point 1
+    image[:, 2, 0] *= -1  # channel 2: a quarter of every time point
+    image[0, 0, :1] *= -1  # channel 0: a quarter of time points 0 and 2
+    image[2, 0, 3:] *= -1
+    found = []
+    check_has_positive(image, "img", "rl", found, axes="TCZYX", channels=({"label": "DAPI"}, {}, {}))
+    assert [line.split(" are negative")[0] for line in found] == [
+        "deconv3d: warning: 25% of img's voxels in channel 0 (DAPI) at 2 of 3 time points",
+        "deconv3d: warning: 50% of img's voxels in channel 1 at time point 1",
+        "deconv3d: warning: 25% of img's voxels in channel 2"], found
+    found.clear()
+    check_has_positive(image, "img", "rl", found)  # without axes: the whole image, as before
+    assert len(found) == 1 and "of img's voxels are negative" in found[0], found
+
+
+def test_each_channel_and_time_point_costs_one_slab_of_reading():
+    """Checked per channel and time point, an ordinary image is still read once at most: a slab of
+    each, here each whole."""
+    from deconv3d.pipeline.negatives import check_has_positive
+    from deconv3d.pipeline.readers import ArrayReader
+
+    reads = []
+
+    class Counting(ArrayReader):
+        def read(self, key):
+            reads.append(key)
+            return super().read(key)
+
+    image = _positive((2, 3, 4, 8, 8))
+    check_has_positive(Counting(image), "img", "rl", axes="TCZYX")
+    assert sorted((k[0].start, k[1].start) for k in reads) == [(t, c) for t in range(2) for c in range(3)]
+    assert sum(image[k].size for k in reads) == image.size
