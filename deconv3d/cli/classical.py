@@ -102,7 +102,7 @@ def _deconvolve_parser(sub) -> None:
 # Options of `deconvolve` that only some methods read (beyond the training options, ssl's).
 _METHOD_OPTIONS = {"iterations": ("rl", "rl-tv"), "no_accelerate": ("rl", "rl-tv"), "boundary": ("rl", "rl-tv"),
                    "tv_weight": ("rl-tv",), "balance": ("wiener",), "tta": ("ssl",), "band_limit": ("ssl",)}
-_OPTICS = ("na", "wavelength", "ni", "ns", "depth")
+_OPTICS = pipeline.OPTICS
 _DEFAULTS: dict = {}  # their defaults, read from the parser when it is built
 _FLAGS = {"steps": "--train-steps", "residual": "--residual/--no-residual", "amp": "--amp/--no-amp"}
 
@@ -245,9 +245,10 @@ def cmd_deconvolve(args) -> int:
 
 def _one_per_channel(args) -> None:
     """``--psf`` and ``--wavelength`` as one value, or kept as lists of one per channel, which the
-    chunked path takes (a channel axis is written to .zarr only)."""
+    chunked path takes (a channel axis is written to .zarr only). Wavelengths are one per channel
+    only for a generated PSF: beside --psf they are ignored (with a warning)."""
     several = [name for name in ("psf", "wavelength") if isinstance(getattr(args, name), list)
-               and len(getattr(args, name)) > 1]
+               and len(getattr(args, name)) > 1 and (name == "psf" or args.psf_model is not None)]
     for name in ("psf", "wavelength"):
         value = getattr(args, name)
         if isinstance(value, list) and len(value) == 1:

@@ -16,6 +16,8 @@ from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, Terminated, add_common, 
 from .selfsup import DEFAULT_STEPS
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
+#: The microscope's parameters, which only a generated PSF (--psf-model) reads.
+OPTICS = ("na", "wavelength", "ni", "ns", "depth")
 BOUNDARIES = ("bertero", "zero", "reflect")
 
 
@@ -44,9 +46,12 @@ def settings_from_args(args, base: dict | None = None):
     from deconv3d.pipeline.batch import make_settings
 
     values = dict(base or {})
-    # A PSF source given here replaces the config's, whichever kind it is.
+    # A PSF source given here replaces the config's, whichever kind it is; a file also replaces the
+    # microscope's parameters a generated PSF is made from (the config's wavelengths had still set
+    # how many channels each file must have).
     if getattr(args, "psf", None) is not None:
-        values.pop("psf_model", None)
+        for name in ("psf_model", *OPTICS):
+            values.pop(name, None)
     if getattr(args, "psf_model", None) is not None:
         values.pop("psf", None)
     plain = ("method", "psf", "psf_model", "na", "wavelength", "ni", "ns", "depth", "iterations", "tv_weight",

@@ -237,8 +237,7 @@ class Settings:
         ignored = [k for k, methods in _METHOD_ONLY.items() if self.method not in methods]
         ignored += ["pyramid_levels"] if self.output_format != "zarr" else []
         if self.psf_model is None:  # a PSF file (or a model's own): the optics generate nothing
-            ignored += ["na", "ni", "ns", "depth"]
-            ignored += ["wavelength"] if len(_many(self.wavelength)) <= 1 else []  # (several set the channels)
+            ignored += ["na", "wavelength", "ni", "ns", "depth"]
         return {f.name: f.default for f in dataclasses.fields(self) if f.name in ignored}
 
 
@@ -262,8 +261,11 @@ def _many(value) -> tuple:
 
 
 def channel_count(settings: Settings) -> int:
-    """How many PSFs the settings give: 1, or one per channel."""
-    return max(len(_many(settings.psf)), len(_many(settings.wavelength)), 1)
+    """How many PSFs the settings give: 1, or one per channel. Wavelengths count only where a PSF
+    is generated from them: beside a PSF file they are ignored (and warned about), yet had failed
+    every single-channel file for "2 PSFs"."""
+    wavelengths = len(_many(settings.wavelength)) if settings.psf_model is not None else 0
+    return max(len(_many(settings.psf)), wavelengths, 1)
 
 
 def _is_whole(v) -> bool:

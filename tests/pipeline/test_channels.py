@@ -65,3 +65,25 @@ def test_each_channel_and_time_point_costs_one_slab_of_reading():
     check_has_positive(Counting(image), "img", "rl", axes="TCZYX")
     assert sorted((k[0].start, k[1].start) for k in reads) == [(t, c) for t in range(2) for c in range(3)]
     assert sum(image[k].size for k in reads) == image.size
+
+
+def test_wavelengths_beside_a_psf_file_set_no_channel_count(tmp_path, capsys):
+    """Found by the channel review: wavelengths that --psf makes unused still counted one PSF per
+    channel, so a config's two wavelengths with --psf on the command line failed every
+    single-channel file ("has 1 channel(s) but 2 PSFs were given"), and so did deconvolve's own."""
+    from deconv3d.cli import build_parser
+    from deconv3d.cli.pipeline import settings_from_args
+    from deconv3d.pipeline.settings import channel_count
+
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 3, 3)), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "one.tif", _positive((4, 8, 8)), voxel_size=(0.3, 0.1, 0.1))
+    config = {"psf_model": "gaussian", "na": 1.2, "wavelength": (0.45, 0.65), "ni": 1.4}
+    args = build_parser().parse_args(["batch", str(tmp_path), "-o", str(tmp_path / "o"), "--psf",
+                                      str(tmp_path / "psf.tif")])
+    settings = settings_from_args(args, config)  # the config's optics go with its psf-model
+    assert (settings.psf_model, settings.na, settings.wavelength, settings.ni) == (None, None, None, 1.515)
+    assert channel_count(settings) == 1
+    for output in ("o.zarr", "o.tif"):
+        code, _, err = run(["deconvolve", tmp_path / "one.tif", "-o", tmp_path / output, "--psf", tmp_path / "psf.tif",
+                            "--wavelength", 0.5, 0.6, "--iterations", 2], capsys)
+        assert code == 0 and "--wavelength describes the microscope for --psf-model" in err, err
