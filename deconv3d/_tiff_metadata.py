@@ -1,5 +1,5 @@
-"""Voxel sizes and time steps from TIFF metadata (OME-XML, ImageJ tags, resolution tags), in
-micrometres and OME-Zarr unit names; shared by :mod:`deconv3d.io` and :mod:`deconv3d.omezarr`."""
+"""Voxel sizes, time steps and channel names from TIFF metadata (OME-XML, ImageJ tags, resolution
+tags), in micrometres and OME-Zarr unit names; shared by :mod:`deconv3d.io` and :mod:`deconv3d.omezarr`."""
 
 from __future__ import annotations
 
@@ -92,6 +92,26 @@ def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
     if step is None or not (math.isfinite(step) and step > 0):
         return None
     return step, _TIME_UNITS.get(str(unit).strip().lower())
+
+
+def ome_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:
+    """The name and colour of each of the ``count`` channels that an OME-TIFF's first image records
+    (``Channel`` ``Name`` and ``Color``), as OME-Zarr's ``omero`` ``label`` and ``color`` (six hex
+    digits, RGB of OME's signed RGBA integer), or None where it does not give one ``Channel`` per
+    channel: without them an OME-Zarr output's channels were unnamed and grey in viewers."""
+    pixels = _ome_pixels(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else None
+    found = [el for el in pixels if el.tag.rsplit("}", 1)[-1] == "Channel"] if pixels is not None else []
+    if len(found) != count:
+        return None
+    channels = []
+    for element in found:
+        entry = {"label": element.get("Name")} if element.get("Name") else {}
+        try:
+            entry["color"] = f"{(int(element.get('Color')) & 0xFFFFFFFF) >> 8:06X}"
+        except (TypeError, ValueError):  # none recorded, or not an integer
+            pass
+        channels.append(entry)
+    return tuple(channels) if any(channels) else None
 
 
 def _ome_pixels(xml: str):

@@ -40,7 +40,7 @@ class LazyImage:
     partial_voxel: tuple | None = None  # a TIFF that calibrates some axes only: their sizes (see io.Image)
     time_axis: tuple | None = None  # (step, unit or None) of a T axis that an OME-Zarr file calibrates
     origin: tuple | None = None  # micrometres per spatial axis: where an OME-Zarr image's first voxel sits
-    channels: tuple | None = None  # an OME-Zarr's omero channels, one dict per channel: label, color, active
+    channels: tuple | None = None  # OME-Zarr omero channels, OME-TIFF Channels: dicts of label, color, active
 
 
 def open_lazy(path) -> LazyImage:
@@ -166,7 +166,7 @@ class TiffReader:
 def _open_tiff(path: Path) -> LazyImage:
     import dask.array as da
 
-    from deconv3d._tiff_metadata import time_axis_of
+    from deconv3d._tiff_metadata import ome_channels, time_axis_of
     from deconv3d.io import open_tiff
 
     try:
@@ -176,6 +176,7 @@ def _open_tiff(path: Path) -> LazyImage:
                 calibration = imagej_calibration(tif, dtype, path)
                 voxel = _voxel_size_um(tif, series)
                 time_axis = time_axis_of(tif) if "T" in series.axes else None
+                channels = ome_channels(tif, dict(zip(axes, shape)).get("C", 1))
                 page_shape = tuple(series.pages[0].shape) if series.pages else shape[-2:]
                 _check_complete(tif, series, log, path)
     except InputError:
@@ -202,7 +203,7 @@ def _open_tiff(path: Path) -> LazyImage:
         data = data * np.float32(calibration[1]) + np.float32(calibration[0])
     return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, time_axis=time_axis,
                      reader=TiffReader(source, order, calibration), voxel_problem=problem,
-                     partial_voxel=_partial_voxel(sizes))
+                     partial_voxel=_partial_voxel(sizes), channels=channels)
 
 
 def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:

@@ -87,3 +87,34 @@ def test_wavelengths_beside_a_psf_file_set_no_channel_count(tmp_path, capsys):
         code, _, err = run(["deconvolve", tmp_path / "one.tif", "-o", tmp_path / output, "--psf", tmp_path / "psf.tif",
                             "--wavelength", 0.5, 0.6, "--iterations", 2], capsys)
         assert code == 0 and "--wavelength describes the microscope for --psf-model" in err, err
+
+
+def test_ome_tiff_channel_names_and_colours_reach_the_output(tmp_path, capsys):
+    """Found by the channel review: an OME-TIFF's Channel names were dropped (only an OME-Zarr
+    input's omero channels were kept), so viewers showed the output's channels unnamed and grey.
+    OME's Color is a signed RGBA integer: -16776961 is 0xFF0000FF, opaque red."""
+    import tifffile
+
+    from deconv3d.omezarr import open_lazy, read_ome_zarr
+
+    image = _positive((2, 4, 8, 8))
+    metadata = {"axes": "CZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1, "PhysicalSizeZ": 0.3,
+                "Channel": {"Name": ["DAPI", "GFP"], "Color": [-16776961, 16711935]}}
+    tifffile.imwrite(tmp_path / "two.ome.tif", image, ome=True, metadata=metadata)
+    assert open_lazy(tmp_path / "two.ome.tif").channels == ({"label": "DAPI", "color": "FF0000"},
+                                                             {"label": "GFP", "color": "00FF00"})
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 3, 3)), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "two.ome.tif", "-o", tmp_path / "out.zarr", "--psf",
+                        tmp_path / "psf.tif", "--iterations", 2], capsys)
+    assert code == 0, err
+    channels = read_ome_zarr(tmp_path / "out.zarr")[3]["ome"]["omero"]["channels"]
+    assert [(c["label"], c["color"]) for c in channels] == [("DAPI", "FF0000"), ("GFP", "00FF00")]
+    # and a refusal names the channel by its name too
+    tifffile.imwrite(tmp_path / "neg.ome.tif", image * np.array([1, -1])[:, None, None, None], ome=True,
+                     metadata=metadata)
+    code, _, err = run(["deconvolve", tmp_path / "neg.ome.tif", "-o", tmp_path / "neg.zarr", "--psf",
+                        tmp_path / "psf.tif"], capsys)
+    assert_one_line_error(code, err, "channel 1 (GFP) of neg.ome.tif has no positive values")
+    # An ImageJ hyperstack records no channel names: none, as before.
+    tifffile.imwrite(tmp_path / "ij.tif", image.transpose(1, 0, 2, 3), imagej=True, metadata={"axes": "ZCYX"})
+    assert open_lazy(tmp_path / "ij.tif").channels is None
