@@ -53,8 +53,11 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     _check_psf_dimensions(settings, lazy, len(spatial_shape))
     voxel = spatial_voxel(settings, lazy)
     if settings.psf and (settings.method != "ssl" or settings.model is None):  # (a model brings its own, below)
-        voxel = assume_psf_voxel(voxel, _many(settings.psf)[0], len(spatial_shape), input_path.name, warnings,
+        first, *others = _many(settings.psf)  # the first may settle the image's; the others are checked against it
+        voxel = assume_psf_voxel(voxel, first, len(spatial_shape), input_path.name, warnings,
                                  partial=lazy.partial_voxel)
+        for psf in others if voxel is not None else ():
+            assume_psf_voxel(voxel, psf, len(spatial_shape), input_path.name, warnings)
     wanted = channel_count(settings)
     if wanted > 1:
         channels = lazy.data.shape[lazy.axes.index("C")] if "C" in lazy.axes else 1

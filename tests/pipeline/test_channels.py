@@ -118,3 +118,15 @@ def test_ome_tiff_channel_names_and_colours_reach_the_output(tmp_path, capsys):
     # An ImageJ hyperstack records no channel names: none, as before.
     tifffile.imwrite(tmp_path / "ij.tif", image.transpose(1, 0, 2, 3), imagej=True, metadata={"axes": "ZCYX"})
     assert open_lazy(tmp_path / "ij.tif").channels is None
+
+
+def test_each_per_channel_psf_file_is_checked_for_a_voxel_size(tmp_path, capsys):
+    """Found by the channel review: only the first of --psf A B was checked, so a second PSF without
+    a voxel size was taken as sampled like the image without the warning the first would get."""
+    write_ome_zarr(tmp_path / "two.zarr", _positive((2, 4, 8, 8)), axes="CZYX", voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "a.tif", gaussian_psf((3, 3, 3)), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "b.tif", gaussian_psf((3, 3, 3)))
+    code, _, err = run(["deconvolve", tmp_path / "two.zarr", "-o", tmp_path / "out.zarr", "--psf", tmp_path / "a.tif",
+                        tmp_path / "b.tif", "--iterations", 2], capsys)
+    assert code == 0 and f"the PSF file {tmp_path / 'b.tif'} carries no voxel size" in err, err
+    assert "a.tif carries" not in err
