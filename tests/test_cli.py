@@ -150,8 +150,8 @@ def bad_cases(d):
         "voxel size in PSF file": (base[:2] + ["--psf", d / "psf_zero_spacing.tif", "-o", d / "o.tif"],
                                    "PSF"),
         "hyperstack to TIFF": (["deconvolve", d / "hyper.tif"] + base[2:] + ["-o", d / "o.tif"], "as .zarr"),
-        "two PSFs": (base[:2] + ["--psf", d / "psf.tif", d / "psf.tif", "-o", d / "o.tif"],
-                     "one value per channel needs a .zarr output"),
+        "two PSFs": (["deconvolve", d / "hyper.tif", "--psf", d / "psf.tif", d / "psf.tif", "-o", d / "o.tif"],
+                     "one value per channel needs a .zarr output"),  # (two channels: a count that fits)
     }
 
 

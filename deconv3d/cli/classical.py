@@ -254,6 +254,11 @@ def _one_per_channel(args) -> None:
         if isinstance(value, list) and len(value) == 1:
             setattr(args, name, value[0])
     if several and Path(args.output).suffix.lower() != ".zarr":
+        from deconv3d.omezarr import open_lazy
+        from deconv3d.pipeline.files import check_channel_count
+
+        # the input's own count first: told to write .zarr, a single-channel image was refused next
+        check_channel_count(open_lazy(args.input), len(getattr(args, several[0])))
         raise InputError(f"--{several[0]} with one value per channel needs a .zarr output (a TIFF output holds "
                          f"one channel): write -o {Path(args.output).stem}.zarr, or give one value for all channels")
 

@@ -58,12 +58,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
                                  partial=lazy.partial_voxel)
         for psf in others if voxel is not None else ():
             assume_psf_voxel(voxel, psf, len(spatial_shape), input_path.name, warnings)
-    wanted = channel_count(settings)
-    if wanted > 1:
-        channels = lazy.data.shape[lazy.axes.index("C")] if "C" in lazy.axes else 1
-        if channels != wanted:
-            raise InputError(f"{input_path.name} has {channels} channel(s) but {wanted} PSFs were given: "
-                             f"give one PSF (or wavelength) per channel, or one for all")
+    check_channel_count(lazy, channel_count(settings))
+    _check_one_image_for_tiff(lazy, output_path, settings)
     if settings.chunks and len(settings.chunks) < len(spatial_shape):
         raise InputError(f"chunks {tuple(settings.chunks)} give {len(settings.chunks)} sides but {input_path.name} "
                          f"is {len(spatial_shape)}D: give Z Y X")
@@ -84,6 +80,27 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     if output_path.suffix.lower() == ".zarr":
         return run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
     return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
+
+
+def check_channel_count(lazy, wanted: int) -> None:
+    """Refuse ``wanted`` PSFs (or generated wavelengths), one per channel, for an image ``lazy``
+    (a :class:`~deconv3d.omezarr.LazyImage`) with another number of channels; one is for all."""
+    channels = lazy.data.shape[lazy.axes.index("C")] if "C" in lazy.axes else 1
+    if wanted > 1 and channels != wanted:
+        raise InputError(f"{Path(lazy.path).name} has {channels} channel(s) but {wanted} PSFs were given: "
+                         f"give one PSF (or wavelength) per channel, or one for all")
+
+
+def _check_one_image_for_tiff(lazy, output_path: Path, settings) -> None:
+    """Refuse a TIFF output for an image of several channels or time points (it holds one 2D/3D
+    image) before any work, naming the way out: in a batch (``output_format`` tif) the option
+    that chooses its outputs' format, which a message saying "write .zarr" left to be guessed."""
+    if output_path.suffix.lower() == ".zarr" or all(n == 1 for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"):
+        return
+    fix = ('give --output-format zarr (output-format = "zarr" in a config)' if settings.output_format == "tif"
+           else "write the output as .zarr")
+    raise InputError(f"{Path(lazy.path).name} has axes {lazy.axes} of shape {lazy.data.shape}: a TIFF output holds "
+                     f"one 2D/3D image; {fix} to deconvolve every channel and time point")
 
 
 def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
@@ -321,10 +338,7 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
     from deconv3d.pipeline.memory import large_allocations_returned
     from deconv3d.pipeline.output import temporary_name
 
-    lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
-    if any(n > 1 for n in lead):
-        raise InputError(f"{lazy.path} has axes {lazy.axes} of shape {lazy.data.shape}: TIFF output holds one "
-                         f"2D/3D image; write .zarr")
+    lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]  # all 1 (_check_one_image_for_tiff)
     scratch = temporary_name(output_path)  # a hidden .NAME.tif.<id>.tmp zarr: swept like any leftover
     try:
         info = run_chunked(lazy, block, scratch, channels=(), **kwargs)  # (a TIFF keeps no omero channels)

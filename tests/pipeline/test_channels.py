@@ -130,3 +130,22 @@ def test_each_per_channel_psf_file_is_checked_for_a_voxel_size(tmp_path, capsys)
                         tmp_path / "b.tif", "--iterations", 2], capsys)
     assert code == 0 and f"the PSF file {tmp_path / 'b.tif'} carries no voxel size" in err, err
     assert "a.tif carries" not in err
+
+
+def test_the_first_refusal_of_per_channel_psfs_is_the_real_problem(tmp_path, capsys):
+    """Found by the channel review: --psf A B with a TIFF output on a single-channel image said
+    to write .zarr, which then failed for the channel count; and a batch's TIFF output of a
+    multi-channel file said "write .zarr" without naming the option that does it."""
+    write_tiff(tmp_path / "one.tif", _positive((4, 8, 8)), voxel_size=(0.3, 0.1, 0.1))
+    for name in ("a.tif", "b.tif"):
+        write_tiff(tmp_path / name, gaussian_psf((3, 3, 3)), voxel_size=(0.3, 0.1, 0.1))
+    for source in (["--psf", tmp_path / "a.tif", tmp_path / "b.tif"],
+                   ["--psf-model", "gaussian", "--na", 1.2, "--wavelength", 0.5, 0.6]):
+        code, _, err = run(["deconvolve", tmp_path / "one.tif", "-o", tmp_path / "o.tif", *source], capsys)
+        assert_one_line_error(code, err, "one.tif has 1 channel(s) but 2 PSFs were given")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_ome_zarr(inputs / "two.zarr", _positive((2, 4, 8, 8)), axes="CZYX", voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["batch", inputs, "-o", tmp_path / "out", "--psf", tmp_path / "a.tif", "--output-format", "tif"],
+                       capsys)
+    assert code == 3 and "a TIFF output holds one 2D/3D image; give --output-format zarr" in err, err
