@@ -1,0 +1,94 @@
+"""What the in-memory commands write, against the library functions with the same arguments:
+``deconvolve --method wiener`` (--balance), ``deconvolve --psf-model`` (--ns, --depth) and
+``psf``. The tests before checked the output's type, shape and sum only: a Wiener "result" that
+was the input, a --balance or optics option dropped, and a PSF made with NA and wavelength swapped
+all passed them (found by the test review)."""
+
+import numpy as np
+import pytest
+
+from cli_helpers import run
+from deconv3d.io import read_image, write_tiff
+
+VOXEL = (0.3, 0.1, 0.1)
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    grids = np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij")
+    psf = np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32)
+    write_tiff(tmp_path / "image.tif", rng.random((12, 24, 24)).astype(np.float32) + 0.1, voxel_size=VOXEL)
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=VOXEL)
+    return tmp_path
+
+
+def deconvolve(data, capsys, *options):
+    out = data / "out.tif"
+    code, _, err = run(["deconvolve", data / "image.tif", "-o", out, "--device", "cpu", *options], capsys)
+    assert code == 0, err
+    return read_image(out).data
+
+
+def close(result, expected):
+    return np.allclose(result, expected, rtol=1e-5, atol=1e-6 * float(np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("balance", [None, 0.05])
+def test_wiener_writes_wiener_s_result_with_the_balance_given(data, capsys, balance):
+    from deconv3d.classical import wiener
+    from deconv3d.psf import normalize_psf
+
+    image, psf = read_image(data / "image.tif").data, normalize_psf(read_image(data / "psf.tif").data)
+    option = [] if balance is None else ["--balance", balance]
+    result = deconvolve(data, capsys, "--psf", data / "psf.tif", "--method", "wiener", *option)
+    expected = wiener(image, psf, balance or 1e-3, device="cpu")
+    assert close(result, expected)
+    other = wiener(image, psf, 0.05 if balance is None else 1e-3, device="cpu")
+    assert not close(result, other) and not close(result, image)
+
+
+def test_a_generated_psf_is_made_with_the_sample_s_index_and_depth(data, capsys):
+    """richardson_lucy's result with the PSF generate_psf gives for --ns and --depth, prepared
+    for the image as the command prepares it; with either left at its default the result differs."""
+    from deconv3d.classical import richardson_lucy
+    from deconv3d.psf import generate_psf, prepare_psf
+    from deconv3d.psf.generate import generated_psf_shape
+
+    image = read_image(data / "image.tif").data
+    shape = generated_psf_shape(image.shape, VOXEL, 1.1, 0.52)
+
+    def rl(**optics):
+        psf = generate_psf("gibson-lanni", shape, VOXEL, 1.1, 0.52, ni=1.515, **optics)
+        psf = prepare_psf(psf, image.shape, psf_voxel=VOXEL, image_voxel=VOXEL)
+        return richardson_lucy(image, psf, 3, accelerate=False, voxel_size=VOXEL, device="cpu")
+
+    result = deconvolve(data, capsys, "--psf-model", "gibson-lanni", "--na", 1.1, "--wavelength", 0.52, "--ns", 1.45,
+                        "--depth", 12, "--iterations", 3, "--no-accelerate")
+    assert close(result, rl(ns=1.45, depth=12.0))
+    assert not close(result, rl(depth=12.0)) and not close(result, rl(ns=1.45))
+
+
+@pytest.mark.parametrize("model, depth", [("gaussian", 0.0), ("gibson-lanni", 4.0), ("vectorial", 4.0)])
+def test_psf_writes_generate_psf_s_psf(tmp_path, capsys, model, depth):
+    """The file holds generate_psf's unit-sum PSF for the same arguments; the models with
+    aberrations are also told apart from PSFs that dropped --ni, --ns or --depth, and each from
+    one made with NA and wavelength swapped."""
+    from deconv3d.psf import generate_psf
+
+    out = tmp_path / "psf.tif"
+    code, _, err = run(["psf", "-o", out, "--model", model, "--shape", 9, 15, 15, "--voxel-size", 0.2, 0.1, 0.1,
+                        "--na", 1.2, "--wavelength", 0.52, "--ni", 1.4, "--ns", 1.36, "--depth", depth], capsys)
+    assert code == 0, err
+    written = read_image(out)
+    assert written.voxel_size == pytest.approx((0.2, 0.1, 0.1))
+
+    def psf(na=1.2, wavelength=0.52, **optics):
+        return generate_psf(model, (9, 15, 15), (0.2, 0.1, 0.1), na, wavelength, **{"ni": 1.4, "ns": 1.36,
+                                                                                   "depth": depth, **optics})
+
+    assert close(written.data, psf())
+    others = [psf(na=0.52, wavelength=1.2)]
+    if model != "gaussian":
+        others += [psf(ni=1.515), psf(ns=1.33), psf(depth=0.0)]
+    assert not any(close(written.data, other) for other in others)
