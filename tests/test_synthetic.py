@@ -56,17 +56,18 @@ def test_bad_shape_raises(bad):
         synthetic.phantom(bad)
 
 
-@pytest.mark.parametrize("shape", [(20, 20), (9, 14, 14)])
-def test_blur_matches_direct_convolution(shape):
+@pytest.mark.parametrize("shape, psf_shape", [((20, 20), (3, 5)), ((9, 14, 14), (3, 5, 3))])
+def test_blur_matches_direct_convolution(shape, psf_shape):
+    """Every voxel, the border included: a blur that mirrored or wrapped the image at its edges
+    (light from outside the field that no microscope sees) matched the interior only."""
     rng = np.random.default_rng(0)
     image = rng.random(shape)
-    psf = rng.random((3,) * len(shape))
+    psf = rng.random(psf_shape)
     psf /= psf.sum()
-    ref = ndimage.convolve(image, psf, mode="constant")
+    ref = ndimage.convolve(image, psf, mode="constant")  # zeros outside the image
     out = synthetic.blur(image, psf)
-    inner = tuple(slice(2, -2) for _ in shape)
     assert out.dtype == np.float32
-    np.testing.assert_allclose(out[inner], ref[inner], rtol=1e-5)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_blur_conserves_flux_with_zero_border():
@@ -105,6 +106,17 @@ def test_add_noise_gaussian_poisson_quantised():
     assert y.dtype == np.float32 and y.min() >= 0 and y.max() <= 1
     assert len(np.unique(y)) <= 2**6
     np.testing.assert_array_equal(y, synthetic.add_noise_gaussian_poisson(b, bits=6, seed=0))
+
+
+@pytest.mark.parametrize("bits", [1, 3, 6])
+def test_add_noise_gaussian_poisson_quantises_to_exactly_two_to_the_bits_levels(bits):
+    """Without noise a ramp over [0, 1] takes every level k / (2**bits - 1) and no other: an
+    upper bound on the count alone let a quantiser with a quarter of the levels through."""
+    ramp = np.linspace(0, 1, 4001)
+    y = synthetic.add_noise_gaussian_poisson(ramp, a=0, sigma=0, bits=bits, seed=0)
+    levels = 2**bits - 1
+    np.testing.assert_array_equal(np.unique(y), (np.arange(levels + 1) / levels).astype(np.float32))
+    np.testing.assert_array_equal(y, (np.round(ramp * levels) / levels).astype(np.float32))
 
 
 def test_add_noise_gaussian_poisson_statistics():
