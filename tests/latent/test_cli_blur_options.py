@@ -1,0 +1,46 @@
+"""``blur train --dist`` and ``--skip`` train what they say: the network the command writes is the
+one the library's train gives with that latent distance of the explicit loss, or with the
+encoder features of every scale interpolated (AEConfig.skip_interp), and not the default one.
+Either option ignored passed every latent test (found by the test review)."""
+
+import numpy as np
+import pytest
+
+from cli_helpers import run
+from deconv3d.io import read_image
+from deconv3d.latent.checkpoint import load_checkpoint
+
+from .test_cli_blur import TINY, write_stacks
+
+
+def library_weights(paths, dist="mse", skip=False) -> dict:
+    """The weights deconv3d.latent.train gives for the stacks at ``paths`` with the command's
+    other settings (TINY, float32, the command's validation every min(100, steps) steps)."""
+    from deconv3d.latent.model import AEConfig
+    from deconv3d.latent.train import LatentTrainConfig, train
+
+    stacks = np.stack([read_image(p).data for p in paths])
+    config = LatentTrainConfig(dist=dist, steps=3, batch=2, val_every=3, amp=False)
+    result = train(stacks, np.arange(3.0), config, AEConfig(widths=(4, 8), crop=16, skip_interp=skip), device="cpu")
+    return result.model.state_dict()
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and np.allclose(a[k].numpy(), b[k].numpy(),
+                                                                                   rtol=1e-5, atol=1e-7) for k in a)
+
+
+@pytest.mark.parametrize("flags, changed", [(["--dist", "l1"], {"dist": "l1"}), (["--skip"], {"skip": True})])
+def test_dist_and_skip_change_the_network_trained_as_the_library_does(tmp_path, make_stacks, capsys, flags,
+                                                                      changed):
+    paths = write_stacks(tmp_path, make_stacks)
+    out = tmp_path / "ae.ckpt"
+    code, _, err = run(["blur", "train", *paths, "-o", out, *flags, *TINY, "--no-amp"], capsys)
+    assert code == 0, err
+    trained = load_checkpoint(out)
+    assert trained.config.variant == "explicit"  # (the default; --dist sets its latent term)
+    assert trained.config.dist == changed.get("dist", "mse")
+    assert trained.ae_config.skip_interp is changed.get("skip", False)
+    written = trained.model.state_dict()
+    assert same_weights(written, library_weights(paths, **changed))
+    assert not same_weights(written, library_weights(paths))
