@@ -35,8 +35,9 @@ FORMAT = "deconv3d.selfsup/1"
 
 #: The run record a checkpoint keeps (``TrainedModel.run``): its keys and their types.
 RUN_RECORD = {"train_steps": int, "stopped": str, "warm_start": int, "anchor": float, "precision": str}
-#: What save_checkpoint adds to the run record: optional, for files written before.
-SAVED_RECORD = {"deconv3d_version": str, "saved": str, "training_image": dict}
+#: What the run record gained later (the positivity asked for) and what save_checkpoint adds to it:
+#: optional, for files written before.
+SAVED_RECORD = {"positive": bool, "deconv3d_version": str, "saved": str, "training_image": dict}
 
 
 @dataclass
@@ -58,8 +59,8 @@ class TrainedModel:
     reference: Optional[Reference] = None
     # TrainResult.reference_cache: RL's estimate on the training image, reused by apply_model on that image
     reference_cache: Optional[tuple[str, np.ndarray]] = field(default=None, repr=False, compare=False)
-    # how the training went: steps run, why it stopped, warm-start steps, anchor weight and precision
-    # (None from checkpoints written before it was recorded)
+    # how the training went: steps run, why it stopped, warm-start steps, anchor weight, precision and the
+    # positivity asked for (None from checkpoints written before it was recorded)
     run: Optional[dict] = field(default=None, compare=False)
 
     @property
@@ -71,14 +72,24 @@ class TrainedModel:
         """From a :class:`deconv3d.selfsup.train.TrainResult`."""
         run = {"train_steps": result.steps_done, "stopped": result.reason, "warm_start": result.warm_steps,
                "anchor": result.config.anchor_weight, "precision": result.precision}
+        if getattr(result, "positive", None) is not None:
+            run["positive"] = result.positive
         return cls(result.model, result.unet, result.config, result.mean, result.std, result.psf,
                    result.voxel_size, result.reference, getattr(result, "reference_cache", None), run)
 
     def record(self) -> dict:
         """How the network was trained, for an output's provenance: :attr:`run` (when known), the
         full training and UNet configurations (seed included) and, for a residual network, the
-        Richardson-Lucy reference it corrects."""
-        record = {**(self.run or {}), "training": to_dict(self.config), "unet": to_dict(self.unet)}
+        Richardson-Lucy reference it corrects.
+
+        The UNet configuration is the one :func:`~deconv3d.selfsup.train` was given, which a rerun
+        passes again: a residual network is built with a linear head whatever its ``positive``, which
+        clamps the sum in training instead, so the network's own configuration said ``positive: false``
+        for ``--positive`` and ``--no-positive`` alike, though their weights differ."""
+        run, unet = dict(self.run or {}), to_dict(self.unet)
+        if "positive" in run:  # (unknown for files written before it was recorded: the network's own)
+            unet["positive"] = run.pop("positive")
+        record = {**run, "training": to_dict(self.config), "unet": unet}
         if self.reference is not None:
             record["reference"] = to_dict(self.reference)
         return record

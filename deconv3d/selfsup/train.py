@@ -77,6 +77,9 @@ class TrainResult:
     # CPU with AMX, "float16" on CUDA; TrainConfig.amp), or e.g. "bfloat16 for steps 1-3, then float32" after
     # a non-finite pass fell back to float32
     precision: str = "float32"
+    # UNetConfig.positive as asked for: a residual network is built with a linear head (``unet.positive`` False)
+    # and this clamps its sum at zero intensity in training instead, which changes the weights (None: unknown)
+    positive: Optional[bool] = None
 
 
 def make_forward_model(psf, device="cpu") -> ForwardModel:
@@ -307,7 +310,8 @@ def train(
     """
     dev = resolve_device(device)
     img, psf, unet, voxel_size = _check_inputs(image, psf, unet, voxel_size)
-    positive_sum = config.residual and unet.positive
+    positive_asked = unet.positive
+    positive_sum = config.residual and positive_asked
     if config.residual:  # a signed correction: positivity applies to the sum (clamped at zero intensity)
         unet = replace(unet, positive=False)
     standardized, mean, std = standardize(img)
@@ -334,7 +338,7 @@ def train(
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
                        voxel_size, time.perf_counter() - started, terms, warm_done,
                        reference if config.residual else None, cache,
-                       precision=steps.precision.name())
+                       precision=steps.precision.name(), positive=positive_asked)
 
 
 def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config: TrainConfig):

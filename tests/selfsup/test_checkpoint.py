@@ -221,3 +221,18 @@ def test_a_checkpoint_with_a_bad_voxel_size_is_damaged(trained, tmp_path, voxel)
     torch.save(data, tmp_path / "m.ckpt")
     with pytest.raises(InputError, match="damaged"):
         load_checkpoint(tmp_path / "m.ckpt")
+
+
+@pytest.mark.parametrize("positive", [True, False])
+def test_a_residual_network_records_the_positivity_it_was_trained_with(tmp_path, positive):
+    """A residual network is built with a linear head either way, and the positivity asked for clamps
+    its sum in training instead: ``--positive`` and ``--no-positive`` both recorded ``positive: false``,
+    though their weights differ (reproducibility review). The record holds what ``train`` was given."""
+    image = np.random.default_rng(0).random((24, 24)).astype(np.float32) - 0.5
+    res = train(image, np.ones((3, 3), np.float32), config=TrainConfig(steps=1, patch=16, batch=2),
+                unet=UNetConfig(ndim=2, base_channels=4, depth=2, positive=positive), device="cpu")
+    assert not res.unet.positive  # the network's own head
+    assert training_record(res)["unet"]["positive"] is positive
+    save_checkpoint(res, tmp_path / "m.ckpt")
+    loaded = load_checkpoint(tmp_path / "m.ckpt")
+    assert not loaded.unet.positive and loaded.record()["unet"]["positive"] is positive
