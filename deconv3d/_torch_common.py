@@ -272,10 +272,12 @@ def safe_torch_load(path, producer: str):
                          f"not a checkpoint at all): use a model written by {producer}") from None
 
 
-def checked_run_record(record, kinds: dict[str, type]) -> dict | None:
+def checked_run_record(record, kinds: dict[str, type], optional: dict[str, type] | None = None) -> dict | None:
     """A checkpoint's record of its training run, checked: None when the file has none (written
     before it was recorded), else its ``kinds`` keys, each of that type (``float`` takes a finite
-    number); keys of a later version are dropped. Anything else raises TypeError (a damaged file)."""
+    number), and those of the ``optional`` keys it holds in their type (keys recorded later, which
+    files written before lack); keys of a later version are dropped. Anything else raises TypeError
+    (a damaged file)."""
     if record is None:
         return None
     if not isinstance(record, dict) or not set(kinds) <= set(record):
@@ -285,7 +287,9 @@ def checked_run_record(record, kinds: dict[str, type]) -> dict | None:
         fits = isinstance(value, (int, float)) and math.isfinite(value) if kind is float else isinstance(value, kind)
         if isinstance(value, bool) or not fits:
             raise TypeError(f"run record: {key}")
-    return {key: record[key] for key in kinds}
+    later = {k: record[k] for k, kind in (optional or {}).items()
+             if isinstance(record.get(k), kind) and (kind is bool or not isinstance(record[k], bool))}
+    return {**{key: record[key] for key in kinds}, **later}
 
 
 class WeightAverage:

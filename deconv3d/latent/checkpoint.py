@@ -4,7 +4,7 @@ A checkpoint is a plain ``torch.save`` dictionary of tensors, numbers, strings, 
 dicts: a format tag, the network weights, the network shape (``widths``, ``depth``,
 ``crop``, ``skip_interp``), the training recipe (``variant``, ``dist``, steps, ...), the
 blur level values, the plane size of the training stacks and how the training went (steps
-run, why it stopped, precision). Loading uses
+run, why it stopped, precision, the step whose weights it holds). Loading uses
 ``torch.load(weights_only=True)``, whose unpickler accepts only those types, so a crafted
 file holding arbitrary objects (a pickle payload) is refused before anything in it runs.
 
@@ -37,6 +37,8 @@ FORMAT = "deconv3d.latent/1"
 
 #: The run record a checkpoint keeps (``TrainedAutoencoder.run``): its keys and their types.
 RUN_RECORD = {"train_steps": int, "stopped": str, "precision": str}
+#: What the run record gained later: optional, for files written before.
+LATER_RECORD = {"best_step": int}
 
 
 @dataclass
@@ -55,7 +57,9 @@ class TrainedAutoencoder:
     plane_shape: Optional[tuple[int, int]] = None
     best_score: Optional[float] = None
     pixel_size: Optional[tuple[float, float]] = None  # (y, x) µm of the training planes, when known
-    # how the training went: steps run, why it stopped, precision (None from files written before it was recorded)
+    # how the training went: steps run, why it stopped, precision and ``best_step``, the step whose averaged
+    # weights the file holds (the best validated, else the last: a run of 400 steps can hold those of step 100)
+    # (None from files written before it was recorded)
     run: Optional[dict] = None
 
     @classmethod
@@ -63,7 +67,9 @@ class TrainedAutoencoder:
         """From a :class:`deconv3d.latent.train.LatentTrainResult`."""
         shape = None if plane_shape is None else tuple(int(n) for n in plane_shape)[-2:]
         pixel = None if pixel_size is None else tuple(float(v) for v in pixel_size)[-2:]
-        run = {"train_steps": result.steps_done, "stopped": result.reason, "precision": result.precision}
+        validated = result.best_score is not None  # (else the last weights are kept)
+        run = {"train_steps": result.steps_done, "stopped": result.reason, "precision": result.precision,
+               "best_step": result.best_step if validated else result.steps_done}
         return cls(result.model, result.ae_config, result.config, np.asarray(result.levels, np.float32), shape,
                    result.best_score, pixel, run)
 
@@ -189,7 +195,7 @@ def load_checkpoint(path, device="cpu") -> TrainedAutoencoder:
             pixel = tuple(float(v) for v in pixel)
             if len(pixel) != 2 or not all(np.isfinite(v) and v > 0 for v in pixel):
                 raise ValueError("pixel size out of range")
-        run = checked_run_record(data.get("run"), RUN_RECORD)  # absent from files written before it was recorded
+        run = checked_run_record(data.get("run"), RUN_RECORD, LATER_RECORD)  # absent from files written before it
         model.residual = bool(config.residual)  # the network alone knows its form too (deconv3d.latent.ops)
         return TrainedAutoencoder(model, model.config, config, levels,
                                   None if shape is None else tuple(int(n) for n in shape),

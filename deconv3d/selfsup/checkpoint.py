@@ -236,9 +236,8 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
         reference = None if reference is None else from_dict(Reference, reference)
         if config.residual != (reference is not None):
             raise ValueError("a residual network without its reference, or the reverse")
-        run = checked_run_record(data.get("run"), RUN_RECORD)  # absent from files written before it was recorded
-        if run is not None:  # what save_checkpoint adds (files written before had none): kept where well formed
-            run.update({k: data["run"][k] for k, kind in SAVED_RECORD.items() if isinstance(data["run"].get(k), kind)})
+        # absent from files written before it was recorded; what came later is kept where well formed
+        run = checked_run_record(data.get("run"), RUN_RECORD, SAVED_RECORD)
         trained = TrainedModel(model.to(device).eval(), unet, config, mean, std, psf, voxel, reference, run=run)
         fingerprint = data["psf_fingerprint"]
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, InputError) as exc:

@@ -57,6 +57,21 @@ def test_round_trip_from_a_training_result(tmp_path, stacks):
     assert loaded.config.steps == 2 and loaded.plane_shape == (16, 16)
 
 
+@pytest.mark.parametrize("val_fraction", [0.5, 0.0])
+def test_the_checkpoint_records_the_step_whose_weights_it_holds(tmp_path, stacks, val_fraction):
+    """The best validated weights are kept, so a run of 400 steps could hold step 300's while its
+    record said only train_steps 400 (reproducibility review); without validation, the last ones."""
+    result = train(stacks, [0, 1, 2], LatentTrainConfig(steps=3, batch=2, val_every=1, val_fraction=val_fraction),
+                   AEConfig(widths=(4, 8), crop=16), device="cpu")
+    save_checkpoint(result, tmp_path / "r.ckpt", plane_shape=stacks.shape[-2:])
+    run = load_checkpoint(tmp_path / "r.ckpt").run
+    if val_fraction:
+        scores = dict(result.val_history)
+        assert run["best_step"] == result.best_step == max(scores, key=scores.get)
+    else:
+        assert result.best_score is None and run["best_step"] == run["train_steps"] == 3
+
+
 def test_file_holds_format_tag_and_plain_config(tmp_path):
     save_checkpoint(trained(), tmp_path / "ae.ckpt")
     data = torch.load(tmp_path / "ae.ckpt", weights_only=True)
