@@ -17,12 +17,13 @@ References
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
 import torch
 
+from deconv3d._environment import training_environment
 from deconv3d._torch_common import atomic_torch_save, checked_run_record, empty_network, safe_torch_load
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
@@ -38,7 +39,7 @@ FORMAT = "deconv3d.latent/1"
 #: The run record a checkpoint keeps (``TrainedAutoencoder.run``): its keys and their types.
 RUN_RECORD = {"train_steps": int, "stopped": str, "precision": str}
 #: What the run record gained later: optional, for files written before.
-LATER_RECORD = {"best_step": int}
+LATER_RECORD = {"best_step": int, "environment": dict}
 
 
 @dataclass
@@ -58,8 +59,8 @@ class TrainedAutoencoder:
     best_score: Optional[float] = None
     pixel_size: Optional[tuple[float, float]] = None  # (y, x) µm of the training planes, when known
     # how the training went: steps run, why it stopped, precision and ``best_step``, the step whose averaged
-    # weights the file holds (the best validated, else the last: a run of 400 steps can hold those of step 100)
-    # (None from files written before it was recorded)
+    # weights the file holds (the best validated, else the last: a run of 400 steps can hold those of step 100),
+    # and, once saved, the environment it trained in (None from files written before it was recorded)
     run: Optional[dict] = None
 
     @classmethod
@@ -129,6 +130,8 @@ def save_checkpoint(trained, path, plane_shape=None, pixel_size=None) -> None:
                          "rate or check the stacks")
     if not isinstance(trained, TrainedAutoencoder):
         trained = TrainedAutoencoder.from_result(trained, plane_shape, pixel_size)
+    if trained.run is not None:  # (a file from before the run record has none to extend)
+        trained = replace(trained, run={**trained.run, "environment": training_environment(trained.run, trained.model)})
     payload = _payload(trained)
     if not all(bool(torch.isfinite(t).all()) for t in payload["state_dict"].values() if t.is_floating_point()):
         raise InputError("the network has NaN or infinite weights (its training diverged), so there is no model "

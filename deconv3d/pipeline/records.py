@@ -9,7 +9,10 @@ import time
 
 import numpy as np
 
+from deconv3d._environment import run_environment
 from deconv3d._paths import path_text
+
+__all__ = ["psf_summary", "psf_source", "run_environment", "provenance", "tiff_properties"]
 
 
 def psf_summary(psf) -> dict:
@@ -40,30 +43,6 @@ def psf_source(options) -> dict | None:
         return _jsonable({"model": options.psf_model, "na": options.na, "wavelength": options.wavelength,
                           "ni": options.ni, "ns": options.ns, "depth": options.depth})
     return None
-
-
-def run_environment(device="cpu") -> dict:
-    """What besides the parameters sets a run's last bits, for its provenance: the device it ran on,
-    torch's thread count, the FFT backend asked for (``DECONV3D_FFT``; FFTW where installed) and
-    FFTW's planner (its timed plans change float32 rounding from run to run; ``estimate`` or
-    ``DECONV3D_FFT=torch`` reproduce bit for bit), and the versions of Python, numpy and torch."""
-    import platform
-
-    import torch
-
-    from deconv3d._fftw import fftw_available
-    from deconv3d.fft import resolve_device
-
-    fft = os.environ.get("DECONV3D_FFT", "auto").strip().lower() or "auto"
-    device = resolve_device(device)
-    if device.type == "cuda":
-        fft = "torch (cuFFT)"  # FFTW is for the CPU only
-    record = {"device": str(device), "threads": torch.get_num_threads(),
-              "fft": fft if fft != "auto" else ("fftw" if fftw_available() else "torch") + " (auto)",
-              "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
-    if "fftw" in record["fft"]:
-        record["fftw_planner"] = os.environ.get("DECONV3D_FFTW_PLANNER", "auto").strip().lower() or "auto"
-    return record
 
 
 def provenance(method: str, parameters: dict, *, psf=None, input_path=None, checksum: bool | str = True,

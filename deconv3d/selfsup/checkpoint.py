@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from deconv3d._environment import training_environment
 from deconv3d._torch_common import atomic_torch_save, checked_run_record, empty_network, safe_torch_load
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
@@ -37,7 +38,7 @@ FORMAT = "deconv3d.selfsup/1"
 RUN_RECORD = {"train_steps": int, "stopped": str, "warm_start": int, "anchor": float, "precision": str}
 #: What the run record gained later (the positivity asked for) and what save_checkpoint adds to it:
 #: optional, for files written before.
-SAVED_RECORD = {"positive": bool, "deconv3d_version": str, "saved": str, "training_image": dict}
+SAVED_RECORD = {"positive": bool, "deconv3d_version": str, "saved": str, "training_image": dict, "environment": dict}
 
 
 @dataclass
@@ -159,8 +160,9 @@ def save_checkpoint(trained, path, *, training_image: dict | None = None) -> Non
         The checkpoint file to write (``.ckpt`` by convention); an existing one is replaced.
     training_image : dict, optional
         What the network was trained on (``deconv3d train`` gives the file's path and SHA-256),
-        kept with the run record beside the deconv3d version and the time of saving: an
-        output made with the model records them in its provenance.
+        kept with the run record beside the deconv3d version, the time of saving and the
+        environment it trained in (device, threads, FFT backend, versions): an output made with
+        the model records them in its provenance.
 
     Raises
     ------
@@ -180,7 +182,8 @@ def save_checkpoint(trained, path, *, training_image: dict | None = None) -> Non
         trained = TrainedModel.from_result(trained)
     from deconv3d import __version__
 
-    saved = {"deconv3d_version": __version__, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    saved = {"deconv3d_version": __version__, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "environment": training_environment(trained.run, trained.model)}
     if training_image is not None:
         saved["training_image"] = dict(training_image)
     if trained.run is not None:  # (a checkpoint from before the run record has none to extend: a partial

@@ -72,6 +72,20 @@ def test_the_checkpoint_records_the_step_whose_weights_it_holds(tmp_path, stacks
         assert result.best_score is None and run["best_step"] == run["train_steps"] == 3
 
 
+def test_the_checkpoint_records_the_environment_it_trained_in(tmp_path, stacks):
+    """Threads, the FFT backend and the versions change the weights' last bits (reproducibility review)."""
+    from deconv3d.pipeline import run_environment
+
+    result = train(stacks, [0, 1, 2], LatentTrainConfig(steps=1, batch=2, val_fraction=0.0),
+                   AEConfig(widths=(4, 8), crop=16), device="cpu")
+    save_checkpoint(result, tmp_path / "r.ckpt")
+    loaded = load_checkpoint(tmp_path / "r.ckpt")
+    assert loaded.run["environment"] == run_environment("cpu")
+    loaded.run["environment"] = {**loaded.run["environment"], "threads": 99}  # as trained on another machine
+    save_checkpoint(loaded, tmp_path / "again.ckpt")  # saved again, it keeps its own
+    assert load_checkpoint(tmp_path / "again.ckpt").run["environment"]["threads"] == 99
+
+
 def test_file_holds_format_tag_and_plain_config(tmp_path):
     save_checkpoint(trained(), tmp_path / "ae.ckpt")
     data = torch.load(tmp_path / "ae.ckpt", weights_only=True)

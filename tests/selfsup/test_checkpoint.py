@@ -50,8 +50,9 @@ def test_the_checkpoint_records_how_training_went(trained, tmp_path):
 
     saved = load_checkpoint(path).run  # with the release that saved it and when
     assert {k: saved[k] for k in run} == run and saved["deconv3d_version"] == __version__ and saved["saved"]
-    record = load_checkpoint(path).record()  # what an output trained in the run records, and those two
-    assert {k: v for k, v in record.items() if k not in ("deconv3d_version", "saved")} == training_record(res)
+    record = load_checkpoint(path).record()  # what an output trained in the run records, and what saving adds
+    assert {k: v for k, v in record.items() if k not in ("deconv3d_version", "saved", "environment")} == \
+        training_record(res)
     data = torch.load(path, weights_only=True)
     del data["run"]  # a checkpoint from before the record
     torch.save(data, path)
@@ -236,3 +237,17 @@ def test_a_residual_network_records_the_positivity_it_was_trained_with(tmp_path,
     save_checkpoint(res, tmp_path / "m.ckpt")
     loaded = load_checkpoint(tmp_path / "m.ckpt")
     assert not loaded.unet.positive and loaded.record()["unet"]["positive"] is positive
+
+
+def test_the_checkpoint_records_the_environment_it_trained_in(trained, tmp_path):
+    """Threads, the FFT backend and the versions change the weights' last bits, and checkpoints kept
+    none of them (reproducibility review); saved again, a loaded network keeps its own."""
+    from deconv3d.pipeline import run_environment
+
+    res, _, _ = trained
+    save_checkpoint(res, tmp_path / "m.ckpt")
+    loaded = load_checkpoint(tmp_path / "m.ckpt")
+    assert loaded.run["environment"] == run_environment("cpu") and loaded.record()["environment"]["threads"] >= 1
+    loaded.run["environment"] = {**loaded.run["environment"], "threads": 99}  # as trained on another machine
+    save_checkpoint(loaded, tmp_path / "again.ckpt")
+    assert load_checkpoint(tmp_path / "again.ckpt").run["environment"]["threads"] == 99
