@@ -40,6 +40,13 @@ def path_text(path) -> str:
         return raw.decode("utf-8", "backslashreplace")
 
 
+def recorded_path(path) -> str:
+    """A file's name as a provenance record keeps it: absolute (``os.path.abspath``, links left as
+    given), as :func:`path_text`. A name relative to the working directory, which no record holds,
+    named another file or none for whoever reran the command from elsewhere."""
+    return path_text(os.path.abspath(path))
+
+
 def check_output_path(output, inputs=(), suffixes=None) -> None:
     """Check an output path before any heavy work starts.
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
+from deconv3d._paths import recorded_path
 from deconv3d.errors import InputError
 
 from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, add_common, check_negative, check_output, make_bar,
@@ -179,7 +179,7 @@ def cmd_train(args) -> int:
     image, psf, voxel, notes = _read_inputs(args)
     start = time.perf_counter()
     result = train_with_progress(image.data, psf, args, voxel, notes)
-    source = {"path": str(Path(args.input).absolute()), "sha256": file_sha256(args.input)}
+    source = {"path": recorded_path(args.input), "sha256": file_sha256(args.input)}
     save_checkpoint(result, args.output, training_image=source)
     last = result.history[-1][1]
     print(f"wrote {args.output}: {result.steps_done} steps ({result.reason}) in {time.perf_counter() - start:.1f} s, "
@@ -206,7 +206,7 @@ def deconvolve_ssl(args, image, psf, voxel, trained=None):
 
     if trained is not None:
         trained.check_compatible(image.ndim, psf, voxel)
-        params = {**trained.record(), "model": str(args.model)}  # its recipe, as the checkpoint holds it
+        params = {**trained.record(), "model": recorded_path(args.model)}  # its recipe, as the checkpoint holds it
     else:
         if psf is None:
             raise InputError("--method ssl without --model needs a PSF: add --psf PSF.tif or --psf-model")

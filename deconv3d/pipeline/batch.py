@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from deconv3d._paths import _same_file, check_name_length, remove_stale_temporaries_in
+from deconv3d._paths import _same_file, check_name_length, recorded_path, remove_stale_temporaries_in
 from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
 from deconv3d.pipeline.locks import BUSY, DEFERRING, DONE_ELSEWHERE, claim, report_lock, settings_guard
@@ -146,7 +146,7 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
         model = MemoryModel("ssl", tuple(trained.psf.shape), base_channels=trained.unet.base_channels,
                             weights_bytes=weights, context=block.reach())
         # a model file's recipe as the checkpoint holds it; else the network was trained in the run (its record)
-        source = {**trained.record(), "model": str(settings.model)} if settings.model else {}
+        source = {**trained.record(), "model": recorded_path(settings.model)} if settings.model else {}
         # (the inference precision on this machine, as fingerprinted: a cluster's workers on other CPUs may differ)
         return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit, "amp": settings.amp,
                               "inference_precision": settings.precision()}
@@ -253,7 +253,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
         for number, (path, output) in enumerate(zip(inputs, outputs), 1):
             record = _record_path(output_dir, path)
             # (names as text a report can hold: a name that is not UTF-8 failed the CSV report's writing)
-            row = {"file": path_text(path.absolute()), "output": path_text(output.absolute()), "status": "",
+            row = {"file": recorded_path(path), "output": recorded_path(output), "status": "",
                    "seconds": 0.0, "reason": "", "settings": settings_hash, EQUIVALENT: finished_as}
             rows.append(row)  # before the work: an interrupted file shows as the row left without a status
             with claim(output_dir / RECORD_DIR, path) as mine:

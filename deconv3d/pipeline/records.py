@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from deconv3d._environment import run_environment
-from deconv3d._paths import path_text
+from deconv3d._paths import path_text, recorded_path
 
 __all__ = ["psf_summary", "psf_source", "run_environment", "provenance", "tiff_properties"]
 
@@ -29,7 +29,7 @@ def psf_summary(psf) -> dict:
 def psf_source(options) -> dict | None:
     """Where a run's PSF came from, for its provenance, from its ``options`` (batch
     :class:`~deconv3d.pipeline.settings.Settings` or ``deconvolve``'s parsed arguments: ``psf``,
-    ``psf_model``, ``na``, ``wavelength``, ``ni``, ``ns``, ``depth``): the PSF file(s), by path
+    ``psf_model``, ``na``, ``wavelength``, ``ni``, ``ns``, ``depth``): the PSF file(s), by absolute path
     and SHA-256 (the summary holds the PSF as prepared for the image: resampled, cropped), or the
     model and the microscope parameters it was generated from. None when neither is given (a
     network's own PSF)."""
@@ -38,7 +38,7 @@ def psf_source(options) -> dict | None:
     files = options.psf
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files or [])
     if options.psf_model is None and files:
-        return {"files": [path_text(f) for f in files], "sha256": [file_sha256(f) for f in files]}
+        return {"files": [recorded_path(f) for f in files], "sha256": [file_sha256(f) for f in files]}
     if options.psf_model:
         return _jsonable({"model": options.psf_model, "na": options.na, "wavelength": options.wavelength,
                           "ni": options.ni, "ns": options.ns, "depth": options.depth})
@@ -64,7 +64,7 @@ def provenance(method: str, parameters: dict, *, psf=None, input_path=None, chec
         if source:
             record["psf"]["source"] = _jsonable(source)
     if input_path is not None:
-        record["input"] = {"path": path_text(input_path)}
+        record["input"] = {"path": recorded_path(input_path)}
         if checksum:
             record["input"]["sha256"] = checksum if isinstance(checksum, str) else file_sha256(input_path)
     if model_hash:

@@ -7,6 +7,7 @@ network size were missing, so a rebuilt command gave another result)."""
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -55,8 +56,29 @@ def test_a_psf_file_is_recorded_by_path_and_hash(folder, capsys, output, extra):
     code, _, err = run(["deconvolve", "img.tif", "-o", output, "--psf", "psf.tif", "--iterations", "2", *extra], capsys)
     assert code == 0, err
     source, shape = _psf_record(folder / output)
-    assert source == {"files": ["psf.tif"], "sha256": [hashlib.sha256((folder / "psf.tif").read_bytes()).hexdigest()]}
+    assert source == {"files": [os.path.join(os.getcwd(), "psf.tif")],  # absolute: the working directory is not recorded
+                      "sha256": [hashlib.sha256((folder / "psf.tif").read_bytes()).hexdigest()]}
     assert shape == [7, 7, 7]
+
+
+@pytest.mark.parametrize("output_format", ["zarr", "tif"])
+def test_a_batch_records_its_files_by_absolute_path(folder, capsys, output_format):
+    """``batch raw -o out --psf psf.tif`` recorded input "raw/img.tif" and PSF "psf.tif", relative to a working
+    directory no record holds, while its report named the input by its absolute path (reproducibility review)."""
+    (folder / "raw").mkdir()
+    (folder / "img.tif").rename(folder / "raw" / "img.tif")
+    code, _, err = run(["batch", "raw", "-o", "out", "--psf", "psf.tif", "--iterations", "2",
+                        "--output-format", output_format], capsys)
+    assert code == 0, err
+    here = os.getcwd()
+    report = json.loads((folder / "out" / "batch_report.json").read_text())["files"]
+    if output_format == "zarr":
+        record = json.loads((folder / "out" / "img.zarr" / "zarr.json").read_text())["attributes"]["deconv3d"]
+        recorded = record["input"]["path"]
+    else:
+        recorded = _properties(folder / "out" / "img.tif")["input"]
+    assert recorded == report[0]["file"] == os.path.join(here, "raw", "img.tif")
+    assert _psf_record(folder / "out" / f"img.{output_format}")[0]["files"] == [os.path.join(here, "psf.tif")]
 
 
 def test_batch_records_the_generated_psf_s_parameters(folder, capsys):
