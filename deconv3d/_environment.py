@@ -5,39 +5,59 @@ versions it ran with, for the provenance of outputs and of the checkpoints of tr
 from __future__ import annotations
 
 import os
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
 
-def run_environment(device="cpu") -> dict:
+def run_environment(device="cpu", fft_shapes: Optional[Iterable[Sequence[int]]] = ()) -> dict:
     """What besides the parameters sets a run's last bits, for its provenance: the device it ran on,
-    torch's thread count, the FFT backend asked for (``DECONV3D_FFT``; FFTW where installed) and
-    FFTW's planner (its timed plans change float32 rounding from run to run; ``estimate`` or
-    ``DECONV3D_FFT=torch`` reproduce bit for bit), and the versions of Python, numpy and torch."""
+    torch's thread count, the FFT backend its transforms used (:func:`fft_record`; none for
+    ``fft_shapes=None``, a run without FFTs), and the versions of Python, numpy and torch."""
     import platform
 
     import torch
 
-    from deconv3d._fftw import fftw_available
     from deconv3d.fft import resolve_device
 
-    fft = os.environ.get("DECONV3D_FFT", "auto").strip().lower() or "auto"
     device = resolve_device(device)
-    if device.type == "cuda":
-        fft = "torch (cuFFT)"  # FFTW is for the CPU only
     record = {"device": str(device), "threads": torch.get_num_threads(),
-              "fft": fft if fft != "auto" else ("fftw" if fftw_available() else "torch") + " (auto)",
               "python": platform.python_version(), "numpy": np.__version__,
               "torch": str(torch.__version__)}  # (a str subclass, which a safe checkpoint load refuses)
-    if "fftw" in record["fft"]:
+    return record if fft_shapes is None else {**record, **fft_record(device, fft_shapes)}
+
+
+def fft_record(device, fft_shapes: Iterable[Sequence[int]] = ()) -> dict:
+    """The FFT backend of a run's transforms, as its provenance records it (``fft``): the one
+    :func:`deconv3d._fftw.backend_for` chooses for each of ``fft_shapes``, the shapes of the
+    Richardson-Lucy loops' transforms (:func:`deconv3d.classical._problem.rl_fft_shape`), which
+    alone may go through FFTW; every other transform (Wiener's, the network's, a loop's setup) is
+    torch's, so a run without such shapes records ``torch``. ``(auto)`` follows a backend chosen by
+    ``DECONV3D_FFT=auto`` (FFTW where installed, for transforms of ``FFTW_MIN_VOXELS`` or more: it
+    recorded FFTW for runs too small for it). With FFTW, its planner (``fftw_planner``): its timed
+    plans change float32 rounding from run to run; ``estimate`` or ``DECONV3D_FFT=torch`` reproduce
+    bit for bit."""
+    import torch
+
+    from deconv3d._fftw import backend_for
+    from deconv3d.fft import resolve_device
+
+    device = resolve_device(device)
+    if device.type == "cuda":
+        return {"fft": "torch (cuFFT)"}  # FFTW is for the CPU only
+    asked = os.environ.get("DECONV3D_FFT", "auto").strip().lower() or "auto"
+    used = sorted({backend_for(shape, device, torch.float32) for shape in fft_shapes} or {"torch"})
+    record = {"fft": " and ".join(used) + (" (auto)" if asked == "auto" else "")}
+    if "fftw" in used:
         record["fftw_planner"] = os.environ.get("DECONV3D_FFTW_PLANNER", "auto").strip().lower() or "auto"
     return record
 
 
-def training_environment(run: dict | None, model) -> dict:
+def training_environment(run: dict | None, model, fft_shapes: Optional[Iterable[Sequence[int]]] = ()) -> dict:
     """The environment a checkpoint's network trained in: the one its run record already holds (a
-    loaded network saved again), else this process's with the device of the network's weights
-    (saved where it trained). Threads and the FFT backend change the weights' last bits."""
+    loaded network saved again, or one whose training recorded it), else this process's with the
+    device of the network's weights (saved where it trained) and ``fft_shapes`` (:func:`run_environment`).
+    Threads and the FFT backend change the weights' last bits."""
     if run and isinstance(run.get("environment"), dict):
         return run["environment"]
-    return run_environment(next((p.device for p in model.parameters()), "cpu"))
+    return run_environment(next((p.device for p in model.parameters()), "cpu"), fft_shapes)

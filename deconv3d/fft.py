@@ -113,6 +113,13 @@ def kernel_origin(kernel_shape: Sequence[int]) -> tuple[int, ...]:
     return tuple((k - 1) // 2 for k in kernel_shape)
 
 
+def same_fft_shape(shape: Sequence[int], kernel_shape: Sequence[int]) -> tuple[int, ...]:
+    """Smallest fast FFT shape with which a zero-padded "same" convolution of an array of ``shape``
+    with a kernel of ``kernel_shape`` does not wrap (:meth:`FFTConvolver.same_fft_shape`)."""
+    need = [max(n + max(o, k - 1 - o), k) for n, k, o in zip(shape, kernel_shape, kernel_origin(kernel_shape))]
+    return fast_shape(need)
+
+
 def as_tensor(x, device: torch.device | None = None, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
     """Tensor view of an array or tensor on ``device`` with ``dtype`` (no copy if already so);
     what is not numbers is refused by name (:func:`as_array`)."""
@@ -236,8 +243,7 @@ class FFTConvolver:
 
     def same_fft_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         """Smallest fast FFT shape with which a zero-padded "same" convolution does not wrap."""
-        need = [max(n + max(o, k - 1 - o), k) for n, k, o in zip(shape, self.psf.shape, self.origin)]
-        return fast_shape(need)
+        return same_fft_shape(shape, self.psf.shape)
 
     def convolve(self, x, mode: str = "same", padding: str = "zero") -> torch.Tensor:
         """Convolve ``x`` with the kernel.

@@ -172,6 +172,32 @@ def test_backend_choice(backend):
     assert _fftw.backend_for((64, 128, 128), cpu, torch.float16) == "torch"
 
 
+@pytest.mark.parametrize("boundary", ["zero", "bertero", "periodic", "reflect"])
+@pytest.mark.parametrize("shape,psf_shape", [((12, 20, 18), (5, 7, 4)), ((30, 26), (7, 6)), ((9, 9), (9, 9))])
+def test_rl_fft_shape_is_the_problem_s(boundary, shape, psf_shape):
+    """A run's record names the backend of RL's transforms from their shape, found without running."""
+    from deconv3d.classical._problem import rl_fft_shape
+
+    image, psf = _data(shape, psf_shape)
+    problem = _build_problem(torch.from_numpy(image), torch.from_numpy(psf), boundary)
+    assert rl_fft_shape(shape, psf_shape, boundary) == tuple(problem.fft_shape)
+
+
+def test_the_record_names_the_backend_chosen_per_transform(backend, monkeypatch):
+    """"fftw (auto)" was recorded wherever pyFFTW was installed, for transforms too small for it too."""
+    from deconv3d._environment import fft_record
+
+    monkeypatch.setattr(_fftw, "fftw_available", lambda: True)
+    monkeypatch.setattr(_fftw, "FFTW_MIN_VOXELS", 1000)
+    backend("auto")
+    assert fft_record("cpu", [(8, 8, 8)]) == {"fft": "torch (auto)"}
+    assert fft_record("cpu", []) == {"fft": "torch (auto)"}  # Wiener's and the network's transforms
+    mixed = fft_record("cpu", [(8, 8, 8), (10, 10, 10)])
+    assert mixed["fft"] == "fftw and torch (auto)" and mixed["fftw_planner"]
+    backend("torch")
+    assert fft_record("cpu", [(10, 10, 10)]) == {"fft": "torch"}
+
+
 def test_fftw_requested_but_missing(backend, monkeypatch):
     monkeypatch.setattr(_fftw, "fftw_available", lambda: False)
     backend("fftw")

@@ -15,7 +15,7 @@ import torch
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.fft import (FFTConvolver, as_array, as_tensor, fast_shape, irfftn, kernel_origin, pad_spatial,
-                          refuse_complex)
+                          refuse_complex, same_fft_shape)
 from deconv3d.psf.prepare import NEGATIVE_TOLERANCE
 
 BOUNDARIES = ("zero", "reflect", "bertero", "periodic")
@@ -185,6 +185,20 @@ def _zero_unreached(data: torch.Tensor, h: torch.Tensor) -> None:
 RATIO_FLOOR_EPS = 8
 
 
+def rl_fft_shape(shape, psf_shape, boundary: str = "bertero") -> tuple[int, ...]:
+    """The shape of Richardson-Lucy's FFTs on an image of ``shape`` with a PSF of ``psf_shape`` (no
+    larger), from the shapes alone, as :func:`_build_geometry` sets them: what picks their backend
+    (:func:`deconv3d._fftw.backend_for`), for a run's record before or without running it."""
+    n, k = tuple(int(a) for a in shape), tuple(int(b) for b in psf_shape)
+    if boundary == "reflect":  # the mirrored field (the PSF's size less one larger) under Bertero's model
+        return rl_fft_shape([a + b - 1 for a, b in zip(n, k)], k, "bertero")
+    if boundary == "bertero":
+        return fast_shape([a + b - 1 for a, b in zip(n, k)])
+    if boundary == "periodic":
+        return n
+    return same_fft_shape(n, k)  # zero: the smallest with which a "same" convolution does not wrap
+
+
 def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str, weight: bool = True) -> _Problem:
     """The problem's FFT geometry around ``y``; ``weight=False`` skips Bertero's ``1 / H^T 1``."""
     conv = FFTConvolver(h, device=y.device, dtype=y.dtype)
@@ -192,7 +206,7 @@ def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str, weight: boo
     whole = tuple(slice(0, s) for s in n)
     if boundary == "bertero":
         # Image at the origin, the margins of the extended object wrap around the end.
-        fft_shape = fast_shape([a + b - 1 for a, b in zip(n, k)])
+        fft_shape = rl_fft_shape(n, k, boundary)
         problem = _Problem(y, conv.otf(fft_shape), fft_shape, conv.dims, whole, whole, fft_shape)
         problem.inv_weight = _bertero_inverse_weight(problem) if weight else None
         # The extended object runs from the margin before the image (k-1-o voxels, wrapped to the
@@ -209,7 +223,7 @@ def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str, weight: boo
         problem = _build_geometry(pad_spatial(y, before, list(o), "reflect"), h, "bertero", weight)
         problem.result_crop = tuple(slice(b, b + s) for b, s in zip(before, n))
         return problem
-    fft_shape = conv.same_fft_shape(y.shape)
+    fft_shape = rl_fft_shape(n, k, boundary)
     return _Problem(y, conv.otf(fft_shape), fft_shape, conv.dims, whole, whole, tuple(y.shape))
 
 

@@ -235,8 +235,11 @@ def cmd_deconvolve(args) -> int:
                       "smaller range and run again")
     from deconv3d.omezarr import file_sha256
     from deconv3d.pipeline import provenance, psf_source, tiff_properties
+    from deconv3d.pipeline.records import method_fft_shapes
 
-    record = provenance(args.method, params, psf=psf, input_path=args.input, device=args.device,
+    transforms = method_fft_shapes(args.method, image.data.shape, np.shape(psf), params.get("boundary", "bertero"),
+                                   residual="reference" in params)  # (the record of a network that corrects RL)
+    record = provenance(args.method, params, psf=psf, input_path=args.input, device=args.device, fft_shapes=transforms,
                         model_hash=file_sha256(args.model) if args.model else None, source=psf_source(args))
     write_tiff(args.output, result, voxel_size=voxel, metadata=tiff_properties(record))
     print(f"wrote {args.output}: {args.method} on {image.data.shape} in {seconds:.1f} s")

@@ -131,7 +131,8 @@ def save_checkpoint(trained, path, plane_shape=None, pixel_size=None) -> None:
     if not isinstance(trained, TrainedAutoencoder):
         trained = TrainedAutoencoder.from_result(trained, plane_shape, pixel_size)
     if trained.run is not None:  # (a file from before the run record has none to extend)
-        trained = replace(trained, run={**trained.run, "environment": training_environment(trained.run, trained.model)})
+        environment = training_environment(trained.run, trained.model, fft_shapes=None)  # (no FFT in it)
+        trained = replace(trained, run={**trained.run, "environment": environment})
     payload = _payload(trained)
     if not all(bool(torch.isfinite(t).all()) for t in payload["state_dict"].values() if t.is_floating_point()):
         raise InputError("the network has NaN or infinite weights (its training diverged), so there is no model "

@@ -12,6 +12,7 @@ optional pyramid, and renames the image into place only when it is complete
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -23,15 +24,17 @@ import numpy as np
 
 from deconv3d._paths import TIFF_SUFFIXES
 from deconv3d.errors import InputError, warn
-from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, aligned_box, box_blocks,
-                                       cancel_requested, plan_chunks, release_memory, run_blocks, write_box_blocks)
+from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, aligned_box, axis_regions,
+                                       box_blocks, cancel_requested, plan_chunks, release_memory, run_blocks,
+                                       write_box_blocks)
 from deconv3d.pipeline.graph import blockwise, store_blocks
 from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, format_bytes, limit_for_available,
                                       parse_memory, planning_baseline, large_allocations_returned, round_chunks)
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
 from deconv3d.pipeline.readers import _View, as_reader
-from deconv3d.pipeline.records import provenance, psf_source, psf_summary, run_environment, tiff_properties
+from deconv3d.pipeline.records import (provenance, psf_source, psf_summary, run_environment, run_fft_environment,
+                                       tiff_properties)
 
 __all__ = ["run_chunked", "RunInfo", "provenance", "Cancelled", "MemoryModel", "choose_chunks", "parse_memory",
            "RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "atomic_output", "remove_stale_temporaries",
@@ -52,6 +55,7 @@ class RunInfo:
     seconds: float
     largest_block: tuple = ()  # the largest core block (a remainder shorter than the halo merged in)
     execution: dict = field(default_factory=dict)  # how it ran, as the provenance records it
+    environment: dict = field(default_factory=dict)  # in what, as the provenance records it (its blocks' FFT backend)
 
 
 def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, workers, local: bool = True):
@@ -192,6 +196,9 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     execution = plan.execution(total, workers, client, asked_limit=memory_limit)
     if provenance is not None:  # how it ran, recorded before the output is published (not after)
         provenance = {**provenance, "execution": execution}
+        if "environment" in provenance:  # the FFT backend of these blocks' transforms
+            transforms = plan.fft_shapes(fns or [block_fn])
+            provenance["environment"] = run_fft_environment(provenance["environment"], transforms)
     # planned: the total is known, nothing written yet
     if (progress is not None and progress(0, total)) or cancel_requested(cancel):
         raise Cancelled("cancelled before the first block")
@@ -208,7 +215,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         if pyramid_levels:  # as many chunks at once as blocks were: the limit budgeted those
             write_pyramid(tmp, pyramid_levels, workers=workers)
     return RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
-                   tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution)
+                   tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution,
+                   (provenance or {}).get("environment", {}))
 
 
 def _source(data, axes, time_axis, origin, channels):
@@ -266,6 +274,27 @@ class _Plan:
                 predicted = model.peak_bytes(shape, depth, shape, workers=1, baseline=planning_baseline())
         return cls(tuple(shape), chunks, tuple(halo), depth, dask_chunks, zarr_chunks, blocks, run_chunks, predicted,
                    memory_limit, model)
+
+    def fft_shapes(self, block_fns) -> list:
+        """The shapes of the transforms of this run that may go through FFTW, for its record: each block
+        callable's ``fft_shapes(block_shape)`` (none without that hook) for the shape (core and halo, cut
+        at the volume's faces) of every block it runs, and of the box its ``prepare`` runs the method on
+        (whose blocks are written from that run instead)."""
+        sizes = self.dask_chunks or tuple((n,) for n in self.shape)
+        regions = [axis_regions(n, c, d) for n, c, d in zip(self.shape, sizes, self.depth)]
+        shapes = set()
+        for fn in (f for f in block_fns if hasattr(f, "fft_shapes")):
+            covered, boxes = set(), set()
+            if self.blocks > 1 and hasattr(fn, "prepare") and getattr(fn, "prepare_runs_method", lambda: False)():
+                box = aligned_box(self.shape, sizes, self.depth, _sample_shape(self.shape, self.chunks, self.halo,
+                                                                              self.model, self.memory_limit))
+                covered = {tuple((w.start, w.stop) for w in b) for b in box_blocks(self.shape, sizes, self.depth, box)}
+                boxes.add(tuple(b.stop - b.start for b in box))
+            for block in itertools.product(*regions):  # (read, trim, write) per axis
+                if tuple((w.start, w.stop) for _, _, w in block) not in covered:
+                    boxes.add(tuple(r.stop - r.start for r, _, _ in block))
+            shapes.update(tuple(s) for b in boxes for s in fn.fft_shapes(b))
+        return sorted(shapes)
 
     def execution(self, total: int, workers: int, client, asked_limit) -> dict:
         """How the run goes, as its provenance records it."""

@@ -343,7 +343,7 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
     try:
         info = run_chunked(lazy, block, scratch, channels=(), **kwargs)  # (a TIFF keeps no omero channels)
         array = zarr.open_array(str(scratch / "0"), mode="r")
-        meta = tiff_properties(record, info.execution)
+        meta = tiff_properties({**record, "environment": info.environment or record.get("environment")}, info.execution)
         # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
         # (a 2D result, read whole here, went 5-10 % over it while it was read outside this setting);
         # the copy is in the run's budget, so freed slabs are unmapped as the blocks' arrays were

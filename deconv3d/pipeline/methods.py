@@ -60,6 +60,7 @@ import numpy as np
 from deconv3d.errors import refuse_non_finite
 from deconv3d.fft import psf_rms_width
 from deconv3d.pipeline.chunked import Placement, abandoned
+from deconv3d.pipeline.records import method_fft_shapes
 from deconv3d.psf import fit_psf
 
 __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "psf_rms_width", "rl_halo",
@@ -187,6 +188,10 @@ class RichardsonLucyBlock:
         whole volume, run_chunked runs the volume as one block instead of running it twice."""
         return isinstance(self.accelerate, bool) and self.accelerate
 
+    def fft_shapes(self, block_shape) -> list:
+        """The shapes of RL's FFTs on a block of ``block_shape``, for the run's record of their backend."""
+        return method_fft_shapes("rl", block_shape, self.psf.shape, self.boundary)
+
 
 @dataclass
 class WienerBlock:
@@ -304,6 +309,12 @@ class NetworkBlock:
         reach = tuple(c + b for c, b in zip(reach, self._band_reach()))
         d = int(self.trained.unet.divisor)  # whole pooling cells, as the chunks
         return tuple(-(-c // d) * d for c in reach)
+
+    def fft_shapes(self, block_shape) -> list:
+        """The shapes of the FFTs of a residual network's RL reference on a block of ``block_shape``
+        (none for a plain network), for the run's record of their backend."""
+        residual = self.trained.reference is not None
+        return method_fft_shapes("ssl", block_shape, self.trained.psf.shape, residual=residual)
 
     def chunk_multiple(self) -> int:
         """``2**depth``: chunk sides in whole pooling cells (the pooling grid itself comes with each

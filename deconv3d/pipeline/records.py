@@ -12,7 +12,8 @@ import numpy as np
 from deconv3d._environment import run_environment
 from deconv3d._paths import path_text, recorded_path
 
-__all__ = ["psf_summary", "psf_source", "run_environment", "provenance", "tiff_properties"]
+__all__ = ["psf_summary", "psf_source", "run_environment", "provenance", "method_fft_shapes", "run_fft_environment",
+           "tiff_properties"]
 
 
 def psf_summary(psf) -> dict:
@@ -47,12 +48,13 @@ def psf_source(options) -> dict | None:
 
 def provenance(method: str, parameters: dict, *, psf=None, input_path=None, checksum: bool | str = True,
                model_hash: str | None = None, extra: dict | None = None, source: dict | None = None,
-               device=None) -> dict:
+               device=None, fft_shapes=()) -> dict:
     """The ``deconv3d`` provenance block stored with every OME-Zarr output.
 
     ``checksum``: True hashes ``input_path``; a string is the input's SHA-256, already known.
     ``source``: where the PSF came from (:func:`psf_source`), kept in the PSF's summary.
-    ``device``: the run's, for its :func:`run_environment`.
+    ``device`` and ``fft_shapes`` (:func:`method_fft_shapes`): the run's, for its :func:`run_environment`
+    (a chunked run records its blocks' instead: :func:`~deconv3d.pipeline.run_chunked`).
     """
     from deconv3d import __version__
     from deconv3d.omezarr import file_sha256
@@ -70,10 +72,32 @@ def provenance(method: str, parameters: dict, *, psf=None, input_path=None, chec
     if model_hash:
         record["model_sha256"] = model_hash
     if device is not None:
-        record["environment"] = run_environment(device)
+        record["environment"] = run_environment(device, fft_shapes)
     if extra:
         record.update(_jsonable(extra))
     return record
+
+
+def method_fft_shapes(method: str, shape, psf_shape, boundary: str = "bertero", residual: bool = False) -> list:
+    """The shapes of a run's transforms that may go through FFTW, for its record
+    (:func:`~deconv3d._environment.fft_record`): Richardson-Lucy's on an image (or block) of ``shape``
+    for rl and rl-tv, and for ssl with a ``residual`` network its reference's (Bertero's boundary); none
+    for Wiener or a plain network, whose transforms are torch's. The PSF is cut to the image, as RL's is."""
+    from deconv3d.classical._problem import rl_fft_shape
+
+    if method in ("rl", "rl-tv") or (method == "ssl" and residual):
+        psf_shape = [min(int(k), int(n)) for k, n in zip(psf_shape, shape)]
+        return [rl_fft_shape(shape, psf_shape, boundary if method != "ssl" else "bertero")]
+    return []
+
+
+def run_fft_environment(environment: dict, shapes) -> dict:
+    """``environment`` (:func:`run_environment`) with the FFT backend of a run whose Richardson-Lucy
+    transforms had ``shapes`` (a chunked run's blocks and measuring box)."""
+    from deconv3d._environment import fft_record
+
+    kept = {k: v for k, v in environment.items() if k not in ("fft", "fftw_planner")}
+    return {**kept, **fft_record(environment["device"], shapes)}
 
 
 def tiff_properties(record: dict, execution: dict | None = None) -> dict:

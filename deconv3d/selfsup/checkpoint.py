@@ -73,8 +73,7 @@ class TrainedModel:
         """From a :class:`deconv3d.selfsup.train.TrainResult`."""
         run = {"train_steps": result.steps_done, "stopped": result.reason, "warm_start": result.warm_steps,
                "anchor": result.config.anchor_weight, "precision": result.precision}
-        if getattr(result, "positive", None) is not None:
-            run["positive"] = result.positive
+        run.update({k: getattr(result, k) for k in ("positive", "environment") if getattr(result, k, None) is not None})
         return cls(result.model, result.unet, result.config, result.mean, result.std, result.psf,
                    result.voxel_size, result.reference, getattr(result, "reference_cache", None), run)
 

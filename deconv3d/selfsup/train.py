@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from deconv3d._arrays import as_numpy
+from deconv3d._environment import run_environment
 from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, build_seeded
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import Cancelled, InputError, OptionWarning, outside_stacklevel
@@ -80,6 +81,9 @@ class TrainResult:
     # UNetConfig.positive as asked for: a residual network is built with a linear head (``unet.positive`` False)
     # and this clamps its sum at zero intensity in training instead, which changes the weights (None: unknown)
     positive: Optional[bool] = None
+    # the device, threads, FFT backend (its Richardson-Lucy reference's) and versions it trained with
+    # (deconv3d._environment.run_environment): they change the weights' last bits
+    environment: Optional[dict] = None
 
 
 def make_forward_model(psf, device="cpu") -> ForwardModel:
@@ -338,7 +342,17 @@ def train(
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
                        voxel_size, time.perf_counter() - started, terms, warm_done,
                        reference if config.residual else None, cache,
-                       precision=steps.precision.name(), positive=positive_asked)
+                       precision=steps.precision.name(), positive=positive_asked,
+                       environment=run_environment(dev, [] if target is None else [reference_fft_shape(img, psf)]))
+
+
+def reference_fft_shape(image, psf) -> tuple[int, ...]:
+    """The shape of the FFTs of the Richardson-Lucy reference on ``image`` (Bertero's, with the PSF
+    cut to the image: :meth:`~deconv3d.selfsup.config.Reference.estimate`), which alone may go
+    through FFTW in a network's training or inference."""
+    from deconv3d.classical._problem import rl_fft_shape
+
+    return rl_fft_shape(np.shape(image), np.minimum(np.shape(psf), np.shape(image)), "bertero")
 
 
 def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config: TrainConfig):

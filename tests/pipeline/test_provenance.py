@@ -126,3 +126,73 @@ def test_a_network_trained_in_memory_records_its_whole_recipe(folder, capsys):
     assert params["train_steps"] == 2 and params["warm_start"] == 0
     assert params["training"]["seed"] == 7 and params["training"]["patch"] == 16 and params["training"]["batch"] == 1
     assert params["unet"]["base_channels"] == 4 and params["unet"]["depth"] == 2
+
+
+def _backends_used(monkeypatch) -> set:
+    """Filled, as a run goes, with the backends its Richardson-Lucy loops chose (deconv3d._fftw)."""
+    from deconv3d.classical import _iterate
+
+    used, real = set(), _iterate.real_transforms
+
+    def recording(*args, **kwargs):
+        transforms = real(*args, **kwargs)
+        used.add("fftw" if type(transforms).__name__.startswith("FFTW") else "torch")
+        return transforms
+
+    monkeypatch.setattr(_iterate, "real_transforms", recording)
+    return used
+
+
+SSL = ["--method", "ssl", "--train-steps", "1", "--patch", "16", "--batch", "1", "--base-channels", "4",
+       "--unet-depth", "2"]
+
+
+@pytest.mark.parametrize("min_voxels", [None, 1])
+@pytest.mark.parametrize("output, extra", [("rl.tif", []), ("rl.zarr", ["--chunks", "8", "16", "16"]),
+                                           ("rl-chunked.tif", ["--chunks", "8", "16", "16"]),
+                                           ("wiener.tif", ["--method", "wiener"]), ("ssl.tif", SSL)])
+def test_the_environment_names_the_fft_backend_the_run_used(folder, capsys, monkeypatch, min_voxels, output, extra):
+    """FFTW installed, every record said "fftw (auto)", though images under FFTW_MIN_VOXELS, Wiener and
+    the network itself use torch's FFT (reproducibility review). The record now names the backend chosen
+    for the run's transforms: those of its Richardson-Lucy loops (a residual network's reference too)."""
+    from deconv3d import _fftw
+
+    monkeypatch.delenv("DECONV3D_FFT", raising=False)
+    if min_voxels is None:  # as where pyFFTW is installed, with these images below its threshold
+        monkeypatch.setattr(_fftw, "fftw_available", lambda: True)
+    elif not _fftw.fftw_available():
+        pytest.skip("pyFFTW not installed (extra 'fftw')")
+    else:
+        monkeypatch.setattr(_fftw, "FFTW_MIN_VOXELS", min_voxels)
+    used = _backends_used(monkeypatch)
+    code, _, err = run(["deconvolve", "img.tif", "-o", output, "--psf", "psf.tif", "--iterations", "2",
+                        "--device", "cpu", *extra], capsys)
+    assert code == 0, err
+    if output.endswith(".zarr"):
+        environment = json.loads((folder / output / "zarr.json").read_text())["attributes"]["deconv3d"]["environment"]
+    else:
+        environment = _properties(folder / output)["environment"]
+    assert used == (set() if "wiener" in output else {"torch"} if min_voxels is None else {"fftw"})
+    assert environment["fft"] == " and ".join(sorted(used) or ["torch"]) + " (auto)"
+    assert ("fftw_planner" in environment) == ("fftw" in used)
+
+
+@pytest.mark.parametrize("boundary", ["bertero", "zero", "reflect"])
+@pytest.mark.parametrize("extra", [[], ["--no-accelerate"]])
+def test_a_chunked_run_records_the_transforms_its_blocks_run(folder, capsys, monkeypatch, boundary, extra):
+    """The shapes whose backend a chunked run records (its blocks', cut at the volume's faces, and the
+    box its acceleration steps are measured on) are those its Richardson-Lucy loops transform."""
+    from deconv3d.classical import _iterate
+    from deconv3d.pipeline import records
+
+    ran, predicted = set(), []
+    real_transforms, real_environment = _iterate.real_transforms, records.run_fft_environment
+    monkeypatch.setattr(_iterate, "real_transforms", lambda shape, *a, **k: ran.add(tuple(shape)) or
+                        real_transforms(shape, *a, **k))
+    monkeypatch.setattr(records, "run_fft_environment", lambda env, shapes: predicted.extend(shapes) or
+                        real_environment(env, shapes))
+    monkeypatch.setattr("deconv3d.pipeline.run_fft_environment", records.run_fft_environment)
+    code, _, err = run(["deconvolve", "img.tif", "-o", "c.zarr", "--psf", "psf.tif", "--iterations", "2",
+                        "--boundary", boundary, "--chunks", "8", "12", "20", *extra], capsys)
+    assert code == 0, err
+    assert len(ran) > 1 and ran == set(predicted)
