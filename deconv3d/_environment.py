@@ -5,6 +5,7 @@ versions it ran with, for the provenance of outputs and of the checkpoints of tr
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -61,3 +62,19 @@ def training_environment(run: dict | None, model, fft_shapes: Optional[Iterable[
     if run and isinstance(run.get("environment"), dict):
         return run["environment"]
     return run_environment(next((p.device for p in model.parameters()), "cpu"), fft_shapes)
+
+
+def timestamp() -> str:
+    """The local time as records hold it (ISO 8601 with the UTC offset)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def saving_record(run: dict | None, model, fft_shapes: Optional[Iterable[Sequence[int]]] = (), **given) -> dict:
+    """What a checkpoint adds to its network's run record when saved: the deconv3d version and the
+    time of saving, the environment the network trained in (:func:`training_environment`), and the
+    ``given`` entries that are known (what it was trained on: files by path and SHA-256)."""
+    from deconv3d import __version__
+
+    record = {"deconv3d_version": __version__, "saved": timestamp(),
+              "environment": training_environment(run, model, fft_shapes)}
+    return {**record, **{k: v for k, v in given.items() if v is not None}}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d import __version__
+from deconv3d._paths import recorded_path
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
 from ._common import DEVICE_HELP, DEVICES, Parser, add_common, check_output, positive_float, positive_int, progress
@@ -234,11 +235,26 @@ def _load_model(args, shape, pixel):
     return trained, digest, residual, pixel
 
 
+def _inputs_record(args, planes: dict, digest: str) -> dict:
+    """What a ``synth`` or ``deblur`` output records for a rerun, as ``deconvolve``'s do: each of the
+    ``planes`` (``{role: path}``) and the model by absolute path and SHA-256 (the model's first 16
+    digits, ``digest``), the environment it ran in (the autoencoder has no FFT) and the time."""
+    from deconv3d._environment import run_environment, timestamp
+    from deconv3d.omezarr import file_sha256
+
+    record = {}
+    for role, path in planes.items():
+        record.update({role: recorded_path(path), f"{role}_sha256": file_sha256(path)})
+    return {**record, "model": recorded_path(args.model), "model_sha256_16": digest,
+            "environment": run_environment(args.device, fft_shapes=None), "created": timestamp()}
+
+
 # ------------------------------------------------------------------ commands
 
 
 def cmd_train(args) -> int:
     from deconv3d.latent.checkpoint import save_checkpoint
+    from deconv3d.omezarr import file_sha256
     from deconv3d.latent.data import tile_stacks
     from deconv3d.latent.model import AEConfig
     from deconv3d.latent.train import LatentTrainConfig, plane_problem, train
@@ -279,7 +295,8 @@ def cmd_train(args) -> int:
         result = train(stacks, levels, config, ae, device=args.device, callback=callback)
     if result.reason == "non-finite loss":
         raise InputError("training diverged (non-finite loss): lower --lr or check the stacks")
-    save_checkpoint(result, args.output, plane_shape=plane_shape, pixel_size=pixel)
+    stacks = [{"path": recorded_path(p), "sha256": file_sha256(p)} for p in args.stacks]  # what it trained on
+    save_checkpoint(result, args.output, plane_shape=plane_shape, pixel_size=pixel, training_stacks=stacks)
     score = "" if result.best_score is None else (f", best validation PSNR {result.best_score:.2f} dB "
                                                   f"at step {result.best_step}")
     print(f"wrote {args.output}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}), "
@@ -322,7 +339,7 @@ def cmd_synth(args) -> int:
     refuse_non_finite(stack, "synthesised stack", _OUT_OF_RANGE)
     meta = {"deconv3d": __version__, "method": "latent-synth", "residual": residual,
             "first_axis": FIRST_AXIS, "fractions": [round(float(a), 6) for a in fractions],
-            "far": str(args.far), "near": str(args.near), "model_sha256_16": digest,
+            **_inputs_record(args, {"far": args.far, "near": args.near}, digest),
             "pixel_size_um": None if voxel is None else list(voxel)}
     write_tiff(args.output, stack, voxel_size=voxel, metadata=meta)  # the pixel size; planes are levels, not z
     print(f"wrote {args.output}: {args.levels} blur levels (the first axis, not z) from fraction {fractions[0]:g} "
@@ -340,8 +357,7 @@ def cmd_deblur(args) -> int:
     sharp = deblur(trained.model, far, plane, args.alpha, residual=residual)
     refuse_non_finite(sharp, "deblurred plane", _OUT_OF_RANGE)
     meta = {"deconv3d": __version__, "method": "latent-deblur", "alpha": args.alpha,
-            "residual": residual, "far": str(args.far),
-            "level": str(args.level), "model_sha256_16": digest}
+            "residual": residual, **_inputs_record(args, {"far": args.far, "level": args.level}, digest)}
     write_tiff(args.output, sharp, voxel_size=voxel, metadata=meta)
     print(f"wrote {args.output}: in-focus plane extrapolated with alpha {args.alpha!r}")
     return 0

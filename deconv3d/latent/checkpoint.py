@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from deconv3d._environment import training_environment
+from deconv3d._environment import saving_record
 from deconv3d._torch_common import atomic_torch_save, checked_run_record, empty_network, safe_torch_load
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
@@ -39,7 +39,7 @@ FORMAT = "deconv3d.latent/1"
 #: The run record a checkpoint keeps (``TrainedAutoencoder.run``): its keys and their types.
 RUN_RECORD = {"train_steps": int, "stopped": str, "precision": str}
 #: What the run record gained later: optional, for files written before.
-LATER_RECORD = {"best_step": int, "environment": dict}
+LATER_RECORD = {"best_step": int, "environment": dict, "deconv3d_version": str, "saved": str, "training_stacks": list}
 
 
 @dataclass
@@ -60,7 +60,8 @@ class TrainedAutoencoder:
     pixel_size: Optional[tuple[float, float]] = None  # (y, x) µm of the training planes, when known
     # how the training went: steps run, why it stopped, precision and ``best_step``, the step whose averaged
     # weights the file holds (the best validated, else the last: a run of 400 steps can hold those of step 100),
-    # and, once saved, the environment it trained in (None from files written before it was recorded)
+    # and, once saved, the environment it trained in, the stacks it trained on, the deconv3d version and the
+    # time of saving (None from files written before it was recorded)
     run: Optional[dict] = None
 
     @classmethod
@@ -108,12 +109,15 @@ def _payload(trained: TrainedAutoencoder) -> dict:
     }
 
 
-def save_checkpoint(trained, path, plane_shape=None, pixel_size=None) -> None:
+def save_checkpoint(trained, path, plane_shape=None, pixel_size=None, training_stacks: list | None = None) -> None:
     """Write ``trained`` (a :class:`TrainedAutoencoder` or a ``LatentTrainResult``) to ``path`` atomically.
 
     The file appears complete or not at all: it is written under a temporary name in the
     same folder and moved onto ``path`` with :func:`os.replace`. ``plane_shape`` and the
     planes' ``(y, x)`` ``pixel_size`` (µm) are used only with a ``LatentTrainResult``.
+    ``training_stacks`` (``blur train`` gives each file's path and SHA-256) is kept with the run
+    record beside the deconv3d version, the time of saving and the environment it trained in, as
+    ``deconv3d train``'s checkpoints keep their training image.
 
     Examples
     --------
@@ -130,9 +134,9 @@ def save_checkpoint(trained, path, plane_shape=None, pixel_size=None) -> None:
                          "rate or check the stacks")
     if not isinstance(trained, TrainedAutoencoder):
         trained = TrainedAutoencoder.from_result(trained, plane_shape, pixel_size)
-    if trained.run is not None:  # (a file from before the run record has none to extend)
-        environment = training_environment(trained.run, trained.model, fft_shapes=None)  # (no FFT in it)
-        trained = replace(trained, run={**trained.run, "environment": environment})
+    if trained.run is not None:  # (a file from before the run record has none to extend; the network has no FFT)
+        saved = saving_record(trained.run, trained.model, None, training_stacks=training_stacks)
+        trained = replace(trained, run={**trained.run, **saved})
     payload = _payload(trained)
     if not all(bool(torch.isfinite(t).all()) for t in payload["state_dict"].values() if t.is_floating_point()):
         raise InputError("the network has NaN or infinite weights (its training diverged), so there is no model "

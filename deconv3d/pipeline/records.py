@@ -5,11 +5,10 @@ attributes and TIFF properties alike."""
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
-from deconv3d._environment import run_environment
+from deconv3d._environment import run_environment, timestamp
 from deconv3d._paths import path_text, recorded_path
 
 __all__ = ["psf_summary", "psf_source", "run_environment", "provenance", "method_fft_shapes", "run_fft_environment",
@@ -60,7 +59,7 @@ def provenance(method: str, parameters: dict, *, psf=None, input_path=None, chec
     from deconv3d.omezarr import file_sha256
 
     record = {"software": "deconv3d", "version": __version__, "method": method,
-              "parameters": _jsonable(parameters), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "parameters": _jsonable(parameters), "created": timestamp()}
     if psf is not None:
         record["psf"] = psf_summary(psf)
         if source:

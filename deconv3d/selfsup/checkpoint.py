@@ -13,14 +13,13 @@ it runs.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from deconv3d._environment import training_environment
+from deconv3d._environment import saving_record
 from deconv3d._torch_common import atomic_torch_save, checked_run_record, empty_network, safe_torch_load
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
@@ -179,12 +178,8 @@ def save_checkpoint(trained, path, *, training_image: dict | None = None) -> Non
                          "again and let it run")
     if not isinstance(trained, TrainedModel):
         trained = TrainedModel.from_result(trained)
-    from deconv3d import __version__
-
-    saved = {"deconv3d_version": __version__, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-             "environment": training_environment(trained.run, trained.model)}
-    if training_image is not None:
-        saved["training_image"] = dict(training_image)
+    saved = saving_record(trained.run, trained.model, training_image=None if training_image is None
+                          else dict(training_image))
     if trained.run is not None:  # (a checkpoint from before the run record has none to extend: a partial
         trained = replace(trained, run={**trained.run, **saved})  # record would make the file unloadable)
     atomic_torch_save(_payload(trained), path)

@@ -1,9 +1,13 @@
 """``deconv3d blur train|synth|deblur``: exit codes, output shapes, one-line errors, nothing left behind."""
 
+import hashlib
+import json
+import os
 import warnings
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from cli_helpers import run, assert_one_line_error
@@ -102,9 +106,6 @@ def test_synth_writes_one_plane_per_level(planes, model, capsys):
     # The planes' pixel size is kept; the level axis is not a z step (Fiji's default depth, 1), and the
     # file says so: its first axis holds the blur levels, at the fractions it lists.
     assert image.voxel_size == pytest.approx((1.0, 0.1, 0.1))
-    import json
-
-    import tifffile
     with tifffile.TiffFile(out) as tif:
         assert "spacing" not in tif.imagej_metadata
         properties = tif.imagej_metadata["Properties"]
@@ -113,6 +114,39 @@ def test_synth_writes_one_plane_per_level(planes, model, capsys):
     with pytest.raises(SystemExit):
         main(["blur", "synth", "--help"])
     assert "first axis holds the blur levels, not z" in " ".join(capsys.readouterr().out.split())
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_outputs_and_checkpoints_record_their_inputs_for_a_rerun(planes, make_stacks, capsys, monkeypatch):
+    """synth and deblur recorded their planes by the names given alone (no SHA-256, no model path, no
+    environment), and blur train's checkpoints neither their stacks, the deconv3d version nor the time
+    of saving, which deconvolve's outputs and deconv3d train's checkpoints record (reproducibility review)."""
+    from deconv3d import __version__
+
+    folder, _ = planes
+    monkeypatch.chdir(folder)  # (names relative to it: recorded absolute)
+    here = os.getcwd()
+    stacks = [p.name for p in write_stacks(folder, make_stacks)]
+    code, _, err = run(["blur", "train", *stacks, "-o", "ae.ckpt", *TINY], capsys)
+    assert code == 0, err
+    record = load_checkpoint("ae.ckpt").run
+    assert record["training_stacks"] == [{"path": os.path.join(here, s), "sha256": _sha256(s)} for s in stacks]
+    assert record["deconv3d_version"] == __version__ and record["saved"].startswith("20")
+    for command, given, extra in (("synth", {"far": "far.tif", "near": "near.tif"}, ["--levels", 2]),
+                                  ("deblur", {"far": "far.tif", "level": "mid.tif"}, ["--alpha", 0.5])):
+        code, _, err = run(["blur", command, "--model", "ae.ckpt", *given.values(), *extra, "-o", f"{command}.tif",
+                            "--device", "cpu"], capsys)
+        assert code == 0, err
+        with tifffile.TiffFile(f"{command}.tif") as tif:
+            properties = tif.imagej_metadata["Properties"]
+        for role, name in given.items():
+            assert properties[role] == os.path.join(here, name) and properties[f"{role}_sha256"] == _sha256(name)
+        assert properties["model"] == os.path.join(here, "ae.ckpt") and properties["created"].startswith("20")
+        environment = json.loads(properties["environment"])
+        assert environment["device"] == "cpu" and environment["threads"] >= 1 and "fft" not in environment
 
 
 def test_synth_residual_keeps_the_end_planes(planes, model, capsys):
