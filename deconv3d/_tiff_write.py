@@ -37,7 +37,8 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
         shows its default depth of 1.
     metadata : dict, optional
         Extra ``key: value`` pairs stored as ImageJ properties (shown by Fiji's
-        *Image > Show Info*), e.g. the method and its parameters.
+        *Image > Show Info*), e.g. the method and its parameters: JSON, but strings as they are
+        where that text does not read as JSON (:func:`_property_text`).
     slab_bytes : int, optional
         For streamed data: the most bytes of planes read at once (default 256 MiB, at least
         one plane), e.g. what a memory limit leaves.
@@ -152,8 +153,18 @@ def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
 
 
 def _property_text(value) -> str:
-    """An ImageJ property's text: strings as they are, anything else (numbers, lists, the parameter
-    dicts of the provenance) as JSON, which other tools read back (``json.loads``)."""
+    """An ImageJ property's text: anything but a string (numbers, lists, the parameter dicts of the
+    provenance) as JSON, which other tools read back (``json.loads``), and a string as it is, which
+    ``json.loads`` refuses, so a reader keeps the text where that fails; but a string that would read
+    as JSON is stored JSON-quoted: a fingerprint such as ``0e57377405965361`` read back as the number
+    0.0 (``1234567890123456``, ``true`` and ``null`` as others). Strings stay as they were for every
+    other value, so readers that take a text property of an earlier output as it is read these too."""
     import json
 
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+    if not isinstance(value, str):
+        return json.dumps(value, default=str)
+    try:
+        json.loads(value)
+    except ValueError:
+        return value
+    return json.dumps(value)

@@ -1,4 +1,9 @@
-"""Helpers shared by the CLI tests: run ``deconv3d`` in-process and check its one-line errors."""
+"""Helpers shared by the CLI tests: run ``deconv3d`` in-process, check its one-line errors and read
+the properties of the TIFFs it writes."""
+
+import json
+
+import tifffile
 
 from deconv3d.cli import main
 
@@ -17,3 +22,19 @@ def assert_one_line_error(code, err, *words):
     assert len(lines) == 1 and lines[0].startswith("deconv3d: error: "), err
     for word in words:
         assert word.lower() in lines[0].lower(), (word, lines[0])
+
+
+def tiff_properties(path) -> dict:
+    """A TIFF output's ImageJ properties as README's Reruns says to read them: each value by
+    ``json.loads``, the text itself where that fails (a string that would read as JSON is stored
+    JSON-quoted)."""
+    with tifffile.TiffFile(path) as tif:
+        stored = dict(tif.imagej_metadata["Properties"])
+
+    def value(text):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+
+    return {key: value(text) for key, text in stored.items()}

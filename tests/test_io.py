@@ -743,3 +743,20 @@ def test_an_unreadable_tiff_is_named_a_permission_problem(tmp_path, monkeypatch)
     monkeypatch.setattr(io, "open_tiff", lambda p, *a, **k: (_ for _ in ()).throw(ValueError("not a TIFF file")))
     with pytest.raises(InputError, match="as a TIFF image: not a TIFF file: check that it is one"):
         read_image(path)
+
+
+def test_tiff_properties_read_back_as_written(tmp_path):
+    """Strings were stored as they are, so a hash fingerprint 0e57377405965361 came back from
+    json.loads as 0.0 (reproducibility review): a string that would read as JSON is now JSON-quoted,
+    and every value reads back with json.loads, keeping the text where that fails. Other strings
+    stay as they are, as text properties of earlier outputs are."""
+    from cli_helpers import tiff_properties
+
+    written = {"psf_sha256_16": "0e57377405965361", "digits": "1234567890123456", "word": "true", "nothing": "null",
+               "quoted": '"rl"', "method": "rl", "input": "/data/a b.tif", "number": 3, "parameters": {"x": [1, 2.5]}}
+    path = tmp_path / "p.tif"
+    write_tiff(path, np.ones((4, 4), np.float32), metadata=written)
+    assert tiff_properties(path) == written
+    with tifffile.TiffFile(path) as tif:
+        stored = tif.imagej_metadata["Properties"]
+    assert stored["method"] == "rl" and stored["input"] == "/data/a b.tif"

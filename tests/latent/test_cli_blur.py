@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 
-from cli_helpers import run, assert_one_line_error
+from cli_helpers import run, assert_one_line_error, tiff_properties
 from deconv3d.cli import main
 from deconv3d.io import read_image, write_tiff
 from deconv3d.latent.checkpoint import FORMAT, load_checkpoint
@@ -140,12 +140,11 @@ def test_outputs_and_checkpoints_record_their_inputs_for_a_rerun(planes, make_st
         code, _, err = run(["blur", command, "--model", "ae.ckpt", *given.values(), *extra, "-o", f"{command}.tif",
                             "--device", "cpu"], capsys)
         assert code == 0, err
-        with tifffile.TiffFile(f"{command}.tif") as tif:
-            properties = tif.imagej_metadata["Properties"]
+        properties = tiff_properties(f"{command}.tif")
         for role, name in given.items():
             assert properties[role] == os.path.join(here, name) and properties[f"{role}_sha256"] == _sha256(name)
         assert properties["model"] == os.path.join(here, "ae.ckpt") and properties["created"].startswith("20")
-        environment = json.loads(properties["environment"])
+        environment = properties["environment"]
         assert environment["device"] == "cpu" and environment["threads"] >= 1 and "fft" not in environment
 
 

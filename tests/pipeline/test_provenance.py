@@ -11,9 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-import tifffile
 
-from cli_helpers import run
+from cli_helpers import run, tiff_properties
 from deconv3d.io import write_tiff
 
 from .conftest import blurred_beads, gaussian_psf
@@ -36,10 +35,8 @@ def _psf_record(output: Path) -> tuple[dict, list]:
     if output.suffix == ".zarr":
         psf = json.loads((output / "zarr.json").read_text())["attributes"]["deconv3d"]["psf"]
         return psf["source"], psf["shape"]
-    with tifffile.TiffFile(output) as tif:
-        properties = tif.imagej_metadata["Properties"]
-
-    return json.loads(properties["psf_source"]), json.loads(properties["psf_shape"])
+    properties = tiff_properties(output)
+    return properties["psf_source"], properties["psf_shape"]
 
 
 @pytest.mark.parametrize("output, extra", [("out.tif", []), ("out.zarr", []), ("chunked.tif", ["--chunks", "8", "16", "16"])])
@@ -76,7 +73,7 @@ def test_a_batch_records_its_files_by_absolute_path(folder, capsys, output_forma
         record = json.loads((folder / "out" / "img.zarr" / "zarr.json").read_text())["attributes"]["deconv3d"]
         recorded = record["input"]["path"]
     else:
-        recorded = _properties(folder / "out" / "img.tif")["input"]
+        recorded = tiff_properties(folder / "out" / "img.tif")["input"]
     assert recorded == report[0]["file"] == os.path.join(here, "raw", "img.tif")
     assert _psf_record(folder / "out" / f"img.{output_format}")[0]["files"] == [os.path.join(here, "psf.tif")]
 
@@ -90,12 +87,6 @@ def test_batch_records_the_generated_psf_s_parameters(folder, capsys):
     assert source["model"] == "gibson-lanni" and source["wavelength"] == 0.52 and source["depth"] == 2.5
 
 
-def _properties(path: Path) -> dict:
-
-    with tifffile.TiffFile(path) as tif:
-        found = dict(tif.imagej_metadata["Properties"])
-    return {k: (v if k in ("deconv3d", "method", "input", "input_sha256", "created", "psf_sha256_16")
-                else json.loads(v)) for k, v in found.items()}
 
 
 def test_outputs_record_the_input_hash_environment_and_how_the_run_was_split(folder, capsys):
@@ -107,7 +98,7 @@ def test_outputs_record_the_input_hash_environment_and_how_the_run_was_split(fol
         code, _, err = run(["deconvolve", "img.tif", "-o", output, "--psf", "psf.tif", "--iterations", "2",
                             "--device", "cpu", *extra], capsys)
         assert code == 0, err
-    tiff = _properties(folder / "mem.tif")
+    tiff = tiff_properties(folder / "mem.tif")
     assert tiff["input_sha256"] == digest and tiff["created"].startswith("20") and "model_sha256" not in tiff
     record = json.loads((folder / "lim.zarr" / "zarr.json").read_text())["attributes"]["deconv3d"]
     assert record["input"]["sha256"] == digest
@@ -122,7 +113,7 @@ def test_a_network_trained_in_memory_records_its_whole_recipe(folder, capsys):
                         "--train-steps", "2", "--seed", "7", "--patch", "16", "--batch", "1", "--base-channels", "4",
                         "--unet-depth", "2", "--no-residual", "--warm-start", "0"], capsys)
     assert code == 0, err
-    params = _properties(folder / "ssl.tif")["parameters"]
+    params = tiff_properties(folder / "ssl.tif")["parameters"]
     assert params["train_steps"] == 2 and params["warm_start"] == 0
     assert params["training"]["seed"] == 7 and params["training"]["patch"] == 16 and params["training"]["batch"] == 1
     assert params["unet"]["base_channels"] == 4 and params["unet"]["depth"] == 2
@@ -171,7 +162,7 @@ def test_the_environment_names_the_fft_backend_the_run_used(folder, capsys, monk
     if output.endswith(".zarr"):
         environment = json.loads((folder / output / "zarr.json").read_text())["attributes"]["deconv3d"]["environment"]
     else:
-        environment = _properties(folder / output)["environment"]
+        environment = tiff_properties(folder / output)["environment"]
     assert used == (set() if "wiener" in output else {"torch"} if min_voxels is None else {"fftw"})
     assert environment["fft"] == " and ".join(sorted(used) or ["torch"]) + " (auto)"
     assert ("fftw_planner" in environment) == ("fftw" in used)
