@@ -15,7 +15,12 @@ Two backends behind one small interface (:func:`real_transforms`):
   earlier run on this machine (the sizes met are kept next to the wisdom), or many times in
   this one; before that it gets FFTW's estimated plans at once, which keep about 90 % of the
   gain over torch (98 against 86 ms per iteration measured, 199 for torch, at 126 x 300 x
-  300). ``DECONV3D_FFTW_PLANNER=measure`` measures every shape at once (a benchmark).
+  300). A run measures no further plans once it has measured for :data:`MEASURE_BUDGET`
+  seconds (the rest get estimated plans, and later runs measure them), so a rerun costs at most
+  a few seconds and one plan's measuring more than the first: measuring every plan of every
+  block shape at once made the second run of a chunked command cost 3.7 times the first (43
+  against 11.7 s of CPU). ``DECONV3D_FFTW_PLANNER=measure`` measures every shape at once (a
+  benchmark).
   Small transforms stay on torch, where even that would cost more than it saves.
 
 pyFFTW bundles FFTW, which is GPL-licensed; deconv3d itself is BSD-3 and runs without it.
@@ -26,8 +31,9 @@ Environment:
     ``auto`` (default: FFTW for CPU transforms of at least :data:`FFTW_MIN_VOXELS` voxels
     when pyFFTW is installed), ``torch`` or ``fftw`` (any size; an error if not installed).
 ``DECONV3D_FFTW_PLANNER``
-    ``auto`` (default: measured plans for recurring sizes, else estimated ones), ``estimate``,
-    ``measure`` or ``patient`` (FFTW's planner flags; the last two time candidates and keep the winners).
+    ``auto`` (default: measured plans for recurring sizes, within a budget per run, else estimated
+    ones), ``estimate``, ``measure`` or ``patient`` (FFTW's planner flags; the last two time
+    candidates and keep the winners).
 ``DECONV3D_CACHE_DIR``
     Where the wisdom file lives (default ``$XDG_CACHE_HOME/deconv3d`` or ``~/.cache/deconv3d``).
 """
@@ -153,24 +159,9 @@ class FFTWTransforms:
         output = pyfftw.empty_aligned(self.shape, dtype=real)
         with _lock:
             _load_wisdom(pyfftw)
-            start = time.perf_counter()
-            attempts = _attempts(self.shape, real)
-            for n, flags in enumerate(attempts):
-                plan = functools.partial(pyfftw.FFTW, threads=max(1, int(threads or torch.get_num_threads())),
-                                         flags=flags, planning_timelimit=PLANNING_TIME_LIMIT)
-                try:
-                    # Planning may write into the arrays: they are zeroed afterwards.
-                    self._forward = [_forward_passes(plan, a, spectrum, e) for a, e in zip(real_in, in_ext)]
-                    self._inverse = [_inverse_passes(plan, spectrum, output, e) for e in out_ext]
-                    break
-                except RuntimeError:  # FFTW_WISDOM_ONLY found no measured plan for one of the transforms
-                    if n == len(attempts) - 1:
-                        raise
-            took = time.perf_counter() - start
-            wisdom = tuple(pyfftw.export_wisdom())
-            if wisdom != _wisdom_on_disk:  # new plans were measured: keep them for the next run
-                log.info("planned FFTW transforms for %s in %.1f s", self.shape, took)
-                _save_wisdom(wisdom)
+            threads = max(1, int(threads or torch.get_num_threads()))
+            self._forward, self._inverse = _make_plans(pyfftw, _policy(self.shape, real), threads, real_in, spectrum,
+                                                       output, in_ext, out_ext)
         for a in real_in:
             a.fill(0)
         self.inputs = [torch.from_numpy(a) for a in real_in]
@@ -188,6 +179,51 @@ class FFTWTransforms:
     def inverse(self, j: int = 0) -> None:
         for p in self._inverse[j]:
             p.execute()
+
+
+def _make_plans(pyfftw, policy: tuple, threads: int, real_in, spectrum, output, in_ext, out_ext):
+    """The forward and inverse passes of :class:`FFTWTransforms`, planned per ``policy``
+    (:func:`_policy`); call with the lock held. Saves the wisdom when plans were measured."""
+    plan = _Planner(pyfftw, *policy, threads)
+    # Planning may write into the arrays: the caller zeroes them afterwards.
+    forward = [_forward_passes(plan, a, spectrum, e) for a, e in zip(real_in, in_ext)]
+    inverse = [_inverse_passes(plan, spectrum, output, e) for e in out_ext]
+    wisdom = tuple(pyfftw.export_wisdom())
+    if wisdom != _wisdom_on_disk:  # new plans were measured: keep them for the next run
+        log.info("planned FFTW transforms for %s in %.1f s", tuple(output.shape), plan.took)
+        _save_wisdom(wisdom)
+    return forward, inverse
+
+
+class _Planner:
+    """Makes the FFTW plans of one transform: with ``flags``, or where they are None (or measuring
+    is ``budgeted`` and the process has spent :data:`MEASURE_BUDGET`) with the measured plan that
+    the wisdom holds, else an estimated one. The budget is checked plan by plan (a pruned pass
+    each: 8 for RL's workspace), each measured to its end once begun (see MEASURE_BUDGET)."""
+
+    def __init__(self, pyfftw, flags, budgeted: bool, threads: int):
+        self.pyfftw, self.flags, self.budgeted, self.threads = pyfftw, flags, budgeted, threads
+        self.took = 0.0  # seconds spent measuring
+
+    def __call__(self, source, target, axes, direction="FFTW_FORWARD", destroy=False):
+        global _measured_s
+        make = functools.partial(self.pyfftw.FFTW, source, target, axes=axes, direction=direction,
+                                 threads=self.threads, planning_timelimit=PLANNING_TIME_LIMIT)
+        extra = ("FFTW_DESTROY_INPUT",) if destroy else ()
+        flags = None if self.budgeted and _measured_s >= MEASURE_BUDGET else self.flags
+        if flags is None:
+            try:
+                return make(flags=("FFTW_MEASURE", "FFTW_WISDOM_ONLY") + extra)
+            except RuntimeError:  # no measured plan kept for this one
+                return make(flags=("FFTW_ESTIMATE",) + extra)
+        start = _clock()
+        try:
+            return make(flags=flags + extra)
+        finally:
+            if flags != _PLANS["estimate"]:  # (a plan measured already costs microseconds: it is in the wisdom)
+                took = _clock() - start
+                self.took += took
+                _measured_s += took
 
 
 def _extent(e, shape) -> tuple[int, ...]:
@@ -232,7 +268,7 @@ def _inverse_passes(plan, spectrum, output, e):
         passes.append(plan(view, view, axes=(j,), direction="FFTW_BACKWARD"))
     lead = tuple(slice(0, v) for v in e[:k])
     passes.append(plan(spectrum[lead], output[lead], axes=tuple(range(k, n)), direction="FFTW_BACKWARD",
-                       flags=tuple(plan.keywords["flags"]) + ("FFTW_DESTROY_INPUT",)))
+                       destroy=True))
     return passes
 
 
@@ -248,9 +284,8 @@ def real_transforms(shape: Sequence[int], n_inputs: int, device: torch.device, d
     return TorchTransforms(shape, n_inputs, device, dtype, input_extents, output_extents)
 
 
-#: The FFTW flags each ``DECONV3D_FFTW_PLANNER`` setting tries, in order.
-_PLANS = {"auto": (("FFTW_MEASURE", "FFTW_WISDOM_ONLY"), ("FFTW_ESTIMATE",)),
-          "estimate": (("FFTW_ESTIMATE",),), "measure": (("FFTW_MEASURE",),), "patient": (("FFTW_PATIENT",),)}
+#: The FFTW flags of each ``DECONV3D_FFTW_PLANNER`` setting; ``auto`` picks them per size (:func:`_policy`).
+_PLANS = {"auto": None, "estimate": ("FFTW_ESTIMATE",), "measure": ("FFTW_MEASURE",), "patient": ("FFTW_PATIENT",)}
 
 
 #: ``auto`` plans a transform size thoroughly (``FFTW_MEASURE``) once it has proved to recur: met
@@ -261,25 +296,43 @@ RECUR_IN_PROCESS = 50
 #: second rl-tv run on a 30 x 1024 x 1024 stack, 44 x 1056 x 1056 transforms, spent 235 s of 255
 #: measuring, to save about 12 % of 2 s per iteration).
 MEASURE_MAX_VOXELS = 1 << 24
+#: Seconds of measuring after which a process measures no further plans for sizes that earlier
+#: processes met: those get the measured plans kept in the wisdom, else estimated ones, and later
+#: runs measure them. Without it the second run of a chunked command measured every plan of its 4
+#: transform sizes: 43 s of CPU against 11.7 s for the first, 31 s of it measuring. Checked plan by
+#: plan (RL's transforms have 8, each measured to its end once begun: cut short by a smaller
+#: :data:`PLANNING_TIME_LIMIT`, a plan is kept in a form ``FFTW_WISDOM_ONLY`` does not find), so a
+#: run goes over it by one plan at most. On a loaded 2-core machine the runs after the first of a
+#: 96 x 384 x 384 command in 9 blocks (4 transform sizes, 8 plans each) then cost 12-20 s of CPU
+#: against 10 s for the first, measuring a few plans each, where the second had cost 40 s. Sizes
+#: recurring within this process (:data:`RECUR_IN_PROCESS`) repay measuring in the run itself, and
+#: ``DECONV3D_FFTW_PLANNER=measure`` measures everything: neither is held to it.
+MEASURE_BUDGET = 3.0
+_measured_s = 0.0  # seconds this process has spent planning with FFTW_MEASURE
+_clock = time.perf_counter
 _met: dict = {}  # transform sizes met in this process, and how often
 _met_before: frozenset = frozenset()  # sizes that earlier processes met (read with the wisdom)
 _remembered: set = set()  # sizes this process has added to the file
 
 
-def _attempts(shape, real: str) -> tuple:
-    """The FFTW flags to try, in order, for a transform of ``shape`` (call with the lock held)."""
+def _policy(shape, real: str) -> tuple:
+    """How to plan a transform of ``shape`` (call with the lock held): the FFTW flags (None: the
+    measured plans kept for it, else estimated ones) and whether measuring is held to
+    :data:`MEASURE_BUDGET`."""
     effort = _planner()
     if effort != "auto":
-        return _PLANS[effort]
+        return _PLANS[effort], False
     key = "x".join(str(n) for n in shape) + ":" + real
     _met[key] = _met.get(key, 0) + 1
     if key not in _met_before and key not in _remembered:
         _remember_size(key)
     if math.prod(shape) > MEASURE_MAX_VOXELS:  # kept measured plans are still used (WISDOM_ONLY)
-        return _PLANS["auto"]
-    if key in _met_before or _met[key] >= RECUR_IN_PROCESS:
-        return _PLANS["measure"]  # quick where the measured plans are kept already
-    return _PLANS["auto"]
+        return None, False
+    if _met[key] >= RECUR_IN_PROCESS:
+        return _PLANS["measure"], False  # repaid within this run
+    if key in _met_before:
+        return _PLANS["measure"], True  # quick where the measured plans are kept already
+    return None, False
 
 
 def _sizes_path() -> str:

@@ -226,34 +226,50 @@ def test_extrapolate_is_a_pade_approximant_of_the_power():
     assert torch.equal(out, zeros)  # voxels at 0 stay 0, no NaN
 
 
-@needs_fftw
-def test_the_auto_planner_measures_a_size_once_it_recurs(backend, tmp_path, monkeypatch):
-    """Measuring plans cost 57-81 % of a first 20-iteration run (5-20 s per shape): a size met for
-    the first time gets estimated plans at once; met again by a later process (the sizes file), or
-    RECUR_IN_PROCESS times in this one, it is measured, and measured plans kept are reused."""
+@pytest.fixture
+def planned(tmp_path, monkeypatch):
+    """``planned(shape)``: how :class:`FFTWTransforms` planned ``shape`` ("estimate", "measured" or
+    "kept"; a tuple of those per plan where they differ), in a process that has planned nothing
+    yet (fresh state, empty cache, auto planner), on a clock where measuring a plan takes 1 s."""
     import pyfftw
 
     monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_fftw, "_wisdom_loaded", False)
-    monkeypatch.setattr(_fftw, "_met", {})
+    _new_process(monkeypatch)
     monkeypatch.setattr(_fftw, "_remembered", set())
     monkeypatch.delenv("DECONV3D_FFTW_PLANNER", raising=False)
-    made, original = [], pyfftw.FFTW
+    made, original, now = [], pyfftw.FFTW, [0.0]
+    monkeypatch.setattr(_fftw, "_clock", lambda: now[0])
 
     def recording(*args, **kwargs):
+        before = pyfftw.export_wisdom()
         plan = original(*args, **kwargs)  # FFTW_WISDOM_ONLY without a measured plan raises here
-        made.append(tuple(kwargs.get("flags", ())))
+        now[0] += 1.0 if pyfftw.export_wisdom() != before else 0.0  # measured now, not read from the wisdom
+        flags = kwargs.get("flags", ())
+        made.append("estimate" if "FFTW_ESTIMATE" in flags else "kept" if "FFTW_WISDOM_ONLY" in flags else
+                    "measured" if "FFTW_MEASURE" in flags else flags)
         return plan
 
-    def planned(shape):
+    def plan(shape):
         made.clear()
         _fftw.FFTWTransforms(shape, 1, torch.float32)
-        flags = set(made)
-        return "estimate" if all("FFTW_ESTIMATE" in f for f in flags) else \
-            "measured" if all("FFTW_MEASURE" in f and "FFTW_WISDOM_ONLY" not in f for f in flags) else \
-            "kept" if all("FFTW_WISDOM_ONLY" in f for f in flags) else flags
+        return made[0] if len(set(made)) == 1 else tuple(made)
 
     monkeypatch.setattr(pyfftw, "FFTW", recording)
+    return plan
+
+
+def _new_process(monkeypatch):
+    """As a later process: the wisdom and sizes files are read again, nothing met or measured yet."""
+    monkeypatch.setattr(_fftw, "_wisdom_loaded", False)
+    monkeypatch.setattr(_fftw, "_met", {})
+    monkeypatch.setattr(_fftw, "_measured_s", 0.0)
+
+
+@needs_fftw
+def test_the_auto_planner_measures_a_size_once_it_recurs(planned, tmp_path, monkeypatch):
+    """Measuring plans cost 57-81 % of a first 20-iteration run (5-20 s per shape): a size met for
+    the first time gets estimated plans at once; met again by a later process (the sizes file), or
+    RECUR_IN_PROCESS times in this one, it is measured, and measured plans kept are reused."""
     once, often = (5, 21, 38), (5, 23, 38)  # planned nowhere else in the tests
     assert planned(once) == "estimate" and planned(once) == "estimate"  # this process: not yet recurring
     assert "5x21x38:float32" in (tmp_path / os.path.basename(_fftw._sizes_path())).read_text()
@@ -273,6 +289,29 @@ def test_the_auto_planner_measures_a_size_once_it_recurs(backend, tmp_path, monk
     monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "fast")
     with pytest.raises(InputError, match="not auto, estimate, measure or patient"):
         _fftw.FFTWTransforms(once, 1, torch.float32)
+
+
+@needs_fftw
+def test_a_process_measures_plans_of_sizes_met_before_within_its_budget(planned, monkeypatch):
+    """The second run of a chunked command measured all its block shapes at once (43 s of CPU
+    against 11.7 s for the first): once a process has measured for MEASURE_BUDGET seconds, the
+    plans of sizes met by earlier runs are estimated (or taken measured from the wisdom) and a
+    later run measures them. Sizes recurring in this process, and DECONV3D_FFTW_PLANNER=measure,
+    are not held to it."""
+    monkeypatch.setattr(_fftw, "MEASURE_BUDGET", 1.0)  # one plan's measuring: a size has two plans here
+    first, second, third = (6, 21, 38), (6, 23, 38), (6, 25, 38)  # planned nowhere else in the tests
+    assert [planned(first), planned(second)] == ["estimate", "estimate"]  # a first run meets them
+    _new_process(monkeypatch)
+    assert planned(first) == ("measured", "estimate")  # the budget is spent after its forward plan
+    assert planned(second) == "estimate"
+    assert planned(first) == ("kept", "estimate")  # what was measured is used all the same
+    monkeypatch.setattr(_fftw, "RECUR_IN_PROCESS", 2)
+    assert [planned(third), planned(third)] == ["estimate", "measured"]  # recurs in this process
+    _new_process(monkeypatch)
+    assert planned(first) == "measured"  # the next run measures the plan left (the other is in the wisdom)
+    assert planned(second) == "estimate" and _fftw._measured_s == 1.0
+    monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "measure")
+    assert planned((6, 27, 38)) == "measured" and _fftw._measured_s == 3.0
 
 
 def test_processes_recording_sizes_at_once_keep_every_size(tmp_path, monkeypatch):
