@@ -36,7 +36,7 @@ class _Workspace:
         self.estimate_in = est_in if whole else est_in[est_crop]
         self.ratio = ratio_in if tuple(p.data.shape) == p.fft_shape else ratio_in[p.data_crop]
         self.factor = self.full if whole else self.full[est_crop]
-        # Both built here, leaving the problem as it was: p.otf is shared with the convolver's cache.
+        # Both built here, leaving the problem as it was: p.otf may be kept for the next block (_reuse).
         self.otf = p.otf * self.fft.scale if self.fft.scale != 1.0 else p.otf
         self.otf_conj = self.otf.conj_physical()
         self.ops = ops_for(p.data.device, p.data.dtype)  # the element-wise passes (deconv3d._rl_ops)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from deconv3d._voxel import checked_voxel_size
+from deconv3d.classical._reuse import keep_setup, kept_setup
 from deconv3d.errors import InputError
 from deconv3d.fft import (FFTConvolver, as_array, as_tensor, fast_shape, irfftn, kernel_origin, pad_spatial,
                           refuse_complex, same_fft_shape)
@@ -26,13 +27,13 @@ class _Problem:
     """The fixed pieces of one Richardson-Lucy run, built once before the loop."""
 
     data: torch.Tensor  # measured image (reflect mode: the reflect-extended image)
-    otf: torch.Tensor  # cached OTF for fft_shape, shared with the convolver's cache: never written
+    otf: torch.Tensor  # the OTF for fft_shape, kept for the next block of a chunked run (_reuse): never written
     fft_shape: tuple[int, ...]
     dims: tuple[int, ...]
     data_crop: tuple  # where the data sit inside an FFT-shaped buffer
     result_crop: tuple  # where the returned image sits inside the estimate
     estimate_shape: tuple[int, ...]
-    inv_weight: Optional[torch.Tensor] = None  # Bertero-Boccacci 1 / H^T(1), 0 where unreliable
+    inv_weight: Optional[torch.Tensor] = None  # Bertero-Boccacci 1 / H^T(1), 0 where unreliable (kept too)
     # Per axis, the first and last index of the estimate's forward differences that join no physical
     # neighbours (the TV term zeroes them): the last voxel, or for Bertero's wrapped layout the gap
     # between the end of the margin after the image and the start of the margin before it.
@@ -207,15 +208,14 @@ def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str, weight: boo
     if boundary == "bertero":
         # Image at the origin, the margins of the extended object wrap around the end.
         fft_shape = rl_fft_shape(n, k, boundary)
-        problem = _Problem(y, conv.otf(fft_shape), fft_shape, conv.dims, whole, whole, fft_shape)
-        problem.inv_weight = _bertero_inverse_weight(problem) if weight else None
+        problem = _set_up(_Problem(y, None, fft_shape, conv.dims, whole, whole, fft_shape), conv, boundary, weight)
         # The extended object runs from the margin before the image (k-1-o voxels, wrapped to the
         # buffer's end) through the image to the margin after it (o voxels); between them, a gap.
         problem.seams = tuple((a + b - 1, f - (c - 1 - b) - 1) for a, b, c, f in zip(n, o, k, fft_shape))
         return problem
     if boundary == "periodic":
         # Circulant model at the image's own shape: cheapest, but light wraps across the borders.
-        return _Problem(y, conv.otf(n), n, conv.dims, whole, whole, n)
+        return _set_up(_Problem(y, None, n, conv.dims, whole, whole, n), conv, boundary, False)
     if boundary == "reflect":
         # The mirrored field is itself lit from outside: zero-boundary RL on it rings from its
         # edges into the image (border error 1.1-2.1x the interior's), so it gets the Bertero model.
@@ -224,7 +224,21 @@ def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str, weight: boo
         problem.result_crop = tuple(slice(b, b + s) for b, s in zip(before, n))
         return problem
     fft_shape = rl_fft_shape(n, k, boundary)
-    return _Problem(y, conv.otf(fft_shape), fft_shape, conv.dims, whole, whole, tuple(y.shape))
+    return _set_up(_Problem(y, None, fft_shape, conv.dims, whole, whole, n), conv, boundary, False)
+
+
+def _set_up(p: _Problem, conv: FFTConvolver, boundary: str, weight: bool) -> _Problem:
+    """``p`` with its OTF and, with ``weight``, Bertero's ``1 / H^T 1``: those of the previous block of
+    a chunked run where it had the same shape and PSF (:mod:`deconv3d.classical._reuse`), else new."""
+    key = (boundary, tuple(p.data.shape), tuple(p.fft_shape), str(p.data.device), p.data.dtype)
+    kept = kept_setup(key, conv.psf)
+    p.otf = conv.otf(p.fft_shape) if kept is None else kept.otf
+    held = None if kept is None else kept.inv_weight
+    if weight:
+        p.inv_weight = _bertero_inverse_weight(p) if held is None else held
+    if kept is None or (weight and held is None):  # something new to keep
+        keep_setup(key, conv.psf, p.otf, p.inv_weight)
+    return p
 
 
 def _bertero_inverse_weight(p: _Problem, threshold: float = 1e-3) -> torch.Tensor:

@@ -103,10 +103,25 @@ def block_regions(shape: Sequence[int], block_sizes: Sequence[Sequence[int]], ha
     ``read`` is the block's core plus ``halo`` on each side, clipped at the volume border (no
     padding); ``trim`` selects the core inside what was read; ``write`` is the core's place in
     the volume.
+
+    Blocks come grouped by the shape they read (per axis, the most common length first), so that
+    a method's set-up for one shape serves the blocks that follow (RL's OTF and Bertero weight:
+    :mod:`deconv3d.classical._reuse`); row by row, 8 blocks of a 96 x 384 x 384 volume in three
+    shapes changed shape at 6 of 7 steps. Each block writes its own chunks, so the order changes
+    nothing else.
     """
-    per_axis = [axis_regions(n, sizes, h) for n, sizes, h in zip(shape, block_sizes, halo)]
-    for combo in _product(per_axis):
-        yield tuple(c[0] for c in combo), tuple(c[1] for c in combo), tuple(c[2] for c in combo)
+    per_axis = [_by_length(axis_regions(n, sizes, h)) for n, sizes, h in zip(shape, block_sizes, halo)]
+    for groups in _product(per_axis):
+        for combo in _product(groups):
+            yield tuple(c[0] for c in combo), tuple(c[1] for c in combo), tuple(c[2] for c in combo)
+
+
+def _by_length(regions: list) -> list[list]:
+    """One axis's ``regions`` (:func:`axis_regions`) in groups of one read length, the largest first."""
+    groups: dict = {}
+    for region in regions:
+        groups.setdefault(region[0].stop - region[0].start, []).append(region)
+    return sorted(groups.values(), key=len, reverse=True)
 
 
 def axis_regions(n: int, sizes: Sequence[int], halo: int) -> list[tuple[slice, slice, slice]]:
@@ -236,6 +251,15 @@ def abandoned() -> bool:
     """
     event = getattr(_BLOCK, "abandon", None)
     return event is not None and event.is_set()
+
+
+def block_run():
+    """The run whose block this thread computes: an object that lives as long as the run (one
+    :func:`run_blocks` call in this process; on a cluster's workers, the block's task), or None
+    outside run_blocks' tasks. A block callable may keep what it set up for one block for the
+    next blocks of its run, tied to this object by a weak reference (RL's OTF:
+    :mod:`deconv3d.classical._reuse`), so that it goes with the run."""
+    return getattr(_BLOCK, "abandon", None)
 
 
 def _apply(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray, placement: Placement | None = None) -> np.ndarray:

@@ -29,6 +29,10 @@ shape ``fast_shape(block + psf - 1)``, ``S`` the half-spectrum elements (about `
   workspace is gone.)
 
 The set-up of ``1 / H^T 1`` and of the OTF holds less, and is freed before the workspace exists.
+Between blocks the last block's OTF and ``1 / H^T 1`` stay for a next block of its shape
+(:mod:`deconv3d.classical._reuse`): 1 F real and 1 S complex, less than that block held, dropped
+by a block of another shape before it builds its own, and during a block of that shape its own
+(counted above). So they add to no block's count.
 The zero and periodic boundaries need smaller FFTs, so the Bertero count bounds them. The
 reflect boundary runs the Bertero model on the block mirrored by the PSF half-size: ``F`` from
 ``block + 2 (psf - 1)``, and its data arrays are that mirrored block's size.

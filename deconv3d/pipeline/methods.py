@@ -59,7 +59,7 @@ import numpy as np
 
 from deconv3d.errors import refuse_non_finite
 from deconv3d.fft import psf_rms_width
-from deconv3d.pipeline.chunked import Placement, abandoned
+from deconv3d.pipeline.chunked import Placement, abandoned, block_run
 from deconv3d.pipeline.records import method_fft_shapes
 from deconv3d.psf import fit_psf
 
@@ -106,14 +106,18 @@ class RichardsonLucyBlock:
     tv_scale: Optional[float] = None  # the volume's, set by prepare (see richardson_lucy)
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
+        """RL on ``block``; the OTF and Bertero weight of one block shape are kept for the next
+        blocks of the run (:mod:`deconv3d.classical._reuse`; run_blocks hands blocks over grouped by shape)."""
         from deconv3d.classical import richardson_lucy
+        from deconv3d.classical._reuse import reusing_setup
 
         if (block <= 0).all():  # a dark block (background subtracted): RL's zeros, without its warning; NaN: RL refuses
             return np.zeros(block.shape, np.float32)
-        return _finite(richardson_lucy(block, fit_psf(self.psf, block.shape), self.iterations, boundary=self.boundary,
-                                       tv_weight=self.tv_weight, accelerate=self.accelerate,
-                                       voxel_size=self.voxel_size, device=self.device, callback=_stop_if_abandoned,
-                                       tv_scale=self.tv_scale), block)
+        with reusing_setup(block_run()):
+            result = richardson_lucy(block, fit_psf(self.psf, block.shape), self.iterations, boundary=self.boundary,
+                                     tv_weight=self.tv_weight, accelerate=self.accelerate, voxel_size=self.voxel_size,
+                                     device=self.device, callback=_stop_if_abandoned, tv_scale=self.tv_scale)
+        return _finite(result, block)
 
     def halo(self) -> tuple[int, ...]:
         """:func:`rl_halo`, half as wide again for accelerated runs with the zero or reflect boundary.

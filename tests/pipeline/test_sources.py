@@ -71,3 +71,23 @@ def test_blocks_read_only_their_region_and_run_at_most_workers_at_once(tmp_path,
     assert counting.voxels == expected  # each block read once, its own region plus halo only
     assert counting.most <= 2
     np.testing.assert_array_equal(read_ome_zarr(tmp_path / "o.zarr")[0], 2 * volume)
+
+
+def test_blocks_come_grouped_by_shape_and_each_shape_sets_up_rl_once(tmp_path, volume, psf3d, monkeypatch):
+    """Every block computed its OTF and Bertero weight again (9 of each for 8 blocks in 3 shapes
+    and the measuring box of a 96 x 384 x 384 run, 18 % of its CPU): blocks now come grouped by
+    the shape they read, a run keeps one set-up for the next block of its shape, and none is kept
+    once the run is over."""
+    from deconv3d import fft
+    from deconv3d.classical import _reuse
+
+    fn, chunks = RichardsonLucyBlock(psf3d, iterations=2), (24, 16, 16)
+    sizes, depth, _ = plan_chunks(volume.shape, chunks, fn.halo())
+    shapes = [tuple(s.stop - s.start for s in read) for read, _, _ in block_regions(volume.shape, sizes, depth)]
+    changes = sum(a != b for a, b in zip(shapes, shapes[1:]))
+    assert changes == len(set(shapes)) - 1 and len(set(shapes)) == 4 and len(shapes) == 9
+    computed, otf = [], fft.FFTConvolver.otf
+    monkeypatch.setattr(fft.FFTConvolver, "otf", lambda self, *a, **k: computed.append(1) or otf(self, *a, **k))
+    run_chunked(volume, fn, tmp_path / "o.zarr", chunks=chunks, workers=1)
+    assert len(computed) == 4
+    assert _reuse._kept[0] is None
