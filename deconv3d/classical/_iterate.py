@@ -74,7 +74,18 @@ def _factor_from_blur(p: _Problem, ws: _Workspace) -> torch.Tensor:
 
 
 class _TV:
-    """Dey et al. (2006) TV term: ``1 / (1 - λ div(∇u / |∇u|))`` with forward/backward differences."""
+    """Dey et al. (2006) TV term: ``1 / (1 - λ div(∇u / |∇u|_ε))`` with forward/backward differences.
+
+    ``|∇u|_ε = sqrt(|∇u|² + ε²)`` keeps flat areas finite, with ``ε = max(1e-3 · scale, λ u Σ_i 4 / s_i²)``
+    per voxel (``s_i`` the spacing relative to the finest axis). Why the second term: where
+    ``|∇u| << ε`` the update is the explicit diffusion ``u + (λ u / ε) Δu``, which multiplies the
+    voxel-by-voxel checkerboard (the discrete Laplacian's largest eigenvalue, ``Σ_i 4 / s_i²``) by
+    ``1 - λ u Σ_i 4 / s_i² / ε``. With ``ε = 1e-3 · scale`` alone that was -23 at λ = 0.002 on a
+    flat region at the data's peak: even noise-free flat data became a checkerboard that flipped
+    every iteration (±0.5 % at λ = 0.002, ±2.5 % at 0.01), and noisy data at λ >= 0.01 alternated
+    between two estimates (0.9-27 % change per iteration). With this ε the factor is 0 or more at
+    every intensity: the checkerboard dies in a step. The demo's RL-TV PSNR stayed at 33.27 dB.
+    """
 
     def __init__(self, shape, ndim: int, weight: float, voxel_size, data: torch.Tensor, seams=None,
                  scale: float | None = None):
@@ -82,10 +93,10 @@ class _TV:
         self.seams = seams if seams is not None else tuple((n - 1, n - 1) for n in shape)  # Neumann ends
         self.spacing = _spacing(ndim, voxel_size)
         self.ndim = ndim
-        # |∇u| is regularised by a small fraction of the data scale (``scale``, else the data's
-        # largest absolute value) so flat areas stay finite.
+        # ``scale``, else the data's largest absolute value, sets ε's floor (dim voxels).
         peak = data.abs().max().clamp_min(1e-12) if scale is None else max(float(scale), 1e-12)
-        self.eps2 = float((1e-3 * peak) ** 2)
+        self.eps = float(1e-3 * peak)
+        self.stable = weight * sum(4.0 / s ** 2 for s in self.spacing)  # ε's ratio to u (above)
         dev, dt = data.device, data.dtype
         self.grads = [torch.empty(shape, device=dev, dtype=dt) for _ in range(ndim)]
         self.norm = torch.empty(shape, device=dev, dtype=dt)
@@ -97,8 +108,8 @@ class _TV:
         return cls(p.estimate_shape, p.data.ndim, weight, voxel_size, p.data, p.seams, scale) if weight > 0 else None
 
     def denominator(self, u: torch.Tensor) -> torch.Tensor:
-        """``1 - λ div(∇u/|∇u|)`` at ``u`` (a reused buffer; positive for λ below the limit)."""
-        self.norm.fill_(self.eps2)
+        """``1 - λ div(∇u/|∇u|_ε)`` at ``u`` (a reused buffer; positive for λ below the limit)."""
+        torch.mul(u, self.stable, out=self.norm).clamp_min_(self.eps).square_()  # ε²
         for axis, g in enumerate(self.grads):
             _forward_diff(u, axis, self.spacing[axis], out=g, seam=self.seams[axis])
             self.norm.addcmul_(g, g)

@@ -65,14 +65,13 @@ def richardson_lucy(
         Weight λ of the total-variation term [2]_; 0 disables it. Must be below
         ``1 / sum_i(2 / s_i)`` (``s_i`` the voxel spacing relative to the finest axis;
         1/6 for isotropic 3D) so that the update stays positive. In practice keep it at
-        0.001-0.01: above about 0.01 the scheme alternates between two estimates on noisy
-        data instead of settling (measured on a 100-photon phantom: a change of 1.6 % per
-        iteration at 0.01, 7 % at 0.03, against 0.3 % at 0.002), so the result depends on
-        the iteration count's parity and ``tol`` may never be met; it was also less
-        accurate there.
+        0.001-0.01: on a 100-photon phantom (zero boundary, 60 iterations) plain RL scored
+        32.0 dB, the TV term 32.7 dB at 0.002 and 33.0 at 0.01, but 32.3 at 0.03 and 31.4 at
+        0.1 (smoother than the object).
     tv_scale : float, optional
-        The intensity scale of the TV term: ``|∇u|`` is regularised by ``1e-3 * tv_scale``
-        so that flat areas stay finite. Default: the image's largest absolute value. A block
+        The intensity scale of the TV term: ``|∇u|`` is regularised by at least
+        ``1e-3 * tv_scale`` so that flat areas stay finite (see Notes). Default: the image's
+        largest absolute value. A block
         of a larger volume passes the volume's (the chunked pipeline does): with its own, a
         dim block was regularised otherwise than in a whole-volume run (up to 2 % of its
         peak apart at TV weight 0.002, with a step at the seams).
@@ -142,10 +141,13 @@ def richardson_lucy(
     Notes
     -----
     Negative data values (read noise around a zero background) are set to zero first: the
-    Poisson model behind RL has no negative counts. The update is ``u_{k+1} = u_k / (1 - λ div(∇u_k / |∇u_k|)) · H^T(y / (H u_k))`` [1]_ [2]_,
+    Poisson model behind RL has no negative counts. The update is ``u_{k+1} = u_k / (1 - λ div(∇u_k / |∇u_k|_ε)) · H^T(y / (H u_k))`` [1]_ [2]_,
     with ``H`` the convolution with the PSF and ``H^T`` its transpose (correlation). The
     Bertero boundary replaces ``H^T(·)`` by ``H^T(M ·) / H^T(M 1)`` with ``M`` the image
-    mask on the extended domain.
+    mask on the extended domain. ``|∇u|_ε = sqrt(|∇u|² + ε²)`` with, per voxel,
+    ``ε = max(1e-3 · tv_scale, λ u Σ_i 4 / s_i²)``: the second term keeps the explicit TV
+    step stable on flat areas, which with ``1e-3 · tv_scale`` alone became a checkerboard
+    flipping every iteration (±0.5 % of a flat image at λ = 0.002, ±2.5 % at 0.01).
 
     References
     ----------
