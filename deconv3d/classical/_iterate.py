@@ -87,15 +87,12 @@ class _TV:
     every intensity: the checkerboard dies in a step. The demo's RL-TV PSNR stayed at 33.27 dB.
     """
 
-    def __init__(self, shape, ndim: int, weight: float, voxel_size, data: torch.Tensor, seams=None,
-                 scale: float | None = None):
+    def __init__(self, shape, ndim: int, weight: float, voxel_size, data: torch.Tensor, seams, scale: float):
         self.weight = weight
         self.seams = seams if seams is not None else tuple((n - 1, n - 1) for n in shape)  # Neumann ends
         self.spacing = _spacing(ndim, voxel_size)
         self.ndim = ndim
-        # ``scale``, else the data's largest absolute value, sets ε's floor (dim voxels).
-        peak = data.abs().max().clamp_min(1e-12) if scale is None else max(float(scale), 1e-12)
-        self.eps = float(1e-3 * peak)
+        self.eps = 1e-3 * max(float(scale), 1e-12)  # ε's floor (dim voxels)
         self.stable = weight * sum(4.0 / s ** 2 for s in self.spacing)  # ε's ratio to u (above)
         dev, dt = data.device, data.dtype
         self.grads = [torch.empty(shape, device=dev, dtype=dt) for _ in range(ndim)]
@@ -103,8 +100,11 @@ class _TV:
         self.div = torch.empty(shape, device=dev, dtype=dt)
 
     @classmethod
-    def for_problem(cls, p: _Problem, weight: float, voxel_size, scale: float | None = None) -> Optional["_TV"]:
-        """The TV term on ``p``'s estimate (None for weight 0), across the physical neighbours only."""
+    def for_problem(cls, p: _Problem, weight: float, voxel_size, scale: float) -> Optional["_TV"]:
+        """The TV term on ``p``'s estimate (None for weight 0), across the physical neighbours only.
+
+        ``scale``: see ``rl._tv_for``.
+        """
         return cls(p.estimate_shape, p.data.ndim, weight, voxel_size, p.data, p.seams, scale) if weight > 0 else None
 
     def denominator(self, u: torch.Tensor) -> torch.Tensor:

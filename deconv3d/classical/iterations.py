@@ -8,8 +8,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from deconv3d.classical._iterate import _TV, _Workspace, _blur, _initial_estimate, _rl_update
+from deconv3d.classical._iterate import _Workspace, _blur, _initial_estimate, _rl_update
 from deconv3d.classical._problem import _Problem, _check_inputs, _check_options, _holdout_problem
+from deconv3d.classical.rl import _tv_for
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
 
@@ -179,7 +180,7 @@ def choose_iterations(
                          "count yourself (--iterations N on the command line), or hold out more")
     keep = (~held).to(dtype)
     problem = _holdout_problem(y, h, boundary, keep)
-    tv = _TV.for_problem(problem, tv_weight, voxel_size)
+    tv = _tv_for(problem, tv_weight, voxel_size, None, y, keep)  # richardson_lucy's with these weights
     target, count = y.clamp_min(0)[held], max(int(held.sum()), 1)
     risk: list[float] = []
     stopped = "max_iterations"

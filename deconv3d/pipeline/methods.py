@@ -331,18 +331,17 @@ PEAK_SLAB_BYTES = 64 * 2**20
 
 
 def volume_peak(data) -> float:
-    """The largest absolute value of ``data`` (an array or a reader's view of one volume), or 1e-12
-    where it is all zero: the TV term's scale (:func:`deconv3d.classical.richardson_lucy`'s
-    ``tv_scale``) that every block of a chunked run then shares. Read in boxes of whole chunks (whole
-    planes of a TIFF) of at most :data:`PEAK_SLAB_BYTES` (:func:`~deconv3d.pipeline.readers.storage_boxes`),
-    so that each chunk is decoded once."""
+    """The TV term's scale (:func:`deconv3d.classical.richardson_lucy`'s ``tv_scale``) of ``data``
+    (an array or a reader's view of one volume), that every block of a chunked run then shares:
+    the default a whole-volume run takes (its largest value, at least 1e-12), here over slabs. Read
+    in boxes of whole chunks (whole planes of a TIFF) of at most :data:`PEAK_SLAB_BYTES`
+    (:func:`~deconv3d.pipeline.readers.storage_boxes`), so that each chunk is decoded once."""
+    from deconv3d.classical.rl import _default_tv_scale
     from deconv3d.pipeline.readers import storage_boxes, storage_unit
 
-    peak = 0.0
-    for box in storage_boxes(tuple(data.shape), storage_unit(data), PEAK_SLAB_BYTES):
-        piece = np.asarray(data[box])  # NaN and Inf are left to the blocks, which refuse them by name
-        peak = max(peak, float(np.max(np.abs(piece), initial=0.0, where=np.isfinite(piece))))
-    return max(peak, 1e-12)
+    # NaN and Inf are left to the blocks, which refuse them by name
+    boxes = storage_boxes(tuple(data.shape), storage_unit(data), PEAK_SLAB_BYTES)
+    return max((_default_tv_scale(np.asarray(data[box])) for box in boxes), default=1e-12)
 
 
 def _preload(device) -> None:
