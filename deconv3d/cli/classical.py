@@ -83,7 +83,8 @@ def _deconvolve_parser(sub) -> None:
                         "5%% held-out voxels (deconv3d.classical.choose_iterations) and runs plain RL, "
                         "without acceleration, for that many")
     p.add_argument("--tv-weight", type=float, default=0.002,
-                   help="TV weight for rl-tv (default 0.002; keep it at 0.001-0.01: above, the iteration oscillates)")
+                   help="TV weight for rl-tv (default 0.002; keep it at 0.001-0.01: above, the result gets smoother "
+                   "than the object and darker; it must stay below 1/6 for isotropic 3D voxels)")
     p.add_argument("--no-accelerate", action="store_true", help="turn off Biggs-Andrews acceleration")
     p.add_argument("--boundary", choices=BOUNDARIES, default="bertero",
                    help="border handling for RL (default bertero: no ringing at the borders)")
@@ -183,6 +184,7 @@ def cmd_deconvolve(args) -> int:
 
     from deconv3d.classical import richardson_lucy, wiener
     from deconv3d.io import assume_psf_voxel, write_tiff
+    from deconv3d.pipeline.settings import check_tv_weight
 
     _one_per_channel(args)
     warnings = _unused_option_warnings(args)
@@ -210,6 +212,8 @@ def cmd_deconvolve(args) -> int:
     if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
         voxel = trained.voxel_for(voxel, image.data.ndim, args.input, warnings)
     voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input, warnings, partial=image.partial_voxel)
+    if args.method == "rl-tv":
+        check_tv_weight(args.tv_weight, image.data.ndim, voxel, Path(args.input).name)
     # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
     psf = load_psf(args, image, voxel, fit_image=trained is None) if (args.psf or args.psf_model) else None
     print_warnings(warnings)

@@ -169,7 +169,8 @@ def register(sub) -> None:
     p.add_argument("--method", choices=METHODS, help="deconvolution method (default rl)")
     p.add_argument("--iterations", type=_batch_iterations, help="RL iterations (default 20)")
     p.add_argument("--tv-weight", type=float,
-                   help="TV weight for rl-tv (default 0.002; keep it at 0.001-0.01: above, the iteration oscillates)")
+                   help="TV weight for rl-tv (default 0.002; keep it at 0.001-0.01: above, the result gets smoother "
+                   "than the object and darker; it must stay below 1/6 for isotropic 3D voxels)")
     p.add_argument("--accelerate", action=argparse.BooleanOptionalAction, default=None,
                    help="Biggs-Andrews acceleration (default on; --no-accelerate turns it off)")
     p.add_argument("--boundary", choices=BOUNDARIES, help="RL border handling (default bertero)")

@@ -41,7 +41,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     from deconv3d.pipeline.batch import spatial_voxel
     from deconv3d.pipeline.negatives import check_has_positive
     from deconv3d.pipeline.output import remove_stale_temporaries
-    from deconv3d.pipeline.settings import _many, channel_count
+    from deconv3d.pipeline.settings import _many, channel_count, check_tv_weight
 
     input_path, output_path = Path(input_path), Path(output_path)
     # before any work, as the command line checks (a batch's outputs are checked only here: it
@@ -58,6 +58,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
                                  partial=lazy.partial_voxel)
         for psf in others if voxel is not None else ():
             assume_psf_voxel(voxel, psf, len(spatial_shape), input_path.name, warnings)
+    if settings.method == "rl-tv":
+        check_tv_weight(settings.tv_weight, len(spatial_shape), voxel, input_path.name)
     check_channel_count(lazy, channel_count(settings))
     _check_one_image_for_tiff(lazy, output_path, settings)
     if settings.chunks and len(settings.chunks) < len(spatial_shape):

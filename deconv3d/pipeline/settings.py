@@ -23,7 +23,8 @@ METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
 PSF_MODELS = ("gaussian", "gibson-lanni", "vectorial")
 OUTPUT_FORMATS = ("zarr", "tif")
-#: Above every image's limit on the RL-TV weight (1 / sum(2 / s_i), s_i the spacing relative to the finest axis).
+#: Above every image's limit on the RL-TV weight (1 / sum(2 / s_i), s_i the spacing relative to the finest axis);
+#: each file's own is checked once its voxel size is known (:func:`check_tv_weight`).
 TV_WEIGHT_MAX = 0.5
 
 
@@ -82,7 +83,8 @@ class Settings:
                f"{_n('iterations')} must be a positive integer, got {self.iterations!r}")
         _check(_positive(self.balance), f"{_n('balance')} must be positive, got {self.balance!r}")
         _check(self.method != "rl-tv" or (_positive(self.tv_weight) and self.tv_weight < TV_WEIGHT_MAX),
-               f"{_n('method')} rl-tv needs a positive {_n('tv_weight')} below {TV_WEIGHT_MAX} (try 0.002), got {self.tv_weight!r}")
+               f"{_n('method')} rl-tv needs a positive {_n('tv_weight')} below {TV_WEIGHT_MAX}, and below 1/6 for "
+               f"isotropic 3D voxels (try 0.002), got {self.tv_weight!r}")
         _check(isinstance(self.pattern, tuple) and self.pattern
                and all(isinstance(p, str) and p.strip() and not Path(p).is_absolute() and ".." not in Path(p).parts
                        for p in self.pattern),
@@ -283,6 +285,20 @@ def _is_number(v) -> bool:
 
 def _positive(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def check_tv_weight(tv_weight: float, ndim: int, voxel, image: str) -> None:
+    """Refuse, before any work, an RL-TV weight at or above ``image``'s own limit, ``1 / Σ_i 2 / s_i``
+    (``s_i`` its voxel spacing relative to the finest axis; :func:`deconv3d.classical.richardson_lucy`),
+    naming the command's option. :data:`TV_WEIGHT_MAX` bounds every image's limit, not this one's:
+    with ``--chunks`` a weight of 0.4 passed it, then every block refused it by its Python name."""
+    from deconv3d.classical._problem import _tv_limit
+
+    limit = _tv_limit(ndim, voxel)
+    if not tv_weight < limit:
+        sizes = f"voxel size {format_sizes(voxel)} µm" if voxel is not None else "isotropic voxels"
+        raise InputError(f"--tv-weight {tv_weight:g} is too large for {image}: RL-TV needs it below {limit:.3g} "
+                         f"for its {ndim}D {sizes}: lower it (try 0.002)")
 
 
 #: True while :func:`make_settings` builds settings from a command's options (``deconvolve``).

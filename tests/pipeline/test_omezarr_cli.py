@@ -122,6 +122,12 @@ def test_batch_failing_file_exit_3_others_complete_and_resume(folder, capsys):
      ["error: --method rl-tv needs a positive --tv-weight below 0.5"]),  # was 'batch configuration: ... tv_weight'
     (["batch", "in", "-o", "out", "--psf", "psf.tif", "--method", "rl-tv", "--tv-weight", 0.7],
      ["batch configuration: method rl-tv needs a positive tv_weight"]),  # a config's keys: their names
+    # each image's own limit (voxel size 0.3 0.1 0.1), up front: 0.4 passed the check above, then every
+    # block refused it as 'tv_weight must be a number in [0, 0.214)', the Python name; so did a run in memory
+    (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--method", "rl-tv", "--tv-weight", 0.4,
+      "--chunks", 12, 12, 12], ["--tv-weight 0.4 is too large for img0.tif", "below 0.214", "0.3 0.1 0.1"]),
+    (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.tif", "--method", "rl-tv", "--tv-weight", 0.3],
+     ["--tv-weight 0.3 is too large for img0.tif", "below 0.214"]),
     (["deconvolve", "in/img0.tif", "--psf", "chunks/psf.tif", "-o", "x.zarr", "--chunks", 12, 12, 12],
      ["PSF file not found: chunks/psf.tif"]),  # the option names were put into the path too
 ])
