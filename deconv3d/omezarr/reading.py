@@ -333,10 +333,14 @@ class ZarrReader:
     """Regions of one array of a zarr (v2 or v3) store on disk, as float32.
 
     It pickles as the path (``remote``): every process, a dask.distributed worker included,
-    opens the array itself, once, and reads only the chunks a region touches.
+    opens the array itself, once, and reads only the chunks a region touches. Given a budget
+    (:meth:`cache_chunks`: a chunked run's blocks), it keeps decoded chunks for the next reads
+    (:class:`~deconv3d.omezarr.chunkcache.ChunkCache`); the budget pickles with it, each process
+    keeping a cache of its own.
     """
 
     remote = True
+    cache_budget, _cache = 0, None  # (class defaults: a reader made without __init__ keeps no chunks)
 
     def __init__(self, path, component: str = "", shape=None, drop: tuple[int, ...] = ()):
         self.path, self.component = os.path.abspath(path), str(component)  # absolute: as _TiffArray's
@@ -356,7 +360,30 @@ class ZarrReader:
         return self._array
 
     def __getstate__(self):
-        return {**self.__dict__, "_array": None}
+        return {**self.__dict__, "_array": None, "_cache": None}
+
+    def cache_chunks(self, budget: int) -> None:
+        """Keep up to ``budget`` bytes of decoded chunks from now on (0: none, and drop those held)."""
+        with _CACHE_LOCK:
+            if self._cache is not None:
+                self._cache.clear()
+            self._cache, self.cache_budget = None, max(0, int(budget))
+
+    def stored_bytes(self, lead: int = 0, region=None) -> int:
+        """:func:`~deconv3d.omezarr.chunkcache.stored_bytes` of this array."""
+        from deconv3d.omezarr.chunkcache import stored_bytes
+
+        return stored_bytes(self.chunks, self.shape, self._open().dtype.itemsize, lead, region)
+
+    def _cached(self):
+        if self.cache_budget <= 0:
+            return None
+        with _CACHE_LOCK:  # (once per process: threads reading at once share one)
+            if self._cache is None:
+                from deconv3d.omezarr.chunkcache import ChunkCache
+
+                self._cache = ChunkCache(self.cache_budget)
+            return self._cache
 
     @property
     def chunks(self) -> tuple[int, ...]:
@@ -371,7 +398,9 @@ class ZarrReader:
                 key.insert(axis, 0)
             key = tuple(key)
         try:
-            return _float32_block(self._open()[key], self.path)
+            cache = self._cached()
+            block = None if cache is None else cache.read(self._open(), key)
+            return _float32_block(self._open()[key] if block is None else block, self.path)
         except OSError as exc:
             _refuse_unreadable(self.path, key, exc)
             raise
@@ -407,6 +436,9 @@ class ZarrReader:
             if found is not None:
                 return found
         return None
+
+
+_CACHE_LOCK = threading.Lock()
 
 
 def _float32_block(block, path) -> np.ndarray:

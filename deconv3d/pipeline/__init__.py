@@ -12,6 +12,7 @@ optional pyramid, and renames the image into place only when it is complete
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -32,7 +33,7 @@ from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_ch
                                       parse_memory, planning_baseline, large_allocations_returned, round_chunks)
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
-from deconv3d.pipeline.readers import _View, as_reader
+from deconv3d.pipeline.readers import _View, as_reader, chunk_cache_budget, chunks_cached
 from deconv3d.pipeline.records import (provenance, psf_source, psf_summary, run_environment, run_fft_environment,
                                        tiff_properties)
 
@@ -190,7 +191,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     lead = sum(a in "TC" for a in axes)
     fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
     plan = _Plan.make(tuple(reader.shape[lead:]), fns or [block_fn], chunks, halo, memory_limit, model, workers,
-                      client)
+                      client).with_cache(reader, lead)
     indices = list(np.ndindex(*reader.shape[:lead]))
     total = plan.blocks * len(indices)
     execution = plan.execution(total, workers, client, asked_limit=memory_limit)
@@ -243,7 +244,8 @@ class _Plan:
     the blocks get (``depth``, clipped to the volume; none when it runs as one block), the blocks'
     dask chunks and count, the zarr chunks of the output, the chunks the blocks run
     with (``run_chunks``: the whole volume when preparing would run the method on it anyway), the
-    predicted peak memory and the memory limit (asked, or chosen from the free memory)."""
+    predicted peak memory, the memory limit (asked, or chosen from the free memory) and, once
+    :meth:`with_cache` has sized it, the input chunk cache (counted in the predicted peak)."""
 
     shape: tuple
     chunks: tuple
@@ -256,6 +258,7 @@ class _Plan:
     predicted: int | None
     memory_limit: object
     model: MemoryModel | None
+    cache: int = 0  # bytes of decoded input chunks the blocks may keep (chunk_cache_budget)
 
     @classmethod
     def make(cls, shape, block_fns, chunks, halo, memory_limit, model, workers, client) -> "_Plan":
@@ -296,6 +299,13 @@ class _Plan:
             shapes.update(tuple(s) for b in boxes for s in fn.fft_shapes(b))
         return sorted(shapes)
 
+    def with_cache(self, reader, lead: int) -> "_Plan":
+        """This plan with the input chunk cache its blocks may keep, counted in its predicted peak."""
+        block = _block_shape(self.shape, self.run_chunks, self.halo) if self.blocks > 1 else self.shape
+        cache = chunk_cache_budget(reader, lead, block, self.memory_limit, self.predicted)
+        predicted = None if self.predicted is None else self.predicted + cache
+        return dataclasses.replace(self, cache=cache, predicted=predicted)
+
     def execution(self, total: int, workers: int, client, asked_limit) -> dict:
         """How the run goes, as its provenance records it."""
         limit = self.memory_limit
@@ -318,17 +328,20 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: _Plan, cli
     try:
         for index in indices:
             fn = _fn_for(fns, block_fn, index, axes)
-            # prepare reads one box (no block is in flight meanwhile); a volume that is one block
-            # needs no common schedule, and preparing would run the method twice.
-            covered = []
-            if hasattr(fn, "prepare") and plan.blocks > 1:
-                fn, covered = _prepare(fn, _View(reader, index), plan, target_path, index)
-                done += len(covered)
-                if (covered and progress is not None and progress(done, total)) or cancel_requested(cancel):
-                    raise Cancelled(f"cancelled after {done} of {total} blocks")
-            done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
-                               client=client, workers=workers, progress=progress, done=done, total=total, pool=pool,
-                               skip=covered, cancel=cancel)
+            # the measuring box's chunks serve the blocks, unless a limit gives that box all of it
+            with chunks_cached(reader, plan.cache, now=plan.memory_limit is None) as start_cache:
+                # prepare reads one box (no block is in flight meanwhile); a volume that is one block
+                # needs no common schedule, and preparing would run the method twice.
+                covered = []
+                if hasattr(fn, "prepare") and plan.blocks > 1:
+                    fn, covered = _prepare(fn, _View(reader, index), plan, target_path, index)
+                    done += len(covered)
+                    if (covered and progress is not None and progress(done, total)) or cancel_requested(cancel):
+                        raise Cancelled(f"cancelled after {done} of {total} blocks")
+                start_cache()
+                done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
+                                   client=client, workers=workers, progress=progress, done=done, total=total,
+                                   pool=pool, skip=covered, cancel=cancel)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

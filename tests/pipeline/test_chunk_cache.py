@@ -1,0 +1,94 @@
+"""A chunked run decodes each chunk of an OME-Zarr input once, within the memory it plans for."""
+
+import collections
+import pickle
+
+import numpy as np
+import pytest
+import zarr
+
+from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
+from deconv3d.omezarr.chunkcache import ChunkCache
+from deconv3d.pipeline import run_chunked
+from deconv3d.pipeline.readers import ArrayReader, CHUNK_CACHE_BYTES, chunk_cache_budget
+
+
+def _count_chunk_fetches(monkeypatch) -> collections.Counter:
+    """Chunk files read from a local zarr store, by key (one per decode)."""
+    fetched = collections.Counter()
+    original = zarr.storage.LocalStore.get
+
+    async def get(self, key, *args, **kwargs):
+        if "/c/" in key and "in.zarr" in str(self.root):
+            fetched[key] += 1
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", get)
+    return fetched
+
+
+def _identity(block):
+    return block
+
+
+def test_a_chunked_run_decodes_each_input_chunk_once(tmp_path, monkeypatch):
+    """Found by the performance review: one-plane chunks were decoded by every block that read
+    them (9 lateral blocks here: each plane 9 to 18 times); blocks of a zarr whose chunks are wider
+    than a block decoded the whole chunk each."""
+    image = np.random.default_rng(0).random((12, 24, 24)).astype(np.float32)
+    for chunks in ((1, 24, 24), (12, 12, 24)):
+        write_ome_zarr(tmp_path / "in.zarr", image, chunks=chunks)
+        lazy = open_lazy(tmp_path / "in.zarr")
+        fetched = _count_chunk_fetches(monkeypatch)
+        run_chunked(lazy, _identity, tmp_path / "out.zarr", chunks=(6, 8, 8), halo=(2, 2, 2), workers=2)
+        n_chunks = np.prod([-(-n // c) for n, c in zip(image.shape, chunks)])
+        assert len(fetched) == n_chunks and set(fetched.values()) == {1}, (chunks, fetched)
+        np.testing.assert_array_equal(read_ome_zarr(tmp_path / "out.zarr")[0], image)
+        # dropped at the end of the run (they would stay with the image), and never pickled
+        assert lazy.reader.cache_budget == 0 and lazy.reader._cache is None
+        monkeypatch.undo()
+
+
+def test_the_cache_holds_the_chunks_of_a_block_within_what_the_plan_leaves(tmp_path):
+    write_ome_zarr(tmp_path / "in.zarr", np.ones((12, 24, 24), np.float32), chunks=(1, 24, 24))
+    reader = open_lazy(tmp_path / "in.zarr").reader
+    whole, block = 12 * 24 * 24 * 4, 9 * 24 * 24 * 4  # a block of 9 planes (halo included) spans 9 chunks
+    assert reader.stored_bytes() == whole and reader.stored_bytes(0, (9, 5, 5)) == block
+    assert chunk_cache_budget(reader, 0, (9, 5, 5)) == min(whole, CHUNK_CACHE_BYTES)  # no limit
+    assert chunk_cache_budget(reader, 0, (9, 5, 5), 10**6, 10**6 - whole - 1) == whole
+    assert chunk_cache_budget(reader, 0, (9, 5, 5), 10**6, 10**6 - block) == block
+    # too little left under the limit for one block's chunks: every read would decode anyway
+    assert chunk_cache_budget(reader, 0, (9, 5, 5), 10**6, 10**6 - block + 1) == 0
+    assert chunk_cache_budget(reader, 0, (12, 24, 24)) == 0  # one block reads every chunk once
+    assert chunk_cache_budget(ArrayReader(np.ones((4, 4))), 0, (2, 2)) == 0  # nothing to decode
+
+
+def test_cached_reads_equal_direct_reads_and_stay_within_budget(tmp_path):
+    data = np.arange(2 * 9 * 10 * 11, dtype=np.uint16).reshape(2, 9, 10, 11)
+    array = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(1, 4, 3, 5), dtype=data.dtype)
+    array[:] = data
+    chunk_bytes = 4 * 3 * 5 * 2
+    cache = ChunkCache(3 * chunk_bytes)
+    keys = [(1, slice(2, 7), slice(None), slice(3, None)), (-1, 0, slice(1, 9), slice(0, 11)),
+            (0,), (slice(0, 2), slice(3, 4), 9, slice(4, 6)), (1, slice(8, 20))]
+    for key in keys * 2:
+        np.testing.assert_array_equal(cache.read(array, key), data[key], err_msg=str(key))
+        assert cache.held <= cache.budget
+    assert cache.read(array, (0, slice(5, 5))) is None and cache.read(array, (slice(0, 2, 2),)) is None
+    small = ChunkCache(1)  # keeps no chunk, still reads right
+    np.testing.assert_array_equal(small.read(array, keys[0]), data[keys[0]])
+    assert small.held == 0
+
+
+def test_a_reader_pickles_its_budget_not_its_chunks(tmp_path):
+    write_ome_zarr(tmp_path / "in.zarr", np.ones((8, 16, 16), np.float32), chunks=(1, 16, 16))
+    reader = open_lazy(tmp_path / "in.zarr").reader
+    reader.cache_chunks(10**6)
+    np.testing.assert_array_equal(reader.read((slice(0, 8), slice(2, 9))), 1.0)
+    assert reader._cache.held == 8 * 16 * 16 * 4
+    copy = pickle.loads(pickle.dumps(reader))  # as a dask.distributed worker gets it
+    assert copy.cache_budget == 10**6 and copy._cache is None and len(pickle.dumps(reader)) < 1000
+    np.testing.assert_array_equal(copy.read((slice(0, 2),)), 1.0)
+    assert copy._cache.held == 2 * 16 * 16 * 4
+    reader.cache_chunks(0)
+    assert reader._cache is None and reader.read((0, 0, 0)) == pytest.approx(1.0)
