@@ -745,7 +745,8 @@ def test_chunked_and_batch_refuse_an_image_with_no_positive_value(folder, capsys
 
 
 def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
-    """An ordinary image costs one slab of reading, not a pass over the file."""
+    """An ordinary image costs a plane of reading and a sample for the negative share, not a pass
+    over the file."""
     from deconv3d.errors import InputError
     from deconv3d.pipeline import negatives
     from deconv3d.pipeline.readers import ArrayReader
@@ -758,17 +759,18 @@ def test_the_positive_value_scan_stops_at_the_first_slab_with_one(monkeypatch):
             return super().read(key)
 
     monkeypatch.setattr(negatives, "SCAN_SLAB_BYTES", 4 * 8 * 8 * 2)  # two planes of 8 x 8 per slab
+    monkeypatch.setattr(negatives, "SHARE_SAMPLE_BYTES", 4 * 8 * 8)  # one plane beyond the slab
     data = np.full((10, 8, 8), -1.0, np.float32)
     data[5, 3, 3] = 0.5
     with pytest.warns(RuntimeWarning, match="of img's voxels in a sample are negative"):
         negatives.check_has_positive(Counting(data), "img", "rl")
-    # stopped at the third slab, then one halfway through the rest for the negative share
-    assert [k[0] for k in reads] == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]
+    # a plane, then slabs up to the one with a positive voxel, then a plane halfway through the rest
+    assert [k[0] for k in reads] == [slice(0, 1), slice(1, 3), slice(3, 5), slice(5, 7), slice(8, 9)]
     data[5, 3, 3], data[1, 0, 0] = 0.0, 0.5
     reads.clear()
     with pytest.warns(RuntimeWarning, match="are negative"):
         negatives.check_has_positive(Counting(data), "img", "rl")
-    assert [k[0] for k in reads] == [slice(0, 2), slice(4, 6)]  # the first, then halfway through the rest
+    assert [k[0] for k in reads] == [slice(0, 1), slice(1, 3), slice(6, 7)]
     data[1, 0, 0] = 0.0
     with pytest.raises(InputError, match="img has no positive values, so rl would"):
         negatives.check_has_positive(Counting(data), "img", "rl")
@@ -846,7 +848,8 @@ def test_intensity_statistics_read_each_channel_whole_or_a_bounded_spread_sample
 def test_chunked_and_batch_warn_when_many_voxels_are_negative(folder, capsys, monkeypatch):
     """Background-subtracted data (noise around 0): the in-memory path warned that RL counts the
     negative voxels as 0; the chunked path and batch said nothing. The share is measured on a
-    sample (the first and middle slabs) and is close to the whole image's."""
+    sample (where the scan found a positive voxel, and planes spread over the rest) and is close
+    to the whole image's."""
     from deconv3d.errors import NEGATIVE_SHARE
     from deconv3d.pipeline import negatives
 
@@ -874,11 +877,12 @@ def test_chunked_and_batch_warn_when_many_voxels_are_negative(folder, capsys, mo
     flat[:n + 10] = -np.abs(flat[:n + 10])
     negatives.check_has_positive(low, "low", "rl", found)
     assert len(found) == 1 and "1% of low's voxels are negative" in found[0]
-    # A sample: 2 of 12 planes per slab, the first and the middle slab read.
+    # A sample: the first plane (it has a positive voxel), then 2 planes spread over the other 11.
     monkeypatch.setattr(negatives, "SCAN_SLAB_BYTES", 4 * 24 * 24 * 2)
+    monkeypatch.setattr(negatives, "SHARE_SAMPLE_BYTES", 4 * 24 * 24 * 2)
     found.clear()
     negatives.check_has_positive(image, "sub", "rl", found)
-    sample = np.concatenate([image[0:2], image[6:8]])
+    sample = image[[0, 3, 9]]
     assert len(found) == 1 and f"{np.mean(sample < 0):.0%} of sub's voxels in a sample are negative" in found[0]
     # Empty planes before the stack (no positive voxel by construction) are not part of the sample:
     # counted, they diluted a 40 % share to 2 % (and so did an empty middle slab when the data
@@ -886,7 +890,7 @@ def test_chunked_and_batch_warn_when_many_voxels_are_negative(folder, capsys, mo
     for empty in (12, 30):
         found.clear()
         negatives.check_has_positive(np.concatenate([np.zeros((empty, 24, 24), np.float32), image]), "padded", "rl", found)
-        sample = np.concatenate([image[0:2], image[6:8]])  # where the scan stopped, and halfway through the rest
+        # where the scan stopped (less the empty plane in its slab), and spread over the rest
         assert len(found) == 1 and f"{np.mean(sample < 0):.0%} of padded's voxels in a sample" in found[0], found
 
 
