@@ -54,27 +54,18 @@ def fft_record(device, fft_shapes: Iterable[Sequence[int]] = ()) -> dict:
     return record
 
 
-def training_environment(run: dict | None, model, fft_shapes: Optional[Iterable[Sequence[int]]] = ()) -> dict:
-    """The environment a checkpoint's network trained in: the one its run record already holds (a
-    loaded network saved again, or one whose training recorded it), else this process's with the
-    device of the network's weights (saved where it trained) and ``fft_shapes`` (:func:`run_environment`).
-    Threads and the FFT backend change the weights' last bits."""
-    if run and isinstance(run.get("environment"), dict):
-        return run["environment"]
-    return run_environment(next((p.device for p in model.parameters()), "cpu"), fft_shapes)
-
-
 def timestamp() -> str:
     """The local time as records hold it (ISO 8601 with the UTC offset)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def saving_record(run: dict | None, model, fft_shapes: Optional[Iterable[Sequence[int]]] = (), **given) -> dict:
+def saving_record(**given) -> dict:
     """What a checkpoint adds to its network's run record when saved: the deconv3d version and the
-    time of saving, the environment the network trained in (:func:`training_environment`), and the
-    ``given`` entries that are known (what it was trained on: files by path and SHA-256)."""
+    time of saving, and the ``given`` entries that are known (what it was trained on: files by path
+    and SHA-256). Not the environment: the training records its own (:func:`run_environment`, in
+    its result), which the run record keeps; this process's would be another machine's, threads or
+    FFT backend for a loaded network saved again, so a file that never recorded one keeps none."""
     from deconv3d import __version__
 
-    record = {"deconv3d_version": __version__, "saved": timestamp(),
-              "environment": training_environment(run, model, fft_shapes)}
+    record = {"deconv3d_version": __version__, "saved": timestamp()}
     return {**record, **{k: v for k, v in given.items() if v is not None}}

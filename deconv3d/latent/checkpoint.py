@@ -60,7 +60,7 @@ class TrainedAutoencoder:
     pixel_size: Optional[tuple[float, float]] = None  # (y, x) µm of the training planes, when known
     # how the training went: steps run, why it stopped, precision and ``best_step``, the step whose averaged
     # weights the file holds (the best validated, else the last: a run of 400 steps can hold those of step 100),
-    # and, once saved, the environment it trained in, the stacks it trained on, the deconv3d version and the
+    # the environment it trained in and, once saved, the stacks it trained on, the deconv3d version and the
     # time of saving (None from files written before it was recorded)
     run: Optional[dict] = None
 
@@ -72,6 +72,8 @@ class TrainedAutoencoder:
         validated = result.best_score is not None  # (else the last weights are kept)
         run = {"train_steps": result.steps_done, "stopped": result.reason, "precision": result.precision,
                "best_step": result.best_step if validated else result.steps_done}
+        if getattr(result, "environment", None) is not None:
+            run["environment"] = result.environment
         return cls(result.model, result.ae_config, result.config, np.asarray(result.levels, np.float32), shape,
                    result.best_score, pixel, run)
 
@@ -116,8 +118,9 @@ def save_checkpoint(trained, path, plane_shape=None, pixel_size=None, training_s
     same folder and moved onto ``path`` with :func:`os.replace`. ``plane_shape`` and the
     planes' ``(y, x)`` ``pixel_size`` (µm) are used only with a ``LatentTrainResult``.
     ``training_stacks`` (``blur train`` gives each file's path and SHA-256) is kept with the run
-    record beside the deconv3d version, the time of saving and the environment it trained in, as
-    ``deconv3d train``'s checkpoints keep their training image.
+    record beside the deconv3d version, the time of saving and the environment it trained in (the
+    training's own, ``LatentTrainResult.environment``: a file written before it was recorded, saved
+    again, still has none), as ``deconv3d train``'s checkpoints keep their training image.
 
     Examples
     --------
@@ -134,9 +137,8 @@ def save_checkpoint(trained, path, plane_shape=None, pixel_size=None, training_s
                          "rate or check the stacks")
     if not isinstance(trained, TrainedAutoencoder):
         trained = TrainedAutoencoder.from_result(trained, plane_shape, pixel_size)
-    if trained.run is not None:  # (a file from before the run record has none to extend; the network has no FFT)
-        saved = saving_record(trained.run, trained.model, None, training_stacks=training_stacks)
-        trained = replace(trained, run={**trained.run, **saved})
+    if trained.run is not None:  # (a file from before the run record has none to extend)
+        trained = replace(trained, run={**trained.run, **saving_record(training_stacks=training_stacks)})
     payload = _payload(trained)
     if not all(bool(torch.isfinite(t).all()) for t in payload["state_dict"].values() if t.is_floating_point()):
         raise InputError("the network has NaN or infinite weights (its training diverged), so there is no model "

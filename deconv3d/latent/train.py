@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from deconv3d._arrays import as_numpy
+from deconv3d._environment import run_environment
 from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, autocast, stop_reason
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
@@ -77,6 +78,9 @@ class LatentTrainResult:
     # what the network trained in: "float32", the mixed-precision autocast dtype ("bfloat16" on a CPU with
     # AMX, "float16" on CUDA; LatentTrainConfig.amp), or e.g. "bfloat16 for steps 1-3, then float32"
     precision: str = "float32"
+    # the device, threads and versions it trained in (deconv3d._environment.run_environment; the network has no
+    # FFT), which change the weights' last bits: recorded here, not where the result is saved
+    environment: Optional[dict] = None
 
     @property
     def stopped_early(self) -> bool:
@@ -342,4 +346,5 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
     evaluated.residual = bool(config.residual)  # the form it was trained in, for a caller that passes .model alone
     return LatentTrainResult(evaluated, history, validator.history, validator.best, validator.best_step,
                              step, reason, config, ae_config, levels.astype(np.float32),
-                             time.perf_counter() - started, terms, precision.name())
+                             time.perf_counter() - started, terms, precision.name(),
+                             run_environment(dev, fft_shapes=None))

@@ -159,8 +159,9 @@ def save_checkpoint(trained, path, *, training_image: dict | None = None) -> Non
     training_image : dict, optional
         What the network was trained on (``deconv3d train`` gives the file's path and SHA-256),
         kept with the run record beside the deconv3d version, the time of saving and the
-        environment it trained in (device, threads, FFT backend, versions): an output made with
-        the model records them in its provenance.
+        environment it trained in (device, threads, FFT backend, versions; recorded by the
+        training, so a file written before it was recorded, saved again, still has none): an
+        output made with the model records them in its provenance.
 
     Raises
     ------
@@ -178,8 +179,7 @@ def save_checkpoint(trained, path, *, training_image: dict | None = None) -> Non
                          "again and let it run")
     if not isinstance(trained, TrainedModel):
         trained = TrainedModel.from_result(trained)
-    saved = saving_record(trained.run, trained.model, training_image=None if training_image is None
-                          else dict(training_image))
+    saved = saving_record(training_image=None if training_image is None else dict(training_image))
     if trained.run is not None:  # (a checkpoint from before the run record has none to extend: a partial
         trained = replace(trained, run={**trained.run, **saved})  # record would make the file unloadable)
     atomic_torch_save(_payload(trained), path)

@@ -73,7 +73,9 @@ def test_the_checkpoint_records_the_step_whose_weights_it_holds(tmp_path, stacks
 
 
 def test_the_checkpoint_records_the_environment_it_trained_in(tmp_path, stacks):
-    """Threads, the FFT backend and the versions change the weights' last bits (reproducibility review)."""
+    """Threads, the FFT backend and the versions change the weights' last bits (reproducibility review):
+    the training records them; a file saved again keeps its own, or none where it never had one (it
+    was given the saving process's)."""
     from deconv3d.pipeline import run_environment
 
     result = train(stacks, [0, 1, 2], LatentTrainConfig(steps=1, batch=2, val_fraction=0.0),
@@ -84,6 +86,11 @@ def test_the_checkpoint_records_the_environment_it_trained_in(tmp_path, stacks):
     loaded.run["environment"] = {**loaded.run["environment"], "threads": 99}  # as trained on another machine
     save_checkpoint(loaded, tmp_path / "again.ckpt")  # saved again, it keeps its own
     assert load_checkpoint(tmp_path / "again.ckpt").run["environment"]["threads"] == 99
+    # one that never recorded it (written before it was recorded) is not given the saving process's
+    del loaded.run["environment"]
+    save_checkpoint(loaded, tmp_path / "old.ckpt")
+    assert "environment" not in load_checkpoint(tmp_path / "old.ckpt").run
+    assert result.environment == run_environment("cpu", fft_shapes=None)  # the training's own
 
 
 def test_file_holds_format_tag_and_plain_config(tmp_path):

@@ -253,3 +253,17 @@ def test_the_checkpoint_records_the_environment_it_trained_in(trained, tmp_path)
     loaded.run["environment"] = {**loaded.run["environment"], "threads": 99}  # as trained on another machine
     save_checkpoint(loaded, tmp_path / "again.ckpt")
     assert load_checkpoint(tmp_path / "again.ckpt").run["environment"]["threads"] == 99
+
+
+def test_a_checkpoint_that_never_recorded_its_environment_is_saved_again_without_one(trained, tmp_path):
+    """A file from before the environment was recorded, loaded and saved again, was given the saving
+    process's (another machine's threads, and ``fft: torch`` for a residual network whatever its
+    reference's transforms had used) as the one its network trained in (reproducibility review)."""
+    res, _, _ = trained
+    save_checkpoint(res, tmp_path / "m.ckpt")
+    data = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    del data["run"]["environment"]  # as written before it was recorded
+    torch.save(data, tmp_path / "old.ckpt")
+    save_checkpoint(load_checkpoint(tmp_path / "old.ckpt"), tmp_path / "again.ckpt")
+    run = load_checkpoint(tmp_path / "again.ckpt").run
+    assert "environment" not in run and run["train_steps"] == res.steps_done
