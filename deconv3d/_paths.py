@@ -41,10 +41,12 @@ def path_text(path) -> str:
 
 
 def recorded_path(path) -> str:
-    """A file's name as a provenance record keeps it: absolute (``os.path.abspath``, links left as
-    given), as :func:`path_text`. A name relative to the working directory, which no record holds,
-    named another file or none for whoever reran the command from elsewhere."""
-    return path_text(os.path.abspath(path))
+    """A file's name as a provenance record keeps it: absolute (the working directory before it),
+    links and ``..`` left as given, as :func:`path_text`. A name relative to the working directory,
+    which no record holds, named another file or none for whoever reran the command from elsewhere;
+    ``os.path.abspath`` dropped ``link/..`` as text, naming the folder holding the link where the
+    file used lies beside the link's target."""
+    return path_text(Path(os.fsdecode(path)).absolute())
 
 
 def check_output_path(output, inputs=(), suffixes=None) -> None:

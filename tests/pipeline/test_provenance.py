@@ -58,6 +58,21 @@ def test_a_psf_file_is_recorded_by_path_and_hash(folder, capsys, output, extra):
     assert shape == [7, 7, 7]
 
 
+def test_a_path_through_a_link_names_the_file_used(folder, capsys):
+    """``--psf link/../psf.tif``, with ``link`` a symbolic link to ``elsewhere/deep``, reads
+    ``elsewhere/psf.tif``; the record named ``psf.tif`` beside the link, another file, for it had
+    dropped ``link/..`` as text (reproducibility review). ``..`` is kept as given."""
+    (folder / "elsewhere" / "deep").mkdir(parents=True)
+    write_tiff(folder / "elsewhere" / "psf.tif", gaussian_psf(sigma=(1.5, 1.2, 1.2)), voxel_size=(0.3, 0.1, 0.1))
+    os.symlink(folder / "elsewhere" / "deep", folder / "link")
+    code, _, err = run(["deconvolve", "img.tif", "-o", "out.tif", "--psf", "link/../psf.tif", "--iterations", "1"],
+                       capsys)
+    assert code == 0, err
+    source, _ = _psf_record(folder / "out.tif")
+    assert source["files"] == [os.path.join(os.getcwd(), "link", "..", "psf.tif")]
+    assert hashlib.sha256(Path(source["files"][0]).read_bytes()).hexdigest() == source["sha256"][0]
+
+
 @pytest.mark.parametrize("output_format", ["zarr", "tif"])
 def test_a_batch_records_its_files_by_absolute_path(folder, capsys, output_format):
     """``batch raw -o out --psf psf.tif`` recorded input "raw/img.tif" and PSF "psf.tif", relative to a working
