@@ -8,9 +8,7 @@ Space", CAIP 2023, arXiv:2307.15461 (see :mod:`deconv3d.latent`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -217,7 +215,7 @@ def _read_plane(path, role: str) -> tuple[np.ndarray, tuple | None]:
 
 
 def _load_model(args, shape, pixel):
-    """The checkpoint, its digest, whether to apply it in residual form (unset: as trained) and the
+    """The checkpoint, whether to apply it in residual form (unset: as trained) and the
     planes' pixel size (the model's where the planes record none; a different one is refused)."""
     from deconv3d.latent.checkpoint import load_checkpoint
 
@@ -230,22 +228,22 @@ def _load_model(args, shape, pixel):
     if pixel is None and own is not None:
         pixel = own
         warn(f"deconv3d: warning: the planes record no pixel size; assuming the model's {own} µm")
-    digest = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()[:16]
     residual = bool(trained.config.residual) if args.residual is None else args.residual
-    return trained, digest, residual, pixel
+    return trained, residual, pixel
 
 
-def _inputs_record(args, planes: dict, digest: str) -> dict:
+def _inputs_record(args, planes: dict) -> dict:
     """What a ``synth`` or ``deblur`` output records for a rerun, as ``deconvolve``'s do: each of the
-    ``planes`` (``{role: path}``) and the model by absolute path and SHA-256 (the model's first 16
-    digits, ``digest``), the environment it ran in (the autoencoder has no FFT) and the time."""
+    ``planes`` (``{role: path}``) and the model by absolute path and whole SHA-256 (``model_sha256``,
+    the key and value ``deconvolve`` records; earlier versions kept its first 16 digits alone, as
+    ``model_sha256_16``), the environment it ran in (the autoencoder has no FFT) and the time."""
     from deconv3d._environment import run_environment, timestamp
     from deconv3d.omezarr import file_sha256
 
     record = {}
     for role, path in planes.items():
         record.update({role: recorded_path(path), f"{role}_sha256": file_sha256(path)})
-    return {**record, "model": recorded_path(args.model), "model_sha256_16": digest,
+    return {**record, "model": recorded_path(args.model), "model_sha256": file_sha256(args.model),
             "environment": run_environment(args.device, fft_shapes=None), "created": timestamp()}
 
 
@@ -333,13 +331,13 @@ def cmd_synth(args) -> int:
         raise InputError(f"--levels must be from 2 (the planes at both ends of --range) to {MAX_LEVELS}, "
                          f"got {args.levels}")
     check_output(args.output, [args.far, args.near, args.model])
-    trained, digest, residual, voxel = _load_model(args, far.shape, voxel)
+    trained, residual, voxel = _load_model(args, far.shape, voxel)
     fractions = np.linspace(args.range[0], args.range[1], args.levels)
     stack = synthesize_blur(trained.model, far, near, fractions, residual=residual)
     refuse_non_finite(stack, "synthesised stack", _OUT_OF_RANGE)
     meta = {"deconv3d": __version__, "method": "latent-synth", "residual": residual,
             "first_axis": FIRST_AXIS, "fractions": [round(float(a), 6) for a in fractions],
-            **_inputs_record(args, {"far": args.far, "near": args.near}, digest),
+            **_inputs_record(args, {"far": args.far, "near": args.near}),
             "pixel_size_um": None if voxel is None else list(voxel)}
     write_tiff(args.output, stack, voxel_size=voxel, metadata=meta)  # the pixel size; planes are levels, not z
     print(f"wrote {args.output}: {args.levels} blur levels (the first axis, not z) from fraction {fractions[0]:g} "
@@ -353,11 +351,11 @@ def cmd_deblur(args) -> int:
 
     far, plane, voxel = _read_pair(args.far, args.level, "LEVEL")
     check_output(args.output, [args.far, args.level, args.model])
-    trained, digest, residual, voxel = _load_model(args, far.shape, voxel)
+    trained, residual, voxel = _load_model(args, far.shape, voxel)
     sharp = deblur(trained.model, far, plane, args.alpha, residual=residual)
     refuse_non_finite(sharp, "deblurred plane", _OUT_OF_RANGE)
     meta = {"deconv3d": __version__, "method": "latent-deblur", "alpha": args.alpha,
-            "residual": residual, **_inputs_record(args, {"far": args.far, "level": args.level}, digest)}
+            "residual": residual, **_inputs_record(args, {"far": args.far, "level": args.level})}
     write_tiff(args.output, sharp, voxel_size=voxel, metadata=meta)
     print(f"wrote {args.output}: in-focus plane extrapolated with alpha {args.alpha!r}")
     return 0

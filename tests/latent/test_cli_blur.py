@@ -144,6 +144,8 @@ def test_outputs_and_checkpoints_record_their_inputs_for_a_rerun(planes, make_st
         for role, name in given.items():
             assert properties[role] == os.path.join(here, name) and properties[f"{role}_sha256"] == _sha256(name)
         assert properties["model"] == os.path.join(here, "ae.ckpt") and properties["created"].startswith("20")
+        # the whole SHA-256, as deconvolve records a model's (they kept its first 16 digits alone)
+        assert properties["model_sha256"] == _sha256("ae.ckpt") and "model_sha256_16" not in properties
         environment = properties["environment"]
         assert environment["device"] == "cpu" and environment["threads"] >= 1 and "fft" not in environment
 
