@@ -17,7 +17,7 @@ from deconv3d.classical._reuse import keep_setup, kept_setup
 from deconv3d.errors import InputError
 from deconv3d.fft import (FFTConvolver, as_array, as_tensor, fast_shape, irfftn, kernel_origin, pad_spatial,
                           refuse_complex, same_fft_shape)
-from deconv3d.psf.prepare import NEGATIVE_TOLERANCE
+from deconv3d.psf.prepare import NEGATIVE_TOLERANCE, fit_shape
 
 BOUNDARIES = ("zero", "reflect", "bertero", "periodic")
 
@@ -187,10 +187,12 @@ RATIO_FLOOR_EPS = 8
 
 
 def rl_fft_shape(shape, psf_shape, boundary: str = "bertero") -> tuple[int, ...]:
-    """The shape of Richardson-Lucy's FFTs on an image of ``shape`` with a PSF of ``psf_shape`` (no
-    larger), from the shapes alone, as :func:`_build_geometry` sets them: what picks their backend
-    (:func:`deconv3d._fftw.backend_for`), for a run's record before or without running it."""
-    n, k = tuple(int(a) for a in shape), tuple(int(b) for b in psf_shape)
+    """The shape of Richardson-Lucy's FFTs on an image of ``shape`` with a PSF of ``psf_shape``, from
+    the shapes alone, as :func:`_build_geometry` sets them: what picks their backend
+    (:func:`deconv3d._fftw.backend_for`), for a run's record before or without running it. A PSF
+    larger than the image counts as cut to it (:func:`deconv3d.psf.fit_psf`), as every caller of
+    RL on a block or a thin stack cuts it."""
+    n, k = tuple(int(a) for a in shape), fit_shape(psf_shape, shape)
     if boundary == "reflect":  # the mirrored field (the PSF's size less one larger) under Bertero's model
         return rl_fft_shape([a + b - 1 for a, b in zip(n, k)], k, "bertero")
     if boundary == "bertero":

@@ -80,13 +80,17 @@ def provenance(method: str, parameters: dict, *, psf=None, input_path=None, chec
 def method_fft_shapes(method: str, shape, psf_shape, boundary: str = "bertero", residual: bool = False) -> list:
     """The shapes of a run's transforms that may go through FFTW, for its record
     (:func:`~deconv3d._environment.fft_record`): Richardson-Lucy's on an image (or block) of ``shape``
-    for rl and rl-tv, and for ssl with a ``residual`` network its reference's (Bertero's boundary); none
-    for Wiener or a plain network, whose transforms are torch's. The PSF is cut to the image, as RL's is."""
+    for rl and rl-tv, and for ssl with a ``residual`` network its reference's
+    (:func:`~deconv3d.selfsup.config.reference_fft_shape`); none for Wiener or a plain network, whose
+    transforms are torch's. The PSF is cut to the image, as RL's is."""
     from deconv3d.classical._problem import rl_fft_shape
 
-    if method in ("rl", "rl-tv") or (method == "ssl" and residual):
-        psf_shape = [min(int(k), int(n)) for k, n in zip(psf_shape, shape)]
-        return [rl_fft_shape(shape, psf_shape, boundary if method != "ssl" else "bertero")]
+    if method in ("rl", "rl-tv"):
+        return [rl_fft_shape(shape, psf_shape, boundary)]
+    if method == "ssl" and residual:
+        from deconv3d.selfsup.config import reference_fft_shape
+
+        return [reference_fft_shape(shape, psf_shape)]
     return []
 
 

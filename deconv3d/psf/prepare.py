@@ -256,6 +256,13 @@ def center_psf(psf) -> np.ndarray:
 CENTRING_LOSS = 0.03
 
 
+def fit_shape(psf_shape, shape) -> tuple[int, ...]:
+    """The shape of :func:`fit_psf`'s PSF for a PSF of ``psf_shape`` and at most ``shape``: what the
+    FFT shapes of a run's record are computed from without the arrays
+    (:func:`deconv3d.classical._problem.rl_fft_shape`)."""
+    return tuple(min(int(k), int(n)) for k, n in zip(psf_shape, shape))
+
+
 def fit_psf(psf: np.ndarray, shape) -> np.ndarray:
     """Centre-crop a PSF to at most ``shape`` (renormalised to unit sum); unchanged when it fits.
 
@@ -281,7 +288,7 @@ def fit_psf(psf: np.ndarray, shape) -> np.ndarray:
         return psf
     # The PSF's origin (k-1)//2 lands on the crop's origin (m-1)//2, so convolution does not shift.
     box = tuple(slice((k - 1) // 2 - (m - 1) // 2, (k - 1) // 2 - (m - 1) // 2 + m)
-                for k, m in ((k, min(k, n)) for k, n in zip(psf.shape, shape)))
+                for k, m in zip(psf.shape, fit_shape(psf.shape, shape)))
     cropped = psf[box].astype(np.promote_types(psf.dtype, np.float32))
     return cropped / cropped.dtype.type(cropped.sum(dtype=np.float64))
 

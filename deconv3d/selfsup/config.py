@@ -201,6 +201,15 @@ class Reference:
                                extended=extended, tv_scale=tv_scale)
 
 
+def reference_fft_shape(image_shape, psf_shape) -> tuple[int, ...]:
+    """The shape of the FFTs of :meth:`Reference.estimate` on an image of ``image_shape`` (Bertero's
+    RL, with the PSF cut to the image), which alone may go through FFTW in a network's training or
+    inference: the one definition the records of both use (:func:`deconv3d._environment.fft_record`)."""
+    from deconv3d.classical._problem import rl_fft_shape
+
+    return rl_fft_shape(image_shape, psf_shape, "bertero")
+
+
 def to_dict(config) -> dict:
     return asdict(config)
 

@@ -33,8 +33,9 @@ from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, bui
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import Cancelled, InputError, OptionWarning, outside_stacklevel
 from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
-from deconv3d.psf import fit_psf, normalize_psf, validate_psf
-from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig
+from deconv3d.psf import normalize_psf, validate_psf
+from deconv3d.psf.prepare import fit_shape
+from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig, reference_fft_shape
 from deconv3d.selfsup.losses import AUTO_EPS, ForwardModel, loss_weights, snr_gain
 from deconv3d.selfsup.patches import _PatchSampler
 from deconv3d.selfsup.steps import _Steps
@@ -343,16 +344,8 @@ def train(
                        voxel_size, time.perf_counter() - started, terms, warm_done,
                        reference if config.residual else None, cache,
                        precision=steps.precision.name(), positive=positive_asked,
-                       environment=run_environment(dev, [] if target is None else [reference_fft_shape(img, psf)]))
-
-
-def reference_fft_shape(image, psf) -> tuple[int, ...]:
-    """The shape of the FFTs of the Richardson-Lucy reference on ``image`` (Bertero's, with the PSF
-    cut to the image: :meth:`~deconv3d.selfsup.config.Reference.estimate`), which alone may go
-    through FFTW in a network's training or inference."""
-    from deconv3d.classical._problem import rl_fft_shape
-
-    return rl_fft_shape(np.shape(image), np.minimum(np.shape(psf), np.shape(image)), "bertero")
+                       environment=run_environment(dev, [] if target is None else
+                                                   [reference_fft_shape(img.shape, psf.shape)]))
 
 
 def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config: TrainConfig):
@@ -400,7 +393,7 @@ def _set_reference(img, psf, forward: ForwardModel, sampler: _PatchSampler, conf
 def _reference_on_field(image_key: str, image_shape, psf: np.ndarray, extended: np.ndarray) -> tuple[str, np.ndarray]:
     """The residual base on the image's field (cut from the extended estimate of the same RL run, so
     ``Reference.estimate(img, psf)`` up to float32 rounding), keyed by the fingerprint of the image RL ran on."""
-    shape = np.shape(fit_psf(psf, image_shape))
+    shape = fit_shape(psf.shape, image_shape)
     start = [k - 1 - o for k, o in zip(shape, kernel_origin(shape))]
     field_box = tuple(slice(s, s + n) for s, n in zip(start, image_shape))
     return image_key, np.ascontiguousarray(extended[field_box])

@@ -96,6 +96,25 @@ def test_thin_stack_gets_a_reference_from_the_cropped_psf():
     np.testing.assert_allclose(NetworkBlock(res, band_limit=None)(thin), out, atol=1e-6)
 
 
+@pytest.mark.parametrize("image_shape", [(12, 20, 18), (3, 20, 18)])  # (the second thinner than the PSF)
+def test_the_records_name_the_transforms_the_reference_runs(monkeypatch, image_shape):
+    """Training's record and a run's (deconvolve, chunked blocks) derived the reference's FFT shape
+    each on its own, cutting the PSF as fit_psf does by hand; one definition now serves both, and
+    it is the shape the reference's RL transforms have."""
+    import deconv3d.classical._iterate as iterate
+    from deconv3d.pipeline.records import method_fft_shapes
+    from deconv3d.selfsup.config import reference_fft_shape
+
+    psf = np.ones((5, 7, 4), np.float32)
+    image = np.random.default_rng(0).random(image_shape).astype(np.float32) + 0.5
+    used, transforms = set(), iterate.real_transforms
+    monkeypatch.setattr(iterate, "real_transforms", lambda shape, *a, **k: used.add(tuple(shape))
+                        or transforms(shape, *a, **k))
+    Reference(iterations=1).estimate(image, psf)
+    expected = reference_fft_shape(image_shape, psf.shape)
+    assert used == {expected} and method_fft_shapes("ssl", image_shape, psf.shape, residual=True) == [expected]
+
+
 def test_checkpoint_keeps_the_reference_and_refuses_a_mismatch(tmp_path):
     _, noisy, psf = problem(2, sigma=0.05)
     res = train(noisy, psf, config=TrainConfig(steps=3, patch=16, batch=1, residual=True), unet=TINY[2],
