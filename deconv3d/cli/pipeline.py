@@ -80,6 +80,22 @@ def settings_from_args(args, base: dict | None = None):
     return make_settings(values, options=not hasattr(args, "input_dir"))  # deconvolve: its options, not a batch's
 
 
+def _as_read_before(args, config: dict, settings) -> tuple:
+    """The fingerprints of ``settings`` as the versions before read this batch command: a --psf
+    given here replaced the config's psf-model only and kept its microscope's parameters, which,
+    unused, were still in some of those hashes (several wavelengths). Their completion records
+    mean these settings: without this, ``--config cfg.toml --psf psf.tif`` redid every file."""
+    import dataclasses
+
+    kept = {k: config[k] for k in OPTICS if k in config and getattr(args, k, None) is None}
+    if getattr(args, "psf", None) is None or not kept:
+        return ()
+    try:
+        return dataclasses.replace(settings, **kept).finished_fingerprints()
+    except InputError:  # (values those versions refused too: no record of theirs holds them)
+        return ()
+
+
 def _bar(desc: str, unit: str, on_start=None):
     """A progress bar (:func:`~deconv3d.cli._common.make_bar`) and its ``(done, total)`` callback;
     ``on_start()`` runs at the first report."""
@@ -258,7 +274,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 reason = f": {row['reason']}" if row["reason"] else ""
                 print(f"[{number}/{total}] {row['status']:<7} {Path(row['file']).name}{reason}", flush=True)
 
-            run_batch(args.input_dir, output_dir, settings, one, progress=report, rows=rows)
+            run_batch(args.input_dir, output_dir, settings, one, progress=report, rows=rows,
+                      also_finished_as=_as_read_before(args, config, settings))
     except KeyboardInterrupt as exc:
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
         for row in rows:  # the file in progress: its earlier output, if any, no longer matches a record

@@ -224,14 +224,16 @@ REPORT_FIELDS = ("file", "status", "seconds", "output", "reason")
 
 
 def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progress=None,
-              rows: list | None = None) -> list[dict]:
+              rows: list | None = None, also_finished_as: tuple = ()) -> list[dict]:
     """Run ``process_one(input_path, output_path, input_sha256)`` for every unfinished input.
 
     ``process_one`` writes the output (atomically) or raises; an InputError or any other
     exception marks the file failed with its one-line reason, and the batch continues.
     ``input_sha256`` is the input's hash, taken before the work starts (for provenance records).
     Returns one row per file, appended to ``rows`` when given (so that a caller interrupted
-    midway still has the rows of the files finished).
+    midway still has the rows of the files finished). A completion record counts as finished
+    when it holds one of :meth:`Settings.finished_fingerprints` or of ``also_finished_as`` (the
+    hashes of these settings as earlier versions read the command that gave them).
     """
     output_dir = Path(output_dir)
     # the PSF (or model) kept among the images it applies to is not one of them (it was deconvolved too)
@@ -243,7 +245,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
     settings_hash, started = settings.fingerprint(), time.time()
-    finished_as = (settings_hash, settings.fingerprint(legacy=True))  # (records of earlier versions too)
+    finished_as = tuple(dict.fromkeys((*settings.finished_fingerprints(), *also_finished_as)))  # (earlier versions')
     rows = [] if rows is None else rows
     # Runs of one folder share it when they would keep each other's outputs: the same fingerprint.
     with settings_guard(output_dir / RECORD_DIR, settings_hash):
@@ -376,7 +378,7 @@ def _written_since(record: Path, moment: float) -> bool:
         return False
 
 
-#: A row's fingerprints that mean its settings (this version's and the earlier one's): not written.
+#: A row's fingerprints that mean its settings (this version's and earlier ones'): not written.
 EQUIVALENT = "equivalent_settings"
 
 

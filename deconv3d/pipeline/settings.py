@@ -212,14 +212,27 @@ class Settings:
         file; so do the microscope's parameters with a PSF file. (At the default, not left out:
         the records written before still match.) ``legacy=True`` gives the hash of the versions
         before that rule, which counted them as given: a record of theirs with such a setting still
-        matches the same command (:func:`~deconv3d.pipeline.batch.run_batch` accepts both).
+        matches the same command (:meth:`finished_fingerprints` lists every hash a record may hold).
         """
+        return self._hash({} if legacy else self._ignored_at_defaults())
+
+    def finished_fingerprints(self) -> tuple:
+        """The fingerprints a completion record of these settings may hold, this version's first:
+        also the ``legacy`` one, and that of the versions that left ignored settings at their
+        defaults but counted several wavelengths beside a PSF file (they set how many channels a
+        file had then). Without it, such a batch (a config's ``wavelength = [0.45, 0.65]`` with
+        ``psf``) was redone in full by the same command, its records taken for other settings."""
+        hashes = (self.fingerprint(), self.fingerprint(legacy=True),
+                  self._hash(self._ignored_at_defaults(wavelengths_set_channels=True)))
+        return tuple(dict.fromkeys(hashes))
+
+    def _hash(self, at_defaults: dict) -> str:
+        """The fingerprint with the settings ``at_defaults`` names counted at the values it gives."""
         fields = {k: v for k, v in dataclasses.asdict(self).items()
                   if k not in ("pattern", "amp") and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
                   and not (k in _SSL_ONLY and self.method != "ssl")
                   and not (k in _TRAINING_ONLY and self.train_steps is None)}
-        if not legacy:
-            fields.update(self._ignored_at_defaults())
+        fields.update(at_defaults)
         fields["device"] = self.device_kind()
         if self.method == "ssl":  # (so an ssl batch finished by an earlier version is redone once)
             fields["precision"] = self.precision()
@@ -234,12 +247,15 @@ class Settings:
                 fields[key] = [file_sha256(f) for f in _many(fields[key])]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def _ignored_at_defaults(self) -> dict:
-        """The settings this configuration's method (or output format) ignores, at their defaults."""
+    def _ignored_at_defaults(self, wavelengths_set_channels: bool = False) -> dict:
+        """The settings this configuration's method (or output format) ignores, at their defaults;
+        ``wavelengths_set_channels``: as the versions did for which several wavelengths beside a PSF
+        file still set the channel count (they kept them in the hash)."""
         ignored = [k for k, methods in _METHOD_ONLY.items() if self.method not in methods]
         ignored += ["pyramid_levels"] if self.output_format != "zarr" else []
         if self.psf_model is None:  # a PSF file (or a model's own): the optics generate nothing
-            ignored += ["na", "wavelength", "ni", "ns", "depth"]
+            ignored += ["na", "ni", "ns", "depth"]
+            ignored += [] if wavelengths_set_channels and len(_many(self.wavelength)) > 1 else ["wavelength"]
         return {f.name: f.default for f in dataclasses.fields(self) if f.name in ignored}
 
 

@@ -132,7 +132,66 @@ def test_the_microscope_s_parameters_count_only_for_a_generated_psf(folder):
         assert make_settings({**generated, key: value}).fingerprint() != make_settings(generated).fingerprint(), key
     two = make_settings({"psf": str(folder / "psf.tif"), "method": "rl", "wavelength": [0.5, 0.6]})
     assert two.fingerprint() == base.fingerprint()  # (several no longer set the channel count beside a file)
-    assert two.fingerprint(legacy=True) != base.fingerprint(legacy=True)  # records that counted them still match
+
+
+def _counting_wavelengths(values: dict) -> str:
+    """The fingerprint of the versions in which several wavelengths beside a PSF file set the
+    channel count: the other ignored settings at their defaults, those wavelengths as given
+    (rebuilt from their code; pinned to a hash they computed in the test below)."""
+    import torch
+
+    from deconv3d.omezarr import file_sha256
+
+    settings = make_settings({"method": "rl", **values})
+    fields = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed", "amp")}
+    fields.update(na=None, ni=1.515, ns=1.33, depth=0.0, psf=[file_sha256(settings.psf)],
+                  device=settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_records_that_counted_several_wavelengths_beside_a_psf_file_still_match(tmp_path):
+    """Found by review: records of a config's psf with wavelength = [0.45, 0.65] (and na) matched
+    neither the hash of this version (no optics) nor the legacy one (every optic as given), and
+    the same command redid every file. af7e517d76582579 is what Settings.fingerprint() of those
+    versions gave for these settings (na or not) and a PSF file of these bytes."""
+    (tmp_path / "psf.tif").write_bytes(b"psf bytes\n")  # (only the file's bytes are hashed)
+    given = {"psf": str(tmp_path / "psf.tif"), "wavelength": [0.45, 0.65], "iterations": 2, "device": "cpu"}
+    assert _counting_wavelengths(given) == "af7e517d76582579"
+    for values in (given, {**given, "na": 1.2}):
+        settings = make_settings(values)
+        assert "af7e517d76582579" in settings.finished_fingerprints()
+        assert settings.finished_fingerprints()[0] == settings.fingerprint() != "af7e517d76582579"
+    one = make_settings({**given, "wavelength": 0.45})  # one wavelength was left at its default
+    assert one.finished_fingerprints() == (one.fingerprint(), one.fingerprint(legacy=True))
+
+
+def _as_written_by_an_earlier_version(out, fingerprint: str) -> list:
+    """Give the completion records and report rows of batch folder ``out`` another settings hash."""
+    records = sorted((out / ".deconv3d-batch").glob("*.json"))
+    for path in records:
+        record = json.loads(path.read_text())
+        record["settings"] = fingerprint
+        path.write_text(json.dumps(record))
+    report = json.loads((out / "batch_report.json").read_text())
+    for row in report["files"]:
+        row["settings"] = fingerprint
+    (out / "batch_report.json").write_text(json.dumps(report))
+    return records
+
+
+def test_a_psf_option_over_a_config_s_optics_still_matches_their_records(folder, capsys):
+    """Found by review: --psf on the command line now drops the config's optics with its
+    psf-model; the versions before kept them, and their hash held the several wavelengths. Their
+    records of the same command must still count as finished."""
+    (folder / "cfg.toml").write_text('psf-model = "gaussian"\nna = 1.2\nwavelength = [0.45, 0.65]\niterations = 2\n')
+    out = folder / "out"
+    argv = ["batch", folder / "in", "-o", out, "--config", folder / "cfg.toml", "--psf", folder / "psf.tif"]
+    code, _, err = run(argv, capsys)
+    assert code == 0 and statuses(out) == ["done", "done"], err
+    _as_written_by_an_earlier_version(out, _counting_wavelengths(
+        {"psf": str(folder / "psf.tif"), "na": 1.2, "wavelength": [0.45, 0.65], "iterations": 2}))
+    code, _, err = run(argv, capsys)
+    assert code == 0 and statuses(out) == ["skipped", "skipped"], err
 
 
 def test_records_of_earlier_versions_with_an_ignored_setting_still_match_the_same_command(folder, capsys):
@@ -145,16 +204,8 @@ def test_records_of_earlier_versions_with_an_ignored_setting_still_match_the_sam
     settings = make_settings({"psf": str(folder / "psf.tif"), "method": "wiener", "iterations": 5})
     legacy = settings.fingerprint(legacy=True)
     assert legacy != settings.fingerprint()
-    records = sorted((out / ".deconv3d-batch").glob("*.json"))
+    records = _as_written_by_an_earlier_version(out, legacy)
     assert len(records) == 2
-    for path in records:  # as the earlier version wrote them
-        record = json.loads(path.read_text())
-        record["settings"] = legacy
-        path.write_text(json.dumps(record))
-    report = json.loads((out / "batch_report.json").read_text())
-    for row in report["files"]:
-        row["settings"] = legacy
-    (out / "batch_report.json").write_text(json.dumps(report))
     code, _, err = run([*argv, "--pattern", "img0.tif"], capsys)  # img1's earlier row is not called stale
     assert code == 0, err
     rows = json.loads((out / "batch_report.json").read_text())["files"]
