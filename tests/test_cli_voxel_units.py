@@ -245,3 +245,19 @@ def test_an_ome_zarr_unit_that_cannot_be_converted_is_named(tmp_path):
     attrs.write_text(text.replace('"micrometer"', '"furlong"'))
     lazy = open_lazy(tmp_path / "a.zarr")
     assert lazy.voxel_size is None and "'furlong'" in lazy.voxel_problem
+
+
+@pytest.mark.parametrize("output, extra", [("o.tif", []), ("o.zarr", ["--chunks", 6, 20, 20])])
+def test_an_image_without_a_voxel_size_hears_of_it_before_the_rl_tv_weight(files, capsys, output, extra):
+    """Found by review: --tv-weight 0.2 on an image without a voxel size was refused as too large
+    "for its 3D isotropic voxels"; lowered, the next error said --psf-model needs the voxel size.
+    That comes first now; beside a PSF file without one either, the limit says it took none as
+    isotropic (in memory and chunked alike)."""
+    tifffile.imwrite(files / "bare.tif", np.random.default_rng(0).poisson(100, (12, 40, 40)).astype(np.uint16))
+    rl_tv = ["deconvolve", files / "bare.tif", "-o", files / output, "--method", "rl-tv", "--tv-weight", 0.2,
+             "--iterations", 2, *extra]
+    code, _, err = run([*rl_tv, "--psf-model", "gaussian", "--na", 1.2, "--wavelength", 0.5], capsys)
+    assert_one_line_error(code, err, "--psf-model needs the image's voxel size", "--voxel-size")
+    code, _, err = run([*rl_tv, "--psf", files / "psf_bare.tif"], capsys)
+    assert_one_line_error(code, err, "--tv-weight 0.2 is too large for bare.tif", "no voxel size (taken as isotropic)")
+    assert not (files / output).exists()

@@ -212,10 +212,10 @@ def cmd_deconvolve(args) -> int:
     if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
         voxel = trained.voxel_for(voxel, image.data.ndim, args.input, warnings)
     voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input, warnings, partial=image.partial_voxel)
-    if args.method == "rl-tv":
-        check_tv_weight(args.tv_weight, image.data.ndim, voxel, Path(args.input).name)
     # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
     psf = load_psf(args, image, voxel, fit_image=trained is None) if (args.psf or args.psf_model) else None
+    if args.method == "rl-tv":  # after the PSF's checks: an image without a voxel size, told to lower the
+        check_tv_weight(args.tv_weight, image.data.ndim, voxel, Path(args.input).name)  # weight, then needed one
     print_warnings(warnings)
     start = time.perf_counter()
     if args.method == "ssl":

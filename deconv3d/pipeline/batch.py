@@ -116,13 +116,19 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
         image = read_psf(psf)
         return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=psf_voxel_size(image, voxel), image_voxel=voxel,
                            fit_image=fit_image)
-    if voxel is None or len(spatial_shape) != 3:  # (a 2D image is refused before: files._check_psf_dimensions)
-        raise InputError("--psf-model needs the image's voxel size, which it does not record: pass --voxel-size "
-                         "DZ DY DX (in µm), or give a --psf file")
+    check_model_voxel(voxel)  # (a 2D image is refused before: files._check_psf_dimensions)
     shape = generated_psf_shape(tuple(spatial_shape), voxel, settings.na, wavelength)
     psf = generate_psf(settings.psf_model, shape, voxel, settings.na, wavelength, ni=settings.ni,
                        ns=settings.ns, depth=settings.depth)
     return prepare_psf(psf, tuple(spatial_shape), psf_voxel=voxel, image_voxel=voxel)
+
+
+def check_model_voxel(voxel) -> None:
+    """Refuse to generate a PSF (``psf_model``) for an image whose voxel size is not known: the
+    model is sampled at it. Checked before any work too, ahead of the checks that assume it."""
+    if voxel is None or len(voxel) != 3:
+        raise InputError("--psf-model needs the image's voxel size, which it does not record: pass --voxel-size "
+                         "DZ DY DX (in µm), or give a --psf file")
 
 
 def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, trained=None):

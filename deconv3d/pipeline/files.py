@@ -38,7 +38,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import provenance, psf_source, run_chunked
     from deconv3d.io import assume_psf_voxel
-    from deconv3d.pipeline.batch import spatial_voxel
+    from deconv3d.pipeline.batch import check_model_voxel, spatial_voxel
     from deconv3d.pipeline.negatives import check_has_positive
     from deconv3d.pipeline.output import remove_stale_temporaries
     from deconv3d.pipeline.settings import _many, channel_count, check_tv_weight
@@ -58,6 +58,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
                                  partial=lazy.partial_voxel)
         for psf in others if voxel is not None else ():
             assume_psf_voxel(voxel, psf, len(spatial_shape), input_path.name, warnings)
+    if settings.psf_model is not None and (settings.method != "ssl" or settings.model is None):
+        check_model_voxel(voxel)  # before the RL-TV weight's limit, which took a missing size as isotropic
     if settings.method == "rl-tv":
         check_tv_weight(settings.tv_weight, len(spatial_shape), voxel, input_path.name)
     check_channel_count(lazy, channel_count(settings))

@@ -307,14 +307,16 @@ def check_tv_weight(tv_weight: float, ndim: int, voxel, image: str) -> None:
     """Refuse, before any work, an RL-TV weight at or above ``image``'s own limit, ``1 / Σ_i 2 / s_i``
     (``s_i`` its voxel spacing relative to the finest axis; :func:`deconv3d.classical.richardson_lucy`),
     naming the command's option. :data:`TV_WEIGHT_MAX` bounds every image's limit, not this one's:
-    with ``--chunks`` a weight of 0.4 passed it, then every block refused it by its Python name."""
+    with ``--chunks`` a weight of 0.4 passed it, then every block refused it by its Python name.
+    Called once the PSF's checks have passed, which may refuse an image without a voxel size
+    (``voxel`` None, taken as isotropic here) on other grounds."""
     from deconv3d.classical._problem import _tv_limit
 
     limit = _tv_limit(ndim, voxel)
     if not tv_weight < limit:
-        sizes = f"voxel size {format_sizes(voxel)} µm" if voxel is not None else "isotropic voxels"
+        sizes = f"voxel size {format_sizes(voxel)} µm" if voxel is not None else "no voxel size (taken as isotropic)"
         raise InputError(f"--tv-weight {tv_weight:g} is too large for {image}: RL-TV needs it below {limit:.3g} "
-                         f"for its {ndim}D {sizes}: lower it (try 0.002)")
+                         f"for a {ndim}D image with {sizes}: lower it (try 0.002)")
 
 
 #: True while :func:`make_settings` builds settings from a command's options (``deconvolve``).
