@@ -37,7 +37,6 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     """
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import provenance, psf_source, run_chunked
-    from deconv3d.io import assume_psf_voxel
     from deconv3d.pipeline.batch import check_model_voxel, spatial_voxel
     from deconv3d.pipeline.negatives import check_has_positive
     from deconv3d.pipeline.output import remove_stale_temporaries
@@ -53,11 +52,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     _check_psf_dimensions(settings, lazy, len(spatial_shape))
     voxel = spatial_voxel(settings, lazy)
     if settings.psf and (settings.method != "ssl" or settings.model is None):  # (a model brings its own, below)
-        first, *others = _many(settings.psf)  # the first may settle the image's; the others are checked against it
-        voxel = assume_psf_voxel(voxel, first, len(spatial_shape), input_path.name, warnings,
-                                 partial=lazy.partial_voxel)
-        for psf in others if voxel is not None else ():
-            assume_psf_voxel(voxel, psf, len(spatial_shape), input_path.name, warnings)
+        voxel = _voxel_with_psfs(voxel, _many(settings.psf), len(spatial_shape), input_path.name, lazy.partial_voxel,
+                                 warnings)
     if settings.psf_model is not None and (settings.method != "ssl" or settings.model is None):
         check_model_voxel(voxel)  # before the RL-TV weight's limit, which took a missing size as isotropic
     if settings.method == "rl-tv":
@@ -84,6 +80,24 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     if output_path.suffix.lower() == ".zarr":
         return run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
     return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
+
+
+def _voxel_with_psfs(voxel, psfs, ndim: int, name: str, partial, warnings):
+    """The image's voxel size, completed from the PSF files (one per channel, or one) where it has
+    none (:func:`~deconv3d.io.assume_psf_voxel`): the first that records one settles it, whatever
+    its place, and the others are checked against it. Settled by the first in the list alone, an
+    uncalibrated first PSF left the image without one and the others unchecked: ``--psf a b`` wrote
+    scale 1 where ``--psf b a`` wrote b's voxel size."""
+    from deconv3d.io import assume_psf_voxel, read_psf
+
+    psfs = list(psfs)
+    if voxel is None:
+        first = next((p for p in psfs if read_psf(p).voxel_size is not None), psfs[0])
+        voxel = assume_psf_voxel(voxel, first, ndim, name, warnings, partial=partial)
+        psfs.remove(first)
+    for psf in psfs if voxel is not None else ():  # (none records a voxel size: each is taken as the image's)
+        assume_psf_voxel(voxel, psf, ndim, name, warnings)
+    return voxel
 
 
 def check_channel_count(lazy, wanted: int) -> None:

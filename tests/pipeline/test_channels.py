@@ -132,6 +132,24 @@ def test_each_per_channel_psf_file_is_checked_for_a_voxel_size(tmp_path, capsys)
     assert "a.tif carries" not in err
 
 
+def test_the_first_per_channel_psf_with_a_voxel_size_settles_an_uncalibrated_image_s(tmp_path, capsys):
+    """Found by review: on an image without a voxel size, --psf B A (B without one) left it
+    without one, skipped A's check and drew prepare_psf's Python wording (image_voxel=None);
+    --psf A B took A's. Either order now takes A's and says B is taken as sampled like it."""
+    from deconv3d.omezarr import read_ome_zarr
+
+    write_ome_zarr(tmp_path / "two.zarr", _positive((2, 4, 8, 8)), axes="CZYX")
+    write_tiff(tmp_path / "a.tif", gaussian_psf((3, 3, 3)), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "b.tif", gaussian_psf((3, 3, 3)))
+    for order in (("b.tif", "a.tif"), ("a.tif", "b.tif")):
+        out = tmp_path / f"{order[0]}.zarr"
+        code, _, err = run(["deconvolve", tmp_path / "two.zarr", "-o", out, "--psf", *(tmp_path / n for n in order),
+                            "--iterations", 2], capsys)
+        assert code == 0 and read_ome_zarr(out)[1] == (0.3, 0.1, 0.1), err
+        assert "two.zarr carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1)" in err, err
+        assert f"the PSF file {tmp_path / 'b.tif'} carries no voxel size" in err and "image_voxel" not in err, err
+
+
 def test_the_first_refusal_of_per_channel_psfs_is_the_real_problem(tmp_path, capsys):
     """Found by the channel review: --psf A B with a TIFF output on a single-channel image said
     to write .zarr, which then failed for the channel count; and a batch's TIFF output of a
