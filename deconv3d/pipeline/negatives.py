@@ -33,29 +33,55 @@ def check_has_positive(data, name: str, method: str, warnings: list | None = Non
     a channel with no positive value came back all zeros, with exit 0, beside channels that had
     some. Each is read from its start up to its first positive voxel, in slabs of at most
     :data:`SCAN_SLAB_BYTES` that start at one plane (or chunk) and grow, so an ordinary image costs
-    a plane per channel and time point; the negative share is measured on what was read (less empty
-    planes before the first positive voxel: they have none by construction) and on planes spread
-    over the rest (:data:`SHARE_SAMPLE_BYTES`).
+    a plane per channel and time point. The negative share is measured on what was read (less empty
+    planes before the first positive voxel: they have none by construction) and on a sample of the
+    rest, :data:`SHARE_SAMPLE_BYTES` in all (:func:`_sample_budgets`): a small image is read whole,
+    a long time series at some planes of some time points (a sample of that size for each time
+    point had read a 60-point series whole before the first block).
     """
     from deconv3d.errors import refuse_no_positive
 
     reader = as_reader(data)
     shape = tuple(reader.shape)
     lead = axes[:len(axes) - len(axes.lstrip("TC"))] if axes else ""
-    found = []  # (index, negative voxels, voxels counted, voxels of the index) of each (t, c) index
+    found, ends = [], []  # (index, negative voxels, voxels counted, voxels of the index); where each scan ended
     for index in np.ndindex(*shape[:len(lead)]):
         scanned = _scan_to_first_positive(reader, shape, index)
         if scanned is None:
             names = _index_names(lead, shape, index, channels)
             refuse_no_positive(f"{' at '.join(names)} of {name}" if names else name, method)
-        found.append((index, *scanned, math.prod(shape[len(lead):])))
+        found.append([index, *scanned[:2], math.prod(shape[len(lead):])])
+        ends.append(scanned[2])
+    for i, budget in _sample_budgets(reader, shape, lead).items():  # (after the refusals: they need no sample)
+        if ends[i] is not None:
+            n, c = _sample(reader, _rows_of(reader, shape, found[i][0]), ends[i], budget)
+            found[i][1:3] = found[i][1] + n, found[i][2] + c
     _warn_of_negative_shares(found, name, method, warnings, lead, shape, channels)
 
 
-#: Bytes (as float32) of the TIFF planes or zarr chunks beyond the slab holding the first positive
-#: voxel that the negative share is also measured on: rows spread over the rest of the channel and
-#: time point (at least one). A second 16 MiB slab halfway through the rest, served only this
-#: warning: with the first, 58 % of a 96 x 384 x 384 image was read before the first block; now 8 %.
+def _sample_budgets(reader, shape, lead: str) -> dict[int, int]:
+    """Bytes of the negative share's sample for each leading index (by its number in C order) that
+    gets one: :data:`SHARE_SAMPLE_BYTES` shared by the channels, each channel's spread over as many
+    of its time points, evenly apart, as give a storage unit's row each (one at least)."""
+    t = lead.find("T")
+    frames = shape[t] if t >= 0 else 1
+    indices = math.prod(shape[:len(lead)])
+    if indices == 0:
+        return {}
+    per_channel = SHARE_SAMPLE_BYTES // max(1, indices // frames)
+    rows = _rows_of(reader, shape, (0,) * len(lead))
+    unit = max(1, 4 * rows.voxels * math.prod(rows.units))  # (one row of a storage unit, as float32)
+    picked = min(frames, max(1, per_channel // unit))
+    times = {(2 * j + 1) * frames // (2 * picked) for j in range(picked)}
+    return {i: per_channel // picked for i, index in enumerate(np.ndindex(*shape[:len(lead)]))
+            if t < 0 or index[t] in times}
+
+
+#: Bytes (as float32) of the TIFF planes or zarr chunks beyond the slabs holding the first positive
+#: voxels that the negative share is also measured on, for the whole image: rows spread over the
+#: rest of each channel and time point, or of some time points of a long series (at least a row per
+#: channel). A second 16 MiB slab halfway through the rest, served only this warning: with the
+#: first, 58 % of a 96 x 384 x 384 image was read before the first block; now 8 %.
 SHARE_SAMPLE_BYTES = 4 * 2**20
 
 
@@ -105,18 +131,19 @@ def _rows_of(reader, shape, index) -> _Rows:
     return _Rows(tuple(index), inner, axis, units)
 
 
-def _scan_to_first_positive(reader, shape, index) -> tuple[int, int] | None:
-    """(negative voxels, voxels counted) of the image at leading ``index`` of ``reader``; None where
-    it holds negative voxels and no positive one (all zero stays allowed: zeros come back).
+def _scan_to_first_positive(reader, shape, index) -> tuple[int, int, int | None] | None:
+    """(negative voxels, voxels counted, the row after them or None where nothing is left to
+    sample) of the image at leading ``index`` of ``reader``; None where it holds negative voxels and
+    no positive one (all zero stays allowed: zeros come back).
 
     Read in slabs of at most :data:`SCAN_SLAB_BYTES`, from one storage unit (a plane of a TIFF)
     doubling, up to the first positive voxel; counted are those slabs less the rows of zeros
-    before that voxel (empty planes before the stack: counted, they diluted a 40 % share to 2 %),
-    and rows spread over the rest (:func:`_sample`)."""
+    before that voxel (empty planes before the stack: counted, they diluted a 40 % share to 2 %).
+    The rows after them may be sampled next (:func:`_sample`)."""
     rows = _rows_of(reader, shape, index)
     if rows.count == 0 or rows.voxels == 0:
-        return 0, 0
-    step = max(1, SCAN_SLAB_BYTES // (4 * rows.voxels))
+        return 0, 0, None
+    step = _slab_rows(rows)
     widest = step // rows.units[-1] * rows.units[-1] or step  # whole units where they fit a slab
     start, size, negative, counted, found = 0, min(rows.units[-1], step), 0, 0, False
     while start < rows.count and not found:
@@ -124,9 +151,13 @@ def _scan_to_first_positive(reader, shape, index) -> tuple[int, int] | None:
         n, c, found = _counts(reader.read(rows.key(start, stop)), stop - start)
         start, size, negative, counted = stop, min(2 * size, widest), negative + n, counted + c
     if not found:
-        return None if negative else (0, 0)
-    n, c = _sample(reader, rows, start, step)
-    return negative + n, counted + c
+        return None if negative else (0, 0, None)
+    return negative, counted, start
+
+
+def _slab_rows(rows: _Rows) -> int:
+    """How many rows a slab of :data:`SCAN_SLAB_BYTES` holds (one at least)."""
+    return max(1, SCAN_SLAB_BYTES // (4 * rows.voxels))
 
 
 def _counts(slab, rows: int) -> tuple[int, int, bool]:
@@ -139,20 +170,20 @@ def _counts(slab, rows: int) -> tuple[int, int, bool]:
     return int(np.count_nonzero(flat < 0)), (rows - empty) * flat.shape[1], first < rows
 
 
-def _sample(reader, rows: _Rows, start: int, step: int) -> tuple[int, int]:
+def _sample(reader, rows: _Rows, start: int, budget: int) -> tuple[int, int]:
     """(negative voxels, voxels) of rows after ``start``, from the next storage unit on (the last
-    slab read its own): all of them where they fit :data:`SHARE_SAMPLE_BYTES`, else one row of
-    each of as many units as that holds (64 at most), spread evenly."""
-    offset, unit = start % rows.inner[rows.axis], rows.units[-1]
+    slab read its own): all of them where they fit ``budget`` bytes, else one row of each of as
+    many units as that holds (one at least, 64 at most), spread evenly."""
+    offset, unit, step = start % rows.inner[rows.axis], rows.units[-1], _slab_rows(rows)
     first = min(start - offset + -(-offset // unit) * unit, rows.run_end(start))
     rest = rows.count - first
-    if 4 * rows.voxels * rest <= SHARE_SAMPLE_BYTES:
+    if 4 * rows.voxels * rest <= budget:
         spans, at = [], first
         while at < rows.count:
             spans.append((at, min(at + step, rows.run_end(at))))
             at = spans[-1][1]
     else:
-        wanted = min(64, max(1, SHARE_SAMPLE_BYTES // (4 * rows.voxels * math.prod(rows.units))))  # (64 reads)
+        wanted = min(64, max(1, budget // (4 * rows.voxels * math.prod(rows.units))))  # (64 reads)
         picks = {}
         for j in range(wanted):  # one row per unit: one decode each
             row = first + (2 * j + 1) * rest // (2 * wanted)

@@ -48,10 +48,8 @@ def test_the_negative_share_is_warned_about_per_channel(tmp_path):
     assert len(found) == 1 and "of img's voxels are negative" in found[0], found
 
 
-def test_each_channel_and_time_point_costs_one_slab_of_reading():
-    """Checked per channel and time point, an ordinary image is still read once at most: a plane of
-    each, then (small enough to be the sample for the negative share) the rest of it."""
-    from deconv3d.pipeline.negatives import check_has_positive
+def _counting_reads(image) -> tuple:
+    """(a block reader of ``image``, the list of the keys it is read at)."""
     from deconv3d.pipeline.readers import ArrayReader
 
     reads = []
@@ -61,10 +59,38 @@ def test_each_channel_and_time_point_costs_one_slab_of_reading():
             reads.append(key)
             return super().read(key)
 
+    return Counting(image), reads
+
+
+def test_each_channel_and_time_point_costs_one_slab_of_reading():
+    """Checked per channel and time point, an ordinary image is still read once at most: a plane of
+    each, then the rest of it, which this small image's sample for the negative share holds whole
+    (SHARE_SAMPLE_BYTES for the whole image; a long series is sampled, as below)."""
+    from deconv3d.pipeline.negatives import check_has_positive
+
     image = _positive((2, 3, 4, 8, 8))
-    check_has_positive(Counting(image), "img", "rl", axes="TCZYX")
+    reader, reads = _counting_reads(image)
+    check_has_positive(reader, "img", "rl", axes="TCZYX")
     assert sorted({(k[0].start, k[1].start) for k in reads}) == [(t, c) for t in range(2) for c in range(3)]
     assert len(reads) == 12 and sum(image[k].size for k in reads) == image.size
+
+
+def test_a_long_time_series_is_sampled_within_one_budget_for_the_negative_share(monkeypatch):
+    """Found by review: each time point had a negative-share sample of SHARE_SAMPLE_BYTES of its
+    own, so a 60-point series was read whole before the first block (60 of 60 MiB). Each channel
+    and time point is still read up to its first positive voxel (a plane here); the sample beyond
+    is SHARE_SAMPLE_BYTES for the whole image, planes of time points spread over the series."""
+    from deconv3d.pipeline import negatives
+
+    plane = 4 * 16 * 16
+    monkeypatch.setattr(negatives, "SHARE_SAMPLE_BYTES", 4 * plane)
+    image = _positive((20, 2, 8, 16, 16))
+    reader, reads = _counting_reads(image)
+    negatives.check_has_positive(reader, "img", "rl", axes="TCZYX")
+    assert sorted({(k[0].start, k[1].start) for k in reads if k[2].start == 0}) == [
+        (t, c) for t in range(20) for c in range(2)]
+    assert 4 * sum(image[k].size for k in reads) == 40 * plane + negatives.SHARE_SAMPLE_BYTES
+    assert sorted((k[0].start, k[1].start) for k in reads if k[2].start > 0) == [(5, 0), (5, 1), (15, 0), (15, 1)]
 
 
 def test_wavelengths_beside_a_psf_file_set_no_channel_count(tmp_path, capsys):
