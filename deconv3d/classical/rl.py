@@ -74,9 +74,12 @@ def richardson_lucy(
         so measure total intensities on plain RL's result.
     tv_scale : float, optional
         The intensity scale of the TV term: ``|∇u|`` is regularised by at least
-        ``1e-3 * tv_scale`` so that flat areas stay finite (see Notes). Default: the largest
-        value of the voxels it fits (those of positive ``weights``); not the largest absolute
-        one: RL sets negative values to zero, so a negative outlier does not set it. A block
+        ``1e-3 * tv_scale`` so that flat areas stay finite (see Notes). Default: the image's
+        largest value (over the voxels of positive ``weights``); not the largest absolute one:
+        RL sets negative values to zero, so a negative outlier does not set it. It includes the
+        voxels that the zero boundary leaves out of the fit (the faces a one-sided PSF sends no
+        light to), so a bright voxel there sets it too; the chunked pipeline knows the volume's
+        values only, and takes the same definition for every block. A block
         of a larger volume passes the volume's (the chunked pipeline does): with its own, a
         dim block was regularised otherwise than in a whole-volume run (up to 2 % of its
         peak apart at TV weight 0.002, with a step at the seams).
@@ -240,8 +243,8 @@ def _schedule_and_estimate(image, psf, iterations: int, *, boundary: str, tv_wei
 
 def _tv_for(problem, tv_weight, voxel_size, tv_scale, image: torch.Tensor, keep=None):
     """The TV term (None for weight 0) at ``tv_scale`` (checked, refused unless a positive finite
-    number), by default :func:`_default_tv_scale` of the voxels of ``image`` that the run fits
-    (``keep > 0``)."""
+    number), by default :func:`_default_tv_scale` of ``image`` where ``keep > 0`` (the voxels the zero
+    boundary leaves unfitted included: see ``tv_scale`` in :func:`richardson_lucy`)."""
     if tv_scale is not None and not (_is_number(tv_scale) and tv_scale > 0):
         raise InputError(f"tv_scale must be a positive finite number (the volume's largest value), got {tv_scale!r}")
     if tv_weight == 0:
