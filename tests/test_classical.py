@@ -483,15 +483,17 @@ def test_bad_weights_are_refused(weights, word):
                         device="cpu")
 
 
-def _tv_denominator(u, weight, eps_min):
+def _tv_denominator(u, weight, eps_min, local=True):
     """Dey et al.'s ``1 - λ div(∇u / |∇u|_ε)``: forward differences, Neumann at both ends (numpy), with
-    ``|∇u|_ε² = |∇u|² + ε²`` and ``ε = max(eps_min, λ u Σ_i 4)`` (unit spacing)."""
+    ``|∇u|_ε² = |∇u|² + ε²`` and ``ε = max(eps_min, λ u Σ_i 4)`` (unit spacing); ``local=False``:
+    ``ε = eps_min`` (the rule before that, which older residual networks' references keep)."""
     grads = []
     for axis in range(u.ndim):
         g = np.zeros_like(u)
         g[(slice(None),) * axis + (slice(0, -1),)] = np.diff(u, axis=axis)
         grads.append(g)
-    norm = np.sqrt(np.maximum(eps_min, weight * 4 * u.ndim * u) ** 2 + sum(g * g for g in grads))
+    eps = np.maximum(eps_min, weight * 4 * u.ndim * u) if local else eps_min
+    norm = np.sqrt(eps ** 2 + sum(g * g for g in grads))
     div = np.zeros_like(u)
     for axis, g in enumerate(grads):
         g = g / norm
@@ -500,27 +502,42 @@ def _tv_denominator(u, weight, eps_min):
     return 1 - weight * div
 
 
+def bertero_rl_tv(image, psf, iterations, weight, local=True):
+    """Bertero RL-TV written with scipy (float64), on the image's field: the TV term joins physical
+    neighbours of the extended object (margin before, image, margin after); ``local``: ε's rule
+    (:func:`_tv_denominator`), with ``eps_min = 1e-3`` of the image's peak."""
+    image, psf = np.asarray(image, np.float64), np.asarray(psf, np.float64)
+    flipped = psf[(slice(None, None, -1),) * psf.ndim]
+    weight_sum = scipy.signal.fftconvolve(np.ones_like(image), flipped, mode="full")
+    inv = np.where(weight_sum > 1e-3, 1 / np.maximum(weight_sum, 1e-3), 0.0)
+    eps, floor = 1e-3 * image.max(), 1e-6 * image.max()
+    u = np.full(weight_sum.shape, image.mean()) * (inv > 0)
+    for _ in range(iterations):
+        blur = np.maximum(scipy.signal.fftconvolve(u, psf, mode="valid"), floor)
+        factor = scipy.signal.fftconvolve(image / blur, flipped, mode="full") * inv
+        u = np.clip(u * factor / _tv_denominator(u, weight, eps, local), 0, None)
+    return u[tuple(slice(k // 2, k // 2 + n) for k, n in zip(psf.shape, image.shape))]  # k - 1 - kernel_origin
+
+
 @pytest.mark.parametrize("shape, kshape", [((40, 40), (7, 7)), ((43, 45), (6, 6)), ((12, 24, 24), (5, 7, 6))],
                          ids=["fft-gap", "no-gap", "3d"])
-def test_bertero_tv_equals_tv_on_the_extended_object(rng, shape, kshape):
-    """Bertero RL-TV written with scipy: the TV term joins physical neighbours of the extended object
-    (margin before, image, margin after), whatever the FFT buffer's layout."""
+@pytest.mark.parametrize("local", [True, False], ids=["local-eps", "fixed-eps"])
+def test_bertero_tv_equals_tv_on_the_extended_object(rng, shape, kshape, local):
+    """Bertero RL-TV against scipy, whatever the FFT buffer's layout; with the TV term's ε of today,
+    and with the fixed one that the references of older residual networks keep (a private knob)."""
+    from deconv3d.classical.rl import _richardson_lucy
+
     psf = asymmetric_psf(kshape).astype(np.float64)
     truth = np.full(shape, 50.0)
     truth[tuple(slice(n // 4, 3 * n // 4) for n in shape)] = 200
     image = rng.poisson(scipy.signal.fftconvolve(truth, psf, mode="same").clip(0)).astype(np.float64)
-    flipped = psf[(slice(None, None, -1),) * psf.ndim]
-    weight = scipy.signal.fftconvolve(np.ones_like(image), flipped, mode="full")
-    inv = np.where(weight > 1e-3, 1 / np.maximum(weight, 1e-3), 0.0)
-    eps, floor = 1e-3 * image.max(), 1e-6 * image.max()
-    u = np.full(weight.shape, image.mean()) * (inv > 0)
-    for _ in range(15):
-        blur = np.maximum(scipy.signal.fftconvolve(u, psf, mode="valid"), floor)
-        factor = scipy.signal.fftconvolve(image / blur, flipped, mode="full") * inv
-        u = np.clip(u * factor / _tv_denominator(u, 0.02, eps), 0, None)
-    field = u[tuple(slice(k // 2, k // 2 + n) for k, n in zip(kshape, shape))]  # k - 1 - kernel_origin
-    ours = richardson_lucy(image, psf, 15, tv_weight=0.02, device="cpu", dtype=torch.float64)
+    field = bertero_rl_tv(image, psf, 15, 0.02, local)
+    ours = _richardson_lucy(image, psf, 15, tv_weight=0.02, device="cpu", dtype=torch.float64,
+                            tv_smoothing="local" if local else "fixed")
     assert np.abs(ours - field).max() <= 1e-9 * field.max()  # was 6% of the max at the first row
+    if local:
+        np.testing.assert_array_equal(ours, richardson_lucy(image, psf, 15, tv_weight=0.02, device="cpu",
+                                                            dtype=torch.float64))
 
 
 @pytest.mark.parametrize("kshape", [(9, 9), (8, 6), (15, 11)])

@@ -73,6 +73,11 @@ def _factor_from_blur(p: _Problem, ws: _Workspace) -> torch.Tensor:
     return factor
 
 
+#: The rules of the TV term's ε (:class:`_TV`): "local" (the default since RL-TV's flat areas flipped
+#: as a checkerboard) and "fixed" (the rule before, which older residual networks' references used).
+TV_SMOOTHING = ("local", "fixed")
+
+
 class _TV:
     """Dey et al. (2006) TV term: ``1 / (1 - λ div(∇u / |∇u|_ε))`` with forward/backward differences.
 
@@ -85,31 +90,46 @@ class _TV:
     every iteration (±0.5 % at λ = 0.002, ±2.5 % at 0.01), and noisy data at λ >= 0.01 alternated
     between two estimates (0.9-27 % change per iteration). With this ε the factor is 0 or more at
     every intensity: the checkerboard dies in a step. The demo's RL-TV PSNR stayed at 33.27 dB.
+
+    ``smoothing="fixed"`` is the rule before that, ``ε = 1e-3 · scale`` alone: a residual network
+    trained on an RL-TV reference learned its correction on top of that reference, and its
+    checkpoint, which predates the record of the rule, gets it back
+    (:class:`deconv3d.selfsup.config.Reference`).
     """
 
-    def __init__(self, shape, ndim: int, weight: float, voxel_size, data: torch.Tensor, seams, scale: float):
+    def __init__(self, shape, ndim: int, weight: float, voxel_size, data: torch.Tensor, seams, scale: float,
+                 smoothing: str = "local"):
+        if smoothing not in TV_SMOOTHING:
+            raise ValueError(f"TV smoothing must be one of {TV_SMOOTHING}, got {smoothing!r}")
         self.weight = weight
         self.seams = seams if seams is not None else tuple((n - 1, n - 1) for n in shape)  # Neumann ends
         self.spacing = _spacing(ndim, voxel_size)
         self.ndim = ndim
         self.eps = 1e-3 * max(float(scale), 1e-12)  # ε's floor (dim voxels)
-        self.stable = weight * sum(4.0 / s ** 2 for s in self.spacing)  # ε's ratio to u (above)
+        # ε's ratio to u (above); None: ε is the floor everywhere ("fixed")
+        self.stable = weight * sum(4.0 / s ** 2 for s in self.spacing) if smoothing == "local" else None
         dev, dt = data.device, data.dtype
         self.grads = [torch.empty(shape, device=dev, dtype=dt) for _ in range(ndim)]
         self.norm = torch.empty(shape, device=dev, dtype=dt)
         self.div = torch.empty(shape, device=dev, dtype=dt)
 
     @classmethod
-    def for_problem(cls, p: _Problem, weight: float, voxel_size, scale: float) -> Optional["_TV"]:
+    def for_problem(cls, p: _Problem, weight: float, voxel_size, scale: float,
+                    smoothing: str = "local") -> Optional["_TV"]:
         """The TV term on ``p``'s estimate (None for weight 0), across the physical neighbours only.
 
-        ``scale``: see ``rl._tv_for``.
+        ``scale``: see ``rl._tv_for``; ``smoothing``: ε's rule (above).
         """
-        return cls(p.estimate_shape, p.data.ndim, weight, voxel_size, p.data, p.seams, scale) if weight > 0 else None
+        if weight <= 0:
+            return None
+        return cls(p.estimate_shape, p.data.ndim, weight, voxel_size, p.data, p.seams, scale, smoothing)
 
     def denominator(self, u: torch.Tensor) -> torch.Tensor:
         """``1 - λ div(∇u/|∇u|_ε)`` at ``u`` (a reused buffer; positive for λ below the limit)."""
-        torch.mul(u, self.stable, out=self.norm).clamp_min_(self.eps).square_()  # ε²
+        if self.stable is None:
+            self.norm.fill_(self.eps ** 2)  # ε² as the fixed rule's code wrote it
+        else:
+            torch.mul(u, self.stable, out=self.norm).clamp_min_(self.eps).square_()  # ε²
         for axis, g in enumerate(self.grads):
             _forward_diff(u, axis, self.spacing[axis], out=g, seam=self.seams[axis])
             self.norm.addcmul_(g, g)

@@ -172,16 +172,28 @@ class Reference:
 
     Bertero-boundary Richardson-Lucy (RL-TV for ``tv_weight`` > 0) run for ``iterations``;
     training fixes both from held-out voxels, and inference reruns RL with them.
+
+    ``tv_smoothing`` is the rule of RL-TV's ``ε`` (:class:`deconv3d.classical._iterate._TV`):
+    ``"local"`` since it changed, ``"fixed"`` (``ε = 1e-3 · tv_scale``) before. The network learned
+    its correction on top of the reference it trained with, so inference keeps that rule: under the
+    new one a network trained on the old reference was 2.5 % of the peak off. Checkpoints written
+    before the rule was recorded hold the old one (:func:`~deconv3d.selfsup.load_checkpoint`).
     """
 
     iterations: int
     tv_weight: float = 0.0
+    tv_smoothing: str = "local"
 
     def __post_init__(self):
+        from deconv3d.classical._iterate import TV_SMOOTHING
+
         if not (isinstance(self.iterations, int) and not isinstance(self.iterations, bool) and self.iterations >= 1):
             raise InputError(f"reference iterations must be a positive whole number, got {self.iterations!r}")
         if not _is_tv_weight(self.tv_weight):
             raise InputError(f"reference tv_weight must be in [0, 1), got {self.tv_weight!r}")
+        if self.tv_smoothing not in TV_SMOOTHING:
+            raise InputError(f"reference tv_smoothing must be one of {', '.join(TV_SMOOTHING)}, "
+                             f"got {self.tv_smoothing!r}")
 
     def estimate(self, image, psf, device="cpu", extended: bool = False, tv_scale: float | None = None):
         """RL of ``image`` with these settings (float32 ndarray); ``extended``: on the Bertero extended domain;
@@ -190,15 +202,15 @@ class Reference:
         A PSF larger than the image along some axis is centre-cropped to it (:func:`deconv3d.psf.fit_psf`),
         as the chunked pipeline's RL blocks do, so a thin stack still gets its reference.
         """
-        from deconv3d.classical import richardson_lucy
+        from deconv3d.classical.rl import _richardson_lucy
         from deconv3d.psf import fit_psf
 
         psf = fit_psf(np.asarray(psf), np.shape(image))
         if (np.asarray(image) <= 0).all():  # a dark block: RL's zeros, without its warning (NaN: RL refuses)
             shape = [n + k - 1 for n, k in zip(np.shape(image), psf.shape)] if extended else np.shape(image)
             return np.zeros(shape, np.float32)
-        return richardson_lucy(image, psf, self.iterations, tv_weight=self.tv_weight, device=device,
-                               extended=extended, tv_scale=tv_scale)
+        return _richardson_lucy(image, psf, self.iterations, tv_weight=self.tv_weight, device=device,
+                                extended=extended, tv_scale=tv_scale, tv_smoothing=self.tv_smoothing)
 
 
 def reference_fft_shape(image_shape, psf_shape) -> tuple[int, ...]:

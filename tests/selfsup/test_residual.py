@@ -139,6 +139,34 @@ def test_checkpoint_keeps_the_reference_and_refuses_a_mismatch(tmp_path):
     assert old.reference is None and not old.config.residual
 
 
+def test_a_checkpoint_from_before_the_tv_smoothing_record_keeps_its_reference(tmp_path):
+    """Found by review: RL-TV's ε became max(1e-3 tv_scale, λ u Σ 4/s²) per voxel; a residual network
+    trained on the RL-TV reference of the fixed ε, 1e-3 tv_scale, learned its correction on top of that
+    one, and applied under the new rule its output moved by 2.5 % of the peak, unannounced. A file
+    without the rule's record rebuilds the fixed rule (scipy's RL-TV here); new files record theirs."""
+    from deconv3d.psf import normalize_psf
+    from deconv3d.selfsup import TrainedModel
+    from deconv3d.selfsup.unet import ResUNet
+    from test_classical import bertero_rl_tv
+
+    _, noisy, psf = problem(3, sigma=0.05)
+    psf = normalize_psf(psf)
+    trained = TrainedModel(ResUNet(TINY[3]), TINY[3], TrainConfig(residual=True), 0.0, 1.0, psf, None,
+                           Reference(4, 0.01))
+    save_checkpoint(trained, tmp_path / "m.ckpt")
+    assert load_checkpoint(tmp_path / "m.ckpt").reference == Reference(4, 0.01, "local")
+    data = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    del data["reference"]["tv_smoothing"]  # as written before the rule was recorded
+    torch.save(data, tmp_path / "m.ckpt")
+    old = load_checkpoint(tmp_path / "m.ckpt").reference
+    assert old == Reference(4, 0.01, "fixed")
+    expected = bertero_rl_tv(noisy, psf, 4, 0.01, local=False)
+    assert np.abs(old.estimate(noisy, psf) - expected).max() < 1e-5 * expected.max()
+    assert np.abs(Reference(4, 0.01).estimate(noisy, psf) - expected).max() > 1e-2 * expected.max()
+    with pytest.raises(InputError, match="tv_smoothing"):
+        Reference(4, 0.01, "flat")
+
+
 @pytest.mark.parametrize("bad", [1, "yes", None])
 def test_bad_residual_flag_is_refused(bad):
     with pytest.raises(InputError, match="residual"):
