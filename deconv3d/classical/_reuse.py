@@ -6,7 +6,11 @@ yet every block computed them again: 9 of each in a 96 x 384 x 384 run (its meas
 blocks in 3 shapes), 18 % of its CPU; kept, and with the blocks grouped by shape
 (:func:`deconv3d.pipeline.chunked.block_regions`), 4 of each, 9 %. Only a caller that names an owner
 (:func:`reusing_setup`: :class:`deconv3d.pipeline.RichardsonLucyBlock` names the run of its
-block) keeps a set-up, and only while the owner lives (a weak reference): an in-memory call of
+block) keeps a set-up, and only until the run ends: the run drops it then (:func:`drop_setup`, in a
+``finally``: done, failed or cancelled), and a weak reference to the owner drops it where the owner
+goes first. The weak reference alone was not enough: a run that failed in a block lived on in the
+exception's traceback (a reference cycle through the block's future) until the garbage collector
+came, and its OTF and weight with it. An in-memory call of
 :func:`deconv3d.classical.richardson_lucy` keeps nothing once it returns.
 
 At most one set-up is kept in the process, and a call of another shape, PSF or owner drops it
@@ -41,7 +45,8 @@ _kept: list = [None]  # the one Setup kept; replaced or cleared whole (one assig
 @contextlib.contextmanager
 def reusing_setup(owner):
     """Within, set-ups that this thread builds are kept for the next call naming the same ``owner``
-    (any object that allows weak references; None keeps nothing) while ``owner`` lives."""
+    (any object that allows weak references; None keeps nothing) until the owner's run drops them
+    (:func:`drop_setup`) or ``owner`` is gone."""
     previous = getattr(_local, "owner", None)
     _local.owner = owner
     try:
@@ -68,6 +73,13 @@ def keep_setup(key: tuple, psf: torch.Tensor, otf: torch.Tensor, inv_weight: Opt
     owner = getattr(_local, "owner", None)
     if owner is not None:
         _kept[0] = Setup(weakref.ref(owner, _forget), key, psf, otf, inv_weight)
+
+
+def drop_setup(owner) -> None:
+    """Drop the set-up kept for ``owner``, if it is the one kept: its run has ended."""
+    kept = _kept[0]
+    if kept is not None and kept.owner() is owner:
+        _kept[0] = None
 
 
 def _forget(ref: weakref.ref) -> None:

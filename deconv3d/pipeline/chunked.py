@@ -257,8 +257,8 @@ def block_run():
     """The run whose block this thread computes: an object that lives as long as the run (one
     :func:`run_blocks` call in this process; on a cluster's workers, the block's task), or None
     outside run_blocks' tasks. A block callable may keep what it set up for one block for the
-    next blocks of its run, tied to this object by a weak reference (RL's OTF:
-    :mod:`deconv3d.classical._reuse`), so that it goes with the run."""
+    next blocks of its run, for this object (RL's OTF: :mod:`deconv3d.classical._reuse`): the run
+    drops it when it ends, failed or cancelled too."""
     return getattr(_BLOCK, "abandon", None)
 
 
@@ -405,7 +405,10 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     """
     import zarr
 
-    if isinstance(abandon, str):  # on a cluster's worker: the name of the run's distributed.Event
+    from deconv3d.classical._reuse import drop_setup
+
+    on_cluster = isinstance(abandon, str)
+    if on_cluster:  # on a cluster's worker: the name of the run's distributed.Event
         abandon = _ClusterFlag(abandon)
     if abandon is not None and abandon.is_set():
         return None
@@ -416,6 +419,8 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
         out = _apply(fn, np.ascontiguousarray(block, dtype=np.float32), placement)
     finally:
         _BLOCK.abandon, _BLOCK.threads = None, 0
+        if on_cluster:  # this task's flag is the run's there (block_run): its set-up goes with the task
+            drop_setup(abandon)
     del block
     if abandon is not None and abandon.is_set():
         return None
@@ -564,6 +569,8 @@ def _stop_if_cancelled(flag: _RunFlag, done: int, total: int) -> None:
 
 def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: int, progress, done: int,
                  total: int, threads: int = 0, cancel=None) -> int:
+    from deconv3d.classical._reuse import drop_setup
+
     finished, state = _counter(progress, done, total)
     futures: set = set()
     abandon = _RunFlag(cancel)  # the blocks see a cancel at once, and this loop within half a second
@@ -590,6 +597,8 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
             future.cancel()
         wait(futures)  # before the output is removed
         raise
+    finally:  # no block runs now: the set-up they kept (block_run) goes, not when the collector finds the run
+        drop_setup(abandon)
     return state["count"]
 
 

@@ -6,8 +6,10 @@ import time
 
 import dask.array as da
 import numpy as np
+import pytest
 import tifffile
 
+from deconv3d.errors import Cancelled, InputError
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
 from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
 from deconv3d.pipeline.chunked import block_regions, plan_chunks
@@ -91,3 +93,38 @@ def test_blocks_come_grouped_by_shape_and_each_shape_sets_up_rl_once(tmp_path, v
     run_chunked(volume, fn, tmp_path / "o.zarr", chunks=chunks, workers=1)
     assert len(computed) == 4
     assert _reuse._kept[0] is None
+
+
+@pytest.mark.parametrize("end", ["failed", "cancelled"])
+def test_a_run_that_ends_early_drops_its_rl_set_up(tmp_path, volume, psf3d, end):
+    """Found by review: a run that failed in a block kept its OTF and Bertero weight after it ended,
+    for as long as the exception lived (its traceback holds the run, in a cycle through the block's
+    future) or until the garbage collector came. The run drops its set-up when it ends, in a finally;
+    on a cluster each block's task does (test below)."""
+    from deconv3d.classical import _reuse
+
+    image = volume.copy()
+    if end == "failed":
+        image[-1, -1, -1] = np.nan  # the last block refuses it, after others kept their set-up
+    with pytest.raises(InputError if end == "failed" else Cancelled) as raised:
+        run_chunked(image, RichardsonLucyBlock(psf3d, iterations=2), tmp_path / "o.zarr", chunks=(12, 16, 16),
+                    workers=2, progress=None if end == "failed" else lambda done, total: done >= 1)
+    assert raised.value.__traceback__ is not None  # (the run still referenced)
+    assert _reuse._kept[0] is None
+
+
+def test_a_cluster_task_drops_its_rl_set_up_when_it_ends(volume, psf3d):
+    """On a cluster's worker the run's flag lives as long as the block's task: its set-up goes with it
+    (the worker keeps a failed task's traceback)."""
+    from deconv3d.classical import _reuse
+    from deconv3d.pipeline.chunked import _block_task
+
+    class Failing(RichardsonLucyBlock):
+        def __call__(self, block):
+            super().__call__(block)  # keeps its set-up for the task's run
+            raise RuntimeError("after RL")
+
+    with pytest.raises(RuntimeError, match="after RL") as raised:
+        _block_task(volume[:12, :16, :16], None, Failing(psf3d, iterations=1), None, "unused", (),
+                    abandon="deconv3d-abandon-test")
+    assert raised.value.__traceback__ is not None and _reuse._kept[0] is None
