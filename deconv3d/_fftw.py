@@ -19,8 +19,8 @@ Two backends behind one small interface (:func:`real_transforms`):
   seconds (the rest get estimated plans, and later runs measure them), so a rerun costs at most
   a few seconds and one plan's measuring more than the first: measuring every plan of every
   block shape at once made the second run of a chunked command cost 3.7 times the first (43
-  against 11.7 s of CPU). ``DECONV3D_FFTW_PLANNER=measure`` measures every shape at once (a
-  benchmark).
+  against 11.7 s of CPU). What a run is: :func:`measuring_run`. ``DECONV3D_FFTW_PLANNER=measure``
+  measures every shape at once (a benchmark).
   Small transforms stay on torch, where even that would cost more than it saves.
 
 pyFFTW bundles FFTW, which is GPL-licensed; deconv3d itself is BSD-3 and runs without it.
@@ -40,6 +40,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
@@ -157,7 +158,7 @@ class FFTWTransforms:
         real_in = [pyfftw.empty_aligned(self.shape, dtype=real) for _ in range(n_inputs)]
         spectrum = pyfftw.empty_aligned(half, dtype=cplx)
         output = pyfftw.empty_aligned(self.shape, dtype=real)
-        with _lock:
+        with measuring_run(), _lock:  # a run of its own unless inside one (measuring_run)
             _load_wisdom(pyfftw)
             threads = max(1, int(threads or torch.get_num_threads()))
             self._forward, self._inverse = _make_plans(pyfftw, _policy(self.shape, real), threads, real_in, spectrum,
@@ -197,7 +198,7 @@ def _make_plans(pyfftw, policy: tuple, threads: int, real_in, spectrum, output, 
 
 class _Planner:
     """Makes the FFTW plans of one transform: with ``flags``, or where they are None (or measuring
-    is ``budgeted`` and the process has spent :data:`MEASURE_BUDGET`) with the measured plan that
+    is ``budgeted`` and the run has spent :data:`MEASURE_BUDGET`) with the measured plan that
     the wisdom holds, else an estimated one. The budget is checked plan by plan (a pruned pass
     each: 8 for RL's workspace), each measured to its end once begun (see MEASURE_BUDGET)."""
 
@@ -296,23 +297,53 @@ RECUR_IN_PROCESS = 50
 #: second rl-tv run on a 30 x 1024 x 1024 stack, 44 x 1056 x 1056 transforms, spent 235 s of 255
 #: measuring, to save about 12 % of 2 s per iteration).
 MEASURE_MAX_VOXELS = 1 << 24
-#: Seconds of measuring after which a process measures no further plans for sizes that earlier
-#: processes met: those get the measured plans kept in the wisdom, else estimated ones, and later
-#: runs measure them. Without it the second run of a chunked command measured every plan of its 4
-#: transform sizes: 43 s of CPU against 11.7 s for the first, 31 s of it measuring. Checked plan by
-#: plan (RL's transforms have 8, each measured to its end once begun: cut short by a smaller
-#: :data:`PLANNING_TIME_LIMIT`, a plan is kept in a form ``FFTW_WISDOM_ONLY`` does not find), so a
-#: run goes over it by one plan at most. On a loaded 2-core machine the runs after the first of a
+#: Seconds of measuring after which a run (:func:`measuring_run`) measures no further plans for
+#: sizes that earlier processes met: those get the measured plans kept in the wisdom, else estimated
+#: ones, and later runs measure them. Without it the second run of a chunked command measured every
+#: plan of its 4 transform sizes: 43 s of CPU against 11.7 s for the first, 31 s of it measuring.
+#: Checked plan by plan (RL's transforms have 8, each measured to its end once begun: cut short by a
+#: smaller :data:`PLANNING_TIME_LIMIT`, a plan is kept in a form ``FFTW_WISDOM_ONLY`` does not find),
+#: so a run goes over it by one plan at most. On a loaded 2-core machine the runs after the first of a
 #: 96 x 384 x 384 command in 9 blocks (4 transform sizes, 8 plans each) then cost 12-20 s of CPU
 #: against 10 s for the first, measuring a few plans each, where the second had cost 40 s. Sizes
 #: recurring within this process (:data:`RECUR_IN_PROCESS`) repay measuring in the run itself, and
 #: ``DECONV3D_FFTW_PLANNER=measure`` measures everything: neither is held to it.
 MEASURE_BUDGET = 3.0
-_measured_s = 0.0  # seconds this process has spent planning with FFTW_MEASURE
+_measured_s = 0.0  # seconds the current run has spent planning with FFTW_MEASURE
+_runs = {"open": 0, "key": None}  # the runs open in this process, and the key of the first to open
+_runs_lock = threading.Lock()
 _clock = time.perf_counter
 _met: dict = {}  # transform sizes met in this process, and how often
 _met_before: frozenset = frozenset()  # sizes that earlier processes met (read with the wisdom)
 _remembered: set = set()  # sizes this process has added to the file
+
+
+@contextlib.contextmanager
+def measuring_run(key: str | None = None):
+    """One run, as :data:`MEASURE_BUDGET` counts them: within, FFTW's measuring shares one budget.
+
+    It starts afresh when a run opens with none open in the process, unless it names the ``key``
+    of the run before: a run's blocks on a cluster's worker, which open one each, share one (the
+    key names the run: one :func:`~deconv3d.pipeline.chunked.run_blocks` call, a time point and
+    channel). Runs opened inside another (a chunked run's blocks and measuring box), or while
+    another is open (two runs in a GUI's threads), share its budget. What opens one: any
+    Richardson-Lucy call (its transforms), :func:`deconv3d.pipeline.run_chunked` (so each input of
+    ``deconvolve_file`` or a batch) and :func:`~deconv3d.pipeline.chunked.run_blocks`, and a
+    :func:`~deconv3d.pipeline.graph.blockwise` graph's blocks (keyed). The budget used to be the
+    process's: in a notebook, or on a persistent dask worker, the runs after the first few never
+    measured again."""
+    global _measured_s
+    with _runs_lock:
+        if _runs["open"] == 0:
+            if key is None or key != _runs["key"]:
+                _measured_s = 0.0
+            _runs["key"] = key
+        _runs["open"] += 1
+    try:
+        yield
+    finally:
+        with _runs_lock:
+            _runs["open"] -= 1
 
 
 def _policy(shape, real: str) -> tuple:

@@ -180,6 +180,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         :class:`Cancelled` is raised. A multi-block RL run's measuring of its acceleration steps,
         before the blocks, is not cut short. Cancelled runs leave no output.
     """
+    from deconv3d._fftw import measuring_run
     from deconv3d.omezarr import create_ome_zarr, write_omero, write_pyramid
 
     start = time.perf_counter()
@@ -203,8 +204,9 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     # planned: the total is known, nothing written yet
     if (progress is not None and progress(0, total)) or cancel_requested(cancel):
         raise Cancelled("cancelled before the first block")
-    # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (memory.py)
-    with large_allocations_returned(plan.memory_limit is not None), atomic_output(output) as tmp:
+    # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (memory.py);
+    # the measuring box and every block are one run for FFTW's measuring budget (measuring_run)
+    with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output) as tmp:
         create_ome_zarr(tmp, reader.shape, (1,) * lead + plan.zarr_chunks, axes=axes, voxel_size=voxel_size,
                         provenance=provenance, name=Path(output).stem,
                         time_axis=time_axis if "T" in axes else None, origin=origin)

@@ -405,6 +405,7 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     """
     import zarr
 
+    from deconv3d._fftw import measuring_run
     from deconv3d.classical._reuse import drop_setup
 
     on_cluster = isinstance(abandon, str)
@@ -415,8 +416,9 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     block = source if isinstance(source, np.ndarray) else source.read(read_key)
     _verify_source(source, thorough=False)  # (run_chunked checks thoroughly once, before publishing)
     _BLOCK.abandon, _BLOCK.threads = abandon, threads
-    try:
-        out = _apply(fn, np.ascontiguousarray(block, dtype=np.float32), placement)
+    try:  # a worker's blocks of one run share FFTW's measuring budget (here: run_blocks' own)
+        with measuring_run(abandon.name if on_cluster else None):
+            out = _apply(fn, np.ascontiguousarray(block, dtype=np.float32), placement)
     finally:
         _BLOCK.abandon, _BLOCK.threads = None, 0
         if on_cluster:  # this task's flag is the run's there (block_run): its set-up goes with the task
@@ -502,11 +504,13 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
             address = getattr(client, "_start_arg", None) or "its address"
             raise RuntimeError(f"lost the dask scheduler at {address}: is it still running? Start it again and "
                                "rerun") from exc
+    from deconv3d._fftw import measuring_run
+
     own = pool is None
     workers = max(1, min(int(workers), count))  # fewer blocks than workers: each keeps more of the cores
     pool = pool or ThreadPoolExecutor(workers)
     try:
-        with _share_cores(workers) as share:
+        with _share_cores(workers) as share, measuring_run():  # the blocks: one run for FFTW's measuring
             return _run_threads(reader, fn, str(target_path), tasks, pool, workers, progress, done, total, share,
                                 cancel)
     finally:

@@ -9,6 +9,7 @@ the same without a graph over the input and holds less memory on large inputs.
 from __future__ import annotations
 
 import math
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -26,8 +27,11 @@ def _as_block_function(fn: Callable[[np.ndarray], np.ndarray], ndim: int, chunks
     ``depth``: the plan's core block sizes and halo per axis)."""
     shape = tuple(sum(c) for c in chunks[-ndim:])
     regions = [axis_regions(n, sizes, h) for n, sizes, h in zip(shape, chunks[-ndim:], depth[-ndim:])]
+    graph = f"deconv3d-graph-{uuid.uuid4().hex}"  # its blocks share FFTW's measuring budget (measuring_run)
 
     def run(block: np.ndarray, block_info=None) -> np.ndarray:
+        from deconv3d._fftw import measuring_run
+
         if block.size == 0:
             return np.zeros(block.shape, np.float32)
         spatial = np.ascontiguousarray(block.reshape(block.shape[block.ndim - ndim:]), dtype=np.float32)
@@ -35,7 +39,8 @@ def _as_block_function(fn: Callable[[np.ndarray], np.ndarray], ndim: int, chunks
         if block_info is not None:
             found = [axis[i] for axis, i in zip(regions, block_info[0]["chunk-location"][-ndim:])]
             placement = Placement(tuple(read.start for read, _, _ in found), tuple(trim for _, trim, _ in found), shape)
-        return _apply(fn, spatial, placement).reshape(block.shape)
+        with measuring_run(graph):
+            return _apply(fn, spatial, placement).reshape(block.shape)
 
     return run
 
