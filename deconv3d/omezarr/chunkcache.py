@@ -8,8 +8,12 @@ chunks were decoded 1300 times for 96 chunks (about 10 % of a 5-iteration RL run
 64-plane chunks 39 times.
 
 :class:`ChunkCache` assembles a region from the chunks it touches, decoding only those it does not
-hold, and keeps the most recently used ones, in the file's own dtype, up to a byte budget that
-the run's memory plan counts (:func:`deconv3d.pipeline.readers.chunk_cache_budget`). A budget
+hold (in boxes of those alone: a box around them all decoded the held ones inside it again), and
+keeps the most recently used ones, in the file's own dtype, up to a byte budget that the run's
+memory plan counts (:func:`deconv3d.pipeline.readers.chunk_cache_budget`). Each decoded chunk is
+kept as read, or cut from a box of small ones of at most :data:`READ_BYTES`: decoding all the
+missing chunks into one box and copying them out held them twice (a run under --memory-limit
+980MB peaked at 1153 MiB). A budget
 that holds all of an image's chunks decodes each once whatever order the blocks run in; a smaller
 one serves the blocks that follow one another over the same chunks.
 """
@@ -23,7 +27,14 @@ import threading
 
 import numpy as np
 
-__all__ = ["ChunkCache", "stored_bytes"]
+__all__ = ["ChunkCache", "READ_BYTES", "stored_bytes"]
+
+
+#: Most bytes one call to zarr decodes into a box that is then cut into several chunks for the cache,
+#: which a read holds beside the chunks it keeps (a chunk larger than that is read alone and kept as
+#: read). Chunks of 16^3 uint16 read one call each took 3.7 times as long as one call for all 256 of
+#: a 64 x 128 x 128 region (32^3: 2 times); in boxes of 256 KiB to 16 MiB, as long as that one call.
+READ_BYTES = 2**20
 
 
 class ChunkCache:
@@ -31,6 +42,9 @@ class ChunkCache:
 
     Shared by the threads of a run: a chunk that one thread is decoding is waited for by the
     others that need it (two blocks that start together read the same chunks), not decoded again.
+    A read copies each chunk into the region as it gets it: it holds no more than one box of
+    :data:`READ_BYTES` (or one chunk) beside the chunks the cache keeps, even where other threads
+    drop the region's other chunks meanwhile.
     """
 
     def __init__(self, budget: int):
@@ -47,63 +61,77 @@ class ChunkCache:
             return None
         starts, stops, squeeze = region
         chunks = tuple(int(c) for c in array.chunks)
-        found = self._gather(array, chunks, itertools.product(
-            *(range(a // c, -(-b // c)) for a, b, c in zip(starts, stops, chunks))))
         out = np.empty([b - a for a, b in zip(starts, stops)], dtype=array.dtype)
-        for index, chunk in found.items():
+
+        def put(index, chunk) -> None:
             first = [i * c for i, c in zip(index, chunks)]
             inside = [(max(a, f), min(b, f + n)) for a, b, f, n in zip(starts, stops, first, chunk.shape)]
             out[tuple(slice(lo - a, hi - a) for (lo, hi), a in zip(inside, starts))] = \
                 chunk[tuple(slice(lo - f, hi - f) for (lo, hi), f in zip(inside, first))]
+
+        self._fill(array, chunks, itertools.product(
+            *(range(a // c, -(-b // c)) for a, b, c in zip(starts, stops, chunks))), put)
         return out[squeeze]
 
-    def _gather(self, array, chunks: tuple, indices) -> dict:
-        """The chunks at ``indices``: held, decoded here, or waited for where another thread decodes them."""
-        found, mine, theirs = {}, [], {}
+    def _fill(self, array, chunks: tuple, indices, put) -> None:
+        """``put(index, chunk)`` for the chunks at ``indices``: those missing are decoded here first
+        (boxes of missing chunks only: a chunk held is not decoded again), then the others are taken
+        from the cache as they are needed, once the thread decoding them is done."""
+        mine, later = {}, []  # chunk index: the Event this thread sets; (index, Event to wait for or None)
         with self._lock:
             for index in indices:
                 if index in self._chunks:
-                    found[index] = self._chunks[index]
                     self._chunks.move_to_end(index)
+                    later.append((index, None))
                 elif index in self._pending:
-                    theirs[index] = self._pending[index]
+                    later.append((index, self._pending[index]))
                 else:
-                    mine.append(index)
-                    self._pending[index] = threading.Event()
-        if mine:
-            found.update(self._decode(array, mine, chunks))
-        for index, done in theirs.items():
-            done.wait()
+                    mine[index] = self._pending[index] = threading.Event()
+        try:
+            most = max(1, READ_BYTES // (math.prod(chunks) * np.dtype(array.dtype).itemsize))
+            for box in _boxes(list(mine), most):
+                self._decode(array, box, chunks, put)
+                self._release({index: mine[index] for index in box})
+        finally:  # (a failing decode: its waiters find no chunk, decode it themselves and fail too)
+            self._release(mine)
+        for index, done in later:
+            if done is not None:
+                done.wait()
             with self._lock:
                 chunk = self._chunks.get(index)
-            # not kept (over the budget, dropped since, or its reading failed): read it here
-            found[index] = chunk if chunk is not None else self._decode(array, [index], chunks, claimed=False)[index]
-        return found
+            if chunk is None:  # not kept (over the budget, dropped since, or its reading failed): read it here
+                self._decode(array, [index], chunks, put)
+            else:
+                put(index, chunk)
 
-    def _decode(self, array, missing: list, chunks: tuple, claimed: bool = True) -> dict:
-        """The ``missing`` chunks, read in one call (zarr decodes a region's chunks together: one
-        call per chunk took 1.8-3 times as long for chunks of 32^3 to 16^3), kept within budget;
-        those this thread ``claimed`` are then released to the threads waiting for them."""
-        try:
-            low = [min(i[d] for i in missing) * c for d, c in enumerate(chunks)]
-            high = [min((max(i[d] for i in missing) + 1) * c, n) for d, (c, n) in enumerate(zip(chunks, array.shape))]
-            box = np.asarray(array[tuple(slice(lo, hi) for lo, hi in zip(low, high))])
-            pieces = {index: box[tuple(slice(i * c - lo, (i + 1) * c - lo) for i, c, lo in zip(index, chunks, low))]
-                      for index in missing}
-            kept = {index: piece if len(pieces) == 1 else piece.copy()  # (a view would keep the whole box)
-                    for index, piece in pieces.items() if piece.nbytes <= self.budget}
-            with self._lock:
-                for index, chunk in kept.items():
-                    old = self._chunks.pop(index, None)
-                    self.held += chunk.nbytes - (0 if old is None else old.nbytes)
-                    self._chunks[index] = chunk
-                while self.held > self.budget:
-                    self.held -= self._chunks.popitem(last=False)[1].nbytes
-            return pieces
-        finally:
-            with self._lock:
-                for index in missing if claimed else ():
-                    self._pending.pop(index).set()
+    def _decode(self, array, box: list, chunks: tuple, put) -> None:
+        """``put`` the chunks of ``box`` (the indices of a box of chunks), read in one call (zarr
+        decodes a region's chunks together), and keep them within the budget: one chunk as read,
+        several as copies (a view would keep the whole box)."""
+        low = [min(i[d] for i in box) * c for d, c in enumerate(chunks)]
+        high = [min((max(i[d] for i in box) + 1) * c, n) for d, (c, n) in enumerate(zip(chunks, array.shape))]
+        whole = np.asarray(array[tuple(slice(lo, hi) for lo, hi in zip(low, high))])
+        kept = {}
+        for index in box:
+            piece = whole[tuple(slice(i * c - lo, (i + 1) * c - lo) for i, c, lo in zip(index, chunks, low))]
+            put(index, piece)
+            if piece.nbytes <= self.budget:
+                kept[index] = piece if len(box) == 1 else piece.copy()
+        with self._lock:
+            for index, chunk in kept.items():
+                old = self._chunks.pop(index, None)
+                self.held += chunk.nbytes - (0 if old is None else old.nbytes)
+                self._chunks[index] = chunk
+            while self.held > self.budget:
+                self.held -= self._chunks.popitem(last=False)[1].nbytes
+
+    def _release(self, claimed: dict) -> None:
+        """Wake the threads waiting for the chunks this thread ``claimed`` (index: its Event), once."""
+        with self._lock:
+            for index, done in claimed.items():
+                if self._pending.get(index) is done:
+                    del self._pending[index]
+                    done.set()
 
     def clear(self) -> None:
         with self._lock:
@@ -124,6 +152,21 @@ def stored_bytes(chunks, shape, itemsize: int, lead: int = 0, region=None) -> in
         else:  # r voxels span at most ceil((r - 1) / c) + 1 chunks
             sizes.append(min(n, (-(-(region[i - lead] - 1) // c) + 1) * c))
     return math.prod(sizes) * int(itemsize)
+
+
+def _boxes(indices: list, most: int) -> list[list]:
+    """``indices`` (of chunks, distinct) in boxes that hold only them, of at most ``most`` chunks each:
+    halves along the axis they span most chunks of, until a half fills its bounding box."""
+    if not indices:
+        return []
+    low = [min(i[d] for i in indices) for d in range(len(indices[0]))]
+    span = [max(i[d] for i in indices) + 1 - lo for d, lo in enumerate(low)]
+    if len(indices) == math.prod(span) and len(indices) <= most:
+        return [indices]
+    axis = span.index(max(span))
+    middle = low[axis] + span[axis] // 2
+    return _boxes([i for i in indices if i[axis] < middle], most) + \
+        _boxes([i for i in indices if i[axis] >= middle], most)
 
 
 def _region(key, shape) -> tuple[list, list, tuple] | None:

@@ -2,6 +2,8 @@
 
 import collections
 import pickle
+import threading
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -92,3 +94,80 @@ def test_a_reader_pickles_its_budget_not_its_chunks(tmp_path):
     assert copy._cache.held == 2 * 16 * 16 * 4
     reader.cache_chunks(0)
     assert reader._cache is None and reader.read((0, 0, 0)) == pytest.approx(1.0)
+
+
+def test_a_read_decodes_only_the_chunks_the_cache_does_not_hold(tmp_path, monkeypatch):
+    """Found in review: a read decoded the bounding box of the chunks it missed, so the chunks held
+    inside that box (planes 3-5 here, or those between two evicted ones) were decoded again."""
+    data = np.arange(9 * 16 * 16, dtype=np.float32).reshape(9, 16, 16)
+    array = zarr.create_array(tmp_path / "in.zarr", name="0", shape=data.shape, chunks=(1, 8, 16), dtype=data.dtype)
+    array[:] = data
+    fetched = _count_chunk_fetches(monkeypatch)
+    cache = ChunkCache(10**7)
+    for key in [(slice(3, 6),), (slice(1, 2), slice(8, 16)), (slice(0, 9),)]:
+        np.testing.assert_array_equal(cache.read(array, key), data[key])
+    assert len(fetched) == 18 and set(fetched.values()) == {1}, fetched
+    assert cache.held == data.nbytes
+
+
+def test_a_cached_read_holds_little_beside_the_chunks_it_keeps(tmp_path):
+    """Found in review: the first read decoded all the chunks it missed into one box and then
+    copied each into the cache, both alive at once: twice the memory the run's plan counts (a
+    --memory-limit run of one-plane chunks peaked at 1153 MiB under 980 MB)."""
+    array = zarr.create_array(tmp_path / "in.zarr", shape=(32, 256, 256), chunks=(1, 256, 256), dtype=np.float32)
+    array[:] = 1.0
+    array[0, 0, 0]  # (zarr's first read sets itself up)
+    cache = ChunkCache(10**8)
+    tracemalloc.start()
+    try:
+        block = cache.read(array, (slice(None), slice(0, 4), slice(0, 4)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert cache.held == 32 * 256 * 256 * 4 and block.shape == (32, 4, 4) and (block == 1).all()
+    assert peak - cache.held < cache.held / 2, (peak, cache.held)
+
+
+class _SlowArray:
+    """An 8 x 8 array of four chunks whose reads wait for ``go`` (and, given ``fail``, fail where they
+    include one of its first three chunks)."""
+
+    def __init__(self, fail: bool):
+        self.data = np.arange(64, dtype=np.uint16).reshape(8, 8)
+        self.shape, self.chunks, self.dtype = self.data.shape, (2, 8), self.data.dtype
+        self.fail, self.calls, self.go = fail, [], threading.Event()
+
+    def __getitem__(self, key):
+        self.calls.append(key)
+        assert self.go.wait(10)
+        if self.fail and key[0].start < 6:
+            raise ValueError("damaged chunk")
+        return self.data[key]
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_threads_wait_for_the_chunks_another_decodes_and_share_its_failure(fail):
+    array, cache, results = _SlowArray(fail), ChunkCache(10**6), {}
+
+    def read(name, key):
+        try:
+            results[name] = np.array_equal(cache.read(array, key), array.data[key])
+        except ValueError as exc:
+            results[name] = str(exc)
+
+    threads = [threading.Thread(target=read, args=("first", (slice(0, 6),)))]
+    threads[0].start()
+    while len(cache._pending) < 3:  # the first holds chunks 0-2 before the second starts
+        threads[0].join(0.001)
+    threads.append(threading.Thread(target=read, args=("second", (slice(2, 8),))))
+    threads[1].start()
+    while len(cache._pending) < 4:
+        threads[1].join(0.001)
+    array.go.set()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads) and cache._pending == {}
+    if fail:  # the second, waiting for chunks 1 and 2, read them itself
+        assert results == {"first": "damaged chunk", "second": "damaged chunk"}
+    else:  # chunk 2, claimed by the first, was read once
+        assert results == {"first": True, "second": True} and len(array.calls) == 2
