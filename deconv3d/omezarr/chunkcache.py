@@ -27,7 +27,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["ChunkCache", "READ_BYTES", "stored_bytes"]
+__all__ = ["ChunkCache", "READ_BYTES", "read_spare", "stored_bytes"]
 
 
 #: Most bytes one call to zarr decodes into a box that is then cut into several chunks for the cache,
@@ -137,6 +137,13 @@ class ChunkCache:
         with self._lock:
             self._chunks.clear()
             self.held = 0
+
+
+def read_spare(chunk_bytes: int) -> int:
+    """Bytes one thread's read may hold beside a full cache's budget, for chunks of ``chunk_bytes``:
+    a box of :data:`READ_BYTES` and the copies cut from it, or a chunk read alone and the buffer
+    zarr decodes it into, before the least recently used chunks make room (the plan counts it)."""
+    return 2 * max(READ_BYTES, int(chunk_bytes))
 
 
 def stored_bytes(chunks, shape, itemsize: int, lead: int = 0, region=None) -> int:

@@ -33,7 +33,7 @@ from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_ch
                                       parse_memory, planning_baseline, large_allocations_returned, round_chunks)
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
-from deconv3d.pipeline.readers import _View, as_reader, chunk_cache_budget, chunks_cached
+from deconv3d.pipeline.readers import _View, as_reader, chunk_cache_budget, chunk_reads_spare, chunks_cached
 from deconv3d.pipeline.records import (provenance, psf_source, psf_summary, run_environment, run_fft_environment,
                                        tiff_properties)
 
@@ -247,7 +247,8 @@ class _Plan:
     dask chunks and count, the zarr chunks of the output, the chunks the blocks run
     with (``run_chunks``: the whole volume when preparing would run the method on it anyway), the
     predicted peak memory, the memory limit (asked, or chosen from the free memory) and, once
-    :meth:`with_cache` has sized it, the input chunk cache (counted in the predicted peak)."""
+    :meth:`with_cache` has sized it, the input chunk cache (counted in the predicted peak, as is
+    what the ``threads`` reading through it at once hold beside it)."""
 
     shape: tuple
     chunks: tuple
@@ -261,6 +262,7 @@ class _Plan:
     memory_limit: object
     model: MemoryModel | None
     cache: int = 0  # bytes of decoded input chunks the blocks may keep (chunk_cache_budget)
+    threads: int = 1  # blocks in flight in one process, whose reads share its cache
 
     @classmethod
     def make(cls, shape, block_fns, chunks, halo, memory_limit, model, workers, client) -> "_Plan":
@@ -278,7 +280,7 @@ class _Plan:
             if model is not None:
                 predicted = model.peak_bytes(shape, depth, shape, workers=1, baseline=planning_baseline())
         return cls(tuple(shape), chunks, tuple(halo), depth, dask_chunks, zarr_chunks, blocks, run_chunks, predicted,
-                   memory_limit, model)
+                   memory_limit, model, threads=per_process)
 
     def fft_shapes(self, block_fns) -> list:
         """The shapes of the transforms of this run that may go through FFTW, for its record: each block
@@ -302,10 +304,12 @@ class _Plan:
         return sorted(shapes)
 
     def with_cache(self, reader, lead: int) -> "_Plan":
-        """This plan with the input chunk cache its blocks may keep, counted in its predicted peak."""
+        """This plan with the input chunk cache its blocks may keep, counted in its predicted peak with
+        what its threads' reads hold beside it."""
         block = _block_shape(self.shape, self.run_chunks, self.halo) if self.blocks > 1 else self.shape
-        cache = chunk_cache_budget(reader, lead, block, self.memory_limit, self.predicted)
-        predicted = None if self.predicted is None else self.predicted + cache
+        cache = chunk_cache_budget(reader, lead, block, self.memory_limit, self.predicted, self.threads)
+        spare = chunk_reads_spare(reader, lead, self.threads) if cache else 0
+        predicted = None if self.predicted is None else self.predicted + cache + spare
         return dataclasses.replace(self, cache=cache, predicted=predicted)
 
     def execution(self, total: int, workers: int, client, asked_limit) -> dict:

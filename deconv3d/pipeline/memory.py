@@ -7,8 +7,8 @@ Peak resident memory of a run is modelled as ::
 ``baseline`` is the process before any block runs (Python, torch, dask: measured at run time),
 and ``block_bytes`` is what one block needs while its method runs. The blocks of an OME-Zarr input
 may keep decoded chunks for one another, which the chunks are not chosen to make room for: the
-cache takes what the blocks leave under the limit and is added to the predicted peak
-(:func:`deconv3d.pipeline.readers.chunk_cache_budget`). For the classical methods it
+cache takes what the blocks leave under the limit and is added to the predicted peak, with what
+the blocks' reads hold beside it while they decode (:func:`deconv3d.pipeline.readers.chunk_cache_budget`). For the classical methods it
 is the arrays that coexist at the method's peak (float32 = 4 bytes, complex64 half spectra = 8
 bytes per element), times :data:`ARRAY_SAFETY`, plus :data:`BLOCK_OVERHEAD`:
 

@@ -101,12 +101,14 @@ def storage_boxes(shape, unit, budget: int, fixed: tuple[int, ...] = ()) -> list
 CHUNK_CACHE_BYTES = 256 * 2**20
 
 
-def chunk_cache_budget(reader, lead: int, block, memory_limit=None, predicted: int | None = None) -> int:
+def chunk_cache_budget(reader, lead: int, block, memory_limit=None, predicted: int | None = None,
+                       readers: int = 1) -> int:
     """Bytes of decoded chunks the blocks of a run may keep (a reader with ``cache_chunks``:
     :class:`~deconv3d.omezarr.ZarrReader`), so that a chunk that several blocks touch is not decoded
     by each: at most all the chunks of one index of the ``lead`` axes, each then decoded once
     whatever order the blocks run in. Under ``memory_limit``, what the plan leaves of it (the
-    ``predicted`` peak counts the blocks; the cache is added to it); without one,
+    ``predicted`` peak counts the blocks; the cache is added to it, and so is what the ``readers``
+    threads reading at once hold beside it: :func:`chunk_reads_spare`); without one,
     :data:`CHUNK_CACHE_BYTES`. None (0) where that would not hold the chunks of one ``block``
     (its largest, halo included; a run of one block reads every chunk once): every read would then
     decode, and assembling a block from its chunks costs more than reading it whole (1.3-1.6x).
@@ -119,9 +121,18 @@ def chunk_cache_budget(reader, lead: int, block, memory_limit=None, predicted: i
         return 0
     from deconv3d.pipeline.memory import parse_memory
 
-    room = CHUNK_CACHE_BYTES if memory_limit is None else parse_memory(memory_limit) - predicted
+    room = CHUNK_CACHE_BYTES if memory_limit is None else \
+        parse_memory(memory_limit) - predicted - chunk_reads_spare(reader, lead, readers)
     budget = min(int(room), reader.stored_bytes(lead))
     return budget if budget >= reader.stored_bytes(lead, block) else 0
+
+
+def chunk_reads_spare(reader, lead: int, readers: int) -> int:
+    """Bytes that ``readers`` threads reading through a reader's chunk cache at once may hold beside
+    its budget (:func:`~deconv3d.omezarr.chunkcache.read_spare` of one of its chunks)."""
+    from deconv3d.omezarr.chunkcache import read_spare
+
+    return int(readers) * read_spare(reader.stored_bytes(lead, (1,) * (len(reader.shape) - lead)))
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """A chunked run decodes each chunk of an OME-Zarr input once, within the memory it plans for."""
 
 import collections
+import dataclasses
 import pickle
 import threading
 import tracemalloc
@@ -10,9 +11,9 @@ import pytest
 import zarr
 
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
-from deconv3d.omezarr.chunkcache import ChunkCache
-from deconv3d.pipeline import run_chunked
-from deconv3d.pipeline.readers import ArrayReader, CHUNK_CACHE_BYTES, chunk_cache_budget
+from deconv3d.omezarr.chunkcache import READ_BYTES, ChunkCache
+from deconv3d.pipeline import _Plan, run_chunked
+from deconv3d.pipeline.readers import ArrayReader, CHUNK_CACHE_BYTES, chunk_cache_budget, chunk_reads_spare
 
 
 def _count_chunk_fetches(monkeypatch) -> collections.Counter:
@@ -57,12 +58,28 @@ def test_the_cache_holds_the_chunks_of_a_block_within_what_the_plan_leaves(tmp_p
     whole, block = 12 * 24 * 24 * 4, 9 * 24 * 24 * 4  # a block of 9 planes (halo included) spans 9 chunks
     assert reader.stored_bytes() == whole and reader.stored_bytes(0, (9, 5, 5)) == block
     assert chunk_cache_budget(reader, 0, (9, 5, 5)) == min(whole, CHUNK_CACHE_BYTES)  # no limit
-    assert chunk_cache_budget(reader, 0, (9, 5, 5), 10**6, 10**6 - whole - 1) == whole
-    assert chunk_cache_budget(reader, 0, (9, 5, 5), 10**6, 10**6 - block) == block
+    limit = 10**7 + chunk_reads_spare(reader, 0, 1)  # (what a read holds beside the cache: not the cache's)
+    assert chunk_cache_budget(reader, 0, (9, 5, 5), limit, 10**7 - whole - 1) == whole
+    assert chunk_cache_budget(reader, 0, (9, 5, 5), limit, 10**7 - block) == block
     # too little left under the limit for one block's chunks: every read would decode anyway
-    assert chunk_cache_budget(reader, 0, (9, 5, 5), 10**6, 10**6 - block + 1) == 0
+    assert chunk_cache_budget(reader, 0, (9, 5, 5), limit, 10**7 - block + 1) == 0
     assert chunk_cache_budget(reader, 0, (12, 24, 24)) == 0  # one block reads every chunk once
     assert chunk_cache_budget(ArrayReader(np.ones((4, 4))), 0, (2, 2)) == 0  # nothing to decode
+
+
+def test_the_plan_counts_what_reads_hold_beside_the_cache(tmp_path):
+    """Found in review: a read holds a box of small chunks and their copies, or a chunk and zarr's
+    buffer for it, before the cache drops the least recently used: the plan counted only the cache."""
+    write_ome_zarr(tmp_path / "in.zarr", np.ones((12, 24, 24), np.float32), chunks=(1, 24, 24))
+    reader = open_lazy(tmp_path / "in.zarr").reader
+    assert _Plan.make((12, 24, 24), [_identity], (6, 8, 8), (2, 2, 2), None, None, 3, None).threads == 3
+    spare, whole = 2 * 2 * READ_BYTES, 12 * 24 * 24 * 4  # two threads; chunks smaller than a box
+    assert chunk_reads_spare(reader, 0, 2) == spare
+    plan = _Plan((12, 24, 24), (6, 8, 8), (2, 2, 2), (2, 2, 2), (), (6, 8, 8), 18, (6, 8, 8),
+                 predicted=10**7 - spare - whole, memory_limit=10**7, model=None, threads=2).with_cache(reader, 0)
+    assert plan.cache == whole and plan.predicted == 10**7
+    plan = dataclasses.replace(plan, predicted=10**7 - spare - 10 * 24 * 24 * 4 + 1, cache=0).with_cache(reader, 0)
+    assert plan.cache == 0 and plan.predicted == 10**7 - spare - 10 * 24 * 24 * 4 + 1  # no block's chunks fit
 
 
 def test_cached_reads_equal_direct_reads_and_stay_within_budget(tmp_path):
