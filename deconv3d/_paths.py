@@ -179,6 +179,16 @@ def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
         raise InputError(f"output path is a directory: {path}: "
                          + ("it is not a zarr image deconv3d wrote, and is not replaced: move it away or choose "
                             "another output name" if path.suffix.lower() == ".zarr" else "give a file name"))
+    refuse_write_protected(path)
+
+
+def refuse_write_protected(path: Path) -> None:
+    """Refuse an output that exists but that this user may not write: it is replaced by a rename,
+    which the folder's permissions allow, so a write-protected (``chmod 444``) file was replaced
+    and its mode lost; ``cp`` onto it fails with "Permission denied", and so does this."""
+    if os.path.lexists(path) and not os.access(path, os.W_OK):
+        raise InputError(f"output {path} is write-protected: make it writable (chmod u+w) if it may be replaced, "
+                         "or choose another output name")
 
 
 def replaceable_folder(path: Path) -> bool:

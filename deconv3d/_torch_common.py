@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from deconv3d._paths import temporary_name
+from deconv3d._paths import refuse_write_protected, temporary_name
 from deconv3d.errors import WARNINGS_LOCK, InputError
 
 
@@ -188,6 +188,7 @@ def atomic_torch_save(payload: dict, path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
+    refuse_write_protected(path)
     import io
 
     # Serialised in memory first (a model is some MB): torch.save into a file that cannot be

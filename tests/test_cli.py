@@ -74,6 +74,29 @@ def test_an_output_folder_it_cannot_write_is_a_clean_error(data, capsys, monkeyp
     assert list(locked.iterdir()) == []
 
 
+@pytest.mark.parametrize("command, name", [("deconvolve", "o.tif"), ("train", "m.ckpt"), ("psf", "p.tif")])
+def test_a_write_protected_output_is_kept_as_cp_keeps_it(data, capsys, monkeypatch, command, name):
+    """cp onto a chmod 444 file fails with "Permission denied"; deconv3d replaced it by a rename (its
+    folder is writable) and lost its mode. As root every file is writable, so os.access is simulated."""
+    import hashlib
+    import os
+
+    target = data / name
+    target.write_bytes(b"keep me")
+    target.chmod(0o444)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == target and mode & os.W_OK
+                        else real(p, mode))
+    argv = {"deconvolve": ["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", target],
+            "train": ["train", data / "image.tif", "--psf", data / "psf.tif", "-o", target, "--steps", 1],
+            "psf": ["psf", "-o", target, "--model", "gaussian", "--shape", 5, 9, 9, "--voxel-size", 0.3,
+                    0.1, 0.1, "--na", 1.2, "--wavelength", 0.5]}[command]
+    code, _, err = run(argv + ["--device", "cpu"] * (command != "psf"), capsys)
+    assert_one_line_error(code, err, "write-protected", str(target))
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == hashlib.sha256(b"keep me").hexdigest()
+    assert target.stat().st_mode & 0o777 == 0o444
+
+
 def test_deconvolve_with_generated_psf(data, capsys):
     out = data / "gen.tif"
     code, _, err = run(["deconvolve", data / "image.tif", "--psf-model", "gaussian", "--na", 1.2,

@@ -183,6 +183,27 @@ def test_failed_write_leaves_no_file(tmp_path, rng, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_write_protected_file_is_not_replaced(tmp_path, rng, monkeypatch):
+    """write_tiff and the checkpoint writer refuse a file this user may not write, as cp does
+    (as root, which may write anything, os.access's answer is simulated)."""
+    from pathlib import Path
+
+    from deconv3d._torch_common import atomic_torch_save
+
+    real = os.access
+    for name, write in (("out.tif", lambda p: write_tiff(p, rng.random((4, 5), dtype=np.float32))),
+                        ("m.ckpt", lambda p: atomic_torch_save({"a": 1}, p))):
+        path = tmp_path / name
+        path.write_bytes(b"keep me")
+        path.chmod(0o444)
+        monkeypatch.setattr(os, "access", lambda p, mode, path=path: False if Path(p) == path and mode & os.W_OK
+                            else real(p, mode))
+        with pytest.raises(InputError, match="write-protected"):
+            write(path)
+        assert path.read_bytes() == b"keep me" and path.stat().st_mode & 0o777 == 0o444
+    assert sorted(os.listdir(tmp_path)) == ["m.ckpt", "out.tif"]  # no temporaries left
+
+
 def test_failed_write_keeps_existing_output(tmp_path, rng, monkeypatch):
     path = tmp_path / "out.tif"
     original = rng.random((4, 5), dtype=np.float32)
