@@ -373,16 +373,23 @@ def load_config(path) -> dict:
             if not all(isinstance(f, str) for f in _many(value)):
                 raise InputError(f"config {path}: {key} must be a file name in quotes (or a list of them for psf), "
                                  f"got {value!r}")
-            resolved = [_config_path(f, path) for f in _many(value)]
+            resolved = [_config_path(f, path, key) for f in _many(value)]
             value = tuple(resolved) if isinstance(value, tuple) else resolved[0]
         out[name] = value
     return out
 
 
-def _config_path(name: str, config: Path) -> str:
-    """A file a config names: ``~`` expanded (no shell does it there), a relative path taken from
-    the config file's folder (not the working directory, as for --psf: the config travels with it)."""
-    given = Path(name).expanduser()
+def _config_path(name: str, config: Path, key: str) -> str:
+    """A file a config names (at ``key``): ``~`` expanded (no shell does it there), a relative path
+    taken from the config file's folder (not the working directory, as for --psf: the config travels
+    with it). A ``~user`` with no such user, or a ``~`` with no HOME and no passwd entry, is refused
+    (Python raised RuntimeError: an internal error)."""
+    try:
+        given = Path(name).expanduser()
+    except RuntimeError:
+        home = Path(name).parts[0]
+        raise InputError(f"config {config}: {key} = {name!r}: the home folder of {home!r} is not found (no such "
+                         "user, or HOME unset): give the full path") from None
     return str(given if given.is_absolute() else config.parent / given)
 
 

@@ -95,6 +95,24 @@ def test_config_paths_are_the_config_folder_s_and_tilde_is_home(tmp_path, monkey
     assert exit_info.value.code == 0 and "relative to the config file's folder" in help_text
 
 
+@pytest.mark.parametrize("name, home_known", [("~nosuchuser-deconv3d/psf.tif", True), ("~/psf.tif", False)])
+def test_a_tilde_with_no_home_is_a_one_line_error(folder, monkeypatch, capsys, name, home_known):
+    """A ~user with no such user, or a ~ with HOME unset and no passwd entry (a container's uid),
+    made Path.expanduser raise RuntimeError: "internal error", exit 1."""
+    import pwd
+
+    if not home_known:
+        monkeypatch.delenv("HOME", raising=False)
+
+        def no_entry(uid):
+            raise KeyError(uid)
+        monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    (folder / "batch.toml").write_text(f'psf = "{name}"\n', encoding="utf-8")
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--config", folder / "batch.toml"], capsys)
+    assert_one_line_error(code, err, "batch.toml", f"psf = '{name}'", "not found", "give the full path")
+    assert not (folder / "out").exists()
+
+
 def test_a_config_saved_with_a_byte_order_mark_is_read(folder):
     """Windows Notepad's "UTF-8 with BOM" was refused: "Invalid statement (at line 1, column 1)"."""
     (folder / "batch.toml").write_text('method = "wiener"\npsf = "psf.tif"\n', encoding="utf-8-sig")
