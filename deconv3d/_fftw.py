@@ -36,6 +36,9 @@ Environment:
     candidates and keep the winners).
 ``DECONV3D_CACHE_DIR``
     Where the wisdom file lives (default ``$XDG_CACHE_HOME/deconv3d`` or ``~/.cache/deconv3d``).
+    ``~`` is expanded in both; a relative ``XDG_CACHE_HOME`` is ignored (as the XDG specification
+    says), and where the folder is still relative (or names a home folder that is not known) nothing
+    is cached: a relative one was created in every working directory (``./~/dc``).
 """
 
 from __future__ import annotations
@@ -366,8 +369,9 @@ def _policy(shape, real: str) -> tuple:
     return None, False
 
 
-def _sizes_path() -> str:
-    return wisdom_path()[:-len(".bin")] + "-sizes.txt"
+def _sizes_path() -> str | None:
+    path = wisdom_path()
+    return None if path is None else path[:-len(".bin")] + "-sizes.txt"
 
 
 def _remember_size(key: str) -> None:
@@ -379,6 +383,8 @@ def _remember_size(key: str) -> None:
     """
     _remembered.add(key)
     path = _sizes_path()
+    if path is None:
+        return
     try:
         if key in _read_sizes(path):
             return
@@ -392,7 +398,9 @@ def _remember_size(key: str) -> None:
         log.info("could not record an FFT size in %s: %s", path, exc)
 
 
-def _read_sizes(path: str) -> list:
+def _read_sizes(path: str | None) -> list:
+    if path is None:
+        return []
     try:
         with open(path) as f:
             return [line.strip() for line in f if line.strip()][:100_000]
@@ -407,10 +415,17 @@ def _planner() -> str:
     return effort
 
 
-def wisdom_path() -> str:
-    """The wisdom file for this CPU model (plans measured on one CPU may be slow on another)."""
-    base = os.environ.get("DECONV3D_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "deconv3d")
+def wisdom_path() -> str | None:
+    """The wisdom file for this CPU model (plans measured on one CPU may be slow on another); None
+    where no absolute cache folder can be told (see the module's ``DECONV3D_CACHE_DIR``)."""
+    base = os.path.expanduser(os.environ.get("DECONV3D_CACHE_DIR") or "")
+    if not base:
+        cache = os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or "")
+        if not os.path.isabs(cache):
+            cache = os.path.join(os.path.expanduser("~"), ".cache")  # "~" itself where no home is known
+        base = os.path.join(cache, "deconv3d")
+    if not os.path.isabs(base):
+        return None
     cpu = _cpu_name().replace(" ", "_")
     safe = "".join(c for c in cpu if c.isalnum() or c in "_-.")[:60] or "cpu"
     return os.path.join(base, f"fftw-wisdom-{platform.machine()}-{safe}.bin")
@@ -435,8 +450,11 @@ def _load_wisdom(pyfftw) -> None:
     _wisdom_loaded = True
     _wisdom_on_disk = ()
     _met_before = frozenset(_read_sizes(_sizes_path()))
+    path = wisdom_path()
+    if path is None:
+        return
     try:
-        with open(wisdom_path(), "rb") as f:
+        with open(path, "rb") as f:
             blob = f.read()
     except OSError:
         return
@@ -450,6 +468,8 @@ def _save_wisdom(wisdom: tuple) -> None:
     """Write ``wisdom`` (all this process holds), atomically; an unwritable cache is skipped."""
     global _wisdom_on_disk
     path = wisdom_path()
+    if path is None:
+        return
     tmp = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -134,6 +134,45 @@ def test_wisdom_is_saved_and_reloaded(backend, tmp_path, monkeypatch):
     assert os.stat(path).st_mtime_ns == before - 10**9
 
 
+@pytest.mark.parametrize("cache_dir, xdg, home_known, expected", [
+    ("~/dc", None, True, "home/dc"), (None, "~/.cache", True, "home/.cache/deconv3d"),
+    (None, "relative", True, "home/.cache/deconv3d"),  # a relative XDG_CACHE_HOME is ignored, as the spec says
+    ("relative", None, True, None), (None, None, False, None), ("~/dc", None, False, None)])
+def test_the_cache_folder_is_absolute_or_nothing_is_cached(tmp_path, monkeypatch, cache_dir, xdg, home_known,
+                                                           expected):
+    """DECONV3D_CACHE_DIR='~/dc', XDG_CACHE_HOME='~/.cache', or HOME unset with no passwd entry
+    (expanduser leaves "~") created ./~/dc/fftw-wisdom-... in every working directory."""
+    import pwd
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for name, value in (("DECONV3D_CACHE_DIR", cache_dir), ("XDG_CACHE_HOME", xdg)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    if home_known:
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    else:
+        monkeypatch.delenv("HOME", raising=False)
+
+        def no_entry(uid):
+            raise KeyError(uid)
+        monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    path = _fftw.wisdom_path()
+    assert (None if path is None else os.path.dirname(path)) == (expected and str(tmp_path / expected))
+    monkeypatch.setattr(_fftw, "_remembered", set())
+    monkeypatch.setattr(_fftw, "_wisdom_on_disk", ())
+    _fftw._remember_size("3x4x5:float32")
+    _fftw._save_wisdom((b"a", b"b", b"c"))
+    assert os.listdir(work) == []
+    if expected is not None:
+        with open(path, "rb") as f:
+            assert _fftw._unpack(f.read()) == (b"a", b"b", b"c")
+        assert _fftw._read_sizes(_fftw._sizes_path()) == ["3x4x5:float32"]
+
+
 def test_wisdom_file_format_round_trip():
     parts = (b"double", b"", b"\x00long double\xff")
     assert _fftw._unpack(_fftw._pack(parts)) == parts
