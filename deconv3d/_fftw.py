@@ -89,15 +89,22 @@ def _pyfftw():
     return pyfftw
 
 
-def backend_for(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> str:
-    """``"fftw"`` or ``"torch"`` for transforms of ``shape`` on ``device``, per ``DECONV3D_FFT``."""
+def fft_choice() -> str:
+    """``DECONV3D_FFT`` (one of :data:`BACKENDS`); an InputError for another value, or for ``fftw``
+    without pyFFTW. The command line checks it at start-up (with :func:`planner_choice`)."""
     choice = os.environ.get("DECONV3D_FFT", "auto").strip().lower() or "auto"
     if choice not in BACKENDS:
         raise InputError(f"DECONV3D_FFT={choice!r} is not one of {', '.join(BACKENDS)}: unset it or pick one")
+    if choice == "fftw" and not fftw_available():
+        raise InputError("DECONV3D_FFT=fftw but pyFFTW is not installed: pip install 'deconv3d[fftw]'")
+    return choice
+
+
+def backend_for(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> str:
+    """``"fftw"`` or ``"torch"`` for transforms of ``shape`` on ``device``, per ``DECONV3D_FFT``."""
+    choice = fft_choice()
     usable = device.type == "cpu" and dtype in (torch.float32, torch.float64)
     if choice == "fftw":
-        if not fftw_available():
-            raise InputError("DECONV3D_FFT=fftw but pyFFTW is not installed: pip install 'deconv3d[fftw]'")
         return "fftw" if usable else "torch"
     if choice == "torch" or not usable or not fftw_available():
         return "torch"
@@ -353,7 +360,7 @@ def _policy(shape, real: str) -> tuple:
     """How to plan a transform of ``shape`` (call with the lock held): the FFTW flags (None: the
     measured plans kept for it, else estimated ones) and whether measuring is held to
     :data:`MEASURE_BUDGET`."""
-    effort = _planner()
+    effort = planner_choice()
     if effort != "auto":
         return _PLANS[effort], False
     key = "x".join(str(n) for n in shape) + ":" + real
@@ -408,7 +415,9 @@ def _read_sizes(path: str | None) -> list:
         return []
 
 
-def _planner() -> str:
+def planner_choice() -> str:
+    """``DECONV3D_FFTW_PLANNER`` (a key of :data:`_PLANS`); an InputError for another value. Checked
+    only where FFTW plans a transform, so the command line checks it at start-up too."""
     effort = os.environ.get("DECONV3D_FFTW_PLANNER", "auto").strip().lower() or "auto"
     if effort not in _PLANS:
         raise InputError(f"DECONV3D_FFTW_PLANNER={effort!r} is not auto, estimate, measure or patient: unset it")

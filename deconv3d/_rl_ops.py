@@ -57,11 +57,7 @@ def ops_for(device: torch.device, dtype: torch.dtype):
     Under ``auto`` an installed numba that fails to import (a broken install, or an llvmlite
     that does not match it) gives a warning, once, and the torch passes.
     """
-    choice = os.environ.get("DECONV3D_FUSED", "auto").strip().lower() or "auto"
-    if choice not in CHOICES:
-        raise InputError(f"DECONV3D_FUSED={choice!r} is not one of {', '.join(CHOICES)}: unset it or pick one")
-    if choice == "numba" and not numba_available():
-        raise InputError("DECONV3D_FUSED=numba but numba is not installed: pip install 'deconv3d[numba]'")
+    choice = fused_choice()
     usable = device.type == "cpu" and dtype == torch.float32
     if choice == "torch" or not usable or not numba_available():
         return TorchOps
@@ -73,6 +69,17 @@ def ops_for(device: torch.device, dtype: torch.dtype):
                          "reinstall it (pip install --force-reinstall numba llvmlite) or unset DECONV3D_FUSED")
     _warn_fallback(failure)
     return TorchOps
+
+
+def fused_choice() -> str:
+    """``DECONV3D_FUSED`` (one of :data:`CHOICES`); an InputError for another value, or for ``numba``
+    without numba (the command line checks it at start-up)."""
+    choice = os.environ.get("DECONV3D_FUSED", "auto").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise InputError(f"DECONV3D_FUSED={choice!r} is not one of {', '.join(CHOICES)}: unset it or pick one")
+    if choice == "numba" and not numba_available():
+        raise InputError("DECONV3D_FUSED=numba but numba is not installed: pip install 'deconv3d[numba]'")
+    return choice
 
 
 @functools.lru_cache(maxsize=None)

@@ -97,6 +97,26 @@ def test_a_write_protected_output_is_kept_as_cp_keeps_it(data, capsys, monkeypat
     assert target.stat().st_mode & 0o777 == 0o444
 
 
+@pytest.mark.parametrize("variable, value", [("DECONV3D_FFTW_PLANNER", "mesure"), ("DECONV3D_FFT", "fftww"),
+                                             ("DECONV3D_FUSED", "nmba")])
+@pytest.mark.parametrize("command", ["deconvolve", "batch", "psf"])
+def test_a_wrong_environment_variable_is_refused_at_start_up(data, capsys, monkeypatch, variable, value, command):
+    """Each was read only where used: DECONV3D_FFTW_PLANNER=mesure wrote a small image's output
+    (no FFTW there) and failed only a batch's large files, DECONV3D_FFT=fftww failed a batch's
+    files one by one (exit 3). Now every command refuses it before any work, in one line."""
+    monkeypatch.setenv(variable, value)
+    (data / "in").mkdir()
+    write_tiff(data / "in" / "small.tif", np.ones((4, 8, 8), np.float32), voxel_size=(0.3, 0.1, 0.1))
+    argv = {"deconvolve": ["deconvolve", data / "in" / "small.tif", "--psf", data / "psf.tif", "-o", data / "o.tif",
+                           "--iterations", 1, "--device", "cpu"],
+            "batch": ["batch", data / "in", "-o", data / "out", "--psf", data / "psf.tif", "--iterations", 1],
+            "psf": ["psf", "-o", data / "o.tif", "--model", "gaussian", "--shape", 5, 9, 9, "--voxel-size", 0.3,
+                    0.1, 0.1, "--na", 1.2, "--wavelength", 0.5]}[command]
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, f"{variable}={value!r}", "unset it")
+    assert not (data / "o.tif").exists() and not (data / "out").exists()
+
+
 def test_deconvolve_with_generated_psf(data, capsys):
     out = data / "gen.tif"
     code, _, err = run(["deconvolve", data / "image.tif", "--psf-model", "gaussian", "--na", 1.2,

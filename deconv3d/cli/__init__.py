@@ -23,7 +23,7 @@ from deconv3d import __version__
 from deconv3d.errors import Deconv3dWarning, InputError
 
 from . import blur, classical, pipeline, selfsup
-from ._common import Parser, Terminated, add_common, say
+from ._common import Parser, Terminated, add_common, check_environment, say
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if extra:  # reported here by argparse, it would point at the top-level help
             raise InputError(f"unrecognized arguments: {' '.join(extra)} "
                              f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")
+        check_environment()
         with warnings.catch_warnings(), _terminate_as_interrupt():
             warnings.showwarning = _show_warning  # the library's warnings as the CLI's own lines
             # The library's warnings are part of the command's output, whatever PYTHONWARNINGS says

@@ -65,6 +65,20 @@ def check_output(output, inputs=(), **kwargs) -> None:
     remove_stale_temporaries(output)
 
 
+def check_environment() -> None:
+    """Refuse a wrong ``DECONV3D_*`` setting before any work, by the parsers that read each where it
+    is used: the same one-line error (exit 2) for every command and image size. Read only there, a
+    mistyped ``DECONV3D_FFTW_PLANNER`` was ignored for images too small for FFTW and failed only a
+    batch's large files, and a wrong ``DECONV3D_FFT`` failed every file of a batch one by one (exit 3).
+    (``DECONV3D_CACHE_DIR`` takes any value: one that cannot be used caches nothing.)"""
+    from deconv3d._fftw import fft_choice, planner_choice
+    from deconv3d._rl_ops import fused_choice
+
+    fft_choice()
+    planner_choice()
+    fused_choice()
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a cluster scheduler's cancel or time limit), raised in the main thread as Ctrl-C is:
     the same clean-up runs (temporaries removed, a batch report written)."""
