@@ -117,6 +117,21 @@ def test_a_wrong_environment_variable_is_refused_at_start_up(data, capsys, monke
     assert not (data / "o.tif").exists() and not (data / "out").exists()
 
 
+@pytest.mark.parametrize("value", ["1s", "nan", "-1", "inf"])
+def test_a_progress_interval_that_is_no_number_of_seconds_is_refused(data, capsys, monkeypatch, value):
+    """DECONV3D_PROGRESS_SECONDS=1s was taken as 30 s and nan as never, without a word."""
+    from deconv3d.cli._common import _log_interval
+
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", value)
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "o.tif",
+                        "--iterations", 1, "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, f"DECONV3D_PROGRESS_SECONDS={value!r}", "0 or more")
+    assert not (data / "o.tif").exists()
+    for text, seconds in ((" 2.5 ", 2.5), ("0", 0.0), ("", 30.0)):
+        monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", text)
+        assert _log_interval() == seconds
+
+
 def test_deconvolve_with_generated_psf(data, capsys):
     out = data / "gen.tif"
     code, _, err = run(["deconvolve", data / "image.tif", "--psf-model", "gaussian", "--na", 1.2,

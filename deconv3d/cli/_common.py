@@ -77,6 +77,7 @@ def check_environment() -> None:
     fft_choice()
     planner_choice()
     fused_choice()
+    _log_interval()
 
 
 class Terminated(KeyboardInterrupt):
@@ -189,13 +190,22 @@ class LogBar:
 
 
 def _log_interval() -> float:
+    """``DECONV3D_PROGRESS_SECONDS`` (:data:`LOG_INTERVAL` where unset); a value that is not a
+    number of seconds, 0 or more, is an InputError, which :func:`check_environment` raises at
+    start-up: "1s" or "nan" were taken silently as 30 s or as never."""
     import os
 
-    text = os.environ.get("DECONV3D_PROGRESS_SECONDS")
-    try:
-        return float(text) if text else LOG_INTERVAL
-    except ValueError:
+    text = os.environ.get("DECONV3D_PROGRESS_SECONDS", "").strip()
+    if not text:
         return LOG_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise InputError(f"DECONV3D_PROGRESS_SECONDS={text!r} is not a number of seconds (0 or more, e.g. 30): "
+                         "fix it or unset it")
+    return value
 
 
 def _duration(seconds: float) -> str:
