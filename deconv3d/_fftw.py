@@ -199,10 +199,9 @@ def _make_plans(pyfftw, policy: tuple, threads: int, real_in, spectrum, output, 
     # Planning may write into the arrays: the caller zeroes them afterwards.
     forward = [_forward_passes(plan, a, spectrum, e) for a, e in zip(real_in, in_ext)]
     inverse = [_inverse_passes(plan, spectrum, output, e) for e in out_ext]
-    wisdom = tuple(pyfftw.export_wisdom())
-    if wisdom != _wisdom_on_disk:  # new plans were measured: keep them for the next run
+    if tuple(pyfftw.export_wisdom()) != _wisdom_on_disk:  # new plans were measured: keep them for the next run
         log.info("planned FFTW transforms for %s in %.1f s", tuple(output.shape), plan.took)
-        _save_wisdom(wisdom)
+        _save_wisdom(pyfftw)
     return forward, inverse
 
 
@@ -459,22 +458,29 @@ def _load_wisdom(pyfftw) -> None:
     _wisdom_loaded = True
     _wisdom_on_disk = ()
     _met_before = frozenset(_read_sizes(_sizes_path()))
-    path = wisdom_path()
-    if path is None:
-        return
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError:
-        return
-    parts = _unpack(blob)
+    parts = _read_wisdom(wisdom_path())
     if parts is not None:
         pyfftw.import_wisdom(parts)
         _wisdom_on_disk = tuple(pyfftw.export_wisdom())
 
 
-def _save_wisdom(wisdom: tuple) -> None:
-    """Write ``wisdom`` (all this process holds), atomically; an unwritable cache is skipped."""
+def _read_wisdom(path: str | None):
+    """The wisdom strings the file at ``path`` holds; None where it is missing, unreadable or foreign."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return _unpack(f.read())
+    except OSError:
+        return None
+
+
+def _save_wisdom(pyfftw) -> None:
+    """Write the wisdom this process holds, with the plans the file holds now (saved by other
+    processes since it was read) added to it, atomically; an unwritable cache is skipped. The
+    read, merge and replace hold a lock on a file beside it (:func:`_locked`): two runs that saved
+    at once each wrote only their own, and the second kept none of the first's 93 plans. Call with
+    :data:`_lock` held (the merge goes through this process's wisdom)."""
     global _wisdom_on_disk
     path = wisdom_path()
     if path is None:
@@ -482,15 +488,42 @@ def _save_wisdom(wisdom: tuple) -> None:
     tmp = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".fftw-wisdom-", dir=os.path.dirname(path))
-        with os.fdopen(fd, "wb") as f:
-            f.write(_pack(wisdom))
-        os.replace(tmp, path)
+        with _locked(path + ".lock"):
+            parts = _read_wisdom(path)
+            if parts is not None:
+                pyfftw.import_wisdom(parts)  # FFTW adds what it imports to what it holds
+            wisdom = tuple(pyfftw.export_wisdom())
+            fd, tmp = tempfile.mkstemp(prefix=".fftw-wisdom-", dir=os.path.dirname(path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(_pack(wisdom))
+            os.replace(tmp, path)
         _wisdom_on_disk = wisdom
     except OSError as exc:
         log.info("could not save FFTW wisdom to %s: %s", path, exc)
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    """An exclusive ``flock`` on the file ``path`` (created if missing) while inside. Where none can
+    be had (Windows has no fcntl; some network file systems refuse locks) the block runs unlocked."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def _pack(parts: Sequence[bytes]) -> bytes:

@@ -2,6 +2,7 @@
 wisdom cache, the backend choice, and the multiplicative Biggs-Andrews step."""
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -165,12 +166,47 @@ def test_the_cache_folder_is_absolute_or_nothing_is_cached(tmp_path, monkeypatch
     monkeypatch.setattr(_fftw, "_remembered", set())
     monkeypatch.setattr(_fftw, "_wisdom_on_disk", ())
     _fftw._remember_size("3x4x5:float32")
-    _fftw._save_wisdom((b"a", b"b", b"c"))
+    _fftw._save_wisdom(SimpleNamespace(export_wisdom=lambda: (b"a", b"b", b"c"), import_wisdom=lambda parts: None))
     assert os.listdir(work) == []
     if expected is not None:
         with open(path, "rb") as f:
             assert _fftw._unpack(f.read()) == (b"a", b"b", b"c")
         assert _fftw._read_sizes(_fftw._sizes_path()) == ["3x4x5:float32"]
+
+
+def _rfft_plan(pyfftw, shape, flags):
+    """An rfftn plan of ``shape`` as FFTWTransforms makes it (float32, this process's torch threads)."""
+    real = pyfftw.empty_aligned(shape, dtype="float32")
+    spectrum = pyfftw.empty_aligned(shape[:-1] + (shape[-1] // 2 + 1,), dtype="complex64")
+    return pyfftw.FFTW(real, spectrum, axes=tuple(range(len(shape))), flags=flags, threads=torch.get_num_threads())
+
+
+@needs_fftw
+def test_runs_saving_wisdom_at_once_keep_each_others_plans(tmp_path, monkeypatch):
+    """Each run wrote all the wisdom it held over the file: of two runs measuring at once, the one
+    saving last erased the plans the other had saved since it read the file (0 of 93 kept)."""
+    import pyfftw
+
+    monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "measure")
+    _new_process(monkeypatch)
+    monkeypatch.setattr(_fftw, "_wisdom_on_disk", ())
+    theirs, ours = (6, 10, 12), (8, 10, 14)
+    pyfftw.forget_wisdom()
+    try:
+        _fftw._load_wisdom(pyfftw)  # this run reads the cache (empty) ...
+        _rfft_plan(pyfftw, theirs, ("FFTW_MEASURE",))  # ... then another run measures and saves
+        with open(_fftw.wisdom_path(), "wb") as f:
+            f.write(_fftw._pack(pyfftw.export_wisdom()))
+        pyfftw.forget_wisdom()
+        _fftw.FFTWTransforms(ours, 1, torch.float32)  # this run measures its own and saves
+        pyfftw.forget_wisdom()
+        with open(_fftw.wisdom_path(), "rb") as f:
+            pyfftw.import_wisdom(_fftw._unpack(f.read()))
+        for shape in (theirs, ours):  # FFTW_WISDOM_ONLY raises RuntimeError where no plan is kept
+            _rfft_plan(pyfftw, shape, ("FFTW_MEASURE", "FFTW_WISDOM_ONLY"))
+    finally:
+        pyfftw.forget_wisdom()
 
 
 def test_wisdom_file_format_round_trip():
