@@ -77,6 +77,7 @@ def check_output_path(output, inputs=(), suffixes=None) -> None:
         if inp is not None and (_inside(output, Path(inp)) or _inside(Path(inp), output)):
             raise InputError(f"output {output} and input {inp} lie one inside the other: choose an output "
                              "outside the input, and not one that contains it")
+    _refuse_folder(output)  # before the suffix: a folder 'existdir' was named as "unsupported format ''"
     if suffixes is not None and output.suffix.lower() not in suffixes:
         raise InputError(f"unsupported output format '{output.suffix}' for {output}: use {' or '.join(suffixes)}")
     _check_writable_target(output, check_suffix=suffixes is None)
@@ -165,6 +166,7 @@ def _check_suffix(path: Path, role: str) -> None:
 
 
 def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
+    _refuse_folder(path)
     if check_suffix:
         _check_suffix(path, "output")
     parent = path.parent if str(path.parent) else Path(".")
@@ -175,11 +177,15 @@ def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
     if path.is_symlink():  # replacing the output would replace the link, not write where it points
         raise InputError(f"output {path} is a symbolic link (to {os.readlink(path)}): remove the link, or give "
                          "its target as the output")
-    if path.is_dir() and not replaceable_folder(path):
+    refuse_write_protected(path)
+
+
+def _refuse_folder(path: Path) -> None:
+    """Refuse a folder (not a link to one) at an output path, unless the output may replace it."""
+    if path.is_dir() and not path.is_symlink() and not replaceable_folder(path):
         raise InputError(f"output path is a directory: {path}: "
                          + ("it is not a zarr image deconv3d wrote, and is not replaced: move it away or choose "
                             "another output name" if path.suffix.lower() == ".zarr" else "give a file name"))
-    refuse_write_protected(path)
 
 
 def refuse_write_protected(path: Path) -> None:

@@ -132,6 +132,20 @@ def test_a_progress_interval_that_is_no_number_of_seconds_is_refused(data, capsy
         assert _log_interval() == seconds
 
 
+@pytest.mark.parametrize("command", ["deconvolve", "psf", "train"])
+def test_a_folder_given_as_output_is_named_as_a_folder(data, capsys, command):
+    """-o existdir said "unsupported output format '' for existdir" (-o existdir.tif named the folder)."""
+    folder = data / "existdir"
+    folder.mkdir()
+    argv = {"deconvolve": ["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", folder],
+            "train": ["train", data / "image.tif", "--psf", data / "psf.tif", "-o", folder, "--steps", 1],
+            "psf": ["psf", "-o", folder, "--model", "gaussian", "--shape", 5, 9, 9, "--voxel-size", 0.3,
+                    0.1, 0.1, "--na", 1.2, "--wavelength", 0.5]}[command]
+    code, _, err = run(argv + ["--device", "cpu"] * (command != "psf"), capsys)
+    assert_one_line_error(code, err, f"output path is a directory: {folder}", "give a file name")
+    assert list(folder.iterdir()) == []
+
+
 def test_deconvolve_with_generated_psf(data, capsys):
     out = data / "gen.tif"
     code, _, err = run(["deconvolve", data / "image.tif", "--psf-model", "gaussian", "--na", 1.2,

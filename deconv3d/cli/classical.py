@@ -182,12 +182,14 @@ def cmd_distill(args) -> int:
 def cmd_deconvolve(args) -> int:
     import numpy as np
 
+    from deconv3d._paths import _refuse_folder
     from deconv3d.classical import richardson_lucy, wiener
     from deconv3d.io import assume_psf_voxel, write_tiff
     from deconv3d.pipeline.settings import check_tv_weight
 
     _one_per_channel(args)
     warnings = _unused_option_warnings(args)
+    _refuse_folder(Path(args.output))  # named as a folder, not as "unsupported output format ''"
     for role, path in (("input", args.input), ("output", args.output)):
         if Path(path).suffix.lower() not in pipeline.OUTPUT_SUFFIXES and not (role == "input" and Path(path).is_dir()):
             raise InputError(f"unsupported {role} format '{Path(path).suffix}' for {path}: use .tif, .tiff or .zarr")

@@ -353,6 +353,9 @@ def load_config(path) -> dict:
         raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read config {path}: {' '.join(str(exc).split())}: fix the TOML syntax") from exc
+    except OSError as exc:  # the command line's "check free disk space" is a writer's hint
+        raise InputError(f"cannot read config {path}: {exc.strerror or exc}: ask for read access to it (or copy it "
+                         "somewhere you can read)") from exc
     known = {f.name for f in dataclasses.fields(Settings)} | set(RUN_KEYS)
     out, keys = {}, {}
     for key, value in raw.items():

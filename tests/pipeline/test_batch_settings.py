@@ -113,6 +113,25 @@ def test_a_tilde_with_no_home_is_a_one_line_error(folder, monkeypatch, capsys, n
     assert not (folder / "out").exists()
 
 
+def test_a_config_that_cannot_be_read_gets_a_readers_hint(folder, monkeypatch, capsys):
+    """A config of mode 000 said "Permission denied: check free disk space and permissions" (the
+    hint for a failed write). As root every file is readable, so the refusal is simulated."""
+    from pathlib import Path
+
+    config = folder / "batch.toml"
+    config.write_text('method = "wiener"\n', encoding="utf-8")
+    real = Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if self == config:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "read_text", read_text)
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--config", config], capsys)
+    assert_one_line_error(code, err, f"cannot read config {config}: Permission denied", "read access")
+    assert "disk space" not in err and not (folder / "out").exists()
+
+
 def test_a_config_saved_with_a_byte_order_mark_is_read(folder):
     """Windows Notepad's "UTF-8 with BOM" was refused: "Invalid statement (at line 1, column 1)"."""
     (folder / "batch.toml").write_text('method = "wiener"\npsf = "psf.tif"\n', encoding="utf-8-sig")
