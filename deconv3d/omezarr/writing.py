@@ -12,9 +12,25 @@ from deconv3d import __version__
 from deconv3d._paths import path_text
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
-from deconv3d.omezarr.reading import _AXIS_TYPES, _level_transform
+from deconv3d.omezarr.reading import _AXIS_TYPES, _in_order, _level_transform
 
 OME_VERSION = "0.5"
+
+
+def checked_axes(axes: str, ndim: int) -> str:
+    """``axes`` in upper case when they are ``ndim`` distinct letters in (T)(C)(Z)YX order, the
+    only order deconv3d reads back (:func:`open_lazy`) and the one its PSFs assume (z first); else a
+    one-line :class:`InputError`. Letters are labels only: data in another order is not reordered."""
+    letters = str(axes).upper()
+    if len(letters) != ndim:
+        raise InputError(f"axes {axes!r} do not match an array of {ndim} dimensions: give one letter per axis")
+    if not (set(letters) <= set("TCZYX") and _in_order(letters, "TCZYX") and letters.endswith("YX")):
+        known = set(letters) <= set("TCZYX") and len(set(letters)) == len(letters) and {"Y", "X"} <= set(letters)
+        fix = (f"transpose the data to {''.join(sorted(letters, key='TCZYX'.index))} order and pass that" if known
+               else "give distinct letters from T, C, Z, Y, X with Y and X last")
+        raise InputError(f"axes {axes!r} are not in (T)(C)ZYX order, the order deconv3d reads and its PSFs "
+                         f"assume: {fix}")
+    return letters
 
 
 def _axes_metadata(axes: str, calibrated: bool = True, time_unit: str | None = None) -> list[dict]:
@@ -51,7 +67,8 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
         Shape and chunk shape of the float32 level-0 array (chunks should match the blocks that
         will be written, so that no two writers share a chunk).
     axes : str
-        Letters from ``"TCZYX"`` in that order, one per dimension.
+        Letters from ``"TCZYX"`` in that order, ending in ``YX``, one per dimension (any other
+        order is refused: :func:`checked_axes`).
     voxel_size : sequence of float, optional
         One value in micrometres per spatial axis (z, y, x).
     provenance : dict, optional
@@ -66,10 +83,8 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
     """
     import zarr
 
-    axes = axes.upper()
+    axes = checked_axes(axes, len(shape))
     time_step, time_unit = time_axis if time_axis is not None else (1.0, None)
-    if len(axes) != len(shape):
-        raise InputError(f"axes {axes!r} do not match an array of shape {tuple(shape)}")
     voxel_size = checked_voxel_size(voxel_size, sum(a in "ZYX" for a in axes))
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     arr = group.create_array("0", shape=tuple(shape), chunks=tuple(int(c) for c in chunks), dtype="float32",

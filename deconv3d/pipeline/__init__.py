@@ -135,7 +135,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     Parameters
     ----------
     data : ndarray, dask.array.Array, block reader or LazyImage
-        The image; axes ``axes`` (default ``"ZYX"``/``"YX"``, leading ``T``/``C`` allowed). Each
+        The image; axes ``axes`` (default ``"ZYX"``/``"YX"``, leading ``T``/``C`` allowed; any
+        other order, such as ``"XYZ"``, is refused, not reordered: transpose such data first). Each
         block reads only its own region plus halo: from a file with a block reader
         (:class:`~deconv3d.omezarr.ZarrReader`, :class:`~deconv3d.omezarr.TiffReader`, or a
         :class:`~deconv3d.omezarr.LazyImage`, whose reader is used), else by slicing the array.
@@ -227,6 +228,7 @@ def _source(data, axes, time_axis, origin, channels):
     :class:`~deconv3d.omezarr.LazyImage` brings its own axes, time axis, origin and channels where
     they are not given."""
     from deconv3d.omezarr import LazyImage
+    from deconv3d.omezarr.writing import checked_axes
 
     if isinstance(data, LazyImage):
         axes = axes or data.axes
@@ -234,9 +236,7 @@ def _source(data, axes, time_axis, origin, channels):
         origin = origin if origin is not None else data.origin
         channels = channels if channels is not None else data.channels
     reader = as_reader(data)
-    axes = (axes or "TCZYX"[-reader.ndim:]).upper()
-    if len(axes) != reader.ndim:
-        raise InputError(f"axes {axes!r} do not match an image of shape {tuple(reader.shape)}")
+    axes = checked_axes(axes or "TCZYX"[-reader.ndim:], reader.ndim)  # labels only: data in another order is refused
     return reader, axes, time_axis, origin, channels
 
 
