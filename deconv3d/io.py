@@ -208,13 +208,17 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
 
 def psf_voxel_size(psf: Image, image_voxel):
     """The voxel size of a PSF read by :func:`read_psf`: its own, or where it calibrates some axes
-    only (a lateral pixel size without a z step) those completed from ``image_voxel``, or None.
+    only (a lateral pixel size without a z step) those completed from ``image_voxel``; where it
+    calibrates none, ``image_voxel`` (the PSF taken as sampled like the image, which
+    :func:`assume_psf_voxel` warns about), or None.
 
     Taking such a PSF as sampled like the image throughout dropped its known lateral size: a PSF
     at 0.05 µm pixels was used as is on 0.065 µm ones, 30% too wide.
     """
-    if psf.voxel_size is not None or psf.partial_voxel is None or image_voxel is None:
+    if psf.voxel_size is not None or image_voxel is None:
         return psf.voxel_size
+    if psf.partial_voxel is None:
+        return tuple(float(i) for i in image_voxel)
     if len(psf.partial_voxel) != len(image_voxel):
         return None
     return tuple(float(i) if p is None else p for p, i in zip(psf.partial_voxel, image_voxel))

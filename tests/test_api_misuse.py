@@ -34,3 +34,25 @@ def test_run_chunked_refuses_axes_out_of_tczyx_order(tmp_path, image, psf, axes)
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "w.zarr").exists()
     run_chunked(image[None], WienerBlock(psf), tmp_path / "ok.zarr", axes="czyx")  # in order, any case
     assert open_lazy(tmp_path / "ok.zarr").axes == "CZYX"
+
+
+def test_prepare_psf_warns_when_only_the_image_voxel_size_is_given(tmp_path):
+    """README's recipe with a PSF file saved without calibration (voxel size None) used the 50 nm PSF
+    on 100 nm pixels unresampled, (9, 13, 13) where (9, 7, 7) is right, without a word."""
+    import tifffile
+
+    from deconv3d.io import psf_voxel_size, read_psf
+    from deconv3d.psf import prepare_psf
+
+    kernel = asymmetric_psf((9, 25, 25))
+    tifffile.imwrite(tmp_path / "psf.tif", kernel)
+    measured = read_psf(tmp_path / "psf.tif")
+    assert measured.voxel_size is None
+    with pytest.warns(RuntimeWarning, match=r"psf_voxel=None.*pass psf_voxel"):
+        used = prepare_psf(measured.data, (16, 32, 32), psf_voxel=measured.voxel_size, image_voxel=(0.3, 0.1, 0.1))
+    np.testing.assert_array_equal(used, prepare_psf(kernel, (16, 32, 32)))  # taken as sampled like the image
+    assert prepare_psf(kernel, (16, 32, 32), psf_voxel=(0.3, 0.05, 0.05), image_voxel=(0.3, 0.1, 0.1)).shape[1] < \
+        used.shape[1]
+    # the command line, which warns itself that it takes such a PSF as sampled like the image, passes
+    # the image's voxel size for it: the same PSF, and no second warning
+    assert psf_voxel_size(measured, (0.3, 0.1, 0.1)) == (0.3, 0.1, 0.1)

@@ -483,7 +483,8 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     image_shape : tuple of int
         Shape of the image to deconvolve.
     psf_voxel, image_voxel : tuple of float, optional
-        Voxel sizes in micrometres.
+        Voxel sizes in micrometres. Where only one is given, the PSF is taken as sampled like the
+        image, with a RuntimeWarning (a PSF file saved without calibration reads with voxel size None).
     energy : float, optional
         Fraction of the PSF intensity kept by :func:`crop_psf`.
     fit_image : bool, optional
@@ -521,6 +522,11 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
                       f"{format_sizes(checked_voxel_size(psf_voxel, psf.ndim, 'PSF voxel size'))} µm, is used as if "
                       "sampled like the image: pass image_voxel (read_image(...).voxel_size, or partial_voxel "
                       "completed by hand)", RuntimeWarning, stacklevel=2)
+    elif image_voxel is not None:  # (the command line passes the image's for a PSF file that records none)
+        warnings.warn(f"the PSF's voxel size is not given (psf_voxel=None), so the PSF is used as if sampled like "
+                      f"the image, at {format_sizes(checked_voxel_size(image_voxel, psf.ndim, 'image voxel size'))} "
+                      "µm: pass psf_voxel (read_psf(...).voxel_size, or its partial_voxel completed by hand)",
+                      RuntimeWarning, stacklevel=2)
     given = psf.shape
     psf = crop_psf(center_psf(psf), energy)
     if fit_image and any(p > n for p, n in zip(psf.shape, image_shape)):
