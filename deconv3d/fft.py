@@ -5,7 +5,8 @@ computed once per (FFT shape, device, dtype) and reused: the hot loops of
 Richardson-Lucy and of network training then cost two real FFTs per convolution and
 nothing else. All functions are differentiable with autograd (the transpose of a
 convolution is the correlation with the same kernel, which is what the backward pass
-computes) and run on CPU or CUDA.
+computes), with respect to the input and to a PSF tensor that requires grad (whose OTF is then
+computed at each call, not cached), and run on CPU or CUDA.
 
 Kernel origin: like ``scipy.signal.fftconvolve(mode="same")``, output voxel ``i`` of a
 "same" convolution is ``sum_j h[j] x[i + c - j]`` with ``c = (k - 1) // 2`` per axis, so
@@ -176,7 +177,10 @@ class FFTConvolver:
     Parameters
     ----------
     psf : array_like or torch.Tensor
-        Kernel with 1 to 3 dimensions. It is used as given (not normalised or flipped).
+        Kernel with 1 to 3 dimensions. It is used as given (not normalised or flipped). A tensor
+        that requires grad (a PSF being fitted) is read at each call, its current values, and
+        results are differentiable with respect to it; its OTFs are then not cached. Any other
+        kernel is copied and fixed.
     device : str or torch.device, optional
         Where the OTFs live and the work runs (``"auto"`` picks CUDA when present).
     dtype : torch.dtype, optional
@@ -206,8 +210,12 @@ class FFTConvolver:
             raise InputError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.dtype = dtype
         _check_real_finite(psf, "PSF")  # once per kernel: a NaN would fill every OTF and output
-        # A private copy: a view of the caller's array would change under the cached OTFs.
-        self.psf = as_tensor(psf, self.device, dtype).detach().clone()
+        # A private copy: a view of the caller's array would change under the cached OTFs. A kernel
+        # that requires grad (being fitted) is read afresh at each call instead, its OTFs not cached
+        # (see otf): a detached copy dropped its gradient silently.
+        kernel = as_tensor(psf, self.device, dtype)
+        self._fitted = psf if kernel.requires_grad else None
+        self.psf = kernel if kernel.requires_grad else kernel.detach().clone()
         if not 1 <= self.psf.ndim <= 3:
             raise InputError(f"PSF must be 1D, 2D or 3D, got {self.psf.ndim}D: pass a single PSF volume")
         self.ndim = self.psf.ndim
@@ -221,7 +229,8 @@ class FFTConvolver:
         return tuple(range(-self.ndim, 0))
 
     def otf(self, fft_shape: Sequence[int], origin: Sequence[int] | None = None) -> torch.Tensor:
-        """Half-spectrum OTF for ``fft_shape`` (cached), kernel ``origin`` rolled to index 0."""
+        """Half-spectrum OTF for ``fft_shape`` (cached unless the kernel requires grad), kernel
+        ``origin`` rolled to index 0."""
         origin = self.origin if origin is None else tuple(origin)
         key = (tuple(fft_shape), origin)
         with self._otfs_lock:
@@ -232,9 +241,12 @@ class FFTConvolver:
         if any(s < k for s, k in zip(fft_shape, self.psf.shape)):
             raise InputError(f"FFT shape {tuple(fft_shape)} is smaller than the PSF {tuple(self.psf.shape)}")
         padded = torch.zeros(tuple(fft_shape), device=self.device, dtype=self.dtype)
-        padded[tuple(slice(0, k) for k in self.psf.shape)] = self.psf
+        kernel = self.psf if self._fitted is None else as_tensor(self._fitted, self.device, self.dtype)
+        padded[tuple(slice(0, k) for k in self.psf.shape)] = kernel
         padded = torch.roll(padded, tuple(-o for o in origin), self.dims)
         otf = torch.fft.rfftn(padded, dim=self.dims)
+        if self._fitted is not None:  # a graph per call: a cached one is freed by the first backward, stale after a step
+            return otf
         with self._otfs_lock:
             self._otfs[key] = otf
             while len(self._otfs) > MAX_OTFS:  # a long-lived process (napari) meets ever new shapes
@@ -357,8 +369,10 @@ _CACHE_LOCK = threading.Lock()  # pipeline blocks call from worker threads
 
 
 def get_convolver(psf, device="cpu", dtype: torch.dtype = torch.float32) -> FFTConvolver:
-    """A shared :class:`FFTConvolver` for this PSF, device and dtype (small LRU cache, thread safe)."""
+    """A shared :class:`FFTConvolver` for this PSF, device and dtype (small LRU cache, thread safe);
+    its kernel is fixed (a PSF tensor's graph is not kept: see :func:`fft_convolve`)."""
     dev = resolve_device(device)
+    psf = psf.detach() if isinstance(psf, torch.Tensor) else psf
     key = (psf_fingerprint(psf, np.float64 if dtype == torch.float64 else np.float32), str(dev), dtype)
     with _CACHE_LOCK:
         conv = _CONVOLVERS.get(key)
@@ -437,7 +451,8 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     The :class:`FFTConvolver` (and its OTFs, one per FFT shape) comes from a small thread-safe
     cache keyed by the PSF's values, the device and the dtype (:func:`get_convolver`, the last
     8 kernels), so repeated calls with the same PSF cost two real FFTs each. The operation is
-    differentiable with autograd.
+    differentiable with autograd, with respect to ``x`` and to a ``psf`` tensor that requires grad
+    (PSF fitting: its OTF is then computed at each call, not cached).
 
     Examples
     --------
@@ -457,9 +472,7 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     """
     if not isinstance(x, torch.Tensor):
         _check_real_finite(x, "image")
-    if device is None:
-        device = x.device if isinstance(x, torch.Tensor) else "cpu"
-    return get_convolver(psf, device, dtype).convolve(x, mode=mode, padding=padding)
+    return _convolver_for(x, psf, device, dtype).convolve(x, mode=mode, padding=padding)
 
 
 def refuse_complex(x, name: str) -> None:
@@ -529,9 +542,18 @@ def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", *, device=N
     """
     if not isinstance(x, torch.Tensor):
         _check_real_finite(x, "image")
+    return _convolver_for(x, psf, device, dtype).correlate(x, mode=mode, padding=padding)
+
+
+def _convolver_for(x, psf, device, dtype) -> FFTConvolver:
+    """The convolver of :func:`fft_convolve` and :func:`fft_correlate` (``device`` None: ``x``'s for a
+    tensor, else the CPU): the shared one (:func:`get_convolver`), or, for a PSF tensor that requires
+    grad, one of its own that keeps the PSF in the graph."""
     if device is None:
         device = x.device if isinstance(x, torch.Tensor) else "cpu"
-    return get_convolver(psf, device, dtype).correlate(x, mode=mode, padding=padding)
+    if isinstance(psf, torch.Tensor) and psf.requires_grad:
+        return FFTConvolver(psf, device=device, dtype=dtype)
+    return get_convolver(psf, device, dtype)
 
 
 def psf_rms_width(psf) -> tuple[float, ...]:
