@@ -84,3 +84,22 @@ def test_fft_convolve_is_differentiable_with_respect_to_the_psf(padding):
         torch.testing.assert_close(kernel.grad, expected)
         with torch.no_grad():
             kernel -= 0.1 * kernel.grad
+
+
+def test_writers_refuse_a_voxel_size_that_looks_like_nanometres(tmp_path, image, psf):
+    """write_tiff and run_chunked recorded (300, 100, 100) as micrometres, a file that deconvolve then
+    refused as nanometres; they refuse it as generate_psf and read_psf do, and write nothing."""
+    from deconv3d.io import read_image, write_tiff
+    from deconv3d.omezarr import open_lazy, write_ome_zarr
+    from deconv3d.pipeline import WienerBlock, run_chunked
+
+    for write in (lambda v: write_tiff(tmp_path / "nm.tif", image, v),
+                  lambda v: write_ome_zarr(tmp_path / "nm.zarr", image, voxel_size=v),
+                  lambda v: run_chunked(image, WienerBlock(psf), tmp_path / "run.zarr", voxel_size=v)):
+        with pytest.raises(InputError, match="300 100 100 µm looks like nanometres.*micrometres"):
+            write((300, 100, 100))
+    assert not list(tmp_path.iterdir())
+    write_tiff(tmp_path / "um.tif", image, (20, 0.1, 0.1))  # the largest side taken as micrometres
+    write_ome_zarr(tmp_path / "um.zarr", image, voxel_size=(20, 0.1, 0.1))
+    assert read_image(tmp_path / "um.tif").voxel_size == pytest.approx((20, 0.1, 0.1))
+    assert open_lazy(tmp_path / "um.zarr").voxel_size == pytest.approx((20, 0.1, 0.1))
