@@ -179,18 +179,26 @@ def _resolution_factor(resunit, is_imagej: bool, res) -> float | None:
     return None
 
 
-def _kept_voxel(voxel, kept_axes: str, ndim: int) -> list:
-    """The recorded [z, y, x] sizes of the axes a file keeps after squeezing, in their order.
+def spatial_letters(kept_axes: str, ndim: int) -> str:
+    """The z, y, x letters of the ``ndim`` spatial axes a file keeps after squeezing, in their order.
 
     ``kept_axes`` are the file's letters of the non-singleton axes (generic plane axes count
-    as z): an XZ section (``ZX``) gets the z and x sizes, not y and x. Without usable
+    as z): ``"ZX"`` for an XZ section (a stack of one row), ``"ZY"`` for a YZ one. Without usable
+    letters, ``"ZYX"`` or ``"YX"``.
+    """
+    letters = "".join("Z" if a in _GENERIC_AXES else a for a in kept_axes)
+    if len(letters) == ndim and len(set(letters)) == ndim and all(a in "ZYX" for a in letters) \
+            and list(letters) == sorted(letters, key="ZYX".index):
+        return letters
+    return "ZYX"[-ndim:]
+
+
+def _kept_voxel(voxel, kept_axes: str, ndim: int) -> list:
+    """The recorded [z, y, x] sizes of the axes a file keeps after squeezing, in their order
+    (:func:`spatial_letters`): an XZ section gets the z and x sizes, not y and x. Without usable
     letters the last ``ndim`` sizes are taken.
     """
-    index = {"Z": 0, "Y": 1, "X": 2}
-    letters = ["Z" if a in _GENERIC_AXES else a for a in kept_axes]
-    if len(letters) == ndim and len(set(letters)) == ndim and all(a in index for a in letters):
-        return [voxel[index[a]] for a in letters]
-    return list(voxel[-ndim:])
+    return [voxel["ZYX".index(a)] for a in spatial_letters(kept_axes, ndim)]
 
 
 def _checked_voxel(sizes, path) -> tuple[tuple[float, ...] | None, str | None]:

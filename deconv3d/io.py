@@ -23,7 +23,7 @@ import tifffile
 
 from deconv3d._paths import TIFF_SUFFIXES, _check_suffix, _one_line, check_output_path
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
-                                     calibrated, imagej_calibration, time_axis_of)
+                                     calibrated, imagej_calibration, spatial_letters, time_axis_of)
 from deconv3d._tiff_write import write_tiff
 from deconv3d._voxel import format_sizes, refuse_nanometres
 from deconv3d.errors import InputError, warn
@@ -44,7 +44,8 @@ class Image:
         Voxel size in micrometres in the order of ``axes``; None when the file
         does not record a complete calibration.
     axes : str
-        ``"ZYX"`` or ``"YX"``.
+        ``"ZYX"`` or ``"YX"``; ``"ZX"`` or ``"ZY"`` for a section through a stack (a stack of one
+        row or one column), whose ``voxel_size`` is then (z step, pixel size).
     voxel_problem : str or None
         Set when the file records a voxel size that is zero, negative or not finite
         (``voxel_size`` is then None): callers that need one should say so.
@@ -346,7 +347,8 @@ def _check_complete(tif: tifffile.TiffFile, series, log, path: Path) -> None:
 def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str, str]:
     """Drop singleton axes and check that what is left is a 2D or 3D image.
 
-    Returns the data, its axes (``"ZYX"`` or ``"YX"``) and the file's letters of the axes
+    Returns the data, its axes (``"ZYX"``, ``"YX"``, or ``"ZX"``/``"ZY"`` for a section through a
+    stack: :func:`~deconv3d._tiff_metadata.spatial_letters`) and the file's letters of the axes
     kept (``""`` when the file's axes do not match the data).
     """
     keep = [i for i, n in enumerate(data.shape) if n != 1]
@@ -371,7 +373,7 @@ def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str, 
             "supported yet; pick one channel and time point first (if the planes are z-slices, "
             "relabel them as slices, e.g. in Fiji's Image > Properties)"
         )
-    return data, "ZYX" if data.ndim == 3 else "YX", kept_axes
+    return data, spatial_letters(kept_axes, data.ndim), kept_axes
 
 
 def _refuse_colour(kept_axes: str, path: Path) -> None:

@@ -103,3 +103,20 @@ def test_writers_refuse_a_voxel_size_that_looks_like_nanometres(tmp_path, image,
     write_ome_zarr(tmp_path / "um.zarr", image, voxel_size=(20, 0.1, 0.1))
     assert read_image(tmp_path / "um.tif").voxel_size == pytest.approx((20, 0.1, 0.1))
     assert open_lazy(tmp_path / "um.zarr").voxel_size == pytest.approx((20, 0.1, 0.1))
+
+
+def test_a_stack_of_one_row_reads_as_a_zx_section(tmp_path, psf):
+    """read_image (and open_lazy) called a (4, 1, 10) stack "YX" with voxel (0.3, 0.1): the z step
+    as the y pixel size. Its letters are now ZX, and a chunked run writes them."""
+    from deconv3d.io import read_image, write_tiff
+    from deconv3d.omezarr import open_lazy
+    from deconv3d.pipeline import WienerBlock, run_chunked
+
+    write_tiff(tmp_path / "row.tif", np.random.default_rng(0).random((4, 1, 10)) + 0.1, (0.3, 0.1, 0.1))
+    for image in (read_image(tmp_path / "row.tif"), open_lazy(tmp_path / "row.tif")):
+        assert (image.axes, image.data.shape) == ("ZX", (4, 10))
+        assert image.voxel_size == pytest.approx((0.3, 0.1))
+    run_chunked(open_lazy(tmp_path / "row.tif"), WienerBlock(psf[1]), tmp_path / "o.zarr", voxel_size=(0.3, 0.1))
+    assert open_lazy(tmp_path / "o.zarr").axes == "ZX"
+    write_tiff(tmp_path / "plane.tif", np.ones((1, 6, 10)), (0.3, 0.1, 0.1))
+    assert read_image(tmp_path / "plane.tif").axes == open_lazy(tmp_path / "plane.tif").axes == "YX"

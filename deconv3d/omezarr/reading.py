@@ -15,7 +15,8 @@ import numpy as np
 
 from deconv3d._paths import TIFF_SUFFIXES, _one_line
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel,
-                                     _size_in_um, _unit_factor, _voxel_size_um, calibrated, imagej_calibration)
+                                     _size_in_um, _unit_factor, _voxel_size_um, calibrated, imagej_calibration,
+                                     spatial_letters)
 from deconv3d.errors import InputError
 from deconv3d.io import _check_complete, _refuse_colour, _refuse_complex, _tifffile_log, _unreadable_tiff
 
@@ -211,18 +212,20 @@ def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:
 
     Returns ``(letters, order)``: the image in deconv3d's order is the file's (singletons
     dropped) transposed by ``order``. ImageJ hyperstacks keep Z before C (``ZCYX``), which
-    this reorders to ``CZYX``.
+    this reorders to ``CZYX``. A section through a stack (one row or column) keeps its letters,
+    ``ZX`` or ``ZY`` (:func:`~deconv3d._tiff_metadata.spatial_letters`), not ``YX``.
     """
     kept = [a for a, n in zip(axes, shape) if n != 1]
     if len(kept) < 2:
         raise InputError(f"image {path} is {len(kept)}D once its axes of length 1 are dropped (shape {tuple(shape)}): "
                          "a 2D or 3D image is needed")
     lead = ["Z" if a in _GENERIC_AXES else a for a in kept[:-2]]
-    if any(a not in "TCZ" for a in lead) or len(set(lead)) != len(lead):
+    plane = spatial_letters("".join(kept[-2:]), 2)
+    if any(a not in "TCZ" for a in lead) or len(set(lead)) != len(lead) or (plane[0] == "Z" and "Z" in lead):
         raise InputError(f"image {path} has axes {''.join(kept)} that are not T, C, Z, Y, X: save it as "
                          "an ImageJ hyperstack or OME-TIFF with labelled axes")
     order = tuple(sorted(range(len(lead)), key=lambda i: "TCZ".index(lead[i]))) + (len(lead), len(lead) + 1)
-    return "".join(lead[i] for i in order[:-2]) + "YX", order
+    return "".join(lead[i] for i in order[:-2]) + plane, order
 
 
 def _path_token(path: Path) -> str:

@@ -18,16 +18,18 @@ OME_VERSION = "0.5"
 
 
 def checked_axes(axes: str, ndim: int) -> str:
-    """``axes`` in upper case when they are ``ndim`` distinct letters in (T)(C)(Z)YX order, the
-    only order deconv3d reads back (:func:`open_lazy`) and the one its PSFs assume (z first); else a
-    one-line :class:`InputError`. Letters are labels only: data in another order is not reordered."""
+    """``axes`` in upper case when they are ``ndim`` distinct letters in (T)(C)ZYX order with two or
+    three spatial ones (``ZX`` or ``ZY``: a section through a stack), the only order deconv3d reads
+    back (:func:`open_lazy`) and the one its PSFs assume (z first); else a one-line
+    :class:`InputError`. Letters are labels only: data in another order is not reordered."""
     letters = str(axes).upper()
     if len(letters) != ndim:
         raise InputError(f"axes {axes!r} do not match an array of {ndim} dimensions: give one letter per axis")
-    if not (set(letters) <= set("TCZYX") and _in_order(letters, "TCZYX") and letters.endswith("YX")):
-        known = set(letters) <= set("TCZYX") and len(set(letters)) == len(letters) and {"Y", "X"} <= set(letters)
+    spatial = sum(a in "ZYX" for a in letters)
+    if not (set(letters) <= set("TCZYX") and _in_order(letters, "TCZYX") and spatial >= 2):
+        known = set(letters) <= set("TCZYX") and len(set(letters)) == len(letters) and spatial >= 2
         fix = (f"transpose the data to {''.join(sorted(letters, key='TCZYX'.index))} order and pass that" if known
-               else "give distinct letters from T, C, Z, Y, X with Y and X last")
+               else "give distinct letters from T, C, Z, Y, X, two or three of them spatial")
         raise InputError(f"axes {axes!r} are not in (T)(C)ZYX order, the order deconv3d reads and its PSFs "
                          f"assume: {fix}")
     return letters
@@ -67,8 +69,8 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
         Shape and chunk shape of the float32 level-0 array (chunks should match the blocks that
         will be written, so that no two writers share a chunk).
     axes : str
-        Letters from ``"TCZYX"`` in that order, ending in ``YX``, one per dimension (any other
-        order is refused: :func:`checked_axes`).
+        Letters from ``"TCZYX"`` in that order, two or three of them spatial, one per dimension
+        (any other order is refused: :func:`checked_axes`).
     voxel_size : sequence of float, optional
         One value in micrometres per spatial axis (z, y, x); a side above 20 µm is refused as
         nanometres.

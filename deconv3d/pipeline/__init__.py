@@ -135,8 +135,9 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     Parameters
     ----------
     data : ndarray, dask.array.Array, block reader or LazyImage
-        The image; axes ``axes`` (default ``"ZYX"``/``"YX"``, leading ``T``/``C`` allowed; any
-        other order, such as ``"XYZ"``, is refused, not reordered: transpose such data first). Each
+        The image; axes ``axes`` (default ``"ZYX"``/``"YX"``, leading ``T``/``C`` allowed, ``"ZX"``
+        or ``"ZY"`` for a section through a stack; any other order, such as ``"XYZ"``, is
+        refused, not reordered: transpose such data first). Each
         block reads only its own region plus halo: from a file with a block reader
         (:class:`~deconv3d.omezarr.ZarrReader`, :class:`~deconv3d.omezarr.TiffReader`, or a
         :class:`~deconv3d.omezarr.LazyImage`, whose reader is used), else by slicing the array.
