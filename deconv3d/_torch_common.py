@@ -188,6 +188,8 @@ def atomic_torch_save(payload: dict, path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
+    if path.is_dir():  # (os.replace's IsADirectoryError named the hidden temporary file)
+        raise InputError(f"{path} is a folder: give a file name for the checkpoint, e.g. {path / 'model.ckpt'}")
     refuse_write_protected(path)
     import io
 

@@ -104,6 +104,15 @@ def refuse_no_positive(source, method: str) -> None:
     raise InputError(f"{source} has no positive values, so {outcome}: {NEGATIVE_FIX}")
 
 
+def require_config(value, cls, name: str) -> None:
+    """Refuse ``value`` unless it is a ``cls`` (a configuration class), naming the argument ``name``:
+    a dict of its fields failed deep inside with "'dict' object has no attribute ..."."""
+    if not isinstance(value, cls):
+        how = f"{cls.__name__}(**{name})" if isinstance(value, dict) else f"{cls.__name__}(...)"
+        article = "an" if cls.__name__[0] in "AEIO" else "a"
+        raise InputError(f"{name} must be {article} {cls.__name__}, got {type(value).__name__}: pass {how}")
+
+
 #: Richardson-Lucy and the self-supervised network warn when more than this share of the voxels is negative.
 NEGATIVE_SHARE = 0.01
 

@@ -120,3 +120,81 @@ def test_a_stack_of_one_row_reads_as_a_zx_section(tmp_path, psf):
     assert open_lazy(tmp_path / "o.zarr").axes == "ZX"
     write_tiff(tmp_path / "plane.tif", np.ones((1, 6, 10)), (0.3, 0.1, 0.1))
     assert read_image(tmp_path / "plane.tif").axes == open_lazy(tmp_path / "plane.tif").axes == "YX"
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda h: __import__("deconv3d.pipeline").pipeline.RichardsonLucyBlock(h, iterations=-1), "iterations"),
+    (lambda h: __import__("deconv3d.pipeline").pipeline.RichardsonLucyBlock(h, iterations=2.5), "iterations"),
+    (lambda h: __import__("deconv3d.pipeline").pipeline.RichardsonLucyBlock(h, boundary="mirror"), "boundary"),
+    (lambda h: __import__("deconv3d.pipeline").pipeline.RichardsonLucyBlock(h, tv_weight=-1), "tv_weight"),
+    (lambda h: __import__("deconv3d.pipeline").pipeline.RichardsonLucyBlock(h, accelerate=2), "accelerate"),
+    (lambda h: __import__("deconv3d.pipeline").pipeline.WienerBlock(h, balance=0), "balance .*try 1e-3"),
+    (lambda h: __import__("deconv3d.pipeline").pipeline.WienerBlock(h, balance=-1), "balance .*try 1e-3"),
+])
+def test_block_options_are_refused_when_the_block_is_made(psf, make, words):
+    """iterations=-1 and balance=0 or -1 ended in "math domain error" or ZeroDivisionError in the halo rules."""
+    with pytest.raises(InputError, match=words):
+        make(psf)
+
+
+@pytest.mark.parametrize("options", [dict(chunks=8), dict(chunks=(4, 8.5, 8)), dict(halo=(-1, 0, 0)),
+                                     dict(halo=2), dict(workers=0), dict(workers=-1), dict(workers=2.5),
+                                     dict(workers=True), dict(pyramid_levels=2.5), dict(pyramid_levels=-1)])
+def test_run_chunked_refuses_sizes_that_are_not_whole_numbers_in_range(tmp_path, image, psf, options):
+    """chunks=8 and pyramid_levels=2.5 raised TypeError deep inside; halo=(-1, 0, 0) gave a result 0.16
+    of the peak off, and workers=0 or 2.5 and pyramid_levels=-1 ran as something else."""
+    from deconv3d.pipeline import WienerBlock, run_chunked
+
+    name = next(iter(options))
+    with pytest.raises(InputError, match=f"{name} must be"):
+        run_chunked(image, WienerBlock(psf), tmp_path / "o.zarr", **options)
+    assert not list(tmp_path.iterdir())
+
+
+def test_run_chunked_takes_a_tensor_that_requires_grad(tmp_path, image, psf):
+    """richardson_lucy took such a tensor; run_chunked failed with "Can't call numpy() on Tensor that requires grad"."""
+    import torch
+    import zarr
+
+    from deconv3d.classical import wiener
+    from deconv3d.pipeline import WienerBlock, run_chunked
+
+    run_chunked(torch.tensor(image, requires_grad=True), WienerBlock(psf), tmp_path / "o.zarr")
+    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "o.zarr" / "0"))[:], wiener(image, psf, device="cpu"),
+                               rtol=0, atol=1e-6)
+
+
+def test_configs_given_as_dicts_are_named():
+    """A dict for a config failed with "'dict' object has no attribute 'residual'" (selfsup.train) or
+    "... 'val_fraction'" (latent.train)."""
+    from deconv3d import latent, selfsup
+
+    image, flat = np.random.default_rng(0).random((24, 24)).astype(np.float32) + 0.1, np.ones((3, 3)) / 9
+    with pytest.raises(InputError, match=r"config must be a TrainConfig, got dict: pass TrainConfig\(\*\*config\)"):
+        selfsup.train(image, flat, config={"steps": 2}, device="cpu")
+    with pytest.raises(InputError, match=r"unet must be a UNetConfig"):
+        selfsup.train(image, flat, config=selfsup.TrainConfig(steps=1), unet={"ndim": 2}, device="cpu")
+    stacks, levels = latent.synthetic_focal_stacks(2, (16, 16), levels=(0, 2, 4), seed=0)
+    with pytest.raises(InputError, match=r"config must be a LatentTrainConfig.*LatentTrainConfig\(\*\*config\)"):
+        latent.train(stacks, levels, {"steps": 2}, latent.AEConfig(widths=(4, 8), crop=16), device="cpu")
+    with pytest.raises(InputError, match=r"ae_config must be an AEConfig"):
+        latent.train(stacks, levels, latent.LatentTrainConfig(steps=1), {"crop": 16}, device="cpu")
+
+
+def test_a_checkpoint_saved_to_a_folder_is_refused_by_name(tmp_path):
+    """save_checkpoint(model, folder) raised IsADirectoryError naming a hidden temporary file."""
+    from deconv3d import latent, selfsup
+    from deconv3d.latent.model import build_autoencoder
+    from deconv3d.selfsup.unet import ResUNet
+
+    unet = selfsup.UNetConfig(ndim=2, base_channels=2, depth=1)
+    network = selfsup.TrainedModel(ResUNet(unet), unet, selfsup.TrainConfig(residual=False), 0.0, 1.0,
+                                   np.ones((3, 3), np.float32) / 9)
+    ae = latent.AEConfig(widths=(4, 8), crop=16)
+    autoencoder = latent.TrainedAutoencoder(build_autoencoder(ae), ae, latent.LatentTrainConfig(),
+                                            np.array([0.0, 2.0, 4.0]))
+    for save, model in ((selfsup.save_checkpoint, network), (latent.save_checkpoint, autoencoder)):
+        with pytest.raises(InputError, match=f"{tmp_path} is a folder: give a file name for the checkpoint"):
+            save(model, tmp_path)
+        save(model, tmp_path / "m.ckpt")
+        assert [p.name for p in tmp_path.iterdir()] == ["m.ckpt"]

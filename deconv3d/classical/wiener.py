@@ -89,8 +89,7 @@ def wiener(
     """
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype)
-    if not (_is_number(balance) and balance > 0):
-        raise InputError(f"balance must be a positive finite number, got {balance!r}: try 1e-3")
+    check_balance(balance)
     if not isinstance(regularizer, str):  # scikit-image's reg is an array: the truth of its `in` was ambiguous
         raise InputError(f"regularizer must be the name of one of {REGULARIZERS}, got {type(regularizer).__name__}: "
                          "a kernel array is not taken")
@@ -111,6 +110,12 @@ def wiener(
     result = irfftn(spectrum, fft_shape, range(len(fft_shape)))[crop]
     result = _checked_result(result.clamp_min_(0) if clip else result)
     return result if isinstance(image, torch.Tensor) else result.cpu().numpy()
+
+
+def check_balance(balance) -> None:
+    """Refuse a Wiener ``balance`` that is not a positive finite number (one line that says what to try)."""
+    if not (_is_number(balance) and balance > 0):
+        raise InputError(f"balance must be a positive finite number, got {balance!r}: try 1e-3")
 
 
 def _wiener_extend(y: torch.Tensor, kernel_shape, boundary: str):

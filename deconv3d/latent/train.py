@@ -34,7 +34,7 @@ import torch
 from deconv3d._arrays import as_numpy
 from deconv3d._environment import run_environment
 from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, autocast, stop_reason
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, require_config
 from deconv3d.fft import resolve_device
 from deconv3d.latent.config import LatentTrainConfig, config_to_dict, train_config_from_dict
 from deconv3d.latent.data import (TripletSampler, all_triplets, check_levels, dyadic_triplets,
@@ -297,6 +297,8 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
     >>> res.steps_done, res.reason
     (2, 'completed')
     """
+    require_config(config, LatentTrainConfig, "config")
+    require_config(ae_config, AEConfig, "ae_config")
     dev = resolve_device(device)
     x, levels = _check_stacks(stacks, levels, ae_config)
     train_set, val_set = split_by_image(x, config.val_fraction, config.seed)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -186,6 +187,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     from deconv3d.omezarr import create_ome_zarr, write_omero, write_pyramid
 
     start = time.perf_counter()
+    _check_whole_numbers(chunks, halo, workers, pyramid_levels)
     if Path(output).suffix.lower() in TIFF_SUFFIXES:
         raise InputError(f"run_chunked writes an OME-Zarr folder, not a TIFF ({output}): give a path ending in .zarr "
                          "(deconv3d.pipeline.files.deconvolve_file writes TIFF)")
@@ -222,6 +224,26 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     return RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
                    tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution,
                    (provenance or {}).get("environment", {}))
+
+
+def _is_whole(value, least: int) -> bool:
+    """An integer (a numpy one too, not a bool) of at least ``least``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= least
+
+
+def _check_whole_numbers(chunks, halo, workers, pyramid_levels) -> None:
+    """Refuse, by name, options of :func:`run_chunked` that are not whole numbers in range: chunks=8
+    and pyramid_levels=2.5 failed deep inside with a TypeError, while halo=(-1, 0, 0) (a result 0.16
+    of the peak off), workers=0 or 2.5 and pyramid_levels=-1 ran as something else."""
+    for name, values, least, like in (("chunks", chunks, 1, "(32, 256, 256)"), ("halo", halo, 0, "(4, 8, 8)")):
+        if values is not None and (isinstance(values, (str, bytes)) or not np.iterable(values)
+                                   or not all(_is_whole(v, least) for v in values)):
+            kind = "positive" if least else "non-negative"
+            raise InputError(f"{name} must be {kind} whole numbers, one per spatial axis (like {like}), got {values!r}")
+    if not _is_whole(workers, 1):
+        raise InputError(f"workers must be a positive whole number, got {workers!r}")
+    if not _is_whole(pyramid_levels, 0):
+        raise InputError(f"pyramid_levels must be a whole number >= 0, got {pyramid_levels!r}")
 
 
 def _source(data, axes, time_axis, origin, channels):

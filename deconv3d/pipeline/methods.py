@@ -105,6 +105,15 @@ class RichardsonLucyBlock:
     device: str = "cpu"
     tv_scale: Optional[float] = None  # the volume's, set by prepare (see richardson_lucy)
 
+    def __post_init__(self):
+        """The options checked as :func:`~deconv3d.classical.richardson_lucy` checks them, here rather than
+        in the first block (iterations=-1 failed there, in the halo rule, with "math domain error")."""
+        from deconv3d.classical._problem import _check_accelerate, _check_options
+
+        self.iterations = _check_options(self.iterations, self.boundary, self.tv_weight, None,
+                                         max(1, np.ndim(self.psf)), self.voxel_size)
+        _check_accelerate(self.accelerate)
+
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """RL on ``block``; the OTF and Bertero weight of one block shape are kept for the next
         blocks of the run (:mod:`deconv3d.classical._reuse`; run_blocks hands blocks over grouped by shape)."""
@@ -204,6 +213,13 @@ class WienerBlock:
     psf: np.ndarray
     balance: float = 1e-3
     device: str = "cpu"
+
+    def __post_init__(self):
+        """The balance checked as :func:`~deconv3d.classical.wiener` checks it, here rather than in the
+        halo rule (0 raised ZeroDivisionError there, -1 "math domain error")."""
+        from deconv3d.classical.wiener import check_balance
+
+        check_balance(self.balance)
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from deconv3d.classical import wiener

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from deconv3d._arrays import as_numpy
+
 __all__ = ["ArrayReader", "DaskReader", "as_reader", "chunk_cache_budget", "chunks_cached", "CHUNK_CACHE_BYTES"]
 
 
@@ -27,7 +29,7 @@ class ArrayReader:
     remote = False
 
     def __init__(self, array):
-        self.array = np.asarray(array)
+        self.array = as_numpy(array)  # (a tensor that requires grad too, as richardson_lucy takes it)
         self.shape, self.ndim, self.dtype = self.array.shape, self.array.ndim, np.dtype(np.float32)
 
     def read(self, key) -> np.ndarray:

@@ -31,7 +31,7 @@ from deconv3d._arrays import as_numpy
 from deconv3d._environment import run_environment
 from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, build_seeded
 from deconv3d._voxel import checked_voxel_size
-from deconv3d.errors import Cancelled, InputError, OptionWarning, outside_stacklevel
+from deconv3d.errors import Cancelled, InputError, OptionWarning, outside_stacklevel, require_config
 from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.psf.prepare import fit_shape
@@ -313,6 +313,9 @@ def train(
     >>> res.steps_done, res.reason
     (2, 'completed')
     """
+    require_config(config, TrainConfig, "config")
+    if unet is not None:
+        require_config(unet, UNetConfig, "unet")
     dev = resolve_device(device)
     img, psf, unet, voxel_size = _check_inputs(image, psf, unet, voxel_size)
     positive_asked = unet.positive
