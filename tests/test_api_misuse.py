@@ -198,3 +198,24 @@ def test_a_checkpoint_saved_to_a_folder_is_refused_by_name(tmp_path):
             save(model, tmp_path)
         save(model, tmp_path / "m.ckpt")
         assert [p.name for p in tmp_path.iterdir()] == ["m.ckpt"]
+
+
+def test_a_memory_limit_without_a_model_names_the_fix_and_bad_values_are_shown_short(tmp_path, psf):
+    """The memory-limit error did not say to pass a MemoryModel, and said the same for "lots" and -1;
+    Settings(psf=array) put the whole array, over many lines, into its message."""
+    from deconv3d.pipeline import MemoryModel, RichardsonLucyBlock, run_chunked
+    from deconv3d.pipeline.settings import Settings
+
+    image = np.ones((8, 16, 16), np.float32)
+    with pytest.raises(InputError, match=r"pass model=MemoryModel\(method, psf.shape\)"):
+        run_chunked(image, RichardsonLucyBlock(psf, iterations=1), tmp_path / "o.zarr", memory_limit="4GB")
+    for limit, words in (("lots", "cannot read memory limit 'lots'"), (-1, "memory limit must be positive")):
+        for chunks in (None, (4, 16, 16)):
+            with pytest.raises(InputError, match=words):
+                run_chunked(image, RichardsonLucyBlock(psf, iterations=1), tmp_path / "o.zarr", memory_limit=limit,
+                            chunks=chunks, model=MemoryModel("rl", psf.shape))
+    with pytest.raises(InputError) as refused:
+        Settings(psf=np.ones((9, 15, 15)))
+    assert "\n" not in str(refused.value) and "ndarray of shape (9, 15, 15)" in str(refused.value)
+    assert len(str(refused.value)) < 200
+    assert not list(tmp_path.iterdir())

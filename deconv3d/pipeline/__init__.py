@@ -78,6 +78,12 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     if len(halo) != ndim:
         raise InputError(f"halo {halo} needs one value per spatial axis of {tuple(spatial_shape)}")
     predicted, multiple = None, max(chunk_multiple_for(f) for f in block_fns)
+    if memory_limit is not None:  # refused by name first ("lots" or -1 were told they lacked a memory model)
+        parse_memory(memory_limit)
+        if chunks is None and model is None:
+            raise InputError("a memory limit needs a memory model of the method to choose the chunks: pass "
+                             "model=MemoryModel(method, psf.shape), e.g. MemoryModel(\"rl\", psf.shape), or give "
+                             "chunks instead")
     automatic = (chunks is None and memory_limit is None and model is not None and local
                  and not any(_on_gpu(f) for f in block_fns))  # the whole volume, if it fits
     if memory_limit is not None or automatic:
@@ -88,8 +94,6 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
         automatic = memory_limit is not None
     given = chunks is not None
     if chunks is None and memory_limit is not None:
-        if model is None:
-            raise InputError("a memory limit needs a memory model of the method")
         limit = parse_memory(memory_limit)
         chunks = choose_chunks(spatial_shape, limit, model, halo, workers=workers, baseline=planning_baseline(),
                                multiple=multiple, automatic=automatic)

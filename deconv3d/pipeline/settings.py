@@ -149,7 +149,7 @@ class Settings:
                    "(train on each image first)")
             if self.model is not None:
                 _check(isinstance(self.model, (str, os.PathLike)), f"{_n('model')} must be a file name, got "
-                       f"{self.model!r}")
+                       f"{_shown(self.model)}")
                 _check(Path(self.model).is_file(), f"model file not found: {self.model}: check the path")
                 return
         if self.psf is None:
@@ -164,7 +164,8 @@ class Settings:
         else:
             _check(self.psf_model is None, f"give either {_n('psf')} or {_n('psf_model')}, not both")
             _check(bool(_many(self.psf)) and all(isinstance(p, (str, os.PathLike)) for p in _many(self.psf)),
-                   f"{_n('psf')} needs a file name, or one per channel, got {self.psf!r}")
+                   f"{_n('psf')} needs a file name, or one per channel, got {_shown(self.psf)}"
+                   + (" (save it with deconv3d.io.write_tiff first)" if hasattr(self.psf, "shape") else ""))
             for psf in _many(self.psf):
                 _check(Path(psf).is_file(), f"PSF file not found: {psf}: check the path")
 
@@ -326,6 +327,15 @@ _AS_OPTIONS = contextvars.ContextVar("deconv3d_settings_as_options", default=Fal
 def _n(name: str) -> str:
     """A setting's name in a message: the key (a batch's TOML and options take it), or a command's option."""
     return "--" + name.replace("_", "-") if _AS_OPTIONS.get() else name
+
+
+def _shown(value, limit: int = 60) -> str:
+    """``value`` for a one-line message: an array (or tensor) by its type and shape, not its values
+    (Settings(psf=array) put the whole array in the message, over many lines); else its repr, cut."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{type(value).__name__} of shape {tuple(value.shape)}"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check(ok: bool, message: str) -> None:
