@@ -219,3 +219,58 @@ def test_a_memory_limit_without_a_model_names_the_fix_and_bad_values_are_shown_s
     assert "\n" not in str(refused.value) and "ndarray of shape (9, 15, 15)" in str(refused.value)
     assert len(str(refused.value)) < 200
     assert not list(tmp_path.iterdir())
+
+
+def test_complex_input_is_refused_wherever_richardson_lucy_refuses_it(tmp_path, image, psf):
+    """The PSF functions, distill_psf, the network's and the autoencoder's functions and run_chunked
+    cast complex input to real with only numpy's ComplexWarning; Richardson-Lucy refused it."""
+    import warnings
+
+    from deconv3d import latent, selfsup
+    from deconv3d import psf as psfs
+    from deconv3d.latent.model import build_autoencoder
+    from deconv3d.pipeline import WienerBlock, run_chunked
+    from deconv3d.selfsup.unet import ResUNet
+
+    kernel, volume, plane = psf.astype(np.complex64), image.astype(np.complex64), image[0].astype(np.complex64)
+    unet = selfsup.UNetConfig(ndim=2, base_channels=2, depth=1)
+    network = selfsup.TrainedModel(ResUNet(unet), unet, selfsup.TrainConfig(residual=False), 0.5, 0.3,
+                                   np.ones((3, 3), np.float32) / 9)
+    ae = build_autoencoder(latent.AEConfig(widths=(4, 8), crop=16))
+    calls = [lambda: psfs.validate_psf(kernel), lambda: psfs.normalize_psf(kernel), lambda: psfs.center_psf(kernel),
+             lambda: psfs.crop_psf(kernel), lambda: psfs.fit_psf(kernel, (3, 3, 3)),
+             lambda: psfs.resample_psf(kernel, (0.2, 0.1, 0.1), (0.3, 0.1, 0.1)),
+             lambda: psfs.prepare_psf(kernel, image.shape), lambda: psfs.distill_psf(volume, (3, 5, 5)),
+             lambda: selfsup.train(plane, np.ones((3, 3)) / 9, config=selfsup.TrainConfig(steps=1), unet=unet,
+                                   device="cpu"),
+             lambda: selfsup.apply_model(network, plane, device="cpu"),
+             lambda: latent.train(np.zeros((2, 3, 16, 16), np.complex64), (0, 2, 4), latent.LatentTrainConfig(steps=1),
+                                  latent.AEConfig(widths=(4, 8), crop=16), device="cpu"),
+             lambda: latent.synthesize_blur(ae, plane[:, :16], plane[:, :16], [0.5]),
+             lambda: latent.deblur(ae, plane[:, :16], plane[:, :16], 0.5),
+             lambda: run_chunked(volume, WienerBlock(psf), tmp_path / "o.zarr")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's ComplexWarning would fail the call rather than pass it
+        for call in calls:
+            with pytest.raises(InputError, match="complex values where real intensities are needed"):
+                call()
+    assert not list(tmp_path.iterdir())
+
+
+def test_sizes_that_are_not_whole_numbers_are_refused():
+    """AEConfig(crop=16.5) became 16 and apply_model(tile_shape=2.5) ran with tiles of 2."""
+    from deconv3d import latent, selfsup
+    from deconv3d.selfsup.unet import ResUNet
+
+    with pytest.raises(InputError, match="crop must be a whole number"):
+        latent.AEConfig(widths=(4, 8), crop=16.5)
+    assert latent.AEConfig(widths=(4, 8), crop=np.int64(16)).crop == 16
+    unet = selfsup.UNetConfig(ndim=2, base_channels=2, depth=1)
+    network = selfsup.TrainedModel(ResUNet(unet), unet, selfsup.TrainConfig(residual=False), 0.5, 0.3,
+                                   np.ones((3, 3), np.float32) / 9)
+    plane = np.random.default_rng(0).random((12, 12)).astype(np.float32)
+    for tiles in (2.5, (4, 4.5)):
+        with pytest.raises(InputError, match="tile_shape must be whole numbers of voxels"):
+            selfsup.apply_model(network, plane, device="cpu", tile_shape=tiles)
+    whole = selfsup.apply_model(network, plane, device="cpu")
+    np.testing.assert_allclose(selfsup.apply_model(network, plane, device="cpu", tile_shape=(12, np.int64(12))), whole)

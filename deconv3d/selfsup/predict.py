@@ -243,6 +243,8 @@ def _per_axis(value, ndim: int, name: str) -> tuple[int, ...]:
     values = (value,) * ndim if np.isscalar(value) else tuple(value)
     if len(values) != ndim:
         raise InputError(f"{name} {tuple(values)} has {len(values)} axes but the image has {ndim}: give one value per axis or a single int")
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in values):  # (2.5 ran as 2)
+        raise InputError(f"{name} must be whole numbers of voxels, got {value!r}: give an int, or one per axis")
     return tuple(int(v) for v in values)
 
 
