@@ -162,14 +162,15 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
         result = train_on_image(lazy, psfs[0], voxel, settings, trainer, memory_limit=settings.memory_limit)
         trained, training = TrainedModel.from_result(result), training_record(result)
         trained.reference_cache = None  # RL of the whole image: blocks cannot use it, and it is as large
-    elif settings.method == "ssl":  # the model carries its PSF; one given is checked against it (build_block_fn)
+    elif settings.method == "ssl":  # the model carries its PSF; each one given is checked against it (build_block_fn)
         from deconv3d.selfsup import load_checkpoint
 
         trained = load_checkpoint(settings.model, device="cpu")
         voxel = trained.voxel_for(voxel, len(spatial_shape), Path(lazy.path).name, warnings)
         warn_of_another_scale(trained, lazy, warnings)
-        psfs = [load_psfs_for(settings, spatial_shape, voxel, fit_image=False)[0]
-                if (settings.psf or settings.psf_model) else None]
+        # every channel's PSF, not the first alone: the others were dropped unchecked, yet recorded as used
+        psfs = (load_psfs_for(settings, spatial_shape, voxel, fit_image=False) if (settings.psf or settings.psf_model)
+                else [None])
     else:
         psfs = load_psfs_for(settings, spatial_shape, voxel)
     built = [build_block_fn(settings, p, voxel, ndim=len(spatial_shape), trained=trained) for p in psfs]
@@ -179,7 +180,7 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
         model = max((m for _, m, _ in built), key=lambda m: math.prod(m.psf_shape))
         params = {**params, "per_channel_psf_sha256_16": [psf_fingerprint(p) for p in psfs]}
     if settings.method == "ssl":
-        return block, model, {**params, **training}, block.trained.psf, voxel
+        return block, model, {**params, **training}, built[0][0].trained.psf, voxel
     return block, model, params, psfs[0], voxel
 
 
