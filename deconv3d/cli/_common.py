@@ -45,7 +45,7 @@ class Parser(argparse.ArgumentParser):
             return ": --wavelength takes one value per channel, up to the next option; give it after the input"
         if not any(not name.startswith("-") for name in missing):  # only a positional can have been taken
             return ""
-        for option in ("--psf", "--wavelength"):
+        for option in ("--psf", "--wavelength", "--model"):
             if option in given:
                 after = given[given.index(option) + 1:]
                 values = next((after[:i] for i, a in enumerate(after) if a.startswith("-") and len(a) > 1), after)

@@ -253,12 +253,12 @@ def cmd_deconvolve(args) -> int:
 
 
 def _one_per_channel(args) -> None:
-    """``--psf`` and ``--wavelength`` as one value, or kept as lists of one per channel, which the
+    """``--psf``, ``--wavelength`` and ``--model`` as one value, or kept as lists of one per channel, which the
     chunked path takes (a channel axis is written to .zarr only). Wavelengths are one per channel
     only for a generated PSF: beside --psf they are ignored (with a warning)."""
-    several = [name for name in ("psf", "wavelength") if isinstance(getattr(args, name), list)
-               and len(getattr(args, name)) > 1 and (name == "psf" or args.psf_model is not None)]
-    for name in ("psf", "wavelength"):
+    several = [name for name in ("psf", "wavelength", "model") if isinstance(getattr(args, name, None), list)
+               and len(getattr(args, name)) > 1 and (name != "wavelength" or args.psf_model is not None)]
+    for name in ("psf", "wavelength", "model"):
         value = getattr(args, name)
         if isinstance(value, list) and len(value) == 1:
             setattr(args, name, value[0])
@@ -267,7 +267,7 @@ def _one_per_channel(args) -> None:
         from deconv3d.pipeline.files import check_channel_count
 
         # the input's own count first: told to write .zarr, a single-channel image was refused next
-        check_channel_count(open_lazy(args.input), len(getattr(args, several[0])))
+        check_channel_count(open_lazy(args.input), len(getattr(args, several[0])), several[0])
         raise InputError(f"--{several[0]} with one value per channel needs a .zarr output (a TIFF output holds "
                          f"one channel): write -o {Path(args.output).stem}.zarr, or give one value for all channels")
 

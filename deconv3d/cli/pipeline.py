@@ -123,8 +123,8 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
         raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
     if not Path(args.input).exists():
         raise InputError(f"input not found: {args.input}: check the path")
-    psfs = args.psf if isinstance(args.psf, list) else [args.psf]  # one per channel, or one
-    check_output(args.output, [f for f in (args.input, *psfs, args.model) if f], suffixes=OUTPUT_SUFFIXES)
+    psfs, models = ([v] if not isinstance(v, list) else v for v in (args.psf, args.model))  # one per channel, or one
+    check_output(args.output, [f for f in (args.input, *psfs, *models) if f], suffixes=OUTPUT_SUFFIXES)
     if Path(args.output).suffix.lower() == ".zarr" and Path(args.output).is_file():
         raise InputError(f"output {args.output} is a file: give a new .zarr folder name")
     settings = settings_from_args(args, {"output_format": "zarr"})
@@ -194,7 +194,8 @@ def register(sub) -> None:
     p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
                    help="voxel size in µm; three values, of which a 2D image uses the last two")
     p.add_argument("--device", choices=DEVICES, help=DEVICE_HELP)
-    p.add_argument("--model", help="trained network (.ckpt) for --method ssl")
+    p.add_argument("--model", nargs="+", metavar="MODEL",
+                   help="trained network (.ckpt) for --method ssl, or one per channel")
     p.add_argument("--train-steps", type=positive_int, metavar="N",
                    help="ssl without --model: train a network on each image first, N steps of the default recipe "
                    "('deconv3d train' sets the others)")
@@ -220,7 +221,8 @@ def _check_shared_files(settings) -> None:
     if settings.method == "ssl" and settings.model:
         from deconv3d.selfsup import load_checkpoint
 
-        load_checkpoint(settings.model, device="cpu")
+        for model in _many(settings.model):
+            load_checkpoint(model, device="cpu")
     else:
         for psf in _many(settings.psf):
             data = read_psf(psf).data  # its errors name the file

@@ -131,12 +131,12 @@ def check_model_voxel(voxel) -> None:
                          "DZ DY DX (in µm), or give a --psf file")
 
 
-def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, trained=None):
+def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, trained=None, model_file=None):
     """(block callable, memory model, parameters) for ``settings`` and a prepared PSF.
 
-    For ``ssl`` the PSF is optional; the model (``trained``, else loaded from ``settings.model``)
-    is checked against it, ``voxel`` and the image's dimensionality ``ndim`` (when given) before
-    the block is built.
+    For ``ssl`` the PSF is optional; the model (``trained``, else loaded from ``model_file`` or
+    ``settings.model``; ``model_file`` is the file recorded, one channel's of several) is checked
+    against it, ``voxel`` and the image's dimensionality ``ndim`` (when given) before the block is built.
     """
     from deconv3d.pipeline.memory import MemoryModel
     from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock
@@ -144,7 +144,8 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
     if settings.method == "ssl":
         from deconv3d.selfsup import load_checkpoint
 
-        trained = load_checkpoint(settings.model, device="cpu") if trained is None else trained
+        model_file = model_file or settings.model
+        trained = load_checkpoint(model_file, device="cpu") if trained is None else trained
         trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
         weights = sum(p.numel() * 4 for p in trained.model.parameters())
         block = NetworkBlock(trained, device=settings.run_device, tta=settings.tta, amp=settings.amp,
@@ -152,7 +153,7 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
         model = MemoryModel("ssl", tuple(trained.psf.shape), base_channels=trained.unet.base_channels,
                             weights_bytes=weights, context=block.reach())
         # a model file's recipe as the checkpoint holds it; else the network was trained in the run (its record)
-        source = {**trained.record(), "model": recorded_path(settings.model)} if settings.model else {}
+        source = {**trained.record(), "model": recorded_path(model_file)} if model_file else {}
         # (the inference precision on this machine, as fingerprinted: a cluster's workers on other CPUs may differ)
         return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit, "amp": settings.amp,
                               "inference_precision": settings.precision()}
@@ -243,7 +244,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     """
     output_dir = Path(output_dir)
     # the PSF (or model) kept among the images it applies to is not one of them (it was deconvolved too)
-    shared = [Path(f) for f in (*_many(settings.psf), settings.model) if f]
+    shared = [Path(f) for f in (*_many(settings.psf), *_many(settings.model)) if f]
     inputs = [p for p in find_inputs(input_dir, settings.pattern) if not any(_same_file(p, f) for f in shared)]
     if not inputs:
         raise InputError(f"no input files in {input_dir} match {', '.join(settings.pattern)}: check --pattern")

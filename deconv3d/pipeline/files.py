@@ -45,7 +45,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     input_path, output_path = Path(input_path), Path(output_path)
     # before any work, as the command line checks (a batch's outputs are checked only here: it
     # replaced a folder of the user's files named like an output, and deleted them)
-    check_output_path(output_path, [input_path, *_many(settings.psf), settings.model], suffixes=OUTPUT_SUFFIXES)
+    check_output_path(output_path, [input_path, *_many(settings.psf), *_many(settings.model)], suffixes=OUTPUT_SUFFIXES)
     lazy = open_lazy(input_path)
     spatial_axes = "".join(a for a in lazy.axes if a in "ZYX")
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]
@@ -59,6 +59,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     if settings.method == "rl-tv":
         check_tv_weight(settings.tv_weight, len(spatial_shape), voxel, input_path.name)
     check_channel_count(lazy, channel_count(settings))
+    check_channel_count(lazy, len(_many(settings.model)), "model")
     _check_one_image_for_tiff(lazy, output_path, settings)
     if settings.chunks and len(settings.chunks) < len(spatial_shape):
         raise InputError(f"chunks {tuple(settings.chunks)} give {len(settings.chunks)} sides but {input_path.name} "
@@ -69,7 +70,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
                        channels=lazy.channels)
     plan = dict(chunks=chunks, workers=workers, client=client)
     block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan)
-    model_hash = _sha(settings.model) if settings.model else None
+    hashes = [_sha(m) for m in _many(settings.model)]  # (one per channel: as many in the record)
+    model_hash = (hashes[0] if len(hashes) == 1 else hashes) if hashes else None
     record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
                         model_hash=model_hash, source=psf_source(settings), device=settings.run_device)
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
@@ -100,13 +102,15 @@ def _voxel_with_psfs(voxel, psfs, ndim: int, name: str, partial, warnings):
     return voxel
 
 
-def check_channel_count(lazy, wanted: int) -> None:
-    """Refuse ``wanted`` PSFs (or generated wavelengths), one per channel, for an image ``lazy``
-    (a :class:`~deconv3d.omezarr.LazyImage`) with another number of channels; one is for all."""
+def check_channel_count(lazy, wanted: int, what: str = "psf") -> None:
+    """Refuse ``wanted`` PSFs (or generated wavelengths; ``what`` "model": networks), one per
+    channel, for an image ``lazy`` (a :class:`~deconv3d.omezarr.LazyImage`) with another number
+    of channels; one is for all."""
     channels = lazy.data.shape[lazy.axes.index("C")] if "C" in lazy.axes else 1
+    given, each = ("models", "--model") if what == "model" else ("PSFs", "PSF (or wavelength)")
     if wanted > 1 and channels != wanted:
-        raise InputError(f"{Path(lazy.path).name} has {channels} channel(s) but {wanted} PSFs were given: "
-                         f"give one PSF (or wavelength) per channel, or one for all")
+        raise InputError(f"{Path(lazy.path).name} has {channels} channel(s) but {wanted} {given} were given: "
+                         f"give one {each} per channel, or one for all")
 
 
 def _check_one_image_for_tiff(lazy, output_path: Path, settings) -> None:
@@ -151,8 +155,9 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
     blocks' ``plan`` (chunks, workers, client) is known to fit the memory limit."""
     from deconv3d.fft import psf_fingerprint
     from deconv3d.pipeline.batch import build_block_fn, load_psfs_for
+    from deconv3d.pipeline.settings import _many
 
-    trained, training = None, {}
+    trained, training, files = None, {}, _many(settings.model)
     if settings.method == "ssl" and settings.model is None:  # trained here, on this image, with this PSF
         from deconv3d.selfsup import TrainedModel, training_record
 
@@ -162,26 +167,34 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
         result = train_on_image(lazy, psfs[0], voxel, settings, trainer, memory_limit=settings.memory_limit)
         trained, training = TrainedModel.from_result(result), training_record(result)
         trained.reference_cache = None  # RL of the whole image: blocks cannot use it, and it is as large
-    elif settings.method == "ssl":  # the model carries its PSF; each one given is checked against it (build_block_fn)
+    elif settings.method == "ssl":  # each model carries its PSF; each one given is checked against it (build_block_fn)
         from deconv3d.selfsup import load_checkpoint
 
-        trained = load_checkpoint(settings.model, device="cpu")
-        voxel = trained.voxel_for(voxel, len(spatial_shape), Path(lazy.path).name, warnings)
+        trained = [load_checkpoint(f, device="cpu") for f in files]  # one, or one per channel
+        for network in trained:
+            voxel = network.voxel_for(voxel, len(spatial_shape), Path(lazy.path).name, warnings)
         warn_of_another_scale(trained, lazy, warnings)
         # every channel's PSF, not the first alone: the others were dropped unchecked, yet recorded as used
         psfs = (load_psfs_for(settings, spatial_shape, voxel, fit_image=False) if (settings.psf or settings.psf_model)
                 else [None])
+        psfs = psfs * len(trained) if len(psfs) < len(trained) else psfs  # (one PSF, or none, for every model)
     else:
         psfs = load_psfs_for(settings, spatial_shape, voxel)
-    built = [build_block_fn(settings, p, voxel, ndim=len(spatial_shape), trained=trained) for p in psfs]
+    networks = trained if isinstance(trained, list) else [trained]
+    # channel c's PSF and network: entry c of a list of one per channel, else the one for all (the counts
+    # match: Settings); each network is checked against its channel's PSF
+    built = [build_block_fn(settings, p, voxel, ndim=len(spatial_shape), trained=networks[c % len(networks)],
+                            model_file=files[c % len(files)] if files else None) for c, p in enumerate(psfs)]
     block, model, params = built[0]
-    if len(built) > 1:  # one block function per channel; the largest PSF sets the memory model
+    psfs = [b.trained.psf for b, _, _ in built] if settings.method == "ssl" else psfs  # (a network's own)
+    if len(built) > 1:  # one block function per channel; the largest PSF (or network) sets the memory model
         block = [b for b, _, _ in built]
-        model = max((m for _, m, _ in built), key=lambda m: math.prod(m.psf_shape))
+        model = max((m for _, m, _ in built),
+                    key=lambda m: m.block_bytes(spatial_shape) if m.method == "ssl" else math.prod(m.psf_shape))
         params = {**params, "per_channel_psf_sha256_16": [psf_fingerprint(p) for p in psfs]}
-    if settings.method == "ssl":
-        return block, model, {**params, **training}, built[0][0].trained.psf, voxel
-    return block, model, params, psfs[0], voxel
+    if len(files) > 1:
+        params["per_channel_model"] = [p for _, _, p in built]  # each network's recipe and file
+    return block, model, {**params, **training}, psfs[0], voxel
 
 
 def _check_plan_before_training(spatial_shape, psf, voxel, settings, trainer, chunks, workers, client) -> None:
@@ -253,13 +266,25 @@ def _refuse_untrainable(lazy, memory_limit) -> list:
     lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
     if any(n > 1 for n in lead):
         raise InputError(f"{name} has axes {lazy.axes} of shape {lazy.data.shape}: training on the image takes one "
-                         "channel and time point; train one network per channel with 'deconv3d train' on that "
-                         "channel, then pass it with --model")
+                         f"channel and time point; {_retrain_hint(lazy)}")
     size = 4 * math.prod(lazy.data.shape)
     if memory_limit is not None and 4 * size > parse_memory(memory_limit):
         raise InputError(f"training on {name} holds it in memory ({format_bytes(size)} as float32), too much for "
                          f"--memory-limit {memory_limit}: train on a crop with 'deconv3d train', then pass --model")
     return lead
+
+
+def _retrain_hint(lazy) -> str:
+    """How to get a network for the image ``lazy``: training on it (--train-steps) takes one channel
+    and time point, so for several the way is 'deconv3d train' (on a TIFF) and --model, one per channel."""
+    sizes = dict(zip(lazy.axes, lazy.data.shape))
+    if sizes.get("C", 1) > 1:
+        return ("train one network per channel with 'deconv3d train' on one time point of that channel saved as a "
+                "TIFF, then give them with --model, one per channel in channel order (each serves every time point)")
+    if sizes.get("T", 1) > 1:
+        return ("train a network with 'deconv3d train' on one time point saved as a TIFF, then give it with --model "
+                "(it serves every time point)")
+    return "train on this one (--train-steps)"
 
 
 #: Bytes of each channel that :func:`intensity_statistics` decodes (at least one chunk or plane).
@@ -313,17 +338,18 @@ def intensity_statistics(data, axes: str) -> list[tuple[float, float, bool]]:
 
 def warn_of_another_scale(trained, lazy, warnings: list | None) -> None:
     """Warn (:func:`deconv3d.errors.warn`) when a channel of ``lazy`` is on another intensity scale
-    than the image ``trained`` was trained on, as an in-memory run warns
-    (:func:`deconv3d.selfsup.scale_mismatch`), from :func:`intensity_statistics`."""
+    than the image ``trained`` (a network, or a list of one per channel) was trained on, as an
+    in-memory run warns (:func:`deconv3d.selfsup.scale_mismatch`), from :func:`intensity_statistics`."""
     from deconv3d.errors import warn
     from deconv3d.selfsup import scale_mismatch
 
     name = Path(lazy.path).name
+    networks = trained if isinstance(trained, list) else [trained]
     statistics = intensity_statistics(lazy, lazy.axes)
     for c, (mean, std, sampled) in enumerate(statistics):
         subject = (f"{name}'s intensities" if len(statistics) == 1 else f"the intensities of {name}'s channel {c}") \
             + (" in a sample" if sampled else "")
-        message = scale_mismatch(trained, mean, std, subject)
+        message = scale_mismatch(networks[c % len(networks)], mean, std, subject, retrain=_retrain_hint(lazy))
         if message:
             warn(f"deconv3d: warning: {message}", warnings)
 

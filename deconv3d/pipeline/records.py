@@ -46,12 +46,13 @@ def psf_source(options) -> dict | None:
 
 
 def provenance(method: str, parameters: dict, *, psf=None, input_path=None, checksum: bool | str = True,
-               model_hash: str | None = None, extra: dict | None = None, source: dict | None = None,
+               model_hash: str | list | None = None, extra: dict | None = None, source: dict | None = None,
                device=None, fft_shapes=()) -> dict:
     """The ``deconv3d`` provenance block stored with every OME-Zarr output.
 
     ``checksum``: True hashes ``input_path``; a string is the input's SHA-256, already known.
     ``source``: where the PSF came from (:func:`psf_source`), kept in the PSF's summary.
+    ``model_hash``: the SHA-256 of the network file, or a list of one per channel.
     ``device`` and ``fft_shapes`` (:func:`method_fft_shapes`): the run's, for its :func:`run_environment`
     (a chunked run records its blocks' instead: :func:`~deconv3d.pipeline.run_chunked`).
     """

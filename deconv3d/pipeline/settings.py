@@ -47,7 +47,7 @@ class Settings:
     balance: float = 1e-3
     voxel_size: Optional[tuple] = None
     device: Optional[str] = None  # None: not given, which runs as "auto" (see run_device)
-    model: Optional[str] = None
+    model: Optional[str | tuple] = None  # one network file, or one per channel
     train_steps: Optional[int] = None  # ssl without a model: train on each image first (deconv3d train's recipe)
     seed: int = 0  # of that training
     amp: bool = True  # mixed precision of the network, in that training and in inference (bfloat16 on a CPU with AMX)
@@ -67,7 +67,7 @@ class Settings:
         self._check_sources()
 
     def _normalise(self) -> None:
-        for name in ("psf", "wavelength"):  # a list of one is the single value
+        for name in ("psf", "wavelength", "model"):  # a list of one is the single value
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):
                 object.__setattr__(self, name, value[0] if len(value) == 1 else tuple(value))
@@ -148,9 +148,13 @@ class Settings:
                    f"{_n('method')} ssl needs {_n('model')} (a .ckpt from 'deconv3d train') or {_n('train_steps')} "
                    "(train on each image first)")
             if self.model is not None:
-                _check(isinstance(self.model, (str, os.PathLike)), f"{_n('model')} must be a file name, got "
-                       f"{_shown(self.model)}")
-                _check(Path(self.model).is_file(), f"model file not found: {self.model}: check the path")
+                _check(all(isinstance(m, (str, os.PathLike)) for m in _many(self.model)),
+                       f"{_n('model')} must be a file name, or one per channel, got {_shown(self.model)}")
+                for model in _many(self.model):
+                    _check(Path(model).is_file(), f"model file not found: {model}: check the path")
+                counts = {len(_many(v)) for v in (self.model, self.psf, self.psf_model and self.wavelength)} - {0, 1}
+                _check(len(counts) < 2, f"{_n('model')} and the PSFs give one per channel for different numbers of "
+                       "channels: give as many of each, or one for all")
                 return
         if self.psf is None:
             _check(self.psf_model in PSF_MODELS, f"a PSF is needed: set {_n('psf')} = \"PSF.tif\" or {_n('psf_model')} "
@@ -384,8 +388,8 @@ def load_config(path) -> dict:
             value = tuple(value)
         if name in ("psf", "model") and value is not None:
             if not all(isinstance(f, str) for f in _many(value)):
-                raise InputError(f"config {path}: {key} must be a file name in quotes (or a list of them for psf), "
-                                 f"got {value!r}")
+                raise InputError(f"config {path}: {key} must be a file name in quotes (or a list of them, one per "
+                                 f"channel), got {value!r}")
             resolved = [_config_path(f, path, key) for f in _many(value)]
             value = tuple(resolved) if isinstance(value, tuple) else resolved[0]
         out[name] = value

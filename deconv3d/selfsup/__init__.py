@@ -158,11 +158,13 @@ def warn_of_another_scale(trained, image) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def scale_mismatch(trained, mean: float, std: float, subject: str = "the image's intensities") -> str | None:
+def scale_mismatch(trained, mean: float, std: float, subject: str = "the image's intensities",
+                   retrain: str = "train on this one (--train-steps)") -> str | None:
     """What to say of an image of intensity ``mean`` and ``std`` (``subject`` in the message), or None
     when both are within :data:`SCALE_TOLERANCE` of the training image's: the network standardises
     by those, as CSBDeep's networks do, so the output stays on that image's scale. ``trained``:
-    anything with the training image's ``mean`` and ``std``."""
+    anything with the training image's ``mean`` and ``std``; ``retrain``: the way to a network
+    for this image that the message offers (an image of several channels cannot take --train-steps)."""
     # (the mean only where the training image's is positive: background-subtracted data sits near 0)
     pairs = [(std, float(trained.std))] + ([(mean, float(trained.mean))] if trained.mean > 0 else [])
     if all(b / SCALE_TOLERANCE <= a <= b * SCALE_TOLERANCE for a, b in pairs):
@@ -174,7 +176,7 @@ def scale_mismatch(trained, mean: float, std: float, subject: str = "the image's
         effect = "its output keeps the training image's scale"
     return (f"{subject} (mean {mean:.3g}, SD {std:.3g}) are far from those the network was trained on (mean "
             f"{float(trained.mean):.3g}, SD {float(trained.std):.3g}), and {effect}: rescale the image to that "
-            "range, or train on this one (--train-steps)")
+            f"range, or {retrain}")
 
 
 def default_context(trained) -> int:

@@ -67,3 +67,78 @@ def test_one_model_is_checked_against_every_channel_s_psf(two_channels, capsys, 
     assert code == 0, err
     parameters = read_ome_zarr(d / "same.zarr")[3]["deconv3d"]["parameters"]
     assert len(set(parameters["per_channel_psf_sha256_16"])) == 1
+
+
+def test_each_channel_gets_its_own_model(two_channels, capsys):
+    """``--model A B`` gives channel c network c, as ``--psf A B`` gives it PSF c (--model took one
+    file, applied to every channel, while the messages told users to pass one per channel), each
+    network checked against its channel's PSF and recorded per channel."""
+    from deconv3d.metrics import psnr
+    from deconv3d.omezarr import file_sha256
+    from deconv3d.selfsup import apply_model, load_checkpoint
+
+    d, channels = two_channels
+    psf1 = gaussian_psf((5, 7, 7), (1.4, 1.3, 1.3))
+    models = [d / "m0.ckpt", _untrained_model(d / "m1.ckpt", psf1, channels[1], seed=1)]
+    psfs = [d / "psf0.tif", d / "psf1.tif"]
+    code, _, err = run(["deconvolve", d / "two.zarr", "-o", d / "out.zarr", "--method", "ssl", "--model", *models,
+                        "--psf", *psfs, "--device", "cpu"], capsys)
+    assert code == 0, err
+    data, _, _, attrs = read_ome_zarr(d / "out.zarr")
+    networks = [load_checkpoint(m) for m in models]
+    for c in range(2):
+        assert psnr(apply_model(networks[c], channels[c], device="cpu"), data[c]) >= 50
+    assert psnr(apply_model(networks[0], channels[1], device="cpu"), data[1]) < 40  # (not the first for all)
+    record = attrs["deconv3d"]
+    assert record["model_sha256"] == [file_sha256(m) for m in models]
+    assert [p["model"] for p in record["parameters"]["per_channel_model"]] == [str(m) for m in models]
+    # each network against its own channel's PSF: swapped, they are refused
+    code, _, err = run(["deconvolve", d / "two.zarr", "-o", d / "swapped.zarr", "--method", "ssl", "--model", *models,
+                        "--psf", *psfs[::-1], "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "another PSF")
+    code, _, err = run(["deconvolve", d / "two.zarr", "-o", d / "three.zarr", "--method", "ssl", "--model", *models,
+                        models[0], "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "2 channel(s) but 3 models")
+
+
+@pytest.mark.parametrize("axes, words, not_words", [("CZYX", ["one per channel", "--model"], []),
+                                                    ("TZYX", ["every time point", "--model"], ["per channel"])])
+def test_training_on_several_channels_or_time_points_names_a_way_that_works(tmp_path, capsys, axes, words, not_words):
+    """Refused --train-steps on a multi-channel image said to pass one network per channel with
+    --model, which took one file; a single-channel time series was told the same."""
+    psf = gaussian_psf((5, 5, 5))
+    write_ome_zarr(tmp_path / "in.zarr", np.stack([blurred_beads((8, 16, 16), psf, seed=s) for s in (0, 1)]),
+                   axes=axes, voxel_size=VOXEL)
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=VOXEL)
+    code, _, err = run(["deconvolve", tmp_path / "in.zarr", "-o", tmp_path / "out.zarr", "--method", "ssl", "--psf",
+                        tmp_path / "psf.tif", "--train-steps", 1], capsys)
+    assert_one_line_error(code, err, "deconv3d train", *words)
+    assert not any(w in err for w in not_words), err
+
+
+def test_a_channel_on_another_scale_is_not_told_to_train_in_the_run(two_channels, capsys):
+    """The warning for a channel far from the training image's scale offered --train-steps, which
+    an image of several channels refuses."""
+    d, channels = two_channels
+    write_ome_zarr(d / "bright.zarr", channels * np.float32([1, 10])[:, None, None, None], axes="CZYX",
+                   voxel_size=VOXEL)
+    code, _, err = run(["deconvolve", d / "bright.zarr", "-o", d / "out.zarr", "--method", "ssl", "--model",
+                        d / "m0.ckpt", "--device", "cpu"], capsys)
+    assert code == 0 and "channel 1" in err and "one per channel" in err and "--train-steps" not in err, err
+
+
+def test_a_batch_config_takes_one_model_per_channel(two_channels):
+    """A config's ``model`` list is one network per channel (resolved from the config's folder),
+    as its ``psf`` list; a list whose length is not the PSFs' is refused before any file runs."""
+    from deconv3d.errors import InputError
+    from deconv3d.pipeline.batch import load_config, make_settings
+
+    d, channels = two_channels
+    _untrained_model(d / "m1.ckpt", gaussian_psf((5, 7, 7), (1.4, 1.3, 1.3)), channels[1], seed=1)
+    (d / "cfg.toml").write_text('method = "ssl"\nmodel = ["m0.ckpt", "m1.ckpt"]\npsf = ["psf0.tif", "psf1.tif"]\n')
+    settings = make_settings(load_config(d / "cfg.toml"))
+    assert settings.model == (str(d / "m0.ckpt"), str(d / "m1.ckpt"))
+    assert make_settings({"method": "ssl", "model": [str(d / "m0.ckpt")]}).fingerprint() == \
+        make_settings({"method": "ssl", "model": str(d / "m0.ckpt")}).fingerprint()  # (records of one model match)
+    with pytest.raises(InputError, match="different numbers of channels"):
+        make_settings({"method": "ssl", "model": settings.model, "psf": [str(d / "psf0.tif")] * 3})
