@@ -150,9 +150,10 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
 
 
 def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan):
-    """(block callable or one per channel, memory model, parameters, PSF, voxel size) of a run:
-    the network is loaded, or trained on the image first (:func:`train_on_image`), once the
-    blocks' ``plan`` (chunks, workers, client) is known to fit the memory limit."""
+    """(block callable or one per channel, memory model, parameters, PSF or a list of one per
+    channel, voxel size) of a run: the network is loaded, or trained on the image first
+    (:func:`train_on_image`), once the blocks' ``plan`` (chunks, workers, client) is known to fit
+    the memory limit."""
     from deconv3d.fft import psf_fingerprint
     from deconv3d.pipeline.batch import build_block_fn, load_psfs_for
     from deconv3d.pipeline.settings import _many
@@ -194,7 +195,7 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
         params = {**params, "per_channel_psf_sha256_16": [psf_fingerprint(p) for p in psfs]}
     if len(files) > 1:
         params["per_channel_model"] = [p for _, _, p in built]  # each network's recipe and file
-    return block, model, {**params, **training}, psfs[0], voxel
+    return block, model, {**params, **training}, psfs if len(psfs) > 1 else psfs[0], voxel
 
 
 def _check_plan_before_training(spatial_shape, psf, voxel, settings, trainer, chunks, workers, client) -> None:

@@ -51,6 +51,8 @@ def provenance(method: str, parameters: dict, *, psf=None, input_path=None, chec
     """The ``deconv3d`` provenance block stored with every OME-Zarr output.
 
     ``checksum``: True hashes ``input_path``; a string is the input's SHA-256, already known.
+    ``psf``: the PSF as used, or a list of one per channel: the summary's keys are then channel 0's
+    (as a record of one PSF holds them) and ``per_channel`` lists every channel's summary.
     ``source``: where the PSF came from (:func:`psf_source`), kept in the PSF's summary.
     ``model_hash``: the SHA-256 of the network file, or a list of one per channel.
     ``device`` and ``fft_shapes`` (:func:`method_fft_shapes`): the run's, for its :func:`run_environment`
@@ -62,7 +64,10 @@ def provenance(method: str, parameters: dict, *, psf=None, input_path=None, chec
     record = {"software": "deconv3d", "version": __version__, "method": method,
               "parameters": _jsonable(parameters), "created": timestamp()}
     if psf is not None:
-        record["psf"] = psf_summary(psf)
+        psfs = psf if isinstance(psf, list) else [psf]
+        record["psf"] = psf_summary(psfs[0])
+        if len(psfs) > 1:  # (the keys above alone described channel 0's PSF as the run's)
+            record["psf"]["per_channel"] = [psf_summary(p) for p in psfs]
         if source:
             record["psf"]["source"] = _jsonable(source)
     if input_path is not None:

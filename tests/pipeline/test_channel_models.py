@@ -92,6 +92,7 @@ def test_each_channel_gets_its_own_model(two_channels, capsys):
     record = attrs["deconv3d"]
     assert record["model_sha256"] == [file_sha256(m) for m in models]
     assert [p["model"] for p in record["parameters"]["per_channel_model"]] == [str(m) for m in models]
+    assert [s["shape"] for s in record["psf"]["per_channel"]] == [[5, 5, 5], [5, 7, 7]]  # (each network's)
     # each network against its own channel's PSF: swapped, they are refused
     code, _, err = run(["deconvolve", d / "two.zarr", "-o", d / "swapped.zarr", "--method", "ssl", "--model", *models,
                         "--psf", *psfs[::-1], "--device", "cpu"], capsys)

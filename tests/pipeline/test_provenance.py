@@ -202,3 +202,34 @@ def test_a_chunked_run_records_the_transforms_its_blocks_run(folder, capsys, mon
                         "--boundary", boundary, "--chunks", "8", "12", "20", *extra], capsys)
     assert code == 0, err
     assert len(ran) > 1 and ran == set(predicted)
+
+
+def test_per_channel_psfs_are_each_summarised(tmp_path, capsys):
+    """With ``--psf A B`` the record's PSF block described A alone (B only as a fingerprint among
+    the parameters); it now lists every channel's summary, its own keys still channel 0's."""
+    import numpy as np
+
+    from deconv3d.omezarr import read_ome_zarr, write_ome_zarr
+
+    psfs = [gaussian_psf((5, 5, 5), (1.0, 0.8, 0.8)), gaussian_psf((5, 7, 7), (1.4, 1.3, 1.3))]
+    write_ome_zarr(tmp_path / "two.zarr", np.stack([blurred_beads((8, 16, 16), p, seed=c) for c, p in enumerate(psfs)]),
+                   axes="CZYX", voxel_size=(0.3, 0.1, 0.1))
+    for c, p in enumerate(psfs):
+        write_tiff(tmp_path / f"psf{c}.tif", p, voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "two.zarr", "-o", tmp_path / "out.zarr", "--method", "wiener",
+                        "--psf", tmp_path / "psf0.tif", tmp_path / "psf1.tif"], capsys)
+    assert code == 0, err
+    record = read_ome_zarr(tmp_path / "out.zarr")[3]["deconv3d"]
+    summaries = record["psf"]["per_channel"]
+    assert len(summaries) == 2
+    for summary, psf in zip(summaries, psfs):
+        assert summary["shape"] == list(psf.shape) and summary["sum"] == pytest.approx(1.0, rel=1e-5)
+        assert summary["peak_index"] == [n // 2 for n in psf.shape]
+        widths = []
+        for axis in range(3):  # the square root of the second central moment along each axis
+            profile = psf.sum(axis=tuple(a for a in range(3) if a != axis)).astype(np.float64)
+            x = np.arange(profile.size)
+            widths.append(np.sqrt((profile * (x - (profile * x).sum()) ** 2).sum()))
+        assert summary["rms_width_voxels"] == pytest.approx(widths, abs=1e-4)
+    assert [s["sha256_16"] for s in summaries] == record["parameters"]["per_channel_psf_sha256_16"]
+    assert {k: v for k, v in record["psf"].items() if k not in ("per_channel", "source")} == summaries[0]
