@@ -39,7 +39,8 @@ class LazyImage:
     reader: object = None  # reads any region from the file directly (see ZarrReader, TiffReader)
     voxel_problem: str | None = None  # why a voxel size recorded in the file was not usable (see io.Image)
     partial_voxel: tuple | None = None  # a TIFF that calibrates some axes only: their sizes (see io.Image)
-    time_axis: tuple | None = None  # (step, unit or None) of a T axis that an OME-Zarr file calibrates
+    time_axis: tuple | None = None  # (step, unit or None[, start]) of a T axis the file calibrates; start: an
+    # OME-Zarr's T translation, in that unit, where it is not 0
     origin: tuple | None = None  # micrometres per spatial axis: where an OME-Zarr image's first voxel sits
     channels: tuple | None = None  # OME-Zarr omero channels, OME-TIFF Channels: dicts of label, color, active
 
@@ -563,10 +564,10 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
         data = data.astype(np.float32)
     reader = ZarrReader(image_path, component, shape=data.shape, drop=drop)
     time_axis = None
-    if "T" in axes:  # kept for the output, which would otherwise say 1 with no unit
+    if "T" in axes:  # kept for the output, which would otherwise say 1 with no unit (and start at 0)
         t = axes.index("T")
-        if scale[t] != 1 or units[t]:
-            time_axis = (float(scale[t]), units[t])
+        if scale[t] != 1 or units[t] or shift[t]:
+            time_axis = (float(scale[t]), units[t]) + ((float(shift[t]),) if shift[t] else ())
     return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader, time_axis=time_axis,
                      voxel_problem=_unit_problem(axes, units, path), origin=origin,
                      channels=_omero_channels(dict(group.attrs), data.shape[axes.index("C")] if "C" in axes else 1))

@@ -78,8 +78,9 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
         Stored verbatim (JSON) as the group's ``deconv3d`` attribute; without one that attribute
         holds ``{"software": "deconv3d", "version": ...}``. It marks the folder as deconv3d's: an
         output path may replace only such a folder (:func:`deconv3d._paths.replaceable_folder`).
-    time_axis : (float, str or None), optional
-        Step and unit of the ``T`` axis (:attr:`LazyImage.time_axis` of the input); default 1, no unit.
+    time_axis : (float, str or None[, float]), optional
+        Step, unit and (optional) start of the ``T`` axis (:attr:`LazyImage.time_axis` of the
+        input): default 1, no unit, 0; a start is written as level 0's T translation.
     origin : sequence of float, optional
         Where the first voxel sits, in micrometres per spatial axis (:attr:`LazyImage.origin` of
         the input): written as level 0's translation, so that the output overlays its input.
@@ -87,17 +88,16 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
     import zarr
 
     axes = checked_axes(axes, len(shape))
-    time_step, time_unit = time_axis if time_axis is not None else (1.0, None)
+    time_step, time_unit, time_start = (*time_axis, 0.0)[:3] if time_axis is not None else (1.0, None, 0.0)
     voxel_size = checked_voxel_size(voxel_size, sum(a in "ZYX" for a in axes))
     refuse_nanometres(voxel_size, "give it in micrometres (e.g. 0.3 0.1 0.1)")  # the command line refuses it on reading
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     arr = group.create_array("0", shape=tuple(shape), chunks=tuple(int(c) for c in chunks), dtype="float32",
                              fill_value=0.0, dimension_names=list(axes.lower()))
     translation = None
-    if origin is not None:
-        origin = checked_origin(origin, sum(a in "ZYX" for a in axes))
-        spatial = iter(origin)
-        translation = [next(spatial) if a in "ZYX" else 0.0 for a in axes]
+    if origin is not None or time_start:
+        spatial = iter(checked_origin(origin, sum(a in "ZYX" for a in axes)) if origin is not None else ())
+        translation = [next(spatial, 0.0) if a in "ZYX" else float(time_start) if a == "T" else 0.0 for a in axes]
     # (path_text: a name that is not UTF-8 as \xNN; JSON holds no lone surrogate)
     ms = {"name": path_text(name or Path(path).stem), "axes": _axes_metadata(axes, voxel_size is not None, time_unit),
           "datasets": [_dataset("0", _full_scale(axes, voxel_size, [1] * len(axes), time_step), translation)]}

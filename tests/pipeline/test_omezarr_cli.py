@@ -499,8 +499,11 @@ def test_chunked_and_batch_ssl_check_the_model_first(folder, capsys):
     assert not (folder / "bout").exists()
 
 
-def test_the_time_axis_keeps_its_step_and_unit(tmp_path, capsys):
-    """A TZYX OME-Zarr input with a 30 s time step: the output (and its pyramid) says so too."""
+@pytest.mark.parametrize("translation", [None, [60.0, 0.0, 0.0, 0.0], [60.0, 1.2, 2.0, 3.0]])
+def test_the_time_axis_keeps_its_step_unit_and_origin(tmp_path, capsys, translation):
+    """A TZYX OME-Zarr input with a 30 s time step: the output (and its pyramid) says so too; and
+    its T translation (a series that starts at 60 s), which was dropped (the output's said 0),
+    with or without a spatial origin beside it."""
     import zarr
 
     psf = gaussian_psf()
@@ -509,8 +512,12 @@ def test_the_time_axis_keeps_its_step_and_unit(tmp_path, capsys):
     group = zarr.open_group(str(tmp_path / "in.zarr"), mode="r+")
     attrs = dict(group.attrs)
     attrs["ome"]["multiscales"][0]["axes"][0]["unit"] = "second"
-    attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][0] = 30.0
+    transforms = attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    transforms[0]["scale"][0] = 30.0
+    transforms += [{"type": "translation", "translation": translation}] if translation else []
     group.attrs.update(attrs)
+    expected = (30.0, "second") + ((60.0,) if translation else ())
+    assert open_lazy(tmp_path / "in.zarr").time_axis == expected
     write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
     code, _, err = run(["deconvolve", tmp_path / "in.zarr", "-o", tmp_path / "out.zarr", "--psf", tmp_path / "psf.tif",
                         "--iterations", 2, "--pyramid-levels", 1], capsys)
@@ -520,6 +527,10 @@ def test_the_time_axis_keeps_its_step_and_unit(tmp_path, capsys):
     scales = [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]]
     assert len(scales) == 2 and all(s[0] == 30.0 for s in scales)
     assert scales[0][1:] == pytest.approx([0.3, 0.1, 0.1])
+    assert open_lazy(tmp_path / "out.zarr").time_axis == expected
+    if translation:
+        shifts = [d["coordinateTransformations"][1]["translation"] for d in ms["datasets"]]
+        assert shifts[0] == pytest.approx(translation) and shifts[1][0] == 60.0
 
 
 @pytest.mark.parametrize("kind, expected", [("imagej", (5.0, "second")), ("ome", (2.0, "millisecond")),
