@@ -67,7 +67,15 @@ def _voxel_size_um(tif: tifffile.TiffFile, series) -> list:
     return _imagej_voxel_size(tif, series.keyframe if series.pages else tif.pages[0])
 
 
-# OME-Zarr (UDUNITS) names of the time units that OME-XML and ImageJ write.
+# OME-Zarr (UDUNITS) names of OME-XML's time units (UnitsTime), by symbol, case and all: "Ms" is a
+# megasecond, "ms" a millisecond. OME-Zarr names no decasecond ("das"): it is left without a unit.
+_OME_TIME_UNITS = {"Ys": "yottasecond", "Zs": "zettasecond", "Es": "exasecond", "Ps": "petasecond",
+                   "Ts": "terasecond", "Gs": "gigasecond", "Ms": "megasecond", "ks": "kilosecond",
+                   "hs": "hectosecond", "s": "second", "ds": "decisecond", "cs": "centisecond", "ms": "millisecond",
+                   "\u00b5s": "microsecond", "ns": "nanosecond", "ps": "picosecond", "fs": "femtosecond",
+                   "as": "attosecond", "zs": "zeptosecond", "ys": "yoctosecond", "min": "minute", "h": "hour",
+                   "d": "day"}
+# OME-Zarr (UDUNITS) names of the time units that ImageJ users type (and OME-XML writers that stray from it).
 _TIME_UNITS = {"s": "second", "sec": "second", "second": "second", "seconds": "second", "ms": "millisecond",
                "millisecond": "millisecond", "us": "microsecond", "\u00b5s": "microsecond",
                "microsecond": "microsecond", "min": "minute", "minute": "minute", "minutes": "minute",
@@ -78,11 +86,12 @@ def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
     """``(step, unit)`` of the T axis an OME-TIFF (``TimeIncrement``) or an ImageJ hyperstack
     (``finterval``, unit ``tunit``, else seconds) records, the unit an OME-Zarr name or None; None
     when neither records one."""
-    step, unit = None, None
+    step, unit, symbols = None, None, {}
     if tif.is_ome and tif.ome_metadata:
         pixels = _ome_pixels(tif.ome_metadata)
         if pixels is not None and pixels.get("TimeIncrement") is not None:
             step, unit = pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s")
+            symbols = _OME_TIME_UNITS
     elif tif.imagej_metadata and tif.imagej_metadata.get("finterval"):
         step, unit = tif.imagej_metadata["finterval"], tif.imagej_metadata.get("tunit", "sec")
     try:
@@ -91,7 +100,7 @@ def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
         step = None
     if step is None or not (math.isfinite(step) and step > 0):
         return None
-    return step, _TIME_UNITS.get(str(unit).strip().lower())
+    return step, symbols.get(str(unit).strip()) or _TIME_UNITS.get(str(unit).strip().lower())
 
 
 def ome_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:

@@ -781,3 +781,27 @@ def test_tiff_properties_read_back_as_written(tmp_path):
     with tifffile.TiffFile(path) as tif:
         stored = tif.imagej_metadata["Properties"]
     assert stored["method"] == "rl" and stored["input"] == "/data/a b.tif"
+
+
+def test_every_ome_time_unit_gets_its_ome_zarr_name(tmp_path):
+    """OME-XML's time units beyond a short list were dropped (TimeIncrementUnit "d": the output's t
+    axis had no unit) and "Ms", lower-cased, read as milliseconds. Each symbol of OME's UnitsTime
+    (SI prefixes on s, and min, h, d) now gets the OME-Zarr name, one of those ome-zarr-py knows;
+    the decasecond, which OME-Zarr does not name, gets none."""
+    import tifffile
+    from ome_zarr.axes import KNOWN_TEMPORAL_UNITS
+
+    from deconv3d.io import time_axis_of
+
+    prefixes = {"Y": "yotta", "Z": "zetta", "E": "exa", "P": "peta", "T": "tera", "G": "giga", "M": "mega",
+                "k": "kilo", "h": "hecto", "": "", "d": "deci", "c": "centi", "m": "milli", "\u00b5": "micro",
+                "n": "nano", "p": "pico", "f": "femto", "a": "atto", "z": "zepto", "y": "yocto"}
+    expected = {f"{p}s": f"{name}second" for p, name in prefixes.items()}
+    expected.update({"min": "minute", "h": "hour", "d": "day", "das": None})
+    for symbol, name in expected.items():
+        path = tmp_path / "t.ome.tif"
+        tifffile.imwrite(path, np.zeros((2, 2, 8, 8), np.float32), ome=True,
+                         metadata={"axes": "TZYX", "TimeIncrement": 1.5, "TimeIncrementUnit": symbol})
+        with tifffile.TiffFile(path) as tif:
+            assert time_axis_of(tif) == (1.5, name), symbol
+        assert name is None or name in KNOWN_TEMPORAL_UNITS
