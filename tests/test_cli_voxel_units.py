@@ -261,3 +261,68 @@ def test_an_image_without_a_voxel_size_hears_of_it_before_the_rl_tv_weight(files
     code, _, err = run([*rl_tv, "--psf", files / "psf_bare.tif"], capsys)
     assert_one_line_error(code, err, "--tv-weight 0.2 is too large for bare.tif", "no voxel size (taken as isotropic)")
     assert not (files / output).exists()
+
+
+# 2D images: --voxel-size and --chunks take Y X (the form the voxel-size hints name), three values
+# as before (the last two used), and refuse too few values for a 3D image in one line.
+
+@pytest.fixture
+def planes(tmp_path):
+    rng = np.random.default_rng(1)
+    plane = rng.poisson(50, (24, 32)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "plain.tif", plane)
+    tifffile.imwrite(tmp_path / "x_only.ome.tif", plane, metadata={"axes": "YX", "PhysicalSizeX": 0.1})
+    grids = np.meshgrid(*[np.arange(-3, 4)] * 2, indexing="ij")
+    tifffile.imwrite(tmp_path / "psf_bare.tif", np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32))
+    return tmp_path
+
+
+def pixel_sizes(path) -> tuple:
+    """(dy, dx) in µm from the TIFF resolution tags (pixels per µm), read with tifffile."""
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        return tuple(tags[name].value[1] / tags[name].value[0] for name in ("YResolution", "XResolution"))
+
+
+@pytest.mark.parametrize("name, hint, given", [("plain.tif", "pass --voxel-size DY DX", ["0.2", "0.1"]),
+                                               ("x_only.ome.tif", "pass --voxel-size DY 0.1", ["0.2", "0.1"])])
+def test_a_2d_image_takes_the_voxel_size_form_its_warning_names(planes, capsys, name, hint, given):
+    common = ["deconvolve", planes / name, "--psf", planes / "psf_bare.tif", "--iterations", 1, "--device", "cpu"]
+    code, _, err = run([*common, "-o", planes / "hinted.tif"], capsys)
+    assert code == 0 and hint in err, err
+    code, _, err = run([*common, "-o", planes / "given.tif", "--voxel-size", *given], capsys)
+    assert code == 0, err
+    assert pixel_sizes(planes / "given.tif") == pytest.approx((0.2, 0.1))
+    np.testing.assert_array_equal(tifffile.imread(planes / "given.tif"), tifffile.imread(planes / "hinted.tif"))
+
+
+def test_a_2d_image_takes_two_chunk_sides_as_it_takes_the_last_two_of_three(planes, capsys):
+    common = ["deconvolve", planes / "plain.tif", "--psf", planes / "psf_bare.tif", "--iterations", 2,
+              "--device", "cpu", "--voxel-size", 0.1, 0.1]
+    code, out, err = run([*common, "-o", planes / "two.tif", "--chunks", 12, 16], capsys)
+    assert code == 0 and "4 block(s)" in out, err
+    code, _, err = run([*common, "-o", planes / "three.tif", "--chunks", 1, 12, 16], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(tifffile.imread(planes / "two.tif"), tifffile.imread(planes / "three.tif"))
+
+
+@pytest.mark.parametrize("command, output", [("deconvolve", "o.tif"), ("deconvolve", "o.zarr"), ("train", "o.ckpt")])
+def test_two_voxel_sizes_for_a_3d_image_are_refused_in_one_line(files, capsys, command, output):
+    code, _, err = run([command, files / "ij.tif", "--psf", files / "psf.tif", "-o", files / output,
+                        "--voxel-size", 0.1, 0.1, "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "2 values", "is 3D", "DZ DY DX")
+    assert not (files / output).exists()
+
+
+@pytest.mark.parametrize("values", [[0.1], []])
+def test_a_voxel_size_count_other_than_two_or_three_is_a_usage_error(planes, capsys, values):
+    code, _, err = run(["deconvolve", planes / "plain.tif", "-o", planes / "o.tif", "--psf", planes / "psf_bare.tif",
+                        "--voxel-size", *values], capsys)
+    assert_one_line_error(code, err, "expected 3 values (DZ DY DX), or 2 (DY DX) for a 2D image")
+
+
+def test_three_voxel_sizes_before_the_input_leave_it_the_input(files, capsys):
+    code, _, err = run(["deconvolve", "--voxel-size", 0.3, 0.1, 0.1, files / "noz.ome.tif", "--psf",
+                        files / "psf.tif", "-o", files / "o.tif", "--iterations", 1, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert read_image(files / "o.tif").voxel_size == pytest.approx((0.3, 0.1, 0.1))

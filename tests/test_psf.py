@@ -390,6 +390,28 @@ def test_distill_command_takes_the_last_two_sizes_for_2d_beads_and_a_threshold(t
     assert "np." not in err and not (tmp_path / "none.tif").exists()
 
 
+def test_distill_command_takes_two_sizes_for_2d_beads_and_refuses_them_for_3d(tmp_path, capsys):
+    """--size Y X (and --voxel-size DY DX) for a 2D bead image, as the last two of three give; too
+    few values for a 3D one are one line."""
+    from cli_helpers import assert_one_line_error, run
+    from deconv3d.io import read_image, write_tiff
+
+    beads = bead_image(np.random.default_rng(0), (2.0, 1.2, 1.2))
+    write_tiff(tmp_path / "beads2d.tif", beads[20])  # (no voxel size)
+    write_tiff(tmp_path / "beads3d.tif", beads, voxel_size=(0.2, 0.1, 0.1))
+    for name, extra in (("two.tif", ["--size", 11, 9, "--voxel-size", 0.2, 0.1]),
+                        ("three.tif", ["--size", 1, 11, 9, "--voxel-size", 0.3, 0.2, 0.1])):
+        code, _, err = run(["psf", "distill", tmp_path / "beads2d.tif", "-o", tmp_path / name, *extra], capsys)
+        assert code == 0, err
+    two, three = read_image(tmp_path / "two.tif"), read_image(tmp_path / "three.tif")
+    assert two.data.shape == (11, 9) and two.voxel_size == pytest.approx((0.2, 0.1))
+    np.testing.assert_array_equal(two.data, three.data)
+    code, _, err = run(["psf", "distill", tmp_path / "beads3d.tif", "-o", tmp_path / "o.tif", "--size", 11, 9],
+                       capsys)
+    assert_one_line_error(code, err, "--size gives 2 values", "is 3D", "--size Z Y X")
+    assert not (tmp_path / "o.tif").exists()
+
+
 def test_prepare_psf_for_comparison_only_may_be_larger_than_the_image():
     """fit_image=False: a PSF only compared with a trained network's (which crops its own)."""
     psf = gaussian((9, 11, 11), (1.5, 1.0, 1.0))

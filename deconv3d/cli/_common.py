@@ -16,6 +16,30 @@ AMP_HELP = ("mixed precision for the network, in training and inference: float16
             "AMX, where each takes about half the time or less; float32 elsewhere (default on; --no-amp: float32)")
 
 
+class SpatialSizes(argparse.Action):
+    """A value per spatial axis (``nargs=3``, metavar ``Z Y X``): three, or two (``Y X``) for a 2D
+    image; whether the count fits the image is checked once it is read (:func:`spatial_sizes`).
+
+    Taking three only, the command line refused the ``DY DX`` form its own hints name for 2D images.
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) not in (2, 3):
+            raise argparse.ArgumentError(self, f"expected 3 values ({' '.join(self.metavar)}), or 2 "
+                                         f"({' '.join(self.metavar[1:])}) for a 2D image, got {len(values)}")
+        setattr(namespace, self.dest, list(values))
+
+
+def spatial_sizes(values, ndim: int, option: str, name, form: str = "Z Y X") -> tuple | None:
+    """The last ``ndim`` of an option's ``values`` (:class:`SpatialSizes`), or None when not given;
+    fewer values than the image ``name`` has axes are refused, naming the ``form`` to give."""
+    if not values:
+        return None
+    if len(values) < ndim:
+        raise InputError(f"{option} gives {len(values)} values but {name} is {ndim}D: give {option} {form}")
+    return tuple(values)[-ndim:]
+
+
 def _looks_like_a_file(text: str) -> bool:
     import os
 
@@ -31,6 +55,11 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise InputError(f"{message}{self._greedy_hint(message)} (see '{self.prog} --help')")
+
+    def _get_nargs_pattern(self, action):
+        if isinstance(action, SpatialSizes):  # up to three values, counted by the action: three stay
+            return "(A?A?A?)"  # taken before a positional (``--voxel-size 0.3 0.1 0.1 in.tif``), as with nargs=3
+        return super()._get_nargs_pattern(action)
 
     def _greedy_hint(self, message: str) -> str:
         """Why a positional is missing when a one-per-channel option took it: ``--psf psf.tif in.tif``
@@ -227,12 +256,13 @@ def progress(total: int, desc: str):
 
 
 def voxel_size_of(args, image):
-    """``--voxel-size`` (its last ``ndim`` values) when given, else the file's; a voxel size the
-    file records but that is not positive is refused rather than dropped."""
+    """``--voxel-size`` (its last ``ndim`` values: :func:`spatial_sizes`) when given, else the file's;
+    a voxel size the file records but that is not positive is refused rather than dropped."""
     problem = getattr(image, "voxel_problem", None)
     if problem and not args.voxel_size:
         raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm)")
-    voxel = tuple(args.voxel_size) if args.voxel_size else image.voxel_size
+    name = getattr(args, "input", None) or getattr(args, "beads", "the image")
+    voxel = spatial_sizes(args.voxel_size, image.data.ndim, "--voxel-size", name, "DZ DY DX") or image.voxel_size
     fix = ("give --voxel-size in micrometres" if args.voxel_size else
            "the file's unit is wrong: fix it (Fiji: Image > Properties) or pass --voxel-size in µm")
     if voxel is None:

@@ -11,8 +11,9 @@ from deconv3d import __version__
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
 from . import pipeline, selfsup
-from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, add_common, add_optics, check_negative, check_output, load_psf,
-                      positive_float, positive_int, print_warnings, progress, voxel_size_of)
+from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, add_common, add_optics, check_negative,
+                      check_output, load_psf, positive_float, positive_int, print_warnings, progress, spatial_sizes,
+                      voxel_size_of)
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -49,14 +50,15 @@ def _distill_parser(sub) -> None:
                        help="average isolated beads into a PSF (also: 'psf distill')")
     p.add_argument("beads", help="TIFF stack of sub-resolution beads")
     p.add_argument("-o", "--output", required=True, help="output PSF file (.tif)")
-    p.add_argument("--size", type=positive_int, nargs=3, metavar=("Z", "Y", "X"),
-                   help="PSF box size; three values, of which a 2D bead image uses the last two "
+    p.add_argument("--size", type=positive_int, nargs=3, action=SpatialSizes, metavar=("Z", "Y", "X"),
+                   help="PSF box size: Z Y X, or Y X for a 2D bead image (which uses the last two of three) "
                    "(default: 1.5 FWHM each side)")
     p.add_argument("--threshold", type=float, default=None,
                    help="bead detection level in image units (default: the background plus the larger of "
                    "10 noise SDs and 20%% of the brightest peak)")
-    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
-                   help="voxel size in µm written with the PSF (overrides the file's metadata)")
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, metavar=("DZ", "DY", "DX"),
+                   help="voxel size in µm written with the PSF (overrides the file's metadata): DZ DY DX, or DY DX "
+                   "for a 2D bead image")
     p.set_defaults(func=cmd_distill)
     add_common(p)
 
@@ -89,9 +91,9 @@ def _deconvolve_parser(sub) -> None:
     p.add_argument("--boundary", choices=BOUNDARIES, default="bertero",
                    help="border handling for RL (default bertero: no ringing at the borders)")
     p.add_argument("--balance", type=positive_float, default=1e-3, help="Wiener regularisation (default 1e-3)")
-    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
-                   help="voxel size in µm (overrides the file's metadata); three values, of which a 2D image uses the "
-                   "last two")
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, metavar=("DZ", "DY", "DX"),
+                   help="voxel size in µm (overrides the file's metadata): DZ DY DX, or DY DX for a 2D image (which "
+                   "uses the last two of three)")
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     selfsup.add_deconvolve_options(p)
     pipeline.add_chunk_options(p)
@@ -171,7 +173,7 @@ def cmd_distill(args) -> int:
         partial = (None,) * (3 - beads.data.ndim) + tuple(beads.partial_voxel or (None,) * beads.data.ndim)
         warn(f"deconv3d: warning: {args.beads} records no full voxel size, so the PSF is written without one and "
              f"taken as sampled like the image it deconvolves: pass --voxel-size {_sizes(partial)}", notes)
-    size = tuple(args.size)[-beads.data.ndim:] if args.size else None
+    size = spatial_sizes(args.size, beads.data.ndim, "--size", args.beads)
     psf = distill_psf(beads.data, size=size, threshold=args.threshold)
     print_warnings(notes)
     write_tiff(args.output, psf, voxel_size=voxel, metadata={"deconv3d": __version__, "psf": "distilled"})
@@ -307,7 +309,8 @@ def _psf_shape_estimate(args, lazy, shape) -> tuple[int, ...]:
 
     if args.psf:
         return tuple(min(k, n) for k, n in zip(read_psf(args.psf).data.shape, shape))
-    voxel = tuple(args.voxel_size)[-len(shape):] if args.voxel_size else lazy.voxel_size
+    voxel = lazy.voxel_size if not args.voxel_size or len(args.voxel_size) < len(shape) else \
+        tuple(args.voxel_size)[-len(shape):]  # (too few values: refused once the image is read)
     if args.psf_model and args.na and args.wavelength and voxel is not None and len(shape) == 3:
         return tuple(min(k, n) for k, n in zip(generated_psf_shape(shape, voxel, args.na, args.wavelength), shape))
     return (1,) * len(shape)

@@ -11,8 +11,8 @@ from pathlib import Path
 from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor
 from deconv3d.errors import InputError
 
-from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, Terminated, add_common, add_optics, check_output, make_bar,
-                      positive_float, positive_int, print_warnings)
+from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, Terminated, add_common, add_optics, check_output,
+                      make_bar, positive_float, positive_int, print_warnings)
 from .selfsup import DEFAULT_STEPS
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
@@ -24,9 +24,9 @@ BOUNDARIES = ("bertero", "zero", "reflect")
 def add_chunk_options(p, defaults=True) -> None:
     """``--chunks``, ``--memory-limit`` and ``--pyramid-levels`` (deconvolve and batch)."""
     g = p.add_argument_group("out-of-core execution")
-    g.add_argument("--chunks", type=positive_int, nargs=3, metavar=("Z", "Y", "X"),
-                   help="core block shape; three values, of which a 2D image uses the last two; each block also gets "
-                   "the halo that the method needs")
+    g.add_argument("--chunks", type=positive_int, nargs=3, action=SpatialSizes, metavar=("Z", "Y", "X"),
+                   help="core block shape: Z Y X, or Y X for a 2D image (which uses the last two of three); each "
+                   "block also gets the halo that the method needs")
     g.add_argument("--memory-limit", metavar="SIZE", help="peak memory budget of one process, e.g. 4GB: picks "
                    "the largest blocks that fit (default: whole volume unless --chunks)")
     g.add_argument("--pyramid-levels", type=_non_negative_int, default=0 if defaults else None, metavar="N",
@@ -191,8 +191,8 @@ def register(sub) -> None:
                    help="Biggs-Andrews acceleration (default on; --no-accelerate turns it off)")
     p.add_argument("--boundary", choices=BOUNDARIES, help="RL border handling (default bertero)")
     p.add_argument("--balance", type=positive_float, help="Wiener regularisation (default 1e-3)")
-    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
-                   help="voxel size in µm; three values, of which a 2D image uses the last two")
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, metavar=("DZ", "DY", "DX"),
+                   help="voxel size in µm: DZ DY DX, or DY DX for 2D images (which use the last two of three)")
     p.add_argument("--device", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--model", nargs="+", metavar="MODEL",
                    help="trained network (.ckpt) for --method ssl, or one per channel")

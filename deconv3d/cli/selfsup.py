@@ -8,8 +8,8 @@ import time
 from deconv3d._paths import recorded_path
 from deconv3d.errors import InputError
 
-from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, add_common, check_negative, check_output, make_bar,
-                      positive_float, positive_int, print_warnings, voxel_size_of)
+from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, SpatialSizes, add_common, check_negative, check_output,
+                      make_bar, positive_float, positive_int, print_warnings, voxel_size_of)
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
 BAND_LIMIT = 0.0  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
@@ -32,9 +32,9 @@ def register(sub) -> None:
     p.add_argument("--psf", required=True, help="PSF file (.tif); resampled to the image's voxel size when they differ")
     p.add_argument("-o", "--output", required=True, help="output model file (.ckpt)")
     add_training_options(p, steps_flag="--steps")
-    p.add_argument("--voxel-size", type=positive_float, nargs=3, metavar=("DZ", "DY", "DX"),
-                   help="voxel size in µm (overrides the file's metadata); three values, of which a 2D image uses the "
-                   "last two")
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, metavar=("DZ", "DY", "DX"),
+                   help="voxel size in µm (overrides the file's metadata): DZ DY DX, or DY DX for a 2D image (which "
+                   "uses the last two of three)")
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.set_defaults(func=cmd_train)
     add_common(p)
