@@ -185,10 +185,11 @@ def richardson_lucy(
 def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", tv_weight: float = 0.0,
                      accelerate=False, tol=None, callback=None, voxel_size=None, device="auto",
                      dtype: torch.dtype = torch.float32, extended: bool = False, weights=None, tv_scale=None,
-                     tv_smoothing: str = "local"):
-    """:func:`richardson_lucy`, and the rule of the TV term's ε (``tv_smoothing``, one of
-    :data:`~deconv3d.classical._iterate.TV_SMOOTHING`): kept out of the public signature, since only
-    the references of residual networks trained under the old rule need it
+                     tv_smoothing: str = "local", tv_differences: str = "symmetric"):
+    """:func:`richardson_lucy`, and the rules of the TV term's ε (``tv_smoothing``, one of
+    :data:`~deconv3d.classical._iterate.TV_SMOOTHING`) and differences (``tv_differences``, one of
+    :data:`~deconv3d.classical._iterate.TV_DIFFERENCES`): kept out of the public signature, since only
+    the references of residual networks trained under the old rules need them
     (:class:`deconv3d.selfsup.config.Reference`)."""
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
@@ -201,7 +202,7 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
                          f"the image), got {boundary!r}")
     keep = None if weights is None else _check_weights(weights, y)
     problem = _build_problem(y, h, boundary) if keep is None else _holdout_problem(y, h, boundary, keep)
-    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, y, keep, tv_smoothing)
+    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, y, keep, tv_smoothing, tv_differences)
     estimate = _run(problem, iterations, tv, accelerate, tol, callback)
     if extended:  # the margins wrap around the end of the buffer: roll them in front of the image
         before = [k - 1 - o for k, o in zip(h.shape, kernel_origin(h.shape))]
@@ -254,18 +255,19 @@ def _schedule_and_estimate(image, psf, iterations: int, *, boundary: str, tv_wei
     return record, result.cpu().numpy()
 
 
-def _tv_for(problem, tv_weight, voxel_size, tv_scale, image: torch.Tensor, keep=None, smoothing: str = "local"):
+def _tv_for(problem, tv_weight, voxel_size, tv_scale, image: torch.Tensor, keep=None, smoothing: str = "local",
+            differences: str = "symmetric"):
     """The TV term (None for weight 0) at ``tv_scale`` (checked, refused unless a positive finite
     number), by default :func:`_default_tv_scale` of ``image`` where ``keep > 0`` (the voxels the zero
-    boundary leaves unfitted included: see ``tv_scale`` in :func:`richardson_lucy`); ``smoothing``:
-    ε's rule (:class:`~deconv3d.classical._iterate._TV`)."""
+    boundary leaves unfitted included: see ``tv_scale`` in :func:`richardson_lucy`); ``smoothing``,
+    ``differences``: ε's rule and ``|∇u|``'s (:class:`~deconv3d.classical._iterate._TV`)."""
     if tv_scale is not None and not (_is_number(tv_scale) and tv_scale > 0):
         raise InputError(f"tv_scale must be a positive finite number (the volume's largest value), got {tv_scale!r}")
     if tv_weight == 0:
         return None
     if tv_scale is None:
         tv_scale = _default_tv_scale(image if keep is None else image[keep > 0])
-    return _TV.for_problem(problem, tv_weight, voxel_size, float(tv_scale), smoothing)
+    return _TV.for_problem(problem, tv_weight, voxel_size, float(tv_scale), smoothing, differences)
 
 
 def _default_tv_scale(values) -> float:

@@ -230,8 +230,9 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
         if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
             raise ValueError("standardisation out of range")
         reference = data.get("reference")  # absent from files written before the residual form
-        # (and its TV smoothing from files written before it changed: they trained on the old one)
-        reference = None if reference is None else from_dict(Reference, {"tv_smoothing": "fixed", **reference})
+        # (and its TV smoothing and differences from files written before they changed: they trained on the old ones)
+        reference = None if reference is None else from_dict(
+            Reference, {"tv_smoothing": "fixed", "tv_differences": "forward", **reference})
         if config.residual != (reference is not None):
             raise ValueError("a residual network without its reference, or the reverse")
         # absent from files written before it was recorded; what came later is kept where well formed

@@ -178,14 +178,17 @@ class Reference:
     its correction on top of the reference it trained with, so inference keeps that rule: under the
     new one a network trained on the old reference was 2.5 % of the peak off. Checkpoints written
     before the rule was recorded hold the old one (:func:`~deconv3d.selfsup.load_checkpoint`).
+    ``tv_differences`` is likewise the rule of its ``|∇u|``: ``"symmetric"`` since it changed,
+    ``"forward"`` before (and in checkpoints written before it was recorded).
     """
 
     iterations: int
     tv_weight: float = 0.0
     tv_smoothing: str = "local"
+    tv_differences: str = "symmetric"
 
     def __post_init__(self):
-        from deconv3d.classical._iterate import TV_SMOOTHING
+        from deconv3d.classical._iterate import TV_DIFFERENCES, TV_SMOOTHING
 
         if not (isinstance(self.iterations, int) and not isinstance(self.iterations, bool) and self.iterations >= 1):
             raise InputError(f"reference iterations must be a positive whole number, got {self.iterations!r}")
@@ -194,6 +197,9 @@ class Reference:
         if self.tv_smoothing not in TV_SMOOTHING:
             raise InputError(f"reference tv_smoothing must be one of {', '.join(TV_SMOOTHING)}, "
                              f"got {self.tv_smoothing!r}")
+        if self.tv_differences not in TV_DIFFERENCES:
+            raise InputError(f"reference tv_differences must be one of {', '.join(TV_DIFFERENCES)}, "
+                             f"got {self.tv_differences!r}")
 
     def estimate(self, image, psf, device="cpu", extended: bool = False, tv_scale: float | None = None):
         """RL of ``image`` with these settings (float32 ndarray); ``extended``: on the Bertero extended domain;
@@ -210,7 +216,8 @@ class Reference:
             shape = [n + k - 1 for n, k in zip(np.shape(image), psf.shape)] if extended else np.shape(image)
             return np.zeros(shape, np.float32)
         return _richardson_lucy(image, psf, self.iterations, tv_weight=self.tv_weight, device=device,
-                                extended=extended, tv_scale=tv_scale, tv_smoothing=self.tv_smoothing)
+                                extended=extended, tv_scale=tv_scale, tv_smoothing=self.tv_smoothing,
+                                tv_differences=self.tv_differences)
 
 
 def reference_fft_shape(image_shape, psf_shape) -> tuple[int, ...]:

@@ -280,9 +280,10 @@ def test_rl_tv_blocks_share_the_volumes_tv_scale(tmp_path, volume, psf3d):
     fn = RichardsonLucyBlock(psf3d, iterations=10, tv_weight=0.01)
     whole = richardson_lucy(dim, psf3d, 10, tv_weight=0.01, device="cpu")
     run_chunked(dim, fn, tmp_path / "tv.zarr", chunks=(24, 48, 12))
-    # 2.3e-4, as plain RL's seams (2.7e-4); each block with its own scale: 1.9e-2, so the check can fail
+    # 2.1e-4, as plain RL's seams (2.7e-4); each block with its own scale: 1.1e-2 (1.9e-2 with the
+    # forward differences of before), so the check can fail
     assert _dim_error(whole, read_ome_zarr(tmp_path / "tv.zarr")[0]) < 1e-3
-    assert _dim_error(whole, chunked(dim, fn, (24, 48, 12))) > 1e-2
+    assert _dim_error(whole, chunked(dim, fn, (24, 48, 12))) > 5e-3
     assert fn.prepare(dim, dim.shape).tv_scale == pytest.approx(float(dim.max()))
 
 

@@ -154,17 +154,49 @@ def test_a_checkpoint_from_before_the_tv_smoothing_record_keeps_its_reference(tm
     trained = TrainedModel(ResUNet(TINY[3]), TINY[3], TrainConfig(residual=True), 0.0, 1.0, psf, None,
                            Reference(4, 0.01))
     save_checkpoint(trained, tmp_path / "m.ckpt")
-    assert load_checkpoint(tmp_path / "m.ckpt").reference == Reference(4, 0.01, "local")
+    assert load_checkpoint(tmp_path / "m.ckpt").reference == Reference(4, 0.01, "local", "symmetric")
     data = torch.load(tmp_path / "m.ckpt", weights_only=True)
     del data["reference"]["tv_smoothing"]  # as written before the rule was recorded
+    del data["reference"]["tv_differences"]  # (recorded later still)
     torch.save(data, tmp_path / "m.ckpt")
     old = load_checkpoint(tmp_path / "m.ckpt").reference
-    assert old == Reference(4, 0.01, "fixed")
-    expected = bertero_rl_tv(noisy, psf, 4, 0.01, local=False)
+    assert old == Reference(4, 0.01, "fixed", "forward")
+    expected = bertero_rl_tv(noisy, psf, 4, 0.01, local=False, symmetric=False)
     assert np.abs(old.estimate(noisy, psf) - expected).max() < 1e-5 * expected.max()
     assert np.abs(Reference(4, 0.01).estimate(noisy, psf) - expected).max() > 1e-2 * expected.max()
     with pytest.raises(InputError, match="tv_smoothing"):
         Reference(4, 0.01, "flat")
+
+
+def test_a_checkpoint_from_before_the_tv_differences_record_keeps_its_reference(tmp_path):
+    """Found by review: RL-TV's |∇u| of forward differences alone made its result depend on the image's
+    orientation, and it became symmetric. A residual network trained on the forward form's reference
+    learned its correction on top of that one: a file that records the ε rule but not the differences
+    rebuilds the forward form (scipy's RL-TV here); new files record theirs."""
+    from deconv3d.psf import normalize_psf
+    from deconv3d.selfsup import TrainedModel
+    from deconv3d.selfsup.unet import ResUNet
+    from test_classical import bertero_rl_tv
+
+    _, noisy, psf = problem(3, sigma=0.05)
+    psf = normalize_psf(psf)
+    trained = TrainedModel(ResUNet(TINY[3]), TINY[3], TrainConfig(residual=True), 0.0, 1.0, psf, None,
+                           Reference(4, 0.01))
+    save_checkpoint(trained, tmp_path / "m.ckpt")
+    new = load_checkpoint(tmp_path / "m.ckpt").reference
+    assert new.tv_differences == "symmetric"
+    data = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    del data["reference"]["tv_differences"]  # as written before the rule was recorded
+    torch.save(data, tmp_path / "m.ckpt")
+    old = load_checkpoint(tmp_path / "m.ckpt").reference
+    assert old == Reference(4, 0.01, "local", "forward")
+    forward = bertero_rl_tv(noisy, psf, 4, 0.01, local=True, symmetric=False)
+    assert np.abs(old.estimate(noisy, psf) - forward).max() < 1e-5 * forward.max()
+    symmetric = bertero_rl_tv(noisy, psf, 4, 0.01, local=True, symmetric=True)
+    assert np.abs(new.estimate(noisy, psf) - symmetric).max() < 1e-5 * symmetric.max()
+    assert np.abs(forward - symmetric).max() > 1e-3 * forward.max()
+    with pytest.raises(InputError, match="tv_differences"):
+        Reference(4, 0.01, "local", "central")
 
 
 @pytest.mark.parametrize("bad", [1, "yes", None])
