@@ -69,14 +69,19 @@ def _demo_ssl(image, psf, device):
     On two CPU cores the budget buys a few tens of steps, well short of the hundreds the
     network needs (``benchmarks/bench_selfsup.py``); in the default residual form the network
     corrects RL at the held-out count, so this row is close to that RL plus a barely trained
-    correction. The table's note says how many steps it got.
+    correction. The table's note says how many steps it got. The warning that the budget ended the
+    search for RL's count is not shown: its advice, a larger ``--time-budget``, is no option of ``demo``.
     """
+    import warnings
+
     from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, train
 
     # warm_tv=0: one held-out RL calibration instead of four (the budget counts it, and this PSF is large)
     config = TrainConfig(steps=400, patch=24, batch=1, lr=1e-3, decay_steps=200, time_budget=DEMO_SSL_SECONDS,
                          warm_tv=0.0)
-    result = train(image, psf, config=config, unet=UNetConfig(ndim=3, base_channels=8, depth=3), device=device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="the time budget ended the search", category=RuntimeWarning)
+        result = train(image, psf, config=config, unet=UNetConfig(ndim=3, base_channels=8, depth=3), device=device)
     _SSL_STEPS[:] = [result.steps_done]
     return apply_model(result, image, device=device)
 
