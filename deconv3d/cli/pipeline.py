@@ -28,7 +28,8 @@ def add_chunk_options(p, defaults=True) -> None:
                    help="core block shape: Z Y X, or Y X for a 2D image (which uses the last two of three); each "
                    "block also gets the halo that the method needs")
     g.add_argument("--memory-limit", metavar="SIZE", help="peak memory budget of one process, e.g. 4GB: picks "
-                   "the largest blocks that fit (default: whole volume unless --chunks)")
+                   "the largest blocks that fit (default: the whole volume unless --chunks; a run that would not "
+                   "fit in the free memory goes block by block within 80%% of it, with a warning)")
     g.add_argument("--pyramid-levels", type=_non_negative_int, default=0 if defaults else None, metavar="N",
                    help="extra 2x down-sampled levels in a .zarr output (default 0)")
 

@@ -385,3 +385,19 @@ def test_only_a_run_with_a_memory_limit_touches_the_allocator(tmp_path, monkeypa
     assert calls and calls[0] == (memory._M_MMAP_THRESHOLD, memory.MMAP_THRESHOLD)
     assert calls[-2:] == [(memory._M_MMAP_THRESHOLD, memory.SETTLED_MMAP_THRESHOLD),
                           (memory._M_TRIM_THRESHOLD, 2 * memory.SETTLED_MMAP_THRESHOLD)]
+
+
+@pytest.mark.parametrize("command", ["deconvolve", "batch"])
+def test_the_memory_limit_help_says_what_runs_without_one(command):
+    """Found by review: --memory-limit's help said "(default: whole volume unless --chunks)", while a
+    run that would not fit in the free memory goes block by block within 80% of it (the test above)."""
+    import argparse
+
+    from deconv3d.cli import build_parser
+    from deconv3d.pipeline import memory as memory_module
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = " ".join(commands.choices[command].format_help().split())
+    share = f"{memory_module.AVAILABLE_SHARE:.0%}"
+    assert "whole volume unless --chunks; a run that would not fit in the free memory goes block by block " \
+           f"within {share} of it" in text, text
