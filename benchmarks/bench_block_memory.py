@@ -18,7 +18,7 @@ reports the peak over that many blocks of the same shape in a row in each proces
 
 Run ``python benchmarks/bench_block_memory.py`` (many minutes on 2 cores, ``--runs 1`` a fifth of
 that; Linux only), ``--methods``, ``--psfs`` and ``--shapes`` for chosen cases, or
-``--quick`` for a smoke test on tiny blocks (no measurement).
+``--quick`` for a smoke test on tiny blocks, one process per case (no measurement).
 """
 
 from __future__ import annotations
@@ -165,13 +165,15 @@ def main(argv=None) -> None:
     parser.add_argument("--psfs", default=",".join(str(k) for k in PSFS))
     parser.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES))
     parser.add_argument("--iterations", type=int, default=5, help="RL iterations (the peak is reached by the 3rd)")
-    parser.add_argument("--runs", type=positive_int, default=5,
-                        help="fresh processes per case (default 5): the peak varies from run to run")
+    parser.add_argument("--runs", type=positive_int,
+                        help="fresh processes per case (default 5, 1 with --quick): the peak varies from run to run")
     parser.add_argument("--blocks", type=positive_int, default=1, help="blocks run one after the other in each process")
     parser.add_argument("--warm", action="store_true", help=f"run one {WARM_UP} block before the baseline")
     parser.add_argument("--quick", action="store_true", help="tiny blocks: a smoke test, not a measurement")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
     args = parser.parse_args(argv)
+    if args.runs is None:
+        args.runs = 1 if args.quick else 5
     if args.case:
         method, shape, k = args.case.split(":")
         print(measure(method, tuple(int(n) for n in shape.split("x")), int(k), args.iterations, args.blocks, args.warm))

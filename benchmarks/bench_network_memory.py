@@ -12,7 +12,7 @@ exceed its limit, so the largest ratio is the figure that matters.
 
 Run ``python benchmarks/bench_network_memory.py`` (about five minutes on 2 cores; ``--runs 1``
 about one), ``--shapes 512x512`` for chosen images, or ``--quick``
-for a smoke test on tiny images (no measurement).
+for a smoke test on tiny images, one process per case (no measurement).
 """
 
 from __future__ import annotations
@@ -81,11 +81,13 @@ def main(argv=None) -> None:
     parser.add_argument("--context", type=int, default=56, help="the default 3D network's receptive radius")
     parser.add_argument("--shapes", help="images to measure, e.g. 512x512,16x128x128 (default: "
                         + ",".join("x".join(map(str, s)) for s in CASES) + ")")
-    parser.add_argument("--runs", type=positive_int, default=5,
-                        help="fresh processes per case (default 5): the peak varies from run to run")
+    parser.add_argument("--runs", type=positive_int,
+                        help="fresh processes per case (default 5, 1 with --quick): the peak varies from run to run")
     parser.add_argument("--quick", action="store_true", help="tiny images: a smoke test, not a measurement")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
     args = parser.parse_args(argv)
+    if args.runs is None:
+        args.runs = 1 if args.quick else 5
     if args.case:
         print(measure(tuple(int(n) for n in args.case.split("x")), args.base_channels, args.depth, args.context))
         return

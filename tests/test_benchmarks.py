@@ -99,6 +99,25 @@ def test_the_block_memory_bench_runs_each_case_in_several_processes(monkeypatch,
     assert "largest measured / model over all runs: 1.10" in out
 
 
+def test_the_memory_benches_quick_smoke_test_runs_each_case_once(monkeypatch, capsys):
+    """Found by review: --quick kept --runs 5, so the smoke test started 30 and 10 fresh processes and
+    took minutes. --quick now runs one process per case unless --runs is given."""
+    import bench_block_memory
+    import bench_network_memory
+
+    mb = 1_000_000
+    calls = _stub_runs(monkeypatch, bench_block_memory, [(90 * mb, 95 * mb, 100 * mb, 40 * mb)] * 12)
+    bench_block_memory.main(["--quick"])
+    assert calls == [(m, (8, 32, 32), 5) for m in bench_block_memory.METHODS]  # 6 cases, one run each
+    calls.clear()
+    bench_block_memory.main(["--quick", "--methods", "rl", "--runs", "2"])
+    assert calls == [("rl", (8, 32, 32), 5)] * 2
+    calls = _stub_runs(monkeypatch, bench_network_memory, [(10 * mb, 12 * mb)] * 4)
+    bench_network_memory.main(["--quick"])
+    assert calls == [((64, 64),), ((8, 32, 32),)]
+    assert "1 fresh process(es) per case" in capsys.readouterr().out
+
+
 def test_the_cluster_examples_stacks_are_not_taken_for_background_subtracted_data(tmp_path):
     """Read noise on a zero background made 44 % of the voxels negative, and every run warned."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
