@@ -26,6 +26,8 @@ import numpy as np
 SHAPE = (32, 96, 96)  # z, y, x of each synthetic stack
 VOXEL = (0.3, 0.1, 0.1)  # micrometres
 BACKGROUND = 10.0  # expected counts per voxel under the signal (200 counts at the brightest voxel)
+#: The batch's settings beside the PSF (examples/README.md quotes the command line that makes the same).
+SETTINGS = {"method": "rl", "iterations": 20, "chunks": (16, 48, 48)}
 
 
 def truth_of(i: int) -> np.ndarray:
@@ -61,7 +63,7 @@ def deconvolve_folder(folder: Path, psf_path: Path, workers: int) -> list[dict]:
     from deconv3d.pipeline.batch import make_settings, run_batch, write_reports
     from deconv3d.pipeline.files import deconvolve_file
 
-    settings = make_settings({"method": "rl", "psf": str(psf_path), "iterations": 20, "chunks": (16, 48, 48)})
+    settings = make_settings({**SETTINGS, "psf": str(psf_path)})
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, local_directory=str(folder / "dask-scratch")) as cluster, \
             Client(cluster) as client:

@@ -170,3 +170,30 @@ def test_the_selfsup_targets_at_low_noise_ask_for_no_loss_and_elsewhere_for_noth
     assert low.note("before", (0, ""), 28.5) == ">= 28.50 (best classical 28.50 + 0): met"  # no SSI target
     assert bench_selfsup.Targets(0.05, 28.5).note("before", (0, ""), 30.0) == ""
     assert bench_selfsup.Targets(0.1, None).note("before", (0, ""), 30.0) == ""  # --no-baselines, no SSI row
+
+
+def test_the_cluster_examples_quoted_command_line_makes_its_settings(tmp_path, monkeypatch):
+    """Found by review: examples/README.md called `deconv3d batch RAW -o OUT --psf PSF.tif --scheduler
+    processes --workers 2` the command-line form of local_cluster.py, but the script runs 20
+    iterations in blocks of 16x48x48 and that command ran the whole volume at the default count."""
+    import re
+    import shlex
+
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+    import local_cluster
+
+    from deconv3d.cli import build_parser
+    from deconv3d.cli.pipeline import settings_from_args
+    from deconv3d.io import write_tiff
+    from deconv3d.pipeline.batch import make_settings
+
+    monkeypatch.chdir(tmp_path)
+    write_tiff(tmp_path / "PSF.tif", np.full((3, 3, 3), 1 / 27, np.float32), voxel_size=(0.3, 0.1, 0.1))
+    examples = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
+    readme = open(os.path.join(examples, "README.md"), encoding="utf-8").read()
+    quoted = re.search(r"`(deconv3d batch [^`]*)` *\nis the command-line form of `local_cluster.py`", readme).group(1)
+    args = build_parser().parse_args(shlex.split(quoted)[1:])
+    assert (args.scheduler, args.workers) == ("processes", 2)
+    assert settings_from_args(args, {}) == make_settings({**local_cluster.SETTINGS, "psf": "PSF.tif"})
