@@ -125,27 +125,34 @@ def configs(args, ndim: int):
 def train_with_progress(image, psf, args, voxel, notes=()):
     """Train on ``image`` with a progress bar showing the loss; raises on cancel or divergence.
 
-    ``notes`` (warnings) are printed at the first step, once training has accepted the input."""
+    ``notes`` (warnings) are printed at the first report (an iteration of the search for the RL
+    reference, or the first step), once training has accepted the input. The search's RL
+    iterations are counted on the bar (a log gets its lines), then the training steps."""
     from deconv3d.selfsup import train
 
     config, unet = configs(args, image.ndim)
     # Before the first step, the residual form searches RL's iteration count on held-out voxels.
     preparing = bool(config.residual or config.warm_steps or config.anchor_weight)  # as train() decides
-    bar = make_bar(config.steps, "train: choosing the RL reference" if preparing else "train", "step")
+    bar = (make_bar(None, "train: choosing the RL reference", "it") if preparing
+           else make_bar(config.steps, "train", "step"))
 
     waiting = [preparing]
 
     pending = list(notes)
 
     def callback(step, loss):
-        if step == 0:  # the search for the RL reference (the bar says so already)
-            return
         if pending:
             bar.clear()
             print_warnings(pending)
+        if step == 0:  # an iteration of the search for the RL reference (loss: its held-out error)
+            bar.set_postfix(risk=f"{loss:.4g}", refresh=False)
+            bar.update(1)
+            return
         if waiting[0]:
             waiting[0] = False
             bar.set_description("train", refresh=False)
+            bar.unit = "step"
+            bar.set_postfix(refresh=False)
             bar.reset(total=config.steps)  # the rate and ETA count training steps only
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)

@@ -452,3 +452,23 @@ def test_a_model_on_an_image_of_another_voxel_size_names_the_voxel_size(data, ca
                             model, "--device", "cpu", *extra], capsys)
         assert_one_line_error(code, err, "trained at voxel size", "resample the image or retrain")
         assert not (data / "c.tif").exists()
+
+
+def test_a_log_hears_from_train_while_it_searches_for_the_rl_reference(data, capsys, monkeypatch):
+    """Found by review: with stderr not a terminal, `train` wrote nothing while it searched for the
+    Richardson-Lucy reference's count (135 s on a first user's machine), even the negative-voxel
+    warning waited for the first step. The search's iterations now get the log's lines, after the
+    warning, then the steps do."""
+    image = read_image(data / "image.tif").data
+    write_tiff(data / "offset.tif", image - 0.5, voxel_size=(0.3, 0.1, 0.1))  # about 40 % negative
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "0")  # a line at every report
+    code, _, err = run(["train", data / "offset.tif", "--psf", data / "psf.tif", "-o", data / "m.ckpt", "--steps", 2,
+                        "--warm-tv", 0] + TINY, capsys)
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("deconv3d: warning: ") and "negative" in lines[0], err
+    searched = [line for line in lines if line.startswith("train: choosing the RL reference: ")]
+    assert searched and lines[1:1 + len(searched)] == searched, err  # right after the warning, before any step
+    assert searched[0].startswith("train: choosing the RL reference: 1 it, ") and "risk=" in searched[0], err
+    assert [line.split(",")[0] for line in lines[1 + len(searched):]] == ["train: 1/2 step (50%)",
+                                                                         "train: 2/2 step (100%)"], err
