@@ -191,8 +191,10 @@ def _refuse_folder(path: Path) -> None:
 def refuse_write_protected(path: Path) -> None:
     """Refuse an output that exists but that this user may not write: it is replaced by a rename,
     which the folder's permissions allow, so a write-protected (``chmod 444``) file was replaced
-    and its mode lost; ``cp`` onto it fails with "Permission denied", and so does this."""
-    if os.path.lexists(path) and not os.access(path, os.W_OK):
+    and its mode lost; ``cp`` onto it fails with "Permission denied", and so does this. A symbolic
+    link is not refused here: the rename replaces the link, never the file it points to (which
+    os.access would judge, and a dangling link's missing target was called write-protected)."""
+    if os.path.lexists(path) and not os.path.islink(path) and not os.access(path, os.W_OK):
         raise InputError(f"output {path} is write-protected: make it writable (chmod u+w) if it may be replaced, "
                          "or choose another output name")
 

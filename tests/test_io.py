@@ -204,6 +204,20 @@ def test_a_write_protected_file_is_not_replaced(tmp_path, rng, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["m.ckpt", "out.tif"]  # no temporaries left
 
 
+def test_a_checkpoint_over_a_dangling_link_is_saved(tmp_path):
+    """A dangling symbolic link at the checkpoint path is replaced by the checkpoint, as before;
+    it was refused as "write-protected" (os.access judged its missing target)."""
+    import torch
+
+    from deconv3d._torch_common import atomic_torch_save
+
+    link = tmp_path / "dang.ckpt"
+    link.symlink_to(tmp_path / "missing" / "x.ckpt")
+    atomic_torch_save({"a": 1}, link)
+    assert not link.is_symlink() and torch.load(link, weights_only=True) == {"a": 1}
+    assert os.listdir(tmp_path) == ["dang.ckpt"]
+
+
 def test_failed_write_keeps_existing_output(tmp_path, rng, monkeypatch):
     path = tmp_path / "out.tif"
     original = rng.random((4, 5), dtype=np.float32)
