@@ -181,7 +181,10 @@ def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
 
 
 def _refuse_folder(path: Path) -> None:
-    """Refuse a folder (not a link to one) at an output path, unless the output may replace it."""
+    """Refuse a folder at an output path, unless the output may replace it, and a link to a folder
+    where a file is written (a link at a ``.zarr`` output is refused later, as any link is)."""
+    if path.is_symlink() and path.is_dir() and path.suffix.lower() != ".zarr":  # was "unsupported format ''"
+        raise InputError(f"output {path} is a symbolic link to a folder ({os.readlink(path)}): give a file name")
     if path.is_dir() and not path.is_symlink() and not replaceable_folder(path):
         raise InputError(f"output path is a directory: {path}: "
                          + ("it is not a zarr image deconv3d wrote, and is not replaced: move it away or choose "

@@ -132,18 +132,36 @@ def test_a_progress_interval_that_is_no_number_of_seconds_is_refused(data, capsy
         assert _log_interval() == seconds
 
 
+def _run_with_output(command, data, output, capsys):
+    """Run ``command`` (deconvolve, psf or train) on the test data with ``-o output``."""
+    argv = {"deconvolve": ["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", output],
+            "train": ["train", data / "image.tif", "--psf", data / "psf.tif", "-o", output, "--steps", 1],
+            "psf": ["psf", "-o", output, "--model", "gaussian", "--shape", 5, 9, 9, "--voxel-size", 0.3,
+                    0.1, 0.1, "--na", 1.2, "--wavelength", 0.5]}[command]
+    return run(argv + ["--device", "cpu"] * (command != "psf"), capsys)
+
+
 @pytest.mark.parametrize("command", ["deconvolve", "psf", "train"])
 def test_a_folder_given_as_output_is_named_as_a_folder(data, capsys, command):
     """-o existdir said "unsupported output format '' for existdir" (-o existdir.tif named the folder)."""
     folder = data / "existdir"
     folder.mkdir()
-    argv = {"deconvolve": ["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", folder],
-            "train": ["train", data / "image.tif", "--psf", data / "psf.tif", "-o", folder, "--steps", 1],
-            "psf": ["psf", "-o", folder, "--model", "gaussian", "--shape", 5, 9, 9, "--voxel-size", 0.3,
-                    0.1, 0.1, "--na", 1.2, "--wavelength", 0.5]}[command]
-    code, _, err = run(argv + ["--device", "cpu"] * (command != "psf"), capsys)
+    code, _, err = _run_with_output(command, data, folder, capsys)
     assert_one_line_error(code, err, f"output path is a directory: {folder}", "give a file name")
     assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["deconvolve", "psf", "train"])
+def test_a_link_to_a_folder_given_as_output_is_named_as_one(data, capsys, command):
+    """-o linkdir (a symbolic link to a folder) said "unsupported output format '' for linkdir"."""
+    folder = data / "fulldir"
+    folder.mkdir()
+    (folder / "keep").write_bytes(b"x")
+    link = data / "linkdir"
+    link.symlink_to(folder)
+    code, _, err = _run_with_output(command, data, link, capsys)
+    assert_one_line_error(code, err, f"output {link} is a symbolic link to a folder", "give a file name")
+    assert link.is_symlink() and [p.name for p in folder.iterdir()] == ["keep"]
 
 
 def test_deconvolve_with_generated_psf(data, capsys):
