@@ -314,11 +314,25 @@ def test_two_voxel_sizes_for_a_3d_image_are_refused_in_one_line(files, capsys, c
     assert not (files / output).exists()
 
 
-@pytest.mark.parametrize("values", [[0.1], []])
+@pytest.mark.parametrize("values", [[0.1], [], [0.1] * 4])
 def test_a_voxel_size_count_other_than_two_or_three_is_a_usage_error(planes, capsys, values):
-    code, _, err = run(["deconvolve", planes / "plain.tif", "-o", planes / "o.tif", "--psf", planes / "psf_bare.tif",
-                        "--voxel-size", *values], capsys)
-    assert_one_line_error(code, err, "expected 3 values (DZ DY DX), or 2 (DY DX) for a 2D image")
+    """Four values said only "unrecognized arguments: 0.1", before the input too ("... plain.tif")."""
+    given = ["--voxel-size", *values]
+    files = [planes / "plain.tif", "-o", planes / "o.tif", "--psf", planes / "psf_bare.tif"]
+    for argv in [files + given] + [given + files] * (len(values) > 3):
+        code, _, err = run(["deconvolve", *argv], capsys)
+        assert_one_line_error(code, err, "expected 3 values (DZ DY DX), or 2 (DY DX) for a 2D image",
+                              f"got {len(values)}")
+    assert not (planes / "o.tif").exists()
+
+
+@pytest.mark.parametrize("option, values", [("--voxel-size", [0.1, 0.1]), ("--chunks", [12, 16])])
+def test_two_values_before_the_input_are_told_to_follow_it(planes, capsys, option, values):
+    """'--voxel-size 0.1 0.1 in.tif' said only "invalid positive_float value: 'in.tif'"."""
+    code, _, err = run(["deconvolve", option, *values, planes / "plain.tif", "--psf", planes / "psf_bare.tif",
+                        "-o", planes / "o.tif"], capsys)
+    assert_one_line_error(code, err, f"{option} takes up to 3 values, so it took {planes / 'plain.tif'} too",
+                          "give it after the input")
 
 
 def test_three_voxel_sizes_before_the_input_leave_it_the_input(files, capsys):

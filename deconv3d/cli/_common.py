@@ -25,9 +25,11 @@ class SpatialSizes(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         if len(values) not in (2, 3):
-            raise argparse.ArgumentError(self, f"expected 3 values ({' '.join(self.metavar)}), or 2 "
-                                         f"({' '.join(self.metavar[1:])}) for a 2D image, got {len(values)}")
+            raise argparse.ArgumentError(self, f"{self.forms()}, got {len(values)}")
         setattr(namespace, self.dest, list(values))
+
+    def forms(self) -> str:
+        return f"expected 3 values ({' '.join(self.metavar)}), or 2 ({' '.join(self.metavar[1:])}) for a 2D image"
 
 
 def spatial_sizes(values, ndim: int, option: str, name, form: str = "Z Y X") -> tuple | None:
@@ -51,7 +53,28 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         self._given = list(args) if args is not None else []  # (a subcommand's parser gets its own part)
-        return super().parse_known_args(args, namespace)
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:  # a fourth value was left over ("unrecognized arguments: 0.1"), or took the input's place
+            for action in self._actions:
+                if isinstance(action, SpatialSizes) and self._values_after(action) > 3:
+                    self.error(f"argument {'/'.join(action.option_strings)}: {action.forms()}, "
+                               f"got {self._values_after(action)}")
+        return namespace, extras
+
+    def _values_after(self, action) -> int:
+        """How many numbers follow the last of ``action``'s options among the given arguments."""
+        given = [str(a) for a in self._given]
+        at = max((i for i, a in enumerate(given) if a in action.option_strings), default=None)
+        if at is None:
+            return 0
+        count = 0
+        for text in given[at + 1:]:
+            try:
+                float(text)
+            except ValueError:
+                break
+            count += 1
+        return count
 
     def error(self, message):
         raise InputError(f"{message}{self._greedy_hint(message)} (see '{self.prog} --help')")
@@ -72,6 +95,12 @@ class Parser(argparse.ArgumentParser):
         if taken is not None and _looks_like_a_file(taken) and any(
                 a.nargs is None and not a.option_strings for a in self._actions):  # '--wavelength 0.5 in.tif'
             return ": --wavelength takes one value per channel, up to the next option; give it after the input"
+        quoted = message.rsplit("'", 2)  # the value refused, last in the message
+        for action in self._actions:  # '--voxel-size 0.1 0.1 in.tif' (the Y X form) took the input as DZ DY DX
+            if isinstance(action, SpatialSizes) and message.startswith(f"argument {'/'.join(action.option_strings)}:") \
+                    and len(quoted) == 3 and not quoted[2] and _looks_like_a_file(quoted[1]):
+                return (f": {action.option_strings[0]} takes up to 3 values, so it took {quoted[1]} too; give it "
+                        "after the input")
         if not any(not name.startswith("-") for name in missing):  # only a positional can have been taken
             return ""
         for option in ("--psf", "--wavelength", "--model"):
