@@ -6,6 +6,7 @@ all passed them (found by the test review)."""
 
 import numpy as np
 import pytest
+import torch
 
 from cli_helpers import run
 from deconv3d.io import read_image, write_tiff
@@ -117,3 +118,25 @@ def test_zero_boundary_on_the_command_line_is_skimage_s_with_the_psf_cropped_to_
     assert np.abs(ours - reference).max() <= 1e-5 * reference.max()
     whole = skimage_rl(image, psf, num_iter=10, clip=False)
     assert np.abs(ours - whole).max() > 1e-4 * whole.max()  # the crop is what the README must say
+
+
+def test_the_whole_psf_is_kept_by_giving_richardson_lucy_the_psf_as_is(rng):
+    """README: to keep the whole PSF give ``richardson_lucy`` the PSF as is; ``prepare_psf(...,
+    energy=1.0)``, which it named as an alternative, re-centres an off-centre PSF (peak at (7, 8)
+    of 15 x 15) on its centroid, and its zero-boundary result lay far from scikit-image's."""
+    from skimage.restoration import richardson_lucy as skimage_rl
+
+    from deconv3d.classical import richardson_lucy
+    from deconv3d.psf import prepare_psf
+
+    y, x = np.mgrid[:15, :15]
+    psf = np.exp(-0.5 * ((y - 7) ** 2 + (x - 8) ** 2) / 1.5**2)
+    psf /= psf.sum()
+    image = rng.random((32, 32)) + 0.1
+    reference = skimage_rl(image, psf, num_iter=5, clip=False)
+    as_is = richardson_lucy(image, psf, 5, boundary="zero", device="cpu", dtype=torch.float64)
+    assert np.abs(as_is - reference).max() <= 1e-6 * reference.max()
+    prepared = prepare_psf(psf, (32, 32), energy=1.0)
+    assert np.unravel_index(prepared.argmax(), prepared.shape) == tuple(s // 2 for s in prepared.shape)  # re-centred
+    moved = richardson_lucy(image, prepared, 5, boundary="zero", device="cpu", dtype=torch.float64)
+    assert np.abs(moved - reference).max() > 0.1 * reference.max()
