@@ -117,7 +117,7 @@ def test_a_wrong_environment_variable_is_refused_at_start_up(data, capsys, monke
     assert not (data / "o.tif").exists() and not (data / "out").exists()
 
 
-@pytest.mark.parametrize("value", ["1s", "nan", "-1", "inf"])
+@pytest.mark.parametrize("value", ["1s", "nan", "-1", "-inf"])
 def test_a_progress_interval_that_is_no_number_of_seconds_is_refused(data, capsys, monkeypatch, value):
     """DECONV3D_PROGRESS_SECONDS=1s was taken as 30 s and nan as never, without a word."""
     from deconv3d.cli._common import _log_interval
@@ -130,6 +130,26 @@ def test_a_progress_interval_that_is_no_number_of_seconds_is_refused(data, capsy
     for text, seconds in ((" 2.5 ", 2.5), ("0", 0.0), ("", 30.0)):
         monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", text)
         assert _log_interval() == seconds
+
+
+def test_an_infinite_progress_interval_turns_the_lines_off(data, capsys, monkeypatch):
+    """DECONV3D_PROGRESS_SECONDS=inf, a working way to write no progress lines, was refused (exit 2)."""
+    import itertools
+
+    from deconv3d.cli._common import LogBar
+
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "inf")
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "o.tif",
+                        "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0 and (data / "o.tif").exists(), err
+    bar = LogBar(3, "rl")
+    bar._clock = itertools.count(1e9, 1e9).__next__  # ages apart: any finite interval has passed
+    bar.update()
+    bar.update()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "1e8")
+    bar.update()
+    assert capsys.readouterr().err.startswith("rl: 3/3 it")
 
 
 def _run_with_output(command, data, output, capsys):

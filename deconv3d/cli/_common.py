@@ -250,7 +250,7 @@ class LogBar:
 def _log_interval() -> float:
     """``DECONV3D_PROGRESS_SECONDS`` (:data:`LOG_INTERVAL` where unset); a value that is not a
     number of seconds, 0 or more, is an InputError, which :func:`check_environment` raises at
-    start-up: "1s" or "nan" were taken silently as 30 s or as never."""
+    start-up: "1s" or "nan" were taken silently as 30 s or as never. ``inf`` is never: no lines."""
     import os
 
     text = os.environ.get("DECONV3D_PROGRESS_SECONDS", "").strip()
@@ -260,8 +260,8 @@ def _log_interval() -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise InputError(f"DECONV3D_PROGRESS_SECONDS={text!r} is not a number of seconds (0 or more, e.g. 30): "
+    if not value >= 0:  # (nan is not; inf is, and turns the lines off)
+        raise InputError(f"DECONV3D_PROGRESS_SECONDS={text!r} is not a number of seconds (0 or more, e.g. 30, or inf): "
                          "fix it or unset it")
     return value
 
