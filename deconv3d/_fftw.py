@@ -504,10 +504,16 @@ def _save_wisdom(pyfftw) -> None:
             os.unlink(tmp)
 
 
+#: Seconds :func:`_locked` waits for another process's lock before going on without it.
+_LOCK_WAIT = 1.0
+
+
 @contextlib.contextmanager
 def _locked(path: str):
     """An exclusive ``flock`` on the file ``path`` (created if missing) while inside. Where none can
-    be had (Windows has no fcntl; some network file systems refuse locks) the block runs unlocked."""
+    be had (Windows has no fcntl; some network file systems refuse locks), or another process
+    holds it past :data:`_LOCK_WAIT` seconds, the block runs unlocked: a blocking wait held this
+    process's :data:`_lock` (every transform waiting) for as long as the other held the file."""
     try:
         import fcntl
 
@@ -515,11 +521,18 @@ def _locked(path: str):
     except (ImportError, OSError):
         fd = None
     try:
-        if fd is not None:
+        deadline = time.monotonic() + _LOCK_WAIT
+        while fd is not None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # held by another
+                if time.monotonic() >= deadline:
+                    log.info("%s is held by another process; saving FFTW wisdom without it", path)
+                    break
+                time.sleep(0.05)
             except OSError:
-                pass
+                break
         yield
     finally:
         if fd is not None:

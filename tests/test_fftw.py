@@ -174,6 +174,31 @@ def test_the_cache_folder_is_absolute_or_nothing_is_cached(tmp_path, monkeypatch
         assert _fftw._read_sizes(_fftw._sizes_path()) == ["3x4x5:float32"]
 
 
+def test_a_wisdom_lock_held_elsewhere_is_waited_for_briefly_then_saved_without(tmp_path, monkeypatch):
+    """The save waited for the lock file's flock without end, holding the process-wide lock, while
+    another process held it (a 25 s hold, a 25 s stall). Here the test holds the flock through its
+    own open file (flock locks belong to open file descriptions): the save goes on without it."""
+    import fcntl
+    import threading
+
+    monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_fftw, "_LOCK_WAIT", 0.1)
+    monkeypatch.setattr(_fftw, "_wisdom_on_disk", ())
+    path = _fftw.wisdom_path()
+    held = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fake = SimpleNamespace(export_wisdom=lambda: (b"a", b"b", b"c"), import_wisdom=lambda parts: None)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        saver = threading.Thread(target=_fftw._save_wisdom, args=(fake,), daemon=True)
+        saver.start()
+        saver.join(10)  # (a guard against hanging the suite: the save waits 0.1 s)
+        assert not saver.is_alive(), "the save is still waiting for the lock"
+    finally:
+        os.close(held)  # releases the lock (and a save still waiting)
+    with open(path, "rb") as f:
+        assert _fftw._unpack(f.read()) == (b"a", b"b", b"c")
+
+
 def _rfft_plan(pyfftw, shape, flags):
     """An rfftn plan of ``shape`` as FFTWTransforms makes it (float32, this process's torch threads)."""
     real = pyfftw.empty_aligned(shape, dtype="float32")
