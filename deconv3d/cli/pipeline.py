@@ -195,8 +195,9 @@ def register(sub) -> None:
     p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, metavar=("DZ", "DY", "DX"),
                    help="voxel size in µm: DZ DY DX, or DY DX for 2D images (which use the last two of three)")
     p.add_argument("--device", choices=DEVICES, help=DEVICE_HELP)
-    p.add_argument("--model", nargs="+", metavar="MODEL",
-                   help="trained network (.ckpt) for --method ssl, or one per channel")
+    p.add_argument("--model", action="append", metavar="MODEL",
+                   help="trained network (.ckpt) for --method ssl; repeated, one per channel "
+                   "(--model A.ckpt --model B.ckpt)")
     p.add_argument("--train-steps", type=positive_int, metavar="N",
                    help="ssl without --model: train a network on each image first, N steps of the default recipe "
                    "('deconv3d train' sets the others)")

@@ -284,9 +284,10 @@ def training_defaults() -> dict:
 
 def add_deconvolve_options(p) -> None:
     """The ``--method ssl`` options of ``deconvolve``."""
-    p.add_argument("--model", nargs="+", metavar="MODEL",
-                   help="trained network (.ckpt from deconv3d train) for --method ssl, or one per channel of a "
-                        "multi-channel input (with a .zarr output), each checked against its channel's --psf")
+    p.add_argument("--model", action="append", metavar="MODEL",
+                   help="trained network (.ckpt from deconv3d train) for --method ssl; repeated, one per channel of "
+                        "a multi-channel input (--model A.ckpt --model B.ckpt, with a .zarr output), each checked "
+                        "against its channel's --psf")
     p.add_argument("--tta", action="store_true", help="ssl: average over the 8 xy rotations/flips")
     p.add_argument("--band-limit", type=_non_negative, default=BAND_LIMIT, metavar="EPS",
                    help=f"ssl: damp frequencies the PSF does not pass, gain (1+EPS)|H|^2/(|H|^2+EPS), e.g. 0.01 on stacks "

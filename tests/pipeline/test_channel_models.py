@@ -3,6 +3,7 @@ against the model that deconvolves that channel."""
 
 import numpy as np
 import pytest
+import tifffile
 
 from cli_helpers import assert_one_line_error, run
 from deconv3d.io import write_tiff
@@ -29,6 +30,11 @@ def _untrained_model(path, psf, image, seed=0):
                            normalize_psf(psf), VOXEL)
     save_checkpoint(trained, path)
     return path
+
+
+def _each(option, values) -> list:
+    """``option`` before each of ``values``: ``--model`` takes one file, repeated per channel."""
+    return [a for v in values for a in (option, v)]
 
 
 @pytest.fixture
@@ -70,7 +76,7 @@ def test_one_model_is_checked_against_every_channel_s_psf(two_channels, capsys, 
 
 
 def test_each_channel_gets_its_own_model(two_channels, capsys):
-    """``--model A B`` gives channel c network c, as ``--psf A B`` gives it PSF c (--model took one
+    """``--model A --model B`` gives channel c network c, as ``--psf A B`` gives it PSF c (--model took one
     file, applied to every channel, while the messages told users to pass one per channel), each
     network checked against its channel's PSF and recorded per channel."""
     from deconv3d.metrics import psnr
@@ -81,8 +87,8 @@ def test_each_channel_gets_its_own_model(two_channels, capsys):
     psf1 = gaussian_psf((5, 7, 7), (1.4, 1.3, 1.3))
     models = [d / "m0.ckpt", _untrained_model(d / "m1.ckpt", psf1, channels[1], seed=1)]
     psfs = [d / "psf0.tif", d / "psf1.tif"]
-    code, _, err = run(["deconvolve", d / "two.zarr", "-o", d / "out.zarr", "--method", "ssl", "--model", *models,
-                        "--psf", *psfs, "--device", "cpu"], capsys)
+    code, _, err = run(["deconvolve", d / "two.zarr", "-o", d / "out.zarr", "--method", "ssl",
+                        *_each("--model", models), "--psf", *psfs, "--device", "cpu"], capsys)
     assert code == 0, err
     data, _, _, attrs = read_ome_zarr(d / "out.zarr")
     networks = [load_checkpoint(m) for m in models]
@@ -94,11 +100,11 @@ def test_each_channel_gets_its_own_model(two_channels, capsys):
     assert [p["model"] for p in record["parameters"]["per_channel_model"]] == [str(m) for m in models]
     assert [s["shape"] for s in record["psf"]["per_channel"]] == [[5, 5, 5], [5, 7, 7]]  # (each network's)
     # each network against its own channel's PSF: swapped, they are refused
-    code, _, err = run(["deconvolve", d / "two.zarr", "-o", d / "swapped.zarr", "--method", "ssl", "--model", *models,
-                        "--psf", *psfs[::-1], "--device", "cpu"], capsys)
+    code, _, err = run(["deconvolve", d / "two.zarr", "-o", d / "swapped.zarr", "--method", "ssl",
+                        *_each("--model", models), "--psf", *psfs[::-1], "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "another PSF")
-    code, _, err = run(["deconvolve", d / "two.zarr", "-o", d / "three.zarr", "--method", "ssl", "--model", *models,
-                        models[0], "--device", "cpu"], capsys)
+    code, _, err = run(["deconvolve", d / "two.zarr", "-o", d / "three.zarr", "--method", "ssl",
+                        *_each("--model", [*models, models[0]]), "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "2 channel(s) but 3 models")
 
 
@@ -143,3 +149,26 @@ def test_a_batch_config_takes_one_model_per_channel(two_channels):
         make_settings({"method": "ssl", "model": str(d / "m0.ckpt")}).fingerprint()  # (records of one model match)
     with pytest.raises(InputError, match="different numbers of channels"):
         make_settings({"method": "ssl", "model": settings.model, "psf": [str(d / "psf0.tif")] * 3})
+
+
+@pytest.mark.parametrize("command", ["deconvolve", "batch"])
+def test_model_before_the_input_takes_one_file(tmp_path, capsys, command):
+    """``--method ssl --model m.ckpt INPUT`` ran, until --model took several files and swallowed
+    the input ('the following arguments are required: input'); the output is the network's."""
+    from deconv3d.metrics import psnr
+    from deconv3d.selfsup import apply_model, load_checkpoint
+
+    psf = gaussian_psf((5, 5, 5))
+    image = blurred_beads((8, 16, 16), psf, seed=0)
+    (tmp_path / "in").mkdir()
+    write_tiff(tmp_path / "in" / "img.tif", image, voxel_size=VOXEL)
+    model = _untrained_model(tmp_path / "m.ckpt", psf, image)
+    if command == "deconvolve":
+        given, out = [tmp_path / "in" / "img.tif", "-o", tmp_path / "o.tif"], tmp_path / "o.tif"
+    else:
+        given, out = [tmp_path / "in", "-o", tmp_path / "out"], tmp_path / "out" / "img.zarr"
+    code, _, err = run([command, "--method", "ssl", "--model", model, *given, "--device", "cpu"], capsys)
+    assert code == 0, err
+    expected = apply_model(load_checkpoint(model), image, device="cpu")
+    result = read_ome_zarr(out)[0] if command == "batch" else tifffile.imread(out)
+    assert psnr(expected, np.asarray(result)) >= 50
