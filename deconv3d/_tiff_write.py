@@ -11,7 +11,7 @@ import tifffile
 
 from deconv3d._arrays import as_numpy
 from deconv3d._paths import _check_writable_target, _one_line, temporary_name
-from deconv3d._voxel import checked_voxel_size, refuse_nanometres
+from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 
 __all__ = ["write_tiff", "ZarrPlanes"]
@@ -34,7 +34,7 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
         which Fiji, tifffile and :func:`read_image` all read back. For a 3D stack
         whose planes are not z steps (e.g. synthesised blur levels), two values
         ``(y, x)`` give the pixel size only: no ``spacing`` is written, and Fiji
-        shows its default depth of 1. A side above 20 µm is refused as nanometres.
+        shows its default depth of 1.
     metadata : dict, optional
         Extra ``key: value`` pairs stored as ImageJ properties (shown by Fiji's
         *Image > Show Info*), e.g. the method and its parameters: JSON, but strings as they are
@@ -48,7 +48,7 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
     InputError
         If the suffix is unsupported, the output directory is missing or not
         writable, the data are empty, not 2D/3D or hold NaN or Inf values (which
-        :func:`read_image` refuses), a voxel size looks like nanometres, or writing fails.
+        :func:`read_image` refuses), or writing fails.
 
     Notes
     -----
@@ -143,7 +143,6 @@ def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
     if voxel_size is not None:
         lateral_only = np.ndim(voxel_size) == 1 and len(voxel_size) == 2  # (y, x) of a stack: no z spacing
         voxel = checked_voxel_size(voxel_size, 2 if lateral_only else data.ndim)
-        refuse_nanometres(voxel, "give it in micrometres (e.g. 0.3 0.1 0.1)")  # read_image refuses such a file
         kwargs["resolution"] = (1.0 / voxel[-1], 1.0 / voxel[-2])
         md["unit"] = "um"
         if len(voxel) == 3:

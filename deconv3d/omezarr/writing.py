@@ -10,7 +10,7 @@ import numpy as np
 
 from deconv3d import __version__
 from deconv3d._paths import path_text
-from deconv3d._voxel import checked_voxel_size, refuse_nanometres
+from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 from deconv3d.omezarr.reading import _AXIS_TYPES, _in_order, _level_transform
 
@@ -72,8 +72,7 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
         Letters from ``"TCZYX"`` in that order, two or three of them spatial, one per dimension
         (any other order is refused: :func:`checked_axes`).
     voxel_size : sequence of float, optional
-        One value in micrometres per spatial axis (z, y, x); a side above 20 µm is refused as
-        nanometres.
+        One value in micrometres per spatial axis (z, y, x).
     provenance : dict, optional
         Stored verbatim (JSON) as the group's ``deconv3d`` attribute; without one that attribute
         holds ``{"software": "deconv3d", "version": ...}``. It marks the folder as deconv3d's: an
@@ -90,7 +89,6 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
     axes = checked_axes(axes, len(shape))
     time_step, time_unit, time_start = (*time_axis, 0.0)[:3] if time_axis is not None else (1.0, None, 0.0)
     voxel_size = checked_voxel_size(voxel_size, sum(a in "ZYX" for a in axes))
-    refuse_nanometres(voxel_size, "give it in micrometres (e.g. 0.3 0.1 0.1)")  # the command line refuses it on reading
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     arr = group.create_array("0", shape=tuple(shape), chunks=tuple(int(c) for c in chunks), dtype="float32",
                              fill_value=0.0, dimension_names=list(axes.lower()))
