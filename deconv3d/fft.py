@@ -594,9 +594,7 @@ def band_limit(x, psf, eps: float, device=None, dtype=torch.float32) -> torch.Te
     """
     if not eps > 0:
         raise InputError(f"band-limit eps must be a positive number, got {eps}: try 0.01")
-    if device is None:
-        device = x.device if isinstance(x, torch.Tensor) else "cpu"
-    conv = get_convolver(psf, device, dtype)
+    conv = _convolver_for(x, psf, device, dtype)  # (a PSF tensor that requires grad stays in the graph)
     x = as_tensor(x, conv.device, dtype)
     shape = tuple(x.shape[-conv.ndim:])
     before = list(band_limit_halo(conv.psf))
@@ -604,8 +602,8 @@ def band_limit(x, psf, eps: float, device=None, dtype=torch.float32) -> torch.Te
     fft_shape = fast_shape([max(n + 2 * b, k) for n, b, k in zip(shape, before, conv.psf.shape)])
     padded = pad_spatial(x, before, [f - n - b for f, n, b in zip(fft_shape, shape, before)], "reflect")
     power = conv.otf(fft_shape).abs().square_()
-    power.div_(power.flatten()[0].clamp_min(1e-30))  # |H(0)|^2 = 1 whatever the PSF's sum
-    gain = power.div_(power + eps).mul_(1 + eps)  # 1 at zero frequency: the total intensity is kept
+    power = power / power.flatten()[0].clamp_min(1e-30)  # |H(0)|^2 = 1 whatever the PSF's sum
+    gain = (power / (power + eps)).mul_(1 + eps)  # 1 at zero frequency: the total intensity is kept
     spectrum = torch.fft.rfftn(padded, s=fft_shape, dim=conv.dims) * gain
     out = irfftn(spectrum, fft_shape, conv.dims)
     return out[(Ellipsis,) + tuple(slice(b, b + n) for b, n in zip(before, shape))]
