@@ -17,7 +17,8 @@ from deconv3d.errors import InputError
 __all__ = ["write_tiff", "ZarrPlanes"]
 
 
-def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | None = None) -> None:
+def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | None = None,
+               axes: str | None = None) -> None:
     """Write a float32 ImageJ-compatible TIFF carrying the voxel size, atomically.
 
     Parameters
@@ -42,6 +43,11 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
     slab_bytes : int, optional
         For streamed data: the most bytes of planes read at once (default 256 MiB, at least
         one plane), e.g. what a memory limit leaves.
+    axes : str, optional
+        The spatial letters of ``data``'s axes: ``"ZYX"`` or ``"YX"`` (the default for 3D and 2D
+        data), or ``"ZX"`` / ``"ZY"`` for a 2D section through z (what :func:`read_image` calls
+        a stack of one row or column), which is written as a stack with a y (or x) axis of one
+        so that it reads back as that section; ``voxel_size`` is then ``(z, x)`` (or ``(z, y)``).
 
     Raises
     ------
@@ -68,6 +74,7 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
         if data.size == 0:
             raise InputError(f"cannot write {path}: the image is empty (shape {data.shape})")
         _refuse_non_finite(data, path)
+    data, voxel_size = _as_stack(data, voxel_size, axes, path)
     if metadata is not None and not isinstance(metadata, dict):
         raise InputError(f"metadata must be a dict of ImageJ properties, got {type(metadata).__name__}")
     kwargs = _imagej_kwargs(data, voxel_size, metadata)
@@ -132,6 +139,23 @@ def _pages(volume, slab_bytes: int = _SLAB_BYTES, path="the TIFF"):
         _refuse_non_finite(slab, path)  # (write_tiff removes its temporary file)
         yield from slab
         del slab  # else it is held while the next slab is read: two slabs at a time, twice the budget
+
+
+def _as_stack(data, voxel_size, axes, path):
+    """``(data, voxel_size)`` for an ImageJ file: a ZX or ZY section (``axes``) as a stack with a
+    y or x axis of one (whose size, never read back, repeats the other lateral one); ZYX and YX as
+    they are. Other letters, or as many as not ``data``'s axes, are refused."""
+    if axes is None:
+        return data, voxel_size
+    letters = str(axes).upper() if isinstance(axes, str) else None
+    if letters not in ("ZYX", "YX", "ZX", "ZY") or len(letters) != len(data.shape):
+        raise InputError(f"cannot write {path} with axes {axes!r} for a {len(data.shape)}D image: give 'ZYX' or 'YX' "
+                         "(or 'ZX' or 'ZY' for a 2D section through z)")
+    if letters in ("ZYX", "YX"):
+        return data, voxel_size
+    voxel = checked_voxel_size(voxel_size, 2)
+    data = np.expand_dims(data, 1 if letters == "ZX" else 2)
+    return data, None if voxel is None else (voxel[0], voxel[1], voxel[1])
 
 
 def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:

@@ -127,6 +127,34 @@ def test_a_stack_of_one_row_reads_as_a_zx_section(tmp_path, psf):
     assert read_image(tmp_path / "plane.tif").axes == open_lazy(tmp_path / "plane.tif").axes == "YX"
 
 
+@pytest.mark.parametrize("extra", [[], ["--chunks", 8, 16]])
+def test_a_zx_section_written_to_a_tiff_reads_back_as_zx(tmp_path, capsys, extra):
+    """deconvolve of a (16, 1, 32) stack, read as a ZX section at (0.3, 0.1), wrote a TIFF that read
+    back as YX at (0.3, 0.1) (a .zarr output kept ZX): write_tiff labelled every 2D image YX. It
+    takes the section's axes now, in memory and chunked (--chunks), with the .zarr output's data."""
+    from cli_helpers import run
+    from deconv3d.io import read_image, write_tiff
+    from deconv3d.omezarr import open_lazy
+
+    rng = np.random.default_rng(0)
+    section, kernel = rng.random((16, 32)) + 0.1, asymmetric_psf((3, 5))
+    write_tiff(tmp_path / "row.tif", section[:, None], (0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", kernel, (0.3, 0.1), axes="ZX")
+    assert read_image(tmp_path / "psf.tif").axes == "ZX"  # (the API: a section given as such)
+    for out in ("out.tif", "out.zarr"):
+        code, _, err = run(["deconvolve", tmp_path / "row.tif", "-o", tmp_path / out, "--method", "wiener",
+                            "--psf", tmp_path / "psf.tif", *extra], capsys)
+        assert code == 0, err
+    for out in (read_image(tmp_path / "out.tif"), open_lazy(tmp_path / "out.tif")):
+        assert (out.axes, out.data.shape) == ("ZX", (16, 32))
+        assert out.voxel_size == pytest.approx((0.3, 0.1))
+    zarr = open_lazy(tmp_path / "out.zarr")
+    assert zarr.axes == "ZX"
+    np.testing.assert_allclose(read_image(tmp_path / "out.tif").data, np.asarray(zarr.data), atol=1e-5)
+    with pytest.raises(InputError, match="axes 'XZ'.*ZX"):
+        write_tiff(tmp_path / "bad.tif", section, axes="XZ")
+
+
 @pytest.mark.parametrize("make, words", [
     (lambda h: __import__("deconv3d.pipeline").pipeline.RichardsonLucyBlock(h, iterations=-1), "iterations"),
     (lambda h: __import__("deconv3d.pipeline").pipeline.RichardsonLucyBlock(h, iterations=2.5), "iterations"),

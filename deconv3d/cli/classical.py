@@ -249,7 +249,7 @@ def cmd_deconvolve(args) -> int:
                                    residual="reference" in params)  # (the record of a network that corrects RL)
     record = provenance(args.method, params, psf=psf, input_path=args.input, device=args.device, fft_shapes=transforms,
                         model_hash=file_sha256(args.model) if args.model else None, source=psf_source(args))
-    write_tiff(args.output, result, voxel_size=voxel, metadata=tiff_properties(record))
+    write_tiff(args.output, result, voxel_size=voxel, metadata=tiff_properties(record), axes=image.axes)  # (ZX too)
     print(f"wrote {args.output}: {args.method} on {image.data.shape} in {seconds:.1f} s")
     return 0
 

@@ -396,7 +396,8 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
         with zarr.config.set({"async.concurrency": 1}), \
                 large_allocations_returned(info.execution.get("memory_limit") is not None):
             data = ZarrPlanes(array, (0,) * len(lead)) if len(array.shape) == 3 + len(lead) else array[(0,) * len(lead)]
-            write_tiff(output_path, data, voxel_size=voxel, metadata=meta, slab_bytes=_slab_budget(kwargs))
+            write_tiff(output_path, data, voxel_size=voxel, metadata=meta, slab_bytes=_slab_budget(kwargs),
+                       axes="".join(a for a in lazy.axes if a in "ZYX"))  # (a ZX section stays one)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return info
