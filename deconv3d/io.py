@@ -365,7 +365,8 @@ def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str, 
     if data.ndim < 2:
         raise InputError(f"image {path} is {data.ndim}D once its axes of length 1 are dropped (shape {data.shape}): "
                          "a 2D or 3D image is needed")
-    extra = [a for a in kept_axes[:-2] if a not in _GENERIC_AXES]
+    # (a channel or time axis among the last two too: a ZCYX file of one row is not a z, y, x stack)
+    extra = [a for i, a in enumerate(kept_axes) if a in "TC" or (i < len(kept_axes) - 2 and a not in _GENERIC_AXES)]
     if extra:
         kind = {"C": "channel", "T": "time", "S": "colour-sample"}.get(extra[0], extra[0])
         raise InputError(

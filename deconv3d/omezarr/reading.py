@@ -214,19 +214,27 @@ def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:
     Returns ``(letters, order)``: the image in deconv3d's order is the file's (singletons
     dropped) transposed by ``order``. ImageJ hyperstacks keep Z before C (``ZCYX``), which
     this reorders to ``CZYX``. A section through a stack (one row or column) keeps its letters,
-    ``ZX`` or ``ZY`` (:func:`~deconv3d._tiff_metadata.spatial_letters`), not ``YX``.
+    ``ZX`` or ``ZY`` (:func:`~deconv3d._tiff_metadata.spatial_letters`), not ``YX``: the plane is
+    the last two spatial axes, so a ``ZCYX`` file of one row is ``CZX``, not a channel read as y.
     """
     kept = [a for a, n in zip(axes, shape) if n != 1]
     if len(kept) < 2:
         raise InputError(f"image {path} is {len(kept)}D once its axes of length 1 are dropped (shape {tuple(shape)}): "
                          "a 2D or 3D image is needed")
-    lead = ["Z" if a in _GENERIC_AXES else a for a in kept[:-2]]
-    plane = spatial_letters("".join(kept[-2:]), 2)
+    letters = ["Z" if a in _GENERIC_AXES else a for a in kept]
+    spatial = [i for i, a in enumerate(letters) if a in "ZYX"]
+    if len(spatial) < 2 and any(a in "TC" for a in letters):
+        raise InputError(f"image {path} has axes {''.join(kept)} (shape {tuple(shape)}), {len(spatial)} of them "
+                         "spatial once its axes of length 1 are dropped: a 2D or 3D image is needed")
+    at = spatial[-2:] if len(spatial) >= 2 else [len(kept) - 2, len(kept) - 1]  # the plane's positions
+    rest = [i for i in range(len(kept)) if i not in at]
+    lead = [letters[i] for i in rest]
+    plane = spatial_letters("".join(kept[i] for i in at), 2)
     if any(a not in "TCZ" for a in lead) or len(set(lead)) != len(lead) or (plane[0] == "Z" and "Z" in lead):
         raise InputError(f"image {path} has axes {''.join(kept)} that are not T, C, Z, Y, X: save it as "
                          "an ImageJ hyperstack or OME-TIFF with labelled axes")
-    order = tuple(sorted(range(len(lead)), key=lambda i: "TCZ".index(lead[i]))) + (len(lead), len(lead) + 1)
-    return "".join(lead[i] for i in order[:-2]) + plane, order
+    order = tuple(sorted(rest, key=lambda i: "TCZ".index(letters[i]))) + tuple(at)
+    return "".join(letters[i] for i in order[:-2]) + plane, order
 
 
 def _path_token(path: Path) -> str:

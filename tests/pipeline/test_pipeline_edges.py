@@ -252,6 +252,28 @@ def test_imagej_hyperstack_z_before_c_is_reordered(tmp_path):
     np.testing.assert_array_equal(lazy.reader.read((slice(None), 3)), want[:, 3])
 
 
+def test_imagej_hyperstack_of_one_row_keeps_its_channel_axis(tmp_path):
+    """A (4, 2, 1, 10) ZCYX file (one row) opened as ZYX (4, 2, 10): its two channels deconvolved as
+    a y axis, as read_image read it too. The plane is the last two spatial axes, Z and X: open_lazy
+    gives CZX at (z step, pixel size), and read_image refuses the channel axis as for any hyperstack."""
+    data = np.random.default_rng(0).random((4, 2, 1, 10)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "zc.tif", data, imagej=True, resolution=(10, 10),
+                     metadata={"axes": "ZCYX", "unit": "um", "spacing": 0.3})
+    lazy = open_lazy(tmp_path / "zc.tif")
+    want = data[:, :, 0].transpose(1, 0, 2)
+    assert (lazy.axes, lazy.reader.shape) == ("CZX", want.shape)
+    assert lazy.voxel_size == pytest.approx((0.3, 0.1))
+    np.testing.assert_array_equal(np.asarray(lazy.data), want)
+    np.testing.assert_array_equal(lazy.reader.read((1, slice(1, 3), slice(2, 7))), want[1, 1:3, 2:7])
+    with pytest.raises(InputError, match="channel axis"):
+        read_image(tmp_path / "zc.tif")
+    tifffile.imwrite(tmp_path / "line.tif", data[:1], imagej=True, metadata={"axes": "ZCYX"})  # (2, 10): CX
+    with pytest.raises(InputError, match="1 of them spatial"):
+        open_lazy(tmp_path / "line.tif")
+    with pytest.raises(InputError, match="channel axis"):
+        read_image(tmp_path / "line.tif")
+
+
 @pytest.fixture
 def files(tmp_path):
     psf = gaussian_psf()
