@@ -11,19 +11,26 @@ def as_numpy(x, dtype=None) -> np.ndarray:
     """``x`` as a numpy array of ``dtype``; a torch tensor (on a GPU, or one that requires grad,
     which ``np.asarray`` refuses with "Can't call numpy() on Tensor that requires grad") goes
     through ``detach().cpu()``. Complex values asked for as a real ``dtype`` are refused
-    (:func:`refuse_complex_values`), as Richardson-Lucy refuses them, rather than cast with only
+    (:func:`refuse_complex`), as Richardson-Lucy refuses them, rather than cast with only
     numpy's ComplexWarning. Does not import torch."""
     if hasattr(x, "detach") and hasattr(x, "cpu") and hasattr(x, "numpy"):
         x = x.detach().cpu().numpy()
     if dtype is not None and np.dtype(dtype).kind != "c":
         x = np.asarray(x)
-        refuse_complex_values(x)
+        refuse_complex(x)
     return np.asarray(x, dtype=dtype)
 
 
-def refuse_complex_values(x) -> None:
-    """Refuse a complex array (numpy, or a dask array by its dtype) where real intensities are
-    needed (one line naming the fix)."""
-    if np.iscomplexobj(x):
-        raise InputError("got complex values where real intensities are needed: give real ones (e.g. the magnitude, "
-                         "numpy.abs)")
+def refuse_complex(x, name: str = "the input", fix: str = "give real intensities (e.g. the magnitude, numpy.abs)"
+                   ) -> None:
+    """Refuse complex values where real intensities are needed, in one line naming ``name`` and
+    ``fix``: ``x`` a numpy, dask or zarr array (by its dtype: nothing computed), a torch tensor or
+    a dtype. The one check of the functions that take arrays and of the image readers."""
+    if isinstance(x, np.dtype):
+        complex_values = x.kind == "c"
+    elif callable(getattr(x, "is_complex", None)):  # a torch tensor (torch is not imported here)
+        complex_values = bool(x.is_complex())
+    else:
+        complex_values = np.iscomplexobj(x)
+    if complex_values:
+        raise InputError(f"{name} has complex values: {fix}")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deconv3d._arrays import as_numpy
+from deconv3d._arrays import as_numpy, refuse_complex
 from deconv3d.errors import InputError
 
 __all__ = [
@@ -473,12 +473,6 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     if not isinstance(x, torch.Tensor):
         _check_real_finite(x, "image")
     return _convolver_for(x, psf, device, dtype).convolve(x, mode=mode, padding=padding)
-
-
-def refuse_complex(x, name: str) -> None:
-    """Refuse a complex array or tensor ``x`` by ``name`` (the functions that take arrays)."""
-    if x.is_complex() if isinstance(x, torch.Tensor) else np.iscomplexobj(x):
-        raise InputError(f"{name} is complex: give real intensities (e.g. the magnitude)")
 
 
 def _check_real_finite(x, name: str) -> None:

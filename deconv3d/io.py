@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from deconv3d._arrays import refuse_complex
 from deconv3d._paths import TIFF_SUFFIXES, _check_suffix, _one_line, check_output_path
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
                                      calibrated, imagej_calibration, spatial_letters, time_axis_of)
@@ -384,14 +385,8 @@ def _refuse_colour(kept_axes: str, path: Path) -> None:
                          "split the channels and keep one (Fiji: Image > Color > Split Channels)")
 
 
-def _refuse_complex(dtype, path) -> None:
-    """An image file of complex values (the eager and lazy TIFF and OME-Zarr readers): one line."""
-    if np.dtype(dtype).kind == "c":
-        raise InputError(f"image {path} has complex values: save the intensity (magnitude) instead")
-
-
 def _as_float32(data: np.ndarray, path: Path) -> np.ndarray:
-    _refuse_complex(data.dtype, path)
+    refuse_complex(data.dtype, f"image {path}", "save the intensity (magnitude) instead")
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(data, dtype=np.float32)
     if not np.isfinite(converted).all():

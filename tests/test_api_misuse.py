@@ -285,7 +285,7 @@ def test_complex_input_is_refused_wherever_richardson_lucy_refuses_it(tmp_path, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's ComplexWarning would fail the call rather than pass it
         for call in calls:
-            with pytest.raises(InputError, match="complex values where real intensities are needed"):
+            with pytest.raises(InputError, match="has complex values: give real intensities"):
                 call()
     assert not list(tmp_path.iterdir())
 
@@ -307,3 +307,28 @@ def test_sizes_that_are_not_whole_numbers_are_refused():
             selfsup.apply_model(network, plane, device="cpu", tile_shape=tiles)
     whole = selfsup.apply_model(network, plane, device="cpu")
     np.testing.assert_allclose(selfsup.apply_model(network, plane, device="cpu", tile_shape=(12, np.int64(12))), whole)
+
+
+def test_complex_input_is_refused_in_one_form_everywhere(tmp_path, image, psf):
+    """Complex input was refused by three helpers in three forms ("got complex values where real
+    intensities are needed", "image is complex", "image ... has complex values"); one helper
+    (deconv3d._arrays.refuse_complex) now names what holds them and the fix, for arrays, tensors and files."""
+    import tifffile
+    import torch
+
+    from deconv3d.classical import richardson_lucy
+    from deconv3d.io import read_image
+    from deconv3d.omezarr import open_lazy
+    from deconv3d.pipeline import WienerBlock, run_chunked
+
+    tifffile.imwrite(tmp_path / "c.tif", image.astype(np.complex64))
+    calls = {"image": lambda: richardson_lucy(image.astype(np.complex64), psf, 1, device="cpu"),
+             "PSF": lambda: richardson_lucy(image, torch.from_numpy(psf.astype(np.complex64)), 1, device="cpu"),
+             "the image": lambda: run_chunked(image.astype(np.complex64), WienerBlock(psf), tmp_path / "o.zarr"),
+             f"image {tmp_path / 'c.tif'}": lambda: read_image(tmp_path / "c.tif"),
+             f"image {tmp_path / 'c.tif'} ": lambda: open_lazy(tmp_path / "c.tif")}
+    for name, call in calls.items():
+        with pytest.raises(InputError) as error:
+            call()
+        assert str(error.value).startswith(f"{name.strip()} has complex values: "), error.value
+        assert "magnitude" in str(error.value) and "\n" not in str(error.value)

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from deconv3d._arrays import refuse_complex
 from deconv3d._paths import TIFF_SUFFIXES, _one_line
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel,
                                      _size_in_um, _unit_factor, _voxel_size_um, calibrated, imagej_calibration,
                                      spatial_letters)
 from deconv3d.errors import InputError
-from deconv3d.io import _check_complete, _refuse_colour, _refuse_complex, _tifffile_log, _unreadable_tiff
+from deconv3d.io import _check_complete, _refuse_colour, _tifffile_log, _unreadable_tiff
 
 ZARR_SUFFIX = ".zarr"
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
@@ -187,7 +188,7 @@ def _open_tiff(path: Path) -> LazyImage:
         raise _unreadable_tiff(path, exc) from exc
     kept = "".join(a for a, n in zip(axes, shape) if n != 1)
     _refuse_colour(kept, path)
-    _refuse_complex(dtype, path)
+    refuse_complex(np.dtype(dtype), f"image {path}", "save the intensity (magnitude) instead")
     axes, order = _tiff_axes(axes, shape, path)
     plane = page_shape[-2:] if len(page_shape) >= 2 else shape[-2:]
     chunks = (1,) * (len(shape) - 2) + tuple(plane)
@@ -554,7 +555,7 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
         data = da.from_zarr(str(image_path), component=component)
     except Exception as exc:
         raise InputError(f"cannot read level {component!r} of {image_path}: {_one_line(exc)}") from exc
-    _refuse_complex(data.dtype, path)
+    refuse_complex(data.dtype, f"image {path}", "save the intensity (magnitude) instead")
     axes, units = _axes_of(ms, data.ndim, path)
     (scale, shift), base = _level_transform(ms, level, data.ndim, path), _level_transform(ms, 0, data.ndim, path)[0]
     drop = ()

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from deconv3d._arrays import as_numpy, refuse_complex_values
+from deconv3d._arrays import as_numpy, refuse_complex
 
 __all__ = ["ArrayReader", "DaskReader", "as_reader", "chunk_cache_budget", "chunks_cached", "CHUNK_CACHE_BYTES"]
 
@@ -30,7 +30,7 @@ class ArrayReader:
 
     def __init__(self, array):
         self.array = as_numpy(array)  # (a tensor that requires grad too, as richardson_lucy takes it)
-        refuse_complex_values(self.array)  # (blocks read as float32: cast with only a ComplexWarning)
+        refuse_complex(self.array, "the image")  # (blocks read as float32: cast with only a ComplexWarning)
         self.shape, self.ndim, self.dtype = self.array.shape, self.array.ndim, np.dtype(np.float32)
 
     def read(self, key) -> np.ndarray:
@@ -49,7 +49,7 @@ class DaskReader:
 
     def __init__(self, array):
         self.array = array
-        refuse_complex_values(array)  # (by its dtype: nothing computed)
+        refuse_complex(array, "the image")  # (by its dtype: nothing computed)
         self.shape, self.ndim, self.dtype = tuple(array.shape), array.ndim, np.dtype(np.float32)
         self.chunks = array.chunks  # (dask's block sizes along each axis: storage_unit takes the first)
 

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-from deconv3d._arrays import as_numpy, refuse_complex_values
+from deconv3d._arrays import as_numpy, refuse_complex
 from deconv3d._voxel import checked_voxel_size, format_sizes
 from deconv3d.errors import InputError
 
@@ -284,7 +284,7 @@ def fit_psf(psf: np.ndarray, shape) -> np.ndarray:
         summed in float64 (a float16 PSF's sum had overflowed and come back all zero).
     """
     psf = as_numpy(psf)
-    refuse_complex_values(psf)
+    refuse_complex(psf, "the PSF")
     if all(k <= n for k, n in zip(psf.shape, shape)):
         return psf
     # The PSF's origin (k-1)//2 lands on the crop's origin (m-1)//2, so convolution does not shift.

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from deconv3d._arrays import as_numpy, refuse_complex_values
+from deconv3d._arrays import as_numpy, refuse_complex
 from deconv3d.errors import InputError
 from deconv3d.fft import band_limit as fft_band_limit
 from deconv3d.fft import as_array, psf_fingerprint
@@ -111,7 +111,7 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
                              "load a checkpoint first with deconv3d.selfsup.load_checkpoint(path)")
         trained = TrainedModel.from_result(trained)
     image = as_array(image)  # a file name is refused by name ("read it first")
-    refuse_complex_values(image)  # (cast to float32 with only a ComplexWarning)
+    refuse_complex(image, "the image")  # (cast to float32 with only a ComplexWarning)
     trained.check_compatible(image.ndim)
     if not np.isfinite(image).all():  # one would spread over the network's whole receptive field
         raise InputError("image contains NaN or Inf values: clean the data (e.g. replace them by 0) first")
