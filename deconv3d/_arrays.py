@@ -1,6 +1,9 @@
-"""``as_numpy``: what the public functions that work in numpy take their arrays through."""
+"""``as_numpy``: what the public functions that work in numpy take their arrays through; and the
+checks of their inputs shared across the package (:func:`refuse_complex`, :func:`is_whole`)."""
 
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -34,3 +37,10 @@ def refuse_complex(x, name: str = "the input", fix: str = "give real intensities
         complex_values = np.iscomplexobj(x)
     if complex_values:
         raise InputError(f"{name} has complex values: {fix}")
+
+
+def is_whole(value, least: int | None = None) -> bool:
+    """Whether ``value`` is a whole number (a Python or numpy integer, not a bool: 2.5 ran as 2,
+    True as 1), of at least ``least`` when given. The one test of the options that count."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) \
+        and (least is None or bool(value >= least))

@@ -332,3 +332,28 @@ def test_complex_input_is_refused_in_one_form_everywhere(tmp_path, image, psf):
             call()
         assert str(error.value).startswith(f"{name.strip()} has complex values: "), error.value
         assert "magnitude" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("value, whole", [(3, True), (np.int64(3), True), (2.5, False), (True, False),
+                                          (np.bool_(True), False), ("3", False), (3.0, False)])
+def test_options_that_count_share_one_whole_number_test(tmp_path, image, psf, value, whole):
+    """Whether an option is a whole number (an integer, a numpy one too, not a bool) was tested in
+    four places (run_chunked, Settings, the tile planner, AEConfig.crop); they share
+    deconv3d._arrays.is_whole now and agree on every kind of value."""
+    from deconv3d._arrays import is_whole
+    from deconv3d.latent import AEConfig
+    from deconv3d.pipeline import WienerBlock, run_chunked
+    from deconv3d.pipeline.batch import make_settings
+    from deconv3d.selfsup.predict import _per_axis
+
+    assert is_whole(value) is whole and is_whole(value, 4) is False and is_whole(4, 4) is True
+    calls = [lambda: run_chunked(image, WienerBlock(psf), tmp_path / f"o{value!r}.zarr", workers=value),
+             lambda: make_settings({"psf_model": "gaussian", "na": 1.2, "wavelength": 0.5, "pyramid_levels": value}),
+             lambda: _per_axis(value, 3, "tile_shape"),
+             lambda: AEConfig(widths=(4,), crop=2 * value if whole else value)]
+    for call in calls:
+        if whole:
+            call()
+        else:
+            with pytest.raises(InputError):
+                call()

@@ -27,13 +27,13 @@ References
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import torch
 from torch import nn
 
+from deconv3d._arrays import is_whole
 from deconv3d._torch_common import at_own_precision
 from deconv3d.errors import InputError
 
@@ -77,7 +77,7 @@ class AEConfig:
         if not widths or min(widths) < 1:
             raise InputError(f"widths must be a non-empty sequence of positive integers, got {self.widths!r}")
         object.__setattr__(self, "widths", widths)
-        if not isinstance(self.crop, numbers.Integral) or isinstance(self.crop, bool):  # (16.5 became 16)
+        if not is_whole(self.crop):  # (16.5 became 16)
             raise InputError(f"crop must be a whole number of pixels, got {self.crop!r}: give e.g. 64")
         if int(self.crop) < 1 or int(self.crop) % self.divisor:
             raise InputError(f"crop {self.crop} must be a positive multiple of {self.divisor} "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from deconv3d._arrays import is_whole
 from deconv3d._paths import TIFF_SUFFIXES
 from deconv3d.errors import InputError, warn
 from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, aligned_box, axis_regions,
@@ -230,23 +230,18 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
                    (provenance or {}).get("environment", {}))
 
 
-def _is_whole(value, least: int) -> bool:
-    """An integer (a numpy one too, not a bool) of at least ``least``."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= least
-
-
 def _check_whole_numbers(chunks, halo, workers, pyramid_levels) -> None:
     """Refuse, by name, options of :func:`run_chunked` that are not whole numbers in range: chunks=8
     and pyramid_levels=2.5 failed deep inside with a TypeError, while halo=(-1, 0, 0) (a result 0.16
     of the peak off), workers=0 or 2.5 and pyramid_levels=-1 ran as something else."""
     for name, values, least, like in (("chunks", chunks, 1, "(32, 256, 256)"), ("halo", halo, 0, "(4, 8, 8)")):
         if values is not None and (isinstance(values, (str, bytes)) or not np.iterable(values)
-                                   or not all(_is_whole(v, least) for v in values)):
+                                   or not all(is_whole(v, least) for v in values)):
             kind = "positive" if least else "non-negative"
             raise InputError(f"{name} must be {kind} whole numbers, one per spatial axis (like {like}), got {values!r}")
-    if not _is_whole(workers, 1):
+    if not is_whole(workers, 1):
         raise InputError(f"workers must be a positive whole number, got {workers!r}")
-    if not _is_whole(pyramid_levels, 0):
+    if not is_whole(pyramid_levels, 0):
         raise InputError(f"pyramid_levels must be a whole number >= 0, got {pyramid_levels!r}")
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from deconv3d._arrays import is_whole
 from deconv3d._voxel import NANOMETRE_LIKE, format_sizes
 from deconv3d.errors import InputError
 
@@ -89,7 +90,7 @@ class Settings:
                and all(isinstance(p, str) and p.strip() and not Path(p).is_absolute() and ".." not in Path(p).parts
                        for p in self.pattern),
                f"{_n('pattern')} needs file-name patterns inside the input folder, like \"*.tif\", got {self.pattern!r}")
-        _check(_is_whole(self.pyramid_levels) and self.pyramid_levels >= 0,
+        _check(is_whole(self.pyramid_levels) and self.pyramid_levels >= 0,
                f"{_n('pyramid_levels')} must be a whole number >= 0, got {self.pyramid_levels!r}")
         _check(isinstance(self.tta, bool), f"{_n('tta')} must be true or false, got {self.tta!r}")
         _check(isinstance(self.band_limit, (int, float)) and 0 <= self.band_limit < float("inf"),
@@ -137,9 +138,9 @@ class Settings:
         extra = [_n(k) for k in ("model", "train_steps") if getattr(self, k) is not None]
         _check(self.method == "ssl" or not extra, f"{' and '.join(extra)} apply to {_n('method')} ssl only: remove "
                f"{'them' if len(extra) > 1 else 'it'} for {self.method}")
-        _check(self.train_steps is None or (_is_whole(self.train_steps) and self.train_steps >= 1),
+        _check(self.train_steps is None or (is_whole(self.train_steps) and self.train_steps >= 1),
                f"{_n('train_steps')} must be a positive whole number, got {self.train_steps!r}")
-        _check(_is_whole(self.seed) and 0 <= self.seed < 2**63, f"{_n('seed')} must be a whole number >= 0, "
+        _check(is_whole(self.seed) and 0 <= self.seed < 2**63, f"{_n('seed')} must be a whole number >= 0, "
                f"got {self.seed!r}")
         if self.method == "ssl":
             _check(self.model is None or self.train_steps is None,
@@ -289,10 +290,6 @@ def channel_count(settings: Settings) -> int:
     every single-channel file for "2 PSFs"."""
     wavelengths = len(_many(settings.wavelength)) if settings.psf_model is not None else 0
     return max(len(_many(settings.psf)), wavelengths, 1)
-
-
-def _is_whole(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _sized(v) -> bool:

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from deconv3d._arrays import is_whole
 from deconv3d._torch_common import AMP_OVERFLOW, amp_dtype, autocast, dtype_name, precision_name
 from deconv3d.errors import Cancelled, InputError
 from deconv3d.fft import resolve_device
@@ -243,7 +244,7 @@ def _per_axis(value, ndim: int, name: str) -> tuple[int, ...]:
     values = (value,) * ndim if np.isscalar(value) else tuple(value)
     if len(values) != ndim:
         raise InputError(f"{name} {tuple(values)} has {len(values)} axes but the image has {ndim}: give one value per axis or a single int")
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in values):  # (2.5 ran as 2)
+    if not all(is_whole(v) for v in values):  # (2.5 ran as 2)
         raise InputError(f"{name} must be whole numbers of voxels, got {value!r}: give an int, or one per axis")
     return tuple(int(v) for v in values)
 
