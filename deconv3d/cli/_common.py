@@ -103,7 +103,7 @@ class Parser(argparse.ArgumentParser):
                         "after the input")
         if not any(not name.startswith("-") for name in missing):  # only a positional can have been taken
             return ""
-        for option in ("--psf", "--wavelength", "--model"):
+        for option in ("--psf", "--wavelength"):
             if option in given:
                 after = given[given.index(option) + 1:]
                 values = next((after[:i] for i, a in enumerate(after) if a.startswith("-") and len(a) > 1), after)
