@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = build_parser().parse_known_args(argv)
         if extra:  # reported here by argparse, it would point at the top-level help
-            raise InputError(f"unrecognized arguments: {' '.join(extra)} "
+            from deconv3d.cli._common import repeat_hint
+
+            raise InputError(f"unrecognized arguments: {' '.join(extra)}{repeat_hint(argv)} "
                              f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")
         check_environment()
         with warnings.catch_warnings(), _terminate_as_interrupt():

@@ -48,6 +48,17 @@ def _looks_like_a_file(text: str) -> bool:
     return os.path.exists(text) or text.lower().endswith((".tif", ".tiff", ".zarr", ".ckpt", ".pt", ".toml"))
 
 
+def repeat_hint(given) -> str:
+    """Why an argument was left over when ``--model`` was given two files (``--model a.ckpt b.ckpt
+    in.tif``: b.ckpt became the input): it takes one file per occurrence."""
+    given = [str(a) for a in given]
+    if "--model" in given:
+        after = given[given.index("--model") + 1:]
+        if len(after) > 1 and not after[1].startswith("-"):
+            return ": --model takes one file; for one network per channel repeat it: --model A.ckpt --model B.ckpt"
+    return ""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors follow the contract: one line, exit status 2."""
 

@@ -242,6 +242,10 @@ class Settings:
         fields["device"] = self.device_kind()
         if self.method == "ssl":  # (so an ssl batch finished by an earlier version is redone once)
             fields["precision"] = self.precision()
+        if self.method == "rl-tv" or (self.method == "ssl" and self.model is None):
+            from deconv3d.classical import _iterate  # the TV term's rule (RL-TV, and a trained network's reference):
+
+            fields["tv_differences"] = _iterate.TV_DIFFERENCES[0]  # a batch finished before 21fbe06 is redone once
         if self.memory_limit is not None:  # 4G, 4000MB and 4GB alike (records made with "4GB" still match)
             from deconv3d.pipeline.memory import format_bytes, parse_memory
 

@@ -48,6 +48,8 @@ def test_settings_the_method_ignores_are_not_in_the_fingerprint(folder, method):
     settings = make_settings(base)
     before = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed", "amp")}
     before.update(device="cuda" if torch.cuda.is_available() else "cpu", psf=[file_sha256(folder / "psf.tif")])
+    if method == "rl-tv":  # the TV term's rule: RL-TV batches finished before it changed are redone once
+        before["tv_differences"] = "symmetric"
     assert settings.fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     for key, value in OTHER_VALUES.items():
         changed = make_settings({**base, key: value}).fingerprint() != settings.fingerprint()
@@ -56,6 +58,21 @@ def test_settings_the_method_ignores_are_not_in_the_fingerprint(folder, method):
         plain = make_settings({**base, "output_format": output_format})
         assert (make_settings({**base, "output_format": output_format, "pyramid_levels": 2}).fingerprint()
                 != plain.fingerprint()) is changes
+
+
+@pytest.mark.parametrize("base, follows", [
+    ({"method": "rl-tv"}, True), ({"method": "ssl", "train_steps": 5}, True),
+    ({"method": "rl"}, False), ({"method": "wiener"}, False)])
+def test_the_fingerprint_follows_the_tv_rule_where_it_changes_the_output(folder, monkeypatch, base, follows):
+    """RL-TV's |∇u| changed from forward to symmetric differences (21fbe06), and with it every
+    rl-tv output and a trained network's RL-TV reference; a resumed batch kept the files the old
+    rule made as finished (0.45 % of the peak from a fresh run) beside new ones."""
+    from deconv3d.classical import _iterate
+
+    settings = make_settings({"psf": str(folder / "psf.tif"), **base})
+    now = settings.finished_fingerprints()
+    monkeypatch.setattr(_iterate, "TV_DIFFERENCES", tuple(reversed(_iterate.TV_DIFFERENCES)))
+    assert (not set(now) & set(settings.finished_fingerprints())) is follows
 
 
 def test_a_batch_warns_about_options_its_method_ignores_and_skips_what_they_do_not_change(folder, capsys):

@@ -172,3 +172,14 @@ def test_model_before_the_input_takes_one_file(tmp_path, capsys, command):
     expected = apply_model(load_checkpoint(model), image, device="cpu")
     result = read_ome_zarr(out)[0] if command == "batch" else tifffile.imread(out)
     assert psnr(expected, np.asarray(result)) >= 50
+
+
+@pytest.mark.parametrize("command", ["deconvolve", "batch"])
+def test_several_files_after_one_model_are_told_to_repeat_it(tmp_path, capsys, command):
+    """``--model a.ckpt b.ckpt INPUT``: b.ckpt became the input and the error said only
+    'unrecognized arguments'; it now names the repeated form."""
+    (tmp_path / "a.ckpt").write_bytes(b"")
+    (tmp_path / "b.ckpt").write_bytes(b"")
+    code, _, err = run([command, "--method", "ssl", "--model", tmp_path / "a.ckpt", tmp_path / "b.ckpt",
+                        tmp_path / "img.tif", "-o", tmp_path / "o.zarr"], capsys)
+    assert_one_line_error(code, err, "repeat it: --model A.ckpt --model B.ckpt")

@@ -49,11 +49,17 @@ def test_local_workers_leave_ctrl_c_to_the_run(tmp_path):
     4 tracebacks) before the run's one line. Workers start with SIGINT ignored; the run keeps its own."""
     import signal
 
-    before = signal.getsignal(signal.SIGINT)
-    with scheduler_client("processes", workers=1) as client:
-        assert set(client.run(_ctrl_c_disposition).values()) == {"ignored"}
-        assert signal.getsignal(signal.SIGINT) is before
-    assert _ctrl_c_disposition() == "handled"
+    # A suite started in the background by a non-interactive shell inherits SIGINT ignored (this
+    # test then failed): start from Python's own handler, and give the inherited one back after.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGINT)
+        with scheduler_client("processes", workers=1) as client:
+            assert set(client.run(_ctrl_c_disposition).values()) == {"ignored"}
+            assert signal.getsignal(signal.SIGINT) is before
+        assert _ctrl_c_disposition() == "handled"
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 @pytest.mark.parametrize("argv", [[["--tag", "mine"]], ["--tag", "flat"], []])
