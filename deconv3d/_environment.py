@@ -4,11 +4,12 @@ versions it ran with, for the provenance of outputs and of the checkpoints of tr
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
+
+from deconv3d._env_choice import env_value
 
 
 def run_environment(device="cpu", fft_shapes: Optional[Iterable[Sequence[int]]] = ()) -> dict:
@@ -46,11 +47,11 @@ def fft_record(device, fft_shapes: Iterable[Sequence[int]] = ()) -> dict:
     device = resolve_device(device)
     if device.type == "cuda":
         return {"fft": "torch (cuFFT)"}  # FFTW is for the CPU only
-    asked = os.environ.get("DECONV3D_FFT", "auto").strip().lower() or "auto"
+    asked = env_value("DECONV3D_FFT")
     used = sorted({backend_for(shape, device, torch.float32) for shape in fft_shapes} or {"torch"})
     record = {"fft": " and ".join(used) + (" (auto)" if asked == "auto" else "")}
     if "fftw" in used:
-        record["fftw_planner"] = os.environ.get("DECONV3D_FFTW_PLANNER", "auto").strip().lower() or "auto"
+        record["fftw_planner"] = env_value("DECONV3D_FFTW_PLANNER")
     return record
 
 

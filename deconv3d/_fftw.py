@@ -58,7 +58,7 @@ from typing import Sequence
 
 import torch
 
-from deconv3d.errors import InputError
+from deconv3d._env_choice import env_choice
 from deconv3d.fft import irfftn
 
 log = logging.getLogger(__name__)
@@ -92,12 +92,8 @@ def _pyfftw():
 def fft_choice() -> str:
     """``DECONV3D_FFT`` (one of :data:`BACKENDS`); an InputError for another value, or for ``fftw``
     without pyFFTW. The command line checks it at start-up (with :func:`planner_choice`)."""
-    choice = os.environ.get("DECONV3D_FFT", "auto").strip().lower() or "auto"
-    if choice not in BACKENDS:
-        raise InputError(f"DECONV3D_FFT={choice!r} is not one of {', '.join(BACKENDS)}: unset it or pick one")
-    if choice == "fftw" and not fftw_available():
-        raise InputError("DECONV3D_FFT=fftw but pyFFTW is not installed: pip install 'deconv3d[fftw]'")
-    return choice
+    return env_choice("DECONV3D_FFT", BACKENDS,
+                      {"fftw": (fftw_available, "pyFFTW is not installed: pip install 'deconv3d[fftw]'")})
 
 
 def backend_for(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> str:
@@ -417,10 +413,7 @@ def _read_sizes(path: str | None) -> list:
 def planner_choice() -> str:
     """``DECONV3D_FFTW_PLANNER`` (a key of :data:`_PLANS`); an InputError for another value. Checked
     only where FFTW plans a transform, so the command line checks it at start-up too."""
-    effort = os.environ.get("DECONV3D_FFTW_PLANNER", "auto").strip().lower() or "auto"
-    if effort not in _PLANS:
-        raise InputError(f"DECONV3D_FFTW_PLANNER={effort!r} is not auto, estimate, measure or patient: unset it")
-    return effort
+    return env_choice("DECONV3D_FFTW_PLANNER", _PLANS)
 
 
 def wisdom_path() -> str | None:

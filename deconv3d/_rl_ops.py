@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import os
 import threading
 import warnings
 from types import SimpleNamespace
@@ -40,6 +39,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from deconv3d._env_choice import env_choice
 from deconv3d.errors import InputError
 
 CHOICES = ("auto", "torch", "numba")
@@ -74,12 +74,8 @@ def ops_for(device: torch.device, dtype: torch.dtype):
 def fused_choice() -> str:
     """``DECONV3D_FUSED`` (one of :data:`CHOICES`); an InputError for another value, or for ``numba``
     without numba (the command line checks it at start-up)."""
-    choice = os.environ.get("DECONV3D_FUSED", "auto").strip().lower() or "auto"
-    if choice not in CHOICES:
-        raise InputError(f"DECONV3D_FUSED={choice!r} is not one of {', '.join(CHOICES)}: unset it or pick one")
-    if choice == "numba" and not numba_available():
-        raise InputError("DECONV3D_FUSED=numba but numba is not installed: pip install 'deconv3d[numba]'")
-    return choice
+    return env_choice("DECONV3D_FUSED", CHOICES,
+                      {"numba": (numba_available, "numba is not installed: pip install 'deconv3d[numba]'")})
 
 
 @functools.lru_cache(maxsize=None)

@@ -578,3 +578,31 @@ def test_main_called_from_python_leaves_the_caller_s_streams_as_they_were(monkey
     monkeypatch.setattr("deconv3d.cli.build_parser", lambda: seen.append(sys.stdout.errors) or 1 / 0)
     assert main(["deconvolve"]) == 1  # (an internal error: the parser stand-in fails)
     assert seen == ["backslashreplace"] and [s.errors for s in streams] == ["strict", "strict"]
+
+
+@pytest.mark.parametrize("name, choices, missing", [
+    ("DECONV3D_FFT", "auto, torch, fftw", ("fftw", "pyFFTW is not installed")),
+    ("DECONV3D_FUSED", "auto, torch, numba", ("numba", "numba is not installed")),
+    ("DECONV3D_FFTW_PLANNER", "auto, estimate, measure, patient", None),
+])
+def test_each_choice_variable_names_its_choices_and_what_a_choice_needs(monkeypatch, name, choices, missing):
+    """The three DECONV3D_* choice variables share one reader: blank means auto, case and spaces
+    do not matter, another value names the choices, a choice needing a missing package says so."""
+    from deconv3d import _fftw, _rl_ops
+    from deconv3d.errors import InputError
+
+    read = {"DECONV3D_FFT": _fftw.fft_choice, "DECONV3D_FUSED": _rl_ops.fused_choice,
+            "DECONV3D_FFTW_PLANNER": _fftw.planner_choice}[name]
+    monkeypatch.setenv(name, "  ")
+    assert read() == "auto"
+    monkeypatch.setenv(name, " Torch " if name != "DECONV3D_FFTW_PLANNER" else " Estimate ")
+    assert read() == ("torch" if name != "DECONV3D_FFTW_PLANNER" else "estimate")
+    monkeypatch.setenv(name, "fast")
+    with pytest.raises(InputError, match=f"^{name}='fast' is not one of {choices}: unset it or pick one$"):
+        read()
+    if missing:
+        choice, why = missing
+        monkeypatch.setenv(name, choice)
+        monkeypatch.setattr(_fftw if choice == "fftw" else _rl_ops, f"{choice}_available", lambda: False)
+        with pytest.raises(InputError, match=f"^{name}={choice} but {why}: pip install"):
+            read()

@@ -387,7 +387,7 @@ def test_the_auto_planner_measures_a_size_once_it_recurs(planned, tmp_path, monk
     monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "measure")
     assert planned((5, 25, 38)) == "measured"
     monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "fast")
-    with pytest.raises(InputError, match="not auto, estimate, measure or patient"):
+    with pytest.raises(InputError, match="not one of auto, estimate, measure, patient: unset it"):
         _fftw.FFTWTransforms(once, 1, torch.float32)
 
 
