@@ -109,14 +109,15 @@ def test_bfloat16_training_tracks_float32(monkeypatch, recipe):
     monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: True)
     _, noisy, psf = problem(3, sigma=0.05)
     paper = dict(precondition=0.0, warm_start=0, residual=False) if recipe == "paper" else {}
-    cfg = dict(steps=30, patch=16, batch=2, seed=0, lr=2e-3, **paper)
+    # 12 / 20 steps: forced bfloat16 on a CPU without AMX is emulated, ~12x slower than float32
+    cfg = dict(steps=12 if recipe == "default" else 20, patch=16, batch=2, seed=0, lr=2e-3, **paper)
     runs = [train(noisy, psf, config=TrainConfig(amp=amp, **cfg), unet=TINY[3], device="cpu") for amp in (True, False)]
     assert [r.precision for r in runs] == ["bfloat16", "float32"]
     mixed, plain = (np.array([loss for _, loss in r.history]) for r in runs)
     assert not np.array_equal(mixed, plain)  # the premise: bfloat16 did run
     if recipe == "default":
         rel = np.abs(mixed / plain - 1)
-        assert rel.mean() < 0.01 and rel.max() < 0.05  # AMX: 0.4 % at most; emulated (AVX2 only): 2.3 %
+        assert rel.mean() < 0.01 and rel.max() < 0.05  # 30 steps: AMX 0.4 % at most; emulated (AVX2 only) 1.6-2.3 %
     else:
         assert mixed[-10:].mean() < 0.6 * mixed[0] and mixed[-10:].mean() == pytest.approx(plain[-10:].mean(), rel=0.05)
 
