@@ -252,7 +252,10 @@ def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: 
         ``x_a = (1 - a) x_far + a x_near + s_a (D(z_a) - [(1 - a) D(z_far) + a D(z_near)])``,
         the blend in the planes' own intensities and the network's terms in its min-max
         normalised units, scaled by the blended span ``s_a = (1 - a) s_far + a s_near`` of
-        the two planes. The network then contributes only how its interpolation departs
+        the two planes (max - min, 0 for a constant plane) or, where extrapolation leaves
+        ``s_a`` not positive, by the nearer plane's span (the other's where that one is
+        constant), so the output follows any affine change of the planes' intensities. The
+        network then contributes only how its interpolation departs
         from blending its own reconstructions, so its reconstruction error cancels, the end
         planes are returned exactly, and a network whose latents are exactly linear returns
         pixel blending itself, whatever the planes' intensity ranges. (Until this form, the
@@ -301,9 +304,10 @@ def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: 
     if residual:  # pixel blending in the planes' own intensities, plus the network's departure from it
         ends = _decode(model, z, shape)  # the reconstructions D(E(x_far)), D(E(x_near))
         w = a.reshape(-1, 1, 1).astype(np.float32)
-        spans = [hi - lo if hi > lo else 1.0 for lo, hi in ranges]
+        spans = [hi - lo for lo, hi in ranges]  # a constant plane spans 0, in any intensity scale
         span = (1 - w) * spans[0] + w * spans[1]  # the correction's scale: blended like the planes
-        span = np.where(span > 0, span, np.where(w >= 0.5, spans[1], spans[0])).astype(np.float32)
+        nearer = np.where(w >= 0.5, spans[1], spans[0])  # not positive: the nearer plane's span, else the other's
+        span = np.where(span > 0, span, np.where(nearer > 0, nearer, max(spans))).astype(np.float32)
         correction = y - (1 - w) * ends[0] - w * ends[1]
         return ((1 - w) * far + w * near + span * correction).astype(np.float32)
     return np.stack([_restore(yk, (1 - ak, ak), ranges, int(ak >= 0.5)) for yk, ak in zip(y, a)])

@@ -299,3 +299,25 @@ def test_fractions_beyond_the_extrapolation_limits_are_input_errors(fractions):
         synthesize_blur(ScaledIdentity(), far, near, fractions)
     assert "\n" not in str(info.value)
     assert np.isfinite(synthesize_blur(ScaledIdentity(), far, near, [-10.0, 11.0])).all()
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_residual_synthesis_with_a_constant_plane_follows_the_intensity_scale(scale):
+    """A constant plane spans 0 counts in any units: with a constant far plane the correction is
+    scaled by ``a s_near``, and where extrapolation (a = -0.5) makes that negative, by the near
+    plane's span, as the far one is constant. The span used to fall back to 1.0 in absolute units,
+    so a constant 3e-4 far plane and a 0..1e-3 near one gave -0.024..0.048 at a = 0.5."""
+    _, v = unit_planes(8)
+    far, near = np.full((4, 4), 0.3 * scale, np.float32), (scale * v - 0.2 * scale).astype(np.float32)
+    sq = Squared(16, n_latent=16, seed=3)
+    zf, zn = np.zeros(16), sq.numpy(v)  # the constant plane normalises to zeros
+    fractions = [-0.5, 0.25, 0.5, 0.75, 1.5]
+    got = synthesize_blur(sq, far, near, fractions, residual=True)
+    for plane, a in zip(got, fractions):
+        span = scale * (a if a > 0 else 1.0)
+        correction = sq.decode_numpy((1 - a) * zf + a * zn) - (1 - a) * sq.decode_numpy(zf) - a * sq.decode_numpy(zn)
+        want = (1 - a) * far + a * near + span * correction
+        assert np.abs(span * correction).max() > 0.1 * scale  # the correction matters
+        np.testing.assert_allclose(plane, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    unit = synthesize_blur(sq, far / scale, near / scale, fractions, residual=True)
+    np.testing.assert_allclose(got / scale, unit, rtol=1e-4, atol=1e-4 * np.abs(unit).max())
