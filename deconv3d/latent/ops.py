@@ -384,8 +384,9 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: Optio
                          "use (b - m) / (b - a) for the far level a, the plane's level m and the focus level b")
     if alpha > MAX_DEBLUR_ALPHA:
         raise InputError(f"alpha {alpha!r} extrapolates {1 / (1 - alpha):.4g}-fold, past the {FRACTION_LIMITS[1]:g} "
-                         f"that blur synthesis allows (noise only, then NaN): deblur a plane nearer the far one "
-                         f"(alpha at most 10/11, {MAX_DEBLUR_ALPHA:.5f})")
+                         f"that blur synthesis allows (noise only, then NaN): the plane is almost as blurred as the far "
+                         f"one; deblur a plane nearer focus, or give a FAR plane further from focus (alpha "
+                         f"(b - m) / (b - a) at most 10/11, {MAX_DEBLUR_ALPHA:.5f})")
     coeffs = (-alpha / (1 - alpha), 1 / (1 - alpha))
     z, shape = encode_planes(model, np.stack([far, plane]), fit=fit)
     y = _decode(model, lincomb(list(coeffs), [_select(z, 0), _select(z, 1)]), shape)[0]

@@ -321,3 +321,25 @@ def test_residual_synthesis_with_a_constant_plane_follows_the_intensity_scale(sc
         np.testing.assert_allclose(plane, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     unit = synthesize_blur(sq, far / scale, near / scale, fractions, residual=True)
     np.testing.assert_allclose(got / scale, unit, rtol=1e-4, atol=1e-4 * np.abs(unit).max())
+
+
+def test_deblur_alpha_past_the_limit_advises_the_direction_that_lowers_it():
+    """alpha = (b - m) / (b - a) falls as the plane's level m nears focus b or the far level a moves
+    away from it; the refusal of alpha 0.95 used to advise a plane nearer the far one, which raises
+    alpha. Following the advice on levels a = 0, m = 0.4, b = 8 brings alpha within 10/11."""
+    from deconv3d.latent.ops import MAX_DEBLUR_ALPHA
+
+    def alpha(a, m, b):
+        return (b - m) / (b - a)
+
+    far, near = unit_planes()
+    assert alpha(0, 0.4, 8) == pytest.approx(0.95)
+    with pytest.raises(InputError, match="alpha") as info:
+        deblur(ScaledIdentity(), far, near, alpha(0, 0.4, 8))
+    message = str(info.value)
+    assert "\n" not in message and "nearer the far" not in message
+    assert "a plane nearer focus" in message and "FAR plane further from focus" in message
+    for a, m in ((0, 2.0), (-4, 0.4)):  # the plane nearer focus; a far plane further from it
+        assert alpha(a, m, 8) <= MAX_DEBLUR_ALPHA
+        assert np.isfinite(deblur(ScaledIdentity(), far, near, alpha(a, m, 8))).all()
+    assert alpha(0, 0.2, 8) > alpha(0, 0.4, 8)  # a plane nearer the far one: further past the limit
