@@ -81,8 +81,9 @@ def _train_parser(blur) -> None:
                         "so that it cannot fall by shrinking the latents; 'none': the paper's absolute term")
     p.add_argument("--levels", type=float, nargs="+", metavar="L",
                    help="blur level of each plane, larger = nearer focus (default: plane index)")
-    p.add_argument("--focus", choices=("last", "first"), default="last",
-                   help="which end of the stacks is in focus when --levels is not given (default last)")
+    p.add_argument("--focus", choices=("last", "first"),
+                   help="which end of the stacks is in focus when --levels is not given (default last); "
+                        "--levels orders the planes itself and overrides it (a warning says so where they disagree)")
     p.add_argument("--steps", type=positive_int, default=2000, help="training steps (default 2000)")
     p.add_argument("--batch", type=positive_int, default=16, help="triplets per step (default 16)")
     p.add_argument("--crop", type=positive_int, default=64, help="training crop side (default 64)")
@@ -200,6 +201,11 @@ def _ordered_levels(args, n: int, stacks: np.ndarray) -> tuple[np.ndarray, np.nd
     values, counts = np.unique(levels, return_counts=True)
     if (counts > 1).any():
         raise InputError(f"--levels gives {values[counts > 1][0]:g} twice: give each plane its own level")
+    focus = int(np.argmax(levels))
+    if args.focus is not None and focus != (0 if args.focus == "first" else n - 1):
+        warn(f"deconv3d: warning: --focus {args.focus} is ignored where --levels is given, and --levels puts focus "
+             f"(its largest level, {levels[focus]:g}) at plane {focus} of 0 to {n - 1}: the planes are ordered by "
+             "--levels (larger = nearer focus); give the in-focus plane the largest level")
     order = np.argsort(levels)
     return stacks[:, order], levels[order]
 

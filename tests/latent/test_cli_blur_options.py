@@ -44,3 +44,33 @@ def test_dist_and_skip_change_the_network_trained_as_the_library_does(tmp_path, 
     written = trained.model.state_dict()
     assert same_weights(written, library_weights(paths, **changed))
     assert not same_weights(written, library_weights(paths))
+
+
+def test_focus_that_levels_contradict_is_overridden_with_a_warning(tmp_path, make_stacks, capsys):
+    """--levels orders the planes itself, so a --focus that names the other end used to be ignored
+    without a word (--focus first --levels 0 1 2): it is still overridden, as --help says, with a
+    warning naming the plane --levels puts in focus; a --focus that --levels agrees with is quiet.
+    The training data follow --levels: the model matches the one trained with --levels alone."""
+    stacks = write_stacks(tmp_path, make_stacks)
+    weights = {}
+    for name, options, warned in (("levels", ["--levels", "0", "1", "2"], None),
+                                  ("contradicted", ["--focus", "first", "--levels", "0", "1", "2"], "plane 2 of 0 to 2"),
+                                  ("reversed", ["--focus", "last", "--levels", "2", "1", "0"], "plane 0 of 0 to 2"),
+                                  ("agreed", ["--focus", "first", "--levels", "2", "1", "0"], None),
+                                  ("focus", ["--focus", "first"], None)):
+        out = tmp_path / f"{name}.ckpt"
+        code, _, err = run(["blur", "train", *stacks, "-o", out, *TINY, *options], capsys)
+        assert code == 0, err
+        lines = [line for line in err.splitlines() if "warning" in line]
+        if warned is None:
+            assert lines == [], err
+        else:
+            assert len(lines) == 1 and lines[0].startswith("deconv3d: warning: --focus "), err
+            assert "is ignored where --levels is given" in lines[0] and warned in lines[0], err
+        weights[name] = load_checkpoint(out).model.state_dict()
+    for a, b in (("levels", "contradicted"), ("reversed", "agreed"), ("agreed", "focus")):
+        assert same_weights(weights[a], weights[b]), (a, b)
+    assert not same_weights(weights["levels"], weights["agreed"])  # the planes' order matters to training
+    with pytest.raises(SystemExit):
+        run(["blur", "train", "--help"], capsys)
+    assert "--levels orders the planes itself and overrides it" in " ".join(capsys.readouterr().out.split())
