@@ -81,15 +81,18 @@ class TrainedAutoencoder:
         """Raise :class:`InputError` for planes smaller than the training crops (a model for another size).
 
         Larger planes are fine: the network is fully convolutional and
-        :mod:`deconv3d.latent.ops` pads them to a multiple of its divisor.
+        :mod:`deconv3d.latent.ops` pads them to a multiple of its divisor. The hint names a
+        crop that fits the planes together with the widths that crop needs (the model's own,
+        or as many of them as the planes allow), so that ``deconv3d blur train`` takes both.
         """
         h, w = (int(n) for n in tuple(shape)[-2:])
-        crop, div = self.ae_config.crop, self.ae_config.divisor
+        crop = self.ae_config.crop
         if min(h, w) >= crop:
             return
-        fit = (min(h, w) // div) * div
-        hint = (f"train one on these planes with --crop {fit} (deconv3d blur train)" if fit
-                else f"train one with fewer --widths (planes need at least {div} pixels a side for this depth)")
+        widths = self.ae_config.widths[:min(h, w).bit_length() - 1]  # 2**len(widths) <= the planes' side
+        fit = (min(h, w) >> len(widths)) << len(widths)  # a multiple of 2**len(widths)
+        hint = (f"train one on these planes with --crop {fit} --widths {' '.join(map(str, widths))} "
+                "(deconv3d blur train)" if widths else "planes need at least 2 pixels a side")
         raise InputError(f"the model was trained on {crop}x{crop} crops but the planes are {h}x{w}: "
                          f"it is a model for another size; {hint}")
 

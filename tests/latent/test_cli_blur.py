@@ -421,3 +421,29 @@ def test_a_diverged_training_is_an_error_and_writes_nothing(tmp_path, make_stack
     code, _, err = run(["blur", "train", *stacks, "-o", out, *TINY, "--lr", "1e9"], capsys)
     assert_one_line_error(code, err, "diverged", "--lr")
     assert sorted(tmp_path.iterdir()) == sorted(stacks)  # no checkpoint, no temporary file
+
+
+def test_the_hint_for_planes_smaller_than_the_model_is_a_command_that_runs(tmp_path, model, make_stacks, capsys):
+    """A model trained on 16-pixel crops (widths 4 8) refuses 12x12 planes and hints at training one
+    for them; the hint used to be '--crop 12' alone, which 'blur train' with its default widths
+    refuses (a crop must be a multiple of 2**4 = 16). Following the hint now trains a model that
+    then synthesises from those planes."""
+    import re
+    import shlex
+
+    small = write_stacks(tmp_path, make_stacks, size=12)
+    stack = read_image(small[0]).data
+    write_tiff(tmp_path / "far12.tif", stack[0], voxel_size=(0.1, 0.1))
+    write_tiff(tmp_path / "near12.tif", stack[-1], voxel_size=(0.1, 0.1))
+    planes = [tmp_path / "far12.tif", tmp_path / "near12.tif"]
+    code, _, err = run(["blur", "synth", "--model", model, *planes, "--levels", 3, "-o", tmp_path / "out.tif"], capsys)
+    assert_one_line_error(code, err, "another size", "(deconv3d blur train)")
+    hinted = shlex.split(re.search(r"with (--crop .*) \(deconv3d blur train\)", err)[1])
+    code, _, err = run(["blur", "train", *small, "-o", tmp_path / "ae12.ckpt", *hinted, "--steps", "3", "--batch", "2",
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert hinted == ["--crop", "12", "--widths", "4", "8"]  # the largest crop these planes allow at the model's depth
+    code, _, err = run(["blur", "synth", "--model", tmp_path / "ae12.ckpt", *planes, "--levels", 3,
+                        "-o", tmp_path / "out.tif"], capsys)
+    assert code == 0, err
+    assert read_image(tmp_path / "out.tif").data.shape == (3, 12, 12)
