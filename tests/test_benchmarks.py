@@ -3,6 +3,7 @@ work: the measurements themselves live in benchmarks/ and are not run here."""
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -192,7 +193,7 @@ def test_the_cluster_examples_quoted_command_line_makes_its_settings(tmp_path, m
     monkeypatch.chdir(tmp_path)
     write_tiff(tmp_path / "PSF.tif", np.full((3, 3, 3), 1 / 27, np.float32), voxel_size=(0.3, 0.1, 0.1))
     examples = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
-    readme = open(os.path.join(examples, "README.md"), encoding="utf-8").read()
+    readme = Path(examples, "README.md").read_text(encoding="utf-8")
     quoted = re.search(r"`(deconv3d batch [^`]*)` *\nis the command-line form of `local_cluster.py`", readme).group(1)
     args = build_parser().parse_args(shlex.split(quoted)[1:])
     assert (args.scheduler, args.workers) == ("processes", 2)

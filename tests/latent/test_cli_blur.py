@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_synth_writes_one_plane_per_level(planes, model, capsys):
 
 
 def _sha256(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def test_outputs_and_checkpoints_record_their_inputs_for_a_rerun(planes, make_stacks, capsys, monkeypatch):
