@@ -906,3 +906,17 @@ def test_distill_takes_no_hot_voxel_for_a_bead():
     noise[12, 30, 30] = 4000
     with pytest.raises(InputError):
         distill_psf(noise)
+
+
+def test_distill_sets_its_box_and_threshold_from_the_brightest_unsaturated_bead():
+    """Found by the review of PSF distillation: one bead clipped at 65535 among eight of 3000 set the
+    default threshold (20 % of its peak) and box (its flat top's FWHM), so that no bead or only the
+    clipped one was found. It is left out with the warning, and the eight give the PSF."""
+    beads = np.minimum(nine_beads(peaks=[3000.0] * 8 + [200000.0]), 65535)
+    truth = gaussian((17, 13, 13), (2.0, 1.4, 1.4))
+    for size, shape in [(None, (17, 13, 13)), ((11, 11, 11), (11, 11, 11))]:
+        with pytest.warns(RuntimeWarning, match="1 of 9 beads have saturated voxels"):
+            psf = distill_psf(beads, size=size)
+        assert psf.shape == shape
+        cut = truth[tuple(slice((n - m) // 2, (n + m) // 2) for n, m in zip(truth.shape, shape))]
+        assert np.abs(psf - cut / cut.sum()).sum() < 0.05

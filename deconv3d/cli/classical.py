@@ -55,7 +55,7 @@ def _distill_parser(sub) -> None:
                    "(default: 1.5 FWHM each side)")
     p.add_argument("--threshold", type=float, default=None,
                    help="bead detection level in image units (default: the background plus the larger of "
-                   "10 noise SDs and 20%% of the brightest peak)")
+                   "10 noise SDs and 20%% of the brightest unsaturated peak)")
     p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, metavar=("DZ", "DY", "DX"),
                    help="voxel size in µm written with the PSF (overrides the file's metadata): DZ DY DX, or DY DX "
                    "for a 2D bead image")

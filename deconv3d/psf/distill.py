@@ -30,13 +30,13 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
         2D or 3D bead image.
     size : tuple of int, optional
         Box size per axis (even sizes are increased by one).  Default: three
-        times the FWHM of the brightest bead per axis, rounded up to odd.
+        times the FWHM of the brightest unsaturated bead per axis, rounded up to odd.
     min_distance : int, optional
         Minimum distance in voxels between detected peaks; default half the
         smallest FWHM.
     threshold : float, optional
         Minimum smoothed intensity of a bead.  Default: background plus the
-        larger of 10 robust standard deviations and 20 % of the brightest peak.
+        larger of 10 robust standard deviations and 20 % of the brightest unsaturated peak.
 
     Returns
     -------
@@ -60,7 +60,8 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     *Detection.* Single-voxel spikes (a camera's hot voxels, :func:`_despiked`) are lowered to
     their brightest neighbour and the image is smoothed by a Gaussian of sigma 1 voxel; the median of the
     smoothed image is the background and 1.4826 times its median absolute deviation the
-    noise. The FWHM along each axis through the brightest smoothed voxel (contiguous voxels at
+    noise. The FWHM along each axis through the brightest smoothed voxel that no saturated voxel
+    lies near (:func:`_brightest_unsaturated`; contiguous voxels at
     or above half its height over the background) sets the default box, half-width
     ``ceil(1.5 FWHM)`` per axis, and ``min_distance``. Every local maximum
     (:func:`skimage.feature.peak_local_max`) above the level halfway between the background
@@ -113,12 +114,13 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     beads = _check_beads(beads)
     smooth = ndimage.gaussian_filter(_despiked(beads), 1.0)
     background, noise = _robust_background(smooth)
-    fwhm = _fwhm(smooth - background, np.unravel_index(np.argmax(smooth), smooth.shape))
+    brightest = _brightest_unsaturated(beads, smooth)
+    fwhm = _fwhm(smooth - background, brightest)
     half = _box_half(size, fwhm, beads.ndim)
     if threshold is not None and not np.isfinite(threshold):
         raise InputError(f"threshold must be a finite intensity, got {threshold}")
     if threshold is None:
-        threshold = background + max(10 * noise, 0.2 * (float(smooth.max()) - background))
+        threshold = background + max(10 * noise, 0.2 * (float(smooth[brightest]) - background))
     if min_distance is None:
         min_distance = max(1, int(round(min(fwhm) / 2)))
     centres, peaks = _isolated_beads(smooth, half, int(min_distance), float(threshold), background)
@@ -354,6 +356,30 @@ def _isolated_beads(smooth, half, min_distance, threshold, background) -> list:
 SENSOR_CEILINGS = tuple(2.0**bits - 1 for bits in (8, 10, 12, 14, 16))
 
 
+def _ceiling(beads) -> float | None:
+    """The camera's ceiling at which ``beads`` was clipped: its maximum when that is a full 8- to
+    16-bit range's top reached by at least two voxels; else None."""
+    top = float(beads.max())
+    return top if top in SENSOR_CEILINGS and np.count_nonzero(beads == top) >= 2 else None
+
+
+def _brightest_unsaturated(beads, smooth) -> tuple:
+    """The index of the brightest local maximum of ``smooth`` with no voxel at the camera's ceiling
+    (:func:`_ceiling`) within 2 voxels of it; of the brightest voxel when there is no such maximum.
+
+    It sets the default box and threshold: one bead clipped at 65535 among eight of 3000 set them
+    from its flat-topped core and halo (box 23 x 17 x 17, threshold 12400), so that the eight
+    were crowded by its neighbours or fell below it and no bead was found, where the clipped one
+    alone should have been left out (:func:`_unsaturated`)."""
+    top = _ceiling(beads)
+    if top is not None:
+        near = ndimage.maximum_filter(beads == top, size=5)
+        maxima = (smooth == ndimage.maximum_filter(smooth, size=3)) & ~near
+        if maxima.any():
+            return np.unravel_index(np.argmax(np.where(maxima, smooth, -np.inf)), smooth.shape)
+    return np.unravel_index(np.argmax(smooth), smooth.shape)
+
+
 def _unsaturated(beads, centres, half) -> list:
     """``centres`` less the beads whose box holds a voxel at the camera's ceiling, with a warning;
     an error when every bead does.
@@ -362,8 +388,8 @@ def _unsaturated(beads, centres, half) -> list:
     voxels reach it. A clipped bead's core is flat-topped: five 2x-overexposed beads in a 16-bit
     image gave a PSF whose peak was 42 % low, without a word.
     """
-    top = float(beads.max())
-    if top not in SENSOR_CEILINGS or np.count_nonzero(beads == top) < 2:
+    top = _ceiling(beads)
+    if top is None:
         return centres
     kept = [c for c in centres if not (beads[tuple(slice(max(p - h - 1, 0), p + h + 2)
                                                    for p, h in zip(c, half))] == top).any()]
