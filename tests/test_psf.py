@@ -593,7 +593,8 @@ def test_distill_measures_the_tails_of_its_brightest_bead_within_its_neighbours(
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         distill_psf(image, size=(17, 11, 11), threshold=threshold)
-    messages = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+    messages = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)
+                and "doublets or clusters" not in str(w.message)]  # the brightest bead's box, 2.07x the median
     if advised is None:
         assert messages == []
     else:
@@ -920,3 +921,18 @@ def test_distill_sets_its_box_and_threshold_from_the_brightest_unsaturated_bead(
         assert psf.shape == shape
         cut = truth[tuple(slice((n - m) // 2, (n + m) // 2) for n, m in zip(truth.shape, shape))]
         assert np.abs(psf - cut / cut.sum()).sum() < 0.05
+
+
+def test_distill_leaves_out_a_doublet_with_a_warning():
+    """Found by the review of PSF distillation: two beads 3 voxels apart, found as one peak, held
+    1.99 times the median bead's light, passed the rule of twice the median and widened the PSF
+    along their axis by 10-18 % (or were left out at 2.01, as the noise fell)."""
+    rng = np.random.default_rng(1)
+    centres = [(12 + rng.uniform(-0.5, 0.5), 12 + 20 * (i // 3) + rng.uniform(-0.5, 0.5),
+                12 + 20 * (i % 3) + rng.uniform(-0.5, 0.5)) for i in range(8)] + [(12, 52, 50.5), (12, 52, 53.5)]
+    beads = gaussian_beads((24, 64, 64), [(c, 2000.0, (2.0, 1.4, 1.4)) for c in centres], seed=1)
+    with pytest.warns(RuntimeWarning, match="1 of 9 beads were left out as unresolved doublets"):
+        psf = distill_psf(beads, size=(11, 11, 11))
+    truth = gaussian((11, 11, 11), (2.0, 1.4, 1.4))
+    for axis in range(3):
+        assert second_moment_width(psf, axis) == pytest.approx(second_moment_width(truth, axis), rel=0.02)
