@@ -936,3 +936,26 @@ def test_distill_leaves_out_a_doublet_with_a_warning():
     truth = gaussian((11, 11, 11), (2.0, 1.4, 1.4))
     for axis in range(3):
         assert second_moment_width(psf, axis) == pytest.approx(second_moment_width(truth, axis), rel=0.02)
+
+
+def test_distill_says_why_it_found_no_bead(tmp_path, capsys):
+    """Found by the review of PSF distillation: a threshold of 110 (or 0) over a background of 100,
+    at which noise peaks crowd every bead, and an image with no bead at all were both told to use
+    "a lower --threshold". Now a threshold too close to the background is to be raised, and an image
+    in which nothing stands out from the noise says so."""
+    from cli_helpers import assert_one_line_error, run
+    from deconv3d.io import write_tiff
+
+    beads = nine_beads()
+    for threshold in (110, 0):
+        with pytest.raises(InputError, match="noise peaks crowd every bead: raise --threshold above 11"):
+            distill_psf(beads, threshold=threshold)
+    distill_psf(beads, threshold=120)  # above the level advised: the beads are found
+    noise = np.random.default_rng(3).poisson(100.0, (24, 64, 64)).astype(np.float32)
+    with pytest.raises(InputError, match="no bead stands out from the noise") as error:
+        distill_psf(noise)
+    assert "--threshold" not in str(error.value)
+    write_tiff(tmp_path / "beads.tif", beads, voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["psf", "distill", tmp_path / "beads.tif", "-o", tmp_path / "psf.tif", "--threshold", 110],
+                       capsys)
+    assert_one_line_error(code, err, "no isolated beads", "raise --threshold")

@@ -46,7 +46,9 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     Raises
     ------
     InputError
-        If the image is invalid or no usable bead is found.
+        If the image is invalid or no usable bead is found (the message says why: nothing stands
+        out from the noise, a threshold so low that noise peaks crowd every bead, one that no bead
+        reaches, or beads too crowded for the box).
 
     Warns
     -----
@@ -132,10 +134,8 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     boxes = [_aligned_box(beads, c, half, level) for c, _, level in found]
     boxes = _reject_outliers([b for b in boxes if b is not None])
     if not boxes:
-        raise InputError(
-            f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold {float(threshold):.3g}): "
-            "use a sparser bead image, a smaller --size or a lower --threshold"
-        )
+        raise InputError(f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold "
+                         f"{float(threshold):.3g}): {_why_no_beads(smooth, background, noise, float(threshold))}")
     measured, wide = _tail_share(beads, smooth, found, half)
     share, margin = measured or (1.0, 0.0)
     if share + margin < MIN_BOX_SHARE:
@@ -144,6 +144,24 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
                       f"leaves haze; give a larger box, e.g. size {tuple(int(v) for v in 2 * wide + 1)}",
                       RuntimeWarning, stacklevel=2)
     return normalize_psf(_quiet_tails(np.sum(boxes, axis=0)))
+
+
+def _why_no_beads(smooth, background: float, noise: float, threshold: float) -> str:
+    """Why no bead was found, and what to do, for the error :func:`distill_psf` raises.
+
+    Not always "a lower threshold": with a threshold of 110 (or 0) over a background of 100, the
+    noise peaks above its half-way level crowded every bead and a lower one crowded them more; in
+    an image of noise alone no threshold finds a bead."""
+    floor = background + 10 * noise  # the default threshold's least value
+    if float(smooth.max()) < floor:
+        return (f"no bead stands out from the noise (brightest smoothed value {float(smooth.max()):.3g}, "
+                f"background {background:.3g}, noise {noise:.2g}): check that the image holds beads")
+    if threshold < floor:
+        return (f"the threshold is less than 10 noise deviations above the background ({background:.3g}, noise "
+                f"{noise:.2g}), so noise peaks crowd every bead: raise --threshold above {floor:.3g} or leave it out")
+    if float(smooth.max()) < threshold:
+        return f"no bead reaches the threshold (brightest smoothed value {float(smooth.max()):.3g}): lower --threshold"
+    return "use a sparser bead image, a smaller --size or a lower --threshold"
 
 
 def _quiet_tails(total: np.ndarray, level: float = 8.0, width: float = 3.0) -> np.ndarray:
