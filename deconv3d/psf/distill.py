@@ -84,9 +84,9 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
 
     *Averaging.* With three boxes or more, those whose sum is not positive are rejected, and
     with a warning those whose sum exceeds twice the median sum, or :data:`DOUBLET_LIGHT` times
-    it with a core wider than :data:`DOUBLET_WIDTH` times the median box's along some axis
-    (unresolved doublets or clusters). The rest are summed, which weights each
-    bead by its brightness. In the sum, the core, where a copy smoothed with sigma 1 exceeds
+    it with a core wider than :data:`DOUBLET_WIDTH` times the median box's (or than
+    :data:`DOUBLET_CORE`, if that is wider) along some axis (unresolved doublets or clusters).
+    The rest are summed, which weights each bead by its brightness. In the sum, the core, where a copy smoothed with sigma 1 exceeds
     8 times its noise level, is kept as is; outside it each voxel becomes a normalised
     Gaussian average (sigma 3 voxels) of the outside voxels alone, so that the zero-mean noise
     of the faint tails cancels instead of leaving its positive half after clamping. The
@@ -474,15 +474,21 @@ def _aligned_box(image, centre, half, background: float) -> np.ndarray | None:
 
 #: :func:`distill_psf` leaves out, as an unresolved doublet, a box that holds more than this many
 #: times the median box's light and whose core is wider along an axis than :data:`DOUBLET_WIDTH` times
-#: the median core's.
+#: the median core's, or than :data:`DOUBLET_CORE`, whichever is wider.
 DOUBLET_LIGHT = 1.5
 DOUBLET_WIDTH = 1.15
+#: The least core width (voxels, :func:`_core_widths`) that :data:`DOUBLET_WIDTH` multiplies: a core
+#: narrower than this is one or two voxels, and which of them pass half the peak depends on the
+#: bead's sub-voxel position and the noise, not on its shape (clean single beads of sigma 0.5-0.7
+#: voxel measured 0 against 0.5, and were left out as doublets).
+DOUBLET_CORE = 0.5
 
 
 def _reject_outliers(boxes: list) -> list:
     """Drop boxes with no light and, with a warning, unresolved doublets and clusters: boxes more than
     twice as bright as the median, and those more than :data:`DOUBLET_LIGHT` times as bright whose
-    core (:func:`_core_widths`) is clearly wider than the median box's along some axis.
+    core (:func:`_core_widths`) is clearly wider than the median box's along some axis, and wider
+    than a core of one or two voxels (:data:`DOUBLET_CORE`).
 
     Twice the median alone let two beads 2-4 voxels apart, found as one peak, in at 1.99 times the
     median (the PSF 18 % too wide along the pair's axis) and left them out at 2.01, as the noise fell;
@@ -493,7 +499,7 @@ def _reject_outliers(boxes: list) -> list:
     sums = np.array([b.sum() for b in boxes])
     median = np.median(sums)
     widths = np.array([_core_widths(b) for b in boxes])
-    wider = (widths > DOUBLET_WIDTH * np.median(widths, axis=0)).any(axis=1)
+    wider = (widths > DOUBLET_WIDTH * np.maximum(np.median(widths, axis=0), DOUBLET_CORE)).any(axis=1)
     clusters = (sums > 2 * median) | ((sums > DOUBLET_LIGHT * median) & wider)
     if clusters.any():
         warnings.warn(f"{int(clusters.sum())} of {len(boxes)} beads were left out as unresolved doublets or "
