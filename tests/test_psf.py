@@ -1013,3 +1013,29 @@ def test_distill_says_why_it_found_no_bead(tmp_path, capsys):
     code, _, err = run(["psf", "distill", tmp_path / "beads.tif", "-o", tmp_path / "psf.tif", "--threshold", 110],
                        capsys)
     assert_one_line_error(code, err, "no isolated beads", "raise --threshold")
+
+
+def test_distill_says_when_neighbouring_beads_crowd_every_box():
+    """Found by the review of PSF distillation: with beads 12 voxels apart, closer than the default
+    box's half-width twice over, a threshold below the noise floor was to be raised above it and,
+    raised, to be lowered, though no threshold finds them. Now the neighbours are named, with a
+    smaller box that finds the beads, and the noise only while noise peaks crowd them too."""
+    rng = np.random.default_rng(0)
+    centres = [(12 + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5), x + rng.uniform(-0.5, 0.5))
+               for y in (10, 22, 34, 46) for x in (10, 22, 34, 46)]
+    beads = gaussian_beads((24, 56, 56), [(c, 3000.0, (2.0, 1.4, 1.4)) for c in centres], seed=0)
+    for threshold in (None, 110):
+        with pytest.raises(InputError, match="neighbouring beads lie inside every bead's box: give a smaller --size"
+                           ) as error:
+            distill_psf(beads, threshold=threshold)
+        message = str(error.value)
+        assert "lower --threshold" not in message
+        assert ("raise --threshold above" in message) == (threshold is not None)
+    floor = float(re.search(r"raise --threshold above ([0-9.]+)", message)[1])
+    with pytest.raises(InputError, match="neighbouring beads") as error:
+        distill_psf(beads, threshold=floor + 1)
+    assert "threshold" not in str(error.value).split(": ", 1)[1]
+    size = tuple(int(n) for n in re.search(r"--size, e.g. ([0-9 ]+),", str(error.value))[1].split())
+    assert all(2 * (n // 2) < 12 for n in size[1:])  # no neighbour 12 voxels away inside the box
+    psf = distill_psf(beads, size=size)
+    assert np.abs(psf - gaussian(size, (2.0, 1.4, 1.4))).sum() < 0.1

@@ -48,7 +48,8 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     InputError
         If the image is invalid or no usable bead is found (the message says why: nothing stands
         out from the noise, a threshold so low that noise peaks crowd every bead, one that no bead
-        reaches, or beads too crowded for the box).
+        reaches, boxes that reach past the border, or neighbouring beads inside every box, with a
+        smaller box that would leave some bead alone in it).
 
     Warns
     -----
@@ -134,8 +135,9 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     boxes = [_aligned_box(beads, c, half, level) for c, _, level in found]
     boxes = _reject_outliers([b for b in boxes if b is not None])
     if not boxes:
+        why = _why_no_beads(smooth, peaks, half, background, noise, float(threshold))
         raise InputError(f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold "
-                         f"{float(threshold):.3g}): {_why_no_beads(smooth, background, noise, float(threshold))}")
+                         f"{float(threshold):.3g}): {why}")
     measured, wide = _tail_share(beads, smooth, found, half)
     share, margin = measured or (1.0, 0.0)
     if share + margin < MIN_BOX_SHARE:
@@ -146,22 +148,48 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     return normalize_psf(_quiet_tails(np.sum(boxes, axis=0)))
 
 
-def _why_no_beads(smooth, background: float, noise: float, threshold: float) -> str:
+def _why_no_beads(smooth, peaks, half, background: float, noise: float, threshold: float) -> str:
     """Why no bead was found, and what to do, for the error :func:`distill_psf` raises.
 
     Not always "a lower threshold": with a threshold of 110 (or 0) over a background of 100, the
     noise peaks above its half-way level crowded every bead and a lower one crowded them more; in
-    an image of noise alone no threshold finds a bead."""
-    floor = background + 10 * noise  # the default threshold's least value
-    if float(smooth.max()) < floor:
-        return (f"no bead stands out from the noise (brightest smoothed value {float(smooth.max()):.3g}, "
+    an image of noise alone no threshold finds a bead. Nor "a higher threshold" whenever it is below
+    the noise floor: beads 12 voxels apart crowded each other's box of 17 voxels at any threshold
+    (told to raise it above 127, then at 128 to lower it), and a smaller box is what finds them.
+    Beads are the peaks above the noise floor (background plus 10 noise deviations, the default
+    threshold's least value); of those that reach ``threshold`` and whose box fits in the image,
+    the neighbours inside their boxes (:func:`_isolated_beads`) are noise when they are all below
+    the floor and beads otherwise."""
+    floor = background + 10 * noise
+    top = float(smooth.max())
+    if top < floor:
+        return (f"no bead stands out from the noise (brightest smoothed value {top:.3g}, "
                 f"background {background:.3g}, noise {noise:.2g}): check that the image holds beads")
-    if threshold < floor:
+    peaks = np.asarray(peaks).reshape(-1, smooth.ndim)
+    height = np.array([float(smooth[tuple(p)]) for p in peaks])
+    shape = np.asarray(smooth.shape)
+    if not (height >= threshold).any():
+        return f"no bead reaches the threshold (brightest smoothed value {top:.3g}): lower --threshold"
+    inside = peaks[(height >= max(threshold, floor)) & (peaks - half - 1 >= 0).all(axis=1)
+                   & (peaks + half + 1 < shape).all(axis=1)]
+    if not len(inside):
+        return "every bead's box reaches past the image's border: give a smaller --size or image the beads further in"
+    crowding = [(np.abs(peaks - p) <= 2 * half).all(axis=1) & (peaks != p).any(axis=1) for p in inside]
+    if not all(near.any() for near in crowding):  # some bead is isolated but was left out later
+        return "use a sparser bead image, a smaller --size or a lower --threshold"
+    beads = peaks[height >= floor]
+    crowded = [p for p, near in zip(inside, crowding) if (height[near] >= floor).any()]
+    if not crowded:
         return (f"the threshold is less than 10 noise deviations above the background ({background:.3g}, noise "
                 f"{noise:.2g}), so noise peaks crowd every bead: raise --threshold above {floor:.3g} or leave it out")
-    if float(smooth.max()) < threshold:
-        return f"no bead reaches the threshold (brightest smoothed value {float(smooth.max()):.3g}): lower --threshold"
-    return "use a sparser bead image, a smaller --size or a lower --threshold"
+    # the largest box, in proportion to this one, that leaves some bead with no other bead in it
+    scale = max(min((np.abs(o - p) / (2 * half)).max() for o in beads if (o != p).any()) for p in crowded)
+    smaller = " ".join(str(int(2 * max(1, np.ceil(scale * h) - 1) + 1)) for h in half)
+    advice = (f"neighbouring beads lie inside every bead's box: give a smaller --size, e.g. {smaller}, or use a "
+              "sparser bead image")
+    if any((height[near] < floor).any() for near in crowding):
+        advice += f", and raise --threshold above {floor:.3g} (noise peaks crowd the beads too)"
+    return advice
 
 
 def _quiet_tails(total: np.ndarray, level: float = 8.0, width: float = 3.0) -> np.ndarray:
