@@ -340,15 +340,17 @@ def _process(path, output, record, settings_hash, process_one, row) -> None:
                                     "settings": None})
         state, digest = input_state(path), file_sha256(path)  # before reading: a change meanwhile shows
         process_one(path, output, digest)
+        # In the try: a record that cannot be written (a full disk) fails this file, not the batch; the
+        # unfinished record above stays, so that a rerun redoes the output.
+        _write_json_atomic(record, {"input": str(path.absolute()), "input_state": state, "input_sha256": digest,
+                                    "settings": settings_hash, "output": output.name, "outputs": names,
+                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - one failing file must not stop the batch
         row.update(status="failed", reason=_reason(exc))
     else:
         row["status"] = "done"
-        _write_json_atomic(record, {"input": str(path.absolute()), "input_state": state, "input_sha256": digest,
-                                    "settings": settings_hash, "output": output.name, "outputs": names,
-                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     row["seconds"] = round(time.perf_counter() - start, 3)
 
 

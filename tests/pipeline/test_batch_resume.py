@@ -406,6 +406,31 @@ def test_a_failed_file_s_os_error_reads_as_a_sentence(folder, capsys, monkeypatc
     assert [rows[n]["status"] for n in ("img0.tif", "img2.tif")] == ["done", "done"]
 
 
+def test_a_completion_record_that_cannot_be_written_fails_that_file_and_the_batch_goes_on(folder, capsys,
+                                                                                          monkeypatch):
+    """The disk filled while img0's completion record was saved: the batch stopped with a false
+    "nothing was written" (exit 2), img1 and img2 never tried and no report. That file fails, the
+    others are done, and its record stays unfinished (a rerun redoes its output)."""
+    import errno
+
+    from deconv3d.pipeline import batch
+
+    write_json_atomic = batch._write_json_atomic
+
+    def full_at_img0_s_record(path, payload):
+        if path.name == "img0.tif.json" and payload.get("finished"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_json_atomic(path, payload)
+
+    monkeypatch.setattr(batch, "_write_json_atomic", full_at_img0_s_record)
+    out = folder / "out"
+    assert main([str(a) for a in argv(folder, out)]) == 3
+    assert "nothing was written" not in capsys.readouterr().err
+    assert statuses(out) == {"img0.tif": "failed", "img1.tif": "done", "img2.tif": "done"}
+    record = json.loads((out / batch.RECORD_DIR / "img0.tif.json").read_text())
+    assert record["output"] == "img0.zarr" and record["settings"] is None  # unfinished: a rerun redoes it
+
+
 def test_a_batch_leaves_out_the_psf_kept_among_its_images_and_names_a_file_given_as_the_folder(folder, capsys):
     """The PSF kept in the input folder was deconvolved as one more image (review of filesystem
     edge cases); a file given as the input folder was called "not found"."""
