@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         from deconv3d._paths import _one_line
 
+        if exc.errno == errno.ENOSPC:  # (named: the output, where an error said no file, see atomic_output)
+            print(f"deconv3d: error: no space left on {exc.filename or 'the device'}: free disk space, then run "
+                  "again; nothing was written", file=sys.stderr)
+            return 2
         where = f"{exc.filename}: " if exc.filename else ""  # a file being written, or one a block reads
         print(f"deconv3d: error: {where}{exc.strerror or _one_line(exc)}: check free disk space and permissions, "
               "then run again; nothing was written", file=sys.stderr)

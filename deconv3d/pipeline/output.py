@@ -8,6 +8,7 @@ next to the target, which no reader (and no batch rerun) takes for a finished ou
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def atomic_output(path):
 
     On leaving the block normally the temporary entry is renamed onto ``path`` (an existing
     output is replaced only then); on any exception, KeyboardInterrupt included, it is removed.
+    A full disk's error that names no file (zarr's writes, a file object's ``write``) is given
+    ``path`` as its ``filename``, so that the message says where the space ran out.
     A folder at ``path`` that may not be replaced (:func:`~deconv3d._paths.replaceable_folder`)
     is refused here, before any work, and again when publishing (it may appear meanwhile).
     """
@@ -38,9 +41,15 @@ def atomic_output(path):
     try:
         yield tmp
         _publish(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        if isinstance(exc, OSError) and exc.errno in _SPACE_ERRORS and exc.filename is None:
+            exc.filename = str(path)
         raise
+
+
+#: A full disk or quota, or a file past the file system's largest: met writing the output.
+_SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _publish(tmp: Path, path: Path, attempts: int = 20) -> None:

@@ -166,7 +166,7 @@ def test_a_disk_that_fills_up_is_a_one_line_error_with_nothing_left(stack, monke
     monkeypatch.setattr(chunked, "_apply", full)
     code, _, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "-o", "out.zarr", "--chunks", 8, 16, 16,
                         "--iterations", 2], capsys)
-    assert_one_line_error(code, err, "out.zarr: No space left on device", "free disk space")
+    assert_one_line_error(code, err, f"no space left on {folder / 'out.zarr'}", "free disk space")
     assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
     monkeypatch.setattr(chunked, "_apply", apply)
     # other OS errors stay internal errors (exit 1): they are not the user's to fix
@@ -174,6 +174,24 @@ def test_a_disk_that_fills_up_is_a_one_line_error_with_nothing_left(stack, monke
     code, _, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "-o", "out.zarr", "--chunks", 8, 16, 16,
                         "--iterations", 2], capsys)
     assert code == 1 and "internal error" in err
+
+
+def test_a_full_disk_s_error_from_a_zarr_write_names_the_output(stack, monkeypatch, capsys):
+    """zarr's write raises ENOSPC without a file name: the one line named no path ("No space left
+    on device: check free disk space ...")."""
+    import zarr
+
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+
+    def full(self, key, value):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", full)
+    code, _, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "-o", "out.zarr", "--chunks", 8, 16, 16,
+                        "--iterations", 2], capsys)
+    assert_one_line_error(code, err, f"no space left on {folder / 'out.zarr'}: free disk space, then run again")
+    assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
 
 
 def test_a_symbolic_link_as_the_output_is_refused_up_front(stack, monkeypatch, capsys):
