@@ -322,6 +322,36 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def settle_zarr(timeout: float = 30.0) -> None:
+    """Wait until zarr's event loop runs no task: the ones a failed zarr read or write left behind.
+
+    zarr v3 reads and writes the chunks of one call concurrently on its own asyncio loop (a
+    thread) and raises the first chunk's error at once, while the call's other chunks go on: a
+    temporary output removed then was made again by their writes (an empty ``.out.zarr...tmp/0/c/1/0``
+    left behind), and tasks still pending at exit printed asyncio's "Task was destroyed but it is
+    pending!" lines after the one error line. Their errors are taken (not printed). Does nothing
+    where zarr is not loaded; gives up after ``timeout`` seconds."""
+    import sys
+
+    sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(sync, "loop", [None])[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+    import asyncio
+
+    async def settled() -> None:
+        while pending := asyncio.all_tasks() - {asyncio.current_task()}:  # (tasks a finished one left, too)
+            await asyncio.wait(pending)
+            for task in pending:
+                if not task.cancelled():
+                    task.exception()  # taken: no "Task exception was never retrieved" later
+
+    try:
+        asyncio.run_coroutine_threadsafe(settled(), loop).result(timeout)
+    except Exception:  # noqa: BLE001 - a loop stopped meanwhile, or the timeout: nothing more to do
+        pass
+
+
 def remove_stale_temporaries(path) -> list[Path]:
     """Delete leftovers of interrupted writes of ``path``; returns what was removed.
 

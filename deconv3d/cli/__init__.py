@@ -20,6 +20,7 @@ import traceback
 import warnings
 
 from deconv3d import __version__
+from deconv3d._paths import settle_zarr
 from deconv3d.errors import Deconv3dWarning, InputError
 
 from . import blur, classical, pipeline, selfsup
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the contract: unexpected errors exit 1
         return _internal(exc, debug)
     finally:
+        settle_zarr()  # what a failed zarr read or write left running: no asyncio lines after the error's
         restore()
 
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d._paths import _remove, remove_stale_temporaries, replaceable_folder, temporary_name
+from deconv3d._paths import _remove, remove_stale_temporaries, replaceable_folder, settle_zarr, temporary_name
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
@@ -42,7 +42,10 @@ def atomic_output(path):
         yield tmp
         _publish(tmp, path)
     except BaseException as exc:
-        _remove(tmp)
+        try:
+            settle_zarr()  # a failed zarr write's other chunks, still being written: not into the removed folder
+        finally:
+            _remove(tmp)
         if isinstance(exc, OSError) and exc.errno in _SPACE_ERRORS and exc.filename is None:
             exc.filename = str(path)
         raise

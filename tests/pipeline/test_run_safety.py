@@ -194,6 +194,41 @@ def test_a_full_disk_s_error_from_a_zarr_write_names_the_output(stack, monkeypat
     assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
 
 
+def test_a_failed_zarr_write_s_other_chunks_finish_before_the_temporary_is_removed(tmp_path, monkeypatch):
+    """zarr raises the first chunk's error while the call's other chunks are still being written on
+    its event loop: they made the removed temporary again (an empty .out.zarr...tmp/c/... left
+    behind), and those still pending at exit printed asyncio's "Task was destroyed but it is
+    pending!" after the error line. Here one chunk fails at once and the others take 0.5 s."""
+    import asyncio
+    import time
+
+    import zarr
+    from zarr.core.sync import _get_loop
+    from zarr.storage import LocalStore
+
+    from deconv3d.pipeline.output import atomic_output
+
+    real_set = LocalStore.set
+
+    async def full_then_slow(self, key, value):
+        if key == "c/0/0":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if key.startswith("c/"):
+            await asyncio.sleep(0.5)
+        await real_set(self, key, value)
+
+    async def others():
+        return len(asyncio.all_tasks() - {asyncio.current_task()})
+
+    monkeypatch.setattr(LocalStore, "set", full_then_slow)
+    with pytest.raises(OSError, match="No space left"):
+        with atomic_output(tmp_path / "out.zarr") as tmp:
+            zarr.create_array(str(tmp), shape=(4, 4), chunks=(2, 2), dtype="f4")[:] = np.ones((4, 4), np.float32)
+    assert asyncio.run_coroutine_threadsafe(others(), _get_loop()).result(5) == 0  # none left to exit with
+    time.sleep(0.6)
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_symbolic_link_as_the_output_is_refused_up_front(stack, monkeypatch, capsys):
     """Publishing replaced the link by a regular file (a .tif) or failed after all the work with
     NotADirectoryError (a .zarr link to an earlier output)."""
