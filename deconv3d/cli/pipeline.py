@@ -321,17 +321,20 @@ def _unused_settings_warnings(settings) -> list[str]:
 def _write_reports(output_dir: Path, rows) -> Path | None:
     """Write the batch report; when that fails (a full disk), say so in one line with what the
     run did, and return None. The generic message for a failed write ("nothing was written") was
-    wrong here: the finished files' outputs are complete."""
+    wrong here: the finished files' outputs are complete. The line names the report file missing
+    (the JSON is written first: when the CSV is missing, the JSON was written)."""
     from deconv3d.pipeline.batch import status_counts, write_reports
 
     try:
         return write_reports(output_dir, rows)[0]
     except OSError as exc:
         counts = status_counts(rows)
-        print(f"deconv3d: error: the batch report could not be written in {output_dir} ({exc.strerror or exc}); "
-              f"{counts['done']} file(s) done, {counts['skipped']} skipped, {counts['failed']} failed: their outputs "
-              "are complete and kept: free disk space, then rerun the same command to write the report",
-              file=sys.stderr)
+        missing = Path(exc.filename).name if isinstance(exc.filename, str) else "the batch report"
+        written = " (batch_report.json was)" if missing == "batch_report.csv" else ""
+        kept = ": their outputs are complete and kept" if counts["done"] else ""
+        print(f"deconv3d: error: {missing} could not be written in {output_dir} ({exc.strerror or exc}){written}; "
+              f"{counts['done']} file(s) done, {counts['skipped']} skipped, {counts['failed']} failed{kept}: free "
+              "disk space, then rerun the same command to write the report", file=sys.stderr)
         return None
 
 

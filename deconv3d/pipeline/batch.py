@@ -11,6 +11,7 @@ every file's status, time and output.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -438,17 +439,30 @@ OTHER_SETTINGS = "its output was made with other settings by an earlier run: rer
 
 
 def _write_reports(output_dir: Path, rows) -> tuple[Path, Path]:
+    """Write the JSON report, then the CSV; an OSError names the report file it did not write."""
     summary = status_counts(rows)
     json_path, csv_path = output_dir / "batch_report.json", output_dir / "batch_report.csv"
-    _write_json_atomic(json_path, {"summary": summary, "files": [{k: v for k, v in r.items() if k != EQUIVALENT}
-                                                                 for r in rows]})
+    with _naming(json_path):
+        _write_json_atomic(json_path, {"summary": summary, "files": [{k: v for k, v in r.items() if k != EQUIVALENT}
+                                                                     for r in rows]})
     from deconv3d.pipeline.output import atomic_output
 
-    with atomic_output(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:  # any file name
+    with _naming(csv_path), atomic_output(csv_path) as tmp, \
+            open(tmp, "w", newline="", encoding="utf-8") as fh:  # any file name
         writer = csv.DictWriter(fh, fieldnames=list(REPORT_FIELDS), extrasaction="ignore")  # (settings: JSON only)
         writer.writeheader()
         writer.writerows(rows)
     return json_path, csv_path
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """Give an OSError raised in the block the file name ``path`` (not a temporary's, or none)."""
+    try:
+        yield
+    except OSError as exc:
+        exc.filename = str(path)
+        raise
 
 
 def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:

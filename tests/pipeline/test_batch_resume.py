@@ -381,7 +381,35 @@ def test_a_report_that_cannot_be_written_is_not_called_nothing_written(folder, c
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 3 and "nothing was written" not in err
     assert "report could not be written" in err and "3 file(s) done" in err and "rerun the same command" in err
+    assert "their outputs are complete and kept" in err
     assert all(read_ome_zarr(out / f"{n}.zarr")[0].shape == (12, 24, 24) for n in NAMES)
+
+
+def test_a_report_error_names_the_file_missing_and_keeps_no_output_of_a_batch_that_did_none(folder, capsys,
+                                                                                         monkeypatch):
+    """With 0 files done the line said their outputs "are complete and kept", and it said the report
+    "could not be written" where only batch_report.csv was not (batch_report.json was)."""
+    import csv
+    import errno
+
+    from deconv3d.errors import InputError
+    from deconv3d.pipeline import files
+
+    def fails(path, *args, **kwargs):
+        raise InputError(f"{path.name} is broken")
+
+    def full(self, rows):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "deconvolve_file", fails)
+    monkeypatch.setattr(csv.DictWriter, "writerows", full)
+    out = folder / "out"
+    assert main([str(a) for a in argv(folder, out)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"deconv3d: error: batch_report.csv could not be written in {out} (No space left on device) "
+                   "(batch_report.json was); 0 file(s) done, 0 skipped, 3 failed: free disk space, then rerun the "
+                   "same command to write the report")
+    assert statuses(out) == {f"{n}.tif": "failed" for n in NAMES} and not (out / "batch_report.csv").exists()
 
 
 def test_a_failed_file_s_os_error_reads_as_a_sentence(folder, capsys, monkeypatch):
