@@ -1,5 +1,6 @@
 """Tests for deconv3d.io: TIFF reading/writing with voxel sizes and input errors."""
 
+import errno
 import os
 import warnings
 
@@ -216,6 +217,23 @@ def test_a_checkpoint_over_a_dangling_link_is_saved(tmp_path):
     atomic_torch_save({"a": 1}, link)
     assert not link.is_symlink() and torch.load(link, weights_only=True) == {"a": 1}
     assert os.listdir(tmp_path) == ["dang.ckpt"]
+
+
+@pytest.mark.parametrize("error", [OSError("1048576 requested and 523868 written"),
+                                   OSError(errno.ENOSPC, "No space left on device")])
+def test_a_tiff_write_that_runs_out_of_space_says_so(tmp_path, monkeypatch, error):
+    """A full disk read "cannot write out.tif: 1048576 requested and 523868 written: check free disk
+    space and permissions" (numpy's short write under tifffile, with no errno)."""
+    def full(fh, *args, **kwargs):
+        fh.write(b"II*\x00")
+        raise error
+
+    monkeypatch.setattr(io.tifffile, "imwrite", full)
+    path = tmp_path / "out.tif"
+    with pytest.raises(InputError) as caught:
+        write_tiff(path, np.ones((4, 5), dtype=np.float32))
+    assert str(caught.value) == f"no space left on {path}: free disk space, then run again"
+    assert os.listdir(tmp_path) == []
 
 
 def test_failed_write_keeps_existing_output(tmp_path, rng, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -398,6 +399,10 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
             data = ZarrPlanes(array, (0,) * len(lead)) if len(array.shape) == 3 + len(lead) else array[(0,) * len(lead)]
             write_tiff(output_path, data, voxel_size=voxel, metadata=meta, slab_bytes=_slab_budget(kwargs),
                        axes="".join(a for a in lazy.axes if a in "ZYX"))  # (a ZX section stays one)
+    except OSError as exc:  # a full disk met writing the scratch names the output, not its hidden name
+        if isinstance(exc.filename, str) and os.path.abspath(exc.filename) == os.path.abspath(scratch):
+            exc.filename = os.path.abspath(output_path)  # (as run_chunked names a zarr output)
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return info

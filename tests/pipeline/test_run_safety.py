@@ -192,6 +192,11 @@ def test_a_full_disk_s_error_from_a_zarr_write_names_the_output(stack, monkeypat
                         "--iterations", 2], capsys)
     assert_one_line_error(code, err, f"no space left on {folder / 'out.zarr'}: free disk space, then run again")
     assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
+    # a chunked TIFF output, whose blocks go to a hidden scratch zarr first: the TIFF's name, not the scratch's
+    code, _, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "-o", "out.tif", "--chunks", 8, 16, 16,
+                        "--iterations", 2], capsys)
+    assert_one_line_error(code, err, f"no space left on {folder / 'out.tif'}: free disk space, then run again")
+    assert not (folder / "out.tif").exists() and _leftovers(folder) == []
 
 
 def test_a_failed_zarr_write_s_other_chunks_finish_before_the_temporary_is_removed(tmp_path, monkeypatch):
