@@ -270,9 +270,23 @@ def safe_torch_load(path, producer: str):
         with WARNINGS_LOCK, warnings.catch_warnings():  # (its save and restore of the filters is process-wide)
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # the safe unpickler refuses any object that is not a tensor, number, string or container
+    except Exception as exc:  # the safe unpickler refuses any object that is not a tensor, number, string or container
+        if _truncated(exc):
+            raise InputError(f"{path} is truncated or damaged (it cannot be read to its end): copy it again, or "
+                             f"write it again with {producer}") from None
         raise InputError(f"{path} is not a safe deconv3d checkpoint (it holds objects that could run code, or is "
                          f"not a checkpoint at all): use a model written by {producer}") from None
+
+
+def _truncated(exc: Exception) -> bool:
+    """Whether ``torch.load`` failed reading the file, not unpickling it: its zip archive cut short
+    or damaged (a copy stopped midway said "not a safe checkpoint ... that could run code"). An
+    empty file ends at once (EOFError); a cut zip has no central directory (miniz's RuntimeError)
+    or a record past the end (EINVAL; EIO: a read error of the disk)."""
+    import errno
+
+    return (isinstance(exc, EOFError) or (isinstance(exc, OSError) and exc.errno in (errno.EINVAL, errno.EIO))
+            or (isinstance(exc, RuntimeError) and "zip archive" in str(exc)))
 
 
 def checked_run_record(record, kinds: dict[str, type], optional: dict[str, type] | None = None) -> dict | None:

@@ -223,6 +223,21 @@ def test_a_field_out_of_range_names_the_damaged_file(tmp_path, damage, words):
     assert all(w in message for w in words), message
 
 
+def test_a_truncated_checkpoint_is_called_truncated_not_unsafe(tmp_path):
+    """A copy cut short (head -c 7000 ae.ckpt) was "not a safe deconv3d checkpoint (it holds objects
+    that could run code, ...)"; the unpickler's refusal of such objects stays (tests/selfsup)."""
+    path = tmp_path / "ae.ckpt"
+    save_checkpoint(trained(), path)
+    whole = path.read_bytes()
+    for size in (0, 10, 1000, len(whole) // 2, len(whole) - 1):
+        cut = tmp_path / f"cut{size}.ckpt"
+        cut.write_bytes(whole[:size])
+        with pytest.raises(InputError) as info:
+            load_checkpoint(cut)
+        assert str(info.value) == (f"{cut} is truncated or damaged (it cannot be read to its end): copy it again, "
+                                   "or write it again with deconv3d blur train"), size
+
+
 def test_a_network_with_non_finite_buffers_is_not_saved(tmp_path):
     """load_checkpoint refuses such a file as damaged, so save_checkpoint must not write one."""
     original = trained()
