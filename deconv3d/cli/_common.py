@@ -115,8 +115,8 @@ class Parser(argparse.ArgumentParser):
         if not any(not name.startswith("-") for name in missing):  # only a positional can have been taken
             return ""
         for option in ("--psf", "--wavelength"):
-            if option in given:
-                after = given[given.index(option) + 1:]
+            for at in (i for i, a in enumerate(given) if a == option):  # (each of a repeated option's occurrences)
+                after = given[at + 1:]
                 values = next((after[:i] for i, a in enumerate(after) if a.startswith("-") and len(a) > 1), after)
                 if len(values) > 1:
                     return (f": {option} took {' '.join(values)} (it takes one value per channel, up to the next "
@@ -171,10 +171,17 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_optics(p: argparse.ArgumentParser, required: bool) -> None:
+def add_optics(p: argparse.ArgumentParser, required: bool, per_channel: bool = False) -> None:
+    """The microscope's options; ``per_channel``: ``--wavelength`` takes one value per channel, and
+    a repeated ``--wavelength`` adds to them (as ``--psf``), where a second one used to replace the first."""
     g = p.add_argument_group("microscope (for generated PSFs)")
     g.add_argument("--na", type=positive_float, required=required, help="numerical aperture of the objective")
-    g.add_argument("--wavelength", type=positive_float, required=required, help="emission wavelength in µm")
+    if per_channel:
+        g.add_argument("--wavelength", type=positive_float, nargs="+", action="extend", metavar="UM",
+                       required=required, help="emission wavelength in µm, or one per channel of a multi-channel "
+                       "input (--wavelength 0.5 0.6, or repeated: --wavelength 0.5 --wavelength 0.6)")
+    else:
+        g.add_argument("--wavelength", type=positive_float, required=required, help="emission wavelength in µm")
     g.add_argument("--ni", type=positive_float, default=1.515, help="immersion refractive index (default 1.515, oil)")
     g.add_argument("--ns", type=positive_float, default=1.33, help="sample refractive index (default 1.33, water)")
     g.add_argument("--depth", type=float, default=0.0, help="depth below the coverslip in µm (default 0); the "

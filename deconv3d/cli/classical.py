@@ -69,16 +69,12 @@ def _deconvolve_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output image: .tif/.tiff (float32 with voxel size) or "
                    ".zarr (OME-Zarr v0.5 with provenance, written chunk by chunk)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--psf", nargs="+", metavar="PSF",
-                     help="PSF file (.tif), or one per channel of a multi-channel input (with a .zarr output); "
-                          "resampled to the image's voxel size when they differ (required, except for --method ssl "
-                          "with --model)")
+    src.add_argument("--psf", nargs="+", action="extend", metavar="PSF",
+                     help="PSF file (.tif), or one per channel of a multi-channel input (with a .zarr output; "
+                          "--psf A.tif B.tif, or repeated: --psf A.tif --psf B.tif); resampled to the image's voxel "
+                          "size when they differ (required, except for --method ssl with --model)")
     src.add_argument("--psf-model", choices=PSF_MODELS, help="generate the PSF from microscope parameters")
-    add_optics(p, required=False)
-    for action in p._actions:
-        if action.dest == "wavelength":  # one emission wavelength, or one per channel (as batch)
-            action.nargs, action.metavar = "+", "UM"
-            action.help = "emission wavelength in µm, or one per channel of a multi-channel input (.zarr output)"
+    add_optics(p, required=False, per_channel=True)  # one emission wavelength, or one per channel (as batch)
     p.add_argument("--method", choices=METHODS, default="rl", help="deconvolution method (default rl)")
     p.add_argument("--iterations", type=_iterations, default=20, metavar="N|auto",
                    help="RL iterations (default 20); 'auto' chooses the count from the image itself by predicting "

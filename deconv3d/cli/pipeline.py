@@ -174,15 +174,13 @@ def register(sub) -> None:
                    "2 processes)")
     p.add_argument("--output-format", choices=("zarr", "tif"), help="output format (default zarr)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--psf", nargs="+", metavar="PSF", help="PSF file (.tif), or one per channel")
+    src.add_argument("--psf", nargs="+", action="extend", metavar="PSF",
+                     help="PSF file (.tif), or one per channel (--psf A.tif B.tif, or repeated)")
     src.add_argument("--psf-model", choices=PSF_MODELS, help="generate the PSF from microscope parameters")
-    add_optics(p, required=False)
+    add_optics(p, required=False, per_channel=True)  # batch: one emission wavelength, or one per channel
     for action in p._actions:  # config values must win over the optics defaults
         if action.dest in ("ni", "ns", "depth"):
             action.default = None
-        if action.dest == "wavelength":  # batch: one emission wavelength, or one per channel
-            action.nargs, action.metavar = "+", "UM"
-            action.help = "emission wavelength in µm, or one per channel"
     p.add_argument("--method", choices=METHODS, help="deconvolution method (default rl)")
     p.add_argument("--iterations", type=_batch_iterations, help="RL iterations (default 20)")
     p.add_argument("--tv-weight", type=float,

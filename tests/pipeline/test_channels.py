@@ -193,3 +193,39 @@ def test_the_first_refusal_of_per_channel_psfs_is_the_real_problem(tmp_path, cap
     code, _, err = run(["batch", inputs, "-o", tmp_path / "out", "--psf", tmp_path / "a.tif", "--output-format", "tif"],
                        capsys)
     assert code == 3 and "a TIFF output holds one 2D/3D image; give --output-format zarr" in err, err
+
+
+def test_a_repeated_psf_or_wavelength_adds_one_per_channel(tmp_path, capsys):
+    """Found by the options review: a repeated --psf or --wavelength kept only its last value, so
+    '--psf a.tif --psf b.tif' on a two-channel image ran b.tif on both channels and recorded only
+    it, and '--wavelength 0.5 --wavelength 0.6' recorded 0.6 for both. Repeated, they extend the
+    list as '--psf a.tif b.tif' does (and as a repeated --model does); the count checks apply."""
+    from deconv3d.cli import build_parser
+    from deconv3d.omezarr import read_ome_zarr
+
+    write_ome_zarr(tmp_path / "two.zarr", _positive((2, 4, 8, 8)), axes="CZYX", voxel_size=(0.3, 0.1, 0.1))
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    write_tiff(a, gaussian_psf((3, 3, 3)), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(b, gaussian_psf((3, 5, 5), (0.5, 1.5, 1.5)), voxel_size=(0.3, 0.1, 0.1))
+    results = {}
+    for form, psfs in (("list", ["--psf", a, b]), ("repeated", ["--psf", a, "--psf", b])):
+        code, _, err = run(["deconvolve", tmp_path / "two.zarr", "-o", tmp_path / f"{form}.zarr", *psfs,
+                            "--iterations", 2], capsys)
+        assert code == 0, err
+        data, _, _, attrs = read_ome_zarr(tmp_path / f"{form}.zarr")
+        assert attrs["deconv3d"]["psf"]["source"]["files"] == [str(a), str(b)], attrs["deconv3d"]["psf"]
+        results[form] = np.asarray(data)
+    np.testing.assert_array_equal(results["repeated"], results["list"])
+    code, _, err = run(["deconvolve", tmp_path / "two.zarr", "-o", tmp_path / "three.zarr", "--psf", a, "--psf", b,
+                        "--psf", a], capsys)
+    assert_one_line_error(code, err, "two.zarr has 2 channel(s) but 3 PSFs were given")
+    code, _, err = run(["deconvolve", "--psf", a, "--psf", b, tmp_path / "two.zarr", "-o", tmp_path / "o.zarr"], capsys)
+    assert_one_line_error(code, err, f"--psf took {b} {tmp_path / 'two.zarr'}")  # the last one took the input
+    for command in (["deconvolve", "in.tif", "-o", "o.zarr"], ["batch", "in", "-o", "out"]):
+        args = build_parser().parse_args([*command, "--psf-model", "gaussian", "--wavelength", "0.5",
+                                          "--wavelength", "0.6", "0.7"])
+        assert args.wavelength == [0.5, 0.6, 0.7], (command, args.wavelength)
+    code, _, err = run(["deconvolve", tmp_path / "two.zarr", "-o", tmp_path / "w.zarr", "--psf-model", "gaussian",
+                        "--na", 1.2, "--wavelength", 0.5, "--wavelength", 0.6, "--iterations", 2], capsys)
+    assert code == 0, err
+    assert read_ome_zarr(tmp_path / "w.zarr")[3]["deconv3d"]["psf"]["source"]["wavelength"] == [0.5, 0.6]
