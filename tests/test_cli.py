@@ -316,6 +316,32 @@ def test_pyramid_levels_for_a_tiff_output_are_named_as_ignored(data, capsys):
     assert code == 0 and "--pyramid-levels" not in err and (data / "p.zarr" / "1").is_dir()
 
 
+def test_an_option_the_method_ignores_is_named_when_given_at_its_default(data, capsys):
+    """Found by the options review: the options a method ignores were found by comparing their
+    values with the defaults, so '--method rl --tv-weight 0.002' and '--method wiener --iterations
+    20 --boundary bertero' (the defaults) said nothing. Given is given, abbreviated too; the
+    values used and recorded stay those of the run without them."""
+    from cli_helpers import tiff_properties
+
+    base = ["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "--device", "cpu"]
+    for method, extra, named in (
+            ("rl", ["--iterations", 2, "--tv-weight", 0.002, "--ns", 1.33],
+             ["--tv-weight does not apply to --method rl", "--ns describes the microscope for --psf-model"]),
+            ("wiener", ["--iterations", 20, "--bound", "bertero"], ["--iterations and --boundary do not apply"])):
+        outputs = []
+        for name, options in (("plain", extra[:2] if method == "rl" else []), ("given", extra)):
+            outputs.append(data / f"{method}_{name}.tif")
+            code, _, err = run([*base, "-o", outputs[-1], "--method", method, *options], capsys)
+            assert code == 0, err
+            lines = [line for line in err.splitlines() if "warning" in line]
+            expected = named if name == "given" else []
+            assert [line.startswith(f"deconv3d: warning: {n}") for n, line in zip(expected, lines)] == \
+                [True] * len(lines) and len(lines) == len(expected), (method, options, err)
+        plain, given = (tiff_properties(out) for out in outputs)
+        assert given["parameters"] == plain["parameters"], (plain, given)
+        np.testing.assert_array_equal(tifffile.imread(outputs[1]), tifffile.imread(outputs[0]))
+
+
 def test_debug_shows_the_traceback_and_keeps_the_exit_status(data, capsys, monkeypatch):
     """--debug printed the traceback by re-raising, so bad input exited 1 instead of 2."""
     import deconv3d.classical

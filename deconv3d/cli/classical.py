@@ -120,8 +120,12 @@ def _unused_option_warnings(args) -> list[str]:
     lines: list[str] = []
     training = selfsup.training_defaults()
     defaults = {**_DEFAULTS, **{d: v for d, v in training.items() if d != "steps"}}
+    explicit = getattr(args, "_given_options", None)  # (the command line's Parser records the options given)
+    names = getattr(args, "_flag_names", {})  # (a batch's, where they differ)
 
-    def given(dests):  # (an option missing from the parser that built ``args`` counts as not given)
+    def given(dests):  # given, at the default value too; (an option missing from the parser counts as not given)
+        if explicit is not None:
+            return [names.get(d) or _flag(d) for d in dests if d in defaults and d in explicit]
         return [_flag(d) for d in dests if d in defaults and getattr(args, d, defaults[d]) != defaults[d]]
 
     def warn(flags, one, many, why):

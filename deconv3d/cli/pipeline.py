@@ -46,6 +46,13 @@ def settings_from_args(args, base: dict | None = None):
     """Settings from a config dict ``base`` overridden by every option given on the command line."""
     from deconv3d.pipeline.batch import make_settings
 
+    return make_settings(_setting_values(args, base), options=not hasattr(args, "input_dir"))  # deconvolve: its
+    # options, not a batch's
+
+
+def _setting_values(args, base: dict | None = None) -> dict:
+    """The values :func:`settings_from_args` makes its settings of: for a batch, those given, by its
+    config or its options."""
     values = dict(base or {})
     # A PSF source given here replaces the config's, whichever kind it is; a file also replaces the
     # microscope's parameters a generated PSF is made from (the config's wavelengths had still set
@@ -78,7 +85,7 @@ def settings_from_args(args, base: dict | None = None):
         values["pattern"] = tuple(args.pattern)
     if getattr(args, "output_format", None):
         values["output_format"] = args.output_format
-    return make_settings(values, options=not hasattr(args, "input_dir"))  # deconvolve: its options, not a batch's
+    return values
 
 
 def _as_read_before(args, config: dict, settings) -> tuple:
@@ -242,6 +249,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else {}
     _take_run_options(args, config)
     check_scheduler(args.scheduler)
+    given = _setting_values(args, config)
     settings = settings_from_args(args, config)
     output_dir = Path(args.output)
     if output_dir.exists() and not output_dir.is_dir():
@@ -256,7 +264,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise InputError(f"cannot create or write the output folder {output_dir} ({existing} is not writable): "
                          "choose another location")
     _check_shared_files(settings)
-    print_warnings(_unused_settings_warnings(settings))
+    print_warnings(_unused_settings_warnings(settings, given))
     start = time.perf_counter()
     gpus = gpu_count(settings.run_device) if args.scheduler == "processes" else 0
     rows: list[dict] = []
@@ -301,10 +309,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 3 if failed else 0
 
 
-def _unused_settings_warnings(settings) -> list[str]:
+def _unused_settings_warnings(settings, given) -> list[str]:
     """``deconvolve``'s warnings about options the method ignores, for a batch's settings (its
     options and its config's keys alike): --iterations with --method wiener redid every finished
-    file without a word (such settings are no longer in the fingerprint, see Settings.fingerprint)."""
+    file without a word (such settings are no longer in the fingerprint, see Settings.fingerprint).
+    ``given``: the names of the settings given (:func:`_setting_values`), warned about at their
+    default values too."""
     from .classical import _unused_option_warnings
 
     s = settings
@@ -313,6 +323,9 @@ def _unused_settings_warnings(settings) -> list[str]:
         tv_weight=s.tv_weight, balance=s.balance, tta=s.tta, band_limit=s.band_limit, seed=s.seed, amp=s.amp,
         model=s.model, psf_model=s.psf_model, na=s.na, wavelength=s.wavelength, ni=s.ni, ns=s.ns, depth=s.depth,
         pyramid_levels=s.pyramid_levels, output=f"output.{s.output_format}")
+    # (batch's --accelerate/--no-accelerate is deconvolve's --no-accelerate)
+    as_options._given_options = {"no_accelerate" if name == "accelerate" else name for name in given}
+    as_options._flag_names = {"no_accelerate": "--accelerate/--no-accelerate", "tta": "--tta/--no-tta"}
     return _unused_option_warnings(as_options)
 
 

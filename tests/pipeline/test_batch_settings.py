@@ -273,3 +273,16 @@ def test_records_of_earlier_versions_with_an_ignored_setting_still_match_the_sam
         path.write_text(json.dumps(record))
     code, _, err = run(argv, capsys)
     assert code == 0 and statuses(out) == ["done", "done"], err
+
+
+def test_a_batch_names_an_ignored_option_given_at_its_default(folder, capsys):
+    """Found by the options review: a batch compared the settings with their defaults too, so
+    '--method wiener --iterations 20 --accelerate' (or iterations = 20 in its config) said nothing.
+    A setting given, by an option or by the config, is named whatever its value."""
+    (folder / "batch.toml").write_text('iterations = 20\n', encoding="utf-8")
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--psf", folder / "psf.tif", "--method", "wiener",
+                        "--accelerate", "--boundary", "bertero", "--config", folder / "batch.toml"], capsys)
+    assert code == 0 and statuses(folder / "out") == ["done", "done"], err
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        "deconv3d: warning: --iterations, --accelerate/--no-accelerate and --boundary do not apply to --method "
+        "wiener; ignored"], err
