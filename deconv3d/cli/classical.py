@@ -111,7 +111,8 @@ def _flag(dest: str) -> str:
 
 
 def _unused_option_warnings(args) -> list[str]:
-    """The warnings naming the given options the chosen method (or a trained --model) ignores.
+    """The warnings naming the given options the chosen method (or a trained --model, or the training
+    recipe chosen: :func:`selfsup.recipe_ignores`) ignores; for ``deconvolve`` and ``train``.
 
     Warnings, not errors: scripts that loop over methods with one set of options keep working.
     They are printed once the input has been checked (``_common.print_warnings``), so that a run
@@ -132,14 +133,19 @@ def _unused_option_warnings(args) -> list[str]:
         names = ", ".join(flags[:-1]) + " and " + flags[-1] if len(flags) > 1 else flags[0]
         lines.append(f"deconv3d: warning: {names} {one if len(flags) == 1 else many} {why}; ignored")
 
-    unused = given(d for d, methods in _METHOD_OPTIONS.items() if args.method not in methods)
-    if args.method != "ssl":
+    method, model = getattr(args, "method", "ssl"), getattr(args, "model", None)  # (train's: ssl, training)
+    unused = given(d for d, methods in _METHOD_OPTIONS.items() if method not in methods)
+    if method != "ssl":
         unused += given(d for d in training if d != "steps")
     if unused:
-        warn(unused, "does", "do", f"not apply to --method {args.method}")
-    if args.method == "ssl" and args.model and (unused := given(d for d in training if d not in ("steps", "amp"))):
+        warn(unused, "does", "do", f"not apply to --method {method}")
+    if method == "ssl" and model and (unused := given(d for d in training if d not in ("steps", "amp"))):
         warn(unused, "sets", "set", "up training, which --model skips (train with --train-steps N instead)")
-    if args.psf_model is None and (unused := given(_OPTICS)):
+    if method == "ssl" and not model:  # one line each: the training recipe chosen does not read them
+        for dest, verb, why in selfsup.recipe_ignores(args):
+            if unused := given([dest]):
+                warn(unused, verb, verb, why)
+    if getattr(args, "psf_model", None) is None and (unused := given(_OPTICS)):
         warn(unused, "describes", "describe", "the microscope for --psf-model, and no --psf-model is given")
     if getattr(args, "pyramid_levels", 0) and Path(args.output).suffix.lower() != ".zarr":
         warn(["--pyramid-levels"], "adds", "add", "down-sampled levels to a .zarr output, and the output is not one")

@@ -122,6 +122,35 @@ def configs(args, ndim: int):
                               positive=args.positive)
 
 
+def recipe_ignores(args) -> list[tuple[str, str, str]]:
+    """The training options (dests) that the recipe ``args`` chooses does not read, each with a verb
+    and why (``dest``, ``verb``, ``why``): given, they were recorded in the checkpoint as if used
+    (``--warm-start 50`` with the residual form, which runs no warm start).
+    :func:`deconv3d.cli.classical._unused_option_warnings` warns about those given."""
+    from deconv3d.selfsup.losses import loss_weights
+
+    config = configs(args, 2)[0]
+    invariance = "--ssi" if args.ssi else f"--invariance {config.invariance}"
+    ignored = []
+    if config.residual:
+        ignored.append(("warm_start", "applies", "to --no-residual, and a residual network (the default) starts at "
+                                                 "the Richardson-Lucy estimate itself"))
+    elif not (config.warm_steps or config.anchor_weight):  # train() then computes no Richardson-Lucy estimate
+        ignored.append(("warm_tv", "sets", "the TV weight of the Richardson-Lucy estimate that a warm start or "
+                                           "--anchor uses, and this recipe has neither"))
+    weights = loss_weights(config)
+    if not weights.inv_before and not (weights.inv_after and config.lambda_inv_psf is None):
+        ignored.append(("lambda_inv", "weighs", f"an invariance term {invariance} does not have") if not
+                       weights.inv_after else ("lambda_inv", "is", f"replaced by --lambda-inv-psf under {invariance}"))
+    if config.invariance not in ("after-psf", "both"):
+        ignored.append(("lambda_inv_psf", "weighs", "the invariance after the PSF (--invariance after-psf or both), "
+                                                    f"and {invariance} has none"))
+    if not weights.data:
+        ignored.append(("precondition", "weighs", f"the data term, which is off under {invariance} (--lambda-rec "
+                                                  "turns it on)"))
+    return ignored
+
+
 def train_with_progress(image, psf, args, voxel, notes=()):
     """Train on ``image`` with a progress bar showing the loss; raises on cancel or divergence.
 
@@ -183,8 +212,12 @@ def cmd_train(args) -> int:
     from deconv3d.omezarr import file_sha256
     from deconv3d.selfsup import save_checkpoint
 
+    from .classical import _unused_option_warnings
+
+    warnings = _unused_option_warnings(args)
     image, psf, voxel, notes = _read_inputs(args)
     start = time.perf_counter()
+    notes = warnings + notes
     result = train_with_progress(image.data, psf, args, voxel, notes)
     source = {"path": recorded_path(args.input), "sha256": file_sha256(args.input)}
     save_checkpoint(result, args.output, training_image=source)

@@ -472,3 +472,34 @@ def test_a_log_hears_from_train_while_it_searches_for_the_rl_reference(data, cap
     assert searched[0].startswith("train: choosing the RL reference: 1 it, ") and "risk=" in searched[0], err
     assert [line.split(",")[0] for line in lines[1 + len(searched):]] == ["train: 1/2 step (50%)",
                                                                          "train: 2/2 step (100%)"], err
+
+
+def test_training_options_the_recipe_does_not_read_are_named(data, capsys):
+    """Found by the options review: training options the chosen recipe never reads were taken
+    silently and recorded as if used: --warm-start 50 with the residual form (no warm start run),
+    --lambda-inv-psf under --invariance before-psf, --lambda-inv and --warm-tv under --ssi
+    --no-residual --warm-start 0. Each is named on a line of its own; those the recipe reads are not."""
+    from deconv3d.cli import build_parser
+    from deconv3d.cli.classical import _unused_option_warnings
+
+    code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "m.ckpt", "--steps", 1,
+                        "--warm-start", 50, "--lambda-inv-psf", 5] + TINY, capsys)
+    assert code == 0, err
+    assert [line.split(" ", 3)[2] for line in err.splitlines() if "warning" in line] == [
+        "--warm-start", "--lambda-inv-psf"], err
+    assert "--warm-start applies to --no-residual" in err and "--invariance before-psf has none; ignored" in err
+
+    def named(*options, command="train"):
+        argv = ([command, "in.tif", "--psf", "p.tif", "-o", "m.ckpt"] if command == "train" else
+                [command, "in.tif", "--psf", "p.tif", "-o", "o.tif", "--method", "ssl"])
+        lines = _unused_option_warnings(build_parser().parse_args([*argv, *map(str, options)]))
+        assert all(line.startswith("deconv3d: warning: --") and line.endswith("; ignored") for line in lines), lines
+        return [line.split(" ", 3)[2] for line in lines]
+
+    assert named("--ssi", "--lambda-inv", 5, "--no-residual", "--warm-start", 0, "--warm-tv", 0.05, "--precondition",
+                 0.01) == ["--warm-tv", "--lambda-inv", "--precondition"]
+    assert named("--ssi", "--lambda-rec", 1, "--precondition", 0.01, "--no-residual", "--warm-tv", 0.05) == []
+    assert named("--invariance", "after-psf", "--lambda-inv", 2, "--lambda-inv-psf", 1) == ["--lambda-inv"]
+    assert named("--invariance", "both", "--lambda-inv", 2, "--lambda-inv-psf", 1, "--warm-tv", 0.01) == []
+    assert named("--no-residual", "--warm-start", 0, "--anchor", 1, "--warm-tv", 0.01) == []  # an anchor's estimate
+    assert named("--warm-start", "auto", command="deconvolve") == ["--warm-start"]  # deconvolve trains alike
