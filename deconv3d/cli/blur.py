@@ -78,7 +78,8 @@ def _train_parser(blur) -> None:
                         "--latent-norm none; explicit variant only)")
     p.add_argument("--latent-norm", choices=LATENT_NORMS, default="endpoints",
                    help="'endpoints' (default, beyond the paper): the latent term relative to dist(E(x1), E(x3)), "
-                        "so that it cannot fall by shrinking the latents; 'none': the paper's absolute term")
+                        "so that it cannot fall by shrinking the latents; 'none': the paper's absolute term "
+                        "(explicit variant only)")
     p.add_argument("--levels", type=float, nargs="+", metavar="L",
                    help="blur level of each plane, larger = nearer focus (default: plane index)")
     p.add_argument("--focus", choices=("last", "first"),
@@ -263,6 +264,7 @@ def cmd_train(args) -> int:
     from deconv3d.latent.model import AEConfig
     from deconv3d.latent.train import LatentTrainConfig, plane_problem, train
 
+    _refuse_latent_options(args)
     check_output(args.output, args.stacks, suffixes=(".ckpt", ".pt"))
     stacks, pixel = _read_stacks(args.stacks)
     problem = plane_problem(stacks)  # in the files' own order and numbering, before sorting and tiling
@@ -306,6 +308,19 @@ def cmd_train(args) -> int:
     print(f"wrote {args.output}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}), "
           f"{result.precision}{score}")
     return 0
+
+
+def _refuse_latent_options(args) -> None:
+    """The options of the explicit loss's latent term, given with another variant, are refused as
+    --residual is with the baseline: taken silently, they were recorded in the checkpoint as if
+    they had shaped a loss that has no latent term."""
+    given = getattr(args, "_given_options", ())  # (given at any value: Parser records them)
+    latent = [f"--{d.replace('_', '-')}" for d in ("dist", "latent_weight", "latent_norm") if d in given]
+    if latent and args.variant != "explicit":
+        names = ", ".join(latent[:-1]) + " and " + latent[-1] if len(latent) > 1 else latent[0]
+        raise InputError(f"{names} shape{'s' if len(latent) == 1 else ''} the explicit loss's latent term, which the "
+                         f"{args.variant} loss lacks: drop {'it' if len(latent) == 1 else 'them'} or use "
+                         "--variant explicit")
 
 
 def _read_pair(far_path, other_path, other_role: str):

@@ -74,3 +74,22 @@ def test_focus_that_levels_contradict_is_overridden_with_a_warning(tmp_path, mak
     with pytest.raises(SystemExit):
         run(["blur", "train", "--help"], capsys)
     assert "--levels orders the planes itself and overrides it" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("variant, options, named", [
+    ("baseline", ["--dist", "l1", "--latent-weight", "5", "--latent-norm", "none"],
+     "--dist, --latent-weight and --latent-norm shape the explicit loss's latent term, which the baseline loss lacks"),
+    ("implicit", ["--dist", "mse"], "--dist shapes the explicit loss's latent term, which the implicit loss lacks")])
+def test_latent_term_options_without_the_explicit_loss_are_refused(tmp_path, make_stacks, capsys, variant, options,
+                                                                   named):
+    """Found by the options review: '--variant baseline --dist l1 --latent-weight 5 --latent-norm
+    none' trained exactly the plain baseline (only the explicit loss has a latent term) but recorded
+    the three in the checkpoint, while '--variant baseline --residual' is refused. They are refused
+    alike, given at any value (the implicit loss lacks the term too), and nothing is written."""
+    from cli_helpers import assert_one_line_error
+
+    out = tmp_path / "ae.ckpt"
+    code, _, err = run(["blur", "train", *write_stacks(tmp_path, make_stacks), "-o", out, "--variant", variant,
+                        *options, *TINY], capsys)
+    assert_one_line_error(code, err, named, "use --variant explicit")
+    assert not out.exists()
