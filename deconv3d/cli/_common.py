@@ -200,7 +200,8 @@ def add_optics(p: argparse.ArgumentParser, required: bool, per_channel: bool = F
     else:
         g.add_argument("--wavelength", type=positive_float, required=required, help="emission wavelength in µm")
     g.add_argument("--ni", type=positive_float, default=1.515, help="immersion refractive index (default 1.515, oil)")
-    g.add_argument("--ns", type=positive_float, default=1.33, help="sample refractive index (default 1.33, water)")
+    g.add_argument("--ns", type=positive_float, default=1.33, help="sample refractive index (default 1.33, water; "
+                   "gibson-lanni and vectorial only)")
     g.add_argument("--depth", type=float, default=0.0, help="depth below the coverslip in µm (default 0); the "
                    "PSF's z index runs from the coverslip into the sample")
 
