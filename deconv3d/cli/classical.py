@@ -204,9 +204,11 @@ def cmd_deconvolve(args) -> int:
     if not pipeline.wants_pipeline(args):
         _go_out_of_core_if_too_large(args)
     if pipeline.wants_pipeline(args):
-        if args.iterations == "auto":
+        if args.iterations == "auto" and args.method in _METHOD_OPTIONS["iterations"]:
             raise InputError("--iterations auto needs the whole image in memory: run it on a TIFF crop, then give "
                              "the count it reports as --iterations N to the chunked run")
+        if args.iterations == "auto":  # a method that ignores it (warned about, as in memory): the settings take a count
+            args.iterations = _DEFAULTS["iterations"]
         return pipeline.cmd_deconvolve_chunked(args, warnings)
     image = _read_one_image(args.input)
     check_output(args.output, [f for f in (args.input, args.psf, args.model) if f])
@@ -302,7 +304,7 @@ def _go_out_of_core_if_too_large(args) -> None:
     # and took more memory than in memory (found by the diff review)
     if limit_for_available(model, shape, planning_baseline()) is None:
         return
-    if args.iterations == "auto":
+    if args.iterations == "auto" and args.method in _METHOD_OPTIONS["iterations"]:  # (wiener ignores it)
         raise InputError(f"{args.input} would need more memory than is available in one piece, and --iterations "
                          "auto needs it whole: run it on a crop, then give the count it reports as --iterations N")
     args.out_of_core = True
