@@ -48,8 +48,9 @@ class OptionWarning(Deconv3dWarning):
 PREFIX = "deconv3d: warning: "
 #: The command line's options that warnings name, and the keyword arguments (of
 #: :class:`~deconv3d.pipeline.batch.Settings` and :func:`~deconv3d.pipeline.run_chunked`) that set the same.
-_KEYWORDS = {"--voxel-size": "voxel_size", "--memory-limit": "memory_limit", "--chunks": "chunks"}
-_OPTIONS = re.compile(r"--(?:voxel-size|memory-limit|chunks)\b")
+_KEYWORDS = {"--voxel-size": "voxel_size", "--memory-limit": "memory_limit", "--chunks": "chunks",
+             "--pyramid-levels": "pyramid_levels"}
+_OPTIONS = re.compile(r"--(?:voxel-size|memory-limit|chunks|pyramid-levels)\b")
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 

@@ -31,7 +31,8 @@ def add_chunk_options(p, defaults=True) -> None:
                    "the largest blocks that fit (default: the whole volume unless --chunks; a run that would not "
                    "fit in the free memory goes block by block within 80%% of it, with a warning)")
     g.add_argument("--pyramid-levels", type=_non_negative_int, default=0 if defaults else None, metavar="N",
-                   help="extra 2x down-sampled levels in a .zarr output (default 0)")
+                   help="extra 2x down-sampled levels in a .zarr output (default 0); halving y and x stops at "
+                   "1 voxel, and a warning says how many were written where that is fewer")
 
 
 def wants_pipeline(args) -> bool:

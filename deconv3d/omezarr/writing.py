@@ -11,7 +11,7 @@ import numpy as np
 from deconv3d import __version__
 from deconv3d._paths import path_text
 from deconv3d._voxel import checked_voxel_size
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, warn
 from deconv3d.omezarr.reading import _AXIS_TYPES, _in_order, _level_transform
 
 OME_VERSION = "0.5"
@@ -158,7 +158,9 @@ def _dataset(path: str, scale, translation=None) -> dict:
 
 
 def write_pyramid(path, levels: int, scheduler=None, workers: int | None = None) -> None:
-    """Add ``levels`` down-sampled levels (2x mean in y and x, and in z while it stays above 8).
+    """Add ``levels`` down-sampled levels (2x mean in y and x, and in z while it stays above 8),
+    or as many as the shape holds: down-sampling stops at 1 voxel in y and x, with a warning
+    saying how many levels were written (more asked for were dropped without a word).
 
     Each level's ``translation`` puts its voxels at the centres of the level-0 voxels they
     average, so that viewers overlay the levels without a half-voxel shift. ``workers`` bounds
@@ -174,10 +176,13 @@ def write_pyramid(path, levels: int, scheduler=None, workers: int | None = None)
     axes = "".join(a["name"] for a in ms["axes"]).upper()
     factors = [1] * len(axes)
     base, start = _level_transform(ms, 0, len(axes), Path(path))
+    full = _spatial(axes, group[ms["datasets"][0]["path"]].shape)
     for level in range(1, levels + 1):
         src = da.from_zarr(str(path), component=ms["datasets"][level - 1]["path"])
         step = [2 if (a in "YX" or (a == "Z" and n >= 16)) and n >= 2 else 1 for a, n in zip(axes, src.shape)]
         if all(s == 1 for s in step):
+            warn(f"deconv3d: warning: --pyramid-levels {levels} is more than a {full} image holds: wrote {level - 1}, "
+                 f"the last of {_spatial(axes, src.shape)} voxels (each level halves y and x, down to 1 voxel)")
             break
         trimmed = src[tuple(slice(0, n - n % s) for n, s in zip(src.shape, step))]
         down = da.coarsen(np.mean, trimmed, dict(enumerate(step))).astype(np.float32)
@@ -196,6 +201,10 @@ def write_pyramid(path, levels: int, scheduler=None, workers: int | None = None)
                                          "planes) voxels of the level above",
                           "method": "dask.array.coarsen(numpy.mean)"}
     group.attrs.update(attrs)
+
+
+def _spatial(axes: str, shape) -> tuple:
+    return tuple(int(n) for a, n in zip(axes, shape) if a in "ZYX")
 
 
 def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chunks=None, provenance=None,
@@ -217,7 +226,8 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     provenance : dict, optional
         The ``deconv3d`` attribute block (see :func:`deconv3d.pipeline.provenance`).
     pyramid_levels : int
-        Number of extra, 2x down-sampled levels.
+        Number of extra, 2x down-sampled levels (at most as many as the shape holds:
+        :func:`write_pyramid`).
     """
     import dask.array as da
 

@@ -1120,3 +1120,30 @@ def test_a_2d_tiff_output_is_read_back_one_chunk_at_a_time(tmp_path, monkeypatch
     settings = Settings(method="wiener", psf=str(tmp_path / "psf.tif"), chunks=(24, 20))
     deconvolve_file(tmp_path / "flat.tif", tmp_path / "out.tif", settings)
     assert (tmp_path / "out.tif").exists() and seen and set(seen) == {1}, seen
+
+
+def test_more_pyramid_levels_than_the_shape_holds_are_said_to_be_fewer(tmp_path, capsys):
+    """Found by the options review: --pyramid-levels 20 on a 16 x 32 x 32 image wrote 5 levels
+    (y and x halve from 32 to 1) without a word. The levels the shape holds are written, with a
+    warning saying how many; as many as it holds draw none."""
+    import warnings
+
+    from deconv3d.errors import Deconv3dWarning
+
+    data = np.random.default_rng(0).random((16, 32, 32)).astype(np.float32)
+    with pytest.warns(Deconv3dWarning, match=r"pyramid_levels 20 is more than a \(16, 32, 32\) image holds: wrote 5, "
+                                             r"the last of \(8, 1, 1\) voxels"):
+        write_ome_zarr(tmp_path / "a.zarr", data, pyramid_levels=20)
+    datasets = read_ome_zarr(tmp_path / "a.zarr")[3]["ome"]["multiscales"][0]["datasets"]
+    assert [d["path"] for d in datasets] == ["0", "1", "2", "3", "4", "5"]
+    assert read_ome_zarr(tmp_path / "a.zarr", level=5)[0].shape == (8, 1, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_ome_zarr(tmp_path / "b.zarr", data, pyramid_levels=5)
+    write_tiff(tmp_path / "in.tif", data, voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 3, 3)), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "in.tif", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "o.zarr",
+                        "--iterations", 1, "--pyramid-levels", 6], capsys)
+    assert code == 0 and err.strip().splitlines() == [
+        "deconv3d: warning: --pyramid-levels 6 is more than a (16, 32, 32) image holds: wrote 5, the last of "
+        "(8, 1, 1) voxels (each level halves y and x, down to 1 voxel)"], err
