@@ -141,7 +141,7 @@ def _unused_option_warnings(args) -> list[str]:
         warn(unused, "does", "do", f"not apply to --method {method}")
     if method == "ssl" and model and (unused := given(d for d in training if d not in ("steps", "amp"))):
         warn(unused, "sets", "set", "up training, which --model skips (train with --train-steps N instead)")
-    if method == "ssl" and not model:  # one line each: the training recipe chosen does not read them
+    if method == "ssl" and not model and given(selfsup.RECIPE_OPTIONS):  # one line each: the recipe does not read them
         for dest, verb, why in selfsup.recipe_ignores(args):
             if unused := given([dest]):
                 warn(unused, verb, verb, why)
@@ -207,7 +207,7 @@ def cmd_deconvolve(args) -> int:
         if args.iterations == "auto" and args.method in _METHOD_OPTIONS["iterations"]:
             raise InputError("--iterations auto needs the whole image in memory: run it on a TIFF crop, then give "
                              "the count it reports as --iterations N to the chunked run")
-        if args.iterations == "auto":  # a method that ignores it (warned about, as in memory): the settings take a count
+        if args.iterations == "auto":  # a method that ignores it (warned about, as in memory): a count for the settings
             args.iterations = _DEFAULTS["iterations"]
         return pipeline.cmd_deconvolve_chunked(args, warnings)
     image = _read_one_image(args.input)

@@ -122,6 +122,10 @@ def configs(args, ndim: int):
                               positive=args.positive)
 
 
+#: The training options that some recipes do not read (:func:`recipe_ignores`).
+RECIPE_OPTIONS = ("warm_start", "warm_tv", "lambda_inv", "lambda_inv_psf", "precondition")
+
+
 def recipe_ignores(args) -> list[tuple[str, str, str]]:
     """The training options (dests) that the recipe ``args`` chooses does not read, each with a verb
     and why (``dest``, ``verb``, ``why``): given, they were recorded in the checkpoint as if used
