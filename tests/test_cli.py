@@ -657,3 +657,15 @@ def test_each_choice_variable_names_its_choices_and_what_a_choice_needs(monkeypa
         monkeypatch.setattr(_fftw if choice == "fftw" else _rl_ops, f"{choice}_available", lambda: False)
         with pytest.raises(InputError, match=f"^{name}={choice} but {why}: pip install"):
             read()
+
+
+@pytest.mark.parametrize("how", ["-c", "stdin"])
+def test_a_library_warning_reaches_code_typed_at_a_prompt_or_given_to_python_c(how):
+    """Such code has no source file: the warning used to fail with "ImportError: '__main__' is not a
+    built-in module" (the warning machinery asked __main__'s loader for the line) instead of warning."""
+    code = "from deconv3d.errors import warn; warn('deconv3d: warning: look out'); print('went on')"
+    done = subprocess.run([sys.executable] + (["-c", code] if how == "-c" else ["-"]),
+                          input=None if how == "-c" else code, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "went on\n"
+    assert done.stderr == f"{'<string>' if how == '-c' else '<stdin>'}:1: Deconv3dWarning: look out\n"
