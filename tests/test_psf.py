@@ -1039,3 +1039,17 @@ def test_distill_says_when_neighbouring_beads_crowd_every_box():
     assert all(2 * (n // 2) < 12 for n in size[1:])  # no neighbour 12 voxels away inside the box
     psf = distill_psf(beads, size=size)
     assert np.abs(psf - gaussian(size, (2.0, 1.4, 1.4))).sum() < 0.1
+
+
+def test_distill_takes_a_background_gradient_for_no_noise():
+    """Found by the review of PSF distillation: the noise was the spread of the smoothed image, which a
+    background rising along x took in (beads of 600 over a ramp of +150: "noise" 56 instead of 1.4),
+    so that the default threshold found no bead and any threshold was told that no bead stands out
+    from the noise, "check that the image holds beads". The noise is now measured on what smoothing
+    removes: the beads are found, and a threshold above them is to be lowered."""
+    x = np.arange(64, dtype=np.float32) / 63
+    beads = nine_beads(peak=600.0) + np.float32(150) * x
+    psf = distill_psf(beads)
+    assert np.unravel_index(psf.argmax(), psf.shape) == tuple(n // 2 for n in psf.shape)
+    with pytest.raises(InputError, match="no bead reaches the threshold .*: lower --threshold"):
+        distill_psf(beads, threshold=1e5)

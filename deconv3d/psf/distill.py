@@ -63,10 +63,11 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     -----
     *Detection.* Single-voxel spikes whose neighbours hold no light beyond the noise (a camera's
     hot voxels, :func:`_despiked`) are lowered to their brightest neighbour and the image is smoothed by a Gaussian of sigma 1 voxel; the median of the
-    smoothed image is the background and 1.4826 times its median absolute deviation the
-    noise. The FWHM along each axis through the brightest smoothed voxel that no saturated voxel
-    lies near (:func:`_brightest_unsaturated`; contiguous voxels at
-    or above half its height over the background) sets the default box, half-width
+    smoothed image is the background and the noise is that of the smoothed image, measured on what
+    the smoothing removes (:func:`_smoothed_noise`; the spread of the smoothed image itself took a
+    background rising by 600 across the image for noise of 220 and hid beads of 3000). The FWHM
+    along each axis through the brightest smoothed voxel that no saturated voxel lies near
+    (:func:`_brightest_unsaturated`; contiguous voxels at or above half its height over the background) sets the default box, half-width
     ``ceil(1.5 FWHM)`` per axis, and ``min_distance``. Every local maximum
     (:func:`skimage.feature.peak_local_max`) above the level halfway between the background
     and ``threshold`` counts as a peak, so that fainter neighbours are seen too. A peak is
@@ -118,8 +119,9 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     True
     """
     beads = _check_beads(beads)
-    smooth = ndimage.gaussian_filter(_despiked(beads), 1.0)
-    background, noise = _robust_background(smooth)
+    despiked = _despiked(beads)
+    smooth = ndimage.gaussian_filter(despiked, 1.0)
+    background, noise = float(np.median(smooth)), _smoothed_noise(despiked, 1.0)
     brightest = _brightest_unsaturated(beads, smooth)
     fwhm = _fwhm(smooth - background, brightest)
     half = _box_half(size, fwhm, beads.ndim)
