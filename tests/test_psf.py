@@ -1053,3 +1053,22 @@ def test_distill_takes_a_background_gradient_for_no_noise():
     assert np.unravel_index(psf.argmax(), psf.shape) == tuple(n // 2 for n in psf.shape)
     with pytest.raises(InputError, match="no bead reaches the threshold .*: lower --threshold"):
         distill_psf(beads, threshold=1e5)
+
+
+def test_distill_cuts_its_bead_boxes_without_the_hot_voxels():
+    """Found by the review of PSF distillation: hot voxels were lowered for finding the beads only, and
+    the boxes cut from the raw image averaged them into the PSF: with 0.1 % hot voxels of 200-5000
+    counts the L1 error was 0.144 against 0.032 without them. The boxes now lose the spikes that stand
+    beyond the noise, and a clean image gives the same PSF as before, to the bit."""
+    beads = nine_beads()
+    rng = np.random.default_rng(0)
+    hot = rng.random(beads.shape) < 1e-3
+    spiked = beads.copy()
+    spiked[hot] += rng.uniform(200, 5000, hot.sum()).astype(np.float32)
+    truth = gaussian((17, 13, 13), (2.0, 1.4, 1.4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        psf = distill_psf(spiked, size=(17, 13, 13))
+        clean = distill_psf(beads, size=(17, 13, 13))
+    assert np.abs(psf - truth).sum() < 0.08  # (0.15 from the raw image; 0.021 without hot voxels)
+    assert float(np.abs(clean - truth).sum()) == pytest.approx(0.02105, abs=1e-5)  # as before this change
