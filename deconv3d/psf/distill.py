@@ -56,8 +56,9 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     RuntimeWarning
         When the box holds less than :data:`MIN_BOX_SHARE` of the brightest bead's light,
         measured against a box twice as wide; when beads with saturated voxels were left out
-        (:func:`_unsaturated`; all of them saturated is an error); when beads too bright for one
-        were left out as doublets or clusters (:func:`_reject_outliers`).
+        (:func:`_unsaturated`; all of them saturated is an error); when beads were left out for
+        holding over twice the median bead's light, or as doublets or clusters
+        (:func:`_reject_outliers`).
 
     Notes
     -----
@@ -86,9 +87,11 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     is dropped.
 
     *Averaging.* With three boxes or more, those whose sum is not positive are rejected, and
-    with a warning those whose sum exceeds twice the median sum, or :data:`DOUBLET_LIGHT` times
-    it with a core wider than :data:`DOUBLET_WIDTH` times the median box's (or than
-    :data:`DOUBLET_CORE`, if that is wider) along some axis (unresolved doublets or clusters).
+    with a warning those whose sum exceeds twice the median sum (doublets, clusters or uneven
+    background), or :data:`DOUBLET_LIGHT` times it with a core wider than :data:`DOUBLET_WIDTH`
+    times the median box's (or than :data:`DOUBLET_CORE`, if that is wider) and than the median
+    by :data:`DOUBLET_SPREAD` deviations of the cores' widths along some axis (unresolved doublets
+    or clusters).
     The rest are summed, which weights each bead by its brightness. In the sum, the core, where a copy smoothed with sigma 1 exceeds
     8 times its noise level, is kept as is; outside it each voxel becomes a normalised
     Gaussian average (sigma 3 voxels) of the outside voxels alone, so that the zero-mean noise
@@ -525,7 +528,8 @@ def _aligned_box(image, centre, half, background: float) -> np.ndarray | None:
 
 #: :func:`distill_psf` leaves out, as an unresolved doublet, a box that holds more than this many
 #: times the median box's light and whose core is wider along an axis than :data:`DOUBLET_WIDTH` times
-#: the median core's, or than :data:`DOUBLET_CORE`, whichever is wider.
+#: the median core's, or than :data:`DOUBLET_CORE`, whichever is wider, and than the median core by
+#: :data:`DOUBLET_SPREAD` deviations of the cores' widths.
 DOUBLET_LIGHT = 1.5
 DOUBLET_WIDTH = 1.15
 #: The least core width (voxels, :func:`_core_widths`) that :data:`DOUBLET_WIDTH` multiplies: a core
@@ -533,13 +537,20 @@ DOUBLET_WIDTH = 1.15
 #: bead's sub-voxel position and the noise, not on its shape (clean single beads of sigma 0.5-0.7
 #: voxel measured 0 against 0.5, and were left out as doublets).
 DOUBLET_CORE = 0.5
+#: How many robust standard deviations of the cores' widths (over the boxes) a doublet's core must
+#: also exceed the median core's width by: at low SNR the widths scatter (by about 0.5 voxel with
+#: beads of 30-40 photons over a background of 100), and of 45-63 such beads 1-3 single ones 1.5-2
+#: times the median's light, their cores up to 1.28 times its width, were left out as doublets.
+DOUBLET_SPREAD = 3.0
 
 
 def _reject_outliers(boxes: list) -> list:
-    """Drop boxes with no light and, with a warning, unresolved doublets and clusters: boxes more than
-    twice as bright as the median, and those more than :data:`DOUBLET_LIGHT` times as bright whose
-    core (:func:`_core_widths`) is clearly wider than the median box's along some axis, and wider
-    than a core of one or two voxels (:data:`DOUBLET_CORE`).
+    """Drop boxes with no light and, with a warning each, boxes more than twice as bright as the
+    median (doublets, clusters, or a single bead over uneven background, whose faces miss some of the
+    background under it) and unresolved doublets and clusters: those more than :data:`DOUBLET_LIGHT`
+    times as bright whose core (:func:`_core_widths`) is clearly wider than the median box's along
+    some axis, wider than a core of one or two voxels (:data:`DOUBLET_CORE`) and wider beyond the
+    scatter of the cores' widths (:data:`DOUBLET_SPREAD`).
 
     Twice the median alone let two beads 2-4 voxels apart, found as one peak, in at 1.99 times the
     median (the PSF 18 % too wide along the pair's axis) and left them out at 2.01, as the noise fell;
@@ -550,13 +561,21 @@ def _reject_outliers(boxes: list) -> list:
     sums = np.array([b.sum() for b in boxes])
     median = np.median(sums)
     widths = np.array([_core_widths(b) for b in boxes])
-    wider = (widths > DOUBLET_WIDTH * np.maximum(np.median(widths, axis=0), DOUBLET_CORE)).any(axis=1)
-    clusters = (sums > 2 * median) | ((sums > DOUBLET_LIGHT * median) & wider)
-    if clusters.any():
-        warnings.warn(f"{int(clusters.sum())} of {len(boxes)} beads were left out as unresolved doublets or "
-                      f"clusters (over {DOUBLET_LIGHT} times the median bead's light and wider, or over twice its "
-                      "light): use a sparser bead image for them to count", RuntimeWarning, stacklevel=3)
-    return [b for b, s, c in zip(boxes, sums, clusters) if s > 0 and not c]
+    typical = np.median(widths, axis=0)
+    spread = 1.4826 * np.median(np.abs(widths - typical), axis=0)  # the noise of a core's width
+    wider = (widths > np.maximum(DOUBLET_WIDTH * np.maximum(typical, DOUBLET_CORE),
+                                 typical + DOUBLET_SPREAD * spread)).any(axis=1)
+    bright = sums > 2 * median
+    doublets = ~bright & (sums > DOUBLET_LIGHT * median) & wider
+    if bright.any():
+        warnings.warn(f"{int(bright.sum())} of {len(boxes)} beads were left out: their boxes hold over twice the "
+                      "median bead's light (doublets, clusters or uneven background); use a sparser bead image, or "
+                      "one with an even background, for them to count", RuntimeWarning, stacklevel=3)
+    if doublets.any():
+        warnings.warn(f"{int(doublets.sum())} of {len(boxes)} beads were left out as unresolved doublets or "
+                      f"clusters (over {DOUBLET_LIGHT} times the median bead's light and wider): use a sparser bead "
+                      "image for them to count", RuntimeWarning, stacklevel=3)
+    return [b for b, s, c in zip(boxes, sums, bright | doublets) if s > 0 and not c]
 
 
 def _core_widths(box: np.ndarray) -> np.ndarray:
