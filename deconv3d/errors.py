@@ -74,11 +74,10 @@ def warn(line: str, warnings: list | None = None) -> None:
         frame = frame.f_back
     if frame is None:  # called from deconv3d only (python -m deconv3d): as warnings.warn says it
         _warnings.warn_explicit(message, type(message), "sys", 1, registry=None)
-    else:  # code typed at a prompt or given to ``python -c`` ("<stdin>", "<string>") has no source for
-        # the warning's line: its module's globals would send the warning machinery to a loader that raises
-        where = frame.f_code.co_filename
-        _warnings.warn_explicit(message, type(message), where, frame.f_lineno, module=frame.f_globals.get("__name__"),
-                                registry=None, module_globals=None if where.startswith("<") else frame.f_globals)
+    else:  # no module_globals, as warnings.warn passes none: with them, the warning machinery asks the
+        # module's loader for the line, which raises for __main__ run by ``python -c``, ``-m`` or a prompt
+        _warnings.warn_explicit(message, type(message), frame.f_code.co_filename, frame.f_lineno,
+                                module=frame.f_globals.get("__name__"), registry=None)
 
 
 def outside_stacklevel() -> int:
