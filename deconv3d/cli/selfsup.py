@@ -142,14 +142,17 @@ def recipe_ignores(args) -> list[tuple[str, str, str]]:
     elif not (config.warm_steps or config.anchor_weight):  # train() then computes no Richardson-Lucy estimate
         ignored.append(("warm_tv", "sets", "the TV weight of the Richardson-Lucy estimate that a warm start or "
                                            "--anchor uses, and this recipe has neither"))
-    weights = loss_weights(config)
-    if not weights.inv_before and not (weights.inv_after and config.lambda_inv_psf is None):
-        ignored.append(("lambda_inv", "weighs", f"an invariance term {invariance} does not have") if not
-                       weights.inv_after else ("lambda_inv", "is", f"replaced by --lambda-inv-psf under {invariance}"))
+    # From the recipe's structure, not from weights that resolve to 0: a weight of 0 is read (it turns its term off).
+    if config.invariance == "none":
+        ignored.append(("lambda_inv", "weighs", f"an invariance term {invariance} does not have"))
+    elif config.invariance == "after-psf" and config.lambda_inv_psf is not None:
+        ignored.append(("lambda_inv", "is", f"replaced by --lambda-inv-psf under {invariance}"))
     if config.invariance not in ("after-psf", "both"):
         ignored.append(("lambda_inv_psf", "weighs", "the invariance after the PSF (--invariance after-psf or both), "
                                                     f"and {invariance} has none"))
-    if not weights.data:
+    if config.lambda_rec == 0:
+        ignored.append(("precondition", "weighs", "the data term, which --lambda-rec 0 turns off"))
+    elif config.lambda_rec is None and not loss_weights(config).data:  # the SSI baseline's default
         ignored.append(("precondition", "weighs", f"the data term, which is off under {invariance} (--lambda-rec "
                                                   "turns it on)"))
     return ignored

@@ -503,3 +503,35 @@ def test_training_options_the_recipe_does_not_read_are_named(data, capsys):
     assert named("--invariance", "both", "--lambda-inv", 2, "--lambda-inv-psf", 1, "--warm-tv", 0.01) == []
     assert named("--no-residual", "--warm-start", 0, "--anchor", 1, "--warm-tv", 0.01) == []  # an anchor's estimate
     assert named("--warm-start", "auto", command="deconvolve") == ["--warm-start"]  # deconvolve trains alike
+
+
+def test_a_training_weight_of_zero_is_read_and_warnings_give_the_true_reason():
+    """Found by the options review: a weight given as 0 (which turns its term off) was called
+    ignored: --lambda-inv 0 "weighs an invariance term --invariance before-psf does not have",
+    --invariance both --lambda-inv 0 --lambda-inv-psf 1 "replaced by --lambda-inv-psf", and
+    --lambda-rec 0 --precondition auto blamed --invariance before-psf for the data term being off.
+    The warnings follow the recipe's structure, as train() reads it."""
+    from deconv3d.cli import build_parser
+    from deconv3d.cli.classical import _unused_option_warnings
+
+    def warned(*options, command="train"):
+        argv = ([command, "in.tif", "--psf", "p.tif", "-o", "m.ckpt"] if command == "train" else
+                [command, "in.tif", "--psf", "p.tif", "-o", "o.tif", "--method", "ssl"])
+        return _unused_option_warnings(build_parser().parse_args([*argv, *map(str, options)]))
+
+    assert warned("--lambda-inv", 0) == []
+    assert warned("--lambda-inv", 0, command="deconvolve") == []
+    assert warned("--invariance", "both", "--lambda-inv", 0, "--lambda-inv-psf", 1) == []
+    assert warned("--invariance", "both", "--lambda-inv", 1, "--lambda-inv-psf", 0) == []
+    assert warned("--invariance", "after-psf", "--lambda-inv", 0) == []  # it weighs the term after the PSF
+    assert warned("--invariance", "after-psf", "--lambda-inv-psf", 0, "--lambda-inv", 2) == [
+        "deconv3d: warning: --lambda-inv is replaced by --lambda-inv-psf under --invariance after-psf; ignored"]
+    assert warned("--lambda-rec", 0, "--precondition", "auto") == [
+        "deconv3d: warning: --precondition weighs the data term, which --lambda-rec 0 turns off; ignored"]
+    assert warned("--ssi", "--lambda-rec", 0, "--precondition", 0.1) == [
+        "deconv3d: warning: --precondition weighs the data term, which --lambda-rec 0 turns off; ignored"]
+    assert warned("--ssi", "--lambda-inv", 0, "--precondition", 0.1) == [
+        "deconv3d: warning: --lambda-inv weighs an invariance term --ssi does not have; ignored",
+        "deconv3d: warning: --precondition weighs the data term, which is off under --ssi (--lambda-rec turns it on); "
+        "ignored"]
+    assert warned("--lambda-rec", 1, "--precondition", 0.1, "--lambda-inv", 0) == []
