@@ -78,7 +78,7 @@ def test_psf_writes_generate_psf_s_psf(tmp_path, capsys, model, depth):
     from deconv3d.psf import generate_psf
 
     out = tmp_path / "psf.tif"
-    ns = 1.33 if model == "gaussian" else 1.36  # (the gaussian model has no sample index: it refuses another)
+    ns = 1.33 if model == "gaussian" else 1.36  # (the gaussian model has no sample index: it warns)
     code, _, err = run(["psf", "-o", out, "--model", model, "--shape", 9, 15, 15, "--voxel-size", 0.2, 0.1, 0.1,
                         "--na", 1.2, "--wavelength", 0.52, "--ni", 1.4, "--ns", ns, "--depth", depth], capsys)
     assert code == 0, err

@@ -103,6 +103,8 @@ _METHOD_OPTIONS = {"iterations": ("rl", "rl-tv"), "no_accelerate": ("rl", "rl-tv
                    "tv_weight": ("rl-tv",), "balance": ("wiener",), "tta": ("ssl",), "band_limit": ("ssl",)}
 _OPTICS = pipeline.OPTICS
 _DEFAULTS: dict = {}  # their defaults, read from the parser when it is built
+#: Why ns is ignored with the gaussian model (psfmodels' gaussian reads NA, wavelength and ni only).
+_GAUSSIAN_NS = "not used by the gaussian PSF model, which has no sample refractive index"
 _FLAGS = {"steps": "--train-steps", "residual": "--residual/--no-residual", "amp": "--amp/--no-amp"}
 
 
@@ -147,6 +149,8 @@ def _unused_option_warnings(args) -> list[str]:
                 warn(unused, verb, verb, why)
     if getattr(args, "psf_model", None) is None and (unused := given(_OPTICS)):
         warn(unused, "describes", "describe", "the microscope for --psf-model, and no --psf-model is given")
+    if getattr(args, "psf_model", None) == "gaussian" and (unused := given(["ns"])):
+        warn(unused, "is", "is", _GAUSSIAN_NS)
     if getattr(args, "pyramid_levels", 0) and Path(args.output).suffix.lower() != ".zarr":
         warn(["--pyramid-levels"], "adds", "add", "down-sampled levels to a .zarr output, and the output is not one")
     return lines
@@ -157,6 +161,8 @@ def cmd_psf(args) -> int:
     from deconv3d.psf import generate_psf
 
     check_output(args.output, [])
+    if args.model == "gaussian" and "ns" in getattr(args, "_given_options", ()):
+        print_warnings([f"deconv3d: warning: --ns is {_GAUSSIAN_NS}; ignored"])
     psf = generate_psf(args.model, tuple(args.shape), tuple(args.voxel_size), args.na, args.wavelength,
                        ni=args.ni, ns=args.ns, depth=args.depth)
     meta = {"deconv3d": __version__, "psf_model": args.model, "na": args.na, "wavelength_um": args.wavelength,

@@ -265,7 +265,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise InputError(f"cannot create or write the output folder {output_dir} ({existing} is not writable): "
                          "choose another location")
     _check_shared_files(settings)
-    print_warnings(_unused_settings_warnings(settings, given))
+    print_warnings(_unused_settings_warnings(settings, given, [k for k in config if getattr(args, k, None) is None]))
     start = time.perf_counter()
     gpus = gpu_count(settings.run_device) if args.scheduler == "processes" else 0
     rows: list[dict] = []
@@ -310,12 +310,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 3 if failed else 0
 
 
-def _unused_settings_warnings(settings, given) -> list[str]:
+def _unused_settings_warnings(settings, given, keys=()) -> list[str]:
     """``deconvolve``'s warnings about options the method ignores, for a batch's settings (its
     options and its config's keys alike): --iterations with --method wiener redid every finished
     file without a word (such settings are no longer in the fingerprint, see Settings.fingerprint).
     ``given``: the names of the settings given (:func:`_setting_values`), warned about at their
-    default values too."""
+    default values too. ``keys``: the settings the config alone gave; ``ns`` among them is named as
+    its key (the gaussian model's warning that it does not read it)."""
     from .classical import _unused_option_warnings
 
     s = settings
@@ -326,7 +327,8 @@ def _unused_settings_warnings(settings, given) -> list[str]:
         pyramid_levels=s.pyramid_levels, output=f"output.{s.output_format}")
     # (batch's --accelerate/--no-accelerate is deconvolve's --no-accelerate)
     as_options._given_options = {"no_accelerate" if name == "accelerate" else name for name in given}
-    as_options._flag_names = {"no_accelerate": "--accelerate/--no-accelerate", "tta": "--tta/--no-tta"}
+    as_options._flag_names = {"no_accelerate": "--accelerate/--no-accelerate", "tta": "--tta/--no-tta",
+                              **({"ns": "ns"} if "ns" in keys else {})}
     return _unused_option_warnings(as_options)
 
 

@@ -215,7 +215,8 @@ class Settings:
 
         A setting the method ignores (:data:`_METHOD_ONLY`; ``pyramid_levels`` for TIFF outputs)
         counts at its default: ``--iterations 5`` with ``--method wiener`` redid every finished
-        file; so do the microscope's parameters with a PSF file. (At the default, not left out:
+        file; so do the microscope's parameters with a PSF file, and ``ns`` with the gaussian model,
+        which has no sample index. (At the default, not left out:
         the records written before still match.) ``legacy=True`` gives the hash of the versions
         before that rule, which counted them as given: a record of theirs with such a setting still
         matches the same command (:meth:`finished_fingerprints` lists every hash a record may hold).
@@ -229,7 +230,8 @@ class Settings:
         file had then). Without it, such a batch (a config's ``wavelength = [0.45, 0.65]`` with
         ``psf``) was redone in full by the same command, its records taken for other settings."""
         hashes = (self.fingerprint(), self.fingerprint(legacy=True),
-                  self._hash(self._ignored_at_defaults(wavelengths_set_channels=True)))
+                  self._hash(self._ignored_at_defaults(wavelengths_set_channels=True)),
+                  self._hash(self._ignored_at_defaults(gaussian_ns_counted=True)))
         return tuple(dict.fromkeys(hashes))
 
     def _hash(self, at_defaults: dict) -> str:
@@ -257,15 +259,19 @@ class Settings:
                 fields[key] = [file_sha256(f) for f in _many(fields[key])]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def _ignored_at_defaults(self, wavelengths_set_channels: bool = False) -> dict:
-        """The settings this configuration's method (or output format) ignores, at their defaults;
-        ``wavelengths_set_channels``: as the versions did for which several wavelengths beside a PSF
-        file still set the channel count (they kept them in the hash)."""
+    def _ignored_at_defaults(self, wavelengths_set_channels: bool = False, gaussian_ns_counted: bool = False) -> dict:
+        """The settings this configuration's method (or output format, or PSF model) ignores, at their
+        defaults; ``wavelengths_set_channels``: as the versions did for which several wavelengths beside
+        a PSF file still set the channel count (they kept them in the hash); ``gaussian_ns_counted``: as the
+        versions did that kept the gaussian model's ``ns`` (which it does not read) in the hash, so
+        that a batch they finished with ``ns = 1.45`` is skipped, not redone."""
         ignored = [k for k, methods in _METHOD_ONLY.items() if self.method not in methods]
         ignored += ["pyramid_levels"] if self.output_format != "zarr" else []
         if self.psf_model is None:  # a PSF file (or a model's own): the optics generate nothing
             ignored += ["na", "ni", "ns", "depth"]
             ignored += [] if wavelengths_set_channels and len(_many(self.wavelength)) > 1 else ["wavelength"]
+        elif self.psf_model == "gaussian" and not gaussian_ns_counted:  # it has no sample index
+            ignored += ["ns"]
         return {f.name: f.default for f in dataclasses.fields(self) if f.name in ignored}
 
 

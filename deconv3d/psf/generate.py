@@ -43,12 +43,11 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     ni : float, optional
         Refractive index of the immersion medium (design and actual).
     ns : float, optional
-        Refractive index of the sample.
+        Refractive index of the sample (not read by ``"gaussian"``, which has no sample index).
     depth : float, optional
         Depth of the point source below the coverslip in micrometres; with
         ``ns != ni`` it adds the depth-dependent spherical aberration (not
-        modelled by ``"gaussian"``, which refuses a depth above 0, and an
-        ``ns`` other than the default: it has no sample index).
+        modelled by ``"gaussian"``, which refuses a depth above 0).
 
     Returns
     -------
@@ -211,9 +210,6 @@ def _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth
     return PSF_MODELS[model], shape, voxel
 
 
-#: The sample index the gaussian model is given (generate_psf's default): it models none, and refuses another.
-GAUSSIAN_NS = 1.33
-
 #: Emission wavelengths (µm) that generate_psf accepts: ultraviolet to short-wave infrared.
 WAVELENGTH_RANGE = (0.2, 2.0)
 
@@ -246,9 +242,6 @@ def check_optics(model, na, wavelength, ni=1.515, ns=1.33, depth=0.0) -> None:
     if model == "gaussian" and depth > 0:
         raise InputError(f"the gaussian PSF model has no depth-dependent aberration (depth {depth} µm given): "
                          "use --psf-model gibson-lanni or vectorial, or drop --depth")
-    if model == "gaussian" and ns != GAUSSIAN_NS:  # psfmodels' gaussian reads NA, wavelength and ni only
-        raise InputError(f"the gaussian PSF model has no sample refractive index (ns {ns:g} given): use the "
-                         "gibson-lanni or vectorial model, or drop --ns")
 
 
 def generated_psf_shape(image_shape, voxel, na, wavelength) -> tuple[int, ...]:

@@ -286,3 +286,34 @@ def test_a_batch_names_an_ignored_option_given_at_its_default(folder, capsys):
     assert [line for line in err.splitlines() if "warning" in line] == [
         "deconv3d: warning: --iterations, --accelerate/--no-accelerate and --boundary do not apply to --method "
         "wiener; ignored"], err
+
+
+#: The fingerprint that the code before the gaussian model refused ns (ee3e5fa^) wrote for GAUSSIAN_NS_CONFIG
+#: (its batch run on that config, device cpu: no file or machine enters it).
+GAUSSIAN_NS_BEFORE = "d6b0bb4c99b75992"
+GAUSSIAN_NS_CONFIG = ('psf-model = "gaussian"\nna = 1.2\nwavelength = 0.5\nmethod = "wiener"\nns = 1.45\n'
+                      'iterations = 7\ndevice = "cpu"\n')
+
+
+def test_a_batch_finished_with_the_gaussian_model_and_ns_is_resumed_not_refused_or_redone(folder, capsys):
+    """Found by review: once the gaussian model refused an ns other than 1.33, a batch config with
+    psf-model = "gaussian" and ns = 1.45 that the versions before had finished was refused ("drop
+    --ns", an option the config does not have), and dropping ns redid every file. The gaussian PSF
+    does not read ns: it is warned about, named as given, counts at its default in the fingerprint,
+    and the records written before still match the same config."""
+    (folder / "cfg.toml").write_text(GAUSSIAN_NS_CONFIG)
+    out = folder / "out"
+    argv = ["batch", folder / "in", "-o", out, "--config", folder / "cfg.toml"]
+    code, _, err = run(argv, capsys)
+    assert code == 0 and statuses(out) == ["done", "done"], err
+    assert ("deconv3d: warning: ns is not used by the gaussian PSF model, which has no sample refractive index; "
+            "ignored") in err.splitlines()
+    _as_written_by_an_earlier_version(out, GAUSSIAN_NS_BEFORE)
+    code, _, err = run(argv, capsys)
+    assert code == 0 and statuses(out) == ["skipped", "skipped"], err
+    code, _, err = run([*argv, "--ns", 1.4], capsys)  # (now recorded with this version's fingerprint)
+    assert code == 0 and statuses(out) == ["done", "done"], err
+    assert "deconv3d: warning: --ns is not used by the gaussian PSF model" in err, err
+    (folder / "cfg.toml").write_text(GAUSSIAN_NS_CONFIG.replace("ns = 1.45\n", ""))  # ns dropped: the same output
+    code, _, err = run(argv, capsys)
+    assert code == 0 and statuses(out) == ["skipped", "skipped"] and "refractive" not in err, err
