@@ -18,7 +18,7 @@ from deconv3d._paths import TIFF_SUFFIXES, _one_line
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel,
                                      _size_in_um, _unit_factor, _voxel_size_um, calibrated, imagej_calibration,
                                      spatial_letters)
-from deconv3d.errors import InputError, warn
+from deconv3d.errors import InputError
 from deconv3d.io import _check_complete, _refuse_colour, _tifffile_log, _unreadable_tiff
 
 ZARR_SUFFIX = ".zarr"
@@ -572,7 +572,6 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
     if data.dtype != np.float32:
         data = data.astype(np.float32)
     reader = ZarrReader(image_path, component, shape=data.shape, drop=drop)
-    _warn_of_missing_chunks(image_path, component, dict(group.attrs))
     time_axis = None
     if "T" in axes:  # kept for the output, which would otherwise say 1 with no unit (and start at 0)
         t = axes.index("T")
@@ -581,32 +580,6 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
     return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader, time_axis=time_axis,
                      voxel_problem=_unit_problem(axes, units, path), origin=origin,
                      channels=_omero_channels(dict(group.attrs), data.shape[axes.index("C")] if "C" in axes else 1))
-
-
-def _warn_of_missing_chunks(image_path: Path, component: str, attrs: dict) -> None:
-    """Warn (one line) when the array ``component`` of a zarr image on a local disk has fewer chunk
-    files than chunks: zarr reads a missing chunk as the fill value on purpose, so an incomplete
-    copy was deconvolved as if those regions were empty, without a word. Not an error: a writer may
-    leave out chunks that hold only the fill value. deconv3d's own outputs (marked by their
-    ``deconv3d`` attribute) are not checked: they leave out such chunks (zarr's default), and are
-    published only once complete. The count is a listing of the array's folder; other stores
-    (remote ones) are not checked."""
-    import zarr
-    from zarr.storage import LocalStore
-
-    if "deconv3d" in attrs:
-        return
-    try:
-        array = zarr.open_array(str(image_path), path=component, mode="r")
-        if not isinstance(array.store, LocalStore):
-            return
-        total, stored = array.nchunks, array.nchunks_initialized  # (a shard stored counts as all its chunks)
-        fill = f"{float(array.fill_value or 0):g}"
-    except Exception:  # noqa: BLE001 - a count that cannot be taken is no reason to refuse the image
-        return
-    if stored < total:
-        warn(f"{image_path / component}: {total - stored} of {total} chunks missing (read as {fill}): an incomplete "
-             "copy? (fine where those regions hold only that value)")
 
 
 def _omero_channels(attrs: dict, count: int) -> tuple | None:

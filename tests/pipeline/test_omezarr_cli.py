@@ -45,37 +45,6 @@ def test_reads_ome_zarr_v04(tmp_path):
     np.testing.assert_array_equal(lazy.data.compute(), data.astype(np.float32))
 
 
-def test_an_input_with_a_chunk_file_missing_is_warned_of_once_and_deconv3d_s_own_sparse_output_is_not(tmp_path):
-    """A zarr input with a chunk file deleted was deconvolved with zeros there without a word (zarr
-    reads a missing chunk as the fill value): one line names the array and the count. deconv3d's
-    outputs leave out chunks that are all 0 (zarr's default), and say nothing."""
-    import warnings
-
-    import zarr
-
-    from deconv3d.errors import Deconv3dWarning
-
-    data = np.arange(1, 1 + 4 * 6 * 8, dtype=np.uint16).reshape(4, 6, 8)
-    group = zarr.open_group(str(tmp_path / "in.zarr"), mode="w", zarr_format=2)
-    group.create_array("0", data=data, chunks=(2, 3, 8))  # 4 chunks: 0.0.0 0.1.0 1.0.0 1.1.0
-    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space"} for a in "zyx"],
-                                   "datasets": [{"path": "0", "coordinateTransformations": [
-                                       {"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]
-    (tmp_path / "in.zarr" / "0" / "1.1.0").unlink()
-    sparse = np.zeros((4, 6, 8), np.float32)
-    sparse[:2] = 1.0  # the chunks of z 2:4 hold only 0: not written
-    write_ome_zarr(tmp_path / "ours.zarr", sparse, axes="ZYX", chunks=(2, 6, 8))
-    assert not (tmp_path / "ours.zarr" / "0" / "c" / "1").exists()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        lazy = open_lazy(tmp_path / "in.zarr")
-        np.testing.assert_array_equal(read_ome_zarr(tmp_path / "ours.zarr")[0], sparse)
-    assert [str(w.message) for w in caught] == [f"{tmp_path / 'in.zarr' / '0'}: 1 of 4 chunks missing (read as 0): "
-                                                "an incomplete copy? (fine where those regions hold only that value)"]
-    assert caught[0].category is Deconv3dWarning
-    assert (lazy.data[2:, 3:].compute() == 0).all()  # (as zarr reads it: the warning is all that changed)
-
-
 def test_tiff_opens_lazily(tmp_path):
     import dask.array as da
 
