@@ -1045,14 +1045,52 @@ def test_distill_takes_a_background_gradient_for_no_noise():
     """Found by the review of PSF distillation: the noise was the spread of the smoothed image, which a
     background rising along x took in (beads of 600 over a ramp of +150: "noise" 56 instead of 1.4),
     so that the default threshold found no bead and any threshold was told that no bead stands out
-    from the noise, "check that the image holds beads". The noise is now measured on what smoothing
-    removes: the beads are found, and a threshold above them is to be lowered."""
+    from the noise, "check that the image holds beads". The default threshold still takes the ramp
+    in (the beads it finds elsewhere stay those it found), but the error measures the noise on what
+    smoothing removes: it says to lower the threshold, and a lower one finds the beads."""
     x = np.arange(64, dtype=np.float32) / 63
     beads = nine_beads(peak=600.0) + np.float32(150) * x
-    psf = distill_psf(beads)
+    with pytest.raises(InputError, match="no bead reaches the threshold .*: lower --threshold") as error:
+        distill_psf(beads)
+    top = float(re.search(r"brightest smoothed value ([0-9.e+]+)", str(error.value))[1])
+    psf = distill_psf(beads, threshold=0.8 * top)
     assert np.unravel_index(psf.argmax(), psf.shape) == tuple(n // 2 for n in psf.shape)
     with pytest.raises(InputError, match="no bead reaches the threshold .*: lower --threshold"):
         distill_psf(beads, threshold=1e5)
+
+
+def test_distill_keeps_its_default_threshold_over_uneven_background():
+    """Found by the review of PSF distillation: measuring the noise on what smoothing removes lowered
+    the default threshold for every image; over uneven background it took in more beads, among them
+    ones over the bright side whose boxes hold over twice the median's light (a rejection warning
+    and a worse PSF). The default threshold is again the background plus the larger of 10 robust
+    deviations of the smoothed image and 20 % of the brightest bead over it."""
+    from scipy import ndimage
+
+    x = np.arange(64, dtype=np.float32) / 63
+    beads = nine_beads(peaks=[3000.0] * 3 + [1000.0] * 3 + [600.0] * 3) + np.float32(150) * x
+    smooth = ndimage.gaussian_filter(beads, 1.0)
+    background = float(np.median(smooth))
+    spread = 1.4826 * float(np.median(np.abs(smooth - background)))
+    threshold = background + max(10 * spread, 0.2 * (float(smooth.max()) - background))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        psf = distill_psf(beads)
+    np.testing.assert_array_equal(psf, distill_psf(beads, threshold=threshold))
+
+
+def test_distill_finds_no_bead_in_a_smooth_blob():
+    """Found by the review of PSF distillation: an image with no bead, a smooth blob of +500 over a
+    Poisson background of 100 (a cell), was told to give a smaller box, and that box gave a PSF made
+    of the blob's top (peak 0.0014). Whatever threshold or box is given, it is told that no bead
+    stands out, and no advice on the threshold or box."""
+    z, y, x = np.mgrid[:20, :64, :64]
+    blob = 100 + 500 * np.exp(-((y - 32) ** 2 + (x - 32) ** 2) / 800.0 - (z - 10) ** 2 / 200.0)
+    image = np.random.default_rng(0).poisson(blob).astype(np.float32)
+    for options in ({}, {"size": (11, 11, 11)}, {"threshold": 400.0}):
+        with pytest.raises(InputError, match="no bead stands out") as error:
+            distill_psf(image, **options)
+        assert "--threshold" not in str(error.value) and "--size" not in str(error.value)
 
 
 def test_distill_cuts_its_bead_boxes_without_the_hot_voxels():

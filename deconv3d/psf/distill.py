@@ -64,9 +64,9 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     -----
     *Detection.* Single-voxel spikes whose neighbours hold no light beyond the noise (a camera's
     hot voxels, :func:`_despiked`) are lowered to their brightest neighbour and the image is smoothed by a Gaussian of sigma 1 voxel; the median of the
-    smoothed image is the background and the noise is that of the smoothed image, measured on what
-    the smoothing removes (:func:`_smoothed_noise`; the spread of the smoothed image itself took a
-    background rising by 600 across the image for noise of 220 and hid beads of 3000). The FWHM
+    smoothed image is the background and 1.4826 times its median absolute deviation its spread,
+    which sets the default threshold (an uneven background enters it and raises the threshold: no
+    bead may be found, and the error then says to lower it, :func:`_why_no_beads`). The FWHM
     along each axis through the brightest smoothed voxel that no saturated voxel lies near
     (:func:`_brightest_unsaturated`; contiguous voxels at or above half its height over the background) sets the default box, half-width
     ``ceil(1.5 FWHM)`` per axis, and ``min_distance``. Every local maximum
@@ -125,14 +125,14 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     beads = _check_beads(beads)
     despiked = _despiked(beads)
     smooth = ndimage.gaussian_filter(despiked, 1.0)
-    background, noise = float(np.median(smooth)), _smoothed_noise(despiked, 1.0)
+    background, spread = _robust_background(smooth)  # the spread sets the default threshold
     brightest = _brightest_unsaturated(beads, smooth)
     fwhm = _fwhm(smooth - background, brightest)
     half = _box_half(size, fwhm, beads.ndim)
     if threshold is not None and not np.isfinite(threshold):
         raise InputError(f"threshold must be a finite intensity, got {threshold}")
     if threshold is None:
-        threshold = background + max(10 * noise, 0.2 * (float(smooth[brightest]) - background))
+        threshold = background + max(10 * spread, 0.2 * (float(smooth[brightest]) - background))
     if min_distance is None:
         min_distance = max(1, int(round(min(fwhm) / 2)))
     centres, peaks = _isolated_beads(smooth, half, int(min_distance), float(threshold), background)
@@ -142,7 +142,7 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     boxes = [_aligned_box(cut, c, half, level) for c, _, level in found]
     boxes = _reject_outliers([b for b in boxes if b is not None])
     if not boxes:
-        why = _why_no_beads(smooth, peaks, half, background, noise, float(threshold))
+        why = _why_no_beads(smooth, peaks, half, background, _smoothed_noise(despiked, 1.0), float(threshold), fwhm)
         raise InputError(f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold "
                          f"{float(threshold):.3g}): {why}")
     measured, wide = _tail_share(cut, smooth, found, half)
@@ -155,7 +155,7 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     return normalize_psf(_quiet_tails(np.sum(boxes, axis=0)))
 
 
-def _why_no_beads(smooth, peaks, half, background: float, noise: float, threshold: float) -> str:
+def _why_no_beads(smooth, peaks, half, background: float, noise: float, threshold: float, fwhm) -> str:
     """Why no bead was found, and what to do, for the error :func:`distill_psf` raises.
 
     Not always "a lower threshold": with a threshold of 110 (or 0) over a background of 100, the
@@ -166,12 +166,22 @@ def _why_no_beads(smooth, peaks, half, background: float, noise: float, threshol
     Beads are the peaks above the noise floor (background plus 10 noise deviations, the default
     threshold's least value); of those that reach ``threshold`` and whose box fits in the image,
     the neighbours inside their boxes (:func:`_isolated_beads`) are noise when they are all below
-    the floor and beads otherwise."""
+    the floor and beads otherwise.
+
+    ``noise`` is that of the smoothed image measured on what smoothing removes
+    (:func:`_smoothed_noise`), which a smooth background hardly enters: beads of 3000 over a
+    background rising by 600 across the image were told that no bead stands out where a lower
+    threshold finds them. Light that stands out from it is no bead either when the brightest peak is
+    too wide (``fwhm``) for its default box to fit the image along any axis: a smooth blob of +500
+    over a background of 100 (no bead), told to give a smaller box, gave a PSF made of the blob's top."""
     floor = background + 10 * noise
     top = float(smooth.max())
-    if top < floor:
-        return (f"no bead stands out from the noise (brightest smoothed value {top:.3g}, "
-                f"background {background:.3g}, noise {noise:.2g}): check that the image holds beads")
+    wide = (2 * np.maximum(1, np.ceil(1.5 * np.asarray(fwhm))) + 3 > np.asarray(smooth.shape)).all()
+    if top < floor or wide:
+        width = " x ".join(f"{w:.0f}" for w in fwhm)
+        why = f", its peak {width} voxels wide at half height: wider than a bead in this image" if wide else ""
+        return (f"no bead stands out from the noise (brightest smoothed value {top:.3g}, background "
+                f"{background:.3g}, noise {noise:.2g}{why}): check that the image holds beads")
     peaks = np.asarray(peaks).reshape(-1, smooth.ndim)
     height = np.array([float(smooth[tuple(p)]) for p in peaks])
     shape = np.asarray(smooth.shape)
