@@ -11,6 +11,7 @@ import re
 import shutil
 import time
 import uuid
+import weakref
 from pathlib import Path
 
 from deconv3d.errors import InputError
@@ -322,7 +323,7 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def settle_zarr(timeout: float = 30.0) -> None:
+def settle_zarr(timeout: float = 3.0) -> None:
     """Wait until zarr's event loop runs no task: the ones a failed zarr read or write left behind.
 
     zarr v3 reads and writes the chunks of one call concurrently on its own asyncio loop (a
@@ -330,7 +331,8 @@ def settle_zarr(timeout: float = 30.0) -> None:
     temporary output removed then was made again by their writes (an empty ``.out.zarr...tmp/0/c/1/0``
     left behind), and tasks still pending at exit printed asyncio's "Task was destroyed but it is
     pending!" lines after the one error line. Their errors are taken (not printed). Does nothing
-    where zarr is not loaded; gives up after ``timeout`` seconds."""
+    where zarr is not loaded. Tasks still running after ``timeout`` seconds (a stalled write) are
+    given up on, and later calls do not wait for them again: a failure is not made a minute longer."""
     import sys
 
     sync = sys.modules.get("zarr.core.sync")
@@ -339,17 +341,31 @@ def settle_zarr(timeout: float = 30.0) -> None:
         return
     import asyncio
 
-    async def settled() -> None:
-        while pending := asyncio.all_tasks() - {asyncio.current_task()}:  # (tasks a finished one left, too)
-            await asyncio.wait(pending)
-            for task in pending:
-                if not task.cancelled():
-                    task.exception()  # taken: no "Task exception was never retrieved" later
+    def take(task) -> None:
+        if not task.cancelled():
+            task.exception()  # taken: no "Task exception was never retrieved" later
 
+    async def settled() -> None:  # (ends by itself at the deadline: no task of its own is left pending)
+        deadline = loop.time() + timeout
+        while pending := asyncio.all_tasks() - {asyncio.current_task(), *_given_up}:  # (tasks a finished one left, too)
+            done, left = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
+            for task in done:
+                take(task)
+            if left and loop.time() >= deadline:
+                for task in left:
+                    _given_up.add(task)
+                    task.add_done_callback(take)
+                return
+
+    future = asyncio.run_coroutine_threadsafe(settled(), loop)
     try:
-        asyncio.run_coroutine_threadsafe(settled(), loop).result(timeout)
-    except Exception:  # noqa: BLE001 - a loop stopped meanwhile, or the timeout: nothing more to do
-        pass
+        future.result(timeout + 1.0)
+    except Exception:  # noqa: BLE001 - a loop stopped or blocked meanwhile: nothing more to do
+        future.cancel()
+
+
+#: zarr loop tasks :func:`settle_zarr` stopped waiting for (touched on that loop only).
+_given_up: weakref.WeakSet = weakref.WeakSet()
 
 
 def remove_stale_temporaries(path) -> list[Path]:

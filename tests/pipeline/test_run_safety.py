@@ -234,6 +234,35 @@ def test_a_failed_zarr_write_s_other_chunks_finish_before_the_temporary_is_remov
     assert os.listdir(tmp_path) == []
 
 
+def test_a_stalled_zarr_write_is_given_up_on_once_and_leaves_no_waiting_task(tmp_path):
+    """With a sibling chunk's write stalled (a network file system), settle_zarr waited 30 s in
+    atomic_output and again 30 s in main's finally, and its own timed-out waits were left pending
+    ("Task was destroyed but it is pending!" at exit). Given up on once, a stalled task is not
+    waited for again, and no task of settle_zarr's own remains."""
+    import asyncio
+    import threading
+
+    from zarr.core.sync import _get_loop
+
+    from deconv3d._paths import settle_zarr
+
+    loop = _get_loop()
+    stalled = asyncio.run_coroutine_threadsafe(asyncio.sleep(600), loop)
+
+    async def settle_tasks():
+        return [t for t in asyncio.all_tasks() - {asyncio.current_task()} if "settle_zarr" in repr(t.get_coro())]
+
+    try:
+        settle_zarr(timeout=0.2)
+        assert asyncio.run_coroutine_threadsafe(settle_tasks(), loop).result(5) == []
+        again = threading.Thread(target=settle_zarr, kwargs={"timeout": 60.0}, daemon=True)
+        again.start()
+        again.join(10.0)
+        assert not again.is_alive()  # the stalled task was not waited for a second time
+    finally:
+        stalled.cancel()
+
+
 def test_a_symbolic_link_as_the_output_is_refused_up_front(stack, monkeypatch, capsys):
     """Publishing replaced the link by a regular file (a .tif) or failed after all the work with
     NotADirectoryError (a .zarr link to an earlier output)."""
