@@ -199,7 +199,7 @@ def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash
 
     The input must still have the recorded size and SHA-256. The hash is recomputed when the
     modification time differs from the record's (a touched or copied file that is unchanged is
-    still finished; the record is then refreshed) and always for inputs up to
+    still finished; the record is then refreshed, where it can be written) and always for inputs up to
     :data:`ALWAYS_HASH_BYTES`; a large input with the recorded size and time is trusted unread.
     """
     from deconv3d.omezarr import file_sha256
@@ -216,7 +216,10 @@ def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash
     if file_sha256(input_path) != record["input_sha256"]:
         return False
     if recorded.get("mtime_ns") != state["mtime_ns"]:
-        _write_json_atomic(record_path, {**record, "input_state": state})
+        try:
+            _write_json_atomic(record_path, {**record, "input_state": state})
+        except OSError:  # (a full disk, say) the output is still complete: the next run hashes the input again
+            pass
     return True
 
 

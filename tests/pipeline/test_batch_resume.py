@@ -459,6 +459,38 @@ def test_a_completion_record_that_cannot_be_written_fails_that_file_and_the_batc
     assert record["output"] == "img0.zarr" and record["settings"] is None  # unfinished: a rerun redoes it
 
 
+def test_a_finished_file_whose_record_cannot_be_refreshed_is_still_skipped(tmp_path, capsys, monkeypatch):
+    """A touched input (same content) has its completion record refreshed; with the disk full then,
+    that write ended the whole batch (exit 2, "nothing was written"), the other files never looked
+    at and no report. The file stays finished (its output is complete) and the batch goes on."""
+    import errno
+
+    from deconv3d.pipeline import batch
+
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        write_tiff(tmp_path / "in" / f"img{i}.tif", blurred_beads((8, 16, 16), gaussian_psf(), seed=i),
+                   voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    out = tmp_path / "out"
+    command = [str(a) for a in ["batch", tmp_path / "in", "-o", out, "--psf", tmp_path / "psf.tif", "--iterations", 2]]
+    assert main(command) == 0
+    touched = tmp_path / "in" / "img0.tif"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    write_json_atomic = batch._write_json_atomic
+
+    def full_at_records(path, payload):
+        if path.parent.name == batch.RECORD_DIR and payload.get("finished"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_json_atomic(path, payload)
+
+    monkeypatch.setattr(batch, "_write_json_atomic", full_at_records)
+    (out / "batch_report.json").unlink()
+    assert main(command) == 0
+    assert "nothing was written" not in capsys.readouterr().err
+    assert statuses(out) == {"img0.tif": "skipped", "img1.tif": "skipped"}
+
+
 def test_a_batch_leaves_out_the_psf_kept_among_its_images_and_names_a_file_given_as_the_folder(folder, capsys):
     """The PSF kept in the input folder was deconvolved as one more image (review of filesystem
     edge cases); a file given as the input folder was called "not found"."""
