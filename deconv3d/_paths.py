@@ -5,6 +5,7 @@ command can sweep before it writes)."""
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -159,6 +160,20 @@ def _pid_namespace() -> str:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+#: A full disk or quota, or a file past the file system's largest: "no space left on PATH" wherever met.
+SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether a write failed for want of room: :data:`SPACE_ERRORS`, or numpy's short write
+    (``tofile``, under tifffile), which says only "1048576 requested and 523868 written", with no errno.
+    The one test of every place that words such an error (the outputs, the batch, the command line)."""
+    if not isinstance(exc, OSError):
+        return False
+    return exc.errno in SPACE_ERRORS or (exc.errno is None and re.fullmatch(r"\d+ requested and \d+ written",
+                                                                            str(exc).strip()) is not None)
 
 
 def _check_suffix(path: Path, role: str) -> None:

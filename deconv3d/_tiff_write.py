@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 
 from deconv3d._arrays import as_numpy
-from deconv3d._paths import _check_writable_target, _one_line, temporary_name
+from deconv3d._paths import _check_writable_target, _one_line, out_of_space, temporary_name
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 
@@ -88,22 +88,12 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
                 tifffile.imwrite(fh, data, imagej=True, **kwargs)
         os.replace(tmp, path)
     except OSError as exc:
-        if _out_of_space(exc):
+        if out_of_space(exc):
             raise InputError(f"no space left on {path}: free disk space, then run again") from exc
         raise InputError(f"cannot write {path}: {_one_line(exc)}: check free disk space and permissions") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _out_of_space(exc: OSError) -> bool:
-    """Whether a write failed for a full disk: ENOSPC, or numpy's short write (``tofile``, under
-    tifffile), which says only "1048576 requested and 523868 written", with no errno."""
-    import errno
-    import re
-
-    return exc.errno == errno.ENOSPC or (exc.errno is None and re.fullmatch(r"\d+ requested and \d+ written",
-                                                                             str(exc).strip()) is not None)
 
 
 _SLAB_BYTES = 256 * 2**20  # planes read at once when a lazy volume is streamed into a TIFF

@@ -220,10 +220,13 @@ def test_a_checkpoint_over_a_dangling_link_is_saved(tmp_path):
 
 
 @pytest.mark.parametrize("error", [OSError("1048576 requested and 523868 written"),
-                                   OSError(errno.ENOSPC, "No space left on device")])
+                                   OSError(errno.ENOSPC, "No space left on device"),
+                                   OSError(errno.EDQUOT, "Disk quota exceeded"),
+                                   OSError(errno.EFBIG, "File too large")])
 def test_a_tiff_write_that_runs_out_of_space_says_so(tmp_path, monkeypatch, error):
     """A full disk read "cannot write out.tif: 1048576 requested and 523868 written: check free disk
-    space and permissions" (numpy's short write under tifffile, with no errno)."""
+    space and permissions" (numpy's short write under tifffile, with no errno); a quota met (EDQUOT)
+    or a file past the largest (EFBIG) read "cannot write ..." too."""
     def full(fh, *args, **kwargs):
         fh.write(b"II*\x00")
         raise error

@@ -20,7 +20,7 @@ import traceback
 import warnings
 
 from deconv3d import __version__
-from deconv3d._paths import settle_zarr
+from deconv3d._paths import SPACE_ERRORS, out_of_space, settle_zarr
 from deconv3d.errors import Deconv3dWarning, InputError
 
 from . import blur, classical, pipeline, selfsup
@@ -105,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRORS:
+        if exc.errno not in _WRITE_ERRORS and not out_of_space(exc):
             return _internal(exc, debug)
         if debug:
             traceback.print_exc()
         from deconv3d._paths import _one_line
 
-        if exc.errno == errno.ENOSPC:  # (named: the output, where an error said no file, see atomic_output)
+        if out_of_space(exc):  # (named: the output, where an error said no file, see atomic_output)
             print(f"deconv3d: error: no space left on {exc.filename or 'the device'}: free disk space, then run "
                   "again; nothing was written", file=sys.stderr)
             return 2
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: Errors of a full, read-only or forbidden place (met while writing, mostly): one line (exit 2), not an internal error.
-_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+_WRITE_ERRORS = (*SPACE_ERRORS, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 @contextlib.contextmanager

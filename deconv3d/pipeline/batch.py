@@ -360,12 +360,11 @@ def _process(path, output, record, settings_hash, process_one, row) -> None:
 
 def _reason(exc: Exception) -> str:
     """A failed file's reason in one line: an OS error as "FILE: what happened" (not "[Errno 28] ...")."""
-    import errno
+    from deconv3d._paths import out_of_space
 
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-        return f"{where}{exc.strerror}" + (": free disk space, then rerun the batch" if full else "")
+        return f"{where}{exc.strerror}" + (": free disk space, then rerun the batch" if out_of_space(exc) else "")
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

@@ -8,12 +8,12 @@ next to the target, which no reader (and no batch rerun) takes for a finished ou
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d._paths import _remove, remove_stale_temporaries, replaceable_folder, settle_zarr, temporary_name
+from deconv3d._paths import (_remove, out_of_space, remove_stale_temporaries, replaceable_folder, settle_zarr,
+                             temporary_name)
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
@@ -46,13 +46,9 @@ def atomic_output(path):
             settle_zarr()  # a failed zarr write's other chunks, still being written: not into the removed folder
         finally:
             _remove(tmp)
-        if isinstance(exc, OSError) and exc.errno in _SPACE_ERRORS and exc.filename is None:
+        if out_of_space(exc) and exc.filename is None:
             exc.filename = str(path)
         raise
-
-
-#: A full disk or quota, or a file past the file system's largest: met writing the output.
-_SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _publish(tmp: Path, path: Path, attempts: int = 20) -> None:

@@ -199,6 +199,25 @@ def test_a_full_disk_s_error_from_a_zarr_write_names_the_output(stack, monkeypat
     assert not (folder / "out.tif").exists() and _leftovers(folder) == []
 
 
+@pytest.mark.parametrize("number, text", [(errno.EDQUOT, "Disk quota exceeded"), (errno.EFBIG, "File too large")])
+def test_a_zarr_output_over_its_quota_says_no_space_left(stack, monkeypatch, capsys, number, text):
+    """ENOSPC alone was "no space left on PATH" at the command line: a zarr output meeting its quota
+    read "PATH: Disk quota exceeded: check free disk space and permissions". All three read alike."""
+    import zarr
+
+    folder, _ = stack
+
+    def full(self, key, value):
+        raise OSError(number, text)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", full)
+    out = folder / "out.zarr"
+    code, _, err = run(["deconvolve", folder / "img.tif", "--psf", folder / "psf.tif", "-o", out, "--chunks", 8, 16,
+                        16, "--iterations", 2], capsys)
+    assert_one_line_error(code, err, f"no space left on {out}: free disk space, then run again")
+    assert not out.exists() and _leftovers(folder) == []
+
+
 def test_a_failed_zarr_write_s_other_chunks_finish_before_the_temporary_is_removed(tmp_path, monkeypatch):
     """zarr raises the first chunk's error while the call's other chunks are still being written on
     its event loop: they made the removed temporary again (an empty .out.zarr...tmp/c/... left
