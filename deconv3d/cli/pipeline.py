@@ -336,7 +336,9 @@ def _write_reports(output_dir: Path, rows) -> Path | None:
     """Write the batch report; when that fails (a full disk), say so in one line with what the
     run did, and return None. The generic message for a failed write ("nothing was written") was
     wrong here: the finished files' outputs are complete. The line names the report file missing
-    (the JSON is written first: when the CSV is missing, the JSON was written)."""
+    (the JSON is written first: when the CSV is missing, the JSON was written), and advises freeing
+    disk space only where space ran out (else checking that the folder may be written)."""
+    from deconv3d._paths import out_of_space
     from deconv3d.pipeline.batch import status_counts, write_reports
 
     try:
@@ -346,9 +348,10 @@ def _write_reports(output_dir: Path, rows) -> Path | None:
         missing = Path(exc.filename).name if isinstance(exc.filename, str) else "the batch report"
         written = " (batch_report.json was)" if missing == "batch_report.csv" else ""
         kept = ": their outputs are complete and kept" if counts["done"] else ""
+        fix = "free disk space" if out_of_space(exc) else f"check that {output_dir} may be written"
         print(f"deconv3d: error: {missing} could not be written in {output_dir} ({exc.strerror or exc}){written}; "
-              f"{counts['done']} file(s) done, {counts['skipped']} skipped, {counts['failed']} failed{kept}: free "
-              "disk space, then rerun the same command to write the report", file=sys.stderr)
+              f"{counts['done']} file(s) done, {counts['skipped']} skipped, {counts['failed']} failed{kept}: {fix}, "
+              "then rerun the same command to write the report", file=sys.stderr)
         return None
 
 

@@ -7,6 +7,7 @@ package has none). The test polls for a written chunk inside the second file's h
 output and kills then.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -385,12 +386,15 @@ def test_a_report_that_cannot_be_written_is_not_called_nothing_written(folder, c
     assert all(read_ome_zarr(out / f"{n}.zarr")[0].shape == (12, 24, 24) for n in NAMES)
 
 
+@pytest.mark.parametrize("error, fix", [(OSError(errno.ENOSPC, "No space left on device"), "free disk space"),
+                                        (PermissionError(errno.EACCES, "Permission denied"), "check that {} may be "
+                                                                                             "written")])
 def test_a_report_error_names_the_file_missing_and_keeps_no_output_of_a_batch_that_did_none(folder, capsys,
-                                                                                         monkeypatch):
+                                                                                         monkeypatch, error, fix):
     """With 0 files done the line said their outputs "are complete and kept", and it said the report
-    "could not be written" where only batch_report.csv was not (batch_report.json was)."""
+    "could not be written" where only batch_report.csv was not (batch_report.json was). A report
+    refused for permissions (EACCES) was advised "free disk space" too."""
     import csv
-    import errno
 
     from deconv3d.errors import InputError
     from deconv3d.pipeline import files
@@ -399,15 +403,15 @@ def test_a_report_error_names_the_file_missing_and_keeps_no_output_of_a_batch_th
         raise InputError(f"{path.name} is broken")
 
     def full(self, rows):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise error
 
     monkeypatch.setattr(files, "deconvolve_file", fails)
     monkeypatch.setattr(csv.DictWriter, "writerows", full)
     out = folder / "out"
     assert main([str(a) for a in argv(folder, out)]) == 3
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == (f"deconv3d: error: batch_report.csv could not be written in {out} (No space left on device) "
-                   "(batch_report.json was); 0 file(s) done, 0 skipped, 3 failed: free disk space, then rerun the "
+    assert err == (f"deconv3d: error: batch_report.csv could not be written in {out} ({error.strerror}) "
+                   f"(batch_report.json was); 0 file(s) done, 0 skipped, 3 failed: {fix.format(out)}, then rerun the "
                    "same command to write the report")
     assert statuses(out) == {f"{n}.tif": "failed" for n in NAMES} and not (out / "batch_report.csv").exists()
 
