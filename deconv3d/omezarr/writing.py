@@ -240,9 +240,32 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     with atomic_output(path) as tmp:
         target = create_ome_zarr(tmp, arr.shape, chunks, axes=axes, voxel_size=voxel_size, provenance=provenance,
                                  name=Path(path).stem)  # (not the temporary folder's)
-        arr.astype(np.float32).rechunk(chunks).store(target, lock=False)
+        _store_settled(arr.astype(np.float32).rechunk(chunks).store(target, lock=False, compute=False))
         if pyramid_levels:
             write_pyramid(tmp, pyramid_levels)
+
+
+def _store_settled(stored) -> None:
+    """Compute dask's ``store`` task ``stored``; on dask's own threads (the default scheduler), a pool
+    of its own that, where a chunk fails, lets the chunks in flight finish (the queued ones are
+    cancelled) before the error goes on: dask raised the first error at once while its threads still
+    wrote chunks, which made the removed temporary output again seconds later. Another scheduler (a
+    cluster's) is used as it is."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+    import dask.threaded
+    from dask.base import get_scheduler
+    from dask.system import CPU_COUNT
+
+    if get_scheduler(collections=[stored]) is not dask.threaded.get:
+        stored.compute()
+        return
+    pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or CPU_COUNT)
+    try:
+        stored.compute(pool=pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def file_sha256(path, block: int = 1 << 22) -> str:

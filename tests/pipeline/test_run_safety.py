@@ -560,3 +560,34 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_naming_it(tmp_path):
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert proc.stdout.split() == ["True", "m.ckpt"], proc.stderr[-2000:]
     assert (tmp_path / "m.ckpt").read_bytes() == b"earlier" and _leftovers(tmp_path) == []
+
+
+def test_a_failed_dask_write_s_chunks_in_flight_finish_before_the_temporary_is_removed(tmp_path, monkeypatch):
+    """write_ome_zarr of a dask array raised the first chunk's error while dask's threads were still
+    computing and writing other chunks: seconds later they made the removed temporary folder again
+    (.out.zarr...tmp/0/c/1/0/0 left behind)."""
+    import time
+
+    import dask.array as da
+    from zarr.storage import LocalStore
+
+    from deconv3d.omezarr import write_ome_zarr
+
+    real_set = LocalStore.set
+
+    async def full_at_the_first_plane(self, key, value):
+        if key.startswith("0/c/0/"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        await real_set(self, key, value)
+
+    def slow(block, block_info=None):
+        if block_info[0]["chunk-location"][0] > 0:
+            time.sleep(0.2)  # a chunk that takes a while to compute (a lazy pipeline's output)
+        return block
+
+    monkeypatch.setattr(LocalStore, "set", full_at_the_first_plane)
+    planes = da.ones((6, 8, 8), chunks=(1, 8, 8), dtype=np.float32).map_blocks(slow, dtype=np.float32)
+    with pytest.raises(OSError, match="No space left"):
+        write_ome_zarr(tmp_path / "out.zarr", planes, chunks=(1, 8, 8))
+    time.sleep(0.4)
+    assert os.listdir(tmp_path) == []
