@@ -250,7 +250,7 @@ def _store_settled(stored) -> None:
     of its own that, where a chunk fails, lets the chunks in flight finish (the queued ones are
     cancelled) before the error goes on: dask raised the first error at once while its threads still
     wrote chunks, which made the removed temporary output again seconds later. Another scheduler (a
-    cluster's) is used as it is."""
+    cluster's), or a pool set through ``dask.config`` (the user's, capping its threads), is used as it is."""
     from concurrent.futures import ThreadPoolExecutor
 
     import dask
@@ -258,8 +258,8 @@ def _store_settled(stored) -> None:
     from dask.base import get_scheduler
     from dask.system import CPU_COUNT
 
-    if get_scheduler(collections=[stored]) is not dask.threaded.get:
-        stored.compute()
+    if get_scheduler(collections=[stored]) is not dask.threaded.get or dask.config.get("pool", None) is not None:
+        stored.compute()  # (a pool set through dask.config is the user's: its threads are theirs to cap)
         return
     pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or CPU_COUNT)
     try:

@@ -43,7 +43,9 @@ def atomic_output(path):
         _publish(tmp, path)
     except BaseException as exc:
         try:
-            settle_zarr()  # a failed zarr write's other chunks, still being written: not into the removed folder
+            # a failed zarr write's other chunks, still being written: not into the removed folder (a slow
+            # disk's writes may take seconds; main's own call afterwards waits only 3 s, and not for these)
+            settle_zarr(timeout=30.0)
         finally:
             _remove(tmp)
         if out_of_space(exc) and exc.filename is None:

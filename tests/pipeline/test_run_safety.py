@@ -218,11 +218,13 @@ def test_a_zarr_output_over_its_quota_says_no_space_left(stack, monkeypatch, cap
     assert not out.exists() and _leftovers(folder) == []
 
 
-def test_a_failed_zarr_write_s_other_chunks_finish_before_the_temporary_is_removed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("seconds", [0.5, 3.5])
+def test_a_failed_zarr_write_s_other_chunks_finish_before_the_temporary_is_removed(tmp_path, monkeypatch, seconds):
     """zarr raises the first chunk's error while the call's other chunks are still being written on
     its event loop: they made the removed temporary again (an empty .out.zarr...tmp/c/... left
     behind), and those still pending at exit printed asyncio's "Task was destroyed but it is
-    pending!" after the error line. Here one chunk fails at once and the others take 0.5 s."""
+    pending!" after the error line. Here one chunk fails at once and the others take 0.5 s, or
+    3.5 s (a slow disk: a 3 s wait in atomic_output brought the leftover back)."""
     import asyncio
     import time
 
@@ -238,7 +240,7 @@ def test_a_failed_zarr_write_s_other_chunks_finish_before_the_temporary_is_remov
         if key == "c/0/0":
             raise OSError(errno.ENOSPC, "No space left on device")
         if key.startswith("c/"):
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(seconds)
         await real_set(self, key, value)
 
     async def others():
@@ -251,6 +253,39 @@ def test_a_failed_zarr_write_s_other_chunks_finish_before_the_temporary_is_remov
     assert asyncio.run_coroutine_threadsafe(others(), _get_loop()).result(5) == 0  # none left to exit with
     time.sleep(0.6)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_dask_write_keeps_the_thread_pool_set_through_dask_config(tmp_path):
+    """write_ome_zarr runs a dask store on a pool of its own (so that a failed write's chunks in flight
+    finish first), but a pool the user set through dask.config caps the threads: with one thread,
+    one chunk at a time (its own pool ran one per CPU)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+    import dask.array as da
+
+    from deconv3d.omezarr import write_ome_zarr
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    def counted(block):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return block
+
+    planes = da.ones((4, 8, 8), chunks=(1, 8, 8), dtype=np.float32).map_blocks(counted, dtype=np.float32)
+    with ThreadPoolExecutor(1) as pool, dask.config.set(pool=pool):
+        write_ome_zarr(tmp_path / "out.zarr", planes, chunks=(1, 8, 8))
+    assert most[0] == 1
+    with dask.config.set(num_workers=2):  # without one, a pool of its own of num_workers threads
+        write_ome_zarr(tmp_path / "two.zarr", planes, chunks=(1, 8, 8))
+    assert most[0] == 2
 
 
 def test_a_stalled_zarr_write_is_given_up_on_once_and_leaves_no_waiting_task(tmp_path):
