@@ -246,23 +246,22 @@ def _smoothed_noise(total: np.ndarray, sigma: float) -> float:
     defocus cone or a neighbour's halo hardly enters; at a box's faces that light read as noise
     and smoothed the tails of a noise-free PSF (L1 error 0.065).
     """
-    return _white_noise(total, sigma) * float(np.sqrt((_kernel(sigma, total.ndim) ** 2).sum()))
+    return _white_noise(total, sigma) * float(np.sqrt((_kernel(sigma, total.ndim)[1] ** 2).sum()))
 
 
 def _white_noise(image: np.ndarray, sigma: float = 1.0) -> float:
     """The standard deviation of white noise in ``image``, measured (robustly: the MAD) on what a
     Gaussian filter of ``sigma`` removes, which a smooth background such as a ramp hardly enters."""
-    delta = np.zeros((9,) * image.ndim)
-    delta[(4,) * image.ndim] = 1.0
+    delta, kernel = _kernel(sigma, image.ndim)
     removed = image - ndimage.gaussian_filter(image, sigma)
-    return _robust_background(removed)[1] / float(np.sqrt(((delta - _kernel(sigma, image.ndim)) ** 2).sum()))
+    return _robust_background(removed)[1] / float(np.sqrt(((delta - kernel) ** 2).sum()))
 
 
-def _kernel(sigma: float, ndim: int) -> np.ndarray:
-    """The Gaussian filter of ``sigma`` as a 9-voxel-wide array."""
+def _kernel(sigma: float, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A unit impulse 9 voxels wide and the Gaussian filter of ``sigma`` applied to it (the filter as an array)."""
     delta = np.zeros((9,) * ndim)
     delta[(4,) * ndim] = 1.0
-    return ndimage.gaussian_filter(delta, sigma)
+    return delta, ndimage.gaussian_filter(delta, sigma)
 
 
 def _tail_share(beads, smooth, found, half) -> tuple[tuple[float, float] | None, np.ndarray]:
