@@ -245,6 +245,10 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     midway still has the rows of the files finished). A completion record counts as finished
     when it holds one of :meth:`Settings.finished_fingerprints` or of ``also_finished_as`` (the
     hashes of these settings as earlier versions read the command that gave them).
+    Each output is written under a lock that runs into the folder share: a file whose output another
+    live run is writing is skipped (:data:`~deconv3d.pipeline.locks.BUSY`) and tried again after the
+    last file, when it is processed if that run has ended (killed), or failed if another input now owns
+    its output; ``progress`` is then called for it again.
     """
     output_dir = Path(output_dir)
     # the PSF (or model) kept among the images it applies to is not one of them (it was deconvolved too)
@@ -262,45 +266,85 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     with settings_guard(output_dir / RECORD_DIR, settings_hash):
         # killed runs' (live runs' are kept), in either output format: a run of the other one left them too
         remove_stale_temporaries_in(output_dir, [o.with_suffix(f".{f}").name for o in outputs for f in OUTPUT_FORMATS])
-        owners = _output_owners(output_dir / RECORD_DIR)
+        busy = []
         for number, (path, output) in enumerate(zip(inputs, outputs), 1):
-            record = _record_path(output_dir, path)
             # (names as text a report can hold: a name that is not UTF-8 failed the CSV report's writing)
             row = {"file": recorded_path(path), "output": recorded_path(output), "status": "",
                    "seconds": 0.0, "reason": "", "settings": settings_hash, EQUIVALENT: finished_as}
             rows.append(row)  # before the work: an interrupted file shows as the row left without a status
-            with claim(output_dir / RECORD_DIR, path) as mine:
-                by_another = _written_since(record, started)  # (before is_finished refreshes a touched file's)
-                if mine is False:  # another run of this folder is on it
-                    row.update(status="skipped", reason=BUSY)
-                elif is_finished(path, output, record, finished_as):
-                    row.update(status="skipped", reason=DONE_ELSEWHERE if by_another else "")
-                elif (other := _owned_by_another(owners, output, path)) is not None:
-                    row.update(status="failed", reason=f"{output.name} holds the result of {other}, another file of "
-                               "this name: write the results of this folder to another output folder")
-                elif _in_the_way(output) and output.name.casefold() not in owners:
-                    row.update(status="failed", reason=f"{output.name} is already in {output_dir} and no batch into "
-                               "this folder wrote it: move it away, or write to another output folder")
-                else:
-                    _process(path, output, record, settings_hash, process_one, row)
-                row["reason"] = path_text(row["reason"])
+            if _settle(path, output, output_dir, started, finished_as, settings_hash, process_one, row) is False:
+                busy.append((number, path, output, row))  # (who owns its output is asked once, below)
             if progress is not None:
+                progress(number, len(inputs), row)
+        # The files another run held: it may have been killed (its lock is then free), or its input may
+        # own their output now. A file still held by a live run stays skipped.
+        for number, path, output, row in busy:
+            if _settle(path, output, output_dir, started, finished_as, settings_hash, process_one, row,
+                       again=True) is not False and progress is not None:
                 progress(number, len(inputs), row)
     return rows
 
 
-def _output_owners(record_dir: Path) -> dict[str, Optional[str]]:
-    """The outputs the completion records of a folder name (case-folded), each with the input
-    recorded for it (None where a record of an earlier version names none). An output in the
-    folder that no record names is not the batch's to replace: a user's own file of that name
-    was overwritten without a word."""
-    owners = {}
-    for record_path in sorted(record_dir.glob("*.json")):
-        record = _read_record(record_path)
+def _settle(path, output, output_dir, started, finished_as, settings_hash, process_one, row, again=False):
+    """Skip, fail or process one input under the lock of its output (:func:`~deconv3d.pipeline.locks.claim`),
+    updating its ``row``. Returns False where another run holds the lock and the row says so (skipped),
+    else None. ``again``: a file held at the first try, now failed where another existing input owns
+    its output (the holder's record names it) and, where the lock is free, settled as any file (a
+    killed run's temporary removed first)."""
+    record_dir = output_dir / RECORD_DIR
+    record = _record_path(output_dir, path)
+    with claim(record_dir, output) as mine:
+        by_another = _written_since(record, started)  # (before is_finished refreshes a touched file's)
+        if mine is False:  # another run of this folder is writing this output
+            other = _owned_by_another(_output_owners(record_dir, output), output, path) if again else None
+            if other is None:
+                row.update(status="skipped", reason=BUSY)
+                return False
+            row.update(status="failed", reason=path_text(_owned_reason(output, other)))
+            return None
+        if again:
+            row.update(status="", reason="")  # (interrupted now, it shows as the file in progress)
+            remove_stale_temporaries_in(output_dir, [output.with_suffix(f".{f}").name for f in OUTPUT_FORMATS])
+        if is_finished(path, output, record, finished_as):
+            row.update(status="skipped", reason=DONE_ELSEWHERE if by_another else "")
+        else:
+            # read with the lock held: another run's input may have taken this output since this run began
+            owners = _output_owners(record_dir, output)
+            if (other := _owned_by_another(owners, output, path)) is not None:
+                row.update(status="failed", reason=_owned_reason(output, other))
+            elif _in_the_way(output) and output.name.casefold() not in owners:
+                row.update(status="failed", reason=f"{output.name} is already in {output_dir} and no batch into "
+                           "this folder wrote it: move it away, or write to another output folder")
+            else:
+                _process(path, output, record, settings_hash, process_one, row)
+        row["reason"] = path_text(row["reason"])
+    return None
+
+
+def _owned_reason(output: Path, other: Path) -> str:
+    return (f"{output.name} holds the result of {other}, another file of this name: write the results of this "
+            "folder to another output folder")
+
+
+def _output_owners(record_dir: Path, output: Path) -> dict[str, Optional[str]]:
+    """The outputs named by the completion records of a folder that may name ``output`` (case-folded),
+    each with the input recorded for it (None where a record of an earlier version names none). An
+    output in the folder that no record names is not the batch's to replace: a user's own file of that
+    name was overwritten without a word. Read for each file not finished, under its output's lock
+    (a table read at the start missed another run's input taking the output meanwhile), and only the
+    records of inputs whose name begins with the output's (every input that can write it) are opened."""
+    owners, prefix = {}, output.stem.casefold()
+    try:
+        names = sorted(e.name for e in os.scandir(record_dir) if e.name.endswith(".json")
+                       and e.name.casefold().startswith(prefix))
+    except OSError:
+        return owners
+    for name in names:
+        record = _read_record(record_dir / name)
         given = record.get("input")
         given = given if isinstance(given, str) and os.path.isabs(given) else None
-        for name in _outputs_written(record):
-            owners[name.casefold()] = given
+        for written in _outputs_written(record):
+            owners[written.casefold()] = given
     return owners
 
 

@@ -67,7 +67,7 @@ def settings_guard(record_dir: Path, fingerprint: str):
     while another live run with other settings holds its own (runs with the same settings share
     the folder, each taking the files no other holds: :func:`claim`)."""
     record_dir = Path(record_dir)
-    own = record_dir / f"settings-{fingerprint}.runlock"  # (input locks end in .tif.lock, .zarr.lock)
+    own = record_dir / f"settings-{fingerprint}.runlock"  # (output locks end in .zarr.lock, .tif.lock)
     with file_lock(own, shared=True, wait=True) as held:  # (waits out a starting run testing it)
         if held:
             for other in sorted(record_dir.glob("*.runlock")):
@@ -94,10 +94,11 @@ def _held_by_a_run(path: Path) -> bool:
         time.sleep(0.02)
 
 
-def claim(record_dir: Path, input_path: Path):
-    """A lock on ``input_path``'s processing (see :func:`file_lock`: False while another live run
-    processes it)."""
-    return file_lock(Path(record_dir) / f"{Path(input_path).name}.lock")
+def claim(record_dir: Path, output: Path):
+    """A lock on the writing of ``output`` (see :func:`file_lock`: False while another live run
+    writes it). Named by the output, case-folded as the batch compares outputs: named by the input,
+    two runs of inputs that write one output (day1/img0.tif and day3/img0.tiff) both wrote it."""
+    return file_lock(Path(record_dir) / f"{Path(output).name.casefold()}.lock")
 
 
 def report_lock(record_dir: Path):

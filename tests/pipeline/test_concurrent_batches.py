@@ -45,7 +45,7 @@ def test_a_file_another_live_run_holds_is_left_to_it_and_keeps_its_row(folder, c
     other_row = {"file": "in/img1.tif", "status": "failed", "seconds": 1.0, "output": "out/img1.zarr",
                  "reason": "cannot read in/img1.tif"}
     (folder / "out" / "batch_report.json").write_text(json.dumps({"summary": {}, "files": [other_row]}))
-    with file_lock(folder / "out" / RECORD_DIR / "img1.tif.lock") as held:  # the other run, on img1
+    with file_lock(folder / "out" / RECORD_DIR / "img1.zarr.lock") as held:  # the other run, on img1
         assert held is True
         code, out, err = run(argv, capsys)
     assert code == 0, err
@@ -61,7 +61,7 @@ def test_a_file_another_live_run_holds_is_left_to_it_and_keeps_its_row(folder, c
 def test_a_busy_file_without_an_earlier_row_is_reported_as_left_to_another_run(folder, capsys, monkeypatch):
     monkeypatch.chdir(folder)
     (folder / "out" / RECORD_DIR).mkdir(parents=True)
-    with file_lock(folder / "out" / RECORD_DIR / "img0.tif.lock"):
+    with file_lock(folder / "out" / RECORD_DIR / "img0.zarr.lock"):
         code, _, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "2"], capsys)
     assert code == 0, err
     row = _report(folder / "out")["img0.tif"]
@@ -221,3 +221,105 @@ def test_a_batch_lists_its_output_folder_once_to_sweep_leftovers(folder, capsys,
     assert code == 0, err
     assert per_output == [] and len(per_folder) == 1 and not left.exists()
     assert all(entry.read_text() == "keep" for entry in theirs)
+
+
+def _two_folders(tmp_path, theirs, mine):
+    """Folders ``day1`` (the other run's: ``theirs``) and ``day2`` (``a2.tif`` and ``mine``), with
+    contents that differ: inputs named to write one output, ``img0.zarr``."""
+    for folder, names in (("day1", [theirs]), ("day2", ["a2.tif", mine])):
+        (tmp_path / folder).mkdir()
+        for seed, name in enumerate(names):
+            (tmp_path / folder / name).write_bytes(bytes([seed + len(folder + name)]) * 64)
+    return tmp_path / "day1" / theirs, tmp_path / "day2"
+
+
+def _write_output(path, output, input_sha256):
+    output.mkdir()
+    (output / "zarr.json").write_text(json.dumps({"input": str(path)}))
+
+
+@pytest.mark.parametrize("mine", ["img0.tif", "img0.tiff"])
+@pytest.mark.parametrize("state", ["writing", "finished"])
+def test_an_output_another_run_s_input_takes_during_the_batch_fails_the_file(folder, mine, state):
+    """Two batches of folders holding img0.tif and img0.tiff (or img0.tif twice) into one output
+    folder both wrote img0.zarr, each reported done (the claim was named by the input, the owners
+    of the outputs read once at the start), or the second said "in progress in another run", exit 0
+    (found by the review of concurrent runs). As run one after the other, the second fails its file:
+    img0.zarr holds the other input's result."""
+    import contextlib
+
+    from deconv3d.pipeline.batch import run_batch
+    from deconv3d.pipeline.locks import claim
+
+    theirs, day2 = _two_folders(folder, "img0.tif", mine)
+    out, settings = folder / "out", make_settings({"psf": str(folder / "psf.tif"), "iterations": 2})
+    other_run = contextlib.ExitStack()
+
+    def process_one(path, output, input_sha256):
+        if path.name == "a2.tif":  # meanwhile the other run (day1) takes img0.zarr
+            assert other_run.enter_context(claim(out / RECORD_DIR, out / "img0.zarr")) is True
+            record = {"input": str(theirs), "output": "img0.zarr", "outputs": ["img0.zarr"], "settings": None}
+            if state == "finished":
+                other_run.close()
+                _write_output(theirs, out / "img0.zarr", "")
+                record.update(settings=settings.fingerprint(), input_sha256="0" * 64)
+            (out / RECORD_DIR / "img0.tif.json").write_text(json.dumps(record))
+        _write_output(path, output, input_sha256)
+
+    with other_run:
+        rows = {os.path.basename(r["file"]): r for r in run_batch(day2, out, settings, process_one)}
+    assert rows["a2.tif"]["status"] == "done"
+    assert rows[mine]["status"] == "failed", rows[mine]
+    assert f"img0.zarr holds the result of {theirs}" in rows[mine]["reason"]
+    assert json.loads((out / RECORD_DIR / "img0.tif.json").read_text())["input"] == str(theirs)
+    assert not (out / "img0.zarr").exists() or json.loads((out / "img0.zarr" / "zarr.json").read_text()) \
+        == {"input": str(theirs)}
+
+
+def test_an_output_another_run_is_writing_is_left_to_it_whatever_the_input_s_name(folder):
+    """The claim is the output's, case-folded: a run writing img0.zarr for day1/img0.tif (its record
+    not written yet) kept day3/IMG0.TIFF, which writes it too, from writing it at the same time."""
+    from deconv3d.pipeline.batch import run_batch
+
+    _, day2 = _two_folders(folder, "img0.tif", "IMG0.TIFF")
+    out, written = folder / "out", []
+    (out / RECORD_DIR).mkdir(parents=True)
+    with file_lock(out / RECORD_DIR / "img0.zarr.lock") as held:
+        assert held is True
+        rows = run_batch(day2, out, make_settings({"psf": str(folder / "psf.tif"), "iterations": 2}),
+                         lambda path, output, sha: written.append(path.name) or _write_output(path, output, sha))
+    assert written == ["a2.tif"]
+    assert {os.path.basename(r["file"]): (r["status"], r["reason"]) for r in rows} == {"a2.tif": ("done", ""),
+                                                                                     "IMG0.TIFF": ("skipped", BUSY)}
+    assert not (out / "IMG0.zarr").exists()
+
+
+def test_a_file_whose_run_was_killed_is_done_before_the_batch_ends(folder):
+    """A run holding img0 was killed while another ran: the other skipped img0 as "in progress in
+    another run", reported 0 failed with exit 0, and left no img0.zarr (found by the review of
+    concurrent runs). The files skipped as busy are tried again after the last one: a free lock's
+    is processed (the killed run's temporary removed first)."""
+    import contextlib
+
+    from deconv3d import _paths
+    from deconv3d.pipeline.batch import run_batch
+    from deconv3d.pipeline.locks import claim
+
+    out, settings = folder / "out", make_settings({"psf": str(folder / "psf.tif"), "iterations": 2})
+    (out / RECORD_DIR).mkdir(parents=True)
+    killed, seen = contextlib.ExitStack(), []
+    left = out / f".img0.zarr.{_paths.host_tag()}@999999999-0123abcd.tmp"  # what the killed run was writing
+
+    def process_one(path, output, input_sha256):
+        if path.name == "img1.tif":  # the run holding img0 is killed
+            left.mkdir()
+            killed.close()
+        _write_output(path, output, input_sha256)
+
+    with killed:
+        assert killed.enter_context(claim(out / RECORD_DIR, out / "img0.zarr")) is True
+        rows = run_batch(folder / "in", out, settings, process_one,
+                         progress=lambda n, total, row: seen.append((n, row["status"], row["reason"])))
+    assert [r["status"] for r in rows] == ["done"] * 3
+    assert seen == [(1, "skipped", BUSY), (2, "done", ""), (3, "done", ""), (1, "done", "")]
+    assert (out / "img0.zarr" / "zarr.json").exists() and not left.exists()
