@@ -2,9 +2,9 @@
 
 Each output is written under a temporary name and renamed when complete; then a completion
 record (``OUTPUT_DIR/.deconv3d-batch/NAME.json``) notes the input's size, modification time and
-SHA-256 and a hash of the settings. A rerun skips an input whose record, output and settings
-still match (see :func:`is_finished`), and redoes everything else (stale temporaries are removed
-first). Inputs are only read.
+SHA-256 and a hash of the settings (with the PSF and model files as that file's run read them). A
+rerun skips an input whose record, output and settings still match (see :func:`is_finished`), and
+redoes everything else (stale temporaries are removed first). Inputs are only read.
 A failing file is recorded with its reason and the batch goes on; a JSON and a CSV report list
 every file's status, time and output.
 """
@@ -272,20 +272,20 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
             row = {"file": recorded_path(path), "output": recorded_path(output), "status": "",
                    "seconds": 0.0, "reason": "", "settings": settings_hash, EQUIVALENT: finished_as}
             rows.append(row)  # before the work: an interrupted file shows as the row left without a status
-            if _settle(path, output, output_dir, started, finished_as, settings_hash, process_one, row) is False:
+            if _settle(path, output, output_dir, started, finished_as, settings, process_one, row) is False:
                 busy.append((number, path, output, row))  # (who owns its output is asked once, below)
             if progress is not None:
                 progress(number, len(inputs), row)
         # The files another run held: it may have been killed (its lock is then free), or its input may
         # own their output now. A file still held by a live run stays skipped.
         for number, path, output, row in busy:
-            if _settle(path, output, output_dir, started, finished_as, settings_hash, process_one, row,
+            if _settle(path, output, output_dir, started, finished_as, settings, process_one, row,
                        again=True) is not False and progress is not None:
                 progress(number, len(inputs), row)
     return rows
 
 
-def _settle(path, output, output_dir, started, finished_as, settings_hash, process_one, row, again=False):
+def _settle(path, output, output_dir, started, finished_as, settings, process_one, row, again=False):
     """Skip, fail or process one input under the lock of its output (:func:`~deconv3d.pipeline.locks.claim`),
     updating its ``row``. Returns False where another run holds the lock and the row says so (skipped),
     else None. ``again``: a file held at the first try, now failed where another existing input owns
@@ -316,7 +316,7 @@ def _settle(path, output, output_dir, started, finished_as, settings_hash, proce
                 row.update(status="failed", reason=f"{output.name} is already in {output_dir} and no batch into "
                            "this folder wrote it: move it away, or write to another output folder")
             else:
-                _process(path, output, record, settings_hash, process_one, row)
+                _process(path, output, record, settings, process_one, row)
         row["reason"] = path_text(row["reason"])
     return None
 
@@ -375,7 +375,7 @@ def _owned_by_another(owners: dict, output: Path, path: Path) -> Optional[Path]:
     return other if other is not None and other.exists() and not _same_file(other, path) else None
 
 
-def _process(path, output, record, settings_hash, process_one, row) -> None:
+def _process(path, output, record, settings, process_one, row) -> None:
     from deconv3d.omezarr import file_sha256
 
     start = time.perf_counter()
@@ -387,7 +387,14 @@ def _process(path, output, record, settings_hash, process_one, row) -> None:
         _write_json_atomic(record, {"input": str(path.absolute()), "output": output.name, "outputs": names,
                                     "settings": None})
         state, digest = input_state(path), file_sha256(path)  # before reading: a change meanwhile shows
+        # The PSF and model files as this file's run reads them (each file's run loads them again, and one
+        # replaced during the batch had its outputs recorded under the first one's hash), then the
+        # fingerprint that holds them: a file replaced before the fingerprint or during the run fails it.
+        shared = _shared_hashes(settings)
+        settings_hash = settings.fingerprint()
         process_one(path, output, digest)
+        _check_unchanged(shared, settings, path)
+        row["settings"] = settings_hash
         # In the try: a record that cannot be written (a full disk) fails this file, not the batch; the
         # unfinished record above stays, so that a rerun redoes the output.
         _write_json_atomic(record, {"input": str(path.absolute()), "input_state": state, "input_sha256": digest,
@@ -400,6 +407,22 @@ def _process(path, output, record, settings_hash, process_one, row) -> None:
     else:
         row["status"] = "done"
     row["seconds"] = round(time.perf_counter() - start, 3)
+
+
+def _shared_hashes(settings: Settings) -> dict[str, str]:
+    """The SHA-256 of each PSF and model file of the settings."""
+    from deconv3d.omezarr import file_sha256
+
+    return {f: file_sha256(f) for f in (*_many(settings.psf), *_many(settings.model)) if f}
+
+
+def _check_unchanged(shared: dict, settings: Settings, path: Path) -> None:
+    """Refuse to record ``path`` finished when a PSF or model file of the settings is no longer as
+    ``shared`` (:func:`_shared_hashes`) held it before its run: which one the run read is not known."""
+    changed = [f for f, digest in _shared_hashes(settings).items() if shared.get(f) != digest]
+    if changed:
+        raise InputError(f"{', '.join(map(str, changed))} changed while {path.name} was processed (which version the "
+                         "run read is not known): rerun the batch to redo it with the file as it is now")
 
 
 def _reason(exc: Exception) -> str:

@@ -323,3 +323,41 @@ def test_a_file_whose_run_was_killed_is_done_before_the_batch_ends(folder):
     assert [r["status"] for r in rows] == ["done"] * 3
     assert seen == [(1, "skipped", BUSY), (2, "done", ""), (3, "done", ""), (1, "done", "")]
     assert (out / "img0.zarr" / "zarr.json").exists() and not left.exists()
+
+
+def test_each_file_s_record_holds_the_psf_its_run_read(folder):
+    """A PSF (or model) replaced during a batch: each file's run loads it again, so the later outputs
+    were made with the new one, yet every record held the first one's fingerprint, and a rerun with
+    the first one skipped them all (found by the review of concurrent runs). Each record holds the
+    fingerprint of the file as its run read it; one replaced during a file's run fails that file."""
+    from deconv3d.pipeline.batch import run_batch
+
+    psf, out = folder / "psf.tif", folder / "out"
+    settings = make_settings({"psf": str(psf), "iterations": 2})
+    first, first_hash = psf.read_bytes(), settings.fingerprint()
+    write_tiff(folder / "new.tif", gaussian_psf(sigma=(1.5, 1.2, 1.2)), voxel_size=(0.3, 0.1, 0.1))
+    new = (folder / "new.tif").read_bytes()
+    psf.write_bytes(new)
+    new_hash = settings.fingerprint()
+    psf.write_bytes(first)
+    assert new_hash != first_hash
+    read = {}
+
+    def process_one(path, output, input_sha256):
+        read[path.name] = psf.read_bytes()  # what the run loads
+        if path.name == "img2.tif":  # the first again, while this one runs
+            (folder / "first.tif").write_bytes(first)
+            (folder / "first.tif").replace(psf)
+        _write_output(path, output, input_sha256)
+
+    def progress(number, total, row):
+        if number == 1:  # a new PSF, once img0 is done
+            (folder / "new.tif").replace(psf)
+
+    rows = run_batch(folder / "in", out, settings, process_one, progress=progress)
+    assert [r["status"] for r in rows] == ["done", "done", "failed"]
+    assert "psf.tif changed while img2.tif was processed" in rows[2]["reason"]
+    records = {i: json.loads((out / RECORD_DIR / f"img{i}.tif.json").read_text())["settings"] for i in range(3)}
+    assert read["img0.tif"] == first and read["img1.tif"] == new
+    assert records == {0: first_hash, 1: new_hash, 2: None}  # (img2: unfinished, redone by a rerun)
+    assert [r["settings"] for r in rows[:2]] == [first_hash, new_hash]
