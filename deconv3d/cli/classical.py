@@ -216,7 +216,13 @@ def cmd_deconvolve(args) -> int:
         if args.iterations == "auto":  # a method that ignores it (warned about, as in memory): a count for the settings
             args.iterations = _DEFAULTS["iterations"]
         return pipeline.cmd_deconvolve_chunked(args, warnings)
+    from deconv3d.omezarr import file_sha256
+    from deconv3d.pipeline import provenance, psf_source, tiff_properties
+
     image = _read_one_image(args.input)
+    # Each file is hashed once read (at the end, a file replaced meanwhile was recorded in place of
+    # the one the run used): the input here, the model and PSF files below.
+    input_sha256 = file_sha256(args.input)
     check_output(args.output, [f for f in (args.input, args.psf, args.model) if f])
     if args.method == "rl-tv" and not args.tv_weight > 0:
         raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
@@ -227,11 +233,13 @@ def cmd_deconvolve(args) -> int:
     if args.psf is None and args.psf_model is None and not (args.method == "ssl" and args.model):
         raise InputError("a PSF is needed: add --psf PSF.tif or --psf-model MODEL --na NA --wavelength UM")
     trained = selfsup.load_model(args) if args.method == "ssl" else None
+    model_sha256 = file_sha256(args.model) if trained is not None else None
     if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
         voxel = trained.voxel_for(voxel, image.data.ndim, args.input, warnings)
     voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input, warnings, partial=image.partial_voxel)
     # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
     psf = load_psf(args, image, voxel, fit_image=trained is None) if (args.psf or args.psf_model) else None
+    source = psf_source(args)  # (the PSF file's hash)
     if args.method == "rl-tv":  # after the PSF's checks: an image without a voxel size, told to lower the
         check_tv_weight(args.tv_weight, image.data.ndim, voxel, Path(args.input).name)  # weight, then needed one
     print_warnings(warnings)
@@ -255,14 +263,12 @@ def cmd_deconvolve(args) -> int:
     refuse_non_finite(result, f"{args.method} result",  # float32 overflow on values near its limit
                       f"(the image's values reach {float(np.abs(image.data).max()):.3g}): rescale the image to a "
                       "smaller range and run again")
-    from deconv3d.omezarr import file_sha256
-    from deconv3d.pipeline import provenance, psf_source, tiff_properties
     from deconv3d.pipeline.records import method_fft_shapes
 
     transforms = method_fft_shapes(args.method, image.data.shape, np.shape(psf), params.get("boundary", "bertero"),
                                    residual="reference" in params)  # (the record of a network that corrects RL)
-    record = provenance(args.method, params, psf=psf, input_path=args.input, device=args.device, fft_shapes=transforms,
-                        model_hash=file_sha256(args.model) if args.model else None, source=psf_source(args))
+    record = provenance(args.method, params, psf=psf, input_path=args.input, checksum=input_sha256, device=args.device,
+                        fft_shapes=transforms, model_hash=model_sha256, source=source)
     write_tiff(args.output, result, voxel_size=voxel, metadata=tiff_properties(record), axes=image.axes)  # (ZX too)
     print(f"wrote {args.output}: {args.method} on {image.data.shape} in {seconds:.1f} s")
     return 0

@@ -233,3 +233,47 @@ def test_per_channel_psfs_are_each_summarised(tmp_path, capsys):
         assert summary["rms_width_voxels"] == pytest.approx(widths, abs=1e-4)
     assert [s["sha256_16"] for s in summaries] == record["parameters"]["per_channel_psf_sha256_16"]
     assert {k: v for k, v in record["psf"].items() if k not in ("per_channel", "source")} == summaries[0]
+
+
+@pytest.mark.parametrize("method", ["rl", "ssl"])
+def test_an_in_memory_run_records_the_files_it_read_not_those_there_at_its_end(folder, capsys, monkeypatch, method):
+    """The input, model and PSF files were hashed after the deconvolution: one replaced meanwhile
+    (a new training writing the model, a copy over the input) was recorded in place of the one
+    the run read (found by the review of concurrent runs)."""
+    import shutil
+
+    import numpy as np
+
+    import deconv3d.classical
+    import deconv3d.selfsup
+    from deconv3d.io import read_image
+
+    from .test_channel_models import _untrained_model
+
+    psf, image = gaussian_psf(), read_image(folder / "img.tif").data
+    _untrained_model(folder / "m.ckpt", psf, image, seed=0)
+    _untrained_model(folder / "other.ckpt", psf, image, seed=1)
+    write_tiff(folder / "other.tif", np.flip(image, 1).copy(), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(folder / "other_psf.tif", gaussian_psf(sigma=(1.5, 1.2, 1.2)), voxel_size=(0.3, 0.1, 0.1))
+    read = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("img.tif", "psf.tif", "m.ckpt")}
+
+    def replacing_files_after(compute):
+        def run_it(*args, **kwargs):
+            result = compute(*args, **kwargs)
+            for name, other in (("img.tif", "other.tif"), ("psf.tif", "other_psf.tif"), ("m.ckpt", "other.ckpt")):
+                shutil.copy(folder / other, folder / name)
+            return result
+        return run_it
+
+    monkeypatch.setattr(deconv3d.classical, "richardson_lucy", replacing_files_after(deconv3d.classical.richardson_lucy))
+    # (the network's output is not what is checked: the image itself stands for it, in a fraction of the time)
+    monkeypatch.setattr(deconv3d.selfsup, "apply_model", replacing_files_after(lambda trained, data, **kwargs: data))
+    given = ["--psf", "psf.tif", "--iterations", "2"] if method == "rl" else ["--model", "m.ckpt"]
+    code, _, err = run(["deconvolve", "img.tif", "-o", "out.tif", "--method", method, *given, "--device", "cpu"], capsys)
+    assert code == 0, err
+    recorded = tiff_properties(folder / "out.tif")
+    assert recorded["input_sha256"] == read["img.tif"] != hashlib.sha256((folder / "img.tif").read_bytes()).hexdigest()
+    if method == "rl":
+        assert recorded["psf_source"]["sha256"] == [read["psf.tif"]]
+    else:
+        assert recorded["model_sha256"] == read["m.ckpt"]
