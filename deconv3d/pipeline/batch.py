@@ -411,9 +411,9 @@ def _process(path, output, record, settings, process_one, row) -> None:
 
 def _shared_hashes(settings: Settings) -> dict[str, str]:
     """The SHA-256 of each PSF and model file of the settings."""
-    from deconv3d.omezarr import file_sha256
+    from deconv3d.omezarr.writing import unchanged_file_sha256
 
-    return {f: file_sha256(f) for f in (*_many(settings.psf), *_many(settings.model)) if f}
+    return {f: unchanged_file_sha256(f) for f in (*_many(settings.psf), *_many(settings.model)) if f}
 
 
 def _check_unchanged(shared: dict, settings: Settings, path: Path) -> None:

@@ -357,9 +357,9 @@ def warn_of_another_scale(trained, lazy, warnings: list | None) -> None:
 
 
 def _sha(path) -> str:
-    from deconv3d.omezarr import file_sha256
+    from deconv3d.omezarr.writing import unchanged_file_sha256
 
-    return file_sha256(path)
+    return unchanged_file_sha256(path)
 
 
 def _slab_budget(kwargs) -> int | None:

@@ -33,12 +33,12 @@ def psf_source(options) -> dict | None:
     and SHA-256 (the summary holds the PSF as prepared for the image: resampled, cropped), or the
     model and the microscope parameters it was generated from. None when neither is given (a
     network's own PSF)."""
-    from deconv3d.omezarr import file_sha256
+    from deconv3d.omezarr.writing import unchanged_file_sha256
 
     files = options.psf
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files or [])
     if options.psf_model is None and files:
-        return {"files": [recorded_path(f) for f in files], "sha256": [file_sha256(f) for f in files]}
+        return {"files": [recorded_path(f) for f in files], "sha256": [unchanged_file_sha256(f) for f in files]}
     if options.psf_model:
         return _jsonable({"model": options.psf_model, "na": options.na, "wavelength": options.wavelength,
                           "ni": options.ni, "ns": options.ns, "depth": options.depth})

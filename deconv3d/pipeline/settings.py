@@ -254,9 +254,9 @@ class Settings:
             fields["memory_limit"] = format_bytes(parse_memory(self.memory_limit))
         for key in ("psf", "model"):
             if fields[key]:
-                from deconv3d.omezarr import file_sha256
+                from deconv3d.omezarr.writing import unchanged_file_sha256
 
-                fields[key] = [file_sha256(f) for f in _many(fields[key])]
+                fields[key] = [unchanged_file_sha256(f) for f in _many(fields[key])]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _ignored_at_defaults(self, wavelengths_set_channels: bool = False, gaussian_ns_counted: bool = False) -> dict:

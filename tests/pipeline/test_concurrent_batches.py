@@ -361,3 +361,35 @@ def test_each_file_s_record_holds_the_psf_its_run_read(folder):
     assert read["img0.tif"] == first and read["img1.tif"] == new
     assert records == {0: first_hash, 1: new_hash, 2: None}  # (img2: unfinished, redone by a rerun)
     assert [r["settings"] for r in rows[:2]] == [first_hash, new_hash]
+
+
+def test_a_psf_or_model_file_is_hashed_again_only_when_it_changed(tmp_path, monkeypatch):
+    """The batch hashes the PSF and model files around every input's run; a file whose status
+    did not change is not read again, and one rewritten in place or replaced is."""
+    import hashlib
+    import os
+
+    from deconv3d.omezarr import writing
+
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"a" * 1000)
+    calls = []
+    real = writing.file_sha256
+    monkeypatch.setattr(writing, "file_sha256", lambda p, *a: calls.append(p) or real(p, *a))
+
+    first = writing.unchanged_file_sha256(path)
+    assert writing.unchanged_file_sha256(path) == first == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert len(calls) == 1  # the second call used the kept hash
+
+    with open(path, "r+b") as fh:  # rewritten in place, same size: new modification time
+        fh.write(b"b" * 1000)
+    stamp = os.stat(path).st_mtime_ns + 10**9
+    os.utime(path, ns=(stamp, stamp))  # (coarse file-system clocks: make the change show)
+    assert writing.unchanged_file_sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest()
+
+    other = tmp_path / "new.ckpt"
+    other.write_bytes(b"c" * 1000)
+    os.utime(other, ns=(stamp, stamp))  # same size and modification time: another inode
+    os.replace(other, path)
+    assert writing.unchanged_file_sha256(path) == hashlib.sha256(b"c" * 1000).hexdigest()
+    assert len(calls) == 3
