@@ -19,6 +19,17 @@ from deconv3d.omezarr.reading import _AXIS_TYPES, _in_order, _level_transform
 
 OME_VERSION = "0.5"
 
+#: The longest chunk side written along each axis: 64 planes in z, 512 voxels in y and x (whole
+#: planes only where they are that small), one time point and one channel. A viewer decodes a
+#: whole chunk to show any tile of it: a 64 x 64 tile of a 16 x 1024 x 1024 image stored as one
+#: chunk (64 MB) took 0.45 s to read, against 0.04 s with chunks of 16 x 512 x 512.
+CHUNK_CAP = {"T": 1, "C": 1, "Z": 64, "Y": 512, "X": 512}
+
+
+def capped_chunks(axes: str, shape) -> tuple[int, ...]:
+    """The chunk shape of an image of ``shape`` with ``axes``: each axis whole, up to :data:`CHUNK_CAP`."""
+    return tuple(max(1, min(int(n), CHUNK_CAP[a])) for a, n in zip(axes.upper(), shape))
+
 
 def checked_axes(axes: str, ndim: int) -> str:
     """``axes`` in upper case when they are ``ndim`` distinct letters in (T)(C)ZYX order with two or
@@ -166,7 +177,8 @@ def write_pyramid(path, levels: int, scheduler=None, workers: int | None = None)
     saying how many levels were written (more asked for were dropped without a word).
 
     Each level's ``translation`` puts its voxels at the centres of the level-0 voxels they
-    average, so that viewers overlay the levels without a half-voxel shift. ``workers`` bounds
+    average, so that viewers overlay the levels without a half-voxel shift. A level's chunks are
+    those of the level above, cut to its shape and to :data:`CHUNK_CAP`. ``workers`` bounds
     the chunks averaged at once (default: dask's, one per core: on 16 cores a run under a
     memory limit went 20 % over it here, where its blocks had stayed within).
     """
@@ -189,7 +201,8 @@ def write_pyramid(path, levels: int, scheduler=None, workers: int | None = None)
             break
         trimmed = src[tuple(slice(0, n - n % s) for n, s in zip(src.shape, step))]
         down = da.coarsen(np.mean, trimmed, dict(enumerate(step))).astype(np.float32)
-        chunks = tuple(min(c, n) for c, n in zip(src.chunksize, down.shape))  # a chunk no larger than its level
+        # a chunk no larger than its level's, nor than the cap (a level of one chunk was decoded whole per tile)
+        chunks = tuple(min(c, k) for c, k in zip(src.chunksize, capped_chunks(axes, down.shape)))
         arr = group.create_array(str(level), shape=down.shape, chunks=chunks,
                                  dtype="float32", fill_value=0.0, dimension_names=list(axes.lower()))
         down.rechunk(arr.chunks).store(arr, lock=False, scheduler=scheduler,
@@ -225,7 +238,7 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     voxel_size : sequence of float, optional
         Micrometres per spatial axis (z, y, x).
     chunks : tuple of int, optional
-        Chunk shape on disk (default: 64 planes of at most 512 x 512).
+        Chunk shape on disk (default: :func:`capped_chunks`, 64 planes of at most 512 x 512).
     provenance : dict, optional
         The ``deconv3d`` attribute block (see :func:`deconv3d.pipeline.provenance`).
     pyramid_levels : int
@@ -239,7 +252,7 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data))
     axes = (axes or "TCZYX"[-arr.ndim:]).upper()
     if chunks is None:
-        chunks = tuple(1 if a in "TC" else min(n, 64 if a == "Z" else 512) for a, n in zip(axes, arr.shape))
+        chunks = capped_chunks(axes, arr.shape)
     with atomic_output(path) as tmp:
         target = create_ome_zarr(tmp, arr.shape, chunks, axes=axes, voxel_size=voxel_size, provenance=provenance,
                                  name=Path(path).stem)  # (not the temporary folder's)

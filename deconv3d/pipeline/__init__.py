@@ -28,7 +28,7 @@ from deconv3d._paths import TIFF_SUFFIXES
 from deconv3d.errors import InputError, warn
 from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, aligned_box, axis_regions,
                                        box_blocks, cancel_requested, plan_chunks, release_memory, run_blocks,
-                                       write_box_blocks)
+                                       sides_in_whole_chunks, stored_chunks, write_box_blocks)
 from deconv3d.pipeline.graph import blockwise, store_blocks
 from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, format_bytes, limit_for_available,
                                       parse_memory, planning_baseline, large_allocations_returned, round_chunks)
@@ -47,7 +47,8 @@ __all__ = ["run_chunked", "RunInfo", "provenance", "Cancelled", "MemoryModel", "
 @dataclass(frozen=True)
 class RunInfo:
     """What :func:`run_chunked` did: the core block shape it used (the chunks asked for, rounded to a
-    network's pooling grid, cut to the volume and at least the halo; the last block along an axis
+    network's pooling grid, cut to the volume and at least the halo, a side longer than the stored
+    chunks' cap cut to whole chunks; the last block along an axis
     also holds a remainder shorter than the halo), halo, number of blocks, predicted peak bytes."""
 
     chunks: tuple
@@ -60,7 +61,8 @@ class RunInfo:
     environment: dict = field(default_factory=dict)  # in what, as the provenance records it (its blocks' FFT backend)
 
 
-def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, workers, local: bool = True):
+def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, workers, local: bool = True,
+                  cap=None):
     """Chunks, halo, predicted peak and memory limit for the block callables (one, or one per
     channel). Without chunks or a limit, a volume that does not fit in the available memory gets a
     limit (:func:`~deconv3d.pipeline.memory.limit_for_available`), with a warning: only for
@@ -68,7 +70,9 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     see) on the CPU (a GPU's memory is not budgeted).
 
     Per-channel callables share one plan: the widest halo and the largest chunk multiple
-    any of them asks for, so that no channel's blocks are cut short of its PSF's reach.
+    any of them asks for, so that no channel's blocks are cut short of its PSF's reach. With a
+    ``cap`` (the longest stored chunk side per axis), block sides above it are cut to whole
+    stored chunks (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`).
     """
     ndim = len(spatial_shape)
     if halo is None:
@@ -107,6 +111,8 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     if len(chunks) != len(spatial_shape) or min(chunks) < 1:
         raise InputError(f"--chunks {chunks} needs {len(spatial_shape)} positive values (one per spatial axis)")
     chunks = round_chunks(chunks, spatial_shape, multiple)  # a network's chunks in whole pooling cells
+    if cap is not None:  # blocks of whole stored chunks, each no longer than the cap
+        chunks = sides_in_whole_chunks(chunks, spatial_shape, cap, multiple)
     if model is not None:
         predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=planning_baseline())
         if given and memory_limit is not None:  # chunks given with a limit: hold them to it
@@ -158,6 +164,9 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         rather than run.
     output : str or os.PathLike
         The ``.zarr`` directory to create; written under a temporary name, renamed when complete.
+        Its chunks tile the blocks, each block writing chunks of its own, and are no longer than
+        :data:`~deconv3d.omezarr.writing.CHUNK_CAP` (64 planes of 512 x 512): a block side above
+        the cap is cut to whole chunks (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`).
     chunks, halo : sequence of int, optional
         Core chunk shape and halo per spatial axis. Default chunks: the largest that fit
         ``memory_limit`` under ``model``, else the whole volume. A callable with a
@@ -189,6 +198,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     """
     from deconv3d._fftw import measuring_run
     from deconv3d.omezarr import create_ome_zarr, write_omero, write_pyramid
+    from deconv3d.omezarr.writing import CHUNK_CAP
 
     start = time.perf_counter()
     _check_whole_numbers(chunks, halo, workers, pyramid_levels)
@@ -199,8 +209,9 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     reader, axes, time_axis, origin, channels = _source(data, axes, time_axis, origin, channels)
     lead = sum(a in "TC" for a in axes)
     fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
+    cap = tuple(CHUNK_CAP[a] for a in axes[lead:])  # stored chunks no longer than write_ome_zarr's
     plan = _Plan.make(tuple(reader.shape[lead:]), fns or [block_fn], chunks, halo, memory_limit, model, workers,
-                      client).with_cache(reader, lead)
+                      client, cap).with_cache(reader, lead)
     indices = list(np.ndindex(*reader.shape[:lead]))
     total = plan.blocks * len(indices)
     execution = plan.execution(total, workers, client, asked_limit=memory_limit)
@@ -215,7 +226,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (memory.py);
     # the measuring box and every block are one run for FFTW's measuring budget (measuring_run)
     with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output) as tmp:
-        create_ome_zarr(tmp, reader.shape, (1,) * lead + plan.zarr_chunks, axes=axes, voxel_size=voxel_size,
+        stored = stored_chunks(plan.shape, plan.zarr_chunks, cap)  # whole chunks of each block, capped
+        create_ome_zarr(tmp, reader.shape, (1,) * lead + stored, axes=axes, voxel_size=voxel_size,
                         provenance=provenance, name=Path(output).stem,
                         time_axis=time_axis if "T" in axes else None, origin=origin)
         _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client, workers, progress, total,
@@ -287,12 +299,12 @@ class _Plan:
     threads: int = 1  # blocks in flight in one process, whose reads share its cache
 
     @classmethod
-    def make(cls, shape, block_fns, chunks, halo, memory_limit, model, workers, client) -> "_Plan":
+    def make(cls, shape, block_fns, chunks, halo, memory_limit, model, workers, client, cap=None) -> "_Plan":
         # The limit budgets one process: blocks in flight in it are its threads (a cluster's worker
         # processes each hold their own blocks), not all of the cluster's workers.
         per_process = workers if client is None else _threads_per_worker(client)
         chunks, halo, predicted, memory_limit = _spatial_plan(shape, block_fns, chunks, halo, memory_limit, model,
-                                                              per_process, local=client is None)
+                                                              per_process, local=client is None, cap=cap)
         dask_chunks, depth, zarr_chunks = plan_chunks(shape, chunks, halo)
         blocks, run_chunks = math.prod(len(c) for c in dask_chunks), chunks
         if blocks > 1 and _prepare_runs_whole(block_fns, shape, chunks, halo, model, memory_limit):

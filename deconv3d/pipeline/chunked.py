@@ -36,7 +36,7 @@ from deconv3d.pipeline.readers import ArrayReader, DaskReader, as_reader  # noqa
 
 __all__ = ["plan_chunks", "block_regions", "run_blocks", "as_reader", "ArrayReader", "DaskReader", "Cancelled",
            "ProgressCallback", "release_memory", "Placement", "abandoned", "box_blocks", "aligned_box",
-           "write_box_blocks"]
+           "write_box_blocks", "stored_chunks", "sides_in_whole_chunks"]
 
 ProgressCallback = Callable[[int, int], Optional[bool]]
 
@@ -95,6 +95,38 @@ def plan_chunks(shape: Sequence[int], chunks: Sequence[int], halo: Sequence[int]
         halos.append(h if len(sizes) > 1 else 0)
         zarr_chunks.append(c)
     return tuple(dask_chunks), tuple(halos), tuple(zarr_chunks)
+
+
+def stored_chunks(shape: Sequence[int], block_chunks: Sequence[int], cap: Sequence[int]) -> tuple[int, ...]:
+    """The zarr chunks of an output whose blocks are those of a plan (``block_chunks``: the zarr
+    chunks :func:`plan_chunks` returns), no side longer than ``cap`` (per axis; e.g.
+    :data:`deconv3d.omezarr.writing.CHUNK_CAP`): the largest divisor of each block side up to the
+    cap, so that every block still writes whole chunks and each chunk has one writer. Along an
+    axis that one block spans, the cap itself (the last, shorter chunk is that block's too).
+    Block sides from :func:`sides_in_whole_chunks` have a divisor near the cap."""
+    out = []
+    for n, c, k in zip(shape, block_chunks, cap):
+        c, k = int(c), max(1, int(k))
+        out.append(c if c <= k else k if c >= n else next(d for d in range(k, 0, -1) if c % d == 0))
+    return tuple(out)
+
+
+def sides_in_whole_chunks(chunks: Sequence[int], shape: Sequence[int], cap: Sequence[int],
+                          multiple: int = 1) -> tuple[int, ...]:
+    """``chunks`` (core block sides) with each side longer than its ``cap`` but shorter than its
+    axis cut down to the nearest whole number of equal chunk sides of at most the cap (each a
+    multiple of ``multiple``, a network's pooling grid, where that fits): a block side of 683
+    (a 2048 axis in three) has no divisor up to 512 but 1, and would have stored chunks 1 voxel
+    wide (:func:`stored_chunks`); cut to 682 it has 341."""
+    out = []
+    for c, n, k in zip(chunks, shape, cap):
+        c, k, m = int(c), max(1, int(k)), max(1, int(multiple))
+        if c <= k or c >= n:
+            out.append(c)
+            continue
+        parts = -(-c // k)
+        out.append(min(c, parts * max(m, c // parts // m * m)))
+    return tuple(out)
 
 
 def block_regions(shape: Sequence[int], block_sizes: Sequence[Sequence[int]], halo: Sequence[int]):

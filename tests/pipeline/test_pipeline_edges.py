@@ -346,7 +346,7 @@ def test_a_cluster_budgets_each_worker_process_not_the_whole_cluster(tmp_path, m
 
     seen = []
 
-    def planned(shape, fns, chunks, halo, limit, model, workers, local=True):
+    def planned(shape, fns, chunks, halo, limit, model, workers, local=True, cap=None):
         seen.append(workers)
         raise KeyboardInterrupt  # stop before anything runs
 

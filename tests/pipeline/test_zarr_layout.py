@@ -1,0 +1,58 @@
+"""The layout of deconv3d's OME-Zarr outputs: bounded chunks that every block writes whole."""
+
+import numpy as np
+import pytest
+
+from cli_helpers import run
+from deconv3d.io import read_image, write_tiff
+from deconv3d.omezarr import read_ome_zarr, write_ome_zarr
+
+from .conftest import gaussian_psf
+
+
+def test_a_whole_volume_run_stores_bounded_chunks_equal_to_its_tiff(tmp_path, monkeypatch, capsys):
+    """An image that fits in memory runs as one block: it was stored as one chunk (16 x 1024 x 1024:
+    64 MB that a viewer decoded whole for any tile)."""
+    import zarr
+
+    monkeypatch.chdir(tmp_path)
+    image = np.random.default_rng(0).poisson(50, (3, 530, 520)).astype(np.float32)
+    write_tiff("img.tif", image, voxel_size=(0.3, 0.1, 0.1))
+    write_tiff("psf.tif", gaussian_psf((3, 5, 5)), voxel_size=(0.3, 0.1, 0.1))
+    for output in ("out.tif", "out.zarr"):
+        code, out, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "--method", "wiener", "-o", output], capsys)
+        assert code == 0, err
+    assert "1 block(s)" in out  # the zarr output's run: one block, the whole volume
+    stored = zarr.open_array("out.zarr/0", mode="r")
+    assert stored.chunks == (3, 512, 512) and stored.nchunks == 4
+    np.testing.assert_array_equal(read_ome_zarr("out.zarr")[0], read_image("out.tif").data)
+
+
+def test_pyramid_levels_are_chunked_within_the_cap(tmp_path):
+    """A level took its level-0 chunk whole where that chunk was larger than the cap."""
+    import zarr
+
+    data = np.random.default_rng(1).random((1, 1030, 1100)).astype(np.float32)
+    write_ome_zarr(tmp_path / "p.zarr", data, chunks=data.shape, pyramid_levels=1)
+    level1 = zarr.open_array(str(tmp_path / "p.zarr" / "1"), mode="r")
+    assert level1.shape == (1, 515, 550) and level1.chunks == (1, 512, 512)
+    np.testing.assert_allclose(level1[0, 100, 200], data[0, 200:202, 400:402].mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_blocks_longer_than_the_cap_write_whole_chunks_of_their_own(tmp_path, workers):
+    """A block side above the cap is cut to whole stored chunks: 683 (prime) had no divisor up to
+    512 but 1; each chunk keeps one writer, so concurrent blocks lose nothing."""
+    import zarr
+
+    from deconv3d.pipeline import plan_chunks, run_chunked
+    from deconv3d.pipeline.chunked import sides_in_whole_chunks, stored_chunks
+
+    assert sides_in_whole_chunks((683, 100, 40), (2048, 300, 40), (512, 64, 512)) == (682, 100, 40)
+    assert stored_chunks((2048, 300, 40), (682, 100, 40), (512, 64, 512)) == (341, 50, 40)
+    image = np.random.default_rng(2).random((2, 1400, 6)).astype(np.float32)
+    info = run_chunked(image, lambda block: block * 2, tmp_path / "b.zarr", chunks=(2, 683, 6), workers=workers)
+    stored = zarr.open_array(str(tmp_path / "b.zarr" / "0"), mode="r").chunks
+    sizes = plan_chunks(image.shape, info.chunks, (0, 0, 0))[0]
+    assert info.chunks == (2, 682, 6) and stored == (2, 341, 6) and sizes[1] == (682, 682, 36)
+    np.testing.assert_array_equal(read_ome_zarr(tmp_path / "b.zarr")[0], image * 2)
