@@ -42,7 +42,8 @@ class LazyImage:
     partial_voxel: tuple | None = None  # a TIFF that calibrates some axes only: their sizes (see io.Image)
     time_axis: tuple | None = None  # (step, unit or None[, start]) of a T axis the file calibrates; start: an
     # OME-Zarr's T translation, in that unit, where it is not 0
-    origin: tuple | None = None  # micrometres per spatial axis: where an OME-Zarr image's first voxel sits
+    origin: tuple | None = None  # where an OME-Zarr image's first voxel sits, per spatial axis: in micrometres,
+    # or in voxels where voxel_size is None (an uncalibrated image's translation, in the units of its scale of 1)
     channels: tuple | None = None  # OME-Zarr omero channels, OME-TIFF Channels: dicts of label, color, active
 
 
@@ -569,6 +570,8 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
     origin = None
     if spatial is not None and any(v for a, v in zip(axes, shift) if a in "ZYX"):  # in µm, as the voxel size
         origin = tuple(v * (_unit_factor(u) if u else 1.0) for a, v, u in zip(axes, shift, units) if a in "ZYX")
+    elif any(v for a, v in zip(axes, shift) if a in "ZYX"):  # uncalibrated: in its own voxels (it was dropped)
+        origin = tuple(v / s for a, v, s in zip(axes, shift, scale) if a in "ZYX")
     if data.dtype != np.float32:
         data = data.astype(np.float32)
     reader = ZarrReader(image_path, component, shape=data.shape, drop=drop)

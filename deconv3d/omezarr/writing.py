@@ -95,8 +95,9 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
         Step, unit and (optional) start of the ``T`` axis (:attr:`LazyImage.time_axis` of the
         input): default 1, no unit, 0; a start is written as level 0's T translation.
     origin : sequence of float, optional
-        Where the first voxel sits, in micrometres per spatial axis (:attr:`LazyImage.origin` of
-        the input): written as level 0's translation, so that the output overlays its input.
+        Where the first voxel sits, in micrometres per spatial axis, or in voxels without a
+        ``voxel_size`` (:attr:`LazyImage.origin` of the input): written as level 0's translation,
+        so that the output overlays its input.
     """
     import zarr
 

@@ -179,7 +179,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     model : MemoryModel, optional
     voxel_size, provenance, pyramid_levels, time_axis, origin
         Written into the OME-Zarr metadata (see :func:`deconv3d.omezarr.create_ome_zarr`); ``time_axis``
-        and ``origin`` default to a :class:`~deconv3d.omezarr.LazyImage` input's own.
+        and ``origin`` default to a :class:`~deconv3d.omezarr.LazyImage` input's own (an uncalibrated
+        input's origin, in voxels, scaled by ``voxel_size`` where one is given).
     channels : sequence of dict, optional
         The channels' names and colours (:attr:`~deconv3d.omezarr.LazyImage.channels`, the default
         for such an input), written as ``omero`` metadata with the output's own display windows
@@ -206,7 +207,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         raise InputError(f"run_chunked writes an OME-Zarr folder, not a TIFF ({output}): give a path ending in .zarr "
                          "(deconv3d.pipeline.files.deconvolve_file writes TIFF)")
     output = Path(output).absolute()  # where a cluster's workers, each in a folder of its own, write the blocks
-    reader, axes, time_axis, origin, channels = _source(data, axes, time_axis, origin, channels)
+    reader, axes, time_axis, origin, channels = _source(data, axes, time_axis, origin, channels, voxel_size)
     lead = sum(a in "TC" for a in axes)
     fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
     cap = tuple(CHUNK_CAP[a] for a in axes[lead:])  # stored chunks no longer than write_ome_zarr's
@@ -257,18 +258,23 @@ def _check_whole_numbers(chunks, halo, workers, pyramid_levels) -> None:
         raise InputError(f"pyramid_levels must be a whole number >= 0, got {pyramid_levels!r}")
 
 
-def _source(data, axes, time_axis, origin, channels):
+def _source(data, axes, time_axis, origin, channels, voxel_size=None):
     """(block reader, axes, time axis, origin, channels) of ``data``; a
     :class:`~deconv3d.omezarr.LazyImage` brings its own axes, time axis, origin and channels where
-    they are not given."""
+    they are not given. An uncalibrated image's origin (in voxels) is scaled to micrometres where
+    the run gives the output a ``voxel_size``, and kept in voxels where it gives none."""
+    from deconv3d._voxel import checked_voxel_size
     from deconv3d.omezarr import LazyImage
     from deconv3d.omezarr.writing import checked_axes
 
     if isinstance(data, LazyImage):
         axes = axes or data.axes
         time_axis = time_axis if time_axis is not None else data.time_axis
-        origin = origin if origin is not None else data.origin
         channels = channels if channels is not None else data.channels
+        if origin is None and data.origin is not None:
+            origin = data.origin
+            if data.voxel_size is None and voxel_size is not None:
+                origin = tuple(o * v for o, v in zip(origin, checked_voxel_size(voxel_size, len(origin))))
     reader = as_reader(data)
     axes = checked_axes(axes or "TCZYX"[-reader.ndim:], reader.ndim)  # labels only: data in another order is refused
     return reader, axes, time_axis, origin, channels

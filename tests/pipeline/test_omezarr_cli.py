@@ -1067,6 +1067,32 @@ def test_the_input_origin_reaches_the_output_and_its_pyramid(tmp_path, capsys):
     assert datasets[1]["coordinateTransformations"][1]["translation"] == pytest.approx([3.0, 5.05, 7.05])
 
 
+@pytest.mark.parametrize("voxel, translation, units", [
+    ([], [10.0, 200.0, 300.0], False),  # kept in the input's own units, its voxels
+    (["--voxel-size", 0.3, 0.1, 0.1], [3.0, 20.0, 30.0], True),  # calibrated here: those voxels in micrometres
+])
+def test_an_uncalibrated_inputs_origin_reaches_the_output(tmp_path, capsys, voxel, translation, units):
+    """An image with no units and scale 1 lost its translation: only a micrometre one was read."""
+    import zarr
+
+    image = _hand_made(tmp_path / "u.zarr", "zyx", None, (6, 16, 16), transforms=[
+        {"type": "scale", "scale": [1.0, 1.0, 1.0]}, {"type": "translation", "translation": [10.0, 200.0, 300.0]}])
+    group = zarr.open_group(str(image), mode="r+")
+    attrs = dict(group.attrs)
+    for axis in attrs["ome"]["multiscales"][0]["axes"]:
+        del axis["unit"]
+    group.attrs.update(attrs)
+    lazy = open_lazy(image)
+    assert lazy.voxel_size is None and lazy.origin == pytest.approx((10.0, 200.0, 300.0))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 5, 5)))
+    code, _, err = run(["deconvolve", image, "-o", tmp_path / "o.zarr", "--psf", tmp_path / "psf.tif",
+                        "--method", "wiener", *voxel], capsys)
+    assert code == 0, err
+    ms = zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["ome"]["multiscales"][0]
+    assert ms["datasets"][0]["coordinateTransformations"][1]["translation"] == pytest.approx(translation)
+    assert all(("unit" in axis) == units for axis in ms["axes"])
+
+
 def test_a_2d_tiff_output_is_read_back_one_chunk_at_a_time(tmp_path, monkeypatch):
     """The 2D result was read back from the scratch zarr before zarr was held to one chunk in
     flight: a 4096^2 Wiener run went 5-10 % over --memory-limit there."""
