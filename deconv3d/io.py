@@ -126,6 +126,21 @@ def read_image(path) -> Image:
                  voxel_problem=problem, partial_voxel=_partial_voxel(sizes))
 
 
+def psf_path_problem(path) -> str | None:
+    """Why ``path`` cannot be a PSF file, as a one-line message, or None: PSFs are read from TIFF
+    files only (:func:`read_psf`), so a folder (an OME-Zarr one: "PSF file not found", though it
+    was there) or a missing file is named as such."""
+    path = Path(path)
+    if path.is_dir():
+        zarr = path.suffix.lower() == ".zarr"
+        return (f"PSF {path} is {'an OME-Zarr folder' if zarr else 'a folder'}, and PSFs are read from TIFF files "
+                "only: give a .tif" + (" (write the PSF's array to one, e.g. with deconv3d.io.write_tiff)" if zarr
+                                       else ""))
+    if not path.is_file():
+        return f"PSF file not found: {path}: check the path"
+    return None
+
+
 def read_psf(path) -> Image:
     """:func:`read_image` for a PSF file: a voxel size that the file records but that is not
     positive is refused (ignoring it would skip the resampling to the image's voxel size), and so
@@ -133,8 +148,12 @@ def read_psf(path) -> Image:
 
     The last file read is remembered (by path, inode, size and change times), so that a run that
     asks for the PSF's voxel size and then for the PSF reads a large measured PSF once; every
-    call returns its own copy of the data.
+    call returns its own copy of the data. A folder or a missing file is refused by name
+    (:func:`psf_path_problem`).
     """
+    problem = psf_path_problem(path) if isinstance(path, (str, os.PathLike)) else None
+    if problem:
+        raise InputError(problem)
     stat = Path(path).stat() if Path(path).is_file() else None
     key = None if stat is None else (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns,
                                      stat.st_ctime_ns)

@@ -171,8 +171,11 @@ class Settings:
             _check(bool(_many(self.psf)) and all(isinstance(p, (str, os.PathLike)) for p in _many(self.psf)),
                    f"{_n('psf')} needs a file name, or one per channel, got {_shown(self.psf)}"
                    + (" (save it with deconv3d.io.write_tiff first)" if hasattr(self.psf, "shape") else ""))
+            from deconv3d.io import psf_path_problem
+
             for psf in _many(self.psf):
-                _check(Path(psf).is_file(), f"PSF file not found: {psf}: check the path")
+                problem = psf_path_problem(psf)
+                _check(problem is None, problem)
 
     @property
     def run_device(self) -> str:

@@ -130,6 +130,12 @@ def test_batch_failing_file_exit_3_others_complete_and_resume(folder, capsys):
      ["--tv-weight 0.3 is too large for img0.tif", "below 0.214"]),
     (["deconvolve", "in/img0.tif", "--psf", "chunks/psf.tif", "-o", "x.zarr", "--chunks", 12, 12, 12],
      ["PSF file not found: chunks/psf.tif"]),  # the option names were put into the path too
+    # an OME-Zarr PSF folder was 'PSF file not found' out of core, a TIFF reader's complaint in memory
+    (["deconvolve", "in/img0.tif", "--psf", "empty.zarr", "-o", "x.zarr"],
+     ["PSF empty.zarr is an OME-Zarr folder", "PSFs are read from TIFF files only", "give a .tif"]),
+    (["deconvolve", "in/img0.tif", "--psf", "empty.zarr", "-o", "x.tif"],
+     ["PSF empty.zarr is an OME-Zarr folder", "PSFs are read from TIFF files only", "give a .tif"]),
+    (["deconvolve", "in/img0.tif", "--psf", "nope.tif", "-o", "x.tif"], ["PSF file not found: nope.tif"]),
 ])
 def test_bad_input_one_line_exit_2(folder, capsys, monkeypatch, argv, words):
     monkeypatch.chdir(folder)
