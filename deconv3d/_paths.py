@@ -21,6 +21,17 @@ from deconv3d.errors import InputError
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: What ``deconvolve`` (and a batch) writes: an OME-Zarr folder or a TIFF.
 OUTPUT_SUFFIXES = (".zarr",) + TIFF_SUFFIXES
+#: An image file's (or folder's) suffixes, two-part ones first: what :func:`image_stem` drops.
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
+
+
+def image_stem(path) -> str:
+    """The name of the image at ``path``: its file name less its image suffix only, ``.ome.zarr``
+    as a whole (``out.ome.zarr`` was named ``out.ome``), dots inside the name kept (``cell.t001.tif``
+    gives ``cell.t001``); else :attr:`pathlib.Path.stem`. A batch names its outputs by it, and an
+    OME-Zarr output is named by it."""
+    name = Path(path).name
+    return next((name[:-len(s)] for s in IMAGE_SUFFIXES if name.lower().endswith(s)), Path(path).stem)
 
 
 _FORMATS = "use .tif or .tiff"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d import __version__
-from deconv3d._paths import path_text
+from deconv3d._paths import image_stem, path_text
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
 from deconv3d.omezarr.reading import _AXIS_TYPES, _in_order, _level_transform
@@ -112,7 +112,7 @@ def create_ome_zarr(path, shape, chunks, *, axes: str, voxel_size=None, provenan
         spatial = iter(checked_origin(origin, sum(a in "ZYX" for a in axes)) if origin is not None else ())
         translation = [next(spatial, 0.0) if a in "ZYX" else float(time_start) if a == "T" else 0.0 for a in axes]
     # (path_text: a name that is not UTF-8 as \xNN; JSON holds no lone surrogate)
-    ms = {"name": path_text(name or Path(path).stem), "axes": _axes_metadata(axes, voxel_size is not None, time_unit),
+    ms = {"name": path_text(name or image_stem(path)), "axes": _axes_metadata(axes, voxel_size is not None, time_unit),
           "datasets": [_dataset("0", _full_scale(axes, voxel_size, [1] * len(axes), time_step), translation)]}
     attrs = {"ome": {"version": OME_VERSION, "multiscales": [ms]}}
     attrs["deconv3d"] = provenance if provenance is not None else {"software": "deconv3d", "version": __version__}
@@ -256,7 +256,7 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
         chunks = capped_chunks(axes, arr.shape)
     with atomic_output(path) as tmp:
         target = create_ome_zarr(tmp, arr.shape, chunks, axes=axes, voxel_size=voxel_size, provenance=provenance,
-                                 name=Path(path).stem)  # (not the temporary folder's)
+                                 name=image_stem(path))  # (not the temporary folder's)
         _store_settled(arr.astype(np.float32).rechunk(chunks).store(target, lock=False, compute=False))
         if pyramid_levels:
             write_pyramid(tmp, pyramid_levels)

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from deconv3d._arrays import is_whole
-from deconv3d._paths import TIFF_SUFFIXES
+from deconv3d._paths import TIFF_SUFFIXES, image_stem
 from deconv3d.errors import InputError, warn
 from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, aligned_box, axis_regions,
                                        box_blocks, cancel_requested, plan_chunks, release_memory, run_blocks,
@@ -229,7 +229,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output) as tmp:
         stored = stored_chunks(plan.shape, plan.zarr_chunks, cap)  # whole chunks of each block, capped
         create_ome_zarr(tmp, reader.shape, (1,) * lead + stored, axes=axes, voxel_size=voxel_size,
-                        provenance=provenance, name=Path(output).stem,
+                        provenance=provenance, name=image_stem(output),
                         time_axis=time_axis if "T" in axes else None, origin=origin)
         _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client, workers, progress, total,
                  cancel)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from deconv3d._paths import _same_file, check_name_length, recorded_path, remove_stale_temporaries_in
+from deconv3d._paths import _same_file, check_name_length, image_stem, recorded_path, remove_stale_temporaries_in
 from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
 from deconv3d.pipeline.locks import BUSY, DEFERRING, DONE_ELSEWHERE, claim, report_lock, settings_guard
@@ -64,18 +64,13 @@ def _any_case(pattern: str) -> str:
     return "".join(out)
 
 
-IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
-
-
 def output_for(input_path: Path, output_dir: Path, settings: Settings) -> Path:
     """``output_dir/NAME.FORMAT``, NAME the input's name less its image suffix only.
 
     ``cell.t001.tif`` gives ``cell.t001.zarr``: dots inside a name are kept, so that a time
     series of files does not collapse onto one output.
     """
-    name = input_path.name
-    stem = next((name[:-len(s)] for s in IMAGE_SUFFIXES if name.lower().endswith(s)), input_path.stem)
-    return output_dir / f"{stem}.{settings.output_format}"
+    return output_dir / f"{image_stem(input_path)}.{settings.output_format}"
 
 
 def _outputs_for(inputs, output_dir: Path, settings: Settings) -> list[Path]:

@@ -1,4 +1,4 @@
-"""The layout of deconv3d's OME-Zarr outputs: bounded chunks that every block writes whole."""
+"""The layout of deconv3d's OME-Zarr outputs (bounded chunks that every block writes whole) and their names."""
 
 import numpy as np
 import pytest
@@ -56,3 +56,24 @@ def test_blocks_longer_than_the_cap_write_whole_chunks_of_their_own(tmp_path, wo
     sizes = plan_chunks(image.shape, info.chunks, (0, 0, 0))[0]
     assert info.chunks == (2, 682, 6) and stored == (2, 341, 6) and sizes[1] == (682, 682, 36)
     np.testing.assert_array_equal(read_ome_zarr(tmp_path / "b.zarr")[0], image * 2)
+
+
+def test_an_ome_zarr_output_is_named_as_a_batch_names_it(tmp_path, monkeypatch, capsys):
+    """``-o out.ome.zarr`` named the image 'out.ome' (napari's layer name); a batch writing the
+    output of ``out.ome.tif`` named it 'out'."""
+    import zarr
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    write_tiff("in/cell.t001.ome.tif", np.random.default_rng(3).poisson(20, (6, 16, 16)).astype(np.float32),
+               voxel_size=(0.3, 0.1, 0.1))
+    write_tiff("psf.tif", gaussian_psf((3, 5, 5)), voxel_size=(0.3, 0.1, 0.1))
+    names = {}
+    for argv, output in ((["deconvolve", "in/cell.t001.ome.tif", "-o", "cell.t001.ome.zarr"], "cell.t001.ome.zarr"),
+                         (["batch", "in", "-o", "out"], "out/cell.t001.zarr")):
+        code, _, err = run(argv + ["--psf", "psf.tif", "--method", "wiener"], capsys)
+        assert code == 0, err
+        names[output] = zarr.open_group(output, mode="r").attrs["ome"]["multiscales"][0]["name"]
+    assert names == {"cell.t001.ome.zarr": "cell.t001", "out/cell.t001.zarr": "cell.t001"}
+    write_ome_zarr(tmp_path / "w.OME.ZARR", np.ones((4, 4), np.float32))
+    assert zarr.open_group(str(tmp_path / "w.OME.ZARR"), mode="r").attrs["ome"]["multiscales"][0]["name"] == "w"
