@@ -36,14 +36,17 @@ ALWAYS_HASH_BYTES = 256 * 2**20  # inputs up to this size are re-hashed on every
 
 
 def find_inputs(input_dir, patterns) -> list[Path]:
-    """Files (and .zarr folders) in ``input_dir`` matching any glob pattern, sorted, hidden ones excluded."""
+    """Files (and .zarr folders) in ``input_dir`` matching any glob pattern, sorted; hidden ones excluded,
+    and everything in a hidden folder below ``input_dir`` (an output folder ``.out`` kept inside it, a
+    file server's ``.snapshot``, a ``.Trash-1000``), which a ``**`` pattern reaches too."""
     input_dir = Path(input_dir)
     if input_dir.is_file():
         raise InputError(f"input {input_dir} is a file: batch takes a folder (every image in it that matches the "
                          "pattern); use 'deconv3d deconvolve' for one file")
     if not input_dir.is_dir():
         raise InputError(f"input folder not found: {input_dir}: check the path")
-    found = {p for pattern in patterns for p in input_dir.glob(_any_case(pattern)) if not p.name.startswith(".")}
+    found = {p for pattern in patterns for p in input_dir.glob(_any_case(pattern))
+             if not any(part.startswith(".") for part in p.relative_to(input_dir).parts)}
     return sorted(found)
 
 

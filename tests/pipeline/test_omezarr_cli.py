@@ -222,6 +222,32 @@ def test_batch_into_a_subfolder_whose_files_a_pattern_finds_is_refused(folder, c
     assert "skipped" in out and (folder / "in" / "day1" / "out" / "img0.tif").is_file()
 
 
+def test_batch_with_a_recursive_pattern_reads_nothing_in_hidden_folders(tmp_path, capsys):
+    """'**/*.tif' searched hidden folders: the rerun of a batch into in/.out read its own outputs as
+    inputs (exit 2, "a.tif and a.tif would both write a.tif"), a file server's .snapshot copy clashed
+    with its original, and a file in .Trash-1000 was deconvolved. An output folder in a hidden folder
+    deeper down (in/day1/.res) was refused as one the pattern would read."""
+    from deconv3d.pipeline.batch import find_inputs
+
+    psf = gaussian_psf((5, 5, 5))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    inputs = tmp_path / "in"
+    for seed, rel in enumerate(("day1/a.tif", "day1/sub/b.tif", ".snapshot/hourly.0/day1/a.tif",
+                                ".Trash-1000/files/old.tif", "day1/.hidden.tif")):
+        (inputs / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_tiff(inputs / rel, blurred_beads((8, 32, 32), psf, seed=seed, count=20), voxel_size=(0.3, 0.1, 0.1))
+    found = find_inputs(inputs, ["**/*.tif"])
+    assert [p.relative_to(inputs).as_posix() for p in found] == ["day1/a.tif", "day1/sub/b.tif"]
+    for out, runs in ((inputs / ".out", 2), (inputs / "day1" / ".res", 1)):
+        argv = ["batch", inputs, "-o", out, "--psf", tmp_path / "psf.tif", "--method", "wiener", "--pattern",
+                "**/*.tif", "--output-format", "tif"]
+        for number in range(runs):
+            code, out_text, err = run(argv, capsys)
+            assert code == 0, err
+            assert f"batch: {2 * (number == 0)} done, {2 * (number == 1)} skipped, 0 failed" in out_text, out_text
+        assert sorted(p.name for p in out.glob("*.tif")) == ["a.tif", "b.tif"]
+
+
 def test_deconvolve_replaces_its_own_zarr_output_but_not_a_foreign_zarr_image(folder, capsys, monkeypatch):
     """-o raw.zarr replaced any zarr group: an acquisition deconv3d did not write was deleted.
     Only a folder that deconv3d's attribute marks (its earlier output) is replaced now."""
