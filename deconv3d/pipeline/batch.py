@@ -76,20 +76,37 @@ def output_for(input_path: Path, output_dir: Path, settings: Settings) -> Path:
     return output_dir / f"{image_stem(input_path)}.{settings.output_format}"
 
 
-def _outputs_for(inputs, output_dir: Path, settings: Settings) -> list[Path]:
-    """Each input's output; two inputs that would write the same output are refused up front."""
-    outputs, owner = [], {}
+def _outputs_for(inputs, input_dir: Path, output_dir: Path, settings: Settings) -> list[Path]:
+    """Each input's output; inputs that would write the same output are refused up front, in one
+    line that names them by their path in ``input_dir`` (day1/a.tif and day2/a.tif) and lists every
+    such clash, or the first :data:`CLASHES_SHOWN` and how many more."""
+    outputs, owners = [], {}
     for path in inputs:
         output = output_for(path, output_dir, settings)
-        key = str(output).casefold()  # Cell.tif and cell.tiff: one folder on macOS's and Windows' disks
-        if key in owner:
-            first = owner[key][1]
-            case = "" if first == output else f" (as {first.name}: one name on macOS and Windows disks)"
-            raise InputError(f"{owner[key][0].name} and {path.name} would both write {output.name}{case}: rename one "
-                             "or narrow --pattern")
-        owner[key] = (path, output)
+        # Cell.tif and cell.tiff: one folder on macOS's and Windows' disks
+        owners.setdefault(str(output).casefold(), []).append((path, output))
         outputs.append(output)
+    clashes = [_clash(group, Path(input_dir)) for group in owners.values() if len(group) > 1]
+    if clashes:
+        more = len(clashes) - CLASHES_SHOWN
+        raise InputError("; ".join(clashes[:CLASHES_SHOWN]) + (f"; and {more} more such clash(es)" if more > 0 else "")
+                         + ": rename one or narrow --pattern")
     return outputs
+
+
+#: How many clashing output names the error of :func:`_outputs_for` spells out.
+CLASHES_SHOWN = 3
+
+
+def _clash(group: list, input_dir: Path) -> str:
+    """"a/x.tif and b/x.tif would both write x.zarr" for the (input, output) pairs of one output."""
+    names = [str(path.relative_to(input_dir)) for path, _ in group]
+    output = group[-1][1]
+    others = [o.name for o in dict.fromkeys(o for _, o in group) if o != output]
+    case = f" (as {', '.join(others)}: one name on macOS and Windows disks)" if others else ""
+    who = f"{names[0]} and {names[1]} would both" if len(names) == 2 else \
+        f"{', '.join(names[:-1])} and {names[-1]} would all"
+    return f"{who} write {output.name}{case}"
 
 
 def load_psfs_for(settings: Settings, spatial_shape, voxel, fit_image: bool = True) -> list:
@@ -254,7 +271,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     inputs = [p for p in find_inputs(input_dir, settings.pattern) if not any(_same_file(p, f) for f in shared)]
     if not inputs:
         raise InputError(f"no input files in {input_dir} match {', '.join(settings.pattern)}: check --pattern")
-    outputs = _outputs_for(inputs, output_dir, settings)
+    outputs = _outputs_for(inputs, input_dir, output_dir, settings)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
     settings_hash, started = settings.fingerprint(), time.time()

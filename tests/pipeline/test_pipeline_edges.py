@@ -46,6 +46,24 @@ def test_batch_refuses_two_inputs_with_one_output_before_writing(tmp_path):
     assert called == [] and not (tmp_path / "out").exists()
 
 
+def test_batch_names_clashing_inputs_by_their_folder_and_lists_every_clash(tmp_path, capsys):
+    """With --pattern '**/*.tif', pos01/t1.tif and pos02/t1.tif were refused as "t1.tif and t1.tif
+    would both write t1.zarr" (no folders), and only the first of several clashes was named."""
+    for rel in ("pos01/t1.tif", "pos01/t2.tif", "pos01/t3.tif", "pos01/t4.tif", "pos01/t5.tif", "pos02/t1.tif",
+                "pos02/t2.tif", "pos02/t3.tif", "pos02/t4.tif", "pos02/t5.tif", "pos03/t1.tif", "pos03/u.tif"):
+        (tmp_path / "in" / rel).parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(tmp_path / "in" / rel, np.zeros((4, 4, 4), np.float32), photometric="minisblack")
+    settings_with_a_psf(tmp_path)
+    code, _, err = run(["batch", tmp_path / "in", "-o", tmp_path / "out", "--psf", tmp_path / "psf.tif",
+                        "--pattern", "**/*.tif"], capsys)
+    assert_one_line_error(code, err)
+    assert err.strip() == (
+        "deconv3d: error: pos01/t1.tif, pos02/t1.tif and pos03/t1.tif would all write t1.zarr; pos01/t2.tif and "
+        "pos02/t2.tif would both write t2.zarr; pos01/t3.tif and pos02/t3.tif would both write t3.zarr; and 2 more "
+        "such clash(es): rename one or narrow --pattern")
+    assert not (tmp_path / "out").exists()
+
+
 def test_batch_refuses_two_inputs_whose_outputs_differ_only_in_case(tmp_path):
     """Cell.tif and cell.tiff write Cell.zarr and cell.zarr: one folder on a macOS (APFS) or
     Windows disk, where the second replaced the first and a rerun skipped the first as done
