@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -12,7 +13,7 @@ from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor
 from deconv3d.errors import InputError
 
 from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, Terminated, add_common, add_optics, check_output,
-                      make_bar, positive_float, positive_int, print_warnings)
+                      make_bar, positive_float, positive_int, print_warnings, say)
 from .selfsup import DEFAULT_STEPS
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
@@ -269,8 +270,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     gpus = gpu_count(settings.run_device) if args.scheduler == "processes" else 0
     rows: list[dict] = []
+    warned = _BatchWarnings()
     try:
-        with scheduler_client(args.scheduler, args.workers, gpus=gpus) as client:
+        with warned.shown(), scheduler_client(args.scheduler, args.workers, gpus=gpus) as client:
             workers = gpus or args.workers or 1
 
             training = argparse.Namespace(**{**training_defaults(), "steps": settings.train_steps,
@@ -278,8 +280,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
                                                  "device": settings.run_device})
 
             def one(path, output, input_sha256):
-                deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,
-                                trainer=_trainer(training, []), sweep=False)  # (run_batch swept the folder)
+                warned.file = path
+                try:
+                    deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,
+                                    trainer=_trainer(training, []), sweep=False)  # (run_batch swept the folder)
+                finally:
+                    warned.file = None
 
             def report(number, total, row):
                 reason = f": {row['reason']}" if row["reason"] else ""
@@ -293,13 +299,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
             if not row["status"]:
                 row.update(status="failed", reason=f"{how}: rerun to redo it")
         counts = status_counts(rows)
-        json_path = _write_reports(output_dir, rows) if rows else None  # over an earlier report's other rows
+        json_path = _write_reports(output_dir, warned.fill(rows)) if rows else None  # over an earlier report's rows
+        warned.summary(json_path)
         print(f"deconv3d: {how.split()[0]} at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
               f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
               + (f" (report {json_path})" if json_path else "") + ": rerun the same command to resume", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
-    json_path = _write_reports(output_dir, rows)
+    json_path = _write_reports(output_dir, warned.fill(rows))
     if json_path is None:
+        warned.summary(None)
         return 3
     failed = [r for r in rows if r["status"] == "failed"]
     counts = status_counts(rows)
@@ -307,7 +315,68 @@ def cmd_batch(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - start:.1f} s; report {json_path}")
     for row in failed:
         print(f"deconv3d: failed: {row['file']}: {row['reason']}", file=sys.stderr)
+    warned.summary(json_path)
     return 3 if failed else 0
+
+
+#: How many files a batch prints a warning for that differs from file to file only by the file's name.
+WARNINGS_SHOWN = 3
+
+
+class _BatchWarnings:
+    """The command line's warnings during a batch (installed by :meth:`shown`): each file's are kept
+    for its report row (:meth:`fill`); a line already printed is not printed again (a shared PSF's
+    "carries no voxel size" came once per file, 800 times), and of a line that differs from file to file
+    only by the file's name ("p7.tif carries no voxel size") the first :data:`WARNINGS_SHOWN` files' are
+    printed. :meth:`summary` then says how many files drew warnings and where all of them are."""
+
+    def __init__(self):
+        self.file: Path | None = None  # the input in progress (set by the batch's process_one)
+        self.by_file: dict[str, list[str]] = {}  # a row's "file" -> the file's warnings
+        self.printed: set[str] = set()
+        self.kinds: dict[str, int] = {}  # a line less the file's name -> the files it was printed for
+        self.held = 0  # lines of files not printed
+
+    @contextlib.contextmanager
+    def shown(self):
+        import warnings
+
+        before = warnings.showwarning
+        warnings.showwarning = self
+        try:
+            yield
+        finally:
+            warnings.showwarning = before
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
+        from deconv3d._paths import path_text, recorded_path
+
+        text = str(getattr(message, "command_line", message))  # (in the command line's words, as main's hook)
+        kind = text
+        if self.file is not None:
+            self.by_file.setdefault(recorded_path(self.file), []).append(path_text(text))
+            kind = text.replace(str(self.file), "\0").replace(self.file.name, "\0")
+        if text in self.printed or (kind != text and self.kinds.get(kind, 0) >= WARNINGS_SHOWN):
+            self.held += self.file is not None
+            return
+        if kind != text:
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        self.printed.add(text)
+        say(f"deconv3d: warning: {text}")
+
+    def fill(self, rows: list[dict]) -> list[dict]:
+        """``rows`` (the batch's), each with its file's warnings."""
+        for row in rows:
+            row["warnings"] = self.by_file.get(row["file"], row.get("warnings", []))
+        return rows
+
+    def summary(self, report) -> None:
+        """One line, where some file's warnings were not printed, saying how many files drew
+        warnings and where the report (``report``: None where it could not be written) lists them."""
+        if self.held:
+            where = f"the warnings of its row in {report}" if report else "no report (it could not be written)"
+            say(f"deconv3d: warning: {len(self.by_file)} file(s) drew warnings, not every one printed above: each "
+                f"file's are in {where}")
 
 
 def _unused_settings_warnings(settings, given, keys=()) -> list[str]:

@@ -6,7 +6,7 @@ SHA-256 and a hash of the settings (with the PSF and model files as that file's 
 rerun skips an input whose record, output and settings still match (see :func:`is_finished`), and
 redoes everything else (stale temporaries are removed first). Inputs are only read.
 A failing file is recorded with its reason and the batch goes on; a JSON and a CSV report list
-every file's status, time and output.
+every file's status, time, output and warnings.
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ def _write_json_atomic(path: Path, payload) -> None:
 
 
 STATUSES = ("done", "skipped", "failed")  # of a file in the batch report
-REPORT_FIELDS = ("file", "status", "seconds", "output", "reason")
+REPORT_FIELDS = ("file", "status", "seconds", "output", "reason", "warnings")  # (warnings: added last, a list)
 
 
 def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progress=None,
@@ -257,9 +257,11 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     exception marks the file failed with its one-line reason, and the batch continues.
     ``input_sha256`` is the input's hash, taken before the work starts (for provenance records).
     Returns one row per file, appended to ``rows`` when given (so that a caller interrupted
-    midway still has the rows of the files finished). A completion record counts as finished
-    when it holds one of :meth:`Settings.finished_fingerprints` or of ``also_finished_as`` (the
-    hashes of these settings as earlier versions read the command that gave them).
+    midway still has the rows of the files finished); a row's ``warnings``, a list left empty here,
+    are for the caller to fill with the lines the file's run warned (the command line does). A
+    completion record counts as finished when it holds one of :meth:`Settings.finished_fingerprints`
+    or of ``also_finished_as`` (the hashes of these settings as earlier versions read the command
+    that gave them).
     Each output is written under a lock that runs into the folder share: a file whose output another
     live run is writing is skipped (:data:`~deconv3d.pipeline.locks.BUSY`) and tried again after the
     last file, when it is processed if that run has ended (killed), or failed if another input now owns
@@ -284,8 +286,8 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
         busy = []
         for number, (path, output) in enumerate(zip(inputs, outputs), 1):
             # (names as text a report can hold: a name that is not UTF-8 failed the CSV report's writing)
-            row = {"file": recorded_path(path), "output": recorded_path(output), "status": "",
-                   "seconds": 0.0, "reason": "", "settings": settings_hash, EQUIVALENT: finished_as}
+            row = {"file": recorded_path(path), "output": recorded_path(output), "status": "", "seconds": 0.0,
+                   "reason": "", "warnings": [], "settings": settings_hash, EQUIVALENT: finished_as}
             rows.append(row)  # before the work: an interrupted file shows as the row left without a status
             if _settle(path, output, output_dir, started, finished_as, settings, process_one, row) is False:
                 busy.append((number, path, output, row))  # (who owns its output is asked once, below)
@@ -495,6 +497,9 @@ def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
 
     earlier = [{k: r.get(k, "") for k in (*REPORT_FIELDS, "settings")} for r in earlier
                if isinstance(r, dict) and isinstance(r.get("file"), str) and r.get("status") in STATUSES]
+    for row in earlier:  # (a report of an earlier version has no warnings)
+        listed = row["warnings"] if isinstance(row["warnings"], list) else []
+        row["warnings"] = [w for w in listed if isinstance(w, str)]
     mine, merged = {key(r): r for r in rows}, []
     current = {r.get("settings") for r in rows} - {None, ""}
     same = {h for r in rows for h in r.get(EQUIVALENT, ())} | current  # (an earlier version's hash of them)
@@ -522,6 +527,10 @@ def _exists(text: str) -> bool:
 OTHER_SETTINGS = "its output was made with other settings by an earlier run: rerun the batch to redo it"
 
 
+#: What separates a file's warnings in the CSV report's one cell (the JSON report lists them).
+WARNINGS_JOINED = " | "
+
+
 def _write_reports(output_dir: Path, rows) -> tuple[Path, Path]:
     """Write the JSON report, then the CSV; an OSError names the report file it did not write."""
     summary = status_counts(rows)
@@ -535,7 +544,7 @@ def _write_reports(output_dir: Path, rows) -> tuple[Path, Path]:
             open(tmp, "w", newline="", encoding="utf-8") as fh:  # any file name
         writer = csv.DictWriter(fh, fieldnames=list(REPORT_FIELDS), extrasaction="ignore")  # (settings: JSON only)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**r, "warnings": WARNINGS_JOINED.join(r.get("warnings") or ())} for r in rows)
     return json_path, csv_path
 
 

@@ -96,3 +96,46 @@ def test_the_command_line_prints_the_library_s_other_warnings_whatever_pythonwar
             code, _, err = run(["deconvolve", bare / "in.tif", "-o", bare / f"{setting}.tif", "--psf",
                                 bare / "floor.tif", "--iterations", 2], capsys)
         assert code == 0 and "deconv3d: warning: the PSF's faces sit at" in err, err
+
+
+def test_a_batch_prints_a_repeated_warning_once_and_keeps_each_file_s_in_its_report_row(tmp_path, capsys):
+    """A batch printed every file's warnings: a PSF file without a voxel size gave the same line once
+    per file (800 lines for 800 files), a folder of images without one a line per file that differed
+    only by its name, and none of them was in batch_report.json."""
+    import csv
+    import json
+
+    from cli_helpers import run
+
+    psf = gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "bare_psf.tif", psf)
+    for folder in ("bare", "calibrated"):
+        (tmp_path / folder).mkdir()
+    for i in range(5):
+        write_tiff(tmp_path / "bare" / f"a{i}.tif", blurred_beads((8, 32, 32), psf, seed=i, count=20))
+        write_tiff(tmp_path / "calibrated" / f"c{i}.tif", blurred_beads((8, 32, 32), psf, seed=i, count=20),
+                   voxel_size=(0.3, 0.1, 0.1))
+    per_file = "a{}.tif carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm (pass --voxel-size to set it)"
+    shared = ("the PSF file {} carries no voxel size; taking it as sampled like the image (0.3 0.1 0.1 µm)"
+              .format(tmp_path / "bare_psf.tif"))
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {"file": str(tmp_path / "psf.tif"), "status": "done", "seconds": 1.0, "output": "psf.zarr", "reason": ""}
+    (out / "batch_report.json").write_text(json.dumps({"files": [old]}))  # an earlier version's: no warnings
+    for folder, psf_file, expected, printed in (
+            ("bare", "psf.tif", [[per_file.format(i)] for i in range(5)], [per_file.format(i) for i in range(3)]),
+            ("calibrated", "bare_psf.tif", [[shared]] * 5, [shared])):
+        code, _, err = run(["batch", tmp_path / folder, "-o", out, "--psf", tmp_path / psf_file, "--method",
+                            "wiener"], capsys)
+        assert code == 0, err
+        assert err.splitlines() == [f"deconv3d: warning: {line}" for line in printed] + [
+            f"deconv3d: warning: 5 file(s) drew warnings, not every one printed above: each file's are in the "
+            f"warnings of its row in {out / 'batch_report.json'}"]
+        rows = json.loads((out / "batch_report.json").read_text())["files"]
+        assert [r["warnings"] for r in rows if folder in r["file"]] == expected
+        with open(out / "batch_report.csv", encoding="utf-8", newline="") as fh:
+            table = list(csv.DictReader(fh))
+        assert list(table[0]) == ["file", "status", "seconds", "output", "reason", "warnings"]
+        assert [[r["warnings"]] for r in table if folder in r["file"]] == expected
+    assert [r["warnings"] for r in rows if r["file"] == old["file"]] == [[]]
