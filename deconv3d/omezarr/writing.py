@@ -7,6 +7,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +302,11 @@ def file_sha256(path, block: int = 1 << 22) -> str:
 
 _SHA256_SEEN: dict = {}
 _SHA256_SEEN_LOCK = threading.Lock()
+#: How much older than the moment it was hashed a file's modification and change times must be for
+#: its hash to be kept (git's "racily clean" rule): file systems with coarse clocks (ext4 before
+#: Linux 6.13, ramfs, FAT's 2 s, many network file systems) leave both times unchanged by a
+#: rewrite within the same tick.
+_SETTLED_NS = 2 * 10**9
 
 
 def unchanged_file_sha256(path) -> str:
@@ -309,9 +315,12 @@ def unchanged_file_sha256(path) -> str:
     For the PSF and model files a batch hashes before, during and after each file's run (four
     times per input: a 100 MB checkpoint cost seconds per small stack). The hash is kept with the
     file's device, inode, size and modification and change times: a file replaced (a new inode) or
-    rewritten in place (new times) is hashed again. A directory is always hashed.
+    rewritten in place (new times) is hashed again. A file whose times were not at least 2 s older
+    than the moment it was hashed is hashed every time (a same-size rewrite within one tick of a
+    coarse file-system clock keeps its times), and so is a directory.
     """
     path = Path(path)
+    hashed_at = time.time_ns()
     try:
         st = os.stat(path)
     except OSError:
@@ -323,6 +332,8 @@ def unchanged_file_sha256(path) -> str:
         digest = _SHA256_SEEN.get(key)
     if digest is None:
         digest = file_sha256(path)
+        if max(st.st_mtime_ns, st.st_ctime_ns) > hashed_at - _SETTLED_NS:
+            return digest  # (racily clean: a rewrite in the same clock tick would keep these times)
         with _SHA256_SEEN_LOCK:
             if len(_SHA256_SEEN) > 256:  # (a long-lived process hashing many files)
                 _SHA256_SEEN.clear()

@@ -368,6 +368,8 @@ def test_a_psf_or_model_file_is_hashed_again_only_when_it_changed(tmp_path, monk
     did not change is not read again, and one rewritten in place or replaced is."""
     import hashlib
     import os
+    import time
+    from types import SimpleNamespace
 
     from deconv3d.omezarr import writing
 
@@ -376,6 +378,8 @@ def test_a_psf_or_model_file_is_hashed_again_only_when_it_changed(tmp_path, monk
     calls = []
     real = writing.file_sha256
     monkeypatch.setattr(writing, "file_sha256", lambda p, *a: calls.append(p) or real(p, *a))
+    later = SimpleNamespace(time_ns=lambda: time.time_ns() + 10**10)
+    monkeypatch.setattr(writing, "time", later)  # (hashed 10 s after its last change: a settled file)
 
     first = writing.unchanged_file_sha256(path)
     assert writing.unchanged_file_sha256(path) == first == hashlib.sha256(b"a" * 1000).hexdigest()
@@ -392,4 +396,42 @@ def test_a_psf_or_model_file_is_hashed_again_only_when_it_changed(tmp_path, monk
     os.utime(other, ns=(stamp, stamp))  # same size and modification time: another inode
     os.replace(other, path)
     assert writing.unchanged_file_sha256(path) == hashlib.sha256(b"c" * 1000).hexdigest()
+    assert len(calls) == 3
+
+
+def test_a_file_changed_within_two_seconds_of_its_hashing_is_hashed_again(tmp_path, monkeypatch):
+    """A coarse file-system clock (ext4 before Linux 6.13, ramfs, network file systems) can leave a
+    same-size rewrite in place with the times the file had: a hash is kept only for a file whose
+    times were 2 s older than the moment it was hashed (git's racily-clean rule)."""
+    import hashlib
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from deconv3d.omezarr import writing
+
+    path = tmp_path / "psf.bin"
+    path.write_bytes(b"a" * 4096)
+    times = {"ns": time.time_ns()}  # the file's times as a coarse clock shows them, now
+    real_stat = os.stat
+
+    def coarse_stat(p, *args, **kwargs):
+        st = real_stat(p, *args, **kwargs)
+        if os.fspath(p) != os.fspath(path):
+            return st
+        fields = ("st_mode", "st_dev", "st_ino", "st_size")
+        return SimpleNamespace(**{f: getattr(st, f) for f in fields}, st_mtime_ns=times["ns"], st_ctime_ns=times["ns"])
+
+    monkeypatch.setattr(os, "stat", coarse_stat)
+    calls = []
+    real = writing.file_sha256
+    monkeypatch.setattr(writing, "file_sha256", lambda p, *a: calls.append(p) or real(p, *a))
+    assert writing.unchanged_file_sha256(path) == hashlib.sha256(b"a" * 4096).hexdigest()
+    with open(path, "r+b") as fh:  # rewritten in place within the same tick: the same status
+        fh.write(b"b" * 4096)
+    assert writing.unchanged_file_sha256(path) == hashlib.sha256(b"b" * 4096).hexdigest()
+    assert len(calls) == 2
+
+    times["ns"] -= 3 * 10**9  # times 3 s older than the hashing: the hash is kept
+    assert writing.unchanged_file_sha256(path) == writing.unchanged_file_sha256(path)
     assert len(calls) == 3
