@@ -310,7 +310,7 @@ def _settle(path, output, output_dir, started, finished_as, settings, process_on
     killed run's temporary removed first)."""
     record_dir = output_dir / RECORD_DIR
     record = _record_path(output_dir, path)
-    with claim(record_dir, output) as mine:
+    with claim(record_dir, output, path) as mine:
         by_another = _written_since(record, started)  # (before is_finished refreshes a touched file's)
         if mine is False:  # another run of this folder is writing this output
             other = _owned_by_another(_output_owners(record_dir, output), output, path) if again else None

@@ -67,7 +67,7 @@ def settings_guard(record_dir: Path, fingerprint: str):
     while another live run with other settings holds its own (runs with the same settings share
     the folder, each taking the files no other holds: :func:`claim`)."""
     record_dir = Path(record_dir)
-    own = record_dir / f"settings-{fingerprint}.runlock"  # (output locks end in .zarr.lock, .tif.lock)
+    own = record_dir / f"settings-{fingerprint}.runlock"  # (output and input locks end in .zarr.lock, .tif.lock)
     with file_lock(own, shared=True, wait=True) as held:  # (waits out a starting run testing it)
         if held:
             for other in sorted(record_dir.glob("*.runlock")):
@@ -94,11 +94,32 @@ def _held_by_a_run(path: Path) -> bool:
         time.sleep(0.02)
 
 
-def claim(record_dir: Path, output: Path):
-    """A lock on the writing of ``output`` (see :func:`file_lock`: False while another live run
-    writes it). Named by the output, case-folded as the batch compares outputs: named by the input,
-    two runs of inputs that write one output (day1/img0.tif and day3/img0.tiff) both wrote it."""
-    return file_lock(Path(record_dir) / f"{Path(output).name.casefold()}.lock")
+@contextlib.contextmanager
+def claim(record_dir: Path, output: Path, input_path: Path):
+    """A lock on the writing of ``output`` from ``input_path`` (see :func:`file_lock`: False while
+    another live run writes it). Named by the output, case-folded as the batch compares outputs:
+    named by the input, two runs of inputs that write one output (day1/img0.tif and day3/img0.tiff)
+    both wrote it. The lock named by the input, which earlier versions took, is held too (taken
+    second): a run of either version skips the file the other is processing (a cluster job array
+    whose environment was upgraded midway processed it twice)."""
+    record_dir = Path(record_dir)
+    own, legacy = record_dir / f"{Path(output).name.casefold()}.lock", record_dir / f"{Path(input_path).name}.lock"
+    with file_lock(own) as held:
+        if held is not True or _same_file_of(own, legacy):
+            yield held
+            return
+        with file_lock(legacy) as also:  # (None, no lock there: the output's is held)
+            yield also is not False
+
+
+def _same_file_of(own: Path, legacy: Path) -> bool:
+    """Whether lock ``legacy`` is the existing ``own`` (img0.tif's output img0.tif, or a name differing
+    in case only on a disk that ignores case): locked again through another handle, it would show as
+    held by another run."""
+    try:
+        return legacy.name == own.name or (legacy.exists() and own.samefile(legacy))
+    except OSError:
+        return False
 
 
 def report_lock(record_dir: Path):

@@ -257,7 +257,7 @@ def test_an_output_another_run_s_input_takes_during_the_batch_fails_the_file(fol
 
     def process_one(path, output, input_sha256):
         if path.name == "a2.tif":  # meanwhile the other run (day1) takes img0.zarr
-            assert other_run.enter_context(claim(out / RECORD_DIR, out / "img0.zarr")) is True
+            assert other_run.enter_context(claim(out / RECORD_DIR, out / "img0.zarr", theirs)) is True
             record = {"input": str(theirs), "output": "img0.zarr", "outputs": ["img0.zarr"], "settings": None}
             if state == "finished":
                 other_run.close()
@@ -294,6 +294,35 @@ def test_an_output_another_run_is_writing_is_left_to_it_whatever_the_input_s_nam
     assert not (out / "IMG0.zarr").exists()
 
 
+def test_a_file_a_run_of_an_earlier_version_holds_is_left_to_it(folder):
+    """Earlier versions locked a file by its input's name (img1.tif.lock), this one by its output's:
+    a run of each in one folder (a job array whose environment was upgraded midway) processed the
+    same file. The claim holds the input's lock too, after the output's, and releases both."""
+    from deconv3d.pipeline.batch import run_batch
+    from deconv3d.pipeline.locks import claim
+
+    out, written = folder / "out", []
+    (out / RECORD_DIR).mkdir(parents=True)
+    settings = make_settings({"psf": str(folder / "psf.tif"), "iterations": 2})
+    with file_lock(out / RECORD_DIR / "img1.tif.lock") as held:  # the earlier version's run, on img1
+        assert held is True
+        rows = run_batch(folder / "in", out, settings,
+                         lambda path, output, sha: written.append(path.name) or _write_output(path, output, sha))
+    assert written == ["img0.tif", "img2.tif"]
+    assert [(r["status"], r["reason"]) for r in rows] == [("done", ""), ("skipped", BUSY), ("done", "")]
+    assert not (out / "img1.zarr").exists()
+
+    with claim(out / RECORD_DIR, out / "img1.zarr", folder / "in" / "img1.tif") as mine:  # this version's run
+        assert mine is True
+        with file_lock(out / RECORD_DIR / "img1.tif.lock") as theirs:
+            assert theirs is False  # an earlier version's run skips the file
+    for name in ("img1.zarr.lock", "img1.tif.lock"):  # both released
+        with file_lock(out / RECORD_DIR / name) as free:
+            assert free is True
+    with claim(out / RECORD_DIR, out / "img1.tif", folder / "in" / "img1.tif") as mine:  # one lock file for both
+        assert mine is True
+
+
 def test_a_file_whose_run_was_killed_is_done_before_the_batch_ends(folder):
     """A run holding img0 was killed while another ran: the other skipped img0 as "in progress in
     another run", reported 0 failed with exit 0, and left no img0.zarr (found by the review of
@@ -317,7 +346,7 @@ def test_a_file_whose_run_was_killed_is_done_before_the_batch_ends(folder):
         _write_output(path, output, input_sha256)
 
     with killed:
-        assert killed.enter_context(claim(out / RECORD_DIR, out / "img0.zarr")) is True
+        assert killed.enter_context(claim(out / RECORD_DIR, out / "img0.zarr", folder / "in" / "img0.tif")) is True
         rows = run_batch(folder / "in", out, settings, process_one,
                          progress=lambda n, total, row: seen.append((n, row["status"], row["reason"])))
     assert [r["status"] for r in rows] == ["done"] * 3
