@@ -13,6 +13,7 @@ coordination, as before.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from deconv3d.errors import InputError
@@ -102,14 +103,42 @@ def claim(record_dir: Path, output: Path, input_path: Path):
     both wrote it. The lock named by the input, which earlier versions took, is held too (taken
     second): a run of either version skips the file the other is processing (a cluster job array
     whose environment was upgraded midway processed it twice)."""
-    record_dir = Path(record_dir)
-    own, legacy = record_dir / f"{Path(output).name.casefold()}.lock", record_dir / f"{Path(input_path).name}.lock"
+    own, legacy = _output_lock(record_dir, output), Path(record_dir) / f"{Path(input_path).name}.lock"
     with file_lock(own) as held:
         if held is not True or _same_file_of(own, legacy):
             yield held
             return
         with file_lock(legacy) as also:  # (None, no lock there: the output's is held)
             yield also is not False
+
+
+def _output_lock(record_dir: Path, output: Path) -> Path:
+    return Path(record_dir) / f"{Path(output).name.casefold()}.lock"
+
+
+def note_writer(record_dir: Path, output: Path, record_name: str) -> None:
+    """Note in ``output``'s lock file, under its :func:`claim`, the name of the completion record of
+    the input about to write it, once: :func:`noted_writers` then finds the records that name an
+    output, another run's written meanwhile included, without listing the whole record folder for
+    every file (10,000 records: 16.5 ms a file). Not noted where the lock file cannot be written."""
+    entry = os.fsencode(record_name) + b"\0"  # (no file name holds a NUL; any other byte may be in one)
+    path = _output_lock(record_dir, output)
+    try:
+        with open(path, "a+b") as handle:
+            handle.seek(0)
+            if b"\0" + entry not in b"\0" + handle.read():
+                handle.write(entry)
+    except OSError:
+        pass
+
+
+def noted_writers(record_dir: Path, output: Path) -> list[str]:
+    """The names of the completion records :func:`note_writer` noted for ``output``."""
+    try:
+        noted = _output_lock(record_dir, output).read_bytes().split(b"\0")
+    except OSError:
+        return []
+    return [os.fsdecode(name) for name in noted if name.endswith(b".json") and b"/" not in name]
 
 
 def _same_file_of(own: Path, legacy: Path) -> bool:
