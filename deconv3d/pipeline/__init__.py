@@ -47,8 +47,9 @@ __all__ = ["run_chunked", "RunInfo", "provenance", "Cancelled", "MemoryModel", "
 @dataclass(frozen=True)
 class RunInfo:
     """What :func:`run_chunked` did: the core block shape it used (the chunks asked for, rounded to a
-    network's pooling grid, cut to the volume and at least the halo, a side longer than the stored
-    chunks' cap cut to whole chunks; the last block along an axis
+    network's pooling grid, cut to the volume and at least the halo, then a side longer than the
+    stored chunks' cap cut to whole chunks, or rounded up to them where cutting would leave it
+    shorter than the halo; the last block along an axis
     also holds a remainder shorter than the halo), halo, number of blocks, predicted peak bytes."""
 
     chunks: tuple
@@ -71,8 +72,9 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
 
     Per-channel callables share one plan: the widest halo and the largest chunk multiple
     any of them asks for, so that no channel's blocks are cut short of its PSF's reach. With a
-    ``cap`` (the longest stored chunk side per axis), block sides above it are cut to whole
-    stored chunks (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`).
+    ``cap`` (the longest stored chunk side per axis), block sides above it, once enlarged to the
+    halo, are cut to whole stored chunks, or rounded up to them where the halo needs it
+    (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`).
     """
     ndim = len(spatial_shape)
     if halo is None:
@@ -112,7 +114,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
         raise InputError(f"--chunks {chunks} needs {len(spatial_shape)} positive values (one per spatial axis)")
     chunks = round_chunks(chunks, spatial_shape, multiple)  # a network's chunks in whole pooling cells
     if cap is not None:  # blocks of whole stored chunks, each no longer than the cap
-        chunks = sides_in_whole_chunks(chunks, spatial_shape, cap, multiple)
+        chunks = sides_in_whole_chunks(chunks, spatial_shape, cap, multiple, halo)  # (enlarged to the halo first)
     if model is not None:
         predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=planning_baseline())
         if given and memory_limit is not None:  # chunks given with a limit: hold them to it
@@ -166,7 +168,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         The ``.zarr`` directory to create; written under a temporary name, renamed when complete.
         Its chunks tile the blocks, each block writing chunks of its own, and are no longer than
         :data:`~deconv3d.omezarr.writing.CHUNK_CAP` (64 planes of 512 x 512): a block side above
-        the cap is cut to whole chunks (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`).
+        the cap (once enlarged to the halo) is cut to whole chunks, or rounded up to them where the
+        halo needs it (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`).
     chunks, halo : sequence of int, optional
         Core chunk shape and halo per spatial axis. Default chunks: the largest that fit
         ``memory_limit`` under ``model``, else the whole volume. A callable with a

@@ -112,20 +112,26 @@ def stored_chunks(shape: Sequence[int], block_chunks: Sequence[int], cap: Sequen
 
 
 def sides_in_whole_chunks(chunks: Sequence[int], shape: Sequence[int], cap: Sequence[int],
-                          multiple: int = 1) -> tuple[int, ...]:
-    """``chunks`` (core block sides) with each side longer than its ``cap`` but shorter than its
-    axis cut down to the nearest whole number of equal chunk sides of at most the cap (each a
-    multiple of ``multiple``, a network's pooling grid, where that fits): a block side of 683
-    (a 2048 axis in three) has no divisor up to 512 but 1, and would have stored chunks 1 voxel
-    wide (:func:`stored_chunks`); cut to 682 it has 341."""
+                          multiple: int = 1, halo: Sequence[int] | None = None) -> tuple[int, ...]:
+    """``chunks`` (core block sides), each first enlarged to its ``halo`` as :func:`plan_chunks`
+    does, with each side longer than its ``cap`` but shorter than its axis cut down to the nearest
+    whole number of equal chunk sides of at most the cap (each a multiple of ``multiple``, a
+    network's pooling grid, where that fits): a block side of 683 (a 2048 axis in three) has no
+    divisor up to 512 but 1, and would have stored chunks 1 voxel wide (:func:`stored_chunks`); cut
+    to 682 it has 341. A side that cutting down would leave shorter than its halo is rounded up to
+    whole chunks instead: 40 planes enlarged to a halo of 67 stored chunks of 1 plane; 68 has 34."""
     out = []
-    for c, n, k in zip(chunks, shape, cap):
-        c, k, m = int(c), max(1, int(k)), max(1, int(multiple))
+    for c, n, k, h in zip(chunks, shape, cap, halo if halo is not None else (0,) * len(chunks)):
+        c, k, m, h = int(c), max(1, int(k)), max(1, int(multiple)), max(0, int(h))
+        c = max(c, min(h, n)) if c < n else c
         if c <= k or c >= n:
             out.append(c)
             continue
         parts = -(-c // k)
-        out.append(min(c, parts * max(m, c // parts // m * m)))
+        down = min(c, parts * max(m, c // parts // m * m))
+        per = -(-c // parts)  # (c / parts rounded up, then to a multiple of m)
+        up = parts * (-(-per // m) * m)
+        out.append(down if down >= h else up)
     return tuple(out)
 
 

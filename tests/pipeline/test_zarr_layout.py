@@ -58,6 +58,29 @@ def test_blocks_longer_than_the_cap_write_whole_chunks_of_their_own(tmp_path, wo
     np.testing.assert_array_equal(read_ome_zarr(tmp_path / "b.zarr")[0], image * 2)
 
 
+def test_blocks_enlarged_to_their_halo_past_the_cap_write_whole_chunks(tmp_path):
+    """Blocks were cut to whole chunks before being enlarged to the halo: chunks of 40 planes with a
+    halo of 73 (a Gaussian PSF's in z) made blocks of 73 planes, whose only divisor up to 64 is 1, and
+    the output of 200 planes was stored in 200 chunks of one plane. The enlarged side is rounded to
+    whole chunks (up, as cutting it down would leave it shorter than the halo)."""
+    import zarr
+    from scipy.ndimage import uniform_filter1d
+
+    from deconv3d.pipeline import plan_chunks, run_chunked
+
+    image = np.random.default_rng(4).random((200, 16, 16)).astype(np.float32)
+
+    def smooth(block):  # (a reach of one plane: blocks with their halo give the whole image's result)
+        return uniform_filter1d(block, 3, axis=0, mode="nearest")
+
+    info = run_chunked(image, smooth, tmp_path / "h.zarr", chunks=(40, 16, 16), halo=(73, 0, 0))
+    stored = zarr.open_array(str(tmp_path / "h.zarr" / "0"), mode="r")
+    assert info.chunks[0] >= 73 and info.chunks[0] % stored.chunks[0] == 0
+    assert stored.chunks == (37, 16, 16) and stored.nchunks == 6
+    assert plan_chunks(image.shape, info.chunks, info.halo)[0][0] == (74, 126)
+    np.testing.assert_array_equal(read_ome_zarr(tmp_path / "h.zarr")[0], smooth(image))
+
+
 def test_an_ome_zarr_output_is_named_as_a_batch_names_it(tmp_path, monkeypatch, capsys):
     """``-o out.ome.zarr`` named the image 'out.ome' (napari's layer name); a batch writing the
     output of ``out.ome.tif`` named it 'out'."""
