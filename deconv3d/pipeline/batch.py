@@ -502,7 +502,9 @@ def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
     an absolute path, no longer exists are dropped (a deleted file's failure no longer counts; a
     relative path, from a report of an older version, cannot be checked and is kept). An earlier
     row of a file done with other settings than this run's is marked skipped, its output not
-    this run's result (a run with new settings, interrupted, had reported the old outputs done)."""
+    this run's result (a run with new settings, interrupted, had reported the old outputs done). A file
+    this run skipped as finished keeps the warnings of its earlier row where that row's settings are
+    this run's (its output is the one they were drawn for; a rerun had emptied every finished file's)."""
     try:
         earlier = json.loads((output_dir / "batch_report.json").read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -526,10 +528,20 @@ def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
             row.update(status="skipped", reason=OTHER_SETTINGS)
         own, exists = mine.pop(key(row), None), not os.path.isabs(row["file"]) or _exists(row["file"])
         if own is not None and (own["reason"] not in DEFERRING or not exists):
+            if _kept_as_finished(own, row):
+                own = {**own, "warnings": row["warnings"]}
             merged.append(own)
         elif exists:  # another run's row that this run's defers to, or a file this run did not see
             merged.append(row)
     return merged + list(mine.values())
+
+
+def _kept_as_finished(own: dict, earlier: dict) -> bool:
+    """Whether ``own``, a row of this run, is its file skipped as finished, with no warnings of its own,
+    and the ``earlier`` row of that file was not a failure and was made with the same settings."""
+    return (own["status"], own["reason"]) == ("skipped", "") and not own.get("warnings") \
+        and earlier["status"] != "failed" and earlier["settings"] not in ("", None) \
+        and earlier["settings"] in (own.get("settings"), *own.get(EQUIVALENT, ()))
 
 
 def _exists(text: str) -> bool:

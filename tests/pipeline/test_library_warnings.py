@@ -139,3 +139,45 @@ def test_a_batch_prints_a_repeated_warning_once_and_keeps_each_file_s_in_its_rep
         assert list(table[0]) == ["file", "status", "seconds", "output", "reason", "warnings"]
         assert [[r["warnings"]] for r in table if folder in r["file"]] == expected
     assert [r["warnings"] for r in rows if r["file"] == old["file"]] == [[]]
+
+
+def test_a_file_a_rerun_skips_as_finished_keeps_the_warnings_of_its_earlier_row(tmp_path, capsys, monkeypatch):
+    """A rerun, or the run resuming after Ctrl-C, reported every file it skipped as finished with no
+    warnings: the lines its output was made with were erased from the report."""
+    import json
+
+    import deconv3d.pipeline.files as files
+    from cli_helpers import run
+    from deconv3d.pipeline.batch import write_reports
+
+    psf = gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        write_tiff(tmp_path / "in" / f"a{i}.tif", blurred_beads((8, 32, 32), psf, seed=i, count=20))
+    line = "a{}.tif carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm (pass --voxel-size to set it)"
+    argv = ["batch", tmp_path / "in", "-o", tmp_path / "out", "--psf", tmp_path / "psf.tif", "--method", "wiener"]
+    real = files.deconvolve_file
+
+    def interrupted_at_a1(path, *args, **kwargs):
+        if path.name == "a1.tif":
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    def report():
+        return [(r["status"], r["warnings"]) for r in json.loads((tmp_path / "out" / "batch_report.json").read_text())
+                ["files"]]
+
+    monkeypatch.setattr(files, "deconvolve_file", interrupted_at_a1)
+    assert run(argv, capsys)[0] == 130
+    assert report() == [("done", [line.format(0)]), ("failed", [])]
+    monkeypatch.setattr(files, "deconvolve_file", real)
+    for statuses in (("skipped", "done", "done"), ("skipped",) * 3):  # resumed, then run again
+        code, _, err = run(argv, capsys)
+        assert code == 0, err
+        assert report() == [(status, [line.format(i)]) for i, status in enumerate(statuses)]
+    # A row of other settings than the skipping run's is not its output's: its warnings are not kept.
+    rows = json.loads((tmp_path / "out" / "batch_report.json").read_text())["files"]
+    write_reports(tmp_path / "out", [{**rows[0], "warnings": ["another run's"], "settings": "other"}])
+    write_reports(tmp_path / "out", [{**rows[0], "warnings": []}])
+    assert report()[0] == ("skipped", [])
