@@ -341,12 +341,12 @@ class _BatchWarnings:
     def shown(self):
         import warnings
 
-        before = warnings.showwarning
-        warnings.showwarning = self
-        try:
+        with warnings.catch_warnings():
+            warnings.showwarning = self
+            # Every time, for each file's row: main's 'default' passed a plain warnings.warn of the library
+            # (a PSF's flat floor) once per place, to the first file's row only (a repeat prints once here).
+            warnings.filterwarnings("always", module=r"deconv3d(\.|$)")
             yield
-        finally:
-            warnings.showwarning = before
 
     def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
         from deconv3d._paths import path_text, recorded_path

@@ -181,3 +181,26 @@ def test_a_file_a_rerun_skips_as_finished_keeps_the_warnings_of_its_earlier_row(
     write_reports(tmp_path / "out", [{**rows[0], "warnings": ["another run's"], "settings": "other"}])
     write_reports(tmp_path / "out", [{**rows[0], "warnings": []}])
     assert report()[0] == ("skipped", [])
+
+
+def test_a_batch_keeps_a_plain_library_warning_in_every_file_s_row(tmp_path, capsys):
+    """A warning the library gives with warnings.warn (a PSF's flat floor), which the command line
+    passes once per place, reached the first file's row only; the other files' rows listed none."""
+    import json
+
+    import numpy as np
+    from cli_helpers import run
+
+    floored = gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0)) + np.float32(0.02)
+    write_tiff(tmp_path / "floor.tif", floored / floored.sum(), voxel_size=(0.3, 0.1, 0.1))
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        write_tiff(tmp_path / "in" / f"a{i}.tif", blurred_beads((8, 32, 32), gaussian_psf(), seed=i, count=20),
+                   voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["batch", tmp_path / "in", "-o", tmp_path / "out", "--psf", tmp_path / "floor.tif",
+                        "--method", "wiener"], capsys)
+    assert code == 0, err
+    assert err.count("the PSF's faces sit at") == 1, err  # printed once
+    rows = json.loads((tmp_path / "out" / "batch_report.json").read_text())["files"]
+    assert len(rows) == 3 and all(len(r["warnings"]) == 1 and r["warnings"][0].startswith(
+        "the PSF's faces sit at 23.6% of its peak or more, a flat background") for r in rows), rows
