@@ -6,6 +6,7 @@ command can sweep before it writes)."""
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob
 import os
 import re
@@ -277,6 +278,31 @@ def _same_file(a: Path, b: Path) -> bool:
         except OSError:  # one removed meanwhile
             return False
     return a.resolve() == b.resolve()
+
+
+def glob_hides(parts, pattern: str, *, below: bool = False) -> bool:
+    """Whether the glob ``pattern`` reaches a hidden name (a leading dot) of ``parts``, a path relative
+    to the folder it searches, only through a wildcard: ``*`` or ``**`` does not reach ``.raw`` (an output
+    folder ``.out`` kept in a batch's input folder, a ``.snapshot``, a ``.Trash-1000``), a pattern part
+    that starts with a dot too does (``.raw/*.tif``, ``.r*/*.tif``), as in the shell. Any case, as a
+    batch's glob. ``below``: ``parts`` need only lead to a path the pattern matches, or lie inside one
+    (an output folder's files the pattern would read, or the input it is in)."""
+    parts = tuple(str(p).lower() for p in parts)
+    if not any(p.startswith(".") for p in parts):
+        return False
+    return not _shown(parts, tuple(q.lower() for q in Path(pattern).parts), below)
+
+
+def _shown(parts: tuple, pattern: tuple, below: bool) -> bool:
+    """Whether ``pattern`` (its parts) matches ``parts`` with each hidden one matched by a part that
+    starts with a dot (see :func:`glob_hides`)."""
+    if not parts or not pattern:
+        return below or (not parts and set(pattern) <= {"**"})
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":  # no part, or one more part that is not hidden
+        return _shown(parts, rest, below) or (not parts[0].startswith(".") and _shown(parts[1:], pattern, below))
+    return (fnmatch.fnmatchcase(parts[0], head) and (head.startswith(".") or not parts[0].startswith("."))
+            and _shown(parts[1:], rest, below))
 
 
 _TMP_SUFFIX = ".tmp"

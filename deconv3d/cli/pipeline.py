@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor
+from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor, glob_hides
 from deconv3d.errors import InputError
 
 from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, Terminated, add_common, add_optics, check_output,
@@ -445,8 +445,8 @@ def _found_as_input(output_dir: Path, input_dir: Path, patterns) -> bool:
     """Whether the input patterns would find the output folder (or something in it): a folder
     in the input folder that matches one (``out.zarr`` for ``*.zarr``), a folder whose files
     one matches (``out`` for ``*/*.tif``), or any folder inside it for a recursive pattern
-    (``**``), less a hidden one or one inside a hidden folder, which the batch does not read (``.out``
-    for ``**/*.tif``). Tried on the paths as given and with links resolved: an output given as a link to
+    (``**``), less a hidden one or one inside a hidden folder that the pattern does not name, which the
+    batch does not read (``.out`` for ``**/*.tif``, not for ``.out/*.tif``). Tried on the paths as given and with links resolved: an output given as a link to
     an input (``olink -> in/raw.zarr``) had a batch write 27 files into that input."""
     out_given, base_given = Path(os.path.abspath(output_dir)), Path(os.path.abspath(input_dir))
     return any(_pattern_reaches(out, base, patterns)
@@ -460,9 +460,9 @@ def _pattern_reaches(out: Path, base: Path, patterns) -> bool:
     if out == base or not out.is_relative_to(base):
         return False
     rel = tuple(part.lower() for part in out.relative_to(base).parts)  # the batch's glob ignores case
-    if any(part.startswith(".") for part in rel):  # the batch skips whatever is in a hidden folder
-        return False
     for pattern in (p.lower() for p in patterns):
+        if glob_hides(rel, pattern, below=True):  # the batch skips what only a wildcard finds in a hidden folder
+            continue
         if "**" in pattern:
             return True
         if "/" not in pattern:

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from deconv3d._paths import _same_file, check_name_length, image_stem, recorded_path, remove_stale_temporaries_in
+from deconv3d._paths import (_same_file, check_name_length, glob_hides, image_stem, recorded_path,
+                             remove_stale_temporaries_in)
 from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
 from deconv3d.pipeline.locks import (BUSY, DEFERRING, DONE_ELSEWHERE, claim, note_writer, noted_writers, report_lock,
@@ -40,7 +41,8 @@ ALWAYS_HASH_BYTES = 256 * 2**20  # inputs up to this size are re-hashed on every
 def find_inputs(input_dir, patterns) -> list[Path]:
     """Files (and .zarr folders) in ``input_dir`` matching any glob pattern, sorted; hidden ones excluded,
     and everything in a hidden folder below ``input_dir`` (an output folder ``.out`` kept inside it, a
-    file server's ``.snapshot``, a ``.Trash-1000``), which a ``**`` pattern reaches too."""
+    file server's ``.snapshot``, a ``.Trash-1000``), which a ``**`` pattern reaches too, except where the
+    pattern names the hidden part (``.raw/*.tif``; see :func:`~deconv3d._paths.glob_hides`)."""
     input_dir = Path(input_dir)
     if input_dir.is_file():
         raise InputError(f"input {input_dir} is a file: batch takes a folder (every image in it that matches the "
@@ -48,7 +50,7 @@ def find_inputs(input_dir, patterns) -> list[Path]:
     if not input_dir.is_dir():
         raise InputError(f"input folder not found: {input_dir}: check the path")
     found = {p for pattern in patterns for p in input_dir.glob(_any_case(pattern))
-             if not any(part.startswith(".") for part in p.relative_to(input_dir).parts)}
+             if not glob_hides(p.relative_to(input_dir).parts, pattern)}
     return sorted(found)
 
 

@@ -248,6 +248,30 @@ def test_batch_with_a_recursive_pattern_reads_nothing_in_hidden_folders(tmp_path
         assert sorted(p.name for p in out.glob("*.tif")) == ["a.tif", "b.tif"]
 
 
+def test_batch_reads_a_hidden_folder_its_pattern_names(tmp_path, capsys):
+    """--pattern '.raw/*.tif' found nothing ("no input files ... match", exit 2) once the batch skipped
+    every hidden folder: only what a wildcard reaches in one is skipped now, and an output folder
+    the named pattern would read (in/.raw) is refused, as any other."""
+    from deconv3d.pipeline.batch import find_inputs
+
+    psf = gaussian_psf((5, 5, 5))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    inputs = tmp_path / "in"
+    for seed, rel in enumerate((".raw/a.tif", ".raw/day1/b.tif", ".raw/day1/.trash/c.tif", "d.tif")):
+        (inputs / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_tiff(inputs / rel, blurred_beads((8, 32, 32), psf, seed=seed, count=20), voxel_size=(0.3, 0.1, 0.1))
+    found = {pattern: [p.relative_to(inputs).as_posix() for p in find_inputs(inputs, [pattern])]
+             for pattern in (".raw/*.tif", ".RAW/**/*.tif", "**/*.tif", "*/*.tif")}
+    assert found == {".raw/*.tif": [".raw/a.tif"], ".RAW/**/*.tif": [".raw/a.tif", ".raw/day1/b.tif"],
+                     "**/*.tif": ["d.tif"], "*/*.tif": []}
+    argv = ["batch", inputs, "--psf", tmp_path / "psf.tif", "--method", "wiener", "--pattern", ".raw/*.tif"]
+    code, out_text, err = run([*argv, "-o", tmp_path / "out"], capsys)
+    assert code == 0 and "batch: 1 done, 0 skipped, 0 failed" in out_text, err
+    assert [p.name for p in (tmp_path / "out").glob("*.zarr")] == ["a.zarr"]
+    code, _, err = run([*argv, "-o", inputs / ".raw", "--output-format", "tif"], capsys)
+    assert_one_line_error(code, err, "would be read as an input")
+
+
 def test_deconvolve_replaces_its_own_zarr_output_but_not_a_foreign_zarr_image(folder, capsys, monkeypatch):
     """-o raw.zarr replaced any zarr group: an acquisition deconv3d did not write was deleted.
     Only a folder that deconv3d's attribute marks (its earlier output) is replaced now."""
