@@ -335,7 +335,6 @@ class _BatchWarnings:
         self.by_file: dict[str, list[str]] = {}  # a row's "file" -> the file's warnings
         self.printed: set[str] = set()
         self.kinds: dict[str, int] = {}  # a line less the file's name -> the files it was printed for
-        self.held = 0  # lines of files not printed
 
     @contextlib.contextmanager
     def shown(self):
@@ -357,7 +356,6 @@ class _BatchWarnings:
             self.by_file.setdefault(recorded_path(self.file), []).append(path_text(text))
             kind = text.replace(str(self.file), "\0").replace(self.file.name, "\0")
         if text in self.printed or (kind != text and self.kinds.get(kind, 0) >= WARNINGS_SHOWN):
-            self.held += self.file is not None
             return
         if kind != text:
             self.kinds[kind] = self.kinds.get(kind, 0) + 1
@@ -371,12 +369,13 @@ class _BatchWarnings:
         return rows
 
     def summary(self, report) -> None:
-        """One line, where some file's warnings were not printed, saying how many files drew
-        warnings and where the report (``report``: None where it could not be written) lists them."""
-        if self.held:
-            where = f"the warnings of its row in {report}" if report else "no report (it could not be written)"
-            say(f"deconv3d: warning: {len(self.by_file)} file(s) drew warnings, not every one printed above: each "
-                f"file's are in {where}")
+        """One line, where some file drew warnings, saying how many did and where the report
+        (``report``: None where it could not be written) lists them: a line printed once stood for
+        many files, and one not printed for any."""
+        if self.by_file:
+            where = f": each file's are in the warnings of its row in {report}" if report else \
+                " (the report that lists them could not be written)"
+            say(f"deconv3d: warning: {len(self.by_file)} file(s) drew warnings{where}")
 
 
 def _unused_settings_warnings(settings, given, keys=()) -> list[str]:

@@ -130,8 +130,8 @@ def test_a_batch_prints_a_repeated_warning_once_and_keeps_each_file_s_in_its_rep
                             "wiener"], capsys)
         assert code == 0, err
         assert err.splitlines() == [f"deconv3d: warning: {line}" for line in printed] + [
-            f"deconv3d: warning: 5 file(s) drew warnings, not every one printed above: each file's are in the "
-            f"warnings of its row in {out / 'batch_report.json'}"]
+            f"deconv3d: warning: 5 file(s) drew warnings: each file's are in the warnings of its row in "
+            f"{out / 'batch_report.json'}"]
         rows = json.loads((out / "batch_report.json").read_text())["files"]
         assert [r["warnings"] for r in rows if folder in r["file"]] == expected
         with open(out / "batch_report.csv", encoding="utf-8", newline="") as fh:
@@ -204,3 +204,24 @@ def test_a_batch_keeps_a_plain_library_warning_in_every_file_s_row(tmp_path, cap
     rows = json.loads((tmp_path / "out" / "batch_report.json").read_text())["files"]
     assert len(rows) == 3 and all(len(r["warnings"]) == 1 and r["warnings"][0].startswith(
         "the PSF's faces sit at 23.6% of its peak or more, a flat background") for r in rows), rows
+
+
+def test_a_batch_ends_with_the_count_of_files_that_drew_warnings_whenever_one_did(tmp_path, capsys):
+    """README promised a closing line counting the files that drew warnings; it was printed only
+    where some line had been withheld, so a batch whose every warning was printed ended without it."""
+    from cli_helpers import run
+
+    psf = gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    for folder, voxel in (("bare", None), ("calibrated", (0.3, 0.1, 0.1))):
+        (tmp_path / folder).mkdir()
+        for i in range(2):
+            write_tiff(tmp_path / folder / f"a{i}.tif", blurred_beads((8, 32, 32), psf, seed=i, count=20),
+                       voxel_size=voxel)
+    line = "a{}.tif carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm (pass --voxel-size to set it)"
+    for folder, expected in (("bare", [f"deconv3d: warning: {line.format(i)}" for i in range(2)] + [
+            f"deconv3d: warning: 2 file(s) drew warnings: each file's are in the warnings of its row in "
+            f"{tmp_path / 'bare' / 'out' / 'batch_report.json'}"]), ("calibrated", [])):
+        code, _, err = run(["batch", tmp_path / folder, "-o", tmp_path / folder / "out", "--psf",
+                            tmp_path / "psf.tif", "--method", "wiener"], capsys)
+        assert code == 0 and err.splitlines() == expected, err
