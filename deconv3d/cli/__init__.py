@@ -24,7 +24,7 @@ from deconv3d._paths import SPACE_ERRORS, out_of_space, settle_zarr
 from deconv3d.errors import Deconv3dWarning, InputError
 
 from . import blur, classical, pipeline, selfsup
-from ._common import Parser, Terminated, add_common, check_environment, say
+from ._common import Parser, Terminated, add_common, check_environment, show_warning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")
         check_environment()
         with warnings.catch_warnings(), _terminate_as_interrupt():
-            warnings.showwarning = _show_warning  # the library's warnings as the CLI's own lines
+            warnings.showwarning = show_warning  # the library's warnings as the CLI's own lines
             # The library's warnings are part of the command's output, whatever PYTHONWARNINGS says
             # ('ignore' hid them, 'error' failed the run or every file of a batch): its own RuntimeWarnings
             # once per place as Python's default does, errors.warn's lines (Deconv3dWarning) every time.
@@ -170,11 +170,6 @@ def _tolerant_output():
                 stream.reconfigure(errors="strict")
 
     return restore
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    # in the command line's words where the library's name keyword arguments (errors.OptionWarning)
-    say(f"deconv3d: warning: {getattr(message, 'command_line', message)}")
 
 
 def _internal(exc: BaseException, debug: bool) -> int:

@@ -7,7 +7,7 @@ import sys
 import math
 
 from deconv3d._voxel import refuse_nanometres
-from deconv3d.errors import InputError
+from deconv3d.errors import PREFIX, InputError
 
 PSF_MODELS = ("gaussian", "gibson-lanni", "vectorial")
 DEVICES = ("auto", "cpu", "cuda")
@@ -375,6 +375,18 @@ def print_warnings(lines: list) -> None:
     for line in lines:
         say(line)
     lines.clear()
+
+
+def warning_text(message) -> str:
+    """A library warning in the command line's words: its ``command_line`` where it names keyword
+    arguments (:class:`~deconv3d.errors.OptionWarning`), else itself."""
+    return str(getattr(message, "command_line", message))
+
+
+def show_warning(message, category=None, filename=None, lineno=None, file=None, line=None) -> None:
+    """Print a library warning (or a line of text) as the command line's own ``deconv3d: warning:``
+    line; :func:`warnings.showwarning`'s signature, which ``main`` installs it as."""
+    say(f"{PREFIX}{warning_text(message)}")
 
 
 def say(line: str) -> None:

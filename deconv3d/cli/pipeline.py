@@ -13,7 +13,7 @@ from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor, glob_hides
 from deconv3d.errors import InputError
 
 from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, Terminated, add_common, add_optics, check_output,
-                      make_bar, positive_float, positive_int, print_warnings, say)
+                      make_bar, positive_float, positive_int, print_warnings, show_warning, warning_text)
 from .selfsup import DEFAULT_STEPS
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
@@ -350,7 +350,7 @@ class _BatchWarnings:
     def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
         from deconv3d._paths import path_text, recorded_path
 
-        text = str(getattr(message, "command_line", message))  # (in the command line's words, as main's hook)
+        text = warning_text(message)
         kind = text
         if self.file is not None:
             self.by_file.setdefault(recorded_path(self.file), []).append(path_text(text))
@@ -360,7 +360,7 @@ class _BatchWarnings:
         if kind != text:
             self.kinds[kind] = self.kinds.get(kind, 0) + 1
         self.printed.add(text)
-        say(f"deconv3d: warning: {text}")
+        show_warning(text)
 
     def fill(self, rows: list[dict]) -> list[dict]:
         """``rows`` (the batch's), each with its file's warnings."""
@@ -375,7 +375,7 @@ class _BatchWarnings:
         if self.by_file:
             where = f": each file's are in the warnings of its row in {report}" if report else \
                 " (the report that lists them could not be written)"
-            say(f"deconv3d: warning: {len(self.by_file)} file(s) drew warnings{where}")
+            show_warning(f"{len(self.by_file)} file(s) drew warnings{where}")
 
 
 def _unused_settings_warnings(settings, given, keys=()) -> list[str]:
