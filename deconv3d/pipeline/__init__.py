@@ -102,7 +102,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     if chunks is None and memory_limit is not None:
         limit = parse_memory(memory_limit)
         chunks = choose_chunks(spatial_shape, limit, model, halo, workers=workers, baseline=planning_baseline(),
-                               multiple=multiple, automatic=automatic)
+                               multiple=multiple, automatic=automatic, cap=cap)
         if automatic:
             warn(f"deconv3d: warning: the whole volume {tuple(spatial_shape)} would need more memory than is "
                  f"available: running it in blocks of {tuple(chunks)} within {format_bytes(limit)} (set "
@@ -112,13 +112,19 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     chunks = tuple(int(c) for c in chunks)
     if len(chunks) != len(spatial_shape) or min(chunks) < 1:
         raise InputError(f"--chunks {chunks} needs {len(spatial_shape)} positive values (one per spatial axis)")
-    chunks = round_chunks(chunks, spatial_shape, multiple)  # a network's chunks in whole pooling cells
+    requested = round_chunks(chunks, spatial_shape, multiple)  # a network's chunks in whole pooling cells
+    chunks = requested
     if cap is not None:  # blocks of whole stored chunks, each no longer than the cap
         chunks = sides_in_whole_chunks(chunks, spatial_shape, cap, multiple, halo)  # (enlarged to the halo first)
     if model is not None:
         predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=planning_baseline())
         if given and memory_limit is not None:  # chunks given with a limit: hold them to it
             limit = parse_memory(memory_limit)
+            if predicted > limit and any(c > a for c, a in zip(chunks, requested)):  # smaller ones become these too
+                raise InputError(f"chunks {requested} run as {chunks} (each side at least its halo {halo}, in whole "
+                                 f"stored chunks) and need about {predicted / 1e6:.0f} MB, above the memory limit "
+                                 f"{memory_limit}: use --memory-limit {format_bytes(math.ceil(predicted * 1.1))} "
+                                 "or more, or drop --chunks to let the limit choose them")
             if predicted > limit:
                 raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
                                  f"{halo}, above the memory limit {memory_limit}: give smaller chunks, or drop "

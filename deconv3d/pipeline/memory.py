@@ -492,13 +492,17 @@ def _candidates(n: int, low: int, multiple: int = 1) -> list[int]:
 
 def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, halo: Sequence[int], *,
                   workers: int = 1, baseline: int = 0, min_chunk: int = 8, multiple: int = 1,
-                  automatic: bool = False) -> tuple[int, ...]:
+                  automatic: bool = False, cap: Sequence[int] | None = None) -> tuple[int, ...]:
     """The chunk shape that fits ``memory_limit`` with the least total work.
 
     Among candidate chunk shapes (even splits of every axis, no side below ``min_chunk`` or the
     halo) whose predicted peak fits, it returns the one that minimises the summed FFT volume of
     all blocks, i.e. the largest blocks with the least halo overhead. With ``multiple`` > 1
-    (a network's ``2**depth``) every side is a multiple of it or the whole axis.
+    (a network's ``2**depth``) every side is a multiple of it or the whole axis. With a ``cap``
+    (the stored chunks' largest sides) each candidate is first taken as the run will take it, in
+    whole stored chunks (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`), so that the
+    peak is predicted for the blocks that run: a side rounded up to whole chunks after the choice
+    went over the limit without a word.
 
     Raises
     ------
@@ -506,7 +510,7 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
         If not even the smallest candidate fits; the message suggests a limit that would, or for
         an ``automatic`` limit (:func:`limit_for_available`) says that too little memory is free.
     """
-    from deconv3d.pipeline.chunked import plan_chunks
+    from deconv3d.pipeline.chunked import plan_chunks, sides_in_whole_chunks
 
     shape = tuple(int(n) for n in shape)
     multiple = max(1, int(multiple))
@@ -515,18 +519,21 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
     # per combination (260 000 combinations for a 2000 x 20000 x 20000 stack): per candidate,
     # (chunk, largest core, largest block as peak_bytes counts it, blocks, padded core side).
     axes = []
-    for n, low, h in zip(shape, lows, halo):
-        options = []
-        for c in _candidates(n, low, multiple):
+    for axis, (n, low, h) in enumerate(zip(shape, lows, halo)):
+        options, sides = [], _candidates(n, low, multiple)
+        if cap is not None:  # (as the run stores them: one axis's rule does not depend on the others)
+            sides = sorted({sides_in_whole_chunks((c,), (n,), (cap[axis],), multiple, (h,))[0] for c in sides})
+        for c in sides:
             (sizes,), (depth,), _ = plan_chunks((n,), (c,), (h,))
             options.append((c, max(sizes), min(n, max(sizes) + 2 * depth), len(sizes), max(sizes) + 2 * depth))
         axes.append(options)
     fixed = baseline + RESIDENT_ALLOWANCE
-    best, best_cost, smallest = None, math.inf, math.inf
+    best, best_cost, smallest, least = None, math.inf, math.inf, tuple(lows)
     for combo in _product(axes):
         chunks, core, block, counts, padded = zip(*combo)
         peak = int(fixed + workers * model.block_bytes(block, core))  # = model.peak_bytes(chunks, ...)
-        smallest = min(smallest, peak)
+        if peak < smallest:  # (the block named in the message: its sides as the run would take them)
+            smallest, least = peak, chunks
         if peak > memory_limit:
             continue
         work = math.prod(counts) * math.prod(padded)
@@ -534,12 +541,12 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
             best, best_cost = chunks, work
     if best is None and automatic:
         raise InputError(f"not enough free memory: the run may use {format_bytes(memory_limit)} (with "
-                         f"{AVAILABLE_SHARE:.0%} of what is available), and its smallest block {tuple(lows)} with halo "
+                         f"{AVAILABLE_SHARE:.0%} of what is available), and its smallest block {tuple(least)} with halo "
                          f"{tuple(halo)} needs about {format_bytes(smallest)}: free memory (close other programs) "
                          "or run it on a machine with more")
     if best is None:
         raise InputError(f"memory limit {format_bytes(memory_limit)} is too small: the smallest block "
-                         f"{tuple(lows)} with halo {tuple(halo)} needs about {format_bytes(smallest)}, "
+                         f"{tuple(least)} with halo {tuple(halo)} needs about {format_bytes(smallest)}, "
                          f"{format_bytes(fixed)} of it the program's own (Python, torch and their libraries): "
                          f"use --memory-limit {format_bytes(math.ceil(smallest * 1.1))} or more"
                          + (" or fewer --workers" if workers > 1 else ""))

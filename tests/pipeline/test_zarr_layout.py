@@ -100,3 +100,43 @@ def test_an_ome_zarr_output_is_named_as_a_batch_names_it(tmp_path, monkeypatch, 
     assert names == {"cell.t001.ome.zarr": "cell.t001", "out/cell.t001.zarr": "cell.t001"}
     write_ome_zarr(tmp_path / "w.OME.ZARR", np.ones((4, 4), np.float32))
     assert zarr.open_group(str(tmp_path / "w.OME.ZARR"), mode="r").attrs["ome"]["multiscales"][0]["name"] == "w"
+
+
+class _TallHalo:
+    """A block callable whose halo (70 planes) is longer than the stored chunks' cap of 64."""
+
+    def __call__(self, block):
+        return block
+
+    def chunk_multiple(self):
+        return 16
+
+    def halo(self):
+        return (70, 0, 0)
+
+
+def test_chunks_a_limit_chooses_fit_it_as_the_run_takes_them(monkeypatch):
+    """Blocks enlarged to their halo and rounded up to whole stored chunks (80 planes run as 96)
+    went over a --memory-limit that had chosen them; chunks given smaller than the halo were told to
+    be smaller still."""
+    from deconv3d.errors import InputError
+    from deconv3d.pipeline import MemoryModel, _spatial_plan
+    from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE
+
+    monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: 0)
+    model = MemoryModel("rl", (141, 9, 9))
+    shape, cap = (400, 64, 64), (64, 512, 512)
+    fitted = 0
+    for limit in RESIDENT_ALLOWANCE + model.block_bytes((231, 16, 16), (96, 16, 16)) * np.linspace(0.95, 1.6, 27):
+        try:
+            chunks, _, predicted, _ = _spatial_plan(shape, [_TallHalo()], None, None, int(limit), model, 1, cap=cap)
+        except InputError as exc:
+            assert "too small" in str(exc)
+            continue
+        fitted += 1
+        assert predicted <= limit, (chunks, predicted, limit)
+    assert fitted >= 20
+
+    low = int(RESIDENT_ALLOWANCE + model.block_bytes((231, 16, 16), (96, 16, 16)) * 0.99)
+    with pytest.raises(InputError, match=r"chunks \(32, 16, 16\) run as \(96, 16, 16\) .* use --memory-limit"):
+        _spatial_plan(shape, [_TallHalo()], (32, 16, 16), None, low, model, 1, cap=cap)
