@@ -9,12 +9,14 @@ from deconv3d.errors import InputError
 from deconv3d.io import read_image
 
 
-def shrink(monkeypatch):
+def shrink(monkeypatch, seconds=1.0):
+    """A small demo; ``seconds`` for each of its two trainings (0.2 where only its files are checked:
+    a run then takes a third of the time)."""
     monkeypatch.setattr(demo, "DEMO_SHAPE", (16, 32, 32))
     monkeypatch.setattr(demo, "DEMO_PSF_SHAPE", (9, 11, 11))
     monkeypatch.setattr(demo, "DEMO_ITERATIONS", 3)
-    monkeypatch.setattr(demo, "DEMO_SSL_SECONDS", 1.0)
-    monkeypatch.setattr(demo, "DEMO_BLUR_SECONDS", 1.0)
+    monkeypatch.setattr(demo, "DEMO_SSL_SECONDS", seconds)
+    monkeypatch.setattr(demo, "DEMO_BLUR_SECONDS", seconds)
     monkeypatch.setattr(demo, "DEMO_BLUR_SHAPE", (32, 32))
 
 
@@ -48,7 +50,7 @@ def test_demo_writes_rows_stacks_and_figure(tmp_path, monkeypatch):
 def test_demo_checks_before_working_and_creates_nothing_when_it_fails(tmp_path, monkeypatch):
     """The demo created its folder first, so a refused device, a Ctrl-C or a failure left an empty
     folder behind, and an output naming a file was an internal error."""
-    shrink(monkeypatch)
+    shrink(monkeypatch, seconds=0.2)
     (tmp_path / "file.tif").write_bytes(b"x")
     with pytest.raises(InputError, match="is a file"):
         demo.run_demo(tmp_path / "file.tif", device="cpu")
@@ -69,7 +71,7 @@ def test_the_demo_replaces_only_what_a_demo_wrote(tmp_path, monkeypatch):
     """A folder holding the user's own psf.tif and input.tif lost both to the demo's, exit 0. Such
     a folder is refused before any work; a folder a demo wrote is written again; other files are
     left alone. A path through a file says so."""
-    shrink(monkeypatch)
+    shrink(monkeypatch, seconds=0.2)
     user = tmp_path / "mine"
     user.mkdir()
     for name, text in (("psf.tif", "my psf"), ("input.tif", "my data"), ("notes.txt", "notes")):
