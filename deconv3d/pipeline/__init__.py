@@ -120,11 +120,18 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
         predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=planning_baseline())
         if given and memory_limit is not None:  # chunks given with a limit: hold them to it
             limit = parse_memory(memory_limit)
-            if predicted > limit and any(c > a for c, a in zip(chunks, requested)):  # smaller ones become these too
-                raise InputError(f"chunks {requested} run as {chunks} (each side at least its halo {halo}, in whole "
-                                 f"stored chunks) and need about {predicted / 1e6:.0f} MB, above the memory limit "
-                                 f"{memory_limit}: use --memory-limit {format_bytes(math.ceil(predicted * 1.1))} "
-                                 "or more, or drop --chunks to let the limit choose them")
+            # Sides below the halo run at the halo (and in whole stored chunks): smaller ones give the same
+            # blocks, so only the others can be made smaller.
+            runs_as = tuple(max(c, min(h, n)) if c < n else c for c, h, n in zip(chunks, halo, spatial_shape))
+            if predicted > limit and any(c > a for c, a in zip(runs_as, requested)):
+                names = "zyx"[-len(spatial_shape):]
+                shrink = [names[i] for i, (c, a, h) in enumerate(zip(runs_as, requested, halo)) if c == a > max(h, 1)]
+                smaller = f"give smaller {'/'.join(shrink)} sides, " if shrink else ""
+                raise InputError(f"chunks {requested} run as {runs_as} (no side below its halo {halo}"
+                                 f"{', in whole stored chunks' if cap is not None else ''}) and need about "
+                                 f"{predicted / 1e6:.0f} MB, above the memory limit {memory_limit}: {smaller}use "
+                                 f"--memory-limit {format_bytes(math.ceil(predicted * 1.1))} or more, or drop "
+                                 "--chunks to let the limit choose them")
             if predicted > limit:
                 raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
                                  f"{halo}, above the memory limit {memory_limit}: give smaller chunks, or drop "

@@ -264,3 +264,27 @@ def test_a_memory_limit_is_fingerprinted_by_its_value_not_its_spelling(files):
     before = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed", "amp")}
     before.update(device="cpu", psf=[file_sha256(files / "psf.tif")])
     assert prints["4GB"] == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_the_plan_before_training_takes_blocks_in_whole_stored_chunks_as_the_run_does(files, monkeypatch):
+    """The check before training planned without the stored chunks' cap, so blocks the run rounds up
+    to whole chunks (and over the limit) passed it and failed only after training."""
+    import deconv3d.pipeline as pipeline
+    from deconv3d.pipeline.files import deconvolve_file
+
+    caps = []
+
+    class Planned(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        caps.append(kwargs.get("cap"))
+        raise Planned
+
+    monkeypatch.chdir(files)
+    monkeypatch.setattr(pipeline, "_spatial_plan", spy)
+    settings = make_settings({"psf": "psf.tif", "method": "ssl", "train_steps": 2, "memory_limit": "40MB"})
+    with pytest.raises(Planned):
+        deconvolve_file("img.tif", "lim.zarr", settings)
+    ndim = read_image(files / "img.tif").data.ndim
+    assert caps == [(64, 512, 512)[-ndim:]]

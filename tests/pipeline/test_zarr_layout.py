@@ -140,3 +140,34 @@ def test_chunks_a_limit_chooses_fit_it_as_the_run_takes_them(monkeypatch):
     low = int(RESIDENT_ALLOWANCE + model.block_bytes((231, 16, 16), (96, 16, 16)) * 0.99)
     with pytest.raises(InputError, match=r"chunks \(32, 16, 16\) run as \(96, 16, 16\) .* use --memory-limit"):
         _spatial_plan(shape, [_TallHalo()], (32, 16, 16), None, low, model, 1, cap=cap)
+
+
+def test_sides_in_whole_chunks_keeps_its_own_sides():
+    """A plan made of its sides is planned again as it is: the run re-plans the chunks a memory limit
+    chose, and a side of 272 (axis 781, cap 64, multiple 16, halo 231) gave 240, then 256, which
+    the limit had not judged."""
+    from deconv3d.pipeline.chunked import sides_in_whole_chunks
+
+    assert sides_in_whole_chunks((272,), (781,), (64,), 16, (231,)) == (256,)
+    for n in range(65, 900, 7):
+        for h in range(0, n, 9):
+            for c in range(8, n + 1, 5):
+                for m in (1, 16):
+                    once = sides_in_whole_chunks((c,), (n,), (64,), m, (h,))
+                    assert sides_in_whole_chunks(once, (n,), (64,), m, (h,)) == once, (c, n, h, m)
+                    assert once[0] >= min(h, n)
+
+
+def test_chunks_below_the_halo_are_told_what_they_run_as(monkeypatch):
+    """Without a cap too: (32, 16, 16) with a halo of 70 runs as 70 planes, so 'give smaller chunks'
+    sent the user to the same blocks again."""
+    from deconv3d.errors import InputError
+    from deconv3d.pipeline import MemoryModel, _spatial_plan
+    from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE
+
+    monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: 0)
+    model = MemoryModel("rl", (141, 9, 9))
+    low = int(RESIDENT_ALLOWANCE + model.block_bytes((100, 16, 16), (70, 16, 16)) * 0.5)
+    with pytest.raises(InputError, match=r"chunks \(32, 16, 16\) run as \(70, 16, 16\) \(no side below its halo "
+                                         r"\(70, 0, 0\)\) .*: give smaller y/x sides, use --memory-limit"):
+        _spatial_plan((400, 64, 64), [_TallHalo()], (32, 16, 16), None, low, model, 1)
