@@ -125,7 +125,8 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
             runs_as = tuple(max(c, min(h, n)) if c < n else c for c, h, n in zip(chunks, halo, spatial_shape))
             if predicted > limit and any(c > a for c, a in zip(runs_as, requested)):
                 names = "zyx"[-len(spatial_shape):]
-                shrink = [names[i] for i, (c, a, h) in enumerate(zip(runs_as, requested, halo)) if c == a > max(h, 1)]
+                shrink = [names[i] for i, (c, a, h) in enumerate(zip(runs_as, requested, halo))
+                          if c == a > max(h, multiple)]  # (a side at the multiple is rounded back up to it)
                 smaller = f"give smaller {'/'.join(shrink)} sides, " if shrink else ""
                 raise InputError(f"chunks {requested} run as {runs_as} (no side below its halo {halo}"
                                  f"{', in whole stored chunks' if cap is not None else ''}) and need about "

@@ -124,8 +124,13 @@ def sides_in_whole_chunks(chunks: Sequence[int], shape: Sequence[int], cap: Sequ
     for c, n, k, h in zip(chunks, shape, cap, halo if halo is not None else (0,) * len(chunks)):
         c, k, m, h = int(c), max(1, int(k)), max(1, int(multiple)), max(0, int(h))
         c = max(c, min(h, n)) if c < n else c
-        while (side := _whole_chunk_side(c, n, k, m, h)) != c:  # (once more gives the same: a plan
-            c = side  # made of these sides is planned again as it is; 272 gave 240, which gave 256)
+        path = [c]  # (once more gives the same: a plan made of these sides is planned again as it is;
+        while (side := _whole_chunk_side(c, n, k, m, h)) != c:  # 272 gave 240, which gave 256)
+            if side in path:  # a cap that is not a multiple of m can cycle (9, 12, 9): its largest side,
+                c = max(path[path.index(side):])  # whichever side of the cycle it entered by
+                break
+            path.append(side)
+            c = side
         out.append(c)
     return tuple(out)
 
@@ -133,15 +138,15 @@ def sides_in_whole_chunks(chunks: Sequence[int], shape: Sequence[int], cap: Sequ
 def _whole_chunk_side(c: int, n: int, k: int, m: int, h: int) -> int:
     """One step of :func:`sides_in_whole_chunks` on one axis (``c`` already at least the halo
     ``h``): a side that cutting down into ``ceil(c / k)`` chunks of a multiple of ``m`` keeps at
-    least ``h`` is cut down, else rounded up. Each step gives a side no longer than the one before
-    or one that the next step keeps, so repeating it ends."""
+    least ``h`` is cut down, else rounded up, never past the axis ``n``. The sides are bounded
+    (up to ``n``), so repeating the step ends in a side it keeps or in a cycle."""
     if c <= k or c >= n:
         return c
     parts = -(-c // k)
     down = min(c, parts * max(m, c // parts // m * m))
     per = -(-c // parts)  # (c / parts rounded up, then to a multiple of m)
     up = parts * (-(-per // m) * m)
-    return down if down >= h else up
+    return min(n, down if down >= h else up)
 
 
 def block_regions(shape: Sequence[int], block_sizes: Sequence[Sequence[int]], halo: Sequence[int]):

@@ -155,7 +155,22 @@ def test_sides_in_whole_chunks_keeps_its_own_sides():
                 for m in (1, 16):
                     once = sides_in_whole_chunks((c,), (n,), (64,), m, (h,))
                     assert sides_in_whole_chunks(once, (n,), (64,), m, (h,)) == once, (c, n, h, m)
-                    assert once[0] >= min(h, n)
+                    assert min(h, n) <= once[0] <= n
+
+
+def test_sides_in_whole_chunks_ends_where_the_cap_is_not_a_multiple_of_the_grid():
+    """A cap of 5 with a grid of 3 sent a side round 9, 12, 9, ... for ever (run_chunked hung); a
+    cycle now ends at its largest side, whichever side it entered by, and no side passes the axis."""
+    from deconv3d.pipeline.chunked import sides_in_whole_chunks
+
+    assert sides_in_whole_chunks((9,), (13,), (5,), 3, (8,)) == sides_in_whole_chunks((12,), (13,), (5,), 3, (8,))
+    for cap, m in ((5, 3), (64, 3), (64, 24), (7, 4), (64, 48)):
+        for n in range(1, 220, 3):
+            for h in range(0, n + 3, 4):
+                for c in range(1, n + 2, 3):
+                    once = sides_in_whole_chunks((c,), (n,), (cap,), m, (h,))
+                    assert min(h, n) <= once[0] <= max(c, n), (c, n, h, cap, m)
+                    assert sides_in_whole_chunks(once, (n,), (cap,), m, (h,)) == once, (c, n, h, cap, m)
 
 
 def test_chunks_below_the_halo_are_told_what_they_run_as(monkeypatch):
@@ -168,6 +183,9 @@ def test_chunks_below_the_halo_are_told_what_they_run_as(monkeypatch):
     monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: 0)
     model = MemoryModel("rl", (141, 9, 9))
     low = int(RESIDENT_ALLOWANCE + model.block_bytes((100, 16, 16), (70, 16, 16)) * 0.5)
-    with pytest.raises(InputError, match=r"chunks \(32, 16, 16\) run as \(70, 16, 16\) \(no side below its halo "
+    with pytest.raises(InputError, match=r"chunks \(32, 32, 32\) run as \(70, 32, 32\) \(no side below its halo "
                                          r"\(70, 0, 0\)\) .*: give smaller y/x sides, use --memory-limit"):
+        _spatial_plan((400, 64, 64), [_TallHalo()], (32, 32, 32), None, low, model, 1)
+    # y and x at the grid of 16 cannot be smaller (they are rounded back up): no such advice
+    with pytest.raises(InputError, match=r"run as \(70, 16, 16\) .* above the memory limit \d+: use --memory-limit"):
         _spatial_plan((400, 64, 64), [_TallHalo()], (32, 16, 16), None, low, model, 1)
