@@ -121,8 +121,8 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
         if given and memory_limit is not None:  # chunks given with a limit: hold them to it
             limit = parse_memory(memory_limit)
             # Sides below the halo run at the halo (and in whole stored chunks): smaller ones give the same
-            # blocks, so only the others can be made smaller.
-            runs_as = tuple(max(c, min(h, n)) if c < n else c for c, h, n in zip(chunks, halo, spatial_shape))
+            # blocks, so only the others can be made smaller. (The blocks as plan_chunks makes them.)
+            runs_as = plan_chunks(spatial_shape, chunks, halo)[2]
             if predicted > limit and any(c > a for c, a in zip(runs_as, requested)):
                 names = "zyx"[-len(spatial_shape):]
                 shrink = [names[i] for i, (c, a, h) in enumerate(zip(runs_as, requested, halo))
