@@ -2,6 +2,7 @@
 can catch them), naming keyword arguments; the command line prints them as its own lines, naming
 its options, as before."""
 
+import os
 import warnings
 
 import pytest
@@ -225,3 +226,24 @@ def test_a_batch_ends_with_the_count_of_files_that_drew_warnings_whenever_one_di
         code, _, err = run(["batch", tmp_path / folder, "-o", tmp_path / folder / "out", "--psf",
                             tmp_path / "psf.tif", "--method", "wiener"], capsys)
         assert code == 0 and err.splitlines() == expected, err
+
+
+def test_run_batch_from_python_lists_each_file_s_warnings_in_its_row(bare):
+    """run_batch called from Python returned rows whose warnings were always empty: only the command
+    line filled them. The warning still reaches the caller, as the same Python warning."""
+    from deconv3d.pipeline.batch import make_settings, run_batch
+
+    (bare / "in").mkdir()
+    (bare / "bare.tif").rename(bare / "in" / "bare.tif")
+    psf = gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0))
+    write_tiff(bare / "in" / "calibrated.tif", blurred_beads((8, 16, 16), psf, seed=2), voxel_size=(0.3, 0.1, 0.1))
+    settings = make_settings({"psf": str(bare / "psf.tif"), "method": "wiener"})
+    hook = warnings.showwarning
+    with pytest.warns(RuntimeWarning) as caught:
+        rows = run_batch(bare / "in", bare / "out", settings,
+                         lambda path, output, digest: deconvolve_file(path, output, settings, checksum=digest))
+    line = "bare.tif carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm (pass voxel_size to set it)"
+    assert [str(w.message) for w in caught] == [line]
+    assert {os.path.basename(r["file"]): (r["status"], r["warnings"]) for r in rows} == {
+        "bare.tif": ("done", [line]), "calibrated.tif": ("done", [])}
+    assert warnings.showwarning is hook
