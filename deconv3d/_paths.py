@@ -305,6 +305,64 @@ def _shown(parts: tuple, pattern: tuple, below: bool) -> bool:
             and _shown(parts[1:], rest, below))
 
 
+def glob_shown(folder, pattern: str) -> list[Path]:
+    """What ``Path(folder).glob(pattern)`` (Python 3.11's) finds, less what :func:`glob_hides` hides,
+    found without entering a hidden folder that the pattern reaches only through a wildcard: a
+    ``**`` pattern walked a file server's ``.snapshot`` tree whole, then dropped all it found there.
+    A pattern part that starts with a dot (``.raw/*.tif``) enters the folders it matches."""
+    if not pattern or Path(pattern).is_absolute():
+        raise ValueError(f"unacceptable pattern {pattern!r}: give one relative to the folder")
+    parts = Path(pattern).parts + (("",) if pattern.endswith(("/", os.sep)) else ())  # "x/": x a folder
+    folder = Path(folder)
+    return list(dict.fromkeys(_select(folder, parts))) if folder.is_dir() else []
+
+
+def _select(path: Path, parts: tuple):
+    """The paths below ``path`` that the pattern's ``parts`` match, as :func:`glob_shown` finds them."""
+    if not parts or parts == ("",):
+        yield path
+        return
+    head, rest = parts[0], parts[1:]
+    if head == "**":  # path, and every folder below that is not hidden (links to folders not followed)
+        for below in _folders_shown(path):
+            yield from _select(below, rest)
+    elif "**" in head:
+        raise ValueError("Invalid pattern: '**' can only be an entire path component")
+    elif not any(c in head for c in "*?["):  # a name as it is
+        child = path / head
+        if child.is_dir() if rest else child.exists():
+            yield from _select(child, rest)
+    else:
+        for entry in _entries(path):
+            if (head.startswith(".") or not entry.name.startswith(".")) and (not rest or _is_folder(entry)) \
+                    and fnmatch.fnmatchcase(entry.name, head):
+                yield from _select(path / entry.name, rest)
+
+
+def _folders_shown(path: Path):
+    """``path`` and every folder below it that is not hidden nor inside a hidden one, links not followed."""
+    yield path
+    for entry in _entries(path):
+        if not entry.name.startswith(".") and _is_folder(entry, follow_symlinks=False):
+            yield from _folders_shown(path / entry.name)
+
+
+def _entries(path: Path) -> list:
+    """The entries of the folder ``path``; none where it may not be read (as :meth:`Path.glob`)."""
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except PermissionError:
+        return []
+
+
+def _is_folder(entry, follow_symlinks: bool = True) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=follow_symlinks)
+    except OSError:
+        return False
+
+
 _TMP_SUFFIX = ".tmp"
 #: The writer's part of a name :func:`temporary_name` gives: ``.<host>@<pid>-<id>.tmp`` (the host,
 #: missing in names of older versions, and the process as groups).

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from deconv3d._paths import (_same_file, check_name_length, glob_hides, image_stem, recorded_path,
+from deconv3d._paths import (_same_file, check_name_length, glob_shown, image_stem, recorded_path,
                              remove_stale_temporaries_in)
 from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import InputError
@@ -42,15 +42,15 @@ def find_inputs(input_dir, patterns) -> list[Path]:
     """Files (and .zarr folders) in ``input_dir`` matching any glob pattern, sorted; hidden ones excluded,
     and everything in a hidden folder below ``input_dir`` (an output folder ``.out`` kept inside it, a
     file server's ``.snapshot``, a ``.Trash-1000``), which a ``**`` pattern reaches too, except where the
-    pattern names the hidden part (``.raw/*.tif``; see :func:`~deconv3d._paths.glob_hides`)."""
+    pattern names the hidden part (``.raw/*.tif``; see :func:`~deconv3d._paths.glob_hides`); such folders
+    are not entered (:func:`~deconv3d._paths.glob_shown`)."""
     input_dir = Path(input_dir)
     if input_dir.is_file():
         raise InputError(f"input {input_dir} is a file: batch takes a folder (every image in it that matches the "
                          "pattern); use 'deconv3d deconvolve' for one file")
     if not input_dir.is_dir():
         raise InputError(f"input folder not found: {input_dir}: check the path")
-    found = {p for pattern in patterns for p in input_dir.glob(_any_case(pattern))
-             if not glob_hides(p.relative_to(input_dir).parts, pattern)}
+    found = {p for pattern in patterns for p in glob_shown(input_dir, _any_case(pattern))}
     return sorted(found)
 
 

@@ -541,6 +541,49 @@ def test_run_info_names_the_largest_block_when_a_short_remainder_is_merged(tmp_p
     assert "block(s) of at most (4, " in out
 
 
+def test_batch_glob_does_not_enter_hidden_folders_its_pattern_does_not_name(tmp_path, monkeypatch):
+    """The batch's glob walked hidden folders (a file server's .snapshot tree, whole, for '**/*.tif')
+    and dropped what it found there afterwards: they are not entered now, unless the pattern names
+    them. What is found is what Path.glob finds less what glob_hides drops, as before."""
+    import os
+
+    from deconv3d._paths import glob_hides
+    from deconv3d.pipeline.batch import _any_case, find_inputs
+
+    folder = tmp_path / "in"
+    for rel in ("a.tif", "B.TIF", ".c.tif", "d.zarr/zarr.json", "sub/e.tif", "sub/.f.tif", "sub/deep/g.tif",
+                "sub/.snap/h.tif", ".snapshot/hourly/day/i.tif", ".snapshot/j.tif", ".raw/k.tif", ".raw/x/l.tif",
+                ".raw/.t/m.tif", "2024/n.tif"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"")
+    (folder / "link").symlink_to(folder / "sub", target_is_directory=True)
+    patterns = ("*.tif", "**/*.tif", "*/*.tif", "**", "*/", "*", ".raw/*.tif", ".RAW/**/*.tif", "**/.snap/*.tif",
+                ".*/*.tif", "2024/*.tif", "sub/", "**/*.zarr", "sub/**")
+    scanned = []
+    real_scandir = os.scandir
+
+    def recording(path="."):
+        scanned.append(Path(path).relative_to(folder).as_posix())
+        return real_scandir(path)
+
+    for pattern in patterns:
+        before = sorted(p for p in folder.glob(_any_case(pattern))
+                        if not glob_hides(p.relative_to(folder).parts, pattern))
+        scanned.clear()
+        with monkeypatch.context() as m:
+            m.setattr(os, "scandir", recording)
+            found = find_inputs(folder, [pattern])
+        assert found == before, pattern
+        entered = [d for d in scanned if any(part.startswith(".") for part in Path(d).parts)]
+        names = {".raw/*.tif": [".raw"], ".RAW/**/*.tif": [".raw", ".raw/x"], ".*/*.tif": [".raw", ".snapshot"],
+                 "**/.snap/*.tif": ["sub/.snap"]}
+        assert sorted(set(entered)) == names.get(pattern, []), pattern
+    assert [p.relative_to(folder).as_posix() for p in find_inputs(folder, ["**/*.tif"])] == [
+        "2024/n.tif", "B.TIF", "a.tif", "sub/deep/g.tif", "sub/e.tif"]  # (a link to a folder: not followed)
+    assert [p.relative_to(folder).as_posix() for p in find_inputs(folder, [".raw/*.tif", "**/.snap/*.tif"])] == [
+        ".raw/k.tif", "sub/.snap/h.tif"]
+
+
 def test_batch_finds_image_files_whatever_the_case_of_their_suffix(tmp_path, capsys):
     """.TIF and .Tiff (Windows tools, vendors) were skipped without a word, exit 0."""
     from deconv3d.pipeline.batch import _any_case, find_inputs
