@@ -129,6 +129,9 @@ def sides_in_whole_chunks(chunks: Sequence[int], shape: Sequence[int], cap: Sequ
             if side in path:  # a cap that is not a multiple of m can cycle (9, 12, 9): its largest side,
                 c = max(path[path.index(side):])  # whichever side of the cycle it entered by
                 break
+            if len(path) > n:  # (sides lie in 1..n: more that all differ is a broken step, which hung the run)
+                raise RuntimeError(f"sides_in_whole_chunks: a side of axis {n} (cap {k}, grid {m}, halo {h}) did not "
+                                   f"settle in {len(path)} steps ({path[:4]} ...): an internal error")
             path.append(side)
             c = side
         out.append(c)

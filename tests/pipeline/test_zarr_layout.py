@@ -173,6 +173,24 @@ def test_sides_in_whole_chunks_ends_where_the_cap_is_not_a_multiple_of_the_grid(
                     assert sides_in_whole_chunks(once, (n,), (cap,), m, (h,)) == once, (c, n, h, cap, m)
 
 
+def test_sides_in_whole_chunks_raises_where_its_step_never_settles(monkeypatch):
+    """Its walk had no bound: a step that never repeats a side (as one that passes the axis) looped
+    for ever, and this file's tests hung instead of failing. A side in 1..n settles within n steps."""
+    import deconv3d.pipeline.chunked as chunked
+
+    calls = []
+
+    def growing(c, n, k, m, h):
+        calls.append(c)
+        assert len(calls) < 10_000, "sides_in_whole_chunks kept stepping with no bound"
+        return c + 1
+
+    monkeypatch.setattr(chunked, "_whole_chunk_side", growing)
+    with pytest.raises(RuntimeError, match=r"^sides_in_whole_chunks: a side of axis 13 .* did not settle in 14 steps"):
+        chunked.sides_in_whole_chunks((9,), (13,), (5,), 3, (8,))
+    assert len(calls) == 14
+
+
 def test_chunks_below_the_halo_are_told_what_they_run_as(monkeypatch):
     """Without a cap too: (32, 16, 16) with a halo of 70 runs as 70 planes, so 'give smaller chunks'
     sent the user to the same blocks again."""
