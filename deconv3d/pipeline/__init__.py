@@ -62,13 +62,14 @@ class RunInfo:
     environment: dict = field(default_factory=dict)  # in what, as the provenance records it (its blocks' FFT backend)
 
 
-def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, workers, local: bool = True,
+def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, workers, local: int = 1,
                   cap=None):
     """Chunks, halo, predicted peak and memory limit for the block callables (one, or one per
     channel). Without chunks or a limit, a volume that does not fit in the available memory gets a
     limit (:func:`~deconv3d.pipeline.memory.limit_for_available`), with a warning: only for
-    blocks run in this process (``local``: not on a cluster, whose workers' memory this does not
-    see) on the CPU (a GPU's memory is not budgeted).
+    blocks run on this machine (``local``: the processes that share its free memory, each given an
+    equal share of it, 1 for this process's threads; 0 on a cluster, whose workers' memory this
+    does not see: :func:`_processes_here`) on the CPU (a GPU's memory is not budgeted).
 
     Per-channel callables share one plan: the widest halo and the largest chunk multiple
     any of them asks for, so that no channel's blocks are cut short of its PSF's reach. With a
@@ -96,13 +97,13 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
         for f in block_fns:  # libraries the blocks will load count in the baseline, not in the budget
             getattr(f, "load", lambda: None)()
     if automatic:
-        memory_limit = limit_for_available(model, spatial_shape, planning_baseline())
+        memory_limit = limit_for_available(model, spatial_shape, planning_baseline(), processes=local)
         automatic = memory_limit is not None
     given = chunks is not None
     if chunks is None and memory_limit is not None:
         limit = parse_memory(memory_limit)
         chunks = choose_chunks(spatial_shape, limit, model, halo, workers=workers, baseline=planning_baseline(),
-                               multiple=multiple, automatic=automatic, cap=cap)
+                               multiple=multiple, automatic=automatic, cap=cap, processes=local)
         if automatic:
             warn(f"deconv3d: warning: the whole volume {tuple(spatial_shape)} would need more memory than is "
                  f"available: running it in blocks of {tuple(chunks)} within {format_bytes(limit)} (set "
@@ -327,7 +328,7 @@ class _Plan:
         # processes each hold their own blocks), not all of the cluster's workers.
         per_process = workers if client is None else _threads_per_worker(client)
         chunks, halo, predicted, memory_limit = _spatial_plan(shape, block_fns, chunks, halo, memory_limit, model,
-                                                              per_process, local=client is None, cap=cap)
+                                                              per_process, local=_processes_here(client), cap=cap)
         dask_chunks, depth, zarr_chunks = plan_chunks(shape, chunks, halo)
         blocks, run_chunks = math.prod(len(c) for c in dask_chunks), chunks
         if blocks > 1 and _prepare_runs_whole(block_fns, shape, chunks, halo, model, memory_limit):
@@ -436,6 +437,23 @@ def _threads_per_worker(client) -> int:
         return max([int(n) for n in client.nthreads().values()] or [1])
     except Exception:  # noqa: BLE001 - a scheduler that does not answer: assume one block per process
         return 1
+
+
+def _processes_here(client) -> int:
+    """The processes of this machine whose blocks share its free memory: 1 without a client (this
+    process's threads), the worker processes of a ``LocalCluster`` (``--scheduler processes``: each
+    gets an equal share; with the whole of it each, two workers could take twice the free memory),
+    0 for any other cluster, whose workers' memory this does not see."""
+    if client is None:
+        return 1
+    from distributed import LocalCluster
+
+    if not isinstance(getattr(client, "cluster", None), LocalCluster):
+        return 0
+    try:
+        return max(1, len(client.nthreads()))
+    except Exception:  # noqa: BLE001 - a scheduler that does not answer: no share to budget
+        return 0
 
 
 def _fn_for(fns, block_fn, index, axes):

@@ -235,18 +235,20 @@ def _cgroup_free(folder: str, limit_name: str, usage_name: str, stat_name: str, 
     return max(0, limit - max(0, usage - cache))
 
 
-def limit_for_available(model: "MemoryModel", shape: Sequence[int], baseline: int, held: int = 0) -> int | None:
+def limit_for_available(model: "MemoryModel", shape: Sequence[int], baseline: int, held: int = 0,
+                        processes: int = 1) -> int | None:
     """A memory limit for a run given none, or None when the whole ``shape`` fits in what is
     available (:func:`available_memory`) with ``held`` bytes more (an in-memory run's image and
-    result): the memory now (``baseline``) plus :data:`AVAILABLE_SHARE` of what is available.
-    Without it a volume larger than the memory ran as one block until the kernel killed the
-    process, with no message."""
+    result): the memory now (``baseline``) plus :data:`AVAILABLE_SHARE` of what is available, or
+    of an equal share of it for each of ``processes`` worker processes that run blocks at once
+    (``--scheduler processes``: a whole volume runs in one of them). Without it a volume larger
+    than the memory ran as one block until the kernel killed the process, with no message."""
     available = available_memory()
     if available is None:
         return None
     whole = model.peak_bytes(shape, (0,) * len(shape), shape, workers=1, baseline=baseline) + held
     share = int(AVAILABLE_SHARE * available)
-    return None if whole <= baseline + share else baseline + share
+    return None if whole <= baseline + share else baseline + share // max(1, int(processes))
 
 
 _FIRST_BASELINE: list = []  # the resident memory of this process when its first run was planned
@@ -492,7 +494,7 @@ def _candidates(n: int, low: int, multiple: int = 1) -> list[int]:
 
 def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, halo: Sequence[int], *,
                   workers: int = 1, baseline: int = 0, min_chunk: int = 8, multiple: int = 1,
-                  automatic: bool = False, cap: Sequence[int] | None = None) -> tuple[int, ...]:
+                  automatic: bool = False, cap: Sequence[int] | None = None, processes: int = 1) -> tuple[int, ...]:
     """The chunk shape that fits ``memory_limit`` with the least total work.
 
     Among candidate chunk shapes (even splits of every axis, no side below ``min_chunk`` or the
@@ -508,7 +510,8 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
     ------
     InputError
         If not even the smallest candidate fits; the message suggests a limit that would, or for
-        an ``automatic`` limit (:func:`limit_for_available`) says that too little memory is free.
+        an ``automatic`` limit (:func:`limit_for_available`, each of ``processes`` worker processes
+        given an equal share of the free memory) says that too little memory is free.
     """
     from deconv3d.pipeline.chunked import plan_chunks, sides_in_whole_chunks
 
@@ -540,10 +543,12 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
         if work < best_cost:
             best, best_cost = chunks, work
     if best is None and automatic:
-        raise InputError(f"not enough free memory: the run may use {format_bytes(memory_limit)} (with "
-                         f"{AVAILABLE_SHARE:.0%} of what is available), and its smallest block {tuple(least)} with halo "
-                         f"{tuple(halo)} needs about {format_bytes(smallest)}: free memory (close other programs) "
-                         "or run it on a machine with more")
+        who = "the run" if processes <= 1 else f"each of its {processes} worker processes"
+        shared = "" if processes <= 1 else ", shared among them"
+        raise InputError(f"not enough free memory: {who} may use {format_bytes(memory_limit)} (with "
+                         f"{AVAILABLE_SHARE:.0%} of what is available{shared}), and its smallest block "
+                         f"{tuple(least)} with halo {tuple(halo)} needs about {format_bytes(smallest)}: free memory "
+                         "(close other programs) or run it on a machine with more")
     if best is None:
         raise InputError(f"memory limit {format_bytes(memory_limit)} is too small: the smallest block "
                          f"{tuple(least)} with halo {tuple(halo)} needs about {format_bytes(smallest)}, "

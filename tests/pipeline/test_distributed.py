@@ -208,3 +208,54 @@ def test_a_lost_scheduler_is_named(tmp_path, volume, psf3d):
     with pytest.raises(AttributeError, match="ncores"):
         run_blocks(volume, RichardsonLucyBlock(psf3d, iterations=2), tmp_path / "t.zarr", chunks=(12, 24, 24),
                    halo=(2, 2, 2), client=Lost())
+
+
+def test_local_worker_processes_each_get_a_share_of_the_free_memory(monkeypatch):
+    """Found by the out-of-core review: ``batch --scheduler processes`` never went block by block on
+    its own (a whole volume predicted at 552 MB ran whole with 456 MB allowed) while ``threads``
+    split it. Each worker process of a LocalCluster now gets an equal share of the free memory
+    (one worker: all of it, as threads); a cluster at an address, whose workers' memory is not
+    seen here, is left to the user's limit as before."""
+    import warnings
+
+    from distributed import Client, LocalCluster
+
+    import deconv3d.pipeline as pipeline
+    from deconv3d.pipeline import MemoryModel
+    from deconv3d.pipeline import memory as memory_module
+
+    from .conftest import gaussian_psf
+
+    psf, shape, baseline = gaussian_psf(), (64, 256, 256), 300 * 10**6
+    model = MemoryModel("rl", psf.shape, accelerate=False)
+    block = RichardsonLucyBlock(psf, 2, accelerate=False)
+    monkeypatch.setattr(pipeline, "planning_baseline", lambda: baseline)
+    monkeypatch.setattr(memory_module, "planning_baseline", lambda: baseline)
+    need = model.peak_bytes(shape, (0, 0, 0), shape, baseline=baseline) - baseline  # the whole volume's
+    free = int(need * 0.9 / memory_module.AVAILABLE_SHARE)  # 90 % of what the whole volume needs
+    monkeypatch.setattr(memory_module, "available_memory", lambda: free)
+    share = int(memory_module.AVAILABLE_SHARE * free)
+
+    def plan(client):
+        with pytest.warns(RuntimeWarning, match="would need more memory than is available"):
+            return pipeline._Plan.make(shape, [block], None, None, None, model, 1, client)
+
+    threads = plan(None)
+    assert threads.memory_limit == baseline + share and threads.blocks > 1
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        assert pipeline._processes_here(client) == 2
+        two = plan(client)
+    assert two.memory_limit == baseline + share // 2  # each worker's half of the 80 %
+    assert two.predicted <= two.memory_limit and two.blocks > threads.blocks
+
+    class AddressClient:  # Client("tcp://...") has no cluster object: its workers may be anywhere
+        cluster = None
+
+        def nthreads(self):
+            return {"tcp://a:1": 1, "tcp://b:1": 1}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        elsewhere = pipeline._Plan.make(shape, [block], None, None, None, model, 1, AddressClient())
+    assert elsewhere.memory_limit is None and elsewhere.blocks == 1
