@@ -295,22 +295,33 @@ def _one_per_channel(args) -> None:
 
 
 def _go_out_of_core_if_too_large(args) -> None:
-    """Send rl, rl-tv or Wiener on an image whose in-memory run would need more memory than is
-    available (:func:`deconv3d.pipeline.memory.available_memory`) to the chunked pipeline, which
-    then splits it into blocks that fit (``run_chunked``'s automatic limit): in memory it ran
-    until the kernel killed the process, with no message and no output."""
+    """Send rl, rl-tv, Wiener or ssl with a ``--model`` on an image whose in-memory run would need
+    more memory than is available (:func:`deconv3d.pipeline.memory.available_memory`) to the
+    chunked pipeline, which then splits it into blocks that fit (``run_chunked``'s automatic
+    limit): in memory it ran until the kernel killed the process, with no message and no output.
+    (ssl that trains holds the whole image to train on, and stays in memory.)"""
     from deconv3d.fft import resolve_device
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline.memory import MemoryModel, limit_for_available, planning_baseline
 
-    if args.method == "ssl" or not Path(args.input).is_file() or resolve_device(args.device).type == "cuda":
+    if (args.method == "ssl" and not args.model) or not Path(args.input).is_file() \
+            or resolve_device(args.device).type == "cuda":
         return  # (on a GPU the arrays live in its memory, which this does not budget)
     lazy = open_lazy(args.input)
     if any(n > 1 for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"):
         return  # refused below: one 2D/3D image per TIFF
     shape = tuple(n for a, n in zip(lazy.axes, lazy.data.shape) if a in "ZYX")
-    model = MemoryModel("wiener" if args.method == "wiener" else args.method, _psf_shape_estimate(args, lazy, shape),
-                        accelerate=not args.no_accelerate, boundary=args.boundary)
+    if args.method == "ssl":  # the chunked run's model of the network's blocks
+        from deconv3d.pipeline.batch import network_memory_model
+        from deconv3d.pipeline.methods import NetworkBlock
+
+        block = NetworkBlock(selfsup.load_model(args), device=args.device, tta=args.tta, amp=args.amp,
+                             band_limit=args.band_limit or None)
+        model = network_memory_model(block)
+    else:
+        model = MemoryModel("wiener" if args.method == "wiener" else args.method,
+                            _psf_shape_estimate(args, lazy, shape), accelerate=not args.no_accelerate,
+                            boundary=args.boundary)
     # The chunked planning's own test, which then chooses the blocks: with the in-memory image and
     # result counted here too, a run between the two tests went to the chunked path as one block,
     # and took more memory than in memory (found by the diff review)

@@ -167,11 +167,9 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
         model_file = model_file or settings.model
         trained = load_checkpoint(model_file, device="cpu") if trained is None else trained
         trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
-        weights = sum(p.numel() * 4 for p in trained.model.parameters())
         block = NetworkBlock(trained, device=settings.run_device, tta=settings.tta, amp=settings.amp,
                              band_limit=settings.band_limit or None)
-        model = MemoryModel("ssl", tuple(trained.psf.shape), base_channels=trained.unet.base_channels,
-                            weights_bytes=weights, context=block.reach())
+        model = network_memory_model(block)
         # a model file's recipe as the checkpoint holds it; else the network was trained in the run (its record)
         source = {**trained.record(), "model": recorded_path(model_file)} if model_file else {}
         # (the inference precision on this machine, as fingerprinted: a cluster's workers on other CPUs may differ)
@@ -187,6 +185,17 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
                                 settings.run_device)
     return block, MemoryModel(settings.method, psf.shape, accelerate=settings.accelerate,
                               boundary=settings.boundary), params
+
+
+def network_memory_model(block):
+    """The memory model of a :class:`~deconv3d.pipeline.methods.NetworkBlock` (its network's width,
+    weights and the context its windows reach)."""
+    from deconv3d.pipeline.memory import MemoryModel
+
+    trained = block.trained
+    weights = sum(p.numel() * 4 for p in trained.model.parameters())
+    return MemoryModel("ssl", tuple(trained.psf.shape), base_channels=trained.unet.base_channels,
+                       weights_bytes=weights, context=block.reach())
 
 
 def _record_path(output_dir: Path, input_path: Path) -> Path:

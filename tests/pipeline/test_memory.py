@@ -401,3 +401,54 @@ def test_the_memory_limit_help_says_what_runs_without_one(command):
     share = f"{memory_module.AVAILABLE_SHARE:.0%}"
     assert "whole volume unless --chunks; a run that would not fit in the free memory goes block by block " \
            f"within {share} of it" in text, text
+
+
+def test_an_ssl_run_of_a_model_too_large_for_the_free_memory_goes_block_by_block(tmp_path, monkeypatch, capsys):
+    """Found by the out-of-core review: ``deconvolve --method ssl --model M.ckpt -o s.tif`` ran in
+    memory whatever the free memory, while ``-o s.zarr`` went block by block. It takes the chunked
+    run's check too: blocks with the warning (the network's output, as in one pass), or the same
+    one-line refusal when not even one block fits."""
+    import json
+
+    import tifffile
+    import torch
+
+    from cli_helpers import assert_one_line_error, run
+    from deconv3d.io import read_image, write_tiff
+    from deconv3d.metrics import psnr
+    from deconv3d.pipeline import memory as memory_module
+    from deconv3d.pipeline.methods import NetworkBlock
+    from deconv3d.psf import normalize_psf
+    from deconv3d.selfsup import TrainedModel, apply_model, save_checkpoint
+    from deconv3d.selfsup.config import TrainConfig, UNetConfig
+    from deconv3d.selfsup.unet import ResUNet
+
+    from .conftest import blurred_beads, gaussian_psf
+
+    psf = gaussian_psf((7, 7), (1.2, 1.2))
+    image = blurred_beads((256, 256), psf, seed=3)
+    write_tiff(tmp_path / "img.tif", image, voxel_size=(0.1, 0.1))
+    torch.manual_seed(0)
+    unet = UNetConfig(ndim=2, base_channels=4, depth=2)  # untrained: still a fixed function of its input
+    trained = TrainedModel(ResUNet(unet), unet, TrainConfig(residual=False), float(image.mean()), float(image.std()),
+                           normalize_psf(psf), (0.1, 0.1))
+    save_checkpoint(trained, tmp_path / "m.ckpt")
+    # the whole image's need beyond the program's own, as the chunked run models the network's blocks
+    weights = sum(p.numel() * 4 for p in trained.model.parameters())
+    model = MemoryModel("ssl", psf.shape, base_channels=4, weights_bytes=weights,
+                        context=NetworkBlock(trained, device="cpu").reach())
+    need = model.peak_bytes(image.shape, (0, 0), image.shape)
+    argv = ["deconvolve", tmp_path / "img.tif", "--method", "ssl", "--model", tmp_path / "m.ckpt", "--device", "cpu"]
+    monkeypatch.setattr(memory_module, "available_memory", lambda: int(0.9 * need / memory_module.AVAILABLE_SHARE))
+    code, out, err = run([*argv, "-o", tmp_path / "blocks.tif"], capsys)
+    assert code == 0 and "would need more memory than is available" in err and "block(s)" in out, out + err
+    assert "in 1 block(s)" not in out
+    with tifffile.TiffFile(tmp_path / "blocks.tif") as tif:
+        execution = json.loads(tif.imagej_metadata["Properties"]["execution"])
+    assert execution["blocks"] > 1 and execution["memory_limit_from"] == "free memory"
+    whole = apply_model(trained, image, device="cpu")
+    assert psnr(whole, read_image(tmp_path / "blocks.tif").data, data_range=float(whole.max())) > 60
+    monkeypatch.setattr(memory_module, "available_memory", lambda: 10**6)  # not even one block
+    code, _, err = run([*argv, "-o", tmp_path / "none.tif"], capsys)
+    assert_one_line_error(code, err, "not enough free memory", "close other programs")
+    assert not (tmp_path / "none.tif").exists()
