@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import threading
 from dataclasses import dataclass
 from typing import Sequence
@@ -98,17 +99,27 @@ RESIDENT_ALLOWANCE = 64 * 2**20
 _F32, _C64 = 4, 8
 
 
+#: The number a memory limit starts with (dask's parser reads a unit alone, or nothing, as 1 of it).
+_LEADING_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?", re.IGNORECASE)
+
+
 def parse_memory(text) -> int:
     """Bytes from ``"4GB"``, ``"512MiB"``, ``"2e9"`` (decimal GB = 1e9 bytes, GiB = 2**30), or a
-    number of bytes as it is."""
+    number of bytes as it is. A number comes first: ``"GB"`` or ``""`` (which dask reads as one of
+    the unit) are refused, as is a limit below 1 byte (``"0.5"``, once truncated to 0)."""
     from dask.utils import parse_bytes
 
+    number = _LEADING_NUMBER.match(str(text).strip())
     try:
+        if number is None:
+            raise ValueError("no number")
         value = int(parse_bytes(str(text).strip()))
     except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(f"cannot read memory limit {text!r}: write it like 4GB, 512MB or 2GiB") from exc
-    if value <= 0:
+    if float(number.group()) <= 0:
         raise InputError(f"memory limit must be positive, got {text!r}: write it like 4GB, 512MB or 2GiB")
+    if value < 1:
+        raise InputError(f"memory limit {text!r} is below 1 byte: write it like 4GB, 512MB or 2GiB")
     return value
 
 

@@ -636,6 +636,35 @@ def test_memory_limits_that_overflow_or_are_not_positive_name_the_fix(text):
         parse_memory(text)
 
 
+@pytest.mark.parametrize("text, expected", [("4GB", 4 * 10**9), ("4 GiB", 4 * 2**30), ("512M", 512 * 10**6),
+                                            ("4gb", 4 * 10**9), ("4G", 4 * 10**9), ("1e9", 10**9), ("0.5kB", 500),
+                                            ("", "cannot read"), (" ", "cannot read"), ("GB", "cannot read"),
+                                            ("kb", "cannot read"), ("0.5", "below 1 byte"), ("1e-3", "below 1 byte"),
+                                            ("0", "must be positive"), ("-0.5GB", "must be positive")])
+def test_a_memory_limit_starts_with_a_number_of_at_least_one_byte(text, expected):
+    """Found by the out-of-core review: dask's parser reads a missing number as 1, so '' and ' ' were
+    1 byte, 'GB' 1e9 (a run with --memory-limit GB succeeded and recorded "GB") and 'kb' 1000, while
+    '0.5' (truncated to 0 bytes) was told it must be positive."""
+    from deconv3d.pipeline.memory import parse_memory
+
+    if isinstance(expected, int):
+        assert parse_memory(text) == expected
+        return
+    with pytest.raises(InputError, match=f"{expected}.*: write it like 4GB") as caught:
+        parse_memory(text)
+    assert repr(text) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_memory_limit_without_a_number_stops_the_command(tmp_path, capsys):
+    """--memory-limit GB ran (as 1e9 bytes) and recorded "GB"; it stops before any work, with exit status 2."""
+    write_tiff(tmp_path / "img.tif", blurred_beads((8, 24, 24), gaussian_psf()), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "img.tif", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "o.tif",
+                        "--iterations", 1, "--device", "cpu", "--memory-limit", "GB"], capsys)
+    assert_one_line_error(code, err, "cannot read memory limit 'GB'", "write it like 4GB")
+    assert not (tmp_path / "o.tif").exists()
+
+
 def test_the_generic_block_mappers_pass_non_finite_results_through(tmp_path):
     """Only the deconvolution blocks refuse an overflowed result; a user's own block function may
     return Inf through blockwise and run_blocks as before."""
