@@ -520,9 +520,11 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
     Raises
     ------
     InputError
-        If not even the smallest candidate fits; the message suggests a limit that would, or for
-        an ``automatic`` limit (:func:`limit_for_available`, each of ``processes`` worker processes
-        given an equal share of the free memory) says that too little memory is free.
+        If not even the smallest candidate fits; the message says what its block needs, how much
+        of that is the program's own (``baseline`` and :data:`RESIDENT_ALLOWANCE`), and suggests a
+        limit that would fit it, or for an ``automatic`` limit (:func:`limit_for_available`, each of
+        ``processes`` worker processes given an equal share of the free memory) says that too little
+        memory is free and about how much more to free.
     """
     from deconv3d.pipeline.chunked import plan_chunks, sides_in_whole_chunks
 
@@ -553,19 +555,20 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
         work = math.prod(counts) * math.prod(padded)
         if work < best_cost:
             best, best_cost = chunks, work
-    if best is None and automatic:
+    if best is None:  # what the smallest block needs, and a limit that holds it
+        needs = (f"the smallest block {tuple(least)} with halo {tuple(halo)} needs about {format_bytes(smallest)}, "
+                 f"{format_bytes(fixed)} of it the program's own (Python, torch and their libraries)")
+        enough = math.ceil(smallest * 1.1)
+    if best is None and automatic:  # the limit is AVAILABLE_SHARE of the free memory, or a worker's share of that
         who = "the run" if processes <= 1 else f"each of its {processes} worker processes"
         shared = "" if processes <= 1 else ", shared among them"
-        raise InputError(f"not enough free memory: {who} may use {format_bytes(memory_limit)} (with "
-                         f"{AVAILABLE_SHARE:.0%} of what is available{shared}), and its smallest block "
-                         f"{tuple(least)} with halo {tuple(halo)} needs about {format_bytes(smallest)}: free memory "
-                         "(close other programs) or run it on a machine with more")
+        more = (enough - memory_limit) / AVAILABLE_SHARE * max(1, processes)
+        raise InputError(f"not enough free memory: {needs}, and {who} may use {format_bytes(memory_limit)} "
+                         f"({AVAILABLE_SHARE:.0%} of what is available{shared}): free about {format_bytes(more)} "
+                         "more (close other programs) or run it on a machine with more")
     if best is None:
-        raise InputError(f"memory limit {format_bytes(memory_limit)} is too small: the smallest block "
-                         f"{tuple(least)} with halo {tuple(halo)} needs about {format_bytes(smallest)}, "
-                         f"{format_bytes(fixed)} of it the program's own (Python, torch and their libraries): "
-                         f"use --memory-limit {format_bytes(math.ceil(smallest * 1.1))} or more"
-                         + (" or fewer --workers" if workers > 1 else ""))
+        raise InputError(f"memory limit {format_bytes(memory_limit)} is too small: {needs}: use --memory-limit "
+                         f"{format_bytes(enough)} or more" + (" or fewer --workers" if workers > 1 else ""))
     return tuple(best)
 
 

@@ -452,3 +452,38 @@ def test_an_ssl_run_of_a_model_too_large_for_the_free_memory_goes_block_by_block
     code, _, err = run([*argv, "-o", tmp_path / "none.tif"], capsys)
     assert_one_line_error(code, err, "not enough free memory", "close other programs")
     assert not (tmp_path / "none.tif").exists()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_not_enough_free_memory_says_the_program_s_own_share_and_how_much_to_free(processes):
+    """Found by the out-of-core review: with 120 MB free the message said the run "may use 417MB"
+    and its smallest block "needs about 431MB", which the user could not relate to 120 MB free:
+    most of it is the program itself. It says that share, as the explicit limit's message does (in
+    the same words), and how much more to free; freeing that much is enough."""
+    import re
+
+    from deconv3d.pipeline.memory import AVAILABLE_SHARE, RESIDENT_ALLOWANCE, parse_memory
+
+    from .conftest import gaussian_psf
+
+    model, shape, halo = MemoryModel("rl", gaussian_psf().shape), (32, 256, 256), (4, 4, 4)
+    baseline, free = 320 * 10**6, 120 * 10**6
+
+    def limit(available):  # as limit_for_available gives it: each worker process's share of AVAILABLE_SHARE
+        return baseline + int(AVAILABLE_SHARE * available) // processes
+
+    with pytest.raises(InputError) as caught:
+        choose_chunks(shape, limit(free), model, halo, baseline=baseline, automatic=True, processes=processes)
+    message = str(caught.value)
+    own = f"{format_bytes(baseline + RESIDENT_ALLOWANCE)} of it the program's own (Python, torch"
+    assert message.startswith("not enough free memory: the smallest block") and own in message, message
+    who = "the run" if processes == 1 else "each of its 2 worker processes"
+    assert f"{who} may use {format_bytes(limit(free))}" in message and "\n" not in message
+    more = parse_memory(re.search(r"free about (\S+) more \(close other programs\)", message).group(1))
+    chunks = choose_chunks(shape, limit(free + more), model, halo, baseline=baseline, automatic=True,
+                           processes=processes)
+    assert model.peak_bytes(chunks, halo, shape, baseline=baseline) <= limit(free + more)
+    with pytest.raises(InputError) as explicit:  # the explicit limit's message: the same words for the block
+        choose_chunks(shape, limit(free), model, halo, baseline=baseline)
+    needs = re.search(r"the smallest block .* their libraries\)", message).group()
+    assert needs in str(explicit.value)
