@@ -123,7 +123,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
             limit = parse_memory(memory_limit)
             # Sides below the halo run at the halo (and in whole stored chunks): smaller ones give the same
             # blocks, so only the others can be made smaller. (The blocks as plan_chunks makes them.)
-            runs_as = plan_chunks(spatial_shape, chunks, halo)[2]
+            _, depth, runs_as = plan_chunks(spatial_shape, chunks, halo)  # (depth: the halo they get, as predicted)
             if predicted > limit and any(c > a for c, a in zip(runs_as, requested)):
                 names = "zyx"[-len(spatial_shape):]
                 shrink = [names[i] for i, (c, a, h) in enumerate(zip(runs_as, requested, halo))
@@ -136,7 +136,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
                                  "--chunks to let the limit choose them")
             if predicted > limit:
                 raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
-                                 f"{halo}, above the memory limit {memory_limit}: give smaller chunks, or drop "
+                                 f"{tuple(depth)}, above the memory limit {memory_limit}: give smaller chunks, or drop "
                                  "--chunks to let the limit choose them")
     return chunks, halo, predicted, memory_limit
 

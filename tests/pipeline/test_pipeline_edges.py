@@ -665,6 +665,27 @@ def test_a_memory_limit_without_a_number_stops_the_command(tmp_path, capsys):
     assert not (tmp_path / "o.tif").exists()
 
 
+@pytest.mark.parametrize("chunks", [(12, 24, 24), (12, 12, 24)])
+def test_chunks_above_the_limit_are_told_the_halo_they_run_with(tmp_path, chunks):
+    """Found by the out-of-core review: --chunks equal to the whole volume were refused as needing
+    their memory "with their halo (10, 7, 7)", while the run records halo (0, 0, 0): one block has
+    none. The message names the halo the blocks get (none along an axis held whole)."""
+    from deconv3d.pipeline import MemoryModel
+
+    psf = gaussian_psf()
+    volume, block = blurred_beads((12, 24, 24), psf, seed=4), RichardsonLucyBlock(psf, 1, accelerate=False)
+    model = MemoryModel("rl", psf.shape)
+    ran = run_chunked(volume, block, tmp_path / "o.zarr", chunks=chunks, memory_limit="100GB", model=model)
+    if chunks == volume.shape:  # one block: no halo
+        assert ran.blocks == 1 and ran.halo == (0, 0, 0)
+    else:  # two blocks along y: a halo along y alone
+        assert ran.blocks == 2 and ran.halo[0] == ran.halo[2] == 0 < ran.halo[1]
+    with pytest.raises(InputError, match="above the memory limit 1MB") as caught:
+        run_chunked(volume, block, tmp_path / "small.zarr", chunks=chunks, memory_limit="1MB", model=model)
+    assert f"with their halo {tuple(ran.halo)}, above" in str(caught.value), str(caught.value)
+    assert ran.execution["halo"] == list(ran.halo)
+
+
 def test_the_generic_block_mappers_pass_non_finite_results_through(tmp_path):
     """Only the deconvolution blocks refuse an overflowed result; a user's own block function may
     return Inf through blockwise and run_blocks as before."""
