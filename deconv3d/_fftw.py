@@ -33,7 +33,9 @@ Environment:
 ``DECONV3D_FFTW_PLANNER``
     ``auto`` (default: measured plans for recurring sizes, within a budget per run, else estimated
     ones), ``estimate``, ``measure`` or ``patient`` (FFTW's planner flags; the last two time
-    candidates and keep the winners).
+    candidates and keep the winners). ``estimate`` neither reads nor writes the wisdom and sets
+    aside the plans this process holds (FFTW would reuse measured ones), so its runs give the same
+    bits whatever earlier runs measured.
 ``DECONV3D_CACHE_DIR``
     Where the wisdom file lives (default ``$XDG_CACHE_HOME/deconv3d`` or ``~/.cache/deconv3d``).
     ``~`` is expanded in both; a relative ``XDG_CACHE_HOME`` is ignored (as the XDG specification
@@ -165,10 +167,13 @@ class FFTWTransforms:
         spectrum = pyfftw.empty_aligned(half, dtype=cplx)
         output = pyfftw.empty_aligned(self.shape, dtype=real)
         with measuring_run(), _lock:  # a run of its own unless inside one (measuring_run)
-            _load_wisdom(pyfftw)
+            estimate = planner_choice() == "estimate"
+            if not estimate:
+                _load_wisdom(pyfftw)
             threads = max(1, int(threads or torch.get_num_threads()))
-            self._forward, self._inverse = _make_plans(pyfftw, _policy(self.shape, real), threads, real_in, spectrum,
-                                                       output, in_ext, out_ext)
+            with _wisdom_set_aside(pyfftw) if estimate else contextlib.nullcontext():
+                self._forward, self._inverse = _make_plans(pyfftw, _policy(self.shape, real), threads, real_in,
+                                                           spectrum, output, in_ext, out_ext)
         for a in real_in:
             a.fill(0)
         self.inputs = [torch.from_numpy(a) for a in real_in]
@@ -195,10 +200,27 @@ def _make_plans(pyfftw, policy: tuple, threads: int, real_in, spectrum, output, 
     # Planning may write into the arrays: the caller zeroes them afterwards.
     forward = [_forward_passes(plan, a, spectrum, e) for a, e in zip(real_in, in_ext)]
     inverse = [_inverse_passes(plan, spectrum, output, e) for e in out_ext]
+    if policy[0] == _PLANS["estimate"]:
+        return forward, inverse  # nothing measured, and the file is left out of estimate runs
     if tuple(pyfftw.export_wisdom()) != _wisdom_on_disk:  # new plans were measured: keep them for the next run
         log.info("planned FFTW transforms for %s in %.1f s", tuple(output.shape), plan.took)
         _save_wisdom(pyfftw)
     return forward, inverse
+
+
+@contextlib.contextmanager
+def _wisdom_set_aside(pyfftw):
+    """Plan with no wisdom held, then restore it (call with :data:`_lock` held). FFTW takes a plan
+    from the wisdom it holds whatever the flags, ``FFTW_ESTIMATE`` included: ``estimate`` runs
+    reused the plans measured by earlier runs (the file, or this process's), so an estimate run
+    after default-planner runs differed from one before them by 2.3e-5 of the maximum."""
+    held = pyfftw.export_wisdom()
+    pyfftw.forget_wisdom()
+    try:
+        yield
+    finally:
+        pyfftw.forget_wisdom()
+        pyfftw.import_wisdom(held)
 
 
 class _Planner:

@@ -234,6 +234,65 @@ def test_runs_saving_wisdom_at_once_keep_each_others_plans(tmp_path, monkeypatch
         pyfftw.forget_wisdom()
 
 
+@needs_fftw
+def test_estimate_plans_are_the_same_whatever_the_wisdom_holds(tmp_path, monkeypatch):
+    """FFTW takes plans from the wisdom it holds whatever the flags: DECONV3D_FFTW_PLANNER=estimate
+    loaded the file and reused plans measured earlier, so an estimate run after default-planner
+    runs differed from one before them (2.3e-5 of the maximum). Estimate runs plan with no wisdom
+    held, and neither read nor write the file."""
+    import pyfftw
+
+    shape = (12, 20, 18)
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    empty, held = tmp_path / "empty", tmp_path / "held"
+    original, wisdom_at_planning = pyfftw.FFTW, []
+
+    def recording(*args, **kwargs):
+        wisdom_at_planning.append(pyfftw.export_wisdom())
+        return original(*args, **kwargs)
+
+    def transform(planner, cache):
+        monkeypatch.setenv("DECONV3D_FFTW_PLANNER", planner)
+        monkeypatch.setenv("DECONV3D_CACHE_DIR", str(cache))
+        fft = _fftw.FFTWTransforms(shape, 1, torch.float32)
+        fft.inputs[0].copy_(torch.from_numpy(x))
+        fft.forward(0)
+        spectrum = fft.spectrum.numpy().copy()
+        fft.inverse(0)
+        return spectrum, fft.output.numpy().copy()
+
+    before = pyfftw.export_wisdom()
+    try:
+        pyfftw.forget_wisdom()
+        nothing = pyfftw.export_wisdom()
+        _new_process(monkeypatch)
+        monkeypatch.setattr(pyfftw, "FFTW", recording)
+        first = transform("estimate", empty)  # a process that has planned nothing, an empty cache
+        seen_first = list(wisdom_at_planning)  # no wisdom, then what its estimated plans add
+        assert seen_first and seen_first[0] == nothing
+        assert not empty.exists() or not list(empty.iterdir())  # nothing written
+        transform("measure", held)  # measured plans, kept in the file and in this process
+        assert os.path.isfile(os.path.join(held, os.path.basename(_fftw.wisdom_path())))
+        for fresh in (False, True):  # this process's measured plans, then the file's in a new process
+            if fresh:
+                pyfftw.forget_wisdom()
+                _new_process(monkeypatch)
+            wisdom_at_planning.clear()
+            held_before = pyfftw.export_wisdom()
+            again = transform("estimate", held)
+            assert wisdom_at_planning == seen_first  # planned with the same (no) wisdom
+            assert all(np.array_equal(a, b) for a, b in zip(again, first))
+            assert _entries(pyfftw.export_wisdom()) == _entries(held_before)  # this process's kept, the file's not read
+    finally:
+        pyfftw.forget_wisdom()
+        pyfftw.import_wisdom(before)
+
+
+def _entries(wisdom):
+    """The plans of exported wisdom, in any order (FFTW exports them in its hash table's order)."""
+    return [sorted(part.splitlines()) for part in wisdom]
+
+
 def test_wisdom_file_format_round_trip():
     parts = (b"double", b"", b"\x00long double\xff")
     assert _fftw._unpack(_fftw._pack(parts)) == parts
