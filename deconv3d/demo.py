@@ -2,7 +2,12 @@
 
 Everything is generated here (nothing is downloaded), seeded, and sized to finish in
 well under two minutes on two CPU cores. ``run_demo`` returns the table rows; the
-command line prints them.
+command line prints them. The two trainings (the ssl network's and the blur-synth
+autoencoder's) stop on wall-clock budgets, so those two rows depend on how many steps (and, for
+ssl, iterations of the search for its RL reference's count) fit the budget at the machine's
+current load, and a rerun can give others (31.25 against 31.65 dB for ssl, 28.83 against 30.24
+for blur-synth on a loaded 2-core machine); their notes give the counts. The other rows' scores
+repeat.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ def demo_methods(image, psf, device="auto", iterations: int = DEMO_ITERATIONS, a
         yield name, result, time.perf_counter() - start
 
 
-_SSL_STEPS: list[int] = []  # training steps the last demo network got (for the table's note)
+_SSL_STEPS: list[int] = []  # training steps and reference RL count of the last demo network (the table's note)
 
 
 def _demo_ssl(image, psf, device):
@@ -69,7 +74,8 @@ def _demo_ssl(image, psf, device):
     On two CPU cores the budget buys a few tens of steps, well short of the hundreds the
     network needs (``benchmarks/bench_selfsup.py``); in the default residual form the network
     corrects RL at the held-out count, so this row is close to that RL plus a barely trained
-    correction. The table's note says how many steps it got. The warning that the budget ended the
+    correction. The table's note says how many steps it got, and at which count the budget ended the
+    search for RL's iteration count (both vary with the machine's load). The warning that the budget ended the
     search for RL's count is not shown: its advice, a larger ``--time-budget``, is no option of ``demo``.
     """
     import warnings
@@ -82,7 +88,7 @@ def _demo_ssl(image, psf, device):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="the time budget ended the search", category=RuntimeWarning)
         result = train(image, psf, config=config, unet=UNetConfig(ndim=3, base_channels=8, depth=3), device=device)
-    _SSL_STEPS[:] = [result.steps_done]
+    _SSL_STEPS[:] = [result.steps_done, result.reference.iterations]
     return apply_model(result, image, device=device)
 
 
@@ -145,14 +151,18 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
         stacks[name] = result
         rows.append(_row(name, truth, result, seconds, psnr_rescaled, ssim_rescaled))
     if _SSL_STEPS:
-        next(r for r in rows if r["method"] == "ssl")["note"] = (f"{_SSL_STEPS[0]} training steps in {DEMO_SSL_SECONDS:.0f} s: far too few on a CPU; "
-                            f"train for minutes with 'deconv3d train'")
+        next(r for r in rows if r["method"] == "ssl")["note"] = (
+            f"{_SSL_STEPS[0]} training steps in {DEMO_SSL_SECONDS:.0f} s on RL at {_SSL_STEPS[1]} iterations, both "
+            f"limited by the budget at this machine's load (a rerun can differ): far too few steps on a CPU; train "
+            f"for minutes with 'deconv3d train'")
     say(f"blur synthesis: training a linear-latent autoencoder ({DEMO_BLUR_SECONDS:.0f} s)")
     start = time.perf_counter()
     blur = demo_blur(device, seed)
     rows.append({"method": "blur-synth", "psnr": blur["psnr"], "ssim": float("nan"),
                  "seconds": time.perf_counter() - start,
-                 "note": f"latent interpolation (residual); pixel blending {blur['psnr_blend']:.2f} dB"})
+                 "note": f"{blur['steps']} training steps in {DEMO_BLUR_SECONDS:.0f} s, as many as fit at this "
+                         f"machine's load (a rerun can differ); latent interpolation (residual); pixel blending "
+                         f"{blur['psnr_blend']:.2f} dB"})
     say("writing the stacks and the figure")
     with _staged(output) as folder:
         (folder / MARKER).write_text("written by 'deconv3d demo': a later demo replaces its files here\n")
