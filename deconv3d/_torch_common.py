@@ -165,14 +165,18 @@ class MixedPrecision:
         return dtype_name(self.dtype or torch.float32)
 
 
-def stop_reason(step: int, loss: float, steps: int, time_budget, callback, started: float) -> str | None:
-    """``"non-finite loss"``, ``"cancelled"``, ``"completed"``, ``"time_budget"`` or None (go on)."""
+def stop_reason(step: int, loss: float, steps: int, time_budget, callback, started: float,
+                stop_after: int | None = None) -> str | None:
+    """``"non-finite loss"``, ``"cancelled"``, ``"completed"``, ``"stop_after"`` (``step`` reached
+    ``stop_after``, before ``steps``), ``"time_budget"`` or None (go on)."""
     if not math.isfinite(loss):
         return "non-finite loss"
     if callback is not None and callback(step, loss):
         return "cancelled"
     if step >= steps:
         return "completed"
+    if stop_after is not None and step >= stop_after:
+        return "stop_after"
     if time_budget is not None and time.perf_counter() - started >= time_budget:
         return "time_budget"
     return None

@@ -98,6 +98,10 @@ def _train_parser(blur) -> None:
     p.add_argument("--val-fraction", type=_val_fraction, default=0.25, help="held-out share of the stacks (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, split and crops (default 0)")
     p.add_argument("--time-budget", type=positive_float, help="stop after this many seconds")
+    p.add_argument("--stop-after", type=positive_int, metavar="K",
+                   help="stop after K of the --steps steps, on the learning-rate schedule of all of them: "
+                        "reproduces a run that --time-budget stopped (--steps N --stop-after K, from its N steps "
+                        "and its train_steps K)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision for the network's training: float16 on CUDA, bfloat16 on CPUs with AMX, where "
                         "it took 0.7x the time; float32 elsewhere (default on; --no-amp: float32)")
@@ -265,6 +269,9 @@ def cmd_train(args) -> int:
     from deconv3d.latent.train import LatentTrainConfig, plane_problem, train
 
     _refuse_latent_options(args)
+    if args.stop_after is not None and args.stop_after > args.steps:
+        raise InputError(f"--stop-after {args.stop_after} is more than --steps {args.steps}: it stops after K of "
+                         "the --steps steps; give at most that many")
     check_output(args.output, args.stacks, suffixes=(".ckpt", ".pt"))
     stacks, pixel = _read_stacks(args.stacks)
     problem = plane_problem(stacks)  # in the files' own order and numbering, before sorting and tiling
@@ -295,8 +302,9 @@ def cmd_train(args) -> int:
                                latent_norm=args.latent_norm,
                                steps=args.steps, batch=args.batch, lr=args.lr,
                                val_every=min(100, args.steps), val_fraction=val_fraction,
-                               seed=args.seed, time_budget=args.time_budget, residual=args.residual, amp=args.amp)
-    bar, callback = progress(args.steps, f"blur train ({args.variant})")
+                               seed=args.seed, time_budget=args.time_budget, stop_after=args.stop_after,
+                               residual=args.residual, amp=args.amp)
+    bar, callback = progress(args.stop_after or args.steps, f"blur train ({args.variant})")
     with bar:
         result = train(stacks, levels, config, ae, device=args.device, callback=callback)
     if result.reason == "non-finite loss":
@@ -305,8 +313,10 @@ def cmd_train(args) -> int:
     save_checkpoint(result, args.output, plane_shape=plane_shape, pixel_size=pixel, training_stacks=stacks)
     score = "" if result.best_score is None else (f", best validation PSNR {result.best_score:.2f} dB "
                                                   f"at step {result.best_step}")
+    rerun = (f"; --steps {args.steps} --stop-after {result.steps_done} reproduces it" if result.reason == "time_budget"
+             else "")
     print(f"wrote {args.output}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}), "
-          f"{result.precision}{score}")
+          f"{result.precision}{score}{rerun}")
     return 0
 
 

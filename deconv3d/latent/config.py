@@ -30,6 +30,10 @@ class LatentTrainConfig:
     weight averaging; ``val_every`` steps between validations on ``val_fraction`` of the
     stacks (0: no validation, the last weights are kept); ``triplets`` ``"dyadic"`` (the
     paper's midpoint triplets) or ``"all"``; ``time_budget`` in seconds stops early.
+    ``stop_after`` (at most ``steps``) stops after that many steps of the ``steps``-step run,
+    whose learning-rate schedule (and the command line's validation interval) follow ``steps``:
+    a run that ``time_budget`` stopped after K steps is reproduced, bit for bit on the same
+    machine and thread count, by ``steps`` as it was and ``stop_after=K``, not by ``steps=K``.
     ``residual`` (beyond the paper) trains the interpolation term on the form
     :func:`~deconv3d.latent.ops.synthesize_blur` uses with ``residual=True``:
     ``D(z2') - [alpha D(z1) + (1 - alpha) D(z3)]`` added to the pixel blend
@@ -70,6 +74,7 @@ class LatentTrainConfig:
     augment: bool = True
     seed: int = 0
     time_budget: float | None = None
+    stop_after: Optional[int] = None  # stop after this many of the steps (None: all of them)
     residual: Optional[bool] = None  # None: residual form unless variant is baseline
     # mixed precision for the network in training: bfloat16 on a CPU with AMX, float16 on CUDA, float32
     # elsewhere (deconv3d._torch_common.amp_dtype); the output layer, latent arithmetic, losses, validation
@@ -107,6 +112,13 @@ class LatentTrainConfig:
                              "use variant implicit or explicit")
         if self.time_budget is not None and not (isinstance(self.time_budget, numbers.Real) and self.time_budget > 0):
             raise InputError(f"time_budget must be a positive number of seconds, got {self.time_budget!r}")
+        if self.stop_after is not None and not (isinstance(self.stop_after, (int, np.integer))
+                                                and not isinstance(self.stop_after, bool)
+                                                and 1 <= self.stop_after <= self.steps):
+            raise InputError(f"stop_after must be a whole number of steps from 1 to steps ({self.steps}), got "
+                             f"{self.stop_after!r}")
+        if self.stop_after is not None:  # a numpy integer would make the checkpoint unloadable (weights_only)
+            object.__setattr__(self, "stop_after", int(self.stop_after))
         if isinstance(self.seed, bool) or not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**63):
             raise InputError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
 

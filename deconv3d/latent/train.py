@@ -55,7 +55,8 @@ class LatentTrainResult:
     (the last ones without validation), and records the form it was trained in
     (``model.residual``, ``config.residual``), which :mod:`deconv3d.latent.ops` applies it in.
     ``history`` is ``(step, loss)`` for every step, ``val_history`` ``(step, PSNR dB)``;
-    ``reason`` is ``"completed"``, ``"cancelled"``, ``"time_budget"`` or ``"non-finite loss"``.
+    ``reason`` is ``"completed"``, ``"cancelled"``, ``"time_budget"``, ``"stop_after"``
+    (``config.stop_after`` steps done) or ``"non-finite loss"``.
     The last means the run diverged: the loss, a weight or buffer of the network or of its
     average (e.g. a BatchNorm running variance), or a validation score was NaN or infinite;
     ``model`` then holds the best finite validated weights if there were any, else the
@@ -332,7 +333,8 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
             average.update(model)
         schedule.step()
         history.append((step, terms["total"]))
-        reason = stop_reason(step, terms["total"], config.steps, config.time_budget, callback, started)
+        reason = stop_reason(step, terms["total"], config.steps, config.time_budget, callback, started,
+                             config.stop_after)
         evaluated = average.model if average is not None else model
         if not _all_finite(model, evaluated):  # diverged with a finite loss (see _all_finite)
             reason = "non-finite loss"

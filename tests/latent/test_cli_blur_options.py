@@ -5,8 +5,9 @@ Either option ignored passed every latent test (found by the test review)."""
 
 import numpy as np
 import pytest
+import torch
 
-from cli_helpers import run
+from cli_helpers import assert_one_line_error, run
 from deconv3d.io import read_image
 from deconv3d.latent.checkpoint import load_checkpoint
 
@@ -93,3 +94,47 @@ def test_latent_term_options_without_the_explicit_loss_are_refused(tmp_path, mak
                         *options, *TINY], capsys)
     assert_one_line_error(code, err, named, "use --variant explicit")
     assert not out.exists()
+
+
+def test_a_run_the_time_budget_stopped_is_reproduced_by_stop_after(tmp_path, make_stacks, capsys, monkeypatch):
+    """A run that --time-budget stopped after K of N steps could not be rerun from its record: the
+    cosine schedule spans --steps (and the validation interval follows it), so --steps K trains
+    another network. --steps N --stop-after K runs the same K steps of the N-step schedule, and the
+    command says so when a budget stops it. (A clock that ticks per reading makes the budget's K fixed.)"""
+    import importlib
+    from types import SimpleNamespace
+
+    import deconv3d._torch_common
+
+    ticks = iter(range(10**6))
+    clock = SimpleNamespace(perf_counter=lambda: 0.01 * next(ticks))
+    monkeypatch.setattr(deconv3d._torch_common, "time", clock)
+    monkeypatch.setattr(importlib.import_module("deconv3d.latent.train"), "time", clock)
+    paths = write_stacks(tmp_path, make_stacks)
+    options = ["--widths", "4", "8", "--crop", "16", "--batch", "2", "--device", "cpu", "--no-amp"]
+    runs = {}
+
+    def train(name, *flags):
+        code, out, err = run(["blur", "train", *paths, "-o", tmp_path / f"{name}.ckpt", *flags, *options], capsys)
+        assert code == 0, err
+        runs[name] = load_checkpoint(tmp_path / f"{name}.ckpt")
+        return out
+
+    out = train("budget", "--steps", "40", "--time-budget", "0.055")
+    k = runs["budget"].run["train_steps"]
+    assert runs["budget"].run["stopped"] == "time_budget" and 1 < k < 40
+    assert f"--steps 40 --stop-after {k} reproduces it" in out
+    train("stop", "--steps", "40", "--stop-after", k)
+    train("short", "--steps", k)
+    assert runs["stop"].run == {**runs["stop"].run, "train_steps": k, "stopped": "stop_after"}
+    assert runs["stop"].config.stop_after == k and runs["budget"].config.stop_after is None  # recorded
+    weights = {name: trained.model.state_dict() for name, trained in runs.items()}
+    assert all(torch.equal(weights["budget"][n], weights["stop"][n]) for n in weights["budget"])
+    assert not all(torch.equal(weights["budget"][n], weights["short"][n]) for n in weights["budget"])
+
+
+def test_stop_after_beyond_the_steps_is_refused(tmp_path, make_stacks, capsys):
+    paths = write_stacks(tmp_path, make_stacks)
+    code, _, err = run(["blur", "train", *paths, "-o", tmp_path / "ae.ckpt", *TINY, "--stop-after", "4"], capsys)
+    assert_one_line_error(code, err, "--stop-after 4", "--steps 3")
+    assert not (tmp_path / "ae.ckpt").exists()

@@ -94,7 +94,9 @@ def test_bad_training_inputs_are_input_errors(stacks, case):
 @pytest.mark.parametrize("kwargs", [{"variant": "other"}, {"dist": "l2"}, {"steps": 0}, {"lr": -1.0},
                                     {"ema_decay": 1.0}, {"val_fraction": 1.0},
                                     {"variant": "baseline", "residual": True}, {"latent_weight": -0.1},
-                                    {"latent_weight": float("nan")}, {"latent_norm": "batch"}])
+                                    {"latent_weight": float("nan")}, {"latent_norm": "batch"},
+                                    {"stop_after": 0}, {"steps": 5, "stop_after": 6}, {"stop_after": 2.0},
+                                    {"stop_after": True}])
 def test_bad_train_config_is_input_error(kwargs):
     with pytest.raises(InputError):
         LatentTrainConfig(**kwargs)
