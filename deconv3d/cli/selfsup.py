@@ -190,8 +190,8 @@ def train_with_progress(image, psf, args, voxel, notes=()):
             bar.unit = "step"
             bar.set_postfix(refresh=False)
             bar.reset(total=config.steps)  # the rate and ETA count training steps only
+        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)  # before update, which may write the line
         bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
 
     with bar:
         result = train(image, psf, config=config, unet=unet, device=args.device, callback=callback, voxel_size=voxel)

@@ -474,6 +474,28 @@ def test_a_log_hears_from_train_while_it_searches_for_the_rl_reference(data, cap
                                                                          "train: 2/2 step (100%)"], err
 
 
+def test_each_progress_line_gives_the_loss_of_its_own_step(data, capsys, monkeypatch):
+    """The bar wrote its line before taking the step's loss, so each line showed the step before's:
+    the last said loss=0.04387 where the command's own last line said final loss 0.08585."""
+    import re
+
+    import deconv3d.selfsup
+
+    results, train = [], deconv3d.selfsup.train
+    monkeypatch.setattr(deconv3d.selfsup, "train", lambda *a, **k: results.append(train(*a, **k)) or results[-1])
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "0")  # a line at every step
+    model = data / "m.ckpt"
+    code, out, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 3,
+                          "--no-residual", "--warm-start", 0] + TINY, capsys)  # (no search for an RL reference)
+    assert code == 0, err
+    steps = [line for line in err.splitlines() if line.startswith("train: ") and " step (" in line]
+    shown = [float(m[1]) if (m := re.search(r"\[loss=([^]]*)\]$", line)) else None for line in steps]
+    losses = [loss for _, loss in results[0].history]  # the training's own record of each step
+    assert len(shown) == len(losses) == 3 and len(set(shown)) == 3, err
+    assert shown == [float(f"{loss:.4g}") for loss in losses]
+    assert out.split("final loss ")[1].startswith(f"{shown[-1]:.4g},")
+
+
 def test_training_options_the_recipe_does_not_read_are_named(data, capsys):
     """Found by the options review: training options the chosen recipe never reads were taken
     silently and recorded as if used: --warm-start 50 with the residual form (no warm start run),
