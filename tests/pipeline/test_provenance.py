@@ -149,6 +149,16 @@ def _backends_used(monkeypatch) -> set:
     return used
 
 
+def _recorded_environment(folder, output, extra, capsys) -> dict:
+    """The environment the record of ``deconvolve img.tif -o OUTPUT`` (2 RL iterations, or ``extra``) holds."""
+    code, _, err = run(["deconvolve", "img.tif", "-o", output, "--psf", "psf.tif", "--iterations", "2",
+                        "--device", "cpu", *extra], capsys)
+    assert code == 0, err
+    if output.endswith(".zarr"):
+        return json.loads((folder / output / "zarr.json").read_text())["attributes"]["deconv3d"]["environment"]
+    return tiff_properties(folder / output)["environment"]
+
+
 SSL = ["--method", "ssl", "--train-steps", "1", "--patch", "16", "--batch", "1", "--base-channels", "4",
        "--unet-depth", "2"]
 
@@ -171,16 +181,39 @@ def test_the_environment_names_the_fft_backend_the_run_used(folder, capsys, monk
     else:
         monkeypatch.setattr(_fftw, "FFTW_MIN_VOXELS", min_voxels)
     used = _backends_used(monkeypatch)
-    code, _, err = run(["deconvolve", "img.tif", "-o", output, "--psf", "psf.tif", "--iterations", "2",
-                        "--device", "cpu", *extra], capsys)
-    assert code == 0, err
-    if output.endswith(".zarr"):
-        environment = json.loads((folder / output / "zarr.json").read_text())["attributes"]["deconv3d"]["environment"]
-    else:
-        environment = tiff_properties(folder / output)["environment"]
+    environment = _recorded_environment(folder, output, extra, capsys)
     assert used == (set() if "wiener" in output else {"torch"} if min_voxels is None else {"fftw"})
     assert environment["fft"] == " and ".join(sorted(used) or ["torch"]) + " (auto)"
     assert ("fftw_planner" in environment) == ("fftw" in used)
+
+
+@pytest.mark.parametrize("fused", ["auto", "torch"])
+@pytest.mark.parametrize("output, extra", [("rl.tif", []), ("rl.zarr", ["--chunks", "8", "16", "16"]),
+                                           ("wiener.tif", ["--method", "wiener"])])
+def test_the_environment_names_the_element_wise_passes_the_run_used(folder, capsys, monkeypatch, fused, output,
+                                                                    extra):
+    """Numba's fused passes and torch's round differently (rl-20 outputs 1.2e-5 of the maximum apart),
+    but the records of the two runs were the same: the record now names the passes Richardson-Lucy's
+    loops ran (``fused``, with numba's version where they were numba's); a run without them has none."""
+    from deconv3d import _rl_ops
+    from deconv3d.classical import _iterate
+
+    used, real = set(), _iterate.ops_for
+    monkeypatch.setattr(_iterate, "ops_for", lambda *a: used.add(real(*a).__name__) or real(*a))
+    monkeypatch.setenv("DECONV3D_FUSED", fused)
+    environment = _recorded_environment(folder, output, extra, capsys)
+    if "wiener" in output:
+        assert used == set() and "fused" not in environment and "numba" not in environment
+        return
+    numba = fused == "auto" and _rl_ops.numba_available()
+    assert used == {"FusedOps" if numba else "TorchOps"}
+    assert environment["fused"] == ("numba" if numba else "torch") + (" (auto)" if fused == "auto" else "")
+    if numba:
+        import numba as nb
+
+        assert environment["numba"] == nb.__version__
+    else:
+        assert "numba" not in environment
 
 
 @pytest.mark.parametrize("boundary", ["bertero", "zero", "reflect"])
