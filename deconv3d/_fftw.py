@@ -213,7 +213,10 @@ def _wisdom_set_aside(pyfftw):
     """Plan with no wisdom held, then restore it (call with :data:`_lock` held). FFTW takes a plan
     from the wisdom it holds whatever the flags, ``FFTW_ESTIMATE`` included: ``estimate`` runs
     reused the plans measured by earlier runs (the file, or this process's), so an estimate run
-    after default-planner runs differed from one before them by 2.3e-5 of the maximum."""
+    after default-planner runs differed from one before them by 2.3e-5 of the maximum. Wisdom
+    imported again is exported in another order: where it was what the file holds, the file's
+    marker takes that order, or the next run would save an unchanged file as if it had measured."""
+    global _wisdom_on_disk
     held = pyfftw.export_wisdom()
     pyfftw.forget_wisdom()
     try:
@@ -221,6 +224,8 @@ def _wisdom_set_aside(pyfftw):
     finally:
         pyfftw.forget_wisdom()
         pyfftw.import_wisdom(held)
+        if tuple(held) == _wisdom_on_disk:
+            _wisdom_on_disk = tuple(pyfftw.export_wisdom())
 
 
 class _Planner:

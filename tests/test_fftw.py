@@ -542,3 +542,34 @@ def test_processes_recording_sizes_at_once_keep_every_size(tmp_path, monkeypatch
         w.join()
     assert sorted(set(_fftw._read_sizes(_fftw._sizes_path()))) == sorted(f"{i}x{j}:float32" for i in range(6)
                                                                           for j in range(40))
+
+
+@needs_fftw
+def test_an_estimate_run_leaves_the_next_run_nothing_to_save(tmp_path, monkeypatch):
+    """Setting the wisdom aside for an estimate run and importing it back changes the order FFTW
+    exports it in: the next default run in the process compared it with the file's copy, found a
+    difference, and rewrote the file (logging "planned ... in 0.0 s") though it measured nothing."""
+    import pyfftw
+
+    shape = (8, 16, 18)
+    monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
+    saved = []
+    monkeypatch.setattr(_fftw, "_save_wisdom", lambda fftw, real=_fftw._save_wisdom: (saved.append(1), real(fftw)))
+    before = pyfftw.export_wisdom()
+    try:
+        pyfftw.forget_wisdom()
+        _new_process(monkeypatch)
+        monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "measure")
+        _fftw.FFTWTransforms(shape, 1, torch.float32)  # measured, and saved
+        assert saved
+        saved.clear()
+        _fftw.FFTWTransforms(shape, 1, torch.float32)  # the same plans again: nothing to save
+        assert not saved
+        monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "estimate")
+        _fftw.FFTWTransforms(shape, 1, torch.float32)
+        monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "measure")
+        _fftw.FFTWTransforms(shape, 1, torch.float32)  # still nothing new measured
+        assert not saved
+    finally:
+        pyfftw.forget_wisdom()
+        pyfftw.import_wisdom(before)
