@@ -65,7 +65,7 @@ def demo_methods(image, psf, device="auto", iterations: int = DEMO_ITERATIONS, a
         yield name, result, time.perf_counter() - start
 
 
-_SSL_STEPS: list[int] = []  # training steps and reference RL count of the last demo network (the table's note)
+_SSL_STEPS: list = []  # the last demo network's steps, RL count, and whether the budget cut each (the table's note)
 
 
 def _demo_ssl(image, psf, device):
@@ -85,10 +85,15 @@ def _demo_ssl(image, psf, device):
     # warm_tv=0: one held-out RL calibration instead of four (the budget counts it, and this PSF is large)
     config = TrainConfig(steps=400, patch=24, batch=1, lr=1e-3, decay_steps=200, time_budget=DEMO_SSL_SECONDS,
                          warm_tv=0.0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="the time budget ended the search", category=RuntimeWarning)
+    cut = "the time budget ended the search"
+    with warnings.catch_warnings(record=True) as shown:  # (the caller's filters still decide what is shown)
+        warnings.filterwarnings("always", message=cut, category=RuntimeWarning)
         result = train(image, psf, config=config, unet=UNetConfig(ndim=3, base_channels=8, depth=3), device=device)
-    _SSL_STEPS[:] = [result.steps_done, result.reference.iterations]
+    for w in shown:  # all but the search's cut, shown as they would have been
+        if not str(w.message).startswith(cut):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    _SSL_STEPS[:] = [result.steps_done, result.reference.iterations, result.reason == "time_budget",
+                     any(str(w.message).startswith(cut) for w in shown)]
     return apply_model(result, image, device=device)
 
 
@@ -151,10 +156,12 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
         stacks[name] = result
         rows.append(_row(name, truth, result, seconds, psnr_rescaled, ssim_rescaled))
     if _SSL_STEPS:
+        steps, iterations, steps_cut, search_cut = _SSL_STEPS
+        cut = " and ".join(what for what, was_cut in (("steps", steps_cut), ("RL count", search_cut)) if was_cut)
         next(r for r in rows if r["method"] == "ssl")["note"] = (
-            f"{_SSL_STEPS[0]} training steps in {DEMO_SSL_SECONDS:.0f} s on RL at {_SSL_STEPS[1]} iterations, both "
-            f"limited by the budget at this machine's load (a rerun can differ): far too few steps on a CPU; train "
-            f"for minutes with 'deconv3d train'")
+            f"{steps} training steps in {DEMO_SSL_SECONDS:.0f} s on RL at {iterations} iterations"
+            + (f", {cut} limited by the budget at this machine's load (a rerun can differ)" if cut else "")
+            + ": far too few steps on a CPU; train for minutes with 'deconv3d train'")
     say(f"blur synthesis: training a linear-latent autoencoder ({DEMO_BLUR_SECONDS:.0f} s)")
     start = time.perf_counter()
     blur = demo_blur(device, seed)

@@ -130,10 +130,13 @@ def test_the_demo_does_not_advise_a_time_budget_it_has_no_option_for(monkeypatch
     assert [str(w.message) for w in caught if "budget" in str(w.message)] == []
 
 
-def test_the_timed_rows_name_the_counts_their_budgets_allowed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cut", ["both", "steps", "none"])
+def test_the_timed_rows_name_the_counts_their_budgets_allowed(tmp_path, monkeypatch, cut):
     """Two demos gave different ssl and blur-synth rows (31.25 against 31.65 dB, 28.83 against 30.24):
     both trainings stop on wall-clock budgets. Their notes name what the budget allowed: the steps
-    of each training, and the RL count the ssl network corrects (where the budget cut its search)."""
+    of each training, and the RL count the ssl network corrects; the ssl note says which of the two
+    the budget cut (it said both were, always, where the search had run to its end)."""
+    import warnings
     import importlib
     from types import SimpleNamespace
 
@@ -143,8 +146,16 @@ def test_the_timed_rows_name_the_counts_their_budgets_allowed(tmp_path, monkeypa
     latent_train = importlib.import_module("deconv3d.latent.train")  # (deconv3d.latent.train is its function)
 
     shrink(monkeypatch)
-    fake_ssl = SimpleNamespace(steps_done=3, reference=SimpleNamespace(iterations=17))
-    monkeypatch.setattr(deconv3d.selfsup, "train", lambda *args, **kwargs: fake_ssl)
+    fake_ssl = SimpleNamespace(steps_done=3, reference=SimpleNamespace(iterations=17),
+                               reason="completed" if cut == "none" else "time_budget")
+
+    def fake_train(*args, **kwargs):
+        if cut == "both":
+            warnings.warn("the time budget ended the search for the reference's Richardson-Lucy count at 17 "
+                          "iteration(s)", RuntimeWarning)
+        return fake_ssl
+
+    monkeypatch.setattr(deconv3d.selfsup, "train", fake_train)
     monkeypatch.setattr(deconv3d.selfsup, "apply_model", lambda result, image, device: image)
     monkeypatch.setattr(latent_train, "train", lambda *args, **kwargs: SimpleNamespace(steps_done=41, model=None))
     monkeypatch.setattr(ops, "synthesize_blur", lambda model, far, near, fractions, residual:
@@ -152,7 +163,13 @@ def test_the_timed_rows_name_the_counts_their_budgets_allowed(tmp_path, monkeypa
     monkeypatch.setattr(demo, "draw_projections", lambda *args, **kwargs: None)
     monkeypatch.setattr(demo, "demo_methods", lambda image, psf, device, announce: [
         ("ssl", demo._demo_ssl(image, psf, device), 1.0)])  # the classical rows are not under test
-    rows = {r["method"]: r for r in demo.run_demo(tmp_path / "demo", device="cpu")}
-    assert rows["ssl"]["note"].startswith("3 training steps in 1 s on RL at 17 iterations")
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        rows = {r["method"]: r for r in demo.run_demo(tmp_path / "demo", device="cpu")}
+    assert not [w for w in shown if "ended the search" in str(w.message)]  # its advice is no demo option
+    said = {"both": ", steps and RL count limited by the budget", "steps": ", steps limited by the budget",
+            "none": ": far too few"}[cut]
+    assert rows["ssl"]["note"].startswith("3 training steps in 1 s on RL at 17 iterations" + said)
     assert rows["blur-synth"]["note"].startswith("41 training steps in 1 s")
-    assert all("a rerun can differ" in rows[name]["note"] for name in ("ssl", "blur-synth"))
+    assert ("a rerun can differ" in rows["ssl"]["note"]) == (cut != "none")
+    assert "a rerun can differ" in rows["blur-synth"]["note"]
