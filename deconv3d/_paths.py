@@ -330,7 +330,7 @@ def _select(path: Path, parts: tuple):
         raise ValueError("Invalid pattern: '**' can only be an entire path component")
     elif not any(c in head for c in "*?["):  # a name as it is
         child = path / head
-        if child.is_dir() if rest else child.exists():
+        if _present(child, folder=bool(rest)):
             yield from _select(child, rest)
     else:
         for entry in _entries(path):
@@ -354,6 +354,15 @@ def _entries(path: Path) -> list:
             return list(entries)
     except PermissionError:
         return []
+
+
+def _present(path: Path, folder: bool) -> bool:
+    """Whether ``path`` exists (is a folder, with ``folder``); not where it may not be looked at, inside
+    a folder another user keeps to themselves (``lost+found``), as :meth:`Path.glob` skips those."""
+    try:
+        return path.is_dir() if folder else path.exists()
+    except OSError:
+        return False
 
 
 def _is_folder(entry, follow_symlinks: bool = True) -> bool:

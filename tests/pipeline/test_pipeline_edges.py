@@ -584,6 +584,45 @@ def test_batch_glob_does_not_enter_hidden_folders_its_pattern_does_not_name(tmp_
         ".raw/k.tif", "sub/.snap/h.tif"]
 
 
+
+def test_batch_glob_skips_a_folder_it_may_not_look_into(tmp_path, monkeypatch):
+    """A folder another user keeps to themselves (lost+found, mode 700) ended the batch's glob in a
+    PermissionError where a pattern named a part inside it ('**/2024/*.tif', '*/5678/*.tif'); Path.glob
+    skipped it. (Running as root passes any mode, so the refusal is made here.)"""
+    import os
+
+    from deconv3d.pipeline.batch import find_inputs
+
+    folder = tmp_path / "in"
+    for rel in ("cells/2024/a.tif", "cells/5678/b.tif", "c.tif"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"")
+    closed = folder / "lost+found"
+    closed.mkdir()
+    real_stat, real_scandir = Path.stat, os.scandir
+
+    def refuse(path):
+        if Path(path).is_relative_to(closed) and Path(path) != closed:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    def stat(self, **kwargs):
+        refuse(self)
+        return real_stat(self, **kwargs)
+
+    def scandir(path="."):
+        refuse(Path(path) / "x")
+        return real_scandir(path)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(PermissionError):
+        (closed / "2024").is_dir()
+    found = {pattern: [p.relative_to(folder).as_posix() for p in find_inputs(folder, [pattern])]
+             for pattern in ("**/2024/*.tif", "*/5678/*.tif", "*/*/*.tif", "**/*.tif")}
+    assert found == {"**/2024/*.tif": ["cells/2024/a.tif"], "*/5678/*.tif": ["cells/5678/b.tif"],
+                     "*/*/*.tif": ["cells/2024/a.tif", "cells/5678/b.tif"],
+                     "**/*.tif": ["c.tif", "cells/2024/a.tif", "cells/5678/b.tif"]}
+
 def test_batch_finds_image_files_whatever_the_case_of_their_suffix(tmp_path, capsys):
     """.TIF and .Tiff (Windows tools, vendors) were skipped without a word, exit 0."""
     from deconv3d.pipeline.batch import _any_case, find_inputs
