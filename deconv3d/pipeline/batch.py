@@ -28,6 +28,7 @@ from deconv3d.errors import InputError
 from deconv3d.pipeline.locks import (BUSY, DEFERRING, DONE_ELSEWHERE, claim, note_writer, noted_writers, report_lock,
                                      settings_guard)
 from deconv3d.pipeline.records import path_text
+from deconv3d.pipeline.row_warnings import warnings_into
 from deconv3d.pipeline.settings import (OUTPUT_FORMATS, RUN_KEYS, Settings, _many, channel_count, load_config,
                                        make_settings)
 
@@ -271,8 +272,9 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     ``input_sha256`` is the input's hash, taken before the work starts (for provenance records).
     Returns one row per file, appended to ``rows`` when given (so that a caller interrupted
     midway still has the rows of the files finished); a row's ``warnings`` lists the text of each
-    warning shown while its file's ``process_one`` ran (:func:`_warnings_into`; the command line puts
-    its own wording of them, naming its options, in their place). A
+    warning shown while its file's ``process_one`` ran, in its thread or in worker threads
+    (:func:`~deconv3d.pipeline.row_warnings.warnings_into`: batches may run in several threads at
+    once); the command line puts its own wording of them, naming its options, in their place. A
     completion record counts as finished when it holds one of :meth:`Settings.finished_fingerprints`
     or of ``also_finished_as`` (the hashes of these settings as earlier versions read the command
     that gave them).
@@ -439,7 +441,7 @@ def _process(path, output, record, settings, process_one, row) -> None:
         # fingerprint that holds them: a file replaced before the fingerprint or during the run fails it.
         shared = _shared_hashes(settings)
         settings_hash = settings.fingerprint()
-        with _warnings_into(row):
+        with warnings_into(row):
             process_one(path, output, digest)
         _check_unchanged(shared, settings, path)
         row["settings"] = settings_hash
@@ -455,27 +457,6 @@ def _process(path, output, record, settings, process_one, row) -> None:
     else:
         row["status"] = "done"
     row["seconds"] = round(time.perf_counter() - start, 3)
-
-
-@contextlib.contextmanager
-def _warnings_into(row: dict):
-    """Add the text of each warning shown while the block runs to ``row["warnings"]``, and show it as
-    before (through the caller's ``warnings.showwarning``: a GUI's hook, ``catch_warnings``' recorder,
-    the command line's). A Python caller's rows had no warnings at all: only the command line filled
-    them. The caller's warning filters decide which are shown, and so listed ("ignore": none)."""
-    import warnings
-
-    shown = warnings.showwarning
-
-    def listed(message, category, filename, lineno, file=None, line=None):
-        row["warnings"].append(path_text(str(message)))
-        shown(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = listed
-    try:
-        yield
-    finally:
-        warnings.showwarning = shown
 
 
 def _shared_hashes(settings: Settings) -> dict[str, str]:

@@ -247,3 +247,114 @@ def test_run_batch_from_python_lists_each_file_s_warnings_in_its_row(bare):
     assert {os.path.basename(r["file"]): (r["status"], r["warnings"]) for r in rows} == {
         "bare.tif": ("done", [line]), "calibrated.tif": ("done", [])}
     assert warnings.showwarning is hook
+
+
+def _folders_of_one_file(base, names):
+    """A folder per name holding one (never read) file, and a PSF file, for run_batch with a stand-in
+    ``process_one``."""
+    for name in names:
+        (base / f"in{name}").mkdir()
+        (base / f"in{name}" / f"{name.lower()}.tif").write_bytes(name.encode() * 64)
+    (base / "psf.tif").write_bytes(b"psf")
+    from deconv3d.pipeline.batch import make_settings
+
+    return make_settings({"psf": str(base / "psf.tif"), "iterations": 2})
+
+
+def _finished(output):
+    output.mkdir()
+    (output / "zarr.json").write_text("{}")
+
+
+def test_two_batches_in_two_threads_keep_their_own_warnings_and_the_caller_s_hook(tmp_path):
+    """Each file's run swapped the process's warnings.showwarning and restored it: two batches run in two
+    threads crossed rows (A's warning in B's row, B's in none), left a hook installed for good, and a
+    later, unrelated warning landed in A's finished row."""
+    import threading
+
+    from deconv3d.pipeline.batch import run_batch
+
+    settings = _folders_of_one_file(tmp_path, "AB")
+    a_in, b_in, a_done = threading.Event(), threading.Event(), threading.Event()
+
+    def process_a(path, output, digest):
+        a_in.set()
+        assert b_in.wait(10)  # B's run listens too
+        warnings.warn("warning from A", RuntimeWarning)
+        _finished(output)
+
+    def process_b(path, output, digest):
+        b_in.set()
+        assert a_done.wait(10)  # A's run has ended
+        warnings.warn("warning from B", RuntimeWarning)
+        _finished(output)
+
+    rows = {}
+
+    def run_a():
+        try:
+            rows["A"] = run_batch(tmp_path / "inA", tmp_path / "outA", settings, process_a)
+        finally:
+            a_done.set()
+
+    def run_b():
+        assert a_in.wait(10)
+        rows["B"] = run_batch(tmp_path / "inB", tmp_path / "outB", settings, process_b)
+
+    shown = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = caller = lambda message, *rest: shown.append(str(message))
+        threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert [r["warnings"] for r in rows["A"]] == [["warning from A"]]
+        assert [r["warnings"] for r in rows["B"]] == [["warning from B"]]
+        assert warnings.showwarning is caller and shown == ["warning from A", "warning from B"]
+        warnings.warn("a later, unrelated warning", RuntimeWarning)
+    assert [r["warnings"] for r in rows["A"]] == [["warning from A"]] and shown[-1] == "a later, unrelated warning"
+
+
+def test_a_warning_from_a_block_worker_thread_goes_to_the_one_file_running(tmp_path):
+    """A file's blocks run in worker threads: their warnings belong to the one row listening. With two
+    batches running, a worker's warning belongs to neither row for sure, and is only shown."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deconv3d.pipeline.batch import run_batch
+
+    settings = _folders_of_one_file(tmp_path, "AB")
+    a_in, b_done = threading.Event(), threading.Event()
+
+    def in_a_worker(text):
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(warnings.warn, text, RuntimeWarning).result()
+
+    def process_a(path, output, digest):
+        in_a_worker("from A's block")
+        a_in.set()
+        assert b_done.wait(10)
+        in_a_worker("from A's block, B done")
+        _finished(output)
+
+    def process_b(path, output, digest):
+        in_a_worker("from a block while A and B run")
+        _finished(output)
+
+    shown = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *rest: shown.append(str(message))
+        rows = {}
+        thread = threading.Thread(target=lambda: rows.setdefault(
+            "A", run_batch(tmp_path / "inA", tmp_path / "outA", settings, process_a)))
+        thread.start()
+        assert a_in.wait(10)
+        rows["B"] = run_batch(tmp_path / "inB", tmp_path / "outB", settings, process_b)
+        b_done.set()
+        thread.join(30)
+    assert [r["warnings"] for r in rows["A"]] == [["from A's block", "from A's block, B done"]]
+    assert [r["warnings"] for r in rows["B"]] == [[]]
+    assert shown == ["from A's block", "from a block while A and B run", "from A's block, B done"]
