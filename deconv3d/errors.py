@@ -12,6 +12,17 @@ import warnings as _warnings
 #: while a PSF was generated; review of process-global state).
 WARNINGS_LOCK = threading.RLock()
 
+#: deconv3d's own modules, as the ``module`` of a warning filter names them.
+OWN_MODULES = r"deconv3d(\.|$)"
+
+
+def always_show_own_warnings() -> None:
+    """Put first among the warning filters one that shows each of deconv3d's own warnings every time it
+    is issued, not once per place as Python's default does: a batch lists each file's warnings in its
+    row, and a plain ``warnings.warn`` of the library (a PSF's flat floor) that the second file drew too
+    was listed in the first file's row only."""
+    _warnings.filterwarnings("always", module=OWN_MODULES)
+
 
 class InputError(ValueError):
     """Bad user input: a missing or unreadable file, an invalid array or parameter.

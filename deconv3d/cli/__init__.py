@@ -21,7 +21,7 @@ import warnings
 
 from deconv3d import __version__
 from deconv3d._paths import SPACE_ERRORS, out_of_space, settle_zarr
-from deconv3d.errors import Deconv3dWarning, InputError
+from deconv3d.errors import OWN_MODULES, Deconv3dWarning, InputError
 
 from . import blur, classical, pipeline, selfsup
 from ._common import Parser, Terminated, add_common, check_environment, show_warning
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             # The library's warnings are part of the command's output, whatever PYTHONWARNINGS says
             # ('ignore' hid them, 'error' failed the run or every file of a batch): its own RuntimeWarnings
             # once per place as Python's default does, errors.warn's lines (Deconv3dWarning) every time.
-            warnings.filterwarnings("default", module=r"deconv3d(\.|$)")
+            warnings.filterwarnings("default", module=OWN_MODULES)
             warnings.simplefilter("always", Deconv3dWarning)
             return args.func(args)
     except InputError as exc:

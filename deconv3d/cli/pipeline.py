@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor, glob_hides
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, always_show_own_warnings
 
 from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, Terminated, add_common, add_optics, check_output,
                       make_bar, positive_float, positive_int, print_warnings, show_warning, warning_text)
@@ -344,7 +344,7 @@ class _BatchWarnings:
             warnings.showwarning = self
             # Every time, for each file's row: main's 'default' passed a plain warnings.warn of the library
             # (a PSF's flat floor) once per place, to the first file's row only (a repeat prints once here).
-            warnings.filterwarnings("always", module=r"deconv3d(\.|$)")
+            always_show_own_warnings()
             yield
 
     def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:

@@ -305,6 +305,7 @@ def test_two_batches_in_two_threads_keep_their_own_warnings_and_the_caller_s_hoo
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = caller = lambda message, *rest: shown.append(str(message))
+        filters = list(warnings.filters)
         threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
         for thread in threads:
             thread.start()
@@ -313,6 +314,7 @@ def test_two_batches_in_two_threads_keep_their_own_warnings_and_the_caller_s_hoo
         assert [r["warnings"] for r in rows["A"]] == [["warning from A"]]
         assert [r["warnings"] for r in rows["B"]] == [["warning from B"]]
         assert warnings.showwarning is caller and shown == ["warning from A", "warning from B"]
+        assert warnings.filters == filters
         warnings.warn("a later, unrelated warning", RuntimeWarning)
     assert [r["warnings"] for r in rows["A"]] == [["warning from A"]] and shown[-1] == "a later, unrelated warning"
 
@@ -358,3 +360,31 @@ def test_a_warning_from_a_block_worker_thread_goes_to_the_one_file_running(tmp_p
     assert [r["warnings"] for r in rows["A"]] == [["from A's block", "from A's block, B done"]]
     assert [r["warnings"] for r in rows["B"]] == [[]]
     assert shown == ["from A's block", "from a block while A and B run", "from A's block, B done"]
+
+
+def test_a_warning_that_two_files_draw_under_the_default_filters_is_in_both_rows(tmp_path):
+    """Python's default filters show a warning once per place: a PSF's flat floor, drawn by both files,
+    was listed in the first file's row only. The caller's filters are as they were after the batch."""
+    from deconv3d.pipeline.batch import make_settings, run_batch
+
+    psf = gaussian_psf((5, 5, 5))
+    floor = gaussian_psf((9, 9, 9))
+    write_tiff(tmp_path / "psf.tif", floor + 0.05 * floor.max(), voxel_size=(0.3, 0.1, 0.1))
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        write_tiff(tmp_path / "in" / f"img{i}.tif", blurred_beads((12, 20, 20), psf, seed=i),
+                   voxel_size=(0.3, 0.1, 0.1))
+    settings = make_settings({"psf": str(tmp_path / "psf.tif"), "method": "wiener"})
+    shown = []
+    with warnings.catch_warnings():
+        warnings.resetwarnings()  # Python's defaults: RuntimeWarnings once per place
+        warnings.simplefilter("default")
+        warnings.filterwarnings("always", module=r"deconv3d(\.|$)", append=True)  # (an equal one, not first)
+        warnings.showwarning = lambda message, *rest: shown.append(str(message))
+        before = list(warnings.filters)
+        rows = run_batch(tmp_path / "in", tmp_path / "out", settings,
+                         lambda path, output, digest: deconvolve_file(path, output, settings, checksum=digest))
+        assert warnings.filters == before
+    floor_warning = [w for w in shown if w.startswith("the PSF's faces sit at")]
+    assert len(floor_warning) == 2 and floor_warning[0] == floor_warning[1]
+    assert [r["warnings"] for r in rows] == [floor_warning[:1], floor_warning[1:]]
