@@ -309,7 +309,13 @@ def glob_shown(folder, pattern: str) -> list[Path]:
     """What ``Path(folder).glob(pattern)`` (Python 3.11's) finds, less what :func:`glob_hides` hides,
     found without entering a hidden folder that the pattern reaches only through a wildcard: a
     ``**`` pattern walked a file server's ``.snapshot`` tree whole, then dropped all it found there.
-    A pattern part that starts with a dot (``.raw/*.tif``) enters the folders it matches."""
+    A pattern part that starts with a dot (``.raw/*.tif``) enters the folders it matches.
+
+    The rule is Python 3.11's on every Python: ``**`` matches ``folder`` (or the folder it stands
+    in) and every folder below it, never a file, and does not follow links to folders (Python 3.13's
+    ``Path.glob`` matches files too: ``**`` alone, ``sub/**``); ``**/*.tif`` finds the ``.tif`` files
+    at every depth; a pattern that ends in ``/`` matches folders only; a folder that may not be read
+    is skipped. Paths are in the order found, each once."""
     if not pattern or Path(pattern).is_absolute():
         raise ValueError(f"unacceptable pattern {pattern!r}: give one relative to the folder")
     parts = Path(pattern).parts + (("",) if pattern.endswith(("/", os.sep)) else ())  # "x/": x a folder
