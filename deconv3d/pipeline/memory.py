@@ -555,8 +555,10 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
         work = math.prod(counts) * math.prod(padded)
         if work < best_cost:
             best, best_cost = chunks, work
-    if best is None:  # what the smallest block needs, and a limit that holds it
-        needs = (f"the smallest block {tuple(least)} with halo {tuple(halo)} needs about {format_bytes(smallest)}, "
+    if best is None:  # what the smallest block needs, and a limit that holds it (with the halo it runs with:
+        # none along an axis it spans whole)
+        depth = plan_chunks(shape, tuple(least), tuple(halo))[1]
+        needs = (f"the smallest block {tuple(least)} with halo {tuple(depth)} needs about {format_bytes(smallest)}, "
                  f"{format_bytes(fixed)} of it the program's own (Python, torch and their libraries)")
         enough = math.ceil(smallest * 1.1)
     if best is None and automatic:  # the limit is AVAILABLE_SHARE of the free memory, or a worker's share of that

@@ -487,3 +487,16 @@ def test_not_enough_free_memory_says_the_program_s_own_share_and_how_much_to_fre
         choose_chunks(shape, limit(free), model, halo, baseline=baseline)
     needs = re.search(r"the smallest block .* their libraries\)", message).group()
     assert needs in str(explicit.value)
+
+
+@pytest.mark.parametrize("automatic", [False, True])
+def test_the_smallest_block_is_named_with_the_halo_it_runs_with(automatic):
+    """The message named the halo asked for, (10, 4, 4), where the smallest block spans the 12 planes
+    of z whole and so runs with none along z (plan_chunks gives depth (0, 4, 4))."""
+    from deconv3d.pipeline.chunked import plan_chunks
+
+    shape, halo = (12, 256, 256), (10, 4, 4)
+    with pytest.raises(InputError) as caught:
+        choose_chunks(shape, 10**6, MemoryModel("rl", (21, 7, 7)), halo, baseline=0, automatic=automatic)
+    assert plan_chunks(shape, (12, 8, 8), halo)[1] == (0, 4, 4)
+    assert "the smallest block (12, 8, 8) with halo (0, 4, 4) needs about" in str(caught.value), caught.value
