@@ -68,8 +68,9 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     channel). Without chunks or a limit, a volume that does not fit in the available memory gets a
     limit (:func:`~deconv3d.pipeline.memory.limit_for_available`), with a warning: only for
     blocks run on this machine (``local``: the processes that share its free memory, each given an
-    equal share of it, 1 for this process's threads; 0 on a cluster, whose workers' memory this
-    does not see: :func:`_processes_here`) on the CPU (a GPU's memory is not budgeted).
+    equal share of it less the program's own memory of the others, 1 for this process's threads; 0
+    on a cluster, whose workers' memory this does not see: :func:`_processes_here`) on the CPU (a
+    GPU's memory is not budgeted).
 
     Per-channel callables share one plan: the widest halo and the largest chunk multiple
     any of them asks for, so that no channel's blocks are cut short of its PSF's reach. With a

@@ -250,16 +250,21 @@ def limit_for_available(model: "MemoryModel", shape: Sequence[int], baseline: in
                         processes: int = 1) -> int | None:
     """A memory limit for a run given none, or None when the whole ``shape`` fits in what is
     available (:func:`available_memory`) with ``held`` bytes more (an in-memory run's image and
-    result): the memory now (``baseline``) plus :data:`AVAILABLE_SHARE` of what is available, or
-    of an equal share of it for each of ``processes`` worker processes that run blocks at once
-    (``--scheduler processes``: a whole volume runs in one of them). Without it a volume larger
-    than the memory ran as one block until the kernel killed the process, with no message."""
+    result): the memory now (``baseline``) plus :data:`AVAILABLE_SHARE` of what is available, or,
+    for ``processes`` worker processes that run blocks at once (``--scheduler processes``: a whole
+    volume runs in one of them), that share less the program's own memory of all of them but one
+    (each loads its libraries, taken as ``baseline``: a LocalCluster worker grew from 329 to 517 MB
+    after the free memory was measured, 120 MB per worker over the share), split equally among
+    them. Without it a volume larger than the memory ran as one block until the kernel killed
+    the process, with no message."""
     available = available_memory()
     if available is None:
         return None
     whole = model.peak_bytes(shape, (0,) * len(shape), shape, workers=1, baseline=baseline) + held
-    share = int(AVAILABLE_SHARE * available)
-    return None if whole <= baseline + share else baseline + share // max(1, int(processes))
+    share, processes = int(AVAILABLE_SHARE * available), max(1, int(processes))
+    if whole <= baseline + share:
+        return None
+    return baseline + (share - (processes - 1) * baseline) // processes  # (= (share + baseline) / processes)
 
 
 _FIRST_BASELINE: list = []  # the resident memory of this process when its first run was planned
@@ -523,8 +528,8 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
         If not even the smallest candidate fits; the message says what its block needs, how much
         of that is the program's own (``baseline`` and :data:`RESIDENT_ALLOWANCE`), and suggests a
         limit that would fit it, or for an ``automatic`` limit (:func:`limit_for_available`, each of
-        ``processes`` worker processes given an equal share of the free memory) says that too little
-        memory is free and about how much more to free.
+        ``processes`` worker processes given an equal share of the free memory, less the program's
+        own memory of the others) says that too little memory is free and about how much more to free.
     """
     from deconv3d.pipeline.chunked import plan_chunks, sides_in_whole_chunks
 
@@ -563,7 +568,7 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
         enough = math.ceil(smallest * 1.1)
     if best is None and automatic:  # the limit is AVAILABLE_SHARE of the free memory, or a worker's share of that
         who = "the run" if processes <= 1 else f"each of its {processes} worker processes"
-        shared = "" if processes <= 1 else ", shared among them"
+        shared = "" if processes <= 1 else ", less the program's own in the others, shared among them"
         more = (enough - memory_limit) / AVAILABLE_SHARE * max(1, processes)
         raise InputError(f"not enough free memory: {needs}, and {who} may use {format_bytes(memory_limit)} "
                          f"({AVAILABLE_SHARE:.0%} of what is available{shared}): free about {format_bytes(more)} "

@@ -213,9 +213,9 @@ def test_a_lost_scheduler_is_named(tmp_path, volume, psf3d):
 def test_local_worker_processes_each_get_a_share_of_the_free_memory(monkeypatch):
     """Found by the out-of-core review: ``batch --scheduler processes`` never went block by block on
     its own (a whole volume predicted at 552 MB ran whole with 456 MB allowed) while ``threads``
-    split it. Each worker process of a LocalCluster now gets an equal share of the free memory
-    (one worker: all of it, as threads); a cluster at an address, whose workers' memory is not
-    seen here, is left to the user's limit as before."""
+    split it. Each worker process of a LocalCluster now gets an equal share of the free memory, less
+    the program's own memory of the others (one worker: all of it, as threads); a cluster at an
+    address, whose workers' memory is not seen here, is left to the user's limit as before."""
     import warnings
 
     from distributed import Client, LocalCluster
@@ -226,7 +226,7 @@ def test_local_worker_processes_each_get_a_share_of_the_free_memory(monkeypatch)
 
     from .conftest import gaussian_psf
 
-    psf, shape, baseline = gaussian_psf(), (64, 256, 256), 300 * 10**6
+    psf, shape, baseline = gaussian_psf(), (64, 512, 512), 300 * 10**6
     model = MemoryModel("rl", psf.shape, accelerate=False)
     block = RichardsonLucyBlock(psf, 2, accelerate=False)
     monkeypatch.setattr(pipeline, "planning_baseline", lambda: baseline)
@@ -246,7 +246,7 @@ def test_local_worker_processes_each_get_a_share_of_the_free_memory(monkeypatch)
             Client(cluster) as client:
         assert pipeline._processes_here(client) == 2
         two = plan(client)
-    assert two.memory_limit == baseline + share // 2  # each worker's half of the 80 %
+    assert two.memory_limit == baseline + (share - baseline) // 2  # each worker's half of the 80 % less its own
     assert two.predicted <= two.memory_limit and two.blocks > threads.blocks
 
     class AddressClient:  # Client("tcp://...") has no cluster object: its workers may be anywhere
