@@ -130,8 +130,8 @@ def sides_in_whole_chunks(chunks: Sequence[int], shape: Sequence[int], cap: Sequ
                 c = max(path[path.index(side):])  # whichever side of the cycle it entered by
                 break
             if len(path) > n:  # (sides lie in 1..n: more that all differ is a broken step, which hung the run)
-                raise RuntimeError(f"sides_in_whole_chunks: a side of axis {n} (cap {k}, grid {m}, halo {h}) did not "
-                                   f"settle in {len(path)} steps ({path[:4]} ...): an internal error")
+                raise RuntimeError(f"sides_in_whole_chunks: a side along an axis of {n} (cap {k}, grid {m}, halo {h}) "
+                                   f"did not settle in {len(path)} steps ({path[:4]} ...): an internal error")
             path.append(side)
             c = side
         out.append(c)

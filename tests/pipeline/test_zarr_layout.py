@@ -175,7 +175,8 @@ def test_sides_in_whole_chunks_ends_where_the_cap_is_not_a_multiple_of_the_grid(
 
 def test_sides_in_whole_chunks_raises_where_its_step_never_settles(monkeypatch):
     """Its walk had no bound: a step that never repeats a side (as one that passes the axis) looped
-    for ever, and this file's tests hung instead of failing. A side in 1..n settles within n steps."""
+    for ever, and this file's tests hung instead of failing. A side in 1..n settles within n steps. The
+    error names the axis by its length ("an axis of 13"; "axis 13" read as the 14th axis)."""
     import deconv3d.pipeline.chunked as chunked
 
     calls = []
@@ -186,7 +187,8 @@ def test_sides_in_whole_chunks_raises_where_its_step_never_settles(monkeypatch):
         return c + 1
 
     monkeypatch.setattr(chunked, "_whole_chunk_side", growing)
-    with pytest.raises(RuntimeError, match=r"^sides_in_whole_chunks: a side of axis 13 .* did not settle in 14 steps"):
+    said = r"^sides_in_whole_chunks: a side along an axis of 13 \(cap 5, grid 3, halo 8\) did not settle in 14 steps"
+    with pytest.raises(RuntimeError, match=said):
         chunked.sides_in_whole_chunks((9,), (13,), (5,), 3, (8,))
     assert len(calls) == 14
 
