@@ -88,7 +88,7 @@ class Settings:
                f"isotropic 3D voxels (try 0.002), got {self.tv_weight!r}")
         _check(isinstance(self.pattern, tuple) and self.pattern
                and all(isinstance(p, str) and p.strip() and not Path(p).is_absolute() and ".." not in Path(p).parts
-                       for p in self.pattern),
+                       and Path(p).parts for p in self.pattern),  # ("." or "./": the input folder itself)
                f"{_n('pattern')} needs file-name patterns inside the input folder, like \"*.tif\", got {self.pattern!r}")
         _check(is_whole(self.pyramid_levels) and self.pyramid_levels >= 0,
                f"{_n('pyramid_levels')} must be a whole number >= 0, got {self.pyramid_levels!r}")

@@ -785,6 +785,18 @@ def test_settings_every_file_would_fail_on_are_refused_up_front(folder, capsys, 
     assert not (folder / "out").exists()
 
 
+@pytest.mark.parametrize("pattern", [".", "./", "./."])
+def test_a_pattern_naming_the_input_folder_itself_is_refused(folder, capsys, pattern):
+    """--pattern . (or ./) made the input folder itself the batch's one input, which failed as "a folder
+    but not a zarr image", exit 3, as '..' was refused: exit 2, naming the fix, nothing written."""
+    from cli_helpers import assert_one_line_error
+
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--psf", folder / "psf.tif", "--pattern",
+                        pattern], capsys)
+    assert_one_line_error(code, err, "pattern needs file-name patterns inside the input folder, like \"*.tif\"")
+    assert not (folder / "out").exists()
+
+
 def test_chunked_and_batch_refuse_an_image_with_no_positive_value(folder, capsys, monkeypatch):
     """Background subtracted past zero: RL's output is non-negative, so the chunked path wrote an
     all-zero output with exit 0 where the in-memory path refuses; Wiener still runs on it."""
