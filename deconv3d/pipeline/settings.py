@@ -209,6 +209,11 @@ class Settings:
 
         return precision_name(self.amp, torch.device(self.device_kind()))
 
+    def accelerated_rl(self) -> bool:
+        """Whether the method runs accelerated Richardson-Lucy (``rl`` or ``rl-tv``), whose chunked output
+        changed when its blocks came to be written from the measuring run (:func:`~deconv3d.pipeline.batch.is_finished`)."""
+        return self.method in ("rl", "rl-tv") and bool(self.accelerate)
+
     def fingerprint(self, legacy: bool = False) -> str:
         """Hash of everything that changes the output (not the file pattern).
 

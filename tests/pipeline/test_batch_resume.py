@@ -178,6 +178,35 @@ def test_batch_redoes_a_finished_file_when_the_settings_change(one_image, capsys
     assert not np.allclose(redone, same)  # 2 and 5 iterations really differ
 
 
+def test_chunked_accelerated_rl_finished_by_a_version_before_its_block_rule_is_redone_once(tmp_path, capsys):
+    """Block-by-block accelerated RL writes the blocks its measuring box holds from that run since the
+    versions whose records list their ``outputs``; batches an earlier version finished (record without
+    ``outputs``) were skipped, their outputs differing from this version's."""
+    from deconv3d.pipeline.batch import _older_blocks
+
+    (tmp_path / "in").mkdir()
+    write_tiff(tmp_path / "in" / "img0.tif", blurred_beads((8, 40, 40), gaussian_psf(), seed=3),
+               voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    chunked = ("--iterations", 2, "--chunks", 8, 20, 20)
+    for out, extra, redone in [(tmp_path / "acc", chunked, True),
+                               (tmp_path / "plain", (*chunked, "--no-accelerate"), False)]:  # no box: unchanged
+        first = run_one(tmp_path, out, capsys, *extra)[1]
+        record = out / ".deconv3d-batch" / "img0.tif.json"
+        older = {k: v for k, v in json.loads(record.read_text()).items() if k != "outputs"}
+        record.write_text(json.dumps(older))  # as an earlier version wrote it: no outputs list
+        assert json.loads((out / "img0.zarr" / "zarr.json").read_text())["attributes"]["deconv3d"][
+            "execution"]["blocks"] == 4
+        status, again = run_one(tmp_path, out, capsys, *extra)
+        assert status == ("done" if redone else "skipped"), out.name
+        np.testing.assert_array_equal(again, first)  # (this version's result either way)
+        assert run_one(tmp_path, out, capsys, *extra)[0] == "skipped"  # redone once only
+    whole = tmp_path / "whole.zarr"  # an output its provenance says ran as one block is the same in both
+    (whole / "zarr.json").parent.mkdir()
+    (whole / "zarr.json").write_text(json.dumps({"attributes": {"deconv3d": {"execution": {"blocks": 1}}}}))
+    assert not _older_blocks(older, whole) and _older_blocks(older, tmp_path / "whole.tif")
+
+
 def test_batch_redoes_a_finished_file_when_the_psf_file_is_edited_in_place(one_image, capsys):
     """The settings' hash covers the PSF file's contents, not only its name."""
     out = one_image / "out"
