@@ -222,13 +222,16 @@ def _read_record(record_path: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash, block_steps: bool = False) -> bool:
+def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash, block_steps: bool = False,
+                symmetric_as: tuple = ()) -> bool:
     """True when a completion record matches this input, these settings (``settings_hash``: one
     fingerprint, or several that all mean them) and an existing output.
 
     ``block_steps``: the settings run accelerated Richardson-Lucy, whose blocks are written from its
     measuring run since the versions that list ``outputs`` in their records (:func:`_older_blocks`): an
     earlier version's output run in blocks is not finished (it is redone once).
+    ``symmetric_as``: fingerprints that also match where the output's provenance records the symmetric
+    TV rule (:meth:`~deconv3d.pipeline.settings.Settings.fingerprints_without_tv_rule`).
 
     The input must still have the recorded size and SHA-256. The hash is recomputed when the
     modification time differs from the record's (a touched or copied file that is unchanged is
@@ -239,6 +242,8 @@ def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash
 
     record = _read_record(record_path)
     hashes = (settings_hash,) if isinstance(settings_hash, str) else tuple(settings_hash)
+    if record.get("settings") in symmetric_as and _recorded_tv_rule(output) == _tv_rule():
+        hashes += (record["settings"],)
     if not (record.get("settings") in hashes and record.get("output") == output.name and output.exists()):
         return False
     if block_steps and _older_blocks(record, output):
@@ -256,6 +261,22 @@ def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash
         except OSError:  # (a full disk, say) the output is still complete: the next run hashes the input again
             pass
     return True
+
+
+def _recorded_tv_rule(output: Path):
+    """The TV rule a trained network's reference followed by an OME-Zarr ``output``'s provenance (None
+    where it does not say: a TIFF output, or one not read)."""
+    try:
+        return json.loads((output / "zarr.json").read_text())["attributes"]["deconv3d"]["parameters"][
+            "reference"]["tv_differences"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _tv_rule() -> str:
+    from deconv3d.classical import _iterate
+
+    return _iterate.TV_DIFFERENCES[0]
 
 
 def _older_blocks(record: dict, output: Path) -> bool:
@@ -361,7 +382,8 @@ def _settle(path, output, output_dir, started, finished_as, settings, process_on
         if again:
             row.update(status="", reason="")  # (interrupted now, it shows as the file in progress)
             remove_stale_temporaries_in(output_dir, [output.with_suffix(f".{f}").name for f in OUTPUT_FORMATS])
-        if is_finished(path, output, record, finished_as, block_steps=settings.accelerated_rl()):
+        if is_finished(path, output, record, finished_as, block_steps=settings.accelerated_rl(),
+                       symmetric_as=settings.fingerprints_without_tv_rule()):
             row.update(status="skipped", reason=DONE_ELSEWHERE if by_another else "")
         else:
             # read with the lock held: another run's input may have taken this output since this run began

@@ -242,8 +242,20 @@ class Settings:
                   self._hash(self._ignored_at_defaults(gaussian_ns_counted=True)))
         return tuple(dict.fromkeys(hashes))
 
-    def _hash(self, at_defaults: dict) -> str:
-        """The fingerprint with the settings ``at_defaults`` names counted at the values it gives."""
+    def fingerprints_without_tv_rule(self) -> tuple:
+        """For ssl that trains, the :meth:`finished_fingerprints` without the TV term's rule: those of
+        the versions that had the symmetric rule but did not hold it in the hash. A record of theirs is
+        finished where the output's provenance names the rule (its reference's ``tv_differences``:
+        :func:`~deconv3d.pipeline.batch.is_finished`); rl-tv's provenance does not, and is redone."""
+        if not (self.method == "ssl" and self.model is None):
+            return ()
+        variants = (self._ignored_at_defaults(), {}, self._ignored_at_defaults(wavelengths_set_channels=True),
+                    self._ignored_at_defaults(gaussian_ns_counted=True))
+        return tuple(dict.fromkeys(self._hash(at_defaults, tv_rule=False) for at_defaults in variants))
+
+    def _hash(self, at_defaults: dict, tv_rule: bool = True) -> str:
+        """The fingerprint with the settings ``at_defaults`` names counted at the values it gives
+        (``tv_rule=False``: without the TV term's rule, as before 9bb15de)."""
         fields = {k: v for k, v in dataclasses.asdict(self).items()
                   if k not in ("pattern", "amp") and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
                   and not (k in _SSL_ONLY and self.method != "ssl")
@@ -252,7 +264,7 @@ class Settings:
         fields["device"] = self.device_kind()
         if self.method == "ssl":  # (so an ssl batch finished by an earlier version is redone once)
             fields["precision"] = self.precision()
-        if self.method == "rl-tv" or (self.method == "ssl" and self.model is None):
+        if tv_rule and (self.method == "rl-tv" or (self.method == "ssl" and self.model is None)):
             from deconv3d.classical import _iterate  # the TV term's rule (RL-TV, and a trained network's reference):
 
             fields["tv_differences"] = _iterate.TV_DIFFERENCES[0]  # a batch finished before 21fbe06 is redone once

@@ -75,6 +75,37 @@ def test_the_fingerprint_follows_the_tv_rule_where_it_changes_the_output(folder,
     assert (not set(now) & set(settings.finished_fingerprints())) is follows
 
 
+def test_a_training_batch_finished_with_the_symmetric_rule_before_the_hash_held_it_is_skipped(folder, monkeypatch):
+    """The versions from 21fbe06 to 9bb15de had RL-TV's symmetric TV term but not its rule in the
+    fingerprint: their training ssl batches were redone, with the same outputs. Their outputs'
+    provenance names the rule of the network's reference; one that does not name it is redone."""
+    import types
+
+    from deconv3d.omezarr import file_sha256
+    from deconv3d.pipeline import settings as settings_module
+    from deconv3d.pipeline.batch import input_state, is_finished
+
+    settings = make_settings({"psf": str(folder / "psf.tif"), "method": "ssl", "train_steps": 1})
+    fields = []  # what the fingerprint hashes, less the rule: the hash those versions wrote
+    monkeypatch.setattr(settings_module, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
+    settings.fingerprint()
+    monkeypatch.undo()
+    assert fields[0].pop("tv_differences") == "symmetric"
+    older = hashlib.sha256(json.dumps(fields[0], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    source, output, record = folder / "in" / "img0.tif", folder / "img0.zarr", folder / "img0.tif.json"
+    record.write_text(json.dumps({"input": str(source), "input_state": input_state(source), "settings": older,
+                                  "input_sha256": file_sha256(source), "output": "img0.zarr"}))  # as they wrote it
+    output.mkdir()
+    for reference, finished in (({"iterations": 100, "tv_differences": "symmetric"}, True),
+                                ({"iterations": 100}, False), (None, False)):  # before 21fbe06 recorded it
+        meta = {"attributes": {"deconv3d": {"method": "ssl", "parameters": {"reference": reference}}}}
+        (output / "zarr.json").write_text(json.dumps(meta))
+        assert is_finished(source, output, record, settings.finished_fingerprints(),
+                           symmetric_as=settings.fingerprints_without_tv_rule()) is finished, reference
+    rl_tv = make_settings({"psf": str(folder / "psf.tif"), "method": "rl-tv"})  # its provenance does not say
+    assert rl_tv.fingerprints_without_tv_rule() == () and older not in rl_tv.finished_fingerprints()
+
+
 def test_a_batch_warns_about_options_its_method_ignores_and_skips_what_they_do_not_change(folder, capsys):
     out = folder / "out"
     argv = ["batch", folder / "in", "-o", out, "--psf", folder / "psf.tif", "--method", "wiener"]
