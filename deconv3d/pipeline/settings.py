@@ -237,10 +237,13 @@ class Settings:
         defaults but counted several wavelengths beside a PSF file (they set how many channels a
         file had then). Without it, such a batch (a config's ``wavelength = [0.45, 0.65]`` with
         ``psf``) was redone in full by the same command, its records taken for other settings."""
-        hashes = (self.fingerprint(), self.fingerprint(legacy=True),
-                  self._hash(self._ignored_at_defaults(wavelengths_set_channels=True)),
-                  self._hash(self._ignored_at_defaults(gaussian_ns_counted=True)))
-        return tuple(dict.fromkeys(hashes))
+        return tuple(dict.fromkeys(self._hash(at_defaults) for at_defaults in self._hashed_variants()))
+
+    def _hashed_variants(self) -> tuple:
+        """The ``at_defaults`` of :meth:`finished_fingerprints`' hashes, in its order (this version's,
+        the legacy one's, then the two earlier rules')."""
+        return (self._ignored_at_defaults(), {}, self._ignored_at_defaults(wavelengths_set_channels=True),
+                self._ignored_at_defaults(gaussian_ns_counted=True))
 
     def fingerprints_without_tv_rule(self) -> tuple:
         """For ssl that trains, the :meth:`finished_fingerprints` without the TV term's rule: those of
@@ -249,9 +252,7 @@ class Settings:
         :func:`~deconv3d.pipeline.batch.is_finished`); rl-tv's provenance does not, and is redone."""
         if not (self.method == "ssl" and self.model is None):
             return ()
-        variants = (self._ignored_at_defaults(), {}, self._ignored_at_defaults(wavelengths_set_channels=True),
-                    self._ignored_at_defaults(gaussian_ns_counted=True))
-        return tuple(dict.fromkeys(self._hash(at_defaults, tv_rule=False) for at_defaults in variants))
+        return tuple(dict.fromkeys(self._hash(at_defaults, tv_rule=False) for at_defaults in self._hashed_variants()))
 
     def _hash(self, at_defaults: dict, tv_rule: bool = True) -> str:
         """The fingerprint with the settings ``at_defaults`` names counted at the values it gives
