@@ -16,12 +16,12 @@ WARNINGS_LOCK = threading.RLock()
 OWN_MODULES = r"deconv3d(\.|$)"
 
 
-def always_show_own_warnings() -> None:
-    """Put first among the warning filters one that shows each of deconv3d's own warnings every time it
-    is issued, not once per place as Python's default does: a batch lists each file's warnings in its
-    row, and a plain ``warnings.warn`` of the library (a PSF's flat floor) that the second file drew too
-    was listed in the first file's row only."""
-    _warnings.filterwarnings("always", module=OWN_MODULES)
+def always_show_own_warnings(append: bool = False) -> None:
+    """Put first among the warning filters (``append``: last, below every filter already there) one
+    that shows each of deconv3d's own warnings every time it is issued, not once per place as Python's
+    default does: a batch lists each file's warnings in its row, and a plain ``warnings.warn`` of the
+    library (a PSF's flat floor) that the second file drew too was listed in the first file's row only."""
+    _warnings.filterwarnings("always", module=OWN_MODULES, append=append)
 
 
 class InputError(ValueError):

@@ -12,13 +12,16 @@ dispatcher's place meanwhile; a dispatcher that a ``catch_warnings`` block puts 
 nothing, as no row listens.
 
 With Python's default filters a warning is shown once per place, so the second file that drew a
-warning had it in no row. While rows listen, a filter put first among the warning filters
-(:func:`~deconv3d.errors.always_show_own_warnings`) shows deconv3d's own warnings every time, in every
-thread; the last row to stop listening takes that one filter out again (and puts back, where it was,
-an equal one of the caller's that putting it first moved), leaving the others as they are: what the
-caller's filters were before the batch, they are after it, other threads' changes meanwhile
-included. (A caller's ``catch_warnings`` block that ends while a batch still runs in another thread
-puts back its own filters, without this one.)
+warning had it in no row. While rows listen, a filter added last, below the caller's
+(:func:`~deconv3d.errors.always_show_own_warnings`), shows deconv3d's own warnings every time where
+none of the caller's filters decides (put first, it overrode a caller's "ignore" or "error"); the
+last row to stop listening takes that one filter out again (none is added where the caller has an
+equal one), leaving the others as they are: what the caller's filters were before the batch, they
+are after it, other threads' changes meanwhile included. (A caller's ``catch_warnings`` block that
+ends while a batch still runs in another thread puts back its own filters, without this one.) Each
+file's start changes the filter list, which makes Python forget which warnings it has shown: under a
+caller's catch-all ``"default"`` (``python -W default``) a repeat of an earlier file's warning is
+still shown, and listed, once per file.
 """
 
 from __future__ import annotations
@@ -31,23 +34,28 @@ from deconv3d._paths import path_text
 from deconv3d.errors import WARNINGS_LOCK, always_show_own_warnings
 
 _ROWS_LOCK = threading.Lock()  # around _ROWS (the dispatcher takes only this one)
-#: A thread's id -> the warnings lists of the rows listening in it, the innermost last.
-_ROWS: dict[int, list[list]] = {}
-_replaced = warnings.showwarning  # the hook the dispatcher passes warnings on to
-#: While rows listen: the filter put first, and where an equal one of the caller's was (or None).
+#: A thread's id -> (warnings list, hook) of the rows listening in it, the innermost last: the hook
+#: in place in that thread when the row began (a caller's catch_warnings(record=True) recorder).
+_ROWS: dict[int, list[tuple]] = {}
+_replaced = warnings.showwarning  # the hook in place when the first row began: put back after the last
+#: A thread's id -> the hook of its last row to end while other threads' rows listened (its next row,
+#: begun with the dispatcher in place, passes on to it: a caller's recorder around a whole batch).
+_LAST_HOOK: dict[int, object] = {}
+#: While rows listen: the filter added last (None where the caller had an equal one).
 _always: tuple | None = None
 
 
 def _dispatch(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` while rows listen: the warning's text into the row it belongs to,
-    then the warning on to the hook this replaced."""
+    then the warning on to the hook that row's thread had (another thread's: the first row's)."""
     with _ROWS_LOCK:
         own = _ROWS.get(threading.get_ident())
-        listening = [rows[-1] for rows in _ROWS.values()]
-        listed = own[-1] if own else listening[0] if len(listening) == 1 else None
+        listening = [rows[-1][0] for rows in _ROWS.values()]
+        listed = own[-1][0] if own else listening[0] if len(listening) == 1 else None
         if listed is not None:
             listed.append(path_text(str(message)))
-    _replaced(message, category, filename, lineno, file, line)
+        hook = own[-1][1] if own else _replaced
+    hook(message, category, filename, lineno, file, line)
 
 
 @contextlib.contextmanager
@@ -59,11 +67,19 @@ def warnings_into(row: dict):
     global _replaced
     listed, thread = row["warnings"], threading.get_ident()
     with WARNINGS_LOCK:  # (not inside a library's catch_warnings block, which would undo it)
-        if warnings.showwarning is not _dispatch:
-            _replaced, warnings.showwarning = warnings.showwarning, _dispatch
         with _ROWS_LOCK:
             first = not _ROWS
-            _ROWS.setdefault(thread, []).append(listed)
+            own = _ROWS.get(thread)
+            hook = warnings.showwarning
+            if hook is _dispatch:  # this thread's enclosing row's hook, or its last row's, else the first row's
+                hook = own[-1][1] if own else _LAST_HOOK.get(thread, _replaced)
+            # The hook put back after the last row is the one in place when the first began: a later
+            # row begun inside a caller's catch_warnings(record=True) (which resets the hook to
+            # Python's) took that one instead, and the first row's end put it back for good.
+            if first:
+                _replaced = hook
+            _ROWS.setdefault(thread, []).append((listed, hook))
+        warnings.showwarning = _dispatch
         if first:
             _show_own_always()
     try:
@@ -72,10 +88,15 @@ def warnings_into(row: dict):
         with WARNINGS_LOCK:
             with _ROWS_LOCK:
                 rows = _ROWS[thread]
-                del rows[max(i for i, r in enumerate(rows) if r is listed)]
+                at = max(i for i, (r, _) in enumerate(rows) if r is listed)
+                if len(rows) == 1:
+                    _LAST_HOOK[thread] = rows[0][1]
+                del rows[at]
                 if not rows:
                     del _ROWS[thread]
                 idle = not _ROWS
+                if idle:
+                    _LAST_HOOK.clear()
             if idle and warnings.showwarning is _dispatch:
                 warnings.showwarning = _replaced
             if idle:
@@ -83,25 +104,22 @@ def warnings_into(row: dict):
 
 
 def _show_own_always() -> None:
-    """Put first the filter that shows deconv3d's own warnings every time (see the module's notes)."""
+    """Add, last, the filter that shows deconv3d's own warnings every time (see the module's notes)."""
     global _always
     before = list(warnings.filters)
-    always_show_own_warnings()
-    shown = warnings.filters[0]
-    _always = shown, next((i for i, f in enumerate(before) if f == shown), None)
+    always_show_own_warnings(append=True)
+    _always = next((f for f in warnings.filters if not any(f is b for b in before)), None)  # (None: had one)
 
 
 def _take_out_always() -> None:
-    """Take out the filter :func:`_show_own_always` put first, and put an equal one of the caller's back
-    where it was. (While it was first, deconv3d's warnings left no mark in the registries of warnings
-    already shown, and the others' marks do not depend on it: taking it out needs no fresh start of them.)"""
+    """Take out the filter :func:`_show_own_always` added, wherever it now is. (While it was there,
+    deconv3d's warnings left no mark in the registries of warnings already shown, and the others'
+    marks do not depend on it: taking it out needs no fresh start of them.)"""
     global _always
     if _always is None:
         return
-    (shown, where), _always = _always, None
+    added, _always = _always, None
     filters = warnings.filters
-    at = next((i for i, f in enumerate(filters) if f is shown), None)
+    at = next((i for i, f in enumerate(filters) if f is added), None)
     if at is not None:
         del filters[at]
-        if where is not None:
-            filters.insert(where, shown)

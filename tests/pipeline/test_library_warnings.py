@@ -5,6 +5,7 @@ its options, as before."""
 import os
 import warnings
 
+import numpy as np
 import pytest
 
 from deconv3d.io import write_tiff
@@ -388,3 +389,80 @@ def test_a_warning_that_two_files_draw_under_the_default_filters_is_in_both_rows
     floor_warning = [w for w in shown if w.startswith("the PSF's faces sit at")]
     assert len(floor_warning) == 2 and floor_warning[0] == floor_warning[1]
     assert [r["warnings"] for r in rows] == [floor_warning[:1], floor_warning[1:]]
+
+
+def _flat_floor_batch(folder, name, warn):
+    """A run_batch over two tiny files whose processing calls ``warn(path)`` (no PSF work)."""
+    from deconv3d.pipeline.batch import run_batch
+
+    (folder / "in").mkdir(exist_ok=True)
+    for n in "ab":
+        write_tiff(folder / "in" / f"{n}.tif", np.ones((4, 8, 8), np.float32), voxel_size=(0.3, 0.1, 0.1))
+
+    def process_one(path, output, digest):
+        warn(path)
+        write_tiff(output, np.ones((4, 8, 8), np.float32), voxel_size=(0.3, 0.1, 0.1))
+
+    settings = Settings(psf_model="gaussian", na=1.2, wavelength=0.5, output_format="tif")
+    return run_batch(folder / "in", folder / name, settings, process_one)
+
+
+def _own_warning(text):
+    """A warning as deconv3d's own modules issue it (the filters match it by module)."""
+    return lambda path: warnings.warn_explicit(f"{text} {path.name}", RuntimeWarning, "/x/deconv3d/psf/model.py", 10,
+                                               module="deconv3d.psf.model")
+
+
+@pytest.mark.parametrize("action", ["ignore", "error"])
+def test_a_callers_ignore_or_error_filter_still_decides_during_a_batch(tmp_path, action):
+    """The filter that shows deconv3d's warnings every time was put first while a batch ran, and
+    overrode a caller's "ignore" (the warning printed and listed) and "error" (the file done)."""
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        warnings.filterwarnings(action, message="flat floor")
+        shown = []
+        warnings.showwarning = lambda message, *rest: shown.append(str(message))
+        before = list(warnings.filters)
+        rows = _flat_floor_batch(tmp_path, "out", _own_warning("flat floor"))
+        assert warnings.filters == before
+    assert not shown
+    if action == "ignore":
+        assert [(r["status"], r["warnings"]) for r in rows] == [("done", []), ("done", [])]
+    else:
+        assert [(r["status"], r["reason"]) for r in rows] == [("failed", "flat floor a.tif"),
+                                                               ("failed", "flat floor b.tif")]
+
+
+def test_a_batch_begun_inside_a_recorder_while_another_runs_keeps_both_hooks(tmp_path):
+    """A batch begun inside the caller's catch_warnings(record=True) while another ran in a thread took
+    Python's plain hook (which record=True puts in place) as the one to restore, and the other batch's
+    end installed it for good: the GUI's hook lost the first batch's warnings and every later one."""
+    import threading
+
+    gui, running, b_done = [], threading.Event(), threading.Event()
+
+    def hook(message, *rest):
+        gui.append(str(message))
+
+    def slow(path):
+        running.set()
+        assert b_done.wait(30)
+        _own_warning("A")(path)
+
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        warnings.showwarning = hook
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        first = threading.Thread(target=_flat_floor_batch, args=(tmp_path / "a", "out", slow))
+        first.start()
+        assert running.wait(30)  # the first batch's first file is running
+        with warnings.catch_warnings(record=True) as recorded:
+            rows = _flat_floor_batch(tmp_path / "b", "out", _own_warning("B"))
+        b_done.set()
+        first.join()
+        warnings.warn("later")
+        assert warnings.showwarning is hook
+    assert [str(w.message) for w in recorded] == ["B a.tif", "B b.tif"]
+    assert [r["warnings"] for r in rows] == [["B a.tif"], ["B b.tif"]]
+    assert gui == ["A a.tif", "A b.tif", "later"]
