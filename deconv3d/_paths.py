@@ -154,17 +154,11 @@ def host_tag() -> str:
     On Linux it also names the process-id namespace: containers on one host (Docker with the
     host's network, Apptainer --containall) share its name while their process ids overlap (each
     run was process 1, and each removed the other's temporary as its own leftover)."""
-    host = _host_name()
-    namespace = _pid_namespace()
-    return f"{host}-ns{namespace}" if namespace else host
-
-
-def _host_name() -> str:
-    """This machine's name as a file-name part, without the pid namespace: the whole host tag of
-    versions before the namespace was added to it."""
     import socket
 
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+    namespace = _pid_namespace()
+    return f"{host}-ns{namespace}" if namespace else host
 
 
 def _pid_namespace() -> str:
@@ -400,13 +394,11 @@ def _writer_alive(entry: Path) -> bool:
     possibly a temporary of a temporary, whose last part names the writer). A temporary from
     another machine (a job on another node of a cluster, writing into the same shared folder) is
     taken as live until it has not changed for :data:`OTHER_HOST_STALE_AGE`: its process cannot
-    be asked from here, and removing it broke that job's write. A host part that is this
-    machine's name without the pid namespace (:func:`host_tag` of older versions: a killed old
-    run's temporary) is this machine's: its process is asked, not kept for two days."""
+    be asked from here, and removing it broke that job's write."""
     match = re.search(_WRITER + "$", entry.name)
     if match is None:  # an older name without the process: stale
         return False
-    if match.group(1) is not None and match.group(1) not in (host_tag(), _host_name()):
+    if match.group(1) is not None and match.group(1) != host_tag():
         return _changed_since(entry, time.time() - OTHER_HOST_STALE_AGE)
     pid = int(match.group(2))
     return pid != os.getpid() and _process_exists(pid)

@@ -244,32 +244,6 @@ def test_the_sweep_leaves_another_machines_temporary_until_it_is_old(tmp_path):
     assert other.exists() and busy.exists()
 
 
-def test_the_sweep_removes_a_killed_older_versions_temporary_named_by_the_bare_host(tmp_path):
-    """Versions before the pid namespace joined the host tag wrote ``.<host>@<pid>-...``: a killed
-    old batch's temporary was taken for another machine's and left for two days."""
-    import re
-    import subprocess
-
-    from deconv3d._paths import host_tag, _host_name
-
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    alive = subprocess.Popen(["sleep", "30"])
-    try:
-        bare = re.sub(r"-ns\d+$", "", host_tag())  # what older versions wrote
-        assert _host_name() == bare
-        dead = tmp_path / f".img.tif.{bare}@{gone.pid}-0123abcd.tmp"
-        live = tmp_path / f".img.tif.{bare}@{alive.pid}-89abcdef.tmp"
-        other = tmp_path / f".img.tif.{bare}x@{gone.pid}-aaaabbbb.tmp"  # another machine: kept while recent
-        for entry in (dead, live, other):
-            entry.write_bytes(b"x")
-        assert remove_stale_temporaries(tmp_path / "img.tif") == [dead]
-        assert live.exists() and other.exists()
-    finally:
-        alive.kill()
-        alive.wait()
-
-
 def test_a_chunked_deconvolve_sweeps_what_a_killed_run_left(files):
     """Only batch swept leftovers; a killed deconvolve left a hidden copy as large as its output."""
     import subprocess
