@@ -570,9 +570,12 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
         who = "the run" if processes <= 1 else f"each of its {processes} worker processes"
         shared = "" if processes <= 1 else ", less the program's own in the others, shared among them"
         more = (enough - memory_limit) / AVAILABLE_SHARE * max(1, processes)
+        # (each of N processes may use (share + baseline) / N: the count whose share holds the block)
+        fit = memory_limit * processes // enough if processes > 1 else 0
+        fewer = f", run {fit} worker process{'es' if fit > 1 else ''} (--workers {fit})" if fit >= 1 else ""
         raise InputError(f"not enough free memory: {needs}, and {who} may use {format_bytes(memory_limit)} "
                          f"({AVAILABLE_SHARE:.0%} of what is available{shared}): free about {format_bytes(more)} "
-                         "more (close other programs) or run it on a machine with more")
+                         f"more (close other programs){fewer} or run it on a machine with more")
     if best is None:
         raise InputError(f"memory limit {format_bytes(memory_limit)} is too small: {needs}: use --memory-limit "
                          f"{format_bytes(enough)} or more" + (" or fewer --workers" if workers > 1 else ""))

@@ -523,3 +523,30 @@ def test_each_worker_process_s_share_leaves_room_for_its_own_libraries(monkeypat
         peak = model.peak_bytes(chunks, halo, shape, baseline=baseline)  # one worker's, its own memory included
         assert peak <= limit and processes * peak - baseline <= share, (processes, peak)
         assert processes * limit - baseline == pytest.approx(share, abs=processes)  # (and no tighter)
+
+
+def test_too_many_worker_processes_for_the_free_memory_are_told_how_many_fit():
+    """With eight worker processes each given its share of 2 GB free, less the program's own memory
+    of the others, a block that two processes would hold was refused with only 'free about 5.17GB
+    more' (review of this session's commits): the message names the count of workers that fits,
+    and that many fit."""
+    import re
+
+    from deconv3d.pipeline.memory import AVAILABLE_SHARE
+
+    from .conftest import gaussian_psf
+
+    model, shape, halo = MemoryModel("rl", gaussian_psf().shape), (128, 1024, 1024), (4, 4, 4)
+    baseline, free = 600 * 2**20, 2 * 10**9
+
+    def limit(processes):  # as limit_for_available gives it
+        return baseline + (int(AVAILABLE_SHARE * free) - (processes - 1) * baseline) // processes
+
+    with pytest.raises(InputError) as caught:
+        choose_chunks(shape, limit(8), model, halo, baseline=baseline, automatic=True, processes=8)
+    fit = int(re.search(r"run (\d+) worker process(es)? \(--workers \1\)", str(caught.value)).group(1))
+    assert 1 <= fit < 8
+    choose_chunks(shape, limit(fit), model, halo, baseline=baseline, automatic=True, processes=fit)  # fits
+    with pytest.raises(InputError) as alone:  # a single process is not told of workers
+        choose_chunks(shape, 400 * 2**20, model, halo, baseline=baseline, automatic=True)
+    assert "--workers" not in str(alone.value)
