@@ -38,9 +38,17 @@ _ROWS_LOCK = threading.Lock()  # around _ROWS (the dispatcher takes only this on
 #: in place in that thread when the row began (a caller's catch_warnings(record=True) recorder).
 _ROWS: dict[int, list[tuple]] = {}
 _replaced = warnings.showwarning  # the hook in place when the first row began: put back after the last
-#: A thread's id -> the hook of its last row to end while other threads' rows listened (its next row,
-#: begun with the dispatcher in place, passes on to it: a caller's recorder around a whole batch).
-_LAST_HOOK: dict[int, object] = {}
+#: A thread's id -> the hook of its last row to end while other threads' rows listened, and the
+#: recording in place then (:func:`_recording`): its next row, begun with the dispatcher in place,
+#: passes on to that hook while that recording lasts (a caller's recorder around a whole batch), else
+#: to the first row's (the recorder closed: Python's plain hook would print what a GUI's hook took).
+_LAST_HOOK: dict[int, tuple] = {}
+
+
+def _recording():
+    """What Python's plain ``showwarning`` sends a warning to now: a ``catch_warnings(record=True)``
+    block replaces it (a private part of the warnings module; None where it is missing)."""
+    return getattr(warnings, "_showwarnmsg_impl", None)
 #: While rows listen: the filter added last (None where the caller had an equal one).
 _always: tuple | None = None
 
@@ -72,7 +80,9 @@ def warnings_into(row: dict):
             own = _ROWS.get(thread)
             hook = warnings.showwarning
             if hook is _dispatch:  # this thread's enclosing row's hook, or its last row's, else the first row's
-                hook = own[-1][1] if own else _LAST_HOOK.get(thread, _replaced)
+                last, recording = _LAST_HOOK.get(thread, (None, None))
+                hook = own[-1][1] if own else last if last is not None and recording is _recording() \
+                    else _replaced
             # The hook put back after the last row is the one in place when the first began: a later
             # row begun inside a caller's catch_warnings(record=True) (which resets the hook to
             # Python's) took that one instead, and the first row's end put it back for good.
@@ -90,7 +100,7 @@ def warnings_into(row: dict):
                 rows = _ROWS[thread]
                 at = max(i for i, (r, _) in enumerate(rows) if r is listed)
                 if len(rows) == 1:
-                    _LAST_HOOK[thread] = rows[0][1]
+                    _LAST_HOOK[thread] = rows[0][1], _recording()
                 del rows[at]
                 if not rows:
                     del _ROWS[thread]

@@ -436,7 +436,9 @@ def test_a_callers_ignore_or_error_filter_still_decides_during_a_batch(tmp_path,
 def test_a_batch_begun_inside_a_recorder_while_another_runs_keeps_both_hooks(tmp_path):
     """A batch begun inside the caller's catch_warnings(record=True) while another ran in a thread took
     Python's plain hook (which record=True puts in place) as the one to restore, and the other batch's
-    end installed it for good: the GUI's hook lost the first batch's warnings and every later one."""
+    end installed it for good: the GUI's hook lost the first batch's warnings and every later one. A
+    batch begun after the recorder closed, the first still running, printed its warnings instead of
+    passing them to the GUI's hook (review of this session's commits)."""
     import threading
 
     gui, running, b_done = [], threading.Event(), threading.Event()
@@ -459,10 +461,13 @@ def test_a_batch_begun_inside_a_recorder_while_another_runs_keeps_both_hooks(tmp
         assert running.wait(30)  # the first batch's first file is running
         with warnings.catch_warnings(record=True) as recorded:
             rows = _flat_floor_batch(tmp_path / "b", "out", _own_warning("B"))
+        (tmp_path / "c").mkdir()  # the recorder closed, the first batch still running: to the GUI's hook
+        rows_c = _flat_floor_batch(tmp_path / "c", "out", _own_warning("C"))
         b_done.set()
         first.join()
         warnings.warn("later")
         assert warnings.showwarning is hook
     assert [str(w.message) for w in recorded] == ["B a.tif", "B b.tif"]
     assert [r["warnings"] for r in rows] == [["B a.tif"], ["B b.tif"]]
-    assert gui == ["A a.tif", "A b.tif", "later"]
+    assert [r["warnings"] for r in rows_c] == [["C a.tif"], ["C b.tif"]]
+    assert gui == ["C a.tif", "C b.tif", "A a.tif", "A b.tif", "later"]
