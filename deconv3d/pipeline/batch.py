@@ -30,7 +30,7 @@ from deconv3d.pipeline.locks import (BUSY, DEFERRING, DONE_ELSEWHERE, claim, not
 from deconv3d.pipeline.records import path_text
 from deconv3d.pipeline.row_warnings import warnings_into
 from deconv3d.pipeline.settings import (OUTPUT_FORMATS, RUN_KEYS, Settings, _many, channel_count, load_config,
-                                       make_settings)
+                                       make_settings, tv_term_rule)
 
 __all__ = ["Settings", "load_config", "make_settings", "channel_count", "RUN_KEYS", "find_inputs", "run_batch",
            "build_block_fn", "load_psf_for", "write_reports", "status_counts", "RECORD_DIR"]
@@ -242,7 +242,8 @@ def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash
 
     record = _read_record(record_path)
     hashes = (settings_hash,) if isinstance(settings_hash, str) else tuple(settings_hash)
-    if record.get("settings") in symmetric_as and _recorded_tv_rule(output) == _tv_rule():
+    if record.get("settings") in symmetric_as and _recorded(output, "parameters", "reference", "tv_differences") \
+            == tv_term_rule():
         hashes += (record["settings"],)
     if not (record.get("settings") in hashes and record.get("output") == output.name and output.exists()):
         return False
@@ -263,20 +264,16 @@ def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash
     return True
 
 
-def _recorded_tv_rule(output: Path):
-    """The TV rule a trained network's reference followed by an OME-Zarr ``output``'s provenance (None
-    where it does not say: a TIFF output, or one not read)."""
+def _recorded(output: Path, *keys):
+    """The value at ``keys`` in an OME-Zarr ``output``'s provenance (its ``deconv3d`` attributes), or
+    None where it does not say: a TIFF output, one not read, or a key missing."""
     try:
-        return json.loads((output / "zarr.json").read_text())["attributes"]["deconv3d"]["parameters"][
-            "reference"]["tv_differences"]
+        value = json.loads((output / "zarr.json").read_text())["attributes"]["deconv3d"]
+        for key in keys:
+            value = value[key]
+        return value
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _tv_rule() -> str:
-    from deconv3d.classical import _iterate
-
-    return _iterate.TV_DIFFERENCES[0]
 
 
 def _older_blocks(record: dict, output: Path) -> bool:
@@ -287,11 +284,8 @@ def _older_blocks(record: dict, output: Path) -> bool:
     provenance says it ran as one block is the same in both (only an OME-Zarr output's says so)."""
     if isinstance(record.get("outputs"), list):
         return False
-    try:
-        blocks = json.loads((output / "zarr.json").read_text())["attributes"]["deconv3d"]["execution"]["blocks"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return True  # a TIFF output, or provenance not read: redone (a wrong skip mixes outputs silently)
-    return blocks != 1
+    # (a TIFF output, or provenance not read: redone, as a wrong skip mixes outputs silently)
+    return _recorded(output, "execution", "blocks") != 1
 
 
 def _write_json_atomic(path: Path, payload) -> None:
@@ -336,6 +330,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
     settings_hash, started = settings.fingerprint(), time.time()
     finished_as = tuple(dict.fromkeys((*settings.finished_fingerprints(), *also_finished_as)))  # (earlier versions')
+    symmetric_as = settings.fingerprints_without_tv_rule()  # (hashed once, as finished_as: see is_finished)
     rows = [] if rows is None else rows
     # Runs of one folder share it when they would keep each other's outputs: the same fingerprint.
     with settings_guard(output_dir / RECORD_DIR, settings_hash):
@@ -348,23 +343,25 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
             row = {"file": recorded_path(path), "output": recorded_path(output), "status": "", "seconds": 0.0,
                    "reason": "", "warnings": [], "settings": settings_hash, EQUIVALENT: finished_as}
             rows.append(row)  # before the work: an interrupted file shows as the row left without a status
-            if _settle(path, output, output_dir, started, finished_as, settings, process_one, row, listed) is False:
+            if _settle(path, output, output_dir, started, (finished_as, symmetric_as), settings, process_one, row,
+                       listed) is False:
                 busy.append((number, path, output, row))  # (who owns its output is asked once, below)
             if progress is not None:
                 progress(number, len(inputs), row)
         # The files another run held: it may have been killed (its lock is then free), or its input may
         # own their output now. A file still held by a live run stays skipped.
         for number, path, output, row in busy:
-            if _settle(path, output, output_dir, started, finished_as, settings, process_one, row, listed,
-                       again=True) is not False and progress is not None:
+            if _settle(path, output, output_dir, started, (finished_as, symmetric_as), settings, process_one, row,
+                       listed, again=True) is not False and progress is not None:
                 progress(number, len(inputs), row)
     return rows
 
 
-def _settle(path, output, output_dir, started, finished_as, settings, process_one, row, listed, again=False):
+def _settle(path, output, output_dir, started, finished, settings, process_one, row, listed, again=False):
     """Skip, fail or process one input under the lock of its output (:func:`~deconv3d.pipeline.locks.claim`),
     updating its ``row``. Returns False where another run holds the lock and the row says so (skipped),
-    else None. ``listed``: the record folder's :func:`_record_names` at the start. ``again``: a file held
+    else None. ``finished``: the ``settings_hash`` and ``symmetric_as`` of :func:`is_finished`.
+    ``listed``: the record folder's :func:`_record_names` at the start. ``again``: a file held
     at the first try, now failed where another existing input owns its output (the holder's record
     names it) and, where the lock is free, settled as any file (a killed run's temporary removed first)."""
     record_dir = output_dir / RECORD_DIR
@@ -382,8 +379,9 @@ def _settle(path, output, output_dir, started, finished_as, settings, process_on
         if again:
             row.update(status="", reason="")  # (interrupted now, it shows as the file in progress)
             remove_stale_temporaries_in(output_dir, [output.with_suffix(f".{f}").name for f in OUTPUT_FORMATS])
+        finished_as, symmetric_as = finished
         if is_finished(path, output, record, finished_as, block_steps=settings.accelerated_rl(),
-                       symmetric_as=settings.fingerprints_without_tv_rule()):
+                       symmetric_as=symmetric_as):
             row.update(status="skipped", reason=DONE_ELSEWHERE if by_another else "")
         else:
             # read with the lock held: another run's input may have taken this output since this run began

@@ -29,6 +29,14 @@ OUTPUT_FORMATS = ("zarr", "tif")
 TV_WEIGHT_MAX = 0.5
 
 
+def tv_term_rule() -> str:
+    """The rule of RL-TV's TV term that this version follows (its differences), which the settings'
+    hash holds and a trained network's provenance names."""
+    from deconv3d.classical import _iterate
+
+    return _iterate.TV_DIFFERENCES[0]
+
+
 @dataclass(frozen=True)
 class Settings:
     """One deconvolution configuration, shared by all files of a batch (keys: long option names)."""
@@ -266,9 +274,8 @@ class Settings:
         if self.method == "ssl":  # (so an ssl batch finished by an earlier version is redone once)
             fields["precision"] = self.precision()
         if tv_rule and (self.method == "rl-tv" or (self.method == "ssl" and self.model is None)):
-            from deconv3d.classical import _iterate  # the TV term's rule (RL-TV, and a trained network's reference):
-
-            fields["tv_differences"] = _iterate.TV_DIFFERENCES[0]  # a batch finished before 21fbe06 is redone once
+            # the TV term's rule (RL-TV, and a trained network's reference): a batch finished before 21fbe06 is redone once
+            fields["tv_differences"] = tv_term_rule()
         if self.memory_limit is not None:  # 4G, 4000MB and 4GB alike (records made with "4GB" still match)
             from deconv3d.pipeline.memory import format_bytes, parse_memory
 
