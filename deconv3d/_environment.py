@@ -29,10 +29,18 @@ def run_environment(device="cpu", fft_shapes: Optional[Iterable[Sequence[int]]] 
     record = {"device": str(device), "threads": torch.get_num_threads(),
               "python": platform.python_version(), "numpy": np.__version__,
               "torch": str(torch.__version__)}  # (a str subclass, which a safe checkpoint load refuses)
-    if fft_shapes is None:
-        return record
+    return record if fft_shapes is None else {**record, **transforms_record(device, fft_shapes)}
+
+
+#: The keys of :func:`transforms_record` (a chunked run's blocks replace those of its whole-volume plan).
+TRANSFORMS_KEYS = ("fft", "fftw_planner", "fused", "numba")
+
+
+def transforms_record(device, fft_shapes: Iterable[Sequence[int]] = ()) -> dict:
+    """The FFT backend (:func:`fft_record`) and element-wise passes (:func:`fused_record`) of a run
+    whose Richardson-Lucy transforms had ``fft_shapes``."""
     shapes = list(fft_shapes)
-    return {**record, **fft_record(device, shapes), **fused_record(device, shapes)}
+    return {**fft_record(device, shapes), **fused_record(device, shapes)}
 
 
 def fused_record(device, fft_shapes: Iterable[Sequence[int]] = ()) -> dict:

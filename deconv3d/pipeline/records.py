@@ -103,11 +103,10 @@ def method_fft_shapes(method: str, shape, psf_shape, boundary: str = "bertero", 
 def run_fft_environment(environment: dict, shapes) -> dict:
     """``environment`` (:func:`run_environment`) with the FFT backend and element-wise passes of a run
     whose Richardson-Lucy transforms had ``shapes`` (a chunked run's blocks and measuring box)."""
-    from deconv3d._environment import fft_record, fused_record
+    from deconv3d._environment import TRANSFORMS_KEYS, transforms_record
 
-    shapes = list(shapes)
-    kept = {k: v for k, v in environment.items() if k not in ("fft", "fftw_planner", "fused", "numba")}
-    return {**kept, **fft_record(environment["device"], shapes), **fused_record(environment["device"], shapes)}
+    kept = {k: v for k, v in environment.items() if k not in TRANSFORMS_KEYS}
+    return {**kept, **transforms_record(environment["device"], shapes)}
 
 
 def tiff_properties(record: dict, execution: dict | None = None) -> dict:
