@@ -1,13 +1,14 @@
 """The built-in demo: synthesise, blur, add noise, deconvolve, measure and draw.
 
-Everything is generated here (nothing is downloaded), seeded, and sized to finish in
-well under two minutes on two CPU cores. ``run_demo`` returns the table rows; the
-command line prints them. The two trainings (the ssl network's and the blur-synth
-autoencoder's) stop on wall-clock budgets, so those two rows depend on how many steps (and, for
-ssl, iterations of the search for its RL reference's count) fit the budget at the machine's
-current load, and a rerun can give others (31.25 against 31.65 dB for ssl, 28.83 against 30.24
-for blur-synth on a loaded 2-core machine); their notes give the counts. The other rows' scores
-repeat.
+Everything is generated here (nothing is downloaded), seeded, and sized to finish in about 80 s
+on two idle CPU cores (65 s of it the two trainings' budgets; the set-up and classical runs
+around them take longer on a loaded machine, where 140-195 s were seen). ``run_demo`` returns
+the table rows; the command line prints them. The two trainings (the ssl network's and the
+blur-synth autoencoder's) stop on wall-clock budgets, so those two rows depend on how many steps
+(and, for ssl, iterations of the search for its RL reference's count) fit the budget at the
+machine's current load, and a rerun can give others (31.25 against 31.65 dB for ssl, 28.83
+against 30.24 for blur-synth on a loaded 2-core machine); their notes give the counts. The other
+rows' scores repeat.
 """
 
 from __future__ import annotations
