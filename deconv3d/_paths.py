@@ -266,9 +266,31 @@ def _written_by_deconv3d(path: Path, names: set) -> bool:
 
 
 def _inside(a: Path, b: Path) -> bool:
-    """Whether ``a`` lies (strictly) inside folder ``b``, links resolved."""
-    a, b = a.resolve(), b.resolve()
-    return a != b and a.is_relative_to(b)
+    """Whether ``a`` lies (strictly) inside folder ``b``, links resolved, as :func:`relative_to_folder` tells."""
+    return relative_to_folder(a, b) not in (None, Path())
+
+
+def relative_to_folder(path, folder) -> Path | None:
+    """``path`` relative to the folder ``folder`` (``Path()`` for the folder itself), links resolved;
+    None where it is neither that folder nor inside it. Where ``folder`` exists, a folder above
+    ``path`` (or ``path`` itself) is it when it is the same file (device and inode): two spellings
+    of one folder (another case on a case-insensitive disk, macOS's and Windows' default, or a bind
+    mount) compared as text were two, and a batch wrote its outputs among its inputs. Paths that do
+    not exist yet are compared as text."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    if path.is_relative_to(folder):
+        return path.relative_to(folder)
+    try:
+        target = os.stat(folder)
+    except OSError:  # not there (yet): the text alone tells
+        return None
+    for above in (path, *path.parents):
+        try:
+            if os.path.samestat(os.stat(above), target):
+                return path.relative_to(above)
+        except OSError:  # not there yet, or not to be looked at
+            continue
+    return None
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor, glob_hides
+from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor, glob_hides, relative_to_folder
 from deconv3d.errors import InputError, always_show_own_warnings
 
 from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, Terminated, add_common, add_optics, check_output,
@@ -256,7 +256,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     output_dir = Path(args.output)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output {output_dir} is a file: give a folder")
-    if output_dir.resolve() == Path(args.input_dir).resolve():
+    if relative_to_folder(output_dir, args.input_dir) == Path():  # (any spelling of it: device and inode)
         raise InputError("the output folder is the input folder: choose another one so inputs stay untouched")
     if _found_as_input(output_dir, Path(args.input_dir), settings.pattern):  # its outputs would be inputs next time
         raise InputError(f"the output folder {output_dir} would be read as an input (it matches "
@@ -446,10 +446,15 @@ def _found_as_input(output_dir: Path, input_dir: Path, patterns) -> bool:
     one matches (``out`` for ``*/*.tif``), or any folder inside it for a recursive pattern
     (``**``), less a hidden one or one inside a hidden folder that the pattern does not name, which the
     batch does not read (``.out`` for ``**/*.tif``, not for ``.out/*.tif``). Tried on the paths as given and with links resolved: an output given as a link to
-    an input (``olink -> in/raw.zarr``) had a batch write 27 files into that input."""
+    an input (``olink -> in/raw.zarr``) had a batch write 27 files into that input; and inside the
+    input folder spelled otherwise (``IN/x.zarr`` on a case-insensitive disk, see
+    :func:`~deconv3d._paths.relative_to_folder`)."""
     out_given, base_given = Path(os.path.abspath(output_dir)), Path(os.path.abspath(input_dir))
-    return any(_pattern_reaches(out, base, patterns)
-               for out, base in ((out_given, base_given), (out_given.resolve(), base_given.resolve())))
+    pairs = [(out_given, base_given)]
+    rel = relative_to_folder(output_dir, input_dir)
+    if rel is not None:
+        pairs.append((base_given.resolve() / rel, base_given.resolve()))
+    return any(_pattern_reaches(out, base, patterns) for out, base in pairs)
 
 
 def _pattern_reaches(out: Path, base: Path, patterns) -> bool:

@@ -1,6 +1,7 @@
 """OME-Zarr round trip, ome-zarr-py reading our output, and the out-of-core CLI (deconvolve, batch)."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,36 @@ def test_batch_into_a_link_to_an_input_zarr_is_refused(folder, capsys, monkeypat
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "would be read as an input" in lines[0], err
     assert _tree(folder / "in" / "raw.zarr") == before
+
+
+@pytest.fixture
+def unresolved_alias(folder, monkeypatch):
+    """``IN``: a second spelling of the folder ``in`` that :meth:`Path.resolve` keeps as given, as
+    macOS's resolve keeps another case of a name on its case-insensitive disk (or any system a bind
+    mount): a link that resolve is made not to follow, while ``os.stat`` follows it."""
+    monkeypatch.chdir(folder)
+    Path("IN").symlink_to(folder / "in", target_is_directory=True)
+    monkeypatch.setattr(Path, "resolve", lambda self, strict=False: Path(os.path.abspath(self)))
+    return folder
+
+
+def test_an_output_folder_spelled_otherwise_than_the_input_is_refused(unresolved_alias, capsys):
+    """``batch same -o SAME`` on macOS wrote its outputs and reports among the inputs: the folders
+    were compared as resolved text. Told by device and inode now, inside the input too."""
+    from deconv3d._paths import OUTPUT_SUFFIXES, check_output_path
+    from deconv3d.cli.pipeline import _found_as_input
+    from deconv3d.errors import InputError
+
+    before = sorted(p.name for p in Path("in").iterdir())
+    code, _, err = run(["batch", "in", "-o", "IN", "--psf", "psf.tif", "--iterations", 2], capsys)
+    assert_one_line_error(code, err, "the output folder is the input folder")
+    code, _, err = run(["batch", "in", "-o", "IN/x.zarr", "--psf", "psf.tif", "--iterations", 2], capsys)
+    assert_one_line_error(code, err, "would be read as an input")
+    assert sorted(p.name for p in Path("in").iterdir()) == before
+    assert not _found_as_input(Path("IN/deconvolved"), Path("in"), ("*.tif",))  # a subfolder no pattern reaches
+    with pytest.raises(InputError, match="one inside the other"):
+        check_output_path(Path("IN/out.zarr"), inputs=[Path("in")], suffixes=OUTPUT_SUFFIXES)
+    check_output_path(Path("out.zarr"), inputs=[Path("in")], suffixes=OUTPUT_SUFFIXES)  # beside it: fine
 
 
 def test_batch_into_a_subfolder_whose_files_a_pattern_finds_is_refused(folder, capsys):
