@@ -386,6 +386,10 @@ def _check(ok: bool, message: str) -> None:
 RUN_KEYS = ("scheduler", "workers")
 
 
+#: The fix for a Windows path that TOML read as escapes: a backslash in double quotes starts one.
+WINDOWS_PATHS = "write Windows paths in single quotes ('C:\\data\\psf.tif') or with forward slashes (\"C:/data/psf.tif\")"
+
+
 def load_config(path) -> dict:
     """Read a batch TOML file into a dict of settings (keys are long option names, '-' or '_';
     ``no-accelerate = true`` is ``accelerate = false``, and ``no-amp`` and ``no-tta`` likewise),
@@ -397,11 +401,14 @@ def load_config(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file not found: {path}: check the path")
+    text = None
     try:
         # TOML is UTF-8 (Windows' default was cp1252); Notepad's "UTF-8 with BOM" was refused at line 1
-        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
+        raw = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read config {path}: {' '.join(str(exc).split())}: fix the TOML syntax") from exc
+        fix = WINDOWS_PATHS if _backslash_in_double_quotes(text, exc) else "fix the TOML syntax"
+        raise InputError(f"cannot read config {path}: {' '.join(str(exc).split())}: {fix}") from exc
     except OSError as exc:  # the command line's "check free disk space" is a writer's hint
         raise InputError(f"cannot read config {path}: {exc.strerror or exc}: ask for read access to it (or copy it "
                          "somewhere you can read)") from exc
@@ -435,14 +442,32 @@ def _config_path(name: str, config: Path, key: str) -> str:
     """A file a config names (at ``key``): ``~`` expanded (no shell does it there), a relative path
     taken from the config file's folder (not the working directory, as for --psf: the config travels
     with it). A ``~user`` with no such user, or a ``~`` with no HOME and no passwd entry, is refused
-    (Python raised RuntimeError: an internal error)."""
+    (Python raised RuntimeError: an internal error). So is a name with a control character that
+    names no file: a Windows path in double quotes (``"C:\\temp\\new.tif"``), whose ``\\t`` and
+    ``\\n`` TOML reads as a tab and a new line (its "not found" error came over two lines)."""
     try:
         given = Path(name).expanduser()
     except RuntimeError:
         home = Path(name).parts[0]
         raise InputError(f"config {config}: {key} = {name!r}: the home folder of {home!r} is not found (no such "
                          "user, or HOME unset): give the full path") from None
-    return str(given if given.is_absolute() else config.parent / given)
+    found = given if given.is_absolute() else config.parent / given
+    if any(ord(c) < 32 or ord(c) == 127 for c in name) and not found.exists():
+        raise InputError(f"config {config}: {key} = {name!r} holds a control character (a backslash in double "
+                         f"quotes starts an escape such as \\t or \\n): {WINDOWS_PATHS}")
+    return str(found)
+
+
+def _backslash_in_double_quotes(text, exc) -> bool:
+    """Whether the line of ``text`` (a config) that the TOML error ``exc`` names holds a backslash
+    inside double quotes: ``psf = "C:\\Users\\me\\psf.tif"`` was refused as "Invalid hex value"."""
+    import re
+
+    where = re.search(r"at line (\d+)", str(exc))
+    lines = text.splitlines() if text is not None else []
+    number = int(where.group(1)) if where else 0
+    line = lines[number - 1] if 0 < number <= len(lines) else ""
+    return re.search(r'"[^"]*\\', line) is not None
 
 
 def make_settings(values: dict, options: bool = False) -> Settings:

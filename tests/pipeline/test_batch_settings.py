@@ -10,6 +10,7 @@ import pytest
 from cli_helpers import assert_one_line_error, run
 
 from deconv3d.cli import main
+from deconv3d.errors import InputError
 from deconv3d.io import write_tiff
 from deconv3d.pipeline.settings import load_config, make_settings
 
@@ -185,6 +186,36 @@ def test_a_config_saved_with_a_byte_order_mark_is_read(folder):
     (folder / "batch.toml").write_text('method = "wiener"\npsf = "psf.tif"\n', encoding="utf-8-sig")
     assert (folder / "batch.toml").read_bytes().startswith(b"\xef\xbb\xbf")
     assert load_config(folder / "batch.toml") == {"method": "wiener", "psf": str(folder / "psf.tif")}
+
+
+@pytest.mark.parametrize("line, words", [
+    (r'psf = "C:\Users\me\psf.tif"', ["Invalid hex value (at line 1", "single quotes", "forward slashes"]),
+    (r'psf = "D:\new\beads\psf.tif"', ["Unescaped '\\' in a string", "single quotes", "forward slashes"]),
+    # TOML reads \t, \n and \f as control characters: "not found: C:<tab>emp" came over two lines
+    (r'psf = "C:\temp\new\file.tif"', [r"psf = 'C:\temp\new\x0cile.tif' holds a control character",
+                                       "('C:\\data\\psf.tif')", '("C:/data/psf.tif")']),
+    (r'model = ["C:/m/a.ckpt", "C:\temp\b.ckpt"]', [r"model = 'C:\temp\x08.ckpt'", "single quotes"]),
+])
+def test_a_windows_path_in_double_quotes_is_refused_with_the_quoting_to_use(folder, capsys, line, words):
+    r"""``psf = "C:\Users\me\psf.tif"`` was refused with "Invalid hex value ...: fix the TOML syntax",
+    which does not say that the backslashes are the trouble; ``"C:\temp\new\file.tif"`` was read
+    as control characters and its "PSF file not found" error spanned two lines."""
+    (folder / "batch.toml").write_text(line + "\n", encoding="utf-8")
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--config", folder / "batch.toml"], capsys)
+    assert_one_line_error(code, err, *words)
+    assert "fix the TOML syntax" not in err and not (folder / "out").exists()
+
+
+def test_quoting_that_is_no_windows_path_keeps_its_meaning(folder):
+    """Single quotes keep backslashes; a file whose name holds a tab is taken; a TOML error on a line
+    without a backslash keeps the plain syntax hint."""
+    (folder / "a\tb.tif").write_bytes(b"")
+    (folder / "batch.toml").write_text("psf = 'C:\\Users\\me\\psf.tif'\nmodel = \"a\\tb.tif\"\n", encoding="utf-8")
+    config = load_config(folder / "batch.toml")
+    assert config["psf"].endswith("C:\\Users\\me\\psf.tif") and config["model"] == str(folder / "a\tb.tif")
+    (folder / "batch.toml").write_text('method = "rl\n', encoding="utf-8")
+    with pytest.raises(InputError, match="fix the TOML syntax$"):
+        load_config(folder / "batch.toml")
 
 
 @pytest.mark.parametrize("line, words", [
