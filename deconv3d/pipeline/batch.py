@@ -626,8 +626,10 @@ def _write_reports(output_dir: Path, rows) -> tuple[Path, Path]:
                                                                      for r in rows]})
     from deconv3d.pipeline.output import atomic_output
 
+    # UTF-8 with a byte order mark: without one Excel on Windows read it as cp1252 ("PrÃ¤parat", "Âµm");
+    # read it as "utf-8-sig", which takes files without the mark (of earlier versions) too
     with _naming(csv_path), atomic_output(csv_path) as tmp, \
-            open(tmp, "w", newline="", encoding="utf-8") as fh:  # any file name
+            open(tmp, "w", newline="", encoding="utf-8-sig") as fh:  # any file name
         writer = csv.DictWriter(fh, fieldnames=list(REPORT_FIELDS), extrasaction="ignore")  # (settings: JSON only)
         writer.writeheader()
         writer.writerows({**r, "warnings": WARNINGS_JOINED.join(r.get("warnings") or ())} for r in rows)

@@ -355,11 +355,42 @@ def test_the_report_does_not_count_outputs_of_other_settings_as_done(folder, cap
     assert rows["img0.tif"]["status"] == "done" and report["summary"]["done"] == 1
     for name in ("img1.tif", "img2.tif"):
         assert rows[name]["status"] == "skipped" and "made with other settings" in rows[name]["reason"]
-    assert "settings" not in (out / "batch_report.csv").read_text().splitlines()[0]
+    assert "settings" not in (out / "batch_report.csv").read_text(encoding="utf-8-sig").splitlines()[0]
     assert main([str(a) for a in base + ["--iterations", 2]]) == 0  # img1, img2 finished with these: skipped
     capsys.readouterr()
     assert statuses(out) == {"img0.tif": "done", "img1.tif": "skipped", "img2.tif": "skipped"}
     assert "other settings" not in (out / "batch_report.json").read_text()
+
+
+def test_the_csv_report_starts_with_a_byte_order_mark_and_an_older_report_is_merged(tmp_path):
+    """batch_report.csv was UTF-8 without a byte order mark, which Excel on Windows reads as cp1252:
+    "PrÃ¤parat", "Âµm". It starts with the mark now; a report an earlier version wrote, without it,
+    is still merged, and a reader taking "utf-8-sig" gets the header's first key as 'file'."""
+    import codecs
+    import csv
+
+    from deconv3d.pipeline.batch import REPORT_FIELDS, write_reports
+
+    out = tmp_path / "out"
+    out.mkdir()
+    old, new = tmp_path / "Präparat 5µm.tif", tmp_path / "b.tif"
+    for f in (old, new):
+        f.write_bytes(b"")
+
+    def row(path, status):
+        return {"file": str(path), "status": status, "seconds": 1.5, "output": str(out / f"{path.stem}.zarr"),
+                "reason": "", "warnings": []}
+    (out / "batch_report.json").write_text(json.dumps({"summary": {}, "files": [row(old, "done")]}))
+    (out / "batch_report.csv").write_text(f"{','.join(REPORT_FIELDS)}\n{old},done,1.5,x,,\n", encoding="utf-8")
+    write_reports(out, [row(new, "failed")])
+    raw = (out / "batch_report.csv").read_bytes()
+    assert raw.startswith(codecs.BOM_UTF8) and raw.count(codecs.BOM_UTF8) == 1
+    assert "Präparat 5µm.tif" in raw[len(codecs.BOM_UTF8):].decode("utf-8")
+    with open(out / "batch_report.csv", encoding="utf-8-sig", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == list(REPORT_FIELDS)
+    assert [(r["file"], r["status"], r["output"]) for r in table] == [
+        (str(old), "done", str(out / "Präparat 5µm.zarr")), (str(new), "failed", str(out / "b.zarr"))]
 
 
 def test_publishing_refuses_a_folder_that_appeared_during_the_run(tmp_path):

@@ -136,7 +136,7 @@ def test_a_batch_prints_a_repeated_warning_once_and_keeps_each_file_s_in_its_rep
             f"{out / 'batch_report.json'}"]
         rows = json.loads((out / "batch_report.json").read_text())["files"]
         assert [r["warnings"] for r in rows if folder in r["file"]] == expected
-        with open(out / "batch_report.csv", encoding="utf-8", newline="") as fh:
+        with open(out / "batch_report.csv", encoding="utf-8-sig", newline="") as fh:
             table = list(csv.DictReader(fh))
         assert list(table[0]) == ["file", "status", "seconds", "output", "reason", "warnings"]
         assert [[r["warnings"]] for r in table if folder in r["file"]] == expected

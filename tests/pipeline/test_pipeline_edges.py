@@ -826,7 +826,7 @@ def test_batch_reads_its_config_and_writes_its_report_in_utf8_whatever_the_local
     code, out, err = run(["batch", "in", "-o", "out", "--config", "batch.toml"], capsys)
     monkeypatch.undo()
     assert code == 0, err
-    report = (tmp_path / "out" / "batch_report.csv").read_text(encoding="utf-8")
+    report = (tmp_path / "out" / "batch_report.csv").read_text(encoding="utf-8-sig")
     assert "клетка.tif" in report and (tmp_path / "out" / "клетка.zarr").is_dir()
 
 

@@ -60,7 +60,7 @@ def test_a_batch_with_a_name_that_is_not_utf8_writes_its_report_and_resumes(fold
         assert "\\udc" not in text and json.loads(text)["attributes"]["ome"]["multiscales"][0]["name"] == SHOWN[:-4]
 
     def report():
-        with open(out / "batch_report.csv", encoding="utf-8", newline="") as fh:
+        with open(out / "batch_report.csv", encoding="utf-8-sig", newline="") as fh:
             rows = {os.path.basename(r["file"]): r["status"] for r in csv.DictReader(fh)}
         text = (out / "batch_report.json").read_bytes().decode("utf-8")
         assert "\\udc" not in text  # no lone surrogate in the JSON
