@@ -458,24 +458,28 @@ def _found_as_input(output_dir: Path, input_dir: Path, patterns) -> bool:
 
 
 def _pattern_reaches(out: Path, base: Path, patterns) -> bool:
+    """Whether one of ``patterns`` reaches ``out`` inside ``base`` (see :func:`_found_as_input`). A
+    pattern's parts are those of the paths given (``Path(pattern).parts``, as the batch's search
+    splits it): on Windows ``*\\*.tif`` is two parts as ``*/*.tif`` is (split on "/" alone, it was one)."""
     import fnmatch
-    from pathlib import PurePath
 
     if out == base or not out.is_relative_to(base):
         return False
+    as_path = type(base)
     rel = tuple(part.lower() for part in out.relative_to(base).parts)  # the batch's glob ignores case
     for pattern in (p.lower() for p in patterns):
         if glob_hides(rel, pattern, below=True):  # the batch skips what only a wildcard finds in a hidden folder
             continue
         if "**" in pattern:
             return True
-        if "/" not in pattern:
-            if fnmatch.fnmatch(rel[0], pattern):  # the output, or the input folder that holds it
+        parts = as_path(pattern).parts
+        if len(parts) == 1:
+            if fnmatch.fnmatch(rel[0], parts[0]):  # the output, or the input folder that holds it
                 return True
             continue
-        if any(PurePath(*rel[:k]).match(pattern) for k in range(1, len(rel) + 1)):
+        if any(as_path(*rel[:k]).match(pattern) for k in range(1, len(rel) + 1)):
             return True
-        parts = pattern.split("/")  # files the batch writes in the output, one level below it
+        # files the batch writes in the output, one level below it
         if len(parts) == len(rel) + 1 and all(fnmatch.fnmatch(r, q) for r, q in zip(rel, parts)):
             return True
     return False

@@ -253,6 +253,26 @@ def test_batch_into_a_subfolder_whose_files_a_pattern_finds_is_refused(folder, c
     assert "skipped" in out and (folder / "in" / "day1" / "out" / "img0.tif").is_file()
 
 
+@pytest.mark.parametrize("pattern, on_windows", [("*\\*.tif", True), ("*/*.tif", True), ("out\\", True),
+                                                 ("day?\\*.tif", False), ("*.zarr", False)])
+def test_a_pattern_is_split_as_the_batch_s_search_splits_it(tmp_path, pattern, on_windows):
+    r"""The batch's search takes a pattern's parts as ``Path(pattern).parts``, which on Windows split
+    at "\" too; the check of the output folder split at "/" alone, so ``--pattern "*\*.tif"`` with the
+    output in ``in\out`` was not refused there while ``*/*.tif`` was. Windows' rule is tried with its
+    pure paths; this system's against what the batch's own search finds in the output folder."""
+    from pathlib import PureWindowsPath
+
+    from deconv3d._paths import glob_shown
+    from deconv3d.cli.pipeline import _pattern_reaches
+
+    base = PureWindowsPath("C:/data/in")
+    assert _pattern_reaches(base / "out", base, [pattern]) is on_windows
+    (tmp_path / "in" / "out").mkdir(parents=True)
+    (tmp_path / "in" / "out" / "a.tif").write_bytes(b"")
+    found = any(p.is_relative_to(tmp_path / "in" / "out") for p in glob_shown(tmp_path / "in", pattern))
+    assert _pattern_reaches(tmp_path / "in" / "out", tmp_path / "in", [pattern]) is found
+
+
 def test_batch_with_a_recursive_pattern_reads_nothing_in_hidden_folders(tmp_path, capsys):
     """'**/*.tif' searched hidden folders: the rerun of a batch into in/.out read its own outputs as
     inputs (exit 2, "a.tif and a.tif would both write a.tif"), a file server's .snapshot copy clashed
