@@ -164,9 +164,11 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     Parameters
     ----------
     data : ndarray, dask.array.Array, block reader or LazyImage
-        The image; axes ``axes`` (default ``"ZYX"``/``"YX"``, leading ``T``/``C`` allowed, ``"ZX"``
-        or ``"ZY"`` for a section through a stack; any other order, such as ``"XYZ"``, is
-        refused, not reordered: transpose such data first). Each
+        The image; axes ``axes`` (leading ``T``/``C`` allowed, ``"ZX"`` or ``"ZY"`` for a section
+        through a stack; any other order, such as ``"XYZ"``, is refused, not reordered: transpose
+        such data first). Default: a LazyImage's own, or those of the OME-Zarr image whose level a
+        :class:`~deconv3d.omezarr.ZarrReader` reads, else ``"ZYX"``/``"YX"`` for 3D/2D data; 4D
+        or 5D data with no axes of its own is refused (pass ``axes="TZYX"`` or ``"CZYX"``). Each
         block reads only its own region plus halo: from a file with a block reader
         (:class:`~deconv3d.omezarr.ZarrReader`, :class:`~deconv3d.omezarr.TiffReader`, or a
         :class:`~deconv3d.omezarr.LazyImage`, whose reader is used), else by slicing the array.
@@ -198,7 +200,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     model : MemoryModel, optional
     voxel_size, provenance, pyramid_levels, time_axis, origin
         Written into the OME-Zarr metadata (see :func:`deconv3d.omezarr.create_ome_zarr`); ``time_axis``
-        and ``origin`` default to a :class:`~deconv3d.omezarr.LazyImage` input's own (an uncalibrated
+        and ``origin`` default to a :class:`~deconv3d.omezarr.LazyImage` input's own, or an OME-Zarr
+        level's (:class:`~deconv3d.omezarr.ZarrReader`) (an uncalibrated
         input's origin, in voxels, scaled by ``voxel_size`` where one is given).
     channels : sequence of dict, optional
         The channels' names and colours (:attr:`~deconv3d.omezarr.LazyImage.channels`, the default
@@ -279,23 +282,31 @@ def _check_whole_numbers(chunks, halo, workers, pyramid_levels) -> None:
 
 def _source(data, axes, time_axis, origin, channels, voxel_size=None):
     """(block reader, axes, time axis, origin, channels) of ``data``; a
-    :class:`~deconv3d.omezarr.LazyImage` brings its own axes, time axis, origin and channels where
-    they are not given. An uncalibrated image's origin (in voxels) is scaled to micrometres where
-    the run gives the output a ``voxel_size``, and kept in voxels where it gives none."""
+    :class:`~deconv3d.omezarr.LazyImage`, or a :class:`~deconv3d.omezarr.ZarrReader` of a level of
+    an OME-Zarr image (:meth:`~deconv3d.omezarr.ZarrReader.image`), brings its own axes, time axis,
+    origin and channels where they are not given. Other data is ``"ZYX"`` or ``"YX"`` by default;
+    4D or 5D data without axes is refused (read as ``CZYX``, a time series ran each time point
+    through another channel's callable). An uncalibrated image's origin (in voxels) is scaled to
+    micrometres where the run gives the output a ``voxel_size``, and kept in voxels where it gives none."""
     from deconv3d._voxel import checked_voxel_size
-    from deconv3d.omezarr import LazyImage
+    from deconv3d.omezarr import LazyImage, ZarrReader
     from deconv3d.omezarr.writing import checked_axes
 
-    if isinstance(data, LazyImage):
-        axes = axes or data.axes
-        time_axis = time_axis if time_axis is not None else data.time_axis
-        channels = channels if channels is not None else data.channels
-        if origin is None and data.origin is not None:
-            origin = data.origin
-            if data.voxel_size is None and voxel_size is not None:
+    image = data if isinstance(data, LazyImage) else data.image() if isinstance(data, ZarrReader) else None
+    if image is not None:
+        axes = axes or image.axes
+        time_axis = time_axis if time_axis is not None else image.time_axis
+        channels = channels if channels is not None else image.channels
+        if origin is None and image.origin is not None:
+            origin = image.origin
+            if image.voxel_size is None and voxel_size is not None:
                 origin = tuple(o * v for o, v in zip(origin, checked_voxel_size(voxel_size, len(origin))))
     reader = as_reader(data)
-    axes = checked_axes(axes or "TCZYX"[-reader.ndim:], reader.ndim)  # labels only: data in another order is refused
+    if not axes and reader.ndim in (4, 5):
+        example = "'TCZYX'" if reader.ndim == 5 else "'TZYX' (a time series) or 'CZYX' (channels)"
+        raise InputError(f"the image is {reader.ndim}D {tuple(reader.shape)} and its axes are unknown: pass "
+                         f"axes={example}")
+    axes = checked_axes(axes or "ZYX"[-reader.ndim:], reader.ndim)  # labels only: data in another order is refused
     return reader, axes, time_axis, origin, channels
 
 

@@ -1,0 +1,63 @@
+"""Time series (TZYX, TCZYX) through run_chunked: axes, time step and voxel size are the input's own."""
+
+import numpy as np
+import pytest
+import zarr
+
+from deconv3d.errors import InputError
+from deconv3d.omezarr import ZarrReader, open_lazy
+from deconv3d.pipeline import run_chunked
+
+
+def ome_zarr_tzyx(path, data, scale=(2.5, 0.3, 0.1, 0.1)):
+    """A TZYX OME-Zarr v0.5 image written with zarr alone (not deconv3d's writer): t in seconds, z y x in µm."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    axes = [{"name": "t", "type": "time", "unit": "second"}] + [
+        {"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]}]}]}
+    group.create_array("0", shape=data.shape, dtype=data.dtype, chunks=(1, *data.shape[1:]))[...] = data
+    return path
+
+
+def output_metadata(path):
+    ms = zarr.open_group(str(path), mode="r").attrs["ome"]["multiscales"][0]
+    return ms["axes"], ms["datasets"][0]["coordinateTransformations"][0]["scale"]
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (3, 2, 4, 8, 8)])
+def test_four_and_five_d_arrays_without_axes_are_refused(tmp_path, shape):
+    # read as CZYX, each time point of a TZYX series went through another channel's callable
+    series = np.ones(shape, np.float32)
+    fns = [lambda b: b, lambda b: b * 2, lambda b: b * 3]
+    with pytest.raises(InputError, match=r"axes are unknown: pass axes='T") as error:
+        run_chunked(series, fns, tmp_path / "o.zarr", voxel_size=(0.3, 0.1, 0.1))
+    assert "\n" not in str(error.value) and not (tmp_path / "o.zarr").exists()
+    run_chunked(series, fns[1], tmp_path / "t.zarr", axes="TZYX" if len(shape) == 4 else "TCZYX")
+    axes, _ = output_metadata(tmp_path / "t.zarr")
+    assert axes[0]["name"] == "t"
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "t.zarr"), path="0")[...], series * 2)
+
+
+def test_a_three_d_array_is_still_zyx_by_default(tmp_path):
+    run_chunked(np.ones((3, 8, 8), np.float32), lambda b: b, tmp_path / "o.zarr")
+    assert [a["name"] for a in output_metadata(tmp_path / "o.zarr")[0]] == ["z", "y", "x"]
+
+
+def test_zarr_reader_of_an_ome_zarr_level_keeps_its_time_axis(tmp_path):
+    data = np.random.default_rng(0).random((3, 4, 8, 8)).astype(np.float32)
+    path = ome_zarr_tzyx(tmp_path / "tzyx.zarr", data)
+    run_chunked(ZarrReader(path, "0"), lambda b: b * 2, tmp_path / "o.zarr")
+    axes, scale = output_metadata(tmp_path / "o.zarr")
+    assert [a["name"] for a in axes] == ["t", "z", "y", "x"] and axes[0].get("unit") == "second"
+    assert scale[0] == 2.5
+    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "o.zarr"), path="0")[...], data * 2, rtol=1e-6)
+    assert open_lazy(tmp_path / "o.zarr").time_axis == (2.5, "second")
+
+
+def test_zarr_reader_of_a_bare_four_d_array_needs_axes(tmp_path):
+    zarr.open_array(str(tmp_path / "bare.zarr"), mode="w", shape=(3, 4, 8, 8), dtype="f4", zarr_format=3)[...] = 1
+    with pytest.raises(InputError, match="axes are unknown"):
+        run_chunked(ZarrReader(tmp_path / "bare.zarr"), lambda b: b, tmp_path / "o.zarr")
+    run_chunked(ZarrReader(tmp_path / "bare.zarr"), lambda b: b, tmp_path / "o.zarr", axes="TZYX")
+    assert [a["name"] for a in output_metadata(tmp_path / "o.zarr")[0]] == ["t", "z", "y", "x"]
