@@ -199,9 +199,9 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         run lasts (:func:`~deconv3d.pipeline.memory.large_allocations_returned`).
     model : MemoryModel, optional
     voxel_size, provenance, pyramid_levels, time_axis, origin
-        Written into the OME-Zarr metadata (see :func:`deconv3d.omezarr.create_ome_zarr`); ``time_axis``
-        and ``origin`` default to a :class:`~deconv3d.omezarr.LazyImage` input's own, or an OME-Zarr
-        level's (:class:`~deconv3d.omezarr.ZarrReader`) (an uncalibrated
+        Written into the OME-Zarr metadata (see :func:`deconv3d.omezarr.create_ome_zarr`); ``time_axis``,
+        ``voxel_size`` and ``origin`` default to a :class:`~deconv3d.omezarr.LazyImage` input's own, or
+        an OME-Zarr level's (:class:`~deconv3d.omezarr.ZarrReader`) (an uncalibrated
         input's origin, in voxels, scaled by ``voxel_size`` where one is given).
     channels : sequence of dict, optional
         The channels' names and colours (:attr:`~deconv3d.omezarr.LazyImage.channels`, the default
@@ -229,7 +229,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         raise InputError(f"run_chunked writes an OME-Zarr folder, not a TIFF ({output}): give a path ending in .zarr "
                          "(deconv3d.pipeline.files.deconvolve_file writes TIFF)")
     output = Path(output).absolute()  # where a cluster's workers, each in a folder of its own, write the blocks
-    reader, axes, time_axis, origin, channels = _source(data, axes, time_axis, origin, channels, voxel_size)
+    reader, axes, time_axis, origin, channels, voxel_size = _source(data, axes, time_axis, origin, channels,
+                                                                    voxel_size)
     lead = sum(a in "TC" for a in axes)
     fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
     cap = tuple(CHUNK_CAP[a] for a in axes[lead:])  # stored chunks no longer than write_ome_zarr's
@@ -281,10 +282,11 @@ def _check_whole_numbers(chunks, halo, workers, pyramid_levels) -> None:
 
 
 def _source(data, axes, time_axis, origin, channels, voxel_size=None):
-    """(block reader, axes, time axis, origin, channels) of ``data``; a
+    """(block reader, axes, time axis, origin, channels, voxel size) of ``data``; a
     :class:`~deconv3d.omezarr.LazyImage`, or a :class:`~deconv3d.omezarr.ZarrReader` of a level of
     an OME-Zarr image (:meth:`~deconv3d.omezarr.ZarrReader.image`), brings its own axes, time axis,
-    origin and channels where they are not given. Other data is ``"ZYX"`` or ``"YX"`` by default;
+    origin, channels and voxel size where they are not given (without its voxel size, a run that kept
+    its time axis wrote scale 1 and no unit in space). Other data is ``"ZYX"`` or ``"YX"`` by default;
     4D or 5D data without axes is refused (read as ``CZYX``, a time series ran each time point
     through another channel's callable). An uncalibrated image's origin (in voxels) is scaled to
     micrometres where the run gives the output a ``voxel_size``, and kept in voxels where it gives none."""
@@ -297,6 +299,7 @@ def _source(data, axes, time_axis, origin, channels, voxel_size=None):
         axes = axes or image.axes
         time_axis = time_axis if time_axis is not None else image.time_axis
         channels = channels if channels is not None else image.channels
+        voxel_size = voxel_size if voxel_size is not None else image.voxel_size
         if origin is None and image.origin is not None:
             origin = image.origin
             if image.voxel_size is None and voxel_size is not None:
@@ -307,7 +310,7 @@ def _source(data, axes, time_axis, origin, channels, voxel_size=None):
         raise InputError(f"the image is {reader.ndim}D {tuple(reader.shape)} and its axes are unknown: pass "
                          f"axes={example}")
     axes = checked_axes(axes or "ZYX"[-reader.ndim:], reader.ndim)  # labels only: data in another order is refused
-    return reader, axes, time_axis, origin, channels
+    return reader, axes, time_axis, origin, channels, voxel_size
 
 
 @dataclass

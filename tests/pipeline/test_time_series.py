@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
 
 from deconv3d.errors import InputError
@@ -61,3 +62,30 @@ def test_zarr_reader_of_a_bare_four_d_array_needs_axes(tmp_path):
         run_chunked(ZarrReader(tmp_path / "bare.zarr"), lambda b: b, tmp_path / "o.zarr")
     run_chunked(ZarrReader(tmp_path / "bare.zarr"), lambda b: b, tmp_path / "o.zarr", axes="TZYX")
     assert [a["name"] for a in output_metadata(tmp_path / "o.zarr")[0]] == ["t", "z", "y", "x"]
+
+
+def imagej_tiff(path, data, axes):
+    """An ImageJ TIFF written with tifffile: 0.1 µm pixels, 0.3 µm z step, 2.5 s per time point."""
+    tifffile.imwrite(path, data, imagej=True, resolution=(10, 10),
+                     metadata={"axes": axes, "spacing": 0.3, "unit": "um", "finterval": 2.5})
+    return path
+
+
+@pytest.mark.parametrize("shape, axes", [((3, 4, 8, 8), "TZYX"), ((4, 8, 8), "ZYX")])
+def test_a_lazy_image_keeps_its_voxel_size(tmp_path, shape, axes):
+    data = np.arange(np.prod(shape), dtype=np.uint16).reshape(shape)
+    lazy = open_lazy(imagej_tiff(tmp_path / "in.tif", data, axes))
+    run_chunked(lazy, lambda b: b, tmp_path / "o.zarr")
+    names, scale = output_metadata(tmp_path / "o.zarr")
+    assert [a["name"] for a in names] == list(axes.lower())
+    np.testing.assert_allclose(scale, ([2.5] if "T" in axes else []) + [0.3, 0.1, 0.1], rtol=1e-6)
+    assert all(a.get("unit") == "micrometer" for a in names if a["type"] == "space")
+    run_chunked(lazy, lambda b: b, tmp_path / "given.zarr", voxel_size=(1.0, 0.2, 0.2))  # given: it wins
+    assert output_metadata(tmp_path / "given.zarr")[1][-3:] == [1.0, 0.2, 0.2]
+
+
+def test_zarr_reader_of_an_ome_zarr_level_keeps_its_voxel_size(tmp_path):
+    path = ome_zarr_tzyx(tmp_path / "tzyx.zarr", np.ones((2, 4, 8, 8), np.float32), scale=(2.5, 0.5, 0.2, 0.2))
+    run_chunked(ZarrReader(path, "0"), lambda b: b, tmp_path / "o.zarr")
+    assert output_metadata(tmp_path / "o.zarr")[1] == [2.5, 0.5, 0.2, 0.2]
+    assert open_lazy(tmp_path / "o.zarr").voxel_size == (0.5, 0.2, 0.2)
