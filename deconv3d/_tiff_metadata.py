@@ -75,17 +75,21 @@ _OME_TIME_UNITS = {"Ys": "yottasecond", "Zs": "zettasecond", "Es": "exasecond", 
                    "\u00b5s": "microsecond", "ns": "nanosecond", "ps": "picosecond", "fs": "femtosecond",
                    "as": "attosecond", "zs": "zeptosecond", "ys": "yoctosecond", "min": "minute", "h": "hour",
                    "d": "day"}
-# OME-Zarr (UDUNITS) names of the time units that ImageJ users type (and OME-XML writers that stray from it).
-_TIME_UNITS = {"s": "second", "sec": "second", "second": "second", "seconds": "second", "ms": "millisecond",
-               "millisecond": "millisecond", "us": "microsecond", "\u00b5s": "microsecond",
-               "microsecond": "microsecond", "min": "minute", "minute": "minute", "minutes": "minute",
-               "h": "hour", "hr": "hour", "hour": "hour", "hours": "hour"}
+# OME-Zarr (UDUNITS) names of the time units that ImageJ users type (Fiji takes any text: "secs", "hrs", "days",
+# "msec" were dropped) and OME-XML writers that stray from it; keys as _unit_key makes them (lower case, µ as "u").
+_TIME_UNITS = {spelling: name for name, spellings in {
+    "second": ("s", "sec", "secs", "second", "seconds"), "minute": ("min", "mins", "minute", "minutes"),
+    "hour": ("h", "hr", "hrs", "hour", "hours"), "day": ("d", "day", "days"),
+    "millisecond": ("ms", "msec", "msecs", "millisecond", "milliseconds"),
+    "microsecond": ("us", "usec", "usecs", "microsecond", "microseconds"),
+    "nanosecond": ("ns", "nsec", "nsecs", "nanosecond", "nanoseconds")}.items() for spelling in spellings}
 
 
 def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
     """``(step, unit)`` of the T axis an OME-TIFF (``TimeIncrement``) or an ImageJ hyperstack
     (``finterval``, unit ``tunit``, else seconds) records, the unit an OME-Zarr name or None; None
-    when neither records one."""
+    when neither records one. A unit that has no OME-Zarr name here is warned about, by name (the
+    step is kept without it)."""
     step, unit, symbols = None, None, {}
     if tif.is_ome and tif.ome_metadata:
         pixels = _ome_pixels(tif.ome_metadata)
@@ -100,7 +104,13 @@ def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
         step = None
     if step is None or not (math.isfinite(step) and step > 0):
         return None
-    return step, symbols.get(str(unit).strip()) or _TIME_UNITS.get(str(unit).strip().lower())
+    name = symbols.get(str(unit).strip()) or _TIME_UNITS.get(_unit_key(unit))
+    if name is None and str(unit).strip():
+        from deconv3d.errors import warn
+
+        warn(f"deconv3d: warning: {tif.filename} records its time step in {str(unit).strip()!r}, a unit deconv3d "
+             f"cannot name: the t axis keeps the step {step:g} without a unit (use sec, min, hr, day, ms, us or ns)")
+    return step, name
 
 
 def ome_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:

@@ -837,6 +837,44 @@ def test_every_ome_time_unit_gets_its_ome_zarr_name(tmp_path):
         path = tmp_path / "t.ome.tif"
         tifffile.imwrite(path, np.zeros((2, 2, 8, 8), np.float32), ome=True,
                          metadata={"axes": "TZYX", "TimeIncrement": 1.5, "TimeIncrementUnit": symbol})
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(path) as tif, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             assert time_axis_of(tif) == (1.5, name), symbol
         assert name is None or name in KNOWN_TEMPORAL_UNITS
+        assert [str(w.message) for w in caught] == ([] if name else [  # (the unit it drops is named)
+            "t.ome.tif records its time step in 'das', a unit deconv3d cannot name: the t axis keeps the step 1.5 "
+            "without a unit (use sec, min, hr, day, ms, us or ns)"])
+
+
+@pytest.mark.parametrize("spellings, name", [
+    (("sec", "secs", "s", "Seconds"), "second"), (("min", "mins", "minute"), "minute"),
+    (("hr", "hrs", "h", "hours"), "hour"), (("d", "day", "days"), "day"),
+    (("ms", "msec", "milliseconds"), "millisecond"),
+    (("us", "\\u00b5s", "usec"), "microsecond"),  # (µs as an ImageJ header escapes it)
+    (("ns", "nsec", "nanoseconds"), "nanosecond")])
+def test_imagej_time_units_get_their_ome_zarr_names(tmp_path, spellings, name):
+    """ImageJ time units beyond sec, min, hr, ms, us were dropped without a word ("secs", "hrs",
+    "days", "msec", "ns": a t axis with no unit); the usual spellings now get their OME-Zarr name."""
+    from ome_zarr.axes import KNOWN_TEMPORAL_UNITS
+
+    from deconv3d.io import time_axis_of
+
+    assert name in KNOWN_TEMPORAL_UNITS
+    for spelling in spellings:
+        path = tmp_path / "t.tif"
+        tifffile.imwrite(path, np.zeros((2, 2, 8, 8), np.uint16), imagej=True,
+                         metadata={"axes": "TZYX", "finterval": 2.5, "tunit": spelling})
+        with tifffile.TiffFile(path) as tif, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert time_axis_of(tif) == (2.5, name), spelling
+
+
+def test_an_imagej_time_unit_without_a_name_is_warned_about(tmp_path):
+    from deconv3d.errors import Deconv3dWarning
+    from deconv3d.omezarr import open_lazy
+
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((2, 2, 8, 8), np.uint16), imagej=True,
+                     metadata={"axes": "TZYX", "finterval": 2.5, "tunit": "fortnight"})
+    with pytest.warns(Deconv3dWarning, match=r"^t.tif records its time step in 'fortnight', a unit") as caught:
+        assert open_lazy(tmp_path / "t.tif").time_axis == (2.5, None)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
