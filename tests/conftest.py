@@ -18,14 +18,18 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True, scope="session")
 def private_cache(tmp_path_factory):
-    """FFTW wisdom (deconv3d._fftw) goes to a temporary folder, not the user's ~/.cache."""
-    before = os.environ.get("DECONV3D_CACHE_DIR")
-    os.environ["DECONV3D_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    """FFTW wisdom (deconv3d._fftw) and matplotlib's font cache (the demo's figure) go to temporary
+    folders, not the user's ~/.cache (the font cache went to ~/.cache/matplotlib)."""
+    names = ("DECONV3D_CACHE_DIR", "MPLCONFIGDIR")
+    before = {name: os.environ.get(name) for name in names}
+    for name in names:
+        os.environ[name] = str(tmp_path_factory.mktemp(name.lower()))
     yield
-    if before is None:
-        os.environ.pop("DECONV3D_CACHE_DIR", None)
-    else:
-        os.environ["DECONV3D_CACHE_DIR"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -40,7 +40,8 @@ def test_deconvolve_reads_and_records_a_name_that_is_not_utf8(folder, capsys, ou
                         "--iterations", 2, *extra], capsys)
     assert code == 0, err
     if output.endswith(".tif"):
-        recorded = tifffile.TiffFile(folder / output).imagej_metadata["Properties"]["input"]
+        with tifffile.TiffFile(folder / output) as tif:  # closed: an open file warned under -W error
+            recorded = tif.imagej_metadata["Properties"]["input"]
     else:
         recorded = json.loads((folder / output / "zarr.json").read_text(encoding="utf-8"))["attributes"]
         recorded = recorded["deconv3d"]["input"]["path"]
