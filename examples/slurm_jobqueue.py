@@ -71,7 +71,7 @@ def make_cluster():
 def run(input_dir: Path, output_dir: Path) -> int:
     from distributed import Client
 
-    from deconv3d.pipeline.batch import make_settings, run_batch, write_reports
+    from deconv3d.pipeline.batch import make_settings, report_as_files_finish, run_batch, write_reports
     from deconv3d.pipeline.files import deconvolve_file
 
     settings = make_settings(SETTINGS)  # validated before any job is submitted
@@ -85,7 +85,8 @@ def run(input_dir: Path, output_dir: Path) -> int:
             print(f"{path.name}: {info.blocks} blocks in {info.seconds:.0f} s", flush=True)
 
         start = time.perf_counter()
-        rows = run_batch(input_dir, output_dir, settings, one)
+        # the report as files finish too: a job killed at its time limit leaves one of the files it finished
+        rows = run_batch(input_dir, output_dir, settings, one, report=report_as_files_finish(output_dir))
     write_reports(output_dir, rows)
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"{len(rows) - len(failed)} of {len(rows)} files done in {time.perf_counter() - start:.0f} s; "

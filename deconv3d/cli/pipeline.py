@@ -242,7 +242,7 @@ def _check_shared_files(settings) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from deconv3d.pipeline.batch import load_config, run_batch, status_counts
+    from deconv3d.pipeline.batch import load_config, report_as_files_finish, run_batch, status_counts
     from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
     from deconv3d.pipeline.files import deconvolve_file
 
@@ -292,7 +292,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 print(f"[{number}/{total}] {row['status']:<7} {Path(row['file']).name}{reason}", flush=True)
 
             run_batch(args.input_dir, output_dir, settings, one, progress=report, rows=rows,
-                      also_finished_as=_as_read_before(args, config, settings))
+                      also_finished_as=_as_read_before(args, config, settings),
+                      report=report_as_files_finish(output_dir, fill=warned.fill))  # (a killed run's too)
     except KeyboardInterrupt as exc:
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
         for row in rows:  # the file in progress: its earlier output, if any, no longer matches a record

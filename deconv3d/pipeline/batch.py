@@ -33,7 +33,7 @@ from deconv3d.pipeline.settings import (OUTPUT_FORMATS, RUN_KEYS, Settings, _man
                                        make_settings, tv_term_rule)
 
 __all__ = ["Settings", "load_config", "make_settings", "channel_count", "RUN_KEYS", "find_inputs", "run_batch",
-           "build_block_fn", "load_psf_for", "write_reports", "status_counts", "RECORD_DIR"]
+           "build_block_fn", "load_psf_for", "write_reports", "report_as_files_finish", "status_counts", "RECORD_DIR"]
 
 RECORD_DIR = ".deconv3d-batch"
 ALWAYS_HASH_BYTES = 256 * 2**20  # inputs up to this size are re-hashed on every skip check
@@ -300,7 +300,7 @@ REPORT_FIELDS = ("file", "status", "seconds", "output", "reason", "warnings")  #
 
 
 def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progress=None,
-              rows: list | None = None, also_finished_as: tuple = ()) -> list[dict]:
+              rows: list | None = None, also_finished_as: tuple = (), report=None) -> list[dict]:
     """Run ``process_one(input_path, output_path, input_sha256)`` for every unfinished input.
 
     ``process_one`` writes the output (atomically) or raises; an InputError or any other
@@ -318,6 +318,9 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     live run is writing is skipped (:data:`~deconv3d.pipeline.locks.BUSY`) and tried again after the
     last file, when it is processed if that run has ended (killed), or failed if another input now owns
     its output; ``progress`` is then called for it again.
+    ``report(rows)``, when given, is called with the rows settled so far each time a file is settled,
+    before ``progress``: pass :func:`report_as_files_finish` so that a run killed outright leaves a
+    report of the files it finished.
     """
     output_dir = Path(output_dir)
     # the PSF (or model) kept among the images it applies to is not one of them (it was deconvolved too)
@@ -346,14 +349,19 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
             if _settle(path, output, output_dir, started, (finished_as, symmetric_as), settings, process_one, row,
                        listed) is False:
                 busy.append((number, path, output, row))  # (who owns its output is asked once, below)
+            if report is not None:
+                report(rows)
             if progress is not None:
                 progress(number, len(inputs), row)
         # The files another run held: it may have been killed (its lock is then free), or its input may
         # own their output now. A file still held by a live run stays skipped.
         for number, path, output, row in busy:
             if _settle(path, output, output_dir, started, (finished_as, symmetric_as), settings, process_one, row,
-                       listed, again=True) is not False and progress is not None:
-                progress(number, len(inputs), row)
+                       listed, again=True) is not False:
+                if report is not None:
+                    report(rows)
+                if progress is not None:
+                    progress(number, len(inputs), row)
     return rows
 
 
@@ -538,6 +546,38 @@ def write_reports(output_dir, rows) -> tuple[Path, Path]:
     output_dir = Path(output_dir)
     with report_lock(output_dir / RECORD_DIR):
         return _write_reports(output_dir, _merged_rows(output_dir, rows))
+
+
+#: The share of a batch's time that :func:`report_as_files_finish` may spend writing its report at most.
+REPORT_SHARE = 0.05
+
+
+def report_as_files_finish(output_dir, fill=None):
+    """A ``report`` for :func:`run_batch` that writes the batch report (:func:`write_reports`, merged
+    with the report there) with the rows settled so far: the report was written only when the batch
+    ended, and a run killed outright (SIGKILL at a time limit, out of memory, a node lost) left none, so
+    that its rerun listed the files it had finished as skipped in 0.0 s, their warnings lost.
+    ``fill(rows)`` gives the rows as written (the command line puts its wording of the warnings in).
+    One thread writes at a time (other runs wait for the report's lock), and the writes are spaced to
+    take at most :data:`REPORT_SHARE` of the batch's time (3000 rows take about 0.2 s to merge and
+    write): a file settled just before a kill may be missing from the report (its output and
+    completion record are not). A write that fails (a full disk) is left to the batch's last one,
+    which says so."""
+    import threading
+
+    lock, due = threading.Lock(), [0.0]
+
+    def report(rows) -> None:
+        with lock:
+            start = time.monotonic()
+            if start < due[0]:
+                return
+            settled = [r for r in rows if r["status"]]  # (not the file in progress)
+            with contextlib.suppress(OSError):
+                write_reports(output_dir, fill(settled) if fill is not None else settled)
+            due[0] = start + (time.monotonic() - start) / REPORT_SHARE
+
+    return report
 
 
 def _written_since(record: Path, moment: float) -> bool:

@@ -593,3 +593,66 @@ def test_a_folder_that_may_not_be_replaced_is_refused_before_any_work(tmp_path):
     with pytest.raises(InputError, match="not a zarr image deconv3d wrote"):
         run_chunked(np.ones((8, 8, 8), np.float32), Counting(psf, iterations=1), target, chunks=(4, 8, 8))
     assert calls == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+
+
+class _Killed(BaseException):
+    """A kill, as the run sees it: nothing of it handles this (not KeyboardInterrupt, not Exception),
+    so no end-of-batch or interrupted-batch report is written."""
+
+
+def test_a_batch_killed_after_a_file_leaves_a_report_of_it_with_its_warnings(tmp_path, capsys, monkeypatch):
+    """Found by the cluster review: the report was written when the batch ended only, so a batch killed
+    outright (SIGKILL at a time limit, out of memory) left none, and its rerun listed the file it had
+    finished as skipped in 0.0 s with no warnings (the killed run's were lost)."""
+    from deconv3d.pipeline import files
+
+    (tmp_path / "in").mkdir()
+    for i, name in enumerate(("a", "b")):  # no voxel size recorded: each file draws a warning
+        write_tiff(tmp_path / "in" / f"{name}.tif", blurred_beads((8, 16, 16), gaussian_psf(), seed=i))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf())
+    out, real = tmp_path / "out", files.deconvolve_file
+
+    def killed_at_b(path, *args, **kwargs):
+        if path.name == "b.tif":
+            raise _Killed
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "deconvolve_file", killed_at_b)
+    command = [str(a) for a in ["batch", tmp_path / "in", "-o", out, "--psf", tmp_path / "psf.tif", "--iterations", 1]]
+    with pytest.raises(_Killed):
+        main(command)
+    (row,) = json.loads((out / "batch_report.json").read_text())["files"]
+    assert (os.path.basename(row["file"]), row["status"]) == ("a.tif", "done") and row["seconds"] > 0
+    assert len(row["warnings"]) == 1 and "a.tif" in row["warnings"][0] and "voxel size" in row["warnings"][0]
+    assert "voxel size" in (out / "batch_report.csv").read_text(encoding="utf-8-sig")
+
+    monkeypatch.setattr(files, "deconvolve_file", real)
+    assert main(command) == 0
+    capsys.readouterr()
+    rows = {os.path.basename(r["file"]): r for r in json.loads((out / "batch_report.json").read_text())["files"]}
+    assert {name: r["status"] for name, r in rows.items()} == {"a.tif": "skipped", "b.tif": "done"}
+    assert rows["a.tif"]["warnings"] == row["warnings"]
+
+
+def test_the_report_as_files_finish_leaves_out_the_file_in_progress_and_spaces_its_writes(tmp_path, monkeypatch):
+    """Written after every file, a report of 3000 rows (0.2 s to merge and write) cost a batch of small
+    files minutes: writes are spaced to take at most REPORT_SHARE of the time (a clock of our own here)."""
+    import types
+
+    from deconv3d.pipeline import batch
+
+    clock, written = [0.0], []
+
+    def write_reports(output_dir, rows):
+        written.append((clock[0], [r["file"] for r in rows]))
+        clock[0] += 1.0  # each write takes a second
+
+    monkeypatch.setattr(batch, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(batch, "write_reports", write_reports)
+    report = batch.report_as_files_finish(tmp_path, fill=lambda rows: [{**r, "file": r["file"].upper()} for r in rows])
+    rows = [{"file": "a", "status": "done"}, {"file": "b", "status": ""}]
+    report(rows)  # at 0 s: written (b, in progress, is not), the next write due at 1 / REPORT_SHARE = 20 s
+    for now in (5.0, 19.9, 20.0):
+        clock[0] = now
+        report(rows)
+    assert batch.REPORT_SHARE == 0.05 and written == [(0.0, ["A"]), (20.0, ["A"])]
