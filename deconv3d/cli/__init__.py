@@ -2,8 +2,9 @@
 
 Exit status: 0 done; 2 bad input or usage, not enough memory for the run, or a full or
 read-only disk (one line ``deconv3d: error: ...`` on stderr, no output file left behind); 3 a
-batch in which some files failed (the others are complete); 130 interrupted (Ctrl-C) and 143
-terminated (SIGTERM, as a cluster scheduler sends), with nothing partial left; 1 an
+batch in which some files failed (the others are complete); 130 interrupted (Ctrl-C), 143
+terminated (SIGTERM, as a cluster scheduler sends) and 129 hung up (SIGHUP, a dropped ssh session),
+with nothing partial left; 1 an
 unexpected internal error. ``--debug`` prints the traceback first, with the same status. The
 contract is the design document's command-line section (DESIGN.md, shared with the project).
 """
@@ -101,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"deconv3d: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; no output was written",
-              file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        print(f"deconv3d: {f'terminated ({exc.name})' if isinstance(exc, Terminated) else 'interrupted'}; no output "
+              "was written", file=sys.stderr)
+        return exc.status if isinstance(exc, Terminated) else 130
     except OSError as exc:
         if exc.errno not in _WRITE_ERRORS and not out_of_space(exc):
             return _internal(exc, debug)
@@ -130,25 +131,33 @@ def main(argv: list[str] | None = None) -> int:
 _WRITE_ERRORS = (*SPACE_ERRORS, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+#: The signals that end a command as Ctrl-C does, clean-up included: a cluster scheduler's SIGTERM, and
+#: the SIGHUP of a dropped ssh session (which exited 129 with no message, temporaries and no report left).
+TERMINATING = ("SIGTERM", "SIGHUP")
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt():
-    """While a command runs, SIGTERM raises :class:`Terminated` (in the main thread only, where
-    Python runs signal handlers); the previous handler is restored afterwards."""
+    """While a command runs, SIGTERM and SIGHUP raise :class:`Terminated` naming the signal (in the
+    main thread only, where Python runs signal handlers); one ignored by whoever started us (SIGHUP
+    under nohup) stays ignored. The previous handlers are restored afterwards."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise Terminated()
+        raise Terminated(signum)
 
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:  # ignored by whoever started us (nohup-like): keep it so
-        yield
-        return
-    before = signal.signal(signal.SIGTERM, handler)
+    before = {}
+    for name in TERMINATING:
+        signum = getattr(signal, name, None)  # (Windows has no SIGHUP)
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+            before[signum] = signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for signum, handler_before in before.items():
+            signal.signal(signum, handler_before)
 
 
 def _tolerant_output():

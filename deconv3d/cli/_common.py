@@ -167,8 +167,23 @@ def check_environment() -> None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a cluster scheduler's cancel or time limit), raised in the main thread as Ctrl-C is:
-    the same clean-up runs (temporaries removed, a batch report written)."""
+    """SIGTERM (a cluster scheduler's cancel or time limit) or SIGHUP (a dropped ssh session), raised
+    in the main thread as Ctrl-C is: the same clean-up runs (temporaries removed, a batch report
+    written). ``signum``: the signal; :attr:`name` names it, :attr:`status` is the exit status, 128 + it."""
+
+    def __init__(self, signum: int = 15):  # (SIGTERM)
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name
+
+    @property
+    def status(self) -> int:
+        return 128 + self.signum
 
 
 def positive_float(text: str) -> float:

@@ -295,17 +295,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
                       also_finished_as=_as_read_before(args, config, settings),
                       report=report_as_files_finish(output_dir, fill=warned.fill))  # (a killed run's too)
     except KeyboardInterrupt as exc:
-        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        how = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
         for row in rows:  # the file in progress: its earlier output, if any, no longer matches a record
             if not row["status"]:
                 row.update(status="failed", reason=f"{how}: rerun to redo it")
         counts = status_counts(rows)
         json_path = _write_reports(output_dir, warned.fill(rows)) if rows else None  # over an earlier report's rows
         warned.summary(json_path)
-        print(f"deconv3d: {how.split()[0]} at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
+        said = how if isinstance(exc, Terminated) else "interrupted"  # (the signal named)
+        print(f"deconv3d: {said} at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
               f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
               + (f" (report {json_path})" if json_path else "") + ": rerun the same command to resume", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return exc.status if isinstance(exc, Terminated) else 130
     json_path = _write_reports(output_dir, warned.fill(rows))
     if json_path is None:
         warned.summary(None)

@@ -388,6 +388,62 @@ def test_sigterm_handler_is_restored_after_a_command(stack, monkeypatch, capsys)
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.parametrize("command", ["deconvolve", "batch"])
+def test_sighup_ends_a_run_as_sigterm_does_and_names_it(stack, monkeypatch, capsys, command):
+    """Found by the cluster review: a dropped ssh session's SIGHUP ended a run with status 129 and no
+    message, leaving its hidden temporary and no batch report (only SIGTERM was handled)."""
+    from deconv3d.pipeline import chunked
+
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    (folder / "in").mkdir()
+    (folder / "img.tif").rename(folder / "in" / "img.tif")
+    apply = chunked._apply
+
+    def hung_up(fn, block, placement=None):
+        signal.raise_signal(signal.SIGHUP)  # as the terminal's loss sends it, while a block runs
+        return apply(fn, block, placement)
+
+    monkeypatch.setattr(chunked, "_apply", hung_up)
+    seen = []
+
+    def recorder(*args):  # (not the default action, which would end pytest)
+        seen.append(args)
+
+    before = signal.signal(signal.SIGHUP, recorder)
+    try:
+        argv = ["deconvolve", "in/img.tif", "-o", "out.zarr"] if command == "deconvolve" else \
+            ["batch", "in", "-o", "res"]
+        code, _, err = run([*argv, "--psf", "psf.tif", "--chunks", 8, 16, 16, "--iterations", 2], capsys)
+        assert signal.getsignal(signal.SIGHUP) is recorder and seen == []  # put back; the run's handler took it
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert code == 129 and "terminated (SIGHUP)" in err.strip().splitlines()[-1], err
+    assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
+    if command == "batch":
+        (row,) = json.loads((folder / "res" / "batch_report.json").read_text())["files"]
+        assert row["status"] == "failed" and row["reason"].startswith("terminated (SIGHUP)")
+        assert _leftovers(folder / "res") == []
+
+
+def test_an_ignored_sighup_stays_ignored_and_sigterm_is_still_handled():
+    """Under nohup (SIGHUP ignored by whoever started the run) a dropped session must not end it."""
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with _terminate_as_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGHUP)  # ignored
+            with pytest.raises(Terminated) as caught:
+                signal.raise_signal(signal.SIGTERM)
+        assert (caught.value.name, caught.value.status) == ("SIGTERM", 143)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 def test_a_killed_demo_staging_folder_is_removed_by_the_next_demo(tmp_path):
     """A demo killed while moving its files left a hidden 16 MB folder that nothing removed."""
     from deconv3d._paths import host_tag
