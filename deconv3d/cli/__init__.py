@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import logging
 import signal
 import sys
 import threading
@@ -139,13 +140,17 @@ TERMINATING = ("SIGTERM", "SIGHUP")
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """While a command runs, SIGTERM and SIGHUP raise :class:`Terminated` naming the signal (in the
-    main thread only, where Python runs signal handlers); one ignored by whoever started us (SIGHUP
-    under nohup) stays ignored. The previous handlers are restored afterwards."""
+    main thread only, where Python runs signal handlers), and turns logging off; one ignored by whoever
+    started us (SIGHUP under nohup) stays ignored. The previous handlers are restored afterwards."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
+        # The process is asked to end: what its clean-up stops (a dask cluster's nannies, its event loop, a
+        # worker still starting) logs nothing more, to the process's end (29-50 lines of tracebacks came after
+        # the run's own line). Logging stays off (main called from Python: the caller turns it on again).
+        logging.disable(logging.CRITICAL)
         raise Terminated(signum)
 
     before = {}

@@ -90,6 +90,24 @@ def _worker_preload() -> dict:
             "preload_argv": argv}
 
 
+def _close_quietly(*closing) -> None:
+    """Close clients and local clusters on the way out of a run that Ctrl-C or SIGTERM stopped:
+    distributed's log lines are held back meanwhile (a busy worker killed after 4 s: a nanny's
+    WARNING), its errors are not raised, and no cluster is left for distributed to close again at
+    exit. Stopped while its workers started, a run printed 29-50 lines of tracebacks after its own
+    line (an AssertionError at exit, "Nanny failed to start worker process")."""
+    import logging
+
+    from distributed.deploy.spec import SpecCluster
+    from distributed.utils import silence_logging_cmgr
+
+    with silence_logging_cmgr(logging.CRITICAL + 1):
+        for each in closing:
+            with contextlib.suppress(Exception):
+                each.close()
+            SpecCluster._instances.discard(each)  # (a client: not there)
+
+
 @contextlib.contextmanager
 def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
     """Yield a ``distributed.Client`` (None for ``threads``), closed (and its cluster stopped) on exit.
@@ -106,17 +124,30 @@ def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
     from distributed import Client, LocalCluster
 
     if spec == "processes":
-        if gpus > 0:
-            cluster = _gpu_cluster(gpus)
-        else:
-            cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None, **_worker_preload())
-        client = Client(cluster)
+        from distributed.deploy.spec import SpecCluster
+
+        before = {*SpecCluster._instances, *Client._instances}  # (one another thread starts meanwhile is stopped too)
+        try:
+            if gpus > 0:
+                cluster = _gpu_cluster(gpus)
+            else:
+                cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, **_worker_preload())
+            client = Client(cluster)
+        except KeyboardInterrupt:  # while its workers start: the cluster (or client) is in no variable yet
+            _close_quietly(*(set(Client._instances) - before), *(set(SpecCluster._instances) - before))
+            raise
+        stopped = False
         try:
             yield client
+        except KeyboardInterrupt:
+            stopped = True
+            _close_quietly(client, cluster)
+            raise
         finally:
-            client.close()
-            cluster.close()
+            if not stopped:
+                client.close()
+                cluster.close()
         return
     try:
         client = Client(spec, timeout="20s")

@@ -4,6 +4,8 @@ From an in-memory array (blocks sent along with their tasks) and from an OME-Zar
 worker opens it by path and reads its blocks itself).
 """
 
+import weakref
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,94 @@ def test_local_workers_leave_ctrl_c_to_the_run(tmp_path):
         assert _ctrl_c_disposition() == "handled"
     finally:
         signal.signal(signal.SIGINT, inherited)
+
+
+def test_a_local_worker_logs_nothing_once_it_closes():
+    """Found by the cluster review: a run stopped by SIGTERM while a block ran printed its workers'
+    WARNINGs (the block's task "ended with CancelledError", a "dangling stream") around its own line."""
+    import asyncio
+    import logging
+    import signal
+
+    from deconv3d.pipeline._worker_preload import dask_setup
+
+    class Worker:
+        logs = None
+
+        async def close(self, reason=None):
+            self.logs = logging.getLogger("distributed.worker.state_machine").isEnabledFor(logging.WARNING)
+            return reason
+
+    worker, inherited = Worker(), signal.getsignal(signal.SIGINT)
+    try:
+        dask_setup(worker)
+        assert logging.getLogger("distributed.worker").isEnabledFor(logging.WARNING)  # while it works
+        assert asyncio.run(worker.close(reason="stop")) == "stop" and worker.logs is False
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+        logging.disable(logging.NOTSET)
+
+
+class _Closing:
+    """A client or local cluster as distributed's behave when a run is stopped while the workers start:
+    their close logs a nanny's WARNING and fails (an AssertionError on a worker in Status.init)."""
+
+    closed = 0
+
+    def close(self, timeout=None):
+        import logging
+
+        _Closing.closed += 1
+        logging.getLogger("distributed.nanny").warning("Worker process still alive after 4.0 seconds, killing")
+        raise AssertionError("Status.init")
+
+
+class _Cluster(_Closing):
+    def __init__(self, *args, fail=False, **kwargs):
+        from distributed.deploy.spec import SpecCluster
+
+        SpecCluster._instances.add(self)  # (as SpecCluster.__init__: distributed closes these again at exit)
+        if fail:
+            raise KeyboardInterrupt  # Ctrl-C, or the CLI's SIGTERM, while the workers start
+
+
+class _Client(_Closing):
+    _instances = weakref.WeakSet()
+
+    def __init__(self, cluster):
+        self._instances.add(self)
+
+
+@pytest.mark.parametrize("when", ["starting", "running"])
+def test_a_cluster_stopped_by_ctrl_c_or_sigterm_closes_quietly(monkeypatch, when):
+    """Found by the cluster review: SIGTERM while the workers started printed distributed's AssertionError
+    at exit (the cluster closed again then) and its tracebacks, and mid-work a nanny's WARNING, after the
+    run's own line."""
+    import io
+    import logging
+
+    import distributed
+    from distributed.deploy.spec import SpecCluster, close_clusters
+
+    clusters = []
+    monkeypatch.setattr(distributed, "LocalCluster", lambda *a, **k: clusters.append(_Cluster(fail=when == "starting"))
+                        or clusters[-1])
+    monkeypatch.setattr(distributed, "Client", _Client)
+    monkeypatch.setattr(_Closing, "closed", 0)
+    logged = io.StringIO()
+    handler = logging.StreamHandler(logged)
+    logging.getLogger("distributed").addHandler(handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), scheduler_client("processes", workers=1):
+            raise KeyboardInterrupt
+        assert logged.getvalue() == "" and _Closing.closed == (1 if when == "starting" else 2)  # (the client too)
+        assert not any(isinstance(c, _Cluster) for c in SpecCluster._instances)
+        close_clusters()  # distributed's own at exit: nothing left to close again
+        assert _Closing.closed == (1 if when == "starting" else 2)
+        logging.getLogger("distributed.nanny").warning("after")  # (the log's level as it was)
+        assert logged.getvalue() == "after\n"
+    finally:
+        logging.getLogger("distributed").removeHandler(handler)
 
 
 @pytest.mark.parametrize("argv", [[["--tag", "mine"]], ["--tag", "flat"], []])

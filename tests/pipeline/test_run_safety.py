@@ -4,6 +4,7 @@ error (or the interrupted status), and no output or temporary left behind."""
 
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -418,6 +419,7 @@ def test_sighup_ends_a_run_as_sigterm_does_and_names_it(stack, monkeypatch, caps
         assert signal.getsignal(signal.SIGHUP) is recorder and seen == []  # put back; the run's handler took it
     finally:
         signal.signal(signal.SIGHUP, before)
+        logging.disable(logging.NOTSET)  # (turned off by the termination, for the process's end)
     assert code == 129 and "terminated (SIGHUP)" in err.strip().splitlines()[-1], err
     assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
     if command == "batch":
@@ -442,6 +444,24 @@ def test_an_ignored_sighup_stays_ignored_and_sigterm_is_still_handled():
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
+        logging.disable(logging.NOTSET)
+
+
+def test_a_termination_turns_logging_off_for_the_rest_of_the_process():
+    """Found by the cluster review: SIGTERM while a batch's local dask cluster started (or stopped) printed
+    29-50 lines of distributed's log lines and tracebacks after the run's "terminated" line, some of them
+    from its event loop after the command had returned."""
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+
+    nanny = logging.getLogger("distributed.nanny")
+    assert nanny.isEnabledFor(logging.WARNING)
+    try:
+        with pytest.raises(Terminated), _terminate_as_interrupt():
+            signal.raise_signal(signal.SIGTERM)
+        assert not nanny.isEnabledFor(logging.CRITICAL) and not logging.getLogger("asyncio").isEnabledFor(logging.ERROR)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def test_a_killed_demo_staging_folder_is_removed_by_the_next_demo(tmp_path):
