@@ -90,6 +90,13 @@ def _worker_preload() -> dict:
             "preload_argv": argv}
 
 
+def _instances(kind):
+    """The live clients or clusters distributed keeps (a private weak set; an empty set in a version
+    without it, where a run stopped while its workers start is then closed by distributed at exit)."""
+    found = getattr(kind, "_instances", None)
+    return found if found is not None else set()
+
+
 def _close_quietly(*closing) -> None:
     """Close clients and local clusters on the way out of a run that Ctrl-C or SIGTERM stopped:
     distributed's log lines are held back meanwhile (a busy worker killed after 4 s: a nanny's
@@ -105,7 +112,7 @@ def _close_quietly(*closing) -> None:
         for each in closing:
             with contextlib.suppress(Exception):
                 each.close()
-            SpecCluster._instances.discard(each)  # (a client: not there)
+            _instances(SpecCluster).discard(each)  # (a client: not there)
 
 
 @contextlib.contextmanager
@@ -126,7 +133,7 @@ def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
     if spec == "processes":
         from distributed.deploy.spec import SpecCluster
 
-        before = {*SpecCluster._instances, *Client._instances}  # (one another thread starts meanwhile is stopped too)
+        before = {*_instances(SpecCluster), *_instances(Client)}  # (one another thread starts meanwhile is stopped too)
         try:
             if gpus > 0:
                 cluster = _gpu_cluster(gpus)
@@ -135,7 +142,7 @@ def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
                                        dashboard_address=None, **_worker_preload())
             client = Client(cluster)
         except KeyboardInterrupt:  # while its workers start: the cluster (or client) is in no variable yet
-            _close_quietly(*(set(Client._instances) - before), *(set(SpecCluster._instances) - before))
+            _close_quietly(*(set(_instances(Client)) - before), *(set(_instances(SpecCluster)) - before))
             raise
         stopped = False
         try:
