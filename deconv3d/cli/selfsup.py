@@ -9,7 +9,7 @@ from deconv3d._paths import recorded_path
 from deconv3d.errors import InputError
 
 from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, SpatialSizes, add_common, check_negative, check_output,
-                      make_bar, positive_float, positive_int, print_warnings, voxel_size_of)
+                      make_bar, non_negative_float, positive_float, positive_int, print_warnings, voxel_size_of)
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
 BAND_LIMIT = 0.0  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
@@ -53,18 +53,18 @@ def add_training_options(p, steps_flag: str) -> None:
     g.add_argument("--batch", type=positive_int, default=2, help="patches per step (default 2)")
     g.add_argument("--invariance", choices=INVARIANCE, default=None,
                    help="where the Siamese invariance loss sits (default before-psf; none with --ssi)")
-    g.add_argument("--lambda-inv", type=_non_negative, default=LAMBDA_INV, metavar="W",
+    g.add_argument("--lambda-inv", type=non_negative_float, default=LAMBDA_INV, metavar="W",
                    help=f"weight of the invariance loss (default {LAMBDA_INV:g}, the paper's)")
-    g.add_argument("--lambda-inv-psf", type=_non_negative, default=None, metavar="W",
+    g.add_argument("--lambda-inv-psf", type=non_negative_float, default=None, metavar="W",
                    help="weight of the invariance after the PSF (--invariance after-psf or both; "
                         "default: --lambda-inv)")
-    g.add_argument("--lambda-bound", type=_non_negative, default=LAMBDA_BOUND, metavar="W",
+    g.add_argument("--lambda-bound", type=non_negative_float, default=LAMBDA_BOUND, metavar="W",
                    help=f"weight of the bounds term (default {LAMBDA_BOUND:g}, the paper's). It penalises negative "
                         "output only (the output is scaled by its own maximum, so never above 1): with the "
                         "positive output, the default, it is 0; it acts with --no-positive")
     g.add_argument("--ssi", action="store_true", help="SSI-style blind-spot baseline (invariance none, lambda_bsp 1; "
                    "the data term is off unless --lambda-rec is given)")
-    g.add_argument("--lambda-rec", type=_non_negative, default=None, metavar="W",
+    g.add_argument("--lambda-rec", type=non_negative_float, default=None, metavar="W",
                    help="weight of the data term MSE(x, PSF*f(x)) (default 1; 0 with --ssi)")
     g.add_argument("--base-channels", type=positive_int, default=16, help="UNet width (default 16)")
     g.add_argument("--unet-depth", type=positive_int, default=3, help="UNet depth (default 3)")
@@ -77,7 +77,7 @@ def add_training_options(p, steps_flag: str) -> None:
     g.add_argument("--positive", action=argparse.BooleanOptionalAction, default=POSITIVE,
                    help="softplus output head floored at zero intensity (default on; --no-positive is the paper's "
                         "linear head)")
-    g.add_argument("--precondition", type=_auto_or_non_negative, default=PRECONDITION, metavar="EPS",
+    g.add_argument("--precondition", type=_auto_ornon_negative_float, default=PRECONDITION, metavar="EPS",
                    help="weight the data term by frequency (Wiener): auto (eps 1e-3, gated by the image's "
                         "signal-to-noise ratio) or a number EPS; recovers fine detail in fewer steps on "
                         f"low-noise stacks (default {PRECONDITION}; 0 is the paper's "
@@ -91,7 +91,7 @@ def add_training_options(p, steps_flag: str) -> None:
                    help="with --no-residual: first regress the network for STEPS steps onto that "
                         "Richardson-Lucy estimate, then train as usual (default auto: 3/8 of the steps; 0 is the "
                         "paper's random start)")
-    g.add_argument("--anchor", type=_auto_or_non_negative, default=ANCHOR, metavar="W",
+    g.add_argument("--anchor", type=_auto_ornon_negative_float, default=ANCHOR, metavar="W",
                    help="keep W times the squared distance to that Richardson-Lucy estimate in the loss "
                         f"(default {ANCHOR}: 1 after a warm start, else 0; 0 lets the Siamese "
                         "loss alone take over)")
@@ -123,7 +123,7 @@ def configs(args, ndim: int):
 
 
 #: The training options that some recipes do not read (:func:`recipe_ignores`).
-RECIPE_OPTIONS = ("warm_start", "warm_tv", "lambda_inv", "lambda_inv_psf", "precondition")
+RECIPE_OPTIONS = ("warm_start", "warm_tv", "lambda_inv", "lambda_inv_psf", "precondition", "lambda_bound")
 
 
 def recipe_ignores(args) -> list[tuple[str, str, str]]:
@@ -155,6 +155,9 @@ def recipe_ignores(args) -> list[tuple[str, str, str]]:
     elif config.lambda_rec is None and not loss_weights(config).data:  # the SSI baseline's default
         ignored.append(("precondition", "weighs", f"the data term, which is off under {invariance} (--lambda-rec "
                                                   "turns it on)"))
+    if args.positive:  # (a network's output through the positive head is never negative: the term is 0)
+        ignored.append(("lambda_bound", "weighs", "the bounds term, which penalises negative output that the "
+                                                  "positive output (the default) never has (--no-positive gives it)"))
     return ignored
 
 
@@ -290,28 +293,21 @@ def _warm_start(text: str) -> int | str:
 def _warm_tv(text: str) -> float | str:
     if text == "auto":
         return text
-    value = _non_negative(text)
+    value = non_negative_float(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must be a TV weight below 1 (try 0.002-0.03), got {text}")
     return value
 
 
-def _auto_or_non_negative(text: str) -> float | str:
+def _auto_ornon_negative_float(text: str) -> float | str:
     """``auto`` or a number >= 0 (--precondition, --anchor)."""
-    return "auto" if text == "auto" else _non_negative(text)
+    return "auto" if text == "auto" else non_negative_float(text)
 
 
 def _ema(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be a decay in [0, 1) (0 turns the average off), got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
 
 
@@ -329,7 +325,7 @@ def add_deconvolve_options(p) -> None:
                         "a multi-channel input (--model A.ckpt --model B.ckpt, with a .zarr output), each checked "
                         "against its channel's --psf")
     p.add_argument("--tta", action="store_true", help="ssl: average over the 8 xy rotations/flips")
-    p.add_argument("--band-limit", type=_non_negative, default=BAND_LIMIT, metavar="EPS",
+    p.add_argument("--band-limit", type=non_negative_float, default=BAND_LIMIT, metavar="EPS",
                    help=f"ssl: damp frequencies the PSF does not pass, gain (1+EPS)|H|^2/(|H|^2+EPS), e.g. 0.01 on stacks "
                         f"dominated by noise; it blurs low-noise ones (default {BAND_LIMIT:g}: off)")
     add_training_options(p, steps_flag="--train-steps")

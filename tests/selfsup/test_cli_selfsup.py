@@ -525,6 +525,9 @@ def test_training_options_the_recipe_does_not_read_are_named(data, capsys):
     assert named("--invariance", "both", "--lambda-inv", 2, "--lambda-inv-psf", 1, "--warm-tv", 0.01) == []
     assert named("--no-residual", "--warm-start", 0, "--anchor", 1, "--warm-tv", 0.01) == []  # an anchor's estimate
     assert named("--warm-start", "auto", command="deconvolve") == ["--warm-start"]  # deconvolve trains alike
+    # the bounds term weighs negative output, which the positive head (the default) never gives
+    assert named("--lambda-bound", 5) == ["--lambda-bound"]
+    assert named("--no-positive", "--lambda-bound", 5) == []
 
 
 def test_a_training_weight_of_zero_is_read_and_warnings_give_the_true_reason():
