@@ -16,7 +16,8 @@ from deconv3d import __version__
 from deconv3d._paths import recorded_path
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
-from ._common import DEVICE_HELP, DEVICES, Parser, add_common, check_output, positive_float, positive_int, progress
+from ._common import (DEVICE_HELP, DEVICES, Parser, add_common, check_output, non_negative_float, positive_float,
+                      positive_int, progress)
 
 VARIANTS = ("baseline", "implicit", "explicit")
 DISTANCES = ("mse", "l1")
@@ -73,7 +74,7 @@ def _train_parser(blur) -> None:
                    help="objective: plain autoencoder, + decoded interpolation, + latent match (default explicit)")
     p.add_argument("--dist", choices=DISTANCES, default="mse",
                    help="latent distance of the explicit loss (default mse; explicit variant only)")
-    p.add_argument("--latent-weight", type=float, default=0.01, metavar="W",
+    p.add_argument("--latent-weight", type=non_negative_float, default=0.01, metavar="W",
                    help="weight of the explicit loss's latent term (default 0.01; the paper: 1, with "
                         "--latent-norm none; explicit variant only)")
     p.add_argument("--latent-norm", choices=LATENT_NORMS, default="endpoints",

@@ -248,7 +248,8 @@ def test_train_errors(tmp_path, make_stacks, planes, capsys):
         (stacks, ["--val-fraction", "nan"], "--val-fraction"),
         (stacks, ["--val-fraction", "-0.5"], "--val-fraction"),
         (stacks, ["--variant", "baseline", "--residual"], "baseline"),
-        (stacks, ["--latent-weight", "-1"], "latent_weight"),
+        (stacks, ["--latent-weight", "-1"], "--latent-weight"),  # (named as an option, before torch loads)
+        (stacks, ["--latent-weight", "nan"], "--latent-weight"),
         (stacks, ["--levels", "0", "1", "1"], "twice"),
     ]
     # Stacks the loss cannot learn from, and stacks of two samplings.
