@@ -87,6 +87,8 @@ def test_anisotropic_xy_voxel_matches_square_generation():
         ({"shape": (17, 0, 33)}, "PSF shape"),
         ({"depth": -1.0}, "depth"),
         ({"depth": 5.0}, "gaussian PSF model has no depth"),  # psfmodels ignored it, and gave NaN from 20 µm
+        # the fix in words both commands take ('deconv3d psf' has --model, deconvolve --psf-model)
+        ({"depth": 5.0}, r"use the gibson-lanni or vectorial model, or drop --depth$"),
     ],
 )
 def test_generate_rejects_bad_parameters(kwargs, message):

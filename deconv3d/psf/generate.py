@@ -241,7 +241,7 @@ def check_optics(model, na, wavelength, ni=1.515, ns=1.33, depth=0.0) -> None:
         raise InputError(f"depth must be >= 0 micrometres below the coverslip, got {depth}")
     if model == "gaussian" and depth > 0:
         raise InputError(f"the gaussian PSF model has no depth-dependent aberration (depth {depth} µm given): "
-                         "use --psf-model gibson-lanni or vectorial, or drop --depth")
+                         "use the gibson-lanni or vectorial model, or drop --depth")
 
 
 def generated_psf_shape(image_shape, voxel, na, wavelength) -> tuple[int, ...]:
