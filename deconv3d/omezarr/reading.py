@@ -427,15 +427,16 @@ class ZarrReader:
     def image(self) -> LazyImage | None:
         """The OME-Zarr image this array is a resolution level of, as :func:`open_lazy` reads that
         level (its axes, voxel size, time axis, origin and channels), or None where the array is no
-        such level (a bare array, unreadable metadata) or the level's shape is not this reader's."""
+        such level (a bare array, unreadable or malformed metadata) or the level's shape is not this
+        reader's."""
         try:
             group, image_path = _image_group(Path(self.path))
             levels = [str(d.get("path")) for d in _multiscale(dict(group.attrs), image_path).get("datasets", [])]
             if Path(image_path) != Path(self.path) or self.component not in levels:
                 return None
             lazy = _open_ome_zarr(image_path, levels.index(self.component))
-        except InputError:
-            return None
+        except (InputError, AttributeError, TypeError, KeyError, IndexError, ValueError):  # metadata not OME-Zarr's
+            return None  # (attrs["multiscales"] = ["not a dict"] crashed a run given its axes)
         return lazy if tuple(lazy.data.shape) == self.shape else None
 
     def verify(self, thorough: bool = True) -> None:

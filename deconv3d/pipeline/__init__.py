@@ -294,7 +294,8 @@ def _source(data, axes, time_axis, origin, channels, voxel_size=None):
     from deconv3d.omezarr import LazyImage, ZarrReader
     from deconv3d.omezarr.writing import checked_axes
 
-    image = data if isinstance(data, LazyImage) else data.image() if isinstance(data, ZarrReader) else None
+    missing = not axes or None in (time_axis, origin, channels, voxel_size)  # (a level's metadata: read if needed)
+    image = data if isinstance(data, LazyImage) else data.image() if isinstance(data, ZarrReader) and missing else None
     if image is not None:
         axes = axes or image.axes
         time_axis = time_axis if time_axis is not None else image.time_axis

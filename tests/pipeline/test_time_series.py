@@ -89,3 +89,20 @@ def test_zarr_reader_of_an_ome_zarr_level_keeps_its_voxel_size(tmp_path):
     run_chunked(ZarrReader(path, "0"), lambda b: b, tmp_path / "o.zarr")
     assert output_metadata(tmp_path / "o.zarr")[1] == [2.5, 0.5, 0.2, 0.2]
     assert open_lazy(tmp_path / "o.zarr").voxel_size == (0.5, 0.2, 0.2)
+
+
+@pytest.mark.parametrize("attrs", [{"multiscales": ["not a dict"]}, {"ome": "x"},
+                                   {"multiscales": [{"datasets": [["0"]]}]}, {"multiscales": [{"datasets": 5}]}])
+def test_zarr_reader_of_a_group_with_malformed_metadata_runs_with_given_axes(tmp_path, attrs):
+    # ZarrReader.image() raised AttributeError ('str' object has no attribute 'get') on such metadata,
+    # and run_chunked, which asks it for the image's axes and voxel size, crashed even with axes given
+    data = np.random.default_rng(1).random((3, 4, 8, 8)).astype(np.float32)
+    group = zarr.open_group(str(tmp_path / "odd.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", shape=data.shape, chunks=(1, 4, 8, 8), dtype="f4")[...] = data
+    group.attrs.update(attrs)
+    reader = ZarrReader(tmp_path / "odd.zarr", "0")
+    assert reader.image() is None
+    run_chunked(reader, lambda b: b * 2, tmp_path / "o.zarr", axes="TZYX")
+    axes, scale = output_metadata(tmp_path / "o.zarr")
+    assert [a["name"] for a in axes] == ["t", "z", "y", "x"] and scale == [1.0, 1.0, 1.0, 1.0]
+    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "o.zarr"), path="0")[...], data * 2, rtol=1e-6)
