@@ -357,7 +357,8 @@ class ZarrReader:
     cache_budget, _cache = 0, None  # (class defaults: a reader made without __init__ keeps no chunks)
 
     def __init__(self, path, component: str = "", shape=None, drop: tuple[int, ...] = ()):
-        self.path, self.component = os.path.abspath(path), str(component)  # absolute: as _TiffArray's
+        # absolute: as _TiffArray's; "0/" and "/0" are the array "0" (Path(path) / "/0" is the root /0)
+        self.path, self.component = os.path.abspath(path), str(component).strip("/")
         self._array = None
         self.drop = tuple(drop)  # singleton axes of the array left out of this reader's shape (read at 0)
         if shape is None:
@@ -428,16 +429,14 @@ class ZarrReader:
         """The OME-Zarr image this array is a resolution level of, as :func:`open_lazy` reads that
         level (its axes, voxel size, time axis, origin and channels), or None where the array is no
         such level (a bare array, unreadable or malformed metadata) or the level's shape is not this
-        reader's."""
-        try:
-            group, image_path = _image_group(Path(self.path))
-            levels = [str(d.get("path")) for d in _multiscale(dict(group.attrs), image_path).get("datasets", [])]
-            if Path(image_path) != Path(self.path) or self.component not in levels:
-                return None
-            lazy = _open_ome_zarr(image_path, levels.index(self.component))
-        except (InputError, AttributeError, TypeError, KeyError, IndexError, ValueError):  # metadata not OME-Zarr's
-            return None  # (attrs["multiscales"] = ["not a dict"] crashed a run given its axes)
-        return lazy if tuple(lazy.data.shape) == self.shape else None
+        reader's. The level is found as the group ``path`` and its level ``component``, or as the
+        array's own path (``ZarrReader("image.zarr/0")``: the group that holds it lists it)."""
+        full = Path(self.path, self.component)
+        for group_path, level in dict.fromkeys([(Path(self.path), self.component), (full.parent, full.name)]):
+            lazy = _level_image(group_path, level)
+            if lazy is not None:
+                return lazy if tuple(lazy.data.shape) == self.shape else None
+        return None
 
     def verify(self, thorough: bool = True) -> None:
         """Refuse a run whose input array was rewritten, moved or deleted since it was opened (its
@@ -465,6 +464,19 @@ class ZarrReader:
             if found is not None:
                 return found
         return None
+
+
+def _level_image(group_path: Path, level: str) -> LazyImage | None:
+    """The image of the OME-Zarr group ``group_path`` at its level ``level`` (:meth:`ZarrReader.image`),
+    or None where that group is no such image or lists no such level."""
+    try:
+        group, image_path = _image_group(group_path)
+        levels = [str(d.get("path")).strip("/") for d in _multiscale(dict(group.attrs), image_path).get("datasets", [])]
+        if Path(image_path) != group_path or level not in levels:
+            return None
+        return _open_ome_zarr(image_path, levels.index(level))
+    except (InputError, AttributeError, TypeError, KeyError, IndexError, ValueError):  # metadata not OME-Zarr's
+        return None  # (attrs["multiscales"] = ["not a dict"] crashed a run given its axes)
 
 
 _CACHE_LOCK = threading.Lock()

@@ -106,3 +106,25 @@ def test_zarr_reader_of_a_group_with_malformed_metadata_runs_with_given_axes(tmp
     axes, scale = output_metadata(tmp_path / "o.zarr")
     assert [a["name"] for a in axes] == ["t", "z", "y", "x"] and scale == [1.0, 1.0, 1.0, 1.0]
     np.testing.assert_allclose(zarr.open_array(str(tmp_path / "o.zarr"), path="0")[...], data * 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("inside, component", [("", "0"), ("0", ""), ("", "0/"), ("", "/0"), ("0/", "")])
+def test_zarr_reader_finds_its_level_however_the_level_is_spelled(tmp_path, zarr_format, inside, component):
+    # ZarrReader("image.zarr/0") and the components "0/" and "/0" found no image ("axes are unknown")
+    data = np.random.default_rng(2).random((3, 4, 8, 8)).astype(np.float32)
+    path = ome_zarr_tzyx(tmp_path / "tzyx.zarr", data, scale=(2.5, 0.5, 0.2, 0.2))
+    if zarr_format == 2:  # the same image as OME-Zarr 0.4 (zarr v2, metadata in the group's attrs)
+        group = zarr.open_group(str(tmp_path / "v2.zarr"), mode="w", zarr_format=2)
+        group.create_array("0", shape=data.shape, chunks=(1, 4, 8, 8), dtype="f4")[...] = data
+        group.attrs["multiscales"] = [{"version": "0.4", **zarr.open_group(str(path), mode="r").attrs["ome"]
+                                       ["multiscales"][0]}]
+        path = tmp_path / "v2.zarr"
+    reader = ZarrReader(str(path) + "/" + inside, component)
+    image = reader.image()
+    assert (image.axes, image.voxel_size, image.time_axis) == ("TZYX", (0.5, 0.2, 0.2), (2.5, "second"))
+    run_chunked(reader, lambda b: b * 2, tmp_path / "o.zarr")
+    axes, scale = output_metadata(tmp_path / "o.zarr")
+    assert [a["name"] for a in axes] == ["t", "z", "y", "x"] and scale == [2.5, 0.5, 0.2, 0.2]
+    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "o.zarr"), path="0")[...], data * 2, rtol=1e-6)
+    assert reader.identity is not None  # its metadata file found ("/0" looked for /0/zarr.json)
