@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from pathlib import Path
 
 import numpy as np
 
@@ -50,6 +51,19 @@ def refuse_nanometres(voxel_size, fix: str, what: str = "voxel size") -> None:
     if known and max(known) > NANOMETRE_LIKE:
         raise InputError(f"{what} {format_sizes(voxel_size)} µm looks like nanometres (or a print resolution in "
                          f"dpi): {fix}")
+
+
+def recorded_voxel(image, how: str) -> tuple[float, ...] | None:
+    """The voxel size ``image`` (a :class:`~deconv3d.omezarr.LazyImage`) records, for a run given
+    none: refused in one line where its unit cannot be read (``voxel_problem``) or where it, or the
+    sizes of the axes it calibrates, look like nanometres (:func:`refuse_nanometres`); the message
+    says to pass ``how`` (``"--voxel-size DZ DY DX"``) instead."""
+    problem = getattr(image, "voxel_problem", None)
+    if problem:
+        raise InputError(f"{problem}: pass {how} (in µm)")
+    for recorded in (image.voxel_size, getattr(image, "partial_voxel", None)):
+        refuse_nanometres(recorded, f"the unit of {Path(image.path).name} is wrong: fix it or pass {how} in µm")
+    return image.voxel_size
 
 
 def format_sizes(values, unknown=None) -> str:

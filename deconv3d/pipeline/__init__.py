@@ -202,7 +202,10 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         Written into the OME-Zarr metadata (see :func:`deconv3d.omezarr.create_ome_zarr`); ``time_axis``,
         ``voxel_size`` and ``origin`` default to a :class:`~deconv3d.omezarr.LazyImage` input's own, or
         an OME-Zarr level's (:class:`~deconv3d.omezarr.ZarrReader`) (an uncalibrated
-        input's origin, in voxels, scaled by ``voxel_size`` where one is given).
+        input's origin, in voxels, scaled by ``voxel_size`` where one is given). A voxel size taken
+        from the input is refused, as :func:`~deconv3d.pipeline.files.deconvolve_file` refuses it,
+        where its unit cannot be read or it looks like nanometres (a side above 20 µm); one passed
+        explicitly is written as given.
     channels : sequence of dict, optional
         The channels' names and colours (:attr:`~deconv3d.omezarr.LazyImage.channels`, the default
         for such an input), written as ``omero`` metadata with the output's own display windows
@@ -286,11 +289,13 @@ def _source(data, axes, time_axis, origin, channels, voxel_size=None):
     :class:`~deconv3d.omezarr.LazyImage`, or a :class:`~deconv3d.omezarr.ZarrReader` of a level of
     an OME-Zarr image (:meth:`~deconv3d.omezarr.ZarrReader.image`), brings its own axes, time axis,
     origin, channels and voxel size where they are not given (without its voxel size, a run that kept
-    its time axis wrote scale 1 and no unit in space). Other data is ``"ZYX"`` or ``"YX"`` by default;
-    4D or 5D data without axes is refused (read as ``CZYX``, a time series ran each time point
-    through another channel's callable). An uncalibrated image's origin (in voxels) is scaled to
-    micrometres where the run gives the output a ``voxel_size``, and kept in voxels where it gives none."""
-    from deconv3d._voxel import checked_voxel_size
+    its time axis wrote scale 1 and no unit in space); that voxel size is checked as deconvolve_file
+    checks it (:func:`~deconv3d._voxel.recorded_voxel`: a print resolution's 100 µm pixels were
+    written). Other data is ``"ZYX"`` or ``"YX"`` by default; 4D or 5D data without axes is refused
+    (read as ``CZYX``, a time series ran each time point through another channel's callable). An
+    uncalibrated image's origin (in voxels) is scaled to micrometres where the run gives the output a
+    ``voxel_size``, and kept in voxels where it gives none."""
+    from deconv3d._voxel import checked_voxel_size, recorded_voxel
     from deconv3d.omezarr import LazyImage, ZarrReader
     from deconv3d.omezarr.writing import checked_axes
 
@@ -300,7 +305,8 @@ def _source(data, axes, time_axis, origin, channels, voxel_size=None):
         axes = axes or image.axes
         time_axis = time_axis if time_axis is not None else image.time_axis
         channels = channels if channels is not None else image.channels
-        voxel_size = voxel_size if voxel_size is not None else image.voxel_size
+        if voxel_size is None:  # the image's own, refused where deconvolve_file refuses it
+            voxel_size = recorded_voxel(image, "voxel_size=(dz, dy, dx)")
         if origin is None and image.origin is not None:
             origin = image.origin
             if image.voxel_size is None and voxel_size is not None:

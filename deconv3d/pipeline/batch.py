@@ -23,7 +23,7 @@ from typing import Optional
 
 from deconv3d._paths import (_same_file, check_name_length, glob_shown, image_stem, recorded_path,
                              remove_stale_temporaries_in)
-from deconv3d._voxel import refuse_nanometres
+from deconv3d._voxel import recorded_voxel
 from deconv3d.errors import InputError
 from deconv3d.pipeline.locks import (BUSY, DEFERRING, DONE_ELSEWHERE, claim, note_writer, noted_writers, report_lock,
                                      settings_guard)
@@ -694,10 +694,4 @@ def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:
             raise InputError(f"voxel size {tuple(settings.voxel_size)} gives {len(settings.voxel_size)} values but "
                              f"{Path(lazy.path).name} is {spatial}D: give DZ DY DX")
         return tuple(float(v) for v in settings.voxel_size)[-spatial:]  # (nanometres: refused by Settings)
-    problem = getattr(lazy, "voxel_problem", None)
-    if problem:
-        raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm)")
-    for recorded in (lazy.voxel_size, getattr(lazy, "partial_voxel", None)):
-        refuse_nanometres(recorded, f"the unit of {Path(lazy.path).name} is wrong: fix it or pass --voxel-size "
-                          "in µm")
-    return lazy.voxel_size
+    return recorded_voxel(lazy, "--voxel-size DZ DY DX")

@@ -128,3 +128,30 @@ def test_zarr_reader_finds_its_level_however_the_level_is_spelled(tmp_path, zarr
     assert [a["name"] for a in axes] == ["t", "z", "y", "x"] and scale == [2.5, 0.5, 0.2, 0.2]
     np.testing.assert_allclose(zarr.open_array(str(tmp_path / "o.zarr"), path="0")[...], data * 2, rtol=1e-6)
     assert reader.identity is not None  # its metadata file found ("/0" looked for /0/zarr.json)
+
+
+def test_a_voxel_size_from_the_image_is_checked_as_deconvolve_checks_it(tmp_path):
+    # an ImageJ TIFF calibrated as a print (0.01 pixels per µm: 100 µm pixels) was written with scale
+    # [300, 100, 100] micrometer, which deconvolve refuses as "looks like nanometres"
+    data = np.ones((4, 8, 8), np.float32)
+    tifffile.imwrite(tmp_path / "dpi.tif", data, imagej=True, resolution=(0.01, 0.01),
+                     metadata={"axes": "ZYX", "spacing": 300, "unit": "micron"})
+    lazy = open_lazy(tmp_path / "dpi.tif")
+    with pytest.raises(InputError, match=r"looks like nanometres.*dpi\.tif is wrong.*voxel_size=") as error:
+        run_chunked(lazy, lambda b: b, tmp_path / "o.zarr")
+    assert "\n" not in str(error.value) and not (tmp_path / "o.zarr").exists()
+    for given in [(0.3, 0.1, 0.1), (300.0, 100.0, 100.0)]:  # one passed explicitly is taken as it was
+        run_chunked(lazy, lambda b: b, tmp_path / f"o{given[0]}.zarr", voxel_size=given)
+        assert output_metadata(tmp_path / f"o{given[0]}.zarr")[1] == list(given)
+
+
+def test_an_ome_zarr_level_with_an_unreadable_unit_needs_a_voxel_size(tmp_path):
+    path = ome_zarr_tzyx(tmp_path / "tzyx.zarr", np.ones((2, 4, 8, 8), np.float32))
+    group = zarr.open_group(str(path), mode="r+")
+    ome = group.attrs["ome"]
+    ome["multiscales"][0]["axes"][3]["unit"] = "furlong"
+    group.attrs["ome"] = ome
+    with pytest.raises(InputError, match=r"furlong.*: pass voxel_size="):
+        run_chunked(ZarrReader(path, "0"), lambda b: b, tmp_path / "o.zarr")
+    run_chunked(ZarrReader(path, "0"), lambda b: b, tmp_path / "o.zarr", voxel_size=(0.3, 0.1, 0.1))
+    assert output_metadata(tmp_path / "o.zarr")[1] == [2.5, 0.3, 0.1, 0.1]
