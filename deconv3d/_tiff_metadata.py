@@ -90,6 +90,18 @@ def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
     (``finterval``, unit ``tunit``, else seconds) records, the unit an OME-Zarr name or None; None
     when neither records one. A unit that has no OME-Zarr name here is warned about, by name (the
     step is kept without it)."""
+    axis, problem = time_axis_and_problem(tif)
+    if problem:
+        from deconv3d.errors import warn
+
+        warn(f"deconv3d: warning: {problem}")
+    return axis
+
+
+def time_axis_and_problem(tif: tifffile.TiffFile) -> tuple:
+    """(:func:`time_axis_of`, the warning about its unit or None), without warning: an image's reader
+    keeps the warning (:attr:`~deconv3d.omezarr.LazyImage.time_problem`) for the run that writes
+    that axis, which gives it once its checks pass (opened twice, a refused run warned twice first)."""
     step, unit, symbols = None, None, {}
     if tif.is_ome and tif.ome_metadata:
         pixels = _ome_pixels(tif.ome_metadata)
@@ -103,14 +115,13 @@ def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
     except (TypeError, ValueError):
         step = None
     if step is None or not (math.isfinite(step) and step > 0):
-        return None
+        return None, None
     name = symbols.get(str(unit).strip()) or _TIME_UNITS.get(_unit_key(unit))
+    problem = None
     if name is None and str(unit).strip():
-        from deconv3d.errors import warn
-
-        warn(f"deconv3d: warning: {tif.filename} records its time step in {str(unit).strip()!r}, a unit deconv3d "
-             f"cannot name: the t axis keeps the step {step:g} without a unit (use sec, min, hr, day, ms, us or ns)")
-    return step, name
+        problem = (f"{tif.filename} records its time step in {str(unit).strip()!r}, a unit deconv3d cannot name: "
+                   f"the t axis keeps the step {step:g} without a unit (use sec, min, hr, day, ms, us or ns)")
+    return (step, name), problem
 
 
 def ome_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:

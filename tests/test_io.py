@@ -869,12 +869,47 @@ def test_imagej_time_units_get_their_ome_zarr_names(tmp_path, spellings, name):
             assert time_axis_of(tif) == (2.5, name), spelling
 
 
-def test_an_imagej_time_unit_without_a_name_is_warned_about(tmp_path):
+def fortnight_series(path):
+    """An ImageJ TZYX hyperstack whose time step is in a unit OME-Zarr does not name."""
+    data = np.random.default_rng(0).integers(1, 100, (2, 2, 8, 8)).astype(np.uint16)
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TZYX", "finterval": 2.5, "tunit": "fortnight"})
+    return path
+
+
+def test_an_imagej_time_unit_without_a_name_is_warned_about_by_the_run(tmp_path):
     from deconv3d.errors import Deconv3dWarning
     from deconv3d.omezarr import open_lazy
+    from deconv3d.pipeline import run_chunked
 
-    tifffile.imwrite(tmp_path / "t.tif", np.zeros((2, 2, 8, 8), np.uint16), imagej=True,
-                     metadata={"axes": "TZYX", "finterval": 2.5, "tunit": "fortnight"})
+    with warnings.catch_warnings():  # opening it says nothing: each open warned, before any refusal
+        warnings.simplefilter("error")
+        lazy = open_lazy(fortnight_series(tmp_path / "t.tif"))
+    assert lazy.time_axis == (2.5, None) and lazy.time_problem.startswith("t.tif records its time step in 'fortnight'")
     with pytest.warns(Deconv3dWarning, match=r"^t.tif records its time step in 'fortnight', a unit") as caught:
-        assert open_lazy(tmp_path / "t.tif").time_axis == (2.5, None)
+        run_chunked(lazy, lambda b: b, tmp_path / "o.zarr")
     assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    with warnings.catch_warnings():  # a time axis given: the file's unit is not written, nor warned about
+        warnings.simplefilter("error")
+        run_chunked(lazy, lambda b: b, tmp_path / "given.zarr", time_axis=(2.5, "second"))
+
+
+def test_the_command_line_warns_of_a_time_unit_once_and_not_before_a_refusal(tmp_path, capsys):
+    from cli_helpers import assert_one_line_error, run
+
+    fortnight_series(tmp_path / "t.tif")
+    psf = np.zeros((3, 3, 3), np.float32)
+    psf[1, 1, 1] = 1
+    tifffile.imwrite(tmp_path / "psf.tif", psf, imagej=True, metadata={"axes": "ZYX"})
+    line = "deconv3d: warning: t.tif records its time step in 'fortnight'"
+    code, _, err = run(["deconvolve", tmp_path / "t.tif", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "o.tif"],
+                       capsys)
+    assert_one_line_error(code, err, "a TIFF output holds one 2D/3D image")  # (the warning came twice, first)
+    code, _, err = run(["deconvolve", tmp_path / "t.tif", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "o.zarr",
+                        "--iterations", 1], capsys)
+    assert code == 0 and err.count(line) == 1, err
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        fortnight_series(tmp_path / "in" / f"{name}.tif")
+    code, _, err = run(["batch", tmp_path / "in", "-o", tmp_path / "out", "--psf", tmp_path / "psf.tif",
+                        "--iterations", 1, "--output-format", "zarr"], capsys)
+    assert code == 0 and [err.count(line.replace("t.tif", f"{n}.tif")) for n in "ab"] == [1, 1], err

@@ -45,6 +45,8 @@ class LazyImage:
     origin: tuple | None = None  # where an OME-Zarr image's first voxel sits, per spatial axis: in micrometres,
     # or in voxels where voxel_size is None (an uncalibrated image's translation, in the units of its scale of 1)
     channels: tuple | None = None  # OME-Zarr omero channels, OME-TIFF Channels: dicts of label, color, active
+    time_problem: str | None = None  # a warning that the T axis's unit has no OME-Zarr name (its step is kept):
+    # given by the run that writes the axis (run_chunked, deconvolve_file), not each time the file is opened
 
 
 def open_lazy(path) -> LazyImage:
@@ -170,7 +172,7 @@ class TiffReader:
 def _open_tiff(path: Path) -> LazyImage:
     import dask.array as da
 
-    from deconv3d._tiff_metadata import ome_channels, time_axis_of
+    from deconv3d._tiff_metadata import ome_channels, time_axis_and_problem
     from deconv3d.io import open_tiff
 
     try:
@@ -179,7 +181,7 @@ def _open_tiff(path: Path) -> LazyImage:
                 axes, shape, dtype = series.axes, series.shape, series.dtype
                 calibration = imagej_calibration(tif, dtype, path)
                 voxel = _voxel_size_um(tif, series)
-                time_axis = time_axis_of(tif) if "T" in series.axes else None
+                time_axis, time_problem = time_axis_and_problem(tif) if "T" in series.axes else (None, None)
                 channels = ome_channels(tif, dict(zip(axes, shape)).get("C", 1))
                 page_shape = tuple(series.pages[0].shape) if series.pages else shape[-2:]
                 _check_complete(tif, series, log, path)
@@ -207,7 +209,8 @@ def _open_tiff(path: Path) -> LazyImage:
         data = data * np.float32(calibration[1]) + np.float32(calibration[0])
     return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, time_axis=time_axis,
                      reader=TiffReader(source, order, calibration), voxel_problem=problem,
-                     partial_voxel=_partial_voxel(sizes), channels=channels)
+                     partial_voxel=_partial_voxel(sizes), channels=channels,
+                     time_problem=time_problem if "T" in axes else None)
 
 
 def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:

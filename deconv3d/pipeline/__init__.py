@@ -232,6 +232,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         raise InputError(f"run_chunked writes an OME-Zarr folder, not a TIFF ({output}): give a path ending in .zarr "
                          "(deconv3d.pipeline.files.deconvolve_file writes TIFF)")
     output = Path(output).absolute()  # where a cluster's workers, each in a folder of its own, write the blocks
+    time_problem = getattr(data, "time_problem", None) if time_axis is None else None  # (the input's, taken)
     reader, axes, time_axis, origin, channels, voxel_size = _source(data, axes, time_axis, origin, channels,
                                                                     voxel_size)
     lead = sum(a in "TC" for a in axes)
@@ -250,6 +251,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     # planned: the total is known, nothing written yet
     if (progress is not None and progress(0, total)) or cancel_requested(cancel):
         raise Cancelled("cancelled before the first block")
+    if time_problem and "T" in axes:  # a time unit without a name: said once, by the run that writes the axis
+        warn(f"deconv3d: warning: {time_problem}")
     # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (memory.py);
     # the measuring box and every block are one run for FFTW's measuring budget (measuring_run)
     with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output) as tmp:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d._paths import OUTPUT_SUFFIXES, check_output_path
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, warn
 
 __all__ = ["deconvolve_file"]
 
@@ -75,9 +75,11 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     model_hash = (hashes[0] if len(hashes) == 1 else hashes) if hashes else None
     record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
                         model_hash=model_hash, source=psf_source(settings), device=settings.run_device)
+    if lazy.time_problem and "T" in lazy.axes:  # once, with the others (run_chunked, given the axis, is silent)
+        warn(f"deconv3d: warning: {lazy.time_problem}", warnings)
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
                   voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress,
-                  cancel=cancel)
+                  cancel=cancel, time_axis=lazy.time_axis)
     if sweep:
         remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
     if output_path.suffix.lower() == ".zarr":
@@ -345,7 +347,6 @@ def warn_of_another_scale(trained, lazy, warnings: list | None) -> None:
     """Warn (:func:`deconv3d.errors.warn`) when a channel of ``lazy`` is on another intensity scale
     than the image ``trained`` (a network, or a list of one per channel) was trained on, as an
     in-memory run warns (:func:`deconv3d.selfsup.scale_mismatch`), from :func:`intensity_statistics`."""
-    from deconv3d.errors import warn
     from deconv3d.selfsup import scale_mismatch
 
     name = Path(lazy.path).name
