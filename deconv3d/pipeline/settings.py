@@ -459,15 +459,46 @@ def _config_path(name: str, config: Path, key: str) -> str:
 
 
 def _backslash_in_double_quotes(text, exc) -> bool:
-    """Whether the line of ``text`` (a config) that the TOML error ``exc`` names holds a backslash
-    inside double quotes: ``psf = "C:\\Users\\me\\psf.tif"`` was refused as "Invalid hex value"."""
+    """Whether the TOML error ``exc`` lies inside a basic (double-quoted, one- or multi-line) string
+    of ``text`` (a config) that holds a backslash before it: ``psf = "C:\\Users\\me\\psf.tif"`` was
+    refused as "Invalid hex value". Its place is found as TOML counts lines (at "\\n" only: not at
+    the U+2028 that ``str.splitlines`` also splits at), the strings by reading the text up to it."""
     import re
 
-    where = re.search(r"at line (\d+)", str(exc))
-    lines = text.splitlines() if text is not None else []
-    number = int(where.group(1)) if where else 0
-    line = lines[number - 1] if 0 < number <= len(lines) else ""
-    return re.search(r'"[^"]*\\', line) is not None
+    where = re.search(r"at line (\d+), column (\d+)\)", str(exc))
+    if text is None or (where is None and "(at end of document)" not in str(exc)):
+        return False
+    end = len(text)
+    if where:
+        lines = text.split("\n")
+        end = sum(len(line) + 1 for line in lines[:int(where[1]) - 1]) + int(where[2]) - 1
+    return _ends_in_basic_string_with_backslash(text[:end])
+
+
+def _ends_in_basic_string_with_backslash(text: str) -> bool:
+    """Whether ``text``, the start of a TOML document, ends inside a basic string (``"..."`` or
+    ``\"\"\"...\"\"\"``) holding a backslash: literal strings (``'...'``, ``'''...'''``) keep
+    backslashes as they are, and comments are not read."""
+    i, open_, backslash = 0, None, False  # open_: the delimiter of the string in which text[i] lies, or "#"
+    while i < len(text):
+        char = text[i]
+        if open_ is None:
+            if char in "\"'":
+                open_, backslash = char * 3 if text.startswith(char * 3, i) else char, False
+                i += len(open_)
+                continue
+            open_ = "#" if char == "#" else None
+        elif char == "\n" and len(open_) == 1:  # the end of a comment, or of a one-line string (refused)
+            open_ = None
+        elif char == "\\" and open_[0] == '"':  # an escape: the next character does not close the string
+            backslash, i = True, i + 2
+            continue
+        elif open_ != "#" and text.startswith(open_, i):  # closed (of up to 5 quotes, the last 3 close it)
+            run = len(text[i:i + 5]) - len(text[i:i + 5].lstrip(open_[0]))
+            open_, i = None, i + (run if len(open_) == 3 else 1)
+            continue
+        i += 1
+    return open_ is not None and open_[0] == '"' and backslash
 
 
 def make_settings(values: dict, options: bool = False) -> Settings:

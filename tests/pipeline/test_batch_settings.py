@@ -12,7 +12,7 @@ from cli_helpers import assert_one_line_error, run
 from deconv3d.cli import main
 from deconv3d.errors import InputError
 from deconv3d.io import write_tiff
-from deconv3d.pipeline.settings import load_config, make_settings
+from deconv3d.pipeline.settings import WINDOWS_PATHS, load_config, make_settings
 
 from .conftest import blurred_beads, gaussian_psf
 
@@ -216,6 +216,27 @@ def test_quoting_that_is_no_windows_path_keeps_its_meaning(folder):
     (folder / "batch.toml").write_text('method = "rl\n', encoding="utf-8")
     with pytest.raises(InputError, match="fix the TOML syntax$"):
         load_config(folder / "batch.toml")
+
+
+@pytest.mark.parametrize("text, hint", [
+    ('method = "rl"\nnotes = """\nsee C:\\Users\\me\n"""\n', True),  # a multi-line basic string: missed
+    ('# note\u2028 more\npsf = "C:\\Users\\me\\psf.tif"\n', True),  # U+2028 moved splitlines' line 2: missed
+    ('psf = "C:\\x', True),  # at the end of the document
+    ("psf = ['C:\\Users', \"x\\y\"]\n", True),  # a basic string after a literal one
+    ('method = "rl"  x # see C:\\data\n', False),  # the error is after the string: this matched from its quote
+    ('method = "rl" \\\n', False),  # a backslash outside any string
+    ('name = "a\\"b" x\n', False),  # an escaped quote, then an error outside the string
+    ("psf = '''C:\\data\\psf.tif''' x\n", False),  # a multi-line literal string keeps its backslashes
+], ids=["multi-line", "u2028", "end", "after-literal", "comment", "outside", "escaped-quote", "multi-line-literal"])
+def test_the_windows_path_hint_is_given_where_the_error_lies_in_a_basic_string_with_a_backslash(folder, text,
+                                                                                                  hint):
+    """The hint was given by a regex over the error's line (from splitlines, which also splits at
+    U+2028): from a closing quote to a later backslash it fired outside strings, and it missed a
+    multi-line string's lines and any line after a comment holding U+2028."""
+    (folder / "batch.toml").write_text(text, encoding="utf-8")
+    with pytest.raises(InputError) as error:
+        load_config(folder / "batch.toml")
+    assert str(error.value).endswith(WINDOWS_PATHS if hint else "fix the TOML syntax"), str(error.value)
 
 
 @pytest.mark.parametrize("line, words", [
