@@ -50,6 +50,17 @@ def checked_axes(axes: str, ndim: int) -> str:
     return letters
 
 
+def axes_or_default(axes: str | None, shape) -> str:
+    """``axes`` as :func:`checked_axes` returns them; without them, ``"ZYX"`` or ``"YX"`` for 3D or 2D
+    data, and 4D or 5D data is refused in one line naming the axes to pass (read as ``CZYX``, a time
+    series ran each time point through another channel's callable, or was written with a c axis)."""
+    ndim = len(shape)
+    if not axes and ndim in (4, 5):
+        example = "'TCZYX'" if ndim == 5 else "'TZYX' (a time series) or 'CZYX' (channels)"
+        raise InputError(f"the image is {ndim}D {tuple(shape)} and its axes are unknown: pass axes={example}")
+    return checked_axes(axes or "ZYX"[-ndim:], ndim)  # labels only: data in another order is refused
+
+
 def _axes_metadata(axes: str, calibrated: bool = True, time_unit: str | None = None) -> list[dict]:
     """NGFF axes; space axes carry ``micrometer`` only when the voxel size is known, time its unit."""
     out = []
@@ -236,7 +247,8 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
         and only a zarr image deconv3d wrote (:func:`deconv3d._paths.replaceable_folder`; any other
         is refused before any work).
     data : array_like or dask array
-        2D to 5D data whose axes are ``axes`` (default ``"ZYX"``/``"YX"``); written as float32.
+        2D to 5D data whose axes are ``axes`` (default ``"ZYX"``/``"YX"``; 4D or 5D data without
+        ``axes`` is refused: pass ``axes="TZYX"`` or ``"CZYX"``); written as float32.
     voxel_size : sequence of float, optional
         Micrometres per spatial axis (z, y, x).
     chunks : tuple of int, optional
@@ -252,7 +264,7 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     from deconv3d.pipeline.output import atomic_output
 
     arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data))
-    axes = (axes or "TCZYX"[-arr.ndim:]).upper()
+    axes = axes_or_default(axes, arr.shape)  # (4D without axes was written as CZYX, a time series' t as c)
     if chunks is None:
         chunks = capped_chunks(axes, arr.shape)
     with atomic_output(path) as tmp:

@@ -300,7 +300,7 @@ def _source(data, axes, time_axis, origin, channels, voxel_size=None):
     ``voxel_size``, and kept in voxels where it gives none."""
     from deconv3d._voxel import checked_voxel_size, recorded_voxel
     from deconv3d.omezarr import LazyImage, ZarrReader
-    from deconv3d.omezarr.writing import checked_axes
+    from deconv3d.omezarr.writing import axes_or_default
 
     missing = not axes or None in (time_axis, origin, channels, voxel_size)  # (a level's metadata: read if needed)
     image = data if isinstance(data, LazyImage) else data.image() if isinstance(data, ZarrReader) and missing else None
@@ -315,11 +315,7 @@ def _source(data, axes, time_axis, origin, channels, voxel_size=None):
             if image.voxel_size is None and voxel_size is not None:
                 origin = tuple(o * v for o, v in zip(origin, checked_voxel_size(voxel_size, len(origin))))
     reader = as_reader(data)
-    if not axes and reader.ndim in (4, 5):
-        example = "'TCZYX'" if reader.ndim == 5 else "'TZYX' (a time series) or 'CZYX' (channels)"
-        raise InputError(f"the image is {reader.ndim}D {tuple(reader.shape)} and its axes are unknown: pass "
-                         f"axes={example}")
-    axes = checked_axes(axes or "ZYX"[-reader.ndim:], reader.ndim)  # labels only: data in another order is refused
+    axes = axes_or_default(axes, reader.shape)  # 4D or 5D data without axes: refused
     return reader, axes, time_axis, origin, channels, voxel_size
 
 

@@ -155,3 +155,20 @@ def test_an_ome_zarr_level_with_an_unreadable_unit_needs_a_voxel_size(tmp_path):
         run_chunked(ZarrReader(path, "0"), lambda b: b, tmp_path / "o.zarr")
     run_chunked(ZarrReader(path, "0"), lambda b: b, tmp_path / "o.zarr", voxel_size=(0.3, 0.1, 0.1))
     assert output_metadata(tmp_path / "o.zarr")[1] == [2.5, 0.3, 0.1, 0.1]
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (3, 2, 4, 8, 8)])
+def test_write_ome_zarr_refuses_four_and_five_d_data_without_axes(tmp_path, shape):
+    # written as CZYX without a word, while its docstring said the default was ZYX/YX
+    from deconv3d.omezarr import write_ome_zarr
+
+    data = np.random.default_rng(3).random(shape).astype(np.float32)
+    with pytest.raises(InputError, match=r"axes are unknown: pass axes='T") as error:
+        write_ome_zarr(tmp_path / "w.zarr", data)
+    assert "\n" not in str(error.value) and not (tmp_path / "w.zarr").exists()
+    axes = "TZYX" if len(shape) == 4 else "TCZYX"
+    write_ome_zarr(tmp_path / "t.zarr", data, axes=axes)
+    assert [a["name"] for a in output_metadata(tmp_path / "t.zarr")[0]] == list(axes.lower())
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "t.zarr"), path="0")[...], data)
+    write_ome_zarr(tmp_path / "zyx.zarr", data[0, 0] if len(shape) == 5 else data[0])  # 3D: still ZYX
+    assert [a["name"] for a in output_metadata(tmp_path / "zyx.zarr")[0]] == ["z", "y", "x"]
