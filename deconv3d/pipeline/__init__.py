@@ -302,14 +302,16 @@ def _source(data, axes, time_axis, origin, channels, voxel_size=None):
     from deconv3d.omezarr import LazyImage, ZarrReader
     from deconv3d.omezarr.writing import axes_or_default
 
-    missing = not axes or None in (time_axis, origin, channels, voxel_size)  # (a level's metadata: read if needed)
+    # (a level's metadata: read if needed; "is None", as "None in" compared an array origin element-wise)
+    missing = not axes or any(given is None for given in (time_axis, origin, channels, voxel_size))
     image = data if isinstance(data, LazyImage) else data.image() if isinstance(data, ZarrReader) and missing else None
     if image is not None:
         axes = axes or image.axes
         time_axis = time_axis if time_axis is not None else image.time_axis
         channels = channels if channels is not None else image.channels
         if voxel_size is None:  # the image's own, refused where deconvolve_file refuses it
-            voxel_size = recorded_voxel(image, "voxel_size=(dz, dy, dx)")
+            spatial = [a.lower() for a in image.axes if a.upper() in "ZYX"]  # (dy, dx) for a YX image
+            voxel_size = recorded_voxel(image, f"voxel_size=({', '.join('d' + a for a in spatial)})")
         if origin is None and image.origin is not None:
             origin = image.origin
             if image.voxel_size is None and voxel_size is not None:

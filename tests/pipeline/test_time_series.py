@@ -137,12 +137,31 @@ def test_a_voxel_size_from_the_image_is_checked_as_deconvolve_checks_it(tmp_path
     tifffile.imwrite(tmp_path / "dpi.tif", data, imagej=True, resolution=(0.01, 0.01),
                      metadata={"axes": "ZYX", "spacing": 300, "unit": "micron"})
     lazy = open_lazy(tmp_path / "dpi.tif")
-    with pytest.raises(InputError, match=r"looks like nanometres.*dpi\.tif is wrong.*voxel_size=") as error:
+    with pytest.raises(InputError, match=r"looks like nanometres.*dpi\.tif is wrong.*voxel_size=\(dz, dy, dx\)") as error:
         run_chunked(lazy, lambda b: b, tmp_path / "o.zarr")
     assert "\n" not in str(error.value) and not (tmp_path / "o.zarr").exists()
     for given in [(0.3, 0.1, 0.1), (300.0, 100.0, 100.0)]:  # one passed explicitly is taken as it was
         run_chunked(lazy, lambda b: b, tmp_path / f"o{given[0]}.zarr", voxel_size=given)
         assert output_metadata(tmp_path / f"o{given[0]}.zarr")[1] == list(given)
+
+
+def test_the_voxel_size_hint_has_the_image_s_own_axes(tmp_path):
+    # a 2D image was told to pass voxel_size=(dz, dy, dx), which a 2D run then refused
+    tifffile.imwrite(tmp_path / "dpi2.tif", np.ones((8, 8), np.float32), imagej=True, resolution=(0.01, 0.01),
+                     metadata={"unit": "micron"})
+    lazy = open_lazy(tmp_path / "dpi2.tif")
+    with pytest.raises(InputError, match=r"pass voxel_size=\(dy, dx\) in µm$"):
+        run_chunked(lazy, lambda b: b, tmp_path / "o.zarr")
+    run_chunked(lazy, lambda b: b, tmp_path / "o.zarr", voxel_size=(0.1, 0.1))  # as the hint says
+    assert output_metadata(tmp_path / "o.zarr")[1] == [0.1, 0.1]
+
+
+def test_array_metadata_given_beside_a_time_axis_is_taken(tmp_path):
+    # "None in (time_axis, origin, ...)" compared a NumPy origin element-wise and raised ValueError
+    data = np.ones((2, 4, 8, 8), np.float32)
+    run_chunked(data, lambda b: b, tmp_path / "o.zarr", axes="TZYX", time_axis=(2.0, "second"),
+                origin=np.array([0.0, 1.0, 2.0]), voxel_size=np.array([0.3, 0.1, 0.1]), channels=None)
+    assert output_metadata(tmp_path / "o.zarr")[1] == [2.0, 0.3, 0.1, 0.1]
 
 
 def test_an_ome_zarr_level_with_an_unreadable_unit_needs_a_voxel_size(tmp_path):
