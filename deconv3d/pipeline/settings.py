@@ -462,7 +462,10 @@ def _backslash_in_double_quotes(text, exc) -> bool:
     """Whether the TOML error ``exc`` lies inside a basic (double-quoted, one- or multi-line) string
     of ``text`` (a config) that holds a backslash before it: ``psf = "C:\\Users\\me\\psf.tif"`` was
     refused as "Invalid hex value". Its place is found as TOML counts lines (at "\\n" only: not at
-    the U+2028 that ``str.splitlines`` also splits at), the strings by reading the text up to it."""
+    the U+2028 that ``str.splitlines`` also splits at), the strings by reading the text up to it. Also
+    where the error's line holds a quote escaped where a string would end, before a list's or
+    table's "," "]" or "}": a path ending in a backslash (``["C:\\", "D:\\psf.tif"]``) ran its
+    string on into the next one, and TOML's error (an unclosed list) then lay outside any string."""
     import re
 
     where = re.search(r"at line (\d+), column (\d+)\)", str(exc))
@@ -472,7 +475,8 @@ def _backslash_in_double_quotes(text, exc) -> bool:
     if where:
         lines = text.split("\n")
         end = sum(len(line) + 1 for line in lines[:int(where[1]) - 1]) + int(where[2]) - 1
-    return _ends_in_basic_string_with_backslash(text[:end])
+    line = text[text.rfind("\n", 0, end) + 1:].split("\n", 1)[0]
+    return _ends_in_basic_string_with_backslash(text[:end]) or re.search(r'\\"\s*[,\]}]', line) is not None
 
 
 def _ends_in_basic_string_with_backslash(text: str) -> bool:

@@ -227,7 +227,10 @@ def test_quoting_that_is_no_windows_path_keeps_its_meaning(folder):
     ('method = "rl" \\\n', False),  # a backslash outside any string
     ('name = "a\\"b" x\n', False),  # an escaped quote, then an error outside the string
     ("psf = '''C:\\data\\psf.tif''' x\n", False),  # a multi-line literal string keeps its backslashes
-], ids=["multi-line", "u2028", "end", "after-literal", "comment", "outside", "escaped-quote", "multi-line-literal"])
+    ('psf = ["C:\\", "D:\\psf.tif"]\n', True),  # a path ending in a backslash ran on into the next string
+    ('psf = {a = "C:\\data\\", b = "x"}\n', True),  # ... in an inline table
+], ids=["multi-line", "u2028", "end", "after-literal", "comment", "outside", "escaped-quote", "multi-line-literal",
+        "list-ending-backslash", "table-ending-backslash"])
 def test_the_windows_path_hint_is_given_where_the_error_lies_in_a_basic_string_with_a_backslash(folder, text,
                                                                                                   hint):
     """The hint was given by a regex over the error's line (from splitlines, which also splits at
