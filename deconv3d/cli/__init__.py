@@ -26,7 +26,7 @@ from deconv3d._paths import SPACE_ERRORS, out_of_space, settle_zarr
 from deconv3d.errors import OWN_MODULES, Deconv3dWarning, InputError
 
 from . import blur, classical, pipeline, selfsup
-from ._common import Parser, Terminated, add_common, check_environment, show_warning
+from ._common import Parser, Terminated, add_common, check_environment, say_last, show_warning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"deconv3d: {f'terminated ({exc.name})' if isinstance(exc, Terminated) else 'interrupted'}; no output "
-              "was written", file=sys.stderr)
+        say_last(f"deconv3d: {f'terminated ({exc.name})' if isinstance(exc, Terminated) else 'interrupted'}; no "
+                 "output was written")
         return exc.status if isinstance(exc, Terminated) else 130
     except OSError as exc:
         if exc.errno not in _WRITE_ERRORS and not out_of_space(exc):
@@ -190,6 +190,6 @@ def _internal(exc: BaseException, debug: bool) -> int:
     if debug:
         traceback.print_exc()
         return 1
-    print(f"deconv3d: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
+    say_last(f"deconv3d: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
     return 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import math
 
@@ -421,6 +422,15 @@ def say(line: str) -> None:
         tqdm.write(line, file=sys.stderr)
     else:
         print(line, file=sys.stderr)
+
+
+def say_last(line: str) -> None:
+    """Print ``line`` on stderr as a stopped or failed run's last line, lost where the terminal is
+    gone (the SIGHUP of a dropped ssh session: EIO; a closed pipe: EPIPE): the exit status stays the
+    run's (the OSError had made a SIGHUP's 129 an internal error whose own line failed too, exit 1
+    with tracebacks)."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def check_negative(data, source, method: str, warnings: list) -> None:

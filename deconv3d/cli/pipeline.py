@@ -13,7 +13,7 @@ from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor, glob_hides, rela
 from deconv3d.errors import InputError, always_show_own_warnings
 
 from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, Terminated, add_common, add_optics, check_output,
-                      make_bar, positive_float, positive_int, print_warnings, show_warning, warning_text)
+                      make_bar, positive_float, positive_int, print_warnings, say_last, show_warning, warning_text)
 from .selfsup import DEFAULT_STEPS
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
@@ -301,11 +301,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 row.update(status="failed", reason=f"{how}: rerun to redo it")
         counts = status_counts(rows)
         json_path = _write_reports(output_dir, warned.fill(rows)) if rows else None  # over an earlier report's rows
-        warned.summary(json_path)
+        with contextlib.suppress(OSError):  # (a terminal gone: see say_last)
+            warned.summary(json_path)
         said = how if isinstance(exc, Terminated) else "interrupted"  # (the signal named)
-        print(f"deconv3d: {said} at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
-              f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
-              + (f" (report {json_path})" if json_path else "") + ": rerun the same command to resume", file=sys.stderr)
+        say_last(f"deconv3d: {said} at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
+                 f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
+                 + (f" (report {json_path})" if json_path else "") + ": rerun the same command to resume")
         return exc.status if isinstance(exc, Terminated) else 130
     json_path = _write_reports(output_dir, warned.fill(rows))
     if json_path is None:

@@ -428,6 +428,64 @@ def test_sighup_ends_a_run_as_sigterm_does_and_names_it(stack, monkeypatch, caps
         assert _leftovers(folder / "res") == []
 
 
+class _Terminal:
+    """stdout or stderr on a terminal that goes away when ``gone`` is set (a dropped ssh session):
+    each write then fails with EIO, as on the closed pty of a real one."""
+
+    def __init__(self, gone: list):
+        self.gone, self.text = gone, []
+
+    def write(self, text):
+        if self.gone:
+            raise OSError(errno.EIO, "Input/output error")
+        self.text.append(text)
+        return len(text)
+
+    def flush(self):
+        if self.gone:
+            raise OSError(errno.EIO, "Input/output error")
+
+    def isatty(self):
+        return False
+
+
+@pytest.mark.parametrize("command", ["deconvolve", "batch"])
+def test_a_hangup_whose_terminal_is_gone_still_exits_129(stack, monkeypatch, command):
+    """Found by the review of the SIGHUP handling: with the terminal gone, printing "terminated (SIGHUP)"
+    failed with EIO, main took that for an internal error, whose line failed too, and the OSError
+    escaped main with its tracebacks (exit 1, not 129)."""
+    from deconv3d.cli import main
+    from deconv3d.pipeline import chunked
+
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    (folder / "in").mkdir()
+    (folder / "img.tif").rename(folder / "in" / "img.tif")
+    apply, gone = chunked._apply, []
+
+    def hung_up(fn, block, placement=None):
+        gone.append(True)  # the terminal is gone, then its SIGHUP comes
+        signal.raise_signal(signal.SIGHUP)
+        return apply(fn, block, placement)
+
+    monkeypatch.setattr(chunked, "_apply", hung_up)
+    monkeypatch.setattr(sys, "stdout", _Terminal(gone))
+    monkeypatch.setattr(sys, "stderr", _Terminal(gone))
+    before = signal.signal(signal.SIGHUP, lambda *args: None)  # (not the default action, which would end pytest)
+    try:
+        argv = ["deconvolve", "in/img.tif", "-o", "out.zarr"] if command == "deconvolve" else \
+            ["batch", "in", "-o", "res"]
+        code = main([*argv, "--psf", "psf.tif", "--chunks", "8", "16", "16", "--iterations", "2"])
+    finally:
+        signal.signal(signal.SIGHUP, before)
+        logging.disable(logging.NOTSET)  # (turned off by the termination, for the process's end)
+    assert gone and code == 129
+    assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
+    if command == "batch":  # the report written all the same
+        (row,) = json.loads((folder / "res" / "batch_report.json").read_text())["files"]
+        assert row["status"] == "failed" and row["reason"].startswith("terminated (SIGHUP)")
+
+
 def test_an_ignored_sighup_stays_ignored_and_sigterm_is_still_handled():
     """Under nohup (SIGHUP ignored by whoever started the run) a dropped session must not end it."""
     from deconv3d.cli import _terminate_as_interrupt
