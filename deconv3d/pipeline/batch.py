@@ -319,7 +319,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     last file, when it is processed if that run has ended (killed), or failed if another input now owns
     its output; ``progress`` is then called for it again.
     ``report(rows)``, when given, is called with the rows settled so far each time a file is settled,
-    before ``progress``: pass :func:`report_as_files_finish` so that a run killed outright leaves a
+    after ``progress``: pass :func:`report_as_files_finish` so that a run killed outright leaves a
     report of the files it finished.
     """
     output_dir = Path(output_dir)
@@ -349,19 +349,19 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
             if _settle(path, output, output_dir, started, (finished_as, symmetric_as), settings, process_one, row,
                        listed) is False:
                 busy.append((number, path, output, row))  # (who owns its output is asked once, below)
-            if report is not None:
-                report(rows)
             if progress is not None:
                 progress(number, len(inputs), row)
+            if report is not None:
+                report(rows)
         # The files another run held: it may have been killed (its lock is then free), or its input may
         # own their output now. A file still held by a live run stays skipped.
         for number, path, output, row in busy:
             if _settle(path, output, output_dir, started, (finished_as, symmetric_as), settings, process_one, row,
                        listed, again=True) is not False:
-                if report is not None:
-                    report(rows)
                 if progress is not None:
                     progress(number, len(inputs), row)
+                if report is not None:
+                    report(rows)
     return rows
 
 
@@ -573,7 +573,9 @@ def report_as_files_finish(output_dir, fill=None):
             if start < due[0]:
                 return
             settled = [r for r in rows if r["status"]]  # (not the file in progress)
-            with contextlib.suppress(OSError):
+            # Any error (a full disk; a folder named batch_report.json: an InputError) must not stop the batch,
+            # which stopped after its first file: the caller's write at the batch's end reports it.
+            with contextlib.suppress(Exception):
                 write_reports(output_dir, fill(settled) if fill is not None else settled)
             due[0] = start + (time.monotonic() - start) / REPORT_SHARE
 

@@ -446,6 +446,31 @@ def test_a_report_that_cannot_be_written_is_not_called_nothing_written(folder, c
     assert all(read_ome_zarr(out / f"{n}.zarr")[0].shape == (12, 24, 24) for n in NAMES)
 
 
+def test_a_report_that_cannot_be_written_mid_batch_does_not_stop_it(folder, capsys, monkeypatch):
+    """Found by the review of the report written as files finish: with a folder named batch_report.json
+    (whose write raises an InputError, not an OSError) the batch stopped after its first file, exit 2,
+    its other files never run. They run, and the error comes at the end, as before that report existed;
+    a file's progress line comes before the report's write."""
+    from deconv3d.pipeline import batch
+
+    write = batch.write_reports
+
+    def noted(output_dir, rows):
+        print("report written")
+        return write(output_dir, rows)
+
+    monkeypatch.setattr(batch, "write_reports", noted)
+    out = folder / "out"
+    (out / "batch_report.json").mkdir(parents=True)  # (a folder of that name a user or a tool left there)
+    code = main([str(a) for a in argv(folder, out)])
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert code == 2 and "batch_report.json" in captured.err.strip().splitlines()[-1]
+    assert lines[0].startswith("[1/3] done") and lines[1] == "report written"
+    assert [line.split()[:2] for line in lines if line.startswith("[")] == [[f"[{n}/3]", "done"] for n in (1, 2, 3)]
+    assert all(read_ome_zarr(out / f"{n}.zarr")[0].shape == (12, 24, 24) for n in NAMES)
+
+
 @pytest.mark.parametrize("error, fix", [(OSError(errno.ENOSPC, "No space left on device"), "free disk space"),
                                         (PermissionError(errno.EACCES, "Permission denied"), "check that {} may be "
                                                                                              "written")])
