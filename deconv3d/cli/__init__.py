@@ -64,7 +64,11 @@ def _normalise_argv(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``deconv3d`` command; returns the exit status."""
+    """Entry point of the ``deconv3d`` command; returns the exit status. Without ``argv`` it is the
+    program (``deconv3d``, ``python -m deconv3d``), which ends when it returns: after SIGTERM or SIGHUP,
+    logging then stays off (see :func:`_terminate_as_interrupt`); given ``argv`` (called from Python),
+    logging is as the caller had it once it returns."""
+    program = argv is None
     argv = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv
     restore = _tolerant_output()
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"unrecognized arguments: {' '.join(extra)}{repeat_hint(argv)} "
                              f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")
         check_environment()
-        with warnings.catch_warnings(), _terminate_as_interrupt():
+        with warnings.catch_warnings(), _terminate_as_interrupt(program):
             warnings.showwarning = show_warning  # the library's warnings as the CLI's own lines
             # The library's warnings are part of the command's output, whatever PYTHONWARNINGS says
             # ('ignore' hid them, 'error' failed the run or every file of a batch): its own RuntimeWarnings
@@ -138,22 +142,25 @@ TERMINATING = ("SIGTERM", "SIGHUP")
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt():
+def _terminate_as_interrupt(program: bool = False):
     """While a command runs, SIGTERM and SIGHUP raise :class:`Terminated` naming the signal (in the
-    main thread only, where Python runs signal handlers), and turns logging off; one ignored by whoever
-    started us (SIGHUP under nohup) stays ignored. The previous handlers are restored afterwards."""
+    main thread only, where Python runs signal handlers), and turn logging off for the clean-up; one
+    ignored by whoever started us (SIGHUP under nohup) stays ignored. The previous handlers, and
+    logging as it was, are restored afterwards (main called from Python had left the caller's logging
+    off), except logging for the ``program``, which is ending: a stopped local cluster's child processes
+    exit meanwhile, and distributed's thread watching them logged a WARNING after the run's last line."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
         # The process is asked to end: what its clean-up stops (a dask cluster's nannies, its event loop, a
-        # worker still starting) logs nothing more, to the process's end (29-50 lines of tracebacks came after
-        # the run's own line). Logging stays off (main called from Python: the caller turns it on again).
+        # worker still starting) logs nothing (29-50 lines of tracebacks came after the run's own line).
+        stopped.append(signum)
         logging.disable(logging.CRITICAL)
         raise Terminated(signum)
 
-    before = {}
+    before, disabled, stopped = {}, logging.root.manager.disable, []
     for name in TERMINATING:
         signum = getattr(signal, name, None)  # (Windows has no SIGHUP)
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
@@ -163,6 +170,8 @@ def _terminate_as_interrupt():
     finally:
         for signum, handler_before in before.items():
             signal.signal(signum, handler_before)
+        if stopped and not program:  # (after the clean-up, which ran in the block)
+            logging.disable(disabled)
 
 
 def _tolerant_output():

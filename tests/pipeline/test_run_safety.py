@@ -389,10 +389,9 @@ def test_sigterm_handler_is_restored_after_a_command(stack, monkeypatch, capsys)
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-@pytest.mark.parametrize("command", ["deconvolve", "batch"])
-def test_sighup_ends_a_run_as_sigterm_does_and_names_it(stack, monkeypatch, capsys, command):
-    """Found by the cluster review: a dropped ssh session's SIGHUP ended a run with status 129 and no
-    message, leaving its hidden temporary and no batch report (only SIGTERM was handled)."""
+def _signalled_in_a_block(stack, monkeypatch, signum, first=lambda: None) -> Path:
+    """Run in the stack's folder, its image moved into in/ (a batch's input folder), and send ``signum``
+    while a block runs, after ``first()``. Returns the folder."""
     from deconv3d.pipeline import chunked
 
     folder, _ = stack
@@ -401,11 +400,20 @@ def test_sighup_ends_a_run_as_sigterm_does_and_names_it(stack, monkeypatch, caps
     (folder / "img.tif").rename(folder / "in" / "img.tif")
     apply = chunked._apply
 
-    def hung_up(fn, block, placement=None):
-        signal.raise_signal(signal.SIGHUP)  # as the terminal's loss sends it, while a block runs
+    def signalled(fn, block, placement=None):
+        first()
+        signal.raise_signal(signum)
         return apply(fn, block, placement)
 
-    monkeypatch.setattr(chunked, "_apply", hung_up)
+    monkeypatch.setattr(chunked, "_apply", signalled)
+    return folder
+
+
+@pytest.mark.parametrize("command", ["deconvolve", "batch"])
+def test_sighup_ends_a_run_as_sigterm_does_and_names_it(stack, monkeypatch, capsys, command):
+    """Found by the cluster review: a dropped ssh session's SIGHUP ended a run with status 129 and no
+    message, leaving its hidden temporary and no batch report (only SIGTERM was handled)."""
+    folder = _signalled_in_a_block(stack, monkeypatch, signal.SIGHUP)  # as the terminal's loss sends it
     seen = []
 
     def recorder(*args):  # (not the default action, which would end pytest)
@@ -419,7 +427,6 @@ def test_sighup_ends_a_run_as_sigterm_does_and_names_it(stack, monkeypatch, caps
         assert signal.getsignal(signal.SIGHUP) is recorder and seen == []  # put back; the run's handler took it
     finally:
         signal.signal(signal.SIGHUP, before)
-        logging.disable(logging.NOTSET)  # (turned off by the termination, for the process's end)
     assert code == 129 and "terminated (SIGHUP)" in err.strip().splitlines()[-1], err
     assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
     if command == "batch":
@@ -455,20 +462,9 @@ def test_a_hangup_whose_terminal_is_gone_still_exits_129(stack, monkeypatch, com
     failed with EIO, main took that for an internal error, whose line failed too, and the OSError
     escaped main with its tracebacks (exit 1, not 129)."""
     from deconv3d.cli import main
-    from deconv3d.pipeline import chunked
 
-    folder, _ = stack
-    monkeypatch.chdir(folder)
-    (folder / "in").mkdir()
-    (folder / "img.tif").rename(folder / "in" / "img.tif")
-    apply, gone = chunked._apply, []
-
-    def hung_up(fn, block, placement=None):
-        gone.append(True)  # the terminal is gone, then its SIGHUP comes
-        signal.raise_signal(signal.SIGHUP)
-        return apply(fn, block, placement)
-
-    monkeypatch.setattr(chunked, "_apply", hung_up)
+    gone = []
+    folder = _signalled_in_a_block(stack, monkeypatch, signal.SIGHUP, lambda: gone.append(True))  # (then SIGHUP)
     monkeypatch.setattr(sys, "stdout", _Terminal(gone))
     monkeypatch.setattr(sys, "stderr", _Terminal(gone))
     before = signal.signal(signal.SIGHUP, lambda *args: None)  # (not the default action, which would end pytest)
@@ -478,7 +474,6 @@ def test_a_hangup_whose_terminal_is_gone_still_exits_129(stack, monkeypatch, com
         code = main([*argv, "--psf", "psf.tif", "--chunks", "8", "16", "16", "--iterations", "2"])
     finally:
         signal.signal(signal.SIGHUP, before)
-        logging.disable(logging.NOTSET)  # (turned off by the termination, for the process's end)
     assert gone and code == 129
     assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
     if command == "batch":  # the report written all the same
@@ -502,22 +497,44 @@ def test_an_ignored_sighup_stays_ignored_and_sigterm_is_still_handled():
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
-        logging.disable(logging.NOTSET)
 
 
-def test_a_termination_turns_logging_off_for_the_rest_of_the_process():
+def test_a_termination_turns_logging_off_for_the_clean_up_only():
     """Found by the cluster review: SIGTERM while a batch's local dask cluster started (or stopped) printed
-    29-50 lines of distributed's log lines and tracebacks after the run's "terminated" line, some of them
-    from its event loop after the command had returned."""
+    29-50 lines of distributed's log lines and tracebacks after the run's "terminated" line. Logging is
+    off while the run cleans up, and as it was once the command is over (it had stayed off)."""
     from deconv3d.cli import _terminate_as_interrupt
     from deconv3d.cli._common import Terminated
 
     nanny = logging.getLogger("distributed.nanny")
     assert nanny.isEnabledFor(logging.WARNING)
-    try:
-        with pytest.raises(Terminated), _terminate_as_interrupt():
+    cleaning = []
+    with pytest.raises(Terminated), _terminate_as_interrupt():
+        try:
             signal.raise_signal(signal.SIGTERM)
-        assert not nanny.isEnabledFor(logging.CRITICAL) and not logging.getLogger("asyncio").isEnabledFor(logging.ERROR)
+        finally:  # the run's clean-up (a cluster's close)
+            cleaning += [nanny.isEnabledFor(logging.CRITICAL), logging.getLogger("asyncio").isEnabledFor(logging.ERROR)]
+    assert cleaning == [False, False] and nanny.isEnabledFor(logging.WARNING)
+    # The deconv3d program (main without argv) is ending: a stopped cluster's child processes exit meanwhile,
+    # and distributed logged a WARNING about one after the run's last line.
+    with pytest.raises(Terminated), _terminate_as_interrupt(program=True):
+        signal.raise_signal(signal.SIGTERM)
+    try:
+        assert not nanny.isEnabledFor(logging.CRITICAL)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def test_logging_is_as_the_caller_had_it_once_main_returns_after_a_sigterm(stack, monkeypatch, capsys):
+    """Found by the review of the SIGHUP handling: main called from Python returned 143 and left logging
+    off for the rest of the caller's process (logging.root.manager.disable at CRITICAL)."""
+    _signalled_in_a_block(stack, monkeypatch, signal.SIGTERM)
+    logging.disable(logging.DEBUG)  # the caller's own setting
+    try:
+        code, _, err = run(["batch", "in", "-o", "res", "--psf", "psf.tif", "--chunks", 8, 16, 16, "--iterations", 2],
+                           capsys)
+        assert code == 143 and "terminated (SIGTERM)" in err, err
+        assert logging.root.manager.disable == logging.DEBUG and logging.getLogger("app").isEnabledFor(logging.ERROR)
     finally:
         logging.disable(logging.NOTSET)
 
