@@ -53,7 +53,7 @@ def gpu_worker_ids(count: int, visible: str | None = None) -> list[str]:
     return [ids[i % len(ids)] for i in range(count)]
 
 
-def _gpu_cluster(count: int):
+def _gpu_cluster(count: int, run: object = None):
     """A local cluster of ``count`` single-threaded worker processes, each started with one GPU visible.
 
     The device is chosen per process, before CUDA starts in it: ``torch.cuda.set_device`` in a worker
@@ -73,7 +73,22 @@ def _gpu_cluster(count: int):
     workers = {i: {"cls": Nanny, "options": {**options, "env": {"CUDA_VISIBLE_DEVICES": ids[i]}}}
                for i in range(count)}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
-    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARN)
+    return _marked(SpecCluster, run)(workers=workers, scheduler=scheduler, silence_logs=logging.WARN)
+
+
+def _marked(cls, run: object):
+    """``cls`` (a distributed cluster class) whose instances carry ``run`` (``_deconv3d_run``) from
+    before distributed registers them: a run stopped while its cluster starts (the cluster in no
+    variable yet) finds its own among distributed's clusters by it, and leaves alone the clusters and
+    clients of other threads (a user's own LocalCluster's Client, made meanwhile, had been closed)."""
+
+    class Marked(cls):
+        def __init__(self, *args, **kwargs):
+            self._deconv3d_run = run
+            super().__init__(*args, **kwargs)
+
+    Marked.__name__, Marked.__qualname__, Marked.__module__ = cls.__name__, cls.__qualname__, cls.__module__
+    return Marked
 
 
 def _worker_preload() -> dict:
@@ -133,16 +148,18 @@ def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
     if spec == "processes":
         from distributed.deploy.spec import SpecCluster
 
-        before = {*_instances(SpecCluster), *_instances(Client)}  # (one another thread starts meanwhile is stopped too)
+        run = object()  # (marks this run's cluster)
         try:
             if gpus > 0:
-                cluster = _gpu_cluster(gpus)
+                cluster = _gpu_cluster(gpus, run)
             else:
-                cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None, **_worker_preload())
+                cluster = _marked(LocalCluster, run)(n_workers=workers or 2, threads_per_worker=1, processes=True,
+                                                     host="127.0.0.1", dashboard_address=None, **_worker_preload())
             client = Client(cluster)
         except KeyboardInterrupt:  # while its workers start: the cluster (or client) is in no variable yet
-            _close_quietly(*(set(_instances(Client)) - before), *(set(_instances(SpecCluster)) - before))
+            ours = [c for c in list(_instances(SpecCluster)) if getattr(c, "_deconv3d_run", None) is run]
+            clients = [c for c in list(_instances(Client)) if any(getattr(c, "cluster", None) is o for o in ours)]
+            _close_quietly(*clients, *ours)
             raise
         stopped = False
         try:

@@ -100,24 +100,31 @@ class _Closing:
         import logging
 
         _Closing.closed += 1
+        self.was_closed = True
         logging.getLogger("distributed.nanny").warning("Worker process still alive after 4.0 seconds, killing")
         raise AssertionError("Status.init")
 
 
 class _Cluster(_Closing):
-    def __init__(self, *args, fail=False, **kwargs):
+    starting = staticmethod(lambda: None)  # what happens while the workers start
+
+    def __init__(self, *args, **kwargs):
         from distributed.deploy.spec import SpecCluster
 
         SpecCluster._instances.add(self)  # (as SpecCluster.__init__: distributed closes these again at exit)
-        if fail:
-            raise KeyboardInterrupt  # Ctrl-C, or the CLI's SIGTERM, while the workers start
+        self.starting()
 
 
 class _Client(_Closing):
     _instances = weakref.WeakSet()
 
     def __init__(self, cluster):
+        self.cluster = cluster
         self._instances.add(self)
+
+
+def _stopped_while_starting():
+    raise KeyboardInterrupt  # Ctrl-C, or the CLI's SIGTERM, while the workers start
 
 
 @pytest.mark.parametrize("when", ["starting", "running"])
@@ -131,9 +138,9 @@ def test_a_cluster_stopped_by_ctrl_c_or_sigterm_closes_quietly(monkeypatch, when
     import distributed
     from distributed.deploy.spec import SpecCluster, close_clusters
 
-    clusters = []
-    monkeypatch.setattr(distributed, "LocalCluster", lambda *a, **k: clusters.append(_Cluster(fail=when == "starting"))
-                        or clusters[-1])
+    if when == "starting":
+        monkeypatch.setattr(_Cluster, "starting", staticmethod(_stopped_while_starting))
+    monkeypatch.setattr(distributed, "LocalCluster", _Cluster)
     monkeypatch.setattr(distributed, "Client", _Client)
     monkeypatch.setattr(_Closing, "closed", 0)
     logged = io.StringIO()
@@ -150,6 +157,44 @@ def test_a_cluster_stopped_by_ctrl_c_or_sigterm_closes_quietly(monkeypatch, when
         assert logged.getvalue() == "after\n"
     finally:
         logging.getLogger("distributed").removeHandler(handler)
+
+
+def test_a_run_stopped_while_its_cluster_starts_leaves_other_threads_clients_open(monkeypatch):
+    """Found by the review of the quiet shutdown: a run stopped while its cluster started closed every
+    client and cluster made meanwhile, a user's own Client (on a LocalCluster of another thread) too."""
+    import threading
+
+    import distributed
+    from distributed.deploy.spec import SpecCluster
+
+    class UsersCluster(_Cluster):
+        starting = staticmethod(lambda: None)
+
+    made = {}
+
+    def users_thread():  # the user's own work, in another thread of the same process
+        made["cluster"] = UsersCluster()
+        made["client"] = _Client(made["cluster"])
+
+    def starting():  # ours, stopped while its workers start, once the user's client exists
+        thread = threading.Thread(target=users_thread)
+        thread.start()
+        thread.join()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_Cluster, "starting", staticmethod(starting))
+    monkeypatch.setattr(distributed, "LocalCluster", _Cluster)
+    monkeypatch.setattr(distributed, "Client", _Client)
+    monkeypatch.setattr(_Closing, "closed", 0)
+    try:
+        with pytest.raises(KeyboardInterrupt), scheduler_client("processes", workers=1):
+            pass
+        # ours closed and dropped from distributed's clusters, nothing else
+        left = [c for c in SpecCluster._instances if isinstance(c, _Cluster)]
+        assert _Closing.closed == 1 and left == [made["cluster"]]
+        assert not hasattr(made["client"], "was_closed") and not hasattr(made["cluster"], "was_closed")
+    finally:
+        SpecCluster._instances.discard(made.get("cluster"))
 
 
 @pytest.mark.parametrize("argv", [[["--tag", "mine"]], ["--tag", "flat"], []])
