@@ -6,7 +6,9 @@ batch in which some files failed (the others are complete); 130 interrupted (Ctr
 terminated (SIGTERM, as a cluster scheduler sends) and 129 hung up (SIGHUP, a dropped ssh session),
 with nothing partial left; 1 an
 unexpected internal error. ``--debug`` prints the traceback first, with the same status. The
-contract is the design document's command-line section (DESIGN.md, shared with the project).
+contract is the design document's command-line section (DESIGN.md, shared with the project),
+whose list of statuses (0, 2, 3, 1) the signals' 130, 143 and 129 go beyond: they follow the
+shell's convention of 128 + the signal's number.
 """
 
 from __future__ import annotations

@@ -561,8 +561,10 @@ def report_as_files_finish(output_dir, fill=None):
     One thread writes at a time (other runs wait for the report's lock), and the writes are spaced to
     take at most :data:`REPORT_SHARE` of the batch's time (3000 rows take about 0.2 s to merge and
     write): a file settled just before a kill may be missing from the report (its output and
-    completion record are not). A write that fails (a full disk) is left to the batch's last one,
-    which says so."""
+    completion record are not). These writes do not replace the report at the batch's end, which the
+    caller must still write (``write_reports(output_dir, rows)``, as the command line and
+    examples/slurm_jobqueue.py do): one of them that fails (a full disk) is silent and the batch goes
+    on, and it is the write at the end that reports the problem."""
     import threading
 
     lock, due = threading.Lock(), [0.0]
