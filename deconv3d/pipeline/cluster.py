@@ -127,7 +127,8 @@ def _close_quietly(*closing) -> None:
         for each in closing:
             with contextlib.suppress(Exception):
                 each.close()
-            _instances(SpecCluster).discard(each)  # (a client: not there)
+            with contextlib.suppress(Exception):  # (one stopped before distributed set it up whole raised here)
+                _instances(SpecCluster).discard(each)  # (a client: not there)
 
 
 @contextlib.contextmanager
