@@ -463,10 +463,12 @@ def _backslash_in_double_quotes(text, exc) -> bool:
     of ``text`` (a config) that holds a backslash before it: ``psf = "C:\\Users\\me\\psf.tif"`` was
     refused as "Invalid hex value". Its place is found as TOML counts lines (at "\\n" only: not at
     the U+2028 that ``str.splitlines`` also splits at), the strings by reading the text up to it. Also
-    where the error's line holds a quote escaped where a string would end, before a list's or
-    table's "," "]" or "}": a path ending in a backslash (``["C:\\", "D:\\psf.tif"]``) ran its
-    string on into the next one, and TOML's error (an unclosed list) then lay outside any string."""
+    where the text parses once each backslash is doubled (read as itself): a path ending in a
+    backslash (``["C:\\", "D:\\psf.tif"]``) ran its string on into the next one, and TOML's error (an
+    unclosed list) then lay outside any string (a rule looking for ``\\"`` before "," or "]" on the
+    error's line also fired for escaped quotes in text, literal strings and comments)."""
     import re
+    import tomllib
 
     where = re.search(r"at line (\d+), column (\d+)\)", str(exc))
     if text is None or (where is None and "(at end of document)" not in str(exc)):
@@ -475,8 +477,13 @@ def _backslash_in_double_quotes(text, exc) -> bool:
     if where:
         lines = text.split("\n")
         end = sum(len(line) + 1 for line in lines[:int(where[1]) - 1]) + int(where[2]) - 1
-    line = text[text.rfind("\n", 0, end) + 1:].split("\n", 1)[0]
-    return _ends_in_basic_string_with_backslash(text[:end]) or re.search(r'\\"\s*[,\]}]', line) is not None
+    if _ends_in_basic_string_with_backslash(text[:end]):
+        return True
+    try:
+        tomllib.loads(text.replace("\\", "\\\\"))
+    except tomllib.TOMLDecodeError:
+        return False
+    return True
 
 
 def _ends_in_basic_string_with_backslash(text: str) -> bool:

@@ -229,8 +229,13 @@ def test_quoting_that_is_no_windows_path_keeps_its_meaning(folder):
     ("psf = '''C:\\data\\psf.tif''' x\n", False),  # a multi-line literal string keeps its backslashes
     ('psf = ["C:\\", "D:\\psf.tif"]\n', True),  # a path ending in a backslash ran on into the next string
     ('psf = {a = "C:\\data\\", b = "x"}\n', True),  # ... in an inline table
+    ('method = "rl"\ntitle = "He said \\"hi\\", then left" x\n', False),  # escaped quotes in text, then an error
+    ('names = ["a \\"b\\", c", "d"] x\n', False),
+    ("note = 'a\\\", b' x\n", False),  # a literal string keeps its backslash
+    ('method = "rl" x  # e.g. \\"a\\", b\n', False),  # in a comment
 ], ids=["multi-line", "u2028", "end", "after-literal", "comment", "outside", "escaped-quote", "multi-line-literal",
-        "list-ending-backslash", "table-ending-backslash"])
+        "list-ending-backslash", "table-ending-backslash", "escaped-quotes-in-text", "escaped-quotes-in-list",
+        "literal-string", "in-comment"])
 def test_the_windows_path_hint_is_given_where_the_error_lies_in_a_basic_string_with_a_backslash(folder, text,
                                                                                                   hint):
     """The hint was given by a regex over the error's line (from splitlines, which also splits at
