@@ -4,10 +4,11 @@ Exit status: 0 done; 2 bad input or usage, not enough memory for the run, or a f
 read-only disk (one line ``deconv3d: error: ...`` on stderr, no output file left behind); 3 a
 batch in which some files failed (the others are complete); 130 interrupted (Ctrl-C), 143
 terminated (SIGTERM, as a cluster scheduler sends) and 129 hung up (SIGHUP, a dropped ssh session),
-with nothing partial left; 1 an
+with nothing partial left; 141, silently, when standard output is a pipe whose reader has closed it
+(``| head``: the files a batch finished are in its report); 1 an
 unexpected internal error. ``--debug`` prints the traceback first, with the same status. The
 contract is the design document's command-line section (DESIGN.md, shared with the project),
-whose list of statuses (0, 2, 3, 1) the signals' 130, 143 and 129 go beyond: they follow the
+whose list of statuses (0, 2, 3, 1) the signals' 130, 143, 129 and 141 go beyond: they follow the
 shell's convention of 128 + the signal's number.
 """
 
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                  "output was written")
         return exc.status if isinstance(exc, Terminated) else 130
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            return _PIPE_CLOSED
         if exc.errno not in _WRITE_ERRORS and not out_of_space(exc):
             return _internal(exc, debug)
         if debug:
@@ -195,6 +198,32 @@ def _tolerant_output():
                 stream.reconfigure(errors="strict")
 
     return restore
+
+
+#: The exit status of a run whose standard output was a pipe its reader closed (``| head``): that of
+#: a program a SIGPIPE ended (128 + 13), as Python does not die of it.
+_PIPE_CLOSED = 141
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (``deconv3d batch ... | head``, which
+    stopped at its next progress line with "internal error: BrokenPipeError", exit 1). Later writes
+    go nowhere (Python's flush of stdout at exit would fail again); no line is printed, as a program
+    ended by SIGPIPE prints none. False where it cannot be told (no ``select.poll``: Windows)."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        closed = any(event & select.POLLERR for _, event in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # (a stdout without a file: a test's capture)
+        return False
+    if closed:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return closed
 
 
 def _internal(exc: BaseException, debug: bool) -> int:

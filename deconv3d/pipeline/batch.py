@@ -349,20 +349,26 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
             if _settle(path, output, output_dir, started, (finished_as, symmetric_as), settings, process_one, row,
                        listed) is False:
                 busy.append((number, path, output, row))  # (who owns its output is asked once, below)
-            if progress is not None:
-                progress(number, len(inputs), row)
-            if report is not None:
-                report(rows)
+            _progress_then_report(progress, report, number, len(inputs), row, rows)
         # The files another run held: it may have been killed (its lock is then free), or its input may
         # own their output now. A file still held by a live run stays skipped.
         for number, path, output, row in busy:
             if _settle(path, output, output_dir, started, (finished_as, symmetric_as), settings, process_one, row,
                        listed, again=True) is not False:
-                if progress is not None:
-                    progress(number, len(inputs), row)
-                if report is not None:
-                    report(rows)
+                _progress_then_report(progress, report, number, len(inputs), row, rows)
     return rows
+
+
+def _progress_then_report(progress, report, number, total, row, rows) -> None:
+    """A settled file's progress line, then the report (which never raises): the line first (a report
+    that could not be written had stopped the batch before it), the report also where the line fails
+    (stdout a closed pipe: the finished file was missing from the report)."""
+    try:
+        if progress is not None:
+            progress(number, total, row)
+    finally:
+        if report is not None:
+            report(rows)
 
 
 def _settle(path, output, output_dir, started, finished, settings, process_one, row, listed, again=False):

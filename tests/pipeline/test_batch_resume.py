@@ -681,3 +681,20 @@ def test_the_report_as_files_finish_leaves_out_the_file_in_progress_and_spaces_i
         clock[0] = now
         report(rows)
     assert batch.REPORT_SHARE == 0.05 and written == [(0.0, ["A"]), (20.0, ["A"])]
+
+
+def test_a_batch_whose_output_pipe_closes_ends_quietly_and_reports_what_it_finished(folder):
+    """Found by the review of the progress-then-report order: ``deconv3d batch ... | head`` stopped
+    at its next progress line with "internal error: BrokenPipeError", exit 1, and the file it had just
+    finished was missing from the report. It ends as a program a SIGPIPE ends (141, no line), and the
+    report lists that file."""
+    out = folder / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "deconv3d", *map(str, argv(folder, out))], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=folder)
+    proc.stdout.close()  # the reader is gone before the first progress line
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141, err
+    assert "internal error" not in err and "Traceback" not in err, err
+    rows = json.loads((out / "batch_report.json").read_text(encoding="utf-8"))["files"]
+    assert [(os.path.basename(r["file"]), r["status"]) for r in rows] == [("img0.tif", "done")]
