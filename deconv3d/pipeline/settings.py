@@ -463,25 +463,28 @@ def _backslash_in_double_quotes(text, exc) -> bool:
     of ``text`` (a config) that holds a backslash before it: ``psf = "C:\\Users\\me\\psf.tif"`` was
     refused as "Invalid hex value". Its place is found as TOML counts lines (at "\\n" only: not at
     the U+2028 that ``str.splitlines`` also splits at), the strings by reading the text up to it. Also
-    where the text parses once each backslash is doubled (read as itself): a path ending in a
-    backslash (``["C:\\", "D:\\psf.tif"]``) ran its string on into the next one, and TOML's error (an
-    unclosed list) then lay outside any string (a rule looking for ``\\"`` before "," or "]" on the
-    error's line also fired for escaped quotes in text, literal strings and comments)."""
+    where the text up to the error's line parses once that line's backslashes are doubled (read as
+    themselves): a path ending in a backslash (``["C:\\", "D:\\psf.tif"]``) ran its string on into the
+    next one, and TOML's error (an unclosed list) then lay outside any string (a rule looking for
+    ``\\"`` before "," or "]" on the error's line also fired for escaped quotes in text, literal
+    strings and comments; one parsing the whole text with every backslash doubled missed the path
+    where the config had another error, or a right ``\\"`` elsewhere)."""
     import re
     import tomllib
 
     where = re.search(r"at line (\d+), column (\d+)\)", str(exc))
     if text is None or (where is None and "(at end of document)" not in str(exc)):
         return False
+    lines = text.split("\n")
+    number = int(where[1]) if where else len(lines)  # (at the end of the document: its last line)
     end = len(text)
     if where:
-        lines = text.split("\n")
-        end = sum(len(line) + 1 for line in lines[:int(where[1]) - 1]) + int(where[2]) - 1
+        end = sum(len(line) + 1 for line in lines[:number - 1]) + int(where[2]) - 1
     if _ends_in_basic_string_with_backslash(text[:end]):
         return True
     try:
-        tomllib.loads(text.replace("\\", "\\\\"))
-    except tomllib.TOMLDecodeError:
+        tomllib.loads("\n".join([*lines[:number - 1], lines[number - 1].replace("\\", "\\\\")]))
+    except (tomllib.TOMLDecodeError, IndexError):
         return False
     return True
 
