@@ -206,7 +206,7 @@ _PIPE_CLOSED = 141
 
 
 def _stdout_closed() -> bool:
-    """Whether standard output is a pipe whose reader has gone (``deconv3d batch ... | head``, which
+    """Whether standard output is a pipe or socket whose reader has gone (``deconv3d batch ... | head``, which
     stopped at its next progress line with "internal error: BrokenPipeError", exit 1). Later writes
     go nowhere (Python's flush of stdout at exit would fail again); no line is printed, as a program
     ended by SIGPIPE prints none. False where it cannot be told (no ``select.poll``: Windows)."""
@@ -217,12 +217,17 @@ def _stdout_closed() -> bool:
         fd = sys.stdout.fileno()
         poll = select.poll()
         poll.register(fd, select.POLLOUT)
-        closed = any(event & select.POLLERR for _, event in poll.poll(0))
+        # (a pipe without a reader: POLLERR; a socket whose peer closed: POLLHUP)
+        closed = any(event & (select.POLLERR | select.POLLHUP) for _, event in poll.poll(0))
     except (AttributeError, OSError, ValueError):  # (a stdout without a file: a test's capture)
         return False
     if closed:
         with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+            nowhere = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(nowhere, fd)
+            finally:
+                os.close(nowhere)
     return closed
 
 

@@ -308,6 +308,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
                  f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
                  + (f" (report {json_path})" if json_path else "") + ": rerun the same command to resume")
         return exc.status if isinstance(exc, Terminated) else 130
+    except BrokenPipeError:  # stdout piped into a reader that stopped (| head): the whole report, then main's 141
+        with contextlib.suppress(Exception):  # (the one written as files finish may lag: its writes are spaced)
+            _write_reports(output_dir, warned.fill([row for row in rows if row["status"]]))
+        raise
     json_path = _write_reports(output_dir, warned.fill(rows))
     if json_path is None:
         warned.summary(None)

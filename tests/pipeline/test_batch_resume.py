@@ -683,18 +683,46 @@ def test_the_report_as_files_finish_leaves_out_the_file_in_progress_and_spaces_i
     assert batch.REPORT_SHARE == 0.05 and written == [(0.0, ["A"]), (20.0, ["A"])]
 
 
+# Runs the CLI with the report written as files finish at most once a day (its writes are spaced to a
+# share of the batch's time: a slow write, 0.2 s for 3000 rows, holds the next one back for seconds).
+LAGGING_REPORT_CLI = """
+import sys
+import deconv3d.pipeline.batch as batch
+batch.REPORT_SHARE = 1e-9
+from deconv3d.cli import main
+sys.argv = ["deconv3d", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
 def test_a_batch_whose_output_pipe_closes_ends_quietly_and_reports_what_it_finished(folder):
-    """Found by the review of the progress-then-report order: ``deconv3d batch ... | head`` stopped
+    """Found by the reviews of the progress-then-report order: ``deconv3d batch ... | head`` stopped
     at its next progress line with "internal error: BrokenPipeError", exit 1, and the file it had just
-    finished was missing from the report. It ends as a program a SIGPIPE ends (141, no line), and the
-    report lists that file."""
+    finished was missing from the report (also where the report written as files finish lagged). It
+    ends as a program a SIGPIPE ends (141, no line), and the report lists the files it finished."""
     out = folder / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "deconv3d", *map(str, argv(folder, out))], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=folder)
-    proc.stdout.close()  # the reader is gone before the first progress line
+    proc = subprocess.Popen([sys.executable, "-c", LAGGING_REPORT_CLI, *map(str, argv(folder, out))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=folder)
+    first = proc.stdout.readline().decode()
+    proc.stdout.close()  # as "| head -1" does: the next progress line (img1's) finds no reader
     err = proc.stderr.read().decode()
     proc.stderr.close()
     assert proc.wait(timeout=120) == 141, err
-    assert "internal error" not in err and "Traceback" not in err, err
+    assert first.startswith("[1/3] done") and "internal error" not in err and "Traceback" not in err, err
     rows = json.loads((out / "batch_report.json").read_text(encoding="utf-8"))["files"]
-    assert [(os.path.basename(r["file"]), r["status"]) for r in rows] == [("img0.tif", "done")]
+    assert [(os.path.basename(r["file"]), r["status"]) for r in rows] == [("img0.tif", "done"), ("img1.tif", "done")]
+
+
+def test_a_batch_whose_output_socket_closes_ends_quietly(folder):
+    """Standard output a socket whose peer has gone (sshd without a terminal): poll says POLLHUP,
+    not a pipe's POLLERR, and the run ended as "internal error: BrokenPipeError", exit 1."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "deconv3d", *map(str, argv(folder, folder / "out"))],
+                              stdout=ours.fileno(), stderr=subprocess.PIPE, cwd=folder, timeout=120)
+    finally:
+        ours.close()
+    assert proc.returncode == 141 and b"internal error" not in proc.stderr, proc.stderr.decode()
