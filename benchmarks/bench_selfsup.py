@@ -36,8 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from selfsup_data import (best_gaussian, best_rl, bench_psf, calibrated_rl, constant_floor, genie_wiener,  # noqa: E402
                           make_volume, score)
 
-from deconv3d.cli.selfsup import (RESIDUAL, WARM_TV, _auto_or_non_negative, _non_negative, _warm_start,  # noqa: E402
-                                  _warm_tv)  # the CLI's own parsers
+from deconv3d.cli._common import non_negative_float  # noqa: E402
+from deconv3d.cli.selfsup import RESIDUAL, WARM_TV, _auto_or_non_negative, _warm_start, _warm_tv  # noqa: E402
 from deconv3d.fft import band_limit  # noqa: E402
 from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, train  # noqa: E402
 from deconv3d.selfsup.train import WARM_TV_WEIGHTS, warm_start_target  # noqa: E402
@@ -66,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--base", type=int, default=16, help="UNet base channels")
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--lr", type=float, default=4e-4)
-    p.add_argument("--lambda-inv", type=_non_negative, default=TrainConfig.lambda_inv,
+    p.add_argument("--lambda-inv", type=non_negative_float, default=TrainConfig.lambda_inv,
                    help=f"weight of the invariance terms (library default {TrainConfig.lambda_inv})")
     p.add_argument("--decay-steps", type=int, default=5000)
     p.add_argument("--precondition", type=_auto_or_non_negative, default="auto",
@@ -94,7 +94,7 @@ def parse_args(argv=None):
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=TrainConfig.amp,
                    help="mixed precision: bfloat16 on a CPU with AMX (library default on; --no-amp: float32)")
     p.add_argument("--no-tta", action="store_true")
-    p.add_argument("--band-limit", type=_non_negative, default=0.01,
+    p.add_argument("--band-limit", type=non_negative_float, default=0.01,
                    help="eps of the band-limited rows (the library default, off, prints too)")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--genie", action="store_true",

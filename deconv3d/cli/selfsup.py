@@ -77,7 +77,7 @@ def add_training_options(p, steps_flag: str) -> None:
     g.add_argument("--positive", action=argparse.BooleanOptionalAction, default=POSITIVE,
                    help="softplus output head floored at zero intensity (default on; --no-positive is the paper's "
                         "linear head)")
-    g.add_argument("--precondition", type=_auto_ornon_negative_float, default=PRECONDITION, metavar="EPS",
+    g.add_argument("--precondition", type=_auto_or_non_negative, default=PRECONDITION, metavar="EPS",
                    help="weight the data term by frequency (Wiener): auto (eps 1e-3, gated by the image's "
                         "signal-to-noise ratio) or a number EPS; recovers fine detail in fewer steps on "
                         f"low-noise stacks (default {PRECONDITION}; 0 is the paper's "
@@ -91,7 +91,7 @@ def add_training_options(p, steps_flag: str) -> None:
                    help="with --no-residual: first regress the network for STEPS steps onto that "
                         "Richardson-Lucy estimate, then train as usual (default auto: 3/8 of the steps; 0 is the "
                         "paper's random start)")
-    g.add_argument("--anchor", type=_auto_ornon_negative_float, default=ANCHOR, metavar="W",
+    g.add_argument("--anchor", type=_auto_or_non_negative, default=ANCHOR, metavar="W",
                    help="keep W times the squared distance to that Richardson-Lucy estimate in the loss "
                         f"(default {ANCHOR}: 1 after a warm start, else 0; 0 lets the Siamese "
                         "loss alone take over)")
@@ -299,7 +299,7 @@ def _warm_tv(text: str) -> float | str:
     return value
 
 
-def _auto_ornon_negative_float(text: str) -> float | str:
+def _auto_or_non_negative(text: str) -> float | str:
     """``auto`` or a number >= 0 (--precondition, --anchor)."""
     return "auto" if text == "auto" else non_negative_float(text)
 
