@@ -463,12 +463,13 @@ def _backslash_in_double_quotes(text, exc) -> bool:
     of ``text`` (a config) that holds a backslash before it: ``psf = "C:\\Users\\me\\psf.tif"`` was
     refused as "Invalid hex value". Its place is found as TOML counts lines (at "\\n" only: not at
     the U+2028 that ``str.splitlines`` also splits at), the strings by reading the text up to it. Also
-    where the text up to the error's line parses once that line's backslashes are doubled (read as
-    themselves): a path ending in a backslash (``["C:\\", "D:\\psf.tif"]``) ran its string on into the
-    next one, and TOML's error (an unclosed list) then lay outside any string (a rule looking for
-    ``\\"`` before "," or "]" on the error's line also fired for escaped quotes in text, literal
-    strings and comments; one parsing the whole text with every backslash doubled missed the path
-    where the config had another error, or a right ``\\"`` elsewhere)."""
+    where the text parses, or fails only on a later line, once the error's line has its backslashes
+    doubled (read as themselves): a path ending in a backslash (``["C:\\", "D:\\psf.tif"]``) ran its
+    string on into the next one, and TOML's error (an unclosed list) then lay outside any string (a
+    rule looking for ``\\"`` before "," or "]" on the error's line also fired for escaped quotes in
+    text, literal strings and comments; doubling every backslash of the text missed the path where the
+    config had another error, or a right ``\\"`` elsewhere; parsing only up to the error's line missed
+    a list that closes on a later line)."""
     import re
     import tomllib
 
@@ -482,10 +483,13 @@ def _backslash_in_double_quotes(text, exc) -> bool:
         end = sum(len(line) + 1 for line in lines[:number - 1]) + int(where[2]) - 1
     if _ends_in_basic_string_with_backslash(text[:end]):
         return True
-    try:
-        tomllib.loads("\n".join([*lines[:number - 1], lines[number - 1].replace("\\", "\\\\")]))
-    except (tomllib.TOMLDecodeError, IndexError):
+    if not 0 < number <= len(lines):
         return False
+    try:
+        tomllib.loads("\n".join([*lines[:number - 1], lines[number - 1].replace("\\", "\\\\"), *lines[number:]]))
+    except tomllib.TOMLDecodeError as again:  # the hint where the error moved on past that line
+        later = re.search(r"at line (\d+), column", str(again))
+        return later is not None and int(later[1]) > number
     return True
 
 
