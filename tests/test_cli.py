@@ -682,3 +682,35 @@ def test_a_library_warning_reaches_main_code_however_python_ran_it(how, tmp_path
     assert done.returncode == 0, done.stderr
     assert done.stdout == "went on\n"
     assert done.stderr.startswith(f"{where}:1: Deconv3dWarning: look out\n"), done.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_only_a_pipe_or_socket_without_reader_counts_as_a_closed_output(monkeypatch):
+    """Found by the review of the closed-pipe exit: a terminal that hung up polls as closed too, so a
+    BrokenPipeError from elsewhere (a dask socket) ended as a silent 141 instead of an internal error.
+    A pipe whose reader has gone counts, and is then pointed at the null device without a descriptor
+    left open."""
+    from deconv3d.cli import _stdout_closed
+
+    class Output:
+        def __init__(self, fd):
+            self.fd = fd
+
+        def fileno(self):
+            return self.fd
+
+    master, slave = os.openpty()
+    os.close(master)  # the terminal hung up
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone
+    try:
+        monkeypatch.setattr(sys, "stdout", Output(slave))
+        assert _stdout_closed() is False
+        monkeypatch.setattr(sys, "stdout", Output(write))
+        before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+        assert _stdout_closed() is True
+        assert before is None or len(os.listdir("/proc/self/fd")) == before
+        assert os.write(write, b"x") == 1  # the null device now
+    finally:
+        os.close(slave)
+        os.close(write)

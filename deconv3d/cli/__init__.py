@@ -212,9 +212,12 @@ def _stdout_closed() -> bool:
     ended by SIGPIPE prints none. False where it cannot be told (no ``select.poll``: Windows)."""
     import os
     import select
+    import stat
 
     try:
         fd = sys.stdout.fileno()
+        if not (stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)):
+            return False  # (a terminal that hung up polls as closed too, and wrote nothing: not ours to hide)
         poll = select.poll()
         poll.register(fd, select.POLLOUT)
         # (a pipe without a reader: POLLERR; a socket whose peer closed: POLLHUP)
