@@ -483,8 +483,8 @@ def _backslash_in_double_quotes(text, exc) -> bool:
         end = sum(len(line) + 1 for line in lines[:number - 1]) + int(where[2]) - 1
     if _ends_in_basic_string_with_backslash(text[:end]):
         return True
-    if not 0 < number <= len(lines):
-        return False
+    if not 0 < number <= len(lines) or re.search(r'\\".*#', lines[number - 1]):
+        return False  # (doubled, a right \" before a "#" ends its string and comments out the rest of the line)
     try:
         tomllib.loads("\n".join([*lines[:number - 1], lines[number - 1].replace("\\", "\\\\"), *lines[number:]]))
     except tomllib.TOMLDecodeError as again:  # the hint where the error moved on past that line

@@ -237,10 +237,11 @@ def test_quoting_that_is_no_windows_path_keeps_its_meaning(folder):
     ('title = "say \\"hi\\""\npsf = ["C:\\", "D:\\psf.tif"]\n', True),  # a right escaped quote before
     ('psf = [\n  "C:\\", "D:\\psf.tif"\n]\n', True),  # a list that closes on a later line
     ('psf = ["C:\\", "D:\\",\n "E:\\x.tif"]\n', True),
+    ('notes = [\n  "say \\"#\\" to comment" "second"\n]\n', False),  # a missing comma: doubled, the "#" commented it out
 ], ids=["multi-line", "u2028", "end", "after-literal", "comment", "outside", "escaped-quote", "multi-line-literal",
         "list-ending-backslash", "table-ending-backslash", "escaped-quotes-in-text", "escaped-quotes-in-list",
         "literal-string", "in-comment", "another-error-after", "escaped-quote-before",
-        "list-over-lines", "list-closed-later"])
+        "list-over-lines", "list-closed-later", "escaped-quote-then-hash"])
 def test_the_windows_path_hint_is_given_where_the_error_lies_in_a_basic_string_with_a_backslash(folder, text,
                                                                                                   hint):
     """The hint was given by a regex over the error's line (from splitlines, which also splits at
