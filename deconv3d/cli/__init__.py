@@ -149,7 +149,8 @@ TERMINATING = ("SIGTERM", "SIGHUP")
 @contextlib.contextmanager
 def _terminate_as_interrupt(program: bool = False):
     """While a command runs, SIGTERM and SIGHUP raise :class:`Terminated` naming the signal (in the
-    main thread only, where Python runs signal handlers), and turn logging off for the clean-up; one
+    main thread only, where Python runs signal handlers), once (more of them while the clean-up
+    runs are let pass), and turn logging off for the clean-up; one
     ignored by whoever started us (SIGHUP under nohup) stays ignored. The previous handlers, and
     logging as it was, are restored afterwards (main called from Python had left the caller's logging
     off), except logging for the ``program``, which is ending: a stopped local cluster's child processes
@@ -159,6 +160,11 @@ def _terminate_as_interrupt(program: bool = False):
         return
 
     def handler(signum, frame):
+        # Once: a second signal while the first one's clean-up runs (a scheduler's SIGTERM to every process
+        # of the job, a SIGHUP after it) cut the clean-up's waits short, and a block still writing made the
+        # removed temporary output again (a test's run, a signal from each block, left it behind).
+        if stopped:
+            return
         # The process is asked to end: what its clean-up stops (a dask cluster's nannies, its event loop, a
         # worker still starting) logs nothing (29-50 lines of tracebacks came after the run's own line).
         stopped.append(signum)

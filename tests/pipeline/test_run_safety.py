@@ -499,6 +499,25 @@ def test_an_ignored_sighup_stays_ignored_and_sigterm_is_still_handled():
         signal.signal(signal.SIGHUP, before)
 
 
+def test_a_second_termination_signal_does_not_cut_the_clean_up_short():
+    """Seen once in a fresh-clone run of test_sigterm_cleans_up_as_ctrl_c_does (its driver signals from
+    every block): a second SIGTERM (or a SIGHUP after it) raised again inside the first one's clean-up,
+    cut short its wait for the running blocks, and a block still writing made the removed temporary
+    output again. Only the first signal stops the run; the clean-up then runs to its end."""
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+
+    cleaned = []
+    with pytest.raises(Terminated) as caught, _terminate_as_interrupt():
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        finally:  # the run's clean-up: waiting for its blocks, removing its temporary output
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGHUP)
+            cleaned.append("done")
+    assert cleaned == ["done"] and caught.value.name == "SIGTERM"
+
+
 def test_a_termination_turns_logging_off_for_the_clean_up_only():
     """Found by the cluster review: SIGTERM while a batch's local dask cluster started (or stopped) printed
     29-50 lines of distributed's log lines and tracebacks after the run's "terminated" line. Logging is
