@@ -222,7 +222,8 @@ def _stdout_closed() -> bool:
 
     try:
         fd = sys.stdout.fileno()
-        if not (stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)):
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
             return False  # (a terminal that hung up polls as closed too, and wrote nothing: not ours to hide)
         poll = select.poll()
         poll.register(fd, select.POLLOUT)

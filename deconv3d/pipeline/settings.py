@@ -473,14 +473,14 @@ def _backslash_in_double_quotes(text, exc) -> bool:
     import re
     import tomllib
 
-    where = re.search(r"at line (\d+), column (\d+)\)", str(exc))
+    where = _toml_error_place(exc)
     if text is None or (where is None and "(at end of document)" not in str(exc)):
         return False
     lines = text.split("\n")
-    number = int(where[1]) if where else len(lines)  # (at the end of the document: its last line)
+    number = where[0] if where else len(lines)  # (at the end of the document: its last line)
     end = len(text)
     if where:
-        end = sum(len(line) + 1 for line in lines[:number - 1]) + int(where[2]) - 1
+        end = sum(len(line) + 1 for line in lines[:number - 1]) + where[1] - 1
     if _ends_in_basic_string_with_backslash(text[:end]):
         return True
     if not 0 < number <= len(lines) or re.search(r'\\".*#', lines[number - 1]):
@@ -488,9 +488,17 @@ def _backslash_in_double_quotes(text, exc) -> bool:
     try:
         tomllib.loads("\n".join([*lines[:number - 1], lines[number - 1].replace("\\", "\\\\"), *lines[number:]]))
     except tomllib.TOMLDecodeError as again:  # the hint where the error moved on past that line
-        later = re.search(r"at line (\d+), column", str(again))
-        return later is not None and int(later[1]) > number
+        later = _toml_error_place(again)
+        return later is not None and later[0] > number
     return True
+
+
+def _toml_error_place(exc) -> tuple[int, int] | None:
+    """The (line, column) a TOML error names ("at line 2, column 11"), or None (at the end of the document)."""
+    import re
+
+    where = re.search(r"at line (\d+), column (\d+)\)", str(exc))
+    return (int(where[1]), int(where[2])) if where else None
 
 
 def _ends_in_basic_string_with_backslash(text: str) -> bool:
