@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import threading
 from collections import OrderedDict
@@ -240,11 +241,8 @@ class FFTConvolver:
                 return otf
         if any(s < k for s, k in zip(fft_shape, self.psf.shape)):
             raise InputError(f"FFT shape {tuple(fft_shape)} is smaller than the PSF {tuple(self.psf.shape)}")
-        padded = torch.zeros(tuple(fft_shape), device=self.device, dtype=self.dtype)
         kernel = self.psf if self._fitted is None else as_tensor(self._fitted, self.device, self.dtype)
-        padded[tuple(slice(0, k) for k in self.psf.shape)] = kernel
-        padded = torch.roll(padded, tuple(-o for o in origin), self.dims)
-        otf = torch.fft.rfftn(padded, dim=self.dims)
+        otf = torch.fft.rfftn(_wrapped(kernel, tuple(fft_shape), origin), dim=self.dims)
         if self._fitted is not None:  # a graph per call: a cached one is freed by the first backward, stale after a step
             return otf
         with self._otfs_lock:
@@ -328,6 +326,21 @@ class FFTConvolver:
         # Only interior voxels are kept, and those need no wrap-around: the FFT may be circular.
         out = self._spectral(padded, fast_shape(ext), self.origin, adjoint)
         return out[self._crop(shape, before)]
+
+
+def _wrapped(kernel: torch.Tensor, fft_shape: tuple, origin: Sequence[int]) -> torch.Tensor:
+    """``kernel`` zero-padded to ``fft_shape`` with its ``origin`` rolled to index 0: each axis's part
+    from the origin on written at the start, the part before it at the end (``torch.roll`` of the
+    padded array did the same with one more FFT-shaped copy)."""
+    padded = kernel.new_zeros(fft_shape)
+    if not all(0 <= o < k for o, k in zip(origin, kernel.shape)):  # an origin outside the kernel
+        padded[tuple(slice(0, k) for k in kernel.shape)] = kernel
+        return torch.roll(padded, tuple(-o for o in origin), tuple(range(-len(fft_shape), 0)))
+    pieces = [((slice(o, k), slice(0, k - o)), (slice(0, o), slice(f - o, f)))
+              for o, k, f in zip(origin, kernel.shape, fft_shape)]
+    for parts in itertools.product(*pieces):
+        padded[tuple(dst for _, dst in parts)] = kernel[tuple(src for src, _ in parts)]
+    return padded
 
 
 def pad_spatial(x: torch.Tensor, before: Sequence[int], after: Sequence[int], mode: str) -> torch.Tensor:

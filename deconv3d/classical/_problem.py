@@ -237,15 +237,33 @@ def _set_up(p: _Problem, conv: FFTConvolver, boundary: str, weight: bool) -> _Pr
     p.otf = conv.otf(p.fft_shape) if kept is None else kept.otf
     held = None if kept is None else kept.inv_weight
     if weight:
-        p.inv_weight = _bertero_inverse_weight(p) if held is None else held
+        p.inv_weight = _bertero_inverse_weight(p, conv.psf) if held is None else held
     if kept is None or (weight and held is None):  # something new to keep
         keep_setup(key, conv.psf, p.otf, p.inv_weight)
     return p
 
 
-def _bertero_inverse_weight(p: _Problem, threshold: float = 1e-3) -> torch.Tensor:
+def _bertero_inverse_weight(p: _Problem, h: torch.Tensor, threshold: float = 1e-3) -> torch.Tensor:
     """1 / H^T(M 1) on the extended domain, 0 where the data barely constrain the object."""
-    return _safe_reciprocal(_transpose_of(p, torch.ones_like(p.data)), threshold)
+    return _safe_reciprocal(_transpose_of_ones(p, h), threshold)
+
+
+def _transpose_of_ones(p: _Problem, h: torch.Tensor) -> torch.Tensor:
+    """``H^T 1`` (1 on the data, ``h`` the problem's PSF): :func:`_transpose_of` of ones, without FFTs.
+
+    A voxel ``e`` of the estimate gets ``sum_k h[k]`` over the ``k`` whose light from ``e`` lands in
+    the data, ``(e + k - o) mod F < n`` on each axis (``o`` the kernel's origin, ``F`` the FFT shape,
+    the data at the origin): a product of one 0/1 matrix per axis, so ``h`` contracted with each.
+    Three small matrix products instead of an FFT pair at the FFT shape: ~5x less time, and sums
+    of positive terms instead of the FFT's round-off (which left values of -3e-7 where no light lands).
+    """
+    out = h
+    for axis, (e, f, n, k, o) in enumerate(zip(p.estimate_shape, p.fft_shape, p.data.shape, h.shape,
+                                                   kernel_origin(h.shape))):
+        reach = torch.arange(e, device=h.device).unsqueeze(1) + torch.arange(k, device=h.device) - o
+        lands = (reach.remainder(f) < n).to(h.dtype)  # (e, k): 1 where light from e via k lands in the data
+        out = torch.movedim(torch.matmul(torch.movedim(out, axis, -1), lands.T), -1, axis)
+    return out.contiguous()
 
 
 def _safe_reciprocal(weight: torch.Tensor, threshold: float = 1e-3) -> torch.Tensor:
@@ -279,6 +297,6 @@ def _holdout_problem(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torc
     """
     problem = _build_problem(y * keep, h, boundary)
     kept = _build_geometry(keep, h, boundary, weight=False).data  # the mask in the problem's geometry (reflect pads)
-    ratio = _transpose_of(problem, torch.ones_like(kept)).mul_(_safe_reciprocal(_transpose_of(problem, kept)))
+    ratio = _transpose_of_ones(problem, h).mul_(_safe_reciprocal(_transpose_of(problem, kept)))
     problem.inv_weight = ratio if problem.inv_weight is None else problem.inv_weight * ratio
     return problem
