@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import collections
 import hashlib
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -249,21 +250,70 @@ def _path_token(path: Path) -> str:
 
 
 def _multiscale(attrs: dict, path: Path) -> dict:
+    """The first multiscale image in the attributes ``attrs`` of the group at ``path``, its
+    ``datasets`` checked: a non-empty list of levels, each naming its array by a ``path`` string.
+    Metadata of another shape is refused in one line naming its file and key (:func:`_malformed`);
+    read as it was, it raised an AttributeError, KeyError or TypeError."""
     ome = attrs.get("ome", attrs)
+    if not isinstance(ome, dict):
+        raise _malformed(path, "ome", ome, "an object holding 'version' and 'multiscales'")
     scales = ome.get("multiscales")
-    if not scales:
+    if scales is None:
         raise InputError(f"{path} is not an OME-Zarr image (no 'multiscales' metadata): give an image group")
+    key = _multiscales_key(attrs)
+    if not isinstance(scales, list) or not scales or not isinstance(scales[0], dict):
+        raise _malformed(path, key, scales, "a list of multiscale images (objects with 'axes' and 'datasets')")
+    datasets = scales[0].get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise _malformed(path, f"{key}[0].datasets", datasets, 'a list of resolution levels ({"path": "0", '
+                         '"coordinateTransformations": [...]}, ...)')
+    for i, dataset in enumerate(datasets):
+        if not isinstance(dataset, dict):
+            raise _malformed(path, f"{key}[0].datasets[{i}]", dataset, 'a resolution level ({"path": "0", ...})')
+        if not isinstance(dataset.get("path"), str) or not dataset["path"].strip("/"):
+            raise _malformed(path, f"{key}[0].datasets[{i}].path", dataset.get("path"), "the name of an array in "
+                             "the image")
     return scales[0]
 
 
-def _axes_of(ms: dict, ndim: int, path: Path) -> tuple[str, list]:
+def _multiscales_key(attrs: dict) -> str:
+    """The key of an image's multiscales, for messages: ``ome.multiscales`` (0.5), ``multiscales`` (0.4)."""
+    return f"{'ome.' if 'ome' in attrs else ''}multiscales"
+
+
+def _malformed(path: Path, key: str, value, wanted: str) -> InputError:
+    """The one-line error for the entry ``key`` (``ome.multiscales[0].axes``) of the OME-Zarr metadata
+    of the group at ``path``, which holds ``value`` (None: nothing) where a reader needs ``wanted``."""
+    file = next((path / name for name in ("zarr.json", ".zattrs") if (path / name).is_file()), path)
+    text = json.dumps(value, ensure_ascii=False, default=str)  # as the file writes it: an editor finds it
+    found = "missing, where it should be" if value is None else f"{text if len(text) <= 60 else text[:57] + '...'}, not"
+    return InputError(f"{file}: {key} is {found} {wanted}: fix that entry of the image's OME-Zarr metadata, or "
+                      "export the image again")
+
+
+def _axes_of(ms: dict, ndim: int, path: Path, metadata: tuple | None = None) -> tuple[str, list]:
     """The axes as letters from ``TCZYX`` in the file's order, and their units.
 
     OME-NGFF (0.4, 0.5) orders axes by type: time, then channel, then space, with unique names.
     Spatial axes are also taken in deconv3d's z, y, x order, which the specification recommends:
     read by position, an ``xyz`` image put the PSF's optical axis along x without a word.
+    ``axes`` must be a list of one axis per dimension, each an object with a ``name`` or (0.3) a
+    name; without ``axes`` (0.1, 0.2) a 2D, 3D or 5D array is ``YX``, ``ZYX`` or ``TCZYX``, and
+    another (a 4D one: TZYX or CZYX?) is refused, in one line naming the file and key (``metadata``:
+    the group's path and the key of its multiscales, :func:`_multiscales_key`).
     """
-    axes = ms.get("axes") or ["t", "c", "z", "y", "x"][-ndim:]
+    group, key = metadata or (path, "multiscales")
+    axes = ms.get("axes")
+    if axes is None and ndim in (2, 3, 5):
+        axes = ["t", "c", "z", "y", "x"][-ndim:]
+    if not isinstance(axes, list) or len(axes) != ndim:
+        raise _malformed(group, f"{key}[0].axes", axes, f"a list of {ndim} axes ({{\"name\": \"z\", \"type\": "
+                         f"\"space\", ...}}), one per dimension of the image's {ndim}D array")
+    for i, axis in enumerate(axes):
+        if not isinstance(axis.get("name") if isinstance(axis, dict) else axis, str):
+            raise _malformed(group, f"{key}[0].axes[{i}]" + (".name" if isinstance(axis, dict) else ""),
+                             axis.get("name") if isinstance(axis, dict) else axis, 'an axis name ("t", "c", "z", '
+                             '"y" or "x")')
     names = [(a.get("name") if isinstance(a, dict) else str(a)) for a in axes]
     names = [n.lower() if isinstance(n, str) else n for n in names]
     units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
@@ -287,28 +337,39 @@ def _in_order(letters: str, order: str) -> bool:
     return positions == sorted(positions) and len(set(positions)) == len(positions)
 
 
-def _level_transform(ms: dict, level: int, ndim: int, path: Path | None = None) -> tuple[list, list]:
+def _level_transform(ms: dict, level: int, ndim: int, path: Path | None = None,
+                     metadata: tuple | None = None) -> tuple[list, list]:
     """The voxel scale of ``level`` and the position of its first voxel, per axis in the file's units.
 
     The dataset's transforms apply first, then the multiscale's: scales multiply, and a translation
     of the dataset is scaled by the multiscale's scale before its own translation is added. Each is
     a list of one finite number per axis (a scale's positive; OME-NGFF): one stored in a file
-    (``path``), or of another length, is refused by name rather than read as 1 (or 0).
+    (``path``), or of another length, is refused by name rather than read as 1 (or 0). So is a
+    ``coordinateTransformations`` that is not a list of ``scale``, ``translation`` (or ``identity``)
+    transformations, in one line naming the file and key (``metadata``: the group's path and the key
+    of its multiscales, :func:`_multiscales_key`): skipped, a misspelt ``"Scale"`` was read as 1.
     """
     scale, origin = [1.0] * ndim, [0.0] * ndim
     where = f"{path}: level {ms['datasets'][level].get('path', level)!r}"
-    for transforms in (ms["datasets"][level].get("coordinateTransformations", None) or [],
-                       ms.get("coordinateTransformations", None) or []):
-        for tr in transforms:
+    group, key = metadata or (path, "multiscales")
+    for owner, transforms in ((f"{key}[0].datasets[{level}]", ms["datasets"][level].get("coordinateTransformations")),
+                              (f"{key}[0]", ms.get("coordinateTransformations"))):
+        if transforms is not None and not isinstance(transforms, list):
+            raise _malformed(group, f"{owner}.coordinateTransformations", transforms, 'a list of transformations '
+                             '([{"type": "scale", "scale": [...]}, ...])')
+        for i, tr in enumerate(transforms or []):
             kind = tr.get("type") if isinstance(tr, dict) else None
-            if kind not in ("scale", "translation"):
+            if kind == "identity":
                 continue
+            if kind not in ("scale", "translation"):
+                raise _malformed(group, f"{owner}.coordinateTransformations[{i}]", tr, 'a "scale" or "translation" '
+                                 "transformation (what OME-Zarr 0.4 and 0.5 levels hold)")
             if tr.get(kind) is None and "path" in tr:
                 raise InputError(f"{where} keeps its {kind} outside the metadata ({tr['path']!r}), which deconv3d "
                                  f"does not read: write the {kind} values into the image's metadata")
-            try:
-                values = [float(v) for v in tr.get(kind)]
-            except (TypeError, ValueError):
+            try:  # (a list: the string "111" is no scale of 1, and true no number)
+                values = [float(v) for v in tr[kind] if not isinstance(v, bool)] if isinstance(tr[kind], list) else []
+            except (KeyError, TypeError, ValueError):
                 values = []
             if len(values) != ndim or not all(np.isfinite(values)) or (kind == "scale" and min(values) <= 0):
                 raise InputError(f"{where} has {kind} {tr.get(kind)!r}, not {ndim} "
@@ -320,6 +381,14 @@ def _level_transform(ms: dict, level: int, ndim: int, path: Path | None = None) 
             else:
                 origin = [o + v for o, v in zip(origin, values)]
     return scale, origin
+
+
+def _has_scale(ms: dict, level: int) -> bool:
+    """Whether the (checked: :func:`_level_transform`) transformations of ``level``, its own and the
+    multiscale's, hold a scale: without one the file gives no voxel size, whatever its units."""
+    transforms = (ms["datasets"][level].get("coordinateTransformations") or []) + (
+        ms.get("coordinateTransformations") or [])
+    return any(tr.get("type") == "scale" for tr in transforms)
 
 
 def _open_group(path: Path):
@@ -563,7 +632,7 @@ def _image_group(path: Path):
     (``bioformats2raw.layout``, no multiscales) its first series ``path/0``. Returns ``(group, path)``."""
     group = _open_group(path)
     attrs = dict(group.attrs)
-    ome = attrs.get("ome", attrs)
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs  # (another "ome": _multiscale's error)
     if not ome.get("multiscales") and ("bioformats2raw.layout" in ome or "bioformats2raw.layout" in attrs):
         if (path / "1").is_dir():  # OME-NGFF: readers SHOULD tell that there is more than one image
             series = sorted((p.name for p in path.iterdir() if p.name.isdigit() and p.is_dir()), key=int)
@@ -578,17 +647,24 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
     import dask.array as da
 
     group, image_path = _image_group(path)  # path stays the input's name, for messages and outputs
-    ms = _multiscale(dict(group.attrs), image_path)
-    if level >= len(ms.get("datasets", [])):
+    attrs = dict(group.attrs)
+    ms, metadata = _multiscale(attrs, image_path), (image_path, _multiscales_key(attrs))
+    if level >= len(ms["datasets"]):
         raise InputError(f"{path} has no resolution level {level}")
     component = ms["datasets"][level]["path"]
     try:
         data = da.from_zarr(str(image_path), component=component)
     except Exception as exc:
+        if not any((image_path / component.strip("/") / name).exists() for name in ("zarr.json", ".zarray")):
+            raise _malformed(image_path, f"{metadata[1]}[0].datasets[{level}].path", component, "the name of an "
+                             "array in the image (it holds none of that name)") from exc
         raise InputError(f"cannot read level {component!r} of {image_path}: {_one_line(exc)}") from exc
     refuse_complex(data.dtype, f"image {path}", "save the intensity (magnitude) instead")
-    axes, units = _axes_of(ms, data.ndim, path)
-    (scale, shift), base = _level_transform(ms, level, data.ndim, path), _level_transform(ms, 0, data.ndim, path)[0]
+    axes, units = _axes_of(ms, data.ndim, path, metadata)
+    (scale, shift), base = (_level_transform(ms, level, data.ndim, path, metadata),
+                            _level_transform(ms, 0, data.ndim, path, metadata)[0])
+    if not (_has_scale(ms, level) and _has_scale(ms, 0)):  # the file gives no voxel size (or time step): its
+        units = [None] * len(units)  # units say nothing, and a scale of 1 micrometer is not one it wrote
     drop = ()
     if "Z" in axes and data.shape[axes.index("Z")] == 1:  # a 2D image stored as 5D (bioformats2raw)
         drop = (axes.index("Z"),)
