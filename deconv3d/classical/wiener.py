@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from deconv3d.classical._problem import _check_inputs, _checked_result, _is_number
+from deconv3d.classical._reuse import keep_setup, kept_setup
 from deconv3d.errors import InputError
 from deconv3d.fft import FFTConvolver, fast_shape, irfftn, pad_spatial, resolve_device
 
@@ -103,7 +104,7 @@ def wiener(
     conv = FFTConvolver(h, device=dev, dtype=dtype)
     padded, crop = _wiener_extend(y, tuple(h.shape), boundary)
     fft_shape = tuple(padded.shape)
-    otf = conv.otf(fft_shape)
+    otf = _otf(conv, fft_shape)
     penalty = _regularizer_power(regularizer, y.ndim, fft_shape, dev, dtype)
     spectrum = torch.fft.rfftn(padded, s=fft_shape) * otf.conj()
     spectrum /= otf.abs().square_() + balance * penalty
@@ -116,6 +117,18 @@ def check_balance(balance) -> None:
     """Refuse a Wiener ``balance`` that is not a positive finite number (one line that says what to try)."""
     if not (_is_number(balance) and balance > 0):
         raise InputError(f"balance must be a positive finite number, got {balance!r}: try 1e-3")
+
+
+def _otf(conv: FFTConvolver, fft_shape) -> torch.Tensor:
+    """The OTF for ``fft_shape``: the previous block's of a chunked run where it had the same FFT shape
+    and PSF (:mod:`deconv3d.classical._reuse`), else new (and kept for the next block). Never written."""
+    key = ("wiener", fft_shape, str(conv.device), conv.dtype)
+    kept = kept_setup(key, conv.psf)
+    if kept is not None:
+        return kept.otf
+    otf = conv.otf(fft_shape)
+    keep_setup(key, conv.psf, otf, None)
+    return otf
 
 
 def _wiener_extend(y: torch.Tensor, kernel_shape, boundary: str):

@@ -160,8 +160,8 @@ def block_regions(shape: Sequence[int], block_sizes: Sequence[Sequence[int]], ha
     the volume.
 
     Blocks come grouped by the shape they read (per axis, the most common length first), so that
-    a method's set-up for one shape serves the blocks that follow (RL's OTF and Bertero weight:
-    :mod:`deconv3d.classical._reuse`); row by row, 8 blocks of a 96 x 384 x 384 volume in three
+    a method's set-up for one shape serves the blocks that follow (RL's OTF and Bertero weight,
+    Wiener's OTF: :mod:`deconv3d.classical._reuse`); row by row, 8 blocks of a 96 x 384 x 384 volume in three
     shapes changed shape at 6 of 7 steps. Each block writes its own chunks, so the order changes
     nothing else.
     """
@@ -312,7 +312,7 @@ def block_run():
     """The run whose block this thread computes: an object that lives as long as the run (one
     :func:`run_blocks` call in this process; on a cluster's workers, the block's task), or None
     outside run_blocks' tasks. A block callable may keep what it set up for one block for the
-    next blocks of its run, for this object (RL's OTF: :mod:`deconv3d.classical._reuse`): the run
+    next blocks of its run, for this object (RL's and Wiener's OTF: :mod:`deconv3d.classical._reuse`): the run
     drops it when it ends, failed or cancelled too."""
     return getattr(_BLOCK, "abandon", None)
 

@@ -42,7 +42,10 @@ reflect boundary runs the Bertero model on the block mirrored by the PSF half-si
 
 Wiener: the padded block (``F`` from ``block + 2 * psf``), the OTF, the quotient spectrum, the
 copy of it that the inverse FFT destroys and the inverse's output (the result is a view of it):
-2 F real + 3 S complex, and the block, 1 B.
+2 F real + 3 S complex, and the block, 1 B. Between blocks the last block's OTF stays for a next
+block of its FFT shape (:mod:`deconv3d.classical._reuse`, as RL's set-up): 1 S complex, less than
+that block held, dropped by a block of another shape before it builds its own, and during a block
+of that shape its own OTF (counted above). So it adds to no block's count, as RL's does not.
 
 Measured (``benchmarks/bench_block_memory.py``: peak RSS growth of one block in a fresh process
 after the pipeline's set-up, 2 torch threads, PSF 15^3 and 31^3, blocks 32 x 128^2 to 96 x 384^2

@@ -222,9 +222,14 @@ class WienerBlock:
         check_balance(self.balance)
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
+        """Wiener on ``block``; the OTF of one FFT shape is kept for the next blocks of the run
+        (:mod:`deconv3d.classical._reuse`, as :class:`RichardsonLucyBlock` keeps its set-up)."""
         from deconv3d.classical import wiener
+        from deconv3d.classical._reuse import reusing_setup
 
-        return _finite(wiener(block, fit_psf(self.psf, block.shape), self.balance, device=self.device), block)
+        with reusing_setup(block_run()):
+            result = wiener(block, fit_psf(self.psf, block.shape), self.balance, device=self.device)
+        return _finite(result, block)
 
     def halo(self) -> tuple[int, ...]:
         return wiener_halo(self.psf, self.balance)

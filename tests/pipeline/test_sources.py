@@ -8,10 +8,11 @@ import dask.array as da
 import numpy as np
 import pytest
 import tifffile
+from skimage.metrics import peak_signal_noise_ratio
 
 from deconv3d.errors import Cancelled, InputError
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
-from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
+from deconv3d.pipeline import RichardsonLucyBlock, WienerBlock, run_chunked
 from deconv3d.pipeline.chunked import block_regions, plan_chunks
 from deconv3d.pipeline.graph import blockwise
 
@@ -95,21 +96,56 @@ def test_blocks_come_grouped_by_shape_and_each_shape_sets_up_rl_once(tmp_path, v
     assert _reuse._kept[0] is None
 
 
+def test_a_chunked_wiener_run_computes_the_otf_once_per_shape(tmp_path, volume, psf3d, monkeypatch):
+    """Found by review: every block of a chunked Wiener run computed the PSF's OTF again (18 for 18
+    blocks in 4 shapes here), although it depends only on the PSF, the FFT shape, device and dtype.
+    Blocks of one run now share it as RL's share their set-up; the result is unchanged (equal to the
+    dask graph's blocks, which keep nothing, and to the in-memory Wiener as test_seams asks)."""
+    from deconv3d import fft
+    from deconv3d.classical import _reuse, wiener
+
+    fn, chunks = WienerBlock(psf3d, balance=1e-3), (12, 16, 16)
+    sizes, depth, _ = plan_chunks(volume.shape, chunks, fn.halo())
+    shapes = [tuple(s.stop - s.start for s in read) for read, _, _ in block_regions(volume.shape, sizes, depth)]
+    assert len(shapes) == 18 and len(set(shapes)) == 4
+    computed, otf = [], fft.FFTConvolver.otf
+    monkeypatch.setattr(fft.FFTConvolver, "otf", lambda self, s, *a: computed.append(tuple(s)) or otf(self, s, *a))
+    graph = blockwise(da.from_array(volume), fn, chunks=chunks, halo=fn.halo())[0].compute(scheduler="sync")
+    assert len(computed) == 18  # outside run_blocks nothing is kept: one OTF per block
+    computed.clear()
+    run_chunked(volume, fn, tmp_path / "o.zarr", chunks=chunks, workers=1)
+    assert len(computed) == len(set(computed)) == len(set(shapes))  # once per shape (each its own FFT shape)
+    assert _reuse._kept[0] is None  # and nothing kept once the run is over
+    result = read_ome_zarr(tmp_path / "o.zarr")[0]
+    np.testing.assert_array_equal(result, graph)
+    whole = wiener(volume, psf3d, 1e-3, device="cpu")
+    with np.errstate(divide="ignore"):
+        assert peak_signal_noise_ratio(whole, result, data_range=float(whole.max() - whole.min())) >= 50
+
+
+@pytest.mark.parametrize("method", ["rl", "wiener"])
 @pytest.mark.parametrize("end", ["failed", "cancelled"])
-def test_a_run_that_ends_early_drops_its_rl_set_up(tmp_path, volume, psf3d, end):
+def test_a_run_that_ends_early_drops_its_rl_set_up(tmp_path, volume, psf3d, end, method):
     """Found by review: a run that failed in a block kept its OTF and Bertero weight after it ended,
     for as long as the exception lived (its traceback holds the run, in a cycle through the block's
     future) or until the garbage collector came. The run drops its set-up when it ends, in a finally;
-    on a cluster each block's task does (test below)."""
+    on a cluster each block's task does (test below). Wiener's kept OTF likewise."""
     from deconv3d.classical import _reuse
 
     image = volume.copy()
     if end == "failed":
         image[-1, -1, -1] = np.nan  # the last block refuses it, after others kept their set-up
+    fn = RichardsonLucyBlock(psf3d, iterations=2) if method == "rl" else WienerBlock(psf3d)
+    kept = []  # what was kept as blocks finished
+
+    def progress(done, total):
+        kept.append(_reuse._kept[0] is not None)
+        return end == "cancelled" and done >= 1
+
     with pytest.raises(InputError if end == "failed" else Cancelled) as raised:
-        run_chunked(image, RichardsonLucyBlock(psf3d, iterations=2), tmp_path / "o.zarr", chunks=(12, 16, 16),
-                    workers=2, progress=None if end == "failed" else lambda done, total: done >= 1)
+        run_chunked(image, fn, tmp_path / "o.zarr", chunks=(12, 16, 16), workers=2, progress=progress)
     assert raised.value.__traceback__ is not None  # (the run still referenced)
+    assert any(kept)  # (a set-up was kept while the run lasted)
     assert _reuse._kept[0] is None
 
 
