@@ -214,6 +214,7 @@ def _refuse_folder(path: Path) -> None:
     if path.is_symlink() and path.is_dir() and path.suffix.lower() != ".zarr":  # was "unsupported format ''"
         raise InputError(f"output {path} is a symbolic link to a folder ({os.readlink(path)}): give a file name")
     if path.is_dir() and not path.is_symlink() and not replaceable_folder(path):
+        refuse_added_entries(path)
         raise InputError(f"output path is a directory: {path}: "
                          + ("it is not a zarr image deconv3d wrote, and is not replaced: move it away or choose "
                             "another output name" if path.suffix.lower() == ".zarr" else "give a file name"))
@@ -233,18 +234,52 @@ def refuse_write_protected(path: Path) -> None:
 def replaceable_folder(path: Path) -> bool:
     """Whether a folder at an output path may be replaced by the output: an empty ``.zarr``
     folder, or a zarr image deconv3d wrote (its attributes hold ``deconv3d``; a previous output,
-    replaced once the new one is complete). Any other zarr folder, an acquisition say, is not
-    deleted for an output path that names it."""
+    replaced once the new one is complete) holding nothing but what deconv3d writes there
+    (:func:`added_entries`). Any other zarr folder, an acquisition say, is not deleted for an
+    output path that names it, nor is an earlier output to which labels were added."""
     if path.suffix.lower() != ".zarr":
         return False
     try:  # one listing of one folder: another writer may replace it meanwhile, by a zarr output too
         with os.scandir(path) as entries:
-            names = {entry.name for entry in entries}
+            listed = {entry.name: _is_folder(entry, follow_symlinks=False) for entry in entries}
     except FileNotFoundError:  # gone meanwhile (another writer moved its output aside): nothing to keep
         return True
     except OSError:
         return False
-    return not names or _written_by_deconv3d(path, names)
+    return not listed or (_written_by_deconv3d(path, set(listed)) and not _not_written(listed))
+
+
+#: The group metadata a zarr image deconv3d wrote holds beside its level folders (``0``, ``1``, ...).
+_OWN_METADATA = ("zarr.json", ".zattrs", ".zgroup")
+
+
+def _not_written(listed: dict) -> list[str]:
+    """The names among ``listed`` (name: whether a folder) that deconv3d does not write into a zarr
+    output: anything but its group metadata and its level folders."""
+    return sorted(name for name, folder in listed.items()
+                  if name not in _OWN_METADATA and not (folder and name.isdigit()))
+
+
+def added_entries(path: Path) -> list[str]:
+    """The entries of the folder ``path`` that deconv3d did not write, where it is a zarr image
+    deconv3d wrote (labels added inside it, say: OME-Zarr keeps them in the image's group); else
+    none. Such an output is not replaced: the entries would be deleted with it."""
+    try:
+        with os.scandir(path) as entries:
+            listed = {entry.name: _is_folder(entry, follow_symlinks=False) for entry in entries}
+    except OSError:
+        return []
+    return _not_written(listed) if _written_by_deconv3d(path, set(listed)) else []
+
+
+def refuse_added_entries(path: Path) -> None:
+    """Refuse an output path that names a zarr image deconv3d wrote, holding entries it did not
+    write (:func:`added_entries`), in one line naming them."""
+    added = added_entries(path)
+    if added:
+        shown = ", ".join(added[:5]) + (f" and {len(added) - 5} more" if len(added) > 5 else "")
+        raise InputError(f"output {path} is a zarr image deconv3d wrote that holds entries it did not write "
+                         f"({shown}): they would be deleted with it: move them away or choose another output name")
 
 
 def _written_by_deconv3d(path: Path, names: set) -> bool:

@@ -244,8 +244,8 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     ----------
     path : str or os.PathLike
         Output ``.zarr`` directory; an existing one is replaced only once the new one is complete,
-        and only a zarr image deconv3d wrote (:func:`deconv3d._paths.replaceable_folder`; any other
-        is refused before any work).
+        and only a zarr image deconv3d wrote, holding nothing else (labels added to it, say)
+        (:func:`deconv3d._paths.replaceable_folder`; any other is refused before any work).
     data : array_like or dask array
         2D to 5D data whose axes are ``axes`` (default ``"ZYX"``/``"YX"``; 4D or 5D data without
         ``axes`` is refused: pass ``axes="TZYX"`` or ``"CZYX"``); written as float32.

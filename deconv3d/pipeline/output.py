@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d._paths import (_remove, out_of_space, remove_stale_temporaries, replaceable_folder, settle_zarr,
-                             temporary_name)
+from deconv3d._paths import (_remove, out_of_space, refuse_added_entries, remove_stale_temporaries,
+                             replaceable_folder, settle_zarr, temporary_name)
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
@@ -34,6 +34,7 @@ def atomic_output(path):
     if not parent.is_dir():
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
     if path.is_dir() and not path.is_symlink() and not replaceable_folder(path):
+        refuse_added_entries(path)
         raise InputError(f"output path {path} is a directory that is not a zarr image deconv3d wrote (another "
                          "tool's, or written through the Python API before deconv3d marked its outputs): move it "
                          "away or choose another output name; its files are left as they are")
@@ -66,6 +67,7 @@ def _publish(tmp: Path, path: Path, attempts: int = 20) -> None:
         try:
             if path.is_dir() and not path.is_symlink():
                 if not replaceable_folder(path):  # (checked before the run too; it may have appeared since)
+                    refuse_added_entries(path)
                     raise InputError(f"output path {path} is a directory that is not a zarr image deconv3d wrote (it "
                                      "appeared during the run?): move it away or choose another output name; its "
                                      "files are left as they are")

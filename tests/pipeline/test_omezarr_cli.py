@@ -155,17 +155,19 @@ def _tree(path):
 
 def test_an_output_inside_the_input_or_holding_it_is_refused(folder, capsys, monkeypatch):
     """An output .zarr inside an input .zarr changed the input; an output .zarr holding the
-    input (or the PSF) deleted it when the finished output replaced the folder."""
+    input (or the PSF) deleted it when the finished output replaced the folder (an output holding
+    what deconv3d did not write there is refused as such first, naming it)."""
     monkeypatch.chdir(folder)
     write_ome_zarr("a.zarr", blurred_beads((12, 24, 24), gaussian_psf(), seed=0), voxel_size=(0.3, 0.1, 0.1))
     write_ome_zarr("a.zarr/inner.zarr", blurred_beads((12, 24, 24), gaussian_psf(), seed=1))
     before = _tree(folder / "a.zarr")
-    for argv in (["deconvolve", "a.zarr", "-o", "a.zarr/out.zarr", "--psf", "psf.tif"],
-                 ["deconvolve", "a.zarr/inner.zarr", "-o", "a.zarr", "--psf", "psf.tif"],
-                 ["deconvolve", "in/img0.tif", "-o", "a.zarr", "--psf", "a.zarr/inner.zarr/zarr.json"]):
+    holds = "holds entries it did not write (inner.zarr)"
+    for argv, words in ((["deconvolve", "a.zarr", "-o", "a.zarr/out.zarr", "--psf", "psf.tif"], "one inside the other"),
+                        (["deconvolve", "a.zarr/inner.zarr", "-o", "a.zarr", "--psf", "psf.tif"], holds),
+                        (["deconvolve", "in/img0.tif", "-o", "a.zarr", "--psf", "a.zarr/inner.zarr/zarr.json"], holds)):
         code, _, err = run(argv + ["--iterations", 2], capsys)
         lines = err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and "one inside the other" in lines[0], err
+        assert code == 2 and len(lines) == 1 and words in lines[0], err
     assert _tree(folder / "a.zarr") == before
 
 

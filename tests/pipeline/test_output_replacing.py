@@ -1,0 +1,56 @@
+"""What an output path may replace: an earlier deconv3d output, but not what was added to it, not the
+run's own input, and not a file or a link at a ``.zarr`` path (refused before any work)."""
+
+import numpy as np
+import pytest
+
+from deconv3d._paths import check_output_path
+from deconv3d.errors import InputError
+from deconv3d.omezarr import write_ome_zarr
+from deconv3d.pipeline.output import atomic_output
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _add_labels(image):
+    """OME-Zarr labels as a segmentation tool adds them: inside the image's group."""
+    cells = image / "labels" / "cells"
+    cells.mkdir(parents=True)
+    (image / "labels" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    (cells / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    (cells / "mask.bin").write_bytes(b"\x01\x02")
+
+
+def test_an_earlier_zarr_output_holding_added_labels_is_not_replaced(tmp_path):
+    """Rerunning into an earlier .zarr output deleted the labels added inside it (exit 0, only
+    ``0`` and ``zarr.json`` left). Such an output is refused, naming the added entries; one that
+    holds only what deconv3d writes (its levels too) is still replaced."""
+    x = np.arange(4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8)
+    out = tmp_path / "lab.zarr"
+    write_ome_zarr(out, x, pyramid_levels=1)
+    assert {p.name for p in out.iterdir()} == {"0", "1", "zarr.json"}
+    write_ome_zarr(out, x + 1, pyramid_levels=1)  # its own output, levels and all: replaced
+    _add_labels(out)
+    before = _tree(out)
+    for attempt in (lambda: check_output_path(out, suffixes=(".zarr",)), lambda: write_ome_zarr(out, x)):
+        with pytest.raises(InputError, match=r"holds entries it did not write \(labels\)") as info:
+            attempt()
+        assert "\n" not in str(info.value) and "move them away" in str(info.value)
+    assert _tree(out) == before and (out / "labels" / "cells" / "mask.bin").read_bytes() == b"\x01\x02"
+    (out / "notes.txt").write_text("mine")  # a file beside the levels, not only a folder
+    with pytest.raises(InputError, match=r"\(labels, notes.txt\)"):
+        write_ome_zarr(out, x)
+
+
+def test_labels_added_to_the_output_during_the_run_are_not_deleted_when_publishing(tmp_path):
+    x = np.ones((2, 4, 4), np.float32)
+    out = tmp_path / "lab.zarr"
+    write_ome_zarr(out, x)
+    with pytest.raises(InputError, match=r"\(labels\)"):
+        with atomic_output(out) as tmp:
+            write_ome_zarr(tmp, x)  # (the new output, under its temporary name)
+            _add_labels(out)
+    assert (out / "labels" / "cells" / "mask.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.zarr"]  # no temporary left
