@@ -82,6 +82,18 @@ def check_output_path(output, inputs=(), suffixes=None) -> None:
         unsupported suffix, or its directory does not exist or is not writable.
     """
     output = Path(output)
+    refuse_input_overlap(output, inputs)
+    _refuse_folder(output)  # before the suffix: a folder 'existdir' was named as "unsupported format ''"
+    if suffixes is not None and output.suffix.lower() not in suffixes:
+        raise InputError(f"unsupported output format '{output.suffix}' for {output}: use {' or '.join(suffixes)}")
+    _check_writable_target(output, check_suffix=suffixes is None)
+    check_name_length(output)
+
+
+def refuse_input_overlap(output, inputs=()) -> None:
+    """Refuse an output that is one of the ``inputs`` (a path, or an iterable of them; None entries
+    are ignored), lies inside one or holds one: it would replace or change what it is computed from."""
+    output = Path(output)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     for inp in inputs:
@@ -91,11 +103,6 @@ def check_output_path(output, inputs=(), suffixes=None) -> None:
         if inp is not None and (_inside(output, Path(inp)) or _inside(Path(inp), output)):
             raise InputError(f"output {output} and input {inp} lie one inside the other: choose an output "
                              "outside the input, and not one that contains it")
-    _refuse_folder(output)  # before the suffix: a folder 'existdir' was named as "unsupported format ''"
-    if suffixes is not None and output.suffix.lower() not in suffixes:
-        raise InputError(f"unsupported output format '{output.suffix}' for {output}: use {' or '.join(suffixes)}")
-    _check_writable_target(output, check_suffix=suffixes is None)
-    check_name_length(output)
 
 
 def check_name_length(path: Path, renamed: Path | None = None) -> None:

@@ -245,7 +245,8 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     path : str or os.PathLike
         Output ``.zarr`` directory; an existing one is replaced only once the new one is complete,
         and only a zarr image deconv3d wrote, holding nothing else (labels added to it, say)
-        (:func:`deconv3d._paths.replaceable_folder`; any other is refused before any work).
+        (:func:`deconv3d._paths.replaceable_folder`; any other is refused before any work), and
+        never the file or folder a dask array ``data`` is read from.
     data : array_like or dask array
         2D to 5D data whose axes are ``axes`` (default ``"ZYX"``/``"YX"``; 4D or 5D data without
         ``axes`` is refused: pass ``axes="TZYX"`` or ``"CZYX"``); written as float32.
@@ -261,9 +262,12 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     """
     import dask.array as da
 
+    from deconv3d._paths import refuse_input_overlap
     from deconv3d.pipeline.output import atomic_output
+    from deconv3d.pipeline.readers import source_files
 
     arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data))
+    refuse_input_overlap(path, source_files(arr))  # (data read from the output path itself)
     axes = axes_or_default(axes, arr.shape)  # (4D without axes was written as CZYX, a time series' t as c)
     if chunks is None:
         chunks = capped_chunks(axes, arr.shape)

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from deconv3d._arrays import is_whole
-from deconv3d._paths import TIFF_SUFFIXES, image_stem
+from deconv3d._paths import TIFF_SUFFIXES, image_stem, refuse_input_overlap
 from deconv3d.errors import InputError, warn
 from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, aligned_box, axis_regions,
                                        box_blocks, cancel_requested, plan_chunks, release_memory, run_blocks,
@@ -34,7 +34,8 @@ from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_ch
                                       parse_memory, planning_baseline, large_allocations_returned, round_chunks)
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
-from deconv3d.pipeline.readers import _View, as_reader, chunk_cache_budget, chunk_reads_spare, chunks_cached
+from deconv3d.pipeline.readers import (_View, as_reader, chunk_cache_budget, chunk_reads_spare, chunks_cached,
+                                       source_files)
 from deconv3d.pipeline.records import (provenance, psf_source, psf_summary, run_environment, run_fft_environment,
                                        tiff_properties)
 
@@ -187,7 +188,9 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         Its chunks tile the blocks, each block writing chunks of its own, and are no longer than
         :data:`~deconv3d.omezarr.writing.CHUNK_CAP` (64 planes of 512 x 512): a block side above
         the cap (once enlarged to the halo) is cut to whole chunks, or rounded up to them where the
-        halo needs it (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`).
+        halo needs it (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`). The file or zarr
+        folder ``data`` is read from (:func:`~deconv3d.pipeline.readers.source_files`) is refused as
+        the output, as is a path inside it or holding it, before any work.
     chunks, halo : sequence of int, optional
         Core chunk shape and halo per spatial axis. Default chunks: the largest that fit
         ``memory_limit`` under ``model``, else the whole volume. A callable with a
@@ -232,6 +235,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         raise InputError(f"run_chunked writes an OME-Zarr folder, not a TIFF ({output}): give a path ending in .zarr "
                          "(deconv3d.pipeline.files.deconvolve_file writes TIFF)")
     output = Path(output).absolute()  # where a cluster's workers, each in a folder of its own, write the blocks
+    refuse_input_overlap(output, source_files(data))  # (replaced once complete, it was the input's result)
     time_problem = getattr(data, "time_problem", None) if time_axis is None else None  # (the input's, taken)
     reader, axes, time_axis, origin, channels, voxel_size = _source(data, axes, time_axis, origin, channels,
                                                                     voxel_size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 
 import numpy as np
 
@@ -74,6 +75,46 @@ def as_reader(data):
     if isinstance(data, da.Array):
         return DaskReader(data)
     return ArrayReader(data)
+
+
+def source_files(data) -> list:
+    """The files (or zarr folders) on this machine that ``data`` reads from: a
+    :class:`~deconv3d.omezarr.LazyImage`'s, a file reader's (a ZarrReader's store, a TiffReader's file,
+    or the reader a view reads), and the TIFF files and local zarr arrays a dask array is read from
+    (those :func:`~deconv3d.omezarr.open_lazy` and ``dask.array.from_zarr`` give); none for data in
+    memory. An output must not replace them (:func:`~deconv3d._paths.refuse_input_overlap`)."""
+    from deconv3d.omezarr import LazyImage
+
+    if isinstance(data, LazyImage):
+        return [data.path]
+    data = getattr(data, "reader", data)  # (a view of one time point or channel)
+    path = getattr(data, "path", None) or getattr(getattr(data, "source", None), "path", None)
+    if isinstance(path, (str, os.PathLike)):
+        return [path]
+    data = data.array if isinstance(data, DaskReader) else data
+    graph = getattr(data, "__dask_graph__", None)
+    return [p for value in dict(graph()).values() if (p := _read_file(value)) is not None] if graph else []
+
+
+def _read_file(value):
+    """The file a value in a dask graph reads, where it is a TIFF opened by deconv3d, or the folder of
+    the zarr store on this machine's disks that holds an array it reads."""
+    from deconv3d.omezarr.reading import _TiffArray
+
+    if isinstance(value, _TiffArray):
+        return value.path
+    store_path = getattr(value, "store_path", None)  # a zarr v3 array
+    store = getattr(store_path, "store", None)
+    root = getattr(store, "root", None)  # (LocalStore)
+    fs = getattr(store, "fs", None)  # (FsspecStore: local where its protocol says "file")
+    if root is None and "file" in _protocols(fs):
+        root = getattr(store, "path", None)
+    return root  # (the store's folder, as a ZarrReader's path: an output inside it changes the input too)
+
+
+def _protocols(fs) -> tuple:
+    protocol = getattr(fs, "protocol", ())
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def storage_unit(reader) -> tuple[int, ...]:

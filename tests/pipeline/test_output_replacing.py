@@ -54,3 +54,51 @@ def test_labels_added_to_the_output_during_the_run_are_not_deleted_when_publishi
             _add_labels(out)
     assert (out / "labels" / "cells" / "mask.bin").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.zarr"]  # no temporary left
+
+
+@pytest.mark.parametrize("source", ["lazy", "reader", "dask", "from_zarr"])
+def test_run_chunked_refuses_its_own_input_as_the_output(tmp_path, source):
+    """run_chunked(open_lazy("src.zarr"), ..., "src.zarr") replaced its input with the result (its
+    maximum went from 1023 to 2046), and an output inside the input's folder changed the input. Both
+    are refused before any block runs, as the command line refuses them, however the file is read."""
+    import dask.array as da
+
+    from deconv3d.omezarr import open_lazy
+    from deconv3d.pipeline import run_chunked
+
+    x = np.arange(4 * 16 * 16, dtype=np.float32).reshape(4, 16, 16)
+    src = tmp_path / "src.zarr"
+    write_ome_zarr(src, x)
+    before = _tree(src)
+    data = {"lazy": lambda: open_lazy(src), "reader": lambda: open_lazy(src).reader,
+            "dask": lambda: open_lazy(src).data, "from_zarr": lambda: da.from_zarr(str(src), component="0")}[source]()
+    calls = []
+
+    def block_fn(block):
+        calls.append(1)
+        return block * 2
+
+    with pytest.raises(InputError, match="output path equals the input"):
+        run_chunked(data, block_fn, src)
+    with pytest.raises(InputError, match="lie one inside the other"):
+        run_chunked(data, block_fn, src / "inner.zarr")
+    assert calls == [] and _tree(src) == before
+    np.testing.assert_array_equal(np.asarray(open_lazy(src).data), x)
+    run_chunked(data, block_fn, tmp_path / "result.zarr")  # elsewhere: runs
+    np.testing.assert_array_equal(np.asarray(open_lazy(tmp_path / "result.zarr").data), 2 * x)
+
+
+def test_write_ome_zarr_refuses_to_replace_the_image_its_data_is_read_from(tmp_path):
+    from deconv3d.io import write_tiff
+    from deconv3d.omezarr import open_lazy
+
+    x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    write_ome_zarr(tmp_path / "src.zarr", x)
+    with pytest.raises(InputError, match="output path equals the input"):
+        write_ome_zarr(tmp_path / "src.zarr", open_lazy(tmp_path / "src.zarr").data * 2)
+    np.testing.assert_array_equal(np.asarray(open_lazy(tmp_path / "src.zarr").data), x)
+    write_tiff(tmp_path / "t.tif", x)
+    with pytest.raises(InputError, match="lie one inside the other"):
+        write_ome_zarr(tmp_path / "t.tif" / "x.zarr", open_lazy(tmp_path / "t.tif").data)
+    write_ome_zarr(tmp_path / "copy.zarr", open_lazy(tmp_path / "src.zarr").data * 2)  # elsewhere: written
+    np.testing.assert_array_equal(np.asarray(open_lazy(tmp_path / "copy.zarr").data), 2 * x)
