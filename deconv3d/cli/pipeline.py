@@ -455,13 +455,43 @@ def _found_as_input(output_dir: Path, input_dir: Path, patterns) -> bool:
     batch does not read (``.out`` for ``**/*.tif``, not for ``.out/*.tif``). Tried on the paths as given and with links resolved: an output given as a link to
     an input (``olink -> in/raw.zarr``) had a batch write 27 files into that input; and inside the
     input folder spelled otherwise (``IN/x.zarr`` on a case-insensitive disk, see
-    :func:`~deconv3d._paths.relative_to_folder`)."""
+    :func:`~deconv3d._paths.relative_to_folder`); and as reached through a link in the input folder
+    that the patterns follow (``raw/day2 -> /abs/day2`` for ``-o /abs/day2`` and ``*/*.tif``: its outputs
+    were read as inputs next time, see :func:`_through_links`)."""
     out_given, base_given = Path(os.path.abspath(output_dir)), Path(os.path.abspath(input_dir))
     pairs = [(out_given, base_given)]
     rel = relative_to_folder(output_dir, input_dir)
     if rel is not None:
         pairs.append((base_given.resolve() / rel, base_given.resolve()))
-    return any(_pattern_reaches(out, base, patterns) for out, base in pairs)
+    return (any(_pattern_reaches(out, base, patterns) for out, base in pairs)
+            or any(_pattern_reaches(out, base_given, patterns) for out in _through_links(out_given, base_given, patterns)))
+
+
+def _through_links(output_dir: Path, input_dir: Path, patterns):
+    """The output folder spelled from ``input_dir`` through each folder the batch's search reaches
+    (every leading part of each pattern, as :func:`~deconv3d._paths.glob_shown` follows links) that
+    is the output folder or a folder above it (device and inode): ``raw/day2`` for ``-o /abs/day2``
+    where ``raw/day2 -> /abs/day2``."""
+    from deconv3d._paths import glob_shown
+    from deconv3d.pipeline.batch import _any_case
+
+    above = {}  # (device, inode) of the output folder and of each folder above it: the output's path from there
+    for folder in (output_dir, *output_dir.parents):
+        try:
+            found = os.stat(folder)
+        except OSError:  # not there yet
+            continue
+        above.setdefault((found.st_dev, found.st_ino), output_dir.relative_to(folder))
+    for pattern in patterns:
+        parts = Path(pattern).parts
+        for k in range(1, len(parts) + 1):
+            for reached in glob_shown(input_dir, _any_case("/".join(parts[:k]) + ("/" if k < len(parts) else ""))):
+                try:
+                    found = os.stat(reached)
+                except OSError:  # a dangling link
+                    continue
+                if (found.st_dev, found.st_ino) in above:
+                    yield reached / above[(found.st_dev, found.st_ino)]
 
 
 def _pattern_reaches(out: Path, base: Path, patterns) -> bool:

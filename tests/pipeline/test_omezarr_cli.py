@@ -207,6 +207,33 @@ def test_batch_into_a_link_to_an_input_zarr_is_refused(folder, capsys, monkeypat
     assert _tree(folder / "in" / "raw.zarr") == before
 
 
+def test_batch_into_the_target_of_a_linked_subfolder_is_refused(folder, capsys, monkeypatch):
+    """raw/day2 -> /abs/day2, then 'batch raw -o day2 --pattern */*.tif' wrote day2/a.tif, which the
+    pattern reads through the link: the rerun failed ("day1/a.tif and day2/a.tif would both write
+    a.tif"). The output folder is tested through the links the pattern follows too, as -o raw/day2 is."""
+    from deconv3d.cli.pipeline import _found_as_input
+
+    monkeypatch.chdir(folder)
+    (folder / "raw" / "day1").mkdir(parents=True)
+    (folder / "in" / "img0.tif").rename(folder / "raw" / "day1" / "a.tif")
+    (folder / "day2").mkdir()
+    (folder / "raw" / "day2").symlink_to(folder / "day2", target_is_directory=True)  # absolute
+    for out in ("day2", "raw/day2"):
+        code, _, err = run(["batch", "raw", "-o", out, "--pattern", "*/*.tif", "--output-format", "tif",
+                            "--psf", "psf.tif", "--iterations", 2], capsys)
+        assert_one_line_error(code, err, f"output folder {out} would be read as an input")
+    assert list((folder / "day2").iterdir()) == []
+    raw = Path("raw")
+    assert _found_as_input(Path("day2"), raw, ["*/*.TIF"])  # (the batch's search ignores case)
+    assert _found_as_input(Path("day2/sub"), raw, ["*/*/*.tif"])  # inside the link's target
+    assert _found_as_input(Path("day2"), raw, ["day2/*.tif"])  # a pattern naming the link
+    (raw / "all").symlink_to(folder, target_is_directory=True)  # a link to a folder above the output
+    assert _found_as_input(Path("res"), raw, ["all/*/*.tif"])
+    # folders the patterns do not read through the links
+    assert not any(_found_as_input(Path(out), raw, [pattern]) for out, pattern in
+                   (("day2/sub", "*/*.tif"), ("day2", "day1/*.tif"), ("day2", "*.tif"), ("res", "*/*.tif")))
+
+
 @pytest.fixture
 def unresolved_alias(folder, monkeypatch):
     """``IN``: a second spelling of the folder ``in`` that :meth:`Path.resolve` keeps as given, as
