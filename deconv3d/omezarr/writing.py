@@ -245,8 +245,9 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     path : str or os.PathLike
         Output ``.zarr`` directory; an existing one is replaced only once the new one is complete,
         and only a zarr image deconv3d wrote, holding nothing else (labels added to it, say)
-        (:func:`deconv3d._paths.replaceable_folder`; any other is refused before any work), and
-        never the file or folder a dask array ``data`` is read from.
+        (:func:`deconv3d._paths.replaceable_folder`; any other is refused before any work, as is a
+        file or a symbolic link at the path), and never the file or folder a dask array ``data``
+        is read from.
     data : array_like or dask array
         2D to 5D data whose axes are ``axes`` (default ``"ZYX"``/``"YX"``; 4D or 5D data without
         ``axes`` is refused: pass ``axes="TZYX"`` or ``"CZYX"``); written as float32.
@@ -271,7 +272,7 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     axes = axes_or_default(axes, arr.shape)  # (4D without axes was written as CZYX, a time series' t as c)
     if chunks is None:
         chunks = capped_chunks(axes, arr.shape)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, folder=True) as tmp:
         target = create_ome_zarr(tmp, arr.shape, chunks, axes=axes, voxel_size=voxel_size, provenance=provenance,
                                  name=image_stem(path))  # (not the temporary folder's)
         _store_settled(arr.astype(np.float32).rechunk(chunks).store(target, lock=False, compute=False))

@@ -190,7 +190,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         the cap (once enlarged to the halo) is cut to whole chunks, or rounded up to them where the
         halo needs it (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`). The file or zarr
         folder ``data`` is read from (:func:`~deconv3d.pipeline.readers.source_files`) is refused as
-        the output, as is a path inside it or holding it, before any work.
+        the output, as is a path inside it or holding it, or a file or a symbolic link at the path,
+        before any work.
     chunks, halo : sequence of int, optional
         Core chunk shape and halo per spatial axis. Default chunks: the largest that fit
         ``memory_limit`` under ``model``, else the whole volume. A callable with a
@@ -259,7 +260,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         warn(f"deconv3d: warning: {time_problem}")
     # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (memory.py);
     # the measuring box and every block are one run for FFTW's measuring budget (measuring_run)
-    with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output) as tmp:
+    with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output, folder=True) as tmp:
         stored = stored_chunks(plan.shape, plan.zarr_chunks, cap)  # whole chunks of each block, capped
         create_ome_zarr(tmp, reader.shape, (1,) * lead + stored, axes=axes, voxel_size=voxel_size,
                         provenance=provenance, name=image_stem(output),

@@ -19,7 +19,7 @@ __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
 
 @contextlib.contextmanager
-def atomic_output(path):
+def atomic_output(path, folder: bool = False):
     """Yield a temporary path to write ``path`` (a file or a directory) under; publish it on success.
 
     On leaving the block normally the temporary entry is renamed onto ``path`` (an existing
@@ -28,11 +28,18 @@ def atomic_output(path):
     ``path`` as its ``filename``, so that the message says where the space ran out.
     A folder at ``path`` that may not be replaced (:func:`~deconv3d._paths.replaceable_folder`)
     is refused here, before any work, and again when publishing (it may appear meanwhile).
+    ``folder``: the output is a directory (a zarr image), which cannot replace a file or a symbolic
+    link at ``path``: those are refused here too, not once the work is done.
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
+    if folder and path.is_symlink():  # (os.replace cannot put a folder in its place, and the link is not followed)
+        raise InputError(f"output {path} is a symbolic link (to {os.readlink(path)}): remove the link, or give its "
+                         "target as the output")
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"output {path} is a file: give a new .zarr folder name")
     if path.is_dir() and not path.is_symlink() and not replaceable_folder(path):
         refuse_added_entries(path)
         raise InputError(f"output path {path} is a directory that is not a zarr image deconv3d wrote (another "

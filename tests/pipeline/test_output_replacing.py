@@ -102,3 +102,40 @@ def test_write_ome_zarr_refuses_to_replace_the_image_its_data_is_read_from(tmp_p
         write_ome_zarr(tmp_path / "t.tif" / "x.zarr", open_lazy(tmp_path / "t.tif").data)
     write_ome_zarr(tmp_path / "copy.zarr", open_lazy(tmp_path / "src.zarr").data * 2)  # elsewhere: written
     np.testing.assert_array_equal(np.asarray(open_lazy(tmp_path / "copy.zarr").data), 2 * x)
+
+
+@pytest.mark.parametrize("writer", ["write_ome_zarr", "run_chunked"])
+@pytest.mark.parametrize("there", ["file", "link to a zarr image", "dangling link"])
+def test_a_file_or_a_link_at_a_zarr_output_is_refused_before_any_work(tmp_path, writer, there):
+    """open("f.zarr", "w"), then write_ome_zarr("f.zarr", x) (or run_chunked, or a link at the path)
+    computed everything, then failed with a raw NotADirectoryError naming a hidden temporary. It is
+    an InputError before any work now, as the command line gives, and the entry is left as it was."""
+    import os
+
+    from deconv3d.pipeline import run_chunked
+
+    x = np.ones((2, 4, 4), np.float32)
+    out = tmp_path / "f.zarr"
+    if there == "file":
+        out.write_text("mine")
+        expected = "is a file"
+    else:
+        target = tmp_path / ("target.zarr" if there == "link to a zarr image" else "missing.zarr")
+        if there == "link to a zarr image":
+            write_ome_zarr(target, x)
+        out.symlink_to(target)
+        expected = "is a symbolic link"
+    before = sorted(os.listdir(tmp_path))
+    calls = []
+
+    def block_fn(block):
+        calls.append(1)
+        return block
+
+    with pytest.raises(InputError, match=expected):
+        if writer == "write_ome_zarr":
+            write_ome_zarr(out, x)
+        else:
+            run_chunked(x, block_fn, out)
+    assert calls == [] and sorted(os.listdir(tmp_path)) == before  # no temporary left either
+    assert out.read_text() == "mine" if there == "file" else out.is_symlink()
