@@ -51,7 +51,8 @@ def _centred_zoom(arr: np.ndarray, step, out_shape, order: int = 3) -> np.ndarra
         high = n - 1 - 1e-12 if n - 1 < last[i] < n - 1 + 1e-9 else last[i]
         if (low, high) != (offset[i], last[i]) and out_shape[i] > 1:
             offset[i], step[i] = low, (high - low) / (out_shape[i] - 1)
-    return ndimage.affine_transform(arr, step, offset=offset, output_shape=tuple(out_shape), order=order)
+    # (The matrix as a diagonal: scipy before 1.16 warned, as a deprecation, of the 1-D form.)
+    return ndimage.affine_transform(arr, np.diag(step), offset=offset, output_shape=tuple(out_shape), order=order)
 
 
 # ------------------------------------------------------ basic operations ---
