@@ -4,6 +4,7 @@ From an in-memory array (blocks sent along with their tasks) and from an OME-Zar
 worker opens it by path and reads its blocks itself).
 """
 
+import gc
 import weakref
 
 import numpy as np
@@ -59,7 +60,13 @@ def test_local_workers_leave_ctrl_c_to_the_run(tmp_path):
         with scheduler_client("processes", workers=1) as client:
             assert set(client.run(_ctrl_c_disposition).values()) == {"ignored"}
             assert signal.getsignal(signal.SIGINT) is before
+            scheduler = weakref.ref(client.cluster.scheduler)
         assert _ctrl_c_disposition() == "handled"
+        # Found by the resource review: distributed's memo of handlers kept every closed run's scheduler
+        # alive, with a log handler copying every later scheduler record.
+        del client
+        gc.collect()
+        assert scheduler() is None
     finally:
         signal.signal(signal.SIGINT, inherited)
 
