@@ -336,6 +336,44 @@ def test_normalize_psf_unit_sum():
     assert normalize_psf(np.full((3, 3), 2.0)).sum() == pytest.approx(1.0)
 
 
+def test_a_psf_in_units_summing_beyond_float32_is_prepared_as_in_small_units():
+    """A PSF of peak 2e37 sums to 6e38, past float32's 3.4e38: normalised in float32 by its sum cast
+    to inf, it came out all zero, and deconvolving with it stopped at "PSF sum is not positive"."""
+    psf = gaussian((9, 9, 9), (2.0, 1.2, 1.2))
+    big = (psf / psf.max() * np.float32(2e37)).astype(np.float32)
+    assert np.isfinite(big).all() and big.sum(dtype=np.float64) > np.finfo(np.float32).max
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "overflow encountered in cast" was printed
+        np.testing.assert_allclose(normalize_psf(big), psf, rtol=1e-6, atol=1e-6 * psf.max())
+        np.testing.assert_allclose(prepare_psf(big, (16, 32, 32)), prepare_psf(psf, (16, 32, 32)), rtol=1e-5,
+                                   atol=1e-6 * psf.max())
+    with pytest.raises(InputError, match="too large for float32"):
+        validate_psf(psf.astype(np.float64) * 1e42)
+    with pytest.raises(InputError, match="too large to sum in float64"):
+        normalize_psf(np.full((3, 3), 1e308))
+
+
+def docstring_beads():
+    """The four Gaussian beads of distill_psf's docstring example (sigma 2 voxels along z, 1.4 along y, x)."""
+    z, y, x = np.mgrid[:16, :48, :48]
+    truth = np.zeros((16, 48, 48))
+    for cz, cy, cx in [(8, 12, 12), (7.6, 12.3, 35.5), (8.2, 35.7, 12.4), (8, 36, 36)]:
+        truth += 1000 * np.exp(-((z - cz) ** 2 / 4 + ((y - cy) ** 2 + (x - cx) ** 2) / 2) / 2)
+    return np.random.default_rng(0).poisson(truth + 10).astype(np.float64)
+
+
+@pytest.mark.parametrize("peak", [1e37, 3e38])
+def test_beads_near_float32s_largest_values_distil_to_the_psf_of_dimmer_ones(peak):
+    """Bead boxes of peak 1e37 sum past float32's range: the PSF came out all zero (exit 0), and at
+    3e38 distilling stopped at "PSF sum is not positive", both with numpy's overflow warnings."""
+    beads = docstring_beads()
+    reference = distill_psf(beads.astype(np.float32), size=(9, 9, 9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        psf = distill_psf((beads * (peak / beads.max())).astype(np.float32), size=(9, 9, 9))
+    np.testing.assert_allclose(psf, reference, rtol=1e-4, atol=1e-6 * reference.max())
+
+
 def bead_image(rng, sigma, shape=(40, 96, 96), spacing=20):
     """Beads at sub-voxel positions on a jittered grid, each a sampled Gaussian, plus noise."""
     image = np.zeros(shape)

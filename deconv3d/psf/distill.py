@@ -377,7 +377,8 @@ def _despiked(beads: np.ndarray) -> np.ndarray:
     background, noise = _robust_background(beads)
     excess = beads - np.float32(background)
     neighbours = np.maximum(ndimage.maximum_filter(excess, footprint=ring, mode="constant", cval=-np.inf), 0)
-    spikes = excess > SPIKE_RATIO * neighbours
+    with np.errstate(over="ignore"):  # twice a neighbour past float32's range (beads near 3.4e38) is inf: no spike
+        spikes = excess > SPIKE_RATIO * neighbours
     if spikes.any():
         faces = ndimage.generate_binary_structure(beads.ndim, 1)
         faces[(1,) * beads.ndim] = False

@@ -74,9 +74,13 @@ def validate_psf(psf) -> np.ndarray:
     Raises
     ------
     InputError
-        If the PSF is not 2D/3D, is empty, has NaN/Inf, has negative values
-        below ``-1e-6 * max`` or is all zero.
+        If the PSF is not 2D/3D, is empty, has NaN/Inf, has values beyond float32's range
+        (3.4e38), has negative values below ``-1e-6 * max`` or is all zero.
     """
+    psf = as_numpy(psf)
+    if psf.dtype.kind == "f" and psf.size and np.isfinite(psf).all() and np.abs(psf).max() > np.finfo(np.float32).max:
+        raise InputError(f"PSF values up to {float(np.abs(psf).max()):.3g} are too large for float32 (3.4e38): "
+                         "rescale the PSF (e.g. divide by its maximum)")
     psf = as_numpy(psf, dtype=np.float32)
     if psf.ndim not in (2, 3) or psf.size == 0:
         raise InputError(f"PSF must be a non-empty 2D or 3D array, got shape {psf.shape}: check the PSF file")
@@ -125,7 +129,9 @@ def normalize_psf(psf) -> np.ndarray:
     Parameters
     ----------
     psf : array_like
-        The PSF, any shape (a tensor is taken too); summed in float64.
+        The PSF, any shape (a tensor is taken too); summed and divided in float64, so a PSF in
+        large units (a sum beyond float32's 3.4e38, as summed bead boxes of peak 1e37 reach) is
+        normalised too: divided in float32, by a sum cast to inf, it came out all zero.
 
     Returns
     -------
@@ -135,13 +141,16 @@ def normalize_psf(psf) -> np.ndarray:
     Raises
     ------
     InputError
-        If the sum is not a positive finite number.
+        If the sum is not a positive finite number, or too large for float64.
     """
-    psf = as_numpy(psf, dtype=np.float32)
-    total = float(psf.sum(dtype=np.float64))
+    psf = as_numpy(psf, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        total = float(psf.sum())
+    if np.isinf(total) and np.isfinite(psf).all():
+        raise InputError("PSF values are too large to sum in float64: rescale the PSF (e.g. divide by its maximum)")
     if not (np.isfinite(total) and total > 0):
         raise InputError("PSF sum is not positive: check the PSF file or regenerate it")
-    return (psf / np.float32(total)).astype(np.float32)
+    return (psf / total).astype(np.float32)
 
 
 def _centroid(arr: np.ndarray) -> np.ndarray:
