@@ -166,7 +166,8 @@ def psf_fingerprint(psf, dtype=np.float32) -> str:
     """Short SHA-256 of a PSF's shape and values in ``dtype`` (float32: the one stored in files;
     the convolver cache hashes the values in the dtype it computes in)."""
     arr = psf.detach().cpu().numpy() if isinstance(psf, torch.Tensor) else np.asarray(psf)
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):  # values beyond dtype's range hash as inf: the convolver refuses them, by name
+        arr = np.ascontiguousarray(arr, dtype=dtype)
     h = hashlib.sha256(str(arr.shape).encode())
     h.update(arr.tobytes())
     return h.hexdigest()[:16]
@@ -210,11 +211,11 @@ class FFTConvolver:
         if dtype not in (torch.float32, torch.float64):  # int32 truncated the PSF to 0; float16 has no FFT here
             raise InputError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.dtype = dtype
-        _check_real_finite(psf, "PSF")  # once per kernel: a NaN would fill every OTF and output
+        # Checked once per kernel: a NaN would fill every OTF and output.
         # A private copy: a view of the caller's array would change under the cached OTFs. A kernel
         # that requires grad (being fitted) is read afresh at each call instead, its OTFs not cached
         # (see otf): a detached copy dropped its gradient silently.
-        kernel = as_tensor(psf, self.device, dtype)
+        kernel = as_finite_tensor(psf, "PSF", self.device, dtype)
         self._fitted = psf if kernel.requires_grad else None
         self.psf = kernel if kernel.requires_grad else kernel.detach().clone()
         if not 1 <= self.psf.ndim <= 3:
@@ -408,8 +409,10 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     network's forward model) on ``device`` (default: ``x``'s device for tensors, else the CPU).
     Equals ``scipy.signal.fftconvolve(x, psf, mode)`` for ``padding="zero"`` and ``mode`` "same" or "full".
     A complex or non-finite ``psf`` is refused, and so is such an ``x`` given as an array (FFTs
-    would spread one NaN over the output); a tensor ``x`` is not checked (no extra pass, nor a
-    GPU synchronisation, per training step).
+    would spread one NaN over the output), or one whose values, or result, overflow ``dtype`` (a
+    float64 array of 1e40 in float32; a float32 one of 1e37, whose transform's zero frequency sums
+    past 3.4e38: the output was all NaN); a tensor ``x`` is not checked (no extra pass, nor a GPU
+    synchronisation, per training step).
 
     Parameters
     ----------
@@ -440,7 +443,8 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     Raises
     ------
     InputError
-        For a complex or non-finite PSF or array ``x``; a PSF that is not 1D to 3D; an ``x``
+        For a complex or non-finite PSF or array ``x``, or one beyond ``dtype``'s range; an array
+        ``x`` whose result overflows ``dtype``; a PSF that is not 1D to 3D; an ``x``
         with fewer dimensions than the PSF; an unknown ``mode`` or ``padding``, or
         ``mode="full"`` with a padding other than ``"zero"``; ``padding="circular"`` on an
         ``x`` smaller than the PSF; a ``dtype`` other than float32/float64; or an unknown or
@@ -483,17 +487,42 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     >>> tuple(fft_convolve(x, psf, mode="full").shape)
     (8, 11)
     """
-    if not isinstance(x, torch.Tensor):
-        _check_real_finite(x, "image")
-    return _convolver_for(x, psf, device, dtype).convolve(x, mode=mode, padding=padding)
+    return _checked_apply(x, psf, device, dtype, mode, padding, adjoint=False)
 
 
-def _check_real_finite(x, name: str) -> None:
-    """Refuse a complex, or non-finite, array or tensor ``x`` by ``name`` (one pass over it)."""
-    t = x if isinstance(x, torch.Tensor) else as_tensor(x, dtype=None)
-    refuse_complex(t, name)
+def as_finite_tensor(x, name: str, device, dtype: torch.dtype, fix: str = "replace them (e.g. with 0)"
+                     ) -> torch.Tensor:
+    """``x`` as a tensor of ``dtype`` on ``device`` (:func:`as_tensor`), refused by ``name`` when complex
+    or not finite there (one pass over the cast): finite values beyond ``dtype``'s range (a float64
+    image of 1e40 computed in float32) are told apart from NaN and Inf, which ``fix`` says what to do with."""
+    refuse_complex(x if isinstance(x, torch.Tensor) else as_array(x), name)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond the dtype's range: refused below, by name
+        t = as_tensor(x, device, dtype)
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise InputError(f"{name} contains NaN or Inf values: replace them (e.g. with 0)")
+        given = torch.isfinite(x).all() if isinstance(x, torch.Tensor) else np.isfinite(as_array(x)).all()
+        if bool(given):
+            raise InputError(f"{name} has values beyond the range of {t.dtype} that deconv3d computes in: rescale "
+                             "it to a smaller range")
+        raise InputError(f"{name} contains NaN or Inf values: {fix}")
+    return t
+
+
+def checked_result(result: torch.Tensor) -> torch.Tensor:
+    """``result``, refused when finite inputs overflowed into NaN or Inf on the way (a total intensity
+    near the working dtype's range: a transform's zero frequency sums the whole padded field)."""
+    if not torch.isfinite(result).all():
+        raise InputError(f"the result overflowed {result.dtype}: the image's intensities are too large, "
+                         "rescale it to a smaller range (e.g. divide by its maximum)")
+    return result
+
+
+def _checked_apply(x, psf, device, dtype, mode: str, padding: str, adjoint: bool) -> torch.Tensor:
+    """:func:`fft_convolve` (``adjoint`` False) or :func:`fft_correlate`: an array ``x`` is cast and
+    checked by :func:`as_finite_tensor` and its result by :func:`checked_result`; a tensor is not."""
+    conv = _convolver_for(x, psf, device, dtype)
+    if isinstance(x, torch.Tensor):
+        return conv._apply(x, mode, padding, adjoint)
+    return checked_result(conv._apply(as_finite_tensor(x, "image", conv.device, conv.dtype), mode, padding, adjoint))
 
 
 def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", *, device=None, dtype=torch.float32):
@@ -547,9 +576,7 @@ def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", *, device=N
     >>> abs(lhs - rhs) < 1e-9
     True
     """
-    if not isinstance(x, torch.Tensor):
-        _check_real_finite(x, "image")
-    return _convolver_for(x, psf, device, dtype).correlate(x, mode=mode, padding=padding)
+    return _checked_apply(x, psf, device, dtype, mode, padding, adjoint=True)
 
 
 def _convolver_for(x, psf, device, dtype) -> FFTConvolver:

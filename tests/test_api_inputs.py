@@ -242,6 +242,25 @@ def test_fft_convolve_refuses_what_rl_refuses(image, psf):
         fft_convolve(image, psf, "same", "zero", "cpu")
 
 
+@pytest.mark.parametrize("name", ["fft_convolve", "fft_correlate"])
+def test_fft_convolve_refuses_an_overflow_as_rl_and_wiener_do(image, psf, name):
+    """A float64 image of 1e40 (beyond float32) and float32 ones of 1e37 and 3e38 (whose transform's
+    zero frequency sums past 3.4e38) came back all NaN without a word, where RL and Wiener refuse them."""
+    import deconv3d.fft
+
+    apply = getattr(deconv3d.fft, name)
+    unit = image.astype(np.float64) / image.max()
+    with pytest.raises(InputError, match="^image has values beyond the range of torch.float32"):
+        apply(unit * 1e40, psf)
+    with pytest.raises(InputError, match="^PSF has values beyond the range of torch.float32"):
+        apply(image, psf.astype(np.float64) * 1e40)
+    for peak in (1e37, 3e38):
+        with pytest.raises(InputError, match="^the result overflowed torch.float32: .* rescale it"):
+            apply((unit * peak).astype(np.float32), psf)
+    np.testing.assert_allclose(apply(unit * 1e40, psf, dtype=torch.float64).numpy(),  # float64 holds it
+                               1e40 * apply(unit, psf, dtype=torch.float64).numpy(), rtol=1e-12)
+
+
 def test_small_validation_gaps(image, psf):
     from deconv3d.classical import choose_iterations
     from deconv3d.io import read_image

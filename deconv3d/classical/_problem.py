@@ -15,8 +15,8 @@ import torch
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.classical._reuse import keep_setup, kept_setup
 from deconv3d.errors import InputError
-from deconv3d.fft import (FFTConvolver, as_array, as_tensor, fast_shape, irfftn, kernel_origin, pad_spatial,
-                          refuse_complex, same_fft_shape)
+from deconv3d.fft import (FFTConvolver, as_finite_tensor, as_tensor, fast_shape, irfftn, kernel_origin, pad_spatial,
+                          same_fft_shape)
 from deconv3d.psf.prepare import NEGATIVE_TOLERANCE, fit_shape
 
 BOUNDARIES = ("zero", "reflect", "bertero", "periodic")
@@ -41,12 +41,6 @@ class _Problem:
     floor: float = 1e-12  # predicted intensities below this give a zero ratio (FFT round-off guard)
 
 
-def _finite(array) -> bool:
-    if isinstance(array, torch.Tensor):
-        return bool(torch.isfinite(array).all())
-    return bool(np.isfinite(np.asarray(array)).all())
-
-
 def _check_inputs(image, psf, device, dtype, method: str | None = None):
     """The image and the PSF as detached tensors; the PSF scaled to unit sum (its total would only
     scale the result: a bead image's PSF in camera counts made RL's output ~1e-6 of the data).
@@ -58,24 +52,13 @@ def _check_inputs(image, psf, device, dtype, method: str | None = None):
     """
     if dtype not in (torch.float32, torch.float64):
         raise InputError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    image, psf = (a if isinstance(a, torch.Tensor) else as_array(a) for a in (image, psf))
-    refuse_complex(image, "image")
-    refuse_complex(psf, "PSF")
     # Detached: the loops write with out= (no autograd), and the fused passes read raw memory anyway.
-    with np.errstate(over="ignore", invalid="ignore"):  # values beyond the dtype's range: refused below, by name
-        y = as_tensor(image, device, dtype).detach()
-        h = as_tensor(psf, device, dtype).detach()
+    y = as_finite_tensor(image, "image", device, dtype).detach()
+    h = as_finite_tensor(psf, "PSF", device, dtype, "check the PSF file or regenerate it").detach()
     if y.ndim not in (2, 3):
         raise InputError(f"image must be 2D or 3D, got {y.ndim}D: select a single channel and time point")
     if h.ndim != y.ndim:
         raise InputError(f"PSF is {h.ndim}D but the image is {y.ndim}D: use a PSF with the image's dimensionality")
-    for name, given, t, fix in (("image", image, y, "replace them (e.g. with 0)"),
-                                ("PSF", psf, h, "check the PSF file or regenerate it")):
-        if not torch.isfinite(t).all():
-            if _finite(given):  # finite as given: beyond the working precision's range
-                raise InputError(f"{name} has values beyond the range of {dtype} that deconv3d computes in: rescale "
-                                 "it to a smaller range")
-            raise InputError(f"{name} contains NaN or Inf values: {fix}")
     if not (h > 0).any():
         raise InputError("PSF has no positive value (all zero or negative): check the PSF file or regenerate it")
     if (h < 0).any():  # round-off undershoot (an FFT's or a resampling's) as validate_psf allows it: cut at 0
@@ -93,15 +76,6 @@ def _check_inputs(image, psf, device, dtype, method: str | None = None):
     if any(k > n for k, n in zip(h.shape, y.shape)):
         raise InputError(f"PSF {tuple(h.shape)} is larger than the image {tuple(y.shape)}: crop the PSF")
     return y, h
-
-
-def _checked_result(result: torch.Tensor) -> torch.Tensor:
-    """``result``, refused when finite inputs overflowed into NaN or Inf on the way (a total intensity
-    near the working dtype's range: a transform's zero frequency sums the whole padded field)."""
-    if not torch.isfinite(result).all():
-        raise InputError(f"the result overflowed {result.dtype}: the image's intensities are too large to "
-                         "deconvolve, rescale it to a smaller range (e.g. divide by its maximum)")
-    return result
 
 
 def _check_accelerate(accelerate) -> bool | tuple[float, ...]:

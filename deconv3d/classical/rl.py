@@ -9,9 +9,9 @@ import torch
 
 from deconv3d.classical._iterate import _TV, _run
 from deconv3d.classical._problem import (_build_problem, _check_accelerate, _check_inputs, _check_options,
-                                         _check_weights, _checked_result, _holdout_problem, _is_number)
+                                         _check_weights, _holdout_problem, _is_number)
 from deconv3d.errors import InputError
-from deconv3d.fft import kernel_origin, resolve_device
+from deconv3d.fft import checked_result, kernel_origin, resolve_device
 
 Callback = Callable[[int, torch.Tensor], Optional[bool]]
 
@@ -210,7 +210,7 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
         result = torch.roll(estimate, before, problem.dims)[box].clamp_min(0)
     else:
         result = estimate[problem.result_crop].clamp_min(0)  # a compact copy, not a view of a workspace
-    _checked_result(result)
+    checked_result(result)
     return result if isinstance(image, torch.Tensor) else result.cpu().numpy()
 
 
@@ -251,7 +251,7 @@ def _schedule_and_estimate(image, psf, iterations: int, *, boundary: str, tv_wei
     record: list[float] = []
     estimate = _run(problem, iterations, tv, True, None, None, record=record)
     result = estimate[problem.result_crop].clamp_min(0)
-    _checked_result(result)
+    checked_result(result)
     return record, result.cpu().numpy()
 
 

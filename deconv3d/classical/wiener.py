@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deconv3d.classical._problem import _check_inputs, _checked_result, _is_number
+from deconv3d.classical._problem import _check_inputs, _is_number
 from deconv3d.classical._reuse import keep_setup, kept_setup
 from deconv3d.errors import InputError
-from deconv3d.fft import FFTConvolver, fast_shape, irfftn, pad_spatial, resolve_device
+from deconv3d.fft import FFTConvolver, checked_result, fast_shape, irfftn, pad_spatial, resolve_device
 
 WIENER_BOUNDARIES = ("reflect", "zero", "periodic")
 REGULARIZERS = ("identity", "laplacian")
@@ -109,7 +109,7 @@ def wiener(
     spectrum = torch.fft.rfftn(padded, s=fft_shape) * otf.conj()
     spectrum /= otf.abs().square_() + balance * penalty
     result = irfftn(spectrum, fft_shape, range(len(fft_shape)))[crop]
-    result = _checked_result(result.clamp_min_(0) if clip else result)
+    result = checked_result(result.clamp_min_(0) if clip else result)
     return result if isinstance(image, torch.Tensor) else result.cpu().numpy()
 
 
