@@ -9,7 +9,8 @@ import torch
 
 from deconv3d.classical._iterate import _TV, _run
 from deconv3d.classical._problem import (_build_problem, _check_accelerate, _check_inputs, _check_options,
-                                         _check_weights, _holdout_problem, _is_number)
+                                         _check_weights, _holdout_problem, _is_number, _times_power_of_two,
+                                         _working_exponent)
 from deconv3d.errors import InputError
 from deconv3d.fft import checked_result, kernel_origin, resolve_device
 
@@ -102,7 +103,8 @@ def richardson_lucy(
         a torch tensor on ``device`` (also for array input) that views the working estimate
         on the image's field, without a copy per iteration: it is valid during the call only,
         so copy it to keep it (``estimate.clone()``, or ``estimate.cpu().numpy().copy()``),
-        and do not write to it (that changes the run).
+        and do not write to it (that changes the run). For an image whose peak lies beyond
+        ``2**±32``, which runs divided by a power of two (see Notes), it is a copy in the image's units.
     voxel_size : float or sequence of float, optional
         Voxel size, one value per image axis ((z, y, x) for 3D, (y, x) for 2D) or one number for
         isotropic voxels; used to weight the TV gradient of anisotropic data.
@@ -149,7 +151,13 @@ def richardson_lucy(
     Notes
     -----
     Negative data values (read noise around a zero background) are set to zero first: the
-    Poisson model behind RL has no negative counts. The update is ``u_{k+1} = u_k / (1 - λ div(∇u_k / |∇u_k|_ε)) · H^T(y / (H u_k))`` [1]_ [2]_,
+    Poisson model behind RL has no negative counts. RL is scale-equivariant, ``u(m y) = m u(y)``,
+    and so is this function at any intensity the working dtype holds (1e-30 to 1e30 times the
+    data agree to float32's round-off): an image whose peak lies beyond ``2**±32`` is deconvolved
+    divided by a power of two, which changes no bit of the arithmetic, and the result multiplied
+    back, so that no absolute guard (the ratio's floor, the TV term's least ε) and no float32
+    overflow of ``|∇u|²`` shapes it.
+    The update is ``u_{k+1} = u_k / (1 - λ div(∇u_k / |∇u_k|_ε)) · H^T(y / (H u_k))`` [1]_ [2]_,
     with ``H`` the convolution with the PSF and ``H^T`` its transpose (correlation). The
     Bertero boundary replaces ``H^T(·)`` by ``H^T(M ·) / H^T(M 1)`` with ``M`` the image
     mask on the extended domain. ``|∇u|_ε = sqrt(|∇u|² + ε²)`` with, per voxel,
@@ -201,8 +209,12 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
         raise InputError(f"extended=True needs boundary='bertero' (the only one that estimates the object beyond "
                          f"the image), got {boundary!r}")
     keep = None if weights is None else _check_weights(weights, y)
+    exponent = _working_exponent(y)  # extreme intensities run divided by a power of two
+    y = _times_power_of_two(y, -exponent)
+    if exponent and callback is not None:
+        callback = _in_callers_units(callback, exponent)
     problem = _build_problem(y, h, boundary) if keep is None else _holdout_problem(y, h, boundary, keep)
-    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, y, keep, tv_smoothing, tv_differences)
+    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, y, keep, tv_smoothing, tv_differences, exponent)
     estimate = _run(problem, iterations, tv, accelerate, tol, callback)
     if extended:  # the margins wrap around the end of the buffer: roll them in front of the image
         before = [k - 1 - o for k, o in zip(h.shape, kernel_origin(h.shape))]
@@ -210,8 +222,14 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
         result = torch.roll(estimate, before, problem.dims)[box].clamp_min(0)
     else:
         result = estimate[problem.result_crop].clamp_min(0)  # a compact copy, not a view of a workspace
-    checked_result(result)
+    checked_result(_times_power_of_two(result, exponent, inplace=True))
     return result if isinstance(image, torch.Tensor) else result.cpu().numpy()
+
+
+def _in_callers_units(callback: Callback, exponent: int) -> Callback:
+    """``callback`` handed the estimate of a run on data divided by ``2**exponent`` in the image's units
+    (a copy, scaled back: for data of extreme intensities only, see :func:`_working_exponent`)."""
+    return lambda it, estimate: callback(it, _times_power_of_two(estimate, exponent))
 
 
 def rl_alpha_schedule(image, psf, iterations: int = 20, *, boundary: str = "bertero", tv_weight: float = 0.0,
@@ -246,19 +264,22 @@ def _schedule_and_estimate(image, psf, iterations: int, *, boundary: str, tv_wei
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
     iterations = _check_options(iterations, boundary, tv_weight, None, y.ndim, voxel_size)
+    exponent = _working_exponent(y)  # as richardson_lucy runs it
+    y = _times_power_of_two(y, -exponent)
     problem = _build_problem(y, h, boundary)
-    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, y)
+    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, y, exponent=exponent)
     record: list[float] = []
     estimate = _run(problem, iterations, tv, True, None, None, record=record)
     result = estimate[problem.result_crop].clamp_min(0)
-    checked_result(result)
+    checked_result(_times_power_of_two(result, exponent, inplace=True))
     return record, result.cpu().numpy()
 
 
 def _tv_for(problem, tv_weight, voxel_size, tv_scale, image: torch.Tensor, keep=None, smoothing: str = "local",
-            differences: str = "symmetric"):
+            differences: str = "symmetric", exponent: int = 0):
     """The TV term (None for weight 0) at ``tv_scale`` (checked, refused unless a positive finite
-    number), by default :func:`_default_tv_scale` of ``image`` where ``keep > 0`` (the voxels the zero
+    number; in the caller's units, divided here by ``2**exponent`` as the data were), by default
+    :func:`_default_tv_scale` of ``image`` where ``keep > 0`` (the voxels the zero
     boundary leaves unfitted included: see ``tv_scale`` in :func:`richardson_lucy`); ``smoothing``,
     ``differences``: ε's rule and ``|∇u|``'s (:class:`~deconv3d.classical._iterate._TV`)."""
     if tv_scale is not None and not (_is_number(tv_scale) and tv_scale > 0):
@@ -267,21 +288,30 @@ def _tv_for(problem, tv_weight, voxel_size, tv_scale, image: torch.Tensor, keep=
         return None
     if tv_scale is None:
         tv_scale = _default_tv_scale(image if keep is None else image[keep > 0])
+    else:
+        tv_scale = float(tv_scale) * 2.0 ** -exponent
     return _TV.for_problem(problem, tv_weight, voxel_size, float(tv_scale), smoothing, differences)
 
 
 def _default_tv_scale(values) -> float:
-    """The TV term's default intensity scale: the largest value of ``values``, at least 1e-12 (a
-    tensor, checked finite, or an array whose NaN and Inf are skipped: blocks refuse them by name).
+    """The TV term's default intensity scale: the largest value of ``values`` (:func:`_largest_value`),
+    1e-12 where none is positive (RL returns zeros there).
 
     One definition for both paths: a whole-image run takes it of the image, a chunked one of the
     whole volume, slab by slab (:func:`deconv3d.pipeline.methods.volume_peak`), and hands it to
     every block. The largest value, not the largest absolute one: RL sets negative values to zero
     before fitting. The chunked path took the largest absolute value, and on a volume whose most
-    extreme voxel was negative its blocks agreed with a whole run to 71 dB (108 dB now)."""
+    extreme voxel was negative its blocks agreed with a whole run to 71 dB (108 dB now). Not at
+    least 1e-12: the blocks of a volume of peak 1e-30, which run divided by a power of two
+    (:func:`~deconv3d.classical._problem._working_exponent`), got a scale 1e18 times too large."""
+    peak = _largest_value(values)
+    return peak if peak > 0 else 1e-12
+
+
+def _largest_value(values) -> float:
+    """The largest value of a tensor (checked finite) or of an array whose NaN and Inf are skipped
+    (blocks refuse them by name); at least 0 for an array."""
     if isinstance(values, torch.Tensor):
-        peak = float(values.max())
-    else:
-        values = np.asarray(values)
-        peak = float(np.max(values, initial=0.0, where=np.isfinite(values)))
-    return max(peak, 1e-12)
+        return float(values.max())
+    values = np.asarray(values)
+    return float(np.max(values, initial=0.0, where=np.isfinite(values)))

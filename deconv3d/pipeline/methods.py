@@ -354,15 +354,15 @@ PEAK_SLAB_BYTES = 64 * 2**20
 def volume_peak(data) -> float:
     """The TV term's scale (:func:`deconv3d.classical.richardson_lucy`'s ``tv_scale``) of ``data``
     (an array or a reader's view of one volume), that every block of a chunked run then shares:
-    the default a whole-volume run takes (its largest value, at least 1e-12), here over slabs. Read
+    the default a whole-volume run takes (its largest value; 1e-12 where none is positive), here over slabs. Read
     in boxes of whole chunks (whole planes of a TIFF) of at most :data:`PEAK_SLAB_BYTES`
     (:func:`~deconv3d.pipeline.readers.storage_boxes`), so that each chunk is decoded once."""
-    from deconv3d.classical.rl import _default_tv_scale
+    from deconv3d.classical.rl import _default_tv_scale, _largest_value
     from deconv3d.pipeline.readers import storage_boxes, storage_unit
 
     # NaN and Inf are left to the blocks, which refuse them by name
     boxes = storage_boxes(tuple(data.shape), storage_unit(data), PEAK_SLAB_BYTES)
-    return max((_default_tv_scale(np.asarray(data[box])) for box in boxes), default=1e-12)
+    return _default_tv_scale([_largest_value(np.asarray(data[box])) for box in boxes])
 
 
 def _preload(device) -> None:

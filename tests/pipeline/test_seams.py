@@ -287,6 +287,19 @@ def test_rl_tv_blocks_share_the_volumes_tv_scale(tmp_path, volume, psf3d):
     assert fn.prepare(dim, dim.shape).tv_scale == pytest.approx(float(dim.max()))
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e25])
+def test_chunked_rl_tv_scales_with_the_data(volume, psf3d, scale):
+    """Blocks of peaks 50x apart, each run divided by its own power of two, with the volume's TV
+    scale: at 1e-30 volume_peak's floor of 1e-12 made that scale 1e18 times too large (4.5 % of the
+    peak off a whole run), and at 1e25 float32's |grad u|^2 overflowed (RL-TV came out as plain RL)."""
+    dim = _dimmed(volume)
+    fn = RichardsonLucyBlock(psf3d, iterations=5, tv_weight=0.01)
+    reference = chunked(dim, fn.prepare(dim, dim.shape), (24, 48, 12))
+    scaled = (dim.astype(np.float64) * scale).astype(np.float32)
+    result = chunked(scaled, fn.prepare(scaled, scaled.shape), (24, 48, 12))
+    np.testing.assert_allclose(result / scale, reference, rtol=0, atol=1e-5 * reference.max())
+
+
 def test_chunked_rl_tv_takes_the_whole_runs_default_tv_scale(volume, psf3d):
     """Found by review: blocks got the volume's largest absolute value, a whole run the largest
     value, so a volume whose most extreme voxel was negative ran at another ε in blocks (on a

@@ -1,0 +1,65 @@
+"""Richardson-Lucy is scale-equivariant, ``u(m y) = m u(y)``, at any intensity float32 holds: RL,
+RL-TV, accelerated RL and the choice of its iteration count, from 1e-30 to 1e25 times the data.
+
+Absolute constants and float32's range broke it at extreme intensities (review of extreme
+intensities): RL-TV came out as plain RL at a peak of 1e25 (``|∇u|²`` overflowed) and drifted at
+1e-15 (the TV term's least ε), acceleration stopped stepping at 1e-15 (a floor of 1e-30 under
+``<g, g>``), choose_iterations picked 1 iteration at 1e25 and 1e-30 (its squared errors overflowed,
+or fell to 0), and the ratio's floor of 1e-30 emptied data of peak 1e-30.
+"""
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+
+from conftest import asymmetric_psf
+from deconv3d.classical import choose_iterations, richardson_lucy
+
+SCALES = [1e-30, 1e-15, 1e15, 1e25]
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """Blurred boxes over a background, with Poisson noise; peak 1."""
+    truth = np.full((8, 24, 24), 0.05)
+    truth[2:6, 5:9, 5:9] = 1.0
+    truth[3:5, 14:20, 12:16] = 0.5
+    psf = asymmetric_psf((3, 5, 5))
+    blurred = np.clip(scipy.signal.fftconvolve(truth, psf, mode="same"), 0, None)
+    image = np.random.default_rng(0).poisson(300 * blurred).astype(np.float64)
+    return image / image.max(), psf
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("method, options, tolerance", [("rl", {}, 1e-5), ("rl-tv", {"tv_weight": 0.01}, 1e-5),
+                                                         ("accelerated", {"accelerate": True}, 2e-5)])
+def test_richardson_lucy_scales_with_the_data(problem, scale, method, options, tolerance):
+    image, psf = problem
+    reference = richardson_lucy(image.astype(np.float32), psf, 10, device="cpu", **options)
+    seen = []
+    result = richardson_lucy((image * scale).astype(np.float32), psf, 10, device="cpu",
+                             callback=lambda it, estimate: seen.append(estimate.clone()), **options)
+    assert result.dtype == np.float32 and reference.max() > 0.5
+    # within float32's round-off of m y (amplified by the adaptive steps of acceleration)
+    np.testing.assert_allclose(result / scale, reference, rtol=0, atol=tolerance * reference.max())
+    # the callback sees the estimates in the image's units: its last one is the result
+    assert len(seen) == 10 and np.array_equal(seen[-1].numpy(), result)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_float64_runs_keep_their_precision_at_any_scale(problem, scale):
+    image, psf = problem
+    reference = richardson_lucy(image, psf, 10, tv_weight=0.01, device="cpu", dtype=torch.float64)
+    result = richardson_lucy(image * scale, psf, 10, tv_weight=0.01, device="cpu", dtype=torch.float64)
+    np.testing.assert_allclose(result / scale, reference, rtol=0, atol=1e-12 * reference.max())
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_choose_iterations_scales_with_the_data(problem, scale):
+    image, psf = problem
+    reference = choose_iterations(image.astype(np.float32), psf, 25, patience=5, device="cpu")
+    choice = choose_iterations((image * scale).astype(np.float32), psf, 25, patience=5, device="cpu")
+    assert reference.iterations > 3 and choice.iterations == reference.iterations
+    # the risk in the image's units: mean squared, so m² times the reference's
+    np.testing.assert_allclose(np.array(choice.risk) / scale**2, reference.risk, rtol=1e-5)
