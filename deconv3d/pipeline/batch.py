@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import csv
+import errno
 import json
 import os
 import re
@@ -462,10 +463,18 @@ def _outputs_written(record: dict) -> list[str]:
 
 
 def _in_the_way(output: Path) -> bool:
-    """Whether something is at ``output`` that its replacement would lose (an empty folder is not)."""
-    if output.is_dir() and not output.is_symlink():
-        return next(output.iterdir(), None) is not None
-    return output.exists() or output.is_symlink()
+    """Whether something is at ``output`` that its replacement would lose (an empty folder is not).
+    Nothing is at a name past the file system's limit (an input of 252 to 255 bytes named an output
+    longer than 255): :func:`_process` fails that file as its input's name too long, where looking
+    at it raised "File name too long" and ended the batch in an internal error."""
+    try:
+        if output.is_dir() and not output.is_symlink():
+            return next(output.iterdir(), None) is not None
+        return output.exists() or output.is_symlink()
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return False
+        raise
 
 
 def _owned_by_another(owners: dict, output: Path, path: Path) -> Optional[Path]:
