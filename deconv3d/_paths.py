@@ -82,6 +82,7 @@ def check_output_path(output, inputs=(), suffixes=None) -> None:
         unsupported suffix, or its directory does not exist or is not writable.
     """
     output = Path(output)
+    refuse_unnamable(output)  # first: every other check looks at the output, which raised "File name too long"
     refuse_input_overlap(output, inputs)
     _refuse_folder(output)  # before the suffix: a folder 'existdir' was named as "unsupported format ''"
     if suffixes is not None and output.suffix.lower() not in suffixes:
@@ -215,9 +216,29 @@ def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
     refuse_write_protected(path)
 
 
+def refuse_unnamable(path: Path, folder: bool = False) -> None:
+    """Refuse an output path this file system cannot even look at: a name in it past its limit (255
+    bytes on most), the output's own worded by :func:`check_name_length` with the length to shorten
+    it to (not for a ``folder``, a batch's, which is not written under a temporary name). Looking
+    at it raised "File name too long", an internal error (exit 1)."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            return
+        if not folder:
+            try:
+                check_name_length(path)  # the output's own name too long: refused there, saying how short
+            except OSError:  # a folder above it too long to look at
+                pass
+        raise InputError(f"output path {path} is too long for this file system (a name in it is past its "
+                         "limit): shorten it") from None
+
+
 def _refuse_folder(path: Path) -> None:
     """Refuse a folder at an output path, unless the output may replace it, and a link to a folder
     where a file is written (a link at a ``.zarr`` output is refused later, as any link is)."""
+    refuse_unnamable(path)
     if path.is_symlink() and path.is_dir() and path.suffix.lower() != ".zarr":  # was "unsupported format ''"
         raise InputError(f"output {path} is a symbolic link to a folder ({os.readlink(path)}): give a file name")
     if path.is_dir() and not path.is_symlink() and not replaceable_folder(path):

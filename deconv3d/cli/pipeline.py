@@ -242,6 +242,7 @@ def _check_shared_files(settings) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    from deconv3d._paths import refuse_unnamable
     from deconv3d.pipeline.batch import load_config, report_as_files_finish, run_batch, status_counts
     from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
     from deconv3d.pipeline.files import deconvolve_file
@@ -254,6 +255,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     given = _setting_values(args, config)
     settings = settings_from_args(args, config)
     output_dir = Path(args.output)
+    refuse_unnamable(output_dir, folder=True)  # (looking at it raised "File name too long")
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output {output_dir} is a file: give a folder")
     if relative_to_folder(output_dir, args.input_dir) == Path():  # (any spelling of it: device and inode)

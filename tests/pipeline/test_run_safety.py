@@ -716,6 +716,31 @@ def test_an_output_name_too_long_for_its_temporary_is_refused_up_front(stack, mo
     assert _leftovers(folder) == []
 
 
+LONG = "a" * 260
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["deconvolve", "img.tif", "--psf", "psf.tif", "-o", LONG + ".tif"], ["(264 bytes)", "shorten it to"]),
+    (["deconvolve", "img.tif", "--psf", "psf.tif", "-o", LONG + ".zarr"], ["(265 bytes)", "shorten it to"]),
+    (["psf", "-o", LONG + ".tif", "--model", "gaussian", "--shape", 5, 5, 5, "--voxel-size", 0.3, 0.1, 0.1,
+      "--na", 1.2, "--wavelength", 0.5], ["(264 bytes)", "shorten it to"]),
+    (["train", "img.tif", "--psf", "psf.tif", "-o", LONG + ".ckpt", "--steps", 1], ["(265 bytes)", "shorten it to"]),
+    (["deconvolve", "img.tif", "--psf", "psf.tif", "-o", LONG + "/x.tif"], ["too long for this file system"]),
+    (["batch", ".", "-o", LONG, "--psf", "psf.tif"], ["too long for this file system", "shorten it"]),
+])
+def test_an_output_name_past_the_file_systems_limit_is_refused_in_one_line(stack, monkeypatch, capsys, argv, words):
+    """Review of file-system semantics: an output name over 255 bytes (or a folder in its path)
+    could not even be looked at ("File name too long" from the first check on it), an internal
+    error (exit 1) with a traceback's last line, for every command that writes; it is now refused
+    as a name too long for its temporary name is, before any work, and nothing is written."""
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    calls = _changing(monkeypatch, lambda: None)
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, "too long", *words)
+    assert calls == [] and sorted(os.listdir(folder)) == ["img.tif", "psf.tif"]
+
+
 @pytest.mark.parametrize("fmt, length", [("zarr", 230), ("tif", 200), ("zarr", 251)])
 def test_a_batch_input_whose_name_is_too_long_fails_alone_before_its_work(tmp_path, monkeypatch, capsys, fmt, length):
     """A TIFF output's temporary name is the longest a file's run writes (two tags): the message
