@@ -11,6 +11,7 @@ import glob
 import os
 import re
 import shutil
+import stat
 import time
 import uuid
 import weakref
@@ -145,6 +146,21 @@ def temporary_name(path: Path) -> Path:
     process writing it (``.NAME.<host>@<pid>-<id>.tmp``;
     :func:`deconv3d.pipeline.output.remove_stale_temporaries` sweeps them)."""
     return path.with_name(f".{path.name}.{host_tag()}@{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def keep_mode(path: Path, tmp: Path) -> None:
+    """Give ``tmp``, about to be renamed onto the existing output ``path``, that output's permissions,
+    as ``cp`` onto a file keeps them: a ``chmod 600`` result replaced by a rerun came back 0644
+    (readable by all), a zarr folder at 0750 as 0755 (the umask's). A new output keeps the umask's
+    mode; a link at ``path`` (which the rename replaces, never its target) gives none, nor a file to a
+    folder or a folder to a file (a file's 0644 would make a folder that cannot be entered, nor removed).
+    For a zarr folder this is the folder's own mode, which decides who may reach its files."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISLNK(st.st_mode) and stat.S_ISDIR(st.st_mode) == os.path.isdir(tmp):
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    except OSError:  # no output there (yet), or one removed meanwhile
+        pass
 
 
 def existing_ancestor(path: Path) -> Path:

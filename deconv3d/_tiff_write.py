@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 
 from deconv3d._arrays import as_numpy
-from deconv3d._paths import _check_writable_target, _one_line, out_of_space, temporary_name
+from deconv3d._paths import _check_writable_target, _one_line, keep_mode, out_of_space, temporary_name
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 
@@ -86,6 +86,7 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
                                  dtype=np.float32, imagej=True, **kwargs)
             else:
                 tifffile.imwrite(fh, data, imagej=True, **kwargs)
+        keep_mode(path, tmp)
         os.replace(tmp, path)
     except OSError as exc:
         if out_of_space(exc):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from deconv3d._paths import refuse_write_protected, temporary_name
+from deconv3d._paths import keep_mode, refuse_write_protected, temporary_name
 from deconv3d.errors import WARNINGS_LOCK, InputError
 
 
@@ -186,7 +186,8 @@ def atomic_torch_save(payload: dict, path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename it to ``path``.
 
     The file is created with the mode the umask gives (0644 under the usual 022), as the TIFF
-    and zarr outputs are, so that colleagues on a shared server can read the model.
+    and zarr outputs are, so that colleagues on a shared server can read the model; a file it
+    replaces keeps its own mode (a ``chmod 600`` model stays private), as they do.
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -209,6 +210,7 @@ def atomic_torch_save(payload: dict, path) -> None:
                 fh.write(buffer.getbuffer())
         except OSError as exc:  # named: a failed write's error names no file
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        keep_mode(path, tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

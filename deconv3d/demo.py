@@ -230,7 +230,7 @@ def _staged(output: Path):
     import os
     import shutil
 
-    from deconv3d._paths import existing_ancestor, temporary_name
+    from deconv3d._paths import existing_ancestor, keep_mode, temporary_name
     from deconv3d.pipeline.output import remove_stale_temporaries
 
     output = output.resolve()
@@ -242,6 +242,7 @@ def _staged(output: Path):
         yield staging
         output.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():
+            keep_mode(output / item.name, item)
             os.replace(item, output / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -175,3 +175,21 @@ def test_the_timed_rows_name_the_counts_their_budgets_allowed(tmp_path, monkeypa
     assert rows["blur-synth"]["note"].startswith("all 41 training steps within 1 s" if cut == "none" else
                                                  "41 training steps in 1 s, as many as fit")
     assert all(("a rerun can differ" in rows[name]["note"]) == (cut != "none") for name in ("ssl", "blur-synth"))
+
+
+def test_files_the_demo_replaces_keep_their_permissions(tmp_path):
+    """Review of file-system semantics: a replaced output keeps its mode, as ``cp`` keeps a file's
+    (a ``chmod 600`` demo figure came back 0644 from the demo's rerun); a new file takes the umask's."""
+    import os
+
+    (tmp_path / "demo.png").write_text("earlier")
+    (tmp_path / "demo.png").chmod(0o600)
+    umask = os.umask(0o022)
+    try:
+        with demo._staged(tmp_path) as folder:
+            (folder / "demo.png").write_text("again")
+            (folder / "rl.tif").write_text("new")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "demo.png").read_text() == "again" and (tmp_path / "demo.png").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "rl.tif").stat().st_mode & 0o777 == 0o644

@@ -205,6 +205,34 @@ def test_a_write_protected_file_is_not_replaced(tmp_path, rng, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["m.ckpt", "out.tif"]  # no temporaries left
 
 
+@pytest.mark.parametrize("name, mode", [("out.tif", 0o600), ("m.ckpt", 0o640), ("img.zarr", 0o750),
+                                        ("run.zarr", 0o700)], ids=["tif-600", "ckpt-640", "zarr-750", "run-700"])
+def test_a_replaced_output_keeps_its_permissions_as_cp_does(tmp_path, rng, name, mode):
+    """Review of file-system semantics: a ``chmod 600`` TIFF replaced by a rerun came back 0644,
+    readable by all (a zarr output at 0750 as 0755, a model likewise), where README promised the
+    replacement ``cp`` makes, which keeps the file's mode. A new output takes the umask's mode."""
+    from deconv3d._torch_common import atomic_torch_save
+    from deconv3d.omezarr import open_lazy, write_ome_zarr
+    from deconv3d.pipeline import run_chunked
+
+    data = rng.random((4, 6, 5), dtype=np.float32)
+    writers = {"out.tif": lambda p: write_tiff(p, data), "m.ckpt": lambda p: atomic_torch_save({"a": 1}, p),
+               "img.zarr": lambda p: write_ome_zarr(p, data),
+               "run.zarr": lambda p: run_chunked(open_lazy(tmp_path / "src.tif"), lambda b: b + 1, p)}
+    write_tiff(tmp_path / "src.tif", data)
+    path, umask = tmp_path / name, os.umask(0o022)
+    try:
+        writers[name](path)
+        new = 0o777 if path.is_dir() else 0o666
+        assert path.stat().st_mode & 0o7777 == new & ~0o022  # a new output: the umask's
+        path.chmod(mode)
+        writers[name](path)
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o7777 == mode
+    assert sorted(os.listdir(tmp_path)) == sorted({name, "src.tif"})  # replaced, no temporaries left
+
+
 def test_a_checkpoint_over_a_dangling_link_is_saved(tmp_path):
     """A dangling symbolic link at the checkpoint path is replaced by the checkpoint, as before;
     it was refused as "write-protected" (os.access judged its missing target)."""

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d._paths import (_remove, out_of_space, refuse_added_entries, remove_stale_temporaries,
+from deconv3d._paths import (_remove, keep_mode, out_of_space, refuse_added_entries, remove_stale_temporaries,
                              replaceable_folder, settle_zarr, temporary_name)
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
@@ -66,12 +66,14 @@ def _publish(tmp: Path, path: Path, attempts: int = 20) -> None:
     first (``os.replace`` cannot replace a non-empty one; any other folder is refused, not
     deleted); when another process publishes the same output in that gap (its directory appears,
     or the one to move aside is already gone) the steps are retried, so that the last to publish
-    wins instead of failing with ENOTEMPTY or ENOENT."""
+    wins instead of failing with ENOTEMPTY or ENOENT. ``tmp`` takes the mode of what it replaces
+    (:func:`~deconv3d._paths.keep_mode`)."""
     if not tmp.exists():
         raise RuntimeError(f"nothing was written to {tmp}")
     for attempt in range(attempts):
         old = None
         try:
+            keep_mode(path, tmp)
             if path.is_dir() and not path.is_symlink():
                 if not replaceable_folder(path):  # (checked before the run too; it may have appeared since)
                     refuse_added_entries(path)
