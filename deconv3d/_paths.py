@@ -64,6 +64,20 @@ def recorded_path(path) -> str:
     return path_text(Path(os.fsdecode(path)).absolute())
 
 
+def special_file_problem(path, role: str = "input") -> str | None:
+    """Why ``path`` cannot be read as an image or a PSF, as a one-line message, where it exists but is
+    neither a regular file nor a folder: a named pipe (opening it waited forever for a writer, and
+    ``deconvolve`` hung), a socket or a device. None otherwise (a missing path is left to the caller)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"{role} {path} is {kind}, not a regular file: save the image to a file and give that"
+
+
 def check_output_path(output, inputs=(), suffixes=None) -> None:
     """Check an output path before any heavy work starts.
 

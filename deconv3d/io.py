@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 
 from deconv3d._arrays import refuse_complex
-from deconv3d._paths import TIFF_SUFFIXES, _check_suffix, _one_line, check_output_path
+from deconv3d._paths import TIFF_SUFFIXES, _check_suffix, _one_line, check_output_path, special_file_problem
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
                                      calibrated, imagej_calibration, spatial_letters, time_axis_of)
 from deconv3d._tiff_write import write_tiff
@@ -80,8 +80,9 @@ def read_image(path) -> Image:
     Raises
     ------
     InputError
-        If the file is missing, not a readable TIFF (truncated or corrupt included),
-        not 2D/3D, multi-channel, time-lapse or RGB, empty, or contains NaN/Inf values.
+        If the file is missing, not a regular file (a named pipe, a socket, a device), not a
+        readable TIFF (truncated or corrupt included), not 2D/3D, multi-channel, time-lapse or
+        RGB, empty, or contains NaN/Inf values.
 
     Notes
     -----
@@ -104,6 +105,8 @@ def read_image(path) -> Image:
         kind = "an OME-Zarr folder" if path.suffix.lower() == ".zarr" else "a folder"
         raise InputError(f"{path} is {kind}, and this reads a TIFF file: give a .tif"
                          + (" (save the image as one)" if path.suffix.lower() == ".zarr" else ""))
+    if (problem := special_file_problem(path)) is not None:  # (a named pipe was "not found")
+        raise InputError(problem)
     if not path.is_file():
         raise InputError(f"input file not found: {path}: check the path")
     _check_suffix(path, "input")
@@ -136,6 +139,8 @@ def psf_path_problem(path) -> str | None:
         return (f"PSF {path} is {'an OME-Zarr folder' if zarr else 'a folder'}, and PSFs are read from TIFF files "
                 "only: give a .tif" + (" (write the PSF's array to one, e.g. with deconv3d.io.write_tiff)" if zarr
                                        else ""))
+    if (problem := special_file_problem(path, "PSF")) is not None:
+        return problem
     if not path.is_file():
         return f"PSF file not found: {path}: check the path"
     return None

@@ -1,7 +1,10 @@
 """Tests for deconv3d.io: TIFF reading/writing with voxel sizes and input errors."""
 
+import contextlib
 import errno
+import json
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -98,6 +101,63 @@ def test_integer_data_converts_to_float32(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="input file not found"):
         read_image(tmp_path / "missing.tif")
+
+
+@contextlib.contextmanager
+def _readers_let_through(fifo):
+    """Open and close ``fifo``'s writing end whenever a reader waits on it: a reader that opens it
+    then reads nothing (it waited forever for a writer), so that a missing refusal fails the test
+    instead of hanging it."""
+    stop = threading.Event()
+
+    def writer():
+        while not stop.wait(0.05):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: no reader waits
+                pass
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+@pytest.mark.parametrize("reader", ["read_image", "read_psf", "open_lazy", "deconvolve", "deconvolve-psf", "batch"])
+def test_a_named_pipe_is_refused_before_it_is_opened(tmp_path, monkeypatch, capsys, reader):
+    """Review of file-system semantics: ``deconvolve fin.tif`` with ``fin.tif`` a named pipe hung for
+    ever in tifffile's open (a batch in hashing it), and read_image called it "not found"; it is
+    refused in one line before it is opened, as the input or the PSF it was given as, and a batch
+    fails that file alone."""
+    from cli_helpers import assert_one_line_error, run
+    from deconv3d.io import read_psf
+    from deconv3d.omezarr import open_lazy
+
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("raw")
+    pipe = "raw/pipe.tif" if reader == "batch" else "pipe.tif"
+    os.mkfifo(pipe)
+    psf = np.zeros((3, 3, 3), np.float32)
+    psf[1, 1, 1] = 1
+    write_tiff("psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    with _readers_let_through(pipe):
+        if reader in ("read_image", "read_psf", "open_lazy"):
+            function = {"read_image": read_image, "read_psf": read_psf, "open_lazy": open_lazy}[reader]
+            with pytest.raises(InputError, match=r"^(input|PSF) pipe.tif is a named pipe, not a regular file"):
+                function("pipe.tif")
+        elif reader == "batch":
+            code, _, err = run(["batch", "raw", "-o", "out", "--psf", "psf.tif", "--iterations", 1], capsys)
+            row, = json.loads((tmp_path / "out" / "batch_report.json").read_text(encoding="utf-8"))["files"]
+            assert code == 3 and row["status"] == "failed" and "is a named pipe" in row["reason"], err
+        else:
+            given = ["pipe.tif", "--psf", "psf.tif"] if reader == "deconvolve" else ["psf.tif", "--psf", "pipe.tif"]
+            code, _, err = run(["deconvolve", *given, "-o", "out.tif", "--iterations", 1], capsys)
+            assert_one_line_error(code, err, "pipe.tif is a named pipe, not a regular file", "save the image")
+            assert not os.path.exists("out.tif")
 
 
 def test_text_file_named_tif(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d._arrays import refuse_complex
-from deconv3d._paths import TIFF_SUFFIXES, _one_line
+from deconv3d._paths import TIFF_SUFFIXES, _one_line, special_file_problem
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel,
                                      _size_in_um, _unit_factor, _voxel_size_um, calibrated, imagej_calibration,
                                      spatial_letters)
@@ -56,11 +56,14 @@ def open_lazy(path) -> LazyImage:
     Raises
     ------
     InputError
-        If the path is missing, of an unsupported type, or not a readable image.
+        If the path is missing, neither a regular file nor a folder (a named pipe: opening it
+        waited for ever), of an unsupported type, or not a readable image.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"input not found: {path}: check the path")
+    if (problem := special_file_problem(path)) is not None:  # (before opening: a named pipe's waited forever)
+        raise InputError(problem)
     suffix = path.suffix.lower()
     if suffix == ZARR_SUFFIX or (path.is_dir() and any((path / f).exists() for f in _ZARR_MARKERS)):
         return _open_ome_zarr(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from deconv3d._paths import (_same_file, check_name_length, glob_shown, image_stem, recorded_path,
-                             remove_stale_temporaries_in)
+                             remove_stale_temporaries_in, special_file_problem)
 from deconv3d._voxel import recorded_voxel
 from deconv3d.errors import InputError
 from deconv3d.pipeline.locks import (BUSY, DEFERRING, DONE_ELSEWHERE, claim, note_writer, noted_writers, report_lock,
@@ -494,6 +494,8 @@ def _process(path, output, record, settings, process_one, row) -> None:
     try:
         for written in (output, record):  # (named by the input: a name too long is the input's to shorten)
             check_name_length(written, renamed=path)
+        if (problem := special_file_problem(path)) is not None:  # (hashing a named pipe waited forever)
+            raise InputError(problem)
         # Not finished, but the output stays this input's (an interrupted run's next one may replace it).
         names = sorted(set(_outputs_written(_read_record(record))) | {output.name})
         note_writer(record.parent, output, record.name)  # (where runs into this folder find it: _output_owners)
