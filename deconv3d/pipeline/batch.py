@@ -330,6 +330,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     if not inputs:
         raise InputError(f"no input files in {input_dir} match {', '.join(settings.pattern)}: check --pattern")
     outputs = _outputs_for(inputs, input_dir, output_dir, settings)
+    _refuse_report_folders(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
     settings_hash, started = settings.fingerprint(), time.time()
@@ -358,6 +359,16 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
                        listed, again=True) is not False:
                 _progress_then_report(progress, report, number, len(inputs), row, rows)
     return rows
+
+
+def _refuse_report_folders(output_dir: Path) -> None:
+    """Refuse, before the first file, a folder where the batch writes its report (``batch_report.json``
+    or ``.csv`` in ``output_dir``): it was refused only when the report was written, after every file
+    had run, as "a directory that is not a zarr image deconv3d wrote"."""
+    for name in ("batch_report.json", "batch_report.csv"):
+        if (output_dir / name).is_dir() and not (output_dir / name).is_symlink():
+            raise InputError(f"{output_dir / name} is a folder, where the batch writes its report: move it away or "
+                             "write to another output folder")
 
 
 def _progress_then_report(progress, report, number, total, row, rows) -> None:

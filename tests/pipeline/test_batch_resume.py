@@ -450,18 +450,19 @@ def test_a_report_that_cannot_be_written_mid_batch_does_not_stop_it(folder, caps
     """Found by the review of the report written as files finish: with a folder named batch_report.json
     (whose write raises an InputError, not an OSError) the batch stopped after its first file, exit 2,
     its other files never run. They run, and the error comes at the end, as before that report existed;
-    a file's progress line comes before the report's write."""
+    a file's progress line comes before the report's write. (Such a folder there before the batch
+    starts is refused before its first file.)"""
     from deconv3d.pipeline import batch
 
     write = batch.write_reports
 
     def noted(output_dir, rows):
+        (out / "batch_report.json").mkdir(exist_ok=True)  # (a folder of that name a user or a tool made meanwhile)
         print("report written")
         return write(output_dir, rows)
 
     monkeypatch.setattr(batch, "write_reports", noted)
     out = folder / "out"
-    (out / "batch_report.json").mkdir(parents=True)  # (a folder of that name a user or a tool left there)
     code = main([str(a) for a in argv(folder, out)])
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
@@ -469,6 +470,21 @@ def test_a_report_that_cannot_be_written_mid_batch_does_not_stop_it(folder, caps
     assert lines[0].startswith("[1/3] done") and lines[1] == "report written"
     assert [line.split()[:2] for line in lines if line.startswith("[")] == [[f"[{n}/3]", "done"] for n in (1, 2, 3)]
     assert all(read_ome_zarr(out / f"{n}.zarr")[0].shape == (12, 24, 24) for n in NAMES)
+
+
+@pytest.mark.parametrize("name", ["batch_report.json", "batch_report.csv"])
+def test_a_folder_where_the_report_goes_is_refused_before_the_first_file(folder, capsys, name):
+    """Review of file-system semantics: a folder named batch_report.json in the output folder was
+    refused only when the report was written, after every file had run (exit 2, as "a directory
+    that is not a zarr image deconv3d wrote"); it is refused before any work, naming the report."""
+    out = folder / "out"
+    (out / name).mkdir(parents=True)
+    code = main([str(a) for a in argv(folder, out)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err == (f"deconv3d: error: {out / name} is a folder, where the batch writes its report: move it "
+                            "away or write to another output folder\n")
+    assert os.listdir(out) == [name] and os.listdir(out / name) == []  # no output, no record, the folder kept
 
 
 @pytest.mark.parametrize("error, fix", [(OSError(errno.ENOSPC, "No space left on device"), "free disk space"),
