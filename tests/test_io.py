@@ -497,7 +497,8 @@ def test_planes_appended_one_series_each_read_as_a_stack(tmp_path, rng):
     path = tmp_path / "appended.tif"
     for plane in stack:
         tifffile.imwrite(path, plane, append=True)
-    assert len(tifffile.TiffFile(path).series) == 5  # the case: the first series is one plane
+    with tifffile.TiffFile(path) as tif:  # (closed: left to the collector, its ResourceWarning landed in a later test)
+        assert len(tif.series) == 5  # the case: the first series is one plane
     img = read_image(path)
     assert img.axes == "ZYX"
     np.testing.assert_array_equal(img.data, stack.astype(np.float32))
