@@ -149,9 +149,12 @@ TERMINATING = ("SIGTERM", "SIGHUP")
 @contextlib.contextmanager
 def _terminate_as_interrupt(program: bool = False):
     """While a command runs, SIGTERM and SIGHUP raise :class:`Terminated` naming the signal (in the
-    main thread only, where Python runs signal handlers), once (more of them while the clean-up
-    runs are let pass), and turn logging off for the clean-up; one
-    ignored by whoever started us (SIGHUP under nohup) stays ignored. The previous handlers, and
+    main thread only, where Python runs signal handlers), and turn logging off for the clean-up; one
+    ignored by whoever started us (SIGHUP under nohup) stays ignored. More of them while a Terminated
+    is being handled (its clean-up: the except and finally blocks and context managers' exits it runs)
+    are let pass. One that Python could not raise, raised in a C library's callback into Python
+    (llvmlite's while numba compiles, a finalizer's, a gc callback's: printed as "Exception ignored ..."
+    and dropped), is sent again once the hook that reports it has returned. The previous handlers, and
     logging as it was, are restored afterwards (main called from Python had left the caller's logging
     off), except logging for the ``program``, which is ending: a stopped local cluster's child processes
     exit meanwhile, and distributed's thread watching them logged a WARNING after the run's last line."""
@@ -160,29 +163,86 @@ def _terminate_as_interrupt(program: bool = False):
         return
 
     def handler(signum, frame):
-        # Once: a second signal while the first one's clean-up runs (a scheduler's SIGTERM to every process
-        # of the job, a SIGHUP after it) cut the clean-up's waits short, and a block still writing made the
-        # removed temporary output again (a test's run, a signal from each block, left it behind).
-        if stopped:
-            return
+        # The first one's clean-up runs: a second signal (a scheduler's SIGTERM to every process of the job, a
+        # SIGHUP after it) cut its waits short, and a block still writing made the removed temporary output
+        # again. Only while it runs: ignoring every later signal once one had been raised, a Terminated that a
+        # C callback dropped left the run deaf to SIGTERM and SIGHUP (it finished, exit 0, its output written).
+        if not active or _handling(Terminated) or any(f.f_code is swallowed.__code__ for f in _stack(frame)):
+            return  # (within the hook: the dropped one is sent again, and ends the run)
         # The process is asked to end: what its clean-up stops (a dask cluster's nannies, its event loop, a
         # worker still starting) logs nothing (29-50 lines of tracebacks came after the run's own line).
         stopped.append(signum)
         logging.disable(logging.CRITICAL)
         raise Terminated(signum)
 
+    def swallowed(unraisable):
+        if not isinstance(unraisable.exc_value, Terminated) or not _send_again(unraisable.exc_value.signum,
+                                                                               sys._getframe(), lock, active):
+            hook_before(unraisable)
+
     before, disabled, stopped = {}, logging.root.manager.disable, []
+    active, lock = [True], threading.Lock()  # (the command runs; sending a signal again and ending, one at a time)
     for name in TERMINATING:
         signum = getattr(signal, name, None)  # (Windows has no SIGHUP)
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
             before[signum] = signal.signal(signum, handler)
+    hook_before, sys.unraisablehook = sys.unraisablehook, swallowed
     try:
         yield
     finally:
+        with lock:
+            active.clear()
+        if sys.unraisablehook is swallowed:
+            sys.unraisablehook = hook_before
         for signum, handler_before in before.items():
             signal.signal(signum, handler_before)
         if stopped and not program:  # (after the clean-up, which ran in the block)
             logging.disable(disabled)
+
+
+def _handling(kind) -> bool:
+    """Whether an exception of ``kind`` is being handled in this thread (an except or finally block, a context
+    manager's exit, run because of it), or is the context of one raised and handled meanwhile."""
+    exc, seen = sys.exception(), set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
+
+
+def _stack(frame):
+    """``frame`` and the frames that called it, the caller's last."""
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def _send_again(signum: int, hook, lock, active) -> bool:
+    """Send ``signum`` to the main thread again, as soon as the frame ``hook`` (the unraisable hook that was
+    given the Terminated a C callback dropped, running in the main thread) has returned: raised inside the
+    hook, it would be dropped again. Nothing is sent once the command is over (``active`` emptied under
+    ``lock``). False where no thread can be started (the interpreter is ending)."""
+    import _thread
+    import time
+
+    main = threading.main_thread().ident
+
+    def later():
+        for _ in range(5000):  # (the hook returns at once; at most 5 s)
+            if not any(f is hook for f in _stack(sys._current_frames().get(main))):
+                break
+            time.sleep(0.001)
+        with lock:
+            if active:
+                _thread.interrupt_main(signum)  # (as the signal itself: handled by the handler in place)
+
+    try:
+        threading.Thread(target=later, name="deconv3d-signal-again", daemon=True).start()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _tolerant_output():

@@ -518,6 +518,80 @@ def test_a_second_termination_signal_does_not_cut_the_clean_up_short():
     assert cleaned == ["done"] and caught.value.name == "SIGTERM"
 
 
+def _dropped_in_a_c_callback(monkeypatch, signum):
+    """Raise ``signum`` inside a C callback into Python as the run creates its output (in the main thread,
+    as llvmlite's callback while numba compiles): the Terminated raised there is printed and dropped."""
+    import ctypes
+
+    import deconv3d.omezarr
+
+    create, dropped = deconv3d.omezarr.create_ome_zarr, []
+
+    def created(*args, **kwargs):
+        if not dropped:
+            callback = ctypes.CFUNCTYPE(None)(lambda: signal.raise_signal(signum))
+            callback()
+            dropped.append(signum)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(deconv3d.omezarr, "create_ome_zarr", created)
+    return dropped
+
+
+def test_a_termination_a_c_callback_dropped_does_not_deafen_the_run(stack, monkeypatch, capsys):
+    """Found by the review of the signal handling: a SIGTERM whose Terminated a C callback dropped (llvmlite's
+    while numba compiled: "Exception ignored on calling ctypes callback function") had made every later
+    SIGTERM and SIGHUP ignored, and the run finished with exit 0, its output written. Not sent again here
+    (as if that failed): the scheduler's next SIGTERM, from a block, still ends the run."""
+    import deconv3d.cli
+
+    monkeypatch.setattr(deconv3d.cli, "_send_again", lambda *args: True)  # (dropped for good)
+    dropped = _dropped_in_a_c_callback(monkeypatch, signal.SIGTERM)
+    folder = _signalled_in_a_block(stack, monkeypatch, signal.SIGTERM)
+    code, _, err = run(["deconvolve", "in/img.tif", "-o", "out.zarr", "--psf", "psf.tif", "--chunks", 8, 16, 16,
+                        "--iterations", 2], capsys)
+    assert dropped and code == 143 and "terminated (SIGTERM)" in err.strip().splitlines()[-1], err
+    assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
+
+
+def test_a_termination_a_c_callback_dropped_is_sent_again(stack, monkeypatch, capsys):
+    """The same dropped SIGTERM, and no other: it is sent again once the hook that reports it has returned,
+    and ends the run as it would have (not at the scheduler's SIGKILL, with the temporary output left)."""
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    dropped = _dropped_in_a_c_callback(monkeypatch, signal.SIGTERM)
+    code, _, err = run(["deconvolve", "img.tif", "-o", "out.zarr", "--psf", "psf.tif", "--chunks", 8, 16, 16,
+                        "--iterations", 2], capsys)
+    assert dropped and code == 143 and err.strip().splitlines() == ["deconv3d: terminated (SIGTERM); no output was "
+                                                                     "written"], err
+    assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
+
+
+def test_a_signal_while_a_dropped_termination_is_reported_is_not_raised_in_the_hook(monkeypatch):
+    """A second SIGTERM while the hook that was given the dropped Terminated runs: raised there, it was dropped
+    too (Python's "Exception ignored in sys.unraisablehook"), before the first one could be sent again."""
+    import ctypes
+    import time
+
+    import deconv3d.cli
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+
+    send_again = deconv3d.cli._send_again
+
+    def signalled_meanwhile(*args):
+        signal.raise_signal(signal.SIGTERM)
+        return send_again(*args)
+
+    monkeypatch.setattr(deconv3d.cli, "_send_again", signalled_meanwhile)
+    with pytest.raises(Terminated) as caught, _terminate_as_interrupt():
+        ctypes.CFUNCTYPE(None)(lambda: signal.raise_signal(signal.SIGTERM))()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # (sent again within milliseconds)
+            time.sleep(0.01)
+    assert caught.value.name == "SIGTERM"
+
+
 def test_a_termination_turns_logging_off_for_the_clean_up_only():
     """Found by the cluster review: SIGTERM while a batch's local dask cluster started (or stopped) printed
     29-50 lines of distributed's log lines and tracebacks after the run's "terminated" line. Logging is
