@@ -1,17 +1,21 @@
 """Output paths checked before any heavy work starts, the temporary names outputs are written
-under until they are complete (:mod:`deconv3d.io`, :mod:`deconv3d.pipeline.output`), and the
-sweep of what killed runs left under such names (kept here, free of heavy imports, so that every
+under until they are complete (:mod:`deconv3d.io`, :mod:`deconv3d.pipeline.output`), the section
+that keeps a termination signal from cutting their publishing in two (:func:`signals_deferred`), and
+the sweep of what killed runs left under such names (kept here, free of heavy imports, so that every
 command can sweep before it writes)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import glob
 import os
 import re
 import shutil
+import signal
 import stat
+import threading
 import time
 import uuid
 import weakref
@@ -561,6 +565,40 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """A section of the main thread that a termination must not cut in two: publishing an output, where an
+    earlier one is moved aside and the new one renamed into its place (a SIGTERM between the two renames
+    removed both). A signal handler that asks :func:`defer_signal` (the command line's, for SIGTERM and
+    SIGHUP) records its signal there instead of raising, and the signal is raised again, once, as the
+    outermost section ends. Elsewhere, and in other threads (Python runs handlers in the main thread
+    only), nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _DEFERRED["depth"] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED["depth"] -= 1
+        signum = None if _DEFERRED["depth"] else _DEFERRED.pop("signum", None)
+        if signum is not None:
+            signal.raise_signal(signum)  # (its handler runs now, in this thread)
+
+
+def defer_signal(signum: int) -> bool:
+    """For a signal handler: inside :func:`signals_deferred`, record ``signum`` (the first one), to be raised
+    again as the section ends, and return True; elsewhere False."""
+    if not _DEFERRED["depth"]:
+        return False
+    _DEFERRED.setdefault("signum", signum)
+    return True
+
+
+#: How deep the main thread is in :func:`signals_deferred` sections, and the signal deferred meanwhile.
+_DEFERRED: dict = {"depth": 0}
 
 
 def settle_zarr(timeout: float = 3.0) -> None:

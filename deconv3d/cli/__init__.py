@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import errno
 import logging
+import os
 import signal
 import sys
 import threading
@@ -25,7 +26,7 @@ import traceback
 import warnings
 
 from deconv3d import __version__
-from deconv3d._paths import SPACE_ERRORS, out_of_space, settle_zarr
+from deconv3d._paths import SPACE_ERRORS, defer_signal, out_of_space, settle_zarr
 from deconv3d.errors import OWN_MODULES, Deconv3dWarning, InputError
 
 from . import blur, classical, pipeline, selfsup
@@ -110,8 +111,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        say_last(f"deconv3d: {f'terminated ({exc.name})' if isinstance(exc, Terminated) else 'interrupted'}; no "
-                 "output was written")
+        how = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted"
+        # It came as the output was put in place (atomic_output), and that output stays: not a chunked run's
+        # scratch folder for a TIFF, removed since.
+        published = getattr(exc, "published", None)
+        published = published if published is not None and os.path.lexists(published) else None
+        say_last(f"deconv3d: {how} after {published} was written: the output is complete" if published else
+                 f"deconv3d: {how}; no output was written")
         return exc.status if isinstance(exc, Terminated) else 130
     except OSError as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_closed():
@@ -152,12 +158,14 @@ def _terminate_as_interrupt(program: bool = False):
     main thread only, where Python runs signal handlers), and turn logging off for the clean-up; one
     ignored by whoever started us (SIGHUP under nohup) stays ignored. More of them while a Terminated
     is being handled (its clean-up: the except and finally blocks and context managers' exits it runs)
-    are let pass. One that Python could not raise, raised in a C library's callback into Python
-    (llvmlite's while numba compiles, a finalizer's, a gc callback's: printed as "Exception ignored ..."
-    and dropped), is sent again once the hook that reports it has returned. The previous handlers, and
-    logging as it was, are restored afterwards (main called from Python had left the caller's logging
-    off), except logging for the ``program``, which is ending: a stopped local cluster's child processes
-    exit meanwhile, and distributed's thread watching them logged a WARNING after the run's last line."""
+    are let pass, and one that comes while an output is put in place is raised once it is there
+    (:func:`~deconv3d._paths.signals_deferred`). One that Python could not raise, raised in a C
+    library's callback into Python (llvmlite's while numba compiles, a finalizer's, a gc callback's:
+    printed as "Exception ignored ..." and dropped), is sent again once the hook that reports it has
+    returned. The previous handlers, and logging as it was, are restored afterwards (main called from
+    Python had left the caller's logging off), except logging for the ``program``, which is ending: a
+    stopped local cluster's child processes exit meanwhile, and distributed's thread watching them
+    logged a WARNING after the run's last line."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -169,6 +177,8 @@ def _terminate_as_interrupt(program: bool = False):
         # C callback dropped left the run deaf to SIGTERM and SIGHUP (it finished, exit 0, its output written).
         if not active or _handling(Terminated) or any(f.f_code is swallowed.__code__ for f in _stack(frame)):
             return  # (within the hook: the dropped one is sent again, and ends the run)
+        if defer_signal(signum):
+            return  # an output is being put in place: raised once it is (signals_deferred)
         # The process is asked to end: what its clean-up stops (a dask cluster's nannies, its event loop, a
         # worker still starting) logs nothing (29-50 lines of tracebacks came after the run's own line).
         stopped.append(signum)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from deconv3d.errors import InputError
 from deconv3d._paths import (_remove, keep_mode, out_of_space, refuse_added_entries, remove_stale_temporaries,
-                             replaceable_folder, settle_zarr, temporary_name)
+                             replaceable_folder, settle_zarr, signals_deferred, temporary_name)
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
@@ -30,6 +30,9 @@ def atomic_output(path, folder: bool = False):
     is refused here, before any work, and again when publishing (it may appear meanwhile).
     ``folder``: the output is a directory (a zarr image), which cannot replace a file or a symbolic
     link at ``path``: those are refused here too, not once the work is done.
+    Publishing is not cut in two by the command line's SIGTERM or SIGHUP
+    (:func:`~deconv3d._paths.signals_deferred`): one that comes meanwhile is raised once the output
+    is in place, and its exception carries the output's path as ``published``.
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -46,10 +49,18 @@ def atomic_output(path, folder: bool = False):
                          "tool's, or written through the Python API before deconv3d marked its outputs): move it "
                          "away or choose another output name; its files are left as they are")
     tmp = temporary_name(path)
+    published = False
     try:
         yield tmp
-        _publish(tmp, path)
+        # (a SIGTERM between _publish's two renames removed the earlier output and this one; one just after
+        # them exited saying that no output was written)
+        with signals_deferred():
+            _publish(tmp, path)
+            published = True
     except BaseException as exc:
+        if published:  # the signal deferred meanwhile, raised now: the output is complete
+            exc.published = str(path)
+            raise
         try:
             # a failed zarr write's other chunks, still being written: not into the removed folder (a slow
             # disk's writes may take seconds; main's own call afterwards waits only 3 s, and not for these)

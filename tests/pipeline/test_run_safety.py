@@ -592,6 +592,64 @@ def test_a_signal_while_a_dropped_termination_is_reported_is_not_raised_in_the_h
     assert caught.value.name == "SIGTERM"
 
 
+@pytest.mark.parametrize("when", ["between the renames", "after the rename"])
+def test_a_sigterm_while_the_output_is_put_in_place_leaves_it_complete(stack, monkeypatch, capsys, when):
+    """Found by the review of the signal handling: a SIGTERM between publishing's two renames (the earlier
+    output moved aside, the new one not yet in its place) removed both, and one just after them exited 143
+    saying that no output was written while it was there. The signal now waits for the publishing: the new
+    output is complete, the run still ends with 143, and its line says so."""
+    import zarr
+
+    from deconv3d.pipeline import output
+
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    argv = ["deconvolve", "img.tif", "--psf", "psf.tif", "--chunks", 8, 16, 16, "--iterations", 2, "-o"]
+    assert run([*argv, "ref.zarr"], capsys)[0] == 0  # the reference: the same run, not signalled
+    assert run([*argv[:-2], 1, "-o", "out.zarr"], capsys)[0] == 0  # an earlier output, to be replaced
+    earlier = zarr.open_group(str(folder / "out.zarr"), mode="r")["0"][:]
+    target, replace = (folder / "out.zarr").absolute(), os.replace
+
+    def signalled(src, dst):
+        replace(src, dst)
+        if Path(src if when == "between the renames" else dst) == target:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(output.os, "replace", signalled)
+    code, _, err = run([*argv, "out.zarr"], capsys)
+    monkeypatch.setattr(output.os, "replace", replace)
+    assert code == 143 and err.strip().splitlines() == [f"deconv3d: terminated (SIGTERM) after {target} was written: "
+                                                        "the output is complete"], err
+    written, reference = (zarr.open_group(str(folder / name), mode="r")["0"][:] for name in ("out.zarr", "ref.zarr"))
+    assert np.array_equal(written, reference) and not np.array_equal(written, earlier)
+    assert _leftovers(folder) == []
+
+
+def test_a_sigterm_as_a_tiff_runs_scratch_output_is_put_in_place_says_no_output_was_written(stack, monkeypatch,
+                                                                                           capsys):
+    """A chunked run into a TIFF writes a hidden zarr first: a SIGTERM deferred while that one was put in place
+    is no written output (it is removed), and the line says so."""
+    from deconv3d.pipeline import output
+
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    replace, signalled_at = os.replace, []
+
+    def signalled(src, dst):
+        replace(src, dst)
+        if Path(dst).name.startswith(".out.tif."):
+            signalled_at.append(dst)
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(output.os, "replace", signalled)
+    code, _, err = run(["deconvolve", "img.tif", "--psf", "psf.tif", "--chunks", 8, 16, 16, "--iterations", 2, "-o",
+                        "out.tif"], capsys)
+    monkeypatch.setattr(output.os, "replace", replace)
+    assert signalled_at and code == 143, err
+    assert err.strip().splitlines() == ["deconv3d: terminated (SIGTERM); no output was written"], err
+    assert not (folder / "out.tif").exists() and _leftovers(folder) == []
+
+
 def test_a_termination_turns_logging_off_for_the_clean_up_only():
     """Found by the cluster review: SIGTERM while a batch's local dask cluster started (or stopped) printed
     29-50 lines of distributed's log lines and tracebacks after the run's "terminated" line. Logging is
