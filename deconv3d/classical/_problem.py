@@ -184,6 +184,14 @@ def _working_exponent(y: torch.Tensor) -> int:
     return math.frexp(peak)[1] - 1
 
 
+def _working_data(y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(y / 2**k, k)`` with ``k`` from :func:`_working_exponent`: the data Richardson-Lucy runs on
+    (``y`` itself for ``k`` 0, else a scaled copy) and the exponent that brings its results back into
+    the image's units (``· 2**k``; a squared error's ``· 4**k``)."""
+    exponent = _working_exponent(y)
+    return _times_power_of_two(y, -exponent), exponent
+
+
 def _times_power_of_two(t: torch.Tensor, k: int, inplace: bool = False) -> torch.Tensor:
     """``t · 2**k``, exact where the result is a normal number: ``t`` itself for ``k`` 0, else a new
     tensor (``t`` scaled in place with ``inplace``). In factors of at most ``2**±100``, each one a

@@ -9,8 +9,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from deconv3d.classical._iterate import _Workspace, _blur, _initial_estimate, _rl_update
-from deconv3d.classical._problem import (_Problem, _check_inputs, _check_options, _holdout_problem,
-                                         _times_power_of_two, _working_exponent)
+from deconv3d.classical._problem import _Problem, _check_inputs, _check_options, _holdout_problem, _working_data
 from deconv3d.classical.rl import _tv_for
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
@@ -180,8 +179,7 @@ def choose_iterations(
                          f"{holdout:g}), too few to judge the iteration count by (at least {MIN_HELD_OUT}): give the "
                          "count yourself (--iterations N on the command line), or hold out more")
     keep = (~held).to(dtype)
-    exponent = _working_exponent(y)  # as richardson_lucy runs it; the risk is scaled back by 4**exponent
-    y = _times_power_of_two(y, -exponent)
+    y, exponent = _working_data(y)  # as richardson_lucy runs it; the risk is scaled back by 4**exponent
     problem = _holdout_problem(y, h, boundary, keep)
     tv = _tv_for(problem, tv_weight, voxel_size, None, y, keep)  # richardson_lucy's with these weights
     target, count = y.clamp_min(0)[held], max(int(held.sum()), 1)

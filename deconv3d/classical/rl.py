@@ -10,7 +10,7 @@ import torch
 from deconv3d.classical._iterate import _TV, _run
 from deconv3d.classical._problem import (_build_problem, _check_accelerate, _check_inputs, _check_options,
                                          _check_weights, _holdout_problem, _is_number, _times_power_of_two,
-                                         _working_exponent)
+                                         _working_data)
 from deconv3d.errors import InputError
 from deconv3d.fft import checked_result, kernel_origin, resolve_device
 
@@ -209,8 +209,7 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
         raise InputError(f"extended=True needs boundary='bertero' (the only one that estimates the object beyond "
                          f"the image), got {boundary!r}")
     keep = None if weights is None else _check_weights(weights, y)
-    exponent = _working_exponent(y)  # extreme intensities run divided by a power of two
-    y = _times_power_of_two(y, -exponent)
+    y, exponent = _working_data(y)  # extreme intensities run divided by a power of two
     if exponent and callback is not None:
         callback = _in_callers_units(callback, exponent)
     problem = _build_problem(y, h, boundary) if keep is None else _holdout_problem(y, h, boundary, keep)
@@ -228,7 +227,8 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
 
 def _in_callers_units(callback: Callback, exponent: int) -> Callback:
     """``callback`` handed the estimate of a run on data divided by ``2**exponent`` in the image's units
-    (a copy, scaled back: for data of extreme intensities only, see :func:`_working_exponent`)."""
+    (a copy, scaled back: for data of extreme intensities only, see
+    :func:`~deconv3d.classical._problem._working_exponent`)."""
     return lambda it, estimate: callback(it, _times_power_of_two(estimate, exponent))
 
 
@@ -264,8 +264,7 @@ def _schedule_and_estimate(image, psf, iterations: int, *, boundary: str, tv_wei
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
     iterations = _check_options(iterations, boundary, tv_weight, None, y.ndim, voxel_size)
-    exponent = _working_exponent(y)  # as richardson_lucy runs it
-    y = _times_power_of_two(y, -exponent)
+    y, exponent = _working_data(y)  # as richardson_lucy runs it
     problem = _build_problem(y, h, boundary)
     tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, y, exponent=exponent)
     record: list[float] = []
