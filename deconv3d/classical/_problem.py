@@ -184,11 +184,19 @@ def _working_exponent(y: torch.Tensor) -> int:
     return math.frexp(peak)[1] - 1
 
 
-def _working_data(y: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _working_data(y: torch.Tensor, keep: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
     """``(y / 2**k, k)`` with ``k`` from :func:`_working_exponent`: the data Richardson-Lucy runs on
     (``y`` itself for ``k`` 0, else a scaled copy) and the exponent that brings its results back into
-    the image's units (``· 2**k``; a squared error's ``· 4**k``)."""
-    exponent = _working_exponent(y)
+    the image's units (``· 2**k``; a squared error's ``· 4**k``).
+
+    With ``keep``, the voxels' weights, ``k`` is taken over the voxels of positive weight, the ones
+    the fit sees, so that the estimate does not depend on the value of a voxel of weight 0: one such
+    voxel (a saturated one, at 1e20) set the scale, and RL-TV's result moved by 14 % of its peak, the
+    accelerated run's by 34 %. The scaled copy has those voxels at 0: divided by the kept voxels'
+    power of two, a value far above them could overflow, and ``0 · Inf`` is NaN."""
+    exponent = _working_exponent(y if keep is None else y[keep > 0])
+    if exponent and keep is not None:
+        return _times_power_of_two(y.masked_fill(keep <= 0, 0), -exponent, inplace=True), exponent
     return _times_power_of_two(y, -exponent), exponent
 
 

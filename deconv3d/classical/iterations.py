@@ -179,7 +179,9 @@ def choose_iterations(
                          f"{holdout:g}), too few to judge the iteration count by (at least {MIN_HELD_OUT}): give the "
                          "count yourself (--iterations N on the command line), or hold out more")
     keep = (~held).to(dtype)
-    y, exponent = _working_data(y)  # as richardson_lucy runs it; the risk is scaled back by 4**exponent
+    # as richardson_lucy runs it, but over every voxel: the held-out ones are the risk's targets, which a
+    # power of two set by the kept ones alone could overflow; the risk is scaled back by 4**exponent
+    y, exponent = _working_data(y)
     problem = _holdout_problem(y, h, boundary, keep)
     tv = _tv_for(problem, tv_weight, voxel_size, None, y, keep)  # richardson_lucy's with these weights
     target, count = y.clamp_min(0)[held], max(int(held.sum()), 1)

@@ -153,10 +153,10 @@ def richardson_lucy(
     Negative data values (read noise around a zero background) are set to zero first: the
     Poisson model behind RL has no negative counts. RL is scale-equivariant, ``u(m y) = m u(y)``,
     and so is this function at any intensity the working dtype holds (1e-30 to 1e30 times the
-    data agree to float32's round-off): an image whose peak lies beyond ``2**±32`` is deconvolved
-    divided by a power of two, which changes no bit of the arithmetic, and the result multiplied
-    back, so that no absolute guard (the ratio's floor, the TV term's least ε) and no float32
-    overflow of ``|∇u|²`` shapes it.
+    data agree to float32's round-off): an image whose peak (over the voxels of positive ``weights``)
+    lies beyond ``2**±32`` is deconvolved divided by a power of two, which changes no bit of the
+    arithmetic, and the result multiplied back, so that no absolute guard (the ratio's floor, the TV
+    term's least ε) and no float32 overflow of ``|∇u|²`` shapes it.
     The update is ``u_{k+1} = u_k / (1 - λ div(∇u_k / |∇u_k|_ε)) · H^T(y / (H u_k))`` [1]_ [2]_,
     with ``H`` the convolution with the PSF and ``H^T`` its transpose (correlation). The
     Bertero boundary replaces ``H^T(·)`` by ``H^T(M ·) / H^T(M 1)`` with ``M`` the image
@@ -209,7 +209,7 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
         raise InputError(f"extended=True needs boundary='bertero' (the only one that estimates the object beyond "
                          f"the image), got {boundary!r}")
     keep = None if weights is None else _check_weights(weights, y)
-    y, exponent = _working_data(y)  # extreme intensities run divided by a power of two
+    y, exponent = _working_data(y, keep)  # extreme intensities run divided by a power of two
     if exponent and callback is not None:
         callback = _in_callers_units(callback, exponent)
     problem = _build_problem(y, h, boundary) if keep is None else _holdout_problem(y, h, boundary, keep)
