@@ -84,3 +84,28 @@ def test_a_voxel_of_weight_zero_does_not_set_the_working_scale(peak, options):
     assert results[0].max() > 0.5 * peak
     for result in results[1:]:
         assert np.array_equal(result, results[0])
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e-170])
+def test_choose_iterations_chooses_in_float64_where_the_risk_overflows_or_underflows(problem, scale):
+    """Found by review: the risk was scaled back by ``4.0 ** exponent``, which raised OverflowError at
+    1e160 (float64), and at 1e-170 was 0, so every risk was 0 and 1 iteration was chosen. The
+    choice compares the risks in the working units; in the image's they are Inf, or 0."""
+    image, psf = problem
+    reference = choose_iterations(image, psf, 25, patience=5, device="cpu", dtype=torch.float64)
+    choice = choose_iterations(image * scale, psf, 25, patience=5, device="cpu", dtype=torch.float64)
+    assert reference.iterations > 3 and choice.iterations == reference.iterations
+    assert len(choice.risk) == len(reference.risk)
+    assert all(r == (np.inf if scale > 1 else 0.0) for r in choice.risk)
+
+
+def test_a_tv_scale_is_divided_alike_at_the_ends_of_float64s_range(problem):
+    """Found by review: a tv_scale was divided by ``2.0 ** -exponent``, which raised OverflowError for
+    float64 data of peak 1e-310 (exponent -1030). Data and scale 2**-1030 times a reference run's
+    (subnormal numbers) give its result 2**-1030 times."""
+    image, psf = problem
+    reference = richardson_lucy(image, psf, 5, tv_weight=0.01, tv_scale=0.8, device="cpu", dtype=torch.float64)
+    result = richardson_lucy(np.ldexp(image, -1030), psf, 5, tv_weight=0.01, tv_scale=np.ldexp(0.8, -1030),
+                             device="cpu", dtype=torch.float64)
+    assert reference.max() > 0.5
+    np.testing.assert_allclose(np.ldexp(result, 1030), reference, rtol=0, atol=1e-9 * reference.max())

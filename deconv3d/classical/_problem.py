@@ -211,6 +211,16 @@ def _times_power_of_two(t: torch.Tensor, k: int, inplace: bool = False) -> torch
     return t
 
 
+def _float_times_power_of_two(x: float, k: int) -> float:
+    """``x · 2**k`` as a Python float: exact where that is a normal number, ±Inf where it overflows
+    float64 and 0 where it underflows (``2.0 ** k`` itself raised OverflowError from ``k`` = 1024,
+    which float64 runs of peak 1e160 or 1e-310 reach)."""
+    try:
+        return math.ldexp(x, k)
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
 def rl_fft_shape(shape, psf_shape, boundary: str = "bertero") -> tuple[int, ...]:
     """The shape of Richardson-Lucy's FFTs on an image of ``shape`` with a PSF of ``psf_shape``, from
     the shapes alone, as :func:`_build_geometry` sets them: what picks their backend

@@ -9,7 +9,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from deconv3d.classical._iterate import _Workspace, _blur, _initial_estimate, _rl_update
-from deconv3d.classical._problem import _Problem, _check_inputs, _check_options, _holdout_problem, _working_data
+from deconv3d.classical._problem import (_Problem, _check_inputs, _check_options, _float_times_power_of_two,
+                                         _holdout_problem, _working_data)
 from deconv3d.classical.rl import _tv_for
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
@@ -20,10 +21,11 @@ class IterationChoice:
     """Outcome of :func:`choose_iterations`.
 
     ``iterations`` is the count with the lowest held-out prediction error; ``risk[k - 1]`` is
-    that error (mean squared, in the image's units) after ``k`` iterations; ``holdout`` is
-    the fraction of voxels held out and ``stopped`` why the search ended: ``"patience"``
-    (the error rose for ``patience`` iterations past its minimum), ``"max_iterations"`` or
-    ``"cancelled"``.
+    that error (mean squared, in the image's units: Inf or 0 where float64 cannot hold it, errors
+    beyond about 1e154 or below 1e-162 in a float64 run, whose count is chosen all the same) after
+    ``k`` iterations; ``holdout`` is the fraction of voxels held out and ``stopped`` why the
+    search ended: ``"patience"`` (the error rose for ``patience`` iterations past its minimum),
+    ``"max_iterations"`` or ``"cancelled"``.
     """
 
     iterations: int
@@ -140,7 +142,9 @@ def choose_iterations(
 
     The search stops after ``max_iterations``, when ``patience`` iterations have passed since
     the lowest risk so far, or when ``callback`` returns ``True``; the count returned is the
-    first ``k`` with the lowest ``R(k)``, and ``risk`` holds every ``R(k)`` computed.
+    first ``k`` with the lowest ``R(k)`` (compared in RL's working units, ``R(k) / 4**e`` for data
+    run divided by ``2**e``, where they neither over- nor underflow), and ``risk`` holds every
+    ``R(k)`` computed.
 
     References
     ----------
@@ -185,17 +189,21 @@ def choose_iterations(
     problem = _holdout_problem(y, h, boundary, keep)
     tv = _tv_for(problem, tv_weight, voxel_size, None, y, keep)  # richardson_lucy's with these weights
     target, count = y.clamp_min(0)[held], max(int(held.sum()), 1)
+    # the choice compares the risks in the working units (their order is the image units' order), where
+    # float64 holds them: in the image's, those of a float64 run of peak 1e160 overflow, of 5e-170 underflow
+    working: list[float] = []
     risk: list[float] = []
     stopped = "max_iterations"
     for it, prediction in _holdout_predictions(problem, int(max_iterations), tv):
-        risk.append(float(torch.sum((prediction[held] - target) ** 2)) / count * 4.0 ** exponent)
+        working.append(float(torch.sum((prediction[held] - target) ** 2)) / count)
+        risk.append(_float_times_power_of_two(working[-1], 2 * exponent))
         if callback is not None and callback(it, risk[-1]):
             stopped = "cancelled"
             break
-        if it - (risk.index(min(risk)) + 1) >= patience:
+        if it - (working.index(min(working)) + 1) >= patience:
             stopped = "patience"
             break
-    return IterationChoice(risk.index(min(risk)) + 1, tuple(risk), float(holdout), stopped)
+    return IterationChoice(working.index(min(working)) + 1, tuple(risk), float(holdout), stopped)
 
 
 def _holdout_predictions(p: _Problem, iterations: int, tv):

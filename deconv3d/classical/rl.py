@@ -9,8 +9,8 @@ import torch
 
 from deconv3d.classical._iterate import _TV, _run
 from deconv3d.classical._problem import (_build_problem, _check_accelerate, _check_inputs, _check_options,
-                                         _check_weights, _holdout_problem, _is_number, _times_power_of_two,
-                                         _working_data)
+                                         _check_weights, _float_times_power_of_two, _holdout_problem, _is_number,
+                                         _times_power_of_two, _working_data)
 from deconv3d.errors import InputError
 from deconv3d.fft import checked_result, kernel_origin, resolve_device
 
@@ -288,7 +288,7 @@ def _tv_for(problem, tv_weight, voxel_size, tv_scale, image: torch.Tensor, keep=
     if tv_scale is None:
         tv_scale = _default_tv_scale(image if keep is None else image[keep > 0])
     else:
-        tv_scale = float(tv_scale) * 2.0 ** -exponent
+        tv_scale = _float_times_power_of_two(float(tv_scale), -exponent)
     return _TV.for_problem(problem, tv_weight, voxel_size, float(tv_scale), smoothing, differences)
 
 
