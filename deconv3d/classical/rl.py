@@ -209,11 +209,12 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
         raise InputError(f"extended=True needs boundary='bertero' (the only one that estimates the object beyond "
                          f"the image), got {boundary!r}")
     keep = None if weights is None else _check_weights(weights, y)
-    y, exponent = _working_data(y, keep)  # extreme intensities run divided by a power of two
-    if exponent and callback is not None:
+    work, exponent = _working_data(y, keep)  # extreme intensities run divided by a power of two
+    if exponent and callback is not None and getattr(callback, "reads_estimate", True):
         callback = _in_callers_units(callback, exponent)
-    problem = _build_problem(y, h, boundary) if keep is None else _holdout_problem(y, h, boundary, keep)
-    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, y, keep, tv_smoothing, tv_differences, exponent)
+    problem = _build_problem(work, h, boundary) if keep is None else _holdout_problem(work, h, boundary, keep)
+    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, keep, tv_smoothing, tv_differences, exponent)
+    del work  # a scaled copy is not kept through the loop (the problem holds its clamped copy): no block more
     estimate = _run(problem, iterations, tv, accelerate, tol, callback)
     if extended:  # the margins wrap around the end of the buffer: roll them in front of the image
         before = [k - 1 - o for k, o in zip(h.shape, kernel_origin(h.shape))]
@@ -230,6 +231,14 @@ def _in_callers_units(callback: Callback, exponent: int) -> Callback:
     (a copy, scaled back: for data of extreme intensities only, see
     :func:`~deconv3d.classical._problem._working_exponent`)."""
     return lambda it, estimate: callback(it, _times_power_of_two(estimate, exponent))
+
+
+def _ignores_estimate(callback):
+    """``callback`` (a function) marked as one that does not read the estimate it is given (a progress
+    bar, a cancel check): a run on data divided by a power of two hands it the working estimate,
+    without the scaled copy per iteration that :func:`_in_callers_units` makes for any other."""
+    callback.reads_estimate = False
+    return callback
 
 
 def rl_alpha_schedule(image, psf, iterations: int = 20, *, boundary: str = "bertero", tv_weight: float = 0.0,
@@ -264,9 +273,10 @@ def _schedule_and_estimate(image, psf, iterations: int, *, boundary: str, tv_wei
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
     iterations = _check_options(iterations, boundary, tv_weight, None, y.ndim, voxel_size)
-    y, exponent = _working_data(y)  # as richardson_lucy runs it
-    problem = _build_problem(y, h, boundary)
-    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, y, exponent=exponent)
+    work, exponent = _working_data(y)  # as richardson_lucy runs it
+    problem = _build_problem(work, h, boundary)
+    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, exponent=exponent)
+    del work  # as richardson_lucy: no scaled copy through the loop
     record: list[float] = []
     estimate = _run(problem, iterations, tv, True, None, None, record=record)
     result = estimate[problem.result_crop].clamp_min(0)

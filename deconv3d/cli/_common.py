@@ -334,9 +334,13 @@ def _duration(seconds: float) -> str:
 
 
 def progress(total: int, desc: str):
-    """A progress bar on stderr (:func:`make_bar`) and an RL callback feeding it."""
+    """A progress bar on stderr (:func:`make_bar`) and an RL callback feeding it (which reads no
+    estimate: RL on data of extreme intensities hands it no scaled copy per iteration)."""
+    from deconv3d.classical.rl import _ignores_estimate
+
     bar = make_bar(total, desc, "it")
 
+    @_ignores_estimate
     def callback(iteration, _estimate):
         bar.update(iteration - bar.n)
 

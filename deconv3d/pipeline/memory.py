@@ -29,7 +29,9 @@ shape ``fast_shape(block + psf - 1)``, ``S`` the half-spectrum elements (about `
   destroys): 4 S complex;
 * block-sized arrays: the block read from the source and its clamped copy: 2 B. (``y / H u`` is
   written into the workspace's second input, and the returned crop is allocated once the
-  workspace is gone.)
+  workspace is gone. A block whose peak lies beyond ``2**±32`` runs divided by a power of two:
+  that scaled copy is dropped before the loop, and the block's callback, which reads no
+  estimate, gets no scaled copy of it per iteration, so such a block holds no more.)
 
 The set-up of ``1 / H^T 1`` and of the OTF holds less, and is freed before the workspace exists.
 Between blocks the last block's OTF and ``1 / H^T 1`` stay for a next block of its shape

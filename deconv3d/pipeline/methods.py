@@ -57,6 +57,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from deconv3d.classical.rl import _ignores_estimate
 from deconv3d.errors import refuse_non_finite
 from deconv3d.fft import psf_rms_width
 from deconv3d.pipeline.chunked import Placement, abandoned, block_run
@@ -67,6 +68,7 @@ __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "ps
            "wiener_halo", "chunk_multiple_for"]
 
 
+@_ignores_estimate  # Richardson-Lucy on data of extreme intensities hands it no scaled copy per iteration
 def _stop_if_abandoned(*_progress) -> bool:
     """A per-iteration (per-tile) callback of a block's loop: True, to stop it, once the run is
     abandoned (:func:`deconv3d.pipeline.chunked.abandoned`): an interrupted run then ends after one

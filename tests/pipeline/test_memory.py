@@ -550,3 +550,25 @@ def test_too_many_worker_processes_for_the_free_memory_are_told_how_many_fit():
     with pytest.raises(InputError) as alone:  # a single process is not told of workers
         choose_chunks(shape, 400 * 2**20, model, halo, baseline=baseline, automatic=True)
     assert "--workers" not in str(alone.value)
+
+
+def test_a_blocks_and_the_progress_bars_callbacks_get_no_scaled_copy_of_the_estimate(monkeypatch):
+    """Found by review: at a peak beyond 2**32 Richardson-Lucy wrapped every callback into one that
+    scales a copy of the estimate back into the image's units each iteration, also the block's
+    cancel check and the command line's progress bar, which read no estimate: one block more at the
+    loop's peak, which block_bytes does not count. A callback that reads it is still wrapped."""
+    from deconv3d.classical import richardson_lucy
+    from deconv3d.cli._common import progress
+    from deconv3d.pipeline.methods import RichardsonLucyBlock
+
+    wrapped = []
+    monkeypatch.setattr("deconv3d.classical.rl._in_callers_units", lambda callback, k: wrapped.append(k) or callback)
+    block = np.random.default_rng(0).poisson(50, (8, 24, 24)).astype(np.float32) * np.float32(2.0**40)
+    psf = np.ones((3, 5, 5), np.float32) / 75
+    RichardsonLucyBlock(psf, iterations=3)(block)
+    bar, callback = progress(3, "rl")
+    richardson_lucy(block, psf, 3, callback=callback, device="cpu")
+    bar.close()
+    assert bar.n == 3 and wrapped == []
+    richardson_lucy(block, psf, 3, callback=lambda it, estimate: None, device="cpu")
+    assert len(wrapped) == 1 and wrapped[0] > 32
