@@ -167,16 +167,31 @@ def temporary_name(path: Path) -> Path:
 
 
 def keep_mode(path: Path, tmp: Path) -> None:
-    """Give ``tmp``, about to be renamed onto the existing output ``path``, that output's permissions,
-    as ``cp`` onto a file keeps them: a ``chmod 600`` result replaced by a rerun came back 0644
-    (readable by all), a zarr folder at 0750 as 0755 (the umask's). A new output keeps the umask's
-    mode; a link at ``path`` (which the rename replaces, never its target) gives none, nor a file to a
-    folder or a folder to a file (a file's 0644 would make a folder that cannot be entered, nor removed).
-    For a zarr folder this is the folder's own mode, which decides who may reach its files."""
+    """Give ``tmp``, the temporary of an output that will replace the existing ``path``, that output's
+    permission bits (``rwx`` for owner, group and others) and its group, as ``cp`` onto a file keeps
+    them: a ``chmod 600`` result replaced by a rerun came back 0644 (readable by all), a zarr folder
+    at 0750 as 0755 (the umask's). Called as soon as ``tmp`` is created, so that a private result is
+    never readable by others while it is rewritten. Setuid, setgid and sticky bits are not copied
+    (``tmp`` keeps its own: a folder's setgid inherited from its parent). The group is kept where this
+    user may give it (one of its groups); where it cannot be and the output was someone else's,
+    ``tmp`` keeps the umask's mode: the old mode on this user's group (``0660``) would lock the
+    previous owner out of the result. A new output keeps the umask's mode; a link at ``path`` (which
+    the rename replaces, never its target) gives none, nor a file to a folder or a folder to a file
+    (a file's 0644 would make a folder that cannot be entered, nor removed). For a zarr folder this is
+    the folder's own mode, which decides who may reach its files."""
     try:
         st = os.lstat(path)
-        if not stat.S_ISLNK(st.st_mode) and stat.S_ISDIR(st.st_mode) == os.path.isdir(tmp):
-            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        if stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode) != os.path.isdir(tmp):
+            return
+        own = os.lstat(tmp)
+        if own.st_gid != st.st_gid:
+            try:
+                os.chown(tmp, -1, st.st_gid)
+            except OSError:  # not one of this user's groups
+                if st.st_uid != own.st_uid:
+                    return
+            own = os.lstat(tmp)
+        os.chmod(tmp, (stat.S_IMODE(own.st_mode) & ~0o777) | (st.st_mode & 0o777))
     except OSError:  # no output there (yet), or one removed meanwhile
         pass
 

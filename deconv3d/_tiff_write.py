@@ -81,12 +81,12 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
     tmp = temporary_name(path)
     try:
         with open(tmp, "xb") as fh:
+            keep_mode(path, tmp)  # before the data: a private result is never readable by others meanwhile
             if streamed:  # page by page from slabs of planes: never the whole volume in memory
                 tifffile.imwrite(fh, data=_pages(data, slab_bytes or _SLAB_BYTES, path), shape=tuple(data.shape),
                                  dtype=np.float32, imagej=True, **kwargs)
             else:
                 tifffile.imwrite(fh, data, imagej=True, **kwargs)
-        keep_mode(path, tmp)
         os.replace(tmp, path)
     except OSError as exc:
         if out_of_space(exc):

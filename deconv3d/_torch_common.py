@@ -207,10 +207,10 @@ def atomic_torch_save(payload: dict, path) -> None:
     try:
         try:
             with open(tmp, "xb") as fh:
+                keep_mode(path, tmp)  # before the bytes: a private model is never readable by others meanwhile
                 fh.write(buffer.getbuffer())
         except OSError as exc:  # named: a failed write's error names no file
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        keep_mode(path, tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

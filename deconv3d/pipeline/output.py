@@ -29,7 +29,10 @@ def atomic_output(path, folder: bool = False):
     A folder at ``path`` that may not be replaced (:func:`~deconv3d._paths.replaceable_folder`)
     is refused here, before any work, and again when publishing (it may appear meanwhile).
     ``folder``: the output is a directory (a zarr image), which cannot replace a file or a symbolic
-    link at ``path``: those are refused here too, not once the work is done.
+    link at ``path``: those are refused here too, not once the work is done. The temporary folder is
+    then yielded made (empty), with the permissions of the output it replaces
+    (:func:`~deconv3d._paths.keep_mode`), so that nothing written into it is readable meanwhile by
+    whom the output did not let read it.
     Publishing is not cut in two by the command line's SIGTERM or SIGHUP
     (:func:`~deconv3d._paths.signals_deferred`): one that comes meanwhile is raised once the output
     is in place, and its exception carries the output's path as ``published``.
@@ -51,6 +54,9 @@ def atomic_output(path, folder: bool = False):
     tmp = temporary_name(path)
     published = False
     try:
+        if folder:  # made here with the mode of the output it replaces, before any file goes in: a private
+            tmp.mkdir()  # output's chunks were readable by all while it was rewritten (the folder gates them)
+            keep_mode(path, tmp)
         yield tmp
         # (a SIGTERM between _publish's two renames removed the earlier output and this one; one just after
         # them exited saying that no output was written)
