@@ -114,6 +114,7 @@ def refuse_input_overlap(output, inputs=()) -> None:
     """Refuse an output that is one of the ``inputs`` (a path, or an iterable of them; None entries
     are ignored), lies inside one or holds one: it would replace or change what it is computed from."""
     output = Path(output)
+    refuse_unnamable(output)  # (looking at it raised "File name too long", from the library's writers too)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     for inp in inputs:

@@ -1113,3 +1113,22 @@ def test_the_command_line_warns_of_a_time_unit_once_and_not_before_a_refusal(tmp
     code, _, err = run(["batch", tmp_path / "in", "-o", tmp_path / "out", "--psf", tmp_path / "psf.tif",
                         "--iterations", 1, "--output-format", "zarr"], capsys)
     assert code == 0 and [err.count(line.replace("t.tif", f"{n}.tif")) for n in "ab"] == [1, 1], err
+
+
+@pytest.mark.parametrize("writer", ["run_chunked", "write_ome_zarr"])
+def test_library_writers_refuse_an_over_long_output_name_in_one_line(tmp_path, rng, writer):
+    """Review of 0a0eacf: run_chunked raised a raw OSError [Errno 36] from refuse_input_overlap, and
+    write_ome_zarr one from atomic_output's is_symlink, for a 260-byte .zarr name."""
+    from deconv3d.omezarr import open_lazy, write_ome_zarr
+    from deconv3d.pipeline import run_chunked
+
+    data = rng.random((2, 3, 4), dtype=np.float32)
+    write_tiff(tmp_path / "src.tif", data)
+    out = tmp_path / ("a" * 260 + ".zarr")
+    with pytest.raises(InputError, match="too long") as info:
+        if writer == "run_chunked":
+            run_chunked(open_lazy(tmp_path / "src.tif"), lambda b: b, out)
+        else:
+            write_ome_zarr(out, data)
+    assert "\n" not in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == ["src.tif"]

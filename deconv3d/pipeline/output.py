@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d._paths import (_remove, keep_mode, out_of_space, refuse_added_entries, remove_stale_temporaries,
-                             replaceable_folder, settle_zarr, signals_deferred, temporary_name)
+from deconv3d._paths import (_remove, keep_mode, out_of_space, refuse_added_entries, refuse_unnamable,
+                             remove_stale_temporaries, replaceable_folder, settle_zarr, signals_deferred, temporary_name)
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
@@ -38,6 +38,7 @@ def atomic_output(path, folder: bool = False):
     is in place, and its exception carries the output's path as ``published``.
     """
     path = Path(path)
+    refuse_unnamable(path)  # (looking at it raised "File name too long": write_ome_zarr's raw OSError)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
