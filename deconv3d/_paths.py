@@ -79,7 +79,8 @@ def special_file_problem(path, role: str = "input") -> str | None:
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
     kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-    return f"{role} {path} is {kind}, not a regular file: save the image to a file and give that"
+    what = "model" if role == "model" else "image"
+    return f"{role} {path} is {kind}, not a regular file: save the {what} to a file and give that"
 
 
 def check_output_path(output, inputs=(), suffixes=None) -> None:

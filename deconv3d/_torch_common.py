@@ -269,7 +269,12 @@ def empty_network(factory) -> torch.nn.Module:
 
 def safe_torch_load(path, producer: str):
     """Load ``path`` without executing code from it; ``producer`` names the command that writes such files."""
+    from deconv3d._paths import special_file_problem
+
     path = Path(path)
+    problem = special_file_problem(path, "model")  # (a named pipe "did not exist")
+    if problem is not None:
+        raise InputError(problem)
     if not path.is_file():
         raise InputError(f"model file {path} does not exist: give the path of a checkpoint written by {producer}")
     try:

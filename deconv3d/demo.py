@@ -197,9 +197,10 @@ def _check_folder(output: Path) -> None:
     """Refuse, before any work, an output that is a file, that cannot be created or written (tried:
     ``os.access`` says yes to root where a file system says no), or a folder holding files named
     like the demo's that no demo wrote (they were replaced, a user's own ``psf.tif`` among them)."""
-    from deconv3d._paths import existing_ancestor, temporary_name
+    from deconv3d._paths import existing_ancestor, refuse_unnamable, temporary_name
     from deconv3d.errors import InputError
 
+    refuse_unnamable(output, folder=True)  # (first: looking at a name past the limit raised, exit 1)
     if output.exists() and not output.is_dir():
         raise InputError(f"demo output {output} is a file: give a folder (it is created if missing)")
     folder = existing_ancestor(output.resolve())  # the output itself, or where it will be created

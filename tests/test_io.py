@@ -1132,3 +1132,24 @@ def test_library_writers_refuse_an_over_long_output_name_in_one_line(tmp_path, r
             write_ome_zarr(out, data)
     assert "\n" not in str(info.value)
     assert sorted(os.listdir(tmp_path)) == ["src.tif"]
+
+
+@pytest.mark.parametrize("where", ["deconvolve", "batch"])
+def test_a_named_pipe_given_as_a_model_is_named_so(tmp_path, monkeypatch, capsys, where):
+    """Review of this stop's own commits: a named pipe given as ``--model`` was "model file ... does not
+    exist" (deconvolve) or "model file not found" (batch), sending the user to look for a missing file."""
+    from cli_helpers import assert_one_line_error, run
+
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("raw")
+    os.mkfifo("fifo.ckpt")
+    image = np.zeros((4, 8, 8), np.float32)
+    image[2, 4, 4] = 1
+    write_tiff("raw/img.tif", image, voxel_size=(0.3, 0.1, 0.1))
+    write_tiff("psf.tif", image[1:4, 3:6, 3:6], voxel_size=(0.3, 0.1, 0.1))
+    with _readers_let_through("fifo.ckpt"):
+        args = (["deconvolve", "raw/img.tif", "-o", "out.tif"] if where == "deconvolve" else
+                ["batch", "raw", "-o", "out"])
+        code, _, err = run([*args, "--psf", "psf.tif", "--method", "ssl", "--model", "fifo.ckpt"], capsys)
+    assert_one_line_error(code, err, "model fifo.ckpt is a named pipe, not a regular file", "save the model to a file")
+    assert not os.path.exists("out.tif") and not os.path.exists("out/img.zarr")

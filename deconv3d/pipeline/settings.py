@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from deconv3d._arrays import is_whole
+from deconv3d._paths import special_file_problem
 from deconv3d._voxel import NANOMETRE_LIKE, format_sizes
 from deconv3d.errors import InputError
 
@@ -160,6 +161,8 @@ class Settings:
                 _check(all(isinstance(m, (str, os.PathLike)) for m in _many(self.model)),
                        f"{_n('model')} must be a file name, or one per channel, got {_shown(self.model)}")
                 for model in _many(self.model):
+                    problem = special_file_problem(model, "model")
+                    _check(problem is None, problem)
                     _check(Path(model).is_file(), f"model file not found: {model}: check the path")
                 counts = {len(_many(v)) for v in (self.model, self.psf, self.psf_model and self.wavelength)} - {0, 1}
                 _check(len(counts) < 2, f"{_n('model')} and the PSFs give one per channel for different numbers of "

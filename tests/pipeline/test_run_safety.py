@@ -859,6 +859,7 @@ LONG = "a" * 260
     (["train", "img.tif", "--psf", "psf.tif", "-o", LONG + ".ckpt", "--steps", 1], ["(265 bytes)", "shorten it to"]),
     (["deconvolve", "img.tif", "--psf", "psf.tif", "-o", LONG + "/x.tif"], ["too long for this file system"]),
     (["batch", ".", "-o", LONG, "--psf", "psf.tif"], ["too long for this file system", "shorten it"]),
+    (["demo", "-o", LONG], ["too long for this file system", "shorten it"]),  # (review of own commits)
 ])
 def test_an_output_name_past_the_file_systems_limit_is_refused_in_one_line(stack, monkeypatch, capsys, argv, words):
     """Review of file-system semantics: an output name over 255 bytes (or a folder in its path)
