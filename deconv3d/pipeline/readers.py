@@ -82,7 +82,8 @@ def source_files(data) -> list:
     :class:`~deconv3d.omezarr.LazyImage`'s, a file reader's (a ZarrReader's store, a TiffReader's file,
     or the reader a view reads), and the TIFF files and local zarr arrays a dask array is read from
     (those :func:`~deconv3d.omezarr.open_lazy` and ``dask.array.from_zarr`` give); none for data in
-    memory. An output must not replace them (:func:`~deconv3d._paths.refuse_input_overlap`)."""
+    memory (an array-like whose ``__dask_graph__()`` is None, as an xarray.DataArray not backed by
+    dask). An output must not replace them (:func:`~deconv3d._paths.refuse_input_overlap`)."""
     from deconv3d.omezarr import LazyImage
 
     if isinstance(data, LazyImage):
@@ -93,7 +94,30 @@ def source_files(data) -> list:
         return [path]
     data = data.array if isinstance(data, DaskReader) else data
     graph = getattr(data, "__dask_graph__", None)
-    return [p for value in dict(graph()).values() if (p := _read_file(value)) is not None] if graph else []
+    graph = graph() if callable(graph) else None  # (None: not backed by dask)
+    return [p for value in _stored_values(graph) if (p := _read_file(value)) is not None]
+
+
+def _stored_values(graph):
+    """The values a dask graph holds (the arrays it reads, constants and tasks), without making a
+    task of each chunk: a Blockwise layer's constant arguments, a materialized layer's values (a
+    plain dict graph's too), and any other kind of layer's tasks, made."""
+    if graph is None:
+        return
+    layers = getattr(graph, "layers", None)
+    if layers is None:
+        yield from dict(graph).values()
+        return
+    from dask.blockwise import Blockwise
+    from dask.highlevelgraph import MaterializedLayer
+
+    for layer in layers.values():
+        if isinstance(layer, Blockwise):  # (inline_array=True puts the array there)
+            yield from (value for value, index in layer.indices if index is None)
+        elif isinstance(layer, MaterializedLayer):  # (from_zarr's and from_array's 'original-' array)
+            yield from layer.mapping.values()
+        else:
+            yield from dict(layer).values()
 
 
 def _read_file(value):

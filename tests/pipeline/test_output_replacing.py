@@ -1,6 +1,8 @@
 """What an output path may replace: an earlier deconv3d output, but not what was added to it, not the
 run's own input, and not a file or a link at a ``.zarr`` path (refused before any work)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -139,3 +141,56 @@ def test_a_file_or_a_link_at_a_zarr_output_is_refused_before_any_work(tmp_path, 
             run_chunked(x, block_fn, out)
     assert calls == [] and sorted(os.listdir(tmp_path)) == before  # no temporary left either
     assert out.read_text() == "mine" if there == "file" else out.is_symlink()
+
+
+class _NoGraph:
+    """An array-like that has ``__dask_graph__`` but is not backed by dask (it returns None), as an
+    xarray.DataArray holding a numpy array."""
+
+    def __init__(self, values):
+        self.values = values
+        self.shape, self.ndim, self.dtype = values.shape, values.ndim, values.dtype
+
+    def __dask_graph__(self):
+        return None
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.values, dtype=dtype)
+
+    def __getitem__(self, key):
+        return self.values[key]
+
+
+def test_run_chunked_takes_an_array_like_whose_dask_graph_is_none(tmp_path):
+    """run_chunked(xarray.DataArray(numpy array), ...) raised a raw "TypeError: 'NoneType' object is
+    not iterable" while looking for the files it reads: None from __dask_graph__() means no graph."""
+    from deconv3d.omezarr import open_lazy
+    from deconv3d.pipeline import run_chunked
+    from deconv3d.pipeline.readers import source_files
+
+    x = np.random.default_rng(0).random((4, 8, 8), dtype=np.float32)
+    assert source_files(_NoGraph(x)) == []
+    run_chunked(_NoGraph(x), lambda block: block * 2, tmp_path / "out.zarr")
+    np.testing.assert_allclose(np.asarray(open_lazy(tmp_path / "out.zarr").data), 2 * x, rtol=1e-6)
+
+
+def test_source_files_reads_the_graph_layers_without_making_every_task(tmp_path, monkeypatch):
+    """source_files built every task of the dask graph (dict(graph)) before any work: 1.3-2.9 s for
+    32k chunks, 43 s for a million. It reads the layers' stored values only; a Blockwise layer's
+    tasks are never made, and an array inlined into one (inline_array=True) is found there."""
+    import dask.array as da
+    from dask.blockwise import Blockwise
+
+    from deconv3d.pipeline.readers import source_files
+
+    src = tmp_path / "src.zarr"
+    write_ome_zarr(src, np.zeros((4, 8, 8), np.float32), chunks=(1, 4, 4))
+
+    def made(layer):
+        raise AssertionError("a Blockwise layer's tasks were made")
+
+    monkeypatch.setattr(Blockwise, "_dict", property(made))
+    assert source_files(da.zeros((64, 64, 64), chunks=4) + 1) == []
+    for inline in (False, True):
+        found = source_files(da.from_zarr(str(src), component="0", inline_array=inline) * 2 + 1)
+        assert [p.resolve() for p in map(Path, found)] == [src.resolve()]
