@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import os
+from pathlib import Path
 
 import numpy as np
 
@@ -80,19 +80,22 @@ def as_reader(data):
 def source_files(data) -> list:
     """The files (or zarr folders) on this machine that ``data`` reads from: a
     :class:`~deconv3d.omezarr.LazyImage`'s, a file reader's (a ZarrReader's store, a TiffReader's file,
-    or the reader a view reads), and the TIFF files and local zarr arrays a dask array is read from
-    (those :func:`~deconv3d.omezarr.open_lazy` and ``dask.array.from_zarr`` give); none for data in
-    memory (an array-like whose ``__dask_graph__()`` is None, as an xarray.DataArray not backed by
-    dask). An output must not replace them (:func:`~deconv3d._paths.refuse_input_overlap`)."""
+    or the reader a view reads), a local zarr array's own folder (its store's folder joined with its
+    path in the store), and the TIFF files and local zarr arrays a dask array is read from (those
+    :func:`~deconv3d.omezarr.open_lazy` and ``dask.array.from_zarr`` give); none for data in memory
+    (an array-like whose ``__dask_graph__()`` is None, as an xarray.DataArray not backed by dask).
+    An output must not replace them (:func:`~deconv3d._paths.refuse_input_overlap`)."""
     from deconv3d.omezarr import LazyImage
+    from deconv3d.omezarr.reading import TiffReader, ZarrReader
 
     if isinstance(data, LazyImage):
         return [data.path]
-    data = getattr(data, "reader", data)  # (a view of one time point or channel)
-    path = getattr(data, "path", None) or getattr(getattr(data, "source", None), "path", None)
-    if isinstance(path, (str, os.PathLike)):
-        return [path]
+    data = data.reader if isinstance(data, _View) else data  # (a view of one time point or channel)
+    if isinstance(data, (ZarrReader, TiffReader)):  # (only these: a zarr array's path is its key in the store)
+        return [data.path if isinstance(data, ZarrReader) else data.source.path]
     data = data.array if isinstance(data, DaskReader) else data
+    if (own := _read_file(data)) is not None:  # a zarr array given itself
+        return [own]
     graph = getattr(data, "__dask_graph__", None)
     graph = graph() if callable(graph) else None  # (None: not backed by dask)
     return [p for value in _stored_values(graph) if (p := _read_file(value)) is not None]
@@ -121,8 +124,8 @@ def _stored_values(graph):
 
 
 def _read_file(value):
-    """The file a value in a dask graph reads, where it is a TIFF opened by deconv3d, or the folder of
-    the zarr store on this machine's disks that holds an array it reads."""
+    """The file a value in a dask graph reads, where it is a TIFF opened by deconv3d, or the folder on
+    this machine's disks of a zarr array it reads: its store's folder joined with its path there."""
     from deconv3d.omezarr.reading import _TiffArray
 
     if isinstance(value, _TiffArray):
@@ -133,7 +136,8 @@ def _read_file(value):
     fs = getattr(store, "fs", None)  # (FsspecStore: local where its protocol says "file")
     if root is None and "file" in _protocols(fs):
         root = getattr(store, "path", None)
-    return root  # (the store's folder, as a ZarrReader's path: an output inside it changes the input too)
+    # (the array's own folder: an output beside it in the store, a results.zarr in the project, leaves it be)
+    return None if root is None else Path(root, str(getattr(store_path, "path", "") or ""))
 
 
 def _protocols(fs) -> tuple:

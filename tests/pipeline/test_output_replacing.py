@@ -80,10 +80,11 @@ def test_run_chunked_refuses_its_own_input_as_the_output(tmp_path, source):
         calls.append(1)
         return block * 2
 
-    with pytest.raises(InputError, match="output path equals the input"):
+    # (a dask array from_zarr reads src.zarr/0, which src.zarr holds)
+    with pytest.raises(InputError, match="output path equals the input|lie one inside the other"):
         run_chunked(data, block_fn, src)
     with pytest.raises(InputError, match="lie one inside the other"):
-        run_chunked(data, block_fn, src / "inner.zarr")
+        run_chunked(data, block_fn, src / "0" / "inner.zarr")
     assert calls == [] and _tree(src) == before
     np.testing.assert_array_equal(np.asarray(open_lazy(src).data), x)
     run_chunked(data, block_fn, tmp_path / "result.zarr")  # elsewhere: runs
@@ -96,7 +97,7 @@ def test_write_ome_zarr_refuses_to_replace_the_image_its_data_is_read_from(tmp_p
 
     x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
     write_ome_zarr(tmp_path / "src.zarr", x)
-    with pytest.raises(InputError, match="output path equals the input"):
+    with pytest.raises(InputError, match="lie one inside the other"):  # (it reads src.zarr/0)
         write_ome_zarr(tmp_path / "src.zarr", open_lazy(tmp_path / "src.zarr").data * 2)
     np.testing.assert_array_equal(np.asarray(open_lazy(tmp_path / "src.zarr").data), x)
     write_tiff(tmp_path / "t.tif", x)
@@ -193,4 +194,39 @@ def test_source_files_reads_the_graph_layers_without_making_every_task(tmp_path,
     assert source_files(da.zeros((64, 64, 64), chunks=4) + 1) == []
     for inline in (False, True):
         found = source_files(da.from_zarr(str(src), component="0", inline_array=inline) * 2 + 1)
-        assert [p.resolve() for p in map(Path, found)] == [src.resolve()]
+        assert [p.resolve() for p in map(Path, found)] == [(src / "0").resolve()]
+
+
+def test_a_zarr_array_is_read_from_its_own_folder_not_its_key_or_its_store(tmp_path, monkeypatch):
+    """A zarr.Array's path (its key in the store) was read as a folder: with a folder raw/ beside
+    store.zarr, an output raw/out.zarr was refused as the input 'raw', while the output src.zarr,
+    the store the array src.zarr/0 lies in, was let replace its own input. And a dask array read
+    from project/exp1/raw refused any output under project/ (project/results.zarr, say). The input
+    is the array's own folder: its store's folder joined with its key."""
+    import dask.array as da
+    import zarr
+
+    from deconv3d.omezarr import open_lazy
+    from deconv3d.pipeline import run_chunked
+    from deconv3d.pipeline.readers import source_files
+
+    monkeypatch.chdir(tmp_path)
+    x = np.arange(4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8)
+    (tmp_path / "raw").mkdir()
+    a = zarr.open_group("store.zarr", mode="w").create_array("raw", data=x)
+    assert [Path(p).resolve() for p in source_files(a)] == [(tmp_path / "store.zarr" / "raw").resolve()]
+    run_chunked(a, lambda b: b * 2, "raw/out.zarr")  # beside the store: runs
+    np.testing.assert_array_equal(np.asarray(open_lazy("raw/out.zarr").data), 2 * x)
+
+    write_ome_zarr("src.zarr", x)
+    with pytest.raises(InputError, match="lie one inside the other") as info:
+        run_chunked(zarr.open_array("src.zarr", path="0", mode="r"), lambda b: b * 2, "src.zarr")
+    assert "\n" not in str(info.value)
+    np.testing.assert_array_equal(np.asarray(open_lazy("src.zarr").data), x)  # its input kept
+
+    zarr.open_group("project", mode="w").create_array("exp1/raw", data=x)
+    data = da.from_zarr("project", component="exp1/raw")
+    run_chunked(data, lambda b: b + 1, "project/results.zarr")  # beside exp1/raw in the store: runs
+    np.testing.assert_array_equal(np.asarray(open_lazy("project/results.zarr").data), x + 1)
+    with pytest.raises(InputError, match="lie one inside the other"):
+        run_chunked(data, lambda b: b + 1, "project/exp1/raw/out.zarr")
