@@ -473,7 +473,9 @@ def _through_links(output_dir: Path, input_dir: Path, patterns):
     """The output folder spelled from ``input_dir`` through each folder the batch's search reaches
     (every leading part of each pattern, as :func:`~deconv3d._paths.glob_shown` follows links) that
     is the output folder or a folder above it (device and inode): ``raw/day2`` for ``-o /abs/day2``
-    where ``raw/day2 -> /abs/day2``."""
+    where ``raw/day2 -> /abs/day2``. Only folders (and links to them) are looked at, a file never
+    being one of those: the files a pattern finds are not listed nor looked at one by one (with
+    20,000 TIFF files in the input folder, statting each took 0.3-2.2 s)."""
     from deconv3d._paths import glob_shown
     from deconv3d.pipeline.batch import _any_case
 
@@ -487,7 +489,7 @@ def _through_links(output_dir: Path, input_dir: Path, patterns):
     for pattern in patterns:
         parts = Path(pattern).parts
         for k in range(1, len(parts) + 1):
-            for reached in glob_shown(input_dir, _any_case("/".join(parts[:k]) + ("/" if k < len(parts) else ""))):
+            for reached in glob_shown(input_dir, _any_case("/".join(parts[:k]) + "/")):  # (folders only)
                 try:
                     found = os.stat(reached)
                 except OSError:  # a dangling link
