@@ -346,8 +346,10 @@ def _level_transform(ms: dict, level: int, ndim: int, path: Path | None = None,
 
     The dataset's transforms apply first, then the multiscale's: scales multiply, and a translation
     of the dataset is scaled by the multiscale's scale before its own translation is added. Each is
-    a list of one finite number per axis (a scale's positive; OME-NGFF): one stored in a file
-    (``path``), or of another length, is refused by name rather than read as 1 (or 0). So is a
+    a list of one finite number per axis (a scale's positive; OME-NGFF), where a numeric string
+    (``["2", "0.5", "0.5"]``) is read as its number; one stored in a file (``path``), a string in
+    place of the list, true or false in it, or of another length, is refused by name rather than
+    read as 1 (or 0). So is a
     ``coordinateTransformations`` that is not a list of ``scale``, ``translation`` (or ``identity``)
     transformations, in one line naming the file and key (``metadata``: the group's path and the key
     of its multiscales, :func:`_multiscales_key`): skipped, a misspelt ``"Scale"`` was read as 1.

@@ -147,3 +147,20 @@ def test_without_axes_an_array_is_read_only_where_its_dimensions_say_which(tmp_p
     lazy = open_lazy(tmp_path / "a.zarr")
     assert lazy.axes == axes and lazy.voxel_size is None
     np.testing.assert_array_equal(lazy.data.compute(), data)
+
+
+def test_numeric_strings_in_a_scale_are_read_as_numbers_a_string_or_booleans_refused():
+    """_level_transform's docstring said a scale or translation must be a list of numbers, yet one of
+    numeric strings (["2", "0.5", "0.5"]) is read, as its numbers; the string "111" in place of the
+    list, or true in it, is refused by name rather than read as a scale."""
+    from deconv3d.omezarr.reading import _level_transform
+
+    def multiscale(scale, translation=(0, 0, 0)):
+        return {"datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": scale}, {"type": "translation", "translation": list(translation)}]}]}
+
+    scale, origin = _level_transform(multiscale(["2", "0.5", "0.5"], ["1", "0", "-0.25"]), 0, 3)
+    assert scale == [2.0, 0.5, 0.5] and origin == [1.0, 0.0, -0.25]
+    for bad in ("111", [True, 1, 1]):
+        with pytest.raises(InputError, match="not 3 positive numbers"):
+            _level_transform(multiscale(bad), 0, 3)
