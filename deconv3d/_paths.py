@@ -261,9 +261,7 @@ def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output directory is not writable: {parent}: choose another output location")
-    if path.is_symlink():  # replacing the output would replace the link, not write where it points
-        raise InputError(f"output {path} is a symbolic link (to {os.readlink(path)}): remove the link, or give "
-                         "its target as the output")
+    refuse_output_link(path)
     refuse_write_protected(path)
 
 
@@ -292,11 +290,10 @@ def _refuse_folder(path: Path) -> None:
     refuse_unnamable(path)
     if path.is_symlink() and path.is_dir() and path.suffix.lower() != ".zarr":  # was "unsupported format ''"
         raise InputError(f"output {path} is a symbolic link to a folder ({os.readlink(path)}): give a file name")
-    if path.is_dir() and not path.is_symlink() and not replaceable_folder(path):
-        refuse_added_entries(path)
-        raise InputError(f"output path is a directory: {path}: "
-                         + ("it is not a zarr image deconv3d wrote, and is not replaced: move it away or choose "
-                            "another output name" if path.suffix.lower() == ".zarr" else "give a file name"))
+    if path.is_dir() and not path.is_symlink():
+        refuse_unreplaceable(path, f"output path is a directory: {path}: "
+                             + ("it is not a zarr image deconv3d wrote, and is not replaced: move it away or choose "
+                                "another output name" if path.suffix.lower() == ".zarr" else "give a file name"))
 
 
 def refuse_write_protected(path: Path) -> None:
@@ -316,16 +313,7 @@ def replaceable_folder(path: Path) -> bool:
     replaced once the new one is complete) holding nothing but what deconv3d writes there
     (:func:`added_entries`). Any other zarr folder, an acquisition say, is not deleted for an
     output path that names it, nor is an earlier output to which labels were added."""
-    if path.suffix.lower() != ".zarr":
-        return False
-    try:  # one listing of one folder: another writer may replace it meanwhile, by a zarr output too
-        with os.scandir(path) as entries:
-            listed = {entry.name: _is_folder(entry, follow_symlinks=False) for entry in entries}
-    except FileNotFoundError:  # gone meanwhile (another writer moved its output aside): nothing to keep
-        return True
-    except OSError:
-        return False
-    return not listed or (_written_by_deconv3d(path, set(listed)) and not _not_written(listed))
+    return path.suffix.lower() == ".zarr" and _folder_state(path)[0]
 
 
 #: The group metadata a zarr image deconv3d wrote holds beside its level folders (``0``, ``1``, ...).
@@ -343,22 +331,46 @@ def added_entries(path: Path) -> list[str]:
     """The entries of the folder ``path`` that deconv3d did not write, where it is a zarr image
     deconv3d wrote (labels added inside it, say: OME-Zarr keeps them in the image's group); else
     none. Such an output is not replaced: the entries would be deleted with it."""
+    return _folder_state(path)[1]
+
+
+def _folder_state(path: Path) -> tuple[bool, list[str]]:
+    """Whether the folder ``path`` may be replaced by an output (:func:`replaceable_folder`), and its
+    :func:`added_entries`, from one listing of it (another writer may replace it meanwhile, by a
+    zarr output too) and one reading of its group metadata."""
     try:
         with os.scandir(path) as entries:
             listed = {entry.name: _is_folder(entry, follow_symlinks=False) for entry in entries}
+    except FileNotFoundError:  # gone meanwhile (another writer moved its output aside): nothing to keep
+        return path.suffix.lower() == ".zarr", []
     except OSError:
-        return []
-    return _not_written(listed) if _written_by_deconv3d(path, set(listed)) else []
+        return False, []
+    if not listed:
+        return path.suffix.lower() == ".zarr", []
+    added = _not_written(listed) if _written_by_deconv3d(path, set(listed)) else None
+    return path.suffix.lower() == ".zarr" and added == [], added or []
 
 
-def refuse_added_entries(path: Path) -> None:
-    """Refuse an output path that names a zarr image deconv3d wrote, holding entries it did not
-    write (:func:`added_entries`), in one line naming them."""
-    added = added_entries(path)
+def refuse_unreplaceable(path: Path, otherwise: str) -> None:
+    """Refuse a folder at the output ``path`` that the output may not replace (:func:`replaceable_folder`),
+    in one line: a zarr image deconv3d wrote that holds entries it did not write naming them
+    (:func:`added_entries`), any other with the message ``otherwise``."""
+    replaceable, added = _folder_state(path)
+    if replaceable:
+        return
     if added:
         shown = ", ".join(added[:5]) + (f" and {len(added) - 5} more" if len(added) > 5 else "")
         raise InputError(f"output {path} is a zarr image deconv3d wrote that holds entries it did not write "
                          f"({shown}): they would be deleted with it: move them away or choose another output name")
+    raise InputError(otherwise)
+
+
+def refuse_output_link(path: Path) -> None:
+    """Refuse a symbolic link at the output ``path``: replacing the output would replace the link, not
+    write where it points."""
+    if path.is_symlink():
+        raise InputError(f"output {path} is a symbolic link (to {os.readlink(path)}): remove the link, or give "
+                         "its target as the output")
 
 
 def _written_by_deconv3d(path: Path, names: set) -> bool:

@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d._paths import (_remove, keep_mode, out_of_space, refuse_added_entries, refuse_unnamable,
-                             remove_stale_temporaries, replaceable_folder, settle_zarr, signals_deferred, temporary_name)
+from deconv3d._paths import (_remove, keep_mode, out_of_space, refuse_output_link, refuse_unnamable,
+                             refuse_unreplaceable, remove_stale_temporaries, settle_zarr, signals_deferred,
+                             temporary_name)
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
@@ -42,16 +43,14 @@ def atomic_output(path, folder: bool = False):
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
-    if folder and path.is_symlink():  # (os.replace cannot put a folder in its place, and the link is not followed)
-        raise InputError(f"output {path} is a symbolic link (to {os.readlink(path)}): remove the link, or give its "
-                         "target as the output")
+    if folder:  # (os.replace cannot put a folder in its place, and the link is not followed)
+        refuse_output_link(path)
     if folder and path.exists() and not path.is_dir():
         raise InputError(f"output {path} is a file: give a new .zarr folder name")
-    if path.is_dir() and not path.is_symlink() and not replaceable_folder(path):
-        refuse_added_entries(path)
-        raise InputError(f"output path {path} is a directory that is not a zarr image deconv3d wrote (another "
-                         "tool's, or written through the Python API before deconv3d marked its outputs): move it "
-                         "away or choose another output name; its files are left as they are")
+    if path.is_dir() and not path.is_symlink():
+        refuse_unreplaceable(path, f"output path {path} is a directory that is not a zarr image deconv3d wrote "
+                             "(another tool's, or written through the Python API before deconv3d marked its "
+                             "outputs): move it away or choose another output name; its files are left as they are")
     tmp = temporary_name(path)
     published = False
     try:
@@ -93,11 +92,10 @@ def _publish(tmp: Path, path: Path, attempts: int = 20) -> None:
         try:
             keep_mode(path, tmp)
             if path.is_dir() and not path.is_symlink():
-                if not replaceable_folder(path):  # (checked before the run too; it may have appeared since)
-                    refuse_added_entries(path)
-                    raise InputError(f"output path {path} is a directory that is not a zarr image deconv3d wrote (it "
-                                     "appeared during the run?): move it away or choose another output name; its "
-                                     "files are left as they are")
+                # (checked before the run too; it may have appeared since)
+                refuse_unreplaceable(path, f"output path {path} is a directory that is not a zarr image deconv3d "
+                                     "wrote (it appeared during the run?): move it away or choose another output "
+                                     "name; its files are left as they are")
                 old = temporary_name(path)
                 os.replace(path, old)
             os.replace(tmp, path)

@@ -230,3 +230,32 @@ def test_a_zarr_array_is_read_from_its_own_folder_not_its_key_or_its_store(tmp_p
     np.testing.assert_array_equal(np.asarray(open_lazy("project/results.zarr").data), x + 1)
     with pytest.raises(InputError, match="lie one inside the other"):
         run_chunked(data, lambda b: b + 1, "project/exp1/raw/out.zarr")
+
+
+def test_a_refused_output_folder_is_listed_and_its_metadata_read_once(tmp_path, monkeypatch):
+    """Refusing an earlier output that holds added labels listed the folder and read its zarr.json
+    twice (replaceable_folder, then refuse_added_entries again): once each now, the entries named
+    from that one listing, by check_output_path and atomic_output alike."""
+    import os
+
+    out = tmp_path / "lab.zarr"
+    write_ome_zarr(out, np.ones((2, 4, 4), np.float32))
+    _add_labels(out)
+    listed, read = [], []
+    real_scandir, real_read_text = os.scandir, Path.read_text
+
+    def scandir(path="."):
+        listed.append(Path(path))
+        return real_scandir(path)
+
+    def read_text(self, *args, **kwargs):
+        read.append(self)
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(Path, "read_text", read_text)
+    for attempt in (lambda: check_output_path(out, suffixes=(".zarr",)), lambda: atomic_output(out).__enter__()):
+        listed.clear(), read.clear()
+        with pytest.raises(InputError, match=r"holds entries it did not write \(labels\)"):
+            attempt()
+        assert listed.count(out) == 1 and read.count(out / "zarr.json") == 1
