@@ -36,7 +36,9 @@ def atomic_output(path, folder: bool = False):
     whom the output did not let read it.
     Publishing is not cut in two by the command line's SIGTERM or SIGHUP
     (:func:`~deconv3d._paths.signals_deferred`): one that comes meanwhile is raised once the output
-    is in place, and its exception carries the output's path as ``published``.
+    is in place, and its exception carries the output's path as ``published``. An earlier output it
+    replaces is deleted after that section (a signal then stops the run at once; what is left of it
+    is a stale temporary, swept by the next run).
     """
     path = Path(path)
     refuse_unnamable(path)  # (looking at it raised "File name too long": write_ome_zarr's raw OSError)
@@ -61,8 +63,13 @@ def atomic_output(path, folder: bool = False):
         # (a SIGTERM between _publish's two renames removed the earlier output and this one; one just after
         # them exited saying that no output was written)
         with signals_deferred():
-            _publish(tmp, path)
+            old = _publish(tmp, path)
             published = True
+        # The earlier output, moved aside, is deleted outside the section: a signal meanwhile is raised at once
+        # (it waited for the whole deletion, 2 s for 30,000 chunk files), and what is left of it is swept as a
+        # stale temporary by the next run.
+        if old is not None:
+            _remove(old)
     except BaseException as exc:
         if published:  # the signal deferred meanwhile, raised now: the output is complete
             exc.published = str(path)
@@ -78,10 +85,10 @@ def atomic_output(path, folder: bool = False):
         raise
 
 
-def _publish(tmp: Path, path: Path, attempts: int = 20) -> None:
+def _publish(tmp: Path, path: Path, attempts: int = 20) -> Path | None:
     """Rename ``tmp`` onto ``path``. A directory in the way, a previous zarr output, is moved aside
     first (``os.replace`` cannot replace a non-empty one; any other folder is refused, not
-    deleted); when another process publishes the same output in that gap (its directory appears,
+    deleted), and returned for the caller to delete (None where there was none); when another process publishes the same output in that gap (its directory appears,
     or the one to move aside is already gone) the steps are retried, so that the last to publish
     wins instead of failing with ENOTEMPTY or ENOENT. ``tmp`` takes the mode of what it replaces
     (:func:`~deconv3d._paths.keep_mode`)."""
@@ -99,12 +106,13 @@ def _publish(tmp: Path, path: Path, attempts: int = 20) -> None:
                 old = temporary_name(path)
                 os.replace(path, old)
             os.replace(tmp, path)
-            return
+            old, aside = None, old
+            return aside
         except OSError as exc:
             if attempt == attempts - 1 or not _raced(exc) or not tmp.exists():
                 raise
         finally:
-            if old is not None:
+            if old is not None:  # (not published)
                 _remove(old)
 
 

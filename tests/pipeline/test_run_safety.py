@@ -622,6 +622,9 @@ def test_a_sigterm_while_the_output_is_put_in_place_leaves_it_complete(stack, mo
                                                         "the output is complete"], err
     written, reference = (zarr.open_group(str(folder / name), mode="r")["0"][:] for name in ("out.zarr", "ref.zarr"))
     assert np.array_equal(written, reference) and not np.array_equal(written, earlier)
+    # the earlier output, moved aside: not deleted once the signal is raised (the run stops at once), but swept
+    assert [name.split(".")[1] for name in _leftovers(folder)] == ["out"]
+    output.remove_stale_temporaries(folder / "out.zarr")
     assert _leftovers(folder) == []
 
 
@@ -957,3 +960,41 @@ def test_a_failed_dask_write_s_chunks_in_flight_finish_before_the_temporary_is_r
         write_ome_zarr(tmp_path / "out.zarr", planes, chunks=(1, 8, 8))
     time.sleep(0.4)
     assert os.listdir(tmp_path) == []
+
+
+def _earlier_zarr_output(path: Path, text: str = "earlier") -> None:
+    """A zarr output deconv3d wrote (one a rerun may replace), holding ``text`` in a file of its own."""
+    (path / "0").mkdir(parents=True)
+    (path / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                "attributes": {"deconv3d": {"version": "x"}}}))
+    (path / "0" / "c0").write_text(text)
+
+
+def test_a_sigterm_while_the_earlier_output_is_deleted_stops_the_run_at_once(tmp_path, monkeypatch):
+    """Found by the review of the signal handling: the whole deletion of the earlier output (moved aside when
+    the new one was put in its place) was inside the section that defers SIGTERM, which came 2 s late for one
+    of 30,000 chunk files. Only the renames are deferred now: the signal cuts the deletion short, the new
+    output is in place, and what is left of the earlier one is a temporary a later run sweeps."""
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+    from deconv3d.pipeline import output
+
+    out = tmp_path / "out.zarr"
+    _earlier_zarr_output(out)
+    remove, deleted = output._remove, []
+
+    def signalled(path):
+        if Path(path).name.startswith(".out.zarr."):
+            signal.raise_signal(signal.SIGTERM)
+            deleted.append(path)  # (reached only where the signal waits)
+        return remove(path)
+
+    monkeypatch.setattr(output, "_remove", signalled)
+    with pytest.raises(Terminated) as caught, _terminate_as_interrupt():
+        with output.atomic_output(out, folder=True) as tmp:
+            _earlier_zarr_output(tmp, "new")
+    assert deleted == [] and caught.value.published == str(out)
+    assert (out / "0" / "c0").read_text() == "new"
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith(".out.zarr.")]
+    assert (aside / "0" / "c0").read_text() == "earlier"
+    assert output.remove_stale_temporaries(out) == [aside] and not aside.exists()  # (as the next run does)
