@@ -233,7 +233,9 @@ def _send_again(signum: int, hook, lock, active) -> bool:
     """Send ``signum`` to the main thread again, as soon as the frame ``hook`` (the unraisable hook that was
     given the Terminated a C callback dropped, running in the main thread) has returned: raised inside the
     hook, it would be dropped again. Nothing is sent once the command is over (``active`` emptied under
-    ``lock``). False where no thread can be started (the interpreter is ending)."""
+    ``lock``). False where no thread can be started (the interpreter is ending). Sent as a signal to the main
+    thread, which wakes it from a wait (``_thread.interrupt_main`` only flagged it: a main thread in an
+    untimed ``Event.wait()`` stopped when the wait ended, 5 s late; still so where there is no ``pthread_kill``)."""
     import _thread
     import time
 
@@ -246,7 +248,10 @@ def _send_again(signum: int, hook, lock, active) -> bool:
             time.sleep(0.001)
         with lock:
             if active:
-                _thread.interrupt_main(signum)  # (as the signal itself: handled by the handler in place)
+                if hasattr(signal, "pthread_kill"):  # (the signal itself: handled by the handler in place)
+                    signal.pthread_kill(main, signum)
+                else:  # (Windows)
+                    _thread.interrupt_main(signum)
 
     try:
         threading.Thread(target=later, name="deconv3d-signal-again", daemon=True).start()

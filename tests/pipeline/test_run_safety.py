@@ -592,6 +592,29 @@ def test_a_signal_while_a_dropped_termination_is_reported_is_not_raised_in_the_h
     assert caught.value.name == "SIGTERM"
 
 
+def test_a_termination_a_c_callback_dropped_wakes_a_main_thread_that_waits():
+    """Found by the review of the signal handling: the dropped Terminated was sent again with
+    _thread.interrupt_main, which only flags the main thread: one blocked in an untimed wait (a lock, a
+    future's result, an Event) stopped only once that wait ended (5 s late). It is sent as a signal now,
+    which wakes the wait: the run stops before the event is set."""
+    import ctypes
+    import threading
+
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+
+    event = threading.Event()
+    timer = threading.Timer(1.5, event.set)
+    try:
+        with pytest.raises(Terminated) as caught, _terminate_as_interrupt():
+            ctypes.CFUNCTYPE(None)(lambda: signal.raise_signal(signal.SIGTERM))()
+            timer.start()
+            event.wait()
+    finally:
+        timer.cancel()
+    assert caught.value.name == "SIGTERM" and not event.is_set()
+
+
 @pytest.mark.parametrize("when", ["between the renames", "after the rename"])
 def test_a_sigterm_while_the_output_is_put_in_place_leaves_it_complete(stack, monkeypatch, capsys, when):
     """Found by the review of the signal handling: a SIGTERM between publishing's two renames (the earlier
