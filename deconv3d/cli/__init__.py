@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         published = getattr(exc, "published", None)
         published = published if published is not None and os.path.lexists(published) else None
         say_last(f"deconv3d: {how} after {published} was written: the output is complete" if published else
-                 f"deconv3d: {how}; no output was written")
+                 f"deconv3d: {how} as the command ended: what it reported stands" if getattr(exc, "ended", False)
+                 else f"deconv3d: {how}; no output was written")
         return exc.status if isinstance(exc, Terminated) else 130
     except OSError as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_closed():
@@ -162,7 +163,8 @@ def _terminate_as_interrupt(program: bool = False):
     (:func:`~deconv3d._paths.signals_deferred`). One that Python could not raise, raised in a C
     library's callback into Python (llvmlite's while numba compiles, a finalizer's, a gc callback's:
     printed as "Exception ignored ..." and dropped), is sent again once the hook that reports it has
-    returned. The previous handlers, and logging as it was, are restored afterwards (main called from
+    returned, or raised as the command ends where that has not happened yet (its ``ended``: the command
+    had finished). The previous handlers, and logging as it was, are restored afterwards (main called from
     Python had left the caller's logging off), except logging for the ``program``, which is ending: a
     stopped local cluster's child processes exit meanwhile, and distributed's thread watching them
     logged a WARNING after the run's last line."""
@@ -182,16 +184,19 @@ def _terminate_as_interrupt(program: bool = False):
         # The process is asked to end: what its clean-up stops (a dask cluster's nannies, its event loop, a
         # worker still starting) logs nothing (29-50 lines of tracebacks came after the run's own line).
         stopped.append(signum)
+        pending.clear()  # (one dropped before: this one ends the run)
         logging.disable(logging.CRITICAL)
         raise Terminated(signum)
 
     def swallowed(unraisable):
         if not isinstance(unraisable.exc_value, Terminated) or not _send_again(unraisable.exc_value.signum,
-                                                                               sys._getframe(), lock, active):
+                                                                               sys._getframe(), lock, active,
+                                                                               pending):
             hook_before(unraisable)
 
     before, disabled, stopped = {}, logging.root.manager.disable, []
     active, lock = [True], threading.Lock()  # (the command runs; sending a signal again and ending, one at a time)
+    pending = []  # (a dropped signal, not yet sent again)
     for name in TERMINATING:
         signum = getattr(signal, name, None)  # (Windows has no SIGHUP)
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
@@ -201,13 +206,20 @@ def _terminate_as_interrupt(program: bool = False):
         yield
     finally:
         with lock:
-            active.clear()
+            active.clear()  # (nothing is sent again from now on; one sent, its handler not yet run, is let pass)
+            dropped = pending[:1]
         if sys.unraisablehook is swallowed:
             sys.unraisablehook = hook_before
         for signum, handler_before in before.items():
             signal.signal(signum, handler_before)
         if stopped and not program:  # (after the clean-up, which ran in the block)
             logging.disable(disabled)
+        # A signal dropped as the command ended, not sent again in time: the command had ended with exit 0 and no
+        # word of it. It ends the run here, unless one already does.
+        if dropped and not isinstance(sys.exception(), KeyboardInterrupt):
+            late = Terminated(dropped[0])
+            late.ended = sys.exception() is None  # (the command had finished: what it wrote stands)
+            raise late
 
 
 def _handling(kind) -> bool:
@@ -229,11 +241,12 @@ def _stack(frame):
         frame = frame.f_back
 
 
-def _send_again(signum: int, hook, lock, active) -> bool:
+def _send_again(signum: int, hook, lock, active, pending) -> bool:
     """Send ``signum`` to the main thread again, as soon as the frame ``hook`` (the unraisable hook that was
     given the Terminated a C callback dropped, running in the main thread) has returned: raised inside the
     hook, it would be dropped again. Nothing is sent once the command is over (``active`` emptied under
-    ``lock``). False where no thread can be started (the interpreter is ending). Sent as a signal to the main
+    ``lock``); meanwhile ``pending`` holds it, for the command's end to raise it there. False where no
+    thread can be started (the interpreter is ending). Sent as a signal to the main
     thread, which wakes it from a wait (``_thread.interrupt_main`` only flagged it: a main thread in an
     untimed ``Event.wait()`` stopped when the wait ended, 5 s late; still so where there is no ``pthread_kill``)."""
     import _thread
@@ -247,15 +260,17 @@ def _send_again(signum: int, hook, lock, active) -> bool:
                 break
             time.sleep(0.001)
         with lock:
-            if active:
+            if active and pending:  # (kept until the handler raises it: the command's end may come first)
                 if hasattr(signal, "pthread_kill"):  # (the signal itself: handled by the handler in place)
                     signal.pthread_kill(main, signum)
                 else:  # (Windows)
                     _thread.interrupt_main(signum)
 
     try:
+        pending[:] = [signum]
         threading.Thread(target=later, name="deconv3d-signal-again", daemon=True).start()
     except RuntimeError:
+        pending.clear()
         return False
     return True
 

@@ -615,6 +615,28 @@ def test_a_termination_a_c_callback_dropped_wakes_a_main_thread_that_waits():
     assert caught.value.name == "SIGTERM" and not event.is_set()
 
 
+def test_a_termination_dropped_as_the_command_ends_still_ends_it():
+    """Found by the review of the signal handling: a Terminated a C callback dropped just before the command
+    ended vanished: the hook took it (no "Exception ignored" line) and the command was over before the thread
+    sending it again could (exit 0). The command's end raises it now, and nothing is sent after it."""
+    import ctypes
+    import time
+
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+
+    received = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        with pytest.raises(Terminated) as caught, _terminate_as_interrupt():
+            ctypes.CFUNCTYPE(None)(lambda: signal.raise_signal(signal.SIGTERM))()
+        time.sleep(0.1)  # (a signal sent again afterwards would reach the handler restored here)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert (caught.value.name, caught.value.status, caught.value.ended) == ("SIGTERM", 143, True)
+    assert received == []
+
+
 @pytest.mark.parametrize("when", ["between the renames", "after the rename"])
 def test_a_sigterm_while_the_output_is_put_in_place_leaves_it_complete(stack, monkeypatch, capsys, when):
     """Found by the review of the signal handling: a SIGTERM between publishing's two renames (the earlier
