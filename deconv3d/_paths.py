@@ -1,6 +1,7 @@
 """Output paths checked before any heavy work starts, the temporary names outputs are written
 under until they are complete (:mod:`deconv3d.io`, :mod:`deconv3d.pipeline.output`), the section
-that keeps a termination signal from cutting their publishing in two (:func:`signals_deferred`), and
+that keeps a termination signal from cutting their publishing in two (:func:`signals_deferred`,
+:func:`publishing`), and
 the sweep of what killed runs left under such names (kept here, free of heavy imports, so that every
 command can sweep before it writes)."""
 
@@ -615,6 +616,23 @@ def signals_deferred():
         signum = None if _DEFERRED["depth"] else _DEFERRED.pop("signum", None)
         if signum is not None:
             signal.raise_signal(signum)  # (its handler runs now, in this thread)
+
+
+@contextlib.contextmanager
+def publishing(path):
+    """:func:`signals_deferred` around putting the finished output ``path`` in place (its rename): a signal
+    deferred meanwhile is raised as the section ends, and once the block has completed its exception carries
+    ``published`` (``path``), so that the command line says the output was written (it had said that none
+    was, the new output in place)."""
+    done = False
+    try:
+        with signals_deferred():
+            yield
+            done = True
+    except BaseException as exc:
+        if done:
+            exc.published = str(path)
+        raise
 
 
 def defer_signal(signum: int) -> bool:

@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 
 from deconv3d._arrays import as_numpy
-from deconv3d._paths import _check_writable_target, _one_line, keep_mode, out_of_space, temporary_name
+from deconv3d._paths import _check_writable_target, _one_line, keep_mode, out_of_space, publishing, temporary_name
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 
@@ -60,7 +60,9 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
     -----
     The data go to a temporary file in the target directory, which is then
     moved onto ``path`` with :func:`os.replace`; on any failure the temporary
-    file is removed, so no partial output is ever left behind.
+    file is removed, so no partial output is ever left behind. A SIGTERM or SIGHUP the command
+    line handles during the rename is raised after it, its exception carrying ``published``
+    (:func:`~deconv3d._paths.publishing`).
     """
     path = Path(path)
     _check_writable_target(path)
@@ -87,7 +89,8 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
                                  dtype=np.float32, imagej=True, **kwargs)
             else:
                 tifffile.imwrite(fh, data, imagej=True, **kwargs)
-        os.replace(tmp, path)
+        with publishing(path):  # (a SIGTERM just after it: "no output was written", the new file in place)
+            os.replace(tmp, path)
     except OSError as exc:
         if out_of_space(exc):
             raise InputError(f"no space left on {path}: free disk space, then run again") from exc

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from deconv3d._paths import keep_mode, refuse_write_protected, temporary_name
+from deconv3d._paths import keep_mode, publishing, refuse_write_protected, temporary_name
 from deconv3d.errors import WARNINGS_LOCK, InputError
 
 
@@ -187,7 +187,9 @@ def atomic_torch_save(payload: dict, path) -> None:
 
     The file is created with the mode the umask gives (0644 under the usual 022), as the TIFF
     and zarr outputs are, so that colleagues on a shared server can read the model; a file it
-    replaces keeps its own mode (a ``chmod 600`` model stays private), as they do.
+    replaces keeps its own mode (a ``chmod 600`` model stays private), as they do. A SIGTERM or
+    SIGHUP the command line handles during the rename is raised after it, its exception carrying
+    ``published`` (:func:`~deconv3d._paths.publishing`).
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -211,7 +213,8 @@ def atomic_torch_save(payload: dict, path) -> None:
                 fh.write(buffer.getbuffer())
         except OSError as exc:  # named: a failed write's error names no file
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        os.replace(tmp, path)
+        with publishing(path):  # (a SIGTERM just after it: "no output was written", the new file in place)
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -12,9 +12,8 @@ import os
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d._paths import (_remove, keep_mode, out_of_space, refuse_output_link, refuse_unnamable,
-                             refuse_unreplaceable, remove_stale_temporaries, settle_zarr, signals_deferred,
-                             temporary_name)
+from deconv3d._paths import (_remove, keep_mode, out_of_space, publishing, refuse_output_link, refuse_unnamable,
+                             refuse_unreplaceable, remove_stale_temporaries, settle_zarr, temporary_name)
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
@@ -35,7 +34,7 @@ def atomic_output(path, folder: bool = False):
     (:func:`~deconv3d._paths.keep_mode`), so that nothing written into it is readable meanwhile by
     whom the output did not let read it.
     Publishing is not cut in two by the command line's SIGTERM or SIGHUP
-    (:func:`~deconv3d._paths.signals_deferred`): one that comes meanwhile is raised once the output
+    (:func:`~deconv3d._paths.publishing`): one that comes meanwhile is raised once the output
     is in place, and its exception carries the output's path as ``published``. An earlier output it
     replaces is deleted after that section (a signal then stops the run at once; what is left of it
     is a stale temporary, swept by the next run).
@@ -62,7 +61,7 @@ def atomic_output(path, folder: bool = False):
         yield tmp
         # (a SIGTERM between _publish's two renames removed the earlier output and this one; one just after
         # them exited saying that no output was written)
-        with signals_deferred():
+        with publishing(path):
             old = _publish(tmp, path)
             published = True
         # The earlier output, moved aside, is deleted outside the section: a signal meanwhile is raised at once

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from deconv3d.errors import InputError
-from deconv3d.io import write_tiff
+from deconv3d.io import read_image, write_tiff
 
 from cli_helpers import assert_one_line_error, run
 from .conftest import blurred_beads, gaussian_psf
@@ -635,6 +635,41 @@ def test_a_termination_dropped_as_the_command_ends_still_ends_it():
         signal.signal(signal.SIGTERM, before)
     assert (caught.value.name, caught.value.status, caught.value.ended) == ("SIGTERM", 143, True)
     assert received == []
+
+
+@pytest.mark.parametrize("what", ["tiff", "model"])
+def test_a_sigterm_as_a_tiff_or_a_model_is_renamed_into_place_says_it_was_written(tmp_path, monkeypatch, what):
+    """Found by the review of the signal handling: a SIGTERM right after a TIFF output's or a model's rename
+    (write_tiff, atomic_torch_save) ended the run saying that no output was written, the new file in place.
+    Their rename is a publishing section too (deconv3d._paths.publishing): the signal is raised after it,
+    and its exception names the output."""
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+
+    target, replace = tmp_path / f"out.{'tif' if what == 'tiff' else 'ckpt'}", os.replace
+
+    def signalled(src, dst):
+        replace(src, dst)
+        if Path(dst) == target:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(os, "replace", signalled)
+    with pytest.raises(Terminated) as caught, _terminate_as_interrupt():
+        if what == "tiff":
+            write_tiff(target, np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+        else:
+            from deconv3d._torch_common import atomic_torch_save
+
+            atomic_torch_save({"weights": [1, 2, 3]}, target)
+    monkeypatch.setattr(os, "replace", replace)
+    assert caught.value.published == str(target) and target.is_file()
+    if what == "tiff":
+        assert np.array_equal(read_image(target).data, np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    else:
+        import torch
+
+        assert torch.load(target, weights_only=True) == {"weights": [1, 2, 3]}
+    assert _leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("when", ["between the renames", "after the rename"])
