@@ -501,7 +501,7 @@ def _owned_by_another(owners: dict, output: Path, path: Path) -> Optional[Path]:
 def _process(path, output, record, settings, process_one, row) -> None:
     from deconv3d.omezarr import file_sha256
 
-    start = time.perf_counter()
+    start, finishing = time.perf_counter(), False
     try:
         for written in (output, record):  # (named by the input: a name too long is the input's to shorten)
             check_name_length(written, renamed=path)
@@ -518,22 +518,49 @@ def _process(path, output, record, settings, process_one, row) -> None:
         # fingerprint that holds them: a file replaced before the fingerprint or during the run fails it.
         shared = _shared_hashes(settings)
         settings_hash = settings.fingerprint()
+
+        def finish():
+            nonlocal finishing
+            _check_unchanged(shared, settings, path)
+            row["settings"] = settings_hash
+            finishing = True
+            # In the try: a record that cannot be written (a full disk) fails this file, not the batch; the
+            # unfinished record above stays, so that a rerun redoes the output.
+            _write_json_atomic(record, {"input": str(path.absolute()), "input_state": state,
+                                        "input_sha256": digest, "settings": settings_hash, "output": output.name,
+                                        "outputs": names, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
         with warnings_into(row):
-            process_one(path, output, digest)
-        _check_unchanged(shared, settings, path)
-        row["settings"] = settings_hash
-        # In the try: a record that cannot be written (a full disk) fails this file, not the batch; the
-        # unfinished record above stays, so that a rerun redoes the output.
-        _write_json_atomic(record, {"input": str(path.absolute()), "input_state": state, "input_sha256": digest,
-                                    "settings": settings_hash, "output": output.name, "outputs": names,
-                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    except (KeyboardInterrupt, SystemExit):
+            try:
+                process_one(path, output, digest)
+            except KeyboardInterrupt as exc:
+                # The signal came as the output was put in place (deconv3d._paths.publishing): it is complete, and
+                # recorded as finished before the batch stops (a rerun redid it, the row said failed).
+                if not _published(exc, output):
+                    raise
+                with contextlib.suppress(Exception):  # (not recorded: failed, as any interrupted file)
+                    finish()
+                    row["status"] = "done"
+                row["seconds"] = round(time.perf_counter() - start, 3)
+                raise
+        finish()
+    except KeyboardInterrupt as exc:
+        if finishing and _published(exc, record):  # the finished record is in place: the row says so
+            row.update(status="done", seconds=round(time.perf_counter() - start, 3))
+        raise
+    except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - one failing file must not stop the batch
         row.update(status="failed", reason=_reason(exc))
     else:
         row["status"] = "done"
     row["seconds"] = round(time.perf_counter() - start, 3)
+
+
+def _published(exc: BaseException, path: Path) -> bool:
+    """Whether the signal ``exc`` was raised once ``path`` was put in place (its ``published``)."""
+    published = getattr(exc, "published", None)
+    return published is not None and Path(published).absolute() == Path(path).absolute()
 
 
 def _shared_hashes(settings: Settings) -> dict[str, str]:

@@ -672,6 +672,42 @@ def test_a_sigterm_as_a_tiff_or_a_model_is_renamed_into_place_says_it_was_writte
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("renamed", ["img.zarr", "img.tif.json"])
+def test_a_sigterm_as_a_batch_file_s_output_or_record_is_put_in_place_finishes_that_file(stack, monkeypatch,
+                                                                                         capsys, renamed):
+    """Found by the review of the signal handling: a SIGTERM deferred while a batch file's output (or its
+    completion record) was put in place gave its row "failed, 0.0 s, terminated: rerun to redo it", while
+    the output was complete: the rerun recomputed it (or, the record finished, skipped it). The file is
+    finished (its record written) and its row done before the batch stops with 143; the rerun skips it."""
+    from deconv3d.pipeline import output
+
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    (folder / "in").mkdir()
+    (folder / "img.tif").rename(folder / "in" / "img.tif")
+    replace, renames, signalled_at = os.replace, [], []
+    nth = 1 if renamed == "img.zarr" else 2  # (the record's first write says the file is not finished)
+
+    def signalled(src, dst):
+        replace(src, dst)
+        if Path(dst).name == renamed:
+            renames.append(dst)
+            if len(renames) == nth:
+                signalled_at.append(dst)
+                signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(output.os, "replace", signalled)
+    argv = ["batch", "in", "-o", "res", "--psf", "psf.tif", "--chunks", 8, 16, 16, "--iterations", 1]
+    code, _, err = run(argv, capsys)
+    monkeypatch.setattr(output.os, "replace", replace)
+    assert signalled_at and code == 143 and "(1 done, 0 skipped, 0 failed" in err, err
+    (row,) = json.loads((folder / "res" / "batch_report.json").read_text())["files"]
+    assert row["status"] == "done" and row["reason"] == "" and row["seconds"] > 0, row
+    assert "finished" in json.loads((folder / "res" / ".deconv3d-batch" / "img.tif.json").read_text())
+    code, out, _ = run(argv, capsys)
+    assert code == 0 and "0 done, 1 skipped, 0 failed" in out, out
+
+
 @pytest.mark.parametrize("when", ["between the renames", "after the rename"])
 def test_a_sigterm_while_the_output_is_put_in_place_leaves_it_complete(stack, monkeypatch, capsys, when):
     """Found by the review of the signal handling: a SIGTERM between publishing's two renames (the earlier
