@@ -160,7 +160,7 @@ def _terminate_as_interrupt(program: bool = False):
     ignored by whoever started us (SIGHUP under nohup) stays ignored. More of them while a Terminated
     is being handled (its clean-up: the except and finally blocks and context managers' exits it runs)
     are let pass, and one that comes while an output is put in place is raised once it is there
-    (:func:`~deconv3d._paths.signals_deferred`). One that Python could not raise, raised in a C
+    (:func:`~deconv3d._paths.signals_deferred`), as is Ctrl-C's SIGINT (where Python's own handler has it). One that Python could not raise, raised in a C
     library's callback into Python (llvmlite's while numba compiles, a finalizer's, a gc callback's:
     printed as "Exception ignored ..." and dropped), is sent again once the hook that reports it has
     returned, or raised as the command ends where that has not happened yet (its ``ended``: the command
@@ -188,6 +188,10 @@ def _terminate_as_interrupt(program: bool = False):
         logging.disable(logging.CRITICAL)
         raise Terminated(signum)
 
+    def interrupted(signum, frame):
+        if not defer_signal(signum):  # (an output being put in place: Ctrl-C there removed it and the earlier one)
+            interrupt_before(signum, frame)
+
     def swallowed(unraisable):
         if not isinstance(unraisable.exc_value, Terminated) or not _send_again(unraisable.exc_value.signum,
                                                                                sys._getframe(), lock, active,
@@ -201,6 +205,9 @@ def _terminate_as_interrupt(program: bool = False):
         signum = getattr(signal, name, None)  # (Windows has no SIGHUP)
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
             before[signum] = signal.signal(signum, handler)
+    interrupt_before = signal.getsignal(signal.SIGINT)
+    if interrupt_before is signal.default_int_handler:  # (Ctrl-C raises KeyboardInterrupt, once an output is in place)
+        before[signal.SIGINT] = signal.signal(signal.SIGINT, interrupted)
     hook_before, sys.unraisablehook = sys.unraisablehook, swallowed
     try:
         yield

@@ -1114,3 +1114,30 @@ def test_a_sigterm_while_the_earlier_output_is_deleted_stops_the_run_at_once(tmp
     (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith(".out.zarr.")]
     assert (aside / "0" / "c0").read_text() == "earlier"
     assert output.remove_stale_temporaries(out) == [aside] and not aside.exists()  # (as the next run does)
+
+
+def test_ctrl_c_between_publishing_s_two_renames_leaves_the_new_output(tmp_path, monkeypatch):
+    """Found by the review of the signal handling: Ctrl-C (SIGINT) between publishing's two renames, the
+    earlier output moved aside and the new one not yet in its place, deleted both. Under the command line's
+    handlers it waits for the renames as SIGTERM does: KeyboardInterrupt (exit 130) once the new output is
+    in place, naming it."""
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+    from deconv3d.pipeline import output
+
+    out = tmp_path / "out.zarr"
+    _earlier_zarr_output(out)
+    replace = os.replace
+
+    def signalled(src, dst):
+        replace(src, dst)
+        if Path(src) == out:  # (moved aside)
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(output.os, "replace", signalled)
+    with pytest.raises(KeyboardInterrupt) as caught, _terminate_as_interrupt():
+        with output.atomic_output(out, folder=True) as tmp:
+            _earlier_zarr_output(tmp, "new")
+    assert not isinstance(caught.value, Terminated) and caught.value.published == str(out)
+    assert (out / "0" / "c0").read_text() == "new"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
