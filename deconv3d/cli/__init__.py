@@ -206,7 +206,7 @@ def _terminate_as_interrupt(program: bool = False):
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
             before[signum] = signal.signal(signum, handler)
     interrupt_before = signal.getsignal(signal.SIGINT)
-    if interrupt_before is signal.default_int_handler:  # (Ctrl-C raises KeyboardInterrupt, once an output is in place)
+    if callable(interrupt_before):  # Python's (Ctrl-C raises KeyboardInterrupt) or a caller's: run once an output is in place
         before[signal.SIGINT] = signal.signal(signal.SIGINT, interrupted)
     hook_before, sys.unraisablehook = sys.unraisablehook, swallowed
     try:

@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d._paths import (_remove, keep_mode, out_of_space, publishing, refuse_output_link, refuse_unnamable,
-                             refuse_unreplaceable, remove_stale_temporaries, settle_zarr, temporary_name)
+from deconv3d._paths import (_remove, check_name_length, keep_mode, out_of_space, publishing, refuse_output_link,
+                             refuse_unnamable, refuse_unreplaceable, remove_stale_temporaries, settle_zarr,
+                             temporary_name)
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
@@ -36,8 +37,9 @@ def atomic_output(path, folder: bool = False):
     Publishing is not cut in two by the command line's SIGTERM or SIGHUP
     (:func:`~deconv3d._paths.publishing`): one that comes meanwhile is raised once the output
     is in place, and its exception carries the output's path as ``published``. An earlier output it
-    replaces is deleted after that section (a signal then stops the run at once; what is left of it
-    is a stale temporary, swept by the next run).
+    replaces is deleted after that section (also where the deferred signal is raised; a signal
+    during the deletion stops the run at once, and what is left of it is a stale temporary, swept by
+    the next run).
     """
     path = Path(path)
     refuse_unnamable(path)  # (looking at it raised "File name too long": write_ome_zarr's raw OSError)
@@ -52,8 +54,9 @@ def atomic_output(path, folder: bool = False):
         refuse_unreplaceable(path, f"output path {path} is a directory that is not a zarr image deconv3d wrote "
                              "(another tool's, or written through the Python API before deconv3d marked its "
                              "outputs): move it away or choose another output name; its files are left as they are")
+    check_name_length(path)  # (one that fits but whose temporary names do not: a raw OSError from the writer)
     tmp = temporary_name(path)
-    published = False
+    published, old = False, None
     try:
         if folder:  # made here with the mode of the output it replaces, before any file goes in: a private
             tmp.mkdir()  # output's chunks were readable by all while it was rewritten (the folder gates them)
@@ -68,10 +71,13 @@ def atomic_output(path, folder: bool = False):
         # (it waited for the whole deletion, 2 s for 30,000 chunk files), and what is left of it is swept as a
         # stale temporary by the next run.
         if old is not None:
-            _remove(old)
+            old, deleting = None, old
+            _remove(deleting)
     except BaseException as exc:
         if published:  # the signal deferred meanwhile, raised now: the output is complete
             exc.published = str(path)
+            if old is not None:  # (the signal deferred as it was put aside: not left beside it, twice the disk space;
+                _remove(old)     # one during its deletion is not made to wait for the rest of it)
             raise
         try:
             # a failed zarr write's other chunks, still being written: not into the removed folder (a slow

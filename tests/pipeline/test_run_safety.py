@@ -738,9 +738,8 @@ def test_a_sigterm_while_the_output_is_put_in_place_leaves_it_complete(stack, mo
                                                         "the output is complete"], err
     written, reference = (zarr.open_group(str(folder / name), mode="r")["0"][:] for name in ("out.zarr", "ref.zarr"))
     assert np.array_equal(written, reference) and not np.array_equal(written, earlier)
-    # the earlier output, moved aside: not deleted once the signal is raised (the run stops at once), but swept
-    assert [name.split(".")[1] for name in _leftovers(folder)] == ["out"]
-    output.remove_stale_temporaries(folder / "out.zarr")
+    # the earlier output, moved aside, is deleted as the deferred signal is raised (review of this stop's
+    # own commits: left beside the new one, it held twice the disk space until a later run swept it)
     assert _leftovers(folder) == []
 
 
