@@ -160,8 +160,8 @@ def _terminate_as_interrupt(program: bool = False):
     ignored by whoever started us (SIGHUP under nohup) stays ignored. More of them while a Terminated
     is being handled (its clean-up: the except and finally blocks and context managers' exits it runs)
     are let pass, and one that comes while an output is put in place is raised once it is there
-    (:func:`~deconv3d._paths.signals_deferred`), as is Ctrl-C's SIGINT (where Python's own handler has it). One that Python could not raise, raised in a C
-    library's callback into Python (llvmlite's while numba compiles, a finalizer's, a gc callback's:
+    (:func:`~deconv3d._paths.signals_deferred`), as is Ctrl-C's SIGINT (under Python's handler or a
+    caller's, which then runs). One that Python could not raise, raised in a C library's callback into Python (llvmlite's while numba compiles, a finalizer's, a gc callback's:
     printed as "Exception ignored ..." and dropped), is sent again once the hook that reports it has
     returned, or raised as the command ends where that has not happened yet (its ``ended``: the command
     had finished). The previous handlers, and logging as it was, are restored afterwards (main called from
@@ -206,7 +206,7 @@ def _terminate_as_interrupt(program: bool = False):
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
             before[signum] = signal.signal(signum, handler)
     interrupt_before = signal.getsignal(signal.SIGINT)
-    if callable(interrupt_before):  # Python's (Ctrl-C raises KeyboardInterrupt) or a caller's: run once an output is in place
+    if callable(interrupt_before):  # Python's (KeyboardInterrupt) or a caller's: run once an output is in place
         before[signal.SIGINT] = signal.signal(signal.SIGINT, interrupted)
     hook_before, sys.unraisablehook = sys.unraisablehook, swallowed
     try:
