@@ -103,8 +103,7 @@ def check_output_path(output, inputs=(), suffixes=None) -> None:
         unsupported suffix, or its directory does not exist or is not writable.
     """
     output = Path(output)
-    refuse_unnamable(output)  # first: every other check looks at the output, which raised "File name too long"
-    refuse_input_overlap(output, inputs)
+    refuse_input_overlap(output, inputs)  # (first refuse_unnamable: every later look at the output raised ENAMETOOLONG)
     _refuse_folder(output)  # before the suffix: a folder 'existdir' was named as "unsupported format ''"
     if suffixes is not None and output.suffix.lower() not in suffixes:
         raise InputError(f"unsupported output format '{output.suffix}' for {output}: use {' or '.join(suffixes)}")
