@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from deconv3d._voxel import checked_voxel_size
-from deconv3d.classical._reuse import keep_setup, kept_setup
+from deconv3d.classical._reuse import kept_or_built
 from deconv3d.errors import InputError
 from deconv3d.fft import (FFTConvolver, as_finite_tensor, as_tensor, fast_shape, irfftn, kernel_origin, pad_spatial,
                           same_fft_shape)
@@ -268,13 +268,10 @@ def _set_up(p: _Problem, conv: FFTConvolver, boundary: str, weight: bool) -> _Pr
     """``p`` with its OTF and, with ``weight``, Bertero's ``1 / H^T 1``: those of the previous block of
     a chunked run where it had the same shape and PSF (:mod:`deconv3d.classical._reuse`), else new."""
     key = (boundary, tuple(p.data.shape), tuple(p.fft_shape), str(p.data.device), p.data.dtype)
-    kept = kept_setup(key, conv.psf)
-    p.otf = conv.otf(p.fft_shape) if kept is None else kept.otf
-    held = None if kept is None else kept.inv_weight
+    build_weight = (lambda: _bertero_inverse_weight(p, conv.psf)) if weight else None
+    p.otf, inv_weight = kept_or_built(key, conv.psf, lambda: conv.otf(p.fft_shape), build_weight)
     if weight:
-        p.inv_weight = _bertero_inverse_weight(p, conv.psf) if held is None else held
-    if kept is None or (weight and held is None):  # something new to keep
-        keep_setup(key, conv.psf, p.otf, p.inv_weight)
+        p.inv_weight = inv_weight
     return p
 
 

@@ -80,6 +80,23 @@ def keep_setup(key: tuple, psf: torch.Tensor, otf: torch.Tensor, inv_weight: Opt
         _kept[0] = Setup(weakref.ref(owner, _forget), key, psf, otf, inv_weight)
 
 
+def kept_or_built(key: tuple, psf: torch.Tensor, build_otf, build_weight=None):
+    """``(otf, inv_weight)``: those kept for ``key`` and ``psf`` by this thread's owner, else built by
+    ``build_otf()`` and, where given, ``build_weight()`` (then kept for the next call). ``inv_weight``
+    is None where ``build_weight`` is None; one kept without a weight gets it built and kept."""
+    kept = kept_setup(key, psf)
+    otf = build_otf() if kept is None else kept.otf
+    if build_weight is None:
+        if kept is None:
+            keep_setup(key, psf, otf, None)
+        return otf, None
+    weight = None if kept is None else kept.inv_weight
+    if weight is None:  # something new to keep
+        weight = build_weight()
+        keep_setup(key, psf, otf, weight)
+    return otf, weight
+
+
 def drop_setup(owner) -> None:
     """Drop the set-up kept for ``owner``, if it is the one kept: its run has ended."""
     kept = _kept[0]

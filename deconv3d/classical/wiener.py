@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from deconv3d.classical._problem import _check_inputs, _is_number
-from deconv3d.classical._reuse import keep_setup, kept_setup
+from deconv3d.classical._reuse import kept_or_built
 from deconv3d.errors import InputError
 from deconv3d.fft import FFTConvolver, checked_result, fast_shape, irfftn, pad_spatial, resolve_device
 
@@ -123,12 +123,7 @@ def _otf(conv: FFTConvolver, fft_shape) -> torch.Tensor:
     """The OTF for ``fft_shape``: the previous block's of a chunked run where it had the same FFT shape
     and PSF (:mod:`deconv3d.classical._reuse`), else new (and kept for the next block). Never written."""
     key = ("wiener", fft_shape, str(conv.device), conv.dtype)
-    kept = kept_setup(key, conv.psf)
-    if kept is not None:
-        return kept.otf
-    otf = conv.otf(fft_shape)
-    keep_setup(key, conv.psf, otf, None)
-    return otf
+    return kept_or_built(key, conv.psf, lambda: conv.otf(fft_shape))[0]
 
 
 def _wiener_extend(y: torch.Tensor, kernel_shape, boundary: str):
