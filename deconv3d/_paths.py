@@ -309,7 +309,7 @@ def refuse_write_protected(path: Path) -> None:
 
 def replaceable_folder(path: Path) -> bool:
     """Whether a folder at an output path may be replaced by the output: an empty ``.zarr``
-    folder, or a zarr image deconv3d wrote (its attributes hold ``deconv3d``; a previous output,
+    folder (or one holding only files a file browser left, :func:`_os_metadata`), or a zarr image deconv3d wrote (its attributes hold ``deconv3d``; a previous output,
     replaced once the new one is complete) holding nothing but what deconv3d writes there
     (:func:`added_entries`). Any other zarr folder, an acquisition say, is not deleted for an
     output path that names it, nor is an earlier output to which labels were added."""
@@ -318,13 +318,22 @@ def replaceable_folder(path: Path) -> bool:
 
 #: The group metadata a zarr image deconv3d wrote holds beside its level folders (``0``, ``1``, ...).
 _OWN_METADATA = ("zarr.json", ".zattrs", ".zgroup")
+#: Files the operating system's file browser leaves in a folder it shows (macOS Finder's ``.DS_Store`` and
+#: AppleDouble ``._NAME`` files, Windows Explorer's ``Thumbs.db`` and ``desktop.ini``): not the user's data.
+_OS_METADATA = (".ds_store", "thumbs.db", "desktop.ini")
+
+
+def _os_metadata(name: str, folder: bool) -> bool:
+    """Whether the entry ``name`` is a file a file browser left (:data:`_OS_METADATA`)."""
+    return not folder and (name.lower() in _OS_METADATA or name.startswith("._"))
 
 
 def _not_written(listed: dict) -> list[str]:
     """The names among ``listed`` (name: whether a folder) that deconv3d does not write into a zarr
-    output: anything but its group metadata and its level folders."""
+    output: anything but its group metadata, its level folders and what a file browser left there
+    (:func:`_os_metadata`: a Finder's ``.DS_Store`` blocked replacing an output that was looked at)."""
     return sorted(name for name, folder in listed.items()
-                  if name not in _OWN_METADATA and not (folder and name.isdigit()))
+                  if name not in _OWN_METADATA and not (folder and name.isdigit()) and not _os_metadata(name, folder))
 
 
 def added_entries(path: Path) -> list[str]:
@@ -345,7 +354,7 @@ def _folder_state(path: Path) -> tuple[bool, list[str]]:
         return path.suffix.lower() == ".zarr", []
     except OSError:
         return False, []
-    if not listed:
+    if all(_os_metadata(name, folder) for name, folder in listed.items()):  # (a Finder's .DS_Store only: empty)
         return path.suffix.lower() == ".zarr", []
     added = _not_written(listed) if _written_by_deconv3d(path, set(listed)) else None
     return path.suffix.lower() == ".zarr" and added == [], added or []

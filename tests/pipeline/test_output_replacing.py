@@ -259,3 +259,46 @@ def test_a_refused_output_folder_is_listed_and_its_metadata_read_once(tmp_path, 
         with pytest.raises(InputError, match=r"holds entries it did not write \(labels\)"):
             attempt()
         assert listed.count(out) == 1 and read.count(out / "zarr.json") == 1
+
+
+@pytest.mark.parametrize("writer", ["check_output_path", "write_ome_zarr"])
+def test_files_a_file_browser_left_in_an_earlier_output_do_not_block_replacing_it(tmp_path, writer):
+    """An earlier .zarr output looked at in macOS's Finder (a .DS_Store, AppleDouble ._ files) or
+    Windows' Explorer (Thumbs.db, desktop.ini) was refused as holding entries deconv3d did not write.
+    Those files are not the user's data: the output is replaced, and they go with it; a file of the
+    user's (notes.txt) or an extra array beside them still blocks it, named alone."""
+    from deconv3d.omezarr import open_lazy
+
+    x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    out = tmp_path / "seen.zarr"
+    write_ome_zarr(out, x)
+    junk = {".DS_Store": b"\0\0\0\1Bud1", "._zarr.json": b"\0\5\26\7", "Thumbs.db": b"\xd0\xcf", "desktop.ini": b"["}
+    for name, content in junk.items():
+        (out / name).write_bytes(content)
+    if writer == "check_output_path":
+        check_output_path(out, suffixes=(".zarr",))  # (refused before)
+    else:
+        write_ome_zarr(out, x + 1)
+        assert sorted(p.name for p in out.iterdir()) == ["0", "zarr.json"]  # the junk deleted with the old output
+        np.testing.assert_array_equal(np.asarray(open_lazy(out).data), x + 1)
+    for user in ("notes.txt", "extra"):
+        for name, content in junk.items():
+            (out / name).write_bytes(content)
+        if user == "notes.txt":
+            (out / user).write_text("mine")
+        else:
+            import zarr
+
+            zarr.open_group(str(out), mode="a").create_array(user, data=x)
+        before = _tree(out)
+        with pytest.raises(InputError, match=rf"holds entries it did not write \({user}\): they would be deleted"):
+            write_ome_zarr(out, x + 2) if writer == "write_ome_zarr" else check_output_path(out, suffixes=(".zarr",))
+        assert _tree(out) == before
+        import shutil
+
+        (out / user).unlink() if user == "notes.txt" else shutil.rmtree(out / user)
+    empty = tmp_path / "empty.zarr"  # a folder made for the output, looked at in the Finder before the run
+    empty.mkdir()
+    (empty / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    write_ome_zarr(empty, x)
+    np.testing.assert_array_equal(np.asarray(open_lazy(empty).data), x)
