@@ -246,8 +246,8 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
         Output ``.zarr`` directory; an existing one is replaced only once the new one is complete,
         and only a zarr image deconv3d wrote, holding nothing else (labels added to it, say)
         (:func:`deconv3d._paths.replaceable_folder`; any other is refused before any work, as is a
-        file or a symbolic link at the path), and never the file or folder a dask array ``data``
-        is read from.
+        file or a symbolic link at the path), and never the file or folder a dask or zarr array
+        ``data`` is read from, nor a path inside it (an OME-Zarr image's level: the image).
     data : array_like or dask array
         2D to 5D data whose axes are ``axes`` (default ``"ZYX"``/``"YX"``; 4D or 5D data without
         ``axes`` is refused: pass ``axes="TZYX"`` or ``"CZYX"``); written as float32.
@@ -268,7 +268,7 @@ def write_ome_zarr(path, data, *, voxel_size=None, axes: str | None = None, chun
     from deconv3d.pipeline.readers import source_files
 
     arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data))
-    refuse_input_overlap(path, source_files(arr))  # (data read from the output path itself)
+    refuse_input_overlap(path, source_files(data))  # (data read from the output path itself, a zarr array too)
     axes = axes_or_default(axes, arr.shape)  # (4D without axes was written as CZYX, a time series' t as c)
     if chunks is None:
         chunks = capped_chunks(axes, arr.shape)

@@ -80,8 +80,8 @@ def as_reader(data):
 def source_files(data) -> list:
     """The files (or zarr folders) on this machine that ``data`` reads from: a
     :class:`~deconv3d.omezarr.LazyImage`'s, a file reader's (a ZarrReader's store, a TiffReader's file,
-    or the reader a view reads), a local zarr array's own folder (its store's folder joined with its
-    path in the store), and the TIFF files and local zarr arrays a dask array is read from (those
+    or the reader a view reads), a local zarr array's folder (its store's folder joined with its
+    path in the store; the OME-Zarr image's where it is a level of one, :func:`_image_folder`), and the TIFF files and local zarr arrays a dask array is read from (those
     :func:`~deconv3d.omezarr.open_lazy` and ``dask.array.from_zarr`` give); none for data in memory
     (an array-like whose ``__dask_graph__()`` is None, as an xarray.DataArray not backed by dask).
     An output must not replace them (:func:`~deconv3d._paths.refuse_input_overlap`)."""
@@ -136,8 +136,40 @@ def _read_file(value):
     fs = getattr(store, "fs", None)  # (FsspecStore: local where its protocol says "file")
     if root is None and "file" in _protocols(fs):
         root = getattr(store, "path", None)
-    # (the array's own folder: an output beside it in the store, a results.zarr in the project, leaves it be)
-    return None if root is None else Path(root, str(getattr(store_path, "path", "") or ""))
+    return None if root is None else _image_folder(Path(root), str(getattr(store_path, "path", "") or ""))
+
+
+def _image_folder(root: Path, key: str) -> Path:
+    """The folder an input read from the local zarr array ``key`` of the store at ``root`` is: the
+    OME-Zarr image it is a level of (the nearest group above it in the store with ``multiscales``, or
+    the bioformats2raw folder that holds that image as a series), as :func:`~deconv3d.omezarr.open_lazy`
+    names the image: ``dask.array.from_zarr("src.zarr", component="0")`` let an output be written
+    inside src.zarr, which the same image opened by open_lazy refused. Else the array's own folder
+    (an output beside it in the store, a results.zarr in the project, leaves it be)."""
+    parts = [part for part in key.split("/") if part]
+    for depth in range(len(parts) - 1, -1, -1):
+        group = Path(root, *parts[:depth])
+        if "multiscales" in _group_attributes(group):
+            above = group.parent
+            return above if group.name.isdigit() and "bioformats2raw.layout" in _group_attributes(above) else group
+    return Path(root, key)
+
+
+def _group_attributes(folder: Path) -> dict:
+    """The attributes of the zarr group in ``folder`` (v3's ``zarr.json``, v2's ``.zattrs``), those under
+    ``ome`` (OME-Zarr 0.5) merged in; empty where there is none or it cannot be read."""
+    import json
+
+    for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        try:
+            meta = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        attrs = meta.get(key) if key is not None and isinstance(meta, dict) else meta
+        if not isinstance(attrs, dict):
+            return {}
+        return {**attrs, **attrs["ome"]} if isinstance(attrs.get("ome"), dict) else attrs
+    return {}
 
 
 def _protocols(fs) -> tuple:

@@ -97,7 +97,7 @@ def test_write_ome_zarr_refuses_to_replace_the_image_its_data_is_read_from(tmp_p
 
     x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
     write_ome_zarr(tmp_path / "src.zarr", x)
-    with pytest.raises(InputError, match="lie one inside the other"):  # (it reads src.zarr/0)
+    with pytest.raises(InputError, match="output path equals the input"):  # (it reads src.zarr/0, a level of it)
         write_ome_zarr(tmp_path / "src.zarr", open_lazy(tmp_path / "src.zarr").data * 2)
     np.testing.assert_array_equal(np.asarray(open_lazy(tmp_path / "src.zarr").data), x)
     write_tiff(tmp_path / "t.tif", x)
@@ -194,7 +194,7 @@ def test_source_files_reads_the_graph_layers_without_making_every_task(tmp_path,
     assert source_files(da.zeros((64, 64, 64), chunks=4) + 1) == []
     for inline in (False, True):
         found = source_files(da.from_zarr(str(src), component="0", inline_array=inline) * 2 + 1)
-        assert [p.resolve() for p in map(Path, found)] == [(src / "0").resolve()]
+        assert [p.resolve() for p in map(Path, found)] == [src.resolve()]  # (the image, of which "0" is a level)
 
 
 def test_a_zarr_array_is_read_from_its_own_folder_not_its_key_or_its_store(tmp_path, monkeypatch):
@@ -219,7 +219,7 @@ def test_a_zarr_array_is_read_from_its_own_folder_not_its_key_or_its_store(tmp_p
     np.testing.assert_array_equal(np.asarray(open_lazy("raw/out.zarr").data), 2 * x)
 
     write_ome_zarr("src.zarr", x)
-    with pytest.raises(InputError, match="lie one inside the other") as info:
+    with pytest.raises(InputError, match="output path equals the input src.zarr") as info:  # (0 is its level)
         run_chunked(zarr.open_array("src.zarr", path="0", mode="r"), lambda b: b * 2, "src.zarr")
     assert "\n" not in str(info.value)
     np.testing.assert_array_equal(np.asarray(open_lazy("src.zarr").data), x)  # its input kept
@@ -302,3 +302,51 @@ def test_files_a_file_browser_left_in_an_earlier_output_do_not_block_replacing_i
     (empty / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     write_ome_zarr(empty, x)
     np.testing.assert_array_equal(np.asarray(open_lazy(empty).data), x)
+
+
+@pytest.mark.parametrize("writer", ["run_chunked", "write_ome_zarr"])
+def test_an_output_inside_the_image_a_zarr_array_is_a_level_of_is_refused_as_for_the_image(tmp_path, writer,
+                                                                                           monkeypatch):
+    """run_chunked(open_lazy("src.zarr"), f, "src.zarr/out.zarr") is refused (inside the input), but
+    the same image's level read as a dask array (da.from_zarr("src.zarr", component="0"), or the
+    LazyImage's .data) or as a zarr array wrote the output inside src.zarr: the input was the level's
+    folder src.zarr/0 only. The input is the image a level belongs to now (the series folder's
+    bioformats2raw root too, as open_lazy names it); an array in no image keeps its own folder, and
+    an output beside the store is written."""
+    import json
+
+    import dask.array as da
+    import zarr
+
+    from deconv3d.omezarr import open_lazy
+    from deconv3d.pipeline import run_chunked
+
+    monkeypatch.chdir(tmp_path)
+    x = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
+    write_ome_zarr("src.zarr", x)
+    Path("plate.zarr").mkdir()  # a bioformats2raw layout: open_lazy("plate.zarr") reads its series plate.zarr/0
+    Path("plate.zarr/zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                        "attributes": {"ome": {"bioformats2raw.layout": 3}}}))
+    write_ome_zarr("plate.zarr/0", x)
+    before = {image: _tree(Path(image)) for image in ("src.zarr", "plate.zarr")}
+
+    def write(data, out):
+        return run_chunked(data, lambda b: b + 1, out) if writer == "run_chunked" else write_ome_zarr(out, data)
+
+    sources = {"the image's data": lambda: open_lazy("src.zarr").data,
+               "from_zarr": lambda: da.from_zarr("src.zarr", component="0") * 1,
+               "zarr array": lambda: zarr.open_array("src.zarr", path="0", mode="r"),
+               "bioformats2raw": lambda: open_lazy("plate.zarr").data}
+    if writer == "run_chunked":
+        sources["LazyImage"] = lambda: open_lazy("src.zarr")  # (the reference: refused before)
+    for name, data in sources.items():
+        image = "plate.zarr" if name == "bioformats2raw" else "src.zarr"
+        with pytest.raises(InputError, match=rf"output \S*{image}/out.zarr and input \S*{image} lie one inside the "
+                                             r"other: choose an output outside the input"):
+            write(data(), f"{image}/out.zarr")
+        assert {i: _tree(Path(i)) for i in before} == before, name
+    write(da.from_zarr("src.zarr", component="0"), "beside.zarr")  # outside the image: written
+    np.testing.assert_array_equal(np.asarray(open_lazy("beside.zarr").data), x + (writer == "run_chunked"))
+    zarr.open_group("project", mode="w").create_array("exp1/raw", data=x)  # a zarr array in no image
+    write(da.from_zarr("project", component="exp1/raw"), "project/results.zarr")  # beside it in the store
+    np.testing.assert_array_equal(np.asarray(open_lazy("project/results.zarr").data), x + (writer == "run_chunked"))
