@@ -637,6 +637,62 @@ def test_a_termination_dropped_as_the_command_ends_still_ends_it():
     assert received == []
 
 
+def test_a_signal_sent_again_while_the_command_ends_does_not_leave_its_handlers_in_place(monkeypatch):
+    """Found by a review of the signal handling: the SIGTERM sent again after a dropped Terminated, coming as
+    the command's end waited on the lock it sends under, raised there and cut that end short: the caller's
+    SIGTERM and SIGINT handlers (and sys.unraisablehook, and logging) were not put back, and the next SIGTERM
+    raised a Terminated in a run long over. It is taken as the dropped one now, raised once the handlers are
+    back, as the end of a command that had finished."""
+    import ctypes
+    import threading
+
+    import deconv3d.cli
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+
+    real_lock = threading.Lock
+
+    class SentAgainAtTheLock:
+        """The lock the command's end waits on, the dropped signal sent again (by the main thread, here) as it
+        is waited on."""
+
+        def __init__(self):
+            self.lock = real_lock()
+
+        def __enter__(self):
+            if threading.current_thread() is threading.main_thread():
+                signal.raise_signal(signal.SIGTERM)  # (its handler runs before this returns)
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
+
+    def caller(signum, frame):  # the handler in place before the run (a library caller's)
+        raise AssertionError("the caller's SIGTERM handler ran")
+
+    # (dropped, and left for the thread that would send it again: sent below, deterministically)
+    monkeypatch.setattr(deconv3d.cli, "_send_again", lambda signum, hook, lock, active, pending:
+                        pending.append(signum) or True)
+    hook, interrupt, disabled = sys.unraisablehook, signal.getsignal(signal.SIGINT), logging.root.manager.disable
+    before = signal.signal(signal.SIGTERM, caller)
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(threading, "Lock", SentAgainAtTheLock)
+            ending = _terminate_as_interrupt()
+            ending.__enter__()
+        ctypes.CFUNCTYPE(None)(lambda: signal.raise_signal(signal.SIGTERM))()  # dropped
+        with pytest.raises(Terminated) as caught:
+            ending.__exit__(None, None, None)  # the command finished
+        assert signal.getsignal(signal.SIGTERM) is caller and signal.getsignal(signal.SIGINT) is interrupt
+        assert sys.unraisablehook is hook and logging.root.manager.disable == disabled
+        assert (caught.value.name, caught.value.ended) == ("SIGTERM", True)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, interrupt)
+        sys.unraisablehook = hook
+        logging.disable(disabled)
+
+
 @pytest.mark.parametrize("what", ["tiff", "model"])
 def test_a_sigterm_as_a_tiff_or_a_model_is_renamed_into_place_says_it_was_written(tmp_path, monkeypatch, what):
     """Found by the review of the signal handling: a SIGTERM right after a TIFF output's or a model's rename
