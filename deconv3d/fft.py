@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Sequence
 
@@ -37,9 +38,11 @@ __all__ = [
 ]
 
 PADDINGS = ("zero", "reflect", "circular")
-#: OTFs one convolver keeps (per FFT shape): each is as large as an image, and a long-lived
-#: process calling with ever new shapes grew by 0.7 MB per call, without bound.
-MAX_OTFS = 4
+#: Bytes of OTFs that all convolvers together keep (:class:`_OtfCache`, the least recently used
+#: dropped first; one larger is not kept). Each OTF is as large as an image: kept per convolver
+#: and counted per convolver (4 shapes each, 8 shared PSFs) a long-lived process held 276 MB after
+#: 8 PSFs x 4 shapes of 60 x 256 x 256. Set it (``deconv3d.fft.OTF_CACHE_BYTES = ...``) to keep more or less.
+OTF_CACHE_BYTES = 256 * 2**20
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -193,7 +196,8 @@ class FFTConvolver:
     Inputs may carry leading batch and channel dimensions; the FFTs run over the last
     ``psf.ndim`` axes. The OTF of the kernel, zero-padded to the FFT shape and rolled so
     that its origin (see :func:`kernel_origin`) sits at index 0, is computed on first use
-    of a shape and kept for the lifetime of the object.
+    of a shape and kept for the next use, in a cache that all convolvers share and that holds at
+    most :data:`OTF_CACHE_BYTES` (the least recently used OTFs dropped first).
 
     Examples
     --------
@@ -222,8 +226,9 @@ class FFTConvolver:
             raise InputError(f"PSF must be 1D, 2D or 3D, got {self.psf.ndim}D: pass a single PSF volume")
         self.ndim = self.psf.ndim
         self.origin = kernel_origin(self.psf.shape)
-        self._otfs: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # the MAX_OTFS most recently used
-        self._otfs_lock = threading.Lock()
+        self._cache_token = object()  # its OTFs' key in _OTF_CACHE (an id() is reused; a pickled copy gets its own)
+        if self._fitted is None:  # (a kernel being fitted caches nothing)
+            weakref.finalize(self, _OTF_CACHE.forget, self._cache_token).atexit = False
 
     @property
     def dims(self) -> tuple[int, ...]:
@@ -234,23 +239,17 @@ class FFTConvolver:
         """Half-spectrum OTF for ``fft_shape`` (cached unless the kernel requires grad), kernel
         ``origin`` rolled to index 0."""
         origin = self.origin if origin is None else tuple(origin)
-        key = (tuple(fft_shape), origin)
-        with self._otfs_lock:
-            otf = self._otfs.get(key)
-            if otf is not None:
-                self._otfs.move_to_end(key)
-                return otf
+        key = (self._cache_token, tuple(fft_shape), origin)
+        otf = _OTF_CACHE.get(key)
+        if otf is not None:
+            return otf
         if any(s < k for s, k in zip(fft_shape, self.psf.shape)):
             raise InputError(f"FFT shape {tuple(fft_shape)} is smaller than the PSF {tuple(self.psf.shape)}")
         kernel = self.psf if self._fitted is None else as_tensor(self._fitted, self.device, self.dtype)
         otf = torch.fft.rfftn(_wrapped(kernel, tuple(fft_shape), origin), dim=self.dims)
         if self._fitted is not None:  # a graph per call: a cached one is freed by the first backward, stale after a step
             return otf
-        with self._otfs_lock:
-            self._otfs[key] = otf
-            while len(self._otfs) > MAX_OTFS:  # a long-lived process (napari) meets ever new shapes
-                self._otfs.popitem(last=False)
-        return otf
+        return _OTF_CACHE.put(key, otf)
 
     def same_fft_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         """Smallest fast FFT shape with which a zero-padded "same" convolution does not wrap."""
@@ -327,6 +326,67 @@ class FFTConvolver:
         # Only interior voxels are kept, and those need no wrap-around: the FFT may be circular.
         out = self._spectral(padded, fast_shape(ext), self.origin, adjoint)
         return out[self._crop(shape, before)]
+
+
+class _OtfCache:
+    """The OTFs of all convolvers, keyed by ``(convolver token, FFT shape, origin)``: at most
+    :data:`OTF_CACHE_BYTES` in all (read at each store), the least recently used dropped first; an
+    OTF larger than that is not kept. A convolver's OTFs go with it (:meth:`forget`). Thread safe
+    (pipeline blocks call from worker threads)."""
+
+    def __init__(self):
+        self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.nbytes = 0
+        self._lock = threading.Lock()
+        self._gone: list = []  # tokens of convolvers collected while the lock was held
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        with self._lock:
+            self._drop_gone()
+            otf = self._entries.get(key)
+            if otf is not None:
+                self._entries.move_to_end(key)
+            return otf
+
+    def put(self, key: tuple, otf: torch.Tensor) -> torch.Tensor:
+        """Keep ``otf`` under ``key`` if it fits; the one kept already (another thread's) if any."""
+        size = otf.numel() * otf.element_size()
+        with self._lock:
+            self._drop_gone()
+            if key in self._entries:
+                return self._entries[key]
+            if size > OTF_CACHE_BYTES:
+                return otf
+            self._entries[key], self.nbytes = otf, self.nbytes + size
+            while self.nbytes > OTF_CACHE_BYTES:
+                self._drop(next(iter(self._entries)))
+        return otf
+
+    def forget(self, token) -> None:
+        """Drop the OTFs of a convolver that is gone: now, or at the next call where the lock is held
+        (a finalizer may run inside a call of this very thread)."""
+        self._gone.append(token)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drop_gone()
+            finally:
+                self._lock.release()
+
+    def _drop_gone(self) -> None:
+        if not self._gone:
+            return
+        gone = set()
+        while self._gone:
+            gone.add(self._gone.pop())
+        for key in [k for k in self._entries if k[0] in gone]:
+            self._drop(key)
+
+    def _drop(self, key: tuple) -> None:
+        otf = self._entries.pop(key)
+        self.nbytes -= otf.numel() * otf.element_size()
+
+
+_OTF_CACHE = _OtfCache()
 
 
 def _wrapped(kernel: torch.Tensor, fft_shape: tuple, origin: Sequence[int]) -> torch.Tensor:
@@ -467,7 +527,8 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     of its origin, then keeps the interior.
     The :class:`FFTConvolver` (and its OTFs, one per FFT shape) comes from a small thread-safe
     cache keyed by the PSF's values, the device and the dtype (:func:`get_convolver`, the last
-    8 kernels), so repeated calls with the same PSF cost two real FFTs each. The operation is
+    8 kernels; their OTFs at most :data:`OTF_CACHE_BYTES` in all), so repeated calls with the same
+    PSF cost two real FFTs each. The operation is
     differentiable with autograd, with respect to ``x`` and to a ``psf`` tensor that requires grad
     (PSF fitting: its OTF is then computed at each call, not cached).
 

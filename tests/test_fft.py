@@ -109,9 +109,10 @@ def test_otf_is_computed_once_per_shape(rng, monkeypatch):
     first = len(calls)  # OTF + input
     conv.convolve(x)
     assert first == 2 and len(calls) == 3, "the second call must reuse the cached OTF"
-    assert len(conv._otfs) == 1
     conv.convolve(torch.rand(30, 30))
-    assert len(conv._otfs) == 2
+    conv.convolve(torch.rand(30, 30))
+    conv.convolve(x)
+    assert len(calls) == 7, "one OTF per shape, each computed once"
 
 
 def test_shared_convolver_is_reused_for_equal_psfs(rng):
@@ -340,19 +341,62 @@ def test_irfftn_equals_torch_s_with_out_and_uneven_sizes(rng, dims):
     torch.testing.assert_close(result, torch.fft.irfftn(spectrum, s=s, dim=dims), rtol=1e-5, atol=1e-6)
 
 
-def test_a_convolver_keeps_a_bounded_number_of_otfs(rng):
-    """Each PSF's convolver kept an OTF for every FFT shape it met: a long-lived process (napari)
-    calling with ever new image shapes grew by 0.7 MB per call, without bound (found by the
-    review of the API in a long-lived process)."""
-    from deconv3d.fft import MAX_OTFS
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
-    conv = FFTConvolver(rng.random((3, 3, 3)).astype(np.float32))
-    shapes = [(8, 8, 8 + 2 * i) for i in range(MAX_OTFS + 3)]
-    for shape in shapes:
-        conv.otf(shape)
-    assert len(conv._otfs) == MAX_OTFS and [k[0] for k in conv._otfs] == shapes[-MAX_OTFS:]
-    again = conv.otf(shapes[0])  # computed afresh, and the same
+
+def test_cached_otfs_are_capped_by_bytes_the_most_recent_kept(rng, monkeypatch):
+    """The cache kept 4 OTFs per convolver and 8 shared convolvers whatever their size: a long-lived
+    process (napari, a batch) held 276 MB of OTFs after 8 PSFs x 4 shapes of 60 x 256 x 256. What it
+    keeps is told by weak references to the OTFs it handed out (nothing else holds them)."""
+    import weakref
+
+    import deconv3d.fft as fft
+
+    monkeypatch.setattr(fft, "OTF_CACHE_BYTES", 10_000)  # room for 3 of the ~2.5-3.5 kB OTFs below
+    kernels = [rng.random((3, 3, 3)).astype(np.float32) for _ in range(3)]
+    shapes = [(8, 8, 8), (8, 8, 10), (10, 8, 8), (8, 10, 8)]
+    handed = []
+    for k in kernels:
+        for shape in shapes:
+            otf = get_convolver(k).otf(shape)  # the convolver and cache of fft_convolve
+            handed.append((weakref.ref(otf), _nbytes(otf), k, shape))
+            del otf
+            kept = [(n, k, s) for ref, n, k, s in handed if ref() is not None]
+            assert sum(n for n, _, _ in kept) <= fft.OTF_CACHE_BYTES
+            assert handed[-1][0]() is not None, "the most recent OTF is kept"
+    assert get_convolver(kernels[-1]).otf(shapes[-1]) is handed[-1][0](), "and reused, not computed again"
+    largest = max(n for _, n, _, _ in handed)
+    assert sum(n for n, _, _ in kept) > fft.OTF_CACHE_BYTES - largest, "the cache is filled, not emptied"
+    assert handed[0][0]() is None, "the least recently used went first"
+    again = get_convolver(kernels[0]).otf(shapes[0])  # computed afresh, and right
     padded = np.zeros(shapes[0], np.float32)
-    padded[:3, :3, :3] = conv.psf.numpy()
-    expected = np.fft.rfftn(np.roll(padded, [-o for o in conv.origin], axis=(0, 1, 2)))
+    padded[:3, :3, :3] = kernels[0]
+    expected = np.fft.rfftn(np.roll(padded, (-1, -1, -1), axis=(0, 1, 2)))
     np.testing.assert_allclose(again.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_an_otf_larger_than_the_cache_is_not_kept(rng, monkeypatch):
+    import weakref
+
+    import deconv3d.fft as fft
+
+    monkeypatch.setattr(fft, "OTF_CACHE_BYTES", 10_000)
+    conv = get_convolver(rng.random((3, 3)).astype(np.float32))
+    small = conv.otf((8, 8))
+    big = weakref.ref(conv.otf((64, 64)))  # 64 x 33 complex64: 16.9 kB
+    assert big() is None and conv.otf((8, 8)) is small, "not kept, and nothing dropped for it"
+    x = rng.random((60, 60)).astype(np.float32)  # (still right when computed at each call)
+    np.testing.assert_allclose(fft_convolve(x, conv.psf).numpy(),
+                               scipy.signal.fftconvolve(x, conv.psf.numpy(), mode="same"), rtol=1e-4, atol=1e-4)
+
+
+def test_a_convolvers_otfs_go_with_it(rng):
+    """A convolver built per call (Richardson-Lucy's, Wiener's) leaves no OTF in the shared cache."""
+    import weakref
+
+    conv = FFTConvolver(rng.random((3, 3, 3)))
+    otf = weakref.ref(conv.otf((8, 8, 8)))
+    assert otf() is not None
+    del conv
+    assert otf() is None
