@@ -3,12 +3,11 @@ whole levels into memory (see :mod:`deconv3d.omezarr`)."""
 
 from __future__ import annotations
 
-import atexit
-import collections
 import hashlib
 import json
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,39 +77,46 @@ def open_lazy(path) -> LazyImage:
 class _TiffArray:
     """Array-like view of a TIFF's first series for ``dask.array.from_array``.
 
-    Only the path and a token of the file's identity travel with it (it pickles to
+    Only the path and how to read it travel with it (it pickles to
     dask.distributed workers); every process opens the file through tifffile's zarr store and
-    reads just the pages a block needs. Open stores are cached per token (path, inode, size and
-    times, so a rewritten file is opened afresh) and the least recently used beyond
-    ``_MAX_OPEN`` are closed, so a long batch does not run out of file handles.
+    reads just the pages a block needs. The store is opened at the first read and kept for the
+    next ones (every block of a run reads through it), until :meth:`close` (a chunked run's end:
+    :func:`~deconv3d.pipeline.readers.close_sources`) or until this object is gone, whichever
+    comes first; a later read opens it again. Stores were shared by every view of a file and the 8
+    most recent kept open, so a long session held handles to files it was done with, and a deleted
+    TIFF's space came back only when its handle was pushed out.
     """
 
-    _open: "collections.OrderedDict" = collections.OrderedDict()
-    _lock = threading.Lock()
-    _MAX_OPEN = 8
-
-    def __init__(self, path: Path, shape, dtype, token: str = "", options: dict | None = None):
+    def __init__(self, path: Path, shape, dtype, options: dict | None = None):
         # absolute: a dask.distributed worker opens it from a folder of its own
         self.path, self.shape, self.dtype, self.ndim = os.path.abspath(path), tuple(shape), np.dtype(dtype), len(shape)
-        self.token = token or self.path
         self.options = {"series": 0, **(options or {})}  # how deconv3d.io.open_tiff reads the image
+        self.__setstate__({})
+
+    def __getstate__(self) -> dict:  # (the open store stays here: a copy opens its own)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_store", "_users", "_closing", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._store = None  # weakref.finalize closing the open store, and its zarr array: (finalize, array)
+        self._users, self._closing = 0, False  # reads in flight; a close waiting for them
+        self._lock = threading.Lock()
 
     def _array(self):
         import tifffile
         import zarr
 
         with self._lock:
-            entry = self._open.get(self.token)
-            if entry is None:
+            if self._store is None:
                 store = tifffile.imread(self.path, aszarr=True, level=0, **self.options)
-                entry = self._open[self.token] = (store, zarr.open(store, mode="r"))
-                while len(self._open) > self._MAX_OPEN:
-                    _, (old, _) = self._open.popitem(last=False)
-                    old.close()
-            self._open.move_to_end(self.token)
-            return entry[1]
+                # closed with this object at the latest (at exit too: left to the interpreter's teardown,
+                # files were reported as unclosed)
+                self._store = (weakref.finalize(self, store.close), zarr.open(store, mode="r"))
+            return self._store[1]
 
     def __getitem__(self, key):
+        with self._lock:
+            self._users += 1
         try:
             return np.asarray(self._array()[key])
         except (OSError, MemoryError) as exc:
@@ -119,17 +125,24 @@ class _TiffArray:
         except Exception as exc:  # noqa: BLE001 - a codec's complaint: zlib.error, a predictor's KeyError, ...
             raise InputError(f"cannot read {self.path} (region {_region(key)}): {_one_line(exc)}: a strip or tile "
                              "is damaged; copy or export the image again") from exc
+        finally:
+            with self._lock:
+                self._users -= 1
+                self._close_if_asked()
 
-    @classmethod
-    def close_all(cls) -> None:
-        """Close the cached stores (at exit: left to the interpreter's teardown, their files were
-        reported as unclosed)."""
-        with cls._lock:
-            while cls._open:
-                cls._open.popitem()[1][0].close()
+    def close(self) -> None:
+        """Close the file now, or once the reads in flight (another thread's) are done; a later
+        read opens it again."""
+        with self._lock:
+            self._closing = True
+            self._close_if_asked()
 
-
-atexit.register(_TiffArray.close_all)
+    def _close_if_asked(self) -> None:  # (under the lock)
+        if self._closing and not self._users:
+            self._closing = False
+            if self._store is not None:
+                self._store[0]()
+                self._store = None
 
 
 class TiffReader:
@@ -166,6 +179,10 @@ class TiffReader:
 
     __getitem__ = read
 
+    def close(self) -> None:
+        """Close the file until the next read (:meth:`_TiffArray.close`)."""
+        self.source.close()
+
     def verify(self, thorough: bool = True) -> None:
         """Refuse a run whose TIFF was rewritten, replaced, moved or deleted since it was opened:
         blocks read before and after would come from two different images (one stat: ``thorough``
@@ -200,7 +217,7 @@ def _open_tiff(path: Path) -> LazyImage:
     plane = page_shape[-2:] if len(page_shape) >= 2 else shape[-2:]
     chunks = (1,) * (len(shape) - 2) + tuple(plane)
     token = _path_token(path)
-    source = _TiffArray(path, shape, dtype, token, options)
+    source = _TiffArray(path, shape, dtype, options)
     data = da.from_array(source, chunks=chunks, name=f"tiff-{token}", asarray=False,
                          meta=np.empty((0,) * len(shape), dtype))
     data = data.reshape([n for n in shape if n != 1]) if 1 in shape else data

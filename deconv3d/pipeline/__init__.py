@@ -35,7 +35,7 @@ from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_ch
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
 from deconv3d.pipeline.readers import (_View, as_reader, chunk_cache_budget, chunk_reads_spare, chunks_cached,
-                                       source_files)
+                                       close_sources, source_files)
 from deconv3d.pipeline.records import (provenance, psf_source, psf_summary, run_environment, run_fft_environment,
                                        tiff_properties)
 
@@ -437,6 +437,7 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: _Plan, cli
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        close_sources(reader)  # no block reads it now: a long session does not hold the file open
 
 
 def _prepare(fn, view, plan: _Plan, target_path, index):

@@ -101,6 +101,23 @@ def source_files(data) -> list:
     return [p for value in _stored_values(graph) if (p := _read_file(value)) is not None]
 
 
+def close_sources(reader) -> None:
+    """Close the TIFF files that ``reader`` (:func:`as_reader`'s, or a view of one) holds open, once a
+    run is done with them: a TiffReader's, or those a dask array reads (a later read opens them again).
+    Kept open, a long session held handles to files it was done with (a deleted TIFF's disk space
+    freed only once they went)."""
+    from deconv3d.omezarr.reading import TiffReader, _TiffArray
+
+    reader = reader.reader if isinstance(reader, _View) else reader
+    if isinstance(reader, TiffReader):
+        reader.close()
+    elif isinstance(reader, DaskReader):
+        graph = getattr(reader.array, "__dask_graph__", None)
+        for value in _stored_values(graph() if callable(graph) else None):
+            if isinstance(value, _TiffArray):
+                value.close()
+
+
 def _stored_values(graph):
     """The values a dask graph holds (the arrays it reads, constants and tasks), without making a
     task of each chunk: a Blockwise layer's constant arguments, a materialized layer's values (a

@@ -1,5 +1,6 @@
 """Every block reads just its region plus halo from the source: files, dask and numpy give the same output."""
 
+import os
 import pickle
 import threading
 import time
@@ -164,3 +165,58 @@ def test_a_cluster_task_drops_its_rl_set_up_when_it_ends(volume, psf3d):
         _block_task(volume[:12, :16, :16], None, Failing(psf3d, iterations=1), None, "unused", (),
                     abandon="deconv3d-abandon-test")
     assert raised.value.__traceback__ is not None and _reuse._kept[0] is None
+
+
+def _handles_on(path) -> list[str]:
+    """This process's file descriptors open on ``path``, deleted or not (Linux's /proc/self/fd)."""
+    real = str(path.resolve())
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # (the descriptor listdir itself used, closed since)
+            pass
+    return [link for link in links if link in (real, real + " (deleted)")]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in Linux's /proc/self/fd")
+def test_a_run_on_a_tiff_opens_it_once_and_leaves_it_closed(tmp_path, psf3d, monkeypatch, capsys):
+    """Stores of the 8 TIFFs read last stayed open: a long session (napari, a notebook, a batch) held
+    handles to files it was done with, and a deleted TIFF's space came back only once its handle
+    was pushed out. Each run (run_chunked, deconvolve_file, the command line in-process) reads
+    its blocks through one open of the file, and closes it when it ends."""
+    from cli_helpers import run
+
+    from deconv3d.pipeline.files import deconvolve_file
+    from deconv3d.pipeline.settings import Settings
+
+    volume = np.random.default_rng(0).poisson(20, (16, 32, 32)).astype(np.float32)
+    path, psf_path = tmp_path / "in.tif", tmp_path / "psf.tif"
+    calibrated = dict(imagej=True, resolution=(10, 10), metadata={"axes": "ZYX", "spacing": 0.2, "unit": "um"})
+    tifffile.imwrite(path, volume, **calibrated)
+    tifffile.imwrite(psf_path, psf3d, **calibrated)
+    opens, real_imread = [], tifffile.imread
+    monkeypatch.setattr(tifffile, "imread", lambda *a, **k: (opens.append(a[0]) if k.get("aszarr") else None)
+                        or real_imread(*a, **k))
+    chunks = (8, 16, 16)
+    image = [open_lazy(path)]
+    runs = {"run_chunked": lambda: run_chunked(image[0], RichardsonLucyBlock(psf3d, iterations=2), tmp_path / "a.zarr",
+                                               chunks=chunks, workers=2),
+            "deconvolve_file": lambda: deconvolve_file(path, tmp_path / "b.zarr",
+                                                       Settings(psf=str(psf_path), iterations=2, chunks=chunks)),
+            "command line": lambda: run(["deconvolve", path, "-o", tmp_path / "c.tif", "--psf", psf_path,
+                                         "--iterations", 2, "--chunks", *chunks], capsys)}
+    for name, call in runs.items():
+        opens.clear()
+        result = call()
+        if name == "command line":  # its exit status, and its line "wrote ...: rl in 8 block(s) of ..."
+            assert result[0] == 0, result[2]
+            blocks = int((result[1] + result[2]).split(" block(s)")[0].split()[-1])
+        else:
+            blocks = result.blocks
+        assert blocks == 8 and len(opens) == 1, f"{name}: {len(opens)} opens for {blocks} blocks"
+        assert _handles_on(path) == [], f"{name} left the file open"
+    assert float(np.asarray(image[0].data[0]).sum()) == float(volume[0].sum())  # read again: opened again
+    assert _handles_on(path) != []
+    image.clear()
+    assert _handles_on(path) == [], "closed with the image that opened it"
