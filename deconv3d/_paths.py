@@ -127,15 +127,38 @@ def refuse_input_overlap(output, inputs=()) -> None:
                              "outside the input, and not one that contains it")
 
 
-def check_name_length(path: Path, renamed: Path | None = None) -> None:
+def check_name_length(*paths: Path, renamed: Path | None = None) -> None:
     """Refuse an output name too long to be written under its temporary names.
 
     :func:`temporary_name` adds the writer's tag (about 40 bytes) to the name, twice for a TIFF
     (which may be assembled from a temporary OME-Zarr of its own temporary name): a legal name
     of 184 to 255 bytes failed with "File name too long" after the whole computation.
-    ``renamed``: the file whose name ``path``'s derives from (a batch's input, for its record),
-    named in the message as the one to shorten.
+    ``renamed``: the file whose name those of ``paths`` derive from (a batch's input, for its output
+    and its record), named in the message as the one to shorten, to the length that all of them
+    allow: the strictest's (a batch's record, 4 bytes longer than its OME-Zarr output, refused
+    the input again once it was shortened to the length the output's message gave).
     """
+    rooms = [room for room in map(_name_room, paths) if room is not None]
+    if renamed is None:
+        for name, size, extra, limit in rooms:
+            if size + extra > limit:
+                raise InputError(f"output name {_short(name)} is too long ({size} bytes): it is written under a "
+                                 f"temporary name {extra} bytes longer, past the limit of {limit} here: shorten it "
+                                 f"to {limit - extra} bytes or fewer")
+        return
+    own = len(os.fsencode(Path(renamed).name))
+    # (a derived name is the input's with bytes added: the input may have as many as the strictest name allows)
+    allowed, name, extra, limit = min((limit - extra - (size - own), name, extra, limit)
+                                      for name, size, extra, limit in rooms) if rooms else (own, "", 0, 0)
+    if allowed < own:
+        raise InputError(f"input name {_short(Path(renamed).name)} is too long ({own} bytes): the file {_short(name)} "
+                         f"derived from it is written under a temporary name {extra} bytes longer, past the limit of "
+                         f"{limit} here: rename the input to {allowed} bytes or fewer")
+
+
+def _name_room(path: Path) -> tuple[str, int, int, int] | None:
+    """The name of ``path``, its length in bytes, the bytes its temporary names add
+    (:func:`check_name_length`) and the longest name its folder takes; None where that is not known."""
     path = Path(path)
     parent = existing_ancestor(path.parent if str(path.parent) else Path("."))
     try:
@@ -143,22 +166,14 @@ def check_name_length(path: Path, renamed: Path | None = None) -> None:
     except (AttributeError, OSError, ValueError):  # Windows, or a file system that does not say
         limit = 255
     if limit is None or limit <= 0:
-        return
+        return None
     tag = len(f".{host_tag()}@{max(9999999, os.getpid())}-{'0' * 8}{_TMP_SUFFIX}") + 1  # the leading dot too
     extra = tag * (2 if path.suffix.lower() in TIFF_SUFFIXES else 1)
-    size = len(os.fsencode(path.name))
-    if size + extra > limit:
-        def short(name):
-            return name if len(name) <= 48 else f"{name[:24]}...{name[-16:]}"
+    return path.name, len(os.fsencode(path.name)), extra, limit
 
-        if renamed is None:
-            raise InputError(f"output name {short(path.name)} is too long ({size} bytes): it is written under a "
-                             f"temporary name {extra} bytes longer, past the limit of {limit} here: shorten it to "
-                             f"{limit - extra} bytes or fewer")
-        own = len(os.fsencode(Path(renamed).name))
-        raise InputError(f"input name {short(Path(renamed).name)} is too long ({own} bytes): the file {short(path.name)} "
-                         f"derived from it is written under a temporary name {extra} bytes longer, past the limit of "
-                         f"{limit} here: rename the input to {limit - extra - (size - own)} bytes or fewer")
+
+def _short(name: str) -> str:
+    return name if len(name) <= 48 else f"{name[:24]}...{name[-16:]}"
 
 
 def temporary_name(path: Path) -> Path:

@@ -505,8 +505,8 @@ def _process(path, output, record, settings, process_one, row) -> None:
 
     start, finishing = time.perf_counter(), False
     try:
-        for written in (output, record):  # (named by the input: a name too long is the input's to shorten)
-            check_name_length(written, renamed=path)
+        # (named by the input: a name too long is the input's to shorten, to what both names allow)
+        check_name_length(output, record, renamed=path)
         if (problem := special_file_problem(path)) is not None:  # (hashing a named pipe waited forever)
             raise InputError(problem)
         # Not finished, but the output stays this input's (an interrupted run's next one may replace it).

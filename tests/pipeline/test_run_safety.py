@@ -1075,6 +1075,45 @@ def test_a_batch_input_whose_name_is_too_long_fails_alone_before_its_work(tmp_pa
                                                     f"short.{fmt}"]
 
 
+def test_a_batch_input_name_too_long_is_told_the_length_every_name_of_its_run_allows(tmp_path, capsys):
+    """Review of name lengths: an input whose OME-Zarr output's temporary name was too long was told
+    the length the output allowed; renamed to it, the rerun refused it again, as its completion record
+    (NAME.tif.json, 4 bytes longer than NAME.zarr) allowed 4 bytes fewer. The first message names the
+    strictest length, and an input of that length runs."""
+    from deconv3d._paths import check_name_length
+    from deconv3d.cli import main
+
+    psf = gaussian_psf((5, 5, 5))
+    image = blurred_beads((6, 12, 12), psf, count=10)
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    out = tmp_path / "out"
+    (out / ".deconv3d-batch").mkdir(parents=True)
+    with pytest.raises(InputError, match=r"rename the input to \d+ bytes") as info:  # the output's own limit
+        check_name_length(out / ("z" * 300 + ".zarr"), renamed=Path("z" * 300 + ".tif"))
+    old = int(str(info.value).split("rename the input to ")[1].split()[0])
+    limit = os.pathconf(out, "PC_NAME_MAX")
+    extra = int(str(info.value).split("temporary name ")[1].split()[0])  # the bytes a temporary name adds
+    assert old == limit - extra - 1  # (NAME.zarr is NAME.tif and 1 byte)
+
+    def batch(name):
+        folder = tmp_path / name[:8]
+        folder.mkdir()
+        write_tiff(folder / "a.tif", image, voxel_size=(0.3, 0.1, 0.1))
+        os.rename(folder / "a.tif", folder / name)
+        code = main([str(a) for a in ["batch", folder, "-o", out, "--psf", tmp_path / "psf.tif", "--iterations", 1]])
+        capsys.readouterr()
+        rows = json.loads((out / "batch_report.json").read_text())["files"]
+        return code, next(r for r in rows if os.path.basename(r["file"]) == name)
+
+    for name in ("a" * (old + 6) + ".tif", "c" * (old - 4) + ".tif"):  # too long for the output, for the record only
+        code, row = batch(name)
+        assert code == 3 and row["status"] == "failed"
+        assert f"rename the input to {limit - extra - 5} bytes or fewer" in row["reason"]  # (NAME.tif.json: 5 more)
+    code, row = batch("b" * (limit - extra - 5 - 4) + ".tif")  # renamed to that: written
+    assert code == 0 and row["status"] == "done", row
+    assert (out / ("b" * (limit - extra - 9) + ".zarr")).is_dir()
+
+
 def test_a_checkpoint_that_cannot_be_written_is_an_os_error_naming_it(tmp_path):
     """Found by the review of filesystem edge cases: torch.save into a file on a full disk raised
     RuntimeError ("unexpected pos"): 'deconv3d train' ended in an internal error (exit 1). The
