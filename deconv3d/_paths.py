@@ -283,8 +283,10 @@ def _check_writable_target(path: Path, check_suffix: bool = True) -> None:
 def refuse_unnamable(path: Path, folder: bool = False) -> None:
     """Refuse an output path this file system cannot even look at: a name in it past its limit (255
     bytes on most), the output's own worded by :func:`check_name_length` with the length to shorten
-    it to (not for a ``folder``, a batch's, which is not written under a temporary name). Looking
-    at it raised "File name too long", an internal error (exit 1)."""
+    it to (not for a ``folder``, a batch's, which is not written under a temporary name), or the path
+    as a whole past the system's limit (4095 bytes on Linux) with every name in it within theirs,
+    worded as that (it was called a name past its limit, which none was). Looking at it raised
+    "File name too long", an internal error (exit 1)."""
     try:
         os.lstat(path)
     except OSError as exc:
@@ -295,8 +297,26 @@ def refuse_unnamable(path: Path, folder: bool = False) -> None:
                 check_name_length(path)  # the output's own name too long: refused there, saying how short
             except OSError:  # a folder above it too long to look at
                 pass
+        size, longest = len(os.fsencode(path)), max(len(os.fsencode(part)) for part in Path(path).parts)
+        path_max = _limit_at(Path(path), "PC_PATH_MAX", 4096)  # (counting the terminating NUL)
+        if size >= path_max and longest <= _limit_at(Path(path), "PC_NAME_MAX", 255):
+            raise InputError(f"output path {path} is too long for this file system: {size} bytes, past its limit of "
+                             f"{path_max - 1} for a whole path (each name in it is within its own): choose an "
+                             "output in a folder with a shorter path") from None
         raise InputError(f"output path {path} is too long for this file system (a name in it is past its "
                          "limit): shorten it") from None
+
+
+def _limit_at(path: Path, name: str, default: int) -> int:
+    """``os.pathconf(name)`` where ``path`` would be: at the nearest folder above it that can be looked
+    at (``path`` itself may be too long to); ``default`` where no folder says."""
+    for above in (path, *path.parents):
+        try:
+            value = os.pathconf(above, name)
+        except (AttributeError, OSError, ValueError):  # not there (yet), too long, or Windows
+            continue
+        return value if value is not None and value > 0 else default
+    return default
 
 
 def _refuse_folder(path: Path) -> None:

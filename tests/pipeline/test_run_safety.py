@@ -1048,6 +1048,29 @@ def test_an_output_name_past_the_file_systems_limit_is_refused_in_one_line(stack
     assert calls == [] and sorted(os.listdir(folder)) == ["img.tif", "psf.tif"]
 
 
+@pytest.mark.parametrize("command", ["deconvolve", "batch"])
+def test_an_output_path_too_long_as_a_whole_is_worded_so(stack, monkeypatch, capsys, command):
+    """Review of name lengths: an output path past the system's limit as a whole (PATH_MAX), every
+    name in it within its own, was refused as "a name in it is past its limit", which none was: it
+    is worded as the whole path too long, with its length and the limit, and the fix (a folder with
+    a shorter path). A name past its own limit keeps its wording."""
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    limit = os.pathconf(folder, "PC_PATH_MAX") - 1  # the longest path (PATH_MAX counts the final NUL)
+    deep = "/".join(["d" * 200] * (limit // 201 + 1))  # names of 200 bytes, together past the limit
+    for output, whole in ((deep + "/x.tif" if command == "deconvolve" else deep, True), (LONG + "/x.tif", False)):
+        tail = ["-o", output, "--psf", "psf.tif", "--iterations", 1]
+        code, _, err = run([command, "img.tif" if command == "deconvolve" else ".", *tail], capsys)
+        if whole:
+            assert_one_line_error(code, err, f"too long for this file system: {len(output)} bytes, past its limit "
+                                  f"of {limit} for a whole path", "choose an output in a folder with a shorter path")
+            assert "a name in it" not in err
+        else:
+            assert_one_line_error(code, err, "too long for this file system (a name in it is past its limit)")
+            assert "whole path" not in err
+    assert sorted(os.listdir(folder)) == ["img.tif", "psf.tif"]
+
+
 @pytest.mark.parametrize("fmt, length", [("zarr", 230), ("tif", 200), ("zarr", 251)])
 def test_a_batch_input_whose_name_is_too_long_fails_alone_before_its_work(tmp_path, monkeypatch, capsys, fmt, length):
     """A TIFF output's temporary name is the longest a file's run writes (two tags): the message
