@@ -187,11 +187,12 @@ def keep_mode(path: Path, tmp: Path) -> None:
     """Give ``tmp``, the temporary of an output that will replace the existing ``path``, that output's
     permission bits (``rwx`` for owner, group and others) and its group, as ``cp`` onto a file keeps
     them: a ``chmod 600`` result replaced by a rerun came back 0644 (readable by all), a zarr folder
-    at 0750 as 0755 (the umask's). Called as soon as ``tmp`` is created, so that a private result is
-    never readable by others while it is rewritten. Setuid, setgid and sticky bits are not copied
+    at 0750 as 0755 (the umask's). Called as ``tmp`` is created (:func:`create_temporary`, which makes
+    it no wider than this), so that a private result is never readable by others while it is
+    rewritten. Setuid, setgid and sticky bits are not copied
     (``tmp`` keeps its own: a folder's setgid inherited from its parent). The group is kept where this
     user may give it (one of its groups); where it cannot be and the output was someone else's,
-    ``tmp`` keeps the umask's mode: the old mode on this user's group (``0660``) would lock the
+    ``tmp`` is given the umask's mode: the old mode on this user's group (``0660``) would lock the
     previous owner out of the result. A new output keeps the umask's mode; a link at ``path`` (which
     the rename replaces, never its target) gives none, nor a file to a folder or a folder to a file
     (a file's 0644 would make a folder that cannot be entered, nor removed). For a zarr folder this is
@@ -205,12 +206,64 @@ def keep_mode(path: Path, tmp: Path) -> None:
             try:
                 os.chown(tmp, -1, st.st_gid)
             except OSError:  # not one of this user's groups
-                if st.st_uid != own.st_uid:
+                if st.st_uid != own.st_uid:  # the umask's mode (create_temporary made it narrower)
+                    os.chmod(tmp, (stat.S_IMODE(own.st_mode) & ~0o777) | (_NEW_MODE[stat.S_ISDIR(own.st_mode)]
+                                                                           & ~_umask()))
                     return
             own = os.lstat(tmp)
         os.chmod(tmp, (stat.S_IMODE(own.st_mode) & ~0o777) | (st.st_mode & 0o777))
     except OSError:  # no output there (yet), or one removed meanwhile
         pass
+
+
+#: The mode a new file (False) or folder (True) is made with, less the umask's bits.
+_NEW_MODE = {False: 0o666, True: 0o777}
+
+
+def create_temporary(path: Path, tmp: Path, folder: bool = False) -> int | None:
+    """Create ``tmp``, the temporary of the output ``path`` (:func:`temporary_name`), a ``folder`` or a
+    file, which is returned open for writing (a descriptor, for :func:`open`), with the permissions it
+    will have (:func:`keep_mode`). It was made with the umask's mode and narrowed right after: under a
+    permissive umask (``0o000``) a ``chmod 600`` output's temporary was 0666 for that moment, and a
+    file opened then stays readable to whoever opened it. It is now made with the output's
+    mode, which the umask can only narrow: :func:`keep_mode`'s ``chmod`` that follows gives back
+    what the umask took away (never more than the output's mode), and the group. Until the group is
+    the output's, the temporary's group bits go to the folder's group, so they are made no wider than
+    the output gives others (0640 is made 0600, then given its group and 0640). A new output is made
+    with the umask's mode, as before."""
+    mode = _NEW_MODE[folder]
+    try:
+        st = os.lstat(path)
+    except OSError:  # a new output (or one that cannot be looked at: refused before)
+        st = None
+    if st is not None and not stat.S_ISLNK(st.st_mode) and stat.S_ISDIR(st.st_mode) == folder:  # (as keep_mode)
+        kept = st.st_mode & 0o777
+        mode &= kept & (0o707 | (kept & 0o007) << 3)
+    if folder:
+        os.mkdir(tmp, mode)
+        keep_mode(path, tmp)
+        return None
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    try:
+        keep_mode(path, tmp)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _umask() -> int:
+    """This process's umask, read where the system tells it (Linux), else set and put back at once."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # (what another thread creates meanwhile is private, not open to all)
+    os.umask(mask)
+    return mask
 
 
 def existing_ancestor(path: Path) -> Path:

@@ -10,7 +10,8 @@ import numpy as np
 import tifffile
 
 from deconv3d._arrays import as_numpy
-from deconv3d._paths import _check_writable_target, _one_line, keep_mode, out_of_space, publishing, temporary_name
+from deconv3d._paths import (_check_writable_target, _one_line, create_temporary, out_of_space, publishing,
+                             temporary_name)
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 
@@ -82,8 +83,8 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
     kwargs = _imagej_kwargs(data, voxel_size, metadata)
     tmp = temporary_name(path)
     try:
-        with open(tmp, "xb") as fh:
-            keep_mode(path, tmp)  # before the data: a private result is never readable by others meanwhile
+        # (made with its mode, before the data: a private result is never readable by others meanwhile)
+        with open(tmp, "wb", opener=lambda name, flags: create_temporary(path, tmp)) as fh:  # (named: tifffile asks)
             if streamed:  # page by page from slabs of planes: never the whole volume in memory
                 tifffile.imwrite(fh, data=_pages(data, slab_bytes or _SLAB_BYTES, path), shape=tuple(data.shape),
                                  dtype=np.float32, imagej=True, **kwargs)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from deconv3d._paths import keep_mode, publishing, refuse_write_protected, temporary_name
+from deconv3d._paths import create_temporary, publishing, refuse_write_protected, temporary_name
 from deconv3d.errors import WARNINGS_LOCK, InputError
 
 
@@ -208,8 +208,8 @@ def atomic_torch_save(payload: dict, path) -> None:
     tmp = temporary_name(path)
     try:
         try:
-            with open(tmp, "xb") as fh:
-                keep_mode(path, tmp)  # before the bytes: a private model is never readable by others meanwhile
+            # (made with its mode, before the bytes: a private model is never readable by others meanwhile)
+            with open(create_temporary(path, tmp), "wb") as fh:
                 fh.write(buffer.getbuffer())
         except OSError as exc:  # named: a failed write's error names no file
             raise OSError(exc.errno, exc.strerror, str(path)) from exc

@@ -319,17 +319,20 @@ def test_a_replaced_output_keeps_its_group_and_only_its_permission_bits(tmp_path
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as two users")
-def test_an_output_whose_group_cannot_be_kept_takes_the_umask_mode_not_locking_its_owner_out(tmp_path):
+@pytest.mark.parametrize("made_by", ["open", "create_temporary"])
+def test_an_output_whose_group_cannot_be_kept_takes_the_umask_mode_not_locking_its_owner_out(tmp_path, made_by):
     """Review of 8c77199: alice's 0660 result (group lab) replaced by bob, who is not in lab, became
     bob:bob 0660 and alice got "Permission denied" reading it; the umask's mode (0644) keeps it
-    readable, as before that commit. Users simulated by fork and setuid (plain os calls only)."""
-    from deconv3d._paths import keep_mode
+    readable, as before that commit. Users simulated by fork and setuid (plain os calls only). Also
+    where the temporary is made narrower than that (create_temporary: 0600, its group bits no wider
+    than the output's others'), before its group is known not to be kept."""
+    from deconv3d._paths import create_temporary, keep_mode
 
     os.chmod(tmp_path, 0o777)
     path = tmp_path / "out.tif"
     path.write_bytes(b"old")
     os.chown(path, 1001, 2000)
-    path.chmod(0o666)  # writable by bob, so that he may replace it
+    path.chmod(0o662)  # writable by bob, so that he may replace it
 
     def as_user(uid, groups, work):
         pid = os.fork()
@@ -344,8 +347,9 @@ def test_an_output_whose_group_cannot_be_kept_takes_the_umask_mode_not_locking_i
 
     def bob_reruns():
         out, tmp = Path("out.tif"), Path(".out.tif.tmp")
-        with open(tmp, "xb") as fh:
-            keep_mode(out, tmp)
+        with open(tmp, "xb") if made_by == "open" else open(create_temporary(out, tmp), "wb") as fh:
+            if made_by == "open":
+                keep_mode(out, tmp)
             fh.write(b"new")
         os.replace(tmp, out)
         return 0
@@ -401,6 +405,79 @@ def test_a_private_output_is_not_readable_by_others_while_it_is_rewritten(tmp_pa
     writers[name](path)
     assert seen and set(seen) == {0o700 if path.is_dir() else 0o600}
     assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600)
+
+
+@pytest.mark.parametrize("name", ["out.tif", "m.ckpt", "img.zarr", "rec.json", "batch_report.csv"])
+@pytest.mark.parametrize("mode, folder_mode", [(0o600, 0o700), (0o640, 0o750)], ids=["600", "640"])
+def test_a_temporary_is_never_wider_than_its_output_under_a_permissive_umask(tmp_path, rng, monkeypatch, name, mode,
+                                                                             folder_mode):
+    """Review of name handling: temporaries were made with the umask's mode and narrowed by a chmod right
+    after; under umask 0o000 a ``chmod 600`` output's temporary was 0666 (a folder 0777) for that moment,
+    and a file opened then stays readable. Each temporary is seen as every chmod comes to it (the first
+    right after it is made): never wider than the output it replaces, which keeps its mode."""
+    import stat
+
+    import deconv3d._torch_common as tc
+    from deconv3d.omezarr import write_ome_zarr
+    from deconv3d.pipeline import batch
+
+    data = rng.random((2, 3, 4), dtype=np.float32)
+    writers = {"out.tif": lambda p: write_tiff(p, data), "m.ckpt": lambda p: tc.atomic_torch_save({"a": 1}, p),
+               "img.zarr": lambda p: write_ome_zarr(p, data), "rec.json": lambda p: batch._write_json_atomic(p, {}),
+               "batch_report.csv": lambda p: batch._write_reports(tmp_path, [])}
+    path = tmp_path / name
+    writers[name](path)
+    final = folder_mode if path.is_dir() else mode
+    for written in tmp_path.iterdir():
+        written.chmod(folder_mode if written.is_dir() else mode)
+    seen, chmod = [], os.chmod
+
+    def watched(target, *args, **kwargs):
+        if os.fspath(target).endswith(".tmp"):  # a temporary (temporary_name), as it is before this chmod
+            seen.append(stat.S_IMODE(os.stat(target).st_mode))
+        return chmod(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "chmod", watched)
+    umask = os.umask(0o000)
+    try:
+        writers[name](path)
+    finally:
+        os.umask(umask)
+    monkeypatch.undo()
+    assert seen and all(oct(m & ~final) == oct(0) for m in seen), [oct(m) for m in seen]
+    assert stat.S_IMODE(path.stat().st_mode) == final
+
+
+def test_a_temporary_has_group_bits_only_once_it_has_its_outputs_group(tmp_path, rng, monkeypatch):
+    """A temporary is made before it can be given its output's group, in this process's (or its
+    folder's): made with the output's 0640 there, that group's members could open it and read the
+    result. It is made 0600 (group bits no wider than others'), then given the group, then 0640."""
+    import stat
+
+    group = _other_group()
+    if group is None:
+        pytest.skip("this user is in no group but its own")
+    data = rng.random((2, 3, 4), dtype=np.float32)
+    path = tmp_path / "out.tif"
+    write_tiff(path, data)
+    os.chown(path, -1, group)
+    path.chmod(0o640)
+    seen, chown = [], os.chown
+
+    def watched(target, *args, **kwargs):
+        if os.fspath(target).endswith(".tmp"):  # the temporary, before it is given the output's group
+            seen.append((os.stat(target).st_gid, stat.S_IMODE(os.stat(target).st_mode)))
+        return chown(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "chown", watched)
+    umask = os.umask(0o000)
+    try:
+        write_tiff(path, data)
+    finally:
+        os.umask(umask)
+    monkeypatch.undo()
+    assert seen and all(gid != group and mode & 0o070 == 0 for gid, mode in seen), seen
+    assert (path.stat().st_gid, stat.S_IMODE(path.stat().st_mode)) == (group, 0o640)
 
 
 def test_a_checkpoint_over_a_dangling_link_is_saved(tmp_path):

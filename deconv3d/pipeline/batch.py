@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from deconv3d._paths import (_same_file, check_name_length, glob_shown, image_stem, keep_mode, recorded_path,
+from deconv3d._paths import (_same_file, check_name_length, create_temporary, glob_shown, image_stem, recorded_path,
                              remove_stale_temporaries_in, special_file_problem)
 from deconv3d._voxel import recorded_voxel
 from deconv3d.errors import InputError
@@ -292,10 +292,9 @@ def _older_blocks(record: dict, output: Path) -> bool:
 def _write_json_atomic(path: Path, payload) -> None:
     from deconv3d.pipeline.output import atomic_output
 
-    with atomic_output(path) as tmp:
-        tmp.touch()
-        keep_mode(path, tmp)  # (before the text: a private report was readable by all while rewritten)
-        tmp.write_text(json.dumps(payload, indent=2))
+    # (made with its mode, before the text: a private report was readable by all while rewritten)
+    with atomic_output(path) as tmp, open(create_temporary(path, tmp), "w") as fh:
+        fh.write(json.dumps(payload, indent=2))
 
 
 STATUSES = ("done", "skipped", "failed")  # of a file in the batch report
@@ -729,9 +728,9 @@ def _write_reports(output_dir: Path, rows) -> tuple[Path, Path]:
 
     # UTF-8 with a byte order mark: without one Excel on Windows read it as cp1252 ("PrÃ¤parat", "Âµm");
     # read it as "utf-8-sig", which takes files without the mark (of earlier versions) too
+    # (made with its mode, before the rows: a private report was readable by all while rewritten)
     with _naming(csv_path), atomic_output(csv_path) as tmp, \
-            open(tmp, "w", newline="", encoding="utf-8-sig") as fh:  # any file name
-        keep_mode(csv_path, tmp)  # (before the rows: a private report was readable by all while rewritten)
+            open(create_temporary(csv_path, tmp), "w", newline="", encoding="utf-8-sig") as fh:  # any file name
         writer = csv.DictWriter(fh, fieldnames=list(REPORT_FIELDS), extrasaction="ignore")  # (settings: JSON only)
         writer.writeheader()
         writer.writerows({**r, "warnings": WARNINGS_JOINED.join(r.get("warnings") or ())} for r in rows)

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d._paths import (_remove, check_name_length, keep_mode, out_of_space, publishing, refuse_output_link,
-                             refuse_unnamable, refuse_unreplaceable, remove_stale_temporaries, settle_zarr,
-                             temporary_name)
+from deconv3d._paths import (_remove, check_name_length, create_temporary, keep_mode, out_of_space, publishing,
+                             refuse_output_link, refuse_unnamable, refuse_unreplaceable, remove_stale_temporaries,
+                             settle_zarr, temporary_name)
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
@@ -31,8 +31,8 @@ def atomic_output(path, folder: bool = False):
     is refused here, before any work, and again when publishing (it may appear meanwhile).
     ``folder``: the output is a directory (a zarr image), which cannot replace a file or a symbolic
     link at ``path``: those are refused here too, not once the work is done. The temporary folder is
-    then yielded made (empty), with the permissions of the output it replaces
-    (:func:`~deconv3d._paths.keep_mode`), so that nothing written into it is readable meanwhile by
+    then yielded made (empty), with the permissions of the output it replaces, from its creation
+    (:func:`~deconv3d._paths.create_temporary`), so that nothing written into it is readable meanwhile by
     whom the output did not let read it.
     Publishing is not cut in two by the command line's SIGTERM or SIGHUP
     (:func:`~deconv3d._paths.publishing`): one that comes meanwhile is raised once the output
@@ -59,8 +59,7 @@ def atomic_output(path, folder: bool = False):
     published, old = False, None
     try:
         if folder:  # made here with the mode of the output it replaces, before any file goes in: a private
-            tmp.mkdir()  # output's chunks were readable by all while it was rewritten (the folder gates them)
-            keep_mode(path, tmp)
+            create_temporary(path, tmp, folder=True)  # output's chunks were readable by all while it was rewritten
         yield tmp
         # (a SIGTERM between _publish's two renames removed the earlier output and this one; one just after
         # them exited saying that no output was written)
