@@ -190,6 +190,11 @@ class FFTConvolver:
         Where the OTFs live and the work runs (``"auto"`` picks CUDA when present).
     dtype : torch.dtype, optional
         Real dtype of the computation, float32 by default (float64 for references).
+    cache : bool, optional
+        Keep the OTFs in the cache that all convolvers share (True, the default), or, for a
+        convolver built for one call and dropped after it (Richardson-Lucy's, Wiener's), only the
+        most recent one, in the convolver itself: put in the shared cache, such an OTF pushed out
+        the ones kept there for :func:`fft_convolve` and went with its convolver at the call's end.
 
     Notes
     -----
@@ -208,7 +213,7 @@ class FFTConvolver:
     (8, 8)
     """
 
-    def __init__(self, psf, *, device="cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, psf, *, device="cpu", dtype: torch.dtype = torch.float32, cache: bool = True):
         self.device = resolve_device(device)
         if not isinstance(dtype, torch.dtype):
             raise InputError(f"dtype must be a torch dtype such as torch.float32, got {dtype!r}")
@@ -227,7 +232,9 @@ class FFTConvolver:
         self.ndim = self.psf.ndim
         self.origin = kernel_origin(self.psf.shape)
         self._cache_token = object()  # its OTFs' key in _OTF_CACHE (an id() is reused; a pickled copy gets its own)
-        if self._fitted is None:  # (a kernel being fitted caches nothing)
+        self.cache = bool(cache)
+        self._own: tuple | None = None  # (key, OTF): the most recent, where cache is False
+        if self._fitted is None and self.cache:  # (a kernel being fitted caches nothing)
             weakref.finalize(self, _OTF_CACHE.forget, self._cache_token).atexit = False
 
     @property
@@ -236,18 +243,26 @@ class FFTConvolver:
         return tuple(range(-self.ndim, 0))
 
     def otf(self, fft_shape: Sequence[int], origin: Sequence[int] | None = None) -> torch.Tensor:
-        """Half-spectrum OTF for ``fft_shape`` (cached unless the kernel requires grad), kernel
-        ``origin`` rolled to index 0."""
+        """Half-spectrum OTF for ``fft_shape`` (cached unless the kernel requires grad; with
+        ``cache=False`` only the most recent, in the convolver), kernel ``origin`` rolled to index 0."""
         origin = self.origin if origin is None else tuple(origin)
         key = (self._cache_token, tuple(fft_shape), origin)
-        otf = _OTF_CACHE.get(key)
-        if otf is not None:
-            return otf
+        if not self.cache:
+            own = self._own
+            if own is not None and own[0] == key:
+                return own[1]
+        else:
+            otf = _OTF_CACHE.get(key)
+            if otf is not None:
+                return otf
         if any(s < k for s, k in zip(fft_shape, self.psf.shape)):
             raise InputError(f"FFT shape {tuple(fft_shape)} is smaller than the PSF {tuple(self.psf.shape)}")
         kernel = self.psf if self._fitted is None else as_tensor(self._fitted, self.device, self.dtype)
         otf = torch.fft.rfftn(_wrapped(kernel, tuple(fft_shape), origin), dim=self.dims)
         if self._fitted is not None:  # a graph per call: a cached one is freed by the first backward, stale after a step
+            return otf
+        if not self.cache:
+            self._own = (key, otf)
             return otf
         return _OTF_CACHE.put(key, otf)
 

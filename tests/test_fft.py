@@ -400,3 +400,29 @@ def test_a_convolvers_otfs_go_with_it(rng):
     assert otf() is not None
     del conv
     assert otf() is None
+
+
+def test_richardson_lucy_and_wiener_leave_fft_convolves_otf_cached(rng, monkeypatch):
+    """RL and Wiener build a convolver per call: its OTF, put in the shared cache, pushed out the one
+    kept for fft_convolve and went with the convolver, so the next fft_convolve computed it again.
+    Each call still computes its own OTF once (counted by the kernel paddings, one per OTF)."""
+    import deconv3d.fft as fft
+    from deconv3d.classical import richardson_lucy, wiener
+
+    monkeypatch.setattr(fft, "OTF_CACHE_BYTES", 30_000)  # 12.5 kB (fft_convolve) and 18.4 (RL) or 26 (Wiener)
+    built, wrapped = [], fft._wrapped
+    monkeypatch.setattr(fft, "_wrapped", lambda *a: built.append(a[1]) or wrapped(*a))
+    psf = rng.random((3, 3, 3)).astype(np.float32)
+    psf /= psf.sum()
+    x, big = rng.random((12, 12, 12)).astype(np.float32), rng.random((14, 14, 14)).astype(np.float32)
+    first = fft_convolve(x, psf).numpy()
+    assert len(built) == 1
+    richardson_lucy(big, psf, iterations=2)
+    assert len(built) == 2, "RL computes its OTF once"
+    np.testing.assert_array_equal(fft_convolve(x, psf).numpy(), first)
+    assert len(built) == 2, "fft_convolve's OTF is still kept after RL: no new kernel FFT"
+    wiener(x, psf, regularizer="laplacian")
+    assert len(built) == 4, "Wiener computes its OTF and the Laplacian's once each"
+    again = fft_convolve(x, psf).numpy()
+    assert len(built) == 4, "and after Wiener"
+    np.testing.assert_allclose(again, scipy.signal.fftconvolve(x, psf, mode="same"), rtol=1e-5, atol=1e-6)

@@ -239,7 +239,7 @@ def rl_fft_shape(shape, psf_shape, boundary: str = "bertero") -> tuple[int, ...]
 
 def _build_geometry(y: torch.Tensor, h: torch.Tensor, boundary: str, weight: bool = True) -> _Problem:
     """The problem's FFT geometry around ``y``; ``weight=False`` skips Bertero's ``1 / H^T 1``."""
-    conv = FFTConvolver(h, device=y.device, dtype=y.dtype)
+    conv = FFTConvolver(h, device=y.device, dtype=y.dtype, cache=False)  # dropped after the call
     n, k, o = tuple(y.shape), tuple(h.shape), conv.origin
     whole = tuple(slice(0, s) for s in n)
     if boundary == "bertero":

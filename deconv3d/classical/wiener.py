@@ -101,7 +101,7 @@ def wiener(
             f"regularizer must be one of {REGULARIZERS} and boundary one of {WIENER_BOUNDARIES}, "
             f"got {regularizer!r} and {boundary!r}"
         )
-    conv = FFTConvolver(h, device=dev, dtype=dtype)
+    conv = FFTConvolver(h, device=dev, dtype=dtype, cache=False)  # dropped after the call
     padded, crop = _wiener_extend(y, tuple(h.shape), boundary)
     fft_shape = tuple(padded.shape)
     otf = _otf(conv, fft_shape)
@@ -154,4 +154,4 @@ def _regularizer_power(name: str, ndim: int, fft_shape, device, dtype):
             idx = list(centre)
             idx[axis] = side
             lap[tuple(idx)] = 1.0
-    return FFTConvolver(lap, device=device, dtype=dtype).otf(fft_shape).abs().square_()
+    return FFTConvolver(lap, device=device, dtype=dtype, cache=False).otf(fft_shape).abs().square_()
