@@ -234,8 +234,25 @@ class FFTConvolver:
         self._cache_token = object()  # its OTFs' key in _OTF_CACHE (an id() is reused; a pickled copy gets its own)
         self.cache = bool(cache)
         self._own: tuple | None = None  # (key, OTF): the most recent, where cache is False
+        self._forget_otfs_when_gone()
+
+    def _forget_otfs_when_gone(self) -> None:
         if self._fitted is None and self.cache:  # (a kernel being fitted caches nothing)
             weakref.finalize(self, _OTF_CACHE.forget, self._cache_token).atexit = False
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["_cache_token"]
+        state["_own"] = None  # (an OTF: computed again where needed)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """A copy (pickled, ``copy.copy``, ``copy.deepcopy``) gets a token of its own and drops its
+        OTFs from the shared cache when it goes, as one built anew: set up in ``__init__`` alone,
+        the copies' OTFs stayed in the cache after them."""
+        self.__dict__.update(state)
+        self._cache_token = object()
+        self._forget_otfs_when_gone()
 
     @property
     def dims(self) -> tuple[int, ...]:

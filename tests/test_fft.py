@@ -402,6 +402,32 @@ def test_a_convolvers_otfs_go_with_it(rng):
     assert otf() is None
 
 
+@pytest.mark.parametrize("copy_of", ["deepcopy", "pickle", "copy"])
+def test_a_copied_or_unpickled_convolvers_otfs_go_with_it(rng, copy_of):
+    """The finalizer that drops a convolver's OTFs was set up in __init__ alone: those of a deep copy
+    or an unpickled one (and of a shallow copy that outlived its original) stayed in the shared cache
+    after it was gone."""
+    import copy
+    import pickle
+    import weakref
+
+    make = {"deepcopy": copy.deepcopy, "pickle": lambda c: pickle.loads(pickle.dumps(c)), "copy": copy.copy}[copy_of]
+    k = rng.random((3, 3, 3))
+    conv = FFTConvolver(k, dtype=torch.float64)
+    kept = conv.otf((8, 8, 8))
+    twin = make(conv)
+    x = rng.random((7, 6, 9))
+    np.testing.assert_allclose(twin.convolve(x).numpy(), scipy.signal.fftconvolve(x, k, mode="same"), atol=1e-10)
+    del twin
+    assert conv.otf((8, 8, 8)) is kept, "a copy's going leaves the original's OTFs"
+    twin = make(conv)
+    del conv, kept
+    otf = weakref.ref(twin.otf((8, 8, 8)))
+    assert otf() is not None and twin.otf((8, 8, 8)) is otf(), "cached while the copy lives"
+    del twin
+    assert otf() is None, "and dropped with it"
+
+
 def test_richardson_lucy_and_wiener_leave_fft_convolves_otf_cached(rng, monkeypatch):
     """RL and Wiener build a convolver per call: its OTF, put in the shared cache, pushed out the one
     kept for fft_convolve and went with the convolver, so the next fft_convolve computed it again.
