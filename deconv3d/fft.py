@@ -1,7 +1,8 @@
 """FFT convolution with a cached optical transfer function (OTF), in torch.
 
 A PSF is fixed for a whole deconvolution or training run, so its transfer function is
-computed once per (FFT shape, device, dtype) and reused: the hot loops of
+computed once per (FFT shape, device, dtype) and reused (the most recently used OTFs kept, up to
+:data:`OTF_CACHE_BYTES`, and the last one whatever its size): the hot loops of
 Richardson-Lucy and of network training then cost two real FFTs per convolution and
 nothing else. All functions are differentiable with autograd (the transpose of a
 convolution is the correlation with the same kernel, which is what the backward pass
@@ -39,9 +40,10 @@ __all__ = [
 
 PADDINGS = ("zero", "reflect", "circular")
 #: Bytes of OTFs that all convolvers together keep (:class:`_OtfCache`, the least recently used
-#: dropped first; one larger is not kept). Each OTF is as large as an image: kept per convolver
-#: and counted per convolver (4 shapes each, 8 shared PSFs) a long-lived process held 276 MB after
-#: 8 PSFs x 4 shapes of 60 x 256 x 256. Set it (``deconv3d.fft.OTF_CACHE_BYTES = ...``) to keep more or less.
+#: dropped first; the most recent is kept whatever its size, alone where larger). Each OTF is as
+#: large as an image: kept per convolver and counted per convolver (4 shapes each, 8 shared PSFs)
+#: a long-lived process held 276 MB after 8 PSFs x 4 shapes of 60 x 256 x 256. Set it
+#: (``deconv3d.fft.OTF_CACHE_BYTES = ...``) to keep more or less.
 OTF_CACHE_BYTES = 256 * 2**20
 
 
@@ -202,7 +204,8 @@ class FFTConvolver:
     ``psf.ndim`` axes. The OTF of the kernel, zero-padded to the FFT shape and rolled so
     that its origin (see :func:`kernel_origin`) sits at index 0, is computed on first use
     of a shape and kept for the next use, in a cache that all convolvers share and that holds at
-    most :data:`OTF_CACHE_BYTES` (the least recently used OTFs dropped first).
+    most :data:`OTF_CACHE_BYTES` (the least recently used OTFs dropped first; the most recent one is
+    kept whatever its size).
 
     Examples
     --------
@@ -362,8 +365,9 @@ class FFTConvolver:
 
 class _OtfCache:
     """The OTFs of all convolvers, keyed by ``(convolver token, FFT shape, origin)``: at most
-    :data:`OTF_CACHE_BYTES` in all (read at each store), the least recently used dropped first; an
-    OTF larger than that is not kept. A convolver's OTFs go with it (:meth:`forget`). Thread safe
+    :data:`OTF_CACHE_BYTES` in all (read at each store), the least recently used dropped first, but
+    the most recent kept whatever its size, alone where larger (not kept, a large stack's OTF was
+    computed again at every call). A convolver's OTFs go with it (:meth:`forget`). Thread safe
     (pipeline blocks call from worker threads)."""
 
     def __init__(self):
@@ -381,16 +385,15 @@ class _OtfCache:
             return otf
 
     def put(self, key: tuple, otf: torch.Tensor) -> torch.Tensor:
-        """Keep ``otf`` under ``key`` if it fits; the one kept already (another thread's) if any."""
+        """Keep ``otf`` under ``key``, dropping the least recently used others until the rest fits or
+        it is alone; the one kept already (another thread's) if any."""
         size = otf.numel() * otf.element_size()
         with self._lock:
             self._drop_gone()
             if key in self._entries:
                 return self._entries[key]
-            if size > OTF_CACHE_BYTES:
-                return otf
             self._entries[key], self.nbytes = otf, self.nbytes + size
-            while self.nbytes > OTF_CACHE_BYTES:
+            while self.nbytes > OTF_CACHE_BYTES and len(self._entries) > 1:
                 self._drop(next(iter(self._entries)))
         return otf
 
@@ -559,8 +562,8 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     of its origin, then keeps the interior.
     The :class:`FFTConvolver` (and its OTFs, one per FFT shape) comes from a small thread-safe
     cache keyed by the PSF's values, the device and the dtype (:func:`get_convolver`, the last
-    8 kernels; their OTFs at most :data:`OTF_CACHE_BYTES` in all), so repeated calls with the same
-    PSF cost two real FFTs each. The operation is
+    8 kernels; their OTFs at most :data:`OTF_CACHE_BYTES` in all, and the most recent whatever its
+    size), so repeated calls with the same PSF and shape cost two real FFTs each. The operation is
     differentiable with autograd, with respect to ``x`` and to a ``psf`` tensor that requires grad
     (PSF fitting: its OTF is then computed at each call, not cached).
 
