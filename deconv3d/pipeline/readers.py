@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -158,16 +159,19 @@ def _read_file(value):
 
 def _image_folder(root: Path, key: str) -> Path:
     """The folder an input read from the local zarr array ``key`` of the store at ``root`` is: the
-    OME-Zarr image it is a level of (the nearest group above it in the store with ``multiscales``, or
-    the bioformats2raw folder that holds that image as a series), as :func:`~deconv3d.omezarr.open_lazy`
+    OME-Zarr image it is a level of (the nearest group above it with ``multiscales``, or the
+    bioformats2raw folder that holds that image as a series), as :func:`~deconv3d.omezarr.open_lazy`
     names the image: ``dask.array.from_zarr("src.zarr", component="0")`` let an output be written
-    inside src.zarr, which the same image opened by open_lazy refused. Else the array's own folder
-    (an output beside it in the store, a results.zarr in the project, leaves it be)."""
+    inside src.zarr, which the same image opened by open_lazy refused. The folders above the store's
+    root are looked at too, up to the filesystem's root (only their zarr metadata files are read): a
+    level opened by its own folder (``da.from_zarr("src.zarr/0")``) is a store of its own. Else the
+    array's own folder (an output beside it in the store, a results.zarr in the project, leaves it be)."""
     parts = [part for part in key.split("/") if part]
-    for depth in range(len(parts) - 1, -1, -1):
-        group = Path(root, *parts[:depth])
+    groups = [Path(root, *parts[:depth]) for depth in range(len(parts) - 1, -1, -1)]  # (as the store names them)
+    groups += Path(os.path.abspath(root)).parents
+    for i, group in enumerate(groups):
         if "multiscales" in _group_attributes(group):
-            above = group.parent
+            above = groups[i + 1] if i + 1 < len(groups) else group.parent
             return above if group.name.isdigit() and "bioformats2raw.layout" in _group_attributes(above) else group
     return Path(root, key)
 

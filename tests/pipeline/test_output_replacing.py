@@ -304,6 +304,27 @@ def test_files_a_file_browser_left_in_an_earlier_output_do_not_block_replacing_i
     np.testing.assert_array_equal(np.asarray(open_lazy(empty).data), x)
 
 
+def _image_and_series(writer):
+    """An OME-Zarr image src.zarr and a bioformats2raw root plate.zarr holding the same image as its
+    series 0 (open_lazy("plate.zarr") reads plate.zarr/0), in the current folder; returns the image's
+    data, the two folders' trees, and a write(data, out) by ``writer`` (run_chunked adds 1)."""
+    import json
+
+    from deconv3d.pipeline import run_chunked
+
+    x = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
+    write_ome_zarr("src.zarr", x)
+    Path("plate.zarr").mkdir()
+    Path("plate.zarr/zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                        "attributes": {"ome": {"bioformats2raw.layout": 3}}}))
+    write_ome_zarr("plate.zarr/0", x)
+    before = {image: _tree(Path(image)) for image in ("src.zarr", "plate.zarr")}
+
+    def write(data, out):
+        return run_chunked(data, lambda b: b + 1, out) if writer == "run_chunked" else write_ome_zarr(out, data)
+    return x, before, write
+
+
 @pytest.mark.parametrize("writer", ["run_chunked", "write_ome_zarr"])
 def test_an_output_inside_the_image_a_zarr_array_is_a_level_of_is_refused_as_for_the_image(tmp_path, writer,
                                                                                            monkeypatch):
@@ -313,25 +334,13 @@ def test_an_output_inside_the_image_a_zarr_array_is_a_level_of_is_refused_as_for
     folder src.zarr/0 only. The input is the image a level belongs to now (the series folder's
     bioformats2raw root too, as open_lazy names it); an array in no image keeps its own folder, and
     an output beside the store is written."""
-    import json
-
     import dask.array as da
     import zarr
 
     from deconv3d.omezarr import open_lazy
-    from deconv3d.pipeline import run_chunked
 
     monkeypatch.chdir(tmp_path)
-    x = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
-    write_ome_zarr("src.zarr", x)
-    Path("plate.zarr").mkdir()  # a bioformats2raw layout: open_lazy("plate.zarr") reads its series plate.zarr/0
-    Path("plate.zarr/zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
-                                                        "attributes": {"ome": {"bioformats2raw.layout": 3}}}))
-    write_ome_zarr("plate.zarr/0", x)
-    before = {image: _tree(Path(image)) for image in ("src.zarr", "plate.zarr")}
-
-    def write(data, out):
-        return run_chunked(data, lambda b: b + 1, out) if writer == "run_chunked" else write_ome_zarr(out, data)
+    x, before, write = _image_and_series(writer)
 
     sources = {"the image's data": lambda: open_lazy("src.zarr").data,
                "from_zarr": lambda: da.from_zarr("src.zarr", component="0") * 1,
@@ -349,4 +358,34 @@ def test_an_output_inside_the_image_a_zarr_array_is_a_level_of_is_refused_as_for
     np.testing.assert_array_equal(np.asarray(open_lazy("beside.zarr").data), x + (writer == "run_chunked"))
     zarr.open_group("project", mode="w").create_array("exp1/raw", data=x)  # a zarr array in no image
     write(da.from_zarr("project", component="exp1/raw"), "project/results.zarr")  # beside it in the store
+    np.testing.assert_array_equal(np.asarray(open_lazy("project/results.zarr").data), x + (writer == "run_chunked"))
+
+
+@pytest.mark.parametrize("writer", ["run_chunked", "write_ome_zarr"])
+def test_a_level_opened_by_its_own_folder_is_taken_as_the_image_it_is_a_level_of(tmp_path, writer, monkeypatch):
+    """A level opened by its own folder (da.from_zarr("src.zarr/0"), zarr.open_array("src.zarr/0"))
+    is a store of its own: the search for the image looked only at the groups inside that store, and
+    the output src.zarr/out.zarr was written inside the input image. The folders above the store's
+    root are looked at too (a bioformats2raw series' level names its root); an array in no image
+    still keeps its own folder."""
+    import dask.array as da
+    import zarr
+
+    from deconv3d.omezarr import open_lazy
+
+    monkeypatch.chdir(tmp_path)
+    x, before, write = _image_and_series(writer)
+
+    sources = {"src.zarr": [lambda: da.from_zarr("src.zarr/0") * 1,
+                            lambda: zarr.open_array("src.zarr/0", mode="r"),
+                            lambda: da.from_zarr(str(tmp_path / "src.zarr" / "0"))],
+               "plate.zarr": [lambda: da.from_zarr("plate.zarr/0/0"), lambda: zarr.open_array("plate.zarr/0/0")]}
+    for image, makers in sources.items():
+        for make in makers:
+            with pytest.raises(InputError, match=rf"output \S*{image}/out.zarr and input \S*{image} lie one "
+                                                 r"inside the other"):
+                write(make(), f"{image}/out.zarr")
+            assert {i: _tree(Path(i)) for i in before} == before
+    zarr.open_group("project", mode="w").create_array("exp1/raw", data=x)  # a zarr array in no image
+    write(da.from_zarr("project/exp1/raw"), "project/results.zarr")  # beside it: written
     np.testing.assert_array_equal(np.asarray(open_lazy("project/results.zarr").data), x + (writer == "run_chunked"))
