@@ -252,8 +252,14 @@ def create_temporary(path: Path, tmp: Path, folder: bool = False) -> int | None:
     return fd
 
 
+#: Held while :func:`_umask` sets the umask and puts it back: two threads doing so at once read each
+#: other's 0o077 and one left it set for the process.
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
-    """This process's umask, read where the system tells it (Linux), else set and put back at once."""
+    """This process's umask, read where the system tells it (Linux), else set and put back at once
+    (under :data:`_UMASK_LOCK`; not kept between calls, as the user may change it)."""
     try:
         with open("/proc/self/status", "rb") as fh:
             for line in fh:
@@ -261,8 +267,9 @@ def _umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    mask = os.umask(0o077)  # (what another thread creates meanwhile is private, not open to all)
-    os.umask(mask)
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)  # (what another thread creates meanwhile is private, not open to all)
+        os.umask(mask)
     return mask
 
 

@@ -1227,3 +1227,37 @@ def test_a_named_pipe_given_as_a_model_is_named_so(tmp_path, monkeypatch, capsys
         code, _, err = run([*args, "--psf", "psf.tif", "--method", "ssl", "--model", "fifo.ckpt"], capsys)
     assert_one_line_error(code, err, "model fifo.ckpt is a named pipe, not a regular file", "save the model to a file")
     assert not os.path.exists("out.tif") and not os.path.exists("out/img.zarr")
+
+
+def test_the_umask_read_by_setting_it_is_right_in_every_thread_and_left_unchanged(monkeypatch):
+    """Where /proc/self/status cannot be read (macOS, BSD), the umask is read by setting it and putting
+    it back: unlocked, with 4 threads x 2000 calls thousands returned another thread's 0o077 and the
+    process was left with umask 0o077. Each set-and-restore is done under a lock now: two threads
+    that would both set it before either puts it back (a barrier between) each read the real one."""
+    from deconv3d import _paths
+
+    def no_proc(path, *args, **kwargs):
+        raise FileNotFoundError(path)
+
+    real_umask, both_set = os.umask, threading.Barrier(2, timeout=0.5)
+
+    def umask(mask):
+        previous = real_umask(mask)
+        if mask == 0o077:  # set: wait for the other thread to set it too (under the lock, it cannot)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_set.wait()
+        return previous
+
+    monkeypatch.setattr(_paths, "open", no_proc, raising=False)  # (_paths's own name only)
+    monkeypatch.setattr(os, "umask", umask)
+    seen, before = [], real_umask(0o022)
+    try:
+        threads = [threading.Thread(target=lambda: seen.append(_paths._umask())) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        monkeypatch.undo()
+        left = real_umask(before)
+    assert [oct(m) for m in seen] == [oct(0o022)] * 2 and oct(left) == oct(0o022)
