@@ -165,8 +165,8 @@ def _terminate_as_interrupt(program: bool = False):
     printed as "Exception ignored ..." and dropped), is sent again once the hook that reports it has
     returned, or raised as the command ends where that has not happened yet (its ``ended``: the command
     had finished). The previous handlers, and logging as it was, are restored afterwards (main called from
-    Python had left the caller's logging off), also where a signal comes as the command ends (one sent
-    again is raised once they are), except logging for the ``program``, which is ending: a
+    Python had left the caller's logging off), also where a signal comes as the command ends (it is raised
+    once they are, as is one sent again), except logging for the ``program``, which is ending: a
     stopped local cluster's child processes exit meanwhile, and distributed's thread watching them
     logged a WARNING after the run's last line."""
     if threading.current_thread() is not threading.main_thread():
@@ -178,9 +178,11 @@ def _terminate_as_interrupt(program: bool = False):
         # SIGHUP after it) cut its waits short, and a block still writing made the removed temporary output
         # again. Only while it runs: ignoring every later signal once one had been raised, a Terminated that a
         # C callback dropped left the run deaf to SIGTERM and SIGHUP (it finished, exit 0, its output written).
-        if not active or ending or _handling(Terminated) or any(f.f_code is swallowed.__code__ for f in _stack(frame)):
-            return  # (within the hook: the dropped one is sent again, and ends the run; as the command ends, one
-            # sent again is still pending, raised once the handlers are back)
+        if _handling(Terminated) or any(f.f_code is swallowed.__code__ for f in _stack(frame)):
+            return  # (within the hook: the dropped one is sent again, and ends the run)
+        if ending:  # (as the command ends: raised once the handlers are back; one sent again is still pending, and
+            arrived[:] = arrived or [signum]  # raised so, but a new one, a user's kill, came only here and was lost)
+            return
         if defer_signal(signum):
             return  # an output is being put in place: raised once it is (signals_deferred)
         # The process is asked to end: what its clean-up stops (a dask cluster's nannies, its event loop, a
@@ -203,6 +205,7 @@ def _terminate_as_interrupt(program: bool = False):
     before, disabled, stopped = {}, logging.root.manager.disable, []
     active, lock = [True], threading.Lock()  # (the command runs; sending a signal again and ending, one at a time)
     ending = []  # (the command's end has begun: its handlers are being put back)
+    arrived = []  # (the first signal that came as the command ended)
     pending = []  # (a dropped signal, not yet sent again)
     for name in TERMINATING:
         signum = getattr(signal, name, None)  # (Windows has no SIGHUP)
@@ -227,10 +230,10 @@ def _terminate_as_interrupt(program: bool = False):
                 signal.signal(signum, handler_before)
             if stopped and not program:  # (after the clean-up, which ran in the block)
                 logging.disable(disabled)
-        # A signal dropped as the command ended, not sent again in time: the command had ended with exit 0 and no
-        # word of it. It ends the run here, unless one already does.
-        if dropped and not isinstance(sys.exception(), KeyboardInterrupt):
-            late = Terminated(dropped[0])
+        # A signal dropped as the command ended, not sent again in time, or one that came as it ended: the command
+        # had ended with exit 0 and no word of it. It ends the run here, unless one already does.
+        if (dropped or arrived) and not isinstance(sys.exception(), KeyboardInterrupt):
+            late = Terminated((dropped or arrived)[0])
             late.ended = sys.exception() is None  # (the command had finished: what it wrote stands)
             raise late
 

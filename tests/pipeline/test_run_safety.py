@@ -637,6 +637,29 @@ def test_a_termination_dropped_as_the_command_ends_still_ends_it():
     assert received == []
 
 
+def _signalled_at_the_lock(signum):
+    """A lock class whose first wait in the main thread raises ``signum`` first: the lock the command's end
+    waits on, a signal coming (sent again, or a user's kill) as it is waited on."""
+    import threading
+
+    real_lock, sent = threading.Lock, []
+
+    class SignalledAtTheLock:
+        def __init__(self):
+            self.lock = real_lock()
+
+        def __enter__(self):
+            if threading.current_thread() is threading.main_thread() and not sent:
+                sent.append(signum)
+                signal.raise_signal(signum)  # (its handler runs before this returns)
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
+
+    return SignalledAtTheLock
+
+
 def test_a_signal_sent_again_while_the_command_ends_does_not_leave_its_handlers_in_place(monkeypatch):
     """Found by a review of the signal handling: the SIGTERM sent again after a dropped Terminated, coming as
     the command's end waited on the lock it sends under, raised there and cut that end short: the caller's
@@ -650,23 +673,6 @@ def test_a_signal_sent_again_while_the_command_ends_does_not_leave_its_handlers_
     from deconv3d.cli import _terminate_as_interrupt
     from deconv3d.cli._common import Terminated
 
-    real_lock = threading.Lock
-
-    class SentAgainAtTheLock:
-        """The lock the command's end waits on, the dropped signal sent again (by the main thread, here) as it
-        is waited on."""
-
-        def __init__(self):
-            self.lock = real_lock()
-
-        def __enter__(self):
-            if threading.current_thread() is threading.main_thread():
-                signal.raise_signal(signal.SIGTERM)  # (its handler runs before this returns)
-            return self.lock.__enter__()
-
-        def __exit__(self, *exc):
-            return self.lock.__exit__(*exc)
-
     def caller(signum, frame):  # the handler in place before the run (a library caller's)
         raise AssertionError("the caller's SIGTERM handler ran")
 
@@ -677,7 +683,7 @@ def test_a_signal_sent_again_while_the_command_ends_does_not_leave_its_handlers_
     before = signal.signal(signal.SIGTERM, caller)
     try:
         with monkeypatch.context() as patched:
-            patched.setattr(threading, "Lock", SentAgainAtTheLock)
+            patched.setattr(threading, "Lock", _signalled_at_the_lock(signal.SIGTERM))
             ending = _terminate_as_interrupt()
             ending.__enter__()
         ctypes.CFUNCTYPE(None)(lambda: signal.raise_signal(signal.SIGTERM))()  # dropped
@@ -688,6 +694,45 @@ def test_a_signal_sent_again_while_the_command_ends_does_not_leave_its_handlers_
         assert (caught.value.name, caught.value.ended) == ("SIGTERM", True)
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, interrupt)
+        sys.unraisablehook = hook
+        logging.disable(disabled)
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("finished", [True, False], ids=["finished", "failing"])
+def test_a_new_signal_as_the_command_ends_is_raised_once_its_handlers_are_back(monkeypatch, name, finished):
+    """Found by a review of the signal handling: once the command's end had begun, its handler let any signal
+    pass, so a user's SIGTERM (or SIGHUP) coming as that end waited on its lock, with no dropped one pending,
+    was lost: the command ended as if none had come. It is raised once the handlers are back, as a Terminated
+    naming it (ended where the command had finished), and the caller's handlers are in place."""
+    import threading
+
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+
+    signum, ran = getattr(signal, name), []
+    hook, interrupt, disabled = sys.unraisablehook, signal.getsignal(signal.SIGINT), logging.root.manager.disable
+    before = signal.signal(signum, lambda *_: ran.append("caller"))  # the caller's handler, before the run
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(threading, "Lock", _signalled_at_the_lock(signum))
+            ending = _terminate_as_interrupt()
+            ending.__enter__()
+        with pytest.raises(Terminated) as caught:
+            if finished:
+                ending.__exit__(None, None, None)
+            else:
+                try:
+                    raise InputError("a failing command")
+                except InputError as exc:
+                    ending.__exit__(type(exc), exc, exc.__traceback__)
+        assert (caught.value.name, caught.value.ended) == (name, finished)
+        assert ran == [] and signal.getsignal(signal.SIGINT) is interrupt and sys.unraisablehook is hook
+        signal.raise_signal(signum)  # the caller's handler is back
+        assert ran == ["caller"]
+    finally:
+        signal.signal(signum, before)
         signal.signal(signal.SIGINT, interrupt)
         sys.unraisablehook = hook
         logging.disable(disabled)
