@@ -220,7 +220,7 @@ def keep_mode(path: Path, tmp: Path) -> None:
 _NEW_MODE = {False: 0o666, True: 0o777}
 
 
-def create_temporary(path: Path, tmp: Path, folder: bool = False) -> int | None:
+def create_temporary(path: Path, tmp: Path, folder: bool = False, like: Path | None = None) -> int | None:
     """Create ``tmp``, the temporary of the output ``path`` (:func:`temporary_name`), a ``folder`` or a
     file, which is returned open for writing (a descriptor, for :func:`open`), with the permissions it
     will have (:func:`keep_mode`). It was made with the umask's mode and narrowed right after: under a
@@ -230,13 +230,19 @@ def create_temporary(path: Path, tmp: Path, folder: bool = False) -> int | None:
     what the umask took away (never more than the output's mode), and the group. Until the group is
     the output's, the temporary's group bits go to the folder's group, so they are made no wider than
     the output gives others (0640 is made 0600, then given its group and 0640). A new output is made
-    with the umask's mode, as before."""
+    with the umask's mode, as before. ``like``: the output whose mode a ``folder`` is made no wider
+    than instead of ``path``'s, where it holds what becomes that file (a chunked TIFF's scratch
+    zarr): a file's mode with ``x`` where ``r`` is set (0600 makes 0700), group bits as others'."""
     mode = _NEW_MODE[folder]
     try:
-        st = os.lstat(path)
+        st = os.lstat(path if like is None else like)
     except OSError:  # a new output (or one that cannot be looked at: refused before)
         st = None
-    if st is not None and not stat.S_ISLNK(st.st_mode) and stat.S_ISDIR(st.st_mode) == folder:  # (as keep_mode)
+    if st is not None and like is not None and folder and stat.S_ISREG(st.st_mode):
+        kept = st.st_mode & 0o777
+        kept |= (kept & 0o444) >> 2  # (a folder holding a file's data: entered by whom may read the file)
+        mode &= kept & (0o707 | (kept & 0o007) << 3)
+    elif st is not None and not stat.S_ISLNK(st.st_mode) and stat.S_ISDIR(st.st_mode) == folder:  # (as keep_mode)
         kept = st.st_mode & 0o777
         mode &= kept & (0o707 | (kept & 0o007) << 3)
     if folder:

@@ -387,12 +387,13 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
     from deconv3d.io import write_tiff
     from deconv3d.pipeline import run_chunked, tiff_properties
     from deconv3d.pipeline.memory import large_allocations_returned
-    from deconv3d.pipeline.output import temporary_name
+    from deconv3d.pipeline.output import made_like, temporary_name
 
     lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]  # all 1 (_check_one_image_for_tiff)
     scratch = temporary_name(output_path)  # a hidden .NAME.tif.<id>.tmp zarr: swept like any leftover
     try:
-        info = run_chunked(lazy, block, scratch, channels=(), **kwargs)  # (a TIFF keeps no omero channels)
+        with made_like(scratch, output_path):  # (no wider than the TIFF it becomes: it holds the whole result)
+            info = run_chunked(lazy, block, scratch, channels=(), **kwargs)  # (a TIFF keeps no omero channels)
         array = zarr.open_array(str(scratch / "0"), mode="r")
         meta = tiff_properties({**record, "environment": info.environment or record.get("environment")}, info.execution)
         # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own

@@ -18,6 +18,23 @@ from deconv3d._paths import (_remove, check_name_length, create_temporary, keep_
 
 __all__ = ["atomic_output", "temporary_name", "remove_stale_temporaries"]
 
+#: Folder outputs (absolute paths) whose temporary is made no wider than another output: see :func:`made_like`.
+_LIKE: dict[str, Path] = {}
+
+
+@contextlib.contextmanager
+def made_like(path, like):
+    """While in the block, the folder output ``path`` (a chunked TIFF's scratch zarr) has its temporary made
+    no wider than the file ``like`` it becomes, where that exists (:func:`~deconv3d._paths.create_temporary`):
+    it was made with the umask's mode (0755), and held the whole result of a ``chmod 600`` TIFF. What zarr
+    writes inside it takes the umask's mode, behind that folder."""
+    key = os.path.abspath(path)
+    _LIKE[key] = Path(like)
+    try:
+        yield
+    finally:
+        _LIKE.pop(key, None)
+
 
 @contextlib.contextmanager
 def atomic_output(path, folder: bool = False):
@@ -59,7 +76,8 @@ def atomic_output(path, folder: bool = False):
     published, old = False, None
     try:
         if folder:  # made here with the mode of the output it replaces, before any file goes in: a private
-            create_temporary(path, tmp, folder=True)  # output's chunks were readable by all while it was rewritten
+            create_temporary(path, tmp, folder=True,  # output's chunks were readable by all while it was rewritten
+                             like=_LIKE.get(os.path.abspath(path)))  # (or the file's it becomes: made_like)
         yield tmp
         # (a SIGTERM between _publish's two renames removed the earlier output and this one; one just after
         # them exited saying that no output was written)

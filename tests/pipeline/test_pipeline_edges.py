@@ -872,3 +872,43 @@ def test_a_temporary_from_another_pid_namespace_of_this_host_is_not_taken_for_th
     older_version.mkdir()
     assert remove_stale_temporaries(tmp_path / "img.zarr") == []
     assert other_container.exists() and older_version.exists()
+
+
+def test_a_chunked_tiff_outputs_scratch_is_no_wider_than_the_tiff_it_replaces(files, capsys, monkeypatch):
+    """A chunked run writes a TIFF's result to a hidden scratch zarr first: it was made with the umask's
+    mode (0755 under umask 022), and held the whole result of a ``chmod 600`` TIFF while it was
+    rewritten. The scratch (and its own temporary, as it is made) is no wider than the TIFF: 0700."""
+    import os
+    import stat
+
+    import deconv3d.io
+
+    out = files / "out.tif"
+    argv = ["deconvolve", files / "in.tif", "--psf", files / "psf.tif", "--iterations", 2, "--chunks", 12, 16, 16,
+            "-o", out]
+    write_tiff(out, np.zeros((2, 4, 4), np.float32))  # an earlier result, made private
+    out.chmod(0o600)
+    made, mkdir, write = {}, os.mkdir, deconv3d.io.write_tiff
+
+    def watched_mkdir(path, *args, **kwargs):  # each temporary folder beside the output, as it is made
+        mkdir(path, *args, **kwargs)
+        if Path(path).parent == files and Path(path).name.endswith(".tmp"):
+            made[Path(path).name] = stat.S_IMODE(os.stat(path).st_mode)
+
+    def watched_write(path, *args, **kwargs):  # the scratch, complete, as the TIFF is written from it
+        made.update({p.name: stat.S_IMODE(p.stat().st_mode) for p in files.iterdir() if p.name.endswith(".tmp")})
+        return write(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", watched_mkdir)
+    monkeypatch.setattr(deconv3d.io, "write_tiff", watched_write)
+    umask = os.umask(0o022)
+    try:
+        code, _, err = run(argv, capsys)
+    finally:
+        os.umask(umask)
+    monkeypatch.undo()
+    assert code == 0, err
+    assert len(made) >= 2 and {oct(mode) for mode in made.values()} == {oct(0o700)}, made  # (scratch, its temporary)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert read_image(out).data.shape == (12, 24, 24)  # (replaced by this run's)
+    assert sorted(p.name for p in files.iterdir()) == ["in.tif", "out.tif", "psf.tif"]
