@@ -137,6 +137,7 @@ def check_name_length(*paths: Path, renamed: Path | None = None) -> None:
     and its record), named in the message as the one to shorten, to the length that all of them
     allow: the strictest's (a batch's record, 4 bytes longer than its OME-Zarr output, refused
     the input again once it was shortened to the length the output's message gave).
+    A path that its temporary names would make too long as a whole is refused too (:func:`_refuse_long_paths`).
     """
     rooms = [room for room in map(_name_room, paths) if room is not None]
     if renamed is None:
@@ -145,6 +146,7 @@ def check_name_length(*paths: Path, renamed: Path | None = None) -> None:
                 raise InputError(f"output name {_short(name)} is too long ({size} bytes): it is written under a "
                                  f"temporary name {extra} bytes longer, past the limit of {limit} here: shorten it "
                                  f"to {limit - extra} bytes or fewer")
+        _refuse_long_paths(paths)
         return
     own = len(os.fsencode(Path(renamed).name))
     # (a derived name is the input's with bytes added: the input may have as many as the strictest name allows)
@@ -154,6 +156,33 @@ def check_name_length(*paths: Path, renamed: Path | None = None) -> None:
         raise InputError(f"input name {_short(Path(renamed).name)} is too long ({own} bytes): the file {_short(name)} "
                          f"derived from it is written under a temporary name {extra} bytes longer, past the limit of "
                          f"{limit} here: rename the input to {allowed} bytes or fewer")
+    _refuse_long_paths(paths)
+
+
+#: The bytes the files of a zarr folder (an OME-Zarr output, a TIFF's scratch) add to its path at most, zarr's
+#: temporary of each included: ``/0/c/0/0/0/0/0.<32 hex digits>.partial``, chunk indices of up to 4 digits on 5 axes.
+_ZARR_ENTRY_BYTES = len("/0/c" + "/9999" * 5 + "." + "0" * 32 + ".partial")
+
+
+def _refuse_long_paths(paths) -> None:
+    """Refuse an output path under whose temporary names (:func:`check_name_length`'s tags, with the files
+    written in them where it is or is assembled from a zarr folder) a path would be past the system's
+    limit for a whole path (PATH_MAX, 4095 bytes on Linux): one of 4080 bytes, every name in it within
+    its own, passed, and the run failed after its computation with "File name too long" (exit 1).
+    Counted from the root (a chunked run writes under the absolute path)."""
+    for path in map(Path, paths):
+        room = _name_room(path)
+        if room is None:
+            continue
+        whole = os.path.abspath(path)
+        size = len(os.fsencode(whole))
+        extra = room[2] + (_ZARR_ENTRY_BYTES if path.suffix.lower() in OUTPUT_SUFFIXES else 0)
+        path_max = _limit_at(Path(whole), "PC_PATH_MAX", 4096)  # (counting the terminating NUL)
+        if size + extra >= path_max:
+            raise InputError(f"output path {path} is too long for this file system: {size} bytes from the root, and "
+                             f"its temporary names and the files written in them up to {extra} more, past its limit "
+                             f"of {path_max - 1} for a whole path (each name in it is within its own): choose an "
+                             "output in a folder with a shorter path")
 
 
 def _name_room(path: Path) -> tuple[str, int, int, int] | None:

@@ -1116,6 +1116,42 @@ def test_an_output_path_too_long_as_a_whole_is_worded_so(stack, monkeypatch, cap
     assert sorted(os.listdir(folder)) == ["img.tif", "psf.tif"]
 
 
+def _path_of(folder: Path, size: int, suffix: str) -> Path:
+    """An output path of ``size`` bytes from the root under ``folder`` (its folders made), every name in it
+    of 200 bytes or fewer, its own of 120 or fewer (room for its temporary names' tags)."""
+    path = Path(folder).absolute()
+    while size - len(os.fsencode(str(path))) - 1 > 300:
+        path /= "d" * 200
+    rest = size - len(os.fsencode(str(path))) - 1  # a folder, "/", the name
+    name = min(120, rest // 2)
+    path /= "e" * (rest - 1 - name)
+    path.mkdir(parents=True, exist_ok=True)
+    return path / ("o" * (name - len(suffix)) + suffix)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_an_output_path_its_temporary_names_would_make_too_long_is_refused_before_the_run(stack, capsys, suffix):
+    """Review of name lengths: an output path just under the system's limit for a whole path (4080 bytes of
+    4095, every name in it within its own) passed the checks, the run computed, and then failed with
+    "internal error: OSError: [Errno 36] File name too long" (exit 1): its temporary name (and a zarr
+    folder's files in it) made a path past the limit. It is refused before the run in one line (exit 2),
+    worded as a whole path too long; one with room for them is written."""
+    folder, _ = stack
+    limit = os.pathconf(folder, "PC_PATH_MAX") - 1  # the longest path (PATH_MAX counts the final NUL)
+    argv = ["deconvolve", folder / "img.tif", "--psf", folder / "psf.tif", "--iterations", 1, "-o"]
+    refused = _path_of(folder / "near", limit - 15, suffix)
+    assert len(os.fsencode(str(refused))) == limit - 15 and max(map(len, refused.parts)) <= 255
+    code, _, err = run([*argv, refused], capsys)
+    assert_one_line_error(code, err, f"too long for this file system: {limit - 15} bytes from the root",
+                          f"past its limit of {limit} for a whole path", "choose an output in a folder with a shorter path")
+    assert os.listdir(refused.parent) == []
+    written = _path_of(folder / "room", limit - 300, suffix)  # (the temporary names' and zarr's files' room left)
+    code, _, err = run([*argv, written], capsys)
+    assert code == 0, err
+    assert read_image(written).data.shape == (16, 32, 32) if suffix == ".tif" else written.is_dir()
+    assert os.listdir(written.parent) == [written.name]
+
+
 @pytest.mark.parametrize("fmt, length", [("zarr", 230), ("tif", 200), ("zarr", 251)])
 def test_a_batch_input_whose_name_is_too_long_fails_alone_before_its_work(tmp_path, monkeypatch, capsys, fmt, length):
     """A TIFF output's temporary name is the longest a file's run writes (two tags): the message
