@@ -81,8 +81,9 @@ def read_image(path) -> Image:
     ------
     InputError
         If the file is missing, not a regular file (a named pipe, a socket, a device), not a
-        readable TIFF (truncated or corrupt included), not 2D/3D, multi-channel, time-lapse or
-        RGB, empty, or contains NaN/Inf values.
+        readable TIFF (truncated or corrupt included; an OME-TIFF whose OME-XML lists other
+        planes than the file holds), not 2D/3D, multi-channel, time-lapse or RGB, empty, or
+        contains NaN/Inf values.
 
     Notes
     -----
@@ -361,12 +362,36 @@ def _check_complete(tif: tifffile.TiffFile, series, log, path: Path) -> None:
         if missing:
             raise InputError(f"{path} is one file of a multi-file OME-TIFF, and its part {missing.group(1)} is "
                              "missing or unreadable (its planes would be zeros): keep all files of the image together")
+    _check_ome_planes(tif, series, path)
     planes = math.prod(n for n, a in zip(series.shape, series.axes) if a not in "YXS")
     expected = ij.get("images")
     broken = [r.getMessage() for r in log if any(w in r.getMessage().lower() for w in ("corrupt", "page offset"))]
     if (expected is not None and int(expected) != planes) or broken:
         found = f"its ImageJ header lists {int(expected)} planes but {planes} could be read" if expected else broken[0]
         raise InputError(f"{path} is truncated or corrupt ({_one_line(found)}): copy or export it again")
+
+
+def _check_ome_planes(tif: tifffile.TiffFile, series, path: Path) -> None:
+    """Refuse an OME-TIFF whose OME-XML (Size*, TiffData) lists other planes than the file holds:
+    tifffile reads it anyway, zeroing the planes the file lacks (SizeZ="20" over 16 pages) or
+    leaving out the pages beyond (SizeZ="8"), and only logs it. Reduced-resolution and mask pages
+    are not planes."""
+    if series.kind != "ome":
+        return
+    listed = len(series)
+    mapped = {page.index for page in series if page is not None and page.parent is tif}
+    found = sum(page is not None for page in series)
+    unmapped = sum(1 for i in range(len(tif.pages)) if i not in mapped
+                   and not ((page := tif.pages.get(i)) is not None and (page.is_reduced or page.is_mask)))
+    if found == listed and not unmapped:
+        return
+    held = f"the file holds {len(mapped) + unmapped}" if not series.is_multifile else f"{found} are found in its files"
+    if series.is_multifile or len(mapped) + unmapped != listed:
+        problem = f"its OME-XML lists {listed} planes but {held}"
+    else:
+        problem = f"its OME-XML maps {listed - found} of its {listed} planes to no page of the file"
+    raise InputError(f"{path}: {problem}: export it again, or correct the SizeZ/SizeC/SizeT and TiffData entries "
+                     "of its OME-XML")
 
 
 def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str, str]:

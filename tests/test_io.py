@@ -929,6 +929,50 @@ def test_a_multi_file_ome_tiff_missing_a_part_is_refused(tmp_path, monkeypatch):
             reader("a.ome.tif")
 
 
+def _ome_xml_of(data) -> str:
+    """tifffile's own OME-XML for ``data`` (ZYX), to be edited into a damaged one."""
+    from io import BytesIO
+
+    buffer = BytesIO()
+    tifffile.imwrite(buffer, data, ome=True, metadata={"axes": "ZYX"})
+    with tifffile.TiffFile(BytesIO(buffer.getvalue())) as tif:
+        return tif.pages[0].description
+
+
+@pytest.mark.parametrize("edit, words", [
+    ({'SizeZ="16"': 'SizeZ="20"', 'PlaneCount="16"': 'PlaneCount="20"'}, "lists 20 planes but the file holds 16"),
+    ({'SizeZ="16"': 'SizeZ="8"'}, "lists 8 planes but the file holds 16"),
+    ({'IFD="0"': 'IFD="2"'}, "maps 2 of its 16 planes to no page of the file"),
+])
+def test_an_ome_tiff_whose_xml_disagrees_with_its_pages_is_refused(tmp_path, edit, words, capfd):
+    """tifffile zeroed the planes the file lacks (SizeZ="20" over 16 pages: 4 zero planes) or left out
+    the pages beyond (SizeZ="8": 8 of 16 planes), logging it only: deconvolved with exit 0."""
+    from deconv3d.omezarr import open_lazy
+
+    data = np.arange(1, 16 * 8 * 8 + 1, dtype=np.uint16).reshape(16, 8, 8)
+    xml = _ome_xml_of(data)
+    tifffile.imwrite(tmp_path / "fine.tif", data, description=xml, metadata=None, photometric="minisblack")
+    np.testing.assert_array_equal(read_image(tmp_path / "fine.tif").data, data)  # the XML as written: all there
+    for old, new in edit.items():
+        assert old in xml
+        xml = xml.replace(old, new)
+    path = tmp_path / "x.tif"
+    tifffile.imwrite(path, data, description=xml, metadata=None, photometric="minisblack")
+    for reader in (read_image, open_lazy):
+        with pytest.raises(InputError, match=f"x.tif: its OME-XML {words}: export it again"):
+            reader(path)
+    assert capfd.readouterr().err == ""  # nor tifffile's own log lines
+
+
+def test_an_ome_tiff_with_a_thumbnail_page_is_read_whole(tmp_path):
+    """A reduced-resolution page the OME-XML does not list is not a plane the XML left out."""
+    data = np.arange(1, 4 * 8 * 8 + 1, dtype=np.uint16).reshape(4, 8, 8)
+    with tifffile.TiffWriter(tmp_path / "thumb.tif") as tif:
+        tif.write(data, description=_ome_xml_of(data), metadata=None, photometric="minisblack")
+        tif.write(data[0, ::2, ::2], subfiletype=1, metadata=None, photometric="minisblack")
+    np.testing.assert_array_equal(read_image(tmp_path / "thumb.tif").data, data)
+
+
 def test_grey_samples_stored_as_planes_are_channels_too(tmp_path):
     """Planar grey samples (SYX) were read as a z-stack; ImageJ opens them as channels."""
     from deconv3d.omezarr import open_lazy
