@@ -81,9 +81,9 @@ def read_image(path) -> Image:
     ------
     InputError
         If the file is missing, not a regular file (a named pipe, a socket, a device), not a
-        readable TIFF (truncated or corrupt included; an OME-TIFF whose OME-XML lists other
-        planes than the file holds), not 2D/3D, multi-channel, time-lapse or RGB, empty, or
-        contains NaN/Inf values.
+        readable TIFF (truncated or corrupt included: a page whose pixel data lie at offset 0 or
+        past the end of the file; an OME-TIFF whose OME-XML lists other planes than the file
+        holds), not 2D/3D, multi-channel, time-lapse or RGB, empty, or contains NaN/Inf values.
 
     Notes
     -----
@@ -326,6 +326,7 @@ def open_tiff(path: Path):
                                  "to deconvolve as its own file (Fiji: open it with Bio-Formats, then File > Save As)")
             images = [tif.series[0]]
         _check_decodable(images[0], path)
+        _check_data_offsets(images[0], path)
         yield tif, images[0], {**reopen, "series": tif.series.index(images[0])}
     finally:
         tif.close()
@@ -352,6 +353,30 @@ def _check_decodable(series, path: Path) -> None:
     if samples > 1 and getattr(page, "photometric", None) in grey:  # stored per pixel or as planes alike
         raise InputError(f"image {path} has {samples} grey-level samples per pixel (axes {series.axes}): they are "
                          "channels; save one per file and pick it")
+
+
+def _check_data_offsets(series, path: Path) -> None:
+    """Refuse, from the page tags alone, pixel data that no file holds: a strip or tile offset of 0
+    (read as pixels, the TIFF header came back; a lazy read gave zeros) or one past the end of its
+    file. A contiguous stack (ImageJ's, tifffile's shaped files) is read as one block from its first
+    page: only that block counts."""
+    if series.dataoffset is not None:
+        pages, block = series.pages[:1], (series.dataoffset, series.nbytes)
+    else:
+        pages, block = series, None
+    for page in pages:
+        if page is None:  # a plane no page holds: _check_ome_planes says so
+            continue
+        size, name = page.parent.filehandle.size, path if page.parent.filename == path.name else page.parent.filename
+        kind = "tile" if page.keyframe.is_tiled else "strip"
+        for offset, count in [block] if block else zip(page.dataoffsets, page.databytecounts):
+            if offset == 0:
+                raise InputError(f"page {page.index} of {name} has no pixel data ({kind} offset 0): the file is "
+                                 "damaged; copy or export it again")
+            if offset + count > size:
+                raise InputError(f"page {page.index} of {name} has pixel data past the end of the file (a {kind} of "
+                                 f"{count} bytes at byte {offset}, in a file of {size}): the file is truncated or "
+                                 "damaged; copy or export it again")
 
 
 def _check_complete(tif: tifffile.TiffFile, series, log, path: Path) -> None:

@@ -5,6 +5,7 @@ import errno
 import gc
 import json
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -971,6 +972,41 @@ def test_an_ome_tiff_with_a_thumbnail_page_is_read_whole(tmp_path):
         tif.write(data, description=_ome_xml_of(data), metadata=None, photometric="minisblack")
         tif.write(data[0, ::2, ::2], subfiletype=1, metadata=None, photometric="minisblack")
     np.testing.assert_array_equal(read_image(tmp_path / "thumb.tif").data, data)
+
+
+def _set_strip_offset(path, page: int, offset: int) -> None:
+    """Overwrite page ``page``'s (single) StripOffsets value in the file at ``path``."""
+    import struct
+
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[page].tags["StripOffsets"]
+        assert tag.count == 1
+        fmt = {3: "<H", 4: "<I"}[int(tag.dtype)]
+        where = tag.valueoffset
+    data = bytearray(path.read_bytes())
+    data[where:where + struct.calcsize(fmt)] = struct.pack(fmt, offset)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("layout, page, offset, words", [
+    ("plain", 10, 0, "page 10 of {} has no pixel data \\(strip offset 0\\)"),
+    ("plain", 10, 10 ** 8, "page 10 of {} has pixel data past the end of the file"),
+    ("imagej", 0, 0, "page 0 of {} has no pixel data \\(strip offset 0\\)"),
+])
+def test_a_page_whose_strip_offset_no_file_holds_is_refused(tmp_path, layout, page, offset, words):
+    """A zero strip offset was read as pixels: read_image returned the TIFF header's bytes
+    (18761, 42, 8, ...) and open_lazy zeros, and both deconvolved with exit 0."""
+    from deconv3d.omezarr import open_lazy
+
+    data = np.arange(1, 16 * 8 * 8 + 1, dtype=np.uint16).reshape(16, 8, 8)
+    path = tmp_path / "x.tif"
+    tifffile.imwrite(path, data, **({"imagej": True, "metadata": {"axes": "ZYX"}} if layout == "imagej" else
+                                    {"photometric": "minisblack", "metadata": None}))
+    np.testing.assert_array_equal(read_image(path).data, data)
+    _set_strip_offset(path, page, offset)
+    for reader in (read_image, open_lazy):
+        with pytest.raises(InputError, match=words.format(re.escape(str(path))) + ".*copy or export it again"):
+            reader(path)
 
 
 def test_grey_samples_stored_as_planes_are_channels_too(tmp_path):
