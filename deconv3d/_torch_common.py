@@ -4,7 +4,8 @@ and safe files.
 ``stop_reason`` decides when a training loop ends; ``atomic_torch_save`` writes a
 checkpoint that appears complete or not at all; ``safe_torch_load`` reads one with
 ``torch.load(weights_only=True)``, whose unpickler accepts only tensors, numbers,
-strings and containers, so a crafted file cannot run code.
+strings and containers, so a crafted file cannot run code, once the CRC-32 of each of the
+zip archive's members has been checked (bytes of the weights overwritten loaded silently).
 """
 
 from __future__ import annotations
@@ -281,15 +282,31 @@ def safe_torch_load(path, producer: str):
     if not path.is_file():
         raise InputError(f"model file {path} does not exist: give the path of a checkpoint written by {producer}")
     try:
-        with WARNINGS_LOCK, warnings.catch_warnings():  # (its save and restore of the filters is process-wide)
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+        if not _fails_its_crc(path):
+            with WARNINGS_LOCK, warnings.catch_warnings():  # (its save and restore of the filters is process-wide)
+                warnings.simplefilter("ignore")
+                return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the safe unpickler refuses any object that is not a tensor, number, string or container
-        if _truncated(exc):
-            raise InputError(f"{path} is truncated or damaged (it cannot be read to its end): copy it again, or "
-                             f"write it again with {producer}") from None
-        raise InputError(f"{path} is not a safe deconv3d checkpoint (it holds objects that could run code, or is "
-                         f"not a checkpoint at all): use a model written by {producer}") from None
+        if not _truncated(exc):
+            raise InputError(f"{path} is not a safe deconv3d checkpoint (it holds objects that could run code, or is "
+                             f"not a checkpoint at all): use a model written by {producer}") from None
+    raise InputError(f"{path} is truncated or damaged (it cannot be read to its end): copy it again, or "
+                     f"write it again with {producer}")
+
+
+def _fails_its_crc(path: Path) -> bool:
+    """Whether ``path`` is a zip archive (torch's format) one of whose members no longer matches its
+    CRC-32: bytes of the weights overwritten on a disk or in a copy, which ``torch.load`` does not
+    check (the network loaded with the damaged weights, and changed the result). Reads the file once."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # (a legacy pickle; a zip cut short is torch.load's to find)
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is not None
+    except (zipfile.BadZipFile, EOFError):  # a local header that no longer is one
+        return True
 
 
 def _truncated(exc: Exception) -> bool:

@@ -238,6 +238,31 @@ def test_a_truncated_checkpoint_is_called_truncated_not_unsafe(tmp_path):
                                    "or write it again with deconv3d blur train"), size
 
 
+def test_a_checkpoint_whose_weight_bytes_were_overwritten_is_called_damaged(tmp_path):
+    """8 bytes of a weight tensor overwritten (zip CRC no longer matching) loaded silently, and the
+    damaged weights changed the result: torch.load does not check the CRC."""
+    import struct
+    import zipfile
+
+    path = tmp_path / "ae.ckpt"
+    save_checkpoint(trained(), path)
+    with zipfile.ZipFile(path) as archive:
+        member = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[member.header_offset + 26:member.header_offset + 30])
+    start = member.header_offset + 30 + name_length + extra_length + member.file_size // 2
+    data[start:start + 8] = struct.pack("<2f", 12.5, -7.25)  # finite weights: only the CRC tells
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(bytes(data))
+    before, after = (torch.load(p, weights_only=True)["state_dict"] for p in (path, damaged))
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # torch.load takes the damage as weights
+    with pytest.raises(InputError) as info:
+        load_checkpoint(damaged)
+    assert str(info.value) == (f"{damaged} is truncated or damaged (it cannot be read to its end): copy it again, "
+                               "or write it again with deconv3d blur train")
+    assert load_checkpoint(path).levels.tolist() == [0.0, 2.0, 4.0]  # the intact file still loads
+
+
 def test_a_network_with_non_finite_buffers_is_not_saved(tmp_path):
     """load_checkpoint refuses such a file as damaged, so save_checkpoint must not write one."""
     original = trained()
