@@ -242,6 +242,8 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, InputError) as exc:
         # InputError: a config field out of range (UNetConfig/TrainConfig validate themselves)
         raise InputError(f"{path} is a damaged deconv3d checkpoint ({type(exc).__name__}): retrain the model") from None
+    if not all(bool(torch.isfinite(t).all()) for t in data["state_dict"].values()):  # (its NaN result was blamed on the image)
+        raise InputError(f"{path} is a damaged deconv3d checkpoint (non-finite weights): retrain the model")
     if trained.psf_fingerprint != fingerprint:
         raise InputError(f"{path} is a damaged deconv3d checkpoint (PSF fingerprint mismatch): retrain the model")
     return trained

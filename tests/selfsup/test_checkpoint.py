@@ -173,6 +173,22 @@ def test_damaged_fields_are_a_clear_input_error(trained, tmp_path, damage):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_checkpoint_with_non_finite_weights_is_damaged(trained, tmp_path, bad):
+    """A NaN weight loaded, and its NaN result was blamed on the image ("the ssl result has NaN or
+    Inf values ...: rescale the image")."""
+    res, _, _ = trained
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(res, path)
+    data = torch.load(path, weights_only=True)
+    name = next(k for k, t in data["state_dict"].items() if t.ndim > 1)
+    data["state_dict"][name].view(-1)[0] = bad
+    torch.save(data, path)
+    with pytest.raises(InputError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == f"{path} is a damaged deconv3d checkpoint (non-finite weights): retrain the model"
+
+
 def test_non_finite_image_is_refused_by_apply_model(trained):
     """A NaN would spread over the network's receptive field (in the paper's form no RL refuses it first)."""
     res, image, _ = trained
