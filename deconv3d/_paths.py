@@ -786,16 +786,21 @@ def defer_signal(signum: int) -> bool:
 _DEFERRED: dict = {"depth": 0}
 
 
-def settle_zarr(timeout: float = 3.0) -> None:
+def settle_zarr(timeout: float = 3.0, cancel: bool = False) -> None:
     """Wait until zarr's event loop runs no task: the ones a failed zarr read or write left behind.
 
     zarr v3 reads and writes the chunks of one call concurrently on its own asyncio loop (a
     thread) and raises the first chunk's error at once, while the call's other chunks go on: a
     temporary output removed then was made again by their writes (an empty ``.out.zarr...tmp/0/c/1/0``
     left behind), and tasks still pending at exit printed asyncio's "Task was destroyed but it is
-    pending!" lines after the one error line. Their errors are taken (not printed). Does nothing
-    where zarr is not loaded. Tasks still running after ``timeout`` seconds (a stalled write) are
-    given up on, and later calls do not wait for them again: a failure is not made a minute longer."""
+    pending!" lines after the one error line. Their errors are taken (not printed). With ``cancel``
+    (a command ending, all of whose zarr work is its own: not a library call, beside which another
+    thread may read or write zarr), chunks still waiting for their turn (beyond zarr's limit of
+    concurrent reads or writes) are cancelled, not waited for: a read of 65,536 one-voxel chunks
+    that failed at its first went on for a minute, then printed 114,000 lines of "Task was
+    destroyed" at exit. Does nothing where zarr is not loaded. Tasks still running after
+    ``timeout`` seconds (a stalled write) are given up on, and later calls do not wait for them
+    again: a failure is not made a minute longer."""
     import sys
 
     sync = sys.modules.get("zarr.core.sync")
@@ -808,9 +813,21 @@ def settle_zarr(timeout: float = 3.0) -> None:
         if not task.cancelled():
             task.exception()  # taken: no "Task exception was never retrieved" later
 
-    async def settled() -> None:  # (ends by itself at the deadline: no task of its own is left pending)
-        deadline = loop.time() + timeout
+    async def settled() -> None:  # (ends by itself: no task of its own is left pending)
+        deadline, cancelled = None, set()  # (the deadline counts from when the cancelled tasks have ended)
         while pending := asyncio.all_tasks() - {asyncio.current_task(), *_given_up}:  # (tasks a finished one left, too)
+            # chunks still waiting for their turn are cancelled, in the order they queued: each takes its place out
+            # of the queue, a search from its front (in any other order 65,536 of them took minutes). They end as the
+            # loop comes to them (seconds for so many on a busy machine): not held to the deadline
+            waiting = sorted((t for t in pending - cancelled if cancel and _waiting_for_its_turn(t)),
+                             key=_creation_order)
+            for task in waiting:
+                task.cancel()
+            cancelled.update(waiting)
+            if waiting:
+                await asyncio.wait(waiting, timeout=_CANCELLED_GRACE)
+                continue
+            deadline = loop.time() + timeout if deadline is None else deadline
             done, left = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
             for task in done:
                 take(task)
@@ -822,9 +839,30 @@ def settle_zarr(timeout: float = 3.0) -> None:
 
     future = asyncio.run_coroutine_threadsafe(settled(), loop)
     try:
-        future.result(timeout + 1.0)
+        future.result(timeout + (_CANCELLED_GRACE if cancel else 0.0) + 1.0)
     except Exception:  # noqa: BLE001 - a loop stopped or blocked meanwhile: nothing more to do
         future.cancel()
+
+
+#: How long :func:`settle_zarr` waits at most for the tasks it cancelled to end (beyond its timeout).
+_CANCELLED_GRACE = 30.0
+
+
+def _waiting_for_its_turn(task) -> bool:
+    """Whether the asyncio ``task`` waits to acquire a semaphore, and so has not begun its work: the
+    chunks of a zarr call beyond its limit of concurrent reads or writes (``async.concurrency``)."""
+    awaited = task.get_coro()
+    while awaited is not None:
+        if getattr(awaited, "__qualname__", "") == "Semaphore.acquire":
+            return True
+        awaited = getattr(awaited, "cr_await", None)
+    return False
+
+
+def _creation_order(task) -> int:
+    """The number asyncio names a task by (``Task-N``, counted up as tasks are made), else 0."""
+    match = re.fullmatch(r"Task-(\d+)", task.get_name())
+    return int(match.group(1)) if match else 0
 
 
 #: zarr loop tasks :func:`settle_zarr` stopped waiting for (touched on that loop only).

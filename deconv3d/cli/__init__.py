@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the contract: unexpected errors exit 1
         return _internal(exc, debug)
     finally:
-        settle_zarr()  # what a failed zarr read or write left running: no asyncio lines after the error's
+        settle_zarr(cancel=True)  # what a failed zarr read or write left: no asyncio lines after the error's
         restore()
 
 

@@ -318,6 +318,42 @@ def test_a_stalled_zarr_write_is_given_up_on_once_and_leaves_no_waiting_task(tmp
         stalled.cancel()
 
 
+def test_settle_zarr_cancels_only_chunks_waiting_for_their_turn_and_only_when_asked():
+    """The command line's settle cancels the chunks a failed call left queued behind zarr's limit of
+    concurrent reads (thousands took a minute, then printed a line each at exit) and waits for
+    those already reading; a library call's cancels nothing (another thread's reads may be queued)."""
+    import asyncio
+
+    from zarr.core.sync import _get_loop
+
+    from deconv3d._paths import settle_zarr
+
+    loop = _get_loop()
+
+    async def queued(n):  # as zarr's concurrent_map: one at a time, the others waiting for their turn
+        turn = asyncio.Semaphore(1)
+
+        async def read():
+            async with turn:
+                await asyncio.sleep(0.2)
+
+        tasks = [asyncio.ensure_future(read()) for _ in range(n)]
+        await asyncio.sleep(0)  # the first one reading
+        return tasks
+
+    others = asyncio.run_coroutine_threadsafe(queued(20), loop).result(5)
+    try:
+        settle_zarr(timeout=0.05)
+        assert not any(t.cancelled() for t in others) and not all(t.done() for t in others)
+        mine = asyncio.run_coroutine_threadsafe(queued(20), loop).result(5)
+        settle_zarr(timeout=5.0, cancel=True)
+        assert all(t.done() for t in mine)
+        assert not mine[0].cancelled() and all(t.cancelled() for t in mine[1:])  # the one reading was let finish
+    finally:
+        for task in others:
+            loop.call_soon_threadsafe(task.cancel)
+
+
 def test_a_symbolic_link_as_the_output_is_refused_up_front(stack, monkeypatch, capsys):
     """Publishing replaced the link by a regular file (a .tif) or failed after all the work with
     NotADirectoryError (a .zarr link to an earlier output)."""
@@ -331,6 +367,41 @@ def test_a_symbolic_link_as_the_output_is_refused_up_front(stack, monkeypatch, c
                            capsys)
         assert_one_line_error(code, err, "out.tif", "symbolic link", "store/res.tif")
         assert os.path.islink("out.tif") and (folder / "store" / "res.tif").read_bytes() == b"earlier"
+
+
+SLOW_CHUNKS = textwrap.dedent("""
+    import asyncio, sys
+    from zarr.storage import LocalStore
+    get = LocalStore.get
+    async def slow(self, key, *args, **kwargs):  # every chunk but the damaged first: a slow disk, or many more
+        if "/c/" in key and not key.endswith("c/0/0/0"):
+            await asyncio.sleep(0.5)
+        return await get(self, key, *args, **kwargs)
+    LocalStore.get = slow
+    from deconv3d.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_zarr_read_failing_over_many_chunks_ends_with_its_one_line(tmp_path):
+    """A store whose zarr.json was edited to one-voxel chunks failed at its first chunk; the
+    read's other chunks went on on zarr's loop, waited for 3 s, and at exit asyncio printed
+    "Task was destroyed but it is pending!" for each (114,000 lines over 65,536 chunks, a minute
+    on). The chunks still waiting for their turn are cancelled as the command ends."""
+    from deconv3d.omezarr import write_ome_zarr
+
+    write_ome_zarr(tmp_path / "img.zarr", np.ones((4, 16, 16), np.float32), voxel_size=(0.3, 0.1, 0.1),
+                   chunks=(4, 16, 16))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    meta = json.loads((tmp_path / "img.zarr" / "0" / "zarr.json").read_text())
+    meta["chunk_grid"]["configuration"]["chunk_shape"] = [1, 1, 1]  # 1,024 chunks, the first holding them all
+    (tmp_path / "img.zarr" / "0" / "zarr.json").write_text(json.dumps(meta))
+    argv = ["deconvolve", "img.zarr", "--psf", "psf.tif", "-o", "out.zarr", "--iterations", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", SLOW_CHUNKS, *argv], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)  # (a guard against a hang only)
+    assert_one_line_error(done.returncode, done.stderr, "cannot read", "img.zarr", "a chunk is damaged")
+    assert not (tmp_path / "out.zarr").exists() and _leftovers(tmp_path) == []
 
 
 DRIVER = textwrap.dedent("""
