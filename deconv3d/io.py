@@ -10,6 +10,7 @@ never leaves a partial file behind.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import math
 import os
@@ -335,24 +336,44 @@ def open_tiff(path: Path):
 def _check_decodable(series, path: Path) -> None:
     """Refuse, before anything is read, pixels compressed with a codec or predictor tifffile has only
     through the optional ``imagecodecs`` package (LZW, JPEG, the floating-point predictor: common in
-    exports; a lazy read found out only while computing, as an internal error), and grey-level
-    samples per pixel, which ImageJ opens as channels (stored as planes they were read as z)."""
+    exports; a lazy read found out only while computing, as an internal error; the advice to install
+    it is given only where it would help), and grey-level samples per pixel, which ImageJ opens as
+    channels (stored as planes they were read as z)."""
     page = series.pages[0] if series.pages else None
     compression = page.compression if page is not None else None
     if compression is not None and compression not in tifffile.TIFF.DECOMPRESSORS:
         name = getattr(compression, "name", str(compression))
-        raise InputError(f"{path} is {name}-compressed, which needs the imagecodecs package: pip install "
-                         "imagecodecs, or save the file uncompressed (Fiji: File > Save As > Tiff)")
+        if _imagecodecs_would_decode(compression, tifffile.COMPRESSION):
+            raise InputError(f"{path} is {name}-compressed, which needs the imagecodecs package: pip install "
+                             "imagecodecs, or save the file uncompressed (Fiji: File > Save As > Tiff)")
+        raise InputError(f"{path} uses compression {name}, which deconv3d cannot decode: the file may be damaged, "
+                         "or re-save it uncompressed (Fiji: File > Save As > Tiff)")
     predictor = getattr(page, "predictor", None)
     if predictor is not None and predictor not in tifffile.TIFF.UNPREDICTORS:  # GDAL's and tifffile's float one
         name = getattr(predictor, "name", str(predictor)).lower().replace("_", " ")
-        raise InputError(f"{path} is compressed with a {name} predictor, which needs the imagecodecs package: pip "
-                         "install imagecodecs, or save the file uncompressed (Fiji: File > Save As > Tiff)")
+        if _imagecodecs_would_decode(predictor, tifffile.PREDICTOR):
+            raise InputError(f"{path} is compressed with a {name} predictor, which needs the imagecodecs package: "
+                             "pip install imagecodecs, or save the file uncompressed (Fiji: File > Save As > Tiff)")
+        raise InputError(f"{path} uses predictor {name}, which deconv3d cannot decode: the file may be damaged, or "
+                         "re-save it uncompressed (Fiji: File > Save As > Tiff)")
     samples = getattr(page, "samplesperpixel", 1)
     grey = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
     if samples > 1 and getattr(page, "photometric", None) in grey:  # stored per pixel or as planes alike
         raise InputError(f"image {path} has {samples} grey-level samples per pixel (axes {series.axes}): they are "
                          "channels; save one per file and pick it")
+
+
+def _imagecodecs_would_decode(code, known) -> bool:
+    """Whether installing imagecodecs is the fix for a compression or predictor ``code`` tifffile cannot
+    decode: one it names (in the enum ``known``), with imagecodecs not installed. A number it does not
+    know (a damaged tag: 60000) was sent to pip install imagecodecs, which was installed."""
+    if not isinstance(code, known):
+        return False
+    try:
+        importlib.import_module("imagecodecs")
+    except ImportError:
+        return True
+    return False
 
 
 def _check_data_offsets(series, path: Path) -> None:

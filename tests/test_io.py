@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import re
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -794,10 +795,33 @@ def test_a_codec_tifffile_lacks_is_named_before_anything_is_read(tmp_path, monke
     assert read_image(path).data.shape == (5, 16, 16)  # readable while the codec is there
     table = {k for k in tifffile.COMPRESSION if k in tifffile.TIFF.DECOMPRESSORS} - {tifffile.COMPRESSION.ADOBE_DEFLATE}
     monkeypatch.setattr(tifffile.TIFF, "DECOMPRESSORS", table, raising=False)
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)  # not installed
     for opener in (read_image, open_lazy):
         with pytest.raises(InputError, match="ADOBE_DEFLATE-compressed, which needs the imagecodecs package: pip "
                                              "install imagecodecs, or save the file uncompressed"):
             opener(path)
+
+
+@pytest.mark.parametrize("tag, code, words", [("Compression", 60000, "uses compression 60000"),
+                                               ("Predictor", 60000, "uses predictor 60000")])
+@pytest.mark.parametrize("installed", [True, False])
+def test_a_codec_no_package_decodes_is_not_sent_to_pip(tmp_path, monkeypatch, tag, code, words, installed):
+    """A Compression tag overwritten with 60000 said "...needs the imagecodecs package: pip install
+    imagecodecs", imagecodecs being installed: installing it decodes no such code."""
+    from deconv3d.omezarr import open_lazy
+
+    if not installed:
+        monkeypatch.setitem(sys.modules, "imagecodecs", None)
+    path = tmp_path / "x.tif"
+    tifffile.imwrite(path, np.ones((3, 8, 8), np.uint16), compression="zlib", predictor=True, photometric="minisblack")
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        for page in tif.pages:
+            page.tags[tag].overwrite(code)
+    for opener in (read_image, open_lazy):
+        with pytest.raises(InputError) as info:
+            opener(path)
+        assert str(info.value) == (f"{path} {words}, which deconv3d cannot decode: the file may be damaged, or "
+                                   "re-save it uncompressed (Fiji: File > Save As > Tiff)")
 
 
 def test_streamed_writing_reads_slabs_within_the_budget_it_is_given(tmp_path):
@@ -1036,6 +1060,7 @@ def test_a_float_predictor_and_a_damaged_strip_are_one_line_errors_on_the_lazy_p
             page.tags["SampleFormat"].overwrite(3)
     with monkeypatch.context() as patch:
         patch.setattr(tifffile.TIFF, "UNPREDICTORS", {1: None, 2: None}, raising=False)  # as without imagecodecs
+        patch.setitem(sys.modules, "imagecodecs", None)
         for reader in (read_image, open_lazy):
             with pytest.raises(InputError, match="floatingpoint predictor, which needs the imagecodecs package"):
                 reader(predicted)
