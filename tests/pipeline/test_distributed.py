@@ -18,22 +18,45 @@ from deconv3d.pipeline.cluster import scheduler_client
 pytest.importorskip("distributed", reason="dask.distributed is not installed")
 
 
-def test_localcluster_equals_threads(tmp_path, volume, psf3d, monkeypatch):
+def test_localcluster_equals_threads_and_its_workers_leave_ctrl_c_to_the_run(tmp_path, volume, psf3d, monkeypatch):
     """Also with paths relative to a folder the workers were not started in (a cluster's workers
-    run where the cluster put them: relative paths had failed every block)."""
+    run where the cluster put them: relative paths had failed every block).
+
+    Found by the pipeline review: Ctrl-C at a terminal reaches the whole process group, and each
+    worker printed its own KeyboardInterrupt traceback and the nanny's complaints (67 lines with
+    4 tracebacks) before the run's one line. Workers start with SIGINT ignored; the run keeps its own.
+    (Checked on this test's cluster: a cluster of its own took 5-13 s to start and close.)"""
+    import signal
+
     fn = RichardsonLucyBlock(psf3d, iterations=3)
     run_chunked(volume, fn, tmp_path / "threads.zarr", chunks=(12, 24, 24), workers=2)
     write_ome_zarr(tmp_path / "in.zarr", volume, chunks=(5, 16, 16))
     write_tiff(tmp_path / "in.tif", volume)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    with scheduler_client("processes", workers=2) as client:
-        monkeypatch.chdir(tmp_path)
-        assert len(client.scheduler_info()["workers"]) == 2
-        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
-        run_chunked(volume, fn, "procs.zarr", chunks=(12, 24, 24), client=client)
-        run_chunked(open_lazy("in.zarr"), fn, "file.zarr", chunks=(12, 24, 24), client=client)
-        run_chunked(open_lazy("in.tif"), fn, "tiff.zarr", chunks=(12, 24, 24), client=client)
+    # A suite started in the background by a non-interactive shell inherits SIGINT ignored (this
+    # test then failed): start from Python's own handler, and give the inherited one back after.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGINT)
+        with scheduler_client("processes", workers=2) as client:
+            monkeypatch.chdir(tmp_path)
+            assert len(client.scheduler_info()["workers"]) == 2
+            assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+            assert set(client.run(_ctrl_c_disposition).values()) == {"ignored"}
+            assert signal.getsignal(signal.SIGINT) is before
+            run_chunked(volume, fn, "procs.zarr", chunks=(12, 24, 24), client=client)
+            run_chunked(open_lazy("in.zarr"), fn, "file.zarr", chunks=(12, 24, 24), client=client)
+            run_chunked(open_lazy("in.tif"), fn, "tiff.zarr", chunks=(12, 24, 24), client=client)
+            scheduler = weakref.ref(client.cluster.scheduler)
+        assert _ctrl_c_disposition() == "handled"
+        # Found by the resource review: distributed's memo of handlers kept every closed run's scheduler
+        # alive, with a log handler copying every later scheduler record.
+        del client
+        gc.collect()
+        assert scheduler() is None
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     threads = read_ome_zarr(tmp_path / "threads.zarr")[0]
     for name in ("procs", "file", "tiff"):
         out = read_ome_zarr(tmp_path / f"{name}.zarr")[0]
@@ -44,31 +67,6 @@ def _ctrl_c_disposition():
     import signal
 
     return "ignored" if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else "handled"
-
-
-def test_local_workers_leave_ctrl_c_to_the_run(tmp_path):
-    """Found by the pipeline review: Ctrl-C at a terminal reaches the whole process group, and each
-    worker printed its own KeyboardInterrupt traceback and the nanny's complaints (67 lines with
-    4 tracebacks) before the run's one line. Workers start with SIGINT ignored; the run keeps its own."""
-    import signal
-
-    # A suite started in the background by a non-interactive shell inherits SIGINT ignored (this
-    # test then failed): start from Python's own handler, and give the inherited one back after.
-    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        before = signal.getsignal(signal.SIGINT)
-        with scheduler_client("processes", workers=1) as client:
-            assert set(client.run(_ctrl_c_disposition).values()) == {"ignored"}
-            assert signal.getsignal(signal.SIGINT) is before
-            scheduler = weakref.ref(client.cluster.scheduler)
-        assert _ctrl_c_disposition() == "handled"
-        # Found by the resource review: distributed's memo of handlers kept every closed run's scheduler
-        # alive, with a log handler copying every later scheduler record.
-        del client
-        gc.collect()
-        assert scheduler() is None
-    finally:
-        signal.signal(signal.SIGINT, inherited)
 
 
 def test_a_local_worker_logs_nothing_once_it_closes():
