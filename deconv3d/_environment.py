@@ -47,7 +47,8 @@ def fused_record(device, fft_shapes: Iterable[Sequence[int]] = ()) -> dict:
     """The backend of the element-wise passes of a run's Richardson-Lucy loops (``fused``), which
     :func:`deconv3d._rl_ops.ops_for` picks: ``numba`` (its kernels, with numba's version as
     ``numba``) or ``torch``; ``(auto)`` follows one chosen by ``DECONV3D_FUSED=auto`` (numba where it
-    is installed and loads, for float32 on the CPU). The two round differently: 20 accelerated
+    is installed and loads, for float32 on the CPU and FFTs of ``FUSED_MIN_VOXELS`` or more: a run
+    whose loops had both sizes records ``numba and torch``). The two round differently: 20 accelerated
     iterations were 1.2e-5 of the maximum apart, with records that were the same. Empty for a run
     without Richardson-Lucy loops (no ``fft_shapes``: Wiener, a network without a reference)."""
     import importlib
@@ -57,11 +58,13 @@ def fused_record(device, fft_shapes: Iterable[Sequence[int]] = ()) -> dict:
     from deconv3d._rl_ops import FusedOps, ops_for
     from deconv3d.fft import resolve_device
 
-    if not list(fft_shapes):
+    fft_shapes = list(fft_shapes)
+    if not fft_shapes:
         return {}
-    fused = ops_for(resolve_device(device), torch.float32) is FusedOps
-    record = {"fused": ("numba" if fused else "torch") + (" (auto)" if env_value("DECONV3D_FUSED") == "auto" else "")}
-    if fused:
+    device = resolve_device(device)
+    used = sorted({"numba" if ops_for(device, torch.float32, shape) is FusedOps else "torch" for shape in fft_shapes})
+    record = {"fused": " and ".join(used) + (" (auto)" if env_value("DECONV3D_FUSED") == "auto" else "")}
+    if "numba" in used:
         record["numba"] = str(importlib.import_module("numba").__version__)  # (imported already by ops_for)
     return record
 

@@ -21,10 +21,17 @@ the extrapolation went from 4.75 to 2.04 ms, the update and step from 7.03 to 4.
 products also sum per row, with reassociation) and the ratio from 4.12 to 2.02 ms.
 
 :func:`ops_for` picks the implementation: the fused one for float32 CPU tensors when numba
-is installed and loads, torch everywhere else (CUDA, float64, no numba). Environment:
+is installed and loads, torch everywhere else (CUDA, float64, no numba) and, under ``auto``, for
+loops whose FFTs have fewer than :data:`FUSED_MIN_VOXELS` voxels, which then do not import numba:
+loading the kernels costs 0.7-2.4 s per process, and there the fused loops gain nothing (10
+iterations without acceleration on 16 x 32 x 32, FFT 20 x 36 x 36, with 2 threads, best of 30:
+8.2-8.3 ms against torch's 7.2-7.7 ms; FFTs of 0.1-0.2M voxels ran as fast either way; from
+0.36M voxels on the fused loops won, 134 against 151 ms with 1 thread at 680 400, and 262
+against 774 ms for 20 iterations at 32 x 128 x 128 in the review). Environment:
 
 ``DECONV3D_FUSED``
-    ``auto`` (default), ``torch`` (never fuse) or ``numba`` (an error if numba is missing).
+    ``auto`` (default), ``torch`` (never fuse) or ``numba`` (fuse at every size; an error if numba
+    is missing).
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import math
 import threading
 import warnings
 from types import SimpleNamespace
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -44,6 +53,7 @@ from deconv3d.errors import InputError
 
 CHOICES = ("auto", "torch", "numba")
 TINY = 1e-30  # denominator floor of the extrapolation: where both estimates are 0, so is the guess
+FUSED_MIN_VOXELS = 1 << 17  # under DECONV3D_FUSED=auto, smaller loops run torch's passes (see the module notes)
 
 
 def numba_available() -> bool:
@@ -51,15 +61,15 @@ def numba_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-def ops_for(device: torch.device, dtype: torch.dtype):
-    """:class:`FusedOps` or :class:`TorchOps` for tensors on ``device``/``dtype`` (``DECONV3D_FUSED``).
+def ops_for(device: torch.device, dtype: torch.dtype, shape: Sequence[int] | None = None):
+    """:class:`FusedOps` or :class:`TorchOps` for tensors on ``device``/``dtype`` (``DECONV3D_FUSED``)
+    in a loop whose FFTs have ``shape`` (None: of any size).
 
     Under ``auto`` an installed numba that fails to import (a broken install, or an llvmlite
     that does not match it) gives a warning, once, and the torch passes.
     """
     choice = fused_choice()
-    usable = device.type == "cpu" and dtype == torch.float32
-    if choice == "torch" or not usable or not numba_available():
+    if not _fusable(choice, device, dtype, shape):
         return TorchOps
     failure = _numba_import_error()
     if failure is None:
@@ -69,6 +79,23 @@ def ops_for(device: torch.device, dtype: torch.dtype):
                          "reinstall it (pip install --force-reinstall numba llvmlite) or unset DECONV3D_FUSED")
     _warn_fallback(failure)
     return TorchOps
+
+
+def fused_planned(device: torch.device, dtype: torch.dtype, shape: Sequence[int] | None = None) -> bool:
+    """Whether :func:`ops_for` picks :class:`FusedOps`, asked without importing numba (the memory
+    planner's question): an installed numba counts as one that loads unless an earlier
+    :func:`ops_for` found that it fails to."""
+    if not _fusable(fused_choice(), device, dtype, shape):
+        return False
+    return _numba_import_error.cache_info().currsize == 0 or _numba_import_error() is None
+
+
+def _fusable(choice: str, device: torch.device, dtype: torch.dtype, shape: Sequence[int] | None) -> bool:
+    """Whether the fused passes are wanted and installed (numba is not imported here)."""
+    usable = device.type == "cpu" and dtype == torch.float32
+    if choice == "torch" or not usable or not numba_available():
+        return False
+    return choice == "numba" or shape is None or math.prod(shape) >= FUSED_MIN_VOXELS
 
 
 def fused_choice() -> str:
@@ -231,8 +258,9 @@ def _serialised():
     return _LOCK if _LAYER[0] == "workqueue" else contextlib.nullcontext()
 
 
-def preload(device: torch.device, dtype: torch.dtype) -> None:
-    """Load (compile or read from the cache) the passes :func:`ops_for` picks for ``device``/``dtype``.
+def preload(device: torch.device, dtype: torch.dtype, shape: Sequence[int] | None = None) -> None:
+    """Load (compile or read from the cache) the passes :func:`ops_for` picks for ``device``/``dtype``
+    and FFTs of ``shape`` (None: of any size; the pipeline passes the largest its blocks can have).
 
     The numba kernels hold about 110 MB once loaded; the pipeline loads them before it measures
     the memory baseline its blocks must fit beside. On a GPU it starts CUDA instead, whose context
@@ -240,7 +268,7 @@ def preload(device: torch.device, dtype: torch.dtype) -> None:
     """
     if device.type == "cuda":
         torch.empty(1, device=device)
-    if ops_for(device, dtype) is FusedOps:
+    if ops_for(device, dtype, shape) is FusedOps:
         _kernels()
 
 

@@ -188,8 +188,56 @@ def test_loading_the_kernels_keeps_torch_s_thread_count():
     """)
     root = str(Path(__file__).resolve().parents[1])
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": root, "DECONV3D_FUSED": "auto"})
+                          env={**os.environ, "PYTHONPATH": root, "DECONV3D_FUSED": "numba"})
     assert proc.stdout.split() == ["1"], proc.stderr[-2000:]
+
+
+@needs_numba
+def test_small_loops_run_torch_s_passes_without_importing_numba():
+    """Loading numba and its kernels cost 0.7-2.4 s per process, paid by every run, the command
+    line's memory estimate included, for loops too small to gain from them. Under auto, loops whose
+    FFTs are smaller than FUSED_MIN_VOXELS run torch's passes, and neither RL on them, the pipeline's
+    preload for such a volume nor the memory model (asked about a large block) imports numba.
+    Needs a fresh process: numba stays imported once loaded."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys, numpy as np, torch
+        from deconv3d import _rl_ops
+        from deconv3d.classical import richardson_lucy
+        from deconv3d.pipeline import MemoryModel, RichardsonLucyBlock
+        cpu = torch.device("cpu")
+        rng = np.random.default_rng(0)
+        h = np.ones((3, 3, 3), np.float32) / 27
+        richardson_lucy(rng.random((8, 16, 16), dtype=np.float32) + 0.1, h, 4, accelerate=True, device="cpu")
+        RichardsonLucyBlock(h, accelerate=True).load((8, 16, 16))
+        small = _rl_ops.ops_for(cpu, torch.float32, (8, 16, 16)).name
+        large = _rl_ops.fused_planned(cpu, torch.float32, (64, 64, 64))
+        MemoryModel("rl", (5, 5, 5), accelerate=True).block_bytes((60, 124, 124))  # counts the fused buffers
+        print("numba" in sys.modules, small, large)
+        print(_rl_ops.ops_for(cpu, torch.float32, (64, 64, 64)).name, "numba" in sys.modules)
+    """)
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": root, "DECONV3D_FUSED": "auto"})
+    assert proc.stdout.split() == ["False", "torch", "True", "numba", "True"], proc.stderr[-2000:]
+
+
+def test_loop_size_picks_the_passes_under_auto_only(fused):
+    small, large = (8, 16, 16), (64, 64, 64)
+    assert np.prod(small) < _rl_ops.FUSED_MIN_VOXELS <= np.prod(large)
+    fused("auto")
+    assert ops_for(CPU, torch.float32, small) is TorchOps
+    assert _rl_ops.fused_planned(CPU, torch.float32, small) is False
+    assert ops_for(CPU, torch.float32, large) is (FusedOps if _rl_ops.numba_available() else TorchOps)
+    if _rl_ops.numba_available():
+        fused("numba")  # asked for: at every size, as DECONV3D_FFT=fftw
+        assert ops_for(CPU, torch.float32, small) is FusedOps
+    fused("torch")
+    assert ops_for(CPU, torch.float32, large) is TorchOps
+    assert _rl_ops.fused_planned(CPU, torch.float32, large) is False
 
 
 def test_numba_that_fails_to_import_falls_back_to_torch(fused, monkeypatch):
@@ -267,6 +315,6 @@ def test_preload_starts_cuda_before_the_memory_baseline(monkeypatch):
     _rl_ops.preload(torch.device("cuda"), torch.float32)
     assert made == [torch.device("cuda")]
     made.clear()
-    monkeypatch.setattr(_rl_ops, "ops_for", lambda device, dtype: None)  # no numba kernels to load here
+    monkeypatch.setattr(_rl_ops, "ops_for", lambda device, dtype, shape=None: None)  # no numba kernels to load here
     _rl_ops.preload(torch.device("cpu"), torch.float32)
     assert made == []

@@ -39,7 +39,7 @@ class _Workspace:
         # Both built here, leaving the problem as it was: p.otf may be kept for the next block (_reuse).
         self.otf = p.otf * self.fft.scale if self.fft.scale != 1.0 else p.otf
         self.otf_conj = self.otf.conj_physical()
-        self.ops = ops_for(p.data.device, p.data.dtype)  # the element-wise passes (deconv3d._rl_ops)
+        self.ops = ops_for(p.data.device, p.data.dtype, p.fft_shape)  # the element-wise passes (deconv3d._rl_ops)
 
 
 def _rl_factor(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
                  and not any(_on_gpu(f) for f in block_fns))  # the whole volume, if it fits
     if memory_limit is not None or automatic:
         for f in block_fns:  # libraries the blocks will load count in the baseline, not in the budget
-            getattr(f, "load", lambda: None)()
+            getattr(f, "load", lambda shape: None)(tuple(spatial_shape))
     if automatic:
         memory_limit = limit_for_available(model, spatial_shape, planning_baseline(), processes=local)
         automatic = memory_limit is not None

@@ -375,15 +375,15 @@ def large_allocations_returned(enabled: bool = True):
 def _rl_backends(shape: Sequence[int]) -> tuple[bool, bool]:
     """Whether the CPU Richardson-Lucy loop on ``shape`` (before rounding to a fast FFT size)
     transforms with FFTW (:func:`deconv3d._fftw.backend_for`) and runs numba's fused passes
-    (:func:`deconv3d._rl_ops.ops_for`, which the pipeline has loaded before it plans)."""
+    (:func:`deconv3d._rl_ops.fused_planned`, which asks without importing numba)."""
     import torch
 
     from deconv3d._fftw import backend_for
-    from deconv3d._rl_ops import FusedOps, ops_for
+    from deconv3d._rl_ops import fused_planned
     from deconv3d.fft import fast_shape
 
-    cpu = torch.device("cpu")
-    return backend_for(fast_shape(shape), cpu, torch.float32) == "fftw", ops_for(cpu, torch.float32) is FusedOps
+    cpu, fft = torch.device("cpu"), fast_shape(shape)
+    return backend_for(fft, cpu, torch.float32) == "fftw", fused_planned(cpu, torch.float32, fft)
 
 
 def _fft_sizes(shape: Sequence[int]) -> tuple[int, int]:

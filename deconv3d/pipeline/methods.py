@@ -151,11 +151,15 @@ class RichardsonLucyBlock:
             halo = tuple(math.ceil(1.5 * h) for h in halo)
         return halo
 
-    def load(self) -> None:
+    def load(self, spatial_shape=None) -> None:
         """Load what every block will use, before the memory baseline is measured: the numba
         element-wise passes hold about 110 MB once loaded, which no block-size model counts (on a
-        GPU: the CUDA context)."""
-        _preload(self.device)
+        GPU: the CUDA context). With the volume's ``spatial_shape``, not the passes that no block of
+        it is large enough to use (:data:`deconv3d._rl_ops.FUSED_MIN_VOXELS`)."""
+        from deconv3d.classical._problem import rl_fft_shape
+
+        largest = None if spatial_shape is None else rl_fft_shape(spatial_shape, np.shape(self.psf), self.boundary)
+        _preload(self.device, largest)
 
     def with_alpha_schedule(self, data, box) -> "RichardsonLucyBlock":
         """A copy that replays the acceleration steps measured on the ``box`` of ``data`` (a tuple
@@ -264,7 +268,7 @@ class NetworkBlock:
             divisor = self.trained.unet.divisor
             self.context = -(-default_context(self.trained) // divisor) * divisor
 
-    def load(self) -> None:
+    def load(self, spatial_shape=None) -> None:
         """Before the memory baseline is measured: CUDA on a GPU, and on the CPU the numba passes
         of the Richardson-Lucy run a residual network adds its correction to (a network without
         one never runs them: loading them cost 0.4 s and 110 MB for nothing)."""
@@ -367,14 +371,15 @@ def volume_peak(data) -> float:
     return _default_tv_scale([_largest_value(np.asarray(data[box])) for box in boxes])
 
 
-def _preload(device) -> None:
-    """What the blocks' Richardson-Lucy runs load on ``device`` (:func:`deconv3d._rl_ops.preload`)."""
+def _preload(device, fft_shape=None) -> None:
+    """What the blocks' Richardson-Lucy runs load on ``device`` for FFTs up to ``fft_shape`` (None:
+    any) (:func:`deconv3d._rl_ops.preload`)."""
     import torch
 
     from deconv3d._rl_ops import preload
     from deconv3d.fft import resolve_device
 
-    preload(resolve_device(device), torch.float32)
+    preload(resolve_device(device), torch.float32, fft_shape)
 
 
 def rl_halo(psf, iterations: int) -> tuple[int, ...]:

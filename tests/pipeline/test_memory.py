@@ -114,7 +114,7 @@ def test_the_memory_baseline_is_measured_after_the_blocks_load_their_libraries(m
     events = []
 
     class Block:
-        def load(self):
+        def load(self, spatial_shape):
             events.append("load")
 
     def rss():

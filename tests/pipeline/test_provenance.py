@@ -187,17 +187,20 @@ def test_the_environment_names_the_fft_backend_the_run_used(folder, capsys, monk
     assert ("fftw_planner" in environment) == ("fftw" in used)
 
 
-@pytest.mark.parametrize("fused", ["auto", "torch"])
+@pytest.mark.parametrize("fused, min_voxels", [("auto", 1), ("auto", None), ("torch", 1)])
 @pytest.mark.parametrize("output, extra", [("rl.tif", []), ("rl.zarr", ["--chunks", "8", "16", "16"]),
                                            ("wiener.tif", ["--method", "wiener"])])
-def test_the_environment_names_the_element_wise_passes_the_run_used(folder, capsys, monkeypatch, fused, output,
-                                                                    extra):
+def test_the_environment_names_the_element_wise_passes_the_run_used(folder, capsys, monkeypatch, fused, min_voxels,
+                                                                    output, extra):
     """Numba's fused passes and torch's round differently (rl-20 outputs 1.2e-5 of the maximum apart),
     but the records of the two runs were the same: the record now names the passes Richardson-Lucy's
-    loops ran (``fused``, with numba's version where they were numba's); a run without them has none."""
+    loops ran (``fused``, with numba's version where they were numba's); a run without them has none.
+    These images are below FUSED_MIN_VOXELS (``min_voxels`` None): torch's passes, under auto too."""
     from deconv3d import _rl_ops
     from deconv3d.classical import _iterate
 
+    if min_voxels is not None:
+        monkeypatch.setattr(_rl_ops, "FUSED_MIN_VOXELS", min_voxels)
     used, real = set(), _iterate.ops_for
     monkeypatch.setattr(_iterate, "ops_for", lambda *a: used.add(real(*a).__name__) or real(*a))
     monkeypatch.setenv("DECONV3D_FUSED", fused)
@@ -205,7 +208,7 @@ def test_the_environment_names_the_element_wise_passes_the_run_used(folder, caps
     if "wiener" in output:
         assert used == set() and "fused" not in environment and "numba" not in environment
         return
-    numba = fused == "auto" and _rl_ops.numba_available()
+    numba = fused == "auto" and _rl_ops.numba_available() and min_voxels is not None
     assert used == {"FusedOps" if numba else "TorchOps"}
     assert environment["fused"] == ("numba" if numba else "torch") + (" (auto)" if fused == "auto" else "")
     if numba:
