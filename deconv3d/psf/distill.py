@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import ndimage
 
 from deconv3d._arrays import as_numpy
 from deconv3d.errors import InputError
@@ -122,6 +121,8 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     >>> bool(np.abs(psf - true / true.sum()).sum() < 0.1)  # L1 error
     True
     """
+    from scipy import ndimage
+
     beads = _check_beads(beads)
     despiked = _despiked(beads)
     smooth = ndimage.gaussian_filter(despiked, 1.0)
@@ -226,6 +227,8 @@ def _quiet_tails(total: np.ndarray, level: float = 8.0, width: float = 3.0) -> n
     against 0.23 / 0.75 / 0.97 and 1.54 / 0.51 / 0.066. Noise-free, L1 0.001 (vectorial). The
     level and width were chosen on these images (3 / 2 gave 0.42 at 2e5 on the vectorial beads).
     """
+    from scipy import ndimage
+
     light = ndimage.gaussian_filter(total, 1.0)
     core = light > level * _smoothed_noise(total, 1.0)
     outside = (~core).astype(np.float64)
@@ -252,6 +255,8 @@ def _smoothed_noise(total: np.ndarray, sigma: float) -> float:
 def _white_noise(image: np.ndarray, sigma: float = 1.0) -> float:
     """The standard deviation of white noise in ``image``, measured (robustly: the MAD) on what a
     Gaussian filter of ``sigma`` removes, which a smooth background such as a ramp hardly enters."""
+    from scipy import ndimage
+
     delta, kernel = _kernel(sigma, image.ndim)
     removed = image - ndimage.gaussian_filter(image, sigma)
     return _robust_background(removed)[1] / float(np.sqrt(((delta - kernel) ** 2).sum()))
@@ -259,6 +264,8 @@ def _white_noise(image: np.ndarray, sigma: float = 1.0) -> float:
 
 def _kernel(sigma: float, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     """A unit impulse 9 voxels wide and the Gaussian filter of ``sigma`` applied to it (the filter as an array)."""
+    from scipy import ndimage
+
     delta = np.zeros((9,) * ndim)
     delta[(4,) * ndim] = 1.0
     return delta, ndimage.gaussian_filter(delta, sigma)
@@ -372,6 +379,8 @@ def _despiked(beads: np.ndarray) -> np.ndarray:
     of 25 beads of 600 photons over a background of 100, 12 were lost and the PSF's peak came out
     37 % low, and brighter ones set a box of 7 instead of 11 voxels; their neighbours' light stands
     out from the noise."""
+    from scipy import ndimage
+
     ring = np.ones((3,) * beads.ndim, bool)
     ring[(1,) * beads.ndim] = False
     background, noise = _robust_background(beads)
@@ -486,6 +495,8 @@ def _brightest_unsaturated(beads, smooth) -> tuple:
     from its flat-topped core and halo (box 23 x 17 x 17, threshold 12400), so that the eight
     were crowded by its neighbours or fell below it and no bead was found, where the clipped one
     alone should have been left out (:func:`_unsaturated`)."""
+    from scipy import ndimage
+
     top = _ceiling(beads)
     if top is not None:
         near = ndimage.maximum_filter(beads == top, size=5)
@@ -539,6 +550,8 @@ def _surroundings(beads, centre, peaks, half) -> tuple[np.ndarray, np.ndarray | 
 
 def _aligned_box(image, centre, half, background: float) -> np.ndarray | None:
     """The box around ``centre`` less ``background``, shifted so its centroid is central."""
+    from scipy import ndimage
+
     box = image[tuple(slice(c - h - 1, c + h + 2) for c, h in zip(centre, half))].astype(np.float64)
     box -= background
     weights = np.clip(box - 0.1 * box.max(), 0, None)

@@ -6,7 +6,6 @@ import numbers
 import warnings
 
 import numpy as np
-from scipy import ndimage
 
 from deconv3d._arrays import as_numpy, refuse_complex
 from deconv3d._voxel import checked_voxel_size, format_sizes
@@ -35,6 +34,8 @@ def _centred_zoom(arr: np.ndarray, step, out_shape, order: int = 3) -> np.ndarra
     Both are the kernel origin of :func:`deconv3d.fft.kernel_origin`, also for even sizes.
     ``step[i]`` is the distance, in input voxels, between neighbouring output voxels.
     """
+    from scipy import ndimage
+
     step = np.array(step, dtype=float)  # a copy: an end sample moved inside changes its axis's step
     c_in = (np.asarray(arr.shape) - 1) // 2
     c_out = (np.asarray(out_shape) - 1) // 2
@@ -174,6 +175,8 @@ def _core_centroid(arr: np.ndarray, level: float = CORE_LEVEL) -> np.ndarray:
     inside it. (The smoothing alone kept a hot voxel below a bead up to 4-9x the bead's peak;
     :func:`center_psf` measures on :func:`_despiked` values.)
     """
+    from scipy import ndimage
+
     arr = arr.astype(np.float64)
     smooth = ndimage.gaussian_filter(arr, 1.0)
     labels, _ = ndimage.label(smooth > level * float(smooth.max()))
@@ -188,6 +191,8 @@ def _despiked(psf: np.ndarray) -> np.ndarray:
     when the voxels lowered held all but :data:`SPIKE_KEPT` of its light: a
     PSF narrower than a voxel, as a small one resampled to coarser voxels comes out, is no hot
     voxel (despiked to nothing, it made center_psf fail with "PSF sum is not positive")."""
+    from scipy import ndimage
+
     ring = np.ones((3,) * psf.ndim, bool)
     ring[(1,) * psf.ndim] = False
     neighbours = ndimage.maximum_filter(psf, footprint=ring, mode="constant")
@@ -233,6 +238,8 @@ def center_psf(psf) -> np.ndarray:
     numpy.ndarray
         float32, odd-shaped, centred, unit-sum PSF.
     """
+    from scipy import ndimage
+
     psf = np.clip(as_numpy(psf, dtype=np.float32), 0, None)
     psf = np.pad(psf, [(0, 1 - n % 2) for n in psf.shape])
     target = (np.asarray(psf.shape) - 1) / 2.0
@@ -416,6 +423,8 @@ def _voxel_integrated(psf: np.ndarray, step) -> np.ndarray:
     (averaging over a doubled step had widened a Gaussian's axial RMS width by 8%). Box
     weights have fractional ends for a step that is not a whole number of voxels.
     """
+    from scipy import ndimage
+
     out = np.asarray(psf, dtype=np.float64)
     for axis, width in enumerate(np.asarray(step, dtype=float)):
         if width <= 1 + 1e-9 or axis < out.ndim - 2:
