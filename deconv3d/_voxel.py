@@ -7,8 +7,6 @@ import math
 import numbers
 from pathlib import Path
 
-import numpy as np
-
 from deconv3d.errors import InputError
 
 
@@ -21,6 +19,8 @@ def checked_voxel_size(voxel_size, ndim: int, what: str = "voxel size") -> tuple
     """
     if voxel_size is None:
         return None
+    import numpy as np  # here: the command line's --help and --version do without numpy
+
     if isinstance(voxel_size, (numbers.Real, np.ndarray)) and np.ndim(voxel_size) == 0:
         values = (voxel_size,) * ndim
     else:

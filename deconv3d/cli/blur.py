@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from deconv3d import __version__
 from deconv3d._paths import recorded_path
@@ -22,6 +21,9 @@ from ._common import (DEVICE_HELP, DEVICES, Parser, add_common, check_output, no
 VARIANTS = ("baseline", "implicit", "explicit")
 DISTANCES = ("mse", "l1")
 LATENT_NORMS = ("none", "endpoints")
+
+if TYPE_CHECKING:  # numpy is imported where it is used: --help and --version do without it
+    import numpy as np
 
 
 def register(sub) -> None:
@@ -165,6 +167,8 @@ def _pixel_size(image, path) -> tuple | None:
 
 def _common_pixel_size(sizes: dict) -> tuple | None:
     """The one pixel size of ``{path: size or None}``, None when none is known; refuses a mismatch."""
+    import numpy as np
+
     known = {p: s for p, s in sizes.items() if s is not None}
     if not known:
         return None
@@ -178,6 +182,8 @@ def _common_pixel_size(sizes: dict) -> tuple | None:
 
 def _read_stacks(paths) -> tuple[np.ndarray, tuple | None]:
     """The stacks, and their common (y, x) pixel size (None when no file records one)."""
+    import numpy as np
+
     from deconv3d.io import read_image
 
     stacks, sizes = [], {}
@@ -198,6 +204,8 @@ def _read_stacks(paths) -> tuple[np.ndarray, tuple | None]:
 
 def _ordered_levels(args, n: int, stacks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stacks with planes sorted by level (most blurred first) and the sorted level values."""
+    import numpy as np
+
     if args.levels is None:
         levels = np.arange(n, dtype=np.float64)
         return (stacks[:, ::-1] if args.focus == "first" else stacks), levels
@@ -229,6 +237,8 @@ def _read_plane(path, role: str) -> tuple[np.ndarray, tuple | None]:
 def _load_model(args, shape, pixel):
     """The checkpoint, whether to apply it in residual form (unset: as trained) and the
     planes' pixel size (the model's where the planes record none; a different one is refused)."""
+    import numpy as np
+
     from deconv3d.latent.checkpoint import load_checkpoint
 
     trained = load_checkpoint(args.model, device=args.device)
@@ -263,6 +273,8 @@ def _inputs_record(args, planes: dict) -> dict:
 
 
 def cmd_train(args) -> int:
+    import numpy as np
+
     from deconv3d.latent.checkpoint import save_checkpoint
     from deconv3d.omezarr import file_sha256
     from deconv3d.latent.data import tile_stacks
@@ -355,6 +367,8 @@ FIRST_AXIS = ("blur level, not z: plane k lies at fractions[k] of the way from F
 
 
 def cmd_synth(args) -> int:
+    import numpy as np
+
     from deconv3d.io import write_tiff
     from deconv3d.latent.ops import synthesize_blur
 
