@@ -301,16 +301,16 @@ def _go_out_of_core_if_too_large(args) -> None:
     limit): in memory it ran until the kernel killed the process, with no message and no output.
     (ssl that trains holds the whole image to train on, and stays in memory.)"""
     from deconv3d.fft import resolve_device
-    from deconv3d.omezarr import open_lazy
+    from deconv3d.omezarr.reading import image_header
     from deconv3d.pipeline.memory import MemoryModel, limit_for_available, planning_baseline
 
     if (args.method == "ssl" and not args.model) or not Path(args.input).is_file() \
             or resolve_device(args.device).type == "cuda":
         return  # (on a GPU the arrays live in its memory, which this does not budget)
-    lazy = open_lazy(args.input)
-    if any(n > 1 for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"):
+    axes, full_shape, voxel = image_header(args.input)  # (a TIFF's header: without dask)
+    if any(n > 1 for a, n in zip(axes, full_shape) if a in "TC"):
         return  # refused below: one 2D/3D image per TIFF
-    shape = tuple(n for a, n in zip(lazy.axes, lazy.data.shape) if a in "ZYX")
+    shape = tuple(n for a, n in zip(axes, full_shape) if a in "ZYX")
     if args.method == "ssl":  # the chunked run's model of the network's blocks
         from deconv3d.pipeline.batch import network_memory_model
         from deconv3d.pipeline.methods import NetworkBlock
@@ -320,7 +320,7 @@ def _go_out_of_core_if_too_large(args) -> None:
         model = network_memory_model(block)
     else:
         model = MemoryModel("wiener" if args.method == "wiener" else args.method,
-                            _psf_shape_estimate(args, lazy, shape), accelerate=not args.no_accelerate,
+                            _psf_shape_estimate(args, voxel, shape), accelerate=not args.no_accelerate,
                             boundary=args.boundary)
     # The chunked planning's own test, which then chooses the blocks: with the in-memory image and
     # result counted here too, a run between the two tests went to the chunked path as one block,
@@ -333,14 +333,15 @@ def _go_out_of_core_if_too_large(args) -> None:
     args.out_of_core = True
 
 
-def _psf_shape_estimate(args, lazy, shape) -> tuple[int, ...]:
-    """The PSF's shape as the run will prepare it, near enough for a memory estimate."""
+def _psf_shape_estimate(args, file_voxel, shape) -> tuple[int, ...]:
+    """The PSF's shape as the run will prepare it, near enough for a memory estimate (``file_voxel``:
+    the voxel size the image's file records)."""
     from deconv3d.io import read_psf
     from deconv3d.psf.generate import generated_psf_shape
 
     if args.psf:
         return tuple(min(k, n) for k, n in zip(read_psf(args.psf).data.shape, shape))
-    voxel = lazy.voxel_size if not args.voxel_size or len(args.voxel_size) < len(shape) else \
+    voxel = file_voxel if not args.voxel_size or len(args.voxel_size) < len(shape) else \
         tuple(args.voxel_size)[-len(shape):]  # (too few values: refused once the image is read)
     if args.psf_model and args.na and args.wavelength and voxel is not None and len(shape) == 3:
         return tuple(min(k, n) for k, n in zip(generated_psf_shape(shape, voxel, args.na, args.wavelength), shape))

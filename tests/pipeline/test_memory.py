@@ -312,10 +312,9 @@ def test_the_in_memory_estimate_counts_a_generated_psf():
     from deconv3d.cli.classical import _psf_shape_estimate
 
     args = argparse.Namespace(psf=None, psf_model="gibson-lanni", na=1.4, wavelength=0.52, voxel_size=None)
-    lazy = argparse.Namespace(voxel_size=(0.2, 0.1, 0.1))
-    shape = _psf_shape_estimate(args, lazy, (64, 256, 256))
+    shape = _psf_shape_estimate(args, (0.2, 0.1, 0.1), (64, 256, 256))
     assert len(shape) == 3 and min(shape) > 9
-    assert _psf_shape_estimate(args, argparse.Namespace(voxel_size=None), (64, 256, 256)) == (1, 1, 1)  # unknown
+    assert _psf_shape_estimate(args, None, (64, 256, 256)) == (1, 1, 1)  # unknown
 
 
 def test_only_networks_that_add_rl_preload_its_passes(monkeypatch):
@@ -572,3 +571,51 @@ def test_a_blocks_and_the_progress_bars_callbacks_get_no_scaled_copy_of_the_esti
     assert bar.n == 3 and wrapped == []
     richardson_lucy(block, psf, 3, callback=lambda it, estimate: None, device="cpu")
     assert len(wrapped) == 1 and wrapped[0] > 32
+
+
+def test_the_out_of_core_check_reads_a_tiff_s_header_without_dask(tmp_path):
+    """The command line's test whether an in-memory run fits opened the TIFF with open_lazy, whose
+    dask import took 0.35-1.1 s of every run; it now reads the shape and voxel size from the header.
+    Needs a fresh process: dask stays imported once loaded."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    from deconv3d.io import write_tiff
+
+    write_tiff(tmp_path / "img.tif", np.random.default_rng(0).random((8, 16, 16), dtype=np.float32) + 0.1,
+               voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", np.ones((3, 3, 3), np.float32) / 27, voxel_size=(0.3, 0.1, 0.1))
+    script = textwrap.dedent("""
+        import sys
+        from deconv3d.cli import main
+        code = main(["deconvolve", "img.tif", "--psf", "psf.tif", "--iterations", "2", "-o", "out.tif"])
+        print(code, "dask" in sys.modules)
+    """)
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stderr[-2000:]
+    assert (tmp_path / "out.tif").is_file()
+
+
+@pytest.mark.parametrize("shape, axes, imagej", [((8, 16, 16), None, True), ((16, 16), None, True),
+                                                 ((3, 1, 16, 16), "ZCYX", True), ((2, 3, 16, 16), "ZCYX", True),
+                                                 ((4, 1, 16, 16), "TZYX", True), ((5, 6, 7), "ZYX", False)])
+def test_a_tiff_s_header_gives_what_open_lazy_gives(tmp_path, shape, axes, imagej):
+    """image_header (the out-of-core check's, without dask) against open_lazy: axes, shape, voxel size."""
+    import tifffile
+
+    from deconv3d.omezarr import open_lazy
+    from deconv3d.omezarr.reading import image_header
+
+    path = tmp_path / "img.tif"
+    data = np.arange(np.prod(shape), dtype=np.uint16).reshape(shape)
+    metadata = {"axes": axes, "spacing": 0.4, "unit": "micron"} if axes else {"spacing": 0.4, "unit": "micron"}
+    tifffile.imwrite(path, data, imagej=imagej, resolution=(1 / 0.2, 1 / 0.1),
+                     metadata=metadata if imagej else ({"axes": axes} if axes else None))
+    lazy = open_lazy(path)
+    assert image_header(path) == (lazy.axes, tuple(lazy.data.shape), lazy.voxel_size)
+    assert image_header(path)[1] == tuple(n for n in shape if n != 1) or "C" in lazy.axes
