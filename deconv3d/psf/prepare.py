@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import threading
 import warnings
 
 import numpy as np
@@ -98,6 +100,30 @@ def validate_psf(psf) -> np.ndarray:
     return psf
 
 
+_RECORDING = threading.local()  # .lists: the warnings' texts of the recorded_warnings blocks open in this thread
+
+
+@contextlib.contextmanager
+def recorded_warnings():
+    """A list of the text of each RuntimeWarning this module issues in this thread while the block
+    runs (issued as before too): what a caller that keeps a prepared PSF (the batch's cache,
+    :func:`deconv3d.pipeline.batch.load_psf_for`) issues again each time it hands the PSF out, as
+    preparing it anew would."""
+    texts: list[str] = []
+    lists = _RECORDING.__dict__.setdefault("lists", [])
+    lists.append(texts)
+    try:
+        yield texts
+    finally:
+        lists.remove(texts)
+
+
+def _warn(text: str, stacklevel: int) -> None:
+    for texts in getattr(_RECORDING, "lists", ()):
+        texts.append(text)
+    warnings.warn(text, RuntimeWarning, stacklevel=stacklevel)
+
+
 #: :func:`prepare_psf` warns when a PSF's faces, flat, exceed this share of its peak. Generated
 #: widefield PSFs' lowest values stayed below 0.0034 (psfmodels' vectorial and Gibson-Lanni models, NA 1.4, boxes
 #: from 9x15x15 to 63x31x31, 0 and 5 µm deep); a bead crop keeping a camera offset of 100 counts
@@ -119,9 +145,9 @@ def _warn_of_an_offset(psf: np.ndarray) -> None:
     faces = np.concatenate([np.take(psf, i, axis=a).ravel() for a in range(psf.ndim) for i in (0, -1)])
     low, peak = float(np.percentile(faces, 5)), float(psf.max())
     if OFFSET_LEVEL < low / peak <= 0.5 and low >= 0.8 * float(np.median(faces)):
-        warnings.warn(f"the PSF's faces sit at {low / peak:.1%} of its peak or more, a flat background (a camera "
-                      "offset?) that deconvolution takes for light of the PSF: subtract it from the PSF, or distill "
-                      "the PSF from beads with 'deconv3d psf distill'", RuntimeWarning, stacklevel=3)
+        _warn(f"the PSF's faces sit at {low / peak:.1%} of its peak or more, a flat background (a camera "
+              "offset?) that deconvolution takes for light of the PSF: subtract it from the PSF, or distill "
+              "the PSF from beads with 'deconv3d psf distill'", stacklevel=4)
 
 
 def normalize_psf(psf) -> np.ndarray:
@@ -258,9 +284,8 @@ def center_psf(psf) -> np.ndarray:
     lost = 1.0 - float(out.sum(dtype=np.float64)) / max(float(psf.sum(dtype=np.float64)), 1e-300)
     if lost > CENTRING_LOSS and np.abs(total).max() > 0.55:  # (up to half a voxel: where a bead happens to sit)
         moved = ", ".join(f"{v:+.1f}" for v in total)
-        warnings.warn(f"centring the PSF's core moved it by ({moved}) voxels and {lost:.0%} of its light out of its "
-                      "box: give a PSF stack centred on the bead, with as much room on each side", RuntimeWarning,
-                      stacklevel=2)
+        _warn(f"centring the PSF's core moved it by ({moved}) voxels and {lost:.0%} of its light out of its "
+              "box: give a PSF stack centred on the bead, with as much room on each side", stacklevel=3)
     return normalize_psf(out)
 
 
@@ -538,15 +563,14 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     if psf_voxel is not None and image_voxel is not None:
         psf = resample_psf(psf, psf_voxel, image_voxel)
     elif psf_voxel is not None:  # (the command line completes the image's from the PSF's before)
-        warnings.warn(f"the image's voxel size is not given (image_voxel=None), so the PSF, sampled at "
-                      f"{format_sizes(checked_voxel_size(psf_voxel, psf.ndim, 'PSF voxel size'))} µm, is used as if "
-                      "sampled like the image: pass image_voxel (read_image(...).voxel_size, or partial_voxel "
-                      "completed by hand)", RuntimeWarning, stacklevel=2)
+        _warn(f"the image's voxel size is not given (image_voxel=None), so the PSF, sampled at "
+              f"{format_sizes(checked_voxel_size(psf_voxel, psf.ndim, 'PSF voxel size'))} µm, is used as if "
+              "sampled like the image: pass image_voxel (read_image(...).voxel_size, or partial_voxel "
+              "completed by hand)", stacklevel=3)
     elif image_voxel is not None:  # (the command line passes the image's for a PSF file that records none)
-        warnings.warn(f"the PSF's voxel size is not given (psf_voxel=None), so the PSF is used as if sampled like "
-                      f"the image, at {format_sizes(checked_voxel_size(image_voxel, psf.ndim, 'image voxel size'))} "
-                      "µm: pass psf_voxel (read_psf(...).voxel_size, or its partial_voxel completed by hand)",
-                      RuntimeWarning, stacklevel=2)
+        _warn(f"the PSF's voxel size is not given (psf_voxel=None), so the PSF is used as if sampled like "
+              f"the image, at {format_sizes(checked_voxel_size(image_voxel, psf.ndim, 'image voxel size'))} "
+              "µm: pass psf_voxel (read_psf(...).voxel_size, or its partial_voxel completed by hand)", stacklevel=3)
     given = psf.shape
     psf = crop_psf(center_psf(psf), energy)
     if fit_image and any(p > n for p, n in zip(psf.shape, image_shape)):
