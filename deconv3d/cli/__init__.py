@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``deconv3d`` command; returns the exit status. Without ``argv`` it is the
     program (``deconv3d``, ``python -m deconv3d``), which ends when it returns: after SIGTERM or SIGHUP,
     logging then stays off (see :func:`_terminate_as_interrupt`); given ``argv`` (called from Python),
-    logging is as the caller had it once it returns."""
+    logging is as the caller had it once it returns, and the zarr reads or writes a failure left are waited
+    for, not cancelled (they may be another thread's)."""
     program = argv is None
     argv = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv
@@ -140,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the contract: unexpected errors exit 1
         return _internal(exc, debug)
     finally:
-        settle_zarr(cancel=True)  # what a failed zarr read or write left: no asyncio lines after the error's
+        # What a failed zarr read or write left: no asyncio lines after the error's. Queued chunks are
+        # cancelled only by the program, all of whose zarr work is its own; main(argv) called from Python
+        # only waits, as another thread of the caller's may be writing zarr (its queued chunks were cancelled).
+        settle_zarr(cancel=program)
         restore()
 
 

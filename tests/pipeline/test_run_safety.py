@@ -354,6 +354,59 @@ def test_settle_zarr_cancels_only_chunks_waiting_for_their_turn_and_only_when_as
             loop.call_soon_threadsafe(task.cancel)
 
 
+def test_main_called_from_python_leaves_another_threads_zarr_write_alone(tmp_path, monkeypatch, capsys):
+    """main(argv) from Python cancelled, as it ended (exit 0), the queued chunks of a zarr write
+    that another thread of the caller's had under way: it failed with CancelledError, 2,753 of its
+    8,192 chunks written. Only the program cancels; a call from Python waits for them."""
+    import asyncio
+    import threading
+
+    import zarr
+    from zarr.storage import LocalStore
+
+    import deconv3d.cli as cli
+
+    started, gate = threading.Event(), threading.Event()
+
+    class Gated(LocalStore):  # the chunks wait at the gate: the write is surely under way as main ends
+        async def set(self, key, value):
+            if key.startswith("c/"):
+                started.set()
+                while not gate.is_set():
+                    await asyncio.sleep(0.001)
+            await super().set(key, value)
+
+    array = zarr.create_array(Gated(tmp_path / "lib.zarr"), shape=(4, 64, 64), chunks=(1, 8, 8), dtype="f4")
+    data = np.random.default_rng(0).random((4, 64, 64), dtype=np.float32)  # 256 chunks
+    errors = []
+
+    def write():
+        try:
+            array[:] = data
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            errors.append(repr(exc))
+
+    settle = cli.settle_zarr
+
+    def settle_then_open(*args, **kwargs):  # main's own settle runs while the chunks are queued
+        threading.Timer(0.2, gate.set).start()
+        settle(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "settle_zarr", settle_then_open)
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert started.wait(10)
+        code = cli.main(["psf", "-o", str(tmp_path / "p.tif"), "--na", "1.2", "--wavelength", "0.5",
+                         "--voxel-size", "0.3", "0.1", "0.1", "--shape", "5", "9", "9"])
+    finally:
+        gate.set()
+        writer.join(30)
+    capsys.readouterr()
+    assert code == 0 and errors == []
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "lib.zarr", mode="r")[:], data)
+
+
 def test_a_symbolic_link_as_the_output_is_refused_up_front(stack, monkeypatch, capsys):
     """Publishing replaced the link by a regular file (a .tif) or failed after all the work with
     NotADirectoryError (a .zarr link to an earlier output)."""
@@ -379,7 +432,7 @@ SLOW_CHUNKS = textwrap.dedent("""
         return await get(self, key, *args, **kwargs)
     LocalStore.get = slow
     from deconv3d.cli import main
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())  # the program, as deconv3d runs it (sys.argv): it cancels the chunks still queued
 """)
 
 
