@@ -378,8 +378,10 @@ def _imagecodecs_would_decode(code, known) -> bool:
 
 def _check_data_offsets(series, path: Path) -> None:
     """Refuse, from the page tags alone, pixel data that no file holds: a strip or tile offset of 0
-    (read as pixels, the TIFF header came back; a lazy read gave zeros) or one past the end of its
-    file. A contiguous stack (ImageJ's, tifffile's shaped files) is read as one block from its first
+    with bytes to read (read as pixels, the TIFF header came back; a lazy read gave zeros) or one past
+    the end of its file. Offset 0 with byte count 0 is an empty tile or strip of a sparse file (tifffile
+    writes them for tiles not given; GeoTIFF's sparse files), which TIFF readers fill with zeros: read
+    so. A contiguous stack (ImageJ's, tifffile's shaped files) is read as one block from its first
     page: only that block counts."""
     if series.dataoffset is not None:
         pages, block = series.pages[:1], (series.dataoffset, series.nbytes)
@@ -391,7 +393,7 @@ def _check_data_offsets(series, path: Path) -> None:
         size, name = page.parent.filehandle.size, path if page.parent.filename == path.name else page.parent.filename
         kind = "tile" if page.keyframe.is_tiled else "strip"
         for offset, count in [block] if block else zip(page.dataoffsets, page.databytecounts):
-            if offset == 0:
+            if offset == 0 and count > 0:
                 raise InputError(f"page {page.index} of {name} has no pixel data ({kind} offset 0): the file is "
                                  "damaged; copy or export it again")
             if offset + count > size:

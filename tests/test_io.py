@@ -1033,6 +1033,30 @@ def test_a_page_whose_strip_offset_no_file_holds_is_refused(tmp_path, layout, pa
             reader(path)
 
 
+def test_a_sparse_tiff_with_an_empty_tile_reads_with_zeros_there(tmp_path):
+    """A tile tifffile writes for None (and GeoTIFF's sparse files) has offset 0 and byte count 0:
+    an empty tile, read as zeros. It was refused as a damaged file ("tile offset 0")."""
+    from deconv3d.omezarr import open_lazy
+
+    data = np.random.default_rng(3).integers(1, 1000, (3, 32, 32), dtype=np.uint16)
+
+    def tiles(z):
+        for ty in (0, 16):
+            for tx in (0, 16):
+                yield None if (z, ty, tx) == (1, 16, 16) else data[z, ty:ty + 16, tx:tx + 16]
+
+    path = tmp_path / "sparse.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for z in range(3):
+            tif.write(tiles(z), shape=(32, 32), dtype=data.dtype, tile=(16, 16), contiguous=False, metadata=None)
+    with tifffile.TiffFile(path) as tif:
+        assert (tif.pages[1].dataoffsets[3], tif.pages[1].databytecounts[3]) == (0, 0)  # the empty tile
+    expected = data.astype(np.float32)
+    expected[1, 16:, 16:] = 0
+    for reader in (read_image, open_lazy):
+        np.testing.assert_array_equal(np.asarray(reader(path).data), expected)
+
+
 def test_grey_samples_stored_as_planes_are_channels_too(tmp_path):
     """Planar grey samples (SYX) were read as a z-stack; ImageJ opens them as channels."""
     from deconv3d.omezarr import open_lazy
