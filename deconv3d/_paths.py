@@ -84,7 +84,7 @@ def special_file_problem(path, role: str = "input") -> str | None:
     return f"{role} {path} is {kind}, not a regular file: save the {what} to a file and give that"
 
 
-def check_output_path(output, inputs=(), suffixes=None) -> None:
+def check_output_path(output, inputs=(), suffixes=None, scratch: bool = False) -> None:
     """Check an output path before any heavy work starts.
 
     Parameters
@@ -95,6 +95,9 @@ def check_output_path(output, inputs=(), suffixes=None) -> None:
         Input files that must not be overwritten (None entries are ignored).
     suffixes : sequence of str, optional
         Accepted suffixes (lower case, with the dot); TIFF by default.
+    scratch : bool
+        Whether a TIFF output is built through a scratch OME-Zarr (a chunked run's), whose temporary
+        names and files make its longest path longer (:func:`check_name_length`).
 
     Raises
     ------
@@ -108,7 +111,7 @@ def check_output_path(output, inputs=(), suffixes=None) -> None:
     if suffixes is not None and output.suffix.lower() not in suffixes:
         raise InputError(f"unsupported output format '{output.suffix}' for {output}: use {' or '.join(suffixes)}")
     _check_writable_target(output, check_suffix=suffixes is None)
-    check_name_length(output)
+    check_name_length(output, scratch=scratch)
 
 
 def refuse_input_overlap(output, inputs=()) -> None:
@@ -127,7 +130,7 @@ def refuse_input_overlap(output, inputs=()) -> None:
                              "outside the input, and not one that contains it")
 
 
-def check_name_length(*paths: Path, renamed: Path | None = None) -> None:
+def check_name_length(*paths: Path, renamed: Path | None = None, scratch: bool = False) -> None:
     """Refuse an output name too long to be written under its temporary names.
 
     :func:`temporary_name` adds the writer's tag (about 40 bytes) to the name, twice for a TIFF
@@ -137,7 +140,8 @@ def check_name_length(*paths: Path, renamed: Path | None = None) -> None:
     and its record), named in the message as the one to shorten, to the length that all of them
     allow: the strictest's (a batch's record, 4 bytes longer than its OME-Zarr output, refused
     the input again once it was shortened to the length the output's message gave).
-    A path that its temporary names would make too long as a whole is refused too (:func:`_refuse_long_paths`).
+    A path that its temporary names would make too long as a whole is refused too (:func:`_refuse_long_paths`;
+    ``scratch``: a TIFF among ``paths`` is built through a scratch OME-Zarr, as a chunked run builds it).
     """
     rooms = [room for room in map(_name_room, paths) if room is not None]
     if renamed is None:
@@ -146,7 +150,7 @@ def check_name_length(*paths: Path, renamed: Path | None = None) -> None:
                 raise InputError(f"output name {_short(name)} is too long ({size} bytes): it is written under a "
                                  f"temporary name {extra} bytes longer, past the limit of {limit} here: shorten it "
                                  f"to {limit - extra} bytes or fewer")
-        _refuse_long_paths(paths)
+        _refuse_long_paths(paths, scratch)
         return
     own = len(os.fsencode(Path(renamed).name))
     # (a derived name is the input's with bytes added: the input may have as many as the strictest name allows)
@@ -156,7 +160,7 @@ def check_name_length(*paths: Path, renamed: Path | None = None) -> None:
         raise InputError(f"input name {_short(Path(renamed).name)} is too long ({own} bytes): the file {_short(name)} "
                          f"derived from it is written under a temporary name {extra} bytes longer, past the limit of "
                          f"{limit} here: rename the input to {allowed} bytes or fewer")
-    _refuse_long_paths(paths)
+    _refuse_long_paths(paths, scratch)
 
 
 #: The bytes the files of a zarr folder (an OME-Zarr output, a TIFF's scratch) add to its path at most, zarr's
@@ -164,19 +168,24 @@ def check_name_length(*paths: Path, renamed: Path | None = None) -> None:
 _ZARR_ENTRY_BYTES = len("/0/c" + "/9999" * 5 + "." + "0" * 32 + ".partial")
 
 
-def _refuse_long_paths(paths) -> None:
-    """Refuse an output path under whose temporary names (:func:`check_name_length`'s tags, with the files
-    written in them where it is or is assembled from a zarr folder) a path would be past the system's
-    limit for a whole path (PATH_MAX, 4095 bytes on Linux): one of 4080 bytes, every name in it within
-    its own, passed, and the run failed after its computation with "File name too long" (exit 1).
-    Counted from the root (a chunked run writes under the absolute path)."""
+def _refuse_long_paths(paths, scratch: bool = False) -> None:
+    """Refuse an output path under whose temporary names (one tag of :func:`check_name_length`'s; two, with
+    the files written in them, for a TIFF built through a ``scratch`` zarr folder; one and those files for a
+    ``.zarr``) a path would be past the system's limit for a whole path (PATH_MAX, 4095 bytes on Linux): one
+    of 4080 bytes, every name in it within its own, passed, and the run failed after its computation with
+    "File name too long" (exit 1). A TIFF written whole (a PSF, an in-memory run) has only its one temporary
+    name: counted with the scratch's, one of 3990 bytes was refused. Counted from the root (a chunked run
+    writes under the absolute path)."""
     for path in map(Path, paths):
         room = _name_room(path)
         if room is None:
             continue
         whole = os.path.abspath(path)
         size = len(os.fsencode(whole))
-        extra = room[2] + (_ZARR_ENTRY_BYTES if path.suffix.lower() in OUTPUT_SUFFIXES else 0)
+        suffix = path.suffix.lower()
+        zarr = suffix == ".zarr" or (scratch and suffix in TIFF_SUFFIXES)  # (a zarr folder's files in it)
+        extra = (_tag_bytes() * (2 if scratch and suffix in TIFF_SUFFIXES else 1)
+                 + (_ZARR_ENTRY_BYTES if zarr else 0))
         path_max = _limit_at(Path(whole), "PC_PATH_MAX", 4096)  # (counting the terminating NUL)
         if size + extra >= path_max:
             raise InputError(f"output path {path} is too long for this file system: {size} bytes from the root, and "
@@ -196,9 +205,13 @@ def _name_room(path: Path) -> tuple[str, int, int, int] | None:
         limit = 255
     if limit is None or limit <= 0:
         return None
-    tag = len(f".{host_tag()}@{max(9999999, os.getpid())}-{'0' * 8}{_TMP_SUFFIX}") + 1  # the leading dot too
-    extra = tag * (2 if path.suffix.lower() in TIFF_SUFFIXES else 1)
+    extra = _tag_bytes() * (2 if path.suffix.lower() in TIFF_SUFFIXES else 1)
     return path.name, len(os.fsencode(path.name)), extra, limit
+
+
+def _tag_bytes() -> int:
+    """The bytes :func:`temporary_name` adds to a name (at most, for this machine), the leading dot too."""
+    return len(f".{host_tag()}@{max(9999999, os.getpid())}-{'0' * 8}{_TMP_SUFFIX}") + 1
 
 
 def _short(name: str) -> str:

@@ -549,7 +549,7 @@ def _process(path, output, record, settings, process_one, row) -> None:
     start, finishing = time.perf_counter(), False
     try:
         # (named by the input: a name too long is the input's to shorten, to what both names allow)
-        check_name_length(output, record, renamed=path)
+        check_name_length(output, record, renamed=path, scratch=True)  # (a TIFF: built by deconvolve_file's scratch)
         if (problem := special_file_problem(path)) is not None:  # (hashing a named pipe waited forever)
             raise InputError(problem)
         # Not finished, but the output stays this input's (an interrupted run's next one may replace it).

@@ -46,7 +46,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     input_path, output_path = Path(input_path), Path(output_path)
     # before any work, as the command line checks (a batch's outputs are checked only here: it
     # replaced a folder of the user's files named like an output, and deleted them)
-    check_output_path(output_path, [input_path, *_many(settings.psf), *_many(settings.model)], suffixes=OUTPUT_SUFFIXES)
+    check_output_path(output_path, [input_path, *_many(settings.psf), *_many(settings.model)], suffixes=OUTPUT_SUFFIXES,
+                      scratch=True)  # (a TIFF is built through a scratch OME-Zarr)
     lazy = open_lazy(input_path)
     spatial_axes = "".join(a for a in lazy.axes if a in "ZYX")
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]

@@ -1276,6 +1276,26 @@ def test_an_output_path_its_temporary_names_would_make_too_long_is_refused_befor
     assert os.listdir(written.parent) == [written.name]
 
 
+def test_a_tiff_written_whole_keeps_room_for_one_temporary_name_only_and_a_chunked_one_for_its_scratch(stack, capsys):
+    """A PSF (a TIFF written whole, under one temporary name) at 3990 bytes from the root was refused as
+    too long, counted with a chunked TIFF's two temporary names and its scratch zarr's files (146 bytes
+    here): it is written. A chunked run to a TIFF at that length, whose scratch's files would be past
+    the limit, is still refused before the run."""
+    folder, _ = stack
+    limit = os.pathconf(folder, "PC_PATH_MAX") - 1
+    psf = _path_of(folder / "psf", limit - 105, ".tif")  # 3990 bytes on Linux
+    code, _, err = run(["psf", "-o", psf, "--model", "gaussian", "--shape", 5, 9, 9, "--voxel-size", 0.3, 0.1, 0.1,
+                        "--na", 1.2, "--wavelength", 0.5], capsys)
+    assert code == 0, err
+    assert read_image(psf).data.shape == (5, 9, 9) and os.listdir(psf.parent) == [psf.name]
+    chunked = _path_of(folder / "chunked", limit - 105, ".tif")
+    code, _, err = run(["deconvolve", folder / "img.tif", "--psf", folder / "psf.tif", "--iterations", 1,
+                        "--chunks", 8, 16, 16, "-o", chunked], capsys)
+    assert_one_line_error(code, err, f"too long for this file system: {limit - 105} bytes from the root",
+                          f"past its limit of {limit} for a whole path")
+    assert os.listdir(chunked.parent) == []
+
+
 @pytest.mark.parametrize("fmt, length", [("zarr", 230), ("tif", 200), ("zarr", 251)])
 def test_a_batch_input_whose_name_is_too_long_fails_alone_before_its_work(tmp_path, monkeypatch, capsys, fmt, length):
     """A TIFF output's temporary name is the longest a file's run writes (two tags): the message
