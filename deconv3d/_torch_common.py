@@ -183,6 +183,18 @@ def stop_reason(step: int, loss: float, steps: int, time_budget, callback, start
     return None
 
 
+def refuse_non_finite(state: dict, path=None) -> None:
+    """Refuse a network state dict with a value that is not a tensor or holds NaN or infinity: saving
+    (``path`` None), there is no model to save (a file of one, written, was refused as damaged as it
+    was loaded); loading from ``path``, the file is damaged (its NaN result was blamed on the image)."""
+    if all(torch.is_tensor(t) and bool(torch.isfinite(t).all()) for t in state.values()):
+        return
+    if path is None:
+        raise InputError("the network has NaN or infinite weights (its training diverged), so there is no model "
+                         "to save: retrain with a lower learning rate")
+    raise InputError(f"{path} is a damaged deconv3d checkpoint (non-finite weights): retrain the model")
+
+
 def atomic_torch_save(payload: dict, path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename it to ``path``.
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
-import torch
 
 from deconv3d._environment import saving_record
-from deconv3d._torch_common import atomic_torch_save, checked_run_record, empty_network, safe_torch_load
+from deconv3d._torch_common import (atomic_torch_save, checked_run_record, empty_network, refuse_non_finite,
+                                     safe_torch_load)
 from deconv3d.errors import InputError
 from deconv3d.fft import resolve_device
 from deconv3d.latent.data import check_levels
@@ -143,9 +143,7 @@ def save_checkpoint(trained, path, plane_shape=None, pixel_size=None, training_s
     if trained.run is not None:  # (a file from before the run record has none to extend)
         trained = replace(trained, run={**trained.run, **saving_record(training_stacks=training_stacks)})
     payload = _payload(trained)
-    if not all(bool(torch.isfinite(t).all()) for t in payload["state_dict"].values() if t.is_floating_point()):
-        raise InputError("the network has NaN or infinite weights (its training diverged), so there is no model "
-                         "to save: retrain with a lower learning rate")
+    refuse_non_finite(payload["state_dict"])
     atomic_torch_save(payload, path)
 
 
@@ -162,8 +160,7 @@ def _build(path, data: dict, device) -> Autoencoder:
     if int(data["model"].get("depth", len(ae.widths))) != len(ae.widths):
         raise InputError(f"{path} is a damaged deconv3d checkpoint (depth does not match widths): retrain the model")
     model = empty_network(lambda: Autoencoder(ae))  # (weights loaded below: nothing drawn from the caller's RNG)
-    if not all(torch.is_tensor(t) and bool(torch.isfinite(t).all()) for t in data["state_dict"].values()):
-        raise InputError(f"{path} is a damaged deconv3d checkpoint (non-finite weights): retrain the model")
+    refuse_non_finite(data["state_dict"], path)
     try:
         model.load_state_dict(data["state_dict"])
     except RuntimeError:

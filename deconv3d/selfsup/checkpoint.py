@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from deconv3d._environment import saving_record
-from deconv3d._torch_common import atomic_torch_save, checked_run_record, empty_network, safe_torch_load
+from deconv3d._torch_common import (atomic_torch_save, checked_run_record, empty_network, refuse_non_finite,
+                                     safe_torch_load)
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
 from deconv3d.fft import psf_fingerprint, resolve_device
@@ -166,8 +167,9 @@ def save_checkpoint(trained, path, *, training_image: dict | None = None) -> Non
     Raises
     ------
     InputError
-        For a training that diverged or stopped before its first step (nothing to save), or a
-        missing output folder.
+        For a training that diverged or stopped before its first step, or a network with NaN or
+        infinite weights or buffers (nothing to save: loading would refuse the file as damaged), or
+        a missing output folder.
     OSError
         Where the file cannot be written (a full disk, no permission), naming it.
     """
@@ -182,7 +184,9 @@ def save_checkpoint(trained, path, *, training_image: dict | None = None) -> Non
     saved = saving_record(training_image=None if training_image is None else dict(training_image))
     if trained.run is not None:  # (a checkpoint from before the run record has none to extend: a partial
         trained = replace(trained, run={**trained.run, **saved})  # record would make the file unloadable)
-    atomic_torch_save(_payload(trained), path)
+    payload = _payload(trained)
+    refuse_non_finite(payload["state_dict"])
+    atomic_torch_save(payload, path)
 
 
 def _read(path) -> dict:
@@ -242,8 +246,7 @@ def load_checkpoint(path, device="cpu") -> TrainedModel:
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, InputError) as exc:
         # InputError: a config field out of range (UNetConfig/TrainConfig validate themselves)
         raise InputError(f"{path} is a damaged deconv3d checkpoint ({type(exc).__name__}): retrain the model") from None
-    if not all(bool(torch.isfinite(t).all()) for t in data["state_dict"].values()):  # (its NaN result was blamed on the image)
-        raise InputError(f"{path} is a damaged deconv3d checkpoint (non-finite weights): retrain the model")
+    refuse_non_finite(data["state_dict"], path)
     if trained.psf_fingerprint != fingerprint:
         raise InputError(f"{path} is a damaged deconv3d checkpoint (PSF fingerprint mismatch): retrain the model")
     return trained

@@ -189,6 +189,29 @@ def test_a_checkpoint_with_non_finite_weights_is_damaged(trained, tmp_path, bad)
     assert str(info.value) == f"{path} is a damaged deconv3d checkpoint (non-finite weights): retrain the model"
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_network_with_non_finite_weights_is_not_saved(trained, tmp_path, bad):
+    """save_checkpoint wrote a network with a NaN weight, which load_checkpoint then refused as
+    damaged: it is refused as it is saved, and neither a file nor a temporary is left (one already
+    there stays as it was)."""
+    import copy
+
+    res, _, _ = trained
+    broken = replace(res, model=copy.deepcopy(res.model))
+    with torch.no_grad():
+        next(p for p in broken.model.parameters() if p.ndim > 1).view(-1)[0] = bad
+    with pytest.raises(InputError) as info:
+        save_checkpoint(broken, tmp_path / "m.ckpt")
+    assert str(info.value) == ("the network has NaN or infinite weights (its training diverged), so there is no "
+                               "model to save: retrain with a lower learning rate")
+    assert os.listdir(tmp_path) == []
+    save_checkpoint(res, tmp_path / "m.ckpt")
+    before = (tmp_path / "m.ckpt").read_bytes()
+    with pytest.raises(InputError, match="no model to save"):
+        save_checkpoint(TrainedModel.from_result(broken), tmp_path / "m.ckpt")
+    assert os.listdir(tmp_path) == ["m.ckpt"] and (tmp_path / "m.ckpt").read_bytes() == before
+
+
 def test_non_finite_image_is_refused_by_apply_model(trained):
     """A NaN would spread over the network's receptive field (in the paper's form no RL refuses it first)."""
     res, image, _ = trained
