@@ -161,9 +161,7 @@ def read_psf(path) -> Image:
     problem = psf_path_problem(path) if isinstance(path, (str, os.PathLike)) else None
     if problem:
         raise InputError(problem)
-    stat = Path(path).stat() if Path(path).is_file() else None
-    key = None if stat is None else (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns,
-                                     stat.st_ctime_ns)
+    key = file_identity(path) if Path(path).is_file() else None
     with _PSF_LOCK:
         cached = _PSF_CACHE.get(key) if key is not None else None
     if cached is None:
@@ -179,8 +177,17 @@ def read_psf(path) -> Image:
     return replace(cached, data=cached.data.copy())
 
 
-_PSF_CACHE: dict = {}  # the last PSF file read_psf read: {(path, inode, size, mtime, ctime): Image}
+_PSF_CACHE: dict = {}  # the last PSF file read_psf read: {file_identity(path): Image}
 _PSF_LOCK = threading.Lock()
+
+
+def file_identity(path) -> tuple:
+    """What tells a file's contents apart without reading them: its resolved path, device, inode,
+    size, and modification and change times. The change time is needed too: ``cp -p`` (or an
+    archive's extraction) over a file of the same size keeps the inode and sets the modification
+    time it copies, which may equal the old one; only the change time then moves."""
+    st = os.stat(path)
+    return (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | None = None, partial=None):

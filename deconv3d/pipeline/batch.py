@@ -138,8 +138,8 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     ``fit_image=False`` accepts a PSF file larger than the image (an ssl model checks it against its own).
 
     The last :data:`PSF_CACHE_ENTRIES` prepared PSFs are kept, each under what it depends on: the
-    model's parameters, or the file's path with its size, modification time and inode (a file
-    changed since is read again), and the image's spatial shape and voxel size. A batch prepared
+    model's parameters, or the file's identity (:func:`deconv3d.io.file_identity`: its path, inode,
+    size, and modification and change times; a file changed since is read again), and the image's spatial shape and voxel size. A batch prepared
     the same PSF again for every file (a generated vectorial one for 64 x 512 x 512 took 0.13 s to
     generate and 0.41 s to prepare; a PSF file was read again). The warnings its preparation issued
     are issued again each time it is handed out, as preparing it anew would (one per file's row).
@@ -147,8 +147,9 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     psf = psf if psf is not None else (_many(settings.psf) or (None,))[0]
     wavelength = wavelength if wavelength is not None else (_many(settings.wavelength) or (None,))[0]
     if psf:
-        stat = os.stat(psf)
-        source = ("file", os.path.abspath(psf), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, fit_image)
+        from deconv3d.io import file_identity
+
+        source = ("file", *file_identity(psf), fit_image)
     else:
         source = ("model", settings.psf_model, settings.na, wavelength, settings.ni, settings.ns, settings.depth)
     key = (source, tuple(int(n) for n in spatial_shape), None if voxel is None else tuple(float(v) for v in voxel))

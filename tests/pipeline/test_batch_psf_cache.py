@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -91,3 +92,31 @@ def test_every_file_s_row_lists_its_prepared_psf_s_warnings(tmp_path, capsys, co
     report = json.loads((tmp_path / "out" / "batch_report.json").read_text())["files"]
     assert [any("flat background" in w for w in r["warnings"]) for r in report] == [True, True], report
     assert counted["prepare_psf"] == 1
+
+
+def test_a_psf_file_copied_over_with_its_modification_time_is_read_again(tmp_path, counted):
+    """``cp -p b.tif psf.tif`` over a file of the same size and modification time kept the inode,
+    size and mtime: the old PSF was served (and recorded as the new one). The change time moves."""
+    narrow, wide = gaussian_psf((7, 9, 9), (0.6, 0.6, 0.6)), gaussian_psf((7, 9, 9), (0.9, 1.2, 1.2))
+    path, other = tmp_path / "psf.tif", tmp_path / "b.tif"
+    write_tiff(path, narrow, voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(other, wide, voxel_size=(0.3, 0.1, 0.1))
+    assert path.stat().st_size == other.stat().st_size
+    os.utime(path, ns=(1_700_000_000 * 10**9,) * 2)
+    settings = make_settings({"psf": str(path)})
+    first = batch.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
+    before = path.stat()
+    with open(other, "rb") as source, open(path, "r+b") as target:  # cp -p: in place, then the times
+        target.write(source.read())
+    os.utime(path, ns=(1_700_000_000 * 10**9,) * 2)
+    for _ in range(200):  # (file times follow a coarse clock: until the change time has moved)
+        if path.stat().st_ctime_ns != before.st_ctime_ns:
+            break
+        time.sleep(0.005)
+        os.utime(path, ns=(1_700_000_000 * 10**9,) * 2)
+    after = path.stat()
+    assert (before.st_ino, before.st_size, before.st_mtime_ns) == (after.st_ino, after.st_size, after.st_mtime_ns)
+    second = batch.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
+    np.testing.assert_array_equal(first, prepare_psf(narrow, (8, 16, 16), (0.3, 0.1, 0.1), (0.3, 0.1, 0.1)))
+    np.testing.assert_array_equal(second, prepare_psf(wide, (8, 16, 16), (0.3, 0.1, 0.1), (0.3, 0.1, 0.1)))
+    assert counted["read_psf"] == 2
