@@ -124,11 +124,30 @@ def load_psfs_for(settings: Settings, spatial_shape, voxel, fit_image: bool = Tr
     return [load_psf_for(settings, spatial_shape, voxel, wavelength=w) for w in _many(settings.wavelength)]
 
 
-#: How many prepared PSFs :func:`load_psf_for` keeps (the most recently used): a batch's files of one
-#: shape and voxel size share one, per channel.
+#: How many prepared PSFs :func:`load_psf_for` keeps (the most recently used) while a batch runs: a
+#: batch's files of one shape and voxel size share one, per channel.
 PSF_CACHE_ENTRIES = 4
 _PSF_CACHE: dict = {}  # key -> (prepared PSF, texts of the warnings its preparation issued), oldest first
 _PSF_CACHE_LOCK = threading.Lock()
+_PSF_CACHE_USERS = 0  # the batches running (in any thread) that keep prepared PSFs: see sharing_prepared_psfs
+
+
+@contextlib.contextmanager
+def sharing_prepared_psfs():
+    """Keep the PSFs :func:`load_psf_for` prepares while this runs (a batch), and drop them when the
+    last such block still running ends: outside one, each call prepares its PSF and keeps nothing.
+    Kept after the batch, a 64 x 512 x 512 PSF's four entries held 267 MB in a long-lived process
+    (a notebook, a viewer), counted in its later runs' memory baseline."""
+    global _PSF_CACHE_USERS
+    with _PSF_CACHE_LOCK:
+        _PSF_CACHE_USERS += 1
+    try:
+        yield
+    finally:
+        with _PSF_CACHE_LOCK:
+            _PSF_CACHE_USERS -= 1
+            if not _PSF_CACHE_USERS:
+                _PSF_CACHE.clear()
 
 
 def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, wavelength=None, fit_image: bool = True):
@@ -137,7 +156,8 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     ``psf`` (a file) or ``wavelength`` pick one channel's entry of a per-channel setting.
     ``fit_image=False`` accepts a PSF file larger than the image (an ssl model checks it against its own).
 
-    The last :data:`PSF_CACHE_ENTRIES` prepared PSFs are kept, each under what it depends on: the
+    Within :func:`sharing_prepared_psfs` (as a batch runs), the last :data:`PSF_CACHE_ENTRIES` prepared
+    PSFs are kept, each under what it depends on: the
     model's parameters, or the file's identity (:func:`deconv3d.io.file_identity`: its path, inode,
     size, and modification and change times; a file changed since is read again), and the image's spatial shape and voxel size. A batch prepared
     the same PSF again for every file (a generated vectorial one for 64 x 512 x 512 took 0.13 s to
@@ -164,6 +184,8 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
             prepared = _prepared_psf(settings, spatial_shape, voxel, psf, wavelength, fit_image)
         kept = (prepared, tuple(texts))
         with _PSF_CACHE_LOCK:
+            if not _PSF_CACHE_USERS:  # (no batch running: nothing is kept)
+                return prepared
             _PSF_CACHE[key] = kept
             while len(_PSF_CACHE) > PSF_CACHE_ENTRIES:
                 del _PSF_CACHE[next(iter(_PSF_CACHE))]
@@ -384,7 +406,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     symmetric_as = settings.fingerprints_without_tv_rule()  # (hashed once, as finished_as: see is_finished)
     rows = [] if rows is None else rows
     # Runs of one folder share it when they would keep each other's outputs: the same fingerprint.
-    with settings_guard(output_dir / RECORD_DIR, settings_hash):
+    with settings_guard(output_dir / RECORD_DIR, settings_hash), sharing_prepared_psfs():
         # killed runs' (live runs' are kept), in either output format: a run of the other one left them too
         remove_stale_temporaries_in(output_dir, [o.with_suffix(f".{f}").name for o in outputs for f in OUTPUT_FORMATS])
         listed = _record_names(output_dir / RECORD_DIR)  # (once: what runs write meanwhile, their claims note)

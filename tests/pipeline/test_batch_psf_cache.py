@@ -50,7 +50,14 @@ def test_a_batch_generates_and_prepares_a_psf_once_per_voxel_size(tmp_path, caps
     assert counted["generate_psf"] == 2 and counted["prepare_psf"] == 2
 
 
-def test_a_psf_file_is_read_again_once_changed_and_its_warnings_come_each_time(tmp_path, counted):
+@pytest.fixture
+def sharing():
+    """As in a batch: prepared PSFs are kept only while one runs."""
+    with batch.sharing_prepared_psfs():
+        yield
+
+
+def test_a_psf_file_is_read_again_once_changed_and_its_warnings_come_each_time(tmp_path, counted, sharing):
     path = tmp_path / "psf.tif"
     first, second = gaussian_psf((7, 7, 7), (0.6, 0.6, 0.6)), gaussian_psf((7, 9, 9), (0.7, 0.8, 0.8))
     first = first + 0.05 * first.max()  # a flat floor, which prepare_psf warns of
@@ -94,7 +101,7 @@ def test_every_file_s_row_lists_its_prepared_psf_s_warnings(tmp_path, capsys, co
     assert counted["prepare_psf"] == 1
 
 
-def test_a_psf_file_copied_over_with_its_modification_time_is_read_again(tmp_path, counted):
+def test_a_psf_file_copied_over_with_its_modification_time_is_read_again(tmp_path, counted, sharing):
     """``cp -p b.tif psf.tif`` over a file of the same size and modification time kept the inode,
     size and mtime: the old PSF was served (and recorded as the new one). The change time moves."""
     narrow, wide = gaussian_psf((7, 9, 9), (0.6, 0.6, 0.6)), gaussian_psf((7, 9, 9), (0.9, 1.2, 1.2))
@@ -120,3 +127,21 @@ def test_a_psf_file_copied_over_with_its_modification_time_is_read_again(tmp_pat
     np.testing.assert_array_equal(first, prepare_psf(narrow, (8, 16, 16), (0.3, 0.1, 0.1), (0.3, 0.1, 0.1)))
     np.testing.assert_array_equal(second, prepare_psf(wide, (8, 16, 16), (0.3, 0.1, 0.1), (0.3, 0.1, 0.1)))
     assert counted["read_psf"] == 2
+
+
+def test_prepared_psfs_are_kept_while_a_batch_runs_and_dropped_when_it_ends(tmp_path, capsys, counted):
+    """The cache outlived its batch (four 64 x 512 x 512 PSFs: 267 MB held by a long-lived process):
+    two batches in one process each prepare their PSF once, and leave nothing kept."""
+    psf = gaussian_psf((5, 5, 5))
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        write_tiff(tmp_path / "in" / f"img{i}.tif", blurred_beads((8, 16, 16), psf, seed=i), voxel_size=(0.3, 0.1, 0.1))
+    for n in (1, 2):
+        code, _, err = run(["batch", tmp_path / "in", "-o", tmp_path / f"out{n}", "--psf-model", "gaussian", "--na",
+                            "1.2", "--wavelength", "0.52", "--iterations", "2"], capsys)
+        assert code == 0, err
+        assert counted["prepare_psf"] == n  # once for the batch's two files
+        assert batch._PSF_CACHE == {}
+    batch.load_psf_for(make_settings({"psf_model": "gaussian", "na": 1.2, "wavelength": 0.52}), (8, 16, 16),
+                       (0.3, 0.1, 0.1))  # outside a batch: nothing kept
+    assert batch._PSF_CACHE == {} and counted["prepare_psf"] == 3
