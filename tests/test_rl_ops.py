@@ -198,7 +198,8 @@ def test_small_loops_run_torch_s_passes_without_importing_numba():
     line's memory estimate included, for loops too small to gain from them. Under auto, loops whose
     FFTs are smaller than FUSED_MIN_VOXELS run torch's passes, and neither RL on them, the pipeline's
     preload for such a volume nor the memory model (asked about a large block) imports numba.
-    Needs a fresh process: numba stays imported once loaded."""
+    A residual network's preload for such a volume did (it ignored the volume's shape): now its
+    reference's FFT shape decides. Needs a fresh process: numba stays imported once loaded."""
     import subprocess
     import sys
     import textwrap
@@ -207,12 +208,15 @@ def test_small_loops_run_torch_s_passes_without_importing_numba():
         import sys, numpy as np, torch
         from deconv3d import _rl_ops
         from deconv3d.classical import richardson_lucy
-        from deconv3d.pipeline import MemoryModel, RichardsonLucyBlock
+        from types import SimpleNamespace
+        from deconv3d.pipeline import MemoryModel, NetworkBlock, RichardsonLucyBlock
         cpu = torch.device("cpu")
         rng = np.random.default_rng(0)
         h = np.ones((3, 3, 3), np.float32) / 27
         richardson_lucy(rng.random((8, 16, 16), dtype=np.float32) + 0.1, h, 4, accelerate=True, device="cpu")
         RichardsonLucyBlock(h, accelerate=True).load((8, 16, 16))
+        residual = SimpleNamespace(reference=object(), psf=h)  # (load reads these of a TrainedModel)
+        NetworkBlock.load(SimpleNamespace(trained=residual, device="cpu"), (8, 16, 16))
         small = _rl_ops.ops_for(cpu, torch.float32, (8, 16, 16)).name
         large = _rl_ops.fused_planned(cpu, torch.float32, (64, 64, 64))
         MemoryModel("rl", (5, 5, 5), accelerate=True).block_bytes((60, 124, 124))  # counts the fused buffers

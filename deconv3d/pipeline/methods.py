@@ -271,11 +271,18 @@ class NetworkBlock:
     def load(self, spatial_shape=None) -> None:
         """Before the memory baseline is measured: CUDA on a GPU, and on the CPU the numba passes
         of the Richardson-Lucy run a residual network adds its correction to (a network without
-        one never runs them: loading them cost 0.4 s and 110 MB for nothing)."""
+        one never runs them: loading them cost 0.4 s and 110 MB for nothing). With the volume's
+        ``spatial_shape``, as :meth:`RichardsonLucyBlock.load`: not where that run's FFTs
+        (:func:`~deconv3d.selfsup.config.reference_fft_shape`) are too small for them."""
         from deconv3d.fft import resolve_device
 
         if self.trained.reference is not None or resolve_device(self.device).type == "cuda":
-            _preload(self.device)
+            largest = None
+            if spatial_shape is not None and self.trained.reference is not None:
+                from deconv3d.selfsup.config import reference_fft_shape
+
+                largest = reference_fft_shape(spatial_shape, np.shape(self.trained.psf))
+            _preload(self.device, largest)
 
     #: :func:`~deconv3d.pipeline.chunked.run_blocks` passes where each block lies (a :class:`Placement`).
     placed = True

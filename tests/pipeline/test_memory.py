@@ -329,7 +329,7 @@ def test_only_networks_that_add_rl_preload_its_passes(monkeypatch):
     from .conftest import blurred_beads, gaussian_psf
 
     loaded = []
-    monkeypatch.setattr(methods, "_preload", lambda device: loaded.append(device))
+    monkeypatch.setattr(methods, "_preload", lambda device, fft_shape=None: loaded.append(device))
     psf = gaussian_psf((5, 5), (1.0, 1.0))
     result = train(blurred_beads((32, 32), psf, seed=1), psf, config=TrainConfig(steps=1, patch=16, batch=1,
                    residual=False, warm_start=0), unet=UNetConfig(ndim=2, base_channels=4, depth=2), device="cpu")
