@@ -168,21 +168,39 @@ def _image_folder(root: Path, key: str) -> Path:
     array's own folder (an output beside it in the store, a results.zarr in the project, leaves it be)."""
     parts = [part for part in key.split("/") if part]
     groups = [Path(root, *parts[:depth]) for depth in range(len(parts) - 1, -1, -1)]  # (as the store names them)
+    inside = len(groups)
     groups += Path(os.path.abspath(root)).parents
+    real = Path(os.path.realpath(root))  # (a level reached through a link: its image lies above where the link leads)
+    if real != Path(os.path.abspath(root)):
+        groups += [real, *real.parents]
     for i, group in enumerate(groups):
-        if "multiscales" in _group_attributes(group):
+        outside = i >= inside  # (a folder above the store: any file may be there, only a small regular one is read)
+        if "multiscales" in _group_attributes(group, outside):
             above = groups[i + 1] if i + 1 < len(groups) else group.parent
-            return above if group.name.isdigit() and "bioformats2raw.layout" in _group_attributes(above) else group
+            if group.name.isdigit() and "bioformats2raw.layout" in _group_attributes(above, True):
+                return above
+            return group
     return Path(root, key)
 
 
-def _group_attributes(folder: Path) -> dict:
+#: The largest metadata file read in a folder above a zarr store (a group's zarr.json is a few kB; an 80 MB
+#: file there took 5.7 s and 600 MB to parse before any work).
+_OUTSIDE_METADATA_BYTES = 1 << 20
+
+
+def _group_attributes(folder: Path, outside: bool = False) -> dict:
     """The attributes of the zarr group in ``folder`` (v3's ``zarr.json``, v2's ``.zattrs``), those under
-    ``ome`` (OME-Zarr 0.5) merged in; empty where there is none or it cannot be read."""
+    ``ome`` (OME-Zarr 0.5) merged in; empty where there is none or it cannot be read. Only a regular file is
+    read (a named pipe there blocked the run), and ``outside`` a store only one of at most
+    :data:`_OUTSIDE_METADATA_BYTES`."""
     import json
+    import stat
 
     for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
         try:
+            info = os.stat(folder / name)
+            if not stat.S_ISREG(info.st_mode) or (outside and info.st_size > _OUTSIDE_METADATA_BYTES):
+                continue
             meta = json.loads((folder / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue

@@ -389,3 +389,58 @@ def test_a_level_opened_by_its_own_folder_is_taken_as_the_image_it_is_a_level_of
     zarr.open_group("project", mode="w").create_array("exp1/raw", data=x)  # a zarr array in no image
     write(da.from_zarr("project/exp1/raw"), "project/results.zarr")  # beside it: written
     np.testing.assert_array_equal(np.asarray(open_lazy("project/results.zarr").data), x + (writer == "run_chunked"))
+
+
+def test_a_level_reached_through_a_link_is_taken_as_the_image_it_is_a_level_of(tmp_path, monkeypatch):
+    """Found by a review: a level reached through a symbolic link (lvl0 -> src.zarr/0) was looked up among
+    the folders above the link, not above where it leads, and src.zarr/out.zarr was written inside the image."""
+    import os
+
+    import dask.array as da
+
+    monkeypatch.chdir(tmp_path)
+    write_ome_zarr("src.zarr", np.ones((4, 8, 8), np.float32), voxel_size=(1, 0.1, 0.1))
+    os.symlink("src.zarr/0", "lvl0")
+    with pytest.raises(InputError, match=r"output src.zarr/out.zarr and input \S*src.zarr lie one inside the other"):
+        write_ome_zarr("src.zarr/out.zarr", da.from_zarr("lvl0"), voxel_size=(1, 0.1, 0.1))
+    assert sorted(os.listdir("src.zarr")) == ["0", "zarr.json"]
+
+
+def test_metadata_files_above_a_store_are_read_only_when_small_and_regular(tmp_path):
+    """Found by a review: the search for the image a zarr array is a level of read the whole zarr.json of
+    every folder above its store, up to the root: an 80 MB one took 5.7 s and 600 MB before any work, and
+    a named pipe there blocked the run for good. Above a store only a regular file of at most 1 MB is read."""
+    import json
+    import os
+    import threading
+
+    import dask.array as da
+    import zarr
+
+    from deconv3d.pipeline import readers
+
+    meta = {"zarr_format": 3, "node_type": "group", "attributes": {"multiscales": [{"datasets": []}]}}
+    big = tmp_path / "big"
+    (big / "proj").mkdir(parents=True)
+    zarr.create_array(str(big / "proj" / "raw.zarr"), shape=(2, 4, 4), chunks=(2, 4, 4), dtype="f4")[:] = 1
+    # A group with multiscales, padded past the limit: not read, so the array keeps its own folder.
+    (big / "zarr.json").write_text(json.dumps({**meta, "pad": "x" * (readers._OUTSIDE_METADATA_BYTES + 1)}))
+    assert readers.source_files(da.from_zarr(str(big / "proj" / "raw.zarr"))) == [big / "proj" / "raw.zarr"]
+    (big / "zarr.json").write_text(json.dumps(meta))  # the same, small: read (the check above can fail)
+    assert readers.source_files(da.from_zarr(str(big / "proj" / "raw.zarr"))) == [big]
+
+    pipe = tmp_path / "pipe"
+    (pipe / "proj").mkdir(parents=True)
+    zarr.create_array(str(pipe / "proj" / "raw.zarr"), shape=(2, 4, 4), chunks=(2, 4, 4), dtype="f4")[:] = 1
+    os.mkfifo(pipe / "zarr.json")
+    found = []
+    looking = threading.Thread(target=lambda: found.append(readers.source_files(da.from_zarr(
+        str(pipe / "proj" / "raw.zarr")))), daemon=True)
+    looking.start()
+    looking.join(60)  # (a guard against a hang, not a timing: the read of a pipe with no writer never returns)
+    blocked = looking.is_alive()
+    if blocked:
+        with open(pipe / "zarr.json", "w"):  # let the blocked read end, so that no thread is left
+            pass
+        looking.join(10)
+    assert not blocked and found == [[pipe / "proj" / "raw.zarr"]]
