@@ -219,8 +219,12 @@ def _terminate_as_interrupt(program: bool = False):
     if callable(interrupt_before):  # Python's (KeyboardInterrupt) or a caller's: run once an output is in place
         before[signal.SIGINT] = signal.signal(signal.SIGINT, interrupted)
     hook_before, sys.unraisablehook = sys.unraisablehook, swallowed
-    try:
+    failed = []  # (the type of what the command raised; not sys.exception(), which in here is also the caller's
+    try:  # exception being handled where main(argv) is called within an except block)
         yield
+    except BaseException as exc:
+        failed.append(type(exc))  # (the type only: the exception itself would hold its frames in a cycle)
+        raise
     finally:
         try:  # (the handlers are put back whatever cuts this short: a signal sent again raised at the lock
             ending.append(True)  # left them in place, and the next SIGTERM raised Terminated in a run long over)
@@ -236,9 +240,9 @@ def _terminate_as_interrupt(program: bool = False):
                 logging.disable(disabled)
         # A signal dropped as the command ended, not sent again in time, or one that came as it ended: the command
         # had ended with exit 0 and no word of it. It ends the run here, unless one already does.
-        if (dropped or arrived) and not isinstance(sys.exception(), KeyboardInterrupt):
+        if (dropped or arrived) and not (failed and issubclass(failed[0], KeyboardInterrupt)):
             late = Terminated((dropped or arrived)[0])
-            late.ended = sys.exception() is None  # (the command had finished: what it wrote stands)
+            late.ended = not failed  # (the command had finished: what it wrote stands)
             raise late
 
 

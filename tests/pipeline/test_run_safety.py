@@ -1483,3 +1483,35 @@ def test_ctrl_c_between_publishing_s_two_renames_leaves_the_new_output(tmp_path,
     assert not isinstance(caught.value, Terminated) and caught.value.published == str(out)
     assert (out / "0" / "c0").read_text() == "new"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("callers", [ValueError, KeyboardInterrupt])
+def test_a_signal_as_a_command_called_in_an_except_block_ends_says_the_command_finished(monkeypatch, callers):
+    """Found by a review: the end told a finished command from a failing one by sys.exception(), which in a
+    context manager's exit is also the caller's exception being handled: main(argv) called within a caller's
+    except block, a SIGTERM as it ended said "no output was written" of a complete output, and within
+    ``except KeyboardInterrupt`` the signal was thrown away. What the command itself raised decides."""
+    import threading
+
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+
+    hook, interrupt, disabled = sys.unraisablehook, signal.getsignal(signal.SIGINT), logging.root.manager.disable
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(threading, "Lock", _signalled_at_the_lock(signal.SIGTERM))
+            ending = _terminate_as_interrupt()
+            ending.__enter__()
+        with pytest.raises(Terminated) as caught:
+            try:
+                raise callers("the caller's own, handled")
+            except callers:
+                ending.__exit__(None, None, None)  # the command finished
+        assert (caught.value.name, caught.value.ended) == ("SIGTERM", True)
+        assert signal.getsignal(signal.SIGTERM) is before and sys.unraisablehook is hook
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, interrupt)
+        sys.unraisablehook = hook
+        logging.disable(disabled)
