@@ -182,7 +182,9 @@ def _terminate_as_interrupt(program: bool = False):
         # SIGHUP after it) cut its waits short, and a block still writing made the removed temporary output
         # again. Only while it runs: ignoring every later signal once one had been raised, a Terminated that a
         # C callback dropped left the run deaf to SIGTERM and SIGHUP (it finished, exit 0, its output written).
-        if _handling(Terminated) or any(f.f_code is swallowed.__code__ for f in _stack(frame)):
+        # (A Terminated of this command's, being handled: not a caller's, within whose except block main(argv) ran,
+        # which left the whole run deaf to SIGTERM and SIGHUP.)
+        if (stopped and _handling(Terminated)) or any(f.f_code is swallowed.__code__ for f in _stack(frame)):
             return  # (within the hook: the dropped one is sent again, and ends the run)
         if ending:  # (as the command ends: raised once the handlers are back; one sent again is still pending, and
             arrived[:] = arrived or [signum]  # raised so, but a new one, a user's kill, came only here and was lost)
