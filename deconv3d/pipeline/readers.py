@@ -169,10 +169,10 @@ def _image_folder(root: Path, key: str) -> Path:
     parts = [part for part in key.split("/") if part]
     groups = [Path(root, *parts[:depth]) for depth in range(len(parts) - 1, -1, -1)]  # (as the store names them)
     inside = len(groups)
-    groups += Path(os.path.abspath(root)).parents
-    real = Path(os.path.realpath(root))  # (a level reached through a link: its image lies above where the link leads)
-    if real != Path(os.path.abspath(root)):
+    real = Path(os.path.realpath(root))  # (a level reached through a link: its image lies above where the link
+    if real != Path(os.path.abspath(root)):  # leads, looked at first: an image holding the link is not its image)
         groups += [real, *real.parents]
+    groups += Path(os.path.abspath(root)).parents
     for i, group in enumerate(groups):
         outside = i >= inside  # (a folder above the store: any file may be there, only a small regular one is read)
         if "multiscales" in _group_attributes(group, outside):

@@ -444,3 +444,19 @@ def test_metadata_files_above_a_store_are_read_only_when_small_and_regular(tmp_p
             pass
         looking.join(10)
     assert not blocked and found == [[pipe / "proj" / "raw.zarr"]]
+
+
+def test_a_linked_level_inside_another_image_is_taken_as_the_image_it_leads_to(tmp_path, monkeypatch):
+    """Found by a review: the folders where a linked level leads were looked at after those above the link,
+    so a link other.zarr/lvl0 -> src.zarr/0 took other.zarr as its image and src.zarr/out.zarr was written."""
+    import os
+
+    import dask.array as da
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("src.zarr", "other.zarr"):
+        write_ome_zarr(name, np.ones((4, 8, 8), np.float32), voxel_size=(1, 0.1, 0.1))
+    os.symlink("../src.zarr/0", "other.zarr/lvl0")
+    with pytest.raises(InputError, match=r"output src.zarr/out.zarr and input \S*src.zarr lie one inside the other"):
+        write_ome_zarr("src.zarr/out.zarr", da.from_zarr("other.zarr/lvl0"), voxel_size=(1, 0.1, 0.1))
+    assert sorted(os.listdir("src.zarr")) == ["0", "zarr.json"]
