@@ -135,7 +135,8 @@ _PSF_CACHE_USERS = 0  # the batches running (in any thread) that keep prepared P
 @contextlib.contextmanager
 def sharing_prepared_psfs():
     """Keep the PSFs :func:`load_psf_for` prepares while this runs (a batch), and drop them when the
-    last such block still running ends: outside one, each call prepares its PSF and keeps nothing.
+    last such block still running ends. While none runs in the process, each call prepares its PSF and keeps
+    nothing; while one runs (in any thread), other callers' PSFs are kept too, and dropped with the batch's.
     Kept after the batch, a 64 x 512 x 512 PSF's four entries held 267 MB in a long-lived process
     (a notebook, a viewer), counted in its later runs' memory baseline."""
     global _PSF_CACHE_USERS
