@@ -1065,18 +1065,18 @@ def test_distill_says_when_neighbouring_beads_crowd_every_box():
                for y in (10, 22, 34, 46) for x in (10, 22, 34, 46)]
     beads = gaussian_beads((24, 56, 56), [(c, 3000.0, (2.0, 1.4, 1.4)) for c in centres], seed=0)
     for threshold in (None, 110):
-        with pytest.raises(InputError, match="neighbouring beads lie inside every bead's box: give a smaller --size"
-                           ) as error:
+        with pytest.raises(InputError, match=r"neighbour within one box width \(--size\), so their boxes overlap: "
+                                             "give a smaller --size") as error:
             distill_psf(beads, threshold=threshold)
         message = str(error.value)
         assert "lower --threshold" not in message
         assert ("raise --threshold above" in message) == (threshold is not None)
     floor = float(re.search(r"raise --threshold above ([0-9.]+)", message)[1])
-    with pytest.raises(InputError, match="neighbouring beads") as error:
+    with pytest.raises(InputError, match="every bead has a neighbour within one box width") as error:
         distill_psf(beads, threshold=floor + 1)
     assert "threshold" not in str(error.value).split(": ", 1)[1]
     size = tuple(int(n) for n in re.search(r"--size, e.g. ([0-9 ]+),", str(error.value))[1].split())
-    assert all(2 * (n // 2) < 12 for n in size[1:])  # no neighbour 12 voxels away inside the box
+    assert all(2 * (n // 2) < 12 for n in size[1:])  # beads 12 voxels apart: more than one box width
     psf = distill_psf(beads, size=size)
     assert np.abs(psf - gaussian(size, (2.0, 1.4, 1.4))).sum() < 0.1
 

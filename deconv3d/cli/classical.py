@@ -52,7 +52,8 @@ def _distill_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output PSF file (.tif)")
     p.add_argument("--size", type=positive_int, nargs=3, action=SpatialSizes, metavar=("Z", "Y", "X"),
                    help="PSF box size: Z Y X, or Y X for a 2D bead image (which uses the last two of three) "
-                   "(default: 1.5 FWHM each side; an even size is increased by one, so the bead sits on the centre voxel)")
+                   "(default: 1.5 FWHM each side; an even size is increased by one, so the bead sits on the centre voxel); "
+                   "beads with a neighbour within one box width are not used")
     p.add_argument("--threshold", type=float, default=None,
                    help="bead detection level in image units (default: the background plus the larger of "
                    "10 noise SDs and 20%% of the brightest unsaturated peak)")

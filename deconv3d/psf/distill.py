@@ -47,8 +47,8 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     InputError
         If the image is invalid or no usable bead is found (the message says why: nothing stands
         out from the noise, a threshold so low that noise peaks crowd every bead, one that no bead
-        reaches, boxes that reach past the border, or neighbouring beads inside every box, with a
-        smaller box that would leave some bead alone in it).
+        reaches, boxes that reach past the border, or a neighbour within one box width of every bead
+        (their boxes overlap), with a smaller box that would leave some bead alone in it).
 
     Warns
     -----
@@ -203,8 +203,8 @@ def _why_no_beads(smooth, peaks, half, background: float, noise: float, threshol
     # the largest box, in proportion to this one, that leaves some bead with no other bead in it
     scale = max(min((np.abs(o - p) / (2 * half)).max() for o in beads if (o != p).any()) for p in crowded)
     smaller = " ".join(str(int(2 * max(1, np.ceil(scale * h) - 1) + 1)) for h in half)
-    advice = (f"neighbouring beads lie inside every bead's box: give a smaller --size, e.g. {smaller}, or use a "
-              "sparser bead image")
+    advice = (f"every bead has a neighbour within one box width (--size), so their boxes overlap: give a smaller "
+              f"--size, e.g. {smaller}, or use a sparser bead image")
     if any((height[near] < floor).any() for near in crowding):
         advice += f", and raise --threshold above {floor:.3g} (noise peaks crowd the beads too)"
     return advice
