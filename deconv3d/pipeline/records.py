@@ -111,11 +111,13 @@ def run_fft_environment(environment: dict, shapes) -> dict:
 
 def tiff_properties(record: dict, execution: dict | None = None) -> dict:
     """A :func:`provenance` record as a TIFF output's ImageJ properties: flat keys (unknown values
-    None, which the writer leaves out), and the run's ``execution`` when it ran in blocks."""
+    None, which the writer leaves out), and the run's ``execution`` when it ran in blocks. ``psf`` is
+    the PSF's whole summary, as an OME-Zarr output records it (sum, peak, RMS width, every channel's:
+    a TIFF kept only its shape, fingerprint and source, which stay beside it as they were)."""
     psf, source = record.get("psf", {}), record.get("input", {})
     return {"deconv3d": record["version"], "method": record["method"], "parameters": record["parameters"],
-            "input": source.get("path"), "input_sha256": source.get("sha256"), "psf_shape": psf.get("shape"),
-            "psf_sha256_16": psf.get("sha256_16"), "psf_source": psf.get("source"),
+            "input": source.get("path"), "input_sha256": source.get("sha256"), "psf": psf or None,
+            "psf_shape": psf.get("shape"), "psf_sha256_16": psf.get("sha256_16"), "psf_source": psf.get("source"),
             "model_sha256": record.get("model_sha256"), "environment": record.get("environment"),
             "execution": execution, "created": record.get("created")}
 

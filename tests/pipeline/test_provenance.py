@@ -313,3 +313,22 @@ def test_an_in_memory_run_records_the_files_it_read_not_those_there_at_its_end(f
         assert recorded["psf_source"]["sha256"] == [read["psf.tif"]]
     else:
         assert recorded["model_sha256"] == read["m.ckpt"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--chunks", "8", "16", "16"]], ids=["whole", "chunked"])
+def test_a_tiff_output_records_the_psf_summary_an_ome_zarr_output_records(folder, capsys, extra):
+    """Found by the README review: the README says every output records the PSF as used (shape, sum,
+    peak, RMS width, fingerprint), but a TIFF's properties kept only its shape, fingerprint and source."""
+    summaries = []
+    for output in ("out.zarr", "out.tif"):
+        code, _, err = run(["deconvolve", "img.tif", "-o", output, "--psf", "psf.tif", "--iterations", "2", *extra],
+                           capsys)
+        assert code == 0, err
+        if output.endswith(".zarr"):
+            summaries.append(json.loads((folder / output / "zarr.json").read_text())["attributes"]["deconv3d"]["psf"])
+        else:
+            properties = tiff_properties(folder / output)
+            summaries.append(properties["psf"])
+            assert (properties["psf_shape"], properties["psf_sha256_16"]) == (summaries[1]["shape"],
+                                                                              summaries[1]["sha256_16"])
+    assert summaries[1] == summaries[0] and {"sum", "peak_index", "rms_width_voxels"} <= set(summaries[1])
