@@ -120,7 +120,8 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     if cap is not None:  # blocks of whole stored chunks, each no longer than the cap
         chunks = sides_in_whole_chunks(chunks, spatial_shape, cap, multiple, halo)  # (enlarged to the halo first)
     if model is not None:
-        predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=planning_baseline())
+        baseline = planning_baseline()
+        predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=baseline)
         if given and memory_limit is not None:  # chunks given with a limit: hold them to it
             limit = parse_memory(memory_limit)
             # Sides below the halo run at the halo (and in whole stored chunks): smaller ones give the same
@@ -136,6 +137,12 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
                                  f"{predicted / 1e6:.0f} MB, above the memory limit {memory_limit}: {smaller}use "
                                  f"--memory-limit {format_bytes(math.ceil(predicted * 1.1))} or more, or drop "
                                  "--chunks to let the limit choose them")
+            floor = model.peak_bytes((1,) * len(chunks), halo, spatial_shape, workers=workers, baseline=baseline)
+            if predicted > limit and floor > limit:  # no chunks fit: the program's own memory fills the limit
+                raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
+                                 f"{tuple(depth)}, above the memory limit {memory_limit}, and no chunks fit it (the "
+                                 f"program's own memory is about {(baseline + RESIDENT_ALLOWANCE) / 1e6:.0f} MB): use "
+                                 f"--memory-limit {format_bytes(math.ceil(predicted * 1.1))} or more")
             if predicted > limit:
                 raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
                                  f"{tuple(depth)}, above the memory limit {memory_limit}: give smaller chunks, or drop "

@@ -619,3 +619,27 @@ def test_a_tiff_s_header_gives_what_open_lazy_gives(tmp_path, shape, axes, image
     lazy = open_lazy(path)
     assert image_header(path) == (lazy.axes, tuple(lazy.data.shape), lazy.voxel_size)
     assert image_header(path)[1] == tuple(n for n in shape if n != 1) or "C" in lazy.axes
+
+
+def test_given_chunks_where_no_chunks_fit_are_told_the_limit_that_holds_them(monkeypatch):
+    """--memory-limit 300MB --chunks 4 8 8 with 344 MB of the program's own was told to give smaller
+    chunks or drop --chunks: neither fits. Where even one-voxel chunks exceed the limit it names a
+    limit that holds the given chunks (as the limit alone does)."""
+    from deconv3d.pipeline import _spatial_plan
+    from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE
+
+    baseline = 200_000_000
+    monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: baseline)
+    model, shape, halo = MemoryModel("rl", (5, 5, 5)), (8, 16, 16), (4, 4, 4)
+    need = model.peak_bytes((4, 8, 8), halo, shape, baseline=baseline)
+    own = baseline + RESIDENT_ALLOWANCE
+    enough = format_bytes(math.ceil(need * 1.1))
+    with pytest.raises(InputError, match=rf"^chunks \(4, 8, 8\) need about {need / 1e6:.0f} MB .* above the memory "
+                                         rf"limit {own - 1}, and no chunks fit it \(the program's own memory is about "
+                                         rf"{own / 1e6:.0f} MB\): use --memory-limit {enough} or more$"):
+        _spatial_plan(shape, [lambda x: x], (4, 8, 8), halo, own - 1, model, 1)
+    # a limit that smaller chunks fit keeps its advice
+    small = model.peak_bytes((1, 1, 1), halo, shape, baseline=baseline)
+    assert small < need
+    with pytest.raises(InputError, match=r"above the memory limit \d+: give smaller chunks, or drop --chunks"):
+        _spatial_plan(shape, [lambda x: x], (4, 8, 8), halo, small, model, 1)

@@ -118,7 +118,7 @@ def test_batch_failing_file_exit_3_others_complete_and_resume(folder, capsys):
     (["batch", "in", "-o", "in/x.zarr", "--psf", "psf.tif"], ["would be read as an input"]),
     (["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "auto"], ["--iterations auto' on a"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--chunks", 12, 24, 24, "--memory-limit",
-      "100MB"], ["above the memory limit 100MB", "smaller chunks"]),  # the limit was ignored with --chunks
+      "100MB"], ["above the memory limit 100MB", "no chunks fit it", "use --memory-limit"]),  # the limit was ignored with --chunks
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--method", "rl-tv", "--tv-weight", 0.7],
      ["error: --method rl-tv needs a positive --tv-weight below 0.5"]),  # was 'batch configuration: ... tv_weight'
     (["batch", "in", "-o", "out", "--psf", "psf.tif", "--method", "rl-tv", "--tv-weight", 0.7],
