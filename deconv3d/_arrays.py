@@ -39,6 +39,14 @@ def refuse_complex(x, name: str = "the input", fix: str = "give real intensities
         raise InputError(f"{name} has complex values: {fix}")
 
 
+def refuse_non_numeric(dtype, name: str = "the input") -> None:
+    """Refuse a dtype that holds no numbers (strings, bytes, objects, structured records, dates), in
+    one line naming ``name``: read as far as the blocks, they were called damaged chunks."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biufc":
+        raise InputError(f"{name} has non-numeric values (dtype {dtype}): save it as numbers (integers or floats)")
+
+
 def is_whole(value, least: int | None = None) -> bool:
     """Whether ``value`` is a whole number (a Python or numpy integer, not a bool: 2.5 ran as 2,
     True as 1), of at least ``least`` when given. The one test of the options that count."""

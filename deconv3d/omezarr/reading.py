@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deconv3d._arrays import refuse_complex
+from deconv3d._arrays import refuse_complex, refuse_non_numeric
 from deconv3d._paths import TIFF_SUFFIXES, _one_line, special_file_problem
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel,
                                      _size_in_um, _unit_factor, _voxel_size_um, calibrated, imagej_calibration,
@@ -721,6 +721,7 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
             raise _malformed(image_path, f"{metadata[1]}[0].datasets[{level}].path", component, "the name of an "
                              "array in the image (it holds none of that name)") from exc
         raise InputError(f"cannot read level {component!r} of {image_path}: {_one_line(exc)}") from exc
+    refuse_non_numeric(data.dtype, f"image {path}")
     refuse_complex(data.dtype, f"image {path}", "save the intensity (magnitude) instead")
     axes, units = _axes_of(ms, data.ndim, path, metadata)
     (scale, shift), base = (_level_transform(ms, level, data.ndim, path, metadata),

@@ -1318,3 +1318,18 @@ def test_the_link_check_looks_only_at_folders_not_at_each_input_file(tmp_path, m
     assert _found_as_input(Path("day2"), raw, ["*/*.tif"])  # through the link
     monkeypatch.undo()
     assert statted and not [p for p in statted if p.endswith(".tif")]
+
+
+@pytest.mark.parametrize("dtype, shown", [("str", ""), ([("a", "f4"), ("b", "i2")], "[('a', '<f4')")])
+def test_ome_zarr_of_non_numeric_values_is_refused_up_front(tmp_path, capsys, dtype, shown):
+    """An array of strings was read as far as its blocks and called damaged ("a chunk is damaged");
+    one of records stopped with an internal TypeError."""
+    import warnings
+
+    with warnings.catch_warnings():  # (zarr: records have no Zarr v3 specification yet)
+        warnings.simplefilter("ignore")
+        image = _hand_made(tmp_path / "s.zarr", "zyx", [1.0] * 3, (4, 5, 6), dtype=dtype)
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 3, 3), (1.0, 1.0, 1.0)))
+    code, _, err = run(["deconvolve", image, "-o", tmp_path / "o.tif", "--psf", tmp_path / "psf.tif"], capsys)
+    assert_one_line_error(code, err, f"image {image} has non-numeric values (dtype {shown}",
+                          "save it as numbers (integers or floats)")
