@@ -291,6 +291,8 @@ def safe_torch_load(path, producer: str):
     problem = special_file_problem(path, "model")  # (a named pipe "did not exist")
     if problem is not None:
         raise InputError(problem)
+    if path.is_dir():
+        raise InputError(f"model {path} is a folder, not a checkpoint file: give the .ckpt file written by {producer}")
     if not path.is_file():
         raise InputError(f"model file {path} does not exist: give the path of a checkpoint written by {producer}")
     try:

@@ -113,6 +113,10 @@ def test_crafted_pickle_is_refused_without_running_it(tmp_path, writer):
 def test_other_files_are_refused(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.ckpt")
+    (tmp_path / "run").mkdir()  # (was "model file ... does not exist")
+    with pytest.raises(InputError, match=r"^model .*run is a folder, not a checkpoint file: give the \.ckpt file "
+                                         r"written by deconv3d train$"):
+        load_checkpoint(tmp_path / "run")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.ckpt")
     with pytest.raises(InputError, match="not a deconv3d self-supervised checkpoint"):
         load_checkpoint(tmp_path / "other.ckpt")
