@@ -60,6 +60,17 @@ def path_text(path) -> str:
         return raw.decode("utf-8", "backslashreplace")
 
 
+#: The C0 control characters as a line shows them: a newline in a file name split an error, a warning
+#: or a "wrote ..." line in two.
+_CONTROLS = {c: f"\\x{c:02x}" for c in range(32)} | {10: "\\n", 13: "\\r"}
+
+
+def line_text(text) -> str:
+    """``text`` (a message, or a path as :func:`path_text` gives it) for one line of the command
+    line's output: control characters escaped (``\\n``, ``\\r``, ``\\xNN``), all else kept (µm, ü)."""
+    return path_text(text).translate(_CONTROLS)
+
+
 def recorded_path(path) -> str:
     """A file's name as a provenance record keeps it: absolute (the working directory before it),
     links and ``..`` left as given, as :func:`path_text`. A name relative to the working directory,

@@ -715,3 +715,18 @@ def test_only_a_pipe_or_socket_without_reader_counts_as_a_closed_output(monkeypa
     finally:
         os.close(slave)
         os.close(write)
+
+
+def test_control_characters_in_names_keep_each_line_one(data, capsys):
+    """A newline in a file name split the error, the warning and the "wrote ..." line in two: it is
+    shown as \\n (printable non-ASCII stays as it is)."""
+    code, _, err = run(["deconvolve", data / "a\nb.tif", "-o", data / "o.tif", "--psf", data / "psf.tif"], capsys)
+    assert_one_line_error(code, err, "input file not found", "a\\nb.tif")
+    image = read_image(data / "image.tif").data
+    write_tiff(data / "x\ny.tif", image)  # (no voxel size: a warning that names it)
+    out = data / "µm\rü.tif"
+    code, out_text, err = run(["deconvolve", data / "x\ny.tif", "-o", out, "--psf", data / "psf.tif",
+                               "--iterations", 2], capsys)
+    assert code == 0 and out.is_file(), err
+    assert out_text.splitlines() == [out_text.rstrip("\n")] and out_text.startswith(f"wrote {data}/µm\\rü.tif: ")
+    assert [line.startswith("deconv3d: warning: ") and "x\\ny.tif" in line for line in err.splitlines()] == [True]

@@ -26,7 +26,7 @@ import traceback
 import warnings
 
 from deconv3d import __version__
-from deconv3d._paths import SPACE_ERRORS, defer_signal, out_of_space, settle_zarr
+from deconv3d._paths import SPACE_ERRORS, defer_signal, line_text, out_of_space, settle_zarr
 from deconv3d.errors import OWN_MODULES, Deconv3dWarning, InputError
 
 from . import blur, classical, pipeline, selfsup
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         if debug:  # the traceback, then the same line and status as without --debug
             traceback.print_exc()
-        print(f"deconv3d: error: {exc}", file=sys.stderr)
+        print(f"deconv3d: error: {line_text(str(exc))}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # numpy's MemoryError; torch's allocation failures
         out_of_memory = isinstance(exc, MemoryError) or any(

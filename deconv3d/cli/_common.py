@@ -7,6 +7,7 @@ import contextlib
 import sys
 import math
 
+from deconv3d._paths import line_text
 from deconv3d._voxel import refuse_nanometres
 from deconv3d.errors import PREFIX, InputError
 
@@ -419,7 +420,9 @@ def show_warning(message, category=None, filename=None, lineno=None, file=None, 
 def say(line: str) -> None:
     """Print ``line`` on stderr; on a terminal through tqdm, which clears a live progress bar first
     and draws it again below (printed into it, a warning began mid-line: "predict: 0tile [00:00,
-    ?tile/s]deconv3d: warning: ...")."""
+    ?tile/s]deconv3d: warning: ..."). Control characters in it are escaped (:func:`line_text`): a
+    newline in a file name split the line."""
+    line = line_text(line)
     if sys.stderr.isatty():
         from tqdm import tqdm
 

@@ -12,7 +12,7 @@ import math
 from typing import TYPE_CHECKING
 
 from deconv3d import __version__
-from deconv3d._paths import recorded_path
+from deconv3d._paths import line_text, recorded_path
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
 from ._common import (DEVICE_HELP, DEVICES, Parser, add_common, check_output, non_negative_float, positive_float,
@@ -328,7 +328,7 @@ def cmd_train(args) -> int:
                                                   f"at step {result.best_step}")
     rerun = (f"; --steps {args.steps} --stop-after {result.steps_done} reproduces it" if result.reason == "time_budget"
              else "")
-    print(f"wrote {args.output}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}), "
+    print(f"wrote {line_text(args.output)}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}), "
           f"{result.precision}{score}{rerun}")
     return 0
 
@@ -386,7 +386,7 @@ def cmd_synth(args) -> int:
             **_inputs_record(args, {"far": args.far, "near": args.near}),
             "pixel_size_um": None if voxel is None else list(voxel)}
     write_tiff(args.output, stack, voxel_size=voxel, metadata=meta)  # the pixel size; planes are levels, not z
-    print(f"wrote {args.output}: {args.levels} blur levels (the first axis, not z) from fraction {fractions[0]:g} "
+    print(f"wrote {line_text(args.output)}: {args.levels} blur levels (the first axis, not z) from fraction {fractions[0]:g} "
           f"to {fractions[-1]:g}")
     return 0
 
@@ -403,5 +403,5 @@ def cmd_deblur(args) -> int:
     meta = {"deconv3d": __version__, "method": "latent-deblur", "alpha": args.alpha,
             "residual": residual, **_inputs_record(args, {"far": args.far, "level": args.level})}
     write_tiff(args.output, sharp, voxel_size=voxel, metadata=meta)
-    print(f"wrote {args.output}: in-focus plane extrapolated with alpha {args.alpha!r}")
+    print(f"wrote {line_text(args.output)}: in-focus plane extrapolated with alpha {args.alpha!r}")
     return 0

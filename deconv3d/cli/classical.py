@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from deconv3d import __version__
+from deconv3d._paths import line_text
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
 from . import pipeline, selfsup
@@ -169,7 +170,7 @@ def cmd_psf(args) -> int:
     meta = {"deconv3d": __version__, "psf_model": args.model, "na": args.na, "wavelength_um": args.wavelength,
             "ni": args.ni, "ns": args.ns, "depth_um": args.depth}
     write_tiff(args.output, psf, voxel_size=tuple(args.voxel_size), metadata=meta)
-    print(f"wrote {args.output}: {args.model} PSF {psf.shape}, voxel {tuple(args.voxel_size)} µm")
+    print(f"wrote {line_text(args.output)}: {args.model} PSF {psf.shape}, voxel {tuple(args.voxel_size)} µm")
     return 0
 
 
@@ -190,7 +191,7 @@ def cmd_distill(args) -> int:
     psf = distill_psf(beads.data, size=size, threshold=args.threshold)
     print_warnings(notes)
     write_tiff(args.output, psf, voxel_size=voxel, metadata={"deconv3d": __version__, "psf": "distilled"})
-    print(f"wrote {args.output}: PSF {psf.shape} distilled from {args.beads}")
+    print(f"wrote {line_text(args.output)}: PSF {psf.shape} distilled from {line_text(args.beads)}")
     return 0
 
 
@@ -271,7 +272,7 @@ def cmd_deconvolve(args) -> int:
     record = provenance(args.method, params, psf=psf, input_path=args.input, checksum=input_sha256, device=args.device,
                         fft_shapes=transforms, model_hash=model_sha256, source=source)
     write_tiff(args.output, result, voxel_size=voxel, metadata=tiff_properties(record), axes=image.axes)  # (ZX too)
-    print(f"wrote {args.output}: {args.method} on {image.data.shape} in {seconds:.1f} s")
+    print(f"wrote {line_text(args.output)}: {args.method} on {image.data.shape} in {seconds:.1f} s")
     return 0
 
 

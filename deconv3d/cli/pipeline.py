@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor, glob_hides, relative_to_folder
+from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor, glob_hides, line_text, relative_to_folder
 from deconv3d.errors import InputError, always_show_own_warnings
 
 from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, Terminated, add_common, add_optics, check_output,
@@ -145,7 +145,7 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
         info = deconvolve_file(args.input, args.output, settings, progress=callback, warnings=pending,
                                trainer=_trainer(args, pending))
     # the whole command's time, as in memory: a network trained first is not in info.seconds
-    print(f"wrote {args.output}: {args.method} in {info.blocks} block(s) of at most {info.largest_block} + halo "
+    print(f"wrote {line_text(args.output)}: {args.method} in {info.blocks} block(s) of at most {info.largest_block} + halo "
           f"{info.halo} in {time.perf_counter() - start:.1f} s")
     return 0
 

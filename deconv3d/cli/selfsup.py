@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from deconv3d._paths import recorded_path
+from deconv3d._paths import line_text, recorded_path
 from deconv3d.errors import InputError
 
 from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, SpatialSizes, add_common, check_negative, check_output,
@@ -232,7 +232,7 @@ def cmd_train(args) -> int:
     source = {"path": recorded_path(args.input), "sha256": file_sha256(args.input)}
     save_checkpoint(result, args.output, training_image=source)
     last = result.history[-1][1]
-    print(f"wrote {args.output}: {result.steps_done} steps ({result.reason}) in {time.perf_counter() - start:.1f} s, "
+    print(f"wrote {line_text(args.output)}: {result.steps_done} steps ({result.reason}) in {time.perf_counter() - start:.1f} s, "
           f"final loss {last:.4g}, {result.precision}")
     return 0
 
