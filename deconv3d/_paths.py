@@ -60,14 +60,18 @@ def path_text(path) -> str:
         return raw.decode("utf-8", "backslashreplace")
 
 
-#: The C0 control characters as a line shows them: a newline in a file name split an error, a warning
-#: or a "wrote ..." line in two.
-_CONTROLS = {c: f"\\x{c:02x}" for c in range(32)} | {10: "\\n", 13: "\\r"}
+#: The control characters (C0, DEL, C1) and Unicode's line and paragraph separators as a line shows them: a
+#: newline in a file name split an error, a warning or a "wrote ..." line in two (U+0085, U+2028 and U+2029
+#: end a line for Python's splitlines and some log viewers too).
+_CONTROLS = ({c: f"\\x{c:02x}" for c in (*range(32), *range(0x7F, 0xA0))} | {10: "\\n", 13: "\\r"}
+             | {c: f"\\u{c:04x}" for c in (0x2028, 0x2029)})
 
 
 def line_text(text) -> str:
     """``text`` (a message, or a path as :func:`path_text` gives it) for one line of the command
-    line's output: control characters escaped (``\\n``, ``\\r``, ``\\xNN``), all else kept (µm, ü)."""
+    line's output: control characters escaped (``\\n``, ``\\r``, ``\\xNN``, ``\\u2028``), all else kept
+    (µm, ü). A backslash is kept as it is, so a name holding a backslash and an ``n`` reads as one
+    holding a newline would: the line stays readable, and Windows-like names are not doubled."""
     return path_text(text).translate(_CONTROLS)
 
 

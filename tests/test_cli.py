@@ -730,3 +730,14 @@ def test_control_characters_in_names_keep_each_line_one(data, capsys):
     assert code == 0 and out.is_file(), err
     assert out_text.splitlines() == [out_text.rstrip("\n")] and out_text.startswith(f"wrote {data}/µm\\rü.tif: ")
     assert [line.startswith("deconv3d: warning: ") and "x\\ny.tif" in line for line in err.splitlines()] == [True]
+
+
+def test_every_character_that_ends_a_line_is_escaped_in_one_line_output():
+    """Found by a review: besides C0's, DEL, the C1 controls (NEL, U+0085) and Unicode's line and paragraph
+    separators (U+2028, U+2029) went through, and Python's splitlines and some log viewers end a line there."""
+    from deconv3d._paths import line_text
+
+    for name, shown in (("a\x85b", "a\\x85b"), ("a\u2028b", "a\\u2028b"), ("a\u2029b", "a\\u2029b"),
+                        ("a\x7fb", "a\\x7fb"), ("a\tb", "a\\x09b"), ("a\nb", "a\\nb")):
+        assert line_text(name) == shown and len(line_text(name).splitlines()) == 1
+    assert line_text("µm ü C:\\new\\x.tif") == "µm ü C:\\new\\x.tif"  # printable text and backslashes kept

@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         from deconv3d._paths import _one_line
 
         if out_of_space(exc):  # (named: the output, where an error said no file, see atomic_output)
-            print(f"deconv3d: error: no space left on {exc.filename or 'the device'}: free disk space, then run "
-                  "again; nothing was written", file=sys.stderr)
+            print(f"deconv3d: error: no space left on {line_text(exc.filename or 'the device')}: free disk space, "
+                  "then run again; nothing was written", file=sys.stderr)
             return 2
-        where = f"{exc.filename}: " if exc.filename else ""  # a file being written, or one a block reads
+        where = f"{line_text(exc.filename)}: " if exc.filename else ""  # a file being written, or one a block reads
         print(f"deconv3d: error: {where}{exc.strerror or _one_line(exc)}: check free disk space and permissions, "
               "then run again; nothing was written", file=sys.stderr)
         return 2

@@ -291,7 +291,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
             def report(number, total, row):
                 reason = f": {row['reason']}" if row["reason"] else ""
-                print(f"[{number}/{total}] {row['status']:<7} {Path(row['file']).name}{reason}", flush=True)
+                print(line_text(f"[{number}/{total}] {row['status']:<7} {Path(row['file']).name}{reason}"), flush=True)
 
             run_batch(args.input_dir, output_dir, settings, one, progress=report, rows=rows,
                       also_finished_as=_as_read_before(args, config, settings),

@@ -332,3 +332,13 @@ def test_a_tiff_output_records_the_psf_summary_an_ome_zarr_output_records(folder
             assert (properties["psf_shape"], properties["psf_sha256_16"]) == (summaries[1]["shape"],
                                                                               summaries[1]["sha256_16"])
     assert summaries[1] == summaries[0] and {"sum", "peak_index", "rms_width_voxels"} <= set(summaries[1])
+
+
+def test_a_batch_progress_line_of_a_name_with_a_newline_stays_one_line(folder, capsys):
+    """Found by a review: the batch's per-file line printed a file name with a newline as two lines."""
+    (folder / "raw").mkdir()
+    os.replace(folder / "img.tif", folder / "raw" / "a\nb.tif")
+    code, out, err = run(["batch", "raw", "-o", "out", "--psf", "psf.tif", "--iterations", "1"], capsys)
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.startswith("[1/1]")]
+    assert len(lines) == 1 and lines[0].endswith("a\\nb.tif"), out
