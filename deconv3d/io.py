@@ -99,6 +99,12 @@ def read_image(path) -> Image:
     >>> img.data.shape, img.voxel_size  # doctest: +SKIP
     ((64, 256, 256), (0.2, 0.065, 0.065))
     """
+    return _read_tiff(path, "image")
+
+
+def _read_tiff(path, what: str) -> Image:
+    """:func:`read_image`, its errors naming the file as ``what`` is (``"image"``, ``"PSF"``) and
+    giving the fix that fits one (a PSF with a channel axis is not fixed by picking a time point)."""
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"read_image takes a file's path, got {type(path).__name__}: an array in memory needs no "
                          "reading")
@@ -111,23 +117,23 @@ def read_image(path) -> Image:
         raise InputError(problem)
     if not path.is_file():
         raise InputError(f"input file not found: {path}: check the path")
-    _check_suffix(path, "input")
+    _check_suffix(path, "input" if what == "image" else what)
     try:
         with _tifffile_log() as log:
-            with open_tiff(path) as (tif, series, _):
-                calibration = imagej_calibration(tif, series.dtype, path)
+            with open_tiff(path, what) as (tif, series, _):
+                calibration = imagej_calibration(tif, series.dtype, _named(path, what, bare=True))
                 data = series.asarray()
                 file_axes = series.axes
                 voxel = _voxel_size_um(tif, series)
-                _check_complete(tif, series, log, path)
+                _check_complete(tif, series, log, path, what)
     except InputError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
-        raise _unreadable_tiff(path, exc) from exc
-    data, axes, kept = _squeeze(np.asarray(data), file_axes, path)
+        raise _unreadable_tiff(path, exc, what) from exc
+    data, axes, kept = _squeeze(np.asarray(data), file_axes, path, what)
     sizes = _kept_voxel(voxel, kept, data.ndim)
     voxel, problem = _checked_voxel(sizes, path)
-    return Image(data=calibrated(_as_float32(data, path), calibration), voxel_size=voxel, axes=axes,
+    return Image(data=calibrated(_as_float32(data, path, what), calibration), voxel_size=voxel, axes=axes,
                  voxel_problem=problem, partial_voxel=_partial_voxel(sizes))
 
 
@@ -156,7 +162,8 @@ def read_psf(path) -> Image:
     The last file read is remembered (by path, inode, size and change times), so that a run that
     asks for the PSF's voxel size and then for the PSF reads a large measured PSF once; every
     call returns its own copy of the data. A folder or a missing file is refused by name
-    (:func:`psf_path_problem`).
+    (:func:`psf_path_problem`), and every other error names the file as the PSF ("PSF X has 4
+    non-singleton dimensions"), with a PSF's fix: it was called an image, with the image's fix.
     """
     problem = psf_path_problem(path) if isinstance(path, (str, os.PathLike)) else None
     if problem:
@@ -165,7 +172,7 @@ def read_psf(path) -> Image:
     with _PSF_LOCK:
         cached = _PSF_CACHE.get(key) if key is not None else None
     if cached is None:
-        cached = read_image(path)
+        cached = _read_tiff(path, "PSF")
         if cached.voxel_problem:
             raise InputError(f"PSF {cached.voxel_problem}: fix its calibration (Fiji: Image > Properties) or save "
                              "it without one")
@@ -264,13 +271,21 @@ def _sizes(values) -> str:
     return format_sizes(values, ("DZ", "DY", "DX")[-len(values):])
 
 
-def _unreadable_tiff(path, exc: Exception) -> InputError:
+def _named(path, what: str = "image", bare: bool = False) -> str:
+    """How an error names the file it is about: ``"image X"``, ``"PSF X"``. With ``bare``, for a
+    message whose wording shows that it is about the file being read, an image is named by its path
+    alone; a PSF is still named as one (its errors read as if about the image otherwise)."""
+    return str(path) if bare and what == "image" else f"{what} {path}"
+
+
+def _unreadable_tiff(path, exc: Exception, what: str = "image") -> InputError:
     """The one-line error for a TIFF that could not be read: a permission problem says so (it was
     told to check that the file is a TIFF, or export it again)."""
+    name = _named(path, what, bare=True)
     if isinstance(exc, PermissionError):
-        return InputError(f"cannot read {path}: permission denied: ask for read access to it, or copy it somewhere "
+        return InputError(f"cannot read {name}: permission denied: ask for read access to it, or copy it somewhere "
                           "you can read")
-    return InputError(f"cannot read {path} as a TIFF image: {_one_line(exc)}: check that it is one, or export it again")
+    return InputError(f"cannot read {name} as a TIFF image: {_one_line(exc)}: check that it is one, or export it again")
 
 
 @contextlib.contextmanager
@@ -302,7 +317,7 @@ def _tifffile_log():
 
 
 @contextlib.contextmanager
-def open_tiff(path: Path):
+def open_tiff(path: Path, what: str = "image"):
     """``(TiffFile, series, options)``: the open file, the series that is its image, and the
     ``tifffile`` keywords that read that series (``tifffile.imread(path, **options)``).
 
@@ -310,15 +325,16 @@ def open_tiff(path: Path):
     as one stack, as Fiji opens them. Several images of other shapes, or an OME-TIFF holding
     several fields, are refused rather than cut down to the first; a reduced-resolution copy
     (a thumbnail, subfile type 1) or a transparency mask (type 4) is not another image,
-    wherever it is stored.
+    wherever it is stored. Errors name the file as ``what`` is (:func:`_named`).
     """
+    name = _named(path, what, bare=True)
     reopen: dict = {}
     tif = tifffile.TiffFile(path)
     try:
         images = [s for s in tif.series if not (s.pages and (s.pages[0].is_reduced or s.pages[0].is_mask))]
         images = images or list(tif.series[:1])
         if not images:
-            raise InputError(f"{path} holds no image, only a TIFF header (a save that was interrupted?): export or "
+            raise InputError(f"{name} holds no image, only a TIFF header (a save that was interrupted?): export or "
                              "copy it again")
         if len(images) > 1:
             shapes = {(tuple(n for n in s.shape if n != 1), np.dtype(s.dtype)) for s in images}
@@ -330,44 +346,47 @@ def open_tiff(path: Path):
             if not planes or len(tif.series[0].pages) != len(images):
                 listed = ", ".join(f"{tuple(s.shape)} {np.dtype(s.dtype)}" for s in images[:3]) + (
                     ", ..." if len(images) > 3 else "")
-                raise InputError(f"{path} holds {len(images)} separate images (shapes {listed}): save the one "
-                                 "to deconvolve as its own file (Fiji: open it with Bio-Formats, then File > Save As)")
+                keep = "the PSF" if what == "PSF" else "the one to deconvolve"
+                raise InputError(f"{name} holds {len(images)} separate images (shapes {listed}): save {keep} as its "
+                                 "own file (Fiji: open it with Bio-Formats, then File > Save As)")
             images = [tif.series[0]]
-        _check_decodable(images[0], path)
-        _check_data_offsets(images[0], path)
+        _check_decodable(images[0], path, what)
+        _check_data_offsets(images[0], path, what)
         yield tif, images[0], {**reopen, "series": tif.series.index(images[0])}
     finally:
         tif.close()
 
 
-def _check_decodable(series, path: Path) -> None:
+def _check_decodable(series, path: Path, what: str = "image") -> None:
     """Refuse, before anything is read, pixels compressed with a codec or predictor tifffile has only
     through the optional ``imagecodecs`` package (LZW, JPEG, the floating-point predictor: common in
     exports; a lazy read found out only while computing, as an internal error; the advice to install
     it is given only where it would help), and grey-level samples per pixel, which ImageJ opens as
     channels (stored as planes they were read as z)."""
+    name = _named(path, what, bare=True)
     page = series.pages[0] if series.pages else None
     compression = page.compression if page is not None else None
     if compression is not None and compression not in tifffile.TIFF.DECOMPRESSORS:
-        name = getattr(compression, "name", str(compression))
+        codec = getattr(compression, "name", str(compression))
         if _imagecodecs_would_decode(compression, tifffile.COMPRESSION):
-            raise InputError(f"{path} is {name}-compressed, which needs the imagecodecs package: pip install "
+            raise InputError(f"{name} is {codec}-compressed, which needs the imagecodecs package: pip install "
                              "imagecodecs, or save the file uncompressed (Fiji: File > Save As > Tiff)")
-        raise InputError(f"{path} uses compression {name}, which deconv3d cannot decode: the file may be damaged, "
+        raise InputError(f"{name} uses compression {codec}, which deconv3d cannot decode: the file may be damaged, "
                          "or re-save it uncompressed (Fiji: File > Save As > Tiff)")
     predictor = getattr(page, "predictor", None)
     if predictor is not None and predictor not in tifffile.TIFF.UNPREDICTORS:  # GDAL's and tifffile's float one
-        name = getattr(predictor, "name", str(predictor)).lower().replace("_", " ")
+        codec = getattr(predictor, "name", str(predictor)).lower().replace("_", " ")
         if _imagecodecs_would_decode(predictor, tifffile.PREDICTOR):
-            raise InputError(f"{path} is compressed with a {name} predictor, which needs the imagecodecs package: "
+            raise InputError(f"{name} is compressed with a {codec} predictor, which needs the imagecodecs package: "
                              "pip install imagecodecs, or save the file uncompressed (Fiji: File > Save As > Tiff)")
-        raise InputError(f"{path} uses predictor {name}, which deconv3d cannot decode: the file may be damaged, or "
+        raise InputError(f"{name} uses predictor {codec}, which deconv3d cannot decode: the file may be damaged, or "
                          "re-save it uncompressed (Fiji: File > Save As > Tiff)")
     samples = getattr(page, "samplesperpixel", 1)
     grey = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
     if samples > 1 and getattr(page, "photometric", None) in grey:  # stored per pixel or as planes alike
-        raise InputError(f"image {path} has {samples} grey-level samples per pixel (axes {series.axes}): they are "
-                         "channels; save one per file and pick it")
+        fix = "save one per file and pick it" if what == "image" else _ONE_CHANNEL[what]
+        raise InputError(f"{_named(path, what)} has {samples} grey-level samples per pixel (axes {series.axes}): they "
+                         f"are channels; {fix}")
 
 
 def _imagecodecs_would_decode(code, known) -> bool:
@@ -383,7 +402,7 @@ def _imagecodecs_would_decode(code, known) -> bool:
     return False
 
 
-def _check_data_offsets(series, path: Path) -> None:
+def _check_data_offsets(series, path: Path, what: str = "image") -> None:
     """Refuse, from the page tags alone, pixel data that no file holds: a strip or tile offset of 0
     with bytes to read (read as pixels, the TIFF header came back; a lazy read gave zeros) or one past
     the end of its file. Offset 0 with byte count 0 is an empty tile or strip of a sparse file (tifffile
@@ -397,7 +416,8 @@ def _check_data_offsets(series, path: Path) -> None:
     for page in pages:
         if page is None:  # a plane no page holds: _check_ome_planes says so
             continue
-        size, name = page.parent.filehandle.size, path if page.parent.filename == path.name else page.parent.filename
+        size, name = page.parent.filehandle.size, page.parent.filename
+        name = _named(path if name == path.name else name, what, bare=True)
         kind = "tile" if page.keyframe.is_tiled else "strip"
         for offset, count in [block] if block else zip(page.dataoffsets, page.databytecounts):
             if offset == 0 and count > 0:
@@ -409,28 +429,29 @@ def _check_data_offsets(series, path: Path) -> None:
                                  "damaged; copy or export it again")
 
 
-def _check_complete(tif: tifffile.TiffFile, series, log, path: Path) -> None:
+def _check_complete(tif: tifffile.TiffFile, series, log, path: Path, what: str = "image") -> None:
     """Refuse a file that tifffile could read only in part (truncated, bad page offsets)."""
+    name = _named(path, what, bare=True)
     ij = tif.imagej_metadata or {}
     for record in log:  # a multi-file OME-TIFF whose partner file is missing: tifffile zeroes its planes
         missing = re.search(r"failed to read '([^']+)'", record.getMessage())
         if missing:
-            raise InputError(f"{path} is one file of a multi-file OME-TIFF, and its part {missing.group(1)} is "
+            raise InputError(f"{name} is one file of a multi-file OME-TIFF, and its part {missing.group(1)} is "
                              "missing or unreadable (its planes would be zeros): keep all files of the image together")
-    _check_ome_planes(tif, series, path)
+    _check_ome_planes(tif, series, name)
     planes = math.prod(n for n, a in zip(series.shape, series.axes) if a not in "YXS")
     expected = ij.get("images")
     broken = [r.getMessage() for r in log if any(w in r.getMessage().lower() for w in ("corrupt", "page offset"))]
     if (expected is not None and int(expected) != planes) or broken:
         found = f"its ImageJ header lists {int(expected)} planes but {planes} could be read" if expected else broken[0]
-        raise InputError(f"{path} is truncated or corrupt ({_one_line(found)}): copy or export it again")
+        raise InputError(f"{name} is truncated or corrupt ({_one_line(found)}): copy or export it again")
 
 
-def _check_ome_planes(tif: tifffile.TiffFile, series, path: Path) -> None:
+def _check_ome_planes(tif: tifffile.TiffFile, series, name: str) -> None:
     """Refuse an OME-TIFF whose OME-XML (Size*, TiffData) lists other planes than the file holds:
     tifffile reads it anyway, zeroing the planes the file lacks (SizeZ="20" over 16 pages) or
     leaving out the pages beyond (SizeZ="8"), and only logs it. Reduced-resolution and mask pages
-    are not planes."""
+    are not planes. ``name``: the file as errors name it (:func:`_named`)."""
     if series.kind != "ome":
         return
     listed = len(series)
@@ -445,12 +466,12 @@ def _check_ome_planes(tif: tifffile.TiffFile, series, path: Path) -> None:
         problem = f"its OME-XML lists {listed} planes but {held}"
     else:
         problem = f"its OME-XML maps {listed - found} of its {listed} planes to no page of the file"
-    raise InputError(f"{path}: {problem}: export it again, or correct the SizeZ/SizeC/SizeT and TiffData entries "
+    raise InputError(f"{name}: {problem}: export it again, or correct the SizeZ/SizeC/SizeT and TiffData entries "
                      "of its OME-XML")
 
 
-def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str, str]:
-    """Drop singleton axes and check that what is left is a 2D or 3D image.
+def _squeeze(data: np.ndarray, axes: str, path: Path, what: str = "image") -> tuple[np.ndarray, str, str]:
+    """Drop singleton axes and check that what is left is a 2D or 3D image (or PSF: ``what``).
 
     Returns the data, its axes (``"ZYX"``, ``"YX"``, or ``"ZX"``/``"ZY"`` for a section through a
     stack: :func:`~deconv3d._tiff_metadata.spatial_letters`) and the file's letters of the axes
@@ -459,44 +480,52 @@ def _squeeze(data: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str, 
     keep = [i for i, n in enumerate(data.shape) if n != 1]
     kept_axes = "".join(axes[i] for i in keep) if len(axes) == data.ndim else ""
     data = data.reshape([data.shape[i] for i in keep])
-    _refuse_colour(kept_axes, path)
+    _refuse_colour(kept_axes, path, what)
+    name = _named(path, what)
     if data.size == 0:
-        raise InputError(f"image {path} is empty (shape {data.shape}): check the file")
+        raise InputError(f"{name} is empty (shape {data.shape}): check the file")
+    one = _ONE_CHANNEL[what]
     if data.ndim > 3:
-        raise InputError(
-            f"image {path} has {data.ndim} non-singleton dimensions (axes {kept_axes or '?'}, shape "
-            f"{data.shape}): multi-channel/time data are not supported yet; pick one channel and time point first"
-        )
+        raise InputError(f"{name} has {data.ndim} non-singleton dimensions (axes {kept_axes or '?'}, shape "
+                         f"{data.shape}): {one}")
     if data.ndim < 2:
-        raise InputError(f"image {path} is {data.ndim}D once its axes of length 1 are dropped (shape {data.shape}): "
-                         "a 2D or 3D image is needed")
+        needed = ("a PSF must be a 2D or 3D stack: give the PSF's whole array (deconv3d psf computes one)"
+                  if what == "PSF" else f"a 2D or 3D {what} is needed")
+        raise InputError(f"{name} is {data.ndim}D once its axes of length 1 are dropped (shape {data.shape}): "
+                         + needed)
     # (a channel or time axis among the last two too: a ZCYX file of one row is not a z, y, x stack)
     extra = [a for i, a in enumerate(kept_axes) if a in "TC" or (i < len(kept_axes) - 2 and a not in _GENERIC_AXES)]
     if extra:
         kind = {"C": "channel", "T": "time", "S": "colour-sample"}.get(extra[0], extra[0])
-        raise InputError(
-            f"image {path} has a {kind} axis (axes {kept_axes}): multi-channel/time data are not "
-            "supported yet; pick one channel and time point first (if the planes are z-slices, "
-            "relabel them as slices, e.g. in Fiji's Image > Properties)"
-        )
+        raise InputError(f"{name} has a {kind} axis (axes {kept_axes}): {one} (if the planes are z-slices, "
+                         "relabel them as slices, e.g. in Fiji's Image > Properties)")
     return data, spatial_letters(kept_axes, data.ndim), kept_axes
 
 
-def _refuse_colour(kept_axes: str, path: Path) -> None:
+# What a file with a channel or time axis (or more than three) should become, by what it is
+_ONE_CHANNEL = {
+    "image": "multi-channel/time data are not supported yet; pick one channel and time point first",
+    "PSF": "a PSF must be one 2D or 3D stack (one channel): save each channel's PSF as its own file and give one "
+           "file per channel",
+}
+
+
+def _refuse_colour(kept_axes: str, path: Path, what: str = "image") -> None:
     """An RGB file keeps a sample axis ``S`` (grey-level samples are refused by _check_decodable)."""
     if "S" in kept_axes:
-        raise InputError(f"image {path} is an RGB/colour image (axes {kept_axes}): convert it to greyscale or "
+        raise InputError(f"{_named(path, what)} is an RGB/colour image (axes {kept_axes}): convert it to greyscale or "
                          "split the channels and keep one (Fiji: Image > Color > Split Channels)")
 
 
-def _as_float32(data: np.ndarray, path: Path) -> np.ndarray:
-    refuse_complex(data.dtype, f"image {path}", "save the intensity (magnitude) instead")
+def _as_float32(data: np.ndarray, path: Path, what: str = "image") -> np.ndarray:
+    name = _named(path, what)
+    refuse_complex(data.dtype, name, "save the intensity (magnitude) instead")
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(data, dtype=np.float32)
     if not np.isfinite(converted).all():
         if np.isfinite(data).all():  # finite in the file: float64 values beyond float32's range
             peak = float(np.abs(data).max())
-            raise InputError(f"image {path} has values up to {peak:.3g}, beyond the float32 range (3.4e38) "
-                             "deconv3d computes in: rescale the image and save it again")
-        raise InputError(f"image {path} contains NaN or Inf values: replace them (e.g. with 0) and save it again")
+            raise InputError(f"{name} has values up to {peak:.3g}, beyond the float32 range (3.4e38) "
+                             f"deconv3d computes in: rescale the {what} and save it again")
+        raise InputError(f"{name} contains NaN or Inf values: replace them (e.g. with 0) and save it again")
     return converted

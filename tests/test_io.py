@@ -774,8 +774,8 @@ def test_read_psf_reads_a_file_once_until_it_changes(tmp_path, monkeypatch):
     psf = np.random.default_rng(0).random((3, 5, 5)).astype(np.float32)
     write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
     reads = []
-    original = io.read_image
-    monkeypatch.setattr(io, "read_image", lambda path: reads.append(path) or original(path))
+    original = io._read_tiff  # (what read_psf reads a TIFF with, naming it as a PSF)
+    monkeypatch.setattr(io, "_read_tiff", lambda path, what: reads.append(path) or original(path, what))
     first = read_psf(tmp_path / "psf.tif")
     first.data[...] = 0  # the caller's copy
     second = read_psf(tmp_path / "psf.tif")
@@ -1390,3 +1390,71 @@ def test_the_umask_read_by_setting_it_is_right_in_every_thread_and_left_unchange
         monkeypatch.undo()
         left = real_umask(before)
     assert [oct(m) for m in seen] == [oct(0o022)] * 2 and oct(left) == oct(0o022)
+
+
+def _bad_psfs():
+    """PSF files that cannot be read as one, each with the words its refusal gives as the fix."""
+    nan = np.ones((5, 5, 5), np.float32)
+    nan[0, 0, 0] = np.nan
+    return {
+        "psf4d.tif": (lambda p: tifffile.imwrite(p, np.ones((2, 5, 5, 5), np.float32)),
+                      ["4 non-singleton dimensions", "a PSF must be one 2D or 3D stack (one channel)",
+                       "one file per channel"]),
+        "psfnan.tif": (lambda p: tifffile.imwrite(p, nan), ["contains NaN or Inf values", "replace them"]),
+        "psf0d.tif": (lambda p: tifffile.imwrite(p, np.array(1.0, np.float32)),
+                      ["is 0D", "a PSF must be a 2D or 3D stack"]),
+        "psfczyx.tif": (lambda p: tifffile.imwrite(p, np.ones((5, 2, 5, 5), np.float32), imagej=True,
+                                                   metadata={"axes": "ZCYX"}),
+                        ["axes ZCYX", "a PSF must be one 2D or 3D stack (one channel)"]),
+        "psfhuge.tif": (lambda p: tifffile.imwrite(p, np.full((5, 5, 5), 1e300)),
+                        ["beyond the float32 range", "rescale the PSF"]),
+        "psfheader.tif": (lambda p: Path(p).write_bytes(b"II*\x00garbage"),
+                          ["holds no image"]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bad_psfs()))
+def test_a_bad_psf_file_is_named_as_the_psf(tmp_path, monkeypatch, capsys, name):
+    """A PSF file that could not be read was called an image ("image psf4d.tif has 4 non-singleton
+    dimensions ...: pick one channel and time point first"), with the image's fix. Each refusal names
+    the PSF and gives a PSF's fix, in one line, exit 2, nothing written and the files left as they
+    were; the same file read as an image keeps the image's wording."""
+    from cli_helpers import assert_one_line_error, run
+    from deconv3d.io import read_psf
+
+    monkeypatch.chdir(tmp_path)
+    make, words = _bad_psfs()[name]
+    make(name)
+    write_tiff("img.tif", np.ones((8, 16, 16), np.float32), voxel_size=(0.3, 0.1, 0.1))
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    code, _, err = run(["deconvolve", "img.tif", "--psf", name, "-o", "out.tif", "--iterations", 1], capsys)
+    assert_one_line_error(code, err, *words)
+    assert err.startswith(f"deconv3d: error: PSF {name} ") and "image " + name not in err, err
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with pytest.raises(InputError, match=f"^PSF {name} "):
+        read_psf(name)
+    with pytest.raises(InputError, match=f"^(image )?{name} ") as raised:
+        read_image(name)
+    assert "PSF" not in str(raised.value)
+
+
+@pytest.mark.parametrize("command", ["deconvolve-zarr", "batch", "batch-config", "train"])
+def test_every_command_names_a_bad_psf_file_as_the_psf(tmp_path, monkeypatch, capsys, command):
+    """The PSF given to the chunked path, to a batch (by --psf or the config's psf = ...) or to train
+    is refused as a PSF too, before anything is written."""
+    from cli_helpers import assert_one_line_error, run
+
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("in")
+    write_tiff("in/img.tif", np.ones((8, 16, 16), np.float32), voxel_size=(0.3, 0.1, 0.1))
+    tifffile.imwrite("psf4d.tif", np.ones((2, 5, 5, 5), np.float32))
+    Path("batch.toml").write_text('psf = "psf4d.tif"\n')
+    argv = {"deconvolve-zarr": ["deconvolve", "in/img.tif", "--psf", "psf4d.tif", "-o", "out.zarr"],
+            "batch": ["batch", "in", "--psf", "psf4d.tif", "-o", "out"],
+            "batch-config": ["batch", "in", "--config", "batch.toml", "-o", "out"],
+            "train": ["train", "in/img.tif", "--psf", "psf4d.tif", "-o", "out.ckpt", "--steps", 1]}[command]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, "a PSF must be one 2D or 3D stack (one channel)")
+    assert err.startswith("deconv3d: error: PSF psf4d.tif has 4 non-singleton dimensions"), err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
