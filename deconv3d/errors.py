@@ -1,5 +1,6 @@
 """Exceptions for user-facing failures, and the warnings said on the way."""
 
+import contextlib
 import os
 import re
 import sys
@@ -56,6 +57,32 @@ class OptionWarning(Deconv3dWarning):
         self.command_line = command_line
 
 
+_RECORDING = threading.local()  # .lists: the lists of the recorded_warnings blocks open in this thread
+
+
+@contextlib.contextmanager
+def recorded_warnings():
+    """A list of each warning (the :class:`Warning` itself: its category and text, an
+    :class:`OptionWarning`'s ``command_line`` too) that deconv3d issues through :func:`warn` or
+    :func:`note_warning` in this thread while the block runs (issued as before too): what a caller that
+    keeps a result (the batch's prepared PSFs, :func:`deconv3d.pipeline.batch.load_psf_for`) issues
+    again, as it was, each time it hands the result out, as computing it anew would."""
+    kept: list[Warning] = []
+    lists = _RECORDING.__dict__.setdefault("lists", [])
+    lists.append(kept)
+    try:
+        yield kept
+    finally:
+        lists.remove(kept)
+
+
+def note_warning(message: Warning) -> None:
+    """Add ``message``, about to be issued, to the lists of the :func:`recorded_warnings` blocks open
+    in this thread."""
+    for kept in getattr(_RECORDING, "lists", ()):
+        kept.append(message)
+
+
 PREFIX = "deconv3d: warning: "
 #: The command line's options that warnings name, and the keyword arguments (of
 #: :class:`~deconv3d.pipeline.batch.Settings` and :func:`~deconv3d.pipeline.run_chunked`) that set the same.
@@ -80,6 +107,7 @@ def warn(line: str, warnings: list | None = None) -> None:
     text = line.removeprefix(PREFIX)
     api = _OPTIONS.sub(lambda match: _KEYWORDS[match[0]], text)
     message = Deconv3dWarning(text) if api == text else OptionWarning(api, text)
+    note_warning(message)
     frame = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame = frame.f_back

@@ -127,7 +127,7 @@ def load_psfs_for(settings: Settings, spatial_shape, voxel, fit_image: bool = Tr
 #: How many prepared PSFs :func:`load_psf_for` keeps (the most recently used) while a batch runs: a
 #: batch's files of one shape and voxel size share one, per channel.
 PSF_CACHE_ENTRIES = 4
-_PSF_CACHE: dict = {}  # key -> (prepared PSF, texts of the warnings its preparation issued), oldest first
+_PSF_CACHE: dict = {}  # key -> (prepared PSF, the warnings its preparation issued), oldest first
 _PSF_CACHE_LOCK = threading.Lock()
 _PSF_CACHE_USERS = 0  # the batches running (in any thread) that keep prepared PSFs: see sharing_prepared_psfs
 
@@ -179,11 +179,11 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
         if kept is not None:
             _PSF_CACHE[key] = kept  # (the most recently used last)
     if kept is None:
-        from deconv3d.psf.prepare import recorded_warnings
+        from deconv3d.errors import recorded_warnings
 
-        with recorded_warnings() as texts:
+        with recorded_warnings() as issued:
             prepared = _prepared_psf(settings, spatial_shape, voxel, psf, wavelength, fit_image)
-        kept = (prepared, tuple(texts))
+        kept = (prepared, tuple(issued))
         with _PSF_CACHE_LOCK:
             if not _PSF_CACHE_USERS:  # (no batch running: nothing is kept)
                 return prepared
@@ -191,8 +191,8 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
             while len(_PSF_CACHE) > PSF_CACHE_ENTRIES:
                 del _PSF_CACHE[next(iter(_PSF_CACHE))]
         return prepared.copy()
-    for text in kept[1]:
-        warnings.warn(text, RuntimeWarning)  # (from here, where preparing it warned too)
+    for message in kept[1]:  # each as it was (its category: a filter or the report treats it alike)
+        warnings.warn(message)  # (from here, where preparing it warned too)
     return kept[0].copy()
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import numbers
-import threading
 import warnings
 
 import numpy as np
 
 from deconv3d._arrays import as_numpy, refuse_complex
 from deconv3d._voxel import checked_voxel_size, format_sizes
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, note_warning
 
 #: Negative PSF values down to this share of its peak are round-off (an FFT's, a resampling's undershoot).
 NEGATIVE_TOLERANCE = 1e-6
@@ -100,28 +98,11 @@ def validate_psf(psf) -> np.ndarray:
     return psf
 
 
-_RECORDING = threading.local()  # .lists: the warnings' texts of the recorded_warnings blocks open in this thread
-
-
-@contextlib.contextmanager
-def recorded_warnings():
-    """A list of the text of each RuntimeWarning this module issues in this thread while the block
-    runs (issued as before too): what a caller that keeps a prepared PSF (the batch's cache,
-    :func:`deconv3d.pipeline.batch.load_psf_for`) issues again each time it hands the PSF out, as
-    preparing it anew would."""
-    texts: list[str] = []
-    lists = _RECORDING.__dict__.setdefault("lists", [])
-    lists.append(texts)
-    try:
-        yield texts
-    finally:
-        lists.remove(texts)
-
-
 def _warn(text: str, stacklevel: int) -> None:
-    for texts in getattr(_RECORDING, "lists", ()):
-        texts.append(text)
-    warnings.warn(text, RuntimeWarning, stacklevel=stacklevel)
+    """Issue ``text`` as a RuntimeWarning, noted for :func:`deconv3d.errors.recorded_warnings`."""
+    message = RuntimeWarning(text)
+    note_warning(message)
+    warnings.warn(message, stacklevel=stacklevel)
 
 
 #: :func:`prepare_psf` warns when a PSF's faces, flat, exceed this share of its peak. Generated

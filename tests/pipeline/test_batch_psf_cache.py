@@ -145,3 +145,36 @@ def test_prepared_psfs_are_kept_while_a_batch_runs_and_dropped_when_it_ends(tmp_
     batch.load_psf_for(make_settings({"psf_model": "gaussian", "na": 1.2, "wavelength": 0.52}), (8, 16, 16),
                        (0.3, 0.1, 0.1))  # outside a batch: nothing kept
     assert batch._PSF_CACHE == {} and counted["prepare_psf"] == 3
+
+
+def test_a_kept_psf_s_warnings_come_again_in_their_own_category(tmp_path, counted, sharing, monkeypatch):
+    """The warnings of a kept PSF's preparation were issued again, for each later file, as plain
+    RuntimeWarnings: a Deconv3dWarning (an OptionWarning, with its command-line advice) came the second
+    time in another category, which filters and the command line treat differently. Each comes again
+    as it came first: category, text and advice."""
+    import warnings
+
+    from deconv3d.errors import OptionWarning, warn
+
+    real = batch._prepared_psf
+
+    def preparing_with_advice(*args):  # as if preparing it assumed a voxel size, with its advice
+        warn("deconv3d: warning: the PSF is taken as sampled at 0.3 0.1 0.1 µm (pass --voxel-size to set it)")
+        return real(*args)
+
+    monkeypatch.setattr(batch, "_prepared_psf", preparing_with_advice)
+    path = tmp_path / "psf.tif"
+    psf = gaussian_psf((7, 7, 7), (0.6, 0.6, 0.6))
+    write_tiff(path, psf + 0.05 * psf.max(), voxel_size=(0.3, 0.1, 0.1))  # a flat floor: a RuntimeWarning
+    settings = make_settings({"psf": str(path)})
+    shown = []
+    for _ in range(2):  # two files of one shape and voxel size: the second is handed the kept PSF
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batch.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
+        shown.append([(type(w.message), str(w.message), getattr(w.message, "command_line", None)) for w in caught])
+    assert counted["prepare_psf"] == 1
+    assert [category for category, _, _ in shown[0]] == [OptionWarning, RuntimeWarning], shown[0]
+    assert "voxel_size" in shown[0][0][1] and "--voxel-size" in shown[0][0][2]
+    assert "flat background" in shown[0][1][1]
+    assert shown[1] == shown[0]
