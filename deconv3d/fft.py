@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from deconv3d._arrays import as_numpy, refuse_complex
+from deconv3d._lru import drop_oldest
 from deconv3d.errors import InputError
 
 __all__ = [
@@ -387,14 +388,12 @@ class _OtfCache:
     def put(self, key: tuple, otf: torch.Tensor) -> torch.Tensor:
         """Keep ``otf`` under ``key``, dropping the least recently used others until the rest fits or
         it is alone; the one kept already (another thread's) if any."""
-        size = otf.numel() * otf.element_size()
         with self._lock:
             self._drop_gone()
             if key in self._entries:
                 return self._entries[key]
-            self._entries[key], self.nbytes = otf, self.nbytes + size
-            while self.nbytes > OTF_CACHE_BYTES and len(self._entries) > 1:
-                self._drop(next(iter(self._entries)))
+            self._entries[key] = otf
+            self.nbytes = drop_oldest(self._entries, _tensor_bytes, OTF_CACHE_BYTES, self.nbytes + _tensor_bytes(otf))
         return otf
 
     def forget(self, token) -> None:
@@ -417,8 +416,11 @@ class _OtfCache:
             self._drop(key)
 
     def _drop(self, key: tuple) -> None:
-        otf = self._entries.pop(key)
-        self.nbytes -= otf.numel() * otf.element_size()
+        self.nbytes -= _tensor_bytes(self._entries.pop(key))
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 _OTF_CACHE = _OtfCache()

@@ -26,6 +26,7 @@ from typing import Optional
 
 from deconv3d._paths import (_same_file, check_name_length, create_temporary, glob_shown, image_stem, recorded_path,
                              remove_stale_temporaries_in, special_file_problem)
+from deconv3d._lru import drop_oldest
 from deconv3d._voxel import recorded_voxel
 from deconv3d.errors import InputError
 from deconv3d.pipeline.locks import (BUSY, DEFERRING, DONE_ELSEWHERE, claim, note_writer, noted_writers, report_lock,
@@ -127,6 +128,9 @@ def load_psfs_for(settings: Settings, spatial_shape, voxel, fit_image: bool = Tr
 #: How many prepared PSFs :func:`load_psf_for` keeps (the most recently used) while a batch runs: a
 #: batch's files of one shape and voxel size share one, per channel.
 PSF_CACHE_ENTRIES = 4
+#: And how many bytes of them at most: the most recently used is kept whatever its size, alone where
+#: larger (as :data:`deconv3d.fft.OTF_CACHE_BYTES`). Four large prepared PSFs were held until the batch ended.
+PSF_CACHE_BYTES = 256 * 2**20
 _PSF_CACHE: dict = {}  # key -> (prepared PSF, the warnings its preparation issued), oldest first
 _PSF_CACHE_LOCK = threading.Lock()
 _PSF_CACHE_USERS = 0  # the batches running (in any thread) that keep prepared PSFs: see sharing_prepared_psfs
@@ -158,7 +162,7 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     ``fit_image=False`` accepts a PSF file larger than the image (an ssl model checks it against its own).
 
     Within :func:`sharing_prepared_psfs` (as a batch runs), the last :data:`PSF_CACHE_ENTRIES` prepared
-    PSFs are kept, each under what it depends on: the
+    PSFs, at most :data:`PSF_CACHE_BYTES` of them (the last whatever its size), are kept, each under what it depends on: the
     model's parameters, or the file's identity (:func:`deconv3d.io.file_identity`: its path, inode,
     size, and modification and change times; a file changed since is read again), and the image's spatial shape and voxel size. A batch prepared
     the same PSF again for every file (a generated vectorial one for 64 x 512 x 512 took 0.13 s to
@@ -187,13 +191,17 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
         with _PSF_CACHE_LOCK:
             if not _PSF_CACHE_USERS:  # (no batch running: nothing is kept)
                 return prepared
+            _PSF_CACHE.pop(key, None)  # (kept meanwhile by another thread: this one is the newest)
             _PSF_CACHE[key] = kept
-            while len(_PSF_CACHE) > PSF_CACHE_ENTRIES:
-                del _PSF_CACHE[next(iter(_PSF_CACHE))]
+            drop_oldest(_PSF_CACHE, _kept_bytes, PSF_CACHE_BYTES, count=PSF_CACHE_ENTRIES)
         return prepared.copy()
     for message in kept[1]:  # each as it was (its category: a filter or the report treats it alike)
         warnings.warn(message)  # (from here, where preparing it warned too)
     return kept[0].copy()
+
+
+def _kept_bytes(kept: tuple) -> int:
+    return kept[0].nbytes
 
 
 def _prepared_psf(settings: Settings, spatial_shape, voxel, psf, wavelength, fit_image: bool):

@@ -178,3 +178,26 @@ def test_a_kept_psf_s_warnings_come_again_in_their_own_category(tmp_path, counte
     assert "voxel_size" in shown[0][0][1] and "--voxel-size" in shown[0][0][2]
     assert "flat background" in shown[0][1][1]
     assert shown[1] == shown[0]
+
+
+def test_kept_psfs_are_bounded_by_bytes_too(counted, sharing, monkeypatch):
+    """Up to four large prepared PSFs were held until the batch ended: at most PSF_CACHE_BYTES of
+    them are kept, the least recently used dropped first, the newest kept whatever its size."""
+    settings = make_settings({"psf_model": "gaussian", "na": 1.2, "wavelength": 0.52})
+    shapes = [(8, 16 + 2 * i, 16) for i in range(5)]  # one PSF each, 7 x 7 x 7 float32: 1372 bytes
+    size = batch.load_psf_for(settings, shapes[0], (0.3, 0.1, 0.1)).nbytes
+    assert size == 7 * 7 * 7 * 4
+    monkeypatch.setattr(batch, "PSF_CACHE_BYTES", 2 * size + size // 2)  # room for two
+    for shape in shapes[1:4]:
+        batch.load_psf_for(settings, shape, (0.3, 0.1, 0.1))
+    assert [key[1] for key in batch._PSF_CACHE] == shapes[2:4]  # the two newest
+    assert counted["prepare_psf"] == 4
+    batch.load_psf_for(settings, shapes[2], (0.3, 0.1, 0.1))  # kept: not prepared again, now the newest
+    batch.load_psf_for(settings, shapes[0], (0.3, 0.1, 0.1))  # dropped: prepared again
+    assert counted["prepare_psf"] == 5
+    assert [key[1] for key in batch._PSF_CACHE] == [shapes[2], shapes[0]]
+    monkeypatch.setattr(batch, "PSF_CACHE_BYTES", size - 1)  # none fits: the newest is kept alone
+    batch.load_psf_for(settings, shapes[4], (0.3, 0.1, 0.1))
+    assert [key[1] for key in batch._PSF_CACHE] == [shapes[4]]
+    batch.load_psf_for(settings, shapes[4], (0.3, 0.1, 0.1))
+    assert counted["prepare_psf"] == 6
