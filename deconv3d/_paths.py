@@ -586,6 +586,16 @@ def relative_to_folder(path, folder) -> Path | None:
     return None
 
 
+def file_identity(path) -> tuple:
+    """What tells a file's contents apart without reading them: its resolved path, device, inode,
+    size, and modification and change times. The change time is needed too: ``cp -p`` (or an
+    archive's extraction) over a file of the same size keeps the inode and sets the modification
+    time it copies, which may equal the old one; only the change time then moves. Two names of one
+    file (a symbolic link and its target) give one identity."""
+    st = os.stat(path)
+    return (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         try:

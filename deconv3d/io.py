@@ -23,7 +23,8 @@ import numpy as np
 import tifffile
 
 from deconv3d._arrays import refuse_complex
-from deconv3d._paths import TIFF_SUFFIXES, _check_suffix, _one_line, check_output_path, special_file_problem
+from deconv3d._paths import (TIFF_SUFFIXES, _check_suffix, _one_line, check_output_path, file_identity,
+                             special_file_problem)
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
                                      calibrated, imagej_calibration, spatial_letters, time_axis_of)
 from deconv3d._tiff_write import write_tiff
@@ -186,15 +187,6 @@ def read_psf(path) -> Image:
 
 _PSF_CACHE: dict = {}  # the last PSF file read_psf read: {file_identity(path): Image}
 _PSF_LOCK = threading.Lock()
-
-
-def file_identity(path) -> tuple:
-    """What tells a file's contents apart without reading them: its resolved path, device, inode,
-    size, and modification and change times. The change time is needed too: ``cp -p`` (or an
-    archive's extraction) over a file of the same size keeps the inode and sets the modification
-    time it copies, which may equal the old one; only the change time then moves."""
-    st = os.stat(path)
-    return (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | None = None, partial=None):

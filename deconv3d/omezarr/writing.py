@@ -4,8 +4,6 @@ plus their down-sampled pyramid levels (see :mod:`deconv3d.omezarr`)."""
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 import threading
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d import __version__
-from deconv3d._paths import image_stem, path_text
+from deconv3d._paths import file_identity, image_stem, path_text
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
 from deconv3d.omezarr.reading import _AXIS_TYPES, _in_order, _level_transform
@@ -339,17 +337,16 @@ def unchanged_file_sha256(path) -> str:
     path = Path(path)
     hashed_at = time.time_ns()
     try:
-        st = os.stat(path)
+        key = file_identity(path)  # (..., modification time, change time)
     except OSError:
         return file_sha256(path)  # (its own error)
-    if stat.S_ISDIR(st.st_mode):
+    if path.is_dir():
         return file_sha256(path)
-    key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     with _SHA256_SEEN_LOCK:
         digest = _SHA256_SEEN.get(key)
     if digest is None:
         digest = file_sha256(path)
-        if max(st.st_mtime_ns, st.st_ctime_ns) > hashed_at - _SETTLED_NS:
+        if max(key[-2:]) > hashed_at - _SETTLED_NS:
             return digest  # (racily clean: a rewrite in the same clock tick would keep these times)
         with _SHA256_SEEN_LOCK:
             if len(_SHA256_SEEN) > 256:  # (a long-lived process hashing many files)

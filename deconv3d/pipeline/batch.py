@@ -24,8 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from deconv3d._paths import (_same_file, check_name_length, create_temporary, glob_shown, image_stem, recorded_path,
-                             remove_stale_temporaries_in, special_file_problem)
+from deconv3d._paths import (_same_file, check_name_length, create_temporary, file_identity, glob_shown, image_stem,
+                             recorded_path, remove_stale_temporaries_in, special_file_problem)
 from deconv3d._lru import drop_oldest
 from deconv3d._voxel import recorded_voxel
 from deconv3d.errors import InputError
@@ -163,7 +163,7 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
 
     Within :func:`sharing_prepared_psfs` (as a batch runs), the last :data:`PSF_CACHE_ENTRIES` prepared
     PSFs, at most :data:`PSF_CACHE_BYTES` of them (the last whatever its size), are kept, each under what it depends on: the
-    model's parameters, or the file's identity (:func:`deconv3d.io.file_identity`: its path, inode,
+    model's parameters, or the file's identity (:func:`deconv3d._paths.file_identity`: its path, inode,
     size, and modification and change times; a file changed since is read again), and the image's spatial shape and voxel size. A batch prepared
     the same PSF again for every file (a generated vectorial one for 64 x 512 x 512 took 0.13 s to
     generate and 0.41 s to prepare; a PSF file was read again). The warnings its preparation issued
@@ -172,8 +172,6 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     psf = psf if psf is not None else (_many(settings.psf) or (None,))[0]
     wavelength = wavelength if wavelength is not None else (_many(settings.wavelength) or (None,))[0]
     if psf:
-        from deconv3d.io import file_identity
-
         source = ("file", *file_identity(psf), fit_image)
     else:
         source = ("model", settings.psf_model, settings.na, wavelength, settings.ni, settings.ns, settings.depth)

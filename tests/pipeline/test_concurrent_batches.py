@@ -491,3 +491,32 @@ def test_a_file_changed_within_two_seconds_of_its_hashing_is_hashed_again(tmp_pa
     times["ns"] -= 3 * 10**9  # times 3 s older than the hashing: the hash is kept
     assert writing.unchanged_file_sha256(path) == writing.unchanged_file_sha256(path)
     assert len(calls) == 3
+
+
+def test_a_file_s_kept_hash_serves_its_other_names_and_goes_with_a_same_size_rewrite(tmp_path, monkeypatch):
+    """The kept hash is keyed by deconv3d._paths.file_identity, as the batch's kept PSFs are: a
+    symbolic link to the file is the same file (hashed once), and a same-size rewrite in place,
+    through either name, is hashed again."""
+    import hashlib
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from deconv3d.omezarr import writing
+
+    path, link = tmp_path / "psf.bin", tmp_path / "link.bin"
+    path.write_bytes(b"a" * 512)
+    link.symlink_to(path)
+    calls = []
+    real = writing.file_sha256
+    monkeypatch.setattr(writing, "file_sha256", lambda p, *a: calls.append(p) or real(p, *a))
+    monkeypatch.setattr(writing, "time", SimpleNamespace(time_ns=lambda: time.time_ns() + 10**10))  # (settled)
+    assert writing.unchanged_file_sha256(path) == writing.unchanged_file_sha256(link) == \
+        hashlib.sha256(b"a" * 512).hexdigest()
+    assert calls == [path]
+    with open(path, "r+b") as fh:
+        fh.write(b"b" * 512)
+    stamp = os.stat(path).st_mtime_ns + 10**9
+    os.utime(path, ns=(stamp, stamp))  # (coarse file-system clocks: make the change show)
+    assert writing.unchanged_file_sha256(link) == hashlib.sha256(b"b" * 512).hexdigest()
+    assert len(calls) == 2
