@@ -354,6 +354,47 @@ def test_settle_zarr_cancels_only_chunks_waiting_for_their_turn_and_only_when_as
             loop.call_soon_threadsafe(task.cancel)
 
 
+def test_settle_zarr_cancels_the_queued_chunks_of_a_call_that_has_failed_even_from_python():
+    """A call that raised its first chunk's error left its other chunks queued behind zarr's limit of
+    concurrent reads; a library call's settle (atomic_output's) waited for each to be read, up to
+    30 s. No one waits for them: they are cancelled, those being read are let finish, and the queued
+    chunks of a call still going on (another thread's) are left alone."""
+    import asyncio
+
+    from zarr.core.sync import _get_loop
+
+    from deconv3d._paths import settle_zarr
+
+    loop = _get_loop()
+
+    async def reads(n, failing):  # as zarr's concurrent_map: two at a time, the first raising at once
+        turn = asyncio.Semaphore(2)
+
+        async def read(i):
+            async with turn:
+                if failing and i == 0:
+                    raise ValueError("damaged chunk")
+                await asyncio.sleep(0.2)
+
+        tasks = [asyncio.ensure_future(read(i)) for i in range(n)]
+        gathered = asyncio.gather(*tasks)
+        if not failing:  # (awaited by its caller meanwhile)
+            return tasks, asyncio.ensure_future(gathered)
+        with pytest.raises(ValueError, match="damaged chunk"):
+            await gathered
+        return tasks, None
+
+    others, waiter = asyncio.run_coroutine_threadsafe(reads(20, False), loop).result(5)
+    failed, _ = asyncio.run_coroutine_threadsafe(reads(20, True), loop).result(5)
+    try:
+        settle_zarr(timeout=0.6)  # (those being read take 0.2 s)
+        assert all(t.done() for t in failed) and isinstance(failed[0].exception(), ValueError)
+        assert not any(t.cancelled() for t in failed[1:3]) and all(t.cancelled() for t in failed[3:])
+        assert not any(t.cancelled() for t in others) and not all(t.done() for t in others)
+    finally:
+        loop.call_soon_threadsafe(waiter.cancel)
+
+
 def test_main_called_from_python_leaves_another_threads_zarr_write_alone(tmp_path, monkeypatch, capsys):
     """main(argv) from Python cancelled, as it ended (exit 0), the queued chunks of a zarr write
     that another thread of the caller's had under way: it failed with CancelledError, 2,753 of its
@@ -455,6 +496,68 @@ def test_a_zarr_read_failing_over_many_chunks_ends_with_its_one_line(tmp_path):
                           text=True, timeout=120)  # (a guard against a hang only)
     assert_one_line_error(done.returncode, done.stderr, "cannot read", "img.zarr", "a chunk is damaged")
     assert not (tmp_path / "out.zarr").exists() and _leftovers(tmp_path) == []
+
+
+def _chunks_read_after_a_failure(monkeypatch, damaged: str) -> list:
+    """Hold every chunk read of zarr's that starts after the chunk ``damaged`` (a store key) was read,
+    until the output's clean-up (``atomic_output``'s settle) has begun and no chunk waits for its turn
+    any more (or 2 s after that clean-up began: it did not cancel them); returns the keys read then."""
+    import asyncio
+    import threading
+    import time
+
+    from zarr.storage import LocalStore
+
+    from deconv3d import _paths
+    from deconv3d.pipeline import output
+
+    get, settle = LocalStore.get, output.settle_zarr
+    failed, settling, held = threading.Event(), threading.Event(), []
+
+    async def held_get(self, key, *args, **kwargs):
+        if key.endswith(damaged):
+            failed.set()
+        elif failed.is_set() and "/c/" in key:
+            while not settling.is_set() or (any(_paths._waiting_for_its_turn(t) for t in asyncio.all_tasks())
+                                            and time.monotonic() < settling.at + 2):
+                await asyncio.sleep(0.01)
+            held.append(key)
+        return await get(self, key, *args, **kwargs)
+
+    def settle_marked(*args, **kwargs):
+        settling.at = time.monotonic()
+        settling.set()
+        return settle(*args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "get", held_get)
+    monkeypatch.setattr(output, "settle_zarr", settle_marked)
+    return held
+
+
+@pytest.mark.parametrize("out, extra", [("o.tif", []), ("o.zarr", ["--chunks", 35, 8, 8])])
+def test_a_damaged_chunk_read_inside_the_output_stops_its_other_chunks_at_once(tmp_path, monkeypatch, capsys, out,
+                                                                              extra):
+    """A chunk of the input found damaged as a block was read (not in the checks before the output
+    is begun): the clean-up of the output waited for the read's other chunks, queued behind zarr's
+    limit of concurrent reads, to be read one after another (up to 30 s, on a large image) before
+    the error was said. They are cancelled now: only the chunks already being read are waited for."""
+    import zarr
+
+    from deconv3d.omezarr import write_ome_zarr
+    from deconv3d.pipeline import negatives
+
+    write_ome_zarr(tmp_path / "in.zarr", blurred_beads((70, 8, 8), gaussian_psf(), seed=3) + 1,
+                   voxel_size=(0.3, 0.1, 0.1), chunks=(1, 8, 8))
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    (tmp_path / "in.zarr" / "0" / "c" / "2" / "0" / "0").write_bytes(b"\x00\x01\x02")  # one plane: not sampled
+    monkeypatch.setattr(negatives, "SHARE_SAMPLE_BYTES", 1)  # (the negative share: a plane in the middle)
+    held = _chunks_read_after_a_failure(monkeypatch, "c/2/0/0")
+    code, _, err = run(["deconvolve", tmp_path / "in.zarr", "--psf", tmp_path / "psf.tif", "-o", tmp_path / out,
+                        "--iterations", 1, "--device", "cpu", *extra], capsys)
+    assert_one_line_error(code, err, "cannot read", "in.zarr", "a chunk is damaged", "copy or convert the image again")
+    assert not (tmp_path / out).exists() and _leftovers(tmp_path) == []
+    # the chunks begun before the failure, at most zarr's limit of concurrent reads, and none of the 60 queued
+    assert 0 < len(held) <= zarr.config.get("async.concurrency"), held
 
 
 DRIVER = textwrap.dedent("""
