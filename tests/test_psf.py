@@ -755,7 +755,7 @@ def test_prepare_psf_centres_the_core_of_a_cone_the_box_cuts_unevenly(bead_plane
     defocus cone, up to 7 planes from the bead (every deconvolved object moved along z); the
     core's centroid stays on the bead. Even sides: a generated PSF keeps its peak (a spline shift
     of 0.36 voxel had cost 4 % of it)."""
-    from deconv3d.psf.prepare import _centroid
+    from deconv3d.psf.center_crop import _centroid
 
     voxel = (0.2, 0.1, 0.1)
     stack = generate_psf("gibson-lanni", (61, 33, 33), voxel, 1.3, 0.52)  # bead at plane 30
@@ -860,7 +860,7 @@ def test_a_psf_generated_at_depth_keeps_the_light_on_both_sides_of_its_shifted_f
     73-79 % relative error). The reference: psfmodels' own tall stack, cut around its core."""
     import psfmodels
 
-    from deconv3d.psf.prepare import _core_centroid
+    from deconv3d.psf.center_crop import _core_centroid
 
     voxel, optics = (0.2, 0.1, 0.1), dict(NA=1.3, wvl=0.6, ni=1.515, ns=1.33)
     tall = psfmodels.make_psf(81, 31, dxy=0.1, dz=0.2, pz=30.0, ni0=1.515, model=PSF_MODELS[model], **optics)

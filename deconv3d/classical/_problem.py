@@ -17,7 +17,8 @@ from deconv3d.classical._reuse import kept_or_built
 from deconv3d.errors import InputError
 from deconv3d.fft import (FFTConvolver, as_finite_tensor, as_tensor, fast_shape, irfftn, kernel_origin, pad_spatial,
                           same_fft_shape)
-from deconv3d.psf.prepare import NEGATIVE_TOLERANCE, fit_shape
+from deconv3d.psf.center_crop import fit_shape
+from deconv3d.psf.validate import NEGATIVE_TOLERANCE
 
 BOUNDARIES = ("zero", "reflect", "bertero", "periodic")
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from deconv3d._voxel import checked_voxel_size, refuse_nanometres
 from deconv3d.errors import WARNINGS_LOCK, InputError
-from deconv3d.psf.prepare import _centred_zoom, _positive_ints, normalize_psf
+from deconv3d.psf.prepare import _centred_zoom
+from deconv3d.psf.validate import _positive_ints, normalize_psf
 
 #: Names accepted by :func:`generate_psf`, mapped to the psfmodels model names.
 PSF_MODELS = {"gaussian": "gaussian", "gibson-lanni": "scalar", "vectorial": "vectorial"}
@@ -151,7 +152,7 @@ def _focal_shift(model, na, wavelength, ni, ns, depth) -> float:
     With ``ns != ni`` the sample layer's spherical aberration moves the brightest focus away from
     the nominal one, by a fair share of ``depth · |1 - ns/ni|`` (1.65 µm at 30 µm deep, NA 1.3,
     water in oil). psfmodels centres its planes on the nominal position, so a box sized for the
-    image lost the light on one side of the core when :func:`~deconv3d.psf.prepare.center_psf`
+    image lost the light on one side of the core when :func:`~deconv3d.psf.center_crop.center_psf`
     moved the core to the centre (8 empty planes of 23). Measured on the axis, over ``±(2 depth
     |1 - ns/ni|`` plus four widefield depths of field ``λ ni / NA²)``: the intensity-weighted
     centroid of the samples above half the peak around it, as ``center_psf`` measures the core.

@@ -34,7 +34,7 @@ from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import Cancelled, InputError, OptionWarning, outside_stacklevel, require_config
 from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
 from deconv3d.psf import normalize_psf, validate_psf
-from deconv3d.psf.prepare import fit_shape
+from deconv3d.psf.center_crop import fit_shape
 from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig, reference_fft_shape
 from deconv3d.selfsup.losses import AUTO_EPS, ForwardModel, loss_weights, snr_gain
 from deconv3d.selfsup.patches import _PatchSampler

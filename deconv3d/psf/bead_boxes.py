@@ -1,0 +1,225 @@
+"""The bead boxes of :func:`deconv3d.psf.distill_psf`: cut, aligned, measured and averaged.
+
+Each bead's background, from the faces of a wider box (``_surroundings``, ``_face_background``,
+``_wider_box``); its box less that background, shifted so its centroid is central
+(``_aligned_box``); the boxes left out as too bright, doublets or clusters (``_reject_outliers``);
+the noise of the summed boxes' faint tails averaged out (``_quiet_tails``); and the share of the
+beads' light that the box holds (``_tail_share``, ``_light_in_box``), which :data:`MIN_BOX_SHARE`
+warns of.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from deconv3d.psf.bead_detection import _robust_background, _smoothed_noise
+from deconv3d.psf.center_crop import _centroid
+
+
+def _quiet_tails(total: np.ndarray, level: float = 8.0, width: float = 3.0) -> np.ndarray:
+    """The summed bead boxes, non-negative, with the noise of the faint tails averaged out.
+
+    Clamping each voxel of the noisy sum at 0 keeps the positive half of the tails' zero-mean
+    noise: with two beads of 2e4 photons over a background of 100, that false light was most of
+    the PSF and its peak came out at 0.13 of the true one (0.86 with nine beads of 2e5). The
+    core (where the sum, lightly smoothed, stands above ``level`` deviations of its noise,
+    :func:`_smoothed_noise`) is kept as summed; outside it the values are a Gaussian average
+    (sigma ``width`` voxels) of the tails alone, so the core's light does not leak out, and only
+    then clamped.
+    Measured on a 48 x 200 x 200 image of nine NA 1.2 beads (two pass at 2e4 photons), box 31 x
+    41 x 41, peak / L1 error against the true PSF at 2e4 / 2e5 / 2e6 photons over a background
+    of 100: vectorial 0.88 / 1.00 / 1.00 and 0.60 / 0.26 / 0.067, against 0.13 / 0.86 / 1.00 and
+    1.35 / 0.51 / 0.076 when clamped; Gaussian 0.91 / 0.99 / 1.00 and 0.22 / 0.028 / 0.004,
+    against 0.23 / 0.75 / 0.97 and 1.54 / 0.51 / 0.066. Noise-free, L1 0.001 (vectorial). The
+    level and width were chosen on these images (3 / 2 gave 0.42 at 2e5 on the vectorial beads).
+    """
+    from scipy import ndimage
+
+    light = ndimage.gaussian_filter(total, 1.0)
+    core = light > level * _smoothed_noise(total, 1.0)
+    outside = (~core).astype(np.float64)
+    spread = ndimage.gaussian_filter(total * outside, width)
+    weight = ndimage.gaussian_filter(outside, width)
+    tails = np.divide(spread, weight, out=np.zeros_like(spread), where=weight > 1e-6)
+    return np.clip(np.where(core, total, tails), 0, None)
+
+
+#: :func:`distill_psf` warns when its box holds less than this share of the brightest bead's light.
+MIN_BOX_SHARE = 0.8
+
+
+def _tail_share(beads, smooth, found, half) -> tuple[tuple[float, float] | None, np.ndarray]:
+    """The share of the beads' light inside their boxes and twice its uncertainty from the noise,
+    over the brightest isolated bead and those whose wider box is as large (:func:`_light_in_box`;
+    the brightest bead's alone was so noisy that the margin hid boxes holding 20 % of 2e4-photon
+    beads; a fainter bead at the border, whose wider box the image cuts, hid the 62 % its box
+    holds), and that wider box.
+
+    Each bead's wider box is kept on its side of the midline to every neighbouring peak (along the
+    axis that separates them most): a neighbour's light in the wider box made a box that held all
+    of a bead's light look like 64 %, and the larger box the warning advised then found no
+    isolated bead. ``(None, half)`` when the neighbours leave no room beyond any box."""
+    parts = []
+    for centre, wide, background in sorted(found, key=lambda f: -float(smooth[tuple(f[0])])):
+        part = None if wide is None else _light_in_box(beads, centre, half, wide, background)
+        if part is not None:
+            parts.append((part, wide))
+    if not parts:
+        return None, np.asarray(half)
+    parts = [(p, w) for p, w in parts if np.array_equal(w, parts[0][1])]
+    inner, total, variance = (sum(p[k] for p, _ in parts) for k in range(3))
+    if total <= 0:
+        return None, np.asarray(half)
+    return (inner / total, 2 * np.sqrt(variance) / total), parts[0][1]
+
+
+def _wider_box(shape, centre, peaks, half) -> np.ndarray | None:
+    """Half-widths of the box around ``centre`` against which its light is measured (twice its box
+    where the image and the neighbours leave room), or None when there is no room beyond the box."""
+    room = np.minimum(centre, np.asarray(shape) - 1 - centre)
+    wide = np.minimum(2 * np.asarray(half), room)
+    for other in peaks:
+        offset = np.abs(np.asarray(other) - centre)
+        if not offset.any() or (offset > wide + half).any():  # the bead itself, or too far to reach the box
+            continue
+        axis = int(np.argmax(offset / np.maximum(wide, 1)))
+        wide[axis] = min(wide[axis], offset[axis] // 2)
+    return None if (wide <= half).all() else np.maximum(wide, half)
+
+
+def _light_in_box(beads, centre, half, wide, background: float) -> tuple[float, float, float] | None:
+    """A bead's light inside its box and inside the wider box of half-widths ``wide``, and the
+    variance the noise gives the share of the two, scaled by the total squared (None without light).
+    Both lose ``background``, the wide box's own (:func:`_surroundings`): against the image's
+    median, an uneven background of +-10 % made a box that held all of a bead's light look like
+    34 %. A widefield PSF's out-of-focus cone holds much of its light far from the peak: 3 FWHM
+    kept 42 %."""
+    big = beads[tuple(slice(c - r, c + r + 1) for c, r in zip(centre, wide))].astype(np.float64) - background
+    inner = big[tuple(slice(w - h, w + h + 1) for w, h in zip(wide, half))]
+    total = float(big.sum())
+    if total <= 0:
+        return None
+    share = float(inner.sum()) / total
+    # The background, from faces of n voxels, is uncertain by sigma/sqrt(n) under each of the wide
+    # box's voxels, and the shell around the box adds its own noise. With 2e4-photon beads over a
+    # background of 100 a box holding all of the light read as 73 % (0.85-1.08 at the true
+    # background, by noise alone), and a warning needs the share below its limit beyond that.
+    sigma = _robust_background(np.concatenate([np.moveaxis(big, a, 0)[i].ravel() for a in range(big.ndim)
+                                               for i in (0, -1)]))[1]
+    face = min(big.size // n for n in big.shape)  # the smallest face
+    variance = sigma**2 * ((big.size * share - inner.size) ** 2 / (2 * face) + big.size - inner.size)
+    return float(inner.sum()), total, variance
+
+
+def _face_background(box: np.ndarray) -> float:
+    """The background under a box: per axis the mean of its two faces' levels (what lies at the
+    centre under a background that slopes along that axis), the smallest over the axes (faces
+    that a widefield bead's defocus cone reaches read high: their border median was 101-104
+    over a background of 100, which made a box holding 52 % of the light look like 77 %).
+
+    A face's level is its mean within 3 robust standard deviations of its median, not the median:
+    a Poisson background's median lies below its mean (98.98 against 100, taken as the background
+    of a box of 14,297 voxels, that added 14,600 counts of light to a bead of 20,400 and made a box
+    holding all of its light read as 65 %)."""
+    def level(face):
+        median, sigma = _robust_background(face)
+        return float(face[np.abs(face - median) <= 3 * sigma].mean()) if sigma > 0 else median
+
+    per_axis = [np.mean([level(np.moveaxis(box, a, 0)[i]) for i in (0, -1)]) for a in range(box.ndim)]
+    return float(min(per_axis))
+
+
+def _surroundings(beads, centre, peaks, half) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """``(centre, wide, background)`` of a bead: the half-widths of its wider box (:func:`_wider_box`)
+    and the background under it, the level of that box's faces (:func:`_face_background`), else,
+    with no room beyond its box, of its box with the one-voxel margin.
+
+    Not the median of the box's own border: a widefield bead's defocus light reaches it, and
+    subtracting that light as background took 30-38 % of it from a noise-free NA 1.2 PSF (boxes
+    17 x 25 x 25 and 25 x 33 x 33 of a 31 x 41 x 41 PSF, five beads; peak 1.31-1.38x too high). From
+    the wider box's faces the relative L2 error was 0.9-1.7 % noise-free, also over a background
+    sloping or rippling by +-10 %, 1.8-4.7 % at 2e6 photons (against 29-34 %) and 9-23 % at 2e5
+    (against 30-46 %).
+    """
+    centre = np.asarray(centre)
+    wide = _wider_box(beads.shape, centre, peaks, half)
+    reach = np.asarray(half) + 1 if wide is None else wide
+    box = beads[tuple(slice(c - r, c + r + 1) for c, r in zip(centre, reach))].astype(np.float64)
+    return centre, wide, _face_background(box)
+
+
+def _aligned_box(image, centre, half, background: float) -> np.ndarray | None:
+    """The box around ``centre`` less ``background``, shifted so its centroid is central."""
+    from scipy import ndimage
+
+    box = image[tuple(slice(c - h - 1, c + h + 2) for c, h in zip(centre, half))].astype(np.float64)
+    box -= background
+    weights = np.clip(box - 0.1 * box.max(), 0, None)
+    if weights.sum() <= 0:
+        return None
+    shift = (np.asarray(box.shape) - 1) / 2.0 - _centroid(weights)
+    moved = ndimage.shift(box, shift, order=3, mode="nearest")
+    return moved[(slice(1, -1),) * box.ndim]
+
+
+#: :func:`distill_psf` leaves out, as an unresolved doublet, a box that holds more than this many
+#: times the median box's light and whose core is wider along an axis than :data:`DOUBLET_WIDTH` times
+#: the median core's, or than :data:`DOUBLET_CORE`, whichever is wider, and than the median core by
+#: :data:`DOUBLET_SPREAD` deviations of the cores' widths.
+DOUBLET_LIGHT = 1.5
+DOUBLET_WIDTH = 1.15
+#: The least core width (voxels, :func:`_core_widths`) that :data:`DOUBLET_WIDTH` multiplies: a core
+#: narrower than this is one or two voxels, and which of them pass half the peak depends on the
+#: bead's sub-voxel position and the noise, not on its shape (clean single beads of sigma 0.5-0.7
+#: voxel measured 0 against 0.5, and were left out as doublets).
+DOUBLET_CORE = 0.5
+#: How many robust standard deviations of the cores' widths (over the boxes) a doublet's core must
+#: also exceed the median core's width by: at low SNR the widths scatter (by about 0.5 voxel with
+#: beads of 30-40 photons over a background of 100), and of 45-63 such beads 1-3 single ones 1.5-2
+#: times the median's light, their cores up to 1.28 times its width, were left out as doublets.
+DOUBLET_SPREAD = 3.0
+
+
+def _reject_outliers(boxes: list) -> list:
+    """Drop boxes with no light and, with a warning each, boxes more than twice as bright as the
+    median (doublets, clusters, or a single bead over uneven background, whose faces miss some of the
+    background under it) and unresolved doublets and clusters: those more than :data:`DOUBLET_LIGHT`
+    times as bright whose core (:func:`_core_widths`) is clearly wider than the median box's along
+    some axis, wider than a core of one or two voxels (:data:`DOUBLET_CORE`) and wider beyond the
+    scatter of the cores' widths (:data:`DOUBLET_SPREAD`).
+
+    Twice the median alone let two beads 2-4 voxels apart, found as one peak, in at 1.99 times the
+    median (the PSF 18 % too wide along the pair's axis) and left them out at 2.01, as the noise fell;
+    their core is 20 % wider or more. A single bead 1.5 to 2 times as bright as the median has the
+    median's shape and is kept."""
+    if len(boxes) < 3:
+        return boxes
+    sums = np.array([b.sum() for b in boxes])
+    median = np.median(sums)
+    widths = np.array([_core_widths(b) for b in boxes])
+    typical = np.median(widths, axis=0)
+    spread = 1.4826 * np.median(np.abs(widths - typical), axis=0)  # the noise of a core's width
+    wider = (widths > np.maximum(DOUBLET_WIDTH * np.maximum(typical, DOUBLET_CORE),
+                                 typical + DOUBLET_SPREAD * spread)).any(axis=1)
+    bright = sums > 2 * median
+    doublets = ~bright & (sums > DOUBLET_LIGHT * median) & wider
+    if bright.any():
+        warnings.warn(f"{int(bright.sum())} of {len(boxes)} beads were left out: their boxes hold over twice the "
+                      "median bead's light (doublets, clusters or uneven background); use a sparser bead image, or "
+                      "one with an even background, for them to count", RuntimeWarning, stacklevel=3)
+    if doublets.any():
+        warnings.warn(f"{int(doublets.sum())} of {len(boxes)} beads were left out as unresolved doublets or "
+                      f"clusters (over {DOUBLET_LIGHT} times the median bead's light and wider): use a sparser bead "
+                      "image for them to count", RuntimeWarning, stacklevel=3)
+    return [b for b, s, c in zip(boxes, sums, bright | doublets) if s > 0 and not c]
+
+
+def _core_widths(box: np.ndarray) -> np.ndarray:
+    """The standard deviation along each axis of a box's excess over half its maximum."""
+    core = np.clip(box - 0.5 * box.max(), 0, None)
+    grids = np.indices(box.shape)
+    total = core.sum()
+    means = [(core * g).sum() / total for g in grids]
+    return np.sqrt([(core * (g - m) ** 2).sum() / total for g, m in zip(grids, means)])

@@ -1,0 +1,135 @@
+"""Checking a PSF array before use: validation, unit-sum normalisation, and the warnings about a PSF.
+
+:func:`validate_psf` refuses an array that cannot serve as a PSF and :func:`normalize_psf` scales one
+to unit sum; ``_positive_ints`` checks a shape or box size given as whole numbers; ``_warn`` issues a
+RuntimeWarning noted for :func:`deconv3d.errors.recorded_warnings` (the PSF modules warn through it),
+and ``_warn_of_an_offset`` warns of a flat background under a measured PSF.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+
+from deconv3d._arrays import as_numpy
+from deconv3d.errors import InputError, note_warning
+
+#: Negative PSF values down to this share of its peak are round-off (an FFT's, a resampling's undershoot).
+NEGATIVE_TOLERANCE = 1e-6
+
+
+def _positive_ints(values, what: str) -> tuple[int, ...]:
+    """``values`` as 2 or 3 positive ints; 9.7 (silently 9 before), strings and bools are refused."""
+    try:
+        whole = all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+                    or isinstance(v, (float, np.floating)) and float(v).is_integer() for v in values)
+        ints = tuple(int(v) for v in values) if whole else None
+    except (TypeError, ValueError, OverflowError):
+        ints = None
+    if ints is None or len(ints) not in (2, 3) or min(ints) < 1:
+        raise InputError(f"{what} must be 2 or 3 positive integers, got {values!r}")
+    return ints
+
+
+def validate_psf(psf) -> np.ndarray:
+    """Check that an array can serve as a PSF.
+
+    Parameters
+    ----------
+    psf : array_like
+        2D or 3D array.
+
+    Returns
+    -------
+    numpy.ndarray
+        The PSF as float32 (not normalised).
+
+    Raises
+    ------
+    InputError
+        If the PSF is not 2D/3D, is empty, has NaN/Inf, has values beyond float32's range
+        (3.4e38), has negative values below ``-1e-6 * max`` or is all zero.
+    """
+    psf = as_numpy(psf)
+    if psf.dtype.kind == "f" and psf.size and np.isfinite(psf).all() and np.abs(psf).max() > np.finfo(np.float32).max:
+        raise InputError(f"PSF values up to {float(np.abs(psf).max()):.3g} are too large for float32 (3.4e38): "
+                         "rescale the PSF (e.g. divide by its maximum)")
+    psf = as_numpy(psf, dtype=np.float32)
+    if psf.ndim not in (2, 3) or psf.size == 0:
+        raise InputError(f"PSF must be a non-empty 2D or 3D array, got shape {psf.shape}: check the PSF file")
+    if not np.isfinite(psf).all():
+        raise InputError("PSF contains NaN or Inf values: check the PSF file or regenerate it")
+    peak = float(psf.max())
+    if peak == 0 and float(psf.min()) == 0:
+        raise InputError("PSF is all zero: check the PSF file or regenerate it")
+    if float(psf.min()) < -NEGATIVE_TOLERANCE * max(peak, 0.0):
+        raise InputError(
+            f"PSF has negative values (min {float(psf.min()):.3g}, max {peak:.3g}): "
+            "subtract the background and clip at zero, or regenerate it"
+        )
+    return psf
+
+
+def _warn(text: str, stacklevel: int) -> None:
+    """Issue ``text`` as a RuntimeWarning, noted for :func:`deconv3d.errors.recorded_warnings`."""
+    message = RuntimeWarning(text)
+    note_warning(message)
+    warnings.warn(message, stacklevel=stacklevel)
+
+
+#: :func:`prepare_psf` warns when a PSF's faces, flat, exceed this share of its peak. Generated
+#: widefield PSFs' lowest values stayed below 0.0034 (psfmodels' vectorial and Gibson-Lanni models, NA 1.4, boxes
+#: from 9x15x15 to 63x31x31, 0 and 5 µm deep); a bead crop keeping a camera offset of 100 counts
+#: under a 2756-count peak (3.6%) had deconvolved intensities come out 2.7x too high.
+OFFSET_LEVEL = 0.01
+
+
+def _warn_of_an_offset(psf: np.ndarray) -> None:
+    """Warn of a flat floor under a (measured) PSF: unit-sum normalisation counts it as the PSF's light.
+
+    The floor is the 5th percentile of the box's faces (robust to shot noise), and flat: at least
+    0.8 of their median (a Gaussian cut close to its core, e.g. 3x3x3 with sigma 1 voxel, has its
+    corners at 0.6 of the faces' median). A floor above half the peak is taken for a flat kernel
+    given on purpose (a box blur). 3D PSFs only: in a small 2D box the first Airy ring can lie
+    evenly along the edges (7 of 147 generated 2D PSFs were flagged).
+    """
+    if psf.ndim != 3:
+        return
+    faces = np.concatenate([np.take(psf, i, axis=a).ravel() for a in range(psf.ndim) for i in (0, -1)])
+    low, peak = float(np.percentile(faces, 5)), float(psf.max())
+    if OFFSET_LEVEL < low / peak <= 0.5 and low >= 0.8 * float(np.median(faces)):
+        _warn(f"the PSF's faces sit at {low / peak:.1%} of its peak or more, a flat background (a camera "
+              "offset?) that deconvolution takes for light of the PSF: subtract it from the PSF, or distill "
+              "the PSF from beads with 'deconv3d psf distill'", stacklevel=4)
+
+
+def normalize_psf(psf) -> np.ndarray:
+    """Return ``psf / psf.sum()`` as float32.
+
+    Parameters
+    ----------
+    psf : array_like
+        The PSF, any shape (a tensor is taken too); summed and divided in float64, so a PSF in
+        large units (a sum beyond float32's 3.4e38, as summed bead boxes of peak 1e37 reach) is
+        normalised too: divided in float32, by a sum cast to inf, it came out all zero.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of unit sum.
+
+    Raises
+    ------
+    InputError
+        If the sum is not a positive finite number, or too large for float64.
+    """
+    psf = as_numpy(psf, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        total = float(psf.sum())
+    if np.isinf(total) and np.isfinite(psf).all():
+        raise InputError("PSF values are too large to sum in float64: rescale the PSF (e.g. divide by its maximum)")
+    if not (np.isfinite(total) and total > 0):
+        raise InputError("PSF sum is not positive: check the PSF file or regenerate it")
+    return (psf / total).astype(np.float32)
