@@ -23,7 +23,7 @@ def run_environment(device="cpu", fft_shapes: Optional[Iterable[Sequence[int]]] 
 
     import torch
 
-    from deconv3d.fft import resolve_device
+    from deconv3d._tensors import resolve_device
 
     device = resolve_device(device)
     record = {"device": str(device), "threads": torch.get_num_threads(),
@@ -56,7 +56,7 @@ def fused_record(device, fft_shapes: Iterable[Sequence[int]] = ()) -> dict:
     import torch
 
     from deconv3d._rl_ops import FusedOps, ops_for
-    from deconv3d.fft import resolve_device
+    from deconv3d._tensors import resolve_device
 
     fft_shapes = list(fft_shapes)
     if not fft_shapes:
@@ -82,7 +82,7 @@ def fft_record(device, fft_shapes: Iterable[Sequence[int]] = ()) -> dict:
     import torch
 
     from deconv3d._fftw import backend_for
-    from deconv3d.fft import resolve_device
+    from deconv3d._tensors import resolve_device
 
     device = resolve_device(device)
     if device.type == "cuda":

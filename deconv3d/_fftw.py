@@ -61,7 +61,7 @@ from typing import Sequence
 import torch
 
 from deconv3d._env_choice import env_choice
-from deconv3d.fft import irfftn
+from deconv3d._fft_shapes import irfftn
 
 log = logging.getLogger(__name__)
 

@@ -141,7 +141,7 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
     ``progress(stage)`` is called as each stage starts (the command line prints it).
     """
     say = progress or (lambda stage: None)
-    from deconv3d.fft import resolve_device
+    from deconv3d._tensors import resolve_device
     from deconv3d.io import write_tiff
     from deconv3d.metrics import psnr_rescaled, ssim_rescaled
 

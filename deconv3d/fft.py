@@ -12,14 +12,17 @@ computed at each call, not cached), and run on CPU or CUDA.
 Kernel origin: like ``scipy.signal.fftconvolve(mode="same")``, output voxel ``i`` of a
 "same" convolution is ``sum_j h[j] x[i + c - j]`` with ``c = (k - 1) // 2`` per axis, so
 odd and even kernels line up with scipy.
+
+This module holds the convolution itself (:class:`FFTConvolver`, :func:`fft_convolve`,
+:func:`fft_correlate`, :func:`get_convolver`); the pieces around it live next to it and are exported
+from here too: FFT sizes, kernel origin and padding in :mod:`deconv3d._fft_shapes`, the checked input
+tensors and device in :mod:`deconv3d._tensors`, the shared OTF cache in :mod:`deconv3d._otf_cache`,
+and the spectral estimates (band limit, noise variance) in :mod:`deconv3d._spectral`.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import itertools
-import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -27,10 +30,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from deconv3d._arrays import as_numpy, refuse_complex
-from deconv3d._lru import drop_oldest
+from deconv3d._arrays import refuse_complex
+from deconv3d._fft_shapes import fast_shape, fast_size, irfftn, kernel_origin, pad_spatial, same_fft_shape
+from deconv3d._otf_cache import OtfCache
+from deconv3d._spectral import BLIND, band_limit, band_limit_halo, psf_rms_width, tapered_crop, white_noise_variance
+from deconv3d._tensors import as_array, as_finite_tensor, as_tensor, checked_result, psf_fingerprint, resolve_device
 from deconv3d.errors import InputError
 
 __all__ = [
@@ -40,143 +45,13 @@ __all__ = [
 ]
 
 PADDINGS = ("zero", "reflect", "circular")
-#: Bytes of OTFs that all convolvers together keep (:class:`_OtfCache`, the least recently used
-#: dropped first; the most recent is kept whatever its size, alone where larger). Each OTF is as
+#: Bytes of OTFs that all convolvers together keep (:class:`deconv3d._otf_cache.OtfCache`, the least
+#: recently used dropped first; the most recent is kept whatever its size, alone where larger). Each OTF is as
 #: large as an image: kept per convolver and counted per convolver (4 shapes each, 8 shared PSFs)
 #: a long-lived process held 276 MB after 8 PSFs x 4 shapes of 60 x 256 x 256. Set it
 #: (``deconv3d.fft.OTF_CACHE_BYTES = ...``) to keep more or less.
 OTF_CACHE_BYTES = 256 * 2**20
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N" | torch.device | None`` into a device.
-
-    ``"auto"`` and ``None`` pick CUDA when available, else the CPU. Asking for CUDA on a
-    machine without it is an :class:`InputError`.
-    """
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {str(device)!r} was requested but no CUDA GPU is available: use device 'cpu' or "
-                         "'auto' (--device cpu on the command line)")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"device {str(device)!r} is not supported: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    return dev
-
-
-def irfftn(spectrum: torch.Tensor, s: Sequence[int], dim: Sequence[int], out: torch.Tensor | None = None) -> torch.Tensor:
-    """``torch.fft.irfftn(spectrum, s, dim)``, on the CPU with MKL done one axis at a time.
-
-    MKL's inverse transform over several leading axes at once corrupts the heap for many
-    shapes of few planes and large ones (the process aborts in glibc, or goes on with a damaged
-    heap: 2 x 512 x 512, 8 x 1024 x 1024 and 30 x 1024 x 1024 among others, in torch 2.13 on an
-    AVX-512 Xeon; pytorch issue 125664), while one axis at a time does not. The same transform,
-    to float32 rounding, 0-10 % slower at 64-96 x 256-288^2. Elsewhere (CUDA, CPUs without MKL)
-    ``torch.fft.irfftn`` itself; ``out`` as there.
-    """
-    dims = [d % spectrum.ndim for d in dim]
-    if spectrum.device.type != "cpu" or not torch.backends.mkl.is_available() or len(dims) < 2:
-        return torch.fft.irfftn(spectrum, s=s, dim=dims, out=out)
-    for d, n in zip(dims[:-1], s[:-1]):
-        spectrum = torch.fft.ifft(spectrum, n=n, dim=d)
-    return torch.fft.irfft(spectrum, n=s[-1], dim=dims[-1], out=out)
-
-
-def _is_smooth(n: int, primes: Sequence[int] = (2, 3, 5, 7)) -> bool:
-    for p in primes:
-        while n % p == 0:
-            n //= p
-    return n == 1
-
-
-def fast_size(n: int) -> int:
-    """Smallest integer >= ``n`` whose prime factors are 2, 3, 5 and 7 (fast for FFTs)."""
-    return _fast_size(int(n))
-
-
-@functools.lru_cache(maxsize=4096)
-def _fast_size(n: int) -> int:
-    m = max(n, 1)
-    while not _is_smooth(m):
-        m += 1
-    return m
-
-
-def fast_shape(shape: Sequence[int], last_even: bool = True) -> tuple[int, ...]:
-    """Fast FFT size per axis; the last axis is kept even, which real FFTs prefer."""
-    out = [fast_size(n) for n in shape]
-    if last_even and out and out[-1] % 2:
-        out[-1] = fast_size(out[-1] + 1)
-        while out[-1] % 2:
-            out[-1] = fast_size(out[-1] + 1)
-    return tuple(out)
-
-
-def kernel_origin(kernel_shape: Sequence[int]) -> tuple[int, ...]:
-    """Index of the kernel voxel that maps onto the output voxel in a "same" convolution."""
-    return tuple((k - 1) // 2 for k in kernel_shape)
-
-
-def same_fft_shape(shape: Sequence[int], kernel_shape: Sequence[int]) -> tuple[int, ...]:
-    """Smallest fast FFT shape with which a zero-padded "same" convolution of an array of ``shape``
-    with a kernel of ``kernel_shape`` does not wrap (:meth:`FFTConvolver.same_fft_shape`)."""
-    need = [max(n + max(o, k - 1 - o), k) for n, k, o in zip(shape, kernel_shape, kernel_origin(kernel_shape))]
-    return fast_shape(need)
-
-
-def as_tensor(x, device: torch.device | None = None, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
-    """Tensor view of an array or tensor on ``device`` with ``dtype`` (no copy if already so);
-    what is not numbers is refused by name (:func:`as_array`)."""
-    if dtype is not None and not isinstance(dtype, torch.dtype):
-        raise InputError(f"dtype must be a torch dtype such as torch.float32, got {dtype!r}")
-    if isinstance(x, torch.Tensor):
-        return x.to(device=device or x.device, dtype=dtype or x.dtype)
-    arr = as_array(x)
-    if not arr.dtype.isnative:  # torch takes native byte order only (big-endian files, FITS)
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    elif not arr.flags.writeable:  # memory maps, broadcasts, read-only chunks: torch wants writable memory
-        arr = arr.copy()
-    t = torch.from_numpy(arr)
-    return t.to(device=device or "cpu", dtype=dtype or t.dtype)
-
-
-def as_array(x) -> np.ndarray:
-    """``x`` as a C-contiguous numpy array of numbers (bool, int, float or complex).
-
-    A file name, None, ragged lists or anything else that is not numbers is refused by name
-    (torch's own error about ``numpy.str_`` or ``object_`` told a notebook user nothing).
-    """
-    if isinstance(x, (str, bytes, os.PathLike)):
-        raise InputError(f"got the file name {str(x)!r} where an array is needed: read it first, e.g. "
-                         "deconv3d.io.read_image(path).data")
-    try:
-        arr = np.ascontiguousarray(as_numpy(x))  # (a tensor too: one that requires grad is detached)
-    except (ValueError, TypeError) as exc:  # ragged nested lists
-        raise InputError(f"cannot make an array of numbers from {type(x).__name__} ({_first_line(exc)}): give a "
-                         "2D or 3D numeric array") from None
-    if arr.dtype.kind not in "biufc":
-        raise InputError(f"got {type(x).__name__} of {arr.dtype} values where an array of numbers is needed: give "
-                         "a 2D or 3D numeric array")
-    return arr
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).split(".")[0].strip()
-
-
-def psf_fingerprint(psf, dtype=np.float32) -> str:
-    """Short SHA-256 of a PSF's shape and values in ``dtype`` (float32: the one stored in files;
-    the convolver cache hashes the values in the dtype it computes in)."""
-    arr = psf.detach().cpu().numpy() if isinstance(psf, torch.Tensor) else np.asarray(psf)
-    with np.errstate(over="ignore"):  # values beyond dtype's range hash as inf: the convolver refuses them, by name
-        arr = np.ascontiguousarray(arr, dtype=dtype)
-    h = hashlib.sha256(str(arr.shape).encode())
-    h.update(arr.tobytes())
-    return h.hexdigest()[:16]
+_OTF_CACHE = OtfCache(lambda: OTF_CACHE_BYTES)  # (the limit read at each store, from here)
 
 
 class FFTConvolver:
@@ -364,68 +239,6 @@ class FFTConvolver:
         return out[self._crop(shape, before)]
 
 
-class _OtfCache:
-    """The OTFs of all convolvers, keyed by ``(convolver token, FFT shape, origin)``: at most
-    :data:`OTF_CACHE_BYTES` in all (read at each store), the least recently used dropped first, but
-    the most recent kept whatever its size, alone where larger (not kept, a large stack's OTF was
-    computed again at every call). A convolver's OTFs go with it (:meth:`forget`). Thread safe
-    (pipeline blocks call from worker threads)."""
-
-    def __init__(self):
-        self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self.nbytes = 0
-        self._lock = threading.Lock()
-        self._gone: list = []  # tokens of convolvers collected while the lock was held
-
-    def get(self, key: tuple) -> torch.Tensor | None:
-        with self._lock:
-            self._drop_gone()
-            otf = self._entries.get(key)
-            if otf is not None:
-                self._entries.move_to_end(key)
-            return otf
-
-    def put(self, key: tuple, otf: torch.Tensor) -> torch.Tensor:
-        """Keep ``otf`` under ``key``, dropping the least recently used others until the rest fits or
-        it is alone; the one kept already (another thread's) if any."""
-        with self._lock:
-            self._drop_gone()
-            if key in self._entries:
-                return self._entries[key]
-            self._entries[key] = otf
-            self.nbytes = drop_oldest(self._entries, _tensor_bytes, OTF_CACHE_BYTES, self.nbytes + _tensor_bytes(otf))
-        return otf
-
-    def forget(self, token) -> None:
-        """Drop the OTFs of a convolver that is gone: now, or at the next call where the lock is held
-        (a finalizer may run inside a call of this very thread)."""
-        self._gone.append(token)
-        if self._lock.acquire(blocking=False):
-            try:
-                self._drop_gone()
-            finally:
-                self._lock.release()
-
-    def _drop_gone(self) -> None:
-        if not self._gone:
-            return
-        gone = set()
-        while self._gone:
-            gone.add(self._gone.pop())
-        for key in [k for k in self._entries if k[0] in gone]:
-            self._drop(key)
-
-    def _drop(self, key: tuple) -> None:
-        self.nbytes -= _tensor_bytes(self._entries.pop(key))
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
-_OTF_CACHE = _OtfCache()
-
-
 def _wrapped(kernel: torch.Tensor, fft_shape: tuple, origin: Sequence[int]) -> torch.Tensor:
     """``kernel`` zero-padded to ``fft_shape`` with its ``origin`` rolled to index 0: each axis's part
     from the origin on written at the start, the part before it at the end (``torch.roll`` of the
@@ -439,39 +252,6 @@ def _wrapped(kernel: torch.Tensor, fft_shape: tuple, origin: Sequence[int]) -> t
     for parts in itertools.product(*pieces):
         padded[tuple(dst for _, dst in parts)] = kernel[tuple(src for src, _ in parts)]
     return padded
-
-
-def pad_spatial(x: torch.Tensor, before: Sequence[int], after: Sequence[int], mode: str) -> torch.Tensor:
-    """Pad the last ``len(before)`` axes of ``x`` with ``mode`` ("reflect", "replicate", "zero").
-
-    Reflection needs the pad to be shorter than the axis; longer pads fall back to
-    replicating the edge for the remainder, so any pad width works.
-    """
-    nd = len(before)
-    if mode == "reflect":
-        small = [min(b, n - 1) for b, n in zip(before, x.shape[-nd:])]
-        small_after = [min(a, n - 1) for a, n in zip(after, x.shape[-nd:])]
-        x = _torch_pad(x, small, small_after, "reflect")
-        before = [b - s for b, s in zip(before, small)]
-        after = [a - s for a, s in zip(after, small_after)]
-        if not any(before) and not any(after):
-            return x
-        mode = "replicate"
-    return _torch_pad(x, before, after, "constant" if mode == "zero" else mode)
-
-
-def _torch_pad(x: torch.Tensor, before, after, mode: str) -> torch.Tensor:
-    nd = len(before)
-    pads = []
-    for b, a in zip(reversed(before), reversed(after)):
-        pads += [int(b), int(a)]
-    if mode == "constant":
-        return F.pad(x, pads)
-    lead = x.shape[:-nd]
-    # torch's reflect/replicate padding wants (N, C, *spatial) with 1-3 spatial axes.
-    y = x.reshape((-1, 1) + tuple(x.shape[-nd:]))
-    y = F.pad(y, pads, mode=mode)
-    return y.reshape(tuple(lead) + tuple(y.shape[-nd:]))
 
 
 _CONVOLVERS: "OrderedDict[tuple, FFTConvolver]" = OrderedDict()
@@ -588,36 +368,10 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     return _checked_apply(x, psf, device, dtype, mode, padding, adjoint=False)
 
 
-def as_finite_tensor(x, name: str, device, dtype: torch.dtype, fix: str = "replace them (e.g. with 0)"
-                     ) -> torch.Tensor:
-    """``x`` as a tensor of ``dtype`` on ``device`` (:func:`as_tensor`), refused by ``name`` when complex
-    or not finite there (one pass over the cast): finite values beyond ``dtype``'s range (a float64
-    image of 1e40 computed in float32) are told apart from NaN and Inf, which ``fix`` says what to do with."""
-    refuse_complex(x if isinstance(x, torch.Tensor) else as_array(x), name)
-    with np.errstate(over="ignore", invalid="ignore"):  # values beyond the dtype's range: refused below, by name
-        t = as_tensor(x, device, dtype)
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        given = torch.isfinite(x).all() if isinstance(x, torch.Tensor) else np.isfinite(as_array(x)).all()
-        if bool(given):
-            raise InputError(f"{name} has values beyond the range of {t.dtype} that deconv3d computes in: rescale "
-                             "it to a smaller range")
-        raise InputError(f"{name} contains NaN or Inf values: {fix}")
-    return t
-
-
-def checked_result(result: torch.Tensor) -> torch.Tensor:
-    """``result``, refused when finite inputs overflowed into NaN or Inf on the way (a total intensity
-    near the working dtype's range: a transform's zero frequency sums the whole padded field)."""
-    if not torch.isfinite(result).all():
-        raise InputError(f"the result overflowed {result.dtype}: the image's intensities are too large, "
-                         "rescale it to a smaller range (e.g. divide by its maximum)")
-    return result
-
-
 def _checked_apply(x, psf, device, dtype, mode: str, padding: str, adjoint: bool) -> torch.Tensor:
     """:func:`fft_convolve` (``adjoint`` False) or :func:`fft_correlate`: an array ``x`` is cast and
     checked by :func:`as_finite_tensor` and its result by :func:`checked_result`; a tensor is not."""
-    conv = _convolver_for(x, psf, device, dtype)
+    conv = convolver_for(x, psf, device, dtype)
     if isinstance(x, torch.Tensor):
         return conv._apply(x, mode, padding, adjoint)
     return checked_result(conv._apply(as_finite_tensor(x, "image", conv.device, conv.dtype), mode, padding, adjoint))
@@ -677,7 +431,7 @@ def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", *, device=N
     return _checked_apply(x, psf, device, dtype, mode, padding, adjoint=True)
 
 
-def _convolver_for(x, psf, device, dtype) -> FFTConvolver:
+def convolver_for(x, psf, device, dtype) -> FFTConvolver:
     """The convolver of :func:`fft_convolve` and :func:`fft_correlate` (``device`` None: ``x``'s for a
     tensor, else the CPU): the shared one (:func:`get_convolver`), or, for a PSF tensor that requires
     grad, one of its own that keeps the PSF in the graph."""
@@ -686,98 +440,3 @@ def _convolver_for(x, psf, device, dtype) -> FFTConvolver:
     if isinstance(psf, torch.Tensor) and psf.requires_grad:
         return FFTConvolver(psf, device=device, dtype=dtype)
     return get_convolver(psf, device, dtype)
-
-
-def psf_rms_width(psf) -> tuple[float, ...]:
-    """RMS width (square root of the second central moment) of a PSF along each axis, in voxels."""
-    arr = psf.detach().cpu().numpy() if isinstance(psf, torch.Tensor) else psf
-    h = np.clip(np.asarray(arr, dtype=np.float64), 0, None)
-    total = h.sum() or 1.0
-    widths = []
-    for axis in range(h.ndim):
-        profile = h.sum(axis=tuple(a for a in range(h.ndim) if a != axis)) / total
-        x = np.arange(profile.size)
-        mean = (profile * x).sum()
-        widths.append(float(np.sqrt(max((profile * (x - mean) ** 2).sum(), 0.0))))
-    return tuple(widths)
-
-
-def band_limit_halo(psf) -> tuple[int, ...]:
-    """How far, per axis, :func:`band_limit` reaches: ``max(k // 2, ceil(8 sigma))``.
-
-    ``sigma`` is the PSF's RMS width along the axis. The filter's impulse response is about
-    as wide as the PSF's autocorrelation with slowly decaying tails; eight widths of
-    mirrored margin make the result independent of what lies beyond (a chunked run with
-    this halo agrees with the whole-volume result to better than 90 dB).
-    """
-    return tuple(max(k // 2, int(np.ceil(8 * sigma))) for k, sigma in zip(psf.shape, psf_rms_width(psf)))
-
-
-def band_limit(x, psf, eps: float, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Attenuate what the PSF does not transmit: scale the spectrum by ``(1 + eps) |H|^2 / (|H|^2 + eps)``.
-
-    ``H`` is the PSF's transfer function normalised to 1 at zero frequency. Frequencies
-    where ``|H|`` is far above ``sqrt(eps)`` pass unchanged; those the microscope barely
-    transmits (``|H| << sqrt(eps)``) are suppressed. Content there is in the null space
-    of the forward model, so no data term constrains it: this is the Wiener filter's
-    shape applied to an estimate of the *object*, a projection onto what the data can
-    tell. The filter is real and even (zero phase), so nothing shifts. The borders are
-    mirrored by :func:`band_limit_halo` before the FFT, so they do not wrap around.
-    """
-    if not eps > 0:
-        raise InputError(f"band-limit eps must be a positive number, got {eps}: try 0.01")
-    conv = _convolver_for(x, psf, device, dtype)  # (a PSF tensor that requires grad stays in the graph)
-    x = as_tensor(x, conv.device, dtype)
-    shape = tuple(x.shape[-conv.ndim:])
-    before = list(band_limit_halo(conv.psf))
-    # The mirror fills the whole FFT box: zeros after it would be an edge that rings into the image.
-    fft_shape = fast_shape([max(n + 2 * b, k) for n, b, k in zip(shape, before, conv.psf.shape)])
-    padded = pad_spatial(x, before, [f - n - b for f, n, b in zip(fft_shape, shape, before)], "reflect")
-    power = conv.otf(fft_shape).abs().square_()
-    power = power / power.flatten()[0].clamp_min(1e-30)  # |H(0)|^2 = 1 whatever the PSF's sum
-    gain = (power / (power + eps)).mul_(1 + eps)  # 1 at zero frequency: the total intensity is kept
-    spectrum = torch.fft.rfftn(padded, s=fft_shape, dim=conv.dims) * gain
-    out = irfftn(spectrum, fft_shape, conv.dims)
-    return out[(Ellipsis,) + tuple(slice(b, b + n) for b, n in zip(before, shape))]
-
-
-BLIND = 1e-4  # |H|^2 / |H(0)|^2 below which the microscope transmits nothing measurable
-
-
-def white_noise_variance(image, psf, threshold: float = BLIND, max_side: int = 128) -> float | None:
-    """Variance of the white noise in ``image``, measured where the PSF transmits no light.
-
-    Beyond the support of the transfer function ``H`` (``|H|^2 < threshold |H(0)|^2``) the
-    microscope passes nothing, so the image's power there is noise alone; for noise that
-    is independent from voxel to voxel (Gaussian read noise, Poisson shot noise) it is the
-    same at every frequency, and its mean is the noise variance. The image (its central
-    crop of at most ``max_side`` per axis, mean removed) is tapered by a Hann window so that
-    its borders do not leak broadband power. Returns ``None`` when the PSF is so small
-    that every frequency of the crop is transmitted: there is nowhere to look.
-    """
-    x = np.asarray(image, dtype=np.float64)
-    h = np.asarray(psf.detach().cpu() if isinstance(psf, torch.Tensor) else psf, dtype=np.float64)
-    if x.ndim != h.ndim:
-        raise InputError(f"image is {x.ndim}D but the PSF is {h.ndim}D: give them the same dimensions")
-    tapered, energy = tapered_crop(x, max_side)
-    power_h = np.abs(np.fft.rfftn(h, s=tapered.shape, axes=tuple(range(x.ndim)))) ** 2
-    blind = power_h < threshold * power_h.flat[0]
-    if not blind.any():
-        return None
-    power_x = np.abs(np.fft.rfftn(tapered)) ** 2
-    return float(power_x[blind].mean() / energy)
-
-
-def tapered_crop(image: np.ndarray, max_side: int = 128) -> tuple[np.ndarray, float]:
-    """The central crop (at most ``max_side`` per axis), mean removed, times a Hann window,
-    and the window's energy ``sum(w^2)``: a periodogram of the result divided by that energy
-    estimates the power spectrum without the leakage of the crop's borders."""
-    crop = tuple(slice((n - min(n, max_side)) // 2, (n - min(n, max_side)) // 2 + min(n, max_side))
-                 for n in image.shape)
-    x = np.asarray(image, dtype=np.float64)[crop]
-    window = np.ones(x.shape)
-    for axis, n in enumerate(x.shape):
-        shape = [1] * x.ndim
-        shape[axis] = n
-        window = window * np.hanning(n + 2)[1:-1].reshape(shape)  # no zero end points
-    return (x - x.mean()) * window, float(np.sum(window ** 2))

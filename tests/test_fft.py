@@ -311,7 +311,7 @@ def test_deconvolving_a_stack_of_few_large_planes_does_not_corrupt_the_heap():
     script = """
 import numpy as np, torch
 from deconv3d.classical import richardson_lucy, wiener
-from deconv3d.fft import irfftn
+from deconv3d._fft_shapes import irfftn
 image = np.random.default_rng(0).random((16, 1024, 1024), dtype=np.float32)
 psf = np.ones((3, 7, 7), np.float32)
 for result in (wiener(image, psf), richardson_lucy(image, psf, iterations=2)):
@@ -330,7 +330,7 @@ print("ok")
 
 @pytest.mark.parametrize("dims", [(-1,), (-2, -1), (-3, -2, -1), (1, 2)])
 def test_irfftn_equals_torch_s_with_out_and_uneven_sizes(rng, dims):
-    from deconv3d.fft import irfftn
+    from deconv3d._fft_shapes import irfftn
 
     x = torch.from_numpy(rng.random((3, 6, 10, 9)).astype(np.float32))
     s = [x.shape[d] + 1 for d in dims]  # padded, odd last: every axis's size is honoured

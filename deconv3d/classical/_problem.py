@@ -12,11 +12,12 @@ from typing import Optional
 import numpy as np
 import torch
 
+from deconv3d._fft_shapes import fast_shape, irfftn, kernel_origin, pad_spatial, same_fft_shape
+from deconv3d._tensors import as_finite_tensor, as_tensor
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.classical._reuse import kept_or_built
 from deconv3d.errors import InputError
-from deconv3d.fft import (FFTConvolver, as_finite_tensor, as_tensor, fast_shape, irfftn, kernel_origin, pad_spatial,
-                          same_fft_shape)
+from deconv3d.fft import FFTConvolver
 from deconv3d.psf.center_crop import fit_shape
 from deconv3d.psf.validate import NEGATIVE_TOLERANCE
 

@@ -8,12 +8,12 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from deconv3d._tensors import resolve_device
 from deconv3d.classical._iterate import _Workspace, _blur, _initial_estimate, _rl_update
 from deconv3d.classical._problem import (_Problem, _check_inputs, _check_options, _float_times_power_of_two,
                                          _holdout_problem, _working_data)
 from deconv3d.classical.rl import _tv_for
 from deconv3d.errors import InputError
-from deconv3d.fft import resolve_device
 
 
 @dataclass(frozen=True)

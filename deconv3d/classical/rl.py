@@ -7,12 +7,13 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from deconv3d._fft_shapes import kernel_origin
+from deconv3d._tensors import checked_result, resolve_device
 from deconv3d.classical._iterate import _TV, _run
 from deconv3d.classical._problem import (_build_problem, _check_accelerate, _check_inputs, _check_options,
                                          _check_weights, _float_times_power_of_two, _holdout_problem, _is_number,
                                          _times_power_of_two, _working_data)
 from deconv3d.errors import InputError
-from deconv3d.fft import checked_result, kernel_origin, resolve_device
 
 Callback = Callable[[int, torch.Tensor], Optional[bool]]
 

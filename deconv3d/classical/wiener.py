@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deconv3d._fft_shapes import fast_shape, irfftn, pad_spatial
+from deconv3d._tensors import checked_result, resolve_device
 from deconv3d.classical._problem import _check_inputs, _is_number
 from deconv3d.classical._reuse import kept_or_built
 from deconv3d.errors import InputError
-from deconv3d.fft import FFTConvolver, checked_result, fast_shape, irfftn, pad_spatial, resolve_device
+from deconv3d.fft import FFTConvolver
 
 WIENER_BOUNDARIES = ("reflect", "zero", "periodic")
 REGULARIZERS = ("identity", "laplacian")

@@ -302,7 +302,7 @@ def _go_out_of_core_if_too_large(args) -> None:
     chunked pipeline, which then splits it into blocks that fit (``run_chunked``'s automatic
     limit): in memory it ran until the kernel killed the process, with no message and no output.
     (ssl that trains holds the whole image to train on, and stays in memory.)"""
-    from deconv3d.fft import resolve_device
+    from deconv3d._tensors import resolve_device
     from deconv3d.omezarr.reading import image_header
     from deconv3d.pipeline.memory import MemoryModel, limit_for_available, planning_baseline
 

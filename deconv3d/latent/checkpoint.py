@@ -23,10 +23,10 @@ from typing import Optional
 import numpy as np
 
 from deconv3d._environment import saving_record
+from deconv3d._tensors import resolve_device
 from deconv3d._torch_common import (atomic_torch_save, checked_run_record, empty_network, refuse_non_finite,
                                      safe_torch_load)
 from deconv3d.errors import InputError
-from deconv3d.fft import resolve_device
 from deconv3d.latent.data import check_levels
 from deconv3d.latent.model import AEConfig, Autoencoder, config_from_dict, config_to_dict
 from deconv3d.latent.config import LatentTrainConfig, config_to_dict as train_config_to_dict, train_config_from_dict

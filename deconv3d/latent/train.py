@@ -33,9 +33,9 @@ import torch
 
 from deconv3d._arrays import as_numpy
 from deconv3d._environment import run_environment
+from deconv3d._tensors import resolve_device
 from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, autocast, stop_reason
 from deconv3d.errors import InputError, require_config
-from deconv3d.fft import resolve_device
 from deconv3d.latent.config import LatentTrainConfig, config_to_dict, train_config_from_dict
 from deconv3d.latent.data import (TripletSampler, all_triplets, check_levels, dyadic_triplets,
                                   fixed_triplet_crops, normalize_planes, split_by_image)

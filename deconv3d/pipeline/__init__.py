@@ -155,7 +155,7 @@ def _on_gpu(block_fn) -> bool:
     device = getattr(block_fn, "device", None)
     if device is None:
         return False
-    from deconv3d.fft import resolve_device
+    from deconv3d._tensors import resolve_device
 
     return resolve_device(device).type == "cuda"
 

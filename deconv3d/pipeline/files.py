@@ -158,7 +158,7 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
     channel, voxel size) of a run: the network is loaded, or trained on the image first
     (:func:`train_on_image`), once the blocks' ``plan`` (chunks, workers, client) is known to fit
     the memory limit."""
-    from deconv3d.fft import psf_fingerprint
+    from deconv3d._tensors import psf_fingerprint
     from deconv3d.pipeline.batch import build_block_fn, load_psfs_for
     from deconv3d.pipeline.settings import _many
 

@@ -378,16 +378,16 @@ def _rl_backends(shape: Sequence[int]) -> tuple[bool, bool]:
     (:func:`deconv3d._rl_ops.fused_planned`, which asks without importing numba)."""
     import torch
 
+    from deconv3d._fft_shapes import fast_shape
     from deconv3d._fftw import backend_for
     from deconv3d._rl_ops import fused_planned
-    from deconv3d.fft import fast_shape
 
     cpu, fft = torch.device("cpu"), fast_shape(shape)
     return backend_for(fft, cpu, torch.float32) == "fftw", fused_planned(cpu, torch.float32, fft)
 
 
 def _fft_sizes(shape: Sequence[int]) -> tuple[int, int]:
-    from deconv3d.fft import fast_shape
+    from deconv3d._fft_shapes import fast_shape
 
     fft = fast_shape(shape)
     half = math.prod(fft[:-1]) * (fft[-1] // 2 + 1)

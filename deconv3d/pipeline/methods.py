@@ -57,9 +57,9 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from deconv3d._spectral import psf_rms_width
 from deconv3d.classical.rl import _ignores_estimate
 from deconv3d.errors import refuse_non_finite
-from deconv3d.fft import psf_rms_width
 from deconv3d.pipeline.chunked import Placement, abandoned, block_run
 from deconv3d.pipeline.records import method_fft_shapes
 from deconv3d.psf import fit_psf
@@ -274,7 +274,7 @@ class NetworkBlock:
         one never runs them: loading them cost 0.4 s and 110 MB for nothing). With the volume's
         ``spatial_shape``, as :meth:`RichardsonLucyBlock.load`: not where that run's FFTs
         (:func:`~deconv3d.selfsup.config.reference_fft_shape`) are too small for them."""
-        from deconv3d.fft import resolve_device
+        from deconv3d._tensors import resolve_device
 
         if self.trained.reference is not None or resolve_device(self.device).type == "cuda":
             largest = None
@@ -308,7 +308,7 @@ class NetworkBlock:
                           band_limit=None, region=region, phase=phase, callback=_stop_if_abandoned, amp=self.amp,
                           tv_scale=self.tv_scale)
         if self.band_limit:  # on the region alone (mirrored at its edges): around it the block holds no prediction
-            from deconv3d.fft import band_limit
+            from deconv3d._spectral import band_limit
 
             out[region] = band_limit(out[region], self.trained.psf, self.band_limit,
                                       device=self.device).clamp_min_(0).cpu().numpy()
@@ -328,7 +328,7 @@ class NetworkBlock:
         """How far the band limit (when on) reaches, per axis: the network predicts that much around a core."""
         if not self.band_limit:
             return (0,) * int(self.trained.unet.ndim)
-        from deconv3d.fft import band_limit_halo
+        from deconv3d._spectral import band_limit_halo
 
         return tuple(band_limit_halo(self.trained.psf))
 
@@ -384,7 +384,7 @@ def _preload(device, fft_shape=None) -> None:
     import torch
 
     from deconv3d._rl_ops import preload
-    from deconv3d.fft import resolve_device
+    from deconv3d._tensors import resolve_device
 
     preload(resolve_device(device), torch.float32, fft_shape)
 

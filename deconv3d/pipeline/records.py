@@ -17,7 +17,7 @@ __all__ = ["psf_summary", "psf_source", "run_environment", "provenance", "method
 
 def psf_summary(psf) -> dict:
     """Shape, sum, peak position and fingerprint of a PSF, for provenance records."""
-    from deconv3d.fft import psf_fingerprint
+    from deconv3d._tensors import psf_fingerprint
     from deconv3d.pipeline.methods import psf_rms_width
 
     psf = np.asarray(psf, dtype=np.float32)

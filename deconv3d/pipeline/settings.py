@@ -118,7 +118,7 @@ class Settings:
         # Checked here, before any file runs: each of a night's files failed on them one by one.
         for name in ("accelerate", "amp"):
             _check(isinstance(getattr(self, name), bool), f"{_n(name)} must be true or false, got {getattr(self, name)!r}")
-        from deconv3d.fft import resolve_device
+        from deconv3d._tensors import resolve_device
 
         resolve_device(self.run_device)
 

@@ -15,9 +15,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from deconv3d._arrays import as_numpy, refuse_complex
+from deconv3d._spectral import band_limit as fft_band_limit
+from deconv3d._tensors import as_array, psf_fingerprint
 from deconv3d.errors import InputError
-from deconv3d.fft import band_limit as fft_band_limit
-from deconv3d.fft import as_array, psf_fingerprint
 from deconv3d.selfsup.checkpoint import TrainedModel, load_checkpoint, save_checkpoint, training_record
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
 from deconv3d.selfsup.predict import Cancelled, predict_tiled

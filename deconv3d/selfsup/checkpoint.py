@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from deconv3d._environment import saving_record
+from deconv3d._tensors import psf_fingerprint, resolve_device
 from deconv3d._torch_common import (atomic_torch_save, checked_run_record, empty_network, refuse_non_finite,
                                      safe_torch_load)
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
-from deconv3d.fft import psf_fingerprint, resolve_device
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig, from_dict, to_dict
 from deconv3d.selfsup.unet import ResUNet

@@ -41,8 +41,10 @@ import scipy.ndimage as ndi
 import torch
 import torch.nn.functional as F
 
+from deconv3d._fft_shapes import fast_shape, irfftn
+from deconv3d._spectral import BLIND, tapered_crop, white_noise_variance
 from deconv3d.errors import InputError
-from deconv3d.fft import BLIND, FFTConvolver, fast_shape, irfftn, tapered_crop, white_noise_variance
+from deconv3d.fft import FFTConvolver
 from deconv3d.selfsup.config import TrainConfig
 
 __all__ = [

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from deconv3d.fft import pad_spatial
+from deconv3d._fft_shapes import pad_spatial
 from deconv3d.selfsup.config import TrainConfig
 from deconv3d.selfsup.losses import FieldGeometry
 from deconv3d.selfsup.masking import apply_mask, stratified_mask

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from deconv3d._arrays import is_whole
+from deconv3d._tensors import resolve_device
 from deconv3d._torch_common import AMP_OVERFLOW, amp_dtype, autocast, dtype_name, precision_name
 from deconv3d.errors import Cancelled, InputError
-from deconv3d.fft import resolve_device
 from deconv3d.selfsup.unet import ResUNet, ResidualBlock
 
 ProgressCallback = Callable[[int, int], Optional[bool]]

@@ -29,10 +29,11 @@ import torch
 
 from deconv3d._arrays import as_numpy
 from deconv3d._environment import run_environment
+from deconv3d._fft_shapes import kernel_origin
+from deconv3d._tensors import psf_fingerprint, resolve_device
 from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, build_seeded
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import Cancelled, InputError, OptionWarning, outside_stacklevel, require_config
-from deconv3d.fft import kernel_origin, psf_fingerprint, resolve_device
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.psf.center_crop import fit_shape
 from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig, reference_fft_shape

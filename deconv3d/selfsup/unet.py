@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deconv3d._fft_shapes import pad_spatial
 from deconv3d._torch_common import at_own_precision
 from deconv3d.errors import InputError
-from deconv3d.fft import pad_spatial
 from deconv3d.selfsup.config import UNetConfig
 
 __all__ = ["ResUNet", "ResidualBlock", "pad_to_multiple", "receptive_radius"]

@@ -1,0 +1,112 @@
+"""Input arrays and tensors made ready for the FFT code: the device (:func:`resolve_device`), a tensor of
+numbers on it (:func:`as_tensor`, :func:`as_array`), refused by name when complex, not finite or beyond
+the working dtype's range (:func:`as_finite_tensor`), a result refused when it overflowed
+(:func:`checked_result`), and a PSF's fingerprint (:func:`psf_fingerprint`), the key of the shared
+convolvers and of checkpoints. :mod:`deconv3d.fft` exports the public ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import torch
+
+from deconv3d._arrays import as_numpy, refuse_complex
+from deconv3d.errors import InputError
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N" | torch.device | None`` into a device.
+
+    ``"auto"`` and ``None`` pick CUDA when available, else the CPU. Asking for CUDA on a
+    machine without it is an :class:`InputError`.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {str(device)!r} was requested but no CUDA GPU is available: use device 'cpu' or "
+                         "'auto' (--device cpu on the command line)")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {str(device)!r} is not supported: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return dev
+
+def as_tensor(x, device: torch.device | None = None, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+    """Tensor view of an array or tensor on ``device`` with ``dtype`` (no copy if already so);
+    what is not numbers is refused by name (:func:`as_array`)."""
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise InputError(f"dtype must be a torch dtype such as torch.float32, got {dtype!r}")
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device or x.device, dtype=dtype or x.dtype)
+    arr = as_array(x)
+    if not arr.dtype.isnative:  # torch takes native byte order only (big-endian files, FITS)
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    elif not arr.flags.writeable:  # memory maps, broadcasts, read-only chunks: torch wants writable memory
+        arr = arr.copy()
+    t = torch.from_numpy(arr)
+    return t.to(device=device or "cpu", dtype=dtype or t.dtype)
+
+
+def as_array(x) -> np.ndarray:
+    """``x`` as a C-contiguous numpy array of numbers (bool, int, float or complex).
+
+    A file name, None, ragged lists or anything else that is not numbers is refused by name
+    (torch's own error about ``numpy.str_`` or ``object_`` told a notebook user nothing).
+    """
+    if isinstance(x, (str, bytes, os.PathLike)):
+        raise InputError(f"got the file name {str(x)!r} where an array is needed: read it first, e.g. "
+                         "deconv3d.io.read_image(path).data")
+    try:
+        arr = np.ascontiguousarray(as_numpy(x))  # (a tensor too: one that requires grad is detached)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise InputError(f"cannot make an array of numbers from {type(x).__name__} ({_first_line(exc)}): give a "
+                         "2D or 3D numeric array") from None
+    if arr.dtype.kind not in "biufc":
+        raise InputError(f"got {type(x).__name__} of {arr.dtype} values where an array of numbers is needed: give "
+                         "a 2D or 3D numeric array")
+    return arr
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).split(".")[0].strip()
+
+
+def psf_fingerprint(psf, dtype=np.float32) -> str:
+    """Short SHA-256 of a PSF's shape and values in ``dtype`` (float32: the one stored in files;
+    the convolver cache hashes the values in the dtype it computes in)."""
+    arr = psf.detach().cpu().numpy() if isinstance(psf, torch.Tensor) else np.asarray(psf)
+    with np.errstate(over="ignore"):  # values beyond dtype's range hash as inf: the convolver refuses them, by name
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+    h = hashlib.sha256(str(arr.shape).encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()[:16]
+
+def as_finite_tensor(x, name: str, device, dtype: torch.dtype, fix: str = "replace them (e.g. with 0)"
+                     ) -> torch.Tensor:
+    """``x`` as a tensor of ``dtype`` on ``device`` (:func:`as_tensor`), refused by ``name`` when complex
+    or not finite there (one pass over the cast): finite values beyond ``dtype``'s range (a float64
+    image of 1e40 computed in float32) are told apart from NaN and Inf, which ``fix`` says what to do with."""
+    refuse_complex(x if isinstance(x, torch.Tensor) else as_array(x), name)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond the dtype's range: refused below, by name
+        t = as_tensor(x, device, dtype)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        given = torch.isfinite(x).all() if isinstance(x, torch.Tensor) else np.isfinite(as_array(x)).all()
+        if bool(given):
+            raise InputError(f"{name} has values beyond the range of {t.dtype} that deconv3d computes in: rescale "
+                             "it to a smaller range")
+        raise InputError(f"{name} contains NaN or Inf values: {fix}")
+    return t
+
+
+def checked_result(result: torch.Tensor) -> torch.Tensor:
+    """``result``, refused when finite inputs overflowed into NaN or Inf on the way (a total intensity
+    near the working dtype's range: a transform's zero frequency sums the whole padded field)."""
+    if not torch.isfinite(result).all():
+        raise InputError(f"the result overflowed {result.dtype}: the image's intensities are too large, "
+                         "rescale it to a smaller range (e.g. divide by its maximum)")
+    return result
