@@ -99,10 +99,10 @@ def measure(method: str, shape, k: int, iterations: int, blocks: int, warm: bool
     if fftw_available() and backend_for(fast_shape(shape), torch.device("cpu"), torch.float32) == "fftw":
         import pyfftw  # noqa: F401 - a one-time library load (~ dask's import), not the block's
 
-        from deconv3d import _fftw
+        from deconv3d._fftw_wisdom import load_wisdom, wisdom_lock
 
-        with _fftw._lock:
-            _fftw._load_wisdom(pyfftw)
+        with wisdom_lock:
+            load_wisdom(pyfftw)
     if warm:  # one small block first: the code and tables its first call touches join the baseline
         fn(np.random.default_rng(99).random(WARM_UP, dtype=np.float32) + np.float32(0.1))
     library = current_rss() - before_lib

@@ -36,7 +36,8 @@ import numpy as np
 import scipy.fft
 import torch
 
-from deconv3d._fftw import fftw_available, real_transforms, wisdom_path
+from deconv3d._fftw import fftw_available, real_transforms
+from deconv3d._fftw_wisdom import wisdom_path
 from deconv3d._rl_ops import numba_available, ops_for
 from deconv3d.classical import richardson_lucy
 from deconv3d.classical._problem import _build_problem

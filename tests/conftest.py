@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True, scope="session")
 def private_cache(tmp_path_factory):
-    """FFTW wisdom (deconv3d._fftw) and matplotlib's font cache (the demo's figure) go to temporary
+    """FFTW wisdom (deconv3d._fftw_wisdom) and matplotlib's font cache (the demo's figure) go to temporary
     folders, not the user's ~/.cache (the font cache went to ~/.cache/matplotlib)."""
     names = ("DECONV3D_CACHE_DIR", "MPLCONFIGDIR")
     before = {name: os.environ.get(name) for name in names}

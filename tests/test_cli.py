@@ -644,11 +644,11 @@ def test_main_called_from_python_leaves_the_caller_s_streams_as_they_were(monkey
 def test_each_choice_variable_names_its_choices_and_what_a_choice_needs(monkeypatch, name, choices, missing):
     """The three DECONV3D_* choice variables share one reader: blank means auto, case and spaces
     do not matter, another value names the choices, a choice needing a missing package says so."""
-    from deconv3d import _fftw, _rl_ops
+    from deconv3d import _fftw, _fftw_planning, _rl_ops
     from deconv3d.errors import InputError
 
     read = {"DECONV3D_FFT": _fftw.fft_choice, "DECONV3D_FUSED": _rl_ops.fused_choice,
-            "DECONV3D_FFTW_PLANNER": _fftw.planner_choice}[name]
+            "DECONV3D_FFTW_PLANNER": _fftw_planning.planner_choice}[name]
     monkeypatch.setenv(name, "  ")
     assert read() == "auto"
     monkeypatch.setenv(name, " Torch " if name != "DECONV3D_FFTW_PLANNER" else " Estimate ")

@@ -10,7 +10,7 @@ import torch
 from skimage.restoration import richardson_lucy as sk_rl
 
 from conftest import asymmetric_psf
-from deconv3d import _fftw
+from deconv3d import _fftw, _fftw_planning, _fftw_wisdom
 from deconv3d._rl_ops import TorchOps
 from deconv3d.classical import richardson_lucy
 from deconv3d.classical._iterate import _rl_factor, _Workspace
@@ -119,14 +119,14 @@ def test_fftw_float64(backend):
 @needs_fftw
 def test_wisdom_is_saved_and_reloaded(backend, tmp_path, monkeypatch):
     monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_fftw, "_wisdom_loaded", False)
+    monkeypatch.setattr(_fftw_wisdom, "_wisdom_loaded", False)
     backend("fftw")
     image, psf = _data((9, 22, 26), (3, 5, 5), seed=7)
     richardson_lucy(image, psf, 2, boundary="zero", device="cpu")
-    path = _fftw.wisdom_path()
+    path = _fftw_wisdom.wisdom_path()
     assert os.path.dirname(path) == str(tmp_path) and os.path.isfile(path)
     with open(path, "rb") as f:
-        parts = _fftw._unpack(f.read())
+        parts = _fftw_wisdom._unpack(f.read())
     assert parts is not None and len(parts[1]) > 0  # single-precision plans were recorded
     assert [p for p in os.listdir(tmp_path) if p.startswith(".fftw-wisdom-")] == []  # no temporaries left
     before = os.stat(path).st_mtime_ns
@@ -161,17 +161,17 @@ def test_the_cache_folder_is_absolute_or_nothing_is_cached(tmp_path, monkeypatch
         def no_entry(uid):
             raise KeyError(uid)
         monkeypatch.setattr(pwd, "getpwuid", no_entry)
-    path = _fftw.wisdom_path()
+    path = _fftw_wisdom.wisdom_path()
     assert (None if path is None else os.path.dirname(path)) == (expected and str(tmp_path / expected))
-    monkeypatch.setattr(_fftw, "_remembered", set())
-    monkeypatch.setattr(_fftw, "_wisdom_on_disk", ())
-    _fftw._remember_size("3x4x5:float32")
-    _fftw._save_wisdom(SimpleNamespace(export_wisdom=lambda: (b"a", b"b", b"c"), import_wisdom=lambda parts: None))
+    monkeypatch.setattr(_fftw_wisdom, "_remembered", set())
+    monkeypatch.setattr(_fftw_wisdom, "_wisdom_on_disk", ())
+    _fftw_wisdom.remember_size("3x4x5:float32")
+    _fftw_wisdom.save_wisdom(SimpleNamespace(export_wisdom=lambda: (b"a", b"b", b"c"), import_wisdom=lambda parts: None))
     assert os.listdir(work) == []
     if expected is not None:
         with open(path, "rb") as f:
-            assert _fftw._unpack(f.read()) == (b"a", b"b", b"c")
-        assert _fftw._read_sizes(_fftw._sizes_path()) == ["3x4x5:float32"]
+            assert _fftw_wisdom._unpack(f.read()) == (b"a", b"b", b"c")
+        assert _fftw_wisdom._read_sizes(_fftw_wisdom._sizes_path()) == ["3x4x5:float32"]
 
 
 def test_a_wisdom_lock_held_elsewhere_is_waited_for_briefly_then_saved_without(tmp_path, monkeypatch):
@@ -182,21 +182,21 @@ def test_a_wisdom_lock_held_elsewhere_is_waited_for_briefly_then_saved_without(t
     import threading
 
     monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_fftw, "_LOCK_WAIT", 0.1)
-    monkeypatch.setattr(_fftw, "_wisdom_on_disk", ())
-    path = _fftw.wisdom_path()
+    monkeypatch.setattr(_fftw_wisdom, "_LOCK_WAIT", 0.1)
+    monkeypatch.setattr(_fftw_wisdom, "_wisdom_on_disk", ())
+    path = _fftw_wisdom.wisdom_path()
     held = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     fake = SimpleNamespace(export_wisdom=lambda: (b"a", b"b", b"c"), import_wisdom=lambda parts: None)
     try:
         fcntl.flock(held, fcntl.LOCK_EX)
-        saver = threading.Thread(target=_fftw._save_wisdom, args=(fake,), daemon=True)
+        saver = threading.Thread(target=_fftw_wisdom.save_wisdom, args=(fake,), daemon=True)
         saver.start()
         saver.join(10)  # (a guard against hanging the suite: the save waits 0.1 s)
         assert not saver.is_alive(), "the save is still waiting for the lock"
     finally:
         os.close(held)  # releases the lock (and a save still waiting)
     with open(path, "rb") as f:
-        assert _fftw._unpack(f.read()) == (b"a", b"b", b"c")
+        assert _fftw_wisdom._unpack(f.read()) == (b"a", b"b", b"c")
 
 
 def _rfft_plan(pyfftw, shape, flags):
@@ -215,19 +215,19 @@ def test_runs_saving_wisdom_at_once_keep_each_others_plans(tmp_path, monkeypatch
     monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "measure")
     _new_process(monkeypatch)
-    monkeypatch.setattr(_fftw, "_wisdom_on_disk", ())
+    monkeypatch.setattr(_fftw_wisdom, "_wisdom_on_disk", ())
     theirs, ours = (6, 10, 12), (8, 10, 14)
     pyfftw.forget_wisdom()
     try:
-        _fftw._load_wisdom(pyfftw)  # this run reads the cache (empty) ...
+        _fftw_wisdom.load_wisdom(pyfftw)  # this run reads the cache (empty) ...
         _rfft_plan(pyfftw, theirs, ("FFTW_MEASURE",))  # ... then another run measures and saves
-        with open(_fftw.wisdom_path(), "wb") as f:
-            f.write(_fftw._pack(pyfftw.export_wisdom()))
+        with open(_fftw_wisdom.wisdom_path(), "wb") as f:
+            f.write(_fftw_wisdom._pack(pyfftw.export_wisdom()))
         pyfftw.forget_wisdom()
         _fftw.FFTWTransforms(ours, 1, torch.float32)  # this run measures its own and saves
         pyfftw.forget_wisdom()
-        with open(_fftw.wisdom_path(), "rb") as f:
-            pyfftw.import_wisdom(_fftw._unpack(f.read()))
+        with open(_fftw_wisdom.wisdom_path(), "rb") as f:
+            pyfftw.import_wisdom(_fftw_wisdom._unpack(f.read()))
         for shape in (theirs, ours):  # FFTW_WISDOM_ONLY raises RuntimeError where no plan is kept
             _rfft_plan(pyfftw, shape, ("FFTW_MEASURE", "FFTW_WISDOM_ONLY"))
     finally:
@@ -272,7 +272,7 @@ def test_estimate_plans_are_the_same_whatever_the_wisdom_holds(tmp_path, monkeyp
         assert seen_first and seen_first[0] == nothing
         assert not empty.exists() or not list(empty.iterdir())  # nothing written
         transform("measure", held)  # measured plans, kept in the file and in this process
-        assert os.path.isfile(os.path.join(held, os.path.basename(_fftw.wisdom_path())))
+        assert os.path.isfile(os.path.join(held, os.path.basename(_fftw_wisdom.wisdom_path())))
         for fresh in (False, True):  # this process's measured plans, then the file's in a new process
             if fresh:
                 pyfftw.forget_wisdom()
@@ -295,19 +295,19 @@ def _entries(wisdom):
 
 def test_wisdom_file_format_round_trip():
     parts = (b"double", b"", b"\x00long double\xff")
-    assert _fftw._unpack(_fftw._pack(parts)) == parts
-    packed = _fftw._pack(parts)
-    assert _fftw._unpack(packed[:-1]) is None  # truncated
-    assert _fftw._unpack(packed + b"x") is None  # trailing bytes
-    assert _fftw._unpack(b"\x80\x04pickle") is None  # a foreign file is ignored, never unpickled
+    assert _fftw_wisdom._unpack(_fftw_wisdom._pack(parts)) == parts
+    packed = _fftw_wisdom._pack(parts)
+    assert _fftw_wisdom._unpack(packed[:-1]) is None  # truncated
+    assert _fftw_wisdom._unpack(packed + b"x") is None  # trailing bytes
+    assert _fftw_wisdom._unpack(b"\x80\x04pickle") is None  # a foreign file is ignored, never unpickled
 
 
 @needs_fftw
 def test_damaged_wisdom_file_is_ignored(backend, tmp_path, monkeypatch):
     monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_fftw, "_wisdom_loaded", False)
-    with open(_fftw.wisdom_path(), "wb") as f:
-        f.write(_fftw._WISDOM_MAGIC + b"\xff" * 40)
+    monkeypatch.setattr(_fftw_wisdom, "_wisdom_loaded", False)
+    with open(_fftw_wisdom.wisdom_path(), "wb") as f:
+        f.write(_fftw_wisdom._WISDOM_MAGIC + b"\xff" * 40)
     backend("fftw")
     image, psf = _data((8, 12, 12), (3, 3, 3))
     backend("torch")
@@ -394,10 +394,10 @@ def planned(tmp_path, monkeypatch):
 
     monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
     _new_process(monkeypatch)
-    monkeypatch.setattr(_fftw, "_remembered", set())
+    monkeypatch.setattr(_fftw_wisdom, "_remembered", set())
     monkeypatch.delenv("DECONV3D_FFTW_PLANNER", raising=False)
     made, original, now = [], pyfftw.FFTW, [0.0]
-    monkeypatch.setattr(_fftw, "_clock", lambda: now[0])
+    monkeypatch.setattr(_fftw_planning, "_clock", lambda: now[0])
 
     def recording(*args, **kwargs):
         before = pyfftw.export_wisdom()
@@ -419,9 +419,9 @@ def planned(tmp_path, monkeypatch):
 
 def _new_process(monkeypatch):
     """As a later process: the wisdom and sizes files are read again, nothing met or measured yet."""
-    monkeypatch.setattr(_fftw, "_wisdom_loaded", False)
-    monkeypatch.setattr(_fftw, "_met", {})
-    monkeypatch.setattr(_fftw, "_measured_s", 0.0)
+    monkeypatch.setattr(_fftw_wisdom, "_wisdom_loaded", False)
+    monkeypatch.setattr(_fftw_planning, "_met", {})
+    monkeypatch.setattr(_fftw_planning, "_measured_s", 0.0)
 
 
 @needs_fftw
@@ -431,15 +431,15 @@ def test_the_auto_planner_measures_a_size_once_it_recurs(planned, tmp_path, monk
     RECUR_IN_PROCESS times in this one, it is measured, and measured plans kept are reused."""
     once, often = (5, 21, 38), (5, 23, 38)  # planned nowhere else in the tests
     assert planned(once) == "estimate" and planned(once) == "estimate"  # this process: not yet recurring
-    assert "5x21x38:float32" in (tmp_path / os.path.basename(_fftw._sizes_path())).read_text()
-    monkeypatch.setattr(_fftw, "_wisdom_loaded", False)  # as a later process: the size recurs
+    assert "5x21x38:float32" in (tmp_path / os.path.basename(_fftw_wisdom._sizes_path())).read_text()
+    monkeypatch.setattr(_fftw_wisdom, "_wisdom_loaded", False)  # as a later process: the size recurs
     assert planned(once) == "measured"
-    monkeypatch.setattr(_fftw, "RECUR_IN_PROCESS", 3)
+    monkeypatch.setattr(_fftw_planning, "RECUR_IN_PROCESS", 3)
     assert [planned(often) for _ in range(3)] == ["estimate", "estimate", "measured"]
-    monkeypatch.setattr(_fftw, "MEASURE_MAX_VOXELS", 5 * 21 * 38 - 1)  # as for a large transform: never measured
-    monkeypatch.setattr(_fftw, "_wisdom_loaded", False)
+    monkeypatch.setattr(_fftw_planning, "MEASURE_MAX_VOXELS", 5 * 21 * 38 - 1)  # as for a large transform: never measured
+    monkeypatch.setattr(_fftw_wisdom, "_wisdom_loaded", False)
     assert planned((5, 21, 40)) == "estimate" and planned((5, 21, 40)) == "estimate"
-    monkeypatch.setattr(_fftw, "_wisdom_loaded", False)  # met before, but too large: not measured now ...
+    monkeypatch.setattr(_fftw_wisdom, "_wisdom_loaded", False)  # met before, but too large: not measured now ...
     assert planned((5, 21, 40)) == "estimate" and planned(once) == "kept"  # ... while kept plans are used
     monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "estimate")
     assert planned(once) == "estimate"
@@ -457,22 +457,22 @@ def test_a_process_measures_plans_of_sizes_met_before_within_its_budget(planned,
     plans of sizes met by earlier runs are estimated (or taken measured from the wisdom) and a
     later run measures them. Sizes recurring in this process, and DECONV3D_FFTW_PLANNER=measure,
     are not held to it."""
-    monkeypatch.setattr(_fftw, "MEASURE_BUDGET", 1.0)  # one plan's measuring: a size has two plans here
+    monkeypatch.setattr(_fftw_planning, "MEASURE_BUDGET", 1.0)  # one plan's measuring: a size has two plans here
     first, second, third = (6, 21, 38), (6, 23, 38), (6, 25, 38)  # planned nowhere else in the tests
     assert [planned(first), planned(second)] == ["estimate", "estimate"]  # a first run meets them
     _new_process(monkeypatch)
-    with _fftw.measuring_run():  # one run (run_chunked's blocks)
+    with _fftw_planning.measuring_run():  # one run (run_chunked's blocks)
         assert planned(first) == ("measured", "estimate")  # the budget is spent after its forward plan
         assert planned(second) == "estimate"
         assert planned(first) == ("kept", "estimate")  # what was measured is used all the same
-        monkeypatch.setattr(_fftw, "RECUR_IN_PROCESS", 2)
+        monkeypatch.setattr(_fftw_planning, "RECUR_IN_PROCESS", 2)
         assert [planned(third), planned(third)] == ["estimate", "measured"]  # recurs in this process
     _new_process(monkeypatch)
-    with _fftw.measuring_run():
+    with _fftw_planning.measuring_run():
         assert planned(first) == "measured"  # the next run measures the plan left (the other is in the wisdom)
-        assert planned(second) == "estimate" and _fftw._measured_s == 1.0
+        assert planned(second) == "estimate" and _fftw_planning._measured_s == 1.0
         monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "measure")
-        assert planned((6, 27, 38)) == "measured" and _fftw._measured_s == 3.0
+        assert planned((6, 27, 38)) == "measured" and _fftw_planning._measured_s == 3.0
 
 
 @needs_fftw
@@ -482,18 +482,18 @@ def test_each_run_in_a_process_has_its_own_measuring_budget(planned, monkeypatch
     (measuring_run) starts it afresh; a transform planned outside one is a run of its own (a
     richardson_lucy call), and a cluster worker's blocks of one run, which open one each, share one
     by the run's key."""
-    monkeypatch.setattr(_fftw, "MEASURE_BUDGET", 1.0)  # one plan's measuring: a size has two plans here
+    monkeypatch.setattr(_fftw_planning, "MEASURE_BUDGET", 1.0)  # one plan's measuring: a size has two plans here
     sizes = [(7, n, 38) for n in (21, 23, 25, 27)]  # planned nowhere else in the tests
     assert [planned(s) for s in sizes] == ["estimate"] * 4  # met, so measured by later processes
     _new_process(monkeypatch)
-    with _fftw.measuring_run():
+    with _fftw_planning.measuring_run():
         assert [planned(sizes[0]), planned(sizes[1])] == [("measured", "estimate"), "estimate"]  # spent
     assert planned(sizes[1]) == ("measured", "estimate")  # a later run in this process measures again
-    with _fftw.measuring_run("run-a"):  # a worker's first block of run a
+    with _fftw_planning.measuring_run("run-a"):  # a worker's first block of run a
         assert planned(sizes[2]) == ("measured", "estimate")
-    with _fftw.measuring_run("run-a"):  # its next block: the same run, budget spent
+    with _fftw_planning.measuring_run("run-a"):  # its next block: the same run, budget spent
         assert planned(sizes[3]) == "estimate"
-    with _fftw.measuring_run("run-b"):
+    with _fftw_planning.measuring_run("run-b"):
         assert planned(sizes[3]) == ("measured", "estimate")
 
 
@@ -510,12 +510,12 @@ def test_the_blocks_of_a_chunked_run_share_one_measuring_budget(tmp_path, monkey
     seen = []
 
     def block(b):
-        with _fftw.measuring_run():  # as RL's transforms open one
-            seen.append(_fftw._measured_s)
-            _fftw._measured_s += 1.0
+        with _fftw_planning.measuring_run():  # as RL's transforms open one
+            seen.append(_fftw_planning._measured_s)
+            _fftw_planning._measured_s += 1.0
         return b
 
-    monkeypatch.setattr(_fftw, "_measured_s", 5.0)  # spent by an earlier run
+    monkeypatch.setattr(_fftw_planning, "_measured_s", 5.0)  # spent by an earlier run
     image = np.ones((4, 8, 8), np.float32)
     for name in ("a", "b"):
         run_chunked(image, block, tmp_path / f"{name}.zarr", chunks=(2, 4, 8), halo=(0, 0, 0))
@@ -528,11 +528,11 @@ def test_processes_recording_sizes_at_once_keep_every_size(tmp_path, monkeypatch
     import multiprocessing
 
     monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_fftw, "_remembered", set())
+    monkeypatch.setattr(_fftw_wisdom, "_remembered", set())
 
     def record(i):
         for j in range(40):
-            _fftw._remember_size(f"{i}x{j}:float32")
+            _fftw_wisdom.remember_size(f"{i}x{j}:float32")
 
     context = multiprocessing.get_context("fork")
     workers = [context.Process(target=record, args=(i,)) for i in range(6)]
@@ -540,7 +540,7 @@ def test_processes_recording_sizes_at_once_keep_every_size(tmp_path, monkeypatch
         w.start()
     for w in workers:
         w.join()
-    assert sorted(set(_fftw._read_sizes(_fftw._sizes_path()))) == sorted(f"{i}x{j}:float32" for i in range(6)
+    assert sorted(set(_fftw_wisdom._read_sizes(_fftw_wisdom._sizes_path()))) == sorted(f"{i}x{j}:float32" for i in range(6)
                                                                           for j in range(40))
 
 
@@ -554,7 +554,7 @@ def test_an_estimate_run_leaves_the_next_run_nothing_to_save(tmp_path, monkeypat
     shape = (8, 16, 18)
     monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
     saved = []
-    monkeypatch.setattr(_fftw, "_save_wisdom", lambda fftw, real=_fftw._save_wisdom: (saved.append(1), real(fftw)))
+    monkeypatch.setattr(_fftw_wisdom, "save_wisdom", lambda fftw, real=_fftw_wisdom.save_wisdom: (saved.append(1), real(fftw)))
     before = pyfftw.export_wisdom()
     try:
         pyfftw.forget_wisdom()

@@ -159,7 +159,8 @@ def check_environment() -> None:
     mistyped ``DECONV3D_FFTW_PLANNER`` was ignored for images too small for FFTW and failed only a
     batch's large files, and a wrong ``DECONV3D_FFT`` failed every file of a batch one by one (exit 3).
     (``DECONV3D_CACHE_DIR`` takes any value: one that cannot be used caches nothing.)"""
-    from deconv3d._fftw import fft_choice, planner_choice
+    from deconv3d._fftw import fft_choice
+    from deconv3d._fftw_planning import planner_choice
     from deconv3d._rl_ops import fused_choice
 
     fft_choice()

@@ -233,7 +233,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         :class:`Cancelled` is raised. A multi-block RL run's measuring of its acceleration steps,
         before the blocks, is not cut short. Cancelled runs leave no output.
     """
-    from deconv3d._fftw import measuring_run
+    from deconv3d._fftw_planning import measuring_run
     from deconv3d.omezarr import create_ome_zarr, write_omero, write_pyramid
     from deconv3d.omezarr.writing import CHUNK_CAP
 

@@ -460,7 +460,7 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     """
     import zarr
 
-    from deconv3d._fftw import measuring_run
+    from deconv3d._fftw_planning import measuring_run
     from deconv3d.classical._reuse import drop_setup
 
     on_cluster = isinstance(abandon, str)
@@ -559,7 +559,7 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
             address = getattr(client, "_start_arg", None) or "its address"
             raise RuntimeError(f"lost the dask scheduler at {address}: is it still running? Start it again and "
                                "rerun") from exc
-    from deconv3d._fftw import measuring_run
+    from deconv3d._fftw_planning import measuring_run
 
     own = pool is None
     workers = max(1, min(int(workers), count))  # fewer blocks than workers: each keeps more of the cores

@@ -30,7 +30,7 @@ def _as_block_function(fn: Callable[[np.ndarray], np.ndarray], ndim: int, chunks
     graph = f"deconv3d-graph-{uuid.uuid4().hex}"  # its blocks share FFTW's measuring budget (measuring_run)
 
     def run(block: np.ndarray, block_info=None) -> np.ndarray:
-        from deconv3d._fftw import measuring_run
+        from deconv3d._fftw_planning import measuring_run
 
         if block.size == 0:
             return np.zeros(block.shape, np.float32)
