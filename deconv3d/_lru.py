@@ -1,5 +1,5 @@
 """Caches that keep their most recently used entries up to a number of bytes: the OTFs of
-:mod:`deconv3d.fft`, a batch's prepared PSFs (:func:`deconv3d.pipeline.batch.load_psf_for`)."""
+:mod:`deconv3d.fft`, a batch's prepared PSFs (:func:`deconv3d.pipeline.prepared_psfs.load_psf_for`)."""
 
 from __future__ import annotations
 

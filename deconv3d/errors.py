@@ -65,7 +65,7 @@ def recorded_warnings():
     """A list of each warning (the :class:`Warning` itself: its category and text, an
     :class:`OptionWarning`'s ``command_line`` too) that deconv3d issues through :func:`warn` or
     :func:`note_warning` in this thread while the block runs (issued as before too): what a caller that
-    keeps a result (the batch's prepared PSFs, :func:`deconv3d.pipeline.batch.load_psf_for`) issues
+    keeps a result (the batch's prepared PSFs, :func:`deconv3d.pipeline.prepared_psfs.load_psf_for`) issues
     again, as it was, each time it hands the result out, as computing it anew would."""
     kept: list[Warning] = []
     lists = _RECORDING.__dict__.setdefault("lists", [])

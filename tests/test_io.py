@@ -421,12 +421,13 @@ def test_a_temporary_is_never_wider_than_its_output_under_a_permissive_umask(tmp
 
     import deconv3d._torch_common as tc
     from deconv3d.omezarr import write_ome_zarr
-    from deconv3d.pipeline import batch
+    from deconv3d.pipeline.batch_report import _write_reports
+    from deconv3d.pipeline.completion_records import write_json_atomic
 
     data = rng.random((2, 3, 4), dtype=np.float32)
     writers = {"out.tif": lambda p: write_tiff(p, data), "m.ckpt": lambda p: tc.atomic_torch_save({"a": 1}, p),
-               "img.zarr": lambda p: write_ome_zarr(p, data), "rec.json": lambda p: batch._write_json_atomic(p, {}),
-               "batch_report.csv": lambda p: batch._write_reports(tmp_path, [])}
+               "img.zarr": lambda p: write_ome_zarr(p, data), "rec.json": lambda p: write_json_atomic(p, {}),
+               "batch_report.csv": lambda p: _write_reports(tmp_path, [])}
     path = tmp_path / name
     writers[name](path)
     final = folder_mode if path.is_dir() else mode

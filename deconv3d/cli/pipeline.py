@@ -243,7 +243,8 @@ def _check_shared_files(settings) -> None:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from deconv3d._paths import refuse_unnamable
-    from deconv3d.pipeline.batch import load_config, report_as_files_finish, run_batch, status_counts
+    from deconv3d.pipeline.batch import load_config, run_batch
+    from deconv3d.pipeline.batch_report import report_as_files_finish, status_counts
     from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
     from deconv3d.pipeline.files import deconvolve_file
 
@@ -416,7 +417,7 @@ def _write_reports(output_dir: Path, rows) -> Path | None:
     (the JSON is written first: when the CSV is missing, the JSON was written), and advises freeing
     disk space only where space ran out (else checking that the folder may be written)."""
     from deconv3d._paths import out_of_space
-    from deconv3d.pipeline.batch import status_counts, write_reports
+    from deconv3d.pipeline.batch_report import status_counts, write_reports
 
     try:
         return write_reports(output_dir, rows)[0]

@@ -3,44 +3,43 @@
 Each output is written under a temporary name and renamed when complete; then a completion
 record (``OUTPUT_DIR/.deconv3d-batch/NAME.json``) notes the input's size, modification time and
 SHA-256 and a hash of the settings (with the PSF and model files as that file's run read them). A
-rerun skips an input whose record, output and settings still match (see :func:`is_finished`), and
-redoes everything else (stale temporaries are removed first). Inputs are only read.
+rerun skips an input whose record, output and settings still match (see
+:func:`~deconv3d.pipeline.completion_records.is_finished`), and redoes everything else (stale
+temporaries are removed first). Inputs are only read.
 A failing file is recorded with its reason and the batch goes on; a JSON and a CSV report list
 every file's status, time, output and warnings.
+
+This module finds a batch's inputs and their outputs, and runs and settles each file; the completion
+records and the output ownership they give are in :mod:`~deconv3d.pipeline.completion_records`, the
+report in :mod:`~deconv3d.pipeline.batch_report`, and the PSFs the batch prepares (and keeps) in
+:mod:`~deconv3d.pipeline.prepared_psfs`.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import csv
-import errno
-import json
-import os
-import re
-import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Optional
 
-from deconv3d._paths import (_same_file, check_name_length, create_temporary, file_identity, glob_shown, image_stem,
-                             recorded_path, remove_stale_temporaries_in, special_file_problem)
-from deconv3d._lru import drop_oldest
+from deconv3d._paths import (_same_file, check_name_length, glob_shown, image_stem, recorded_path,
+                             remove_stale_temporaries_in, special_file_problem)
 from deconv3d._voxel import recorded_voxel
 from deconv3d.errors import InputError
-from deconv3d.pipeline.locks import (BUSY, DEFERRING, DONE_ELSEWHERE, claim, note_writer, noted_writers, report_lock,
-                                     settings_guard)
+from deconv3d.pipeline.batch_report import EQUIVALENT, report_as_files_finish, status_counts, write_reports
+from deconv3d.pipeline.completion_records import (RECORD_DIR, completion_record_names, completion_record_path,
+                                                  in_the_way, input_state, is_finished, output_owners,
+                                                  outputs_written, owned_by_another, owned_reason,
+                                                  read_completion_record, write_json_atomic)
+from deconv3d.pipeline.locks import BUSY, DONE_ELSEWHERE, claim, note_writer, settings_guard
+from deconv3d.pipeline.prepared_psfs import load_psf_for, sharing_prepared_psfs
 from deconv3d.pipeline.records import path_text
 from deconv3d.pipeline.row_warnings import warnings_into
 from deconv3d.pipeline.settings import (OUTPUT_FORMATS, RUN_KEYS, Settings, _many, channel_count, load_config,
-                                       make_settings, tv_term_rule)
+                                       make_settings)
 
 __all__ = ["Settings", "load_config", "make_settings", "channel_count", "RUN_KEYS", "find_inputs", "run_batch",
            "build_block_fn", "load_psf_for", "write_reports", "report_as_files_finish", "status_counts", "RECORD_DIR"]
-
-RECORD_DIR = ".deconv3d-batch"
-ALWAYS_HASH_BYTES = 256 * 2**20  # inputs up to this size are re-hashed on every skip check
 
 
 def find_inputs(input_dir, patterns) -> list[Path]:
@@ -118,115 +117,6 @@ def _clash(group: list, input_dir: Path) -> str:
     return f"{who} write {output.name}{case}"
 
 
-def load_psfs_for(settings: Settings, spatial_shape, voxel, fit_image: bool = True) -> list:
-    """The PSFs of the settings, prepared for the image: one, or one per channel."""
-    if settings.psf:
-        return [load_psf_for(settings, spatial_shape, voxel, psf=f, fit_image=fit_image) for f in _many(settings.psf)]
-    return [load_psf_for(settings, spatial_shape, voxel, wavelength=w) for w in _many(settings.wavelength)]
-
-
-#: How many prepared PSFs :func:`load_psf_for` keeps (the most recently used) while a batch runs: a
-#: batch's files of one shape and voxel size share one, per channel.
-PSF_CACHE_ENTRIES = 4
-#: And how many bytes of them at most: the most recently used is kept whatever its size, alone where
-#: larger (as :data:`deconv3d.fft.OTF_CACHE_BYTES`). Four large prepared PSFs were held until the batch ended.
-PSF_CACHE_BYTES = 256 * 2**20
-_PSF_CACHE: dict = {}  # key -> (prepared PSF, the warnings its preparation issued), oldest first
-_PSF_CACHE_LOCK = threading.Lock()
-_PSF_CACHE_USERS = 0  # the batches running (in any thread) that keep prepared PSFs: see sharing_prepared_psfs
-
-
-@contextlib.contextmanager
-def sharing_prepared_psfs():
-    """Keep the PSFs :func:`load_psf_for` prepares while this runs (a batch), and drop them when the
-    last such block still running ends. While none runs in the process, each call prepares its PSF and keeps
-    nothing; while one runs (in any thread), other callers' PSFs are kept too, and dropped with the batch's.
-    Kept after the batch, a 64 x 512 x 512 PSF's four entries held 267 MB in a long-lived process
-    (a notebook, a viewer), counted in its later runs' memory baseline."""
-    global _PSF_CACHE_USERS
-    with _PSF_CACHE_LOCK:
-        _PSF_CACHE_USERS += 1
-    try:
-        yield
-    finally:
-        with _PSF_CACHE_LOCK:
-            _PSF_CACHE_USERS -= 1
-            if not _PSF_CACHE_USERS:
-                _PSF_CACHE.clear()
-
-
-def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, wavelength=None, fit_image: bool = True):
-    """The PSF for an image of ``spatial_shape`` and ``voxel`` size (file or generated), prepared.
-
-    ``psf`` (a file) or ``wavelength`` pick one channel's entry of a per-channel setting.
-    ``fit_image=False`` accepts a PSF file larger than the image (an ssl model checks it against its own).
-
-    Within :func:`sharing_prepared_psfs` (as a batch runs), the last :data:`PSF_CACHE_ENTRIES` prepared
-    PSFs, at most :data:`PSF_CACHE_BYTES` of them (the last whatever its size), are kept, each under what it depends on: the
-    model's parameters, or the file's identity (:func:`deconv3d._paths.file_identity`: its path, inode,
-    size, and modification and change times; a file changed since is read again), and the image's spatial shape and voxel size. A batch prepared
-    the same PSF again for every file (a generated vectorial one for 64 x 512 x 512 took 0.13 s to
-    generate and 0.41 s to prepare; a PSF file was read again). The warnings its preparation issued
-    are issued again each time it is handed out, as preparing it anew would (one per file's row).
-    """
-    psf = psf if psf is not None else (_many(settings.psf) or (None,))[0]
-    wavelength = wavelength if wavelength is not None else (_many(settings.wavelength) or (None,))[0]
-    if psf:
-        source = ("file", *file_identity(psf), fit_image)
-    else:
-        source = ("model", settings.psf_model, settings.na, wavelength, settings.ni, settings.ns, settings.depth)
-    key = (source, tuple(int(n) for n in spatial_shape), None if voxel is None else tuple(float(v) for v in voxel))
-    with _PSF_CACHE_LOCK:
-        kept = _PSF_CACHE.pop(key, None)
-        if kept is not None:
-            _PSF_CACHE[key] = kept  # (the most recently used last)
-    if kept is None:
-        from deconv3d.errors import recorded_warnings
-
-        with recorded_warnings() as issued:
-            prepared = _prepared_psf(settings, spatial_shape, voxel, psf, wavelength, fit_image)
-        kept = (prepared, tuple(issued))
-        with _PSF_CACHE_LOCK:
-            if not _PSF_CACHE_USERS:  # (no batch running: nothing is kept)
-                return prepared
-            _PSF_CACHE.pop(key, None)  # (kept meanwhile by another thread: this one is the newest)
-            _PSF_CACHE[key] = kept
-            drop_oldest(_PSF_CACHE, _kept_bytes, PSF_CACHE_BYTES, count=PSF_CACHE_ENTRIES)
-        return prepared.copy()
-    for message in kept[1]:  # each as it was (its category: a filter or the report treats it alike)
-        warnings.warn(message)  # (from here, where preparing it warned too)
-    return kept[0].copy()
-
-
-def _kept_bytes(kept: tuple) -> int:
-    return kept[0].nbytes
-
-
-def _prepared_psf(settings: Settings, spatial_shape, voxel, psf, wavelength, fit_image: bool):
-    """:func:`load_psf_for`'s PSF, read or generated, then prepared."""
-    from deconv3d.io import psf_voxel_size, read_psf
-    from deconv3d.psf import generate_psf, prepare_psf
-    from deconv3d.psf.generate import generated_psf_shape
-
-    if psf:
-        image = read_psf(psf)
-        return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=psf_voxel_size(image, voxel), image_voxel=voxel,
-                           fit_image=fit_image)
-    check_model_voxel(voxel)  # (a 2D image is refused before: files._check_psf_dimensions)
-    shape = generated_psf_shape(tuple(spatial_shape), voxel, settings.na, wavelength)
-    psf = generate_psf(settings.psf_model, shape, voxel, settings.na, wavelength, ni=settings.ni,
-                       ns=settings.ns, depth=settings.depth)
-    return prepare_psf(psf, tuple(spatial_shape), psf_voxel=voxel, image_voxel=voxel)
-
-
-def check_model_voxel(voxel) -> None:
-    """Refuse to generate a PSF (``psf_model``) for an image whose voxel size is not known: the
-    model is sampled at it. Checked before any work too, ahead of the checks that assume it."""
-    if voxel is None or len(voxel) != 3:
-        raise InputError("--psf-model needs the image's voxel size, which it does not record: pass --voxel-size "
-                         "DZ DY DX (in µm), or give a --psf file")
-
-
 def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, trained=None, model_file=None):
     """(block callable, memory model, parameters) for ``settings`` and a prepared PSF.
 
@@ -274,107 +164,6 @@ def network_memory_model(block):
                        weights_bytes=weights, context=block.reach())
 
 
-def _record_path(output_dir: Path, input_path: Path) -> Path:
-    return output_dir / RECORD_DIR / f"{input_path.name}.json"
-
-
-def input_state(path: Path) -> dict:
-    """Size and latest modification time of a file, or of all files under a folder (an OME-Zarr)."""
-    path = Path(path)
-    if not path.is_dir():
-        st = path.stat()
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    stats = [p.stat() for p in path.rglob("*") if p.is_file()]
-    return {"size": sum(st.st_size for st in stats),
-            "mtime_ns": max([st.st_mtime_ns for st in stats] + [path.stat().st_mtime_ns])}
-
-
-def _read_record(record_path: Path) -> dict:
-    try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def is_finished(input_path: Path, output: Path, record_path: Path, settings_hash, block_steps: bool = False,
-                symmetric_as: tuple = ()) -> bool:
-    """True when a completion record matches this input, these settings (``settings_hash``: one
-    fingerprint, or several that all mean them) and an existing output.
-
-    ``block_steps``: the settings run accelerated Richardson-Lucy, whose blocks are written from its
-    measuring run since the versions that list ``outputs`` in their records (:func:`_older_blocks`): an
-    earlier version's output run in blocks is not finished (it is redone once).
-    ``symmetric_as``: fingerprints that also match where the output's provenance records the symmetric
-    TV rule (:meth:`~deconv3d.pipeline.settings.Settings.fingerprints_without_tv_rule`).
-
-    The input must still have the recorded size and SHA-256. The hash is recomputed when the
-    modification time differs from the record's (a touched or copied file that is unchanged is
-    still finished; the record is then refreshed, where it can be written) and always for inputs up to
-    :data:`ALWAYS_HASH_BYTES`; a large input with the recorded size and time is trusted unread.
-    """
-    from deconv3d.omezarr import file_sha256
-
-    record = _read_record(record_path)
-    hashes = (settings_hash,) if isinstance(settings_hash, str) else tuple(settings_hash)
-    if record.get("settings") in symmetric_as and _recorded(output, "parameters", "reference", "tv_differences") \
-            == tv_term_rule():
-        hashes += (record["settings"],)
-    if not (record.get("settings") in hashes and record.get("output") == output.name and output.exists()):
-        return False
-    if block_steps and _older_blocks(record, output):
-        return False
-    recorded, state = record.get("input_state") or {}, input_state(input_path)
-    if recorded.get("size") != state["size"] or not record.get("input_sha256"):
-        return False
-    if recorded.get("mtime_ns") == state["mtime_ns"] and state["size"] > ALWAYS_HASH_BYTES:
-        return True
-    if file_sha256(input_path) != record["input_sha256"]:
-        return False
-    if recorded.get("mtime_ns") != state["mtime_ns"]:
-        try:
-            _write_json_atomic(record_path, {**record, "input_state": state})
-        except OSError:  # (a full disk, say) the output is still complete: the next run hashes the input again
-            pass
-    return True
-
-
-def _recorded(output: Path, *keys):
-    """The value at ``keys`` in an OME-Zarr ``output``'s provenance (its ``deconv3d`` attributes), or
-    None where it does not say: a TIFF output, one not read, or a key missing."""
-    try:
-        value = json.loads((output / "zarr.json").read_text())["attributes"]["deconv3d"]
-        for key in keys:
-            value = value[key]
-        return value
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _older_blocks(record: dict, output: Path) -> bool:
-    """Whether ``output`` may hold accelerated Richardson-Lucy run in blocks by a version before its
-    blocks were written from the measuring run (their results differ by up to 3.4e-2 of the peak). The
-    records of the versions after that change list their ``outputs``, those of the versions before do
-    not (the 26 versions between, whose records do not list them, count as before). An output whose
-    provenance says it ran as one block is the same in both (only an OME-Zarr output's says so)."""
-    if isinstance(record.get("outputs"), list):
-        return False
-    # (a TIFF output, or provenance not read: redone, as a wrong skip mixes outputs silently)
-    return _recorded(output, "execution", "blocks") != 1
-
-
-def _write_json_atomic(path: Path, payload) -> None:
-    from deconv3d.pipeline.output import atomic_output
-
-    # (made with its mode, before the text: a private report was readable by all while rewritten)
-    with atomic_output(path) as tmp, open(create_temporary(path, tmp), "w") as fh:
-        fh.write(json.dumps(payload, indent=2))
-
-
-STATUSES = ("done", "skipped", "failed")  # of a file in the batch report
-REPORT_FIELDS = ("file", "status", "seconds", "output", "reason", "warnings")  # (warnings: added last, a list)
-
-
 def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progress=None,
               rows: list | None = None, also_finished_as: tuple = (), report=None) -> list[dict]:
     """Run ``process_one(input_path, output_path, input_sha256)`` for every unfinished input.
@@ -416,7 +205,8 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     with settings_guard(output_dir / RECORD_DIR, settings_hash), sharing_prepared_psfs():
         # killed runs' (live runs' are kept), in either output format: a run of the other one left them too
         remove_stale_temporaries_in(output_dir, [o.with_suffix(f".{f}").name for o in outputs for f in OUTPUT_FORMATS])
-        listed = _record_names(output_dir / RECORD_DIR)  # (once: what runs write meanwhile, their claims note)
+        # (once: what runs write meanwhile, their claims note)
+        listed = completion_record_names(output_dir / RECORD_DIR)
         busy = []
         for number, (path, output) in enumerate(zip(inputs, outputs), 1):
             # (names as text a report can hold: a name that is not UTF-8 failed the CSV report's writing)
@@ -462,20 +252,20 @@ def _settle(path, output, output_dir, started, finished, settings, process_one, 
     """Skip, fail or process one input under the lock of its output (:func:`~deconv3d.pipeline.locks.claim`),
     updating its ``row``. Returns False where another run holds the lock and the row says so (skipped),
     else None. ``finished``: the ``settings_hash`` and ``symmetric_as`` of :func:`is_finished`.
-    ``listed``: the record folder's :func:`_record_names` at the start. ``again``: a file held
+    ``listed``: the record folder's :func:`completion_record_names` at the start. ``again``: a file held
     at the first try, now failed where another existing input owns its output (the holder's record
     names it) and, where the lock is free, settled as any file (a killed run's temporary removed first)."""
     record_dir = output_dir / RECORD_DIR
-    record = _record_path(output_dir, path)
+    record = completion_record_path(output_dir, path)
     with claim(record_dir, output, path) as mine:
         by_another = _written_since(record, started)  # (before is_finished refreshes a touched file's)
         if mine is False:  # another run of this folder is writing this output
-            owners = _output_owners(record_dir, output, listed, record.name) if again else {}
-            other = _owned_by_another(owners, output, path) if again else None
+            owners = output_owners(record_dir, output, listed, record.name) if again else {}
+            other = owned_by_another(owners, output, path) if again else None
             if other is None:
                 row.update(status="skipped", reason=BUSY)
                 return False
-            row.update(status="failed", reason=path_text(_owned_reason(output, other)))
+            row.update(status="failed", reason=path_text(owned_reason(output, other)))
             return None
         if again:
             row.update(status="", reason="")  # (interrupted now, it shows as the file in progress)
@@ -486,91 +276,16 @@ def _settle(path, output, output_dir, started, finished, settings, process_one, 
             row.update(status="skipped", reason=DONE_ELSEWHERE if by_another else "")
         else:
             # read with the lock held: another run's input may have taken this output since this run began
-            owners = _output_owners(record_dir, output, listed, record.name)
-            if (other := _owned_by_another(owners, output, path)) is not None:
-                row.update(status="failed", reason=_owned_reason(output, other))
-            elif _in_the_way(output) and output.name.casefold() not in owners:
+            owners = output_owners(record_dir, output, listed, record.name)
+            if (other := owned_by_another(owners, output, path)) is not None:
+                row.update(status="failed", reason=owned_reason(output, other))
+            elif in_the_way(output) and output.name.casefold() not in owners:
                 row.update(status="failed", reason=f"{output.name} is already in {output_dir} and no batch into "
                            "this folder wrote it: move it away, or write to another output folder")
             else:
                 _process(path, output, record, settings, process_one, row)
         row["reason"] = path_text(row["reason"])
     return None
-
-
-def _owned_reason(output: Path, other: Path) -> str:
-    return (f"{output.name} holds the result of {other}, another file of this name: write the results of this "
-            "folder to another output folder")
-
-
-def _record_names(record_dir: Path) -> list[tuple[str, str]]:
-    """The completion records in ``record_dir``, (case-folded name, name) in order: listed once a batch."""
-    try:
-        with os.scandir(record_dir) as entries:
-            return sorted((e.name.casefold(), e.name) for e in entries if e.name.endswith(".json"))
-    except OSError:
-        return []
-
-
-def _output_owners(record_dir: Path, output: Path, listed: list, own: str) -> dict[str, Optional[str]]:
-    """The outputs named by the completion records of a folder that may name ``output`` (case-folded),
-    each with the input recorded for it (None where a record of an earlier version names none). An
-    output in the folder that no record names is not the batch's to replace: a user's own file of that
-    name was overwritten without a word. Read for each file not finished, under its output's lock (a
-    table read at the start missed another run's input taking the output meanwhile). Opened are the
-    records ``listed`` at the start (:func:`_record_names`) of inputs whose name begins with the
-    output's (every input that can write it), those noted in the output's lock since
-    (:func:`~deconv3d.pipeline.locks.note_writer`) and the input's ``own`` (another input of its name
-    writes that one): each file listing the whole folder made a batch's bookkeeping grow with the
-    square of its files (3000 files: 6.3 s, then 17-22 s)."""
-    owners, prefix = {}, output.stem.casefold()
-    names = {own, *noted_writers(record_dir, output)}
-    for folded, name in listed[bisect.bisect_left(listed, (prefix,)):]:
-        if not folded.startswith(prefix):
-            break
-        names.add(name)
-    for name in sorted(names):
-        record = _read_record(record_dir / name)
-        given = record.get("input")
-        given = given if isinstance(given, str) and os.path.isabs(given) else None
-        for written in _outputs_written(record):
-            owners[written.casefold()] = given
-    return owners
-
-
-def _outputs_written(record: dict) -> list[str]:
-    """Every output name a record's input has been written to (``outputs``: one per output format a
-    run used; a run in the other format and back had left the first output no record named, and
-    every file failed), with the current ``output``."""
-    listed = record.get("outputs")
-    names = [n for n in listed if isinstance(n, str)] if isinstance(listed, list) else []
-    current = record.get("output")
-    return names + [current] if isinstance(current, str) and current not in names else names
-
-
-def _in_the_way(output: Path) -> bool:
-    """Whether something is at ``output`` that its replacement would lose (an empty folder is not).
-    Nothing is at a name past the file system's limit (an input of 252 to 255 bytes named an output
-    longer than 255): :func:`_process` fails that file as its input's name too long, where looking
-    at it raised "File name too long" and ended the batch in an internal error."""
-    try:
-        if output.is_dir() and not output.is_symlink():
-            return next(output.iterdir(), None) is not None
-        return output.exists() or output.is_symlink()
-    except OSError as exc:
-        if exc.errno == errno.ENAMETOOLONG:
-            return False
-        raise
-
-
-def _owned_by_another(owners: dict, output: Path, path: Path) -> Optional[Path]:
-    """The input whose result ``output`` holds, by the folder's records, when that is another file
-    that still exists: one of the same output name in another folder (day1/a.tif, then day2/a.tif
-    or day2/a.tiff), whose result this input's would replace. A recorded input that is gone (moved,
-    renamed) is not in the way, nor an unknown one (an earlier version's relative path)."""
-    given = owners.get(output.name.casefold())
-    other = Path(given) if given is not None else None
-    return other if other is not None and other.exists() and not _same_file(other, path) else None
 
 
 def _process(path, output, record, settings, process_one, row) -> None:
@@ -583,9 +298,9 @@ def _process(path, output, record, settings, process_one, row) -> None:
         if (problem := special_file_problem(path)) is not None:  # (hashing a named pipe waited forever)
             raise InputError(problem)
         # Not finished, but the output stays this input's (an interrupted run's next one may replace it).
-        names = sorted(set(_outputs_written(_read_record(record))) | {output.name})
-        note_writer(record.parent, output, record.name)  # (where runs into this folder find it: _output_owners)
-        _write_json_atomic(record, {"input": str(path.absolute()), "output": output.name, "outputs": names,
+        names = sorted(set(outputs_written(read_completion_record(record))) | {output.name})
+        note_writer(record.parent, output, record.name)  # (where runs into this folder find it: output_owners)
+        write_json_atomic(record, {"input": str(path.absolute()), "output": output.name, "outputs": names,
                                     "settings": None})
         state, digest = input_state(path), file_sha256(path)  # before reading: a change meanwhile shows
         # The PSF and model files as this file's run reads them (each file's run loads them again, and one
@@ -601,7 +316,7 @@ def _process(path, output, record, settings, process_one, row) -> None:
             finishing = True
             # In the try: a record that cannot be written (a full disk) fails this file, not the batch; the
             # unfinished record above stays, so that a rerun redoes the output.
-            _write_json_atomic(record, {"input": str(path.absolute()), "input_state": state,
+            write_json_atomic(record, {"input": str(path.absolute()), "input_state": state,
                                         "input_sha256": digest, "settings": settings_hash, "output": output.name,
                                         "outputs": names, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
@@ -664,161 +379,12 @@ def _reason(exc: Exception) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def status_counts(rows) -> dict[str, int]:
-    """How many rows of a batch report are done, skipped and failed."""
-    return {status: sum(r["status"] == status for r in rows) for status in STATUSES}
-
-
-def write_reports(output_dir, rows) -> tuple[Path, Path]:
-    """Write ``batch_report.json`` and ``batch_report.csv`` into ``output_dir``: ``rows`` in place
-    of the same files' rows of the report already there (other runs' and earlier runs' files keep
-    theirs; a file this run left to another live run keeps that run's row), one run at a time."""
-    output_dir = Path(output_dir)
-    with report_lock(output_dir / RECORD_DIR):
-        return _write_reports(output_dir, _merged_rows(output_dir, rows))
-
-
-#: The share of a batch's time that :func:`report_as_files_finish` may spend writing its report at most.
-REPORT_SHARE = 0.05
-
-
-def report_as_files_finish(output_dir, fill=None):
-    """A ``report`` for :func:`run_batch` that writes the batch report (:func:`write_reports`, merged
-    with the report there) with the rows settled so far: the report was written only when the batch
-    ended, and a run killed outright (SIGKILL at a time limit, out of memory, a node lost) left none, so
-    that its rerun listed the files it had finished as skipped in 0.0 s, their warnings lost.
-    ``fill(rows)`` gives the rows as written (the command line puts its wording of the warnings in).
-    One thread writes at a time (other runs wait for the report's lock), and the writes are spaced to
-    take at most :data:`REPORT_SHARE` of the batch's time (3000 rows take about 0.2 s to merge and
-    write): a file settled just before a kill may be missing from the report (its output and
-    completion record are not). These writes do not replace the report at the batch's end, which the
-    caller must still write (``write_reports(output_dir, rows)``, as the command line and
-    examples/slurm_jobqueue.py do): one of them that fails (a full disk) is silent and the batch goes
-    on, and it is the write at the end that reports the problem."""
-    import threading
-
-    lock, due = threading.Lock(), [0.0]
-
-    def report(rows) -> None:
-        with lock:
-            start = time.monotonic()
-            if start < due[0]:
-                return
-            settled = [r for r in rows if r["status"]]  # (not the file in progress)
-            # Any error (a full disk; a folder named batch_report.json: an InputError) must not stop the batch,
-            # which stopped after its first file: the caller's write at the batch's end reports it.
-            with contextlib.suppress(Exception):
-                write_reports(output_dir, fill(settled) if fill is not None else settled)
-            due[0] = start + (time.monotonic() - start) / REPORT_SHARE
-
-    return report
-
-
 def _written_since(record: Path, moment: float) -> bool:
     """Whether the completion record was written after ``moment`` (by another run, during this one)."""
     try:
         return record.stat().st_mtime > moment
     except OSError:
         return False
-
-
-#: A row's fingerprints that mean its settings (this version's and earlier ones'): not written.
-EQUIVALENT = "equivalent_settings"
-
-
-def _merged_rows(output_dir: Path, rows: list[dict]) -> list[dict]:
-    """``rows`` over the folder's report: a row replaces the earlier row of the same input (by its
-    absolute path), except one deferring to another run's row; earlier rows whose input, named by
-    an absolute path, no longer exists are dropped (a deleted file's failure no longer counts; a
-    relative path, from a report of an older version, cannot be checked and is kept). An earlier
-    row of a file done with other settings than this run's is marked skipped, its output not
-    this run's result (a run with new settings, interrupted, had reported the old outputs done). A file
-    this run skipped as finished keeps the warnings of its earlier row where that row's settings are
-    this run's (its output is the one they were drawn for; a rerun had emptied every finished file's)."""
-    try:
-        earlier = json.loads((output_dir / "batch_report.json").read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return rows
-    if not isinstance(earlier, list):
-        return rows
-
-    def key(row):  # (as text: a name that is not UTF-8 is in the report with its bytes as \xNN)
-        return path_text(os.path.abspath(row["file"]))
-
-    earlier = [{k: r.get(k, "") for k in (*REPORT_FIELDS, "settings")} for r in earlier
-               if isinstance(r, dict) and isinstance(r.get("file"), str) and r.get("status") in STATUSES]
-    for row in earlier:  # (a report of an earlier version has no warnings)
-        listed = row["warnings"] if isinstance(row["warnings"], list) else []
-        row["warnings"] = [w for w in listed if isinstance(w, str)]
-    mine, merged = {key(r): r for r in rows}, []
-    current = {r.get("settings") for r in rows} - {None, ""}
-    same = {h for r in rows for h in r.get(EQUIVALENT, ())} | current  # (an earlier version's hash of them)
-    for row in earlier:
-        if len(current) == 1 and row["settings"] not in ("", *same) and row["status"] != "failed":
-            row.update(status="skipped", reason=OTHER_SETTINGS)
-        own, exists = mine.pop(key(row), None), not os.path.isabs(row["file"]) or _exists(row["file"])
-        if own is not None and (own["reason"] not in DEFERRING or not exists):
-            if _kept_as_finished(own, row):
-                own = {**own, "warnings": row["warnings"]}
-            merged.append(own)
-        elif exists:  # another run's row that this run's defers to, or a file this run did not see
-            merged.append(row)
-    return merged + list(mine.values())
-
-
-def _kept_as_finished(own: dict, earlier: dict) -> bool:
-    """Whether ``own``, a row of this run, is its file skipped as finished, with no warnings of its own,
-    and the ``earlier`` row of that file was not a failure and was made with the same settings."""
-    return (own["status"], own["reason"]) == ("skipped", "") and not own.get("warnings") \
-        and earlier["status"] != "failed" and earlier["settings"] not in ("", None) \
-        and earlier["settings"] in (own.get("settings"), *own.get(EQUIVALENT, ()))
-
-
-def _exists(text: str) -> bool:
-    """Whether the file a report names exists: by its text, or with the ``\\xNN`` that
-    :func:`~deconv3d.pipeline.records.path_text` wrote for the bytes of a name not UTF-8 as bytes."""
-    if os.path.exists(text):
-        return True
-    raw = re.sub(r"\\x([89a-f][0-9a-f])", lambda m: chr(0xDC00 + int(m.group(1), 16)), text)
-    return raw != text and os.path.exists(raw)
-
-
-#: The reason of an earlier run's row whose output was made with other settings (see _merged_rows).
-OTHER_SETTINGS = "its output was made with other settings by an earlier run: rerun the batch to redo it"
-
-
-#: What separates a file's warnings in the CSV report's one cell (the JSON report lists them).
-WARNINGS_JOINED = " | "
-
-
-def _write_reports(output_dir: Path, rows) -> tuple[Path, Path]:
-    """Write the JSON report, then the CSV; an OSError names the report file it did not write."""
-    summary = status_counts(rows)
-    json_path, csv_path = output_dir / "batch_report.json", output_dir / "batch_report.csv"
-    with _naming(json_path):
-        _write_json_atomic(json_path, {"summary": summary, "files": [{k: v for k, v in r.items() if k != EQUIVALENT}
-                                                                     for r in rows]})
-    from deconv3d.pipeline.output import atomic_output
-
-    # UTF-8 with a byte order mark: without one Excel on Windows read it as cp1252 ("PrÃ¤parat", "Âµm");
-    # read it as "utf-8-sig", which takes files without the mark (of earlier versions) too
-    # (made with its mode, before the rows: a private report was readable by all while rewritten)
-    with _naming(csv_path), atomic_output(csv_path) as tmp, \
-            open(create_temporary(csv_path, tmp), "w", newline="", encoding="utf-8-sig") as fh:  # any file name
-        writer = csv.DictWriter(fh, fieldnames=list(REPORT_FIELDS), extrasaction="ignore")  # (settings: JSON only)
-        writer.writeheader()
-        writer.writerows({**r, "warnings": WARNINGS_JOINED.join(r.get("warnings") or ())} for r in rows)
-    return json_path, csv_path
-
-
-@contextlib.contextmanager
-def _naming(path: Path):
-    """Give an OSError raised in the block the file name ``path`` (not a temporary's, or none)."""
-    try:
-        yield
-    except OSError as exc:
-        exc.filename = str(path)
-        raise
 
 
 def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:

@@ -38,9 +38,10 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     """
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import provenance, psf_source, run_chunked
-    from deconv3d.pipeline.batch import check_model_voxel, spatial_voxel
+    from deconv3d.pipeline.batch import spatial_voxel
     from deconv3d.pipeline.negatives import check_has_positive
     from deconv3d.pipeline.output import remove_stale_temporaries
+    from deconv3d.pipeline.prepared_psfs import check_model_voxel
     from deconv3d.pipeline.settings import _many, channel_count, check_tv_weight
 
     input_path, output_path = Path(input_path), Path(output_path)
@@ -159,7 +160,8 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
     (:func:`train_on_image`), once the blocks' ``plan`` (chunks, workers, client) is known to fit
     the memory limit."""
     from deconv3d._tensors import psf_fingerprint
-    from deconv3d.pipeline.batch import build_block_fn, load_psfs_for
+    from deconv3d.pipeline.batch import build_block_fn
+    from deconv3d.pipeline.prepared_psfs import load_psfs_for
     from deconv3d.pipeline.settings import _many
 
     trained, training, files = None, {}, _many(settings.model)

@@ -222,7 +222,8 @@ class Settings:
 
     def accelerated_rl(self) -> bool:
         """Whether the method runs accelerated Richardson-Lucy (``rl`` or ``rl-tv``), whose chunked output
-        changed when its blocks came to be written from the measuring run (:func:`~deconv3d.pipeline.batch.is_finished`)."""
+        changed when its blocks came to be written from the measuring run
+        (:func:`~deconv3d.pipeline.completion_records.is_finished`)."""
         return self.method in ("rl", "rl-tv") and bool(self.accelerate)
 
     def fingerprint(self, legacy: bool = False) -> str:
@@ -260,7 +261,8 @@ class Settings:
         """For ssl that trains, the :meth:`finished_fingerprints` without the TV term's rule: those of
         the versions that had the symmetric rule but did not hold it in the hash. A record of theirs is
         finished where the output's provenance names the rule (its reference's ``tv_differences``:
-        :func:`~deconv3d.pipeline.batch.is_finished`); rl-tv's provenance does not, and is redone."""
+        :func:`~deconv3d.pipeline.completion_records.is_finished`); rl-tv's provenance does not, and is
+        redone."""
         if not (self.method == "ssl" and self.model is None):
             return ()
         return tuple(dict.fromkeys(self._hash(at_defaults, tv_rule=False) for at_defaults in self._hashed_variants()))

@@ -10,7 +10,7 @@ from cli_helpers import run
 
 import deconv3d.psf as psf_module
 from deconv3d.io import write_tiff
-from deconv3d.pipeline import batch
+from deconv3d.pipeline import prepared_psfs
 from deconv3d.pipeline.settings import make_settings
 from deconv3d.psf import prepare_psf
 
@@ -22,7 +22,7 @@ def counted(monkeypatch):
     """The calls to generate_psf, prepare_psf and read_psf, with the cache emptied first."""
     import deconv3d.io as io
 
-    monkeypatch.setattr(batch, "_PSF_CACHE", {})
+    monkeypatch.setattr(prepared_psfs, "_PSF_CACHE", {})
     calls = {"generate_psf": 0, "prepare_psf": 0, "read_psf": 0}
     for module, name in ((psf_module, "generate_psf"), (psf_module, "prepare_psf"), (io, "read_psf")):
         real = getattr(module, name)
@@ -53,7 +53,7 @@ def test_a_batch_generates_and_prepares_a_psf_once_per_voxel_size(tmp_path, caps
 @pytest.fixture
 def sharing():
     """As in a batch: prepared PSFs are kept only while one runs."""
-    with batch.sharing_prepared_psfs():
+    with prepared_psfs.sharing_prepared_psfs():
         yield
 
 
@@ -65,9 +65,9 @@ def test_a_psf_file_is_read_again_once_changed_and_its_warnings_come_each_time(t
     write_tiff(path, first, voxel_size=(0.3, 0.1, 0.1))
     settings = make_settings({"psf": str(path)})
     with pytest.warns(RuntimeWarning, match="flat background") as shown:
-        a = batch.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
+        a = prepared_psfs.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
         a[...] = 0  # the caller's copy: the one kept is unchanged
-        b = batch.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
+        b = prepared_psfs.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
     assert counted["read_psf"] == 1 and counted["prepare_psf"] == 1
     assert sum("flat background" in str(w.message) for w in shown) == 2  # one per file, as before
     with pytest.warns(RuntimeWarning, match="flat background"):
@@ -76,14 +76,14 @@ def test_a_psf_file_is_read_again_once_changed_and_its_warnings_come_each_time(t
     write_tiff(path, second, voxel_size=(0.3, 0.1, 0.1))
     os.utime(path, ns=(0, 10**9))  # another modification time whatever the clock's resolution
     with pytest.warns(RuntimeWarning, match="flat background"):
-        c = batch.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
+        c = prepared_psfs.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
         expected = prepare_psf(second, (8, 16, 16), (0.3, 0.1, 0.1), (0.3, 0.1, 0.1))
     assert counted["read_psf"] == 2 and c.shape == expected.shape
     np.testing.assert_array_equal(c, expected)
-    for i in range(batch.PSF_CACHE_ENTRIES + 2):  # bounded: the oldest go
-        batch.load_psf_for(make_settings({"psf_model": "gaussian", "na": 1.2, "wavelength": 0.52}),
+    for i in range(prepared_psfs.PSF_CACHE_ENTRIES + 2):  # bounded: the oldest go
+        prepared_psfs.load_psf_for(make_settings({"psf_model": "gaussian", "na": 1.2, "wavelength": 0.52}),
                            (8, 16 + 2 * i, 16), (0.3, 0.1, 0.1))
-    assert len(batch._PSF_CACHE) == batch.PSF_CACHE_ENTRIES
+    assert len(prepared_psfs._PSF_CACHE) == prepared_psfs.PSF_CACHE_ENTRIES
 
 
 def test_every_file_s_row_lists_its_prepared_psf_s_warnings(tmp_path, capsys, counted):
@@ -111,7 +111,7 @@ def test_a_psf_file_copied_over_with_its_modification_time_is_read_again(tmp_pat
     assert path.stat().st_size == other.stat().st_size
     os.utime(path, ns=(1_700_000_000 * 10**9,) * 2)
     settings = make_settings({"psf": str(path)})
-    first = batch.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
+    first = prepared_psfs.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
     before = path.stat()
     with open(other, "rb") as source, open(path, "r+b") as target:  # cp -p: in place, then the times
         target.write(source.read())
@@ -123,7 +123,7 @@ def test_a_psf_file_copied_over_with_its_modification_time_is_read_again(tmp_pat
         os.utime(path, ns=(1_700_000_000 * 10**9,) * 2)
     after = path.stat()
     assert (before.st_ino, before.st_size, before.st_mtime_ns) == (after.st_ino, after.st_size, after.st_mtime_ns)
-    second = batch.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
+    second = prepared_psfs.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
     np.testing.assert_array_equal(first, prepare_psf(narrow, (8, 16, 16), (0.3, 0.1, 0.1), (0.3, 0.1, 0.1)))
     np.testing.assert_array_equal(second, prepare_psf(wide, (8, 16, 16), (0.3, 0.1, 0.1), (0.3, 0.1, 0.1)))
     assert counted["read_psf"] == 2
@@ -141,10 +141,10 @@ def test_prepared_psfs_are_kept_while_a_batch_runs_and_dropped_when_it_ends(tmp_
                             "1.2", "--wavelength", "0.52", "--iterations", "2"], capsys)
         assert code == 0, err
         assert counted["prepare_psf"] == n  # once for the batch's two files
-        assert batch._PSF_CACHE == {}
-    batch.load_psf_for(make_settings({"psf_model": "gaussian", "na": 1.2, "wavelength": 0.52}), (8, 16, 16),
+        assert prepared_psfs._PSF_CACHE == {}
+    prepared_psfs.load_psf_for(make_settings({"psf_model": "gaussian", "na": 1.2, "wavelength": 0.52}), (8, 16, 16),
                        (0.3, 0.1, 0.1))  # outside a batch: nothing kept
-    assert batch._PSF_CACHE == {} and counted["prepare_psf"] == 3
+    assert prepared_psfs._PSF_CACHE == {} and counted["prepare_psf"] == 3
 
 
 def test_a_kept_psf_s_warnings_come_again_in_their_own_category(tmp_path, counted, sharing, monkeypatch):
@@ -156,13 +156,13 @@ def test_a_kept_psf_s_warnings_come_again_in_their_own_category(tmp_path, counte
 
     from deconv3d.errors import OptionWarning, warn
 
-    real = batch._prepared_psf
+    real = prepared_psfs._prepared_psf
 
     def preparing_with_advice(*args):  # as if preparing it assumed a voxel size, with its advice
         warn("deconv3d: warning: the PSF is taken as sampled at 0.3 0.1 0.1 µm (pass --voxel-size to set it)")
         return real(*args)
 
-    monkeypatch.setattr(batch, "_prepared_psf", preparing_with_advice)
+    monkeypatch.setattr(prepared_psfs, "_prepared_psf", preparing_with_advice)
     path = tmp_path / "psf.tif"
     psf = gaussian_psf((7, 7, 7), (0.6, 0.6, 0.6))
     write_tiff(path, psf + 0.05 * psf.max(), voxel_size=(0.3, 0.1, 0.1))  # a flat floor: a RuntimeWarning
@@ -171,7 +171,7 @@ def test_a_kept_psf_s_warnings_come_again_in_their_own_category(tmp_path, counte
     for _ in range(2):  # two files of one shape and voxel size: the second is handed the kept PSF
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            batch.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
+            prepared_psfs.load_psf_for(settings, (8, 16, 16), (0.3, 0.1, 0.1))
         shown.append([(type(w.message), str(w.message), getattr(w.message, "command_line", None)) for w in caught])
     assert counted["prepare_psf"] == 1
     assert [category for category, _, _ in shown[0]] == [OptionWarning, RuntimeWarning], shown[0]
@@ -185,19 +185,19 @@ def test_kept_psfs_are_bounded_by_bytes_too(counted, sharing, monkeypatch):
     them are kept, the least recently used dropped first, the newest kept whatever its size."""
     settings = make_settings({"psf_model": "gaussian", "na": 1.2, "wavelength": 0.52})
     shapes = [(8, 16 + 2 * i, 16) for i in range(5)]  # one PSF each, 7 x 7 x 7 float32: 1372 bytes
-    size = batch.load_psf_for(settings, shapes[0], (0.3, 0.1, 0.1)).nbytes
+    size = prepared_psfs.load_psf_for(settings, shapes[0], (0.3, 0.1, 0.1)).nbytes
     assert size == 7 * 7 * 7 * 4
-    monkeypatch.setattr(batch, "PSF_CACHE_BYTES", 2 * size + size // 2)  # room for two
+    monkeypatch.setattr(prepared_psfs, "PSF_CACHE_BYTES", 2 * size + size // 2)  # room for two
     for shape in shapes[1:4]:
-        batch.load_psf_for(settings, shape, (0.3, 0.1, 0.1))
-    assert [key[1] for key in batch._PSF_CACHE] == shapes[2:4]  # the two newest
+        prepared_psfs.load_psf_for(settings, shape, (0.3, 0.1, 0.1))
+    assert [key[1] for key in prepared_psfs._PSF_CACHE] == shapes[2:4]  # the two newest
     assert counted["prepare_psf"] == 4
-    batch.load_psf_for(settings, shapes[2], (0.3, 0.1, 0.1))  # kept: not prepared again, now the newest
-    batch.load_psf_for(settings, shapes[0], (0.3, 0.1, 0.1))  # dropped: prepared again
+    prepared_psfs.load_psf_for(settings, shapes[2], (0.3, 0.1, 0.1))  # kept: not prepared again, now the newest
+    prepared_psfs.load_psf_for(settings, shapes[0], (0.3, 0.1, 0.1))  # dropped: prepared again
     assert counted["prepare_psf"] == 5
-    assert [key[1] for key in batch._PSF_CACHE] == [shapes[2], shapes[0]]
-    monkeypatch.setattr(batch, "PSF_CACHE_BYTES", size - 1)  # none fits: the newest is kept alone
-    batch.load_psf_for(settings, shapes[4], (0.3, 0.1, 0.1))
-    assert [key[1] for key in batch._PSF_CACHE] == [shapes[4]]
-    batch.load_psf_for(settings, shapes[4], (0.3, 0.1, 0.1))
+    assert [key[1] for key in prepared_psfs._PSF_CACHE] == [shapes[2], shapes[0]]
+    monkeypatch.setattr(prepared_psfs, "PSF_CACHE_BYTES", size - 1)  # none fits: the newest is kept alone
+    prepared_psfs.load_psf_for(settings, shapes[4], (0.3, 0.1, 0.1))
+    assert [key[1] for key in prepared_psfs._PSF_CACHE] == [shapes[4]]
+    prepared_psfs.load_psf_for(settings, shapes[4], (0.3, 0.1, 0.1))
     assert counted["prepare_psf"] == 6

@@ -182,7 +182,7 @@ def test_chunked_accelerated_rl_finished_by_a_version_before_its_block_rule_is_r
     """Block-by-block accelerated RL writes the blocks its measuring box holds from that run since the
     versions whose records list their ``outputs``; batches an earlier version finished (record without
     ``outputs``) were skipped, their outputs differing from this version's."""
-    from deconv3d.pipeline.batch import _older_blocks
+    from deconv3d.pipeline.completion_records import _older_blocks
 
     (tmp_path / "in").mkdir()
     write_tiff(tmp_path / "in" / "img0.tif", blurred_beads((8, 40, 40), gaussian_psf(), seed=3),
@@ -369,7 +369,7 @@ def test_the_csv_report_starts_with_a_byte_order_mark_and_an_older_report_is_mer
     import codecs
     import csv
 
-    from deconv3d.pipeline.batch import REPORT_FIELDS, write_reports
+    from deconv3d.pipeline.batch_report import REPORT_FIELDS, write_reports
 
     out = tmp_path / "out"
     out.mkdir()
@@ -431,12 +431,12 @@ def test_a_report_that_cannot_be_written_is_not_called_nothing_written(folder, c
     batch said "nothing was written" (exit 2) though its outputs were complete."""
     import errno
 
-    from deconv3d.pipeline import batch
+    from deconv3d.pipeline import batch_report
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(batch, "write_reports", full)
+    monkeypatch.setattr(batch_report, "write_reports", full)
     out = folder / "out"
     code = main([str(a) for a in argv(folder, out)])
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -452,16 +452,16 @@ def test_a_report_that_cannot_be_written_mid_batch_does_not_stop_it(folder, caps
     its other files never run. They run, and the error comes at the end, as before that report existed;
     a file's progress line comes before the report's write. (Such a folder there before the batch
     starts is refused before its first file.)"""
-    from deconv3d.pipeline import batch
+    from deconv3d.pipeline import batch_report
 
-    write = batch.write_reports
+    write = batch_report.write_reports
 
     def noted(output_dir, rows):
         (out / "batch_report.json").mkdir(exist_ok=True)  # (a folder of that name a user or a tool made meanwhile)
         print("report written")
         return write(output_dir, rows)
 
-    monkeypatch.setattr(batch, "write_reports", noted)
+    monkeypatch.setattr(batch_report, "write_reports", noted)
     out = folder / "out"
     code = main([str(a) for a in argv(folder, out)])
     captured = capsys.readouterr()
@@ -548,14 +548,14 @@ def test_a_completion_record_that_cannot_be_written_fails_that_file_and_the_batc
 
     from deconv3d.pipeline import batch
 
-    write_json_atomic = batch._write_json_atomic
+    write_json_atomic = batch.write_json_atomic
 
     def full_at_img0_s_record(path, payload):
         if path.name == "img0.tif.json" and payload.get("finished"):
             raise OSError(errno.ENOSPC, "No space left on device")
         write_json_atomic(path, payload)
 
-    monkeypatch.setattr(batch, "_write_json_atomic", full_at_img0_s_record)
+    monkeypatch.setattr(batch, "write_json_atomic", full_at_img0_s_record)
     out = folder / "out"
     assert main([str(a) for a in argv(folder, out)]) == 3
     assert "nothing was written" not in capsys.readouterr().err
@@ -570,7 +570,7 @@ def test_a_finished_file_whose_record_cannot_be_refreshed_is_still_skipped(tmp_p
     at and no report. The file stays finished (its output is complete) and the batch goes on."""
     import errno
 
-    from deconv3d.pipeline import batch
+    from deconv3d.pipeline import completion_records
 
     (tmp_path / "in").mkdir()
     for i in range(2):
@@ -582,14 +582,14 @@ def test_a_finished_file_whose_record_cannot_be_refreshed_is_still_skipped(tmp_p
     assert main(command) == 0
     touched = tmp_path / "in" / "img0.tif"
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
-    write_json_atomic = batch._write_json_atomic
+    write_json_atomic = completion_records.write_json_atomic
 
     def full_at_records(path, payload):
-        if path.parent.name == batch.RECORD_DIR and payload.get("finished"):
+        if path.parent.name == completion_records.RECORD_DIR and payload.get("finished"):
             raise OSError(errno.ENOSPC, "No space left on device")
         write_json_atomic(path, payload)
 
-    monkeypatch.setattr(batch, "_write_json_atomic", full_at_records)
+    monkeypatch.setattr(completion_records, "write_json_atomic", full_at_records)
     (out / "batch_report.json").unlink()
     assert main(command) == 0
     assert "nothing was written" not in capsys.readouterr().err
@@ -680,7 +680,7 @@ def test_the_report_as_files_finish_leaves_out_the_file_in_progress_and_spaces_i
     files minutes: writes are spaced to take at most REPORT_SHARE of the time (a clock of our own here)."""
     import types
 
-    from deconv3d.pipeline import batch
+    from deconv3d.pipeline import batch_report
 
     clock, written = [0.0], []
 
@@ -688,23 +688,24 @@ def test_the_report_as_files_finish_leaves_out_the_file_in_progress_and_spaces_i
         written.append((clock[0], [r["file"] for r in rows]))
         clock[0] += 1.0  # each write takes a second
 
-    monkeypatch.setattr(batch, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
-    monkeypatch.setattr(batch, "write_reports", write_reports)
-    report = batch.report_as_files_finish(tmp_path, fill=lambda rows: [{**r, "file": r["file"].upper()} for r in rows])
+    monkeypatch.setattr(batch_report, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(batch_report, "write_reports", write_reports)
+    report = batch_report.report_as_files_finish(tmp_path,
+                                                 fill=lambda rows: [{**r, "file": r["file"].upper()} for r in rows])
     rows = [{"file": "a", "status": "done"}, {"file": "b", "status": ""}]
     report(rows)  # at 0 s: written (b, in progress, is not), the next write due at 1 / REPORT_SHARE = 20 s
     for now in (5.0, 19.9, 20.0):
         clock[0] = now
         report(rows)
-    assert batch.REPORT_SHARE == 0.05 and written == [(0.0, ["A"]), (20.0, ["A"])]
+    assert batch_report.REPORT_SHARE == 0.05 and written == [(0.0, ["A"]), (20.0, ["A"])]
 
 
 # Runs the CLI with the report written as files finish at most once a day (its writes are spaced to a
 # share of the batch's time: a slow write, 0.2 s for 3000 rows, holds the next one back for seconds).
 LAGGING_REPORT_CLI = """
 import sys
-import deconv3d.pipeline.batch as batch
-batch.REPORT_SHARE = 1e-9
+import deconv3d.pipeline.batch_report as batch_report
+batch_report.REPORT_SHARE = 1e-9
 from deconv3d.cli import main
 sys.argv = ["deconv3d", *sys.argv[1:]]
 sys.exit(main())

@@ -84,7 +84,7 @@ def test_a_training_batch_finished_with_the_symmetric_rule_before_the_hash_held_
 
     from deconv3d.omezarr import file_sha256
     from deconv3d.pipeline import settings as settings_module
-    from deconv3d.pipeline.batch import input_state, is_finished
+    from deconv3d.pipeline.completion_records import input_state, is_finished
 
     settings = make_settings({"psf": str(folder / "psf.tif"), "method": "ssl", "train_steps": 1})
     fields = []  # what the fingerprint hashes, less the rule: the hash those versions wrote
