@@ -1,10 +1,10 @@
-"""The classical methods' memory counts (deconv3d.pipeline.memory.MemoryModel, rl / rl-tv /
+"""The classical methods' memory counts (deconv3d.pipeline.memory_model.MemoryModel, rl / rl-tv /
 wiener) against the measured peak of one block.
 
 Each case runs one block callable (:class:`~deconv3d.pipeline.methods.RichardsonLucyBlock` or
 :class:`~deconv3d.pipeline.methods.WienerBlock`, as the pipeline calls them) in a fresh process,
 set up as a ``--memory-limit`` run sets itself up before its first block: glibc's fixed mmap
-threshold (:func:`~deconv3d.pipeline.memory.return_large_allocations`), the block's ``load()``
+threshold (:func:`~deconv3d.pipeline.allocator.return_large_allocations`), the block's ``load()``
 (numba's passes) and, where pyFFTW is the backend, its import. Then the process's peak resident
 memory is reset (``/proc/self/clear_refs``), the block is made (as a block read from the source
 is, after the baseline) and run, and the growth of the peak (VmHWM) over the resident memory
@@ -60,7 +60,7 @@ def _block_fn(method: str, psf, iterations: int):
 
 
 def _model(method: str, psf_shape):
-    from deconv3d.pipeline.memory import MemoryModel
+    from deconv3d.pipeline.memory_model import MemoryModel
 
     name = {"rl-tv": "rl-tv", "wiener": "wiener"}.get(method, "rl")
     return MemoryModel(name, psf_shape, accelerate=method in ("rl-acc", "rl-sched"),
@@ -89,7 +89,8 @@ def measure(method: str, shape, k: int, iterations: int, blocks: int, warm: bool
     from deconv3d._fftw import backend_for, fftw_available
     from deconv3d.fft import fast_shape
     from deconv3d.pipeline.chunked import release_memory
-    from deconv3d.pipeline.memory import current_rss, return_large_allocations
+    from deconv3d.pipeline.allocator import return_large_allocations
+    from deconv3d.pipeline.system_memory import current_rss
 
     return_large_allocations()
     psf = gaussian_psf(k)

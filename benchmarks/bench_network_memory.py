@@ -1,4 +1,4 @@
-"""The self-supervised network's memory count (deconv3d.pipeline.memory.MemoryModel, method "ssl")
+"""The self-supervised network's memory count (deconv3d.pipeline.memory_model.MemoryModel, method "ssl")
 against the measured peak of its tiled inference.
 
 Each case runs ``deconv3d.selfsup.predict.predict_tiled`` once on a random image with an untrained
@@ -34,7 +34,8 @@ def measure(shape, base_channels: int, depth: int, context: int) -> str:
     import numpy as np
     import torch
 
-    from deconv3d.pipeline.memory import MemoryModel, current_rss
+    from deconv3d.pipeline.memory_model import MemoryModel
+    from deconv3d.pipeline.system_memory import current_rss
     from deconv3d.selfsup.config import UNetConfig
     from deconv3d.selfsup.predict import predict_tiled
     from deconv3d.selfsup.unet import ResUNet

@@ -209,7 +209,7 @@ def stats(values) -> str:
 
 
 def print_table(args, memory_rows, throughput) -> None:
-    from deconv3d.pipeline.memory import format_bytes, parse_memory
+    from deconv3d.pipeline.system_memory import format_bytes, parse_memory
 
     print(f"\nbench_pipeline on {os.cpu_count()} cores{' (--quick: not a measurement)' if args.quick else ''}\n")
     print("| measurement | value | target | met |")

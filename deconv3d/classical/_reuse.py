@@ -20,7 +20,7 @@ test run, where 4 serve.
 
 At most one set-up is kept in the process, and a call of another shape, PSF or owner drops it
 before building its own. So besides the blocks in flight, which hold their own set-ups (as the
-memory model counts them: :mod:`deconv3d.pipeline.memory`), it holds between blocks at most one
+memory model counts them: :mod:`deconv3d.pipeline.memory_model`), it holds between blocks at most one
 OTF and one weight, less than the block that built them held.
 """
 

@@ -298,13 +298,15 @@ def _one_per_channel(args) -> None:
 
 def _go_out_of_core_if_too_large(args) -> None:
     """Send rl, rl-tv, Wiener or ssl with a ``--model`` on an image whose in-memory run would need
-    more memory than is available (:func:`deconv3d.pipeline.memory.available_memory`) to the
+    more memory than is available (:func:`deconv3d.pipeline.system_memory.available_memory`) to the
     chunked pipeline, which then splits it into blocks that fit (``run_chunked``'s automatic
     limit): in memory it ran until the kernel killed the process, with no message and no output.
     (ssl that trains holds the whole image to train on, and stays in memory.)"""
     from deconv3d._tensors import resolve_device
     from deconv3d.omezarr.reading import image_header
-    from deconv3d.pipeline.memory import MemoryModel, limit_for_available, planning_baseline
+    from deconv3d.pipeline.memory import limit_for_available
+    from deconv3d.pipeline.memory_model import MemoryModel
+    from deconv3d.pipeline.system_memory import planning_baseline
 
     if (args.method == "ssl" and not args.model) or not Path(args.input).is_file() \
             or resolve_device(args.device).type == "cuda":

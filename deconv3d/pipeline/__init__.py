@@ -1,7 +1,7 @@
 """Out-of-core execution: any per-block callable over an image, with a halo, into OME-Zarr.
 
 :func:`run_chunked` is the entry point: it picks the chunk shape (given, or the largest that fits
-a memory limit under :class:`~deconv3d.pipeline.memory.MemoryModel`), runs the callable block by
+a memory limit under :class:`~deconv3d.pipeline.memory_model.MemoryModel`), runs the callable block by
 block, each block one self-contained task that reads its region plus halo straight from the
 source (:func:`~deconv3d.pipeline.chunked.run_blocks`), writes every block
 straight into the level-0 array of an OME-Zarr image created under a temporary name, adds the
@@ -26,18 +26,20 @@ import numpy as np
 from deconv3d._arrays import is_whole
 from deconv3d._paths import TIFF_SUFFIXES, image_stem, refuse_input_overlap
 from deconv3d.errors import InputError, warn
+from deconv3d.pipeline.allocator import large_allocations_returned
 from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, aligned_box, axis_regions,
                                        box_blocks, cancel_requested, plan_chunks, release_memory, run_blocks,
                                        sides_in_whole_chunks, stored_chunks, write_box_blocks)
 from deconv3d.pipeline.graph import blockwise, store_blocks
-from deconv3d.pipeline.memory import (RESIDENT_ALLOWANCE, MemoryModel, choose_chunks, format_bytes, limit_for_available,
-                                      parse_memory, planning_baseline, large_allocations_returned, round_chunks)
+from deconv3d.pipeline.memory import choose_chunks, limit_for_available, round_chunks
+from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE, MemoryModel
 from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock, chunk_multiple_for, halo_for
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
 from deconv3d.pipeline.readers import (_View, as_reader, chunk_cache_budget, chunk_reads_spare, chunks_cached,
                                        close_sources, source_files)
 from deconv3d.pipeline.records import (provenance, psf_source, psf_summary, run_environment, run_fft_environment,
                                        tiff_properties)
+from deconv3d.pipeline.system_memory import format_bytes, parse_memory, planning_baseline
 
 __all__ = ["run_chunked", "RunInfo", "provenance", "Cancelled", "MemoryModel", "choose_chunks", "parse_memory",
            "RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "atomic_output", "remove_stale_temporaries",
@@ -207,7 +209,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         ``fn(block, placement)`` (:class:`~deconv3d.pipeline.chunked.Placement`: where the block lies).
     memory_limit : int or str, optional
         Budget for the whole process, e.g. ``"4GB"``. Also fixes glibc's mmap threshold while the
-        run lasts (:func:`~deconv3d.pipeline.memory.large_allocations_returned`).
+        run lasts (:func:`~deconv3d.pipeline.allocator.large_allocations_returned`).
     model : MemoryModel, optional
     voxel_size, provenance, pyramid_levels, time_axis, origin
         Written into the OME-Zarr metadata (see :func:`deconv3d.omezarr.create_ome_zarr`); ``time_axis``,
@@ -265,7 +267,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         raise Cancelled("cancelled before the first block")
     if time_problem and "T" in axes:  # a time unit without a name: said once, by the run that writes the axis
         warn(f"deconv3d: warning: {time_problem}")
-    # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (memory.py);
+    # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (allocator.py);
     # the measuring box and every block are one run for FFTW's measuring budget (measuring_run)
     with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output, folder=True) as tmp:
         stored = stored_chunks(plan.shape, plan.zarr_chunks, cap)  # whole chunks of each block, capped
@@ -536,6 +538,6 @@ def _sample_shape(shape, chunks, halo, model, memory_limit) -> tuple[int, ...]:
 
 
 def _block_shape(shape, chunks, halo):
-    from deconv3d.pipeline.memory import largest_block
+    from deconv3d.pipeline.memory_model import largest_block
 
     return largest_block(shape, chunks, halo)

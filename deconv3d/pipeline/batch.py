@@ -124,7 +124,7 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
     ``settings.model``; ``model_file`` is the file recorded, one channel's of several) is checked
     against it, ``voxel`` and the image's dimensionality ``ndim`` (when given) before the block is built.
     """
-    from deconv3d.pipeline.memory import MemoryModel
+    from deconv3d.pipeline.memory_model import MemoryModel
     from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock
 
     if settings.method == "ssl":
@@ -156,7 +156,7 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
 def network_memory_model(block):
     """The memory model of a :class:`~deconv3d.pipeline.methods.NetworkBlock` (its network's width,
     weights and the context its windows reach)."""
-    from deconv3d.pipeline.memory import MemoryModel
+    from deconv3d.pipeline.memory_model import MemoryModel
 
     trained = block.trained
     weights = sum(p.numel() * 4 for p in trained.model.parameters())

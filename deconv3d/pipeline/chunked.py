@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from deconv3d.errors import Cancelled, InputError
-from deconv3d.pipeline.memory import OverlappingRuns
+from deconv3d.pipeline.allocator import OverlappingRuns
 from deconv3d.pipeline.readers import ArrayReader, DaskReader, as_reader  # noqa: F401 (re-exported)
 
 __all__ = ["plan_chunks", "block_regions", "run_blocks", "as_reader", "ArrayReader", "DaskReader", "Cancelled",

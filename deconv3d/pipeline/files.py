@@ -270,7 +270,7 @@ def train_on_image(lazy, psf, voxel, settings, trainer=None, memory_limit=None):
 def _refuse_untrainable(lazy, memory_limit) -> list:
     """Refuse to train on an image of several channels or time points, or one over a quarter of
     ``memory_limit``; returns the sizes of its leading (T, C) axes."""
-    from deconv3d.pipeline.memory import format_bytes, parse_memory
+    from deconv3d.pipeline.system_memory import format_bytes, parse_memory
 
     name = Path(lazy.path).name
     lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
@@ -374,7 +374,7 @@ def _slab_budget(kwargs) -> int | None:
     what the process leaves of it (the slab, the chunk being decoded, the page being written),
     else None (the writer's default). Without it the writer read 256 MiB slabs whatever the
     limit: peaks of 1.5-1.75x a limit that the blocks had kept."""
-    from deconv3d.pipeline.memory import current_rss, parse_memory
+    from deconv3d.pipeline.system_memory import current_rss, parse_memory
 
     limit = kwargs.get("memory_limit")
     if limit is None:
@@ -389,7 +389,7 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
     from deconv3d._tiff_write import ZarrPlanes
     from deconv3d.io import write_tiff
     from deconv3d.pipeline import run_chunked, tiff_properties
-    from deconv3d.pipeline.memory import large_allocations_returned
+    from deconv3d.pipeline.allocator import large_allocations_returned
     from deconv3d.pipeline.output import made_like, temporary_name
 
     lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]  # all 1 (_check_one_image_for_tiff)

@@ -263,7 +263,7 @@ def chunk_cache_budget(reader, lead: int, block, memory_limit=None, predicted: i
     if not hasattr(reader, "cache_chunks") or tuple(block) == tuple(reader.shape[lead:]) or \
             (memory_limit is not None and predicted is None):
         return 0
-    from deconv3d.pipeline.memory import parse_memory
+    from deconv3d.pipeline.system_memory import parse_memory
 
     room = CHUNK_CACHE_BYTES if memory_limit is None else \
         parse_memory(memory_limit) - predicted - chunk_reads_spare(reader, lead, readers)

@@ -138,7 +138,7 @@ class Settings:
                    and self.memory_limit >= 2**20),
                f"{_n('memory_limit')} needs a unit, like \"4GB\" or \"512MiB\", got {self.memory_limit!r}")
         if self.memory_limit is not None:
-            from deconv3d.pipeline.memory import parse_memory
+            from deconv3d.pipeline.system_memory import parse_memory
 
             parse_memory(self.memory_limit)
 
@@ -282,7 +282,7 @@ class Settings:
             # the TV term's rule (RL-TV, and a trained network's reference): a batch finished before 21fbe06 is redone once
             fields["tv_differences"] = tv_term_rule()
         if self.memory_limit is not None:  # 4G, 4000MB and 4GB alike (records made with "4GB" still match)
-            from deconv3d.pipeline.memory import format_bytes, parse_memory
+            from deconv3d.pipeline.system_memory import format_bytes, parse_memory
 
             fields["memory_limit"] = format_bytes(parse_memory(self.memory_limit))
         for key in ("psf", "model"):

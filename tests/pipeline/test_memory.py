@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from deconv3d.errors import InputError
-from deconv3d.pipeline.memory import MemoryModel, choose_chunks, format_bytes, largest_block, round_chunks
+from deconv3d.pipeline.memory import choose_chunks, round_chunks
+from deconv3d.pipeline.memory_model import MemoryModel, largest_block
+from deconv3d.pipeline.system_memory import format_bytes
 
 
 def test_choose_chunks_fits_the_limit_and_prefers_large_blocks():
@@ -67,7 +69,7 @@ def test_the_network_model_counts_the_context_its_tiles_get(monkeypatch):
     mirrored at the volume border): a 2 GB limit was exceeded 2.85 times when only the block was
     counted. The window is the core (or its default tile, for a core larger than predict_tiled's
     budget) plus the context per side; the block itself is counted once, as the input."""
-    from deconv3d.pipeline.memory import _network_window
+    from deconv3d.pipeline.memory_model import _network_window
     from deconv3d.selfsup import predict
 
     bare, padded = (MemoryModel("ssl", (5, 5, 5), base_channels=16, context=c) for c in (0, 56))
@@ -91,7 +93,7 @@ def test_the_network_count_per_window_voxel_follows_the_dimensionality(shape, pe
     """Per window voxel and channel: 4 full-resolution activations plus the coarser levels,
     sum((2 / 2**ndim)**l): 2 in 2D, 4/3 in 3D. benchmarks/bench_network_memory.py measured the
     peak at 0.80-0.96 of this count; the 3D figure in 2D was 1.09-1.30 (the limit overrun)."""
-    from deconv3d.pipeline.memory import SAFETY
+    from deconv3d.pipeline.memory_model import SAFETY
 
     model = MemoryModel("ssl", (5,) * len(shape), base_channels=16)
     voxels = math.prod(shape)
@@ -131,15 +133,15 @@ def test_a_later_run_is_not_charged_twice_for_what_an_earlier_one_left(monkeypat
     """A batch's second file of the same size was refused: its baseline had grown by 70 MB that an
     earlier run left resident, which the resident allowance already counts. Growth beyond the
     allowance (libraries loaded since) still counts."""
-    from deconv3d.pipeline import memory
+    from deconv3d.pipeline import system_memory
 
-    monkeypatch.setattr(memory, "_FIRST_BASELINE", [])
-    rss = iter([400e6, 460e6, 400e6 + memory.RESIDENT_ALLOWANCE + 100e6, 300e6])
-    monkeypatch.setattr(memory, "current_rss", lambda: int(next(rss)))
-    assert memory.planning_baseline() == 400e6
-    assert memory.planning_baseline() == 400e6  # 60 MB of leftovers: within the allowance
-    assert memory.planning_baseline() == 400e6 + 100e6
-    assert memory.planning_baseline() == 300e6  # memory freed since the first run: never above what is resident
+    monkeypatch.setattr(system_memory, "_FIRST_BASELINE", [])
+    rss = iter([400e6, 460e6, 400e6 + system_memory.RESIDENT_ALLOWANCE + 100e6, 300e6])
+    monkeypatch.setattr(system_memory, "current_rss", lambda: int(next(rss)))
+    assert system_memory.planning_baseline() == 400e6
+    assert system_memory.planning_baseline() == 400e6  # 60 MB of leftovers: within the allowance
+    assert system_memory.planning_baseline() == 400e6 + 100e6
+    assert system_memory.planning_baseline() == 300e6  # memory freed since the first run: never above what is resident
 
 
 def test_a_volume_larger_than_the_free_memory_runs_in_blocks_that_fit(tmp_path, monkeypatch, capfd):
@@ -182,6 +184,7 @@ def test_an_in_memory_deconvolve_too_large_for_the_free_memory_goes_block_by_blo
     from deconv3d.io import read_image, write_tiff
     from deconv3d.metrics import psnr
     from deconv3d.pipeline import memory as memory_module
+    from deconv3d.pipeline.system_memory import planning_baseline
 
     from .conftest import blurred_beads, gaussian_psf
 
@@ -208,7 +211,7 @@ def test_an_in_memory_deconvolve_too_large_for_the_free_memory_goes_block_by_blo
     # Just enough for the whole run: it stays in memory (the CLI's test counted the image and the
     # result once more, and sent such runs to the chunked path as one block, which took more memory)
     model = MemoryModel("rl", psf.shape, accelerate=False, boundary="bertero")
-    baseline = memory_module.planning_baseline()
+    baseline = planning_baseline()
     need = model.peak_bytes((32, 256, 256), (0, 0, 0), (32, 256, 256), workers=1, baseline=baseline) - baseline
     monkeypatch.setattr(memory_module, "available_memory", lambda: int((need + 4 * 10**6) / 0.8))
     code, out, err = run([*argv, "-o", tmp_path / "fits.tif"], capsys)
@@ -218,7 +221,7 @@ def test_an_in_memory_deconvolve_too_large_for_the_free_memory_goes_block_by_blo
 def test_available_memory_is_the_least_of_the_kernel_s_and_the_cgroups_without_page_cache(tmp_path, monkeypatch):
     """A cgroup's usage counts page cache the kernel reclaims: in a container that had read a few
     GB of files, small images were sent block by block (found by the diff review)."""
-    from deconv3d.pipeline import memory as memory_module
+    from deconv3d.pipeline import system_memory
 
     (tmp_path / "meminfo").write_text("MemTotal:  8000000 kB\nMemAvailable:    4000000 kB\n")
     job, step = tmp_path / "job", tmp_path / "job" / "step"
@@ -227,21 +230,21 @@ def test_available_memory_is_the_least_of_the_kernel_s_and_the_cgroups_without_p
     (job / "memory.current").write_text("1500000000\n")
     (job / "memory.stat").write_text("anon 500000000\ninactive_file 1000000000\n")  # 1 GB of it reclaimable
     (step / "memory.max").write_text("max\n")
-    monkeypatch.setattr(memory_module, "MEMINFO", str(tmp_path / "meminfo"))
-    monkeypatch.setattr(memory_module, "_cgroup_dirs", lambda: [("v2", str(step)), ("v2", str(job))])
-    assert memory_module.available_memory() == 1_500_000_000  # 2 GB less 0.5 GB in use, below the kernel's
+    monkeypatch.setattr(system_memory, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(system_memory, "_cgroup_dirs", lambda: [("v2", str(step)), ("v2", str(job))])
+    assert system_memory.available_memory() == 1_500_000_000  # 2 GB less 0.5 GB in use, below the kernel's
     (job / "memory.stat").write_text("anon 1500000000\n")  # all of it in use
-    assert memory_module.available_memory() == 500_000_000
-    monkeypatch.setattr(memory_module, "_cgroup_dirs", lambda: [("v2", str(step))])
-    assert memory_module.available_memory() == 4000000 * 1024  # no limit: the kernel's figure
-    monkeypatch.setattr(memory_module, "MEMINFO", str(tmp_path / "missing"))
-    monkeypatch.setattr(memory_module, "_cgroup_dirs", lambda: [])
+    assert system_memory.available_memory() == 500_000_000
+    monkeypatch.setattr(system_memory, "_cgroup_dirs", lambda: [("v2", str(step))])
+    assert system_memory.available_memory() == 4000000 * 1024  # no limit: the kernel's figure
+    monkeypatch.setattr(system_memory, "MEMINFO", str(tmp_path / "missing"))
+    monkeypatch.setattr(system_memory, "_cgroup_dirs", lambda: [])
     import psutil  # no /proc (macOS, Windows): the system's figure, through psutil
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"available": 3_000_000_000})())
-    assert memory_module.available_memory() == 3_000_000_000
+    assert system_memory.available_memory() == 3_000_000_000
     monkeypatch.setitem(__import__("sys").modules, "psutil", None)  # not even that
-    assert memory_module.available_memory() is None  # nothing known: no automatic limit
+    assert system_memory.available_memory() is None  # nothing known: no automatic limit
 
 
 def test_resident_memory_without_proc_is_psutil_s_current_figure(monkeypatch):
@@ -253,9 +256,9 @@ def test_resident_memory_without_proc_is_psutil_s_current_figure(monkeypatch):
 
     import psutil
 
-    from deconv3d.pipeline import memory as memory_module
+    from deconv3d.pipeline import system_memory
 
-    on_linux = memory_module.current_rss()
+    on_linux = system_memory.current_rss()
     real_open = builtins.open
 
     def no_proc(path, *args, **kwargs):
@@ -267,9 +270,9 @@ def test_resident_memory_without_proc_is_psutil_s_current_figure(monkeypatch):
     monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows
     monkeypatch.setattr(psutil, "Process", lambda: type("P", (), {"memory_info": lambda self: type(
         "M", (), {"rss": 123_456_789})()})())  # (psutil's own reads /proc here)
-    assert memory_module.current_rss() == 123_456_789
+    assert system_memory.current_rss() == 123_456_789
     monkeypatch.setitem(sys.modules, "psutil", None)
-    assert memory_module.current_rss() == 0  # unknown: planned without a baseline, not an internal error
+    assert system_memory.current_rss() == 0  # unknown: planned without a baseline, not an internal error
     assert on_linux > 10_000_000  # /proc's figure where it exists (the interpreter with numpy and torch)
 
 
@@ -286,18 +289,18 @@ def test_the_cgroup_walk_goes_from_the_process_s_group_up_to_the_root(tmp_path, 
     import builtins
     import os
 
-    from deconv3d.pipeline import memory as memory_module
+    from deconv3d.pipeline import system_memory
 
     real_open = builtins.open
-    monkeypatch.setattr(memory_module, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.setattr(system_memory, "CGROUP_ROOT", str(tmp_path))
     monkeypatch.setattr(builtins, "open", lambda path, *a, **k: __import__("io").StringIO(lines)
                         if path == "/proc/self/cgroup" else real_open(path, *a, **k))
-    found = memory_module._cgroup_dirs()
+    found = system_memory._cgroup_dirs()
     assert found == [(v, os.path.normpath(os.path.join(str(tmp_path), p))) for v, p in expected]
 
 
 def test_an_unreadable_cgroup_limit_is_no_limit(tmp_path):
-    from deconv3d.pipeline.memory import _cgroup_free
+    from deconv3d.pipeline.system_memory import _cgroup_free
 
     (tmp_path / "memory.max").write_text("\n")
     (tmp_path / "memory.current").write_text("100\n")
@@ -367,12 +370,12 @@ def test_only_a_run_with_a_memory_limit_touches_the_allocator(tmp_path, monkeypa
     """A TIFF output without a limit set glibc's thresholds too (review of this session's diff);
     only runs with a limit do, and a TIFF output's copy is inside its run's setting."""
     from deconv3d.io import write_tiff
-    from deconv3d.pipeline import memory
+    from deconv3d.pipeline import allocator
     from deconv3d.pipeline.files import deconvolve_file
     from deconv3d.pipeline.settings import make_settings
 
     calls = []
-    monkeypatch.setattr(memory, "_mallopt", lambda parameter, value: calls.append((parameter, value)) or True)
+    monkeypatch.setattr(allocator, "_mallopt", lambda parameter, value: calls.append((parameter, value)) or True)
     psf = np.ones((3, 3, 3), np.float32) / 27
     write_tiff(tmp_path / "img.tif", np.random.default_rng(0).random((8, 32, 32)).astype(np.float32) + 0.1,
                voxel_size=(0.3, 0.1, 0.1))
@@ -381,9 +384,9 @@ def test_only_a_run_with_a_memory_limit_touches_the_allocator(tmp_path, monkeypa
     deconvolve_file(tmp_path / "img.tif", tmp_path / "out.tif", make_settings(settings))
     assert calls == []
     deconvolve_file(tmp_path / "img.tif", tmp_path / "lim.tif", make_settings({**settings, "memory_limit": "2GB"}))
-    assert calls and calls[0] == (memory._M_MMAP_THRESHOLD, memory.MMAP_THRESHOLD)
-    assert calls[-2:] == [(memory._M_MMAP_THRESHOLD, memory.SETTLED_MMAP_THRESHOLD),
-                          (memory._M_TRIM_THRESHOLD, 2 * memory.SETTLED_MMAP_THRESHOLD)]
+    assert calls and calls[0] == (allocator._M_MMAP_THRESHOLD, allocator.MMAP_THRESHOLD)
+    assert calls[-2:] == [(allocator._M_MMAP_THRESHOLD, allocator.SETTLED_MMAP_THRESHOLD),
+                          (allocator._M_TRIM_THRESHOLD, 2 * allocator.SETTLED_MMAP_THRESHOLD)]
 
 
 @pytest.mark.parametrize("command", ["deconvolve", "batch"])
@@ -461,7 +464,9 @@ def test_not_enough_free_memory_says_the_program_s_own_share_and_how_much_to_fre
     the same words), and how much more to free; freeing that much is enough."""
     import re
 
-    from deconv3d.pipeline.memory import AVAILABLE_SHARE, RESIDENT_ALLOWANCE, parse_memory
+    from deconv3d.pipeline.memory import AVAILABLE_SHARE
+    from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE
+    from deconv3d.pipeline.system_memory import parse_memory
 
     from .conftest import gaussian_psf
 
@@ -626,7 +631,7 @@ def test_given_chunks_where_no_chunks_fit_are_told_the_limit_that_holds_them(mon
     chunks or drop --chunks: neither fits. Where even one-voxel chunks exceed the limit it names a
     limit that holds the given chunks (as the limit alone does)."""
     from deconv3d.pipeline import _spatial_plan
-    from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE
+    from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE
 
     baseline = 200_000_000
     monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: baseline)

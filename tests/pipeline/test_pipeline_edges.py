@@ -671,7 +671,7 @@ def test_a_damaged_chunk_of_a_zarr_input_is_named_not_an_internal_error(tmp_path
 
 @pytest.mark.parametrize("text", ["1e400", "0", "-5MB"])
 def test_memory_limits_that_overflow_or_are_not_positive_name_the_fix(text):
-    from deconv3d.pipeline.memory import parse_memory
+    from deconv3d.pipeline.system_memory import parse_memory
 
     with pytest.raises(InputError, match="write it like 4GB"):
         parse_memory(text)
@@ -686,7 +686,7 @@ def test_a_memory_limit_starts_with_a_number_of_at_least_one_byte(text, expected
     """Found by the out-of-core review: dask's parser reads a missing number as 1, so '' and ' ' were
     1 byte, 'GB' 1e9 (a run with --memory-limit GB succeeded and recorded "GB") and 'kb' 1000, while
     '0.5' (truncated to 0 bytes) was told it must be positive."""
-    from deconv3d.pipeline.memory import parse_memory
+    from deconv3d.pipeline.system_memory import parse_memory
 
     if isinstance(expected, int):
         assert parse_memory(text) == expected

@@ -64,7 +64,8 @@ def test_chunked_accelerated_rl_measures_its_steps_on_the_whole_volume_when_the_
 
     from deconv3d.omezarr import read_ome_zarr
     from deconv3d.pipeline import MemoryModel, _sample_shape
-    from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE, largest_block, planning_baseline
+    from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE, largest_block
+    from deconv3d.pipeline.system_memory import planning_baseline
 
     fn = RichardsonLucyBlock(psf3d, iterations=10, accelerate=True)
     adaptive = richardson_lucy(volume, psf3d, 10, accelerate=True, device="cpu")
@@ -101,7 +102,7 @@ def test_blocks_inside_the_measuring_box_are_written_from_its_run(tmp_path, psf3
     from deconv3d.omezarr import read_ome_zarr
     from deconv3d.pipeline import MemoryModel, _Plan, _sample_shape
     from deconv3d.pipeline.chunked import aligned_box, box_blocks
-    from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE
+    from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE
 
     # The process's own size (tens of MB apart between calls) would swamp these tiny blocks' budget.
     monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: 0)
@@ -132,7 +133,7 @@ def test_a_prepare_hook_of_ones_own_still_gets_the_boxs_shape(tmp_path, volume, 
     """run_chunked's documented hook is prepare(data, block_shape); the measuring-box change had
     passed it slices, and a block callable written to the contract failed (diff review)."""
     from deconv3d.pipeline import MemoryModel
-    from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE
+    from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE
 
     monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: 0)
     seen = []

@@ -121,7 +121,7 @@ def test_chunks_a_limit_chooses_fit_it_as_the_run_takes_them(monkeypatch):
     be smaller still."""
     from deconv3d.errors import InputError
     from deconv3d.pipeline import MemoryModel, _spatial_plan
-    from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE
+    from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE
 
     monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: 0)
     model = MemoryModel("rl", (141, 9, 9))
@@ -206,7 +206,7 @@ def test_chunks_below_the_halo_are_told_what_they_run_as(monkeypatch):
     sent the user to the same blocks again."""
     from deconv3d.errors import InputError
     from deconv3d.pipeline import MemoryModel, _spatial_plan
-    from deconv3d.pipeline.memory import RESIDENT_ALLOWANCE
+    from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE
 
     monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: 0)
     model = MemoryModel("rl", (141, 9, 9))
