@@ -900,7 +900,7 @@ def test_a_complex_tiff_is_refused_in_memory_and_lazily(tmp_path):
 def test_lazy_readers_tell_a_vanished_file_from_a_damaged_one_and_pass_memory_errors_on(tmp_path, monkeypatch):
     """A file gone during the run is named as such (not as damaged); running out of memory is not
     reported as a damaged strip."""
-    from deconv3d.omezarr import open_lazy, reading
+    from deconv3d.omezarr import open_lazy, reading, tiff_reading
 
     tifffile.imwrite(tmp_path / "a.tif", np.ones((4, 8, 8), np.float32), photometric="minisblack")
     lazy = open_lazy(tmp_path / "a.tif")
@@ -912,10 +912,10 @@ def test_lazy_readers_tell_a_vanished_file_from_a_damaged_one_and_pass_memory_er
         def __getitem__(self, key):
             raise self.exc
 
-    monkeypatch.setattr(reading._TiffArray, "_array", lambda self: Failing(MemoryError()))
+    monkeypatch.setattr(tiff_reading._TiffArray, "_array", lambda self: Failing(MemoryError()))
     with pytest.raises(MemoryError):
         lazy.reader.read((slice(0, 2),))
-    monkeypatch.setattr(reading._TiffArray, "_array", lambda self: Failing(OSError(5, "Input/output error")))
+    monkeypatch.setattr(tiff_reading._TiffArray, "_array", lambda self: Failing(OSError(5, "Input/output error")))
     with pytest.raises(InputError, match="check that the image is still there"):
         lazy.reader.read((slice(0, 2),))
     zarr_reader = reading.ZarrReader.__new__(reading.ZarrReader)

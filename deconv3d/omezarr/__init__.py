@@ -14,8 +14,9 @@ straight from the file, which the chunked pipeline uses block by block; :func:`r
 loads one level into memory.
 """
 
-from deconv3d.omezarr.reading import (ZARR_SUFFIX, LazyImage, TiffReader, ZarrReader, open_lazy,
-                                     read_ome_zarr)
+from deconv3d.omezarr.lazy_image import LazyImage
+from deconv3d.omezarr.reading import ZARR_SUFFIX, ZarrReader, open_lazy, read_ome_zarr
+from deconv3d.omezarr.tiff_reading import TiffReader
 from deconv3d.omezarr.writing import (OME_VERSION, create_ome_zarr, file_sha256, write_ome_zarr, write_omero,
                                      write_pyramid)
 

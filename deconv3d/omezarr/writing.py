@@ -14,7 +14,7 @@ from deconv3d import __version__
 from deconv3d._paths import file_identity, image_stem, path_text
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
-from deconv3d.omezarr.reading import _AXIS_TYPES, _in_order, _level_transform
+from deconv3d.omezarr.ngff_metadata import _AXIS_TYPES, _in_order, _level_transform
 
 OME_VERSION = "0.5"
 

@@ -87,7 +87,8 @@ def source_files(data) -> list:
     (an array-like whose ``__dask_graph__()`` is None, as an xarray.DataArray not backed by dask).
     An output must not replace them (:func:`~deconv3d._paths.refuse_input_overlap`)."""
     from deconv3d.omezarr import LazyImage
-    from deconv3d.omezarr.reading import TiffReader, ZarrReader
+    from deconv3d.omezarr.reading import ZarrReader
+    from deconv3d.omezarr.tiff_reading import TiffReader
 
     if isinstance(data, LazyImage):
         return [data.path]
@@ -107,7 +108,7 @@ def close_sources(reader) -> None:
     run is done with them: a TiffReader's, or those a dask array reads (a later read opens them again).
     Kept open, a long session held handles to files it was done with (a deleted TIFF's disk space
     freed only once they went)."""
-    from deconv3d.omezarr.reading import TiffReader, _TiffArray
+    from deconv3d.omezarr.tiff_reading import TiffReader, _TiffArray
 
     reader = reader.reader if isinstance(reader, _View) else reader
     if isinstance(reader, TiffReader):
@@ -144,7 +145,7 @@ def _stored_values(graph):
 def _read_file(value):
     """The file a value in a dask graph reads, where it is a TIFF opened by deconv3d, or the folder on
     this machine's disks of a zarr array it reads: its store's folder joined with its path there."""
-    from deconv3d.omezarr.reading import _TiffArray
+    from deconv3d.omezarr.tiff_reading import _TiffArray
 
     if isinstance(value, _TiffArray):
         return value.path

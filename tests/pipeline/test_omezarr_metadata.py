@@ -153,7 +153,7 @@ def test_numeric_strings_in_a_scale_are_read_as_numbers_a_string_or_booleans_ref
     """_level_transform's docstring said a scale or translation must be a list of numbers, yet one of
     numeric strings (["2", "0.5", "0.5"]) is read, as its numbers; the string "111" in place of the
     list, or true in it, is refused by name rather than read as a scale."""
-    from deconv3d.omezarr.reading import _level_transform
+    from deconv3d.omezarr.ngff_metadata import _level_transform
 
     def multiscale(scale, translation=(0, 0, 0)):
         return {"datasets": [{"path": "0", "coordinateTransformations": [
