@@ -88,9 +88,9 @@ def measure(method: str, shape, k: int, iterations: int, blocks: int, warm: bool
 
     from deconv3d._fftw import backend_for, fftw_available
     from deconv3d.fft import fast_shape
-    from deconv3d.pipeline.chunked import release_memory
     from deconv3d.pipeline.allocator import return_large_allocations
     from deconv3d.pipeline.system_memory import current_rss
+    from deconv3d.pipeline.threads_and_memory import release_memory
 
     return_large_allocations()
     psf = gaussian_psf(k)

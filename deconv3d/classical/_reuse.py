@@ -4,7 +4,7 @@ chunked run for the next block of the same shape.
 Both depend only on the PSF, the shape, the boundary, the device and the dtype, not on the data,
 yet every block computed them again: 9 of each in a 96 x 384 x 384 run (its measuring box and 8
 blocks in 3 shapes), 18 % of its CPU; kept, and with the blocks grouped by shape
-(:func:`deconv3d.pipeline.chunked.block_regions`), 4 of each, 9 %. Only a caller that names an owner
+(:func:`deconv3d.pipeline.block_geometry.block_regions`), 4 of each, 9 %. Only a caller that names an owner
 (:func:`reusing_setup`: :class:`deconv3d.pipeline.RichardsonLucyBlock` names the run of its
 block) keeps a set-up, and only until the run ends: the run drops it then (:func:`drop_setup`, in a
 ``finally``: done, failed or cancelled), and a weak reference to the owner drops it where the owner

@@ -27,9 +27,9 @@ from deconv3d._arrays import is_whole
 from deconv3d._paths import TIFF_SUFFIXES, image_stem, refuse_input_overlap
 from deconv3d.errors import InputError, warn
 from deconv3d.pipeline.allocator import large_allocations_returned
-from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, aligned_box, axis_regions,
-                                       box_blocks, cancel_requested, plan_chunks, release_memory, run_blocks,
-                                       sides_in_whole_chunks, stored_chunks, write_box_blocks)
+from deconv3d.pipeline.block_geometry import (aligned_box, axis_regions, box_blocks, plan_chunks,
+                                              sides_in_whole_chunks, stored_chunks, write_box_blocks)
+from deconv3d.pipeline.chunked import Cancelled, ProgressCallback, _verify_source, run_blocks
 from deconv3d.pipeline.graph import blockwise, store_blocks
 from deconv3d.pipeline.memory import choose_chunks, limit_for_available, round_chunks
 from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE, MemoryModel
@@ -39,7 +39,9 @@ from deconv3d.pipeline.readers import (_View, as_reader, chunk_cache_budget, chu
                                        close_sources, source_files)
 from deconv3d.pipeline.records import (provenance, psf_source, psf_summary, run_environment, run_fft_environment,
                                        tiff_properties)
+from deconv3d.pipeline.run_flags import cancel_requested
 from deconv3d.pipeline.system_memory import format_bytes, parse_memory, planning_baseline
+from deconv3d.pipeline.threads_and_memory import release_memory
 
 __all__ = ["run_chunked", "RunInfo", "provenance", "Cancelled", "MemoryModel", "choose_chunks", "parse_memory",
            "RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "atomic_output", "remove_stale_temporaries",
@@ -79,7 +81,7 @@ def _spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, w
     any of them asks for, so that no channel's blocks are cut short of its PSF's reach. With a
     ``cap`` (the longest stored chunk side per axis), block sides above it, once enlarged to the
     halo, are cut to whole stored chunks, or rounded up to them where the halo needs it
-    (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`).
+    (:func:`~deconv3d.pipeline.block_geometry.sides_in_whole_chunks`).
     """
     ndim = len(spatial_shape)
     if halo is None:
@@ -197,7 +199,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         Its chunks tile the blocks, each block writing chunks of its own, and are no longer than
         :data:`~deconv3d.omezarr.writing.CHUNK_CAP` (64 planes of 512 x 512): a block side above
         the cap (once enlarged to the halo) is cut to whole chunks, or rounded up to them where the
-        halo needs it (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`). The file or zarr
+        halo needs it (:func:`~deconv3d.pipeline.block_geometry.sides_in_whole_chunks`). The file or zarr
         folder ``data`` is read from (:func:`~deconv3d.pipeline.readers.source_files`) is refused as
         the output, as is a path inside it or holding it, or a file or a symbolic link at the path,
         before any work.
@@ -206,7 +208,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         ``memory_limit`` under ``model``, else the whole volume. A callable with a
         ``chunk_multiple()`` method (the network: ``2**depth``) gets chunk sides rounded up to
         multiples of it. One whose ``placed`` attribute is true is called as
-        ``fn(block, placement)`` (:class:`~deconv3d.pipeline.chunked.Placement`: where the block lies).
+        ``fn(block, placement)`` (:class:`~deconv3d.pipeline.block_geometry.Placement`: where the block lies).
     memory_limit : int or str, optional
         Budget for the whole process, e.g. ``"4GB"``. Also fixes glibc's mmap threshold while the
         run lasts (:func:`~deconv3d.pipeline.allocator.large_allocations_returned`).
@@ -451,7 +453,7 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: _Plan, cli
 
 def _prepare(fn, view, plan: _Plan, target_path, index):
     """``fn`` prepared on its measuring box (:func:`_sample_shape`, placed to hold whole blocks:
-    :func:`~deconv3d.pipeline.chunked.aligned_box`), and the blocks written from the method's result
+    :func:`~deconv3d.pipeline.block_geometry.aligned_box`), and the blocks written from the method's result
     on that box, where its ``prepare_with_output`` returns one (accelerated RL measuring its steps:
     those blocks are not run again)."""
     sizes = plan.dask_chunks  # the blocks' core sizes
@@ -512,7 +514,7 @@ def _prepare_runs_whole(block_fns, shape, chunks, halo, model, memory_limit) -> 
 
 def _sample_shape(shape, chunks, halo, model, memory_limit) -> tuple[int, ...]:
     """The shape of the box a block callable's ``prepare`` measures its common settings on
-    (accelerated RL's step schedule; placed by :func:`~deconv3d.pipeline.chunked.aligned_box`):
+    (accelerated RL's step schedule; placed by :func:`~deconv3d.pipeline.block_geometry.aligned_box`):
     under a memory limit, the whole volume when the memory model says it
     fits, else the largest box scaled up from a block that does; one block otherwise (chunks
     given without a limit bound each block's memory, often a GPU's, which a larger box would

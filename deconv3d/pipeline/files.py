@@ -248,7 +248,7 @@ def train_on_image(lazy, psf, voxel, settings, trainer=None, memory_limit=None):
     ``settings.run_device``. Under ``memory_limit`` an image over a quarter of it is refused (training
     holds it, its standardised copy and the network's activations): train on a crop instead.
     """
-    from deconv3d.pipeline.chunked import release_memory
+    from deconv3d.pipeline.threads_and_memory import release_memory
     from deconv3d.selfsup import train
 
     name = Path(lazy.path).name

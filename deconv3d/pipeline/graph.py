@@ -15,15 +15,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from deconv3d.pipeline.chunked import (Cancelled, Placement, ProgressCallback, _apply, _share_cores, _take_share,
-                                       axis_regions, plan_chunks)
+from deconv3d.pipeline.block_geometry import Placement, axis_regions, plan_chunks
+from deconv3d.pipeline.chunked import Cancelled, ProgressCallback, _apply
+from deconv3d.pipeline.threads_and_memory import _share_cores, _take_share
 
 __all__ = ["blockwise", "store_blocks"]
 
 
 def _as_block_function(fn: Callable[[np.ndarray], np.ndarray], ndim: int, chunks, depth):
     """Wrap ``fn`` to drop leading singleton (t, c) axes and to check what comes back; a callable
-    that asks for its :class:`~deconv3d.pipeline.chunked.Placement` gets it (``chunks`` and
+    that asks for its :class:`~deconv3d.pipeline.block_geometry.Placement` gets it (``chunks`` and
     ``depth``: the plan's core block sizes and halo per axis)."""
     shape = tuple(sum(c) for c in chunks[-ndim:])
     regions = [axis_regions(n, sizes, h) for n, sizes, h in zip(shape, chunks[-ndim:], depth[-ndim:])]

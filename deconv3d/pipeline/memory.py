@@ -80,7 +80,7 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
     all blocks, i.e. the largest blocks with the least halo overhead. With ``multiple`` > 1
     (a network's ``2**depth``) every side is a multiple of it or the whole axis. With a ``cap``
     (the stored chunks' largest sides) each candidate is first taken as the run will take it, in
-    whole stored chunks (:func:`~deconv3d.pipeline.chunked.sides_in_whole_chunks`), so that the
+    whole stored chunks (:func:`~deconv3d.pipeline.block_geometry.sides_in_whole_chunks`), so that the
     peak is predicted for the blocks that run: a side rounded up to whole chunks after the choice
     went over the limit without a word.
 
@@ -93,7 +93,7 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
         ``processes`` worker processes given an equal share of the free memory, less the program's
         own memory of the others) says that too little memory is free and about how much more to free.
     """
-    from deconv3d.pipeline.chunked import plan_chunks, sides_in_whole_chunks
+    from deconv3d.pipeline.block_geometry import plan_chunks, sides_in_whole_chunks
 
     shape = tuple(int(n) for n in shape)
     multiple = max(1, int(multiple))

@@ -191,7 +191,7 @@ class MemoryModel:
     def peak_bytes(self, chunks: Sequence[int], halo: Sequence[int], shape: Sequence[int], *,
                    workers: int = 1, baseline: int = 0) -> int:
         """Predicted peak: ``baseline + RESIDENT_ALLOWANCE + workers * block_bytes(largest block)``."""
-        from deconv3d.pipeline.chunked import plan_chunks
+        from deconv3d.pipeline.block_geometry import plan_chunks
 
         core = tuple(max(c) for c in plan_chunks(shape, chunks, halo)[0])
         block = self.block_bytes(largest_block(shape, chunks, halo), core)
@@ -209,7 +209,7 @@ def _network_window(core_shape: Sequence[int], context: int) -> int:
 
 def largest_block(shape, chunks, halo) -> tuple[int, ...]:
     """Largest block (core plus halo on both sides) of the plan :func:`plan_chunks` makes."""
-    from deconv3d.pipeline.chunked import plan_chunks
+    from deconv3d.pipeline.block_geometry import plan_chunks
 
     dask_chunks, depth, _ = plan_chunks(shape, chunks, halo)
     return tuple(min(n, max(c) + 2 * h) for n, c, h in zip(shape, dask_chunks, depth))

@@ -60,8 +60,9 @@ import numpy as np
 from deconv3d._spectral import psf_rms_width
 from deconv3d.classical.rl import _ignores_estimate
 from deconv3d.errors import refuse_non_finite
-from deconv3d.pipeline.chunked import Placement, abandoned, block_run
+from deconv3d.pipeline.block_geometry import Placement
 from deconv3d.pipeline.records import method_fft_shapes
+from deconv3d.pipeline.run_flags import abandoned, block_run
 from deconv3d.psf import fit_psf
 
 __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "psf_rms_width", "rl_halo",
@@ -71,7 +72,7 @@ __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "ps
 @_ignores_estimate  # Richardson-Lucy on data of extreme intensities hands it no scaled copy per iteration
 def _stop_if_abandoned(*_progress) -> bool:
     """A per-iteration (per-tile) callback of a block's loop: True, to stop it, once the run is
-    abandoned (:func:`deconv3d.pipeline.chunked.abandoned`): an interrupted run then ends after one
+    abandoned (:func:`deconv3d.pipeline.run_flags.abandoned`): an interrupted run then ends after one
     more iteration or tile, not the whole block."""
     return abandoned()
 

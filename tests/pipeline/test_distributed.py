@@ -286,7 +286,7 @@ def test_a_failed_cluster_run_stops_its_running_blocks(tmp_path):
 
     from distributed import Client, LocalCluster
 
-    from deconv3d.pipeline.chunked import CLUSTER_POLL
+    from deconv3d.pipeline.run_flags import CLUSTER_POLL
 
     started, ended = tmp_path / "slow-block-started", tmp_path / "how-the-slow-block-ended"
 

@@ -415,7 +415,7 @@ def test_overlapping_runs_leave_every_thread_s_count_and_the_default_as_they_wer
     started afterwards get that count again."""
     import torch
 
-    from deconv3d.pipeline.chunked import _SHARED_CORES
+    from deconv3d.pipeline.threads_and_memory import _SHARED_CORES
 
     seen, lock = [], threading.Lock()
     first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
@@ -508,9 +508,9 @@ def test_without_per_thread_setters_blocks_still_get_their_share_and_the_default
     import torch
     import zarr
 
-    from deconv3d.pipeline import chunked
+    from deconv3d.pipeline import threads_and_memory
 
-    monkeypatch.setattr(chunked, "_thread_setters", lambda: None)
+    monkeypatch.setattr(threads_and_memory, "_thread_setters", lambda: None)
     seen, before = [], torch.get_num_threads()
     x = np.ones((8, 8), np.float32)
     zarr.create_array(str(tmp_path / "s.zarr"), shape=x.shape, chunks=(4, 8), dtype="float32")

@@ -1206,18 +1206,18 @@ def test_a_failing_block_stops_the_running_ones_at_their_next_check(tmp_path):
 def test_richardson_lucy_blocks_stop_after_one_iteration_once_abandoned(method):
     import threading
 
-    from deconv3d.pipeline import RichardsonLucyBlock, chunked
+    from deconv3d.pipeline import RichardsonLucyBlock, run_flags
 
     psf = gaussian_psf()
     image = blurred_beads((16, 32, 32), psf, seed=2)
     tv = 0.002 if method == "rl-tv" else 0.0
     abandon = threading.Event()
     abandon.set()
-    chunked._BLOCK.abandon = abandon
+    run_flags._BLOCK.abandon = abandon
     try:
         cut = RichardsonLucyBlock(psf, iterations=30, tv_weight=tv)(image)
     finally:
-        chunked._BLOCK.abandon = None
+        run_flags._BLOCK.abandon = None
     np.testing.assert_array_equal(cut, RichardsonLucyBlock(psf, iterations=1, tv_weight=tv)(image))
     assert not np.array_equal(cut, RichardsonLucyBlock(psf, iterations=30, tv_weight=tv)(image))
 
@@ -1225,8 +1225,8 @@ def test_richardson_lucy_blocks_stop_after_one_iteration_once_abandoned(method):
 def test_network_blocks_stop_after_one_tile_once_abandoned():
     import threading
 
-    from deconv3d.pipeline import NetworkBlock, chunked
-    from deconv3d.pipeline.chunked import Placement
+    from deconv3d.pipeline import NetworkBlock, run_flags
+    from deconv3d.pipeline.block_geometry import Placement
     from deconv3d.selfsup import TrainConfig, UNetConfig, train
     from deconv3d.selfsup.predict import Cancelled
 
@@ -1238,13 +1238,13 @@ def test_network_blocks_stop_after_one_tile_once_abandoned():
     whole = Placement((0, 0), (slice(0, 48), slice(0, 48)), (48, 48))
     abandon = threading.Event()
     abandon.set()
-    chunked._BLOCK.abandon = abandon
+    run_flags._BLOCK.abandon = abandon
     try:
         for placement in (None, whole):
             with pytest.raises(Cancelled, match="after 1 of"):
                 block(image, placement) if placement else block(image)
     finally:
-        chunked._BLOCK.abandon = None
+        run_flags._BLOCK.abandon = None
     assert block(image, whole).shape == image.shape
 
 

@@ -185,7 +185,7 @@ def test_sides_in_whole_chunks_raises_where_its_step_never_settles(monkeypatch):
     """Its walk had no bound: a step that never repeats a side (as one that passes the axis) looped
     for ever, and this file's tests hung instead of failing. A side in 1..n settles within n steps. The
     error names the axis by its length ("an axis of 13"; "axis 13" read as the 14th axis)."""
-    import deconv3d.pipeline.chunked as chunked
+    import deconv3d.pipeline.block_geometry as block_geometry
 
     calls = []
 
@@ -194,10 +194,10 @@ def test_sides_in_whole_chunks_raises_where_its_step_never_settles(monkeypatch):
         assert len(calls) < 10_000, "sides_in_whole_chunks kept stepping with no bound"
         return c + 1
 
-    monkeypatch.setattr(chunked, "_whole_chunk_side", growing)
+    monkeypatch.setattr(block_geometry, "_whole_chunk_side", growing)
     said = r"^sides_in_whole_chunks: a side along an axis of 13 \(cap 5, grid 3, halo 8\) did not settle in 14 steps"
     with pytest.raises(RuntimeError, match=said):
-        chunked.sides_in_whole_chunks((9,), (13,), (5,), 3, (8,))
+        block_geometry.sides_in_whole_chunks((9,), (13,), (5,), 3, (8,))
     assert len(calls) == 14
 
 
