@@ -301,6 +301,3 @@ def _clear_later(event, seconds: float) -> None:
     timer = threading.Timer(seconds, clear)
     timer.daemon = True
     timer.start()
-
-
-# ---------------------------------------------------------- dask graph API ---
