@@ -204,6 +204,19 @@ def _stop_if_cancelled(flag: _RunFlag, done: int, total: int) -> None:
         raise Cancelled(f"cancelled after {done} of {total} blocks")
 
 
+def _track(futures: set, submit, *args, **kwargs) -> None:
+    """Submit a block task and add its future to ``futures``, a SIGTERM, SIGHUP or Ctrl-C meanwhile raised only
+    once it is there (:func:`~deconv3d._paths.signals_deferred`). Raised inside the submission, after the task had
+    been queued (a busy machine: the main thread still starting the pool's worker, whose block had already begun),
+    the future was lost, and so was the worker, to the pool's shutdown: the clean-up waited for neither, and
+    removed the temporary output while that block went on to write into it, which made it again (a batch's
+    hidden ``.img.zarr....tmp`` left behind, one run in tens under load)."""
+    from deconv3d._paths import signals_deferred
+
+    with signals_deferred():
+        futures.add(submit(*args, **kwargs))
+
+
 def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: int, progress, done: int,
                  total: int, threads: int = 0, cancel=None) -> int:
     from deconv3d.classical._reuse import drop_setup
@@ -226,7 +239,7 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
     try:
         for read, placement, write in tasks:
             settle(workers - 1)
-            futures.add(pool.submit(_block_task, reader, read, fn, placement, target_path, write, abandon, threads))
+            _track(futures, pool.submit, _block_task, reader, read, fn, placement, target_path, write, abandon, threads)
         settle(0)
     except BaseException:
         abandon.set()  # running blocks stop at their next check of abandoned() and write nothing
@@ -275,8 +288,8 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
         for read, placement, write in tasks:
             settle(limit - 1)
             source = refs[1] if remote else reader.read(read)
-            futures.add(client.submit(_block_task, source, read, refs[0], placement, target_path, write, abandon.name,
-                                      pure=False))
+            _track(futures, client.submit, _block_task, source, read, refs[0], placement, target_path, write,
+                   abandon.name, pure=False)
             del source
         settle(0)
     except BaseException:
