@@ -159,7 +159,7 @@ def case_row(method: str, shape, k: int, args) -> float | None:
 
 
 def main(argv=None) -> None:
-    from deconv3d.cli._common import positive_int
+    from deconv3d.cli.arguments import positive_int
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default=",".join(METHODS))

@@ -74,7 +74,7 @@ def case_row(shape, args) -> float:
 
 
 def main(argv=None) -> None:
-    from deconv3d.cli._common import positive_int
+    from deconv3d.cli.arguments import positive_int
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-channels", type=int, default=16)

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from selfsup_data import (best_gaussian, best_rl, bench_psf, calibrated_rl, constant_floor, genie_wiener,  # noqa: E402
                           make_volume, score)
 
-from deconv3d.cli._common import non_negative_float  # noqa: E402
+from deconv3d.cli.arguments import non_negative_float  # noqa: E402
 from deconv3d.cli.selfsup import RESIDUAL, WARM_TV, _auto_or_non_negative, _warm_start, _warm_tv  # noqa: E402
 from deconv3d.fft import band_limit  # noqa: E402
 from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, train  # noqa: E402

@@ -34,7 +34,7 @@ def private_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True, scope="session")
 def no_progress_lines():
-    """No progress lines in captured stderr (deconv3d.cli._common.LogBar writes one every 30 s when
+    """No progress lines in captured stderr (deconv3d.cli.printing.LogBar writes one every 30 s when
     stderr is not a terminal): a slow machine would add lines to outputs the tests compare.
     test_cli covers them with the interval set to 0."""
     before = os.environ.get("DECONV3D_PROGRESS_SECONDS")

@@ -121,7 +121,7 @@ def test_a_wrong_environment_variable_is_refused_at_start_up(data, capsys, monke
 @pytest.mark.parametrize("value", ["1s", "nan", "-1", "-inf"])
 def test_a_progress_interval_that_is_no_number_of_seconds_is_refused(data, capsys, monkeypatch, value):
     """DECONV3D_PROGRESS_SECONDS=1s was taken as 30 s and nan as never, without a word."""
-    from deconv3d.cli._common import _log_interval
+    from deconv3d.cli.printing import _log_interval
 
     monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", value)
     code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "o.tif",
@@ -137,7 +137,7 @@ def test_an_infinite_progress_interval_turns_the_lines_off(data, capsys, monkeyp
     """DECONV3D_PROGRESS_SECONDS=inf, a working way to write no progress lines, was refused (exit 2)."""
     import itertools
 
-    from deconv3d.cli._common import LogBar
+    from deconv3d.cli.printing import LogBar
 
     monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "inf")
     code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "o.tif",
@@ -578,7 +578,7 @@ def test_a_log_gets_plain_progress_lines_and_a_short_run_none(tmp_path, capsys, 
     code, _, err = run(argv + ["--chunks", 4, 16, 16], capsys)
     assert code == 0, err
     assert re.search(r"^rl: (\d+)/\1 block \(100%\), ", err, re.M), err
-    from deconv3d.cli._common import LogBar
+    from deconv3d.cli.printing import LogBar
 
     bar = LogBar(None, "ssl", "block")
     clock = iter([100.0, 101.0, 101.0, 102.0, 102.0])  # reset 100 s after the bar was made (a training first)
@@ -601,7 +601,7 @@ def test_a_warning_during_a_live_bar_on_a_terminal_starts_its_own_line(monkeypat
     warning: ..."): it goes through tqdm, which clears the bar first and draws it again below."""
     import io
 
-    from deconv3d.cli import _common
+    from deconv3d.cli import printing
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -609,10 +609,10 @@ def test_a_warning_during_a_live_bar_on_a_terminal_starts_its_own_line(monkeypat
 
     stderr = Terminal()
     monkeypatch.setattr(sys, "stderr", stderr)
-    bar = _common.make_bar(None, "predict", "tile")
+    bar = printing.make_bar(None, "predict", "tile")
     bar.update(1)
     bar.refresh()
-    _common.say("deconv3d: warning: look")
+    printing.say("deconv3d: warning: look")
     bar.close()
     text = stderr.getvalue()
     assert "predict" in text and "deconv3d: warning: look\n" in text

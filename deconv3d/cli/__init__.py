@@ -30,7 +30,9 @@ from deconv3d._paths import SPACE_ERRORS, defer_signal, line_text, out_of_space,
 from deconv3d.errors import OWN_MODULES, Deconv3dWarning, InputError
 
 from . import blur, classical, pipeline, selfsup
-from ._common import Parser, Terminated, add_common, check_environment, say_last, show_warning
+from ._common import Terminated, check_environment
+from .arguments import Parser, add_common
+from .printing import say_last, show_warning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = build_parser().parse_known_args(argv)
         if extra:  # reported here by argparse, it would point at the top-level help
-            from deconv3d.cli._common import repeat_hint
+            from deconv3d.cli.arguments import repeat_hint
 
             raise InputError(f"unrecognized arguments: {' '.join(extra)}{repeat_hint(argv)} "
                              f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")

@@ -15,8 +15,9 @@ from deconv3d import __version__
 from deconv3d._paths import line_text, recorded_path
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
-from ._common import (DEVICE_HELP, DEVICES, Parser, add_common, check_output, non_negative_float, positive_float,
-                      positive_int, progress)
+from ._common import check_output
+from .arguments import DEVICE_HELP, DEVICES, Parser, add_common, non_negative_float, positive_float, positive_int
+from .printing import progress
 
 VARIANTS = ("baseline", "implicit", "explicit")
 DISTANCES = ("mse", "l1")

@@ -12,9 +12,10 @@ from deconv3d._paths import line_text
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
 from . import pipeline, selfsup
-from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, add_common, add_optics, check_negative,
-                      check_output, load_psf, positive_float, positive_int, print_warnings, progress, spatial_sizes,
-                      voxel_size_of)
+from ._common import check_negative, check_output, load_psf, voxel_size_of
+from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, add_common, add_optics, positive_float,
+                        positive_int, spatial_sizes)
+from .printing import print_warnings, progress
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -119,7 +120,7 @@ def _unused_option_warnings(args) -> list[str]:
     recipe chosen: :func:`selfsup.recipe_ignores`) ignores; for ``deconvolve`` and ``train``.
 
     Warnings, not errors: scripts that loop over methods with one set of options keep working.
-    They are printed once the input has been checked (``_common.print_warnings``), so that a run
+    They are printed once the input has been checked (``printing.print_warnings``), so that a run
     refused for bad input says only its one-line error.
     """
     lines: list[str] = []

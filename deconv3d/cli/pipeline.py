@@ -1,19 +1,21 @@
-"""Out-of-core commands: ``deconvolve`` into OME-Zarr chunk by chunk, and ``batch`` over a folder."""
+"""Out-of-core commands: ``deconvolve`` into OME-Zarr chunk by chunk, and the ``batch`` command's
+arguments (its run is :mod:`deconv3d.cli.batch`): the options of out-of-core execution, whether a
+``deconvolve`` goes chunk by chunk, the pipeline's settings from the options (and a batch's config),
+and the progress bar and training of a chunked run."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import sys
 import time
 from pathlib import Path
 
-from deconv3d._paths import OUTPUT_SUFFIXES, existing_ancestor, glob_hides, line_text, relative_to_folder
-from deconv3d.errors import InputError, always_show_own_warnings
+from deconv3d._paths import OUTPUT_SUFFIXES, line_text
+from deconv3d.errors import InputError
 
-from ._common import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, Terminated, add_common, add_optics, check_output,
-                      make_bar, positive_float, positive_int, print_warnings, say_last, show_warning, warning_text)
+from ._common import check_output
+from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, add_common, add_optics, positive_float,
+                        positive_int)
+from .printing import make_bar, print_warnings
 from .selfsup import DEFAULT_STEPS
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
@@ -90,24 +92,8 @@ def _setting_values(args, base: dict | None = None) -> dict:
     return values
 
 
-def _as_read_before(args, config: dict, settings) -> tuple:
-    """The fingerprints of ``settings`` as the versions before read this batch command: a --psf
-    given here replaced the config's psf-model only and kept its microscope's parameters, which,
-    unused, were still in some of those hashes (several wavelengths). Their completion records
-    mean these settings: without this, ``--config cfg.toml --psf psf.tif`` redid every file."""
-    import dataclasses
-
-    kept = {k: config[k] for k in OPTICS if k in config and getattr(args, k, None) is None}
-    if getattr(args, "psf", None) is None or not kept:
-        return ()
-    try:
-        return dataclasses.replace(settings, **kept).finished_fingerprints()
-    except InputError:  # (values those versions refused too: no record of theirs holds them)
-        return ()
-
-
 def _bar(desc: str, unit: str, on_start=None):
-    """A progress bar (:func:`~deconv3d.cli._common.make_bar`) and its ``(done, total)`` callback;
+    """A progress bar (:func:`~deconv3d.cli.printing.make_bar`) and its ``(done, total)`` callback;
     ``on_start()`` runs at the first report."""
     bar = make_bar(None, desc, unit)
 
@@ -168,6 +154,8 @@ def _trainer(args, pending: list):
 
 def register(sub) -> None:
     """Add the ``batch`` command to the ``deconv3d`` sub-parsers."""
+    from .batch import cmd_batch  # (batch imports this module: no cycle at import time)
+
     p = sub.add_parser("batch", help="deconvolve every image of a folder (resumable; OME-Zarr outputs)",
                        argument_default=None)
     p.add_argument("input_dir", help="folder of .tif/.tiff/.zarr images")
@@ -219,312 +207,6 @@ def register(sub) -> None:
     add_chunk_options(p, defaults=False)
     p.set_defaults(func=cmd_batch)
     add_common(p)
-
-
-def _check_shared_files(settings) -> None:
-    """An unreadable model or a bad PSF file would fail every file of the batch: refuse it up front."""
-    from deconv3d.io import read_psf
-    from deconv3d.pipeline.settings import _many
-    from deconv3d.psf import validate_psf
-
-    if settings.method == "ssl" and settings.model:
-        from deconv3d.selfsup import load_checkpoint
-
-        for model in _many(settings.model):
-            load_checkpoint(model, device="cpu")
-    else:
-        for psf in _many(settings.psf):
-            data = read_psf(psf).data  # its errors name the file
-            try:
-                validate_psf(data)
-            except InputError as exc:
-                raise InputError(f"{psf}: {exc}") from None
-
-
-def cmd_batch(args: argparse.Namespace) -> int:
-    from deconv3d._paths import refuse_unnamable
-    from deconv3d.pipeline.batch import load_config, run_batch
-    from deconv3d.pipeline.batch_report import report_as_files_finish, status_counts
-    from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
-    from deconv3d.pipeline.files import deconvolve_file
-
-    from .selfsup import training_defaults
-
-    config = load_config(args.config) if args.config else {}
-    _take_run_options(args, config)
-    check_scheduler(args.scheduler)
-    given = _setting_values(args, config)
-    settings = settings_from_args(args, config)
-    output_dir = Path(args.output)
-    refuse_unnamable(output_dir, folder=True)  # (looking at it raised "File name too long")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"output {output_dir} is a file: give a folder")
-    if relative_to_folder(output_dir, args.input_dir) == Path():  # (any spelling of it: device and inode)
-        raise InputError("the output folder is the input folder: choose another one so inputs stay untouched")
-    if _found_as_input(output_dir, Path(args.input_dir), settings.pattern):  # its outputs would be inputs next time
-        raise InputError(f"the output folder {output_dir} would be read as an input (it matches "
-                         f"{', '.join(settings.pattern)} in the input folder): choose another name or place")
-    existing = existing_ancestor(output_dir)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot create or write the output folder {output_dir} ({existing} is not writable): "
-                         "choose another location")
-    _check_shared_files(settings)
-    print_warnings(_unused_settings_warnings(settings, given, [k for k in config if getattr(args, k, None) is None]))
-    start = time.perf_counter()
-    gpus = gpu_count(settings.run_device) if args.scheduler == "processes" else 0
-    rows: list[dict] = []
-    warned = _BatchWarnings()
-    try:
-        with warned.shown(), scheduler_client(args.scheduler, args.workers, gpus=gpus) as client:
-            workers = gpus or args.workers or 1
-
-            training = argparse.Namespace(**{**training_defaults(), "steps": settings.train_steps,
-                                                 "seed": settings.seed, "amp": settings.amp,
-                                                 "device": settings.run_device})
-
-            def one(path, output, input_sha256):
-                warned.file = path
-                try:
-                    deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,
-                                    trainer=_trainer(training, []), sweep=False)  # (run_batch swept the folder)
-                finally:
-                    warned.file = None
-
-            def report(number, total, row):
-                reason = f": {row['reason']}" if row["reason"] else ""
-                print(line_text(f"[{number}/{total}] {row['status']:<7} {Path(row['file']).name}{reason}"), flush=True)
-
-            run_batch(args.input_dir, output_dir, settings, one, progress=report, rows=rows,
-                      also_finished_as=_as_read_before(args, config, settings),
-                      report=report_as_files_finish(output_dir, fill=warned.fill))  # (a killed run's too)
-    except KeyboardInterrupt as exc:
-        how = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
-        for row in rows:  # the file in progress: its earlier output, if any, no longer matches a record
-            if not row["status"]:
-                row.update(status="failed", reason=f"{how}: rerun to redo it")
-        counts = status_counts(rows)
-        json_path = _write_reports(output_dir, warned.fill(rows)) if rows else None  # over an earlier report's rows
-        with contextlib.suppress(OSError):  # (a terminal gone: see say_last)
-            warned.summary(json_path)
-        said = how if isinstance(exc, Terminated) else "interrupted"  # (the signal named)
-        say_last(f"deconv3d: {said} at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
-                 f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
-                 + (f" (report {json_path})" if json_path else "") + ": rerun the same command to resume")
-        return exc.status if isinstance(exc, Terminated) else 130
-    except BrokenPipeError:  # stdout piped into a reader that stopped (| head): the whole report, then main's 141
-        with contextlib.suppress(Exception):  # (the one written as files finish may lag: its writes are spaced)
-            _write_reports(output_dir, warned.fill([row for row in rows if row["status"]]))
-        raise
-    json_path = _write_reports(output_dir, warned.fill(rows))
-    if json_path is None:
-        warned.summary(None)
-        return 3
-    failed = [r for r in rows if r["status"] == "failed"]
-    counts = status_counts(rows)
-    print(f"batch: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed in "
-          f"{time.perf_counter() - start:.1f} s; report {json_path}")
-    for row in failed:
-        print(f"deconv3d: failed: {row['file']}: {row['reason']}", file=sys.stderr)
-    warned.summary(json_path)
-    return 3 if failed else 0
-
-
-#: How many files a batch prints a warning for that differs from file to file only by the file's name.
-WARNINGS_SHOWN = 3
-
-
-class _BatchWarnings:
-    """The command line's warnings during a batch (installed by :meth:`shown`): each file's are kept
-    for its report row (:meth:`fill`); a line already printed is not printed again (a shared PSF's
-    "carries no voxel size" came once per file, 800 times), and of a line that differs from file to file
-    only by the file's name ("p7.tif carries no voxel size") the first :data:`WARNINGS_SHOWN` files' are
-    printed. :meth:`summary` then says how many files drew warnings and where all of them are."""
-
-    def __init__(self):
-        self.file: Path | None = None  # the input in progress (set by the batch's process_one)
-        self.by_file: dict[str, list[str]] = {}  # a row's "file" -> the file's warnings
-        self.printed: set[str] = set()
-        self.kinds: dict[str, int] = {}  # a line less the file's name -> the files it was printed for
-
-    @contextlib.contextmanager
-    def shown(self):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.showwarning = self
-            # Every time, for each file's row: main's 'default' passed a plain warnings.warn of the library
-            # (a PSF's flat floor) once per place, to the first file's row only (a repeat prints once here).
-            always_show_own_warnings()
-            yield
-
-    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
-        from deconv3d._paths import path_text, recorded_path
-
-        text = warning_text(message)
-        kind = text
-        if self.file is not None:
-            self.by_file.setdefault(recorded_path(self.file), []).append(path_text(text))
-            kind = text.replace(str(self.file), "\0").replace(self.file.name, "\0")
-        if text in self.printed or (kind != text and self.kinds.get(kind, 0) >= WARNINGS_SHOWN):
-            return
-        if kind != text:
-            self.kinds[kind] = self.kinds.get(kind, 0) + 1
-        self.printed.add(text)
-        show_warning(text)
-
-    def fill(self, rows: list[dict]) -> list[dict]:
-        """``rows`` (the batch's), each with its file's warnings."""
-        for row in rows:
-            row["warnings"] = self.by_file.get(row["file"], row.get("warnings", []))
-        return rows
-
-    def summary(self, report) -> None:
-        """One line, where some file drew warnings, saying how many did and where the report
-        (``report``: None where it could not be written) lists them: a line printed once stood for
-        many files, and one not printed for any."""
-        if self.by_file:
-            where = f": each file's are in the warnings of its row in {report}" if report else \
-                " (the report that lists them could not be written)"
-            show_warning(f"{len(self.by_file)} file(s) drew warnings{where}")
-
-
-def _unused_settings_warnings(settings, given, keys=()) -> list[str]:
-    """``deconvolve``'s warnings about options the method ignores, for a batch's settings (its
-    options and its config's keys alike): --iterations with --method wiener redid every finished
-    file without a word (such settings are no longer in the fingerprint, see Settings.fingerprint).
-    ``given``: the names of the settings given (:func:`_setting_values`), warned about at their
-    default values too. ``keys``: the settings the config alone gave; ``ns`` among them is named as
-    its key (the gaussian model's warning that it does not read it)."""
-    from .classical import _unused_option_warnings
-
-    s = settings
-    as_options = argparse.Namespace(
-        method=s.method, iterations=s.iterations, no_accelerate=not s.accelerate, boundary=s.boundary,
-        tv_weight=s.tv_weight, balance=s.balance, tta=s.tta, band_limit=s.band_limit, seed=s.seed, amp=s.amp,
-        model=s.model, psf_model=s.psf_model, na=s.na, wavelength=s.wavelength, ni=s.ni, ns=s.ns, depth=s.depth,
-        pyramid_levels=s.pyramid_levels, output=f"output.{s.output_format}")
-    # (batch's --accelerate/--no-accelerate is deconvolve's --no-accelerate)
-    as_options._given_options = {"no_accelerate" if name == "accelerate" else name for name in given}
-    as_options._flag_names = {"no_accelerate": "--accelerate/--no-accelerate", "tta": "--tta/--no-tta",
-                              **({"ns": "ns"} if "ns" in keys else {})}
-    return _unused_option_warnings(as_options)
-
-
-def _write_reports(output_dir: Path, rows) -> Path | None:
-    """Write the batch report; when that fails (a full disk), say so in one line with what the
-    run did, and return None. The generic message for a failed write ("nothing was written") was
-    wrong here: the finished files' outputs are complete. The line names the report file missing
-    (the JSON is written first: when the CSV is missing, the JSON was written), and advises freeing
-    disk space only where space ran out (else checking that the folder may be written)."""
-    from deconv3d._paths import out_of_space
-    from deconv3d.pipeline.batch_report import status_counts, write_reports
-
-    try:
-        return write_reports(output_dir, rows)[0]
-    except OSError as exc:
-        counts = status_counts(rows)
-        missing = Path(exc.filename).name if isinstance(exc.filename, str) else "the batch report"
-        written = " (batch_report.json was)" if missing == "batch_report.csv" else ""
-        kept = ": their outputs are complete and kept" if counts["done"] else ""
-        fix = "free disk space" if out_of_space(exc) else f"check that {output_dir} may be written"
-        print(f"deconv3d: error: {missing} could not be written in {output_dir} ({exc.strerror or exc}){written}; "
-              f"{counts['done']} file(s) done, {counts['skipped']} skipped, {counts['failed']} failed{kept}: {fix}, "
-              "then rerun the same command to write the report", file=sys.stderr)
-        return None
-
-
-def _take_run_options(args, config: dict) -> None:
-    """Move ``scheduler`` and ``workers`` from ``config`` onto ``args`` where the command line did not
-    give them (then the defaults), checked: a config can hold any TOML value."""
-    from deconv3d.pipeline.batch import RUN_KEYS
-
-    for key in RUN_KEYS:
-        if getattr(args, key) is None:
-            setattr(args, key, config.get(key))
-        config.pop(key, None)
-    if args.scheduler is not None and not (isinstance(args.scheduler, str) and args.scheduler.strip()):
-        raise InputError(f"scheduler must be threads, processes or tcp://HOST:PORT, got {args.scheduler!r}")
-    args.scheduler = args.scheduler or "threads"
-    workers = args.workers
-    if workers is not None and (isinstance(workers, bool) or not (isinstance(workers, int) and workers >= 1)):
-        raise InputError(f"workers must be a positive whole number, got {workers!r}")
-
-
-def _found_as_input(output_dir: Path, input_dir: Path, patterns) -> bool:
-    """Whether the input patterns would find the output folder (or something in it): a folder
-    in the input folder that matches one (``out.zarr`` for ``*.zarr``), a folder whose files
-    one matches (``out`` for ``*/*.tif``), or any folder inside it for a recursive pattern
-    (``**``), less a hidden one or one inside a hidden folder that the pattern does not name, which the
-    batch does not read (``.out`` for ``**/*.tif``, not for ``.out/*.tif``). Tried on the paths as given and with links resolved: an output given as a link to
-    an input (``olink -> in/raw.zarr``) had a batch write 27 files into that input; and inside the
-    input folder spelled otherwise (``IN/x.zarr`` on a case-insensitive disk, see
-    :func:`~deconv3d._paths.relative_to_folder`); and as reached through a link in the input folder
-    that the patterns follow (``raw/day2 -> /abs/day2`` for ``-o /abs/day2`` and ``*/*.tif``: its outputs
-    were read as inputs next time, see :func:`_through_links`)."""
-    out_given, base_given = Path(os.path.abspath(output_dir)), Path(os.path.abspath(input_dir))
-    pairs = [(out_given, base_given)]
-    rel = relative_to_folder(output_dir, input_dir)
-    if rel is not None:
-        pairs.append((base_given.resolve() / rel, base_given.resolve()))
-    return (any(_pattern_reaches(out, base, patterns) for out, base in pairs)
-            or any(_pattern_reaches(out, base_given, patterns) for out in _through_links(out_given, base_given, patterns)))
-
-
-def _through_links(output_dir: Path, input_dir: Path, patterns):
-    """The output folder spelled from ``input_dir`` through each folder the batch's search reaches
-    (every leading part of each pattern, as :func:`~deconv3d._paths.glob_shown` follows links) that
-    is the output folder or a folder above it (device and inode): ``raw/day2`` for ``-o /abs/day2``
-    where ``raw/day2 -> /abs/day2``. Only folders (and links to them) are looked at, a file never
-    being one of those: the files a pattern finds are not listed nor looked at one by one (with
-    20,000 TIFF files in the input folder, statting each took 0.3-2.2 s)."""
-    from deconv3d._paths import glob_shown
-    from deconv3d.pipeline.batch import _any_case
-
-    above = {}  # (device, inode) of the output folder and of each folder above it: the output's path from there
-    for folder in (output_dir, *output_dir.parents):
-        try:
-            found = os.stat(folder)
-        except OSError:  # not there yet
-            continue
-        above.setdefault((found.st_dev, found.st_ino), output_dir.relative_to(folder))
-    for pattern in patterns:
-        parts = Path(pattern).parts
-        for k in range(1, len(parts) + 1):
-            for reached in glob_shown(input_dir, _any_case("/".join(parts[:k]) + "/")):  # (folders only)
-                try:
-                    found = os.stat(reached)
-                except OSError:  # a dangling link
-                    continue
-                if (found.st_dev, found.st_ino) in above:
-                    yield reached / above[(found.st_dev, found.st_ino)]
-
-
-def _pattern_reaches(out: Path, base: Path, patterns) -> bool:
-    """Whether one of ``patterns`` reaches ``out`` inside ``base`` (see :func:`_found_as_input`). A
-    pattern's parts are those of the paths given (``Path(pattern).parts``, as the batch's search
-    splits it): on Windows ``*\\*.tif`` is two parts as ``*/*.tif`` is (split on "/" alone, it was one)."""
-    import fnmatch
-
-    if out == base or not out.is_relative_to(base):
-        return False
-    as_path = type(base)
-    rel = tuple(part.lower() for part in out.relative_to(base).parts)  # the batch's glob ignores case
-    for pattern in (p.lower() for p in patterns):
-        if glob_hides(rel, pattern, below=True):  # the batch skips what only a wildcard finds in a hidden folder
-            continue
-        if "**" in pattern:
-            return True
-        parts = as_path(pattern).parts
-        if len(parts) == 1:
-            if fnmatch.fnmatch(rel[0], parts[0]):  # the output, or the input folder that holds it
-                return True
-            continue
-        if any(as_path(*rel[:k]).match(pattern) for k in range(1, len(rel) + 1)):
-            return True
-        # files the batch writes in the output, one level below it
-        if len(parts) == len(rel) + 1 and all(fnmatch.fnmatch(r, q) for r, q in zip(rel, parts)):
-            return True
-    return False
 
 
 def _batch_iterations(text: str) -> int:

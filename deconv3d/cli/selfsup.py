@@ -8,8 +8,10 @@ import time
 from deconv3d._paths import line_text, recorded_path
 from deconv3d.errors import InputError
 
-from ._common import (AMP_HELP, DEVICE_HELP, DEVICES, SpatialSizes, add_common, check_negative, check_output,
-                      make_bar, non_negative_float, positive_float, positive_int, print_warnings, voxel_size_of)
+from ._common import check_negative, check_output, voxel_size_of
+from .arguments import (AMP_HELP, DEVICE_HELP, DEVICES, SpatialSizes, add_common, non_negative_float, positive_float,
+                        positive_int)
+from .printing import make_bar, print_warnings
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
 BAND_LIMIT = 0.0  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch

@@ -562,7 +562,7 @@ def test_a_blocks_and_the_progress_bars_callbacks_get_no_scaled_copy_of_the_esti
     cancel check and the command line's progress bar, which read no estimate: one block more at the
     loop's peak, which block_bytes does not count. A callback that reads it is still wrapped."""
     from deconv3d.classical import richardson_lucy
-    from deconv3d.cli._common import progress
+    from deconv3d.cli.printing import progress
     from deconv3d.pipeline.methods import RichardsonLucyBlock
 
     wrapped = []
