@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from deconv3d import _tiff_write, io
+from deconv3d import _tiff_checks, _tiff_write, io
 from deconv3d.errors import InputError
 from deconv3d.io import check_output_path, read_image, write_tiff
 
@@ -242,7 +242,7 @@ def test_failed_write_leaves_no_file(tmp_path, rng, monkeypatch):
         fh.write(b"partial")
         raise RuntimeError("disk exploded")
 
-    monkeypatch.setattr(io.tifffile, "imwrite", broken_imwrite)
+    monkeypatch.setattr(tifffile, "imwrite", broken_imwrite)
     with pytest.raises(RuntimeError, match="disk exploded"):
         write_tiff(tmp_path / "out.tif", rng.random((4, 5), dtype=np.float32))
     assert os.listdir(tmp_path) == []
@@ -509,7 +509,7 @@ def test_a_tiff_write_that_runs_out_of_space_says_so(tmp_path, monkeypatch, erro
         fh.write(b"II*\x00")
         raise error
 
-    monkeypatch.setattr(io.tifffile, "imwrite", full)
+    monkeypatch.setattr(tifffile, "imwrite", full)
     path = tmp_path / "out.tif"
     with pytest.raises(InputError) as caught:
         write_tiff(path, np.ones((4, 5), dtype=np.float32))
@@ -525,7 +525,7 @@ def test_failed_write_keeps_existing_output(tmp_path, rng, monkeypatch):
     def broken_imwrite(fh, *args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(io.tifffile, "imwrite", broken_imwrite)
+    monkeypatch.setattr(tifffile, "imwrite", broken_imwrite)
     with pytest.raises(InputError, match="cannot write"):
         write_tiff(path, np.zeros((4, 5), dtype=np.float32))
     assert os.listdir(tmp_path) == ["out.tif"]
@@ -1194,7 +1194,8 @@ def test_an_unreadable_tiff_is_named_a_permission_problem(tmp_path, monkeypatch)
     def forbidden(p, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(p))
 
-    monkeypatch.setattr(io, "open_tiff", forbidden)
+    for module in (io, _tiff_checks):  # where read_image and open_lazy look it up
+        monkeypatch.setattr(module, "open_tiff", forbidden)
     for read in (read_image, open_lazy):
         with pytest.raises(InputError, match="img.tif: permission denied: ask for read access") as info:
             read(path)

@@ -20,8 +20,9 @@ from deconv3d._arrays import refuse_complex
 from deconv3d._paths import _one_line
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
                                      calibrated, imagej_calibration, spatial_letters)
+from deconv3d._tiff_checks import _check_complete, _tifffile_log, _unreadable_tiff
 from deconv3d.errors import InputError
-from deconv3d.io import _check_complete, _refuse_colour, _tifffile_log, _unreadable_tiff
+from deconv3d.io import _refuse_colour
 from deconv3d.omezarr.lazy_image import (LazyImage, _content_identity, _float32_block, _refuse_unreadable, _region,
                                          _verify_unchanged)
 
@@ -42,7 +43,7 @@ class _TiffArray:
     def __init__(self, path: Path, shape, dtype, options: dict | None = None):
         # absolute: a dask.distributed worker opens it from a folder of its own
         self.path, self.shape, self.dtype, self.ndim = os.path.abspath(path), tuple(shape), np.dtype(dtype), len(shape)
-        self.options = {"series": 0, **(options or {})}  # how deconv3d.io.open_tiff reads the image
+        self.options = {"series": 0, **(options or {})}  # how deconv3d._tiff_checks.open_tiff reads the image
         self.__setstate__({})
 
     def __getstate__(self) -> dict:  # (the open store stays here: a copy opens its own)
@@ -150,7 +151,7 @@ class _TiffHeader:
     order: tuple  # the transposition to them, from the file's axes without its singletons
     shape: tuple  # the series' shape, as stored
     dtype: object
-    options: dict  # how deconv3d.io.open_tiff reads the series
+    options: dict  # how deconv3d._tiff_checks.open_tiff reads the series
     page_shape: tuple
     calibration: tuple | None
     voxel: tuple | None  # spatial voxel size in micrometres
@@ -163,7 +164,7 @@ class _TiffHeader:
 
 def _tiff_header(path: Path) -> _TiffHeader:
     from deconv3d._tiff_metadata import ome_channels, time_axis_and_problem
-    from deconv3d.io import open_tiff
+    from deconv3d._tiff_checks import open_tiff
 
     try:
         with _tifffile_log() as log:
