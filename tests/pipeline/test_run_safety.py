@@ -318,6 +318,34 @@ def test_a_stalled_zarr_write_is_given_up_on_once_and_leaves_no_waiting_task(tmp
         stalled.cancel()
 
 
+def test_settle_zarr_gives_up_on_a_blocked_loop_after_its_timeout(monkeypatch):
+    """A zarr loop that runs nothing (a call blocking its thread) was waited for the timeout and the
+    grace for cancelled tasks (30 s) too, though none had been cancelled: atomic_output's 31 s became
+    61 s. Here the loop is blocked until the test lets it go, with a grace longer than that: the
+    settle must have returned while it still is."""
+    import threading
+
+    from zarr.core.sync import _get_loop
+
+    from deconv3d import _paths
+    from deconv3d._paths import settle_zarr
+
+    monkeypatch.setattr(_paths, "_CANCELLED_GRACE", 120.0)
+    loop, release, unblocked = _get_loop(), threading.Event(), threading.Event()
+
+    def blocked():
+        release.wait(20.0)
+        unblocked.set()
+
+    loop.call_soon_threadsafe(blocked)
+    try:
+        settle_zarr(timeout=0.1)
+        assert not unblocked.is_set()  # given up on, not waited for until the loop ran again
+    finally:
+        release.set()
+        unblocked.wait(25.0)
+
+
 def test_settle_zarr_cancels_only_chunks_waiting_for_their_turn_and_only_when_asked():
     """The command line's settle cancels the chunks a failed call left queued behind zarr's limit of
     concurrent reads (thousands took a minute, then printed a line each at exit) and waits for
