@@ -1365,7 +1365,7 @@ def test_the_umask_read_by_setting_it_is_right_in_every_thread_and_left_unchange
     it back: unlocked, with 4 threads x 2000 calls thousands returned another thread's 0o077 and the
     process was left with umask 0o077. Each set-and-restore is done under a lock now: two threads
     that would both set it before either puts it back (a barrier between) each read the real one."""
-    from deconv3d import _paths
+    from deconv3d._paths import temporaries
 
     def no_proc(path, *args, **kwargs):
         raise FileNotFoundError(path)
@@ -1379,11 +1379,11 @@ def test_the_umask_read_by_setting_it_is_right_in_every_thread_and_left_unchange
                 both_set.wait()
         return previous
 
-    monkeypatch.setattr(_paths, "open", no_proc, raising=False)  # (_paths's own name only)
+    monkeypatch.setattr(temporaries, "open", no_proc, raising=False)  # (that module's own name only)
     monkeypatch.setattr(os, "umask", umask)
     seen, before = [], real_umask(0o022)
     try:
-        threads = [threading.Thread(target=lambda: seen.append(_paths._umask())) for _ in range(2)]
+        threads = [threading.Thread(target=lambda: seen.append(temporaries._umask())) for _ in range(2)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -198,7 +198,7 @@ def test_the_sweep_spares_a_temporary_a_running_process_writes(tmp_path, monkeyp
         def windows_kill(pid, sig):
             raise OSError(22, "The parameter is incorrect")
 
-        monkeypatch.setattr("deconv3d._paths._ON_WINDOWS", True)
+        monkeypatch.setattr("deconv3d._paths.temporaries._ON_WINDOWS", True)
         monkeypatch.setattr(os, "kill", windows_kill)
         # psutil asks Windows itself; here it would call the os.kill above, so ask /proc instead
         monkeypatch.setattr("psutil.pid_exists", lambda pid: os.path.exists(f"/proc/{pid}"))
@@ -834,19 +834,19 @@ def test_batch_reads_its_config_and_writes_its_report_in_utf8_whatever_the_local
 
 def test_the_sweep_goes_on_past_a_temporary_it_cannot_remove(tmp_path, monkeypatch):
     """A leftover held open (Windows) or not ours to delete is left for a later sweep; the run goes on."""
-    from deconv3d import _paths
+    from deconv3d._paths import temporaries
 
     held, gone = (tmp_path / f".img.zarr.999999999-{tag}.tmp" for tag in ("0123abcd", "89abcdef"))
     held.mkdir()
     gone.mkdir()
-    real_remove = _paths._remove
+    real_remove = temporaries._remove
 
     def remove(path):
         if path == held:
             raise PermissionError(13, "The process cannot access the file", str(path))
         real_remove(path)
 
-    monkeypatch.setattr(_paths, "_remove", remove)
+    monkeypatch.setattr(temporaries, "_remove", remove)
     assert remove_stale_temporaries(tmp_path / "img.zarr") == [gone]
     assert held.exists() and not gone.exists()
 
@@ -857,12 +857,12 @@ def test_a_temporary_from_another_pid_namespace_of_this_host_is_not_taken_for_th
     (found by the review of concurrent runs). The pid namespace is now part of the host's tag."""
     import os
 
-    from deconv3d import _paths
+    from deconv3d._paths import temporaries
 
-    monkeypatch.setattr(_paths, "_pid_namespace", lambda: "4026532175")
-    mine = _paths.host_tag()
-    monkeypatch.setattr(_paths, "_pid_namespace", lambda: "4026532999")
-    assert _paths.host_tag() != mine and _paths.host_tag().startswith(mine.split("-ns")[0])
+    monkeypatch.setattr(temporaries, "_pid_namespace", lambda: "4026532175")
+    mine = temporaries.host_tag()
+    monkeypatch.setattr(temporaries, "_pid_namespace", lambda: "4026532999")
+    assert temporaries.host_tag() != mine and temporaries.host_tag().startswith(mine.split("-ns")[0])
     other_container = tmp_path / f".img.zarr.{mine}@{os.getpid()}-0123abcd.tmp"  # its pid equals ours
     other_container.mkdir()
     # Versions before the namespace named the bare host: a live run of one in another container has a

@@ -61,8 +61,7 @@ def test_a_signal_between_the_renames_leaves_the_new_output_and_not_the_earlier_
 
 
 def test_a_private_report_is_private_while_it_is_rewritten(tmp_path, monkeypatch):
-    from deconv3d import _paths
-    from deconv3d._paths import keep_mode
+    from deconv3d._paths import keep_mode, temporaries
     from deconv3d.pipeline.batch_report import _write_reports
 
     modes = []
@@ -77,8 +76,8 @@ def test_a_private_report_is_private_while_it_is_rewritten(tmp_path, monkeypatch
         (tmp_path / name).write_text("{}")
         os.chmod(tmp_path / name, 0o600)
     written = []
-    monkeypatch.setattr(_paths, "keep_mode", lambda path, tmp: (written.append(os.path.getsize(tmp)),
-                                                                   keep_mode(path, tmp)))  # (create_temporary's)
+    monkeypatch.setattr(temporaries, "keep_mode", lambda path, tmp: (written.append(os.path.getsize(tmp)),
+                                                                        keep_mode(path, tmp)))  # (create_temporary's)
     monkeypatch.setattr(os, "replace", replace)
     _write_reports(tmp_path, rows)
     monkeypatch.undo()

@@ -327,10 +327,9 @@ def test_settle_zarr_gives_up_on_a_blocked_loop_after_its_timeout(monkeypatch):
 
     from zarr.core.sync import _get_loop
 
-    from deconv3d import _paths
-    from deconv3d._paths import settle_zarr
+    from deconv3d._paths import settle_zarr, zarr_settle
 
-    monkeypatch.setattr(_paths, "_CANCELLED_GRACE", 120.0)
+    monkeypatch.setattr(zarr_settle, "_CANCELLED_GRACE", 120.0)  # (where settle_zarr reads it)
     loop, release, unblocked = _get_loop(), threading.Event(), threading.Event()
 
     def blocked():
