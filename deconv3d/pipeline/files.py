@@ -213,8 +213,8 @@ def _check_plan_before_training(spatial_shape, psf, voxel, settings, trainer, ch
     if settings.memory_limit is None:
         return
     from deconv3d.omezarr.writing import CHUNK_CAP
-    from deconv3d.pipeline import _spatial_plan, _threads_per_worker
     from deconv3d.pipeline.batch import build_block_fn
+    from deconv3d.pipeline.planning import spatial_plan, threads_per_worker
     from deconv3d.psf import normalize_psf, validate_psf
     from deconv3d.selfsup import TrainedModel
     from deconv3d.selfsup.config import Reference
@@ -226,10 +226,10 @@ def _check_plan_before_training(spatial_shape, psf, voxel, settings, trainer, ch
     psf_as_trained = normalize_psf(validate_psf(psf))  # as train() stores it
     untrained = TrainedModel(ResUNet(unet), unet, config, 0.0, 1.0, psf_as_trained, voxel, reference)
     block, model, _ = build_block_fn(settings, psf, voxel, ndim=ndim, trained=untrained)
-    per_process = workers if client is None else _threads_per_worker(client)
+    per_process = workers if client is None else threads_per_worker(client)
     cap = tuple(CHUNK_CAP[a] for a in "ZYX"[-ndim:])  # as run_chunked stores them (blocks in whole chunks)
-    _spatial_plan(spatial_shape, [block], chunks, None, settings.memory_limit, model, per_process, local=client is None,
-                  cap=cap)
+    spatial_plan(spatial_shape, [block], chunks, None, settings.memory_limit, model, per_process, local=client is None,
+                 cap=cap)
 
 
 def _default_configs(settings, ndim: int):

@@ -26,8 +26,9 @@ root of its second central moment; see :func:`rl_halo`, :func:`wiener_halo`):
   tests/pipeline/test_seams.py asserts >= 50 dB for rl, rl-tv and accelerated rl.
 * Biggs-Andrews acceleration picks its step from the whole image, which blocks cannot share:
   the pipeline measures the adaptive steps once on a box near the centre (under a memory limit the
-  whole volume when the memory model says it fits: ``deconv3d.pipeline._sample_shape``; that run
-  is then the result, and the volume runs as one block instead)
+  whole volume when the memory model says it fits:
+  ``deconv3d.pipeline.planning.measuring_box_shape``; that run is then the result, and the volume
+  runs as one block instead)
   (:func:`deconv3d.classical.rl_alpha_schedule`) and replays them on every block
   (:meth:`RichardsonLucyBlock.with_alpha_schedule`); adaptive steps per block cap the seam
   PSNR at about 46 dB whatever the halo. The blocks that box holds, a halo inside its faces,

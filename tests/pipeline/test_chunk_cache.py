@@ -12,7 +12,8 @@ import zarr
 
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
 from deconv3d.omezarr.chunkcache import READ_BYTES, ChunkCache
-from deconv3d.pipeline import _Plan, run_chunked
+from deconv3d.pipeline import run_chunked
+from deconv3d.pipeline.planning import RunPlan
 from deconv3d.pipeline.readers import ArrayReader, CHUNK_CACHE_BYTES, chunk_cache_budget, chunk_reads_spare
 
 
@@ -72,11 +73,11 @@ def test_the_plan_counts_what_reads_hold_beside_the_cache(tmp_path):
     buffer for it, before the cache drops the least recently used: the plan counted only the cache."""
     write_ome_zarr(tmp_path / "in.zarr", np.ones((12, 24, 24), np.float32), chunks=(1, 24, 24))
     reader = open_lazy(tmp_path / "in.zarr").reader
-    assert _Plan.make((12, 24, 24), [_identity], (6, 8, 8), (2, 2, 2), None, None, 3, None).threads == 3
+    assert RunPlan.make((12, 24, 24), [_identity], (6, 8, 8), (2, 2, 2), None, None, 3, None).threads == 3
     spare, whole = 2 * 2 * READ_BYTES, 12 * 24 * 24 * 4  # two threads; chunks smaller than a box
     assert chunk_reads_spare(reader, 0, 2) == spare
-    plan = _Plan((12, 24, 24), (6, 8, 8), (2, 2, 2), (2, 2, 2), (), (6, 8, 8), 18, (6, 8, 8),
-                 predicted=10**7 - spare - whole, memory_limit=10**7, model=None, threads=2).with_cache(reader, 0)
+    plan = RunPlan((12, 24, 24), (6, 8, 8), (2, 2, 2), (2, 2, 2), (), (6, 8, 8), 18, (6, 8, 8),
+                   predicted=10**7 - spare - whole, memory_limit=10**7, model=None, threads=2).with_cache(reader, 0)
     assert plan.cache == whole and plan.predicted == 10**7
     plan = dataclasses.replace(plan, predicted=10**7 - spare - 10 * 24 * 24 * 4 + 1, cache=0).with_cache(reader, 0)
     assert plan.cache == 0 and plan.predicted == 10**7 - spare - 10 * 24 * 24 * 4 + 1  # no block's chunks fit

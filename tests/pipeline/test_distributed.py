@@ -360,17 +360,16 @@ def test_local_worker_processes_each_get_a_share_of_the_free_memory(monkeypatch)
 
     from distributed import Client, LocalCluster
 
-    import deconv3d.pipeline as pipeline
     from deconv3d.pipeline import MemoryModel
     from deconv3d.pipeline import memory as memory_module
-    from deconv3d.pipeline import system_memory
+    from deconv3d.pipeline import planning, system_memory
 
     from .conftest import gaussian_psf
 
     psf, shape, baseline = gaussian_psf(), (64, 512, 512), 300 * 10**6
     model = MemoryModel("rl", psf.shape, accelerate=False)
     block = RichardsonLucyBlock(psf, 2, accelerate=False)
-    monkeypatch.setattr(pipeline, "planning_baseline", lambda: baseline)
+    monkeypatch.setattr(planning, "planning_baseline", lambda: baseline)
     monkeypatch.setattr(system_memory, "planning_baseline", lambda: baseline)
     need = model.peak_bytes(shape, (0, 0, 0), shape, baseline=baseline) - baseline  # the whole volume's
     free = int(need * 0.9 / memory_module.AVAILABLE_SHARE)  # 90 % of what the whole volume needs
@@ -379,13 +378,13 @@ def test_local_worker_processes_each_get_a_share_of_the_free_memory(monkeypatch)
 
     def plan(client):
         with pytest.warns(RuntimeWarning, match="would need more memory than is available"):
-            return pipeline._Plan.make(shape, [block], None, None, None, model, 1, client)
+            return planning.RunPlan.make(shape, [block], None, None, None, model, 1, client)
 
     threads = plan(None)
     assert threads.memory_limit == baseline + share and threads.blocks > 1
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        assert pipeline._processes_here(client) == 2
+        assert planning._processes_here(client) == 2
         two = plan(client)
     assert two.memory_limit == baseline + (share - baseline) // 2  # each worker's half of the 80 % less its own
     assert two.predicted <= two.memory_limit and two.blocks > threads.blocks
@@ -398,5 +397,5 @@ def test_local_worker_processes_each_get_a_share_of_the_free_memory(monkeypatch)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        elsewhere = pipeline._Plan.make(shape, [block], None, None, None, model, 1, AddressClient())
+        elsewhere = planning.RunPlan.make(shape, [block], None, None, None, model, 1, AddressClient())
     assert elsewhere.memory_limit is None and elsewhere.blocks == 1

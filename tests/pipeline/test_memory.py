@@ -110,8 +110,7 @@ def test_reflect_rl_counts_its_mirrored_block():
 def test_the_memory_baseline_is_measured_after_the_blocks_load_their_libraries(monkeypatch):
     """The numba passes hold about 110 MB once loaded; measured before them, the baseline let a
     run exceed its --memory-limit by that much."""
-    import deconv3d.pipeline as pipeline
-    from deconv3d.pipeline import RichardsonLucyBlock
+    from deconv3d.pipeline import RichardsonLucyBlock, planning
 
     events = []
 
@@ -123,8 +122,8 @@ def test_the_memory_baseline_is_measured_after_the_blocks_load_their_libraries(m
         events.append("rss")
         return 100 * 2**20
 
-    monkeypatch.setattr(pipeline, "planning_baseline", rss)
-    pipeline._spatial_plan((32, 64, 64), [Block()], None, (4, 4, 4), "2GB", MemoryModel("rl", (9, 9, 9)), 1)
+    monkeypatch.setattr(planning, "planning_baseline", rss)
+    planning.spatial_plan((32, 64, 64), [Block()], None, (4, 4, 4), "2GB", MemoryModel("rl", (9, 9, 9)), 1)
     assert events[0] == "load" and "rss" in events
     RichardsonLucyBlock(np.ones((3, 3, 3), np.float32) / 27).load()  # loads the element-wise backend, no error
 
@@ -630,11 +629,11 @@ def test_given_chunks_where_no_chunks_fit_are_told_the_limit_that_holds_them(mon
     """--memory-limit 300MB --chunks 4 8 8 with 344 MB of the program's own was told to give smaller
     chunks or drop --chunks: neither fits. Where even one-voxel chunks exceed the limit it names a
     limit that holds the given chunks (as the limit alone does)."""
-    from deconv3d.pipeline import _spatial_plan
     from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE
+    from deconv3d.pipeline.planning import spatial_plan
 
     baseline = 200_000_000
-    monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: baseline)
+    monkeypatch.setattr("deconv3d.pipeline.planning.planning_baseline", lambda: baseline)
     model, shape, halo = MemoryModel("rl", (5, 5, 5)), (8, 16, 16), (4, 4, 4)
     need = model.peak_bytes((4, 8, 8), halo, shape, baseline=baseline)
     own = baseline + RESIDENT_ALLOWANCE
@@ -642,9 +641,9 @@ def test_given_chunks_where_no_chunks_fit_are_told_the_limit_that_holds_them(mon
     with pytest.raises(InputError, match=rf"^chunks \(4, 8, 8\) need about {need / 1e6:.0f} MB .* above the memory "
                                          rf"limit {own - 1}, and no chunks fit it \(the program's own memory is about "
                                          rf"{own / 1e6:.0f} MB\): use --memory-limit {enough} or more$"):
-        _spatial_plan(shape, [lambda x: x], (4, 8, 8), halo, own - 1, model, 1)
+        spatial_plan(shape, [lambda x: x], (4, 8, 8), halo, own - 1, model, 1)
     # a limit that smaller chunks fit keeps its advice
     small = model.peak_bytes((1, 1, 1), halo, shape, baseline=baseline)
     assert small < need
     with pytest.raises(InputError, match=r"above the memory limit \d+: give smaller chunks, or drop --chunks"):
-        _spatial_plan(shape, [lambda x: x], (4, 8, 8), halo, small, model, 1)
+        spatial_plan(shape, [lambda x: x], (4, 8, 8), halo, small, model, 1)

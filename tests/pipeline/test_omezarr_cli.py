@@ -378,13 +378,12 @@ def test_deconvolve_replaces_its_own_zarr_output_but_not_a_foreign_zarr_image(fo
 def test_chunks_a_memory_limit_chose_are_not_checked_again(tmp_path, monkeypatch):
     """The limit's own choice was re-checked against a second reading of the process size, and
     could be refused (with advice to drop the --chunks the user never gave)."""
-    import deconv3d.pipeline as pipeline
-    from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
+    from deconv3d.pipeline import MemoryModel, RichardsonLucyBlock, planning, run_chunked
 
     readings = iter([500_000_000])  # the first reading; any later one finds the process far larger
-    monkeypatch.setattr(pipeline, "planning_baseline", lambda: next(readings, 5_000_000_000))
+    monkeypatch.setattr(planning, "planning_baseline", lambda: next(readings, 5_000_000_000))
     volume = blurred_beads((16, 48, 48), gaussian_psf())
-    model = pipeline.MemoryModel("rl", gaussian_psf().shape)
+    model = MemoryModel("rl", gaussian_psf().shape)
     limit = 500_000_000 + model.peak_bytes((8, 24, 24), (4, 4, 4), (16, 48, 48))  # fits a few blocks
     info = run_chunked(volume, RichardsonLucyBlock(gaussian_psf(), iterations=2), tmp_path / "o.zarr",
                        memory_limit=limit, model=model, halo=(4, 4, 4))

@@ -356,7 +356,7 @@ def test_one_block_runs_accelerated_rl_once_with_its_own_steps(tmp_path, monkeyp
 def test_a_cluster_budgets_each_worker_process_not_the_whole_cluster(tmp_path, monkeypatch):
     """--memory-limit budgets one process: with 2 single-threaded worker processes, each holds
     one block, so the plan is for 1 block in flight (it was planned for 2, halving the blocks)."""
-    import deconv3d.pipeline as pipeline
+    from deconv3d.pipeline import planning
 
     class FakeClient:
         def nthreads(self):
@@ -368,7 +368,7 @@ def test_a_cluster_budgets_each_worker_process_not_the_whole_cluster(tmp_path, m
         seen.append(workers)
         raise KeyboardInterrupt  # stop before anything runs
 
-    monkeypatch.setattr(pipeline, "_spatial_plan", planned)
+    monkeypatch.setattr(planning, "spatial_plan", planned)
     volume = np.ones((8, 16, 16), np.float32)
     for client, workers, expected in ((FakeClient(), 2, 1), (None, 3, 3)):
         with pytest.raises(KeyboardInterrupt):
@@ -380,7 +380,7 @@ def test_a_cluster_budgets_each_worker_process_not_the_whole_cluster(tmp_path, m
         def nthreads(self):
             raise OSError("no answer")
 
-    assert pipeline._threads_per_worker(Silent()) == 1
+    assert planning.threads_per_worker(Silent()) == 1
 
 
 def test_the_sweep_finds_a_tiff_outputs_nested_scratch(tmp_path):

@@ -233,7 +233,7 @@ def test_a_chunked_run_records_the_transforms_its_blocks_run(folder, capsys, mon
                         real_transforms(shape, *a, **k))
     monkeypatch.setattr(records, "run_fft_environment", lambda env, shapes: predicted.extend(shapes) or
                         real_environment(env, shapes))
-    monkeypatch.setattr("deconv3d.pipeline.run_fft_environment", records.run_fft_environment)
+    monkeypatch.setattr("deconv3d.pipeline.run.run_fft_environment", records.run_fft_environment)
     code, _, err = run(["deconvolve", "img.tif", "-o", "c.zarr", "--psf", "psf.tif", "--iterations", "2",
                         "--boundary", boundary, "--chunks", "8", "12", "20", *extra], capsys)
     assert code == 0, err

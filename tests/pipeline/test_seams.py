@@ -63,7 +63,8 @@ def test_chunked_accelerated_rl_measures_its_steps_on_the_whole_volume_when_the_
     import zarr
 
     from deconv3d.omezarr import read_ome_zarr
-    from deconv3d.pipeline import MemoryModel, _sample_shape
+    from deconv3d.pipeline import MemoryModel
+    from deconv3d.pipeline.planning import measuring_box_shape
     from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE, largest_block
     from deconv3d.pipeline.system_memory import planning_baseline
 
@@ -85,11 +86,11 @@ def test_chunked_accelerated_rl_measures_its_steps_on_the_whole_volume_when_the_
     assert run_chunked(volume, plain, tmp_path / "p.zarr", chunks=CHUNKS[1], model=model, memory_limit=roomy).blocks > 1
     block = largest_block(volume.shape, CHUNKS[1], fn.halo())  # a block and its halo, cut to the volume
     assert block != volume.shape
-    assert _sample_shape(volume.shape, CHUNKS[1], fn.halo(), None, roomy) == block
-    assert _sample_shape(volume.shape, CHUNKS[1], fn.halo(), model, None) == block
-    assert _sample_shape(volume.shape, CHUNKS[1], fn.halo(), model, roomy) == volume.shape
+    assert measuring_box_shape(volume.shape, CHUNKS[1], fn.halo(), None, roomy) == block
+    assert measuring_box_shape(volume.shape, CHUNKS[1], fn.halo(), model, None) == block
+    assert measuring_box_shape(volume.shape, CHUNKS[1], fn.halo(), model, roomy) == volume.shape
     limit = planning_baseline() + RESIDENT_ALLOWANCE + model.block_bytes((24, 40, 40))
-    middle = _sample_shape(volume.shape, CHUNKS[1], fn.halo(), model, limit)
+    middle = measuring_box_shape(volume.shape, CHUNKS[1], fn.halo(), model, limit)
     assert all(b <= m <= n for b, m, n in zip(block, middle, volume.shape)) and middle != volume.shape
     assert model.block_bytes(middle) <= model.block_bytes((24, 40, 40)) * 1.01  # rss moves a little
 
@@ -100,19 +101,20 @@ def test_blocks_inside_the_measuring_box_are_written_from_its_run(tmp_path, psf3
     matches the whole-volume run that replays the same steps (it used to be discarded: 14-45 % of
     a chunked run's time)."""
     from deconv3d.omezarr import read_ome_zarr
-    from deconv3d.pipeline import MemoryModel, _Plan, _sample_shape
+    from deconv3d.pipeline import MemoryModel
+    from deconv3d.pipeline.planning import RunPlan, measuring_box_shape
     from deconv3d.pipeline.chunked import aligned_box, box_blocks
     from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE
 
     # The process's own size (tens of MB apart between calls) would swamp these tiny blocks' budget.
-    monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: 0)
+    monkeypatch.setattr("deconv3d.pipeline.planning.planning_baseline", lambda: 0)
     volume = blurred_beads((24, 96, 96), psf3d, seed=5, count=120)
     fn = RichardsonLucyBlock(psf3d, iterations=10, accelerate=True)
     model = MemoryModel("rl", psf3d.shape, accelerate=True)
     limit = RESIDENT_ALLOWANCE + model.block_bytes((24, 60, 60))
-    plan = _Plan.make(volume.shape, [fn], (12, 16, 16), None, limit, model, 1, None)
+    plan = RunPlan.make(volume.shape, [fn], (12, 16, 16), None, limit, model, 1, None)
     box = aligned_box(volume.shape, plan.dask_chunks, plan.depth,
-                      _sample_shape(volume.shape, plan.chunks, plan.halo, model, limit))
+                      measuring_box_shape(volume.shape, plan.chunks, plan.halo, model, limit))
     covered = box_blocks(volume.shape, plan.dask_chunks, plan.depth, box)
     assert 0 < len(covered) < plan.blocks
     calls = []
@@ -135,7 +137,7 @@ def test_a_prepare_hook_of_ones_own_still_gets_the_boxs_shape(tmp_path, volume, 
     from deconv3d.pipeline import MemoryModel
     from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE
 
-    monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: 0)
+    monkeypatch.setattr("deconv3d.pipeline.planning.planning_baseline", lambda: 0)
     seen = []
 
     class Scaled:

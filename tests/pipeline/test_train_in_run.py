@@ -269,7 +269,7 @@ def test_a_memory_limit_is_fingerprinted_by_its_value_not_its_spelling(files):
 def test_the_plan_before_training_takes_blocks_in_whole_stored_chunks_as_the_run_does(files, monkeypatch):
     """The check before training planned without the stored chunks' cap, so blocks the run rounds up
     to whole chunks (and over the limit) passed it and failed only after training."""
-    import deconv3d.pipeline as pipeline
+    from deconv3d.pipeline import planning
     from deconv3d.pipeline.files import deconvolve_file
 
     caps = []
@@ -282,7 +282,7 @@ def test_the_plan_before_training_takes_blocks_in_whole_stored_chunks_as_the_run
         raise Planned
 
     monkeypatch.chdir(files)
-    monkeypatch.setattr(pipeline, "_spatial_plan", spy)
+    monkeypatch.setattr(planning, "spatial_plan", spy)
     settings = make_settings({"psf": "psf.tif", "method": "ssl", "train_steps": 2, "memory_limit": "40MB"})
     with pytest.raises(Planned):
         deconvolve_file("img.tif", "lim.zarr", settings)

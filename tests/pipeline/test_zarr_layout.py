@@ -120,16 +120,17 @@ def test_chunks_a_limit_chooses_fit_it_as_the_run_takes_them(monkeypatch):
     went over a --memory-limit that had chosen them; chunks given smaller than the halo were told to
     be smaller still."""
     from deconv3d.errors import InputError
-    from deconv3d.pipeline import MemoryModel, _spatial_plan
+    from deconv3d.pipeline import MemoryModel
+    from deconv3d.pipeline.planning import spatial_plan
     from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE
 
-    monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: 0)
+    monkeypatch.setattr("deconv3d.pipeline.planning.planning_baseline", lambda: 0)
     model = MemoryModel("rl", (141, 9, 9))
     shape, cap = (400, 64, 64), (64, 512, 512)
     fitted = 0
     for limit in RESIDENT_ALLOWANCE + model.block_bytes((231, 16, 16), (96, 16, 16)) * np.linspace(0.95, 1.6, 27):
         try:
-            chunks, _, predicted, _ = _spatial_plan(shape, [_TallHalo()], None, None, int(limit), model, 1, cap=cap)
+            chunks, _, predicted, _ = spatial_plan(shape, [_TallHalo()], None, None, int(limit), model, 1, cap=cap)
         except InputError as exc:
             assert "too small" in str(exc)
             continue
@@ -139,7 +140,7 @@ def test_chunks_a_limit_chooses_fit_it_as_the_run_takes_them(monkeypatch):
 
     low = int(RESIDENT_ALLOWANCE + model.block_bytes((231, 16, 16), (96, 16, 16)) * 0.99)
     with pytest.raises(InputError, match=r"chunks \(32, 16, 16\) run as \(96, 16, 16\) .* use --memory-limit"):
-        _spatial_plan(shape, [_TallHalo()], (32, 16, 16), None, low, model, 1, cap=cap)
+        spatial_plan(shape, [_TallHalo()], (32, 16, 16), None, low, model, 1, cap=cap)
 
 
 def test_sides_in_whole_chunks_keeps_its_own_sides():
@@ -205,15 +206,16 @@ def test_chunks_below_the_halo_are_told_what_they_run_as(monkeypatch):
     """Without a cap too: (32, 16, 16) with a halo of 70 runs as 70 planes, so 'give smaller chunks'
     sent the user to the same blocks again."""
     from deconv3d.errors import InputError
-    from deconv3d.pipeline import MemoryModel, _spatial_plan
+    from deconv3d.pipeline import MemoryModel
+    from deconv3d.pipeline.planning import spatial_plan
     from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE
 
-    monkeypatch.setattr("deconv3d.pipeline.planning_baseline", lambda: 0)
+    monkeypatch.setattr("deconv3d.pipeline.planning.planning_baseline", lambda: 0)
     model = MemoryModel("rl", (141, 9, 9))
     low = int(RESIDENT_ALLOWANCE + model.block_bytes((100, 16, 16), (70, 16, 16)) * 0.5)
     with pytest.raises(InputError, match=r"chunks \(32, 32, 32\) run as \(70, 32, 32\) \(no side below its halo "
                                          r"\(70, 0, 0\)\) .*: give smaller y/x sides, use --memory-limit"):
-        _spatial_plan((400, 64, 64), [_TallHalo()], (32, 32, 32), None, low, model, 1)
+        spatial_plan((400, 64, 64), [_TallHalo()], (32, 32, 32), None, low, model, 1)
     # y and x at the grid of 16 cannot be smaller (they are rounded back up): no such advice
     with pytest.raises(InputError, match=r"run as \(70, 16, 16\) .* above the memory limit \d+: use --memory-limit"):
-        _spatial_plan((400, 64, 64), [_TallHalo()], (32, 16, 16), None, low, model, 1)
+        spatial_plan((400, 64, 64), [_TallHalo()], (32, 16, 16), None, low, model, 1)
