@@ -26,6 +26,7 @@ from deconv3d._paths import (_same_file, check_name_length, glob_shown, image_st
                              remove_stale_temporaries_in, special_file_problem)
 from deconv3d._voxel import recorded_voxel
 from deconv3d.errors import InputError
+from deconv3d.pipeline.batch_config import RUN_KEYS, load_config
 from deconv3d.pipeline.batch_report import EQUIVALENT, report_as_files_finish, status_counts, write_reports
 from deconv3d.pipeline.completion_records import (RECORD_DIR, completion_record_names, completion_record_path,
                                                   in_the_way, input_state, is_finished, output_owners,
@@ -35,8 +36,7 @@ from deconv3d.pipeline.locks import BUSY, DONE_ELSEWHERE, claim, note_writer, se
 from deconv3d.pipeline.prepared_psfs import load_psf_for, sharing_prepared_psfs
 from deconv3d.pipeline.records import path_text
 from deconv3d.pipeline.row_warnings import warnings_into
-from deconv3d.pipeline.settings import (OUTPUT_FORMATS, RUN_KEYS, Settings, _many, channel_count, load_config,
-                                       make_settings)
+from deconv3d.pipeline.settings import OUTPUT_FORMATS, Settings, _many, channel_count, make_settings
 
 __all__ = ["Settings", "load_config", "make_settings", "channel_count", "RUN_KEYS", "find_inputs", "run_batch",
            "build_block_fn", "load_psf_for", "write_reports", "report_as_files_finish", "status_counts", "RECORD_DIR"]

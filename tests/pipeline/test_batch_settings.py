@@ -12,7 +12,8 @@ from cli_helpers import assert_one_line_error, run
 from deconv3d.cli import main
 from deconv3d.errors import InputError
 from deconv3d.io import write_tiff
-from deconv3d.pipeline.settings import WINDOWS_PATHS, load_config, make_settings
+from deconv3d.pipeline.batch_config import WINDOWS_PATHS, load_config
+from deconv3d.pipeline.settings import make_settings
 
 from .conftest import blurred_beads, gaussian_psf
 
