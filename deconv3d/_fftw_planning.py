@@ -18,7 +18,7 @@ import time
 from deconv3d import _fftw_wisdom
 from deconv3d._env_choice import env_choice
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("deconv3d._fftw")  # the backend's one logger, as before _fftw.py was split
 
 PLANNING_TIME_LIMIT = 10.0  # seconds per plan (several per run): FFTW keeps the best plan found by then
 

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Sequence
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("deconv3d._fftw")  # the backend's one logger, as before _fftw.py was split
 
 _WISDOM_MAGIC = b"deconv3d-fftw-wisdom-1\n"
 wisdom_lock = threading.Lock()

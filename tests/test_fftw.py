@@ -573,3 +573,32 @@ def test_an_estimate_run_leaves_the_next_run_nothing_to_save(tmp_path, monkeypat
     finally:
         pyfftw.forget_wisdom()
         pyfftw.import_wisdom(before)
+
+
+@needs_fftw
+def test_the_fftw_backend_logs_on_one_logger_as_before_its_split(tmp_path, monkeypatch, caplog):
+    """The FFTW backend's INFO lines (a measured plan's time, a cache it could not write) came from
+    the logger ``deconv3d._fftw``; split into _fftw_planning and _fftw_wisdom, they came from
+    loggers named after those, so a program that set ``deconv3d._fftw`` to INFO saw neither."""
+    import logging
+
+    import pyfftw
+
+    monkeypatch.setenv("DECONV3D_CACHE_DIR", str(tmp_path))
+    _new_process(monkeypatch)
+    monkeypatch.setattr(_fftw_wisdom, "_remembered", set())
+    monkeypatch.setenv("DECONV3D_FFTW_PLANNER", "measure")
+    before = pyfftw.export_wisdom()
+    try:
+        pyfftw.forget_wisdom()
+        with caplog.at_level(logging.INFO, logger="deconv3d._fftw"):
+            _fftw.FFTWTransforms((4, 6, 10), 1, torch.float32)
+            blocked = tmp_path / "a file"
+            blocked.write_text("")
+            monkeypatch.setenv("DECONV3D_CACHE_DIR", str(blocked))  # no folder can be made in it
+            _fftw_wisdom.save_wisdom(pyfftw)
+    finally:
+        pyfftw.forget_wisdom()
+        pyfftw.import_wisdom(before)
+    ours = [(r.name, r.getMessage().split(" ")[:3]) for r in caplog.records if r.name.startswith("deconv3d")]
+    assert ours == [("deconv3d._fftw", ["planned", "FFTW", "transforms"]), ("deconv3d._fftw", ["could", "not", "save"])]
