@@ -362,7 +362,7 @@ def test_local_worker_processes_each_get_a_share_of_the_free_memory(monkeypatch)
 
     from deconv3d.pipeline import MemoryModel
     from deconv3d.pipeline import memory as memory_module
-    from deconv3d.pipeline import planning, system_memory
+    from deconv3d.pipeline import planning
 
     from .conftest import gaussian_psf
 
@@ -370,7 +370,6 @@ def test_local_worker_processes_each_get_a_share_of_the_free_memory(monkeypatch)
     model = MemoryModel("rl", psf.shape, accelerate=False)
     block = RichardsonLucyBlock(psf, 2, accelerate=False)
     monkeypatch.setattr(planning, "planning_baseline", lambda: baseline)
-    monkeypatch.setattr(system_memory, "planning_baseline", lambda: baseline)
     need = model.peak_bytes(shape, (0, 0, 0), shape, baseline=baseline) - baseline  # the whole volume's
     free = int(need * 0.9 / memory_module.AVAILABLE_SHARE)  # 90 % of what the whole volume needs
     monkeypatch.setattr(memory_module, "available_memory", lambda: free)
