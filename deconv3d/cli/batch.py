@@ -58,13 +58,9 @@ def _check_shared_files(settings) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from deconv3d._paths import refuse_unnamable
     from deconv3d.pipeline.batch import load_config, run_batch
-    from deconv3d.pipeline.batch_report import report_as_files_finish, status_counts
+    from deconv3d.pipeline.batch_report import report_as_files_finish
     from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
-    from deconv3d.pipeline.files import deconvolve_file
-
-    from .selfsup import training_defaults
 
     config = load_config(args.config) if args.config else {}
     _take_run_options(args, config)
@@ -72,18 +68,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     given = _setting_values(args, config)
     settings = settings_from_args(args, config)
     output_dir = Path(args.output)
-    refuse_unnamable(output_dir, folder=True)  # (looking at it raised "File name too long")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"output {output_dir} is a file: give a folder")
-    if relative_to_folder(output_dir, args.input_dir) == Path():  # (any spelling of it: device and inode)
-        raise InputError("the output folder is the input folder: choose another one so inputs stay untouched")
-    if _found_as_input(output_dir, Path(args.input_dir), settings.pattern):  # its outputs would be inputs next time
-        raise InputError(f"the output folder {output_dir} would be read as an input (it matches "
-                         f"{', '.join(settings.pattern)} in the input folder): choose another name or place")
-    existing = existing_ancestor(output_dir)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot create or write the output folder {output_dir} ({existing} is not writable): "
-                         "choose another location")
+    _check_output_folder(output_dir, args.input_dir, settings.pattern)
     _check_shared_files(settings)
     print_warnings(_unused_settings_warnings(settings, given, [k for k in config if getattr(args, k, None) is None]))
     start = time.perf_counter()
@@ -93,44 +78,88 @@ def cmd_batch(args: argparse.Namespace) -> int:
     try:
         with warned.shown(), scheduler_client(args.scheduler, args.workers, gpus=gpus) as client:
             workers = gpus or args.workers or 1
-
-            training = argparse.Namespace(**{**training_defaults(), "steps": settings.train_steps,
-                                                 "seed": settings.seed, "amp": settings.amp,
-                                                 "device": settings.run_device})
-
-            def one(path, output, input_sha256):
-                warned.file = path
-                try:
-                    deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,
-                                    trainer=_trainer(training, []), sweep=False)  # (run_batch swept the folder)
-                finally:
-                    warned.file = None
-
-            def report(number, total, row):
-                reason = f": {row['reason']}" if row["reason"] else ""
-                print(line_text(f"[{number}/{total}] {row['status']:<7} {Path(row['file']).name}{reason}"), flush=True)
-
-            run_batch(args.input_dir, output_dir, settings, one, progress=report, rows=rows,
+            one = _file_runner(settings, client, workers, warned)
+            run_batch(args.input_dir, output_dir, settings, one, progress=_print_progress, rows=rows,
                       also_finished_as=_as_read_before(args, config, settings),
                       report=report_as_files_finish(output_dir, fill=warned.fill))  # (a killed run's too)
     except KeyboardInterrupt as exc:
-        how = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
-        for row in rows:  # the file in progress: its earlier output, if any, no longer matches a record
-            if not row["status"]:
-                row.update(status="failed", reason=f"{how}: rerun to redo it")
-        counts = status_counts(rows)
-        json_path = _write_reports(output_dir, warned.fill(rows)) if rows else None  # over an earlier report's rows
-        with contextlib.suppress(OSError):  # (a terminal gone: see say_last)
-            warned.summary(json_path)
-        said = how if isinstance(exc, Terminated) else "interrupted"  # (the signal named)
-        say_last(f"deconv3d: {said} at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
-                 f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
-                 + (f" (report {json_path})" if json_path else "") + ": rerun the same command to resume")
-        return exc.status if isinstance(exc, Terminated) else 130
+        return _stopped(exc, rows, output_dir, warned)
     except BrokenPipeError:  # stdout piped into a reader that stopped (| head): the whole report, then main's 141
         with contextlib.suppress(Exception):  # (the one written as files finish may lag: its writes are spaced)
             _write_reports(output_dir, warned.fill([row for row in rows if row["status"]]))
         raise
+    return _finished(rows, output_dir, warned, start)
+
+
+def _check_output_folder(output_dir: Path, input_dir, patterns) -> None:
+    """Refuse an output folder that is a file, is the input folder, would be read as an input, or
+    cannot be created or written."""
+    from deconv3d._paths import refuse_unnamable
+
+    refuse_unnamable(output_dir, folder=True)  # (looking at it raised "File name too long")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"output {output_dir} is a file: give a folder")
+    if relative_to_folder(output_dir, input_dir) == Path():  # (any spelling of it: device and inode)
+        raise InputError("the output folder is the input folder: choose another one so inputs stay untouched")
+    if _found_as_input(output_dir, Path(input_dir), patterns):  # its outputs would be inputs next time
+        raise InputError(f"the output folder {output_dir} would be read as an input (it matches "
+                         f"{', '.join(patterns)} in the input folder): choose another name or place")
+    existing = existing_ancestor(output_dir)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create or write the output folder {output_dir} ({existing} is not writable): "
+                         "choose another location")
+
+
+def _file_runner(settings, client, workers: int, warned: _BatchWarnings):
+    """The batch's ``process_one``: deconvolve one file on ``client``, its warnings kept for its row."""
+    from deconv3d.pipeline.files import deconvolve_file
+
+    from .selfsup import training_defaults
+
+    training = argparse.Namespace(**{**training_defaults(), "steps": settings.train_steps,
+                                         "seed": settings.seed, "amp": settings.amp,
+                                         "device": settings.run_device})
+
+    def one(path, output, input_sha256):
+        warned.file = path
+        try:
+            deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,
+                            trainer=_trainer(training, []), sweep=False)  # (run_batch swept the folder)
+        finally:
+            warned.file = None
+
+    return one
+
+
+def _print_progress(number, total, row) -> None:
+    """The line a batch prints as each file ends."""
+    reason = f": {row['reason']}" if row["reason"] else ""
+    print(line_text(f"[{number}/{total}] {row['status']:<7} {Path(row['file']).name}{reason}"), flush=True)
+
+
+def _stopped(exc: KeyboardInterrupt, rows, output_dir: Path, warned: _BatchWarnings) -> int:
+    """A batch stopped by Ctrl-C, SIGTERM or SIGHUP: the report written, its last line said, its exit status."""
+    from deconv3d.pipeline.batch_report import status_counts
+
+    how = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+    for row in rows:  # the file in progress: its earlier output, if any, no longer matches a record
+        if not row["status"]:
+            row.update(status="failed", reason=f"{how}: rerun to redo it")
+    counts = status_counts(rows)
+    json_path = _write_reports(output_dir, warned.fill(rows)) if rows else None  # over an earlier report's rows
+    with contextlib.suppress(OSError):  # (a terminal gone: see say_last)
+        warned.summary(json_path)
+    said = how if isinstance(exc, Terminated) else "interrupted"  # (the signal named)
+    say_last(f"deconv3d: {said} at file {len(rows)} ({counts['done']} done, {counts['skipped']} "
+             f"skipped, {counts['failed']} failed or interrupted); finished outputs are kept"
+             + (f" (report {json_path})" if json_path else "") + ": rerun the same command to resume")
+    return exc.status if isinstance(exc, Terminated) else 130
+
+
+def _finished(rows, output_dir: Path, warned: _BatchWarnings, start: float) -> int:
+    """A batch run to its end: the report written, the summary and failures printed, its exit status."""
+    from deconv3d.pipeline.batch_report import status_counts
+
     json_path = _write_reports(output_dir, warned.fill(rows))
     if json_path is None:
         warned.summary(None)
