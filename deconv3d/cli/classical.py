@@ -197,44 +197,50 @@ def cmd_distill(args) -> int:
 
 
 def cmd_deconvolve(args) -> int:
-    import numpy as np
-
-    from deconv3d._paths import _refuse_folder
-    from deconv3d.classical import richardson_lucy, wiener
-    from deconv3d.io import assume_psf_voxel, write_tiff
-    from deconv3d.pipeline.settings import check_tv_weight
-
     _one_per_channel(args)
     warnings = _unused_option_warnings(args)
+    _check_formats(args)
+    if not pipeline.wants_pipeline(args):
+        _go_out_of_core_if_too_large(args)
+    if pipeline.wants_pipeline(args):
+        return _deconvolve_chunked(args, warnings)
+    return _deconvolve_in_memory(args, warnings)
+
+
+def _check_formats(args) -> None:
+    """Refuse an output named as a folder, and an input or output that is not .tif, .tiff or .zarr."""
+    from deconv3d._paths import _refuse_folder
+
     _refuse_folder(Path(args.output))  # named as a folder, not as "unsupported output format ''"
     for role, path in (("input", args.input), ("output", args.output)):
         if Path(path).suffix.lower() not in pipeline.OUTPUT_SUFFIXES and not (role == "input" and Path(path).is_dir()):
             raise InputError(f"unsupported {role} format '{Path(path).suffix}' for {path}: use .tif, .tiff or .zarr")
-    if not pipeline.wants_pipeline(args):
-        _go_out_of_core_if_too_large(args)
-    if pipeline.wants_pipeline(args):
-        if args.iterations == "auto" and args.method in _METHOD_OPTIONS["iterations"]:
-            raise InputError("--iterations auto needs the whole image in memory: run it on a TIFF crop, then give "
-                             "the count it reports as --iterations N to the chunked run")
-        if args.iterations == "auto":  # a method that ignores it (warned about, as in memory): a count for the settings
-            args.iterations = _DEFAULTS["iterations"]
-        return pipeline.cmd_deconvolve_chunked(args, warnings)
+
+
+def _deconvolve_chunked(args, warnings: list) -> int:
+    """The chunked run, once ``--iterations auto`` is refused (it needs the whole image) or set aside."""
+    if args.iterations == "auto" and args.method in _METHOD_OPTIONS["iterations"]:
+        raise InputError("--iterations auto needs the whole image in memory: run it on a TIFF crop, then give "
+                         "the count it reports as --iterations N to the chunked run")
+    if args.iterations == "auto":  # a method that ignores it (warned about, as in memory): a count for the settings
+        args.iterations = _DEFAULTS["iterations"]
+    return pipeline.cmd_deconvolve_chunked(args, warnings)
+
+
+def _deconvolve_in_memory(args, warnings: list) -> int:
+    """``deconvolve`` of one 2D or 3D image read whole, written as a TIFF with its provenance."""
+    import numpy as np
+
+    from deconv3d.io import assume_psf_voxel, write_tiff
     from deconv3d.omezarr import file_sha256
     from deconv3d.pipeline import provenance, psf_source, tiff_properties
+    from deconv3d.pipeline.settings import check_tv_weight
 
     image = _read_one_image(args.input)
     # Each file is hashed once read (at the end, a file replaced meanwhile was recorded in place of
     # the one the run used): the input here, the model and PSF files below.
     input_sha256 = file_sha256(args.input)
-    check_output(args.output, [f for f in (args.input, args.psf, args.model) if f])
-    if args.method == "rl-tv" and not args.tv_weight > 0:
-        raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
-    voxel = voxel_size_of(args, image)
-    check_negative(image.data, args.input, args.method, warnings)
-    if args.method != "ssl" and (args.model or args.steps):
-        raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
-    if args.psf is None and args.psf_model is None and not (args.method == "ssl" and args.model):
-        raise InputError("a PSF is needed: add --psf PSF.tif or --psf-model MODEL --na NA --wavelength UM")
+    voxel = _checked_voxel(args, image, warnings)
     trained = selfsup.load_model(args) if args.method == "ssl" else None
     model_sha256 = file_sha256(args.model) if trained is not None else None
     if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
@@ -247,21 +253,7 @@ def cmd_deconvolve(args) -> int:
         check_tv_weight(args.tv_weight, image.data.ndim, voxel, Path(args.input).name)  # weight, then needed one
     print_warnings(warnings)
     start = time.perf_counter()
-    if args.method == "ssl":
-        result, params, psf = selfsup.deconvolve_ssl(args, image.data, psf, voxel, trained)
-    elif args.method == "wiener":
-        result = wiener(image.data, psf, args.balance, device=args.device)
-        params = {"balance": args.balance}
-    else:
-        params = {"iterations": args.iterations, "boundary": args.boundary, "accelerate": not args.no_accelerate,
-                  "tv_weight": args.tv_weight if args.method == "rl-tv" else 0.0}
-        if args.iterations == "auto":
-            params.update(_choose_iterations(image.data, psf, params, voxel, args.device))
-        bar, callback = progress(params["iterations"], args.method)
-        with bar:
-            result = richardson_lucy(image.data, psf, params["iterations"], callback=callback, voxel_size=voxel,
-                                     device=args.device, **{k: v for k, v in params.items()
-                                                            if k in ("boundary", "accelerate", "tv_weight")})
+    result, params, psf = _run_method(args, image.data, psf, voxel, trained)
     seconds = time.perf_counter() - start
     refuse_non_finite(result, f"{args.method} result",  # float32 overflow on values near its limit
                       f"(the image's values reach {float(np.abs(image.data).max()):.3g}): rescale the image to a "
@@ -275,6 +267,40 @@ def cmd_deconvolve(args) -> int:
     write_tiff(args.output, result, voxel_size=voxel, metadata=tiff_properties(record), axes=image.axes)  # (ZX too)
     print(f"wrote {line_text(args.output)}: {args.method} on {image.data.shape} in {seconds:.1f} s")
     return 0
+
+
+def _checked_voxel(args, image, warnings: list):
+    """The in-memory run's checks of the output, the options and the image; the image's voxel size."""
+    check_output(args.output, [f for f in (args.input, args.psf, args.model) if f])
+    if args.method == "rl-tv" and not args.tv_weight > 0:
+        raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
+    voxel = voxel_size_of(args, image)
+    check_negative(image.data, args.input, args.method, warnings)
+    if args.method != "ssl" and (args.model or args.steps):
+        raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
+    if args.psf is None and args.psf_model is None and not (args.method == "ssl" and args.model):
+        raise InputError("a PSF is needed: add --psf PSF.tif or --psf-model MODEL --na NA --wavelength UM")
+    return voxel
+
+
+def _run_method(args, data, psf, voxel, trained):
+    """Deconvolve ``data`` by ``--method``: the result, the parameters recorded, and the PSF used."""
+    from deconv3d.classical import richardson_lucy, wiener
+
+    if args.method == "ssl":
+        return selfsup.deconvolve_ssl(args, data, psf, voxel, trained)
+    if args.method == "wiener":
+        return wiener(data, psf, args.balance, device=args.device), {"balance": args.balance}, psf
+    params = {"iterations": args.iterations, "boundary": args.boundary, "accelerate": not args.no_accelerate,
+              "tv_weight": args.tv_weight if args.method == "rl-tv" else 0.0}
+    if args.iterations == "auto":
+        params.update(_choose_iterations(data, psf, params, voxel, args.device))
+    bar, callback = progress(params["iterations"], args.method)
+    with bar:
+        result = richardson_lucy(data, psf, params["iterations"], callback=callback, voxel_size=voxel,
+                                 device=args.device, **{k: v for k, v in params.items()
+                                                        if k in ("boundary", "accelerate", "tv_weight")})
+    return result, params, psf
 
 
 def _one_per_channel(args) -> None:
