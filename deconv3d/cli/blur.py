@@ -274,13 +274,10 @@ def _inputs_record(args, planes: dict) -> dict:
 
 
 def cmd_train(args) -> int:
-    import numpy as np
-
     from deconv3d.latent.checkpoint import save_checkpoint
     from deconv3d.omezarr import file_sha256
-    from deconv3d.latent.data import tile_stacks
     from deconv3d.latent.model import AEConfig
-    from deconv3d.latent.train import LatentTrainConfig, plane_problem, train
+    from deconv3d.latent.train import plane_problem, train
 
     _refuse_latent_options(args)
     if args.stop_after is not None and args.stop_after > args.steps:
@@ -299,25 +296,8 @@ def cmd_train(args) -> int:
     ae = AEConfig(widths=tuple(args.widths), crop=args.crop, skip_interp=args.skip)
     if ae.crop > min(stacks.shape[-2:]):
         raise InputError(f"the planes {stacks.shape[-2:]} are smaller than --crop {ae.crop}: give a smaller --crop")
-    val_fraction = args.val_fraction
-    if stacks.shape[0] == 1 and val_fraction > 0:  # validate on separate tiles of the one field of view
-        tiles = tile_stacks(stacks, ae.crop)
-        # a tile of empty background has constant planes: it holds no blur to train or validate on
-        usable = [t for t in tiles if plane_problem(t[None]) is None]
-        stacks = np.stack(usable) if len(usable) > 1 else stacks
-        if stacks.shape[0] == 1 and len(tiles) > 1:
-            print("note: fewer than two tiles of the stack hold more than background: no held-out validation, "
-                  "the last averaged weights are kept")
-            val_fraction = 0.0
-        elif stacks.shape[0] == 1:
-            print("note: one stack too small to split: no held-out validation, the last averaged weights are kept")
-            val_fraction = 0.0
-    config = LatentTrainConfig(variant=args.variant, dist=args.dist, latent_weight=args.latent_weight,
-                               latent_norm=args.latent_norm,
-                               steps=args.steps, batch=args.batch, lr=args.lr,
-                               val_every=min(100, args.steps), val_fraction=val_fraction,
-                               seed=args.seed, time_budget=args.time_budget, stop_after=args.stop_after,
-                               residual=args.residual, amp=args.amp)
+    stacks, val_fraction = _validation_split(stacks, ae.crop, args.val_fraction)
+    config = _train_config(args, val_fraction)
     bar, callback = progress(args.stop_after or args.steps, f"blur train ({args.variant})")
     with bar:
         result = train(stacks, levels, config, ae, device=args.device, callback=callback)
@@ -332,6 +312,41 @@ def cmd_train(args) -> int:
     print(f"wrote {line_text(args.output)}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}), "
           f"{result.precision}{score}{rerun}")
     return 0
+
+
+def _validation_split(stacks, crop: int, val_fraction: float):
+    """``stacks`` and the validation fraction to train with: one stack is tiled (``crop`` wide) so that
+    separate tiles of its field of view validate; with fewer than two usable tiles, no validation."""
+    import numpy as np
+
+    from deconv3d.latent.data import tile_stacks
+    from deconv3d.latent.train import plane_problem
+
+    if stacks.shape[0] == 1 and val_fraction > 0:  # validate on separate tiles of the one field of view
+        tiles = tile_stacks(stacks, crop)
+        # a tile of empty background has constant planes: it holds no blur to train or validate on
+        usable = [t for t in tiles if plane_problem(t[None]) is None]
+        stacks = np.stack(usable) if len(usable) > 1 else stacks
+        if stacks.shape[0] == 1 and len(tiles) > 1:
+            print("note: fewer than two tiles of the stack hold more than background: no held-out validation, "
+                  "the last averaged weights are kept")
+            val_fraction = 0.0
+        elif stacks.shape[0] == 1:
+            print("note: one stack too small to split: no held-out validation, the last averaged weights are kept")
+            val_fraction = 0.0
+    return stacks, val_fraction
+
+
+def _train_config(args, val_fraction: float):
+    """The :class:`~deconv3d.latent.train.LatentTrainConfig` of ``blur train``'s options."""
+    from deconv3d.latent.train import LatentTrainConfig
+
+    return LatentTrainConfig(variant=args.variant, dist=args.dist, latent_weight=args.latent_weight,
+                             latent_norm=args.latent_norm,
+                             steps=args.steps, batch=args.batch, lr=args.lr,
+                             val_every=min(100, args.steps), val_fraction=val_fraction,
+                             seed=args.seed, time_budget=args.time_budget, stop_after=args.stop_after,
+                             residual=args.residual, amp=args.amp)
 
 
 def _refuse_latent_options(args) -> None:
