@@ -80,12 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     restore = _tolerant_output()
     try:
-        args, extra = build_parser().parse_known_args(argv)
-        if extra:  # reported here by argparse, it would point at the top-level help
-            from deconv3d.cli.arguments import repeat_hint
-
-            raise InputError(f"unrecognized arguments: {' '.join(extra)}{repeat_hint(argv)} "
-                             f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")
+        args = _parse(argv)
         check_environment()
         with warnings.catch_warnings(), _terminate_as_interrupt(program):
             warnings.showwarning = show_warning  # the library's warnings as the CLI's own lines
@@ -101,45 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deconv3d: error: {line_text(str(exc))}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # numpy's MemoryError; torch's allocation failures
-        out_of_memory = isinstance(exc, MemoryError) or any(
-            words in str(exc) for words in ("out of memory", "can't allocate memory"))
-        if not out_of_memory:
-            return _internal(exc, debug)
-        if debug:
-            traceback.print_exc()
-        from deconv3d._paths import _one_line
-
-        print(f"deconv3d: error: not enough memory for this run ({_one_line(exc)}): use "
-              "smaller sizes (batch, widths, levels, chunks) or set --memory-limit where the command has it",
-              file=sys.stderr)
-        return 2
+        return _memory_error(exc, debug)
     except KeyboardInterrupt as exc:
-        how = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted"
-        # It came as the output was put in place (atomic_output), and that output stays: not a chunked run's
-        # scratch folder for a TIFF, removed since.
-        published = getattr(exc, "published", None)
-        published = published if published is not None and os.path.lexists(published) else None
-        say_last(f"deconv3d: {how} after {published} was written: the output is complete" if published else
-                 f"deconv3d: {how} as the command ended: what it reported stands" if getattr(exc, "ended", False)
-                 else f"deconv3d: {how}; no output was written")
-        return exc.status if isinstance(exc, Terminated) else 130
+        return _stopped(exc)
     except OSError as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_closed():
             return _PIPE_CLOSED
-        if exc.errno not in _WRITE_ERRORS and not out_of_space(exc):
-            return _internal(exc, debug)
-        if debug:
-            traceback.print_exc()
-        from deconv3d._paths import _one_line
-
-        if out_of_space(exc):  # (named: the output, where an error said no file, see atomic_output)
-            print(f"deconv3d: error: no space left on {line_text(exc.filename or 'the device')}: free disk space, "
-                  "then run again; nothing was written", file=sys.stderr)
-            return 2
-        where = f"{line_text(exc.filename)}: " if exc.filename else ""  # a file being written, or one a block reads
-        print(f"deconv3d: error: {where}{exc.strerror or _one_line(exc)}: check free disk space and permissions, "
-              "then run again; nothing was written", file=sys.stderr)
-        return 2
+        return _write_error(exc, debug)
     except Exception as exc:  # noqa: BLE001 - the contract: unexpected errors exit 1
         return _internal(exc, debug)
     finally:
@@ -148,6 +111,64 @@ def main(argv: list[str] | None = None) -> int:
         # only waits, as another thread of the caller's may be writing zarr (its queued chunks were cancelled).
         settle_zarr(cancel=program)
         restore()
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The command line's arguments; an argument no command takes is an :class:`InputError`."""
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:  # reported here by argparse, it would point at the top-level help
+        from deconv3d.cli.arguments import repeat_hint
+
+        raise InputError(f"unrecognized arguments: {' '.join(extra)}{repeat_hint(argv)} "
+                         f"(see '{getattr(args, '_prog', 'deconv3d')} --help')")
+    return args
+
+
+def _memory_error(exc: BaseException, debug: bool) -> int:
+    """The exit status of a MemoryError or RuntimeError: out of memory, one line (2); else an internal error."""
+    out_of_memory = isinstance(exc, MemoryError) or any(
+        words in str(exc) for words in ("out of memory", "can't allocate memory"))
+    if not out_of_memory:
+        return _internal(exc, debug)
+    if debug:
+        traceback.print_exc()
+    from deconv3d._paths import _one_line
+
+    print(f"deconv3d: error: not enough memory for this run ({_one_line(exc)}): use "
+          "smaller sizes (batch, widths, levels, chunks) or set --memory-limit where the command has it",
+          file=sys.stderr)
+    return 2
+
+
+def _stopped(exc: KeyboardInterrupt) -> int:
+    """The last line and exit status of a command stopped by Ctrl-C, SIGTERM or SIGHUP."""
+    how = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted"
+    # It came as the output was put in place (atomic_output), and that output stays: not a chunked run's
+    # scratch folder for a TIFF, removed since.
+    published = getattr(exc, "published", None)
+    published = published if published is not None and os.path.lexists(published) else None
+    say_last(f"deconv3d: {how} after {published} was written: the output is complete" if published else
+             f"deconv3d: {how} as the command ended: what it reported stands" if getattr(exc, "ended", False)
+             else f"deconv3d: {how}; no output was written")
+    return exc.status if isinstance(exc, Terminated) else 130
+
+
+def _write_error(exc: OSError, debug: bool) -> int:
+    """The exit status of an OSError: a full, read-only or forbidden place, one line (2); else an internal error."""
+    if exc.errno not in _WRITE_ERRORS and not out_of_space(exc):
+        return _internal(exc, debug)
+    if debug:
+        traceback.print_exc()
+    from deconv3d._paths import _one_line
+
+    if out_of_space(exc):  # (named: the output, where an error said no file, see atomic_output)
+        print(f"deconv3d: error: no space left on {line_text(exc.filename or 'the device')}: free disk space, "
+              "then run again; nothing was written", file=sys.stderr)
+        return 2
+    where = f"{line_text(exc.filename)}: " if exc.filename else ""  # a file being written, or one a block reads
+    print(f"deconv3d: error: {where}{exc.strerror or _one_line(exc)}: check free disk space and permissions, "
+          "then run again; nothing was written", file=sys.stderr)
+    return 2
 
 
 #: Errors of a full, read-only or forbidden place (met while writing, mostly): one line (exit 2), not an internal error.
