@@ -17,9 +17,10 @@ from deconv3d.errors import InputError
 def check_name_length(*paths: Path, renamed: Path | None = None, scratch: bool = False) -> None:
     """Refuse an output name too long to be written under its temporary names.
 
-    :func:`temporary_name` adds the writer's tag (about 40 bytes) to the name, twice for a TIFF
-    (which may be assembled from a temporary OME-Zarr of its own temporary name): a legal name
-    of 184 to 255 bytes failed with "File name too long" after the whole computation.
+    :func:`~deconv3d._paths.temporaries.temporary_name` adds the writer's tag (about 40 bytes) to
+    the name, twice for a TIFF (which may be assembled from a temporary OME-Zarr of its own
+    temporary name): a legal name of 184 to 255 bytes failed with "File name too long" after the
+    whole computation.
     ``renamed``: the file whose name those of ``paths`` derive from (a batch's input, for its output
     and its record), named in the message as the one to shorten, to the length that all of them
     allow: the strictest's (a batch's record, 4 bytes longer than its OME-Zarr output, refused
@@ -94,7 +95,8 @@ def _name_room(path: Path) -> tuple[str, int, int, int] | None:
 
 
 def _tag_bytes() -> int:
-    """The bytes :func:`temporary_name` adds to a name (at most, for this machine), the leading dot too."""
+    """The bytes :func:`~deconv3d._paths.temporaries.temporary_name` adds to a name (at most, for this
+    machine), the leading dot too."""
     return len(f".{host_tag()}@{max(9999999, os.getpid())}-{'0' * 8}{_TMP_SUFFIX}") + 1
 
 

@@ -101,8 +101,9 @@ class _TiffArray:
 class TiffReader:
     """Regions of a TIFF's first series, read through tifffile's zarr store, as float32.
 
-    Axes of length 1 in the file are dropped (as in :func:`open_lazy`'s dask array). It pickles
-    as a path and a file token (``remote``): a dask.distributed worker opens the file itself.
+    Axes of length 1 in the file are dropped (as in the dask array of
+    :func:`~deconv3d.omezarr.reading.open_lazy`). It pickles as a path and a file token
+    (``remote``): a dask.distributed worker opens the file itself.
     """
 
     remote = True
