@@ -8,7 +8,8 @@ and ``D(E(x_k) / (1 - alpha) - alpha E(x_far) / (1 - alpha))`` deblurs.
 
 Modules: :mod:`~deconv3d.latent.model` (network), :mod:`~deconv3d.latent.losses`
 (objectives), :mod:`~deconv3d.latent.data` (levels, triplets, synthetic stacks),
-:mod:`~deconv3d.latent.train`, :mod:`~deconv3d.latent.ops` (synthesis, deblurring) and
+:mod:`~deconv3d.latent.train`, :mod:`~deconv3d.latent.ops` (synthesis, deblurring),
+:mod:`~deconv3d.latent.encoding` (planes to latents and back, latent arithmetic) and
 :mod:`~deconv3d.latent.checkpoint`.
 """
 

@@ -10,7 +10,7 @@ Beyond the paper, ``AEConfig(skip_interp=True)`` gives a UNet-like variant: the 
 features at every scale are part of the latent, and the decoder joins each upsampled map
 with the (combined) encoder features of the same scale by concatenation. Latent arithmetic
 stays linear because every linear combination is applied to every tensor of the latent
-with the same coefficients (:func:`deconv3d.latent.ops.lincomb`), so fine detail that a
+with the same coefficients (:func:`deconv3d.latent.encoding.lincomb`), so fine detail that a
 4x4 bottleneck cannot hold is carried through the skip features.
 
 A latent is always a tuple of tensors: ``(bottleneck,)`` for the plain autoencoder and

@@ -29,6 +29,11 @@ The model is put in eval mode. Any object with ``encode``, ``decode`` and ``divi
 works (a latent is a tensor or a tuple of tensors), which is how the arithmetic is tested
 with a linear toy encoder.
 
+This module holds the public operations, the choice of the form (plain or residual) a
+network is applied in, and the pixel-space references; the plane handling and latent
+arithmetic they share (normalisation, padding, encoding, decoding, :func:`lincomb`) are in
+:mod:`deconv3d.latent.encoding`, and re-exported here.
+
 References
 ----------
 .. [1] P. Mazilu, H. Wang, S. Dummer, R. Veldhuis, C. Brune and N. Strisciuglio,
@@ -41,187 +46,23 @@ from __future__ import annotations
 import numbers
 import os
 import warnings
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 
 from deconv3d._arrays import as_numpy
 from deconv3d.errors import InputError
+from deconv3d.latent.encoding import (as_plane_pair, decode_latents, encode_planes, interior_fractions, interpolate,
+                                      lincomb, minmax_normalise, restore_range, select_sample, warn_of_hot_pixels)
 
 __all__ = ["lincomb", "interpolate", "interior_fractions", "synthesize_blur", "deblur",
            "blend_pixels", "extrapolate_pixels", "encode_planes", "linearity_scores", "FormWarning"]
 
-_DECODE_CHUNK = 16
 FRACTION_LIMITS = (-10.0, 11.0)  # synthesize_blur's fractions, as deconv3d blur synth --range allows
 #: The largest alpha :func:`deblur` takes: its weight 1 / (1 - alpha) reaches FRACTION_LIMITS' 11 there
 #: (0.9999 wrote a plane of mean -0.065 from one of mean 0.17).
 MAX_DEBLUR_ALPHA = 1 - 1 / FRACTION_LIMITS[1]
-
-
-# ------------------------------------------------------------------ latent arithmetic
-
-
-def lincomb(coeffs: Sequence, latents: Sequence):
-    """Linear combination ``sum_i coeffs[i] * latents[i]`` applied to every latent tensor.
-
-    Parameters
-    ----------
-    coeffs : sequence of float or torch.Tensor
-        One coefficient per latent; tensors broadcast (e.g. shape ``(N, 1, 1, 1)`` for a
-        coefficient per sample).
-    latents : sequence of latents
-        Each a tensor (or array) or a tuple/list of tensors of matching shapes.
-
-    Returns
-    -------
-    torch.Tensor or tuple of torch.Tensor
-        Same structure as the latents.
-
-    Examples
-    --------
-    >>> z = lincomb([0.25, 0.75], [(torch.zeros(2),), (torch.ones(2),)])
-    >>> z[0].tolist()
-    [0.75, 0.75]
-    """
-    if len(coeffs) != len(latents) or not latents:
-        raise InputError(f"need one coefficient per latent, got {len(coeffs)} and {len(latents)}")
-    if not isinstance(latents[0], (tuple, list)):
-        return _weighted_sum(coeffs, latents)
-    n = len(latents[0])
-    if any(not isinstance(z, (tuple, list)) or len(z) != n for z in latents):
-        raise InputError("latents to combine must all be tuples with the same number of tensors")
-    return tuple(_weighted_sum(coeffs, [z[k] for z in latents]) for k in range(n))
-
-
-def _weighted_sum(coeffs, tensors):
-    total = coeffs[0] * tensors[0]
-    for c, t in zip(coeffs[1:], tensors[1:]):
-        total = total + c * t
-    return total
-
-
-def interpolate(z_a, z_b, t):
-    """``(1 - t) z_a + t z_b`` for latents (tensors or tuples of tensors)."""
-    return lincomb([1 - t, t], [z_a, z_b])
-
-
-def interior_fractions(n: int) -> np.ndarray:
-    """``n`` evenly spaced fractions strictly between 0 and 1 (e.g. 3 -> 0.25, 0.5, 0.75)."""
-    if int(n) < 1:
-        raise InputError(f"the number of levels must be a positive integer, got {n}")
-    return np.linspace(0.0, 1.0, int(n) + 2)[1:-1]
-
-
-# ------------------------------------------------------------------ plane handling
-
-
-def _as_plane(x, name: str) -> np.ndarray:
-    x = as_numpy(x, dtype=np.float32)
-    if x.ndim != 2 or x.size == 0:
-        raise InputError(f"{name} must be a non-empty 2D plane, got shape {x.shape}: pass one plane of the stack")
-    if not np.isfinite(x).all():
-        raise InputError(f"{name} contains NaN or Inf values: clean the plane first")
-    return x
-
-
-def _pair(a, b, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _as_plane(a, names[0]), _as_plane(b, names[1])
-    if a.shape != b.shape:
-        raise InputError(f"{names[0]} {a.shape} and {names[1]} {b.shape} differ in shape: give planes of one stack")
-    return a, b
-
-
-#: A plane's maximum is taken for a hot pixel when it stands over this many times both its brightest
-#: neighbour and the brightest pixel beyond them, all above the plane's minimum.
-HOT_PIXEL_RATIO = 2.0
-
-
-def _warn_of_hot_pixels(planes, names) -> None:
-    """Warn where one pixel sets a plane's range: each plane is min-max normalised, so a hot pixel
-    10x the in-focus maximum squeezed the rest into [0, 0.1], and the residual form scales its
-    correction by that range (blur synthesis 34.5 -> 15.8 dB in the review). Only a pixel that
-    stands alone over the whole plane counts: a noise maximum or one of several narrow beads has
-    its like elsewhere (a rule on neighbours alone flagged 37 % of photon-limited planes)."""
-    for plane, name in zip(planes, names):
-        lo = float(plane.min())
-        y, x = np.unravel_index(int(np.argmax(plane)), plane.shape)
-        peak = float(plane[y, x]) - lo
-        rest = plane.copy()
-        rest[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = lo
-        around = plane[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].copy()
-        around[min(y, 1), min(x, 1)] = lo
-        beyond, near = float(rest.max()) - lo, float(around.max()) - lo
-        if peak > 0 and peak > HOT_PIXEL_RATIO * max(beyond, near):
-            warnings.warn(f"the {name}'s brightest pixel, at (y={y}, x={x}), is {peak / max(beyond, near, 1e-30):.3g}x "
-                          "its neighbours and the rest of the plane above its minimum (a hot pixel?): it sets the "
-                          "intensity range the plane is normalised by, which degrades the result: remove it first "
-                          "(e.g. a 3x3 median filter)", RuntimeWarning, stacklevel=3)
-
-
-def _minmax(x: np.ndarray) -> tuple[np.ndarray, float, float]:
-    lo, hi = float(x.min()), float(x.max())
-    scale = hi - lo if hi > lo else 1.0
-    return ((x - lo) / scale).astype(np.float32), lo, hi
-
-
-def _pad_to_divisor(planes: np.ndarray, divisor: int, fit: str) -> np.ndarray:
-    """Reflect-pad ``(N, H, W)`` planes at the bottom/right to multiples of ``divisor``."""
-    h, w = planes.shape[-2:]
-    ph, pw = -h % divisor, -w % divisor
-    if (ph or pw) and fit == "error":
-        raise InputError(f"plane size ({h}, {w}) is not a multiple of the model's divisor {divisor}: "
-                         "crop the planes or use fit='pad'")
-    if fit not in ("pad", "error"):
-        raise InputError(f"fit must be 'pad' or 'error', got {fit!r}")
-    mode = "reflect" if min(h, w) > 1 else "edge"
-    return np.pad(planes, ((0, 0), (0, ph), (0, pw)), mode=mode) if ph or pw else planes
-
-
-def _device(model) -> torch.device:
-    params = list(model.parameters()) if hasattr(model, "parameters") else []
-    return params[0].device if params else torch.device("cpu")
-
-
-def encode_planes(model, planes, *, fit: str = "pad"):
-    """Latent of ``(N, H, W)`` planes, each min-max normalised; returns ``(latent, (H, W))``."""
-    planes = as_numpy(planes, dtype=np.float32)
-    normed = np.stack([_minmax(p)[0] for p in planes])
-    padded = _pad_to_divisor(normed, int(getattr(model, "divisor", 1)), fit)
-    if hasattr(model, "eval"):
-        model.eval()
-    x = torch.from_numpy(np.ascontiguousarray(padded)).unsqueeze(1).to(_device(model))
-    with torch.no_grad():
-        return model.encode(x), planes.shape[-2:]
-
-
-def _decode(model, z, shape) -> np.ndarray:
-    """Decode a batched latent in chunks; ``(N, H, W)`` cropped to ``shape``."""
-    parts = z if isinstance(z, (tuple, list)) else (z,)
-    n = parts[0].shape[0]
-    out = []
-    with torch.no_grad():
-        for s in range(0, n, _DECODE_CHUNK):
-            chunk = tuple(t[s:s + _DECODE_CHUNK] for t in parts)
-            y = model.decode(chunk if isinstance(z, (tuple, list)) else chunk[0])
-            out.append(y[:, 0, :shape[0], :shape[1]].float().cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
-
-
-def _select(z, index: int):
-    """Sample ``index`` of a batched latent, keeping a batch axis of 1."""
-    if isinstance(z, (tuple, list)):
-        return tuple(t[index:index + 1] for t in z)
-    return z[index:index + 1]
-
-
-def _restore(y: np.ndarray, coeffs, ranges, fallback: int) -> np.ndarray:
-    """Map a [0, 1] plane to the range ``sum c_i (lo_i, hi_i)`` (or ``ranges[fallback]``)."""
-    lo = sum(c * r[0] for c, r in zip(coeffs, ranges))
-    hi = sum(c * r[1] for c, r in zip(coeffs, ranges))
-    if not hi > lo:
-        lo, hi = ranges[fallback]
-    return (lo + (hi - lo) * y).astype(np.float32)
 
 
 # ------------------------------------------------------------------ public operations
@@ -289,8 +130,8 @@ def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: 
     (1, 4, 4)
     """
     model, residual = _network_and_form(model, residual)
-    far, near = _pair(far, near, ("far plane", "near plane"))
-    _warn_of_hot_pixels((far, near), ("far plane", "near plane"))
+    far, near = as_plane_pair(far, near, ("far plane", "near plane"))
+    warn_of_hot_pixels((far, near), ("far plane", "near plane"))
     a = np.asarray(fractions, dtype=np.float64).reshape(-1)
     lo, hi = FRACTION_LIMITS
     if a.size == 0 or not np.isfinite(a).all() or not ((a >= lo) & (a <= hi)).all():
@@ -299,10 +140,10 @@ def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: 
     z, shape = encode_planes(model, np.stack([far, near]), fit=fit)
     device = (z[0] if isinstance(z, (tuple, list)) else z).device
     t = torch.as_tensor(a, dtype=torch.float32, device=device).view(-1, 1, 1, 1)
-    y = _decode(model, lincomb([1 - t, t], [_select(z, 0), _select(z, 1)]), shape)
-    ranges = [_minmax(far)[1:], _minmax(near)[1:]]
+    y = decode_latents(model, lincomb([1 - t, t], [select_sample(z, 0), select_sample(z, 1)]), shape)
+    ranges = [minmax_normalise(far)[1:], minmax_normalise(near)[1:]]
     if residual:  # pixel blending in the planes' own intensities, plus the network's departure from it
-        ends = _decode(model, z, shape)  # the reconstructions D(E(x_far)), D(E(x_near))
+        ends = decode_latents(model, z, shape)  # the reconstructions D(E(x_far)), D(E(x_near))
         w = a.reshape(-1, 1, 1).astype(np.float32)
         spans = [hi - lo for lo, hi in ranges]  # a constant plane spans 0, in any intensity scale
         span = (1 - w) * spans[0] + w * spans[1]  # the correction's scale: blended like the planes
@@ -310,7 +151,7 @@ def synthesize_blur(model, far, near, fractions, *, fit: str = "pad", residual: 
         span = np.where(span > 0, span, np.where(nearer > 0, nearer, max(spans))).astype(np.float32)
         correction = y - (1 - w) * ends[0] - w * ends[1]
         return ((1 - w) * far + w * near + span * correction).astype(np.float32)
-    return np.stack([_restore(yk, (1 - ak, ak), ranges, int(ak >= 0.5)) for yk, ak in zip(y, a)])
+    return np.stack([restore_range(yk, (1 - ak, ak), ranges, int(ak >= 0.5)) for yk, ak in zip(y, a)])
 
 
 def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: Optional[bool] = None) -> np.ndarray:
@@ -374,8 +215,8 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: Optio
     (4, 4)
     """
     model, residual = _network_and_form(model, residual)
-    far, plane = _pair(far, plane, ("far plane", "plane to deblur"))
-    _warn_of_hot_pixels((far, plane), ("far plane", "plane to deblur"))
+    far, plane = as_plane_pair(far, plane, ("far plane", "plane to deblur"))
+    warn_of_hot_pixels((far, plane), ("far plane", "plane to deblur"))
     if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
         raise InputError(f"alpha must be a number between 0 and 1 (the weight of the far plane), got {alpha!r}")
     alpha = float(alpha)
@@ -389,10 +230,10 @@ def deblur(model, far, plane, alpha: float, *, fit: str = "pad", residual: Optio
                          f"(b - m) / (b - a) at most 10/11, {MAX_DEBLUR_ALPHA:.5f})")
     coeffs = (-alpha / (1 - alpha), 1 / (1 - alpha))
     z, shape = encode_planes(model, np.stack([far, plane]), fit=fit)
-    y = _decode(model, lincomb(list(coeffs), [_select(z, 0), _select(z, 1)]), shape)[0]
+    y = decode_latents(model, lincomb(list(coeffs), [select_sample(z, 0), select_sample(z, 1)]), shape)[0]
     if residual:
-        y = y + (_minmax(plane)[0] - _decode(model, _select(z, 1), shape)[0])
-    return _restore(y, coeffs, [_minmax(far)[1:], _minmax(plane)[1:]], 1)
+        y = y + (minmax_normalise(plane)[0] - decode_latents(model, select_sample(z, 1), shape)[0])
+    return restore_range(y, coeffs, [minmax_normalise(far)[1:], minmax_normalise(plane)[1:]], 1)
 
 
 class FormWarning(UserWarning):
@@ -433,7 +274,7 @@ def blend_pixels(far, near, fractions) -> np.ndarray:
     >>> float(blend_pixels(np.zeros((2, 2)), np.ones((2, 2)), [0.25])[0, 0, 0])
     0.25
     """
-    far, near = _pair(far, near, ("far plane", "near plane"))
+    far, near = as_plane_pair(far, near, ("far plane", "near plane"))
     a = np.asarray(fractions, dtype=np.float32).reshape(-1, 1, 1)
     return ((1 - a) * far + a * near).astype(np.float32)
 
@@ -446,8 +287,8 @@ def extrapolate_pixels(far, plane, alpha: float) -> np.ndarray:
     >>> float(extrapolate_pixels(np.zeros((2, 2)), np.ones((2, 2)), 0.5)[0, 0])
     2.0
     """
-    far, plane = _pair(far, plane, ("far plane", "plane to deblur"))
-    _warn_of_hot_pixels((far, plane), ("far plane", "plane to deblur"))
+    far, plane = as_plane_pair(far, plane, ("far plane", "plane to deblur"))
+    warn_of_hot_pixels((far, plane), ("far plane", "plane to deblur"))
     if not 0 < float(alpha) < 1:
         raise InputError(f"alpha must lie strictly between 0 and 1 (the weight of the far plane), got {alpha}")
     return ((plane - np.float32(alpha) * far) / np.float32(1 - alpha)).astype(np.float32)
@@ -475,5 +316,5 @@ def linearity_scores(model, stack, levels=None, *, fit: str = "pad") -> dict[str
     if stack.ndim != 3 or stack.shape[0] < 3:
         raise InputError(f"stack must be (n_levels >= 3, H, W), got shape {stack.shape}")
     z, _ = encode_planes(model, stack, fit=fit)
-    latents = [_select(z, i) for i in range(stack.shape[0])]
+    latents = [select_sample(z, i) for i in range(stack.shape[0])]
     return {"lds": latent_lds(latents), "apd": latent_apd(latents, levels)}

@@ -41,7 +41,7 @@ from deconv3d.latent.data import (TripletSampler, all_triplets, check_levels, dy
                                   fixed_triplet_crops, normalize_planes, split_by_image)
 from deconv3d.latent.losses import LATENT_NORMS, baseline_loss, explicit_loss, implicit_loss
 from deconv3d.latent.model import AEConfig, Autoencoder, build_autoencoder
-from deconv3d.latent.ops import lincomb
+from deconv3d.latent.encoding import lincomb
 
 __all__ = ["LatentTrainConfig", "LatentTrainResult", "train", "triplet_loss", "interpolation_psnr",
            "train_config_from_dict", "config_to_dict"]
