@@ -45,20 +45,9 @@ def spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, wo
     halo, are cut to whole stored chunks, or rounded up to them where the halo needs it
     (:func:`~deconv3d.pipeline.block_geometry.sides_in_whole_chunks`).
     """
-    ndim = len(spatial_shape)
-    if halo is None:
-        asked = [h for h in (halo_for(f) for f in block_fns) if h]
-        halo = tuple(max(axis) for axis in zip(*asked))  # () when none asks
-    halo = tuple(halo) or (0,) * ndim
-    if len(halo) != ndim:
-        raise InputError(f"halo {halo} needs one value per spatial axis of {tuple(spatial_shape)}")
+    halo = _planned_halo(spatial_shape, block_fns, halo)
     predicted, multiple = None, max(chunk_multiple_for(f) for f in block_fns)
-    if memory_limit is not None:  # refused by name first ("lots" or -1 were told they lacked a memory model)
-        parse_memory(memory_limit)
-        if chunks is None and model is None:
-            raise InputError("a memory limit needs a memory model of the method to choose the chunks: pass "
-                             "model=MemoryModel(method, psf.shape), e.g. MemoryModel(\"rl\", psf.shape), or give "
-                             "chunks instead")
+    _check_memory_limit(memory_limit, chunks, model)
     automatic = (chunks is None and memory_limit is None and model is not None and local
                  and not any(_on_gpu(f) for f in block_fns))  # the whole volume, if it fits
     if memory_limit is not None or automatic:
@@ -69,13 +58,55 @@ def spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, wo
         automatic = memory_limit is not None
     given = chunks is not None
     if chunks is None and memory_limit is not None:
-        limit = parse_memory(memory_limit)
-        chunks = choose_chunks(spatial_shape, limit, model, halo, workers=workers, baseline=planning_baseline(),
-                               multiple=multiple, automatic=automatic, cap=cap, processes=local)
-        if automatic:
-            warn(f"deconv3d: warning: the whole volume {tuple(spatial_shape)} would need more memory than is "
-                 f"available: running it in blocks of {tuple(chunks)} within {format_bytes(limit)} (set "
-                 "--memory-limit or --chunks to choose)")
+        chunks = _chunks_within_limit(spatial_shape, memory_limit, model, halo, workers, multiple, automatic, cap,
+                                      local)
+    chunks, requested = _block_chunks(spatial_shape, chunks, halo, multiple, cap)
+    if model is not None:
+        baseline = planning_baseline()
+        predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=baseline)
+        if given and memory_limit is not None:  # chunks given with a limit: hold them to it
+            _hold_chunks_to_limit(spatial_shape, chunks, requested, halo, multiple, cap, memory_limit, model,
+                                  workers, baseline, predicted)
+    return chunks, halo, predicted, memory_limit
+
+
+def _planned_halo(spatial_shape, block_fns, halo) -> tuple:
+    """The halo asked for, else the widest any block callable asks for (none: zeros), checked."""
+    ndim = len(spatial_shape)
+    if halo is None:
+        asked = [h for h in (halo_for(f) for f in block_fns) if h]
+        halo = tuple(max(axis) for axis in zip(*asked))  # () when none asks
+    halo = tuple(halo) or (0,) * ndim
+    if len(halo) != ndim:
+        raise InputError(f"halo {halo} needs one value per spatial axis of {tuple(spatial_shape)}")
+    return halo
+
+
+def _check_memory_limit(memory_limit, chunks, model) -> None:
+    """Refuse a memory limit that cannot be read, or one with neither chunks nor a memory model."""
+    if memory_limit is not None:  # refused by name first ("lots" or -1 were told they lacked a memory model)
+        parse_memory(memory_limit)
+        if chunks is None and model is None:
+            raise InputError("a memory limit needs a memory model of the method to choose the chunks: pass "
+                             "model=MemoryModel(method, psf.shape), e.g. MemoryModel(\"rl\", psf.shape), or give "
+                             "chunks instead")
+
+
+def _chunks_within_limit(spatial_shape, memory_limit, model, halo, workers, multiple, automatic, cap, local):
+    """The largest chunks the memory limit allows, with a warning where the limit was chosen here."""
+    limit = parse_memory(memory_limit)
+    chunks = choose_chunks(spatial_shape, limit, model, halo, workers=workers, baseline=planning_baseline(),
+                           multiple=multiple, automatic=automatic, cap=cap, processes=local)
+    if automatic:
+        warn(f"deconv3d: warning: the whole volume {tuple(spatial_shape)} would need more memory than is "
+             f"available: running it in blocks of {tuple(chunks)} within {format_bytes(limit)} (set "
+             "--memory-limit or --chunks to choose)")
+    return chunks
+
+
+def _block_chunks(spatial_shape, chunks, halo, multiple, cap) -> tuple[tuple, tuple]:
+    """The checked chunks (the whole volume when none), rounded to the multiple (``requested``), and
+    those cut to whole stored chunks under a ``cap``: ``(chunks, requested)``."""
     if chunks is None:
         chunks = tuple(spatial_shape)
     chunks = tuple(int(c) for c in chunks)
@@ -85,35 +116,36 @@ def spatial_plan(spatial_shape, block_fns, chunks, halo, memory_limit, model, wo
     chunks = requested
     if cap is not None:  # blocks of whole stored chunks, each no longer than the cap
         chunks = sides_in_whole_chunks(chunks, spatial_shape, cap, multiple, halo)  # (enlarged to the halo first)
-    if model is not None:
-        baseline = planning_baseline()
-        predicted = model.peak_bytes(chunks, halo, spatial_shape, workers=workers, baseline=baseline)
-        if given and memory_limit is not None:  # chunks given with a limit: hold them to it
-            limit = parse_memory(memory_limit)
-            # Sides below the halo run at the halo (and in whole stored chunks): smaller ones give the same
-            # blocks, so only the others can be made smaller. (The blocks as plan_chunks makes them.)
-            _, depth, runs_as = plan_chunks(spatial_shape, chunks, halo)  # (depth: the halo they get, as predicted)
-            if predicted > limit and any(c > a for c, a in zip(runs_as, requested)):
-                names = "zyx"[-len(spatial_shape):]
-                shrink = [names[i] for i, (c, a, h) in enumerate(zip(runs_as, requested, halo))
-                          if c == a > max(h, multiple)]  # (a side at the multiple is rounded back up to it)
-                smaller = f"give smaller {'/'.join(shrink)} sides, " if shrink else ""
-                raise InputError(f"chunks {requested} run as {runs_as} (no side below its halo {halo}"
-                                 f"{', in whole stored chunks' if cap is not None else ''}) and need about "
-                                 f"{predicted / 1e6:.0f} MB, above the memory limit {memory_limit}: {smaller}use "
-                                 f"--memory-limit {format_bytes(math.ceil(predicted * 1.1))} or more, or drop "
-                                 "--chunks to let the limit choose them")
-            floor = model.peak_bytes((1,) * len(chunks), halo, spatial_shape, workers=workers, baseline=baseline)
-            if predicted > limit and floor > limit:  # no chunks fit: the program's own memory fills the limit
-                raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
-                                 f"{tuple(depth)}, above the memory limit {memory_limit}, and no chunks fit it (the "
-                                 f"program's own memory is about {(baseline + RESIDENT_ALLOWANCE) / 1e6:.0f} MB): use "
-                                 f"--memory-limit {format_bytes(math.ceil(predicted * 1.1))} or more")
-            if predicted > limit:
-                raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
-                                 f"{tuple(depth)}, above the memory limit {memory_limit}: give smaller chunks, or drop "
-                                 "--chunks to let the limit choose them")
-    return chunks, halo, predicted, memory_limit
+    return chunks, requested
+
+
+def _hold_chunks_to_limit(spatial_shape, chunks, requested, halo, multiple, cap, memory_limit, model, workers,
+                          baseline, predicted) -> None:
+    """Refuse chunks given with a memory limit whose blocks' ``predicted`` peak is above it, saying why."""
+    limit = parse_memory(memory_limit)
+    # Sides below the halo run at the halo (and in whole stored chunks): smaller ones give the same
+    # blocks, so only the others can be made smaller. (The blocks as plan_chunks makes them.)
+    _, depth, runs_as = plan_chunks(spatial_shape, chunks, halo)  # (depth: the halo they get, as predicted)
+    if predicted > limit and any(c > a for c, a in zip(runs_as, requested)):
+        names = "zyx"[-len(spatial_shape):]
+        shrink = [names[i] for i, (c, a, h) in enumerate(zip(runs_as, requested, halo))
+                  if c == a > max(h, multiple)]  # (a side at the multiple is rounded back up to it)
+        smaller = f"give smaller {'/'.join(shrink)} sides, " if shrink else ""
+        raise InputError(f"chunks {requested} run as {runs_as} (no side below its halo {halo}"
+                         f"{', in whole stored chunks' if cap is not None else ''}) and need about "
+                         f"{predicted / 1e6:.0f} MB, above the memory limit {memory_limit}: {smaller}use "
+                         f"--memory-limit {format_bytes(math.ceil(predicted * 1.1))} or more, or drop "
+                         "--chunks to let the limit choose them")
+    floor = model.peak_bytes((1,) * len(chunks), halo, spatial_shape, workers=workers, baseline=baseline)
+    if predicted > limit and floor > limit:  # no chunks fit: the program's own memory fills the limit
+        raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
+                         f"{tuple(depth)}, above the memory limit {memory_limit}, and no chunks fit it (the "
+                         f"program's own memory is about {(baseline + RESIDENT_ALLOWANCE) / 1e6:.0f} MB): use "
+                         f"--memory-limit {format_bytes(math.ceil(predicted * 1.1))} or more")
+    if predicted > limit:
+        raise InputError(f"chunks {chunks} need about {predicted / 1e6:.0f} MB with their halo "
+                         f"{tuple(depth)}, above the memory limit {memory_limit}: give smaller chunks, or drop "
+                         "--chunks to let the limit choose them")
 
 
 def _on_gpu(block_fn) -> bool:
