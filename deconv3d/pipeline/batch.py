@@ -293,15 +293,7 @@ def _process(path, output, record, settings, process_one, row) -> None:
 
     start, finishing = time.perf_counter(), False
     try:
-        # (named by the input: a name too long is the input's to shorten, to what both names allow)
-        check_name_length(output, record, renamed=path, scratch=True)  # (a TIFF: built by deconvolve_file's scratch)
-        if (problem := special_file_problem(path)) is not None:  # (hashing a named pipe waited forever)
-            raise InputError(problem)
-        # Not finished, but the output stays this input's (an interrupted run's next one may replace it).
-        names = sorted(set(outputs_written(read_completion_record(record))) | {output.name})
-        note_writer(record.parent, output, record.name)  # (where runs into this folder find it: output_owners)
-        write_json_atomic(record, {"input": str(path.absolute()), "output": output.name, "outputs": names,
-                                    "settings": None})
+        names = _record_unfinished(path, output, record)
         state, digest = input_state(path), file_sha256(path)  # before reading: a change meanwhile shows
         # The PSF and model files as this file's run reads them (each file's run loads them again, and one
         # replaced during the batch had its outputs recorded under the first one's hash), then the
@@ -316,23 +308,9 @@ def _process(path, output, record, settings, process_one, row) -> None:
             finishing = True
             # In the try: a record that cannot be written (a full disk) fails this file, not the batch; the
             # unfinished record above stays, so that a rerun redoes the output.
-            write_json_atomic(record, {"input": str(path.absolute()), "input_state": state,
-                                        "input_sha256": digest, "settings": settings_hash, "output": output.name,
-                                        "outputs": names, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            _record_finished(path, output, record, names, state, digest, settings_hash)
 
-        with warnings_into(row):
-            try:
-                process_one(path, output, digest)
-            except KeyboardInterrupt as exc:
-                # The signal came as the output was put in place (deconv3d._paths.publishing): it is complete, and
-                # recorded as finished before the batch stops (a rerun redid it, the row said failed).
-                if not _published(exc, output):
-                    raise
-                with contextlib.suppress(Exception):  # (not recorded: failed, as any interrupted file)
-                    finish()
-                    row["status"] = "done"
-                row["seconds"] = round(time.perf_counter() - start, 3)
-                raise
+        _run_one(path, output, digest, process_one, row, finish, start)
         finish()
     except KeyboardInterrupt as exc:
         if finishing and _published(exc, record):  # the finished record is in place: the row says so
@@ -345,6 +323,46 @@ def _process(path, output, record, settings, process_one, row) -> None:
     else:
         row["status"] = "done"
     row["seconds"] = round(time.perf_counter() - start, 3)
+
+
+def _record_unfinished(path, output, record) -> list:
+    """Check the output's names and the input, then record the output as this input's, not finished;
+    returns the outputs that record lists."""
+    # (named by the input: a name too long is the input's to shorten, to what both names allow)
+    check_name_length(output, record, renamed=path, scratch=True)  # (a TIFF: built by deconvolve_file's scratch)
+    if (problem := special_file_problem(path)) is not None:  # (hashing a named pipe waited forever)
+        raise InputError(problem)
+    # Not finished, but the output stays this input's (an interrupted run's next one may replace it).
+    names = sorted(set(outputs_written(read_completion_record(record))) | {output.name})
+    note_writer(record.parent, output, record.name)  # (where runs into this folder find it: output_owners)
+    write_json_atomic(record, {"input": str(path.absolute()), "output": output.name, "outputs": names,
+                                "settings": None})
+    return names
+
+
+def _record_finished(path, output, record, names, state, digest, settings_hash) -> None:
+    """Write the completion record that says the output is finished, with the input's state and hash."""
+    write_json_atomic(record, {"input": str(path.absolute()), "input_state": state,
+                                "input_sha256": digest, "settings": settings_hash, "output": output.name,
+                                "outputs": names, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def _run_one(path, output, digest, process_one, row, finish, start) -> None:
+    """Run ``process_one`` with its warnings into the row; interrupted as the output was put in place,
+    record it finished (``finish``) before the interruption goes on."""
+    with warnings_into(row):
+        try:
+            process_one(path, output, digest)
+        except KeyboardInterrupt as exc:
+            # The signal came as the output was put in place (deconv3d._paths.publishing): it is complete, and
+            # recorded as finished before the batch stops (a rerun redid it, the row said failed).
+            if not _published(exc, output):
+                raise
+            with contextlib.suppress(Exception):  # (not recorded: failed, as any interrupted file)
+                finish()
+                row["status"] = "done"
+            row["seconds"] = round(time.perf_counter() - start, 3)
+            raise
 
 
 def _published(exc: BaseException, path: Path) -> bool:
