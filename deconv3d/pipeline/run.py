@@ -128,16 +128,11 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         before the blocks, is not cut short. Cancelled runs leave no output.
     """
     from deconv3d._fftw_planning import measuring_run
-    from deconv3d.omezarr import create_ome_zarr, write_omero, write_pyramid
     from deconv3d.omezarr.writing import CHUNK_CAP
 
     start = time.perf_counter()
     _check_whole_numbers(chunks, halo, workers, pyramid_levels)
-    if Path(output).suffix.lower() in TIFF_SUFFIXES:
-        raise InputError(f"run_chunked writes an OME-Zarr folder, not a TIFF ({output}): give a path ending in .zarr "
-                         "(deconv3d.pipeline.files.deconvolve_file writes TIFF)")
-    output = Path(output).absolute()  # where a cluster's workers, each in a folder of its own, write the blocks
-    refuse_input_overlap(output, source_files(data))  # (replaced once complete, it was the input's result)
+    output = _checked_output(output, data)
     time_problem = getattr(data, "time_problem", None) if time_axis is None else None  # (the input's, taken)
     reader, axes, time_axis, origin, channels, voxel_size = _source(data, axes, time_axis, origin, channels,
                                                                     voxel_size)
@@ -150,10 +145,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     total = plan.blocks * len(indices)
     execution = plan.execution(total, workers, client, asked_limit=memory_limit)
     if provenance is not None:  # how it ran, recorded before the output is published (not after)
-        provenance = {**provenance, "execution": execution}
-        if "environment" in provenance:  # the FFT backend of these blocks' transforms
-            transforms = plan.fft_shapes(fns or [block_fn])
-            provenance["environment"] = run_fft_environment(provenance["environment"], transforms)
+        provenance = _provenance_with_run(provenance, execution, plan, fns or [block_fn])
     # planned: the total is known, nothing written yet
     if (progress is not None and progress(0, total)) or cancel_requested(cancel):
         raise Cancelled("cancelled before the first block")
@@ -162,20 +154,55 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (allocator.py);
     # the measuring box and every block are one run for FFTW's measuring budget (measuring_run)
     with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output, folder=True) as tmp:
-        stored = stored_chunks(plan.shape, plan.zarr_chunks, cap)  # whole chunks of each block, capped
-        create_ome_zarr(tmp, reader.shape, (1,) * lead + stored, axes=axes, voxel_size=voxel_size,
-                        provenance=provenance, name=image_stem(output),
-                        time_axis=time_axis if "T" in axes else None, origin=origin)
+        _create_image(tmp, output, reader, plan, cap, axes, voxel_size, provenance, time_axis, origin)
         _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client, workers, progress, total,
                  cancel)
-        _verify_source(reader)  # a file moved or rewritten after the last block was read: no output
-        if channels:  # the input's channel names and colours, not lost on the way
-            write_omero(tmp, channels, workers=workers)
-        if pyramid_levels:  # as many chunks at once as blocks were: the limit budgeted those
-            write_pyramid(tmp, pyramid_levels, workers=workers)
+        _finish_image(tmp, reader, channels, pyramid_levels, workers)
     return RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
                    tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution,
                    (provenance or {}).get("environment", {}))
+
+
+def _checked_output(output, data) -> Path:
+    """The output folder as an absolute path, refused where it is a TIFF or overlaps the input's files."""
+    if Path(output).suffix.lower() in TIFF_SUFFIXES:
+        raise InputError(f"run_chunked writes an OME-Zarr folder, not a TIFF ({output}): give a path ending in .zarr "
+                         "(deconv3d.pipeline.files.deconvolve_file writes TIFF)")
+    output = Path(output).absolute()  # where a cluster's workers, each in a folder of its own, write the blocks
+    refuse_input_overlap(output, source_files(data))  # (replaced once complete, it was the input's result)
+    return output
+
+
+def _provenance_with_run(provenance: dict, execution: dict, plan: RunPlan, block_fns) -> dict:
+    """The provenance with how the run goes and, where it records an environment, its blocks' FFT backend."""
+    provenance = {**provenance, "execution": execution}
+    if "environment" in provenance:  # the FFT backend of these blocks' transforms
+        transforms = plan.fft_shapes(block_fns)
+        provenance["environment"] = run_fft_environment(provenance["environment"], transforms)
+    return provenance
+
+
+def _create_image(tmp, output, reader, plan: RunPlan, cap, axes, voxel_size, provenance, time_axis, origin) -> None:
+    """Create the empty OME-Zarr image at ``tmp``, stored in whole chunks of each block no longer than ``cap``."""
+    from deconv3d.omezarr import create_ome_zarr
+
+    lead = sum(a in "TC" for a in axes)
+    stored = stored_chunks(plan.shape, plan.zarr_chunks, cap)  # whole chunks of each block, capped
+    create_ome_zarr(tmp, reader.shape, (1,) * lead + stored, axes=axes, voxel_size=voxel_size,
+                    provenance=provenance, name=image_stem(output),
+                    time_axis=time_axis if "T" in axes else None, origin=origin)
+
+
+def _finish_image(tmp, reader, channels, pyramid_levels, workers) -> None:
+    """Once every block is written: check the source is unchanged, then add the channels' metadata and
+    the pyramid levels."""
+    from deconv3d.omezarr import write_omero, write_pyramid
+
+    _verify_source(reader)  # a file moved or rewritten after the last block was read: no output
+    if channels:  # the input's channel names and colours, not lost on the way
+        write_omero(tmp, channels, workers=workers)
+    if pyramid_levels:  # as many chunks at once as blocks were: the limit budgeted those
+        write_pyramid(tmp, pyramid_levels, workers=workers)
 
 
 def _check_whole_numbers(chunks, halo, workers, pyramid_levels) -> None:
