@@ -37,12 +37,10 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     ``sweep`` removes what killed runs left of the output first (a batch sweeps its folder once).
     """
     from deconv3d.omezarr import open_lazy
-    from deconv3d.pipeline import provenance, psf_source, run_chunked
-    from deconv3d.pipeline.batch import spatial_voxel
+    from deconv3d.pipeline import run_chunked
     from deconv3d.pipeline.negatives import check_has_positive
     from deconv3d.pipeline.output import remove_stale_temporaries
-    from deconv3d.pipeline.prepared_psfs import check_model_voxel
-    from deconv3d.pipeline.settings import _many, channel_count, check_tv_weight
+    from deconv3d.pipeline.settings import _many, channel_count
 
     input_path, output_path = Path(input_path), Path(output_path)
     # before any work, as the command line checks (a batch's outputs are checked only here: it
@@ -53,30 +51,17 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     spatial_axes = "".join(a for a in lazy.axes if a in "ZYX")
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]
     _check_psf_dimensions(settings, lazy, len(spatial_shape))
-    voxel = spatial_voxel(settings, lazy)
-    if settings.psf and (settings.method != "ssl" or settings.model is None):  # (a model brings its own, below)
-        voxel = _voxel_with_psfs(voxel, _many(settings.psf), len(spatial_shape), input_path.name, lazy.partial_voxel,
-                                 warnings)
-    if settings.psf_model is not None and (settings.method != "ssl" or settings.model is None):
-        check_model_voxel(voxel)  # before the RL-TV weight's limit, which took a missing size as isotropic
-    if settings.method == "rl-tv":
-        check_tv_weight(settings.tv_weight, len(spatial_shape), voxel, input_path.name)
+    voxel = _checked_voxel(settings, lazy, len(spatial_shape), input_path.name, warnings)
     check_channel_count(lazy, channel_count(settings))
     check_channel_count(lazy, len(_many(settings.model)), "model")
     _check_one_image_for_tiff(lazy, output_path, settings)
-    if settings.chunks and len(settings.chunks) < len(spatial_shape):
-        raise InputError(f"chunks {tuple(settings.chunks)} give {len(settings.chunks)} sides but {input_path.name} "
-                         f"is {len(spatial_shape)}D: give Z Y X")
-    chunks = tuple(settings.chunks)[-len(spatial_shape):] if settings.chunks else None  # (z,) y, x
+    chunks = _spatial_chunks(settings, len(spatial_shape), input_path.name)
     # every method's output is non-negative (before any training)
     check_has_positive(lazy, input_path.name, settings.method, warnings, axes=lazy.axes,
                        channels=lazy.channels)
     plan = dict(chunks=chunks, workers=workers, client=client)
     block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan)
-    hashes = [_sha(m) for m in _many(settings.model)]  # (one per channel: as many in the record)
-    model_hash = (hashes[0] if len(hashes) == 1 else hashes) if hashes else None
-    record = provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
-                        model_hash=model_hash, source=psf_source(settings), device=settings.run_device)
+    record = _run_provenance(settings, params, psf, input_path, checksum)
     if lazy.time_problem and "T" in lazy.axes:  # once, with the others (run_chunked, given the axis, is silent)
         warn(f"deconv3d: warning: {lazy.time_problem}", warnings)
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
@@ -87,6 +72,42 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     if output_path.suffix.lower() == ".zarr":
         return run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
     return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
+
+
+def _checked_voxel(settings, lazy, ndim: int, name: str, warnings):
+    """The voxel size of the run (the configured one, the image's, else the PSFs'), checked as the
+    PSF model and the RL-TV weight need it."""
+    from deconv3d.pipeline.batch import spatial_voxel
+    from deconv3d.pipeline.prepared_psfs import check_model_voxel
+    from deconv3d.pipeline.settings import _many, check_tv_weight
+
+    voxel = spatial_voxel(settings, lazy)
+    if settings.psf and (settings.method != "ssl" or settings.model is None):  # (a model brings its own, below)
+        voxel = _voxel_with_psfs(voxel, _many(settings.psf), ndim, name, lazy.partial_voxel, warnings)
+    if settings.psf_model is not None and (settings.method != "ssl" or settings.model is None):
+        check_model_voxel(voxel)  # before the RL-TV weight's limit, which took a missing size as isotropic
+    if settings.method == "rl-tv":
+        check_tv_weight(settings.tv_weight, ndim, voxel, name)
+    return voxel
+
+
+def _spatial_chunks(settings, ndim: int, name: str):
+    """The configured chunks' spatial sides (None where none are), refused where they are too few."""
+    if settings.chunks and len(settings.chunks) < ndim:
+        raise InputError(f"chunks {tuple(settings.chunks)} give {len(settings.chunks)} sides but {name} "
+                         f"is {ndim}D: give Z Y X")
+    return tuple(settings.chunks)[-ndim:] if settings.chunks else None  # (z,) y, x
+
+
+def _run_provenance(settings, params, psf, input_path, checksum) -> dict:
+    """The output's provenance record, with the model files' hashes (one per channel)."""
+    from deconv3d.pipeline import provenance, psf_source
+    from deconv3d.pipeline.settings import _many
+
+    hashes = [_sha(m) for m in _many(settings.model)]  # (one per channel: as many in the record)
+    model_hash = (hashes[0] if len(hashes) == 1 else hashes) if hashes else None
+    return provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
+                      model_hash=model_hash, source=psf_source(settings), device=settings.run_device)
 
 
 def _voxel_with_psfs(voxel, psfs, ndim: int, name: str, partial, warnings):
