@@ -307,12 +307,7 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
     sampler = TripletSampler(train_set, triplets, ae_config.crop, seed=config.seed, device=dev,
                              augment=config.augment)
     validator = _Validator(val_set, levels, ae_config.crop, dev, config.residual)
-    model = build_autoencoder(ae_config, config.seed, dev).train()
-    if dev.type == "cpu":  # oneDNN convolutions run ~1.4x faster channels-last (measured, 2 cores)
-        model = model.to(memory_format=torch.channels_last)
-    average = WeightAverage(model, config.ema_decay, buffers=True) if config.ema_decay > 0 else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = _schedule(optimizer, config)
+    model, average, optimizer, schedule = _model_and_optimiser(ae_config, config, dev)
     precision = MixedPrecision(amp_dtype(config.amp, dev))
 
     def once(x1, x2, x3, alpha) -> dict[str, float]:
@@ -333,22 +328,45 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
             average.update(model)
         schedule.step()
         history.append((step, terms["total"]))
-        reason = stop_reason(step, terms["total"], config.steps, config.time_budget, callback, started,
-                             config.stop_after)
         evaluated = average.model if average is not None else model
-        if not _all_finite(model, evaluated):  # diverged with a finite loss (see _all_finite)
-            reason = "non-finite loss"
-        if step % config.val_every == 0 or reason is not None:
-            score = validator(step, evaluated)
-            if score is not None and not math.isfinite(score):
-                reason = "non-finite loss"
+        reason = _stop_reason(step, terms, config, callback, started, model, evaluated, validator)
         if reason is not None:
             break
-    if validator.best_state is not None:
-        evaluated.load_state_dict(validator.best_state)
-    evaluated = evaluated.to(memory_format=torch.contiguous_format).eval()
-    evaluated.residual = bool(config.residual)  # the form it was trained in, for a caller that passes .model alone
+    evaluated = _best_model(evaluated, validator, config)
     return LatentTrainResult(evaluated, history, validator.history, validator.best, validator.best_step,
                              step, reason, config, ae_config, levels.astype(np.float32),
                              time.perf_counter() - started, terms, precision.name(),
                              run_environment(dev, fft_shapes=None))
+
+
+def _model_and_optimiser(ae_config: AEConfig, config: LatentTrainConfig, dev):
+    """The seeded autoencoder in training mode, its weight average (None without), Adam and its schedule."""
+    model = build_autoencoder(ae_config, config.seed, dev).train()
+    if dev.type == "cpu":  # oneDNN convolutions run ~1.4x faster channels-last (measured, 2 cores)
+        model = model.to(memory_format=torch.channels_last)
+    average = WeightAverage(model, config.ema_decay, buffers=True) if config.ema_decay > 0 else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    return model, average, optimizer, _schedule(optimizer, config)
+
+
+def _stop_reason(step, terms, config: LatentTrainConfig, callback, started, model, evaluated, validator):
+    """Why training stops after this step (None: it goes on), validating ``evaluated`` when due: a
+    network, weight average or validation score that is not finite stops it as "non-finite loss"."""
+    reason = stop_reason(step, terms["total"], config.steps, config.time_budget, callback, started,
+                         config.stop_after)
+    if not _all_finite(model, evaluated):  # diverged with a finite loss (see _all_finite)
+        reason = "non-finite loss"
+    if step % config.val_every == 0 or reason is not None:
+        score = validator(step, evaluated)
+        if score is not None and not math.isfinite(score):
+            reason = "non-finite loss"
+    return reason
+
+
+def _best_model(evaluated, validator, config: LatentTrainConfig):
+    """The evaluated network with the best validated weights, contiguous, in evaluation mode."""
+    if validator.best_state is not None:
+        evaluated.load_state_dict(validator.best_state)
+    evaluated = evaluated.to(memory_format=torch.contiguous_format).eval()
+    evaluated.residual = bool(config.residual)  # the form it was trained in, for a caller that passes .model alone
+    return evaluated
