@@ -314,6 +314,18 @@ def test_two_voxel_sizes_for_a_3d_image_are_refused_in_one_line(files, capsys, c
     assert not (files / output).exists()
 
 
+@pytest.mark.parametrize("output", ["o.tif", "o.zarr"])
+def test_two_chunk_sides_for_a_3d_image_are_refused_in_one_line(files, capsys, output):
+    """``--chunks Y X`` (a 2D image's form) on a 3D image is refused by the file's pipeline, naming
+    the image and the form to give, before any block or temporary is written; a later check in the
+    block planner only said "--chunks (12, 12) needs 3 positive values"."""
+    before = {p.name: p.read_bytes() for p in files.iterdir()}
+    code, _, err = run(["deconvolve", files / "ij.tif", "--psf", files / "psf.tif", "-o", files / output,
+                        "--chunks", 12, 12, "--iterations", 1, "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "chunks (12, 12) give 2 sides", "ij.tif is 3D", "give Z Y X")
+    assert {p.name: p.read_bytes() for p in files.iterdir()} == before  # no output, no temporary, inputs kept
+
+
 @pytest.mark.parametrize("values", [[0.1], [], [0.1] * 4])
 def test_a_voxel_size_count_other_than_two_or_three_is_a_usage_error(planes, capsys, values):
     """Four values said only "unrecognized arguments: 0.1", before the input too ("... plain.tif")."""
