@@ -18,9 +18,11 @@ def check_name_length(*paths: Path, renamed: Path | None = None, scratch: bool =
     """Refuse an output name too long to be written under its temporary names.
 
     :func:`~deconv3d._paths.temporaries.temporary_name` adds the writer's tag (about 40 bytes) to
-    the name, twice for a TIFF (which may be assembled from a temporary OME-Zarr of its own
-    temporary name): a legal name of 184 to 255 bytes failed with "File name too long" after the
-    whole computation.
+    the name, twice for a TIFF built through a ``scratch`` OME-Zarr (a chunked run's, written under
+    a temporary name of that scratch's own temporary name): a legal name of 184 to 255 bytes failed
+    with "File name too long" after the whole computation. A TIFF written whole (an in-memory run, a
+    PSF) has one temporary name only: counted twice, a name of about 190 to 215 bytes that it writes
+    was refused.
     ``renamed``: the file whose name those of ``paths`` derive from (a batch's input, for its output
     and its record), named in the message as the one to shorten, to the length that all of them
     allow: the strictest's (a batch's record, 4 bytes longer than its OME-Zarr output, refused
@@ -28,7 +30,7 @@ def check_name_length(*paths: Path, renamed: Path | None = None, scratch: bool =
     A path that its temporary names would make too long as a whole is refused too (:func:`_refuse_long_paths`;
     ``scratch``: a TIFF among ``paths`` is built through a scratch OME-Zarr, as a chunked run builds it).
     """
-    rooms = [room for room in map(_name_room, paths) if room is not None]
+    rooms = [room for room in (_name_room(path, scratch) for path in paths) if room is not None]
     if renamed is None:
         for name, size, extra, limit in rooms:
             if size + extra > limit:
@@ -69,8 +71,7 @@ def _refuse_long_paths(paths, scratch: bool = False) -> None:
         size = len(os.fsencode(whole))
         suffix = path.suffix.lower()
         zarr = suffix == ".zarr" or (scratch and suffix in TIFF_SUFFIXES)  # (a zarr folder's files in it)
-        extra = (_tag_bytes() * (2 if scratch and suffix in TIFF_SUFFIXES else 1)
-                 + (_ZARR_ENTRY_BYTES if zarr else 0))
+        extra = _tags(path, scratch) * _tag_bytes() + (_ZARR_ENTRY_BYTES if zarr else 0)
         path_max = _limit_at(Path(whole), "PC_PATH_MAX", 4096)  # (counting the terminating NUL)
         if size + extra >= path_max:
             raise InputError(f"output path {path} is too long for this file system: {size} bytes from the root, and "
@@ -79,9 +80,16 @@ def _refuse_long_paths(paths, scratch: bool = False) -> None:
                              "output in a folder with a shorter path")
 
 
-def _name_room(path: Path) -> tuple[str, int, int, int] | None:
-    """The name of ``path``, its length in bytes, the bytes its temporary names add
-    (:func:`check_name_length`) and the longest name its folder takes; None where that is not known."""
+def _tags(path: Path, scratch: bool) -> int:
+    """How many writer's tags the longest temporary name of ``path`` has: two for a TIFF built through
+    a ``scratch`` OME-Zarr (:func:`check_name_length`), one otherwise."""
+    return 2 if scratch and Path(path).suffix.lower() in TIFF_SUFFIXES else 1
+
+
+def _name_room(path: Path, scratch: bool = False) -> tuple[str, int, int, int] | None:
+    """The name of ``path``, its length in bytes, the bytes its temporary names add (two tags for a TIFF
+    built through a ``scratch`` OME-Zarr, :func:`check_name_length`) and the longest name its folder
+    takes; None where that is not known."""
     path = Path(path)
     parent = existing_ancestor(path.parent if str(path.parent) else Path("."))
     try:
@@ -90,7 +98,7 @@ def _name_room(path: Path) -> tuple[str, int, int, int] | None:
         limit = 255
     if limit is None or limit <= 0:
         return None
-    extra = _tag_bytes() * (2 if path.suffix.lower() in TIFF_SUFFIXES else 1)
+    extra = _tag_bytes() * _tags(path, scratch)
     return path.name, len(os.fsencode(path.name)), extra, limit
 
 

@@ -93,7 +93,10 @@ def refuse_unnamable(path: Path, folder: bool = False) -> None:
             return
         if not folder:
             try:
-                check_name_length(path)  # the output's own name too long: refused there, saying how short
+                # the output's own name too long: refused there, saying how short, to a length a chunked run's
+                # TIFF takes too (whether it is built through a scratch is not known here; one temporary
+                # name's length would be refused again by a chunked rerun)
+                check_name_length(path, scratch=True)
             except OSError:  # a folder above it too long to look at
                 pass
         size, longest = len(os.fsencode(path)), max(len(os.fsencode(part)) for part in Path(path).parts)

@@ -1371,6 +1371,36 @@ def test_an_output_name_too_long_for_its_temporary_is_refused_up_front(stack, mo
     assert _leftovers(folder) == []
 
 
+def test_an_in_memory_tiff_output_has_room_for_one_temporary_name_a_chunked_one_for_two(stack, monkeypatch, capsys):
+    """Review of name lengths: a TIFF was counted two temporary names longer, as if it were always
+    assembled from a scratch OME-Zarr under a temporary name of its own; an in-memory run writes it
+    under one, so a name it writes (of about 190-215 bytes) was refused. At the exact boundary the
+    in-memory run writes it and the chunked run, whose scratch takes the second tag, refuses it."""
+    from deconv3d._paths import check_name_length
+    from deconv3d._paths.name_length import _tag_bytes
+
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    limit, tag = os.pathconf(folder, "PC_NAME_MAX"), _tag_bytes()
+    longest = "y" * (limit - tag - 4) + ".tif"  # the longest an in-memory run takes: one tag short of the limit
+    assert len(longest) == limit - tag
+    with pytest.raises(InputError, match=rf"too long \({limit - tag + 1} bytes\).* shorten it to {limit - tag} bytes"):
+        check_name_length(folder / ("y" + longest))  # one byte more: refused, saying to the byte how short
+    with pytest.raises(InputError, match=rf"temporary name {2 * tag} bytes longer.* shorten it to {limit - 2 * tag} "):
+        check_name_length(folder / longest, scratch=True)  # the chunked run's scratch: two tags
+    check_name_length(folder / longest[tag:], scratch=True)  # ... of which it takes its length less a tag
+    argv = ["deconvolve", "img.tif", "--psf", "psf.tif", "-o", longest, "--iterations", 2]
+    code, _, err = run([*argv, "--chunks", 8, 16, 16], capsys)
+    assert_one_line_error(code, err, f"too long ({limit - tag} bytes)", f"shorten it to {limit - 2 * tag} bytes")
+    # a name past the limit itself (looked at before the run's path is known): the length both runs take
+    code, _, err = run([*argv[:5], "z" * limit + ".tif", *argv[6:], "--chunks", 8, 16, 16], capsys)
+    assert_one_line_error(code, err, f"too long ({limit + 4} bytes)", f"shorten it to {limit - 2 * tag} bytes")
+    assert sorted(os.listdir(folder)) == ["img.tif", "psf.tif"]  # nothing written, nothing left
+    code, _, err = run(argv, capsys)  # in memory: written under its one temporary name
+    assert code == 0, err
+    assert read_image(folder / longest).data.shape == (16, 32, 32) and _leftovers(folder) == []
+
+
 LONG = "a" * 260
 
 
