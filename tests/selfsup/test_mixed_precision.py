@@ -14,7 +14,7 @@ from amp_helpers import autocast_failing_at
 from deconv3d import _torch_common
 from deconv3d._torch_common import amp_dtype, cpu_has_amx, grad_scaler
 from deconv3d.selfsup import TrainConfig, apply_model, train, training_record
-from tests.selfsup.test_train import TINY, assert_rl_base_plus_network, problem
+from tests.selfsup.test_train import TINY, assert_rl_base_plus_network, problem, train_for_module
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 TRAIN = importlib.import_module("deconv3d.selfsup.train")
@@ -31,14 +31,9 @@ def test_the_dtype_follows_device_and_request(monkeypatch, amx):
 @pytest.fixture(scope="module")
 def float32_network():
     """(network trained in float32, its noisy image): trained once for the inference tests below."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as every test runs (conftest's one_thread)
-    try:
-        _, noisy, psf = problem(3, sigma=0.05)
-        config = TrainConfig(steps=3, patch=16, batch=2, seed=0, amp=False)
-        return train(noisy, psf, config=config, unet=TINY[3], device="cpu"), noisy
-    finally:
-        torch.set_num_threads(threads)
+    _, noisy, psf = problem(3, sigma=0.05)
+    config = TrainConfig(steps=3, patch=16, batch=2, seed=0, amp=False)
+    return train_for_module(noisy, psf, config=config, unet=TINY[3], device="cpu"), noisy
 
 
 @pytest.mark.parametrize("amp", [True, False, "default"])

@@ -16,14 +16,23 @@ from deconv3d.selfsup.patches import _PatchSampler
 from deconv3d._torch_common import MixedPrecision
 from deconv3d.selfsup.steps import _train_step
 from deconv3d.selfsup.train import build_model, standardize, warm_start_target
-from test_train import TINY, problem
+from test_train import TINY, problem, train_for_module
 
 
-def test_training_starts_at_the_reference_estimate():
-    """A zero head and a vanishing step size leave the output equal to the RL estimate it corrects."""
+@pytest.fixture(scope="module")
+def frozen_residual():
+    """(a residual model trained at a vanishing step size, so its zero head stays zero; its image and
+    PSF): trained once for the two tests below, which only read it (apply_model and NetworkBlock run
+    copies of the network)."""
     _, noisy, psf = problem(3, sigma=0.02)
-    res = train(noisy, psf, config=TrainConfig(steps=2, patch=16, batch=1, lr=1e-12, residual=True),
-                unet=TINY[3], device="cpu")
+    res = train_for_module(noisy, psf, config=TrainConfig(steps=2, patch=16, batch=1, lr=1e-12, residual=True),
+                           unet=TINY[3], device="cpu")
+    return res, noisy, psf
+
+
+def test_training_starts_at_the_reference_estimate(frozen_residual):
+    """A zero head and a vanishing step size leave the output equal to the RL estimate it corrects."""
+    res, noisy, psf = frozen_residual
     target, reference = warm_start_target(noisy, psf, "cpu", "auto")  # TrainConfig().warm_tv
     assert res.reference == reference and res.warm_steps == 0 and not res.unet.positive
     assert "anchor" not in res.last_terms and "warm" not in res.last_terms  # anchor "auto": 0 in this form
@@ -76,16 +85,14 @@ def test_short_residual_training_refines_the_reference():
     assert psnr_rescaled(truth, out) > psnr_rescaled(truth, target) - 0.1  # measured 26.78 vs 26.72 (input 23.42)
 
 
-def test_thin_stack_gets_a_reference_from_the_cropped_psf():
+def test_thin_stack_gets_a_reference_from_the_cropped_psf(frozen_residual):
     """A stack thinner than the model's PSF (refused by RL as it is) gets RL with the PSF centre-cropped
     to it, so the residual model and its chunked counterpart still run, and agree."""
     from deconv3d.classical import richardson_lucy
     from deconv3d.pipeline import NetworkBlock
     from deconv3d.psf import fit_psf
 
-    _, noisy, psf = problem(3, sigma=0.02)
-    res = train(noisy, psf, config=TrainConfig(steps=2, patch=16, batch=1, lr=1e-12, residual=True),
-                unet=TINY[3], device="cpu")
+    res, noisy, psf = frozen_residual
     thin = noisy[: psf.shape[0] - 2]
     with pytest.raises(InputError, match="larger than the image"):
         richardson_lucy(thin, psf, res.reference.iterations)

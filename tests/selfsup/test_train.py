@@ -32,6 +32,17 @@ def problem(ndim, sigma):
 TINY = {2: UNetConfig(ndim=2, base_channels=8, depth=2), 3: UNetConfig(ndim=3, base_channels=8, depth=2)}
 
 
+def train_for_module(*args, **kwargs):
+    """train() for a module-scoped fixture, on one torch thread as every test runs (conftest's
+    one_thread, a per-test fixture, is not yet set up when a module-scoped one is)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def assert_rl_base_plus_network(result, image, psf, out, margin: float, amp: bool = True):
     """``out``, a residual network's output on ``image``, is Richardson-Lucy with its reference's
     settings (run here by richardson_lucy) plus the network's own correction (predict_tiled alone,
