@@ -1,10 +1,15 @@
 """The demo on a shrunken problem: every method's row, stacks and the figure are written."""
 
+import importlib
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
+import deconv3d.selfsup
 from deconv3d import demo
+from deconv3d.latent import ops
 from deconv3d.errors import InputError
 from deconv3d.io import read_image
 
@@ -20,6 +25,20 @@ def shrink(monkeypatch, seconds=1.0):
     monkeypatch.setattr(demo, "DEMO_BLUR_SHAPE", (32, 32))
 
 
+def fake_trainings(monkeypatch, ssl_reason="completed", blur_reason="completed", before_ssl=lambda: None):
+    """The demo's two trainings, where they are not under test, replaced by records of 3 and 41 steps
+    (``before_ssl`` runs as the ssl training would start): the ssl row is the input itself and the
+    blur row pixel blending. test_demo_writes_rows_stacks_and_figure runs them for real."""
+    latent_train = importlib.import_module("deconv3d.latent.train")  # (deconv3d.latent.train is its function)
+    fake_ssl = SimpleNamespace(steps_done=3, reference=SimpleNamespace(iterations=17), reason=ssl_reason)
+    monkeypatch.setattr(deconv3d.selfsup, "train", lambda *args, **kwargs: before_ssl() or fake_ssl)
+    monkeypatch.setattr(deconv3d.selfsup, "apply_model", lambda result, image, device: image)
+    monkeypatch.setattr(latent_train, "train", lambda *args, **kwargs: SimpleNamespace(
+        steps_done=41, model=None, reason=blur_reason))
+    monkeypatch.setattr(ops, "synthesize_blur", lambda model, far, near, fractions, residual:
+                        ops.blend_pixels(far, near, fractions))
+
+
 def test_demo_writes_rows_stacks_and_figure(tmp_path, monkeypatch):
     shrink(monkeypatch)
     stages = []
@@ -27,6 +46,7 @@ def test_demo_writes_rows_stacks_and_figure(tmp_path, monkeypatch):
     rows = demo.run_demo(folder, device="cpu", progress=stages.append)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]  # no staging folder left
     tmp_path = folder
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*demo.DEMO_FILES, demo.MARKER])  # nothing else
     assert [r["method"] for r in rows] == ["input", "wiener", "rl", "rl-tv", "ssl", "blur-synth"]
     # one line per stage as it starts (the demo ran for minutes in silence)
     assert [s.split(":")[0].split(",")[0] for s in stages] == ["synthesising the phantom and its widefield image",
@@ -51,6 +71,7 @@ def test_demo_checks_before_working_and_creates_nothing_when_it_fails(tmp_path, 
     """The demo created its folder first, so a refused device, a Ctrl-C or a failure left an empty
     folder behind, and an output naming a file was an internal error."""
     shrink(monkeypatch, seconds=0.2)
+    fake_trainings(monkeypatch)  # (the files, not the trainings, are under test)
     (tmp_path / "file.tif").write_bytes(b"x")
     with pytest.raises(InputError, match="is a file"):
         demo.run_demo(tmp_path / "file.tif", device="cpu")
@@ -72,6 +93,7 @@ def test_the_demo_replaces_only_what_a_demo_wrote(tmp_path, monkeypatch):
     a folder is refused before any work; a folder a demo wrote is written again; other files are
     left alone. A path through a file says so."""
     shrink(monkeypatch, seconds=0.2)
+    fake_trainings(monkeypatch)  # (the files, not the trainings, are under test; the real ones write the same)
     user = tmp_path / "mine"
     user.mkdir()
     for name, text in (("psf.tif", "my psf"), ("input.tif", "my data"), ("notes.txt", "notes")):
@@ -114,7 +136,6 @@ def test_the_demo_does_not_advise_a_time_budget_it_has_no_option_for(monkeypatch
     budget is fixed). The demo's own training keeps that warning to itself; the library still gives it."""
     import warnings
 
-    import deconv3d.selfsup
     from deconv3d.selfsup.train import warm_start_target
 
     rng = np.random.default_rng(0)
@@ -138,30 +159,16 @@ def test_the_timed_rows_name_the_counts_their_budgets_allowed(tmp_path, monkeypa
     the budget cut (it said both were, always, where the search had run to its end), and the blur-synth
     note says whether the budget ended its training (it said so after all 400 steps too)."""
     import warnings
-    import importlib
-    from types import SimpleNamespace
-
-    import deconv3d.selfsup
-    from deconv3d.latent import ops
-
-    latent_train = importlib.import_module("deconv3d.latent.train")  # (deconv3d.latent.train is its function)
 
     shrink(monkeypatch)
-    fake_ssl = SimpleNamespace(steps_done=3, reference=SimpleNamespace(iterations=17),
-                               reason="completed" if cut == "none" else "time_budget")
 
-    def fake_train(*args, **kwargs):
+    def search_cut():
         if cut == "both":
             warnings.warn("the time budget ended the search for the reference's Richardson-Lucy count at 17 "
                           "iteration(s)", RuntimeWarning)
-        return fake_ssl
 
-    monkeypatch.setattr(deconv3d.selfsup, "train", fake_train)
-    monkeypatch.setattr(deconv3d.selfsup, "apply_model", lambda result, image, device: image)
-    monkeypatch.setattr(latent_train, "train", lambda *args, **kwargs: SimpleNamespace(
-        steps_done=41, model=None, reason="completed" if cut == "none" else "time_budget"))
-    monkeypatch.setattr(ops, "synthesize_blur", lambda model, far, near, fractions, residual:
-                        ops.blend_pixels(far, near, fractions))
+    reason = "completed" if cut == "none" else "time_budget"
+    fake_trainings(monkeypatch, ssl_reason=reason, blur_reason=reason, before_ssl=search_cut)
     monkeypatch.setattr(demo, "draw_projections", lambda *args, **kwargs: None)
     monkeypatch.setattr(demo, "demo_methods", lambda image, psf, device, announce: [
         ("ssl", demo._demo_ssl(image, psf, device), 1.0)])  # the classical rows are not under test
