@@ -61,6 +61,20 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(scope="session")
+def once():
+    """A cache for the session: ``once(key, make)`` returns ``make()``, made the first time ``key`` is
+    asked for (a training several tests, in several modules, only read)."""
+    made = {}
+
+    def get(key, make):
+        if key not in made:
+            made[key] = make()
+        return made[key]
+
+    return get
+
+
 def asymmetric_psf(shape, seed=0):
     """A positive, deliberately lopsided unit-sum kernel: a missing flip shows in any test."""
     r = np.random.default_rng(seed)

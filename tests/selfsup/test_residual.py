@@ -16,7 +16,7 @@ from deconv3d.selfsup.patches import _PatchSampler
 from deconv3d._torch_common import MixedPrecision
 from deconv3d.selfsup.steps import _train_step
 from deconv3d.selfsup.train import build_model, standardize, warm_start_target
-from test_train import TINY, problem, train_for_module
+from test_train import TINY, problem, short_training, train_for_module
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +72,18 @@ def test_residual_step_adds_the_target_field_to_both_passes():
     assert torch.equal(batch.target_field[region], batch.target)
 
 
-def test_short_residual_training_refines_the_reference():
-    truth, noisy, psf = problem(3, sigma=0.15)
-    res = train(noisy, psf, config=TrainConfig(steps=40, patch=16, batch=2, lr=2e-3, residual=True),
-                unet=TINY[3], device="cpu")
+def test_short_residual_training_refines_the_reference(once):
+    """test_train's 60-step training of the default recipe, the residual form (its own 40-step run
+    with the same settings measured 26.76 against 26.72 dB, moved 0.011)."""
+    truth, noisy, psf, config, res = short_training(once, 3, "default")
+    assert config.residual and res.reference is not None
     target, _ = warm_start_target(noisy, psf, "cpu", "auto")
     out = apply_model(res, noisy, device="cpu")
     losses = [loss for _, loss in res.history]
-    assert all(np.isfinite(losses)) and res.steps_done == 40
-    assert np.abs(out - target).max() > 1e-3  # the network moved
+    assert all(np.isfinite(losses)) and res.steps_done == 60
+    assert np.abs(out - target).max() > 1e-3  # the network moved (measured 0.046)
     assert psnr_rescaled(truth, out) > psnr_rescaled(truth, noisy) + 0.5
-    assert psnr_rescaled(truth, out) > psnr_rescaled(truth, target) - 0.1  # measured 26.78 vs 26.72 (input 23.42)
+    assert psnr_rescaled(truth, out) > psnr_rescaled(truth, target) - 0.1  # measured 26.89 vs 26.72 (input 23.42)
 
 
 def test_thin_stack_gets_a_reference_from_the_cropped_psf(frozen_residual):

@@ -57,13 +57,22 @@ def assert_rl_base_plus_network(result, image, psf, out, margin: float, amp: boo
     assert np.abs(out - np.maximum(base, 0)).max() > margin * peak
 
 
+def short_training(once, ndim, recipe):
+    """(truth, noisy image, PSF, config, result) of a 60-step training by ``recipe`` ("paper" or
+    "default"), made once per session (by the conftest's ``once``): test_residual reads the 3D default one."""
+    def make():
+        truth, noisy, psf = problem(ndim, sigma=0.15)
+        paper = dict(precondition=0.0, warm_start=0, residual=False) if recipe == "paper" else {}
+        cfg = TrainConfig(steps=60, patch=16, batch=2, lr=2e-3, seed=0, **paper)  # (batches of 4 took twice as long)
+        return truth, noisy, psf, cfg, train(noisy, psf, config=cfg, unet=TINY[ndim], device="cpu")
+
+    return once(("short_training", ndim, recipe), make)
+
+
 @pytest.mark.parametrize("recipe", ["paper", "default"])
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_short_training_lowers_loss_and_beats_the_input(ndim, recipe):
-    truth, noisy, psf = problem(ndim, sigma=0.15)
-    paper = dict(precondition=0.0, warm_start=0, residual=False) if recipe == "paper" else {}
-    cfg = TrainConfig(steps=60, patch=16, batch=2, lr=2e-3, seed=0, **paper)  # (batches of 4 took twice as long)
-    result = train(noisy, psf, config=cfg, unet=TINY[ndim], device="cpu")
+def test_short_training_lowers_loss_and_beats_the_input(once, ndim, recipe):
+    truth, noisy, psf, cfg, result = short_training(once, ndim, recipe)
     losses = [loss for _, loss in result.history]
     assert result.steps_done == 60 and result.reason == "completed" and cfg.warm_steps == 0
     assert (result.reference is not None) == (recipe == "default")  # the default corrects RL
