@@ -86,7 +86,7 @@ def _conv_dtypes():
 
 
 @pytest.mark.parametrize("amx", [True, False])
-def test_cpu_training_runs_bfloat16_only_with_amx_and_says_so(monkeypatch, amx):
+def test_cpu_training_runs_bfloat16_only_with_amx_and_says_so(monkeypatch, once, amx):
     monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: amx)
     truth, noisy, psf = problem(3, sigma=0.05)
     cfg = dict(steps=3, patch=12, batch=2, seed=0)  # (12: half the voxels of 16, as slow bfloat16 is emulated)
@@ -103,7 +103,9 @@ def test_cpu_training_runs_bfloat16_only_with_amx_and_says_so(monkeypatch, amx):
     assert mixed.precision == ("bfloat16" if amx else "float32")
     assert training_record(mixed)["precision"] == mixed.precision
     assert all(p.dtype == torch.float32 for p in mixed.model.parameters())  # weights stay float32
-    plain = train(noisy, psf, config=TrainConfig(amp=False, **cfg), unet=TINY[3], device="cpu")
+    # (the float32 run, trained once for both cases: without amp, AMX is not asked about)
+    plain = once("float32 of test_cpu_training_runs_bfloat16_only_with_amx_and_says_so", lambda: train(
+        noisy, psf, config=TrainConfig(amp=False, **cfg), unet=TINY[3], device="cpu"))
     assert plain.precision == "float32"
     same = all(torch.equal(a, b) for a, b in zip(mixed.model.parameters(), plain.model.parameters()))
     assert same is (not amx)  # without AMX, amp on the CPU is the float32 run, bit for bit
