@@ -167,20 +167,25 @@ def test_warm_start_option_reaches_the_checkpoint(data, capsys):
         for name in {f.name for f in fields(config)} & set(cli_selfsup.training_defaults()):
             given = cli_selfsup.training_defaults()[name]
             assert given is None or given == getattr(config, name), (name, given, getattr(config, name))
-    for option, given, field, expected in [("--warm-start", 1, "warm_start", 1),
-                                           ("--lambda-inv", 6, "lambda_inv", 6.0),
-                                           ("--lambda-inv-psf", 3, "lambda_inv_psf", 3.0),
-                                           ("--lambda-bound", 0.5, "lambda_bound", 0.5),
-                                           ("--lambda-rec", 0.5, "lambda_rec", 0.5),
-                                           ("--decay-steps", 7, "decay_steps", 7),
-                                           ("--ema", 0, "ema", 0.0),
-                                           ("--warm-start", "auto", "warm_start", "auto"),
-                                           ("--anchor", 0.25, "lambda_anchor", 0.25),
-                                           ("--warm-tv", "auto", "warm_tv", "auto")]:
+    # Two trainings, not one per option: each option's field is checked, and distinct values tell a
+    # field set by another option (--warm-start, given twice, takes a second run).
+    for chosen in ([("--warm-start", 1, "warm_start", 1),
+                    ("--lambda-inv", 6, "lambda_inv", 6.0),
+                    ("--lambda-inv-psf", 3, "lambda_inv_psf", 3.0),
+                    ("--lambda-bound", 0.5, "lambda_bound", 0.5),
+                    ("--lambda-rec", 0.75, "lambda_rec", 0.75),
+                    ("--decay-steps", 7, "decay_steps", 7),
+                    ("--ema", 0, "ema", 0.0),
+                    ("--anchor", 0.25, "lambda_anchor", 0.25),
+                    ("--warm-tv", "auto", "warm_tv", "auto")],
+                   [("--warm-start", "auto", "warm_start", "auto")]):
+        given = [a for option, value, _, _ in chosen for a in (option, value)]
         code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 2,
-                            option, given] + TINY, capsys)
+                            *given] + TINY, capsys)
         assert code == 0, err
-        assert getattr(load_checkpoint(model).config, field) == expected
+        config = load_checkpoint(model).config
+        for option, _, field, expected in chosen:
+            assert getattr(config, field) == expected, option
 
 
 def test_residual_option_reaches_the_checkpoint(data, capsys):
