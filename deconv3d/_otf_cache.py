@@ -16,10 +16,10 @@ from deconv3d._lru import drop_oldest
 
 class OtfCache:
     """The OTFs of all convolvers, keyed by ``(convolver token, FFT shape, origin)``: at most
-    ``max_bytes()`` in all (read at each store: :data:`deconv3d.fft.OTF_CACHE_BYTES`), the least recently used dropped first, but
-    the most recent kept whatever its size, alone where larger (not kept, a large stack's OTF was
-    computed again at every call). A convolver's OTFs go with it (:meth:`forget`). Thread safe
-    (pipeline blocks call from worker threads)."""
+    ``max_bytes()`` in all (read at each store: :data:`deconv3d.fft.OTF_CACHE_BYTES`), the least
+    recently used dropped first, but the most recent kept whatever its size, alone where larger (not
+    kept, a large stack's OTF was computed again at every call). A convolver's OTFs go with it
+    (:meth:`forget`). Thread safe (pipeline blocks call from worker threads)."""
 
     def __init__(self, max_bytes: Callable[[], int]):
         self._max_bytes = max_bytes

@@ -66,9 +66,10 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     ``fit_image=False`` accepts a PSF file larger than the image (an ssl model checks it against its own).
 
     Within :func:`sharing_prepared_psfs` (as a batch runs), the last :data:`PSF_CACHE_ENTRIES` prepared
-    PSFs, at most :data:`PSF_CACHE_BYTES` of them (the last whatever its size), are kept, each under what it depends on: the
-    model's parameters, or the file's identity (:func:`deconv3d._paths.file_identity`: its path, inode,
-    size, and modification and change times; a file changed since is read again), and the image's spatial shape and voxel size. A batch prepared
+    PSFs, at most :data:`PSF_CACHE_BYTES` of them (the last whatever its size), are kept, each under
+    what it depends on: the model's parameters, or the file's identity
+    (:func:`deconv3d._paths.file_identity`: its path, inode, size, and modification and change times;
+    a file changed since is read again), and the image's spatial shape and voxel size. A batch prepared
     the same PSF again for every file (a generated vectorial one for 64 x 512 x 512 took 0.13 s to
     generate and 0.41 s to prepare; a PSF file was read again). The warnings its preparation issued
     are issued again each time it is handed out, as preparing it anew would (one per file's row).
