@@ -267,16 +267,17 @@ def rl_alpha_schedule(image, psf, iterations: int = 20, *, boundary: str = "bert
 
 
 def _schedule_and_estimate(image, psf, iterations: int, *, boundary: str, tv_weight: float, voxel_size, device,
-                           dtype: torch.dtype = torch.float32, tv_scale: float | None = None):
+                           dtype: torch.dtype = torch.float32, tv_scale: float | None = None, weights=None):
     """:func:`rl_alpha_schedule`'s steps and the estimate of that run (an ndarray): the result of
-    ``richardson_lucy(image, psf, iterations, accelerate=True, ...)``, which replaying the steps
-    on ``image`` reproduces."""
+    ``richardson_lucy(image, psf, iterations, accelerate=True, ...)`` (with its ``weights``), which
+    replaying the steps on ``image`` reproduces."""
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
     iterations = _check_options(iterations, boundary, tv_weight, None, y.ndim, voxel_size)
-    work, exponent = _working_data(y)  # as richardson_lucy runs it
-    problem = _build_problem(work, h, boundary)
-    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, exponent=exponent)
+    keep = None if weights is None else _check_weights(weights, y)
+    work, exponent = _working_data(y, keep)  # as richardson_lucy runs it
+    problem = _build_problem(work, h, boundary) if keep is None else _holdout_problem(work, h, boundary, keep)
+    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, keep, exponent=exponent)
     del work  # as richardson_lucy: no scaled copy through the loop
     record: list[float] = []
     estimate = _run(problem, iterations, tv, True, None, None, record=record)

@@ -151,6 +151,22 @@ def positive_float(text: str) -> float:
     return value
 
 
+def saturation_value(text: str) -> float | str:
+    """``--saturation``: a positive level, ``auto`` or ``none`` (:func:`deconv3d._saturation.parse_saturation`)."""
+    from deconv3d._saturation import FORMS, parse_saturation
+
+    try:
+        return parse_saturation(text)
+    except InputError:
+        raise argparse.ArgumentTypeError(f"must be {FORMS}, got {text!r}") from None
+
+
+#: ``--saturation``'s help, for deconvolve and batch.
+SATURATION_HELP = ("rl, rl-tv: leave voxels at or above LEVEL out of the fit (a clipped detector: 4095 for 12 bits, "
+                   "65535 for 16); auto: the image's maximum where a plateau of voxels holds it; none (default): fit "
+                   "every voxel")
+
+
 def non_negative_float(text: str) -> float:
     value = float(text)
     if not 0 <= value < float("inf"):

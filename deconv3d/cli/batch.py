@@ -245,6 +245,7 @@ def _unused_settings_warnings(settings, given, keys=()) -> list[str]:
     s = settings
     as_options = argparse.Namespace(
         method=s.method, iterations=s.iterations, no_accelerate=not s.accelerate, boundary=s.boundary,
+        saturation=s.saturation,
         tv_weight=s.tv_weight, balance=s.balance, tta=s.tta, band_limit=s.band_limit, seed=s.seed, amp=s.amp,
         model=s.model, psf_model=s.psf_model, na=s.na, wavelength=s.wavelength, ni=s.ni, ns=s.ns, depth=s.depth,
         pyramid_levels=s.pyramid_levels, output=f"output.{s.output_format}")

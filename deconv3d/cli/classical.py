@@ -12,9 +12,9 @@ from deconv3d._paths import line_text
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
 from . import pipeline, selfsup
-from ._common import check_negative, check_output, load_psf, voxel_size_of
-from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, add_common, add_optics, positive_float,
-                        positive_int, spatial_sizes)
+from ._common import check_negative, check_output, load_psf, voxel_size_of, warn_if_saturated
+from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SATURATION_HELP, SpatialSizes, add_common, add_optics,
+                        positive_float, positive_int, saturation_value, spatial_sizes)
 from .printing import print_warnings, progress
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
@@ -89,6 +89,8 @@ def _deconvolve_parser(sub) -> None:
     p.add_argument("--no-accelerate", action="store_true", help="turn off Biggs-Andrews acceleration")
     p.add_argument("--boundary", choices=BOUNDARIES, default="bertero",
                    help="border handling for RL (default bertero: no ringing at the borders)")
+    p.add_argument("--saturation", type=saturation_value, default="none", metavar="LEVEL|auto|none",
+                   help=SATURATION_HELP)
     p.add_argument("--balance", type=positive_float, default=1e-3, help="Wiener regularisation (default 1e-3)")
     p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, metavar=("DZ", "DY", "DX"),
                    help="voxel size in µm (overrides the file's metadata): DZ DY DX, or DY DX for a 2D image (which "
@@ -103,7 +105,8 @@ def _deconvolve_parser(sub) -> None:
 
 # Options of `deconvolve` that only some methods read (beyond the training options, ssl's).
 _METHOD_OPTIONS = {"iterations": ("rl", "rl-tv"), "no_accelerate": ("rl", "rl-tv"), "boundary": ("rl", "rl-tv"),
-                   "tv_weight": ("rl-tv",), "balance": ("wiener",), "tta": ("ssl",), "band_limit": ("ssl",)}
+                   "saturation": ("rl", "rl-tv"), "tv_weight": ("rl-tv",), "balance": ("wiener",), "tta": ("ssl",),
+                   "band_limit": ("ssl",)}
 _OPTICS = pipeline.OPTICS
 _DEFAULTS: dict = {}  # their defaults, read from the parser when it is built
 #: Why ns is ignored with the gaussian model (psfmodels' gaussian reads NA, wavelength and ni only).
@@ -197,6 +200,7 @@ def cmd_distill(args) -> int:
 
 
 def cmd_deconvolve(args) -> int:
+    _refuse_saturation_misuse(args)
     _one_per_channel(args)
     warnings = _unused_option_warnings(args)
     _check_formats(args)
@@ -205,6 +209,19 @@ def cmd_deconvolve(args) -> int:
     if pipeline.wants_pipeline(args):
         return _deconvolve_chunked(args, warnings)
     return _deconvolve_in_memory(args, warnings)
+
+
+def _refuse_saturation_misuse(args) -> None:
+    """Refuse ``--saturation`` with a method that reads every voxel, or with ``--iterations auto``, whose
+    held-out count does not leave saturated voxels out, before anything is read."""
+    from deconv3d._saturation import method_problem
+
+    problem = method_problem(args.method, args.saturation)
+    if problem:
+        raise InputError(problem)
+    if args.saturation != "none" and args.iterations == "auto":
+        raise InputError("--iterations auto chooses its count with every voxel fitted, not with --saturation: give "
+                         "--iterations N (the count it reports without --saturation, for example)")
 
 
 def _check_formats(args) -> None:
@@ -276,6 +293,8 @@ def _checked_voxel(args, image, warnings: list):
         raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
     voxel = voxel_size_of(args, image)
     check_negative(image.data, args.input, args.method, warnings)
+    if args.saturation == "none":
+        warn_if_saturated(image.data, args.method, warnings)
     if args.method != "ssl" and (args.model or args.steps):
         raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
     if args.psf is None and args.psf_model is None and not (args.method == "ssl" and args.model):
@@ -295,12 +314,36 @@ def _run_method(args, data, psf, voxel, trained):
               "tv_weight": args.tv_weight if args.method == "rl-tv" else 0.0}
     if args.iterations == "auto":
         params.update(_choose_iterations(data, psf, params, voxel, args.device))
+    weights = _saturation_weights(args.saturation, data, params)
     bar, callback = progress(params["iterations"], args.method)
     with bar:
         result = richardson_lucy(data, psf, params["iterations"], callback=callback, voxel_size=voxel,
-                                 device=args.device, **{k: v for k, v in params.items()
-                                                        if k in ("boundary", "accelerate", "tv_weight")})
+                                 device=args.device, weights=weights,
+                                 **{k: v for k, v in params.items() if k in ("boundary", "accelerate", "tv_weight")})
     return result, params, psf
+
+
+def _saturation_weights(saturation, data, params: dict):
+    """RL's weights for ``--saturation`` (None: every voxel fitted), its record added to ``params``,
+    and a line saying what was left out (or that ``auto`` found no plateau)."""
+    import numpy as np
+
+    from deconv3d._saturation import saturation_level, saturation_record, saturation_weights
+
+    level = saturation_level(data, saturation)
+    weights = saturation_weights(data, level)
+    if weights is None:
+        if saturation == "auto":
+            print("--saturation auto: no plateau of voxels at the image's maximum, so every voxel is fitted")
+        return None
+    count = int(weights.size - np.count_nonzero(weights))
+    if count == weights.size:
+        raise InputError(f"every voxel is at or above --saturation {level:g}: give a higher level, or none")
+    params.update(saturation_record(saturation, level, count))
+    print(f"left {count} voxel(s) at or above {level:g} out of the fit (--saturation {saturation:g})"
+          if isinstance(saturation, float) else
+          f"left {count} voxel(s) at the image's maximum {level:g} out of the fit (--saturation auto)")
+    return weights
 
 
 def _one_per_channel(args) -> None:

@@ -13,8 +13,8 @@ from deconv3d._paths import OUTPUT_SUFFIXES, line_text
 from deconv3d.errors import InputError
 
 from ._common import check_output
-from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SpatialSizes, add_common, add_optics, positive_float,
-                        positive_int)
+from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SATURATION_HELP, SpatialSizes, add_common, add_optics,
+                        positive_float, positive_int, saturation_value)
 from .printing import make_bar, print_warnings
 from .selfsup import DEFAULT_STEPS
 
@@ -67,8 +67,8 @@ def _setting_values(args, base: dict | None = None) -> dict:
     if getattr(args, "psf_model", None) is not None:
         values.pop("psf", None)
     plain = ("method", "psf", "psf_model", "na", "wavelength", "ni", "ns", "depth", "iterations", "tv_weight",
-             "boundary", "balance", "device", "model", "memory_limit", "pyramid_levels", "band_limit", "train_steps",
-             "seed")
+             "boundary", "saturation", "balance", "device", "model", "memory_limit", "pyramid_levels", "band_limit",
+             "train_steps", "seed")
     if getattr(args, "steps", None) is not None:  # deconvolve's --train-steps
         values["train_steps"] = args.steps
     elif getattr(args, "method", None) == "ssl" and hasattr(args, "steps") and not args.model:
@@ -186,6 +186,7 @@ def register(sub) -> None:
     p.add_argument("--accelerate", action=argparse.BooleanOptionalAction, default=None,
                    help="Biggs-Andrews acceleration (default on; --no-accelerate turns it off)")
     p.add_argument("--boundary", choices=BOUNDARIES, help="RL border handling (default bertero)")
+    p.add_argument("--saturation", type=saturation_value, metavar="LEVEL|auto|none", help=SATURATION_HELP)
     p.add_argument("--balance", type=positive_float, help="Wiener regularisation (default 1e-3)")
     p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, metavar=("DZ", "DY", "DX"),
                    help="voxel size in µm: DZ DY DX, or DY DX for 2D images (which use the last two of three)")

@@ -124,6 +124,7 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
     ``settings.model``; ``model_file`` is the file recorded, one channel's of several) is checked
     against it, ``voxel`` and the image's dimensionality ``ndim`` (when given) before the block is built.
     """
+    from deconv3d._saturation import saturation_record
     from deconv3d.pipeline.memory_model import MemoryModel
     from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock
 
@@ -146,9 +147,9 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
                 {"balance": settings.balance})
     tv = settings.tv_weight if settings.method == "rl-tv" else 0.0
     params = {"iterations": settings.iterations, "boundary": settings.boundary, "accelerate": settings.accelerate,
-              "tv_weight": tv}
+              "tv_weight": tv, **saturation_record(settings.saturation)}
     block = RichardsonLucyBlock(psf, settings.iterations, settings.boundary, tv, settings.accelerate, voxel,
-                                settings.run_device)
+                                settings.run_device, saturation=settings.saturation)
     return block, MemoryModel(settings.method, psf.shape, accelerate=settings.accelerate,
                               boundary=settings.boundary), params
 

@@ -108,15 +108,28 @@ class RichardsonLucyBlock:
     voxel_size: Optional[Sequence[float]] = None
     device: str = "cpu"
     tv_scale: Optional[float] = None  # the volume's, set by prepare (see richardson_lucy)
+    #: Voxels at or above this level are left out of the fit (weight 0); "auto": the volume's plateau
+    #: (:func:`deconv3d._saturation.plateau_level`), resolved to a level by prepare; "none": all fitted.
+    saturation: Union[float, str] = "none"
 
     def __post_init__(self):
         """The options checked as :func:`~deconv3d.classical.richardson_lucy` checks them, here rather than
         in the first block (iterations=-1 failed there, in the halo rule, with "math domain error")."""
+        from deconv3d._saturation import parse_saturation
         from deconv3d.classical._problem import _check_accelerate, _check_options
 
         self.iterations = _check_options(self.iterations, self.boundary, self.tv_weight, None,
                                          max(1, np.ndim(self.psf)), self.voxel_size)
         _check_accelerate(self.accelerate)
+        self.saturation = parse_saturation(self.saturation, "saturation")
+
+    def _weights(self, block: np.ndarray):
+        """RL's data weights on ``block``: a pointwise function of its values (halo included), so that
+        blocks leave out the voxels a whole-volume run leaves out. ``auto`` not yet resolved (a volume
+        run as one block, which prepare does not see) takes the block's own plateau: the volume's."""
+        from deconv3d._saturation import saturation_level, saturation_weights
+
+        return saturation_weights(block, saturation_level(block, self.saturation))
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """RL on ``block``; the OTF and Bertero weight of one block shape are kept for the next
@@ -126,10 +139,14 @@ class RichardsonLucyBlock:
 
         if (block <= 0).all():  # a dark block (background subtracted): RL's zeros, without its warning; NaN: RL refuses
             return np.zeros(block.shape, np.float32)
+        weights = self._weights(block)
+        if weights is not None and not weights.any():  # saturated throughout: no voxel to fit, its values kept
+            return np.asarray(block, np.float32)
         with reusing_setup(block_run()):
             result = richardson_lucy(block, fit_psf(self.psf, block.shape), self.iterations, boundary=self.boundary,
                                      tv_weight=self.tv_weight, accelerate=self.accelerate, voxel_size=self.voxel_size,
-                                     device=self.device, callback=_stop_if_abandoned, tv_scale=self.tv_scale)
+                                     device=self.device, callback=_stop_if_abandoned, tv_scale=self.tv_scale,
+                                     weights=weights)
         return _finite(result, block)
 
     def halo(self) -> tuple[int, ...]:
@@ -186,7 +203,7 @@ class RichardsonLucyBlock:
         schedule, result = _schedule_and_estimate(crop, fit_psf(self.psf, crop.shape), self.iterations,
                                                   boundary=self.boundary, tv_weight=self.tv_weight,
                                                   voxel_size=self.voxel_size, device=self.device,
-                                                  tv_scale=self.tv_scale)
+                                                  tv_scale=self.tv_scale, weights=self._weights(crop))
         return replace(self, accelerate=tuple(schedule)), _finite(result, crop)
 
     def prepare(self, data, box) -> "RichardsonLucyBlock":
@@ -195,14 +212,37 @@ class RichardsonLucyBlock:
         return self.prepare_with_output(data, box)[0]
 
     def prepare_with_output(self, data, box):
-        """With TV, the volume's intensity scale (:func:`volume_peak`, a pass over ``data``) for
-        every block; then :meth:`with_alpha_schedule`. Returns the prepared copy and, where the
-        steps were measured, RL's result on ``box``, which run_chunked writes for the blocks the
-        box covers instead of running them again."""
+        """With TV or saturation ``auto``, the volume's statistics for every block (a pass over ``data``:
+        :meth:`_with_volume_statistics`); then :meth:`with_alpha_schedule`. Returns the prepared copy
+        and, where the steps were measured, RL's result on ``box``, which run_chunked writes for the
+        blocks the box covers instead of running them again."""
         fn = self
-        if self.tv_weight > 0 and self.tv_scale is None:
-            fn = replace(self, tv_scale=volume_peak(data))
+        if (self.tv_weight > 0 and self.tv_scale is None) or self.saturation == "auto":
+            fn = self._with_volume_statistics(data)
         return fn._measure(data, box)
+
+    def _with_volume_statistics(self, data) -> "RichardsonLucyBlock":
+        """A copy with the volume's saturation level (``auto``: its plateau, else ``none``) and TV scale
+        (the largest value it fits, as a whole-volume run takes it: :func:`volume_peak`), from one pass
+        over ``data``. With saturation ``none`` it warns where the volume looks clipped, as an in-memory
+        run warns (only here: the pass is made for the TV scale anyway)."""
+        from deconv3d._saturation import plateau_level, saturated_warning
+        from deconv3d.errors import warn
+
+        level = self.saturation if isinstance(self.saturation, float) else None
+        top, below = volume_top_two(data, level)
+        fn = self
+        if self.saturation == "auto":
+            level = plateau_level(top)
+            fn, below = replace(fn, saturation="none" if level is None else level), top[2]  # (the value below it)
+        elif self.saturation == "none" and plateau_level(top) is not None:
+            warn(saturated_warning(top[1], top[0], "rl-tv" if self.tv_weight > 0 else "rl"))
+        peak = top[0]
+        if self.tv_weight > 0 and self.tv_scale is None:
+            from deconv3d.classical.rl import _default_tv_scale
+
+            fn = replace(fn, tv_scale=_default_tv_scale([peak if level is None else below]))
+        return fn
 
     def prepare_runs_method(self) -> bool:
         """Whether :meth:`prepare` runs RL on its box (adaptive acceleration): where that box is the
@@ -378,6 +418,23 @@ def volume_peak(data) -> float:
     # NaN and Inf are left to the blocks, which refuse them by name
     boxes = storage_boxes(tuple(data.shape), storage_unit(data), PEAK_SLAB_BYTES)
     return _default_tv_scale([_largest_value(np.asarray(data[box])) for box in boxes])
+
+
+def volume_top_two(data, level: float | None = None):
+    """:func:`deconv3d._saturation.top_two` of ``data`` (as :func:`volume_peak` reads it) and, for a
+    ``level``, the largest value below it (at least 0), which is the TV scale of a run that leaves
+    the voxels at or above it out."""
+    from deconv3d._saturation import merge_top_two, top_two
+    from deconv3d.classical.rl import _largest_value
+    from deconv3d.pipeline.readers import storage_boxes, storage_unit
+
+    parts, below = [], 0.0
+    for box in storage_boxes(tuple(data.shape), storage_unit(data), PEAK_SLAB_BYTES):
+        slab = np.asarray(data[box])
+        parts.append(top_two(slab))
+        if level is not None:
+            below = max(below, _largest_value(slab[slab < level]))
+    return merge_top_two(parts), below
 
 
 def _preload(device, fft_shape=None) -> None:

@@ -18,6 +18,7 @@ from typing import Optional
 
 from deconv3d._arrays import is_whole
 from deconv3d._paths import special_file_problem
+from deconv3d._saturation import method_problem, parse_saturation
 from deconv3d._voxel import NANOMETRE_LIKE, format_sizes
 from deconv3d.errors import InputError
 
@@ -56,6 +57,7 @@ class Settings:
     tv_weight: float = 0.002
     accelerate: bool = True
     boundary: str = "bertero"
+    saturation: float | str = "none"  # a level (voxels at or above it are not fitted), "auto" or "none"
     balance: float = 1e-3
     voxel_size: Optional[tuple] = None
     device: Optional[str] = None  # None: not given, which runs as "auto" (see run_device)
@@ -83,6 +85,10 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):
                 object.__setattr__(self, name, value[0] if len(value) == 1 else tuple(value))
+        try:  # 4095 and 4095.0, "AUTO" and "auto" alike (as the fingerprint holds them)
+            object.__setattr__(self, "saturation", parse_saturation(self.saturation, _n("saturation")))
+        except InputError as exc:
+            _check(False, str(exc))
         if isinstance(self.pattern, (str, list)):
             pattern = (self.pattern,) if isinstance(self.pattern, str) else tuple(self.pattern)
             object.__setattr__(self, "pattern", pattern)
@@ -94,6 +100,9 @@ class Settings:
         _check(isinstance(self.iterations, int) and not isinstance(self.iterations, bool) and self.iterations >= 1,
                f"{_n('iterations')} must be a positive integer, got {self.iterations!r}")
         _check(_positive(self.balance), f"{_n('balance')} must be positive, got {self.balance!r}")
+        # (refused, not ignored: so a method other than RL's never has it in its fingerprint either)
+        problem = method_problem(self.method, self.saturation, _n("method"), _n("saturation"))
+        _check(problem is None, problem)
         _check(self.method != "rl-tv" or (_positive(self.tv_weight) and self.tv_weight < TV_WEIGHT_MAX),
                f"{_n('method')} rl-tv needs a positive {_n('tv_weight')} below {TV_WEIGHT_MAX}, and below 1/6 for "
                f"isotropic 3D voxels (try 0.002), got {self.tv_weight!r}")
@@ -312,7 +321,7 @@ class Settings:
 
 #: Settings added after batch folders held completion records, and their defaults: left out of the
 #: fingerprint at those, so that the records of a batch started before still match.
-_ADDED_LATER = {"train_steps": None, "seed": 0}
+_ADDED_LATER = {"train_steps": None, "seed": 0, "saturation": "none"}
 #: Settings that change the output of method ssl only (others leave them out of the fingerprint).
 _SSL_ONLY = ("train_steps", "seed")
 #: Settings that change the output of some methods only (as ``deconvolve`` warns about them).

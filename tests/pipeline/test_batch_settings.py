@@ -48,7 +48,8 @@ def test_settings_the_method_ignores_are_not_in_the_fingerprint(folder, method):
 
     base = {"psf": str(folder / "psf.tif"), "method": method}
     settings = make_settings(base)
-    before = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed", "amp")}
+    before = {k: v for k, v in dataclasses.asdict(settings).items()
+              if k not in ("pattern", "train_steps", "seed", "amp", "saturation")}  # (the last three added later)
     before.update(device="cuda" if torch.cuda.is_available() else "cpu", psf=[file_sha256(folder / "psf.tif")])
     if method == "rl-tv":  # the TV term's rule: RL-TV batches finished before it changed are redone once
         before["tv_differences"] = "symmetric"
@@ -295,7 +296,8 @@ def _counting_wavelengths(values: dict) -> str:
     from deconv3d.omezarr import file_sha256
 
     settings = make_settings({"method": "rl", **values})
-    fields = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed", "amp")}
+    fields = {k: v for k, v in dataclasses.asdict(settings).items()
+              if k not in ("pattern", "train_steps", "seed", "amp", "saturation")}  # (those versions had no saturation)
     fields.update(na=None, ni=1.515, ns=1.33, depth=0.0, psf=[file_sha256(settings.psf)],
                   device=settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

@@ -132,7 +132,8 @@ def test_batch_records_still_match_after_the_new_settings_and_the_auto_device(fi
     from deconv3d.omezarr import file_sha256
 
     def old_fingerprint(settings, device):
-        before = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed", "amp")}
+        before = {k: v for k, v in dataclasses.asdict(settings).items()
+                  if k not in ("pattern", "train_steps", "seed", "amp", "saturation")}
         before.update(device=device, psf=[file_sha256(files / "psf.tif")])
         return hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -180,7 +181,8 @@ def test_the_fingerprint_holds_the_precision_amp_resolves_to(files, monkeypatch,
     on, off = (make_settings({**model, "amp": amp}) for amp in (True, False))
     assert on.precision() == ("bfloat16" if amx else "float32") and off.precision() == "float32"
     assert (on.fingerprint() == off.fingerprint()) is not amx
-    before = {k: v for k, v in dataclasses.asdict(off).items() if k not in ("pattern", "train_steps", "seed", "amp")}
+    before = {k: v for k, v in dataclasses.asdict(off).items()
+              if k not in ("pattern", "train_steps", "seed", "amp", "saturation")}
     before.update(psf=[file_sha256(files / "psf.tif")], model=[file_sha256(files / "m.ckpt")])
     for old in (before, {**before, "amp": False}):  # the earlier version's records: amp on, and --no-amp
         digest = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -261,7 +263,8 @@ def test_a_memory_limit_is_fingerprinted_by_its_value_not_its_spelling(files):
     assert len(set(prints.values())) == 1
     assert make_settings({**psf, "memory_limit": "8GB"}).fingerprint() != prints["4GB"]
     settings = make_settings({**psf, "memory_limit": "4GB"})
-    before = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("pattern", "train_steps", "seed", "amp")}
+    before = {k: v for k, v in dataclasses.asdict(settings).items()
+              if k not in ("pattern", "train_steps", "seed", "amp", "saturation")}
     before.update(device="cpu", psf=[file_sha256(files / "psf.tif")])
     assert prints["4GB"] == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

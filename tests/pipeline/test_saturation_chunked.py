@@ -1,0 +1,120 @@
+"""Saturated voxels in chunked runs and batches: blocks leave out what a whole-volume run leaves out,
+and a batch's saturation setting is in its config and its completion records."""
+
+import json
+
+import numpy as np
+import pytest
+from cli_helpers import assert_one_line_error, run
+
+from deconv3d.classical import richardson_lucy
+from deconv3d.io import write_tiff
+from deconv3d.omezarr import read_ome_zarr
+from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
+
+from .conftest import blurred_beads
+from .test_seams import CHUNKS, chunked, psnr
+
+VOXEL = (0.3, 0.1, 0.1)
+
+
+@pytest.fixture
+def clipped(volume):
+    """The bead volume clipped at its 99.5th percentile: a plateau of a few hundred voxels."""
+    return np.minimum(volume, np.percentile(volume, 99.5)).astype(np.float32)
+
+
+@pytest.mark.parametrize("chunks", CHUNKS)
+@pytest.mark.parametrize("tv_weight", [0.0, 0.01], ids=["rl", "rl-tv"])
+def test_blocks_leave_out_the_voxels_a_whole_run_leaves_out(clipped, psf3d, chunks, tv_weight):
+    level = float(clipped.max())
+    fn = RichardsonLucyBlock(psf3d, iterations=8, tv_weight=tv_weight, saturation=level)
+    whole = richardson_lucy(clipped, psf3d, 8, tv_weight=tv_weight, weights=clipped < level, device="cpu")
+    assert psnr(whole, chunked(clipped, fn, chunks)) >= 50
+    plain = richardson_lucy(clipped, psf3d, 8, tv_weight=tv_weight, device="cpu")
+    assert psnr(whole, plain) < 40  # (the weights change the result: the check above can fail)
+
+
+def test_auto_is_the_volume_s_plateau_in_every_block(tmp_path, clipped, psf3d):
+    """Prepared on the volume, ``auto`` is its maximum (and the TV scale the largest value below it,
+    as a whole-volume run takes it); the blocks of an accelerated RL-TV run then agree with it."""
+    level = float(clipped.max())
+    fn = RichardsonLucyBlock(psf3d, iterations=8, tv_weight=0.01, accelerate=True, saturation="auto")
+    prepared = fn.prepare(clipped, (24, 32, 32))
+    assert prepared.saturation == level and prepared.tv_scale == float(clipped[clipped < level].max())
+    whole = richardson_lucy(clipped, psf3d, 8, tv_weight=0.01, accelerate=prepared.accelerate,
+                            weights=clipped < level, device="cpu")
+    run_chunked(clipped, fn, tmp_path / "out.zarr", chunks=CHUNKS[1], voxel_size=VOXEL)
+    assert psnr(whole, read_ome_zarr(tmp_path / "out.zarr")[0]) >= 50
+    ramp = np.arange(clipped.size, dtype=np.float32).reshape(clipped.shape)  # no plateau: nothing left out
+    assert RichardsonLucyBlock(psf3d, iterations=8, saturation="auto").prepare(ramp, (24, 32, 32)).saturation == "none"
+
+
+@pytest.fixture
+def files(tmp_path, clipped, psf3d):
+    write_tiff(tmp_path / "img.tif", clipped, voxel_size=VOXEL)
+    write_tiff(tmp_path / "psf.tif", psf3d, voxel_size=VOXEL)
+    return tmp_path
+
+
+def test_chunked_deconvolve_equals_the_in_memory_run_and_warns_where_it_reads_the_volume(files, capsys):
+    base = ["deconvolve", files / "img.tif", "--psf", files / "psf.tif", "--iterations", 8, "--device", "cpu"]
+    code, _, err = run([*base, "-o", files / "whole.tif", "--saturation", "auto"], capsys)
+    assert code == 0, err
+    code, _, err = run([*base, "-o", files / "blocks.zarr", "--saturation", "auto", "--chunks", 12, 20, 17], capsys)
+    assert code == 0, err
+    import tifffile
+
+    whole, (blocks, _, _, meta) = tifffile.imread(files / "whole.tif"), read_ome_zarr(files / "blocks.zarr")
+    assert psnr(whole, blocks) >= 50 and meta["deconv3d"]["parameters"]["saturation"] == "auto"
+    code, _, err = run([*base, "-o", files / "tv.zarr", "--method", "rl-tv", "--chunks", 12, 20, 17], capsys)
+    assert code == 0 and "voxels sit at the image's maximum" in err and "--saturation auto" in err, err
+
+
+@pytest.fixture
+def folder(tmp_path, psf3d):
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        beads = blurred_beads((12, 24, 24), psf3d, seed=i)
+        write_tiff(tmp_path / "in" / f"img{i}.tif", np.minimum(beads, np.percentile(beads, 99)), voxel_size=VOXEL)
+    write_tiff(tmp_path / "psf.tif", psf3d, voxel_size=VOXEL)
+    return tmp_path
+
+
+def statuses(out):
+    return [r["status"] for r in json.loads((out / "batch_report.json").read_text())["files"]]
+
+
+def test_a_batch_redoes_files_finished_under_another_saturation_setting(folder, capsys):
+    out = folder / "out"
+    argv = ["batch", folder / "in", "-o", out, "--psf", folder / "psf.tif", "--iterations", 3]
+    for options, expected in (([], "done"), ([], "skipped"), (["--saturation", "auto"], "done"),
+                              (["--saturation", "auto"], "skipped"), (["--saturation", "none"], "done")):
+        code, _, err = run([*argv, *options], capsys)
+        assert code == 0 and statuses(out) == [expected] * 2, (options, err)
+    (folder / "batch.toml").write_text('saturation = "auto"\n', encoding="utf-8")
+    code, _, err = run([*argv, "--config", folder / "batch.toml"], capsys)
+    assert code == 0 and statuses(out) == ["done"] * 2, err
+    assert read_ome_zarr(out / "img0.zarr")[3]["deconv3d"]["parameters"]["saturation"] == "auto"
+    reference = folder / "reference.zarr"
+    code, _, err = run(["deconvolve", folder / "in" / "img0.tif", "-o", reference, "--psf", folder / "psf.tif",
+                        "--iterations", 3, "--saturation", "auto"], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(read_ome_zarr(out / "img0.zarr")[0], read_ome_zarr(reference)[0])
+
+
+@pytest.mark.parametrize("line, words", [
+    ("saturation = -1", ["batch configuration", "saturation", "positive level", "-1"]),
+    ('saturation = "abc"', ["saturation", "abc"]),
+    ("saturation = nan", ["saturation", "nan"]),
+    ('saturation = 4095\nmethod = "wiener"', ["saturation", "rl and rl-tv", "wiener"]),
+])
+def test_bad_saturation_settings_of_a_batch_are_one_line_errors(folder, capsys, line, words):
+    (folder / "batch.toml").write_text(line + "\n", encoding="utf-8")
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--psf", folder / "psf.tif", "--config",
+                        folder / "batch.toml"], capsys)
+    assert_one_line_error(code, err, *words)
+    assert not (folder / "out").exists()
+    code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--psf", folder / "psf.tif", "--saturation",
+                        "-1"], capsys)
+    assert_one_line_error(code, err, "--saturation", "-1")
