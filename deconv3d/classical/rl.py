@@ -120,7 +120,12 @@ def richardson_lucy(
         ``image.shape + psf.shape - 1``, with the image's field starting at index
         ``k - 1 - origin`` per axis (:func:`deconv3d.fft.kernel_origin`): the object that
         sends light into the field from outside it, whose ``"valid"`` convolution with the
-        PSF is the predicted image.
+        PSF is the predicted image. That prediction keeps the field's total (within 1e-7 of the
+        data's), but the margins' own values are loosely bound: a margin voxel that sends little light
+        into the field can hold much light at little cost to the fit, so the farthest margins grow
+        with the iterations (on a 12 x 32 x 32 crop of a bead scene the extended estimate's total was
+        2.2x the data's after 10 iterations and 11x after 300, its peak in a margin corner 35x the
+        field's): read the margins as light from outside, not as intensities to measure.
     weights : array_like, optional
         Per-voxel data weights with the image's shape, in [0, 1]: 0 leaves a voxel out of
         the fit (dead or saturated pixels, voxels held out for validation), 1 (the default
@@ -154,7 +159,8 @@ def richardson_lucy(
     Negative data values (read noise around a zero background) are set to zero first: the
     Poisson model behind RL has no negative counts. RL is scale-equivariant, ``u(m y) = m u(y)``,
     and so is this function at any intensity the working dtype holds (1e-30 to 1e30 times the
-    data agree to float32's round-off): an image whose peak (over the voxels of positive ``weights``)
+    data agree to float32's round-off; adaptive acceleration amplifies round-off, see below): an
+    image whose peak (over the voxels of positive ``weights``)
     lies beyond ``2**±32`` is deconvolved divided by a power of two, which changes no bit of the
     arithmetic, and the result multiplied back, so that no absolute guard (the ratio's floor, the TV
     term's least ε) and no float32 overflow of ``|∇u|²`` shapes it.
@@ -166,6 +172,19 @@ def richardson_lucy(
     step stable on flat areas, which with ``1e-3 · tv_scale`` alone became a checkerboard
     flipping every iteration (±0.5 % of a flat image at λ = 0.002, ±2.5 % at 0.01).
 
+    Intensities stay in the data's units. With the zero boundary the estimate's total is that of
+    the data (negative values set to zero), as for every EM step of RL with a unit-sum PSF [5]_
+    (within 1e-7 in float32). With Bertero's boundary the predicted field keeps the data's total,
+    but the estimate on the field need not, as light crosses the field's faces both ways: it held
+    1.016-1.030x the data's total on a 12 x 32 x 32 bead volume, and 0.94-0.98x the true object's
+    on crops of a larger bead scene (whose data held 0.99-1.01x it); with ``"reflect"`` the mirrored
+    copies take part of the light (0.97-0.99x the data's on that volume, 0.99-1.08x the true
+    object's on the crops). Adaptive acceleration amplifies round-off: accelerated runs at two
+    scales, or on two channels one a multiple of the other, agreed to 1e-4 to 5e-4 of the peak after
+    20-30 iterations (1e-6 without acceleration), as did a run on data changed by one ulp, and to
+    5e-3 with a PSF changed by 1e-5 of its peak (4e-5 without acceleration); compare intensities
+    across channels or scales with ``accelerate=False`` where that matters.
+
     References
     ----------
     .. [1] W. H. Richardson, "Bayesian-based iterative method of image restoration",
@@ -176,6 +195,8 @@ def richardson_lucy(
        effects in the Richardson-Lucy approach to image deconvolution", A&A 437 (2005).
     .. [4] D. S. C. Biggs and M. Andrews, "Acceleration of iterative image restoration
        algorithms", Appl. Opt. 36, 1766-1775 (1997).
+    .. [5] L. A. Shepp and Y. Vardi, "Maximum likelihood reconstruction for emission tomography",
+       IEEE Trans. Med. Imaging 1, 113-122 (1982).
 
     Examples
     --------
