@@ -9,7 +9,7 @@ import tifffile
 
 from cli_helpers import run
 from conftest import asymmetric_psf
-from deconv3d.omezarr import read_ome_zarr
+from deconv3d.omezarr import read_ome_zarr, write_ome_zarr
 
 VOXEL = ["--voxel-size", "0.3", "0.1", "0.1"]
 
@@ -55,3 +55,25 @@ def test_a_chunked_run_into_ome_zarr_keeps_the_total(tmp_path, capsys, counts):
     # (and 7e-5 of the peak apart from the whole run), against 1e-7 in one piece
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=3e-4 * whole.max())
     assert chunked.sum(dtype=np.float64) == pytest.approx(image.sum(), rel=1e-3)
+
+
+@pytest.mark.parametrize("axes", ["czyx", "tzyx"])
+def test_channel_and_time_point_ratios_survive_a_chunked_rl_tv_run(tmp_path, capsys, counts, axes):
+    """RL-TV's one volume-wide statistic (the TV term's intensity scale, the volume's peak) is each
+    channel's and time point's own: a second volume four times the first (a power of two, so exact)
+    comes back four times the first's result, bit for bit, and the first as it does alone."""
+    image, psf = counts
+    image = image.astype(np.float32)
+    write_ome_zarr(tmp_path / "in.zarr", np.stack([image, 4 * image]), voxel_size=(0.3, 0.1, 0.1), axes=axes)
+    tifffile.imwrite(tmp_path / "psf.tif", psf, photometric="minisblack")
+    psfs = [tmp_path / "psf.tif"] * (2 if axes == "czyx" else 1)
+    options = ["--method", "rl-tv", "--boundary", "zero", "--no-accelerate", "--iterations", "5",
+               "--chunks", "8", "12", "12", *VOXEL]
+    code, _, err = run(["deconvolve", tmp_path / "in.zarr", "-o", tmp_path / "out.zarr", "--psf", *psfs, *options],
+                       capsys)
+    assert code == 0, err
+    first, second = read_ome_zarr(tmp_path / "out.zarr")[0].reshape(2, *image.shape)
+    np.testing.assert_array_equal(second, 4 * first)
+    alone = _deconvolve(tmp_path, capsys, "alone", image, psf, "--method", "rl-tv", "--iterations", "5",
+                        "--chunks", "8", "12", "12")
+    np.testing.assert_array_equal(np.asarray(alone).squeeze(), first)
