@@ -46,14 +46,14 @@ def wiener(
         of the voxels and raised the mean by 24 %; on crops of a bead scene the total came out 1.6x
         the data's over a background of 5 counts and 3.5-3.8x over none: measure intensities on
         RL's result, not on a clipped Wiener estimate. ``False`` keeps the linear estimate
-        (scikit-image's ``clip=False``), whose total intensity is the data's over ``1 + balance``
-        with the periodic boundary, and close to it with ``"reflect"`` where the data are a crop
-        of a larger scene (within 0.5 % on beads over a background of 5, 1.6-8.5 % above over
-        none), not where the data's faces are dark, which the mirror does not expect (0.82-0.94x
-        on beads blurred with zeros beyond the faces); with ``"zero"`` the dark margin rings
-        into the image and the total is not kept (0.55x or 1.25x the data's on flat images,
-        depending on the PSF). The command line and the chunked pipeline clip; this option is
-        the Python API's.
+        (scikit-image's ``clip=False``), whose total intensity is the data's with the periodic
+        boundary (the filter's gain at zero frequency is 1, see Notes), and close to it with
+        ``"reflect"`` where the data are a crop of a larger scene (within 0.5 % on beads over a
+        background of 5, 1.6-8.5 % above over none), not where the data's faces are dark, which
+        the mirror does not expect (0.82-0.94x on beads blurred with zeros beyond the faces); with
+        ``"zero"`` the dark margin rings into the image and the total is not kept (0.55x or 1.25x
+        the data's on flat images, depending on the PSF). The command line and the chunked
+        pipeline clip; this option is the Python API's.
     device, dtype
         Where (``"auto"``: CUDA when present, else the CPU) and in which precision
         (``torch.float32`` or ``torch.float64``) to compute.
@@ -73,8 +73,13 @@ def wiener(
 
     Notes
     -----
-    ``X = conj(H) Y / (|H|^2 + λ |R|^2)`` with ``H`` the OTF and ``R`` the regulariser's
-    transfer function (1, or the discrete Laplacian's) [1]_ [2]_. Unlike
+    ``X = (1 + λ |R(0)|^2) conj(H) Y / (|H|^2 + λ |R|^2)`` with ``H`` the OTF and ``R`` the
+    regulariser's transfer function (1, or the discrete Laplacian's) [1]_ [2]_. The factor
+    ``1 + λ |R(0)|^2`` makes the gain at zero frequency 1 (``H(0) = 1`` for a unit-sum PSF), so
+    that a flat area keeps its level and the output stays in the data's units at any ``balance``:
+    the plain Tikhonov filter, of gain ``1 / (1 + λ)`` there with the identity, made flat areas
+    ``λ / (1 + λ)`` dimmer (4.8 % at a balance of 0.05); the Laplacian's ``R(0)`` is 0, so its
+    filter is the plain one. Unlike
     ``skimage.restoration.wiener``, whose regulariser defaults to the Laplacian and whose
     boundary is periodic, the default here is the identity with reflected borders;
     ``regularizer="laplacian", boundary="periodic"`` gives scikit-image's result for odd PSFs
@@ -113,6 +118,8 @@ def wiener(
     otf = _otf(conv, fft_shape)
     penalty = _regularizer_power(regularizer, y.ndim, fft_shape, dev, dtype)
     spectrum = torch.fft.rfftn(padded, s=fft_shape) * otf.conj()
+    # the gain at zero frequency made 1 (|H(0)| = 1 for a unit-sum PSF): flat areas keep their level at any balance
+    spectrum *= 1 + balance * float(penalty.reshape(-1)[0])
     spectrum /= otf.abs().square_() + balance * penalty
     result = irfftn(spectrum, fft_shape, range(len(fft_shape)))[crop]
     result = checked_result(result.clamp_min_(0) if clip else result)
@@ -138,7 +145,7 @@ def _wiener_extend(y: torch.Tensor, kernel_shape, boundary: str):
 
     The reflection fills the whole FFT box: zeros left between it and the box's end would be an
     edge that the inverse filter, whose gain reaches ``1 / (2 sqrt(λ))``, rings across the image
-    (a constant image came back between 80 % and 108 % of ``c / (1 + λ)``, depending on its size).
+    (a constant image came back between 80 % and 108 % of its level, depending on its size).
     """
     if boundary == "periodic":
         return y, tuple(slice(0, n) for n in y.shape)
