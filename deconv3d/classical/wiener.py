@@ -44,13 +44,13 @@ def wiener(
         Set the estimate's negative values (ringing) to 0 (default). The clip adds light: on
         Poisson data over a background of 20 counts, with the default ``balance``, it zeroed 26 %
         of the voxels and raised the mean by 24 %; on crops of a bead scene the total came out 1.6x
-        the data's over a background of 5 counts and 3.5-3.8x over none: measure intensities on
+        the data's over a background of 5 counts and 3.6-3.8x over none: measure intensities on
         RL's result, not on a clipped Wiener estimate. ``False`` keeps the linear estimate
         (scikit-image's ``clip=False``), whose total intensity is the data's with the periodic
         boundary (the filter's gain at zero frequency is 1, see Notes), and close to it with
         ``"reflect"`` where the data are a crop of a larger scene (within 0.5 % on beads over a
-        background of 5, 1.6-8.5 % above over none), not where the data's faces are dark, which
-        the mirror does not expect (0.82-0.94x on beads blurred with zeros beyond the faces); with
+        background of 5, 1.7-8.6 % above over none), not where the data's faces are dark, which
+        the mirror does not expect (0.82-0.96x on beads blurred with zeros beyond the faces); with
         ``"zero"`` the dark margin rings into the image and the total is not kept (0.55x or 1.25x
         the data's on flat images, depending on the PSF). The command line and the chunked
         pipeline clip; this option is the Python API's.
