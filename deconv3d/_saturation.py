@@ -123,6 +123,25 @@ def saturation_weights(image, level: float | None):
     return (np.asarray(image) < level).astype(np.float32)
 
 
+def keep_clipped_values_where_unseen(result: np.ndarray, image, weights) -> np.ndarray:
+    """``result`` with the image's own (clipped) values where RL, run with ``weights``, had no data to
+    estimate from: voxels of weight 0 that no voxel of positive weight sees through the PSF.
+
+    :func:`~deconv3d.classical.richardson_lucy` sets those to 0 (the Bertero-style normalisation by
+    ``H^T(weights)`` has nothing to divide by there, so the update is 0), which suits a few scattered
+    held-out voxels but turns the inside of a saturated object wider than the PSF into a hole of
+    zeros, darker than any voxel around it. The clipped value is what the data say there: the truth
+    is at least that (the same value a block saturated throughout keeps). Such voxels are found
+    pointwise, as weight 0 with a result of exactly 0 (RL's multiplicative update cannot reach 0
+    where its factor is positive), so a chunked run's blocks restore what a whole-volume run does."""
+    if weights is None:
+        return result
+    unseen = np.asarray(weights) == 0
+    unseen &= result <= 0
+    np.copyto(result, np.asarray(image), casting="unsafe", where=unseen)
+    return result
+
+
 def saturated_warning(count: int, peak: float, method: str) -> str:
     """The ``deconv3d: warning:`` line for an image that looks clipped and runs with saturation ``none``."""
     fix = ("add --saturation auto to leave them out of the fit" if method in ("rl", "rl-tv") else

@@ -320,7 +320,9 @@ def _run_method(args, data, psf, voxel, trained):
         result = richardson_lucy(data, psf, params["iterations"], callback=callback, voxel_size=voxel,
                                  device=args.device, weights=weights,
                                  **{k: v for k, v in params.items() if k in ("boundary", "accelerate", "tv_weight")})
-    return result, params, psf
+    from deconv3d._saturation import keep_clipped_values_where_unseen
+
+    return keep_clipped_values_where_unseen(result, data, weights), params, psf
 
 
 def _saturation_weights(saturation, data, params: dict):

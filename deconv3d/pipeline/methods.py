@@ -139,6 +139,8 @@ class RichardsonLucyBlock:
 
         if (block <= 0).all():  # a dark block (background subtracted): RL's zeros, without its warning; NaN: RL refuses
             return np.zeros(block.shape, np.float32)
+        from deconv3d._saturation import keep_clipped_values_where_unseen
+
         weights = self._weights(block)
         if weights is not None and not weights.any():  # saturated throughout: no voxel to fit, its values kept
             return np.asarray(block, np.float32)
@@ -147,7 +149,7 @@ class RichardsonLucyBlock:
                                      tv_weight=self.tv_weight, accelerate=self.accelerate, voxel_size=self.voxel_size,
                                      device=self.device, callback=_stop_if_abandoned, tv_scale=self.tv_scale,
                                      weights=weights)
-        return _finite(result, block)
+        return keep_clipped_values_where_unseen(_finite(result, block), block, weights)
 
     def halo(self) -> tuple[int, ...]:
         """:func:`rl_halo`, half as wide again for accelerated runs with the zero or reflect boundary.
@@ -195,16 +197,21 @@ class RichardsonLucyBlock:
         nothing was run)."""
         if not (isinstance(self.accelerate, bool) and self.accelerate):
             return self, None
+        from deconv3d._saturation import keep_clipped_values_where_unseen
         from deconv3d.classical.rl import _schedule_and_estimate
 
         crop = np.asarray(data[centred_box(data.shape, box)], dtype=np.float32)
+        weights = self._weights(crop)
         if (crop <= 0).all():  # nothing to measure on: no extrapolation (NaN: RL refuses), and RL's zeros
             return replace(self, accelerate=(0.0,) * self.iterations), np.zeros(crop.shape, np.float32)
+        if weights is not None and not weights.any():  # saturated throughout: as the blocks, its values kept
+            return replace(self, accelerate=(0.0,) * self.iterations), crop
         schedule, result = _schedule_and_estimate(crop, fit_psf(self.psf, crop.shape), self.iterations,
                                                   boundary=self.boundary, tv_weight=self.tv_weight,
                                                   voxel_size=self.voxel_size, device=self.device,
-                                                  tv_scale=self.tv_scale, weights=self._weights(crop))
-        return replace(self, accelerate=tuple(schedule)), _finite(result, crop)
+                                                  tv_scale=self.tv_scale, weights=weights)
+        return replace(self, accelerate=tuple(schedule)), keep_clipped_values_where_unseen(_finite(result, crop), crop,
+                                                                                           weights)
 
     def prepare(self, data, box) -> "RichardsonLucyBlock":
         """The hook :func:`deconv3d.pipeline.run_chunked` calls before a run of several blocks

@@ -118,3 +118,38 @@ def test_bad_saturation_settings_of_a_batch_are_one_line_errors(folder, capsys, 
     code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--psf", folder / "psf.tif", "--saturation",
                         "-1"], capsys)
     assert_one_line_error(code, err, "--saturation", "-1")
+
+
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_blocks_inside_a_wide_saturated_object_keep_its_values_as_a_whole_run_does(tmp_path, psf3d, accelerate):
+    """Blocks whose every voxel (halo included) is clipped, blocks part clipped and the measuring box
+    of accelerated runs give the clipped value where no fitted voxel reaches, as the whole volume does."""
+    from deconv3d._saturation import keep_clipped_values_where_unseen
+
+    image = np.random.default_rng(1).poisson(50, (24, 48, 48)).astype(np.float32)
+    image[2:22, 4:44, 4:44] = 1000.0
+    weights = (image < 1000).astype(np.float32)
+    whole = keep_clipped_values_where_unseen(
+        richardson_lucy(image, psf3d, 6, accelerate=False, weights=weights, device="cpu"), image, weights)
+    assert whole[12, 24, 24] == 1000  # (RL's own 0 there, kept by the helper)
+    fn = RichardsonLucyBlock(psf3d, iterations=6, accelerate=accelerate, saturation=1000.0)
+    blocks = chunked(image, fn, (8, 12, 12)) if not accelerate else None
+    if accelerate:
+        run_chunked(image, fn, tmp_path / "out.zarr", chunks=(8, 12, 12), voxel_size=VOXEL, memory_limit="300MB")
+        blocks = read_ome_zarr(tmp_path / "out.zarr")[0]
+    inside = (slice(8, 16), slice(16, 32), slice(16, 32))
+    np.testing.assert_array_equal(blocks[inside], 1000)
+    assert not (blocks[2:22, 4:44, 4:44] == 0).any()
+    if not accelerate:  # (the accelerated blocks replay the measured steps: not the plain run)
+        assert psnr(whole, blocks) >= 50
+
+
+def test_a_measuring_box_saturated_throughout_keeps_its_values(psf3d):
+    """Accelerated RL measures its steps on a box; one clipped throughout was refused with the API's
+    "weights must be ... not all 0", which the command's user never gave."""
+    image = np.full((24, 48, 48), 1000.0, np.float32)
+    image[:2] = 10.0
+    fn = RichardsonLucyBlock(psf3d, iterations=6, accelerate=True, saturation=1000.0)
+    prepared, output = fn.prepare_with_output(image, (8, 16, 16))
+    assert prepared.accelerate == (0.0,) * 6
+    np.testing.assert_array_equal(output, 1000.0)
