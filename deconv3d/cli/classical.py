@@ -397,7 +397,7 @@ def _go_out_of_core_if_too_large(args) -> None:
     else:
         model = MemoryModel("wiener" if args.method == "wiener" else args.method,
                             _psf_shape_estimate(args, voxel, shape), accelerate=not args.no_accelerate,
-                            boundary=args.boundary)
+                            boundary=args.boundary, saturation=args.saturation != "none")
     # The chunked planning's own test, which then chooses the blocks: with the in-memory image and
     # result counted here too, a run between the two tests went to the chunked path as one block,
     # and took more memory than in memory (found by the diff review)

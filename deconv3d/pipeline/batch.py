@@ -151,7 +151,7 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
     block = RichardsonLucyBlock(psf, settings.iterations, settings.boundary, tv, settings.accelerate, voxel,
                                 settings.run_device, saturation=settings.saturation)
     return block, MemoryModel(settings.method, psf.shape, accelerate=settings.accelerate,
-                              boundary=settings.boundary), params
+                              boundary=settings.boundary, saturation=settings.saturation != "none"), params
 
 
 def network_memory_model(block):
