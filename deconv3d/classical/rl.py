@@ -330,7 +330,7 @@ def _default_tv_scale(values) -> float:
     1e-12 where none is positive (RL returns zeros there).
 
     One definition for both paths: a whole-image run takes it of the image, a chunked one of the
-    whole volume, slab by slab (:func:`deconv3d.pipeline.methods.volume_peak`), and hands it to
+    whole volume, slab by slab (:func:`deconv3d.pipeline.volume_statistics.volume_peak`), and hands it to
     every block. The largest value, not the largest absolute one: RL sets negative values to zero
     before fitting. The chunked path took the largest absolute value, and on a volume whose most
     extreme voxel was negative its blocks agreed with a whole run to 71 dB (108 dB now). Not at

@@ -1,53 +1,22 @@
-"""Per-block callables for each deconvolution method, and the halo each one needs.
+"""Per-block callables for each deconvolution method.
 
 These are the only pieces of :mod:`deconv3d.pipeline` that know about a method; the chunked
 executor (:mod:`deconv3d.pipeline.chunked`) takes any ``block -> block`` callable. The callables
 are small picklable objects, so they travel to dask.distributed workers.
 
-Halo rules (voxels per axis, from the PSF's RMS width ``sigma`` along the axis, i.e. the square
-root of its second central moment; see :func:`rl_halo`, :func:`wiener_halo`):
+The halo each method's blocks need, and the rules behind it, are in
+:mod:`deconv3d.pipeline.halo_rules`; the statistics that blocks of one volume share (the TV
+scale, the saturation level) in :mod:`deconv3d.pipeline.volume_statistics`.
 
-* Richardson-Lucy (rl, rl-tv): each iteration convolves with the PSF and correlates back, so after
-  ``n`` iterations a voxel can feel data up to ``2 n r`` voxels away (``r`` the PSF half-size), but
-  that influence decays fast and spreads like a random walk, as ``sigma * sqrt(2 n + 1)``. The halo
-  is ``ceil(sigma * (4 + 0.5 * sqrt(2 n + 1)))``, capped at ``2 n r``: four widths for the PSF
-  itself plus half a diffusion width. Measured on a Poisson-noisy bead volume (40 x 128 x
-  128, sigma 1.5/1.2/1.2, 20 iterations, chunks 16 x 48 x 48): this rule's halo (11, 9, 9) gives
-  92 dB against the whole-volume result; a flat halo of 3, 5, 8 and 12 voxels gives 58, 67, 83
-  and 102 dB; at 100 iterations a halo of 3 still gives 50 dB. A widefield PSF's faint defocus
-  cone inflates its RMS width (8-12 voxels for a 31 x 65 x 65 kernel), so the rule asked for
-  halos of 58-111 voxels, blocks several times the chunks and runs up to 6x slower than the
-  whole volume. Where the RMS width exceeds the core's (:func:`psf_core_width`, the half-maximum
-  width) the halo is therefore also capped at the larger of the PSF's size ``2 r`` and the rule on
-  the core's width; compact PSFs (Gaussian, cropped at 1.3-2 sigma) keep the rule (a plain
-  ``2 r`` cap had dropped them to 40-49 dB at 50-300 iterations). With the cap (30, 64, 64),
-  phantoms of 48 x 160-192^2 with chunks 16 x 64 x 64 came within 80.6 dB (vectorial NA 1.4, 20 iterations) and 87.9 dB (Gibson-Lanni
-  NA 1.2, 50 iterations) of the whole-volume result; at the half-size, 47 and 53 dB.
-  tests/pipeline/test_seams.py asserts >= 50 dB for rl, rl-tv and accelerated rl.
-* Biggs-Andrews acceleration picks its step from the whole image, which blocks cannot share:
-  the pipeline measures the adaptive steps once on a box near the centre (under a memory limit the
-  whole volume when the memory model says it fits:
-  ``deconv3d.pipeline.planning.measuring_box_shape``; that run is then the result, and the volume
-  runs as one block instead)
-  (:func:`deconv3d.classical.rl_alpha_schedule`) and replays them on every block
-  (:meth:`RichardsonLucyBlock.with_alpha_schedule`); adaptive steps per block cap the seam
-  PSNR at about 46 dB whatever the halo. The blocks that box holds, a halo inside its faces,
-  are written from the measuring run (:meth:`RichardsonLucyBlock.prepare_with_output`).
-* Wiener: a regularised inverse filter, whose impulse response lengthens as the balance
-  ``lambda`` falls; the halo is ``ceil(sigma * (6 + log10(1 / lambda)))``. Measured as above: a
-  halo of 8 voxels gives 72/62/56 dB at lambda 1e-2/1e-3/1e-4, 12 voxels 77/65/59 dB.
-* Self-supervised network: the context of an in-memory run's tiles
-  (:func:`deconv3d.selfsup.default_context`: 32 voxels for the default 3D network, at least
-  the PSF half-size), rounded up to whole pooling cells (``2**depth``): blocks then agree with
-  the in-memory run as its tiles agree with each other (94 dB on a trained network in float32,
-  86 dB with bfloat16 inference; see there).
-  The network's whole receptive field (:func:`deconv3d.selfsup.unet.receptive_radius`: 52
-  voxels, 56 in whole cells), the halo before, made blocks equal a pass with that context, which
-  no in-memory run makes (73 dB from it), at 2.7-3.7x the time. Told where its block lies
-  (:class:`Placement`), the network predicts only the core, with the halo as its context, on the
-  whole volume's pooling grid (on a volume that is not a multiple of ``2**depth``, blocks that
-  computed on their own grid differed from a whole-volume pass by up to a quarter of the range,
-  and from each other at the seams).
+Biggs-Andrews acceleration picks its step from the whole image, which blocks cannot share:
+the pipeline measures the adaptive steps once on a box near the centre (under a memory limit the
+whole volume when the memory model says it fits:
+``deconv3d.pipeline.planning.measuring_box_shape``; that run is then the result, and the volume
+runs as one block instead)
+(:func:`deconv3d.classical.rl_alpha_schedule`) and replays them on every block
+(:meth:`RichardsonLucyBlock.with_alpha_schedule`); adaptive steps per block cap the seam
+PSNR at about 46 dB whatever the halo. The blocks that box holds, a halo inside its faces,
+are written from the measuring run (:meth:`RichardsonLucyBlock.prepare_with_output`).
 """
 
 from __future__ import annotations
@@ -62,8 +31,10 @@ from deconv3d._spectral import psf_rms_width
 from deconv3d.classical.rl import _ignores_estimate
 from deconv3d.errors import refuse_non_finite
 from deconv3d.pipeline.block_geometry import Placement
+from deconv3d.pipeline.halo_rules import chunk_multiple_for, halo_for, rl_halo, wiener_halo
 from deconv3d.pipeline.records import method_fft_shapes
 from deconv3d.pipeline.run_flags import abandoned, block_run
+from deconv3d.pipeline.volume_statistics import volume_peak, volume_top_two
 from deconv3d.psf import fit_psf
 
 __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "psf_rms_width", "rl_halo",
@@ -409,41 +380,6 @@ class NetworkBlock:
         return int(self.trained.unet.divisor)
 
 
-#: Bytes of a volume that :func:`volume_peak` reads at a time.
-PEAK_SLAB_BYTES = 64 * 2**20
-
-
-def volume_peak(data) -> float:
-    """The TV term's scale (:func:`deconv3d.classical.richardson_lucy`'s ``tv_scale``) of ``data``
-    (an array or a reader's view of one volume), that every block of a chunked run then shares:
-    the default a whole-volume run takes (its largest value; 1e-12 where none is positive), here over slabs. Read
-    in boxes of whole chunks (whole planes of a TIFF) of at most :data:`PEAK_SLAB_BYTES`
-    (:func:`~deconv3d.pipeline.readers.storage_boxes`), so that each chunk is decoded once."""
-    from deconv3d.classical.rl import _default_tv_scale, _largest_value
-    from deconv3d.pipeline.readers import storage_boxes, storage_unit
-
-    # NaN and Inf are left to the blocks, which refuse them by name
-    boxes = storage_boxes(tuple(data.shape), storage_unit(data), PEAK_SLAB_BYTES)
-    return _default_tv_scale([_largest_value(np.asarray(data[box])) for box in boxes])
-
-
-def volume_top_two(data, level: float | None = None):
-    """:func:`deconv3d._saturation.top_two` of ``data`` (as :func:`volume_peak` reads it) and, for a
-    ``level``, the largest value below it (at least 0), which is the TV scale of a run that leaves
-    the voxels at or above it out."""
-    from deconv3d._saturation import merge_top_two, top_two
-    from deconv3d.classical.rl import _largest_value
-    from deconv3d.pipeline.readers import storage_boxes, storage_unit
-
-    parts, below = [], 0.0
-    for box in storage_boxes(tuple(data.shape), storage_unit(data), PEAK_SLAB_BYTES):
-        slab = np.asarray(data[box])
-        parts.append(top_two(slab))
-        if level is not None:
-            below = max(below, _largest_value(slab[slab < level]))
-    return merge_top_two(parts), below
-
-
 def _preload(device, fft_shape=None) -> None:
     """What the blocks' Richardson-Lucy runs load on ``device`` for FFTs up to ``fft_shape`` (None:
     any) (:func:`deconv3d._rl_ops.preload`)."""
@@ -453,60 +389,3 @@ def _preload(device, fft_shape=None) -> None:
     from deconv3d._tensors import resolve_device
 
     preload(resolve_device(device), torch.float32, fft_shape)
-
-
-def rl_halo(psf, iterations: int) -> tuple[int, ...]:
-    """The Richardson-Lucy halo per axis: ``ceil(sigma (4 + 0.5 sqrt(2n + 1)))``, at most ``2 n r``;
-    where the RMS width exceeds the core's (:func:`psf_core_width`, heavy tails), at most the
-    larger of the PSF's size ``2 r`` and the same rule on the core's width."""
-    psf = np.asarray(psf)
-    growth = 4 + 0.5 * math.sqrt(2 * iterations + 1)
-    halo = []
-    for s, core, k in zip(psf_rms_width(psf), psf_core_width(psf), psf.shape):
-        tails = max(2 * (k // 2), math.ceil(core * growth))  # the cap for tails beyond the core
-        halo.append(int(max(0, min(math.ceil(s * growth), tails, 2 * iterations * (k // 2)))))
-    return tuple(halo)
-
-
-def psf_core_width(psf) -> tuple[float, ...]:
-    """Per axis, the width at half maximum of the PSF's profile along the line through its peak, as
-    a Gaussian's sigma (FWHM / 2.355, linear interpolation between samples; the whole axis where it
-    stays above half). Unlike the RMS width it ignores faint tails: a widefield PSF's defocus cone
-    made the RMS width 8-12 voxels for a core of 1-3 (its projection along z is flat: every plane
-    holds the same light, so the line, not the projection)."""
-    h = np.clip(np.asarray(psf, dtype=np.float64), 0, None)
-    centre = np.unravel_index(int(np.argmax(h)), h.shape)
-    widths = []
-    for axis in range(h.ndim):
-        profile = h[tuple(slice(None) if a == axis else c for a, c in enumerate(centre))]
-        peak = int(np.argmax(profile))
-        half = profile[peak] / 2
-        left, right = float(peak), float(peak)
-        i = peak
-        while i > 0 and profile[i - 1] >= half:
-            i -= 1
-        left = i - (profile[i] - half) / (profile[i] - profile[i - 1]) if i > 0 else -0.5
-        i = peak
-        while i < profile.size - 1 and profile[i + 1] >= half:
-            i += 1
-        right = i + (profile[i] - half) / (profile[i] - profile[i + 1]) if i < profile.size - 1 else profile.size - 0.5
-        widths.append((right - left) / (2 * math.sqrt(2 * math.log(2))))
-    return tuple(widths)
-
-
-def wiener_halo(psf, balance: float) -> tuple[int, ...]:
-    """The Wiener halo per axis: ``ceil(sigma (6 + log10(1 / balance)))``."""
-    factor = 6 + max(0.0, math.log10(1.0 / balance))
-    return tuple(math.ceil(s * factor) for s in psf_rms_width(psf))
-
-
-def chunk_multiple_for(block_fn) -> int:
-    """The multiple that core chunk sides must be (its ``chunk_multiple()`` method), else 1."""
-    get = getattr(block_fn, "chunk_multiple", None)
-    return max(1, int(get())) if get is not None else 1
-
-
-def halo_for(block_fn) -> tuple[int, ...]:
-    """The halo a block callable asks for (its ``halo()`` method), or no halo."""
-    get = getattr(block_fn, "halo", None)
-    return tuple(get()) if get is not None else ()

@@ -22,7 +22,7 @@ from deconv3d.pipeline.block_geometry import (aligned_box, axis_regions, box_blo
                                               sides_in_whole_chunks)
 from deconv3d.pipeline.memory import choose_chunks, limit_for_available, round_chunks
 from deconv3d.pipeline.memory_model import RESIDENT_ALLOWANCE, MemoryModel
-from deconv3d.pipeline.methods import chunk_multiple_for, halo_for
+from deconv3d.pipeline.halo_rules import chunk_multiple_for, halo_for
 from deconv3d.pipeline.readers import chunk_cache_budget, chunk_reads_spare
 from deconv3d.pipeline.system_memory import format_bytes, parse_memory, planning_baseline
 

@@ -335,7 +335,7 @@ def test_the_default_tv_scale_includes_the_faces_the_zero_boundary_leaves_unfitt
 def test_volume_peak_reads_slabs_and_leaves_nan_to_the_blocks(monkeypatch):
     from deconv3d.classical import richardson_lucy
     from deconv3d.errors import InputError
-    from deconv3d.pipeline import methods
+    from deconv3d.pipeline import volume_statistics
 
     import dask.array as da
 
@@ -343,9 +343,9 @@ def test_volume_peak_reads_slabs_and_leaves_nan_to_the_blocks(monkeypatch):
 
     data = np.random.default_rng(0).normal(0, 1, (5, 6, 7)).astype(np.float32)
     data[3, 2, 1], data[1, 1, 1], data[0, 0, 0] = 9.0, -20.0, np.nan
-    monkeypatch.setattr(methods, "PEAK_SLAB_BYTES", 4 * 6 * 7 * 2)  # two planes a slab
-    assert methods.volume_peak(data) == 9.0 and methods.volume_peak(np.zeros((2, 3))) == 1e-12
-    assert methods.volume_peak(-np.ones((2, 3))) == 1e-12
+    monkeypatch.setattr(volume_statistics, "PEAK_SLAB_BYTES", 4 * 6 * 7 * 2)  # two planes a slab
+    assert volume_statistics.volume_peak(data) == 9.0 and volume_statistics.volume_peak(np.zeros((2, 3))) == 1e-12
+    assert volume_statistics.volume_peak(-np.ones((2, 3))) == 1e-12
     reads = []
 
     class Counting(DaskReader):
@@ -356,7 +356,7 @@ def test_volume_peak_reads_slabs_and_leaves_nan_to_the_blocks(monkeypatch):
         __getitem__ = read
 
     # chunks of 4 planes: each read once (two-plane slabs had read the first chunk twice)
-    assert methods.volume_peak(Counting(da.from_array(data, chunks=(4, 3, 7)))) == 9.0
+    assert volume_statistics.volume_peak(Counting(da.from_array(data, chunks=(4, 3, 7)))) == 9.0
     assert sorted((k[0].start, k[1].start) for k in reads) == [(0, 0), (0, 3), (4, 0), (4, 3)]
     with pytest.raises(InputError, match="tv_scale must be a positive finite number"):
         richardson_lucy(np.ones((8, 8), np.float32), np.ones((3, 3), np.float32), 1, tv_weight=0.01, tv_scale=0,
@@ -493,7 +493,7 @@ def test_rl_halo_rule():
 def test_rl_halo_of_a_compact_psf_keeps_the_rule_and_seams_invisible(shape, sigma, iterations):
     """A Gaussian cropped at 1-1.7 sigma: its core is as wide as its RMS width says, so the rule
     holds (capped at the kernel's size 2 r, the halo gave 47-49 dB here in a review)."""
-    from deconv3d.pipeline.methods import psf_core_width
+    from deconv3d.pipeline.halo_rules import psf_core_width
 
     psf = gaussian_psf(shape, sigma)
     assert all(c >= w for c, w in zip(psf_core_width(psf), psf_rms_width(psf)))
