@@ -160,3 +160,17 @@ def test_a_saturated_object_wider_than_the_psf_keeps_its_clipped_values_inside(t
     assert f"left {clipped.sum()} voxel(s)" in out
     assert result[clipped].min() >= 1000 and result[8, 24, 24] == 4095
     assert np.median(result[~binary_dilation(clipped, iterations=4)]) < 150  # (the background is not touched)
+
+
+def test_the_saturation_warning_suits_the_method_and_names_what_else_makes_a_plateau(tmp_path, capsys, clipped):
+    """Wiener's run was told that "RL rings around them"; a noiseless flat-topped object (not clipped)
+    draws the same warning, which now says when to ignore it."""
+    code, _, err = run(["deconvolve", tmp_path / "img.tif", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "w.tif",
+                        "--method", "wiener"], capsys)
+    assert code == 0 and "voxels sit at the image's maximum" in err and "--method rl" in err, err
+    assert "RL rings" not in err and "not clipped" in err and "constant intensity" in err
+    sphere = np.zeros((16, 48, 48), np.float32)
+    z, y, x = np.mgrid[:16, :48, :48]
+    sphere[(z - 8) ** 2 + (y - 24) ** 2 + (x - 24) ** 2 <= 36] = 1.0
+    flat = np.round(np.clip(fftconvolve(sphere, gaussian_psf(sigma=(0.7, 0.7, 0.7)), mode="same"), 0, 1) * 255)
+    assert plateau_level(top_two(flat.astype(np.uint8))) == 255  # (the rule cannot tell it from a clip)
