@@ -13,6 +13,9 @@ from deconv3d.errors import InputError
 from deconv3d.fft import FFTConvolver
 
 WIENER_BOUNDARIES = ("reflect", "zero", "periodic")
+#: The filter's gain at zero frequency (see :func:`wiener`'s Notes): 1 since acf0a16, ``1 / (1 + balance)``
+#: with the identity before. Batch fingerprints hold it, so that outputs of the earlier filter are redone.
+DC_GAIN = "unit"
 REGULARIZERS = ("identity", "laplacian")
 
 

@@ -292,6 +292,10 @@ class Settings:
         if tv_rule and (self.method == "rl-tv" or (self.method == "ssl" and self.model is None)):
             # the TV term's rule (RL-TV, and a trained network's reference): a batch finished before 21fbe06 is redone once
             fields["tv_differences"] = tv_term_rule()
+        if self.method == "wiener":  # its gain at zero frequency: a batch finished before acf0a16 (whose outputs
+            from deconv3d.classical.wiener import DC_GAIN  # were balance / (1 + balance) dimmer) is redone once
+
+            fields["wiener_dc_gain"] = DC_GAIN
         if self.memory_limit is not None:  # 4G, 4000MB and 4GB alike (records made with "4GB" still match)
             from deconv3d.pipeline.system_memory import format_bytes, parse_memory
 

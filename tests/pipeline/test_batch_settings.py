@@ -53,6 +53,8 @@ def test_settings_the_method_ignores_are_not_in_the_fingerprint(folder, method):
     before.update(device="cuda" if torch.cuda.is_available() else "cpu", psf=[file_sha256(folder / "psf.tif")])
     if method == "rl-tv":  # the TV term's rule: RL-TV batches finished before it changed are redone once
         before["tv_differences"] = "symmetric"
+    if method == "wiener":  # its gain at zero frequency: Wiener batches finished before acf0a16 are redone once
+        before["wiener_dc_gain"] = "unit"
     assert settings.fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     for key, value in OTHER_VALUES.items():
         changed = make_settings({**base, key: value}).fingerprint() != settings.fingerprint()
@@ -76,6 +78,23 @@ def test_the_fingerprint_follows_the_tv_rule_where_it_changes_the_output(folder,
     now = settings.finished_fingerprints()
     monkeypatch.setattr(_iterate, "TV_DIFFERENCES", tuple(reversed(_iterate.TV_DIFFERENCES)))
     assert (not set(now) & set(settings.finished_fingerprints())) is follows
+
+
+def test_a_wiener_batch_finished_before_the_unit_dc_gain_is_redone(folder, capsys):
+    """Wiener's filter gained the factor 1 + balance at zero frequency (acf0a16); a batch finished before
+    kept its outputs as finished, 1 / (1 + balance) of the new ones' level, beside new ones (5 % at 0.05)."""
+    import types
+
+    from deconv3d.pipeline import settings as settings_module
+
+    settings = make_settings({"psf": str(folder / "psf.tif"), "method": "wiener", "balance": 0.05})
+    fields = []  # what the fingerprint hashes, less the gain: the hash the earlier versions wrote
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(settings_module, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
+        settings.fingerprint()
+    assert fields[0].pop("wiener_dc_gain") == "unit"
+    older = hashlib.sha256(json.dumps(fields[0], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert older not in settings.finished_fingerprints()
 
 
 def test_a_training_batch_finished_with_the_symmetric_rule_before_the_hash_held_it_is_skipped(folder, monkeypatch):
@@ -389,9 +408,10 @@ def test_a_batch_names_an_ignored_option_given_at_its_default(folder, capsys):
 
 
 #: The fingerprint that the code before the gaussian model refused ns (ee3e5fa^) wrote for GAUSSIAN_NS_CONFIG
-#: (its batch run on that config, device cpu: no file or machine enters it).
-GAUSSIAN_NS_BEFORE = "d6b0bb4c99b75992"
-GAUSSIAN_NS_CONFIG = ('psf-model = "gaussian"\nna = 1.2\nwavelength = 0.5\nmethod = "wiener"\nns = 1.45\n'
+#: (its batch run on that config, device cpu: no file or machine enters it). Method rl: a Wiener batch of that
+#: version is redone for the filter's gain at zero frequency since (its config's hash there: d6b0bb4c99b75992).
+GAUSSIAN_NS_BEFORE = "b667f0425da879df"
+GAUSSIAN_NS_CONFIG = ('psf-model = "gaussian"\nna = 1.2\nwavelength = 0.5\nmethod = "rl"\nns = 1.45\n'
                       'iterations = 7\ndevice = "cpu"\n')
 
 
