@@ -50,6 +50,18 @@ def test_the_plateau_rule_finds_a_clip_and_nothing_on_unclipped_data(seed, kind)
     assert plateau_level(top_two(clipped)) == float(level)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_coarsely_quantised_maximum_held_by_many_voxels_is_no_plateau(seed):
+    """Data of few grey levels (2-3 bits) put 23-94 voxels on their maximum, but fewer than on the next
+    value (a falling tail): the rule's second clause, which the voxel count alone does not make."""
+    blurred = blurred_phantom(seed)[1]
+    for levels in (3, 7):
+        image = np.round(blurred / blurred.max() * levels).astype(np.uint8)
+        peak, n_peak, _, n_second = top_two(image)
+        assert peak == levels and n_peak >= 10 and n_peak < n_second
+        assert plateau_level(top_two(image)) is None
+
+
 def test_the_top_two_of_slabs_merge_into_the_volume_s():
     data = np.random.default_rng(0).integers(0, 40, (12, 10, 10)).astype(np.float32)
     data[3, 4, 5] = np.nan  # skipped
