@@ -160,6 +160,9 @@ def _zero_unreached(data: torch.Tensor, h: torch.Tensor) -> None:
 
 #: The prediction floor of the RL ratio in machine epsilons of the data's peak (8 eps = 9.5e-7 in float32).
 RATIO_FLOOR_EPS = 8
+#: A voxel of the estimate whose light lands less than this share on voxels of positive weight is not
+#: estimated (:func:`_holdout_problem`; see ``weights`` in :func:`deconv3d.classical.richardson_lucy`).
+MIN_KEPT_SHARE = 0.1
 
 #: Richardson-Lucy runs as given data whose peak lies within ``2 ** ±WORKING_RANGE`` (2.3e-10 to
 #: 4.3e9, all of uint32), and others divided by a power of two (:func:`_working_exponent`).
@@ -331,6 +334,8 @@ def _holdout_problem(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torc
     """
     problem = _build_problem(y * keep, h, boundary)
     kept = _build_geometry(keep, h, boundary, weight=False).data  # the mask in the problem's geometry (reflect pads)
-    ratio = _transpose_of_ones(problem, h).mul_(_safe_reciprocal(_transpose_of(problem, kept)))
+    everything, seen = _transpose_of_ones(problem, h), _transpose_of(problem, kept)
+    ratio = everything * _safe_reciprocal(seen)
+    ratio.masked_fill_(seen < MIN_KEPT_SHARE * everything, 0.0)
     problem.inv_weight = ratio if problem.inv_weight is None else problem.inv_weight * ratio
     return problem
