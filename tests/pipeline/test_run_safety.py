@@ -348,7 +348,10 @@ def test_settle_zarr_gives_up_on_a_blocked_loop_after_its_timeout(monkeypatch):
 def test_settle_zarr_cancels_only_chunks_waiting_for_their_turn_and_only_when_asked():
     """The command line's settle cancels the chunks a failed call left queued behind zarr's limit of
     concurrent reads (thousands took a minute, then printed a line each at exit) and waits for
-    those already reading; a library call's cancels nothing (another thread's reads may be queued)."""
+    those already reading; a library call's cancels nothing (another thread's reads may be queued).
+    A read goes on while chunks queue behind it (at most 10 s), not for a fixed 0.2 s: a settle that
+    started later than that (the main thread held back on a loaded machine) found the next chunk
+    reading, which it rightly let finish."""
     import asyncio
 
     from zarr.core.sync import _get_loop
@@ -358,17 +361,19 @@ def test_settle_zarr_cancels_only_chunks_waiting_for_their_turn_and_only_when_as
     loop = _get_loop()
 
     async def queued(n):  # as zarr's concurrent_map: one at a time, the others waiting for their turn
-        turn = asyncio.Semaphore(1)
+        turn, tasks = asyncio.Semaphore(1), []
 
         async def read():
             async with turn:
-                await asyncio.sleep(0.2)
+                until = loop.time() + 10.0
+                while loop.time() < until and not all(t.done() for t in tasks if t is not asyncio.current_task()):
+                    await asyncio.sleep(0.01)
 
-        tasks = [asyncio.ensure_future(read()) for _ in range(n)]
+        tasks.extend(asyncio.ensure_future(read()) for _ in range(n))
         await asyncio.sleep(0)  # the first one reading
         return tasks
 
-    others = asyncio.run_coroutine_threadsafe(queued(20), loop).result(5)
+    others, mine = asyncio.run_coroutine_threadsafe(queued(20), loop).result(5), []
     try:
         settle_zarr(timeout=0.05)
         assert not any(t.cancelled() for t in others) and not all(t.done() for t in others)
@@ -377,7 +382,7 @@ def test_settle_zarr_cancels_only_chunks_waiting_for_their_turn_and_only_when_as
         assert all(t.done() for t in mine)
         assert not mine[0].cancelled() and all(t.cancelled() for t in mine[1:])  # the one reading was let finish
     finally:
-        for task in others:
+        for task in others + mine:
             loop.call_soon_threadsafe(task.cancel)
 
 
@@ -385,7 +390,10 @@ def test_settle_zarr_cancels_the_queued_chunks_of_a_call_that_has_failed_even_fr
     """A call that raised its first chunk's error left its other chunks queued behind zarr's limit of
     concurrent reads; a library call's settle (atomic_output's) waited for each to be read, up to
     30 s. No one waits for them: they are cancelled, those being read are let finish, and the queued
-    chunks of a call still going on (another thread's) are left alone."""
+    chunks of a call still going on (another thread's) are left alone. A read goes on while chunks of
+    its call wait for their turn (at most 10 s), not for a fixed 0.2 s against a 0.6 s settle: the
+    settle had to start within 0.2 s (else the next chunks were reading) and end those reads within
+    0.6 s, wall-clock races on a loaded machine."""
     import asyncio
 
     from zarr.core.sync import _get_loop
@@ -395,15 +403,18 @@ def test_settle_zarr_cancels_the_queued_chunks_of_a_call_that_has_failed_even_fr
     loop = _get_loop()
 
     async def reads(n, failing):  # as zarr's concurrent_map: two at a time, the first raising at once
-        turn = asyncio.Semaphore(2)
+        turn, tasks, began = asyncio.Semaphore(2), [], set()
 
         async def read(i):
             async with turn:
+                began.add(i)
                 if failing and i == 0:
                     raise ValueError("damaged chunk")
-                await asyncio.sleep(0.2)
+                until = loop.time() + 10.0
+                while loop.time() < until and not all(t.done() for k, t in enumerate(tasks) if k not in began):
+                    await asyncio.sleep(0.01)
 
-        tasks = [asyncio.ensure_future(read(i)) for i in range(n)]
+        tasks.extend(asyncio.ensure_future(read(i)) for i in range(n))
         gathered = asyncio.gather(*tasks)
         if not failing:  # (awaited by its caller meanwhile)
             return tasks, asyncio.ensure_future(gathered)
@@ -414,12 +425,14 @@ def test_settle_zarr_cancels_the_queued_chunks_of_a_call_that_has_failed_even_fr
     others, waiter = asyncio.run_coroutine_threadsafe(reads(20, False), loop).result(5)
     failed, _ = asyncio.run_coroutine_threadsafe(reads(20, True), loop).result(5)
     try:
-        settle_zarr(timeout=0.6)  # (those being read take 0.2 s)
+        settle_zarr(timeout=1.0)  # (the other call's reads go on: given up on after 1 s)
         assert all(t.done() for t in failed) and isinstance(failed[0].exception(), ValueError)
         assert not any(t.cancelled() for t in failed[1:3]) and all(t.cancelled() for t in failed[3:])
         assert not any(t.cancelled() for t in others) and not all(t.done() for t in others)
     finally:
         loop.call_soon_threadsafe(waiter.cancel)
+        for task in failed:  # (reading still where the settle failed to cancel the queue)
+            loop.call_soon_threadsafe(task.cancel)
 
 
 def test_main_called_from_python_leaves_another_threads_zarr_write_alone(tmp_path, monkeypatch, capsys):
