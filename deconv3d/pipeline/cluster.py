@@ -72,8 +72,15 @@ def _gpu_cluster(count: int, run: object = None):
                **_worker_preload()}
     workers = {i: {"cls": Nanny, "options": {**options, "env": {"CUDA_VISIBLE_DEVICES": ids[i]}}}
                for i in range(count)}
-    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", **_SCHEDULER_HTTP}}
     return _marked(SpecCluster, run)(workers=workers, scheduler=scheduler, silence_logs=logging.WARN)
+
+
+#: The scheduler's HTTP server (distributed's health and metrics routes; no dashboard) on a free port of the
+#: loopback. ``dashboard_address=None`` turned the dashboard off but still bound distributed's default port 8787:
+#: with another cluster on the machine (a second batch, or the test of another pytest-xdist process) distributed
+#: warned "Port 8787 is already in use". (A bare ":0" would listen on every interface.)
+_SCHEDULER_HTTP = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
 
 
 def _marked(cls, run: object):
@@ -168,8 +175,11 @@ def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
             if gpus > 0:
                 cluster = _gpu_cluster(gpus, run)
             else:
+                http = _SCHEDULER_HTTP
                 cluster = _marked(LocalCluster, run)(n_workers=workers or 2, threads_per_worker=1, processes=True,
-                                                     host="127.0.0.1", dashboard_address=None, **_worker_preload())
+                                                     host="127.0.0.1", dashboard_address=http["dashboard_address"],
+                                                     scheduler_kwargs={"dashboard": http["dashboard"]},
+                                                     **_worker_preload())
             client = Client(cluster)
         except KeyboardInterrupt:  # while its workers start: the cluster (or client) is in no variable yet
             ours = [c for c in list(_instances(SpecCluster)) if getattr(c, "_deconv3d_run", None) is run]

@@ -119,7 +119,7 @@ def test_a_cluster_run_cancelled_from_another_thread_stops_its_running_block(tmp
 
     cancel = threading.Event()
     presser = threading.Thread(target=press_cancel)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:
         presser.start()
         try:

@@ -254,6 +254,21 @@ def test_gpu_workers_each_see_their_own_device(capfd):
     assert "INFO" not in capfd.readouterr().err
 
 
+def test_a_processes_cluster_leaves_port_8787_to_others():
+    """dashboard_address=None turned the dashboard off but still started the scheduler's HTTP server on
+    distributed's default port 8787: with another cluster on the machine (a second batch, or this suite's
+    other pytest-xdist process) distributed warned "Port 8787 is already in use". The scheduler now takes
+    a free port of the loopback, with and without GPU workers."""
+    import warnings
+
+    for gpus in (0, 1):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="Port .* is already in use")
+            with scheduler_client("processes", workers=1, gpus=gpus) as client:
+                server = client.cluster.scheduler.http_server
+                assert server.port != 8787 and server.address == "127.0.0.1", (server.address, server.port)
+
+
 @pytest.mark.cuda
 def test_processes_scheduler_starts_one_worker_per_gpu():
     import torch
@@ -312,7 +327,7 @@ def test_a_failed_cluster_run_stops_its_running_blocks(tmp_path):
     volume[..., :8] = 0  # the first block (x < 8) fails; the second waits
     # one worker process with two threads: both blocks run at once
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         with pytest.raises(ValueError, match="this block fails"):
             run_chunked(volume, FailOrWait(), tmp_path / "out.zarr", chunks=(4, 8, 8), halo=(0, 0, 0), client=client)
         deadline = time.monotonic() + 30 + 2 * CLUSTER_POLL
@@ -381,7 +396,7 @@ def test_local_worker_processes_each_get_a_share_of_the_free_memory(monkeypatch)
 
     threads = plan(None)
     assert threads.memory_limit == baseline + share and threads.blocks > 1
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:
         assert planning._processes_here(client) == 2
         two = plan(client)
