@@ -158,6 +158,17 @@ def register(sub) -> None:
 
     p = sub.add_parser("batch", help="deconvolve every image of a folder (resumable; OME-Zarr outputs)",
                        argument_default=None)
+    _add_batch_io(p)
+    _add_psf_options(p)
+    _add_method_options(p)
+    _add_ssl_options(p)
+    add_chunk_options(p, defaults=False)
+    p.set_defaults(func=cmd_batch)
+    add_common(p)
+
+
+def _add_batch_io(p) -> None:
+    """The input and output folders, the config file, the file patterns, the scheduler and the output format."""
     p.add_argument("input_dir", help="folder of .tif/.tiff/.zarr images")
     p.add_argument("-o", "--output", required=True, help="output folder (created when missing)")
     p.add_argument("--config", help="TOML file of settings (keys: long option names); options given here win; "
@@ -170,6 +181,10 @@ def register(sub) -> None:
     p.add_argument("--workers", type=positive_int, default=None, help="worker threads/processes (default 1 thread, "
                    "2 processes)")
     p.add_argument("--output-format", choices=("zarr", "tif"), help="output format (default zarr)")
+
+
+def _add_psf_options(p) -> None:
+    """Where the PSF comes from (a file per channel, or a model) and the optics of a generated one."""
     src = p.add_mutually_exclusive_group()
     src.add_argument("--psf", nargs="+", action="extend", metavar="PSF",
                      help="PSF file (.tif), or one per channel (--psf A.tif B.tif, or repeated)")
@@ -178,6 +193,10 @@ def register(sub) -> None:
     for action in p._actions:  # config values must win over the optics defaults
         if action.dest in ("ni", "ns", "depth"):
             action.default = None
+
+
+def _add_method_options(p) -> None:
+    """The method, its parameters, the voxel size and the device."""
     p.add_argument("--method", choices=METHODS, help="deconvolution method (default rl)")
     p.add_argument("--iterations", type=_batch_iterations, help="RL iterations (default 20)")
     p.add_argument("--tv-weight", type=float,
@@ -191,6 +210,10 @@ def register(sub) -> None:
     p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, metavar=("DZ", "DY", "DX"),
                    help="voxel size in µm: DZ DY DX, or DY DX for 2D images (which use the last two of three)")
     p.add_argument("--device", choices=DEVICES, help=DEVICE_HELP)
+
+
+def _add_ssl_options(p) -> None:
+    """The options of --method ssl: its networks, or the training of one per image, and the network's inference."""
     p.add_argument("--model", action="append", metavar="MODEL",
                    help="trained network (.ckpt) for --method ssl; repeated, one per channel "
                    "(--model A.ckpt --model B.ckpt)")
@@ -205,9 +228,6 @@ def register(sub) -> None:
                    help="ssl: average over the 8 xy rotations/flips (default off)")
     p.add_argument("--band-limit", type=float, metavar="EPS",
                    help="ssl: damp frequencies the PSF does not pass, e.g. 0.01 on noisy stacks (default 0: off)")
-    add_chunk_options(p, defaults=False)
-    p.set_defaults(func=cmd_batch)
-    add_common(p)
 
 
 def _batch_iterations(text: str) -> int:

@@ -53,6 +53,17 @@ def add_training_options(p, steps_flag: str) -> None:
                    help=f"training steps (default {DEFAULT_STEPS})")
     g.add_argument("--patch", type=positive_int, default=32, help="side of the training patches (default 32)")
     g.add_argument("--batch", type=positive_int, default=2, help="patches per step (default 2)")
+    _add_loss_options(g)
+    _add_network_options(g)
+    _add_estimate_options(g)
+    g.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
+                   help="stop training after this many seconds")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help=AMP_HELP)
+
+
+def _add_loss_options(g) -> None:
+    """The options of the loss terms and their weights."""
     g.add_argument("--invariance", choices=INVARIANCE, default=None,
                    help="where the Siamese invariance loss sits (default before-psf; none with --ssi)")
     g.add_argument("--lambda-inv", type=non_negative_float, default=LAMBDA_INV, metavar="W",
@@ -68,6 +79,10 @@ def add_training_options(p, steps_flag: str) -> None:
                    "the data term is off unless --lambda-rec is given)")
     g.add_argument("--lambda-rec", type=non_negative_float, default=None, metavar="W",
                    help="weight of the data term MSE(x, PSF*f(x)) (default 1; 0 with --ssi)")
+
+
+def _add_network_options(g) -> None:
+    """The options of the network, its optimiser and its output head."""
     g.add_argument("--base-channels", type=positive_int, default=16, help="UNet width (default 16)")
     g.add_argument("--unet-depth", type=positive_int, default=3, help="UNet depth (default 3)")
     g.add_argument("--lr", type=positive_float, default=4e-4, help="Adam learning rate (default 4e-4)")
@@ -79,6 +94,10 @@ def add_training_options(p, steps_flag: str) -> None:
     g.add_argument("--positive", action=argparse.BooleanOptionalAction, default=POSITIVE,
                    help="softplus output head floored at zero intensity (default on; --no-positive is the paper's "
                         "linear head)")
+
+
+def _add_estimate_options(g) -> None:
+    """The options of the data-term weighting and of the Richardson-Lucy estimate the network starts from."""
     g.add_argument("--precondition", type=_auto_or_non_negative, default=PRECONDITION, metavar="EPS",
                    help="weight the data term by frequency (Wiener): auto (eps 1e-3, gated by the image's "
                         "signal-to-noise ratio) or a number EPS; recovers fine detail in fewer steps on "
@@ -100,10 +119,6 @@ def add_training_options(p, steps_flag: str) -> None:
     g.add_argument("--warm-tv", type=_warm_tv, default=WARM_TV, metavar="W",
                    help="TV weight of that Richardson-Lucy estimate, or auto to choose it from held-out voxels "
                         f"(default {WARM_TV}; with --no-residual, plain RL (0) scored higher)")
-    g.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
-                   help="stop training after this many seconds")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help=AMP_HELP)
 
 
 def configs(args, ndim: int):
