@@ -93,14 +93,24 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
         ``processes`` worker processes given an equal share of the free memory, less the program's
         own memory of the others) says that too little memory is free and about how much more to free.
     """
-    from deconv3d.pipeline.block_geometry import plan_chunks, sides_in_whole_chunks
-
     shape = tuple(int(n) for n in shape)
     multiple = max(1, int(multiple))
     lows = [_round_up(max(min_chunk, h + 1), n, multiple) for n, h in zip(shape, halo)]
-    # plan_chunks works axis by axis, so each axis's candidates are planned once here, not once
-    # per combination (260 000 combinations for a 2000 x 20000 x 20000 stack): per candidate,
-    # (chunk, largest core, largest block as peak_bytes counts it, blocks, padded core side).
+    axes = _axis_options(shape, lows, halo, multiple, cap)
+    fixed = baseline + RESIDENT_ALLOWANCE
+    best, smallest, least = _least_work(axes, fixed, workers, model, memory_limit, tuple(lows))
+    if best is None:
+        _raise_none_fits(shape, halo, least, smallest, fixed, memory_limit, workers, automatic, processes)
+    return tuple(best)
+
+
+def _axis_options(shape, lows, halo, multiple: int, cap) -> list[list[tuple]]:
+    """Each axis's candidate sides, planned: per candidate (chunk, largest core, largest block as
+    peak_bytes counts it, blocks, padded core side). :func:`~deconv3d.pipeline.block_geometry.plan_chunks`
+    works axis by axis, so each axis's candidates are planned once here, not once per combination
+    (260 000 combinations for a 2000 x 20000 x 20000 stack)."""
+    from deconv3d.pipeline.block_geometry import plan_chunks, sides_in_whole_chunks
+
     axes = []
     for axis, (n, low, h) in enumerate(zip(shape, lows, halo)):
         options, sides = [], _candidates(n, low, multiple)
@@ -110,8 +120,14 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
             (sizes,), (depth,), _ = plan_chunks((n,), (c,), (h,))
             options.append((c, max(sizes), min(n, max(sizes) + 2 * depth), len(sizes), max(sizes) + 2 * depth))
         axes.append(options)
-    fixed = baseline + RESIDENT_ALLOWANCE
-    best, best_cost, smallest, least = None, math.inf, math.inf, tuple(lows)
+    return axes
+
+
+def _least_work(axes, fixed: int, workers: int, model: MemoryModel, memory_limit: int, least: tuple):
+    """Of the combinations of the axes' candidates, the chunks whose peak fits ``memory_limit`` with the least
+    summed FFT volume (None where none fits), with the smallest peak of all and the chunks that have it
+    (``least`` where no combination is smaller than infinity: there is none)."""
+    best, best_cost, smallest = None, math.inf, math.inf
     for combo in _product(axes):
         chunks, core, block, counts, padded = zip(*combo)
         peak = int(fixed + workers * model.block_bytes(block, core))  # = model.peak_bytes(chunks, ...)
@@ -122,13 +138,21 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
         work = math.prod(counts) * math.prod(padded)
         if work < best_cost:
             best, best_cost = chunks, work
-    if best is None:  # what the smallest block needs, and a limit that holds it (with the halo it runs with:
-        # none along an axis it spans whole)
-        depth = plan_chunks(shape, tuple(least), tuple(halo))[1]
-        needs = (f"the smallest block {tuple(least)} with halo {tuple(depth)} needs about {format_bytes(smallest)}, "
-                 f"{format_bytes(fixed)} of it the program's own (Python, torch and their libraries)")
-        enough = math.ceil(smallest * 1.1)
-    if best is None and automatic:  # the limit is AVAILABLE_SHARE of the free memory, or a worker's share of that
+    return best, smallest, least
+
+
+def _raise_none_fits(shape, halo, least, smallest: int, fixed: int, memory_limit: int, workers: int,
+                     automatic: bool, processes: int) -> None:
+    """The InputError of :func:`choose_chunks` where not even the smallest block fits: what it needs, and a
+    limit that holds it (with the halo it runs with: none along an axis it spans whole), or for an
+    ``automatic`` limit how much memory to free."""
+    from deconv3d.pipeline.block_geometry import plan_chunks
+
+    depth = plan_chunks(shape, tuple(least), tuple(halo))[1]
+    needs = (f"the smallest block {tuple(least)} with halo {tuple(depth)} needs about {format_bytes(smallest)}, "
+             f"{format_bytes(fixed)} of it the program's own (Python, torch and their libraries)")
+    enough = math.ceil(smallest * 1.1)
+    if automatic:  # the limit is AVAILABLE_SHARE of the free memory, or a worker's share of that
         who = "the run" if processes <= 1 else f"each of its {processes} worker processes"
         shared = "" if processes <= 1 else ", less the program's own in the others, shared among them"
         more = (enough - memory_limit) / AVAILABLE_SHARE * max(1, processes)
@@ -138,10 +162,8 @@ def choose_chunks(shape: Sequence[int], memory_limit: int, model: MemoryModel, h
         raise InputError(f"not enough free memory: {needs}, and {who} may use {format_bytes(memory_limit)} "
                          f"({AVAILABLE_SHARE:.0%} of what is available{shared}): free about {format_bytes(more)} "
                          f"more (close other programs){fewer} or run it on a machine with more")
-    if best is None:
-        raise InputError(f"memory limit {format_bytes(memory_limit)} is too small: {needs}: use --memory-limit "
-                         f"{format_bytes(enough)} or more" + (" or fewer --workers" if workers > 1 else ""))
-    return tuple(best)
+    raise InputError(f"memory limit {format_bytes(memory_limit)} is too small: {needs}: use --memory-limit "
+                     f"{format_bytes(enough)} or more" + (" or fewer --workers" if workers > 1 else ""))
 
 
 def _product(axes):
