@@ -41,47 +41,55 @@ def settle_zarr(timeout: float = 3.0, cancel: bool = False) -> None:
     import asyncio
     import concurrent.futures
 
-    def take(task) -> None:
-        if not task.cancelled():
-            task.exception()  # taken: no "Task exception was never retrieved" later
-
-    cancelling = threading.Event()  # (set once settled() has cancelled tasks: they have their grace to end)
-
-    async def settled() -> None:  # (ends by itself: no task of its own is left pending)
-        deadline, cancelled = None, set()  # (the deadline counts from when the cancelled tasks have ended)
-        while pending := asyncio.all_tasks() - {asyncio.current_task(), *_given_up}:  # (tasks a finished one left, too)
-            # chunks still waiting for their turn are cancelled, in the order they queued: each takes its place out
-            # of the queue, a search from its front (in any other order 65,536 of them took minutes). They end as the
-            # loop comes to them (seconds for so many on a busy machine): not held to the deadline
-            waiting = sorted((t for t in pending - cancelled if _waiting_for_its_turn(t) and (cancel or _orphaned(t))),
-                             key=_creation_order)
-            for task in waiting:
-                task.cancel()
-            cancelled.update(waiting)
-            if waiting:
-                cancelling.set()
-                await asyncio.wait(waiting, timeout=_CANCELLED_GRACE)
-                continue
-            deadline = loop.time() + timeout if deadline is None else deadline
-            done, left = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
-            for task in done:
-                take(task)
-            if left and loop.time() >= deadline:
-                for task in left:
-                    _given_up.add(task)
-                    task.add_done_callback(take)
-                return
-
-    future = asyncio.run_coroutine_threadsafe(settled(), loop)
+    cancelling = threading.Event()  # (set once _settled() has cancelled tasks: they have their grace to end)
+    future = asyncio.run_coroutine_threadsafe(_settled(loop, timeout, cancel, cancelling), loop)
     try:
         try:
             future.result(timeout + (_CANCELLED_GRACE if cancel else 0.0) + 1.0)
         except concurrent.futures.TimeoutError:
-            if cancel or not cancelling.is_set():  # (a loop blocked: settled() never ran, or cancelled nothing)
+            if cancel or not cancelling.is_set():  # (a loop blocked: _settled() never ran, or cancelled nothing)
                 raise
             future.result(_CANCELLED_GRACE)  # cancelled tasks are not held to the timeout: their grace too
     except Exception:  # noqa: BLE001 - a loop stopped or blocked meanwhile: nothing more to do
         future.cancel()
+
+
+def _take(task) -> None:
+    """Take the error of the finished asyncio ``task``, if any: no "Task exception was never retrieved" later."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _settled(loop, timeout: float, cancel: bool, cancelling: threading.Event) -> None:
+    """Run on zarr's ``loop`` by :func:`settle_zarr`: until no other task is left, cancel the chunks waiting for
+    their turn (all of them with ``cancel``, else the orphaned ones) and wait for the others, giving up on those
+    still running ``timeout`` seconds after the cancelled ones have ended. Sets ``cancelling`` once it has
+    cancelled some. Ends by itself: no task of its own is left pending."""
+    import asyncio
+
+    deadline, cancelled = None, set()  # (the deadline counts from when the cancelled tasks have ended)
+    while pending := asyncio.all_tasks() - {asyncio.current_task(), *_given_up}:  # (tasks a finished one left, too)
+        # chunks still waiting for their turn are cancelled, in the order they queued: each takes its place out
+        # of the queue, a search from its front (in any other order 65,536 of them took minutes). They end as the
+        # loop comes to them (seconds for so many on a busy machine): not held to the deadline
+        waiting = sorted((t for t in pending - cancelled if _waiting_for_its_turn(t) and (cancel or _orphaned(t))),
+                         key=_creation_order)
+        for task in waiting:
+            task.cancel()
+        cancelled.update(waiting)
+        if waiting:
+            cancelling.set()
+            await asyncio.wait(waiting, timeout=_CANCELLED_GRACE)
+            continue
+        deadline = loop.time() + timeout if deadline is None else deadline
+        done, left = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
+        for task in done:
+            _take(task)
+        if left and loop.time() >= deadline:
+            for task in left:
+                _given_up.add(task)
+                task.add_done_callback(_take)
+            return
 
 
 #: How long :func:`settle_zarr` waits at most for the tasks it cancelled to end (beyond its timeout).
