@@ -59,19 +59,7 @@ def atomic_output(path, folder: bool = False):
     the next run).
     """
     path = Path(path)
-    refuse_unnamable(path)  # (looking at it raised "File name too long": write_ome_zarr's raw OSError)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
-    if folder:  # (os.replace cannot put a folder in its place, and the link is not followed)
-        refuse_output_link(path)
-    if folder and path.exists() and not path.is_dir():
-        raise InputError(f"output {path} is a file: give a new .zarr folder name")
-    if path.is_dir() and not path.is_symlink():
-        refuse_unreplaceable(path, f"output path {path} is a directory that is not a zarr image deconv3d wrote "
-                             "(another tool's, or written through the Python API before deconv3d marked its "
-                             "outputs): move it away or choose another output name; its files are left as they are")
-    check_name_length(path)  # (one that fits but whose temporary names do not: a raw OSError from the writer)
+    _check_output_path(path, folder)
     tmp = temporary_name(path)
     published, old = False, None
     try:
@@ -96,15 +84,39 @@ def atomic_output(path, folder: bool = False):
             if old is not None:  # (the signal deferred as it was put aside: not left beside it, twice the disk space;
                 _remove(old)     # one during its deletion is not made to wait for the rest of it)
             raise
-        try:
-            # a failed zarr write's other chunks, still being written: not into the removed folder (a slow
-            # disk's writes may take seconds; main's own call afterwards waits only 3 s, and not for these)
-            settle_zarr(timeout=30.0)
-        finally:
-            _remove(tmp)
-        if out_of_space(exc) and exc.filename is None:
-            exc.filename = str(path)
+        _discard(tmp, path, exc)
         raise
+
+
+def _check_output_path(path: Path, folder: bool) -> None:
+    """The refusals of :func:`atomic_output` before any work: a name that cannot be made, a missing folder,
+    a link or a file where a ``folder`` output goes, a folder that may not be replaced, a name too long."""
+    refuse_unnamable(path)  # (looking at it raised "File name too long": write_ome_zarr's raw OSError)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output directory not found: {parent}: create it first or choose another output path")
+    if folder:  # (os.replace cannot put a folder in its place, and the link is not followed)
+        refuse_output_link(path)
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"output {path} is a file: give a new .zarr folder name")
+    if path.is_dir() and not path.is_symlink():
+        refuse_unreplaceable(path, f"output path {path} is a directory that is not a zarr image deconv3d wrote "
+                             "(another tool's, or written through the Python API before deconv3d marked its "
+                             "outputs): move it away or choose another output name; its files are left as they are")
+    check_name_length(path)  # (one that fits but whose temporary names do not: a raw OSError from the writer)
+
+
+def _discard(tmp: Path, path: Path, exc: BaseException) -> None:
+    """Remove the temporary output ``tmp`` of a failed write to ``path`` once a failed zarr write's other chunks
+    are no longer being written into it, and name ``path`` in a full disk's ``exc`` that names no file."""
+    try:
+        # a failed zarr write's other chunks, still being written: not into the removed folder (a slow
+        # disk's writes may take seconds; main's own call afterwards waits only 3 s, and not for these)
+        settle_zarr(timeout=30.0)
+    finally:
+        _remove(tmp)
+    if out_of_space(exc) and exc.filename is None:
+        exc.filename = str(path)
 
 
 def _publish(tmp: Path, path: Path, attempts: int = 20) -> Path | None:
