@@ -263,26 +263,14 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
     threads = max(1, sum(client.nthreads().values()))
     remote = bool(getattr(reader, "remote", False))
     limit = 2 * threads if remote else threads  # blocks read here travel with their task: hold fewer
-    refs = [client.scatter(fn, broadcast=True, hash=False)]  # sent once, not with every task
-    if remote:  # a path-based reader: every worker opens the source itself
-        refs.append(client.scatter(reader, broadcast=True, hash=False))
+    refs = _scatter_shared(client, fn, reader if remote else None)
     futures: set = set()
     abandon = Event(f"deconv3d-abandon-{uuid.uuid4().hex}", client=client)
     asked = _RunFlag(cancel)  # the caller's cancel, passed on to the workers' blocks through ``abandon``
 
     def settle(at_most: int) -> None:
-        _stop_if_cancelled(asked, done + state["count"], total)
-        while len(futures) > at_most:
-            try:
-                ready = dwait(list(futures), timeout=None if cancel is None else 0.5, return_when="FIRST_COMPLETED")
-            except TimeoutError:  # none finished: look at the cancel event again
-                ready = None
-            _stop_if_cancelled(asked, done + state["count"], total)
-            for future in ready.done if ready else ():
-                futures.discard(future)
-                future.result()  # a block's failure is raised here
-                future.release()
-                finished()
+        _settle_distributed(futures, at_most, dwait, None if cancel is None else 0.5, finished,
+                            lambda: _stop_if_cancelled(asked, done + state["count"], total))
 
     try:
         for read, placement, write in tasks:
@@ -300,6 +288,33 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
     finally:
         client.cancel(refs)
     return state["count"]
+
+
+def _scatter_shared(client, fn, reader=None) -> list:
+    """Send the block function ``fn`` to every worker once, not with every task, and a path-based ``reader``
+    (given where every worker opens the source itself) too: their futures, ``fn``'s first."""
+    refs = [client.scatter(fn, broadcast=True, hash=False)]
+    if reader is not None:
+        refs.append(client.scatter(reader, broadcast=True, hash=False))
+    return refs
+
+
+def _settle_distributed(futures: set, at_most: int, wait, timeout, finished, check) -> None:
+    """Wait until at most ``at_most`` of the distributed ``futures`` are left, each finished one's failure raised,
+    its result released and counted by ``finished()``. ``check()`` raises where the run is cancelled: before, and
+    after each wait of up to ``timeout`` seconds (None: until one finishes) with distributed's ``wait``."""
+    check()
+    while len(futures) > at_most:
+        try:
+            ready = wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:  # none finished: look at the cancel event again
+            ready = None
+        check()
+        for future in ready.done if ready else ():
+            futures.discard(future)
+            future.result()  # a block's failure is raised here
+            future.release()
+            finished()
 
 
 def _clear_later(event, seconds: float) -> None:
