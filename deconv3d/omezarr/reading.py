@@ -270,21 +270,13 @@ def _image_group(path: Path):
 
 
 def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
-    import dask.array as da
-
     group, image_path = _image_group(path)  # path stays the input's name, for messages and outputs
     attrs = dict(group.attrs)
     ms, metadata = _multiscale(attrs, image_path), (image_path, _multiscales_key(attrs))
     if level >= len(ms["datasets"]):
         raise InputError(f"{path} has no resolution level {level}")
     component = ms["datasets"][level]["path"]
-    try:
-        data = da.from_zarr(str(image_path), component=component)
-    except Exception as exc:
-        if not any((image_path / component.strip("/") / name).exists() for name in ("zarr.json", ".zarray")):
-            raise _malformed(image_path, f"{metadata[1]}[0].datasets[{level}].path", component, "the name of an "
-                             "array in the image (it holds none of that name)") from exc
-        raise InputError(f"cannot read level {component!r} of {image_path}: {_one_line(exc)}") from exc
+    data = _level_array(image_path, component, level, metadata)
     refuse_non_numeric(data.dtype, f"image {path}")
     refuse_complex(data.dtype, f"image {path}", "save the intensity (magnitude) instead")
     axes, units = _axes_of(ms, data.ndim, path, metadata)
@@ -292,30 +284,61 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
                             _level_transform(ms, 0, data.ndim, path, metadata)[0])
     if not (_has_scale(ms, level) and _has_scale(ms, 0)):  # the file gives no voxel size (or time step): its
         units = [None] * len(units)  # units say nothing, and a scale of 1 micrometer is not one it wrote
-    drop = ()
-    if "Z" in axes and data.shape[axes.index("Z")] == 1:  # a 2D image stored as 5D (bioformats2raw)
-        drop = (axes.index("Z"),)
-        data = data[tuple(0 if i in drop else slice(None) for i in range(data.ndim))]
-        axes, units, scale, base, shift = ("".join(a for i, a in enumerate(axes) if i not in drop),
-                                           *([v for i, v in enumerate(x) if i not in drop]
-                                             for x in (units, scale, base, shift)))
+    data, drop, (axes, units, scale, base, shift) = _drop_single_z(data, axes, units, scale, base, shift)
     spatial = _zarr_voxel(axes, scale, units, base)
-    origin = None
-    if spatial is not None and any(v for a, v in zip(axes, shift) if a in "ZYX"):  # in µm, as the voxel size
-        origin = tuple(v * (_unit_factor(u) if u else 1.0) for a, v, u in zip(axes, shift, units) if a in "ZYX")
-    elif any(v for a, v in zip(axes, shift) if a in "ZYX"):  # uncalibrated: in its own voxels (it was dropped)
-        origin = tuple(v / s for a, v, s in zip(axes, shift, scale) if a in "ZYX")
+    origin = _origin(axes, shift, scale, units, calibrated=spatial is not None)
     if data.dtype != np.float32:
         data = data.astype(np.float32)
     reader = ZarrReader(image_path, component, shape=data.shape, drop=drop)
-    time_axis = None
-    if "T" in axes:  # kept for the output, which would otherwise say 1 with no unit (and start at 0)
-        t = axes.index("T")
-        if scale[t] != 1 or units[t] or shift[t]:
-            time_axis = (float(scale[t]), units[t]) + ((float(shift[t]),) if shift[t] else ())
-    return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader, time_axis=time_axis,
+    return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader,
+                     time_axis=_time_axis(axes, scale, units, shift),
                      voxel_problem=_unit_problem(axes, units, path), origin=origin,
                      channels=_omero_channels(dict(group.attrs), data.shape[axes.index("C")] if "C" in axes else 1))
+
+
+def _level_array(image_path: Path, component: str, level: int, metadata):
+    """The dask array of ``component``, the image's resolution ``level`` (``metadata``: the image's path and its
+    multiscales key, for the message of a level that names no array)."""
+    import dask.array as da
+
+    try:
+        return da.from_zarr(str(image_path), component=component)
+    except Exception as exc:
+        if not any((image_path / component.strip("/") / name).exists() for name in ("zarr.json", ".zarray")):
+            raise _malformed(image_path, f"{metadata[1]}[0].datasets[{level}].path", component, "the name of an "
+                             "array in the image (it holds none of that name)") from exc
+        raise InputError(f"cannot read level {component!r} of {image_path}: {_one_line(exc)}") from exc
+
+
+def _drop_single_z(data, axes: str, *per_axis):
+    """A 2D image stored as 5D (bioformats2raw), its Z axis of one plane: ``data`` without that axis, the
+    dropped axis's index (``()`` where none is), and ``axes`` and each list of ``per_axis`` values without it."""
+    if not ("Z" in axes and data.shape[axes.index("Z")] == 1):
+        return data, (), (axes, *per_axis)
+    drop = (axes.index("Z"),)
+    data = data[tuple(0 if i in drop else slice(None) for i in range(data.ndim))]
+    return data, drop, ("".join(a for i, a in enumerate(axes) if i not in drop),
+                        *([v for i, v in enumerate(x) if i not in drop] for x in per_axis))
+
+
+def _origin(axes: str, shift, scale, units, calibrated: bool):
+    """The spatial axes' translation: in µm, as the voxel size, where the image is ``calibrated``, else in its
+    own voxels (the voxel size is then dropped); None where it has none."""
+    if calibrated and any(v for a, v in zip(axes, shift) if a in "ZYX"):
+        return tuple(v * (_unit_factor(u) if u else 1.0) for a, v, u in zip(axes, shift, units) if a in "ZYX")
+    if any(v for a, v in zip(axes, shift) if a in "ZYX"):
+        return tuple(v / s for a, v, s in zip(axes, shift, scale) if a in "ZYX")
+    return None
+
+
+def _time_axis(axes: str, scale, units, shift):
+    """The time step, its unit and (where not 0) its start, kept for the output, which would otherwise say 1 with
+    no unit (and start at 0); None where the image has no T axis or says nothing of it."""
+    if "T" in axes:
+        t = axes.index("T")
+        if scale[t] != 1 or units[t] or shift[t]:
+            return (float(scale[t]), units[t]) + ((float(shift[t]),) if shift[t] else ())
+    return None
 
 
 def read_ome_zarr(path, level: int = 0):
