@@ -165,28 +165,8 @@ def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
     if spec == "threads":
         yield None
         return
-    from distributed import Client, LocalCluster
-
     if spec == "processes":
-        from distributed.deploy.spec import SpecCluster
-
-        run = object()  # (marks this run's cluster)
-        try:
-            if gpus > 0:
-                cluster = _gpu_cluster(gpus, run)
-            else:
-                http = _SCHEDULER_HTTP
-                cluster = _marked(LocalCluster, run)(n_workers=workers or 2, threads_per_worker=1, processes=True,
-                                                     host="127.0.0.1", dashboard_address=http["dashboard_address"],
-                                                     scheduler_kwargs={"dashboard": http["dashboard"]},
-                                                     **_worker_preload())
-            client = Client(cluster)
-        except KeyboardInterrupt:  # while its workers start: the cluster (or client) is in no variable yet
-            ours = [c for c in list(_instances(SpecCluster)) if getattr(c, "_deconv3d_run", None) is run]
-            clients = [c for c in list(_instances(Client)) if any(getattr(c, "cluster", None) is o for o in ours)]
-            _close_quietly(*clients, *ours)
-            _forget_closed_schedulers()
-            raise
+        client, cluster = _start_local_cluster(workers, gpus)
         stopped = False
         try:
             yield client
@@ -200,11 +180,44 @@ def scheduler_client(spec: str, workers: int | None = None, gpus: int = 0):
                 cluster.close()
             _forget_closed_schedulers()
         return
-    try:
-        client = Client(spec, timeout="20s")
-    except (OSError, TimeoutError) as exc:
-        raise InputError(f"cannot reach the dask scheduler at {spec}: {exc}: is it running?") from exc
+    client = _connect(spec)
     try:
         yield client
     finally:
         client.close()
+
+
+def _start_local_cluster(workers: int | None, gpus: int):
+    """A started LocalCluster (``processes``: ``workers`` single-threaded processes, or one per GPU) and its
+    client. Ctrl-C while its workers start closes what was started of them (marked as this run's: in no
+    variable yet) before it goes on."""
+    from distributed import Client, LocalCluster
+    from distributed.deploy.spec import SpecCluster
+
+    run = object()  # (marks this run's cluster)
+    try:
+        if gpus > 0:
+            cluster = _gpu_cluster(gpus, run)
+        else:
+            http = _SCHEDULER_HTTP
+            cluster = _marked(LocalCluster, run)(n_workers=workers or 2, threads_per_worker=1, processes=True,
+                                                 host="127.0.0.1", dashboard_address=http["dashboard_address"],
+                                                 scheduler_kwargs={"dashboard": http["dashboard"]},
+                                                 **_worker_preload())
+        return Client(cluster), cluster
+    except KeyboardInterrupt:  # while its workers start: the cluster (or client) is in no variable yet
+        ours = [c for c in list(_instances(SpecCluster)) if getattr(c, "_deconv3d_run", None) is run]
+        clients = [c for c in list(_instances(Client)) if any(getattr(c, "cluster", None) is o for o in ours)]
+        _close_quietly(*clients, *ours)
+        _forget_closed_schedulers()
+        raise
+
+
+def _connect(spec: str):
+    """A client of the running dask scheduler at the address ``spec``; an InputError where it cannot be reached."""
+    from distributed import Client
+
+    try:
+        return Client(spec, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"cannot reach the dask scheduler at {spec}: {exc}: is it running?") from exc
