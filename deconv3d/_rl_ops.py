@@ -311,12 +311,22 @@ def _compile(cache: bool) -> SimpleNamespace:
     """One signature per kernel: every array as a contiguous float32 vector with its plane and
     row strides (:func:`_rows`), then the shape ``nz, ny, nx``."""
     import numba
-    from numba import float32 as f32, float64 as f64, int64 as i64, void
+    from numba import float32 as f32, int64 as i64
 
     a = (f32[::1], i64, i64)  # an array: its flat storage, plane stride, row stride
     n = (i64, i64, i64)
     jit = functools.partial(numba.njit, parallel=True, cache=cache, nogil=True)
-    tiny = np.float32(TINY)
+
+    return SimpleNamespace(ratio=_ratio_kernel(jit, a, n), update_step=_update_kernel(jit, a, n),
+                           extrapolate=_extrapolate_kernel(jit, a, n),
+                           max_threads=numba.config.NUMBA_NUM_THREADS,
+                           get_num_threads=numba.get_num_threads, set_num_threads=numba.set_num_threads)
+
+
+def _ratio_kernel(jit, a: tuple, n: tuple):
+    """The compiled kernel ``out = data / max(blurred, floor)`` (:func:`_compile`: ``jit``, ``a``, ``n``)."""
+    import numba
+    from numba import float32 as f32, void
 
     @jit(void(*a, *a, f32, *a, *n))
     def ratio(data, d_z, d_y, blurred, b_z, b_y, floor, out, o_z, o_y, nz, ny, nx):
@@ -328,6 +338,15 @@ def _compile(cache: bool) -> SimpleNamespace:
             for x in range(nx):
                 b = br[x]
                 orow[x] = dr[x] / (b if b > floor else floor)
+
+    return ratio
+
+
+def _update_kernel(jit, a: tuple, n: tuple):
+    """The compiled kernel of the multiplicative update, clamped at zero, with the dot products of the
+    step with itself and with the previous step (:func:`_compile`: ``jit``, ``a``, ``n``)."""
+    import numba
+    from numba import float64 as f64
 
     # reassoc lets LLVM vectorise the float64 dot products (partial sums in another order); the
     # update itself has no sums to reorder and stays bit-identical to torch's (tested).
@@ -363,6 +382,17 @@ def _compile(cache: bool) -> SimpleNamespace:
             gp += row_gp
         return gg, gp
 
+    return update_step
+
+
+def _extrapolate_kernel(jit, a: tuple, n: tuple):
+    """The compiled kernel of the extrapolation ``out = (p + c x) / max(x + c p, tiny) * x`` (``x`` the estimate,
+    ``p`` the previous one; :func:`_compile`: ``jit``, ``a``, ``n``)."""
+    import numba
+    from numba import float32 as f32, void
+
+    tiny = np.float32(TINY)
+
     @jit(void(*a, *a, f32, *a, *n))
     def extrapolate(x, x_z, x_y, x_prev, p_z, p_y, c, out, o_z, o_y, nz, ny, nx):
         for r in numba.prange(nz * ny):
@@ -375,6 +405,4 @@ def _compile(cache: bool) -> SimpleNamespace:
                 den = a + c * b
                 orow[i] = (b + c * a) / (den if den > tiny else tiny) * a
 
-    return SimpleNamespace(ratio=ratio, update_step=update_step, extrapolate=extrapolate,
-                           max_threads=numba.config.NUMBA_NUM_THREADS,
-                           get_num_threads=numba.get_num_threads, set_num_threads=numba.set_num_threads)
+    return extrapolate
