@@ -236,10 +236,7 @@ def _terminate_as_interrupt(program: bool = False):
     ending = []  # (the command's end has begun: its handlers are being put back)
     arrived = []  # (the first signal that came as the command ended)
     pending = []  # (a dropped signal, not yet sent again)
-    for name in TERMINATING:
-        signum = getattr(signal, name, None)  # (Windows has no SIGHUP)
-        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
-            before[signum] = signal.signal(signum, handler)
+    _install_terminating(handler, before)
     interrupt_before = signal.getsignal(signal.SIGINT)
     if callable(interrupt_before):  # Python's (KeyboardInterrupt) or a caller's: run once an output is in place
         before[signal.SIGINT] = signal.signal(signal.SIGINT, interrupted)
@@ -257,18 +254,40 @@ def _terminate_as_interrupt(program: bool = False):
                 active.clear()  # (nothing is sent again from now on; one sent, its handler not yet run, is let pass)
                 dropped = pending[:1]
         finally:
-            if sys.unraisablehook is swallowed:
-                sys.unraisablehook = hook_before
-            for signum, handler_before in before.items():
-                signal.signal(signum, handler_before)
-            if stopped and not program:  # (after the clean-up, which ran in the block)
-                logging.disable(disabled)
-        # A signal dropped as the command ended, not sent again in time, or one that came as it ended: the command
-        # had ended with exit 0 and no word of it. It ends the run here, unless one already does.
-        if (dropped or arrived) and not (failed and issubclass(failed[0], KeyboardInterrupt)):
-            late = Terminated((dropped or arrived)[0])
-            late.ended = not failed  # (the command had finished: what it wrote stands)
-            raise late
+            _put_back(before, swallowed, hook_before, disabled if stopped and not program else None)
+        _raise_late(dropped or arrived, failed)
+
+
+def _install_terminating(handler, before: dict) -> None:
+    """Make ``handler`` the handler of each of the :data:`TERMINATING` signals this platform has and whoever started
+    us did not ignore (SIGHUP under nohup stays ignored), recording the handler each had in ``before``."""
+    for name in TERMINATING:
+        signum = getattr(signal, name, None)  # (Windows has no SIGHUP)
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+            before[signum] = signal.signal(signum, handler)
+
+
+def _put_back(before: dict, swallowed, hook_before, disabled) -> None:
+    """Restore what :func:`_terminate_as_interrupt` replaced: the unraisable hook (where ``swallowed`` is still the
+    hook), the signals' handlers in ``before``, and logging's level of ``disabled`` where not None (after the
+    clean-up, which ran in the block)."""
+    if sys.unraisablehook is swallowed:
+        sys.unraisablehook = hook_before
+    for signum, handler_before in before.items():
+        signal.signal(signum, handler_before)
+    if disabled is not None:
+        logging.disable(disabled)
+
+
+def _raise_late(late_signals: list, failed: list) -> None:
+    """A signal dropped as the command ended, not sent again in time, or one that came as it ended (the first of
+    ``late_signals``): the command had ended with exit 0 and no word of it. It ends the run here, unless one
+    already does (``failed``: the type of what the command raised, if it raised): raised as a Terminated whose
+    ``ended`` says whether the command had finished (what it wrote stands)."""
+    if late_signals and not (failed and issubclass(failed[0], KeyboardInterrupt)):
+        late = Terminated(late_signals[0])
+        late.ended = not failed  # (the command had finished: what it wrote stands)
+        raise late
 
 
 def _handling(kind) -> bool:
