@@ -1690,22 +1690,35 @@ def test_ctrl_c_between_publishing_s_two_renames_leaves_the_new_output(tmp_path,
     from deconv3d.cli._common import Terminated
     from deconv3d.pipeline import output
 
+    from deconv3d._paths import signals
+
     out = tmp_path / "out.zarr"
     _earlier_zarr_output(out)
     replace = os.replace
+    raised = []  # (what SIGINT's handler and the deferred state were as it was raised: said if it fails)
 
     def signalled(src, dst):
         replace(src, dst)
         if Path(src) == out:  # (moved aside)
+            raised.append((signal.getsignal(signal.SIGINT), dict(signals._DEFERRED)))
             signal.raise_signal(signal.SIGINT)
 
+    # Python's own Ctrl-C handler, as a command starts with (set here: the test process's is not this test's)
     monkeypatch.setattr(output.os, "replace", signalled)
-    with pytest.raises(KeyboardInterrupt) as caught, _terminate_as_interrupt():
-        with output.atomic_output(out, folder=True) as tmp:
-            _earlier_zarr_output(tmp, "new")
-    assert not isinstance(caught.value, Terminated) and caught.value.published == str(out)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _terminate_as_interrupt():
+            with output.atomic_output(out, folder=True) as tmp:
+                _earlier_zarr_output(tmp, "new")
+        caught = None
+    except KeyboardInterrupt as exc:
+        caught = exc
+    finally:
+        handler_after = signal.signal(signal.SIGINT, inherited)
+    assert caught is not None, f"no KeyboardInterrupt; SIGINT raised {raised}, deferred state now {signals._DEFERRED}"
+    assert not isinstance(caught, Terminated) and caught.published == str(out)
     assert (out / "0" / "c0").read_text() == "new"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert handler_after is signal.default_int_handler
 
 
 @pytest.mark.parametrize("callers", [ValueError, KeyboardInterrupt])
