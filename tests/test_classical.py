@@ -517,6 +517,19 @@ def test_weighted_rl_matches_a_scipy_reference_and_ignores_zero_weight_voxels(rn
                                richardson_lucy(image, psf, 10, device="cpu"), rtol=1e-4, atol=1e-5 * u.max())
 
 
+@pytest.mark.parametrize("boundary", ["zero", "reflect", "bertero"])
+def test_uniformly_small_weights_give_plain_rl_not_zeros(rng, boundary):
+    """The weighted update divides by ``H^T(w)``, so weights all 0.05 are plain RL. The rule that leaves
+    voxels seeing under 10 % of kept light unestimated counts light on voxels of positive weight: taken
+    on ``H^T(w)`` itself it put every voxel under 10 % and the result was all zeros."""
+    psf = asymmetric_psf((5, 7, 5))
+    image = blurred(rng.random((10, 20, 18)), psf) + 0.05
+    small = richardson_lucy(image, psf, 5, boundary=boundary, weights=np.full(image.shape, 0.05), device="cpu")
+    plain = richardson_lucy(image, psf, 5, boundary=boundary, device="cpu")
+    assert np.count_nonzero(small) == small.size
+    np.testing.assert_allclose(small, plain, rtol=0.05, atol=0.05 * plain.max())  # (Bertero corners: 1e-3 floor)
+
+
 @pytest.mark.parametrize("weights, word", [(np.ones((3, 3)), "shape"), (-np.ones((14, 30, 28)), "[0, 1]"),
                                            (np.zeros((14, 30, 28)), "not all 0")])
 def test_bad_weights_are_refused(weights, word):

@@ -336,6 +336,10 @@ def _holdout_problem(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torc
     kept = _build_geometry(keep, h, boundary, weight=False).data  # the mask in the problem's geometry (reflect pads)
     everything, seen = _transpose_of_ones(problem, h), _transpose_of(problem, kept)
     ratio = everything * _safe_reciprocal(seen)
-    ratio.masked_fill_(seen < MIN_KEPT_SHARE * everything, 0.0)
+    # The share counts the light landing on voxels of positive weight, whatever their weight: H^T(keep) itself
+    # put every voxel of uniform weights 0.05 under 10 % (all-zero result, where those weights give plain RL).
+    binary = bool(((kept == 0) | (kept == 1)).all())
+    landed = seen if binary else _transpose_of(problem, (kept > 0).to(kept.dtype))
+    ratio.masked_fill_(landed < MIN_KEPT_SHARE * everything, 0.0)
     problem.inv_weight = ratio if problem.inv_weight is None else problem.inv_weight * ratio
     return problem
