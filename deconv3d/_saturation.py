@@ -125,20 +125,25 @@ def saturation_weights(image, level: float | None):
 
 def keep_clipped_values_where_unseen(result: np.ndarray, image, weights) -> np.ndarray:
     """``result`` with the image's own (clipped) values where RL, run with ``weights``, had no data to
-    estimate from: voxels of weight 0 that no voxel of positive weight sees through the PSF.
+    estimate from: voxels whose light lands mostly on voxels of weight 0 (through the PSF).
 
     :func:`~deconv3d.classical.richardson_lucy` sets those to 0 (the Bertero-style normalisation by
     ``H^T(weights)`` has nothing to divide by there, so the update is 0), which suits a few scattered
     held-out voxels but turns the inside of a saturated object wider than the PSF into a hole of
     zeros, darker than any voxel around it. The clipped value is what the data say there: the truth
     is at least that (the same value a block saturated throughout keeps). Such voxels are found
-    pointwise, as weight 0 with a result of exactly 0 (RL's multiplicative update cannot reach 0
-    where its factor is positive), so a chunked run's blocks restore what a whole-volume run does."""
+    pointwise, as a result of exactly 0 (RL's multiplicative update cannot reach 0 where its factor is
+    positive), so a chunked run's blocks restore what a whole-volume run does. That includes voxels of
+    positive weight: RL leaves out any voxel whose light lands under 10 % on kept voxels, whatever its
+    own weight, and one voxel just under the level inside a clipped plateau came out 0 among voxels
+    keeping the level. (A kept voxel of positive value that RL estimated is 0 only where its data underflow; where the
+    image is 0 or below, only weight-0 voxels take the image's value.)"""
     if weights is None:
         return result
-    unseen = np.asarray(weights) == 0
+    image = np.asarray(image)
+    unseen = (np.asarray(weights) == 0) | (image > 0)
     unseen &= result <= 0
-    np.copyto(result, np.asarray(image), casting="unsafe", where=unseen)
+    np.copyto(result, image, casting="unsafe", where=unseen)
     return result
 
 
