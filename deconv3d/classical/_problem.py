@@ -326,11 +326,13 @@ def _check_weights(weights, y: torch.Tensor) -> torch.Tensor:
     return w
 
 
-def _holdout_problem(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torch.Tensor) -> _Problem:
+def _holdout_problem(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torch.Tensor,
+                     min_share: float = MIN_KEPT_SHARE) -> _Problem:
     """The RL problem on ``y · keep`` with the update normalised by ``H^T`` of the kept voxels.
 
     The factor becomes ``H^T(keep · y / H u) · H^T(1) / H^T(keep)`` times the boundary's own
-    normalisation (Bertero's ``1 / H^T(M 1)``), which is 1 for the voxels' weights all 1.
+    normalisation (Bertero's ``1 / H^T(M 1)``), which is 1 for the voxels' weights all 1. A voxel whose
+    light lands less than ``min_share`` on voxels of positive weight is not estimated (factor 0).
     """
     problem = _build_problem(y * keep, h, boundary)
     kept = _build_geometry(keep, h, boundary, weight=False).data  # the mask in the problem's geometry (reflect pads)
@@ -340,6 +342,6 @@ def _holdout_problem(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torc
     # put every voxel of uniform weights 0.05 under 10 % (all-zero result, where those weights give plain RL).
     binary = bool(((kept == 0) | (kept == 1)).all())
     landed = seen if binary else _transpose_of(problem, (kept > 0).to(kept.dtype))
-    ratio.masked_fill_(landed < MIN_KEPT_SHARE * everything, 0.0)
+    ratio.masked_fill_(landed < min_share * everything, 0.0)
     problem.inv_weight = ratio if problem.inv_weight is None else problem.inv_weight * ratio
     return problem
