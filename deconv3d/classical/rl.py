@@ -134,7 +134,8 @@ def richardson_lucy(
         the boundary's own normalisation kept), so weights of 1 give plain RL and the
         estimate never depends on the value of a voxel of weight 0. A voxel whose light lands
         less than 10 % on kept voxels (``H^T([w > 0]) < 0.1 H^T(1)``: deep inside a left-out region
-        wider than the PSF) is not estimated and comes out 0; normalised by so little data, its
+        wider than the PSF, whatever its own weight, and a lone voxel of weight 0 where the PSF's
+        centre holds over 90 % of the light) is not estimated and comes out 0; normalised by so little data, its
         update grew without bound (accelerated RL on an object clipped at the data's 90th
         percentile: RMS error 232 against 111 with no weights, 108 with the 10 % rule).
 
