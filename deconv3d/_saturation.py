@@ -123,26 +123,31 @@ def saturation_weights(image, level: float | None):
     return (np.asarray(image) < level).astype(np.float32)
 
 
-def keep_clipped_values_where_unseen(result: np.ndarray, image, weights) -> np.ndarray:
-    """``result`` with the image's own (clipped) values where RL, run with ``weights``, had no data to
-    estimate from: voxels whose light lands mostly on voxels of weight 0 (through the PSF).
+def keep_clipped_values_where_unseen(result: np.ndarray, image, weights, psf_shape) -> np.ndarray:
+    """``result`` with the image's own (clipped) values where RL, run with ``weights`` and a PSF of
+    ``psf_shape``, had no data to estimate from: voxels whose light lands mostly on voxels of weight 0.
 
-    :func:`~deconv3d.classical.richardson_lucy` sets those to 0 (the Bertero-style normalisation by
-    ``H^T(weights)`` has nothing to divide by there, so the update is 0), which suits a few scattered
-    held-out voxels but turns the inside of a saturated object wider than the PSF into a hole of
-    zeros, darker than any voxel around it. The clipped value is what the data say there: the truth
-    is at least that (the same value a block saturated throughout keeps). Such voxels are found
-    pointwise, as a result of exactly 0 (RL's multiplicative update cannot reach 0 where its factor is
-    positive), so a chunked run's blocks restore what a whole-volume run does. That includes voxels of
-    positive weight: RL leaves out any voxel whose light lands under 10 % on kept voxels, whatever its
-    own weight, and one voxel just under the level inside a clipped plateau came out 0 among voxels
-    keeping the level. (A kept voxel of positive value that RL estimated is 0 only where its data underflow; where the
-    image is 0 or below, only weight-0 voxels take the image's value.)"""
+    :func:`~deconv3d.classical.richardson_lucy` sets those to 0 (it does not estimate a voxel whose
+    light lands under 10 % on kept voxels), which suits a few scattered held-out voxels but turns the
+    inside of a saturated object wider than the PSF into a hole of zeros, darker than any voxel
+    around it. The clipped value is what the data say there: the truth is at least that (the same
+    value a block saturated throughout keeps). Such voxels are found as a result of exactly 0 (RL's
+    multiplicative update cannot reach 0 where its factor is positive) that is of weight 0, or of
+    positive value within the PSF's box of a voxel of weight 0 (the rule takes a voxel whatever its
+    own weight: one just under the level inside a clipped plateau came out 0 among voxels keeping
+    the level). Elsewhere a 0 is RL's own, e.g. where no light of a voxel reaches the data (an
+    off-centre PSF with the zero boundary), and stays. Local, so a chunked run's blocks restore what
+    a whole-volume run does."""
     if weights is None:
         return result
-    image = np.asarray(image)
-    unseen = (np.asarray(weights) == 0) | (image > 0)
-    unseen &= result <= 0
+    image, left_out = np.asarray(image), np.asarray(weights) == 0
+    unseen = left_out & (result <= 0)
+    kept_zero = ~left_out & (image > 0) & (result <= 0)
+    if kept_zero.any():
+        from scipy.ndimage import maximum_filter
+
+        near = maximum_filter(left_out.view(np.uint8), size=tuple(psf_shape), mode="constant").astype(bool)
+        unseen |= kept_zero & near
     np.copyto(result, image, casting="unsafe", where=unseen)
     return result
 

@@ -322,7 +322,7 @@ def _run_method(args, data, psf, voxel, trained):
                                  **{k: v for k, v in params.items() if k in ("boundary", "accelerate", "tv_weight")})
     from deconv3d._saturation import keep_clipped_values_where_unseen
 
-    return keep_clipped_values_where_unseen(result, data, weights), params, psf
+    return keep_clipped_values_where_unseen(result, data, weights, tuple(psf.shape)), params, psf
 
 
 def _saturation_weights(saturation, data, params: dict):

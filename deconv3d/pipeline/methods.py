@@ -120,7 +120,7 @@ class RichardsonLucyBlock:
                                      tv_weight=self.tv_weight, accelerate=self.accelerate, voxel_size=self.voxel_size,
                                      device=self.device, callback=_stop_if_abandoned, tv_scale=self.tv_scale,
                                      weights=weights)
-        return keep_clipped_values_where_unseen(_finite(result, block), block, weights)
+        return keep_clipped_values_where_unseen(_finite(result, block), block, weights, np.shape(self.psf))
 
     def halo(self) -> tuple[int, ...]:
         """:func:`rl_halo`, half as wide again for accelerated runs with the zero or reflect boundary.
@@ -182,7 +182,7 @@ class RichardsonLucyBlock:
                                                   voxel_size=self.voxel_size, device=self.device,
                                                   tv_scale=self.tv_scale, weights=weights)
         return replace(self, accelerate=tuple(schedule)), keep_clipped_values_where_unseen(_finite(result, crop), crop,
-                                                                                           weights)
+                                                                                           weights, np.shape(self.psf))
 
     def prepare(self, data, box) -> "RichardsonLucyBlock":
         """The hook :func:`deconv3d.pipeline.run_chunked` calls before a run of several blocks

@@ -130,7 +130,7 @@ def test_blocks_inside_a_wide_saturated_object_keep_its_values_as_a_whole_run_do
     image[2:22, 4:44, 4:44] = 1000.0
     weights = (image < 1000).astype(np.float32)
     whole = keep_clipped_values_where_unseen(
-        richardson_lucy(image, psf3d, 6, accelerate=False, weights=weights, device="cpu"), image, weights)
+        richardson_lucy(image, psf3d, 6, accelerate=False, weights=weights, device="cpu"), image, weights, psf3d.shape)
     assert whole[12, 24, 24] == 1000  # (RL's own 0 there, kept by the helper)
     fn = RichardsonLucyBlock(psf3d, iterations=6, accelerate=accelerate, saturation=1000.0)
     blocks = chunked(image, fn, (8, 12, 12)) if not accelerate else None
