@@ -4,7 +4,8 @@ Exit status: 0 done; 2 bad input or usage, not enough memory for the run, or a f
 read-only disk (one line ``deconv3d: error: ...`` on stderr, no output file left behind); 3 a
 batch in which some files failed (the others are complete); 130 interrupted (Ctrl-C), 143
 terminated (SIGTERM, as a cluster scheduler sends) and 129 hung up (SIGHUP, a dropped ssh session),
-with nothing partial left; 141, silently, when standard output is a pipe whose reader has closed it
+with nothing partial left (``train`` writes the checkpoint of the steps it trained before the signal:
+:mod:`~deconv3d.cli.stopping`); 141, silently, when standard output is a pipe whose reader has closed it
 (``| head``: the files a batch finished are in its report); 1 an
 unexpected internal error. ``--debug`` prints the traceback first, with the same status. The
 contract is the design document's command-line section (DESIGN.md, shared with the project),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 from deconv3d._paths import line_text, recorded_path
 from deconv3d.errors import InputError
@@ -11,7 +12,8 @@ from deconv3d.errors import InputError
 from ._common import check_negative, check_output, voxel_size_of
 from .arguments import (AMP_HELP, DEVICE_HELP, DEVICES, SpatialSizes, add_common, non_negative_float, positive_float,
                         positive_int)
-from .printing import make_bar, print_warnings
+from .printing import make_bar, print_warnings, say_last
+from .stopping import stop_request
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
 BAND_LIMIT = 0.0  # deconv3d.selfsup.BAND_LIMIT, repeated so that --help does not import torch
@@ -178,12 +180,14 @@ def recipe_ignores(args) -> list[tuple[str, str, str]]:
     return ignored
 
 
-def train_with_progress(image, psf, args, voxel, notes=()):
-    """Train on ``image`` with a progress bar showing the loss; raises on cancel or divergence.
+def train_with_progress(image, psf, args, voxel, notes=(), stop=None):
+    """Train on ``image`` with a progress bar showing the loss; raises on divergence.
 
     ``notes`` (warnings) are printed at the first report (an iteration of the search for the RL
     reference, or the first step), once training has accepted the input. The search's RL
-    iterations are counted on the bar (a log gets its lines), then the training steps."""
+    iterations are counted on the bar (a log gets its lines), then the training steps. ``stop``
+    (a :class:`~deconv3d.cli.stopping.StopRequest`) is armed once the first step is done: a
+    signal then ends training after the step it comes in (the result's reason is "cancelled")."""
     from deconv3d.selfsup import train
 
     config, unet = configs(args, image.ndim)
@@ -212,6 +216,9 @@ def train_with_progress(image, psf, args, voxel, notes=()):
             bar.reset(total=config.steps)  # the rate and ETA count training steps only
         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)  # before update, which may write the line
         bar.update(step - bar.n)
+        if stop is not None:
+            stop.arm()
+            return stop.asked
 
     with bar:
         result = train(image, psf, config=config, unet=unet, device=args.device, callback=callback, voxel_size=voxel)
@@ -245,9 +252,16 @@ def cmd_train(args) -> int:
     image, psf, voxel, notes = _read_inputs(args)
     start = time.perf_counter()
     notes = warnings + notes
-    result = train_with_progress(image.data, psf, args, voxel, notes)
+    with stop_request() as stop:  # the first signal after step 1 keeps the steps trained
+        result = train_with_progress(image.data, psf, args, voxel, notes, stop)
+    if stop.asked:
+        result = replace(result, reason=stop.reason())  # (the library's "cancelled", named)
     source = {"path": recorded_path(args.input), "sha256": file_sha256(args.input)}
     save_checkpoint(result, args.output, training_image=source)
+    if stop.asked:
+        say_last(f"deconv3d: {stop.how()} at step {result.steps_done} of {result.config.steps}: wrote "
+                 f"{line_text(args.output)} with the {result.steps_done} steps trained")
+        return stop.status()
     last = result.history[-1][1]
     print(f"wrote {line_text(args.output)}: {result.steps_done} steps ({result.reason}) in {time.perf_counter() - start:.1f} s, "
           f"final loss {last:.4g}, {result.precision}")
