@@ -292,6 +292,10 @@ class Settings:
         if tv_rule and (self.method == "rl-tv" or (self.method == "ssl" and self.model is None)):
             # the TV term's rule (RL-TV, and a trained network's reference): a batch finished before 21fbe06 is redone once
             fields["tv_differences"] = tv_term_rule()
+        if self.accelerated_rl() and self.iterations >= 3:  # the least adaptive step (from the third iteration
+            from deconv3d.classical._iterate import ALPHA_FLOOR  # on): a batch finished before it had one is redone once
+
+            fields["acceleration_floor"] = ALPHA_FLOOR
         if self.method == "wiener":  # its gain at zero frequency: a batch finished before acf0a16 (whose outputs
             from deconv3d.classical.wiener import DC_GAIN  # were balance / (1 + balance) dimmer) is redone once
 

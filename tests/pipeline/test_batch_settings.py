@@ -55,6 +55,8 @@ def test_settings_the_method_ignores_are_not_in_the_fingerprint(folder, method):
         before["tv_differences"] = "symmetric"
     if method == "wiener":  # its gain at zero frequency: Wiener batches finished before acf0a16 are redone once
         before["wiener_dc_gain"] = "unit"
+    if method != "wiener":  # accelerated RL's least step: batches finished before it had one are redone once
+        before["acceleration_floor"] = 0.65  # (20 iterations: from the third on)
     assert settings.fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     for key, value in OTHER_VALUES.items():
         changed = make_settings({**base, key: value}).fingerprint() != settings.fingerprint()
@@ -95,6 +97,21 @@ def test_a_wiener_batch_finished_before_the_unit_dc_gain_is_redone(folder, capsy
     assert fields[0].pop("wiener_dc_gain") == "unit"
     older = hashlib.sha256(json.dumps(fields[0], sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert older not in settings.finished_fingerprints()
+
+
+@pytest.mark.parametrize("base, follows", [({"method": "rl"}, True), ({"method": "rl-tv", "iterations": 3}, True),
+                                           ({"method": "rl", "accelerate": False}, False), ({"method": "wiener"}, False),
+                                           ({"method": "rl", "iterations": 2}, False)])
+def test_the_fingerprint_follows_the_acceleration_floor(folder, monkeypatch, base, follows):
+    """Accelerated RL's step got a floor (ALPHA_FLOOR), which changed every accelerated rl and rl-tv
+    output of 3 iterations or more (RL extrapolates from the third); a resumed batch would have kept
+    the files made without it as finished beside new ones."""
+    from deconv3d.classical import _iterate
+
+    settings = make_settings({"psf": str(folder / "psf.tif"), **base})
+    now = settings.finished_fingerprints()
+    monkeypatch.setattr(_iterate, "ALPHA_FLOOR", 0.0)
+    assert (not set(now) & set(settings.finished_fingerprints())) is follows
 
 
 def test_a_training_batch_finished_with_the_symmetric_rule_before_the_hash_held_it_is_skipped(folder, monkeypatch):
@@ -408,11 +425,13 @@ def test_a_batch_names_an_ignored_option_given_at_its_default(folder, capsys):
 
 
 #: The fingerprint that the code before the gaussian model refused ns (ee3e5fa^) wrote for GAUSSIAN_NS_CONFIG
-#: (its batch run on that config, device cpu: no file or machine enters it). Method rl: a Wiener batch of that
-#: version is redone for the filter's gain at zero frequency since (its config's hash there: d6b0bb4c99b75992).
-GAUSSIAN_NS_BEFORE = "b667f0425da879df"
+#: (its batch run on that config, device cpu: no file or machine enters it). Method rl with 2 iterations: a
+#: Wiener batch of that version is redone for the filter's gain at zero frequency since (its config's hash
+#: there: d6b0bb4c99b75992), and an accelerated rl batch of 3 iterations or more for the step's floor
+#: (with iterations = 7 the hash there was b667f0425da879df).
+GAUSSIAN_NS_BEFORE = "7f37ad6305ea4a70"
 GAUSSIAN_NS_CONFIG = ('psf-model = "gaussian"\nna = 1.2\nwavelength = 0.5\nmethod = "rl"\nns = 1.45\n'
-                      'iterations = 7\ndevice = "cpu"\n')
+                      'iterations = 2\ndevice = "cpu"\n')
 
 
 def test_a_batch_finished_with_the_gaussian_model_and_ns_is_resumed_not_refused_or_redone(folder, capsys):
