@@ -152,18 +152,37 @@ def keep_clipped_values_where_unseen(result: np.ndarray, image, weights, psf_sha
     return result
 
 
-def saturated_warning(count: int, peak: float, method: str) -> str:
+def saturated_warning(count: int, peak: float, method: str, where: str = "") -> str:
     """The ``deconv3d: warning:`` line for an image that looks clipped and runs with saturation ``none``.
 
     Method-neutral (Wiener and the network fit the plateau too), and it names what else makes such a
     plateau: noiseless synthetic objects of constant intensity (a blurred sphere of 1.0 held 1041
     voxels at 1.0 in float32, 2583 at 255 scaled to 8 bits), masks and label images, which the rule
-    cannot tell from a clip."""
+    cannot tell from a clip. ``where`` names the channel or time point of a multi-channel or
+    time-lapse image that the count is of (``"channel 1 (RFP) at time point 0"``)."""
     fix = ("add --saturation auto to leave them out of the fit" if method in ("rl", "rl-tv") else
            "--method rl (or rl-tv) with --saturation auto leaves them out of the fit")
-    return (f"deconv3d: warning: {count} voxels sit at the image's maximum {peak:g}, as a saturated (clipped) "
+    of = f"the maximum {peak:g} of {where}" if where else f"the image's maximum {peak:g}"
+    return (f"deconv3d: warning: {count} voxels sit at {of}, as a saturated (clipped) "
             f"detector leaves them: fitting them rings around them and dims the brightest objects; {fix} (ignore "
             f"this if the image is not clipped: noiseless synthetic objects of constant intensity, masks)")
+
+
+def warn_of_a_clip(count: int, peak: float, method: str, view=None) -> None:
+    """Warn (:func:`saturated_warning`) of a clip found by a chunked run's pass over ``view``, a
+    :class:`~deconv3d.pipeline.readers._View` that names its channel and time point: once per
+    channel, at its first clipped time point (a line per time point, each alike and none naming
+    which, had buried every other line of a long series); other data are warned about every time."""
+    from deconv3d.errors import warn
+
+    said, where = getattr(view, "said", None), getattr(view, "where", "")
+    if said is not None:
+        key = ("saturated", getattr(view, "channel", None))
+        if key in said:
+            return
+        said.add(key)
+    note = " (its later time points are not named)" if "time point" in where else ""
+    warn(saturated_warning(count, peak, method, where + note))
 
 
 def saturation_record(saturation, level: float | None = None, count: int | None = None) -> dict:

@@ -204,8 +204,7 @@ class RichardsonLucyBlock:
         (the largest value it fits, as a whole-volume run takes it: :func:`volume_peak`), from one pass
         over ``data``. With saturation ``none`` it warns where the volume looks clipped, as an in-memory
         run warns (only here: the pass is made for the TV scale anyway)."""
-        from deconv3d._saturation import plateau_level, saturated_warning
-        from deconv3d.errors import warn
+        from deconv3d._saturation import plateau_level, warn_of_a_clip
 
         level = self.saturation if isinstance(self.saturation, float) else None
         top, below = volume_top_two(data, level)
@@ -214,7 +213,7 @@ class RichardsonLucyBlock:
             level = plateau_level(top)
             fn, below = replace(fn, saturation="none" if level is None else level), top[2]  # (the value below it)
         elif self.saturation == "none" and plateau_level(top) is not None:
-            warn(saturated_warning(top[1], top[0], "rl-tv" if self.tv_weight > 0 else "rl"))
+            warn_of_a_clip(top[1], top[0], "rl-tv" if self.tv_weight > 0 else "rl", data)
         peak = top[0]
         if self.tv_weight > 0 and self.tv_scale is None:
             from deconv3d.classical.rl import _default_tv_scale

@@ -302,10 +302,15 @@ def chunks_cached(reader, budget: int, now: bool = True):
 
 
 class _View:
-    """The spatial image at one (t, c) index of a reader: ``view[slices]`` reads just that region."""
+    """The spatial image at one (t, c) index of a reader: ``view[slices]`` reads just that region.
 
-    def __init__(self, reader, lead: tuple):
+    ``where`` names that index in a warning (``"channel 1 (RFP) at time point 0"``, ``""`` for an
+    image without such axes); ``said`` is a set the run shares between its views, so that a warning
+    about the image is given once per channel (``channel``), not again for each of its time points."""
+
+    def __init__(self, reader, lead: tuple, where: str = "", channel=None, said: set | None = None):
         self.reader, self.lead = reader, tuple(int(i) for i in lead)
+        self.where, self.channel, self.said = where, channel, said
         self.shape = tuple(reader.shape[len(self.lead):])
         self.chunks = storage_unit(reader)[len(self.lead):]
         self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)

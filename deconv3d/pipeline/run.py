@@ -156,7 +156,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output, folder=True) as tmp:
         _create_image(tmp, output, reader, plan, cap, axes, voxel_size, provenance, time_axis, origin)
         _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client, workers, progress, total,
-                 cancel)
+                 cancel, channels)
         _finish_image(tmp, reader, channels, pyramid_levels, workers)
     return RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
                    tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution,
@@ -255,11 +255,12 @@ def _source(data, axes, time_axis, origin, channels, voxel_size=None):
 
 
 def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, client, workers, progress, total,
-             cancel=None):
-    """Run every (time point, channel) ``index`` of ``reader`` block by block into ``target_path``."""
+             cancel=None, channels=None):
+    """Run every (time point, channel) ``index`` of ``reader`` block by block into ``target_path``;
+    ``channels`` (names and colours) name an index in the warnings of its preparing pass."""
     from concurrent.futures import ThreadPoolExecutor
 
-    done = 0
+    done, said = 0, set()
     pool = ThreadPoolExecutor(max(1, int(workers))) if client is None else None
     try:
         for index in indices:
@@ -270,7 +271,7 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
                 # needs no common schedule, and preparing would run the method twice.
                 covered = []
                 if hasattr(fn, "prepare") and plan.blocks > 1:
-                    fn, covered = _prepare(fn, _View(reader, index), plan, target_path, index)
+                    fn, covered = _prepare(fn, _view(reader, index, axes, channels, said), plan, target_path, index)
                     done += len(covered)
                     if (covered and progress is not None and progress(done, total)) or cancel_requested(cancel):
                         raise Cancelled(f"cancelled after {done} of {total} blocks")
@@ -302,6 +303,16 @@ def _prepare(fn, view, plan: RunPlan, target_path, index):
     del output
     release_memory()
     return fn, covered
+
+
+def _view(reader, index, axes, channels, said) -> _View:
+    """The image at ``index`` of the leading axes, as a :class:`~deconv3d.pipeline.readers._View` that
+    names it (``channel 1 (RFP) at time point 0``) for the warnings of a preparing pass."""
+    from deconv3d.pipeline.negatives import _index_names
+
+    lead = axes[:len(index)]
+    where = " at ".join(_index_names(lead, reader.shape, index, channels))
+    return _View(reader, index, where, index[lead.index("C")] if "C" in lead else None, said)
 
 
 def _fn_for(fns, block_fn, index, axes):

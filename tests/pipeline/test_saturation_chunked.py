@@ -2,6 +2,7 @@
 and a batch's saturation setting is in its config and its completion records."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -69,6 +70,24 @@ def test_chunked_deconvolve_equals_the_in_memory_run_and_warns_where_it_reads_th
     assert psnr(whole, blocks) >= 50 and meta["deconv3d"]["parameters"]["saturation"] == "auto"
     code, _, err = run([*base, "-o", files / "tv.zarr", "--method", "rl-tv", "--chunks", 12, 20, 17], capsys)
     assert code == 0 and "voxels sit at the image's maximum" in err and "--saturation auto" in err, err
+
+
+def test_a_clipped_multichannel_time_series_warns_once_per_channel_naming_it(tmp_path, clipped, psf3d):
+    """A chunked RL-TV run over channels and time points warns of a clip once per channel, naming the
+    channel (by its label) and the first time point: one line per time point, none naming which,
+    had left a user guessing which channel was clipped."""
+    other = np.minimum(clipped, np.percentile(clipped, 99)).astype(np.float32)  # another plateau, another count
+    series = np.stack([np.stack([clipped, other])] * 3)  # (t, c, z, y, x)
+    fn = RichardsonLucyBlock(psf3d, iterations=2, tv_weight=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_chunked(series, fn, tmp_path / "out.zarr", axes="TCZYX", chunks=(12, 24, 24), voxel_size=VOXEL,
+                    channels=[{"label": "GFP"}, {"label": "RFP"}])
+    said = [str(w.message) for w in caught if "voxels sit at the maximum" in str(w.message)]
+    counts = [int((clipped == clipped.max()).sum()), int((other == other.max()).sum())]
+    assert len(said) == 2, said
+    for line, count, name in zip(said, counts, ["channel 0 (GFP)", "channel 1 (RFP)"]):
+        assert line.startswith(f"{count} voxels sit at the maximum ") and f"of {name} at time point 0" in line, line
 
 
 @pytest.fixture
