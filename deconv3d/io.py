@@ -151,6 +151,17 @@ def psf_path_problem(path) -> str | None:
     return None
 
 
+def psf_dimension_problem(psf, psf_ndim: int, image, ndim: int) -> str | None:
+    """Why the PSF file ``psf`` (``psf_ndim``-D) cannot deconvolve ``image`` (``ndim``-D), as a one-line
+    message naming both files and how to make a PSF that fits, or None where the counts agree. A single
+    plane (a 1 x Y x X stack too) is 2D: its PSF is a plane."""
+    if psf_ndim == ndim:
+        return None
+    make = ("a 2D PSF: the in-focus plane of a 3D one, or a plane made by 'deconv3d psf --shape 1 31 31 ...'"
+            if ndim == 2 else "a 3D PSF, e.g. made by 'deconv3d psf --shape 31 63 63 ...'")
+    return f"PSF {Path(psf).name} is {psf_ndim}D but {Path(image).name} is {ndim}D: give {make}"
+
+
 def read_psf(path) -> Image:
     """:func:`read_image` for a PSF file: a voxel size that the file records but that is not
     positive is refused (ignoring it would skip the resampling to the image's voxel size), and so

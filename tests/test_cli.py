@@ -741,3 +741,19 @@ def test_every_character_that_ends_a_line_is_escaped_in_one_line_output():
                         ("a\x7fb", "a\\x7fb"), ("a\tb", "a\\x09b"), ("a\nb", "a\\nb")):
         assert line_text(name) == shown and len(line_text(name).splitlines()) == 1
     assert line_text("µm ü C:\\new\\x.tif") == "µm ü C:\\new\\x.tif"  # printable text and backslashes kept
+
+
+@pytest.mark.parametrize("output", ["out.tif", "out.zarr"])
+def test_a_psf_of_other_dimensions_is_refused_naming_both_files_and_how_to_make_one_that_fits(data, capsys, output):
+    """A single-plane stack (1 x Y x X) is 2D: with a 3D PSF, an in-memory run said 'PSF is 3D but image
+    is 2D: use a PSF with the same number of dimensions', naming neither file nor how to get a 2D PSF;
+    the chunked run named the files. Both now say the same, and so for a 3D image and a 2D PSF."""
+    plane = np.ones((1, 40, 40), np.uint16) * 100
+    tifffile.imwrite(data / "plane.tif", plane, imagej=True, resolution=(10, 10),
+                     metadata={"spacing": 0.3, "unit": "um", "axes": "ZYX"})
+    write_tiff(data / "psf2d.tif", np.ones((3, 3), np.float32), voxel_size=(0.1, 0.1))
+    for image, psf, words in [("plane.tif", "psf.tif", ["psf.tif is 3D", "plane.tif is 2D", "--shape 1 31 31"]),
+                              ("image.tif", "psf2d.tif", ["psf2d.tif is 2D", "image.tif is 3D", "a 3D PSF"])]:
+        code, _, err = run(["deconvolve", data / image, "-o", data / output, "--psf", data / psf], capsys)
+        assert_one_line_error(code, err, *words)
+        assert not (data / output).exists()

@@ -81,12 +81,14 @@ def voxel_size_of(args, image):
 
 def load_psf(args, image, voxel, fit_image: bool = True):
     """``--psf`` or ``--psf-model``, prepared for ``image``; ``fit_image=False`` allows a PSF larger than it."""
-    from deconv3d.io import psf_voxel_size, read_psf
+    from deconv3d.io import psf_dimension_problem, psf_voxel_size, read_psf
     from deconv3d.psf import generate_psf, prepare_psf
     from deconv3d.psf.generate import generated_psf_shape
 
     if args.psf:
         psf = read_psf(args.psf)
+        if problem := psf_dimension_problem(args.psf, psf.data.ndim, args.input, image.data.ndim):
+            raise InputError(problem)
         return prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel), image_voxel=voxel,
                            fit_image=fit_image)
     if args.na is None or args.wavelength is None:

@@ -155,7 +155,7 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
     """Refuse a PSF of another dimensionality than the image before anything else (a 2D image and
     a 3D PSF file drew a warning that the PSF had no voxel size first), saying so where the image
     may be a z-stack whose slices Fiji labelled channels or frames."""
-    from deconv3d.io import read_psf
+    from deconv3d.io import psf_dimension_problem, read_psf
     from deconv3d.pipeline.settings import _many
 
     if settings.method == "ssl" and settings.model:  # the model's own check
@@ -169,10 +169,8 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
         raise InputError(f"--psf-model generates 3D PSFs but {name} is {ndim}D: give a 2D --psf file, e.g. one plane "
                          f"made by 'deconv3d psf --shape 1 31 31 ...'{hint}")
     for psf in _many(settings.psf):
-        found = read_psf(psf).data.ndim
-        if found != ndim:
-            raise InputError(f"PSF {Path(psf).name} is {found}D but {name} is {ndim}D: use a PSF with as many "
-                             f"dimensions as the image{hint}")
+        if problem := psf_dimension_problem(psf, read_psf(psf).data.ndim, lazy.path, ndim):
+            raise InputError(problem + hint)
 
 
 def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan):
