@@ -757,3 +757,21 @@ def test_a_psf_of_other_dimensions_is_refused_naming_both_files_and_how_to_make_
         code, _, err = run(["deconvolve", data / image, "-o", data / output, "--psf", data / psf], capsys)
         assert_one_line_error(code, err, *words)
         assert not (data / output).exists()
+
+
+def test_psf_takes_y_x_for_a_2d_image_s_psf_the_plane_of_best_focus(data, capsys):
+    """'deconv3d psf --shape 31 31 --voxel-size 0.065 0.065' was refused ('expected 3 arguments'): a 2D
+    image's PSF needed a z step that no plane uses. Two values give the plane of best focus, as
+    generate_psf does for a 2D shape, written 2D with its pixel size; counts that differ are refused."""
+    from deconv3d.psf import generate_psf
+
+    optics = ["--model", "gibson-lanni", "--na", 1.2, "--wavelength", 0.52, "--ni", 1.33]
+    code, _, err = run(["psf", "-o", data / "p2.tif", "--shape", 15, 15, "--voxel-size", 0.065, 0.065, *optics], capsys)
+    assert code == 0, err
+    written = read_image(data / "p2.tif")
+    expected = generate_psf("gibson-lanni", (15, 15), (0.065, 0.065), 1.2, 0.52, ni=1.33)
+    assert written.axes == "YX" and written.voxel_size == pytest.approx((0.065, 0.065))
+    np.testing.assert_allclose(written.data, expected, rtol=1e-6, atol=1e-9)
+    code, _, err = run(["psf", "-o", data / "p3.tif", "--shape", 15, 15, "--voxel-size", 0.3, 0.1, 0.1, *optics], capsys)
+    assert_one_line_error(code, err, "--shape gives 2 values and --voxel-size 3")
+    assert not (data / "p3.tif").exists()

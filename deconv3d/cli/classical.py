@@ -37,11 +37,12 @@ def _psf_parser(sub) -> None:
     p = sub.add_parser("psf", help="generate a PSF from microscope parameters ('psf distill' for beads)")
     p.add_argument("-o", "--output", required=True, help="output PSF file (.tif)")
     p.add_argument("--model", choices=PSF_MODELS, default="vectorial", help="PSF model (default vectorial)")
-    p.add_argument("--shape", type=positive_int, nargs=3, required=True, metavar=("Z", "Y", "X"),
+    p.add_argument("--shape", type=positive_int, nargs=3, action=SpatialSizes, required=True, metavar=("Z", "Y", "X"),
                    help="voxels per axis, wide enough to hold the defocus light, e.g. a z range a few times "
-                        "the stack's depth of field and some micrometres laterally (31 63 63 at 0.2/0.1 µm)")
-    p.add_argument("--voxel-size", type=positive_float, nargs=3, required=True, metavar=("DZ", "DY", "DX"),
-                   help="voxel size in µm")
+                        "the stack's depth of field and some micrometres laterally (31 63 63 at 0.2/0.1 µm); "
+                        "Y X for a 2D image's PSF, the plane of best focus (with --voxel-size DY DX)")
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, required=True,
+                   metavar=("DZ", "DY", "DX"), help="voxel size in µm: DZ DY DX, or DY DX for a 2D PSF")
     add_optics(p, required=True)
     p.set_defaults(func=cmd_psf)
     add_common(p)
@@ -167,6 +168,9 @@ def cmd_psf(args) -> int:
     from deconv3d.psf import generate_psf
 
     check_output(args.output, [])
+    if len(args.shape) != len(args.voxel_size):
+        raise InputError(f"--shape gives {len(args.shape)} values and --voxel-size {len(args.voxel_size)}: give "
+                         "three of each (Z Y X) for a 3D PSF, or two (Y X) for a 2D one")
     if args.model == "gaussian" and "ns" in getattr(args, "_given_options", ()):
         print_warnings([f"deconv3d: warning: --ns is {_GAUSSIAN_NS}; ignored"])
     psf = generate_psf(args.model, tuple(args.shape), tuple(args.voxel_size), args.na, args.wavelength,
