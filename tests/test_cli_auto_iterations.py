@@ -44,11 +44,15 @@ def test_auto_iterations_runs_plain_rl_for_the_chosen_count(data, capsys, method
 
 
 def test_auto_iterations_is_refused_for_chunked_runs(data, capsys):
-    d, _, _ = data
-    code, _, err = run(["deconvolve", d / "image.tif", "--psf", d / "psf.tif", "-o", d / "o.zarr",
-                        "--iterations", "auto", "--device", "cpu"], capsys)
-    assert_one_line_error(code, err, "--iterations auto", "--iterations N")
-    assert not (d / "o.zarr").exists()
+    """A multi-channel or time-lapse image, which only a chunked run takes, was told to 'run it on a TIFF
+    crop', which refuses such an image: the crop is of one channel and time point."""
+    d, image, _ = data
+    tifffile.imwrite(d / "czyx.tif", np.stack([image, image], 1), imagej=True, metadata={"axes": "ZCYX"})
+    for name in ("image.tif", "czyx.tif"):
+        code, _, err = run(["deconvolve", d / name, "--psf", d / "psf.tif", "-o", d / "o.zarr",
+                            "--iterations", "auto", "--device", "cpu"], capsys)
+        assert_one_line_error(code, err, "--iterations auto", "--iterations N", "TIFF crop (of one channel and time")
+        assert not (d / "o.zarr").exists()
 
 
 def test_auto_iterations_with_a_method_that_ignores_it_is_warned_about_on_chunked_runs_too(data, capsys):

@@ -241,8 +241,9 @@ def _check_formats(args) -> None:
 def _deconvolve_chunked(args, warnings: list) -> int:
     """The chunked run, once ``--iterations auto`` is refused (it needs the whole image) or set aside."""
     if args.iterations == "auto" and args.method in _METHOD_OPTIONS["iterations"]:
-        raise InputError("--iterations auto needs the whole image in memory: run it on a TIFF crop, then give "
-                         "the count it reports as --iterations N to the chunked run")
+        raise InputError("--iterations auto needs the whole image in memory: run it on a TIFF crop (of one channel "
+                         "and time point, for a multi-channel or time-lapse image), then give the count it reports "
+                         "as --iterations N to the chunked run")
     if args.iterations == "auto":  # a method that ignores it (warned about, as in memory): a count for the settings
         args.iterations = _DEFAULTS["iterations"]
     return pipeline.cmd_deconvolve_chunked(args, warnings)
