@@ -157,9 +157,10 @@ def psf_dimension_problem(psf, psf_ndim: int, image, ndim: int) -> str | None:
     plane (a 1 x Y x X stack too) is 2D: its PSF is a plane."""
     if psf_ndim == ndim:
         return None
-    make = ("a 2D PSF: the in-focus plane of a 3D one, or a plane made by 'deconv3d psf --shape 1 31 31 ...'"
-            if ndim == 2 else "a 3D PSF, e.g. made by 'deconv3d psf --shape 31 63 63 ...'")
-    return f"PSF {Path(psf).name} is {psf_ndim}D but {Path(image).name} is {ndim}D: give {make}"
+    make = ("a 2D PSF: the in-focus plane of a 3D one, or a plane made by "
+            "'deconv3d psf --shape 63 63 --voxel-size DY DX ...'" if ndim == 2
+            else "a 3D PSF, e.g. made by 'deconv3d psf --shape 31 63 63 ...'")
+    return f"PSF {Path(psf).name} is {psf_ndim}D but {Path(image).name} is {ndim}D: a {ndim}D image needs {make}"
 
 
 def read_psf(path) -> Image:

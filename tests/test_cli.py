@@ -752,7 +752,8 @@ def test_a_psf_of_other_dimensions_is_refused_naming_both_files_and_how_to_make_
     tifffile.imwrite(data / "plane.tif", plane, imagej=True, resolution=(10, 10),
                      metadata={"spacing": 0.3, "unit": "um", "axes": "ZYX"})
     write_tiff(data / "psf2d.tif", np.ones((3, 3), np.float32), voxel_size=(0.1, 0.1))
-    for image, psf, words in [("plane.tif", "psf.tif", ["psf.tif is 3D", "plane.tif is 2D", "--shape 1 31 31"]),
+    for image, psf, words in [("plane.tif", "psf.tif", ["psf.tif is 3D", "plane.tif is 2D",
+                                                        "--shape 63 63 --voxel-size DY DX"]),
                               ("image.tif", "psf2d.tif", ["psf2d.tif is 2D", "image.tif is 3D", "a 3D PSF"])]:
         code, _, err = run(["deconvolve", data / image, "-o", data / output, "--psf", data / psf], capsys)
         assert_one_line_error(code, err, *words)
