@@ -773,6 +773,7 @@ def test_psf_takes_y_x_for_a_2d_image_s_psf_the_plane_of_best_focus(data, capsys
     expected = generate_psf("gibson-lanni", (15, 15), (0.065, 0.065), 1.2, 0.52, ni=1.33)
     assert written.axes == "YX" and written.voxel_size == pytest.approx((0.065, 0.065))
     np.testing.assert_allclose(written.data, expected, rtol=1e-6, atol=1e-9)
-    code, _, err = run(["psf", "-o", data / "p3.tif", "--shape", 15, 15, "--voxel-size", 0.3, 0.1, 0.1, *optics], capsys)
+    code, _, err = run(["psf", "-o", data / "p3.tif", "--shape", 15, 15, "--voxel-size", 0.3, 0.1, 0.1, *optics],
+                       capsys)
     assert_one_line_error(code, err, "--shape gives 2 values and --voxel-size 3")
     assert not (data / "p3.tif").exists()
