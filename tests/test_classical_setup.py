@@ -57,3 +57,39 @@ def test_wrapped_kernel_passes_gradients_to_every_kernel_voxel():
     (_wrapped(kernel, (9, 9), (2, 2)) * weights).sum().backward()
     expected = torch.roll(weights, (2, 2), (0, 1))[:5, :6]  # kernel voxel k sits at (k - origin) mod 9
     assert torch.equal(kernel.grad, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_safe_reciprocal_is_zero_at_and_below_the_threshold(dtype):
+    from deconv3d.classical._problem import _safe_reciprocal
+
+    weight = torch.tensor([0.0, 5e-4, 1e-3, 1.0001e-3, 0.5, 2.0], dtype=dtype)
+    expected = torch.where(weight <= 1e-3, torch.zeros_like(weight), 1 / weight)
+    assert torch.equal(_safe_reciprocal(weight, 1e-3), expected)
+
+
+def test_the_flat_start_is_the_data_mean_where_bertero_s_weight_is_positive():
+    from deconv3d.classical._iterate import _initial_estimate
+
+    image = torch.rand(6, 20, 20, generator=torch.Generator().manual_seed(0))
+    psf = torch.ones(5, 5, 5) / 125
+    p = _build_problem(image, psf, "bertero")
+    p.inv_weight[0, 0, 0] = 0.0  # (a voxel no data constrain)
+    u = _initial_estimate(p)
+    mean = torch.tensor(float(image.mean()))
+    assert torch.equal(u, torch.where(p.inv_weight > 0, mean, torch.zeros(())).expand_as(u))
+    assert u[0, 0, 0] == 0 and (u > 0).sum() == (p.inv_weight > 0).sum() < u.numel()
+
+
+@pytest.mark.parametrize("values, finite", [
+    ([1.0, 2.0], True), ([1.0, float("nan")], False), ([float("inf"), 1.0], False), ([-float("inf"), 1.0], False),
+    ([float("inf"), -float("inf")], False), ([3e38, 3e38, -1.0], True), ([], True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_all_finite_agrees_with_isfinite(values, finite, dtype):
+    from deconv3d._tensors import all_finite
+
+    t = torch.tensor(values, dtype=torch.float32).to(dtype)  # 3e38 is inf in float16: not finite there
+    assert all_finite(t) is bool(torch.isfinite(t).all())
+    assert all_finite(t) is (finite if dtype == torch.float32 or not values or values[0] != 3e38 else False)
+    assert all_finite(torch.tensor([1, 2])) and all_finite(torch.tensor([True]))
+    assert not all_finite(torch.tensor([complex(1, float("nan"))]))

@@ -305,9 +305,10 @@ def _transpose_of_ones(p: _Problem, h: torch.Tensor) -> torch.Tensor:
 
 def _safe_reciprocal(weight: torch.Tensor, threshold: float = 1e-3) -> torch.Tensor:
     """``1 / weight``, and 0 where ``weight <= threshold`` (too little data to normalise by)."""
-    # Element-wise rather than boolean indexing, which costs ~0.35 s at 96 x 288 x 288.
+    # Element-wise rather than boolean indexing, which costs ~0.35 s at 96 x 288 x 288, and by a 0/1
+    # float factor rather than a bool mask (masked_fill_ took 16 ms there with 2 threads).
     inv = weight.clamp_min(threshold).reciprocal_()
-    return inv.masked_fill_(weight <= threshold, 0.0)
+    return inv.mul_((weight - threshold).clamp_min_(0.0).sign_())
 
 
 def _transpose_of(p: _Problem, data: torch.Tensor) -> torch.Tensor:
