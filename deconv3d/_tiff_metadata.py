@@ -31,6 +31,25 @@ class UnknownUnit(str):
     size so that the reader can name it (:func:`_checked_voxel`)."""
 
 
+class DefaultStep(float):
+    """An ImageJ file's z step where it records none: ImageJ's default of 1 in the file's unit (its
+    writer leaves ``spacing`` out when it is 1, and Fiji shows 1), in micrometres. Taken, as Fiji
+    takes it, and marked so that the reader can say it was assumed (:func:`z_step_assumed`): a
+    stack written without its z step got a 1 µm one silently, and a PSF sampled at 0.3 µm was
+    resampled to 1 µm planes for it."""
+
+
+def z_step_assumed(sizes) -> bool:
+    """Whether the recorded sizes of a file's kept axes hold ImageJ's default z step (:class:`DefaultStep`)."""
+    return any(isinstance(s, DefaultStep) for s in sizes)
+
+
+def _marked_default(z, ij: dict):
+    """``z`` as a :class:`DefaultStep` where ImageJ's metadata ``ij`` record no ``spacing`` (a size
+    in µm; None or an unknown unit pass as they are)."""
+    return DefaultStep(z) if "spacing" not in ij and isinstance(z, float) else z
+
+
 # Axes that tifffile reports for a stack of planes without further meaning.
 _GENERIC_AXES = frozenset("ZIQ")
 
@@ -184,7 +203,8 @@ def _imagej_voxel_size(tif: tifffile.TiffFile, page) -> list:
         lateral = 1e4 if per_cm else 1.0
         steps = (float(ij.get("spacing", 1.0)),) + tuple(lateral * r[1] / r[0] if r[0] else None
                                                           for r in (yres.value, xres.value))
-        return [None if step is None else _size_in_um(step, u) for step, u in zip(steps, units)]
+        sizes = [None if step is None else _size_in_um(step, u) for step, u in zip(steps, units)]
+        return [_marked_default(sizes[0], ij)] + sizes[1:]
     resunit = page.tags.get("ResolutionUnit")
     resunit = resunit.value if resunit is not None else tifffile.RESUNIT.NONE
     factor = _resolution_factor(resunit, bool(ij), (xres.value, yres.value))
@@ -192,7 +212,7 @@ def _imagej_voxel_size(tif: tifffile.TiffFile, page) -> list:
         return [None, None, None]
     y, x = (factor * r[1] / r[0] if r[0] else None for r in (yres.value, xres.value))
     z = float(ij.get("spacing", 1.0)) * factor if ij else None  # an ImageJ file without a unit: µm
-    return [z, y, x]
+    return [_marked_default(z, ij) if ij else z, y, x]
 
 
 def _resolution_factor(resunit, is_imagej: bool, res) -> float | None:

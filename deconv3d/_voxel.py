@@ -66,6 +66,15 @@ def recorded_voxel(image, how: str) -> tuple[float, ...] | None:
     return image.voxel_size
 
 
+def assumed_z_step_warning(source, voxel) -> str:
+    """The warning for an image whose z step is ImageJ's default (the file records none:
+    :class:`deconv3d._tiff_metadata.DefaultStep`), ``voxel`` its (z, y, x) size as taken."""
+    z = voxel[0]
+    return (f"deconv3d: warning: {source} records no z step, so ImageJ's default is taken, as Fiji takes it: "
+            f"{z:g} µm (the PSF is sampled and the output calibrated to it); pass --voxel-size DZ DY DX if its "
+            f"planes are not {z:g} µm apart")
+
+
 def format_sizes(values, unknown=None) -> str:
     """Voxel sizes as the command line takes them (``0.3 0.1 0.1``); an unknown one (None) shows as
     its entry in ``unknown`` (e.g. ``("DZ", "DY", "DX")``), else as ``?``."""

@@ -22,7 +22,7 @@ from deconv3d._arrays import refuse_complex
 from deconv3d._paths import TIFF_SUFFIXES, _check_suffix, check_output_path, file_identity, special_file_problem
 from deconv3d._tiff_checks import _ONE_CHANNEL, _check_complete, _named, _tifffile_log, _unreadable_tiff, open_tiff
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
-                                     calibrated, imagej_calibration, spatial_letters, time_axis_of)
+                                     calibrated, imagej_calibration, spatial_letters, time_axis_of, z_step_assumed)
 from deconv3d._tiff_write import write_tiff
 from deconv3d._voxel import format_sizes, refuse_nanometres
 from deconv3d.errors import InputError, warn
@@ -51,6 +51,9 @@ class Image:
     partial_voxel : tuple or None
         For a file that calibrates some axes but not all (pixel sizes but no z step): the
         recorded sizes, None for the others (``voxel_size`` is then None).
+    z_step_assumed : bool
+        The z step is ImageJ's default (1 in the file's unit), as the file records none
+        (:class:`deconv3d._tiff_metadata.DefaultStep`): callers may say so.
     """
 
     data: np.ndarray
@@ -58,6 +61,7 @@ class Image:
     axes: str
     voxel_problem: str | None = None  # why a voxel size recorded in the file was not usable
     partial_voxel: tuple | None = None  # the sizes of a file that calibrates some axes only (None for the rest)
+    z_step_assumed: bool = False  # the z step is ImageJ's default: the file records none
 
 
 def read_image(path) -> Image:
@@ -131,7 +135,7 @@ def _read_tiff(path, what: str) -> Image:
     sizes = _kept_voxel(voxel, kept, data.ndim)
     voxel, problem = _checked_voxel(sizes, path)
     return Image(data=calibrated(_as_float32(data, path, what), calibration), voxel_size=voxel, axes=axes,
-                 voxel_problem=problem, partial_voxel=_partial_voxel(sizes))
+                 voxel_problem=problem, partial_voxel=_partial_voxel(sizes), z_step_assumed=z_step_assumed(sizes))
 
 
 def psf_path_problem(path) -> str | None:
@@ -248,15 +252,21 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
     return own
 
 
-def psf_voxel_size(psf: Image, image_voxel):
+def psf_voxel_size(psf: Image, image_voxel, path=None):
     """The voxel size of a PSF read by :func:`read_psf`: its own, or where it calibrates some axes
     only (a lateral pixel size without a z step) those completed from ``image_voxel``; where it
     calibrates none, ``image_voxel`` (the PSF taken as sampled like the image, which
     :func:`assume_psf_voxel` warns about), or None.
 
     Taking such a PSF as sampled like the image throughout dropped its known lateral size: a PSF
-    at 0.05 µm pixels was used as is on 0.065 µm ones, 30% too wide.
+    at 0.05 µm pixels was used as is on 0.065 µm ones, 30% too wide. A PSF file (``path``, for the
+    message) whose z step is ImageJ's default, as it records none, is warned about.
     """
+    if path is not None and psf.z_step_assumed and psf.voxel_size is not None:
+        z = psf.voxel_size[0]
+        warn(f"deconv3d: warning: the PSF file {path} records no z step, so ImageJ's default is taken, as Fiji "
+             f"takes it: {z:g} µm (the PSF is resampled from it to the image's planes); record its z step in the "
+             f"file (Fiji: Image > Properties) if its planes are not {z:g} µm apart")
     if psf.voxel_size is not None or image_voxel is None:
         return psf.voxel_size
     if psf.partial_voxel is None:

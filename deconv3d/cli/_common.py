@@ -58,9 +58,10 @@ class Terminated(KeyboardInterrupt):
         return 128 + self.signum
 
 
-def voxel_size_of(args, image):
+def voxel_size_of(args, image, warnings: list | None = None):
     """``--voxel-size`` (its last ``ndim`` values: :func:`spatial_sizes`) when given, else the file's;
-    a voxel size the file records but that is not positive is refused rather than dropped."""
+    a voxel size the file records but that is not positive is refused rather than dropped. A z step
+    the file does not record (ImageJ's default taken) is warned about, into ``warnings``."""
     problem = getattr(image, "voxel_problem", None)
     if problem and not args.voxel_size:
         raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm)")
@@ -76,6 +77,11 @@ def voxel_size_of(args, image):
     if min(voxel) <= 0:
         raise InputError(f"voxel size {voxel} must be positive: pass --voxel-size DZ DY DX")
     refuse_nanometres(voxel, fix)
+    if not args.voxel_size and getattr(image, "z_step_assumed", False):
+        from deconv3d._voxel import assumed_z_step_warning
+        from deconv3d.errors import warn
+
+        warn(assumed_z_step_warning(name, voxel), warnings)
     return voxel
 
 
@@ -89,7 +95,7 @@ def load_psf(args, image, voxel, fit_image: bool = True):
         psf = read_psf(args.psf)
         if problem := psf_dimension_problem(args.psf, psf.data.ndim, args.input, image.data.ndim):
             raise InputError(problem)
-        return prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel), image_voxel=voxel,
+        return prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel, args.psf), image_voxel=voxel,
                            fit_image=fit_image)
     if args.na is None or args.wavelength is None:
         raise InputError("--psf-model needs --na and --wavelength: add them, or give a measured --psf file")

@@ -188,7 +188,8 @@ def cmd_distill(args) -> int:
 
     beads = read_image(args.beads)
     check_output(args.output, [args.beads])
-    voxel, notes = voxel_size_of(args, beads), []
+    notes: list[str] = []
+    voxel = voxel_size_of(args, beads, notes)
     if voxel is None:  # the PSF then counts as sampled like each image it deconvolves, whatever that is
         from deconv3d.io import _sizes
 
@@ -296,7 +297,7 @@ def _checked_voxel(args, image, warnings: list):
     check_output(args.output, [f for f in (args.input, args.psf, args.model) if f])
     if args.method == "rl-tv" and not args.tv_weight > 0:
         raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
-    voxel = voxel_size_of(args, image)
+    voxel = voxel_size_of(args, image, warnings)
     check_negative(image.data, args.input, args.method, warnings)
     if args.saturation == "none":
         warn_if_saturated(image.data, args.method, warnings)

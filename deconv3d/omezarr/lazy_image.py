@@ -32,6 +32,7 @@ class LazyImage:
     reader: object = None  # reads any region from the file directly (see ZarrReader, TiffReader)
     voxel_problem: str | None = None  # why a voxel size recorded in the file was not usable (see io.Image)
     partial_voxel: tuple | None = None  # a TIFF that calibrates some axes only: their sizes (see io.Image)
+    z_step_assumed: bool = False  # a TIFF's z step is ImageJ's default, the file recording none (see io.Image)
     time_axis: tuple | None = None  # (step, unit or None[, start]) of a T axis the file calibrates; start: an
     # OME-Zarr's T translation, in that unit, where it is not 0
     origin: tuple | None = None  # where an OME-Zarr image's first voxel sits, per spatial axis: in micrometres,

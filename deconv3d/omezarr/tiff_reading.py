@@ -19,7 +19,7 @@ import numpy as np
 from deconv3d._arrays import refuse_complex
 from deconv3d._paths import _one_line
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
-                                     calibrated, imagej_calibration, spatial_letters)
+                                     calibrated, imagej_calibration, spatial_letters, z_step_assumed)
 from deconv3d._tiff_checks import _check_complete, _tifffile_log, _unreadable_tiff
 from deconv3d.errors import InputError
 from deconv3d.io import _refuse_colour
@@ -210,7 +210,7 @@ def _open_tiff(path: Path) -> LazyImage:
         data = data * np.float32(h.calibration[1]) + np.float32(h.calibration[0])
     return LazyImage(data=data, voxel_size=h.voxel, axes=h.axes, path=path, time_axis=h.time_axis,
                      reader=TiffReader(source, order, h.calibration), voxel_problem=h.voxel_problem,
-                     partial_voxel=_partial_voxel(h.sizes), channels=h.channels,
+                     partial_voxel=_partial_voxel(h.sizes), channels=h.channels, z_step_assumed=z_step_assumed(h.sizes),
                      time_problem=h.time_problem if "T" in h.axes else None)
 
 

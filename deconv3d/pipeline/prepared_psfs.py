@@ -115,7 +115,7 @@ def _prepared_psf(settings: Settings, spatial_shape, voxel, psf, wavelength, fit
 
     if psf:
         image = read_psf(psf)
-        return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=psf_voxel_size(image, voxel), image_voxel=voxel,
+        return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=psf_voxel_size(image, voxel, psf), image_voxel=voxel,
                            fit_image=fit_image)
     check_model_voxel(voxel)  # (a 2D image is refused before: files._check_psf_dimensions)
     shape = generated_psf_shape(tuple(spatial_shape), voxel, settings.na, wavelength)

@@ -1,0 +1,98 @@
+"""An ImageJ stack that records no z step: ImageJ's default (1 in its unit) is taken, as Fiji takes
+it, and every command that reads the stack says so (found by review: a stack written without its z
+step got a 1 µm one silently, and a PSF sampled at 0.3 µm was resampled to 1 µm planes for it)."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from cli_helpers import run
+from deconv3d.io import read_image, write_tiff
+from deconv3d.omezarr.reading import open_lazy
+
+WARNING = ("deconv3d: warning: {name} records no z step, so ImageJ's default is taken, as Fiji takes it: 1 µm "
+           "(the PSF is sampled and the output calibrated to it); pass --voxel-size DZ DY DX if its planes are "
+           "not 1 µm apart")
+
+
+@pytest.fixture
+def files(tmp_path):
+    stack = np.random.default_rng(0).poisson(100, (8, 24, 24)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "noz.tif", stack, imagej=True, resolution=(10, 10), metadata={"unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "noz_nounit.tif", stack, imagej=True, resolution=(10, 10), metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "z.tif", stack, imagej=True, resolution=(10, 10),
+                     metadata={"spacing": 0.3, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "one_plane.tif", stack[:1], imagej=True, resolution=(10, 10),
+                     metadata={"unit": "um", "axes": "ZYX"})
+    grids = np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij")
+    write_tiff(tmp_path / "psf.tif", np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32),
+               voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, assumed, voxel", [("noz.tif", True, (1.0, 0.1, 0.1)),
+                                                  ("noz_nounit.tif", True, (1.0, 0.1, 0.1)),
+                                                  ("z.tif", False, (0.3, 0.1, 0.1)),
+                                                  ("one_plane.tif", False, (0.1, 0.1))])
+def test_readers_mark_imagej_s_default_z_step(files, name, assumed, voxel):
+    image, lazy = read_image(files / name), open_lazy(files / name)
+    assert image.z_step_assumed is lazy.z_step_assumed is assumed
+    assert image.voxel_size == pytest.approx(voxel) and lazy.voxel_size == pytest.approx(voxel)
+    assert type(image.voxel_size[0]) is float  # (the mark stays in the reader)
+
+
+def _warnings(err):
+    return [line for line in err.splitlines() if "warning" in line]
+
+
+@pytest.mark.parametrize("output", ["out.tif", "out.zarr"])
+def test_deconvolve_says_the_z_step_was_assumed_once(files, capsys, output):
+    code, _, err = run(["deconvolve", files / "noz.tif", "-o", files / output, "--psf", files / "psf.tif",
+                        "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert _warnings(err) == [WARNING.format(name=files / "noz.tif" if output == "out.tif" else "noz.tif")], err
+    assert read_image(files / "out.tif").voxel_size == pytest.approx((1.0, 0.1, 0.1)) if output == "out.tif" else True
+
+
+@pytest.mark.parametrize("argv", [["noz.tif", "--voxel-size", 0.3, 0.1, 0.1], ["z.tif"], ["one_plane.tif"]])
+def test_no_warning_where_the_z_step_is_given_or_recorded_or_has_no_planes(files, capsys, argv):
+    psf = files / ("psf.tif" if argv[0] != "one_plane.tif" else "psf2d.tif")
+    if argv[0] == "one_plane.tif":
+        write_tiff(psf, np.full((3, 3), 1 / 9, np.float32), voxel_size=(0.1, 0.1))
+    code, _, err = run(["deconvolve", files / argv[0], *argv[1:], "-o", files / "out.tif", "--psf", psf,
+                        "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0 and _warnings(err) == [], err
+
+
+def test_batch_and_distill_say_it_too(files, capsys):
+    (files / "in").mkdir()
+    (files / "noz.tif").rename(files / "in" / "noz.tif")
+    code, _, err = run(["batch", files / "in", "-o", files / "out", "--psf", files / "psf.tif", "--iterations", 2,
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert sum("records no z step" in line for line in err.splitlines()) == 1, err
+    grids = np.meshgrid(*[np.arange(n) for n in (15, 48, 48)], indexing="ij")
+    beads = sum(np.exp(-((grids[0] - 7) ** 2 / 4 + (grids[1] - cy) ** 2 + (grids[2] - cx) ** 2) / 2)
+                for cy, cx in ((12, 12), (12, 34), (34, 22)))
+    beads = np.random.default_rng(1).poisson(1000 * beads + 10).astype(np.float32)
+    tifffile.imwrite(files / "beads.tif", beads, imagej=True, resolution=(10, 10), metadata={"unit": "um", "axes": "ZYX"})
+    code, _, err = run(["psf", "distill", files / "beads.tif", "-o", files / "bead_psf.tif", "--size", 5, 5, 5], capsys)
+    assert code == 0, err
+    assert WARNING.format(name=files / "beads.tif") in err.splitlines(), err
+
+
+@pytest.mark.parametrize("output", ["out.tif", "out.zarr"])
+def test_a_psf_file_without_a_z_step_is_warned_about(files, capsys, output):
+    grids = np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij")
+    tifffile.imwrite(files / "psf_noz.tif", np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32), imagej=True,
+                     resolution=(10, 10), metadata={"unit": "um", "axes": "ZYX"})
+    stack = np.random.default_rng(2).poisson(100, (16, 24, 24)).astype(np.uint16)
+    tifffile.imwrite(files / "z05.tif", stack, imagej=True, resolution=(10, 10),
+                     metadata={"spacing": 0.5, "unit": "um", "axes": "ZYX"})
+    code, _, err = run(["deconvolve", files / "z05.tif", "-o", files / output, "--psf", files / "psf_noz.tif",
+                        "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert _warnings(err) == [
+        f"deconv3d: warning: the PSF file {files / 'psf_noz.tif'} records no z step, so ImageJ's default is taken, as "
+        "Fiji takes it: 1 µm (the PSF is resampled from it to the image's planes); record its z step in the file "
+        "(Fiji: Image > Properties) if its planes are not 1 µm apart"], err
