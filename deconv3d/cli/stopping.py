@@ -37,6 +37,8 @@ class StopRequest:
             signum = getattr(signal, name, None)  # (Windows has no SIGHUP)
             if signum is not None and callable(signal.getsignal(signum)):  # (the command line's, or Python's)
                 self._before[signum] = signal.signal(signum, self._asked)
+        if self.signum is not None:  # one came while they were installed: those installed after it are put back
+            self.disarm()  # (left in place, they had swallowed the second signal, which is to stop at once)
 
     def _asked(self, signum, frame) -> None:
         self.signum = signum
