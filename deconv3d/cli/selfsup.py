@@ -254,7 +254,7 @@ def cmd_train(args) -> int:
     notes = warnings + notes
     with stop_request() as stop:  # the first signal after step 1 keeps the steps trained
         result = train_with_progress(image.data, psf, args, voxel, notes, stop)
-    if stop.asked:
+    if stop.asked and result.reason == "cancelled":  # (not one after the last step: training completed)
         result = replace(result, reason=stop.reason())  # (the library's "cancelled", named)
     source = {"path": recorded_path(args.input), "sha256": file_sha256(args.input)}
     save_checkpoint(result, args.output, training_image=source)

@@ -220,3 +220,45 @@ def test_a_signal_while_the_rl_reference_is_searched_writes_nothing(data, capsys
     assert code == STATUS[signum] and len(calls) == 1, err
     assert err.splitlines()[-1] == f"deconv3d: {how}; no output was written"
     assert not (data / "m.ckpt").exists() and _leftovers(data) == []
+
+
+def test_a_signal_while_the_handlers_are_armed_leaves_none_armed_for_the_next(monkeypatch, ctrl_c):
+    """A Ctrl-C between arming SIGINT and SIGTERM: the handlers armed after it had stayed armed, and the
+    next SIGTERM (a Slurm job's, or a user's kill) was recorded instead of ending the run at once."""
+    from deconv3d.cli import stopping
+
+    ends = {signum: (lambda signum, frame: None) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    for signum, handler in ends.items():
+        signal.signal(signum, handler)  # (the command line's: callable, so armed; the fixture puts back SIG_DFL)
+    real = signal.getsignal
+
+    def getsignal(signum):
+        if signum == signal.SIGTERM:  # (SIGINT's handler is armed by now)
+            signal.raise_signal(signal.SIGINT)
+        return real(signum)
+
+    monkeypatch.setattr(signal, "getsignal", getsignal)
+    with stopping.stop_request() as stop:
+        stop.arm()
+        monkeypatch.setattr(signal, "getsignal", real)
+        assert stop.how() == "interrupted"
+        assert real(signal.SIGINT) is signal.default_int_handler
+        assert all(real(signum) is handler for signum, handler in ends.items())
+
+
+def test_a_signal_after_the_last_step_keeps_the_training_s_own_reason(data, capsys, monkeypatch, ctrl_c):
+    """A Ctrl-C after the last step (as the network is made ready to save): the checkpoint said training
+    was interrupted, though it had run all its steps; it is written as completed, and the run still ends
+    with Ctrl-C's status."""
+    training = importlib.import_module("deconv3d.selfsup.train")
+    environment = training.run_environment
+
+    def signalled(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return environment(*args, **kwargs)
+
+    monkeypatch.setattr(training, "run_environment", signalled)
+    code, _, err = run(_train_argv(data, *NO_SEARCH, steps=2), capsys)
+    assert code == 130, err
+    assert err.splitlines()[-1] == f"deconv3d: interrupted at step 2 of 2: wrote {data / 'm.ckpt'} with the 2 steps trained"
+    assert load_checkpoint(data / "m.ckpt").run["stopped"] == "completed"
