@@ -760,6 +760,17 @@ def test_a_psf_of_other_dimensions_is_refused_naming_both_files_and_how_to_make_
         assert not (data / output).exists()
 
 
+def test_train_refuses_a_psf_of_other_dimensions_as_deconvolve_does(data, capsys):
+    """'deconv3d train' with a 2D image and a 3D PSF said 'PSF is 3D but image is 2D: use a PSF with the
+    same number of dimensions as the image', naming neither file nor how to get a 2D PSF."""
+    plane = np.ones((1, 40, 40), np.uint16) * 100
+    tifffile.imwrite(data / "plane.tif", plane, imagej=True, resolution=(10, 10),
+                     metadata={"spacing": 0.3, "unit": "um", "axes": "ZYX"})
+    code, _, err = run(["train", data / "plane.tif", "--psf", data / "psf.tif", "-o", data / "m.ckpt"], capsys)
+    assert_one_line_error(code, err, "psf.tif is 3D", "plane.tif is 2D", "--shape 63 63 --voxel-size DY DX")
+    assert "warning" not in err and not (data / "m.ckpt").exists()
+
+
 def test_psf_takes_y_x_for_a_2d_image_s_psf_the_plane_of_best_focus(data, capsys):
     """'deconv3d psf --shape 31 31 --voxel-size 0.065 0.065' was refused ('expected 3 arguments'): a 2D
     image's PSF needed a z step that no plane uses. Two values give the plane of best focus, as

@@ -228,16 +228,18 @@ def train_with_progress(image, psf, args, voxel, notes=(), stop=None):
 
 
 def _read_inputs(args):
-    from deconv3d.io import assume_psf_voxel, psf_voxel_size, read_image, read_psf
+    from deconv3d.io import assume_psf_voxel, psf_dimension_problem, psf_voxel_size, read_image, read_psf
     from deconv3d.psf import prepare_psf
 
     image = read_image(args.input)
     check_output(args.output, [args.input, args.psf], suffixes=(".ckpt", ".pt"))
+    psf = read_psf(args.psf)
+    if problem := psf_dimension_problem(args.psf, psf.data.ndim, args.input, image.data.ndim):
+        raise InputError(problem)  # (as deconvolve says it: naming both files and how to make a PSF that fits)
     notes: list[str] = []
     check_negative(image.data, args.input, "train", notes)
     voxel = assume_psf_voxel(voxel_size_of(args, image, notes), args.psf, image.data.ndim, args.input, notes,
                              partial=image.partial_voxel)
-    psf = read_psf(args.psf)
     prepared = prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel, args.psf), image_voxel=voxel)
     return image, prepared, voxel, notes
 
