@@ -195,7 +195,7 @@ def test_a_2d_image_with_a_generated_psf_is_told_to_give_a_psf_file(files, capsy
     write_tiff(files / "plane.tif", np.ones((32, 32), np.float32), voxel_size=(0.1, 0.1))
     code, _, err = run(["deconvolve", files / "plane.tif", "--psf-model", "gaussian", "--na", 1.2,
                         "--wavelength", 0.5, "-o", files / "o.tif"], capsys)
-    assert_one_line_error(code, err, "for a 2D image give a --psf file", "--shape 1 31 31")
+    assert_one_line_error(code, err, "for a 2D image give a --psf file", "--shape 63 63 --voxel-size DY DX")
 
 
 @pytest.mark.parametrize("unit, factor", [("micrometers", 1.0), ("nanometres", 1e-3), ("millimeter", 1e3),

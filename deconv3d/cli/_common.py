@@ -100,8 +100,8 @@ def load_psf(args, image, voxel, fit_image: bool = True):
     if args.na is None or args.wavelength is None:
         raise InputError("--psf-model needs --na and --wavelength: add them, or give a measured --psf file")
     if image.data.ndim != 3:
-        raise InputError("--psf-model generates 3D PSFs: for a 2D image give a --psf file, e.g. one plane made by "
-                         "'deconv3d psf --shape 1 31 31 ...'")
+        raise InputError("--psf-model generates 3D PSFs: for a 2D image give a --psf file, e.g. the plane of best "
+                         "focus made by 'deconv3d psf --shape 63 63 --voxel-size DY DX ...'")
     if voxel is None or len(voxel) != 3:
         from deconv3d.io import _sizes
 

@@ -170,8 +170,8 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
         kind = "channels" if "C" in axes else "frames"
         hint = f" ({name} has axes {axes}: if its {kind} are z-slices, relabel them as slices: Fiji's Image > Properties)"
     if settings.psf_model is not None and ndim != 3:
-        raise InputError(f"--psf-model generates 3D PSFs but {name} is {ndim}D: give a 2D --psf file, e.g. one plane "
-                         f"made by 'deconv3d psf --shape 1 31 31 ...'{hint}")
+        raise InputError(f"--psf-model generates 3D PSFs but {name} is {ndim}D: give a 2D --psf file, e.g. the plane of "
+                         f"best focus made by 'deconv3d psf --shape 63 63 --voxel-size DY DX ...'{hint}")
     for psf in _many(settings.psf):
         if problem := psf_dimension_problem(psf, read_psf(psf).data.ndim, lazy.path, ndim):
             raise InputError(problem + hint)

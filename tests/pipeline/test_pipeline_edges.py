@@ -788,7 +788,7 @@ def test_chunked_runs_name_what_is_wrong_with_odd_files_as_in_memory_runs_do(tmp
     (tmp_path / "empty.tif").write_bytes(b"II*\x00\x00\x00\x00\x00")
     cases = [("cyx.tif", ["--psf", "psf.tif"], ["3D but cyx.tif is 2D", "axes CYX", "relabel"]),
              ("plane.tif", ["--psf-model", "gaussian", "--na", "1.2", "--wavelength", "0.5"],
-              ["generates 3D PSFs", "plane.tif is 2D", "--shape 1 31 31"]),
+              ["generates 3D PSFs", "plane.tif is 2D", "--shape 63 63 --voxel-size DY DX"]),
              ("huge.tif", ["--psf", "psf.tif"], ["up to 1e+300", "beyond the float32 range"]),
              ("empty.tif", ["--psf", "psf.tif"], ["holds no image", "TIFF header"])]
     for name, psf_args, words in cases:
