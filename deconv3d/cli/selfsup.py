@@ -254,12 +254,14 @@ def cmd_train(args) -> int:
     image, psf, voxel, notes = _read_inputs(args)
     start = time.perf_counter()
     notes = warnings + notes
-    with stop_request() as stop:  # the first signal after step 1 keeps the steps trained
-        result = train_with_progress(image.data, psf, args, voxel, notes, stop)
-    if stop.asked and result.reason == "cancelled":  # (not one after the last step: training completed)
-        result = replace(result, reason=stop.reason())  # (the library's "cancelled", named)
+    # The file as it was read, hashed before the training: not seconds of hashing after it, in which a
+    # first signal (Slurm's SIGTERM) stopped the command at once and lost the steps trained.
     source = {"path": recorded_path(args.input), "sha256": file_sha256(args.input)}
-    save_checkpoint(result, args.output, training_image=source)
+    with stop_request() as stop:  # the first signal after step 1 keeps the steps trained, also while they are saved
+        result = train_with_progress(image.data, psf, args, voxel, notes, stop)
+        if stop.asked and result.reason == "cancelled":  # (not one after the last step: training completed)
+            result = replace(result, reason=stop.reason())  # (the library's "cancelled", named)
+        save_checkpoint(result, args.output, training_image=source)
     if stop.asked:
         say_last(f"deconv3d: {stop.how()} at step {result.steps_done} of {result.config.steps}: wrote "
                  f"{line_text(args.output)} with the {result.steps_done} steps trained")

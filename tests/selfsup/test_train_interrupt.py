@@ -165,8 +165,9 @@ def test_a_second_signal_while_the_step_ends_stops_at_once(data, capsys, monkeyp
 def test_a_second_signal_while_the_checkpoint_is_written_leaves_it_whole_or_none(data, capsys, monkeypatch, ctrl_c,
                                                                                  where, first):
     """A second Ctrl-C while the checkpoint's bytes are written stops at once, its temporary removed; one as it
-    is renamed into place comes once it is there, and the file is complete. So does the first one, after a
-    training that ran all its steps."""
+    is renamed into place comes once it is there, and the file is complete. The first one, after a training
+    that ran all its steps, lets the checkpoint be written whole (found by review: it stopped the command at
+    once and lost the training, also in the seconds the input's hash took after it)."""
     from deconv3d import _torch_common
 
     _signals_at_step(monkeypatch, {2: [signal.SIGINT]} if first else {})
@@ -189,7 +190,10 @@ def test_a_second_signal_while_the_checkpoint_is_written_leaves_it_whole_or_none
         monkeypatch.setattr(_torch_common, "publishing", renamed)
     code, _, err = run(_train_argv(data, *NO_SEARCH, steps=STEPS if first else 2), capsys)
     assert code == 130 and _leftovers(data) == [], err
-    if where == "write":
+    if not first:
+        assert err.splitlines()[-1] == f"deconv3d: interrupted at step 2 of 2: wrote {data / 'm.ckpt'} with the 2 steps trained"
+        assert load_checkpoint(data / "m.ckpt").run["train_steps"] == 2
+    elif where == "write":
         assert err.splitlines()[-1] == "deconv3d: interrupted; no output was written"
         assert not (data / "m.ckpt").exists()
     else:
