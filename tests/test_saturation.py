@@ -213,7 +213,7 @@ def test_heavily_clipped_wide_object_is_no_worse_than_fitting_the_plateau(bounda
         richardson_lucy(clipped, psf, 10, accelerate=True, boundary=boundary, weights=weights, device="cpu"),
         clipped, weights, psf.shape)
     rms = {name: float(np.sqrt(np.mean((r - truth) ** 2))) for name, r in (("fitted", fitted), ("left out", left_out))}
-    assert rms["left out"] <= rms["fitted"], rms  # measured 107.8 / 110.7 (bertero), 109.0 / 111.8 (zero)
+    assert rms["left out"] <= rms["fitted"], rms  # measured 108.5 / 110.1 (bertero), 110.0 / 111.5 (zero)
 
 
 @pytest.mark.parametrize("boundary", ["zero", "bertero"])
