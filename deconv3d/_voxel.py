@@ -66,6 +66,26 @@ def recorded_voxel(image, how: str) -> tuple[float, ...] | None:
     return image.voxel_size
 
 
+#: µm. ImageJ's default z step in a file calibrated in nanometres (or a smaller unit) is 1 nm or less,
+#: closer than any light microscope takes its planes: a measured PSF resampled to it was refused as
+#: "not in micrometres", the warning that the step was assumed left out, and --psf-model ran on it.
+LEAST_ASSUMED_Z_STEP = 0.01
+
+
+def check_assumed_z_step(source, voxel, warnings: list | None = None) -> None:
+    """For an image whose z step is ImageJ's default (``voxel`` its (z, y, x) size as taken): refuse one
+    below :data:`LEAST_ASSUMED_Z_STEP`, a file in nanometres, and warn of any other
+    (:func:`assumed_z_step_warning`, into ``warnings``)."""
+    from deconv3d.errors import warn
+
+    z = voxel[0]
+    if z < LEAST_ASSUMED_Z_STEP:
+        raise InputError(f"{source} records no z step, and ImageJ's default, 1 in its unit, is {z:g} µm, closer than "
+                         "a light microscope takes its planes: pass --voxel-size DZ DY DX (in µm), or record the z "
+                         "step in the file (Fiji: Image > Properties)")
+    warn(assumed_z_step_warning(source, voxel), warnings)
+
+
 def assumed_z_step_warning(source, voxel) -> str:
     """The warning for an image whose z step is ImageJ's default (the file records none:
     :class:`deconv3d._tiff_metadata.DefaultStep`), ``voxel`` its (z, y, x) size as taken."""

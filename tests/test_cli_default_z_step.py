@@ -96,3 +96,22 @@ def test_a_psf_file_without_a_z_step_is_warned_about(files, capsys, output):
         f"deconv3d: warning: the PSF file {files / 'psf_noz.tif'} records no z step, so ImageJ's default is taken, as "
         "Fiji takes it: 1 µm (the PSF is resampled from it to the image's planes); record its z step in the file "
         "(Fiji: Image > Properties) if its planes are not 1 µm apart"], err
+
+
+@pytest.mark.parametrize("output, psf", [("out.tif", ["--psf", "psf.tif"]), ("out.zarr", ["--psf", "psf.tif"]),
+                                         ("out.tif", ["--psf-model", "gaussian", "--na", 1.2, "--wavelength", 0.5])])
+def test_a_stack_in_nanometres_without_a_z_step_is_refused(files, capsys, output, psf):
+    """ImageJ's default in nm is a 1 nm z step: a measured PSF resampled to it was refused as not in
+    micrometres, without the warning that the step was assumed, and --psf-model ran on it."""
+    stack = np.random.default_rng(3).poisson(100, (8, 24, 24)).astype(np.uint16)
+    tifffile.imwrite(files / "nm.tif", stack, imagej=True, resolution=(0.01, 0.01), metadata={"unit": "nm", "axes": "ZYX"})
+    argv = ["deconvolve", files / "nm.tif", "-o", files / output, *[files / a if a == "psf.tif" else a for a in psf],
+            "--iterations", 2, "--device", "cpu"]
+    code, _, err = run(argv, capsys)
+    name = files / "nm.tif" if output == "out.tif" else "nm.tif"
+    assert code == 2 and err.splitlines() == [
+        f"deconv3d: error: {name} records no z step, and ImageJ's default, 1 in its unit, is 0.001 µm, closer than a "
+        "light microscope takes its planes: pass --voxel-size DZ DY DX (in µm), or record the z step in the file "
+        "(Fiji: Image > Properties)"], err
+    code, _, err = run([*argv, "--voxel-size", 0.3, 0.1, 0.1], capsys)
+    assert code == 0 and _warnings(err) == [], err

@@ -78,10 +78,9 @@ def voxel_size_of(args, image, warnings: list | None = None):
         raise InputError(f"voxel size {voxel} must be positive: pass --voxel-size DZ DY DX")
     refuse_nanometres(voxel, fix)
     if not args.voxel_size and getattr(image, "z_step_assumed", False):
-        from deconv3d._voxel import assumed_z_step_warning
-        from deconv3d.errors import warn
+        from deconv3d._voxel import check_assumed_z_step
 
-        warn(assumed_z_step_warning(name, voxel), warnings)
+        check_assumed_z_step(name, voxel, warnings)
     return voxel
 
 

@@ -83,9 +83,9 @@ def _checked_voxel(settings, lazy, ndim: int, name: str, warnings):
 
     voxel = spatial_voxel(settings, lazy)
     if settings.voxel_size is None and voxel is not None and getattr(lazy, "z_step_assumed", False):
-        from deconv3d._voxel import assumed_z_step_warning
+        from deconv3d._voxel import check_assumed_z_step
 
-        warn(assumed_z_step_warning(name, voxel), warnings)
+        check_assumed_z_step(name, voxel, warnings)
     if settings.psf and (settings.method != "ssl" or settings.model is None):  # (a model brings its own, below)
         voxel = _voxel_with_psfs(voxel, _many(settings.psf), ndim, name, lazy.partial_voxel, warnings)
     if settings.psf_model is not None and (settings.method != "ssl" or settings.model is None):
