@@ -252,7 +252,21 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
     return own
 
 
-def psf_voxel_size(psf: Image, image_voxel, path=None):
+def _check_assumed_psf_z_step(z: float, path, warnings: list | None) -> None:
+    """Warn (into ``warnings``, else at once) that the PSF file ``path``'s z step ``z`` is ImageJ's default; refuse
+    one below :data:`deconv3d._voxel.LEAST_ASSUMED_Z_STEP` (a file in nanometres: a 1 nm step)."""
+    from deconv3d._voxel import LEAST_ASSUMED_Z_STEP
+
+    fix = "record its z step in the file (Fiji: Image > Properties)"
+    if z < LEAST_ASSUMED_Z_STEP:
+        raise InputError(f"the PSF file {path} records no z step, and ImageJ's default, 1 in its unit, is {z:g} µm, "
+                         f"closer than a light microscope takes its planes: {fix}")
+    warn(f"deconv3d: warning: the PSF file {path} records no z step, so ImageJ's default is taken, as Fiji "
+         f"takes it: {z:g} µm (the PSF is resampled from it to the image's planes); {fix} if its planes are not "
+         f"{z:g} µm apart", warnings)
+
+
+def psf_voxel_size(psf: Image, image_voxel, path=None, warnings: list | None = None):
     """The voxel size of a PSF read by :func:`read_psf`: its own, or where it calibrates some axes
     only (a lateral pixel size without a z step) those completed from ``image_voxel``; where it
     calibrates none, ``image_voxel`` (the PSF taken as sampled like the image, which
@@ -260,13 +274,11 @@ def psf_voxel_size(psf: Image, image_voxel, path=None):
 
     Taking such a PSF as sampled like the image throughout dropped its known lateral size: a PSF
     at 0.05 µm pixels was used as is on 0.065 µm ones, 30% too wide. A PSF file (``path``, for the
-    message) whose z step is ImageJ's default, as it records none, is warned about.
+    message) whose z step is ImageJ's default, as it records none, is warned about (into ``warnings``, for a
+    caller that prints them once the input is checked, else at once).
     """
     if path is not None and psf.z_step_assumed and psf.voxel_size is not None:
-        z = psf.voxel_size[0]
-        warn(f"deconv3d: warning: the PSF file {path} records no z step, so ImageJ's default is taken, as Fiji "
-             f"takes it: {z:g} µm (the PSF is resampled from it to the image's planes); record its z step in the "
-             f"file (Fiji: Image > Properties) if its planes are not {z:g} µm apart")
+        _check_assumed_psf_z_step(psf.voxel_size[0], path, warnings)
     if psf.voxel_size is not None or image_voxel is None:
         return psf.voxel_size
     if psf.partial_voxel is None:

@@ -115,3 +115,32 @@ def test_a_stack_in_nanometres_without_a_z_step_is_refused(files, capsys, output
         "(Fiji: Image > Properties)"], err
     code, _, err = run([*argv, "--voxel-size", 0.3, 0.1, 0.1], capsys)
     assert code == 0 and _warnings(err) == [], err
+
+
+def _psf_without_z_step(path, unit="um", resolution=10):
+    grids = np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij")
+    tifffile.imwrite(path, np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32), imagej=True,
+                     resolution=(resolution, resolution), metadata={"unit": unit, "axes": "ZYX"})
+
+
+def test_a_refusal_after_the_psf_s_warning_says_only_its_error(files, capsys):
+    """The PSF file's warning waits, as the image's do, for the input's checks: it came before a refusal
+    (alone, the image's held back) and before the image's warnings."""
+    _psf_without_z_step(files / "psf_noz.tif")
+    argv = ["deconvolve", files / "noz.tif", "-o", files / "out.tif", "--psf", files / "psf_noz.tif", "--device", "cpu"]
+    code, _, err = run([*argv, "--method", "rl-tv", "--tv-weight", 10], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "--tv-weight 10 is too large" in err, err
+    code, _, err = run([*argv, "--iterations", 2], capsys)
+    assert code == 0 and [line.split(" records")[0] for line in _warnings(err)] == [
+        f"deconv3d: warning: {files / 'noz.tif'}", f"deconv3d: warning: the PSF file {files / 'psf_noz.tif'}"], err
+
+
+@pytest.mark.parametrize("output", ["out.tif", "out.zarr"])
+def test_a_psf_file_in_nanometres_without_a_z_step_is_refused(files, capsys, output):
+    _psf_without_z_step(files / "psf_nm.tif", unit="nm", resolution=0.01)
+    code, _, err = run(["deconvolve", files / "z.tif", "-o", files / output, "--psf", files / "psf_nm.tif",
+                        "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 2 and err.splitlines() == [
+        f"deconv3d: error: the PSF file {files / 'psf_nm.tif'} records no z step, and ImageJ's default, 1 in its unit, "
+        "is 0.001 µm, closer than a light microscope takes its planes: record its z step in the file (Fiji: Image > "
+        "Properties)"], err

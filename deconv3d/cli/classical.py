@@ -270,7 +270,7 @@ def _deconvolve_in_memory(args, warnings: list) -> int:
         voxel = trained.voxel_for(voxel, image.data.ndim, args.input, warnings)
     voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input, warnings, partial=image.partial_voxel)
     # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
-    psf = load_psf(args, image, voxel, fit_image=trained is None) if (args.psf or args.psf_model) else None
+    psf = load_psf(args, image, voxel, fit_image=trained is None, warnings=warnings) if (args.psf or args.psf_model) else None
     source = psf_source(args)  # (the PSF file's hash)
     if args.method == "rl-tv":  # after the PSF's checks: an image without a voxel size, told to lower the
         check_tv_weight(args.tv_weight, image.data.ndim, voxel, Path(args.input).name)  # weight, then needed one

@@ -240,7 +240,8 @@ def _read_inputs(args):
     check_negative(image.data, args.input, "train", notes)
     voxel = assume_psf_voxel(voxel_size_of(args, image, notes), args.psf, image.data.ndim, args.input, notes,
                              partial=image.partial_voxel)
-    prepared = prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel, args.psf), image_voxel=voxel)
+    prepared = prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel, args.psf, notes),
+                           image_voxel=voxel)
     return image, prepared, voxel, notes
 
 
