@@ -91,8 +91,8 @@ def assumed_z_step_warning(source, voxel) -> str:
     :class:`deconv3d._tiff_metadata.DefaultStep`), ``voxel`` its (z, y, x) size as taken."""
     z = voxel[0]
     return (f"deconv3d: warning: {source} records no z step, so ImageJ's default is taken, as Fiji takes it: "
-            f"{z:g} µm (the PSF is sampled and the output calibrated to it); pass --voxel-size DZ DY DX if its "
-            f"planes are not {z:g} µm apart")
+            f"{z:g} µm (the voxel size the run and its output take); pass --voxel-size DZ DY DX if its planes "
+            f"are not {z:g} µm apart")
 
 
 def format_sizes(values, unknown=None) -> str:

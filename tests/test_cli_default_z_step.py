@@ -11,8 +11,8 @@ from deconv3d.io import read_image, write_tiff
 from deconv3d.omezarr.reading import open_lazy
 
 WARNING = ("deconv3d: warning: {name} records no z step, so ImageJ's default is taken, as Fiji takes it: 1 µm "
-           "(the PSF is sampled and the output calibrated to it); pass --voxel-size DZ DY DX if its planes are "
-           "not 1 µm apart")
+           "(the voxel size the run and its output take); pass --voxel-size DZ DY DX if its planes are not 1 µm "
+           "apart")
 
 
 @pytest.fixture
