@@ -88,8 +88,8 @@ def richardson_lucy(
     accelerate : bool or sequence of float
         Biggs-Andrews vector extrapolation [4]_: same result in fewer iterations, with the
         adaptive step held to at least 0.65 (``deconv3d.classical._iterate.ALPHA_FLOOR``: plain
-        RL's 20-iteration quality an iteration or more sooner than from Biggs & Andrews' own
-        step, which lags after the flat start). A sequence
+        RL's 20-iteration quality up to three iterations sooner, never later, than from Biggs &
+        Andrews' own step, which lags after the flat start). A sequence
         gives a fixed step schedule ``α_1, α_2, ...`` (see :func:`rl_alpha_schedule`) instead
         of the adaptive one: every voxel's update is then local, so chunked runs over blocks
         of one volume agree with a whole-volume run (the adaptive α depends on the whole image).
