@@ -74,13 +74,16 @@ LEAST_ASSUMED_Z_STEP = 0.01
 
 def check_assumed_z_step(source, voxel, warnings: list | None = None) -> None:
     """For an image whose z step is ImageJ's default (``voxel`` its (z, y, x) size as taken): refuse one
-    below :data:`LEAST_ASSUMED_Z_STEP`, a file in nanometres, and warn of any other
-    (:func:`assumed_z_step_warning`, into ``warnings``)."""
+    below :data:`LEAST_ASSUMED_Z_STEP`, a file in nanometres, or above :data:`NANOMETRE_LIKE`, a file
+    in millimetres or centimetres (which was refused as "looks like nanometres: the file's unit is
+    wrong", where its pixel sizes were right and the z step missing), and warn of any other
+    (:func:`assumed_z_step_warning`, into ``warnings``). Called before :func:`refuse_nanometres`."""
     from deconv3d.errors import warn
 
     z = voxel[0]
-    if z < LEAST_ASSUMED_Z_STEP:
-        raise InputError(f"{source} records no z step, and ImageJ's default, 1 in its unit, is {z:g} µm, closer than "
+    if not LEAST_ASSUMED_Z_STEP <= z <= NANOMETRE_LIKE:
+        how = "closer than" if z < LEAST_ASSUMED_Z_STEP else "farther apart than"
+        raise InputError(f"{source} records no z step, and ImageJ's default, 1 in its unit, is {z:g} µm, {how} "
                          "a light microscope takes its planes: pass --voxel-size DZ DY DX (in µm), or record the z "
                          "step in the file (Fiji: Image > Properties)")
     warn(assumed_z_step_warning(source, voxel), warnings)

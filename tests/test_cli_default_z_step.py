@@ -144,3 +144,22 @@ def test_a_psf_file_in_nanometres_without_a_z_step_is_refused(files, capsys, out
         f"deconv3d: error: the PSF file {files / 'psf_nm.tif'} records no z step, and ImageJ's default, 1 in its unit, "
         "is 0.001 µm, closer than a light microscope takes its planes: record its z step in the file (Fiji: Image > "
         "Properties)"], err
+
+
+@pytest.mark.parametrize("output", ["out.tif", "out.zarr"])
+def test_a_stack_in_centimetres_without_a_z_step_is_told_the_z_step_is_missing(files, capsys, output):
+    """Found by review: an ImageJ file whose resolution is per centimetre, with no unit and no spacing,
+    got ImageJ's default z step of 1 cm and was refused as "looks like nanometres: the file's unit is
+    wrong", though its pixel sizes (0.1 µm) were right and only the z step was missing."""
+    stack = np.random.default_rng(3).poisson(100, (8, 24, 24)).astype(np.uint16)
+    tifffile.imwrite(files / "cm.tif", stack, imagej=True, resolution=(1e5, 1e5), resolutionunit="CENTIMETER",
+                     metadata={"axes": "ZYX"})
+    assert read_image(files / "cm.tif").voxel_size == pytest.approx((1e4, 0.1, 0.1))
+    code, _, err = run(["deconvolve", files / "cm.tif", "-o", files / output, "--psf", files / "psf.tif",
+                        "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "records no z step" in err and "10000 µm, farther apart than" in err and "--voxel-size" in err, err
+    assert not (files / output).exists()
+    code, _, err = run(["deconvolve", files / "cm.tif", "--voxel-size", 0.3, 0.1, 0.1, "-o", files / output, "--psf",
+                        files / "psf.tif", "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0 and "warning" not in err, err

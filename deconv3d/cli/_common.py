@@ -76,11 +76,11 @@ def voxel_size_of(args, image, warnings: list | None = None):
     voxel = tuple(voxel)[-image.data.ndim:]
     if min(voxel) <= 0:
         raise InputError(f"voxel size {voxel} must be positive: pass --voxel-size DZ DY DX")
-    refuse_nanometres(voxel, fix)
     if not args.voxel_size and getattr(image, "z_step_assumed", False):
         from deconv3d._voxel import check_assumed_z_step
 
-        check_assumed_z_step(name, voxel, warnings)
+        check_assumed_z_step(name, voxel, warnings)  # (first: a missing z step, not a wrong unit)
+    refuse_nanometres(voxel, fix)
     return voxel
 
 

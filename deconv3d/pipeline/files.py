@@ -81,11 +81,11 @@ def _checked_voxel(settings, lazy, ndim: int, name: str, warnings):
     from deconv3d.pipeline.prepared_psfs import check_model_voxel
     from deconv3d.pipeline.settings import _many, check_tv_weight
 
-    voxel = spatial_voxel(settings, lazy)
-    if settings.voxel_size is None and voxel is not None and getattr(lazy, "z_step_assumed", False):
+    if settings.voxel_size is None and lazy.voxel_size is not None and getattr(lazy, "z_step_assumed", False):
         from deconv3d._voxel import check_assumed_z_step
 
-        check_assumed_z_step(name, voxel, warnings)
+        check_assumed_z_step(name, tuple(lazy.voxel_size), warnings)  # (first: a missing z step, not a wrong unit)
+    voxel = spatial_voxel(settings, lazy)
     if settings.psf and (settings.method != "ssl" or settings.model is None):  # (a model brings its own, below)
         voxel = _voxel_with_psfs(voxel, _many(settings.psf), ndim, name, lazy.partial_voxel, warnings)
     if settings.psf_model is not None and (settings.method != "ssl" or settings.model is None):
