@@ -15,7 +15,7 @@ from deconv3d._paths import (_check_writable_target, _one_line, create_temporary
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 
-__all__ = ["write_tiff", "ZarrPlanes"]
+__all__ = ["write_tiff", "write_hyperstack", "ZarrPlanes"]
 
 
 def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | None = None,
@@ -81,15 +81,22 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
     if metadata is not None and not isinstance(metadata, dict):
         raise InputError(f"metadata must be a dict of ImageJ properties, got {type(metadata).__name__}")
     kwargs = _imagej_kwargs(data, voxel_size, metadata)
+    if streamed:  # page by page from slabs of planes: never the whole volume in memory
+        _write_atomically(path, lambda fh: tifffile.imwrite(
+            fh, data=_pages(data, slab_bytes or _SLAB_BYTES, path), shape=tuple(data.shape), dtype=np.float32,
+            imagej=True, **kwargs))
+    else:
+        _write_atomically(path, lambda fh: tifffile.imwrite(fh, data, imagej=True, **kwargs))
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Call ``write(fh)`` on a temporary file beside ``path``, then move it onto ``path``: on any
+    failure the temporary file is removed, and an OSError becomes an InputError naming ``path``."""
     tmp = temporary_name(path)
     try:
         # (made with its mode, before the data: a private result is never readable by others meanwhile)
         with open(tmp, "wb", opener=lambda name, flags: create_temporary(path, tmp)) as fh:  # (named: tifffile asks)
-            if streamed:  # page by page from slabs of planes: never the whole volume in memory
-                tifffile.imwrite(fh, data=_pages(data, slab_bytes or _SLAB_BYTES, path), shape=tuple(data.shape),
-                                 dtype=np.float32, imagej=True, **kwargs)
-            else:
-                tifffile.imwrite(fh, data, imagej=True, **kwargs)
+            write(fh)
         with publishing(path):  # (a SIGTERM just after it: "no output was written", the new file in place)
             os.replace(tmp, path)
     except OSError as exc:
@@ -102,6 +109,110 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
 
 
 _SLAB_BYTES = 256 * 2**20  # planes read at once when a lazy volume is streamed into a TIFF
+
+#: ImageJ's ``tunit`` for each OME-Zarr time unit (those :mod:`deconv3d._tiff_metadata` reads back).
+_IMAGEJ_TIME_UNITS = {"second": "sec", "minute": "min", "hour": "hr", "day": "day", "millisecond": "ms",
+                      "microsecond": "us", "nanosecond": "ns"}
+
+
+def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, time_axis=None,
+                     slab_bytes: int | None = None) -> None:
+    """Write a zarr array of several channels and/or time points as a float32 ImageJ hyperstack, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output ``.tif``/``.tiff`` path; an existing file is replaced.
+    array : zarr.Array
+        The image, with ``axes``; never loaded whole: every time point is read in slabs of
+        z-planes of all its channels, at most ``slab_bytes`` (default 256 MiB, one plane of
+        every channel at least), and written in ImageJ's plane order (TZCYX).
+    axes : str
+        ``array``'s axes: ``T`` and/or ``C`` then ``ZYX``, ``YX``, ``ZX`` or ``ZY`` (a section
+        through z, written with a y or x axis of one, as :func:`write_tiff` writes one).
+    voxel_size, metadata
+        As for :func:`write_tiff`: the spatial voxel size in micrometres, and ImageJ properties.
+    time_axis : (float, str or None[, float]), optional
+        Step and unit of the T axis (:attr:`~deconv3d.omezarr.LazyImage.time_axis`): ImageJ's
+        ``finterval`` and ``tunit``; none is written without it.
+    slab_bytes : int, optional
+        The most bytes read from ``array`` at once.
+
+    Raises
+    ------
+    InputError
+        As :func:`write_tiff` does, and for axes other than those above.
+    """
+    path = Path(path)
+    _check_writable_target(path)
+    letters, spatial = _hyperstack_axes(axes, array.shape, path)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InputError(f"metadata must be a dict of ImageJ properties, got {type(metadata).__name__}")
+    _, voxel_size = _as_stack(np.empty((1,) * len(spatial)), voxel_size, spatial, path)
+    kwargs = _imagej_kwargs(np.empty((1,) * (3 if "Z" in spatial else 2)), voxel_size, metadata)
+    sizes = dict(zip(letters, array.shape))
+    sizes.update({"Y": sizes.get("Y", 1), "X": sizes.get("X", 1)})  # (a section's lateral axis of one)
+    order = "".join(a for a in "TZCYX" if a in sizes)
+    kwargs["metadata"]["axes"] = order
+    if time_axis is not None and "T" in letters:
+        kwargs["metadata"]["finterval"] = float(time_axis[0])
+        if time_axis[1] in _IMAGEJ_TIME_UNITS:
+            kwargs["metadata"]["tunit"] = _IMAGEJ_TIME_UNITS[time_axis[1]]
+    pages = _hyperstack_pages(array, letters, slab_bytes or _SLAB_BYTES, path)
+    _write_atomically(path, lambda fh: tifffile.imwrite(fh, data=pages, shape=tuple(sizes[a] for a in order),
+                                                        dtype=np.float32, imagej=True, **kwargs))
+
+
+def _hyperstack_axes(axes, shape, path) -> tuple[str, str]:
+    """``(axes, spatial axes)`` of a hyperstack to write, refused unless T and/or C lead ZYX, YX, ZX or ZY."""
+    letters = str(axes).upper()
+    spatial = letters.lstrip("T").lstrip("C")
+    if letters[:len(letters) - len(spatial)] not in ("T", "C", "TC") or spatial not in ("ZYX", "YX", "ZX", "ZY") \
+            or len(letters) != len(shape):
+        raise InputError(f"cannot write {path} as a hyperstack with axes {axes!r} for a {len(shape)}D image: give "
+                         "T and/or C, then ZYX or YX (e.g. 'TCZYX')")
+    return letters, spatial
+
+
+def _hyperstack_pages(array, axes: str, slab_bytes: int, path):
+    """The planes of ``array`` (``axes`` as :func:`_hyperstack_axes` allows) as float32 in ImageJ's
+    order: time points, then z-planes, then channels; read a slab of z-planes of every channel at a time."""
+    channel_axis = axes.index("C") if "C" in axes else None
+    times = array.shape[0] if axes[0] == "T" else 1
+    for t in range(times):
+        volume = _TimePoint(array, t if axes[0] == "T" else None, channel_axis is not None, axes)
+        plane_bytes = 4 * volume.channels * int(np.prod(volume.plane_shape))
+        step = max(1, min(volume.depth, int(slab_bytes) // plane_bytes))
+        for start in range(0, volume.depth, step):
+            with np.errstate(over="ignore", invalid="ignore"):
+                slab = volume.slab(start, start + step)  # (channel, z, y, x)
+            _refuse_non_finite(slab, path)
+            for z in range(slab.shape[1]):
+                yield from slab[:, z]
+            del slab
+
+
+class _TimePoint:
+    """One time point of a hyperstack's zarr array, as ``(channel, z, y, x)`` slabs of float32
+    (a 2D image as a depth of one; a ZX or ZY section with its y or x axis of one)."""
+
+    def __init__(self, array, t, has_channels: bool, axes: str):
+        self.array, self.lead = array, (() if t is None else (t,))
+        self.has_channels, self.spatial = has_channels, axes.lstrip("T").lstrip("C")
+        shape = array.shape[len(self.lead) + has_channels:]
+        self.channels = array.shape[len(self.lead)] if has_channels else 1
+        self.depth = shape[0] if self.spatial[0] == "Z" else 1
+        self.plane_shape = shape[1:] if self.spatial[0] == "Z" else shape
+
+    def slab(self, start: int, stop: int) -> np.ndarray:
+        key = self.lead + ((slice(None),) if self.has_channels else ()) + \
+            ((slice(start, stop),) if self.spatial[0] == "Z" else ())
+        slab = np.asarray(self.array[key], dtype=np.float32)
+        slab = slab if self.has_channels else slab[None]
+        slab = slab if self.spatial[0] == "Z" else slab[:, None]
+        if self.spatial in ("ZX", "ZY"):
+            slab = np.expand_dims(slab, 2 if self.spatial == "ZX" else 3)
+        return slab
 
 
 def _refuse_non_finite(data: np.ndarray, path) -> None:
