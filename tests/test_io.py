@@ -1299,16 +1299,16 @@ def test_an_imagej_time_unit_without_a_name_is_warned_about_by_the_run(tmp_path)
 
 
 def test_the_command_line_warns_of_a_time_unit_once_and_not_before_a_refusal(tmp_path, capsys):
-    from cli_helpers import assert_one_line_error, run
+    from cli_helpers import run
 
     fortnight_series(tmp_path / "t.tif")
     psf = np.zeros((3, 3, 3), np.float32)
     psf[1, 1, 1] = 1
     tifffile.imwrite(tmp_path / "psf.tif", psf, imagej=True, metadata={"axes": "ZYX"})
     line = "deconv3d: warning: t.tif records its time step in 'fortnight'"
-    code, _, err = run(["deconvolve", tmp_path / "t.tif", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "o.tif"],
-                       capsys)
-    assert_one_line_error(code, err, "a TIFF output holds one 2D/3D image")  # (the warning came twice, first)
+    code, _, err = run(["deconvolve", tmp_path / "t.tif", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "o.tif",
+                        "--iterations", 1], capsys)
+    assert code == 0 and err.count(line) == 1, err  # (a TIFF hyperstack: the warning came twice)
     code, _, err = run(["deconvolve", tmp_path / "t.tif", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "o.zarr",
                         "--iterations", 1], capsys)
     assert code == 0 and err.count(line) == 1, err

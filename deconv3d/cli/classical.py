@@ -69,12 +69,14 @@ def _distill_parser(sub) -> None:
 
 def _deconvolve_parser(sub) -> None:
     p = sub.add_parser("deconvolve", help="deconvolve an image with a known or generated PSF")
-    p.add_argument("input", help="input image (.tif/.tiff, 2D or 3D; or an OME-Zarr .zarr, read chunk by chunk)")
-    p.add_argument("-o", "--output", required=True, help="output image: .tif/.tiff (float32 with voxel size) or "
-                   ".zarr (OME-Zarr v0.5 with provenance, written chunk by chunk)")
+    p.add_argument("input", help="input image (.tif/.tiff, 2D or 3D, or a hyperstack of channels and/or time points; "
+                   "or an OME-Zarr .zarr, read chunk by chunk)")
+    p.add_argument("-o", "--output", required=True, help="output image: .tif/.tiff (float32 with voxel size; an "
+                   "ImageJ hyperstack for several channels or time points) or .zarr (OME-Zarr v0.5 with provenance, "
+                   "written chunk by chunk)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--psf", nargs="+", action="extend", metavar="PSF",
-                     help="PSF file (.tif), or one per channel of a multi-channel input (with a .zarr output; "
+                     help="PSF file (.tif), or one per channel of a multi-channel input ("
                           "--psf A.tif B.tif, or repeated: --psf A.tif --psf B.tif); resampled to the image's voxel "
                           "size when they differ (required, except for --method ssl with --model)")
     src.add_argument("--psf-model", choices=PSF_MODELS, help="generate the PSF from microscope parameters")
@@ -210,6 +212,8 @@ def cmd_deconvolve(args) -> int:
     warnings = _unused_option_warnings(args)
     _check_formats(args)
     if not pipeline.wants_pipeline(args):
+        _go_out_of_core_if_hyperstack(args)
+    if not pipeline.wants_pipeline(args):
         _go_out_of_core_if_too_large(args)
     if pipeline.wants_pipeline(args):
         return _deconvolve_chunked(args, warnings)
@@ -254,12 +258,12 @@ def _deconvolve_in_memory(args, warnings: list) -> int:
     """``deconvolve`` of one 2D or 3D image read whole, written as a TIFF with its provenance."""
     import numpy as np
 
-    from deconv3d.io import assume_psf_voxel, write_tiff
+    from deconv3d.io import assume_psf_voxel, read_image, write_tiff
     from deconv3d.omezarr import file_sha256
     from deconv3d.pipeline import provenance, psf_source, tiff_properties
     from deconv3d.pipeline.settings import check_tv_weight
 
-    image = _read_one_image(args.input)
+    image = read_image(args.input)  # (one 2D/3D image: a hyperstack goes chunked, _go_out_of_core_if_hyperstack)
     # Each file is hashed once read (at the end, a file replaced meanwhile was recorded in place of
     # the one the run used): the input here, the model and PSF files below.
     input_sha256 = file_sha256(args.input)
@@ -356,7 +360,7 @@ def _saturation_weights(saturation, data, params: dict):
 
 def _one_per_channel(args) -> None:
     """``--psf``, ``--wavelength`` and ``--model`` as one value, or kept as lists of one per channel, which the
-    chunked path takes (a channel axis is written to .zarr only). Wavelengths are one per channel
+    chunked path takes. Wavelengths are one per channel
     only for a generated PSF: beside --psf they are ignored (with a warning)."""
     several = [name for name in ("psf", "wavelength", "model") if isinstance(getattr(args, name, None), list)
                and len(getattr(args, name)) > 1 and (name != "wavelength" or args.psf_model is not None)]
@@ -368,10 +372,24 @@ def _one_per_channel(args) -> None:
         from deconv3d.omezarr import open_lazy
         from deconv3d.pipeline.files import check_channel_count
 
-        # the input's own count first: told to write .zarr, a single-channel image was refused next
+        # the input's count, before the in-memory run (one channel) refuses it otherwise; several channels run
+        # chunked (_go_out_of_core_if_hyperstack), each with its own, into a TIFF hyperstack
         check_channel_count(open_lazy(args.input), len(getattr(args, several[0])), several[0])
-        raise InputError(f"--{several[0]} with one value per channel needs a .zarr output (a TIFF output holds "
-                         f"one channel): write -o {Path(args.output).stem}.zarr, or give one value for all channels")
+
+
+def _go_out_of_core_if_hyperstack(args) -> None:
+    """Send an image of several channels or time points to the chunked pipeline, which deconvolves
+    each of them and writes a TIFF output as an ImageJ hyperstack (in memory, one 2D/3D image is read)."""
+    from deconv3d.omezarr.reading import image_header
+
+    if not Path(args.input).is_file():
+        return
+    try:
+        axes, full_shape, _ = image_header(args.input)  # (a TIFF's header: without dask)
+    except InputError:
+        return  # refused as it was, by the in-memory read
+    if any(n > 1 for a, n in zip(axes, full_shape) if a in "TC"):
+        args.out_of_core = True
 
 
 def _go_out_of_core_if_too_large(args) -> None:
@@ -391,7 +409,7 @@ def _go_out_of_core_if_too_large(args) -> None:
         return  # (on a GPU the arrays live in its memory, which this does not budget)
     axes, full_shape, voxel = image_header(args.input)  # (a TIFF's header: without dask)
     if any(n > 1 for a, n in zip(axes, full_shape) if a in "TC"):
-        return  # refused below: one 2D/3D image per TIFF
+        return  # (chunked already: _go_out_of_core_if_hyperstack)
     shape = tuple(n for a, n in zip(axes, full_shape) if a in "ZYX")
     if args.method == "ssl":  # the chunked run's model of the network's blocks
         from deconv3d.pipeline.batch import network_memory_model
@@ -428,27 +446,6 @@ def _psf_shape_estimate(args, file_voxel, shape) -> tuple[int, ...]:
     if args.psf_model and args.na and args.wavelength and voxel is not None and len(shape) == 3:
         return tuple(min(k, n) for k, n in zip(generated_psf_shape(shape, voxel, args.na, args.wavelength), shape))
     return (1,) * len(shape)
-
-
-def _read_one_image(path):
-    """read_image, with the way out for a hyperstack: a .zarr output runs each channel and time point."""
-    from deconv3d.io import read_image
-    from deconv3d.omezarr import open_lazy
-
-    try:
-        return read_image(path)
-    except InputError:
-        try:
-            axes = open_lazy(path).axes
-        except InputError:
-            axes = ""
-        if "T" in axes or "C" in axes:
-            # Frames or channels of a stack with no z axis are often z-slices that Fiji mislabelled.
-            relabel = (" (if they are z-slices, relabel them as slices: Fiji's Image > Properties)"
-                       if "Z" not in axes else "")
-            raise InputError(f"{path} has axes {axes}: a TIFF output holds one 2D/3D image; write the output as "
-                             f".zarr to deconvolve every channel and time point (or pick one first){relabel}") from None
-        raise
 
 
 AUTO_MAX_ITERATIONS = 100  # the most --iterations auto tries

@@ -180,7 +180,8 @@ def _add_batch_io(p) -> None:
                    "127.0.0.1; needs the distributed extra) or tcp://HOST:PORT of a running dask scheduler")
     p.add_argument("--workers", type=positive_int, default=None, help="worker threads/processes (default 1 thread, "
                    "2 processes)")
-    p.add_argument("--output-format", choices=("zarr", "tif"), help="output format (default zarr)")
+    p.add_argument("--output-format", choices=("zarr", "tif"), help="output format (default zarr); tif "
+                   "writes an image of several channels or time points as an ImageJ hyperstack")
 
 
 def _add_psf_options(p) -> None:

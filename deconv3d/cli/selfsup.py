@@ -358,7 +358,7 @@ def add_deconvolve_options(p) -> None:
     """The ``--method ssl`` options of ``deconvolve``."""
     p.add_argument("--model", action="append", metavar="MODEL",
                    help="trained network (.ckpt from deconv3d train) for --method ssl; repeated, one per channel of "
-                        "a multi-channel input (--model A.ckpt --model B.ckpt, with a .zarr output), each checked "
+                        "a multi-channel input (--model A.ckpt --model B.ckpt), each checked "
                         "against its channel's --psf")
     p.add_argument("--tta", action="store_true", help="ssl: average over the 8 xy rotations/flips")
     p.add_argument("--band-limit", type=non_negative_float, default=BAND_LIMIT, metavar="EPS",

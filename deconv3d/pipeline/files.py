@@ -22,7 +22,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
 
     The input is opened lazily and processed block by block (:func:`deconv3d.pipeline.run_chunked`).
     A ``.zarr`` output is an OME-Zarr v0.5 image with provenance; a ``.tif`` output is written
-    into a temporary OME-Zarr first, then streamed into the TIFF in slabs of planes. Returns the
+    into a temporary OME-Zarr first, then streamed into the TIFF in slabs of planes (for several
+    channels or time points, an ImageJ hyperstack: :func:`~deconv3d._tiff_write.write_hyperstack`). Returns the
     :class:`~deconv3d.pipeline.RunInfo`. ``checksum`` is passed to
     :func:`~deconv3d.pipeline.provenance` (True: hash the input; or its known SHA-256).
     ``warnings``: a list that collects the warnings (an assumed voxel size) as ``deconv3d: warning:``
@@ -54,7 +55,6 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     voxel = _checked_voxel(settings, lazy, len(spatial_shape), input_path.name, warnings)
     check_channel_count(lazy, channel_count(settings))
     check_channel_count(lazy, len(_many(settings.model)), "model")
-    _check_one_image_for_tiff(lazy, output_path, settings)
     chunks = _spatial_chunks(settings, len(spatial_shape), input_path.name)
     # every method's output is non-negative (before any training)
     check_has_positive(lazy, input_path.name, settings.method, warnings, axes=lazy.axes,
@@ -141,18 +141,6 @@ def check_channel_count(lazy, wanted: int, what: str = "psf") -> None:
     if wanted > 1 and channels != wanted:
         raise InputError(f"{Path(lazy.path).name} has {channels} channel(s) but {wanted} {given} were given: "
                          f"give one {each} per channel, or one for all")
-
-
-def _check_one_image_for_tiff(lazy, output_path: Path, settings) -> None:
-    """Refuse a TIFF output for an image of several channels or time points (it holds one 2D/3D
-    image) before any work, naming the way out: in a batch (``output_format`` tif) the option
-    that chooses its outputs' format, which a message saying "write .zarr" left to be guessed."""
-    if output_path.suffix.lower() == ".zarr" or all(n == 1 for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"):
-        return
-    fix = ('give --output-format zarr (output-format = "zarr" in a config)' if settings.output_format == "tif"
-           else "write the output as .zarr")
-    raise InputError(f"{Path(lazy.path).name} has axes {lazy.axes} of shape {lazy.data.shape}: a TIFF output holds "
-                     f"one 2D/3D image; {fix} to deconvolve every channel and time point")
 
 
 def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
@@ -409,13 +397,13 @@ def _slab_budget(kwargs) -> int | None:
 def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
     import zarr
 
-    from deconv3d._tiff_write import ZarrPlanes
+    from deconv3d._tiff_write import ZarrPlanes, write_hyperstack
     from deconv3d.io import write_tiff
     from deconv3d.pipeline import run_chunked, tiff_properties
     from deconv3d.pipeline.allocator import large_allocations_returned
     from deconv3d.pipeline.output import made_like, temporary_name
 
-    lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]  # all 1 (_check_one_image_for_tiff)
+    lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
     scratch = temporary_name(output_path)  # a hidden .NAME.tif.<id>.tmp zarr: swept like any leftover
     try:
         with made_like(scratch, output_path):  # (no wider than the TIFF it becomes: it holds the whole result)
@@ -427,9 +415,14 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
         # the copy is in the run's budget, so freed slabs are unmapped as the blocks' arrays were
         with zarr.config.set({"async.concurrency": 1}), \
                 large_allocations_returned(info.execution.get("memory_limit") is not None):
-            data = ZarrPlanes(array, (0,) * len(lead)) if len(array.shape) == 3 + len(lead) else array[(0,) * len(lead)]
-            write_tiff(output_path, data, voxel_size=voxel, metadata=meta, slab_bytes=_slab_budget(kwargs),
-                       axes="".join(a for a in lazy.axes if a in "ZYX"))  # (a ZX section stays one)
+            if any(n > 1 for n in lead):  # an ImageJ hyperstack, streamed (t, z-slab) by (t, z-slab)
+                write_hyperstack(output_path, array, lazy.axes, voxel_size=voxel, metadata=meta,
+                                 time_axis=lazy.time_axis, slab_bytes=_slab_budget(kwargs))
+            else:
+                data = ZarrPlanes(array, (0,) * len(lead)) if len(array.shape) == 3 + len(lead) \
+                    else array[(0,) * len(lead)]
+                write_tiff(output_path, data, voxel_size=voxel, metadata=meta, slab_bytes=_slab_budget(kwargs),
+                           axes="".join(a for a in lazy.axes if a in "ZYX"))  # (a ZX section stays one)
     except OSError as exc:  # a full disk met writing the scratch names the output, not its hidden name
         if isinstance(exc.filename, str) and os.path.abspath(exc.filename) == os.path.abspath(scratch):
             exc.filename = os.path.abspath(output_path)  # (as run_chunked names a zarr output)

@@ -1,0 +1,104 @@
+"""A TIFF output of an image of several channels and/or time points: an ImageJ hyperstack (TZCYX)
+holding what the OME-Zarr output of the same run holds, with its voxel size and time step."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from cli_helpers import run
+from deconv3d._tiff_write import write_hyperstack
+from deconv3d.io import write_tiff
+from deconv3d.omezarr import open_lazy, read_ome_zarr
+
+from .conftest import gaussian_psf
+
+VOXEL = (0.3, 0.1, 0.1)
+
+
+def _hyperstack_input(path, axes: str, shape, finterval=None):
+    """A seeded ImageJ hyperstack of deconv3d's ``axes`` (TCZYX order), written in ImageJ's order."""
+    data = np.random.default_rng(7).uniform(1, 50, shape).astype(np.float32)
+    imagej_axes = "".join(a for a in "TZCYX" if a in axes)
+    stored = data.transpose([axes.index(a) for a in imagej_axes])
+    metadata = {"axes": imagej_axes, "unit": "um", **({"spacing": VOXEL[0]} if "Z" in axes else {}),
+                **({"finterval": finterval, "tunit": "min"} if finterval else {})}
+    tifffile.imwrite(path, stored, imagej=True, resolution=(1 / VOXEL[2], 1 / VOXEL[1]), metadata=metadata)
+    return data
+
+
+# (shape, time step, options): in blocks (--chunks) or, as given with no option, whole
+CASES = {"CZYX": ((2, 6, 12, 12), None, ()), "TZYX": ((3, 6, 12, 12), 2.5, ()),
+         "TCZYX": ((2, 3, 6, 12, 12), 4.0, ("--chunks", 3, 6, 6)), "CYX": ((2, 12, 12), None, ())}
+
+
+@pytest.mark.parametrize("axes", list(CASES))
+def test_a_tif_output_is_a_hyperstack_equal_to_the_zarr_output(tmp_path, capsys, axes):
+    shape, finterval, options = CASES[axes]
+    spatial = "".join(a for a in axes if a in "ZYX")
+    _hyperstack_input(tmp_path / "in.tif", axes, shape, finterval)
+    psf = gaussian_psf((3, 5, 5))[(1,) if spatial == "YX" else ()]
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=VOXEL[-len(spatial):])
+    for suffix in (".tif", ".zarr"):
+        code, _, err = run(["deconvolve", tmp_path / "in.tif", "-o", tmp_path / f"out{suffix}", "--psf",
+                            tmp_path / "psf.tif", "--iterations", 3, *options], capsys)
+        assert code == 0 and "warning" not in err, err
+    expected, _, zarr_axes, _ = read_ome_zarr(tmp_path / "out.zarr")
+    assert zarr_axes == axes
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        series, imagej = tif.series[0], tif.imagej_metadata
+        imagej_axes = "".join(a for a in "TZCYX" if a in axes)
+        assert series.axes == imagej_axes and tif.is_imagej and series.dtype == np.float32
+        stored = series.asarray()
+        assert tif.pages[0].tags["XResolution"].value == pytest.approx((10, 1), rel=1e-6)
+        assert imagej["unit"] == "um" and imagej.get("spacing") == (VOXEL[0] if "Z" in axes else None)
+        assert imagej.get("finterval") == finterval and imagej["Properties"]["method"] == "rl"
+        assert "execution" in imagej["Properties"] and "input_sha256" in imagej["Properties"]
+    as_zarr = stored.transpose([imagej_axes.index(a) for a in axes])  # each (t, c) stack
+    np.testing.assert_allclose(as_zarr, expected, rtol=1e-6, atol=0)
+    lazy = open_lazy(tmp_path / "out.tif")  # the input of another run
+    assert lazy.axes == axes and lazy.voxel_size == pytest.approx(VOXEL[-len(spatial):])
+    assert lazy.time_axis == ((finterval, "minute") if finterval else None)
+    np.testing.assert_array_equal(np.asarray(lazy.data), as_zarr)
+
+
+def test_a_batch_writes_a_hyperstack_for_output_format_tif(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    data = _hyperstack_input(tmp_path / "in" / "tc.tif", "TCZYX", (2, 2, 6, 12, 12), 4.0)
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 5, 5)), voxel_size=VOXEL)
+    code, _, err = run(["batch", tmp_path / "in", "-o", tmp_path / "out", "--psf", tmp_path / "psf.tif",
+                        "--iterations", 2, "--output-format", "tif"], capsys)
+    assert code == 0, err
+    lazy = open_lazy(tmp_path / "out" / "tc.tif")
+    assert lazy.axes == "TCZYX" and lazy.data.shape == data.shape and lazy.time_axis == (4.0, "minute")
+
+
+def test_the_hyperstack_is_read_in_slabs_in_imagej_plane_order(tmp_path):
+    """Every time point is read a slab of z-planes (of every channel) at a time, never whole."""
+    data = np.arange(2 * 3 * 5 * 4 * 4, dtype=np.float32).reshape(2, 3, 5, 4, 4)
+
+    class Recorded:
+        shape, dtype, reads = data.shape, data.dtype, []
+
+        def __getitem__(self, key):
+            self.reads.append(data[key].nbytes)
+            return data[key]
+
+    source = Recorded()
+    write_hyperstack(tmp_path / "h.tif", source, "TCZYX", VOXEL, time_axis=(1.5, "second"), slab_bytes=2 * 3 * 64)
+    assert max(source.reads) == 2 * 3 * 64  # two planes of the three channels
+    with tifffile.TiffFile(tmp_path / "h.tif") as tif:
+        assert tif.series[0].axes == "TZCYX" and tif.imagej_metadata["finterval"] == 1.5
+        np.testing.assert_array_equal(tif.series[0].asarray(), data.transpose(0, 2, 1, 3, 4))
+
+
+def test_one_psf_per_channel_of_a_tiff_hyperstack_gives_a_tif_output(tmp_path, capsys):
+    """--psf A B on a TIFF hyperstack: with a .tif output as with a .zarr one (it asked for .zarr)."""
+    _hyperstack_input(tmp_path / "in.tif", "CZYX", (2, 6, 12, 12))
+    write_tiff(tmp_path / "a.tif", gaussian_psf((3, 5, 5), (0.6, 0.8, 0.8)), voxel_size=VOXEL)
+    write_tiff(tmp_path / "b.tif", gaussian_psf((3, 5, 5), (1.0, 1.5, 1.5)), voxel_size=VOXEL)
+    for suffix in (".tif", ".zarr"):
+        code, _, err = run(["deconvolve", tmp_path / "in.tif", "-o", tmp_path / f"out{suffix}", "--psf",
+                            tmp_path / "a.tif", tmp_path / "b.tif", "--iterations", 2], capsys)
+        assert code == 0, err
+    expected = read_ome_zarr(tmp_path / "out.zarr")[0]
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "out.tif").transpose(1, 0, 2, 3), expected, rtol=1e-6)
