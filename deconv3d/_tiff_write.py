@@ -134,7 +134,8 @@ def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, 
         As for :func:`write_tiff`: the spatial voxel size in micrometres, and ImageJ properties.
     time_axis : (float, str or None[, float]), optional
         Step and unit of the T axis (:attr:`~deconv3d.omezarr.LazyImage.time_axis`): ImageJ's
-        ``finterval`` and ``tunit``; none is written without it.
+        ``finterval`` and ``tunit``; none is written without it, nor without a unit (ImageJ
+        reads a step with no ``tunit`` as seconds).
     slab_bytes : int, optional
         The most bytes read from ``array`` at once.
 
@@ -154,13 +155,20 @@ def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, 
     sizes.update({"Y": sizes.get("Y", 1), "X": sizes.get("X", 1)})  # (a section's lateral axis of one)
     order = "".join(a for a in "TZCYX" if a in sizes)
     kwargs["metadata"]["axes"] = order
-    if time_axis is not None and "T" in letters:
-        kwargs["metadata"]["finterval"] = float(time_axis[0])
-        if time_axis[1] in _IMAGEJ_TIME_UNITS:
-            kwargs["metadata"]["tunit"] = _IMAGEJ_TIME_UNITS[time_axis[1]]
+    if "T" in letters:
+        kwargs["metadata"].update(_imagej_time_step(time_axis))
     pages = _hyperstack_pages(array, letters, slab_bytes or _SLAB_BYTES, path)
     _write_atomically(path, lambda fh: tifffile.imwrite(fh, data=pages, shape=tuple(sizes[a] for a in order),
                                                         dtype=np.float32, imagej=True, **kwargs))
+
+
+def _imagej_time_step(time_axis) -> dict:
+    """ImageJ's ``finterval`` and ``tunit`` for a T axis's ``(step, unit[, start])``: a unit ImageJ has no
+    short name for by its OME-Zarr name (Fiji shows any text); none without a unit, which ImageJ would
+    read as seconds (a step of 2 ps became 2 s), nor without a time axis."""
+    if time_axis is None or not time_axis[1]:
+        return {}
+    return {"finterval": float(time_axis[0]), "tunit": _IMAGEJ_TIME_UNITS.get(time_axis[1], time_axis[1])}
 
 
 def _hyperstack_axes(axes, shape, path) -> tuple[str, str]:

@@ -15,13 +15,13 @@ from .conftest import gaussian_psf
 VOXEL = (0.3, 0.1, 0.1)
 
 
-def _hyperstack_input(path, axes: str, shape, finterval=None):
+def _hyperstack_input(path, axes: str, shape, finterval=None, tunit="min"):
     """A seeded ImageJ hyperstack of deconv3d's ``axes`` (TCZYX order), written in ImageJ's order."""
     data = np.random.default_rng(7).uniform(1, 50, shape).astype(np.float32)
     imagej_axes = "".join(a for a in "TZCYX" if a in axes)
     stored = data.transpose([axes.index(a) for a in imagej_axes])
     metadata = {"axes": imagej_axes, "unit": "um", **({"spacing": VOXEL[0]} if "Z" in axes else {}),
-                **({"finterval": finterval, "tunit": "min"} if finterval else {})}
+                **({"finterval": finterval, "tunit": tunit} if finterval else {})}
     tifffile.imwrite(path, stored, imagej=True, resolution=(1 / VOXEL[2], 1 / VOXEL[1]), metadata=metadata)
     return data
 
@@ -102,3 +102,24 @@ def test_one_psf_per_channel_of_a_tiff_hyperstack_gives_a_tif_output(tmp_path, c
         assert code == 0, err
     expected = read_ome_zarr(tmp_path / "out.zarr")[0]
     np.testing.assert_allclose(tifffile.imread(tmp_path / "out.tif").transpose(1, 0, 2, 3), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("time_axis, expected", [((2.0, None), {}), ((2.0, "picosecond"), {"finterval": 2.0,
+                                                  "tunit": "picosecond"}), ((2.0, "hour", 5.0), {"finterval": 2.0,
+                                                                                                 "tunit": "hr"})])
+def test_a_time_step_is_written_with_its_unit_or_not_at_all(tmp_path, time_axis, expected):
+    """ImageJ reads a finterval without tunit as seconds: a step of 2 in a unit it has no name for (a
+    TIFF's 'ps') was written as 2 s. One with no unit is left out; another unit keeps its name."""
+    write_hyperstack(tmp_path / "h.tif", np.ones((2, 3, 4, 4), np.float32), "TZYX", VOXEL, time_axis=time_axis)
+    with tifffile.TiffFile(tmp_path / "h.tif") as tif:
+        written = {k: v for k, v in tif.imagej_metadata.items() if k in ("finterval", "tunit")}
+    assert written == expected
+
+
+def test_a_time_step_in_a_unit_deconv3d_cannot_name_is_not_written_as_seconds(tmp_path, capsys):
+    _hyperstack_input(tmp_path / "in.tif", "TZYX", (2, 6, 12, 12), 2.0, tunit="ps")  # (as Fiji saves any text)
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 5, 5)), voxel_size=VOXEL)
+    code, _, err = run(["deconvolve", tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--psf", tmp_path / "psf.tif",
+                        "--iterations", 2], capsys)
+    assert code == 0 and "'ps'" in err, err
+    assert open_lazy(tmp_path / "out.tif").time_axis is None  # (it said 2 seconds)
