@@ -123,3 +123,26 @@ def test_a_time_step_in_a_unit_deconv3d_cannot_name_is_not_written_as_seconds(tm
                         "--iterations", 2], capsys)
     assert code == 0 and "'ps'" in err, err
     assert open_lazy(tmp_path / "out.tif").time_axis is None  # (it said 2 seconds)
+
+
+@pytest.mark.parametrize("raised, status", [(KeyboardInterrupt, 130), (OSError(28, "No space left on device"), 2)])
+def test_a_copy_stopped_midway_leaves_no_tif_and_no_scratch(tmp_path, monkeypatch, capsys, raised, status):
+    """Ctrl-C or a full disk while the hyperstack is copied from the scratch OME-Zarr, after its first
+    time point: neither a partial .tif nor its temporary file nor the scratch folder stays behind."""
+    from deconv3d import _tiff_write
+
+    _hyperstack_input(tmp_path / "in.tif", "TCZYX", (2, 2, 6, 12, 12), 4.0)
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 5, 5)), voxel_size=VOXEL)
+    slab, reads = _tiff_write._TimePoint.slab, []
+
+    def stopped_at_the_second(self, start, stop):
+        reads.append(start)
+        if len(reads) == 2:
+            raise raised
+        return slab(self, start, stop)
+
+    monkeypatch.setattr(_tiff_write._TimePoint, "slab", stopped_at_the_second)
+    code, _, err = run(["deconvolve", tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--psf", tmp_path / "psf.tif",
+                        "--iterations", 2], capsys)
+    assert code == status and len(reads) == 2, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "psf.tif"]
