@@ -189,6 +189,8 @@ def read_psf(path) -> Image:
         if cached.voxel_problem:
             raise InputError(f"PSF {cached.voxel_problem}: fix its calibration (Fiji: Image > Properties) or save "
                              "it without one")
+        if cached.z_step_assumed and cached.voxel_size is not None:
+            _refuse_implausible_psf_z_step(cached.voxel_size[0], path)
         refuse_nanometres(cached.voxel_size, f"fix the unit of {path} (Fiji: Image > Properties)", "PSF voxel size")
         if key is not None:
             with _PSF_LOCK:
@@ -252,15 +254,25 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
     return own
 
 
-def _check_assumed_psf_z_step(z: float, path, warnings: list | None) -> None:
-    """Warn (into ``warnings``, else at once) that the PSF file ``path``'s z step ``z`` is ImageJ's default; refuse
-    one below :data:`deconv3d._voxel.LEAST_ASSUMED_Z_STEP` (a file in nanometres: a 1 nm step)."""
-    from deconv3d._voxel import LEAST_ASSUMED_Z_STEP
+def _refuse_implausible_psf_z_step(z: float, path) -> None:
+    """Refuse a PSF file whose z step ``z`` is ImageJ's default (it records none) and lies below
+    :data:`deconv3d._voxel.LEAST_ASSUMED_Z_STEP` (a file in nanometres: a 1 nm step) or above
+    :data:`deconv3d._voxel.NANOMETRE_LIKE` (in millimetres or centimetres), as an image's is: a
+    missing z step, not a wrong unit (:func:`read_psf` calls it before it refuses nanometres)."""
+    from deconv3d._voxel import LEAST_ASSUMED_Z_STEP, NANOMETRE_LIKE
 
-    fix = "record its z step in the file (Fiji: Image > Properties)"
-    if z < LEAST_ASSUMED_Z_STEP:
+    if not LEAST_ASSUMED_Z_STEP <= z <= NANOMETRE_LIKE:
+        how = "closer than" if z < LEAST_ASSUMED_Z_STEP else "farther apart than"
         raise InputError(f"the PSF file {path} records no z step, and ImageJ's default, 1 in its unit, is {z:g} µm, "
-                         f"closer than a light microscope takes its planes: {fix}")
+                         f"{how} a light microscope takes its planes: record its z step in the file (Fiji: Image > "
+                         "Properties)")
+
+
+def _check_assumed_psf_z_step(z: float, path, warnings: list | None) -> None:
+    """Warn (into ``warnings``, else at once) that the PSF file ``path``'s z step ``z`` is ImageJ's default
+    (:func:`_refuse_implausible_psf_z_step` first)."""
+    _refuse_implausible_psf_z_step(z, path)
+    fix = "record its z step in the file (Fiji: Image > Properties)"
     warn(f"deconv3d: warning: the PSF file {path} records no z step, so ImageJ's default is taken, as Fiji "
          f"takes it: {z:g} µm (the PSF is resampled from it to the image's planes); {fix} if its planes are not "
          f"{z:g} µm apart", warnings)

@@ -117,10 +117,11 @@ def test_a_stack_in_nanometres_without_a_z_step_is_refused(files, capsys, output
     assert code == 0 and _warnings(err) == [], err
 
 
-def _psf_without_z_step(path, unit="um", resolution=10):
+def _psf_without_z_step(path, unit="um", resolution=10, **options):
     grids = np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij")
+    metadata = {"axes": "ZYX", **({"unit": unit} if unit else {})}
     tifffile.imwrite(path, np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32), imagej=True,
-                     resolution=(resolution, resolution), metadata={"unit": unit, "axes": "ZYX"})
+                     resolution=(resolution, resolution), metadata=metadata, **options)
 
 
 def test_a_refusal_after_the_psf_s_warning_says_only_its_error(files, capsys):
@@ -136,14 +137,19 @@ def test_a_refusal_after_the_psf_s_warning_says_only_its_error(files, capsys):
 
 
 @pytest.mark.parametrize("output", ["out.tif", "out.zarr"])
-def test_a_psf_file_in_nanometres_without_a_z_step_is_refused(files, capsys, output):
-    _psf_without_z_step(files / "psf_nm.tif", unit="nm", resolution=0.01)
-    code, _, err = run(["deconvolve", files / "z.tif", "-o", files / output, "--psf", files / "psf_nm.tif",
+@pytest.mark.parametrize("unit, resolution, options, z, how", [
+    ("nm", 0.01, {}, "0.001", "closer than"),
+    (None, 1e5, {"resolutionunit": "CENTIMETER"}, "10000", "farther apart than")])  # (was "looks like nanometres")
+def test_a_psf_file_in_nanometres_or_centimetres_without_a_z_step_is_refused(files, capsys, output, unit, resolution,
+                                                                              options, z, how):
+    _psf_without_z_step(files / "psf_odd.tif", unit=unit, resolution=resolution, **options)
+    code, _, err = run(["deconvolve", files / "z.tif", "-o", files / output, "--psf", files / "psf_odd.tif",
                         "--iterations", 2, "--device", "cpu"], capsys)
     assert code == 2 and err.splitlines() == [
-        f"deconv3d: error: the PSF file {files / 'psf_nm.tif'} records no z step, and ImageJ's default, 1 in its unit, "
-        "is 0.001 µm, closer than a light microscope takes its planes: record its z step in the file (Fiji: Image > "
+        f"deconv3d: error: the PSF file {files / 'psf_odd.tif'} records no z step, and ImageJ's default, 1 in its unit, "
+        f"is {z} µm, {how} a light microscope takes its planes: record its z step in the file (Fiji: Image > "
         "Properties)"], err
+    assert not (files / output).exists()
 
 
 @pytest.mark.parametrize("output", ["out.tif", "out.zarr"])
@@ -163,3 +169,4 @@ def test_a_stack_in_centimetres_without_a_z_step_is_told_the_z_step_is_missing(f
     code, _, err = run(["deconvolve", files / "cm.tif", "--voxel-size", 0.3, 0.1, 0.1, "-o", files / output, "--psf",
                         files / "psf.tif", "--iterations", 2, "--device", "cpu"], capsys)
     assert code == 0 and "warning" not in err, err
+
