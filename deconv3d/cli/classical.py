@@ -212,9 +212,7 @@ def cmd_deconvolve(args) -> int:
     warnings = _unused_option_warnings(args)
     _check_formats(args)
     if not pipeline.wants_pipeline(args):
-        _go_out_of_core_if_hyperstack(args)
-    if not pipeline.wants_pipeline(args):
-        _go_out_of_core_if_too_large(args)
+        _go_out_of_core_if_needed(args)
     if pipeline.wants_pipeline(args):
         return _deconvolve_chunked(args, warnings)
     return _deconvolve_in_memory(args, warnings)
@@ -263,7 +261,7 @@ def _deconvolve_in_memory(args, warnings: list) -> int:
     from deconv3d.pipeline import provenance, psf_source, tiff_properties
     from deconv3d.pipeline.settings import check_tv_weight
 
-    image = read_image(args.input)  # (one 2D/3D image: a hyperstack goes chunked, _go_out_of_core_if_hyperstack)
+    image = read_image(args.input)  # (one 2D/3D image: a hyperstack goes chunked, _go_out_of_core_if_needed)
     # Each file is hashed once read (at the end, a file replaced meanwhile was recorded in place of
     # the one the run used): the input here, the model and PSF files below.
     input_sha256 = file_sha256(args.input)
@@ -373,44 +371,43 @@ def _one_per_channel(args) -> None:
         from deconv3d.pipeline.files import check_channel_count
 
         # the input's count, before the in-memory run (one channel) refuses it otherwise; several channels run
-        # chunked (_go_out_of_core_if_hyperstack), each with its own, into a TIFF hyperstack
+        # chunked (_go_out_of_core_if_needed), each with its own, into a TIFF hyperstack
         check_channel_count(open_lazy(args.input), len(getattr(args, several[0])), several[0])
 
 
-def _go_out_of_core_if_hyperstack(args) -> None:
+def _go_out_of_core_if_needed(args) -> None:
     """Send an image of several channels or time points to the chunked pipeline, which deconvolves
-    each of them and writes a TIFF output as an ImageJ hyperstack (in memory, one 2D/3D image is read)."""
+    each of them and writes a TIFF output as an ImageJ hyperstack (in memory, one 2D/3D image is
+    read), and one too large for memory (:func:`_go_out_of_core_if_too_large`). The file's header is
+    read once, for both."""
     from deconv3d.omezarr.reading import image_header
 
     if not Path(args.input).is_file():
         return
     try:
-        axes, full_shape, _ = image_header(args.input)  # (a TIFF's header: without dask)
+        axes, full_shape, voxel = image_header(args.input)  # (a TIFF's header: without dask)
     except InputError:
         return  # refused as it was, by the in-memory read
     if any(n > 1 for a, n in zip(axes, full_shape) if a in "TC"):
         args.out_of_core = True
+    else:
+        _go_out_of_core_if_too_large(args, tuple(n for a, n in zip(axes, full_shape) if a in "ZYX"), voxel)
 
 
-def _go_out_of_core_if_too_large(args) -> None:
-    """Send rl, rl-tv, Wiener or ssl with a ``--model`` on an image whose in-memory run would need
+def _go_out_of_core_if_too_large(args, shape, voxel) -> None:
+    """Send rl, rl-tv, Wiener or ssl with a ``--model`` on an image (of ``shape``, its file recording
+    ``voxel``) whose in-memory run would need
     more memory than is available (:func:`deconv3d.pipeline.system_memory.available_memory`) to the
     chunked pipeline, which then splits it into blocks that fit (``run_chunked``'s automatic
     limit): in memory it ran until the kernel killed the process, with no message and no output.
     (ssl that trains holds the whole image to train on, and stays in memory.)"""
     from deconv3d._tensors import resolve_device
-    from deconv3d.omezarr.reading import image_header
     from deconv3d.pipeline.memory import limit_for_available
     from deconv3d.pipeline.memory_model import MemoryModel
     from deconv3d.pipeline.system_memory import planning_baseline
 
-    if (args.method == "ssl" and not args.model) or not Path(args.input).is_file() \
-            or resolve_device(args.device).type == "cuda":
+    if (args.method == "ssl" and not args.model) or resolve_device(args.device).type == "cuda":
         return  # (on a GPU the arrays live in its memory, which this does not budget)
-    axes, full_shape, voxel = image_header(args.input)  # (a TIFF's header: without dask)
-    if any(n > 1 for a, n in zip(axes, full_shape) if a in "TC"):
-        return  # (chunked already: _go_out_of_core_if_hyperstack)
-    shape = tuple(n for a, n in zip(axes, full_shape) if a in "ZYX")
     if args.method == "ssl":  # the chunked run's model of the network's blocks
         from deconv3d.pipeline.batch import network_memory_model
         from deconv3d.pipeline.methods import NetworkBlock
