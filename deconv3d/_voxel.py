@@ -80,13 +80,21 @@ def check_assumed_z_step(source, voxel, warnings: list | None = None) -> None:
     (:func:`assumed_z_step_warning`, into ``warnings``). Called before :func:`refuse_nanometres`."""
     from deconv3d.errors import warn
 
-    z = voxel[0]
-    if not LEAST_ASSUMED_Z_STEP <= z <= NANOMETRE_LIKE:
-        how = "closer than" if z < LEAST_ASSUMED_Z_STEP else "farther apart than"
-        raise InputError(f"{source} records no z step, and ImageJ's default, 1 in its unit, is {z:g} µm, {how} "
-                         "a light microscope takes its planes: pass --voxel-size DZ DY DX (in µm), or record the z "
-                         "step in the file (Fiji: Image > Properties)")
+    if problem := implausible_assumed_z_step(source, voxel[0]):
+        raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm), or record the z step in the file (Fiji: "
+                         "Image > Properties)")
     warn(assumed_z_step_warning(source, voxel), warnings)
+
+
+def implausible_assumed_z_step(source, z: float) -> str | None:
+    """Why ``source``'s z step ``z``, ImageJ's default as it records none, cannot be a light microscope's
+    (below :data:`LEAST_ASSUMED_Z_STEP` or above :data:`NANOMETRE_LIKE`: a file in nanometres, or in
+    millimetres or centimetres), without the fix; None where it can. For an image and a PSF file alike."""
+    if LEAST_ASSUMED_Z_STEP <= z <= NANOMETRE_LIKE:
+        return None
+    how = "closer than" if z < LEAST_ASSUMED_Z_STEP else "farther apart than"
+    return (f"{source} records no z step, and ImageJ's default, 1 in its unit, is {z:g} µm, {how} a light "
+            "microscope takes its planes")
 
 
 def assumed_z_step_warning(source, voxel) -> str:

@@ -259,13 +259,10 @@ def _refuse_implausible_psf_z_step(z: float, path) -> None:
     :data:`deconv3d._voxel.LEAST_ASSUMED_Z_STEP` (a file in nanometres: a 1 nm step) or above
     :data:`deconv3d._voxel.NANOMETRE_LIKE` (in millimetres or centimetres), as an image's is: a
     missing z step, not a wrong unit (:func:`read_psf` calls it before it refuses nanometres)."""
-    from deconv3d._voxel import LEAST_ASSUMED_Z_STEP, NANOMETRE_LIKE
+    from deconv3d._voxel import implausible_assumed_z_step
 
-    if not LEAST_ASSUMED_Z_STEP <= z <= NANOMETRE_LIKE:
-        how = "closer than" if z < LEAST_ASSUMED_Z_STEP else "farther apart than"
-        raise InputError(f"the PSF file {path} records no z step, and ImageJ's default, 1 in its unit, is {z:g} µm, "
-                         f"{how} a light microscope takes its planes: record its z step in the file (Fiji: Image > "
-                         "Properties)")
+    if problem := implausible_assumed_z_step(f"the PSF file {path}", z):
+        raise InputError(f"{problem}: record its z step in the file (Fiji: Image > Properties)")
 
 
 def _check_assumed_psf_z_step(z: float, path, warnings: list | None) -> None:
