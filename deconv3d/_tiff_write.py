@@ -185,19 +185,14 @@ def _hyperstack_axes(axes, shape, path) -> tuple[str, str]:
 def _hyperstack_pages(array, axes: str, slab_bytes: int, path):
     """The planes of ``array`` (``axes`` as :func:`_hyperstack_axes` allows) as float32 in ImageJ's
     order: time points, then z-planes, then channels; read a slab of z-planes of every channel at a time."""
-    channel_axis = axes.index("C") if "C" in axes else None
     times = array.shape[0] if axes[0] == "T" else 1
     for t in range(times):
-        volume = _TimePoint(array, t if axes[0] == "T" else None, channel_axis is not None, axes)
+        volume = _TimePoint(array, t if axes[0] == "T" else None, "C" in axes, axes)
         plane_bytes = 4 * volume.channels * int(np.prod(volume.plane_shape))
-        step = max(1, min(volume.depth, int(slab_bytes) // plane_bytes))
-        for start in range(0, volume.depth, step):
-            with np.errstate(over="ignore", invalid="ignore"):
-                slab = volume.slab(start, start + step)  # (channel, z, y, x)
-            _refuse_non_finite(slab, path)
+        for slab in _slabs(volume.slab, volume.depth, plane_bytes, slab_bytes, path):  # (channel, z, y, x)
             for z in range(slab.shape[1]):
                 yield from slab[:, z]
-            del slab
+            del slab  # (see _slabs)
 
 
 class _TimePoint:
@@ -257,14 +252,26 @@ class ZarrPlanes:
 
 def _pages(volume, slab_bytes: int = _SLAB_BYTES, path="the TIFF"):
     """The z-planes of a lazy 3D array as float32, read in slabs of at most ``slab_bytes`` (one plane at least)."""
-    plane_bytes = max(1, int(np.prod(volume.shape[1:])) * 4)
-    step = max(1, min(volume.shape[0], int(slab_bytes) // plane_bytes))
-    for start in range(0, volume.shape[0], step):
-        with np.errstate(over="ignore", invalid="ignore"):
-            slab = np.asarray(volume[start:start + step], dtype=np.float32)
-        _refuse_non_finite(slab, path)  # (write_tiff removes its temporary file)
+    def read(start, stop):
+        return np.asarray(volume[start:stop], dtype=np.float32)
+
+    for slab in _slabs(read, volume.shape[0], max(1, int(np.prod(volume.shape[1:])) * 4), slab_bytes, path):
         yield from slab
-        del slab  # else it is held while the next slab is read: two slabs at a time, twice the budget
+        del slab  # (see _slabs)
+
+
+def _slabs(read, depth: int, plane_bytes: int, slab_bytes: int, path):
+    """``read(start, stop)``'s float32 slabs of planes ``0..depth``, as many planes of ``plane_bytes``
+    at a time as ``slab_bytes`` holds (one at least), each refused where it holds NaN or Inf (the
+    writer removes its temporary file). The caller deletes each slab once written, as this does:
+    else it is held while the next slab is read, two slabs at a time, twice the budget."""
+    step = max(1, min(depth, int(slab_bytes) // plane_bytes))
+    for start in range(0, depth, step):
+        with np.errstate(over="ignore", invalid="ignore"):
+            slab = read(start, start + step)
+        _refuse_non_finite(slab, path)
+        yield slab
+        del slab
 
 
 def _as_stack(data, voxel_size, axes, path):
