@@ -115,7 +115,7 @@ _IMAGEJ_TIME_UNITS = {"second": "sec", "minute": "min", "hour": "hr", "day": "da
                       "microsecond": "us", "nanosecond": "ns"}
 
 
-def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, time_axis=None,
+def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, time_axis=None, channels=None,
                      slab_bytes: int | None = None) -> None:
     """Write a zarr array of several channels and/or time points as a float32 ImageJ hyperstack, atomically.
 
@@ -136,6 +136,13 @@ def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, 
         Step and unit of the T axis (:attr:`~deconv3d.omezarr.LazyImage.time_axis`): ImageJ's
         ``finterval`` and ``tunit``; none is written without it, nor without a unit (ImageJ
         reads a step with no ``tunit`` as seconds).
+    channels : sequence of dict, optional
+        One OME-Zarr ``omero`` channel entry per channel (``label``, ``color``, ``window``, as
+        :func:`~deconv3d.omezarr.write_omero` writes them): each plane's ImageJ ``Labels`` entry is
+        its channel's label, each channel's ``LUTs`` entry ramps from black to its colour (six hex
+        digits; white otherwise), and the windows' ``start`` and ``end`` become ImageJ's ``Ranges``
+        (display ranges) where every channel has one. Several channels are written in ImageJ's
+        ``composite`` mode, with or without these.
     slab_bytes : int, optional
         The most bytes read from ``array`` at once.
 
@@ -157,6 +164,7 @@ def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, 
     kwargs["metadata"]["axes"] = order
     if "T" in letters:
         kwargs["metadata"].update(_imagej_time_step(time_axis))
+    kwargs["metadata"].update(_imagej_channels(channels, sizes, path))
     pages = _hyperstack_pages(array, letters, slab_bytes or _SLAB_BYTES, path)
     _write_atomically(path, lambda fh: tifffile.imwrite(fh, data=pages, shape=tuple(sizes[a] for a in order),
                                                         dtype=np.float32, imagej=True, **kwargs))
@@ -169,6 +177,38 @@ def _imagej_time_step(time_axis) -> dict:
     if time_axis is None or not time_axis[1]:
         return {}
     return {"finterval": float(time_axis[0]), "tunit": _IMAGEJ_TIME_UNITS.get(time_axis[1], time_axis[1])}
+
+
+def _imagej_channels(channels, sizes: dict, path) -> dict:
+    """ImageJ's display of a hyperstack's channels (``sizes``: the length of each of its TZCYX axes):
+    ``composite`` mode for several, and from ``channels`` (:func:`write_hyperstack`) the planes'
+    ``Labels`` (channel fastest, ImageJ's order), the ``LUTs`` and the display ``Ranges``."""
+    count = sizes.get("C", 1)
+    md: dict = {"mode": "composite"} if count > 1 else {}
+    if not channels:
+        return md
+    if len(channels) != count:
+        raise InputError(f"cannot write {path}: {len(channels)} channel entries for an image of {count} channels: "
+                         "give one per channel")
+    labels = [str(c.get("label") or "") for c in channels]
+    if any(labels):
+        md["Labels"] = labels * (sizes.get("T", 1) * sizes.get("Z", 1))
+    md["LUTs"] = [_imagej_lut(c.get("color")) for c in channels]
+    windows = [c.get("window") for c in channels]
+    if all(isinstance(w, dict) and "start" in w and "end" in w for w in windows):
+        md["Ranges"] = [float(w[k]) for w in windows for k in ("start", "end")]
+    return md
+
+
+def _imagej_lut(color) -> np.ndarray:
+    """ImageJ's ``(3, 256)`` uint8 lookup table from black to ``color`` (six hex digits RRGGBB, as
+    OME-Zarr's ``omero`` writes it; anything else is white, as :func:`~deconv3d.omezarr.write_omero`
+    makes it)."""
+    import re
+
+    color = str(color) if re.fullmatch(r"[0-9A-Fa-f]{6}", str(color)) else "FFFFFF"
+    rgb = np.array([int(color[i:i + 2], 16) for i in (0, 2, 4)], dtype=np.float64)
+    return np.rint(np.outer(rgb, np.arange(256)) / 255).astype(np.uint8)
 
 
 def _hyperstack_axes(axes, shape, path) -> tuple[str, str]:

@@ -404,10 +404,13 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
     from deconv3d.pipeline.output import made_like, temporary_name
 
     lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
+    hyperstack = any(n > 1 for n in lead)
     scratch = temporary_name(output_path)  # a hidden .NAME.tif.<id>.tmp zarr: swept like any leftover
     try:
         with made_like(scratch, output_path):  # (no wider than the TIFF it becomes: it holds the whole result)
-            info = run_chunked(lazy, block, scratch, channels=(), **kwargs)  # (a TIFF keeps no omero channels)
+            # a hyperstack's channel names and colours, with each channel's display window measured as the
+            # .zarr output's are (one more pass over the result): a 3D TIFF keeps none, and skips the pass
+            info = run_chunked(lazy, block, scratch, channels=(lazy.channels or ()) if hyperstack else (), **kwargs)
         array = zarr.open_array(str(scratch / "0"), mode="r")
         meta = tiff_properties({**record, "environment": info.environment or record.get("environment")}, info.execution)
         # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
@@ -415,9 +418,11 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
         # the copy is in the run's budget, so freed slabs are unmapped as the blocks' arrays were
         with zarr.config.set({"async.concurrency": 1}), \
                 large_allocations_returned(info.execution.get("memory_limit") is not None):
-            if any(n > 1 for n in lead):  # an ImageJ hyperstack, streamed (t, z-slab) by (t, z-slab)
+            if hyperstack:  # an ImageJ hyperstack, streamed (t, z-slab) by (t, z-slab)
+                omero = zarr.open_group(str(scratch), mode="r").attrs["ome"].get("omero", {})
                 write_hyperstack(output_path, array, lazy.axes, voxel_size=voxel, metadata=meta,
-                                 time_axis=lazy.time_axis, slab_bytes=_slab_budget(kwargs))
+                                 time_axis=lazy.time_axis, channels=omero.get("channels"),
+                                 slab_bytes=_slab_budget(kwargs))
             else:
                 data = ZarrPlanes(array, (0,) * len(lead)) if len(array.shape) == 3 + len(lead) \
                     else array[(0,) * len(lead)]

@@ -9,6 +9,7 @@ from cli_helpers import run
 from deconv3d._tiff_write import write_hyperstack
 from deconv3d.io import write_tiff
 from deconv3d.omezarr import open_lazy, read_ome_zarr
+from deconv3d.pipeline import run_chunked
 
 from .conftest import gaussian_psf
 
@@ -53,12 +54,47 @@ def test_a_tif_output_is_a_hyperstack_equal_to_the_zarr_output(tmp_path, capsys,
         assert imagej["unit"] == "um" and imagej.get("spacing") == (VOXEL[0] if "Z" in axes else None)
         assert imagej.get("finterval") == finterval and imagej["Properties"]["method"] == "rl"
         assert "execution" in imagej["Properties"] and "input_sha256" in imagej["Properties"]
+        # several channels open as a composite (a grey stack of planes was shown), in ImageJ's own colours
+        assert imagej["mode"] == ("composite" if "C" in axes else "grayscale") and "LUTs" not in imagej
     as_zarr = stored.transpose([imagej_axes.index(a) for a in axes])  # each (t, c) stack
     np.testing.assert_allclose(as_zarr, expected, rtol=1e-6, atol=0)
     lazy = open_lazy(tmp_path / "out.tif")  # the input of another run
     assert lazy.axes == axes and lazy.voxel_size == pytest.approx(VOXEL[-len(spatial):])
     assert lazy.time_axis == ((finterval, "minute") if finterval else None)
     np.testing.assert_array_equal(np.asarray(lazy.data), as_zarr)
+
+
+CHANNELS = ({"label": "DAPI", "color": "0000FF"}, {"label": "GFP", "color": "00FF00"})
+
+
+def test_a_hyperstack_keeps_the_channel_names_colours_and_display_ranges(tmp_path, capsys):
+    """Found by the Fiji review: the .zarr output kept the input's channel names and colours, the
+    TIFF hyperstack of the same run was grey and unnamed. Fiji's Labels (one per plane), LUTs (black
+    to the colour) and display Ranges (each channel's range, as the .zarr output's windows)."""
+    data = np.random.default_rng(3).uniform(1, 50, (3, 2, 5, 8, 8)).astype(np.float32)
+    run_chunked(data, lambda b: b, tmp_path / "in.zarr", axes="TCZYX", voxel_size=VOXEL, time_axis=(2.0, "minute"),
+                channels=CHANNELS)
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 3, 3)), voxel_size=VOXEL)
+    for suffix in (".tif", ".zarr"):
+        code, _, err = run(["deconvolve", tmp_path / "in.zarr", "-o", tmp_path / f"out{suffix}", "--psf",
+                            tmp_path / "psf.tif", "--iterations", 2], capsys)
+        assert code == 0, err
+    windows = [c["window"] for c in read_ome_zarr(tmp_path / "out.zarr")[3]["ome"]["omero"]["channels"]]
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        imagej, stored = tif.imagej_metadata, tif.series[0].asarray()  # (TZCYX)
+    assert imagej["mode"] == "composite" and imagej["Labels"] == ["DAPI", "GFP"] * 3 * 5  # (channel fastest)
+    assert [lut.tolist() for lut in imagej["LUTs"]] == [[[0] * 256, [0] * 256, list(range(256))],
+                                                        [[0] * 256, list(range(256)), [0] * 256]]
+    ranges = [v for c in range(2) for v in (stored[:, :, c].min(), stored[:, :, c].max())]
+    assert list(imagej["Ranges"]) == ranges == [v for w in windows for v in (w["start"], w["end"])]
+
+
+def test_channel_entries_that_do_not_match_the_channels_are_refused_before_writing(tmp_path):
+    from deconv3d.errors import InputError
+
+    with pytest.raises(InputError, match=r"1 channel entries for an image of 2 channels: give one per channel$"):
+        write_hyperstack(tmp_path / "h.tif", np.ones((2, 3, 4, 4), np.float32), "CZYX", VOXEL, channels=CHANNELS[:1])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_batch_writes_a_hyperstack_for_output_format_tif(tmp_path, capsys):
