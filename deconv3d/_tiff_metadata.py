@@ -106,41 +106,56 @@ _TIME_UNITS = {spelling: name for name, spellings in {
 
 def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
     """``(step, unit)`` of the T axis an OME-TIFF (``TimeIncrement``) or an ImageJ hyperstack
-    (``finterval``, unit ``tunit``, else seconds) records, the unit an OME-Zarr name or None; None
-    when neither records one. A unit that has no OME-Zarr name here is warned about, by name (the
-    step is kept without it)."""
+    (``finterval``, unit ``tunit``, else seconds; else deconv3d's property ``time_step``, without a
+    unit) records, the unit an OME-Zarr name or None; None when neither records one. A unit that
+    has no OME-Zarr name here is warned about, by name (the step is kept without it). The start
+    (:func:`time_axis_and_problem`) is left out."""
     axis, problem = time_axis_and_problem(tif)
     if problem:
         from deconv3d.errors import warn
 
         warn(f"deconv3d: warning: {problem}")
-    return axis
+    return None if axis is None else axis[:2]
 
 
 def time_axis_and_problem(tif: tifffile.TiffFile) -> tuple:
     """(:func:`time_axis_of`, the warning about its unit or None), without warning: an image's reader
     keeps the warning (:attr:`~deconv3d.omezarr.LazyImage.time_problem`) for the run that writes
-    that axis, which gives it once its checks pass (opened twice, a refused run warned twice first)."""
-    step, unit, symbols = None, None, {}
+    that axis, which gives it once its checks pass (opened twice, a refused run warned twice first).
+    The axis is ``(step, unit[, start])``: an ImageJ hyperstack's property ``time_origin``, which
+    deconv3d writes where it is not 0 (ImageJ has no key for it), is its start."""
+    step, unit, symbols, start = None, None, {}, None
     if tif.is_ome and tif.ome_metadata:
         pixels = _ome_pixels(tif.ome_metadata)
         if pixels is not None and pixels.get("TimeIncrement") is not None:
             step, unit = pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s")
             symbols = _OME_TIME_UNITS
-    elif tif.imagej_metadata and tif.imagej_metadata.get("finterval"):
-        step, unit = tif.imagej_metadata["finterval"], tif.imagej_metadata.get("tunit", "sec")
-    try:
-        step = float(step) if step is not None else None
-    except (TypeError, ValueError):
-        step = None
-    if step is None or not (math.isfinite(step) and step > 0):
+    elif tif.imagej_metadata:
+        ij = tif.imagej_metadata
+        properties = ij.get("Properties") if isinstance(ij.get("Properties"), dict) else {}
+        if ij.get("finterval"):
+            step, unit = ij["finterval"], ij.get("tunit", "sec")
+        else:  # a step with no unit, as deconv3d writes it (a finterval would read as seconds)
+            step, unit = properties.get("time_step"), ""
+        start = _finite(properties.get("time_origin"))
+    step = _finite(step)
+    if step is None or not step > 0:
         return None, None
     name = symbols.get(str(unit).strip()) or _TIME_UNITS.get(_unit_key(unit))
     problem = None
     if name is None and str(unit).strip():
         problem = (f"{tif.filename} records its time step in {str(unit).strip()!r}, a unit deconv3d cannot name: "
                    f"the t axis keeps the step {step:g} without a unit (use sec, min, hr, day, ms, us or ns)")
-    return (step, name), problem
+    return (step, name) + ((start,) if start else ()), problem
+
+
+def _finite(value) -> float | None:
+    """``value`` (a number, or its text) as a finite float, else None."""
+    try:
+        value = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def ome_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:

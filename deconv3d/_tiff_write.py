@@ -133,9 +133,11 @@ def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, 
     voxel_size, metadata
         As for :func:`write_tiff`: the spatial voxel size in micrometres, and ImageJ properties.
     time_axis : (float, str or None[, float]), optional
-        Step and unit of the T axis (:attr:`~deconv3d.omezarr.LazyImage.time_axis`): ImageJ's
-        ``finterval`` and ``tunit``; none is written without it, nor without a unit (ImageJ
-        reads a step with no ``tunit`` as seconds).
+        Step, unit and start of the T axis (:attr:`~deconv3d.omezarr.LazyImage.time_axis`): ImageJ's
+        ``finterval`` and ``tunit``, but a step without a unit as the ImageJ property ``time_step``
+        (ImageJ reads a ``finterval`` with no ``tunit`` as seconds), and a start other than 0 as the
+        property ``time_origin``, in the step's unit (ImageJ has no key for it); both are read back
+        (:func:`deconv3d._tiff_metadata.time_axis_and_problem`).
     channels : sequence of dict, optional
         One OME-Zarr ``omero`` channel entry per channel (``label``, ``color``, ``window``, as
         :func:`~deconv3d.omezarr.write_omero` writes them): each plane's ImageJ ``Labels`` entry is
@@ -163,20 +165,29 @@ def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, 
     order = "".join(a for a in "TZCYX" if a in sizes)
     kwargs["metadata"]["axes"] = order
     if "T" in letters:
-        kwargs["metadata"].update(_imagej_time_step(time_axis))
+        time_keys, time_properties = _imagej_time_axis(time_axis)
+        kwargs["metadata"].update(time_keys)
+        if time_properties:
+            kwargs["metadata"].setdefault("Properties", {}).update(time_properties)
     kwargs["metadata"].update(_imagej_channels(channels, sizes, path))
     pages = _hyperstack_pages(array, letters, slab_bytes or _SLAB_BYTES, path)
     _write_atomically(path, lambda fh: tifffile.imwrite(fh, data=pages, shape=tuple(sizes[a] for a in order),
                                                         dtype=np.float32, imagej=True, **kwargs))
 
 
-def _imagej_time_step(time_axis) -> dict:
-    """ImageJ's ``finterval`` and ``tunit`` for a T axis's ``(step, unit[, start])``: a unit ImageJ has no
-    short name for by its OME-Zarr name (Fiji shows any text); none without a unit, which ImageJ would
-    read as seconds (a step of 2 ps became 2 s), nor without a time axis."""
-    if time_axis is None or not time_axis[1]:
-        return {}
-    return {"finterval": float(time_axis[0]), "tunit": _IMAGEJ_TIME_UNITS.get(time_axis[1], time_axis[1])}
+def _imagej_time_axis(time_axis) -> tuple[dict, dict]:
+    """``(ImageJ keys, ImageJ properties)`` for a T axis's ``(step, unit[, start])``: ``finterval`` and
+    ``tunit``, a unit ImageJ has no short name for by its OME-Zarr name (Fiji shows any text); a step
+    without a unit, which ImageJ would read as seconds (a step of 2 ps became 2 s), as the property
+    ``time_step`` instead; a start other than 0 as the property ``time_origin``. Nothing without a time axis."""
+    if time_axis is None:
+        return {}, {}
+    step, unit, start = (*time_axis, 0.0)[:3]
+    keys = {"finterval": float(step), "tunit": _IMAGEJ_TIME_UNITS.get(unit, unit)} if unit else {}
+    properties = {} if unit else {"time_step": _property_text(float(step))}
+    if start:
+        properties["time_origin"] = _property_text(float(start))
+    return keys, properties
 
 
 def _imagej_channels(channels, sizes: dict, path) -> dict:

@@ -70,10 +70,11 @@ CHANNELS = ({"label": "DAPI", "color": "0000FF"}, {"label": "GFP", "color": "00F
 def test_a_hyperstack_keeps_the_channel_names_colours_and_display_ranges(tmp_path, capsys):
     """Found by the Fiji review: the .zarr output kept the input's channel names and colours, the
     TIFF hyperstack of the same run was grey and unnamed. Fiji's Labels (one per plane), LUTs (black
-    to the colour) and display Ranges (each channel's range, as the .zarr output's windows)."""
+    to the colour) and display Ranges (each channel's range, as the .zarr output's windows); and the
+    time axis's start, which was dropped, beside its step and unit."""
     data = np.random.default_rng(3).uniform(1, 50, (3, 2, 5, 8, 8)).astype(np.float32)
-    run_chunked(data, lambda b: b, tmp_path / "in.zarr", axes="TCZYX", voxel_size=VOXEL, time_axis=(2.0, "minute"),
-                channels=CHANNELS)
+    run_chunked(data, lambda b: b, tmp_path / "in.zarr", axes="TCZYX", voxel_size=VOXEL,
+                time_axis=(2.0, "minute", 5.0), channels=CHANNELS)
     write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 3, 3)), voxel_size=VOXEL)
     for suffix in (".tif", ".zarr"):
         code, _, err = run(["deconvolve", tmp_path / "in.zarr", "-o", tmp_path / f"out{suffix}", "--psf",
@@ -87,6 +88,10 @@ def test_a_hyperstack_keeps_the_channel_names_colours_and_display_ranges(tmp_pat
                                                         [[0] * 256, list(range(256)), [0] * 256]]
     ranges = [v for c in range(2) for v in (stored[:, :, c].min(), stored[:, :, c].max())]
     assert list(imagej["Ranges"]) == ranges == [v for w in windows for v in (w["start"], w["end"])]
+    assert (imagej["finterval"], imagej["tunit"], imagej["Properties"]["time_origin"]) == (2.0, "min", "5.0")
+    assert imagej["unit"] == "um" and imagej["spacing"] == VOXEL[0]
+    assert open_lazy(tmp_path / "out.tif").time_axis == open_lazy(tmp_path / "out.zarr").time_axis == (2.0, "minute",
+                                                                                                     5.0)
 
 
 def test_channel_entries_that_do_not_match_the_channels_are_refused_before_writing(tmp_path):
@@ -140,16 +145,21 @@ def test_one_psf_per_channel_of_a_tiff_hyperstack_gives_a_tif_output(tmp_path, c
     np.testing.assert_allclose(tifffile.imread(tmp_path / "out.tif").transpose(1, 0, 2, 3), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("time_axis, expected", [((2.0, None), {}), ((2.0, "picosecond"), {"finterval": 2.0,
-                                                  "tunit": "picosecond"}), ((2.0, "hour", 5.0), {"finterval": 2.0,
-                                                                                                 "tunit": "hr"})])
-def test_a_time_step_is_written_with_its_unit_or_not_at_all(tmp_path, time_axis, expected):
+@pytest.mark.parametrize("time_axis, expected, properties", [
+    ((2.0, None), {}, {"time_step": "2.0"}), ((2.0, "picosecond"), {"finterval": 2.0, "tunit": "picosecond"}, {}),
+    ((2.0, "hour", 5.0), {"finterval": 2.0, "tunit": "hr"}, {"time_origin": "5.0"}),
+    ((2.0, None, -1.5), {}, {"time_step": "2.0", "time_origin": "-1.5"})])
+def test_a_time_step_is_written_with_its_unit_or_as_a_property(tmp_path, time_axis, expected, properties):
     """ImageJ reads a finterval without tunit as seconds: a step of 2 in a unit it has no name for (a
-    TIFF's 'ps') was written as 2 s. One with no unit is left out; another unit keeps its name."""
+    TIFF's 'ps') was written as 2 s. One with no unit is kept as the property time_step (it was
+    dropped), as is a start ImageJ has no key for (time_origin); another unit keeps its name. All
+    are read back (a picosecond without its unit, which deconv3d reads in no TIFF)."""
     write_hyperstack(tmp_path / "h.tif", np.ones((2, 3, 4, 4), np.float32), "TZYX", VOXEL, time_axis=time_axis)
     with tifffile.TiffFile(tmp_path / "h.tif") as tif:
         written = {k: v for k, v in tif.imagej_metadata.items() if k in ("finterval", "tunit")}
-    assert written == expected
+        kept = {k: v for k, v in tif.imagej_metadata.get("Properties", {}).items() if k.startswith("time_")}
+    assert written == expected and kept == properties
+    assert open_lazy(tmp_path / "h.tif").time_axis == (time_axis if time_axis[1] != "picosecond" else (2.0, None))
 
 
 def test_a_time_step_in_a_unit_deconv3d_cannot_name_is_not_written_as_seconds(tmp_path, capsys):
@@ -158,7 +168,7 @@ def test_a_time_step_in_a_unit_deconv3d_cannot_name_is_not_written_as_seconds(tm
     code, _, err = run(["deconvolve", tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--psf", tmp_path / "psf.tif",
                         "--iterations", 2], capsys)
     assert code == 0 and "'ps'" in err, err
-    assert open_lazy(tmp_path / "out.tif").time_axis is None  # (it said 2 seconds)
+    assert open_lazy(tmp_path / "out.tif").time_axis == (2.0, None)  # (it said 2 seconds; then nothing)
 
 
 @pytest.mark.parametrize("raised, status", [(KeyboardInterrupt, 130), (OSError(28, "No space left on device"), 2)])
