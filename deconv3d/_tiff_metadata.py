@@ -178,6 +178,32 @@ def ome_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:
     return tuple(channels) if any(channels) else None
 
 
+def imagej_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:
+    """The name and colour of each of the ``count`` channels of an ImageJ hyperstack, as
+    :func:`ome_channels` gives them, or None where it records neither: a channel's name is its
+    planes' ``Labels`` entry where every plane of that channel has the same one (slice labels that
+    vary along z or t name planes, not channels), its colour the end of its ``LUTs`` entry where
+    that runs from black to one colour (as Fiji's channel colours do; not a LUT such as Fire).
+    A composite saved from Fiji, or deconv3d's TIFF output, lost its names and colours on the way."""
+    ij = tif.imagej_metadata or {}
+    labels, luts = ij.get("Labels"), ij.get("LUTs")
+    labels = [labels] if isinstance(labels, str) else labels
+    channels = [{} for _ in range(count)]
+    if isinstance(labels, list) and labels and len(labels) % count == 0:
+        for c, entry in enumerate(channels):
+            names = set(labels[c::count])
+            if len(names) == 1 and isinstance(labels[c], str) and labels[c]:
+                entry["label"] = labels[c]
+    luts = [luts] if isinstance(luts, np.ndarray) else luts
+    if isinstance(luts, list) and len(luts) == count:
+        for entry, lut in zip(channels, luts):
+            if np.shape(lut) == (3, 256):
+                end = lut[:, 255].astype(np.float64)
+                if np.all(np.abs(lut - np.outer(end, np.arange(256)) / 255) <= 1):  # a ramp from black
+                    entry["color"] = "".join(f"{int(v):02X}" for v in end)
+    return tuple(channels) if any(channels) else None
+
+
 def _ome_pixels(xml: str):
     """The first ``Pixels`` element of an OME-XML document (any namespace), or None."""
     try:

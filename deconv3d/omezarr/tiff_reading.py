@@ -164,7 +164,7 @@ class _TiffHeader:
 
 
 def _tiff_header(path: Path) -> _TiffHeader:
-    from deconv3d._tiff_metadata import ome_channels, time_axis_and_problem
+    from deconv3d._tiff_metadata import imagej_channels, ome_channels, time_axis_and_problem
     from deconv3d._tiff_checks import open_tiff
 
     try:
@@ -174,7 +174,8 @@ def _tiff_header(path: Path) -> _TiffHeader:
                 calibration = imagej_calibration(tif, dtype, path)
                 voxel = _voxel_size_um(tif, series)
                 time_axis, time_problem = time_axis_and_problem(tif) if "T" in series.axes else (None, None)
-                channels = ome_channels(tif, dict(zip(axes, shape)).get("C", 1))
+                count = dict(zip(axes, shape)).get("C", 1)
+                channels = ome_channels(tif, count) if tif.is_ome else imagej_channels(tif, count)
                 page_shape = tuple(series.pages[0].shape) if series.pages else shape[-2:]
                 _check_complete(tif, series, log, path)
     except InputError:

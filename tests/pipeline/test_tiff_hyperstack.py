@@ -94,6 +94,37 @@ def test_a_hyperstack_keeps_the_channel_names_colours_and_display_ranges(tmp_pat
                                                                                                      5.0)
 
 
+def _ramp(rgb):
+    return np.rint(np.outer(rgb, np.arange(256)) / 255).astype(np.uint8)
+
+
+def test_an_imagej_hyperstack_s_channel_names_and_colours_are_read_and_written_back(tmp_path, capsys):
+    """A composite saved from Fiji (per-plane Labels, a LUT per channel) lost its names and colours:
+    only an OME-TIFF's or OME-Zarr's were read. Labels that vary within a channel (slice labels)
+    and a LUT that is no ramp from black to one colour (Fire) are not taken as names or colours."""
+    data = np.random.default_rng(5).uniform(1, 50, (3, 2, 4, 8, 8)).astype(np.float32)  # TCZYX
+    metadata = {"axes": "TZCYX", "unit": "um", "spacing": VOXEL[0], "finterval": 2.0, "tunit": "sec",
+                "Labels": ["DAPI", "GFP"] * 12, "LUTs": [_ramp((0, 0, 255)), _ramp((255, 0, 255))]}
+    tifffile.imwrite(tmp_path / "in.tif", data.transpose(0, 2, 1, 3, 4), imagej=True,
+                     resolution=(1 / VOXEL[2], 1 / VOXEL[1]), metadata=metadata)
+    assert open_lazy(tmp_path / "in.tif").channels == ({"label": "DAPI", "color": "0000FF"},
+                                                        {"label": "GFP", "color": "FF00FF"})
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 3, 3)), voxel_size=VOXEL)
+    code, _, err = run(["deconvolve", tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--psf", tmp_path / "psf.tif",
+                        "--iterations", 2], capsys)
+    assert code == 0, err
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        imagej = tif.imagej_metadata
+    assert imagej["Labels"] == metadata["Labels"] and imagej["mode"] == "composite"
+    assert [lut.tolist() for lut in imagej["LUTs"]] == [lut.tolist() for lut in metadata["LUTs"]]
+    fire = _ramp((255, 255, 255))
+    fire[1, :128] = 0
+    metadata.update(Labels=[f"z{i // 2}:{'DAPI' if i % 2 == 0 else 'GFP'}" for i in range(24)],
+                    LUTs=[fire, _ramp((0, 255, 0))])
+    tifffile.imwrite(tmp_path / "slices.tif", data.transpose(0, 2, 1, 3, 4), imagej=True, metadata=metadata)
+    assert open_lazy(tmp_path / "slices.tif").channels == ({}, {"color": "00FF00"})
+
+
 def test_channel_entries_that_do_not_match_the_channels_are_refused_before_writing(tmp_path):
     from deconv3d.errors import InputError
 
