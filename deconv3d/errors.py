@@ -33,6 +33,16 @@ class InputError(ValueError):
     """
 
 
+class PSFLargerThanImage(InputError):
+    """A PSF larger than the image along some axis (:func:`deconv3d.psf.prepare_psf`). It keeps the
+    shapes, ``psf_shape`` (as resampled to the image's voxel size) and ``image_shape``, so that a caller
+    that knows the files can say which (:func:`deconv3d.io.naming_psf_and_image`)."""
+
+    def __init__(self, message: str, psf_shape: tuple, image_shape: tuple):
+        super().__init__(message)
+        self.psf_shape, self.image_shape = tuple(psf_shape), tuple(image_shape)
+
+
 class Cancelled(Exception):
     """Raised where a caller cancels a run whose result would be incomplete: a chunked run
     (:func:`deconv3d.pipeline.run_chunked`: its progress callback returns True, or its ``cancel``

@@ -11,6 +11,7 @@ structure and pixel data are in :mod:`deconv3d._tiff_checks`; writing is in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel,
                                      calibrated, imagej_calibration, spatial_letters, time_axis_of, z_step_assumed)
 from deconv3d._tiff_write import write_tiff
 from deconv3d._voxel import format_sizes, refuse_nanometres
-from deconv3d.errors import InputError, warn
+from deconv3d.errors import InputError, PSFLargerThanImage, warn
 
 __all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES", "time_axis_of",
            "assume_psf_voxel"]
@@ -165,6 +166,33 @@ def psf_dimension_problem(psf, psf_ndim: int, image, ndim: int) -> str | None:
             "'deconv3d psf --shape 63 63 --voxel-size DY DX ...'" if ndim == 2
             else "a 3D PSF, e.g. made by 'deconv3d psf --shape 31 63 63 ...'")
     return f"PSF {Path(psf).name} is {psf_ndim}D but {Path(image).name} is {ndim}D: a {ndim}D image needs {make}"
+
+
+def psf_size_problem(psf, psf_shape, image, image_shape) -> str:
+    """The one-line refusal of the PSF file ``psf``, of ``psf_shape`` voxels at the image's voxel size,
+    larger than the image file ``image`` of ``image_shape`` along some axis, naming both files and
+    shapes: a PSF shape that fits (each axis no longer than the image's largest odd length), or, for a
+    stack of 2 planes (where a 1-plane PSF reads as 2D), a thicker stack or its planes deconvolved in 2D."""
+    axes = "zyx"[3 - len(image_shape):] if len(image_shape) <= 3 else "?" * len(image_shape)
+    larger = ", ".join(a for a, p, n in zip(axes, psf_shape, image_shape) if p > n)
+    fits = [min(p, n - 1 + n % 2) for p, n in zip(psf_shape, image_shape)]
+    problem = (f"PSF {psf} {tuple(psf_shape)} is larger than the image {image} {tuple(image_shape)} along {larger} "
+               "(in the image's voxels)")
+    if len(image_shape) == 3 and image_shape[0] < 3:
+        return (f"{problem}: {image_shape[0]} z-planes are too few for a 3D PSF: image a thicker stack, or "
+                "deconvolve each plane as a 2D image with a 2D PSF")
+    return (f"{problem}: use a PSF made for this image, e.g. 'deconv3d psf --shape {' '.join(map(str, fits))} "
+            "--voxel-size ...' at its voxel size (or the PSF cropped to that), or image a larger volume")
+
+
+@contextlib.contextmanager
+def naming_psf_and_image(psf, image):
+    """Turn :class:`~deconv3d.errors.PSFLargerThanImage` raised within into :func:`psf_size_problem`'s
+    message about the PSF file ``psf`` and the image file ``image``."""
+    try:
+        yield
+    except PSFLargerThanImage as error:
+        raise InputError(psf_size_problem(psf, error.psf_shape, image, error.image_shape)) from None
 
 
 def read_psf(path) -> Image:

@@ -465,6 +465,39 @@ def test_an_uncalibrated_image_takes_the_psfs_voxel_size_and_says_so(data, capsy
     assert_one_line_error(code, err, "constant")
 
 
+def test_a_psf_with_more_planes_than_the_stack_is_refused_naming_both_files(tmp_path, capsys):
+    """Every route (in memory, chunked, training, a batch's row) names the PSF file and the image file
+    with their shapes, and says what fits: a 2-plane stack needs a thicker stack or 2D planes, and a
+    5-plane one a PSF of at most 5 planes. Nothing is written."""
+    rng = np.random.default_rng(4)
+    (tmp_path / "in").mkdir()
+    write_tiff(tmp_path / "in" / "thin.tif", rng.random((2, 40, 40)).astype(np.float32) + 0.1,
+               voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "five.tif", rng.random((5, 40, 40)).astype(np.float32) + 0.1, voxel_size=(0.3, 0.1, 0.1))
+    grids = np.meshgrid(np.arange(-15, 16), *[np.arange(-4, 5)] * 2, indexing="ij")
+    write_tiff(tmp_path / "tall_psf.tif", np.exp(-sum(g**2 for g in grids) / 8).astype(np.float32),
+               voxel_size=(0.3, 0.1, 0.1))
+    thin, psf = tmp_path / "in" / "thin.tif", tmp_path / "tall_psf.tif"
+    expected = (f"PSF {psf} (31, 9, 9) is larger than the image {thin} (2, 40, 40) along z (in the image's voxels): "
+                "2 z-planes are too few for a 3D PSF: image a thicker stack, or deconvolve each plane as a 2D image "
+                "with a 2D PSF")
+    common = ["--psf", psf, "--device", "cpu"]
+    for argv in (["deconvolve", thin, "-o", tmp_path / "x.tif", "--iterations", 1],
+                 ["deconvolve", thin, "-o", tmp_path / "x.zarr", "--chunks", 2, 20, 20],
+                 ["deconvolve", thin, "-o", tmp_path / "x.tif", "--method", "ssl", "--train-steps", 1],
+                 ["train", thin, "-o", tmp_path / "x.ckpt", "--steps", 1]):
+        code, _, err = run(argv + common, capsys)
+        assert_one_line_error(code, err)
+        assert err.strip() == f"deconv3d: error: {expected}", argv
+    code, out, err = run(["batch", tmp_path / "in", "-o", tmp_path / "out"] + common, capsys)
+    assert code == 3 and f"failed  thin.tif: {expected}" in out + err, out + err
+    code, _, err = run(["deconvolve", tmp_path / "five.tif", "-o", tmp_path / "x.tif"] + common, capsys)
+    assert_one_line_error(code, err, f"{psf} (31, 9, 9)", f"{tmp_path / 'five.tif'} (5, 40, 40)",
+                          "'deconv3d psf --shape 5 9 9 --voxel-size ...'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["five.tif", "in", "out", "tall_psf.tif"]
+    assert not list((tmp_path / "out").glob("thin*"))
+
+
 def test_a_2d_image_takes_the_last_two_voxel_sizes_given_before_the_file(tmp_path, capsys):
     """Options with three values also come before the file names (a "+" count swallowed them)."""
     rng = np.random.default_rng(3)

@@ -87,7 +87,7 @@ def voxel_size_of(args, image, warnings: list | None = None):
 def load_psf(args, image, voxel, fit_image: bool = True, warnings: list | None = None):
     """``--psf`` or ``--psf-model``, prepared for ``image``; ``fit_image=False`` allows a PSF larger than it.
     A warning about the PSF file is appended to ``warnings`` (printed by the caller once the input is checked)."""
-    from deconv3d.io import psf_dimension_problem, psf_voxel_size, read_psf
+    from deconv3d.io import naming_psf_and_image, psf_dimension_problem, psf_voxel_size, read_psf
     from deconv3d.psf import generate_psf, prepare_psf
     from deconv3d.psf.generate import generated_psf_shape
 
@@ -95,9 +95,9 @@ def load_psf(args, image, voxel, fit_image: bool = True, warnings: list | None =
         psf = read_psf(args.psf)
         if problem := psf_dimension_problem(args.psf, psf.data.ndim, args.input, image.data.ndim):
             raise InputError(problem)
-        return prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel, args.psf, warnings),
-                           image_voxel=voxel,
-                           fit_image=fit_image)
+        with naming_psf_and_image(args.psf, args.input):
+            return prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel, args.psf, warnings),
+                               image_voxel=voxel, fit_image=fit_image)
     if args.na is None or args.wavelength is None:
         raise InputError("--psf-model needs --na and --wavelength: add them, or give a measured --psf file")
     if image.data.ndim != 3:

@@ -228,7 +228,8 @@ def train_with_progress(image, psf, args, voxel, notes=(), stop=None):
 
 
 def _read_inputs(args):
-    from deconv3d.io import assume_psf_voxel, psf_dimension_problem, psf_voxel_size, read_image, read_psf
+    from deconv3d.io import (assume_psf_voxel, naming_psf_and_image, psf_dimension_problem, psf_voxel_size, read_image,
+                             read_psf)
     from deconv3d.psf import prepare_psf
 
     image = read_image(args.input)
@@ -240,8 +241,9 @@ def _read_inputs(args):
     check_negative(image.data, args.input, "train", notes)
     voxel = assume_psf_voxel(voxel_size_of(args, image, notes), args.psf, image.data.ndim, args.input, notes,
                              partial=image.partial_voxel)
-    prepared = prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel, args.psf, notes),
-                           image_voxel=voxel)
+    with naming_psf_and_image(args.psf, args.input):
+        prepared = prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel, args.psf, notes),
+                               image_voxel=voxel)
     return image, prepared, voxel, notes
 
 

@@ -22,10 +22,12 @@ __all__ = ["load_psfs_for", "load_psf_for", "sharing_prepared_psfs", "check_mode
            "PSF_CACHE_BYTES"]
 
 
-def load_psfs_for(settings: Settings, spatial_shape, voxel, fit_image: bool = True) -> list:
-    """The PSFs of the settings, prepared for the image: one, or one per channel."""
+def load_psfs_for(settings: Settings, spatial_shape, voxel, fit_image: bool = True, image=None) -> list:
+    """The PSFs of the settings, prepared for the image: one, or one per channel. ``image``, the image
+    file's path, is named with the PSF file's where a PSF is larger than the image."""
     if settings.psf:
-        return [load_psf_for(settings, spatial_shape, voxel, psf=f, fit_image=fit_image) for f in _many(settings.psf)]
+        return [load_psf_for(settings, spatial_shape, voxel, psf=f, fit_image=fit_image, image=image)
+                for f in _many(settings.psf)]
     return [load_psf_for(settings, spatial_shape, voxel, wavelength=w) for w in _many(settings.wavelength)]
 
 
@@ -59,11 +61,14 @@ def sharing_prepared_psfs():
                 _PSF_CACHE.clear()
 
 
-def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, wavelength=None, fit_image: bool = True):
+def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, wavelength=None, fit_image: bool = True,
+                 image=None):
     """The PSF for an image of ``spatial_shape`` and ``voxel`` size (file or generated), prepared.
 
     ``psf`` (a file) or ``wavelength`` pick one channel's entry of a per-channel setting.
-    ``fit_image=False`` accepts a PSF file larger than the image (an ssl model checks it against its own).
+    ``fit_image=False`` accepts a PSF file larger than the image (an ssl model checks it against its own);
+    a larger one is otherwise refused naming the PSF file and ``image``, the image file's path
+    (:func:`deconv3d.io.psf_size_problem`).
 
     Within :func:`sharing_prepared_psfs` (as a batch runs), the last :data:`PSF_CACHE_ENTRIES` prepared
     PSFs, at most :data:`PSF_CACHE_BYTES` of them (the last whatever its size), are kept, each under
@@ -89,7 +94,7 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
         from deconv3d.errors import recorded_warnings
 
         with recorded_warnings() as issued:
-            prepared = _prepared_psf(settings, spatial_shape, voxel, psf, wavelength, fit_image)
+            prepared = _prepared_psf(settings, spatial_shape, voxel, psf, wavelength, fit_image, image)
         kept = (prepared, tuple(issued))
         with _PSF_CACHE_LOCK:
             if not _PSF_CACHE_USERS:  # (no batch running: nothing is kept)
@@ -107,16 +112,17 @@ def _kept_bytes(kept: tuple) -> int:
     return kept[0].nbytes
 
 
-def _prepared_psf(settings: Settings, spatial_shape, voxel, psf, wavelength, fit_image: bool):
+def _prepared_psf(settings: Settings, spatial_shape, voxel, psf, wavelength, fit_image: bool, image=None):
     """:func:`load_psf_for`'s PSF, read or generated, then prepared."""
-    from deconv3d.io import psf_voxel_size, read_psf
+    from deconv3d.io import naming_psf_and_image, psf_voxel_size, read_psf
     from deconv3d.psf import generate_psf, prepare_psf
     from deconv3d.psf.generate import generated_psf_shape
 
     if psf:
-        image = read_psf(psf)
-        return prepare_psf(image.data, tuple(spatial_shape), psf_voxel=psf_voxel_size(image, voxel, psf), image_voxel=voxel,
-                           fit_image=fit_image)
+        read = read_psf(psf)
+        with naming_psf_and_image(psf, image if image is not None else "being deconvolved"):
+            return prepare_psf(read.data, tuple(spatial_shape), psf_voxel=psf_voxel_size(read, voxel, psf),
+                               image_voxel=voxel, fit_image=fit_image)
     check_model_voxel(voxel)  # (a 2D image is refused before: files._check_psf_dimensions)
     shape = generated_psf_shape(tuple(spatial_shape), voxel, settings.na, wavelength)
     psf = generate_psf(settings.psf_model, shape, voxel, settings.na, wavelength, ni=settings.ni,

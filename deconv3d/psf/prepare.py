@@ -12,7 +12,7 @@ import numpy as np
 
 from deconv3d._arrays import as_numpy
 from deconv3d._voxel import checked_voxel_size, format_sizes
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, PSFLargerThanImage
 from deconv3d.psf.center_crop import CROP_SLACK, center_psf, crop_psf, fit_psf
 from deconv3d.psf.validate import _positive_ints, _warn, _warn_of_an_offset, normalize_psf, validate_psf
 
@@ -197,10 +197,9 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     psf = crop_psf(center_psf(psf), energy)
     if fit_image and any(p > n for p, n in zip(psf.shape, image_shape)):
         if any(p > n for p, n in zip(given, image_shape)):
-            raise InputError(
+            raise PSFLargerThanImage(
                 f"PSF {given} is larger than the image {image_shape}: crop the PSF (or generate it "
-                "with a smaller shape) or use a larger image"
-            )
+                "with a smaller shape) or use a larger image", given, image_shape)
         # An even axis as long as the image's, padded to odd by centring: keep the largest odd box that fits.
         psf = fit_psf(psf, tuple(n - 1 + n % 2 for n in image_shape))
     return normalize_psf(psf)
