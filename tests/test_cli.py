@@ -490,7 +490,7 @@ def test_a_psf_with_more_planes_than_the_stack_is_refused_naming_both_files(tmp_
         assert_one_line_error(code, err)
         assert err.strip() == f"deconv3d: error: {expected}", argv
     code, out, err = run(["batch", tmp_path / "in", "-o", tmp_path / "out"] + common, capsys)
-    assert code == 3 and f"failed  thin.tif: {expected}" in out + err, out + err
+    assert code == 3 and f"failed  {thin}: {expected}" in out + err, out + err
     code, _, err = run(["deconvolve", tmp_path / "five.tif", "-o", tmp_path / "x.tif"] + common, capsys)
     assert_one_line_error(code, err, f"{psf} (31, 9, 9)", f"{tmp_path / 'five.tif'} (5, 40, 40)",
                           "'deconv3d psf --shape 5 9 9 --voxel-size ...'")

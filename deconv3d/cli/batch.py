@@ -79,7 +79,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         with warned.shown(), scheduler_client(args.scheduler, args.workers, gpus=gpus) as client:
             workers = gpus or args.workers or 1
             one = _file_runner(settings, client, workers, warned)
-            run_batch(args.input_dir, output_dir, settings, one, progress=_print_progress, rows=rows,
+            run_batch(args.input_dir, output_dir, settings, one, progress=_progress_printer(args.input_dir), rows=rows,
                       also_finished_as=_as_read_before(args, config, settings),
                       report=report_as_files_finish(output_dir, fill=warned.fill))  # (a killed run's too)
     except KeyboardInterrupt as exc:
@@ -88,7 +88,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):  # (the one written as files finish may lag: its writes are spaced)
             _write_reports(output_dir, warned.fill([row for row in rows if row["status"]]))
         raise
-    return _finished(rows, output_dir, warned, start)
+    return _finished(rows, output_dir, warned, start, args.input_dir)
 
 
 def _check_output_folder(output_dir: Path, input_dir, patterns) -> None:
@@ -131,10 +131,24 @@ def _file_runner(settings, client, workers: int, warned: _BatchWarnings):
     return one
 
 
-def _print_progress(number, total, row) -> None:
-    """The line a batch prints as each file ends."""
-    reason = f": {row['reason']}" if row["reason"] else ""
-    print(line_text(f"[{number}/{total}] {row['status']:<7} {Path(row['file']).name}{reason}"), flush=True)
+def shown_input(file: str, input_dir) -> str:
+    """A batch input as its terminal lines name it: the input folder as given, joined with the file's
+    path inside it (``in/day2/a.tif``), from the row's ``file`` (absolute, as the report holds it). The
+    per-file line named ``day2/a.tif`` as ``a.tif`` and the failures at the end as the absolute path."""
+    from deconv3d._paths import path_text
+
+    inside = os.path.relpath(file, path_text(Path(input_dir).absolute()))
+    return path_text(Path(os.fsdecode(input_dir))) + os.sep + inside
+
+
+def _progress_printer(input_dir):
+    """The line a batch prints as each file ends: ``[N/TOTAL] STATUS FILE[: reason]``."""
+    def progress(number, total, row) -> None:
+        reason = f": {row['reason']}" if row["reason"] else ""
+        print(line_text(f"[{number}/{total}] {row['status']:<7} {shown_input(row['file'], input_dir)}{reason}"),
+              flush=True)
+
+    return progress
 
 
 def _stopped(exc: KeyboardInterrupt, rows, output_dir: Path, warned: _BatchWarnings) -> int:
@@ -156,7 +170,7 @@ def _stopped(exc: KeyboardInterrupt, rows, output_dir: Path, warned: _BatchWarni
     return exc.status if isinstance(exc, Terminated) else 130
 
 
-def _finished(rows, output_dir: Path, warned: _BatchWarnings, start: float) -> int:
+def _finished(rows, output_dir: Path, warned: _BatchWarnings, start: float, input_dir) -> int:
     """A batch run to its end: the report written, the summary and failures printed, its exit status."""
     from deconv3d.pipeline.batch_report import status_counts
 
@@ -169,7 +183,7 @@ def _finished(rows, output_dir: Path, warned: _BatchWarnings, start: float) -> i
     print(f"batch: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed in "
           f"{time.perf_counter() - start:.1f} s; report {json_path}")
     for row in failed:
-        print(f"deconv3d: failed: {row['file']}: {row['reason']}", file=sys.stderr)
+        print(line_text(f"deconv3d: failed: {shown_input(row['file'], input_dir)}: {row['reason']}"), file=sys.stderr)
     warned.summary(json_path)
     return 3 if failed else 0
 

@@ -152,12 +152,22 @@ def _trainer(args, pending: list):
     return trainer
 
 
+#: ``deconv3d batch --help``'s description: what a batch writes, and how it names the files that fail.
+BATCH_DESCRIPTION = (
+    "Deconvolve every image of a folder, each into OUTPUT/NAME.zarr (or .tif), NAME its file name less its "
+    "image suffix. As each file ends, a line '[N/TOTAL] STATUS FILE: reason' names it as the input folder given here "
+    "joined with its path in that folder (IN/day2/a.tif); a file that failed is named so again, with its reason, "
+    "in a 'deconv3d: failed: FILE: reason' line at the end, and the exit status is 3. OUTPUT/batch_report.json "
+    "and batch_report.csv hold every file's row (its absolute path, status, output, reason and warnings). A "
+    "failed file leaves no output, and a rerun tries it again.")
+
+
 def register(sub) -> None:
     """Add the ``batch`` command to the ``deconv3d`` sub-parsers."""
     from .batch import cmd_batch  # (batch imports this module: no cycle at import time)
 
     p = sub.add_parser("batch", help="deconvolve every image of a folder (resumable; OME-Zarr outputs)",
-                       argument_default=None)
+                       argument_default=None, description=BATCH_DESCRIPTION)
     _add_batch_io(p)
     _add_psf_options(p)
     _add_method_options(p)

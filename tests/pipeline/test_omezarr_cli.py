@@ -102,6 +102,23 @@ def test_batch_failing_file_exit_3_others_complete_and_resume(folder, capsys):
     np.testing.assert_array_equal(read_ome_zarr(folder / "out" / "img1.zarr")[0], first)
 
 
+def test_a_batch_names_a_failed_file_alike_in_its_line_and_at_the_end(folder, capsys, monkeypatch):
+    """The per-file line named sub/broken.tif by its base name, the line at the end by its absolute path:
+    both now name it as the input folder given joined with its path in it, as --help says."""
+    (folder / "in" / "sub").mkdir()
+    (folder / "in" / "sub" / "broken.tif").write_bytes(b"not a tiff")
+    monkeypatch.chdir(folder)
+    code, out, err = run(["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", 1, "--pattern", "*.tif",
+                          "--pattern", "*/*.tif"], capsys)
+    shown = os.path.join("in", "sub", "broken.tif")
+    assert code == 3 and f"[4/4] failed  {shown}: " in out, out
+    assert err.startswith(f"deconv3d: failed: {shown}: "), err
+    assert out.splitlines()[0] == f"[1/4] done    {os.path.join('in', 'img0.tif')}", out
+    with pytest.raises(SystemExit):
+        run(["batch", "--help"], capsys)
+    assert "joined with its path in that folder" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.parametrize("argv, words", [
     (["batch", "missing_dir", "-o", "out", "--psf", "psf.tif"], ["input folder not found"]),
     (["batch", "in", "-o", "out", "--psf", "psf.tif", "--scheduler", "bogus"], ["unknown scheduler"]),
