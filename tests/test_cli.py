@@ -520,6 +520,32 @@ def test_frames_or_channels_without_z_and_a_3d_psf_are_pointed_to_relabelling(da
     assert not (data / "o.tif").exists()
 
 
+@pytest.mark.parametrize("axes, count, interval, warned", [
+    ("TYX", 6, None, "6 frames and no frame interval"), ("TYX", 6, 2.0, None),
+    ("CYX", 12, None, "12 channels and no channel names"), ("CYX", 3, None, None)])
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_planes_that_may_be_z_slices_with_a_2d_psf_draw_a_relabel_hint(tmp_path, capsys, axes, count, interval,
+                                                                        warned, suffix):
+    """Frames without a frame interval (or many unnamed channels) deconvolved plane by plane with a 2D
+    PSF ran without a word; a time-lapse that records its interval, or a few channels, still does."""
+    rng = np.random.default_rng(5)
+    metadata = {"axes": axes, **({"finterval": interval} if interval else {})}
+    tifffile.imwrite(tmp_path / "stack.tif", rng.random((count, 16, 16)).astype(np.float32) + 0.1, imagej=True,
+                     metadata=metadata)
+    grids = np.meshgrid(*[np.arange(-2, 3)] * 2, indexing="ij")
+    write_tiff(tmp_path / "psf.tif", np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32), voxel_size=(0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "stack.tif", "--psf", tmp_path / "psf.tif", "-o",
+                        tmp_path / f"out{suffix}", "--iterations", 1, "--voxel-size", 0.1, 0.1], capsys)
+    assert code == 0 and (tmp_path / f"out{suffix}").exists(), err
+    if warned is None:
+        assert "warning" not in err, err
+    else:
+        kind = "frames" if axes == "TYX" else "channels"
+        assert err.splitlines() == [
+            f"deconv3d: warning: stack.tif has axes {axes}, {warned}: each plane is deconvolved as a 2D image; if its "
+            f"{kind} are z-slices, relabel them as slices: Fiji's Image > Properties, and give a 3D PSF"], err
+
+
 def test_an_image_with_many_negative_voxels_is_warned_about(data, capsys):
     """Background-subtracted data: RL clipped them to 0 without a word, and so did Wiener, whose
     clipped output's mean came out 50x the data's (user-journey review)."""

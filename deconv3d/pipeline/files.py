@@ -11,6 +11,7 @@ import numpy as np
 
 from deconv3d._paths import OUTPUT_SUFFIXES, check_output_path
 from deconv3d.errors import InputError, warn
+from deconv3d.pipeline.axis_hints import relabel_note, warn_of_planes_that_may_be_z
 
 __all__ = ["deconvolve_file"]
 
@@ -62,6 +63,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     plan = dict(chunks=chunks, workers=workers, client=client)
     block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan)
     record = _run_provenance(settings, params, psf, input_path, checksum)
+    warn_of_planes_that_may_be_z(lazy, len(spatial_shape), warnings)
     if lazy.time_problem and "T" in lazy.axes:  # once, with the others (run_chunked, given the axis, is silent)
         warn(f"deconv3d: warning: {lazy.time_problem}", warnings)
     kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
@@ -152,11 +154,8 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
 
     if settings.method == "ssl" and settings.model:  # the model's own check
         return
-    name, axes = Path(lazy.path).name, lazy.axes
-    hint = ""
-    if "Z" not in axes and ("C" in axes or "T" in axes):  # as in-memory reading hints
-        kind = "channels" if "C" in axes else "frames"
-        hint = f" ({name} has axes {axes}: if its {kind} are z-slices, relabel them as slices: Fiji's Image > Properties)"
+    name = Path(lazy.path).name
+    hint = relabel_note(name, lazy.axes)
     if settings.psf_model is not None and ndim != 3:
         raise InputError(f"--psf-model generates 3D PSFs but {name} is {ndim}D: give a 2D --psf file, e.g. the plane of "
                          f"best focus made by 'deconv3d psf --shape 63 63 --voxel-size DY DX ...'{hint}")
