@@ -152,6 +152,24 @@ def _check_decodable(series, path: Path, what: str = "image") -> None:
         fix = "save one per file and pick it" if what == "image" else _ONE_CHANNEL[what]
         raise InputError(f"{_named(path, what)} has {samples} grey-level samples per pixel (axes {series.axes}): they "
                          f"are channels; {fix}")
+    _refuse_palette(page, path, what)
+
+
+def _refuse_palette(page, path: Path, what: str = "image") -> None:
+    """Refuse an indexed-colour (palette) TIFF, whose pixel values tifffile reads as indices into its
+    colour table, unless that table is a ramp (red, green and blue each non-decreasing with the index):
+    ImageJ saves 8-bit data shown with a grey or single-colour lookup table (Green, Magenta) so, and its
+    values are the intensities. Another table (Fiji's 8-bit Color, a Fire lookup table) is refused."""
+    if getattr(page, "photometric", None) != tifffile.PHOTOMETRIC.PALETTE:
+        return
+    colormap = getattr(page, "colormap", None)
+    colormap = np.asarray(colormap, np.int64) if colormap is not None else None
+    if colormap is not None and colormap.ndim == 2 and (np.diff(colormap, axis=-1) >= 0).all():
+        return
+    raise InputError(f"{_named(path, what)} is an indexed-colour (palette) TIFF: its pixel values are entries of a "
+                     "colour table, not intensities; if it is 8-bit data shown with a colour lookup table, give it a "
+                     "grey one and save it again (Fiji: Image > Lookup Tables > Grays, then File > Save As > Tiff); a "
+                     "colour picture (Fiji's 8-bit Color) holds no intensities to deconvolve")
 
 
 def _imagecodecs_would_decode(code, known) -> bool:

@@ -253,6 +253,8 @@ def bad_cases(d):
     (d / "cut.tif").write_bytes((d / "whole.tif").read_bytes()[:20000])
     (d / "whole.tif").unlink()
     tifffile.imwrite(d / "rgb.tif", (rng.random((20, 20, 3)) * 255).astype(np.uint8), photometric="rgb")
+    tifffile.imwrite(d / "palette.tif", (rng.random((8, 20, 20)) * 255).astype(np.uint8), photometric="palette",
+                     colormap=(rng.random((3, 256)) * 65535).astype(np.uint16))
     # finite, but RL's result is not (data whose sums overflow float32 deconvolve: RL runs them scaled)
     save("huge.tif", (rng.random((8, 20, 20)) * 3.4e38).astype(np.float32))
     tifffile.imwrite(d / "hyper.tif", rng.random((2, 6, 2, 20, 20)).astype(np.float32), imagej=True,
@@ -281,6 +283,10 @@ def bad_cases(d):
         "voxel size in file": (["deconvolve", d / "neg_spacing.tif"] + base[2:] + ["-o", d / "o.tif"], "--voxel-size"),
         "truncated file": (["deconvolve", d / "cut.tif", "--psf", d / "psf.tif", "-o", d / "o.tif"], "truncated"),
         "RGB image": (["deconvolve", d / "rgb.tif", "--psf", d / "psf.tif", "-o", d / "o.tif"], "RGB"),
+        "palette image": (["deconvolve", d / "palette.tif", "--psf", d / "psf.tif", "-o", d / "o.tif"],
+                          "palette.tif is an indexed-colour (palette) TIFF"),
+        "palette PSF": (base[:2] + ["--psf", d / "palette.tif", "-o", d / "o.tif"],
+                        f"PSF {d / 'palette.tif'} is an indexed-colour (palette) TIFF"),
         "infinite balance": (base + ["-o", d / "o.tif", "--method", "wiener", "--balance", "inf"], "finite"),
         "voxel size in file, zarr": (["deconvolve", d / "neg_spacing.tif"] + base[2:] + ["-o", d / "o.zarr"],
                                      "--voxel-size"),
@@ -296,7 +302,8 @@ def bad_cases(d):
 
 BAD_CASES = ["missing input", "not an image", "1D data", "NaN image", "NaN PSF", "zero PSF", "negative PSF",
              "PSF too big", "voxel size", "output is input", "no such dir", "parent is a file", "unknown method",
-             "missing optics", "voxel size in file", "truncated file", "RGB image", "infinite balance",
+             "missing optics", "voxel size in file", "truncated file", "RGB image", "palette image", "palette PSF",
+             "infinite balance",
              "voxel size in file, zarr", "overflowing values", "several fields", "voxel size in PSF file",
              "three PSFs"]
 

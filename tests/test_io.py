@@ -667,6 +667,30 @@ def test_rgb_tiff_is_refused_as_colour(tmp_path, rng):
         open_lazy(path)
 
 
+def test_a_palette_tiff_is_refused_unless_its_colour_table_is_a_ramp(tmp_path, rng):
+    """tifffile reads a palette TIFF's colour-table indices: deconvolved as intensities (exit 0), in
+    memory, lazily and as a PSF. A table whose red, green and blue each rise with the index (ImageJ's
+    8-bit data with a Green lookup table) holds the intensities themselves, and is read."""
+    from deconv3d.io import read_psf
+    from deconv3d.omezarr import open_lazy
+
+    indices = (rng.random((4, 6, 7)) * 255).astype(np.uint8)
+    colours = (rng.random((3, 256)) * 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "pal.tif", indices, photometric="palette", colormap=colours)
+    for read in (read_image, open_lazy, read_psf):
+        with pytest.raises(InputError) as info:
+            read(tmp_path / "pal.tif")
+        message = str(info.value)
+        assert "\n" not in message and "pal.tif is an indexed-colour (palette) TIFF" in message, message
+        assert "Image > Lookup Tables > Grays" in message
+        assert message.startswith("PSF " if read is read_psf else "image "), message
+    green = np.zeros((3, 256), np.uint16)
+    green[1] = np.arange(256) * 257
+    tifffile.imwrite(tmp_path / "green.tif", indices, photometric="palette", colormap=green, imagej=True,
+                     metadata={"axes": "ZYX"})
+    np.testing.assert_array_equal(read_image(tmp_path / "green.tif").data, indices)
+
+
 @pytest.mark.parametrize("unit, value", [("\u00c5", 1000.0), ("nm", 100.0), ("\u00b5m", 0.1)])
 def test_ome_units_include_angstrom(tmp_path, rng, unit, value):
     path = tmp_path / "a.ome.tif"
