@@ -192,8 +192,8 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
             voxel = network.voxel_for(voxel, len(spatial_shape), Path(lazy.path).name, warnings)
         warn_of_another_scale(trained, lazy, warnings)
         # every channel's PSF, not the first alone: the others were dropped unchecked, yet recorded as used
-        psfs = (load_psfs_for(settings, spatial_shape, voxel, fit_image=False, image=lazy.path) if (settings.psf or settings.psf_model)
-                else [None])
+        psfs = (load_psfs_for(settings, spatial_shape, voxel, fit_image=False, image=lazy.path)
+                if (settings.psf or settings.psf_model) else [None])
         psfs = psfs * len(trained) if len(psfs) < len(trained) else psfs  # (one PSF, or none, for every model)
     else:
         psfs = load_psfs_for(settings, spatial_shape, voxel, image=lazy.path)
