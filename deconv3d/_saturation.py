@@ -168,21 +168,30 @@ def saturated_warning(count: int, peak: float, method: str, where: str = "") -> 
             f"this if the image is not clipped: noiseless synthetic objects of constant intensity, masks)")
 
 
-def warn_of_a_clip(count: int, peak: float, method: str, view=None) -> None:
-    """Warn (:func:`saturated_warning`) of a clip found by a chunked run's pass over ``view``, a
-    :class:`~deconv3d.pipeline.readers._View` that names its channel and time point: once per
-    channel, at its first clipped time point (a line per time point, each alike and none naming
-    which, had buried every other line of a long series); other data are warned about every time."""
+def warn_if_clipped(top: tuple[float, int, float, int], method: str, warnings: list | None = None,
+                    view=None) -> float | None:
+    """Warn (:func:`saturated_warning`, into ``warnings`` where given) where an image whose
+    :func:`top_two` is ``top`` looks clipped (:func:`plateau_level`) and runs with every voxel
+    fitted; returns that level, else None. The one place the command line decides it, for an image
+    read whole and for a chunked run's pass over a volume alike.
+
+    ``view`` (a chunked run's :class:`~deconv3d.pipeline.readers._View`) names the channel and
+    time point: warned once per channel, at its first clipped time point (a line per time point,
+    each alike and none naming which, had buried every other line of a long series)."""
     from deconv3d.errors import warn
 
+    level = plateau_level(top)
+    if level is None:
+        return None
     said, where = getattr(view, "said", None), getattr(view, "where", "")
     if said is not None:
         key = ("saturated", getattr(view, "channel", None))
         if key in said:
-            return
+            return level
         said.add(key)
     note = " (its later time points are not named)" if "time point" in where else ""
-    warn(saturated_warning(count, peak, method, where + note))
+    warn(saturated_warning(top[1], top[0], method, where + note), warnings)
+    return level
 
 
 def saturation_record(saturation, level: float | None = None, count: int | None = None) -> dict:

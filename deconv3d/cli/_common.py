@@ -130,13 +130,3 @@ def check_negative(data, source, method: str, warnings: list) -> None:
         refuse_no_positive(source, method)
     warn_negative_share(float(np.mean(data < 0)), source, method, warnings)
 
-
-def warn_if_saturated(data, method: str, warnings: list) -> None:
-    """Warn where ``data`` look clipped (:func:`deconv3d._saturation.plateau_level`) and run with
-    every voxel fitted."""
-    from deconv3d._saturation import plateau_level, saturated_warning, top_two
-    from deconv3d.errors import warn
-
-    top = top_two(data)
-    if plateau_level(top) is not None:
-        warn(saturated_warning(top[1], top[0], method), warnings)

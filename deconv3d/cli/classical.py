@@ -12,7 +12,7 @@ from deconv3d._paths import line_text
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
 from . import pipeline, selfsup
-from ._common import check_negative, check_output, load_psf, voxel_size_of, warn_if_saturated
+from ._common import check_negative, check_output, load_psf, voxel_size_of
 from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SATURATION_HELP, SpatialSizes, add_common, add_optics,
                         positive_float, positive_int, saturation_value, spatial_sizes)
 from .printing import print_warnings, progress
@@ -302,7 +302,9 @@ def _checked_voxel(args, image, warnings: list):
     voxel = voxel_size_of(args, image, warnings)
     check_negative(image.data, args.input, args.method, warnings)
     if args.saturation == "none":
-        warn_if_saturated(image.data, args.method, warnings)
+        from deconv3d._saturation import top_two, warn_if_clipped
+
+        warn_if_clipped(top_two(image.data), args.method, warnings)
     if args.method != "ssl" and (args.model or args.steps):
         raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
     if args.psf is None and args.psf_model is None and not (args.method == "ssl" and args.model):

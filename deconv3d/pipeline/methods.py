@@ -205,7 +205,7 @@ class RichardsonLucyBlock:
         (the largest value it fits, as a whole-volume run takes it: :func:`volume_peak`), from one pass
         over ``data``. With saturation ``none`` it warns where the volume looks clipped, as an in-memory
         run warns (only here: the pass is made for the TV scale anyway)."""
-        from deconv3d._saturation import plateau_level, warn_of_a_clip
+        from deconv3d._saturation import plateau_level, warn_if_clipped
 
         level = self.saturation if isinstance(self.saturation, float) else None
         top, below = volume_top_two(data, level)
@@ -213,8 +213,8 @@ class RichardsonLucyBlock:
         if self.saturation == "auto":
             level = plateau_level(top)
             fn, below = replace(fn, saturation="none" if level is None else level), top[2]  # (the value below it)
-        elif self.saturation == "none" and plateau_level(top) is not None:
-            warn_of_a_clip(top[1], top[0], "rl-tv" if self.tv_weight > 0 else "rl", data)
+        elif self.saturation == "none":
+            warn_if_clipped(top, "rl-tv" if self.tv_weight > 0 else "rl", view=data)
         peak = top[0]
         if self.tv_weight > 0 and self.tv_scale is None:
             from deconv3d.classical.rl import _default_tv_scale

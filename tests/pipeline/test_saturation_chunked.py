@@ -72,6 +72,23 @@ def test_chunked_deconvolve_equals_the_in_memory_run_and_warns_where_it_reads_th
     assert code == 0 and "voxels sit at the image's maximum" in err and "--saturation auto" in err, err
 
 
+def clip_lines(err):
+    return [line for line in err.splitlines() if "voxels sit at" in line]
+
+
+def test_in_memory_and_chunked_runs_word_the_clip_alike(files, capsys):
+    """One function decides and words the clip warning for both routes (_saturation.warn_if_clipped):
+    a run read whole and one in blocks of the same clipped image print the same line."""
+    base = ["deconvolve", files / "img.tif", "--psf", files / "psf.tif", "--iterations", 2, "--device", "cpu",
+            "--method", "rl-tv"]
+    lines = []
+    for out in (["-o", files / "whole.tif"], ["-o", files / "blocks.zarr", "--chunks", 12, 20, 17]):
+        code, _, err = run([*base, *out], capsys)
+        assert code == 0, err
+        lines.append(clip_lines(err))
+    assert len(lines[0]) == 1 and lines[0] == lines[1], lines
+
+
 def test_a_clipped_multichannel_time_series_warns_once_per_channel_naming_it(tmp_path, clipped, psf3d):
     """A chunked RL-TV run over channels and time points warns of a clip once per channel, naming the
     channel (by its label) and the first time point: one line per time point, none naming which,
