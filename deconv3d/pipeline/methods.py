@@ -34,7 +34,7 @@ from deconv3d.pipeline.block_geometry import Placement
 from deconv3d.pipeline.halo_rules import chunk_multiple_for, halo_for, rl_halo, wiener_halo
 from deconv3d.pipeline.records import method_fft_shapes
 from deconv3d.pipeline.run_flags import abandoned, block_run
-from deconv3d.pipeline.volume_statistics import volume_peak, volume_top_two
+from deconv3d.pipeline.volume_statistics import volume_peak, volume_top_two, warn_if_volume_clipped
 from deconv3d.psf import fit_psf
 
 __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "psf_rms_width", "rl_halo",
@@ -200,6 +200,12 @@ class RichardsonLucyBlock:
             fn = self._with_volume_statistics(data)
         return fn._measure(data, box)
 
+    def prepare_whole(self, data) -> "RichardsonLucyBlock":
+        """The hook :func:`deconv3d.pipeline.run_chunked` calls before a volume run as one block: the
+        volume's statistics (:meth:`_with_volume_statistics`: a clip warned about as in memory, ``auto``
+        resolved), without the measuring run, which that block would repeat."""
+        return self._with_volume_statistics(data)
+
     def _with_volume_statistics(self, data) -> "RichardsonLucyBlock":
         """A copy with the volume's saturation level (``auto``: its plateau, else ``none``) and TV scale
         (the largest value it fits, as a whole-volume run takes it: :func:`volume_peak`), from one pass
@@ -259,6 +265,11 @@ class WienerBlock:
 
     def halo(self) -> tuple[int, ...]:
         return wiener_halo(self.psf, self.balance)
+
+    def prepare_whole(self, data) -> "WienerBlock":
+        """Before a volume run as one block: its clip warned about, as an in-memory run warns."""
+        warn_if_volume_clipped(data, "wiener")
+        return self
 
 
 @dataclass
@@ -343,6 +354,11 @@ class NetworkBlock:
         if reference is None or not reference.tv_weight or self.tv_scale is not None:
             return self
         return replace(self, tv_scale=volume_peak(data))
+
+    def prepare_whole(self, data) -> "NetworkBlock":
+        """Before a volume run as one block: its clip warned about, as an in-memory run warns."""
+        warn_if_volume_clipped(data, "ssl")
+        return self
 
     def _band_reach(self) -> tuple[int, ...]:
         """How far the band limit (when on) reaches, per axis: the network predicts that much around a core."""

@@ -83,7 +83,9 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         ``prepare_with_output(data, box)`` (``box`` a tuple of slices, placed to hold whole
         blocks) returning ``(callable, output)`` has that called instead: ``output``, unless
         None, is its result on ``data[box]``, and the blocks the box holds are written from it
-        rather than run.
+        rather than run. One with ``prepare_whole(data)`` is replaced by what that returns
+        before a run of one block (the volume's statistics and its warnings, without the
+        measuring run that block would repeat).
     output : str or os.PathLike
         The ``.zarr`` directory to create; written under a temporary name, renamed when complete.
         Its chunks tile the blocks, each block writing chunks of its own, and are no longer than
@@ -275,6 +277,8 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
                     done += len(covered)
                     if (covered and progress is not None and progress(done, total)) or cancel_requested(cancel):
                         raise Cancelled(f"cancelled after {done} of {total} blocks")
+                elif hasattr(fn, "prepare_whole") and plan.blocks == 1:
+                    fn = fn.prepare_whole(_view(reader, index, axes, channels, said))
                 start_cache()
                 done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
                                    client=client, workers=workers, progress=progress, done=done, total=total,

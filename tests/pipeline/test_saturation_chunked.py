@@ -89,6 +89,23 @@ def test_in_memory_and_chunked_runs_word_the_clip_alike(files, capsys):
     assert len(lines[0]) == 1 and lines[0] == lines[1], lines
 
 
+@pytest.mark.parametrize("method", ["rl", "wiener"])
+def test_a_volume_run_as_one_block_warns_of_a_clip_as_an_in_memory_run(files, capsys, clipped, method):
+    """A .zarr input small enough to run as one block was not warned of: only the pass that prepares a
+    run of several blocks warned, and one block is not prepared. The same data as a TIFF read whole
+    and as a .zarr run in one block now print the same line."""
+    from deconv3d.omezarr.writing import write_ome_zarr
+
+    write_ome_zarr(files / "img.zarr", clipped, voxel_size=VOXEL)
+    lines = []
+    for source, out in (("img.tif", "whole.tif"), ("img.zarr", "one.tif"), ("img.zarr", "one.zarr")):
+        code, said, err = run(["deconvolve", files / source, "--psf", files / "psf.tif", "-o", files / out,
+                               "--method", method, "--device", "cpu"], capsys)
+        assert code == 0 and ("1 block(s)" in said) == (source == "img.zarr"), said + err
+        lines.append(clip_lines(err))
+    assert len(lines[0]) == 1 and lines[0] == lines[1] == lines[2], lines
+
+
 def test_a_clipped_multichannel_time_series_warns_once_per_channel_naming_it(tmp_path, clipped, psf3d):
     """A chunked RL-TV run over channels and time points warns of a clip once per channel, naming the
     channel (by its label) and the first time point: one line per time point, none naming which,
