@@ -411,6 +411,7 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
             # .zarr output's are (one more pass over the result): a 3D TIFF keeps none, and skips the pass
             info = run_chunked(lazy, block, scratch, channels=(lazy.channels or ()) if hyperstack else (), **kwargs)
         array = zarr.open_array(str(scratch / "0"), mode="r")
+        record = {**record, "parameters": {**record.get("parameters", {}), **info.decided}}  # (as the zarr's)
         meta = tiff_properties({**record, "environment": info.environment or record.get("environment")}, info.execution)
         # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
         # (a 2D result, read whole here, went 5-10 % over it while it was read outside this setting);

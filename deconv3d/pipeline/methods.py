@@ -82,6 +82,8 @@ class RichardsonLucyBlock:
     #: Voxels at or above this level are left out of the fit (weight 0); "auto": the volume's plateau
     #: (:func:`deconv3d._saturation.plateau_level`), resolved to a level by prepare; "none": all fitted.
     saturation: Union[float, str] = "none"
+    #: The voxels at or above the level, where prepare's pass over the volume counted them (for the record).
+    saturated_voxels: Optional[int] = None
 
     def __post_init__(self):
         """The options checked as :func:`~deconv3d.classical.richardson_lucy` checks them, here rather than
@@ -207,18 +209,20 @@ class RichardsonLucyBlock:
         return self._with_volume_statistics(data)
 
     def _with_volume_statistics(self, data) -> "RichardsonLucyBlock":
-        """A copy with the volume's saturation level (``auto``: its plateau, else ``none``) and TV scale
-        (the largest value it fits, as a whole-volume run takes it: :func:`volume_peak`), from one pass
-        over ``data``. With saturation ``none`` it warns where the volume looks clipped, as an in-memory
-        run warns (only here: the pass is made for the TV scale anyway)."""
+        """A copy with the volume's saturation level (``auto``: its plateau, else ``none``) and the
+        voxels at or above it, and TV scale (the largest value it fits, as a whole-volume run takes it:
+        :func:`volume_peak`), from one pass over ``data``. With saturation ``none`` it warns where the
+        volume looks clipped, as an in-memory run warns (only where the pass is made: a volume run as
+        one block, or one whose TV scale or ``auto`` level needs it)."""
         from deconv3d._saturation import plateau_level, warn_if_clipped
 
         level = self.saturation if isinstance(self.saturation, float) else None
-        top, below = volume_top_two(data, level)
-        fn = self
+        top, below, above = volume_top_two(data, level)
+        fn = self if level is None else replace(self, saturated_voxels=above)
         if self.saturation == "auto":
             level = plateau_level(top)
             fn, below = replace(fn, saturation="none" if level is None else level), top[2]  # (the value below it)
+            fn = fn if level is None else replace(fn, saturated_voxels=top[1])  # (the level is the maximum)
         elif self.saturation == "none":
             warn_if_clipped(top, "rl-tv" if self.tv_weight > 0 else "rl", view=data)
         peak = top[0]
@@ -227,6 +231,15 @@ class RichardsonLucyBlock:
 
             fn = replace(fn, tv_scale=_default_tv_scale([peak if level is None else below]))
         return fn
+
+    def decided(self) -> dict:
+        """What the run took from the volume, for its record: the saturation level (``auto``'s plateau,
+        or the level given) and the voxels at or above it where counted, under the names an in-memory
+        run records them by (:func:`deconv3d._saturation.saturation_record`); empty without a level."""
+        if not isinstance(self.saturation, float):
+            return {}
+        counted = {} if self.saturated_voxels is None else {"saturated_voxels": self.saturated_voxels}
+        return {"saturation_level": self.saturation, **counted}
 
     def prepare_runs_method(self) -> bool:
         """Whether :meth:`prepare` runs RL on its box (adaptive acceleration): where that box is the

@@ -52,6 +52,7 @@ class RunInfo:
     largest_block: tuple = ()  # the largest core block (a remainder shorter than the halo merged in)
     execution: dict = field(default_factory=dict)  # how it ran, as the provenance records it
     environment: dict = field(default_factory=dict)  # in what, as the provenance records it (its blocks' FFT backend)
+    decided: dict = field(default_factory=dict)  # parameters taken from the volume (a saturation level): recorded
 
 
 def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: str | None = None,
@@ -157,12 +158,14 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     # the measuring box and every block are one run for FFTW's measuring budget (measuring_run)
     with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output, folder=True) as tmp:
         _create_image(tmp, output, reader, plan, cap, axes, voxel_size, provenance, time_axis, origin)
-        _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client, workers, progress, total,
-                 cancel, channels)
+        decided = _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client, workers,
+                           progress, total, cancel, channels)
+        if provenance is not None and decided:
+            _record_decided(tmp, decided)
         _finish_image(tmp, reader, channels, pyramid_levels, workers)
     return RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
                    tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution,
-                   (provenance or {}).get("environment", {}))
+                   (provenance or {}).get("environment", {}), decided)
 
 
 def _checked_output(output, data) -> Path:
@@ -205,6 +208,27 @@ def _finish_image(tmp, reader, channels, pyramid_levels, workers) -> None:
         write_omero(tmp, channels, workers=workers)
     if pyramid_levels:  # as many chunks at once as blocks were: the limit budgeted those
         write_pyramid(tmp, pyramid_levels, workers=workers)
+
+
+def _record_decided(tmp, decided: dict) -> None:
+    """Add to the provenance written with the image (its ``parameters``) what the block callables
+    took from the volume once prepared (:func:`_decided`): known only after the blocks' preparing."""
+    import zarr
+
+    group = zarr.open_group(str(tmp), mode="r+")
+    record = dict(group.attrs["deconv3d"])
+    record["parameters"] = {**record.get("parameters", {}), **decided}
+    group.attrs["deconv3d"] = record
+
+
+def _decided(per_index: list) -> dict:
+    """The parameters the prepared block callables took from each (time point, channel) volume
+    (their ``decided()``): as they are for one volume; for several, each key a list of one value per
+    volume in C order of the leading axes (None where a volume has none); empty where none has any."""
+    if len(per_index) == 1 or not any(per_index):
+        return per_index[0] if per_index else {}
+    keys = dict.fromkeys(k for d in per_index for k in d)
+    return {k: [d.get(k) for d in per_index] for k in keys}
 
 
 def _check_whole_numbers(chunks, halo, workers, pyramid_levels) -> None:
@@ -259,10 +283,11 @@ def _source(data, axes, time_axis, origin, channels, voxel_size=None):
 def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, client, workers, progress, total,
              cancel=None, channels=None):
     """Run every (time point, channel) ``index`` of ``reader`` block by block into ``target_path``;
-    ``channels`` (names and colours) name an index in the warnings of its preparing pass."""
+    ``channels`` (names and colours) name an index in the warnings of its preparing pass. Returns
+    what the prepared block callables took from the volumes, for the record (:func:`_decided`)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    done, said = 0, set()
+    done, said, decided = 0, set(), []
     pool = ThreadPoolExecutor(max(1, int(workers))) if client is None else None
     try:
         for index in indices:
@@ -279,6 +304,7 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
                         raise Cancelled(f"cancelled after {done} of {total} blocks")
                 elif hasattr(fn, "prepare_whole") and plan.blocks == 1:
                     fn = fn.prepare_whole(_view(reader, index, axes, channels, said))
+                decided.append(fn.decided() if hasattr(fn, "decided") else {})
                 start_cache()
                 done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
                                    client=client, workers=workers, progress=progress, done=done, total=total,
@@ -287,6 +313,7 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         close_sources(reader)  # no block reads it now: a long session does not hold the file open
+    return _decided(decided)
 
 
 def _prepare(fn, view, plan: RunPlan, target_path, index):

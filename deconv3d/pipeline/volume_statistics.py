@@ -27,16 +27,18 @@ def volume_peak(data) -> float:
 def volume_top_two(data, level: float | None = None):
     """:func:`deconv3d._saturation.top_two` of ``data`` (as :func:`volume_peak` reads it) and, for a
     ``level``, the largest value below it (at least 0), which is the TV scale of a run that leaves
-    the voxels at or above it out."""
+    the voxels at or above it out, and how many voxels are at or above it (0 without a level)."""
     from deconv3d._saturation import merge_top_two, top_two
     from deconv3d.classical.rl import _largest_value
 
-    parts, below = [], 0.0
+    parts, below, above = [], 0.0, 0
     for slab in _slabs(data):
         parts.append(top_two(slab))
         if level is not None:
-            below = max(below, _largest_value(slab[slab < level]))
-    return merge_top_two(parts), below
+            kept = slab < level
+            below = max(below, _largest_value(slab[kept]))
+            above += int(kept.size - np.count_nonzero(kept))
+    return merge_top_two(parts), below, above
 
 
 def warn_if_volume_clipped(data, method: str) -> None:

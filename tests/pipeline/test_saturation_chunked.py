@@ -106,6 +106,51 @@ def test_a_volume_run_as_one_block_warns_of_a_clip_as_an_in_memory_run(files, ca
     assert len(lines[0]) == 1 and lines[0] == lines[1] == lines[2], lines
 
 
+def saturation_parameters(path):
+    from cli_helpers import tiff_properties
+
+    if str(path).endswith(".tif"):
+        parameters = tiff_properties(path)["parameters"]
+    else:
+        parameters = read_ome_zarr(path)[3]["deconv3d"]["parameters"]
+    return {k: v for k, v in parameters.items() if k.startswith("saturat")}
+
+
+@pytest.mark.parametrize("setting", ["auto", "level"])
+def test_chunked_records_hold_the_saturation_level_and_count_an_in_memory_record_holds(files, capsys, clipped,
+                                                                                      setting):
+    """The level ``--saturation auto`` found, and the voxels left out, were in an in-memory run's record
+    only: a chunked run's, made before its blocks were prepared, held the setting alone."""
+    level = float(clipped.max())
+    value = "auto" if setting == "auto" else level
+    base = ["deconvolve", files / "img.tif", "--psf", files / "psf.tif", "--iterations", 2, "--device", "cpu",
+            "--saturation", value]
+    outputs = {"whole.tif": [], "one.zarr": ["--memory-limit", "4GB"], "one.tif": ["--memory-limit", "4GB"],
+               "blocks.zarr": ["--chunks", 12, 20, 17, "--method", "rl-tv"]}
+    for name, options in outputs.items():
+        code, said, err = run([*base, "-o", files / name, *options], capsys)
+        assert code == 0 and ("in 1 block(s)" in said) == name.startswith("one"), said + err
+    whole = saturation_parameters(files / "whole.tif")
+    assert whole == {"saturation": value, "saturation_level": level,
+                     "saturated_voxels": int((clipped >= level).sum())}, whole
+    for name in outputs:
+        assert saturation_parameters(files / name) == whole, name
+
+
+def test_a_chunked_record_of_several_channels_lists_each_channel_s_level(tmp_path, clipped, psf3d):
+    """Each channel finds its own plateau (``auto``): the record lists their levels and counts in
+    channel order, None for a channel without one."""
+    ramp = np.linspace(0, 1, clipped.size, dtype=np.float32).reshape(clipped.shape)  # no plateau
+    other = np.minimum(clipped, np.percentile(clipped, 99)).astype(np.float32)
+    fn = RichardsonLucyBlock(psf3d, iterations=2, saturation="auto")
+    run_chunked(np.stack([clipped, ramp, other]), fn, tmp_path / "out.zarr", axes="CZYX", voxel_size=VOXEL,
+                provenance={"parameters": {"saturation": "auto"}})
+    parameters = read_ome_zarr(tmp_path / "out.zarr")[3]["deconv3d"]["parameters"]
+    assert parameters == {"saturation": "auto", "saturation_level": [float(clipped.max()), None, float(other.max())],
+                          "saturated_voxels": [int((clipped == clipped.max()).sum()), None,
+                                               int((other == other.max()).sum())]}, parameters
+
+
 def test_a_clipped_multichannel_time_series_warns_once_per_channel_naming_it(tmp_path, clipped, psf3d):
     """A chunked RL-TV run over channels and time points warns of a clip once per channel, naming the
     channel (by its label) and the first time point: one line per time point, none naming which,
