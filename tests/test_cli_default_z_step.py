@@ -136,6 +136,22 @@ def test_a_refusal_after_the_psf_s_warning_says_only_its_error(files, capsys):
         f"deconv3d: warning: {files / 'noz.tif'}", f"deconv3d: warning: the PSF file {files / 'psf_noz.tif'}"], err
 
 
+def test_a_chunked_run_collects_the_psf_s_warning_with_its_others(files, capsys):
+    """The chunked run printed the PSF file's warning at once, where the PSF was read: before the image's
+    (in memory: after) and before a refusal of the memory limit, which then did not say only its error.
+    It is collected with the run's other warnings now, as in memory."""
+    _psf_without_z_step(files / "psf_noz.tif")
+    argv = ["deconvolve", files / "noz.tif", "--psf", files / "psf_noz.tif", "--iterations", 2, "--device", "cpu"]
+    said = []
+    for output in ("out.tif", "out.zarr"):
+        code, _, err = run([*argv, "-o", files / output], capsys)
+        assert code == 0, err
+        said.append([line.split(" records")[0].split()[-1].rsplit("/", 1)[-1] for line in _warnings(err)])
+    assert said[0] == said[1] == ["noz.tif", "psf_noz.tif"], said
+    code, _, err = run([*argv, "-o", files / "small.zarr", "--memory-limit", "1MB"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "memory limit 1MB is too small" in err, err
+
+
 @pytest.mark.parametrize("output", ["out.tif", "out.zarr"])
 @pytest.mark.parametrize("unit, resolution, options, z, how", [
     ("nm", 0.01, {}, "0.001", "closer than"),

@@ -178,7 +178,7 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
     if settings.method == "ssl" and settings.model is None:  # trained here, on this image, with this PSF
         from deconv3d.selfsup import TrainedModel, training_record
 
-        psfs = load_psfs_for(settings, spatial_shape, voxel, image=lazy.path)
+        psfs = load_psfs_for(settings, spatial_shape, voxel, image=lazy.path, warnings=warnings)
         _refuse_untrainable(lazy, settings.memory_limit)  # the image itself first, then its blocks
         _check_plan_before_training(spatial_shape, psfs[0], voxel, settings, trainer, **plan)
         result = train_on_image(lazy, psfs[0], voxel, settings, trainer, memory_limit=settings.memory_limit)
@@ -192,11 +192,11 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
             voxel = network.voxel_for(voxel, len(spatial_shape), Path(lazy.path).name, warnings)
         warn_of_another_scale(trained, lazy, warnings)
         # every channel's PSF, not the first alone: the others were dropped unchecked, yet recorded as used
-        psfs = (load_psfs_for(settings, spatial_shape, voxel, fit_image=False, image=lazy.path)
+        psfs = (load_psfs_for(settings, spatial_shape, voxel, fit_image=False, image=lazy.path, warnings=warnings)
                 if (settings.psf or settings.psf_model) else [None])
         psfs = psfs * len(trained) if len(psfs) < len(trained) else psfs  # (one PSF, or none, for every model)
     else:
-        psfs = load_psfs_for(settings, spatial_shape, voxel, image=lazy.path)
+        psfs = load_psfs_for(settings, spatial_shape, voxel, image=lazy.path, warnings=warnings)
     networks = trained if isinstance(trained, list) else [trained]
     # channel c's PSF and network: entry c of a list of one per channel, else the one for all (the counts
     # match: Settings); each network is checked against its channel's PSF

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
+import warnings as _warnings
 
 from deconv3d._lru import drop_oldest
 from deconv3d._paths import file_identity
@@ -22,13 +22,16 @@ __all__ = ["load_psfs_for", "load_psf_for", "sharing_prepared_psfs", "check_mode
            "PSF_CACHE_BYTES"]
 
 
-def load_psfs_for(settings: Settings, spatial_shape, voxel, fit_image: bool = True, image=None) -> list:
+def load_psfs_for(settings: Settings, spatial_shape, voxel, fit_image: bool = True, image=None,
+                  warnings: list | None = None) -> list:
     """The PSFs of the settings, prepared for the image: one, or one per channel. ``image``, the image
-    file's path, is named with the PSF file's where a PSF is larger than the image."""
+    file's path, is named with the PSF file's where a PSF is larger than the image; ``warnings``: as
+    :func:`load_psf_for`'s."""
     if settings.psf:
-        return [load_psf_for(settings, spatial_shape, voxel, psf=f, fit_image=fit_image, image=image)
-                for f in _many(settings.psf)]
-    return [load_psf_for(settings, spatial_shape, voxel, wavelength=w) for w in _many(settings.wavelength)]
+        return [load_psf_for(settings, spatial_shape, voxel, psf=f, fit_image=fit_image, image=image,
+                             warnings=warnings) for f in _many(settings.psf)]
+    return [load_psf_for(settings, spatial_shape, voxel, wavelength=w, warnings=warnings)
+            for w in _many(settings.wavelength)]
 
 
 #: How many prepared PSFs :func:`load_psf_for` keeps (the most recently used) while a batch runs: a
@@ -37,7 +40,7 @@ PSF_CACHE_ENTRIES = 4
 #: And how many bytes of them at most: the most recently used is kept whatever its size, alone where
 #: larger (as :data:`deconv3d.fft.OTF_CACHE_BYTES`). Four large prepared PSFs were held until the batch ended.
 PSF_CACHE_BYTES = 256 * 2**20
-_PSF_CACHE: dict = {}  # key -> (prepared PSF, the warnings its preparation issued), oldest first
+_PSF_CACHE: dict = {}  # key -> (prepared PSF, the warnings its preparation issued, the PSF file's lines), oldest first
 _PSF_CACHE_LOCK = threading.Lock()
 _PSF_CACHE_USERS = 0  # the batches running (in any thread) that keep prepared PSFs: see sharing_prepared_psfs
 
@@ -62,7 +65,7 @@ def sharing_prepared_psfs():
 
 
 def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, wavelength=None, fit_image: bool = True,
-                 image=None):
+                 image=None, warnings: list | None = None):
     """The PSF for an image of ``spatial_shape`` and ``voxel`` size (file or generated), prepared.
 
     ``psf`` (a file) or ``wavelength`` pick one channel's entry of a per-channel setting.
@@ -78,6 +81,9 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     the same PSF again for every file (a generated vectorial one for 64 x 512 x 512 took 0.13 s to
     generate and 0.41 s to prepare; a PSF file was read again). The warnings its preparation issued
     are issued again each time it is handed out, as preparing it anew would (one per file's row).
+    The PSF file's own warning (its z step assumed: :func:`deconv3d.io.psf_voxel_size`) is appended to
+    ``warnings`` where given, with the run's other warnings, as an in-memory run collects it; else
+    issued.
     """
     psf = psf if psf is not None else (_many(settings.psf) or (None,))[0]
     wavelength = wavelength if wavelength is not None else (_many(settings.wavelength) or (None,))[0]
@@ -93,9 +99,11 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
     if kept is None:
         from deconv3d.errors import recorded_warnings
 
+        notes: list[str] = []
         with recorded_warnings() as issued:
-            prepared = _prepared_psf(settings, spatial_shape, voxel, psf, wavelength, fit_image, image)
-        kept = (prepared, tuple(issued))
+            prepared = _prepared_psf(settings, spatial_shape, voxel, psf, wavelength, fit_image, notes, image)
+        kept = (prepared, tuple(issued), tuple(notes))
+        _note(notes, warnings)
         with _PSF_CACHE_LOCK:
             if not _PSF_CACHE_USERS:  # (no batch running: nothing is kept)
                 return prepared
@@ -104,16 +112,26 @@ def load_psf_for(settings: Settings, spatial_shape, voxel, *, psf=None, waveleng
             drop_oldest(_PSF_CACHE, _kept_bytes, PSF_CACHE_BYTES, count=PSF_CACHE_ENTRIES)
         return prepared.copy()
     for message in kept[1]:  # each as it was (its category: a filter or the report treats it alike)
-        warnings.warn(message)  # (from here, where preparing it warned too)
+        _warnings.warn(message)  # (from here, where preparing it warned too)
+    _note(kept[2], warnings)
     return kept[0].copy()
+
+
+def _note(lines, warnings: list | None) -> None:
+    """The PSF file's warnings, into ``warnings`` where given, else issued (:func:`deconv3d.errors.warn`)."""
+    from deconv3d.errors import warn
+
+    for line in lines:
+        warn(line, warnings)
 
 
 def _kept_bytes(kept: tuple) -> int:
     return kept[0].nbytes
 
 
-def _prepared_psf(settings: Settings, spatial_shape, voxel, psf, wavelength, fit_image: bool, image=None):
-    """:func:`load_psf_for`'s PSF, read or generated, then prepared."""
+def _prepared_psf(settings: Settings, spatial_shape, voxel, psf, wavelength, fit_image: bool, notes: list,
+                  image=None):
+    """:func:`load_psf_for`'s PSF, read or generated, then prepared; the PSF file's warning into ``notes``."""
     from deconv3d.io import naming_psf_and_image, psf_voxel_size, read_psf
     from deconv3d.psf import generate_psf, prepare_psf
     from deconv3d.psf.generate import generated_psf_shape
@@ -121,7 +139,7 @@ def _prepared_psf(settings: Settings, spatial_shape, voxel, psf, wavelength, fit
     if psf:
         read = read_psf(psf)
         with naming_psf_and_image(psf, image if image is not None else "being deconvolved"):
-            return prepare_psf(read.data, tuple(spatial_shape), psf_voxel=psf_voxel_size(read, voxel, psf),
+            return prepare_psf(read.data, tuple(spatial_shape), psf_voxel=psf_voxel_size(read, voxel, psf, notes),
                                image_voxel=voxel, fit_image=fit_image)
     check_model_voxel(voxel)  # (a 2D image is refused before: files._check_psf_dimensions)
     shape = generated_psf_shape(tuple(spatial_shape), voxel, settings.na, wavelength)

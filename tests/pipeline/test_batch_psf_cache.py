@@ -101,6 +101,26 @@ def test_every_file_s_row_lists_its_prepared_psf_s_warnings(tmp_path, capsys, co
     assert counted["prepare_psf"] == 1
 
 
+def test_a_psf_file_s_z_step_warning_goes_into_the_run_s_list_each_time_it_is_handed_out(tmp_path, counted, sharing):
+    """A PSF file without a z step is warned of into the run's list of warnings (a chunked run prints
+    them with its others, as in memory), not issued at once; a kept PSF's line comes again for each run."""
+    import warnings
+
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "psf.tif", gaussian_psf((7, 7, 7), (0.6, 0.6, 0.6)), imagej=True,
+                     resolution=(10, 10), metadata={"unit": "um", "axes": "ZYX"})
+    settings = make_settings({"psf": str(tmp_path / "psf.tif")})
+    for _ in range(2):  # the second is handed the kept PSF
+        notes = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            prepared_psfs.load_psfs_for(settings, (8, 16, 16), (1.0, 0.1, 0.1), warnings=notes)
+        assert [str(w.message) for w in caught] == [] and len(notes) == 1, (caught, notes)
+        assert notes[0].startswith(f"deconv3d: warning: the PSF file {tmp_path / 'psf.tif'} records no z step"), notes
+    assert counted["prepare_psf"] == 1
+
+
 def test_a_psf_file_copied_over_with_its_modification_time_is_read_again(tmp_path, counted, sharing):
     """``cp -p b.tif psf.tif`` over a file of the same size and modification time kept the inode,
     size and mtime: the old PSF was served (and recorded as the new one). The change time moves."""
