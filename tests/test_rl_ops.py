@@ -41,12 +41,14 @@ def fused(monkeypatch):
 @pytest.mark.parametrize("shape", [(5, 7, 9), (6, 11), (3, 5, 37)])
 @pytest.mark.parametrize("with_denominator", [False, True])
 @pytest.mark.parametrize("contiguous", [False, True], ids=["crops", "contiguous"])
-def test_fused_passes_equal_torch(shape, with_denominator, contiguous):
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_fused_passes_equal_torch(shape, with_denominator, contiguous, with_weight):
     make = _crops(shape, contiguous=contiguous)
-    data, blurred, u, factor, x_prev, denominator = (make() for _ in range(6))
+    data, blurred, u, factor, x_prev, denominator, weight = (make() for _ in range(7))
     blurred[..., 0] = 1e-9  # below the floor
     factor[..., 1] -= 5  # some updates are clamped to 0
     denominator = denominator + 0.5 if with_denominator else None
+    weight = weight + 0.25 if with_weight else None  # the Bertero weight, applied in the update pass
     out = {}
     for ops in (TorchOps, FusedOps):
         r = torch.empty(shape)
@@ -56,7 +58,7 @@ def test_fused_passes_equal_torch(shape, with_denominator, contiguous):
         # Two steps in a row: the second's <g, g_prev> reads the step the first one kept.
         for guess in (u, x_prev):
             new.append(torch.empty(shape))
-            dots = ops.update_step(guess, factor, denominator, new[-1], buffers)
+            dots = ops.update_step(guess, factor.clone(), denominator, new[-1], buffers, weight=weight)
             steps.append(torch.tensor(dots, dtype=torch.float64))
         assert (new[0] == 0).any() and (new[0] > 0).any()
         ext = torch.empty(shape)
@@ -68,11 +70,40 @@ def test_fused_passes_equal_torch(shape, with_denominator, contiguous):
             torch.testing.assert_close(f, t.to(f.dtype), rtol=1e-5, atol=0, msg=name)
         else:
             assert torch.equal(f, t), name
+    # The updates are those of the formula, the weight included.
+    weighted = factor * weight if with_weight else factor
+    expected_update = (u * weighted / (denominator if with_denominator else 1.0)).clamp_min(0)
+    assert torch.equal(out["torch"][1], expected_update)
     # The dots are those of the steps themselves (computed here in float64).
     g1 = (out["torch"][1] - u).double()
     g2 = (out["torch"][2] - x_prev).double()
     expected = torch.stack([torch.dot(g2.flatten(), g2.flatten()), torch.dot(g2.flatten(), g1.flatten())])
     torch.testing.assert_close(out["numba"][4], expected, rtol=1e-5, atol=0)
+
+
+@needs_numba
+@pytest.mark.parametrize("with_weight", [False, True])
+@pytest.mark.parametrize("with_denominator", [False, True])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_fused_plain_update_equals_torch(with_weight, with_denominator, in_place):
+    shape = (5, 7, 9)
+    make = _crops(shape)
+    u, factor, weight, denominator = (make() for _ in range(4))
+    factor[..., 1] -= 5  # some updates are clamped to 0
+    factor[0, 0, 0] = float("nan")  # stays NaN, as torch's clamp_min leaves it
+    weight = weight + 0.25 if with_weight else None
+    denominator = denominator + 0.5 if with_denominator else None
+    results = []
+    for ops in (TorchOps, FusedOps):
+        start = u.clone()
+        out = start if in_place else torch.empty(shape)
+        ops.update(start, factor.clone(), denominator, out, weight=weight)
+        results.append(out)
+    weighted = factor * weight if with_weight else factor
+    expected = (u * weighted / (denominator if with_denominator else 1.0)).clamp_min(0)
+    assert torch.isnan(expected[0, 0, 0]) and (expected == 0).any()
+    for got in results:  # bit for bit, NaN where the factor was NaN
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
 
 
 def test_buffers_hold_only_what_the_run_needs():
