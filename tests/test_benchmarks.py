@@ -61,6 +61,14 @@ def test_the_rl_bench_states_issue_2s_targets_the_way_round_they_are_set():
     assert "RedLionfish" not in slow  # not installed: no row, no target
 
 
+def test_the_rl_bench_s_equal_cost_ratio_is_set_up_plus_the_iterations_share():
+    import bench_rl
+
+    # 0.1 s set-up, 20 plain iterations of 0.05 s: 9 of them and the set-up are 0.55 of 1.1 s
+    assert bench_rl.equal_cost_ratio(0.1, 1.1, 9, 20) == pytest.approx(0.55 / 1.1)
+    assert bench_rl.equal_cost_ratio(0.0, 2.0, 10, 20) == pytest.approx(0.5)  # no set-up: the iterations' share
+
+
 def _stub_runs(monkeypatch, module, values):
     """Replace the module's one-process run with ``values`` in turn; returns the list of calls."""
     calls = []
