@@ -4,6 +4,7 @@ tags), in micrometres and OME-Zarr unit names; shared by :mod:`deconv3d.io` and 
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -176,6 +177,13 @@ def ome_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:
             pass
         channels.append(entry)
     return tuple(channels) if any(channels) else None
+
+
+def omero_color(color) -> str:
+    """A channel colour as OME-Zarr's ``omero`` metadata holds it: ``color`` where it is six hex digits
+    (RRGGBB), as text, else white (``"FFFFFF"``). Used by the ``omero`` channels deconv3d writes and the
+    ImageJ lookup tables of its TIFF hyperstacks, which agree on a colour so."""
+    return str(color) if re.fullmatch(r"[0-9A-Fa-f]{6}", str(color)) else "FFFFFF"
 
 
 def imagej_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from deconv3d import __version__
 from deconv3d._paths import file_identity, image_stem, path_text
+from deconv3d._tiff_metadata import omero_color
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
 from deconv3d.omezarr.ngff_metadata import _AXIS_TYPES, _in_order, _level_transform
@@ -134,9 +135,8 @@ def write_omero(path, channels, workers: int | None = None) -> None:
     """Give the OME-Zarr image at ``path`` ``omero`` channel metadata: ``channels`` (one dict per
     channel of level 0: ``label``, ``color``, ``active``, as :attr:`LazyImage.channels`) with each
     channel's display window its own intensity range, read from level 0 (one pass, ``workers``
-    chunks at a time). A colour that is not six hex digits becomes white."""
-    import re
-
+    chunks at a time). A colour that is not six hex digits becomes white
+    (:func:`~deconv3d._tiff_metadata.omero_color`)."""
     import dask.array as da
     import zarr
 
@@ -156,8 +156,7 @@ def write_omero(path, channels, workers: int | None = None) -> None:
                            **({"num_workers": max(1, int(workers))} if workers else {}))
     entries = []
     for channel, lo, hi in zip(channels, low, high):
-        color = channel.get("color", "")
-        entry = {**channel, "color": color if re.fullmatch(r"[0-9A-Fa-f]{6}", str(color)) else "FFFFFF"}
+        entry = {**channel, "color": omero_color(channel.get("color", ""))}
         entry["window"] = {"min": float(lo), "max": float(hi), "start": float(lo), "end": float(hi)}
         entries.append(entry)
     attrs["ome"]["omero"] = {"channels": entries}
