@@ -201,3 +201,30 @@ def saturation_record(saturation, level: float | None = None, count: int | None 
         return {}
     known = {} if level is None else {"saturation_level": level, "saturated_voxels": count}
     return {"saturation": saturation, **known}
+
+
+def left_out_line(saturation, levels, counts, where: str = "") -> str | None:
+    """The line a run prints of what ``saturation`` (a level or ``auto``) left out of the fit, for one
+    image or one channel of several: ``levels`` and ``counts`` hold, for each of its volumes (time
+    points), the level used (None: ``auto`` found no plateau there) and the voxels at or above it.
+    ``where`` names the channel (``channel 1 (RFP)``). None where a count is not known (a run in blocks
+    that made no pass over the volume), or for ``none``."""
+    points = len(levels)
+    found = [(level, count) for level, count in zip(levels, counts) if level is not None]
+    if saturation == NONE or not points or any(count is None for _, count in found):
+        return None
+    of = f" of {where}" if where else " of the image" if points > 1 else ""
+    if not found:
+        maximum = f"the maximum{of}" if of else "the image's maximum"
+        every = f" at any of its {points} time points" if points > 1 else ""
+        return f"--saturation auto: no plateau of voxels at {maximum}{every}, so every voxel is fitted"
+    total = sum(count for _, count in found)
+    if saturation != AUTO:
+        over = f" over its {points} time points" if points > 1 else ""
+        return (f"left {total} voxel(s){of}{over} at or above {saturation:g} out of the fit "
+                f"(--saturation {saturation:g})")
+    low, high = min(level for level, _ in found), max(level for level, _ in found)
+    value = f"{low:g}" if low == high else f"{low:g} to {high:g}"
+    at = f" at {len(found)} of its {points} time points" if points > 1 else ""
+    maximum = f"the maximum {value}{of}{at}" if of else f"the image's maximum {value}"
+    return f"left {total} voxel(s) at {maximum} out of the fit (--saturation auto)"

@@ -340,21 +340,19 @@ def _saturation_weights(saturation, data, params: dict):
     and a line saying what was left out (or that ``auto`` found no plateau)."""
     import numpy as np
 
-    from deconv3d._saturation import saturation_level, saturation_record, saturation_weights
+    from deconv3d._saturation import left_out_line, saturation_level, saturation_record, saturation_weights
 
     level = saturation_level(data, saturation)
     weights = saturation_weights(data, level)
     if weights is None:
         if saturation == "auto":
-            print("--saturation auto: no plateau of voxels at the image's maximum, so every voxel is fitted")
+            print(left_out_line(saturation, [None], [None]))  # (no plateau: every voxel fitted)
         return None
     count = int(weights.size - np.count_nonzero(weights))
     if count == weights.size:
         raise InputError(f"every voxel is at or above --saturation {level:g}: give a higher level, or none")
     params.update(saturation_record(saturation, level, count))
-    print(f"left {count} voxel(s) at or above {level:g} out of the fit (--saturation {saturation:g})"
-          if isinstance(saturation, float) else
-          f"left {count} voxel(s) at the image's maximum {level:g} out of the fit (--saturation auto)")
+    print(left_out_line(saturation, [level], [count]))
     return weights
 
 

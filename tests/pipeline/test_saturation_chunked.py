@@ -137,6 +137,56 @@ def test_chunked_records_hold_the_saturation_level_and_count_an_in_memory_record
         assert saturation_parameters(files / name) == whole, name
 
 
+def left_lines(out):
+    return [line for line in out.splitlines() if "out of the fit" in line or "no plateau" in line]
+
+
+@pytest.mark.parametrize("setting", ["auto", "level"])
+def test_chunked_runs_say_what_they_left_out_of_the_fit_as_an_in_memory_run(files, capsys, clipped, setting):
+    """The in-memory run printed "left N voxel(s) ... out of the fit"; a chunked run, which counts them
+    in its pass over the volume, said nothing. Where it makes no pass (a level given, plain RL in
+    several blocks) it has no count, and still prints none."""
+    level = float(clipped.max())
+    base = ["deconvolve", files / "img.tif", "--psf", files / "psf.tif", "--iterations", 2, "--device", "cpu",
+            "--saturation", "auto" if setting == "auto" else level]
+    lines = {}
+    for name, options in {"whole.tif": [], "one.zarr": ["--memory-limit", "4GB"],
+                          "blocks.zarr": ["--chunks", 12, 20, 17, "--method", "rl-tv"],
+                          "plain.zarr": ["--chunks", 12, 20, 17]}.items():
+        code, out, err = run([*base, "-o", files / name, *options], capsys)
+        assert code == 0, err
+        lines[name] = left_lines(out)
+    count = int((clipped >= level).sum())
+    expected = (f"left {count} voxel(s) at the image's maximum {level:g} out of the fit (--saturation auto)"
+                if setting == "auto" else
+                f"left {count} voxel(s) at or above {level:g} out of the fit (--saturation {level:g})")
+    assert lines["whole.tif"] == lines["one.zarr"] == lines["blocks.zarr"] == [expected], lines
+    assert lines["plain.zarr"] == ([expected] if setting == "auto" else []), lines
+
+
+def test_a_chunked_run_of_several_channels_says_what_it_left_out_once_per_channel(tmp_path, capsys, clipped, psf3d):
+    """One line per channel, naming it, with its time points' voxels summed; a channel whose time
+    points hold no plateau says that every voxel was fitted, as an in-memory run of one image does."""
+    ramp = np.linspace(0, 1, clipped.size, dtype=np.float32).reshape(clipped.shape)  # no plateau
+    other = np.minimum(clipped, np.percentile(clipped, 99)).astype(np.float32)
+    series = np.stack([np.stack([clipped, ramp, ramp]), np.stack([clipped, other, ramp])])  # (t, c, z, y, x)
+    run_chunked(series, lambda b: b, tmp_path / "in.zarr", axes="TCZYX", voxel_size=VOXEL,
+                channels=[{"label": "GFP"}, {"label": "RFP"}, {}])
+    write_tiff(tmp_path / "psf.tif", psf3d, voxel_size=VOXEL)
+    code, out, err = run(["deconvolve", tmp_path / "in.zarr", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "o.zarr",
+                          "--iterations", 2, "--device", "cpu", "--saturation", "auto", "--chunks", 12, 24, 24],
+                         capsys)
+    assert code == 0, err
+    counts = [int((v == v.max()).sum()) for v in (clipped, other)]
+    assert left_lines(out) == [
+        f"left {2 * counts[0]} voxel(s) at the maximum {clipped.max():g} of channel 0 (GFP) at 2 of its 2 time "
+        "points out of the fit (--saturation auto)",
+        f"left {counts[1]} voxel(s) at the maximum {other.max():g} of channel 1 (RFP) at 1 of its 2 time points out "
+        "of the fit (--saturation auto)",
+        "--saturation auto: no plateau of voxels at the maximum of channel 2 at any of its 2 time points, so every "
+        "voxel is fitted"], out
+
+
 def test_a_chunked_record_of_several_channels_lists_each_channel_s_level(tmp_path, clipped, psf3d):
     """Each channel finds its own plateau (``auto``): the record lists their levels and counts in
     channel order, None for a channel without one."""
