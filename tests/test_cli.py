@@ -553,6 +553,20 @@ def test_planes_that_may_be_z_slices_with_a_2d_psf_draw_a_relabel_hint(tmp_path,
             f"{kind} are z-slices, relabel them as slices: Fiji's Image > Properties, and give a 3D PSF"], err
 
 
+def test_many_channels_with_colours_but_no_names_still_draw_the_relabel_hint(tmp_path, capsys):
+    """A grey lookup table per channel is read as the colour FFFFFF: a stack of 12 channels that
+    records such LUTs and no labels was taken as named channels and deconvolved plane by plane
+    without a word."""
+    grey = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
+    tifffile.imwrite(tmp_path / "stack.tif", np.random.default_rng(5).random((12, 16, 16)).astype(np.float32) + 0.1,
+                     imagej=True, metadata={"axes": "CYX", "mode": "grayscale", "LUTs": [grey] * 12})
+    grids = np.meshgrid(*[np.arange(-2, 3)] * 2, indexing="ij")
+    write_tiff(tmp_path / "psf.tif", np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32), voxel_size=(0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "stack.tif", "--psf", tmp_path / "psf.tif", "-o",
+                        tmp_path / "out.zarr", "--iterations", 1, "--voxel-size", 0.1, 0.1], capsys)
+    assert code == 0 and "stack.tif has axes CYX, 12 channels and no channel names" in err, err
+
+
 def test_an_image_with_many_negative_voxels_is_warned_about(data, capsys):
     """Background-subtracted data: RL clipped them to 0 without a word, and so did Wiener, whose
     clipped output's mean came out 50x the data's (user-journey review)."""

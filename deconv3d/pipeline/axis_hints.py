@@ -37,7 +37,9 @@ def warn_of_planes_that_may_be_z(lazy, ndim: int, warnings) -> None:
     if ndim != 2 or "Z" in axes:
         return
     frames = shape[axes.index("T")] if "T" in axes and lazy.time_axis is None else 1
-    channels = shape[axes.index("C")] if "C" in axes and not lazy.channels else 1
+    # names, not colours: an ImageJ stack's grey lookup tables read as the colour FFFFFF
+    named = any(channel.get("label") for channel in lazy.channels or ())
+    channels = shape[axes.index("C")] if "C" in axes and not named else 1
     if frames > 1:
         what, kind = f"{frames} frames and no frame interval", "frames"
     elif channels > MANY_CHANNELS:
