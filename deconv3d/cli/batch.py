@@ -134,10 +134,14 @@ def _file_runner(settings, client, workers: int, warned: _BatchWarnings):
 def shown_input(file: str, input_dir) -> str:
     """A batch input as its terminal lines name it: the input folder as given, joined with the file's
     path inside it (``in/day2/a.tif``), from the row's ``file`` (absolute, as the report holds it). The
-    per-file line named ``day2/a.tif`` as ``a.tif`` and the failures at the end as the absolute path."""
+    per-file line named ``day2/a.tif`` as ``a.tif`` and the failures at the end as the absolute path.
+    Where the file has no path relative to the folder (on Windows, another drive), it is ``file``."""
     from deconv3d._paths import path_text
 
-    inside = os.path.relpath(file, path_text(Path(input_dir).absolute()))
+    try:
+        inside = os.path.relpath(file, path_text(Path(input_dir).absolute()))
+    except ValueError:  # (os.path.relpath across drives on Windows)
+        return file
     return path_text(Path(os.fsdecode(input_dir))) + os.sep + inside
 
 

@@ -119,6 +119,17 @@ def test_a_batch_names_a_failed_file_alike_in_its_line_and_at_the_end(folder, ca
     assert "joined with its path in that folder" in " ".join(capsys.readouterr().out.split())
 
 
+def test_a_batch_input_with_no_path_from_the_folder_is_named_as_the_report_holds_it(monkeypatch):
+    """os.path.relpath raises ValueError on Windows for a file on another drive than the folder: the
+    line naming the file raised, ending the batch with a traceback. It names the file as recorded."""
+    import ntpath
+
+    from deconv3d.cli.batch import shown_input
+
+    monkeypatch.setattr(os.path, "relpath", ntpath.relpath)  # (Windows' rule for drives)
+    assert shown_input("D:\\data\\a.tif", "C:\\in") == "D:\\data\\a.tif"
+
+
 @pytest.mark.parametrize("argv, words", [
     (["batch", "missing_dir", "-o", "out", "--psf", "psf.tif"], ["input folder not found"]),
     (["batch", "in", "-o", "out", "--psf", "psf.tif", "--scheduler", "bogus"], ["unknown scheduler"]),
