@@ -152,11 +152,16 @@ def _left_out_lines(saturation, decided: dict, input_path) -> list[str]:
 
     if saturation == NONE:
         return []
-    lazy = open_lazy(input_path)  # (its header: the channels' names)
+    try:
+        lazy = open_lazy(input_path)  # (its header: the channels' names)
+    except Exception:  # (moved or changed since the run, whose output is written: say nothing rather than fail)
+        return []
     lead = "".join(a for a in lazy.axes if a in "TC")
     shape = lazy.data.shape[:len(lead)]
     indices = list(np.ndindex(*shape))
     listed = any(isinstance(v, list) for v in decided.values())
+    if listed and any(isinstance(v, list) and len(v) != len(indices) for v in decided.values()):
+        return []  # (the input changed since the run)
     per_index = [{k: v[i] for k, v in decided.items()} for i in range(len(indices))] if listed \
         else [decided] * len(indices)
     groups: dict = {}  # channel name: (levels, counts) of its time points

@@ -329,3 +329,17 @@ def test_the_memory_model_counts_the_weights_and_an_in_memory_run_that_then_exce
     assert code == 0 and "block(s)" not in out, out + err  # just enough without --saturation
     code, out, err = run([*argv, "-o", tmp_path / "blocks.tif", "--saturation", "1e9"], capsys)
     assert code == 0 and "would need more memory than is available" in err and "block(s)" in out, out + err
+
+
+def test_the_left_out_lines_are_dropped_not_raised_where_the_input_changed_after_the_run(tmp_path):
+    # The output is written by then: an input moved away, or with other channels, gives no line, not an error.
+    from deconv3d.cli.pipeline import _left_out_lines
+    from deconv3d.omezarr import write_ome_zarr
+
+    decided = {"saturation_level": [5.0, 6.0], "saturated_voxels": [3, 4]}
+    assert _left_out_lines("auto", decided, tmp_path / "gone.zarr") == []
+    one = tmp_path / "one.zarr"
+    write_ome_zarr(one, np.ones((3, 8, 8), np.float32), axes="zyx")
+    assert _left_out_lines("auto", decided, one) == []  # two volumes' figures, one volume now
+    assert _left_out_lines("auto", {"saturation_level": 5.0, "saturated_voxels": 3}, one) == [
+        "left 3 voxel(s) at the image's maximum 5 out of the fit (--saturation auto)"]
