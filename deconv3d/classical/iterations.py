@@ -10,8 +10,9 @@ import torch
 
 from deconv3d._tensors import resolve_device
 from deconv3d.classical._iterate import _Workspace, _blur, _initial_estimate, _rl_update
-from deconv3d.classical._problem import (_Problem, _check_inputs, _check_options, _float_times_power_of_two,
-                                         _holdout_problem, _working_data)
+from deconv3d.classical._problem import (MIN_KEPT_SHARE, _build_geometry, _check_inputs, _check_options,
+                                         _check_weights, _float_times_power_of_two, _holdout_problem, _Problem,
+                                         _transpose_of, _transpose_of_ones, _working_data)
 from deconv3d.classical.rl import _tv_for
 from deconv3d.errors import InputError
 
@@ -76,6 +77,7 @@ def choose_iterations(
     voxel_size: Sequence[float] | None = None,
     device="auto",
     dtype: torch.dtype = torch.float32,
+    weights=None,
 ) -> IterationChoice:
     """Choose Richardson-Lucy's iteration count from the image alone, by held-out prediction.
 
@@ -97,7 +99,7 @@ def choose_iterations(
     at 10 photons (38 iterations instead of 7). The held-out error is nearly flat around its
     minimum (differences under 1 %), so the count also depends on which voxels are held out:
     over eight ``seed`` values a 64 x 64 image at 300 photons got 11 to 100 iterations. An
-    image of fewer than :data:`MIN_HELD_OUT` held-out voxels is refused.
+    image of fewer than :data:`MIN_HELD_OUT` held-out voxels (of positive ``weights``) is refused.
 
     Parameters
     ----------
@@ -116,6 +118,13 @@ def choose_iterations(
     callback : callable, optional
         ``callback(iteration, risk)`` after every iteration; returning ``True`` cancels
         (the best count so far is returned).
+    weights : array_like, optional
+        As for :func:`richardson_lucy`: per-voxel data weights in [0, 1] with the image's shape
+        (0 leaves a voxel out, e.g. a saturated one); pass the ones the final run will use. The
+        held-out fit then weights the data by ``weights`` times the held-out mask, and the error
+        is taken only at held-out voxels of positive weight (a clipped value is not the data to
+        predict). A voxel whose light lands less than 10 % on voxels of positive ``weights`` is
+        not estimated, as in :func:`richardson_lucy`.
 
     Returns
     -------
@@ -139,6 +148,10 @@ def choose_iterations(
     and the risk is
 
     ``R(k) = (1 / |M|) sum_{i in M} ((H u_k)_i - max(y_i, 0))^2``.
+
+    With ``weights`` ``W``, the fit's weights are ``w = (1 - M) W``, ``M`` in ``R(k)`` is the
+    held-out voxels with ``W > 0``, and a voxel of the estimate whose light lands less than 10 %
+    on voxels of ``W > 0`` gets factor 0 (the held-out voxels themselves count as landed on).
 
     The search stops after ``max_iterations``, when ``patience`` iterations have passed since
     the lowest risk so far, or when ``callback`` returns ``True``; the count returned is the
@@ -177,27 +190,28 @@ def choose_iterations(
         raise InputError(f"seed must be a whole number, got {seed!r}")
     if callback is not None and not callable(callback):
         raise InputError(f"callback must be a function callback(iteration, risk), got {callback!r}")
+    w = None if weights is None else _check_weights(weights, y)
     held = holdout_mask(y.shape, holdout, seed).to(dev)
-    if int(held.sum()) < MIN_HELD_OUT:  # a 3 x 3 image held out none, and "chose" 1 iteration at zero risk
-        raise InputError(f"only {int(held.sum())} of the image's {y.numel()} voxels are held out (holdout "
+    scored = held if w is None else held & (w > 0)  # a voxel of weight 0 (a clipped one) is no truth to predict
+    if int(scored.sum()) < MIN_HELD_OUT:  # a 3 x 3 image held out none, and "chose" 1 iteration at zero risk
+        of_weight = "" if w is None else f" with positive weights ({int(held.sum())} held out in all)"
+        raise InputError(f"only {int(scored.sum())} of the image's {y.numel()} voxels are held out{of_weight} (holdout "
                          f"{holdout:g}), too few to judge the iteration count by (at least {MIN_HELD_OUT}): give the "
                          "count yourself (--iterations N on the command line), or hold out more")
-    keep = (~held).to(dtype)
-    # as richardson_lucy runs it, but over every voxel: the held-out ones are the risk's targets, which a
-    # power of two set by the kept ones alone could overflow; the risk is scaled back by 4**exponent
-    y, exponent = _working_data(y)
-    # every held-out voxel estimated, however narrow the PSF: one whose centre holds 95 % of the light puts each
-    # (isolated) held-out voxel under MIN_KEPT_SHARE: on such beads the count chosen was 11, not 3
-    problem = _holdout_problem(y, h, boundary, keep, min_share=0.0)
+    keep = (~held).to(dtype) if w is None else (~held).to(dtype) * w
+    # as richardson_lucy runs it, but over every voxel of positive weight: the held-out ones are the risk's targets,
+    # which a power of two set by the kept ones alone could overflow; the risk is scaled back by 4**exponent
+    y, exponent = _working_data(y, w)
+    problem = _holdout_fit(y, h, boundary, keep, w)
     tv = _tv_for(problem, tv_weight, voxel_size, None, y, keep)  # richardson_lucy's with these weights
-    target, count = y.clamp_min(0)[held], max(int(held.sum()), 1)
+    target, count = y.clamp_min(0)[scored], max(int(scored.sum()), 1)
     # the choice compares the risks in the working units (their order is the image units' order), where
     # float64 holds them: in the image's, those of a float64 run of peak 1e160 overflow, of 5e-170 underflow
     working: list[float] = []
     risk: list[float] = []
     stopped = "max_iterations"
     for it, prediction in _holdout_predictions(problem, int(max_iterations), tv):
-        working.append(float(torch.sum((prediction[held] - target) ** 2)) / count)
+        working.append(float(torch.sum((prediction[scored] - target) ** 2)) / count)
         risk.append(_float_times_power_of_two(working[-1], 2 * exponent))
         if callback is not None and callback(it, risk[-1]):
             stopped = "cancelled"
@@ -206,6 +220,21 @@ def choose_iterations(
             stopped = "patience"
             break
     return IterationChoice(working.index(min(working)) + 1, tuple(risk), float(holdout), stopped)
+
+
+def _holdout_fit(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torch.Tensor, weights=None) -> _Problem:
+    """The held-out fit's problem: RL on ``y · keep`` (``keep`` 0 at the held-out voxels, else 1 or
+    ``weights``), every held-out voxel estimated however narrow the PSF (one whose centre holds 95 %
+    of the light puts each isolated held-out voxel under :data:`MIN_KEPT_SHARE`: on such beads the
+    count chosen was 11, not 3). With ``weights``, a voxel whose light lands less than
+    :data:`MIN_KEPT_SHARE` on voxels of positive ``weights`` (held-out ones included) is not
+    estimated (factor 0), as in ``richardson_lucy(weights=weights)``, the run whose count is chosen."""
+    problem = _holdout_problem(y, h, boundary, keep, min_share=0.0)
+    if weights is not None:
+        fitted = _build_geometry((weights > 0).to(weights.dtype), h, boundary, weight=False).data
+        unseen = _transpose_of(problem, fitted) < MIN_KEPT_SHARE * _transpose_of_ones(problem, h)
+        problem.inv_weight.masked_fill_(unseen, 0.0)
+    return problem
 
 
 def _holdout_predictions(p: _Problem, iterations: int, tv):
