@@ -10,7 +10,7 @@ from scipy.signal import fftconvolve
 
 from deconv3d._saturation import (keep_clipped_values_where_unseen, merge_top_two, parse_saturation, plateau_level,
                                   top_two)
-from deconv3d.classical import richardson_lucy
+from deconv3d.classical import choose_iterations, richardson_lucy
 from deconv3d.errors import InputError
 from deconv3d.io import write_tiff
 from deconv3d.psf import prepare_psf
@@ -143,13 +143,40 @@ def test_auto_takes_the_plateau_and_leaves_unclipped_data_whole(tmp_path, capsys
     (["--saturation", "100", "--method", "wiener"], ["--saturation", "rl and rl-tv", "wiener"]),
     (["--saturation", "auto", "--method", "ssl", "--train-steps", "2"], ["--saturation", "rl and rl-tv", "ssl"]),
     (["--saturation", "auto", "--chunks", "8", "24", "24", "--method", "wiener"], ["--saturation", "wiener"]),
-    (["--saturation", "auto", "--iterations", "auto"], ["--iterations auto", "--saturation", "--iterations N"]),
+    (["--saturation", "auto", "--iterations", "auto", "--chunks", "8", "24", "24"],
+     ["--iterations auto", "whole image", "--iterations N"]),  # (as without --saturation)
 ])
 def test_bad_saturation_options_are_one_line_errors_and_write_nothing(tmp_path, capsys, clipped, options, words):
     code, _, err = run(["deconvolve", tmp_path / "img.tif", "--psf", tmp_path / "psf.tif", "-o",
                         tmp_path / "out.tif", *options], capsys)
     assert_one_line_error(code, err, *words)
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_auto_iterations_chooses_its_count_with_the_saturated_voxels_left_out(tmp_path, capsys, clipped):
+    """``--iterations auto --saturation LEVEL`` runs choose_iterations with the saturation weights (on these
+    noisy counts clipped at their 97th percentile: 57 iterations, against 100 with every voxel fitted),
+    prints the count and records it as chosen with the saturated voxels left out; the output is RL
+    with those weights for that count (plain RL: acceleration off)."""
+    _, blurred, _, _ = clipped
+    counts = (np.random.default_rng(0).poisson(blurred * 0.3) / 0.3).astype(np.float32)
+    level = float(np.percentile(counts, 97))
+    image = np.minimum(counts, level)
+    write_tiff(tmp_path / "noisy.tif", image, voxel_size=VOXEL)
+    result, out, err = deconvolve(tmp_path, capsys, "auto.tif", "--saturation", level, "--iterations", "auto",
+                                  image="noisy.tif")
+    psf = prepare_psf(gaussian_psf(), image.shape, psf_voxel=VOXEL, image_voxel=VOXEL)
+    weights = (image < level).astype(np.float32)
+    chosen = choose_iterations(image, psf, 100, voxel_size=VOXEL, device="cpu", weights=weights).iterations
+    assert chosen != choose_iterations(image, psf, 100, voxel_size=VOXEL, device="cpu").iterations
+    assert f"chose {chosen} iterations" in out and "saturated voxels left out" in out and "warning" not in err
+    parameters = tiff_properties(tmp_path / "auto.tif")["parameters"]
+    assert parameters["iterations"] == chosen and parameters["accelerate"] is False
+    assert parameters["iterations_chosen_by"] == "held-out prediction (5% of voxels, the saturated voxels left out)"
+    assert parameters["saturation"] == level and parameters["saturated_voxels"] == np.sum(image >= level)
+    expected = keep_clipped_values_where_unseen(
+        richardson_lucy(image, psf, chosen, weights=weights, device="cpu"), image, weights, psf.shape)
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5 * expected.max())
 
 
 def test_every_voxel_at_the_level_is_refused(tmp_path, capsys, clipped):

@@ -219,16 +219,12 @@ def cmd_deconvolve(args) -> int:
 
 
 def _refuse_saturation_misuse(args) -> None:
-    """Refuse ``--saturation`` with a method that reads every voxel, or with ``--iterations auto``, whose
-    held-out count does not leave saturated voxels out, before anything is read."""
+    """Refuse ``--saturation`` with a method that reads every voxel, before anything is read."""
     from deconv3d._saturation import method_problem
 
     problem = method_problem(args.method, args.saturation)
     if problem:
         raise InputError(problem)
-    if args.saturation != "none" and args.iterations == "auto":
-        raise InputError("--iterations auto chooses its count with every voxel fitted, not with --saturation: give "
-                         "--iterations N (the count it reports without --saturation, for example)")
 
 
 def _check_formats(args) -> None:
@@ -322,9 +318,9 @@ def _run_method(args, data, psf, voxel, trained):
         return wiener(data, psf, args.balance, device=args.device), {"balance": args.balance}, psf
     params = {"iterations": args.iterations, "boundary": args.boundary, "accelerate": not args.no_accelerate,
               "tv_weight": args.tv_weight if args.method == "rl-tv" else 0.0}
-    if args.iterations == "auto":
-        params.update(_choose_iterations(data, psf, params, voxel, args.device))
     weights = _saturation_weights(args.saturation, data, params)
+    if args.iterations == "auto":  # with the voxels --saturation leaves out left out of its fit and error too
+        params.update(_choose_iterations(data, psf, params, voxel, args.device, weights))
     bar, callback = progress(params["iterations"], args.method)
     with bar:
         result = richardson_lucy(data, psf, params["iterations"], callback=callback, voxel_size=voxel,
@@ -457,23 +453,26 @@ def _iterations(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"must be a positive whole number or auto, got {text!r}") from None
 
 
-def _choose_iterations(image, psf, params: dict, voxel, device) -> dict:
-    """``--iterations auto``: the held-out-prediction count, for plain RL (acceleration off)."""
+def _choose_iterations(image, psf, params: dict, voxel, device, weights=None) -> dict:
+    """``--iterations auto``: the held-out-prediction count, for plain RL (acceleration off), with the
+    ``--saturation`` ``weights`` (None: every voxel fitted and predicted)."""
     from deconv3d.classical import choose_iterations
 
     bar, callback = progress(AUTO_MAX_ITERATIONS, "choosing iterations")
     with bar:
         choice = choose_iterations(image, psf, AUTO_MAX_ITERATIONS, boundary=params["boundary"],
-                                   tv_weight=params["tv_weight"], voxel_size=voxel, device=device, callback=callback)
+                                   tv_weight=params["tv_weight"], voxel_size=voxel, device=device, callback=callback,
+                                   weights=weights)
+    left_out = "" if weights is None else ", the saturated voxels left out"
     if choice.stopped == "max_iterations" and choice.iterations == AUTO_MAX_ITERATIONS:
         print(f"chose {choice.iterations} iterations, the most --iterations auto tries: the held-out error was "
               "still falling, but it is nearly flat there and on noisy data may keep falling past the best "
               "restoration: compare a few --iterations N before going further")
     else:
         print(f"chose {choice.iterations} iterations (held-out prediction error lowest there, "
-              f"{len(choice.risk)} tried)")
+              f"{len(choice.risk)} tried{left_out})")
     return {"iterations": choice.iterations, "accelerate": False,
-            "iterations_chosen_by": f"held-out prediction ({choice.holdout:.0%} of voxels)"}
+            "iterations_chosen_by": f"held-out prediction ({choice.holdout:.0%} of voxels{left_out})"}
 
 
 def cmd_demo(args) -> int:
