@@ -86,6 +86,15 @@ def merge_top_two(parts) -> tuple[float, int, float, int]:
     return ranked[0][0], ranked[0][1], ranked[1][0], ranked[1][1]
 
 
+def top_two_by_planes(values) -> tuple[float, int, float, int]:
+    """:func:`top_two` of ``values`` (a block of a chunked run), merged from its planes along the first
+    axis (:func:`merge_top_two`), so that its masks are of one plane at a time, not of the block."""
+    values = np.asarray(values)
+    if values.ndim < 2:
+        return top_two(values)
+    return merge_top_two(top_two(plane) for plane in values)
+
+
 def plateau_level(top: tuple[float, int, float, int]) -> float | None:
     """The image's maximum where a clipped plateau holds it (:func:`top_two`'s figures), else None.
 

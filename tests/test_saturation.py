@@ -9,7 +9,7 @@ from scipy.ndimage import binary_dilation
 from scipy.signal import fftconvolve
 
 from deconv3d._saturation import (keep_clipped_values_where_unseen, merge_top_two, parse_saturation, plateau_level,
-                                  top_two)
+                                  top_two, top_two_by_planes)
 from deconv3d.classical import choose_iterations, richardson_lucy
 from deconv3d.errors import InputError
 from deconv3d.io import write_tiff
@@ -71,6 +71,10 @@ def test_the_top_two_of_slabs_merge_into_the_volume_s():
     for cut in (1, 5, 11):
         assert merge_top_two([top_two(data[:cut]), top_two(data[cut:])]) == whole
     assert merge_top_two([top_two(data[:1]), top_two(np.full((2, 2), 39.0))])[1] == np.sum(data[:1] == 39) + 4
+    assert top_two_by_planes(data) == whole  # (a chunked run's blocks: a plane at a time)
+    counts = np.nan_to_num(data).astype(np.uint16)[:, :3]
+    assert top_two_by_planes(counts) == top_two(counts)
+    assert top_two_by_planes(np.full((3, 2), np.nan)) == top_two(np.full((3, 2), np.nan)) == (-np.inf, 0, -np.inf, 0)
 
 
 @pytest.mark.parametrize("value", [-1, 0, "abc", float("nan"), "inf", True, None])
