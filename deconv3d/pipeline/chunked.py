@@ -11,9 +11,9 @@ builds that lazy graph), but :func:`run_blocks` does it without a graph over the
 self-contained task that reads exactly its own region plus halo straight from the source
 (:mod:`deconv3d.pipeline.readers`, or the path-based readers of :mod:`deconv3d.omezarr`),
 runs the callable, trims the halo and writes the core into the output zarr chunk(s) it owns, and
-returns nothing. At most ``workers`` blocks are in flight at once, so peak memory depends on the
-block shape and the number of workers, never on the size of the volume; the volume is never
-assembled in memory.
+returns nothing (or, asked to, the top values of its core: a few numbers). At most ``workers``
+blocks are in flight at once, so peak memory depends on the block shape and the number of workers,
+never on the size of the volume; the volume is never assembled in memory.
 
 This module holds the block task and the runners (local threads, a dask.distributed cluster). The
 blocks' geometry is in :mod:`deconv3d.pipeline.block_geometry`, the run's abandon flag in
@@ -61,9 +61,12 @@ def _apply(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray, placement:
 
 
 def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: str, write_key: tuple,
-                abandon: "_RunFlag | threading.Event | str | None" = None, threads: int = 0) -> None:
+                abandon: "_RunFlag | threading.Event | str | None" = None, threads: int = 0, top: bool = False):
     """Read one block (plus halo) from ``source``, run ``fn`` (on ``threads`` torch threads, when
-    given: :func:`_pin_threads`), write the core; return nothing.
+    given: :func:`_pin_threads`), write the core; return nothing, or with ``top`` the
+    :func:`~deconv3d._saturation.top_two` of the core's values as read (not the halo's, which
+    neighbouring blocks count), for the caller to merge into the volume's (a task on a cluster's
+    worker hands it back with its result).
 
     ``source`` is a reader (read ``read_key`` from it) or the block itself, already read. Once
     ``abandon`` is set (the run is being given up), the block is skipped, or its result (cut short
@@ -82,6 +85,7 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
         return None
     block = source if isinstance(source, np.ndarray) else source.read(read_key)
     _verify_source(source, thorough=False)  # (run_chunked checks thoroughly once, before publishing)
+    found = _core_top(block, placement) if top else None
     run_flags._BLOCK.abandon, run_flags._BLOCK.threads = abandon, threads
     try:  # a worker's blocks of one run share FFTW's measuring budget (here: run_blocks' own)
         with measuring_run(abandon.name if on_cluster else None):
@@ -97,7 +101,16 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     target[write_key] = out[placement.core]
     del out
     release_memory()
-    return None
+    return found
+
+
+def _core_top(block, placement: Placement):
+    """:func:`~deconv3d._saturation.top_two` of the core of ``block`` (its values as read, before the
+    float32 the method gets), before the method runs, a plane at a time
+    (:func:`~deconv3d._saturation.top_two_by_planes`): its masks add little to a block's memory."""
+    from deconv3d._saturation import top_two_by_planes
+
+    return top_two_by_planes(np.asarray(block)[placement.core])
 
 
 def _verify_source(source, thorough: bool = True) -> None:
@@ -121,13 +134,14 @@ def _verify_source(source, thorough: bool = True) -> None:
 def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence[int], lead: Sequence[int] = (),
                client=None, workers: int = 1, progress: ProgressCallback | None = None, done: int = 0,
                total: int | None = None, pool: ThreadPoolExecutor | None = None,
-               skip: Sequence[tuple[slice, ...]] = (), cancel=None) -> int:
+               skip: Sequence[tuple[slice, ...]] = (), cancel=None, tops: list | None = None) -> int:
     """Run ``fn`` over the image ``reader[lead]`` block by block, writing into ``target[lead]``.
 
     Every block is one independent task: read its region plus halo (clipped at the border) from
     ``reader``, apply ``fn``, trim the halo, write the core into the zarr array at
     ``target_path``, whose chunks must be those of :func:`plan_chunks` (one writer per chunk).
-    At most ``workers`` tasks (on a cluster: its threads) are in flight; a task returns nothing.
+    At most ``workers`` tasks (on a cluster: its threads) are in flight; a task returns nothing but,
+    with ``tops``, its core's top values.
 
     Parameters
     ----------
@@ -145,6 +159,10 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
         :func:`abandoned` (an RL iteration, a network's tile) and :class:`Cancelled` is raised.
     skip : sequence of tuple of slice
         The ``write`` regions of blocks already written (:func:`write_box_blocks`): not run.
+    tops : list, optional
+        Each written block's :func:`~deconv3d._saturation.top_two` of its core is appended to it
+        (in this thread, as the block's result comes back: from a cluster's worker too), for
+        :func:`~deconv3d._saturation.merge_top_two` to make the volume's without another pass over it.
 
     Returns
     -------
@@ -163,7 +181,8 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
              for read, trim, write in regions if tuple(w.start for w in write) not in written)
     if client is not None:
         try:
-            return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total, cancel)
+            return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total, cancel,
+                                    tops)
         except Exception as exc:
             if getattr(client, "status", "running") == "running":
                 raise
@@ -179,17 +198,20 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     try:
         with _share_cores(workers) as share, measuring_run():  # the blocks: one run for FFTW's measuring
             return _run_threads(reader, fn, str(target_path), tasks, pool, workers, progress, done, total, share,
-                                cancel)
+                                cancel, tops)
     finally:
         if own:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _counter(progress, done: int, total: int):
-    """A function to call per finished block: counts, reports and raises :class:`Cancelled` on request."""
+def _counter(progress, done: int, total: int, tops: list | None = None):
+    """A function to call with each finished block's result: keeps its core's top values in ``tops``
+    (where given and the block returned them), counts, reports and raises :class:`Cancelled` on request."""
     state = {"count": 0}
 
-    def finished() -> int:
+    def finished(result=None) -> int:
+        if tops is not None and result is not None:
+            tops.append(result)
         state["count"] += 1
         if progress is not None and progress(done + state["count"], total):
             raise Cancelled(f"cancelled after {done + state['count']} of {total} blocks")
@@ -218,10 +240,10 @@ def _track(futures: set, submit, *args, **kwargs) -> None:
 
 
 def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: int, progress, done: int,
-                 total: int, threads: int = 0, cancel=None) -> int:
+                 total: int, threads: int = 0, cancel=None, tops: list | None = None) -> int:
     from deconv3d.classical._reuse import drop_setup
 
-    finished, state = _counter(progress, done, total)
+    finished, state = _counter(progress, done, total, tops)
     futures: set = set()
     abandon = _RunFlag(cancel)  # the blocks see a cancel at once, and this loop within half a second
 
@@ -233,13 +255,13 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
             _stop_if_cancelled(abandon, done + state["count"], total)  # (a block the cancel cut short wrote nothing)
             for future in ready:
                 futures.discard(future)
-                future.result()  # a block's failure is raised here
-                finished()
+                finished(future.result())  # a block's failure is raised here
 
     try:
         for read, placement, write in tasks:
             settle(workers - 1)
-            _track(futures, pool.submit, _block_task, reader, read, fn, placement, target_path, write, abandon, threads)
+            _track(futures, pool.submit, _block_task, reader, read, fn, placement, target_path, write, abandon, threads,
+                   tops is not None)
         settle(0)
     except BaseException:
         abandon.set()  # running blocks stop at their next check of abandoned() and write nothing
@@ -253,13 +275,13 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
 
 
 def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, progress, done: int, total: int,
-                     cancel=None) -> int:
+                     cancel=None, tops: list | None = None) -> int:
     import uuid
 
     from distributed import Event
     from distributed import wait as dwait
 
-    finished, state = _counter(progress, done, total)
+    finished, state = _counter(progress, done, total, tops)
     threads = max(1, sum(client.nthreads().values()))
     remote = bool(getattr(reader, "remote", False))
     limit = 2 * threads if remote else threads  # blocks read here travel with their task: hold fewer
@@ -277,7 +299,7 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
             settle(limit - 1)
             source = refs[1] if remote else reader.read(read)
             _track(futures, client.submit, _block_task, source, read, refs[0], placement, target_path, write,
-                   abandon.name, pure=False)
+                   abandon.name, top=tops is not None, pure=False)
             del source
         settle(0)
     except BaseException:
@@ -301,8 +323,9 @@ def _scatter_shared(client, fn, reader=None) -> list:
 
 def _settle_distributed(futures: set, at_most: int, wait, timeout, finished, check) -> None:
     """Wait until at most ``at_most`` of the distributed ``futures`` are left, each finished one's failure raised,
-    its result released and counted by ``finished()``. ``check()`` raises where the run is cancelled: before, and
-    after each wait of up to ``timeout`` seconds (None: until one finishes) with distributed's ``wait``."""
+    its result (a block's top values, or None) handed to ``finished(result)`` and released. ``check()`` raises
+    where the run is cancelled: before, and after each wait of up to ``timeout`` seconds (None: until one
+    finishes) with distributed's ``wait``."""
     check()
     while len(futures) > at_most:
         try:
@@ -312,9 +335,9 @@ def _settle_distributed(futures: set, at_most: int, wait, timeout, finished, che
         check()
         for future in ready.done if ready else ():
             futures.discard(future)
-            future.result()  # a block's failure is raised here
+            result = future.result()  # a block's failure is raised here
             future.release()
-            finished()
+            finished(result)
 
 
 def _clear_later(event, seconds: float) -> None:

@@ -197,10 +197,21 @@ class RichardsonLucyBlock:
         :meth:`_with_volume_statistics`); then :meth:`with_alpha_schedule`. Returns the prepared copy
         and, where the steps were measured, RL's result on ``box``, which run_chunked writes for the
         blocks the box covers instead of running them again."""
-        fn = self
-        if (self.tv_weight > 0 and self.tv_scale is None) or self.saturation == "auto":
-            fn = self._with_volume_statistics(data)
+        fn = self._with_volume_statistics(data) if self._reads_volume() else self
         return fn._measure(data, box)
+
+    def _reads_volume(self) -> bool:
+        """Whether a run of several blocks first makes a pass over the volume (:meth:`prepare_with_output`):
+        for the TV scale, or the ``auto`` level."""
+        return (self.tv_weight > 0 and self.tv_scale is None) or self.saturation == "auto"
+
+    def counts_clip(self) -> Optional[str]:
+        """For a run of several blocks: the method a clip warning names (``rl``, ``rl-tv``) where the
+        blocks look for a clip as they run (every voxel fitted, and no pass over the volume before them:
+        :func:`~deconv3d.pipeline.run_chunked` warns once they are written), else None (that pass warned)."""
+        if self.saturation != "none" or self._reads_volume():
+            return None
+        return "rl-tv" if self.tv_weight > 0 else "rl"
 
     def prepare_whole(self, data) -> "RichardsonLucyBlock":
         """The hook :func:`deconv3d.pipeline.run_chunked` calls before a volume run as one block: the
@@ -212,8 +223,9 @@ class RichardsonLucyBlock:
         """A copy with the volume's saturation level (``auto``: its plateau, else ``none``) and the
         voxels at or above it, and TV scale (the largest value it fits, as a whole-volume run takes it:
         :func:`volume_peak`), from one pass over ``data``. With saturation ``none`` it warns where the
-        volume looks clipped, as an in-memory run warns (only where the pass is made: a volume run as
-        one block, or one whose TV scale or ``auto`` level needs it)."""
+        volume looks clipped, as an in-memory run warns (where the pass is made: a volume run as one
+        block, or one whose TV scale or ``auto`` level needs it; other runs of several blocks warn once
+        written, from their blocks' values: :meth:`counts_clip`)."""
         from deconv3d._saturation import plateau_level, warn_if_clipped
 
         level = self.saturation if isinstance(self.saturation, float) else None
@@ -283,6 +295,10 @@ class WienerBlock:
         """Before a volume run as one block: its clip warned about, as an in-memory run warns."""
         warn_if_volume_clipped(data, "wiener")
         return self
+
+    def counts_clip(self) -> str:
+        """A run of several blocks looks for a clip as its blocks run (as :meth:`RichardsonLucyBlock.counts_clip`)."""
+        return "wiener"
 
 
 @dataclass
@@ -372,6 +388,11 @@ class NetworkBlock:
         """Before a volume run as one block: its clip warned about, as an in-memory run warns."""
         warn_if_volume_clipped(data, "ssl")
         return self
+
+    def counts_clip(self) -> str:
+        """A run of several blocks looks for a clip as its blocks run (as :meth:`RichardsonLucyBlock.counts_clip`):
+        :meth:`prepare`'s pass for a residual network's TV scale does not."""
+        return "ssl"
 
     def _band_reach(self) -> tuple[int, ...]:
         """How far the band limit (when on) reaches, per axis: the network predicts that much around a core."""

@@ -306,7 +306,12 @@ class _View:
 
     ``where`` names that index in a warning (``"channel 1 (RFP) at time point 0"``, ``""`` for an
     image without such axes); ``said`` is a set the run shares between its views, so that a warning
-    about the image is given once per channel (``channel``), not again for each of its time points."""
+    about the image is given once per channel (``channel``), not again for each of its time points.
+    Where ``keep`` is a key (a tuple of slices), a read of exactly that region is kept as ``kept``:
+    the values of a measuring box, which the run then counts for the blocks written from it."""
+
+    keep: tuple | None = None
+    kept: np.ndarray | None = None
 
     def __init__(self, reader, lead: tuple, where: str = "", channel=None, said: set | None = None):
         self.reader, self.lead = reader, tuple(int(i) for i in lead)
@@ -317,7 +322,10 @@ class _View:
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
-        return self.reader.read(self.lead + key)
+        values = self.reader.read(self.lead + key)
+        if self.keep is not None and all(isinstance(k, slice) for k in key) and key == tuple(self.keep):
+            self.kept = values
+        return values
 
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self[tuple(slice(None) for _ in self.shape)], dtype=dtype)

@@ -86,7 +86,10 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         None, is its result on ``data[box]``, and the blocks the box holds are written from it
         rather than run. One with ``prepare_whole(data)`` is replaced by what that returns
         before a run of one block (the volume's statistics and its warnings, without the
-        measuring run that block would repeat).
+        measuring run that block would repeat). One with ``counts_clip()`` returning a method's name
+        has, in a run of several blocks, the top values of its blocks' cores counted as they run, and
+        a volume that looks clipped warned of once the output is written, in the words an in-memory run
+        of that method uses (:func:`~deconv3d._saturation.warn_if_clipped`); None: not counted.
     output : str or os.PathLike
         The ``.zarr`` directory to create; written under a temporary name, renamed when complete.
         Its chunks tile the blocks, each block writing chunks of its own, and are no longer than
@@ -158,11 +161,12 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     # the measuring box and every block are one run for FFTW's measuring budget (measuring_run)
     with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output, folder=True) as tmp:
         _create_image(tmp, output, reader, plan, cap, axes, voxel_size, provenance, time_axis, origin)
-        decided = _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client, workers,
-                           progress, total, cancel, channels)
+        decided, clips = _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client,
+                                  workers, progress, total, cancel, channels)
         if provenance is not None and decided:
             _record_decided(tmp, decided)
         _finish_image(tmp, reader, channels, pyramid_levels, workers)
+    _warn_of_clips(clips)
     return RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
                    tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution,
                    (provenance or {}).get("environment", {}), decided)
@@ -284,56 +288,97 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
              cancel=None, channels=None):
     """Run every (time point, channel) ``index`` of ``reader`` block by block into ``target_path``;
     ``channels`` (names and colours) name an index in the warnings of its preparing pass. Returns
-    what the prepared block callables took from the volumes, for the record (:func:`_decided`)."""
+    what the prepared block callables took from the volumes, for the record (:func:`_decided`), and the
+    clips to warn of once the output is written (:func:`_warn_of_clips`): of each volume whose blocks
+    looked for one (a block callable's ``counts_clip()``), its top values merged from its blocks' cores,
+    the method the warning names and the volume's view (which names it)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    done, said, decided = 0, set(), []
+    from deconv3d._saturation import merge_top_two
+
+    done, said, decided, clips = 0, set(), [], []
     pool = ThreadPoolExecutor(max(1, int(workers))) if client is None else None
     try:
         for index in indices:
             fn = _fn_for(fns, block_fn, index, axes)
+            view = _view(reader, index, axes, channels, said)
+            method = fn.counts_clip() if plan.blocks > 1 and hasattr(fn, "counts_clip") else None
+            tops = None if method is None else []  # (asked before prepare, which resolves auto to a level or none)
             # the measuring box's chunks serve the blocks, unless a limit gives that box all of it
             with chunks_cached(reader, plan.cache, now=plan.memory_limit is None) as start_cache:
                 # prepare reads one box (no block is in flight meanwhile); a volume that is one block
                 # needs no common schedule, and preparing would run the method twice.
                 covered = []
                 if hasattr(fn, "prepare") and plan.blocks > 1:
-                    fn, covered = _prepare(fn, _view(reader, index, axes, channels, said), plan, target_path, index)
+                    fn, covered = _prepare(fn, view, plan, target_path, index, tops)
                     done += len(covered)
                     if (covered and progress is not None and progress(done, total)) or cancel_requested(cancel):
                         raise Cancelled(f"cancelled after {done} of {total} blocks")
                 elif hasattr(fn, "prepare_whole") and plan.blocks == 1:
-                    fn = fn.prepare_whole(_view(reader, index, axes, channels, said))
+                    fn = fn.prepare_whole(view)
                 decided.append(fn.decided() if hasattr(fn, "decided") else {})
                 start_cache()
                 done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
                                    client=client, workers=workers, progress=progress, done=done, total=total,
-                                   pool=pool, skip=covered, cancel=cancel)
+                                   pool=pool, skip=covered, cancel=cancel, tops=tops)
+            if tops is not None:
+                clips.append((merge_top_two(tops), method, view))
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         close_sources(reader)  # no block reads it now: a long session does not hold the file open
-    return _decided(decided)
+    return _decided(decided), clips
 
 
-def _prepare(fn, view, plan: RunPlan, target_path, index):
+def _warn_of_clips(clips) -> None:
+    """Warn of each volume in ``clips`` (:func:`_run_all`'s) that looks clipped, as an in-memory run
+    warns (:func:`~deconv3d._saturation.warn_if_clipped`: once per channel, worded alike), after the
+    output is written: a run of several blocks without a pass over the volume learns it from its blocks."""
+    from deconv3d._saturation import warn_if_clipped
+
+    for top, method, view in clips:
+        warn_if_clipped(top, method, view=view)
+
+
+def _prepare(fn, view, plan: RunPlan, target_path, index, tops: list | None = None):
     """``fn`` prepared on its measuring box (:func:`~deconv3d.pipeline.planning.measuring_box_shape`,
     placed to hold whole blocks: :func:`~deconv3d.pipeline.block_geometry.aligned_box`), and the blocks
     written from the method's result on that box, where its ``prepare_with_output`` returns one
-    (accelerated RL measuring its steps: those blocks are not run again)."""
+    (accelerated RL measuring its steps: those blocks are not run again). With ``tops``, the top values
+    of those blocks' cores are added to it (:func:`~deconv3d._saturation.top_two`), from the box's values
+    the measuring run read (:attr:`~deconv3d.pipeline.readers._View.keep`)."""
     sizes = plan.dask_chunks  # the blocks' core sizes
     box = aligned_box(plan.shape, sizes, plan.depth,
                       measuring_box_shape(plan.shape, plan.chunks, plan.halo, plan.model, plan.memory_limit))
-    if hasattr(fn, "prepare_with_output"):
-        fn, output = fn.prepare_with_output(view, box)
-    else:  # the hook's contract: the box's shape (a callable centres it)
-        fn, output = fn.prepare(view, tuple(b.stop - b.start for b in box)), None
-    covered = box_blocks(plan.shape, sizes, plan.depth, box) if output is not None else []
+    view.keep = box if tops is not None and hasattr(fn, "prepare_with_output") else None
+    try:
+        if hasattr(fn, "prepare_with_output"):
+            fn, output = fn.prepare_with_output(view, box)
+        else:  # the hook's contract: the box's shape (a callable centres it)
+            fn, output = fn.prepare(view, tuple(b.stop - b.start for b in box)), None
+        covered = box_blocks(plan.shape, sizes, plan.depth, box) if output is not None else []
+        if tops is not None and covered:
+            tops.extend(_covered_tops(view, box, covered))
+    finally:
+        view.keep = view.kept = None
     if covered:
         write_box_blocks(output, box, covered, target_path, index)
     del output
     release_memory()
     return fn, covered
+
+
+def _covered_tops(view, box, covered) -> list:
+    """:func:`~deconv3d._saturation.top_two` of each ``covered`` block's core (its ``write`` region), from
+    the values of ``box`` the measuring run read (``view.kept``); read again where it read no such box."""
+    from deconv3d._saturation import top_two_by_planes
+
+    values, view.keep = view.kept, None
+    parts = []
+    for write in covered:
+        inside = tuple(slice(w.start - b.start, w.stop - b.start) for w, b in zip(write, box))
+        parts.append(top_two_by_planes(view[tuple(write)] if values is None else np.asarray(values)[inside]))
+    return parts
 
 
 def _view(reader, index, axes, channels, said) -> _View:

@@ -25,11 +25,19 @@ def test_localcluster_equals_threads_and_its_workers_leave_ctrl_c_to_the_run(tmp
     Found by the pipeline review: Ctrl-C at a terminal reaches the whole process group, and each
     worker printed its own KeyboardInterrupt traceback and the nanny's complaints (67 lines with
     4 tracebacks) before the run's one line. Workers start with SIGINT ignored; the run keeps its own.
-    (Checked on this test's cluster: a cluster of its own took 5-13 s to start and close.)"""
+    (Checked on this test's cluster: a cluster of its own took 5-13 s to start and close.)
+
+    The top values of the blocks' cores come back from the workers with their results: a clipped
+    volume draws the threads' clip warning, from an array and from a file the workers read."""
     import signal
 
     fn = RichardsonLucyBlock(psf3d, iterations=3)
     run_chunked(volume, fn, tmp_path / "threads.zarr", chunks=(12, 24, 24), workers=2)
+    clipped = np.minimum(volume, np.percentile(volume, 99.5)).astype(np.float32)
+    write_ome_zarr(tmp_path / "clipped.zarr", clipped, chunks=(5, 16, 16))
+    clip_lines = [_clip_lines(run_chunked, clipped, fn, tmp_path / "clipped-threads.zarr", chunks=(12, 24, 24),
+                              workers=2)]
+    assert len(clip_lines[0]) == 1, clip_lines
     write_ome_zarr(tmp_path / "in.zarr", volume, chunks=(5, 16, 16))
     write_tiff(tmp_path / "in.tif", volume)
     (tmp_path / "elsewhere").mkdir()
@@ -48,6 +56,8 @@ def test_localcluster_equals_threads_and_its_workers_leave_ctrl_c_to_the_run(tmp
             run_chunked(volume, fn, "procs.zarr", chunks=(12, 24, 24), client=client)
             run_chunked(open_lazy("in.zarr"), fn, "file.zarr", chunks=(12, 24, 24), client=client)
             run_chunked(open_lazy("in.tif"), fn, "tiff.zarr", chunks=(12, 24, 24), client=client)
+            for source, out in ((clipped, "clipped-procs.zarr"), (open_lazy("clipped.zarr"), "clipped-file.zarr")):
+                clip_lines.append(_clip_lines(run_chunked, source, fn, out, chunks=(12, 24, 24), client=client))
             scheduler = weakref.ref(client.cluster.scheduler)
         assert _ctrl_c_disposition() == "handled"
         # Found by the resource review: distributed's memo of handlers kept every closed run's scheduler
@@ -57,10 +67,21 @@ def test_localcluster_equals_threads_and_its_workers_leave_ctrl_c_to_the_run(tmp
         assert scheduler() is None
     finally:
         signal.signal(signal.SIGINT, inherited)
+    assert clip_lines == clip_lines[:1] * 3, clip_lines
     threads = read_ome_zarr(tmp_path / "threads.zarr")[0]
     for name in ("procs", "file", "tiff"):
         out = read_ome_zarr(tmp_path / f"{name}.zarr")[0]
         np.testing.assert_allclose(out, threads, rtol=1e-5, atol=1e-6 * float(threads.max()), err_msg=name)
+
+
+def _clip_lines(call, *args, **kwargs) -> list[str]:
+    """The clip warnings ``call(*args, **kwargs)`` issues."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call(*args, **kwargs)
+    return [str(w.message) for w in caught if "voxels sit at" in str(w.message)]
 
 
 def _ctrl_c_disposition():

@@ -106,6 +106,49 @@ def test_a_volume_run_as_one_block_warns_of_a_clip_as_an_in_memory_run(files, ca
     assert len(lines[0]) == 1 and lines[0] == lines[1] == lines[2], lines
 
 
+@pytest.mark.parametrize("method", ["rl", "wiener"])
+def test_a_run_of_several_blocks_warns_of_a_clip_once_as_an_in_memory_run(files, capsys, volume, method):
+    """Plain RL and Wiener in several blocks make no pass over the volume before the blocks, and gave no
+    clip warning; their blocks' cores now count the top values (accelerated RL's measuring box for the
+    blocks written from it), and the run warns with the in-memory run's line, once, after the output is
+    written. An image without a plateau draws no line either way."""
+    write_tiff(files / "plain.tif", volume, voxel_size=VOXEL)
+    base = ["--psf", files / "psf.tif", "--method", method, "--device", "cpu"]
+    for source, expected in (("img", 1), ("plain", 0)):
+        lines = []
+        for out in ([files / f"{source}.out.tif"], [files / f"{source}.zarr", "--chunks", 12, 20, 17]):
+            code, said, err = run(["deconvolve", files / f"{source}.tif", *base, "-o", *out], capsys)
+            assert code == 0 and ("block(s)" in said) == (len(out) > 1) and "in 1 block(s)" not in said, said + err
+            lines.append(clip_lines(err))
+        assert len(lines[0]) == expected and lines[0] == lines[1], (source, lines)
+
+
+def test_several_blocks_of_a_multichannel_time_series_warn_of_a_clip_once_per_channel(tmp_path, clipped, psf3d):
+    """As the RL-TV run's pass over each volume warns (the test above it), plain RL's blocks: once per
+    clipped channel, naming it and its first time point; a channel without a plateau draws none."""
+    ramp = np.linspace(0, 1, clipped.size, dtype=np.float32).reshape(clipped.shape)  # no plateau
+    other = np.minimum(clipped, np.percentile(clipped, 99)).astype(np.float32)
+    series = np.stack([np.stack([clipped, ramp, ramp]), np.stack([clipped, ramp, other])])  # (t, c, z, y, x)
+    fn = RichardsonLucyBlock(psf3d, iterations=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_chunked(series, fn, tmp_path / "out.zarr", axes="TCZYX", chunks=(12, 24, 24), voxel_size=VOXEL,
+                    channels=[{"label": "GFP"}, {"label": "CFP"}, {"label": "RFP"}])
+    said = [str(w.message) for w in caught if "voxels sit at" in str(w.message)]
+    counts = [int((clipped == clipped.max()).sum()), int((other == other.max()).sum())]
+    assert len(said) == 2, said
+    for line, count, name in zip(said, counts, ["channel 0 (GFP) at time point 0", "channel 2 (RFP) at time point 1"]):
+        assert line.startswith(f"{count} voxels sit at the maximum ") and f"of {name} (its later" in line, line
+
+
+def test_block_callables_count_a_clip_only_where_no_pass_over_the_volume_warned(psf3d):
+    assert RichardsonLucyBlock(psf3d).counts_clip() == "rl"
+    assert RichardsonLucyBlock(psf3d, tv_weight=0.01, tv_scale=1.0).counts_clip() == "rl-tv"  # (no pass: scale given)
+    for fn in (RichardsonLucyBlock(psf3d, tv_weight=0.01), RichardsonLucyBlock(psf3d, saturation="auto"),
+               RichardsonLucyBlock(psf3d, saturation=100.0)):
+        assert fn.counts_clip() is None, fn
+
+
 def saturation_parameters(path):
     from cli_helpers import tiff_properties
 
@@ -249,6 +292,24 @@ def test_a_batch_redoes_files_finished_under_another_saturation_setting(folder, 
                         "--iterations", 3, "--saturation", "auto"], capsys)
     assert code == 0, err
     np.testing.assert_array_equal(read_ome_zarr(out / "img0.zarr")[0], read_ome_zarr(reference)[0])
+
+
+def test_a_batch_of_several_blocks_lists_the_clip_warning_in_the_clipped_file_s_row(tmp_path, capsys, volume, clipped,
+                                                                                    psf3d):
+    """The warning the blocks' values give after the run (plain RL in several blocks) reaches the
+    file's row of the report, once, as the pass of a run in one block has it there."""
+    (tmp_path / "in").mkdir()
+    write_tiff(tmp_path / "in" / "a_clipped.tif", clipped, voxel_size=VOXEL)
+    write_tiff(tmp_path / "in" / "b_plain.tif", volume, voxel_size=VOXEL)
+    write_tiff(tmp_path / "psf.tif", psf3d, voxel_size=VOXEL)
+    argv = ["batch", tmp_path / "in", "--psf", tmp_path / "psf.tif", "--iterations", 2, "--device", "cpu"]
+    for out, options in ((tmp_path / "one", []), (tmp_path / "blocks", ["--chunks", 12, 20, 17])):
+        code, _, err = run([*argv, "-o", out, *options], capsys)
+        assert code == 0, err
+        rows = json.loads((out / "batch_report.json").read_text())["files"]
+        assert [len(clip_lines("\n".join(r["warnings"]))) for r in rows] == [1, 0], (options, rows)
+        blocks = read_ome_zarr(out / "a_clipped.zarr")[3]["deconv3d"]["execution"]["blocks"]
+        assert (blocks > 1) == bool(options), blocks
 
 
 @pytest.mark.parametrize("line, words", [
