@@ -141,6 +141,29 @@ def test_several_blocks_of_a_multichannel_time_series_warn_of_a_clip_once_per_ch
         assert line.startswith(f"{count} voxels sit at the maximum ") and f"of {name} (its later" in line, line
 
 
+def test_a_network_run_in_several_blocks_warns_of_a_clip_as_in_memory(tmp_path):
+    """The network's blocks count the clip as RL's and Wiener's do (a tiny 2D network, trained a few steps)."""
+    from deconv3d._saturation import top_two, warn_if_clipped
+    from deconv3d.pipeline import NetworkBlock
+    from deconv3d.selfsup import TrainConfig, UNetConfig, train
+
+    from .conftest import gaussian_psf
+
+    psf = gaussian_psf((5, 5), (1.0, 1.0))
+    image = blurred_beads((96, 96), psf, seed=3, count=40)
+    image = np.minimum(image, np.percentile(image, 99)).astype(np.float32)
+    result = train(image, psf, config=TrainConfig(steps=2, patch=32, batch=2, residual=False, warm_start=0,
+                                                  amp=False), unet=UNetConfig(ndim=2, base_channels=4, depth=2),
+                   device="cpu")
+    expected = []
+    warn_if_clipped(top_two(image), "ssl", expected)  # the in-memory run's line
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = run_chunked(image, NetworkBlock(result, band_limit=None), tmp_path / "out.zarr", chunks=(32, 32))
+    said = ["deconv3d: warning: " + str(w.message) for w in caught if "voxels sit at" in str(w.message)]
+    assert info.blocks > 1 and len(expected) == 1 and said == expected, (info.blocks, said, expected)
+
+
 def test_block_callables_count_a_clip_only_where_no_pass_over_the_volume_warned(psf3d):
     assert RichardsonLucyBlock(psf3d).counts_clip() == "rl"
     assert RichardsonLucyBlock(psf3d, tv_weight=0.01, tv_scale=1.0).counts_clip() == "rl-tv"  # (no pass: scale given)
