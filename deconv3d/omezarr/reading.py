@@ -114,9 +114,7 @@ class ZarrReader:
 
     def _open(self):
         if self._array is None:
-            import zarr
-
-            self._array = zarr.open_array(self.path, path=self.component, mode="r")
+            self._array = _open_array(self.path, self.component)
         return self._array
 
     def __getstate__(self):
@@ -163,6 +161,8 @@ class ZarrReader:
             return _float32_block(self._open()[key] if block is None else block, self.path)
         except OSError as exc:
             _refuse_unreadable(self.path, key, exc)
+            raise
+        except InputError:  # (the store's refusal of a chunk that is no file, which names it)
             raise
         except (RuntimeError, ValueError) as exc:  # a codec's or the store's complaint about a chunk
             raise InputError(f"cannot read {self.path} (array {self.component!r}, region {_region(key)}): "
@@ -302,12 +302,23 @@ def _level_array(image_path: Path, component: str, level: int, metadata):
     import dask.array as da
 
     try:
-        return da.from_zarr(str(image_path), component=component)
+        return da.from_zarr(_open_array(image_path, component))
     except Exception as exc:
         if not any((image_path / component.strip("/") / name).exists() for name in ("zarr.json", ".zarray")):
             raise _malformed(image_path, f"{metadata[1]}[0].datasets[{level}].path", component, "the name of an "
                              "array in the image (it holds none of that name)") from exc
         raise InputError(f"cannot read level {component!r} of {image_path}: {_one_line(exc)}") from exc
+
+
+def _open_array(root, component: str):
+    """The zarr array ``component`` of the store at ``root``, read-only, its chunks read through
+    :class:`~deconv3d.omezarr.chunk_store.CheckedLocalStore`: a chunk whose file is a folder or a broken
+    link is refused, not read as the fill value (zeros)."""
+    import zarr
+
+    from deconv3d.omezarr.chunk_store import CheckedLocalStore
+
+    return zarr.open_array(store=CheckedLocalStore(root, read_only=True), path=component, mode="r")
 
 
 def _drop_single_z(data, axes: str, *per_axis):

@@ -1,0 +1,97 @@
+"""The local zarr store deconv3d reads its zarr inputs through (:class:`CheckedLocalStore`): zarr's
+:class:`~zarr.storage.LocalStore`, whose chunk reads refuse a chunk that is there but is not a
+readable file instead of reading it as missing.
+
+zarr's LocalStore reads a chunk key whose path is a folder, a broken symbolic link, or lies under a
+file (``c/0`` a file where ``c/0/0/0`` is looked for) as a missing chunk: the fill value (zeros), so
+a run deconvolved zeros there and exited 0. A chunk file that is not there at all is still the fill
+value (a sparse array writes no file for a chunk of fill values). The check costs one ``stat`` per
+chunk read (more only where the file is missing), and none when the array is opened: an array may
+have millions of chunks. Imported only where a zarr array is opened (it imports zarr).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from zarr.storage import LocalStore
+
+from deconv3d.errors import InputError
+
+#: Keys of a zarr store that are metadata, not chunks: read as zarr reads them.
+_METADATA = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+
+
+class CheckedLocalStore(LocalStore):
+    """A :class:`~zarr.storage.LocalStore` whose reads of a chunk key raise
+    :class:`~deconv3d.errors.InputError` (one line naming the array folder and the chunk key) where
+    the key's path exists but is not a readable regular file: a folder, a broken symbolic link, a
+    named pipe or other special file (reading one waited for ever), a path under a file, or a file
+    that cannot be opened (permissions). Where nothing is at the path, the chunk is missing, as
+    LocalStore reads it (the fill value)."""
+
+    async def get(self, key, prototype=None, byte_range=None):
+        self._check_chunk(key)
+        try:
+            return await super().get(key, prototype, byte_range)
+        except PermissionError as exc:
+            raise _unreadable(self.root, key, exc) from exc
+
+    def get_sync(self, key, *, prototype=None, byte_range=None):
+        self._check_chunk(key)
+        try:
+            return super().get_sync(key, prototype=prototype, byte_range=byte_range)
+        except PermissionError as exc:
+            raise _unreadable(self.root, key, exc) from exc
+
+    def _check_chunk(self, key: str) -> None:
+        """Refuse the chunk ``key`` where its path is there but is no regular file (see the class)."""
+        if key.rsplit("/", 1)[-1] in _METADATA:
+            return
+        path = os.path.join(self.root, key)
+        try:
+            mode = os.stat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            if os.path.islink(path):
+                raise _refusal(self.root, key, "is a symbolic link to nothing") from None
+            self._check_folders_above(key)
+            return  # a missing chunk: the fill value
+        except OSError as exc:
+            raise _unreadable(self.root, key, exc) from exc
+        if stat.S_ISDIR(mode):
+            raise _refusal(self.root, key, "is a folder, not a file")
+        if not stat.S_ISREG(mode):
+            raise _refusal(self.root, key, "is not a regular file (a named pipe, socket or device)")
+
+    def _check_folders_above(self, key: str) -> None:
+        """Refuse a chunk key whose nearest existing folder above it (in the store) is not a folder:
+        a file or a broken link there, which LocalStore also read as a missing chunk."""
+        parts = key.split("/")[:-1]
+        while parts:
+            above = os.path.join(self.root, *parts)
+            if os.path.lexists(above):
+                if not os.path.isdir(above):
+                    raise _refusal(self.root, key, "lies under {}, which is not a folder", len(parts))
+                return
+            parts.pop()
+
+
+def _unreadable(root, key: str, exc: OSError) -> InputError:
+    return _refusal(root, key, f"cannot be read ({exc.strerror or exc})")
+
+
+def _refusal(root, key: str, problem: str, above: int = 0) -> InputError:
+    """The one-line error for the chunk ``key`` of the store at ``root``: it names the array's folder
+    (the nearest folder above the chunk with zarr metadata) and the chunk's key within it. ``problem``
+    says what is wrong; its ``{}``, where it has one, is given the first ``above`` parts of ``key``,
+    a folder above the chunk, as the array names it."""
+    parts = key.split("/")
+    depth = next((d for d in range(len(parts) - 1, -1, -1)
+                  if any(Path(root, *parts[:d], name).is_file() for name in ("zarr.json", ".zarray"))), 0)
+    array, chunk = Path(root, *parts[:depth]), "/".join(parts[depth:])
+    problem = problem.format("/".join(parts[depth:above]))
+    return InputError(f"chunk {chunk} of the zarr array {array} {problem}, so it cannot be read (a chunk with no "
+                      "file at all would read as the fill value, zeros): restore the chunk file or re-export "
+                      "the image")
