@@ -183,6 +183,17 @@ def test_auto_iterations_chooses_its_count_with_the_saturated_voxels_left_out(tm
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5 * expected.max())
 
 
+def test_auto_iterations_with_a_level_over_the_maximum_does_not_say_voxels_were_left_out(tmp_path, capsys, clipped):
+    """A level above the image's maximum leaves no voxel out (weights all 1): the count line and the record
+    said "the saturated voxels left out" all the same."""
+    _, _, image, _ = clipped
+    _, out, _ = deconvolve(tmp_path, capsys, "auto.tif", "--saturation", float(image.max()) * 2, "--iterations",
+                           "auto")
+    assert "left 0 voxel(s)" in out and "chose " in out and "left out" not in out.split("chose ", 1)[1], out
+    chosen_by = tiff_properties(tmp_path / "auto.tif")["parameters"]["iterations_chosen_by"]
+    assert chosen_by == "held-out prediction (5% of voxels)", chosen_by
+
+
 def test_every_voxel_at_the_level_is_refused(tmp_path, capsys, clipped):
     write_tiff(tmp_path / "flat.tif", np.full((8, 24, 24), 7, np.uint16), voxel_size=VOXEL)
     code, _, err = run(["deconvolve", tmp_path / "flat.tif", "--psf", tmp_path / "psf.tif", "-o",

@@ -463,7 +463,8 @@ def _choose_iterations(image, psf, params: dict, voxel, device, weights=None) ->
         choice = choose_iterations(image, psf, AUTO_MAX_ITERATIONS, boundary=params["boundary"],
                                    tv_weight=params["tv_weight"], voxel_size=voxel, device=device, callback=callback,
                                    weights=weights)
-    left_out = "" if weights is None else ", the saturated voxels left out"
+    # (a level above the image's maximum leaves no voxel out: its weights are all 1, and none is said left out)
+    left_out = "" if weights is None or bool(weights.all()) else ", the saturated voxels left out"
     if choice.stopped == "max_iterations" and choice.iterations == AUTO_MAX_ITERATIONS:
         print(f"chose {choice.iterations} iterations, the most --iterations auto tries: the held-out error was "
               "still falling, but it is nearly flat there and on noisy data may keep falling past the best "
