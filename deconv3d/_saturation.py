@@ -88,9 +88,10 @@ def merge_top_two(parts) -> tuple[float, int, float, int]:
 
 def top_two_by_planes(values) -> tuple[float, int, float, int]:
     """:func:`top_two` of ``values`` (a block of a chunked run), merged from its planes along the first
-    axis (:func:`merge_top_two`), so that its masks are of one plane at a time, not of the block."""
+    axis (:func:`merge_top_two`), so that its masks are of one plane at a time, not of the block. A 2D
+    block is one plane: taken whole (row by row, a 4096 x 4096 block made 4096 calls)."""
     values = np.asarray(values)
-    if values.ndim < 2:
+    if values.ndim < 3:
         return top_two(values)
     return merge_top_two(top_two(plane) for plane in values)
 
