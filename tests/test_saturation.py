@@ -194,6 +194,16 @@ def test_auto_iterations_with_a_level_over_the_maximum_does_not_say_voxels_were_
     assert chosen_by == "held-out prediction (5% of voxels)", chosen_by
 
 
+def test_auto_iterations_at_its_cap_says_the_saturated_voxels_were_left_out(tmp_path, capsys, clipped, monkeypatch):
+    """The line of a count that reached the cap said nothing of the voxels left out (the record did)."""
+    from deconv3d.cli import classical as cli_classical
+
+    monkeypatch.setattr(cli_classical, "AUTO_MAX_ITERATIONS", 2)
+    _, _, image, level = clipped
+    _, out, _ = deconvolve(tmp_path, capsys, "cap.tif", "--saturation", level, "--iterations", "auto")
+    assert "chose 2 iterations, the most --iterations auto tries, the saturated voxels left out:" in out, out
+
+
 def test_every_voxel_at_the_level_is_refused(tmp_path, capsys, clipped):
     write_tiff(tmp_path / "flat.tif", np.full((8, 24, 24), 7, np.uint16), voxel_size=VOXEL)
     code, _, err = run(["deconvolve", tmp_path / "flat.tif", "--psf", tmp_path / "psf.tif", "-o",

@@ -466,8 +466,8 @@ def _choose_iterations(image, psf, params: dict, voxel, device, weights=None) ->
     # (a level above the image's maximum leaves no voxel out: its weights are all 1, and none is said left out)
     left_out = "" if weights is None or bool(weights.all()) else ", the saturated voxels left out"
     if choice.stopped == "max_iterations" and choice.iterations == AUTO_MAX_ITERATIONS:
-        print(f"chose {choice.iterations} iterations, the most --iterations auto tries: the held-out error was "
-              "still falling, but it is nearly flat there and on noisy data may keep falling past the best "
+        print(f"chose {choice.iterations} iterations, the most --iterations auto tries{left_out}: the held-out error "
+              "was still falling, but it is nearly flat there and on noisy data may keep falling past the best "
               "restoration: compare a few --iterations N before going further")
     else:
         print(f"chose {choice.iterations} iterations (held-out prediction error lowest there, "
