@@ -865,3 +865,47 @@ def test_psf_takes_y_x_for_a_2d_image_s_psf_the_plane_of_best_focus(data, capsys
                        capsys)
     assert_one_line_error(code, err, "--shape gives 2 values and --voxel-size 3")
     assert not (data / "p3.tif").exists()
+
+
+@pytest.mark.parametrize("threshold", [10**5, 10**5 - 1])
+def test_a_large_file_is_hashed_with_a_bar_and_the_same_hash(tmp_path, capsys, monkeypatch, threshold):
+    """`train` and `deconvolve` hash their input, a second whole read that left the command silent on a
+    stack of gigabytes: a file larger than HASH_PROGRESS_BYTES gets a bar (here a log's lines), one
+    not larger none, and the hash is file_sha256's (a file's bytes; a folder's names and bytes)."""
+    import hashlib
+
+    from deconv3d.cli import printing
+    from deconv3d.omezarr import file_sha256
+
+    monkeypatch.setattr(printing, "HASH_PROGRESS_BYTES", threshold)
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "0")  # a line at every report
+    (tmp_path / "big").mkdir()
+    content = np.random.default_rng(0).bytes(10**5)
+    (tmp_path / "big" / "a.bin").write_bytes(content[:60000])
+    (tmp_path / "big" / "b.bin").write_bytes(content[60000:])
+    (tmp_path / "one.bin").write_bytes(content)
+    for path in (tmp_path / "one.bin", tmp_path / "big"):
+        assert printing.hashed(path, "hashing") == file_sha256(path)
+        lines = capsys.readouterr().err.splitlines()
+        assert bool(lines) == (threshold < 10**5), lines
+        assert all(line.startswith("hashing: ") and " MB (" in line for line in lines), lines
+        if lines:
+            assert lines[-1].startswith("hashing: 1/1 MB (100%)"), lines
+    assert printing.hashed(tmp_path / "one.bin", "") == hashlib.sha256(content).hexdigest()
+
+
+def test_deconvolve_shows_its_hashing_of_a_large_input(data, capsys, monkeypatch):
+    """`deconvolve` of an image read whole hashes its input through printing.hashed (a bar above the threshold)."""
+    import hashlib
+
+    from cli_helpers import tiff_properties
+    from deconv3d.cli import printing
+
+    monkeypatch.setattr(printing, "HASH_PROGRESS_BYTES", 0)
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "0")  # a line at every report
+    out = data / "o.tif"
+    code, _, err = run(["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", out, "--method", "wiener",
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert err.splitlines()[0].startswith("deconvolve: hashing the input: "), err
+    assert tiff_properties(out)["input_sha256"] == hashlib.sha256((data / "image.tif").read_bytes()).hexdigest()

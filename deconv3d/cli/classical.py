@@ -15,7 +15,7 @@ from . import pipeline, selfsup
 from ._common import check_negative, check_output, load_psf, voxel_size_of
 from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SATURATION_HELP, SpatialSizes, add_common, add_optics,
                         positive_float, positive_int, saturation_value, spatial_sizes)
-from .printing import print_warnings, progress
+from .printing import hashed, print_warnings, progress
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -260,7 +260,7 @@ def _deconvolve_in_memory(args, warnings: list) -> int:
     image = read_image(args.input)  # (one 2D/3D image: a hyperstack goes chunked, _go_out_of_core_if_needed)
     # Each file is hashed once read (at the end, a file replaced meanwhile was recorded in place of
     # the one the run used): the input here, the model and PSF files below.
-    input_sha256 = file_sha256(args.input)
+    input_sha256 = hashed(args.input, "deconvolve: hashing the input")
     voxel = _checked_voxel(args, image, warnings)
     trained = selfsup.load_model(args) if args.method == "ssl" else None
     model_sha256 = file_sha256(args.model) if trained is not None else None

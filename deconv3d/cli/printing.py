@@ -1,8 +1,8 @@
 """What the command line prints on stderr while it runs: progress bars (:func:`make_bar`: tqdm's
 on a terminal, a :class:`LogBar`'s plain lines in a log, every ``DECONV3D_PROGRESS_SECONDS``),
-an RL callback feeding one (:func:`progress`), and the command line's own lines: warnings
-(:func:`show_warning`, :func:`print_warnings`), any line (:func:`say`) and a stopped run's last
-line (:func:`say_last`)."""
+an RL callback feeding one (:func:`progress`), a large file's hash with one (:func:`hashed`), and
+the command line's own lines: warnings (:func:`show_warning`, :func:`print_warnings`), any line
+(:func:`say`) and a stopped run's last line (:func:`say_last`)."""
 
 from __future__ import annotations
 
@@ -111,6 +111,32 @@ def _duration(seconds: float) -> str:
         return f"{seconds} s"
     minutes, seconds = divmod(seconds, 60)
     return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+#: Inputs larger than this (bytes) get a progress bar (:func:`make_bar`) while they are hashed:
+#: a whole second read of the file, which on a stack of gigabytes took long enough to look stuck.
+HASH_PROGRESS_BYTES = 256 * 2**20
+
+
+def hashed(path, desc: str) -> str:
+    """:func:`~deconv3d.omezarr.file_sha256` of ``path``, with a bar in megabytes (:func:`make_bar`,
+    described ``desc``) where it is larger than :data:`HASH_PROGRESS_BYTES`; the same hash either way."""
+    from deconv3d.omezarr import file_sha256
+
+    bar = None
+    with contextlib.ExitStack() as bars:  # (closed as make_bar's are: a LogBar writes no last line after an error)
+
+        def shown(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None and total > HASH_PROGRESS_BYTES:
+                bar = bars.enter_context(make_bar(math.ceil(total / 1e6), desc, "MB"))
+            if bar is not None:
+                bar.update(min(done // 10**6, bar.total) - bar.n)
+
+        digest = file_sha256(path, progress=shown)
+        if bar is not None:
+            bar.update(bar.total - bar.n)
+    return digest
 
 
 def progress(total: int, desc: str):

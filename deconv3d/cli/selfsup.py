@@ -12,7 +12,7 @@ from deconv3d.errors import InputError
 from ._common import check_negative, check_output, voxel_size_of
 from .arguments import (AMP_HELP, DEVICE_HELP, DEVICES, SpatialSizes, add_common, non_negative_float, positive_float,
                         positive_int)
-from .printing import make_bar, print_warnings, say_last
+from .printing import hashed, make_bar, print_warnings, say_last
 from .stopping import stop_request
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
@@ -248,7 +248,6 @@ def _read_inputs(args):
 
 
 def cmd_train(args) -> int:
-    from deconv3d.omezarr import file_sha256
     from deconv3d.selfsup import save_checkpoint
 
     from .classical import _unused_option_warnings
@@ -259,7 +258,7 @@ def cmd_train(args) -> int:
     notes = warnings + notes
     # The file as it was read, hashed before the training: not seconds of hashing after it, in which a
     # first signal (Slurm's SIGTERM) stopped the command at once and lost the steps trained.
-    source = {"path": recorded_path(args.input), "sha256": file_sha256(args.input)}
+    source = {"path": recorded_path(args.input), "sha256": hashed(args.input, "train: hashing the input")}
     with stop_request() as stop:  # the first signal after step 1 keeps the steps trained, also while they are saved
         result = train_with_progress(image.data, psf, args, voxel, notes, stop)
         if stop.asked and result.reason == "cancelled":  # (not one after the last step: training completed)

@@ -300,17 +300,28 @@ def _store_settled(stored) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def file_sha256(path, block: int = 1 << 22) -> str:
-    """SHA-256 of a file, or of a directory's files (relative names and contents, sorted)."""
+def file_sha256(path, block: int = 1 << 22, progress=None) -> str:
+    """SHA-256 of a file, or of a directory's files (relative names and contents, sorted).
+
+    ``progress``: None, or a callable ``progress(done, total)`` called with the bytes hashed so far
+    and the files' total size (their sizes before reading), once before the first read and after
+    each block read.
+    """
     path = Path(path)
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if progress is not None:
+        done, total = 0, sum(f.stat().st_size for f in files)
+        progress(done, total)
     for f in files:
         if path.is_dir():
             h.update(f.relative_to(path).as_posix().encode() + b"\0")  # the same hash on Windows
         with open(f, "rb") as fh:
             while chunk := fh.read(block):
                 h.update(chunk)
+                if progress is not None:
+                    done += len(chunk)
+                    progress(done, total)
     return h.hexdigest()
 
 

@@ -565,3 +565,31 @@ def test_a_training_weight_of_zero_is_read_and_warnings_give_the_true_reason():
         "deconv3d: warning: --precondition weighs the data term, which is off under --ssi (--lambda-rec turns it on); "
         "ignored"]
     assert warned("--lambda-rec", 1, "--precondition", 0.1, "--lambda-inv", 0) == []
+
+
+@pytest.mark.parametrize("threshold", [0, None])
+def test_train_shows_its_hashing_of_a_large_input(data, capsys, monkeypatch, threshold):
+    """`train` hashes its input (a second whole read) before the first step, which on a stack of
+    gigabytes left the command silent between reading and the training bar. An input larger than
+    HASH_PROGRESS_BYTES (0 here) now gets a bar of its own, one below it none; the hash is the same."""
+    import hashlib
+
+    from deconv3d.cli import printing
+    from deconv3d.selfsup import load_checkpoint
+
+    if threshold is not None:
+        monkeypatch.setattr(printing, "HASH_PROGRESS_BYTES", threshold)
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "0")  # a line at every report
+    model = data / "m.ckpt"
+    code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1,
+                        "--no-residual", "--warm-start", 0] + TINY, capsys)
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    hashing = [line for line in lines if line.startswith("train: hashing the input: ")]
+    if threshold is None:  # (the image is far below the default threshold)
+        assert not hashing, err
+    else:
+        assert hashing and lines[:len(hashing)] == hashing, err  # before the training's lines
+        assert hashing[-1].startswith("train: hashing the input: 1/1 MB (100%)"), err
+    recorded = load_checkpoint(model).run["training_image"]["sha256"]
+    assert recorded == hashlib.sha256((data / "image.tif").read_bytes()).hexdigest()
