@@ -126,8 +126,9 @@ def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, 
         Output ``.tif``/``.tiff`` path; an existing file is replaced.
     array : zarr.Array
         The image, with ``axes``; never loaded whole: every time point is read in slabs of
-        z-planes of all its channels, at most ``slab_bytes`` (default 256 MiB, one plane of
-        every channel at least), and written in ImageJ's plane order (TZCYX).
+        z-planes of all its channels, at most ``slab_bytes`` (default 256 MiB), or, where one
+        z-plane of every channel is more, in runs of channels of one z-plane (one plane of one
+        channel at least), and written in ImageJ's plane order (TZCYX).
     axes : str
         ``array``'s axes: ``T`` and/or ``C`` then ``ZYX``, ``YX``, ``ZX`` or ``ZY`` (a section
         through z, written with a y or x axis of one, as :func:`write_tiff` writes one).
@@ -234,12 +235,24 @@ def _hyperstack_axes(axes, shape, path) -> tuple[str, str]:
 
 def _hyperstack_pages(array, axes: str, slab_bytes: int, path):
     """The planes of ``array`` (``axes`` as :func:`_hyperstack_axes` allows) as float32 in ImageJ's
-    order: time points, then z-planes, then channels; read a slab of z-planes of every channel at a time."""
+    order: time points, then z-planes, then channels; read a slab of z-planes of every channel at a
+    time, or, where one z-plane of every channel is more than ``slab_bytes``, as many channels of one
+    z-plane as ``slab_bytes`` holds (one page at least): else many channels of large planes read
+    several times the budget at once."""
     times = array.shape[0] if axes[0] == "T" else 1
     for t in range(times):
         volume = _TimePoint(array, t if axes[0] == "T" else None, "C" in axes, axes)
-        plane_bytes = 4 * volume.channels * int(np.prod(volume.plane_shape))
-        for slab in _slabs(volume.slab, volume.depth, plane_bytes, slab_bytes, path):  # (channel, z, y, x)
+        page_bytes = 4 * int(np.prod(volume.plane_shape))
+        if volume.channels * page_bytes > slab_bytes:
+            for z in range(volume.depth):
+                def read(start, stop, z=z):
+                    return volume.slab(z, z + 1, slice(start, stop))[:, 0]
+
+                for pages in _slabs(read, volume.channels, page_bytes, slab_bytes, path):  # (channel, y, x)
+                    yield from pages
+                    del pages  # (see _slabs)
+            continue
+        for slab in _slabs(volume.slab, volume.depth, volume.channels * page_bytes, slab_bytes, path):  # (c, z, y, x)
             for z in range(slab.shape[1]):
                 yield from slab[:, z]
             del slab  # (see _slabs)
@@ -257,8 +270,9 @@ class _TimePoint:
         self.depth = shape[0] if self.spatial[0] == "Z" else 1
         self.plane_shape = shape[1:] if self.spatial[0] == "Z" else shape
 
-    def slab(self, start: int, stop: int) -> np.ndarray:
-        key = self.lead + ((slice(None),) if self.has_channels else ()) + \
+    def slab(self, start: int, stop: int, channels: slice = slice(None)) -> np.ndarray:
+        """z-planes ``start..stop`` of the ``channels`` (all by default; a 2D image's one plane whatever the range)."""
+        key = self.lead + ((channels,) if self.has_channels else ()) + \
             ((slice(start, stop),) if self.spatial[0] == "Z" else ())
         slab = np.asarray(self.array[key], dtype=np.float32)
         slab = slab if self.has_channels else slab[None]

@@ -223,3 +223,26 @@ def test_a_copy_stopped_midway_leaves_no_tif_and_no_scratch(tmp_path, monkeypatc
                         "--iterations", 2], capsys)
     assert code == status and len(reads) == 2, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "psf.tif"]
+
+
+@pytest.mark.parametrize("axes, shape", [("TCZYX", (2, 5, 3, 4, 4)), ("CYX", (5, 4, 4)), ("CZX", (5, 3, 4))])
+@pytest.mark.parametrize("pages", [0.25, 1, 2, 3])
+def test_a_budget_below_one_z_plane_of_every_channel_reads_a_few_channels_at_a_time(tmp_path, axes, shape, pages):
+    """The smallest read was one z-plane of every channel, over the run's slab_bytes where there are many
+    channels of large planes: under it, the writer reads as many channels of one z-plane as the budget
+    holds (one page at least, here ``pages`` pages' worth), and writes the same file as a whole read."""
+    data = np.random.default_rng(3).uniform(1, 50, shape).astype(np.float32)
+    page = 4 * shape[-1] * (shape[-2] if axes.endswith("YX") else 1)
+
+    class Recorded:
+        shape, dtype, reads = data.shape, data.dtype, []
+
+        def __getitem__(self, key):
+            self.reads.append(data[key].nbytes)
+            return data[key]
+
+    source, voxel = Recorded(), VOXEL if axes.endswith("ZYX") else VOXEL[1:]
+    write_hyperstack(tmp_path / "whole.tif", data, axes, voxel)
+    write_hyperstack(tmp_path / "h.tif", source, axes, voxel, slab_bytes=int(pages * page))
+    assert max(source.reads) == max(int(pages) * page, page)
+    assert (tmp_path / "h.tif").read_bytes() == (tmp_path / "whole.tif").read_bytes()
