@@ -82,12 +82,24 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
     if metadata is not None and not isinstance(metadata, dict):
         raise InputError(f"metadata must be a dict of ImageJ properties, got {type(metadata).__name__}")
     kwargs = _imagej_kwargs(data, voxel_size, metadata)
+    shape = _with_samples(tuple(data.shape), kwargs["metadata"])
     if streamed:  # page by page from slabs of planes: never the whole volume in memory
         _write_atomically(path, lambda fh: tifffile.imwrite(
-            fh, data=_pages(data, slab_bytes or _SLAB_BYTES, path), shape=tuple(data.shape), dtype=np.float32,
+            fh, data=_pages(data, slab_bytes or _SLAB_BYTES, path), shape=shape, dtype=np.float32,
             imagej=True, **kwargs))
     else:
-        _write_atomically(path, lambda fh: tifffile.imwrite(fh, data, imagej=True, **kwargs))
+        _write_atomically(path, lambda fh: tifffile.imwrite(fh, data.reshape(shape), imagej=True, **kwargs))
+
+
+def _with_samples(shape: tuple, md: dict) -> tuple:
+    """``shape`` (axes ``md["axes"]``) for tifffile: with a trailing sample axis of one (``S``, added to
+    ``md["axes"]``) where the x axis is one and there are more axes than y and x, as in a ZY section.
+    Without it tifffile's ImageJ mode takes that x axis of one for the samples and drops it: a (4, 6, 1)
+    stack was written as one (4, 6) page under a header of 4 planes, which read_image refused as corrupt."""
+    if len(shape) > 2 and shape[-1] == 1:
+        md["axes"] += "S"
+        return shape + (1,)
+    return shape
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -173,7 +185,8 @@ def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, 
             kwargs["metadata"].setdefault("Properties", {}).update(time_properties)
     kwargs["metadata"].update(_imagej_channels(channels, sizes, path))
     pages = _hyperstack_pages(array, letters, slab_bytes or _SLAB_BYTES, path)
-    _write_atomically(path, lambda fh: tifffile.imwrite(fh, data=pages, shape=tuple(sizes[a] for a in order),
+    shape = _with_samples(tuple(sizes[a] for a in order), kwargs["metadata"])
+    _write_atomically(path, lambda fh: tifffile.imwrite(fh, data=pages, shape=shape,
                                                         dtype=np.float32, imagej=True, **kwargs))
 
 

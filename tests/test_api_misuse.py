@@ -357,3 +357,30 @@ def test_options_that_count_share_one_whole_number_test(tmp_path, image, psf, va
         else:
             with pytest.raises(InputError):
                 call()
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_zy_section_or_a_stack_one_pixel_wide_is_written_as_one_page_per_plane(tmp_path, lazy):
+    """tifffile's ImageJ mode took an x axis of one for the samples and dropped it: a ZY section (or a
+    (z, y, 1) stack, streamed from zarr) became one (z, y) page under a header of z planes, which
+    read_image refused as corrupt, and a hyperstack of such planes (C, Z, Y) lost its channels."""
+    import tifffile
+    import zarr
+
+    from deconv3d._tiff_write import write_hyperstack
+    from deconv3d.io import read_image, write_tiff
+
+    rng = np.random.default_rng(5)
+    section, channels = rng.uniform(1, 9, (4, 6)).astype(np.float32), rng.uniform(1, 9, (3, 4, 6)).astype(np.float32)
+    if lazy:
+        stack = zarr.create_array(str(tmp_path / "s.zarr"), shape=(4, 6, 1), chunks=(2, 6, 1), dtype="f4")
+        stack[:] = section[..., None]
+        write_tiff(tmp_path / "zy.tif", stack, (0.3, 0.1, 0.1))
+    else:
+        write_tiff(tmp_path / "zy.tif", section, (0.3, 0.1), axes="ZY")
+    back = read_image(tmp_path / "zy.tif")
+    assert back.axes == "ZY" and np.array_equal(back.data.reshape(4, 6), section)
+    write_hyperstack(tmp_path / "czy.tif", channels, "CZY", (0.3, 0.1), slab_bytes=24 if lazy else None)
+    with tifffile.TiffFile(tmp_path / "czy.tif") as tif:
+        assert len(tif.pages) == 12 and tif.imagej_metadata["images"] == 12
+        np.testing.assert_array_equal(tif.series[0].asarray().reshape(4, 3, 6), channels.transpose(1, 0, 2))
