@@ -909,3 +909,33 @@ def test_deconvolve_shows_its_hashing_of_a_large_input(data, capsys, monkeypatch
     assert code == 0, err
     assert err.splitlines()[0].startswith("deconvolve: hashing the input: "), err
     assert tiff_properties(out)["input_sha256"] == hashlib.sha256((data / "image.tif").read_bytes()).hexdigest()
+
+
+def test_chunked_deconvolve_shows_its_hashing_after_the_checks(data, capsys, monkeypatch):
+    """The chunked `deconvolve` hashed its input with no bar (a stack of 100 GB: a minute or more of
+    silence before the first block): above the threshold its hashing has a bar, after the input's
+    checks (the warning they collect is printed after it, then the blocks' bar), the record holds
+    hashlib's SHA-256, and an input the checks refuse is not hashed."""
+    import hashlib
+    import json
+
+    from deconv3d.cli import printing
+
+    monkeypatch.setattr(printing, "HASH_PROGRESS_BYTES", 0)
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "0")  # a line at every report
+    tifffile.imwrite(data / "bare.tif", np.random.default_rng(1).random((12, 40, 40)).astype(np.float32) + 0.1)
+    common = ["--psf", data / "psf.tif", "--method", "wiener", "--device", "cpu", "--chunks", 6, 40, 40]
+    code, _, err = run(["deconvolve", data / "bare.tif", "-o", data / "o.zarr"] + common, capsys)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0].startswith("deconvolve: hashing the input: "), err
+    said = [i for i, line in enumerate(lines) if "assuming the PSF's" in line]
+    blocks = [i for i, line in enumerate(lines) if line.startswith("wiener: ") and " block" in line]
+    hashing = [i for i, line in enumerate(lines) if line.startswith("deconvolve: hashing the input: ")]
+    assert len(said) == 1 and blocks and max(hashing) < said[0] < min(blocks), err
+    record = json.loads((data / "o.zarr" / "zarr.json").read_text())["attributes"]["deconv3d"]
+    assert record["input"]["sha256"] == hashlib.sha256((data / "bare.tif").read_bytes()).hexdigest()
+    write_tiff(data / "big_psf.tif", np.ones((13, 9, 9), np.float32), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", data / "image.tif", "-o", data / "x.zarr", "--psf", data / "big_psf.tif",
+                        "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "larger than the image")  # (no hashing line before it)

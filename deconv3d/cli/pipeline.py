@@ -15,7 +15,7 @@ from deconv3d.errors import InputError
 from ._common import check_output
 from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SATURATION_HELP, SpatialSizes, add_common, add_optics,
                         positive_float, positive_int, saturation_value)
-from .printing import make_bar, print_warnings
+from .printing import hashed, make_bar, print_warnings
 from .selfsup import DEFAULT_STEPS
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
@@ -128,8 +128,11 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
     bar, callback = _bar(args.method, "block", on_start=lambda: print_warnings(pending))
     start = time.perf_counter()
     with bar:
+        # hashed where deconvolve_file would hash it, after its checks (an input they refuse is not hashed),
+        # with a bar where it is large: a stack of 100 GB was a minute or more of silence before the first block
         info = deconvolve_file(args.input, args.output, settings, progress=callback, warnings=pending,
-                               trainer=_trainer(args, pending))
+                               trainer=_trainer(args, pending),
+                               checksum=lambda path: hashed(path, "deconvolve: hashing the input"))
     for line in _left_out_lines(settings.saturation, info.decided, args.input):
         print(line)
     # the whole command's time, as in memory: a network trained first is not in info.seconds

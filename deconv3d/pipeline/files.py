@@ -17,7 +17,7 @@ __all__ = ["deconvolve_file"]
 
 
 def deconvolve_file(input_path, output_path, settings, *, client=None, workers: int = 1, progress=None,
-                    checksum: bool | str = True, warnings: list | None = None, trainer=None, sweep: bool = True,
+                    checksum=True, warnings: list | None = None, trainer=None, sweep: bool = True,
                     cancel=None):
     """Deconvolve ``input_path`` into ``output_path`` with :class:`~deconv3d.pipeline.batch.Settings`.
 
@@ -26,7 +26,10 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     into a temporary OME-Zarr first, then streamed into the TIFF in slabs of planes (for several
     channels or time points, an ImageJ hyperstack: :func:`~deconv3d._tiff_write.write_hyperstack`). Returns the
     :class:`~deconv3d.pipeline.RunInfo`. ``checksum`` is passed to
-    :func:`~deconv3d.pipeline.provenance` (True: hash the input; or its known SHA-256).
+    :func:`~deconv3d.pipeline.provenance` (True: hash the input; or its known SHA-256), or is a
+    callable ``checksum(input_path)`` returning the SHA-256, called where True would hash: after the
+    checks of the input and any training, so that an input refused is not hashed (the command line
+    passes one that shows a bar while it hashes a large input).
     ``warnings``: a list that collects the warnings (an assumed voxel size) as ``deconv3d: warning:``
     lines; without it they are issued as Python ``RuntimeWarning``s. ``progress(done, total)`` is
     called per block (returning True cancels) and ``cancel``, a ``threading.Event``, cancels once set
@@ -106,12 +109,15 @@ def _spatial_chunks(settings, ndim: int, name: str):
 
 
 def _run_provenance(settings, params, psf, input_path, checksum) -> dict:
-    """The output's provenance record, with the model files' hashes (one per channel)."""
+    """The output's provenance record, with the model files' hashes (one per channel); a callable
+    ``checksum`` is called here for the input's SHA-256."""
     from deconv3d.pipeline import provenance, psf_source
     from deconv3d.pipeline.settings import _many
 
     hashes = [_sha(m) for m in _many(settings.model)]  # (one per channel: as many in the record)
     model_hash = (hashes[0] if len(hashes) == 1 else hashes) if hashes else None
+    if callable(checksum):
+        checksum = checksum(input_path)
     return provenance(settings.method, params, psf=psf, input_path=input_path, checksum=checksum,
                       model_hash=model_hash, source=psf_source(settings), device=settings.run_device)
 
