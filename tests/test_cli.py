@@ -939,3 +939,28 @@ def test_chunked_deconvolve_shows_its_hashing_after_the_checks(data, capsys, mon
     code, _, err = run(["deconvolve", data / "image.tif", "-o", data / "x.zarr", "--psf", data / "big_psf.tif",
                         "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "larger than the image")  # (no hashing line before it)
+
+
+def test_batch_shows_its_hashing_of_a_large_file(data, capsys, monkeypatch):
+    """A batch hashes each file for its completion record before running it: above the threshold
+    with a bar naming the file (a file of 100 GB was a minute or more of silence), the same hash."""
+    import hashlib
+    import json
+    import shutil
+
+    from deconv3d.cli import printing
+
+    monkeypatch.setattr(printing, "HASH_PROGRESS_BYTES", 0)
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "0")  # a line at every report
+    (data / "in").mkdir()
+    shutil.copy(data / "image.tif", data / "in" / "a.tif")
+    code, _, err = run(["batch", data / "in", "-o", data / "out", "--psf", data / "psf.tif", "--method", "wiener",
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    shown = f"batch: hashing {data / 'in' / 'a.tif'}: "
+    assert err.splitlines() and all(line.startswith(shown) for line in err.splitlines()), err
+    assert f"{shown}1/1 MB (100%)" in err, err
+    digest = hashlib.sha256((data / "in" / "a.tif").read_bytes()).hexdigest()
+    assert json.loads((data / "out" / ".deconv3d-batch" / "a.tif.json").read_text())["input_sha256"] == digest
+    record = json.loads((data / "out" / "a.zarr" / "zarr.json").read_text())["attributes"]["deconv3d"]
+    assert record["input"]["sha256"] == digest

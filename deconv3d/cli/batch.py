@@ -18,7 +18,7 @@ from deconv3d.errors import InputError, always_show_own_warnings
 
 from ._common import Terminated
 from .pipeline import OPTICS, _setting_values, _trainer, settings_from_args
-from .printing import print_warnings, say_last, show_warning, warning_text
+from .printing import hashed, print_warnings, say_last, show_warning, warning_text
 
 
 def _as_read_before(args, config: dict, settings) -> tuple:
@@ -81,7 +81,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             one = _file_runner(settings, client, workers, warned)
             run_batch(args.input_dir, output_dir, settings, one, progress=_progress_printer(args.input_dir), rows=rows,
                       also_finished_as=_as_read_before(args, config, settings),
-                      report=report_as_files_finish(output_dir, fill=warned.fill))  # (a killed run's too)
+                      report=report_as_files_finish(output_dir, fill=warned.fill),  # (a killed run's too)
+                      hash_input=_hashed_with_a_bar(args.input_dir))
     except KeyboardInterrupt as exc:
         return _stopped(exc, rows, output_dir, warned)
     except BrokenPipeError:  # stdout piped into a reader that stopped (| head): the whole report, then main's 141
@@ -129,6 +130,19 @@ def _file_runner(settings, client, workers: int, warned: _BatchWarnings):
             warned.file = None
 
     return one
+
+
+def _hashed_with_a_bar(input_dir):
+    """``hash_input(path)`` for :func:`~deconv3d.pipeline.batch.run_batch`: the file's SHA-256, with a bar
+    where it is large (:func:`~deconv3d.cli.printing.hashed`; a file of 100 GB took a minute or more).
+    The batch hashes one file at a time, in this thread (its workers run each file's blocks), so one
+    bar at a time."""
+    from deconv3d._paths import recorded_path
+
+    def hash_input(path) -> str:
+        return hashed(path, line_text(f"batch: hashing {shown_input(recorded_path(path), input_dir)}"))
+
+    return hash_input
 
 
 def shown_input(file: str, input_dir) -> str:

@@ -166,12 +166,14 @@ def network_memory_model(block):
 
 
 def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progress=None,
-              rows: list | None = None, also_finished_as: tuple = (), report=None) -> list[dict]:
+              rows: list | None = None, also_finished_as: tuple = (), report=None, hash_input=None) -> list[dict]:
     """Run ``process_one(input_path, output_path, input_sha256)`` for every unfinished input.
 
     ``process_one`` writes the output (atomically) or raises; an InputError or any other
     exception marks the file failed with its one-line reason, and the batch continues.
-    ``input_sha256`` is the input's hash, taken before the work starts (for provenance records).
+    ``input_sha256`` is the input's hash, taken before the work starts (for provenance records), by
+    ``hash_input(path)`` where given (the command line's shows a bar while it hashes a large file),
+    else by :func:`~deconv3d.omezarr.file_sha256`.
     Returns one row per file, appended to ``rows`` when given (so that a caller interrupted
     midway still has the rows of the files finished); a row's ``warnings`` lists the text of each
     warning shown while its file's ``process_one`` ran, in its thread or in worker threads
@@ -215,14 +217,14 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
                    "reason": "", "warnings": [], "settings": settings_hash, EQUIVALENT: finished_as}
             rows.append(row)  # before the work: an interrupted file shows as the row left without a status
             if _settle(path, output, output_dir, started, (finished_as, symmetric_as), settings, process_one, row,
-                       listed) is False:
+                       listed, hash_input=hash_input) is False:
                 busy.append((number, path, output, row))  # (who owns its output is asked once, below)
             _progress_then_report(progress, report, number, len(inputs), row, rows)
         # The files another run held: it may have been killed (its lock is then free), or its input may
         # own their output now. A file still held by a live run stays skipped.
         for number, path, output, row in busy:
             if _settle(path, output, output_dir, started, (finished_as, symmetric_as), settings, process_one, row,
-                       listed, again=True) is not False:
+                       listed, again=True, hash_input=hash_input) is not False:
                 _progress_then_report(progress, report, number, len(inputs), row, rows)
     return rows
 
@@ -249,13 +251,15 @@ def _progress_then_report(progress, report, number, total, row, rows) -> None:
             report(rows)
 
 
-def _settle(path, output, output_dir, started, finished, settings, process_one, row, listed, again=False):
+def _settle(path, output, output_dir, started, finished, settings, process_one, row, listed, again=False,
+            hash_input=None):
     """Skip, fail or process one input under the lock of its output (:func:`~deconv3d.pipeline.locks.claim`),
     updating its ``row``. Returns False where another run holds the lock and the row says so (skipped),
     else None. ``finished``: the ``settings_hash`` and ``symmetric_as`` of :func:`is_finished`.
     ``listed``: the record folder's :func:`completion_record_names` at the start. ``again``: a file held
     at the first try, now failed where another existing input owns its output (the holder's record
-    names it) and, where the lock is free, settled as any file (a killed run's temporary removed first)."""
+    names it) and, where the lock is free, settled as any file (a killed run's temporary removed first).
+    ``hash_input``: :func:`run_batch`'s."""
     record_dir = output_dir / RECORD_DIR
     record = completion_record_path(output_dir, path)
     with claim(record_dir, output, path) as mine:
@@ -284,18 +288,19 @@ def _settle(path, output, output_dir, started, finished, settings, process_one, 
                 row.update(status="failed", reason=f"{output.name} is already in {output_dir} and no batch into "
                            "this folder wrote it: move it away, or write to another output folder")
             else:
-                _process(path, output, record, settings, process_one, row)
+                _process(path, output, record, settings, process_one, row, hash_input)
         row["reason"] = path_text(row["reason"])
     return None
 
 
-def _process(path, output, record, settings, process_one, row) -> None:
+def _process(path, output, record, settings, process_one, row, hash_input=None) -> None:
     from deconv3d.omezarr import file_sha256
 
+    hash_input = hash_input or file_sha256
     start, finishing = time.perf_counter(), False
     try:
         names = _record_unfinished(path, output, record)
-        state, digest = input_state(path), file_sha256(path)  # before reading: a change meanwhile shows
+        state, digest = input_state(path), hash_input(path)  # before reading: a change meanwhile shows
         # The PSF and model files as this file's run reads them (each file's run loads them again, and one
         # replaced during the batch had its outputs recorded under the first one's hash), then the
         # fingerprint that holds them: a file replaced before the fingerprint or during the run fails it.
