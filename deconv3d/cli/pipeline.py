@@ -133,7 +133,7 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
         info = deconvolve_file(args.input, args.output, settings, progress=callback, warnings=pending,
                                trainer=_trainer(args, pending),
                                checksum=lambda path: hashed(path, "deconvolve: hashing the input"))
-    for line in _left_out_lines(settings.saturation, info.decided, args.input):
+    for line in _left_out_lines(settings.saturation, info):
         print(line)
     # the whole command's time, as in memory: a network trained first is not in info.seconds
     print(f"wrote {line_text(args.output)}: {args.method} in {info.blocks} block(s) of at most {info.largest_block} + halo "
@@ -141,35 +141,23 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
     return 0
 
 
-def _left_out_lines(saturation, decided: dict, input_path) -> list[str]:
+def _left_out_lines(saturation, info) -> list[str]:
     """What ``--saturation`` left out of the fit, as an in-memory run prints it
-    (:func:`~deconv3d._saturation.left_out_line`), from what the run took from the volumes (``decided``:
-    :attr:`~deconv3d.pipeline.RunInfo.decided`, one value, or a list of one per time point and channel in
-    C order): one line, or one per channel of several. None where the run counted no voxels (a level given
-    and blocks that made no pass over the volume)."""
-    import numpy as np
-
+    (:func:`~deconv3d._saturation.left_out_line`), from what the run took from the volumes
+    (:attr:`~deconv3d.pipeline.RunInfo.decided`: one value, or a list of one per time point and channel in
+    C order) and their channels (:attr:`~deconv3d.pipeline.RunInfo.volume_channels`): one line, or one per
+    channel of several. None where the run counted no voxels (a level given and blocks that made no pass
+    over the volume)."""
     from deconv3d._saturation import NONE, left_out_line
-    from deconv3d.omezarr import open_lazy
-    from deconv3d.pipeline.negatives import _index_names
 
+    decided, channels = info.decided, info.volume_channels or ("",)
     if saturation == NONE:
         return []
-    try:
-        lazy = open_lazy(input_path)  # (its header: the channels' names)
-    except Exception:  # (moved or changed since the run, whose output is written: say nothing rather than fail)
-        return []
-    lead = "".join(a for a in lazy.axes if a in "TC")
-    shape = lazy.data.shape[:len(lead)]
-    indices = list(np.ndindex(*shape))
     listed = any(isinstance(v, list) for v in decided.values())
-    if listed and any(isinstance(v, list) and len(v) != len(indices) for v in decided.values()):
-        return []  # (the input changed since the run)
-    per_index = [{k: v[i] for k, v in decided.items()} for i in range(len(indices))] if listed \
-        else [decided] * len(indices)
+    per_volume = [{k: v[i] for k, v in decided.items()} for i in range(len(channels))] if listed \
+        else [decided] * len(channels)
     groups: dict = {}  # channel name: (levels, counts) of its time points
-    for index, values in zip(indices, per_index):
-        where = " ".join(_index_names(lead, shape, index, lazy.channels, axes="C"))
+    for where, values in zip(channels, per_volume):
         levels, counts = groups.setdefault(where, ([], []))
         levels.append(values.get("saturation_level"))
         counts.append(values.get("saturated_voxels"))

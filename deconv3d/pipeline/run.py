@@ -53,6 +53,9 @@ class RunInfo:
     execution: dict = field(default_factory=dict)  # how it ran, as the provenance records it
     environment: dict = field(default_factory=dict)  # in what, as the provenance records it (its blocks' FFT backend)
     decided: dict = field(default_factory=dict)  # parameters taken from the volume (a saturation level): recorded
+    #: Each (time point, channel) volume's channel, as warnings name it (``channel 1 (RFP)``; "" for one
+    #: channel), in the order of ``decided``'s lists: what the command line groups its lines by.
+    volume_channels: tuple = ()
 
 
 def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: str | None = None,
@@ -169,7 +172,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     _warn_of_clips(clips)
     return RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
                    tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution,
-                   (provenance or {}).get("environment", {}), decided)
+                   (provenance or {}).get("environment", {}), decided,
+                   tuple(_channel_name(reader, index, axes, channels) for index in indices))
 
 
 def _checked_output(output, data) -> Path:
@@ -379,6 +383,14 @@ def _covered_tops(view, box, covered) -> list:
         inside = tuple(slice(w.start - b.start, w.stop - b.start) for w, b in zip(write, box))
         parts.append(top_two_by_planes(view[tuple(write)] if values is None else np.asarray(values)[inside]))
     return parts
+
+
+def _channel_name(reader, index, axes, channels) -> str:
+    """The channel of the volume at ``index`` of the leading axes as warnings name it (``channel 1 (RFP)``),
+    "" where the image has one channel."""
+    from deconv3d.pipeline.negatives import _index_names
+
+    return " ".join(_index_names(axes[:len(index)], reader.shape, index, channels, axes="C"))
 
 
 def _view(reader, index, axes, channels, said) -> _View:

@@ -415,15 +415,17 @@ def test_the_memory_model_counts_the_weights_and_an_in_memory_run_that_then_exce
     assert code == 0 and "would need more memory than is available" in err and "block(s)" in out, out + err
 
 
-def test_the_left_out_lines_are_dropped_not_raised_where_the_input_changed_after_the_run(tmp_path):
-    # The output is written by then: an input moved away, or with other channels, gives no line, not an error.
+def test_the_left_out_lines_come_from_the_run_s_figures_grouped_by_its_channels():
+    # from the RunInfo alone: the command no longer reads the input's header again after the output is written
     from deconv3d.cli.pipeline import _left_out_lines
-    from deconv3d.omezarr import write_ome_zarr
+    from deconv3d.pipeline import RunInfo
 
-    decided = {"saturation_level": [5.0, 6.0], "saturated_voxels": [3, 4]}
-    assert _left_out_lines("auto", decided, tmp_path / "gone.zarr") == []
-    one = tmp_path / "one.zarr"
-    write_ome_zarr(one, np.ones((3, 8, 8), np.float32), axes="zyx")
-    assert _left_out_lines("auto", decided, one) == []  # two volumes' figures, one volume now
-    assert _left_out_lines("auto", {"saturation_level": 5.0, "saturated_voxels": 3}, one) == [
-        "left 3 voxel(s) at the image's maximum 5 out of the fit (--saturation auto)"]
+    two = RunInfo((), (), 4, 0, 0.0, decided={"saturation_level": [5.0, 6.0, None, 7.0],
+                                             "saturated_voxels": [3, 4, None, 2]},
+                  volume_channels=("channel 0", "channel 1", "channel 0", "channel 1"))
+    assert _left_out_lines("auto", two) == [
+        "left 3 voxel(s) at the maximum 5 of channel 0 at 1 of its 2 time points out of the fit (--saturation auto)",
+        "left 6 voxel(s) at the maximum 6 to 7 of channel 1 at 2 of its 2 time points out of the fit (--saturation auto)"]
+    one = RunInfo((), (), 1, 0, 0.0, decided={"saturation_level": 5.0, "saturated_voxels": 3}, volume_channels=("",))
+    assert _left_out_lines("auto", one) == ["left 3 voxel(s) at the image's maximum 5 out of the fit (--saturation auto)"]
+    assert _left_out_lines("none", one) == []
