@@ -34,7 +34,7 @@ from deconv3d.pipeline.block_geometry import Placement
 from deconv3d.pipeline.halo_rules import chunk_multiple_for, halo_for, rl_halo, wiener_halo
 from deconv3d.pipeline.records import method_fft_shapes
 from deconv3d.pipeline.run_flags import abandoned, block_run
-from deconv3d.pipeline.volume_statistics import volume_peak, volume_top_two, warn_if_volume_clipped
+from deconv3d.pipeline.volume_statistics import volume_peak, volume_top_two
 from deconv3d.psf import fit_psf
 
 __all__ = ["RichardsonLucyBlock", "WienerBlock", "NetworkBlock", "halo_for", "psf_rms_width", "rl_halo",
@@ -206,26 +206,30 @@ class RichardsonLucyBlock:
         return (self.tv_weight > 0 and self.tv_scale is None) or self.saturation == "auto"
 
     def counts_clip(self) -> Optional[str]:
-        """For a run of several blocks: the method a clip warning names (``rl``, ``rl-tv``) where the
-        blocks look for a clip as they run (every voxel fitted, and no pass over the volume before them:
-        :func:`~deconv3d.pipeline.run_chunked` warns once they are written), else None (that pass warned)."""
+        """The method a clip warning names (``rl``, ``rl-tv``) where the blocks look for a clip as they run
+        (every voxel fitted, and no pass over the volume before them: :func:`~deconv3d.pipeline.run_chunked`
+        warns once they are written), else None (that pass warned)."""
         if self.saturation != "none" or self._reads_volume():
             return None
         return "rl-tv" if self.tv_weight > 0 else "rl"
 
     def prepare_whole(self, data) -> "RichardsonLucyBlock":
-        """The hook :func:`deconv3d.pipeline.run_chunked` calls before a volume run as one block: the
-        volume's statistics (:meth:`_with_volume_statistics`: a clip warned about as in memory, ``auto``
-        resolved), without the measuring run, which that block would repeat."""
-        return self._with_volume_statistics(data)
+        """The hook :func:`deconv3d.pipeline.run_chunked` calls before a volume run as one block: where it
+        needs them (the TV scale, ``auto``'s level, the voxels at or above a level given), the volume's
+        statistics (:meth:`_with_volume_statistics`, a clip warned about as in memory), without the
+        measuring run, which that block would repeat; else itself (its block looks for a clip:
+        :meth:`counts_clip`), so that the volume is not read one more time."""
+        if self._reads_volume() or isinstance(self.saturation, float):
+            return self._with_volume_statistics(data)
+        return self
 
     def _with_volume_statistics(self, data) -> "RichardsonLucyBlock":
         """A copy with the volume's saturation level (``auto``: its plateau, else ``none``) and the
         voxels at or above it, and TV scale (the largest value it fits, as a whole-volume run takes it:
         :func:`volume_peak`), from one pass over ``data``. With saturation ``none`` it warns where the
-        volume looks clipped, as an in-memory run warns (where the pass is made: a volume run as one
-        block, or one whose TV scale or ``auto`` level needs it; other runs of several blocks warn once
-        written, from their blocks' values: :meth:`counts_clip`)."""
+        volume looks clipped, as an in-memory run warns (where the pass is made: a run whose TV scale
+        or ``auto`` level needs it; other runs warn once written, from their blocks' values:
+        :meth:`counts_clip`)."""
         from deconv3d._saturation import plateau_level, warn_if_clipped
 
         level = self.saturation if isinstance(self.saturation, float) else None
@@ -291,13 +295,8 @@ class WienerBlock:
     def halo(self) -> tuple[int, ...]:
         return wiener_halo(self.psf, self.balance)
 
-    def prepare_whole(self, data) -> "WienerBlock":
-        """Before a volume run as one block: its clip warned about, as an in-memory run warns."""
-        warn_if_volume_clipped(data, "wiener")
-        return self
-
     def counts_clip(self) -> str:
-        """A run of several blocks looks for a clip as its blocks run (as :meth:`RichardsonLucyBlock.counts_clip`)."""
+        """Its blocks look for a clip as they run (as :meth:`RichardsonLucyBlock.counts_clip`)."""
         return "wiener"
 
 
@@ -384,14 +383,9 @@ class NetworkBlock:
             return self
         return replace(self, tv_scale=volume_peak(data))
 
-    def prepare_whole(self, data) -> "NetworkBlock":
-        """Before a volume run as one block: its clip warned about, as an in-memory run warns."""
-        warn_if_volume_clipped(data, "ssl")
-        return self
-
     def counts_clip(self) -> str:
-        """A run of several blocks looks for a clip as its blocks run (as :meth:`RichardsonLucyBlock.counts_clip`):
-        :meth:`prepare`'s pass for a residual network's TV scale does not."""
+        """Its blocks look for a clip as they run (as :meth:`RichardsonLucyBlock.counts_clip`): :meth:`prepare`'s
+        pass for a residual network's TV scale does not."""
         return "ssl"
 
     def _band_reach(self) -> tuple[int, ...]:

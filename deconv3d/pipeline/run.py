@@ -90,7 +90,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         rather than run. One with ``prepare_whole(data)`` is replaced by what that returns
         before a run of one block (the volume's statistics and its warnings, without the
         measuring run that block would repeat). One with ``counts_clip()`` returning a method's name
-        has, in a run of several blocks, the top values of its blocks' cores counted as they run, and
+        has the top values of its blocks' cores counted as they run, and
         a volume that looks clipped warned of once the output is written, in the words an in-memory run
         of that method uses (:func:`~deconv3d._saturation.warn_if_clipped`); None: not counted.
     output : str or os.PathLike
@@ -306,7 +306,7 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
         for index in indices:
             fn = _fn_for(fns, block_fn, index, axes)
             view = _view(reader, index, axes, channels, said)
-            method = fn.counts_clip() if plan.blocks > 1 and hasattr(fn, "counts_clip") else None
+            method = fn.counts_clip() if hasattr(fn, "counts_clip") else None
             tops = None if method is None else []  # (asked before prepare, which resolves auto to a level or none)
             # the measuring box's chunks serve the blocks, unless a limit gives that box all of it
             with chunks_cached(reader, plan.cache, now=plan.memory_limit is None) as start_cache:
@@ -337,7 +337,7 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
 def _warn_of_clips(clips) -> None:
     """Warn of each volume in ``clips`` (:func:`_run_all`'s) that looks clipped, as an in-memory run
     warns (:func:`~deconv3d._saturation.warn_if_clipped`: once per channel, worded alike), after the
-    output is written: a run of several blocks without a pass over the volume learns it from its blocks."""
+    output is written: a run without a pass over the volume learns it from its blocks."""
     from deconv3d._saturation import warn_if_clipped
 
     for top, method, view in clips:

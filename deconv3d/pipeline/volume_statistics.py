@@ -1,12 +1,11 @@
 """Statistics of a whole volume that every block of a chunked run shares, read slab by slab: the TV
-term's scale (:func:`volume_peak`) and the saturation plateau (:func:`volume_top_two`), which
-:func:`warn_if_volume_clipped` warns of."""
+term's scale (:func:`volume_peak`) and the saturation plateau (:func:`volume_top_two`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PEAK_SLAB_BYTES", "volume_peak", "volume_top_two", "warn_if_volume_clipped"]
+__all__ = ["PEAK_SLAB_BYTES", "volume_peak", "volume_top_two"]
 
 #: Bytes of a volume that :func:`volume_peak` reads at a time.
 PEAK_SLAB_BYTES = 64 * 2**20
@@ -39,15 +38,6 @@ def volume_top_two(data, level: float | None = None):
             below = max(below, _largest_value(slab[kept]))
             above += int(kept.size - np.count_nonzero(kept))
     return merge_top_two(parts), below, above
-
-
-def warn_if_volume_clipped(data, method: str) -> None:
-    """Warn where ``data`` (a reader's view of one volume, which names its channel and time point)
-    looks clipped for ``method`` run with every voxel fitted, as an in-memory run warns
-    (:func:`deconv3d._saturation.warn_if_clipped`), from a pass over it (:func:`volume_top_two`)."""
-    from deconv3d._saturation import warn_if_clipped
-
-    warn_if_clipped(volume_top_two(data)[0], method, view=data)
 
 
 def _slabs(data):
