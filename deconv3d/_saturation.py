@@ -96,6 +96,16 @@ def top_two_by_planes(values) -> tuple[float, int, float, int]:
     return merge_top_two(top_two(plane) for plane in values)
 
 
+def count_at_or_above(values, level: float) -> int:
+    """How many voxels of ``values`` (a chunked run's block core, as read) are at or above ``level``: the
+    voxels a run with that level leaves out of the fit, counted a plane at a time along the first axis
+    (as :func:`top_two_by_planes`), so that the mask is of one plane, not of the block."""
+    values = np.asarray(values)
+    if values.ndim < 3:
+        return int(np.count_nonzero(values >= level))
+    return sum(int(np.count_nonzero(plane >= level)) for plane in values)
+
+
 def plateau_level(top: tuple[float, int, float, int]) -> float | None:
     """The image's maximum where a clipped plateau holds it (:func:`top_two`'s figures), else None.
 
@@ -218,7 +228,7 @@ def left_out_line(saturation, levels, counts, where: str = "") -> str | None:
     image or one channel of several: ``levels`` and ``counts`` hold, for each of its volumes (time
     points), the level used (None: ``auto`` found no plateau there) and the voxels at or above it.
     ``where`` names the channel (``channel 1 (RFP)``). None where a count is not known (a run in blocks
-    that made no pass over the volume), or for ``none``."""
+    whose block callables did not count them), or for ``none``."""
     points = len(levels)
     found = [(level, count) for level, count in zip(levels, counts) if level is not None]
     if saturation == NONE or not points or any(count is None for _, count in found):

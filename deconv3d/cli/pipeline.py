@@ -146,8 +146,8 @@ def _left_out_lines(saturation, info) -> list[str]:
     (:func:`~deconv3d._saturation.left_out_line`), from what the run took from the volumes
     (:attr:`~deconv3d.pipeline.RunInfo.decided`: one value, or a list of one per time point and channel in
     C order) and their channels (:attr:`~deconv3d.pipeline.RunInfo.volume_channels`): one line, or one per
-    channel of several. None where the run counted no voxels (a level given and blocks that made no pass
-    over the volume)."""
+    channel of several. None where the run counted no voxels (block callables that did not count them:
+    RichardsonLucyBlock's blocks count them where no pass over the volume does)."""
     from deconv3d._saturation import NONE, left_out_line
 
     decided, channels = info.decided, info.volume_channels or ("",)

@@ -11,9 +11,9 @@ builds that lazy graph), but :func:`run_blocks` does it without a graph over the
 self-contained task that reads exactly its own region plus halo straight from the source
 (:mod:`deconv3d.pipeline.readers`, or the path-based readers of :mod:`deconv3d.omezarr`),
 runs the callable, trims the halo and writes the core into the output zarr chunk(s) it owns, and
-returns nothing (or, asked to, the top values of its core: a few numbers). At most ``workers``
-blocks are in flight at once, so peak memory depends on the block shape and the number of workers,
-never on the size of the volume; the volume is never assembled in memory.
+returns nothing (or, asked to, a few figures of its core: its top values, its voxels at or above a
+level). At most ``workers`` blocks are in flight at once, so peak memory depends on the block shape
+and the number of workers, never on the size of the volume; the volume is never assembled in memory.
 
 This module holds the block task and the runners (local threads, a dask.distributed cluster). The
 blocks' geometry is in :mod:`deconv3d.pipeline.block_geometry`, the run's abandon flag in
@@ -61,12 +61,13 @@ def _apply(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray, placement:
 
 
 def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: str, write_key: tuple,
-                abandon: "_RunFlag | threading.Event | str | None" = None, threads: int = 0, top: bool = False):
+                abandon: "_RunFlag | threading.Event | str | None" = None, threads: int = 0, top: bool = False,
+                level: float | None = None):
     """Read one block (plus halo) from ``source``, run ``fn`` (on ``threads`` torch threads, when
-    given: :func:`_pin_threads`), write the core; return nothing, or with ``top`` the
-    :func:`~deconv3d._saturation.top_two` of the core's values as read (not the halo's, which
-    neighbouring blocks count), for the caller to merge into the volume's (a task on a cluster's
-    worker hands it back with its result).
+    given: :func:`_pin_threads`), write the core; return nothing, or with ``top`` or a ``level`` what
+    :func:`core_figures` finds in the core's values as read (not the halo's, which neighbouring blocks
+    count), for the caller to add up over the volume (a task on a cluster's worker hands it back with
+    its result).
 
     ``source`` is a reader (read ``read_key`` from it) or the block itself, already read. Once
     ``abandon`` is set (the run is being given up), the block is skipped, or its result (cut short
@@ -85,7 +86,7 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
         return None
     block = source if isinstance(source, np.ndarray) else source.read(read_key)
     _verify_source(source, thorough=False)  # (run_chunked checks thoroughly once, before publishing)
-    found = _core_top(block, placement) if top else None
+    found = core_figures(np.asarray(block)[placement.core], top, level) if top or level is not None else None
     run_flags._BLOCK.abandon, run_flags._BLOCK.threads = abandon, threads
     try:  # a worker's blocks of one run share FFTW's measuring budget (here: run_blocks' own)
         with measuring_run(abandon.name if on_cluster else None):
@@ -104,13 +105,28 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     return found
 
 
-def _core_top(block, placement: Placement):
-    """:func:`~deconv3d._saturation.top_two` of the core of ``block`` (its values as read, before the
-    float32 the method gets), before the method runs, a plane at a time
-    (:func:`~deconv3d._saturation.top_two_by_planes`): its masks add little to a block's memory."""
-    from deconv3d._saturation import top_two_by_planes
+def core_figures(core, top: bool, level: float | None) -> tuple:
+    """What a block reports of its ``core`` (its values as read, before the float32 the method gets):
+    ``(top, count)``, the :func:`~deconv3d._saturation.top_two` of its values where ``top`` (else None)
+    and its voxels at or above ``level`` where one is given (else None), each a plane at a time
+    (:func:`~deconv3d._saturation.top_two_by_planes`, :func:`~deconv3d._saturation.count_at_or_above`):
+    their masks add little to a block's memory."""
+    from deconv3d._saturation import count_at_or_above, top_two_by_planes
 
-    return top_two_by_planes(np.asarray(block)[placement.core])
+    core = np.asarray(core)
+    return (top_two_by_planes(core) if top else None,
+            None if level is None else count_at_or_above(core, level))
+
+
+def gather_figures(found, tops: list | None, counts: list | None) -> None:
+    """Add a block's :func:`core_figures` (None: it reported none) to ``tops`` and ``counts``, where given."""
+    if found is None:
+        return
+    top, count = found
+    if tops is not None and top is not None:
+        tops.append(top)
+    if counts is not None and count is not None:
+        counts.append(count)
 
 
 def _verify_source(source, thorough: bool = True) -> None:
@@ -134,14 +150,15 @@ def _verify_source(source, thorough: bool = True) -> None:
 def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence[int], lead: Sequence[int] = (),
                client=None, workers: int = 1, progress: ProgressCallback | None = None, done: int = 0,
                total: int | None = None, pool: ThreadPoolExecutor | None = None,
-               skip: Sequence[tuple[slice, ...]] = (), cancel=None, tops: list | None = None) -> int:
+               skip: Sequence[tuple[slice, ...]] = (), cancel=None, tops: list | None = None,
+               level: float | None = None, counts: list | None = None) -> int:
     """Run ``fn`` over the image ``reader[lead]`` block by block, writing into ``target[lead]``.
 
     Every block is one independent task: read its region plus halo (clipped at the border) from
     ``reader``, apply ``fn``, trim the halo, write the core into the zarr array at
     ``target_path``, whose chunks must be those of :func:`plan_chunks` (one writer per chunk).
     At most ``workers`` tasks (on a cluster: its threads) are in flight; a task returns nothing but,
-    with ``tops``, its core's top values.
+    with ``tops`` or ``counts``, figures of its core.
 
     Parameters
     ----------
@@ -163,6 +180,10 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
         Each written block's :func:`~deconv3d._saturation.top_two` of its core is appended to it
         (in this thread, as the block's result comes back: from a cluster's worker too), for
         :func:`~deconv3d._saturation.merge_top_two` to make the volume's without another pass over it.
+    level, counts : float and list, optional
+        Given both, each written block's count of the voxels of its core at or above ``level`` is
+        appended to ``counts`` (as ``tops`` gathers its top values), for the caller to sum: the
+        voxels of the volume a run at that saturation level leaves out, each counted once.
 
     Returns
     -------
@@ -182,7 +203,7 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     if client is not None:
         try:
             return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total, cancel,
-                                    tops)
+                                    tops, level if counts is not None else None, counts)
         except Exception as exc:
             if getattr(client, "status", "running") == "running":
                 raise
@@ -198,20 +219,20 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     try:
         with _share_cores(workers) as share, measuring_run():  # the blocks: one run for FFTW's measuring
             return _run_threads(reader, fn, str(target_path), tasks, pool, workers, progress, done, total, share,
-                                cancel, tops)
+                                cancel, tops, level if counts is not None else None, counts)
     finally:
         if own:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _counter(progress, done: int, total: int, tops: list | None = None):
+def _counter(progress, done: int, total: int, tops: list | None = None, counts: list | None = None):
     """A function to call with each finished block's result: keeps its core's top values in ``tops``
-    (where given and the block returned them), counts, reports and raises :class:`Cancelled` on request."""
+    and its count at the level in ``counts`` (where given and the block returned them:
+    :func:`gather_figures`), counts, reports and raises :class:`Cancelled` on request."""
     state = {"count": 0}
 
     def finished(result=None) -> int:
-        if tops is not None and result is not None:
-            tops.append(result)
+        gather_figures(result, tops, counts)
         state["count"] += 1
         if progress is not None and progress(done + state["count"], total):
             raise Cancelled(f"cancelled after {done + state['count']} of {total} blocks")
@@ -240,10 +261,11 @@ def _track(futures: set, submit, *args, **kwargs) -> None:
 
 
 def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: int, progress, done: int,
-                 total: int, threads: int = 0, cancel=None, tops: list | None = None) -> int:
+                 total: int, threads: int = 0, cancel=None, tops: list | None = None, level: float | None = None,
+                 counts: list | None = None) -> int:
     from deconv3d.classical._reuse import drop_setup
 
-    finished, state = _counter(progress, done, total, tops)
+    finished, state = _counter(progress, done, total, tops, counts)
     futures: set = set()
     abandon = _RunFlag(cancel)  # the blocks see a cancel at once, and this loop within half a second
 
@@ -261,7 +283,7 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
         for read, placement, write in tasks:
             settle(workers - 1)
             _track(futures, pool.submit, _block_task, reader, read, fn, placement, target_path, write, abandon, threads,
-                   tops is not None)
+                   tops is not None, level)
         settle(0)
     except BaseException:
         abandon.set()  # running blocks stop at their next check of abandoned() and write nothing
@@ -275,13 +297,14 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
 
 
 def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, progress, done: int, total: int,
-                     cancel=None, tops: list | None = None) -> int:
+                     cancel=None, tops: list | None = None, level: float | None = None,
+                     counts: list | None = None) -> int:
     import uuid
 
     from distributed import Event
     from distributed import wait as dwait
 
-    finished, state = _counter(progress, done, total, tops)
+    finished, state = _counter(progress, done, total, tops, counts)
     threads = max(1, sum(client.nthreads().values()))
     remote = bool(getattr(reader, "remote", False))
     limit = 2 * threads if remote else threads  # blocks read here travel with their task: hold fewer
@@ -299,7 +322,7 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
             settle(limit - 1)
             source = refs[1] if remote else reader.read(read)
             _track(futures, client.submit, _block_task, source, read, refs[0], placement, target_path, write,
-                   abandon.name, top=tops is not None, pure=False)
+                   abandon.name, top=tops is not None, level=level, pure=False)
             del source
         settle(0)
     except BaseException:

@@ -82,7 +82,8 @@ class RichardsonLucyBlock:
     #: Voxels at or above this level are left out of the fit (weight 0); "auto": the volume's plateau
     #: (:func:`deconv3d._saturation.plateau_level`), resolved to a level by prepare; "none": all fitted.
     saturation: Union[float, str] = "none"
-    #: The voxels at or above the level, where prepare's pass over the volume counted them (for the record).
+    #: The voxels at or above the level, where prepare's pass over the volume or the blocks counted them
+    #: (for the record: :meth:`counts_at`, :meth:`counted`).
     saturated_voxels: Optional[int] = None
 
     def __post_init__(self):
@@ -213,13 +214,28 @@ class RichardsonLucyBlock:
             return None
         return "rl-tv" if self.tv_weight > 0 else "rl"
 
+    def counts_at(self) -> Optional[float]:
+        """The level at or above which the blocks count the voxels of their cores as they run, where a
+        level is given and no pass over the volume counts them (plain RL, or a TV scale given:
+        :meth:`_reads_volume`), for the record and the command's line of what was left out of the fit
+        (:func:`~deconv3d.pipeline.run_chunked` sums them per volume and records :meth:`counted`'s
+        :meth:`decided`); else None."""
+        if not isinstance(self.saturation, float) or self._reads_volume() or self.saturated_voxels is not None:
+            return None
+        return self.saturation
+
+    def counted(self, voxels: int) -> "RichardsonLucyBlock":
+        """A copy that records ``voxels`` at or above its level (the blocks' count: :meth:`counts_at`)."""
+        return replace(self, saturated_voxels=int(voxels))
+
     def prepare_whole(self, data) -> "RichardsonLucyBlock":
         """The hook :func:`deconv3d.pipeline.run_chunked` calls before a volume run as one block: where it
-        needs them (the TV scale, ``auto``'s level, the voxels at or above a level given), the volume's
-        statistics (:meth:`_with_volume_statistics`, a clip warned about as in memory), without the
-        measuring run, which that block would repeat; else itself (its block looks for a clip:
-        :meth:`counts_clip`), so that the volume is not read one more time."""
-        if self._reads_volume() or isinstance(self.saturation, float):
+        needs them (the TV scale, ``auto``'s level), the volume's statistics
+        (:meth:`_with_volume_statistics`, a clip warned about as in memory), without the measuring run,
+        which that block would repeat; else itself (its block looks for a clip: :meth:`counts_clip`, or
+        counts the voxels at or above a level given: :meth:`counts_at`), so that the volume is not read
+        one more time."""
+        if self._reads_volume():
             return self._with_volume_statistics(data)
         return self
 

@@ -24,7 +24,8 @@ from deconv3d._paths import TIFF_SUFFIXES, image_stem, refuse_input_overlap
 from deconv3d.errors import InputError, warn
 from deconv3d.pipeline.allocator import large_allocations_returned
 from deconv3d.pipeline.block_geometry import aligned_box, box_blocks, stored_chunks, write_box_blocks
-from deconv3d.pipeline.chunked import Cancelled, ProgressCallback, _verify_source, run_blocks
+from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, core_figures, gather_figures,
+                                       run_blocks)
 from deconv3d.pipeline.memory_model import MemoryModel
 from deconv3d.pipeline.output import atomic_output
 from deconv3d.pipeline.planning import RunPlan, measuring_box_shape
@@ -92,7 +93,10 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         measuring run that block would repeat). One with ``counts_clip()`` returning a method's name
         has the top values of its blocks' cores counted as they run, and
         a volume that looks clipped warned of once the output is written, in the words an in-memory run
-        of that method uses (:func:`~deconv3d._saturation.warn_if_clipped`); None: not counted.
+        of that method uses (:func:`~deconv3d._saturation.warn_if_clipped`); None: not counted. One with
+        ``counts_at()`` returning a level has the voxels of its blocks' cores at or above it counted as
+        they run (each voxel once) and summed per volume, and is replaced by ``counted(sum)`` before its
+        ``decided()`` is recorded; None: not counted.
     output : str or os.PathLike
         The ``.zarr`` directory to create; written under a temporary name, renamed when complete.
         Its chunks tile the blocks, each block writing chunks of its own, and are no longer than
@@ -292,10 +296,12 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
              cancel=None, channels=None):
     """Run every (time point, channel) ``index`` of ``reader`` block by block into ``target_path``;
     ``channels`` (names and colours) name an index in the warnings of its preparing pass. Returns
-    what the prepared block callables took from the volumes, for the record (:func:`_decided`), and the
-    clips to warn of once the output is written (:func:`_warn_of_clips`): of each volume whose blocks
-    looked for one (a block callable's ``counts_clip()``), its top values merged from its blocks' cores,
-    the method the warning names and the volume's view (which names it)."""
+    what the prepared block callables took from the volumes, for the record (:func:`_decided`; with the
+    voxels at or above a level that their blocks counted, where a callable's ``counts_at()`` gives one,
+    summed over the volume's blocks), and the clips to warn of once the output is written
+    (:func:`_warn_of_clips`): of each volume whose blocks looked for one (a block callable's
+    ``counts_clip()``), its top values merged from its blocks' cores, the method the warning names and
+    the volume's view (which names it)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from deconv3d._saturation import merge_top_two
@@ -308,23 +314,27 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
             view = _view(reader, index, axes, channels, said)
             method = fn.counts_clip() if hasattr(fn, "counts_clip") else None
             tops = None if method is None else []  # (asked before prepare, which resolves auto to a level or none)
+            level = fn.counts_at() if hasattr(fn, "counts_at") else None  # (a level given: prepare keeps it)
+            counts = None if level is None else []
             # the measuring box's chunks serve the blocks, unless a limit gives that box all of it
             with chunks_cached(reader, plan.cache, now=plan.memory_limit is None) as start_cache:
                 # prepare reads one box (no block is in flight meanwhile); a volume that is one block
                 # needs no common schedule, and preparing would run the method twice.
                 covered = []
                 if hasattr(fn, "prepare") and plan.blocks > 1:
-                    fn, covered = _prepare(fn, view, plan, target_path, index, tops)
+                    fn, covered = _prepare(fn, view, plan, target_path, index, tops, level, counts)
                     done += len(covered)
                     if (covered and progress is not None and progress(done, total)) or cancel_requested(cancel):
                         raise Cancelled(f"cancelled after {done} of {total} blocks")
                 elif hasattr(fn, "prepare_whole") and plan.blocks == 1:
                     fn = fn.prepare_whole(view)
-                decided.append(fn.decided() if hasattr(fn, "decided") else {})
                 start_cache()
                 done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
                                    client=client, workers=workers, progress=progress, done=done, total=total,
-                                   pool=pool, skip=covered, cancel=cancel, tops=tops)
+                                   pool=pool, skip=covered, cancel=cancel, tops=tops, level=level, counts=counts)
+            if counts is not None:  # each block's core counted once: the volume's voxels at or above the level
+                fn = fn.counted(sum(counts))
+            decided.append(fn.decided() if hasattr(fn, "decided") else {})
             if tops is not None:
                 clips.append((merge_top_two(tops), method, view))
     finally:
@@ -344,25 +354,28 @@ def _warn_of_clips(clips) -> None:
         warn_if_clipped(top, method, view=view)
 
 
-def _prepare(fn, view, plan: RunPlan, target_path, index, tops: list | None = None):
+def _prepare(fn, view, plan: RunPlan, target_path, index, tops: list | None = None, level: float | None = None,
+             counts: list | None = None):
     """``fn`` prepared on its measuring box (:func:`~deconv3d.pipeline.planning.measuring_box_shape`,
     placed to hold whole blocks: :func:`~deconv3d.pipeline.block_geometry.aligned_box`), and the blocks
     written from the method's result on that box, where its ``prepare_with_output`` returns one
-    (accelerated RL measuring its steps: those blocks are not run again). With ``tops``, the top values
-    of those blocks' cores are added to it (:func:`~deconv3d._saturation.top_two`), from the box's values
-    the measuring run read (:attr:`~deconv3d.pipeline.readers._View.keep`)."""
+    (accelerated RL measuring its steps: those blocks are not run again). With ``tops`` (``counts``), the
+    top values of those blocks' cores (their voxels at or above ``level``) are added to it, as the blocks
+    run report theirs (:func:`~deconv3d.pipeline.chunked.core_figures`), from the box's values the
+    measuring run read (:attr:`~deconv3d.pipeline.readers._View.keep`)."""
     sizes = plan.dask_chunks  # the blocks' core sizes
     box = aligned_box(plan.shape, sizes, plan.depth,
                       measuring_box_shape(plan.shape, plan.chunks, plan.halo, plan.model, plan.memory_limit))
-    view.keep = box if tops is not None and hasattr(fn, "prepare_with_output") else None
+    counting = tops is not None or counts is not None
+    view.keep = box if counting and hasattr(fn, "prepare_with_output") else None
     try:
         if hasattr(fn, "prepare_with_output"):
             fn, output = fn.prepare_with_output(view, box)
         else:  # the hook's contract: the box's shape (a callable centres it)
             fn, output = fn.prepare(view, tuple(b.stop - b.start for b in box)), None
         covered = box_blocks(plan.shape, sizes, plan.depth, box) if output is not None else []
-        if tops is not None and covered:
-            tops.extend(_covered_tops(view, box, covered))
+        for core in _covered_cores(view, box, covered) if counting else ():
+            gather_figures(core_figures(core, tops is not None, level if counts is not None else None), tops, counts)
     finally:
         view.keep = view.kept = None
     if covered:
@@ -372,17 +385,13 @@ def _prepare(fn, view, plan: RunPlan, target_path, index, tops: list | None = No
     return fn, covered
 
 
-def _covered_tops(view, box, covered) -> list:
-    """:func:`~deconv3d._saturation.top_two` of each ``covered`` block's core (its ``write`` region), from
-    the values of ``box`` the measuring run read (``view.kept``); read again where it read no such box."""
-    from deconv3d._saturation import top_two_by_planes
-
+def _covered_cores(view, box, covered):
+    """The values of each ``covered`` block's core (its ``write`` region), from the values of ``box`` the
+    measuring run read (``view.kept``); read again where it read no such box."""
     values, view.keep = view.kept, None
-    parts = []
     for write in covered:
         inside = tuple(slice(w.start - b.start, w.stop - b.start) for w, b in zip(write, box))
-        parts.append(top_two_by_planes(view[tuple(write)] if values is None else np.asarray(values)[inside]))
-    return parts
+        yield view[tuple(write)] if values is None else np.asarray(values)[inside]
 
 
 def _channel_name(reader, index, axes, channels) -> str:

@@ -28,7 +28,8 @@ def test_localcluster_equals_threads_and_its_workers_leave_ctrl_c_to_the_run(tmp
     (Checked on this test's cluster: a cluster of its own took 5-13 s to start and close.)
 
     The top values of the blocks' cores come back from the workers with their results: a clipped
-    volume draws the threads' clip warning, from an array and from a file the workers read."""
+    volume draws the threads' clip warning, from an array and from a file the workers read; so do their
+    counts of the voxels at or above a saturation level given (plain RL: no pass over the volume counts them)."""
     import signal
 
     fn = RichardsonLucyBlock(psf3d, iterations=3)
@@ -58,6 +59,9 @@ def test_localcluster_equals_threads_and_its_workers_leave_ctrl_c_to_the_run(tmp
             run_chunked(open_lazy("in.tif"), fn, "tiff.zarr", chunks=(12, 24, 24), client=client)
             for source, out in ((clipped, "clipped-procs.zarr"), (open_lazy("clipped.zarr"), "clipped-file.zarr")):
                 clip_lines.append(_clip_lines(run_chunked, source, fn, out, chunks=(12, 24, 24), client=client))
+            level = float(np.percentile(clipped, 97))
+            counted = run_chunked(open_lazy("clipped.zarr"), RichardsonLucyBlock(psf3d, iterations=1, saturation=level),
+                                  "level.zarr", chunks=(12, 24, 24), client=client).decided
             scheduler = weakref.ref(client.cluster.scheduler)
         assert _ctrl_c_disposition() == "handled"
         # Found by the resource review: distributed's memo of handlers kept every closed run's scheduler
@@ -68,6 +72,7 @@ def test_localcluster_equals_threads_and_its_workers_leave_ctrl_c_to_the_run(tmp
     finally:
         signal.signal(signal.SIGINT, inherited)
     assert clip_lines == clip_lines[:1] * 3, clip_lines
+    assert counted == {"saturation_level": level, "saturated_voxels": int(np.count_nonzero(clipped >= level))}, counted
     threads = read_ome_zarr(tmp_path / "threads.zarr")[0]
     for name in ("procs", "file", "tiff"):
         out = read_ome_zarr(tmp_path / f"{name}.zarr")[0]
