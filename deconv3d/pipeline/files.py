@@ -24,7 +24,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     The input is opened lazily and processed block by block (:func:`deconv3d.pipeline.run_chunked`).
     A ``.zarr`` output is an OME-Zarr v0.5 image with provenance; a ``.tif`` output is written
     into a temporary OME-Zarr first, then streamed into the TIFF in slabs of planes (for several
-    channels or time points, an ImageJ hyperstack: :func:`~deconv3d._tiff_write.write_hyperstack`). Returns the
+    channels or time points, an ImageJ hyperstack: :func:`~deconv3d._tiff_write.write_hyperstack`), and a clip
+    found by the blocks is warned of once that TIFF is written (not where its copy fails). Returns the
     :class:`~deconv3d.pipeline.RunInfo`. ``checksum`` is passed to
     :func:`~deconv3d.pipeline.provenance` (True: hash the input; or its known SHA-256), or is a
     callable ``checksum(input_path)`` returning the SHA-256, called where True would hash: after the
@@ -407,6 +408,7 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
     from deconv3d.pipeline import run_chunked, tiff_properties
     from deconv3d.pipeline.allocator import large_allocations_returned
     from deconv3d.pipeline.output import made_like, temporary_name
+    from deconv3d.pipeline.run import warn_of_clips
 
     lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
     hyperstack = any(n > 1 for n in lead)
@@ -415,7 +417,9 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
         with made_like(scratch, output_path):  # (no wider than the TIFF it becomes: it holds the whole result)
             # a hyperstack's channel names and colours, with each channel's display window measured as the
             # .zarr output's are (one more pass over the result): a 3D TIFF keeps none, and skips the pass
-            info = run_chunked(lazy, block, scratch, channels=(lazy.channels or ()) if hyperstack else (), **kwargs)
+            # its clip warnings once the TIFF is written: not for an output that a failed copy never published
+            info = run_chunked(lazy, block, scratch, channels=(lazy.channels or ()) if hyperstack else (),
+                               warn_clips=False, **kwargs)
         array = zarr.open_array(str(scratch / "0"), mode="r")
         record = {**record, "parameters": {**record.get("parameters", {}), **info.decided}}  # (as the zarr's)
         meta = tiff_properties({**record, "environment": info.environment or record.get("environment")}, info.execution)
@@ -440,4 +444,5 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    warn_of_clips(info)
     return info

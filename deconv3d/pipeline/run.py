@@ -34,7 +34,7 @@ from deconv3d.pipeline.records import run_fft_environment
 from deconv3d.pipeline.run_flags import cancel_requested
 from deconv3d.pipeline.threads_and_memory import release_memory
 
-__all__ = ["run_chunked", "RunInfo"]
+__all__ = ["run_chunked", "RunInfo", "warn_of_clips"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ class RunInfo:
     #: Each (time point, channel) volume's channel, as warnings name it (``channel 1 (RFP)``; "" for one
     #: channel), in the order of ``decided``'s lists: what the command line groups its lines by.
     volume_channels: tuple = ()
+    #: The ``deconv3d: warning:`` lines of the volumes whose blocks found them clipped (a callable's
+    #: ``counts_clip()``): issued by run_chunked once the output is written, or, with ``warn_clips=False``,
+    #: left to its caller (:func:`warn_of_clips`).
+    clip_warnings: tuple = ()
 
 
 def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: str | None = None,
@@ -65,7 +69,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
                 pyramid_levels: int = 0, client=None, workers: int = 1,
                 progress: ProgressCallback | None = None, time_axis: tuple | None = None,
                 origin: Sequence[float] | None = None, channels: Sequence[dict] | None = None,
-                cancel=None) -> RunInfo:
+                cancel=None, warn_clips: bool = True) -> RunInfo:
     """Apply ``block_fn`` over ``data`` chunk by chunk with a halo and write an OME-Zarr image.
 
     Parameters
@@ -139,6 +143,10 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         block: running blocks stop at their next check (an RL iteration, a network's tile), and
         :class:`Cancelled` is raised. A multi-block RL run's measuring of its acceleration steps,
         before the blocks, is not cut short. Cancelled runs leave no output.
+    warn_clips : bool
+        Issue the clip warnings (:attr:`RunInfo.clip_warnings`) once the output is written (default);
+        False leaves them to the caller (:func:`warn_of_clips`), for one that makes another output from
+        this one: :func:`~deconv3d.pipeline.files.deconvolve_file` issues them once its TIFF is written.
     """
     from deconv3d._fftw_planning import measuring_run
     from deconv3d.omezarr.writing import CHUNK_CAP
@@ -173,11 +181,13 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         if provenance is not None and decided:
             _record_decided(tmp, decided)
         _finish_image(tmp, reader, channels, pyramid_levels, workers)
-    _warn_of_clips(clips)
-    return RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
+    info = RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
                    tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution,
                    (provenance or {}).get("environment", {}), decided,
-                   tuple(_channel_name(reader, index, axes, channels) for index in indices))
+                   tuple(_channel_name(reader, index, axes, channels) for index in indices), _clip_warnings(clips))
+    if warn_clips:
+        warn_of_clips(info)
+    return info
 
 
 def _checked_output(output, data) -> Path:
@@ -299,7 +309,7 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
     what the prepared block callables took from the volumes, for the record (:func:`_decided`; with the
     voxels at or above a level that their blocks counted, where a callable's ``counts_at()`` gives one,
     summed over the volume's blocks), and the clips to warn of once the output is written
-    (:func:`_warn_of_clips`): of each volume whose blocks looked for one (a block callable's
+    (:func:`_clip_warnings`): of each volume whose blocks looked for one (a block callable's
     ``counts_clip()``), its top values merged from its blocks' cores, the method the warning names and
     the volume's view (which names it)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -344,14 +354,24 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
     return _decided(decided), clips
 
 
-def _warn_of_clips(clips) -> None:
-    """Warn of each volume in ``clips`` (:func:`_run_all`'s) that looks clipped, as an in-memory run
-    warns (:func:`~deconv3d._saturation.warn_if_clipped`: once per channel, worded alike), after the
-    output is written: a run without a pass over the volume learns it from its blocks."""
+def _clip_warnings(clips) -> tuple:
+    """The ``deconv3d: warning:`` lines of the volumes in ``clips`` (:func:`_run_all`'s) that look
+    clipped, as an in-memory run words them (:func:`~deconv3d._saturation.warn_if_clipped`: once per
+    channel), to be issued once the output is written: a run without a pass over the volume learns
+    it from its blocks."""
     from deconv3d._saturation import warn_if_clipped
 
+    lines: list = []
     for top, method, view in clips:
-        warn_if_clipped(top, method, view=view)
+        warn_if_clipped(top, method, lines, view=view)
+    return tuple(lines)
+
+
+def warn_of_clips(info: RunInfo) -> None:
+    """Issue the clip warnings of a run (:attr:`RunInfo.clip_warnings`) that :func:`run_chunked`, called
+    with ``warn_clips=False``, left to its caller (:func:`~deconv3d.errors.warn`)."""
+    for line in info.clip_warnings:
+        warn(line)
 
 
 def _prepare(fn, view, plan: RunPlan, target_path, index, tops: list | None = None, level: float | None = None,

@@ -485,3 +485,41 @@ def test_threads_count_a_level_given_also_in_the_blocks_the_measuring_box_wrote(
     assert info.blocks > 1 and info.decided == {"saturation_level": level,
                                                 "saturated_voxels": int(np.count_nonzero(clipped >= level))}, info
 
+
+def failing_copy(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("writer", ["write_tiff", "write_hyperstack"])
+def test_a_tiff_output_warns_of_a_clip_only_once_it_is_written(files, capsys, clipped, psf3d, monkeypatch, writer):
+    """A chunked run's blocks find the clip; for a .tif output the warning came as soon as the hidden scratch
+    .zarr was complete, before the TIFF was copied from it: a copy that then failed had warned of an output
+    never written. The warning now follows the TIFF. A library call of run_chunked warns itself, unless
+    asked not to (warn_clips=False: its RunInfo holds the line for the caller)."""
+    import deconv3d._tiff_write
+    import deconv3d.io
+    from deconv3d.pipeline.run import warn_of_clips
+
+    source = files / "img.tif"
+    if writer == "write_hyperstack":  # two channels: an ImageJ hyperstack
+        source = files / "two.zarr"
+        run_chunked(np.stack([clipped, clipped[::-1]]), lambda b: b, source, axes="CZYX", voxel_size=VOXEL)
+    argv = ["deconvolve", source, "--psf", files / "psf.tif", "--iterations", 1, "--device", "cpu",
+            "--chunks", 12, 20, 17, "-o"]
+    code, out, err = run([*argv, files / "written.tif"], capsys)
+    assert code == 0 and "block(s)" in out and len(clip_lines(err)) == (2 if source.suffix == ".zarr" else 1), out + err
+    with monkeypatch.context() as patched:
+        patched.setattr(deconv3d.io if writer == "write_tiff" else deconv3d._tiff_write, writer, failing_copy)
+        code, out, err = run([*argv, files / "failed.tif"], capsys)
+    assert_one_line_error(code, err, "no space left")  # (the error alone: no clip warning)
+    assert not (files / "failed.tif").exists() and not list(files.glob(".failed*")), list(files.iterdir())
+    fn = RichardsonLucyBlock(psf3d, iterations=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = run_chunked(clipped, fn, files / "quiet.zarr", chunks=(12, 20, 17), warn_clips=False)
+        assert not clip_lines("\n".join(str(w.message) for w in caught)) and len(info.clip_warnings) == 1, info
+        warn_of_clips(info)
+    assert clip_lines("\n".join(str(w.message) for w in caught)) == [info.clip_warnings[0].removeprefix(
+        "deconv3d: warning: ")]
