@@ -157,15 +157,20 @@ def _check_decodable(series, path: Path, what: str = "image") -> None:
 
 def _refuse_palette(page, path: Path, what: str = "image") -> None:
     """Refuse an indexed-colour (palette) TIFF, whose pixel values tifffile reads as indices into its
-    colour table, unless that table is a ramp (red, green and blue each non-decreasing with the index):
-    ImageJ saves 8-bit data shown with a grey or single-colour lookup table (Green, Magenta) so, and its
-    values are the intensities. Another table (Fiji's 8-bit Color, a Fire lookup table) is refused."""
+    colour table, unless that table is a ramp: red, green and blue each non-decreasing with the index,
+    or each non-increasing. ImageJ saves 8-bit data shown with a grey or single-colour lookup table
+    (Green, Magenta) so, or with such a table inverted (Fiji's Image > Lookup Tables > Invert LUT: white
+    down to black), and its values are the intensities; they are read as they are, not inverted (the
+    table is for display; ImageJ measures the stored values). Another table (Fiji's 8-bit Color, a Fire
+    lookup table, one colour rising while another falls) is refused."""
     if getattr(page, "photometric", None) != tifffile.PHOTOMETRIC.PALETTE:
         return
     colormap = getattr(page, "colormap", None)
     colormap = np.asarray(colormap, np.int64) if colormap is not None else None
-    if colormap is not None and colormap.ndim == 2 and (np.diff(colormap, axis=-1) >= 0).all():
-        return
+    if colormap is not None and colormap.ndim == 2:
+        steps = np.diff(colormap, axis=-1)
+        if (steps >= 0).all() or (steps <= 0).all():
+            return
     raise InputError(f"{_named(path, what)} is an indexed-colour (palette) TIFF: its pixel values are entries of a "
                      "colour table, not intensities; if it is 8-bit data shown with a colour lookup table, give it a "
                      "grey one and save it again (Fiji: Image > Lookup Tables > Grays, then File > Save As > Tiff); a "

@@ -691,6 +691,32 @@ def test_a_palette_tiff_is_refused_unless_its_colour_table_is_a_ramp(tmp_path, r
     np.testing.assert_array_equal(read_image(tmp_path / "green.tif").data, indices)
 
 
+def test_a_palette_tiff_with_an_inverted_grey_table_is_read_with_its_raw_values(tmp_path, rng):
+    """ImageJ's 8-bit data shown with an inverted grey lookup table (Fiji: Image > Lookup Tables >
+    Invert LUT; white down to black) holds intensities: read as stored, not inverted, in memory,
+    lazily and as a PSF. A table where one colour rises while another falls is still refused."""
+    from deconv3d.io import read_psf
+    from deconv3d.omezarr import open_lazy
+
+    indices = (rng.random((4, 6, 7)) * 255).astype(np.uint8)
+    inverted = np.repeat((255 - np.arange(256))[None] * 257, 3, axis=0).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "inverted.tif", indices, photometric="palette", colormap=inverted, imagej=True,
+                     metadata={"axes": "ZYX"})
+    with tifffile.TiffFile(tmp_path / "inverted.tif") as tif:  # the case: a palette page with that table
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE
+        np.testing.assert_array_equal(tif.pages[0].colormap, inverted)
+    np.testing.assert_array_equal(read_image(tmp_path / "inverted.tif").data, indices)
+    np.testing.assert_array_equal(open_lazy(tmp_path / "inverted.tif").data.compute(), indices)
+    np.testing.assert_array_equal(read_psf(tmp_path / "inverted.tif").data, indices)
+    crossed = np.zeros((3, 256), np.uint16)
+    crossed[0], crossed[2] = np.arange(256) * 257, (255 - np.arange(256)) * 257  # red rises, blue falls
+    tifffile.imwrite(tmp_path / "crossed.tif", indices, photometric="palette", colormap=crossed, imagej=True,
+                     metadata={"axes": "ZYX"})
+    for read in (read_image, open_lazy, read_psf):
+        with pytest.raises(InputError, match="crossed.tif is an indexed-colour \\(palette\\) TIFF: its pixel values"):
+            read(tmp_path / "crossed.tif")
+
+
 @pytest.mark.parametrize("unit, value", [("\u00c5", 1000.0), ("nm", 100.0), ("\u00b5m", 0.1)])
 def test_ome_units_include_angstrom(tmp_path, rng, unit, value):
     path = tmp_path / "a.ome.tif"
