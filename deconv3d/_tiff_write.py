@@ -158,7 +158,8 @@ def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, 
         its channel's label, each channel's ``LUTs`` entry ramps from black to its colour (six hex
         digits; white otherwise), and the windows' ``start`` and ``end`` become ImageJ's ``Ranges``
         (display ranges) where every channel has one. Several channels are written in ImageJ's
-        ``composite`` mode, with or without these.
+        ``composite`` mode, with or without these; one channel with its entry (a TZYX time series)
+        in ``color`` mode, which shows it through its LUT (without an entry, ``grayscale``).
     slab_bytes : int, optional
         The most bytes read from ``array`` at once.
 
@@ -208,7 +209,9 @@ def _imagej_time_axis(time_axis) -> tuple[dict, dict]:
 def _imagej_channels(channels, sizes: dict, path) -> dict:
     """ImageJ's display of a hyperstack's channels (``sizes``: the length of each of its TZCYX axes):
     ``composite`` mode for several, and from ``channels`` (:func:`write_hyperstack`) the planes'
-    ``Labels`` (channel fastest, ImageJ's order), the ``LUTs`` and the display ``Ranges``."""
+    ``Labels`` (channel fastest, ImageJ's order), the ``LUTs`` and the display ``Ranges``. One channel
+    with an entry (a time series whose input named or coloured its channel) is written in ImageJ's
+    ``color`` mode, one channel shown through its LUT: tifffile's default, ``grayscale``, shows it grey."""
     count = sizes.get("C", 1)
     md: dict = {"mode": "composite"} if count > 1 else {}
     if not channels:
@@ -216,6 +219,8 @@ def _imagej_channels(channels, sizes: dict, path) -> dict:
     if len(channels) != count:
         raise InputError(f"cannot write {path}: {len(channels)} channel entries for an image of {count} channels: "
                          "give one per channel")
+    if count == 1:
+        md["mode"] = "color"
     labels = [str(c.get("label") or "") for c in channels]
     if any(labels):
         md["Labels"] = labels * (sizes.get("T", 1) * sizes.get("Z", 1))

@@ -125,6 +125,26 @@ def test_an_imagej_hyperstack_s_channel_names_and_colours_are_read_and_written_b
     assert open_lazy(tmp_path / "slices.tif").channels == ({}, {"color": "00FF00"})
 
 
+def test_a_time_series_of_one_channel_keeps_its_name_and_lut_in_color_mode(tmp_path, capsys):
+    """A TZYX ImageJ input whose one channel has a name and a Green LUT: its output was written in
+    ImageJ's grayscale mode, which shows the channel grey whatever its LUT; ``color`` mode shows it
+    through that LUT, and its name and colour are read back."""
+    data = np.random.default_rng(9).uniform(1, 50, (3, 4, 8, 8)).astype(np.float32)  # TZYX
+    metadata = {"axes": "TZYX", "unit": "um", "spacing": VOXEL[0], "finterval": 2.0, "tunit": "sec",
+                "mode": "color", "Labels": ["GFP"] * 12, "LUTs": [_ramp((0, 255, 0))]}
+    tifffile.imwrite(tmp_path / "in.tif", data, imagej=True, resolution=(1 / VOXEL[2], 1 / VOXEL[1]),
+                     metadata=metadata)
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 3, 3)), voxel_size=VOXEL)
+    code, _, err = run(["deconvolve", tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--psf", tmp_path / "psf.tif",
+                        "--iterations", 2], capsys)
+    assert code == 0 and "warning" not in err, err
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        imagej, axes = tif.imagej_metadata, tif.series[0].axes
+    assert axes == "TZYX" and imagej["mode"] == "color" and imagej["Labels"] == ["GFP"] * 12
+    assert np.asarray(imagej["LUTs"]).reshape(3, 256).tolist() == _ramp((0, 255, 0)).tolist()
+    assert open_lazy(tmp_path / "out.tif").channels == ({"label": "GFP", "color": "00FF00"},)
+
+
 def test_channel_entries_that_do_not_match_the_channels_are_refused_before_writing(tmp_path):
     from deconv3d.errors import InputError
 
