@@ -186,17 +186,32 @@ def omero_color(color) -> str:
     return str(color) if re.fullmatch(r"[0-9A-Fa-f]{6}", str(color)) else "FFFFFF"
 
 
+#: More channels than this, with no names recorded, in a stack of planes draw the warning of
+#: :func:`deconv3d.pipeline.axis_hints.warn_of_planes_that_may_be_z`: fluorescence images rarely have
+#: more than a few. Such a stack's numbered per-plane labels are not channel names (:func:`imagej_channels`).
+MANY_CHANNELS = 8
+
+
 def imagej_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:
     """The name and colour of each of the ``count`` channels of an ImageJ hyperstack, as
     :func:`ome_channels` gives them, or None where it records neither: a channel's name is its
     planes' ``Labels`` entry where every plane of that channel has the same one (slice labels that
     vary along z or t name planes, not channels), its colour the end of its ``LUTs`` entry where
     that runs from black to one colour (as Fiji's channel colours do; not a LUT such as Fire).
-    A composite saved from Fiji, or deconv3d's TIFF output, lost its names and colours on the way."""
+    A composite saved from Fiji, or deconv3d's TIFF output, lost its names and colours on the way.
+
+    Labels are not names either where they look like slice labels (:func:`_numbered_planes`): more
+    than :data:`MANY_CHANNELS` channels of one plane each, labelled with one text whose number counts
+    up by one from plane to plane (``z001``, ``z002``, ...; an image sequence's file names). Taken as
+    names, they silenced the hint that such a stack may be z-slices labelled as channels. Fewer
+    channels, or labels that are not so numbered (``GFP``, ``RFP``; markers; wavelengths in steps
+    of 10 nm), are kept as names."""
     ij = tif.imagej_metadata or {}
     labels, luts = ij.get("Labels"), ij.get("LUTs")
     labels = [labels] if isinstance(labels, str) else labels
     channels = [{} for _ in range(count)]
+    if isinstance(labels, list) and len(labels) == count > MANY_CHANNELS and _numbered_planes(labels):
+        labels = None
     if isinstance(labels, list) and labels and len(labels) % count == 0:
         for c, entry in enumerate(channels):
             names = set(labels[c::count])
@@ -210,6 +225,25 @@ def imagej_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:
                 if np.all(np.abs(lut - np.outer(end, np.arange(256)) / 255) <= 1):  # a ramp from black
                     entry["color"] = "".join(f"{int(v):02X}" for v in end)
     return tuple(channels) if any(channels) else None
+
+
+def _numbered_planes(labels: list) -> bool:
+    """Whether ``labels`` are one text with a number that counts up by one from each label to the
+    next (``z001``, ``z002``; ``img_0009.tif``, ``img_0010.tif``): the same text between the numbers,
+    and one number that changes, by one each time; every other number the same in all."""
+    if not all(isinstance(label, str) for label in labels):
+        return False
+    parts = [re.split(r"(\d+)", label) for label in labels]
+    shape = [len(p) for p in parts]
+    if len(set(shape)) != 1 or shape[0] < 2:
+        return False
+    texts = {tuple(p[0::2]) for p in parts}
+    numbers = [[int(n) for n in p[1::2]] for p in parts]
+    varying = [i for i in range(len(numbers[0])) if len({n[i] for n in numbers}) > 1]
+    if len(texts) != 1 or len(varying) != 1:
+        return False
+    counted = [n[varying[0]] for n in numbers]
+    return all(b - a == 1 for a, b in zip(counted, counted[1:]))
 
 
 def _ome_pixels(xml: str):

@@ -12,6 +12,7 @@ import tifffile
 
 from cli_helpers import run, assert_one_line_error
 from deconv3d.io import read_image, write_tiff
+from deconv3d.omezarr import open_lazy
 
 
 @pytest.fixture
@@ -565,6 +566,45 @@ def test_many_channels_with_colours_but_no_names_still_draw_the_relabel_hint(tmp
     code, _, err = run(["deconvolve", tmp_path / "stack.tif", "--psf", tmp_path / "psf.tif", "-o",
                         tmp_path / "out.zarr", "--iterations", 1, "--voxel-size", 0.1, 0.1], capsys)
     assert code == 0 and "stack.tif has axes CYX, 12 channels and no channel names" in err, err
+
+
+MARKERS = ["DAPI", "CD45", "PanCK", "Ki67", "SMA", "Vimentin", "CD68", "FoxP3", "PD-L1", "Ecad", "Collagen", "HLA-DR"]
+ROUNDS = [f"R{i} {m}" for i, m in enumerate(["DAPI", "PanCK", "SMA", "Vimentin", "Ecad", "Collagen", "GFAP", "Actin",
+                                               "Tubulin", "Lamin", "Desmin", "Keratin"], 1)]
+
+
+@pytest.mark.parametrize("labels, names", [
+    ([f"z{i:03d}" for i in range(1, 13)], None),  # slice labels: the hint
+    ([f"img_{i:04d}.tif" for i in range(7, 19)], None),  # an image sequence's file names
+    (MARKERS, MARKERS),  # a multiplexed stack's marker names
+    (ROUNDS, ROUNDS),  # numbered, but not one text
+    ([f"{w}nm" for w in range(500, 620, 10)], [f"{w}nm" for w in range(500, 620, 10)]),  # a spectral stack
+])
+def test_numbered_per_plane_labels_of_many_channels_are_slice_labels_not_names(tmp_path, capsys, labels, names):
+    """A CYX stack of 12 planes labelled z001, z002, ... (Fiji's slice labels) had them read as its
+    channels' names, which silenced the hint that its channels may be z-slices. Labels that are not
+    one text with a number counting up by one are still names, and silence it."""
+    tifffile.imwrite(tmp_path / "stack.tif", np.random.default_rng(5).random((12, 16, 16)).astype(np.float32) + 0.1,
+                     imagej=True, metadata={"axes": "CYX", "Labels": labels})
+    channels = open_lazy(tmp_path / "stack.tif").channels
+    assert [c.get("label") for c in channels or [{}] * 12] == (names or [None] * 12)
+    grids = np.meshgrid(*[np.arange(-2, 3)] * 2, indexing="ij")
+    write_tiff(tmp_path / "psf.tif", np.exp(-sum(g**2 for g in grids) / 2).astype(np.float32), voxel_size=(0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "stack.tif", "--psf", tmp_path / "psf.tif", "-o",
+                        tmp_path / "out.zarr", "--iterations", 1, "--voxel-size", 0.1, 0.1], capsys)
+    assert code == 0 and ("stack.tif has axes CYX, 12 channels and no channel names" in err) == (names is None), err
+
+
+def test_a_few_channels_keep_their_names_whatever_their_labels(tmp_path):
+    """GFP and RFP are names; so are two or four numbered labels (Ch1, Ch2): only a stack of more
+    channels than fluorescence images have (MANY_CHANNELS) has its numbered labels taken as slices."""
+    from deconv3d.pipeline.axis_hints import MANY_CHANNELS
+
+    for labels in (["GFP", "RFP"], ["Ch1", "Ch2", "Ch3", "Ch4"], [f"z{i}" for i in range(1, MANY_CHANNELS + 1)]):
+        path = tmp_path / f"{len(labels)}.tif"
+        tifffile.imwrite(path, np.ones((len(labels), 8, 8), np.float32), imagej=True,
+                         metadata={"axes": "CYX", "Labels": labels})
+        assert [c.get("label") for c in open_lazy(path).channels] == labels
 
 
 def test_an_image_with_many_negative_voxels_is_warned_about(data, capsys):

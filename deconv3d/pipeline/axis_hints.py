@@ -6,13 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from deconv3d._tiff_metadata import MANY_CHANNELS
 from deconv3d.errors import warn
 
 __all__ = ["relabel_note", "warn_of_planes_that_may_be_z", "MANY_CHANNELS"]
-
-#: More channels than this, with no names recorded, in a stack of planes draw the warning of
-#: :func:`warn_of_planes_that_may_be_z`: fluorescence images rarely have more than a few.
-MANY_CHANNELS = 8
 
 
 def _relabel(kind: str) -> str:
