@@ -1,11 +1,11 @@
 """Saturated voxels: the ``saturation`` setting of Richardson-Lucy runs (a level, ``auto`` or ``none``),
-the plateau rule that tells a clipped image from an unclipped one, and the data weights that leave
-the saturated voxels out of the fit (:func:`deconv3d.classical.richardson_lucy`'s ``weights``).
+the plateau rule that tells a clipped image from an unclipped one, and the voxels it flags as clipped
+(:func:`deconv3d.classical.richardson_lucy`'s ``clipped``).
 
 A camera or detector clips every value above its largest one (4095 for 12 bits, 65535 for 16): the
 brightest objects then hold a plateau of equal voxels whose true values are unknown, and RL fitted to
-it rings around them and mis-scales them. Weight 0 leaves them out: the estimate there is the one the
-unclipped neighbours imply (as Huygens does by default).
+it as data rings around them and mis-scales them. Fitted as clipped, a voxel's value is a lower bound:
+the estimate may predict more light there, not less (censored data).
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ import numbers
 import numpy as np
 
 from deconv3d.errors import InputError
+
+#: How ``--saturation`` fits the voxels it flags: as clipped (lower bounds), which replaced leaving them out
+#: of the fit ("left out"); a batch's settings hash holds it (:meth:`deconv3d.pipeline.Settings.fingerprint`).
+SATURATION_FIT = "clipped"
 
 #: The settings' default: every voxel is fitted (the output of the versions before the setting).
 NONE = "none"
@@ -47,11 +51,11 @@ def parse_saturation(value, name: str = "--saturation"):
 
 def method_problem(method: str, saturation, method_name: str = "--method", name: str = "--saturation") -> str | None:
     """Why ``saturation`` cannot go with ``method`` (None where it can): only Richardson-Lucy's fit can
-    leave voxels out; Wiener's filter and the network read every voxel."""
+    fit clipped voxels as lower bounds; Wiener's filter and the network read every voxel as it is."""
     if method in ("rl", "rl-tv") or saturation == NONE:
         return None
-    return (f"{name} applies to {method_name} rl and rl-tv (their fit can leave voxels out), not {method}: remove "
-            f"it, or use {method_name} rl")
+    return (f"{name} applies to {method_name} rl and rl-tv (their fit can take clipped voxels as lower bounds), "
+            f"not {method}: remove it, or use {method_name} rl")
 
 
 def top_two(values) -> tuple[float, int, float, int]:
@@ -98,7 +102,7 @@ def top_two_by_planes(values) -> tuple[float, int, float, int]:
 
 def count_at_or_above(values, level: float) -> int:
     """How many voxels of ``values`` (a chunked run's block core, as read) are at or above ``level``: the
-    voxels a run with that level leaves out of the fit, counted a plane at a time along the first axis
+    voxels a run with that level fits as clipped, counted a plane at a time along the first axis
     (as :func:`top_two_by_planes`), so that the mask is of one plane, not of the block."""
     values = np.asarray(values)
     if values.ndim < 3:
@@ -126,7 +130,7 @@ def plateau_level(top: tuple[float, int, float, int]) -> float | None:
 
 
 def saturation_level(image, saturation) -> float | None:
-    """The level at and above which voxels of ``image`` are left out for the setting ``saturation``
+    """The level at and above which voxels of ``image`` are fitted as clipped for the setting ``saturation``
     (:func:`parse_saturation`'s forms): the number itself, the plateau's for ``auto``, None for
     ``none`` or an ``auto`` that finds no plateau."""
     if saturation == NONE:
@@ -136,40 +140,13 @@ def saturation_level(image, saturation) -> float | None:
     return float(saturation)
 
 
-def saturation_weights(image, level: float | None):
-    """RL's data weights for ``level`` (float32, 0 at and above it, 1 below), None for no level."""
+def clipped_voxels(image, level: float | None):
+    """The voxels ``--saturation`` fits as clipped, at or above ``level`` (a bool array), None for no level:
+    RL's ``clipped`` (:func:`~deconv3d.classical.richardson_lucy`), a pointwise rule, so that a chunked
+    run's blocks flag the voxels a whole-volume run flags."""
     if level is None:
         return None
-    return (np.asarray(image) < level).astype(np.float32)
-
-
-def keep_clipped_values_where_unseen(result: np.ndarray, image, weights, psf_shape) -> np.ndarray:
-    """``result`` with the image's own (clipped) values where RL, run with ``weights`` and a PSF of
-    ``psf_shape``, had no data to estimate from: voxels whose light lands mostly on voxels of weight 0.
-
-    :func:`~deconv3d.classical.richardson_lucy` sets those to 0 (it does not estimate a voxel whose
-    light lands under 10 % on kept voxels), which suits a few scattered held-out voxels but turns the
-    inside of a saturated object wider than the PSF into a hole of zeros, darker than any voxel
-    around it. The clipped value is what the data say there: the truth is at least that (the same
-    value a block saturated throughout keeps). Such voxels are found as a result of exactly 0 (RL's
-    multiplicative update cannot reach 0 where its factor is positive) that is of weight 0, or of
-    positive value within the PSF's box of a voxel of weight 0 (the rule takes a voxel whatever its
-    own weight: one just under the level inside a clipped plateau came out 0 among voxels keeping
-    the level). Elsewhere a 0 is RL's own, e.g. where no light of a voxel reaches the data (an
-    off-centre PSF with the zero boundary), and stays. Local, so a chunked run's blocks restore what
-    a whole-volume run does."""
-    if weights is None:
-        return result
-    image, left_out = np.asarray(image), np.asarray(weights) == 0
-    unseen = left_out & (result <= 0)
-    kept_zero = ~left_out & (image > 0) & (result <= 0)
-    if kept_zero.any():
-        from scipy.ndimage import maximum_filter
-
-        near = maximum_filter(left_out.view(np.uint8), size=tuple(psf_shape), mode="constant").astype(bool)
-        unseen |= kept_zero & near
-    np.copyto(result, image, casting="unsafe", where=unseen)
-    return result
+    return np.asarray(image) >= level
 
 
 def saturated_warning(count: int, peak: float, method: str, where: str = "") -> str:
@@ -180,8 +157,8 @@ def saturated_warning(count: int, peak: float, method: str, where: str = "") -> 
     voxels at 1.0 in float32, 2583 at 255 scaled to 8 bits), masks and label images, which the rule
     cannot tell from a clip. ``where`` names the channel or time point of a multi-channel or
     time-lapse image that the count is of (``"channel 1 (RFP) at time point 0"``)."""
-    fix = ("add --saturation auto to leave them out of the fit" if method in ("rl", "rl-tv") else
-           "--method rl (or rl-tv) with --saturation auto leaves them out of the fit")
+    fix = ("add --saturation auto to fit them as clipped" if method in ("rl", "rl-tv") else
+           "--method rl (or rl-tv) with --saturation auto fits them as clipped")
     of = f"the maximum {peak:g} of {where}" if where else f"the image's maximum {peak:g}"
     return (f"deconv3d: warning: {count} voxels sit at {of}, as a saturated (clipped) "
             f"detector leaves them: fitting them rings around them and dims the brightest objects; {fix} (ignore "
@@ -192,7 +169,7 @@ def warn_if_clipped(top: tuple[float, int, float, int], method: str, warnings: l
                     view=None) -> float | None:
     """Warn (:func:`saturated_warning`, into ``warnings`` where given) where an image whose
     :func:`top_two` is ``top`` looks clipped (:func:`plateau_level`) and runs with every voxel
-    fitted; returns that level, else None. The one place the command line decides it, for an image
+    fitted as measured; returns that level, else None. The one place the command line decides it, for an image
     read whole and for a chunked run's pass over a volume alike.
 
     ``view`` (a chunked run's :class:`~deconv3d.pipeline.readers._View`) names the channel and
@@ -216,7 +193,7 @@ def warn_if_clipped(top: tuple[float, int, float, int], method: str, warnings: l
 
 def saturation_record(saturation, level: float | None = None, count: int | None = None) -> dict:
     """The run record's parameters of a saturation setting: none for ``none`` (the records of the runs
-    before the setting, unchanged), else the setting, and the level and voxels left out where known."""
+    before the setting, unchanged), else the setting, and the level and voxels at or above it where known."""
     if saturation == NONE:
         return {}
     known = {} if level is None else {"saturation_level": level, "saturated_voxels": count}
@@ -224,7 +201,7 @@ def saturation_record(saturation, level: float | None = None, count: int | None 
 
 
 def left_out_line(saturation, levels, counts, where: str = "") -> str | None:
-    """The line a run prints of what ``saturation`` (a level or ``auto``) left out of the fit, for one
+    """The line a run prints of what ``saturation`` (a level or ``auto``) fitted as clipped, for one
     image or one channel of several: ``levels`` and ``counts`` hold, for each of its volumes (time
     points), the level used (None: ``auto`` found no plateau there) and the voxels at or above it.
     ``where`` names the channel (``channel 1 (RFP)``). None where a count is not known (a run in blocks
@@ -241,10 +218,10 @@ def left_out_line(saturation, levels, counts, where: str = "") -> str | None:
     total = sum(count for _, count in found)
     if saturation != AUTO:
         over = f" over its {points} time points" if points > 1 else ""
-        return (f"left {total} voxel(s){of}{over} at or above {saturation:g} out of the fit "
+        return (f"fitted {total} voxel(s){of}{over} at or above {saturation:g} as clipped: at least their value "
                 f"(--saturation {saturation:g})")
     low, high = min(level for level, _ in found), max(level for level, _ in found)
     value = f"{low:g}" if low == high else f"{low:g} to {high:g}"
     at = f" at {len(found)} of its {points} time points" if points > 1 else ""
     maximum = f"the maximum {value}{of}{at}" if of else f"the image's maximum {value}"
-    return f"left {total} voxel(s) at {maximum} out of the fit (--saturation auto)"
+    return f"fitted {total} voxel(s) at {maximum} as clipped: at least their value (--saturation auto)"

@@ -41,6 +41,9 @@ class _Problem:
     # between the end of the margin after the image and the start of the margin before it.
     seams: Optional[tuple] = None
     floor: float = 1e-12  # predicted intensities below this give a zero ratio (FFT round-off guard)
+    # The least ratio of each datum (data geometry): 1 at a clipped voxel (times its weight), else 0
+    # (:func:`_censor`); None without clipped voxels.
+    lower: Optional[torch.Tensor] = None
 
 
 def _check_inputs(image, psf, device, dtype, method: str | None = None):
@@ -325,6 +328,28 @@ def _check_weights(weights, y: torch.Tensor) -> torch.Tensor:
     if not (torch.isfinite(w).all() and (w >= 0).all() and (w <= 1).all() and (w > 0).any()):
         raise InputError("weights must be finite numbers in [0, 1], not all 0: use 1 for voxels to fit, 0 to leave out")
     return w
+
+
+def _check_clipped(clipped, y: torch.Tensor) -> torch.Tensor:
+    """``clipped`` as a new 0/1 tensor of ``y``'s dtype, refused unless of ``y``'s shape and 0/1 (or bool)."""
+    c = as_tensor(clipped, y.device)
+    if tuple(c.shape) != tuple(y.shape):
+        raise InputError(f"clipped has shape {tuple(c.shape)} but the image {tuple(y.shape)}: give one flag per voxel")
+    if not bool(((c == 0) | (c == 1)).all()):
+        raise InputError("clipped must hold True/False (or 1/0) per voxel: True where the detector clipped the value")
+    return (c != 0).to(y.dtype)  # (a new tensor: the zero boundary zeroes parts of it in place)
+
+
+def _censor(problem: _Problem, clipped: torch.Tensor, h: torch.Tensor, boundary: str, keep=None) -> _Problem:
+    """Fit the voxels of ``clipped`` (1 where clipped; a new tensor, changed here) as lower bounds of
+    their intensity: ``problem.lower`` makes the update's ratio ``max(y / H u, 1)`` there (times the
+    voxel's weight in ``keep``), see ``clipped`` in :func:`deconv3d.classical.richardson_lucy`."""
+    lower = clipped if keep is None else clipped.mul_(keep)
+    lower = _build_geometry(lower, h, boundary, weight=False).data  # (reflect: mirrored as the data)
+    if boundary == "zero":
+        _zero_unreached(lower, h)  # as the data: no voxel sends light there
+    problem.lower = lower
+    return problem
 
 
 def _holdout_problem(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torch.Tensor,

@@ -11,7 +11,8 @@ from deconv3d._fft_shapes import kernel_origin
 from deconv3d._tensors import checked_result, resolve_device
 from deconv3d.classical._iterate import _TV, _run
 from deconv3d.classical._problem import (_build_problem, _check_accelerate, _check_inputs, _check_options,
-                                         _check_weights, _float_times_power_of_two, _holdout_problem, _is_number,
+                                         _censor, _check_clipped, _check_weights, _float_times_power_of_two,
+                                         _holdout_problem, _is_number,
                                          _times_power_of_two, _working_data)
 from deconv3d.errors import InputError
 
@@ -34,6 +35,7 @@ def richardson_lucy(
     extended: bool = False,
     weights=None,
     tv_scale: float | None = None,
+    clipped=None,
 ):
     """Richardson-Lucy deconvolution with optional TV regularisation and acceleration.
 
@@ -142,6 +144,25 @@ def richardson_lucy(
         centre holds over 90 % of the light) is not estimated and comes out 0; normalised by so little data, its
         update grew without bound (accelerated RL on an object clipped at the data's 90th
         percentile: RMS error 278 against 110 with no weights, 108.5 with the 10 % rule).
+    clipped : array_like of bool, optional
+        With the image's shape: True where the detector clipped (saturated) the value, which then
+        says only that the intensity was at least that value. Those data are fitted as lower bounds
+        (right-censored Poisson data): the E-step of EM [6]_ replaces a clipped count by its
+        expectation given that it is at least the value, taken as ``max(y, H u)``, so the ratio in the
+        back-projection is ``max(y / H u, 1)`` there. Where the prediction is below the clipped value it
+        pushes the estimate up; where it is above, the datum agrees with it and neither pushes nor pulls.
+        Every voxel is estimated, with the normal update and normalisation. Leaving clipped voxels out
+        instead (``weights`` 0) lets the few unclipped voxels around a wide clipped region carry its
+        whole fit. RMS error against the truth (accelerated, Bertero, 20 iterations), with ``clipped``,
+        fitting the clipped values as data, and with ``weights`` 0 there and the clipped value kept where
+        RL did not estimate (what ``deconvolve --saturation`` did before): three seeded phantoms clipped
+        at their 99th percentile 14.9-21.4, 17.2-21.9 and 18.1-22.6; an ellipsoid clipped at its 90th
+        percentile 85, 108 and 116; where only bead cores were clipped (99.5th percentile) leaving
+        them out did best (33-35, 52-58 and 28-29). With the zero boundary, clipped regions at the
+        image's faces are fitted worse than as data (the three phantoms: 36.1-54.1 against 29.2-48.3):
+        light from outside the field must come from the faces' voxels, and clipped data never pull
+        them down; use ``"bertero"`` there. Combined with ``weights``, a clipped voxel's bound counts
+        with its weight.
 
     Returns
     -------
@@ -206,6 +227,8 @@ def richardson_lucy(
        algorithms", Appl. Opt. 36, 1766-1775 (1997).
     .. [5] L. A. Shepp and Y. Vardi, "Maximum likelihood reconstruction for emission tomography",
        IEEE Trans. Med. Imaging 1, 113-122 (1982).
+    .. [6] A. P. Dempster, N. M. Laird and D. B. Rubin, "Maximum likelihood from incomplete data via
+       the EM algorithm", J. R. Stat. Soc. B 39, 1-38 (1977).
 
     Examples
     --------
@@ -218,13 +241,13 @@ def richardson_lucy(
     """
     return _richardson_lucy(image, psf, iterations, boundary=boundary, tv_weight=tv_weight, accelerate=accelerate,
                             tol=tol, callback=callback, voxel_size=voxel_size, device=device, dtype=dtype,
-                            extended=extended, weights=weights, tv_scale=tv_scale)
+                            extended=extended, weights=weights, tv_scale=tv_scale, clipped=clipped)
 
 
 def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", tv_weight: float = 0.0,
                      accelerate=False, tol=None, callback=None, voxel_size=None, device="auto",
                      dtype: torch.dtype = torch.float32, extended: bool = False, weights=None, tv_scale=None,
-                     tv_smoothing: str = "local", tv_differences: str = "symmetric"):
+                     tv_smoothing: str = "local", tv_differences: str = "symmetric", clipped=None):
     """:func:`richardson_lucy`, and the rules of the TV term's ε (``tv_smoothing``, one of
     :data:`~deconv3d.classical._iterate.TV_SMOOTHING`) and differences (``tv_differences``, one of
     :data:`~deconv3d.classical._iterate.TV_DIFFERENCES`): kept out of the public signature, since only
@@ -240,12 +263,15 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
         raise InputError(f"extended=True needs boundary='bertero' (the only one that estimates the object beyond "
                          f"the image), got {boundary!r}")
     keep = None if weights is None else _check_weights(weights, y)
+    flags = None if clipped is None else _check_clipped(clipped, y)
     work, exponent = _working_data(y, keep)  # extreme intensities run divided by a power of two
     if exponent and callback is not None and getattr(callback, "reads_estimate", True):
         callback = _in_callers_units(callback, exponent)
-    problem = _build_problem(work, h, boundary) if keep is None else _holdout_problem(work, h, boundary, keep)
-    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, keep, tv_smoothing, tv_differences, exponent)
-    del work  # a scaled copy is not kept through the loop (the problem holds its clamped copy): no block more
+    problem, scaled_by = _problem_for(work, h, boundary, keep, flags)
+    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, scaled_by, tv_smoothing, tv_differences, exponent)
+    # a scaled copy is not kept through the loop (the problem holds its clamped copy), nor the flags (reflect: the
+    # problem holds them mirrored): no block more
+    del work, scaled_by, flags
     estimate = _run(problem, iterations, tv, accelerate, tol, callback)
     if extended:  # the margins wrap around the end of the buffer: roll them in front of the image
         before = [k - 1 - o for k, o in zip(h.shape, kernel_origin(h.shape))]
@@ -298,23 +324,38 @@ def rl_alpha_schedule(image, psf, iterations: int = 20, *, boundary: str = "bert
 
 
 def _schedule_and_estimate(image, psf, iterations: int, *, boundary: str, tv_weight: float, voxel_size, device,
-                           dtype: torch.dtype = torch.float32, tv_scale: float | None = None, weights=None):
+                           dtype: torch.dtype = torch.float32, tv_scale: float | None = None, weights=None,
+                           clipped=None):
     """:func:`rl_alpha_schedule`'s steps and the estimate of that run (an ndarray): the result of
-    ``richardson_lucy(image, psf, iterations, accelerate=True, ...)`` (with its ``weights``), which
-    replaying the steps on ``image`` reproduces."""
+    ``richardson_lucy(image, psf, iterations, accelerate=True, ...)`` (with its ``weights`` and
+    ``clipped``), which replaying the steps on ``image`` reproduces."""
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
     iterations = _check_options(iterations, boundary, tv_weight, None, y.ndim, voxel_size)
     keep = None if weights is None else _check_weights(weights, y)
+    flags = None if clipped is None else _check_clipped(clipped, y)
     work, exponent = _working_data(y, keep)  # as richardson_lucy runs it
-    problem = _build_problem(work, h, boundary) if keep is None else _holdout_problem(work, h, boundary, keep)
-    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, keep, exponent=exponent)
-    del work  # as richardson_lucy: no scaled copy through the loop
+    problem, scaled_by = _problem_for(work, h, boundary, keep, flags)
+    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, scaled_by, exponent=exponent)
+    del work, scaled_by, flags  # as richardson_lucy: no scaled copy through the loop
     record: list[float] = []
     estimate = _run(problem, iterations, tv, True, None, None, record=record)
     result = estimate[problem.result_crop].clamp_min(0)
     checked_result(_times_power_of_two(result, exponent, inplace=True))
     return record, result.cpu().numpy()
+
+
+def _problem_for(work: torch.Tensor, h: torch.Tensor, boundary: str, keep, flags):
+    """RL's problem on ``work`` with the voxels' weights ``keep`` (or None) and the clipped voxels' ``flags``
+    (:func:`~deconv3d.classical._problem._check_clipped`'s, or None: see
+    :func:`~deconv3d.classical._problem._censor`), and the weights the TV term's default scale is taken
+    under (:func:`_tv_for`): the clipped voxels' values are not the intensities there."""
+    problem = _build_problem(work, h, boundary) if keep is None else _holdout_problem(work, h, boundary, keep)
+    if flags is None:
+        return problem, keep
+    unclipped = 1 - flags if keep is None else (1 - flags) * keep
+    scale_from = unclipped if bool((unclipped > 0).any()) else keep  # (clipped everywhere: the data's scale)
+    return _censor(problem, flags, h, boundary, keep), scale_from
 
 
 def _tv_for(problem, tv_weight, voxel_size, tv_scale, image: torch.Tensor, keep=None, smoothing: str = "local",

@@ -162,9 +162,9 @@ def saturation_value(text: str) -> float | str:
 
 
 #: ``--saturation``'s help, for deconvolve and batch.
-SATURATION_HELP = ("rl, rl-tv: leave voxels at or above LEVEL out of the fit (a clipped detector: 4095 for 12 bits, "
-                   "65535 for 16); auto: the image's maximum where a plateau of voxels holds it; none (default): fit "
-                   "every voxel")
+SATURATION_HELP = ("rl, rl-tv: fit voxels at or above LEVEL as clipped, their value a lower bound (a clipped "
+                   "detector: 4095 for 12 bits, 65535 for 16); auto: the image's maximum where a plateau of voxels "
+                   "holds it; none (default): fit every value as measured")
 
 
 def non_negative_float(text: str) -> float:

@@ -318,38 +318,37 @@ def _run_method(args, data, psf, voxel, trained):
         return wiener(data, psf, args.balance, device=args.device), {"balance": args.balance}, psf
     params = {"iterations": args.iterations, "boundary": args.boundary, "accelerate": not args.no_accelerate,
               "tv_weight": args.tv_weight if args.method == "rl-tv" else 0.0}
-    weights = _saturation_weights(args.saturation, data, params)
-    if args.iterations == "auto":  # with the voxels --saturation leaves out left out of its fit and error too
+    clipped = _clipped_voxels(args.saturation, data, params)
+    if args.iterations == "auto":  # with the voxels --saturation flags left out of its fit and error
+        weights = None if clipped is None else (~clipped).astype("float32")
         params.update(_choose_iterations(data, psf, params, voxel, args.device, weights))
     bar, callback = progress(params["iterations"], args.method)
     with bar:
         result = richardson_lucy(data, psf, params["iterations"], callback=callback, voxel_size=voxel,
-                                 device=args.device, weights=weights,
+                                 device=args.device, clipped=clipped,
                                  **{k: v for k, v in params.items() if k in ("boundary", "accelerate", "tv_weight")})
-    from deconv3d._saturation import keep_clipped_values_where_unseen
-
-    return keep_clipped_values_where_unseen(result, data, weights, tuple(psf.shape)), params, psf
+    return result, params, psf
 
 
-def _saturation_weights(saturation, data, params: dict):
-    """RL's weights for ``--saturation`` (None: every voxel fitted), its record added to ``params``,
-    and a line saying what was left out (or that ``auto`` found no plateau)."""
+def _clipped_voxels(saturation, data, params: dict):
+    """The voxels RL fits as clipped for ``--saturation`` (None: every voxel fitted as measured), its record
+    added to ``params``, and a line saying how many (or that ``auto`` found no plateau)."""
     import numpy as np
 
-    from deconv3d._saturation import left_out_line, saturation_level, saturation_record, saturation_weights
+    from deconv3d._saturation import clipped_voxels, left_out_line, saturation_level, saturation_record
 
     level = saturation_level(data, saturation)
-    weights = saturation_weights(data, level)
-    if weights is None:
+    clipped = clipped_voxels(data, level)
+    if clipped is None:
         if saturation == "auto":
             print(left_out_line(saturation, [None], [None]))  # (no plateau: every voxel fitted)
         return None
-    count = int(weights.size - np.count_nonzero(weights))
-    if count == weights.size:
+    count = int(np.count_nonzero(clipped))
+    if count == clipped.size:
         raise InputError(f"every voxel is at or above --saturation {level:g}: give a higher level, or none")
     params.update(saturation_record(saturation, level, count))
     print(left_out_line(saturation, [level], [count]))
-    return weights
+    return clipped
 
 
 def _one_per_channel(args) -> None:

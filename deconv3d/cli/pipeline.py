@@ -142,7 +142,7 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
 
 
 def _left_out_lines(saturation, info) -> list[str]:
-    """What ``--saturation`` left out of the fit, as an in-memory run prints it
+    """What ``--saturation`` fitted as clipped, as an in-memory run prints it
     (:func:`~deconv3d._saturation.left_out_line`), from what the run took from the volumes
     (:attr:`~deconv3d.pipeline.RunInfo.decided`: one value, or a list of one per time point and channel in
     C order) and their channels (:attr:`~deconv3d.pipeline.RunInfo.volume_channels`): one line, or one per

@@ -142,11 +142,13 @@ class MemoryModel:
     boundary : str
         RL boundary (rl, rl-tv): ``"reflect"`` mirrors the block before the Bertero model.
     saturation : bool
-        RL leaves saturated voxels out (``--saturation``): the weights map (1 B float32, held through
-        the loop) and the normalisation by ``H^T`` of it (1 F: the zero boundary has no such array
-        without it; its set-up holds one more). Measured on 64 x 512^2, PSF 9^3, accelerated, in
-        memory: peak RSS +20 MB (Bertero), +202 MB (zero), +152 MB (reflect, 108 MB above the
-        count without it).
+        RL fits saturated voxels as clipped (``--saturation``): counted as 1 B + 1 F float32, room for
+        the clipped voxels' bounds held through the loop (1 B; reflect: mirrored, larger) and the
+        copies their set-up makes. Measured on 64 x 512^2 with a clipped block of 20 x 200 x 200, PSF
+        9^3, accelerated, 3 iterations, in memory: peak RSS +89 MB (Bertero), +81 MB (zero), +99 MB
+        (reflect) over the run without it, where 1 B is 67 MB and 1 F 78-89 MB. (When ``--saturation``
+        left the voxels out of the fit, with weights and their normalisation, that was +20, +202 and
+        +152 MB.)
     """
 
     method: str

@@ -79,7 +79,7 @@ class RichardsonLucyBlock:
     voxel_size: Optional[Sequence[float]] = None
     device: str = "cpu"
     tv_scale: Optional[float] = None  # the volume's, set by prepare (see richardson_lucy)
-    #: Voxels at or above this level are left out of the fit (weight 0); "auto": the volume's plateau
+    #: Voxels at or above this level are fitted as clipped (lower bounds); "auto": the volume's plateau
     #: (:func:`deconv3d._saturation.plateau_level`), resolved to a level by prepare; "none": all fitted.
     saturation: Union[float, str] = "none"
     #: The voxels at or above the level, where prepare's pass over the volume or the blocks counted them
@@ -97,13 +97,14 @@ class RichardsonLucyBlock:
         _check_accelerate(self.accelerate)
         self.saturation = parse_saturation(self.saturation, "saturation")
 
-    def _weights(self, block: np.ndarray):
-        """RL's data weights on ``block``: a pointwise function of its values (halo included), so that
-        blocks leave out the voxels a whole-volume run leaves out. ``auto`` not yet resolved (a volume
-        run as one block, which prepare does not see) takes the block's own plateau: the volume's."""
-        from deconv3d._saturation import saturation_level, saturation_weights
+    def _clipped(self, block: np.ndarray):
+        """The voxels of ``block`` RL fits as clipped (None: none): a pointwise function of its values
+        (halo included), so that blocks flag the voxels a whole-volume run flags. ``auto`` not yet
+        resolved (a volume run as one block, which prepare does not see) takes the block's own plateau:
+        the volume's."""
+        from deconv3d._saturation import clipped_voxels, saturation_level
 
-        return saturation_weights(block, saturation_level(block, self.saturation))
+        return clipped_voxels(block, saturation_level(block, self.saturation))
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """RL on ``block``; the OTF and Bertero weight of one block shape are kept for the next
@@ -113,17 +114,15 @@ class RichardsonLucyBlock:
 
         if (block <= 0).all():  # a dark block (background subtracted): RL's zeros, without its warning; NaN: RL refuses
             return np.zeros(block.shape, np.float32)
-        from deconv3d._saturation import keep_clipped_values_where_unseen
-
-        weights = self._weights(block)
-        if weights is not None and not weights.any():  # saturated throughout: no voxel to fit, its values kept
+        clipped = self._clipped(block)
+        if clipped is not None and clipped.all():  # saturated throughout: nothing measured, its values kept
             return np.asarray(block, np.float32)
         with reusing_setup(block_run()):
             result = richardson_lucy(block, fit_psf(self.psf, block.shape), self.iterations, boundary=self.boundary,
                                      tv_weight=self.tv_weight, accelerate=self.accelerate, voxel_size=self.voxel_size,
                                      device=self.device, callback=_stop_if_abandoned, tv_scale=self.tv_scale,
-                                     weights=weights)
-        return keep_clipped_values_where_unseen(_finite(result, block), block, weights, np.shape(self.psf))
+                                     clipped=clipped)
+        return _finite(result, block)
 
     def halo(self) -> tuple[int, ...]:
         """:func:`rl_halo`, half as wide again for accelerated runs with the zero or reflect boundary.
@@ -172,21 +171,19 @@ class RichardsonLucyBlock:
         nothing was run)."""
         if not (isinstance(self.accelerate, bool) and self.accelerate):
             return self, None
-        from deconv3d._saturation import keep_clipped_values_where_unseen
         from deconv3d.classical.rl import _schedule_and_estimate
 
         crop = np.asarray(data[centred_box(data.shape, box)], dtype=np.float32)
-        weights = self._weights(crop)
+        clipped = self._clipped(crop)
         if (crop <= 0).all():  # nothing to measure on: no extrapolation (NaN: RL refuses), and RL's zeros
             return replace(self, accelerate=(0.0,) * self.iterations), np.zeros(crop.shape, np.float32)
-        if weights is not None and not weights.any():  # saturated throughout: as the blocks, its values kept
+        if clipped is not None and clipped.all():  # saturated throughout: as the blocks, its values kept
             return replace(self, accelerate=(0.0,) * self.iterations), crop
         schedule, result = _schedule_and_estimate(crop, fit_psf(self.psf, crop.shape), self.iterations,
                                                   boundary=self.boundary, tv_weight=self.tv_weight,
                                                   voxel_size=self.voxel_size, device=self.device,
-                                                  tv_scale=self.tv_scale, weights=weights)
-        return replace(self, accelerate=tuple(schedule)), keep_clipped_values_where_unseen(_finite(result, crop), crop,
-                                                                                           weights, np.shape(self.psf))
+                                                  tv_scale=self.tv_scale, clipped=clipped)
+        return replace(self, accelerate=tuple(schedule)), _finite(result, crop)
 
     def prepare(self, data, box) -> "RichardsonLucyBlock":
         """The hook :func:`deconv3d.pipeline.run_chunked` calls before a run of several blocks
@@ -217,7 +214,7 @@ class RichardsonLucyBlock:
     def counts_at(self) -> Optional[float]:
         """The level at or above which the blocks count the voxels of their cores as they run, where a
         level is given and no pass over the volume counts them (plain RL, or a TV scale given:
-        :meth:`_reads_volume`), for the record and the command's line of what was left out of the fit
+        :meth:`_reads_volume`), for the record and the command's line of what was fitted as clipped
         (:func:`~deconv3d.pipeline.run_chunked` sums them per volume and records :meth:`counted`'s
         :meth:`decided`); else None."""
         if not isinstance(self.saturation, float) or self._reads_volume() or self.saturated_voxels is not None:

@@ -18,7 +18,7 @@ from typing import Optional
 
 from deconv3d._arrays import is_whole
 from deconv3d._paths import special_file_problem
-from deconv3d._saturation import method_problem, parse_saturation
+from deconv3d._saturation import SATURATION_FIT, method_problem, parse_saturation
 from deconv3d._voxel import NANOMETRE_LIKE, format_sizes
 from deconv3d.errors import InputError
 
@@ -57,7 +57,7 @@ class Settings:
     tv_weight: float = 0.002
     accelerate: bool = True
     boundary: str = "bertero"
-    saturation: float | str = "none"  # a level (voxels at or above it are not fitted), "auto" or "none"
+    saturation: float | str = "none"  # a level (voxels at or above it are fitted as clipped), "auto" or "none"
     balance: float = 1e-3
     voxel_size: Optional[tuple] = None
     device: Optional[str] = None  # None: not given, which runs as "auto" (see run_device)
@@ -296,6 +296,9 @@ class Settings:
             from deconv3d.classical._iterate import ALPHA_FLOOR  # on): a batch finished before it had one is redone once
 
             fields["acceleration_floor"] = ALPHA_FLOOR
+        if self.method in ("rl", "rl-tv") and self.saturation != "none":
+            # how the flagged voxels are fitted: a batch finished when they were left out of the fit is redone once
+            fields["saturation_fit"] = SATURATION_FIT
         if self.method == "wiener":  # its gain at zero frequency: a batch finished before acf0a16 (whose outputs
             from deconv3d.classical.wiener import DC_GAIN  # were balance / (1 + balance) dimmer) is redone once
 

@@ -99,6 +99,21 @@ def test_a_wiener_batch_finished_before_the_unit_dc_gain_is_redone(folder, capsy
     assert older not in settings.finished_fingerprints()
 
 
+@pytest.mark.parametrize("base, follows", [({"method": "rl", "saturation": 4095}, True),
+                                           ({"method": "rl-tv", "saturation": "auto"}, True),
+                                           ({"method": "rl"}, False), ({"method": "rl-tv", "saturation": "none"}, False)])
+def test_the_fingerprint_follows_how_saturated_voxels_are_fitted(folder, monkeypatch, base, follows):
+    """--saturation fitted the voxels it flags by leaving them out of the fit (weights 0), then as clipped
+    (lower bounds), which changed every such output; a resumed batch would have kept the files made
+    the first way as finished beside new ones. Runs without it keep their records."""
+    from deconv3d.pipeline import settings as settings_module
+
+    settings = make_settings({"psf": str(folder / "psf.tif"), **base})
+    now = settings.finished_fingerprints()
+    monkeypatch.setattr(settings_module, "SATURATION_FIT", "left out")
+    assert (not set(now) & set(settings.finished_fingerprints())) is follows
+
+
 @pytest.mark.parametrize("base, follows", [({"method": "rl"}, True), ({"method": "rl-tv", "iterations": 3}, True),
                                            ({"method": "rl", "accelerate": False}, False), ({"method": "wiener"}, False),
                                            ({"method": "rl", "iterations": 2}, False)])
