@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from pathlib import Path
 
+from deconv3d._paths.names import path_text
 from deconv3d.errors import InputError
 
 
@@ -62,7 +62,7 @@ def recorded_voxel(image, how: str) -> tuple[float, ...] | None:
     if problem:
         raise InputError(f"{problem}: pass {how} (in µm)")
     for recorded in (image.voxel_size, getattr(image, "partial_voxel", None)):
-        refuse_nanometres(recorded, f"the unit of {Path(image.path).name} is wrong: fix it or pass {how} in µm")
+        refuse_nanometres(recorded, f"the unit of {path_text(image.path)} is wrong: fix it or pass {how} in µm")
     return image.voxel_size
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d._arrays import refuse_complex
-from deconv3d._paths import TIFF_SUFFIXES, _check_suffix, check_output_path, file_identity, special_file_problem
+from deconv3d._paths import (TIFF_SUFFIXES, _check_suffix, check_output_path, file_identity, path_text,
+                            special_file_problem)
 from deconv3d._tiff_checks import _ONE_CHANNEL, _check_complete, _named, _tifffile_log, _unreadable_tiff, open_tiff
 from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
                                      calibrated, imagej_calibration, spatial_letters, time_axis_of, z_step_assumed)
@@ -158,14 +159,14 @@ def psf_path_problem(path) -> str | None:
 
 def psf_dimension_problem(psf, psf_ndim: int, image, ndim: int) -> str | None:
     """Why the PSF file ``psf`` (``psf_ndim``-D) cannot deconvolve ``image`` (``ndim``-D), as a one-line
-    message naming both files and how to make a PSF that fits, or None where the counts agree. A single
-    plane (a 1 x Y x X stack too) is 2D: its PSF is a plane."""
+    message naming both files as given and how to make a PSF that fits, or None where the counts agree. A
+    single plane (a 1 x Y x X stack too) is 2D: its PSF is a plane."""
     if psf_ndim == ndim:
         return None
     make = ("a 2D PSF: the in-focus plane of a 3D one, or a plane made by "
             "'deconv3d psf --shape 63 63 --voxel-size DY DX ...'" if ndim == 2
             else "a 3D PSF, e.g. made by 'deconv3d psf --shape 31 63 63 ...'")
-    return f"PSF {Path(psf).name} is {psf_ndim}D but {Path(image).name} is {ndim}D: a {ndim}D image needs {make}"
+    return f"PSF {path_text(psf)} is {psf_ndim}D but {path_text(image)} is {ndim}D: a {ndim}D image needs {make}"
 
 
 def psf_size_problem(psf, psf_shape, image, image_shape) -> str:

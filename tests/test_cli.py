@@ -550,7 +550,8 @@ def test_planes_that_may_be_z_slices_with_a_2d_psf_draw_a_relabel_hint(tmp_path,
     else:
         kind = "frames" if axes == "TYX" else "channels"
         assert err.splitlines() == [
-            f"deconv3d: warning: stack.tif has axes {axes}, {warned}: each plane is deconvolved as a 2D image; if its "
+            f"deconv3d: warning: {tmp_path / 'stack.tif'} has axes {axes}, {warned}: each plane is deconvolved as a 2D "
+            f"image; if its "
             f"{kind} are z-slices, relabel them as slices: Fiji's Image > Properties, and give a 3D PSF"], err
 
 

@@ -259,7 +259,8 @@ def test_an_image_without_a_voxel_size_hears_of_it_before_the_rl_tv_weight(files
     code, _, err = run([*rl_tv, "--psf-model", "gaussian", "--na", 1.2, "--wavelength", 0.5], capsys)
     assert_one_line_error(code, err, "--psf-model needs the image's voxel size", "--voxel-size")
     code, _, err = run([*rl_tv, "--psf", files / "psf_bare.tif"], capsys)
-    assert_one_line_error(code, err, "--tv-weight 0.2 is too large for bare.tif", "no voxel size (taken as isotropic)")
+    assert_one_line_error(code, err, f"--tv-weight 0.2 is too large for {files / 'bare.tif'}",
+                          "no voxel size (taken as isotropic)")
     assert not (files / output).exists()
 
 

@@ -214,7 +214,7 @@ class _BatchWarnings:
     """The command line's warnings during a batch (installed by :meth:`shown`): each file's are kept
     for its report row (:meth:`fill`); a line already printed is not printed again (a shared PSF's
     "carries no voxel size" came once per file, 800 times), and of a line that differs from file to file
-    only by the file's name ("p7.tif carries no voxel size") the first :data:`WARNINGS_SHOWN` files' are
+    only by the file's name ("in/p7.tif carries no voxel size") the first :data:`WARNINGS_SHOWN` files' are
     printed. :meth:`summary` then says how many files drew warnings and where all of them are."""
 
     def __init__(self):

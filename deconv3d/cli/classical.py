@@ -271,7 +271,7 @@ def _deconvolve_in_memory(args, warnings: list) -> int:
     psf = load_psf(args, image, voxel, fit_image=trained is None, warnings=warnings) if (args.psf or args.psf_model) else None
     source = psf_source(args)  # (the PSF file's hash)
     if args.method == "rl-tv":  # after the PSF's checks: an image without a voxel size, told to lower the
-        check_tv_weight(args.tv_weight, image.data.ndim, voxel, Path(args.input).name)  # weight, then needed one
+        check_tv_weight(args.tv_weight, image.data.ndim, voxel, args.input)  # weight, then needed one
     print_warnings(warnings)
     start = time.perf_counter()
     result, params, psf = _run_method(args, image.data, psf, voxel, trained)

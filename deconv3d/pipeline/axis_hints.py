@@ -4,8 +4,7 @@ warning of a run that deconvolves such planes one by one."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from deconv3d._paths import path_text
 from deconv3d._tiff_metadata import MANY_CHANNELS
 from deconv3d.errors import warn
 
@@ -43,5 +42,5 @@ def warn_of_planes_that_may_be_z(lazy, ndim: int, warnings) -> None:
         what, kind = f"{channels} channels and no channel names", "channels"
     else:
         return
-    warn(f"deconv3d: warning: {Path(lazy.path).name} has axes {axes}, {what}: each plane is deconvolved as a 2D "
+    warn(f"deconv3d: warning: {path_text(lazy.path)} has axes {axes}, {what}: each plane is deconvolved as a 2D "
          f"image; {_relabel(kind)}, and give a 3D PSF", warnings)

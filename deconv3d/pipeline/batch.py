@@ -389,8 +389,8 @@ def _check_unchanged(shared: dict, settings: Settings, path: Path) -> None:
     ``shared`` (:func:`_shared_hashes`) held it before its run: which one the run read is not known."""
     changed = [f for f, digest in _shared_hashes(settings).items() if shared.get(f) != digest]
     if changed:
-        raise InputError(f"{', '.join(map(str, changed))} changed while {path.name} was processed (which version the "
-                         "run read is not known): rerun the batch to redo it with the file as it is now")
+        raise InputError(f"{', '.join(map(str, changed))} changed while {path_text(path)} was processed (which version "
+                         "the run read is not known): rerun the batch to redo it with the file as it is now")
 
 
 def _reason(exc: Exception) -> str:
@@ -417,6 +417,6 @@ def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:
         spatial = sum(a in "ZYX" for a in lazy.axes)
         if len(settings.voxel_size) < spatial:
             raise InputError(f"voxel size {tuple(settings.voxel_size)} gives {len(settings.voxel_size)} values but "
-                             f"{Path(lazy.path).name} is {spatial}D: give DZ DY DX")
+                             f"{path_text(lazy.path)} is {spatial}D: give DZ DY DX")
         return tuple(float(v) for v in settings.voxel_size)[-spatial:]  # (nanometres: refused by Settings)
     return recorded_voxel(lazy, "--voxel-size DZ DY DX")

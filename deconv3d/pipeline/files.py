@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deconv3d._paths import OUTPUT_SUFFIXES, check_output_path
+from deconv3d._paths import OUTPUT_SUFFIXES, check_output_path, path_text
 from deconv3d.errors import InputError, warn
 from deconv3d.pipeline.axis_hints import relabel_note, warn_of_planes_that_may_be_z
 
@@ -41,6 +41,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     whole into memory (:func:`train_on_image`), with ``trainer(image, psf, voxel)`` when given (it
     returns a ``TrainResult``), else with :class:`~deconv3d.selfsup.TrainConfig`'s defaults.
     ``sweep`` removes what killed runs left of the output first (a batch sweeps its folder once).
+    Its errors and warnings name the input by ``input_path`` as given (``in/day2/a.tif``), as an in-memory
+    run names it: a batch's lines name the file so.
     """
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import run_chunked
@@ -57,12 +59,12 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     spatial_axes = "".join(a for a in lazy.axes if a in "ZYX")
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]
     _check_psf_dimensions(settings, lazy, len(spatial_shape))
-    voxel = _checked_voxel(settings, lazy, len(spatial_shape), input_path.name, warnings)
+    voxel = _checked_voxel(settings, lazy, len(spatial_shape), path_text(input_path), warnings)
     check_channel_count(lazy, channel_count(settings))
     check_channel_count(lazy, len(_many(settings.model)), "model")
-    chunks = _spatial_chunks(settings, len(spatial_shape), input_path.name)
+    chunks = _spatial_chunks(settings, len(spatial_shape), path_text(input_path))
     # every method's output is non-negative (before any training)
-    check_has_positive(lazy, input_path.name, settings.method, warnings, axes=lazy.axes,
+    check_has_positive(lazy, path_text(input_path), settings.method, warnings, axes=lazy.axes,
                        channels=lazy.channels)
     plan = dict(chunks=chunks, workers=workers, client=client)
     block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan)
@@ -148,7 +150,7 @@ def check_channel_count(lazy, wanted: int, what: str = "psf") -> None:
     channels = lazy.data.shape[lazy.axes.index("C")] if "C" in lazy.axes else 1
     given, each = ("models", "--model") if what == "model" else ("PSFs", "PSF (or wavelength)")
     if wanted > 1 and channels != wanted:
-        raise InputError(f"{Path(lazy.path).name} has {channels} channel(s) but {wanted} {given} were given: "
+        raise InputError(f"{path_text(lazy.path)} has {channels} channel(s) but {wanted} {given} were given: "
                          f"give one {each} per channel, or one for all")
 
 
@@ -161,7 +163,7 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
 
     if settings.method == "ssl" and settings.model:  # the model's own check
         return
-    name = Path(lazy.path).name
+    name = path_text(lazy.path)
     hint = relabel_note(name, lazy.axes)
     if settings.psf_model is not None and ndim != 3:
         raise InputError(f"--psf-model generates 3D PSFs but {name} is {ndim}D: give a 2D --psf file, e.g. the plane of "
@@ -196,7 +198,7 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
 
         trained = [load_checkpoint(f, device="cpu") for f in files]  # one, or one per channel
         for network in trained:
-            voxel = network.voxel_for(voxel, len(spatial_shape), Path(lazy.path).name, warnings)
+            voxel = network.voxel_for(voxel, len(spatial_shape), path_text(lazy.path), warnings)
         warn_of_another_scale(trained, lazy, warnings)
         # every channel's PSF, not the first alone: the others were dropped unchecked, yet recorded as used
         psfs = (load_psfs_for(settings, spatial_shape, voxel, fit_image=False, image=lazy.path, warnings=warnings)
@@ -268,7 +270,7 @@ def train_on_image(lazy, psf, voxel, settings, trainer=None, memory_limit=None):
     from deconv3d.pipeline.threads_and_memory import release_memory
     from deconv3d.selfsup import train
 
-    name = Path(lazy.path).name
+    name = path_text(lazy.path)
     lead = _refuse_untrainable(lazy, memory_limit)
     image = np.asarray(lazy.data, dtype=np.float32).reshape(lazy.data.shape[len(lead):])
     if trainer is None:
@@ -289,7 +291,7 @@ def _refuse_untrainable(lazy, memory_limit) -> list:
     ``memory_limit``; returns the sizes of its leading (T, C) axes."""
     from deconv3d.pipeline.system_memory import format_bytes, parse_memory
 
-    name = Path(lazy.path).name
+    name = path_text(lazy.path)
     lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
     if any(n > 1 for n in lead):
         raise InputError(f"{name} has axes {lazy.axes} of shape {lazy.data.shape}: training on the image takes one "
@@ -369,7 +371,7 @@ def warn_of_another_scale(trained, lazy, warnings: list | None) -> None:
     in-memory run warns (:func:`deconv3d.selfsup.scale_mismatch`), from :func:`intensity_statistics`."""
     from deconv3d.selfsup import scale_mismatch
 
-    name = Path(lazy.path).name
+    name = path_text(lazy.path)
     networks = trained if isinstance(trained, list) else [trained]
     statistics = intensity_statistics(lazy, lazy.axes)
     for c, (mean, std, sampled) in enumerate(statistics):

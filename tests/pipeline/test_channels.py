@@ -23,7 +23,7 @@ def test_a_channel_with_no_positive_value_is_refused_by_name(tmp_path, capsys):
     write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 3, 3)), voxel_size=(0.3, 0.1, 0.1))
     code, _, err = run(["deconvolve", tmp_path / "in.zarr", "-o", tmp_path / "out.zarr", "--psf",
                         tmp_path / "psf.tif", "--iterations", 2], capsys)
-    assert_one_line_error(code, err, "channel 2 at time point 1 of in.zarr has no positive values")
+    assert_one_line_error(code, err, f"channel 2 at time point 1 of {tmp_path / 'in.zarr'} has no positive values")
     assert not (tmp_path / "out.zarr").exists()
 
 
@@ -141,7 +141,7 @@ def test_ome_tiff_channel_names_and_colours_reach_the_output(tmp_path, capsys):
                      metadata=metadata)
     code, _, err = run(["deconvolve", tmp_path / "neg.ome.tif", "-o", tmp_path / "neg.zarr", "--psf",
                         tmp_path / "psf.tif"], capsys)
-    assert_one_line_error(code, err, "channel 1 (GFP) of neg.ome.tif has no positive values")
+    assert_one_line_error(code, err, f"channel 1 (GFP) of {tmp_path / 'neg.ome.tif'} has no positive values")
     # An ImageJ hyperstack records no channel names: none, as before.
     tifffile.imwrite(tmp_path / "ij.tif", image.transpose(1, 0, 2, 3), imagej=True, metadata={"axes": "ZCYX"})
     assert open_lazy(tmp_path / "ij.tif").channels is None

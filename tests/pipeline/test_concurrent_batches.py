@@ -412,7 +412,7 @@ def test_each_file_s_record_holds_the_psf_its_run_read(folder):
 
     rows = run_batch(folder / "in", out, settings, process_one, progress=progress)
     assert [r["status"] for r in rows] == ["done", "done", "failed"]
-    assert "psf.tif changed while img2.tif was processed" in rows[2]["reason"]
+    assert f"{psf} changed while {folder / 'in' / 'img2.tif'} was processed" in rows[2]["reason"]
     records = {i: json.loads((out / RECORD_DIR / f"img{i}.tif.json").read_text())["settings"] for i in range(3)}
     assert read["img0.tif"] == first and read["img1.tif"] == new
     assert records == {0: first_hash, 1: new_hash, 2: None}  # (img2: unfinished, redone by a rerun)

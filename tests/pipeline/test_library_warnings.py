@@ -40,7 +40,7 @@ def test_deconvolve_file_warns_with_python_warnings_at_the_caller_naming_the_key
         warnings.simplefilter("error")
         deconvolve_file(bare / "bare.tif", bare / "again.zarr", Settings(psf=str(bare / "psf.tif"), iterations=2),
                         warnings=collected)
-    assert collected and collected[0].startswith("deconv3d: warning: bare.tif carries no voxel size")
+    assert collected and collected[0].startswith(f"deconv3d: warning: {bare / 'bare.tif'} carries no voxel size")
 
 
 def test_each_call_warns_as_the_printed_line_did(bare):
@@ -61,8 +61,8 @@ def test_the_command_line_prints_them_in_its_own_words(bare, capsys):
     code, _, err = run(["batch", bare / "in", "-o", bare / "res", "--psf", bare / "psf.tif", "--iterations", 2],
                        capsys)
     assert code == 0, err
-    assert ("deconv3d: warning: bare.tif carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm "
-            "(pass --voxel-size to set it)\n") in err
+    assert (f"deconv3d: warning: {bare / 'in' / 'bare.tif'} carries no voxel size; assuming the PSF's (0.3, 0.1, "
+            "0.1) µm (pass --voxel-size to set it)\n") in err
 
 
 
@@ -79,7 +79,7 @@ def test_the_command_line_prints_them_whatever_pythonwarnings_says(bare, capsys,
         code, _, err = run(["batch", bare / "in", "-o", bare / "res", "--psf", bare / "psf.tif", "--iterations", 2],
                            capsys)
     assert code == 0, err
-    assert "deconv3d: warning: bare.tif carries no voxel size" in err
+    assert f"deconv3d: warning: {bare / 'in' / 'bare.tif'} carries no voxel size" in err
 
 
 
@@ -118,7 +118,8 @@ def test_a_batch_prints_a_repeated_warning_once_and_keeps_each_file_s_in_its_rep
         write_tiff(tmp_path / "bare" / f"a{i}.tif", blurred_beads((8, 32, 32), psf, seed=i, count=20))
         write_tiff(tmp_path / "calibrated" / f"c{i}.tif", blurred_beads((8, 32, 32), psf, seed=i, count=20),
                    voxel_size=(0.3, 0.1, 0.1))
-    per_file = "a{}.tif carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm (pass --voxel-size to set it)"
+    per_file = str(tmp_path / "bare" / "a{}.tif") + (" carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm "
+                                                     "(pass --voxel-size to set it)")
     shared = ("the PSF file {} carries no voxel size; taking it as sampled like the image (0.3 0.1 0.1 µm)"
               .format(tmp_path / "bare_psf.tif"))
     out = tmp_path / "out"
@@ -157,7 +158,8 @@ def test_a_file_a_rerun_skips_as_finished_keeps_the_warnings_of_its_earlier_row(
     (tmp_path / "in").mkdir()
     for i in range(3):
         write_tiff(tmp_path / "in" / f"a{i}.tif", blurred_beads((8, 32, 32), psf, seed=i, count=20))
-    line = "a{}.tif carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm (pass --voxel-size to set it)"
+    line = str(tmp_path / "in" / "a{}.tif") + (" carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm (pass "
+                                               "--voxel-size to set it)")
     argv = ["batch", tmp_path / "in", "-o", tmp_path / "out", "--psf", tmp_path / "psf.tif", "--method", "wiener"]
     real = files.deconvolve_file
 
@@ -220,7 +222,8 @@ def test_a_batch_ends_with_the_count_of_files_that_drew_warnings_whenever_one_di
         for i in range(2):
             write_tiff(tmp_path / folder / f"a{i}.tif", blurred_beads((8, 32, 32), psf, seed=i, count=20),
                        voxel_size=voxel)
-    line = "a{}.tif carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm (pass --voxel-size to set it)"
+    line = str(tmp_path / "bare" / "a{}.tif") + (" carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm "
+                                                 "(pass --voxel-size to set it)")
     for folder, expected in (("bare", [f"deconv3d: warning: {line.format(i)}" for i in range(2)] + [
             f"deconv3d: warning: 2 file(s) drew warnings: each file's are in the warnings of its row in "
             f"{tmp_path / 'bare' / 'out' / 'batch_report.json'}"]), ("calibrated", [])):
@@ -243,7 +246,8 @@ def test_run_batch_from_python_lists_each_file_s_warnings_in_its_row(bare):
     with pytest.warns(RuntimeWarning) as caught:
         rows = run_batch(bare / "in", bare / "out", settings,
                          lambda path, output, digest: deconvolve_file(path, output, settings, checksum=digest))
-    line = "bare.tif carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm (pass voxel_size to set it)"
+    line = (f"{bare / 'in' / 'bare.tif'} carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm (pass "
+            "voxel_size to set it)")
     assert [str(w.message) for w in caught] == [line]
     assert {os.path.basename(r["file"]): (r["status"], r["warnings"]) for r in rows} == {
         "bare.tif": ("done", [line]), "calibrated.tif": ("done", [])}

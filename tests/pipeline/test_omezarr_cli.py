@@ -155,9 +155,10 @@ def test_a_batch_input_with_no_path_from_the_folder_is_named_as_the_report_holds
     # each image's own limit (voxel size 0.3 0.1 0.1), up front: 0.4 passed the check above, then every
     # block refused it as 'tv_weight must be a number in [0, 0.214)', the Python name; so did a run in memory
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--method", "rl-tv", "--tv-weight", 0.4,
-      "--chunks", 12, 12, 12], ["--tv-weight 0.4 is too large for img0.tif", "below 0.214", "0.3 0.1 0.1"]),
+      "--chunks", 12, 12, 12],
+     ["--tv-weight 0.4 is too large for in", "img0.tif: RL-TV needs it below 0.214", "0.3 0.1 0.1"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.tif", "--method", "rl-tv", "--tv-weight", 0.3],
-     ["--tv-weight 0.3 is too large for img0.tif", "below 0.214"]),
+     ["--tv-weight 0.3 is too large for in", "img0.tif: RL-TV needs it below 0.214"]),
     (["deconvolve", "in/img0.tif", "--psf", "chunks/psf.tif", "-o", "x.zarr", "--chunks", 12, 12, 12],
      ["PSF file not found: chunks/psf.tif"]),  # the option names were put into the path too
     # an OME-Zarr PSF folder was 'PSF file not found' out of core, a TIFF reader's complaint in memory

@@ -786,9 +786,9 @@ def test_chunked_runs_name_what_is_wrong_with_odd_files_as_in_memory_runs_do(tmp
     huge[4, 16, 16] = 1e300
     tifffile.imwrite(tmp_path / "huge.tif", huge)
     (tmp_path / "empty.tif").write_bytes(b"II*\x00\x00\x00\x00\x00")
-    cases = [("cyx.tif", ["--psf", "psf.tif"], ["3D but cyx.tif is 2D", "axes CYX", "relabel"]),
+    cases = [("cyx.tif", ["--psf", "psf.tif"], [f"3D but {tmp_path / 'cyx.tif'} is 2D", "axes CYX", "relabel"]),
              ("plane.tif", ["--psf-model", "gaussian", "--na", "1.2", "--wavelength", "0.5"],
-              ["generates 3D PSFs", "plane.tif is 2D", "--shape 63 63 --voxel-size DY DX"]),
+              ["generates 3D PSFs", f"{tmp_path / 'plane.tif'} is 2D", "--shape 63 63 --voxel-size DY DX"]),
              ("huge.tif", ["--psf", "psf.tif"], ["up to 1e+300", "beyond the float32 range"]),
              ("empty.tif", ["--psf", "psf.tif"], ["holds no image", "TIFF header"])]
     for name, psf_args, words in cases:
@@ -798,7 +798,8 @@ def test_chunked_runs_name_what_is_wrong_with_odd_files_as_in_memory_runs_do(tmp
     (tmp_path / "in").mkdir()
     (tmp_path / "plane.tif").rename(tmp_path / "in" / "plane.tif")
     code, out, err = run(["batch", tmp_path / "in", "-o", tmp_path / "res", "--psf", tmp_path / "psf.tif"], capsys)
-    assert code == 3 and "3D but plane.tif is 2D" in out and "voxel size" not in out + err  # no false warning
+    assert code == 3 and f"3D but {tmp_path / 'in' / 'plane.tif'} is 2D" in out
+    assert "voxel size" not in out + err  # no false warning
 
 
 def test_batch_reads_its_config_and_writes_its_report_in_utf8_whatever_the_locale(tmp_path, capsys, monkeypatch):
