@@ -147,7 +147,9 @@ def _hashed_with_a_bar(input_dir):
 
 def shown_input(file: str, input_dir) -> str:
     """A batch input as its terminal lines name it: the input folder as given, joined with the file's
-    path inside it (``in/day2/a.tif``), from the row's ``file`` (absolute, as the report holds it). The
+    path inside it (``in/day2/a.tif``; ``a.tif`` for the folder ``.``), from the row's ``file`` (absolute,
+    as the report holds it). That is the path the batch found and gave the run of the file, so the
+    library's messages, which name an input by the path they were given, name it alike. The
     per-file line named ``day2/a.tif`` as ``a.tif`` and the failures at the end as the absolute path.
     Where the file has no path relative to the folder (on Windows, another drive), it is ``file``."""
     from deconv3d._paths import path_text
@@ -156,7 +158,7 @@ def shown_input(file: str, input_dir) -> str:
         inside = os.path.relpath(file, path_text(Path(input_dir).absolute()))
     except ValueError:  # (os.path.relpath across drives on Windows)
         return file
-    return path_text(Path(os.fsdecode(input_dir))) + os.sep + inside
+    return path_text(Path(os.fsdecode(input_dir)) / inside)
 
 
 def _progress_printer(input_dir):

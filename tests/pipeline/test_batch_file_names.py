@@ -90,6 +90,17 @@ def test_a_channel_count_that_does_not_match_the_psfs_names_the_file_as_its_line
     assert err.splitlines()[-1] == f"deconv3d: failed: {shown}: {CHANNELS.format(shown)}", err
 
 
+def test_a_batch_of_the_working_folder_names_its_files_as_the_library_does(inputs, capsys, monkeypatch):
+    """The input folder '.': the per-file line named ./sub/neg.tif, the library's reason sub/neg.tif
+    (the path the batch found and ran it as)."""
+    monkeypatch.chdir(inputs / "in")
+    shown = os.path.join("sub", "neg.tif")
+    code, out, err = run(["batch", ".", "-o", inputs / "out", "--psf", inputs / "psfs" / "psf.tif", "--pattern",
+                          "*/neg.tif"], capsys)
+    assert code == 3 and out.splitlines()[0] == f"[1/1] failed  {shown}: {NEGATIVE.format(shown)}", out
+    assert err.splitlines()[-1] == f"deconv3d: failed: {shown}: {NEGATIVE.format(shown)}", err
+
+
 def test_an_absolute_input_folder_names_its_files_absolutely_throughout(inputs, capsys):
     """The folder given as an absolute path: the line and its reason name the file by it alike."""
     shown = str(inputs / "in" / "sub" / "nm.tif")
