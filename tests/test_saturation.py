@@ -155,11 +155,11 @@ def test_bad_saturation_options_are_one_line_errors_and_write_nothing(tmp_path, 
     assert not (tmp_path / "out.tif").exists()
 
 
-def test_auto_iterations_chooses_its_count_with_the_saturated_voxels_left_out(tmp_path, capsys, clipped):
-    """``--iterations auto --saturation LEVEL`` runs choose_iterations with the saturation weights (on these
-    noisy counts clipped at their 97th percentile: 57 iterations, against 100 with every voxel fitted),
-    prints the count and records it as chosen with the saturated voxels left out; the output is RL
-    with those voxels fitted as clipped for that count (plain RL: acceleration off)."""
+def test_auto_iterations_chooses_its_count_with_the_saturated_voxels_fitted_as_clipped(tmp_path, capsys, clipped):
+    """``--iterations auto --saturation LEVEL`` runs choose_iterations with those voxels flagged clipped
+    (on these noisy counts clipped at their 97th percentile: a count other than the one with every voxel
+    fitted as measured), prints the count and records it as chosen so; the output is RL with those voxels
+    fitted as clipped for that count (plain RL: acceleration off)."""
     _, blurred, _, _ = clipped
     counts = (np.random.default_rng(0).poisson(blurred * 0.3) / 0.3).astype(np.float32)
     level = float(np.percentile(counts, 97))
@@ -168,37 +168,38 @@ def test_auto_iterations_chooses_its_count_with_the_saturated_voxels_left_out(tm
     result, out, err = deconvolve(tmp_path, capsys, "auto.tif", "--saturation", level, "--iterations", "auto",
                                   image="noisy.tif")
     psf = prepare_psf(gaussian_psf(), image.shape, psf_voxel=VOXEL, image_voxel=VOXEL)
-    weights = (image < level).astype(np.float32)
-    chosen = choose_iterations(image, psf, 100, voxel_size=VOXEL, device="cpu", weights=weights).iterations
+    chosen = choose_iterations(image, psf, 100, voxel_size=VOXEL, device="cpu", clipped=image >= level).iterations
     assert chosen != choose_iterations(image, psf, 100, voxel_size=VOXEL, device="cpu").iterations
-    assert f"chose {chosen} iterations" in out and "saturated voxels left out" in out and "warning" not in err
+    assert f"chose {chosen} iterations" in out and "saturated voxels fitted as clipped" in out and "warning" not in err
     parameters = tiff_properties(tmp_path / "auto.tif")["parameters"]
     assert parameters["iterations"] == chosen and parameters["accelerate"] is False
-    assert parameters["iterations_chosen_by"] == "held-out prediction (5% of voxels, the saturated voxels left out)"
+    assert parameters["iterations_chosen_by"] == ("held-out prediction (5% of voxels, the saturated voxels fitted as "
+                                                  "clipped)")
     assert parameters["saturation"] == level and parameters["saturated_voxels"] == np.sum(image >= level)
     expected = richardson_lucy(image, psf, chosen, clipped=image >= level, accelerate=False, device="cpu")
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5 * expected.max())
 
 
-def test_auto_iterations_with_a_level_over_the_maximum_does_not_say_voxels_were_left_out(tmp_path, capsys, clipped):
-    """A level above the image's maximum leaves no voxel out (weights all 1): the count line and the record
-    said "the saturated voxels left out" all the same."""
+def test_auto_iterations_with_a_level_over_the_maximum_does_not_say_voxels_were_flagged(tmp_path, capsys, clipped):
+    """A level above the image's maximum flags no voxel: the count line and the record said "the saturated
+    voxels left out" all the same."""
     _, _, image, _ = clipped
     _, out, _ = deconvolve(tmp_path, capsys, "auto.tif", "--saturation", float(image.max()) * 2, "--iterations",
                            "auto")
-    assert "fitted 0 voxel(s)" in out and "chose " in out and "left out" not in out.split("chose ", 1)[1], out
+    assert "fitted 0 voxel(s)" in out and "chose " in out and "as clipped" not in out.split("chose ", 1)[1], out
     chosen_by = tiff_properties(tmp_path / "auto.tif")["parameters"]["iterations_chosen_by"]
     assert chosen_by == "held-out prediction (5% of voxels)", chosen_by
 
 
-def test_auto_iterations_at_its_cap_says_the_saturated_voxels_were_left_out(tmp_path, capsys, clipped, monkeypatch):
-    """The line of a count that reached the cap said nothing of the voxels left out (the record did)."""
+def test_auto_iterations_at_its_cap_says_the_saturated_voxels_were_fitted_as_clipped(tmp_path, capsys, clipped,
+                                                                                     monkeypatch):
+    """The line of a count that reached the cap said nothing of the saturated voxels (the record did)."""
     from deconv3d.cli import classical as cli_classical
 
     monkeypatch.setattr(cli_classical, "AUTO_MAX_ITERATIONS", 2)
     _, _, image, level = clipped
     _, out, _ = deconvolve(tmp_path, capsys, "cap.tif", "--saturation", level, "--iterations", "auto")
-    assert "chose 2 iterations, the most --iterations auto tries, the saturated voxels left out:" in out, out
+    assert "chose 2 iterations, the most --iterations auto tries, the saturated voxels fitted as clipped:" in out, out
 
 
 def test_every_voxel_at_the_level_is_refused(tmp_path, capsys, clipped):

@@ -10,9 +10,9 @@ import torch
 
 from deconv3d._tensors import resolve_device
 from deconv3d.classical._iterate import _Workspace, _blur, _initial_estimate, _rl_update
-from deconv3d.classical._problem import (MIN_KEPT_SHARE, _build_geometry, _check_inputs, _check_options,
-                                         _check_weights, _float_times_power_of_two, _holdout_problem, _Problem,
-                                         _transpose_of, _transpose_of_ones, _working_data)
+from deconv3d.classical._problem import (MIN_KEPT_SHARE, _build_geometry, _censor, _check_clipped, _check_inputs,
+                                         _check_options, _check_weights, _float_times_power_of_two, _holdout_problem,
+                                         _Problem, _transpose_of, _transpose_of_ones, _working_data)
 from deconv3d.classical.rl import _tv_for
 from deconv3d.errors import InputError
 
@@ -78,6 +78,7 @@ def choose_iterations(
     device="auto",
     dtype: torch.dtype = torch.float32,
     weights=None,
+    clipped=None,
 ) -> IterationChoice:
     """Choose Richardson-Lucy's iteration count from the image alone, by held-out prediction.
 
@@ -125,6 +126,11 @@ def choose_iterations(
         is taken only at held-out voxels of positive weight (a clipped value is not the data to
         predict). A voxel whose light lands less than 10 % on voxels of positive ``weights`` is
         not estimated, as in :func:`richardson_lucy`.
+    clipped : array_like of bool, optional
+        As for :func:`richardson_lucy`: True where the detector clipped the value; pass the ones the
+        final run will use. The held-out fit fits the clipped voxels it keeps as lower bounds, and
+        the error is taken only at held-out voxels that are not clipped (a clipped value is not the
+        data to predict).
 
     Returns
     -------
@@ -191,10 +197,13 @@ def choose_iterations(
     if callback is not None and not callable(callback):
         raise InputError(f"callback must be a function callback(iteration, risk), got {callback!r}")
     w = None if weights is None else _check_weights(weights, y)
+    flags = None if clipped is None else _check_clipped(clipped, y)
     held = holdout_mask(y.shape, holdout, seed).to(dev)
     scored = held if w is None else held & (w > 0)  # a voxel of weight 0 (a clipped one) is no truth to predict
+    scored = scored if flags is None else scored & (flags == 0)  # nor is a clipped value
     if int(scored.sum()) < MIN_HELD_OUT:  # a 3 x 3 image held out none, and "chose" 1 iteration at zero risk
-        of_weight = "" if w is None else f" with positive weights ({int(held.sum())} held out in all)"
+        kinds = ([] if w is None else ["with positive weights"]) + ([] if flags is None else ["not clipped"])
+        of_weight = f" {', '.join(kinds)} ({int(held.sum())} held out in all)" if kinds else ""
         raise InputError(f"only {int(scored.sum())} of the image's {y.numel()} voxels are held out{of_weight} (holdout "
                          f"{holdout:g}), too few to judge the iteration count by (at least {MIN_HELD_OUT}): give the "
                          "count yourself (--iterations N on the command line), or hold out more")
@@ -203,7 +212,9 @@ def choose_iterations(
     # which a power of two set by the kept ones alone could overflow; the risk is scaled back by 4**exponent
     y, exponent = _working_data(y, w)
     problem = _holdout_fit(y, h, boundary, keep, w)
-    tv = _tv_for(problem, tv_weight, voxel_size, None, y, keep)  # richardson_lucy's with these weights
+    problem, scaled_by = (problem, keep) if flags is None else _censor(problem, flags, h, boundary, keep)
+    tv = _tv_for(problem, tv_weight, voxel_size, None, y, scaled_by)  # richardson_lucy's with these weights
+    del flags, scaled_by
     target, count = y.clamp_min(0)[scored], max(int(scored.sum()), 1)
     # the choice compares the risks in the working units (their order is the image units' order), where
     # float64 holds them: in the image's, those of a float64 run of peak 1e160 overflow, of 5e-170 underflow

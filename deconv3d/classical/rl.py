@@ -349,13 +349,9 @@ def _problem_for(work: torch.Tensor, h: torch.Tensor, boundary: str, keep, flags
     """RL's problem on ``work`` with the voxels' weights ``keep`` (or None) and the clipped voxels' ``flags``
     (:func:`~deconv3d.classical._problem._check_clipped`'s, or None: see
     :func:`~deconv3d.classical._problem._censor`), and the weights the TV term's default scale is taken
-    under (:func:`_tv_for`): the clipped voxels' values are not the intensities there."""
+    under (:func:`_tv_for`)."""
     problem = _build_problem(work, h, boundary) if keep is None else _holdout_problem(work, h, boundary, keep)
-    if flags is None:
-        return problem, keep
-    unclipped = 1 - flags if keep is None else (1 - flags) * keep
-    scale_from = unclipped if bool((unclipped > 0).any()) else keep  # (clipped everywhere: the data's scale)
-    return _censor(problem, flags, h, boundary, keep), scale_from
+    return (problem, keep) if flags is None else _censor(problem, flags, h, boundary, keep)
 
 
 def _tv_for(problem, tv_weight, voxel_size, tv_scale, image: torch.Tensor, keep=None, smoothing: str = "local",

@@ -319,9 +319,8 @@ def _run_method(args, data, psf, voxel, trained):
     params = {"iterations": args.iterations, "boundary": args.boundary, "accelerate": not args.no_accelerate,
               "tv_weight": args.tv_weight if args.method == "rl-tv" else 0.0}
     clipped = _clipped_voxels(args.saturation, data, params)
-    if args.iterations == "auto":  # with the voxels --saturation flags left out of its fit and error
-        weights = None if clipped is None else (~clipped).astype("float32")
-        params.update(_choose_iterations(data, psf, params, voxel, args.device, weights))
+    if args.iterations == "auto":  # with the voxels --saturation flags fitted as clipped, and not predicted
+        params.update(_choose_iterations(data, psf, params, voxel, args.device, clipped))
     bar, callback = progress(params["iterations"], args.method)
     with bar:
         result = richardson_lucy(data, psf, params["iterations"], callback=callback, voxel_size=voxel,
@@ -452,18 +451,18 @@ def _iterations(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"must be a positive whole number or auto, got {text!r}") from None
 
 
-def _choose_iterations(image, psf, params: dict, voxel, device, weights=None) -> dict:
-    """``--iterations auto``: the held-out-prediction count, for plain RL (acceleration off), with the
-    ``--saturation`` ``weights`` (None: every voxel fitted and predicted)."""
+def _choose_iterations(image, psf, params: dict, voxel, device, clipped=None) -> dict:
+    """``--iterations auto``: the held-out-prediction count, for plain RL (acceleration off), with the voxels
+    ``--saturation`` flags (``clipped``; None: every voxel fitted as measured and predicted)."""
     from deconv3d.classical import choose_iterations
 
     bar, callback = progress(AUTO_MAX_ITERATIONS, "choosing iterations")
     with bar:
         choice = choose_iterations(image, psf, AUTO_MAX_ITERATIONS, boundary=params["boundary"],
                                    tv_weight=params["tv_weight"], voxel_size=voxel, device=device, callback=callback,
-                                   weights=weights)
-    # (a level above the image's maximum leaves no voxel out: its weights are all 1, and none is said left out)
-    left_out = "" if weights is None or bool(weights.all()) else ", the saturated voxels left out"
+                                   clipped=clipped)
+    # (a level above the image's maximum flags no voxel, and none is said fitted as clipped)
+    left_out = "" if clipped is None or not clipped.any() else ", the saturated voxels fitted as clipped"
     if choice.stopped == "max_iterations" and choice.iterations == AUTO_MAX_ITERATIONS:
         print(f"chose {choice.iterations} iterations, the most --iterations auto tries{left_out}: the held-out error "
               "was still falling, but it is nearly flat there and on noisy data may keep falling past the best "
