@@ -149,6 +149,30 @@ def clipped_voxels(image, level: float | None):
     return np.asarray(image) >= level
 
 
+def clipped_at_faces(clipped, psf_shape) -> int:
+    """How many of the ``clipped`` voxels (a bool array) lie within the reach of a PSF of ``psf_shape`` (its
+    half-size per axis) of the image's faces: where, with the zero boundary, the light that enters the
+    field from outside must come from voxels that clipped data do not hold down."""
+    clipped = np.asarray(clipped)
+    near = np.zeros(clipped.shape, bool)
+    for axis, k in enumerate(psf_shape):
+        reach = min(k // 2 + 1, clipped.shape[axis])
+        index = [slice(None)] * clipped.ndim
+        for face in (slice(0, reach), slice(clipped.shape[axis] - reach, None)):
+            index[axis] = face
+            near[tuple(index)] = True
+    return int(np.count_nonzero(clipped & near))
+
+
+def zero_boundary_warning(count: int) -> str:
+    """The ``deconv3d: warning:`` line for ``count`` clipped voxels near the faces of a run with the zero
+    boundary (:func:`clipped_at_faces`)."""
+    return (f"deconv3d: warning: {count} clipped voxel(s) lie within the PSF's reach of the image's faces, where "
+            "with --boundary zero the light that enters the field from outside must come from voxels the clipped "
+            "data do not hold down: they come out worse than fitting the clipped values as data; use --boundary "
+            "bertero (the default)")
+
+
 def saturated_warning(count: int, peak: float, method: str, where: str = "") -> str:
     """The ``deconv3d: warning:`` line for an image that looks clipped and runs with saturation ``none``.
 

@@ -319,6 +319,11 @@ def _run_method(args, data, psf, voxel, trained):
     params = {"iterations": args.iterations, "boundary": args.boundary, "accelerate": not args.no_accelerate,
               "tv_weight": args.tv_weight if args.method == "rl-tv" else 0.0}
     clipped = _clipped_voxels(args.saturation, data, params)
+    if clipped is not None and args.boundary == "zero":
+        from deconv3d._saturation import clipped_at_faces, zero_boundary_warning
+
+        if near := clipped_at_faces(clipped, tuple(psf.shape)):
+            warn(zero_boundary_warning(near))
     if args.iterations == "auto":  # with the voxels --saturation flags fitted as clipped, and not predicted
         params.update(_choose_iterations(data, psf, params, voxel, args.device, clipped))
     bar, callback = progress(params["iterations"], args.method)
