@@ -134,7 +134,7 @@ def richardson_lucy(
         field's): read the margins as light from outside, not as intensities to measure.
     weights : array_like, optional
         Per-voxel data weights with the image's shape, in [0, 1]: 0 leaves a voxel out of
-        the fit (dead or saturated pixels, voxels held out for validation), 1 (the default
+        the fit (dead pixels, voxels held out for validation; clipped ones: ``clipped``), 1 (the default
         everywhere) uses it. The back-projection ``H^T(y / H u)`` becomes
         ``H^T(w y / H u) H^T(1) / H^T(w)`` (the weighted Poisson likelihood's update, with
         the boundary's own normalisation kept), so weights of 1 give plain RL and the
