@@ -1048,7 +1048,7 @@ def test_distill_says_why_it_found_no_bead(tmp_path, capsys):
     noise = np.random.default_rng(3).poisson(100.0, (24, 64, 64)).astype(np.float32)
     with pytest.raises(InputError, match="no bead stands out from the noise") as error:
         distill_psf(noise)
-    assert "--threshold" not in str(error.value)
+    assert "--threshold" not in str(error.value) and "10 noise deviations above the background" in str(error.value)
     write_tiff(tmp_path / "beads.tif", beads, voxel_size=(0.3, 0.1, 0.1))
     code, _, err = run(["psf", "distill", tmp_path / "beads.tif", "-o", tmp_path / "psf.tif", "--threshold", 110],
                        capsys)

@@ -44,7 +44,9 @@ def _why_no_beads(smooth, peaks, half, background: float, noise: float, threshol
         width = " x ".join(f"{w:.0f}" for w in fwhm)
         why = f", its peak {width} voxels wide at half height: wider than a bead in this image" if wide else ""
         return (f"no bead stands out from the noise (brightest smoothed value {top:.3g}, background "
-                f"{background:.3g}, noise {noise:.2g}{why}): check that the image holds beads")
+                f"{background:.3g}, noise {noise:.2g}{why}): check that the image holds beads; a bead must reach 10 "
+                f"noise deviations above the background once smoothed (here {floor:.3g}), so image dim beads "
+                "brighter or sum several stacks of them")
     peaks = np.asarray(peaks).reshape(-1, smooth.ndim)
     height = np.array([float(smooth[tuple(p)]) for p in peaks])
     shape = np.asarray(smooth.shape)
