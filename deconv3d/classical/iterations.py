@@ -100,7 +100,8 @@ def choose_iterations(
     at 10 photons (38 iterations instead of 7). The held-out error is nearly flat around its
     minimum (differences under 1 %), so the count also depends on which voxels are held out:
     over eight ``seed`` values a 64 x 64 image at 300 photons got 11 to 100 iterations. An
-    image of fewer than :data:`MIN_HELD_OUT` held-out voxels (of positive ``weights``) is refused.
+    image of fewer than :data:`MIN_HELD_OUT` held-out voxels (of positive ``weights``, not
+    ``clipped``) is refused.
 
     Parameters
     ----------
@@ -121,9 +122,9 @@ def choose_iterations(
         (the best count so far is returned).
     weights : array_like, optional
         As for :func:`richardson_lucy`: per-voxel data weights in [0, 1] with the image's shape
-        (0 leaves a voxel out, e.g. a saturated one); pass the ones the final run will use. The
+        (0 leaves a voxel out, e.g. a dead pixel; clipped ones: ``clipped``); pass the ones the final run will use. The
         held-out fit then weights the data by ``weights`` times the held-out mask, and the error
-        is taken only at held-out voxels of positive weight (a clipped value is not the data to
+        is taken only at held-out voxels of positive weight (a value left out is not the data to
         predict). A voxel whose light lands less than 10 % on voxels of positive ``weights`` is
         not estimated, as in :func:`richardson_lucy`.
     clipped : array_like of bool, optional
@@ -199,7 +200,7 @@ def choose_iterations(
     w = None if weights is None else _check_weights(weights, y)
     flags = None if clipped is None else _check_clipped(clipped, y)
     held = holdout_mask(y.shape, holdout, seed).to(dev)
-    scored = held if w is None else held & (w > 0)  # a voxel of weight 0 (a clipped one) is no truth to predict
+    scored = held if w is None else held & (w > 0)  # a voxel of weight 0 (a dead pixel) is no truth to predict
     scored = scored if flags is None else scored & (flags == 0)  # nor is a clipped value
     if int(scored.sum()) < MIN_HELD_OUT:  # a 3 x 3 image held out none, and "chose" 1 iteration at zero risk
         kinds = ([] if w is None else ["with positive weights"]) + ([] if flags is None else ["not clipped"])

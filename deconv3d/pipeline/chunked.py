@@ -183,7 +183,7 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     level, counts : float and list, optional
         Given both, each written block's count of the voxels of its core at or above ``level`` is
         appended to ``counts`` (as ``tops`` gathers its top values), for the caller to sum: the
-        voxels of the volume a run at that saturation level leaves out, each counted once.
+        voxels of the volume a run at that saturation level fits as clipped, each counted once.
 
     Returns
     -------

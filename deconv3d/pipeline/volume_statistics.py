@@ -25,8 +25,9 @@ def volume_peak(data) -> float:
 
 def volume_top_two(data, level: float | None = None):
     """:func:`deconv3d._saturation.top_two` of ``data`` (as :func:`volume_peak` reads it) and, for a
-    ``level``, the largest value below it (at least 0), which is the TV scale of a run that leaves
-    the voxels at or above it out, and how many voxels are at or above it (0 without a level)."""
+    ``level``, the largest value below it (at least 0), which is the TV scale of a run that fits the
+    voxels at or above it as clipped (taken over the others), and how many voxels are at or above it
+    (0 without a level)."""
     from deconv3d._saturation import merge_top_two, top_two
     from deconv3d.classical.rl import _largest_value
 

@@ -1,4 +1,4 @@
-"""Saturated voxels in chunked runs and batches: blocks leave out what a whole-volume run leaves out,
+"""Saturated voxels in chunked runs and batches: blocks fit as clipped what a whole-volume run fits as clipped,
 and a batch's saturation setting is in its config and its completion records."""
 
 import json
