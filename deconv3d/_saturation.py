@@ -215,6 +215,17 @@ def warn_if_clipped(top: tuple[float, int, float, int], method: str, warnings: l
     return level
 
 
+def refuse_all_flagged(count: int, size: int, level: float, where: str = "") -> None:
+    """Refuse a volume of ``size`` voxels whose ``count`` voxels at or above ``level`` are all of them:
+    nothing measured is left to fit (a level at or below the image's minimum). An in-memory run and a
+    chunked one (:func:`deconv3d.pipeline.run_chunked`, before its output is published: its blocks,
+    each saturated throughout, only copied their values) refuse it alike; ``where`` names the channel or
+    time point of a multi-channel or time-lapse image (``"channel 1 (RFP) at time point 0"``)."""
+    if count >= size:
+        of = f" of {where}" if where else ""
+        raise InputError(f"every voxel{of} is at or above --saturation {level:g}: give a higher level, or none")
+
+
 def saturation_record(saturation, level: float | None = None, count: int | None = None) -> dict:
     """The run record's parameters of a saturation setting: none for ``none`` (the records of the runs
     before the setting, unchanged), else the setting, and the level and voxels at or above it where known."""

@@ -339,7 +339,8 @@ def _clipped_voxels(saturation, data, params: dict):
     added to ``params``, and a line saying how many (or that ``auto`` found no plateau)."""
     import numpy as np
 
-    from deconv3d._saturation import clipped_voxels, left_out_line, saturation_level, saturation_record
+    from deconv3d._saturation import (clipped_voxels, left_out_line, refuse_all_flagged, saturation_level,
+                                      saturation_record)
 
     level = saturation_level(data, saturation)
     clipped = clipped_voxels(data, level)
@@ -348,8 +349,7 @@ def _clipped_voxels(saturation, data, params: dict):
             print(left_out_line(saturation, [None], [None]))  # (no plateau: every voxel fitted)
         return None
     count = int(np.count_nonzero(clipped))
-    if count == clipped.size:
-        raise InputError(f"every voxel is at or above --saturation {level:g}: give a higher level, or none")
+    refuse_all_flagged(count, clipped.size, level)
     params.update(saturation_record(saturation, level, count))
     print(left_out_line(saturation, [level], [count]))
     return clipped

@@ -345,6 +345,7 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
             if counts is not None:  # each block's core counted once: the volume's voxels at or above the level
                 fn = fn.counted(sum(counts))
             decided.append(fn.decided() if hasattr(fn, "decided") else {})
+            _refuse_all_flagged(decided[-1], plan.shape, view.where)
             if tops is not None:
                 clips.append((merge_top_two(tops), method, view))
     finally:
@@ -352,6 +353,17 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
             pool.shutdown(wait=True, cancel_futures=True)
         close_sources(reader)  # no block reads it now: a long session does not hold the file open
     return _decided(decided), clips
+
+
+def _refuse_all_flagged(decided: dict, shape, where: str) -> None:
+    """Refuse, as an in-memory run does, a volume (of ``shape``, named ``where``) whose voxels are all at or
+    above the saturation level its block callable took (``decided``: ``saturation_level`` and
+    ``saturated_voxels``, where counted): :func:`~deconv3d._saturation.refuse_all_flagged`. The run's
+    output is not published then."""
+    from deconv3d._saturation import refuse_all_flagged
+
+    if decided.get("saturated_voxels") is not None and decided.get("saturation_level") is not None:
+        refuse_all_flagged(decided["saturated_voxels"], int(np.prod(shape)), decided["saturation_level"], where)
 
 
 def _clip_warnings(clips) -> tuple:

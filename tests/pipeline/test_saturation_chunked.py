@@ -9,6 +9,7 @@ import pytest
 from cli_helpers import assert_one_line_error, run
 
 from deconv3d.classical import richardson_lucy
+from deconv3d.errors import InputError
 from deconv3d.io import write_tiff
 from deconv3d.omezarr import read_ome_zarr
 from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
@@ -477,6 +478,35 @@ def test_the_blocks_count_a_level_given_per_channel(tmp_path, capsys, clipped, p
     assert left_lines(out) == [level_line(counts[0], level, "channel 0"), level_line(counts[1], level, "channel 1")], out
     assert saturation_parameters(tmp_path / "o.zarr") == {"saturation": level, "saturation_level": [level, level],
                                                           "saturated_voxels": counts}
+
+
+@pytest.mark.parametrize("options", [[], ["--chunks", 12, 20, 17], ["--method", "rl-tv", "--chunks", 12, 20, 17]],
+                         ids=["one-block", "blocks", "rl-tv-blocks"])
+@pytest.mark.parametrize("output", ["out.zarr", "out.tif"])
+def test_a_level_at_or_below_every_voxel_is_refused_in_blocks_as_in_memory(files, capsys, clipped, options, output):
+    """Found by review: an in-memory run refuses a level that flags every voxel (nothing measured is left
+    to fit), but a chunked one wrote the input unchanged (each block saturated throughout keeps its values),
+    said it 'fitted' every voxel 'as clipped' and exited 0. It is refused alike now, and writes nothing."""
+    write_tiff(files / "img.tif", clipped + 1, voxel_size=VOXEL)
+    level = 1.0
+    base = ["deconvolve", files / "img.tif", "--psf", files / "psf.tif", "--iterations", 2, "--device", "cpu",
+            "--saturation", level]
+    code, _, err = run([*base, "-o", files / "whole.tif"], capsys)
+    assert_one_line_error(code, err, f"every voxel is at or above --saturation {level:g}", "higher level")
+    code, out, err = run([*base, "-o", files / output, *options], capsys)
+    assert_one_line_error(code, err, f"every voxel is at or above --saturation {level:g}", "higher level")
+    assert "fitted" not in out and sorted(p.name for p in files.iterdir()) == ["img.tif", "psf.tif"], out
+
+
+def test_a_volume_of_several_whose_voxels_are_all_flagged_is_refused_by_name(tmp_path, clipped, psf3d):
+    """One channel of two at or above the level throughout: refused naming it, with no output."""
+    image = np.stack([clipped, np.full(clipped.shape, 2 * clipped.max(), np.float32)])
+    fn = RichardsonLucyBlock(psf3d, iterations=2, saturation=float(clipped.max()))
+    with pytest.raises(InputError, match=r"every voxel of channel 1 is at or above --saturation"):
+        run_chunked(image, fn, tmp_path / "out.zarr", axes="CZYX", chunks=(12, 20, 17), voxel_size=VOXEL)
+    assert not (tmp_path / "out.zarr").exists()
+    info = run_chunked(image[:1], fn, tmp_path / "one.zarr", axes="CZYX", chunks=(12, 20, 17), voxel_size=VOXEL)
+    assert info.decided["saturated_voxels"] == int(np.count_nonzero(clipped >= clipped.max()))
 
 
 @pytest.mark.parametrize("accelerate", [False, True], ids=["plain", "accelerated"])
