@@ -149,19 +149,38 @@ def clipped_voxels(image, level: float | None):
     return np.asarray(image) >= level
 
 
+def face_reach(psf_shape) -> tuple[tuple[int, int], ...]:
+    """Per axis, how many rows past its first and its last face the light from outside the field reaches
+    under a PSF of ``psf_shape``: ``(k - 1 - o, o)`` for a side ``k`` whose origin is ``o``
+    (:func:`deconv3d.fft.kernel_origin`: ``(k - 1) // 2``), as ``y[i] = sum_j psf[j] x[i + o - j]``
+    takes light from ``x[i + o - k + 1]`` to ``x[i + o]``; ``k // 2`` at both faces for an odd side, and
+    one row fewer at the last face for an even one."""
+    from deconv3d._fft_shapes import kernel_origin
+
+    return tuple((int(k) - 1 - o, o) for k, o in zip(psf_shape, kernel_origin(tuple(int(k) for k in psf_shape))))
+
+
+def near_faces(shape, reach, start=None, volume=None) -> np.ndarray:
+    """A bool array of ``shape``, true within ``reach`` (:func:`face_reach`) of the faces of a volume of
+    ``volume`` voxels of which the array is the part that begins at ``start`` (default: the volume itself)."""
+    start = (0,) * len(shape) if start is None else start
+    volume = tuple(shape) if volume is None else volume
+    near = np.zeros(shape, bool)
+    for axis, ((before, after), n, at, size) in enumerate(zip(reach, shape, start, volume)):
+        rows = np.arange(at, at + n)
+        index = [np.newaxis] * len(shape)
+        index[axis] = slice(None)
+        near |= ((rows < before) | (rows >= size - after))[tuple(index)]
+    return near
+
+
 def clipped_at_faces(clipped, psf_shape) -> int:
-    """How many of the ``clipped`` voxels (a bool array) lie within the reach of a PSF of ``psf_shape`` (its
-    half-size per axis) of the image's faces: where, with the zero boundary, the light that enters the
-    field from outside must come from voxels that clipped data do not hold down."""
+    """How many of the ``clipped`` voxels (a bool array) lie within the reach of a PSF of ``psf_shape``
+    (:func:`face_reach`: per axis, half its side, a row fewer at the last face of an even side) of the
+    image's faces: where, with the zero boundary, the light that enters the field from outside must come
+    from voxels that clipped data do not hold down."""
     clipped = np.asarray(clipped)
-    near = np.zeros(clipped.shape, bool)
-    for axis, k in enumerate(psf_shape):
-        reach = min(k // 2 + 1, clipped.shape[axis])
-        index = [slice(None)] * clipped.ndim
-        for face in (slice(0, reach), slice(clipped.shape[axis] - reach, None)):
-            index[axis] = face
-            near[tuple(index)] = True
-    return int(np.count_nonzero(clipped & near))
+    return int(np.count_nonzero(clipped & near_faces(clipped.shape, face_reach(psf_shape))))
 
 
 def zero_boundary_warning(count: int) -> str:

@@ -8,7 +8,8 @@ from cli_helpers import assert_one_line_error, run, tiff_properties
 from scipy.ndimage import binary_dilation, binary_erosion
 from scipy.signal import fftconvolve
 
-from deconv3d._saturation import merge_top_two, parse_saturation, plateau_level, top_two, top_two_by_planes
+from deconv3d._saturation import (clipped_at_faces, face_reach, merge_top_two, parse_saturation, plateau_level, top_two,
+                                  top_two_by_planes)
 from deconv3d.classical import choose_iterations, richardson_lucy
 from deconv3d.errors import InputError
 from deconv3d.io import write_tiff
@@ -247,6 +248,24 @@ def test_the_zero_boundary_warns_of_clipped_voxels_at_the_image_s_faces(tmp_path
             assert warned is (name == "face" and boundary == "zero"), (name, boundary, err)
             if warned:
                 assert "768 clipped voxel(s)" in err and "--boundary bertero" in err, err
+
+
+@pytest.mark.parametrize("side", [7, 8])
+def test_the_faces_reach_as_far_as_the_psf_takes_light_from_outside(side):
+    """``y[i] = sum_j psf[j] x[i + o - j]`` (o = (k - 1) // 2) takes light from outside the field into
+    k - 1 - o rows past the first face and o past the last: k // 2 at both for an odd side, and one row
+    fewer at the last face for an even one. The count had reached k // 2 + 1 rows past each face."""
+    (before, after), = face_reach((side,))
+    assert (before, after) == ((3, 3) if side == 7 else (4, 3))
+    n = 20
+    for row in range(n):
+        near = int(row < before or row >= n - after)
+        line = np.zeros(n, bool)
+        line[row] = True
+        assert clipped_at_faces(line, (side,)) == near, row
+        flat = np.zeros((n, n), bool)  # (each axis its own reach: a PSF of one plane reaches no row in Z)
+        flat[row, n // 2] = True
+        assert clipped_at_faces(flat, (1, side)) == 0 and clipped_at_faces(flat.T, (1, side)) == near, row
 
 
 def test_the_saturation_warning_suits_the_method_and_names_what_else_makes_a_plateau(tmp_path, capsys, clipped):
