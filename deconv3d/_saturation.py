@@ -183,6 +183,26 @@ def clipped_at_faces(clipped, psf_shape) -> int:
     return int(np.count_nonzero(clipped & near_faces(clipped.shape, face_reach(psf_shape))))
 
 
+def count_near_faces(values, level: float, reach, start, volume) -> tuple[int, int]:
+    """``(at or above, near the faces)``: how many voxels of ``values`` (a chunked run's block core, as read,
+    at ``start`` in a volume of ``volume`` voxels) are at or above ``level``, and how many of those lie
+    within ``reach`` (:func:`face_reach`) of the VOLUME's faces (not the block's): the blocks' share of
+    :func:`clipped_at_faces`. A plane at a time along the first axis, as :func:`count_at_or_above`."""
+    values = np.asarray(values)
+    if values.ndim < 3:
+        flagged = values >= level
+        near = near_faces(values.shape, reach, start, volume)
+        return int(np.count_nonzero(flagged)), int(np.count_nonzero(flagged & near))
+    band = near_faces(values.shape[1:], reach[1:], start[1:], volume[1:])  # (of one plane)
+    (before, after), total, near = reach[0], 0, 0
+    for i, plane in enumerate(values):
+        flagged = plane >= level
+        total += (count := int(np.count_nonzero(flagged)))
+        row = start[0] + i
+        near += count if row < before or row >= volume[0] - after else int(np.count_nonzero(flagged & band))
+    return total, near
+
+
 def zero_boundary_warning(count: int) -> str:
     """The ``deconv3d: warning:`` line for ``count`` clipped voxels near the faces of a run with the zero
     boundary (:func:`clipped_at_faces`)."""

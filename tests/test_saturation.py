@@ -8,8 +8,8 @@ from cli_helpers import assert_one_line_error, run, tiff_properties
 from scipy.ndimage import binary_dilation, binary_erosion
 from scipy.signal import fftconvolve
 
-from deconv3d._saturation import (clipped_at_faces, face_reach, merge_top_two, parse_saturation, plateau_level, top_two,
-                                  top_two_by_planes)
+from deconv3d._saturation import (clipped_at_faces, count_near_faces, face_reach, merge_top_two, parse_saturation,
+                                  plateau_level, top_two, top_two_by_planes)
 from deconv3d.classical import choose_iterations, richardson_lucy
 from deconv3d.errors import InputError
 from deconv3d.io import write_tiff
@@ -266,6 +266,23 @@ def test_the_faces_reach_as_far_as_the_psf_takes_light_from_outside(side):
         flat = np.zeros((n, n), bool)  # (each axis its own reach: a PSF of one plane reaches no row in Z)
         flat[row, n // 2] = True
         assert clipped_at_faces(flat, (1, side)) == 0 and clipped_at_faces(flat.T, (1, side)) == near, row
+
+
+def test_blocks_count_near_the_volume_s_faces_what_the_whole_volume_counts():
+    """A chunked run's blocks count, each in its core, the flagged voxels within reach of the VOLUME's faces
+    (not their own): their counts add up to the count over the whole volume."""
+    rng = np.random.default_rng(0)
+    volume = rng.random((13, 21, 19)).astype(np.float32)
+    level, psf_shape = 0.9, (5, 8, 7)
+    whole = clipped_at_faces(volume >= level, psf_shape)
+    assert 0 < whole < np.count_nonzero(volume >= level)
+    counted = [count_near_faces(volume[z:z + 5, y:y + 8, x:x + 6], level, face_reach(psf_shape), (z, y, x),
+                                volume.shape) for z in range(0, 13, 5) for y in range(0, 21, 8) for x in range(0, 19, 6)]
+    assert sum(near for _, near in counted) == whole
+    assert sum(flagged for flagged, _ in counted) == np.count_nonzero(volume >= level)
+    plane = volume[6]  # a 2D core, taken whole
+    assert count_near_faces(plane[3:9, 4:12], level, face_reach((8, 7)), (3, 4), plane.shape)[1] == clipped_at_faces(
+        (plane >= level) & np.pad(np.ones((6, 8), bool), ((3, 12), (4, 7))), (8, 7))
 
 
 def test_the_saturation_warning_suits_the_method_and_names_what_else_makes_a_plateau(tmp_path, capsys, clipped):

@@ -12,7 +12,7 @@ self-contained task that reads exactly its own region plus halo straight from th
 (:mod:`deconv3d.pipeline.readers`, or the path-based readers of :mod:`deconv3d.omezarr`),
 runs the callable, trims the halo and writes the core into the output zarr chunk(s) it owns, and
 returns nothing (or, asked to, a few figures of its core: its top values, its voxels at or above a
-level). At most ``workers`` blocks are in flight at once, so peak memory depends on the block shape
+level, those of them near the volume's faces). At most ``workers`` blocks are in flight at once, so peak memory depends on the block shape
 and the number of workers, never on the size of the volume; the volume is never assembled in memory.
 
 This module holds the block task and the runners (local threads, a dask.distributed cluster). The
@@ -62,12 +62,12 @@ def _apply(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray, placement:
 
 def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: str, write_key: tuple,
                 abandon: "_RunFlag | threading.Event | str | None" = None, threads: int = 0, top: bool = False,
-                level: float | None = None):
+                level: float | None = None, faces: tuple | None = None):
     """Read one block (plus halo) from ``source``, run ``fn`` (on ``threads`` torch threads, when
-    given: :func:`_pin_threads`), write the core; return nothing, or with ``top`` or a ``level`` what
-    :func:`core_figures` finds in the core's values as read (not the halo's, which neighbouring blocks
-    count), for the caller to add up over the volume (a task on a cluster's worker hands it back with
-    its result).
+    given: :func:`_pin_threads`), write the core; return nothing, or with ``top``, a ``level`` or
+    ``faces`` what :func:`core_figures` finds in the core's values as read (not the halo's, which
+    neighbouring blocks count), at the core's place in the volume (``placement``), for the caller to add
+    up over the volume (a task on a cluster's worker hands it back with its result).
 
     ``source`` is a reader (read ``read_key`` from it) or the block itself, already read. Once
     ``abandon`` is set (the run is being given up), the block is skipped, or its result (cut short
@@ -86,7 +86,10 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
         return None
     block = source if isinstance(source, np.ndarray) else source.read(read_key)
     _verify_source(source, thorough=False)  # (run_chunked checks thoroughly once, before publishing)
-    found = core_figures(np.asarray(block)[placement.core], top, level) if top or level is not None else None
+    found = None
+    if top or level is not None or faces is not None:
+        at = (tuple(s + c.start for s, c in zip(placement.start, placement.core)), tuple(placement.shape))
+        found = core_figures(np.asarray(block)[placement.core], top, level, faces, at)
     run_flags._BLOCK.abandon, run_flags._BLOCK.threads = abandon, threads
     try:  # a worker's blocks of one run share FFTW's measuring budget (here: run_blocks' own)
         with measuring_run(abandon.name if on_cluster else None):
@@ -105,28 +108,35 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     return found
 
 
-def core_figures(core, top: bool, level: float | None) -> tuple:
+def core_figures(core, top: bool, level: float | None, faces: tuple | None = None, at: tuple | None = None) -> tuple:
     """What a block reports of its ``core`` (its values as read, before the float32 the method gets):
-    ``(top, count)``, the :func:`~deconv3d._saturation.top_two` of its values where ``top`` (else None)
-    and its voxels at or above ``level`` where one is given (else None), each a plane at a time
-    (:func:`~deconv3d._saturation.top_two_by_planes`, :func:`~deconv3d._saturation.count_at_or_above`):
-    their masks add little to a block's memory."""
-    from deconv3d._saturation import count_at_or_above, top_two_by_planes
+    ``(top, count, near)``, the :func:`~deconv3d._saturation.top_two` of its values where ``top`` (else
+    None), its voxels at or above ``level`` where one is given (else None), and, where ``faces`` is
+    ``(level, reach)``, its voxels at or above that level within ``reach`` of the volume's faces
+    (:func:`~deconv3d._saturation.face_reach`), the core lying at ``at``: ``(start, volume shape)``
+    (else None). Each a plane at a time (:func:`~deconv3d._saturation.top_two_by_planes`,
+    :func:`~deconv3d._saturation.count_at_or_above`, :func:`~deconv3d._saturation.count_near_faces`,
+    which counts both at a level of both): their masks add little to a block's memory."""
+    from deconv3d._saturation import count_at_or_above, count_near_faces, top_two_by_planes
 
     core = np.asarray(core)
-    return (top_two_by_planes(core) if top else None,
-            None if level is None else count_at_or_above(core, level))
+    count = near = None
+    if faces is not None:
+        flagged, near = count_near_faces(core, faces[0], faces[1], *at)
+        count = flagged if level == faces[0] else None
+    if level is not None and count is None:
+        count = count_at_or_above(core, level)
+    return top_two_by_planes(core) if top else None, count, near
 
 
-def gather_figures(found, tops: list | None, counts: list | None) -> None:
-    """Add a block's :func:`core_figures` (None: it reported none) to ``tops`` and ``counts``, where given."""
+def gather_figures(found, tops: list | None, counts: list | None, nears: list | None = None) -> None:
+    """Add a block's :func:`core_figures` (None: it reported none) to ``tops``, ``counts`` and ``nears``,
+    where given."""
     if found is None:
         return
-    top, count = found
-    if tops is not None and top is not None:
-        tops.append(top)
-    if counts is not None and count is not None:
-        counts.append(count)
+    for figures, figure in zip((tops, counts, nears), found):
+        if figures is not None and figure is not None:
+            figures.append(figure)
 
 
 def _verify_source(source, thorough: bool = True) -> None:
@@ -151,14 +161,15 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
                client=None, workers: int = 1, progress: ProgressCallback | None = None, done: int = 0,
                total: int | None = None, pool: ThreadPoolExecutor | None = None,
                skip: Sequence[tuple[slice, ...]] = (), cancel=None, tops: list | None = None,
-               level: float | None = None, counts: list | None = None) -> int:
+               level: float | None = None, counts: list | None = None, faces: tuple | None = None,
+               nears: list | None = None) -> int:
     """Run ``fn`` over the image ``reader[lead]`` block by block, writing into ``target[lead]``.
 
     Every block is one independent task: read its region plus halo (clipped at the border) from
     ``reader``, apply ``fn``, trim the halo, write the core into the zarr array at
     ``target_path``, whose chunks must be those of :func:`plan_chunks` (one writer per chunk).
     At most ``workers`` tasks (on a cluster: its threads) are in flight; a task returns nothing but,
-    with ``tops`` or ``counts``, figures of its core.
+    with ``tops``, ``counts`` or ``nears``, figures of its core.
 
     Parameters
     ----------
@@ -184,6 +195,11 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
         Given both, each written block's count of the voxels of its core at or above ``level`` is
         appended to ``counts`` (as ``tops`` gathers its top values), for the caller to sum: the
         voxels of the volume a run at that saturation level fits as clipped, each counted once.
+    faces, nears : tuple and list, optional
+        Given both, ``faces`` being ``(level, reach)``, each written block's count of the voxels of its
+        core at or above that level that lie within ``reach`` of the volume's faces (not its own:
+        :func:`~deconv3d._saturation.count_near_faces`) is appended to ``nears``, as ``counts`` gathers
+        its count.
 
     Returns
     -------
@@ -203,7 +219,8 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     if client is not None:
         try:
             return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total, cancel,
-                                    tops, level if counts is not None else None, counts)
+                                    tops, level if counts is not None else None, counts,
+                                    faces if nears is not None else None, nears)
         except Exception as exc:
             if getattr(client, "status", "running") == "running":
                 raise
@@ -219,20 +236,23 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     try:
         with _share_cores(workers) as share, measuring_run():  # the blocks: one run for FFTW's measuring
             return _run_threads(reader, fn, str(target_path), tasks, pool, workers, progress, done, total, share,
-                                cancel, tops, level if counts is not None else None, counts)
+                                cancel, tops, level if counts is not None else None, counts,
+                                faces if nears is not None else None, nears)
     finally:
         if own:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _counter(progress, done: int, total: int, tops: list | None = None, counts: list | None = None):
-    """A function to call with each finished block's result: keeps its core's top values in ``tops``
-    and its count at the level in ``counts`` (where given and the block returned them:
-    :func:`gather_figures`), counts, reports and raises :class:`Cancelled` on request."""
+def _counter(progress, done: int, total: int, tops: list | None = None, counts: list | None = None,
+             nears: list | None = None):
+    """A function to call with each finished block's result: keeps its core's top values in ``tops``,
+    its count at the level in ``counts`` and of those near the volume's faces in ``nears`` (where given
+    and the block returned them: :func:`gather_figures`), counts, reports and raises :class:`Cancelled`
+    on request."""
     state = {"count": 0}
 
     def finished(result=None) -> int:
-        gather_figures(result, tops, counts)
+        gather_figures(result, tops, counts, nears)
         state["count"] += 1
         if progress is not None and progress(done + state["count"], total):
             raise Cancelled(f"cancelled after {done + state['count']} of {total} blocks")
@@ -262,10 +282,10 @@ def _track(futures: set, submit, *args, **kwargs) -> None:
 
 def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: int, progress, done: int,
                  total: int, threads: int = 0, cancel=None, tops: list | None = None, level: float | None = None,
-                 counts: list | None = None) -> int:
+                 counts: list | None = None, faces: tuple | None = None, nears: list | None = None) -> int:
     from deconv3d.classical._reuse import drop_setup
 
-    finished, state = _counter(progress, done, total, tops, counts)
+    finished, state = _counter(progress, done, total, tops, counts, nears)
     futures: set = set()
     abandon = _RunFlag(cancel)  # the blocks see a cancel at once, and this loop within half a second
 
@@ -283,7 +303,7 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
         for read, placement, write in tasks:
             settle(workers - 1)
             _track(futures, pool.submit, _block_task, reader, read, fn, placement, target_path, write, abandon, threads,
-                   tops is not None, level)
+                   tops is not None, level, faces)
         settle(0)
     except BaseException:
         abandon.set()  # running blocks stop at their next check of abandoned() and write nothing
@@ -298,13 +318,13 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
 
 def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, progress, done: int, total: int,
                      cancel=None, tops: list | None = None, level: float | None = None,
-                     counts: list | None = None) -> int:
+                     counts: list | None = None, faces: tuple | None = None, nears: list | None = None) -> int:
     import uuid
 
     from distributed import Event
     from distributed import wait as dwait
 
-    finished, state = _counter(progress, done, total, tops, counts)
+    finished, state = _counter(progress, done, total, tops, counts, nears)
     threads = max(1, sum(client.nthreads().values()))
     remote = bool(getattr(reader, "remote", False))
     limit = 2 * threads if remote else threads  # blocks read here travel with their task: hold fewer
@@ -322,7 +342,7 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
             settle(limit - 1)
             source = refs[1] if remote else reader.read(read)
             _track(futures, client.submit, _block_task, source, read, refs[0], placement, target_path, write,
-                   abandon.name, top=tops is not None, level=level, pure=False)
+                   abandon.name, top=tops is not None, level=level, faces=faces, pure=False)
             del source
         settle(0)
     except BaseException:

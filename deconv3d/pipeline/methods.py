@@ -221,6 +221,20 @@ class RichardsonLucyBlock:
             return None
         return self.saturation
 
+    def counts_near_faces(self) -> Optional[tuple]:
+        """``(level, reach)`` where the boundary is zero and voxels are fitted as clipped: the blocks then count
+        the voxels of their cores at or above ``level`` that lie within ``reach`` of the volume's faces
+        (:func:`~deconv3d._saturation.face_reach` of the PSF, as an in-memory run counts them:
+        :func:`~deconv3d._saturation.clipped_at_faces`), for :func:`~deconv3d.pipeline.run_chunked` to warn of
+        them once the output is written (:func:`~deconv3d._saturation.zero_boundary_warning`). ``level`` is
+        ``"auto"`` until prepare resolves it (blocks count only a level); None with another boundary, or
+        every voxel fitted as measured."""
+        from deconv3d._saturation import face_reach
+
+        if self.boundary != "zero" or self.saturation == "none":
+            return None
+        return self.saturation, face_reach(np.shape(self.psf))
+
     def counted(self, voxels: int) -> "RichardsonLucyBlock":
         """A copy that records ``voxels`` at or above its level (the blocks' count: :meth:`counts_at`)."""
         return replace(self, saturated_voxels=int(voxels))

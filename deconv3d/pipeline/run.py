@@ -100,7 +100,11 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         of that method uses (:func:`~deconv3d._saturation.warn_if_clipped`); None: not counted. One with
         ``counts_at()`` returning a level has the voxels of its blocks' cores at or above it counted as
         they run (each voxel once) and summed per volume, and is replaced by ``counted(sum)`` before its
-        ``decided()`` is recorded; None: not counted.
+        ``decided()`` is recorded; None: not counted. One with ``counts_near_faces()`` returning
+        ``(level, reach)`` (RL with the zero boundary and a saturation level) has those of its blocks'
+        voxels at or above the level (once prepared) that lie within ``reach`` of the volume's faces
+        counted as they run, and a line of their sum over the volumes warned of with the clips
+        (:func:`~deconv3d._saturation.zero_boundary_warning`, as an in-memory run warns).
     output : str or os.PathLike
         The ``.zarr`` directory to create; written under a temporary name, renamed when complete.
         Its chunks tile the blocks, each block writing chunks of its own, and are no longer than
@@ -176,15 +180,16 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     # the measuring box and every block are one run for FFTW's measuring budget (measuring_run)
     with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output, folder=True) as tmp:
         _create_image(tmp, output, reader, plan, cap, axes, voxel_size, provenance, time_axis, origin)
-        decided, clips = _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client,
-                                  workers, progress, total, cancel, channels)
+        decided, clips, near = _run_all(reader, os.path.join(tmp, "0"), indices, fns, block_fn, axes, plan, client,
+                                        workers, progress, total, cancel, channels)
         if provenance is not None and decided:
             _record_decided(tmp, decided)
         _finish_image(tmp, reader, channels, pyramid_levels, workers)
     info = RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
                    tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution,
                    (provenance or {}).get("environment", {}), decided,
-                   tuple(_channel_name(reader, index, axes, channels) for index in indices), _clip_warnings(clips))
+                   tuple(_channel_name(reader, index, axes, channels) for index in indices),
+                   _clip_warnings(clips, near))
     if warn_clips:
         warn_of_clips(info)
     return info
@@ -311,12 +316,14 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
     summed over the volume's blocks), and the clips to warn of once the output is written
     (:func:`_clip_warnings`): of each volume whose blocks looked for one (a block callable's
     ``counts_clip()``), its top values merged from its blocks' cores, the method the warning names and
-    the volume's view (which names it)."""
+    the volume's view (which names it); and the voxels fitted as clipped that lie within the PSF's reach
+    of their volume's faces, summed over the volumes whose callables count them (``counts_near_faces()``:
+    the zero boundary; None where none does)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from deconv3d._saturation import merge_top_two
 
-    done, said, decided, clips = 0, set(), [], []
+    done, said, decided, clips, nears = 0, set(), [], [], None
     pool = ThreadPoolExecutor(max(1, int(workers))) if client is None else None
     try:
         for index in indices:
@@ -326,13 +333,15 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
             tops = None if method is None else []  # (asked before prepare, which resolves auto to a level or none)
             level = fn.counts_at() if hasattr(fn, "counts_at") else None  # (a level given: prepare keeps it)
             counts = None if level is None else []
+            # (a level, or auto's once prepared: asked again then; the blocks' count adds to the run's)
+            near = [] if hasattr(fn, "counts_near_faces") and fn.counts_near_faces() is not None else None
             # the measuring box's chunks serve the blocks, unless a limit gives that box all of it
             with chunks_cached(reader, plan.cache, now=plan.memory_limit is None) as start_cache:
                 # prepare reads one box (no block is in flight meanwhile); a volume that is one block
                 # needs no common schedule, and preparing would run the method twice.
                 covered = []
                 if hasattr(fn, "prepare") and plan.blocks > 1:
-                    fn, covered = _prepare(fn, view, plan, target_path, index, tops, level, counts)
+                    fn, covered = _prepare(fn, view, plan, target_path, index, tops, level, counts, near)
                     done += len(covered)
                     if (covered and progress is not None and progress(done, total)) or cancel_requested(cancel):
                         raise Cancelled(f"cancelled after {done} of {total} blocks")
@@ -341,18 +350,29 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
                 start_cache()
                 done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
                                    client=client, workers=workers, progress=progress, done=done, total=total,
-                                   pool=pool, skip=covered, cancel=cancel, tops=tops, level=level, counts=counts)
+                                   pool=pool, skip=covered, cancel=cancel, tops=tops, level=level, counts=counts,
+                                   faces=_faces(fn, near), nears=near)
             if counts is not None:  # each block's core counted once: the volume's voxels at or above the level
                 fn = fn.counted(sum(counts))
             decided.append(fn.decided() if hasattr(fn, "decided") else {})
             _refuse_all_flagged(decided[-1], plan.shape, view.where)
             if tops is not None:
                 clips.append((merge_top_two(tops), method, view))
+            if near is not None:
+                nears = (nears or 0) + sum(near)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         close_sources(reader)  # no block reads it now: a long session does not hold the file open
-    return _decided(decided), clips
+    return _decided(decided), clips, nears
+
+
+def _faces(fn, near: list | None):
+    """What the blocks of ``fn`` (prepared) count near the volume's faces, where ``near`` gathers it: its
+    ``counts_near_faces()`` where that gives a level (``(level, reach)``), else None (``auto`` found no
+    plateau: nothing is fitted as clipped)."""
+    faces = fn.counts_near_faces() if near is not None and hasattr(fn, "counts_near_faces") else None
+    return faces if faces is not None and isinstance(faces[0], float) else None
 
 
 def _refuse_all_flagged(decided: dict, shape, where: str) -> None:
@@ -366,16 +386,20 @@ def _refuse_all_flagged(decided: dict, shape, where: str) -> None:
         refuse_all_flagged(decided["saturated_voxels"], int(np.prod(shape)), decided["saturation_level"], where)
 
 
-def _clip_warnings(clips) -> tuple:
+def _clip_warnings(clips, near: int | None = None) -> tuple:
     """The ``deconv3d: warning:`` lines of the volumes in ``clips`` (:func:`_run_all`'s) that look
     clipped, as an in-memory run words them (:func:`~deconv3d._saturation.warn_if_clipped`: once per
     channel), to be issued once the output is written: a run without a pass over the volume learns
-    it from its blocks."""
-    from deconv3d._saturation import warn_if_clipped
+    it from its blocks. Then, where ``near`` (the voxels fitted as clipped within the PSF's reach of their
+    volume's faces with the zero boundary, summed over the run's volumes) is more than 0, the in-memory
+    run's line of them (:func:`~deconv3d._saturation.zero_boundary_warning`), once."""
+    from deconv3d._saturation import warn_if_clipped, zero_boundary_warning
 
     lines: list = []
     for top, method, view in clips:
         warn_if_clipped(top, method, lines, view=view)
+    if near:
+        lines.append(zero_boundary_warning(near))
     return tuple(lines)
 
 
@@ -387,18 +411,19 @@ def warn_of_clips(info: RunInfo) -> None:
 
 
 def _prepare(fn, view, plan: RunPlan, target_path, index, tops: list | None = None, level: float | None = None,
-             counts: list | None = None):
+             counts: list | None = None, near: list | None = None):
     """``fn`` prepared on its measuring box (:func:`~deconv3d.pipeline.planning.measuring_box_shape`,
     placed to hold whole blocks: :func:`~deconv3d.pipeline.block_geometry.aligned_box`), and the blocks
     written from the method's result on that box, where its ``prepare_with_output`` returns one
     (accelerated RL measuring its steps: those blocks are not run again). With ``tops`` (``counts``), the
     top values of those blocks' cores (their voxels at or above ``level``) are added to it, as the blocks
     run report theirs (:func:`~deconv3d.pipeline.chunked.core_figures`), from the box's values the
-    measuring run read (:attr:`~deconv3d.pipeline.readers._View.keep`)."""
+    measuring run read (:attr:`~deconv3d.pipeline.readers._View.keep`); with ``near``, so are their voxels
+    at or above the prepared ``fn``'s level near the volume's faces (:func:`_faces`)."""
     sizes = plan.dask_chunks  # the blocks' core sizes
     box = aligned_box(plan.shape, sizes, plan.depth,
                       measuring_box_shape(plan.shape, plan.chunks, plan.halo, plan.model, plan.memory_limit))
-    counting = tops is not None or counts is not None
+    counting = tops is not None or counts is not None or near is not None
     view.keep = box if counting and hasattr(fn, "prepare_with_output") else None
     try:
         if hasattr(fn, "prepare_with_output"):
@@ -406,8 +431,11 @@ def _prepare(fn, view, plan: RunPlan, target_path, index, tops: list | None = No
         else:  # the hook's contract: the box's shape (a callable centres it)
             fn, output = fn.prepare(view, tuple(b.stop - b.start for b in box)), None
         covered = box_blocks(plan.shape, sizes, plan.depth, box) if output is not None else []
-        for core in _covered_cores(view, box, covered) if counting else ():
-            gather_figures(core_figures(core, tops is not None, level if counts is not None else None), tops, counts)
+        faces = _faces(fn, near)
+        for write, core in _covered_cores(view, box, covered) if counting else ():
+            found = core_figures(core, tops is not None, level if counts is not None else None, faces,
+                                 (tuple(w.start for w in write), tuple(plan.shape)))
+            gather_figures(found, tops, counts, near)
     finally:
         view.keep = view.kept = None
     if covered:
@@ -418,12 +446,12 @@ def _prepare(fn, view, plan: RunPlan, target_path, index, tops: list | None = No
 
 
 def _covered_cores(view, box, covered):
-    """The values of each ``covered`` block's core (its ``write`` region), from the values of ``box`` the
-    measuring run read (``view.kept``); read again where it read no such box."""
+    """Each ``covered`` block's ``write`` region and the values of its core there, from the values of ``box``
+    the measuring run read (``view.kept``); read again where it read no such box."""
     values, view.keep = view.kept, None
     for write in covered:
         inside = tuple(slice(w.start - b.start, w.stop - b.start) for w, b in zip(write, box))
-        yield view[tuple(write)] if values is None else np.asarray(values)[inside]
+        yield write, view[tuple(write)] if values is None else np.asarray(values)[inside]
 
 
 def _channel_name(reader, index, axes, channels) -> str:

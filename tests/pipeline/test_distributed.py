@@ -10,6 +10,7 @@ import weakref
 import numpy as np
 import pytest
 
+from deconv3d._saturation import clipped_at_faces, zero_boundary_warning
 from deconv3d.io import write_tiff
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
 from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
@@ -29,7 +30,8 @@ def test_localcluster_equals_threads_and_its_workers_leave_ctrl_c_to_the_run(tmp
 
     The top values of the blocks' cores come back from the workers with their results: a clipped
     volume draws the threads' clip warning, from an array and from a file the workers read; so do their
-    counts of the voxels at or above a saturation level given (plain RL: no pass over the volume counts them)."""
+    counts of the voxels at or above a saturation level given (plain RL: no pass over the volume counts them),
+    and with the zero boundary, of those within the PSF's reach of the volume's faces."""
     import signal
 
     fn = RichardsonLucyBlock(psf3d, iterations=3)
@@ -62,6 +64,9 @@ def test_localcluster_equals_threads_and_its_workers_leave_ctrl_c_to_the_run(tmp
             level = float(np.percentile(clipped, 97))
             counted = run_chunked(open_lazy("clipped.zarr"), RichardsonLucyBlock(psf3d, iterations=1, saturation=level),
                                   "level.zarr", chunks=(12, 24, 24), client=client).decided
+            near = run_chunked(open_lazy("clipped.zarr"), RichardsonLucyBlock(psf3d, iterations=1, boundary="zero",
+                                                                              saturation=level),
+                               "zero.zarr", chunks=(12, 24, 24), client=client, warn_clips=False).clip_warnings
             scheduler = weakref.ref(client.cluster.scheduler)
         assert _ctrl_c_disposition() == "handled"
         # Found by the resource review: distributed's memo of handlers kept every closed run's scheduler
@@ -73,6 +78,8 @@ def test_localcluster_equals_threads_and_its_workers_leave_ctrl_c_to_the_run(tmp
         signal.signal(signal.SIGINT, inherited)
     assert clip_lines == clip_lines[:1] * 3, clip_lines
     assert counted == {"saturation_level": level, "saturated_voxels": int(np.count_nonzero(clipped >= level))}, counted
+    faces = clipped_at_faces(clipped >= level, psf3d.shape)  # (and those within the PSF's reach of the faces)
+    assert faces > 0 and near == (zero_boundary_warning(faces),), near
     threads = read_ome_zarr(tmp_path / "threads.zarr")[0]
     for name in ("procs", "file", "tiff"):
         out = read_ome_zarr(tmp_path / f"{name}.zarr")[0]

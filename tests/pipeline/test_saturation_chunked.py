@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from cli_helpers import assert_one_line_error, run
 
+from deconv3d._saturation import clipped_at_faces, zero_boundary_warning
 from deconv3d.classical import richardson_lucy
 from deconv3d.errors import InputError
 from deconv3d.io import write_tiff
@@ -559,3 +560,59 @@ def test_a_tiff_output_warns_of_a_clip_only_once_it_is_written(files, capsys, cl
         warn_of_clips(info)
     assert clip_lines("\n".join(str(w.message) for w in caught)) == [info.clip_warnings[0].removeprefix(
         "deconv3d: warning: ")]
+
+
+def face_lines(err):
+    return [line for line in err.splitlines() if "lie within the PSF's reach of the image's faces" in line]
+
+
+@pytest.mark.parametrize("setting", ["800", "auto"])
+def test_chunked_runs_warn_of_clipped_voxels_at_the_volume_s_faces_as_in_memory(tmp_path, capsys, psf3d, setting,
+                                                                               monkeypatch):
+    """With --boundary zero an in-memory run warns of the clipped voxels within the PSF's reach of the image's
+    faces; a chunked run did not look. Its blocks now count them in their cores, at the VOLUME's faces (a
+    clipped box across the blocks' own faces, away from the volume's, draws no line), in the pass that counts
+    the level (auto's once prepared; accelerated RL's measuring box for the blocks written from it), and the
+    run warns once with the in-memory run's line and count, once the output is written; not with bertero."""
+    write_tiff(tmp_path / "psf.tif", psf3d, voxel_size=VOXEL)
+    image = np.random.default_rng(0).poisson(50, (24, 48, 48)).astype(np.float32)
+    chunks = ["--chunks", 12, 20, 17]  # (block faces at z 12, y 20 and 40, x 17 and 34)
+    for name, box in (("face", (slice(0, 3), slice(10, 30), slice(10, 30))),
+                      ("seams", (slice(10, 14), slice(18, 22), slice(15, 19)))):
+        clipped = image.copy()
+        clipped[box] = 800
+        write_tiff(tmp_path / f"{name}.tif", clipped, voxel_size=VOXEL)
+        lines = {}
+        for out, options in {"whole.tif": [], "one.zarr": [], "blocks.zarr": chunks, "blocks.tif": chunks,
+                             "plain.zarr": [*chunks, "--no-accelerate"]}.items():
+            for boundary in ("zero", "bertero"):
+                code, said, err = run(["deconvolve", tmp_path / f"{name}.tif", "--psf", tmp_path / "psf.tif", "-o",
+                                       tmp_path / f"{name}-{boundary}-{out}", "--iterations", 2, "--device", "cpu",
+                                       "--saturation", setting, "--boundary", boundary, *options], capsys)
+                assert code == 0 and ("in 1 block(s)" in said) == (out == "one.zarr"), said + err
+                lines[out, boundary] = face_lines(err)
+        assert lines["whole.tif", "zero"] == ([zero_boundary_warning(3 * 20 * 20)] if name == "face" else []), lines
+        for out, boundary in lines:
+            assert lines[out, boundary] == (lines["whole.tif", "zero"] if boundary == "zero" else []), (name, out)
+    import deconv3d.io
+
+    with monkeypatch.context() as patched:  # a TIFF whose copy from the blocks' scratch .zarr fails: no line
+        patched.setattr(deconv3d.io, "write_tiff", failing_copy)
+        code, _, err = run(["deconvolve", tmp_path / "face.tif", "--psf", tmp_path / "psf.tif", "-o",
+                            tmp_path / "failed.tif", "--iterations", 2, "--device", "cpu", "--saturation", setting,
+                            "--boundary", "zero", *chunks], capsys)
+    assert_one_line_error(code, err, "no space left")
+
+
+@pytest.mark.parametrize("accelerate", [False, True], ids=["plain", "accelerated"])
+def test_threads_count_the_clipped_voxels_at_the_volume_s_faces_as_the_whole_volume(tmp_path, psf3d, accelerate):
+    """On two threads, also in the blocks accelerated RL writes from its measuring box (counted from the
+    box's values), the run's line holds the count over the whole volume (clipped_at_faces)."""
+    image = np.random.default_rng(1).poisson(50, (24, 48, 48)).astype(np.float32)
+    image[20:, 30:, :5] = 800  # (a corner: three faces)
+    image[5:9, 2:6, 20:30] = 800
+    fn = RichardsonLucyBlock(psf3d, iterations=3, accelerate=accelerate, boundary="zero", saturation=800.0)
+    info = run_chunked(image, fn, tmp_path / "out.zarr", chunks=(12, 20, 17), workers=2, voxel_size=VOXEL,
+                       warn_clips=False)
+    assert info.blocks > 1 and info.clip_warnings == (zero_boundary_warning(clipped_at_faces(image >= 800,
+                                                                                            psf3d.shape)),), info
