@@ -12,8 +12,9 @@ self-contained task that reads exactly its own region plus halo straight from th
 (:mod:`deconv3d.pipeline.readers`, or the path-based readers of :mod:`deconv3d.omezarr`),
 runs the callable, trims the halo and writes the core into the output zarr chunk(s) it owns, and
 returns nothing (or, asked to, a few figures of its core: its top values, its voxels at or above a
-level, those of them near the volume's faces). At most ``workers`` blocks are in flight at once, so peak memory depends on the block shape
-and the number of workers, never on the size of the volume; the volume is never assembled in memory.
+level, those of them near the volume's faces). At most ``workers`` blocks are in flight at once, so
+peak memory depends on the block shape and the number of workers, never on the size of the volume;
+the volume is never assembled in memory.
 
 This module holds the block task and the runners (local threads, a dask.distributed cluster). The
 blocks' geometry is in :mod:`deconv3d.pipeline.block_geometry`, the run's abandon flag in
