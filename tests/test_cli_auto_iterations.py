@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from cli_helpers import assert_one_line_error, run
+from cli_helpers import run
 from deconv3d.classical import choose_iterations, richardson_lucy
 from deconv3d.io import read_image, write_tiff
 from deconv3d.synthetic import add_noise, blur, phantom
@@ -43,16 +43,21 @@ def test_auto_iterations_runs_plain_rl_for_the_chosen_count(data, capsys, method
     assert "held-out" in params["iterations_chosen_by"]
 
 
-def test_auto_iterations_is_refused_for_chunked_runs(data, capsys):
-    """A multi-channel or time-lapse image, which only a chunked run takes, was told to 'run it on a TIFF
-    crop', which refuses such an image: the crop is of one channel and time point."""
-    d, image, _ = data
-    tifffile.imwrite(d / "czyx.tif", np.stack([image, image], 1), imagej=True, metadata={"axes": "ZCYX"})
-    for name in ("image.tif", "czyx.tif"):
-        code, _, err = run(["deconvolve", d / name, "--psf", d / "psf.tif", "-o", d / "o.zarr",
-                            "--iterations", "auto", "--device", "cpu"], capsys)
-        assert_one_line_error(code, err, "--iterations auto", "--iterations N", "TIFF crop (of one channel and time")
-        assert not (d / "o.zarr").exists()
+def test_a_chunked_run_chooses_the_count_an_in_memory_run_chooses(data, capsys):
+    """A chunked run (a .zarr output) chose nothing: --iterations auto was refused there. On a volume under
+    AUTO_CROP_VOXELS it chooses on the whole volume, the count the in-memory run chooses, with its output."""
+    from deconv3d.omezarr import read_ome_zarr
+
+    d, _, _ = data
+    lines = {}
+    for name in ("memory.tif", "chunked.zarr"):
+        code, stdout, err = run(["deconvolve", d / "image.tif", "--psf", d / "psf.tif", "-o", d / name,
+                                 "--iterations", "auto", "--device", "cpu"], capsys)
+        assert code == 0, err
+        lines[name] = next(line for line in stdout.splitlines() if line.startswith("chose"))
+    assert lines["chunked.zarr"] == lines["memory.tif"][:-1] + ", on the whole volume)", lines
+    np.testing.assert_allclose(np.asarray(read_ome_zarr(d / "chunked.zarr")[0]), read_image(d / "memory.tif").data,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_auto_iterations_with_a_method_that_ignores_it_is_warned_about_on_chunked_runs_too(data, capsys):

@@ -146,8 +146,6 @@ def test_auto_takes_the_plateau_and_leaves_unclipped_data_whole(tmp_path, capsys
     (["--saturation", "100", "--method", "wiener"], ["--saturation", "rl and rl-tv", "wiener"]),
     (["--saturation", "auto", "--method", "ssl", "--train-steps", "2"], ["--saturation", "rl and rl-tv", "ssl"]),
     (["--saturation", "auto", "--chunks", "8", "24", "24", "--method", "wiener"], ["--saturation", "wiener"]),
-    (["--saturation", "auto", "--iterations", "auto", "--chunks", "8", "24", "24"],
-     ["--iterations auto", "whole image", "--iterations N"]),  # (as without --saturation)
 ])
 def test_bad_saturation_options_are_one_line_errors_and_write_nothing(tmp_path, capsys, clipped, options, words):
     code, _, err = run(["deconvolve", tmp_path / "img.tif", "--psf", tmp_path / "psf.tif", "-o",

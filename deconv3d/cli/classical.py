@@ -85,7 +85,8 @@ def _deconvolve_parser(sub) -> None:
     p.add_argument("--iterations", type=_iterations, default=20, metavar="N|auto",
                    help="RL iterations (default 20); 'auto' chooses the count from the image itself by predicting "
                         "5%% held-out voxels (deconv3d.classical.choose_iterations) and runs plain RL, "
-                        "without acceleration, for that many")
+                        "without acceleration, for that many (a chunked run: one count per channel, chosen on a "
+                        "centred crop of its first time point)")
     p.add_argument("--tv-weight", type=float, default=0.002,
                    help="TV weight for rl-tv (default 0.002; keep it at 0.001-0.01: above, the result gets smoother "
                    "than the object and darker; it must stay below 1/6 for isotropic 3D voxels)")
@@ -238,14 +239,14 @@ def _check_formats(args) -> None:
 
 
 def _deconvolve_chunked(args, warnings: list) -> int:
-    """The chunked run, once ``--iterations auto`` is refused (it needs the whole image) or set aside."""
-    if args.iterations == "auto" and args.method in _METHOD_OPTIONS["iterations"]:
-        raise InputError("--iterations auto needs the whole image in memory: run it on a TIFF crop (of one channel "
-                         "and time point, for a multi-channel or time-lapse image), then give the count it reports "
-                         "as --iterations N to the chunked run")
-    if args.iterations == "auto":  # a method that ignores it (warned about, as in memory): a count for the settings
-        args.iterations = _DEFAULTS["iterations"]
-    return pipeline.cmd_deconvolve_chunked(args, warnings)
+    """The chunked run; with ``--iterations auto``, rl and rl-tv choose each channel's count on a crop
+    (:func:`deconv3d.pipeline.auto_iterations.chosen_settings`), and the other methods ignore it (warned about,
+    as in memory)."""
+    chooser = None
+    if args.iterations == "auto":
+        chooser = _choose_iterations if args.method in _METHOD_OPTIONS["iterations"] else None
+        args.iterations = _DEFAULTS["iterations"]  # (the settings' count: each channel's chosen replaces it)
+    return pipeline.cmd_deconvolve_chunked(args, warnings, iterations_chooser=chooser)
 
 
 def _deconvolve_in_memory(args, warnings: list) -> int:
@@ -423,10 +424,7 @@ def _go_out_of_core_if_too_large(args, shape, voxel) -> None:
     # and took more memory than in memory (found by the diff review)
     if limit_for_available(model, shape, planning_baseline()) is None:
         return
-    if args.iterations == "auto" and args.method in _METHOD_OPTIONS["iterations"]:  # (wiener ignores it)
-        raise InputError(f"{args.input} would need more memory than is available in one piece, and --iterations "
-                         "auto needs it whole: run it on a crop, then give the count it reports as --iterations N")
-    args.out_of_core = True
+    args.out_of_core = True  # (--iterations auto chooses its count there on a crop)
 
 
 def _psf_shape_estimate(args, file_voxel, shape) -> tuple[int, ...]:
@@ -456,9 +454,12 @@ def _iterations(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"must be a positive whole number or auto, got {text!r}") from None
 
 
-def _choose_iterations(image, psf, params: dict, voxel, device, clipped=None) -> dict:
+def _choose_iterations(image, psf, params: dict, voxel, device, clipped=None, where: str = "",
+                       note: str = "") -> dict:
     """``--iterations auto``: the held-out-prediction count, for plain RL (acceleration off), with the voxels
-    ``--saturation`` flags (``clipped``; None: every voxel fitted as measured and predicted)."""
+    ``--saturation`` flags (``clipped``; None: every voxel fitted as measured and predicted). A chunked run
+    chooses one per channel, on a crop: ``where`` names the channel (``channel 1 (RFP)``) and ``note`` says
+    where the crop lies (``, on a centred 32 x 256 x 256 crop``), in the line printed and the record."""
     from deconv3d.classical import choose_iterations
 
     bar, callback = progress(AUTO_MAX_ITERATIONS, "choosing iterations")
@@ -468,15 +469,15 @@ def _choose_iterations(image, psf, params: dict, voxel, device, clipped=None) ->
                                    clipped=clipped)
     # (a level above the image's maximum flags no voxel, and none is said fitted as clipped)
     left_out = "" if clipped is None or not clipped.any() else ", the saturated voxels fitted as clipped"
+    chose = f"chose {choice.iterations} iterations" + (f" for {where}" if where else "")
     if choice.stopped == "max_iterations" and choice.iterations == AUTO_MAX_ITERATIONS:
-        print(f"chose {choice.iterations} iterations, the most --iterations auto tries{left_out}: the held-out error "
+        print(f"{chose}, the most --iterations auto tries{left_out}{note}: the held-out error "
               "was still falling, but it is nearly flat there and on noisy data may keep falling past the best "
               "restoration: compare a few --iterations N before going further")
     else:
-        print(f"chose {choice.iterations} iterations (held-out prediction error lowest there, "
-              f"{len(choice.risk)} tried{left_out})")
+        print(f"{chose} (held-out prediction error lowest there, {len(choice.risk)} tried{left_out}{note})")
     return {"iterations": choice.iterations, "accelerate": False,
-            "iterations_chosen_by": f"held-out prediction ({choice.holdout:.0%} of voxels{left_out})"}
+            "iterations_chosen_by": f"held-out prediction ({choice.holdout:.0%} of voxels{left_out}{note})"}
 
 
 def cmd_demo(args) -> int:

@@ -109,8 +109,10 @@ def _bar(desc: str, unit: str, on_start=None):
     return bar, callback
 
 
-def cmd_deconvolve_chunked(args, warnings=()) -> int:
-    """``deconvolve`` on the chunked pipeline; ``warnings`` are printed once the run is planned."""
+def cmd_deconvolve_chunked(args, warnings=(), iterations_chooser=None) -> int:
+    """``deconvolve`` on the chunked pipeline; ``warnings`` are printed once the run is planned, or before
+    ``iterations_chooser`` (``--iterations auto``: :func:`~deconv3d.pipeline.files.deconvolve_file`'s) first
+    chooses a count."""
     from deconv3d.pipeline.files import deconvolve_file
 
     if args.method == "ssl" and args.steps and args.model:
@@ -132,6 +134,7 @@ def cmd_deconvolve_chunked(args, warnings=()) -> int:
         # with a bar where it is large: a stack of 100 GB was a minute or more of silence before the first block
         info = deconvolve_file(args.input, args.output, settings, progress=callback, warnings=pending,
                                trainer=_trainer(args, pending),
+                               iterations_chooser=_after_warnings(iterations_chooser, pending),
                                checksum=lambda path: hashed(path, "deconvolve: hashing the input"))
     for line in _left_out_lines(settings.saturation, info):
         print(line)
@@ -163,6 +166,19 @@ def _left_out_lines(saturation, info) -> list[str]:
         counts.append(values.get("saturated_voxels"))
     lines = [left_out_line(saturation, levels, counts, where) for where, (levels, counts) in groups.items()]
     return [line for line in lines if line]
+
+
+def _after_warnings(chooser, pending: list):
+    """``chooser`` (None: None), printing the ``pending`` warnings before it first runs, as an in-memory run
+    prints them before it chooses."""
+    if chooser is None:
+        return None
+
+    def choose(*args, **kwargs):
+        print_warnings(pending)
+        return chooser(*args, **kwargs)
+
+    return choose
 
 
 def _trainer(args, pending: list):

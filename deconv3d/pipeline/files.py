@@ -18,7 +18,7 @@ __all__ = ["deconvolve_file"]
 
 def deconvolve_file(input_path, output_path, settings, *, client=None, workers: int = 1, progress=None,
                     checksum=True, warnings: list | None = None, trainer=None, sweep: bool = True,
-                    cancel=None):
+                    cancel=None, iterations_chooser=None):
     """Deconvolve ``input_path`` into ``output_path`` with :class:`~deconv3d.pipeline.batch.Settings`.
 
     The input is opened lazily and processed block by block (:func:`deconv3d.pipeline.run_chunked`).
@@ -43,6 +43,9 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     ``sweep`` removes what killed runs left of the output first (a batch sweeps its folder once).
     Its errors and warnings name the input by ``input_path`` as given (``in/day2/a.tif``), as an in-memory
     run names it: a batch's lines name the file so.
+    ``iterations_chooser`` (rl and rl-tv; others ignore it): each channel's count is chosen on a centred crop
+    of its first time point and run without acceleration, in place of ``settings.iterations`` and
+    ``settings.accelerate`` (:func:`~deconv3d.pipeline.auto_iterations.chosen_settings`, which calls it).
     """
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import run_chunked
@@ -67,7 +70,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     check_has_positive(lazy, path_text(input_path), settings.method, warnings, axes=lazy.axes,
                        channels=lazy.channels)
     plan = dict(chunks=chunks, workers=workers, client=client)
-    block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan)
+    block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan,
+                                                       iterations_chooser)
     record = _run_provenance(settings, params, psf, input_path, checksum)
     warn_of_planes_that_may_be_z(lazy, len(spatial_shape), warnings)
     if lazy.time_problem and "T" in lazy.axes:  # once, with the others (run_chunked, given the axis, is silent)
@@ -173,11 +177,12 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
             raise InputError(problem + hint)
 
 
-def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan):
+def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan, chooser=None):
     """(block callable or one per channel, memory model, parameters, PSF or a list of one per
     channel, voxel size) of a run: the network is loaded, or trained on the image first
     (:func:`train_on_image`), once the blocks' ``plan`` (chunks, workers, client) is known to fit
-    the memory limit."""
+    the memory limit; RL's counts are chosen per channel where ``chooser`` is given
+    (:func:`~deconv3d.pipeline.auto_iterations.chosen_settings`)."""
     from deconv3d._tensors import psf_fingerprint
     from deconv3d.pipeline.batch import build_block_fn
     from deconv3d.pipeline.prepared_psfs import load_psfs_for
@@ -207,20 +212,27 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
     else:
         psfs = load_psfs_for(settings, spatial_shape, voxel, image=lazy.path, warnings=warnings)
     networks = trained if isinstance(trained, list) else [trained]
-    # channel c's PSF and network: entry c of a list of one per channel, else the one for all (the counts
-    # match: Settings); each network is checked against its channel's PSF
-    built = [build_block_fn(settings, p, voxel, ndim=len(spatial_shape), trained=networks[c % len(networks)],
-                            model_file=files[c % len(files)] if files else None) for c, p in enumerate(psfs)]
+    runs, chosen = [settings], {}  # the settings of each channel's blocks, or one for all
+    if chooser is not None and settings.method in ("rl", "rl-tv"):  # (each channel's RL count chosen on a crop)
+        from deconv3d.pipeline.auto_iterations import chosen_settings
+
+        runs, chosen = chosen_settings(lazy, psfs, voxel, settings, chooser)
+    # channel c's PSF, network and settings: entry c of a list of one per channel, else the one for all (the
+    # counts match: Settings); each network is checked against its channel's PSF
+    built = [build_block_fn(runs[c % len(runs)], psfs[c % len(psfs)], voxel, ndim=len(spatial_shape),
+                            trained=networks[c % len(networks)], model_file=files[c % len(files)] if files else None)
+             for c in range(max(len(psfs), len(runs)))]
     block, model, params = built[0]
     psfs = [b.trained.psf for b, _, _ in built] if settings.method == "ssl" else psfs  # (a network's own)
     if len(built) > 1:  # one block function per channel; the largest PSF (or network) sets the memory model
         block = [b for b, _, _ in built]
         model = max((m for _, m, _ in built),
                     key=lambda m: m.block_bytes(spatial_shape) if m.method == "ssl" else math.prod(m.psf_shape))
+    if len(psfs) > 1:
         params = {**params, "per_channel_psf_sha256_16": [psf_fingerprint(p) for p in psfs]}
     if len(files) > 1:
         params["per_channel_model"] = [p for _, _, p in built]  # each network's recipe and file
-    return block, model, {**params, **training}, psfs if len(psfs) > 1 else psfs[0], voxel
+    return block, model, {**params, **chosen, **training}, psfs if len(psfs) > 1 else psfs[0], voxel
 
 
 def _check_plan_before_training(spatial_shape, psf, voxel, settings, trainer, chunks, workers, client) -> None:

@@ -1,0 +1,85 @@
+"""``deconvolve --iterations auto`` on the chunked route: each channel's RL iteration count chosen on a
+centred crop of its first time point, read alone from the lazy image (never the whole volume)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+__all__ = ["AUTO_CROP_VOXELS", "crop_box", "chosen_settings"]
+
+#: Voxels of the crop on which a chunked ``--iterations auto`` chooses each channel's count: a volume of
+#: at most this many is taken whole. The search holds the crop in memory with its working arrays: a
+#: 64 x 512 x 512 crop (this many voxels) with a 15 x 31 x 31 PSF raised the peak resident memory of a
+#: CPU run by 1.0 GiB (about 65 bytes per voxel; 110 for a 64 x 256 x 256 crop, where fixed costs weigh more).
+AUTO_CROP_VOXELS = 16 * 2**20
+
+
+def crop_box(shape, psf_shape, voxels: int | None = None) -> tuple[slice, ...]:
+    """The centred box of about ``voxels`` (default :data:`AUTO_CROP_VOXELS`) voxels of a volume of
+    ``shape``: the whole volume where it has no more, else a box keeping its proportions as far as
+    it can, each side at least twice the PSF's (``psf_shape``) where the volume allows (a thin
+    stack keeps its z whole); the box may exceed ``voxels`` where those floors do."""
+    voxels = AUTO_CROP_VOXELS if voxels is None else voxels
+    shape = tuple(int(n) for n in shape)
+    sides = list(shape)
+    if math.prod(shape) > voxels:
+        floors = [min(n, 2 * int(k)) for n, k in zip(shape, psf_shape)]
+        free = list(range(len(shape)))
+        while free:
+            fixed = math.prod(sides[i] for i in range(len(shape)) if i not in free)
+            scale = (voxels / fixed / math.prod(shape[i] for i in free)) ** (1 / len(free))
+            low = [i for i in free if int(shape[i] * scale) < floors[i]]
+            for i in low or free:  # the sides under their floor take it, and the rest share what is left
+                sides[i] = floors[i] if low else max(1, int(shape[i] * scale))
+            free = [i for i in free if i not in low] if low else []
+    return tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(shape, sides))
+
+
+def _read_crop(lazy, channel: int, box):
+    """Channel ``channel``'s first time point of ``lazy`` within ``box`` (float32), read alone."""
+    from deconv3d.pipeline.readers import as_reader
+
+    lead = tuple(slice(channel, channel + 1) if a == "C" else slice(0, 1) for a in lazy.axes if a in "TC")
+    return as_reader(lazy).read(lead + tuple(box)).reshape([s.stop - s.start for s in box])
+
+
+def _crop_note(box, shape, frames: int) -> str:
+    """``, on a centred 32 x 256 x 256 crop`` (``, on the whole volume`` where the box is all of ``shape``),
+    of the first time point where there are several."""
+    sides = [s.stop - s.start for s in box]
+    what = "the whole volume" if tuple(sides) == tuple(shape) else f"a centred {' x '.join(map(str, sides))} crop"
+    return f", on {what}" + (" of the first time point" if frames > 1 else "")
+
+
+def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
+    """Each channel's settings for its RL blocks, with the count ``chooser`` chose on its crop and
+    acceleration off, and the parameters to record: ``iterations`` (one value, or one per channel where
+    there are several), ``accelerate`` and ``iterations_chosen_by`` (likewise).
+
+    ``chooser(crop, psf, params, voxel, device, clipped, where, note)`` returns the parameters of one
+    channel's choice (``iterations``, ``accelerate``, ``iterations_chosen_by``): ``crop`` is the channel's
+    first time point within :func:`crop_box`, ``psf`` its PSF (entry c of ``psfs``, or the one for all),
+    ``params`` the run's ``boundary`` and ``tv_weight``, ``clipped`` the crop's voxels at or above the
+    ``settings.saturation`` level (for ``auto``, the crop's own plateau:
+    :func:`~deconv3d._saturation.saturation_level`; None: none), ``where`` the channel's name where there
+    are several (``channel 1 (RFP)``, else "") and ``note`` where the crop lies (:func:`_crop_note`)."""
+    from deconv3d._saturation import clipped_voxels, saturation_level
+    from deconv3d.pipeline.negatives import _index_names
+
+    sizes = dict(zip(lazy.axes, lazy.data.shape))
+    channels, shape = sizes.get("C", 1), tuple(sizes[a] for a in lazy.axes if a in "ZYX")
+    params = {"boundary": settings.boundary, "tv_weight": settings.tv_weight if settings.method == "rl-tv" else 0.0}
+    choices = []
+    for c in range(channels):
+        psf = psfs[c % len(psfs)]
+        box = crop_box(shape, psf.shape)
+        crop = _read_crop(lazy, c, box)
+        clipped = clipped_voxels(crop, saturation_level(crop, settings.saturation))
+        where = " ".join(_index_names("C", (channels,), (c,), lazy.channels, axes="C"))
+        choices.append(chooser(crop, psf, params, voxel, settings.run_device, clipped, where,
+                               _crop_note(box, shape, sizes.get("T", 1))))
+    runs = [dataclasses.replace(settings, iterations=c["iterations"], accelerate=False) for c in choices]
+    counts, chosen_by = [c["iterations"] for c in choices], [c["iterations_chosen_by"] for c in choices]
+    return runs, {"iterations": counts[0] if channels == 1 else counts, "accelerate": False,
+                  "iterations_chosen_by": chosen_by[0] if len(set(chosen_by)) == 1 else chosen_by}

@@ -1,0 +1,156 @@
+"""``deconvolve --iterations auto`` on the chunked route: each channel's count chosen by held-out prediction on
+a centred crop of its first time point, its blocks run as plain RL for that count, the counts recorded."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from cli_helpers import run
+
+from deconv3d.classical import choose_iterations, richardson_lucy
+from deconv3d.io import write_tiff
+from deconv3d.omezarr import read_ome_zarr
+from deconv3d.pipeline import run_chunked
+from deconv3d.psf import prepare_psf
+
+from .conftest import blurred_beads, gaussian_psf
+
+VOXEL = (0.3, 0.1, 0.1)
+
+
+def _ramp(rgb):
+    return np.rint(np.outer(rgb, np.arange(256)) / 255).astype(np.uint8)
+
+
+def _psf(tmp_path, shape):
+    """The PSF file, and the PSF as the run prepares it for an image of ``shape``."""
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=VOXEL)
+    return prepare_psf(gaussian_psf(), shape, psf_voxel=VOXEL, image_voxel=VOXEL)
+
+
+def _parameters(path):
+    with tifffile.TiffFile(path) as tif:
+        return json.loads(tif.imagej_metadata["Properties"]["parameters"])
+
+
+def test_each_channel_of_a_hyperstack_gets_its_own_count(tmp_path, capsys):
+    """A 2-channel ImageJ hyperstack, one channel bright and one dim (noisier): the counts are
+    choose_iterations' on each channel (the whole volume: under AUTO_CROP_VOXELS), each channel's output
+    is plain RL for its count, and the record holds both."""
+    shape = (12, 32, 32)
+    bright = blurred_beads(shape, gaussian_psf(), seed=1) * 4
+    dim = np.random.default_rng(2).poisson(blurred_beads(shape, gaussian_psf(), seed=3) / 20).astype(np.float32)
+    metadata = {"axes": "ZCYX", "unit": "um", "spacing": VOXEL[0], "Labels": ["GFP", "RFP"] * shape[0],
+                "LUTs": [_ramp((0, 255, 0)), _ramp((255, 0, 0))]}
+    tifffile.imwrite(tmp_path / "in.tif", np.stack([bright, dim], 1), imagej=True,
+                     resolution=(1 / VOXEL[2], 1 / VOXEL[1]), metadata=metadata)
+    psf = _psf(tmp_path, shape)
+    code, out, err = run(["deconvolve", tmp_path / "in.tif", "--psf", tmp_path / "psf.tif", "-o",
+                          tmp_path / "out.tif", "--iterations", "auto", "--device", "cpu"], capsys)
+    assert code == 0, err
+    choices = [choose_iterations(c, psf, 100, voxel_size=VOXEL, device="cpu") for c in (bright, dim)]
+    counts = [choice.iterations for choice in choices]
+    assert counts[0] != counts[1]  # (else a count chosen once for both would pass)
+    assert [line for line in out.splitlines() if line.startswith("chose")] == [
+        f"chose {choice.iterations} iterations for channel {c} ({name}) (held-out prediction error lowest there, "
+        f"{len(choice.risk)} tried, on the whole volume)"
+        for c, (choice, name) in enumerate(zip(choices, ("GFP", "RFP")))]
+    result = tifffile.imread(tmp_path / "out.tif")  # (ZCYX)
+    for c, (channel, count) in enumerate(zip((bright, dim), counts)):
+        expected = richardson_lucy(channel, psf, count, accelerate=False, voxel_size=VOXEL, device="cpu")
+        np.testing.assert_allclose(result[:, c], expected, rtol=1e-5, atol=1e-5 * float(expected.max()))
+    parameters = _parameters(tmp_path / "out.tif")
+    assert parameters["iterations"] == counts and parameters["accelerate"] is False
+    assert parameters["iterations_chosen_by"] == "held-out prediction (5% of voxels, on the whole volume)"
+
+
+def test_a_volume_larger_than_the_crop_is_chosen_on_its_centred_crop(tmp_path, capsys, monkeypatch):
+    """A .zarr input over AUTO_CROP_VOXELS: the count is choose_iterations' on the centred box of about
+    that many voxels, in the volume's proportions but never under twice the PSF (7 voxels) per axis: z
+    takes its floor, 14, and y and x share the rest."""
+    from deconv3d.pipeline import auto_iterations
+
+    monkeypatch.setattr(auto_iterations, "AUTO_CROP_VOXELS", 9000)
+    shape = (16, 48, 48)
+    image = blurred_beads(shape, gaussian_psf(), seed=4)
+    run_chunked(image, lambda b: b, tmp_path / "in.zarr", axes="ZYX", voxel_size=VOXEL)
+    psf = _psf(tmp_path, shape)
+    code, out, err = run(["deconvolve", tmp_path / "in.zarr", "--psf", tmp_path / "psf.tif", "-o",
+                          tmp_path / "out.zarr", "--iterations", "auto", "--device", "cpu"], capsys)
+    assert code == 0, err
+    crop = image[1:15, 11:36, 11:36]  # 14 x 25 x 25, centred
+    count = choose_iterations(crop, psf, 100, voxel_size=VOXEL, device="cpu").iterations
+    assert count != choose_iterations(image, psf, 100, voxel_size=VOXEL, device="cpu").iterations
+    assert f"chose {count} iterations (" in out and "on a centred 14 x 25 x 25 crop)" in out, out
+    result, _, _, attrs = read_ome_zarr(tmp_path / "out.zarr")
+    parameters = attrs["deconv3d"]["parameters"]
+    assert parameters["iterations"] == count and parameters["accelerate"] is False
+    assert parameters["iterations_chosen_by"] == "held-out prediction (5% of voxels, on a centred 14 x 25 x 25 crop)"
+    expected = richardson_lucy(image, psf, count, accelerate=False, voxel_size=VOXEL, device="cpu")
+    np.testing.assert_allclose(np.asarray(result), expected, rtol=1e-5, atol=1e-5 * float(expected.max()))
+
+
+@pytest.mark.parametrize("saturation", ["level", "auto"])
+def test_saturated_voxels_are_fitted_as_clipped_while_choosing(tmp_path, capsys, saturation):
+    """--saturation LEVEL (or auto, which finds the plateau at that level on the crop) with --iterations auto
+    on a chunked run: the count is choose_iterations' with the voxels at or above the level flagged clipped
+    (on these counts clipped at their 97th percentile, another count than with none flagged)."""
+    shape = (12, 32, 32)
+    counts = np.random.default_rng(5).poisson(blurred_beads(shape, gaussian_psf(), seed=6) * 0.3) / 0.3
+    level = float(np.percentile(counts, 97))
+    image = np.minimum(counts, level).astype(np.float32)
+    write_tiff(tmp_path / "in.tif", image, voxel_size=VOXEL)
+    psf = _psf(tmp_path, shape)
+    code, out, err = run(["deconvolve", tmp_path / "in.tif", "--psf", tmp_path / "psf.tif", "-o",
+                          tmp_path / "out.zarr", "--iterations", "auto", "--device", "cpu", "--saturation",
+                          level if saturation == "level" else "auto"], capsys)
+    assert code == 0, err
+    count = choose_iterations(image, psf, 100, voxel_size=VOXEL, device="cpu", clipped=image >= level).iterations
+    assert count != choose_iterations(image, psf, 100, voxel_size=VOXEL, device="cpu").iterations
+    assert f"chose {count} iterations (" in out and "tried, the saturated voxels fitted as clipped, on the whole" in out
+    parameters = read_ome_zarr(tmp_path / "out.zarr")[3]["deconv3d"]["parameters"]
+    assert parameters["iterations"] == count and parameters["accelerate"] is False
+    assert parameters["iterations_chosen_by"] == ("held-out prediction (5% of voxels, the saturated voxels fitted as "
+                                                  "clipped, on the whole volume)")
+
+
+def test_each_channel_is_chosen_on_a_crop_of_its_first_time_point_read_alone(tmp_path, monkeypatch):
+    """chosen_settings on a time-lapse of two channels: each channel's crop is its first time point's centred
+    box (z at its floor of twice the PSF, y and x sharing the rest of the voxels), read alone from the file
+    (not the whole volume); each channel's settings get its count, acceleration off."""
+    from deconv3d.omezarr import open_lazy
+    from deconv3d.pipeline import auto_iterations, readers
+    from deconv3d.pipeline.settings import Settings
+
+    data = np.random.default_rng(8).uniform(1, 50, (3, 2, 8, 20, 20)).astype(np.float32)
+    run_chunked(data, lambda b: b, tmp_path / "in.zarr", axes="TCZYX", voxel_size=VOXEL)
+    monkeypatch.setattr(auto_iterations, "AUTO_CROP_VOXELS", 8 * 16 * 16)
+    _psf(tmp_path, (8, 20, 20))
+    keys, seen, plain = [], [], readers.as_reader
+
+    class Spy:
+        def __init__(self, reader):
+            self.reader, self.shape = reader, reader.shape
+
+        def read(self, key):
+            keys.append(key)
+            return self.reader.read(key)
+
+    monkeypatch.setattr(readers, "as_reader", lambda data: Spy(plain(data)))
+
+    def chooser(crop, psf, params, voxel, device, clipped, where, note):
+        seen.append((crop, where, note, clipped))
+        return {"iterations": 3 + len(seen), "accelerate": False, "iterations_chosen_by": f"test{note}"}
+
+    runs, record = auto_iterations.chosen_settings(open_lazy(tmp_path / "in.zarr"), [gaussian_psf()], VOXEL,
+                                                   Settings(psf=str(tmp_path / "psf.tif"), device="cpu"), chooser)
+    box = (slice(0, 8), slice(2, 18), slice(2, 18))
+    assert keys == [(slice(0, 1), slice(c, c + 1), *box) for c in range(2)]
+    for c, (crop, where, note, clipped) in enumerate(seen):
+        np.testing.assert_array_equal(crop, data[(0, c, *box)])
+        assert (where, note, clipped) == (f"channel {c}", ", on a centred 8 x 16 x 16 crop of the first time point",
+                                          None)
+    assert [(r.iterations, r.accelerate) for r in runs] == [(4, False), (5, False)]
+    assert record == {"iterations": [4, 5], "accelerate": False,
+                      "iterations_chosen_by": "test, on a centred 8 x 16 x 16 crop of the first time point"}
