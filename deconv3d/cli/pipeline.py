@@ -288,8 +288,9 @@ def _add_ssl_options(p) -> None:
 
 def _batch_iterations(text: str) -> int:
     if text.strip().lower() == "auto":
-        raise argparse.ArgumentTypeError("'auto' needs one image in memory: run 'deconv3d deconvolve FILE "
-                                         "--iterations auto' on a representative file and give the count it reports")
+        raise argparse.ArgumentTypeError("'auto' is not available for a batch: run 'deconv3d deconvolve FILE "
+                                         "--iterations auto' on a representative file and give the count it reports, "
+                                         "for every file")
     return positive_int(text)
 
 
