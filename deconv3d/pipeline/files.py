@@ -216,6 +216,7 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
     if chooser is not None and settings.method in ("rl", "rl-tv"):  # (each channel's RL count chosen on a crop)
         from deconv3d.pipeline.auto_iterations import chosen_settings
 
+        _check_plan_before_choosing(spatial_shape, psfs, voxel, settings, **plan)
         runs, chosen = chosen_settings(lazy, psfs, voxel, settings, chooser)
     # channel c's PSF, network and settings: entry c of a list of one per channel, else the one for all (the
     # counts match: Settings); each network is checked against its channel's PSF
@@ -243,9 +244,7 @@ def _check_plan_before_training(spatial_shape, psf, voxel, settings, trainer, ch
     residual one, RL at one iteration: the count training chooses can only widen the halo."""
     if settings.memory_limit is None:
         return
-    from deconv3d.omezarr.writing import CHUNK_CAP
     from deconv3d.pipeline.batch import build_block_fn
-    from deconv3d.pipeline.planning import spatial_plan, threads_per_worker
     from deconv3d.psf import normalize_psf, validate_psf
     from deconv3d.selfsup import TrainedModel
     from deconv3d.selfsup.config import Reference
@@ -257,10 +256,36 @@ def _check_plan_before_training(spatial_shape, psf, voxel, settings, trainer, ch
     psf_as_trained = normalize_psf(validate_psf(psf))  # as train() stores it
     untrained = TrainedModel(ResUNet(unet), unet, config, 0.0, 1.0, psf_as_trained, voxel, reference)
     block, model, _ = build_block_fn(settings, psf, voxel, ndim=ndim, trained=untrained)
+    _check_plan(spatial_shape, [block], model, settings.memory_limit, chunks, workers, client)
+
+
+def _check_plan_before_choosing(spatial_shape, psfs, voxel, settings, chunks, workers, client) -> None:
+    """Refuse a ``--memory-limit`` (or ``--chunks`` held to it) that no RL block fits before
+    ``--iterations auto`` chooses the counts, which takes minutes on a large crop, rather than after it.
+    Each channel's blocks are planned as :func:`~deconv3d.pipeline.run_chunked` plans them, at one
+    iteration without acceleration: the counts chosen can only widen the halo."""
+    if settings.memory_limit is None:
+        return
+    import dataclasses
+
+    from deconv3d.pipeline.batch import build_block_fn
+
+    once = dataclasses.replace(settings, iterations=1, accelerate=False)
+    built = [build_block_fn(once, p, voxel, ndim=len(spatial_shape)) for p in psfs]
+    model = max((m for _, m, _ in built), key=lambda m: math.prod(m.psf_shape))  # (as _block_function's)
+    _check_plan(spatial_shape, [b for b, _, _ in built], model, settings.memory_limit, chunks, workers, client)
+
+
+def _check_plan(spatial_shape, blocks, model, memory_limit, chunks, workers, client) -> None:
+    """Plan ``blocks`` under ``memory_limit`` as :func:`~deconv3d.pipeline.run_chunked` plans them (refused,
+    by :func:`~deconv3d.pipeline.planning.spatial_plan`, where none fits)."""
+    from deconv3d.omezarr.writing import CHUNK_CAP
+    from deconv3d.pipeline.planning import spatial_plan, threads_per_worker
+
+    ndim = len(spatial_shape)
     per_process = workers if client is None else threads_per_worker(client)
     cap = tuple(CHUNK_CAP[a] for a in "ZYX"[-ndim:])  # as run_chunked stores them (blocks in whole chunks)
-    spatial_plan(spatial_shape, [block], chunks, None, settings.memory_limit, model, per_process, local=client is None,
-                 cap=cap)
+    spatial_plan(spatial_shape, blocks, chunks, None, memory_limit, model, per_process, local=client is None, cap=cap)
 
 
 def _default_configs(settings, ndim: int):

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from cli_helpers import run
+from cli_helpers import assert_one_line_error, run
 
 from deconv3d.classical import choose_iterations, richardson_lucy
 from deconv3d.io import write_tiff
@@ -154,3 +154,15 @@ def test_each_channel_is_chosen_on_a_crop_of_its_first_time_point_read_alone(tmp
     assert [(r.iterations, r.accelerate) for r in runs] == [(4, False), (5, False)]
     assert record == {"iterations": [4, 5], "accelerate": False,
                       "iterations_chosen_by": "test, on a centred 8 x 16 x 16 crop of the first time point"}
+
+
+def test_a_memory_limit_no_block_fits_is_refused_before_choosing(tmp_path, capsys):
+    """--memory-limit too small for any RL block: refused (one line, no output) before --iterations auto
+    spends its search on the crop, not once the blocks are planned after it."""
+    write_tiff(tmp_path / "in.tif", blurred_beads((12, 32, 32), gaussian_psf(), seed=1), voxel_size=VOXEL)
+    _psf(tmp_path, (12, 32, 32))
+    code, out, err = run(["deconvolve", tmp_path / "in.tif", "--psf", tmp_path / "psf.tif", "-o",
+                          tmp_path / "out.zarr", "--iterations", "auto", "--device", "cpu", "--memory-limit", "20MB"],
+                         capsys)
+    assert_one_line_error(code, err, "memory limit 20MB is too small", "--memory-limit")
+    assert "chose" not in out and not (tmp_path / "out.zarr").exists()
