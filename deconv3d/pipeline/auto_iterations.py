@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 __all__ = ["AUTO_CROP_VOXELS", "crop_box", "chosen_settings"]
 
 #: Voxels of the crop on which a chunked ``--iterations auto`` chooses each channel's count: a volume of
@@ -44,6 +46,16 @@ def _read_crop(lazy, channel: int, box):
     return as_reader(lazy).read(lead + tuple(box)).reshape([s.stop - s.start for s in box])
 
 
+def _first_volume(lazy, channel: int) -> str:
+    """Channel ``channel``'s first time point as :func:`~deconv3d.pipeline.run_chunked` names it in its
+    refusals (``channel 1 (RFP) at time point 0``; "" for an image of one volume)."""
+    from deconv3d.pipeline.negatives import _index_names
+
+    lead = "".join(a for a in lazy.axes if a in "TC")
+    index = tuple(channel if a == "C" else 0 for a in lead)
+    return " at ".join(_index_names(lead, lazy.data.shape[:len(lead)], index, lazy.channels))
+
+
 def _crop_note(box, shape, frames: int) -> str:
     """``, on a centred 32 x 256 x 256 crop`` (``, on the whole volume`` where the box is all of ``shape``),
     of the first time point where there are several."""
@@ -63,8 +75,10 @@ def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
     ``params`` the run's ``boundary`` and ``tv_weight``, ``clipped`` the crop's voxels at or above the
     ``settings.saturation`` level (for ``auto``, the crop's own plateau:
     :func:`~deconv3d._saturation.saturation_level`; None: none), ``where`` the channel's name where there
-    are several (``channel 1 (RFP)``, else "") and ``note`` where the crop lies (:func:`_crop_note`)."""
-    from deconv3d._saturation import clipped_voxels, saturation_level
+    are several (``channel 1 (RFP)``, else "") and ``note`` where the crop lies (:func:`_crop_note`).
+    A crop that is its whole volume with every voxel at or above the level is refused as the run would
+    refuse it (:func:`~deconv3d._saturation.refuse_all_flagged`), before the search."""
+    from deconv3d._saturation import clipped_voxels, refuse_all_flagged, saturation_level
     from deconv3d.pipeline.negatives import _index_names
 
     sizes = dict(zip(lazy.axes, lazy.data.shape))
@@ -75,7 +89,10 @@ def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
         psf = psfs[c % len(psfs)]
         box = crop_box(shape, psf.shape)
         crop = _read_crop(lazy, c, box)
-        clipped = clipped_voxels(crop, saturation_level(crop, settings.saturation))
+        level = saturation_level(crop, settings.saturation)
+        clipped = clipped_voxels(crop, level)
+        if clipped is not None and tuple(crop.shape) == shape:  # the whole volume: refused as the run refuses it
+            refuse_all_flagged(int(np.count_nonzero(clipped)), clipped.size, level, _first_volume(lazy, c))
         where = " ".join(_index_names("C", (channels,), (c,), lazy.channels, axes="C"))
         choices.append(chooser(crop, psf, params, voxel, settings.run_device, clipped, where,
                                _crop_note(box, shape, sizes.get("T", 1))))

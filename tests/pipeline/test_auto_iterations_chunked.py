@@ -166,3 +166,20 @@ def test_a_memory_limit_no_block_fits_is_refused_before_choosing(tmp_path, capsy
                          capsys)
     assert_one_line_error(code, err, "memory limit 20MB is too small", "--memory-limit")
     assert "chose" not in out and not (tmp_path / "out.zarr").exists()
+
+
+def test_a_channel_flagged_throughout_is_refused_as_the_run_refuses_it(tmp_path, capsys):
+    """--saturation at or under every voxel of a channel (its whole first time point is the crop): the
+    run's own one-line refusal naming that channel, before the search (not choose_iterations' 'too few
+    held out' error), and no output."""
+    shape = (12, 32, 32)
+    beads = blurred_beads(shape, gaussian_psf(), seed=1)
+    metadata = {"axes": "ZCYX", "unit": "um", "spacing": VOXEL[0]}
+    tifffile.imwrite(tmp_path / "in.tif", np.stack([beads, beads + 1000], 1), imagej=True,
+                     resolution=(1 / VOXEL[2], 1 / VOXEL[1]), metadata=metadata)
+    _psf(tmp_path, shape)
+    code, out, err = run(["deconvolve", tmp_path / "in.tif", "--psf", tmp_path / "psf.tif", "-o",
+                          tmp_path / "out.tif", "--iterations", "auto", "--device", "cpu", "--saturation", 1000],
+                         capsys)
+    assert_one_line_error(code, err, "every voxel of channel 1 is at or above --saturation 1000: give a higher level")
+    assert "for channel 1" not in out and not (tmp_path / "out.tif").exists()
