@@ -77,8 +77,10 @@ def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
     :func:`~deconv3d._saturation.saturation_level`; None: none), ``where`` the channel's name where there
     are several (``channel 1 (RFP)``, else "") and ``note`` where the crop lies (:func:`_crop_note`).
     A crop that is its whole volume with every voxel at or above the level is refused as the run would
-    refuse it (:func:`~deconv3d._saturation.refuse_all_flagged`), before the search."""
+    refuse it (:func:`~deconv3d._saturation.refuse_all_flagged`), before the search; so is a crop with no
+    voxel above 0 (a channel dark at its first time point), on which the search would settle on 1."""
     from deconv3d._saturation import clipped_voxels, refuse_all_flagged, saturation_level
+    from deconv3d.errors import InputError
     from deconv3d.pipeline.negatives import _index_names
 
     sizes = dict(zip(lazy.axes, lazy.data.shape))
@@ -89,13 +91,16 @@ def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
         psf = psfs[c % len(psfs)]
         box = crop_box(shape, psf.shape)
         crop = _read_crop(lazy, c, box)
+        where = " ".join(_index_names("C", (channels,), (c,), lazy.channels, axes="C"))
+        note = _crop_note(box, shape, sizes.get("T", 1))
+        if not (crop > 0).any():  # (a count chosen on nothing: 1, whatever the later time points hold)
+            raise InputError(f"--iterations auto has nothing to choose the count by{' for ' + where if where else ''}:"
+                             f" {note.removeprefix(', on ')} holds no voxel above 0: give the count as --iterations N")
         level = saturation_level(crop, settings.saturation)
         clipped = clipped_voxels(crop, level)
         if clipped is not None and tuple(crop.shape) == shape:  # the whole volume: refused as the run refuses it
             refuse_all_flagged(int(np.count_nonzero(clipped)), clipped.size, level, _first_volume(lazy, c))
-        where = " ".join(_index_names("C", (channels,), (c,), lazy.channels, axes="C"))
-        choices.append(chooser(crop, psf, params, voxel, settings.run_device, clipped, where,
-                               _crop_note(box, shape, sizes.get("T", 1))))
+        choices.append(chooser(crop, psf, params, voxel, settings.run_device, clipped, where, note))
     runs = [dataclasses.replace(settings, iterations=c["iterations"], accelerate=False) for c in choices]
     counts, chosen_by = [c["iterations"] for c in choices], [c["iterations_chosen_by"] for c in choices]
     return runs, {"iterations": counts[0] if channels == 1 else counts, "accelerate": False,

@@ -183,3 +183,19 @@ def test_a_channel_flagged_throughout_is_refused_as_the_run_refuses_it(tmp_path,
                          capsys)
     assert_one_line_error(code, err, "every voxel of channel 1 is at or above --saturation 1000: give a higher level")
     assert "for channel 1" not in out and not (tmp_path / "out.tif").exists()
+
+
+def test_a_channel_dark_at_its_first_time_point_is_refused(tmp_path, capsys):
+    """A time-lapse whose channel 1 is all zeros at time point 0 (beads later): its crop holds nothing to
+    choose by (the search settled on 1 iteration for all its time points, saying nothing): a one-line error
+    naming the channel and the fix, and no output."""
+    beads = np.stack([blurred_beads((12, 32, 32), gaussian_psf(), seed=s) for s in (1, 2)])
+    data = np.stack([beads, beads], 1)  # T C Z Y X
+    data[0, 1] = 0
+    run_chunked(data, lambda b: b, tmp_path / "in.zarr", axes="TCZYX", voxel_size=VOXEL)
+    _psf(tmp_path, (12, 32, 32))
+    code, out, err = run(["deconvolve", tmp_path / "in.zarr", "--psf", tmp_path / "psf.tif", "-o",
+                          tmp_path / "out.zarr", "--iterations", "auto", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "--iterations auto has nothing to choose the count by for channel 1",
+                          "the whole volume of the first time point holds no voxel above 0", "--iterations N")
+    assert "for channel 1" not in out and not (tmp_path / "out.zarr").exists()
