@@ -156,6 +156,39 @@ def test_each_channel_is_chosen_on_a_crop_of_its_first_time_point_read_alone(tmp
                       "iterations_chosen_by": "test, on a centred 8 x 16 x 16 crop of the first time point"}
 
 
+def test_the_crop_is_held_to_the_memory_limit(tmp_path, capsys, monkeypatch):
+    """Under --memory-limit the crop shrinks (halving its voxels) until the search fits what the limit
+    leaves, as the memory model counts an RL block of its shape plus CHOICE_OVERHEAD: without a limit the
+    16 x 48 x 48 volume is chosen on whole; with one that nothing above the floors fits (the overhead made
+    huge here), on the centred box of twice the PSF per axis."""
+    from deconv3d.pipeline import auto_iterations
+    from deconv3d.pipeline import system_memory
+    from deconv3d.pipeline.memory_model import MemoryModel
+
+    shape = (16, 48, 48)
+    image = blurred_beads(shape, gaussian_psf(), seed=4)
+    write_tiff(tmp_path / "in.tif", image, voxel_size=VOXEL)
+    psf = _psf(tmp_path, shape)
+    argv = ["deconvolve", tmp_path / "in.tif", "--psf", tmp_path / "psf.tif", "--iterations", "auto", "--device", "cpu",
+            "--memory-limit", "8GB"]
+    code, out, err = run([*argv, "-o", tmp_path / "whole.zarr"], capsys)
+    assert code == 0 and "on the whole volume)" in out, out + err
+    monkeypatch.setattr(auto_iterations, "CHOICE_OVERHEAD", 8 * 10**9)
+    code, out, err = run([*argv, "-o", tmp_path / "held.zarr"], capsys)
+    assert code == 0, err
+    count = choose_iterations(image[1:15, 17:31, 17:31], psf, 100, voxel_size=VOXEL, device="cpu").iterations
+    assert f"chose {count} iterations (" in out and "on a centred 14 x 14 x 14 crop)" in out, out
+    monkeypatch.undo()
+    monkeypatch.setattr(system_memory, "planning_baseline", lambda: 0)  # (the process's memory: it varies)
+    big, psf_shape = (64, 2048, 2048), (15, 31, 31)  # (no limit: the most; each limit: the most that fits)
+    assert auto_iterations.crop_voxels(big, psf_shape, "rl", None) == auto_iterations.AUTO_CROP_VOXELS
+    model = MemoryModel("rl", psf_shape, accelerate=False)
+    need = [model.block_bytes([s.stop - s.start for s in auto_iterations.crop_box(big, psf_shape, v)])
+            + auto_iterations.CHOICE_OVERHEAD for v in (2**24, 2**23, 2**22)]
+    for limit, voxels in ((need[0], 2**24), (need[0] - 1, 2**23), (need[1] - 1, 2**22)):
+        assert auto_iterations.crop_voxels(big, psf_shape, "rl", limit) == voxels
+
+
 def test_a_memory_limit_no_block_fits_is_refused_before_choosing(tmp_path, capsys):
     """--memory-limit too small for any RL block: refused (one line, no output) before --iterations auto
     spends its search on the crop, not once the blocks are planned after it."""
