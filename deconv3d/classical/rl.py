@@ -158,7 +158,8 @@ def richardson_lucy(
         RL did not estimate (what ``deconvolve --saturation`` did before): three seeded phantoms clipped
         at their 99th percentile 14.9-21.4, 17.2-21.9 and 18.1-22.6; an ellipsoid clipped at its 90th
         percentile 85, 108 and 116; where only bead cores were clipped (99.5th percentile) leaving
-        them out did best (33-35, 52-58 and 28-29). With the zero boundary, clipped regions at the
+        them out did best (33-35, 52-58 and 28-29), by converging faster: at 80 iterations 21.9 with
+        ``clipped`` against 21.4 (one seed). With the zero boundary, clipped regions at the
         image's faces are fitted worse than as data (the three phantoms: 36.1-54.1 against 29.2-48.3):
         light from outside the field must come from the faces' voxels, and clipped data never pull
         them down; use ``"bertero"`` there. Combined with ``weights``, a clipped voxel's bound counts
