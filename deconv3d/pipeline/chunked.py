@@ -19,7 +19,8 @@ the volume is never assembled in memory.
 This module holds the block task and the runners (local threads, a dask.distributed cluster). The
 blocks' geometry is in :mod:`deconv3d.pipeline.block_geometry`, the run's abandon flag in
 :mod:`deconv3d.pipeline.run_flags`, and the sharing of cores and the release of memory between
-blocks in :mod:`deconv3d.pipeline.threads_and_memory`; the names of this module's ``__all__``
+blocks in :mod:`deconv3d.pipeline.threads_and_memory`, what blocks report of their cores in
+:mod:`deconv3d.pipeline.block_figures`; the names of this module's ``__all__``
 that live there are re-exported here.
 """
 
@@ -34,6 +35,7 @@ import numpy as np
 
 from deconv3d.errors import Cancelled
 from deconv3d.pipeline import run_flags
+from deconv3d.pipeline.block_figures import BlockFigures, FigureRequest
 from deconv3d.pipeline.block_geometry import (Placement, aligned_box, block_regions, box_blocks, plan_chunks,
                                               sides_in_whole_chunks, stored_chunks, write_box_blocks)
 from deconv3d.pipeline.readers import ArrayReader, DaskReader, as_reader  # noqa: F401 (re-exported)
@@ -42,7 +44,7 @@ from deconv3d.pipeline.threads_and_memory import _pin_threads, _share_cores, rel
 
 __all__ = ["plan_chunks", "block_regions", "run_blocks", "as_reader", "ArrayReader", "DaskReader", "Cancelled",
            "ProgressCallback", "release_memory", "Placement", "abandoned", "box_blocks", "aligned_box",
-           "write_box_blocks", "stored_chunks", "sides_in_whole_chunks"]
+           "write_box_blocks", "stored_chunks", "sides_in_whole_chunks", "BlockFigures", "FigureRequest"]
 
 ProgressCallback = Callable[[int, int], Optional[bool]]
 
@@ -62,11 +64,11 @@ def _apply(fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray, placement:
 
 
 def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: str, write_key: tuple,
-                abandon: "_RunFlag | threading.Event | str | None" = None, threads: int = 0, top: bool = False,
-                level: float | None = None, faces: tuple | None = None):
+                abandon: "_RunFlag | threading.Event | str | None" = None, threads: int = 0,
+                figures: FigureRequest | None = None):
     """Read one block (plus halo) from ``source``, run ``fn`` (on ``threads`` torch threads, when
-    given: :func:`_pin_threads`), write the core; return nothing, or with ``top``, a ``level`` or
-    ``faces`` what :func:`core_figures` finds in the core's values as read (not the halo's, which
+    given: :func:`_pin_threads`), write the core; return nothing, or with ``figures``, what
+    :meth:`FigureRequest.measure` finds in the core's values as read (not the halo's, which
     neighbouring blocks count), at the core's place in the volume (``placement``), for the caller to add
     up over the volume (a task on a cluster's worker hands it back with its result).
 
@@ -88,9 +90,9 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     block = source if isinstance(source, np.ndarray) else source.read(read_key)
     _verify_source(source, thorough=False)  # (run_chunked checks thoroughly once, before publishing)
     found = None
-    if top or level is not None or faces is not None:
+    if figures is not None:
         at = (tuple(s + c.start for s, c in zip(placement.start, placement.core)), tuple(placement.shape))
-        found = core_figures(np.asarray(block)[placement.core], top, level, faces, at)
+        found = figures.measure(np.asarray(block)[placement.core], at)
     run_flags._BLOCK.abandon, run_flags._BLOCK.threads = abandon, threads
     try:  # a worker's blocks of one run share FFTW's measuring budget (here: run_blocks' own)
         with measuring_run(abandon.name if on_cluster else None):
@@ -107,37 +109,6 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     del out
     release_memory()
     return found
-
-
-def core_figures(core, top: bool, level: float | None, faces: tuple | None = None, at: tuple | None = None) -> tuple:
-    """What a block reports of its ``core`` (its values as read, before the float32 the method gets):
-    ``(top, count, near)``, the :func:`~deconv3d._saturation.top_two` of its values where ``top`` (else
-    None), its voxels at or above ``level`` where one is given (else None), and, where ``faces`` is
-    ``(level, reach)``, its voxels at or above that level within ``reach`` of the volume's faces
-    (:func:`~deconv3d._saturation.face_reach`), the core lying at ``at``: ``(start, volume shape)``
-    (else None). Each a plane at a time (:func:`~deconv3d._saturation.top_two_by_planes`,
-    :func:`~deconv3d._saturation.count_at_or_above`, :func:`~deconv3d._saturation.count_near_faces`,
-    which counts both at a level of both): their masks add little to a block's memory."""
-    from deconv3d._saturation import count_at_or_above, count_near_faces, top_two_by_planes
-
-    core = np.asarray(core)
-    count = near = None
-    if faces is not None:
-        flagged, near = count_near_faces(core, faces[0], faces[1], *at)
-        count = flagged if level == faces[0] else None
-    if level is not None and count is None:
-        count = count_at_or_above(core, level)
-    return top_two_by_planes(core) if top else None, count, near
-
-
-def gather_figures(found, tops: list | None, counts: list | None, nears: list | None = None) -> None:
-    """Add a block's :func:`core_figures` (None: it reported none) to ``tops``, ``counts`` and ``nears``,
-    where given."""
-    if found is None:
-        return
-    for figures, figure in zip((tops, counts, nears), found):
-        if figures is not None and figure is not None:
-            figures.append(figure)
 
 
 def _verify_source(source, thorough: bool = True) -> None:
@@ -161,16 +132,14 @@ def _verify_source(source, thorough: bool = True) -> None:
 def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence[int], lead: Sequence[int] = (),
                client=None, workers: int = 1, progress: ProgressCallback | None = None, done: int = 0,
                total: int | None = None, pool: ThreadPoolExecutor | None = None,
-               skip: Sequence[tuple[slice, ...]] = (), cancel=None, tops: list | None = None,
-               level: float | None = None, counts: list | None = None, faces: tuple | None = None,
-               nears: list | None = None) -> int:
+               skip: Sequence[tuple[slice, ...]] = (), cancel=None, figures: BlockFigures | None = None) -> int:
     """Run ``fn`` over the image ``reader[lead]`` block by block, writing into ``target[lead]``.
 
     Every block is one independent task: read its region plus halo (clipped at the border) from
     ``reader``, apply ``fn``, trim the halo, write the core into the zarr array at
     ``target_path``, whose chunks must be those of :func:`plan_chunks` (one writer per chunk).
     At most ``workers`` tasks (on a cluster: its threads) are in flight; a task returns nothing but,
-    with ``tops``, ``counts`` or ``nears``, figures of its core.
+    with ``figures``, figures of its core.
 
     Parameters
     ----------
@@ -188,19 +157,11 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
         :func:`abandoned` (an RL iteration, a network's tile) and :class:`Cancelled` is raised.
     skip : sequence of tuple of slice
         The ``write`` regions of blocks already written (:func:`write_box_blocks`): not run.
-    tops : list, optional
-        Each written block's :func:`~deconv3d._saturation.top_two` of its core is appended to it
-        (in this thread, as the block's result comes back: from a cluster's worker too), for
-        :func:`~deconv3d._saturation.merge_top_two` to make the volume's without another pass over it.
-    level, counts : float and list, optional
-        Given both, each written block's count of the voxels of its core at or above ``level`` is
-        appended to ``counts`` (as ``tops`` gathers its top values), for the caller to sum: the
-        voxels of the volume a run at that saturation level fits as clipped, each counted once.
-    faces, nears : tuple and list, optional
-        Given both, ``faces`` being ``(level, reach)``, each written block's count of the voxels of its
-        core at or above that level that lie within ``reach`` of the volume's faces (not its own:
-        :func:`~deconv3d._saturation.count_near_faces`) is appended to ``nears``, as ``counts`` gathers
-        its count.
+    figures : BlockFigures, optional
+        What each written block's core holds is added to its lists (in this thread, as the block's result
+        comes back: from a cluster's worker too; :class:`BlockFigures`): its top values, for
+        :func:`~deconv3d._saturation.merge_top_two` to make the volume's without another pass over it, and its
+        voxels at a level and near the volume's faces, for the caller to sum: each voxel counted once.
 
     Returns
     -------
@@ -220,8 +181,7 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     if client is not None:
         try:
             return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total, cancel,
-                                    tops, level if counts is not None else None, counts,
-                                    faces if nears is not None else None, nears)
+                                    figures)
         except Exception as exc:
             if getattr(client, "status", "running") == "running":
                 raise
@@ -237,23 +197,21 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     try:
         with _share_cores(workers) as share, measuring_run():  # the blocks: one run for FFTW's measuring
             return _run_threads(reader, fn, str(target_path), tasks, pool, workers, progress, done, total, share,
-                                cancel, tops, level if counts is not None else None, counts,
-                                faces if nears is not None else None, nears)
+                                cancel, figures)
     finally:
         if own:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _counter(progress, done: int, total: int, tops: list | None = None, counts: list | None = None,
-             nears: list | None = None):
-    """A function to call with each finished block's result: keeps its core's top values in ``tops``,
-    its count at the level in ``counts`` and of those near the volume's faces in ``nears`` (where given
-    and the block returned them: :func:`gather_figures`), counts, reports and raises :class:`Cancelled`
-    on request."""
+def _counter(progress, done: int, total: int, figures: BlockFigures | None = None):
+    """A function to call with each finished block's result: adds the figures of its core to ``figures``
+    (where given and the block returned them: :meth:`BlockFigures.add`), counts, reports and raises
+    :class:`Cancelled` on request."""
     state = {"count": 0}
 
     def finished(result=None) -> int:
-        gather_figures(result, tops, counts, nears)
+        if figures is not None:
+            figures.add(result)
         state["count"] += 1
         if progress is not None and progress(done + state["count"], total):
             raise Cancelled(f"cancelled after {done + state['count']} of {total} blocks")
@@ -282,11 +240,11 @@ def _track(futures: set, submit, *args, **kwargs) -> None:
 
 
 def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: int, progress, done: int,
-                 total: int, threads: int = 0, cancel=None, tops: list | None = None, level: float | None = None,
-                 counts: list | None = None, faces: tuple | None = None, nears: list | None = None) -> int:
+                 total: int, threads: int = 0, cancel=None, figures: BlockFigures | None = None) -> int:
     from deconv3d.classical._reuse import drop_setup
 
-    finished, state = _counter(progress, done, total, tops, counts, nears)
+    finished, state = _counter(progress, done, total, figures)
+    request = None if figures is None else figures.request()
     futures: set = set()
     abandon = _RunFlag(cancel)  # the blocks see a cancel at once, and this loop within half a second
 
@@ -304,7 +262,7 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
         for read, placement, write in tasks:
             settle(workers - 1)
             _track(futures, pool.submit, _block_task, reader, read, fn, placement, target_path, write, abandon, threads,
-                   tops is not None, level, faces)
+                   request)
         settle(0)
     except BaseException:
         abandon.set()  # running blocks stop at their next check of abandoned() and write nothing
@@ -318,14 +276,14 @@ def _run_threads(reader, fn, target_path: str, tasks: Iterable, pool, workers: i
 
 
 def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, progress, done: int, total: int,
-                     cancel=None, tops: list | None = None, level: float | None = None,
-                     counts: list | None = None, faces: tuple | None = None, nears: list | None = None) -> int:
+                     cancel=None, figures: BlockFigures | None = None) -> int:
     import uuid
 
     from distributed import Event
     from distributed import wait as dwait
 
-    finished, state = _counter(progress, done, total, tops, counts, nears)
+    finished, state = _counter(progress, done, total, figures)
+    request = None if figures is None else figures.request()  # (it alone travels with the tasks)
     threads = max(1, sum(client.nthreads().values()))
     remote = bool(getattr(reader, "remote", False))
     limit = 2 * threads if remote else threads  # blocks read here travel with their task: hold fewer
@@ -343,7 +301,7 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
             settle(limit - 1)
             source = refs[1] if remote else reader.read(read)
             _track(futures, client.submit, _block_task, source, read, refs[0], placement, target_path, write,
-                   abandon.name, top=tops is not None, level=level, faces=faces, pure=False)
+                   abandon.name, figures=request, pure=False)
             del source
         settle(0)
     except BaseException:

@@ -24,8 +24,7 @@ from deconv3d._paths import TIFF_SUFFIXES, image_stem, refuse_input_overlap
 from deconv3d.errors import InputError, warn
 from deconv3d.pipeline.allocator import large_allocations_returned
 from deconv3d.pipeline.block_geometry import aligned_box, box_blocks, stored_chunks, write_box_blocks
-from deconv3d.pipeline.chunked import (Cancelled, ProgressCallback, _verify_source, core_figures, gather_figures,
-                                       run_blocks)
+from deconv3d.pipeline.chunked import BlockFigures, Cancelled, ProgressCallback, _verify_source, run_blocks
 from deconv3d.pipeline.memory_model import MemoryModel
 from deconv3d.pipeline.output import atomic_output
 from deconv3d.pipeline.planning import RunPlan, measuring_box_shape
@@ -330,41 +329,49 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
             fn = _fn_for(fns, block_fn, index, axes)
             view = _view(reader, index, axes, channels, said)
             method = fn.counts_clip() if hasattr(fn, "counts_clip") else None
-            tops = None if method is None else []  # (asked before prepare, which resolves auto to a level or none)
-            level = fn.counts_at() if hasattr(fn, "counts_at") else None  # (a level given: prepare keeps it)
-            counts = None if level is None else []
-            # (a level, or auto's once prepared: asked again then; the blocks' count adds to the run's)
-            near = [] if hasattr(fn, "counts_near_faces") and fn.counts_near_faces() is not None else None
+            figures = _figures(fn, method)
             # the measuring box's chunks serve the blocks, unless a limit gives that box all of it
             with chunks_cached(reader, plan.cache, now=plan.memory_limit is None) as start_cache:
                 # prepare reads one box (no block is in flight meanwhile); a volume that is one block
                 # needs no common schedule, and preparing would run the method twice.
                 covered = []
                 if hasattr(fn, "prepare") and plan.blocks > 1:
-                    fn, covered = _prepare(fn, view, plan, target_path, index, tops, level, counts, near)
+                    fn, covered = _prepare(fn, view, plan, target_path, index, figures)
                     done += len(covered)
                     if (covered and progress is not None and progress(done, total)) or cancel_requested(cancel):
                         raise Cancelled(f"cancelled after {done} of {total} blocks")
                 elif hasattr(fn, "prepare_whole") and plan.blocks == 1:
                     fn = fn.prepare_whole(view)
                 start_cache()
+                figures.faces = _faces(fn, figures.nears)
                 done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
                                    client=client, workers=workers, progress=progress, done=done, total=total,
-                                   pool=pool, skip=covered, cancel=cancel, tops=tops, level=level, counts=counts,
-                                   faces=_faces(fn, near), nears=near)
-            if counts is not None:  # each block's core counted once: the volume's voxels at or above the level
-                fn = fn.counted(sum(counts))
+                                   pool=pool, skip=covered, cancel=cancel, figures=figures)
+            if figures.counts is not None:  # each block's core counted once: the volume's voxels at or above the level
+                fn = fn.counted(sum(figures.counts))
             decided.append(fn.decided() if hasattr(fn, "decided") else {})
             _refuse_all_flagged(decided[-1], plan.shape, view.where)
-            if tops is not None:
-                clips.append((merge_top_two(tops), method, view))
-            if near is not None:
-                nears = (nears or 0) + sum(near)
+            if figures.tops is not None:
+                clips.append((merge_top_two(figures.tops), method, view))
+            if figures.nears is not None:
+                nears = (nears or 0) + sum(figures.nears)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         close_sources(reader)  # no block reads it now: a long session does not hold the file open
     return _decided(decided), clips, nears
+
+
+def _figures(fn, method) -> BlockFigures:
+    """What the blocks of ``fn`` (before it is prepared) are to report of their cores (:class:`BlockFigures`):
+    their top values where ``method`` (its ``counts_clip()``) names one, their voxels at or above its
+    ``counts_at()`` level where it gives one, and lists for those near the volume's faces where its
+    ``counts_near_faces()`` gives anything (the level, known once prepared: :func:`_faces`)."""
+    tops = None if method is None else []  # (asked before prepare, which resolves auto to a level or none)
+    level = fn.counts_at() if hasattr(fn, "counts_at") else None  # (a level given: prepare keeps it)
+    # (a level, or auto's once prepared: asked again then; the blocks' count adds to the run's)
+    near = [] if hasattr(fn, "counts_near_faces") and fn.counts_near_faces() is not None else None
+    return BlockFigures(tops, None if level is None else [], near, level)
 
 
 def _faces(fn, near: list | None):
@@ -410,20 +417,19 @@ def warn_of_clips(info: RunInfo) -> None:
         warn(line)
 
 
-def _prepare(fn, view, plan: RunPlan, target_path, index, tops: list | None = None, level: float | None = None,
-             counts: list | None = None, near: list | None = None):
+def _prepare(fn, view, plan: RunPlan, target_path, index, figures: BlockFigures | None = None):
     """``fn`` prepared on its measuring box (:func:`~deconv3d.pipeline.planning.measuring_box_shape`,
     placed to hold whole blocks: :func:`~deconv3d.pipeline.block_geometry.aligned_box`), and the blocks
     written from the method's result on that box, where its ``prepare_with_output`` returns one
-    (accelerated RL measuring its steps: those blocks are not run again). With ``tops`` (``counts``), the
-    top values of those blocks' cores (their voxels at or above ``level``) are added to it, as the blocks
-    run report theirs (:func:`~deconv3d.pipeline.chunked.core_figures`), from the box's values the
-    measuring run read (:attr:`~deconv3d.pipeline.readers._View.keep`); with ``near``, so are their voxels
-    at or above the prepared ``fn``'s level near the volume's faces (:func:`_faces`)."""
+    (accelerated RL measuring its steps: those blocks are not run again). With ``figures``, what those
+    blocks' cores hold is added to its lists, as the blocks run report theirs
+    (:class:`~deconv3d.pipeline.block_figures.BlockFigures`), from the box's values the measuring run read
+    (:attr:`~deconv3d.pipeline.readers._View.keep`), the faces' level being the prepared ``fn``'s
+    (:func:`_faces`, set on ``figures``)."""
     sizes = plan.dask_chunks  # the blocks' core sizes
     box = aligned_box(plan.shape, sizes, plan.depth,
                       measuring_box_shape(plan.shape, plan.chunks, plan.halo, plan.model, plan.memory_limit))
-    counting = tops is not None or counts is not None or near is not None
+    counting = figures is not None and figures.gathers()
     view.keep = box if counting and hasattr(fn, "prepare_with_output") else None
     try:
         if hasattr(fn, "prepare_with_output"):
@@ -431,11 +437,10 @@ def _prepare(fn, view, plan: RunPlan, target_path, index, tops: list | None = No
         else:  # the hook's contract: the box's shape (a callable centres it)
             fn, output = fn.prepare(view, tuple(b.stop - b.start for b in box)), None
         covered = box_blocks(plan.shape, sizes, plan.depth, box) if output is not None else []
-        faces = _faces(fn, near)
+        if counting:
+            figures.faces = _faces(fn, figures.nears)
         for write, core in _covered_cores(view, box, covered) if counting else ():
-            found = core_figures(core, tops is not None, level if counts is not None else None, faces,
-                                 (tuple(w.start for w in write), tuple(plan.shape)))
-            gather_figures(found, tops, counts, near)
+            figures.add(figures.measure(core, (tuple(w.start for w in write), tuple(plan.shape))))
     finally:
         view.keep = view.kept = None
     if covered:
