@@ -174,6 +174,16 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def iterations_value(text: str) -> int | str:
+    """``--iterations N|auto`` (deconvolve and batch)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number or auto, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -123,13 +123,30 @@ def _file_runner(settings, client, workers: int, warned: _BatchWarnings):
 
     def one(path, output, input_sha256):
         warned.file = path
+        chooser = _choosing_for(path) if settings.iterations == "auto" else None
         try:
             deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,
-                            trainer=_trainer(training, []), sweep=False)  # (run_batch swept the folder)
+                            trainer=_trainer(training, []), sweep=False,  # (run_batch swept the folder)
+                            iterations_chooser=chooser)
         finally:
             warned.file = None
 
     return one
+
+
+def _choosing_for(path):
+    """``iterations = "auto"``: deconvolve's chooser (:func:`~deconv3d.cli.classical._choose_iterations`) for
+    the file ``path``, whose 'chose N iterations for FILE' lines (``for channel 1 (RFP) of FILE`` where it
+    has several) come before the file's own '[N/TOTAL]' line, printed as it ends."""
+    from deconv3d._paths import path_text
+
+    from .classical import _choose_iterations
+
+    def choose(crop, psf, params, voxel, device, clipped=None, where="", note=""):
+        named = f"{where} of {path_text(path)}" if where else path_text(path)
+        return _choose_iterations(crop, psf, params, voxel, device, clipped, line_text(named), note)
+
+    return choose
 
 
 def _hashed_with_a_bar(input_dir):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from deconv3d.errors import InputError, refuse_non_finite, warn
 from . import pipeline, selfsup
 from ._common import check_negative, check_output, load_psf, voxel_size_of
 from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SATURATION_HELP, SpatialSizes, add_common, add_optics,
-                        positive_float, positive_int, saturation_value, spatial_sizes)
+                        iterations_value, positive_float, positive_int, saturation_value, spatial_sizes)
 from .printing import hashed, print_warnings, progress
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
@@ -82,7 +81,7 @@ def _deconvolve_parser(sub) -> None:
     src.add_argument("--psf-model", choices=PSF_MODELS, help="generate the PSF from microscope parameters")
     add_optics(p, required=False, per_channel=True)  # one emission wavelength, or one per channel (as batch)
     p.add_argument("--method", choices=METHODS, default="rl", help="deconvolution method (default rl)")
-    p.add_argument("--iterations", type=_iterations, default=20, metavar="N|auto",
+    p.add_argument("--iterations", type=iterations_value, default=20, metavar="N|auto",
                    help="RL iterations (default 20); 'auto' chooses the count from the image itself by predicting "
                         "5%% held-out voxels (deconv3d.classical.choose_iterations) and runs plain RL, "
                         "without acceleration, for that many (a chunked run: one count per channel, chosen on a "
@@ -443,15 +442,6 @@ def _psf_shape_estimate(args, file_voxel, shape) -> tuple[int, ...]:
 
 
 AUTO_MAX_ITERATIONS = 100  # the most --iterations auto tries
-
-
-def _iterations(text: str) -> int | str:
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number or auto, got {text!r}") from None
 
 
 def _choose_iterations(image, psf, params: dict, voxel, device, clipped=None, where: str = "",

@@ -46,6 +46,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     ``iterations_chooser`` (rl and rl-tv; others ignore it): each channel's count is chosen on a centred crop
     of its first time point and run without acceleration, in place of ``settings.iterations`` and
     ``settings.accelerate`` (:func:`~deconv3d.pipeline.auto_iterations.chosen_settings`, which calls it).
+    Settings with ``iterations = "auto"`` (a batch's) need it for rl and rl-tv: without one they are refused.
     """
     from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import run_chunked
@@ -53,6 +54,9 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     from deconv3d.pipeline.output import remove_stale_temporaries
     from deconv3d.pipeline.settings import _many, channel_count
 
+    if settings.iterations == "auto" and settings.method in ("rl", "rl-tv") and iterations_chooser is None:
+        raise InputError('iterations "auto" needs an iterations_chooser to choose the counts: pass one '
+                         "(deconv3d.cli.classical._choose_iterations is the command line's), or give the count")
     input_path, output_path = Path(input_path), Path(output_path)
     # before any work, as the command line checks (a batch's outputs are checked only here: it
     # replaced a folder of the user's files named like an output, and deleted them)

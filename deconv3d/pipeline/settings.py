@@ -53,7 +53,7 @@ class Settings:
     ni: float = 1.515
     ns: float = 1.33
     depth: float = 0.0
-    iterations: int = 20
+    iterations: int | str = 20  # RL's count, or "auto": each file's chosen (the chunked deconvolve_file's chooser)
     tv_weight: float = 0.002
     accelerate: bool = True
     boundary: str = "bertero"
@@ -89,6 +89,8 @@ class Settings:
             object.__setattr__(self, "saturation", parse_saturation(self.saturation, _n("saturation")))
         except InputError as exc:
             _check(False, str(exc))
+        if isinstance(self.iterations, str) and self.iterations.strip().lower() == "auto":  # ("Auto" in a TOML)
+            object.__setattr__(self, "iterations", "auto")
         if isinstance(self.pattern, (str, list)):
             pattern = (self.pattern,) if isinstance(self.pattern, str) else tuple(self.pattern)
             object.__setattr__(self, "pattern", pattern)
@@ -97,8 +99,9 @@ class Settings:
         _check(self.method in METHODS, f"{_n('method')} must be one of {', '.join(METHODS)}, got {self.method!r}")
         _check(self.boundary in BOUNDARIES, f"{_n('boundary')} must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
         _check(self.output_format in OUTPUT_FORMATS, f"{_n('output_format')} must be zarr or tif, got {self.output_format!r}")
-        _check(isinstance(self.iterations, int) and not isinstance(self.iterations, bool) and self.iterations >= 1,
-               f"{_n('iterations')} must be a positive integer, got {self.iterations!r}")
+        _check(self.iterations == "auto" or (isinstance(self.iterations, int) and not isinstance(self.iterations, bool)
+                                             and self.iterations >= 1),
+               f"{_n('iterations')} must be a positive integer or \"auto\", got {self.iterations!r}")
         _check(_positive(self.balance), f"{_n('balance')} must be positive, got {self.balance!r}")
         # (refused, not ignored: so a method other than RL's never has it in its fingerprint either)
         problem = method_problem(self.method, self.saturation, _n("method"), _n("saturation"))
@@ -234,8 +237,9 @@ class Settings:
     def accelerated_rl(self) -> bool:
         """Whether the method runs accelerated Richardson-Lucy (``rl`` or ``rl-tv``), whose chunked output
         changed when its blocks came to be written from the measuring run
-        (:func:`~deconv3d.pipeline.completion_records.is_finished`)."""
-        return self.method in ("rl", "rl-tv") and bool(self.accelerate)
+        (:func:`~deconv3d.pipeline.completion_records.is_finished`). Not with ``iterations = "auto"``, whose
+        chosen counts run without acceleration."""
+        return self.method in ("rl", "rl-tv") and bool(self.accelerate) and self.iterations != "auto"
 
     def fingerprint(self, legacy: bool = False) -> str:
         """Hash of everything that changes the output (not the file pattern).

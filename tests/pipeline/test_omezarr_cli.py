@@ -145,7 +145,7 @@ def test_a_batch_input_with_no_path_from_the_folder_is_named_as_the_report_holds
     (["deconvolve", "empty.zarr", "--psf", "psf.tif", "-o", "x.zarr"], ["as OME-Zarr", "image group"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.xyz"], ["'.xyz'", "use .tif, .tiff or .zarr"]),
     (["batch", "in", "-o", "in/x.zarr", "--psf", "psf.tif"], ["would be read as an input"]),
-    (["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "auto"], ["--iterations auto' on a"]),
+    (["batch", "in", "-o", "out", "--psf", "psf.tif", "--iterations", "many"], ["--iterations", "whole number or auto"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--chunks", 12, 24, 24, "--memory-limit",
       "100MB"], ["above the memory limit 100MB", "no chunks fit it", "use --memory-limit"]),  # the limit was ignored with --chunks
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--method", "rl-tv", "--tv-weight", 0.7],
