@@ -55,8 +55,9 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     from deconv3d.pipeline.settings import _many, channel_count
 
     if settings.iterations == "auto" and settings.method in ("rl", "rl-tv") and iterations_chooser is None:
-        raise InputError('iterations "auto" needs an iterations_chooser to choose the counts: pass one '
-                         "(deconv3d.cli.classical._choose_iterations is the command line's), or give the count")
+        raise InputError('iterations "auto" needs an iterations_chooser to choose the counts: pass one (see '
+                         "deconv3d.pipeline.auto_iterations.chosen_settings for what it is called with and returns), "
+                         "or give the count")
     input_path, output_path = Path(input_path), Path(output_path)
     # before any work, as the command line checks (a batch's outputs are checked only here: it
     # replaced a folder of the user's files named like an output, and deleted them)
