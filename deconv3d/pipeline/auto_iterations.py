@@ -63,22 +63,25 @@ def crop_voxels(shape, psf_shape, method: str, memory_limit) -> int:
     return voxels
 
 
-def _read_crop(lazy, channel: int, box):
-    """Channel ``channel``'s first time point of ``lazy`` within ``box`` (float32), read alone."""
+def _first_index(lazy, channel: int) -> tuple:
+    """Channel ``channel``'s first time point: its index along the leading (T, C) axes of ``lazy``."""
+    return tuple(channel if a == "C" else 0 for a in lazy.axes if a in "TC")
+
+
+def _read_crop(lazy, index: tuple, box):
+    """The volume at ``index`` of the leading axes of ``lazy`` within ``box`` (float32), read alone."""
     from deconv3d.pipeline.readers import as_reader
 
-    lead = tuple(slice(channel, channel + 1) if a == "C" else slice(0, 1) for a in lazy.axes if a in "TC")
+    lead = tuple(slice(i, i + 1) for i in index)
     return as_reader(lazy).read(lead + tuple(box)).reshape([s.stop - s.start for s in box])
 
 
-def _first_volume(lazy, channel: int) -> str:
-    """Channel ``channel``'s first time point as :func:`~deconv3d.pipeline.run_chunked` names it in its
-    refusals (``channel 1 (RFP) at time point 0``; "" for an image of one volume)."""
+def _volume_name(lazy, index: tuple) -> str:
+    """The volume at ``index`` as :func:`~deconv3d.pipeline.run_chunked` names it in its refusals
+    (``channel 1 (RFP) at time point 0``; "" for an image of one volume)."""
     from deconv3d.pipeline.negatives import _index_names
 
-    lead = "".join(a for a in lazy.axes if a in "TC")
-    index = tuple(channel if a == "C" else 0 for a in lead)
-    return " at ".join(_index_names(lead, lazy.data.shape[:len(lead)], index, lazy.channels))
+    return " at ".join(_index_names(lazy.axes[:len(index)], lazy.data.shape, index, lazy.channels))
 
 
 def _crop_note(box, shape, frames: int) -> str:
@@ -106,7 +109,7 @@ def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
     voxel above 0 (a channel dark at its first time point), on which the search would settle on 1."""
     from deconv3d._saturation import clipped_voxels, refuse_all_flagged, saturation_level
     from deconv3d.errors import InputError
-    from deconv3d.pipeline.negatives import _index_names
+    from deconv3d.pipeline.run import _channel_name
 
     sizes = dict(zip(lazy.axes, lazy.data.shape))
     channels, shape = sizes.get("C", 1), tuple(sizes[a] for a in lazy.axes if a in "ZYX")
@@ -115,8 +118,9 @@ def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
     for c in range(channels):
         psf = psfs[c % len(psfs)]
         box = crop_box(shape, psf.shape, crop_voxels(shape, psf.shape, settings.method, settings.memory_limit))
-        crop = _read_crop(lazy, c, box)
-        where = " ".join(_index_names("C", (channels,), (c,), lazy.channels, axes="C"))
+        index = _first_index(lazy, c)
+        crop = _read_crop(lazy, index, box)
+        where = _channel_name(lazy.data, index, lazy.axes, lazy.channels)  # (as the run's other lines name it)
         note = _crop_note(box, shape, sizes.get("T", 1))
         if not (crop > 0).any():  # (a count chosen on nothing: 1, whatever the later time points hold)
             raise InputError(f"--iterations auto has nothing to choose the count by{' for ' + where if where else ''}:"
@@ -124,7 +128,7 @@ def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
         level = saturation_level(crop, settings.saturation)
         clipped = clipped_voxels(crop, level)
         if clipped is not None and tuple(crop.shape) == shape:  # the whole volume: refused as the run refuses it
-            refuse_all_flagged(int(np.count_nonzero(clipped)), clipped.size, level, _first_volume(lazy, c))
+            refuse_all_flagged(int(np.count_nonzero(clipped)), clipped.size, level, _volume_name(lazy, index))
         choices.append(chooser(crop, psf, params, voxel, settings.run_device, clipped, where, note))
     runs = [dataclasses.replace(settings, iterations=c["iterations"], accelerate=False) for c in choices]
     counts, chosen_by = [c["iterations"] for c in choices], [c["iterations_chosen_by"] for c in choices]
