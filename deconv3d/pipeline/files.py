@@ -232,8 +232,7 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
     psfs = [b.trained.psf for b, _, _ in built] if settings.method == "ssl" else psfs  # (a network's own)
     if len(built) > 1:  # one block function per channel; the largest PSF (or network) sets the memory model
         block = [b for b, _, _ in built]
-        model = max((m for _, m, _ in built),
-                    key=lambda m: m.block_bytes(spatial_shape) if m.method == "ssl" else math.prod(m.psf_shape))
+        model = _largest_model([m for _, m, _ in built], spatial_shape)
     if len(psfs) > 1:
         params = {**params, "per_channel_psf_sha256_16": [psf_fingerprint(p) for p in psfs]}
     if len(files) > 1:
@@ -277,8 +276,13 @@ def _check_plan_before_choosing(spatial_shape, psfs, voxel, settings, chunks, wo
 
     once = dataclasses.replace(settings, iterations=1, accelerate=False)
     built = [build_block_fn(once, p, voxel, ndim=len(spatial_shape)) for p in psfs]
-    model = max((m for _, m, _ in built), key=lambda m: math.prod(m.psf_shape))  # (as _block_function's)
+    model = _largest_model([m for _, m, _ in built], spatial_shape)  # (as _block_function's)
     _check_plan(spatial_shape, [b for b, _, _ in built], model, settings.memory_limit, chunks, workers, client)
+
+
+def _largest_model(models, spatial_shape):
+    """The memory model of a run of one block function per channel: the largest PSF's (or network's)."""
+    return max(models, key=lambda m: m.block_bytes(spatial_shape) if m.method == "ssl" else math.prod(m.psf_shape))
 
 
 def _check_plan(spatial_shape, blocks, model, memory_limit, chunks, workers, client) -> None:
