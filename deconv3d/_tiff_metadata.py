@@ -188,7 +188,8 @@ def omero_color(color) -> str:
 
 #: More channels than this, with no names recorded, in a stack of planes draw the warning of
 #: :func:`deconv3d.pipeline.axis_hints.warn_of_planes_that_may_be_z`: fluorescence images rarely have
-#: more than a few. Such a stack's numbered per-plane labels are not channel names (:func:`imagej_channels`).
+#: more than a few. Such a stack's per-plane labels that number its planes are not channel names
+#: (:func:`imagej_channels`).
 MANY_CHANNELS = 8
 
 
@@ -202,10 +203,10 @@ def imagej_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:
 
     Labels are not names either where they look like slice labels (:func:`_numbered_planes`): more
     than :data:`MANY_CHANNELS` channels of one plane each, labelled with one text whose number counts
-    up by one from plane to plane (``z001``, ``z002``, ...; an image sequence's file names). Taken as
-    names, they silenced the hint that such a stack may be z-slices labelled as channels. Fewer
-    channels, or labels that are not so numbered (``GFP``, ``RFP``; markers; wavelengths in steps
-    of 10 nm), are kept as names."""
+    the planes (``z001``, ``z002``, ...; ``z010``, ``z009``, ...; an image sequence's file names).
+    Taken as names, they silenced the hint that such a stack may be z-slices labelled as channels.
+    Fewer channels, numbered channel names (``Ch1`` ... ``Ch12``), or labels that are not so
+    numbered (``GFP``, ``RFP``; markers; wavelengths in steps of 10 nm), are kept as names."""
     ij = tif.imagej_metadata or {}
     labels, luts = ij.get("Labels"), ij.get("LUTs")
     labels = [labels] if isinstance(labels, str) else labels
@@ -227,10 +228,28 @@ def imagej_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:
     return tuple(channels) if any(channels) else None
 
 
+#: Words that, right before a label's number, say what it counts. A channel's (Ch1, C01, Channel 3)
+#: keeps numbered labels as names; a slice's, frame's or plane's (z001, t12, slice 5) makes them slice
+#: labels however they are numbered (z010, z009, ...; every other slice).
+CHANNEL_WORDS = frozenset({"c", "ch", "chan", "channel"})
+SLICE_WORDS = frozenset({"z", "slice", "plane", "section", "t", "frame"})
+#: A label that ends so is a file name (Fiji's File > Import > Image Sequence labels each slice with
+#: its file's name; its "step" option skips files).
+_FILE_NAME = re.compile(r"\.(tiff?|png|jpe?g|bmp|gif|dcm)$", re.IGNORECASE)
+
+
 def _numbered_planes(labels: list) -> bool:
-    """Whether ``labels`` are one text with a number that counts up by one from each label to the
-    next (``z001``, ``z002``; ``img_0009.tif``, ``img_0010.tif``): the same text between the numbers,
-    and one number that changes, by one each time; every other number the same in all."""
+    """Whether ``labels`` are slice labels: one text with one number that changes from each label to
+    the next, always up or always down (every other number the same in all), where
+
+    - the number is a position out of a total (``z:3/12``, ``c:3/12 - name``: Bio-Formats' labels), or
+    - a slice word stands right before it (:data:`SLICE_WORDS`: ``z010``, ``z009``; ``z001``, ``z003``)
+      or the labels are file names (``img_0001.tif``, ``img_0003.tif``), however it steps, or
+    - no channel word stands before it (:data:`CHANNEL_WORDS`: ``Ch1``, ``C01``) and it steps by one
+      (``1``, ``2``; ``img_0009``, ``img_0010``).
+
+    Numbers that step by more, or go up and down, and no slice word (``500nm``, ``510nm``: a spectral
+    stack's wavelengths), are names."""
     if not all(isinstance(label, str) for label in labels):
         return False
     parts = [re.split(r"(\d+)", label) for label in labels]
@@ -243,7 +262,17 @@ def _numbered_planes(labels: list) -> bool:
     if len(texts) != 1 or len(varying) != 1:
         return False
     counted = [n[varying[0]] for n in numbers]
-    return all(b - a == 1 for a, b in zip(counted, counted[1:]))
+    steps = {b - a for a, b in zip(counted, counted[1:])}
+    if not (all(step > 0 for step in steps) or all(step < 0 for step in steps)):
+        return False
+    text = parts[0][0::2]
+    before, after = text[varying[0]], text[varying[0] + 1]
+    word = (re.findall(r"[a-z]+", before.lower()) or [""])[-1]
+    if after.lstrip().startswith("/"):
+        return True
+    if word in SLICE_WORDS or _FILE_NAME.search(labels[0]):
+        return True
+    return word not in CHANNEL_WORDS and steps in ({1}, {-1})
 
 
 def _ome_pixels(xml: str):

@@ -580,6 +580,8 @@ ROUNDS = [f"R{i} {m}" for i, m in enumerate(["DAPI", "PanCK", "SMA", "Vimentin",
     (MARKERS, MARKERS),  # a multiplexed stack's marker names
     (ROUNDS, ROUNDS),  # numbered, but not one text
     ([f"{w}nm" for w in range(500, 620, 10)], [f"{w}nm" for w in range(500, 620, 10)]),  # a spectral stack
+    ([f"z{i:03d}" for i in range(12, 0, -1)], None),  # slice labels counting down: the hint
+    ([f"Ch{i}" for i in range(1, 13)], [f"Ch{i}" for i in range(1, 13)]),  # numbered channel names
 ])
 def test_numbered_per_plane_labels_of_many_channels_are_slice_labels_not_names(tmp_path, capsys, labels, names):
     """A CYX stack of 12 planes labelled z001, z002, ... (Fiji's slice labels) had them read as its
@@ -594,6 +596,32 @@ def test_numbered_per_plane_labels_of_many_channels_are_slice_labels_not_names(t
     code, _, err = run(["deconvolve", tmp_path / "stack.tif", "--psf", tmp_path / "psf.tif", "-o",
                         tmp_path / "out.zarr", "--iterations", 1, "--voxel-size", 0.1, 0.1], capsys)
     assert code == 0 and ("stack.tif has axes CYX, 12 channels and no channel names" in err) == (names is None), err
+
+
+@pytest.mark.parametrize("labels, names", [
+    ([f"z{i:03d}" for i in range(1, 24, 2)], False),  # every other slice
+    ([f"slice {i}" for i in (1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15)], False),  # slices with gaps
+    ([f"t{i}" for i in range(12, 0, -1)], False),  # time points, counting down
+    ([f"img_{i:04d}.tif" for i in range(1, 24, 2)], False),  # Image Sequence, every other file
+    ([f"z:{i}/12 - cells" for i in range(1, 13)], False),  # Bio-Formats' position labels
+    ([f"c:{i}/12 - cells" for i in range(1, 13)], False),  # positions, not names
+    ([f"{i}" for i in range(12, 0, -1)], False),  # bare numbers counting down
+    ([f"C{i:02d}" for i in range(1, 13)], True),  # numbered channel names
+    ([f"Channel {i}" for i in range(1, 13)], True),
+    ([f"ch{i}" for i in range(1, 24, 2)], True),
+    ([f"{w}nm" for w in range(610, 490, -10)], True),  # wavelengths, counting down
+    ([f"{w}nm" for w in (500, 510, 530, 520, 540, 550, 560, 570, 580, 590, 600, 610)], True),  # up and down
+    ([f"z{i}" for i in (1, 2, 3, 3, 4, 5, 6, 7, 8, 9, 10, 11)], True),  # a number repeated
+])
+def test_slice_numbering_of_many_channels_is_told_from_channel_names(tmp_path, labels, names):
+    """Numbered labels that count down or skip (z010, z009, ...; z001, z003, ...) were read as the
+    names of a 12-channel stack's channels, and Ch1 ... Ch12 were read as slice labels: a slice word
+    (z, t, slice), a file name or a position out of a total makes labels slice labels however they
+    step; a channel word (C, Ch, Channel) keeps them names; no word, labels that step by one."""
+    tifffile.imwrite(tmp_path / "stack.tif", np.ones((12, 8, 8), np.float32), imagej=True,
+                     metadata={"axes": "CYX", "Labels": labels})
+    channels = open_lazy(tmp_path / "stack.tif").channels
+    assert [c.get("label") for c in channels or [{}] * 12] == (labels if names else [None] * 12)
 
 
 def test_a_few_channels_keep_their_names_whatever_their_labels(tmp_path):
