@@ -366,3 +366,43 @@ def test_clipped_flags_are_checked_and_the_caller_s_array_is_not_changed():
     np.testing.assert_array_equal(flags, before)
     none = richardson_lucy(image, psf, 3, clipped=np.zeros(image.shape, bool), device="cpu")
     np.testing.assert_array_equal(none, richardson_lucy(image, psf, 3, device="cpu"))  # (no flag: plain RL)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_tv_scale_weights_are_computed_only_for_a_tv_term_and_rl_tv_takes_its_scale_from_them(monkeypatch, weighted):
+    """The unclipped voxels' weights (the TV term's default scale) are skipped without a TV term,
+    with plain RL's result unchanged, and rl-tv takes its scale from the unclipped voxels."""
+    from deconv3d.classical import _problem
+
+    r = np.random.default_rng(4)
+    image = r.uniform(1, 2, (8, 16, 16)).astype(np.float32)
+    flags = np.zeros(image.shape, bool)
+    flags[2:4, 5:9, 5:9] = True
+    image[flags] = 50.0  # the clipped voxels hold the image's largest values
+    flags |= r.random(image.shape) < 0.05  # and some in the background, where the bound binds
+    weights = r.uniform(0.5, 1, image.shape).astype(np.float32) if weighted else None
+    psf = gaussian_psf()
+    computed = []
+    original, censor = _problem._tv_scale_weights, _problem._censor
+
+    def counted(*args, **kwargs):
+        computed.append(1)
+        return original(*args, **kwargs)
+
+    def run_rl(scaled_anyway=False, **options):
+        # scaled_anyway: the set-up before, the weights computed whatever the method
+        monkeypatch.setattr("deconv3d.classical.rl._censor",
+                            (lambda *a: censor(*a[:5], scaled=True)) if scaled_anyway else censor)
+        return richardson_lucy(image, psf, 4, clipped=flags, weights=weights, device="cpu", **options)
+
+    monkeypatch.setattr(_problem, "_tv_scale_weights", counted)
+    plain = run_rl()
+    assert computed == []
+    np.testing.assert_array_equal(plain, run_rl(scaled_anyway=True))
+    assert computed == [1]
+    tv = run_rl(tv_weight=0.01)
+    assert computed == [1, 1]
+    peak = float(image[~flags].max())  # the unclipped voxels' largest value, all of weight > 0 here
+    np.testing.assert_array_equal(tv, run_rl(tv_weight=0.01, tv_scale=peak))
+    assert computed == [1, 1]  # a given scale needs no weights
+    assert not np.array_equal(tv, run_rl(tv_weight=0.01, tv_scale=float(image.max())))  # the scale matters here

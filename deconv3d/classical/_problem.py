@@ -340,21 +340,28 @@ def _check_clipped(clipped, y: torch.Tensor) -> torch.Tensor:
     return (c != 0).to(y.dtype)  # (a new tensor: the zero boundary zeroes parts of it in place)
 
 
-def _censor(problem: _Problem, clipped: torch.Tensor, h: torch.Tensor, boundary: str, keep=None):
+def _censor(problem: _Problem, clipped: torch.Tensor, h: torch.Tensor, boundary: str, keep=None,
+            scaled: bool = True):
     """Fit the voxels of ``clipped`` (1 where clipped; a new tensor, changed here) as lower bounds of
     their intensity: ``problem.lower`` makes the update's ratio ``max(y / H u, 1)`` there (times the
     voxel's weight in ``keep``), see ``clipped`` in :func:`deconv3d.classical.richardson_lucy`.
 
-    Returns ``problem`` and the weights to take the TV term's default scale under (``rl._tv_for``): the
-    unclipped voxels' (times ``keep``), whose values are intensities, or ``keep`` where every voxel is clipped."""
-    unclipped = 1 - clipped if keep is None else (1 - clipped) * keep
-    scale_from = unclipped if bool((unclipped > 0).any()) else keep
+    Returns ``problem`` and, with ``scaled`` (a TV term takes its default scale), the weights to take
+    that scale under (:func:`_tv_scale_weights`); None without."""
+    scale_from = _tv_scale_weights(clipped, keep) if scaled else None
     lower = clipped if keep is None else clipped.mul_(keep)
     lower = _build_geometry(lower, h, boundary, weight=False).data  # (reflect: mirrored as the data)
     if boundary == "zero":
         _zero_unreached(lower, h)  # as the data: no voxel sends light there
     problem.lower = lower
     return problem, scale_from
+
+
+def _tv_scale_weights(clipped: torch.Tensor, keep=None):
+    """The weights to take the TV term's default scale under (``rl._tv_for``): the unclipped voxels'
+    (times ``keep``), whose values are intensities, or ``keep`` where every voxel is clipped."""
+    unclipped = 1 - clipped if keep is None else (1 - clipped) * keep
+    return unclipped if bool((unclipped > 0).any()) else keep
 
 
 def _holdout_problem(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torch.Tensor,

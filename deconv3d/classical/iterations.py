@@ -213,7 +213,8 @@ def choose_iterations(
     # which a power of two set by the kept ones alone could overflow; the risk is scaled back by 4**exponent
     y, exponent = _working_data(y, w)
     problem = _holdout_fit(y, h, boundary, keep, w)
-    problem, scaled_by = (problem, keep) if flags is None else _censor(problem, flags, h, boundary, keep)
+    problem, scaled_by = (problem, keep) if flags is None else _censor(problem, flags, h, boundary, keep,
+                                                                       tv_weight != 0)
     tv = _tv_for(problem, tv_weight, voxel_size, None, y, scaled_by)  # richardson_lucy's with these weights
     del flags, scaled_by
     target, count = y.clamp_min(0)[scored], max(int(scored.sum()), 1)

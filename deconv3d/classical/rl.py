@@ -268,7 +268,7 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
     work, exponent = _working_data(y, keep)  # extreme intensities run divided by a power of two
     if exponent and callback is not None and getattr(callback, "reads_estimate", True):
         callback = _in_callers_units(callback, exponent)
-    problem, scaled_by = _problem_for(work, h, boundary, keep, flags)
+    problem, scaled_by = _problem_for(work, h, boundary, keep, flags, _scaled(tv_weight, tv_scale))
     tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, scaled_by, tv_smoothing, tv_differences, exponent)
     # a scaled copy is not kept through the loop (the problem holds its clamped copy), nor the flags (reflect: the
     # problem holds them mirrored): no block more
@@ -336,7 +336,7 @@ def _schedule_and_estimate(image, psf, iterations: int, *, boundary: str, tv_wei
     keep = None if weights is None else _check_weights(weights, y)
     flags = None if clipped is None else _check_clipped(clipped, y)
     work, exponent = _working_data(y, keep)  # as richardson_lucy runs it
-    problem, scaled_by = _problem_for(work, h, boundary, keep, flags)
+    problem, scaled_by = _problem_for(work, h, boundary, keep, flags, _scaled(tv_weight, tv_scale))
     tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, scaled_by, exponent=exponent)
     del work, scaled_by, flags  # as richardson_lucy: no scaled copy through the loop
     record: list[float] = []
@@ -346,13 +346,18 @@ def _schedule_and_estimate(image, psf, iterations: int, *, boundary: str, tv_wei
     return record, result.cpu().numpy()
 
 
-def _problem_for(work: torch.Tensor, h: torch.Tensor, boundary: str, keep, flags):
+def _problem_for(work: torch.Tensor, h: torch.Tensor, boundary: str, keep, flags, scaled: bool = True):
     """RL's problem on ``work`` with the voxels' weights ``keep`` (or None) and the clipped voxels' ``flags``
     (:func:`~deconv3d.classical._problem._check_clipped`'s, or None: see
     :func:`~deconv3d.classical._problem._censor`), and the weights the TV term's default scale is taken
-    under (:func:`_tv_for`)."""
+    under (:func:`_tv_for`); with flags and not ``scaled`` (:func:`_scaled`), None: they are not computed."""
     problem = _build_problem(work, h, boundary) if keep is None else _holdout_problem(work, h, boundary, keep)
-    return (problem, keep) if flags is None else _censor(problem, flags, h, boundary, keep)
+    return (problem, keep) if flags is None else _censor(problem, flags, h, boundary, keep, scaled)
+
+
+def _scaled(tv_weight: float, tv_scale) -> bool:
+    """Whether :func:`_tv_for` takes a default TV scale: a TV term, and no ``tv_scale`` given."""
+    return tv_weight != 0 and tv_scale is None
 
 
 def _tv_for(problem, tv_weight, voxel_size, tv_scale, image: torch.Tensor, keep=None, smoothing: str = "local",
