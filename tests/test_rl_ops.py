@@ -353,3 +353,24 @@ def test_preload_starts_cuda_before_the_memory_baseline(monkeypatch):
     monkeypatch.setattr(_rl_ops, "ops_for", lambda device, dtype, shape=None: None)  # no numba kernels to load here
     _rl_ops.preload(torch.device("cpu"), torch.float32)
     assert made == []
+
+
+@pytest.mark.parametrize("ops", [TorchOps, pytest.param(FusedOps, marks=needs_numba)], ids=["torch", "numba"])
+@pytest.mark.parametrize("shape", [(5, 7, 9), (6, 11), (3, 5, 37), (40, 67)])
+@pytest.mark.parametrize("contiguous", [False, True], ids=["crops", "contiguous"])
+@pytest.mark.parametrize("bounded", [False, True], ids=["no bound", "bound"])
+def test_ratio_with_lower_bound_equals_two_passes(ops, shape, contiguous, bounded):
+    """The ratio pass takes the clipped voxels' bound in the same pass: bit for bit the ratio
+    followed by torch.maximum, as the loop ran it before."""
+    make = _crops(shape, seed=3, contiguous=contiguous)
+    data, blurred, lower = make() - 1, make(), make()  # some data negative: their ratio is raised to 0
+    blurred[..., 0] = 1e-9  # below the floor
+    data[..., 1] = 0.0
+    lower = torch.where(lower < 1, 1.0, torch.where(lower < 2, lower / 4, 0.0))  # 1, a weight, or 0
+    expected = torch.div(data, blurred.clamp_min(0.5))
+    if bounded:
+        expected = torch.maximum(expected, lower)
+        assert (expected == lower).any() and (expected > lower).any() and (lower == 0).any()
+    out = torch.empty(shape)
+    ops.ratio(data, blurred.clone(), 0.5, out, lower if bounded else None)
+    assert torch.equal(out.view(torch.int32), expected.view(torch.int32))  # signed zeros alike

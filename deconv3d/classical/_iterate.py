@@ -65,9 +65,8 @@ def _blur(p: _Problem, ws: _Workspace, u: torch.Tensor) -> torch.Tensor:
 
 def _factor_from_blur(p: _Problem, ws: _Workspace) -> torch.Tensor:
     """The second half of :func:`_rl_factor`, from the ``H u`` that :func:`_blur` left in the workspace."""
-    ws.ops.ratio(p.data, ws.full[p.data_crop], p.floor, ws.ratio)
-    if p.lower is not None:  # a clipped voxel's datum is a lower bound: max(y / H u, 1) (_problem._censor)
-        torch.maximum(ws.ratio, p.lower, out=ws.ratio)
+    # p.lower: a clipped voxel's datum is a lower bound, its ratio max(y / H u, 1) (_problem._censor)
+    ws.ops.ratio(p.data, ws.full[p.data_crop], p.floor, ws.ratio, p.lower)
     ws.fft.forward(1)
     ws.spectrum.mul_(ws.otf_conj)
     ws.fft.inverse(1)
