@@ -1213,3 +1213,17 @@ def test_a_psf_generated_deep_has_its_core_on_the_centre_plane():
     core = labels == labels[np.unravel_index(np.argmax(psf), psf.shape)]
     z, y, x = ndimage.center_of_mass(excess * core)
     assert abs(z - 20) < 0.2 and abs(y - 10) < 1e-3 and abs(x - 10) < 1e-3
+
+
+def test_a_psf_cropped_to_fit_laterally_and_padded_to_odd_along_z_fits_the_image():
+    """A 24-plane PSF for a 24-plane image (padded to 25 by centring) that is wider than the image
+    along y before its energy crop was refused as larger than the image, though the crop fits along
+    y and the padded z axis is cropped to 23 planes as for a PSF as wide as the image alone."""
+    from scipy import ndimage
+
+    psf = gaussian((24, 31, 31), (6.0, 2.0, 2.0), centre=(11.5, 15, 15))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = prepare_psf(psf, (24, 20, 64))
+    assert out.shape[0] == 23 and out.shape[1] <= 20 and out.shape == prepare_psf(psf, (24, 64, 64)).shape
+    np.testing.assert_allclose(ndimage.center_of_mass(out), (np.asarray(out.shape) - 1) / 2, atol=1e-3)

@@ -196,7 +196,8 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     given = psf.shape
     psf = crop_psf(center_psf(psf), energy)
     if fit_image and any(p > n for p, n in zip(psf.shape, image_shape)):
-        if any(p > n for p, n in zip(given, image_shape)):
+        # (per axis: a PSF wider than the image laterally but cropped to fit, and padded to odd along z, fits)
+        if any(p > n and g > n for p, g, n in zip(psf.shape, given, image_shape)):
             raise PSFLargerThanImage(
                 f"PSF {given} is larger than the image {image_shape}: crop the PSF (or generate it "
                 "with a smaller shape) or use a larger image", given, image_shape)
