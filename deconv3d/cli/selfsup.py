@@ -214,11 +214,11 @@ def train_with_progress(image, psf, args, voxel, notes=(), stop=None):
             bar.unit = "step"
             bar.set_postfix(refresh=False)
             bar.reset(total=config.steps)  # the rate and ETA count training steps only
+        if stop is not None:  # armed before the step's line is written: a signal as it shows keeps the step
+            stop.arm()
         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)  # before update, which may write the line
         bar.update(step - bar.n)
-        if stop is not None:
-            stop.arm()
-            return stop.asked
+        return stop is not None and stop.asked
 
     with bar:
         result = train(image, psf, config=config, unet=unet, device=args.device, callback=callback, voxel_size=voxel)

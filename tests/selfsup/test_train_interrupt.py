@@ -151,6 +151,28 @@ def test_the_signal_stops_after_its_step_and_the_handlers_are_put_back(data, cap
     assert recorded["stopped"] == ("interrupted (SIGINT)" if signum == signal.SIGINT else how)
 
 
+def test_a_signal_as_the_first_steps_line_shows_keeps_that_step(data, capsys, monkeypatch, ctrl_c):
+    """A Ctrl-C the moment step 1's progress line is written (what a user, or a script that waits for
+    that line, reacts to) ends training after step 1 with its checkpoint: the handlers are armed before
+    the line is written. Armed after it, the signal stopped the run at once with nothing written."""
+    from deconv3d.cli import selfsup as cli_selfsup
+    from deconv3d.cli.printing import LogBar
+
+    class SignalOnFirstStep(LogBar):
+        def update(self, n=1):
+            super().update(n)
+            if self.unit == "step" and self.n == 1:
+                signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(cli_selfsup, "make_bar", lambda total=None, desc="", unit="it": SignalOnFirstStep(
+        total, desc, unit))
+    code, _, err = run(_train_argv(data, *NO_SEARCH), capsys)
+    model = data / "m.ckpt"
+    assert code == 130, err
+    assert err.splitlines()[-1] == f"deconv3d: interrupted at step 1 of {STEPS}: wrote {model} with the 1 steps trained"
+    assert load_checkpoint(model).run["train_steps"] == 1 and _leftovers(data) == []
+
+
 def test_a_second_signal_while_the_step_ends_stops_at_once(data, capsys, monkeypatch, ctrl_c):
     """A second Ctrl-C before the step the first came in has ended: stopped there, as without the first."""
     done = _signals_at_step(monkeypatch, {2: [signal.SIGINT, signal.SIGINT]})
