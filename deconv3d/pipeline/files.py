@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from deconv3d._paths import OUTPUT_SUFFIXES, check_output_path, path_text
 from deconv3d.errors import InputError, warn
 from deconv3d.pipeline.axis_hints import relabel_note, warn_of_planes_that_may_be_z
+from deconv3d.pipeline.file_blocks import _block_function
+from deconv3d.pipeline.file_networks import intensity_statistics, train_on_image, warn_of_another_scale
 
-__all__ = ["deconvolve_file"]
+# (the network's functions, in deconv3d.pipeline.file_networks now, are importable from here as before)
+__all__ = ["deconvolve_file", "train_on_image", "intensity_statistics", "warn_of_another_scale"]
 
 
 def deconvolve_file(input_path, output_path, settings, *, client=None, workers: int = 1, progress=None,
@@ -38,8 +38,9 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     raised and nothing is written.
 
     ``ssl`` without a model (``settings.train_steps``) first trains a network on the image, read
-    whole into memory (:func:`train_on_image`), with ``trainer(image, psf, voxel)`` when given (it
-    returns a ``TrainResult``), else with :class:`~deconv3d.selfsup.TrainConfig`'s defaults.
+    whole into memory (:func:`~deconv3d.pipeline.file_networks.train_on_image`), with
+    ``trainer(image, psf, voxel)`` when given (it returns a ``TrainResult``), else with
+    :class:`~deconv3d.selfsup.TrainConfig`'s defaults.
     ``sweep`` removes what killed runs left of the output first (a batch sweeps its folder once).
     Its errors and warnings name the input by ``input_path`` as given (``in/day2/a.tif``), as an in-memory
     run names it: a batch's lines name the file so.
@@ -180,252 +181,6 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
     for psf in _many(settings.psf):
         if problem := psf_dimension_problem(psf, read_psf(psf).data.ndim, lazy.path, ndim):
             raise InputError(problem + hint)
-
-
-def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan, chooser=None):
-    """(block callable or one per channel, memory model, parameters, PSF or a list of one per
-    channel, voxel size) of a run: the network is loaded, or trained on the image first
-    (:func:`train_on_image`), once the blocks' ``plan`` (chunks, workers, client) is known to fit
-    the memory limit; RL's counts are chosen per channel where ``chooser`` is given
-    (:func:`~deconv3d.pipeline.auto_iterations.chosen_settings`)."""
-    from deconv3d._tensors import psf_fingerprint
-    from deconv3d.pipeline.batch import build_block_fn
-    from deconv3d.pipeline.prepared_psfs import load_psfs_for
-    from deconv3d.pipeline.settings import _many
-
-    trained, training, files = None, {}, _many(settings.model)
-    if settings.method == "ssl" and settings.model is None:  # trained here, on this image, with this PSF
-        from deconv3d.selfsup import TrainedModel, training_record
-
-        psfs = load_psfs_for(settings, spatial_shape, voxel, image=lazy.path, warnings=warnings)
-        _refuse_untrainable(lazy, settings.memory_limit)  # the image itself first, then its blocks
-        _check_plan_before_training(spatial_shape, psfs[0], voxel, settings, trainer, **plan)
-        result = train_on_image(lazy, psfs[0], voxel, settings, trainer, memory_limit=settings.memory_limit)
-        trained, training = TrainedModel.from_result(result), training_record(result)
-        trained.reference_cache = None  # RL of the whole image: blocks cannot use it, and it is as large
-    elif settings.method == "ssl":  # each model carries its PSF; each one given is checked against it (build_block_fn)
-        from deconv3d.selfsup import load_checkpoint
-
-        trained = [load_checkpoint(f, device="cpu") for f in files]  # one, or one per channel
-        for network in trained:
-            voxel = network.voxel_for(voxel, len(spatial_shape), path_text(lazy.path), warnings)
-        warn_of_another_scale(trained, lazy, warnings)
-        # every channel's PSF, not the first alone: the others were dropped unchecked, yet recorded as used
-        psfs = (load_psfs_for(settings, spatial_shape, voxel, fit_image=False, image=lazy.path, warnings=warnings)
-                if (settings.psf or settings.psf_model) else [None])
-        psfs = psfs * len(trained) if len(psfs) < len(trained) else psfs  # (one PSF, or none, for every model)
-    else:
-        psfs = load_psfs_for(settings, spatial_shape, voxel, image=lazy.path, warnings=warnings)
-    networks = trained if isinstance(trained, list) else [trained]
-    runs, chosen = [settings], {}  # the settings of each channel's blocks, or one for all
-    if chooser is not None and settings.method in ("rl", "rl-tv"):  # (each channel's RL count chosen on a crop)
-        from deconv3d.pipeline.auto_iterations import chosen_settings
-
-        _check_plan_before_choosing(spatial_shape, psfs, voxel, settings, **plan)
-        runs, chosen = chosen_settings(lazy, psfs, voxel, settings, chooser)
-    # channel c's PSF, network and settings: entry c of a list of one per channel, else the one for all (the
-    # counts match: Settings); each network is checked against its channel's PSF
-    built = [build_block_fn(runs[c % len(runs)], psfs[c % len(psfs)], voxel, ndim=len(spatial_shape),
-                            trained=networks[c % len(networks)], model_file=files[c % len(files)] if files else None)
-             for c in range(max(len(psfs), len(runs)))]
-    block, model, params = built[0]
-    psfs = [b.trained.psf for b, _, _ in built] if settings.method == "ssl" else psfs  # (a network's own)
-    if len(built) > 1:  # one block function per channel; the largest PSF (or network) sets the memory model
-        block = [b for b, _, _ in built]
-        model = _largest_model([m for _, m, _ in built], spatial_shape)
-    if len(psfs) > 1:
-        params = {**params, "per_channel_psf_sha256_16": [psf_fingerprint(p) for p in psfs]}
-    if len(files) > 1:
-        params["per_channel_model"] = [p for _, _, p in built]  # each network's recipe and file
-    return block, model, {**params, **chosen, **training}, psfs if len(psfs) > 1 else psfs[0], voxel
-
-
-def _check_plan_before_training(spatial_shape, psf, voxel, settings, trainer, chunks, workers, client) -> None:
-    """Refuse a ``--memory-limit`` (or ``--chunks`` held to it) that no block of the network fits
-    before training, which takes minutes, rather than after it. The blocks are planned as
-    :func:`~deconv3d.pipeline.run_chunked` plans them, with an untrained network of the
-    configuration to be trained (``trainer.configs(ndim)``, else the defaults) and, for a
-    residual one, RL at one iteration: the count training chooses can only widen the halo."""
-    if settings.memory_limit is None:
-        return
-    from deconv3d.pipeline.batch import build_block_fn
-    from deconv3d.psf import normalize_psf, validate_psf
-    from deconv3d.selfsup import TrainedModel
-    from deconv3d.selfsup.config import Reference
-    from deconv3d.selfsup.unet import ResUNet
-
-    ndim = len(spatial_shape)
-    config, unet = trainer.configs(ndim) if hasattr(trainer, "configs") else _default_configs(settings, ndim)
-    reference = Reference(iterations=1) if config.residual else None
-    psf_as_trained = normalize_psf(validate_psf(psf))  # as train() stores it
-    untrained = TrainedModel(ResUNet(unet), unet, config, 0.0, 1.0, psf_as_trained, voxel, reference)
-    block, model, _ = build_block_fn(settings, psf, voxel, ndim=ndim, trained=untrained)
-    _check_plan(spatial_shape, [block], model, settings.memory_limit, chunks, workers, client)
-
-
-def _check_plan_before_choosing(spatial_shape, psfs, voxel, settings, chunks, workers, client) -> None:
-    """Refuse a ``--memory-limit`` (or ``--chunks`` held to it) that no RL block fits before
-    ``--iterations auto`` chooses the counts, which takes minutes on a large crop, rather than after it.
-    Each channel's blocks are planned as :func:`~deconv3d.pipeline.run_chunked` plans them, at one
-    iteration without acceleration: the counts chosen can only widen the halo."""
-    if settings.memory_limit is None:
-        return
-    import dataclasses
-
-    from deconv3d.pipeline.batch import build_block_fn
-
-    once = dataclasses.replace(settings, iterations=1, accelerate=False)
-    built = [build_block_fn(once, p, voxel, ndim=len(spatial_shape)) for p in psfs]
-    model = _largest_model([m for _, m, _ in built], spatial_shape)  # (as _block_function's)
-    _check_plan(spatial_shape, [b for b, _, _ in built], model, settings.memory_limit, chunks, workers, client)
-
-
-def _largest_model(models, spatial_shape):
-    """The memory model of a run of one block function per channel: the largest PSF's (or network's)."""
-    return max(models, key=lambda m: m.block_bytes(spatial_shape) if m.method == "ssl" else math.prod(m.psf_shape))
-
-
-def _check_plan(spatial_shape, blocks, model, memory_limit, chunks, workers, client) -> None:
-    """Plan ``blocks`` under ``memory_limit`` as :func:`~deconv3d.pipeline.run_chunked` plans them (refused,
-    by :func:`~deconv3d.pipeline.planning.spatial_plan`, where none fits)."""
-    from deconv3d.omezarr.writing import CHUNK_CAP
-    from deconv3d.pipeline.planning import spatial_plan, threads_per_worker
-
-    ndim = len(spatial_shape)
-    per_process = workers if client is None else threads_per_worker(client)
-    cap = tuple(CHUNK_CAP[a] for a in "ZYX"[-ndim:])  # as run_chunked stores them (blocks in whole chunks)
-    spatial_plan(spatial_shape, blocks, chunks, None, memory_limit, model, per_process, local=client is None, cap=cap)
-
-
-def _default_configs(settings, ndim: int):
-    """(TrainConfig, UNetConfig) of a network :func:`train_on_image` trains without a trainer."""
-    from deconv3d.selfsup import TrainConfig, UNetConfig
-
-    return TrainConfig(steps=settings.train_steps, seed=settings.seed, amp=settings.amp), UNetConfig(ndim=ndim)
-
-
-def train_on_image(lazy, psf, voxel, settings, trainer=None, memory_limit=None):
-    """A network (a ``TrainResult``) trained on the whole image of ``lazy`` (one channel and time
-    point), read into memory.
-
-    ``trainer(image, psf, voxel)`` trains (returns a ``TrainResult``); by default
-    :func:`deconv3d.selfsup.train` with ``settings.train_steps``, ``settings.seed`` and
-    ``settings.run_device``. Under ``memory_limit`` an image over a quarter of it is refused (training
-    holds it, its standardised copy and the network's activations): train on a crop instead.
-    """
-    from deconv3d.pipeline.threads_and_memory import release_memory
-    from deconv3d.selfsup import train
-
-    name = path_text(lazy.path)
-    lead = _refuse_untrainable(lazy, memory_limit)
-    image = np.asarray(lazy.data, dtype=np.float32).reshape(lazy.data.shape[len(lead):])
-    if trainer is None:
-        config, unet = _default_configs(settings, image.ndim)
-        result = train(image, psf, config=config, unet=unet, device=settings.run_device, voxel_size=voxel)
-        if result.reason == "non-finite loss":
-            raise InputError(f"training on {name} diverged at step {result.steps_done} (non-finite loss): check "
-                             "the PSF")
-    else:
-        result = trainer(image, psf, voxel)
-    del image
-    release_memory()  # training's freed arrays, else resident: the blocks' memory baseline would count them
-    return result
-
-
-def _refuse_untrainable(lazy, memory_limit) -> list:
-    """Refuse to train on an image of several channels or time points, or one over a quarter of
-    ``memory_limit``; returns the sizes of its leading (T, C) axes."""
-    from deconv3d.pipeline.system_memory import format_bytes, parse_memory
-
-    name = path_text(lazy.path)
-    lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
-    if any(n > 1 for n in lead):
-        raise InputError(f"{name} has axes {lazy.axes} of shape {lazy.data.shape}: training on the image takes one "
-                         f"channel and time point; {_retrain_hint(lazy)}")
-    size = 4 * math.prod(lazy.data.shape)
-    if memory_limit is not None and 4 * size > parse_memory(memory_limit):
-        raise InputError(f"training on {name} holds it in memory ({format_bytes(size)} as float32), too much for "
-                         f"--memory-limit {memory_limit}: train on a crop with 'deconv3d train', then pass --model")
-    return lead
-
-
-def _retrain_hint(lazy) -> str:
-    """How to get a network for the image ``lazy``: training on it (--train-steps) takes one channel
-    and time point, so for several the way is 'deconv3d train' (on a TIFF) and --model, one per channel."""
-    sizes = dict(zip(lazy.axes, lazy.data.shape))
-    if sizes.get("C", 1) > 1:
-        return ("train one network per channel with 'deconv3d train' on one time point of that channel saved as a "
-                "TIFF, then give them with --model, one per channel in channel order (each serves every time point)")
-    if sizes.get("T", 1) > 1:
-        return ("train a network with 'deconv3d train' on one time point saved as a TIFF, then give it with --model "
-                "(it serves every time point)")
-    return "train on this one (--train-steps)"
-
-
-#: Bytes of each channel that :func:`intensity_statistics` decodes (at least one chunk or plane).
-SAMPLE_BYTES = 256 * 2**20
-
-
-def intensity_statistics(data, axes: str) -> list[tuple[float, float, bool]]:
-    """``(mean, SD, sampled)`` of each channel of ``data`` (a block reader, lazy image, dask array
-    or array with ``axes`` from ``"TCZYX"``).
-
-    A channel of at most :data:`SAMPLE_BYTES` is read whole (``sampled`` False). A larger one is
-    sampled in boxes of whole chunks (of whole planes for a TIFF; an eighth of the budget each where
-    chunks allow: :func:`~deconv3d.pipeline.readers.storage_boxes`), as many as the budget holds,
-    drawn at random (seed 0) over all of them, so that no chunk is decoded twice and no part of
-    the image is favoured (evenly spaced planes had favoured the stack's ends, and boxes from the
-    middles of runs in C order one column of lateral chunks); a box over the budget keeps the
-    band of rows through its middle.
-    """
-    from deconv3d.pipeline.readers import as_reader, storage_boxes, storage_unit
-
-    reader = as_reader(data)
-    shape = tuple(reader.shape)
-    channel = axes.index("C") if "C" in axes else None
-    unit = list(storage_unit(reader))
-    if channel is not None:
-        unit[channel] = 1
-    boxes = storage_boxes(shape, unit, SAMPLE_BYTES // 8, fixed=() if channel is None else (channel,))
-    statistics = []
-    for c in range(shape[channel] if channel is not None else 1):
-        mine = [b for b in boxes if channel is None or b[channel].start == c]
-        whole = 4 * math.prod(shape) // (shape[channel] if channel is not None else 1) <= SAMPLE_BYTES
-        size = 4 * math.prod(s.stop - s.start for s in mine[0])
-        count = len(mine) if whole else max(1, min(len(mine), SAMPLE_BYTES // size))
-        taken = [mine[i] for i in sorted(np.random.default_rng(0).choice(len(mine), count, replace=False))]
-        sampled = not whole
-        n, mean, m2 = 0, 0.0, 0.0  # Chan et al.'s pairwise update of the mean and squared deviations
-        for box in taken:
-            if size > SAMPLE_BYTES:  # one chunk or plane over the budget: rows through its middle
-                rows = box[-2].stop - box[-2].start
-                keep = max(1, rows * SAMPLE_BYTES // size)
-                first = box[-2].start + (rows - keep) // 2
-                box, sampled = box[:-2] + (slice(first, first + keep), box[-1]), True
-            piece = reader.read(box).astype(np.float64)
-            m = float(piece.mean())
-            delta, total = m - mean, n + piece.size
-            m2 += float(np.square(piece - m).sum()) + delta * delta * n * piece.size / total
-            mean, n = mean + delta * piece.size / total, total
-        statistics.append((mean, math.sqrt(m2 / n), sampled))
-    return statistics
-
-
-def warn_of_another_scale(trained, lazy, warnings: list | None) -> None:
-    """Warn (:func:`deconv3d.errors.warn`) when a channel of ``lazy`` is on another intensity scale
-    than the image ``trained`` (a network, or a list of one per channel) was trained on, as an
-    in-memory run warns (:func:`deconv3d.selfsup.scale_mismatch`), from :func:`intensity_statistics`."""
-    from deconv3d.selfsup import scale_mismatch
-
-    name = path_text(lazy.path)
-    networks = trained if isinstance(trained, list) else [trained]
-    statistics = intensity_statistics(lazy, lazy.axes)
-    for c, (mean, std, sampled) in enumerate(statistics):
-        subject = (f"{name}'s intensities" if len(statistics) == 1 else f"the intensities of {name}'s channel {c}") \
-            + (" in a sample" if sampled else "")
-        message = scale_mismatch(networks[c % len(networks)], mean, std, subject, retrain=_retrain_hint(lazy))
-        if message:
-            warn(f"deconv3d: warning: {message}", warnings)
 
 
 def _sha(path) -> str:

@@ -986,7 +986,7 @@ def test_intensity_statistics_read_each_channel_whole_or_a_bounded_spread_sample
     single-plane reads had decoded each 64-plane chunk four times, 4x the volume)."""
     import dask.array as da
 
-    from deconv3d.pipeline import files
+    from deconv3d.pipeline import file_networks
     from deconv3d.pipeline.readers import ArrayReader, DaskReader
 
     reads = []
@@ -1005,12 +1005,12 @@ def test_intensity_statistics_read_each_channel_whole_or_a_bounded_spread_sample
     data = rng.gamma(2.0, 1.0, (3, 2, 10, 16, 20)).astype(np.float32)
     data[:, 1] *= 100
     data[:, :, 6:] += 2  # a brighter bottom of the stack
-    for c, (mean, std, sampled) in enumerate(files.intensity_statistics(data, "TCZYX")):
+    for c, (mean, std, sampled) in enumerate(file_networks.intensity_statistics(data, "TCZYX")):
         assert not sampled and mean == pytest.approx(data[:, c].mean(dtype=np.float64), rel=1e-9)
         assert std == pytest.approx(data[:, c].std(dtype=np.float64), rel=1e-9)
     plane = 4 * 16 * 20
-    monkeypatch.setattr(files, "SAMPLE_BYTES", plane * 6)  # 6 of each channel's 30 planes
-    statistics = files.intensity_statistics(Counting(data), "TCZYX")
+    monkeypatch.setattr(file_networks, "SAMPLE_BYTES", plane * 6)  # 6 of each channel's 30 planes
+    statistics = file_networks.intensity_statistics(Counting(data), "TCZYX")
     assert len(reads) == 12 and all(data[k].nbytes == plane for k in reads)
     picks = [(k[0].start, k[2].start) for k in reads]
     assert picks[:6] == picks[6:] and len(set(picks)) == 6  # the same 6 planes of each channel, drawn
@@ -1020,15 +1020,15 @@ def test_intensity_statistics_read_each_channel_whole_or_a_bounded_spread_sample
             data[:, c].std(), rel=0.15)
     reads.clear()
     chunks = (1, 1, 5, 8, 10)
-    monkeypatch.setattr(files, "SAMPLE_BYTES", 4 * 5 * 8 * 10 * 4)
-    files.intensity_statistics(CountingChunks(da.from_array(data, chunks=chunks)), "TCZYX")
+    monkeypatch.setattr(file_networks, "SAMPLE_BYTES", 4 * 5 * 8 * 10 * 4)
+    file_networks.intensity_statistics(CountingChunks(da.from_array(data, chunks=chunks)), "TCZYX")
     assert len(reads) == 8 and len({tuple((s.start, s.stop) for s in k) for k in reads}) == 8
     assert all(k[i].start % n == 0 and k[i].stop - k[i].start == n for k in reads for i, n in enumerate(chunks))
     # over the lateral chunks too (the middles of runs in C order had all been in one column)
     assert len({(k[3].start, k[4].start) for k in reads}) > 1 and len({k[4].start for k in reads}) > 1
     reads.clear()
-    monkeypatch.setattr(files, "SAMPLE_BYTES", 4 * 20 * 11)
-    [(mean, std, sampled)] = files.intensity_statistics(Counting(data[0, 1, 0][None]), "CYX")  # 11 of 16 rows
+    monkeypatch.setattr(file_networks, "SAMPLE_BYTES", 4 * 20 * 11)
+    [(mean, std, sampled)] = file_networks.intensity_statistics(Counting(data[0, 1, 0][None]), "CYX")  # 11 of 16 rows
     assert sampled and [(k[1].start, k[1].stop) for k in reads] == [(2, 13)]
     assert mean == pytest.approx(data[0, 1, 0, 2:13].mean(dtype=np.float64), rel=1e-9)
 

@@ -59,7 +59,7 @@ def test_a_model_applied_to_an_image_on_another_scale_says_so(data, capsys, monk
     1000x too bright for the image itself (a residual one mostly zeros), exit 0 and no word. The
     image's intensities are compared with the training image's in memory, chunk by chunk and in a
     batch (there from a sample of planes when a channel is over SAMPLE_BYTES)."""
-    from deconv3d.pipeline import files
+    from deconv3d.pipeline import file_networks
 
     image = read_image(data / "image.tif").data
     (data / "in").mkdir()
@@ -75,7 +75,7 @@ def test_a_model_applied_to_an_image_on_another_scale_says_so(data, capsys, monk
         code, _, err = run(["deconvolve", source, "-o", data / f"{out}.zarr", "--method", "ssl", "--model", model,
                             "--device", "cpu", "--chunks", 12, 16, 16], capsys)
         assert code == 0 and (scale in err) == (source.name == "bright.tif"), err
-    monkeypatch.setattr(files, "SAMPLE_BYTES", 4 * 24 * 24 * 5)  # 5 of the 12 planes
+    monkeypatch.setattr(file_networks, "SAMPLE_BYTES", 4 * 24 * 24 * 5)  # 5 of the 12 planes
     code, out, err = run(["batch", data / "in", "-o", data / "res", "--method", "ssl", "--model", model,
                           "--device", "cpu"], capsys)
     assert code == 0 and "bright.tif's intensities in a sample (mean " in err and scale in err, err
