@@ -109,7 +109,7 @@ def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
     voxel above 0 (a channel dark at its first time point), on which the search would settle on 1."""
     from deconv3d._saturation import clipped_voxels, refuse_all_flagged, saturation_level
     from deconv3d.errors import InputError
-    from deconv3d.pipeline.run import _channel_name
+    from deconv3d.pipeline.volume_runs import _channel_name
 
     sizes = dict(zip(lazy.axes, lazy.data.shape))
     channels, shape = sizes.get("C", 1), tuple(sizes[a] for a in lazy.axes if a in "ZYX")
