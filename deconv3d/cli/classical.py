@@ -409,7 +409,7 @@ def _go_out_of_core_if_too_large(args, shape, voxel) -> None:
         return  # (on a GPU the arrays live in its memory, which this does not budget)
     if args.method == "ssl":  # the chunked run's model of the network's blocks
         from deconv3d.pipeline.batch import network_memory_model
-        from deconv3d.pipeline.methods import NetworkBlock
+        from deconv3d.pipeline.network_block import NetworkBlock
 
         block = NetworkBlock(selfsup.load_model(args), device=args.device, tta=args.tta, amp=args.amp,
                              band_limit=args.band_limit or None)

@@ -19,7 +19,8 @@ from deconv3d.pipeline.chunked import Cancelled, run_blocks
 from deconv3d.pipeline.graph import blockwise, store_blocks
 from deconv3d.pipeline.memory import choose_chunks
 from deconv3d.pipeline.memory_model import MemoryModel
-from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock
+from deconv3d.pipeline.methods import RichardsonLucyBlock, WienerBlock
+from deconv3d.pipeline.network_block import NetworkBlock
 from deconv3d.pipeline.output import atomic_output, remove_stale_temporaries
 from deconv3d.pipeline.records import provenance, psf_source, psf_summary, run_environment, tiff_properties
 from deconv3d.pipeline.run import RunInfo, run_chunked

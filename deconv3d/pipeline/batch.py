@@ -126,7 +126,8 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
     """
     from deconv3d._saturation import saturation_record
     from deconv3d.pipeline.memory_model import MemoryModel
-    from deconv3d.pipeline.methods import NetworkBlock, RichardsonLucyBlock, WienerBlock
+    from deconv3d.pipeline.methods import RichardsonLucyBlock, WienerBlock
+    from deconv3d.pipeline.network_block import NetworkBlock
 
     if settings.method == "ssl":
         from deconv3d.selfsup import load_checkpoint
@@ -155,7 +156,7 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
 
 
 def network_memory_model(block):
-    """The memory model of a :class:`~deconv3d.pipeline.methods.NetworkBlock` (its network's width,
+    """The memory model of a :class:`~deconv3d.pipeline.network_block.NetworkBlock` (its network's width,
     weights and the context its windows reach)."""
     from deconv3d.pipeline.memory_model import MemoryModel
 

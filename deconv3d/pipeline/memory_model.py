@@ -137,7 +137,7 @@ class MemoryModel:
         Size of the network's parameters (ssl).
     context : int
         Voxels of context around each tile of the region the network predicts (ssl:
-        :meth:`~deconv3d.pipeline.methods.NetworkBlock.reach`): the core's tiles, grown by that
+        :meth:`~deconv3d.pipeline.network_block.NetworkBlock.reach`): the core's tiles, grown by that
         much on every side (taken from the halo, or mirrored at the volume border).
     boundary : str
         RL boundary (rl, rl-tv): ``"reflect"`` mirrors the block before the Bertero model.

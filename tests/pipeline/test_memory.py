@@ -330,14 +330,14 @@ def test_only_networks_that_add_rl_preload_its_passes(monkeypatch):
     Richardson-Lucy reference loaded RL's numba passes too (0.4 s and 110 MB) and never ran them."""
     import dataclasses
 
-    from deconv3d.pipeline import NetworkBlock, methods
+    from deconv3d.pipeline import NetworkBlock, network_block
     from deconv3d.selfsup import TrainConfig, UNetConfig, train
     from deconv3d.selfsup.config import Reference
 
     from .conftest import blurred_beads, gaussian_psf
 
     loaded = []
-    monkeypatch.setattr(methods, "_preload", lambda device, fft_shape=None: loaded.append(device))
+    monkeypatch.setattr(network_block, "_preload", lambda device, fft_shape=None: loaded.append(device))
     psf = gaussian_psf((5, 5), (1.0, 1.0))
     result = train(blurred_beads((32, 32), psf, seed=1), psf, config=TrainConfig(steps=1, patch=16, batch=1,
                    residual=False, warm_start=0), unet=UNetConfig(ndim=2, base_channels=4, depth=2), device="cpu")
@@ -424,7 +424,7 @@ def test_an_ssl_run_of_a_model_too_large_for_the_free_memory_goes_block_by_block
     from deconv3d.io import read_image, write_tiff
     from deconv3d.metrics import psnr
     from deconv3d.pipeline import memory as memory_module
-    from deconv3d.pipeline.methods import NetworkBlock
+    from deconv3d.pipeline.network_block import NetworkBlock
     from deconv3d.psf import normalize_psf
     from deconv3d.selfsup import TrainedModel, apply_model, save_checkpoint
     from deconv3d.selfsup.config import TrainConfig, UNetConfig
