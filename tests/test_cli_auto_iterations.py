@@ -92,10 +92,10 @@ def test_iterations_must_be_a_count_or_auto(data, capsys):
 
 def test_auto_iterations_says_when_it_stopped_at_its_cap(data, capsys, monkeypatch):
     """A noise-free stack keeps improving: the CLI says the cap was reached instead of calling it a minimum."""
-    from deconv3d.cli import classical as cli_classical
+    from deconv3d.cli import iteration_choice
 
     d, image, psf = data
-    monkeypatch.setattr(cli_classical, "AUTO_MAX_ITERATIONS", 3)
+    monkeypatch.setattr(iteration_choice, "AUTO_MAX_ITERATIONS", 3)
     write_tiff(d / "clean.tif", blur(phantom((12, 32, 32), seed=1), psf) * 100, voxel_size=(0.3, 0.1, 0.1))
     code, stdout, err = run(["deconvolve", d / "clean.tif", "--psf", d / "psf.tif", "-o", d / "clean_out.tif",
                              "--iterations", "auto", "--device", "cpu"], capsys)

@@ -193,9 +193,9 @@ def test_auto_iterations_with_a_level_over_the_maximum_does_not_say_voxels_were_
 def test_auto_iterations_at_its_cap_says_the_saturated_voxels_were_fitted_as_clipped(tmp_path, capsys, clipped,
                                                                                      monkeypatch):
     """The line of a count that reached the cap said nothing of the saturated voxels (the record did)."""
-    from deconv3d.cli import classical as cli_classical
+    from deconv3d.cli import iteration_choice
 
-    monkeypatch.setattr(cli_classical, "AUTO_MAX_ITERATIONS", 2)
+    monkeypatch.setattr(iteration_choice, "AUTO_MAX_ITERATIONS", 2)
     _, _, image, level = clipped
     _, out, _ = deconvolve(tmp_path, capsys, "cap.tif", "--saturation", level, "--iterations", "auto")
     assert "chose 2 iterations, the most --iterations auto tries, the saturated voxels fitted as clipped:" in out, out

@@ -135,12 +135,12 @@ def _file_runner(settings, client, workers: int, warned: _BatchWarnings):
 
 
 def _choosing_for(path):
-    """``iterations = "auto"``: deconvolve's chooser (:func:`~deconv3d.cli.classical._choose_iterations`) for
+    """``iterations = "auto"``: deconvolve's chooser (:func:`~deconv3d.cli.iteration_choice._choose_iterations`) for
     the file ``path``, whose 'chose N iterations for FILE' lines (``for channel 1 (RFP) of FILE`` where it
     has several) come before the file's own '[N/TOTAL]' line, printed as it ends."""
     from deconv3d._paths import path_text
 
-    from .classical import _choose_iterations
+    from .iteration_choice import _choose_iterations
 
     def choose(crop, psf, params, voxel, device, clipped=None, where="", note=""):
         named = f"{where} of {path_text(path)}" if where else path_text(path)

@@ -1,20 +1,24 @@
-"""Commands of the classical path: ``psf``, ``psf distill``, ``deconvolve`` and ``demo``."""
+"""Commands of the classical path: ``psf``, ``psf distill``, ``deconvolve`` and ``demo``.
+
+``deconvolve`` of one image read whole runs in :mod:`~deconv3d.cli.in_memory`, a chunked one in
+:mod:`~deconv3d.cli.pipeline`; ``--iterations auto``'s chooser is :mod:`~deconv3d.cli.iteration_choice`'s."""
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from deconv3d import __version__
 from deconv3d._paths import line_text
-from deconv3d.errors import InputError, refuse_non_finite, warn
+from deconv3d.errors import InputError, warn
 
 from . import pipeline, selfsup
-from ._common import check_negative, check_output, load_psf, voxel_size_of
+from ._common import check_output, voxel_size_of
 from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SATURATION_HELP, SpatialSizes, add_common, add_optics,
                         iterations_value, positive_float, positive_int, saturation_value, spatial_sizes)
-from .printing import hashed, print_warnings, progress
+from .in_memory import _deconvolve_in_memory
+from .iteration_choice import _choose_iterations
+from .printing import print_warnings
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -248,113 +252,6 @@ def _deconvolve_chunked(args, warnings: list) -> int:
     return pipeline.cmd_deconvolve_chunked(args, warnings, iterations_chooser=chooser)
 
 
-def _deconvolve_in_memory(args, warnings: list) -> int:
-    """``deconvolve`` of one 2D or 3D image read whole, written as a TIFF with its provenance."""
-    import numpy as np
-
-    from deconv3d.io import assume_psf_voxel, read_image, write_tiff
-    from deconv3d.omezarr import file_sha256
-    from deconv3d.pipeline import provenance, psf_source, tiff_properties
-    from deconv3d.pipeline.settings import check_tv_weight
-
-    image = read_image(args.input)  # (one 2D/3D image: a hyperstack goes chunked, _go_out_of_core_if_needed)
-    # Each file is hashed once read (at the end, a file replaced meanwhile was recorded in place of
-    # the one the run used): the input here, the model and PSF files below.
-    input_sha256 = hashed(args.input, "deconvolve: hashing the input")
-    voxel = _checked_voxel(args, image, warnings)
-    trained = selfsup.load_model(args) if args.method == "ssl" else None
-    model_sha256 = file_sha256(args.model) if trained is not None else None
-    if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
-        voxel = trained.voxel_for(voxel, image.data.ndim, args.input, warnings)
-    voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input, warnings, partial=image.partial_voxel)
-    # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
-    psf = load_psf(args, image, voxel, fit_image=trained is None, warnings=warnings) if (args.psf or args.psf_model) else None
-    source = psf_source(args)  # (the PSF file's hash)
-    if args.method == "rl-tv":  # after the PSF's checks: an image without a voxel size, told to lower the
-        check_tv_weight(args.tv_weight, image.data.ndim, voxel, args.input)  # weight, then needed one
-    print_warnings(warnings)
-    start = time.perf_counter()
-    result, params, psf = _run_method(args, image.data, psf, voxel, trained)
-    seconds = time.perf_counter() - start
-    refuse_non_finite(result, f"{args.method} result",  # float32 overflow on values near its limit
-                      f"(the image's values reach {float(np.abs(image.data).max()):.3g}): rescale the image to a "
-                      "smaller range and run again")
-    from deconv3d.pipeline.records import method_fft_shapes
-
-    transforms = method_fft_shapes(args.method, image.data.shape, np.shape(psf), params.get("boundary", "bertero"),
-                                   residual="reference" in params)  # (the record of a network that corrects RL)
-    record = provenance(args.method, params, psf=psf, input_path=args.input, checksum=input_sha256, device=args.device,
-                        fft_shapes=transforms, model_hash=model_sha256, source=source)
-    write_tiff(args.output, result, voxel_size=voxel, metadata=tiff_properties(record), axes=image.axes)  # (ZX too)
-    print(f"wrote {line_text(args.output)}: {args.method} on {image.data.shape} in {seconds:.1f} s")
-    return 0
-
-
-def _checked_voxel(args, image, warnings: list):
-    """The in-memory run's checks of the output, the options and the image; the image's voxel size."""
-    check_output(args.output, [f for f in (args.input, args.psf, args.model) if f])
-    if args.method == "rl-tv" and not args.tv_weight > 0:
-        raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
-    voxel = voxel_size_of(args, image, warnings)
-    check_negative(image.data, args.input, args.method, warnings)
-    if args.saturation == "none":
-        from deconv3d._saturation import top_two, warn_if_clipped
-
-        warn_if_clipped(top_two(image.data), args.method, warnings)
-    if args.method != "ssl" and (args.model or args.steps):
-        raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
-    if args.psf is None and args.psf_model is None and not (args.method == "ssl" and args.model):
-        raise InputError("a PSF is needed: add --psf PSF.tif or --psf-model MODEL --na NA --wavelength UM")
-    return voxel
-
-
-def _run_method(args, data, psf, voxel, trained):
-    """Deconvolve ``data`` by ``--method``: the result, the parameters recorded, and the PSF used."""
-    from deconv3d.classical import richardson_lucy, wiener
-
-    if args.method == "ssl":
-        return selfsup.deconvolve_ssl(args, data, psf, voxel, trained)
-    if args.method == "wiener":
-        return wiener(data, psf, args.balance, device=args.device), {"balance": args.balance}, psf
-    params = {"iterations": args.iterations, "boundary": args.boundary, "accelerate": not args.no_accelerate,
-              "tv_weight": args.tv_weight if args.method == "rl-tv" else 0.0}
-    clipped = _clipped_voxels(args.saturation, data, params)
-    if clipped is not None and args.boundary == "zero":
-        from deconv3d._saturation import clipped_at_faces, zero_boundary_warning
-
-        if near := clipped_at_faces(clipped, tuple(psf.shape)):
-            warn(zero_boundary_warning(near))
-    if args.iterations == "auto":  # with the voxels --saturation flags fitted as clipped, and not predicted
-        params.update(_choose_iterations(data, psf, params, voxel, args.device, clipped))
-    bar, callback = progress(params["iterations"], args.method)
-    with bar:
-        result = richardson_lucy(data, psf, params["iterations"], callback=callback, voxel_size=voxel,
-                                 device=args.device, clipped=clipped,
-                                 **{k: v for k, v in params.items() if k in ("boundary", "accelerate", "tv_weight")})
-    return result, params, psf
-
-
-def _clipped_voxels(saturation, data, params: dict):
-    """The voxels RL fits as clipped for ``--saturation`` (None: every voxel fitted as measured), its record
-    added to ``params``, and a line saying how many (or that ``auto`` found no plateau)."""
-    import numpy as np
-
-    from deconv3d._saturation import (clipped_voxels, left_out_line, refuse_all_flagged, saturation_level,
-                                      saturation_record)
-
-    level = saturation_level(data, saturation)
-    clipped = clipped_voxels(data, level)
-    if clipped is None:
-        if saturation == "auto":
-            print(left_out_line(saturation, [None], [None]))  # (no plateau: every voxel fitted)
-        return None
-    count = int(np.count_nonzero(clipped))
-    refuse_all_flagged(count, clipped.size, level)
-    params.update(saturation_record(saturation, level, count))
-    print(left_out_line(saturation, [level], [count]))
-    return clipped
-
-
 def _one_per_channel(args) -> None:
     """``--psf``, ``--wavelength`` and ``--model`` as one value, or kept as lists of one per channel, which the
     chunked path takes. Wavelengths are one per channel
@@ -439,35 +336,6 @@ def _psf_shape_estimate(args, file_voxel, shape) -> tuple[int, ...]:
     if args.psf_model and args.na and args.wavelength and voxel is not None and len(shape) == 3:
         return tuple(min(k, n) for k, n in zip(generated_psf_shape(shape, voxel, args.na, args.wavelength), shape))
     return (1,) * len(shape)
-
-
-AUTO_MAX_ITERATIONS = 100  # the most --iterations auto tries
-
-
-def _choose_iterations(image, psf, params: dict, voxel, device, clipped=None, where: str = "",
-                       note: str = "") -> dict:
-    """``--iterations auto``: the held-out-prediction count, for plain RL (acceleration off), with the voxels
-    ``--saturation`` flags (``clipped``; None: every voxel fitted as measured and predicted). A chunked run
-    chooses one per channel, on a crop: ``where`` names the channel (``channel 1 (RFP)``) and ``note`` says
-    where the crop lies (``, on a centred 32 x 256 x 256 crop``), in the line printed and the record."""
-    from deconv3d.classical import choose_iterations
-
-    bar, callback = progress(AUTO_MAX_ITERATIONS, "choosing iterations")
-    with bar:
-        choice = choose_iterations(image, psf, AUTO_MAX_ITERATIONS, boundary=params["boundary"],
-                                   tv_weight=params["tv_weight"], voxel_size=voxel, device=device, callback=callback,
-                                   clipped=clipped)
-    # (a level above the image's maximum flags no voxel, and none is said fitted as clipped)
-    left_out = "" if clipped is None or not clipped.any() else ", the saturated voxels fitted as clipped"
-    chose = f"chose {choice.iterations} iterations" + (f" for {where}" if where else "")
-    if choice.stopped == "max_iterations" and choice.iterations == AUTO_MAX_ITERATIONS:
-        print(f"{chose}, the most --iterations auto tries{left_out}{note}: the held-out error "
-              "was still falling, but it is nearly flat there and on noisy data may keep falling past the best "
-              "restoration: compare a few --iterations N before going further")
-    else:
-        print(f"{chose} (held-out prediction error lowest there, {len(choice.risk)} tried{left_out}{note})")
-    return {"iterations": choice.iterations, "accelerate": False,
-            "iterations_chosen_by": f"held-out prediction ({choice.holdout:.0%} of voxels{left_out}{note})"}
 
 
 def cmd_demo(args) -> int:

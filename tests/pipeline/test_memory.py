@@ -207,9 +207,9 @@ def test_an_in_memory_deconvolve_too_large_for_the_free_memory_goes_block_by_blo
     assert psnr(whole, blocks, data_range=float(whole.max())) > 60
     # --iterations auto, refused here as needing the image whole, goes block by block too, choosing its count on
     # a crop (the whole volume: under AUTO_CROP_VOXELS); 3 tries at most, to keep the test short
-    from deconv3d.cli import classical as cli_classical
+    from deconv3d.cli import iteration_choice
 
-    monkeypatch.setattr(cli_classical, "AUTO_MAX_ITERATIONS", 3)
+    monkeypatch.setattr(iteration_choice, "AUTO_MAX_ITERATIONS", 3)
     code, out, err = run([*argv[:-3], "--iterations", "auto", "-o", tmp_path / "auto.tif"], capsys)
     assert code == 0 and "would need more memory than is available" in err, err
     assert "chose " in out and "on the whole volume" in out and "in 1 block(s)" not in out, out
