@@ -274,7 +274,7 @@ def saturation_record(saturation, level: float | None = None, count: int | None 
     return {"saturation": saturation, **known}
 
 
-def left_out_line(saturation, levels, counts, where: str = "") -> str | None:
+def clipped_fit_line(saturation, levels, counts, where: str = "") -> str | None:
     """The line a run prints of what ``saturation`` (a level or ``auto``) fitted as clipped, for one
     image or one channel of several: ``levels`` and ``counts`` hold, for each of its volumes (time
     points), the level used (None: ``auto`` found no plateau there) and the voxels at or above it.

@@ -106,17 +106,17 @@ def _clipped_voxels(saturation, data, params: dict):
     added to ``params``, and a line saying how many (or that ``auto`` found no plateau)."""
     import numpy as np
 
-    from deconv3d._saturation import (clipped_voxels, left_out_line, refuse_all_flagged, saturation_level,
+    from deconv3d._saturation import (clipped_fit_line, clipped_voxels, refuse_all_flagged, saturation_level,
                                       saturation_record)
 
     level = saturation_level(data, saturation)
     clipped = clipped_voxels(data, level)
     if clipped is None:
         if saturation == "auto":
-            print(left_out_line(saturation, [None], [None]))  # (no plateau: every voxel fitted)
+            print(clipped_fit_line(saturation, [None], [None]))  # (no plateau: every voxel fitted)
         return None
     count = int(np.count_nonzero(clipped))
     refuse_all_flagged(count, clipped.size, level)
     params.update(saturation_record(saturation, level, count))
-    print(left_out_line(saturation, [level], [count]))
+    print(clipped_fit_line(saturation, [level], [count]))
     return clipped

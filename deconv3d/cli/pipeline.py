@@ -136,7 +136,7 @@ def cmd_deconvolve_chunked(args, warnings=(), iterations_chooser=None) -> int:
                                trainer=_trainer(args, pending),
                                iterations_chooser=_after_warnings(iterations_chooser, pending),
                                checksum=lambda path: hashed(path, "deconvolve: hashing the input"))
-    for line in _left_out_lines(settings.saturation, info):
+    for line in _clipped_fit_lines(settings.saturation, info):
         print(line)
     # the whole command's time, as in memory: a network trained first is not in info.seconds
     print(f"wrote {line_text(args.output)}: {args.method} in {info.blocks} block(s) of at most {info.largest_block} + halo "
@@ -144,14 +144,14 @@ def cmd_deconvolve_chunked(args, warnings=(), iterations_chooser=None) -> int:
     return 0
 
 
-def _left_out_lines(saturation, info) -> list[str]:
+def _clipped_fit_lines(saturation, info) -> list[str]:
     """What ``--saturation`` fitted as clipped, as an in-memory run prints it
-    (:func:`~deconv3d._saturation.left_out_line`), from what the run took from the volumes
+    (:func:`~deconv3d._saturation.clipped_fit_line`), from what the run took from the volumes
     (:attr:`~deconv3d.pipeline.RunInfo.decided`: one value, or a list of one per time point and channel in
     C order) and their channels (:attr:`~deconv3d.pipeline.RunInfo.volume_channels`): one line, or one per
     channel of several. None where the run counted no voxels (block callables that did not count them:
     RichardsonLucyBlock's blocks count them where no pass over the volume does)."""
-    from deconv3d._saturation import NONE, left_out_line
+    from deconv3d._saturation import NONE, clipped_fit_line
 
     decided, channels = info.decided, info.volume_channels or ("",)
     if saturation == NONE:
@@ -164,7 +164,7 @@ def _left_out_lines(saturation, info) -> list[str]:
         levels, counts = groups.setdefault(where, ([], []))
         levels.append(values.get("saturation_level"))
         counts.append(values.get("saturated_voxels"))
-    lines = [left_out_line(saturation, levels, counts, where) for where, (levels, counts) in groups.items()]
+    lines = [clipped_fit_line(saturation, levels, counts, where) for where, (levels, counts) in groups.items()]
     return [line for line in lines if line]
 
 

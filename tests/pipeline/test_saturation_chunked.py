@@ -418,23 +418,23 @@ def test_the_memory_model_counts_the_clipped_voxels_and_an_in_memory_run_that_th
     assert code == 0 and "would need more memory than is available" in err and "block(s)" in out, out + err
 
 
-def test_the_left_out_lines_come_from_the_run_s_figures_grouped_by_its_channels():
+def test_the_clipped_fit_lines_come_from_the_run_s_figures_grouped_by_its_channels():
     # from the RunInfo alone: the command no longer reads the input's header again after the output is written
-    from deconv3d.cli.pipeline import _left_out_lines
+    from deconv3d.cli.pipeline import _clipped_fit_lines
     from deconv3d.pipeline import RunInfo
 
     two = RunInfo((), (), 4, 0, 0.0, decided={"saturation_level": [5.0, 6.0, None, 7.0],
                                              "saturated_voxels": [3, 4, None, 2]},
                   volume_channels=("channel 0", "channel 1", "channel 0", "channel 1"))
-    assert _left_out_lines("auto", two) == [
+    assert _clipped_fit_lines("auto", two) == [
         "fitted 3 voxel(s) at the maximum 5 of channel 0 at 1 of its 2 time points as clipped: at least their value "
         "(--saturation auto)",
         "fitted 6 voxel(s) at the maximum 6 to 7 of channel 1 at 2 of its 2 time points as clipped: at least their "
         "value (--saturation auto)"]
     one = RunInfo((), (), 1, 0, 0.0, decided={"saturation_level": 5.0, "saturated_voxels": 3}, volume_channels=("",))
-    assert _left_out_lines("auto", one) == [
+    assert _clipped_fit_lines("auto", one) == [
         "fitted 3 voxel(s) at the image's maximum 5 as clipped: at least their value (--saturation auto)"]
-    assert _left_out_lines("none", one) == []
+    assert _clipped_fit_lines("none", one) == []
 
 
 def level_line(count, level, where=""):
