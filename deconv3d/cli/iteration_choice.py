@@ -23,13 +23,13 @@ def _choose_iterations(image, psf, params: dict, voxel, device, clipped=None, wh
                                    tv_weight=params["tv_weight"], voxel_size=voxel, device=device, callback=callback,
                                    clipped=clipped)
     # (a level above the image's maximum flags no voxel, and none is said fitted as clipped)
-    left_out = "" if clipped is None or not clipped.any() else ", the saturated voxels fitted as clipped"
+    clipped_note = "" if clipped is None or not clipped.any() else ", the saturated voxels fitted as clipped"
     chose = f"chose {choice.iterations} iterations" + (f" for {where}" if where else "")
     if choice.stopped == "max_iterations" and choice.iterations == AUTO_MAX_ITERATIONS:
-        print(f"{chose}, the most --iterations auto tries{left_out}{note}: the held-out error "
+        print(f"{chose}, the most --iterations auto tries{clipped_note}{note}: the held-out error "
               "was still falling, but it is nearly flat there and on noisy data may keep falling past the best "
               "restoration: compare a few --iterations N before going further")
     else:
-        print(f"{chose} (held-out prediction error lowest there, {len(choice.risk)} tried{left_out}{note})")
+        print(f"{chose} (held-out prediction error lowest there, {len(choice.risk)} tried{clipped_note}{note})")
     return {"iterations": choice.iterations, "accelerate": False,
-            "iterations_chosen_by": f"held-out prediction ({choice.holdout:.0%} of voxels{left_out}{note})"}
+            "iterations_chosen_by": f"held-out prediction ({choice.holdout:.0%} of voxels{clipped_note}{note})"}

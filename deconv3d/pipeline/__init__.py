@@ -7,7 +7,8 @@ source (:func:`~deconv3d.pipeline.chunked.run_blocks`), writes every block
 straight into the level-0 array of an OME-Zarr image created under a temporary name, adds the
 optional pyramid, and renames the image into place only when it is complete
 (:mod:`~deconv3d.pipeline.output`). Method-specific block callables and their halo rules live in
-:mod:`~deconv3d.pipeline.methods`; folders of files in :mod:`~deconv3d.pipeline.batch`. This package
+:mod:`~deconv3d.pipeline.methods` (the network's in :mod:`~deconv3d.pipeline.network_block`);
+folders of files in :mod:`~deconv3d.pipeline.batch`. This package
 re-exports its public names: :func:`run_chunked` itself is in :mod:`~deconv3d.pipeline.run`, the
 planning of its blocks in :mod:`~deconv3d.pipeline.planning`.
 """
