@@ -92,6 +92,23 @@ def _crop_note(box, shape, frames: int) -> str:
     return f", on {what}" + (" of the first time point" if frames > 1 else "")
 
 
+def _refuse_nothing_to_choose_by(crop, clipped, level, where: str, note: str) -> None:
+    """Refuse a crop (:func:`chosen_settings`') that holds nothing to choose the count by: no voxel above 0
+    (a count chosen on nothing: 1, whatever the later time points hold), or every voxel flagged clipped
+    (``clipped``, at or above ``level``), of which no held-out voxel is data to predict (choose_iterations'
+    "too few held-out voxels" refusal, which named neither the crop nor the saturation level)."""
+    from deconv3d.errors import InputError
+
+    of, crop_name = f" for {where}" if where else "", note.removeprefix(", on ")
+    if not (crop > 0).any():
+        raise InputError(f"--iterations auto has nothing to choose the count by{of}: {crop_name} holds no voxel "
+                         "above 0: give the count as --iterations N")
+    if clipped is not None and clipped.all():
+        raise InputError(f"--iterations auto has nothing to choose the count by{of}: every voxel of {crop_name}, "
+                         f"the part it chooses on, is at or above --saturation {level:g}: give the count as "
+                         "--iterations N, or a higher --saturation level")
+
+
 def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
     """Each channel's settings for its RL blocks, with the count ``chooser`` chose on its crop and
     acceleration off, and the parameters to record: ``iterations`` (one value, or one per channel where
@@ -105,10 +122,10 @@ def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
     :func:`~deconv3d._saturation.saturation_level`; None: none), ``where`` the channel's name where there
     are several (``channel 1 (RFP)``, else "") and ``note`` where the crop lies (:func:`_crop_note`).
     A crop that is its whole volume with every voxel at or above the level is refused as the run would
-    refuse it (:func:`~deconv3d._saturation.refuse_all_flagged`), before the search; so is a crop with no
-    voxel above 0 (a channel dark at its first time point), on which the search would settle on 1."""
+    refuse it (:func:`~deconv3d._saturation.refuse_all_flagged`), before the search; a smaller crop with
+    every voxel at or above it, and a crop with no voxel above 0 (a channel dark at its first time point),
+    on which the search would settle on 1, by :func:`_refuse_nothing_to_choose_by`."""
     from deconv3d._saturation import clipped_voxels, refuse_all_flagged, saturation_level
-    from deconv3d.errors import InputError
     from deconv3d.pipeline.volume_runs import _channel_name
 
     sizes = dict(zip(lazy.axes, lazy.data.shape))
@@ -122,13 +139,11 @@ def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
         crop = _read_crop(lazy, index, box)
         where = _channel_name(lazy.data, index, lazy.axes, lazy.channels)  # (as the run's other lines name it)
         note = _crop_note(box, shape, sizes.get("T", 1))
-        if not (crop > 0).any():  # (a count chosen on nothing: 1, whatever the later time points hold)
-            raise InputError(f"--iterations auto has nothing to choose the count by{' for ' + where if where else ''}:"
-                             f" {note.removeprefix(', on ')} holds no voxel above 0: give the count as --iterations N")
         level = saturation_level(crop, settings.saturation)
         clipped = clipped_voxels(crop, level)
         if clipped is not None and tuple(crop.shape) == shape:  # the whole volume: refused as the run refuses it
             refuse_all_flagged(int(np.count_nonzero(clipped)), clipped.size, level, _volume_name(lazy, index))
+        _refuse_nothing_to_choose_by(crop, clipped, level, where, note)
         choices.append(chooser(crop, psf, params, voxel, settings.run_device, clipped, where, note))
     runs = [dataclasses.replace(settings, iterations=c["iterations"], accelerate=False) for c in choices]
     counts, chosen_by = [c["iterations"] for c in choices], [c["iterations_chosen_by"] for c in choices]

@@ -232,3 +232,23 @@ def test_a_channel_dark_at_its_first_time_point_is_refused(tmp_path, capsys):
     assert_one_line_error(code, err, "--iterations auto has nothing to choose the count by for channel 1",
                           "the whole volume of the first time point holds no voxel above 0", "--iterations N")
     assert "for channel 1" not in out and not (tmp_path / "out.zarr").exists()
+
+
+def test_a_crop_flagged_throughout_in_a_larger_volume_is_refused_naming_the_crop(tmp_path, capsys, monkeypatch):
+    """--saturation at or under every voxel of the centred crop, but not of the volume (a crop smaller than
+    it): a one-line refusal naming the crop and the level (not choose_iterations' 'too few held out'
+    error, which named neither), exit 2, and no output."""
+    from deconv3d.pipeline import auto_iterations
+
+    monkeypatch.setattr(auto_iterations, "AUTO_CROP_VOXELS", 9000)  # (a centred 14 x 25 x 25 crop)
+    image = blurred_beads((16, 48, 48), gaussian_psf(), seed=4)
+    image[:, 10:38, 10:38] = 5000
+    write_tiff(tmp_path / "in.tif", image, voxel_size=VOXEL)
+    _psf(tmp_path, image.shape)
+    code, out, err = run(["deconvolve", tmp_path / "in.tif", "--psf", tmp_path / "psf.tif", "-o",
+                          tmp_path / "out.zarr", "--iterations", "auto", "--device", "cpu", "--saturation", 5000],
+                         capsys)
+    assert_one_line_error(code, err, "--iterations auto has nothing to choose the count by",
+                          "every voxel of a centred 14 x 25 x 25 crop", "at or above --saturation 5000",
+                          "--iterations N", "a higher --saturation level")
+    assert "chose" not in out and not (tmp_path / "out.zarr").exists()
