@@ -268,9 +268,9 @@ class Settings:
 
     def _hashed_variants(self) -> tuple:
         """The ``at_defaults`` of :meth:`finished_fingerprints`' hashes, in its order (this version's,
-        the legacy one's, then the two earlier rules')."""
+        the legacy one's, then the three earlier rules')."""
         return (self._ignored_at_defaults(), {}, self._ignored_at_defaults(wavelengths_set_channels=True),
-                self._ignored_at_defaults(gaussian_ns_counted=True))
+                self._ignored_at_defaults(gaussian_ns_counted=True), self._ignored_at_defaults(auto_accelerated=True))
 
     def fingerprints_without_tv_rule(self) -> tuple:
         """For ssl that trains, the :meth:`finished_fingerprints` without the TV term's rule: those of
@@ -318,13 +318,18 @@ class Settings:
                 fields[key] = [unchanged_file_sha256(f) for f in _many(fields[key])]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def _ignored_at_defaults(self, wavelengths_set_channels: bool = False, gaussian_ns_counted: bool = False) -> dict:
+    def _ignored_at_defaults(self, wavelengths_set_channels: bool = False, gaussian_ns_counted: bool = False,
+                             auto_accelerated: bool = False) -> dict:
         """The settings this configuration's method (or output format, or PSF model) ignores, at their
         defaults; ``wavelengths_set_channels``: as the versions did for which several wavelengths beside
         a PSF file still set the channel count (they kept them in the hash); ``gaussian_ns_counted``: as the
         versions did that kept the gaussian model's ``ns`` (which it does not read) in the hash, so
-        that a batch they finished with ``ns = 1.45`` is skipped, not redone."""
+        that a batch they finished with ``ns = 1.45`` is skipped, not redone. ``accelerate`` with
+        ``iterations = "auto"``, whose chosen counts run without acceleration, is among them (with and
+        without ``--no-accelerate`` a batch had redone its finished files); ``auto_accelerated``: as the
+        versions did that kept it in the hash, so that a batch they finished with it is skipped, not redone."""
         ignored = [k for k, methods in _METHOD_ONLY.items() if self.method not in methods]
+        ignored += ["accelerate"] if self.iterations == "auto" and not auto_accelerated else []
         ignored += ["pyramid_levels"] if self.output_format != "zarr" else []
         if self.psf_model is None:  # a PSF file (or a model's own): the optics generate nothing
             ignored += ["na", "ni", "ns", "depth"]

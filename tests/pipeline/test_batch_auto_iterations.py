@@ -112,3 +112,15 @@ def test_deconvolve_file_refuses_auto_without_a_chooser(folder):
     with pytest.raises(InputError, match='iterations "auto" needs an iterations_chooser'):
         deconvolve_file(folder / "in" / "a.tif", folder / "a.zarr", settings)
     assert not (folder / "a.zarr").exists()
+
+
+def test_a_rerun_with_or_without_no_accelerate_skips_an_auto_batch(folder, capsys):
+    """--iterations auto runs its chosen counts without acceleration, so --no-accelerate changes nothing:
+    a batch finished with one is skipped by the other (it was redone: the settings hash held accelerate)."""
+    out = folder / "out"
+    argv = ["batch", folder / "in", "-o", out, "--psf", folder / "psf.tif", "--iterations", "auto", "--device", "cpu"]
+    code, _, err = run([*argv, "--no-accelerate"], capsys)
+    assert code == 0, err
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert _statuses(out) == ["skipped", "skipped"] and "chose" not in stdout

@@ -471,3 +471,31 @@ def test_a_batch_finished_with_the_gaussian_model_and_ns_is_resumed_not_refused_
     (folder / "cfg.toml").write_text(GAUSSIAN_NS_CONFIG.replace("ns = 1.45\n", ""))  # ns dropped: the same output
     code, _, err = run(argv, capsys)
     assert code == 0 and statuses(out) == ["skipped", "skipped"] and "refractive" not in err, err
+
+
+@pytest.mark.parametrize("method", ["rl", "rl-tv"])
+def test_an_auto_count_s_fingerprint_leaves_out_acceleration_and_still_matches_earlier_records(folder, monkeypatch,
+                                                                                             method):
+    """iterations = "auto" runs its chosen counts without acceleration: with and without --no-accelerate its
+    fingerprint is one (the default's, as before), and the hash earlier versions wrote for --no-accelerate
+    (accelerate as given, Wiener's balance, ignored, at its default: not the legacy hash) is still finished; a
+    numeric count's fingerprint still follows accelerate."""
+    import types
+
+    from deconv3d.pipeline import settings as settings_module
+
+    base = {"psf": str(folder / "psf.tif"), "method": method, "balance": 0.1}
+    auto, plain = (make_settings({**base, "iterations": "auto", "accelerate": a}) for a in (True, False))
+    assert plain.fingerprint() == auto.fingerprint()
+    fields = []  # what the fingerprint hashes: accelerate at its default, True
+    with monkeypatch.context() as patch:
+        patch.setattr(settings_module, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
+        plain.fingerprint()
+    assert fields[0]["accelerate"] is True
+    fields[0]["accelerate"] = False  # as the earlier versions hashed it
+    earlier = hashlib.sha256(json.dumps(fields[0], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert earlier not in (plain.fingerprint(), plain.fingerprint(legacy=True))
+    assert earlier in plain.finished_fingerprints()
+    assert earlier not in auto.finished_fingerprints()
+    counted = [make_settings({**base, "iterations": 20, "accelerate": a}).fingerprint() for a in (True, False)]
+    assert counted[0] != counted[1]
