@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from deconv3d._arrays import as_numpy, refuse_complex
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, NonFiniteValues
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -121,7 +121,7 @@ def as_finite_tensor(x, name: str, device, dtype: torch.dtype, fix: str = "repla
         if bool(given):
             raise InputError(f"{name} has values beyond the range of {t.dtype} that deconv3d computes in: rescale "
                              "it to a smaller range")
-        raise InputError(f"{name} contains NaN or Inf values: {fix}")
+        raise NonFiniteValues(name, fix)
     return t
 
 

@@ -43,6 +43,39 @@ class PSFLargerThanImage(InputError):
         self.psf_shape, self.image_shape = tuple(psf_shape), tuple(image_shape)
 
 
+#: What to do about NaN or Inf values in an image file.
+NON_FINITE_FILE_FIX = "replace them (e.g. with 0) and save it again"
+
+
+class NonFiniteValues(InputError):
+    """NaN or Inf values in ``what`` (``"image"``), refused with ``fix``. It keeps where one was met, so
+    that a caller that knows more can add it and still print one line: ``position`` (its index along
+    ``letters``, the spatial axes: a chunked run's block finds it), ``volume`` (the time point and
+    channel: ``"channel 1 at time point 0"``) and ``file`` (the input's name, which a batch's lines
+    give before the reason: :meth:`line` leaves it out on request)."""
+
+    def __init__(self, what: str, fix: str, position: tuple = (), letters: str = "", volume: str = "",
+                 file: str = ""):
+        self.what, self.fix, self.volume, self.file = what, fix, volume, file
+        self.position = tuple(int(i) for i in position)
+        self.letters = letters or "zyx"[-len(self.position):]
+        super().__init__(self.line())
+
+    def line(self, with_file: bool = True) -> str:
+        """The one line: ``image a.tif contains NaN or Inf values (one at z-y-x (2, 3, 4) of time point 1):
+        FIX``, without the file's name where ``with_file`` is False."""
+        name = f"{self.what} {self.file}" if self.file and with_file else self.what
+        of = f" of {self.volume}" if self.volume else ""
+        at = f" (one at {'-'.join(self.letters.lower())} {self.position}{of})" if self.position else \
+            f" (in {self.volume})" if self.volume else ""
+        return f"{name} contains NaN or Inf values{at}: {self.fix}"
+
+    def with_details(self, **details) -> "NonFiniteValues":
+        """The same refusal with ``details`` (any of the constructor's keywords) replaced."""
+        keep = dict(position=self.position, letters=self.letters, volume=self.volume, file=self.file)
+        return NonFiniteValues(details.pop("what", self.what), details.pop("fix", self.fix), **{**keep, **details})
+
+
 class Cancelled(Exception):
     """Raised where a caller cancels a run whose result would be incomplete: a chunked run
     (:func:`deconv3d.pipeline.run_chunked`: its progress callback returns True, or its ``cancel``

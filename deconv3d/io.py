@@ -27,7 +27,7 @@ from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel,
                                      calibrated, imagej_calibration, spatial_letters, time_axis_of, z_step_assumed)
 from deconv3d._tiff_write import write_tiff
 from deconv3d._voxel import format_sizes, refuse_nanometres
-from deconv3d.errors import InputError, PSFLargerThanImage, warn
+from deconv3d.errors import NON_FINITE_FILE_FIX, InputError, PSFLargerThanImage, warn
 
 __all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES", "time_axis_of",
            "assume_psf_voxel"]
@@ -380,5 +380,5 @@ def _as_float32(data: np.ndarray, path: Path, what: str = "image") -> np.ndarray
             peak = float(np.abs(data).max())
             raise InputError(f"{name} has values up to {peak:.3g}, beyond the float32 range (3.4e38) "
                              f"deconv3d computes in: rescale the {what} and save it again")
-        raise InputError(f"{name} contains NaN or Inf values: replace them (e.g. with 0) and save it again")
+        raise InputError(f"{name} contains NaN or Inf values: {NON_FINITE_FILE_FIX}")
     return converted

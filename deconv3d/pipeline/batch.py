@@ -25,7 +25,7 @@ from typing import Optional
 from deconv3d._paths import (_same_file, check_name_length, glob_shown, image_stem, recorded_path,
                              remove_stale_temporaries_in, special_file_problem)
 from deconv3d._voxel import recorded_voxel
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, NonFiniteValues
 from deconv3d.pipeline.batch_config import RUN_KEYS, load_config
 from deconv3d.pipeline.batch_report import EQUIVALENT, report_as_files_finish, status_counts, write_reports
 from deconv3d.pipeline.completion_records import (RECORD_DIR, completion_record_names, completion_record_path,
@@ -401,6 +401,8 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         return f"{where}{exc.strerror}" + (": free disk space, then rerun the batch" if out_of_space(exc) else "")
+    if isinstance(exc, NonFiniteValues):  # (the batch's lines name the file before the reason)
+        return exc.line(with_file=False)
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

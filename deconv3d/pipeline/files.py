@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
 
 from deconv3d._paths import OUTPUT_SUFFIXES, check_output_path, path_text
-from deconv3d.errors import InputError, warn
+from deconv3d.errors import NON_FINITE_FILE_FIX, InputError, NonFiniteValues, warn
 from deconv3d.pipeline.axis_hints import relabel_note, warn_of_planes_that_may_be_z
 from deconv3d.pipeline.file_blocks import _block_function
 from deconv3d.pipeline.file_networks import intensity_statistics, train_on_image, warn_of_another_scale
@@ -16,6 +17,21 @@ from deconv3d.pipeline.file_networks import intensity_statistics, train_on_image
 __all__ = ["deconvolve_file", "train_on_image", "intensity_statistics", "warn_of_another_scale"]
 
 
+def _naming_the_input(run):
+    """``run(input_path, ...)`` whose refusal of NaN or Inf values (:class:`~deconv3d.errors.NonFiniteValues`: met
+    by a block, the measuring box, training or the choice of counts) names the input file as given, with a
+    file's fix, as an in-memory run names it."""
+    @functools.wraps(run)
+    def named(input_path, *args, **kwargs):
+        try:
+            return run(input_path, *args, **kwargs)
+        except NonFiniteValues as exc:
+            raise exc.with_details(file=path_text(input_path), fix=NON_FINITE_FILE_FIX) from None
+
+    return named
+
+
+@_naming_the_input
 def deconvolve_file(input_path, output_path, settings, *, client=None, workers: int = 1, progress=None,
                     checksum=True, warnings: list | None = None, trainer=None, sweep: bool = True,
                     cancel=None, iterations_chooser=None):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, NonFiniteValues
 from deconv3d.pipeline.block_geometry import aligned_box, box_blocks, write_box_blocks
-from deconv3d.pipeline.chunked import BlockFigures, Cancelled, run_blocks
+from deconv3d.pipeline.chunked import BlockFigures, Cancelled, refuse_located, run_blocks
 from deconv3d.pipeline.planning import RunPlan, measuring_box_shape
 from deconv3d.pipeline.readers import _View, chunks_cached, close_sources
 from deconv3d.pipeline.run_flags import cancel_requested
@@ -76,6 +76,8 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
                 clips.append((merge_top_two(figures.tops), method, view))
             if figures.nears is not None:
                 nears = (nears or 0) + sum(figures.nears)
+    except NonFiniteValues as exc:  # found by a block or the measuring box: named with its volume and axes
+        raise exc.with_details(letters=axes[len(index):], volume=view.where) from None
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -129,10 +131,7 @@ def _prepare(fn, view, plan: RunPlan, target_path, index, figures: BlockFigures 
     counting = figures is not None and figures.gathers()
     view.keep = box if counting and hasattr(fn, "prepare_with_output") else None
     try:
-        if hasattr(fn, "prepare_with_output"):
-            fn, output = fn.prepare_with_output(view, box)
-        else:  # the hook's contract: the box's shape (a callable centres it)
-            fn, output = fn.prepare(view, tuple(b.stop - b.start for b in box)), None
+        fn, output = _prepared(fn, view, box)
         covered = box_blocks(plan.shape, sizes, plan.depth, box) if output is not None else []
         if counting:
             figures.faces = _faces(fn, figures.nears)
@@ -145,6 +144,19 @@ def _prepare(fn, view, plan: RunPlan, target_path, index, figures: BlockFigures 
     del output
     release_memory()
     return fn, covered
+
+
+def _prepared(fn, view, box):
+    """``fn`` prepared on ``box`` of ``view`` and its output there (None where it gives none); NaN or Inf
+    values that it refused are named by where the first one lies in the box (read again, only then)."""
+    try:
+        if hasattr(fn, "prepare_with_output"):
+            return fn.prepare_with_output(view, box)
+        # the hook's contract: the box's shape (a callable centres it)
+        return fn.prepare(view, tuple(b.stop - b.start for b in box)), None
+    except InputError as exc:
+        refuse_located(exc, np.asarray(view[tuple(box)], dtype=np.float32), [b.start for b in box])
+        raise
 
 
 def _covered_cores(view, box, covered):

@@ -17,7 +17,7 @@ import numpy as np
 from deconv3d._arrays import as_numpy, refuse_complex
 from deconv3d._spectral import band_limit as fft_band_limit
 from deconv3d._tensors import as_array, psf_fingerprint
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, NonFiniteValues
 from deconv3d.selfsup.checkpoint import TrainedModel, load_checkpoint, save_checkpoint, training_record
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
 from deconv3d.selfsup.predict import Cancelled, predict_tiled
@@ -114,7 +114,7 @@ def apply_model(trained, image, *, device="auto", tta: bool = False, tile_shape=
     refuse_complex(image, "the image")  # (cast to float32 with only a ComplexWarning)
     trained.check_compatible(image.ndim)
     if not np.isfinite(image).all():  # one would spread over the network's whole receptive field
-        raise InputError("image contains NaN or Inf values: clean the data (e.g. replace them by 0) first")
+        raise NonFiniteValues("image", "clean the data (e.g. replace them by 0) first")
     if region is None:  # a whole image (a chunked run's blocks pass their region)
         warn_of_another_scale(trained, image)
     if context is None:

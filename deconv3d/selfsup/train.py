@@ -33,7 +33,7 @@ from deconv3d._fft_shapes import kernel_origin
 from deconv3d._tensors import psf_fingerprint, resolve_device
 from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, build_seeded
 from deconv3d._voxel import checked_voxel_size
-from deconv3d.errors import Cancelled, InputError, OptionWarning, outside_stacklevel, require_config
+from deconv3d.errors import Cancelled, InputError, NonFiniteValues, OptionWarning, outside_stacklevel, require_config
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.psf.center_crop import fit_shape
 from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig, reference_fft_shape
@@ -112,7 +112,7 @@ def _check_inputs(image, psf, unet, voxel_size):
     if img.ndim not in (2, 3) or img.size == 0:
         raise InputError(f"image must be a non-empty 2D or 3D array, got shape {img.shape}")
     if not np.isfinite(img).all():
-        raise InputError("image contains NaN or Inf values: clean or crop it first")
+        raise NonFiniteValues("image", "clean or crop it first")
     psf = normalize_psf(validate_psf(psf))
     if psf.ndim != img.ndim:
         raise InputError(f"image is {img.ndim}D but the PSF is {psf.ndim}D: give them the same dimensions")

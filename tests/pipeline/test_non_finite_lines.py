@@ -1,0 +1,73 @@
+"""The chunked route's refusal of NaN or Inf values in the input: one line that names the file (once, in a
+batch's line), where one such value lies, and the fix an in-memory run gives; no output left behind."""
+
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+from cli_helpers import assert_one_line_error, run
+from deconv3d.io import write_tiff
+from deconv3d.omezarr import write_ome_zarr
+from .conftest import gaussian_psf
+
+FIX = "replace them (e.g. with 0) and save it again"
+VOXEL = ("--voxel-size", "0.3", "0.1", "0.1")
+
+
+def _files(folder) -> list:
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((5, 5, 5)), voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path
+
+
+def _volume(shape=(8, 32, 32)):
+    return np.random.default_rng(0).uniform(1, 2, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("output, chunks", [("out.zarr", ("--chunks", 4, 32, 32)), ("out.tif", ("--chunks", 4, 32, 32)),
+                                            ("out.zarr", ())])
+def test_a_tiff_inputs_nan_is_named_with_its_file_and_place(folder, capsys, output, chunks):
+    image = _volume()
+    image[6, 3, 4] = np.nan  # in the second block of --chunks 4 32 32
+    tifffile.imwrite(folder / "a.tif", image)
+    before = _files(folder)
+    code, _, err = run(["deconvolve", "a.tif", "-o", output, "--psf", "psf.tif", *VOXEL, *chunks], capsys)
+    assert_one_line_error(code, err)
+    assert err.strip() == f"deconv3d: error: image a.tif contains NaN or Inf values (one at z-y-x (6, 3, 4)): {FIX}"
+    assert _files(folder) == before  # no output, no scratch
+    np.testing.assert_array_equal(tifffile.imread(folder / "a.tif"), image, strict=True)
+
+
+def test_a_zarr_inputs_inf_is_named_with_its_channel(folder, capsys):
+    image = np.stack([_volume(), _volume()])
+    image[1, 5, 20, 7] = np.inf
+    write_ome_zarr(folder / "in.zarr", image, axes="CZYX", voxel_size=(0.3, 0.1, 0.1))
+    before = _files(folder)
+    code, _, err = run(["deconvolve", "in.zarr", "-o", "out.zarr", "--psf", "psf.tif", "--chunks", 4, 16, 16],
+                       capsys)
+    assert_one_line_error(code, err)
+    assert err.strip() == ("deconv3d: error: image in.zarr contains NaN or Inf values (one at z-y-x (5, 20, 7) of "
+                           f"channel 1): {FIX}")
+    assert _files(folder) == before
+
+
+def test_a_batch_line_names_the_file_once(folder, capsys):
+    (folder / "IN" / "sub").mkdir(parents=True)
+    image = _volume()
+    tifffile.imwrite(folder / "IN" / "b.tif", image)
+    image[2, 3, 4] = np.nan
+    tifffile.imwrite(folder / "IN" / "sub" / "a.tif", image)
+    code, out, err = run(["batch", "IN", "-o", "OUT", "--psf", "psf.tif", *VOXEL, "--pattern", "**/*.tif",
+                          "--chunks", 4, 32, 32], capsys)
+    reason = f"image contains NaN or Inf values (one at z-y-x (2, 3, 4)): {FIX}"
+    assert code == 3, err
+    assert f"failed  IN/sub/a.tif: {reason}\n" in out
+    assert f"deconv3d: failed: IN/sub/a.tif: {reason}\n" in err
+    assert not (folder / "OUT" / "a.zarr").exists() and (folder / "OUT" / "b.zarr").is_dir()
