@@ -101,6 +101,11 @@ def save_figure(path: Path, truth: np.ndarray, raw: np.ndarray, result: np.ndarr
     plt.close(fig)
 
 
+def inputs_line(files: int, seconds: float) -> str:
+    """What the script says once it has written ``files`` synthetic stacks and the PSF in ``seconds``."""
+    return f"wrote {files} stack{'s' if files != 1 else ''} of {SHAPE} and a PSF in {seconds:.1f} s"
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -123,7 +128,7 @@ def main() -> int:
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         psf_path = make_inputs(folder, args.files)
-        print(f"wrote {args.files} stacks of {SHAPE} and a PSF in {time.perf_counter() - start:.1f} s")
+        print(inputs_line(args.files, time.perf_counter() - start))
         start = time.perf_counter()
         try:
             rows = deconvolve_folder(folder, psf_path, args.workers)

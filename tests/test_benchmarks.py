@@ -142,6 +142,14 @@ def test_the_cluster_examples_stacks_are_not_taken_for_background_subtracted_dat
     assert warnings == []
 
 
+def test_the_cluster_example_counts_one_stack_in_the_singular():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import local_cluster
+
+    assert local_cluster.inputs_line(1, 0.25) == f"wrote 1 stack of {local_cluster.SHAPE} and a PSF in 0.2 s"
+    assert local_cluster.inputs_line(3, 2.0) == f"wrote 3 stacks of {local_cluster.SHAPE} and a PSF in 2.0 s"
+
+
 @pytest.mark.parametrize("methods", [("ssi", "before"), ("before", "ssi")])
 def test_the_selfsup_bench_sets_the_network_rows_against_issue_3s_targets(monkeypatch, capsys, methods):
     """At sigma 0.1: 0.5 dB above the best classical row, and before-PSF 0.5 dB above SSI's same row
