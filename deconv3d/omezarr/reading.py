@@ -74,8 +74,20 @@ def _open_group(path: Path):
             raise InputError(f"{path} is a bare zarr array, without the OME-Zarr metadata that gives its axes and "
                              "voxel size: save it as an OME-Zarr image (deconv3d.omezarr.write_ome_zarr) "
                              "or as TIFF") from exc
-        raise InputError(f"cannot open {path} as OME-Zarr ({_one_line(exc)}): give an OME-Zarr image group, "
-                         "e.g. one written by deconv3d or bioformats2raw") from exc
+        raise InputError(f"cannot open {path} as OME-Zarr ({_zarr_problem(exc, path)}): give an OME-Zarr image "
+                         "group, e.g. one written by deconv3d or bioformats2raw") from exc
+
+
+def _zarr_problem(exc: Exception, folder: Path) -> str:
+    """What zarr's ``exc`` says is wrong with the zarr ``folder``, without the folder's name (the line names it):
+    no metadata file, metadata that is not JSON, else zarr's own words."""
+    import json
+
+    if isinstance(exc, json.JSONDecodeError):
+        return f"its metadata is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    if not any((folder / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray", ".zattrs")):
+        return "it holds no zarr.json or .zgroup"
+    return _one_line(exc)
 
 
 def _is_bare_array(path: Path) -> bool:
@@ -307,7 +319,8 @@ def _level_array(image_path: Path, component: str, level: int, metadata):
         if not any((image_path / component.strip("/") / name).exists() for name in ("zarr.json", ".zarray")):
             raise _malformed(image_path, f"{metadata[1]}[0].datasets[{level}].path", component, "the name of an "
                              "array in the image (it holds none of that name)") from exc
-        raise InputError(f"cannot read level {component!r} of {image_path}: {_one_line(exc)}") from exc
+        raise InputError(f"cannot read level {component!r} of {image_path} ({_zarr_problem(exc, image_path / component)}"
+                         "): export the image again, e.g. with deconv3d or bioformats2raw") from exc
 
 
 def _open_array(root, component: str):
