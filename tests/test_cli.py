@@ -936,6 +936,18 @@ def test_psf_takes_y_x_for_a_2d_image_s_psf_the_plane_of_best_focus(data, capsys
     assert not (data / "p3.tif").exists()
 
 
+@pytest.mark.parametrize("shape", [(9, 1, 15), (1, 1, 1), (15, 1)])
+def test_psf_refuses_a_y_or_x_side_of_1_that_deconvolve_could_not_read_back(data, capsys, shape):
+    """'deconv3d psf --shape 9 1 15' wrote a file that deconvolve read back as a 2D PSF (its axis of length 1
+    dropped) and refused for a 3D image; '--shape 1 1 1' and '15 1' wrote PSFs it refused as 0D and 1D."""
+    voxel = (0.3, 0.1, 0.1)[-len(shape):]
+    argv = ["psf", "-o", data / "p1.tif", "--model", "gaussian", "--shape", *shape, "--voxel-size", *voxel,
+            "--na", 1.2, "--wavelength", 0.5]
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, "has a Y or X side of 1", "at least 2")
+    assert not (data / "p1.tif").exists()
+
+
 @pytest.mark.parametrize("threshold", [10**5, 10**5 - 1])
 def test_a_large_file_is_hashed_with_a_bar_and_the_same_hash(tmp_path, capsys, monkeypatch, threshold):
     """`train` and `deconvolve` hash their input, a second whole read that left the command silent on a

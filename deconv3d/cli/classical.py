@@ -177,6 +177,9 @@ def cmd_psf(args) -> int:
     if len(args.shape) != len(args.voxel_size):
         raise InputError(f"--shape gives {len(args.shape)} values and --voxel-size {len(args.voxel_size)}: give "
                          "three of each (Z Y X) for a 3D PSF, or two (Y X) for a 2D one")
+    if min(args.shape[-2:]) < 2:  # a reader drops axes of length 1: 9 1 15 would read back as a 2D PSF, 1 15 as 1D
+        raise InputError(f"--shape {' '.join(map(str, args.shape))} has a Y or X side of 1, which deconvolve "
+                         "cannot use as a PSF: give Y and X of at least 2, wide enough to hold the PSF (e.g. 63 63)")
     if args.model == "gaussian" and "ns" in getattr(args, "_given_options", ()):
         print_warnings([f"deconv3d: warning: --ns is {_GAUSSIAN_NS}; ignored"])
     psf = generate_psf(args.model, tuple(args.shape), tuple(args.voxel_size), args.na, args.wavelength,
