@@ -70,6 +70,12 @@ class NonFiniteValues(InputError):
             f" (in {self.volume})" if self.volume else ""
         return f"{name} contains NaN or Inf values{at}: {self.fix}"
 
+    def __reduce__(self):
+        """Pickled and copied with its fields: the default calls the class with ``args`` (the line alone),
+        which raised a TypeError on loading (dask.distributed brought a block's refusal back only through
+        tblib's own reducer, which it installs on the class)."""
+        return type(self), (self.what, self.fix, self.position, self.letters, self.volume, self.file), self.__dict__
+
     def with_details(self, **details) -> "NonFiniteValues":
         """The same refusal with ``details`` (any of the constructor's keywords) replaced."""
         keep = dict(position=self.position, letters=self.letters, volume=self.volume, file=self.file)

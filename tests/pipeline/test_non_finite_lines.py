@@ -71,3 +71,19 @@ def test_a_batch_line_names_the_file_once(folder, capsys):
     assert f"failed  IN/sub/a.tif: {reason}\n" in out
     assert f"deconv3d: failed: IN/sub/a.tif: {reason}\n" in err
     assert not (folder / "OUT" / "a.zarr").exists() and (folder / "OUT" / "b.zarr").is_dir()
+
+
+def test_the_refusal_is_pickled_and_copied_with_its_fields():
+    """A block's refusal travels between processes: plain pickle (and copy) rebuilt it from its line alone,
+    a TypeError (missing 'fix'), where dask.distributed had not installed tblib's reducer on the class."""
+    import copy
+    import pickle
+
+    from deconv3d.errors import NonFiniteValues
+
+    refusal = NonFiniteValues("image", FIX, position=(6, 3, 4), letters="ZYX", volume="channel 1", file="a.tif")
+    for again in (pickle.loads(pickle.dumps(refusal)), copy.copy(refusal)):
+        assert type(again) is NonFiniteValues and str(again) == str(refusal)
+        assert (again.what, again.fix, again.position, again.letters, again.volume, again.file) == (
+            "image", FIX, (6, 3, 4), "ZYX", "channel 1", "a.tif")
+        assert again.line(with_file=False) == refusal.line(with_file=False)
