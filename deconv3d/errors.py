@@ -42,6 +42,10 @@ class PSFLargerThanImage(InputError):
         super().__init__(message)
         self.psf_shape, self.image_shape = tuple(psf_shape), tuple(image_shape)
 
+    def __reduce__(self):
+        """Pickled and copied with its shapes (the default calls the class with the message alone)."""
+        return type(self), (self.args[0], self.psf_shape, self.image_shape), self.__dict__
+
 
 #: What to do about NaN or Inf values in an image file.
 NON_FINITE_FILE_FIX = "replace them (e.g. with 0) and save it again"

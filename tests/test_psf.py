@@ -1227,3 +1227,18 @@ def test_a_psf_cropped_to_fit_laterally_and_padded_to_odd_along_z_fits_the_image
         out = prepare_psf(psf, (24, 20, 64))
     assert out.shape[0] == 23 and out.shape[1] <= 20 and out.shape == prepare_psf(psf, (24, 64, 64)).shape
     np.testing.assert_allclose(ndimage.center_of_mass(out), (np.asarray(out.shape) - 1) / 2, atol=1e-3)
+
+
+def test_the_larger_than_image_refusal_is_pickled_and_copied_with_its_shapes():
+    """A batch worker's refusal travels between processes: plain pickle (and copy) rebuilt it from its
+    message alone, a TypeError (missing the shapes)."""
+    import copy
+    import pickle
+
+    from deconv3d.errors import PSFLargerThanImage
+
+    refusal = PSFLargerThanImage("PSF (31, 31, 31) is larger than the image (9, 64, 64): crop it", (31, 31, 31),
+                                 (9, 64, 64))
+    for again in (pickle.loads(pickle.dumps(refusal)), copy.copy(refusal)):
+        assert type(again) is PSFLargerThanImage and str(again) == str(refusal)
+        assert (again.psf_shape, again.image_shape) == ((31, 31, 31), (9, 64, 64))
