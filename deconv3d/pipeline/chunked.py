@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from deconv3d.errors import Cancelled, InputError, NonFiniteValues
+from deconv3d.errors import Cancelled, NonFiniteValues
 from deconv3d.pipeline import run_flags
 from deconv3d.pipeline.block_figures import BlockFigures, FigureRequest
 from deconv3d.pipeline.block_geometry import (Placement, aligned_box, block_regions, box_blocks, plan_chunks,
@@ -98,7 +98,7 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
         with measuring_run(abandon.name if on_cluster else None):
             block = np.ascontiguousarray(block, dtype=np.float32)
             out = _apply(fn, block, placement)
-    except InputError as exc:  # NaN or Inf refused: said with where one lies (looked for only now)
+    except NonFiniteValues as exc:  # NaN or Inf refused: said with where one lies (looked for only now)
         refuse_located(exc, block, placement.start)
         raise
     finally:
@@ -115,17 +115,17 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     return found
 
 
-def refuse_located(exc: InputError, values: np.ndarray, start: Sequence[int]) -> None:
+def refuse_located(exc: NonFiniteValues, values: np.ndarray, start: Sequence[int]) -> None:
     """Where ``values`` (read from ``start`` of the volume) hold a NaN or Inf, raise
     :class:`~deconv3d.errors.NonFiniteValues` naming the first one's place in the volume, with ``exc``'s
-    fix where it is one (the method refused the block, by whichever words); else return, for the caller
-    to raise ``exc``."""
+    fix; else return, for the caller to raise ``exc``. Only for that refusal: another (a damaged chunk
+    met as the values were read) would have them read again, every chunk queued behind zarr's limit of
+    concurrent reads, before it was said."""
     bad = ~np.isfinite(values)
     if not bad.any():
         return
     first = np.unravel_index(int(np.argmax(bad)), values.shape)
-    fix = exc.fix if isinstance(exc, NonFiniteValues) else "replace them (e.g. with 0)"
-    raise NonFiniteValues("image", fix, position=tuple(s + int(i) for s, i in zip(start, first))) from None
+    raise NonFiniteValues("image", exc.fix, position=tuple(s + int(i) for s, i in zip(start, first))) from None
 
 
 def _verify_source(source, thorough: bool = True) -> None:

@@ -154,7 +154,7 @@ def _prepared(fn, view, box):
             return fn.prepare_with_output(view, box)
         # the hook's contract: the box's shape (a callable centres it)
         return fn.prepare(view, tuple(b.stop - b.start for b in box)), None
-    except InputError as exc:
+    except NonFiniteValues as exc:  # (only that refusal: the box is read again to find where)
         refuse_located(exc, np.asarray(view[tuple(box)], dtype=np.float32), [b.start for b in box])
         raise
 
