@@ -384,3 +384,14 @@ def test_a_zy_section_or_a_stack_one_pixel_wide_is_written_as_one_page_per_plane
     with tifffile.TiffFile(tmp_path / "czy.tif") as tif:
         assert len(tif.pages) == 12 and tif.imagej_metadata["images"] == 12
         np.testing.assert_array_equal(tif.series[0].asarray().reshape(4, 3, 6), channels.transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize("crop, hint", [(50, "give crop 48 or 64, or fewer widths"), (8, "give crop 16, or fewer")])
+def test_a_crop_that_is_not_a_multiple_of_the_autoencoders_divisor_is_refused_with_crops_that_work(crop, hint):
+    """The refusal named the rule as code ('2**len(widths)'); it now says why and which crops work."""
+    from deconv3d import latent
+
+    with pytest.raises(InputError, match=r"crop \d+ must be a positive multiple of 16 \(the autoencoder halves the "
+                                         r"planes once per width, 4 widths\): " + hint):
+        latent.AEConfig(widths=(4, 8, 16, 32), crop=crop)
+    assert latent.AEConfig(widths=(4, 8, 16, 32), crop=48).crop == 48

@@ -80,8 +80,10 @@ class AEConfig:
         if not is_whole(self.crop):  # (16.5 became 16)
             raise InputError(f"crop must be a whole number of pixels, got {self.crop!r}: give e.g. 64")
         if int(self.crop) < 1 or int(self.crop) % self.divisor:
-            raise InputError(f"crop {self.crop} must be a positive multiple of {self.divisor} "
-                             f"(2**len(widths)): change crop or the number of widths")
+            d, below = self.divisor, int(self.crop) // self.divisor * self.divisor
+            nearest = f"{below} or {below + d}" if below else f"{d}"
+            raise InputError(f"crop {self.crop} must be a positive multiple of {d} (the autoencoder halves the "
+                             f"planes once per width, {len(widths)} widths): give crop {nearest}, or fewer widths")
         object.__setattr__(self, "crop", int(self.crop))
         object.__setattr__(self, "skip_interp", bool(self.skip_interp))
 
