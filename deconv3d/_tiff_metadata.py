@@ -242,7 +242,8 @@ def _numbered_planes(labels: list) -> bool:
     """Whether ``labels`` are slice labels: one text with one number that changes from each label to
     the next, always up or always down (every other number the same in all), where
 
-    - the number is a position out of a total (``z:3/12``, ``c:3/12 - name``: Bio-Formats' labels), or
+    - the number is a position out of a total (``z:3/12``, ``c:3/12 - name``: Bio-Formats' labels; not
+      ``500/10 nm``, a band's centre and width, whose second number is smaller), or
     - a slice word stands right before it (:data:`SLICE_WORDS`: ``z010``, ``z009``; ``z001``, ``z003``)
       or the labels are file names (``img_0001.tif``, ``img_0003.tif``), however it steps, or
     - no channel word stands before it (:data:`CHANNEL_WORDS`: ``Ch1``, ``C01``) and it steps by one
@@ -268,7 +269,8 @@ def _numbered_planes(labels: list) -> bool:
     text = parts[0][0::2]
     before, after = text[varying[0]], text[varying[0] + 1]
     word = (re.findall(r"[a-z]+", before.lower()) or [""])[-1]
-    if after.lstrip().startswith("/"):
+    total = numbers[0][varying[0] + 1] if varying[0] + 1 < len(numbers[0]) else 0
+    if after.strip() == "/" and total >= max(counted):  # z:3/12; not 500/10 nm, a band's centre and width
         return True
     if word in SLICE_WORDS or _FILE_NAME.search(labels[0]):
         return True

@@ -612,6 +612,8 @@ def test_numbered_per_plane_labels_of_many_channels_are_slice_labels_not_names(t
     ([f"{w}nm" for w in range(610, 490, -10)], True),  # wavelengths, counting down
     ([f"{w}nm" for w in (500, 510, 530, 520, 540, 550, 560, 570, 580, 590, 600, 610)], True),  # up and down
     ([f"z{i}" for i in (1, 2, 3, 3, 4, 5, 6, 7, 8, 9, 10, 11)], True),  # a number repeated
+    ([f"{w}/10 nm" for w in range(500, 620, 10)], True),  # emission bands: centre/width, not a position
+    ([f"ET{w}/50" for w in range(400, 760, 30)], True),  # filter names
 ])
 def test_slice_numbering_of_many_channels_is_told_from_channel_names(tmp_path, labels, names):
     """Numbered labels that count down or skip (z010, z009, ...; z001, z003, ...) were read as the
