@@ -80,12 +80,13 @@ def _open_group(path: Path):
 
 def _zarr_problem(exc: Exception, folder: Path) -> str:
     """What zarr's ``exc`` says is wrong with the zarr ``folder``, without the folder's name (the line names it):
-    no metadata file, metadata that is not JSON, else zarr's own words."""
+    no metadata file (a v2 group's ``.zattrs`` without its ``.zgroup`` is none: zarr's words named the folder
+    again), metadata that is not JSON, else zarr's own words."""
     import json
 
     if isinstance(exc, json.JSONDecodeError):
         return f"its metadata is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-    if not any((folder / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray", ".zattrs")):
+    if not any((folder / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray")):
         return "it holds no zarr.json or .zgroup"
     return _one_line(exc)
 

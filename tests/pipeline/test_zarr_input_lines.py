@@ -18,6 +18,11 @@ def _no_metadata(folder):
     os.remove(folder / "zarr.json")
 
 
+def _attributes_alone(folder):  # a zarr v2 group's .zattrs without its .zgroup
+    (folder / ".zattrs").write_text(json.dumps(json.loads((folder / "zarr.json").read_text())["attributes"]))
+    os.remove(folder / "zarr.json")
+
+
 def _group_not_json(folder):
     (folder / "zarr.json").write_text("{not json")
 
@@ -34,6 +39,7 @@ def _string_level(folder):
 
 @pytest.mark.parametrize("damage, words", [
     (_no_metadata, ["it holds no zarr.json or .zgroup", "give an OME-Zarr image group"]),
+    (_attributes_alone, ["it holds no zarr.json or .zgroup", "give an OME-Zarr image group"]),
     (_group_not_json, ["metadata is not valid JSON", "line 1 column 2", "give an OME-Zarr image group"]),
     (_level_not_json, ["level '0'", "metadata is not valid JSON", "export the image again"]),
     (_string_level, ["level '0'", "export the image again"]),
