@@ -228,10 +228,10 @@ def imagej_channels(tif: tifffile.TiffFile, count: int) -> tuple | None:
     return tuple(channels) if any(channels) else None
 
 
-#: Words that, right before a label's number, say what it counts. A channel's (Ch1, C01, Channel 3)
-#: keeps numbered labels as names; a slice's, frame's or plane's (z001, t12, slice 5) makes them slice
+#: Words that, right before a label's number, say what it counts. A channel's (Ch1, C01, Channel 3;
+#: MetaMorph's wavelength numbers w1, w2, ...) keeps numbered labels as names; a slice's, frame's or plane's (z001, t12, slice 5) makes them slice
 #: labels however they are numbered (z010, z009, ...; every other slice).
-CHANNEL_WORDS = frozenset({"c", "ch", "chan", "channel"})
+CHANNEL_WORDS = frozenset({"c", "ch", "chan", "channel", "w", "wavelength"})
 SLICE_WORDS = frozenset({"z", "slice", "plane", "section", "t", "frame"})
 #: A label that ends so is a file name (Fiji's File > Import > Image Sequence labels each slice with
 #: its file's name; its "step" option skips files).

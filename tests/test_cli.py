@@ -609,6 +609,8 @@ def test_numbered_per_plane_labels_of_many_channels_are_slice_labels_not_names(t
     ([f"C{i:02d}" for i in range(1, 13)], True),  # numbered channel names
     ([f"Channel {i}" for i in range(1, 13)], True),
     ([f"ch{i}" for i in range(1, 24, 2)], True),
+    ([f"w{i}" for i in range(1, 13)], True),  # MetaMorph's wavelength numbers
+    ([f"Wavelength {i}" for i in range(1, 13)], True),
     ([f"{w}nm" for w in range(610, 490, -10)], True),  # wavelengths, counting down
     ([f"{w}nm" for w in (500, 510, 530, 520, 540, 550, 560, 570, 580, 590, 600, 610)], True),  # up and down
     ([f"z{i}" for i in (1, 2, 3, 3, 4, 5, 6, 7, 8, 9, 10, 11)], True),  # a number repeated
