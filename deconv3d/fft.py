@@ -108,6 +108,9 @@ class FFTConvolver:
         self.psf = kernel if kernel.requires_grad else kernel.detach().clone()
         if not 1 <= self.psf.ndim <= 3:
             raise InputError(f"PSF must be 1D, 2D or 3D, got {self.psf.ndim}D: pass a single PSF volume")
+        if self.psf.numel() == 0:  # (convolved as all zero: scipy's fftconvolve returns an empty array)
+            raise InputError(f"PSF is empty (shape {tuple(self.psf.shape)}): give a kernel with at least one value "
+                             "along each axis")
         self.ndim = self.psf.ndim
         self.origin = kernel_origin(self.psf.shape)
         self._cache_token = object()  # its OTFs' key in _OTF_CACHE (an id() is reused; a pickled copy gets its own)

@@ -64,6 +64,10 @@ def _check_inputs(image, psf, device, dtype, method: str | None = None):
         raise InputError(f"image must be 2D or 3D, got {y.ndim}D: select a single channel and time point")
     if h.ndim != y.ndim:
         raise InputError(f"PSF is {h.ndim}D but the image is {y.ndim}D: use a PSF with the image's dimensionality")
+    for name, t in (("image", y), ("PSF", h)):  # (an empty image was told to crop its PSF)
+        if t.numel() == 0:
+            raise InputError(f"{name} is empty (shape {tuple(t.shape)}): give one with at least one voxel along "
+                             "each axis")
     if not (h > 0).any():
         raise InputError("PSF has no positive value (all zero or negative): check the PSF file or regenerate it")
     if (h < 0).any():  # round-off undershoot (an FFT's or a resampling's) as validate_psf allows it: cut at 0
