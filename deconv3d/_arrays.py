@@ -4,6 +4,7 @@ checks of their inputs shared across the package (:func:`refuse_complex`, :func:
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -22,6 +23,13 @@ def as_numpy(x, dtype=None) -> np.ndarray:
         x = np.asarray(x)
         refuse_complex(x)
     return np.asarray(x, dtype=dtype)
+
+
+def refuse_file_name(x, reader: str = "deconv3d.io.read_image(path).data") -> None:
+    """Refuse a path given where an array is needed, in one line saying how to read it with ``reader``
+    (numpy made a 0D array of the string, refused as "could not convert string to float")."""
+    if isinstance(x, (str, bytes, os.PathLike)):
+        raise InputError(f"got the file name {os.fsdecode(x)!r} where an array is needed: read it first, e.g. {reader}")
 
 
 def refuse_complex(x, name: str = "the input", fix: str = "give real intensities (e.g. the magnitude, numpy.abs)"

@@ -8,12 +8,11 @@ convolvers and of checkpoints. :mod:`deconv3d.fft` exports the public ones.
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import torch
 
-from deconv3d._arrays import as_numpy, refuse_complex
+from deconv3d._arrays import as_numpy, refuse_complex, refuse_file_name
 from deconv3d.errors import InputError, NonFiniteValues
 
 
@@ -58,11 +57,9 @@ def as_array(x) -> np.ndarray:
     A file name, None, ragged lists or anything else that is not numbers is refused by name
     (torch's own error about ``numpy.str_`` or ``object_`` told a notebook user nothing).
     """
-    if isinstance(x, (str, bytes, os.PathLike)):
-        raise InputError(f"got the file name {str(x)!r} where an array is needed: read it first, e.g. "
-                         "deconv3d.io.read_image(path).data")
-    try:
-        arr = np.ascontiguousarray(as_numpy(x))  # (a tensor too: one that requires grad is detached)
+    refuse_file_name(x)
+    try:  # (a tensor too: one that requires grad is detached); np.require keeps a 0D array 0D
+        arr = np.require(as_numpy(x), requirements="C")
     except (ValueError, TypeError) as exc:  # ragged nested lists
         raise InputError(f"cannot make an array of numbers from {type(x).__name__} ({_first_line(exc)}): give a "
                          "2D or 3D numeric array") from None

@@ -349,3 +349,42 @@ def test_tensors_that_require_grad_are_taken_where_arrays_are(psf):
     planes = np.random.default_rng(1).random((2, 16, 16)).astype(np.float32)
     assert synthesize_blur(ae, grad(planes[0]), grad(planes[1]), [0.5]).shape == (1, 16, 16)
     assert deblur(ae, grad(planes[0]), grad(planes[1]), 0.5).shape == (16, 16)
+
+
+@pytest.mark.parametrize("empty", ["image", "PSF"])
+def test_an_empty_image_or_psf_is_named_as_empty(image, psf, empty):
+    """An empty image was told that the PSF (1, 1, 1) is larger than the image (0, 5, 5), 'crop
+    the PSF'; fft_convolve with an empty kernel returned all zeros."""
+    from deconv3d.classical import choose_iterations, rl_alpha_schedule
+    from deconv3d.fft import fft_convolve
+
+    x, h = (image[:0], np.ones((1, 1, 1))) if empty == "image" else (image, psf[:, :0])
+    given = x.copy(), h.copy()
+    calls = [lambda: richardson_lucy(x, h, 2, device="cpu"), lambda: wiener(x, h, device="cpu"),
+             lambda: choose_iterations(x, h, 3, device="cpu"), lambda: rl_alpha_schedule(x, h, 2, device="cpu")]
+    if empty == "PSF":
+        calls.append(lambda: fft_convolve(x, h))
+    for call in calls:
+        with pytest.raises(InputError, match=f"^{empty} is empty \\(shape \\("):
+            call()
+    np.testing.assert_array_equal(x, given[0])
+    np.testing.assert_array_equal(h, given[1])
+
+
+def test_a_zero_dimensional_image_is_called_0d(psf):
+    """numpy's ascontiguousarray made a scalar 1D: 'image must be 2D or 3D, got 1D'."""
+    with pytest.raises(InputError, match="got 0D"):
+        richardson_lucy(np.float32(3), psf, 2, device="cpu")
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("psf.tif", "^got the file name 'psf.tif' where an array is needed: .*read_psf"),  # numpy: could not convert
+    (None, "^the PSF has non-numeric values"),  # "PSF sum is not positive"
+    ([[1.0, 2.0], [3.0]], "^cannot make an array of numbers from the PSF"),  # numpy: setting an array element
+    (np.zeros((0, 3)), r"^PSF is empty \(shape \(0, 3\)\)"),  # "PSF sum is not positive"
+])
+def test_normalize_psf_names_what_is_not_a_psf(bad, words):
+    from deconv3d.psf import normalize_psf
+
+    with pytest.raises(InputError, match=words):
+        normalize_psf(bad)

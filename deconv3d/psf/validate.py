@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from deconv3d._arrays import as_numpy
+from deconv3d._arrays import as_numpy, refuse_file_name, refuse_non_numeric
 from deconv3d.errors import InputError, note_warning
 
 #: Negative PSF values down to this share of its peak are round-off (an FFT's, a resampling's undershoot).
@@ -123,8 +123,18 @@ def normalize_psf(psf) -> np.ndarray:
     Raises
     ------
     InputError
-        If the sum is not a positive finite number, or too large for float64.
+        If the PSF is a file name, not numbers or empty, or its sum is not a positive finite number,
+        or too large for float64.
     """
+    refuse_file_name(psf, "deconv3d.io.read_psf(path).data")
+    try:
+        psf = as_numpy(psf)
+    except (ValueError, TypeError):  # ragged nested lists
+        raise InputError(f"cannot make an array of numbers from the PSF ({type(psf).__name__}): give a numeric "
+                         "array") from None
+    refuse_non_numeric(psf.dtype, "the PSF")  # (None was "PSF sum is not positive")
+    if psf.size == 0:
+        raise InputError(f"PSF is empty (shape {psf.shape}): give one with at least one voxel along each axis")
     psf = as_numpy(psf, dtype=np.float64)
     with np.errstate(over="ignore"):
         total = float(psf.sum())
