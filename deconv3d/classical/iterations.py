@@ -189,25 +189,11 @@ def choose_iterations(
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
     max_iterations = _check_options(max_iterations, boundary, tv_weight, None, y.ndim, voxel_size)
-    if max_iterations < 1:
-        raise InputError(f"max_iterations must be at least 1, got {max_iterations}")
-    if not (isinstance(patience, numbers.Integral) and not isinstance(patience, bool) and patience >= 1):
-        raise InputError(f"patience must be a positive integer, got {patience!r}")
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
-        raise InputError(f"seed must be a whole number, got {seed!r}")
-    if callback is not None and not callable(callback):
-        raise InputError(f"callback must be a function callback(iteration, risk), got {callback!r}")
+    _check_search_options(max_iterations, patience, seed, callback)
     w = None if weights is None else _check_weights(weights, y)
     flags = None if clipped is None else _check_clipped(clipped, y)
     held = holdout_mask(y.shape, holdout, seed).to(dev)
-    scored = held if w is None else held & (w > 0)  # a voxel of weight 0 (a dead pixel) is no truth to predict
-    scored = scored if flags is None else scored & (flags == 0)  # nor is a clipped value
-    if int(scored.sum()) < MIN_HELD_OUT:  # a 3 x 3 image held out none, and "chose" 1 iteration at zero risk
-        kinds = ([] if w is None else ["with positive weights"]) + ([] if flags is None else ["not clipped"])
-        of_weight = f" {', '.join(kinds)} ({int(held.sum())} held out in all)" if kinds else ""
-        raise InputError(f"only {int(scored.sum())} of the image's {y.numel()} voxels are held out{of_weight} (holdout "
-                         f"{holdout:g}), too few to judge the iteration count by (at least {MIN_HELD_OUT}): give the "
-                         "count yourself (--iterations N on the command line), or hold out more")
+    scored = _scored_voxels(held, w, flags, y.numel(), holdout)
     keep = (~held).to(dtype) if w is None else (~held).to(dtype) * w
     # as richardson_lucy runs it, but over every voxel of positive weight: the held-out ones are the risk's targets,
     # which a power of two set by the kept ones alone could overflow; the risk is scaled back by 4**exponent
@@ -217,13 +203,48 @@ def choose_iterations(
                                                                        tv_weight != 0)
     tv = _tv_for(problem, tv_weight, voxel_size, None, y, scaled_by)  # richardson_lucy's with these weights
     del flags, scaled_by
+    predictions = _holdout_predictions(problem, int(max_iterations), tv)
+    return _search(predictions, y, scored, exponent, patience, callback, holdout)
+
+
+def _check_search_options(max_iterations: int, patience, seed, callback) -> None:
+    """Refuse :func:`choose_iterations`'s own options where invalid (``max_iterations`` already checked
+    as :func:`richardson_lucy` checks it)."""
+    if max_iterations < 1:
+        raise InputError(f"max_iterations must be at least 1, got {max_iterations}")
+    if not (isinstance(patience, numbers.Integral) and not isinstance(patience, bool) and patience >= 1):
+        raise InputError(f"patience must be a positive integer, got {patience!r}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise InputError(f"seed must be a whole number, got {seed!r}")
+    if callback is not None and not callable(callback):
+        raise InputError(f"callback must be a function callback(iteration, risk), got {callback!r}")
+
+
+def _scored_voxels(held: torch.Tensor, w, flags, voxels: int, holdout: float) -> torch.Tensor:
+    """The held-out voxels whose error is scored: those of positive weight ``w`` and not clipped (``flags``
+    0), where given. Fewer than :data:`MIN_HELD_OUT` (of the image's ``voxels``) are refused."""
+    scored = held if w is None else held & (w > 0)  # a voxel of weight 0 (a dead pixel) is no truth to predict
+    scored = scored if flags is None else scored & (flags == 0)  # nor is a clipped value
+    if int(scored.sum()) < MIN_HELD_OUT:  # a 3 x 3 image held out none, and "chose" 1 iteration at zero risk
+        kinds = ([] if w is None else ["with positive weights"]) + ([] if flags is None else ["not clipped"])
+        of_weight = f" {', '.join(kinds)} ({int(held.sum())} held out in all)" if kinds else ""
+        raise InputError(f"only {int(scored.sum())} of the image's {voxels} voxels are held out{of_weight} (holdout "
+                         f"{holdout:g}), too few to judge the iteration count by (at least {MIN_HELD_OUT}): give the "
+                         "count yourself (--iterations N on the command line), or hold out more")
+    return scored
+
+
+def _search(predictions, y: torch.Tensor, scored: torch.Tensor, exponent: int, patience: int, callback,
+            holdout) -> IterationChoice:
+    """Score each of ``predictions`` (``(k, H u_k)`` of the working data ``y``, run divided by ``2**exponent``) at
+    the ``scored`` voxels until ``patience`` or ``callback`` stops the search or they run out."""
     target, count = y.clamp_min(0)[scored], max(int(scored.sum()), 1)
     # the choice compares the risks in the working units (their order is the image units' order), where
     # float64 holds them: in the image's, those of a float64 run of peak 1e160 overflow, of 5e-170 underflow
     working: list[float] = []
     risk: list[float] = []
     stopped = "max_iterations"
-    for it, prediction in _holdout_predictions(problem, int(max_iterations), tv):
+    for it, prediction in predictions:
         working.append(float(torch.sum((prediction[scored] - target) ** 2)) / count)
         risk.append(_float_times_power_of_two(working[-1], 2 * exponent))
         if callback is not None and callback(it, risk[-1]):
