@@ -142,7 +142,6 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
     """
     say = progress or (lambda stage: None)
     from deconv3d._tensors import resolve_device
-    from deconv3d.io import write_tiff
     from deconv3d.metrics import psnr_rescaled, ssim_rescaled
 
     output = Path(output)
@@ -156,6 +155,17 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
     for name, result, seconds in methods:
         stacks[name] = result
         rows.append(_row(name, truth, result, seconds, psnr_rescaled, ssim_rescaled))
+    _note_ssl_budget(rows)
+    say(f"blur synthesis: training a linear-latent autoencoder ({DEMO_BLUR_SECONDS:.0f} s)")
+    blur = _blur_row(device, seed, rows)
+    say("writing the stacks and the figure")
+    _write_demo(output, psf, stacks, blur)
+    return rows
+
+
+def _note_ssl_budget(rows: list[dict]) -> None:
+    """Note on the ssl row of ``rows`` how many steps the last demo network trained, at which RL count, and
+    whether its budget cut them (nothing where no demo network trained)."""
     if _SSL_STEPS:
         steps, iterations, steps_cut, search_cut = _SSL_STEPS
         cut = " and ".join(what for what, was_cut in (("steps", steps_cut), ("RL count", search_cut)) if was_cut)
@@ -163,7 +173,10 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
             f"{steps} training steps in {DEMO_SSL_SECONDS:.0f} s on RL at {iterations} iterations"
             + (f", {cut} limited by the budget at this machine's load (a rerun can differ)" if cut else "")
             + ": far too few steps on a CPU; train for minutes with 'deconv3d train'")
-    say(f"blur synthesis: training a linear-latent autoencoder ({DEMO_BLUR_SECONDS:.0f} s)")
+
+
+def _blur_row(device, seed: int, rows: list[dict]) -> dict:
+    """Run :func:`demo_blur`, append its row (timed, with a note on its training) to ``rows``, and return it."""
     start = time.perf_counter()
     blur = demo_blur(device, seed)
     rows.append({"method": "blur-synth", "psnr": blur["psnr"], "ssim": float("nan"),
@@ -172,7 +185,14 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
                           "machine's load (a rerun can differ)" if blur["budget_ended"] else
                           f"all {blur['steps']} training steps within {DEMO_BLUR_SECONDS:.0f} s")
                  + f"; latent interpolation (residual); pixel blending {blur['psnr_blend']:.2f} dB"})
-    say("writing the stacks and the figure")
+    return blur
+
+
+def _write_demo(output: Path, psf, stacks: dict, blur: dict) -> None:
+    """Write the PSF, the ``stacks``, the blur strip's planes and the figure into ``output``, all or none
+    (:func:`_staged`)."""
+    from deconv3d.io import write_tiff
+
     with _staged(output) as folder:
         (folder / MARKER).write_text("written by 'deconv3d demo': a later demo replaces its files here\n")
         write_tiff(folder / "psf.tif", psf, voxel_size=DEMO_VOXEL)
@@ -182,7 +202,6 @@ def run_demo(output: Path, device="auto", seed: int = 0, progress=None) -> list[
         write_tiff(folder / "blur_real.tif", blur["real"], voxel_size=DEMO_VOXEL[1:])
         write_tiff(folder / "blur_synth.tif", blur["synth"], voxel_size=DEMO_VOXEL[1:])
         draw_projections(stacks, folder / "demo.png", DEMO_VOXEL, strip=blur)
-    return rows
 
 
 #: The file a demo leaves in its folder: a later demo replaces the files of a folder holding it.
