@@ -73,6 +73,20 @@ def _train_parser(blur) -> None:
     p = blur.add_parser("train", help="train an autoencoder on through-focus stacks (planes ordered by blur)")
     p.add_argument("stacks", nargs="+", metavar="STACK.tif", help="through-focus stacks of at least 3 planes")
     p.add_argument("-o", "--output", required=True, help="output model file (.ckpt)")
+    _add_objective_options(p)
+    p.add_argument("--levels", type=float, nargs="+", metavar="L",
+                   help="blur level of each plane, larger = nearer focus (default: plane index)")
+    p.add_argument("--focus", choices=("last", "first"),
+                   help="which end of the stacks is in focus when --levels is not given (default last); "
+                        "--levels orders the planes itself and overrides it (a warning says so where they disagree)")
+    _add_training_options(p)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    add_common(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _add_objective_options(p) -> None:
+    """The training objective's options of ``blur train``: the variant and its latent term."""
     p.add_argument("--variant", choices=VARIANTS, default="explicit",
                    help="objective: plain autoencoder, + decoded interpolation, + latent match (default explicit)")
     p.add_argument("--dist", choices=DISTANCES, default="mse",
@@ -84,11 +98,11 @@ def _train_parser(blur) -> None:
                    help="'endpoints' (default, beyond the paper): the latent term relative to dist(E(x1), E(x3)), "
                         "so that it cannot fall by shrinking the latents; 'none': the paper's absolute term "
                         "(explicit variant only)")
-    p.add_argument("--levels", type=float, nargs="+", metavar="L",
-                   help="blur level of each plane, larger = nearer focus (default: plane index)")
-    p.add_argument("--focus", choices=("last", "first"),
-                   help="which end of the stacks is in focus when --levels is not given (default last); "
-                        "--levels orders the planes itself and overrides it (a warning says so where they disagree)")
+
+
+def _add_training_options(p) -> None:
+    """The optimisation's options of ``blur train``: steps, batches and crops, the network's widths and form,
+    learning rate, validation share, seed, when to stop, and precision."""
     p.add_argument("--steps", type=positive_int, default=2000, help="training steps (default 2000)")
     p.add_argument("--batch", type=positive_int, default=16, help="triplets per step (default 16)")
     p.add_argument("--crop", type=positive_int, default=64, help="training crop side (default 64)")
@@ -109,9 +123,6 @@ def _train_parser(blur) -> None:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision for the network's training: float16 on CUDA, bfloat16 on CPUs with AMX, where "
                         "it took 0.7x the time; float32 elsewhere (default on; --no-amp: float32)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
-    add_common(p)
-    p.set_defaults(func=cmd_train)
 
 
 def _synth_parser(blur) -> None:
@@ -277,7 +288,30 @@ def cmd_train(args) -> int:
     from deconv3d.latent.checkpoint import save_checkpoint
     from deconv3d.omezarr import file_sha256
     from deconv3d.latent.model import AEConfig
-    from deconv3d.latent.train import plane_problem, train
+    from deconv3d.latent.train import train
+
+    stacks, pixel, levels = _training_stacks(args)
+    plane_shape = stacks.shape[-2:]  # before any tiling below
+    ae = AEConfig(widths=tuple(args.widths), crop=args.crop, skip_interp=args.skip)
+    if ae.crop > min(stacks.shape[-2:]):
+        raise InputError(f"the planes {stacks.shape[-2:]} are smaller than --crop {ae.crop}: give a smaller --crop")
+    stacks, val_fraction = _validation_split(stacks, ae.crop, args.val_fraction)
+    config = _train_config(args, val_fraction)
+    bar, callback = progress(args.stop_after or args.steps, f"blur train ({args.variant})")
+    with bar:
+        result = train(stacks, levels, config, ae, device=args.device, callback=callback)
+    if result.reason == "non-finite loss":
+        raise InputError("training diverged (non-finite loss): lower --lr or check the stacks")
+    stacks = [{"path": recorded_path(p), "sha256": file_sha256(p)} for p in args.stacks]  # what it trained on
+    save_checkpoint(result, args.output, plane_shape=plane_shape, pixel_size=pixel, training_stacks=stacks)
+    print(_trained_line(args, result))
+    return 0
+
+
+def _training_stacks(args):
+    """``blur train``'s stacks, their pixel size and levels, planes ordered by blur, after refusing options
+    and outputs it cannot use and stacks with a constant or repeated plane."""
+    from deconv3d.latent.train import plane_problem
 
     _refuse_latent_options(args)
     if args.stop_after is not None and args.stop_after > args.steps:
@@ -292,26 +326,18 @@ def cmd_train(args) -> int:
                          + ("it carries no blur to learn; remove it" if what.endswith("constant")
                             else "each plane must be its own focal level; remove the copy"))
     stacks, levels = _ordered_levels(args, stacks.shape[1], stacks)
-    plane_shape = stacks.shape[-2:]  # before any tiling below
-    ae = AEConfig(widths=tuple(args.widths), crop=args.crop, skip_interp=args.skip)
-    if ae.crop > min(stacks.shape[-2:]):
-        raise InputError(f"the planes {stacks.shape[-2:]} are smaller than --crop {ae.crop}: give a smaller --crop")
-    stacks, val_fraction = _validation_split(stacks, ae.crop, args.val_fraction)
-    config = _train_config(args, val_fraction)
-    bar, callback = progress(args.stop_after or args.steps, f"blur train ({args.variant})")
-    with bar:
-        result = train(stacks, levels, config, ae, device=args.device, callback=callback)
-    if result.reason == "non-finite loss":
-        raise InputError("training diverged (non-finite loss): lower --lr or check the stacks")
-    stacks = [{"path": recorded_path(p), "sha256": file_sha256(p)} for p in args.stacks]  # what it trained on
-    save_checkpoint(result, args.output, plane_shape=plane_shape, pixel_size=pixel, training_stacks=stacks)
+    return stacks, pixel, levels
+
+
+def _trained_line(args, result) -> str:
+    """The line ``blur train`` prints once the model is written: steps, why it stopped, precision, the best
+    validation score, and how to reproduce a run its time budget stopped."""
     score = "" if result.best_score is None else (f", best validation PSNR {result.best_score:.2f} dB "
                                                   f"at step {result.best_step}")
     rerun = (f"; --steps {args.steps} --stop-after {result.steps_done} reproduces it" if result.reason == "time_budget"
              else "")
-    print(f"wrote {line_text(args.output)}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}), "
-          f"{result.precision}{score}{rerun}")
-    return 0
+    return (f"wrote {line_text(args.output)}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}), "
+            f"{result.precision}{score}{rerun}")
 
 
 def _validation_split(stacks, crop: int, val_fraction: float):
