@@ -83,6 +83,19 @@ class LatentTrainConfig:
     amp: bool = True
 
     def __post_init__(self):
+        self._resolve_flags()
+        self._check_choices()
+        self._check_numbers()
+        if self.residual and self.variant == "baseline":
+            raise InputError("residual training shapes the interpolation term, which the baseline loss lacks: "
+                             "use variant implicit or explicit")
+        self._check_stopping()
+        if isinstance(self.seed, bool) or not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**63):
+            raise InputError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
+
+    def _resolve_flags(self) -> None:
+        """Resolve ``residual``'s default (by the variant) and refuse ``residual`` and ``amp`` other than booleans,
+        stored as Python bools."""
         if self.residual is None:  # frozen: resolve the default once, so the checkpoint records it
             object.__setattr__(self, "residual", self.variant != "baseline")
         if not isinstance(self.residual, (bool, np.bool_)):
@@ -91,12 +104,18 @@ class LatentTrainConfig:
             raise InputError(f"amp must be True or False, got {self.amp!r}")
         for name in ("residual", "amp"):  # a numpy bool would make the checkpoint unloadable (weights_only)
             object.__setattr__(self, name, bool(getattr(self, name)))
+
+    def _check_choices(self) -> None:
+        """Refuse a variant, distance, latent norm, learning-rate decay or triplet scheme it does not know."""
         for name, value, allowed in (("variant", self.variant, VARIANTS), ("dist", self.dist, DISTANCES),
                                      ("latent_norm", self.latent_norm, LATENT_NORMS),
                                      ("lr_decay", self.lr_decay, LR_DECAYS),
                                      ("triplets", self.triplets, TRIPLET_SCHEMES)):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    def _check_numbers(self) -> None:
+        """Refuse counts that are not positive integers, and rates and weights outside their ranges."""
         counts = (self.steps, self.batch, self.val_every)
         if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in counts):
             raise InputError(f"steps, batch and val_every must be positive integers, got {counts!r}")
@@ -107,9 +126,10 @@ class LatentTrainConfig:
             raise InputError("lr must be > 0, ema_decay in [0, 1) and val_fraction in [0, 1)")
         if self.latent_weight < 0:
             raise InputError(f"latent_weight must be a finite number >= 0, got {self.latent_weight}")
-        if self.residual and self.variant == "baseline":
-            raise InputError("residual training shapes the interpolation term, which the baseline loss lacks: "
-                             "use variant implicit or explicit")
+
+    def _check_stopping(self) -> None:
+        """Refuse a time budget that is not a positive number, or a ``stop_after`` not from 1 to ``steps``
+        (stored as a Python int)."""
         if self.time_budget is not None and not (isinstance(self.time_budget, numbers.Real) and self.time_budget > 0):
             raise InputError(f"time_budget must be a positive number of seconds, got {self.time_budget!r}")
         if self.stop_after is not None and not (isinstance(self.stop_after, (int, np.integer))
@@ -119,8 +139,6 @@ class LatentTrainConfig:
                              f"{self.stop_after!r}")
         if self.stop_after is not None:  # a numpy integer would make the checkpoint unloadable (weights_only)
             object.__setattr__(self, "stop_after", int(self.stop_after))
-        if isinstance(self.seed, bool) or not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**63):
-            raise InputError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
 
 
 def train_config_from_dict(data: dict) -> LatentTrainConfig:
