@@ -309,7 +309,20 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
     validator = _Validator(val_set, levels, ae_config.crop, dev, config.residual)
     model, average, optimizer, schedule = _model_and_optimiser(ae_config, config, dev)
     precision = MixedPrecision(amp_dtype(config.amp, dev))
+    once = _step_function(model, optimizer, precision, config, dev)
+    started = time.perf_counter()
+    history, terms, step, reason, evaluated = _run_steps(sampler, once, precision, model, average, schedule, config,
+                                                         callback, started, validator)
+    evaluated = _best_model(evaluated, validator, config)
+    return LatentTrainResult(evaluated, history, validator.history, validator.best, validator.best_step,
+                             step, reason, config, ae_config, levels.astype(np.float32),
+                             time.perf_counter() - started, terms, precision.name(),
+                             run_environment(dev, fft_shapes=None))
 
+
+def _step_function(model, optimizer, precision: MixedPrecision, config: LatentTrainConfig, dev):
+    """``once(x1, x2, x3, alpha)``: one pass of :func:`triplet_loss` on a batch under autocast, back-propagated
+    where the loss is finite; it returns the loss's terms (``MixedPrecision.step`` redoes it in float32)."""
     def once(x1, x2, x3, alpha) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
         with autocast(precision.dtype, dev):
@@ -319,7 +332,14 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
             precision.backward(loss, optimizer)
         return terms
 
-    history, terms, step, started = [], {}, 0, time.perf_counter()
+    return once
+
+
+def _run_steps(sampler, once, precision: MixedPrecision, model, average, schedule, config: LatentTrainConfig,
+               callback, started: float, validator):
+    """Train until :func:`_stop_reason` gives a reason. Returns (history of (step, loss), the last step's
+    terms, steps done, the reason, the network evaluated: the weight average where there is one)."""
+    history, terms, step = [], {}, 0
     while True:
         step += 1
         batch = sampler.sample(config.batch)
@@ -331,12 +351,7 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
         evaluated = average.model if average is not None else model
         reason = _stop_reason(step, terms, config, callback, started, model, evaluated, validator)
         if reason is not None:
-            break
-    evaluated = _best_model(evaluated, validator, config)
-    return LatentTrainResult(evaluated, history, validator.history, validator.best, validator.best_step,
-                             step, reason, config, ae_config, levels.astype(np.float32),
-                             time.perf_counter() - started, terms, precision.name(),
-                             run_environment(dev, fft_shapes=None))
+            return history, terms, step, reason, evaluated
 
 
 def _model_and_optimiser(ae_config: AEConfig, config: LatentTrainConfig, dev):
