@@ -149,9 +149,6 @@ def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weigh
     (:func:`~deconv3d.classical.choose_iterations`'); returning ``True`` cancels:
     :class:`~deconv3d.Cancelled` is raised.
     """
-    from deconv3d.classical import choose_iterations, holdout_mask
-    from deconv3d.classical.iterations import MIN_HELD_OUT
-
     asked = []  # holds True once the callback cancelled
 
     def late(*progress) -> bool:
@@ -160,16 +157,38 @@ def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weigh
         return bool(asked) or (deadline is not None and time.perf_counter() >= deadline)
 
     weights = WARM_TV_WEIGHTS if tv_weight == "auto" else (float(tv_weight),)
-    # Too few held-out voxels for choose_iterations (its defaults: it refuses). The mask is drawn only
-    # for an image expecting under 4x the minimum (80 of 1600 voxels, 7 SD above it): for any
-    # other a full-size draw on every training run would only repeat the search's own.
-    expected = np.size(image) * 0.05
-    if expected < 4 * MIN_HELD_OUT and int(holdout_mask(np.shape(image), 0.05).sum()) < MIN_HELD_OUT:
+    if _too_small_to_search(image):
         reference = Reference(SMALL_IMAGE_ITERATIONS, weights[0])
         warnings.warn(f"the training image ({np.size(image)} voxels) is too small to choose the Richardson-Lucy "
                       f"reference's iteration count by held-out voxels: it runs {SMALL_IMAGE_ITERATIONS}",
                       RuntimeWarning, stacklevel=outside_stacklevel())
         return reference.estimate(image, psf, device, extended), reference
+    reference = _searched_reference(image, psf, device, weights, late, asked)
+    if late():  # (a 0.5 s budget kept 1 iteration where the search picks 21: a reference blurrier than the data)
+        said = (f"the time budget ended the search for the reference's Richardson-Lucy count at {reference.iterations} "
+                "iteration(s): give a larger {} (or none) to let it finish")
+        warnings.warn(OptionWarning(said.format("TrainConfig.time_budget"), said.format("--time-budget")),
+                      stacklevel=outside_stacklevel())
+    return reference.estimate(image, psf, device, extended), reference
+
+
+def _too_small_to_search(image) -> bool:
+    """Whether ``image`` holds too few held-out voxels for choose_iterations (its defaults: it refuses). The
+    mask is drawn only for an image expecting under 4x the minimum (80 of 1600 voxels, 7 SD above it): for
+    any other a full-size draw on every training run would only repeat the search's own."""
+    from deconv3d.classical import holdout_mask
+    from deconv3d.classical.iterations import MIN_HELD_OUT
+
+    expected = np.size(image) * 0.05
+    return expected < 4 * MIN_HELD_OUT and int(holdout_mask(np.shape(image), 0.05).sum()) < MIN_HELD_OUT
+
+
+def _searched_reference(image, psf, device, weights, late, asked: list) -> Reference:
+    """The :class:`Reference` of the TV weight in ``weights`` whose chosen count has the lowest held-out error,
+    searching the next weight only while ``late()`` says there is time. ``late(iteration, risk)`` is the
+    search's callback; once it has cancelled (``asked`` not empty), :class:`~deconv3d.Cancelled` is raised."""
+    from deconv3d.classical import choose_iterations
+
     choices = []
     for w in weights:
         if choices and late():
@@ -178,13 +197,7 @@ def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weigh
     if asked:
         raise Cancelled("the search for the Richardson-Lucy reference's iteration count was cancelled")
     choice, weight = min(choices, key=lambda c: min(c[0].risk))
-    reference = Reference(int(choice.iterations), float(weight))
-    if late():  # (a 0.5 s budget kept 1 iteration where the search picks 21: a reference blurrier than the data)
-        said = (f"the time budget ended the search for the reference's Richardson-Lucy count at {reference.iterations} "
-                "iteration(s): give a larger {} (or none) to let it finish")
-        warnings.warn(OptionWarning(said.format("TrainConfig.time_budget"), said.format("--time-budget")),
-                      stacklevel=outside_stacklevel())
-    return reference.estimate(image, psf, device, extended), reference
+    return Reference(int(choice.iterations), float(weight))
 
 
 def _data_weight(forward: ForwardModel, data_shape, precondition, image, psf):
@@ -332,17 +345,9 @@ def train(
                    _data_weight(forward, geometry.data_shape, config.precondition, img, psf), config,
                    -mean / std if positive_sum else None, MixedPrecision(amp_dtype(config.amp, dev)))
     started = time.perf_counter()
-    try:
-        image_key, target, reference = _set_reference(img, psf, forward, sampler, config, dev, started, (mean, std),
-                                                      callback)
-    except Cancelled:  # in the search for the RL reference: no step run
-        image_key = target = reference = None
-        step, history, terms, reason, warm_done = 0, [], {}, "cancelled", 0
-    else:
-        step, history, terms, reason, warm_done = steps.run(sampler, callback, started)
-    if average is not None:
-        average.copy_to(model)
-    model = model.to(memory_format=torch.contiguous_format).eval()
+    (image_key, target, reference), (step, history, terms, reason, warm_done) = _reference_and_steps(
+        img, psf, forward, sampler, steps, config, dev, started, (mean, std), callback)
+    model = _final_model(model, average)
     cache = _reference_on_field(image_key, img.shape, psf, target) if config.residual and target is not None else None
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
                        voxel_size, time.perf_counter() - started, terms, warm_done,
@@ -350,6 +355,26 @@ def train(
                        precision=steps.precision.name(), positive=positive_asked,
                        environment=run_environment(dev, [] if target is None else
                                                    [reference_fft_shape(img.shape, psf.shape)]))
+
+
+def _reference_and_steps(img, psf, forward: ForwardModel, sampler: _PatchSampler, steps: _Steps, config: TrainConfig,
+                         device, started: float, mean_std, callback: Callback | None) -> tuple:
+    """Set the RL reference (:func:`_set_reference`), then run the training ``steps``. Returns the
+    reference's (fingerprint, estimate, :class:`Reference`) and ``_Steps.run``'s (step, history, terms,
+    reason, warm-start steps done); a cancel in the reference's search runs no step (reason "cancelled")."""
+    try:
+        reference = _set_reference(img, psf, forward, sampler, config, device, started, mean_std, callback)
+    except Cancelled:  # in the search for the RL reference: no step run
+        return (None, None, None), (0, [], {}, "cancelled", 0)
+    return reference, steps.run(sampler, callback, started)
+
+
+def _final_model(model: ResUNet, average: WeightAverage | None) -> ResUNet:
+    """The trained network as :func:`train` returns it: the weight average's weights where there is one,
+    contiguous, in evaluation mode."""
+    if average is not None:
+        average.copy_to(model)
+    return model.to(memory_format=torch.contiguous_format).eval()
 
 
 def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config: TrainConfig):
