@@ -62,7 +62,9 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
     -----
     The data go to a temporary file in the target directory, which is then
     moved onto ``path`` with :func:`os.replace`; on any failure the temporary
-    file is removed, so no partial output is ever left behind. A SIGTERM or SIGHUP the command
+    file is removed, so no partial output is ever left behind. Data beyond 4 GB are written as ImageJ
+    writes such stacks, one IFD followed by every plane (not BigTIFF, which ImageJ hyperstacks cannot
+    be; tifffile and Fiji read the plane count from the description). A SIGTERM or SIGHUP the command
     line handles during the rename is raised after it, its exception carrying ``published``
     (:func:`~deconv3d._paths.publishing`).
     """
@@ -83,6 +85,7 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
         raise InputError(f"metadata must be a dict of ImageJ properties, got {type(metadata).__name__}")
     kwargs = _imagej_kwargs(data, voxel_size, metadata)
     shape = _with_samples(tuple(data.shape), kwargs["metadata"])
+    kwargs.update(_contiguous_if_large(shape))
     if streamed:  # page by page from slabs of planes: never the whole volume in memory
         _write_atomically(path, lambda fh: tifffile.imwrite(
             fh, data=_pages(data, slab_bytes or _SLAB_BYTES, path), shape=shape, dtype=np.float32,
@@ -100,6 +103,19 @@ def _with_samples(shape: tuple, md: dict) -> tuple:
         md["axes"] += "S"
         return shape + (1,)
     return shape
+
+
+#: float32 bytes above which a TIFF is written as ImageJ writes a stack beyond 4 GB: one IFD, then every
+#: plane contiguous (tifffile's ``truncate``; ImageJ reads the plane count from its description). 4 GB less
+#: 32 MB for the IFDs and metadata, tifffile's own BigTIFF threshold: ImageJ hyperstacks cannot be BigTIFF.
+_CLASSIC_TIFF_BYTES = 2**32 - 2**25
+
+
+def _contiguous_if_large(shape: tuple) -> dict:
+    """``tifffile.imwrite``'s ``truncate=True`` for float32 data of ``shape`` beyond :data:`_CLASSIC_TIFF_BYTES`,
+    else nothing. Without it tifffile found the IFDs past 4 GB only at the end and fell back to the same
+    layout with a UserWarning naming the temporary file ("truncating ImageJ file") on every such output."""
+    return {"truncate": True} if 4 * int(np.prod(shape, dtype=np.int64)) > _CLASSIC_TIFF_BYTES else {}
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -187,6 +203,7 @@ def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, 
     kwargs["metadata"].update(_imagej_channels(channels, sizes, path))
     pages = _hyperstack_pages(array, letters, slab_bytes or _SLAB_BYTES, path)
     shape = _with_samples(tuple(sizes[a] for a in order), kwargs["metadata"])
+    kwargs.update(_contiguous_if_large(shape))
     _write_atomically(path, lambda fh: tifffile.imwrite(fh, data=pages, shape=shape,
                                                         dtype=np.float32, imagej=True, **kwargs))
 
