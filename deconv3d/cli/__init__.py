@@ -202,7 +202,25 @@ def _terminate_as_interrupt(program: bool = False):
         return
 
     def handler(signum, frame):
-        _on_terminating(signum, frame, swallowed.__code__, stopped, ending, arrived, pending)
+        # The first one's clean-up runs: a second signal (a scheduler's SIGTERM to every process of the job, a
+        # SIGHUP after it) cut its waits short, and a block still writing made the removed temporary output
+        # again. Only while it runs: ignoring every later signal once one had been raised, a Terminated that a
+        # C callback dropped left the run deaf to SIGTERM and SIGHUP (it finished, exit 0, its output written).
+        # (A Terminated of this command's, being handled: not a caller's, within whose except block main(argv) ran,
+        # which left the whole run deaf to SIGTERM and SIGHUP.)
+        if (stopped and _handling(Terminated)) or any(f.f_code is swallowed.__code__ for f in _stack(frame)):
+            return  # (within the hook: the dropped one is sent again, and ends the run)
+        if ending:  # (as the command ends: raised once the handlers are back; one sent again is still pending, and
+            arrived[:] = arrived or [signum]  # raised so, but a new one, a user's kill, came only here and was lost)
+            return
+        if defer_signal(signum):
+            return  # an output is being put in place: raised once it is (signals_deferred)
+        # The process is asked to end: what its clean-up stops (a dask cluster's nannies, its event loop, a
+        # worker still starting) logs nothing (29-50 lines of tracebacks came after the run's own line).
+        stopped.append(signum)
+        pending.clear()  # (one dropped before: this one ends the run)
+        logging.disable(logging.CRITICAL)
+        raise Terminated(signum)
 
     def interrupted(signum, frame):
         if not defer_signal(signum):  # (an output being put in place: Ctrl-C there removed it and the earlier one)
@@ -231,49 +249,14 @@ def _terminate_as_interrupt(program: bool = False):
         failed.append(type(exc))  # (the type only: the exception itself would hold its frames in a cycle)
         raise
     finally:
-        dropped = _end_command(ending, lock, active, pending, lambda: _put_back(
-            before, swallowed, hook_before, disabled if stopped and not program else None))
+        try:  # (the handlers are put back whatever cuts this short: a signal sent again raised at the lock
+            ending.append(True)  # left them in place, and the next SIGTERM raised Terminated in a run long over)
+            with lock:
+                active.clear()  # (nothing is sent again from now on; one sent, its handler not yet run, is let pass)
+                dropped = pending[:1]
+        finally:
+            _put_back(before, swallowed, hook_before, disabled if stopped and not program else None)
         _raise_late(dropped or arrived, failed)
-
-
-def _on_terminating(signum: int, frame, hook_code, stopped: list, ending: list, arrived: list, pending: list) -> None:
-    """:func:`_terminate_as_interrupt`'s handler of SIGTERM and SIGHUP: raise :class:`Terminated`, or let the
-    signal pass (while a Terminated of this command's is handled, or within the unraisable hook whose code is
-    ``hook_code``), keep it for the command's end (``ending``: the first in ``arrived``), or defer it while an
-    output is put in place. Raising it records it in ``stopped``, forgets a ``pending`` one and turns logging off."""
-    # The first one's clean-up runs: a second signal (a scheduler's SIGTERM to every process of the job, a
-    # SIGHUP after it) cut its waits short, and a block still writing made the removed temporary output
-    # again. Only while it runs: ignoring every later signal once one had been raised, a Terminated that a
-    # C callback dropped left the run deaf to SIGTERM and SIGHUP (it finished, exit 0, its output written).
-    # (A Terminated of this command's, being handled: not a caller's, within whose except block main(argv) ran,
-    # which left the whole run deaf to SIGTERM and SIGHUP.)
-    if (stopped and _handling(Terminated)) or any(f.f_code is hook_code for f in _stack(frame)):
-        return  # (within the hook: the dropped one is sent again, and ends the run)
-    if ending:  # (as the command ends: raised once the handlers are back; one sent again is still pending, and
-        arrived[:] = arrived or [signum]  # raised so, but a new one, a user's kill, came only here and was lost)
-        return
-    if defer_signal(signum):
-        return  # an output is being put in place: raised once it is (signals_deferred)
-    # The process is asked to end: what its clean-up stops (a dask cluster's nannies, its event loop, a
-    # worker still starting) logs nothing (29-50 lines of tracebacks came after the run's own line).
-    stopped.append(signum)
-    pending.clear()  # (one dropped before: this one ends the run)
-    logging.disable(logging.CRITICAL)
-    raise Terminated(signum)
-
-
-def _end_command(ending: list, lock, active: list, pending: list, put_back) -> list:
-    """Mark the command's end (``ending``), stop sending signals again (``active`` emptied under ``lock``) and
-    call ``put_back()`` to restore what was replaced, whatever cuts this short (it decides then, after any
-    signal that came meanwhile, whether logging is restored).
-    Returns the dropped signal still ``pending`` (empty: none)."""
-    try:  # (the handlers are put back whatever cuts this short: a signal sent again raised at the lock
-        ending.append(True)  # left them in place, and the next SIGTERM raised Terminated in a run long over)
-        with lock:
-            active.clear()  # (nothing is sent again from now on; one sent, its handler not yet run, is let pass)
-            return pending[:1]
-    finally:
-        put_back()
 
 
 def _install_terminating(handler, before: dict) -> None:
