@@ -343,7 +343,7 @@ def _run_steps(sampler, once, precision: MixedPrecision, model, average, schedul
     while True:
         step += 1
         batch = sampler.sample(config.batch)
-        terms = precision.step(lambda: once(*batch), step, model)
+        terms = precision.step(lambda: once(*batch), step, model, stacklevel=3)  # (the caller of train)
         if math.isfinite(terms["total"]) and average is not None:
             average.update(model)
         schedule.step()

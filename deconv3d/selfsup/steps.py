@@ -97,7 +97,7 @@ class _Steps:
                 if not config.anchor_weight:
                     sampler.set_target(None)
             batch = sampler.sample(config.batch)
-            terms = self.precision.step(lambda: self._once(batch, warming), step, self.model, stacklevel=3)
+            terms = self.precision.step(lambda: self._once(batch, warming), step, self.model, stacklevel=4)
             if warming:
                 warm_done = step
             self.schedule.step()
