@@ -26,11 +26,10 @@ the extrapolation went from 4.75 to 2.04 ms, the update and step from 7.03 to 4.
 products also sum per row, with reassociation) and the ratio from 4.12 to 2.02 ms.
 The ratio also takes the clipped voxels' bound (``max(ratio, lower)``), which torch.maximum applied
 as a pass of its own: on 64 x 256 x 256 (blurred and out crops of 94 x 286 x 286 buffers, 1 % of the
-voxels flagged) with 2 threads on a shared 2-core machine under a load of 4-6, interleaved calls
-took a median 20.0 ms [2.3-36.1] against 40.0 ms [19.2-57.3] (n=30), and in a second run 27.8 ms
-[1.9-59.0] against 45.0 ms [2.7-111.9] (n=60); 20 Bertero iterations with a 31^3 PSF took a median
-8.28 s [6.08-14.98] against 9.03 s [4.31-11.97] (9 interleaved runs, new/old per pair 0.956
-[0.845-1.43], outputs bit-identical): the load swamped the saving there.
+voxels flagged) with 2 threads on an idle 2-core machine, 60 interleaved calls took a median 1.28 ms
+[1.20-1.48] against 1.63 ms [1.52-1.84] (pairwise 0.79; a second run 1.31 against 1.69 ms), and the
+ratio without a bound 0.99 ms [0.93-5.19] against 0.98 ms [0.92-1.15] before the bound was added
+(pairwise 1.03; again 1.01 against 1.01 ms, 1.02).
 
 :func:`ops_for` picks the implementation: the fused one for float32 CPU tensors when numba
 is installed and loads, torch everywhere else (CUDA, float64, no numba) and, under ``auto``, for
