@@ -194,6 +194,8 @@ class FFTConvolver:
         x = as_tensor(x, self.device, self.dtype)
         if x.ndim < self.ndim:
             raise InputError(f"input has {x.ndim} dimensions but the PSF has {self.ndim}: give matching data")
+        if x.numel() == 0:  # (reflect raised torch's RuntimeError; full and circular blamed the PSF's size)
+            raise InputError(f"input is empty (shape {tuple(x.shape)}): give one with at least one value along each axis")
         if padding not in PADDINGS:
             raise InputError(f"unknown padding {padding!r}: choose one of {', '.join(PADDINGS)}")
         if mode == "full":

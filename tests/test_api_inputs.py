@@ -382,9 +382,24 @@ def test_a_zero_dimensional_image_is_called_0d(psf):
     (None, "^the PSF has non-numeric values"),  # "PSF sum is not positive"
     ([[1.0, 2.0], [3.0]], "^cannot make an array of numbers from the PSF"),  # numpy: setting an array element
     (np.zeros((0, 3)), r"^PSF is empty \(shape \(0, 3\)\)"),  # "PSF sum is not positive"
+    (np.ones((3, 3), complex), "^the PSF has complex values"),  # "the input has complex values"
 ])
 def test_normalize_psf_names_what_is_not_a_psf(bad, words):
     from deconv3d.psf import normalize_psf
 
     with pytest.raises(InputError, match=words):
         normalize_psf(bad)
+
+
+@pytest.mark.parametrize("mode, padding", [("same", "zero"), ("full", "zero"), ("same", "circular"),
+                                           ("same", "reflect")])
+def test_fft_convolve_names_an_empty_image_as_empty(psf, mode, padding):
+    """An empty image was convolved into an empty result, refused as smaller than the PSF (full,
+    circular: 'FFT shape (2, 7, 8) is smaller than the PSF') or met torch's RuntimeError (reflect)."""
+    from deconv3d.fft import fft_convolve, fft_correlate
+
+    for call in (fft_convolve, fft_correlate):
+        if mode == "full" and call is fft_correlate:
+            continue
+        with pytest.raises(InputError, match=r"^input is empty \(shape \(0, 5, 5\)\): give one with"):
+            call(np.zeros((0, 5, 5), np.float32), psf, mode=mode, padding=padding)

@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from deconv3d._arrays import as_numpy, refuse_file_name, refuse_non_numeric
+from deconv3d._arrays import as_numpy, refuse_complex, refuse_file_name, refuse_non_numeric
 from deconv3d.errors import InputError, note_warning
 
 #: Negative PSF values down to this share of its peak are round-off (an FFT's, a resampling's undershoot).
@@ -133,6 +133,7 @@ def normalize_psf(psf) -> np.ndarray:
         raise InputError(f"cannot make an array of numbers from the PSF ({type(psf).__name__}): give a numeric "
                          "array") from None
     refuse_non_numeric(psf.dtype, "the PSF")  # (None was "PSF sum is not positive")
+    refuse_complex(psf.dtype, "the PSF")  # (was named "the input")
     if psf.size == 0:
         raise InputError(f"PSF is empty (shape {psf.shape}): give one with at least one voxel along each axis")
     psf = as_numpy(psf, dtype=np.float64)
