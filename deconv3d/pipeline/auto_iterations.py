@@ -126,6 +126,8 @@ def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
     every voxel at or above it, and a crop with no voxel above 0 (a channel dark at its first time point),
     on which the search would settle on 1, by :func:`_refuse_nothing_to_choose_by`."""
     from deconv3d._saturation import clipped_voxels, refuse_all_flagged, saturation_level
+    from deconv3d.errors import NonFiniteValues
+    from deconv3d.pipeline.chunked import located
     from deconv3d.pipeline.volume_runs import _channel_name
 
     sizes = dict(zip(lazy.axes, lazy.data.shape))
@@ -139,12 +141,16 @@ def chosen_settings(lazy, psfs, voxel, settings, chooser) -> tuple[list, dict]:
         crop = _read_crop(lazy, index, box)
         where = _channel_name(lazy.data, index, lazy.axes, lazy.channels)  # (as the run's other lines name it)
         note = _crop_note(box, shape, sizes.get("T", 1))
-        level = saturation_level(crop, settings.saturation)
-        clipped = clipped_voxels(crop, level)
-        if clipped is not None and tuple(crop.shape) == shape:  # the whole volume: refused as the run refuses it
-            refuse_all_flagged(int(np.count_nonzero(clipped)), clipped.size, level, _volume_name(lazy, index))
-        _refuse_nothing_to_choose_by(crop, clipped, level, where, note)
-        choices.append(chooser(crop, psf, params, voxel, settings.run_device, clipped, where, note))
+        try:
+            level = saturation_level(crop, settings.saturation)
+            clipped = clipped_voxels(crop, level)
+            if clipped is not None and tuple(crop.shape) == shape:  # the whole volume: refused as the run refuses it
+                refuse_all_flagged(int(np.count_nonzero(clipped)), clipped.size, level, _volume_name(lazy, index))
+            _refuse_nothing_to_choose_by(crop, clipped, level, where, note)
+            choices.append(chooser(crop, psf, params, voxel, settings.run_device, clipped, where, note))
+        except NonFiniteValues as exc:  # NaN or Inf in the crop: where the first lies, in which volume
+            raise located(exc, crop, [b.start for b in box]).with_details(
+                letters=lazy.axes[len(index):], volume=_volume_name(lazy, index)) from None
     runs = [dataclasses.replace(settings, iterations=c["iterations"], accelerate=False) for c in choices]
     counts, chosen_by = [c["iterations"] for c in choices], [c["iterations_chosen_by"] for c in choices]
     return runs, {"iterations": counts[0] if channels == 1 else counts, "accelerate": False,

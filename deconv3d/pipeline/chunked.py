@@ -121,11 +121,19 @@ def refuse_located(exc: NonFiniteValues, values: np.ndarray, start: Sequence[int
     fix; else return, for the caller to raise ``exc``. Only for that refusal: another (a damaged chunk
     met as the values were read) would have them read again, every chunk queued behind zarr's limit of
     concurrent reads, before it was said."""
+    found = located(exc, values, start)
+    if found is not exc:
+        raise found from None
+
+
+def located(exc: NonFiniteValues, values: np.ndarray, start: Sequence[int]) -> NonFiniteValues:
+    """The refusal :func:`refuse_located` raises: ``exc``'s fix with the place in the volume of the first NaN
+    or Inf of ``values`` (read from ``start``), or ``exc`` itself where ``values`` hold none."""
     bad = ~np.isfinite(values)
     if not bad.any():
-        return
+        return exc
     first = np.unravel_index(int(np.argmax(bad)), values.shape)
-    raise NonFiniteValues("image", exc.fix, position=tuple(s + int(i) for s, i in zip(start, first))) from None
+    return NonFiniteValues("image", exc.fix, position=tuple(s + int(i) for s, i in zip(start, first)))
 
 
 def _verify_source(source, thorough: bool = True) -> None:

@@ -87,3 +87,21 @@ def test_the_refusal_is_pickled_and_copied_with_its_fields():
         assert (again.what, again.fix, again.position, again.letters, again.volume, again.file) == (
             "image", FIX, (6, 3, 4), "ZYX", "channel 1", "a.tif")
         assert again.line(with_file=False) == refusal.line(with_file=False)
+
+
+def test_auto_iterations_names_where_the_nan_of_its_crop_lies(folder, capsys, monkeypatch):
+    """--iterations auto refused the crop it chooses the count on, the first to meet the NaN, without
+    saying where: the place is the volume's (the crop's start added), with the channel."""
+    from deconv3d.pipeline import auto_iterations
+
+    monkeypatch.setattr(auto_iterations, "AUTO_CROP_VOXELS", 4 * 16 * 16)  # a centred crop from (2, 8, 8)
+    image = np.stack([_volume(), _volume()])
+    image[1, 4, 15, 17] = np.nan
+    write_ome_zarr(folder / "in.zarr", image, axes="CZYX", voxel_size=(0.3, 0.1, 0.1))
+    before = _files(folder)
+    code, _, err = run(["deconvolve", "in.zarr", "-o", "out.zarr", "--psf", "psf.tif", "--iterations", "auto",
+                        "--chunks", 4, 16, 16], capsys)
+    assert_one_line_error(code, err)
+    assert err.strip() == ("deconv3d: error: image in.zarr contains NaN or Inf values (one at z-y-x (4, 15, 17) of "
+                           f"channel 1): {FIX}")
+    assert _files(folder) == before
