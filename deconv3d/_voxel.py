@@ -28,8 +28,8 @@ def checked_voxel_size(voxel_size, ndim: int, what: str = "voxel size") -> tuple
             values = tuple(voxel_size)
         except TypeError:
             values = ()
-    try:
-        values = tuple(float(v) for v in values)
+    try:  # (True is a number to Python, not a size: refused as counts refuse it)
+        values = () if any(isinstance(v, (bool, np.bool_)) for v in values) else tuple(float(v) for v in values)
     except (TypeError, ValueError):
         values = ()
     if len(values) != ndim or not all(math.isfinite(v) and v > 0 for v in values):

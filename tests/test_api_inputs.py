@@ -34,7 +34,8 @@ def test_voxel_size_one_number_is_isotropic_and_a_wrong_count_is_refused(image, 
     one = richardson_lucy(image, psf, 3, tv_weight=0.01, voxel_size=0.2, device="cpu")
     three = richardson_lucy(image, psf, 3, tv_weight=0.01, voxel_size=(0.2, 0.2, 0.2), device="cpu")
     np.testing.assert_array_equal(one, three)
-    for bad in ((0.1,) * 4, (0.1, 0.1), (0.0, 0.1, 0.1), (float("nan"), 0.1, 0.1), "0.1"):
+    for bad in ((0.1,) * 4, (0.1, 0.1), (0.0, 0.1, 0.1), (float("nan"), 0.1, 0.1), "0.1",
+                (True, 1, 1), True, np.array([True, True, True])):  # (True was taken for 1 µm)
         with pytest.raises(InputError, match="voxel size"):
             richardson_lucy(image, psf, 2, tv_weight=0.01, voxel_size=bad, device="cpu")
 
