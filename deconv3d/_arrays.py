@@ -32,6 +32,13 @@ def refuse_file_name(x, reader: str = "deconv3d.io.read_image(path).data") -> No
         raise InputError(f"got the file name {os.fsdecode(x)!r} where an array is needed: read it first, e.g. {reader}")
 
 
+def refuse_empty(shape, name: str, unit: str = "voxel") -> None:
+    """Refuse an array of ``shape`` with no element, in one line naming ``name`` (an empty image was told
+    to crop its PSF; an empty kernel convolved as all zero)."""
+    if 0 in tuple(shape):
+        raise InputError(f"{name} is empty (shape {tuple(shape)}): give one with at least one {unit} along each axis")
+
+
 def refuse_complex(x, name: str = "the input", fix: str = "give real intensities (e.g. the magnitude, numpy.abs)"
                    ) -> None:
     """Refuse complex values where real intensities are needed, in one line naming ``name`` and

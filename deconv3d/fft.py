@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from deconv3d._arrays import refuse_complex
+from deconv3d._arrays import refuse_complex, refuse_empty
 from deconv3d._fft_shapes import fast_shape, fast_size, irfftn, kernel_origin, pad_spatial, same_fft_shape
 from deconv3d._otf_cache import OtfCache
 from deconv3d._spectral import BLIND, band_limit, band_limit_halo, psf_rms_width, tapered_crop, white_noise_variance
@@ -108,9 +108,7 @@ class FFTConvolver:
         self.psf = kernel if kernel.requires_grad else kernel.detach().clone()
         if not 1 <= self.psf.ndim <= 3:
             raise InputError(f"PSF must be 1D, 2D or 3D, got {self.psf.ndim}D: pass a single PSF volume")
-        if self.psf.numel() == 0:  # (convolved as all zero: scipy's fftconvolve returns an empty array)
-            raise InputError(f"PSF is empty (shape {tuple(self.psf.shape)}): give a kernel with at least one value "
-                             "along each axis")
+        refuse_empty(self.psf.shape, "PSF", "value")  # (scipy's fftconvolve returns an empty array)
         self.ndim = self.psf.ndim
         self.origin = kernel_origin(self.psf.shape)
         self._cache_token = object()  # its OTFs' key in _OTF_CACHE (an id() is reused; a pickled copy gets its own)
@@ -194,8 +192,7 @@ class FFTConvolver:
         x = as_tensor(x, self.device, self.dtype)
         if x.ndim < self.ndim:
             raise InputError(f"input has {x.ndim} dimensions but the PSF has {self.ndim}: give matching data")
-        if x.numel() == 0:  # (reflect raised torch's RuntimeError; full and circular blamed the PSF's size)
-            raise InputError(f"input is empty (shape {tuple(x.shape)}): give one with at least one value along each axis")
+        refuse_empty(x.shape, "input", "value")  # (reflect raised torch's error; full and circular blamed the PSF)
         if padding not in PADDINGS:
             raise InputError(f"unknown padding {padding!r}: choose one of {', '.join(PADDINGS)}")
         if mode == "full":

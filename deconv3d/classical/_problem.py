@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from deconv3d._arrays import refuse_empty
 from deconv3d._fft_shapes import fast_shape, irfftn, kernel_origin, pad_spatial, same_fft_shape
 from deconv3d._tensors import as_finite_tensor, as_tensor
 from deconv3d._voxel import checked_voxel_size
@@ -64,10 +65,8 @@ def _check_inputs(image, psf, device, dtype, method: str | None = None):
         raise InputError(f"image must be 2D or 3D, got {y.ndim}D: select a single channel and time point")
     if h.ndim != y.ndim:
         raise InputError(f"PSF is {h.ndim}D but the image is {y.ndim}D: use a PSF with the image's dimensionality")
-    for name, t in (("image", y), ("PSF", h)):  # (an empty image was told to crop its PSF)
-        if t.numel() == 0:
-            raise InputError(f"{name} is empty (shape {tuple(t.shape)}): give one with at least one voxel along "
-                             "each axis")
+    refuse_empty(y.shape, "image")
+    refuse_empty(h.shape, "PSF")
     if not (h > 0).any():
         raise InputError("PSF has no positive value (all zero or negative): check the PSF file or regenerate it")
     if (h < 0).any():  # round-off undershoot (an FFT's or a resampling's) as validate_psf allows it: cut at 0

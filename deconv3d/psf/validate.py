@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from deconv3d._arrays import as_numpy, refuse_complex, refuse_file_name, refuse_non_numeric
+from deconv3d._arrays import as_numpy, refuse_complex, refuse_empty, refuse_file_name, refuse_non_numeric
 from deconv3d.errors import InputError, note_warning
 
 #: Negative PSF values down to this share of its peak are round-off (an FFT's, a resampling's undershoot).
@@ -134,8 +134,7 @@ def normalize_psf(psf) -> np.ndarray:
                          "array") from None
     refuse_non_numeric(psf.dtype, "the PSF")  # (None was "PSF sum is not positive")
     refuse_complex(psf.dtype, "the PSF")  # (was named "the input")
-    if psf.size == 0:
-        raise InputError(f"PSF is empty (shape {psf.shape}): give one with at least one voxel along each axis")
+    refuse_empty(psf.shape, "PSF")
     psf = as_numpy(psf, dtype=np.float64)
     with np.errstate(over="ignore"):
         total = float(psf.sum())
