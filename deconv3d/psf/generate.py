@@ -126,12 +126,14 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     dxy = min(dy, dx)
     half = max((ny - 1) // 2 * dy, (nx - 1) // 2 * dx) / dxy
     n_gen = 2 * int(np.ceil(half - 1e-9)) + 3  # odd, one voxel of margin each side
+    def planes_about(shift):  # the stack's planes centred ``shift`` µm below the nominal focus
+        return _make_psf(model_name, _focal_positions(nz | 1, dz, depth + shift), n_gen, dxy, na, wavelength, ni, ns,
+                         depth)
+
     shift = _focal_shift(model_name, na, wavelength, ni, ns, depth)
-    psf = _make_psf(model_name, _focal_positions(nz | 1, dz, depth + shift), n_gen, dxy, na, wavelength, ni, ns, depth)
+    psf = planes_about(shift)
     if shift and nz > 1 and abs(error := _core_offset(psf)) > CORE_OFFSET_TOLERANCE:
-        shift += error * dz
-        psf = _make_psf(model_name, _focal_positions(nz | 1, dz, depth + shift), n_gen, dxy, na, wavelength, ni, ns,
-                        depth)
+        psf = planes_about(shift + error * dz)
     psf = _centred_zoom(psf, (1.0, dy / dxy, dx / dxy), (nz, ny, nx), order=3)
     psf = np.clip(psf, 0, None)
     if len(shape) == 2:
