@@ -99,8 +99,7 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
             block = np.ascontiguousarray(block, dtype=np.float32)
             out = _apply(fn, block, placement)
     except NonFiniteValues as exc:  # NaN or Inf refused: said with where one lies (looked for only now)
-        refuse_located(exc, block, placement.start)
-        raise
+        raise located(exc, block, placement.start) from None
     finally:
         run_flags._BLOCK.abandon, run_flags._BLOCK.threads = None, 0
         if on_cluster:  # this task's flag is the run's there (block_run): its set-up goes with the task
@@ -115,20 +114,11 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     return found
 
 
-def refuse_located(exc: NonFiniteValues, values: np.ndarray, start: Sequence[int]) -> None:
-    """Where ``values`` (read from ``start`` of the volume) hold a NaN or Inf, raise
-    :class:`~deconv3d.errors.NonFiniteValues` naming the first one's place in the volume, with ``exc``'s
-    fix; else return, for the caller to raise ``exc``. Only for that refusal: another (a damaged chunk
-    met as the values were read) would have them read again, every chunk queued behind zarr's limit of
-    concurrent reads, before it was said."""
-    found = located(exc, values, start)
-    if found is not exc:
-        raise found from None
-
-
 def located(exc: NonFiniteValues, values: np.ndarray, start: Sequence[int]) -> NonFiniteValues:
-    """The refusal :func:`refuse_located` raises: ``exc``'s fix with the place in the volume of the first NaN
-    or Inf of ``values`` (read from ``start``), or ``exc`` itself where ``values`` hold none."""
+    """The refusal of NaN or Inf values ``exc`` with ``exc``'s fix and the place in the volume of the first
+    NaN or Inf of ``values`` (read from ``start``), or ``exc`` itself where ``values`` hold none. Only for
+    that refusal: another (a damaged chunk met as the values were read) would have them read again, every
+    chunk queued behind zarr's limit of concurrent reads, before it was said."""
     bad = ~np.isfinite(values)
     if not bad.any():
         return exc

@@ -10,7 +10,7 @@ import numpy as np
 
 from deconv3d.errors import InputError, NonFiniteValues
 from deconv3d.pipeline.block_geometry import aligned_box, box_blocks, write_box_blocks
-from deconv3d.pipeline.chunked import BlockFigures, Cancelled, refuse_located, run_blocks
+from deconv3d.pipeline.chunked import BlockFigures, Cancelled, located, run_blocks
 from deconv3d.pipeline.planning import RunPlan, measuring_box_shape
 from deconv3d.pipeline.readers import _View, chunks_cached, close_sources
 from deconv3d.pipeline.run_flags import cancel_requested
@@ -155,8 +155,7 @@ def _prepared(fn, view, box):
         # the hook's contract: the box's shape (a callable centres it)
         return fn.prepare(view, tuple(b.stop - b.start for b in box)), None
     except NonFiniteValues as exc:  # (only that refusal: the box is read again to find where)
-        refuse_located(exc, np.asarray(view[tuple(box)], dtype=np.float32), [b.start for b in box])
-        raise
+        raise located(exc, np.asarray(view[tuple(box)], dtype=np.float32), [b.start for b in box]) from None
 
 
 def _covered_cores(view, box, covered):
