@@ -13,7 +13,7 @@ from deconv3d.classical._iterate import _Workspace, _blur, _initial_estimate, _r
 from deconv3d.classical._problem import (MIN_KEPT_SHARE, _build_geometry, _censor, _check_clipped, _check_inputs,
                                          _check_options, _check_weights, _float_times_power_of_two, _holdout_problem,
                                          _Problem, _transpose_of, _transpose_of_ones, _working_data)
-from deconv3d.classical.rl import _tv_for
+from deconv3d.classical.rl import _scaled, _tv_for
 from deconv3d.errors import InputError
 
 
@@ -200,7 +200,7 @@ def choose_iterations(
     y, exponent = _working_data(y, w)
     problem = _holdout_fit(y, h, boundary, keep, w)
     problem, scaled_by = (problem, keep) if flags is None else _censor(problem, flags, h, boundary, keep,
-                                                                       tv_weight != 0)
+                                                                       _scaled(tv_weight, None))
     tv = _tv_for(problem, tv_weight, voxel_size, None, y, scaled_by)  # richardson_lucy's with these weights
     del flags, scaled_by
     predictions = _holdout_predictions(problem, int(max_iterations), tv)
