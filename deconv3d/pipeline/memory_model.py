@@ -198,6 +198,12 @@ class MemoryModel:
             raise InputError(f"no memory model for method {self.method!r}")
         return int(SAFETY * total)
 
+    def array_bytes(self, block_shape: Sequence[int], core_shape: Sequence[int] | None = None) -> int:
+        """:meth:`block_bytes` less the constant a classical block adds whatever its size
+        (``BLOCK_OVERHEAD``): the part that grows with the block."""
+        constant = BLOCK_OVERHEAD if self.method in ("rl", "rl-tv", "wiener") else 0
+        return self.block_bytes(block_shape, core_shape) - constant
+
     def peak_bytes(self, chunks: Sequence[int], halo: Sequence[int], shape: Sequence[int], *,
                    workers: int = 1, baseline: int = 0) -> int:
         """Predicted peak: ``baseline + RESIDENT_ALLOWANCE + workers * block_bytes(largest block)``."""

@@ -115,6 +115,45 @@ def test_chunks_whose_blocks_nearly_span_the_volume_run_accelerated_rl_as_one_bl
     np.testing.assert_allclose(read_ome_zarr(tmp_path / "n.zarr")[0], adaptive, rtol=1e-6, atol=1e-6 * adaptive.max())
 
 
+def test_with_a_memory_model_a_volume_near_a_blocks_voxels_runs_whole_only_near_its_bytes():
+    """Without a memory limit but with a memory model, the whole volume is measured on (and run as one
+    block) where the model predicts at most NEAR_BLOCK times a block's array bytes for it: the voxel rule
+    had let a volume of 1.07 times a block's voxels run whole though the FFT sizes' rounding made it need
+    1.16 times a block's array bytes (rl-tv, reflect), past the memory the chunks bound (review)."""
+    from deconv3d.pipeline import MemoryModel
+    from deconv3d.pipeline.memory_model import largest_block
+    from deconv3d.pipeline.planning import NEAR_BLOCK, measuring_box_shape
+
+    shape, chunks, halo = (48, 288, 288), (24, 256, 256), (12, 11, 11)
+    model = MemoryModel("rl-tv", (9, 9, 9), accelerate=True, boundary="reflect")
+    block = largest_block(shape, chunks, halo)
+    core = tuple(max(c) for c in plan_chunks(shape, chunks, halo)[0])
+    assert 1 < np.prod(shape) / np.prod(block) <= NEAR_BLOCK  # near a block's voxels ...
+    assert model.block_bytes(shape) > NEAR_BLOCK * model.block_bytes(block, core)  # ... but not its bytes
+    assert model.array_bytes(shape) > NEAR_BLOCK * model.array_bytes(block, core)
+    assert measuring_box_shape(shape, chunks, halo, model, None) == block
+    assert measuring_box_shape(shape, chunks, halo, None, None) == shape  # no model: the voxels decide
+
+
+def test_with_a_memory_model_the_phantom_whose_blocks_nearly_span_it_still_runs_as_one_block(tmp_path):
+    """The 16 x 48 x 48 phantom in 8 x 24 x 24 chunks (PSF 9^3), whose blocks' steps had left it 0.12 of
+    the peak from the whole-volume run, still runs as one block, that run, when a memory model decides."""
+    from deconv3d.omezarr import read_ome_zarr
+    from deconv3d.pipeline import MemoryModel
+    from deconv3d.pipeline.memory_model import largest_block
+
+    psf = gaussian_psf((9, 9, 9))
+    volume = blurred_beads((16, 48, 48), psf, seed=2, count=30)
+    fn = RichardsonLucyBlock(psf, iterations=10, accelerate=True, boundary="zero")
+    model = MemoryModel("rl", psf.shape, accelerate=True, boundary="zero")
+    chunks = (8, 24, 24)
+    assert largest_block(volume.shape, chunks, fn.halo()) != volume.shape
+    info = run_chunked(volume, fn, tmp_path / "w.zarr", chunks=chunks, model=model)
+    assert info.blocks == 1
+    whole = richardson_lucy(volume, psf, 10, accelerate=True, boundary="zero", device="cpu")
+    np.testing.assert_allclose(read_ome_zarr(tmp_path / "w.zarr")[0], whole, rtol=1e-6, atol=1e-6 * whole.max())
+
+
 def test_blocks_inside_the_measuring_box_are_written_from_its_run(tmp_path, psf3d, monkeypatch):
     """Accelerated RL's measuring run on a box between a block and the volume is kept: the blocks
     it holds (a halo inside its inner faces) are its result, not run again, and the volume still
