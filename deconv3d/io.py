@@ -27,7 +27,7 @@ from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel,
                                      calibrated, imagej_calibration, spatial_letters, time_axis_of, z_step_assumed)
 from deconv3d._tiff_write import write_tiff
 from deconv3d._voxel import format_sizes, refuse_nanometres
-from deconv3d.errors import NON_FINITE_FILE_FIX, InputError, PSFLargerThanImage, warn
+from deconv3d.errors import NON_FINITE_FILE_FIX, InputError, NonFiniteValues, PSFLargerThanImage, warn
 
 __all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES", "time_axis_of",
            "assume_psf_voxel"]
@@ -376,9 +376,18 @@ def _as_float32(data: np.ndarray, path: Path, what: str = "image") -> np.ndarray
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(data, dtype=np.float32)
     if not np.isfinite(converted).all():
-        if np.isfinite(data).all():  # finite in the file: float64 values beyond float32's range
-            peak = float(np.abs(data).max())
-            raise InputError(f"{name} has values up to {peak:.3g}, beyond the float32 range (3.4e38) "
-                             f"deconv3d computes in: rescale the {what} and save it again")
+        refuse_beyond_float32(data, converted, name, what)
+        if what == "image":  # (a chunked run's refusal, which can say where: the block or box it is met in)
+            raise NonFiniteValues(what, NON_FINITE_FILE_FIX, file=str(path))
         raise InputError(f"{name} contains NaN or Inf values: {NON_FINITE_FILE_FIX}")
     return converted
+
+
+def refuse_beyond_float32(data: np.ndarray, converted: np.ndarray, name: str, what: str = "image") -> None:
+    """Refuse ``data`` (``name``: ``"image X"``) whose finite values ``converted`` to float32 made Inf: float64
+    values past float32's range, which the file does not hold as NaN or Inf."""
+    beyond = np.isinf(converted) & np.isfinite(data)
+    if beyond.any():
+        peak = float(np.abs(data[beyond]).max())
+        raise InputError(f"{name} has values up to {peak:.3g}, beyond the float32 range (3.4e38) "
+                         f"deconv3d computes in: rescale the {what} and save it again")

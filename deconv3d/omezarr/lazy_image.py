@@ -45,14 +45,16 @@ class LazyImage:
 def _float32_block(block, path) -> np.ndarray:
     """A block read from ``path`` as C-ordered float32; float64 values past float32's range are
     refused as in-memory reading refuses them (a bare cast made them Inf, then reported as Inf
-    in the file, with a numpy overflow warning first)."""
+    in the file, with a numpy overflow warning first). NaN or Inf values the file holds are kept, as
+    a float32 file's are: the run refuses them where it can say where the first one lies (refused
+    here, as read, they were named without it)."""
     block = np.asarray(block)
     with np.errstate(over="ignore", invalid="ignore"):
         out = np.array(block, dtype=np.float32, order="C")
     if block.dtype.kind == "f" and block.dtype.itemsize > 4 and np.isinf(out).any():
-        from deconv3d.io import _as_float32
+        from deconv3d.io import refuse_beyond_float32
 
-        _as_float32(block, path)  # names the peak, or the NaN/Inf the file itself holds
+        refuse_beyond_float32(block, out, f"image {path}")  # names the peak
     return out
 
 

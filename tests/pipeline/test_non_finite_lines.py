@@ -89,6 +89,23 @@ def test_the_refusal_is_pickled_and_copied_with_its_fields():
         assert again.line(with_file=False) == refusal.line(with_file=False)
 
 
+def test_a_float64_inputs_inf_is_named_with_its_place(folder, capsys):
+    """A float64 file's Inf, refused as its blocks were converted to float32 when read, was named without
+    where it lies; an in-memory run's line is as it was."""
+    image = _volume().astype(np.float64)
+    image[6, 3, 4] = np.inf
+    tifffile.imwrite(folder / "a.tif", image)
+    before = _files(folder)
+    code, _, err = run(["deconvolve", "a.tif", "-o", "out.zarr", "--psf", "psf.tif", *VOXEL, "--chunks", 4, 32, 32],
+                       capsys)
+    assert_one_line_error(code, err)
+    assert err.strip() == f"deconv3d: error: image a.tif contains NaN or Inf values (one at z-y-x (6, 3, 4)): {FIX}"
+    code, _, err = run(["deconvolve", "a.tif", "-o", "out.tif", "--psf", "psf.tif", *VOXEL], capsys)
+    assert_one_line_error(code, err)
+    assert err.strip() == f"deconv3d: error: image a.tif contains NaN or Inf values: {FIX}"
+    assert _files(folder) == before
+
+
 def test_auto_iterations_names_where_the_nan_of_its_crop_lies(folder, capsys, monkeypatch):
     """--iterations auto refused the crop it chooses the count on, the first to meet the NaN, without
     saying where: the place is the volume's (the crop's start added), with the channel."""
