@@ -173,7 +173,9 @@ def psf_size_problem(psf, psf_shape, image, image_shape) -> str:
     """The one-line refusal of the PSF file ``psf``, of ``psf_shape`` voxels at the image's voxel size,
     larger than the image file ``image`` of ``image_shape`` along some axis, naming both files and
     shapes: a PSF shape that fits (each axis no longer than the image's largest odd length), or, for a
-    stack of 2 planes (where a 1-plane PSF reads as 2D), a thicker stack or its planes deconvolved in 2D."""
+    stack of 2 planes (where a 1-plane PSF reads as 2D), a thicker stack or its planes deconvolved in 2D,
+    or, for an image of 1 or 2 voxels along y or x (where that PSF would be 1 voxel wide, which
+    ``deconv3d psf`` refuses), a larger field."""
     axes = "zyx"[3 - len(image_shape):] if len(image_shape) <= 3 else "?" * len(image_shape)
     larger = ", ".join(a for a, p, n in zip(axes, psf_shape, image_shape) if p > n)
     fits = [min(p, n - 1 + n % 2) for p, n in zip(psf_shape, image_shape)]
@@ -182,6 +184,9 @@ def psf_size_problem(psf, psf_shape, image, image_shape) -> str:
     if len(image_shape) == 3 and image_shape[0] < 3:
         return (f"{problem}: {image_shape[0]} z-planes are too few for a 3D PSF: image a thicker stack, or "
                 "deconvolve each plane as a 2D image with a 2D PSF")
+    narrow = [f"{n} along {a}" for a, p, n in zip(axes[-2:], psf_shape[-2:], image_shape[-2:]) if p > n < 3]
+    if narrow:  # a PSF that fits would be 1 voxel wide, which 'deconv3d psf' refuses: no light spread to undo
+        return f"{problem}: the image is too small to deconvolve ({', '.join(narrow)}): image a larger field"
     return (f"{problem}: use a PSF made for this image, e.g. 'deconv3d psf --shape {' '.join(map(str, fits))} "
             "--voxel-size ...' at its voxel size (or the PSF cropped to that), or image a larger volume")
 

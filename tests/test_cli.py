@@ -473,6 +473,29 @@ def test_an_uncalibrated_image_takes_the_psfs_voxel_size_and_says_so(data, capsy
     assert_one_line_error(code, err, "constant")
 
 
+def test_an_image_too_narrow_for_any_psf_is_told_so_not_to_make_a_psf_that_cannot_be_made(tmp_path, capsys):
+    """An image of 2 voxels along y or x was told to make a PSF with 'deconv3d psf --shape 1 1', which that
+    command refuses (a Y or X side of 1). The line now says the image is too small, in memory and chunked,
+    in 2D and 3D; nothing is written."""
+    rng = np.random.default_rng(5)
+    tifffile.imwrite(tmp_path / "tiny.tif", rng.random((2, 2)).astype(np.float32))
+    tifffile.imwrite(tmp_path / "strip.tif", rng.random((9, 2, 40)).astype(np.float32))
+    tifffile.imwrite(tmp_path / "p2.tif", rng.random((3, 3)).astype(np.float32))
+    tifffile.imwrite(tmp_path / "p3.tif", rng.random((5, 5, 5)).astype(np.float32))
+    cases = (("tiny.tif", "p2.tif", "(3, 3) is larger than the image {image} (2, 2) along y, x", "2 along y, 2 along x"),
+             ("strip.tif", "p3.tif", "(5, 5, 5) is larger than the image {image} (9, 2, 40) along y", "2 along y"))
+    for image, psf, larger, narrow in cases:
+        expected = (f"deconv3d: error: PSF {tmp_path / psf} {larger.format(image=tmp_path / image)} (in the image's "
+                    f"voxels): the image is too small to deconvolve ({narrow}): image a larger field")
+        for output in ("x.tif", "x.zarr"):
+            chunks = ["--chunks", *([1, 2, 2] if image == "strip.tif" else [2, 2])] if output.endswith(".zarr") else []
+            code, _, err = run(["deconvolve", tmp_path / image, "-o", tmp_path / output, "--psf", tmp_path / psf,
+                                "--device", "cpu", *chunks], capsys)
+            assert_one_line_error(code, err)
+            assert err.strip() == expected, (image, output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p2.tif", "p3.tif", "strip.tif", "tiny.tif"]
+
+
 def test_a_psf_with_more_planes_than_the_stack_is_refused_naming_both_files(tmp_path, capsys):
     """Every route (in memory, chunked, training, a batch's row) names the PSF file and the image file
     with their shapes, and says what fits: a 2-plane stack needs a thicker stack or 2D planes, and a
