@@ -55,7 +55,8 @@ def fused_record(device, fft_shapes: Iterable[Sequence[int]] = ()) -> dict:
 
     import torch
 
-    from deconv3d._rl_ops import FusedOps, ops_for
+    from deconv3d._rl_fused_ops import FusedOps
+    from deconv3d._rl_ops import ops_for
     from deconv3d._tensors import resolve_device
 
     fft_shapes = list(fft_shapes)

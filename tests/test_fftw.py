@@ -11,7 +11,7 @@ from skimage.restoration import richardson_lucy as sk_rl
 
 from conftest import asymmetric_psf
 from deconv3d import _fftw, _fftw_planning, _fftw_wisdom
-from deconv3d._rl_ops import TorchOps
+from deconv3d._rl_torch_ops import TorchOps
 from deconv3d.classical import richardson_lucy
 from deconv3d.classical._iterate import _rl_factor, _Workspace
 from deconv3d.classical._problem import _build_problem

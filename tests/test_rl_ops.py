@@ -9,8 +9,10 @@ import torch
 from skimage.restoration import richardson_lucy as sk_rl
 
 from conftest import asymmetric_psf
-from deconv3d import _rl_ops
-from deconv3d._rl_ops import FusedOps, TorchOps, ops_for
+from deconv3d import _rl_fused_ops, _rl_ops
+from deconv3d._rl_fused_ops import FusedOps
+from deconv3d._rl_ops import ops_for
+from deconv3d._rl_torch_ops import TorchOps
 from deconv3d.classical import richardson_lucy
 from deconv3d.errors import InputError
 
@@ -178,7 +180,7 @@ def test_fused_kernels_follow_torch_threads_and_leave_numba_s_count_as_it_was(mo
     """The kernels run on torch's thread count; numba's count in the calling thread is put back
     afterwards (review of process-global state: a user's parallel numba code ran on 1 thread
     after RL under torch.set_num_threads(1), twice as long)."""
-    kernels = _rl_ops._kernels()
+    kernels = _rl_fused_ops._kernels()
     extrapolate, seen = kernels.extrapolate, []
 
     def counting(*args):
@@ -212,7 +214,8 @@ def test_loading_the_kernels_keeps_torch_s_thread_count():
         import numpy as np, torch
         torch.set_num_threads(1)
         from deconv3d.classical import richardson_lucy
-        from deconv3d._rl_ops import FusedOps, ops_for
+        from deconv3d._rl_fused_ops import FusedOps
+        from deconv3d._rl_ops import ops_for
         assert ops_for(torch.device("cpu"), torch.float32) is FusedOps
         richardson_lucy(np.ones((8, 16, 16), np.float32), np.ones((3, 3, 3), np.float32), 2, device="cpu")
         print(torch.get_num_threads())

@@ -291,12 +291,12 @@ def _run_accelerated(p: _Problem, ws: _Workspace, iterations, tv, tol, callback,
     to zero can never recover, and on noisy 3D data that path peaks about 0.2 dB lower. A
     geometric step, ``R_α(r) = r^α``, keeps the guess positive, at the price of a ``log`` and
     an ``exp`` per voxel. ``R_α`` is instead the [1/1] Padé approximant of ``r^α`` at ``r = 1``
-    (:meth:`deconv3d._rl_ops.TorchOps.extrapolate`): the same first- and second-order
+    (:meth:`deconv3d._rl_torch_ops.TorchOps.extrapolate`): the same first- and second-order
     prediction, positive, bounded like a clamped ratio, and only additions, multiplications
     and one division. Measured on
     6.3M float32 voxels with 2 threads: 2.9 ms against 5.6 ms for the geometric step (median
     of 15), where one RL iteration at that FFT size takes about 32 ms; with the ``numba``
-    extra it is one fused pass (:class:`deconv3d._rl_ops.FusedOps`), and so are the update,
+    extra it is one fused pass (:class:`deconv3d._rl_fused_ops.FusedOps`), and so are the update,
     the step and its two dot products, which then keep one step vector instead of two. With
     a ``schedule`` (replayed steps) no step vectors are kept at all. On the bench_rl problem,
     without the floor, it reached plain RL's 20-iteration PSNR within one iteration of ``r^α``
