@@ -1,6 +1,7 @@
 """The cache of optical transfer functions that all :class:`deconv3d.fft.FFTConvolver` share
 (:class:`OtfCache`): bounded by bytes, the least recently used dropped first, thread safe.
-:mod:`deconv3d.fft` holds the one instance and its limit, :data:`deconv3d.fft.OTF_CACHE_BYTES`.
+:mod:`deconv3d._fft_convolver` holds the one instance, :mod:`deconv3d.fft` its limit,
+:data:`deconv3d.fft.OTF_CACHE_BYTES`.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import pytest
 import scipy.signal
 import torch
 
+from deconv3d._fft_convolver import _wrapped
 from deconv3d.classical._problem import _build_problem, _check_inputs, _transpose_of, _transpose_of_ones
-from deconv3d.fft import _wrapped
 
 CASES = [((9, 20, 23), (5, 7, 4)), ((7, 16, 16), (7, 7, 7)), ((20, 23), (6, 5)), ((15, 18), (5, 9))]
 

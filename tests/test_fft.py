@@ -382,11 +382,12 @@ def test_an_otf_larger_than_the_cache_is_kept_while_the_newest(rng, monkeypatch)
     its size, alone; the next one pushes it out."""
     import weakref
 
+    import deconv3d._fft_convolver as convolver
     import deconv3d.fft as fft
 
     monkeypatch.setattr(fft, "OTF_CACHE_BYTES", 10_000)
-    built, wrapped = [], fft._wrapped
-    monkeypatch.setattr(fft, "_wrapped", lambda *a: built.append(a[1]) or wrapped(*a))
+    built, wrapped = [], convolver._wrapped
+    monkeypatch.setattr(convolver, "_wrapped", lambda *a: built.append(a[1]) or wrapped(*a))
     psf = rng.random((3, 3)).astype(np.float32)
     conv = get_convolver(psf)
     small = weakref.ref(conv.otf((8, 8)))
@@ -442,12 +443,13 @@ def test_richardson_lucy_and_wiener_leave_fft_convolves_otf_cached(rng, monkeypa
     """RL and Wiener build a convolver per call: its OTF, put in the shared cache, pushed out the one
     kept for fft_convolve and went with the convolver, so the next fft_convolve computed it again.
     Each call still computes its own OTF once (counted by the kernel paddings, one per OTF)."""
+    import deconv3d._fft_convolver as convolver
     import deconv3d.fft as fft
     from deconv3d.classical import richardson_lucy, wiener
 
     monkeypatch.setattr(fft, "OTF_CACHE_BYTES", 30_000)  # 12.5 kB (fft_convolve) and 18.4 (RL) or 26 (Wiener)
-    built, wrapped = [], fft._wrapped
-    monkeypatch.setattr(fft, "_wrapped", lambda *a: built.append(a[1]) or wrapped(*a))
+    built, wrapped = [], convolver._wrapped
+    monkeypatch.setattr(convolver, "_wrapped", lambda *a: built.append(a[1]) or wrapped(*a))
     psf = rng.random((3, 3, 3)).astype(np.float32)
     psf /= psf.sum()
     x, big = rng.random((12, 12, 12)).astype(np.float32), rng.random((14, 14, 14)).astype(np.float32)
