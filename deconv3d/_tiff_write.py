@@ -12,7 +12,7 @@ import tifffile
 from deconv3d._arrays import as_numpy
 from deconv3d._paths import (_check_writable_target, _one_line, create_temporary, out_of_space, publishing,
                              temporary_name)
-from deconv3d._tiff_metadata import omero_color
+from deconv3d._tiff_channels import omero_color
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError
 
@@ -251,7 +251,7 @@ def _imagej_channels(channels, sizes: dict, path) -> dict:
 def _imagej_lut(color) -> np.ndarray:
     """ImageJ's ``(3, 256)`` uint8 lookup table from black to ``color`` (six hex digits RRGGBB, as
     OME-Zarr's ``omero`` writes it; anything else is white, as :func:`~deconv3d.omezarr.write_omero`
-    makes it: :func:`~deconv3d._tiff_metadata.omero_color`)."""
+    makes it: :func:`~deconv3d._tiff_channels.omero_color`)."""
     color = omero_color(color)
     rgb = np.array([int(color[i:i + 2], 16) for i in (0, 2, 4)], dtype=np.float64)
     return np.rint(np.outer(rgb, np.arange(256)) / 255).astype(np.uint8)

@@ -99,7 +99,7 @@ def implausible_assumed_z_step(source, z: float) -> str | None:
 
 def assumed_z_step_warning(source, voxel) -> str:
     """The warning for an image whose z step is ImageJ's default (the file records none:
-    :class:`deconv3d._tiff_metadata.DefaultStep`), ``voxel`` its (z, y, x) size as taken."""
+    :class:`deconv3d._tiff_voxel_sizes.DefaultStep`), ``voxel`` its (z, y, x) size as taken."""
     z = voxel[0]
     return (f"deconv3d: warning: {source} records no z step, so ImageJ's default is taken, as Fiji takes it: "
             f"{z:g} µm (the voxel size the run and its output take); pass --voxel-size DZ DY DX if its planes "

@@ -23,8 +23,9 @@ from deconv3d._arrays import refuse_complex
 from deconv3d._paths import (TIFF_SUFFIXES, _check_suffix, check_output_path, file_identity, path_text,
                             special_file_problem)
 from deconv3d._tiff_checks import _ONE_CHANNEL, _check_complete, _named, _tifffile_log, _unreadable_tiff, open_tiff
-from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
-                                     calibrated, imagej_calibration, spatial_letters, time_axis_of, z_step_assumed)
+from deconv3d._tiff_metadata import calibrated, imagej_calibration, time_axis_of
+from deconv3d._tiff_voxel_sizes import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
+                                        spatial_letters, z_step_assumed)
 from deconv3d._tiff_write import write_tiff
 from deconv3d._voxel import format_sizes, refuse_nanometres
 from deconv3d.errors import NON_FINITE_FILE_FIX, InputError, NonFiniteValues, PSFLargerThanImage, warn
@@ -55,7 +56,7 @@ class Image:
         recorded sizes, None for the others (``voxel_size`` is then None).
     z_step_assumed : bool
         The z step is ImageJ's default (1 in the file's unit), as the file records none
-        (:class:`deconv3d._tiff_metadata.DefaultStep`): callers may say so.
+        (:class:`deconv3d._tiff_voxel_sizes.DefaultStep`): callers may say so.
     """
 
     data: np.ndarray
@@ -340,7 +341,7 @@ def _squeeze(data: np.ndarray, axes: str, path: Path, what: str = "image") -> tu
     """Drop singleton axes and check that what is left is a 2D or 3D image (or PSF: ``what``).
 
     Returns the data, its axes (``"ZYX"``, ``"YX"``, or ``"ZX"``/``"ZY"`` for a section through a
-    stack: :func:`~deconv3d._tiff_metadata.spatial_letters`) and the file's letters of the axes
+    stack: :func:`~deconv3d._tiff_voxel_sizes.spatial_letters`) and the file's letters of the axes
     kept (``""`` when the file's axes do not match the data).
     """
     keep = [i for i, n in enumerate(data.shape) if n != 1]

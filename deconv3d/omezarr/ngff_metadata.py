@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deconv3d._tiff_metadata import _checked_voxel, _size_in_um, _unit_factor
+from deconv3d._tiff_voxel_sizes import _checked_voxel, _size_in_um, _unit_factor
 from deconv3d.errors import InputError
 
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
@@ -179,7 +179,7 @@ def _omero_channels(attrs: dict, count: int) -> tuple | None:
 
 def _unit_problem(axes: str, units, path) -> str | None:
     """Why the spatial units cannot be read (one that cannot be converted to µm), or None: the TIFF
-    reader's rule and message (:func:`deconv3d._tiff_metadata._checked_voxel`)."""
+    reader's rule and message (:func:`deconv3d._tiff_voxel_sizes._checked_voxel`)."""
     return _checked_voxel([_size_in_um(1.0, u) for a, u in zip(axes, units) if a in "ZYX" and u], path)[1]
 
 

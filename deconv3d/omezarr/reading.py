@@ -14,7 +14,7 @@ import numpy as np
 
 from deconv3d._arrays import refuse_complex, refuse_non_numeric
 from deconv3d._paths import TIFF_SUFFIXES, _one_line, special_file_problem
-from deconv3d._tiff_metadata import _unit_factor
+from deconv3d._tiff_voxel_sizes import _unit_factor
 from deconv3d.errors import InputError
 from deconv3d.omezarr.lazy_image import (LazyImage, _content_identity, _float32_block, _refuse_unreadable, _region,
                                          _verify_unchanged)

@@ -18,9 +18,10 @@ import numpy as np
 
 from deconv3d._arrays import refuse_complex
 from deconv3d._paths import _one_line
-from deconv3d._tiff_metadata import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
-                                     calibrated, imagej_calibration, spatial_letters, z_step_assumed)
 from deconv3d._tiff_checks import _check_complete, _tifffile_log, _unreadable_tiff
+from deconv3d._tiff_metadata import calibrated, imagej_calibration
+from deconv3d._tiff_voxel_sizes import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
+                                        spatial_letters, z_step_assumed)
 from deconv3d.errors import InputError
 from deconv3d.io import _refuse_colour
 from deconv3d.omezarr.lazy_image import (LazyImage, _content_identity, _float32_block, _refuse_unreadable, _region,
@@ -164,7 +165,8 @@ class _TiffHeader:
 
 
 def _tiff_header(path: Path) -> _TiffHeader:
-    from deconv3d._tiff_metadata import imagej_channels, ome_channels, time_axis_and_problem
+    from deconv3d._tiff_channels import imagej_channels, ome_channels
+    from deconv3d._tiff_metadata import time_axis_and_problem
     from deconv3d._tiff_checks import open_tiff
 
     try:
@@ -221,7 +223,7 @@ def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:
     Returns ``(letters, order)``: the image in deconv3d's order is the file's (singletons
     dropped) transposed by ``order``. ImageJ hyperstacks keep Z before C (``ZCYX``), which
     this reorders to ``CZYX``. A section through a stack (one row or column) keeps its letters,
-    ``ZX`` or ``ZY`` (:func:`~deconv3d._tiff_metadata.spatial_letters`), not ``YX``: the plane is
+    ``ZX`` or ``ZY`` (:func:`~deconv3d._tiff_voxel_sizes.spatial_letters`), not ``YX``: the plane is
     the last two spatial axes, so a ``ZCYX`` file of one row is ``CZX``, not a channel read as y.
     """
     kept = [a for a, n in zip(axes, shape) if n != 1]

@@ -12,7 +12,7 @@ import numpy as np
 
 from deconv3d import __version__
 from deconv3d._paths import file_identity, image_stem, path_text
-from deconv3d._tiff_metadata import omero_color
+from deconv3d._tiff_channels import omero_color
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, warn
 from deconv3d.omezarr.ngff_metadata import _AXIS_TYPES, _in_order, _level_transform
@@ -136,7 +136,7 @@ def write_omero(path, channels, workers: int | None = None) -> None:
     channel of level 0: ``label``, ``color``, ``active``, as :attr:`LazyImage.channels`) with each
     channel's display window its own intensity range, read from level 0 (one pass, ``workers``
     chunks at a time). A colour that is not six hex digits becomes white
-    (:func:`~deconv3d._tiff_metadata.omero_color`)."""
+    (:func:`~deconv3d._tiff_channels.omero_color`)."""
     import dask.array as da
     import zarr
 

@@ -5,7 +5,7 @@ warning of a run that deconvolves such planes one by one."""
 from __future__ import annotations
 
 from deconv3d._paths import path_text
-from deconv3d._tiff_metadata import MANY_CHANNELS
+from deconv3d._tiff_channels import MANY_CHANNELS
 from deconv3d.errors import warn
 
 __all__ = ["relabel_note", "warn_of_planes_that_may_be_z", "MANY_CHANNELS"]
