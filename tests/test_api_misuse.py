@@ -367,7 +367,7 @@ def test_a_zy_section_or_a_stack_one_pixel_wide_is_written_as_one_page_per_plane
     import tifffile
     import zarr
 
-    from deconv3d._tiff_write import write_hyperstack
+    from deconv3d._tiff_hyperstack import write_hyperstack
     from deconv3d.io import read_image, write_tiff
 
     rng = np.random.default_rng(5)

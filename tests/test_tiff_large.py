@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from deconv3d import _tiff_write
-from deconv3d._tiff_write import write_hyperstack
+from deconv3d._tiff_hyperstack import write_hyperstack
 from deconv3d.io import read_image, write_tiff
 from deconv3d.omezarr import open_lazy
 

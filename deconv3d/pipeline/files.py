@@ -222,7 +222,8 @@ def _slab_budget(kwargs) -> int | None:
 def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
     import zarr
 
-    from deconv3d._tiff_write import ZarrPlanes, write_hyperstack
+    from deconv3d._tiff_hyperstack import write_hyperstack
+    from deconv3d._tiff_write import ZarrPlanes
     from deconv3d.io import write_tiff
     from deconv3d.pipeline import run_chunked, tiff_properties
     from deconv3d.pipeline.allocator import large_allocations_returned

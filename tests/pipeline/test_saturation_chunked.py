@@ -535,7 +535,7 @@ def test_a_tiff_output_warns_of_a_clip_only_once_it_is_written(files, capsys, cl
     .zarr was complete, before the TIFF was copied from it: a copy that then failed had warned of an output
     never written. The warning now follows the TIFF. A library call of run_chunked warns itself, unless
     asked not to (warn_clips=False: its RunInfo holds the line for the caller)."""
-    import deconv3d._tiff_write
+    import deconv3d._tiff_hyperstack
     import deconv3d.io
     from deconv3d.pipeline.run import warn_of_clips
 
@@ -548,7 +548,7 @@ def test_a_tiff_output_warns_of_a_clip_only_once_it_is_written(files, capsys, cl
     code, out, err = run([*argv, files / "written.tif"], capsys)
     assert code == 0 and "block(s)" in out and len(clip_lines(err)) == (2 if source.suffix == ".zarr" else 1), out + err
     with monkeypatch.context() as patched:
-        patched.setattr(deconv3d.io if writer == "write_tiff" else deconv3d._tiff_write, writer, failing_copy)
+        patched.setattr(deconv3d.io if writer == "write_tiff" else deconv3d._tiff_hyperstack, writer, failing_copy)
         code, out, err = run([*argv, files / "failed.tif"], capsys)
     assert_one_line_error(code, err, "no space left")  # (the error alone: no clip warning)
     assert not (files / "failed.tif").exists() and not list(files.glob(".failed*")), list(files.iterdir())

@@ -6,7 +6,7 @@ import pytest
 import tifffile
 
 from cli_helpers import run
-from deconv3d._tiff_write import write_hyperstack
+from deconv3d._tiff_hyperstack import write_hyperstack
 from deconv3d.io import write_tiff
 from deconv3d.omezarr import open_lazy, read_ome_zarr
 from deconv3d.pipeline import run_chunked
@@ -226,11 +226,11 @@ def test_a_time_step_in_a_unit_deconv3d_cannot_name_is_not_written_as_seconds(tm
 def test_a_copy_stopped_midway_leaves_no_tif_and_no_scratch(tmp_path, monkeypatch, capsys, raised, status):
     """Ctrl-C or a full disk while the hyperstack is copied from the scratch OME-Zarr, after its first
     time point: neither a partial .tif nor its temporary file nor the scratch folder stays behind."""
-    from deconv3d import _tiff_write
+    from deconv3d import _tiff_hyperstack
 
     _hyperstack_input(tmp_path / "in.tif", "TCZYX", (2, 2, 6, 12, 12), 4.0)
     write_tiff(tmp_path / "psf.tif", gaussian_psf((3, 5, 5)), voxel_size=VOXEL)
-    slab, reads = _tiff_write._TimePoint.slab, []
+    slab, reads = _tiff_hyperstack._TimePoint.slab, []
 
     def stopped_at_the_second(self, start, stop):
         reads.append(start)
@@ -238,7 +238,7 @@ def test_a_copy_stopped_midway_leaves_no_tif_and_no_scratch(tmp_path, monkeypatc
             raise raised
         return slab(self, start, stop)
 
-    monkeypatch.setattr(_tiff_write._TimePoint, "slab", stopped_at_the_second)
+    monkeypatch.setattr(_tiff_hyperstack._TimePoint, "slab", stopped_at_the_second)
     code, _, err = run(["deconvolve", tmp_path / "in.tif", "-o", tmp_path / "out.tif", "--psf", tmp_path / "psf.tif",
                         "--iterations", 2], capsys)
     assert code == status and len(reads) == 2, err
