@@ -40,7 +40,7 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     The input is opened lazily and processed block by block (:func:`deconv3d.pipeline.run_chunked`).
     A ``.zarr`` output is an OME-Zarr v0.5 image with provenance; a ``.tif`` output is written
     into a temporary OME-Zarr first, then streamed into the TIFF in slabs of planes (for several
-    channels or time points, an ImageJ hyperstack: :func:`~deconv3d._tiff_write.write_hyperstack`), and a clip
+    channels or time points, an ImageJ hyperstack: :func:`~deconv3d._tiff_hyperstack.write_hyperstack`), and a clip
     found by the blocks is warned of once that TIFF is written (not where its copy fails). Returns the
     :class:`~deconv3d.pipeline.RunInfo`. ``checksum`` is passed to
     :func:`~deconv3d.pipeline.provenance` (True: hash the input; or its known SHA-256), or is a
