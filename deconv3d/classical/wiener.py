@@ -38,11 +38,27 @@ def wiener(
         2D or 3D image and a PSF of the same dimensionality (scaled to unit sum here).
     balance : float
         Regularisation weight λ (relative to the OTF's peak of 1); larger is smoother.
-        Roughly the noise-to-signal power ratio.
+        Roughly the noise-to-signal power ratio. It is a fixed number, not scaled by the image:
+        the filter is linear, so an image times 1e-3 or 1e3 gives the estimate times the same
+        factor (to 3e-7 of the peak in float32), with the same regularisation at any intensity.
+        With Poisson noise the best balance therefore falls as the counts rise: on a 16 x 48 x 48
+        bead volume (Gaussian PSF of σ 1.5/1.2/1.2 voxels, background 5 % of the peak) the least
+        error came at 1e-2 for a peak of 10 counts, 1e-3 (the default) for 100, 1e-4 for 1000
+        and at or below 1e-5 for 1e4-1e5; too small a balance costs more than too large a one.
     regularizer : {"identity", "laplacian"}
-        Penalise the estimate's energy (classic Tikhonov) or its Laplacian (smoothness).
+        Penalise the estimate's energy (classic Tikhonov) or its Laplacian (smoothness): the
+        discrete one, ``[1, -2, 1]`` along every axis in voxels. No voxel size is taken, so with
+        anisotropic voxels it weighs a z step as it weighs an x step.
     boundary : {"reflect", "zero", "periodic"}
-        How the image is extended before the FFT; ``"reflect"`` limits edge ringing.
+        How the image is extended before the FFT; ``"reflect"`` limits edge ringing (an offset of
+        1000 counts under a signal of 10 changed the estimate by 3e-3 counts with it and with
+        ``"periodic"``, by up to 5e3 with ``"zero"``). The reflection is the PSF's size deep, and
+        the filter reaches further at small balances: near the faces the estimate differed from
+        that of an endless mirror by up to 3e-3 of the peak at a balance of 1e-3 and 1e-2 at 1e-4
+        (16 x 48 x 48 Poisson beads, a 7 x 9 x 9 Gaussian PSF; a reflection 20 voxels deep along
+        y and x gave 3e-5). The mirror of a structure near a face is blurred by the mirrored
+        PSF, so with an asymmetric PSF the mirror is not the blurred data's continuation: a bead
+        6 planes from a face of a 15-plane stack kept its peak but its centroid moved 0.26 voxels.
     clip : bool
         Set the estimate's negative values (ringing) to 0 (default). The clip adds light: on
         Poisson data over a background of 20 counts, with the default ``balance``, it zeroed 26 %
@@ -54,8 +70,9 @@ def wiener(
         ``"reflect"`` where the data are a crop of a larger scene (within 0.5 % on beads over a
         background of 5, 1.7-8.6 % above over none), not where the data's faces are dark, which
         the mirror does not expect (0.82-0.96x on beads blurred with zeros beyond the faces); with
-        ``"zero"`` the dark margin rings into the image and the total is not kept (0.55x or 1.25x
-        the data's on flat images, depending on the PSF). The command line and the chunked
+        ``"zero"`` the dark margin rings into the image and the total is not kept (0.55x to 1.6x
+        the data's on flat images, depending on the PSF and the image's size; 1.9-2.3x at a
+        balance of 1e-4). The command line and the chunked
         pipeline clip; this option is the Python API's.
     device, dtype
         Where (``"auto"``: CUDA when present, else the CPU) and in which precision
@@ -86,7 +103,9 @@ def wiener(
     ``skimage.restoration.wiener``, whose regulariser defaults to the Laplacian and whose
     boundary is periodic, the default here is the identity with reflected borders;
     ``regularizer="laplacian", boundary="periodic"`` gives scikit-image's result for odd PSFs
-    (both with ``clip=False``; clipped here, it is that result clamped at 0).
+    of unit sum (both with ``clip=False``; clipped here, it is that result clamped at 0;
+    scikit-image uses the PSF as given, here it is scaled to unit sum, and an even PSF side's
+    centre is ``(k - 1) // 2`` here as in ``scipy.signal.fftconvolve``, ``k // 2`` there).
 
     References
     ----------
@@ -110,11 +129,10 @@ def wiener(
                          "a kernel array is not taken")
     if not isinstance(clip, (bool, np.bool_)):
         raise InputError(f"clip must be True or False, got {clip!r}")
-    if regularizer not in REGULARIZERS or boundary not in WIENER_BOUNDARIES:
-        raise InputError(
-            f"regularizer must be one of {REGULARIZERS} and boundary one of {WIENER_BOUNDARIES}, "
-            f"got {regularizer!r} and {boundary!r}"
-        )
+    if regularizer not in REGULARIZERS:
+        raise InputError(f"unknown regularizer {regularizer!r}: choose one of {', '.join(REGULARIZERS)}")
+    if boundary not in WIENER_BOUNDARIES:
+        raise InputError(f"unknown boundary {boundary!r} for Wiener: choose one of {', '.join(WIENER_BOUNDARIES)}")
     conv = FFTConvolver(h, device=dev, dtype=dtype, cache=False)  # dropped after the call
     padded, crop = _wiener_extend(y, tuple(h.shape), boundary)
     fft_shape = tuple(padded.shape)
