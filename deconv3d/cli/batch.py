@@ -40,7 +40,7 @@ def _as_read_before(args, config: dict, settings) -> tuple:
 def _check_shared_files(settings) -> None:
     """An unreadable model or a bad PSF file would fail every file of the batch: refuse it up front."""
     from deconv3d.io import read_psf
-    from deconv3d.pipeline.settings import _many
+    from deconv3d.pipeline.settings_checks import _many
     from deconv3d.psf import validate_psf
 
     if settings.method == "ssl" and settings.model:

@@ -36,7 +36,8 @@ from deconv3d.pipeline.locks import BUSY, DONE_ELSEWHERE, claim, note_writer, se
 from deconv3d.pipeline.prepared_psfs import load_psf_for, sharing_prepared_psfs
 from deconv3d.pipeline.records import path_text
 from deconv3d.pipeline.row_warnings import warnings_into
-from deconv3d.pipeline.settings import OUTPUT_FORMATS, Settings, _many, channel_count, make_settings
+from deconv3d.pipeline.settings import OUTPUT_FORMATS, Settings, channel_count, make_settings
+from deconv3d.pipeline.settings_checks import _many
 
 __all__ = ["Settings", "load_config", "make_settings", "channel_count", "RUN_KEYS", "find_inputs", "run_batch",
            "build_block_fn", "load_psf_for", "write_reports", "report_as_files_finish", "status_counts", "RECORD_DIR"]

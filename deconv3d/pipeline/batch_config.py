@@ -14,7 +14,8 @@ import dataclasses
 from pathlib import Path
 
 from deconv3d.errors import InputError
-from deconv3d.pipeline.settings import Settings, _many
+from deconv3d.pipeline.settings import Settings
+from deconv3d.pipeline.settings_checks import _many
 
 __all__ = ["load_config", "RUN_KEYS", "WINDOWS_PATHS"]
 

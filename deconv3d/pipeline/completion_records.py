@@ -20,7 +20,7 @@ from typing import Optional
 
 from deconv3d._paths import _same_file, create_temporary
 from deconv3d.pipeline.locks import noted_writers
-from deconv3d.pipeline.settings import tv_term_rule
+from deconv3d.pipeline.settings_fingerprint import tv_term_rule
 
 __all__ = ["RECORD_DIR", "ALWAYS_HASH_BYTES", "completion_record_path", "input_state", "read_completion_record",
            "is_finished", "write_json_atomic", "completion_record_names", "output_owners", "outputs_written",

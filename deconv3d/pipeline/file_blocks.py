@@ -19,7 +19,7 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
     from deconv3d._tensors import psf_fingerprint
     from deconv3d.pipeline.batch import build_block_fn
     from deconv3d.pipeline.prepared_psfs import load_psfs_for
-    from deconv3d.pipeline.settings import _many
+    from deconv3d.pipeline.settings_checks import _many
 
     trained, training, files = None, {}, _many(settings.model)
     if settings.method == "ssl" and settings.model is None:  # trained here, on this image, with this PSF

@@ -69,7 +69,8 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     from deconv3d.pipeline import run_chunked
     from deconv3d.pipeline.negatives import check_has_positive
     from deconv3d.pipeline.output import remove_stale_temporaries
-    from deconv3d.pipeline.settings import _many, channel_count
+    from deconv3d.pipeline.settings import channel_count
+    from deconv3d.pipeline.settings_checks import _many
 
     if settings.iterations == "auto" and settings.method in ("rl", "rl-tv") and iterations_chooser is None:
         raise InputError('iterations "auto" needs an iterations_chooser to choose the counts: pass one (see '
@@ -113,7 +114,8 @@ def _checked_voxel(settings, lazy, ndim: int, name: str, warnings):
     PSF model and the RL-TV weight need it."""
     from deconv3d.pipeline.batch import spatial_voxel
     from deconv3d.pipeline.prepared_psfs import check_model_voxel
-    from deconv3d.pipeline.settings import _many, check_tv_weight
+    from deconv3d.pipeline.settings import check_tv_weight
+    from deconv3d.pipeline.settings_checks import _many
 
     if settings.voxel_size is None and lazy.voxel_size is not None and getattr(lazy, "z_step_assumed", False):
         from deconv3d._voxel import check_assumed_z_step
@@ -141,7 +143,7 @@ def _run_provenance(settings, params, psf, input_path, checksum) -> dict:
     """The output's provenance record, with the model files' hashes (one per channel); a callable
     ``checksum`` is called here for the input's SHA-256."""
     from deconv3d.pipeline import provenance, psf_source
-    from deconv3d.pipeline.settings import _many
+    from deconv3d.pipeline.settings_checks import _many
 
     hashes = [_sha(m) for m in _many(settings.model)]  # (one per channel: as many in the record)
     model_hash = (hashes[0] if len(hashes) == 1 else hashes) if hashes else None
@@ -185,7 +187,7 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
     a 3D PSF file drew a warning that the PSF had no voxel size first), saying so where the image
     may be a z-stack whose slices Fiji labelled channels or frames."""
     from deconv3d.io import psf_dimension_problem, read_psf
-    from deconv3d.pipeline.settings import _many
+    from deconv3d.pipeline.settings_checks import _many
 
     if settings.method == "ssl" and settings.model:  # the model's own check
         return

@@ -16,7 +16,8 @@ import warnings as _warnings
 from deconv3d._lru import drop_oldest
 from deconv3d._paths import file_identity
 from deconv3d.errors import InputError
-from deconv3d.pipeline.settings import Settings, _many
+from deconv3d.pipeline.settings import Settings
+from deconv3d.pipeline.settings_checks import _many
 
 __all__ = ["load_psfs_for", "load_psf_for", "sharing_prepared_psfs", "check_model_voxel", "PSF_CACHE_ENTRIES",
            "PSF_CACHE_BYTES"]

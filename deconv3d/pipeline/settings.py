@@ -1,15 +1,12 @@
 """The settings of a batch run: one validated configuration for every file, read from a TOML file
 (:mod:`~deconv3d.pipeline.batch_config`) or given as a dict (keys are the long option names of
 ``deconv3d deconvolve``). This module holds the :class:`Settings` object, the checks of its values
-and of its sources (model, PSF files or PSF model), its fingerprint, and :func:`make_settings`."""
+and of its sources (model, PSF files or PSF model), and :func:`make_settings`; its fingerprint is in
+:mod:`~deconv3d.pipeline.settings_fingerprint`, the tests of a value and the wording of a refusal in
+:mod:`~deconv3d.pipeline.settings_checks`."""
 
 from __future__ import annotations
 
-import contextvars
-import dataclasses
-import hashlib
-import json
-import math
 import numbers
 import os
 from dataclasses import dataclass
@@ -18,11 +15,15 @@ from typing import Optional
 
 from deconv3d._arrays import is_whole
 from deconv3d._paths import special_file_problem
-from deconv3d._saturation import SATURATION_FIT, method_problem, parse_saturation
+from deconv3d._saturation import method_problem, parse_saturation
 from deconv3d._voxel import NANOMETRE_LIKE, format_sizes
 from deconv3d.errors import InputError
+from deconv3d.pipeline.settings_checks import (_AS_OPTIONS, _check, _is_number, _many, _n, _positive, _shown,
+                                               _sized)
+from deconv3d.pipeline.settings_fingerprint import Fingerprinted, tv_term_rule
 
-__all__ = ["Settings", "make_settings", "channel_count", "METHODS"]
+# (tv_term_rule: its home is settings_fingerprint, kept importable from here)
+__all__ = ["Settings", "make_settings", "channel_count", "METHODS", "tv_term_rule"]
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
 BOUNDARIES = ("bertero", "zero", "reflect")
@@ -33,17 +34,11 @@ OUTPUT_FORMATS = ("zarr", "tif")
 TV_WEIGHT_MAX = 0.5
 
 
-def tv_term_rule() -> str:
-    """The rule of RL-TV's TV term that this version follows (its differences), which the settings'
-    hash holds and a trained network's provenance names."""
-    from deconv3d.classical import _iterate
-
-    return _iterate.TV_DIFFERENCES[0]
-
-
 @dataclass(frozen=True)
-class Settings:
-    """One deconvolution configuration, shared by all files of a batch (keys: long option names)."""
+class Settings(Fingerprinted):
+    """One deconvolution configuration, shared by all files of a batch (keys: long option names); its
+    fingerprint methods (:meth:`fingerprint`, :meth:`finished_fingerprints`) are those of
+    :class:`~deconv3d.pipeline.settings_fingerprint.Fingerprinted`."""
 
     method: str = "rl"
     psf: Optional[str | tuple] = None  # one file, or one per channel
@@ -241,122 +236,6 @@ class Settings:
         chosen counts run without acceleration."""
         return self.method in ("rl", "rl-tv") and bool(self.accelerate) and self.iterations != "auto"
 
-    def fingerprint(self, legacy: bool = False) -> str:
-        """Hash of everything that changes the output (not the file pattern).
-
-        For ssl, the precision ``amp`` resolves to, not ``amp`` itself: a batch resumed on a CPU
-        without AMX (or with ``ONEDNN_MAX_CPU_ISA`` limited) computes in float32, and had added
-        float32 outputs to the bfloat16 ones under the same records.
-
-        A setting the method ignores (:data:`_METHOD_ONLY`; ``pyramid_levels`` for TIFF outputs)
-        counts at its default: ``--iterations 5`` with ``--method wiener`` redid every finished
-        file; so do the microscope's parameters with a PSF file, and ``ns`` with the gaussian model,
-        which has no sample index. (At the default, not left out:
-        the records written before still match.) ``legacy=True`` gives the hash of the versions
-        before that rule, which counted them as given: a record of theirs with such a setting still
-        matches the same command (:meth:`finished_fingerprints` lists every hash a record may hold).
-        """
-        return self._hash({} if legacy else self._ignored_at_defaults())
-
-    def finished_fingerprints(self) -> tuple:
-        """The fingerprints a completion record of these settings may hold, this version's first:
-        also the ``legacy`` one, and that of the versions that left ignored settings at their
-        defaults but counted several wavelengths beside a PSF file (they set how many channels a
-        file had then). Without it, such a batch (a config's ``wavelength = [0.45, 0.65]`` with
-        ``psf``) was redone in full by the same command, its records taken for other settings."""
-        return tuple(dict.fromkeys(self._hash(at_defaults) for at_defaults in self._hashed_variants()))
-
-    def _hashed_variants(self) -> tuple:
-        """The ``at_defaults`` of :meth:`finished_fingerprints`' hashes, in its order (this version's,
-        the legacy one's, then the three earlier rules')."""
-        return (self._ignored_at_defaults(), {}, self._ignored_at_defaults(wavelengths_set_channels=True),
-                self._ignored_at_defaults(gaussian_ns_counted=True), self._ignored_at_defaults(auto_accelerated=True))
-
-    def fingerprints_without_tv_rule(self) -> tuple:
-        """For ssl that trains, the :meth:`finished_fingerprints` without the TV term's rule: those of
-        the versions that had the symmetric rule but did not hold it in the hash. A record of theirs is
-        finished where the output's provenance names the rule (its reference's ``tv_differences``:
-        :func:`~deconv3d.pipeline.completion_records.is_finished`); rl-tv's provenance does not, and is
-        redone."""
-        if not (self.method == "ssl" and self.model is None):
-            return ()
-        return tuple(dict.fromkeys(self._hash(at_defaults, tv_rule=False) for at_defaults in self._hashed_variants()))
-
-    def _hash(self, at_defaults: dict, tv_rule: bool = True) -> str:
-        """The fingerprint with the settings ``at_defaults`` names counted at the values it gives
-        (``tv_rule=False``: without the TV term's rule, as before 9bb15de)."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items()
-                  if k not in ("pattern", "amp") and not (k in _ADDED_LATER and v == _ADDED_LATER[k])
-                  and not (k in _SSL_ONLY and self.method != "ssl")
-                  and not (k in _TRAINING_ONLY and self.train_steps is None)}
-        fields.update(at_defaults)
-        fields["device"] = self.device_kind()
-        if self.method == "ssl":  # (so an ssl batch finished by an earlier version is redone once)
-            fields["precision"] = self.precision()
-        if tv_rule and (self.method == "rl-tv" or (self.method == "ssl" and self.model is None)):
-            # the TV term's rule (RL-TV, and a trained network's reference): a batch finished before 21fbe06 is redone once
-            fields["tv_differences"] = tv_term_rule()
-        if self.accelerated_rl() and self.iterations >= 3:  # the least adaptive step (from the third iteration
-            from deconv3d.classical._iterate import ALPHA_FLOOR  # on): a batch finished before it had one is redone once
-
-            fields["acceleration_floor"] = ALPHA_FLOOR
-        if self.method in ("rl", "rl-tv") and self.saturation != "none":
-            # how the flagged voxels are fitted: a batch finished when they were left out of the fit is redone once
-            fields["saturation_fit"] = SATURATION_FIT
-        if self.method == "wiener":  # its gain at zero frequency: a batch finished before acf0a16 (whose outputs
-            from deconv3d.classical.wiener import DC_GAIN  # were balance / (1 + balance) dimmer) is redone once
-
-            fields["wiener_dc_gain"] = DC_GAIN
-        if self.memory_limit is not None:  # 4G, 4000MB and 4GB alike (records made with "4GB" still match)
-            from deconv3d.pipeline.system_memory import format_bytes, parse_memory
-
-            fields["memory_limit"] = format_bytes(parse_memory(self.memory_limit))
-        for key in ("psf", "model"):
-            if fields[key]:
-                from deconv3d.omezarr.writing import unchanged_file_sha256
-
-                fields[key] = [unchanged_file_sha256(f) for f in _many(fields[key])]
-        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def _ignored_at_defaults(self, wavelengths_set_channels: bool = False, gaussian_ns_counted: bool = False,
-                             auto_accelerated: bool = False) -> dict:
-        """The settings this configuration's method (or output format, or PSF model) ignores, at their
-        defaults; ``wavelengths_set_channels``: as the versions did for which several wavelengths beside
-        a PSF file still set the channel count (they kept them in the hash); ``gaussian_ns_counted``: as the
-        versions did that kept the gaussian model's ``ns`` (which it does not read) in the hash, so
-        that a batch they finished with ``ns = 1.45`` is skipped, not redone. ``accelerate`` with
-        ``iterations = "auto"``, whose chosen counts run without acceleration, is among them (with and
-        without ``--no-accelerate`` a batch had redone its finished files); ``auto_accelerated``: as the
-        versions did that kept it in the hash, so that a batch they finished with it is skipped, not redone."""
-        ignored = [k for k, methods in _METHOD_ONLY.items() if self.method not in methods]
-        ignored += ["accelerate"] if self.iterations == "auto" and not auto_accelerated else []
-        ignored += ["pyramid_levels"] if self.output_format != "zarr" else []
-        if self.psf_model is None:  # a PSF file (or a model's own): the optics generate nothing
-            ignored += ["na", "ni", "ns", "depth"]
-            ignored += [] if wavelengths_set_channels and len(_many(self.wavelength)) > 1 else ["wavelength"]
-        elif self.psf_model == "gaussian" and not gaussian_ns_counted:  # it has no sample index
-            ignored += ["ns"]
-        return {f.name: f.default for f in dataclasses.fields(self) if f.name in ignored}
-
-
-#: Settings added after batch folders held completion records, and their defaults: left out of the
-#: fingerprint at those, so that the records of a batch started before still match.
-_ADDED_LATER = {"train_steps": None, "seed": 0, "saturation": "none"}
-#: Settings that change the output of method ssl only (others leave them out of the fingerprint).
-_SSL_ONLY = ("train_steps", "seed")
-#: Settings that change the output of some methods only (as ``deconvolve`` warns about them).
-_METHOD_ONLY = {"iterations": ("rl", "rl-tv"), "accelerate": ("rl", "rl-tv"), "boundary": ("rl", "rl-tv"),
-                "tv_weight": ("rl-tv",), "balance": ("wiener",), "tta": ("ssl",), "band_limit": ("ssl",)}
-#: Settings of the training with train_steps: a trained --model leaves them out of the fingerprint.
-_TRAINING_ONLY = ("seed",)
-
-
-def _many(value) -> tuple:
-    """A setting that may hold one value or one per channel, as a tuple (empty for None)."""
-    if value is None:
-        return ()
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-
 
 def channel_count(settings: Settings) -> int:
     """How many PSFs the settings give: 1, or one per channel. Wavelengths count only where a PSF
@@ -364,19 +243,6 @@ def channel_count(settings: Settings) -> int:
     every single-channel file for "2 PSFs"."""
     wavelengths = len(_many(settings.wavelength)) if settings.psf_model is not None else 0
     return max(len(_many(settings.psf)), wavelengths, 1)
-
-
-def _sized(v) -> bool:
-    """A list of values (a TOML ``voxel-size = 5`` gave "object of type 'int' has no len()")."""
-    return hasattr(v, "__len__") and not isinstance(v, (str, bytes, dict))
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _positive(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def check_tv_weight(tv_weight: float, ndim: int, voxel, image: str) -> None:
@@ -393,29 +259,6 @@ def check_tv_weight(tv_weight: float, ndim: int, voxel, image: str) -> None:
         sizes = f"voxel size {format_sizes(voxel)} µm" if voxel is not None else "no voxel size (taken as isotropic)"
         raise InputError(f"--tv-weight {tv_weight:g} is too large for {image}: RL-TV needs it below {limit:.3g} "
                          f"for a {ndim}D image with {sizes}: lower it (try 0.002)")
-
-
-#: True while :func:`make_settings` builds settings from a command's options (``deconvolve``).
-_AS_OPTIONS = contextvars.ContextVar("deconv3d_settings_as_options", default=False)
-
-
-def _n(name: str) -> str:
-    """A setting's name in a message: the key (a batch's TOML and options take it), or a command's option."""
-    return "--" + name.replace("_", "-") if _AS_OPTIONS.get() else name
-
-
-def _shown(value, limit: int = 60) -> str:
-    """``value`` for a one-line message: an array (or tensor) by its type and shape, not its values
-    (Settings(psf=array) put the whole array in the message, over many lines); else its repr, cut."""
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return f"{type(value).__name__} of shape {tuple(value.shape)}"
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise InputError(message if _AS_OPTIONS.get() else f"batch configuration: {message}")
 
 
 def make_settings(values: dict, options: bool = False) -> Settings:

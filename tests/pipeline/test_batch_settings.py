@@ -87,12 +87,12 @@ def test_a_wiener_batch_finished_before_the_unit_dc_gain_is_redone(folder, capsy
     kept its outputs as finished, 1 / (1 + balance) of the new ones' level, beside new ones (5 % at 0.05)."""
     import types
 
-    from deconv3d.pipeline import settings as settings_module
+    from deconv3d.pipeline import settings_fingerprint
 
     settings = make_settings({"psf": str(folder / "psf.tif"), "method": "wiener", "balance": 0.05})
     fields = []  # what the fingerprint hashes, less the gain: the hash the earlier versions wrote
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(settings_module, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
+        patch.setattr(settings_fingerprint, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
         settings.fingerprint()
     assert fields[0].pop("wiener_dc_gain") == "unit"
     older = hashlib.sha256(json.dumps(fields[0], sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -106,11 +106,11 @@ def test_the_fingerprint_follows_how_saturated_voxels_are_fitted(folder, monkeyp
     """--saturation fitted the voxels it flags by leaving them out of the fit (weights 0), then as clipped
     (lower bounds), which changed every such output; a resumed batch would have kept the files made
     the first way as finished beside new ones. Runs without it keep their records."""
-    from deconv3d.pipeline import settings as settings_module
+    from deconv3d.pipeline import settings_fingerprint
 
     settings = make_settings({"psf": str(folder / "psf.tif"), **base})
     now = settings.finished_fingerprints()
-    monkeypatch.setattr(settings_module, "SATURATION_FIT", "left out")
+    monkeypatch.setattr(settings_fingerprint, "SATURATION_FIT", "left out")
     assert (not set(now) & set(settings.finished_fingerprints())) is follows
 
 
@@ -136,12 +136,12 @@ def test_a_training_batch_finished_with_the_symmetric_rule_before_the_hash_held_
     import types
 
     from deconv3d.omezarr import file_sha256
-    from deconv3d.pipeline import settings as settings_module
+    from deconv3d.pipeline import settings_fingerprint
     from deconv3d.pipeline.completion_records import input_state, is_finished
 
     settings = make_settings({"psf": str(folder / "psf.tif"), "method": "ssl", "train_steps": 1})
     fields = []  # what the fingerprint hashes, less the rule: the hash those versions wrote
-    monkeypatch.setattr(settings_module, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
+    monkeypatch.setattr(settings_fingerprint, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
     settings.fingerprint()
     monkeypatch.undo()
     assert fields[0].pop("tv_differences") == "symmetric"
@@ -482,14 +482,14 @@ def test_an_auto_count_s_fingerprint_leaves_out_acceleration_and_still_matches_e
     numeric count's fingerprint still follows accelerate."""
     import types
 
-    from deconv3d.pipeline import settings as settings_module
+    from deconv3d.pipeline import settings_fingerprint
 
     base = {"psf": str(folder / "psf.tif"), "method": method, "balance": 0.1}
     auto, plain = (make_settings({**base, "iterations": "auto", "accelerate": a}) for a in (True, False))
     assert plain.fingerprint() == auto.fingerprint()
     fields = []  # what the fingerprint hashes: accelerate at its default, True
     with monkeypatch.context() as patch:
-        patch.setattr(settings_module, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
+        patch.setattr(settings_fingerprint, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
         plain.fingerprint()
     assert fields[0]["accelerate"] is True
     fields[0]["accelerate"] = False  # as the earlier versions hashed it
