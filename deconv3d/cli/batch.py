@@ -375,7 +375,7 @@ def _through_links(output_dir: Path, input_dir: Path, patterns):
     being one of those: the files a pattern finds are not listed nor looked at one by one (with
     20,000 TIFF files in the input folder, statting each took 0.3-2.2 s)."""
     from deconv3d._paths import glob_shown
-    from deconv3d.pipeline.batch import _any_case
+    from deconv3d.pipeline.batch_inputs import _any_case
 
     above = {}  # (device, inode) of the output folder and of each folder above it: the output's path from there
     for folder in (output_dir, *output_dir.parents):

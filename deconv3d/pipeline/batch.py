@@ -9,113 +9,40 @@ temporaries are removed first). Inputs are only read.
 A failing file is recorded with its reason and the batch goes on; a JSON and a CSV report list
 every file's status, time, output and warnings.
 
-This module finds a batch's inputs and their outputs, and runs and settles each file; the completion
-records and the output ownership they give are in :mod:`~deconv3d.pipeline.completion_records`, the
-report in :mod:`~deconv3d.pipeline.batch_report`, and the PSFs the batch prepares (and keeps) in
+This module runs the loop over a batch's files and settles each (skipped, failed or run, under the
+lock of its output); the inputs and their outputs are found in :mod:`~deconv3d.pipeline.batch_inputs`,
+one file is run and recorded in :mod:`~deconv3d.pipeline.batch_file_run`, the completion records and
+the output ownership they give are in :mod:`~deconv3d.pipeline.completion_records`, the report in
+:mod:`~deconv3d.pipeline.batch_report`, and the PSFs the batch prepares (and keeps) in
 :mod:`~deconv3d.pipeline.prepared_psfs`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Optional
 
-from deconv3d._paths import (_same_file, check_name_length, glob_shown, image_stem, recorded_path,
-                             remove_stale_temporaries_in, special_file_problem)
+from deconv3d._paths import _same_file, recorded_path, remove_stale_temporaries_in
 from deconv3d._voxel import recorded_voxel
-from deconv3d.errors import InputError, NonFiniteValues
+from deconv3d.errors import InputError
 from deconv3d.pipeline.batch_config import RUN_KEYS, load_config
+from deconv3d.pipeline.batch_file_run import _process
+from deconv3d.pipeline.batch_inputs import _outputs_for, find_inputs, output_for
 from deconv3d.pipeline.batch_report import EQUIVALENT, report_as_files_finish, status_counts, write_reports
 from deconv3d.pipeline.completion_records import (RECORD_DIR, completion_record_names, completion_record_path,
-                                                  in_the_way, input_state, is_finished, output_owners,
-                                                  outputs_written, owned_by_another, owned_reason,
-                                                  read_completion_record, write_json_atomic)
-from deconv3d.pipeline.locks import BUSY, DONE_ELSEWHERE, claim, note_writer, settings_guard
+                                                  in_the_way, is_finished, output_owners, owned_by_another,
+                                                  owned_reason)
+from deconv3d.pipeline.locks import BUSY, DONE_ELSEWHERE, claim, settings_guard
 from deconv3d.pipeline.prepared_psfs import load_psf_for, sharing_prepared_psfs
 from deconv3d.pipeline.records import path_text
-from deconv3d.pipeline.row_warnings import warnings_into
 from deconv3d.pipeline.settings import OUTPUT_FORMATS, Settings, channel_count, make_settings
 from deconv3d.pipeline.settings_checks import _many
 
-__all__ = ["Settings", "load_config", "make_settings", "channel_count", "RUN_KEYS", "find_inputs", "run_batch",
-           "build_block_fn", "load_psf_for", "write_reports", "report_as_files_finish", "status_counts", "RECORD_DIR"]
+__all__ = ["Settings", "load_config", "make_settings", "channel_count", "RUN_KEYS", "find_inputs", "output_for",
+           "run_batch", "build_block_fn", "load_psf_for", "write_reports", "report_as_files_finish", "status_counts",
+           "RECORD_DIR"]
 
-
-def find_inputs(input_dir, patterns) -> list[Path]:
-    """Files (and .zarr folders) in ``input_dir`` matching any glob pattern, sorted; hidden ones excluded,
-    and everything in a hidden folder below ``input_dir`` (an output folder ``.out`` kept inside it, a
-    file server's ``.snapshot``, a ``.Trash-1000``), which a ``**`` pattern reaches too, except where the
-    pattern names the hidden part (``.raw/*.tif``; see :func:`~deconv3d._paths.glob_hides`); such folders
-    are not entered (:func:`~deconv3d._paths.glob_shown`)."""
-    input_dir = Path(input_dir)
-    if input_dir.is_file():
-        raise InputError(f"input {input_dir} is a file: batch takes a folder (every image in it that matches the "
-                         "pattern); use 'deconv3d deconvolve' for one file")
-    if not input_dir.is_dir():
-        raise InputError(f"input folder not found: {input_dir}: check the path")
-    found = {p for pattern in patterns for p in glob_shown(input_dir, _any_case(pattern))}
-    return sorted(found)
-
-
-def _any_case(pattern: str) -> str:
-    """``pattern`` matching letters in either case (``*.tif`` -> ``*.[tT][iI][fF]``): microscope
-    software and Windows tools write ``.TIF``, which a batch skipped without a word, exit 0.
-    Letters inside a ``[...]`` set are left as given."""
-    out, inside = [], False
-    for ch in pattern:
-        if ch == "[" and not inside:
-            inside = True
-        elif ch == "]" and inside:
-            inside = False
-        elif ch.isalpha() and not inside and ch.lower() != ch.upper():
-            out.append(f"[{ch.lower()}{ch.upper()}]")
-            continue
-        out.append(ch)
-    return "".join(out)
-
-
-def output_for(input_path: Path, output_dir: Path, settings: Settings) -> Path:
-    """``output_dir/NAME.FORMAT``, NAME the input's name less its image suffix only.
-
-    ``cell.t001.tif`` gives ``cell.t001.zarr``: dots inside a name are kept, so that a time
-    series of files does not collapse onto one output.
-    """
-    return output_dir / f"{image_stem(input_path)}.{settings.output_format}"
-
-
-def _outputs_for(inputs, input_dir: Path, output_dir: Path, settings: Settings) -> list[Path]:
-    """Each input's output; inputs that would write the same output are refused up front, in one
-    line that names them by their path in ``input_dir`` (day1/a.tif and day2/a.tif) and lists every
-    such clash, or the first :data:`CLASHES_SHOWN` and how many more."""
-    outputs, owners = [], {}
-    for path in inputs:
-        output = output_for(path, output_dir, settings)
-        # Cell.tif and cell.tiff: one folder on macOS's and Windows' disks
-        owners.setdefault(str(output).casefold(), []).append((path, output))
-        outputs.append(output)
-    clashes = [_clash(group, Path(input_dir)) for group in owners.values() if len(group) > 1]
-    if clashes:
-        more = len(clashes) - CLASHES_SHOWN
-        raise InputError("; ".join(clashes[:CLASHES_SHOWN]) + (f"; and {more} more such clash(es)" if more > 0 else "")
-                         + ": rename one or narrow --pattern")
-    return outputs
-
-
-#: How many clashing output names the error of :func:`_outputs_for` spells out.
-CLASHES_SHOWN = 3
-
-
-def _clash(group: list, input_dir: Path) -> str:
-    """"a/x.tif and b/x.tif would both write x.zarr" for the (input, output) pairs of one output."""
-    names = [str(path.relative_to(input_dir)) for path, _ in group]
-    output = group[-1][1]
-    others = [o.name for o in dict.fromkeys(o for _, o in group) if o != output]
-    case = f" (as {', '.join(others)}: one name on macOS and Windows disks)" if others else ""
-    who = f"{names[0]} and {names[1]} would both" if len(names) == 2 else \
-        f"{', '.join(names[:-1])} and {names[-1]} would all"
-    return f"{who} write {output.name}{case}"
 
 
 def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, trained=None, model_file=None):
@@ -294,117 +221,6 @@ def _settle(path, output, output_dir, started, finished, settings, process_one, 
         row["reason"] = path_text(row["reason"])
     return None
 
-
-def _process(path, output, record, settings, process_one, row, hash_input=None) -> None:
-    from deconv3d.omezarr import file_sha256
-
-    hash_input = hash_input or file_sha256
-    start, finishing = time.perf_counter(), False
-    try:
-        names = _record_unfinished(path, output, record)
-        state, digest = input_state(path), hash_input(path)  # before reading: a change meanwhile shows
-        # The PSF and model files as this file's run reads them (each file's run loads them again, and one
-        # replaced during the batch had its outputs recorded under the first one's hash), then the
-        # fingerprint that holds them: a file replaced before the fingerprint or during the run fails it.
-        shared = _shared_hashes(settings)
-        settings_hash = settings.fingerprint()
-
-        def finish():
-            nonlocal finishing
-            _check_unchanged(shared, settings, path)
-            row["settings"] = settings_hash
-            finishing = True
-            # In the try: a record that cannot be written (a full disk) fails this file, not the batch; the
-            # unfinished record above stays, so that a rerun redoes the output.
-            _record_finished(path, output, record, names, state, digest, settings_hash)
-
-        _run_one(path, output, digest, process_one, row, finish, start)
-        finish()
-    except KeyboardInterrupt as exc:
-        if finishing and _published(exc, record):  # the finished record is in place: the row says so
-            row.update(status="done", seconds=round(time.perf_counter() - start, 3))
-        raise
-    except SystemExit:
-        raise
-    except Exception as exc:  # noqa: BLE001 - one failing file must not stop the batch
-        row.update(status="failed", reason=_reason(exc))
-    else:
-        row["status"] = "done"
-    row["seconds"] = round(time.perf_counter() - start, 3)
-
-
-def _record_unfinished(path, output, record) -> list:
-    """Check the output's names and the input, then record the output as this input's, not finished;
-    returns the outputs that record lists."""
-    # (named by the input: a name too long is the input's to shorten, to what both names allow)
-    check_name_length(output, record, renamed=path, scratch=True)  # (a TIFF: built by deconvolve_file's scratch)
-    if (problem := special_file_problem(path)) is not None:  # (hashing a named pipe waited forever)
-        raise InputError(problem)
-    # Not finished, but the output stays this input's (an interrupted run's next one may replace it).
-    names = sorted(set(outputs_written(read_completion_record(record))) | {output.name})
-    note_writer(record.parent, output, record.name)  # (where runs into this folder find it: output_owners)
-    write_json_atomic(record, {"input": str(path.absolute()), "output": output.name, "outputs": names,
-                                "settings": None})
-    return names
-
-
-def _record_finished(path, output, record, names, state, digest, settings_hash) -> None:
-    """Write the completion record that says the output is finished, with the input's state and hash."""
-    write_json_atomic(record, {"input": str(path.absolute()), "input_state": state,
-                                "input_sha256": digest, "settings": settings_hash, "output": output.name,
-                                "outputs": names, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-
-
-def _run_one(path, output, digest, process_one, row, finish, start) -> None:
-    """Run ``process_one`` with its warnings into the row; interrupted as the output was put in place,
-    record it finished (``finish``) before the interruption goes on."""
-    with warnings_into(row):
-        try:
-            process_one(path, output, digest)
-        except KeyboardInterrupt as exc:
-            # The signal came as the output was put in place (deconv3d._paths.publishing): it is complete, and
-            # recorded as finished before the batch stops (a rerun redid it, the row said failed).
-            if not _published(exc, output):
-                raise
-            with contextlib.suppress(Exception):  # (not recorded: failed, as any interrupted file)
-                finish()
-                row["status"] = "done"
-            row["seconds"] = round(time.perf_counter() - start, 3)
-            raise
-
-
-def _published(exc: BaseException, path: Path) -> bool:
-    """Whether the signal ``exc`` was raised once ``path`` was put in place (its ``published``)."""
-    published = getattr(exc, "published", None)
-    return published is not None and Path(published).absolute() == Path(path).absolute()
-
-
-def _shared_hashes(settings: Settings) -> dict[str, str]:
-    """The SHA-256 of each PSF and model file of the settings."""
-    from deconv3d.omezarr.writing import unchanged_file_sha256
-
-    return {f: unchanged_file_sha256(f) for f in (*_many(settings.psf), *_many(settings.model)) if f}
-
-
-def _check_unchanged(shared: dict, settings: Settings, path: Path) -> None:
-    """Refuse to record ``path`` finished when a PSF or model file of the settings is no longer as
-    ``shared`` (:func:`_shared_hashes`) held it before its run: which one the run read is not known."""
-    changed = [f for f, digest in _shared_hashes(settings).items() if shared.get(f) != digest]
-    if changed:
-        raise InputError(f"{', '.join(map(str, changed))} changed while {path_text(path)} was processed (which version "
-                         "the run read is not known): rerun the batch to redo it with the file as it is now")
-
-
-def _reason(exc: Exception) -> str:
-    """A failed file's reason in one line: an OS error as "FILE: what happened" (not "[Errno 28] ...")."""
-    from deconv3d._paths import out_of_space
-
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror}" + (": free disk space, then rerun the batch" if out_of_space(exc) else "")
-    if isinstance(exc, NonFiniteValues):  # (the batch's lines name the file before the reason)
-        return exc.line(with_file=False)
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _written_since(record: Path, moment: float) -> bool:

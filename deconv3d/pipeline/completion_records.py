@@ -180,7 +180,7 @@ def outputs_written(record: dict) -> list[str]:
 def in_the_way(output: Path) -> bool:
     """Whether something is at ``output`` that its replacement would lose (an empty folder is not).
     Nothing is at a name past the file system's limit (an input of 252 to 255 bytes named an output
-    longer than 255): :func:`~deconv3d.pipeline.batch._process` fails that file as its input's name
+    longer than 255): :func:`~deconv3d.pipeline.batch_file_run._process` fails that file as its input's name
     too long, where looking at it raised "File name too long" and ended the batch in an internal error."""
     try:
         if output.is_dir() and not output.is_symlink():

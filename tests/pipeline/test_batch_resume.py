@@ -546,16 +546,16 @@ def test_a_completion_record_that_cannot_be_written_fails_that_file_and_the_batc
     others are done, and its record stays unfinished (a rerun redoes its output)."""
     import errno
 
-    from deconv3d.pipeline import batch
+    from deconv3d.pipeline import batch, batch_file_run
 
-    write_json_atomic = batch.write_json_atomic
+    write_json_atomic = batch_file_run.write_json_atomic
 
     def full_at_img0_s_record(path, payload):
         if path.name == "img0.tif.json" and payload.get("finished"):
             raise OSError(errno.ENOSPC, "No space left on device")
         write_json_atomic(path, payload)
 
-    monkeypatch.setattr(batch, "write_json_atomic", full_at_img0_s_record)
+    monkeypatch.setattr(batch_file_run, "write_json_atomic", full_at_img0_s_record)
     out = folder / "out"
     assert main([str(a) for a in argv(folder, out)]) == 3
     assert "nothing was written" not in capsys.readouterr().err

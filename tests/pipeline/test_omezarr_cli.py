@@ -337,7 +337,7 @@ def test_batch_with_a_recursive_pattern_reads_nothing_in_hidden_folders(tmp_path
     inputs (exit 2, "a.tif and a.tif would both write a.tif"), a file server's .snapshot copy clashed
     with its original, and a file in .Trash-1000 was deconvolved. An output folder in a hidden folder
     deeper down (in/day1/.res) was refused as one the pattern would read."""
-    from deconv3d.pipeline.batch import find_inputs
+    from deconv3d.pipeline.batch_inputs import find_inputs
 
     psf = gaussian_psf((5, 5, 5))
     write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
@@ -362,7 +362,7 @@ def test_batch_reads_a_hidden_folder_its_pattern_names(tmp_path, capsys):
     """--pattern '.raw/*.tif' found nothing ("no input files ... match", exit 2) once the batch skipped
     every hidden folder: only what a wildcard reaches in one is skipped now, and an output folder
     the named pattern would read (in/.raw) is refused, as any other."""
-    from deconv3d.pipeline.batch import find_inputs
+    from deconv3d.pipeline.batch_inputs import find_inputs
 
     psf = gaussian_psf((5, 5, 5))
     write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))

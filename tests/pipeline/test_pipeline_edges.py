@@ -15,7 +15,8 @@ from deconv3d.io import read_image, write_tiff
 from deconv3d.metrics import psnr
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
 from deconv3d.pipeline import RichardsonLucyBlock, plan_chunks, run_blocks, run_chunked
-from deconv3d.pipeline.batch import make_settings, output_for, run_batch
+from deconv3d.pipeline.batch import make_settings, run_batch
+from deconv3d.pipeline.batch_inputs import output_for
 from deconv3d.pipeline.graph import blockwise, store_blocks
 from deconv3d.pipeline.output import remove_stale_temporaries
 
@@ -548,7 +549,7 @@ def test_batch_glob_does_not_enter_hidden_folders_its_pattern_does_not_name(tmp_
     every Python: '**' matches folders only (Python 3.13's Path.glob matches files too)."""
     import os
 
-    from deconv3d.pipeline.batch import find_inputs
+    from deconv3d.pipeline.batch_inputs import find_inputs
 
     folder = tmp_path / "in"
     for rel in ("a.tif", "B.TIF", ".c.tif", "d.zarr/zarr.json", "sub/e.tif", "sub/.f.tif", "sub/deep/g.tif",
@@ -591,7 +592,7 @@ def test_batch_glob_skips_a_folder_it_may_not_look_into(tmp_path, monkeypatch):
     skipped it. (Running as root passes any mode, so the refusal is made here.)"""
     import os
 
-    from deconv3d.pipeline.batch import find_inputs
+    from deconv3d.pipeline.batch_inputs import find_inputs
 
     folder = tmp_path / "in"
     for rel in ("cells/2024/a.tif", "cells/5678/b.tif", "c.tif"):
@@ -625,7 +626,7 @@ def test_batch_glob_skips_a_folder_it_may_not_look_into(tmp_path, monkeypatch):
 
 def test_batch_finds_image_files_whatever_the_case_of_their_suffix(tmp_path, capsys):
     """.TIF and .Tiff (Windows tools, vendors) were skipped without a word, exit 0."""
-    from deconv3d.pipeline.batch import _any_case, find_inputs
+    from deconv3d.pipeline.batch_inputs import _any_case, find_inputs
 
     folder = tmp_path / "in"
     folder.mkdir()
