@@ -241,7 +241,7 @@ def test_batch_into_the_target_of_a_linked_subfolder_is_refused(folder, capsys, 
     """raw/day2 -> /abs/day2, then 'batch raw -o day2 --pattern */*.tif' wrote day2/a.tif, which the
     pattern reads through the link: the rerun failed ("day1/a.tif and day2/a.tif would both write
     a.tif"). The output folder is tested through the links the pattern follows too, as -o raw/day2 is."""
-    from deconv3d.cli.batch import _found_as_input
+    from deconv3d.cli.batch_output_folder import _found_as_input
 
     monkeypatch.chdir(folder)
     (folder / "raw" / "day1").mkdir(parents=True)
@@ -279,7 +279,7 @@ def test_an_output_folder_spelled_otherwise_than_the_input_is_refused(unresolved
     """``batch same -o SAME`` on macOS wrote its outputs and reports among the inputs: the folders
     were compared as resolved text. Told by device and inode now, inside the input too."""
     from deconv3d._paths import OUTPUT_SUFFIXES, check_output_path
-    from deconv3d.cli.batch import _found_as_input
+    from deconv3d.cli.batch_output_folder import _found_as_input
     from deconv3d.errors import InputError
 
     before = sorted(p.name for p in Path("in").iterdir())
@@ -322,7 +322,7 @@ def test_a_pattern_is_split_as_the_batch_s_search_splits_it(tmp_path, pattern, o
     from pathlib import PureWindowsPath
 
     from deconv3d._paths import glob_shown
-    from deconv3d.cli.batch import _pattern_reaches
+    from deconv3d.cli.batch_output_folder import _pattern_reaches
 
     base = PureWindowsPath("C:/data/in")
     assert _pattern_reaches(base / "out", base, [pattern]) is on_windows
@@ -1326,7 +1326,7 @@ def test_the_link_check_looks_only_at_folders_not_at_each_input_file(tmp_path, m
     for 20,000 TIFF files in one folder (a round trip each on a file server). A file is never the
     output folder nor above it, so only folders and links to them are looked at; a link the pattern
     follows to the output is still found."""
-    from deconv3d.cli.batch import _found_as_input
+    from deconv3d.cli.batch_output_folder import _found_as_input
 
     monkeypatch.chdir(tmp_path)
     raw = Path("raw")
