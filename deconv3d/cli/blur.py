@@ -74,7 +74,7 @@ def _train_parser(blur) -> None:
     p.add_argument("stacks", nargs="+", metavar="STACK.tif", help="through-focus stacks of at least 3 planes")
     p.add_argument("-o", "--output", required=True, help="output model file (.ckpt)")
     _add_objective_options(p)
-    p.add_argument("--levels", type=float, nargs="+", metavar="L",
+    p.add_argument("--levels", type=_finite, nargs="+", metavar="L",
                    help="blur level of each plane, larger = nearer focus (default: plane index)")
     p.add_argument("--focus", choices=("last", "first"),
                    help="which end of the stacks is in focus when --levels is not given (default last); "

@@ -46,7 +46,9 @@ LATER_RECORD = {"best_step": int, "environment": dict, "deconv3d_version": str, 
 class TrainedAutoencoder:
     """A trained linear-latent autoencoder with what is needed to apply it.
 
-    ``levels`` are the blur level values of the training stacks (larger = nearer focus),
+    ``levels`` are the blur level values of the training stacks (larger = nearer focus), in
+    float64 as given: float32 made levels such as 1e8, 1e8 + 1, ... (or 0, 1e-300, ...) equal, so a
+    checkpoint trained on them was written and then refused as damaged by :func:`load_checkpoint`;
     ``plane_shape`` their ``(H, W)`` (``None`` when unknown) and ``best_score`` the best
     validation PSNR of the interpolated middle planes (``None`` without validation).
     """
@@ -74,7 +76,7 @@ class TrainedAutoencoder:
                "best_step": result.best_step if validated else result.steps_done}
         if getattr(result, "environment", None) is not None:
             run["environment"] = result.environment
-        return cls(result.model, result.ae_config, result.config, np.asarray(result.levels, np.float32), shape,
+        return cls(result.model, result.ae_config, result.config, np.asarray(result.levels, np.float64), shape,
                    result.best_score, pixel, run)
 
     def check_planes(self, shape) -> None:
@@ -197,7 +199,7 @@ def load_checkpoint(path, device="cpu") -> TrainedAutoencoder:
     try:
         model = _build(path, data, device)
         config = train_config_from_dict(data["train"])
-        levels = check_levels(data["levels"]).astype(np.float32)
+        levels = check_levels(data["levels"])  # float64, as saved
         shape = data.get("plane_shape")
         best = data.get("best_score")
         pixel = data.get("pixel_size")  # absent from files written before it was recorded

@@ -315,7 +315,7 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
                                                          callback, started, validator)
     evaluated = _best_model(evaluated, validator, config)
     return LatentTrainResult(evaluated, history, validator.history, validator.best, validator.best_step,
-                             step, reason, config, ae_config, levels.astype(np.float32),
+                             step, reason, config, ae_config, levels,  # float64: see TrainedAutoencoder
                              time.perf_counter() - started, terms, precision.name(),
                              run_environment(dev, fft_shapes=None))
 

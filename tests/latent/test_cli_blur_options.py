@@ -138,3 +138,23 @@ def test_stop_after_beyond_the_steps_is_refused(tmp_path, make_stacks, capsys):
     code, _, err = run(["blur", "train", *paths, "-o", tmp_path / "ae.ckpt", *TINY, "--stop-after", "4"], capsys)
     assert_one_line_error(code, err, "--stop-after 4", "--steps 3")
     assert not (tmp_path / "ae.ckpt").exists()
+
+
+@pytest.mark.parametrize("levels", [["1e8", "100000001", "100000002"], ["0", "1e-300", "2e-300"]])
+def test_levels_that_float32_cannot_tell_apart_give_a_checkpoint_that_loads(tmp_path, make_stacks, capsys, levels):
+    """Levels were kept in float32, which made these equal: the model was written, then refused as a
+    damaged checkpoint by every later synth or deblur."""
+    paths = write_stacks(tmp_path, make_stacks)
+    out = tmp_path / "ae.ckpt"
+    code, _, err = run(["blur", "train", *paths, "-o", out, *TINY, "--levels", *levels], capsys)
+    assert code == 0, err
+    assert load_checkpoint(out).levels.tolist() == [float(v) for v in levels]
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_levels_that_are_not_finite_are_refused_by_the_option(tmp_path, make_stacks, capsys, bad):
+    paths = write_stacks(tmp_path, make_stacks)
+    code, _, err = run(["blur", "train", *paths, "-o", tmp_path / "ae.ckpt", *TINY, "--levels", "0", "1", bad],
+                       capsys)
+    assert_one_line_error(code, err, "--levels", "finite", bad)
+    assert not (tmp_path / "ae.ckpt").exists()
