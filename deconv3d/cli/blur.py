@@ -127,10 +127,10 @@ def _add_training_options(p) -> None:
 
 def _synth_parser(blur) -> None:
     p = blur.add_parser("synth", help="synthesise blur levels between a blurred and a sharp plane",
-                        description="Synthesise blur levels between a blurred and a sharp plane. The output's "
-                                    "first axis holds the blur levels, not z: no z spacing is written (Fiji and "
-                                    "read_image show their default depth, 1) and the file's properties list the "
-                                    "fraction of each plane.")
+                        description="Synthesise blur levels between a blurred and a sharp plane. The output holds "
+                                    "the blur levels along ImageJ's time axis (frames), not z: Fiji shows a t "
+                                    "slider, not slices at a depth it would make up, and the file's properties "
+                                    "list the fraction of each frame.")
     p.add_argument("--model", required=True, help="autoencoder written by 'deconv3d blur train'")
     p.add_argument("far", metavar="FAR.tif", help="the most blurred plane")
     p.add_argument("near", metavar="NEAR.tif", help="the in-focus plane")
@@ -139,8 +139,8 @@ def _synth_parser(blur) -> None:
     p.add_argument("--range", type=_range_end, nargs=2, default=[0.0, 1.0], metavar=("A0", "A1"),
                    help="first and last fraction from FAR (0) to NEAR (1); beyond [0, 1] extrapolates")
     p.add_argument("-o", "--output", required=True,
-                   help="output stack (.tif), one plane per blur level: its first axis holds the levels, not z "
-                        "(no z spacing is written; the properties 'first_axis' and 'fractions' say so)")
+                   help="output stack (.tif), one plane per blur level, along ImageJ's time axis (frames), not z "
+                        "(the properties 'first_axis' and 'fractions' say so)")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
                    help="decode only a correction on top of pixel blending, keeping the end planes exact "
                         "(default: as the model was trained; --no-residual: the paper's decoding)")
@@ -402,16 +402,19 @@ _OUT_OF_RANGE = "(the model or the fractions are out of range): keep --range nea
 
 
 MAX_LEVELS = 1000  # planes blur synth writes at most (1e11 asked for 745 GiB)
-#: What the first axis of a ``blur synth`` stack holds (its ``first_axis`` property): read back, the stack has
-#: the z step of an ImageJ file without one, 1, which is no distance between its planes.
-FIRST_AXIS = ("blur level, not z: plane k lies at fractions[k] of the way from FAR (0) to NEAR (1); "
-              "no z spacing is recorded")
+#: What the first axis of a ``blur synth`` stack holds (its ``first_axis`` property). It is written as ImageJ's
+#: time axis (frames, TYX): written as slices without a spacing, Fiji and read_image took the levels for z
+#: planes 1 µm apart (read_image gave voxel size (1, dy, dx)), so the stack could be deconvolved as a volume
+#: without a word. Frames are an ordered series of planes that Fiji and tifffile show on a t slider, with
+#: no depth; channels would be drawn in separate colours and are unordered.
+FIRST_AXIS = ("blur level, not z or time: frame k lies at fractions[k] of the way from FAR (0) to NEAR (1); "
+              "no frame interval is recorded")
 
 
 def cmd_synth(args) -> int:
     import numpy as np
 
-    from deconv3d.io import write_tiff
+    from deconv3d._tiff_write import write_hyperstack
     from deconv3d.latent.ops import synthesize_blur
 
     far, near, voxel = _read_pair(args.far, args.near, "NEAR")
@@ -427,9 +430,9 @@ def cmd_synth(args) -> int:
             "first_axis": FIRST_AXIS, "fractions": [round(float(a), 6) for a in fractions],
             **_inputs_record(args, {"far": args.far, "near": args.near}),
             "pixel_size_um": None if voxel is None else list(voxel)}
-    write_tiff(args.output, stack, voxel_size=voxel, metadata=meta)  # the pixel size; planes are levels, not z
-    print(f"wrote {line_text(args.output)}: {args.levels} blur levels (the first axis, not z) from fraction {fractions[0]:g} "
-          f"to {fractions[-1]:g}")
+    write_hyperstack(args.output, stack, "TYX", voxel_size=voxel, metadata=meta)  # levels as frames (FIRST_AXIS)
+    print(f"wrote {line_text(args.output)}: {args.levels} blur levels (as time frames, not z) from fraction "
+          f"{fractions[0]:g} to {fractions[-1]:g}")
     return 0
 
 

@@ -13,9 +13,11 @@ import torch
 
 from cli_helpers import run, assert_one_line_error, tiff_properties
 from deconv3d.cli import main
+from deconv3d.errors import InputError
 from deconv3d.io import read_image, write_tiff
 from deconv3d.latent.checkpoint import FORMAT, load_checkpoint
 from deconv3d.latent.ops import FormWarning
+from deconv3d.omezarr.reading import open_lazy
 
 TINY = ["--widths", "4", "8", "--crop", "16", "--steps", "3", "--batch", "2", "--device", "cpu"]
 
@@ -101,20 +103,24 @@ def test_synth_writes_one_plane_per_level(planes, model, capsys):
     code, _, err = run(["blur", "synth", "--model", model, p["far"], p["near"], "--levels", 4, "-o", out,
                         "--device", "cpu"], capsys)
     assert code == 0, err
-    image = read_image(out)
-    data = image.data
-    assert data.shape == (4, 16, 16) and data.dtype == np.float32 and np.isfinite(data).all()
-    # The planes' pixel size is kept; the level axis is not a z step (Fiji's default depth, 1), and the
-    # file says so: its first axis holds the blur levels, at the fractions it lists.
-    assert image.voxel_size == pytest.approx((1.0, 0.1, 0.1))
+    # The levels are ImageJ frames (TYX), not slices: written as slices without a spacing, Fiji and
+    # read_image took them for z planes 1 µm apart (read_image gave voxel size (1.0, 0.1, 0.1)).
     with tifffile.TiffFile(out) as tif:
-        assert "spacing" not in tif.imagej_metadata
+        assert tif.series[0].axes == "TYX" and tif.imagej_metadata["frames"] == 4
+        assert "slices" not in tif.imagej_metadata and "spacing" not in tif.imagej_metadata
+        assert "finterval" not in tif.imagej_metadata  # no time step either: they are levels
         properties = tif.imagej_metadata["Properties"]
+        data = tif.asarray()
+    assert data.shape == (4, 16, 16) and data.dtype == np.float32 and np.isfinite(data).all()
+    image = open_lazy(out)
+    assert image.axes == "TYX" and image.voxel_size == pytest.approx((0.1, 0.1))  # the planes' pixel size
+    with pytest.raises(InputError, match="time axis"):  # not silently a z stack
+        read_image(out)
     assert properties["first_axis"].startswith("blur level, not z")
     assert json.loads(properties["fractions"]) == pytest.approx([0, 1 / 3, 2 / 3, 1], abs=1e-6)
     with pytest.raises(SystemExit):
         main(["blur", "synth", "--help"])
-    assert "first axis holds the blur levels, not z" in " ".join(capsys.readouterr().out.split())
+    assert "blur levels along ImageJ's time axis (frames), not z" in " ".join(capsys.readouterr().out.split())
 
 
 def _sha256(path) -> str:
@@ -157,7 +163,7 @@ def test_synth_residual_keeps_the_end_planes(planes, model, capsys):
     code, _, err = run(["blur", "synth", "--model", model, p["far"], p["near"], "--levels", 3, "--residual",
                         "-o", out, "--device", "cpu"], capsys)
     assert code == 0, err
-    data = read_image(out).data
+    data = tifffile.imread(out)  # (levels as frames: read_image refuses a time axis)
     far, near = read_image(p["far"]).data, read_image(p["near"]).data
     np.testing.assert_allclose(data[0], far, atol=1e-4 * np.abs(far).max())
     np.testing.assert_allclose(data[-1], near, atol=1e-4 * np.abs(near).max())
@@ -190,7 +196,7 @@ def test_synth_and_deblur_default_to_the_form_the_model_was_trained_in(planes, m
                 warnings.simplefilter("ignore", FormWarning)
                 expected = synthesize_blur(trained.model, far, near, [0.0, 0.5, 1.0], residual=residual)
                 expected_sharp = deblur(trained.model, far, mid, 0.5, residual=residual)
-            np.testing.assert_allclose(read_image(synth).data, expected, rtol=1e-5,
+            np.testing.assert_allclose(tifffile.imread(synth), expected, rtol=1e-5,
                                        atol=1e-5 * np.abs(expected).max())
             expected = expected_sharp
             np.testing.assert_allclose(read_image(sharp).data, expected, rtol=1e-5,
@@ -203,7 +209,7 @@ def test_synth_extrapolates_and_pads_odd_sizes(planes, model, capsys):
     code, _, err = run(["blur", "synth", "--model", model, folder / "big.tif", folder / "big.tif", "--levels", 3,
                         "--range", "-0.5", "1.5", "-o", out, "--device", "cpu"], capsys)
     assert code == 0, err
-    assert read_image(out).data.shape == (3, 20, 20)
+    assert tifffile.imread(out).shape == (3, 20, 20)
 
 
 def test_deblur_writes_a_plane_with_the_pixel_size(planes, model, capsys):
@@ -388,7 +394,7 @@ def test_checkpoint_keeps_the_planes_shape_and_pixel_size(tmp_path, make_stacks,
     code, _, err = run(["blur", "synth", "--model", out, tmp_path / "far.tif", tmp_path / "near.tif", "--levels", 3,
                         "-o", tmp_path / "levels.tif", "--device", "cpu"], capsys)
     assert code == 0 and "assuming the model's (0.1, 0.1)" in err, err
-    assert read_image(tmp_path / "levels.tif").voxel_size[1:] == pytest.approx((0.1, 0.1))
+    assert open_lazy(tmp_path / "levels.tif").voxel_size == pytest.approx((0.1, 0.1))
 
 
 def test_a_checkpoint_with_non_finite_weights_is_damaged(planes, model, capsys):
@@ -448,4 +454,4 @@ def test_the_hint_for_planes_smaller_than_the_model_is_a_command_that_runs(tmp_p
     code, _, err = run(["blur", "synth", "--model", tmp_path / "ae12.ckpt", *planes, "--levels", 3,
                         "-o", tmp_path / "out.tif"], capsys)
     assert code == 0, err
-    assert read_image(tmp_path / "out.tif").data.shape == (3, 12, 12)
+    assert tifffile.imread(tmp_path / "out.tif").shape == (3, 12, 12)
