@@ -158,3 +158,23 @@ def test_levels_that_are_not_finite_are_refused_by_the_option(tmp_path, make_sta
                        capsys)
     assert_one_line_error(code, err, "--levels", "finite", bad)
     assert not (tmp_path / "ae.ckpt").exists()
+
+
+def test_an_output_folder_that_is_not_writable_is_refused_before_training(tmp_path, make_stacks, capsys,
+                                                                          monkeypatch):
+    """(os.access is patched: the tests may run as root, who can write anywhere.)"""
+    import os
+    import sys
+
+    latent_train = sys.modules["deconv3d.latent.train"]  # (the package's ``train`` is the function)
+
+    paths = write_stacks(tmp_path, make_stacks)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == os.fspath(locked)
+                        else real_access(p, mode, **kw))
+    monkeypatch.setattr(latent_train, "train", lambda *a, **k: pytest.fail("trained before refusing the output"))
+    code, _, err = run(["blur", "train", *paths, "-o", locked / "ae.ckpt", *TINY], capsys)
+    assert_one_line_error(code, err, "not writable", str(locked))
+    assert list(locked.iterdir()) == []
