@@ -191,6 +191,7 @@ def _blur_row(device, seed: int, rows: list[dict]) -> dict:
 def _write_demo(output: Path, psf, stacks: dict, blur: dict) -> None:
     """Write the PSF, the ``stacks``, the blur strip's planes and the figure into ``output``, all or none
     (:func:`_staged`)."""
+    from deconv3d._tiff_hyperstack import write_hyperstack
     from deconv3d.io import write_tiff
 
     with _staged(output) as folder:
@@ -198,9 +199,10 @@ def _write_demo(output: Path, psf, stacks: dict, blur: dict) -> None:
         write_tiff(folder / "psf.tif", psf, voxel_size=DEMO_VOXEL)
         for name, stack in stacks.items():
             write_tiff(folder / f"{name}.tif", stack, voxel_size=DEMO_VOXEL)
-        # synthetic planes: the demo's pixel size only
+        # synthetic planes: the demo's pixel size only. The real levels are a focal stack, as 'blur train' takes
+        # them; the synthesised ones are frames, as 'blur synth' writes them (deconv3d.cli.blur.FIRST_AXIS)
         write_tiff(folder / "blur_real.tif", blur["real"], voxel_size=DEMO_VOXEL[1:])
-        write_tiff(folder / "blur_synth.tif", blur["synth"], voxel_size=DEMO_VOXEL[1:])
+        write_hyperstack(folder / "blur_synth.tif", blur["synth"], "TYX", voxel_size=DEMO_VOXEL[1:])
         draw_projections(stacks, folder / "demo.png", DEMO_VOXEL, strip=blur)
 
 

@@ -12,6 +12,7 @@ from deconv3d import demo
 from deconv3d.latent import ops
 from deconv3d.errors import InputError
 from deconv3d.io import read_image
+from deconv3d.omezarr.reading import open_lazy
 
 
 def shrink(monkeypatch, seconds=1.0):
@@ -55,9 +56,10 @@ def test_demo_writes_rows_stacks_and_figure(tmp_path, monkeypatch):
     assert all(np.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in rows[:-1])
     assert np.isfinite(rows[-1]["psnr"]) and "pixel blending" in rows[-1]["note"]
     assert "training steps" in rows[4]["note"]
-    real, synth = read_image(tmp_path / "blur_real.tif"), read_image(tmp_path / "blur_synth.tif")
-    assert real.voxel_size[1:] == synth.voxel_size[1:] == demo.DEMO_VOXEL[1:]  # pixel size (they had none)
-    real, synth = real.data, synth.data
+    real, synth = read_image(tmp_path / "blur_real.tif"), open_lazy(tmp_path / "blur_synth.tif")
+    # pixel size (they had none); the synthesised levels are frames, as 'blur synth' writes them, not z planes
+    assert real.voxel_size[1:] == synth.voxel_size == demo.DEMO_VOXEL[1:] and synth.axes == "TYX"
+    real, synth = real.data, np.asarray(synth.data)
     assert real.shape == synth.shape == (len(demo.DEMO_BLUR_LEVELS), 32, 32)
     np.testing.assert_array_equal(synth[[0, -1]], real[[0, -1]])  # the end planes are the given ones
     for name in ("truth", "input", "wiener", "rl", "rl-tv", "ssl", "psf"):

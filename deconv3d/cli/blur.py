@@ -414,7 +414,7 @@ FIRST_AXIS = ("blur level, not z or time: frame k lies at fractions[k] of the wa
 def cmd_synth(args) -> int:
     import numpy as np
 
-    from deconv3d._tiff_write import write_hyperstack
+    from deconv3d._tiff_hyperstack import write_hyperstack
     from deconv3d.latent.ops import synthesize_blur
 
     far, near, voxel = _read_pair(args.far, args.near, "NEAR")
