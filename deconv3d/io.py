@@ -185,7 +185,8 @@ def psf_size_problem(psf, psf_shape, image, image_shape) -> str:
     if len(image_shape) == 3 and image_shape[0] < 3:
         return (f"{problem}: {image_shape[0]} z-planes are too few for a 3D PSF: image a thicker stack, or "
                 "deconvolve each plane as a 2D image with a 2D PSF")
-    narrow = [f"{n} along {a}" for a, p, n in zip(axes[-2:], psf_shape[-2:], image_shape[-2:]) if p > n < 3]
+    # (whether or not the PSF outgrows those axes: a PSF that fits would be 1 voxel wide there)
+    narrow = [f"{n} along {a}" for a, n in zip(axes[-2:], image_shape[-2:]) if n < 3]
     if narrow:  # a PSF that fits would be 1 voxel wide, which 'deconv3d psf' refuses: no light spread to undo
         return f"{problem}: the image is too small to deconvolve ({', '.join(narrow)}): image a larger field"
     return (f"{problem}: use a PSF made for this image, e.g. 'deconv3d psf --shape {' '.join(map(str, fits))} "

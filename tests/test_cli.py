@@ -496,6 +496,23 @@ def test_an_image_too_narrow_for_any_psf_is_told_so_not_to_make_a_psf_that_canno
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p2.tif", "p3.tif", "strip.tif", "tiny.tif"]
 
 
+def test_an_image_2_voxels_wide_is_too_small_where_only_its_z_is_outgrown(tmp_path, capsys):
+    """A PSF of 7 x 2 x 5 on an image of 5 x 2 x 40 (larger along z only, as wide as the image along y) was
+    told to make 'deconv3d psf --shape 5 1 5', which that command refuses: the image's 2 voxels along y are
+    too small however wide the PSF is there."""
+    psf = np.ones((7, 2, 5), np.float32)  # (light to every face: not cropped to a smaller PSF)
+    psf[3, :, 2] = 5
+    write_tiff(tmp_path / "p.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    tifffile.imwrite(tmp_path / "strip.tif", np.random.default_rng(5).random((5, 2, 40)).astype(np.float32))
+    code, _, err = run(["deconvolve", tmp_path / "strip.tif", "-o", tmp_path / "x.tif", "--psf", tmp_path / "p.tif",
+                        "--voxel-size", 0.3, 0.1, 0.1, "--device", "cpu"], capsys)
+    errors = [line for line in err.splitlines() if line.startswith("deconv3d: error: ")]  # (after the PSF faces' warning)
+    assert code == 2 and len(errors) == 1, err
+    assert errors[0].endswith("along z (in the image's voxels): the image is too small to deconvolve (2 along y): "
+                              "image a larger field"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tif", "strip.tif"]
+
+
 def test_a_psf_with_more_planes_than_the_stack_is_refused_naming_both_files(tmp_path, capsys):
     """Every route (in memory, chunked, training, a batch's row) names the PSF file and the image file
     with their shapes, and says what fits: a 2-plane stack needs a thicker stack or 2D planes, and a
