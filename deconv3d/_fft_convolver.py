@@ -58,7 +58,7 @@ class FFTConvolver:
     ``psf.ndim`` axes. The OTF of the kernel, zero-padded to the FFT shape and rolled so
     that its origin (see :func:`kernel_origin`) sits at index 0, is computed on first use
     of a shape and kept for the next use, in a cache that all convolvers share and that holds at
-    most :data:`OTF_CACHE_BYTES` (the least recently used OTFs dropped first; the most recent one is
+    most :data:`deconv3d.fft.OTF_CACHE_BYTES` (the least recently used OTFs dropped first; the most recent one is
     kept whatever its size).
 
     Examples
