@@ -1,0 +1,78 @@
+"""The input files of the ``blur`` commands, read and checked: the through-focus stacks of ``blur train``
+(:func:`_read_stacks`) and the planes of ``blur synth`` and ``blur deblur`` (:func:`_read_pair`), each
+with the one (y, x) pixel size the files record."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from deconv3d.errors import InputError
+
+if TYPE_CHECKING:  # numpy is imported where it is used: --help and --version do without it
+    import numpy as np
+
+
+def _pixel_size(image, path) -> tuple | None:
+    """The (y, x) pixel size a file records (None when it records none); a bad one is refused."""
+    problem = getattr(image, "voxel_problem", None)
+    if problem:
+        raise InputError(f"{problem}: fix the file's calibration (in Fiji: Image > Properties) and save it again")
+    return None if image.voxel_size is None else tuple(float(v) for v in image.voxel_size)[-2:]
+
+
+def _common_pixel_size(sizes: dict) -> tuple | None:
+    """The one pixel size of ``{path: size or None}``, None when none is known; refuses a mismatch."""
+    import numpy as np
+
+    known = {p: s for p, s in sizes.items() if s is not None}
+    if not known:
+        return None
+    (first, size), *rest = known.items()
+    for path, other in rest:
+        if not np.allclose(other, size, rtol=1e-3):
+            raise InputError(f"{path} has pixel size {other} µm but {first} has {size} µm: give planes of one "
+                             "sampling (resample one of them first)")
+    return size
+
+
+
+def _read_stacks(paths) -> tuple[np.ndarray, tuple | None]:
+    """The stacks, and their common (y, x) pixel size (None when no file records one)."""
+    import numpy as np
+
+    from deconv3d.io import read_image
+
+    stacks, sizes = [], {}
+    for path in paths:
+        image = read_image(path)
+        data = image.data
+        sizes[path] = _pixel_size(image, path)
+        if data.ndim != 3 or data.shape[0] < 3:
+            planes = 1 if data.ndim == 2 else data.shape[0]
+            raise InputError(f"{path} holds {planes} plane(s): blur train needs through-focus stacks of at "
+                             "least 3 planes, ordered by blur")
+        if stacks and data.shape != stacks[0].shape:
+            raise InputError(f"{path} has shape {data.shape} but {paths[0]} has {stacks[0].shape}: "
+                             "give stacks with the same number of planes of the same size")
+        stacks.append(data)
+    return np.stack(stacks), _common_pixel_size(sizes)
+
+
+def _read_plane(path, role: str) -> tuple[np.ndarray, tuple | None]:
+    from deconv3d.io import read_image
+
+    image = read_image(path)
+    if image.data.ndim != 2:
+        raise InputError(f"{role} {path} holds {image.data.shape[0]} planes: give a single 2D plane "
+                         "(extract it from the stack first)")
+    return image.data, _pixel_size(image, path)
+
+
+def _read_pair(far_path, other_path, other_role: str):
+    """The FAR plane and another plane of the same shape, with their common pixel size (or None)."""
+    far, far_pixel = _read_plane(far_path, "FAR")
+    other, other_pixel = _read_plane(other_path, other_role)
+    if far.shape != other.shape:
+        raise InputError(f"FAR {far_path} {far.shape} and {other_role} {other_path} {other.shape} differ in shape: "
+                         "give two planes of one field of view")
+    return far, other, _common_pixel_size({far_path: far_pixel, other_path: other_pixel})
