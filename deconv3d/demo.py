@@ -200,7 +200,7 @@ def _write_demo(output: Path, psf, stacks: dict, blur: dict) -> None:
         for name, stack in stacks.items():
             write_tiff(folder / f"{name}.tif", stack, voxel_size=DEMO_VOXEL)
         # synthetic planes: the demo's pixel size only. The real levels are a focal stack, as 'blur train' takes
-        # them; the synthesised ones are frames, as 'blur synth' writes them (deconv3d.cli.blur.FIRST_AXIS)
+        # them; the synthesised ones are frames, as 'blur synth' writes them (deconv3d.cli.blur_synth_deblur.FIRST_AXIS)
         write_tiff(folder / "blur_real.tif", blur["real"], voxel_size=DEMO_VOXEL[1:])
         write_hyperstack(folder / "blur_synth.tif", blur["synth"], "TYX", voxel_size=DEMO_VOXEL[1:])
         draw_projections(stacks, folder / "demo.png", DEMO_VOXEL, strip=blur)
