@@ -32,6 +32,8 @@ from deconv3d.selfsup.unet import ResUNet
 __all__ = ["TrainedModel", "save_checkpoint", "load_checkpoint", "training_record", "FORMAT"]
 
 FORMAT = "deconv3d.selfsup/1"
+#: What every version of the format starts with.
+FAMILY = "deconv3d.selfsup/"
 
 
 #: The run record a checkpoint keeps (``TrainedModel.run``): its keys and their types.
@@ -191,7 +193,14 @@ def save_checkpoint(trained, path, *, training_image: dict | None = None) -> Non
 
 def _read(path) -> dict:
     data = safe_torch_load(path, "deconv3d train")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    found = data.get("format") if isinstance(data, dict) else None
+    if isinstance(found, str) and found.startswith(FAMILY) and found != FORMAT:  # a later (or earlier) layout
+        from deconv3d import __version__
+
+        raise InputError(f"{path} is a deconv3d checkpoint in format {found!r}, which deconv3d {__version__} does "
+                         f"not read (it reads {FORMAT!r}): apply it with the deconv3d release that wrote it, or "
+                         "retrain the model with this one")
+    if found != FORMAT:
         raise InputError(f"{path} is not a deconv3d self-supervised checkpoint: use a model written by deconv3d train")
     return data
 

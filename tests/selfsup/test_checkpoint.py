@@ -125,6 +125,23 @@ def test_other_files_are_refused(tmp_path):
         load_checkpoint(tmp_path / "text.ckpt")
 
 
+def test_a_checkpoint_of_another_format_version_names_it(trained, tmp_path):
+    """A file a later release wrote (format deconv3d.selfsup/2) was called "not a deconv3d
+    self-supervised checkpoint"; the error now names its format and what to do."""
+    res, _, _ = trained
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(res, path)
+    data = torch.load(path, weights_only=True)
+    data["format"] = "deconv3d.selfsup/2"
+    torch.save(data, path)
+    before = path.read_bytes()
+    with pytest.raises(InputError, match=r"m\.ckpt is a deconv3d checkpoint in format 'deconv3d\.selfsup/2', which "
+                                         r"deconv3d \S+ does not read \(it reads 'deconv3d\.selfsup/1'\): apply it "
+                                         r"with the deconv3d release that wrote it, or retrain"):
+        load_checkpoint(path)
+    assert path.read_bytes() == before
+
+
 def test_mismatched_image_psf_or_voxel_size_is_refused(trained):
     res, image, psf = trained
     model = TrainedModel.from_result(res)
