@@ -1066,6 +1066,26 @@ def test_chunked_deconvolve_shows_its_hashing_after_the_checks(data, capsys, mon
     assert_one_line_error(code, err, "larger than the image")  # (no hashing line before it)
 
 
+def test_batch_shows_the_blocks_of_each_file(data, capsys, monkeypatch):
+    """A batch ran each file with no bar: a large file was minutes of silence until its '[N/TOTAL]' line.
+    Each file's blocks now have a bar (here a log's lines) naming the method and the file, one file after the other."""
+    import shutil
+
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "0")  # a line at every report
+    (data / "in").mkdir()
+    for name in ("a.tif", "b.tif"):
+        shutil.copy(data / "image.tif", data / "in" / name)
+    code, out, err = run(["batch", data / "in", "-o", data / "out", "--psf", data / "psf.tif", "--method", "rl",
+                          "--iterations", 2, "--device", "cpu"], capsys)
+    assert code == 0 and "2 done" in out, err
+    lines = err.splitlines()
+    for name in ("a.tif", "b.tif"):
+        shown = f"rl {data / 'in' / name}: "
+        assert re.search(rf"^{re.escape(shown)}(\d+)/\1 block \(100%\), ", err, re.M), err
+    last_of_a = max(i for i, line in enumerate(lines) if line.startswith(f"rl {data / 'in' / 'a.tif'}: "))
+    assert all(i > last_of_a for i, line in enumerate(lines) if line.startswith(f"rl {data / 'in' / 'b.tif'}: ")), err
+
+
 def test_batch_shows_its_hashing_of_a_large_file(data, capsys, monkeypatch):
     """A batch hashes each file for its completion record before running it: above the threshold
     with a bar naming the file (a file of 100 GB was a minute or more of silence), the same hash."""
@@ -1083,7 +1103,8 @@ def test_batch_shows_its_hashing_of_a_large_file(data, capsys, monkeypatch):
                         "--device", "cpu"], capsys)
     assert code == 0, err
     shown = f"batch: hashing {data / 'in' / 'a.tif'}: "
-    assert err.splitlines() and all(line.startswith(shown) for line in err.splitlines()), err
+    hashing = [line for line in err.splitlines() if not line.startswith("wiener ")]  # (then the file's blocks' bar)
+    assert hashing and all(line.startswith(shown) for line in hashing), err
     assert f"{shown}1/1 MB (100%)" in err, err
     digest = hashlib.sha256((data / "in" / "a.tif").read_bytes()).hexdigest()
     assert json.loads((data / "out" / ".deconv3d-batch" / "a.tif.json").read_text())["input_sha256"] == digest

@@ -18,7 +18,7 @@ from deconv3d.errors import InputError, always_show_own_warnings
 
 from ._common import Terminated
 from .batch_output_folder import _check_output_folder
-from .pipeline import OPTICS, _setting_values, _trainer, settings_from_args
+from .pipeline import OPTICS, _bar, _setting_values, _trainer, settings_from_args
 from .printing import hashed, print_warnings, say_last, show_warning, warning_text
 
 
@@ -94,7 +94,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _file_runner(settings, client, workers: int, warned: _BatchWarnings):
-    """The batch's ``process_one``: deconvolve one file on ``client``, its warnings kept for its row."""
+    """The batch's ``process_one``: deconvolve one file on ``client``, its warnings kept for its row, with a
+    progress bar of its blocks (:func:`~deconv3d.cli.pipeline._bar`)."""
+    from deconv3d._paths import path_text
     from deconv3d.pipeline.files import deconvolve_file
 
     from .selfsup import training_defaults
@@ -106,10 +108,13 @@ def _file_runner(settings, client, workers: int, warned: _BatchWarnings):
     def one(path, output, input_sha256):
         warned.file = path
         chooser = _choosing_for(path) if settings.iterations == "auto" else None
+        # a bar of the file's blocks, as deconvolve's: a large file ran for minutes with no line until its own
+        bar, blocks_done = _bar(line_text(f"{settings.method} {path_text(path)}"), "block")
         try:
-            deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,
-                            trainer=_trainer(training, []), sweep=False,  # (run_batch swept the folder)
-                            iterations_chooser=chooser)
+            with bar:
+                deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,
+                                trainer=_trainer(training, []), sweep=False,  # (run_batch swept the folder)
+                                iterations_chooser=chooser, progress=blocks_done)
         finally:
             warned.file = None
 
