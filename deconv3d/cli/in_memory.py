@@ -12,7 +12,7 @@ from deconv3d.errors import InputError, refuse_non_finite, warn
 from . import selfsup
 from ._common import check_negative, check_output, load_psf, voxel_size_of
 from .iteration_choice import _choose_iterations
-from .printing import hashed, print_warnings, progress
+from .printing import hashed, print_warnings, progress, say_long_step
 
 
 def _deconvolve_in_memory(args, warnings: list) -> int:
@@ -82,6 +82,7 @@ def _run_method(args, data, psf, voxel, trained):
     if args.method == "ssl":
         return selfsup.deconvolve_ssl(args, data, psf, voxel, trained)
     if args.method == "wiener":
+        say_long_step(data.nbytes, f"wiener: deconvolving {data.shape} in one pass")  # (no count to show)
         return wiener(data, psf, args.balance, device=args.device), {"balance": args.balance}, psf
     params = {"iterations": args.iterations, "boundary": args.boundary, "accelerate": not args.no_accelerate,
               "tv_weight": args.tv_weight if args.method == "rl-tv" else 0.0}

@@ -2,7 +2,8 @@
 on a terminal, a :class:`LogBar`'s plain lines in a log, every ``DECONV3D_PROGRESS_SECONDS``),
 an RL callback feeding one (:func:`progress`), a large file's hash with one (:func:`hashed`), and
 the command line's own lines: warnings (:func:`show_warning`, :func:`print_warnings`), any line
-(:func:`say`) and a stopped run's last line (:func:`say_last`)."""
+(:func:`say`; :func:`say_long_step` for a large image's step with no count) and a stopped run's last line
+(:func:`say_last`)."""
 
 from __future__ import annotations
 
@@ -137,6 +138,17 @@ def hashed(path, desc: str) -> str:
         if bar is not None:
             bar.update(bar.total - bar.n)
     return digest
+
+
+#: Images larger than this (bytes) get a line saying what runs on them where a step has no count to show
+#: (:func:`say_long_step`): Wiener on 200 x 512 x 512 voxels (200 MB) took 6-7 s here, with nothing on stderr.
+LONG_STEP_BYTES = 128 * 2**20
+
+
+def say_long_step(nbytes: int, line: str) -> None:
+    """:func:`say` ``line`` where the data it is about is larger than :data:`LONG_STEP_BYTES`."""
+    if nbytes > LONG_STEP_BYTES:
+        say(line)
 
 
 def progress(total: int, desc: str):
