@@ -9,6 +9,7 @@ from deconv3d.errors import InputError, refuse_non_finite, warn
 
 from ._common import check_output
 from .blur_inputs import _read_pair
+from .printing import hashed
 
 
 def _load_model(args, shape, pixel):
@@ -31,18 +32,21 @@ def _load_model(args, shape, pixel):
     return trained, residual, pixel
 
 
-def _inputs_record(args, planes: dict) -> dict:
+def _inputs_record(args, planes: dict, command: str) -> dict:
     """What a ``synth`` or ``deblur`` output records for a rerun, as ``deconvolve``'s do: each of the
     ``planes`` (``{role: path}``) and the model by absolute path and whole SHA-256 (``model_sha256``,
     the key and value ``deconvolve`` records; earlier versions kept its first 16 digits alone, as
-    ``model_sha256_16``), the environment it ran in (the autoencoder has no FFT) and the time."""
+    ``model_sha256_16``), the environment it ran in (the autoencoder has no FFT) and the time. Files larger
+    than :data:`~deconv3d.cli.printing.HASH_PROGRESS_BYTES` are hashed with a bar named by ``command``."""
     from deconv3d._environment import run_environment, timestamp
-    from deconv3d.omezarr import file_sha256
+
+    def sha256(path) -> str:  # (a bar for a large file, as deconvolve shows its input's)
+        return hashed(path, f"blur {command}: hashing {line_text(path)}")
 
     record = {}
     for role, path in planes.items():
-        record.update({role: recorded_path(path), f"{role}_sha256": file_sha256(path)})
-    return {**record, "model": recorded_path(args.model), "model_sha256": file_sha256(args.model),
+        record.update({role: recorded_path(path), f"{role}_sha256": sha256(path)})
+    return {**record, "model": recorded_path(args.model), "model_sha256": sha256(args.model),
             "environment": run_environment(args.device, fft_shapes=None), "created": timestamp()}
 
 
@@ -76,7 +80,7 @@ def cmd_synth(args) -> int:
     refuse_non_finite(stack, "synthesised stack", _OUT_OF_RANGE)
     meta = {"deconv3d": __version__, "method": "latent-synth", "residual": residual,
             "first_axis": FIRST_AXIS, "fractions": [round(float(a), 6) for a in fractions],
-            **_inputs_record(args, {"far": args.far, "near": args.near}),
+            **_inputs_record(args, {"far": args.far, "near": args.near}, "synth"),
             "pixel_size_um": None if voxel is None else list(voxel)}
     write_hyperstack(args.output, stack, "TYX", voxel_size=voxel, metadata=meta)  # levels as frames (FIRST_AXIS)
     print(f"wrote {line_text(args.output)}: {args.levels} blur levels (as time frames, not z) from fraction "
@@ -94,7 +98,7 @@ def cmd_deblur(args) -> int:
     sharp = deblur(trained.model, far, plane, args.alpha, residual=residual)
     refuse_non_finite(sharp, "deblurred plane", _OUT_OF_RANGE)
     meta = {"deconv3d": __version__, "method": "latent-deblur", "alpha": args.alpha,
-            "residual": residual, **_inputs_record(args, {"far": args.far, "level": args.level})}
+            "residual": residual, **_inputs_record(args, {"far": args.far, "level": args.level}, "deblur")}
     write_tiff(args.output, sharp, voxel_size=voxel, metadata=meta)
     print(f"wrote {line_text(args.output)}: in-focus plane extrapolated with alpha {args.alpha!r}")
     return 0

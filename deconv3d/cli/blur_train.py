@@ -10,7 +10,7 @@ from deconv3d.errors import InputError, warn
 
 from ._common import check_output
 from .blur_inputs import _read_stacks
-from .printing import progress
+from .printing import hashed, progress
 
 if TYPE_CHECKING:  # numpy is imported where it is used: --help and --version do without it
     import numpy as np
@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # numpy is imported where it is used: --help and --version do
 
 def cmd_train(args) -> int:
     from deconv3d.latent.checkpoint import save_checkpoint
-    from deconv3d.omezarr import file_sha256
     from deconv3d.latent.model import AEConfig
     from deconv3d.latent.train import train
 
@@ -34,7 +33,8 @@ def cmd_train(args) -> int:
         result = train(stacks, levels, config, ae, device=args.device, callback=callback)
     if result.reason == "non-finite loss":
         raise InputError("training diverged (non-finite loss): lower --lr or check the stacks")
-    stacks = [{"path": recorded_path(p), "sha256": file_sha256(p)} for p in args.stacks]  # what it trained on
+    # what it trained on (a bar for a large stack, as deconvolve and train show theirs)
+    stacks = [{"path": recorded_path(p), "sha256": hashed(p, f"blur train: hashing {line_text(p)}")} for p in args.stacks]
     save_checkpoint(result, args.output, plane_shape=plane_shape, pixel_size=pixel, training_stacks=stacks)
     print(_trained_line(args, result))
     return 0

@@ -455,3 +455,26 @@ def test_the_hint_for_planes_smaller_than_the_model_is_a_command_that_runs(tmp_p
                         "-o", tmp_path / "out.tif"], capsys)
     assert code == 0, err
     assert tifffile.imread(tmp_path / "out.tif").shape == (3, 12, 12)
+
+
+def test_blur_commands_hash_large_inputs_with_a_bar(planes, make_stacks, tmp_path, capsys, monkeypatch):
+    """`blur train`, `synth` and `deblur` hashed their stacks, planes and model with no bar, while `train` and
+    `deconvolve` show one for a file larger than HASH_PROGRESS_BYTES (a second whole read of each file)."""
+    from deconv3d.cli import printing
+
+    monkeypatch.setattr(printing, "HASH_PROGRESS_BYTES", 0)
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "0")  # a line at every report
+    folder, p = planes
+    stacks = write_stacks(tmp_path, make_stacks)
+    model = tmp_path / "ae.ckpt"
+    commands = {"train": ["blur", "train", *stacks, "-o", model, *TINY],
+                "synth": ["blur", "synth", "--model", model, p["far"], p["near"], "--levels", 3, "-o",
+                          folder / "s.tif", "--device", "cpu"],
+                "deblur": ["blur", "deblur", "--model", model, p["far"], p["mid"], "--alpha", 0.5, "-o",
+                           folder / "d.tif", "--device", "cpu"]}
+    for command, argv in commands.items():
+        code, _, err = run(argv, capsys)
+        assert code == 0, err
+        hashing = [line for line in err.splitlines() if line.startswith(f"blur {command}: hashing ")]
+        files = stacks if command == "train" else [p["far"], p["near" if command == "synth" else "mid"], model]
+        assert [line.split(": ")[1] for line in hashing if "(100%)" in line] == [f"hashing {f}" for f in files], err
