@@ -16,41 +16,79 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
     (:func:`train_on_image`), once the blocks' ``plan`` (chunks, workers, client) is known to fit
     the memory limit; RL's counts are chosen per channel where ``chooser`` is given
     (:func:`~deconv3d.pipeline.auto_iterations.chosen_settings`)."""
-    from deconv3d._tensors import psf_fingerprint
-    from deconv3d.pipeline.batch import build_block_fn
-    from deconv3d.pipeline.prepared_psfs import load_psfs_for
     from deconv3d.pipeline.settings_checks import _many
 
-    trained, training, files = None, {}, _many(settings.model)
+    files = _many(settings.model)
+    psfs, trained, training, voxel = _psfs_and_networks(lazy, spatial_shape, voxel, settings, trainer, warnings,
+                                                        plan, files)
+    runs, chosen = _channel_settings(lazy, spatial_shape, psfs, voxel, settings, plan, chooser)
+    block, model, params, psfs = _built_per_channel(spatial_shape, voxel, settings, psfs, trained, runs, files)
+    return block, model, {**params, **chosen, **training}, psfs if len(psfs) > 1 else psfs[0], voxel
+
+
+def _psfs_and_networks(lazy, spatial_shape, voxel, settings, trainer, warnings, plan, files):
+    """(PSFs, network or list of them or None, training record, voxel size) of a run: a network trained
+    here on the image, the networks loaded from ``files``, or the PSFs alone for a classical method."""
+    from deconv3d.pipeline.prepared_psfs import load_psfs_for
+
     if settings.method == "ssl" and settings.model is None:  # trained here, on this image, with this PSF
-        from deconv3d.selfsup import TrainedModel, training_record
+        psfs, trained, training = _trained_on_image(lazy, spatial_shape, voxel, settings, trainer, warnings, plan)
+        return psfs, trained, training, voxel
+    if settings.method == "ssl":  # each model carries its PSF; each one given is checked against it (build_block_fn)
+        psfs, trained, voxel = _loaded_networks(lazy, spatial_shape, voxel, settings, warnings, files)
+        return psfs, trained, {}, voxel
+    return load_psfs_for(settings, spatial_shape, voxel, image=lazy.path, warnings=warnings), None, {}, voxel
 
-        psfs = load_psfs_for(settings, spatial_shape, voxel, image=lazy.path, warnings=warnings)
-        _refuse_untrainable(lazy, settings.memory_limit)  # the image itself first, then its blocks
-        _check_plan_before_training(spatial_shape, psfs[0], voxel, settings, trainer, **plan)
-        result = train_on_image(lazy, psfs[0], voxel, settings, trainer, memory_limit=settings.memory_limit)
-        trained, training = TrainedModel.from_result(result), training_record(result)
-        trained.reference_cache = None  # RL of the whole image: blocks cannot use it, and it is as large
-    elif settings.method == "ssl":  # each model carries its PSF; each one given is checked against it (build_block_fn)
-        from deconv3d.selfsup import load_checkpoint
 
-        trained = [load_checkpoint(f, device="cpu") for f in files]  # one, or one per channel
-        for network in trained:
-            voxel = network.voxel_for(voxel, len(spatial_shape), path_text(lazy.path), warnings)
-        warn_of_another_scale(trained, lazy, warnings)
-        # every channel's PSF, not the first alone: the others were dropped unchecked, yet recorded as used
-        psfs = (load_psfs_for(settings, spatial_shape, voxel, fit_image=False, image=lazy.path, warnings=warnings)
-                if (settings.psf or settings.psf_model) else [None])
-        psfs = psfs * len(trained) if len(psfs) < len(trained) else psfs  # (one PSF, or none, for every model)
-    else:
-        psfs = load_psfs_for(settings, spatial_shape, voxel, image=lazy.path, warnings=warnings)
+def _trained_on_image(lazy, spatial_shape, voxel, settings, trainer, warnings, plan):
+    """(PSFs, network, training record) of an ``ssl`` run without a model: the network trained on
+    this image with its first PSF, once the blocks' ``plan`` is known to fit the memory limit."""
+    from deconv3d.pipeline.prepared_psfs import load_psfs_for
+    from deconv3d.selfsup import TrainedModel, training_record
+
+    psfs = load_psfs_for(settings, spatial_shape, voxel, image=lazy.path, warnings=warnings)
+    _refuse_untrainable(lazy, settings.memory_limit)  # the image itself first, then its blocks
+    _check_plan_before_training(spatial_shape, psfs[0], voxel, settings, trainer, **plan)
+    result = train_on_image(lazy, psfs[0], voxel, settings, trainer, memory_limit=settings.memory_limit)
+    trained, training = TrainedModel.from_result(result), training_record(result)
+    trained.reference_cache = None  # RL of the whole image: blocks cannot use it, and it is as large
+    return psfs, trained, training
+
+
+def _loaded_networks(lazy, spatial_shape, voxel, settings, warnings, files):
+    """(PSFs, networks, voxel size) of an ``ssl`` run of the model ``files``: one PSF, or none, for
+    every network where fewer are given than networks."""
+    from deconv3d.pipeline.prepared_psfs import load_psfs_for
+    from deconv3d.selfsup import load_checkpoint
+
+    trained = [load_checkpoint(f, device="cpu") for f in files]  # one, or one per channel
+    for network in trained:
+        voxel = network.voxel_for(voxel, len(spatial_shape), path_text(lazy.path), warnings)
+    warn_of_another_scale(trained, lazy, warnings)
+    # every channel's PSF, not the first alone: the others were dropped unchecked, yet recorded as used
+    psfs = (load_psfs_for(settings, spatial_shape, voxel, fit_image=False, image=lazy.path, warnings=warnings)
+            if (settings.psf or settings.psf_model) else [None])
+    psfs = psfs * len(trained) if len(psfs) < len(trained) else psfs  # (one PSF, or none, for every model)
+    return psfs, trained, voxel
+
+
+def _channel_settings(lazy, spatial_shape, psfs, voxel, settings, plan, chooser):
+    """(settings of each channel's blocks, or one for all; the counts chosen): RL's counts chosen per
+    channel on a crop where ``chooser`` is given, once the blocks' ``plan`` is known to fit."""
+    if chooser is None or settings.method not in ("rl", "rl-tv"):
+        return [settings], {}
+    from deconv3d.pipeline.auto_iterations import chosen_settings
+
+    _check_plan_before_choosing(spatial_shape, psfs, voxel, settings, **plan)
+    return chosen_settings(lazy, psfs, voxel, settings, chooser)
+
+
+def _built_per_channel(spatial_shape, voxel, settings, psfs, trained, runs, files):
+    """(block callable or one per channel, memory model, parameters, PSFs) of a run."""
+    from deconv3d._tensors import psf_fingerprint
+    from deconv3d.pipeline.batch import build_block_fn
+
     networks = trained if isinstance(trained, list) else [trained]
-    runs, chosen = [settings], {}  # the settings of each channel's blocks, or one for all
-    if chooser is not None and settings.method in ("rl", "rl-tv"):  # (each channel's RL count chosen on a crop)
-        from deconv3d.pipeline.auto_iterations import chosen_settings
-
-        _check_plan_before_choosing(spatial_shape, psfs, voxel, settings, **plan)
-        runs, chosen = chosen_settings(lazy, psfs, voxel, settings, chooser)
     # channel c's PSF, network and settings: entry c of a list of one per channel, else the one for all (the
     # counts match: Settings); each network is checked against its channel's PSF
     built = [build_block_fn(runs[c % len(runs)], psfs[c % len(psfs)], voxel, ndim=len(spatial_shape),
@@ -65,7 +103,7 @@ def _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, pla
         params = {**params, "per_channel_psf_sha256_16": [psf_fingerprint(p) for p in psfs]}
     if len(files) > 1:
         params["per_channel_model"] = [p for _, _, p in built]  # each network's recipe and file
-    return block, model, {**params, **chosen, **training}, psfs if len(psfs) > 1 else psfs[0], voxel
+    return block, model, params, psfs
 
 
 def _check_plan_before_training(spatial_shape, psf, voxel, settings, trainer, chunks, workers, client) -> None:
