@@ -65,18 +65,44 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     ``settings.accelerate`` (:func:`~deconv3d.pipeline.auto_iterations.chosen_settings`, which calls it).
     Settings with ``iterations = "auto"`` (a batch's) need it for rl and rl-tv: without one they are refused.
     """
-    from deconv3d.omezarr import open_lazy
     from deconv3d.pipeline import run_chunked
-    from deconv3d.pipeline.negatives import check_has_positive
     from deconv3d.pipeline.output import remove_stale_temporaries
-    from deconv3d.pipeline.settings import channel_count
-    from deconv3d.pipeline.settings_checks import _many
 
+    _refuse_auto_without_chooser(settings, iterations_chooser)
+    input_path, output_path = Path(input_path), Path(output_path)
+    lazy, spatial_shape, voxel, chunks = _opened_and_checked(input_path, output_path, settings, warnings)
+    plan = dict(chunks=chunks, workers=workers, client=client)
+    block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan,
+                                                       iterations_chooser)
+    record = _run_provenance(settings, params, psf, input_path, checksum)
+    _warn_of_axes(lazy, len(spatial_shape), warnings)
+    kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
+                  voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress,
+                  cancel=cancel, time_axis=lazy.time_axis)
+    if sweep:
+        remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
+    if output_path.suffix.lower() == ".zarr":
+        return run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
+    return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
+
+
+def _refuse_auto_without_chooser(settings, iterations_chooser) -> None:
+    """Refuse ``iterations = "auto"`` for rl and rl-tv without an ``iterations_chooser`` to choose the counts."""
     if settings.iterations == "auto" and settings.method in ("rl", "rl-tv") and iterations_chooser is None:
         raise InputError('iterations "auto" needs an iterations_chooser to choose the counts: pass one (see '
                          "deconv3d.pipeline.auto_iterations.chosen_settings for what it is called with and returns), "
                          "or give the count")
-    input_path, output_path = Path(input_path), Path(output_path)
+
+
+def _opened_and_checked(input_path: Path, output_path: Path, settings, warnings):
+    """(lazy image, spatial shape, voxel size, spatial chunks) of a run, once the output path, the
+    PSFs' dimensions, the voxel size, the channel counts, the chunks and the input's positive values
+    are checked, in that order."""
+    from deconv3d.omezarr import open_lazy
+    from deconv3d.pipeline.negatives import check_has_positive
+    from deconv3d.pipeline.settings import channel_count
+    from deconv3d.pipeline.settings_checks import _many
+
     # before any work, as the command line checks (a batch's outputs are checked only here: it
     # replaced a folder of the user's files named like an output, and deleted them)
     check_output_path(output_path, [input_path, *_many(settings.psf), *_many(settings.model)], suffixes=OUTPUT_SUFFIXES,
@@ -92,21 +118,14 @@ def deconvolve_file(input_path, output_path, settings, *, client=None, workers: 
     # every method's output is non-negative (before any training)
     check_has_positive(lazy, path_text(input_path), settings.method, warnings, axes=lazy.axes,
                        channels=lazy.channels)
-    plan = dict(chunks=chunks, workers=workers, client=client)
-    block, model, params, psf, voxel = _block_function(lazy, spatial_shape, voxel, settings, trainer, warnings, plan,
-                                                       iterations_chooser)
-    record = _run_provenance(settings, params, psf, input_path, checksum)
-    warn_of_planes_that_may_be_z(lazy, len(spatial_shape), warnings)
+    return lazy, spatial_shape, voxel, chunks
+
+
+def _warn_of_axes(lazy, ndim: int, warnings) -> None:
+    """Warn of planes that may be z, and of a time axis's problem, once with the others."""
+    warn_of_planes_that_may_be_z(lazy, ndim, warnings)
     if lazy.time_problem and "T" in lazy.axes:  # once, with the others (run_chunked, given the axis, is silent)
         warn(f"deconv3d: warning: {lazy.time_problem}", warnings)
-    kwargs = dict(axes=lazy.axes, chunks=chunks, memory_limit=settings.memory_limit, model=model,
-                  voxel_size=voxel, provenance=record, client=client, workers=workers, progress=progress,
-                  cancel=cancel, time_axis=lazy.time_axis)
-    if sweep:
-        remove_stale_temporaries(output_path)  # a killed run's hidden leftover, as large as the output
-    if output_path.suffix.lower() == ".zarr":
-        return run_chunked(lazy, block, output_path, pyramid_levels=settings.pyramid_levels, **kwargs)
-    return _via_temporary_zarr(lazy, block, output_path, voxel, record, kwargs)
 
 
 def _checked_voxel(settings, lazy, ndim: int, name: str, warnings):
@@ -222,13 +241,9 @@ def _slab_budget(kwargs) -> int | None:
 
 
 def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
-    import zarr
-
-    from deconv3d._tiff_hyperstack import write_hyperstack
-    from deconv3d._tiff_write import ZarrPlanes
-    from deconv3d.io import write_tiff
-    from deconv3d.pipeline import run_chunked, tiff_properties
-    from deconv3d.pipeline.allocator import large_allocations_returned
+    """Run the blocks into a hidden scratch OME-Zarr next to the TIFF ``output_path``, stream it into
+    the TIFF, remove the scratch whatever happens, and warn of clips once the TIFF is written."""
+    from deconv3d.pipeline import run_chunked
     from deconv3d.pipeline.output import made_like, temporary_name
     from deconv3d.pipeline.run import warn_of_clips
 
@@ -242,24 +257,7 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
             # its clip warnings once the TIFF is written: not for an output that a failed copy never published
             info = run_chunked(lazy, block, scratch, channels=(lazy.channels or ()) if hyperstack else (),
                                warn_clips=False, **kwargs)
-        array = zarr.open_array(str(scratch / "0"), mode="r")
-        record = {**record, "parameters": {**record.get("parameters", {}), **info.decided}}  # (as the zarr's)
-        meta = tiff_properties({**record, "environment": info.environment or record.get("environment")}, info.execution)
-        # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
-        # (a 2D result, read whole here, went 5-10 % over it while it was read outside this setting);
-        # the copy is in the run's budget, so freed slabs are unmapped as the blocks' arrays were
-        with zarr.config.set({"async.concurrency": 1}), \
-                large_allocations_returned(info.execution.get("memory_limit") is not None):
-            if hyperstack:  # an ImageJ hyperstack, streamed (t, z-slab) by (t, z-slab)
-                omero = zarr.open_group(str(scratch), mode="r").attrs["ome"].get("omero", {})
-                write_hyperstack(output_path, array, lazy.axes, voxel_size=voxel, metadata=meta,
-                                 time_axis=lazy.time_axis, channels=omero.get("channels"),
-                                 slab_bytes=_slab_budget(kwargs))
-            else:
-                data = ZarrPlanes(array, (0,) * len(lead)) if len(array.shape) == 3 + len(lead) \
-                    else array[(0,) * len(lead)]
-                write_tiff(output_path, data, voxel_size=voxel, metadata=meta, slab_bytes=_slab_budget(kwargs),
-                           axes="".join(a for a in lazy.axes if a in "ZYX"))  # (a ZX section stays one)
+        _copy_into_tiff(lazy, lead, scratch, output_path, voxel, record, info, kwargs)
     except OSError as exc:  # a full disk met writing the scratch names the output, not its hidden name
         if isinstance(exc.filename, str) and os.path.abspath(exc.filename) == os.path.abspath(scratch):
             exc.filename = os.path.abspath(output_path)  # (as run_chunked names a zarr output)
@@ -268,3 +266,40 @@ def _via_temporary_zarr(lazy, block, output_path: Path, voxel, record, kwargs):
         shutil.rmtree(scratch, ignore_errors=True)
     warn_of_clips(info)
     return info
+
+
+def _tiff_metadata(record, info):
+    """The TIFF's properties: the provenance ``record`` with what the run ``info`` decided (as the zarr's)."""
+    from deconv3d.pipeline import tiff_properties
+
+    record = {**record, "parameters": {**record.get("parameters", {}), **info.decided}}  # (as the zarr's)
+    return tiff_properties({**record, "environment": info.environment or record.get("environment")}, info.execution)
+
+
+def _copy_into_tiff(lazy, lead, scratch, output_path: Path, voxel, record, info, kwargs) -> None:
+    """Stream the scratch OME-Zarr's result into the TIFF ``output_path``: an ImageJ hyperstack where
+    a time or channel axis (``lead``: their lengths) has several, else a plain TIFF."""
+    import zarr
+
+    from deconv3d._tiff_hyperstack import write_hyperstack
+    from deconv3d._tiff_write import ZarrPlanes
+    from deconv3d.io import write_tiff
+    from deconv3d.pipeline.allocator import large_allocations_returned
+
+    array = zarr.open_array(str(scratch / "0"), mode="r")
+    meta = _tiff_metadata(record, info)
+    # One chunk decoded at a time: zarr's default of 10 in flight took 1.2x the limit on its own
+    # (a 2D result, read whole here, went 5-10 % over it while it was read outside this setting);
+    # the copy is in the run's budget, so freed slabs are unmapped as the blocks' arrays were
+    with zarr.config.set({"async.concurrency": 1}), \
+            large_allocations_returned(info.execution.get("memory_limit") is not None):
+        if any(n > 1 for n in lead):  # an ImageJ hyperstack, streamed (t, z-slab) by (t, z-slab)
+            omero = zarr.open_group(str(scratch), mode="r").attrs["ome"].get("omero", {})
+            write_hyperstack(output_path, array, lazy.axes, voxel_size=voxel, metadata=meta,
+                             time_axis=lazy.time_axis, channels=omero.get("channels"),
+                             slab_bytes=_slab_budget(kwargs))
+        else:
+            data = ZarrPlanes(array, (0,) * len(lead)) if len(array.shape) == 3 + len(lead) \
+                else array[(0,) * len(lead)]
+            write_tiff(output_path, data, voxel_size=voxel, metadata=meta, slab_bytes=_slab_budget(kwargs),
+                       axes="".join(a for a in lazy.axes if a in "ZYX"))  # (a ZX section stays one)
