@@ -51,23 +51,8 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
             view = _view(reader, index, axes, channels, said)
             method = fn.counts_clip() if hasattr(fn, "counts_clip") else None
             figures = _figures(fn, method)
-            # the measuring box's chunks serve the blocks, unless a limit gives that box all of it
-            with chunks_cached(reader, plan.cache, now=plan.memory_limit is None) as start_cache:
-                # prepare reads one box (no block is in flight meanwhile); a volume that is one block
-                # needs no common schedule, and preparing would run the method twice.
-                covered = []
-                if hasattr(fn, "prepare") and plan.blocks > 1:
-                    fn, covered = _prepare(fn, view, plan, target_path, index, figures)
-                    done += len(covered)
-                    if (covered and progress is not None and progress(done, total)) or cancel_requested(cancel):
-                        raise Cancelled(f"cancelled after {done} of {total} blocks")
-                elif hasattr(fn, "prepare_whole") and plan.blocks == 1:
-                    fn = fn.prepare_whole(view)
-                start_cache()
-                figures.faces = _faces(fn, figures.nears)
-                done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
-                                   client=client, workers=workers, progress=progress, done=done, total=total,
-                                   pool=pool, skip=covered, cancel=cancel, figures=figures)
+            fn, done = _run_volume(reader, fn, view, target_path, index, plan, figures, client, workers, progress,
+                                   done, total, pool, cancel)
             if figures.counts is not None:  # each block's core counted once: the volume's voxels at or above the level
                 fn = fn.counted(sum(figures.counts))
             decided.append(fn.decided() if hasattr(fn, "decided") else {})
@@ -83,6 +68,32 @@ def _run_all(reader, target_path, indices, fns, block_fn, axes, plan: RunPlan, c
             pool.shutdown(wait=True, cancel_futures=True)
         close_sources(reader)  # no block reads it now: a long session does not hold the file open
     return _decided(decided), clips, nears
+
+
+def _run_volume(reader, fn, view, target_path, index, plan: RunPlan, figures: BlockFigures, client, workers,
+                progress, done, total, pool, cancel):
+    """Run the blocks of one (time point, channel) ``index`` into ``target_path``: ``fn`` prepared first
+    on its measuring box where it has ``prepare`` and the volume has several blocks (or on the whole
+    volume by ``prepare_whole`` where it is one), the blocks that box covered skipped. Returns
+    ``fn`` (prepared) and ``done``, the blocks done so far, with this volume's added."""
+    # the measuring box's chunks serve the blocks, unless a limit gives that box all of it
+    with chunks_cached(reader, plan.cache, now=plan.memory_limit is None) as start_cache:
+        # prepare reads one box (no block is in flight meanwhile); a volume that is one block
+        # needs no common schedule, and preparing would run the method twice.
+        covered = []
+        if hasattr(fn, "prepare") and plan.blocks > 1:
+            fn, covered = _prepare(fn, view, plan, target_path, index, figures)
+            done += len(covered)
+            if (covered and progress is not None and progress(done, total)) or cancel_requested(cancel):
+                raise Cancelled(f"cancelled after {done} of {total} blocks")
+        elif hasattr(fn, "prepare_whole") and plan.blocks == 1:
+            fn = fn.prepare_whole(view)
+        start_cache()
+        figures.faces = _faces(fn, figures.nears)
+        done += run_blocks(reader, fn, target_path, chunks=plan.run_chunks, halo=plan.halo, lead=index,
+                           client=client, workers=workers, progress=progress, done=done, total=total,
+                           pool=pool, skip=covered, cancel=cancel, figures=figures)
+    return fn, done
 
 
 def _figures(fn, method) -> BlockFigures:
