@@ -91,6 +91,18 @@ class Settings(Fingerprinted):
             object.__setattr__(self, "pattern", pattern)
 
     def _check_values(self) -> None:
+        self._check_method_values()
+        self._check_options()
+        self._check_sizes()
+        # Checked here, before any file runs: each of a night's files failed on them one by one.
+        for name in ("accelerate", "amp"):
+            _check(isinstance(getattr(self, name), bool), f"{_n(name)} must be true or false, got {getattr(self, name)!r}")
+        from deconv3d._tensors import resolve_device
+
+        resolve_device(self.run_device)
+
+    def _check_method_values(self) -> None:
+        """The method, its boundary, output format, iterations, balance, saturation and RL-TV weight."""
         _check(self.method in METHODS, f"{_n('method')} must be one of {', '.join(METHODS)}, got {self.method!r}")
         _check(self.boundary in BOUNDARIES, f"{_n('boundary')} must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
         _check(self.output_format in OUTPUT_FORMATS, f"{_n('output_format')} must be zarr or tif, got {self.output_format!r}")
@@ -104,6 +116,9 @@ class Settings(Fingerprinted):
         _check(self.method != "rl-tv" or (_positive(self.tv_weight) and self.tv_weight < TV_WEIGHT_MAX),
                f"{_n('method')} rl-tv needs a positive {_n('tv_weight')} below {TV_WEIGHT_MAX}, and below 1/6 for "
                f"isotropic 3D voxels (try 0.002), got {self.tv_weight!r}")
+
+    def _check_options(self) -> None:
+        """The file-name patterns, pyramid levels, test-time augmentation and band limit."""
         _check(isinstance(self.pattern, tuple) and self.pattern
                and all(isinstance(p, str) and p.strip() and not Path(p).is_absolute() and ".." not in Path(p).parts
                        and Path(p).parts for p in self.pattern),  # ("." or "./": the input folder itself)
@@ -113,6 +128,9 @@ class Settings(Fingerprinted):
         _check(isinstance(self.tta, bool), f"{_n('tta')} must be true or false, got {self.tta!r}")
         _check(isinstance(self.band_limit, (int, float)) and 0 <= self.band_limit < float("inf"),
                f"{_n('band_limit')} must be a number >= 0, got {self.band_limit!r}")
+
+    def _check_sizes(self) -> None:
+        """The voxel size (in micrometres, not nanometres) and the chunks."""
         _check(self.voxel_size is None or (_sized(self.voxel_size) and len(self.voxel_size) in (2, 3)
                                            and all(_positive(v) for v in self.voxel_size)),
                f"{_n('voxel_size')} needs 3 positive numbers in µm (Z Y X; Y X for 2D images), like [0.3, 0.1, 0.1], "
@@ -124,12 +142,6 @@ class Settings(Fingerprinted):
                                        and all(_positive(v) and isinstance(v, int) for v in self.chunks)),
                f"{_n('chunks')} needs 3 positive whole numbers (Z Y X; Y X for 2D images), like [32, 256, 256], "
                f"got {self.chunks!r}")
-        # Checked here, before any file runs: each of a night's files failed on them one by one.
-        for name in ("accelerate", "amp"):
-            _check(isinstance(getattr(self, name), bool), f"{_n(name)} must be true or false, got {getattr(self, name)!r}")
-        from deconv3d._tensors import resolve_device
-
-        resolve_device(self.run_device)
 
     def _check_numbers(self) -> None:
         """Settings that take a number get one: a TOML ``true`` (a bool is an int in Python) ran as 1."""
@@ -153,13 +165,7 @@ class Settings(Fingerprinted):
 
     def _check_sources(self) -> None:
         """The model, PSF files or PSF model: present, and usable by every file."""
-        extra = [_n(k) for k in ("model", "train_steps") if getattr(self, k) is not None]
-        _check(self.method == "ssl" or not extra, f"{' and '.join(extra)} apply to {_n('method')} ssl only: remove "
-               f"{'them' if len(extra) > 1 else 'it'} for {self.method}")
-        _check(self.train_steps is None or (is_whole(self.train_steps) and self.train_steps >= 1),
-               f"{_n('train_steps')} must be a positive whole number, got {self.train_steps!r}")
-        _check(is_whole(self.seed) and 0 <= self.seed < 2**63, f"{_n('seed')} must be a whole number >= 0, "
-               f"got {self.seed!r}")
+        self._check_training()
         if self.method == "ssl":
             _check(self.model is None or self.train_steps is None,
                    f"give {_n('model')} or {_n('train_steps')} for {_n('method')} ssl, not both")
@@ -167,35 +173,57 @@ class Settings(Fingerprinted):
                    f"{_n('method')} ssl needs {_n('model')} (a .ckpt from 'deconv3d train') or {_n('train_steps')} "
                    "(train on each image first)")
             if self.model is not None:
-                _check(all(isinstance(m, (str, os.PathLike)) for m in _many(self.model)),
-                       f"{_n('model')} must be a file name, or one per channel, got {_shown(self.model)}")
-                for model in _many(self.model):
-                    problem = special_file_problem(model, "model")
-                    _check(problem is None, problem)
-                    _check(Path(model).is_file(), f"model file not found: {model}: check the path")
-                counts = {len(_many(v)) for v in (self.model, self.psf, self.psf_model and self.wavelength)} - {0, 1}
-                _check(len(counts) < 2, f"{_n('model')} and the PSFs give one per channel for different numbers of "
-                       "channels: give as many of each, or one for all")
+                self._check_models()
                 return
         if self.psf is None:
-            _check(self.psf_model in PSF_MODELS, f"a PSF is needed: set {_n('psf')} = \"PSF.tif\" or {_n('psf_model')} "
-                   f"with {_n('na')} and {_n('wavelength')}")
-            _check(_positive(self.na) and _many(self.wavelength) and all(_positive(w) for w in _many(self.wavelength)),
-                   f"{_n('psf_model')} needs positive {_n('na')} and {_n('wavelength')} (one, or one per channel)")
-            from deconv3d.psf.generate import check_optics
-
-            for wavelength in _many(self.wavelength):
-                check_optics(self.psf_model, self.na, wavelength, self.ni, self.ns, self.depth)
+            self._check_psf_model()
         else:
-            _check(self.psf_model is None, f"give either {_n('psf')} or {_n('psf_model')}, not both")
-            _check(bool(_many(self.psf)) and all(isinstance(p, (str, os.PathLike)) for p in _many(self.psf)),
-                   f"{_n('psf')} needs a file name, or one per channel, got {_shown(self.psf)}"
-                   + (" (save it with deconv3d.io.write_tiff first)" if hasattr(self.psf, "shape") else ""))
-            from deconv3d.io import psf_path_problem
+            self._check_psf_files()
 
-            for psf in _many(self.psf):
-                problem = psf_path_problem(psf)
-                _check(problem is None, problem)
+    def _check_training(self) -> None:
+        """The model and training steps (ssl only), the training steps and the seed."""
+        extra = [_n(k) for k in ("model", "train_steps") if getattr(self, k) is not None]
+        _check(self.method == "ssl" or not extra, f"{' and '.join(extra)} apply to {_n('method')} ssl only: remove "
+               f"{'them' if len(extra) > 1 else 'it'} for {self.method}")
+        _check(self.train_steps is None or (is_whole(self.train_steps) and self.train_steps >= 1),
+               f"{_n('train_steps')} must be a positive whole number, got {self.train_steps!r}")
+        _check(is_whole(self.seed) and 0 <= self.seed < 2**63, f"{_n('seed')} must be a whole number >= 0, "
+               f"got {self.seed!r}")
+
+    def _check_models(self) -> None:
+        """The model files: names of existing files, one or one per channel, as many as the PSFs give."""
+        _check(all(isinstance(m, (str, os.PathLike)) for m in _many(self.model)),
+               f"{_n('model')} must be a file name, or one per channel, got {_shown(self.model)}")
+        for model in _many(self.model):
+            problem = special_file_problem(model, "model")
+            _check(problem is None, problem)
+            _check(Path(model).is_file(), f"model file not found: {model}: check the path")
+        counts = {len(_many(v)) for v in (self.model, self.psf, self.psf_model and self.wavelength)} - {0, 1}
+        _check(len(counts) < 2, f"{_n('model')} and the PSFs give one per channel for different numbers of "
+               "channels: give as many of each, or one for all")
+
+    def _check_psf_model(self) -> None:
+        """Without a PSF file: a PSF model with positive NA and wavelengths, and optics it can generate."""
+        _check(self.psf_model in PSF_MODELS, f"a PSF is needed: set {_n('psf')} = \"PSF.tif\" or {_n('psf_model')} "
+               f"with {_n('na')} and {_n('wavelength')}")
+        _check(_positive(self.na) and _many(self.wavelength) and all(_positive(w) for w in _many(self.wavelength)),
+               f"{_n('psf_model')} needs positive {_n('na')} and {_n('wavelength')} (one, or one per channel)")
+        from deconv3d.psf.generate import check_optics
+
+        for wavelength in _many(self.wavelength):
+            check_optics(self.psf_model, self.na, wavelength, self.ni, self.ns, self.depth)
+
+    def _check_psf_files(self) -> None:
+        """The PSF files: no PSF model beside them, file names (one or one per channel) of usable files."""
+        _check(self.psf_model is None, f"give either {_n('psf')} or {_n('psf_model')}, not both")
+        _check(bool(_many(self.psf)) and all(isinstance(p, (str, os.PathLike)) for p in _many(self.psf)),
+               f"{_n('psf')} needs a file name, or one per channel, got {_shown(self.psf)}"
+               + (" (save it with deconv3d.io.write_tiff first)" if hasattr(self.psf, "shape") else ""))
+        from deconv3d.io import psf_path_problem
+
+        for psf in _many(self.psf):
+            problem = psf_path_problem(psf)
+            _check(problem is None, problem)
 
     @property
     def run_device(self) -> str:
