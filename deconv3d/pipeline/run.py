@@ -153,7 +153,6 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         this one: :func:`~deconv3d.pipeline.files.deconvolve_file` issues them once its TIFF is written.
     """
     from deconv3d._fftw_planning import measuring_run
-    from deconv3d.omezarr.writing import CHUNK_CAP
 
     start = time.perf_counter()
     _check_whole_numbers(chunks, halo, workers, pyramid_levels)
@@ -161,21 +160,13 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     time_problem = getattr(data, "time_problem", None) if time_axis is None else None  # (the input's, taken)
     reader, axes, time_axis, origin, channels, voxel_size = _source(data, axes, time_axis, origin, channels,
                                                                     voxel_size)
-    lead = sum(a in "TC" for a in axes)
     fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
-    cap = tuple(CHUNK_CAP[a] for a in axes[lead:])  # stored chunks no longer than write_ome_zarr's
-    plan = RunPlan.make(tuple(reader.shape[lead:]), fns or [block_fn], chunks, halo, memory_limit, model, workers,
-                      client, cap).with_cache(reader, lead)
-    indices = list(np.ndindex(*reader.shape[:lead]))
+    plan, cap, indices = _planned(reader, axes, fns or [block_fn], chunks, halo, memory_limit, model, workers, client)
     total = plan.blocks * len(indices)
     execution = plan.execution(total, workers, client, asked_limit=memory_limit)
     if provenance is not None:  # how it ran, recorded before the output is published (not after)
         provenance = _provenance_with_run(provenance, execution, plan, fns or [block_fn])
-    # planned: the total is known, nothing written yet
-    if (progress is not None and progress(0, total)) or cancel_requested(cancel):
-        raise Cancelled("cancelled before the first block")
-    if time_problem and "T" in axes:  # a time unit without a name: said once, by the run that writes the axis
-        warn(f"deconv3d: warning: {time_problem}")
+    _before_the_first_block(progress, total, cancel, time_problem, axes)
     # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (allocator.py);
     # the measuring box and every block are one run for FFTW's measuring budget (measuring_run)
     with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output, folder=True) as tmp:
@@ -185,14 +176,43 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         if provenance is not None and decided:
             _record_decided(tmp, decided)
         _finish_image(tmp, reader, channels, pyramid_levels, workers)
-    info = RunInfo(plan.zarr_chunks, plan.depth, total, plan.predicted, time.perf_counter() - start,
+    info = _run_info(reader, plan, axes, channels, indices, time.perf_counter() - start, execution, provenance,
+                     decided, clips, near)
+    if warn_clips:
+        warn_of_clips(info)
+    return info
+
+
+def _planned(reader, axes, block_fns, chunks, halo, memory_limit, model, workers, client):
+    """(the run's :class:`RunPlan`, with its chunk cache; the stored chunks' cap; the (time point, channel)
+    indices of the volumes): stored chunks no longer than write_ome_zarr's."""
+    from deconv3d.omezarr.writing import CHUNK_CAP
+
+    lead = sum(a in "TC" for a in axes)
+    cap = tuple(CHUNK_CAP[a] for a in axes[lead:])  # stored chunks no longer than write_ome_zarr's
+    plan = RunPlan.make(tuple(reader.shape[lead:]), block_fns, chunks, halo, memory_limit, model, workers,
+                        client, cap).with_cache(reader, lead)
+    return plan, cap, list(np.ndindex(*reader.shape[:lead]))
+
+
+def _before_the_first_block(progress, total, cancel, time_problem, axes) -> None:
+    """Once planned (the total is known, nothing written yet): raise :class:`Cancelled` where ``progress(0,
+    total)`` returns True or ``cancel`` is set, then warn of a time unit without a name."""
+    # planned: the total is known, nothing written yet
+    if (progress is not None and progress(0, total)) or cancel_requested(cancel):
+        raise Cancelled("cancelled before the first block")
+    if time_problem and "T" in axes:  # a time unit without a name: said once, by the run that writes the axis
+        warn(f"deconv3d: warning: {time_problem}")
+
+
+def _run_info(reader, plan: RunPlan, axes, channels, indices, seconds, execution, provenance, decided, clips,
+              near) -> RunInfo:
+    """The :class:`RunInfo` of a run written in ``seconds``, with its clip warnings (:func:`_clip_warnings`)."""
+    return RunInfo(plan.zarr_chunks, plan.depth, plan.blocks * len(indices), plan.predicted, seconds,
                    tuple(max(c) for c in plan.dask_chunks) if plan.dask_chunks else plan.shape, execution,
                    (provenance or {}).get("environment", {}), decided,
                    tuple(_channel_name(reader, index, axes, channels) for index in indices),
                    _clip_warnings(clips, near))
-    if warn_clips:
-        warn_of_clips(info)
-    return info
 
 
 def _checked_output(output, data) -> Path:
