@@ -34,46 +34,64 @@ def load_config(path) -> dict:
     plus :data:`RUN_KEYS` where given. Two keys for one setting (``amp`` and ``no-amp``, or
     ``tv-weight`` and ``tv_weight``) are refused: which one was meant is not for us to guess.
     The files ``psf`` and ``model`` name are taken relative to the config file's folder."""
+    path = Path(path)
+    raw = _read_toml(path)
+    known = {f.name for f in dataclasses.fields(Settings)} | set(RUN_KEYS)
+    out, keys = {}, {}
+    for key, value in raw.items():
+        name, value = _setting_name(key, value, path, known, keys)
+        keys[name] = key
+        out[name] = _setting_value(name, key, value, path)
+    return out
+
+
+def _read_toml(path: Path) -> dict:
+    """The TOML of the config file ``path``, refused with the fix where it is missing, unreadable or not TOML."""
     import tomllib
 
-    path = Path(path)
     if not path.is_file():
         raise InputError(f"config file not found: {path}: check the path")
     text = None
     try:
         # TOML is UTF-8 (Windows' default was cp1252); Notepad's "UTF-8 with BOM" was refused at line 1
         text = path.read_text(encoding="utf-8-sig")
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         fix = WINDOWS_PATHS if _backslash_in_double_quotes(text, exc) else "fix the TOML syntax"
         raise InputError(f"cannot read config {path}: {' '.join(str(exc).split())}: {fix}") from exc
     except OSError as exc:  # the command line's "check free disk space" is a writer's hint
         raise InputError(f"cannot read config {path}: {exc.strerror or exc}: ask for read access to it (or copy it "
                          "somewhere you can read)") from exc
-    known = {f.name for f in dataclasses.fields(Settings)} | set(RUN_KEYS)
-    out, keys = {}, {}
-    for key, value in raw.items():
-        name = key.replace("-", "_")
-        if name in ("no_accelerate", "no_amp", "no_tta"):  # the flag's own name: no-accelerate = true
-            if not isinstance(value, bool):
-                raise InputError(f"config {path}: {key} must be true or false, got {value!r}")
-            name, value = name[3:], not value
-        if name not in known:
-            raise InputError(f"config {path}: unknown key {key!r}: use the long option names, e.g. method, psf, "
-                             "iterations")
-        if name in keys:
-            raise InputError(f"config {path}: {keys[name]!r} and {key!r} both set {name}: keep one of them")
-        keys[name] = key
-        if isinstance(value, list):
-            value = tuple(value)
-        if name in ("psf", "model") and value is not None:
-            if not all(isinstance(f, str) for f in _many(value)):
-                raise InputError(f"config {path}: {key} must be a file name in quotes (or a list of them, one per "
-                                 f"channel), got {value!r}")
-            resolved = [_config_path(f, path, key) for f in _many(value)]
-            value = tuple(resolved) if isinstance(value, tuple) else resolved[0]
-        out[name] = value
-    return out
+
+
+def _setting_name(key: str, value, path: Path, known: set, keys: dict):
+    """(setting name, value) of the config's ``key``: ``no-accelerate = true`` is ``accelerate = false``;
+    refused where the key is unknown or another key (in ``keys``, name to key) already set it."""
+    name = key.replace("-", "_")
+    if name in ("no_accelerate", "no_amp", "no_tta"):  # the flag's own name: no-accelerate = true
+        if not isinstance(value, bool):
+            raise InputError(f"config {path}: {key} must be true or false, got {value!r}")
+        name, value = name[3:], not value
+    if name not in known:
+        raise InputError(f"config {path}: unknown key {key!r}: use the long option names, e.g. method, psf, "
+                         "iterations")
+    if name in keys:
+        raise InputError(f"config {path}: {keys[name]!r} and {key!r} both set {name}: keep one of them")
+    return name, value
+
+
+def _setting_value(name: str, key: str, value, path: Path):
+    """The value of setting ``name``: a list as a tuple, and the files ``psf`` and ``model`` name taken
+    relative to the config file's folder (:func:`_config_path`)."""
+    if isinstance(value, list):
+        value = tuple(value)
+    if name in ("psf", "model") and value is not None:
+        if not all(isinstance(f, str) for f in _many(value)):
+            raise InputError(f"config {path}: {key} must be a file name in quotes (or a list of them, one per "
+                             f"channel), got {value!r}")
+        resolved = [_config_path(f, path, key) for f in _many(value)]
+        value = tuple(resolved) if isinstance(value, tuple) else resolved[0]
+    return value
 
 
 def _config_path(name: str, config: Path, key: str) -> str:
