@@ -72,8 +72,18 @@ def warnings_into(row: dict):
     while no other row listens) to ``row["warnings"]``, and show it as before, through the caller's
     ``warnings.showwarning`` (a GUI's hook, ``catch_warnings``' recorder, the command line's). The
     caller's warning filters decide which are shown, and so listed ("ignore": none)."""
-    global _replaced
     listed, thread = row["warnings"], threading.get_ident()
+    _start_listing(listed, thread)
+    try:
+        yield
+    finally:
+        _stop_listing(listed, thread)
+
+
+def _start_listing(listed: list, thread: int) -> None:
+    """Register ``listed`` as the list of a row of ``thread``, with the hook its warnings are shown
+    through, and put :func:`_dispatch` in place (the first row: also the filter of deconv3d's own)."""
+    global _replaced
     with WARNINGS_LOCK:  # (not inside a library's catch_warnings block, which would undo it)
         with _ROWS_LOCK:
             first = not _ROWS
@@ -92,25 +102,27 @@ def warnings_into(row: dict):
         warnings.showwarning = _dispatch
         if first:
             _show_own_always()
-    try:
-        yield
-    finally:
-        with WARNINGS_LOCK:
-            with _ROWS_LOCK:
-                rows = _ROWS[thread]
-                at = max(i for i, (r, _) in enumerate(rows) if r is listed)
-                if len(rows) == 1:
-                    _LAST_HOOK[thread] = rows[0][1], _recording()
-                del rows[at]
-                if not rows:
-                    del _ROWS[thread]
-                idle = not _ROWS
-                if idle:
-                    _LAST_HOOK.clear()
-            if idle and warnings.showwarning is _dispatch:
-                warnings.showwarning = _replaced
+
+
+def _stop_listing(listed: list, thread: int) -> None:
+    """Take the row of ``listed`` out of ``thread``'s rows; after the last row of all, put back the
+    hook that was in place when the first began, and the filters."""
+    with WARNINGS_LOCK:
+        with _ROWS_LOCK:
+            rows = _ROWS[thread]
+            at = max(i for i, (r, _) in enumerate(rows) if r is listed)
+            if len(rows) == 1:
+                _LAST_HOOK[thread] = rows[0][1], _recording()
+            del rows[at]
+            if not rows:
+                del _ROWS[thread]
+            idle = not _ROWS
             if idle:
-                _take_out_always()
+                _LAST_HOOK.clear()
+        if idle and warnings.showwarning is _dispatch:
+            warnings.showwarning = _replaced
+        if idle:
+            _take_out_always()
 
 
 def _show_own_always() -> None:
