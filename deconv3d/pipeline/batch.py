@@ -19,6 +19,7 @@ the output ownership they give are in :mod:`~deconv3d.pipeline.completion_record
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Optional
@@ -120,12 +121,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     report of the files it finished.
     """
     output_dir = Path(output_dir)
-    # the PSF (or model) kept among the images it applies to is not one of them (it was deconvolved too)
-    shared = [Path(f) for f in (*_many(settings.psf), *_many(settings.model)) if f]
-    inputs = [p for p in find_inputs(input_dir, settings.pattern) if not any(_same_file(p, f) for f in shared)]
-    if not inputs:
-        raise InputError(f"no input files in {input_dir} match {', '.join(settings.pattern)}: check --pattern")
-    outputs = _outputs_for(inputs, input_dir, output_dir, settings)
+    inputs, outputs = _inputs_and_outputs(input_dir, output_dir, settings)
     _refuse_report_folders(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
@@ -138,24 +134,39 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
         # killed runs' (live runs' are kept), in either output format: a run of the other one left them too
         remove_stale_temporaries_in(output_dir, [o.with_suffix(f".{f}").name for o in outputs for f in OUTPUT_FORMATS])
         # (once: what runs write meanwhile, their claims note)
-        listed = completion_record_names(output_dir / RECORD_DIR)
+        settle = functools.partial(_settle, output_dir=output_dir, started=started, finished=(finished_as, symmetric_as),
+                                   settings=settings, process_one=process_one,
+                                   listed=completion_record_names(output_dir / RECORD_DIR), hash_input=hash_input)
         busy = []
         for number, (path, output) in enumerate(zip(inputs, outputs), 1):
-            # (names as text a report can hold: a name that is not UTF-8 failed the CSV report's writing)
-            row = {"file": recorded_path(path), "output": recorded_path(output), "status": "", "seconds": 0.0,
-                   "reason": "", "warnings": [], "settings": settings_hash, EQUIVALENT: finished_as}
+            row = _new_row(path, output, settings_hash, finished_as)
             rows.append(row)  # before the work: an interrupted file shows as the row left without a status
-            if _settle(path, output, output_dir, started, (finished_as, symmetric_as), settings, process_one, row,
-                       listed, hash_input=hash_input) is False:
+            if settle(path, output, row=row) is False:
                 busy.append((number, path, output, row))  # (who owns its output is asked once, below)
             _progress_then_report(progress, report, number, len(inputs), row, rows)
         # The files another run held: it may have been killed (its lock is then free), or its input may
         # own their output now. A file still held by a live run stays skipped.
         for number, path, output, row in busy:
-            if _settle(path, output, output_dir, started, (finished_as, symmetric_as), settings, process_one, row,
-                       listed, again=True, hash_input=hash_input) is not False:
+            if settle(path, output, row=row, again=True) is not False:
                 _progress_then_report(progress, report, number, len(inputs), row, rows)
     return rows
+
+
+def _inputs_and_outputs(input_dir, output_dir: Path, settings: Settings):
+    """(the batch's input files, their outputs), refused where no file matches the pattern. The PSF (or
+    model) kept among the images it applies to is not one of them (it was deconvolved too)."""
+    shared = [Path(f) for f in (*_many(settings.psf), *_many(settings.model)) if f]
+    inputs = [p for p in find_inputs(input_dir, settings.pattern) if not any(_same_file(p, f) for f in shared)]
+    if not inputs:
+        raise InputError(f"no input files in {input_dir} match {', '.join(settings.pattern)}: check --pattern")
+    return inputs, _outputs_for(inputs, input_dir, output_dir, settings)
+
+
+def _new_row(path, output, settings_hash: str, finished_as: tuple) -> dict:
+    """The report row of one input, before its work (names as text a report can hold: a name that is
+    not UTF-8 failed the CSV report's writing)."""
+    return {"file": recorded_path(path), "output": recorded_path(output), "status": "", "seconds": 0.0,
+            "reason": "", "warnings": [], "settings": settings_hash, EQUIVALENT: finished_as}
 
 
 def _refuse_report_folders(output_dir: Path) -> None:
