@@ -77,22 +77,16 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     where ``fn`` checks :func:`abandoned`) discarded; on a cluster it is the name of the run's
     ``distributed.Event`` (:class:`_ClusterFlag`).
     """
-    import zarr
-
     from deconv3d._fftw_planning import measuring_run
     from deconv3d.classical._reuse import drop_setup
 
     on_cluster = isinstance(abandon, str)
-    if on_cluster:  # on a cluster's worker: the name of the run's distributed.Event
-        abandon = _ClusterFlag(abandon)
+    abandon = _ClusterFlag(abandon) if on_cluster else abandon  # on a cluster's worker: the run's distributed.Event
     if abandon is not None and abandon.is_set():
         return None
     block = source if isinstance(source, np.ndarray) else source.read(read_key)
     _verify_source(source, thorough=False)  # (run_chunked checks thoroughly once, before publishing)
-    found = None
-    if figures is not None:
-        at = (tuple(s + c.start for s, c in zip(placement.start, placement.core)), tuple(placement.shape))
-        found = figures.measure(np.asarray(block)[placement.core], at)
+    found = None if figures is None else _core_figures(figures, block, placement)
     run_flags._BLOCK.abandon, run_flags._BLOCK.threads = abandon, threads
     try:  # a worker's blocks of one run share FFTW's measuring budget (here: run_blocks' own)
         with measuring_run(abandon.name if on_cluster else None):
@@ -107,11 +101,24 @@ def _block_task(source, read_key: tuple, fn, placement: Placement, target_path: 
     del block
     if abandon is not None and abandon.is_set():
         return None
-    target = zarr.open_array(str(target_path), mode="r+")
-    target[write_key] = out[placement.core]
+    _write_core(target_path, write_key, out, placement)
     del out
     release_memory()
     return found
+
+
+def _core_figures(figures: FigureRequest, block, placement: Placement):
+    """What :meth:`FigureRequest.measure` finds in the core of ``block`` (as read), at the core's place in the volume."""
+    at = (tuple(s + c.start for s, c in zip(placement.start, placement.core)), tuple(placement.shape))
+    return figures.measure(np.asarray(block)[placement.core], at)
+
+
+def _write_core(target_path: str, write_key: tuple, out: np.ndarray, placement: Placement) -> None:
+    """Write the core of a block's result ``out`` into the output zarr at ``write_key``."""
+    import zarr
+
+    target = zarr.open_array(str(target_path), mode="r+")
+    target[write_key] = out[placement.core]
 
 
 def located(exc: NonFiniteValues, values: np.ndarray, start: Sequence[int]) -> NonFiniteValues:
@@ -299,9 +306,7 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
 
     finished, state = _counter(progress, done, total, figures)
     request = None if figures is None else figures.request()  # (it alone travels with the tasks)
-    threads = max(1, sum(client.nthreads().values()))
-    remote = bool(getattr(reader, "remote", False))
-    limit = 2 * threads if remote else threads  # blocks read here travel with their task: hold fewer
+    remote, limit = _in_flight_limit(client, reader)
     refs = _scatter_shared(client, fn, reader if remote else None)
     futures: set = set()
     abandon = Event(f"deconv3d-abandon-{uuid.uuid4().hex}", client=client)
@@ -320,13 +325,26 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
             del source
         settle(0)
     except BaseException:
-        abandon.set()  # running blocks stop at their next check of abandoned(); the others are cancelled
-        client.cancel(list(futures))
-        _clear_later(abandon, 3 * run_flags.CLUSTER_POLL)  # once they have read it: a set event stays on the scheduler
+        _abandon_distributed(abandon, client, futures)
         raise
     finally:
         client.cancel(refs)
     return state["count"]
+
+
+def _in_flight_limit(client, reader) -> tuple:
+    """(whether every worker reads the source itself, how many blocks a cluster run keeps in flight): one
+    per thread of the cluster, twice that where the workers read; blocks read here travel with their task."""
+    threads = max(1, sum(client.nthreads().values()))
+    remote = bool(getattr(reader, "remote", False))
+    return remote, 2 * threads if remote else threads  # blocks read here travel with their task: hold fewer
+
+
+def _abandon_distributed(abandon, client, futures: set) -> None:
+    """Give up a cluster run: set its ``abandon`` event, cancel its ``futures``, clear the event later."""
+    abandon.set()  # running blocks stop at their next check of abandoned(); the others are cancelled
+    client.cancel(list(futures))
+    _clear_later(abandon, 3 * run_flags.CLUSTER_POLL)  # once they have read it: a set event stays on the scheduler
 
 
 def _scatter_shared(client, fn, reader=None) -> list:
