@@ -1101,6 +1101,33 @@ def test_batch_shows_the_blocks_of_each_file(data, capsys, monkeypatch):
     assert all(i > last_of_a for i, line in enumerate(lines) if line.startswith(f"rl {data / 'in' / 'b.tif'}: ")), err
 
 
+def test_a_tif_output_of_the_chunked_route_shows_its_copy(data, capsys, monkeypatch):
+    """A .tif output of the chunked route is copied from a scratch OME-Zarr after the last block, about 8 s
+    per GB with the blocks' bar at its end and nothing new: the copy now has its own bar (here a log's lines)
+    in MB, after the blocks', in deconvolve and in a batch; a .zarr output, written by the blocks, has none."""
+    import shutil
+
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "0")  # a line at every report
+    common = ["--psf", data / "psf.tif", "--method", "rl", "--iterations", 2, "--device", "cpu"]
+    for output in ("o.tif", "o.zarr"):
+        code, _, err = run(["deconvolve", data / "image.tif", "-o", data / output, "--chunks", 4, 20, 20, *common],
+                           capsys)
+        assert code == 0, err
+        lines = err.splitlines()
+        copying = [i for i, line in enumerate(lines) if line.startswith(f"writing {data / output}: ")]
+        assert bool(copying) == output.endswith(".tif"), err
+        if copying:
+            assert re.match(r"writing .*: (\d+)/\1 MB \(100%\), ", lines[copying[-1]]), err
+            assert min(copying) > max(i for i, line in enumerate(lines) if line.startswith("rl: ")), err
+    (data / "in").mkdir()
+    for name in ("a.tif", "b.tif"):
+        shutil.copy(data / "image.tif", data / "in" / name)
+    code, out, err = run(["batch", data / "in", "-o", data / "out", "--output-format", "tif", *common], capsys)
+    assert code == 0 and "2 done" in out, err
+    for name in ("a.tif", "b.tif"):
+        assert re.search(rf"^writing {re.escape(str(data / 'out' / name))}: (\d+)/\1 MB \(100%\), ", err, re.M), err
+
+
 def test_batch_shows_its_hashing_of_a_large_file(data, capsys, monkeypatch):
     """A batch hashes each file for its completion record before running it: above the threshold
     with a bar naming the file (a file of 100 GB was a minute or more of silence), the same hash."""

@@ -18,7 +18,7 @@ from deconv3d.errors import InputError, always_show_own_warnings
 
 from ._common import Terminated
 from .batch_output_folder import _check_output_folder
-from .pipeline import OPTICS, _bar, _setting_values, _trainer, settings_from_args
+from .pipeline import OPTICS, _bar, _setting_values, _trainer, settings_from_args, writing_bar
 from .printing import hashed, print_warnings, say_last, show_warning, warning_text
 
 
@@ -95,7 +95,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def _file_runner(settings, client, workers: int, warned: _BatchWarnings):
     """The batch's ``process_one``: deconvolve one file on ``client``, its warnings kept for its row, with a
-    progress bar of its blocks (:func:`~deconv3d.cli.pipeline._bar`)."""
+    progress bar of its blocks (:func:`~deconv3d.cli.pipeline._bar`) and one of a TIFF output's copy
+    (:func:`~deconv3d.cli.pipeline.writing_bar`)."""
     from deconv3d._paths import path_text
     from deconv3d.pipeline.files import deconvolve_file
 
@@ -111,10 +112,10 @@ def _file_runner(settings, client, workers: int, warned: _BatchWarnings):
         # a bar of the file's blocks, as deconvolve's: a large file ran for minutes with no line until its own
         bar, blocks_done = _bar(line_text(f"{settings.method} {path_text(path)}"), "block")
         try:
-            with bar:
+            with bar, writing_bar(output) as writing:
                 deconvolve_file(path, output, settings, client=client, workers=workers, checksum=input_sha256,
                                 trainer=_trainer(training, []), sweep=False,  # (run_batch swept the folder)
-                                iterations_chooser=chooser, progress=blocks_done)
+                                iterations_chooser=chooser, progress=blocks_done, writing=writing)
         finally:
             warned.file = None
 
