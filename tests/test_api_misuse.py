@@ -344,7 +344,7 @@ def test_options_that_count_share_one_whole_number_test(tmp_path, image, psf, va
     from deconv3d.latent import AEConfig
     from deconv3d.pipeline import WienerBlock, run_chunked
     from deconv3d.pipeline.batch import make_settings
-    from deconv3d.selfsup.predict import _per_axis
+    from deconv3d.selfsup.tiling import _per_axis
 
     assert is_whole(value) is whole and is_whole(value, 4) is False and is_whole(4, 4) is True
     calls = [lambda: run_chunked(image, WienerBlock(psf), tmp_path / f"o{value!r}.zarr", workers=value),

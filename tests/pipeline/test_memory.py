@@ -70,7 +70,7 @@ def test_the_network_model_counts_the_context_its_tiles_get(monkeypatch):
     counted. The window is the core (or its default tile, for a core larger than predict_tiled's
     budget) plus the context per side; the block itself is counted once, as the input."""
     from deconv3d.pipeline.memory_model import _network_window
-    from deconv3d.selfsup import predict
+    from deconv3d.selfsup import tiling
 
     bare, padded = (MemoryModel("ssl", (5, 5, 5), base_channels=16, context=c) for c in (0, 56))
     block, core = (64, 176, 176), (64, 64, 64)  # a 64-voxel core with a halo of 56 in y and x
@@ -79,8 +79,8 @@ def test_the_network_model_counts_the_context_its_tiles_get(monkeypatch):
     assert 15 < ratio < 20  # activations on 176^3 voxels, 21 times the core's; the block's input the same
     # a whole volume of the block's size: its window is the block plus the context, 176 x 288 x 288
     assert padded.block_bytes(block) > 2.5 * padded.block_bytes(block, core)
-    monkeypatch.setitem(predict.VOXEL_BUDGET, (False, 3), 32 ** 3)  # a core larger than one tile
-    assert _network_window(core, 56) == math.prod(t + 112 for t in predict.default_tile_shape(core, 1))
+    monkeypatch.setitem(tiling.VOXEL_BUDGET, (False, 3), 32 ** 3)  # a core larger than one tile
+    assert _network_window(core, 56) == math.prod(t + 112 for t in tiling.default_tile_shape(core, 1))
     monkeypatch.undo()
     # peak_bytes counts the largest block, and the network's window on its core
     shape, halo = (64, 384, 384), (0, 56, 56)  # six 64-voxel cores along y and x

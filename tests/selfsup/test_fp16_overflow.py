@@ -35,10 +35,10 @@ def overflowing_half(monkeypatch):
         finally:
             handle.remove()
 
-    for mod in map(importlib.import_module, ("deconv3d.selfsup.train", "deconv3d.selfsup.predict")):
+    for mod in map(importlib.import_module, ("deconv3d.selfsup.train", "deconv3d.selfsup.network_runner")):
         monkeypatch.setattr(mod, "amp_dtype", lambda requested, device, training=False:
                             torch.float16 if requested else None)
-    for mod in map(importlib.import_module, ("deconv3d.selfsup.steps", "deconv3d.selfsup.predict")):
+    for mod in map(importlib.import_module, ("deconv3d.selfsup.steps", "deconv3d.selfsup.network_runner")):
         monkeypatch.setattr(mod, "autocast", fake_half)
     return entered
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from deconv3d.errors import InputError
-from deconv3d.selfsup import predict
+from deconv3d.selfsup import network_runner, predict, tiling
 from deconv3d.selfsup.predict import Cancelled, default_tile_shape, predict_tiled
 
 SHAPES = {2: (40, 36), 3: (12, 20, 26)}
@@ -339,7 +339,7 @@ def test_callback_reports_progress_and_cancels():
 def test_default_tiles_fit_the_budget(monkeypatch):
     assert default_tile_shape((10, 1024, 1024), 8, "cpu") == (10, 456, 456)
     assert default_tile_shape((64, 64, 64), 8, "cpu") == (64, 64, 64)
-    monkeypatch.setitem(predict.VOXEL_BUDGET, (False, 3), 1000)
+    monkeypatch.setitem(tiling.VOXEL_BUDGET, (False, 3), 1000)
     x = volume(3)
     assert np.prod(default_tile_shape(x.shape, 4, "cpu")) <= 1000
     model = small_net(3, seed=2)
@@ -412,7 +412,7 @@ def test_cpu_inference_folds_batch_norm_and_leaves_the_callers_model_alone():
     channels-last memory (1.7x faster on 64 x 128 x 128, profiling review); its output equals the
     network's own to float32 rounding, and the caller's module is untouched."""
     from deconv3d.selfsup import UNetConfig
-    from deconv3d.selfsup.predict import _for_cpu_inference
+    from deconv3d.selfsup.network_runner import _for_cpu_inference
     from deconv3d.selfsup.train import build_model
     from deconv3d.selfsup.unet import ResidualBlock
 
@@ -441,8 +441,8 @@ def test_predict_tiled_runs_the_folded_copy_on_the_cpu(monkeypatch):
     from deconv3d.selfsup.train import build_model
 
     model, used = build_model(UNetConfig(ndim=2, base_channels=4, depth=2), seed=0).eval(), []
-    fold = predict._for_cpu_inference
-    monkeypatch.setattr(predict, "_for_cpu_inference", lambda m: used.append(m) or fold(m))
+    fold = network_runner._for_cpu_inference
+    monkeypatch.setattr(network_runner, "_for_cpu_inference", lambda m: used.append(m) or fold(m))
     image = np.random.default_rng(0).random((24, 24)).astype(np.float32)
     out = predict_tiled(model, image, mean=0.5, std=0.2, divisor=4, device="cpu")
     with torch.no_grad():
