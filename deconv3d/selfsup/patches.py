@@ -19,7 +19,7 @@ import torch
 
 from deconv3d._fft_shapes import pad_spatial
 from deconv3d.selfsup.config import TrainConfig
-from deconv3d.selfsup.losses import FieldGeometry
+from deconv3d.selfsup.forward_model import FieldGeometry
 from deconv3d.selfsup.masking import apply_mask, stratified_mask
 
 

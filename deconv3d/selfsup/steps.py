@@ -13,7 +13,8 @@ import torch
 
 from deconv3d._torch_common import MixedPrecision, WeightAverage, autocast, stop_reason
 from deconv3d.selfsup.config import WARM_SHARE, TrainConfig
-from deconv3d.selfsup.losses import ForwardModel, LossWeights, mse, siamese_loss
+from deconv3d.selfsup.forward_model import ForwardModel
+from deconv3d.selfsup.losses import LossWeights, mse, siamese_loss
 from deconv3d.selfsup.patches import _Batch, _PatchSampler
 from deconv3d.selfsup.unet import ResUNet
 

@@ -37,7 +37,8 @@ from deconv3d.errors import Cancelled, InputError, NonFiniteValues, OptionWarnin
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.psf.center_crop import fit_shape
 from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig, reference_fft_shape
-from deconv3d.selfsup.losses import AUTO_EPS, ForwardModel, loss_weights, snr_gain
+from deconv3d.selfsup.forward_model import ForwardModel
+from deconv3d.selfsup.losses import AUTO_EPS, loss_weights, snr_gain
 from deconv3d.selfsup.patches import _PatchSampler
 from deconv3d.selfsup.steps import _Steps
 from deconv3d.selfsup.unet import ResUNet

@@ -9,8 +9,9 @@ import torch
 
 from deconv3d.errors import InputError
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
-from deconv3d.selfsup.losses import (ForwardModel, LossWeights, blind_spot_term, bound_term, data_term,
-                                     invariance_term, loss_weights, masked_mse, mse, siamese_loss)
+from deconv3d.selfsup.forward_model import ForwardModel
+from deconv3d.selfsup.losses import (LossWeights, blind_spot_term, bound_term, data_term, invariance_term,
+                                     loss_weights, masked_mse, mse, siamese_loss)
 from deconv3d.selfsup.masking import apply_mask, stratified_mask
 from deconv3d.selfsup.unet import ResUNet
 
@@ -134,7 +135,8 @@ def test_weighted_data_term_gradient_is_the_wiener_preconditioned_residual():
 def test_snr_gain_keeps_signal_frequencies_and_drops_noise_ones():
     """A blurred object plus white noise: gain ~1 at the lowest frequencies, 0 beyond the
     PSF's band, and 0 almost everywhere in it for noise alone."""
-    from deconv3d.selfsup.losses import _resample_gain, snr_gain
+    from deconv3d.selfsup.forward_model import _resample_gain
+    from deconv3d.selfsup.losses import snr_gain
 
     rng = np.random.default_rng(1)
     grid = np.meshgrid(*[np.arange(15) - 7] * 3, indexing="ij")
@@ -157,7 +159,7 @@ def test_snr_gain_keeps_signal_frequencies_and_drops_noise_ones():
 
 
 def test_gated_weight_is_the_wiener_weight_times_the_gain():
-    from deconv3d.selfsup.losses import _resample_gain
+    from deconv3d.selfsup.forward_model import _resample_gain
 
     psf = np.ones((3, 3, 3), np.float32) / 27
     fm = ForwardModel(psf)

@@ -94,7 +94,7 @@ def test_mirror_copies_of_a_masked_voxel_are_masked_too(shape, psf_shape):
 
     from deconv3d.fft import pad_spatial
     from deconv3d.selfsup import TrainConfig
-    from deconv3d.selfsup.losses import ForwardModel
+    from deconv3d.selfsup.forward_model import ForwardModel
     from deconv3d.selfsup.patches import _PatchSampler
 
     psf = np.ones(psf_shape, np.float32) / np.prod(psf_shape)

@@ -11,7 +11,8 @@ from deconv3d.errors import InputError
 from deconv3d.metrics import psnr_rescaled
 from deconv3d.selfsup import TrainConfig, apply_model, load_checkpoint, save_checkpoint, train
 from deconv3d.selfsup.config import Reference
-from deconv3d.selfsup.losses import ForwardModel, loss_weights
+from deconv3d.selfsup.forward_model import ForwardModel
+from deconv3d.selfsup.losses import loss_weights
 from deconv3d.selfsup.patches import _PatchSampler
 from deconv3d._torch_common import MixedPrecision
 from deconv3d.selfsup.steps import _train_step

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from deconv3d.selfsup.config import TrainConfig
-from deconv3d.selfsup.losses import ForwardModel, LossWeights
+from deconv3d.selfsup.forward_model import ForwardModel
+from deconv3d.selfsup.losses import LossWeights
 from deconv3d.selfsup.patches import _PatchSampler
 from deconv3d._torch_common import MixedPrecision
 from deconv3d.selfsup.steps import _train_step
