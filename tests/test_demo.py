@@ -138,7 +138,7 @@ def test_the_demo_does_not_advise_a_time_budget_it_has_no_option_for(monkeypatch
     budget is fixed). The demo's own training keeps that warning to itself; the library still gives it."""
     import warnings
 
-    from deconv3d.selfsup.train import warm_start_target
+    from deconv3d.selfsup.rl_reference import warm_start_target
 
     rng = np.random.default_rng(0)
     image = rng.poisson(50, (12, 24, 24)).astype(np.float32)

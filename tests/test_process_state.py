@@ -24,7 +24,7 @@ def test_overlapping_seeded_builds_give_the_weights_of_a_build_alone_and_keep_th
 
     from deconv3d.selfsup import UNetConfig
 
-    train_module = importlib.import_module("deconv3d.selfsup.train")  # (the package's `train` is the function)
+    train_module = importlib.import_module("deconv3d.selfsup.train_setup")  # (where build_model finds ResUNet)
 
     config = UNetConfig(ndim=2, base_channels=4, depth=2)
     ResUNet = train_module.ResUNet
@@ -71,7 +71,8 @@ def test_a_seeded_build_neither_reads_nor_moves_the_rng_another_thread_draws_fro
     initialisation after torch.manual_seed(seed), and the other thread's stream is untouched."""
     from deconv3d.latent.model import AEConfig, Autoencoder, build_autoencoder
     from deconv3d.selfsup import UNetConfig
-    from deconv3d.selfsup.train import ResUNet, build_model
+    from deconv3d.selfsup.train_setup import build_model
+    from deconv3d.selfsup.unet import ResUNet
 
     config = UNetConfig(ndim=3, base_channels=4, depth=2)
     for make, build in ((lambda: ResUNet(config), lambda: build_model(config, seed=3)),

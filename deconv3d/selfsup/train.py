@@ -18,33 +18,30 @@ References
 
 from __future__ import annotations
 
-import math
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from deconv3d._arrays import as_numpy
 from deconv3d._environment import run_environment
-from deconv3d._fft_shapes import kernel_origin
-from deconv3d._tensors import psf_fingerprint, resolve_device
-from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, build_seeded
-from deconv3d._voxel import checked_voxel_size
-from deconv3d.errors import Cancelled, InputError, NonFiniteValues, OptionWarning, outside_stacklevel, require_config
-from deconv3d.psf import normalize_psf, validate_psf
-from deconv3d.psf.center_crop import fit_shape
+from deconv3d._tensors import resolve_device
+from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype
+from deconv3d.errors import Cancelled, require_config
 from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig, reference_fft_shape
 from deconv3d.selfsup.forward_model import ForwardModel
-from deconv3d.selfsup.losses import AUTO_EPS, loss_weights, snr_gain
+from deconv3d.selfsup.losses import loss_weights
 from deconv3d.selfsup.patches import _PatchSampler
+from deconv3d.selfsup.rl_reference import (REFERENCE_SHARE, SMALL_IMAGE_ITERATIONS, WARM_TV_WEIGHTS,
+                                           _reference_on_field, _set_reference, warm_start_target)
 from deconv3d.selfsup.steps import _Steps
+from deconv3d.selfsup.train_setup import (_check_inputs, _data_weight, _field_geometry, build_model,
+                                          make_forward_model, standardize, trainable_model)
 from deconv3d.selfsup.unet import ResUNet
 
 __all__ = ["TrainResult", "train", "make_forward_model", "standardize", "build_model", "trainable_model",
-           "warm_start_target"]
+           "warm_start_target", "WARM_TV_WEIGHTS", "REFERENCE_SHARE", "SMALL_IMAGE_ITERATIONS"]
 
 Callback = Callable[[int, float], Optional[bool]]
 
@@ -87,148 +84,6 @@ class TrainResult:
     # the device, threads, FFT backend (its Richardson-Lucy reference's) and versions it trained with
     # (deconv3d._environment.run_environment): they change the weights' last bits
     environment: Optional[dict] = None
-
-
-def make_forward_model(psf, device="cpu") -> ForwardModel:
-    """Validate ``psf``, normalise it to unit sum and wrap it as a :class:`ForwardModel`."""
-    return ForwardModel(normalize_psf(validate_psf(psf)), device=resolve_device(device))
-
-
-def standardize(image) -> tuple[np.ndarray, float, float]:
-    """Return ``((image - mean) / std, mean, std)`` in float32 (statistics in float64)."""
-    img = as_numpy(image, dtype=np.float32)
-    mean, std = float(img.mean(dtype=np.float64)), float(img.std(dtype=np.float64))
-    if not (math.isfinite(std) and std > 0):
-        raise InputError("image is constant (zero standard deviation): there is nothing to deconvolve")
-    return ((img - np.float32(mean)) / np.float32(std)).astype(np.float32), mean, std
-
-
-def build_model(unet: UNetConfig, seed: int = 0, device="cpu") -> ResUNet:
-    """A :class:`ResUNet` with weights initialised from ``seed`` (global RNG untouched)."""
-    return build_seeded(lambda: ResUNet(unet), seed).to(resolve_device(device))
-
-
-def _check_inputs(image, psf, unet, voxel_size):
-    img = as_numpy(image, dtype=np.float32)
-    if img.ndim not in (2, 3) or img.size == 0:
-        raise InputError(f"image must be a non-empty 2D or 3D array, got shape {img.shape}")
-    if not np.isfinite(img).all():
-        raise NonFiniteValues("image", "clean or crop it first")
-    psf = normalize_psf(validate_psf(psf))
-    if psf.ndim != img.ndim:
-        raise InputError(f"image is {img.ndim}D but the PSF is {psf.ndim}D: give them the same dimensions")
-    if any(n < k for n, k in zip(img.shape, psf.shape)):
-        raise InputError(f"image {img.shape} is smaller than the PSF {psf.shape} in some axis: "
-                         "crop the PSF (deconv3d.psf.crop_psf) or use a larger image")
-    unet = UNetConfig(ndim=img.ndim) if unet is None else unet
-    if unet.ndim != img.ndim:
-        raise InputError(f"network is {unet.ndim}D but the image is {img.ndim}D: set UNetConfig(ndim={img.ndim})")
-    return img, psf, unet, checked_voxel_size(voxel_size, img.ndim)
-
-
-#: Share of ``TrainConfig.time_budget`` that the search for the RL reference may take.
-REFERENCE_SHARE = 0.5
-
-
-WARM_TV_WEIGHTS = (0.0, 0.002, 0.01, 0.03, 0.06, 0.1)  # the TV weights TrainConfig(warm_tv="auto") chooses from
-#: The reference's RL count for an image too small for choose_iterations (richardson_lucy's default).
-SMALL_IMAGE_ITERATIONS = 20
-
-
-def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weight: float | str = 0.0,
-                      extended: bool = False, deadline: float | None = None,
-                      callback: Callable[[int, float], Optional[bool]] | None = None) -> tuple[np.ndarray, Reference]:
-    """The warm-start target: Bertero RL (RL-TV for ``tv_weight`` > 0) at the count chosen from held-out voxels.
-
-    ``tv_weight="auto"`` takes the weight of :data:`WARM_TV_WEIGHTS` whose chosen count has the
-    lowest held-out error. Returns ``(estimate, reference)``, where ``reference`` holds the
-    count (:func:`deconv3d.classical.choose_iterations`) and the weight and reproduces the estimate.
-    ``extended`` returns the estimate on Bertero's extended domain (``richardson_lucy(extended=True)``).
-    ``deadline`` (a ``time.perf_counter()`` value) ends the search early: the best count and weight
-    found by then are used (at least one iteration of the first weight is always measured).
-    ``callback(iteration, risk)`` is called after every iteration of the search
-    (:func:`~deconv3d.classical.choose_iterations`'); returning ``True`` cancels:
-    :class:`~deconv3d.Cancelled` is raised.
-    """
-    asked = []  # holds True once the callback cancelled
-
-    def late(*progress) -> bool:
-        if callback is not None and progress and not asked and callback(*progress):
-            asked.append(True)
-        return bool(asked) or (deadline is not None and time.perf_counter() >= deadline)
-
-    weights = WARM_TV_WEIGHTS if tv_weight == "auto" else (float(tv_weight),)
-    if _too_small_to_search(image):
-        reference = Reference(SMALL_IMAGE_ITERATIONS, weights[0])
-        warnings.warn(f"the training image ({np.size(image)} voxels) is too small to choose the Richardson-Lucy "
-                      f"reference's iteration count by held-out voxels: it runs {SMALL_IMAGE_ITERATIONS}",
-                      RuntimeWarning, stacklevel=outside_stacklevel())
-        return reference.estimate(image, psf, device, extended), reference
-    reference = _searched_reference(image, psf, device, weights, late, asked)
-    if late():  # (a 0.5 s budget kept 1 iteration where the search picks 21: a reference blurrier than the data)
-        said = (f"the time budget ended the search for the reference's Richardson-Lucy count at {reference.iterations} "
-                "iteration(s): give a larger {} (or none) to let it finish")
-        warnings.warn(OptionWarning(said.format("TrainConfig.time_budget"), said.format("--time-budget")),
-                      stacklevel=outside_stacklevel())
-    return reference.estimate(image, psf, device, extended), reference
-
-
-def _too_small_to_search(image) -> bool:
-    """Whether ``image`` holds too few held-out voxels for choose_iterations (its defaults: it refuses). The
-    mask is drawn only for an image expecting under 4x the minimum (80 of 1600 voxels, 7 SD above it): for
-    any other a full-size draw on every training run would only repeat the search's own."""
-    from deconv3d.classical import holdout_mask
-    from deconv3d.classical.iterations import MIN_HELD_OUT
-
-    expected = np.size(image) * 0.05
-    return expected < 4 * MIN_HELD_OUT and int(holdout_mask(np.shape(image), 0.05).sum()) < MIN_HELD_OUT
-
-
-def _searched_reference(image, psf, device, weights, late, asked: list) -> Reference:
-    """The :class:`Reference` of the TV weight in ``weights`` whose chosen count has the lowest held-out error,
-    searching the next weight only while ``late()`` says there is time. ``late(iteration, risk)`` is the
-    search's callback; once it has cancelled (``asked`` not empty), :class:`~deconv3d.Cancelled` is raised."""
-    from deconv3d.classical import choose_iterations
-
-    choices = []
-    for w in weights:
-        if choices and late():
-            break
-        choices.append((choose_iterations(image, psf, 100, tv_weight=w, device=device, callback=late), w))
-    if asked:
-        raise Cancelled("the search for the Richardson-Lucy reference's iteration count was cancelled")
-    choice, weight = min(choices, key=lambda c: min(c[0].risk))
-    return Reference(int(choice.iterations), float(weight))
-
-
-def _data_weight(forward: ForwardModel, data_shape, precondition, image, psf):
-    """The data term's frequency weight for ``TrainConfig.precondition`` (None = plain MSE)."""
-    if precondition == "auto":
-        gain = snr_gain(image, psf)
-        return None if gain is None else forward.data_weight(data_shape, AUTO_EPS, gain)
-    return forward.data_weight(data_shape, precondition) if precondition > 0 else None
-
-
-def trainable_model(unet: UNetConfig, config: TrainConfig, device: torch.device, floor: float):
-    """``(model, optimizer, schedule, average)`` as :func:`train` starts them.
-
-    The model is in training mode with its positive output's ``floor`` (zero intensity in
-    standardised units), a zero-initialised head in the residual form (training starts at the
-    reference estimate exactly) and channels-last memory on the CPU; Adam at ``config.lr``
-    halves every ``config.decay_steps``; ``average`` is the weight average (None without ``config.ema``).
-    """
-    model = build_model(unet, config.seed, device).train()
-    model.floor.fill_(floor)  # used when unet.positive
-    if config.residual:
-        with torch.no_grad():
-            model.head[-1].weight.zero_()
-            model.head[-1].bias.zero_()
-    if device.type == "cpu":  # oneDNN convolutions run ~1.5x faster channels-last (measured, 2 cores)
-        model = model.to(memory_format=torch.channels_last_3d if unet.ndim == 3 else torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_steps, gamma=0.5)
-    average = WeightAverage(model, config.ema) if config.ema > 0 else None
-    return model, optimizer, schedule, average
 
 
 def train(
@@ -376,54 +231,3 @@ def _final_model(model: ResUNet, average: WeightAverage | None) -> ResUNet:
     if average is not None:
         average.copy_to(model)
     return model.to(memory_format=torch.contiguous_format).eval()
-
-
-def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config: TrainConfig):
-    """The training fields' geometry (``ForwardModel.geometry``): data regions of side ``config.patch``
-    (the image's size along shorter axes) in their PSF halo, padded to the network's divisor;
-    refused where the padding would more than double them or batch normalisation would see too
-    few values."""
-    data_shape = [min(config.patch, n) for n in image_shape]
-    side = max(n + b + a for n, b, a in zip(data_shape, forward.halo_before, forward.halo_after))
-    if unet.divisor > 2 * side:  # fields are padded up to 2**depth voxels a side: more than twice what they hold
-        raise InputError(f"a UNet of depth {unet.depth} pads the training fields to {unet.divisor} voxels a side, more "
-                         f"than twice the {side} they hold: use a depth of {(2 * side).bit_length() - 1} or less "
-                         "(--unet-depth)")
-    geometry = forward.geometry(data_shape, unet.divisor)
-    if config.batch * math.prod(n // unet.divisor for n in geometry.field_shape) < 2:
-        raise InputError(f"a batch of {config.batch} training field(s) of {geometry.field_shape} voxels leaves one value "
-                         "per channel at the network's coarsest level, too few for batch normalisation: use a batch "
-                         "of 2 or more or a larger patch (--batch, --patch)")
-    return geometry
-
-
-def _set_reference(img, psf, forward: ForwardModel, sampler: _PatchSampler, config: TrainConfig, device, started: float,
-                   mean_std, callback: Callback | None = None) -> tuple:
-    """Richardson-Lucy's estimate that the warm start regresses onto, the anchor keeps the network
-    near, or the residual network corrects, set as ``sampler``'s target (standardised by
-    ``mean_std``). Returns (fingerprint of the image, the estimate, its :class:`Reference`), or
-    Nones when the recipe needs none. :func:`train`'s ``callback`` gets ``(0, risk)`` per iteration
-    of the search for RL's count; its cancel raises :class:`~deconv3d.Cancelled`."""
-    if not (config.warm_steps or config.residual or config.anchor_weight):  # (an anchor alone needs it too)
-        return None, None, None
-    # The residual base spans the fields' PSF halo with RL's estimate of the object outside the image,
-    # so that H(T) explains the light entering the field from outside from the start.
-    # Under a time budget the search for RL's count and weight takes at most half of it.
-    deadline = None if config.time_budget is None else started + REFERENCE_SHARE * config.time_budget
-    image_key = psf_fingerprint(img)  # of the data RL runs on (a caller may change the array while training)
-    searching = None if callback is None else (lambda _iteration, risk: callback(0, risk))
-    target, reference = warm_start_target(img, psf, device, config.warm_tv, extended=config.residual,
-                                          deadline=deadline, callback=searching)
-    margin = (forward.halo_before, forward.halo_after) if config.residual else None
-    mean, std = mean_std
-    sampler.set_target((target - np.float32(mean)) / np.float32(std), margin)
-    return image_key, target, reference
-
-
-def _reference_on_field(image_key: str, image_shape, psf: np.ndarray, extended: np.ndarray) -> tuple[str, np.ndarray]:
-    """The residual base on the image's field (cut from the extended estimate of the same RL run, so
-    ``Reference.estimate(img, psf)`` up to float32 rounding), keyed by the fingerprint of the image RL ran on."""
-    shape = fit_shape(psf.shape, image_shape)
-    start = [k - 1 - o for k, o in zip(shape, kernel_origin(shape))]
-    field_box = tuple(slice(s, s + n) for s, n in zip(start, image_shape))
-    return image_key, np.ascontiguousarray(extended[field_box])

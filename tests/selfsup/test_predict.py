@@ -413,7 +413,7 @@ def test_cpu_inference_folds_batch_norm_and_leaves_the_callers_model_alone():
     network's own to float32 rounding, and the caller's module is untouched."""
     from deconv3d.selfsup import UNetConfig
     from deconv3d.selfsup.network_runner import _for_cpu_inference
-    from deconv3d.selfsup.train import build_model
+    from deconv3d.selfsup.train_setup import build_model
     from deconv3d.selfsup.unet import ResidualBlock
 
     model = build_model(UNetConfig(ndim=3, base_channels=4, depth=2), seed=1).eval()
@@ -438,7 +438,7 @@ def test_cpu_inference_folds_batch_norm_and_leaves_the_callers_model_alone():
 
 def test_predict_tiled_runs_the_folded_copy_on_the_cpu(monkeypatch):
     from deconv3d.selfsup import UNetConfig
-    from deconv3d.selfsup.train import build_model
+    from deconv3d.selfsup.train_setup import build_model
 
     model, used = build_model(UNetConfig(ndim=2, base_channels=4, depth=2), seed=0).eval(), []
     fold = network_runner._for_cpu_inference

@@ -16,7 +16,8 @@ from deconv3d.selfsup.losses import loss_weights
 from deconv3d.selfsup.patches import _PatchSampler
 from deconv3d._torch_common import MixedPrecision
 from deconv3d.selfsup.steps import _train_step
-from deconv3d.selfsup.train import build_model, standardize, warm_start_target
+from deconv3d.selfsup.rl_reference import warm_start_target
+from deconv3d.selfsup.train_setup import build_model, standardize
 from test_train import TINY, problem, short_training, train_for_module
 
 

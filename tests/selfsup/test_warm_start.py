@@ -13,7 +13,8 @@ from deconv3d.metrics import psnr_rescaled
 from deconv3d.selfsup import TrainConfig, apply_model, load_checkpoint, save_checkpoint, train
 from deconv3d.selfsup.forward_model import ForwardModel
 from deconv3d.selfsup.patches import _PatchSampler
-from deconv3d.selfsup.train import standardize, warm_start_target
+from deconv3d.selfsup.rl_reference import warm_start_target
+from deconv3d.selfsup.train_setup import standardize
 from test_train import TINY, problem
 
 
@@ -31,25 +32,25 @@ def test_a_deadline_ends_the_reference_search_with_the_best_so_far(monkeypatch):
     first weight; train() gives the search half its budget."""
     import importlib
 
-    train_module = importlib.import_module("deconv3d.selfsup.train")  # the package exports a train() too
+    reference_module = importlib.import_module("deconv3d.selfsup.rl_reference")  # (where train() finds warm_start_target)
 
     _, noisy, psf = problem(3, sigma=0.02)
     with pytest.warns(RuntimeWarning, match="time budget ended the search .* at 1 iteration"):  # (it said nothing)
         _, reference = warm_start_target(noisy, psf, "cpu", "auto", deadline=0.0)
-    assert (reference.iterations, reference.tv_weight) == (1, train_module.WARM_TV_WEIGHTS[0])
+    assert (reference.iterations, reference.tv_weight) == (1, reference_module.WARM_TV_WEIGHTS[0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a search that finished in time says nothing
         warm_start_target(noisy, psf, "cpu", 0.0, deadline=time.perf_counter() + 600)
     seen = []
-    real = train_module.warm_start_target
+    real = reference_module.warm_start_target
 
     def spy(*args, deadline=None, **kwargs):
         seen.append(deadline - time.perf_counter())
         return real(*args, deadline=deadline, **kwargs)
 
-    monkeypatch.setattr(train_module, "warm_start_target", spy)
+    monkeypatch.setattr(reference_module, "warm_start_target", spy)
     train(noisy, psf, config=TrainConfig(steps=1, patch=16, batch=1, time_budget=8.0), unet=TINY[3], device="cpu")
-    assert 0 < seen[0] <= train_module.REFERENCE_SHARE * 8.0
+    assert 0 < seen[0] <= reference_module.REFERENCE_SHARE * 8.0
 
 
 def test_target_patches_are_cut_where_the_fields_are():
@@ -127,7 +128,7 @@ def test_anchor_adds_its_weighted_distance_to_the_target():
     from deconv3d.selfsup.losses import loss_weights
     from deconv3d._torch_common import MixedPrecision
     from deconv3d.selfsup.steps import _train_step
-    from deconv3d.selfsup.train import build_model
+    from deconv3d.selfsup.train_setup import build_model
 
     _, noisy, psf = problem(3, sigma=0.02)
     image, mean, std = standardize(noisy)
@@ -171,7 +172,7 @@ def test_anchor_holds_after_the_warm_start_and_old_files_load_without(tmp_path):
 
 
 def test_tv_target_is_rl_tv_and_auto_takes_the_lowest_held_out_error():
-    from deconv3d.selfsup.train import WARM_TV_WEIGHTS
+    from deconv3d.selfsup.rl_reference import WARM_TV_WEIGHTS
 
     _, noisy, psf = problem(3, sigma=0.02)
     target, reference = warm_start_target(noisy, psf, "cpu", tv_weight=0.01)

@@ -1,0 +1,111 @@
+"""Set-up of self-supervised training (:func:`deconv3d.selfsup.train`): the input checks, the
+image standardisation, the network and its optimiser as training starts them, the fields'
+geometry and the data term's frequency weight.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from deconv3d._arrays import as_numpy
+from deconv3d._tensors import resolve_device
+from deconv3d._torch_common import WeightAverage, build_seeded
+from deconv3d._voxel import checked_voxel_size
+from deconv3d.errors import InputError, NonFiniteValues
+from deconv3d.psf import normalize_psf, validate_psf
+from deconv3d.selfsup.config import TrainConfig, UNetConfig
+from deconv3d.selfsup.forward_model import ForwardModel
+from deconv3d.selfsup.losses import AUTO_EPS, snr_gain
+from deconv3d.selfsup.unet import ResUNet
+
+__all__ = ["make_forward_model", "standardize", "build_model", "trainable_model"]
+
+
+def make_forward_model(psf, device="cpu") -> ForwardModel:
+    """Validate ``psf``, normalise it to unit sum and wrap it as a :class:`ForwardModel`."""
+    return ForwardModel(normalize_psf(validate_psf(psf)), device=resolve_device(device))
+
+
+def standardize(image) -> tuple[np.ndarray, float, float]:
+    """Return ``((image - mean) / std, mean, std)`` in float32 (statistics in float64)."""
+    img = as_numpy(image, dtype=np.float32)
+    mean, std = float(img.mean(dtype=np.float64)), float(img.std(dtype=np.float64))
+    if not (math.isfinite(std) and std > 0):
+        raise InputError("image is constant (zero standard deviation): there is nothing to deconvolve")
+    return ((img - np.float32(mean)) / np.float32(std)).astype(np.float32), mean, std
+
+
+def build_model(unet: UNetConfig, seed: int = 0, device="cpu") -> ResUNet:
+    """A :class:`ResUNet` with weights initialised from ``seed`` (global RNG untouched)."""
+    return build_seeded(lambda: ResUNet(unet), seed).to(resolve_device(device))
+
+
+def _check_inputs(image, psf, unet, voxel_size):
+    img = as_numpy(image, dtype=np.float32)
+    if img.ndim not in (2, 3) or img.size == 0:
+        raise InputError(f"image must be a non-empty 2D or 3D array, got shape {img.shape}")
+    if not np.isfinite(img).all():
+        raise NonFiniteValues("image", "clean or crop it first")
+    psf = normalize_psf(validate_psf(psf))
+    if psf.ndim != img.ndim:
+        raise InputError(f"image is {img.ndim}D but the PSF is {psf.ndim}D: give them the same dimensions")
+    if any(n < k for n, k in zip(img.shape, psf.shape)):
+        raise InputError(f"image {img.shape} is smaller than the PSF {psf.shape} in some axis: "
+                         "crop the PSF (deconv3d.psf.crop_psf) or use a larger image")
+    unet = UNetConfig(ndim=img.ndim) if unet is None else unet
+    if unet.ndim != img.ndim:
+        raise InputError(f"network is {unet.ndim}D but the image is {img.ndim}D: set UNetConfig(ndim={img.ndim})")
+    return img, psf, unet, checked_voxel_size(voxel_size, img.ndim)
+
+
+
+def _data_weight(forward: ForwardModel, data_shape, precondition, image, psf):
+    """The data term's frequency weight for ``TrainConfig.precondition`` (None = plain MSE)."""
+    if precondition == "auto":
+        gain = snr_gain(image, psf)
+        return None if gain is None else forward.data_weight(data_shape, AUTO_EPS, gain)
+    return forward.data_weight(data_shape, precondition) if precondition > 0 else None
+
+
+def trainable_model(unet: UNetConfig, config: TrainConfig, device: torch.device, floor: float):
+    """``(model, optimizer, schedule, average)`` as :func:`train` starts them.
+
+    The model is in training mode with its positive output's ``floor`` (zero intensity in
+    standardised units), a zero-initialised head in the residual form (training starts at the
+    reference estimate exactly) and channels-last memory on the CPU; Adam at ``config.lr``
+    halves every ``config.decay_steps``; ``average`` is the weight average (None without ``config.ema``).
+    """
+    model = build_model(unet, config.seed, device).train()
+    model.floor.fill_(floor)  # used when unet.positive
+    if config.residual:
+        with torch.no_grad():
+            model.head[-1].weight.zero_()
+            model.head[-1].bias.zero_()
+    if device.type == "cpu":  # oneDNN convolutions run ~1.5x faster channels-last (measured, 2 cores)
+        model = model.to(memory_format=torch.channels_last_3d if unet.ndim == 3 else torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_steps, gamma=0.5)
+    average = WeightAverage(model, config.ema) if config.ema > 0 else None
+    return model, optimizer, schedule, average
+
+
+def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config: TrainConfig):
+    """The training fields' geometry (``ForwardModel.geometry``): data regions of side ``config.patch``
+    (the image's size along shorter axes) in their PSF halo, padded to the network's divisor;
+    refused where the padding would more than double them or batch normalisation would see too
+    few values."""
+    data_shape = [min(config.patch, n) for n in image_shape]
+    side = max(n + b + a for n, b, a in zip(data_shape, forward.halo_before, forward.halo_after))
+    if unet.divisor > 2 * side:  # fields are padded up to 2**depth voxels a side: more than twice what they hold
+        raise InputError(f"a UNet of depth {unet.depth} pads the training fields to {unet.divisor} voxels a side, more "
+                         f"than twice the {side} they hold: use a depth of {(2 * side).bit_length() - 1} or less "
+                         "(--unet-depth)")
+    geometry = forward.geometry(data_shape, unet.divisor)
+    if config.batch * math.prod(n // unet.divisor for n in geometry.field_shape) < 2:
+        raise InputError(f"a batch of {config.batch} training field(s) of {geometry.field_shape} voxels leaves one value "
+                         "per channel at the network's coarsest level, too few for batch normalisation: use a batch "
+                         "of 2 or more or a larger patch (--batch, --patch)")
+    return geometry
