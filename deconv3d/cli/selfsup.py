@@ -195,10 +195,19 @@ def train_with_progress(image, psf, args, voxel, notes=(), stop=None):
     preparing = bool(config.residual or config.warm_steps or config.anchor_weight)  # as train() decides
     bar = (make_bar(None, "train: choosing the RL reference", "it") if preparing
            else make_bar(config.steps, "train", "step"))
+    callback = _training_callback(bar, config.steps, preparing, list(notes), stop)
+    with bar:
+        result = train(image, psf, config=config, unet=unet, device=args.device, callback=callback, voxel_size=voxel)
+    if result.reason == "non-finite loss":
+        raise InputError(f"training diverged at step {result.steps_done} (non-finite loss): lower --lr or check the PSF")
+    return result
 
+
+def _training_callback(bar, steps: int, preparing: bool, pending: list, stop):
+    """:func:`train_with_progress`'s ``callback(step, loss)`` for train(): prints the ``pending`` warnings at
+    the first report, counts the search's RL iterations on ``bar`` while ``preparing`` (step 0), then the
+    ``steps`` training steps; arms ``stop`` at each step and returns whether it was asked."""
     waiting = [preparing]
-
-    pending = list(notes)
 
     def callback(step, loss):
         if pending:
@@ -213,18 +222,14 @@ def train_with_progress(image, psf, args, voxel, notes=(), stop=None):
             bar.set_description("train", refresh=False)
             bar.unit = "step"
             bar.set_postfix(refresh=False)
-            bar.reset(total=config.steps)  # the rate and ETA count training steps only
+            bar.reset(total=steps)  # the rate and ETA count training steps only
         if stop is not None:  # armed before the step's line is written: a signal as it shows keeps the step
             stop.arm()
         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)  # before update, which may write the line
         bar.update(step - bar.n)
         return stop is not None and stop.asked
 
-    with bar:
-        result = train(image, psf, config=config, unet=unet, device=args.device, callback=callback, voxel_size=voxel)
-    if result.reason == "non-finite loss":
-        raise InputError(f"training diverged at step {result.steps_done} (non-finite loss): lower --lr or check the PSF")
-    return result
+    return callback
 
 
 def _read_inputs(args):
