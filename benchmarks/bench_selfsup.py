@@ -40,7 +40,7 @@ from deconv3d.cli.arguments import non_negative_float  # noqa: E402
 from deconv3d.cli.selfsup import RESIDUAL, WARM_TV, _auto_or_non_negative, _warm_start, _warm_tv  # noqa: E402
 from deconv3d.fft import band_limit  # noqa: E402
 from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, train  # noqa: E402
-from deconv3d.selfsup.train import WARM_TV_WEIGHTS, warm_start_target  # noqa: E402
+from deconv3d.selfsup.rl_reference import WARM_TV_WEIGHTS, warm_start_target  # noqa: E402
 
 METHODS = {
     "ssi": dict(invariance="none", lambda_bsp=1.0),

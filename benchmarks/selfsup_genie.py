@@ -21,9 +21,12 @@ import torch
 from deconv3d._torch_common import MixedPrecision, amp_dtype, autocast, stop_reason
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
-from deconv3d.selfsup.losses import ForwardModel, mse
+from deconv3d.selfsup.forward_model import ForwardModel
+from deconv3d.selfsup.losses import mse
 from deconv3d.selfsup.patches import _PatchSampler
-from deconv3d.selfsup.train import TrainResult, standardize, trainable_model, warm_start_target
+from deconv3d.selfsup.rl_reference import warm_start_target
+from deconv3d.selfsup.train import TrainResult
+from deconv3d.selfsup.train_setup import standardize, trainable_model
 
 
 def train_supervised(noisy: np.ndarray, psf: np.ndarray, target: np.ndarray, config: TrainConfig,

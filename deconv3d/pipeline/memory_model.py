@@ -217,7 +217,7 @@ class MemoryModel:
 def _network_window(core_shape: Sequence[int], context: int) -> int:
     """Voxels of the largest window :func:`deconv3d.selfsup.predict.predict_tiled` feeds the network
     for a block's core: its default tile (the core, or a part of it) plus ``context`` on every side."""
-    from deconv3d.selfsup.predict import default_tile_shape
+    from deconv3d.selfsup.tiling import default_tile_shape
 
     tile = default_tile_shape(core_shape, 1)
     return math.prod(min(n, t) + 2 * int(context) for n, t in zip(core_shape, tile))

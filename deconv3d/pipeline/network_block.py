@@ -71,7 +71,7 @@ class NetworkBlock:
         pooling grid: the cores then equal one pass over the volume, whatever its size. Outside
         that region the result holds no prediction (the halo is trimmed)."""
         from deconv3d.selfsup import apply_model
-        from deconv3d.selfsup.predict import volume_phase
+        from deconv3d.selfsup.tiling import volume_phase
 
         if placement is None:
             return _finite(apply_model(self.trained, block, device=self.device, tta=self.tta, context=self.context,

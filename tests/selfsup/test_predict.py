@@ -10,7 +10,8 @@ from torch import nn
 
 from deconv3d.errors import InputError
 from deconv3d.selfsup import network_runner, predict, tiling
-from deconv3d.selfsup.predict import Cancelled, default_tile_shape, predict_tiled
+from deconv3d.selfsup.predict import Cancelled, predict_tiled
+from deconv3d.selfsup.tiling import default_tile_shape
 
 SHAPES = {2: (40, 36), 3: (12, 20, 26)}
 TILES = {
