@@ -1152,3 +1152,11 @@ def test_batch_shows_its_hashing_of_a_large_file(data, capsys, monkeypatch):
     assert json.loads((data / "out" / ".deconv3d-batch" / "a.tif.json").read_text())["input_sha256"] == digest
     record = json.loads((data / "out" / "a.zarr" / "zarr.json").read_text())["attributes"]["deconv3d"]
     assert record["input"]["sha256"] == digest
+
+
+def test_counted_says_one_step_not_one_steps():
+    """A training's last line read 'wrote m.ckpt: 1 steps (completed)' and an interrupted one 'with the 1 steps
+    trained' (self-supervised bug hunt)."""
+    from deconv3d.cli.printing import counted
+
+    assert [counted(n, "step") for n in (0, 1, 2)] == ["0 steps", "1 step", "2 steps"]

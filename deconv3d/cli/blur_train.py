@@ -10,7 +10,7 @@ from deconv3d.errors import InputError, warn
 
 from ._common import check_output
 from .blur_inputs import _read_stacks
-from .printing import hashed, progress
+from .printing import counted, hashed, progress
 
 if TYPE_CHECKING:  # numpy is imported where it is used: --help and --version do without it
     import numpy as np
@@ -90,7 +90,7 @@ def _trained_line(args, result) -> str:
                                                   f"at step {result.best_step}")
     rerun = (f"; --steps {args.steps} --stop-after {result.steps_done} reproduces it" if result.reason == "time_budget"
              else "")
-    return (f"wrote {line_text(args.output)}: {args.variant} autoencoder, {result.steps_done} steps ({result.reason}), "
+    return (f"wrote {line_text(args.output)}: {args.variant} autoencoder, {counted(result.steps_done, 'step')} ({result.reason}), "
             f"{result.precision}{score}{rerun}")
 
 

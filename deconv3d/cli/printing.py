@@ -205,3 +205,8 @@ def say_last(line: str) -> None:
     with tracebacks)."""
     with contextlib.suppress(OSError):
         print(line, file=sys.stderr, flush=True)
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural but for one: ``counted(1, "step")`` is "1 step" (a line read "1 steps")."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -12,7 +12,7 @@ from deconv3d.errors import InputError
 from ._common import check_negative, check_output, voxel_size_of
 from .arguments import (AMP_HELP, DEVICE_HELP, DEVICES, SpatialSizes, add_common, non_negative_float, positive_float,
                         positive_int)
-from .printing import hashed, make_bar, print_warnings, say_last
+from .printing import counted, hashed, make_bar, print_warnings, say_last
 from .stopping import stop_request
 
 INVARIANCE = ("before-psf", "after-psf", "both", "none")
@@ -271,10 +271,10 @@ def cmd_train(args) -> int:
         save_checkpoint(result, args.output, training_image=source)
     if stop.asked:
         say_last(f"deconv3d: {stop.how()} at step {result.steps_done} of {result.config.steps}: wrote "
-                 f"{line_text(args.output)} with the {result.steps_done} steps trained")
+                 f"{line_text(args.output)} with the {counted(result.steps_done, 'step')} trained")
         return stop.status()
     last = result.history[-1][1]
-    print(f"wrote {line_text(args.output)}: {result.steps_done} steps ({result.reason}) in {time.perf_counter() - start:.1f} s, "
+    print(f"wrote {line_text(args.output)}: {counted(result.steps_done, 'step')} ({result.reason}) in {time.perf_counter() - start:.1f} s, "
           f"final loss {last:.4g}, {result.precision}")
     return 0
 

@@ -289,7 +289,7 @@ def deconvolve(image, psf, *, model=None, config: TrainConfig = TrainConfig(), u
         model = train(image, psf, config=config, unet=unet, device=device, callback=train_callback,
                       voxel_size=voxel_size)
         if model.reason == "cancelled":
-            raise Cancelled(f"training cancelled after {model.steps_done} steps")
+            raise Cancelled(f"training cancelled after {model.steps_done} step{'' if model.steps_done == 1 else 's'}")
         if model.reason == "non-finite loss":
             raise InputError("training diverged (non-finite loss): lower the learning rate or check the PSF")
     elif isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):

@@ -169,7 +169,7 @@ def test_a_signal_as_the_first_steps_line_shows_keeps_that_step(data, capsys, mo
     code, _, err = run(_train_argv(data, *NO_SEARCH), capsys)
     model = data / "m.ckpt"
     assert code == 130, err
-    assert err.splitlines()[-1] == f"deconv3d: interrupted at step 1 of {STEPS}: wrote {model} with the 1 steps trained"
+    assert err.splitlines()[-1] == f"deconv3d: interrupted at step 1 of {STEPS}: wrote {model} with the 1 step trained"
     assert load_checkpoint(model).run["train_steps"] == 1 and _leftovers(data) == []
 
 
