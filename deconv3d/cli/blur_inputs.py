@@ -44,7 +44,11 @@ def _read_stacks(paths) -> tuple[np.ndarray, tuple | None]:
 
     stacks, sizes = [], {}
     for path in paths:
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except InputError:
+            _refuse_synthesised_levels(path)  # (its time axis's refusal spoke of time data)
+            raise
         data = image.data
         sizes[path] = _pixel_size(image, path)
         if data.ndim != 3 or data.shape[0] < 3:
@@ -56,6 +60,23 @@ def _read_stacks(paths) -> tuple[np.ndarray, tuple | None]:
                              "give stacks with the same number of planes of the same size")
         stacks.append(data)
     return np.stack(stacks), _common_pixel_size(sizes)
+
+
+def _refuse_synthesised_levels(path) -> None:
+    """Refuse a ``blur synth`` output given to ``blur train`` as what it is (levels the model made, written as
+    frames: :data:`~deconv3d.cli.blur_synth_deblur.FIRST_AXIS`), not as time data; return for any other file."""
+    import tifffile
+
+    from .blur_synth_deblur import FIRST_AXIS
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            properties = (tif.imagej_metadata or {}).get("Properties", {})
+    except Exception:  # noqa: BLE001 - unreadable: the reader's own refusal says why
+        return
+    if properties.get("first_axis") == FIRST_AXIS:
+        raise InputError(f"{path} holds blur levels that 'blur synth' made, not a through-focus stack: train on "
+                         "recorded stacks (their planes ordered by blur)")
 
 
 def _read_plane(path, role: str) -> tuple[np.ndarray, tuple | None]:

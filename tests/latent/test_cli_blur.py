@@ -478,3 +478,23 @@ def test_blur_commands_hash_large_inputs_with_a_bar(planes, make_stacks, tmp_pat
         hashing = [line for line in err.splitlines() if line.startswith(f"blur {command}: hashing ")]
         files = stacks if command == "train" else [p["far"], p["near" if command == "synth" else "mid"], model]
         assert [line.split(": ")[1] for line in hashing if "(100%)" in line] == [f"hashing {f}" for f in files], err
+
+
+def test_blur_train_names_a_synth_output_for_what_it_is(planes, model, make_stacks, tmp_path, capsys):
+    """A 'blur synth' output (levels written as frames) given to 'blur train' was refused as time data ('has a
+    time axis ... multi-channel/time data are not supported'); it now says the file holds synthesised levels.
+    Other refused files keep their own line."""
+    folder, p = planes
+    levels = folder / "levels.tif"
+    code, _, err = run(["blur", "synth", "--model", model, p["far"], p["near"], "--levels", 4, "-o", levels,
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    stacks = write_stacks(tmp_path, make_stacks)
+    code, _, err = run(["blur", "train", stacks[0], levels, "-o", tmp_path / "x.ckpt", *TINY], capsys)
+    assert code == 2 and err.strip() == (f"deconv3d: error: {levels} holds blur levels that 'blur synth' made, not "
+                                         "a through-focus stack: train on recorded stacks (their planes ordered by "
+                                         "blur)"), err
+    tifffile.imwrite(folder / "frames.tif", np.ones((4, 16, 16), np.float32), imagej=True, metadata={"axes": "TYX"})
+    code, _, err = run(["blur", "train", stacks[0], folder / "frames.tif", "-o", tmp_path / "x.ckpt", *TINY], capsys)
+    assert code == 2 and "time axis" in err, err
+    assert not (tmp_path / "x.ckpt").exists()
