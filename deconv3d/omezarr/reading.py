@@ -366,6 +366,27 @@ def _time_axis(axes: str, scale, units, shift):
     return None
 
 
+def unstored_chunks_fix(path) -> str | None:
+    """The fix for NaN or Inf values in the OME-Zarr image at ``path`` that come from chunks never stored: where the
+    array the image is read from has a NaN or Inf ``fill_value`` and lacks some of its chunks (a write or a copy
+    that did not finish), which zarr reads as that value. None where it does not (or cannot be read)."""
+    try:
+        reader = open_lazy(path).reader
+        array = reader._open() if isinstance(reader, ZarrReader) else None
+        fill = None if array is None else array.fill_value
+        if fill is None or np.isfinite(np.asarray(fill, dtype=np.float64)).all():
+            return None
+        stored, total = array.nchunks_initialized, array.nchunks
+    except Exception:  # noqa: BLE001 - only a better message is lost: the refusal stands as it was
+        return None
+    if stored >= total:
+        return None
+    fill = float(np.asarray(fill, dtype=np.float64))
+    return (f"{total - stored} of the {total} chunks of its array {reader.component!r} are not stored, and zarr reads "
+            f"them as the array's fill_value {'NaN' if np.isnan(fill) else fill} (a write or copy that did not "
+            "finish?): write or copy the image again in full")
+
+
 def read_ome_zarr(path, level: int = 0):
     """Load one level of an OME-Zarr (v0.4 or v0.5) image: ``(array, voxel_size, axes, attrs)``."""
     path = Path(path)

@@ -122,3 +122,26 @@ def test_auto_iterations_names_where_the_nan_of_its_crop_lies(folder, capsys, mo
     assert err.strip() == ("deconv3d: error: image in.zarr contains NaN or Inf values (one at z-y-x (4, 15, 17) of "
                            f"channel 1): {FIX}")
     assert _files(folder) == before
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_zarrs_unstored_chunks_read_as_its_nan_fill_value_are_named(folder, capsys, zarr_format):
+    """An OME-Zarr whose array has fill_value NaN and lacks chunks (a conversion that did not finish) reads NaN there:
+    the line says that the chunks are missing, not that the file holds NaN to replace; nothing is written."""
+    import zarr
+
+    group = zarr.open_group(folder / "in.zarr", mode="w", zarr_format=zarr_format)
+    array = group.create_array("0", shape=(8, 32, 32), chunks=(4, 16, 32), dtype="float32", fill_value=np.nan)
+    array[:4] = _volume()[:4]  # the chunks of planes 4-7 are never written
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    scale = [{"type": "scale", "scale": [0.3, 0.1, 0.1]}]
+    multiscales = [{"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}]
+    group.attrs.update({"ome": {"version": "0.5", "multiscales": multiscales}} if zarr_format == 3 else
+                       {"multiscales": [{"version": "0.4", **multiscales[0]}]})
+    before = {name: (folder / name).read_bytes() for name in _files(folder)}
+    code, _, err = run(["deconvolve", "in.zarr", "-o", "out.zarr", "--psf", "psf.tif", "--chunks", 4, 32, 32], capsys)
+    assert_one_line_error(code, err)
+    assert err.strip() == ("deconv3d: error: image in.zarr contains NaN or Inf values (one at z-y-x (4, 0, 0)): 2 of "
+                           "the 4 chunks of its array '0' are not stored, and zarr reads them as the array's fill_value "
+                           "NaN (a write or copy that did not finish?): write or copy the image again in full")
+    assert {name: (folder / name).read_bytes() for name in _files(folder)} == before  # no output; input unchanged
