@@ -29,6 +29,10 @@ def _multiscale(attrs: dict, path: Path) -> dict:
         raise _malformed(path, "ome", ome, "an object holding 'version' and 'multiscales'")
     scales = ome.get("multiscales")
     if scales is None:
+        field = _first_field(ome)
+        if field is not None:  # (a plate's or a well's: bioformats2raw writes plates so)
+            raise InputError(f"{path} is an OME-Zarr high-content screening {'plate' if 'plate' in ome else 'well'}, "
+                             f"not an image: give one of its fields, e.g. {Path(path, field)}")
         raise InputError(f"{path} is not an OME-Zarr image (no 'multiscales' metadata): give an image group")
     key = _multiscales_key(attrs)
     if not isinstance(scales, list) or not scales or not isinstance(scales[0], dict):
@@ -44,6 +48,19 @@ def _multiscale(attrs: dict, path: Path) -> dict:
             raise _malformed(path, f"{key}[0].datasets[{i}].path", dataset.get("path"), "the name of an array in "
                              "the image")
     return scales[0]
+
+
+def _first_field(ome: dict) -> str | None:
+    """The path of the first field (image) of an OME-Zarr HCS ``plate`` (its first well's field ``0``) or
+    ``well`` (its first image) whose attributes are ``ome``, or None where they are neither."""
+    plate, well = ome.get("plate"), ome.get("well")
+    wells = plate.get("wells") if isinstance(plate, dict) else None
+    if isinstance(wells, list) and wells and isinstance(wells[0], dict) and isinstance(wells[0].get("path"), str):
+        return f"{wells[0]['path'].strip('/')}/0"
+    images = well.get("images") if isinstance(well, dict) else None
+    if isinstance(images, list) and images and isinstance(images[0], dict) and isinstance(images[0].get("path"), str):
+        return images[0]["path"].strip("/")
+    return None
 
 
 def _multiscales_key(attrs: dict) -> str:

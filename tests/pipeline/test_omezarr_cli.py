@@ -846,6 +846,25 @@ def test_reads_a_bioformats2raw_folder_and_its_image_group(tmp_path, capsys):
     assert read_ome_zarr(tmp_path / "o.zarr")[0].shape == data.shape
 
 
+@pytest.mark.parametrize("kind", ["plate", "well"])
+def test_an_hcs_plate_or_well_is_refused_with_one_of_its_fields(tmp_path, capsys, kind):
+    """An OME-Zarr high-content screening plate (bioformats2raw writes plates so) or well holds images but is none:
+    the line was 'not an OME-Zarr image ... give an image group', naming no group to give."""
+    import zarr
+
+    root = zarr.open_group(str(tmp_path / "p.zarr"), mode="w", zarr_format=2)
+    root.attrs.update({"bioformats2raw.layout": 3, "plate": {"wells": [{"path": "B/3", "rowIndex": 1,
+                                                                        "columnIndex": 2}]}} if kind == "plate" else
+                      {"well": {"images": [{"path": "1"}]}})
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "p.zarr", "-o", tmp_path / "o.zarr", "--psf", tmp_path / "psf.tif"],
+                       capsys)
+    field = tmp_path / "p.zarr" / ("B/3/0" if kind == "plate" else "1")
+    assert_one_line_error(code, err, f"p.zarr is an OME-Zarr high-content screening {kind}, not an image: give one of "
+                          f"its fields, e.g. {field}")
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_a_memory_limit_in_bytes_is_still_taken_from_the_python_api(folder):
     from deconv3d.errors import InputError
     from deconv3d.pipeline.batch import make_settings
