@@ -7,7 +7,7 @@ import math
 import numbers
 
 from deconv3d._paths.names import path_text
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, naming_image
 
 
 def checked_voxel_size(voxel_size, ndim: int, what: str = "voxel size") -> tuple[float, ...] | None:
@@ -44,13 +44,17 @@ def checked_voxel_size(voxel_size, ndim: int, what: str = "voxel size") -> tuple
 NANOMETRE_LIKE = 20.0
 
 
-def refuse_nanometres(voxel_size, fix: str, what: str = "voxel size") -> None:
+def refuse_nanometres(voxel_size, fix, what: str = "voxel size", image=None) -> None:
     """Refuse a voxel size with a side above :data:`NANOMETRE_LIKE` µm, naming ``fix``; unknown
-    sides (None, in a file that calibrates some axes only) are left out."""
+    sides (None, in a file that calibrates some axes only) are left out. With ``image`` (the input
+    file's name), ``fix`` is a function of the image's name, and the refusal's ``without_file`` says
+    "the image" (:func:`deconv3d.errors.naming_image`)."""
     known = [v for v in voxel_size or () if v is not None]
     if known and max(known) > NANOMETRE_LIKE:
-        raise InputError(f"{what} {format_sizes(voxel_size)} µm looks like nanometres (or a print resolution in "
-                         f"dpi): {fix}")
+        def say(name):
+            return (f"{what} {format_sizes(voxel_size)} µm looks like nanometres (or a print resolution in "
+                    f"dpi): {fix(name) if image is not None else fix}")
+        raise naming_image(say, image) if image is not None else InputError(say(None))
 
 
 def recorded_voxel(image, how: str) -> tuple[float, ...] | None:
@@ -62,7 +66,8 @@ def recorded_voxel(image, how: str) -> tuple[float, ...] | None:
     if problem:
         raise InputError(f"{problem}: pass {how} (in µm)")
     for recorded in (image.voxel_size, getattr(image, "partial_voxel", None)):
-        refuse_nanometres(recorded, f"the unit of {path_text(image.path)} is wrong: fix it or pass {how} in µm")
+        refuse_nanometres(recorded, lambda name: f"the unit of {name} is wrong: fix it or pass {how} in µm",
+                          image=path_text(image.path))
     return image.voxel_size
 
 
@@ -80,9 +85,9 @@ def check_assumed_z_step(source, voxel, warnings: list | None = None) -> None:
     (:func:`assumed_z_step_warning`, into ``warnings``). Called before :func:`refuse_nanometres`."""
     from deconv3d.errors import warn
 
-    if problem := implausible_assumed_z_step(source, voxel[0]):
-        raise InputError(f"{problem}: pass --voxel-size DZ DY DX (in µm), or record the z step in the file (Fiji: "
-                         "Image > Properties)")
+    if implausible_assumed_z_step(source, voxel[0]):
+        raise naming_image(lambda image: f"{implausible_assumed_z_step(image, voxel[0])}: pass --voxel-size DZ DY DX "
+                           "(in µm), or record the z step in the file (Fiji: Image > Properties)", source)
     warn(assumed_z_step_warning(source, voxel), warnings)
 
 

@@ -30,7 +30,30 @@ class InputError(ValueError):
 
     The message is one line that names the problem and how to fix it; the command
     line prints it as ``deconv3d: error: <message>`` and exits with status 2.
+
+    ``without_file``: where the message names the input file (as ``a.tif is 2D``), the same message
+    said of "the image" without its name (``the image is 2D``), set by the code that builds it
+    (:func:`naming_image`); None where it is not given. A batch's lines name the file before the reason
+    (:func:`deconv3d.pipeline.batch_file_run._reason`).
     """
+
+    without_file: str | None = None
+
+    def __init__(self, *args, without_file: str | None = None):
+        super().__init__(*args)
+        if without_file is not None:
+            self.without_file = without_file
+
+    def __reduce__(self):
+        """Pickled and copied with ``without_file`` (in ``__dict__``), across processes too (the processes
+        scheduler, dask.distributed)."""
+        return type(self), self.args, self.__dict__
+
+
+def naming_image(say, name) -> InputError:
+    """The refusal ``say(name)`` that names the input file ``name``, with ``say("the image")`` as its
+    ``without_file``: ``say`` builds the one-line message about the image it is given the name of."""
+    return InputError(say(name), without_file=say("the image"))
 
 
 class PSFLargerThanImage(InputError):
@@ -189,13 +212,15 @@ def refuse_non_finite(result, what: str, fix: str) -> None:
         raise InputError(f"the {what} has NaN or Inf values {fix}")
 
 
-def refuse_no_positive(source, method: str) -> None:
+def refuse_no_positive(source, method: str, of_image: str | None = None) -> None:
     """Refuse background-subtracted data with negative values and no positive one: Richardson-Lucy
     and the network return only zeros for it (``method`` "train": the network would learn nothing),
-    and Wiener's output, clipped at 0, only the positive lobes of its ringing."""
+    and Wiener's output, clipped at 0, only the positive lobes of its ringing. ``of_image``: ``source``
+    said of "the image", where ``source`` names the input file (the refusal's ``without_file``)."""
     outcome = "wiener's output, clipped at 0, would hold only ringing" if method == "wiener" else \
         f"{method} would return only zeros"
-    raise InputError(f"{source} has no positive values, so {outcome}: {NEGATIVE_FIX}")
+    say = f" has no positive values, so {outcome}: {NEGATIVE_FIX}"
+    raise InputError(f"{source}{say}", without_file=f"{of_image}{say}" if of_image else None)
 
 
 def require_config(value, cls, name: str) -> None:

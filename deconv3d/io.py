@@ -173,14 +173,15 @@ def psf_dimension_problem(psf, psf_ndim: int, image, ndim: int) -> str | None:
 def psf_size_problem(psf, psf_shape, image, image_shape) -> str:
     """The one-line refusal of the PSF file ``psf``, of ``psf_shape`` voxels at the image's voxel size,
     larger than the image file ``image`` of ``image_shape`` along some axis, naming both files and
-    shapes: a PSF shape that fits (each axis no longer than the image's largest odd length), or, for a
+    shapes (``image`` None: "the image", without its name): a PSF shape that fits (each axis no longer than the image's largest odd length), or, for a
     stack of 2 planes (where a 1-plane PSF reads as 2D), a thicker stack or its planes deconvolved in 2D,
     or, for an image of 1 or 2 voxels along y or x (where that PSF would be 1 voxel wide, which
     ``deconv3d psf`` refuses), a larger field."""
     axes = "zyx"[3 - len(image_shape):] if len(image_shape) <= 3 else "?" * len(image_shape)
     larger = ", ".join(a for a, p, n in zip(axes, psf_shape, image_shape) if p > n)
     fits = [min(p, n - 1 + n % 2) for p, n in zip(psf_shape, image_shape)]
-    problem = (f"PSF {psf} {tuple(psf_shape)} is larger than the image {image} {tuple(image_shape)} along {larger} "
+    image = "the image" if image is None else f"the image {image}"
+    problem = (f"PSF {psf} {tuple(psf_shape)} is larger than {image} {tuple(image_shape)} along {larger} "
                "(in the image's voxels)")
     if len(image_shape) == 3 and image_shape[0] < 3:
         return (f"{problem}: {image_shape[0]} z-planes are too few for a 3D PSF: image a thicker stack, or "
@@ -196,11 +197,12 @@ def psf_size_problem(psf, psf_shape, image, image_shape) -> str:
 @contextlib.contextmanager
 def naming_psf_and_image(psf, image):
     """Turn :class:`~deconv3d.errors.PSFLargerThanImage` raised within into :func:`psf_size_problem`'s
-    message about the PSF file ``psf`` and the image file ``image``."""
+    message about the PSF file ``psf`` and the image file ``image`` (its ``without_file`` without the image's name)."""
     try:
         yield
     except PSFLargerThanImage as error:
-        raise InputError(psf_size_problem(psf, error.psf_shape, image, error.image_shape)) from None
+        raise InputError(psf_size_problem(psf, error.psf_shape, image, error.image_shape),
+                         without_file=psf_size_problem(psf, error.psf_shape, None, error.image_shape)) from None
 
 
 def read_psf(path) -> Image:

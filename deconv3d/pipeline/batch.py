@@ -26,7 +26,7 @@ from typing import Optional
 
 from deconv3d._paths import _same_file, recorded_path, remove_stale_temporaries_in
 from deconv3d._voxel import recorded_voxel
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, naming_image
 from deconv3d.pipeline.batch_config import RUN_KEYS, load_config
 from deconv3d.pipeline.batch_file_run import _process
 from deconv3d.pipeline.batch_inputs import _outputs_for, find_inputs, output_for
@@ -247,7 +247,8 @@ def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:
     if settings.voxel_size is not None:
         spatial = sum(a in "ZYX" for a in lazy.axes)
         if len(settings.voxel_size) < spatial:
-            raise InputError(f"voxel size {tuple(settings.voxel_size)} gives {len(settings.voxel_size)} values but "
-                             f"{path_text(lazy.path)} is {spatial}D: give DZ DY DX")
+            raise naming_image(lambda image: f"voxel size {tuple(settings.voxel_size)} gives "
+                               f"{len(settings.voxel_size)} values but {image} is {spatial}D: give DZ DY DX",
+                               path_text(lazy.path))
         return tuple(float(v) for v in settings.voxel_size)[-spatial:]  # (nanometres: refused by Settings)
     return recorded_voxel(lazy, "--voxel-size DZ DY DX")

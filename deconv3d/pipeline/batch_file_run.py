@@ -122,7 +122,8 @@ def _check_unchanged(shared: dict, settings: Settings, path: Path) -> None:
 
 
 def _reason(exc: Exception) -> str:
-    """A failed file's reason in one line: an OS error as "FILE: what happened" (not "[Errno 28] ...")."""
+    """A failed file's reason in one line: an OS error as "FILE: what happened" (not "[Errno 28] ..."); a
+    refusal that names the input file as said of "the image" (``without_file``), as the line names the file."""
     from deconv3d._paths import out_of_space
 
     if isinstance(exc, OSError) and exc.strerror:
@@ -130,4 +131,6 @@ def _reason(exc: Exception) -> str:
         return f"{where}{exc.strerror}" + (": free disk space, then rerun the batch" if out_of_space(exc) else "")
     if isinstance(exc, NonFiniteValues):  # (the batch's lines name the file before the reason)
         return exc.line(with_file=False)
+    if isinstance(exc, InputError) and exc.without_file:  # (as said of "the image": not naming it twice)
+        return " ".join(exc.without_file.split())
     return " ".join(str(exc).split()) or type(exc).__name__

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from deconv3d._paths import OUTPUT_SUFFIXES, check_output_path, path_text
-from deconv3d.errors import NON_FINITE_FILE_FIX, InputError, NonFiniteValues, warn
+from deconv3d.errors import NON_FINITE_FILE_FIX, InputError, NonFiniteValues, naming_image, warn
 from deconv3d.pipeline.axis_hints import relabel_note, warn_of_planes_that_may_be_z
 from deconv3d.pipeline.file_blocks import _block_function
 from deconv3d.pipeline.file_networks import intensity_statistics, train_on_image, warn_of_another_scale
@@ -160,8 +160,8 @@ def _checked_voxel(settings, lazy, ndim: int, name: str, warnings):
 def _spatial_chunks(settings, ndim: int, name: str):
     """The configured chunks' spatial sides (None where none are), refused where they are too few."""
     if settings.chunks and len(settings.chunks) < ndim:
-        raise InputError(f"chunks {tuple(settings.chunks)} give {len(settings.chunks)} sides but {name} "
-                         f"is {ndim}D: give Z Y X")
+        raise naming_image(lambda image: f"chunks {tuple(settings.chunks)} give {len(settings.chunks)} sides but "
+                           f"{image} is {ndim}D: give Z Y X", name)
     return tuple(settings.chunks)[-ndim:] if settings.chunks else None  # (z,) y, x
 
 
@@ -204,8 +204,8 @@ def check_channel_count(lazy, wanted: int, what: str = "psf") -> None:
     channels = lazy.data.shape[lazy.axes.index("C")] if "C" in lazy.axes else 1
     given, each = ("models", "--model") if what == "model" else ("PSFs", "PSF (or wavelength)")
     if wanted > 1 and channels != wanted:
-        raise InputError(f"{path_text(lazy.path)} has {channels} channel(s) but {wanted} {given} were given: "
-                         f"give one {each} per channel, or one for all")
+        raise naming_image(lambda image: f"{image} has {channels} channel(s) but {wanted} {given} were given: "
+                           f"give one {each} per channel, or one for all", path_text(lazy.path))
 
 
 def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
@@ -218,13 +218,15 @@ def _check_psf_dimensions(settings, lazy, ndim: int) -> None:
     if settings.method == "ssl" and settings.model:  # the model's own check
         return
     name = path_text(lazy.path)
-    hint = relabel_note(name, lazy.axes)
     if settings.psf_model is not None and ndim != 3:
-        raise InputError(f"--psf-model generates 3D PSFs but {name} is {ndim}D: give a 2D --psf file, e.g. the plane of "
-                         f"best focus made by 'deconv3d psf --shape 63 63 --voxel-size DY DX ...'{hint}")
+        raise naming_image(lambda image: f"--psf-model generates 3D PSFs but {image} is {ndim}D: give a 2D --psf file, "
+                           "e.g. the plane of best focus made by 'deconv3d psf --shape 63 63 --voxel-size DY DX ...'"
+                           f"{relabel_note(image, lazy.axes)}", name)
     for psf in _many(settings.psf):
-        if problem := psf_dimension_problem(psf, read_psf(psf).data.ndim, lazy.path, ndim):
-            raise InputError(problem + hint)
+        psf_ndim = read_psf(psf).data.ndim
+        if psf_dimension_problem(psf, psf_ndim, name, ndim):
+            raise naming_image(lambda image: psf_dimension_problem(psf, psf_ndim, image, ndim)
+                               + relabel_note(image, lazy.axes), name)
 
 
 def _sha(path) -> str:

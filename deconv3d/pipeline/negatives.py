@@ -49,7 +49,7 @@ def check_has_positive(data, name: str, method: str, warnings: list | None = Non
         scanned = _scan_to_first_positive(reader, shape, index)
         if scanned is None:
             names = _index_names(lead, shape, index, channels)
-            refuse_no_positive(f"{' at '.join(names)} of {name}" if names else name, method)
+            refuse_no_positive(_part(names, name), method, of_image=_part(names, "the image"))
         found.append([index, *scanned[:2], math.prod(shape[len(lead):]), False])
         ends.append(scanned[2])
     for i, budget in _sample_budgets(reader, shape, lead).items():  # (after the refusals: they need no sample)
@@ -239,3 +239,8 @@ def _warn_of_negative_shares(found, name, method, warnings, lead: str, shape, ch
         sampled = "" if whole else " in a sample"
         warn_negative_share(sum(r[1] for r in rows) / counted, name, method, warnings, sampled=sampled,
                             part=f" in {' at '.join(names)}" if names else "")
+
+
+def _part(names: list, image: str) -> str:
+    """The part of ``image`` that ``names`` say (``channel 1 at time point 0 of a.tif``), or ``image``."""
+    return f"{' at '.join(names)} of {image}" if names else image

@@ -17,7 +17,7 @@ from deconv3d._arrays import is_whole
 from deconv3d._paths import special_file_problem
 from deconv3d._saturation import method_problem, parse_saturation
 from deconv3d._voxel import NANOMETRE_LIKE, format_sizes
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, naming_image
 from deconv3d.pipeline.settings_checks import (_AS_OPTIONS, _check, _is_number, _many, _n, _positive, _shown,
                                                _sized)
 from deconv3d.pipeline.settings_fingerprint import Fingerprinted, tv_term_rule
@@ -285,8 +285,8 @@ def check_tv_weight(tv_weight: float, ndim: int, voxel, image: str) -> None:
     limit = _tv_limit(ndim, voxel)
     if not tv_weight < limit:
         sizes = f"voxel size {format_sizes(voxel)} µm" if voxel is not None else "no voxel size (taken as isotropic)"
-        raise InputError(f"--tv-weight {tv_weight:g} is too large for {image}: RL-TV needs it below {limit:.3g} "
-                         f"for a {ndim}D image with {sizes}: lower it (try 0.002)")
+        raise naming_image(lambda name: f"--tv-weight {tv_weight:g} is too large for {name}: RL-TV needs it below "
+                           f"{limit:.3g} for a {ndim}D image with {sizes}: lower it (try 0.002)", image)
 
 
 def make_settings(values: dict, options: bool = False) -> Settings:

@@ -22,6 +22,8 @@ NANOMETRES = ("voxel size 300 100 100 µm looks like nanometres (or a print reso
 DIMENSIONS = ("PSF {} is 3D but {} is 2D: a 2D image needs a 2D PSF: the in-focus plane of a 3D one, or a plane "
               "made by 'deconv3d psf --shape 63 63 --voxel-size DY DX ...'")
 CHANNELS = "{} has 1 channel(s) but 2 PSFs were given: give one PSF (or wavelength) per channel, or one for all"
+#: How a batch's reason names the image: its line names the file before it.
+IMAGE = "the image"
 NO_VOXEL = "{} carries no voxel size; assuming the PSF's (0.3, 0.1, 0.1) µm (pass --voxel-size to set it)"
 
 
@@ -64,8 +66,8 @@ def test_every_line_of_a_batch_names_a_file_as_its_per_file_line_does(inputs, ca
     psf = os.path.join("psfs", "psf.tif")
     code, out, err = run(["batch", "in", "-o", "out", "--psf", psf, "--pattern", "*/*.tif", "--iterations", 1],
                          capsys)
-    failures = {"neg": NEGATIVE.format(shown["neg"]), "nm": NANOMETRES.format(shown["nm"]),
-                "twod": DIMENSIONS.format(psf, shown["twod"])}
+    # (each reason said of "the image": the line names the file before it)
+    failures = {"neg": NEGATIVE.format(IMAGE), "nm": NANOMETRES.format(IMAGE), "twod": DIMENSIONS.format(psf, IMAGE)}
     assert code == 3, err
     assert out.splitlines()[:5] == [
         f"[1/5] failed  {shown['neg']}: {failures['neg']}",
@@ -86,8 +88,8 @@ def test_a_channel_count_that_does_not_match_the_psfs_names_the_file_as_its_line
     """Before: '[1/1] failed  in/sub/ok.tif: ok.tif has 1 channel(s) but 2 PSFs were given ...'."""
     shown, psf = os.path.join("in", "sub", "ok.tif"), os.path.join("psfs", "psf.tif")
     code, out, err = run(["batch", "in", "-o", "out", "--psf", psf, psf, "--pattern", "*/ok.tif"], capsys)
-    assert code == 3 and out.splitlines()[0] == f"[1/1] failed  {shown}: {CHANNELS.format(shown)}", out
-    assert err.splitlines()[-1] == f"deconv3d: failed: {shown}: {CHANNELS.format(shown)}", err
+    assert code == 3 and out.splitlines()[0] == f"[1/1] failed  {shown}: {CHANNELS.format(IMAGE)}", out
+    assert err.splitlines()[-1] == f"deconv3d: failed: {shown}: {CHANNELS.format(IMAGE)}", err
 
 
 def test_a_batch_of_the_working_folder_names_its_files_as_the_library_does(inputs, capsys, monkeypatch):
@@ -97,16 +99,16 @@ def test_a_batch_of_the_working_folder_names_its_files_as_the_library_does(input
     shown = os.path.join("sub", "neg.tif")
     code, out, err = run(["batch", ".", "-o", inputs / "out", "--psf", inputs / "psfs" / "psf.tif", "--pattern",
                           "*/neg.tif"], capsys)
-    assert code == 3 and out.splitlines()[0] == f"[1/1] failed  {shown}: {NEGATIVE.format(shown)}", out
-    assert err.splitlines()[-1] == f"deconv3d: failed: {shown}: {NEGATIVE.format(shown)}", err
+    assert code == 3 and out.splitlines()[0] == f"[1/1] failed  {shown}: {NEGATIVE.format(IMAGE)}", out
+    assert err.splitlines()[-1] == f"deconv3d: failed: {shown}: {NEGATIVE.format(IMAGE)}", err
 
 
 def test_an_absolute_input_folder_names_its_files_absolutely_throughout(inputs, capsys):
-    """The folder given as an absolute path: the line and its reason name the file by it alike."""
+    """The folder given as an absolute path: the line names the file by it (its reason says "the image")."""
     shown = str(inputs / "in" / "sub" / "nm.tif")
     code, out, _ = run(["batch", inputs / "in", "-o", inputs / "out", "--psf", inputs / "psfs" / "psf.tif",
                         "--pattern", "*/nm.tif"], capsys)
-    assert code == 3 and out.splitlines()[0] == f"[1/1] failed  {shown}: {NANOMETRES.format(shown)}", out
+    assert code == 3 and out.splitlines()[0] == f"[1/1] failed  {shown}: {NANOMETRES.format(IMAGE)}", out
 
 
 def test_deconvolve_names_its_input_as_given_in_memory_and_chunked_alike(inputs, capsys):
