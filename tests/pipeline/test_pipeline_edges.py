@@ -799,7 +799,8 @@ def test_chunked_runs_name_what_is_wrong_with_odd_files_as_in_memory_runs_do(tmp
     (tmp_path / "in").mkdir()
     (tmp_path / "plane.tif").rename(tmp_path / "in" / "plane.tif")
     code, out, err = run(["batch", tmp_path / "in", "-o", tmp_path / "res", "--psf", tmp_path / "psf.tif"], capsys)
-    assert code == 3 and f"3D but {tmp_path / 'in' / 'plane.tif'} is 2D" in out
+    # (the line names the file before the reason, which says "the image")
+    assert code == 3 and f"failed  {tmp_path / 'in' / 'plane.tif'}: PSF" in out and "3D but the image is 2D" in out, out
     assert "voxel size" not in out + err  # no false warning
 
 
