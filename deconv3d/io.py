@@ -173,10 +173,10 @@ def psf_dimension_problem(psf, psf_ndim: int, image, ndim: int) -> str | None:
 def psf_size_problem(psf, psf_shape, image, image_shape) -> str:
     """The one-line refusal of the PSF file ``psf``, of ``psf_shape`` voxels at the image's voxel size,
     larger than the image file ``image`` of ``image_shape`` along some axis, naming both files and
-    shapes (``image`` None: "the image", without its name): a PSF shape that fits (each axis no longer than the image's largest odd length), or, for a
-    stack of 2 planes (where a 1-plane PSF reads as 2D), a thicker stack or its planes deconvolved in 2D,
-    or, for an image of 1 or 2 voxels along y or x (where that PSF would be 1 voxel wide, which
-    ``deconv3d psf`` refuses), a larger field."""
+    shapes (``image`` None: "the image", without its name): a PSF shape that fits (each axis no longer
+    than the image's largest odd length), or, for a stack of 2 planes (where a 1-plane PSF reads as 2D),
+    a thicker stack or its planes deconvolved in 2D, or, for an image of 1 or 2 voxels along y or x
+    (where that PSF would be 1 voxel wide, which ``deconv3d psf`` refuses), a larger field."""
     axes = "zyx"[3 - len(image_shape):] if len(image_shape) <= 3 else "?" * len(image_shape)
     larger = ", ".join(a for a, p, n in zip(axes, psf_shape, image_shape) if p > n)
     fits = [min(p, n - 1 + n % 2) for p, n in zip(psf_shape, image_shape)]

@@ -34,7 +34,8 @@ def cmd_train(args) -> int:
     if result.reason == "non-finite loss":
         raise InputError("training diverged (non-finite loss): lower --lr or check the stacks")
     # what it trained on (a bar for a large stack, as deconvolve and train show theirs)
-    stacks = [{"path": recorded_path(p), "sha256": hashed(p, f"blur train: hashing {line_text(p)}")} for p in args.stacks]
+    stacks = [{"path": recorded_path(p), "sha256": hashed(p, f"blur train: hashing {line_text(p)}")}
+              for p in args.stacks]
     save_checkpoint(result, args.output, plane_shape=plane_shape, pixel_size=pixel, training_stacks=stacks)
     print(_trained_line(args, result))
     return 0
@@ -90,8 +91,8 @@ def _trained_line(args, result) -> str:
                                                   f"at step {result.best_step}")
     rerun = (f"; --steps {args.steps} --stop-after {result.steps_done} reproduces it" if result.reason == "time_budget"
              else "")
-    return (f"wrote {line_text(args.output)}: {args.variant} autoencoder, {counted(result.steps_done, 'step')} ({result.reason}), "
-            f"{result.precision}{score}{rerun}")
+    return (f"wrote {line_text(args.output)}: {args.variant} autoencoder, {counted(result.steps_done, 'step')} "
+            f"({result.reason}), {result.precision}{score}{rerun}")
 
 
 def _validation_split(stacks, crop: int, val_fraction: float):
