@@ -30,7 +30,7 @@ def _naming_the_input(run):
         except NonFiniteValues as exc:
             from deconv3d.omezarr.reading import unstored_chunks_fix
 
-            fix = unstored_chunks_fix(input_path) if Path(input_path).is_dir() else None
+            fix = unstored_chunks_fix(input_path, exc.position) if Path(input_path).is_dir() else None
             raise exc.with_details(file=path_text(input_path), fix=fix or NON_FINITE_FILE_FIX) from None
 
     return named

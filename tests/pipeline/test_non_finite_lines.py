@@ -128,16 +128,7 @@ def test_auto_iterations_names_where_the_nan_of_its_crop_lies(folder, capsys, mo
 def test_a_zarrs_unstored_chunks_read_as_its_nan_fill_value_are_named(folder, capsys, zarr_format):
     """An OME-Zarr whose array has fill_value NaN and lacks chunks (a conversion that did not finish) reads NaN there:
     the line says that the chunks are missing, not that the file holds NaN to replace; nothing is written."""
-    import zarr
-
-    group = zarr.open_group(folder / "in.zarr", mode="w", zarr_format=zarr_format)
-    array = group.create_array("0", shape=(8, 32, 32), chunks=(4, 16, 32), dtype="float32", fill_value=np.nan)
-    array[:4] = _volume()[:4]  # the chunks of planes 4-7 are never written
-    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
-    scale = [{"type": "scale", "scale": [0.3, 0.1, 0.1]}]
-    multiscales = [{"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}]
-    group.attrs.update({"ome": {"version": "0.5", "multiscales": multiscales}} if zarr_format == 3 else
-                       {"multiscales": [{"version": "0.4", **multiscales[0]}]})
+    _nan_filled_zarr(folder, zarr_format, _volume()[:4])  # the chunks of planes 4-7 are never written
     before = {name: (folder / name).read_bytes() for name in _files(folder)}
     code, _, err = run(["deconvolve", "in.zarr", "-o", "out.zarr", "--psf", "psf.tif", "--chunks", 4, 32, 32], capsys)
     assert_one_line_error(code, err)
@@ -145,3 +136,32 @@ def test_a_zarrs_unstored_chunks_read_as_its_nan_fill_value_are_named(folder, ca
                            "the 4 chunks of its array '0' are not stored, and zarr reads them as the array's fill_value "
                            "NaN (a write or copy that did not finish?): write or copy the image again in full")
     assert {name: (folder / name).read_bytes() for name in _files(folder)} == before  # no output; input unchanged
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("chunks", [("--chunks", 4, 32, 32), ()])
+def test_a_nan_in_a_stored_chunk_of_a_zarr_lacking_chunks_gets_the_files_fix(folder, capsys, zarr_format, chunks):
+    """A NaN that a stored chunk holds, met before the NaN fill_value of the chunks never stored: writing the image
+    again would keep it, so the line gives the fix for NaN values in a file."""
+    stored = _volume()[:4]
+    stored[1, 2, 3] = np.nan
+    _nan_filled_zarr(folder, zarr_format, stored)
+    code, _, err = run(["deconvolve", "in.zarr", "-o", "out.zarr", "--psf", "psf.tif", *chunks], capsys)
+    assert_one_line_error(code, err)
+    assert err.strip() == f"deconv3d: error: image in.zarr contains NaN or Inf values (one at z-y-x (1, 2, 3)): {FIX}"
+    assert not (folder / "out.zarr").exists()
+
+
+def _nan_filled_zarr(folder, zarr_format: int, planes) -> None:
+    """in.zarr: an OME-Zarr image (8, 32, 32) whose array, of fill_value NaN in chunks (4, 16, 32), stores
+    only ``planes``, its first planes."""
+    import zarr
+
+    group = zarr.open_group(folder / "in.zarr", mode="w", zarr_format=zarr_format)
+    array = group.create_array("0", shape=(8, 32, 32), chunks=(4, 16, 32), dtype="float32", fill_value=np.nan)
+    array[:len(planes)] = planes
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    scale = [{"type": "scale", "scale": [0.3, 0.1, 0.1]}]
+    multiscales = [{"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}]
+    group.attrs.update({"ome": {"version": "0.5", "multiscales": multiscales}} if zarr_format == 3 else
+                       {"multiscales": [{"version": "0.4", **multiscales[0]}]})
