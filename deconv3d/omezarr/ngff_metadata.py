@@ -29,7 +29,7 @@ def _multiscale(attrs: dict, path: Path) -> dict:
         raise _malformed(path, "ome", ome, "an object holding 'version' and 'multiscales'")
     scales = ome.get("multiscales")
     if scales is None:
-        field = _first_field(ome)
+        field = _first_field(ome, path)
         if field is not None:  # (a plate's or a well's: bioformats2raw writes plates so)
             raise InputError(f"{path} is an OME-Zarr high-content screening {'plate' if 'plate' in ome else 'well'}, "
                              f"not an image: give one of its fields, e.g. {Path(path, field)}")
@@ -50,17 +50,39 @@ def _multiscale(attrs: dict, path: Path) -> dict:
     return scales[0]
 
 
-def _first_field(ome: dict) -> str | None:
-    """The path of the first field (image) of an OME-Zarr HCS ``plate`` (its first well's field ``0``) or
-    ``well`` (its first image) whose attributes are ``ome``, or None where they are neither."""
-    plate, well = ome.get("plate"), ome.get("well")
+def _first_field(ome: dict, path: Path) -> str | None:
+    """The path of the first field (image) of an OME-Zarr HCS ``plate`` (its first well's first image, as the
+    well's metadata names it, else ``0``) or ``well`` (its first image) at ``path`` whose attributes are ``ome``,
+    or None where they are neither."""
+    plate = ome.get("plate")
     wells = plate.get("wells") if isinstance(plate, dict) else None
     if isinstance(wells, list) and wells and isinstance(wells[0], dict) and isinstance(wells[0].get("path"), str):
-        return f"{wells[0]['path'].strip('/')}/0"
+        well = wells[0]["path"].strip("/")
+        return f"{well}/{_well_image(_group_attributes(Path(path, well))) or '0'}"
+    return _well_image(ome)
+
+
+def _well_image(ome: dict) -> str | None:
+    """The path of the first image of the OME-Zarr HCS well whose attributes are ``ome``, or None."""
+    well = ome.get("well")
     images = well.get("images") if isinstance(well, dict) else None
     if isinstance(images, list) and images and isinstance(images[0], dict) and isinstance(images[0].get("path"), str):
         return images[0]["path"].strip("/")
     return None
+
+
+def _group_attributes(folder: Path) -> dict:
+    """The OME attributes of the zarr group in ``folder`` (v3's ``ome`` in zarr.json, v2's .zattrs), or {} where
+    they cannot be read."""
+    try:
+        if (folder / "zarr.json").is_file():
+            attrs = json.loads((folder / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
+        else:
+            attrs = json.loads((folder / ".zattrs").read_text(encoding="utf-8"))
+        ome = attrs.get("ome", attrs)
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return ome if isinstance(ome, dict) else {}
 
 
 def _multiscales_key(attrs: dict) -> str:

@@ -865,6 +865,24 @@ def test_an_hcs_plate_or_well_is_refused_with_one_of_its_fields(tmp_path, capsys
     assert not (tmp_path / "o.zarr").exists()
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_plates_field_is_named_as_its_well_names_its_first_image(tmp_path, capsys, zarr_format):
+    """The field a plate's refusal names is its first well's first image as the well's metadata gives it (here
+    '2'), not a field '0' the well may not hold."""
+    import zarr
+
+    root = zarr.open_group(str(tmp_path / "p.zarr"), mode="w", zarr_format=zarr_format)
+    plate, well = {"plate": {"wells": [{"path": "B/3"}]}}, {"well": {"images": [{"path": "2"}]}}
+    root.attrs.update({"ome": {"version": "0.5", **plate}} if zarr_format == 3 else plate)
+    root.create_group("B/3").attrs.update({"ome": {"version": "0.5", **well}} if zarr_format == 3 else well)
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["deconvolve", tmp_path / "p.zarr", "-o", tmp_path / "o.zarr", "--psf", tmp_path / "psf.tif"],
+                       capsys)
+    assert_one_line_error(code, err, "p.zarr is an OME-Zarr high-content screening plate, not an image: give one of "
+                          f"its fields, e.g. {tmp_path / 'p.zarr' / 'B' / '3' / '2'}")
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_a_memory_limit_in_bytes_is_still_taken_from_the_python_api(folder):
     from deconv3d.errors import InputError
     from deconv3d.pipeline.batch import make_settings
