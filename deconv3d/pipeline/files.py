@@ -22,13 +22,13 @@ def _naming_the_input(run):
     """``run(input_path, ...)`` whose refusal of NaN or Inf values (:class:`~deconv3d.errors.NonFiniteValues`: met
     by a block, the measuring box, training or the choice of counts) names the input file as given, with a
     file's fix, as an in-memory run names it; for an OME-Zarr whose NaN fill_value stands in for chunks never
-    stored, the fix says so (:func:`~deconv3d.omezarr.reading.unstored_chunks_fix`)."""
+    stored, the fix says so (:func:`~deconv3d.omezarr.chunk_gaps.unstored_chunks_fix`)."""
     @functools.wraps(run)
     def named(input_path, *args, **kwargs):
         try:
             return run(input_path, *args, **kwargs)
         except NonFiniteValues as exc:
-            from deconv3d.omezarr.reading import unstored_chunks_fix
+            from deconv3d.omezarr.chunk_gaps import unstored_chunks_fix
 
             fix = unstored_chunks_fix(input_path, exc.position) if Path(input_path).is_dir() else None
             raise exc.with_details(file=path_text(input_path), fix=fix or NON_FINITE_FILE_FIX) from None

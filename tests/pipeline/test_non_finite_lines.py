@@ -134,7 +134,9 @@ def test_a_zarrs_unstored_chunks_read_as_its_nan_fill_value_are_named(folder, ca
     assert_one_line_error(code, err)
     assert err.strip() == ("deconv3d: error: image in.zarr contains NaN or Inf values (one at z-y-x (4, 0, 0)): 2 of "
                            "the 4 chunks of its array '0' are not stored, and zarr reads them as the array's fill_value "
-                           "NaN (a write or copy that did not finish?): write or copy the image again in full")
+                           "NaN (a write or copy that did not finish, or a region all NaN, which zarr does not "
+                           "store): write or copy the image again in full, or replace its NaN values (e.g. with 0) "
+                           "and save it again")
     assert {name: (folder / name).read_bytes() for name in _files(folder)} == before  # no output; input unchanged
 
 
