@@ -63,7 +63,12 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
 
         model_file = model_file or settings.model
         trained = load_checkpoint(model_file, device="cpu") if trained is None else trained
-        trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
+        try:
+            trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
+        except InputError as exc:  # one model of several (one per channel): which one, the line says
+            if model_file and len(_many(settings.model)) > 1:
+                raise InputError(f"model {path_text(model_file)}: {exc}") from None
+            raise
         block = NetworkBlock(trained, device=settings.run_device, tta=settings.tta, amp=settings.amp,
                              band_limit=settings.band_limit or None)
         model = network_memory_model(block)

@@ -103,6 +103,7 @@ def test_each_channel_gets_its_own_model(two_channels, capsys):
     code, _, err = run(["deconvolve", d / "two.zarr", "-o", d / "swapped.zarr", "--method", "ssl",
                         *_each("--model", models), "--psf", *psfs[::-1], "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "another PSF")
+    assert f"model {models[0]}: the model was trained with another PSF" in err, err  # which of the two
     code, _, err = run(["deconvolve", d / "two.zarr", "-o", d / "three.zarr", "--method", "ssl",
                         *_each("--model", [*models, models[0]]), "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "2 channel(s) but 3 models")
