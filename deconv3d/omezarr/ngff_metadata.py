@@ -72,16 +72,15 @@ def _well_image(ome: dict) -> str | None:
 
 
 def _group_attributes(folder: Path) -> dict:
-    """The OME attributes of the zarr group in ``folder`` (v3's ``ome`` in zarr.json, v2's .zattrs), or {} where
-    they cannot be read."""
+    """The OME attributes of the zarr group in ``folder`` (v0.5's ``ome``, v0.4's top level), read through zarr
+    as the image's own are (:func:`deconv3d.omezarr.reading._image_group`), or {} where they cannot be read."""
+    import zarr
+
     try:
-        if (folder / "zarr.json").is_file():
-            attrs = json.loads((folder / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
-        else:
-            attrs = json.loads((folder / ".zattrs").read_text(encoding="utf-8"))
-        ome = attrs.get("ome", attrs)
-    except (OSError, ValueError, AttributeError):
+        attrs = dict(zarr.open_group(str(folder), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - only the hint's field name is lost: the refusal stands
         return {}
+    ome = attrs.get("ome", attrs)
     return ome if isinstance(ome, dict) else {}
 
 
