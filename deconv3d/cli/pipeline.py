@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from deconv3d.errors import InputError
 from ._common import check_output
 from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SATURATION_HELP, SpatialSizes, add_common, add_optics,
                         iterations_value, positive_float, positive_int, saturation_value)
-from .printing import hashed, make_bar, print_warnings
+from .printing import hashed, make_bar, megabyte_bar, print_warnings
 from .selfsup import DEFAULT_STEPS
 
 METHODS = ("rl", "rl-tv", "wiener", "ssl")
@@ -115,19 +114,10 @@ def _bar(desc: str, unit: str, on_start=None):
 def writing_bar(output):
     """A ``writing(done, total)`` callback for :func:`~deconv3d.pipeline.files.deconvolve_file` (voxels of
     float32 copied into the TIFF ``output`` after the last block), shown as a bar in MB from its first
-    report: the copy of a GB took about 8 s after the blocks' bar had reached its end, with no line."""
-    with contextlib.ExitStack() as bars:
-        bar = None
-
-        def report(done: int, total: int) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = bars.enter_context(make_bar(math.ceil(4 * total / 1e6), f"writing {line_text(output)}", "MB"))
-            bar.update(min(4 * done // 10**6, bar.total) - bar.n)
-            if done == total:
-                bar.update(bar.total - bar.n)
-
-        yield report
+    report (:func:`~deconv3d.cli.printing.megabyte_bar`): the copy of a GB took about 8 s after the blocks'
+    bar had reached its end, with no line."""
+    with megabyte_bar(f"writing {line_text(output)}") as shown:
+        yield lambda done, total: shown(4 * done, 4 * total)
 
 
 def cmd_deconvolve_chunked(args, warnings=(), iterations_chooser=None) -> int:

@@ -120,24 +120,32 @@ HASH_PROGRESS_BYTES = 256 * 2**20
 
 
 def hashed(path, desc: str) -> str:
-    """:func:`~deconv3d.omezarr.file_sha256` of ``path``, with a bar in megabytes (:func:`make_bar`,
+    """:func:`~deconv3d.omezarr.file_sha256` of ``path``, with a bar in megabytes (:func:`megabyte_bar`,
     described ``desc``) where it is larger than :data:`HASH_PROGRESS_BYTES`; the same hash either way."""
     from deconv3d.omezarr import file_sha256
 
-    bar = None
-    with contextlib.ExitStack() as bars:  # (closed as make_bar's are: a LogBar writes no last line after an error)
+    with megabyte_bar(desc, HASH_PROGRESS_BYTES) as shown:
+        return file_sha256(path, progress=shown)
 
-        def shown(done: int, total: int) -> None:
+
+@contextlib.contextmanager
+def megabyte_bar(desc: str, least: int = 0):
+    """A ``report(done, total)`` callback in bytes, shown as a bar in megabytes (:func:`make_bar`, described
+    ``desc``) from its first report of a total larger than ``least``, and filled at the end of the ``with``
+    (not after an error: the bar closes as make_bar's do, and a LogBar writes no last line then)."""
+    bar = None
+    with contextlib.ExitStack() as bars:
+
+        def report(done: int, total: int) -> None:
             nonlocal bar
-            if bar is None and total > HASH_PROGRESS_BYTES:
+            if bar is None and total > least:
                 bar = bars.enter_context(make_bar(math.ceil(total / 1e6), desc, "MB"))
             if bar is not None:
                 bar.update(min(done // 10**6, bar.total) - bar.n)
 
-        digest = file_sha256(path, progress=shown)
+        yield report
         if bar is not None:
             bar.update(bar.total - bar.n)
-    return digest
 
 
 #: Images larger than this (bytes) get a line saying what runs on them where a step has no count to show
