@@ -74,7 +74,7 @@ def _refuse_synthesised_levels(path) -> None:
             properties = (tif.imagej_metadata or {}).get("Properties", {})
     except Exception:  # noqa: BLE001 - unreadable: the reader's own refusal says why
         return
-    if properties.get("first_axis") == FIRST_AXIS:
+    if isinstance(properties, dict) and properties.get("first_axis") == FIRST_AXIS:  # (as _tiff_metadata reads them)
         raise InputError(f"{path} holds blur levels that 'blur synth' made, not a through-focus stack: train on "
                          "recorded stacks (their planes ordered by blur)")
 
