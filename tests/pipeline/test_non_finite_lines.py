@@ -9,7 +9,7 @@ import tifffile
 
 from cli_helpers import assert_one_line_error, run
 from deconv3d.io import write_tiff
-from deconv3d.omezarr import write_ome_zarr
+from deconv3d.omezarr import read_ome_zarr, write_ome_zarr
 from .conftest import gaussian_psf
 
 FIX = "replace them (e.g. with 0) and save it again"
@@ -124,11 +124,17 @@ def test_auto_iterations_names_where_the_nan_of_its_crop_lies(folder, capsys, mo
     assert _files(folder) == before
 
 
-@pytest.mark.parametrize("zarr_format", [2, 3])
-def test_a_zarrs_unstored_chunks_read_as_its_nan_fill_value_are_named(folder, capsys, zarr_format):
+#: The layouts of a zarr array that may lack chunks: zarr v2, v3, and v3 sharded (one shard file of four chunks,
+#: which exists where any of them is stored: a missing chunk is an empty entry of its index).
+LAYOUTS = [(2, None), (3, None), (3, (8, 32, 32))]
+
+
+@pytest.mark.parametrize("zarr_format, shards", LAYOUTS)
+def test_a_zarrs_unstored_chunks_read_as_its_nan_fill_value_are_named(folder, capsys, zarr_format, shards):
     """An OME-Zarr whose array has fill_value NaN and lacks chunks (a conversion that did not finish) reads NaN there:
-    the line says that the chunks are missing, not that the file holds NaN to replace; nothing is written."""
-    _nan_filled_zarr(folder, zarr_format, _volume()[:4])  # the chunks of planes 4-7 are never written
+    the line says that the chunks are missing, not that the file holds NaN to replace; nothing is written. In a
+    sharded array, whose shard file was there, the line gave the file's fix."""
+    _nan_filled_zarr(folder, zarr_format, _volume()[:4], shards)  # the chunks of planes 4-7 are never written
     before = {name: (folder / name).read_bytes() for name in _files(folder)}
     code, _, err = run(["deconvolve", "in.zarr", "-o", "out.zarr", "--psf", "psf.tif", "--chunks", 4, 32, 32], capsys)
     assert_one_line_error(code, err)
@@ -140,30 +146,120 @@ def test_a_zarrs_unstored_chunks_read_as_its_nan_fill_value_are_named(folder, ca
     assert {name: (folder / name).read_bytes() for name in _files(folder)} == before  # no output; input unchanged
 
 
-@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("zarr_format, shards", LAYOUTS)
 @pytest.mark.parametrize("chunks", [("--chunks", 4, 32, 32), ()])
-def test_a_nan_in_a_stored_chunk_of_a_zarr_lacking_chunks_gets_the_files_fix(folder, capsys, zarr_format, chunks):
+def test_a_nan_in_a_stored_chunk_of_a_zarr_lacking_chunks_gets_the_files_fix(folder, capsys, zarr_format, shards,
+                                                                             chunks):
     """A NaN that a stored chunk holds, met before the NaN fill_value of the chunks never stored: writing the image
-    again would keep it, so the line gives the fix for NaN values in a file."""
+    again would keep it, so the line gives the fix for NaN values in a file (in a sharded array too, whose
+    shard lacks other chunks)."""
     stored = _volume()[:4]
     stored[1, 2, 3] = np.nan
-    _nan_filled_zarr(folder, zarr_format, stored)
+    _nan_filled_zarr(folder, zarr_format, stored, shards)
     code, _, err = run(["deconvolve", "in.zarr", "-o", "out.zarr", "--psf", "psf.tif", *chunks], capsys)
     assert_one_line_error(code, err)
     assert err.strip() == f"deconv3d: error: image in.zarr contains NaN or Inf values (one at z-y-x (1, 2, 3)): {FIX}"
     assert not (folder / "out.zarr").exists()
 
 
-def _nan_filled_zarr(folder, zarr_format: int, planes) -> None:
-    """in.zarr: an OME-Zarr image (8, 32, 32) whose array, of fill_value NaN in chunks (4, 16, 32), stores
-    only ``planes``, its first planes."""
+@pytest.mark.parametrize("shards", [None, (8, 32, 32)])
+def test_a_chunk_gone_from_a_written_zarr_is_named_as_not_stored(folder, capsys, shards):
+    """One chunk gone from an image written in full: its file deleted or, in a shard, its entry of the shard's index
+    emptied (as zarr leaves a chunk it never wrote); zarr reads NaN there, and the line is the same for both."""
+    _nan_filled_zarr(folder, 3, _volume(), shards)
+    if shards is None:
+        (folder / "in.zarr" / "0" / "c" / "1" / "0" / "0").unlink()
+    else:
+        _strip_from_shard(folder / "in.zarr" / "0" / "c" / "0" / "0" / "0", 2)  # chunk (1, 0, 0) of its (2, 2, 1)
+    code, _, err = run(["deconvolve", "in.zarr", "-o", "out.zarr", "--psf", "psf.tif", "--chunks", 4, 32, 32], capsys)
+    assert_one_line_error(code, err)
+    assert err.strip().startswith("deconv3d: error: image in.zarr contains NaN or Inf values (one at z-y-x (4, 0, 0)): 1 "
+                                  "of the 4 chunks of its array '0' are not stored, and zarr reads them as the array's "
+                                  "fill_value NaN"), err
+    assert not (folder / "out.zarr").exists()
+
+
+def test_a_sharded_zarr_lacking_chunks_of_fill_value_0_is_read_as_unsharded(folder, capsys):
+    """fill_value 0: zarr leaves a chunk of zeros unstored (in a shard too), so one never written is not told from
+    one of zeros: the sharded array lacking chunks is deconvolved as the same array unsharded, to the same output."""
+    outputs = []
+    for shards in (None, (8, 32, 32)):
+        _nan_filled_zarr(folder, 3, _volume()[:4], shards, fill_value=0)
+        code, _, err = run(["deconvolve", "in.zarr", "-o", f"out{len(outputs)}.zarr", "--psf", "psf.tif",
+                            "--chunks", 4, 32, 32], capsys)
+        assert code == 0, err
+        outputs.append(read_ome_zarr(folder / f"out{len(outputs)}.zarr")[0])
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_a_shards_chunks_are_counted_from_its_index_alone(folder, monkeypatch):
+    """The count of a sharded array's stored chunks reads each shard's index (16 bytes per chunk and a 4-byte
+    checksum, at the end of the file), never a chunk: not the whole shard file, nor through the array's reads."""
+    import zarr
+    from zarr.abc.store import SuffixByteRequest
+
+    from deconv3d.omezarr.chunk_gaps import unstored_chunks_fix
+    from deconv3d.omezarr.chunk_store import CheckedLocalStore
+    from deconv3d.omezarr.reading import ZarrReader
+
+    _nan_filled_zarr(folder, 3, _volume((12, 32, 32)), (8, 32, 32), shape=(16, 32, 32))  # chunks of planes 12-15 unstored
+    requests, get = [], CheckedLocalStore.get
+
+    async def recorded(self, key, prototype=None, byte_range=None):
+        requests.append((key, byte_range))
+        return await get(self, key, prototype, byte_range)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the array was read")
+
+    monkeypatch.setattr(CheckedLocalStore, "get", recorded)
+    monkeypatch.setattr(zarr.Array, "__getitem__", refused)
+    monkeypatch.setattr(ZarrReader, "read", refused)
+    assert unstored_chunks_fix(folder / "in.zarr", (13, 0, 0)).startswith("2 of the 8 chunks of its array '0' are not "
+                                                                          "stored")
+    assert sorted((k, r) for k, r in requests if "/c/" in k) == [("0/c/0/0/0", SuffixByteRequest(68)),
+                                                                 ("0/c/1/0/0", SuffixByteRequest(68))]
+
+
+def test_a_shard_reaching_past_the_arrays_edge_lacks_none_of_its_chunks(folder):
+    """A shard at the array's edge has room for chunks past it, which zarr never writes: an array written in full is
+    not told to lack chunks, and one chunk taken from that shard is one of the array's 6."""
+    from deconv3d.omezarr.chunk_gaps import unstored_chunks_fix
+
+    _nan_filled_zarr(folder, 3, _volume((12, 32, 32)), (8, 32, 32), shape=(12, 32, 32))  # shard 1: planes 8-15
+    assert unstored_chunks_fix(folder / "in.zarr") is None
+    assert unstored_chunks_fix(folder / "in.zarr", (10, 0, 0)) is None
+    _strip_from_shard(folder / "in.zarr" / "0" / "c" / "1" / "0" / "0", 0)
+    assert unstored_chunks_fix(folder / "in.zarr").startswith("1 of the 6 chunks of its array '0' are not stored")
+    assert unstored_chunks_fix(folder / "in.zarr", (10, 20, 0)) is None  # (its chunk (2, 1, 0) is stored)
+
+
+def _strip_from_shard(shard, entry: int, count: int = 4) -> None:
+    """Empty the entry ``entry`` (in C order) of the index of the shard file ``shard`` of ``count`` chunks, as zarr
+    writes it by default (little-endian offset and length pairs, then their CRC32C, at the end of the file): the
+    entry of a chunk zarr never wrote (2**64 - 1)."""
+    import google_crc32c
+
+    data = shard.read_bytes()
+    size = 16 * count + 4
+    index = np.frombuffer(data[-size:-4], "<u8").reshape(count, 2).copy()
+    index[entry] = 2**64 - 1
+    body = index.tobytes()
+    shard.write_bytes(data[:-size] + body + google_crc32c.value(body).to_bytes(4, "little"))
+
+
+def _nan_filled_zarr(folder, zarr_format: int, planes, shards=None, fill_value=np.nan, shape=(8, 32, 32)):
+    """in.zarr: an OME-Zarr image ``shape`` whose array, of ``fill_value`` (NaN) in chunks (4, 16, 32) and in
+    ``shards`` where given, stores only ``planes``, its first planes. Returns the array."""
     import zarr
 
     group = zarr.open_group(folder / "in.zarr", mode="w", zarr_format=zarr_format)
-    array = group.create_array("0", shape=(8, 32, 32), chunks=(4, 16, 32), dtype="float32", fill_value=np.nan)
+    array = group.create_array("0", shape=shape, chunks=(4, 16, 32), dtype="float32", fill_value=fill_value,
+                               **({"shards": shards} if shards else {}))
     array[:len(planes)] = planes
     axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
     scale = [{"type": "scale", "scale": [0.3, 0.1, 0.1]}]
     multiscales = [{"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}]
     group.attrs.update({"ome": {"version": "0.5", "multiscales": multiscales}} if zarr_format == 3 else
                        {"multiscales": [{"version": "0.4", **multiscales[0]}]})
+    return array
