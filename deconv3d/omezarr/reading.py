@@ -268,18 +268,36 @@ _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zattrs")
 
 def _image_group(path: Path):
     """The zarr group of the image at ``path``: ``path`` itself, or for a bioformats2raw root
-    (``bioformats2raw.layout``, no multiscales) its first series ``path/0``. Returns ``(group, path)``."""
+    (``bioformats2raw.layout``, no multiscales) its one series ``path/0``. Returns ``(group, path)``."""
     group = _open_group(path)
-    attrs = dict(group.attrs)
-    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs  # (another "ome": _multiscale's error)
-    if not ome.get("multiscales") and ("bioformats2raw.layout" in ome or "bioformats2raw.layout" in attrs):
-        if (path / "1").is_dir():  # OME-NGFF: readers SHOULD tell that there is more than one image
-            series = sorted((p.name for p in path.iterdir() if p.name.isdigit() and p.is_dir()), key=int)
-            raise InputError(f"{path} holds {len(series)} images (bioformats2raw series {', '.join(series[:5])}"
-                             f"{', ...' if len(series) > 5 else ''}): give one, e.g. {path / '0'}")
-        if (path / "0").is_dir():
-            return _open_group(path / "0"), path / "0"
+    series = _series_of(path, dict(group.attrs))
+    if len(series) > 1:  # OME-NGFF: readers SHOULD tell that there is more than one image
+        raise InputError(f"{path} holds {len(series)} images (bioformats2raw series {', '.join(series[:5])}"
+                         f"{', ...' if len(series) > 5 else ''}): give one, e.g. {path / series[0]}")
+    if series:
+        return _open_group(path / series[0]), path / series[0]
     return group, path
+
+
+def bioformats2raw_series(path) -> list[str]:
+    """The series of the bioformats2raw root at ``path`` (a zarr group with ``bioformats2raw.layout`` and no
+    ``multiscales`` of its own): the names of its folders that are numbers, in order (``["0", "1"]``); ``[]`` where
+    ``path`` is no such root or no zarr group. A batch takes each series of a root holding several as an input."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    try:
+        return _series_of(path, dict(_open_group(path).attrs))
+    except InputError:
+        return []
+
+
+def _series_of(path: Path, attrs: dict) -> list[str]:
+    """:func:`bioformats2raw_series` of the group at ``path`` whose attributes are ``attrs``."""
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs  # (another "ome": _multiscale's error)
+    if ome.get("multiscales") or not ("bioformats2raw.layout" in ome or "bioformats2raw.layout" in attrs):
+        return []
+    return sorted((p.name for p in path.iterdir() if p.name.isdecimal() and p.is_dir()), key=int)
 
 
 def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:

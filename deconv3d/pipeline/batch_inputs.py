@@ -1,16 +1,17 @@
 """A batch's inputs and their outputs: the files (and .zarr folders) of the input folder that its
-patterns find, in either case of their letters and outside hidden folders, and the output each writes,
-inputs that would write the same output refused up front."""
+patterns find, in either case of their letters and outside hidden folders (each series of a bioformats2raw
+folder that holds several being an input of its own), and the output each writes, inputs that would write the
+same output refused up front."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from deconv3d._paths import glob_shown, image_stem
+from deconv3d._paths import TIFF_SUFFIXES, glob_shown, image_stem
 from deconv3d.errors import InputError
 from deconv3d.pipeline.settings import Settings
 
-__all__ = ["find_inputs", "output_for"]
+__all__ = ["find_inputs", "output_for", "record_name"]
 
 
 def find_inputs(input_dir, patterns) -> list[Path]:
@@ -18,7 +19,8 @@ def find_inputs(input_dir, patterns) -> list[Path]:
     and everything in a hidden folder below ``input_dir`` (an output folder ``.out`` kept inside it, a
     file server's ``.snapshot``, a ``.Trash-1000``), which a ``**`` pattern reaches too, except where the
     pattern names the hidden part (``.raw/*.tif``; see :func:`~deconv3d._paths.glob_hides`); such folders
-    are not entered (:func:`~deconv3d._paths.glob_shown`)."""
+    are not entered (:func:`~deconv3d._paths.glob_shown`). A bioformats2raw folder found that holds several
+    images (series ``0``, ``1``, ...), which one run refuses, gives each series as an input in its place."""
     input_dir = Path(input_dir)
     if input_dir.is_file():
         raise InputError(f"input {input_dir} is a file: batch takes a folder (every image in it that matches the "
@@ -26,7 +28,27 @@ def find_inputs(input_dir, patterns) -> list[Path]:
     if not input_dir.is_dir():
         raise InputError(f"input folder not found: {input_dir}: check the path")
     found = {p for pattern in patterns for p in glob_shown(input_dir, _any_case(pattern))}
-    return sorted(found)
+    return sorted({series for path in found for series in _each_series(path)})
+
+
+def _each_series(path: Path) -> list[Path]:
+    """The series folders of the bioformats2raw folder ``path`` where it holds several, else ``[path]`` (a TIFF
+    without a look at the disk: a folder may hold thousands)."""
+    from deconv3d.omezarr.reading import bioformats2raw_series
+
+    series = [] if path.suffix.lower() in TIFF_SUFFIXES else bioformats2raw_series(path)
+    return [path / name for name in series] if len(series) > 1 else [path]
+
+
+def _series_root(path: Path) -> Path | None:
+    """The bioformats2raw folder of several series of which ``path`` is one (``cells.zarr`` for ``cells.zarr/1``),
+    or None where it is none."""
+    from deconv3d.omezarr.reading import bioformats2raw_series
+
+    if not path.name.isdecimal():  # (no folder to open for the usual file)
+        return None
+    series = bioformats2raw_series(path.parent)
+    return path.parent if len(series) > 1 and path.name in series else None
 
 
 def _any_case(pattern: str) -> str:
@@ -50,9 +72,20 @@ def output_for(input_path: Path, output_dir: Path, settings: Settings) -> Path:
     """``output_dir/NAME.FORMAT``, NAME the input's name less its image suffix only.
 
     ``cell.t001.tif`` gives ``cell.t001.zarr``: dots inside a name are kept, so that a time
-    series of files does not collapse onto one output.
+    series of files does not collapse onto one output. A series of a bioformats2raw folder of several
+    is named by the folder and the series: ``cells.zarr/1`` gives ``cells_1.zarr``.
     """
-    return output_dir / f"{image_stem(input_path)}.{settings.output_format}"
+    root = _series_root(Path(input_path))
+    stem = image_stem(input_path) if root is None else f"{image_stem(root)}_{Path(input_path).name}"
+    return output_dir / f"{stem}.{settings.output_format}"
+
+
+def record_name(input_path: Path) -> str:
+    """The name an input's completion record takes (less ``.json``): the input's name, or for a series of a
+    bioformats2raw folder of several, the folder's and the series' (``cells.zarr_1``): each such folder
+    names its first series ``0``."""
+    root = _series_root(Path(input_path))
+    return Path(input_path).name if root is None else f"{root.name}_{Path(input_path).name}"
 
 
 def _outputs_for(inputs, input_dir: Path, output_dir: Path, settings: Settings) -> list[Path]:

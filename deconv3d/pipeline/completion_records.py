@@ -31,7 +31,9 @@ ALWAYS_HASH_BYTES = 256 * 2**20  # inputs up to this size are re-hashed on every
 
 
 def completion_record_path(output_dir: Path, input_path: Path) -> Path:
-    return output_dir / RECORD_DIR / f"{input_path.name}.json"
+    from deconv3d.pipeline.batch_inputs import record_name  # (a bioformats2raw series is named with its folder)
+
+    return output_dir / RECORD_DIR / f"{record_name(input_path)}.json"
 
 
 def input_state(path: Path) -> dict:
