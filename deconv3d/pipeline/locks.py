@@ -102,8 +102,12 @@ def claim(record_dir: Path, output: Path, input_path: Path):
     named by the input, two runs of inputs that write one output (day1/img0.tif and day3/img0.tiff)
     both wrote it. The lock named by the input, which earlier versions took, is held too (taken
     second): a run of either version skips the file the other is processing (a cluster job array
-    whose environment was upgraded midway processed it twice)."""
-    own, legacy = _output_lock(record_dir, output), Path(record_dir) / f"{Path(input_path).name}.lock"
+    whose environment was upgraded midway processed it twice). A series of a bioformats2raw folder of
+    several, which earlier versions did not take, names it as its completion record does
+    (``cells.zarr_0.lock``): by the input's name alone every folder's first series took ``0.lock``."""
+    from deconv3d.pipeline.batch_inputs import record_name
+
+    own, legacy = _output_lock(record_dir, output), Path(record_dir) / f"{record_name(Path(input_path))}.lock"
     with file_lock(own) as held:
         if held is not True or _same_file_of(own, legacy):
             yield held

@@ -82,3 +82,19 @@ def test_a_series_output_that_another_input_would_write_is_refused_up_front(fold
     assert err.strip() == ("deconv3d: error: cells.zarr/0 and cells_0.tif would both write cells_0.zarr: rename one "
                            "or narrow --pattern")
     assert not (folder / "out").exists()
+
+
+def test_the_first_series_of_two_folders_can_be_written_at_once(folder):
+    """Two runs into one output folder each hold a lock per input: the earlier versions' lock, named by
+    the input, was ``0.lock`` for every folder's first series, so a run writing cells.zarr/0 made another
+    skip other.zarr/0 as busy (found by the review of the series change)."""
+    from deconv3d.pipeline.batch import RECORD_DIR
+    from deconv3d.pipeline.locks import claim
+
+    _bioformats2raw(folder / "in" / "cells.zarr", 2)
+    _bioformats2raw(folder / "in" / "other.zarr", 2, 2)
+    records = folder / "out" / RECORD_DIR
+    records.mkdir(parents=True)
+    with claim(records, folder / "out" / "cells_0.zarr", folder / "in" / "cells.zarr" / "0") as mine:
+        with claim(records, folder / "out" / "other_0.zarr", folder / "in" / "other.zarr" / "0") as theirs:
+            assert (mine, theirs) == (True, True)
