@@ -163,8 +163,23 @@ def _inputs_and_outputs(input_dir, output_dir: Path, settings: Settings):
     shared = [Path(f) for f in (*_many(settings.psf), *_many(settings.model)) if f]
     inputs = [p for p in find_inputs(input_dir, settings.pattern) if not any(_same_file(p, f) for f in shared)]
     if not inputs:
+        _refuse_an_image_as_the_folder(Path(input_dir))
         raise InputError(f"no input files in {input_dir} match {', '.join(settings.pattern)}: check --pattern")
     return inputs, _outputs_for(inputs, input_dir, output_dir, settings)
+
+
+def _refuse_an_image_as_the_folder(input_dir: Path) -> None:
+    """Where the input folder is itself an OME-Zarr image or a bioformats2raw folder (a zarr group, in which no
+    pattern finds an input), say so and which folder to give: "check --pattern" sent the user the wrong way."""
+    from deconv3d.omezarr.reading import _ZARR_MARKERS, bioformats2raw_series
+
+    if not any((input_dir / marker).is_file() for marker in _ZARR_MARKERS):
+        return
+    series, holder = bioformats2raw_series(input_dir), input_dir.resolve().parent
+    what = (f"a bioformats2raw folder of {len(series)} images" if len(series) > 1
+            else "an image (zarr), not a folder of images")
+    raise InputError(f"input {input_dir} is {what}: give the folder that holds it ({holder}) to batch, with "
+                     f"--pattern '{input_dir.name}' to take it alone, or use 'deconv3d deconvolve' for one image")
 
 
 def _new_row(path, output, settings_hash: str, finished_as: tuple) -> dict:

@@ -98,3 +98,18 @@ def test_the_first_series_of_two_folders_can_be_written_at_once(folder):
     with claim(records, folder / "out" / "cells_0.zarr", folder / "in" / "cells.zarr" / "0") as mine:
         with claim(records, folder / "out" / "other_0.zarr", folder / "in" / "other.zarr" / "0") as theirs:
             assert (mine, theirs) == (True, True)
+
+
+@pytest.mark.parametrize("series", [2, 0])
+def test_an_image_given_as_the_batch_folder_is_named_with_the_folder_to_give(folder, capsys, series):
+    """A bioformats2raw folder, or an OME-Zarr image, given as the batch's input folder: no pattern finds an input
+    inside it, and the batch said "check --pattern". It now says what the input is and which folder to give."""
+    if series:
+        _bioformats2raw(folder / "in" / "cells.zarr", series)
+    else:
+        write_ome_zarr(folder / "in" / "cells.zarr", np.ones((8, 16, 16), np.float32), voxel_size=(0.3, 0.1, 0.1))
+    code, _, err = run(["batch", "in/cells.zarr", "-o", "out", "--psf", "psf.tif"], capsys)
+    what = "a bioformats2raw folder of 2 images" if series else "an image (zarr), not a folder of images"
+    assert_one_line_error(code, err, f"input in/cells.zarr is {what}", str((folder / "in").resolve()),
+                          "--pattern 'cells.zarr'")
+    assert not (folder / "out").exists()
