@@ -375,11 +375,18 @@ def _mirror_then_edge(x, before, after):
 
 def _numpy_wiener(image, psf, balance, regularizer, boundary, clip=True):
     """The filter ``(1 + balance |L(0)|^2) conj(H) Y / (|H|^2 + balance |L|^2)`` in numpy's full FFTs, on the image
-    extended by the kernel size before and up to the fast FFT size after, with ``np.pad``."""
+    extended with ``np.pad``: by the kernel size before and up to the fast FFT size after (zero), or into the box
+    of ``mirror_box`` (reflect; its depth is tested against the endless mirror in test_classical_wiener)."""
+    import importlib
+
     from deconv3d.fft import fast_shape
 
     box = fast_shape([n + 2 * k for n, k in zip(image.shape, psf.shape)])
-    before, after = list(psf.shape), [b - n - k for b, n, k in zip(box, image.shape, psf.shape)]
+    before = list(psf.shape)
+    if boundary == "reflect":
+        wiener_module = importlib.import_module("deconv3d.classical.wiener")
+        box, before = wiener_module.mirror_box(image.shape, psf.shape, wiener_module.wiener_reach(psf, balance))
+    after = [b - n - k for b, n, k in zip(box, image.shape, before)]
     if boundary == "reflect":
         ext = _mirror_then_edge(image.astype(np.float64), before, after)
     else:
@@ -399,7 +406,7 @@ def _numpy_wiener(image, psf, balance, regularizer, boundary, clip=True):
     penalty = np.abs(transfer(lap)) ** 2 if regularizer == "laplacian" else np.ones(ext.shape)
     gain = 1 + balance * penalty.flat[0]  # at zero frequency: 1 + balance for the identity, 1 for the Laplacian
     estimate = np.real(np.fft.ifftn(gain * np.conj(h) * np.fft.fftn(ext) / (np.abs(h) ** 2 + balance * penalty)))
-    estimate = estimate[tuple(slice(k, k + n) for k, n in zip(psf.shape, image.shape))]
+    estimate = estimate[tuple(slice(k, k + n) for k, n in zip(before, image.shape))]
     return np.maximum(estimate, 0) if clip else estimate
 
 

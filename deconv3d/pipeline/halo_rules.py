@@ -89,9 +89,11 @@ def psf_core_width(psf) -> tuple[float, ...]:
 
 
 def wiener_halo(psf, balance: float) -> tuple[int, ...]:
-    """The Wiener halo per axis: ``ceil(sigma (6 + log10(1 / balance)))``."""
-    factor = 6 + max(0.0, math.log10(1.0 / balance))
-    return tuple(math.ceil(s * factor) for s in psf_rms_width(psf))
+    """The Wiener halo per axis: ``ceil(sigma (6 + log10(1 / balance)))``, the filter's reach
+    (:func:`deconv3d.classical.wiener.wiener_reach`, which also sets its reflect boundary's depth)."""
+    from deconv3d.classical.wiener import wiener_reach
+
+    return wiener_reach(psf, balance)
 
 
 def chunk_multiple_for(block_fn) -> int:

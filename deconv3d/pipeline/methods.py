@@ -281,7 +281,8 @@ class RichardsonLucyBlock:
 
 @dataclass
 class WienerBlock:
-    """``block -> wiener(block, psf, balance)`` with reflect extension at the block's outer faces."""
+    """``block -> wiener(block, psf, balance)``, its reflect boundary mirroring every face of the block as deep
+    as a whole image's (:func:`~deconv3d.classical.wiener.mirror_box`)."""
 
     psf: np.ndarray
     balance: float = 1e-3

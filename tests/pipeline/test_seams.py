@@ -237,9 +237,11 @@ def test_aligned_box_holds_the_most_blocks_nearest_the_centre():
 
 @pytest.mark.parametrize("chunks", CHUNKS)
 def test_wiener_chunked_equals_whole(volume, psf3d, chunks):
+    """Blocks at the volume's faces and the whole volume mirror their faces alike, twice the filter's
+    reach deep: 82.7 and 84.4 dB measured (71.5 and 76.1 dB when both mirrored by the PSF's size)."""
     fn = WienerBlock(psf3d, balance=1e-3)
     whole = fn(volume)
-    assert psnr(whole, chunked(volume, fn, chunks)) >= 50
+    assert psnr(whole, chunked(volume, fn, chunks)) >= 78
 
 
 @pytest.fixture(scope="module")
