@@ -42,12 +42,17 @@ The zero and periodic boundaries need smaller FFTs, so the Bertero count bounds 
 reflect boundary runs the Bertero model on the block mirrored by the PSF half-size: ``F`` from
 ``block + 2 (psf - 1)``, and its data arrays are that mirrored block's size.
 
-Wiener: the padded block (``F`` from ``block + 2 * psf``), the OTF, the quotient spectrum, the
+Wiener: the padded block (``F`` the box of :func:`deconv3d.classical.wiener.mirror_box`: the block
+mirrored by the PSF's size or twice the filter's reach, whichever is deeper, at most ``2 (n - 1)`` per
+axis), the OTF, the quotient spectrum, the
 copy of it that the inverse FFT destroys and the inverse's output (the result is a view of it):
 2 F real + 3 S complex, and the block, 1 B. Between blocks the last block's OTF stays for a next
 block of its FFT shape (:mod:`deconv3d.classical._reuse`, as RL's set-up): 1 S complex, less than
 that block held, dropped by a block of another shape before it builds its own, and during a block
 of that shape its own OTF (counted above). So it adds to no block's count, as RL's does not.
+With the mirror twice the reach deep, one block's peak RSS growth measured 0.73-0.89 of this count
+(``benchmarks/bench_block_memory.py``'s measurement, counted with the reach at a balance of 1e-3,
+3 fresh processes per case: 32 x 128^2 and 64 x 256^2 blocks, PSFs 5^3 and 15^3).
 
 Measured (``benchmarks/bench_block_memory.py``: peak RSS growth of one block in a fresh process
 after the pipeline's set-up, 2 torch threads, PSF 15^3 and 31^3, blocks 32 x 128^2 to 96 x 384^2
@@ -149,6 +154,14 @@ class MemoryModel:
         (reflect) over the run without it, where 1 B is 67 MB and 1 F 78-89 MB. (When ``--saturation``
         left the voxels out of the fit, with weights and their normalisation, that was +20, +202 and
         +152 MB.)
+    reach : tuple of int
+        Wiener's reach per axis (:func:`~deconv3d.classical.wiener.wiener_reach` of the PSF and the
+        balance), which sets how deep its reflect boundary mirrors a block. Left empty, a block's halo
+        beyond its core stands for it (the halo of a chunked Wiener run is that reach), and a block
+        without a halo is counted with the reach of the widest PSF of ``psf_shape`` (RMS width
+        ``(k - 1) / 2``) at the default balance of 1e-3: more than most PSFs need (1.5x and 2x the
+        arrays of 64 x 512^2 and 64 x 256^2 blocks with a 15^3 Gaussian), less than a balance below 1e-3
+        may.
     """
 
     method: str
@@ -159,6 +172,7 @@ class MemoryModel:
     boundary: str = "bertero"
     context: int = 0
     saturation: bool = False
+    reach: tuple = ()
 
     def block_bytes(self, block_shape: Sequence[int], core_shape: Sequence[int] | None = None) -> int:
         """Bytes for one block of ``block_shape`` (core and halo) whose core is ``core_shape``
@@ -177,7 +191,14 @@ class MemoryModel:
             total += (block + full) * _F32 * bool(self.saturation)
             return int(ARRAY_SAFETY * total + BLOCK_OVERHEAD)
         if self.method == "wiener":
-            full, half = _fft_sizes([n + 2 * k for n, k in zip(block_shape, self.psf_shape)])
+            from deconv3d.classical.wiener import mirror_box, reach_for_widths
+
+            reach = self.reach
+            if not reach and core_shape is not None:  # a chunked run's halo is Wiener's reach (wiener_halo)
+                reach = tuple((n - c) // 2 for n, c in zip(block_shape, core_shape))
+            if not any(reach):  # the widest PSF of this size (RMS width (k - 1) / 2) at the default balance
+                reach = reach_for_widths([(k - 1) / 2 for k in self.psf_shape], 1e-3)
+            full, half = _fft_sizes(mirror_box(block_shape, self.psf_shape, reach)[0])
             total = 2 * full * _F32 + 3 * half * _C64 + block * _F32
             return int(ARRAY_SAFETY * total + BLOCK_OVERHEAD)
         if self.method == "ssl":

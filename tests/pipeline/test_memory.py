@@ -107,6 +107,48 @@ def test_reflect_rl_counts_its_mirrored_block():
     assert reflect.block_bytes((32, 64, 64)) == bertero.block_bytes((40, 72, 72))
 
 
+@pytest.mark.parametrize("balance", [1e-1, 1e-4])
+@pytest.mark.parametrize("shape", [(16, 96, 96), (40, 200, 160)])
+def test_wiener_s_count_is_of_the_fft_box_its_filter_transforms(monkeypatch, shape, balance):
+    """Wiener's reflect boundary mirrors the block by the PSF's size or twice the filter's reach; the
+    model counted ``block + 2 psf``, short of the deeper mirror at small balances. Its count is of the
+    box the filter transforms: given the reach in memory, and from the halo of a chunked block."""
+    import importlib
+
+    from deconv3d.classical import wiener
+    from deconv3d.pipeline import WienerBlock, memory_model
+
+    from .conftest import gaussian_psf
+
+    wiener_module = importlib.import_module("deconv3d.classical.wiener")
+    psf = gaussian_psf((5, 9, 9), (1.5, 1.2, 1.2))
+    filtered, counted = [], []
+    real_otf, real_sizes = wiener_module._otf, memory_model._fft_sizes
+    monkeypatch.setattr(wiener_module, "_otf", lambda conv, fft: filtered.append(tuple(fft)) or real_otf(conv, fft))
+    monkeypatch.setattr(memory_model, "_fft_sizes", lambda box: counted.append(tuple(box)) or real_sizes(box))
+    wiener(np.ones(shape, np.float32), psf, balance, device="cpu")
+    MemoryModel("wiener", psf.shape, reach=wiener_module.wiener_reach(psf, balance)).block_bytes(shape)
+    halo = WienerBlock(psf, balance).halo()
+    core = tuple(n - 2 * h for n, h in zip(shape, halo))
+    MemoryModel("wiener", psf.shape).block_bytes(shape, core)
+    assert counted == filtered * 2
+    assert filtered[0] != tuple(n + 2 * k for n, k in zip(shape, psf.shape))  # deeper than the PSF's size
+
+
+def test_wiener_s_count_without_a_reach_covers_a_gaussian_psf_s():
+    """Without a reach or a halo (a whole volume) the count is of the widest PSF of the PSF's size at
+    the default balance, at least the count of a Gaussian PSF of that size."""
+    import importlib
+
+    from .conftest import gaussian_psf
+
+    reach = importlib.import_module("deconv3d.classical.wiener").wiener_reach
+    for psf in (gaussian_psf((5, 9, 9), (1.5, 1.2, 1.2)), gaussian_psf((15, 15, 15), (5.0, 2.5, 2.5))):
+        for shape in ((16, 96, 96), (64, 256, 256), (64, 512, 512)):
+            given = MemoryModel("wiener", psf.shape, reach=reach(psf, 1e-3)).block_bytes(shape)
+            assert MemoryModel("wiener", psf.shape).block_bytes(shape) >= given
+
+
 def test_the_memory_baseline_is_measured_after_the_blocks_load_their_libraries(monkeypatch):
     """The numba passes hold about 110 MB once loaded; measured before them, the baseline let a
     run exceed its --memory-limit by that much."""
