@@ -92,9 +92,10 @@ class Fingerprinted:
             # how the flagged voxels are fitted: a batch finished when they were left out of the fit is redone once
             fields["saturation_fit"] = SATURATION_FIT
         if self.method == "wiener":  # its gain at zero frequency: a batch finished before acf0a16 (whose outputs
-            from deconv3d.classical.wiener import DC_GAIN  # were balance / (1 + balance) dimmer) is redone once
+            from deconv3d.classical.wiener import DC_GAIN, MIRROR_DEPTH  # were balance / (1 + balance) dimmer) is
 
-            fields["wiener_dc_gain"] = DC_GAIN
+            fields["wiener_dc_gain"] = DC_GAIN  # redone once; so is one finished while the reflect boundary
+            fields["wiener_mirror"] = MIRROR_DEPTH  # mirrored by the PSF's size (3e-2 of the peak at the faces)
         if self.memory_limit is not None:  # 4G, 4000MB and 4GB alike (records made with "4GB" still match)
             from deconv3d.pipeline.system_memory import format_bytes, parse_memory
 

@@ -55,6 +55,7 @@ def test_settings_the_method_ignores_are_not_in_the_fingerprint(folder, method):
         before["tv_differences"] = "symmetric"
     if method == "wiener":  # its gain at zero frequency: Wiener batches finished before acf0a16 are redone once
         before["wiener_dc_gain"] = "unit"
+        before["wiener_mirror"] = "2x-reach"  # its mirror's depth: batches finished before the rule are redone once
     if method != "wiener":  # accelerated RL's least step: batches finished before it had one are redone once
         before["acceleration_floor"] = 0.65  # (20 iterations: from the third on)
     assert settings.fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
@@ -97,6 +98,21 @@ def test_a_wiener_batch_finished_before_the_unit_dc_gain_is_redone(folder, capsy
     assert fields[0].pop("wiener_dc_gain") == "unit"
     older = hashlib.sha256(json.dumps(fields[0], sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert older not in settings.finished_fingerprints()
+
+
+@pytest.mark.parametrize("base, follows", [({"method": "wiener"}, True), ({"method": "rl"}, False),
+                                           ({"method": "rl-tv"}, False), ({"method": "ssl", "train_steps": 5}, False)])
+def test_the_fingerprint_follows_wiener_s_mirror_rule(folder, monkeypatch, base, follows):
+    """Wiener's reflect boundary mirrored by the PSF's size, then by twice the filter's reach
+    (MIRROR_DEPTH), which changed its outputs near the faces (by up to 3e-2 of the peak at a balance of
+    1e-3); a resumed batch would have kept the files made the first way as finished beside new ones.
+    Other methods keep their records."""
+    import importlib
+
+    settings = make_settings({"psf": str(folder / "psf.tif"), **base})
+    now = settings.finished_fingerprints()
+    monkeypatch.setattr(importlib.import_module("deconv3d.classical.wiener"), "MIRROR_DEPTH", "psf")
+    assert (not set(now) & set(settings.finished_fingerprints())) is follows
 
 
 @pytest.mark.parametrize("base, follows", [({"method": "rl", "saturation": 4095}, True),
