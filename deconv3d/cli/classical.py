@@ -315,9 +315,9 @@ def _go_out_of_core_if_too_large(args, shape, voxel) -> None:
                              band_limit=args.band_limit or None)
         model = network_memory_model(block)
     else:
-        model = MemoryModel("wiener" if args.method == "wiener" else args.method,
-                            _psf_shape_estimate(args, voxel, shape), accelerate=not args.no_accelerate,
-                            boundary=args.boundary, saturation=args.saturation != "none")
+        psf_shape, reach = _psf_estimate(args, voxel, shape)
+        model = MemoryModel(args.method, psf_shape, accelerate=not args.no_accelerate, boundary=args.boundary,
+                            saturation=args.saturation != "none", reach=reach)
     # The chunked planning's own test, which then chooses the blocks: with the in-memory image and
     # result counted here too, a run between the two tests went to the chunked path as one block,
     # and took more memory than in memory (found by the diff review)
@@ -326,19 +326,28 @@ def _go_out_of_core_if_too_large(args, shape, voxel) -> None:
     args.out_of_core = True  # (--iterations auto chooses its count there on a crop)
 
 
-def _psf_shape_estimate(args, file_voxel, shape) -> tuple[int, ...]:
+def _psf_estimate(args, file_voxel, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The PSF's shape as the run will prepare it, near enough for a memory estimate (``file_voxel``:
-    the voxel size the image's file records)."""
+    the voxel size the image's file records), and for Wiener with a PSF file the filter's reach
+    (:func:`~deconv3d.classical.wiener.wiener_reach`, which sets its mirror's depth); ``()`` where not
+    known, which the memory model counts as the widest PSF of that shape."""
     from deconv3d.io import read_psf
     from deconv3d.psf.generate import generated_psf_shape
 
     if args.psf:
-        return tuple(min(k, n) for k, n in zip(read_psf(args.psf).data.shape, shape))
+        psf = read_psf(args.psf).data
+        reach = ()
+        if args.method == "wiener":
+            from deconv3d.classical.wiener import wiener_reach
+
+            reach = wiener_reach(psf, args.balance)
+        return tuple(min(k, n) for k, n in zip(psf.shape, shape)), reach
     voxel = file_voxel if not args.voxel_size or len(args.voxel_size) < len(shape) else \
         tuple(args.voxel_size)[-len(shape):]  # (too few values: refused once the image is read)
     if args.psf_model and args.na and args.wavelength and voxel is not None and len(shape) == 3:
-        return tuple(min(k, n) for k, n in zip(generated_psf_shape(shape, voxel, args.na, args.wavelength), shape))
-    return (1,) * len(shape)
+        generated = generated_psf_shape(shape, voxel, args.na, args.wavelength)
+        return tuple(min(k, n) for k, n in zip(generated, shape)), ()
+    return (1,) * len(shape), ()
 
 
 def cmd_demo(args) -> int:

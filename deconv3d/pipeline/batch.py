@@ -78,8 +78,10 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
         return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit, "amp": settings.amp,
                               "inference_precision": settings.precision()}
     if settings.method == "wiener":
-        return (WienerBlock(psf, settings.balance, settings.run_device), MemoryModel("wiener", psf.shape),
-                {"balance": settings.balance})
+        from deconv3d.classical.wiener import wiener_reach
+
+        model = MemoryModel("wiener", psf.shape, reach=wiener_reach(psf, settings.balance))  # (its mirror's depth)
+        return WienerBlock(psf, settings.balance, settings.run_device), model, {"balance": settings.balance}
     tv = settings.tv_weight if settings.method == "rl-tv" else 0.0
     params = {"iterations": settings.iterations, "boundary": settings.boundary, "accelerate": settings.accelerate,
               "tv_weight": tv, **saturation_record(settings.saturation)}

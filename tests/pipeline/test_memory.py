@@ -359,12 +359,37 @@ def test_the_in_memory_estimate_counts_a_generated_psf():
     memory past the free memory (found by the diff review)."""
     import argparse
 
-    from deconv3d.cli.classical import _psf_shape_estimate
+    from deconv3d.cli.classical import _psf_estimate
 
-    args = argparse.Namespace(psf=None, psf_model="gibson-lanni", na=1.4, wavelength=0.52, voxel_size=None)
-    shape = _psf_shape_estimate(args, (0.2, 0.1, 0.1), (64, 256, 256))
-    assert len(shape) == 3 and min(shape) > 9
-    assert _psf_shape_estimate(args, None, (64, 256, 256)) == (1, 1, 1)  # unknown
+    args = argparse.Namespace(psf=None, psf_model="gibson-lanni", na=1.4, wavelength=0.52, voxel_size=None,
+                              method="rl")
+    shape, reach = _psf_estimate(args, (0.2, 0.1, 0.1), (64, 256, 256))
+    assert len(shape) == 3 and min(shape) > 9 and reach == ()
+    assert _psf_estimate(args, None, (64, 256, 256)) == ((1, 1, 1), ())  # unknown
+
+
+def test_the_in_memory_estimate_counts_wiener_mirror_from_the_psf_file(tmp_path):
+    """Wiener's mirror is as deep as twice the filter's reach, which the PSF's widths and the balance
+    set: the in-memory estimate took the widest PSF of the file's shape at balance 1e-3 (about 2x the
+    memory of a 15^3 Gaussian's run, and too little at smaller balances). Batch's model likewise."""
+    import argparse
+
+    from deconv3d.classical.wiener import wiener_reach
+    from deconv3d.cli.classical import _psf_estimate
+    from deconv3d.io import write_tiff
+    from deconv3d.pipeline.batch import build_block_fn, make_settings
+
+    from .conftest import gaussian_psf
+
+    psf = gaussian_psf((15, 15, 15), (1.5, 1.5, 1.5))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    for balance in (1e-2, 1e-5):
+        args = argparse.Namespace(psf=str(tmp_path / "psf.tif"), method="wiener", balance=balance)
+        shape, reach = _psf_estimate(args, (0.3, 0.1, 0.1), (64, 256, 256))
+        assert shape == (15, 15, 15) and reach == wiener_reach(psf, balance)
+        settings = make_settings({"psf": str(tmp_path / "psf.tif"), "method": "wiener", "balance": balance})
+        assert build_block_fn(settings, psf, (0.3, 0.1, 0.1))[1].reach == wiener_reach(psf, balance)
+    assert wiener_reach(psf, 1e-2) != wiener_reach(psf, 1e-5)
 
 
 def test_only_networks_that_add_rl_preload_its_passes(monkeypatch):
