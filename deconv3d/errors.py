@@ -56,6 +56,42 @@ def naming_image(say, name) -> InputError:
     return InputError(say(name), without_file=say("the image"))
 
 
+def said_of_the_image(text: str, *names) -> str:
+    """``text`` said of "the image" where it names the input file by one of ``names`` (its path as given,
+    its absolute path): ``image NAME``, ``the image NAME``, ``input NAME`` and ``NAME`` alike
+    (``IN/b.tif was changed during the run`` -> ``the image was changed during the run``), and as "it" after
+    "cannot read" or "cannot open" (``cannot read it as a TIFF image``). For a line that a batch gives under
+    the file's name (a failure's reason, a warning in the file's row) where the code that builds the message
+    cannot say it so itself (:func:`naming_image`). A name is replaced where it stands as a whole path only:
+    ``b.tif`` is left in ``OUT/b.tif`` and ``ab.tif``."""
+    for name in sorted({str(n) for n in names if n}, key=len, reverse=True):
+        whole = rf"(?<![\w./\\-]){re.escape(name)}(?![\w/\\-]|\.\w)"
+        text = re.sub(rf"(?<=\bcannot read |\bcannot open ){whole}", "it", text)
+        text = re.sub(rf"(?:\b(?:the )?(?:image|input) )?{whole}", "the image", text)
+    return text
+
+
+class BeyondFloat32(InputError):
+    """Values of a float64 ``what`` (``"image"``, ``"PSF"``) past float32's range, which deconv3d computes in,
+    the largest of them ``peak``: ``name`` (``"image /abs/a.tif"``) names the file as its reader knows it.
+    :meth:`said_of` gives the line about another name, for a caller that knows how the user named the file (a
+    chunked run's block reader holds the absolute path; :func:`deconv3d.pipeline.files.deconvolve_file`
+    names the input as given)."""
+
+    def __init__(self, name: str, peak: float, what: str = "image"):
+        self.name, self.peak, self.what = name, float(peak), what
+        super().__init__(self.said_of(name))
+
+    def said_of(self, name: str) -> str:
+        """The one line about the file ``name`` (``"image a.tif"``, ``"the image"``)."""
+        return (f"{name} has values up to {self.peak:.3g}, beyond the float32 range (3.4e38) deconv3d computes in: "
+                f"rescale the {self.what} and save it again")
+
+    def __reduce__(self):
+        """Pickled and copied with its fields (the default calls the class with the line alone)."""
+        return type(self), (self.name, self.peak, self.what), self.__dict__
+
+
 class PSFLargerThanImage(InputError):
     """A PSF larger than the image along some axis (:func:`deconv3d.psf.prepare_psf`). It keeps the
     shapes, ``psf_shape`` (as resampled to the image's voxel size) and ``image_shape``, so that a caller

@@ -28,7 +28,7 @@ from deconv3d._tiff_voxel_sizes import (_GENERIC_AXES, _checked_voxel, _kept_vox
                                         spatial_letters, z_step_assumed)
 from deconv3d._tiff_write import write_tiff
 from deconv3d._voxel import format_sizes, refuse_nanometres
-from deconv3d.errors import NON_FINITE_FILE_FIX, InputError, NonFiniteValues, PSFLargerThanImage, warn
+from deconv3d.errors import NON_FINITE_FILE_FIX, BeyondFloat32, InputError, NonFiniteValues, PSFLargerThanImage, warn
 
 __all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES", "time_axis_of",
            "assume_psf_voxel"]
@@ -394,9 +394,8 @@ def _as_float32(data: np.ndarray, path: Path, what: str = "image") -> np.ndarray
 
 def refuse_beyond_float32(data: np.ndarray, converted: np.ndarray, name: str, what: str = "image") -> None:
     """Refuse ``data`` (``name``: ``"image X"``) whose finite values ``converted`` to float32 made Inf: float64
-    values past float32's range, which the file does not hold as NaN or Inf."""
+    values past float32's range, which the file does not hold as NaN or Inf
+    (:class:`~deconv3d.errors.BeyondFloat32`)."""
     beyond = np.isinf(converted) & np.isfinite(data)
     if beyond.any():
-        peak = float(np.abs(data[beyond]).max())
-        raise InputError(f"{name} has values up to {peak:.3g}, beyond the float32 range (3.4e38) "
-                         f"deconv3d computes in: rescale the {what} and save it again")
+        raise BeyondFloat32(name, float(np.abs(data[beyond]).max()), what)

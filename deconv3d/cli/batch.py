@@ -219,10 +219,11 @@ WARNINGS_SHOWN = 3
 
 class _BatchWarnings:
     """The command line's warnings during a batch (installed by :meth:`shown`): each file's are kept
-    for its report row (:meth:`fill`); a line already printed is not printed again (a shared PSF's
-    "carries no voxel size" came once per file, 800 times), and of a line that differs from file to file
-    only by the file's name ("in/p7.tif carries no voxel size") the first :data:`WARNINGS_SHOWN` files' are
-    printed. :meth:`summary` then says how many files drew warnings and where all of them are."""
+    for its report row (:meth:`fill`), said of "the image" where they name the file, as the row names it; a
+    line already printed is not printed again (a shared PSF's "carries no voxel size" came once per file, 800
+    times), and of a line that differs from file to file only by the file's name ("in/p7.tif carries no voxel
+    size") the first :data:`WARNINGS_SHOWN` files' are printed. :meth:`summary` then says how many files drew
+    warnings and where all of them are."""
 
     def __init__(self):
         self.file: Path | None = None  # the input in progress (set by the batch's process_one)
@@ -243,11 +244,14 @@ class _BatchWarnings:
 
     def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
         from deconv3d._paths import path_text, recorded_path
+        from deconv3d.errors import said_of_the_image
+        from deconv3d.pipeline.row_warnings import file_names
 
         text = warning_text(message)
         kind = text
-        if self.file is not None:
-            self.by_file.setdefault(recorded_path(self.file), []).append(path_text(text))
+        if self.file is not None:  # (the row names the file: its warnings say "the image")
+            self.by_file.setdefault(recorded_path(self.file), []).append(
+                path_text(said_of_the_image(text, *file_names(self.file))))
             kind = text.replace(str(self.file), "\0").replace(self.file.name, "\0")
         if text in self.printed or (kind != text and self.kinds.get(kind, 0) >= WARNINGS_SHOWN):
             return

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 from deconv3d._paths import check_name_length, special_file_problem
-from deconv3d.errors import InputError, NonFiniteValues
+from deconv3d.errors import InputError, NonFiniteValues, said_of_the_image
 from deconv3d.pipeline.completion_records import (input_state, outputs_written, read_completion_record,
                                                   write_json_atomic)
 from deconv3d.pipeline.locks import note_writer
 from deconv3d.pipeline.records import path_text
-from deconv3d.pipeline.row_warnings import warnings_into
+from deconv3d.pipeline.row_warnings import file_names, warnings_into
 from deconv3d.pipeline.settings import Settings
 from deconv3d.pipeline.settings_checks import _many
 
@@ -53,7 +53,7 @@ def _process(path, output, record, settings, process_one, row, hash_input=None) 
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - one failing file must not stop the batch
-        row.update(status="failed", reason=_reason(exc))
+        row.update(status="failed", reason=_reason(exc, path))
     else:
         row["status"] = "done"
     row["seconds"] = round(time.perf_counter() - start, 3)
@@ -84,7 +84,7 @@ def _record_finished(path, output, record, names, state, digest, settings_hash) 
 def _run_one(path, output, digest, process_one, row, finish, start) -> None:
     """Run ``process_one`` with its warnings into the row; interrupted as the output was put in place,
     record it finished (``finish``) before the interruption goes on."""
-    with warnings_into(row):
+    with warnings_into(row, path):
         try:
             process_one(path, output, digest)
         except KeyboardInterrupt as exc:
@@ -121,9 +121,12 @@ def _check_unchanged(shared: dict, settings: Settings, path: Path) -> None:
                          "the run read is not known): rerun the batch to redo it with the file as it is now")
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: Exception, path=None) -> str:
     """A failed file's reason in one line: an OS error as "FILE: what happened" (not "[Errno 28] ..."); a
-    refusal that names the input file as said of "the image" (``without_file``), as the line names the file."""
+    refusal that names the input file as said of "the image" (``without_file``), as the line names the file,
+    and where the refusal has none (built by a reader: a voxel unit it cannot read, a file it cannot open, an
+    input changed during the run; a PSF changed while it was processed), its line with the input ``path``, as
+    given or absolute, said so (:func:`~deconv3d.errors.said_of_the_image`)."""
     from deconv3d._paths import out_of_space
 
     if isinstance(exc, OSError) and exc.strerror:
@@ -133,4 +136,7 @@ def _reason(exc: Exception) -> str:
         return exc.line(with_file=False)
     if isinstance(exc, InputError) and exc.without_file:  # (as said of "the image": not naming it twice)
         return " ".join(exc.without_file.split())
-    return " ".join(str(exc).split()) or type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, InputError) and path is not None:
+        text = said_of_the_image(text, *file_names(path))
+    return " ".join(text.split()) or type(exc).__name__

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from deconv3d._paths import OUTPUT_SUFFIXES, check_output_path, path_text
-from deconv3d.errors import NON_FINITE_FILE_FIX, InputError, NonFiniteValues, naming_image, warn
+from deconv3d.errors import NON_FINITE_FILE_FIX, BeyondFloat32, InputError, NonFiniteValues, naming_image, warn
 from deconv3d.pipeline.axis_hints import relabel_note, warn_of_planes_that_may_be_z
 from deconv3d.pipeline.file_blocks import _block_function
 from deconv3d.pipeline.file_networks import intensity_statistics, train_on_image, warn_of_another_scale
@@ -22,11 +22,17 @@ def _naming_the_input(run):
     """``run(input_path, ...)`` whose refusal of NaN or Inf values (:class:`~deconv3d.errors.NonFiniteValues`: met
     by a block, the measuring box, training or the choice of counts) names the input file as given, with a
     file's fix, as an in-memory run names it; for an OME-Zarr whose NaN fill_value stands in for chunks never
-    stored, the fix says so (:func:`~deconv3d.omezarr.chunk_gaps.unstored_chunks_fix`)."""
+    stored, the fix says so (:func:`~deconv3d.omezarr.chunk_gaps.unstored_chunks_fix`). Its refusal of float64
+    values past float32's range (:class:`~deconv3d.errors.BeyondFloat32`, which the block reader raised naming
+    the file by its absolute path) names it as given too, as the route's other read errors do, with the line
+    said of "the image" as its ``without_file``."""
     @functools.wraps(run)
     def named(input_path, *args, **kwargs):
         try:
             return run(input_path, *args, **kwargs)
+        except BeyondFloat32 as exc:
+            raise InputError(exc.said_of(f"{exc.what} {path_text(input_path)}"),
+                             without_file=exc.said_of("the image")) from None
         except NonFiniteValues as exc:
             from deconv3d.omezarr.chunk_gaps import unstored_chunks_fix
 

@@ -81,7 +81,8 @@ def test_every_line_of_a_batch_names_a_file_as_its_per_file_line_does(inputs, ca
     assert _reasons(inputs / "out") == {**{f"{name}.tif": text for name, text in failures.items()},
                                         "novox.tif": "", "ok.tif": ""}
     rows = json.loads((inputs / "out" / "batch_report.json").read_text())["files"]
-    assert [r["warnings"] for r in rows if r["file"].endswith("novox.tif")] == [[NO_VOXEL.format(shown["novox"])]]
+    # (the warning printed names the file as its line does; the row, which names it, says "the image")
+    assert [r["warnings"] for r in rows if r["file"].endswith("novox.tif")] == [[NO_VOXEL.format(IMAGE)]]
 
 
 def test_a_channel_count_that_does_not_match_the_psfs_names_the_file_as_its_line_does(inputs, capsys):
