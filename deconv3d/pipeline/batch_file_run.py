@@ -122,15 +122,17 @@ def _check_unchanged(shared: dict, settings: Settings, path: Path) -> None:
 
 
 def _reason(exc: Exception, path=None) -> str:
-    """A failed file's reason in one line: an OS error as "FILE: what happened" (not "[Errno 28] ..."); a
-    refusal that names the input file as said of "the image" (``without_file``), as the line names the file,
-    and where the refusal has none (built by a reader: a voxel unit it cannot read, a file it cannot open, an
-    input changed during the run; a PSF changed while it was processed), its line with the input ``path``, as
-    given or absolute, said so (:func:`~deconv3d.errors.said_of_the_image`)."""
+    """A failed file's reason in one line: an OS error as "FILE: what happened" (not "[Errno 28] ..."; FILE left
+    out where it is the input ``path``, which the line names); a refusal that names the input file as said of
+    "the image" (``without_file``), as the line names the file, and where the refusal has none (built by a
+    reader: a voxel unit it cannot read, a file it cannot open, an input changed during the run; a PSF changed
+    while it was processed), its line with the input ``path``, as given or absolute, said so
+    (:func:`~deconv3d.errors.said_of_the_image`)."""
     from deconv3d._paths import out_of_space
 
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f"{exc.filename}: " if exc.filename else ""
+    if isinstance(exc, OSError) and exc.strerror:  # (not "IN/b.tif: IN/b.tif: No such file or directory")
+        input_file = exc.filename and said_of_the_image(str(exc.filename), *file_names(path)) == "the image"
+        where = f"{exc.filename}: " if exc.filename and not input_file else ""
         return f"{where}{exc.strerror}" + (": free disk space, then rerun the batch" if out_of_space(exc) else "")
     if isinstance(exc, NonFiniteValues):  # (the batch's lines name the file before the reason)
         return exc.line(with_file=False)

@@ -225,3 +225,24 @@ def test_a_beyond_float32_refusal_keeps_its_fields_through_pickling():
 ])
 def test_a_line_is_said_of_the_image_where_it_names_the_input_by_its_whole_path(text, said):
     assert said_of_the_image(text, "IN/b.tif", "/abs/IN/b.tif") == said
+
+
+def test_an_input_gone_before_its_run_is_named_once_in_a_batch(tmp_path, capsys, monkeypatch):
+    """Before: 'failed  IN/b.tif: IN/b.tif: No such file or directory' (removed while a.tif ran)."""
+    import deconv3d.pipeline.files as files
+
+    monkeypatch.chdir(tmp_path)
+    write_tiff(tmp_path / "psf.tif", gaussian_psf((5, 5, 5)), voxel_size=VOXEL)
+    (tmp_path / "IN").mkdir()
+    for name in ("a.tif", "b.tif"):
+        write_tiff(tmp_path / "IN" / name, np.ones((8, 24, 24), np.float32), voxel_size=VOXEL)
+    deconvolve_file = files.deconvolve_file
+
+    def removing_b(path, *args, **kwargs):
+        (tmp_path / "IN" / "b.tif").unlink(missing_ok=True)
+        return deconvolve_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "deconvolve_file", removing_b)
+    code, out, err = run(["batch", "IN", "-o", "OUT", "--psf", "psf.tif", "--method", "wiener"], capsys)
+    assert code == 3 and out.splitlines()[:2] == [
+        "[1/2] done    IN/a.tif", "[2/2] failed  IN/b.tif: No such file or directory"], out + err
