@@ -212,7 +212,8 @@ def _trainer(args, pending: list):
 BATCH_DESCRIPTION = (
     "Deconvolve every image of a folder, each into OUTPUT/NAME.zarr (or .tif), NAME its file name less its "
     "image suffix. As each file ends, a line '[N/TOTAL] STATUS FILE: reason' names it as the input folder given here "
-    "joined with its path in that folder (IN/day2/a.tif), as its reason and warnings do; a file that failed is "
+    "joined with its path in that folder (IN/day2/a.tif), as its warnings on the terminal do (its reason, and "
+    "its warnings in the report, say 'the image' of it); a file that failed is "
     "named so again, with its reason, in a 'deconv3d: failed: FILE: reason' line at the end, and the exit status "
     "is 3. OUTPUT/batch_report.json and batch_report.csv hold every file's row (its absolute path, status, output, "
     "reason and warnings). A failed file leaves no output, and a rerun tries it again.")
