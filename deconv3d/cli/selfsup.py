@@ -185,29 +185,40 @@ def train_with_progress(image, psf, args, voxel, notes=(), stop=None):
 
     ``notes`` (warnings) are printed at the first report (an iteration of the search for the RL
     reference, or the first step), once training has accepted the input. The search's RL
-    iterations are counted on the bar (a log gets its lines), then the training steps. ``stop``
-    (a :class:`~deconv3d.cli.stopping.StopRequest`) is armed once the first step is done: a
-    signal then ends training after the step it comes in (the result's reason is "cancelled")."""
+    iterations are counted on the bar out of their cap (:func:`~deconv3d.selfsup.rl_reference.search_cap`;
+    the search usually stops before it), and the bar turns to the training steps at 0 as soon as the
+    search has chosen: RL at that count and the first step (slower than the next ones) follow with no
+    report. A log gets the bar's lines. ``stop`` (a :class:`~deconv3d.cli.stopping.StopRequest`) is
+    armed once the first step is done: a signal then ends training after the step it comes in (the
+    result's reason is "cancelled")."""
     from deconv3d.selfsup import train
+    from deconv3d.selfsup.rl_reference import search_cap
 
     config, unet = configs(args, image.ndim)
     # Before the first step, the residual form searches RL's iteration count on held-out voxels.
     preparing = bool(config.residual or config.warm_steps or config.anchor_weight)  # as train() decides
-    bar = (make_bar(None, "train: choosing the RL reference", "it") if preparing
+    bar = (make_bar(search_cap(config.warm_tv), "train: choosing the RL reference", "it") if preparing
            else make_bar(config.steps, "train", "step"))
-    callback = _training_callback(bar, config.steps, preparing, list(notes), stop)
+    callback, on_reference = _training_callbacks(bar, config.steps, list(notes), stop)
     with bar:
-        result = train(image, psf, config=config, unet=unet, device=args.device, callback=callback, voxel_size=voxel)
+        result = train(image, psf, config=config, unet=unet, device=args.device, callback=callback, voxel_size=voxel,
+                       on_reference=on_reference if preparing else None)
     if result.reason == "non-finite loss":
         raise InputError(f"training diverged at step {result.steps_done} (non-finite loss): lower --lr or check the PSF")
     return result
 
 
-def _training_callback(bar, steps: int, preparing: bool, pending: list, stop):
-    """:func:`train_with_progress`'s ``callback(step, loss)`` for train(): prints the ``pending`` warnings at
-    the first report, counts the search's RL iterations on ``bar`` while ``preparing`` (step 0), then the
-    ``steps`` training steps; arms ``stop`` at each step and returns whether it was asked."""
-    waiting = [preparing]
+def _training_callbacks(bar, steps: int, pending: list, stop):
+    """:func:`train_with_progress`'s ``callback(step, loss)`` and ``on_reference(reference)`` for train():
+    the callback prints the ``pending`` warnings at the first report, counts the search's RL iterations on
+    ``bar`` (step 0), then the training steps, and arms ``stop`` at each step and returns whether it was
+    asked; ``on_reference`` turns ``bar`` to the ``steps`` training steps, at 0, when the search has chosen."""
+
+    def on_reference(_reference) -> None:
+        bar.set_description("train", refresh=False)
+        bar.unit = "step"
+        bar.set_postfix(refresh=False)
+        bar.reset(total=steps)  # the rate and ETA count training steps only
 
     def callback(step, loss):
         if pending:
@@ -217,19 +228,13 @@ def _training_callback(bar, steps: int, preparing: bool, pending: list, stop):
             bar.set_postfix(risk=f"{loss:.4g}", refresh=False)
             bar.update(1)
             return
-        if waiting[0]:
-            waiting[0] = False
-            bar.set_description("train", refresh=False)
-            bar.unit = "step"
-            bar.set_postfix(refresh=False)
-            bar.reset(total=steps)  # the rate and ETA count training steps only
         if stop is not None:  # armed before the step's line is written: a signal as it shows keeps the step
             stop.arm()
         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)  # before update, which may write the line
         bar.update(step - bar.n)
         return stop is not None and stop.asked
 
-    return callback
+    return callback, on_reference
 
 
 def _read_inputs(args):

@@ -19,7 +19,8 @@ from deconv3d.selfsup.config import Reference, TrainConfig
 from deconv3d.selfsup.forward_model import ForwardModel
 from deconv3d.selfsup.patches import _PatchSampler
 
-__all__ = ["warm_start_target", "REFERENCE_SHARE", "WARM_TV_WEIGHTS", "SMALL_IMAGE_ITERATIONS"]
+__all__ = ["warm_start_target", "chosen_reference", "search_cap", "REFERENCE_SHARE", "WARM_TV_WEIGHTS",
+           "SMALL_IMAGE_ITERATIONS", "SEARCH_ITERATIONS"]
 
 
 #: Share of ``TrainConfig.time_budget`` that the search for the RL reference may take.
@@ -29,6 +30,16 @@ REFERENCE_SHARE = 0.5
 WARM_TV_WEIGHTS = (0.0, 0.002, 0.01, 0.03, 0.06, 0.1)  # the TV weights TrainConfig(warm_tv="auto") chooses from
 #: The reference's RL count for an image too small for choose_iterations (richardson_lucy's default).
 SMALL_IMAGE_ITERATIONS = 20
+#: The most RL iterations the search tries for each TV weight (choose_iterations' ``max_iterations``).
+SEARCH_ITERATIONS = 100
+
+
+def search_cap(tv_weight: float | str = 0.0) -> int:
+    """The most RL iterations the search for the reference runs (and reports to its callback) for
+    ``tv_weight`` as :func:`warm_start_target` takes it: :data:`SEARCH_ITERATIONS` for each TV weight
+    searched (all of :data:`WARM_TV_WEIGHTS` for ``"auto"``). The search usually stops before: each
+    weight's once its held-out error has risen for ``choose_iterations``' patience, and all at a deadline."""
+    return SEARCH_ITERATIONS * (len(WARM_TV_WEIGHTS) if tv_weight == "auto" else 1)
 
 
 def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weight: float | str = 0.0,
@@ -46,6 +57,15 @@ def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weigh
     (:func:`~deconv3d.classical.choose_iterations`'); returning ``True`` cancels:
     :class:`~deconv3d.Cancelled` is raised.
     """
+    reference = chosen_reference(image, psf, device, tv_weight, deadline, callback)
+    return reference.estimate(image, psf, device, extended), reference
+
+
+def chosen_reference(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weight: float | str = 0.0,
+                     deadline: float | None = None,
+                     callback: Callable[[int, float], Optional[bool]] | None = None) -> Reference:
+    """The :class:`Reference` (count and TV weight) that :func:`warm_start_target` runs RL with, chosen
+    as it says (same arguments), without running it."""
     asked = []  # holds True once the callback cancelled
 
     def late(*progress) -> bool:
@@ -55,18 +75,17 @@ def warm_start_target(image: np.ndarray, psf: np.ndarray, device="cpu", tv_weigh
 
     weights = WARM_TV_WEIGHTS if tv_weight == "auto" else (float(tv_weight),)
     if _too_small_to_search(image):
-        reference = Reference(SMALL_IMAGE_ITERATIONS, weights[0])
         warnings.warn(f"the training image ({np.size(image)} voxels) is too small to choose the Richardson-Lucy "
                       f"reference's iteration count by held-out voxels: it runs {SMALL_IMAGE_ITERATIONS}",
                       RuntimeWarning, stacklevel=outside_stacklevel())
-        return reference.estimate(image, psf, device, extended), reference
+        return Reference(SMALL_IMAGE_ITERATIONS, weights[0])
     reference = _searched_reference(image, psf, device, weights, late, asked)
     if late():  # (a 0.5 s budget kept 1 iteration where the search picks 21: a reference blurrier than the data)
         said = (f"the time budget ended the search for the reference's Richardson-Lucy count at {reference.iterations} "
                 "iteration(s): give a larger {} (or none) to let it finish")
         warnings.warn(OptionWarning(said.format("TrainConfig.time_budget"), said.format("--time-budget")),
                       stacklevel=outside_stacklevel())
-    return reference.estimate(image, psf, device, extended), reference
+    return reference
 
 
 def _too_small_to_search(image) -> bool:
@@ -90,7 +109,7 @@ def _searched_reference(image, psf, device, weights, late, asked: list) -> Refer
     for w in weights:
         if choices and late():
             break
-        choices.append((choose_iterations(image, psf, 100, tv_weight=w, device=device, callback=late), w))
+        choices.append((choose_iterations(image, psf, SEARCH_ITERATIONS, tv_weight=w, device=device, callback=late), w))
     if asked:
         raise Cancelled("the search for the Richardson-Lucy reference's iteration count was cancelled")
     choice, weight = min(choices, key=lambda c: min(c[0].risk))
@@ -98,12 +117,14 @@ def _searched_reference(image, psf, device, weights, late, asked: list) -> Refer
 
 
 def _set_reference(img, psf, forward: ForwardModel, sampler: _PatchSampler, config: TrainConfig, device, started: float,
-                   mean_std, callback: Callable[[int, float], Optional[bool]] | None = None) -> tuple:
+                   mean_std, callback: Callable[[int, float], Optional[bool]] | None = None,
+                   chosen: Callable[[Reference], None] | None = None) -> tuple:
     """Richardson-Lucy's estimate that the warm start regresses onto, the anchor keeps the network
     near, or the residual network corrects, set as ``sampler``'s target (standardised by
     ``mean_std``). Returns (fingerprint of the image, the estimate, its :class:`Reference`), or
     Nones when the recipe needs none. :func:`~deconv3d.selfsup.train`'s ``callback`` gets ``(0, risk)`` per iteration
-    of the search for RL's count; its cancel raises :class:`~deconv3d.Cancelled`."""
+    of the search for RL's count; its cancel raises :class:`~deconv3d.Cancelled`. ``chosen(reference)`` is called
+    once the search has chosen, before RL runs at that count."""
     if not (config.warm_steps or config.residual or config.anchor_weight):  # (an anchor alone needs it too)
         return None, None, None
     # The residual base spans the fields' PSF halo with RL's estimate of the object outside the image,
@@ -112,8 +133,10 @@ def _set_reference(img, psf, forward: ForwardModel, sampler: _PatchSampler, conf
     deadline = None if config.time_budget is None else started + REFERENCE_SHARE * config.time_budget
     image_key = psf_fingerprint(img)  # of the data RL runs on (a caller may change the array while training)
     searching = None if callback is None else (lambda _iteration, risk: callback(0, risk))
-    target, reference = warm_start_target(img, psf, device, config.warm_tv, extended=config.residual,
-                                          deadline=deadline, callback=searching)
+    reference = chosen_reference(img, psf, device, config.warm_tv, deadline=deadline, callback=searching)
+    if chosen is not None:
+        chosen(reference)
+    target = reference.estimate(img, psf, device, config.residual)
     margin = (forward.halo_before, forward.halo_after) if config.residual else None
     mean, std = mean_std
     sampler.set_target((target - np.float32(mean)) / np.float32(std), margin)

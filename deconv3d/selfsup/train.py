@@ -95,6 +95,7 @@ def train(
     device="auto",
     callback: Callback | None = None,
     voxel_size: Sequence[float] | None = None,
+    on_reference: Callable[[Reference], None] | None = None,
 ) -> TrainResult:
     """Train a Siamese blind-spot deconvolution network on one image.
 
@@ -117,6 +118,11 @@ def train(
         RL iteration tried (``risk``: its held-out error); cancelling there returns with no step run.
     voxel_size : sequence of float, optional
         Voxel size (z, y, x), recorded in the result (for checkpoints).
+    on_reference : callable, optional
+        ``on_reference(reference)`` once the search has chosen the RL reference's
+        :class:`~deconv3d.selfsup.config.Reference` (count and TV weight), before RL runs at that count and
+        step 1 starts (which together may take seconds); not called for a recipe without a reference or
+        after a cancel in the search.
 
     Returns
     -------
@@ -202,7 +208,7 @@ def train(
                    -mean / std if positive_sum else None, MixedPrecision(amp_dtype(config.amp, dev)))
     started = time.perf_counter()
     (image_key, target, reference), (step, history, terms, reason, warm_done) = _reference_and_steps(
-        img, psf, forward, sampler, steps, config, dev, started, (mean, std), callback)
+        img, psf, forward, sampler, steps, config, dev, started, (mean, std), callback, on_reference)
     model = _final_model(model, average)
     cache = _reference_on_field(image_key, img.shape, psf, target) if config.residual and target is not None else None
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
@@ -214,12 +220,15 @@ def train(
 
 
 def _reference_and_steps(img, psf, forward: ForwardModel, sampler: _PatchSampler, steps: _Steps, config: TrainConfig,
-                         device, started: float, mean_std, callback: Callback | None) -> tuple:
+                         device, started: float, mean_std, callback: Callback | None,
+                         on_reference: Callable[[Reference], None] | None = None) -> tuple:
     """Set the RL reference (:func:`_set_reference`), then run the training ``steps``. Returns the
     reference's (fingerprint, estimate, :class:`Reference`) and ``_Steps.run``'s (step, history, terms,
-    reason, warm-start steps done); a cancel in the reference's search runs no step (reason "cancelled")."""
+    reason, warm-start steps done); a cancel in the reference's search runs no step (reason "cancelled").
+    ``on_reference`` is :func:`train`'s."""
     try:
-        reference = _set_reference(img, psf, forward, sampler, config, device, started, mean_std, callback)
+        reference = _set_reference(img, psf, forward, sampler, config, device, started, mean_std, callback,
+                                   on_reference)
     except Cancelled:  # in the search for the RL reference: no step run
         return (None, None, None), (0, [], {}, "cancelled", 0)
     return reference, steps.run(sampler, callback, started)

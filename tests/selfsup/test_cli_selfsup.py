@@ -474,7 +474,7 @@ def test_a_log_hears_from_train_while_it_searches_for_the_rl_reference(data, cap
     assert lines[0].startswith("deconv3d: warning: ") and "negative" in lines[0], err
     searched = [line for line in lines if line.startswith("train: choosing the RL reference: ")]
     assert searched and lines[1:1 + len(searched)] == searched, err  # right after the warning, before any step
-    assert searched[0].startswith("train: choosing the RL reference: 1 it, ") and "risk=" in searched[0], err
+    assert searched[0].startswith("train: choosing the RL reference: 1/100 it (1%), ") and "risk=" in searched[0], err
     assert [line.split(",")[0] for line in lines[1 + len(searched):]] == ["train: 1/2 step (50%)",
                                                                          "train: 2/2 step (100%)"], err
 
@@ -593,3 +593,35 @@ def test_train_shows_its_hashing_of_a_large_input(data, capsys, monkeypatch, thr
         assert hashing[-1].startswith("train: hashing the input: 1/1 MB (100%)"), err
     recorded = load_checkpoint(model).run["training_image"]["sha256"]
     assert recorded == hashlib.sha256((data / "image.tif").read_bytes()).hexdigest()
+
+
+def test_the_search_bar_counts_out_of_its_cap_and_turns_to_the_steps_when_it_has_chosen(data, capsys, monkeypatch):
+    """Found by use: the search for the RL reference showed a count with no total ("123it" on a
+    terminal; 66 iterations, 4 min, on a noise stack), and between its end and step 1 (RL at the
+    chosen count, then a first step slower than the next) no line came for seconds. The search counts
+    out of its cap (100 RL iterations per TV weight: 600 for --warm-tv auto), and the bar turns to the
+    steps, at 0, as soon as the search has chosen; no file is left beside the model."""
+    import deconv3d.cli.selfsup as cli
+    from deconv3d.cli.printing import LogBar
+    from deconv3d.selfsup.steps import _Steps
+
+    events = []
+
+    class Recorded(LogBar):
+        def __init__(self, total=None, desc="", unit="it"):
+            super().__init__(total, desc, unit)
+            events.append(("bar", total, desc, unit))
+
+        def reset(self, total=None):
+            super().reset(total)
+            events.append(("reset", total, self.desc, self.unit))
+
+    once = _Steps._once
+    monkeypatch.setattr(cli, "make_bar", Recorded)
+    monkeypatch.setattr(_Steps, "_once", lambda self, *a: events.append("step") or once(self, *a))
+    code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "m.ckpt", "--steps", 2]
+                       + TINY, capsys)
+    assert code == 0, err
+    assert events[0] == ("bar", 600, "train: choosing the RL reference", "it"), events  # (--warm-tv auto: 6 weights)
+    assert events[1:] == [("reset", 2, "train", "step"), "step", "step"], events
+    assert sorted(p.name for p in data.iterdir()) == ["image.tif", "m.ckpt", "psf.tif"]

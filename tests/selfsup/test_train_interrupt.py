@@ -229,7 +229,7 @@ def test_a_signal_while_the_rl_reference_is_searched_writes_nothing(data, capsys
     """Before the first step (the search for the RL reference's iteration count, seconds long): stopped at
     once, as before, with nothing written."""
     reference_module = importlib.import_module("deconv3d.selfsup.rl_reference")  # (where train() finds it)
-    search, calls = reference_module.warm_start_target, []
+    search, calls = reference_module.chosen_reference, []
 
     def searching(*args, callback=None, **kwargs):
         def signalled(*progress):
@@ -240,7 +240,7 @@ def test_a_signal_while_the_rl_reference_is_searched_writes_nothing(data, capsys
 
         return search(*args, callback=signalled, **kwargs)
 
-    monkeypatch.setattr(reference_module, "warm_start_target", searching)
+    monkeypatch.setattr(reference_module, "chosen_reference", searching)
     code, _, err = run(_train_argv(data), capsys)
     how = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
     assert code == STATUS[signum] and len(calls) == 1, err

@@ -32,7 +32,7 @@ def test_a_deadline_ends_the_reference_search_with_the_best_so_far(monkeypatch):
     first weight; train() gives the search half its budget."""
     import importlib
 
-    reference_module = importlib.import_module("deconv3d.selfsup.rl_reference")  # (where train() finds warm_start_target)
+    reference_module = importlib.import_module("deconv3d.selfsup.rl_reference")  # (where train() finds chosen_reference)
 
     _, noisy, psf = problem(3, sigma=0.02)
     with pytest.warns(RuntimeWarning, match="time budget ended the search .* at 1 iteration"):  # (it said nothing)
@@ -42,13 +42,13 @@ def test_a_deadline_ends_the_reference_search_with_the_best_so_far(monkeypatch):
         warnings.simplefilter("error")  # a search that finished in time says nothing
         warm_start_target(noisy, psf, "cpu", 0.0, deadline=time.perf_counter() + 600)
     seen = []
-    real = reference_module.warm_start_target
+    real = reference_module.chosen_reference
 
     def spy(*args, deadline=None, **kwargs):
         seen.append(deadline - time.perf_counter())
         return real(*args, deadline=deadline, **kwargs)
 
-    monkeypatch.setattr(reference_module, "warm_start_target", spy)
+    monkeypatch.setattr(reference_module, "chosen_reference", spy)
     train(noisy, psf, config=TrainConfig(steps=1, patch=16, batch=1, time_budget=8.0), unet=TINY[3], device="cpu")
     assert 0 < seen[0] <= reference_module.REFERENCE_SHARE * 8.0
 
@@ -261,3 +261,27 @@ def test_train_s_callback_hears_and_can_cancel_the_reference_search(tmp_path):
     result = train(noisy, psf, config=TrainConfig(steps=2, patch=16, batch=2), unet=TINY[2], device="cpu",
                    callback=lambda step, loss: calls.append(step))
     assert calls[0] == 0 and calls[-2:] == [1, 2] and set(calls[:-2]) == {0} and result.reason == "completed"
+
+
+def test_on_reference_hears_the_chosen_reference_before_rl_runs_at_it(monkeypatch):
+    """Between the search's last report and step 1, RL at the chosen count and the first step (slower
+    than the next ones) ran with nothing reported: `deconv3d train` showed no line for seconds.
+    ``on_reference`` is called once the search has chosen, before both; never without a search."""
+    from deconv3d.selfsup.config import Reference
+    from deconv3d.selfsup.rl_reference import search_cap
+
+    _, noisy, psf = problem(2, sigma=0.02)
+    events = []
+    estimate = Reference.estimate
+    monkeypatch.setattr(Reference, "estimate", lambda self, *a, **k: events.append("rl") or estimate(self, *a, **k))
+    result = train(noisy, psf, config=TrainConfig(steps=2, patch=16, batch=2, warm_tv=0.0), unet=TINY[2],
+                   device="cpu", callback=lambda step, loss: events.append(step),
+                   on_reference=lambda reference: events.append(reference))
+    searched = events.index(result.reference)
+    assert searched > 0 and set(events[:searched]) == {0} and events[searched + 1:] == ["rl", 1, 2], events
+    assert searched <= search_cap(0.0) == 100 and search_cap("auto") == 600  # one TV weight searched, or six
+    events.clear()
+    train(noisy, psf, config=TrainConfig(steps=2, patch=16, batch=2, residual=False, warm_start=0), unet=TINY[2],
+          device="cpu", callback=lambda step, loss: events.append(step),
+          on_reference=lambda reference: events.append(reference))
+    assert events == [1, 2]  # the paper's recipe: no reference
