@@ -1,11 +1,12 @@
 """`deconv3d train` and `deconv3d deconvolve --method ssl`: outputs, exit codes, one-line errors."""
 
+import os
 import pickle
 
 import numpy as np
 import pytest
 
-from cli_helpers import run
+from cli_helpers import assert_one_line_error, run
 from deconv3d.io import read_image, write_tiff
 
 TINY = ["--patch", 8, "--batch", 1, "--base-channels", 4, "--unet-depth", 2, "--device", "cpu"]
@@ -625,3 +626,20 @@ def test_the_search_bar_counts_out_of_its_cap_and_turns_to_the_steps_when_it_has
     assert events[0] == ("bar", 600, "train: choosing the RL reference", "it"), events  # (--warm-tv auto: 6 weights)
     assert events[1:] == [("reset", 2, "train", "step"), "step", "step"], events
     assert sorted(p.name for p in data.iterdir()) == ["image.tif", "m.ckpt", "psf.tif"]
+
+
+@pytest.mark.parametrize("folder, words", [
+    ("/proc", ["output directory is not writable: /proc", "choose another output location"]),
+    ("/sys", ["output directory is not writable: /sys", "choose another output location"]),
+    ("/nonexistent_dir", ["output directory not found: /nonexistent_dir", "create it first"]),
+])
+def test_an_output_folder_that_takes_no_file_is_refused_before_training(data, capsys, folder, words):
+    """Found by use: as root (os.access passes /proc, /sys), `train -o /proc/x.ckpt` trained fully,
+    then failed to create the checkpoint's temporary file: an internal error (exit 1, ENOENT) after the
+    whole training. The folder is now tried with a file first: one line, exit 2, no training."""
+    if folder != "/nonexistent_dir" and not os.path.isdir(folder):
+        pytest.skip(f"no {folder} on this system")
+    code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", f"{folder}/x.ckpt",
+                        "--steps", 2] + TINY, capsys)
+    assert_one_line_error(code, err, *words)  # (before any training: a bar or a warning would be a second line)
+    assert not os.path.exists(f"{folder}/x.ckpt")
