@@ -185,20 +185,22 @@ def train_with_progress(image, psf, args, voxel, notes=(), stop=None):
 
     ``notes`` (warnings) are printed at the first report (an iteration of the search for the RL
     reference, or the first step), once training has accepted the input. The search's RL
-    iterations are counted on the bar out of their cap (:func:`~deconv3d.selfsup.rl_reference.search_cap`;
-    the search usually stops before it), and the bar turns to the training steps at 0 as soon as the
-    search has chosen: RL at that count and the first step (slower than the next ones) follow with no
-    report. A log gets the bar's lines. ``stop`` (a :class:`~deconv3d.cli.stopping.StopRequest`) is
-    armed once the first step is done: a signal then ends training after the step it comes in (the
-    result's reason is "cancelled")."""
+    iterations are counted on the bar, its description naming their cap
+    (:func:`~deconv3d.selfsup.rl_reference.search_cap`; the search usually stops long before it), and
+    the bar turns to the training steps at 0 as soon as the search has chosen: RL at that count and
+    the first step (slower than the next ones) follow with no report. A log gets the bar's lines.
+    ``stop`` (a :class:`~deconv3d.cli.stopping.StopRequest`) is armed once the first step is done: a
+    signal then ends training after the step it comes in (the result's reason is "cancelled")."""
     from deconv3d.selfsup import train
     from deconv3d.selfsup.rl_reference import search_cap
 
     config, unet = configs(args, image.ndim)
     # Before the first step, the residual form searches RL's iteration count on held-out voxels.
     preparing = bool(config.residual or config.warm_steps or config.anchor_weight)  # as train() decides
-    bar = (make_bar(search_cap(config.warm_tv), "train: choosing the RL reference", "it") if preparing
-           else make_bar(config.steps, "train", "step"))
+    # The search's cap in its description, not as the bar's total: it usually stops long before (66 of 600 on
+    # noise), and a time left counted to the cap said an hour for a search of minutes.
+    bar = (make_bar(None, f"train: choosing the RL reference (at most {search_cap(config.warm_tv)} iterations)", "it")
+           if preparing else make_bar(config.steps, "train", "step"))
     callback, on_reference = _training_callbacks(bar, config.steps, list(notes), stop)
     with bar:
         result = train(image, psf, config=config, unet=unet, device=args.device, callback=callback, voxel_size=voxel,

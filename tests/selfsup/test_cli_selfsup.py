@@ -473,9 +473,10 @@ def test_a_log_hears_from_train_while_it_searches_for_the_rl_reference(data, cap
     assert code == 0, err
     lines = err.strip().splitlines()
     assert lines[0].startswith("deconv3d: warning: ") and "negative" in lines[0], err
-    searched = [line for line in lines if line.startswith("train: choosing the RL reference: ")]
+    searched = [line for line in lines if line.startswith("train: choosing the RL reference ")]
     assert searched and lines[1:1 + len(searched)] == searched, err  # right after the warning, before any step
-    assert searched[0].startswith("train: choosing the RL reference: 1/100 it (1%), ") and "risk=" in searched[0], err
+    assert searched[0].startswith("train: choosing the RL reference (at most 100 iterations): 1 it, ") and \
+        "risk=" in searched[0] and " left" not in searched[0], err
     assert [line.split(",")[0] for line in lines[1 + len(searched):]] == ["train: 1/2 step (50%)",
                                                                          "train: 2/2 step (100%)"], err
 
@@ -596,12 +597,14 @@ def test_train_shows_its_hashing_of_a_large_input(data, capsys, monkeypatch, thr
     assert recorded == hashlib.sha256((data / "image.tif").read_bytes()).hexdigest()
 
 
-def test_the_search_bar_counts_out_of_its_cap_and_turns_to_the_steps_when_it_has_chosen(data, capsys, monkeypatch):
+def test_the_search_bar_names_its_cap_and_turns_to_the_steps_when_it_has_chosen(data, capsys, monkeypatch):
     """Found by use: the search for the RL reference showed a count with no total ("123it" on a
     terminal; 66 iterations, 4 min, on a noise stack), and between its end and step 1 (RL at the
-    chosen count, then a first step slower than the next) no line came for seconds. The search counts
-    out of its cap (100 RL iterations per TV weight: 600 for --warm-tv auto), and the bar turns to the
-    steps, at 0, as soon as the search has chosen; no file is left beside the model."""
+    chosen count, then a first step slower than the next) no line came for seconds. The search names
+    its cap (100 RL iterations per TV weight: 600 for --warm-tv auto), and the bar turns to the
+    steps, at 0, as soon as the search has chosen; no file is left beside the model. The cap is named in the
+    bar's description, not made its total: a time left counted to the cap said "about 1 h 14 min" for a search
+    that stopped at 66 of 600."""
     import deconv3d.cli.selfsup as cli
     from deconv3d.cli.printing import LogBar
     from deconv3d.selfsup.steps import _Steps
@@ -623,7 +626,8 @@ def test_the_search_bar_counts_out_of_its_cap_and_turns_to_the_steps_when_it_has
     code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "m.ckpt", "--steps", 2]
                        + TINY, capsys)
     assert code == 0, err
-    assert events[0] == ("bar", 600, "train: choosing the RL reference", "it"), events  # (--warm-tv auto: 6 weights)
+    # (--warm-tv auto: 6 weights; the cap said, not the total: a time left counted to it said an hour for minutes)
+    assert events[0] == ("bar", None, "train: choosing the RL reference (at most 600 iterations)", "it"), events
     assert events[1:] == [("reset", 2, "train", "step"), "step", "step"], events
     assert sorted(p.name for p in data.iterdir()) == ["image.tif", "m.ckpt", "psf.tif"]
 
