@@ -76,6 +76,21 @@ def test_an_output_folder_it_cannot_write_is_a_clean_error(data, capsys, monkeyp
     assert list(locked.iterdir()) == []
 
 
+@pytest.mark.parametrize("command, name", [("deconvolve", "o.tif"), ("deconvolve", "o.zarr"), ("psf", "p.tif")])
+def test_a_folder_that_takes_no_file_is_refused_before_the_run(data, capsys, command, name):
+    """As root os.access passes /proc and /sys, where no file can be created: deconvolve ran its method,
+    then failed to write ("cannot write /proc/o.tif ... check free disk space"), as train did (its own
+    test is in tests/selfsup). The folder is tried with a file first: one line, exit 2, before any work."""
+    import os
+
+    for folder in ("/proc", "/sys"):
+        if not os.path.isdir(folder):
+            continue
+        code, _, err = _run_with_output(command, data, Path(folder) / name, capsys)
+        assert_one_line_error(code, err, f"output directory is not writable: {folder}", "choose another output")
+        assert not os.path.exists(Path(folder) / name)
+
+
 @pytest.mark.parametrize("command, name", [("deconvolve", "o.tif"), ("train", "m.ckpt"), ("psf", "p.tif")])
 def test_a_write_protected_output_is_kept_as_cp_keeps_it(data, capsys, monkeypatch, command, name):
     """cp onto a chmod 444 file fails with "Permission denied"; deconv3d replaced it by a rename (its

@@ -19,7 +19,25 @@ def check_output(output, inputs=(), **kwargs) -> None:
     from deconv3d._paths import check_output_path, remove_stale_temporaries
 
     check_output_path(output, inputs, **kwargs)
+    _refuse_unwritable_folder(output)
     remove_stale_temporaries(output)
+
+
+def _refuse_unwritable_folder(output) -> None:
+    """Refuse an output whose folder does not take a new file, found by creating an empty hidden one there and
+    removing it at once. The permission test passes for root where writing fails all the same (/proc, /sys):
+    ``train -o /proc/x.ckpt`` trained fully, then failed to create the checkpoint's temporary file (an
+    internal error, exit 1), and ``deconvolve`` ran its whole method before it could not write."""
+    import tempfile
+    from pathlib import Path
+
+    parent = Path(output).parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".deconv3d-probe-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"output directory is not writable: {parent} (creating a file there failed: "
+                         f"{exc.strerror or exc}): choose another output location") from None
 
 
 def check_environment() -> None:

@@ -246,7 +246,6 @@ def _read_inputs(args):
 
     image = read_image(args.input)
     check_output(args.output, [args.input, args.psf], suffixes=(".ckpt", ".pt"))
-    refuse_unwritable_folder(args.output)
     psf = read_psf(args.psf)
     if problem := psf_dimension_problem(args.psf, psf.data.ndim, args.input, image.data.ndim):
         raise InputError(problem)  # (as deconvolve says it: naming both files and how to make a PSF that fits)
@@ -258,23 +257,6 @@ def _read_inputs(args):
         prepared = prepare_psf(psf.data, image.data.shape, psf_voxel=psf_voxel_size(psf, voxel, args.psf, notes),
                                image_voxel=voxel)
     return image, prepared, voxel, notes
-
-
-def refuse_unwritable_folder(output) -> None:
-    """Refuse an output whose folder does not take a new file, found by creating an empty hidden one there and
-    removing it at once. check_output's permission test passes for root where writing fails all the same
-    (/proc, /sys): ``train -o /proc/x.ckpt`` trained fully, then failed to create the
-    checkpoint's temporary file (an internal error, exit 1) and lost the training."""
-    import tempfile
-    from pathlib import Path
-
-    parent = Path(output).parent
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".deconv3d-probe-"):
-            pass
-    except OSError as exc:
-        raise InputError(f"output directory is not writable: {parent} (creating a file there failed: "
-                         f"{exc.strerror or exc}): choose another output location") from None
 
 
 def cmd_train(args) -> int:
