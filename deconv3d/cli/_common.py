@@ -24,20 +24,28 @@ def check_output(output, inputs=(), **kwargs) -> None:
 
 
 def _refuse_unwritable_folder(output) -> None:
-    """Refuse an output whose folder does not take a new file, found by creating an empty hidden one there and
-    removing it at once. The permission test passes for root where writing fails all the same (/proc, /sys):
-    ``train -o /proc/x.ckpt`` trained fully, then failed to create the checkpoint's temporary file (an
-    internal error, exit 1), and ``deconvolve`` ran its whole method before it could not write."""
-    import tempfile
+    """Refuse an output whose folder does not take a new file (:func:`creating_fails`). The permission
+    test passes for root where writing fails all the same (/proc, /sys): ``train -o /proc/x.ckpt`` trained
+    fully, then failed to create the checkpoint's temporary file (an internal error, exit 1), and
+    ``deconvolve`` ran its whole method before it could not write."""
     from pathlib import Path
 
     parent = Path(output).parent
+    if failed := creating_fails(parent):
+        raise InputError(f"output directory is not writable: {parent} (creating a file there failed: {failed}): "
+                         "choose another output location")
+
+
+def creating_fails(folder) -> str | None:
+    """Why ``folder`` does not take a new file, found by creating an empty hidden one there and removing it
+    at once; None where it does."""
+    import tempfile
+
     try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".deconv3d-probe-"):
-            pass
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".deconv3d-probe-"):
+            return None
     except OSError as exc:
-        raise InputError(f"output directory is not writable: {parent} (creating a file there failed: "
-                         f"{exc.strerror or exc}): choose another output location") from None
+        return exc.strerror or str(exc)
 
 
 def check_environment() -> None:

@@ -24,8 +24,11 @@ def _check_output_folder(output_dir: Path, input_dir, patterns) -> None:
     if _found_as_input(output_dir, Path(input_dir), patterns):  # its outputs would be inputs next time
         raise InputError(f"the output folder {output_dir} would be read as an input (it matches "
                          f"{', '.join(patterns)} in the input folder): choose another name or place")
+    from ._common import creating_fails
+
     existing = existing_ancestor(output_dir)
-    if not os.access(existing, os.W_OK | os.X_OK):
+    # (tried with a file too: as root os.access passes /proc and /sys, and the batch ended in an internal error)
+    if not os.access(existing, os.W_OK | os.X_OK) or creating_fails(existing):
         raise InputError(f"cannot create or write the output folder {output_dir} ({existing} is not writable): "
                          "choose another location")
 

@@ -434,6 +434,17 @@ def test_batch_into_a_folder_it_cannot_write_is_a_clean_error(folder, capsys, mo
     assert not (locked / "out").exists()
 
 
+@pytest.mark.parametrize("output", ["/proc/out", "/sys/x/y"])
+def test_batch_into_a_folder_that_takes_no_file_is_a_clean_error(folder, capsys, output):
+    """As root os.access passes /proc and /sys, where no file can be created: the batch ended in an internal
+    error (FileNotFoundError, exit 1). The folder is tried with a file first."""
+    root = "/" + output.split("/")[1]
+    if not Path(root).is_dir():
+        pytest.skip(f"no {root} on this system")
+    code, _, err = run(batch_argv(folder, Path(output)), capsys)
+    assert_one_line_error(code, err, f"cannot create or write the output folder {output} ({root} is not writable)")
+
+
 def test_batch_ssl_applies_the_band_limit_option(folder, capsys):
     """``batch --method ssl``: the band limit is off by default, ``--band-limit 0.01`` turns it on,
     and the chunked output matches the whole-volume inference with the same setting."""
