@@ -12,7 +12,7 @@ import numpy as np
 from deconv3d._voxel import checked_voxel_size, refuse_nanometres
 from deconv3d.errors import WARNINGS_LOCK, InputError
 from deconv3d.psf.center_crop import _core_centroid
-from deconv3d.psf.prepare import _centred_zoom
+from deconv3d.psf.prepare import _centred_zoom, _voxel_integrated
 from deconv3d.psf.validate import _positive_ints, normalize_psf
 
 #: Names accepted by :func:`generate_psf`, mapped to the psfmodels model names.
@@ -86,15 +86,19 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     distance (150 µm), and its default 3x oversampling, which approximates integration over a
     pixel in the scalar and vectorial models. The model is computed on a square lateral grid
     at the finer of the two lateral voxel sizes, one voxel wider than the requested field on
-    each side, with the requested number of planes rounded up to odd (``z`` step
+    each side (where the lateral voxel sizes differ, at a third of it without psfmodels'
+    oversampling, and with room for a voxel's width: :data:`PIXEL_SUBSAMPLES`), with the
+    requested number of planes rounded up to odd (``z`` step
     ``voxel_size[0]``, source at ``depth``), centred on the core: with ``depth`` above 0 and
     ``ns != ni`` the brightest focus lies away from the nominal one (1.65 µm deeper for a
     source 30 µm deep in water under oil, NA 1.3), found on the axis first (:func:`_focal_shift`);
     where the stack's core then lies more than :data:`CORE_OFFSET_TOLERANCE` planes off its centre
     plane, the planes are computed again about the core.
     When the
-    lateral voxel sizes differ, the volume is resampled onto them by cubic-spline
-    interpolation about the centre; otherwise it is cropped. The result is cut to ``shape``
+    lateral voxel sizes differ, the volume is averaged over each voxel's extent along both
+    lateral axes (the scalar and vectorial models; the Gaussian is point-sampled, as psfmodels
+    computes it) and resampled onto them by cubic-spline interpolation about the centre;
+    otherwise it is cropped. The result is cut to ``shape``
     with the source at ``(n - 1) // 2``, clamped at 0 (interpolation can undershoot) and
     scaled to unit sum.
 
@@ -123,18 +127,26 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     model_name, shape3, voxel3 = _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth)
     nz, ny, nx = shape3
     dz, dy, dx = voxel3
-    dxy = min(dy, dx)
+    # Unequal lateral voxels: computed on a grid PIXEL_SUBSAMPLES times finer without psfmodels' own
+    # oversampling, then averaged over each voxel (scalar and vectorial models; psfmodels' Gaussian is
+    # point-sampled at any pixel size).
+    fine = PIXEL_SUBSAMPLES if not np.isclose(dy, dx, rtol=1e-6, atol=0) and model_name != "gaussian" else 1
+    dxy = min(dy, dx) / fine
+    step = (1.0, dy / dxy, dx / dxy)
     half = max((ny - 1) // 2 * dy, (nx - 1) // 2 * dx) / dxy
-    n_gen = 2 * int(np.ceil(half - 1e-9)) + 3  # odd, one voxel of margin each side
+    margin = 1 if fine == 1 else int(np.ceil(max(step) / 2)) + 1  # the integration reaches half a voxel past the box
+    n_gen = 2 * (int(np.ceil(half - 1e-9)) + margin) + 1  # odd
     def planes_about(shift):  # the stack's planes centred ``shift`` µm below the nominal focus
         return _make_psf(model_name, _focal_positions(nz | 1, dz, depth + shift), n_gen, dxy, na, wavelength, ni, ns,
-                         depth)
+                         depth, oversample=3 if fine == 1 else 1)
 
     shift = _focal_shift(model_name, na, wavelength, ni, ns, depth)
     psf = planes_about(shift)
     if shift and nz > 1 and abs(error := _core_offset(psf)) > CORE_OFFSET_TOLERANCE:
         psf = planes_about(shift + error * dz)
-    psf = _centred_zoom(psf, (1.0, dy / dxy, dx / dxy), (nz, ny, nx), order=3)
+    if fine > 1:
+        psf = _voxel_integrated(psf, step)
+    psf = _centred_zoom(psf, step, (nz, ny, nx), order=3)
     psf = np.clip(psf, 0, None)
     if len(shape) == 2:
         psf = psf[0]
@@ -142,6 +154,13 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
 
 
 _PSFMODELS_LOCK = threading.Lock()
+
+#: Samples per finer lateral voxel over which :func:`generate_psf` averages a PSF with unequal lateral voxel
+#: sizes (psfmodels' own oversampling of square pixels is 3). Computed at the finer voxel size and sampled at
+#: the coarser voxels' centres, a PSF with 0.1 x 0.5 µm pixels had held 97 % of its light in its central column
+#: instead of 91 %, as narrow as a point sample (L1 error 0.17 against psfmodels on a 0.01 µm grid summed
+#: over each pixel; 0.25 with 0.1 x 0.2 µm pixels).
+PIXEL_SUBSAMPLES = 3
 
 
 def _focal_positions(n: int, dz: float, centre: float) -> np.ndarray:
@@ -195,9 +214,9 @@ def _core_offset(psf: np.ndarray) -> float:
     return float(_core_centroid(psf)[0]) - (psf.shape[0] - 1) / 2
 
 
-def _make_psf(model, zv, nxy, dxy, na, wavelength, ni, ns, depth) -> np.ndarray:
+def _make_psf(model, zv, nxy, dxy, na, wavelength, ni, ns, depth, oversample: int = 3) -> np.ndarray:
     """Call psfmodels at the focal positions ``zv`` (µm from the coverslip; imported lazily: it
-    is slow to import)."""
+    is slow to import), with ``oversample`` samples per pixel along each lateral axis."""
     import warnings
 
     import psfmodels
@@ -209,7 +228,7 @@ def _make_psf(model, zv, nxy, dxy, na, wavelength, ni, ns, depth) -> np.ndarray:
         try:
             psf = psfmodels.make_psf(
                 zv, nxy, dxy=dxy, pz=depth, NA=na, wvl=wavelength,
-                ns=ns, ni=ni, ni0=ni, model=model,
+                ns=ns, ni=ni, ni0=ni, model=model, oversample_factor=oversample,
             )
         except (ArithmeticError, ValueError, np.linalg.LinAlgError):
             psf = np.full(1, np.nan)  # refused below, with the parameters
