@@ -90,6 +90,22 @@ def test_unequal_lateral_voxels_integrate_the_light_over_each_pixel(bin_x, nx):
     assert np.abs(psf - binned / binned.sum()).sum() < 0.08
 
 
+def test_a_psf_nearly_flat_across_its_box_is_refused_and_no_file_written(tmp_path, capsys):
+    """Voxel sizes in millimetres (0.0002 0.0001 0.0001) made a 31 x 63 x 63 PSF flat to 1e-5 of its
+    peak, written without a word; well-sampled PSFs in boxes of 3 or 5 voxels are still made."""
+    from cli_helpers import assert_one_line_error, run
+
+    with pytest.raises(InputError, match=r"nearly flat across its 63 x 63 voxel box .*its sides at 100% of its peak"):
+        generate_psf("gibson-lanni", (31, 63, 63), (0.0002, 0.0001, 0.0001), na=1.2, wavelength=0.52)
+    for shape in ((9, 3, 3), (9, 5, 5), (31, 2, 2)):
+        assert generate_psf("gibson-lanni", shape, VOXEL, na=1.2, wavelength=0.52).shape == shape
+    out = tmp_path / "psf.tif"
+    code, _, err = run(["psf", "-o", out, "--model", "gibson-lanni", "--shape", 31, 63, 63, "--voxel-size", 0.0002,
+                        0.0001, 0.0001, "--na", 1.2, "--wavelength", 0.52], capsys)
+    assert_one_line_error(code, err, "nearly flat", "give the voxel size in micrometres")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
