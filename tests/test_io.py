@@ -1450,14 +1450,14 @@ def _bad_psfs():
     nan[0, 0, 0] = np.nan
     return {
         "psf4d.tif": (lambda p: tifffile.imwrite(p, np.ones((2, 5, 5, 5), np.float32)),
-                      ["4 non-singleton dimensions", "a PSF must be one 2D or 3D stack (one channel)",
+                      ["4 non-singleton dimensions", "a PSF must be one 2D or 3D stack (one channel, one time point)",
                        "one file per channel"]),
         "psfnan.tif": (lambda p: tifffile.imwrite(p, nan), ["contains NaN or Inf values", "replace them"]),
         "psf0d.tif": (lambda p: tifffile.imwrite(p, np.array(1.0, np.float32)),
                       ["is 0D", "a PSF must be a 2D or 3D stack"]),
         "psfczyx.tif": (lambda p: tifffile.imwrite(p, np.ones((5, 2, 5, 5), np.float32), imagej=True,
                                                    metadata={"axes": "ZCYX"}),
-                        ["axes ZCYX", "a PSF must be one 2D or 3D stack (one channel)"]),
+                        ["axes ZCYX", "a PSF must be one 2D or 3D stack (one channel, one time point)"]),
         "psfhuge.tif": (lambda p: tifffile.imwrite(p, np.full((5, 5, 5), 1e300)),
                         ["beyond the float32 range", "rescale the PSF"]),
         "psfheader.tif": (lambda p: Path(p).write_bytes(b"II*\x00garbage"),
@@ -1507,6 +1507,6 @@ def test_every_command_names_a_bad_psf_file_as_the_psf(tmp_path, monkeypatch, ca
             "train": ["train", "in/img.tif", "--psf", "psf4d.tif", "-o", "out.ckpt", "--steps", 1]}[command]
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     code, _, err = run(argv, capsys)
-    assert_one_line_error(code, err, "a PSF must be one 2D or 3D stack (one channel)")
+    assert_one_line_error(code, err, "a PSF must be one 2D or 3D stack (one channel, one time point)")
     assert err.startswith("deconv3d: error: PSF psf4d.tif has 4 non-singleton dimensions"), err
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before

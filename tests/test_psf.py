@@ -768,6 +768,10 @@ def test_distill_says_when_the_beads_have_no_full_voxel_size_and_takes_one(tmp_p
     tifffile.imwrite(tmp_path / "beads.tif", beads, resolution=(1e5, 1e5), resolutionunit="CENTIMETER")
     code, _, err = run(["psf", "distill", tmp_path / "beads.tif", "-o", tmp_path / "psf.tif"], capsys)
     assert code == 0 and "records no full voxel size" in err and "pass --voxel-size DZ 0.1 0.1" in err, err
+    plane = beads[beads.shape[0] // 2]  # 2D beads without a calibration are told DY DX, not DZ DY DX (PSF bug hunt)
+    tifffile.imwrite(tmp_path / "beads2d.tif", plane)
+    code, _, err = run(["psf", "distill", tmp_path / "beads2d.tif", "-o", tmp_path / "psf2d.tif"], capsys)
+    assert code == 0 and "pass --voxel-size DY DX" in err and "DZ" not in err, err
     assert read_image(tmp_path / "psf.tif").voxel_size is None
     code, _, err = run(["psf", "distill", tmp_path / "beads.tif", "-o", tmp_path / "psf2.tif", "--voxel-size", 0.3,
                         0.1, 0.1], capsys)

@@ -202,7 +202,7 @@ def cmd_distill(args) -> int:
     if voxel is None:  # the PSF then counts as sampled like each image it deconvolves, whatever that is
         from deconv3d.io import _sizes
 
-        partial = (None,) * (3 - beads.data.ndim) + tuple(beads.partial_voxel or (None,) * beads.data.ndim)
+        partial = tuple(beads.partial_voxel or (None,) * beads.data.ndim)  # (2D beads: DY DX)
         warn(f"deconv3d: warning: {args.beads} records no full voxel size, so the PSF is written without one and "
              f"taken as sampled like the image it deconvolves: pass --voxel-size {_sizes(partial)}", notes)
     size = spatial_sizes(args.size, beads.data.ndim, "--size", args.beads)
