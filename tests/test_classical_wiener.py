@@ -111,3 +111,19 @@ def test_wiener_reflect_boundary_is_the_endless_mirror_at_the_faces(shape, kshap
     ours = wiener(image, psf, 1e-3, clip=False, device="cpu", dtype=torch.float64)
     endless = _endless_mirror(image, psf, 1e-3)
     assert np.abs(ours - endless).max() < 2e-5 * endless.max()
+
+
+@pytest.mark.parametrize("regularizer", ["identity", "laplacian"])
+@pytest.mark.parametrize("planes", [1, 2])
+def test_wiener_reflect_takes_one_or_two_planes(planes, regularizer):
+    """A side of 1 or 2 makes the reflect boundary's period box 1 or 2 voxels along it, smaller than the
+    Laplacian's 3-voxel kernel, whose OTF was then refused ("FFT shape (1, 38, 38) is smaller than the PSF
+    (3, 3, 3)"; 597deea took it). The endless mirror of one plane is that plane repeated, of two planes
+    the pair alternating: the result is that of 8 such planes, whose period box holds the kernel."""
+    rng = np.random.default_rng(3)
+    image = rng.poisson(20.0, size=(planes, 24, 26)).astype(np.float64)
+    psf = _gaussian((planes, 7, 7), (0.5, 1.2, 1.2))
+    thick = np.tile(image, (8 // planes, 1, 1))
+    ours = wiener(image, psf, 1e-3, regularizer=regularizer, clip=False, device="cpu", dtype=torch.float64)
+    reference = wiener(thick, psf, 1e-3, regularizer=regularizer, clip=False, device="cpu", dtype=torch.float64)
+    np.testing.assert_allclose(ours, reference[:planes], rtol=0, atol=1e-9 * reference.max())

@@ -239,14 +239,17 @@ def _wiener_extend(y: torch.Tensor, kernel_shape, boundary: str, reach):
 
 
 def _regularizer_power(name: str, ndim: int, fft_shape, device, dtype):
+    """``|R|^2`` on the half spectrum of ``fft_shape``: 1, or the discrete Laplacian's, from its transfer
+    function ``sum(2 cos(2 pi f) - 2)`` over the axes. That is the DFT of its 3-voxel kernel wrapped into the
+    box at any size, boxes of 1 and 2 voxels too (the reflect boundary's period box of a side of 1 or 2,
+    where the kernel's own OTF was refused as larger than the box)."""
     if name == "identity":
         return torch.ones((), device=device, dtype=dtype)
-    lap = torch.zeros((3,) * ndim, dtype=dtype)
-    centre = (1,) * ndim
-    lap[centre] = -2.0 * ndim
-    for axis in range(ndim):
-        for side in (0, 2):
-            idx = list(centre)
-            idx[axis] = side
-            lap[tuple(idx)] = 1.0
-    return FFTConvolver(lap, device=device, dtype=dtype, cache=False).otf(fft_shape).abs().square_()
+    *full, last = (int(n) for n in fft_shape[-ndim:])
+    freqs = [torch.fft.fftfreq(n, dtype=torch.float64) for n in full] + [torch.fft.rfftfreq(last, dtype=torch.float64)]
+    total = torch.zeros((), dtype=torch.float64)
+    for axis, f in enumerate(freqs):
+        shape = [1] * ndim
+        shape[axis] = f.numel()
+        total = total + (2 * torch.cos(2 * math.pi * f) - 2).reshape(shape)
+    return total.square().to(device=device, dtype=dtype)
