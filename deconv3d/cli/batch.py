@@ -60,6 +60,7 @@ def _check_shared_files(settings) -> None:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from deconv3d.pipeline.batch import load_config, run_batch
+    from deconv3d.pipeline.batch_inputs import check_input_folder
     from deconv3d.pipeline.batch_report import report_as_files_finish
     from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
 
@@ -69,6 +70,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     given = _setting_values(args, config)
     settings = settings_from_args(args, config)
     output_dir = Path(args.output)
+    check_input_folder(args.input_dir)  # (before the output folder's checks: a missing input is named first)
     _check_output_folder(output_dir, args.input_dir, settings.pattern)
     _check_shared_files(settings)
     print_warnings(_unused_settings_warnings(settings, given, [k for k in config if getattr(args, k, None) is None]))

@@ -11,7 +11,7 @@ from deconv3d._paths import TIFF_SUFFIXES, glob_shown, image_stem
 from deconv3d.errors import InputError
 from deconv3d.pipeline.settings import Settings
 
-__all__ = ["find_inputs", "output_for", "record_name"]
+__all__ = ["find_inputs", "check_input_folder", "output_for", "record_name"]
 
 
 def find_inputs(input_dir, patterns) -> list[Path]:
@@ -22,13 +22,20 @@ def find_inputs(input_dir, patterns) -> list[Path]:
     are not entered (:func:`~deconv3d._paths.glob_shown`). A bioformats2raw folder found that holds several
     images (series ``0``, ``1``, ...), which one run refuses, gives each series as an input in its place."""
     input_dir = Path(input_dir)
+    check_input_folder(input_dir)
+    found = {p for pattern in patterns for p in glob_shown(input_dir, _any_case(pattern))}
+    return sorted({series for path in found for series in _each_series(path)})
+
+
+def check_input_folder(input_dir) -> None:
+    """Refuse an input that is a file or no folder at all (the command line's first check of a batch, before
+    its output folder's: a missing input is named first)."""
+    input_dir = Path(input_dir)
     if input_dir.is_file():
         raise InputError(f"input {input_dir} is a file: batch takes a folder (every image in it that matches the "
                          "pattern); use 'deconv3d deconvolve' for one file")
     if not input_dir.is_dir():
         raise InputError(f"input folder not found: {input_dir}: check the path")
-    found = {p for pattern in patterns for p in glob_shown(input_dir, _any_case(pattern))}
-    return sorted({series for path in found for series in _each_series(path)})
 
 
 def _each_series(path: Path) -> list[Path]:

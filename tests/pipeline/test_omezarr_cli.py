@@ -445,6 +445,24 @@ def test_batch_into_a_folder_that_takes_no_file_is_a_clean_error(folder, capsys,
     assert_one_line_error(code, err, f"cannot create or write the output folder {output} ({root} is not writable)")
 
 
+@pytest.mark.parametrize("missing", ["absent", "img0.tif"], ids=["no-folder", "a-file"])
+def test_batch_names_a_missing_input_folder_before_an_unwritable_output_folder(folder, capsys, monkeypatch, missing):
+    """The output folder's checks came first: with one that takes no file ('-o /proc/out' as root, since
+    f8f5ada), an input folder that does not exist was not named (597deea named it). The refusal of the
+    output folder is simulated, as it is for other users than root."""
+    import os
+
+    locked = folder / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    argv = batch_argv(folder, locked / "out")
+    argv[1] = folder / "in" / missing
+    code, _, err = run(argv, capsys)
+    said = "input folder not found" if missing == "absent" else "is a file: batch takes a folder"
+    assert_one_line_error(code, err, said)
+
+
 def test_batch_ssl_applies_the_band_limit_option(folder, capsys):
     """``batch --method ssl``: the band limit is off by default, ``--band-limit 0.01`` turns it on,
     and the chunked output matches the whole-volume inference with the same setting."""
