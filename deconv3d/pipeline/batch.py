@@ -177,11 +177,11 @@ def _refuse_an_image_as_the_folder(input_dir: Path) -> None:
 
     if not any((input_dir / marker).is_file() for marker in _ZARR_MARKERS):
         return
-    series, holder = bioformats2raw_series(input_dir), input_dir.resolve().parent
+    series, resolved = bioformats2raw_series(input_dir), input_dir.resolve()  # ("." has no name of its own)
     what = (f"a bioformats2raw folder of {len(series)} images" if len(series) > 1
             else "an image (zarr), not a folder of images")
-    raise InputError(f"input {input_dir} is {what}: give the folder that holds it ({holder}) to batch, with "
-                     f"--pattern '{input_dir.name}' to take it alone, or use 'deconv3d deconvolve' for one image")
+    raise InputError(f"input {input_dir} is {what}: give the folder that holds it ({resolved.parent}) to batch, "
+                     f"with --pattern '{resolved.name}' to take it alone, or use 'deconv3d deconvolve' for one image")
 
 
 def _new_row(path, output, settings_hash: str, finished_as: tuple) -> dict:

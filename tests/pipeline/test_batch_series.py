@@ -113,3 +113,14 @@ def test_an_image_given_as_the_batch_folder_is_named_with_the_folder_to_give(fol
     assert_one_line_error(code, err, f"input in/cells.zarr is {what}", str((folder / "in").resolve()),
                           "--pattern 'cells.zarr'")
     assert not (folder / "out").exists()
+
+
+def test_the_batch_folder_given_as_dot_inside_an_image_is_told_the_image_s_name(folder, capsys, monkeypatch):
+    """Given as "." (the batch run inside the image's folder), the image was told to take itself with
+    "--pattern ''": the name is the resolved folder's."""
+    write_ome_zarr(folder / "in" / "cells.zarr", np.ones((8, 16, 16), np.float32), voxel_size=(0.3, 0.1, 0.1))
+    monkeypatch.chdir(folder / "in" / "cells.zarr")
+    code, _, err = run(["batch", ".", "-o", str(folder / "out"), "--psf", str(folder / "psf.tif")], capsys)
+    assert_one_line_error(code, err, "input . is an image (zarr)", str((folder / "in").resolve()),
+                          "--pattern 'cells.zarr'")
+    assert not (folder / "out").exists()
