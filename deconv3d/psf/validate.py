@@ -123,7 +123,9 @@ def _warn_of_clipped_noise(psf: np.ndarray, faces: np.ndarray) -> None:
     of the true one, without a word: its faces were 49 % zeros, 93 % of them beside a positive voxel.
     The faces of generated PSFs hold no zero, or zeros in regions (a Gaussian's underflow: at most
     27 % of them beside a positive voxel where they were 14 % of the faces); those of distilled
-    PSFs were at most 11 % zeros, or 41 % with 24 % beside a positive voxel."""
+    PSFs were at most 11 % zeros, or 41 % with 24 % beside a positive voxel. A raw photon-counting
+    confocal bead (background 0.3-1 photons, 37-74 % zeros) is warned about too: its zeros are
+    Poisson, not clipped, but its noise is a floor of the same kind (found by the review of this stop)."""
     from scipy import ndimage
 
     zeros = faces <= 0
@@ -135,9 +137,9 @@ def _warn_of_clipped_noise(psf: np.ndarray, faces: np.ndarray) -> None:
     share = float(faces.mean(dtype=np.float64)) * psf.size / float(psf.sum(dtype=np.float64))
     if speckled >= CLIPPED_SPECKLE and share >= CLIPPED_SHARE:
         _warn(f"the PSF's faces are {zeros.mean():.0%} zeros scattered among positive values, noise clipped at zero "
-              f"whose positive half deconvolution takes for light of the PSF (the faces' level over the whole box "
-              f"comes to {share:.0%} of its light): distill the PSF from beads with 'deconv3d psf distill', which "
-              "averages the noise of the tails out", stacklevel=5)
+              f"(or a bead of few photons) whose positive part deconvolution takes for light of the PSF (the faces' "
+              f"level over the whole box comes to {share:.0%} of its light): distill the PSF from beads with "
+              "'deconv3d psf distill', which averages the noise of the tails out", stacklevel=5)
 
 
 def normalize_psf(psf) -> np.ndarray:

@@ -219,6 +219,8 @@ def test_a_beyond_float32_refusal_keeps_its_fields_through_pickling():
     ("image /abs/IN/b.tif has complex values", "the image has complex values"),
     ("larger than the image IN/b.tif (2, 24, 24)", "larger than the image (2, 24, 24)"),
     ("input IN/b.tif is a named pipe", "the image is a named pipe"),
+    ("the input image IN/b.tif and input image /abs/IN/b.tif", "the image and the image"),  # (not "input the image")
+    ("IN/b.tif~ is a backup of IN/b.tif", "IN/b.tif~ is a backup of the image"),
     ("cannot read IN/b.tif as a TIFF image", "cannot read it as a TIFF image"),
     ("IN/b.tif's voxels; OUT/IN/b.tif, IN/b.tiff, xIN/b.tif and IN/b.tif.json", "the image's voxels; OUT/IN/b.tif, "
      "IN/b.tiff, xIN/b.tif and IN/b.tif.json"),
