@@ -85,7 +85,8 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
         :class:`~deconv3d.omezarr.LazyImage`, whose reader is used), else by slicing the array.
     block_fn : callable or sequence of callables
         ``block -> block`` on float32 spatial blocks (same shape out). A sequence gives one
-        callable per channel (e.g. one PSF per emission wavelength). A callable with a
+        callable per channel (e.g. one PSF per emission wavelength; another count is refused before any
+        block runs). A callable with a
         ``halo()`` method supplies the default halo; one with ``prepare(data, block_shape)`` is
         replaced by what that returns before a run of more than one block (RL's acceleration
         schedule, measured on a centred box of that shape). One with
@@ -161,6 +162,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     reader, axes, time_axis, origin, channels, voxel_size = _source(data, axes, time_axis, origin, channels,
                                                                     voxel_size)
     fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
+    _check_block_fn_count(fns, reader.shape, axes)
     plan, cap, indices = _planned(reader, axes, fns or [block_fn], chunks, halo, memory_limit, model, workers, client)
     total = plan.blocks * len(indices)
     execution = plan.execution(total, workers, client, asked_limit=memory_limit)
@@ -282,6 +284,16 @@ def _check_whole_numbers(chunks, halo, workers, pyramid_levels) -> None:
         raise InputError(f"workers must be a positive whole number, got {workers!r}")
     if not is_whole(pyramid_levels, 0):
         raise InputError(f"pyramid_levels must be a whole number >= 0, got {pyramid_levels!r}")
+
+
+def _check_block_fn_count(fns, shape, axes: str) -> None:
+    """Refuse, before any work, a sequence of block callables that is not one per channel (an image
+    without a ``C`` axis has one): three for two channels ran the first two, the third left unused, and two
+    for one channel ran the first on every time point, without a word."""
+    count = shape[axes.index("C")] if "C" in axes else 1
+    if fns is not None and len(fns) != count:
+        raise InputError(f"{len(fns)} block function(s) for an image of {count} channel(s): "
+                         "give one per channel, or one callable for all")
 
 
 def _source(data, axes, time_axis, origin, channels, voxel_size=None):

@@ -40,6 +40,26 @@ def test_four_and_five_d_arrays_without_axes_are_refused(tmp_path, shape):
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "t.zarr"), path="0")[...], series * 2)
 
 
+@pytest.mark.parametrize("axes, count", [("TCZYX", 3), ("TCZYX", 1), ("TZYX", 2)])
+def test_block_functions_not_one_per_channel_are_refused_before_any_block(tmp_path, axes, count):
+    # three callables for two channels ran the first two, and two for a one-channel series ran the
+    # first on every time point, without a word; one for two channels failed only once channel 1 came
+    series = np.ones((2, 2, 4, 8, 8) if axes == "TCZYX" else (2, 4, 8, 8), np.float32)
+    calls = []
+    fns = [lambda b, k=k: calls.append(k) or b * k for k in range(1, count + 1)]
+    with pytest.raises(InputError, match=rf"^{count} block function\(s\) for an image of "
+                                         rf"{2 if 'C' in axes else 1} channel\(s\): give one per channel") as error:
+        run_chunked(series, fns, tmp_path / "o.zarr", axes=axes)
+    assert "\n" not in str(error.value) and calls == [] and not (tmp_path / "o.zarr").exists()
+
+
+def test_each_channel_runs_through_its_own_block_function(tmp_path):
+    series = np.ones((2, 2, 4, 8, 8), np.float32)
+    run_chunked(series, [lambda b: b * 2, lambda b: b * 3], tmp_path / "o.zarr", axes="TCZYX")
+    out = zarr.open_array(str(tmp_path / "o.zarr"), path="0")[...]
+    np.testing.assert_array_equal(out, series * np.array([2, 3], np.float32)[:, None, None, None])
+
+
 def test_a_three_d_array_is_still_zyx_by_default(tmp_path):
     run_chunked(np.ones((3, 8, 8), np.float32), lambda b: b, tmp_path / "o.zarr")
     assert [a["name"] for a in output_metadata(tmp_path / "o.zarr")[0]] == ["z", "y", "x"]
