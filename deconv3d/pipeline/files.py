@@ -125,7 +125,7 @@ def _opened_and_checked(input_path: Path, output_path: Path, settings, warnings)
     spatial_shape = lazy.data.shape[len(lazy.axes) - len(spatial_axes):]
     _check_psf_dimensions(settings, lazy, len(spatial_shape))
     voxel = _checked_voxel(settings, lazy, len(spatial_shape), path_text(input_path), warnings)
-    check_channel_count(lazy, channel_count(settings))
+    check_channel_count(lazy, channel_count(settings), "wavelength" if settings.psf_model is not None else "psf")
     check_channel_count(lazy, len(_many(settings.model)), "model")
     chunks = _spatial_chunks(settings, len(spatial_shape), path_text(input_path))
     # every method's output is non-negative (before any training)
@@ -204,11 +204,12 @@ def _voxel_with_psfs(voxel, psfs, ndim: int, name: str, partial, warnings):
 
 
 def check_channel_count(lazy, wanted: int, what: str = "psf") -> None:
-    """Refuse ``wanted`` PSFs (or generated wavelengths; ``what`` "model": networks), one per
-    channel, for an image ``lazy`` (a :class:`~deconv3d.omezarr.LazyImage`) with another number
-    of channels; one is for all."""
+    """Refuse ``wanted`` PSFs (``what`` "wavelength": wavelengths of generated PSFs; "model": networks),
+    one per channel, for an image ``lazy`` (a :class:`~deconv3d.omezarr.LazyImage`) with another number
+    of channels; one is for all. The line names what was given: three wavelengths were "3 PSFs"."""
     channels = lazy.data.shape[lazy.axes.index("C")] if "C" in lazy.axes else 1
-    given, each = ("models", "--model") if what == "model" else ("PSFs", "PSF (or wavelength)")
+    given, each = {"model": ("models", "--model"), "wavelength": ("wavelengths", "--wavelength")}.get(
+        what, ("PSFs", "PSF (or wavelength)"))
     if wanted > 1 and channels != wanted:
         raise naming_image(lambda image: f"{image} has {channels} channel(s) but {wanted} {given} were given: "
                            f"give one {each} per channel, or one for all", path_text(lazy.path))

@@ -184,10 +184,14 @@ def test_the_first_refusal_of_per_channel_psfs_is_the_real_problem(tmp_path, cap
     write_tiff(tmp_path / "one.tif", _positive((4, 8, 8)), voxel_size=(0.3, 0.1, 0.1))
     for name in ("a.tif", "b.tif"):
         write_tiff(tmp_path / name, gaussian_psf((3, 3, 3)), voxel_size=(0.3, 0.1, 0.1))
-    for source in (["--psf", tmp_path / "a.tif", tmp_path / "b.tif"],
-                   ["--psf-model", "gaussian", "--na", 1.2, "--wavelength", 0.5, 0.6]):
-        code, _, err = run(["deconvolve", tmp_path / "one.tif", "-o", tmp_path / "o.tif", *source], capsys)
-        assert_one_line_error(code, err, "one.tif has 1 channel(s) but 2 PSFs were given")
+    # two wavelengths were refused as "2 PSFs were given", with a .tif and a .zarr output alike
+    for source, given in ((["--psf", tmp_path / "a.tif", tmp_path / "b.tif"], "2 PSFs were given: give one PSF"),
+                          (["--psf-model", "gaussian", "--na", 1.2, "--wavelength", 0.5, 0.6],
+                           "2 wavelengths were given: give one --wavelength per channel")):
+        for output in ("o.tif", "o.zarr"):
+            code, _, err = run(["deconvolve", tmp_path / "one.tif", "-o", tmp_path / output, *source], capsys)
+            assert_one_line_error(code, err, f"one.tif has 1 channel(s) but {given}")
+            assert not (tmp_path / output).exists()
     inputs = tmp_path / "in"
     inputs.mkdir()
     write_ome_zarr(inputs / "two.zarr", _positive((2, 4, 8, 8)), axes="CZYX", voxel_size=(0.3, 0.1, 0.1))
