@@ -139,6 +139,9 @@ def warn_of_another_scale(trained, lazy, warnings: list | None) -> None:
     for c, (mean, std, sampled) in enumerate(statistics):
         subject = (f"{name}'s intensities" if len(statistics) == 1 else f"the intensities of {name}'s channel {c}") \
             + (" in a sample" if sampled else "")
-        message = scale_mismatch(networks[c % len(networks)], mean, std, subject, retrain=_retrain_hint(lazy))
+        # (one network per channel given: the one to redo is this channel's, not a network per channel)
+        retrain = (f"train channel {c}'s network again with 'deconv3d train' on one time point of that channel saved "
+                   "as a TIFF" if len(networks) > 1 else _retrain_hint(lazy))
+        message = scale_mismatch(networks[c % len(networks)], mean, std, subject, retrain=retrain)
         if message:
             warn(f"deconv3d: warning: {message}", warnings)

@@ -133,6 +133,13 @@ def test_a_channel_on_another_scale_is_not_told_to_train_in_the_run(two_channels
     code, _, err = run(["deconvolve", d / "bright.zarr", "-o", d / "out.zarr", "--method", "ssl", "--model",
                         d / "m0.ckpt", "--device", "cpu"], capsys)
     assert code == 0 and "channel 1" in err and "one per channel" in err and "--train-steps" not in err, err
+    # with one network per channel given, the advice is to redo channel 1's, not to give one per channel
+    _untrained_model(d / "m1.ckpt", gaussian_psf((5, 7, 7), (1.4, 1.3, 1.3)), channels[1], seed=1)
+    code, _, err = run(["deconvolve", d / "bright.zarr", "-o", d / "out2.zarr", "--method", "ssl",
+                        *_each("--model", [d / "m0.ckpt", d / "m1.ckpt"]), "--psf", d / "psf0.tif", d / "psf1.tif",
+                        "--device", "cpu"], capsys)
+    assert code == 0 and "channel 1" in err and "train channel 1's network again" in err, err
+    assert "one per channel" not in err and "channel 0" not in err, err
 
 
 def test_a_batch_config_takes_one_model_per_channel(two_channels):
