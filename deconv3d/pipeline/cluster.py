@@ -15,6 +15,9 @@ _ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://[^\s/]+(:\d+)?/?$")
 def check_scheduler(spec: str) -> str:
     """Validate ``threads``, ``processes`` or a scheduler address like ``tcp://HOST:PORT``."""
     if spec in ("threads", "processes") or _ADDRESS.match(spec or ""):
+        if _ADDRESS.match(spec or "") and not re.search(r":\d+/?$", spec):  # (distributed: "missing port number")
+            raise InputError(f"scheduler address {spec} gives no port: add the scheduler's, e.g. "
+                             f"{spec.rstrip('/')}:8786 (dask's default)")
         if spec != "threads":
             _import_distributed()
         return spec
@@ -217,7 +220,7 @@ def _connect(spec: str):
     """A client of the running dask scheduler at the address ``spec``; an InputError where it cannot be reached."""
     from distributed import Client
 
-    try:
-        return Client(spec, timeout="20s")
+    try:  # (without the "/" that an address may end with: distributed read "8786/" as the port, a ValueError)
+        return Client(spec.rstrip("/"), timeout="20s")
     except (OSError, TimeoutError) as exc:
         raise InputError(f"cannot reach the dask scheduler at {spec}: {exc}: is it running?") from exc

@@ -378,6 +378,26 @@ def test_a_failed_cluster_run_stops_its_running_blocks(tmp_path):
     assert not (tmp_path / "out.zarr").exists()
 
 
+def test_an_address_ending_in_a_slash_reaches_its_scheduler(monkeypatch):
+    """--scheduler tcp://HOST:PORT/ passed the check of the address, then distributed read "8786/" as the port:
+    "internal error: ValueError: invalid literal for int() with base 10: '8786/'"."""
+    import distributed
+
+    reached = []
+
+    class Client:
+        def __init__(self, address, timeout=None):
+            reached.append(address)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(distributed, "Client", Client)
+    with scheduler_client("tcp://127.0.0.1:8786/"):
+        pass
+    assert reached == ["tcp://127.0.0.1:8786"]
+
+
 def test_a_lost_scheduler_is_named(tmp_path, volume, psf3d):
     """A client whose scheduler went away fails with that reason, not with the first call it broke
     ("'NoneType' object has no attribute 'ncores'" was a batch's only word on it)."""

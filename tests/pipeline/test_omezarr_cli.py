@@ -133,6 +133,10 @@ def test_a_batch_input_with_no_path_from_the_folder_is_named_as_the_report_holds
 @pytest.mark.parametrize("argv, words", [
     (["batch", "missing_dir", "-o", "out", "--psf", "psf.tif"], ["input folder not found"]),
     (["batch", "in", "-o", "out", "--psf", "psf.tif", "--scheduler", "bogus"], ["unknown scheduler"]),
+    # an address without its port passed the check, then failed in distributed: an internal error, "ValueError:
+    # missing port number in address '127.0.0.1'"
+    (["batch", "in", "-o", "out", "--psf", "psf.tif", "--scheduler", "tcp://127.0.0.1/"],
+     ["scheduler address tcp://127.0.0.1/ gives no port", "e.g. tcp://127.0.0.1:8786"]),
     (["batch", "in", "-o", "out", "--psf", "psf.tif", "--memory-limit", "lots"], ["memory limit"]),
     (["batch", "in", "-o", "out", "--method", "rl"], ["PSF is needed"]),
     (["deconvolve", "in/img0.tif", "--psf", "psf.tif", "-o", "x.zarr", "--memory-limit", "1kB"],
