@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
@@ -367,12 +367,28 @@ def _settle_distributed(futures: set, at_most: int, wait, timeout, finished, che
             ready = wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED")
         except TimeoutError:  # none finished: look at the cancel event again
             ready = None
+        except CancelledError as exc:  # (distributed's wait raises it where one it waited on was cancelled)
+            raise _dropped_by_the_cluster(exc) from None
         check()
         for future in ready.done if ready else ():
             futures.discard(future)
             result = future.result()  # a block's failure is raised here
             future.release()
             finished(result)
+
+
+def _dropped_by_the_cluster(exc: CancelledError) -> RuntimeError:
+    """The one-line error of block tasks that the cluster cancelled (``exc``, distributed's
+    ``FuturesCancelledError``; the run cancels its own only once it gives up). Where
+    the only workers holding what the run scattered (the block function, a path-based reader) died, e.g. killed at
+    their memory limit, the blocks that needed it were cancelled, and the error was distributed's, of five lines
+    that a batch's line for the file joined: "1 Future cancelled: Reasons: 1 Future cancelled for reason: lost
+    dependencies. Message: None Future: ['_block_task-...']"."""
+    groups = getattr(exc, "error_groups", None) or [exc]
+    reasons = ", ".join(sorted({str(getattr(g, "reason", None) or "no reason given") for g in groups}))
+    return RuntimeError(f"the dask cluster cancelled a block ({reasons}): it had lost what the run sent its workers, "
+                        "as when they die (killed at their memory limit, say: see their logs) or the cluster is "
+                        "restarted: rerun, with more memory per worker or smaller --chunks")
 
 
 def _clear_later(event, seconds: float) -> None:

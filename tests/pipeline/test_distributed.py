@@ -5,6 +5,7 @@ worker opens it by path and reads its blocks itself).
 """
 
 import gc
+import os
 import weakref
 
 import numpy as np
@@ -396,6 +397,37 @@ def test_an_address_ending_in_a_slash_reaches_its_scheduler(monkeypatch):
     with scheduler_client("tcp://127.0.0.1:8786/"):
         pass
     assert reached == ["tcp://127.0.0.1:8786"]
+
+
+def test_blocks_whose_worker_died_are_named_in_one_line(tmp_path, volume, psf3d):
+    """Found by the parallel/distributed hunt: a cluster whose only worker died mid-run (killed at its memory
+    limit) lost the block function the run had scattered to it, and the blocks still to run were cancelled: the
+    error was distributed's five lines, "1 Future cancelled: Reasons: 1 Future cancelled for reason: lost
+    dependencies. Message: None Future: ['_block_task-...']", which named neither cause nor fix. (Here the worker
+    is removed from the scheduler after the first block, as its death removes it.)"""
+    import logging
+
+    from distributed import Client, LocalCluster
+    from distributed.utils import silence_logging_cmgr
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        address = next(iter(client.scheduler_info()["workers"]))
+
+        async def remove(dask_scheduler):
+            await dask_scheduler.remove_worker(address, stimulus_id="died", close=False)
+
+        def progress(done, total):
+            if done == 1:
+                client.run_on_scheduler(remove)
+
+        with silence_logging_cmgr(logging.CRITICAL + 1), pytest.raises(RuntimeError) as caught:  # ("lost data")
+            run_chunked(volume, RichardsonLucyBlock(psf3d, iterations=2), tmp_path / "out.zarr", chunks=(12, 24, 24),
+                        client=client, progress=progress)
+    assert str(caught.value).startswith("the dask cluster cancelled a block (lost dependencies): it had lost what the "
+                                        "run sent its workers, as when they die"), caught.value
+    assert "\n" not in str(caught.value) and "smaller --chunks" in str(caught.value)
+    assert os.listdir(tmp_path) == []  # no output, no temporary
 
 
 def test_a_lost_scheduler_is_named(tmp_path, volume, psf3d):
