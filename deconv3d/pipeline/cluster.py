@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 
+from deconv3d._paths import _one_line as _one_line_text
 from deconv3d.errors import InputError
 
 __all__ = ["check_scheduler", "scheduler_client", "gpu_count", "gpu_worker_ids"]
@@ -224,3 +225,9 @@ def _connect(spec: str):
         return Client(spec.rstrip("/"), timeout="20s")
     except (OSError, TimeoutError) as exc:
         raise InputError(f"cannot reach the dask scheduler at {spec}: {exc}: is it running?") from exc
+    except (TypeError, ImportError) as exc:  # tls:// without dask's TLS settings, ucx:// without UCX: an internal error
+        scheme = spec.split("://")[0]
+        fix = {"tls": "give the TLS certificates in dask's configuration (distributed.comm.tls)",
+               "ucx": "install distributed's UCX support (ucxx), or connect over tcp://"}
+        raise InputError(f"cannot connect to the dask scheduler at {spec} ({_one_line_text(exc)}): "
+                         f"{fix.get(scheme, 'check the address')}") from None

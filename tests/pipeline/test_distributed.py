@@ -399,6 +399,25 @@ def test_an_address_ending_in_a_slash_reaches_its_scheduler(monkeypatch):
     assert reached == ["tcp://127.0.0.1:8786"]
 
 
+@pytest.mark.parametrize("scheme, fix", [("tls", "give the TLS certificates in dask's configuration"),
+                                         ("ucx", "install distributed's UCX support")])
+def test_a_scheduler_address_distributed_cannot_connect_to_is_one_line(monkeypatch, scheme, fix):
+    """tls:// without dask's TLS settings and ucx:// without UCX ended in distributed's TypeError, an internal
+    error (found by the parallel/distributed hunt). Here the Client raises what distributed raised there."""
+    import distributed
+
+    from deconv3d.errors import InputError
+
+    def client(address, timeout=None):
+        raise TypeError("TLS expects a `ssl_context` argument of type ssl.SSLContext")
+
+    monkeypatch.setattr(distributed, "Client", client)
+    with pytest.raises(InputError, match=rf"cannot connect to the dask scheduler at {scheme}://h:8786 \(TLS expects "
+                                         rf".*\): {fix}"):
+        with scheduler_client(f"{scheme}://h:8786"):
+            pass
+
+
 def test_blocks_whose_worker_died_are_named_in_one_line(tmp_path, volume, psf3d):
     """Found by the parallel/distributed hunt: a cluster whose only worker died mid-run (killed at its memory
     limit) lost the block function the run had scattered to it, and the blocks still to run were cancelled: the
