@@ -38,3 +38,20 @@ def tiff_properties(path) -> dict:
             return text
 
     return {key: value(text) for key, text in stored.items()}
+
+
+def full_disk_probe(monkeypatch, folder):
+    """Make the output probe's file in ``folder`` fail as on a full disk (ENOSPC); other files are made as ever."""
+    import errno
+    import os
+    import tempfile
+    from pathlib import Path
+
+    real = tempfile.NamedTemporaryFile
+
+    def probe(*args, **kwargs):
+        if Path(kwargs.get("dir") or ".") == folder and kwargs.get("prefix", "").startswith(".deconv3d-probe"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", probe)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from cli_helpers import run, assert_one_line_error
+from cli_helpers import assert_one_line_error, full_disk_probe, run
 from deconv3d.io import read_image, write_tiff
 from deconv3d.omezarr import open_lazy
 
@@ -89,6 +89,20 @@ def test_a_folder_that_takes_no_file_is_refused_before_the_run(data, capsys, com
         code, _, err = _run_with_output(command, data, Path(folder) / name, capsys)
         assert_one_line_error(code, err, f"output directory is not writable: {folder}", "choose another output")
         assert not os.path.exists(Path(folder) / name)
+
+
+@pytest.mark.parametrize("command, name", [("deconvolve", "o.tif"), ("deconvolve", "o.zarr"), ("train", "m.ckpt"),
+                                           ("psf", "p.tif")])
+def test_a_full_output_disk_is_named_as_full_not_unwritable(data, capsys, monkeypatch, command, name):
+    """Found by the second review of this stop: a folder on a full disk, where the probe's file could not be made
+    (ENOSPC), was called "not writable", which sent the user to its permissions."""
+    full = data / "full"
+    full.mkdir()
+    full_disk_probe(monkeypatch, full)
+    code, _, err = _run_with_output(command, data, full / name, capsys)
+    assert_one_line_error(code, err, f"output directory {full} is full (creating a file there failed: No space left "
+                          "on device): free space there or choose another output location")
+    assert list(full.iterdir()) == []
 
 
 @pytest.mark.parametrize("command, name", [("deconvolve", "o.tif"), ("train", "m.ckpt"), ("psf", "p.tif")])

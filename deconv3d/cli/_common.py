@@ -27,25 +27,36 @@ def _refuse_unwritable_folder(output) -> None:
     """Refuse an output whose folder does not take a new file (:func:`creating_fails`). The permission
     test passes for root where writing fails all the same (/proc, /sys): ``train -o /proc/x.ckpt`` trained
     fully, then failed to create the checkpoint's temporary file (an internal error, exit 1), and
-    ``deconvolve`` ran its whole method before it could not write."""
+    ``deconvolve`` ran its whole method before it could not write. A full disk is named as full."""
     from pathlib import Path
 
     parent = Path(output).parent
-    if failed := creating_fails(parent):
-        raise InputError(f"output directory is not writable: {parent} (creating a file there failed: {failed}): "
-                         "choose another output location")
+    if (failed := creating_fails(parent)) is None:
+        return
+    if is_full(failed):
+        raise InputError(f"output directory {parent} is full (creating a file there failed: {failed.strerror}): "
+                         "free space there or choose another output location")
+    raise InputError(f"output directory is not writable: {parent} (creating a file there failed: "
+                     f"{failed.strerror or failed}): choose another output location")
 
 
-def creating_fails(folder) -> str | None:
+def creating_fails(folder) -> OSError | None:
     """Why ``folder`` does not take a new file, found by creating an empty hidden one there and removing it
-    at once; None where it does."""
+    at once: the error; None where it does."""
     import tempfile
 
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".deconv3d-probe-"):
             return None
     except OSError as exc:
-        return exc.strerror or str(exc)
+        return exc
+
+
+def is_full(error: OSError) -> bool:
+    """Whether ``error`` is a full disk's (or an exhausted quota's): its folder may well be writable."""
+    import errno
+
+    return error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def check_environment() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from cli_helpers import assert_one_line_error, run
+from cli_helpers import assert_one_line_error, full_disk_probe, run
 from deconv3d.io import write_tiff
 from deconv3d.metrics import psnr
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
@@ -447,6 +447,18 @@ def test_batch_into_a_folder_that_takes_no_file_is_a_clean_error(folder, capsys,
         pytest.skip(f"no {root} on this system")
     code, _, err = run(batch_argv(folder, Path(output)), capsys)
     assert_one_line_error(code, err, f"cannot create or write the output folder {output} ({root} is not writable)")
+
+
+def test_batch_into_a_full_disk_names_it_as_full(folder, capsys, monkeypatch):
+    """Found by the second review of this stop: a full disk (the probe's file refused with ENOSPC) was called "not
+    writable", and the reason was dropped."""
+    full = folder / "full"
+    full.mkdir()
+    full_disk_probe(monkeypatch, full)
+    code, _, err = run(batch_argv(folder, full / "out"), capsys)
+    assert_one_line_error(code, err, f"cannot create or write the output folder {full / 'out'} ({full} is full: No "
+                          "space left on device): free space there or choose another location")
+    assert list(full.iterdir()) == []
 
 
 @pytest.mark.parametrize("missing", ["absent", "img0.tif"], ids=["no-folder", "a-file"])
