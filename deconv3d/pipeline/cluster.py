@@ -16,13 +16,27 @@ _ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://[^\s/]+(:\d+)?/?$")
 def check_scheduler(spec: str) -> str:
     """Validate ``threads``, ``processes`` or a scheduler address like ``tcp://HOST:PORT``."""
     if spec in ("threads", "processes") or _ADDRESS.match(spec or ""):
-        if _ADDRESS.match(spec or "") and not re.search(r":\d+/?$", spec):  # (distributed: "missing port number")
-            raise InputError(f"scheduler address {spec} gives no port: add the scheduler's, e.g. "
-                             f"{spec.rstrip('/')}:8786 (dask's default)")
+        if _ADDRESS.match(spec or "") and (problem := _port_problem(spec)):  # (distributed: "missing port number")
+            raise InputError(problem)
         if spec != "threads":
             _import_distributed()
         return spec
     raise InputError(f"unknown scheduler {spec!r}: use threads, processes or an address like tcp://HOST:8786")
+
+
+def _port_problem(address: str) -> str | None:
+    """Why the scheduler ``address`` gives no port that distributed can take, as one line with the fix; None where
+    it gives one. A host followed by ':' and no number (``tcp://h:``, ``tcp://h:abc``) was told to add one after
+    it (``e.g. tcp://h::8786``)."""
+    scheme, rest = address.split("://", 1)
+    rest = rest.rstrip("/")
+    host, colon, port = rest.rpartition(":")
+    if not colon or rest.endswith("]"):  # (no ':', or an IPv6 host in brackets without one after it)
+        host, port = rest, ""
+    if port.isascii() and port.isdigit():
+        return None
+    said, fix = (f"gives port '{port}', not a number", "give") if port else ("gives no port", "add")
+    return f"scheduler address {address} {said}: {fix} the scheduler's, e.g. {scheme}://{host}:8786 (dask's default)"
 
 
 def _import_distributed():

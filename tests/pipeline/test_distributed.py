@@ -6,6 +6,7 @@ worker opens it by path and reads its blocks itself).
 
 import gc
 import os
+import re
 import weakref
 
 import numpy as np
@@ -15,7 +16,7 @@ from deconv3d._saturation import clipped_at_faces, zero_boundary_warning
 from deconv3d.io import write_tiff
 from deconv3d.omezarr import open_lazy, read_ome_zarr, write_ome_zarr
 from deconv3d.pipeline import RichardsonLucyBlock, run_chunked
-from deconv3d.pipeline.cluster import scheduler_client
+from deconv3d.pipeline.cluster import check_scheduler, scheduler_client
 
 pytest.importorskip("distributed", reason="dask.distributed is not installed")
 
@@ -397,6 +398,20 @@ def test_an_address_ending_in_a_slash_reaches_its_scheduler(monkeypatch):
     with scheduler_client("tcp://127.0.0.1:8786/"):
         pass
     assert reached == ["tcp://127.0.0.1:8786"]
+
+
+@pytest.mark.parametrize("address, said", [
+    ("tcp://h:", "gives no port: add the scheduler's, e.g. tcp://h:8786"),
+    ("tcp://h:abc/", "gives port 'abc', not a number: give the scheduler's, e.g. tcp://h:8786"),
+    ("tls://[::1]", "gives no port: add the scheduler's, e.g. tls://[::1]:8786")])
+def test_a_scheduler_address_without_a_port_number_is_told_where_to_put_one(address, said):
+    """Found by the second review of this stop: 'tcp://h:' was told "e.g. tcp://h::8786", and 'tcp://h:abc'
+    that it gave no port, with "e.g. tcp://h:abc:8786"."""
+    from deconv3d.errors import InputError
+
+    with pytest.raises(InputError, match=rf"^scheduler address {re.escape(address)} {re.escape(said)} "):
+        check_scheduler(address)
+    assert check_scheduler("tcp://[::1]:8786/") == "tcp://[::1]:8786/"
 
 
 @pytest.mark.parametrize("scheme, fix", [("tls", "give the TLS certificates in dask's configuration"),
