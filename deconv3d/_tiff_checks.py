@@ -30,7 +30,7 @@ from deconv3d.errors import InputError
 
 # What a file with a channel or time axis (or more than three) should become, by what it is
 _ONE_CHANNEL = {
-    "image": "multi-channel/time data are read here as one 2D or 3D image only (deconvolve and batch take each "
+    "image": "only one 2D or 3D image is read here, not multi-channel/time data (deconvolve and batch take each "
              "channel and time point); pick one channel and time point first",
     "PSF": "a PSF must be one 2D or 3D stack (one channel, one time point): save each channel's PSF as its own "
            "file and give one file per channel",

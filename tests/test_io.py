@@ -210,9 +210,10 @@ def test_float64_values_beyond_float32_are_named_not_called_nan(tmp_path, rng):
 def test_multichannel_or_time_rejected(tmp_path, axes, shape):
     path = tmp_path / "multi.tif"
     tifffile.imwrite(path, np.ones(shape, dtype=np.float32), imagej=True, metadata={"axes": axes})
-    with pytest.raises(InputError, match=r"multi-channel/time data are read here as one 2D or 3D image only "
-                                         r"\(deconvolve and batch take each channel and time point\)"):
-        read_image(path)  # (it said "not supported yet", though deconvolve and batch run them: found by use)
+    with pytest.raises(InputError, match=r"only one 2D or 3D image is read here, not multi-channel/time data "
+                                         r"\(deconvolve and batch take each channel and time point\); pick one"):
+        read_image(path)  # (it said "not supported yet", though deconvolve and batch run them: found by use; then
+        # that they "are read here as one 2D or 3D image only", as if read as one: the second review of this stop)
 
 
 def test_output_directory_missing(tmp_path, rng):
