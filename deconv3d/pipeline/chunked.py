@@ -383,9 +383,13 @@ def _dropped_by_the_cluster(exc: CancelledError) -> RuntimeError:
     the only workers holding what the run scattered (the block function, a path-based reader) died, e.g. killed at
     their memory limit, the blocks that needed it were cancelled, and the error was distributed's, of five lines
     that a batch's line for the file joined: "1 Future cancelled: Reasons: 1 Future cancelled for reason: lost
-    dependencies. Message: None Future: ['_block_task-...']"."""
+    dependencies. Message: None Future: ['_block_task-...']". A client that lost its scheduler cancels every
+    future ("scheduler-connection-lost"): said as that, not as workers that died."""
     groups = getattr(exc, "error_groups", None) or [exc]
     reasons = ", ".join(sorted({str(getattr(g, "reason", None) or "no reason given") for g in groups}))
+    if "scheduler-connection-lost" in reasons:  # (the client cancels every future: no worker need have died)
+        return RuntimeError(f"the dask cluster cancelled a block ({reasons}): the connection to its scheduler was "
+                            "lost during the run: check that the scheduler is running and reachable, and rerun")
     return RuntimeError(f"the dask cluster cancelled a block ({reasons}): it had lost what the run sent its workers, "
                         "as when they die (killed at their memory limit, say: see their logs) or the cluster is "
                         "restarted: rerun, with more memory per worker or smaller --chunks")

@@ -464,6 +464,27 @@ def test_blocks_whose_worker_died_are_named_in_one_line(tmp_path, volume, psf3d)
     assert os.listdir(tmp_path) == []  # no output, no temporary
 
 
+def test_blocks_cancelled_as_the_scheduler_connection_dropped_are_not_blamed_on_memory():
+    """Found by the second review of this stop: where the client loses its scheduler it cancels every future
+    ("scheduler-connection-lost", distributed's Client._reconnect). Where the client was running again when the
+    error reached run_blocks (reconnected to a scheduler at the same address), the run was told its workers had
+    died, "with more memory per worker or smaller --chunks". Here distributed's wait raises what it raises then
+    (not reproduced with a real scheduler)."""
+    from distributed.client import CancelledFuturesGroup, FutureCancelledError, FuturesCancelledError
+
+    from deconv3d.pipeline.chunked import _settle_distributed
+
+    def wait(futures, timeout=None, return_when=None):
+        lost = FutureCancelledError("_block_task-1", "scheduler-connection-lost", "Client lost the connection")
+        raise FuturesCancelledError([CancelledFuturesGroup([lost], "scheduler-connection-lost")])
+
+    with pytest.raises(RuntimeError) as caught:
+        _settle_distributed({object()}, 0, wait, None, lambda result: None, lambda: None)
+    assert str(caught.value) == ("the dask cluster cancelled a block (scheduler-connection-lost): the connection to "
+                                 "its scheduler was lost during the run: check that the scheduler is running and "
+                                 "reachable, and rerun")
+
+
 def test_a_lost_scheduler_is_named(tmp_path, volume, psf3d):
     """A client whose scheduler went away fails with that reason, not with the first call it broke
     ("'NoneType' object has no attribute 'ncores'" was a batch's only word on it)."""
