@@ -240,8 +240,8 @@ def _connect(spec: str):
     except (OSError, TimeoutError) as exc:
         raise InputError(f"cannot reach the dask scheduler at {spec}: {exc}: is it running?") from exc
     except (TypeError, ImportError) as exc:  # tls:// without dask's TLS settings, ucx:// without UCX: an internal error
-        scheme = spec.split("://")[0]
         fix = {"tls": "give the TLS certificates in dask's configuration (distributed.comm.tls)",
-               "ucx": "install distributed's UCX support (ucxx), or connect over tcp://"}
-        raise InputError(f"cannot connect to the dask scheduler at {spec} ({_one_line_text(exc)}): "
-                         f"{fix.get(scheme, 'check the address')}") from None
+               "ucx": "install distributed's UCX support (ucxx), or connect over tcp://"}.get(spec.split("://")[0])
+        if fix is None:  # (over tcp:// such an error is not the address's: left as the internal error it is)
+            raise
+        raise InputError(f"cannot connect to the dask scheduler at {spec} ({_one_line_text(exc)}): {fix}") from None

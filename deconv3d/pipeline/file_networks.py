@@ -141,7 +141,8 @@ def warn_of_another_scale(trained, lazy, warnings: list | None) -> None:
             + (" in a sample" if sampled else "")
         # (one network per channel given: the one to redo is this channel's, not a network per channel)
         retrain = (f"train channel {c}'s network again with 'deconv3d train' on one time point of that channel saved "
-                   "as a TIFF" if len(networks) > 1 else _retrain_hint(lazy))
+                   "as a TIFF, then give it in its place among the --model files" if len(networks) > 1
+                   else _retrain_hint(lazy))
         message = scale_mismatch(networks[c % len(networks)], mean, std, subject, retrain=retrain)
         if message:
             warn(f"deconv3d: warning: {message}", warnings)

@@ -431,6 +431,9 @@ def test_a_scheduler_address_distributed_cannot_connect_to_is_one_line(monkeypat
                                          rf".*\): {fix}"):
         with scheduler_client(f"{scheme}://h:8786"):
             pass
+    with pytest.raises(TypeError):  # over tcp:// such an error is a program's, not the address's: not reworded
+        with scheduler_client("tcp://h:8786"):
+            pass
 
 
 def test_blocks_whose_worker_died_are_named_in_one_line(tmp_path, volume, psf3d):
