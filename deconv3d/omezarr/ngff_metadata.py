@@ -237,3 +237,31 @@ def _zarr_voxel(axes: str, scale, units, base_scale):
         factor = _unit_factor(unit) if unit else 1.0
         voxel.append(s * factor if factor else None)
     return tuple(voxel) if voxel and all(v and v > 0 for v in voxel) else None
+
+
+def _time_axis(axes: str, scale, units, shift):
+    """The time step, its unit and (where not 0) its start, kept for the output, which would otherwise say 1 with
+    no unit (and start at 0); None where the image has no T axis or says nothing of it."""
+    if "T" in axes:
+        t = axes.index("T")
+        if scale[t] != 1 or units[t] or shift[t]:
+            return (float(scale[t]), units[t]) + ((float(shift[t]),) if shift[t] else ())
+    return None
+
+
+def _time_axis_and_problem(axes: str, scale, units, shift, path) -> dict:
+    """:func:`_time_axis` and the warning about its unit, as LazyImage's ``time_axis`` and ``time_problem``: a
+    unit OME-Zarr does not name (``frame``) was passed on to the output, whose readers then stumbled on it. A
+    usual spelling (``sec``, ``s``) takes its OME-Zarr name; another is left out, the step kept, and warned
+    about by the run that writes the axis, as for a TIFF (:func:`~deconv3d._tiff_metadata.time_axis_and_problem`)."""
+    from deconv3d._tiff_metadata import _OME_TIME_UNITS, _TIME_UNITS, _unit_key
+
+    axis = _time_axis(axes, scale, units, shift)
+    unit = str(axis[1]).strip() if axis is not None and axis[1] else ""
+    if not unit or unit in _OME_TIME_UNITS.values():
+        return {"time_axis": axis, "time_problem": None}
+    name = _TIME_UNITS.get(_unit_key(unit))
+    problem = None if name else (f"{path} records its time step in {unit!r}, a unit deconv3d cannot name: the t axis "
+                                 f"keeps the step {axis[0]:g} without a unit (use second, minute, hour, millisecond, "
+                                 "microsecond or nanosecond)")
+    return {"time_axis": (axis[0], name, *axis[2:]), "time_problem": problem}

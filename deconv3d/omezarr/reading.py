@@ -19,7 +19,8 @@ from deconv3d.errors import InputError
 from deconv3d.omezarr.lazy_image import (LazyImage, _content_identity, _float32_block, _refuse_unreadable, _region,
                                          _verify_unchanged)
 from deconv3d.omezarr.ngff_metadata import (_axes_of, _has_scale, _level_transform, _malformed, _multiscale,
-                                            _multiscales_key, _omero_channels, _unit_problem, _zarr_voxel)
+                                            _multiscales_key, _omero_channels, _time_axis_and_problem, _unit_problem,
+                                            _zarr_voxel)
 from deconv3d.omezarr.tiff_reading import _open_tiff, _tiff_header
 
 ZARR_SUFFIX = ".zarr"
@@ -322,7 +323,7 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
         data = data.astype(np.float32)
     reader = ZarrReader(image_path, component, shape=data.shape, drop=drop)
     return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader,
-                     time_axis=_time_axis(axes, scale, units, shift),
+                     **_time_axis_and_problem(axes, scale, units, shift, path),
                      voxel_problem=_unit_problem(axes, units, path), origin=origin,
                      channels=_omero_channels(dict(group.attrs), data.shape[axes.index("C")] if "C" in axes else 1))
 
@@ -371,16 +372,6 @@ def _origin(axes: str, shift, scale, units, calibrated: bool):
         return tuple(v * (_unit_factor(u) if u else 1.0) for a, v, u in zip(axes, shift, units) if a in "ZYX")
     if any(v for a, v in zip(axes, shift) if a in "ZYX"):
         return tuple(v / s for a, v, s in zip(axes, shift, scale) if a in "ZYX")
-    return None
-
-
-def _time_axis(axes: str, scale, units, shift):
-    """The time step, its unit and (where not 0) its start, kept for the output, which would otherwise say 1 with
-    no unit (and start at 0); None where the image has no T axis or says nothing of it."""
-    if "T" in axes:
-        t = axes.index("T")
-        if scale[t] != 1 or units[t] or shift[t]:
-            return (float(scale[t]), units[t]) + ((float(shift[t]),) if shift[t] else ())
     return None
 
 

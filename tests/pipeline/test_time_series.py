@@ -76,6 +76,35 @@ def test_zarr_reader_of_an_ome_zarr_level_keeps_its_time_axis(tmp_path):
     assert open_lazy(tmp_path / "o.zarr").time_axis == (2.5, "second")
 
 
+@pytest.mark.parametrize("unit, kept, warned", [("frame", None, True), ("sec", "second", False),
+                                                ("minute", "minute", False)])
+def test_an_ome_zarr_time_unit_it_cannot_name_is_left_out_with_a_warning(tmp_path, unit, kept, warned):
+    """An OME-Zarr t axis in a unit OME-Zarr does not name ('frame') was passed on to the output without a word
+    (found by this stop's channels/time hunt); a TIFF's is left out with a warning. So is the zarr's now, its step
+    kept; a usual spelling ('sec') takes its OME-Zarr name."""
+    import json
+    import warnings
+
+    from deconv3d.pipeline.files import deconvolve_file
+    from deconv3d.pipeline.settings import Settings
+
+    path = ome_zarr_tzyx(tmp_path / "tzyx.zarr", np.random.default_rng(0).random((2, 4, 8, 8)).astype(np.float32))
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["ome"]["multiscales"][0]["axes"][0]["unit"] = unit
+    (path / "zarr.json").write_text(json.dumps(meta))
+    lazy = open_lazy(path)
+    assert lazy.time_axis == (2.5, kept)
+    assert (lazy.time_problem is not None) == warned and (not warned or f"'{unit}'" in lazy.time_problem)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        deconvolve_file(path, tmp_path / "o.zarr", Settings(method="wiener", psf_model="gaussian", na=1.0,
+                                                            wavelength=0.5))
+    said = [str(w.message) for w in caught if "cannot name" in str(w.message)]
+    assert len(said) == warned, said
+    axes, scale = output_metadata(tmp_path / "o.zarr")
+    assert axes[0].get("unit") == kept and scale[0] == 2.5
+
+
 def test_zarr_reader_of_a_bare_four_d_array_needs_axes(tmp_path):
     zarr.open_array(str(tmp_path / "bare.zarr"), mode="w", shape=(3, 4, 8, 8), dtype="f4", zarr_format=3)[...] = 1
     with pytest.raises(InputError, match="axes are unknown"):
