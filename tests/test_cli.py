@@ -83,9 +83,10 @@ def test_a_folder_that_takes_no_file_is_refused_before_the_run(data, capsys, com
     test is in tests/selfsup). The folder is tried with a file first: one line, exit 2, before any work."""
     import os
 
-    for folder in ("/proc", "/sys"):
-        if not os.path.isdir(folder):
-            continue
+    folders = [f for f in ("/proc", "/sys") if os.path.isdir(f)]
+    if not folders:
+        pytest.skip("neither /proc nor /sys on this system")
+    for folder in folders:
         code, _, err = _run_with_output(command, data, Path(folder) / name, capsys)
         assert_one_line_error(code, err, f"output directory is not writable: {folder}", "choose another output")
         assert not os.path.exists(Path(folder) / name)
