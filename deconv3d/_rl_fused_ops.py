@@ -179,10 +179,24 @@ def _compile(cache: bool) -> SimpleNamespace:
     n = (i64, i64, i64)
     jit = functools.partial(numba.njit, parallel=True, cache=cache, nogil=True)
 
+    global _row  # (a global the kernels call, not a variable of their closures: numba's disk cache missed those)
+    _row = numba.njit(inline="always", cache=cache, nogil=True)(_row_of)
     return SimpleNamespace(ratio=_ratio_kernel(jit, a, n), update=_update_kernel(jit, a, n),
                            extrapolate=_extrapolate_kernel(jit, a, n),
                            max_threads=numba.config.NUMBA_NUM_THREADS,
                            get_num_threads=numba.get_num_threads, set_num_threads=numba.set_num_threads)
+
+
+#: :func:`_row_of` compiled, set by :func:`_compile` (numba is imported only then).
+_row = None
+
+
+def _row_of(array, z_stride, y_stride, r, ny, nx):
+    """Row ``r`` (of the ``nz * ny`` rows, plane by plane) of an array given as its flat storage and strides
+    (:func:`_rows`): the ``nx`` values from ``z * z_stride + y * y_stride``. Compiled inline into each kernel
+    (:func:`_compile`)."""
+    start = (r // ny) * z_stride + (r % ny) * y_stride
+    return array[start:start + nx]
 
 
 def _ratio_kernel(jit, a: tuple, n: tuple):
@@ -194,11 +208,10 @@ def _ratio_kernel(jit, a: tuple, n: tuple):
     @jit(void(*a, *a, f32, *a, numba.boolean, *a, *n))
     def ratio(data, d_z, d_y, blurred, b_z, b_y, floor, lower, l_z, l_y, bound, out, o_z, o_y, nz, ny, nx):
         for r in numba.prange(nz * ny):
-            z, y = r // ny, r % ny
-            dr = data[z * d_z + y * d_y:z * d_z + y * d_y + nx]
-            br = blurred[z * b_z + y * b_y:z * b_z + y * b_y + nx]
-            lr = lower[z * l_z + y * l_y:z * l_z + y * l_y + nx]
-            orow = out[z * o_z + y * o_y:z * o_z + y * o_y + nx]
+            dr = _row(data, d_z, d_y, r, ny, nx)
+            br = _row(blurred, b_z, b_y, r, ny, nx)
+            lr = _row(lower, l_z, l_y, r, ny, nx)
+            orow = _row(out, o_z, o_y, r, ny, nx)
             for x in range(nx):
                 b = br[x]
                 v = dr[x] / (b if b > floor else floor)
@@ -230,13 +243,12 @@ def _update_kernel(jit, a: tuple, n: tuple):
         gg, gp = 0.0, 0.0
         zero = np.float32(0)
         for r in numba.prange(nz * ny):
-            z, y = r // ny, r % ny
-            ur = guess[z * u_z + y * u_y:z * u_z + y * u_y + nx]
-            fr = factor[z * f_z + y * f_y:z * f_z + y * f_y + nx]
-            wr = weight[z * w_z + y * w_y:z * w_z + y * w_y + nx]
-            qr = denominator[z * q_z + y * q_y:z * q_z + y * q_y + nx]
-            orow = out[z * o_z + y * o_y:z * o_z + y * o_y + nx]
-            gr = g[z * g_z + y * g_y:z * g_z + y * g_y + nx]
+            ur = _row(guess, u_z, u_y, r, ny, nx)
+            fr = _row(factor, f_z, f_y, r, ny, nx)
+            wr = _row(weight, w_z, w_y, r, ny, nx)
+            qr = _row(denominator, q_z, q_y, r, ny, nx)
+            orow = _row(out, o_z, o_y, r, ny, nx)
+            gr = _row(g, g_z, g_y, r, ny, nx)
             row_gg, row_gp = 0.0, 0.0
             for x in range(nx):
                 u = ur[x]
@@ -272,10 +284,9 @@ def _extrapolate_kernel(jit, a: tuple, n: tuple):
     @jit(void(*a, *a, f32, *a, *n))
     def extrapolate(x, x_z, x_y, x_prev, p_z, p_y, c, out, o_z, o_y, nz, ny, nx):
         for r in numba.prange(nz * ny):
-            z, y = r // ny, r % ny
-            xr = x[z * x_z + y * x_y:z * x_z + y * x_y + nx]
-            pr = x_prev[z * p_z + y * p_y:z * p_z + y * p_y + nx]
-            orow = out[z * o_z + y * o_y:z * o_z + y * o_y + nx]
+            xr = _row(x, x_z, x_y, r, ny, nx)
+            pr = _row(x_prev, p_z, p_y, r, ny, nx)
+            orow = _row(out, o_z, o_y, r, ny, nx)
             for i in range(nx):
                 a, b = xr[i], pr[i]
                 den = a + c * b
