@@ -30,10 +30,12 @@ def _refuse_unwritable_folder(output) -> None:
     ``deconvolve`` ran its whole method before it could not write. A full disk is named as full."""
     from pathlib import Path
 
+    from deconv3d._paths import out_of_space
+
     parent = Path(output).parent
     if (failed := creating_fails(parent)) is None:
         return
-    if is_full(failed):
+    if out_of_space(failed):  # (a full disk or quota: the folder may well be writable)
         raise InputError(f"output directory {parent} is full (creating a file there failed: {failed.strerror}): "
                          "free space there or choose another output location")
     raise InputError(f"output directory is not writable: {parent} (creating a file there failed: "
@@ -50,13 +52,6 @@ def creating_fails(folder) -> OSError | None:
             return None
     except OSError as exc:
         return exc
-
-
-def is_full(error: OSError) -> bool:
-    """Whether ``error`` is a full disk's (or an exhausted quota's): its folder may well be writable."""
-    import errno
-
-    return error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def check_environment() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deconv3d._paths import existing_ancestor, glob_hides, relative_to_folder
+from deconv3d._paths import existing_ancestor, glob_hides, out_of_space, relative_to_folder
 from deconv3d.errors import InputError
 
 
@@ -24,13 +24,13 @@ def _check_output_folder(output_dir: Path, input_dir, patterns) -> None:
     if _found_as_input(output_dir, Path(input_dir), patterns):  # its outputs would be inputs next time
         raise InputError(f"the output folder {output_dir} would be read as an input (it matches "
                          f"{', '.join(patterns)} in the input folder): choose another name or place")
-    from ._common import creating_fails, is_full
+    from ._common import creating_fails
 
     existing = existing_ancestor(output_dir)
     # (tried with a file too: as root os.access passes /proc and /sys, and the batch ended in an internal error)
     writable = os.access(existing, os.W_OK | os.X_OK)
     failed = creating_fails(existing) if writable else None
-    if failed is not None and is_full(failed):  # (it said "not writable" of a full disk)
+    if failed is not None and out_of_space(failed):  # (it said "not writable" of a full disk)
         raise InputError(f"cannot create or write the output folder {output_dir} ({existing} is full: "
                          f"{failed.strerror}): free space there or choose another location")
     if not writable or failed is not None:
