@@ -41,7 +41,7 @@ def open_lazy(path) -> LazyImage:
     if (problem := special_file_problem(path)) is not None:  # (before opening: a named pipe's waited forever)
         raise InputError(problem)
     suffix = path.suffix.lower()
-    if suffix == ZARR_SUFFIX or (path.is_dir() and any((path / f).exists() for f in _ZARR_MARKERS)):
+    if suffix == ZARR_SUFFIX or is_zarr_folder(path):
         return _open_ome_zarr(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder but not a zarr image (no zarr.json or .zgroup in it): give a TIFF file "
@@ -265,6 +265,13 @@ def _files_state(folder: Path) -> tuple[int, int, int]:
 
 #: Files that make a folder a zarr group: zarr v3, and v2 (OME-Zarr v0.4, bioformats2raw's output).
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zattrs")
+
+
+def is_zarr_folder(path) -> bool:
+    """Whether ``path`` is a folder holding a zarr group's or array's metadata (:data:`_ZARR_MARKERS`), whatever
+    its name."""
+    path = Path(path)
+    return path.is_dir() and any((path / f).exists() for f in _ZARR_MARKERS)
 
 
 def _image_group(path: Path):

@@ -173,9 +173,9 @@ def _inputs_and_outputs(input_dir, output_dir: Path, settings: Settings):
 def _refuse_an_image_as_the_folder(input_dir: Path) -> None:
     """Where the input folder is itself an OME-Zarr image or a bioformats2raw folder (a zarr group, in which no
     pattern finds an input), say so and which folder to give: "check --pattern" sent the user the wrong way."""
-    from deconv3d.omezarr.reading import _ZARR_MARKERS, bioformats2raw_series
+    from deconv3d.omezarr.reading import bioformats2raw_series, is_zarr_folder
 
-    if not any((input_dir / marker).is_file() for marker in _ZARR_MARKERS):
+    if not is_zarr_folder(input_dir):
         return
     series, resolved = bioformats2raw_series(input_dir), input_dir.resolve()  # ("." has no name of its own)
     what = (f"a bioformats2raw folder of {len(series)} images" if len(series) > 1
