@@ -82,12 +82,20 @@ def time_axis_and_problem(tif: tifffile.TiffFile) -> tuple:
     step = _finite(step)
     if step is None or not step > 0:
         return None, None
-    name = symbols.get(str(unit).strip()) or _TIME_UNITS.get(_unit_key(unit))
-    problem = None
-    if name is None and str(unit).strip():
-        problem = (f"{tif.filename} records its time step in {str(unit).strip()!r}, a unit deconv3d cannot name: "
-                   f"the t axis keeps the step {step:g} without a unit (use sec, min, hr, day, ms, us or ns)")
+    name, problem = named_time_unit(unit, step, tif.filename, symbols, "sec, min, hr, day, ms, us or ns")
     return (step, name) + ((start,) if start else ()), problem
+
+
+def named_time_unit(unit, step: float, where, names: dict, spellings: str) -> tuple:
+    """``(name, problem)``: the OME-Zarr name of the time ``unit`` that ``where`` (a file) records with the
+    ``step`` (looked up in ``names`` as written, then among the usual spellings), and None with the warning
+    that says so where it has none (the step is kept without it; ``spellings``: the units to use instead)."""
+    unit = str(unit).strip()
+    name = names.get(unit) or _TIME_UNITS.get(_unit_key(unit))
+    if name is not None or not unit:
+        return name, None
+    return None, (f"{where} records its time step in {unit!r}, a unit deconv3d cannot name: the t axis keeps the "
+                  f"step {step:g} without a unit (use {spellings})")
 
 
 def _finite(value) -> float | None:

@@ -254,14 +254,11 @@ def _time_axis_and_problem(axes: str, scale, units, shift, path) -> dict:
     unit OME-Zarr does not name (``frame``) was passed on to the output, whose readers then stumbled on it. A
     usual spelling (``sec``, ``s``) takes its OME-Zarr name; another is left out, the step kept, and warned
     about by the run that writes the axis, as for a TIFF (:func:`~deconv3d._tiff_metadata.time_axis_and_problem`)."""
-    from deconv3d._tiff_metadata import _OME_TIME_UNITS, _TIME_UNITS, _unit_key
+    from deconv3d._tiff_metadata import _OME_TIME_UNITS, named_time_unit
 
     axis = _time_axis(axes, scale, units, shift)
-    unit = str(axis[1]).strip() if axis is not None and axis[1] else ""
-    if not unit or unit in _OME_TIME_UNITS.values():
+    if axis is None or not axis[1]:
         return {"time_axis": axis, "time_problem": None}
-    name = _TIME_UNITS.get(_unit_key(unit))
-    problem = None if name else (f"{path} records its time step in {unit!r}, a unit deconv3d cannot name: the t axis "
-                                 f"keeps the step {axis[0]:g} without a unit (use second, minute, hour, millisecond, "
-                                 "microsecond or nanosecond)")
+    name, problem = named_time_unit(axis[1], axis[0], path, {n: n for n in _OME_TIME_UNITS.values()},
+                                    "second, minute, hour, millisecond, microsecond or nanosecond")
     return {"time_axis": (axis[0], name, *axis[2:]), "time_problem": problem}
