@@ -213,15 +213,17 @@ def _start_local_cluster(workers: int | None, gpus: int):
     from distributed.deploy.spec import SpecCluster
 
     run = object()  # (marks this run's cluster)
-    try:
+
+    def build():
         if gpus > 0:
-            cluster = _gpu_cluster(gpus, run)
-        else:
-            http = _SCHEDULER_HTTP
-            cluster = _marked(LocalCluster, run)(n_workers=workers or 2, threads_per_worker=1, processes=True,
-                                                 host="127.0.0.1", dashboard_address=http["dashboard_address"],
-                                                 scheduler_kwargs={"dashboard": http["dashboard"]},
-                                                 **_worker_preload())
+            return _gpu_cluster(gpus, run)
+        http = _SCHEDULER_HTTP
+        return _marked(LocalCluster, run)(n_workers=workers or 2, threads_per_worker=1, processes=True,
+                                          host="127.0.0.1", dashboard_address=http["dashboard_address"],
+                                          scheduler_kwargs={"dashboard": http["dashboard"]}, **_worker_preload())
+
+    try:
+        cluster = _out_of_ctrl_c_reach(build)
         return Client(cluster), cluster
     except KeyboardInterrupt:  # while its workers start: the cluster (or client) is in no variable yet
         ours = [c for c in list(_instances(SpecCluster)) if getattr(c, "_deconv3d_run", None) is run]
@@ -229,6 +231,60 @@ def _start_local_cluster(workers: int | None, gpus: int):
         _close_quietly(*clients, *ours)
         _forget_closed_schedulers()
         raise
+
+
+def _out_of_ctrl_c_reach(build):
+    """``build()``, run in a thread that blocks SIGINT, so that the threads distributed starts from it and
+    the worker processes those start are born with SIGINT blocked; the calling thread keeps Ctrl-C.
+
+    A terminal's Ctrl-C reaches the whole process group. A worker ignores it once its preload has run
+    (:mod:`deconv3d.pipeline._worker_preload`), but a worker still importing got it: Ctrl-C 5-7 s into
+    a ``batch --scheduler processes`` (2 workers starting) printed 20-69 lines and 2-3 tracebacks
+    ("Nanny failed to start") before the run's own line. A blocked SIGINT waits in the worker until
+    its preload ignores it, which discards it. On a platform without signal masks, ``build()`` as it is.
+    """
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask"):
+        return build()
+    # multiprocessing starts its resource tracker on the first Queue, unblocking SIGINT in the starting
+    # thread after (distributed's IO loop, which starts the workers): started here first, it is left be.
+    import multiprocessing
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    built, lock = {}, threading.Lock()
+
+    def target():
+        try:
+            cluster = build()
+        except BaseException as exc:  # (given back to the caller below)
+            built["error"] = exc
+            return
+        with lock:
+            built["cluster"] = cluster
+            if built.get("stopped"):  # (the caller was stopped before the cluster could be found to close)
+                _close_quietly(cluster)
+
+    thread = threading.Thread(target=target, name="deconv3d cluster start", daemon=True)
+    before = set(multiprocessing.active_children())
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        thread.start()  # (a thread starts with its starter's mask)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    try:
+        thread.join()  # (Ctrl-C here raises KeyboardInterrupt in this thread)
+    except KeyboardInterrupt:
+        with lock:
+            built["stopped"] = True
+        for process in set(multiprocessing.active_children()) - before:  # (a worker still starting, deaf to
+            process.terminate()                                          # Ctrl-C, held its nanny's close 10 s)
+        raise  # (the caller closes what has started of this run's cluster)
+    if "error" in built:
+        raise built["error"]
+    return built["cluster"]
 
 
 def _connect(spec: str):

@@ -251,6 +251,71 @@ def test_the_workers_preload_keeps_the_users_own(argv):
     assert options["preload_argv"] == ([*argv, []] if argv and isinstance(argv[0], list) else argv)
 
 
+def test_ctrl_c_reaching_a_worker_before_its_preload_runs_leaves_it_be(tmp_path, capfd):
+    """Found while testing Ctrl-C at a terminal: it reaches the whole process group, and a worker
+    still importing (before the preload that ignores SIGINT runs) got a KeyboardInterrupt; Ctrl-C 5-7 s
+    into a ``batch --scheduler processes`` printed 20-69 lines and 2-3 tracebacks. Workers are now
+    born with SIGINT blocked, and the run's own thread keeps it. A user's preload, which runs before
+    ours, stands in for the terminal: it sends its worker SIGINT."""
+    import signal
+
+    import dask
+
+    (tmp_path / "ctrl_c_now.py").write_text(
+        "import os, signal, time\n"
+        "def dask_setup(worker):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.2)  # (a signal not blocked is handled by now)\n")
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # (as in the run test above)
+    try:
+        with dask.config.set({"distributed.worker.preload": [str(tmp_path / "ctrl_c_now.py")]}):
+            with scheduler_client("processes", workers=1) as client:
+                assert len(client.scheduler_info()["workers"]) == 1
+                assert set(client.run(_ctrl_c_disposition).values()) == {"ignored"}
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()  # (this thread's mask as it was)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    assert "KeyboardInterrupt" not in capfd.readouterr().err
+
+
+def test_ctrl_c_while_a_worker_starts_stops_that_worker(tmp_path):
+    """A worker born deaf to Ctrl-C (above) ran on after the run's Ctrl-C until it had started, and the
+    run waited for it to close it: 10-16 s on a loaded machine. The run now ends the worker processes of
+    its cluster that are still starting. A user's preload stands in for a slow start."""
+    import signal
+    import threading
+    import time
+
+    import dask
+
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    (tmp_path / "slow_start.py").write_text(
+        "import os, pathlib, time\n"
+        "def dask_setup(worker):\n"
+        f"    pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        f"    pathlib.Path({str(finished)!r}).write_text('')\n")
+
+    def ctrl_c_once_started():
+        while not started.exists():
+            time.sleep(0.05)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=ctrl_c_once_started, daemon=True).start()
+        with dask.config.set({"distributed.worker.preload": [str(tmp_path / "slow_start.py")]}):
+            with pytest.raises(KeyboardInterrupt), scheduler_client("processes", workers=1):
+                pass
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    pid = int(started.read_text())
+    with pytest.raises(ProcessLookupError):  # (ended and reaped)
+        os.kill(pid, 0)
+    assert not finished.exists()
+
+
 def test_gpu_count_gives_workers_per_gpu_only_for_cuda_and_auto(monkeypatch):
     """A worker per GPU sees its GPU as cuda:0, so cuda:N runs on plain workers instead."""
     import torch
