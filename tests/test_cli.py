@@ -386,7 +386,7 @@ def test_pyramid_levels_for_a_tiff_output_are_named_as_ignored(data, capsys):
 def test_an_option_the_method_ignores_is_named_when_given_at_its_default(data, capsys):
     """Found by the options review: the options a method ignores were found by comparing their
     values with the defaults, so '--method rl --tv-weight 0.002' and '--method wiener --iterations
-    20 --boundary bertero' (the defaults) said nothing. Given is given, abbreviated too; the
+    20 --tv-weight 0.002' (the defaults) said nothing. Given is given, abbreviated too; the
     values used and recorded stay those of the run without them."""
     from cli_helpers import tiff_properties
 
@@ -394,7 +394,7 @@ def test_an_option_the_method_ignores_is_named_when_given_at_its_default(data, c
     for method, extra, named in (
             ("rl", ["--iterations", 2, "--tv-weight", 0.002, "--ns", 1.33],
              ["--tv-weight does not apply to --method rl", "--ns describes the microscope for --psf-model"]),
-            ("wiener", ["--iterations", 20, "--bound", "bertero"], ["--iterations and --boundary do not apply"])):
+            ("wiener", ["--iterations", 20, "--tv-w", 0.002], ["--iterations and --tv-weight do not apply"])):
         outputs = []
         for name, options in (("plain", extra[:2] if method == "rl" else []), ("given", extra)):
             outputs.append(data / f"{method}_{name}.tif")

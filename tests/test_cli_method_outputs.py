@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli_helpers import run
+from cli_helpers import assert_one_line_error, run
 from deconv3d.io import read_image, write_tiff
 
 VOXEL = (0.3, 0.1, 0.1)
@@ -47,6 +47,30 @@ def test_wiener_writes_wiener_s_result_with_the_balance_given(data, capsys, bala
     assert close(result, expected)
     other = wiener(image, psf, 0.05 if balance is None else 1e-3, device="cpu")
     assert not close(result, other) and not close(result, image)
+
+
+@pytest.mark.parametrize("boundary", ["zero", "reflect"])
+def test_wiener_takes_the_boundary_given(data, capsys, boundary):
+    """--boundary reached RL only: --method wiener ran with the reflect boundary whatever it said."""
+    from deconv3d.classical import wiener
+    from deconv3d.psf import normalize_psf
+
+    image, psf = read_image(data / "image.tif").data, normalize_psf(read_image(data / "psf.tif").data)
+    result = deconvolve(data, capsys, "--psf", data / "psf.tif", "--method", "wiener", "--boundary", boundary)
+    assert close(result, wiener(image, psf, 1e-3, boundary=boundary, device="cpu"))
+    other = "reflect" if boundary == "zero" else "zero"
+    assert not close(result, wiener(image, psf, 1e-3, boundary=other, device="cpu"))
+
+
+def test_wiener_refuses_rl_s_bertero_boundary(data, capsys):
+    """Wiener has no Bertero boundary: --boundary bertero is refused in one line that names the ones it
+    takes, before anything is written (it had been ignored with a warning)."""
+    out = data / "bertero.tif"
+    code, _, err = run(["deconvolve", data / "image.tif", "-o", out, "--psf", data / "psf.tif", "--method", "wiener",
+                        "--boundary", "bertero", "--device", "cpu"], capsys)
+    assert not out.exists()
+    assert_one_line_error(code, err, "--boundary 'bertero' is Richardson-Lucy's, not Wiener's: Wiener takes "
+                                     "--boundary reflect (the default) or zero")
 
 
 def test_a_generated_psf_is_made_with_the_sample_s_index_and_depth(data, capsys):

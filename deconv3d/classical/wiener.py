@@ -16,6 +16,9 @@ from deconv3d.errors import InputError
 from deconv3d.fft import FFTConvolver
 
 WIENER_BOUNDARIES = ("reflect", "zero", "periodic")
+#: The boundaries ``deconvolve --method wiener``, a batch and :class:`~deconv3d.pipeline.methods.WienerBlock`
+#: take, the default first: the periodic one would wrap each block's faces onto each other.
+RUN_BOUNDARIES = ("reflect", "zero")
 #: The filter's gain at zero frequency (see :func:`wiener`'s Notes): 1 since acf0a16, ``1 / (1 + balance)``
 #: with the identity before. Batch fingerprints hold it, so that outputs of the earlier filter are redone.
 DC_GAIN = "unit"
@@ -155,6 +158,20 @@ def wiener(
     result = irfftn(spectrum, fft_shape, range(len(fft_shape)))[crop]
     result = checked_result(result.clamp_min_(0) if clip else result)
     return result if isinstance(image, torch.Tensor) else result.cpu().numpy()
+
+
+def run_boundary_problem(boundary, name: str = "--boundary") -> str | None:
+    """The one line refusing a boundary for a Wiener run (the command line's, a batch's) that is not one of
+    :data:`RUN_BOUNDARIES`, such as Richardson-Lucy's ``bertero``, naming those it takes; None for one of them."""
+    if boundary in RUN_BOUNDARIES:
+        return None
+    return f"{name} {boundary!r} is Richardson-Lucy's, not Wiener's: Wiener takes {name} reflect (the default) or zero"
+
+
+def check_run_boundary(boundary, name: str = "--boundary") -> None:
+    """Raise :func:`run_boundary_problem`'s line as an InputError where it has one."""
+    if problem := run_boundary_problem(boundary, name):
+        raise InputError(problem)
 
 
 def check_balance(balance) -> None:

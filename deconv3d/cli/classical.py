@@ -94,8 +94,8 @@ def _deconvolve_parser(sub) -> None:
                    help="TV weight for rl-tv (default 0.002; keep it at 0.001-0.01: above, the result gets smoother "
                    "than the object and darker; it must stay below 1/6 for isotropic 3D voxels)")
     p.add_argument("--no-accelerate", action="store_true", help="turn off Biggs-Andrews acceleration")
-    p.add_argument("--boundary", choices=BOUNDARIES, default="bertero",
-                   help="border handling for RL (default bertero: no ringing at the borders)")
+    p.add_argument("--boundary", choices=BOUNDARIES, help="border handling: for rl and rl-tv bertero (the default: no "
+                   "ringing at the borders), zero or reflect; for wiener reflect (the default) or zero")
     p.add_argument("--saturation", type=saturation_value, default="none", metavar="LEVEL|auto|none",
                    help=SATURATION_HELP)
     p.add_argument("--balance", type=positive_float, default=1e-3, help="Wiener regularisation (default 1e-3)")
@@ -111,7 +111,8 @@ def _deconvolve_parser(sub) -> None:
 
 
 # Options of `deconvolve` that only some methods read (beyond the training options, ssl's).
-_METHOD_OPTIONS = {"iterations": ("rl", "rl-tv"), "no_accelerate": ("rl", "rl-tv"), "boundary": ("rl", "rl-tv"),
+_METHOD_OPTIONS = {"iterations": ("rl", "rl-tv"), "no_accelerate": ("rl", "rl-tv"),
+                   "boundary": ("rl", "rl-tv", "wiener"),
                    "saturation": ("rl", "rl-tv"), "tv_weight": ("rl-tv",), "balance": ("wiener",), "tta": ("ssl",),
                    "band_limit": ("ssl",)}
 _OPTICS = pipeline.OPTICS
@@ -217,6 +218,7 @@ def cmd_deconvolve(args) -> int:
     _refuse_saturation_misuse(args)
     _one_per_channel(args)
     warnings = _unused_option_warnings(args)
+    _method_boundary(args)
     _check_formats(args)
     if not pipeline.wants_pipeline(args):
         _go_out_of_core_if_needed(args)
@@ -232,6 +234,19 @@ def _refuse_saturation_misuse(args) -> None:
     problem = method_problem(args.method, args.saturation)
     if problem:
         raise InputError(problem)
+
+
+def _method_boundary(args) -> None:
+    """``--boundary`` as the method takes it: not given, bertero for rl and rl-tv (and ssl, which ignores it)
+    and reflect for Wiener; refused for Wiener where it is RL's bertero, which Wiener does not have."""
+    if args.method == "wiener":
+        from deconv3d.classical.wiener import RUN_BOUNDARIES, check_run_boundary
+
+        if args.boundary is None:
+            args.boundary = RUN_BOUNDARIES[0]
+        check_run_boundary(args.boundary)
+    elif args.boundary is None:
+        args.boundary = "bertero"
 
 
 def _check_formats(args) -> None:

@@ -83,7 +83,8 @@ def _run_method(args, data, psf, voxel, trained):
         return selfsup.deconvolve_ssl(args, data, psf, voxel, trained)
     if args.method == "wiener":
         say_long_step(data.nbytes, f"wiener: deconvolving {data.shape} in one pass")  # (no count to show)
-        return wiener(data, psf, args.balance, device=args.device), {"balance": args.balance}, psf
+        params = {"balance": args.balance, "boundary": args.boundary}
+        return wiener(data, psf, args.balance, boundary=args.boundary, device=args.device), params, psf
     params = {"iterations": args.iterations, "boundary": args.boundary, "accelerate": not args.no_accelerate,
               "tv_weight": args.tv_weight if args.method == "rl-tv" else 0.0}
     clipped = _clipped_voxels(args.saturation, data, params)

@@ -275,7 +275,8 @@ def _add_method_options(p) -> None:
                    "than the object and darker; it must stay below 1/6 for isotropic 3D voxels)")
     p.add_argument("--accelerate", action=argparse.BooleanOptionalAction, default=None,
                    help="Biggs-Andrews acceleration (default on; --no-accelerate turns it off)")
-    p.add_argument("--boundary", choices=BOUNDARIES, help="RL border handling (default bertero)")
+    p.add_argument("--boundary", choices=BOUNDARIES, help="border handling: for rl and rl-tv bertero "
+                   "(the default), zero or reflect; for wiener reflect (the default) or zero")
     p.add_argument("--saturation", type=saturation_value, metavar="LEVEL|auto|none", help=SATURATION_HELP)
     p.add_argument("--balance", type=positive_float, help="Wiener regularisation (default 1e-3)")
     p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, metavar=("DZ", "DY", "DX"),

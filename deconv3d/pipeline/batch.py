@@ -81,7 +81,8 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
         from deconv3d.classical.wiener import wiener_reach
 
         model = MemoryModel("wiener", psf.shape, reach=wiener_reach(psf, settings.balance))  # (its mirror's depth)
-        return WienerBlock(psf, settings.balance, settings.run_device), model, {"balance": settings.balance}
+        block = WienerBlock(psf, settings.balance, settings.run_device, settings.boundary)
+        return block, model, {"balance": settings.balance, "boundary": settings.boundary}
     tv = settings.tv_weight if settings.method == "rl-tv" else 0.0
     params = {"iterations": settings.iterations, "boundary": settings.boundary, "accelerate": settings.accelerate,
               "tv_weight": tv, **saturation_record(settings.saturation)}

@@ -281,19 +281,22 @@ class RichardsonLucyBlock:
 
 @dataclass
 class WienerBlock:
-    """``block -> wiener(block, psf, balance)``, its reflect boundary mirroring every face of the block as deep
-    as a whole image's (:func:`~deconv3d.classical.wiener.mirror_box`)."""
+    """``block -> wiener(block, psf, balance, boundary=boundary)``, its reflect boundary (the default) mirroring
+    every face of the block as deep as a whole image's (:func:`~deconv3d.classical.wiener.mirror_box`);
+    ``boundary`` one of :data:`~deconv3d.classical.wiener.RUN_BOUNDARIES`."""
 
     psf: np.ndarray
     balance: float = 1e-3
     device: str = "cpu"
+    boundary: str = "reflect"
 
     def __post_init__(self):
         """The balance checked as :func:`~deconv3d.classical.wiener` checks it, here rather than in the
-        halo rule (0 raised ZeroDivisionError there, -1 "math domain error")."""
-        from deconv3d.classical.wiener import check_balance
+        halo rule (0 raised ZeroDivisionError there, -1 "math domain error"), and the boundary."""
+        from deconv3d.classical.wiener import check_balance, check_run_boundary
 
         check_balance(self.balance)
+        check_run_boundary(self.boundary, "boundary")
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """Wiener on ``block``; the OTF of one FFT shape is kept for the next blocks of the run
@@ -302,7 +305,8 @@ class WienerBlock:
         from deconv3d.classical._reuse import reusing_setup
 
         with reusing_setup(block_run()):
-            result = wiener(block, fit_psf(self.psf, block.shape), self.balance, device=self.device)
+            result = wiener(block, fit_psf(self.psf, block.shape), self.balance, boundary=self.boundary,
+                            device=self.device)
         return _finite(result, block)
 
     def halo(self) -> tuple[int, ...]:

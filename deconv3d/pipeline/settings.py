@@ -84,6 +84,8 @@ class Settings(Fingerprinted):
             object.__setattr__(self, "saturation", parse_saturation(self.saturation, _n("saturation")))
         except InputError as exc:
             _check(False, str(exc))
+        if self.method == "wiener" and self.boundary == "bertero":  # (RL's default, not given: Wiener's own)
+            object.__setattr__(self, "boundary", "reflect")
         if isinstance(self.iterations, str) and self.iterations.strip().lower() == "auto":  # ("Auto" in a TOML)
             object.__setattr__(self, "iterations", "auto")
         if isinstance(self.pattern, (str, list)):
@@ -298,6 +300,12 @@ def make_settings(values: dict, options: bool = False) -> Settings:
     """
     token = _AS_OPTIONS.set(bool(options))
     try:
+        if values.get("method") == "wiener":  # a boundary given is checked; the dataclass's default is RL's
+            from deconv3d.classical.wiener import RUN_BOUNDARIES, run_boundary_problem
+
+            values = {"boundary": RUN_BOUNDARIES[0], **values}
+            problem = run_boundary_problem(values["boundary"], _n("boundary"))
+            _check(problem is None, problem)
         return Settings(**values)
     except TypeError as exc:
         raise InputError(f"batch configuration: {exc}") from exc

@@ -57,6 +57,8 @@ class Fingerprinted:
     def _hashed_variants(self) -> tuple:
         """The ``at_defaults`` of :meth:`finished_fingerprints`' hashes, in its order (this version's,
         the legacy one's, then the three earlier rules')."""
+        if self._wiener_boundary_counts():  # (every earlier version ran Wiener with the reflect boundary)
+            return (self._ignored_at_defaults(),)
         return (self._ignored_at_defaults(), {}, self._ignored_at_defaults(wavelengths_set_channels=True),
                 self._ignored_at_defaults(gaussian_ns_counted=True), self._ignored_at_defaults(auto_accelerated=True))
 
@@ -78,6 +80,8 @@ class Fingerprinted:
                   and not (k in _SSL_ONLY and self.method != "ssl")
                   and not (k in _TRAINING_ONLY and self.train_steps is None)}
         fields.update(at_defaults)
+        if self.method == "wiener" and fields["boundary"] == "reflect":  # its default, as the versions hashed it
+            fields["boundary"] = "bertero"  # that ignored the boundary for Wiener (legacy=True: as given, RL's default)
         fields["device"] = self.device_kind()
         if self.method == "ssl":  # (so an ssl batch finished by an earlier version is redone once)
             fields["precision"] = self.precision()
@@ -107,6 +111,12 @@ class Fingerprinted:
                 fields[key] = [unchanged_file_sha256(f) for f in _many(fields[key])]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def _wiener_boundary_counts(self) -> bool:
+        """Whether the boundary is in a Wiener run's fingerprint: only where it is not Wiener's default,
+        reflect, which every version before ``--boundary`` reached Wiener ran with (and hashed at its
+        default, RL's bertero): a batch they finished is not redone, one with the zero boundary is."""
+        return self.method == "wiener" and self.boundary != "reflect"
+
     def _ignored_at_defaults(self, wavelengths_set_channels: bool = False, gaussian_ns_counted: bool = False,
                              auto_accelerated: bool = False) -> dict:
         """The settings this configuration's method (or output format, or PSF model) ignores, at their
@@ -118,6 +128,7 @@ class Fingerprinted:
         without ``--no-accelerate`` a batch had redone its finished files); ``auto_accelerated``: as the
         versions did that kept it in the hash, so that a batch they finished with it is skipped, not redone."""
         ignored = [k for k, methods in _METHOD_ONLY.items() if self.method not in methods]
+        ignored.remove("boundary") if self._wiener_boundary_counts() else None
         ignored += ["accelerate"] if self.iterations == "auto" and not auto_accelerated else []
         ignored += ["pyramid_levels"] if self.output_format != "zarr" else []
         if self.psf_model is None:  # a PSF file (or a model's own): the optics generate nothing

@@ -18,7 +18,7 @@ from deconv3d.pipeline.settings import make_settings
 from .conftest import blurred_beads, gaussian_psf
 
 # Which methods each setting changes the output of (the others ignore it).
-APPLIES = {"iterations": ("rl", "rl-tv"), "accelerate": ("rl", "rl-tv"), "boundary": ("rl", "rl-tv"),
+APPLIES = {"iterations": ("rl", "rl-tv"), "accelerate": ("rl", "rl-tv"), "boundary": ("rl", "rl-tv", "wiener"),
            "tv_weight": ("rl-tv",), "balance": ("wiener",), "tta": ("ssl",), "band_limit": ("ssl",)}
 OTHER_VALUES = {"iterations": 5, "accelerate": False, "boundary": "zero", "tv_weight": 0.01, "balance": 0.1,
                 "tta": True, "band_limit": 0.1}
@@ -56,6 +56,7 @@ def test_settings_the_method_ignores_are_not_in_the_fingerprint(folder, method):
     if method == "wiener":  # its gain at zero frequency: Wiener batches finished before acf0a16 are redone once
         before["wiener_dc_gain"] = "unit"
         before["wiener_mirror"] = "2x-reach"  # its mirror's depth: batches finished before the rule are redone once
+        before["boundary"] = "bertero"  # its own, reflect, as it was hashed while Wiener ignored the boundary
     if method != "wiener":  # accelerated RL's least step: batches finished before it had one are redone once
         before["acceleration_floor"] = 0.65  # (20 iterations: from the third on)
     assert settings.fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
@@ -98,6 +99,32 @@ def test_a_wiener_batch_finished_before_the_unit_dc_gain_is_redone(folder, capsy
     assert fields[0].pop("wiener_dc_gain") == "unit"
     older = hashlib.sha256(json.dumps(fields[0], sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert older not in settings.finished_fingerprints()
+
+
+def test_a_wiener_batch_redoes_its_files_for_the_zero_boundary_only(folder, capsys):
+    """Wiener ran with the reflect boundary whatever the batch's boundary said; now it takes reflect (its
+    default) or zero. A batch finished with the default is not redone by the same command with --boundary
+    reflect, and is by one with --boundary zero; bertero, RL's, is refused in one line."""
+    base = ["batch", folder / "in", "-o", folder / "out", "--psf", folder / "psf.tif", "--method", "wiener",
+            "--device", "cpu"]
+    for options, expected in (([], ["done", "done"]), (["--boundary", "reflect"], ["skipped", "skipped"]),
+                              (["--boundary", "zero"], ["done", "done"])):
+        code, _, err = run([*base, *options], capsys)
+        assert code == 0 and statuses(folder / "out") == expected, (options, err)
+    code, _, err = run([*base, "--boundary", "bertero"], capsys)
+    assert_one_line_error(code, err, "boundary 'bertero' is Richardson-Lucy's, not Wiener's", "reflect", "zero")
+    import types
+
+    from deconv3d.pipeline import settings_fingerprint
+
+    fields = []  # every hash of a default Wiener batch holds the boundary as the versions that ignored it did
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(settings_fingerprint, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
+        make_settings({"psf": str(folder / "psf.tif"), "method": "wiener"}).finished_fingerprints()
+    assert len(fields) > 1 and all(f["boundary"] == "bertero" for f in fields), fields
+    (folder / "wiener.toml").write_text('method = "wiener"\nboundary = "bertero"\n')
+    with pytest.raises(InputError, match="batch configuration: boundary 'bertero' is Richardson-Lucy's"):
+        make_settings({"psf": str(folder / "psf.tif"), **load_config(folder / "wiener.toml")})
 
 
 @pytest.mark.parametrize("base, follows", [({"method": "wiener"}, True), ({"method": "rl"}, False),
@@ -181,10 +208,9 @@ def test_a_batch_warns_about_options_its_method_ignores_and_skips_what_they_do_n
     argv = ["batch", folder / "in", "-o", out, "--psf", folder / "psf.tif", "--method", "wiener"]
     code, _, err = run(argv, capsys)
     assert code == 0 and "warning" not in err, err
-    code, _, err = run([*argv, "--iterations", 5, "--tv-weight", 0.01, "--boundary", "zero", "--band-limit", 0.1],
-                       capsys)
+    code, _, err = run([*argv, "--iterations", 5, "--tv-weight", 0.01, "--band-limit", 0.1], capsys)
     assert code == 0 and statuses(out) == ["skipped", "skipped"], err
-    assert ("deconv3d: warning: --iterations, --boundary, --tv-weight and --band-limit do not apply to --method "
+    assert ("deconv3d: warning: --iterations, --tv-weight and --band-limit do not apply to --method "
             "wiener; ignored") in err.splitlines()
     (folder / "batch.toml").write_text('method = "wiener"\niterations = 7\n', encoding="utf-8")  # from a config too
     code, _, err = run(["batch", folder / "in", "-o", out, "--psf", folder / "psf.tif", "--config",
@@ -448,10 +474,10 @@ def test_a_batch_names_an_ignored_option_given_at_its_default(folder, capsys):
     A setting given, by an option or by the config, is named whatever its value."""
     (folder / "batch.toml").write_text('iterations = 20\n', encoding="utf-8")
     code, _, err = run(["batch", folder / "in", "-o", folder / "out", "--psf", folder / "psf.tif", "--method", "wiener",
-                        "--accelerate", "--boundary", "bertero", "--config", folder / "batch.toml"], capsys)
+                        "--accelerate", "--tv-weight", 0.002, "--config", folder / "batch.toml"], capsys)
     assert code == 0 and statuses(folder / "out") == ["done", "done"], err
     assert [line for line in err.splitlines() if "warning" in line] == [
-        "deconv3d: warning: --iterations, --accelerate/--no-accelerate and --boundary do not apply to --method "
+        "deconv3d: warning: --iterations, --accelerate/--no-accelerate and --tv-weight do not apply to --method "
         "wiener; ignored"], err
 
 

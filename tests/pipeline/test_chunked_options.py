@@ -80,6 +80,17 @@ def test_balance_reaches_the_wiener_blocks(folder, capsys):
     assert_made_with(outputs, wiener(image, psf, 0.05, device="cpu"), [wiener(image, psf, 1e-3, device="cpu")])
 
 
+def test_the_boundary_reaches_the_wiener_blocks(folder, capsys):
+    """--boundary was RL's only: with --method wiener it was ignored (with a warning) and every block was
+    mirrored; zero, which Wiener takes, now reaches the blocks (and reflect, the default, stays)."""
+    from deconv3d.classical import wiener
+
+    image, psf = image_and_psf(folder)
+    outputs = chunked_outputs(folder, capsys, ["--method", "wiener", "--boundary", "zero", "--device", "cpu"])
+    assert_made_with(outputs, wiener(image, psf, 1e-3, boundary="zero", device="cpu"),
+                     [wiener(image, psf, 1e-3, device="cpu")])
+
+
 def test_the_sample_s_index_and_depth_reach_a_generated_psf(folder, capsys):
     """--ns and --depth set the spherical aberration of a Gibson-Lanni PSF: the result is
     richardson_lucy's with the PSF generate_psf gives for them, prepared as the command does."""
