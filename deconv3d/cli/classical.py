@@ -343,26 +343,53 @@ def _go_out_of_core_if_too_large(args, shape, voxel) -> None:
 
 def _psf_estimate(args, file_voxel, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The PSF's shape as the run will prepare it, near enough for a memory estimate (``file_voxel``:
-    the voxel size the image's file records), and for Wiener with a PSF file the filter's reach
-    (:func:`~deconv3d.classical.wiener.wiener_reach`, which sets its mirror's depth); ``()`` where not
-    known, which the memory model counts as the widest PSF of that shape."""
-    from deconv3d.io import read_psf
+    the voxel size the image's file records), and for Wiener the filter's reach
+    (:func:`~deconv3d.classical.wiener.wiener_reach`, which sets its mirror's depth) of that PSF: a file's
+    resampled to the image's voxel size and cropped (:func:`_psf_file_as_used`), a generated one as
+    generated; ``()`` where not known, which the memory model counts as the widest PSF of that shape."""
     from deconv3d.psf.generate import generated_psf_shape
 
-    if args.psf:
-        psf = read_psf(args.psf).data
-        reach = ()
-        if args.method == "wiener":
-            from deconv3d.classical.wiener import wiener_reach
-
-            reach = wiener_reach(psf, args.balance)
-        return tuple(min(k, n) for k, n in zip(psf.shape, shape)), reach
-    voxel = file_voxel if not args.voxel_size or len(args.voxel_size) < len(shape) else \
+    voxel = file_voxel if not getattr(args, "voxel_size", None) or len(args.voxel_size) < len(shape) else \
         tuple(args.voxel_size)[-len(shape):]  # (too few values: refused once the image is read)
-    if args.psf_model and args.na and args.wavelength and voxel is not None and len(shape) == 3:
+    psf = None
+    if args.psf:
+        psf = _psf_file_as_used(args.psf, voxel, shape)
+    elif args.psf_model and args.na and args.wavelength and voxel is not None and len(shape) == 3:
         generated = generated_psf_shape(shape, voxel, args.na, args.wavelength)
-        return tuple(min(k, n) for k, n in zip(generated, shape)), ()
-    return (1,) * len(shape), ()
+        if args.method != "wiener":
+            return tuple(min(k, n) for k, n in zip(generated, shape)), ()
+        from deconv3d.psf import generate_psf, prepare_psf
+
+        psf = generate_psf(args.psf_model, generated, voxel, args.na, args.wavelength, ni=args.ni, ns=args.ns,
+                           depth=args.depth)
+        psf = prepare_psf(psf, shape, psf_voxel=voxel, image_voxel=voxel)  # (cropped, as load_psf crops it)
+    if psf is None:
+        return (1,) * len(shape), ()
+    reach = ()
+    if args.method == "wiener":
+        from deconv3d.classical.wiener import wiener_reach
+
+        reach = wiener_reach(psf, args.balance)
+    return tuple(min(k, n) for k, n in zip(psf.shape, shape)), reach
+
+
+def _psf_file_as_used(path, voxel, shape):
+    """The PSF file ``path`` as :func:`~deconv3d.cli._common.load_psf` prepares it for an image of ``shape`` and
+    ``voxel``: resampled to that voxel size and cropped (a PSF of 0.1 µm planes on 0.3 µm ones is a third as
+    deep); as read where that fails, which the run then refuses with its own message."""
+    import warnings
+
+    from deconv3d.io import psf_voxel_size, read_psf
+    from deconv3d.psf import prepare_psf
+
+    psf = read_psf(path)
+    try:
+        with warnings.catch_warnings():  # (an uncalibrated PSF: the run warns once it is read)
+            warnings.simplefilter("ignore")
+            return prepare_psf(psf.data, shape, psf_voxel=psf_voxel_size(psf, voxel), image_voxel=voxel,
+                               fit_image=False)
+    except InputError:
+        return psf.data
 
 
 def cmd_demo(args) -> int:

@@ -378,18 +378,48 @@ def test_the_in_memory_estimate_counts_wiener_mirror_from_the_psf_file(tmp_path)
     from deconv3d.cli.classical import _psf_estimate
     from deconv3d.io import write_tiff
     from deconv3d.pipeline.batch import build_block_fn, make_settings
+    from deconv3d.psf import prepare_psf
 
     from .conftest import gaussian_psf
 
     psf = gaussian_psf((15, 15, 15), (1.5, 1.5, 1.5))
     write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    used = prepare_psf(psf, (64, 256, 256))  # (cropped to 99.9 % of its energy, as the run crops it)
     for balance in (1e-2, 1e-5):
         args = argparse.Namespace(psf=str(tmp_path / "psf.tif"), method="wiener", balance=balance)
         shape, reach = _psf_estimate(args, (0.3, 0.1, 0.1), (64, 256, 256))
-        assert shape == (15, 15, 15) and reach == wiener_reach(psf, balance)
+        assert shape == used.shape and reach == wiener_reach(used, balance)
         settings = make_settings({"psf": str(tmp_path / "psf.tif"), "method": "wiener", "balance": balance})
         assert build_block_fn(settings, psf, (0.3, 0.1, 0.1))[1].reach == wiener_reach(psf, balance)
     assert wiener_reach(psf, 1e-2) != wiener_reach(psf, 1e-5)
+
+
+def test_the_in_memory_wiener_estimate_takes_the_psf_as_the_run_uses_it(tmp_path):
+    """The reach came from the PSF file before it was resampled to the image's voxel size (a PSF of
+    0.1 µm planes on an image of 0.3 µm ones counted three times as deep in z), and a generated PSF
+    counted as the widest of its shape (reach 9x its half-size at balance 1e-3)."""
+    import argparse
+
+    from deconv3d.classical.wiener import wiener_reach
+    from deconv3d.cli.classical import _psf_estimate
+    from deconv3d.io import write_tiff
+    from deconv3d.psf import generate_psf, prepare_psf
+    from deconv3d.psf.generate import generated_psf_shape
+
+    from .conftest import gaussian_psf
+
+    psf = gaussian_psf((21, 15, 15), (4.5, 1.5, 1.5))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.1, 0.1, 0.1))
+    args = argparse.Namespace(psf=str(tmp_path / "psf.tif"), method="wiener", balance=1e-3, voxel_size=None)
+    used = prepare_psf(psf, (64, 256, 256), psf_voxel=(0.1, 0.1, 0.1), image_voxel=(0.3, 0.1, 0.1))
+    shape, reach = _psf_estimate(args, (0.3, 0.1, 0.1), (64, 256, 256))
+    assert shape == used.shape and reach == wiener_reach(used, 1e-3) and reach[0] < wiener_reach(psf, 1e-3)[0] / 2
+    args = argparse.Namespace(psf=None, psf_model="gaussian", na=1.2, wavelength=0.52, ni=1.515, ns=1.33, depth=0.0,
+                              voxel_size=(0.3, 0.1, 0.1), method="wiener", balance=1e-3)
+    generated = generate_psf("gaussian", generated_psf_shape((64, 256, 256), (0.3, 0.1, 0.1), 1.2, 0.52),
+                             (0.3, 0.1, 0.1), 1.2, 0.52)
+    generated = prepare_psf(generated, (64, 256, 256), psf_voxel=(0.3, 0.1, 0.1), image_voxel=(0.3, 0.1, 0.1))
+    assert _psf_estimate(args, None, (64, 256, 256)) == (generated.shape, wiener_reach(generated, 1e-3))
 
 
 def test_only_networks_that_add_rl_preload_its_passes(monkeypatch):
