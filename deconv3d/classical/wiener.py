@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import numpy as np
@@ -28,6 +30,9 @@ MIRROR_DEPTH = "2x-reach"
 #: The mirror's depth in multiples of :func:`wiener_reach`.
 MIRROR_REACHES = 2
 REGULARIZERS = ("identity", "laplacian")
+#: The faces of a chunked run's block that lie inside the volume, per axis ``(before, after)``, while
+#: :func:`inner_faces` holds them (:class:`~deconv3d.pipeline.methods.WienerBlock`); None elsewhere.
+_INNER_FACES: contextvars.ContextVar = contextvars.ContextVar("wiener_inner_faces", default=None)
 
 
 def wiener(
@@ -200,7 +205,19 @@ def reach_for_widths(widths, balance: float) -> tuple[int, ...]:
     return tuple(math.ceil(s * factor) for s in widths)
 
 
-def mirror_box(shape, kernel_shape, reach) -> tuple[tuple[int, ...], tuple[int, ...]]:
+@contextlib.contextmanager
+def inner_faces(faces):
+    """Within this context the reflect boundary mirrors the faces that ``faces`` marks (per axis
+    ``(before, after)``: a block's faces inside the volume, beyond its halo) only the PSF's size deep
+    (:func:`mirror_box`'s ``inner``)."""
+    token = _INNER_FACES.set(tuple(tuple(bool(f) for f in pair) for pair in faces))
+    try:
+        yield
+    finally:
+        _INNER_FACES.reset(token)
+
+
+def mirror_box(shape, kernel_shape, reach, inner=None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The reflect boundary's FFT box and the image's offset in it, per axis.
 
     The mirror is ``max(k, MIRROR_REACHES * reach)`` deep before the image (``k`` the PSF's size) and
@@ -229,13 +246,24 @@ def mirror_box(shape, kernel_shape, reach) -> tuple[tuple[int, ...], tuple[int, 
     2.14 s against 2.32 s with the padded period on 32 x 512 x 512, 1.12 against 1.28 on 48 x 256 x 256
     and 0.97 against 1.14 on 32 x 256 x 256 (box 64, not 62); the deep box 3.36 against 3.30, 1.22
     against 1.31 and 0.86 against 0.80. (64 x 512 x 512 uses the deep box, 120 planes, already.)
+
+    ``inner`` (per axis ``(before, after)``, :func:`inner_faces`): the faces of a chunked run's block
+    that lie inside the volume, which the block's halo (one reach of real data) already separates from
+    its core. They are mirrored only the PSF's size deep: on a 48 x 160 x 160 bead volume in blocks of
+    16 x 64 x 64 (PSF 9^3, sigma 1.5, 1.2, 1.2) the blocks came within 86.06, 84.58 and 75.30 dB of the
+    whole volume's result at balances 1e-2, 1e-3 and 1e-4 with it, 86.06, 84.58 and 75.29 dB mirrored
+    twice the reach deep there (84.30 dB both in blocks of 24 x 40 x 40, at 1e-3), and the run took 1.64,
+    1.55 and 2.20 s against 2.11, 2.65 and 2.65 s (1.68 against 2.52 s). With no mirror there (the box's
+    wrap-around at the halo) 85.81, 74.17 dB at 1e-2 and 1e-4.
     """
-    depth = [max(int(k), MIRROR_REACHES * int(r)) for k, r in zip(kernel_shape, reach)]
+    inner = inner or ((False, False),) * len(shape)
+    full = [max(int(k), MIRROR_REACHES * int(r)) for k, r in zip(kernel_shape, reach)]
+    depths = [[int(k) if f else d for f in faces] for k, d, faces in zip(kernel_shape, full, inner)]
     box, before = [], []
-    for n, d, fast in zip(shape, depth, fast_shape([n + 2 * d for n, d in zip(shape, depth)])):
+    for n, (b, a), fast in zip(shape, depths, fast_shape([n + b + a for n, (b, a) in zip(shape, depths)])):
         period = max(1, 2 * (n - 1))
         box.append(min(fast, period))
-        before.append(0 if fast >= period else d)
+        before.append(0 if fast >= period else b)
     return tuple(box), tuple(before)
 
 
@@ -254,7 +282,7 @@ def _wiener_extend(y: torch.Tensor, kernel_shape, boundary: str, reach):
     if boundary == "periodic":
         return y, tuple(slice(0, n) for n in y.shape)
     if boundary == "reflect":
-        box, before = mirror_box(y.shape, kernel_shape, reach)
+        box, before = mirror_box(y.shape, kernel_shape, reach, _INNER_FACES.get())
     else:
         before = tuple(kernel_shape)
         box = fast_shape([n + 2 * k for n, k in zip(y.shape, kernel_shape)])

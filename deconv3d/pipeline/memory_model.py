@@ -44,7 +44,8 @@ reflect boundary runs the Bertero model on the block mirrored by the PSF half-si
 
 Wiener: the padded block (``F`` the box of :func:`deconv3d.classical.wiener.mirror_box`: the block
 mirrored by the PSF's size or twice the filter's reach, whichever is deeper, at most ``2 (n - 1)`` per
-axis), the OTF, the quotient spectrum, the
+axis; an upper bound for a block whose faces inside the volume are mirrored the PSF's size deep), the OTF,
+the quotient spectrum, the
 copy of it that the inverse FFT destroys and the inverse's output (the result is a view of it):
 2 F real + 3 S complex, and the block, 1 B. Between blocks the last block's OTF stays for a next
 block of its FFT shape (:mod:`deconv3d.classical._reuse`, as RL's set-up): 1 S complex, less than

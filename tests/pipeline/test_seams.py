@@ -244,6 +244,28 @@ def test_wiener_chunked_equals_whole(volume, psf3d, chunks):
     assert psnr(whole, chunked(volume, fn, chunks)) >= 78
 
 
+def test_wiener_blocks_mirror_their_inner_faces_the_psf_s_size_deep(volume, psf3d, monkeypatch):
+    """Every face of a block was mirrored twice the filter's reach deep, also inside the volume, where the
+    halo (one reach of real data) already parts the core from it: there the PSF's size does as well
+    (mirror_box's figures) in smaller boxes. The block at the volume's faces still mirrors them as a whole
+    image's, and the blocks keep to the whole volume's result."""
+    import importlib
+
+    module = importlib.import_module("deconv3d.classical.wiener")
+    real, seen = module.mirror_box, []
+    monkeypatch.setattr(module, "mirror_box", lambda shape, k, reach, inner=None:
+                        seen.append((shape, k, reach, inner)) or real(shape, k, reach, inner))
+    fn = WienerBlock(psf3d, balance=1e-3)
+    whole = fn(volume)
+    assert not any(map(any, seen.pop()[3]))  # (no placement: a whole image's faces)
+    assert psnr(whole, chunked(volume, fn, (8, 16, 16))) >= 78  # 3 blocks along each axis
+    faces = {pair for *_, inner in seen for pair in inner}
+    assert faces == {(False, True), (True, True), (True, False)}, faces
+    boxes = [(real(*call)[0], real(*call[:3])[0]) for call in seen if any(map(any, call[3]))]
+    assert all(a <= b for box, deep in boxes for a, b in zip(box, deep))  # (per axis)
+    assert sum(np.prod(box) < np.prod(deep) for box, deep in boxes) >= len(boxes) / 2, boxes
+
+
 @pytest.fixture(scope="module")
 def network():
     """A tiny 2D network (depth 2: pooling grid of 4), its image, and its whole-image inference.
