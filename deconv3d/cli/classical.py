@@ -84,6 +84,20 @@ def _deconvolve_parser(sub) -> None:
                           "size when they differ (required, except for --method ssl with --model)")
     src.add_argument("--psf-model", choices=PSF_MODELS, help="generate the PSF from microscope parameters")
     add_optics(p, required=False, per_channel=True)  # one emission wavelength, or one per channel (as batch)
+    _add_method_options(p)
+    p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, metavar=("DZ", "DY", "DX"),
+                   help="voxel size in µm (overrides the file's metadata): DZ DY DX, or DY DX for a 2D image (which "
+                   "uses the last two of three)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    selfsup.add_deconvolve_options(p)
+    pipeline.add_chunk_options(p)
+    p.set_defaults(func=cmd_deconvolve)
+    add_common(p)
+    _DEFAULTS.update({dest: p.get_default(dest) for dest in set(_METHOD_OPTIONS) | set(_OPTICS)})
+
+
+def _add_method_options(p) -> None:
+    """``deconvolve``'s --method and the options of the classical methods."""
     p.add_argument("--method", choices=METHODS, default="rl", help="deconvolution method (default rl)")
     p.add_argument("--iterations", type=iterations_value, default=20, metavar="N|auto",
                    help="RL iterations (default 20); 'auto' chooses the count from the image itself by predicting "
@@ -99,15 +113,6 @@ def _deconvolve_parser(sub) -> None:
     p.add_argument("--saturation", type=saturation_value, default="none", metavar="LEVEL|auto|none",
                    help=SATURATION_HELP)
     p.add_argument("--balance", type=positive_float, default=1e-3, help="Wiener regularisation (default 1e-3)")
-    p.add_argument("--voxel-size", type=positive_float, nargs=3, action=SpatialSizes, metavar=("DZ", "DY", "DX"),
-                   help="voxel size in µm (overrides the file's metadata): DZ DY DX, or DY DX for a 2D image (which "
-                   "uses the last two of three)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
-    selfsup.add_deconvolve_options(p)
-    pipeline.add_chunk_options(p)
-    p.set_defaults(func=cmd_deconvolve)
-    add_common(p)
-    _DEFAULTS.update({dest: p.get_default(dest) for dest in set(_METHOD_OPTIONS) | set(_OPTICS)})
 
 
 # Options of `deconvolve` that only some methods read (beyond the training options, ssl's).

@@ -19,8 +19,7 @@ def _deconvolve_in_memory(args, warnings: list) -> int:
     """``deconvolve`` of one 2D or 3D image read whole, written as a TIFF with its provenance."""
     import numpy as np
 
-    from deconv3d.io import assume_psf_voxel, read_image, write_tiff
-    from deconv3d.omezarr import file_sha256
+    from deconv3d.io import read_image, write_tiff
     from deconv3d.pipeline import provenance, psf_source, tiff_properties
     from deconv3d.pipeline.settings import check_tv_weight
 
@@ -28,14 +27,7 @@ def _deconvolve_in_memory(args, warnings: list) -> int:
     # Each file is hashed once read (at the end, a file replaced meanwhile was recorded in place of
     # the one the run used): the input here, the model and PSF files below.
     input_sha256 = hashed(args.input, "deconvolve: hashing the input")
-    voxel = _checked_voxel(args, image, warnings)
-    trained = selfsup.load_model(args) if args.method == "ssl" else None
-    model_sha256 = file_sha256(args.model) if trained is not None else None
-    if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
-        voxel = trained.voxel_for(voxel, image.data.ndim, args.input, warnings)
-    voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input, warnings, partial=image.partial_voxel)
-    # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
-    psf = load_psf(args, image, voxel, fit_image=trained is None, warnings=warnings) if (args.psf or args.psf_model) else None
+    voxel, trained, model_sha256, psf = _voxel_model_and_psf(args, image, warnings)
     source = psf_source(args)  # (the PSF file's hash)
     if args.method == "rl-tv":  # after the PSF's checks: an image without a voxel size, told to lower the
         check_tv_weight(args.tv_weight, image.data.ndim, voxel, args.input)  # weight, then needed one
@@ -55,6 +47,23 @@ def _deconvolve_in_memory(args, warnings: list) -> int:
     write_tiff(args.output, result, voxel_size=voxel, metadata=tiff_properties(record), axes=image.axes)  # (ZX too)
     print(f"wrote {line_text(args.output)}: {args.method} on {image.data.shape} in {seconds:.1f} s")
     return 0
+
+
+def _voxel_model_and_psf(args, image, warnings: list):
+    """After the run's checks (:func:`_checked_voxel`): the voxel size it uses, ssl's trained model (else None)
+    and its file's hash, and the PSF prepared for ``image`` (None without one)."""
+    from deconv3d.io import assume_psf_voxel
+    from deconv3d.omezarr import file_sha256
+
+    voxel = _checked_voxel(args, image, warnings)
+    trained = selfsup.load_model(args) if args.method == "ssl" else None
+    model_sha256 = file_sha256(args.model) if trained is not None else None
+    if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
+        voxel = trained.voxel_for(voxel, image.data.ndim, args.input, warnings)
+    voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input, warnings, partial=image.partial_voxel)
+    # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
+    psf = load_psf(args, image, voxel, fit_image=trained is None, warnings=warnings) if (args.psf or args.psf_model) else None
+    return voxel, trained, model_sha256, psf
 
 
 def _checked_voxel(args, image, warnings: list):
