@@ -76,7 +76,10 @@ def wiener(
         blurred by the mirrored PSF, so with an asymmetric PSF the mirror is not the blurred data's
         continuation: a bead 6 planes from a face of a 15-plane stack, blurred by a lopsided
         5 x 7 x 7 PSF, kept its peak and its centroid moved 0.013 voxels (0.046 mirrored by the PSF's
-        size).
+        size). Where that depth reaches one period of the endless mirror, the box is that period: exact,
+        though often a slow FFT size (see :func:`mirror_box` for the alternatives measured). The command
+        line and batches take ``"reflect"`` or ``"zero"`` (``--boundary``); the chunked pipeline's blocks
+        mirror their faces inside the volume only the PSF's size deep (:func:`mirror_box`'s ``inner``).
     clip : bool
         Set the estimate's negative values (ringing) to 0 (default). The clip adds light: on
         Poisson data over a background of 20 counts, with the default ``balance``, it zeroed 26 %
