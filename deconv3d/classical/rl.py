@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 
 from deconv3d._fft_shapes import kernel_origin
 from deconv3d._tensors import checked_result, resolve_device
-from deconv3d.classical._iterate import _TV, _run
+from deconv3d.classical._iterate import _run
 from deconv3d.classical._problem import (_build_problem, _check_accelerate, _check_inputs, _check_options,
-                                         _censor, _check_clipped, _check_weights, _float_times_power_of_two,
-                                         _holdout_problem, _is_number,
+                                         _censor, _check_clipped, _check_weights, _holdout_problem,
                                          _times_power_of_two, _working_data)
+from deconv3d.classical._rl_tv import _default_tv_scale, _largest_value, _scaled, _tv_for
 from deconv3d.errors import InputError
+
+# _default_tv_scale and _largest_value, moved to _rl_tv with the TV term, stay importable from here (the pipeline's).
+__all__ = ["Callback", "richardson_lucy", "rl_alpha_schedule", "_default_tv_scale", "_largest_value"]
 
 Callback = Callable[[int, torch.Tensor], Optional[bool]]
 
@@ -254,25 +256,17 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
     :data:`~deconv3d.classical._iterate.TV_DIFFERENCES`): kept out of the public signature, since only
     the references of residual networks trained under the old rules need them
     (:class:`deconv3d.selfsup.config.Reference`)."""
-    dev = resolve_device(device)
-    y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
-    iterations = _check_options(iterations, boundary, tv_weight, tol, y.ndim, voxel_size)
+    y, h, iterations = _checked(image, psf, iterations, boundary, tv_weight, tol, voxel_size, device, dtype)
     accelerate = _check_accelerate(accelerate)
     if callback is not None and not callable(callback):
         raise InputError(f"callback must be a function callback(iteration, estimate), got {callback!r}")
     if extended and boundary != "bertero":
         raise InputError(f"extended=True needs boundary='bertero' (the only one that estimates the object beyond "
                          f"the image), got {boundary!r}")
-    keep = None if weights is None else _check_weights(weights, y)
-    flags = None if clipped is None else _check_clipped(clipped, y)
-    work, exponent = _working_data(y, keep)  # extreme intensities run divided by a power of two
+    problem, tv, exponent = _set_up(y, h, boundary, tv_weight, voxel_size, tv_scale, weights, clipped,
+                                    tv_smoothing, tv_differences)
     if exponent and callback is not None and getattr(callback, "reads_estimate", True):
         callback = _in_callers_units(callback, exponent)
-    problem, scaled_by = _problem_for(work, h, boundary, keep, flags, _scaled(tv_weight, tv_scale))
-    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, scaled_by, tv_smoothing, tv_differences, exponent)
-    # a scaled copy is not kept through the loop (the problem holds its clamped copy), nor the flags (reflect: the
-    # problem holds them mirrored): no block more
-    del work, scaled_by, flags
     estimate = _run(problem, iterations, tv, accelerate, tol, callback)
     if extended:  # the margins wrap around the end of the buffer: roll them in front of the image
         before = [k - 1 - o for k, o in zip(h.shape, kernel_origin(h.shape))]
@@ -282,6 +276,27 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
         result = estimate[problem.result_crop].clamp_min(0)  # a compact copy, not a view of a workspace
     checked_result(_times_power_of_two(result, exponent, inplace=True))
     return result if isinstance(image, torch.Tensor) else result.cpu().numpy()
+
+
+def _checked(image, psf, iterations, boundary: str, tv_weight, tol, voxel_size, device, dtype: torch.dtype):
+    """The image and PSF as tensors on ``device`` (checked), and the number of iterations (checked with the
+    other options): the checks :func:`richardson_lucy` and :func:`rl_alpha_schedule` begin with."""
+    y, h = _check_inputs(image, psf, resolve_device(device), dtype, "Richardson-Lucy")
+    return y, h, _check_options(iterations, boundary, tv_weight, tol, y.ndim, voxel_size)
+
+
+def _set_up(y: torch.Tensor, h: torch.Tensor, boundary: str, tv_weight, voxel_size, tv_scale, weights, clipped,
+            tv_smoothing: str = "local", tv_differences: str = "symmetric"):
+    """RL's problem on the checked image ``y`` and PSF ``h`` with ``weights`` and ``clipped`` (checked here), its
+    TV term (:func:`~deconv3d.classical._rl_tv._tv_for`), and the power of two the data run divided by
+    (:func:`~deconv3d.classical._problem._working_data`). A scaled copy of the data is not kept past the
+    set-up (the problem holds its clamped copy), nor the flags (reflect: the problem holds them mirrored)."""
+    keep = None if weights is None else _check_weights(weights, y)
+    flags = None if clipped is None else _check_clipped(clipped, y)
+    work, exponent = _working_data(y, keep)  # extreme intensities run divided by a power of two
+    problem, scaled_by = _problem_for(work, h, boundary, keep, flags, _scaled(tv_weight, tv_scale))
+    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, scaled_by, tv_smoothing, tv_differences, exponent)
+    return problem, tv, exponent
 
 
 def _in_callers_units(callback: Callback, exponent: int) -> Callback:
@@ -330,15 +345,8 @@ def _schedule_and_estimate(image, psf, iterations: int, *, boundary: str, tv_wei
     """:func:`rl_alpha_schedule`'s steps and the estimate of that run (an ndarray): the result of
     ``richardson_lucy(image, psf, iterations, accelerate=True, ...)`` (with its ``weights`` and
     ``clipped``), which replaying the steps on ``image`` reproduces."""
-    dev = resolve_device(device)
-    y, h = _check_inputs(image, psf, dev, dtype, "Richardson-Lucy")
-    iterations = _check_options(iterations, boundary, tv_weight, None, y.ndim, voxel_size)
-    keep = None if weights is None else _check_weights(weights, y)
-    flags = None if clipped is None else _check_clipped(clipped, y)
-    work, exponent = _working_data(y, keep)  # as richardson_lucy runs it
-    problem, scaled_by = _problem_for(work, h, boundary, keep, flags, _scaled(tv_weight, tv_scale))
-    tv = _tv_for(problem, tv_weight, voxel_size, tv_scale, work, scaled_by, exponent=exponent)
-    del work, scaled_by, flags  # as richardson_lucy: no scaled copy through the loop
+    y, h, iterations = _checked(image, psf, iterations, boundary, tv_weight, None, voxel_size, device, dtype)
+    problem, tv, exponent = _set_up(y, h, boundary, tv_weight, voxel_size, tv_scale, weights, clipped)  # as RL's
     record: list[float] = []
     estimate = _run(problem, iterations, tv, True, None, None, record=record)
     result = estimate[problem.result_crop].clamp_min(0)
@@ -350,53 +358,7 @@ def _problem_for(work: torch.Tensor, h: torch.Tensor, boundary: str, keep, flags
     """RL's problem on ``work`` with the voxels' weights ``keep`` (or None) and the clipped voxels' ``flags``
     (:func:`~deconv3d.classical._problem._check_clipped`'s, or None: see
     :func:`~deconv3d.classical._problem._censor`), and the weights the TV term's default scale is taken
-    under (:func:`_tv_for`); with flags and not ``scaled`` (:func:`_scaled`), None: they are not computed."""
+    under (:func:`~deconv3d.classical._rl_tv._tv_for`); with flags and not ``scaled``
+    (:func:`~deconv3d.classical._rl_tv._scaled`), None: they are not computed."""
     problem = _build_problem(work, h, boundary) if keep is None else _holdout_problem(work, h, boundary, keep)
     return (problem, keep) if flags is None else _censor(problem, flags, h, boundary, keep, scaled)
-
-
-def _scaled(tv_weight: float, tv_scale) -> bool:
-    """Whether :func:`_tv_for` takes a default TV scale: a TV term, and no ``tv_scale`` given."""
-    return tv_weight != 0 and tv_scale is None
-
-
-def _tv_for(problem, tv_weight, voxel_size, tv_scale, image: torch.Tensor, keep=None, smoothing: str = "local",
-            differences: str = "symmetric", exponent: int = 0):
-    """The TV term (None for weight 0) at ``tv_scale`` (checked, refused unless a positive finite
-    number; in the caller's units, divided here by ``2**exponent`` as the data were), by default
-    :func:`_default_tv_scale` of ``image`` where ``keep > 0`` (the voxels the zero
-    boundary leaves unfitted included: see ``tv_scale`` in :func:`richardson_lucy`); ``smoothing``,
-    ``differences``: ε's rule and ``|∇u|``'s (:class:`~deconv3d.classical._iterate._TV`)."""
-    if tv_scale is not None and not (_is_number(tv_scale) and tv_scale > 0):
-        raise InputError(f"tv_scale must be a positive finite number (the volume's largest value), got {tv_scale!r}")
-    if tv_weight == 0:
-        return None
-    if tv_scale is None:
-        tv_scale = _default_tv_scale(image if keep is None else image[keep > 0])
-    else:
-        tv_scale = _float_times_power_of_two(float(tv_scale), -exponent)
-    return _TV.for_problem(problem, tv_weight, voxel_size, float(tv_scale), smoothing, differences)
-
-
-def _default_tv_scale(values) -> float:
-    """The TV term's default intensity scale: the largest value of ``values`` (:func:`_largest_value`),
-    1e-12 where none is positive (RL returns zeros there).
-
-    One definition for both paths: a whole-image run takes it of the image, a chunked one of the
-    whole volume, slab by slab (:func:`deconv3d.pipeline.volume_statistics.volume_peak`), and hands it to
-    every block. The largest value, not the largest absolute one: RL sets negative values to zero
-    before fitting. The chunked path took the largest absolute value, and on a volume whose most
-    extreme voxel was negative its blocks agreed with a whole run to 71 dB (108 dB now). Not at
-    least 1e-12: the blocks of a volume of peak 1e-30, which run divided by a power of two
-    (:func:`~deconv3d.classical._problem._working_exponent`), got a scale 1e18 times too large."""
-    peak = _largest_value(values)
-    return peak if peak > 0 else 1e-12
-
-
-def _largest_value(values) -> float:
-    """The largest value of a tensor (checked finite) or of an array whose NaN and Inf are skipped
-    (blocks refuse them by name); at least 0 for an array."""
-    if isinstance(values, torch.Tensor):
-        return float(values.max())
-    values = np.asarray(values)
-    return float(np.max(values, initial=0.0, where=np.isfinite(values)))
