@@ -179,16 +179,18 @@ def _compile(cache: bool) -> SimpleNamespace:
     n = (i64, i64, i64)
     jit = functools.partial(numba.njit, parallel=True, cache=cache, nogil=True)
 
-    global _row  # (a global the kernels call, not a variable of their closures: numba's disk cache missed those)
+    # (globals the kernels call, not variables of their closures: numba's disk cache missed those)
+    global _row, _updated
     _row = numba.njit(inline="always", cache=cache, nogil=True)(_row_of)
+    _updated = numba.njit(inline="always", cache=cache, nogil=True)(_updated_of)
     return SimpleNamespace(ratio=_ratio_kernel(jit, a, n), update=_update_kernel(jit, a, n),
                            extrapolate=_extrapolate_kernel(jit, a, n),
                            max_threads=numba.config.NUMBA_NUM_THREADS,
                            get_num_threads=numba.get_num_threads, set_num_threads=numba.set_num_threads)
 
 
-#: :func:`_row_of` compiled, set by :func:`_compile` (numba is imported only then).
-_row = None
+#: :func:`_row_of` and :func:`_updated_of` compiled, set by :func:`_compile` (numba is imported only then).
+_row = _updated = None
 
 
 def _row_of(array, z_stride, y_stride, r, ny, nx):
@@ -197,6 +199,22 @@ def _row_of(array, z_stride, y_stride, r, ny, nx):
     (:func:`_compile`)."""
     start = (r // ny) * z_stride + (r % ny) * y_stride
     return array[start:start + nx]
+
+
+def _updated_of(u, fr, wr, qr, x, weigh, divide, zero):
+    """The update of voxel ``x`` from its guess ``u``, the rows ``fr`` (the factor), ``wr`` (the weight, read
+    where ``weigh``) and ``qr`` (the denominator, read where ``divide``): ``u · f [· w] [/ q]``, clamped at
+    ``zero``. Compiled inline into the update kernel (:func:`_compile`): on x86-64 with numba 0.68.1 the kernel
+    compiled to the same instructions as with these lines in its loop (not so with ``zero`` a constant here)."""
+    f = fr[x]
+    if weigh:  # rounded to float32 first, as torch's factor.mul_(weight)
+        f = f * wr[x]
+    v = u * f
+    if divide:
+        v = v / qr[x]
+    if v < zero:  # torch's clamp_min: NaN stays NaN
+        v = zero
+    return v
 
 
 def _ratio_kernel(jit, a: tuple, n: tuple):
@@ -227,20 +245,19 @@ def _ratio_kernel(jit, a: tuple, n: tuple):
 def _update_kernel(jit, a: tuple, n: tuple):
     """The compiled kernel of the multiplicative update, clamped at zero, in place or not; with ``step``
     also the step from the guess, written over the previous one, and the dot products of the step with
-    itself and with the previous step ((0, 0) without) (:func:`_compile`: ``jit``, ``a``, ``n``)."""
+    itself and with the previous step ((0, 0) without) (:func:`_compile`: ``jit``, ``a``, ``n``).
+
+    The dot products sum each row locally, then the rows: accumulating straight into the loop-wide
+    reduction variables kept the loop scalar. ``reassoc`` lets LLVM vectorise them (partial sums in
+    another order); the update itself has no sums to reorder and stays bit-identical to torch's (tested)."""
     import numba
     from numba import float64 as f64
 
-    # reassoc lets LLVM vectorise the float64 dot products (partial sums in another order); the
-    # update itself has no sums to reorder and stays bit-identical to torch's (tested).
     @jit(numba.types.UniTuple(f64, 2)(*a, *a, *a, numba.boolean, *a, numba.boolean, *a, *a, numba.boolean, *n),
          fastmath={"reassoc"})
     def update(guess, u_z, u_y, factor, f_z, f_y, weight, w_z, w_y, weigh, denominator, q_z, q_y, divide,
                out, o_z, o_y, g, g_z, g_y, step, nz, ny, nx):
-        # Reads the previous step from g and writes this one over it. The dot products sum each
-        # row locally, then the rows: accumulating straight into the loop-wide reduction
-        # variables kept the loop scalar.
-        gg, gp = 0.0, 0.0
+        gg, gp = 0.0, 0.0  # (g: the previous step is read from it, this one written over it)
         zero = np.float32(0)
         for r in numba.prange(nz * ny):
             ur = _row(guess, u_z, u_y, r, ny, nx)
@@ -252,14 +269,7 @@ def _update_kernel(jit, a: tuple, n: tuple):
             row_gg, row_gp = 0.0, 0.0
             for x in range(nx):
                 u = ur[x]
-                f = fr[x]
-                if weigh:  # rounded to float32 first, as torch's factor.mul_(weight)
-                    f = f * wr[x]
-                v = u * f
-                if divide:
-                    v = v / qr[x]
-                if v < zero:  # torch's clamp_min: NaN stays NaN
-                    v = zero
+                v = _updated(u, fr, wr, qr, x, weigh, divide, zero)
                 orow[x] = v
                 if step:
                     d = v - u
