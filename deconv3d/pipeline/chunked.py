@@ -192,25 +192,45 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     """
     reader = as_reader(reader)  # a bare array would otherwise pass for a block already read
     lead = tuple(int(i) for i in lead)
-    spatial = tuple(reader.shape[len(lead):])
+    tasks, count = _block_tasks(reader.shape, lead, chunks, halo, skip)
+    total = count if total is None else total
+    if client is not None:
+        return _run_on_cluster(reader, fn, str(target_path), tasks, client, progress, done, total, cancel, figures)
+    return _run_in_pool(reader, fn, str(target_path), tasks, pool, workers, count, progress, done, total, cancel,
+                        figures)
+
+
+def _block_tasks(shape: Sequence[int], lead: tuple, chunks: Sequence[int], halo: Sequence[int], skip) -> tuple:
+    """The tasks of :func:`run_blocks` over an image of ``shape`` (leading axes at ``lead``), a lazy iterable of
+    ``(read key, placement, write key)``, one per block whose write region is not in ``skip``, and their number."""
+    spatial = tuple(shape[len(lead):])
     sizes, depth, _ = plan_chunks(spatial, chunks, halo)
     regions = block_regions(spatial, sizes, depth)
     written = {tuple(w.start for w in write) for write in skip}
     count = math.prod(len(s) for s in sizes) - len(written)
-    total = count if total is None else total
     tasks = ((lead + read, Placement(tuple(r.start for r in read), trim, spatial), lead + write)
              for read, trim, write in regions if tuple(w.start for w in write) not in written)
-    if client is not None:
-        try:
-            return _run_distributed(reader, fn, str(target_path), tasks, client, progress, done, total, cancel,
-                                    figures)
-        except Exception as exc:
-            if getattr(client, "status", "running") == "running":
-                raise
-            # else the error is whatever call failed first ("'NoneType' object has no attribute 'ncores'")
-            address = getattr(client, "_start_arg", None) or "its address"
-            raise RuntimeError(f"lost the dask scheduler at {address}: is it still running? Start it again and "
-                               "rerun") from exc
+    return tasks, count
+
+
+def _run_on_cluster(reader, fn, target_path: str, tasks: Iterable, client, progress, done: int, total: int, cancel,
+                    figures: BlockFigures | None) -> int:
+    """:func:`_run_distributed`, whose failure once the scheduler is gone is a RuntimeError that says so."""
+    try:
+        return _run_distributed(reader, fn, target_path, tasks, client, progress, done, total, cancel, figures)
+    except Exception as exc:
+        if getattr(client, "status", "running") == "running":
+            raise
+        # else the error is whatever call failed first ("'NoneType' object has no attribute 'ncores'")
+        address = getattr(client, "_start_arg", None) or "its address"
+        raise RuntimeError(f"lost the dask scheduler at {address}: is it still running? Start it again and "
+                           "rerun") from exc
+
+
+def _run_in_pool(reader, fn, target_path: str, tasks: Iterable, pool: ThreadPoolExecutor | None, workers: int,
+                 count: int, progress, done: int, total: int, cancel, figures: BlockFigures | None) -> int:
+    """:func:`_run_threads` over the ``count`` blocks' ``tasks`` on ``pool`` (or a pool of threads of its own, shut
+    down afterwards), at most ``workers`` in flight sharing the cores, with one FFTW measuring run for them all."""
     from deconv3d._fftw_planning import measuring_run
 
     own = pool is None
@@ -218,7 +238,7 @@ def run_blocks(reader, fn, target_path, *, chunks: Sequence[int], halo: Sequence
     pool = pool or ThreadPoolExecutor(workers)
     try:
         with _share_cores(workers) as share, measuring_run():  # the blocks: one run for FFTW's measuring
-            return _run_threads(reader, fn, str(target_path), tasks, pool, workers, progress, done, total, share,
+            return _run_threads(reader, fn, target_path, tasks, pool, workers, progress, done, total, share,
                                 cancel, figures)
     finally:
         if own:
