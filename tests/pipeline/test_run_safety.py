@@ -860,9 +860,9 @@ def test_a_termination_a_c_callback_dropped_does_not_deafen_the_run(stack, monke
     while numba compiled: "Exception ignored on calling ctypes callback function") had made every later
     SIGTERM and SIGHUP ignored, and the run finished with exit 0, its output written. Not sent again here
     (as if that failed): the scheduler's next SIGTERM, from a block, still ends the run."""
-    import deconv3d.cli
+    import deconv3d.cli._signals
 
-    monkeypatch.setattr(deconv3d.cli, "_send_again", lambda *args: True)  # (dropped for good)
+    monkeypatch.setattr(deconv3d.cli._signals, "_send_again", lambda *args: True)  # (dropped for good)
     dropped = _dropped_in_a_c_callback(monkeypatch, signal.SIGTERM)
     folder = _signalled_in_a_block(stack, monkeypatch, signal.SIGTERM)
     code, _, err = run(["deconvolve", "in/img.tif", "-o", "out.zarr", "--psf", "psf.tif", "--chunks", 8, 16, 16,
@@ -890,17 +890,17 @@ def test_a_signal_while_a_dropped_termination_is_reported_is_not_raised_in_the_h
     import ctypes
     import time
 
-    import deconv3d.cli
+    import deconv3d.cli._signals
     from deconv3d.cli import _terminate_as_interrupt
     from deconv3d.cli._common import Terminated
 
-    send_again = deconv3d.cli._send_again
+    send_again = deconv3d.cli._signals._send_again
 
     def signalled_meanwhile(*args):
         signal.raise_signal(signal.SIGTERM)
         return send_again(*args)
 
-    monkeypatch.setattr(deconv3d.cli, "_send_again", signalled_meanwhile)
+    monkeypatch.setattr(deconv3d.cli._signals, "_send_again", signalled_meanwhile)
     with pytest.raises(Terminated) as caught, _terminate_as_interrupt():
         ctypes.CFUNCTYPE(None)(lambda: signal.raise_signal(signal.SIGTERM))()
         deadline = time.monotonic() + 2.0
@@ -986,7 +986,7 @@ def test_a_signal_sent_again_while_the_command_ends_does_not_leave_its_handlers_
     import ctypes
     import threading
 
-    import deconv3d.cli
+    import deconv3d.cli._signals
     from deconv3d.cli import _terminate_as_interrupt
     from deconv3d.cli._common import Terminated
 
@@ -994,7 +994,7 @@ def test_a_signal_sent_again_while_the_command_ends_does_not_leave_its_handlers_
         raise AssertionError("the caller's SIGTERM handler ran")
 
     # (dropped, and left for the thread that would send it again: sent below, deterministically)
-    monkeypatch.setattr(deconv3d.cli, "_send_again", lambda signum, hook, lock, active, pending:
+    monkeypatch.setattr(deconv3d.cli._signals, "_send_again", lambda signum, hook, lock, active, pending:
                         pending.append(signum) or True)
     hook, interrupt, disabled = sys.unraisablehook, signal.getsignal(signal.SIGINT), logging.root.manager.disable
     before = signal.signal(signal.SIGTERM, caller)
