@@ -14,9 +14,9 @@ from deconv3d._arrays import as_numpy
 from deconv3d.errors import InputError
 from deconv3d.psf.bead_boxes import (MIN_BOX_SHARE, _aligned_box, _quiet_tails, _reject_outliers, _surroundings,
                                      _tail_share)
-from deconv3d.psf.bead_detection import (_box_half, _brightest_unsaturated, _despiked, _fwhm, _isolated_beads,
-                                         _robust_background, _smoothed_noise, _unsaturated, _why_no_beads,
-                                         _without_hot_voxels)
+from deconv3d.psf.bead_detection import (_box_half, _brightest_unsaturated, _clip_note, _clipped, _despiked, _fwhm,
+                                         _isolated_beads, _robust_background, _smoothed_noise, _unsaturated,
+                                         _why_no_beads, _without_hot_voxels)
 from deconv3d.psf.validate import normalize_psf
 
 
@@ -64,7 +64,9 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     RuntimeWarning
         When the box holds less than :data:`MIN_BOX_SHARE` of the brightest bead's light,
         measured against a box twice as wide; when beads with saturated voxels were left out
-        (:func:`_unsaturated`; all of them saturated is an error); when beads were left out for
+        (:func:`_unsaturated`: voxels at an 8- to 16-bit camera's ceiling, or flat tops of 3 or more
+        neighbouring voxels at the image's maximum, wherever it was clipped; all of them saturated is
+        an error); when beads were left out for
         holding over twice the median bead's light, or as doublets or clusters
         (:func:`_reject_outliers`).
 
@@ -89,10 +91,10 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     subtracted: the level of the faces
     (:func:`_face_background`) of the wider box that the tail share below uses, or of the box
     with its margin where neighbours or the image border leave no room beyond it. The centroid of the
-    box's excess over 10 % of its maximum is computed, and the box is shifted by cubic-spline
-    interpolation (:func:`scipy.ndimage.shift`, ``order=3``) so that this centroid falls on
-    the centre voxel; the margin is then cropped. A box with no voxel above its background
-    is dropped.
+    bead's core (:func:`_core_weights`: its excess over 30 % of the maximum of a lightly smoothed copy,
+    connected to that maximum) is computed, and the box is shifted by a Fourier
+    shift (:func:`scipy.ndimage.fourier_shift`) so that this centroid falls on the centre voxel;
+    the margin is then cropped. A box with no voxel above its background is dropped.
 
     *Averaging.* With three boxes or more, those whose sum is not positive are rejected, and
     with a warning those whose sum exceeds twice the median sum (doublets, clusters or uneven
@@ -151,6 +153,11 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     found = [_surroundings(cut, c, peaks, half) for c in centres]  # (centre, wider box, background)
     boxes = [_aligned_box(cut, c, half, level) for c, _, level in found]
     boxes = _reject_outliers([b for b in boxes if b is not None])
+    if not boxes and _clipped(beads).any():
+        # With every bead clipped, the brightest unclipped maximum is a bump of their defocus light, whose
+        # width set a box of 25 x 67 x 61 voxels (widefield beads clipped at half their peak): no crowding.
+        raise InputError(f"every bead found has saturated voxels ({_clip_note(beads)}), or the box was measured "
+                         "on what lies beside them: image the beads with less exposure or gain")
     if not boxes:
         why = _why_no_beads(smooth, peaks, half, background, _smoothed_noise(despiked, 1.0), float(threshold), fwhm)
         raise InputError(f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold "
