@@ -250,8 +250,8 @@ def _clip_note(beads) -> str:
     """Where the beads of :func:`_unsaturated`'s warning and error were clipped."""
     top = _ceiling(beads)
     return (f"at {top:.0f}, the camera's ceiling" if top is not None else
-            f"flat-topped at {float(beads.max()):.6g}: {FLAT_TOP} or more neighbouring voxels at the image's "
-            "maximum, as a camera clips it")
+            f"flat-topped at {float(beads.max()):.6g}, the image's maximum, which more voxels hold than any value "
+            "below it, as a camera clips them")
 
 
 def _unsaturated(beads, centres, half) -> list:
@@ -277,13 +277,6 @@ def _unsaturated(beads, centres, half) -> list:
     return kept
 
 
-#: :func:`_flat_tops` takes a plateau of at least this many neighbouring voxels at the image's maximum
-#: for a clipped bead's top. Widefield beads (Gibson-Lanni, NA 1.4, voxels 0.2 x 0.1 x 0.1 µm, 1e6
-#: photons) clipped at half their peak had plateaus of 3-7 voxels, at 0.3 of it 11-15, at 0.7 of it
-#: 1-2 (the PSF's peak then came out 6 % low, against 9 % high unclipped: within the noise of the rest).
-FLAT_TOP = 3
-
-
 def _clipped(beads) -> np.ndarray:
     """The voxels a camera clipped: those at its ceiling (:func:`_ceiling`) and those on a flat top
     (:func:`_flat_tops`)."""
@@ -293,21 +286,14 @@ def _clipped(beads) -> np.ndarray:
 
 
 def _flat_tops(beads) -> np.ndarray:
-    """The voxels of plateaus of at least :data:`FLAT_TOP` neighbouring voxels (26-connected) at the
-    image's maximum, when that stands 10 robust standard deviations above its median: beads clipped
-    wherever the camera's range ends (every clipped bead's top is at the clip level, the image's
-    maximum). Noise leaves an unclipped bead's top voxels unequal: of Poisson counts near 100, two
-    neighbours both equal the brightest with a probability of about 0.1 %; near 1e4, 1e-5. A
-    noise-free bead midway between voxels along two or three axes shares its peak with 4 or 8 voxels,
-    and is taken for a clipped one."""
-    from scipy import ndimage
+    """The voxels at the image's maximum when a clipped plateau holds it
+    (:func:`deconv3d._saturation.plateau_level`, the rule of ``--saturation auto``: at least
+    :data:`~deconv3d._saturation.PLATEAU_MIN_VOXELS` voxels, more than at the next value): beads clipped
+    wherever the camera's range ends, each clipped bead's top at the clip level. Widefield beads
+    (Gibson-Lanni, NA 1.4, voxels 0.2 x 0.1 x 0.1 µm, 1e6 photons, nine) clipped at 0.7, 0.5 or 0.3 of
+    their peak held 16, 49 or 109 voxels at it; at 0.9, 3 (not flagged: the PSF's peak then came out
+    within 2 % of the unclipped one's)."""
+    from deconv3d._saturation import plateau_level, top_two
 
-    median, spread = _robust_background(beads)
-    top = float(beads.max())
-    plateau = beads == top
-    if top <= median + 10 * spread or np.count_nonzero(plateau) < FLAT_TOP:
-        return np.zeros(beads.shape, bool)
-    labels, _ = ndimage.label(plateau, structure=np.ones((3,) * beads.ndim, bool))
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return (sizes >= FLAT_TOP)[labels]
+    level = plateau_level(top_two(beads))
+    return beads == level if level is not None else np.zeros(beads.shape, bool)

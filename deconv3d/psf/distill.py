@@ -64,9 +64,9 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     RuntimeWarning
         When the box holds less than :data:`MIN_BOX_SHARE` of the brightest bead's light,
         measured against a box twice as wide; when beads with saturated voxels were left out
-        (:func:`_unsaturated`: voxels at an 8- to 16-bit camera's ceiling, or flat tops of 3 or more
-        neighbouring voxels at the image's maximum, wherever it was clipped; all of them saturated is
-        an error); when beads were left out for
+        (:func:`_unsaturated`: voxels at an 8- to 16-bit camera's ceiling, or at the image's maximum
+        where a clipped plateau holds it, wherever it was clipped (:func:`_flat_tops`); all of them
+        saturated is an error); when beads were left out for
         holding over twice the median bead's light, or as doublets or clusters
         (:func:`_reject_outliers`).
 
