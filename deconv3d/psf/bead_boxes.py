@@ -192,7 +192,7 @@ def _core_weights(box: np.ndarray) -> np.ndarray:
     of 4e4 photons over a background of 100 (Gibson-Lanni, NA 1.4, voxels 0.2 x 0.1 x 0.1 µm) the
     centres were off by 0.16-0.42 voxel (rms per axis) in a 21 x 31 x 31 box and 0.13-0.18 in an
     11-voxel one, which blurred the average; these weights put them within 0.04-0.07 voxel, and
-    within 0.02 at 1e6 photons, as before (also for a confocal bead of 1.6 voxels FWHM)."""
+    within 0.02 at 1e6 photons, as before (also for the confocal beads of :func:`_aligned_box`)."""
     from scipy import ndimage
 
     smooth = ndimage.gaussian_filter(box, 1.0)
