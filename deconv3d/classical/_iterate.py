@@ -137,7 +137,7 @@ class _TV:
                     smoothing: str = "local", differences: str = "symmetric") -> Optional["_TV"]:
         """The TV term on ``p``'s estimate (None for weight 0), across the physical neighbours only.
 
-        ``scale``: see ``rl._tv_for``; ``smoothing``, ``differences``: ε's rule and ``|∇u|``'s (above).
+        ``scale``: see ``_rl_tv._tv_for``; ``smoothing``, ``differences``: ε's rule and ``|∇u|``'s (above).
         """
         if weight <= 0:
             return None

@@ -361,7 +361,7 @@ def _censor(problem: _Problem, clipped: torch.Tensor, h: torch.Tensor, boundary:
 
 
 def _tv_scale_weights(clipped: torch.Tensor, keep=None):
-    """The weights to take the TV term's default scale under (``rl._tv_for``): the unclipped voxels'
+    """The weights to take the TV term's default scale under (``_rl_tv._tv_for``): the unclipped voxels'
     (times ``keep``), whose values are intensities, or ``keep`` where every voxel is clipped."""
     unclipped = 1 - clipped if keep is None else (1 - clipped) * keep
     return unclipped if bool((unclipped > 0).any()) else keep

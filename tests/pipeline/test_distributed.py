@@ -540,7 +540,7 @@ def test_blocks_cancelled_as_the_scheduler_connection_dropped_are_not_blamed_on_
     (not reproduced with a real scheduler)."""
     from distributed.client import CancelledFuturesGroup, FutureCancelledError, FuturesCancelledError
 
-    from deconv3d.pipeline.chunked import _settle_distributed
+    from deconv3d.pipeline.cluster_blocks import _settle_distributed
 
     def wait(futures, timeout=None, return_when=None):
         lost = FutureCancelledError("_block_task-1", "scheduler-connection-lost", "Client lost the connection")
