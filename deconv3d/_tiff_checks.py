@@ -47,11 +47,16 @@ def _named(path, what: str = "image", bare: bool = False) -> str:
 def _unreadable_tiff(path, exc: Exception, what: str = "image") -> InputError:
     """The one-line error for a TIFF that could not be read: a permission problem says so (it was
     told to check that the file is a TIFF, or export it again)."""
-    name = _named(path, what, bare=True)
     if isinstance(exc, PermissionError):
-        return InputError(f"cannot read {name}: permission denied: ask for read access to it, or copy it somewhere "
-                          "you can read")
-    return InputError(f"cannot read {name} as a TIFF image: {_one_line(exc)}: check that it is one, or export it again")
+        def say(name):
+            return (f"cannot read {name}: permission denied: ask for read access to it, or copy it somewhere you "
+                    "can read")
+    else:
+        def say(name):
+            return f"cannot read {name} as a TIFF image: {_one_line(exc)}: check that it is one, or export it again"
+    if what != "image":
+        return InputError(say(_named(path, what)))
+    return InputError(say(path), without_file=say("it"))  # (said in a batch's line that names the file)
 
 
 @contextlib.contextmanager

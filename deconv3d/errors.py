@@ -56,6 +56,21 @@ def naming_image(say, name) -> InputError:
     return InputError(say(name), without_file=say("the image"))
 
 
+def refusing_image(refuse, name) -> None:
+    """Run ``refuse(name)``, a check that raises an :class:`InputError` naming the input file ``name``, with
+    ``refuse("the image")``'s line as the refusal's ``without_file``: for a check written elsewhere that
+    takes the name to say (``deconv3d._arrays.refuse_complex``). Nothing is raised where the check passes."""
+    try:
+        refuse(name)
+    except InputError as exc:
+        if exc.without_file is None:
+            try:
+                refuse("the image")
+            except InputError as said:
+                exc.without_file = str(said)
+        raise
+
+
 def said_of_the_image(text: str, *names) -> str:
     """``text`` said of "the image" where it names the input file by one of ``names`` (its path as given,
     its absolute path): ``image NAME``, ``the image NAME``, ``input NAME``, ``input image NAME`` and ``NAME`` alike
@@ -156,13 +171,21 @@ class Cancelled(Exception):
 class Deconv3dWarning(RuntimeWarning):
     """A warning :func:`warn` issues: what a run assumed or noticed about its input (a voxel size
     taken from the PSF, many negative voxels). The command line always prints these, whatever
-    ``PYTHONWARNINGS`` says (they were printed lines before they were warnings)."""
+    ``PYTHONWARNINGS`` says (they were printed lines before they were warnings).
+
+    ``without_file``: where the warning names the input file, the same text said of "the image", set by
+    the code that words it (``warn``'s ``without_file``); None where it is not given. A batch lists the
+    warning so in the file's row (:mod:`deconv3d.pipeline.row_warnings`), which names the file."""
+
+    without_file: str | None = None
 
 
 class OptionWarning(Deconv3dWarning):
     """A warning whose advice names keyword arguments of the Python API (``voxel_size``);
     ``command_line`` holds the same advice naming the command line's options (``--voxel-size``),
     which the command line prints instead."""
+
+    command_line_without_file: str | None = None  # ``command_line`` said of "the image" (see ``without_file``)
 
     def __init__(self, message: str, command_line: str):
         super().__init__(message)
@@ -204,7 +227,7 @@ _OPTIONS = re.compile(r"--(?:voxel-size|memory-limit|chunks|pyramid-levels)\b")
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def warn(line: str, warnings: list | None = None) -> None:
+def warn(line: str, warnings: list | None = None, without_file: str | None = None) -> None:
     """Append a ``deconv3d: warning: ...`` line to ``warnings`` (for a caller that prints them
     once the input is checked, so that a refusal says only its error), else issue it as a
     :class:`Deconv3dWarning`, a RuntimeWarning (an :class:`OptionWarning` naming the keyword
@@ -212,6 +235,8 @@ def warn(line: str, warnings: list | None = None) -> None:
 
     Every call warns, as the line printed before did (no once-per-location registry): a folder's
     files that each assume a voxel size each say so. The command line shows it as the same line.
+    ``without_file``: where ``line`` names the input file, the line said of "the image" (the
+    warning's ``without_file``, :func:`warning_naming_image`).
     """
     if warnings is not None:
         warnings.append(line)
@@ -219,6 +244,11 @@ def warn(line: str, warnings: list | None = None) -> None:
     text = line.removeprefix(PREFIX)
     api = _OPTIONS.sub(lambda match: _KEYWORDS[match[0]], text)
     message = Deconv3dWarning(text) if api == text else OptionWarning(api, text)
+    if without_file is not None:
+        said = without_file.removeprefix(PREFIX)
+        message.without_file = _OPTIONS.sub(lambda match: _KEYWORDS[match[0]], said)
+        if isinstance(message, OptionWarning):
+            message.command_line_without_file = said
     note_warning(message)
     frame = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
@@ -229,6 +259,12 @@ def warn(line: str, warnings: list | None = None) -> None:
         # module's loader for the line, which raises for __main__ run by ``python -c``, ``-m`` or a prompt
         _warnings.warn_explicit(message, type(message), frame.f_code.co_filename, frame.f_lineno,
                                 module=frame.f_globals.get("__name__"), registry=None)
+
+
+def warning_naming_image(say, name, warnings: list | None = None) -> None:
+    """:func:`warn` the line ``say(name)`` about the input file ``name``, with ``say("the image")`` as its
+    ``without_file``: ``say`` words the line about the image it is given the name of."""
+    warn(say(name), warnings, without_file=say("the image"))
 
 
 def outside_stacklevel() -> int:
@@ -277,13 +313,14 @@ def warn_negative_share(share: float, source, method: str, warnings: list | None
     """Warn (see :func:`warn`) when more than :data:`NEGATIVE_SHARE` of the voxels are negative:
     background-subtracted data, which Richardson-Lucy counts as 0 and the network's output cannot
     reach. ``part`` says which channel or time points of the image the share is of (" in channel 1"),
-    ``sampled`` which part of those it was measured on, if not all of it."""
+    ``sampled`` which part of those it was measured on, if not all of it. ``source`` names the image (its
+    file, for a run of one): the warning's ``without_file`` says "the image"."""
     if share > NEGATIVE_SHARE:
         how = {"rl": "Richardson-Lucy counts them as 0", "rl-tv": "Richardson-Lucy counts them as 0",
                "wiener": "Wiener's output is clipped at 0, which raises its mean"}.get(
             method, "the network's output, like Richardson-Lucy's, cannot go below 0")
-        warn(f"deconv3d: warning: {share:.0%} of {source}'s voxels{part}{sampled} are negative (a subtracted offset?); "
-             f"{how}: {NEGATIVE_FIX}", warnings)
+        warning_naming_image(lambda image: f"deconv3d: warning: {share:.0%} of {image}'s voxels{part}{sampled} are "
+                             f"negative (a subtracted offset?); {how}: {NEGATIVE_FIX}", source, warnings)
 
 
 #: What to do about negative (background-subtracted) data: every method's output is non-negative

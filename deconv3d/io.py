@@ -28,7 +28,8 @@ from deconv3d._tiff_voxel_sizes import (_GENERIC_AXES, _checked_voxel, _kept_vox
                                         spatial_letters, z_step_assumed)
 from deconv3d._tiff_write import write_tiff
 from deconv3d._voxel import format_sizes, refuse_nanometres
-from deconv3d.errors import NON_FINITE_FILE_FIX, BeyondFloat32, InputError, NonFiniteValues, PSFLargerThanImage, warn
+from deconv3d.errors import (NON_FINITE_FILE_FIX, BeyondFloat32, InputError, NonFiniteValues, PSFLargerThanImage, warn,
+                             warning_naming_image)
 
 __all__ = ["Image", "read_image", "read_psf", "write_tiff", "check_output_path", "TIFF_SUFFIXES", "time_axis_of",
            "assume_psf_voxel"]
@@ -274,21 +275,22 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
     if partial is not None and len(partial) == ndim:
         missing = "/".join(a for a, v in zip("zyx"[-ndim:], partial) if v is None)
         if own is None:
-            warn(f"deconv3d: warning: {source} records no {missing} voxel size and the PSF file none: the PSF is "
-                 f"taken as sampled like the image and the output carries no voxel size (pass --voxel-size "
-                 f"{_sizes(partial)} with the missing values to set it)", warnings)
+            warning_naming_image(lambda image: f"deconv3d: warning: {image} records no {missing} voxel size and "
+                                 f"the PSF file none: the PSF is taken as sampled like the image and the output "
+                                 f"carries no voxel size (pass --voxel-size {_sizes(partial)} with the missing "
+                                 f"values to set it)", source, warnings)
             return None
         filled = tuple(o if v is None else v for v, o in zip(partial, own))
-        warn(f"deconv3d: warning: {source} records no {missing} voxel size; assuming the PSF's for it: "
-             f"{_sizes(filled)} µm (pass --voxel-size to set it)", warnings)
+        warning_naming_image(lambda image: f"deconv3d: warning: {image} records no {missing} voxel size; assuming "
+                             f"the PSF's for it: {_sizes(filled)} µm (pass --voxel-size to set it)", source, warnings)
         return filled
     if own is None:  # as the partly calibrated case above says: nothing to resample with, nothing to record
-        warn(f"deconv3d: warning: neither {source} nor the PSF file {psf_path} records a voxel size: the PSF is "
-             f"taken as sampled like the image and the output carries no voxel size (pass --voxel-size "
-             f"{_sizes((None,) * ndim)} to set it)", warnings)
+        warning_naming_image(lambda image: f"deconv3d: warning: neither {image} nor the PSF file {psf_path} records "
+                             f"a voxel size: the PSF is taken as sampled like the image and the output carries no "
+                             f"voxel size (pass --voxel-size {_sizes((None,) * ndim)} to set it)", source, warnings)
         return None
-    warn(f"deconv3d: warning: {source} carries no voxel size; assuming the PSF's {own} µm "
-         f"(pass --voxel-size to set it)", warnings)
+    warning_naming_image(lambda image: f"deconv3d: warning: {image} carries no voxel size; assuming the PSF's "
+                         f"{own} µm (pass --voxel-size to set it)", source, warnings)
     return own
 
 

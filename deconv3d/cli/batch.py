@@ -252,8 +252,10 @@ class _BatchWarnings:
         text = warning_text(message)
         kind = text
         if self.file is not None:  # (the row names the file: its warnings say "the image")
+            without_file = getattr(message, "command_line_without_file", None) or \
+                getattr(message, "without_file", None)
             self.by_file.setdefault(recorded_path(self.file), []).append(
-                path_text(said_of_the_image(text, *file_names(self.file))))
+                path_text(without_file or said_of_the_image(text, *file_names(self.file))))
             kind = text.replace(str(self.file), "\0").replace(self.file.name, "\0")
         if text in self.printed or (kind != text and self.kinds.get(kind, 0) >= WARNINGS_SHOWN):
             return

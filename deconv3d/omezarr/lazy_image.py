@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d._paths import _one_line
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, naming_image
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class LazyImage:
     path: Path
     reader: object = None  # reads any region from the file directly (see ZarrReader, TiffReader)
     voxel_problem: str | None = None  # why a voxel size recorded in the file was not usable (see io.Image)
+    voxel_problem_without_file: str | None = None  # voxel_problem said of "the image", for a batch's line
     partial_voxel: tuple | None = None  # a TIFF that calibrates some axes only: their sizes (see io.Image)
     z_step_assumed: bool = False  # a TIFF's z step is ImageJ's default, the file recording none (see io.Image)
     time_axis: tuple | None = None  # (step, unit or None[, start]) of a T axis the file calibrates; start: an
@@ -73,16 +74,18 @@ def _verify_unchanged(path, now: tuple | None, then: tuple | None) -> None:
     """Raise the one-line error for an input that changed during a run (``now`` differs from
     ``then``; nothing to compare with when ``then`` is None)."""
     if then is not None and now != then:
-        raise InputError(f"{path} was changed, moved or deleted during the run: nothing was written; run again "
-                         "once the image is complete and left in place")
+        raise naming_image(lambda image: f"{image} was changed, moved or deleted during the run: nothing was "
+                           "written; run again once the image is complete and left in place", path)
 
 
 def _refuse_unreadable(path, key, exc: BaseException) -> None:
     """A file that went away or cannot be read during a run (not a damaged one): say so in one line.
     Other errors (MemoryError) are left to the caller to raise."""
     if isinstance(exc, OSError):
-        raise InputError(f"cannot read {path} (region {_region(key)}): {_one_line(exc)}: check that the image is "
-                         "still there and readable (it was moved, deleted or unmounted during the run?)") from exc
+        def say(image):
+            return (f"cannot read {image} (region {_region(key)}): {_one_line(exc)}: check that the image is still "
+                    "there and readable (it was moved, deleted or unmounted during the run?)")
+        raise InputError(say(path), without_file=say("it")) from exc  # (said in a batch's line naming the file)
 
 
 def _region(key) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 from deconv3d._arrays import refuse_complex, refuse_non_numeric
 from deconv3d._paths import TIFF_SUFFIXES, _one_line, special_file_problem
 from deconv3d._tiff_voxel_sizes import _unit_factor
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, naming_image, refusing_image
 from deconv3d.omezarr.lazy_image import (LazyImage, _content_identity, _float32_block, _refuse_unreadable, _region,
                                          _verify_unchanged)
 from deconv3d.omezarr.ngff_metadata import (_axes_of, _has_scale, _level_transform, _malformed, _multiscale,
@@ -37,7 +37,7 @@ def open_lazy(path) -> LazyImage:
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"input not found: {path}: check the path")
+        raise InputError(f"input not found: {path}: check the path", without_file="not found: check the path")
     if (problem := special_file_problem(path)) is not None:  # (before opening: a named pipe's waited forever)
         raise InputError(problem)
     suffix = path.suffix.lower()
@@ -72,11 +72,15 @@ def _open_group(path: Path):
         return zarr.open_group(str(path), mode="r")
     except Exception as exc:
         if _is_bare_array(path):  # zarr's own words were "an array already exists", read as a write clash
-            raise InputError(f"{path} is a bare zarr array, without the OME-Zarr metadata that gives its axes and "
-                             "voxel size: save it as an OME-Zarr image (deconv3d.omezarr.write_ome_zarr) "
-                             "or as TIFF") from exc
-        raise InputError(f"cannot open {path} as OME-Zarr ({_zarr_problem(exc, path)}): give an OME-Zarr image "
-                         "group, e.g. one written by deconv3d or bioformats2raw") from exc
+            raise naming_image(lambda image: f"{image} is a bare zarr array, without the OME-Zarr metadata that "
+                               "gives its axes and voxel size: save it as an OME-Zarr image "
+                               "(deconv3d.omezarr.write_ome_zarr) or as TIFF", path) from exc
+        problem = _zarr_problem(exc, path)
+
+        def say(image):
+            return (f"cannot open {image} as OME-Zarr ({problem}): give an OME-Zarr image group, e.g. one written "
+                    "by deconv3d or bioformats2raw")
+        raise InputError(say(path), without_file=say("it")) from exc  # (said in a batch's line naming the file)
 
 
 def _zarr_problem(exc: Exception, folder: Path) -> str:
@@ -179,8 +183,12 @@ class ZarrReader:
         except InputError:  # (the store's refusal of a chunk that is no file, which names it)
             raise
         except (RuntimeError, ValueError) as exc:  # a codec's or the store's complaint about a chunk
-            raise InputError(f"cannot read {self.path} (array {self.component!r}, region {_region(key)}): "
-                             f"{_one_line(exc)}: a chunk is damaged; copy or convert the image again") from exc
+            problem = _one_line(exc)
+
+            def say(image):
+                return (f"cannot read {image} (array {self.component!r}, region {_region(key)}): {problem}: "
+                        "a chunk is damaged; copy or convert the image again")
+            raise InputError(say(self.path), without_file=say("it")) from exc
 
     __getitem__ = read
 
@@ -317,7 +325,8 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
     component = ms["datasets"][level]["path"]
     data = _level_array(image_path, component, level, metadata)
     refuse_non_numeric(data.dtype, f"image {path}")
-    refuse_complex(data.dtype, f"image {path}", "save the intensity (magnitude) instead")
+    refusing_image(lambda image: refuse_complex(data.dtype, image, "save the intensity (magnitude) instead"),
+                   f"image {path}")
     axes, units = _axes_of(ms, data.ndim, path, metadata)
     (scale, shift), base = (_level_transform(ms, level, data.ndim, path, metadata),
                             _level_transform(ms, 0, data.ndim, path, metadata)[0])
@@ -332,6 +341,7 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
     return LazyImage(data=data, voxel_size=spatial, axes=axes, path=path, reader=reader,
                      **_time_axis_and_problem(axes, scale, units, shift, path),
                      voxel_problem=_unit_problem(axes, units, path), origin=origin,
+                     voxel_problem_without_file=_unit_problem(axes, units, "the image"),
                      channels=_omero_channels(dict(group.attrs), data.shape[axes.index("C")] if "C" in axes else 1))
 
 

@@ -22,7 +22,7 @@ from deconv3d._tiff_checks import _check_complete, _tifffile_log, _unreadable_ti
 from deconv3d._tiff_metadata import calibrated, imagej_calibration
 from deconv3d._tiff_voxel_sizes import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
                                         spatial_letters, z_step_assumed)
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, refusing_image
 from deconv3d.io import _refuse_colour
 from deconv3d.omezarr.lazy_image import (LazyImage, _content_identity, _float32_block, _refuse_unreadable, _region,
                                          _verify_unchanged)
@@ -77,8 +77,12 @@ class _TiffArray:
             _refuse_unreadable(self.path, key, exc)
             raise
         except Exception as exc:  # noqa: BLE001 - a codec's complaint: zlib.error, a predictor's KeyError, ...
-            raise InputError(f"cannot read {self.path} (region {_region(key)}): {_one_line(exc)}: a strip or tile "
-                             "is damaged; copy or export the image again") from exc
+            problem = _one_line(exc)
+
+            def say(image):
+                return (f"cannot read {image} (region {_region(key)}): {problem}: a strip or tile is damaged; "
+                        "copy or export the image again")
+            raise InputError(say(self.path), without_file=say("it")) from exc
         finally:
             with self._lock:
                 self._users -= 1
@@ -186,7 +190,8 @@ def _tiff_header(path: Path) -> _TiffHeader:
         raise _unreadable_tiff(path, exc) from exc
     kept = "".join(a for a, n in zip(axes, shape) if n != 1)
     _refuse_colour(kept, path)
-    refuse_complex(np.dtype(dtype), f"image {path}", "save the intensity (magnitude) instead")
+    refusing_image(lambda image: refuse_complex(np.dtype(dtype), image, "save the intensity (magnitude) instead"),
+                   f"image {path}")
     axes, order = _tiff_axes(axes, shape, path)
     spatial_kept = "".join(a for a in kept if a in "ZYX" or a in _GENERIC_AXES)
     sizes = _kept_voxel(voxel, spatial_kept, sum(a in "ZYX" for a in axes))
@@ -213,6 +218,7 @@ def _open_tiff(path: Path) -> LazyImage:
         data = data * np.float32(h.calibration[1]) + np.float32(h.calibration[0])
     return LazyImage(data=data, voxel_size=h.voxel, axes=h.axes, path=path, time_axis=h.time_axis,
                      reader=TiffReader(source, order, h.calibration), voxel_problem=h.voxel_problem,
+                     voxel_problem_without_file=_checked_voxel(h.sizes, "the image")[1],
                      partial_voxel=_partial_voxel(h.sizes), channels=h.channels, z_step_assumed=z_step_assumed(h.sizes),
                      time_problem=h.time_problem if "T" in h.axes else None)
 

@@ -274,4 +274,10 @@ def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:
                                f"{len(settings.voxel_size)} values but {image} is {spatial}D: give DZ DY DX",
                                path_text(lazy.path))
         return tuple(float(v) for v in settings.voxel_size)[-spatial:]  # (nanometres: refused by Settings)
-    return recorded_voxel(lazy, "--voxel-size DZ DY DX")
+    try:
+        return recorded_voxel(lazy, "--voxel-size DZ DY DX")
+    except InputError as exc:  # a unit the reader cannot read: the reader's line said of "the image" too
+        problem, said = getattr(lazy, "voxel_problem", None), getattr(lazy, "voxel_problem_without_file", None)
+        if exc.without_file is None and problem and said and str(exc).startswith(problem):
+            exc.without_file = said + str(exc)[len(problem):]
+        raise

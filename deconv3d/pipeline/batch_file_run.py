@@ -7,6 +7,7 @@ read them), and the one-line reason of a file that failed. Which files run, and 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -131,7 +132,8 @@ def _reason(exc: Exception, path=None) -> str:
     from deconv3d._paths import out_of_space
 
     if isinstance(exc, OSError) and exc.strerror:  # (not "IN/b.tif: IN/b.tif: No such file or directory")
-        input_file = exc.filename and said_of_the_image(str(exc.filename), *file_names(path)) == "the image"
+        input_file = isinstance(exc.filename, (str, os.PathLike)) and path is not None and \
+            os.path.abspath(exc.filename) == os.path.abspath(path)
         where = f"{exc.filename}: " if exc.filename and not input_file else ""
         return f"{where}{exc.strerror}" + (": free disk space, then rerun the batch" if out_of_space(exc) else "")
     if isinstance(exc, NonFiniteValues):  # (the batch's lines name the file before the reason)

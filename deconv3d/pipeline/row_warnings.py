@@ -64,7 +64,8 @@ def _dispatch(message, category, filename, lineno, file=None, line=None) -> None
         listening = [rows[-1] for rows in _ROWS.values()]
         row = own[-1] if own else listening[0] if len(listening) == 1 else None
         if row is not None:  # (listed, hook, names)
-            row[0].append(path_text(said_of_the_image(str(message), *row[2])))
+            row[0].append(path_text(getattr(message, "without_file", None)
+                                    or said_of_the_image(str(message), *row[2])))
         hook = own[-1][1] if own else _replaced
     hook(message, category, filename, lineno, file, line)
 
@@ -77,7 +78,8 @@ def warnings_into(row: dict, file=None):
     caller's warning filters decide which are shown, and so listed ("ignore": none). Where a warning names
     the row's input ``file`` (as given, or by its absolute path), the row lists it said of "the image"
     (:func:`~deconv3d.errors.said_of_the_image`): the row names the file (``in/b.tif carries no voxel size``
-    is listed as ``the image carries no voxel size``); it is shown as it was."""
+    is listed as ``the image carries no voxel size``); it is shown as it was. The warning's ``without_file``
+    (:class:`~deconv3d.errors.Deconv3dWarning`), where the code that words it sets one, is that text."""
     listed, thread = row["warnings"], threading.get_ident()
     _start_listing(listed, thread, file_names(file))
     try:

@@ -170,9 +170,10 @@ def test_a_single_deconvolve_names_an_input_the_readers_refuse_as_given(unreadab
 
 def test_an_input_changed_during_its_run_is_named_once_in_a_batch(tmp_path, capsys, monkeypatch):
     """Before: 'failed  IN/b.tif: /ABSOLUTE/IN/b.tif was changed, moved or deleted during the run ...'. A single
-    deconvolve's line is as it was."""
+    deconvolve's line is as it was. The batch's line comes from the refusal's without_file, not from rewording
+    its line (said_of_the_image is made to change nothing)."""
     import deconv3d.pipeline.files as files
-    from deconv3d.pipeline import chunked
+    from deconv3d.pipeline import batch_file_run, chunked
 
     monkeypatch.chdir(tmp_path)
     write_tiff(tmp_path / "psf.tif", gaussian_psf((5, 5, 5)), voxel_size=VOXEL)
@@ -195,6 +196,7 @@ def test_an_input_changed_during_its_run_is_named_once_in_a_batch(tmp_path, caps
 
     monkeypatch.setattr(chunked, "_apply", rewritten_as_b_runs)
     monkeypatch.setattr(files, "deconvolve_file", noting)
+    monkeypatch.setattr(batch_file_run, "said_of_the_image", _verbatim)  # (the refusal says "the image" itself)
     changed = ("was changed, moved or deleted during the run: nothing was written; run again once the image is "
                "complete and left in place")
     code, out, err = run(["batch", "IN", "-o", "OUT", "--psf", "psf.tif", "--method", "wiener"], capsys)
@@ -248,3 +250,60 @@ def test_an_input_gone_before_its_run_is_named_once_in_a_batch(tmp_path, capsys,
     code, out, err = run(["batch", "IN", "-o", "OUT", "--psf", "psf.tif", "--method", "wiener"], capsys)
     assert code == 3 and out.splitlines()[:2] == [
         "[1/2] done    IN/a.tif", "[2/2] failed  IN/b.tif: No such file or directory"], out + err
+
+
+def _verbatim(text, *names):
+    return text
+
+
+def test_the_readers_refusals_and_warnings_say_the_image_themselves(unreadable, capsys, monkeypatch):
+    """The batch's lines and rows above, with the fallback that rewords a line naming the input
+    (said_of_the_image) made to change nothing: each reader's refusal and each warning about the input
+    carries its text said of "the image" (without_file), set where it is worded."""
+    import tifffile
+
+    from deconv3d.pipeline import batch_file_run, row_warnings
+
+    tifffile.imwrite(unreadable / "IN" / "neg.tif", np.random.default_rng(1).uniform(-1, 0.5, (8, 24, 24))
+                     .astype(np.float32))
+    for module in (batch_file_run, row_warnings):
+        monkeypatch.setattr(module, "said_of_the_image", _verbatim)
+    monkeypatch.setattr("deconv3d.errors.said_of_the_image", _verbatim)  # (cli/batch.py imports it when called)
+    code, out, err = run(["batch", "IN", "-o", "OUT", "--psf", "psf.tif", "--method", "wiener"], capsys)
+    assert code == 3, err
+    lines = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("[")]
+    assert [line for line in lines if line.startswith("failed")] == [
+        f"failed  IN/{name}: {READ[name][1]}" for name in sorted(READ)], out
+    rows = {os.path.basename(row["file"]): row for row in
+            json.loads((unreadable / "OUT" / "batch_report.json").read_text())["files"]}
+    negative = ("of the image's voxels are negative (a subtracted offset?); Wiener's output is clipped at 0, which "
+                "raises its mean: add the subtracted offset back")
+    assert rows["huge.tif"]["warnings"] == [f"the image {NO_VOXEL}"]
+    first, second = rows["neg.tif"]["warnings"]
+    assert first == f"the image {NO_VOXEL}" and second.split("% ", 1)[1] == negative, rows["neg.tif"]
+
+
+def test_a_warning_about_the_input_keeps_its_text_without_the_file_in_both_wordings():
+    """The API's wording (voxel_size) for a row of batch(), the command line's (--voxel-size) for its rows."""
+    from deconv3d.errors import OptionWarning, warning_naming_image
+
+    with pytest.warns(OptionWarning) as record:
+        warning_naming_image(lambda image: f"deconv3d: warning: {image} carries no voxel size (pass --voxel-size to "
+                             "set it)", "IN/b.tif")
+    warning = record[0].message
+    assert (str(warning), warning.command_line) == ("IN/b.tif carries no voxel size (pass voxel_size to set it)",
+                                                    "IN/b.tif carries no voxel size (pass --voxel-size to set it)")
+    assert (warning.without_file, warning.command_line_without_file) == (
+        "the image carries no voxel size (pass voxel_size to set it)",
+        "the image carries no voxel size (pass --voxel-size to set it)")
+
+
+def test_a_check_run_on_the_input_gives_its_refusal_said_of_the_image_too():
+    from deconv3d._arrays import refuse_complex
+    from deconv3d.errors import refusing_image
+
+    refusing_image(lambda image: refuse_complex(np.dtype("f4"), image), "image IN/b.tif")  # (passes: nothing raised)
+    with pytest.raises(InputError) as refused:
+        refusing_image(lambda image: refuse_complex(np.dtype("c8"), image, "save the magnitude"), "image IN/b.tif")
+    assert (str(refused.value), refused.value.without_file) == (
+        "image IN/b.tif has complex values: save the magnitude", "the image has complex values: save the magnitude")
