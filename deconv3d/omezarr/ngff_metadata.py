@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d._tiff_voxel_sizes import _checked_voxel, _size_in_um, _unit_factor
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, warning_naming_image
 
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 
@@ -201,13 +201,19 @@ def _has_scale(ms: dict, level: int) -> bool:
     return any(tr.get("type") == "scale" for tr in transforms)
 
 
-def _omero_channels(attrs: dict, count: int) -> tuple | None:
+def _omero_channels(attrs: dict, count: int, path=None) -> tuple | None:
     """The label, colour and visibility of each of the ``count`` channels in an OME-Zarr's
     ``omero`` metadata (0.5 under ``ome``, 0.4 at the top), or None where it does not give one
-    entry per channel. The display windows are left out: they describe the input's intensities."""
+    entry per channel. The display windows are left out: they describe the input's intensities.
+    Entries beyond the ``count`` channels are left out, with a warning naming the image ``path``."""
     ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs
     omero = ome.get("omero", attrs.get("omero"))
     channels = omero.get("channels") if isinstance(omero, dict) else None
+    if isinstance(channels, list) and len(channels) > count:
+        extra = f"the {len(channels) - count} extra entr{'y is' if len(channels) == count + 1 else 'ies are'} ignored"
+        warning_naming_image(lambda image: f"deconv3d: warning: {image}'s omero metadata lists {len(channels)} "
+                             f"channels but the image has {count}: {extra}", path)
+        channels = channels[:count]
     if not isinstance(channels, list) or len(channels) != count or not all(isinstance(c, dict) for c in channels):
         return None
     kept = tuple({k: c[k] for k, kind in (("label", str), ("color", str), ("active", bool))

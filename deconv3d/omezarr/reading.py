@@ -342,7 +342,8 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
                      **_time_axis_and_problem(axes, scale, units, shift, path),
                      voxel_problem=_unit_problem(axes, units, path), origin=origin,
                      voxel_problem_without_file=_unit_problem(axes, units, "the image"),
-                     channels=_omero_channels(dict(group.attrs), data.shape[axes.index("C")] if "C" in axes else 1))
+                     channels=_omero_channels(dict(group.attrs), data.shape[axes.index("C")] if "C" in axes else 1,
+                                              path))
 
 
 def _level_array(image_path: Path, component: str, level: int, metadata):

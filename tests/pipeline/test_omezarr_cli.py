@@ -612,6 +612,41 @@ def test_channel_names_and_colours_reach_the_output(tmp_path):
     assert open_lazy(tmp_path / "in.zarr").channels is None
 
 
+def test_omero_entries_beyond_the_channels_are_ignored_with_one_warning(tmp_path, capsys, monkeypatch):
+    """Found by review: an omero list longer than the image's channels was dropped whole, without a word. The
+    entries of the image's channels are kept, and one line says how many were ignored: a batch's row says it
+    of "the image"."""
+    import warnings
+
+    import zarr
+
+    from deconv3d.errors import Deconv3dWarning
+
+    monkeypatch.chdir(tmp_path)
+    write_tiff("psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    image = np.stack([blurred_beads((8, 16, 16), gaussian_psf(), seed=c) for c in range(2)])
+    Path("IN").mkdir()
+    write_ome_zarr("IN/a.zarr", image, axes="CZYX", voxel_size=(0.3, 0.1, 0.1))
+    group = zarr.open_group("IN/a.zarr", mode="r+")
+    attrs = dict(group.attrs)
+    attrs["ome"]["omero"] = {"channels": [{"label": "DAPI"}, {"label": "GFP"}, {"label": "RFP"}, {"label": "Cy5"}]}
+    group.attrs.update(attrs)
+    said = "omero metadata lists 4 channels but the image has 2: the 2 extra entries are ignored"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lazy = open_lazy(Path("IN/a.zarr"))
+    assert [(w.category, str(w.message), w.message.without_file) for w in caught] == [
+        (Deconv3dWarning, f"IN/a.zarr's {said}", f"the image's {said}")]
+    assert lazy.channels == ({"label": "DAPI"}, {"label": "GFP"})
+    code, _, err = run(["deconvolve", "IN/a.zarr", "-o", "out.zarr", "--psf", "psf.tif", "--method", "wiener"], capsys)
+    assert code == 0 and err.splitlines() == [f"deconv3d: warning: IN/a.zarr's {said}"], err
+    assert [c["label"] for c in read_ome_zarr(tmp_path / "out.zarr")[3]["ome"]["omero"]["channels"]] == ["DAPI", "GFP"]
+    code, _, err = run(["batch", "IN", "-o", "OUT", "--psf", "psf.tif", "--method", "wiener"], capsys)
+    assert code == 0 and f"deconv3d: warning: IN/a.zarr's {said}" in err.splitlines(), err
+    rows = json.loads((tmp_path / "OUT" / "batch_report.json").read_text())["files"]
+    assert [row["warnings"] for row in rows] == [[f"the image's {said}"]]
+
+
 def test_config_per_channel_psfs_resolve_relative_to_the_file(tmp_path):
     from deconv3d.errors import InputError
     from deconv3d.pipeline.batch import channel_count, load_config, make_settings
