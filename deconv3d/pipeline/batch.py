@@ -65,7 +65,9 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
         trained = load_checkpoint(model_file, device="cpu") if trained is None else trained
         try:
             trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
-        except InputError as exc:  # one model of several (one per channel): which one, the line says
+        except InputError as exc:  # one model of several (one per channel): which one, the line says. (Another
+            # PSF is refused for the whole batch first where the model records its voxel size: per file here
+            # where the PSF is resampled to each file's own, _refuse_a_model_for_another_psf)
             if model_file and len(_many(settings.model)) > 1:
                 raise InputError(f"model {path_text(model_file)}: {exc}") from None
             raise
@@ -131,6 +133,7 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
     output_dir = Path(output_dir)
     inputs, outputs = _inputs_and_outputs(input_dir, output_dir, settings)
     _refuse_report_folders(output_dir)
+    _refuse_a_model_for_another_psf(settings)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RECORD_DIR).mkdir(exist_ok=True)
     settings_hash, started = settings.fingerprint(), time.time()
@@ -158,6 +161,38 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
             if settle(path, output, row=row, again=True) is not False:
                 _progress_then_report(progress, report, number, len(inputs), row, rows)
     return rows
+
+
+def _refuse_a_model_for_another_psf(settings: Settings) -> None:
+    """Refuse, before any file runs, an ``ssl`` batch whose model (each, one per channel) was trained with
+    another PSF than the PSF file given for it: each file's run compares the PSF resampled to the voxel size
+    it runs at, and a run at another voxel size than the model's is refused for that first. So where every
+    model records its voxel size, the PSF compared is the same for every file that could run, and the
+    refusal is the batch's, one line, as a single deconvolve's. Left to each file's run: a model without a
+    voxel size (the PSF is resampled to each file's own), a generated PSF (``psf_model``: sampled on each
+    file's grid), a model that does not load and a PSF that cannot be prepared for it (refused there with
+    the file's name)."""
+    models, psfs = _many(settings.model), _many(settings.psf)
+    if settings.method != "ssl" or not models or not psfs or settings.psf_model is not None or \
+            len(psfs) not in (1, len(models)):
+        return
+    from deconv3d.pipeline.prepared_psfs import load_psf_for
+    from deconv3d.selfsup import load_checkpoint
+
+    for number, model in enumerate(models):
+        try:
+            network = load_checkpoint(model, device="cpu")
+            voxel = network.voxel_size
+            if voxel is None:
+                continue
+            psf = load_psf_for(settings, (1,) * network.unet.ndim, tuple(voxel), psf=psfs[number % len(psfs)],
+                               fit_image=False, warnings=[])  # (fit_image False: the shape only gives the ndim)
+        except InputError:
+            continue
+        try:
+            network.check_compatible(network.unet.ndim, psf, voxel)
+        except InputError as exc:
+            raise InputError(f"model {path_text(model)}: {exc}" if len(models) > 1 else str(exc)) from None
 
 
 def _inputs_and_outputs(input_dir, output_dir: Path, settings: Settings):

@@ -82,6 +82,30 @@ def test_a_model_applied_to_an_image_on_another_scale_says_so(data, capsys, monk
     assert code == 0 and "bright.tif's intensities in a sample (mean " in err and scale in err, err
 
 
+def test_a_batch_refuses_a_model_trained_with_another_psf_before_any_file_runs(data, capsys):
+    """Found by review: a refusal (exit 2) in a single deconvolve, but each file's failure (exit 3) in a batch,
+    though the PSF, resampled to the model's voxel size, is the same for every file. The batch refuses it in
+    one line, with nothing written; with the training PSF it runs."""
+    grids = np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij")
+    write_tiff(data / "other.tif", np.exp(-sum(g**2 for g in grids) / 0.5).astype(np.float32),
+               voxel_size=(0.3, 0.1, 0.1))
+    (data / "in").mkdir()
+    for name in ("a.tif", "b.tif"):
+        write_tiff(data / "in" / name, read_image(data / "image.tif").data, voxel_size=(0.3, 0.1, 0.1))
+    model = data / "m.ckpt"
+    assert run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1] + TINY,
+               capsys)[0] == 0
+    code, _, single = run(["deconvolve", data / "in" / "a.tif", "-o", data / "a.tif", "--method", "ssl", "--model",
+                           model, "--psf", data / "other.tif", "--device", "cpu"], capsys)
+    assert one_line_error(code, single, "the model was trained with another PSF"), single
+    code, out, err = run(["batch", data / "in", "-o", data / "res", "--method", "ssl", "--model", model, "--psf",
+                          data / "other.tif", "--device", "cpu"], capsys)
+    assert (code, out, err) == (2, "", single) and not (data / "res").exists()
+    code, out, err = run(["batch", data / "in", "-o", data / "res", "--method", "ssl", "--model", model, "--psf",
+                          data / "psf.tif", "--device", "cpu"], capsys)
+    assert code == 0 and "2 done" in out, err
+
+
 def test_no_amp_runs_a_models_inference_in_float32(data, capsys, monkeypatch):
     """--amp (default) runs the network in bfloat16 on a CPU with AMX (forced here), --no-amp in
     float32; with --model it is not a training option that --model ignores."""
