@@ -199,6 +199,35 @@ def test_a_cluster_stopped_by_ctrl_c_or_sigterm_closes_quietly(monkeypatch, when
         logging.getLogger("distributed").removeHandler(handler)
 
 
+def test_a_finished_run_closes_its_cluster_without_distributed_s_warnings(monkeypatch):
+    """A worker slower than 4 s to exit on a loaded machine had its nanny log "Worker process still alive
+    after 4.0 seconds, killing" between a finished batch's last lines. Errors still show, and the log's
+    level is given back."""
+    import io
+    import logging
+
+    import distributed
+
+    class Told(_Closing):
+        def close(self):
+            logging.getLogger("distributed.nanny").warning("Worker process still alive after 4.0 seconds, killing")
+            logging.getLogger("distributed.nanny").error("a real failure")
+
+    monkeypatch.setattr(distributed, "LocalCluster", type("Cluster", (Told, _Cluster), {}))
+    monkeypatch.setattr(distributed, "Client", type("Client", (Told, _Client), {}))
+    logged = io.StringIO()
+    handler = logging.StreamHandler(logged)
+    logging.getLogger("distributed").addHandler(handler)
+    try:
+        with scheduler_client("processes", workers=1):
+            pass
+        assert logged.getvalue() == "a real failure\n" * 2  # (the client's close, the cluster's)
+        logging.getLogger("distributed.nanny").warning("after")
+        assert logged.getvalue().endswith("after\n")
+    finally:
+        logging.getLogger("distributed").removeHandler(handler)
+
+
 def test_a_run_stopped_while_its_cluster_starts_leaves_other_threads_clients_open(monkeypatch):
     """Found by the review of the quiet shutdown: a run stopped while its cluster started closed every
     client and cluster made meanwhile, a user's own Client (on a LocalCluster of another thread) too."""
