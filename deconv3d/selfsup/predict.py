@@ -135,21 +135,33 @@ def predict_tiled(
     dev = resolve_device(device)
     _check_options(mean, std, divisor, batch_size, context)
     box = _resolve_region(region, volume.shape)
+    tiles, window = _plan_tiles(volume.shape, box, tile_shape, overlap, divisor, context, phase, dev)
+    run = _ModelRunner(model, dev, float(mean), float(std), tta, amp, 0.0 if signed else float(mean))
+    with run:
+        core = _blend_tiles(run, volume, box, tiles, window, batch_size, callback)
+    if not signed:
+        core.clamp_(min=0)
+    return _placed(core, volume.shape, box)
+
+
+def _plan_tiles(shape, box, tile_shape, overlap, divisor: int, context: int, phase, device) -> tuple:
+    """:func:`predict_tiled`'s tiles of the region ``box`` of a volume of ``shape`` (each a tuple of
+    slices, their cores) and the :class:`_Window` that every tile is fed to the network in."""
     sides = tuple(b.stop - b.start for b in box)
-    tiles_shape = _resolve_tile_shape(tile_shape, sides, divisor, dev)
+    tiles_shape = _resolve_tile_shape(tile_shape, sides, divisor, device)
     overlaps = _resolve_overlap(overlap, tiles_shape, sides)
     axes = [_axis_tiles(n, t, o, b.start) for n, t, o, b in zip(sides, tiles_shape, overlaps, box)]
     if phase is None:
-        phase = volume_phase(volume.shape, divisor, context)
-    window = _plan_window(axes, _per_axis(phase, volume.ndim, "phase"), divisor, context)
-    run = _ModelRunner(model, dev, float(mean), float(std), tta, amp, 0.0 if signed else float(mean))
-    with run:
-        core = _blend_tiles(run, volume, box, list(itertools.product(*axes)), window, batch_size, callback)
-    if not signed:
-        core.clamp_(min=0)
-    if core.shape == volume.shape:
+        phase = volume_phase(shape, divisor, context)
+    window = _plan_window(axes, _per_axis(phase, len(shape), "phase"), divisor, context)
+    return list(itertools.product(*axes)), window
+
+
+def _placed(core: torch.Tensor, shape, box) -> np.ndarray:
+    """The prediction ``core`` of the region ``box`` in an array of the volume's ``shape`` (0 elsewhere)."""
+    if core.shape == shape:
         return core.numpy()
-    out = np.zeros(volume.shape, np.float32)
+    out = np.zeros(shape, np.float32)
     out[box] = core.numpy()
     return out
 

@@ -198,18 +198,11 @@ def train(
     positive_sum = config.residual and positive_asked
     if config.residual:  # a signed correction: positivity applies to the sum (clamped at zero intensity)
         unet = replace(unet, positive=False)
-    standardized, mean, std = standardize(img)
-    forward = ForwardModel(psf, device=dev)
-    geometry = _field_geometry(forward, img.shape, unet, config)
-    sampler = _PatchSampler(standardized, geometry, config, dev)
-    model, optimizer, schedule, average = trainable_model(unet, config, dev, -mean / std)
-    steps = _Steps(model, optimizer, schedule, average, forward, geometry.region, loss_weights(config), (mean, std),
-                   _data_weight(forward, geometry.data_shape, config.precondition, img, psf), config,
-                   -mean / std if positive_sum else None, MixedPrecision(amp_dtype(config.amp, dev)))
+    (mean, std), sampler, steps = _training_loop(img, psf, unet, config, dev, positive_sum)
     started = time.perf_counter()
     (image_key, target, reference), (step, history, terms, reason, warm_done) = _reference_and_steps(
-        img, psf, forward, sampler, steps, config, dev, started, (mean, std), callback, on_reference)
-    model = _final_model(model, average)
+        img, psf, steps.forward, sampler, steps, config, dev, started, (mean, std), callback, on_reference)
+    model = _final_model(steps.model, steps.average)
     cache = _reference_on_field(image_key, img.shape, psf, target) if config.residual and target is not None else None
     return TrainResult(model, mean, std, history, step, reason != "completed", reason, config, unet, psf,
                        voxel_size, time.perf_counter() - started, terms, warm_done,
@@ -217,6 +210,22 @@ def train(
                        precision=steps.precision.name(), positive=positive_asked,
                        environment=run_environment(dev, [] if target is None else
                                                    [reference_fft_shape(img.shape, psf.shape)]))
+
+
+def _training_loop(img: np.ndarray, psf: np.ndarray, unet: UNetConfig, config: TrainConfig, device,
+                   positive_sum: bool) -> tuple:
+    """What :func:`train`'s steps need: the image's ``(mean, std)``, the patch sampler of the
+    standardised image and the :class:`_Steps` (network, optimiser, forward model and loss weights);
+    ``positive_sum`` clamps a residual network's sum at zero intensity."""
+    standardized, mean, std = standardize(img)
+    forward = ForwardModel(psf, device=device)
+    geometry = _field_geometry(forward, img.shape, unet, config)
+    sampler = _PatchSampler(standardized, geometry, config, device)
+    model, optimizer, schedule, average = trainable_model(unet, config, device, -mean / std)
+    steps = _Steps(model, optimizer, schedule, average, forward, geometry.region, loss_weights(config), (mean, std),
+                   _data_weight(forward, geometry.data_shape, config.precondition, img, psf), config,
+                   -mean / std if positive_sum else None, MixedPrecision(amp_dtype(config.amp, device)))
+    return (mean, std), sampler, steps
 
 
 def _reference_and_steps(img, psf, forward: ForwardModel, sampler: _PatchSampler, steps: _Steps, config: TrainConfig,
