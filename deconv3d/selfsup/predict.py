@@ -178,10 +178,15 @@ def _as_volume(image) -> np.ndarray:
 def _check_options(mean, std, divisor, batch_size, context) -> None:
     if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
         raise InputError(f"normalisation needs a finite mean and a positive std, got mean={mean}, std={std}: use the values stored with the model")
-    if int(divisor) < 1 or int(batch_size) < 1:
-        raise InputError(f"divisor and batch_size must be positive integers, got {divisor} and {batch_size}")
-    if not (isinstance(context, numbers.Integral) and not isinstance(context, bool) and context >= 0):
+    if not all(_whole(n) and n >= 1 for n in (divisor, batch_size)):
+        raise InputError(f"divisor and batch_size must be positive integers, got {divisor!r} and {batch_size!r}")
+    if not (_whole(context) and context >= 0):
         raise InputError(f"context must be a non-negative whole number of voxels, got {context!r}")
+
+
+def _whole(value) -> bool:
+    """Whether ``value`` is a whole number (an integer type, NumPy's included; not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _blend_tiles(run, volume, box, tiles, window: _Window, batch_size: int, callback) -> torch.Tensor:

@@ -357,6 +357,9 @@ def test_default_tiles_fit_the_budget(monkeypatch):
         dict(tile_shape=4, overlap=4),
         dict(context=-1),
         dict(batch_size=0),
+        dict(divisor=2.5),  # (an IndexError from the padding)
+        dict(batch_size=2.5, tile_shape=4),  # (a TypeError from range())
+        dict(divisor=True),
     ],
 )
 def test_bad_options_are_input_errors(kwargs):
