@@ -103,8 +103,9 @@ class TrainedModel:
         own = self.voxel_size
         if voxel_size is not None or own is None or len(own) != ndim:
             return voxel_size
+        flag = "--voxel-size DZ DY DX" if ndim == 3 else "--voxel-size DY DX"  # (the axes the option takes)
         warn(f"deconv3d: warning: {source} carries no voxel size; assuming the model's {tuple(own)} µm "
-             f"(pass --voxel-size DZ DY DX to check it)", warnings)
+             f"(pass {flag} to check it)", warnings)
         return tuple(own)
 
     def check_compatible(self, image_ndim: int, psf=None, voxel_size: Sequence[float] | None = None) -> None:

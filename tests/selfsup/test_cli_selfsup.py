@@ -159,6 +159,21 @@ def test_model_voxel_size_fills_an_uncalibrated_image(data, capsys):
     assert one_line_error(code, err, "voxel size") and not (data / "out2.tif").exists()
 
 
+def test_an_uncalibrated_2d_image_is_told_the_2d_voxel_size_option(data, capsys):
+    """The model's voxel size taken for a 2D image without metadata said "pass --voxel-size DZ DY DX",
+    three numbers, where a 2D image takes DY DX."""
+    plane = read_image(data / "image.tif").data[6]
+    write_tiff(data / "plane.tif", plane, voxel_size=(0.1, 0.1))
+    write_tiff(data / "psf2d.tif", read_image(data / "psf.tif").data[1], voxel_size=(0.1, 0.1))
+    model = data / "m2d.ckpt"
+    assert run(["train", data / "plane.tif", "--psf", data / "psf2d.tif", "-o", model, "--steps", 1] + TINY,
+               capsys)[0] == 0
+    write_tiff(data / "bare2d.tif", plane)
+    code, _, err = run(["deconvolve", data / "bare2d.tif", "-o", data / "out.tif", "--method", "ssl", "--model",
+                        model, "--device", "cpu"], capsys)
+    assert code == 0 and "assuming the model's (0.1, 0.1) µm (pass --voxel-size DY DX to check it)" in err, err
+
+
 def test_precondition_option_reaches_the_checkpoint(data, capsys):
     from deconv3d.cli import selfsup as cli_selfsup
     from deconv3d.selfsup import TrainConfig, load_checkpoint
