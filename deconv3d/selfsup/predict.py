@@ -20,6 +20,7 @@ from deconv3d._tensors import resolve_device
 from deconv3d._torch_common import precision_name
 from deconv3d.errors import Cancelled, InputError
 from deconv3d.selfsup.network_runner import _ModelRunner
+from deconv3d.selfsup.unet import ResUNet
 from deconv3d.selfsup.tiling import (VOXEL_BUDGET, _axis_tiles, _gather_window, _per_axis, _plan_window,
                                      _resolve_overlap, _resolve_region, _resolve_tile_shape, _tile_weight, _Window,
                                      default_tile_shape, volume_phase)
@@ -134,6 +135,7 @@ def predict_tiled(
     volume = _as_volume(image)
     dev = resolve_device(device)
     _check_options(mean, std, divisor, batch_size, context)
+    _check_divisor(model, divisor)
     box = _resolve_region(region, volume.shape)
     tiles, window = _plan_tiles(volume.shape, box, tile_shape, overlap, divisor, context, phase, dev)
     run = _ModelRunner(model, dev, float(mean), float(std), tta, amp, 0.0 if signed else float(mean))
@@ -182,6 +184,14 @@ def _check_options(mean, std, divisor, batch_size, context) -> None:
         raise InputError(f"divisor and batch_size must be positive integers, got {divisor!r} and {batch_size!r}")
     if not (_whole(context) and context >= 0):
         raise InputError(f"context must be a non-negative whole number of voxels, got {context!r}")
+
+
+def _check_divisor(model, divisor: int) -> None:
+    """Refuse a ``divisor`` that is not a multiple of a :class:`ResUNet`'s own (its windows would not fit it)."""
+    own = model.config.divisor if isinstance(model, ResUNet) else 1
+    if divisor % own:
+        raise InputError(f"divisor {divisor} is not a multiple of the network's {own} (2**depth): pass "
+                         f"divisor={own} (UNetConfig.divisor)")
 
 
 def _whole(value) -> bool:

@@ -369,6 +369,17 @@ def test_bad_options_are_input_errors(kwargs):
     assert "\n" not in str(info.value)
 
 
+def test_a_divisor_the_network_does_not_take_is_named():
+    """divisor=3 for a network of divisor 4 failed in the network on a padded window, saying to
+    "pad with pad_to_multiple()", which a caller of predict_tiled cannot do."""
+    from deconv3d.selfsup import UNetConfig
+    from deconv3d.selfsup.unet import ResUNet
+
+    net = ResUNet(UNetConfig(ndim=3, base_channels=4, depth=2))
+    with pytest.raises(InputError, match=r"divisor 3 is not a multiple of the network's 4 .*pass divisor=4"):
+        predict_tiled(net, volume(3), mean=0.0, std=1.0, divisor=3, device="cpu")
+
+
 def test_bad_image_and_bad_model_are_input_errors():
     with pytest.raises(InputError):
         predict_tiled(Identity(), np.zeros((2, 3, 4, 5), np.float32), mean=0, std=1, divisor=1, device="cpu")
