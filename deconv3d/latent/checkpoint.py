@@ -17,16 +17,19 @@ References
 
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
+import torch
 
 from deconv3d._environment import saving_record
 from deconv3d._tensors import resolve_device
 from deconv3d._torch_common import (atomic_torch_save, checked_run_record, empty_network, refuse_non_finite,
                                      safe_torch_load)
-from deconv3d.errors import InputError
+from deconv3d.errors import WARNINGS_LOCK, InputError
 from deconv3d.latent.data import check_levels
 from deconv3d.latent.model import AEConfig, Autoencoder, config_from_dict, config_to_dict
 from deconv3d.latent.config import LatentTrainConfig, config_to_dict as train_config_to_dict, train_config_from_dict
@@ -133,9 +136,11 @@ def save_checkpoint(trained, path, plane_shape=None, pixel_size=None, training_s
     >>> load_checkpoint("ae.ckpt").ae_config.widths  # doctest: +SKIP
     (32, 64, 128, 256)
 
-    A diverged training (``reason == "non-finite loss"``) or a network with NaN or infinite
-    weights or buffers is refused with :class:`InputError`: loading would refuse the file
-    as damaged anyway.
+    A diverged training (``reason == "non-finite loss"``), a network with NaN or infinite
+    weights or buffers, a ``pixel_size`` that is not two positive finite numbers and a
+    ``training_stacks`` entry that is not made of strings, numbers, lists and dicts (a
+    ``pathlib.Path``, say) are refused with :class:`InputError` before anything is written:
+    :func:`load_checkpoint` would refuse the file anyway.
     """
     if getattr(trained, "reason", None) == "non-finite loss":
         raise InputError("training diverged (non-finite loss), so there is no model to save: lower the learning "
@@ -146,7 +151,36 @@ def save_checkpoint(trained, path, plane_shape=None, pixel_size=None, training_s
         trained = replace(trained, run={**trained.run, **saving_record(training_stacks=training_stacks)})
     payload = _payload(trained)
     refuse_non_finite(payload["state_dict"])
+    _refuse_unloadable(payload)
     atomic_torch_save(payload, path)
+
+
+def _pixel_problem(pixel) -> bool:
+    """Whether a recorded ``(y, x)`` pixel size is unusable: not two positive finite numbers."""
+    return len(pixel) != 2 or not all(np.isfinite(v) and v > 0 for v in pixel)
+
+
+def _refuse_unloadable(payload: dict) -> None:
+    """Refuse a payload :func:`load_checkpoint` would refuse for its records beside the weights: a
+    pixel size it takes for damage, or an object its safe unpickler does not load. Saved, such a
+    checkpoint was written whole and then refused on every load (as damaged, or "not a safe
+    deconv3d checkpoint"), the model lost with it."""
+    pixel = payload["pixel_size"]
+    if pixel is not None and _pixel_problem(pixel):
+        raise InputError(f"pixel_size must be two positive, finite (y, x) sizes in µm, got {tuple(pixel)}: give the "
+                         "training planes' pixel size, or None where it is not known")
+    records = {k: v for k, v in payload.items() if k != "state_dict"}  # (the tensors are safe)
+    buffer = io.BytesIO()
+    torch.save(records, buffer)
+    buffer.seek(0)
+    try:
+        with WARNINGS_LOCK, warnings.catch_warnings():  # (as safe_torch_load reads it)
+            warnings.simplefilter("ignore")
+            torch.load(buffer, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - the safe unpickler's refusal, whatever its type
+        raise InputError("the checkpoint's record holds an object that load_checkpoint refuses to unpickle (such as "
+                         "a pathlib.Path or a numpy number in training_stacks): give plain strings, numbers, lists "
+                         "and dicts, e.g. str(path)") from None
 
 
 def _read(path) -> dict:
@@ -205,7 +239,7 @@ def load_checkpoint(path, device="cpu") -> TrainedAutoencoder:
         pixel = data.get("pixel_size")  # absent from files written before it was recorded
         if pixel is not None:
             pixel = tuple(float(v) for v in pixel)
-            if len(pixel) != 2 or not all(np.isfinite(v) and v > 0 for v in pixel):
+            if _pixel_problem(pixel):
                 raise ValueError("pixel size out of range")
         run = checked_run_record(data.get("run"), RUN_RECORD, LATER_RECORD)  # absent from files written before it
         model.residual = bool(config.residual)  # the network alone knows its form too (deconv3d.latent.ops)

@@ -1,6 +1,8 @@
 """Checkpoints: exact round trip, plain-dict config, atomic writes, crafted pickles refused."""
 
+import dataclasses
 import os
+import pathlib
 import pickle
 import shlex
 
@@ -271,3 +273,26 @@ def test_a_network_with_non_finite_buffers_is_not_saved(tmp_path):
     with pytest.raises(InputError, match="NaN or infinite"):
         save_checkpoint(original, tmp_path / "ae.ckpt")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"pixel_size": (0.0, -1.0)}, "pixel_size must be two positive, finite (y, x) sizes in µm"),
+    ({"pixel_size": (0.1,)}, "pixel_size must be two positive"),
+    ({"training_stacks": [{"path": pathlib.Path("a.tif"), "sha256": "0" * 64}]}, "str(path)"),
+    ({"training_stacks": [{"path": "a.tif", "size": np.int64(3)}]}, "refuses to unpickle"),
+])
+def test_what_loading_would_refuse_is_not_saved(tmp_path, options, words):
+    """save_checkpoint wrote such a file whole, and load_checkpoint then refused it on every load (as
+    damaged for the pixel size, as "not a safe deconv3d checkpoint" for a Path): the model was lost.
+    A file already at the path is left as it was."""
+    path = tmp_path / "ae.ckpt"
+    path.write_bytes(b"before")
+    run = {"train_steps": 7, "stopped": "completed", "precision": "float32"}  # (training_stacks join a run record)
+    model = dataclasses.replace(trained(), run=run, pixel_size=options.get("pixel_size"))
+    with pytest.raises(InputError) as info:
+        save_checkpoint(model, path, training_stacks=options.get("training_stacks"))
+    assert words in str(info.value)
+    assert path.read_bytes() == b"before" and os.listdir(tmp_path) == ["ae.ckpt"]
+    save_checkpoint(dataclasses.replace(model, pixel_size=(0.1, 0.1)), path,
+                    training_stacks=[{"path": "a.tif", "sha256": "0" * 64}])  # plain values load
+    assert load_checkpoint(path).run["training_stacks"] == [{"path": "a.tif", "sha256": "0" * 64}]
