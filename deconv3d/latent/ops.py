@@ -299,7 +299,9 @@ def linearity_scores(model, stack, levels=None, *, fit: str = "pad") -> dict[str
 
     Parameters
     ----------
-    model : Autoencoder
+    model : Autoencoder, TrainedAutoencoder or LatentTrainResult
+        A trained linear-latent autoencoder (or any object with ``encode``), or a trained
+        model with its config, as in :func:`synthesize_blur`.
     stack : array_like
         ``(n_levels, H, W)`` planes ordered by level (at least 3).
     levels : sequence of float, optional
@@ -312,6 +314,7 @@ def linearity_scores(model, stack, levels=None, *, fit: str = "pad") -> dict[str
     """
     from deconv3d.metrics import latent_apd, latent_lds
 
+    model, _ = _network_and_form(model, None)  # (the latents do not depend on the form)
     stack = as_numpy(stack, dtype=np.float32)
     if stack.ndim != 3 or stack.shape[0] < 3:
         raise InputError(f"stack must be (n_levels >= 3, H, W), got shape {stack.shape}")

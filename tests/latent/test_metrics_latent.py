@@ -87,3 +87,19 @@ def test_apd_refuses_non_finite_levels(levels):
     with pytest.raises(InputError, match="finite") as info:
         latent_apd(z, levels=levels)
     assert "\n" not in str(info.value)
+
+
+def test_linearity_scores_take_a_trained_model_as_synthesis_does(tmp_path, stacks):
+    """linearity_scores(result) raised AttributeError ('LatentTrainResult' object has no attribute
+    'encode') where synthesize_blur and deblur take what train and load_checkpoint return."""
+    from deconv3d.latent import AEConfig, LatentTrainConfig, load_checkpoint, save_checkpoint, train
+    from deconv3d.latent.ops import linearity_scores
+
+    result = train(stacks, [0, 1, 2], LatentTrainConfig(steps=1, batch=2, val_fraction=0.0),
+                   AEConfig(widths=(4, 8), crop=16), device="cpu")
+    save_checkpoint(result, tmp_path / "ae.ckpt")
+    expected = linearity_scores(result.model, stacks[0])
+    assert linearity_scores(result, stacks[0]) == expected
+    assert linearity_scores(load_checkpoint(tmp_path / "ae.ckpt"), stacks[0]) == pytest.approx(expected)
+    with pytest.raises(InputError, match="load it first with deconv3d.latent.load_checkpoint"):
+        linearity_scores(str(tmp_path / "ae.ckpt"), stacks[0])
