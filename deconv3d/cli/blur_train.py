@@ -23,9 +23,8 @@ def cmd_train(args) -> int:
 
     stacks, pixel, levels = _training_stacks(args)
     plane_shape = stacks.shape[-2:]  # before any tiling below
+    _refuse_crop(args.crop, args.widths, plane_shape)
     ae = AEConfig(widths=tuple(args.widths), crop=args.crop, skip_interp=args.skip)
-    if ae.crop > min(stacks.shape[-2:]):
-        raise InputError(f"the planes {stacks.shape[-2:]} are smaller than --crop {ae.crop}: give a smaller --crop")
     stacks, val_fraction = _validation_split(stacks, ae.crop, args.val_fraction)
     config = _train_config(args, val_fraction)
     bar, callback = progress(args.stop_after or args.steps, f"blur train ({args.variant})")
@@ -39,6 +38,27 @@ def cmd_train(args) -> int:
     save_checkpoint(result, args.output, plane_shape=plane_shape, pixel_size=pixel, training_stacks=stacks)
     print(_trained_line(args, result))
     return 0
+
+
+def _refuse_crop(crop: int, widths, plane_shape) -> None:
+    """Refuse a ``--crop`` larger than the planes, or not a multiple of ``2**len(widths)``, naming crops the
+    planes hold. (AEConfig's own refusal named the multiples on both sides, whatever the planes: ``--crop 29``
+    on 37x29 planes was told "give crop 28 or 32", and ``--crop 32`` was then refused as too large.)"""
+    side, divisor = min(plane_shape), 2 ** len(widths)
+    if crop > side:
+        raise InputError(f"the planes {tuple(plane_shape)} are smaller than --crop {crop}: give a smaller --crop")
+    if crop % divisor == 0:
+        return
+    fits = [c for c in (crop // divisor * divisor, crop // divisor * divisor + divisor) if 0 < c <= side]
+    why = (f"--crop {crop} must be a multiple of {divisor} (the autoencoder halves the planes once per width, "
+           f"{len(widths)} --widths)")
+    if fits:
+        raise InputError(f"{why}: give --crop {' or '.join(map(str, fits))}")
+    depth = side.bit_length() - 1  # the most halvings the planes allow: 2**depth <= side < divisor
+    if depth == 0:
+        raise InputError(f"{why}, and the planes {tuple(plane_shape)} need at least 2 pixels a side")
+    raise InputError(f"{why}, and the planes {tuple(plane_shape)} hold no such crop: give fewer widths, e.g. "
+                     f"--crop {2 ** depth} --widths {' '.join(map(str, widths[:depth]))}")
 
 
 def _training_stacks(args):

@@ -178,3 +178,24 @@ def test_an_output_folder_that_is_not_writable_is_refused_before_training(tmp_pa
     code, _, err = run(["blur", "train", *paths, "-o", locked / "ae.ckpt", *TINY], capsys)
     assert_one_line_error(code, err, "not writable", str(locked))
     assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize("size, widths, crop, hinted", [
+    (18, ["4", "8"], "18", ["--crop", "16"]),  # was "give crop 16 or 20": 20 > 18
+    (6, ["4", "8", "16"], "4", ["--crop", "4", "--widths", "4", "8"]),  # was "give crop 8, or fewer widths"
+])
+def test_a_crop_the_network_cannot_take_is_told_one_the_planes_hold(tmp_path, make_stacks, capsys, size, widths,
+                                                                    crop, hinted):
+    """AEConfig's refusal named the multiples of 2**len(widths) on both sides of --crop, whatever the planes'
+    size: following it on 18x18 planes ('--crop 20') or 6x6 ones ('--crop 8') was refused in turn as larger
+    than the planes. The hint now names only crops the planes hold, and following it trains."""
+    import shlex
+
+    stacks = write_stacks(tmp_path, make_stacks, size=size)
+    common = [*stacks, "-o", tmp_path / "ae.ckpt", "--steps", "2", "--batch", "2", "--device", "cpu"]
+    code, _, err = run(["blur", "train", *common, "--widths", *widths, "--crop", crop], capsys)
+    assert_one_line_error(code, err, "multiple of")
+    assert err.strip().endswith(f" {shlex.join(hinted)}"), err  # the crops it names: those the planes hold
+    code, _, err = run(["blur", "train", *common, "--widths", *widths, *hinted], capsys)  # (the hint's widths last)
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "ae.ckpt").ae_config.crop == int(hinted[1])
