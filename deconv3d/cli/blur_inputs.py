@@ -42,8 +42,12 @@ def _read_stacks(paths) -> tuple[np.ndarray, tuple | None]:
 
     from deconv3d.io import read_image
 
-    stacks, sizes = [], {}
+    stacks, sizes, seen = [], {}, {}
     for path in paths:
+        if (earlier := seen.setdefault(_file_identity(path), path)) is not path:
+            raise InputError(f"{path} is given twice (also as {earlier}): give each stack once (a repeated stack is "
+                             "trained on twice as often, and a copy held out for validation scores the model on what "
+                             "it trained on)")
         try:
             image = read_image(path)
         except InputError:
@@ -51,6 +55,10 @@ def _read_stacks(paths) -> tuple[np.ndarray, tuple | None]:
             raise
         data = image.data
         sizes[path] = _pixel_size(image, path)
+        if data.ndim == 2 and image.axes[0] == "Z":  # (its planes are one pixel high or wide: that axis was dropped)
+            side = "high" if image.axes[1] == "X" else "wide"
+            raise InputError(f"{path} holds {data.shape[0]} planes only 1 pixel {side}: blur train needs "
+                             "through-focus stacks of 2D planes, at least 2 pixels a side")
         if data.ndim != 3 or data.shape[0] < 3:
             planes = 1 if data.ndim == 2 else data.shape[0]
             raise InputError(f"{path} holds {planes} plane(s): blur train needs through-focus stacks of at "
@@ -60,6 +68,17 @@ def _read_stacks(paths) -> tuple[np.ndarray, tuple | None]:
                              "give stacks with the same number of planes of the same size")
         stacks.append(data)
     return np.stack(stacks), _common_pixel_size(sizes)
+
+
+def _file_identity(path):
+    """What tells the same file under two names (a path, a symlink, ./): its device and inode where it has one."""
+    import os
+
+    try:
+        info = os.stat(path)
+    except OSError:  # (missing: the reader's own refusal says so)
+        return ("path", os.fspath(path))
+    return info.st_dev, info.st_ino
 
 
 def _refuse_synthesised_levels(path) -> None:

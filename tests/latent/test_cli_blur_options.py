@@ -199,3 +199,31 @@ def test_a_crop_the_network_cannot_take_is_told_one_the_planes_hold(tmp_path, ma
     code, _, err = run(["blur", "train", *common, "--widths", *widths, *hinted], capsys)  # (the hint's widths last)
     assert code == 0, err
     assert load_checkpoint(tmp_path / "ae.ckpt").ae_config.crop == int(hinted[1])
+
+
+def test_a_stack_given_twice_is_refused(tmp_path, make_stacks, capsys):
+    """'blur train a.tif ./a.tif' (or a symlink to it) trained on both, and the split could hold one copy
+    out to validate on what the other trained on; nothing is written."""
+    stacks = write_stacks(tmp_path, make_stacks)
+    (tmp_path / "link.tif").symlink_to(stacks[0])
+    for again in (tmp_path / "." / stacks[0].name, tmp_path / "link.tif"):
+        code, _, err = run(["blur", "train", *stacks, again, "-o", tmp_path / "ae.ckpt", *TINY], capsys)
+        assert_one_line_error(code, err, f"{again} is given twice (also as {stacks[0]})", "give each stack once")
+    assert not (tmp_path / "ae.ckpt").exists()
+
+
+@pytest.mark.parametrize("shape, side", [((3, 1, 9), "high"), ((3, 9, 2), None)])
+def test_a_stack_of_lines_is_not_called_one_plane(tmp_path, capsys, shape, side):
+    """A stack of 3 planes 1 pixel high reads as a 2D (3, 9) image once its length-1 axis is dropped, and
+    was refused as holding '1 plane(s)'."""
+    import tifffile
+
+    path = tmp_path / "lines.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).random(shape).astype(np.float32), imagej=True,
+                     metadata={"axes": "ZYX"})
+    code, _, err = run(["blur", "train", path, "-o", tmp_path / "ae.ckpt", "--steps", "2", "--crop", "2",
+                        "--widths", "4", "--device", "cpu"], capsys)
+    if side is None:  # (planes 2 pixels a side are planes)
+        assert code == 0, err
+        return
+    assert_one_line_error(code, err, f"holds 3 planes only 1 pixel {side}", "at least 2 pixels a side")
