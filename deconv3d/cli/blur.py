@@ -32,15 +32,28 @@ def register(sub) -> None:
     _deblur_parser(blur)
 
 
+def _number(text: str) -> float:
+    """``text`` as a number. Left to argparse, a word was refused as "invalid _finite value: 'a.tif'", naming
+    this module's function, and a stack that --levels took (``--levels 0 1 2 a.tif``) was not named as one."""
+    try:
+        return float(text)
+    except ValueError:
+        import os
+
+        taken = (" (a file name: give the files before this option, whose values run up to the next option)"
+                 if os.path.splitext(text)[1] else "")
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}{taken}") from None
+
+
 def _fraction(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
     return value
 
 
 def _finite(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
@@ -57,7 +70,7 @@ def _range_end(text: str) -> float:
 
 
 def _val_fraction(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1) (the share of stacks held out), got {text}")
     return value

@@ -227,3 +227,21 @@ def test_a_stack_of_lines_is_not_called_one_plane(tmp_path, capsys, shape, side)
         assert code == 0, err
         return
     assert_one_line_error(code, err, f"holds 3 planes only 1 pixel {side}", "at least 2 pixels a side")
+
+
+@pytest.mark.parametrize("command, words", [
+    (["train", "--levels", "0", "1", "2", "{stack}", "-o", "{out}.ckpt"], ["give the files before this option"]),
+    (["train", "{stack}", "-o", "{out}.ckpt", "--val-fraction", "x"], ["--val-fraction", "'x'"]),
+    (["deblur", "--model", "m.ckpt", "far.tif", "level.tif", "--alpha", "half", "-o", "{out}.tif"], ["'half'"]),
+    (["synth", "--model", "m.ckpt", "far.tif", "near.tif", "--levels", "3", "--range", "0", "1x", "-o", "{out}.tif"],
+     ["--range", "'1x'"]),
+])
+def test_a_word_where_a_number_goes_is_refused_in_the_options_words(tmp_path, make_stacks, capsys, command, words):
+    """argparse named the type function of blur.py: "argument --levels: invalid _finite value: 'a.tif'",
+    where --levels had taken the stack given after it."""
+    stack = write_stacks(tmp_path, make_stacks, n=1)[0]
+    argv = [a.format(stack=stack, out=tmp_path / "out") for a in command]
+    code, _, err = run(["blur", *argv], capsys)
+    assert_one_line_error(code, err, "must be a number, got", *words)
+    assert "_finite" not in err and "invalid" not in err and "_fraction" not in err
+    assert sorted(tmp_path.iterdir()) == [stack]
