@@ -44,10 +44,12 @@ def _read_stacks(paths) -> tuple[np.ndarray, tuple | None]:
 
     stacks, sizes, seen = [], {}, {}
     for path in paths:
-        if (earlier := seen.setdefault(_file_identity(path), path)) is not path:
-            raise InputError(f"{path} is given twice (also as {earlier}): give each stack once (a repeated stack is "
-                             "trained on twice as often, and a copy held out for validation scores the model on what "
-                             "it trained on)")
+        identity = _file_identity(path)
+        if identity is not None and identity in seen:
+            raise InputError(f"{path} is given twice (also as {seen[identity]}): give each stack once (a repeated "
+                             "stack is trained on twice as often, and a copy held out for validation scores the model "
+                             "on what it trained on)")
+        seen[identity] = path
         try:
             image = read_image(path)
         except InputError:
@@ -71,13 +73,14 @@ def _read_stacks(paths) -> tuple[np.ndarray, tuple | None]:
 
 
 def _file_identity(path):
-    """What tells the same file under two names (a path, a symlink, ./): its device and inode where it has one."""
+    """What tells the same file under two names (a path, a symlink, ./): its device and inode; None for a path
+    that cannot be looked at (missing: the reader refuses it as such)."""
     import os
 
     try:
         info = os.stat(path)
     except OSError:  # (missing: the reader's own refusal says so)
-        return ("path", os.fspath(path))
+        return None
     return info.st_dev, info.st_ino
 
 

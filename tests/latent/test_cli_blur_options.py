@@ -202,11 +202,11 @@ def test_a_crop_the_network_cannot_take_is_told_one_the_planes_hold(tmp_path, ma
 
 
 def test_a_stack_given_twice_is_refused(tmp_path, make_stacks, capsys):
-    """'blur train a.tif ./a.tif' (or a symlink to it) trained on both, and the split could hold one copy
-    out to validate on what the other trained on; nothing is written."""
+    """'blur train a.tif ./a.tif' (or a.tif twice, or a symlink to it) trained on both, and the split could
+    hold one copy out to validate on what the other trained on; nothing is written."""
     stacks = write_stacks(tmp_path, make_stacks)
     (tmp_path / "link.tif").symlink_to(stacks[0])
-    for again in (tmp_path / "." / stacks[0].name, tmp_path / "link.tif"):
+    for again in (tmp_path / "." / stacks[0].name, tmp_path / "link.tif", stacks[0]):
         code, _, err = run(["blur", "train", *stacks, again, "-o", tmp_path / "ae.ckpt", *TINY], capsys)
         assert_one_line_error(code, err, f"{again} is given twice (also as {stacks[0]})", "give each stack once")
     assert not (tmp_path / "ae.ckpt").exists()
