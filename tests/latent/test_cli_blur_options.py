@@ -209,6 +209,11 @@ def test_a_stack_given_twice_is_refused(tmp_path, make_stacks, capsys):
     for again in (tmp_path / "." / stacks[0].name, tmp_path / "link.tif", stacks[0]):
         code, _, err = run(["blur", "train", *stacks, again, "-o", tmp_path / "ae.ckpt", *TINY], capsys)
         assert_one_line_error(code, err, f"{again} is given twice (also as {stacks[0]})", "give each stack once")
+    from deconv3d.cli import main
+
+    same = str(stacks[0])  # one str object twice, as a script calling main may pass it
+    code = main(["blur", "train", same, same, "-o", str(tmp_path / "ae.ckpt"), *map(str, TINY)])
+    assert_one_line_error(code, capsys.readouterr().err, "is given twice")
     assert not (tmp_path / "ae.ckpt").exists()
 
 
