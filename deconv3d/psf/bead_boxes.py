@@ -1,6 +1,7 @@
 """The bead boxes of :func:`deconv3d.psf.distill_psf`: cut, aligned, measured and averaged.
 
-Each bead's background, from the faces of a wider box (``_surroundings``, ``_face_background``,
+Each bead's background, from the faces of a wider box, near the bead's focal plane where its defocus
+light does not reach them (``_surroundings``, ``_face_background``, ``_focal_background``,
 ``_wider_box``); its box less that background, shifted so its centroid is central
 (``_aligned_box``); the boxes left out as too bright, doublets or clusters (``_reject_outliers``);
 the noise of the summed boxes' faint tails averaged out (``_quiet_tails``); and the share of the
@@ -50,8 +51,10 @@ def _quiet_tails(total: np.ndarray, level: float = 8.0, width: float = 3.0) -> n
 #: A widefield bead's light does not end along z (each plane of a Gibson-Lanni PSF, NA 1.3, holds
 #: within 2 % of the focal plane's light 2.5 µm from it), so against a box twice as wide any box holds
 #: about half of it (51-54 % of the true PSF, boxes of 7 x 11 x 11 to 23 x 51 x 51 voxels of
-#: 0.25 x 0.1 x 0.1 µm); measured on beads of 4e4-1e6 photons, 54-72 % (the faces read part of the
-#: cone as background).
+#: 0.25 x 0.1 x 0.1 µm); measured on nine beads of 4e4-1e6 photons (NA 1.4, voxels 0.2 x 0.1 x 0.1 µm),
+#: 54-72 % while the background was read on all faces of the wider box (they held part of the cone),
+#: 42-54 % in the default box and 40-42 % in a 21 x 31 x 31 one since it is read near the focal plane
+#: (:func:`_focal_background`).
 MIN_BOX_SHARE = 0.8
 
 
@@ -118,28 +121,58 @@ def _light_in_box(beads, centre, half, wide, background: float) -> tuple[float, 
     return float(inner.sum()), total, variance
 
 
+def _face_level(face: np.ndarray) -> float:
+    """A face's level: its mean within 3 robust standard deviations of its median, not the median: a
+    Poisson background's median lies below its mean (98.98 against 100, taken as the background of a
+    box of 14,297 voxels, that added 14,600 counts of light to a bead of 20,400 and made a box holding
+    all of its light read as 65 %)."""
+    median, sigma = _robust_background(face)
+    return float(face[np.abs(face - median) <= 3 * sigma].mean()) if sigma > 0 else median
+
+
 def _face_background(box: np.ndarray) -> float:
-    """The background under a box: per axis the mean of its two faces' levels (what lies at the
-    centre under a background that slopes along that axis), the smallest over the axes (faces
-    that a widefield bead's defocus cone reaches read high: their border median was 101-104
-    over a background of 100, which made a box holding 52 % of the light look like 77 %).
-
-    A face's level is its mean within 3 robust standard deviations of its median, not the median:
-    a Poisson background's median lies below its mean (98.98 against 100, taken as the background
-    of a box of 14,297 voxels, that added 14,600 counts of light to a bead of 20,400 and made a box
-    holding all of its light read as 65 %)."""
-    def level(face):
-        median, sigma = _robust_background(face)
-        return float(face[np.abs(face - median) <= 3 * sigma].mean()) if sigma > 0 else median
-
-    per_axis = [np.mean([level(np.moveaxis(box, a, 0)[i]) for i in (0, -1)]) for a in range(box.ndim)]
+    """The background under a box: per axis the mean of its two faces' levels (:func:`_face_level`;
+    what lies at the centre under a background that slopes along that axis), the smallest over the axes
+    (faces that a widefield bead's defocus cone reaches read high: their border median was 101-104
+    over a background of 100, which made a box holding 52 % of the light look like 77 %)."""
+    per_axis = [np.mean([_face_level(np.moveaxis(box, a, 0)[i]) for i in (0, -1)]) for a in range(box.ndim)]
     return float(min(per_axis))
+
+
+def _focal_background(box: np.ndarray, half, wide) -> float | None:
+    """The background under a 3D bead's wider ``box`` (half-widths ``wide``, around a box of ``half``),
+    read where its defocus light does not reach: on the y and x faces, within the planes
+    ``half[0] // 3`` (at least 1) either side of the bead's. Per axis the mean of the two faces' levels
+    (:func:`_face_level`), averaged over the axes with room beyond the box (None when neither has any).
+
+    A widefield bead's cone widens with the distance from its focus and reaches the y and x faces a
+    few planes away; the smallest of the three axes' face levels (:func:`_face_background`) still
+    read 102.5-104.6 over a background of 100 at 1e6 photons (110.6-111.6 in the default box), which
+    took that light from the whole box as background: nine Gibson-Lanni beads (NA 1.4, voxels 0.2 x
+    0.1 x 0.1 µm) came out with their peak 8-15 % high. Close to the focal plane the faces read
+    99.9-102.7 (the first three beads of each box). The mean of both axes rather than the smaller: from fewer voxels,
+    the smaller was biased low by the noise (peak 13-17 % low at 4e4 photons, 21 x 31 x 31 box)."""
+    room = [a for a in (1, 2) if box.ndim == 3 and wide[a] > half[a]]
+    if not room:
+        return None
+    reach = min(max(1, int(half[0]) // 3), int(wide[0]))
+    slab = box[wide[0] - reach:wide[0] + reach + 1]
+    return float(np.mean([np.mean([_face_level(np.moveaxis(slab, a, 0)[i]) for i in (0, -1)]) for a in room]))
 
 
 def _surroundings(beads, centre, peaks, half) -> tuple[np.ndarray, np.ndarray | None, float]:
     """``(centre, wide, background)`` of a bead: the half-widths of its wider box (:func:`_wider_box`)
-    and the background under it, the level of that box's faces (:func:`_face_background`), else,
-    with no room beyond its box, of its box with the one-voxel margin.
+    and the background under it: the lower of the level of that box's faces (:func:`_face_background`)
+    and, in 3D, of its y and x faces near the bead's focal plane (:func:`_focal_background`); with no
+    room beyond its box, the level of the faces of its box with the one-voxel margin.
+
+    The background is what the image would hold without the beads. Everything a bead puts in its box,
+    the defocus light that a widefield PSF spreads over every plane included, belongs to the PSF that
+    :func:`distill_psf` returns (the bead's PSF cropped to the box, at unit sum), so the background is
+    read where that light does not reach: light of the bead's taken as background is subtracted from
+    every voxel of the box, which takes it from the faint tails and leaves the peak too high. The
+    lower of the two readings, so that a bead whose light fades faster along z than across (a halo
+    narrower along z than the wider box, a confocal bead) keeps its faces' reading.
 
     Not the median of the box's own border: a widefield bead's defocus light reaches it, and
     subtracting that light as background took 30-38 % of it from a noise-free NA 1.2 PSF (boxes
@@ -152,7 +185,9 @@ def _surroundings(beads, centre, peaks, half) -> tuple[np.ndarray, np.ndarray | 
     wide = _wider_box(beads.shape, centre, peaks, half)
     reach = np.asarray(half) + 1 if wide is None else wide
     box = beads[tuple(slice(c - r, c + r + 1) for c, r in zip(centre, reach))].astype(np.float64)
-    return centre, wide, _face_background(box)
+    faces = _face_background(box)
+    focal = None if wide is None else _focal_background(box, half, wide)
+    return centre, wide, faces if focal is None else min(faces, focal)
 
 
 def _aligned_box(image, centre, half, background: float) -> np.ndarray | None:
