@@ -54,6 +54,18 @@ def creating_fails(folder) -> OSError | None:
         return exc
 
 
+def refuse_ssl_options(args) -> None:
+    """--model and --train-steps belong to ``--method ssl``: refused with another method, naming those given (both
+    were named where one was)."""
+    if args.method == "ssl":
+        return
+    given = [flag for flag, value in (("--model", args.model), ("--train-steps", args.steps)) if value]
+    if given:
+        verb = "apply" if len(given) > 1 else "applies"
+        raise InputError(f"{' and '.join(given)} {verb} to --method ssl, not {args.method}: drop "
+                         f"{'them' if len(given) > 1 else 'it'}, or choose --method ssl")
+
+
 def check_environment() -> None:
     """Refuse a wrong ``DECONV3D_*`` setting before any work, by the parsers that read each where it
     is used: the same one-line error (exit 2) for every command and image size. Read only there, a

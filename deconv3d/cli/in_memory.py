@@ -10,7 +10,7 @@ from deconv3d._paths import line_text
 from deconv3d.errors import InputError, refuse_non_finite, warn
 
 from . import selfsup
-from ._common import check_negative, check_output, load_psf, voxel_size_of
+from ._common import check_negative, check_output, load_psf, refuse_ssl_options, voxel_size_of
 from .iteration_choice import _choose_iterations
 from .printing import hashed, print_warnings, progress, say_long_step
 
@@ -77,8 +77,7 @@ def _checked_voxel(args, image, warnings: list):
         from deconv3d._saturation import top_two, warn_if_clipped
 
         warn_if_clipped(top_two(image.data), args.method, warnings)
-    if args.method != "ssl" and (args.model or args.steps):
-        raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
+    refuse_ssl_options(args)
     if args.psf is None and args.psf_model is None and not (args.method == "ssl" and args.model):
         raise InputError("a PSF is needed: add --psf PSF.tif or --psf-model MODEL --na NA --wavelength UM")
     return voxel

@@ -13,7 +13,7 @@ from pathlib import Path
 from deconv3d._paths import OUTPUT_SUFFIXES, line_text
 from deconv3d.errors import InputError
 
-from ._common import check_output
+from ._common import check_output, refuse_ssl_options
 from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SATURATION_HELP, SpatialSizes, add_common, add_optics,
                         iterations_value, positive_float, positive_int, saturation_value)
 from .printing import hashed, make_bar, megabyte_bar, print_warnings
@@ -128,8 +128,7 @@ def cmd_deconvolve_chunked(args, warnings=(), iterations_chooser=None) -> int:
 
     if args.method == "ssl" and args.steps and args.model:
         raise InputError("give --model or --train-steps for --method ssl, not both")
-    if args.method != "ssl" and (args.model or args.steps):
-        raise InputError(f"--model and --train-steps apply to --method ssl, not {args.method}")
+    refuse_ssl_options(args)
     if not Path(args.input).exists():
         raise InputError(f"input not found: {args.input}: check the path")
     psfs, models = ([v] if not isinstance(v, list) else v for v in (args.psf, args.model))  # one per channel, or one

@@ -268,7 +268,11 @@ class Payload:
 @pytest.mark.parametrize("argv, word", [
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--method", "ssl"], "PSF is needed"),
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--psf", "{d}/psf.tif", "--method", "rl",
-      "--train-steps", "3"], "apply to --method ssl"),
+      "--train-steps", "3"], "--train-steps applies to --method ssl, not rl: drop it"),
+    (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--psf", "{d}/psf.tif", "--method", "wiener",
+      "--model", "{d}/none.ckpt"], "--model applies to --method ssl, not wiener: drop it"),
+    (["deconvolve", "{d}/image.tif", "-o", "{d}/out.zarr", "--psf", "{d}/psf.tif", "--method", "rl",
+      "--model", "{d}/none.ckpt", "--train-steps", "3"], "--model and --train-steps apply to --method ssl, not rl"),
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--method", "ssl", "--model", "{d}/evil.ckpt"],
      "not a safe deconv3d checkpoint"),
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--method", "ssl", "--model", "{d}/none.ckpt"],
