@@ -818,6 +818,12 @@ def test_distill_leaves_out_beads_with_saturated_voxels():
         assert np.abs(psf - unclipped).sum() < 0.03 and psf.max() == pytest.approx(unclipped.max(), rel=0.03)
     with pytest.raises(InputError, match="every bead found has saturated voxels .flat-topped at 70000"):
         distill_psf(np.minimum(raw * 3, 70000), size=(9, 9, 9))
+    # A box or threshold given that leaves no bead is told as such, not as saturation (found by the review
+    # of this stop's diff: two clipped beads of four made both read "every bead found has saturated voxels").
+    for kw, why in ((dict(size=(21, 41, 41)), "box .21, 41, 41.*reaches past the image's border"),
+                    (dict(size=(9, 9, 9), threshold=1e6), "no bead reaches the threshold")):
+        with pytest.raises(InputError, match=f"no isolated beads found .*{why}"):
+            distill_psf(clipped, **kw)
 
 
 def test_distill_says_when_the_beads_have_no_full_voxel_size_and_takes_one(tmp_path, capsys):

@@ -148,6 +148,7 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     brightest = _brightest_unsaturated(beads, smooth)
     fwhm = _fwhm(smooth - background, brightest)
     half = _box_half(size, fwhm, beads.ndim)
+    measured_box = size is None and threshold is None  # (both set from the brightest unclipped maximum)
     if threshold is not None and not np.isfinite(threshold):
         raise InputError(f"threshold must be a finite intensity, got {threshold}")
     if threshold is None:
@@ -160,9 +161,10 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     found = [_surroundings(cut, c, peaks, half) for c in centres]  # (centre, wider box, background)
     boxes = [_aligned_box(cut, c, half, level) for c, _, level in found]
     boxes = _reject_outliers([b for b in boxes if b is not None])
-    if not boxes and _clipped(beads).any():
+    if not boxes and measured_box and _clipped(beads).any():
         # With every bead clipped, the brightest unclipped maximum is a bump of their defocus light, whose
         # width set a box of 25 x 67 x 61 voxels (widefield beads clipped at half their peak): no crowding.
+        # A box or threshold given is not set by that bump: a bead left out for them is told why.
         raise InputError(f"every bead found has saturated voxels ({_clip_note(beads)}), or the box was measured "
                          "on what lies beside them: image the beads with less exposure or gain")
     if not boxes:
