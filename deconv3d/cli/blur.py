@@ -41,7 +41,7 @@ def _number(text: str) -> float:
         import os
 
         taken = (" (a file name: give the files before this option, whose values run up to the next option)"
-                 if os.path.splitext(text)[1] else "")
+                 if os.path.splitext(text)[1][1:2].isalpha() else "")  # (not '0.1x', a number mistyped)
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}{taken}") from None
 
 

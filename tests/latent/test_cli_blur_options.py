@@ -250,3 +250,12 @@ def test_a_word_where_a_number_goes_is_refused_in_the_options_words(tmp_path, ma
     assert_one_line_error(code, err, "must be a number, got", *words)
     assert "_finite" not in err and "invalid" not in err and "_fraction" not in err
     assert sorted(tmp_path.iterdir()) == [stack]
+
+
+def test_a_mistyped_number_is_not_called_a_file_name(tmp_path, make_stacks, capsys):
+    """'--val-fraction 0.1x' was told it was a file name, from the '.1x' after its dot (found by the review of
+    this stop's diff)."""
+    stack = write_stacks(tmp_path, make_stacks, n=1)[0]
+    code, _, err = run(["blur", "train", stack, "-o", tmp_path / "ae.ckpt", "--val-fraction", "0.1x"], capsys)
+    assert_one_line_error(code, err, "must be a number, got '0.1x'")
+    assert "file name" not in err
