@@ -114,7 +114,7 @@ def _payload(trained: TrainedAutoencoder) -> dict:
         "levels": [float(v) for v in np.asarray(trained.levels).ravel()],
         "plane_shape": None if trained.plane_shape is None else [int(n) for n in trained.plane_shape],
         "best_score": None if trained.best_score is None else float(trained.best_score),
-        "pixel_size": None if trained.pixel_size is None else [float(v) for v in trained.pixel_size],
+        "pixel_size": None if trained.pixel_size is None else _pixel_floats(trained.pixel_size),
         "run": trained.run,
     }
 
@@ -160,15 +160,24 @@ def _pixel_problem(pixel) -> bool:
     return len(pixel) != 2 or not all(np.isfinite(v) and v > 0 for v in pixel)
 
 
-def _refuse_unloadable(payload: dict) -> None:
-    """Refuse a payload :func:`load_checkpoint` would refuse for its records beside the weights: a
-    pixel size it takes for damage, or an object its safe unpickler does not load. Saved, such a
-    checkpoint was written whole and then refused on every load (as damaged, or "not a safe
-    deconv3d checkpoint"), the model lost with it."""
-    pixel = payload["pixel_size"]
-    if pixel is not None and _pixel_problem(pixel):
-        raise InputError(f"pixel_size must be two positive, finite (y, x) sizes in µm, got {tuple(pixel)}: give the "
+def _pixel_floats(pixel) -> list[float]:
+    """A ``(y, x)`` pixel size to record, as floats; refused with :class:`InputError` unless two positive finite
+    numbers (a single number or words raised TypeError or ValueError from the conversion)."""
+    try:
+        values = [] if isinstance(pixel, str) else [float(v) for v in pixel]  # ("12" is not (1, 2))
+    except (TypeError, ValueError):
+        values = []
+    if _pixel_problem(values):
+        raise InputError(f"pixel_size must be two positive, finite (y, x) sizes in µm, got {pixel!r}: give the "
                          "training planes' pixel size, or None where it is not known")
+    return values
+
+
+def _refuse_unloadable(payload: dict) -> None:
+    """Refuse a payload :func:`load_checkpoint` would refuse for its records beside the weights: an object
+    its safe unpickler does not load (the pixel size is checked as it is recorded, :func:`_pixel_floats`).
+    Saved, such a checkpoint was written whole and then refused on every load (as damaged, or "not a safe
+    deconv3d checkpoint"), the model lost with it."""
     records = {k: v for k, v in payload.items() if k != "state_dict"}  # (the tensors are safe)
     buffer = io.BytesIO()
     torch.save(records, buffer)

@@ -278,6 +278,8 @@ def test_a_network_with_non_finite_buffers_is_not_saved(tmp_path):
 @pytest.mark.parametrize("options, words", [
     ({"pixel_size": (0.0, -1.0)}, "pixel_size must be two positive, finite (y, x) sizes in µm"),
     ({"pixel_size": (0.1,)}, "pixel_size must be two positive"),
+    ({"pixel_size": 0.1}, "pixel_size must be two positive"),  # (TypeError and ValueError from the conversion:
+    ({"pixel_size": ("a", "b")}, "pixel_size must be two positive"),  # found by the review of this stop's diff)
     ({"training_stacks": [{"path": pathlib.Path("a.tif"), "sha256": "0" * 64}]}, "str(path)"),
     ({"training_stacks": [{"path": "a.tif", "size": np.int64(3)}]}, "refuses to unpickle"),
 ])
