@@ -361,13 +361,9 @@ def _psf_estimate(args, file_voxel, shape) -> tuple[tuple[int, ...], tuple[int, 
         psf = _psf_file_as_used(args.psf, voxel, shape)
     elif args.psf_model and args.na and args.wavelength and voxel is not None and len(shape) == 3:
         generated = generated_psf_shape(shape, voxel, args.na, args.wavelength)
-        if args.method != "wiener":
+        psf = _generated_as_used(args, generated, voxel, shape) if args.method == "wiener" else None
+        if psf is None:
             return tuple(min(k, n) for k, n in zip(generated, shape)), ()
-        from deconv3d.psf import generate_psf, prepare_psf
-
-        psf = generate_psf(args.psf_model, generated, voxel, args.na, args.wavelength, ni=args.ni, ns=args.ns,
-                           depth=args.depth)
-        psf = prepare_psf(psf, shape, psf_voxel=voxel, image_voxel=voxel)  # (cropped, as load_psf crops it)
     if psf is None:
         return (1,) * len(shape), ()
     reach = ()
@@ -376,6 +372,20 @@ def _psf_estimate(args, file_voxel, shape) -> tuple[tuple[int, ...], tuple[int, 
 
         reach = wiener_reach(psf, args.balance)
     return tuple(min(k, n) for k, n in zip(psf.shape, shape)), reach
+
+
+def _generated_as_used(args, shape, voxel, image_shape):
+    """The PSF of ``shape`` that ``--psf-model`` generates for an image of ``image_shape`` and ``voxel``, cropped
+    as :func:`~deconv3d.cli._common.load_psf` crops it; None where the optics are refused (an NA above the
+    immersion index), which the run then refuses with its own message, after the checks that come first."""
+    from deconv3d.psf import generate_psf, prepare_psf
+
+    try:
+        psf = generate_psf(args.psf_model, shape, voxel, args.na, args.wavelength, ni=args.ni, ns=args.ns,
+                           depth=args.depth)
+        return prepare_psf(psf, image_shape, psf_voxel=voxel, image_voxel=voxel)
+    except InputError:
+        return None
 
 
 def _psf_file_as_used(path, voxel, shape):

@@ -422,6 +422,32 @@ def test_the_in_memory_wiener_estimate_takes_the_psf_as_the_run_uses_it(tmp_path
     assert _psf_estimate(args, None, (64, 256, 256)) == (generated.shape, wiener_reach(generated, 1e-3))
 
 
+def test_the_wiener_estimate_leaves_refused_optics_to_the_run(tmp_path, capsys):
+    """The in-memory estimate generated Wiener's PSF before the run's own checks, so an NA above the immersion
+    index was refused ahead of them: a NaN image or an output that is the input was told about the NA first, and
+    not as with rl (found by the review of this stop's diff)."""
+    import tifffile
+    from cli_helpers import run
+
+    image = np.ones((16, 32, 32), np.float32)
+    for name in ("clean", "nan"):
+        image[1, 1, 1] = np.nan if name == "nan" else 1  # (write_tiff refuses NaN)
+        tifffile.imwrite(tmp_path / f"{name}.tif", image, imagej=True, resolution=(10, 10),
+                         metadata={"axes": "ZYX", "spacing": 0.3, "unit": "um"})
+    optics = ["--psf-model", "gibson-lanni", "--na", "1.6", "--wavelength", "0.52"]
+    for method in ("rl", "wiener"):
+        code, _, err = run(["deconvolve", tmp_path / "nan.tif", "-o", tmp_path / "out.tif", "--method", method,
+                            *optics], capsys)
+        assert code == 2 and "contains NaN or Inf values" in err and "NA 1.6" not in err, (method, err)
+        code, _, err = run(["deconvolve", tmp_path / "clean.tif", "-o", tmp_path / "clean.tif", "--method", method,
+                            *optics], capsys)
+        assert code == 2 and "output path equals the input" in err, (method, err)
+    code, _, err = run(["deconvolve", tmp_path / "clean.tif", "-o", tmp_path / "out.tif", "--method", "wiener",
+                        *optics[:2], "--na", "1.2", "--ni", "1.1", "--wavelength", "0.52"], capsys)
+    assert code == 2 and "NA 1.2 must be below the immersion index ni=1.1" in err, err  # (the run's own line)
+    assert not (tmp_path / "out.tif").exists()
+
+
 def test_only_networks_that_add_rl_preload_its_passes(monkeypatch):
     """Every chunked run now loads its blocks' libraries before planning; a network without a
     Richardson-Lucy reference loaded RL's numba passes too (0.4 s and 110 MB) and never ran them."""
