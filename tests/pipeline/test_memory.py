@@ -135,6 +135,30 @@ def test_wiener_s_count_is_of_the_fft_box_its_filter_transforms(monkeypatch, sha
     assert filtered[0] != tuple(n + 2 * k for n, k in zip(shape, psf.shape))  # deeper than the PSF's size
 
 
+def test_wiener_s_count_with_the_zero_boundary_is_of_its_box(monkeypatch):
+    """With ``--boundary zero`` Wiener pads by the PSF's size with zeros: on a stack hardly deeper than the PSF
+    that box is deeper than the mirror's period box the model counted (48 against 30 planes for 16 planes and a
+    PSF of 15; found by the review of this stop's diff)."""
+    import importlib
+
+    from deconv3d._fft_shapes import fast_shape
+    from deconv3d.classical import wiener
+    from deconv3d.pipeline import memory_model
+
+    from .conftest import gaussian_psf
+
+    wiener_module = importlib.import_module("deconv3d.classical.wiener")
+    psf, shape = gaussian_psf((15, 9, 9), (3.0, 1.2, 1.2)), (16, 40, 40)
+    filtered, counted = [], []
+    real_otf, real_sizes = wiener_module._otf, memory_model._fft_sizes
+    monkeypatch.setattr(wiener_module, "_otf", lambda conv, fft: filtered.append(tuple(fft)) or real_otf(conv, fft))
+    monkeypatch.setattr(memory_model, "_fft_sizes", lambda box: counted.append(tuple(box)) or real_sizes(box))
+    wiener(np.ones(shape, np.float32), psf, boundary="zero", device="cpu")
+    reach = wiener_module.wiener_reach(psf, 1e-3)
+    MemoryModel("wiener", psf.shape, boundary="zero", reach=reach).block_bytes(shape)
+    assert fast_shape(counted[0]) == filtered[0] and filtered[0][0] == 48
+
+
 def test_wiener_s_count_without_a_reach_covers_a_gaussian_psf_s():
     """Without a reach or a halo (a whole volume) the count is of the widest PSF of the PSF's size at
     the default balance, at least the count of a Gaussian PSF of that size."""
