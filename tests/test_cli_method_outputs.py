@@ -94,6 +94,26 @@ def test_a_generated_psf_is_made_with_the_sample_s_index_and_depth(data, capsys)
     assert not close(result, rl(depth=12.0)) and not close(result, rl(ns=1.45))
 
 
+def test_wiener_s_generated_psf_is_generated_once(data, capsys, monkeypatch):
+    """Wiener's in-memory memory estimate generates the PSF (its reach sets the mirror's depth); the run then
+    generated it again (0.07-0.7 s for 31-127 x 43-67^2 here). It takes the estimate's, and writes wiener's
+    result with the PSF generate_psf gives for the optics (found by the review of this stop's diff)."""
+    import deconv3d.psf
+    from deconv3d.classical import wiener
+    from deconv3d.psf import generate_psf, prepare_psf
+    from deconv3d.psf.generate import generated_psf_shape
+
+    image = read_image(data / "image.tif").data
+    psf = generate_psf("gibson-lanni", generated_psf_shape(image.shape, VOXEL, 1.1, 0.52), VOXEL, 1.1, 0.52,
+                       ni=1.515, ns=1.45, depth=12.0)
+    psf = prepare_psf(psf, image.shape, psf_voxel=VOXEL, image_voxel=VOXEL)
+    calls = []
+    monkeypatch.setattr(deconv3d.psf, "generate_psf", lambda *a, **k: calls.append(a) or generate_psf(*a, **k))
+    result = deconvolve(data, capsys, "--psf-model", "gibson-lanni", "--na", 1.1, "--wavelength", 0.52, "--ns", 1.45,
+                        "--depth", 12, "--method", "wiener")
+    assert len(calls) == 1 and close(result, wiener(image, psf, 1e-3, device="cpu"))
+
+
 @pytest.mark.parametrize("model, depth", [("gaussian", 0.0), ("gibson-lanni", 4.0), ("vectorial", 4.0)])
 def test_psf_writes_generate_psf_s_psf(tmp_path, capsys, model, depth):
     """The file holds generate_psf's unit-sum PSF for the same arguments; the models with

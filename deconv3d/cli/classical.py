@@ -377,15 +377,19 @@ def _psf_estimate(args, file_voxel, shape) -> tuple[tuple[int, ...], tuple[int, 
 def _generated_as_used(args, shape, voxel, image_shape):
     """The PSF of ``shape`` that ``--psf-model`` generates for an image of ``image_shape`` and ``voxel``, cropped
     as :func:`~deconv3d.cli._common.load_psf` crops it; None where the optics are refused (an NA above the
-    immersion index), which the run then refuses with its own message, after the checks that come first."""
+    immersion index), which the run then refuses with its own message, after the checks that come first. Kept
+    as ``args.estimated_psf`` with the image shape and voxel size it was made for: the in-memory run takes it
+    for those rather than generating it again (:func:`~deconv3d.cli.in_memory._voxel_model_and_psf`)."""
     from deconv3d.psf import generate_psf, prepare_psf
 
     try:
         psf = generate_psf(args.psf_model, shape, voxel, args.na, args.wavelength, ni=args.ni, ns=args.ns,
                            depth=args.depth)
-        return prepare_psf(psf, image_shape, psf_voxel=voxel, image_voxel=voxel)
+        psf = prepare_psf(psf, image_shape, psf_voxel=voxel, image_voxel=voxel)
     except InputError:
         return None
+    args.estimated_psf = (tuple(image_shape), tuple(voxel), psf)
+    return psf
 
 
 def _psf_file_as_used(path, voxel, shape):

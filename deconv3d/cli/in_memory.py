@@ -61,6 +61,10 @@ def _voxel_model_and_psf(args, image, warnings: list):
     if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
         voxel = trained.voxel_for(voxel, image.data.ndim, args.input, warnings)
     voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input, warnings, partial=image.partial_voxel)
+    made = getattr(args, "estimated_psf", None)  # (generated for the memory estimate: cli.classical._generated_as_used)
+    if made is not None and args.psf is None and trained is None and voxel is not None \
+            and made[:2] == (tuple(image.data.shape), tuple(voxel)):
+        return voxel, trained, model_sha256, made[2]
     # A trained model only checks the PSF against its own: a stack thinner than the PSF is fine.
     psf = load_psf(args, image, voxel, fit_image=trained is None, warnings=warnings) if (args.psf or args.psf_model) else None
     return voxel, trained, model_sha256, psf
