@@ -173,7 +173,9 @@ def run_boundary_problem(boundary, name: str = "--boundary") -> str | None:
     :data:`RUN_BOUNDARIES`, such as Richardson-Lucy's ``bertero``, naming those it takes; None for one of them."""
     if boundary in RUN_BOUNDARIES:
         return None
-    return f"{name} {boundary!r} is Richardson-Lucy's, not Wiener's: Wiener takes {name} reflect (the default) or zero"
+    if boundary in ("bertero",):  # (RL's other boundaries, zero and reflect, are Wiener's too)
+        return f"{name} {boundary!r} is Richardson-Lucy's, not Wiener's: Wiener takes {name} reflect (the default) or zero"
+    return f"{name} {boundary!r} is not one a Wiener run takes: give {name} reflect (the default) or zero"
 
 
 def check_run_boundary(boundary, name: str = "--boundary") -> None:

@@ -127,6 +127,21 @@ def test_a_wiener_batch_redoes_its_files_for_the_zero_boundary_only(folder, caps
         make_settings({"psf": str(folder / "psf.tif"), **load_config(folder / "wiener.toml")})
 
 
+@pytest.mark.parametrize("boundary", ["Zero", "periodic", "mirror"])
+def test_a_wiener_boundary_that_is_no_boundary_is_not_called_rl_s(folder, boundary):
+    """A boundary Wiener's runs do not take was refused as Richardson-Lucy's ("boundary 'Zero' is
+    Richardson-Lucy's, not Wiener's"), which only bertero is (found by the review of this stop's diff)."""
+    from deconv3d.pipeline import WienerBlock
+
+    expected = f"boundary {boundary!r} is not one a Wiener run takes: give boundary reflect (the default) or zero"
+    with pytest.raises(InputError) as error:
+        make_settings({"psf": str(folder / "psf.tif"), "method": "wiener", "boundary": boundary})
+    assert str(error.value) == f"batch configuration: {expected}"
+    with pytest.raises(InputError) as error:
+        WienerBlock(gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0)), boundary=boundary)
+    assert str(error.value) == expected
+
+
 @pytest.mark.parametrize("base, follows", [({"method": "wiener"}, True), ({"method": "rl"}, False),
                                            ({"method": "rl-tv"}, False), ({"method": "ssl", "train_steps": 5}, False)])
 def test_the_fingerprint_follows_wiener_s_mirror_rule(folder, monkeypatch, base, follows):
