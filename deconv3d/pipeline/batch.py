@@ -82,7 +82,8 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
     if settings.method == "wiener":
         from deconv3d.classical.wiener import wiener_reach
 
-        model = MemoryModel("wiener", psf.shape, reach=wiener_reach(psf, settings.balance))  # (its mirror's depth)
+        model = MemoryModel("wiener", psf.shape, reach=wiener_reach(psf, settings.balance),  # (its mirror's depth)
+                            boundary=settings.boundary)  # (zero: the PSF's size of zeros, more than a thin mirror)
         block = WienerBlock(psf, settings.balance, settings.run_device, settings.boundary)
         return block, model, {"balance": settings.balance, "boundary": settings.boundary}
     tv = settings.tv_weight if settings.method == "rl-tv" else 0.0

@@ -416,6 +416,10 @@ def test_the_in_memory_estimate_counts_wiener_mirror_from_the_psf_file(tmp_path)
         settings = make_settings({"psf": str(tmp_path / "psf.tif"), "method": "wiener", "balance": balance})
         assert build_block_fn(settings, psf, (0.3, 0.1, 0.1))[1].reach == wiener_reach(psf, balance)
     assert wiener_reach(psf, 1e-2) != wiener_reach(psf, 1e-5)
+    # A batch's (and a chunked run's) blocks with the zero boundary are counted as zero's box (diff review)
+    for boundary in ("zero", "reflect"):
+        settings = make_settings({"psf": str(tmp_path / "psf.tif"), "method": "wiener", "boundary": boundary})
+        assert build_block_fn(settings, psf, (0.3, 0.1, 0.1))[1].boundary == boundary
 
 
 def test_the_in_memory_wiener_estimate_takes_the_psf_as_the_run_uses_it(tmp_path):
