@@ -7,10 +7,11 @@ into a shard either): only the indexes are read, never the chunks."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
-from deconv3d.omezarr.reading import ZarrReader, open_lazy
+from deconv3d.omezarr.reading import ZarrReader, _open_ome_zarr
 
 
 def unstored_chunks_fix(path, position: tuple = ()) -> str | None:
@@ -20,7 +21,7 @@ def unstored_chunks_fix(path, position: tuple = ()) -> str | None:
     ``position`` (the spatial index of the value met, as :class:`~deconv3d.errors.NonFiniteValues` keeps it) lies
     in stored chunks only (at each time point and channel): that value is in the file."""
     try:
-        reader = open_lazy(path).reader
+        reader = _open_ome_zarr(Path(path), omero_warning=False).reader  # (its run warned of the image already)
         array = reader._open() if isinstance(reader, ZarrReader) else None
         fill = None if array is None else array.fill_value
         if fill is None or np.isfinite(np.asarray(fill, dtype=np.float64)).all():

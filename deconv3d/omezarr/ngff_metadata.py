@@ -205,14 +205,16 @@ def _omero_channels(attrs: dict, count: int, path=None) -> tuple | None:
     """The label, colour and visibility of each of the ``count`` channels in an OME-Zarr's
     ``omero`` metadata (0.5 under ``ome``, 0.4 at the top), or None where it does not give one
     entry per channel. The display windows are left out: they describe the input's intensities.
-    Entries beyond the ``count`` channels are left out, with a warning naming the image ``path``."""
+    Entries beyond the ``count`` channels are left out, with a warning naming the image ``path`` (none where
+    ``path`` is None)."""
     ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs
     omero = ome.get("omero", attrs.get("omero"))
     channels = omero.get("channels") if isinstance(omero, dict) else None
     if isinstance(channels, list) and len(channels) > count:
         extra = f"the {len(channels) - count} extra entr{'y is' if len(channels) == count + 1 else 'ies are'} ignored"
-        warning_naming_image(lambda image: f"deconv3d: warning: {image}'s omero metadata lists {len(channels)} "
-                             f"channels but the image has {count}: {extra}", path)
+        if path is not None:
+            warning_naming_image(lambda image: f"deconv3d: warning: {image}'s omero metadata lists {len(channels)} "
+                                 f"channels but the image has {count}: {extra}", path)
         channels = channels[:count]
     if not isinstance(channels, list) or len(channels) != count or not all(isinstance(c, dict) for c in channels):
         return None

@@ -316,7 +316,9 @@ def _series_of(path: Path, attrs: dict) -> list[str]:
     return sorted((p.name for p in path.iterdir() if p.name.isdecimal() and p.is_dir()), key=int)
 
 
-def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
+def _open_ome_zarr(path: Path, level: int = 0, omero_warning: bool = True) -> LazyImage:
+    """``omero_warning=False``: no warning about omero entries beyond the channels (a second look at an image
+    that its run opened, and warned about, already)."""
     group, image_path = _image_group(path)  # path stays the input's name, for messages and outputs
     attrs = dict(group.attrs)
     ms, metadata = _multiscale(attrs, image_path), (image_path, _multiscales_key(attrs))
@@ -343,7 +345,7 @@ def _open_ome_zarr(path: Path, level: int = 0) -> LazyImage:
                      voxel_problem=_unit_problem(axes, units, path), origin=origin,
                      voxel_problem_without_file=_unit_problem(axes, units, "the image"),
                      channels=_omero_channels(dict(group.attrs), data.shape[axes.index("C")] if "C" in axes else 1,
-                                              path))
+                                              path if omero_warning else None))
 
 
 def _level_array(image_path: Path, component: str, level: int, metadata):

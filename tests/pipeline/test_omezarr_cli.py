@@ -647,6 +647,25 @@ def test_omero_entries_beyond_the_channels_are_ignored_with_one_warning(tmp_path
     assert [row["warnings"] for row in rows] == [[f"the image's {said}"]]
 
 
+def test_the_omero_warning_is_given_once_where_a_nan_is_refused(tmp_path, capsys, monkeypatch):
+    """Found by the review of this stop's diff: the NaN refusal's look for chunks never stored opened the image
+    again, and the omero warning was printed twice before the error (a batch's row listed it twice)."""
+    import zarr
+
+    monkeypatch.chdir(tmp_path)
+    write_tiff("psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    image = np.stack([blurred_beads((8, 16, 16), gaussian_psf(), seed=c) for c in range(2)])
+    image[0, 0, 0, 5] = np.nan
+    write_ome_zarr("a.zarr", image, axes="CZYX", voxel_size=(0.3, 0.1, 0.1))
+    group = zarr.open_group("a.zarr", mode="r+")
+    attrs = dict(group.attrs)
+    attrs["ome"]["omero"] = {"channels": [{"label": "DAPI"}, {"label": "GFP"}, {"label": "RFP"}]}
+    group.attrs.update(attrs)
+    code, _, err = run(["deconvolve", "a.zarr", "-o", "out.zarr", "--psf", "psf.tif", "--method", "wiener"], capsys)
+    assert code == 2 and [line.split(":")[1] for line in err.splitlines()] == [" warning", " error"], err
+    assert "omero metadata lists 3 channels but the image has 2" in err and "NaN" in err, err
+
+
 def test_config_per_channel_psfs_resolve_relative_to_the_file(tmp_path):
     from deconv3d.errors import InputError
     from deconv3d.pipeline.batch import channel_count, load_config, make_settings
