@@ -166,21 +166,22 @@ def run_batch(input_dir, output_dir, settings: Settings, process_one, *, progres
 
 def _refuse_a_model_for_another_psf(settings: Settings) -> None:
     """Refuse, before any file runs, an ``ssl`` batch whose model (each, one per channel) was trained with
-    another PSF than the PSF file given for it: each file's run compares the PSF resampled to the voxel size
-    it runs at, and a run at another voxel size than the model's is refused for that first. So where every
-    model records its voxel size, the PSF compared is the same for every file that could run, and the
-    refusal is the batch's, one line, as a single deconvolve's. Left to each file's run: a model without a
-    voxel size (the PSF is resampled to each file's own), a generated PSF (``psf_model``: sampled on each
-    file's grid), a model that does not load and a PSF that cannot be prepared for it (refused there with
-    the file's name)."""
+    another PSF than the PSF file given for it (each channel's, where one model is given with a PSF per
+    channel): each file's run compares the PSF resampled to the voxel size it runs at, and a run at another
+    voxel size than the model's is refused for that first. So where every model records its voxel size, the
+    PSF compared is the same for every file that could run, and the refusal is the batch's, one line, as a
+    single deconvolve's. Left to each file's run: a model without a voxel size (the PSF is resampled to each
+    file's own), a generated PSF (``psf_model``: sampled on each file's grid), a model that does not load
+    and a PSF that cannot be prepared for it (refused there with the file's name)."""
     models, psfs = _many(settings.model), _many(settings.psf)
     if settings.method != "ssl" or not models or not psfs or settings.psf_model is not None or \
-            len(psfs) not in (1, len(models)):
+            len(psfs) > 1 and len(models) > 1 and len(psfs) != len(models):
         return
     from deconv3d.pipeline.prepared_psfs import load_psf_for
     from deconv3d.selfsup import load_checkpoint
 
-    for number, model in enumerate(models):
+    for number in range(max(len(models), len(psfs))):  # (channel by channel, as each file's run pairs them)
+        model = models[number % len(models)]
         try:
             network = load_checkpoint(model, device="cpu")
             voxel = network.voxel_size

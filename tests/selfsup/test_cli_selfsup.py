@@ -106,6 +106,32 @@ def test_a_batch_refuses_a_model_trained_with_another_psf_before_any_file_runs(d
     assert code == 0 and "2 done" in out, err
 
 
+def test_a_batch_refuses_one_model_for_another_channels_psf_before_any_file_runs(data, capsys):
+    """Found by the review of this stop's diff: one --model with a PSF per channel was left to each file's run
+    (exit 3, the same reason on every line) while a single deconvolve refused it. Now refused before any file
+    runs, leaving a finished output folder as it was."""
+    from deconv3d.omezarr import write_ome_zarr
+
+    grids = np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij")
+    write_tiff(data / "other.tif", np.exp(-sum(g**2 for g in grids) / 0.5).astype(np.float32),
+               voxel_size=(0.3, 0.1, 0.1))
+    (data / "in").mkdir()
+    image = read_image(data / "image.tif").data
+    write_ome_zarr(data / "in" / "a.zarr", np.stack([image, image]), axes="CZYX", voxel_size=(0.3, 0.1, 0.1))
+    model = data / "m.ckpt"
+    assert run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", model, "--steps", 1] + TINY,
+               capsys)[0] == 0
+    ssl = ["--method", "ssl", "--model", model, "--device", "cpu", "--psf", data / "psf.tif"]
+    assert run(["batch", data / "in", "-o", data / "res"] + ssl + [data / "psf.tif"], capsys)[0] == 0
+    finished = sorted((str(p), p.stat().st_mtime_ns) for p in (data / "res").rglob("*"))
+    code, _, single = run(["deconvolve", data / "in" / "a.zarr", "-o", data / "a.zarr"] + ssl + [data / "other.tif"],
+                          capsys)
+    assert_one_line_error(code, single, "the model was trained with another PSF")
+    code, out, err = run(["batch", data / "in", "-o", data / "res"] + ssl + [data / "other.tif"], capsys)
+    assert (code, out, err) == (2, "", single)
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in (data / "res").rglob("*")) == finished
+
+
 def test_no_amp_runs_a_models_inference_in_float32(data, capsys, monkeypatch):
     """--amp (default) runs the network in bfloat16 on a CPU with AMX (forced here), --no-amp in
     float32; with --model it is not a training option that --model ignores."""
