@@ -291,7 +291,7 @@ def _one_per_channel(args) -> None:
 
         # the input's count, before the in-memory run (one channel) refuses it otherwise; several channels run
         # chunked (_go_out_of_core_if_needed), each with its own, into a TIFF hyperstack
-        check_channel_count(open_lazy(args.input), len(getattr(args, several[0])), several[0])
+        check_channel_count(open_lazy(args.input, omero_warning=False), len(getattr(args, several[0])), several[0])
 
 
 def _go_out_of_core_if_needed(args) -> None:

@@ -26,8 +26,9 @@ from deconv3d.omezarr.tiff_reading import _open_tiff, _tiff_header
 ZARR_SUFFIX = ".zarr"
 
 
-def open_lazy(path) -> LazyImage:
-    """Open a TIFF or an OME-Zarr image as a dask array without reading its pixels.
+def open_lazy(path, omero_warning: bool = True) -> LazyImage:
+    """Open a TIFF or an OME-Zarr image as a dask array without reading its pixels (``omero_warning=False``: a
+    second look at an image whose run warns of it, without the warning of omero entries beyond its channels).
 
     Raises
     ------
@@ -42,7 +43,7 @@ def open_lazy(path) -> LazyImage:
         raise InputError(problem)
     suffix = path.suffix.lower()
     if suffix == ZARR_SUFFIX or is_zarr_folder(path):
-        return _open_ome_zarr(path)
+        return _open_ome_zarr(path, omero_warning=omero_warning)
     if path.is_dir():
         raise InputError(f"{path} is a folder but not a zarr image (no zarr.json or .zgroup in it): give a TIFF file "
                          "or an OME-Zarr folder")

@@ -176,6 +176,8 @@ class Settings(Fingerprinted):
                    "(train on each image first)")
             if self.model is not None:
                 self._check_models()
+                if self.psf is not None:  # (a model carries its PSF; one given beside it is checked against it)
+                    self._check_psf_files()
                 return
         if self.psf is None:
             self._check_psf_model()
@@ -185,8 +187,8 @@ class Settings(Fingerprinted):
     def _check_training(self) -> None:
         """The model and training steps (ssl only), the training steps and the seed."""
         extra = [_n(k) for k in ("model", "train_steps") if getattr(self, k) is not None]
-        _check(self.method == "ssl" or not extra, f"{' and '.join(extra)} apply to {_n('method')} ssl only: remove "
-               f"{'them' if len(extra) > 1 else 'it'} for {self.method}")
+        _check(self.method == "ssl" or not extra, f"{' and '.join(extra)} {'apply' if len(extra) > 1 else 'applies'} "
+               f"to {_n('method')} ssl only: remove {'them' if len(extra) > 1 else 'it'} for {self.method}")
         _check(self.train_steps is None or (is_whole(self.train_steps) and self.train_steps >= 1),
                f"{_n('train_steps')} must be a positive whole number, got {self.train_steps!r}")
         _check(is_whole(self.seed) and 0 <= self.seed < 2**63, f"{_n('seed')} must be a whole number >= 0, "

@@ -641,6 +641,10 @@ def test_omero_entries_beyond_the_channels_are_ignored_with_one_warning(tmp_path
     code, _, err = run(["deconvolve", "IN/a.zarr", "-o", "out.zarr", "--psf", "psf.tif", "--method", "wiener"], capsys)
     assert code == 0 and err.splitlines() == [f"deconv3d: warning: IN/a.zarr's {said}"], err
     assert [c["label"] for c in read_ome_zarr(tmp_path / "out.zarr")[3]["ome"]["omero"]["channels"]] == ["DAPI", "GFP"]
+    # one PSF per channel and a TIFF output: the channels were counted on a look of their own, which warned too
+    code, _, err = run(["deconvolve", "IN/a.zarr", "-o", "out.tif", "--psf", "psf.tif", "psf.tif", "--method",
+                        "wiener"], capsys)
+    assert code == 0 and err.splitlines() == [f"deconv3d: warning: IN/a.zarr's {said}"], err
     code, _, err = run(["batch", "IN", "-o", "OUT", "--psf", "psf.tif", "--method", "wiener"], capsys)
     assert code == 0 and f"deconv3d: warning: IN/a.zarr's {said}" in err.splitlines(), err
     rows = json.loads((tmp_path / "OUT" / "batch_report.json").read_text())["files"]

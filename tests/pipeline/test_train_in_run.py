@@ -85,8 +85,8 @@ def test_batch_trains_one_network_per_image(files, capsys, monkeypatch):
 @pytest.mark.parametrize("values, words", [
     ({"method": "ssl", "train_steps": 2, "model": "m.ckpt"}, ["model", "train_steps", "not both"]),
     ({"method": "ssl"}, ["model", "train_steps"]),
-    ({"method": "rl", "model": "m.ckpt"}, ["model apply to method ssl only: remove it for rl"]),
-    ({"method": "wiener", "train_steps": 3}, ["train_steps apply to method ssl only: remove it"]),
+    ({"method": "rl", "model": "m.ckpt"}, ["model applies to method ssl only: remove it for rl"]),
+    ({"method": "wiener", "train_steps": 3}, ["train_steps applies to method ssl only: remove it"]),
     ({"method": "rl", "model": "m.ckpt", "train_steps": 3}, ["model and train_steps", "remove them"]),
     ({"method": "ssl", "train_steps": 0}, ["positive whole number"]),
     ({"method": "ssl", "train_steps": 2.5}, ["positive whole number"]),
@@ -100,6 +100,14 @@ def test_settings_refuse_a_model_or_training_that_does_not_apply(files, values, 
                                                           for k, v in values.items()}})
     for word in words:
         assert word in str(caught.value)
+
+
+def test_a_missing_psf_beside_a_model_is_refused_as_missing(files):
+    """Found by the review of this stop's diff: with a model, the PSF files were not checked, and a PSF file
+    that does not exist ended the batch in an internal error (FileNotFoundError)."""
+    (files / "m.ckpt").write_bytes(b"")
+    with pytest.raises(InputError, match="PSF file not found: .*missing.tif: check the path"):
+        make_settings({"method": "ssl", "model": str(files / "m.ckpt"), "psf": str(files / "missing.tif")})
 
 
 def test_training_on_a_hyperstack_or_past_the_memory_limit_is_refused(files, capsys, monkeypatch):
