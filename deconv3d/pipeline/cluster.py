@@ -173,14 +173,26 @@ def _close_quietly(*closing) -> None:
 def _close_at_the_end(client, cluster) -> None:
     """Close a finished run's client and local cluster without distributed's WARNINGs: a worker slower than 4 s
     to exit on a loaded machine had its nanny log "Worker process still alive after 4.0 seconds, killing" between
-    the run's last lines (seen in 1-2 of 3 two-worker batches here), which tells the user nothing to do."""
+    the run's last lines (seen in 1-2 of 3 two-worker batches here), which tells the user nothing to do.
+
+    The WARNINGs are filtered out, not silenced by the handlers' level: the cluster's close gives the handlers back
+    the level it found (a cluster silences them to WARNING while it runs), and a level set around it and given
+    back afterwards left them at WARNING after the run (distributed's INFO lines hidden from then on)."""
     import logging
 
-    from distributed.utils import silence_logging_cmgr
+    handlers = [h for h in logging.getLogger("distributed").handlers if isinstance(h, logging.StreamHandler)]
 
-    with silence_logging_cmgr(logging.ERROR):
+    def errors_only(record) -> bool:
+        return record.levelno >= logging.ERROR
+
+    for handler in handlers:
+        handler.addFilter(errors_only)
+    try:
         client.close()
         cluster.close()
+    finally:
+        for handler in handlers:
+            handler.removeFilter(errors_only)
 
 
 @contextlib.contextmanager
@@ -235,7 +247,7 @@ def _start_local_cluster(workers: int | None, gpus: int):
                                           scheduler_kwargs={"dashboard": http["dashboard"]}, **_worker_preload())
 
     try:
-        cluster = _out_of_ctrl_c_reach(build)
+        cluster = _out_of_ctrl_c_reach(build, run)
         return Client(cluster), cluster
     except KeyboardInterrupt:  # while its workers start: the cluster (or client) is in no variable yet
         ours = [c for c in list(_instances(SpecCluster)) if getattr(c, "_deconv3d_run", None) is run]
@@ -245,7 +257,7 @@ def _start_local_cluster(workers: int | None, gpus: int):
         raise
 
 
-def _out_of_ctrl_c_reach(build):
+def _out_of_ctrl_c_reach(build, run: object):
     """``build()``, run in a thread that blocks SIGINT, so that the threads distributed starts from it and
     the worker processes those start are born with SIGINT blocked; the calling thread keeps Ctrl-C.
 
@@ -253,7 +265,10 @@ def _out_of_ctrl_c_reach(build):
     (:mod:`deconv3d.pipeline._worker_preload`), but a worker still importing got it: Ctrl-C 5-7 s into
     a ``batch --scheduler processes`` (2 workers starting) printed 20-69 lines and 2-3 tracebacks
     ("Nanny failed to start") before the run's own line. A blocked SIGINT waits in the worker until
-    its preload ignores it, which discards it. On a platform without signal masks, ``build()`` as it is.
+    its preload ignores it, which discards it. Stopped meanwhile (KeyboardInterrupt), it ends the worker
+    processes of the cluster marked ``run`` (:func:`_marked`) started since, and no others: a user's own
+    multiprocessing children, or another thread's cluster's workers, started meanwhile had been ended too.
+    On a platform without signal masks, ``build()`` as it is.
     """
     import signal
     import threading
@@ -291,12 +306,28 @@ def _out_of_ctrl_c_reach(build):
     except KeyboardInterrupt:
         with lock:
             built["stopped"] = True
-        for process in set(multiprocessing.active_children()) - before:  # (a worker still starting, deaf to
-            process.terminate()                                          # Ctrl-C, held its nanny's close 10 s)
+        for process in _worker_processes(run) & (set(multiprocessing.active_children()) - before):
+            process.terminate()  # (a worker still starting, deaf to Ctrl-C, held its nanny's close 10 s)
         raise  # (the caller closes what has started of this run's cluster)
     if "error" in built:
         raise built["error"]
     return built["cluster"]
+
+
+def _worker_processes(run: object) -> set:
+    """The multiprocessing processes of the workers of the clusters marked ``run`` (:func:`_marked`), started
+    or starting: those of the nannies each has created (distributed's private ``_created``, a nanny's
+    ``process.process._process``; none where a version lacks them, and the run then waits for its workers)."""
+    from distributed.deploy.spec import SpecCluster
+
+    found = set()
+    for cluster in list(_instances(SpecCluster)):
+        if getattr(cluster, "_deconv3d_run", None) is run:
+            for nanny in list(getattr(cluster, "_created", ())):
+                process = getattr(getattr(getattr(nanny, "process", None), "process", None), "_process", None)
+                if process is not None:
+                    found.add(process)
+    return found
 
 
 def _connect(spec: str):

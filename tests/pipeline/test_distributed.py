@@ -228,6 +228,43 @@ def test_a_finished_run_closes_its_cluster_without_distributed_s_warnings(monkey
         logging.getLogger("distributed").removeHandler(handler)
 
 
+def test_a_finished_run_gives_distributed_s_log_level_back(monkeypatch):
+    """Found by the review of this stop's diff: the quiet close set distributed's log handlers to ERROR around
+    the cluster's close, which gives them back the level the cluster found (a cluster silences them to WARNING
+    while it runs); the quiet close then put back WARNING, and distributed's INFO lines stayed hidden."""
+    import contextlib
+    import io
+    import logging
+
+    import distributed
+    from distributed.utils import silence_logging_cmgr
+
+    class Silencing(_Cluster):  # (as SpecCluster's silence_logs: from its start to its close)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.silenced = contextlib.ExitStack()
+            self.silenced.enter_context(silence_logging_cmgr(logging.WARNING))
+
+        def close(self, timeout=None):
+            self.silenced.close()
+
+    class Closing(_Client):
+        def close(self, timeout=None):
+            pass
+
+    monkeypatch.setattr(distributed, "LocalCluster", Silencing)
+    monkeypatch.setattr(distributed, "Client", Closing)
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setLevel(logging.INFO)
+    logging.getLogger("distributed").addHandler(handler)
+    try:
+        with scheduler_client("processes", workers=1):
+            assert handler.level == logging.WARNING
+        assert handler.level == logging.INFO and not handler.filters
+    finally:
+        logging.getLogger("distributed").removeHandler(handler)
+
+
 def test_a_run_stopped_while_its_cluster_starts_leaves_other_threads_clients_open(monkeypatch):
     """Found by the review of the quiet shutdown: a run stopped while its cluster started closed every
     client and cluster made meanwhile, a user's own Client (on a LocalCluster of another thread) too."""
@@ -312,12 +349,6 @@ def test_ctrl_c_while_a_worker_starts_stops_that_worker(tmp_path):
     """A worker born deaf to Ctrl-C (above) ran on after the run's Ctrl-C until it had started, and the
     run waited for it to close it: 10-16 s on a loaded machine. The run now ends the worker processes of
     its cluster that are still starting. A user's preload stands in for a slow start."""
-    import signal
-    import threading
-    import time
-
-    import dask
-
     started, finished = tmp_path / "started", tmp_path / "finished"
     (tmp_path / "slow_start.py").write_text(
         "import os, pathlib, time\n"
@@ -325,24 +356,66 @@ def test_ctrl_c_while_a_worker_starts_stops_that_worker(tmp_path):
         f"    pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
         "    time.sleep(60)\n"
         f"    pathlib.Path({str(finished)!r}).write_text('')\n")
+    _ctrl_c_once_a_worker_starts(tmp_path / "slow_start.py", started)
+    pid = int(started.read_text())
+    with pytest.raises(ProcessLookupError):  # (ended and reaped)
+        os.kill(pid, 0)
+    assert not finished.exists()
+
+
+def test_ctrl_c_while_a_worker_starts_leaves_other_processes_be(tmp_path):
+    """Found by the review of this stop's diff: stopped while its workers started, the run ended every
+    multiprocessing child this process had started since it began building its cluster, a user's own (or
+    another thread's cluster's workers) too. It now ends its own cluster's workers only."""
+    import multiprocessing
+    import time
+
+    started = tmp_path / "started"
+    (tmp_path / "slow_start.py").write_text(
+        "import pathlib, time\n"
+        "def dask_setup(worker):\n"
+        f"    pathlib.Path({str(started)!r}).write_text('')\n"
+        "    time.sleep(60)\n")
+    users = []
+
+    def users_child():  # (the user's own, started while the run's cluster starts)
+        users.append(multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,), daemon=True))
+        users[0].start()
+
+    try:
+        _ctrl_c_once_a_worker_starts(tmp_path / "slow_start.py", started, meanwhile=users_child)
+        users[0].join(timeout=1)
+        assert users[0].is_alive(), f"the user's process was ended (exit code {users[0].exitcode})"
+    finally:
+        for process in users:
+            process.kill()
+            process.join()
+
+
+def _ctrl_c_once_a_worker_starts(preload, started, meanwhile=lambda: None) -> None:
+    """Start a one-worker local cluster with the user's ``preload`` (a file, run before ours, that makes ``started``
+    and then takes its time), and once ``started`` exists call ``meanwhile()`` and send this thread Ctrl-C: the
+    start ends in a KeyboardInterrupt."""
+    import signal
+    import threading
+    import time
+
+    import dask
 
     def ctrl_c_once_started():
         while not started.exists():
             time.sleep(0.05)
+        meanwhile()
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         threading.Thread(target=ctrl_c_once_started, daemon=True).start()
-        with dask.config.set({"distributed.worker.preload": [str(tmp_path / "slow_start.py")]}):
+        with dask.config.set({"distributed.worker.preload": [str(preload)]}):
             with pytest.raises(KeyboardInterrupt), scheduler_client("processes", workers=1):
                 pass
     finally:
         signal.signal(signal.SIGINT, inherited)
-    pid = int(started.read_text())
-    with pytest.raises(ProcessLookupError):  # (ended and reaped)
-        os.kill(pid, 0)
-    assert not finished.exists()
 
 
 def test_gpu_count_gives_workers_per_gpu_only_for_cuda_and_auto(monkeypatch):
