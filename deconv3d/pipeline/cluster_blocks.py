@@ -9,9 +9,8 @@ import threading
 from concurrent.futures import CancelledError
 from typing import Iterable
 
-from deconv3d.pipeline import run_flags
+from deconv3d.pipeline import chunked, run_flags
 from deconv3d.pipeline.block_figures import BlockFigures
-from deconv3d.pipeline.chunked import _block_task, _counter, _stop_if_cancelled, _track
 from deconv3d.pipeline.run_flags import _RunFlag
 
 
@@ -36,7 +35,9 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
     from distributed import Event
     from distributed import wait as dwait
 
-    finished, state = _counter(progress, done, total, figures)
+    # chunked's block task and helpers, looked up as the run starts (as when they were chunked's own code): a
+    # test's replacement of chunked._block_task reaches a cluster's run as it reaches the threads'
+    finished, state = chunked._counter(progress, done, total, figures)
     request = None if figures is None else figures.request()  # (it alone travels with the tasks)
     remote, limit = _in_flight_limit(client, reader)
     refs = _scatter_shared(client, fn, reader if remote else None)
@@ -46,14 +47,14 @@ def _run_distributed(reader, fn, target_path: str, tasks: Iterable, client, prog
 
     def settle(at_most: int) -> None:
         _settle_distributed(futures, at_most, dwait, None if cancel is None else 0.5, finished,
-                            lambda: _stop_if_cancelled(asked, done + state["count"], total))
+                            lambda: chunked._stop_if_cancelled(asked, done + state["count"], total))
 
     try:
         for read, placement, write in tasks:
             settle(limit - 1)
             source = refs[1] if remote else reader.read(read)
-            _track(futures, client.submit, _block_task, source, read, refs[0], placement, target_path, write,
-                   abandon.name, figures=request, pure=False)
+            chunked._track(futures, client.submit, chunked._block_task, source, read, refs[0], placement,
+                           target_path, write, abandon.name, figures=request, pure=False)
             del source
         settle(0)
     except BaseException:

@@ -418,6 +418,29 @@ def _ctrl_c_once_a_worker_starts(preload, started, meanwhile=lambda: None) -> No
         signal.signal(signal.SIGINT, inherited)
 
 
+def test_a_cluster_run_runs_chunked_s_block_task_as_it_is_when_the_run_starts(monkeypatch, tmp_path, psf3d):
+    """Found by the review of this stop's diff: once the cluster's runner moved to cluster_blocks.py, it ran the
+    block task it had imported, and a replacement of chunked._block_task (as test_batch_resume's slow task)
+    reached the threads' runs only (a worker process ran the task that the module it imported holds)."""
+    import importlib
+
+    from distributed import Client, LocalCluster
+
+    from deconv3d.pipeline import chunked
+
+    def replaced(*args, **kwargs):
+        raise RuntimeError("chunked's block task as it is now")
+
+    importlib.import_module("deconv3d.pipeline.cluster_blocks")  # (as after an earlier cluster run)
+    monkeypatch.setattr(chunked, "_block_task", replaced)
+    # (worker processes: one in this process unpickles the task as chunked._block_task, whatever that is now)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        with pytest.raises(RuntimeError, match="as it is now"):
+            run_chunked(np.ones((4, 8, 8), np.float32), RichardsonLucyBlock(psf3d, iterations=1),
+                        tmp_path / "out.zarr", chunks=(4, 8, 8), client=client)
+
+
 def test_gpu_count_gives_workers_per_gpu_only_for_cuda_and_auto(monkeypatch):
     """A worker per GPU sees its GPU as cuda:0, so cuda:N runs on plain workers instead."""
     import torch
