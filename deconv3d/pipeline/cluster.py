@@ -296,12 +296,12 @@ def _out_of_ctrl_c_reach(build, run: object):
 
     thread = threading.Thread(target=target, name="deconv3d cluster start", daemon=True)
     before = set(multiprocessing.active_children())
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        thread.start()  # (a thread starts with its starter's mask)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    try:
+    try:  # (a Ctrl-C that came while SIGINT was blocked is raised as the block ends: the thread may be building)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            thread.start()  # (a thread starts with its starter's mask)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         thread.join()  # (Ctrl-C here raises KeyboardInterrupt in this thread)
     except KeyboardInterrupt:
         with lock:

@@ -228,6 +228,48 @@ def test_a_finished_run_closes_its_cluster_without_distributed_s_warnings(monkey
         logging.getLogger("distributed").removeHandler(handler)
 
 
+def test_ctrl_c_as_the_cluster_s_thread_starts_closes_the_cluster_it_builds(monkeypatch):
+    """Found by the review of this stop's diff: a Ctrl-C that came while SIGINT was blocked to start the thread
+    that builds the cluster was raised as the block ended, before the wait for the thread that handles it: the
+    cluster, not yet registered, was not found to close, and the thread went on to start it and kept it."""
+    import signal
+    import time
+
+    import distributed
+
+    made = []
+
+    class Slow(_Cluster):
+        def __init__(self, *args, **kwargs):
+            time.sleep(0.5)  # (set-up before distributed registers the cluster)
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def close(self, timeout=None):
+            self.was_closed = True
+
+    real = signal.pthread_sigmask
+
+    def ctrl_c_while_blocked(how, mask):
+        if how == signal.SIG_SETMASK:
+            signal.raise_signal(signal.SIGINT)  # (pending until the mask is given back)
+        return real(how, mask)
+
+    monkeypatch.setattr(distributed, "LocalCluster", Slow)
+    monkeypatch.setattr(distributed, "Client", _Client)
+    monkeypatch.setattr(signal, "pthread_sigmask", ctrl_c_while_blocked)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), scheduler_client("processes", workers=1):
+            pass
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    deadline = time.monotonic() + 10
+    while not (made and getattr(made[0], "was_closed", False)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert made and getattr(made[0], "was_closed", False)
+
+
 def test_a_finished_run_gives_distributed_s_log_level_back(monkeypatch):
     """Found by the review of this stop's diff: the quiet close set distributed's log handlers to ERROR around
     the cluster's close, which gives them back the level the cluster found (a cluster silences them to WARNING
