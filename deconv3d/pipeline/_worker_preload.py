@@ -15,7 +15,9 @@ import signal
 
 
 def dask_setup(worker) -> None:  # distributed's preload hook
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a Ctrl-C that waited, blocked, since the worker began is dropped)
+    if hasattr(signal, "pthread_sigmask"):  # born with SIGINT blocked (cluster._out_of_ctrl_c_reach): ignored now,
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # the mask is given back as it usually is
     close = worker.close
 
     @functools.wraps(close)

@@ -380,6 +380,8 @@ def test_ctrl_c_reaching_a_worker_before_its_preload_runs_leaves_it_be(tmp_path,
             with scheduler_client("processes", workers=1) as client:
                 assert len(client.scheduler_info()["workers"]) == 1
                 assert set(client.run(_ctrl_c_disposition).values()) == {"ignored"}
+                # ignored, and no longer blocked: what the worker runs inherits the usual mask
+                assert list(client.run(signal.pthread_sigmask, signal.SIG_BLOCK, []).values()) == [set()]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()  # (this thread's mask as it was)
     finally:
