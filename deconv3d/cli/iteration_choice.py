@@ -3,10 +3,9 @@ printed and recorded; for an in-memory run, and per channel on a crop for a chun
 
 from __future__ import annotations
 
+from deconv3d.pipeline.auto_iterations import AUTO_MAX_ITERATIONS
+
 from .printing import progress
-
-
-AUTO_MAX_ITERATIONS = 100  # the most --iterations auto tries
 
 
 def _choose_iterations(image, psf, params: dict, voxel, device, clipped=None, where: str = "",
@@ -25,11 +24,13 @@ def _choose_iterations(image, psf, params: dict, voxel, device, clipped=None, wh
     # (a level above the image's maximum flags no voxel, and none is said fitted as clipped)
     clipped_note = "" if clipped is None or not clipped.any() else ", the saturated voxels fitted as clipped"
     chose = f"chose {choice.iterations} iterations" + (f" for {where}" if where else "")
-    if choice.stopped == "max_iterations" and choice.iterations == AUTO_MAX_ITERATIONS:
+    at_cap = choice.stopped == "max_iterations" and choice.iterations == AUTO_MAX_ITERATIONS
+    if at_cap:
         print(f"{chose}, the most --iterations auto tries{clipped_note}{note}: the held-out error "
               "was still falling, but it is nearly flat there and on noisy data may keep falling past the best "
               "restoration: compare a few --iterations N before going further")
     else:
         print(f"{chose} (held-out prediction error lowest there, {len(choice.risk)} tried{clipped_note}{note})")
+    capped = f", stopped at the cap of {AUTO_MAX_ITERATIONS} with the error still falling" if at_cap else ""
     return {"iterations": choice.iterations, "accelerate": False,
-            "iterations_chosen_by": f"held-out prediction ({choice.holdout:.0%} of voxels{clipped_note}{note})"}
+            "iterations_chosen_by": f"held-out prediction ({choice.holdout:.0%} of voxels{clipped_note}{note}{capped})"}

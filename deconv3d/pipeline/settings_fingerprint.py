@@ -2,8 +2,9 @@
 changes the output, which a completion record holds (:mod:`~deconv3d.pipeline.completion_records`), and the
 rules of what it counts: settings a method ignores at their defaults, settings added later left out at
 theirs, the numerical rules an output follows (the TV term's, the acceleration floor, how saturated
-voxels are fitted, Wiener's gain at zero frequency), and the hashes earlier versions wrote for the same
-command. :class:`Fingerprinted` gives :class:`~deconv3d.pipeline.settings.Settings` these methods."""
+voxels are fitted, Wiener's gain at zero frequency, the most iterations ``iterations = "auto"`` tries),
+and the hashes earlier versions wrote for the same command. :class:`Fingerprinted` gives
+:class:`~deconv3d.pipeline.settings.Settings` these methods."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import hashlib
 import json
 
 from deconv3d._saturation import SATURATION_FIT
+from deconv3d.pipeline.auto_iterations import AUTO_MAX_ITERATIONS
 from deconv3d.pipeline.settings_checks import _many
 
 __all__ = ["Fingerprinted", "tv_term_rule"]
@@ -95,6 +97,8 @@ class Fingerprinted:
         if self.method in ("rl", "rl-tv") and self.saturation != "none":
             # how the flagged voxels are fitted: a batch finished when they were left out of the fit is redone once
             fields["saturation_fit"] = SATURATION_FIT
+        if self.iterations == "auto" and self.method in ("rl", "rl-tv"):  # the most the search tries: a batch
+            fields["auto_max_iterations"] = AUTO_MAX_ITERATIONS  # finished under the cap of 100 is redone once
         if self.method == "wiener":  # its gain at zero frequency: a batch finished before acf0a16 (whose outputs
             from deconv3d.classical.wiener import DC_GAIN, MIRROR_DEPTH  # were balance / (1 + balance) dimmer) is
 

@@ -12,6 +12,7 @@ from deconv3d.classical import choose_iterations, richardson_lucy
 from deconv3d.io import write_tiff
 from deconv3d.omezarr import read_ome_zarr
 from deconv3d.pipeline import run_chunked
+from deconv3d.pipeline.auto_iterations import AUTO_MAX_ITERATIONS
 from deconv3d.psf import prepare_psf
 
 from .conftest import blurred_beads, gaussian_psf
@@ -49,7 +50,7 @@ def test_each_channel_of_a_hyperstack_gets_its_own_count(tmp_path, capsys):
     code, out, err = run(["deconvolve", tmp_path / "in.tif", "--psf", tmp_path / "psf.tif", "-o",
                           tmp_path / "out.tif", "--iterations", "auto", "--device", "cpu"], capsys)
     assert code == 0, err
-    choices = [choose_iterations(c, psf, 100, voxel_size=VOXEL, device="cpu") for c in (bright, dim)]
+    choices = [choose_iterations(c, psf, AUTO_MAX_ITERATIONS, voxel_size=VOXEL, device="cpu") for c in (bright, dim)]
     counts = [choice.iterations for choice in choices]
     assert counts[0] != counts[1]  # (else a count chosen once for both would pass)
     assert [line for line in out.splitlines() if line.startswith("chose")] == [
@@ -80,8 +81,8 @@ def test_a_volume_larger_than_the_crop_is_chosen_on_its_centred_crop(tmp_path, c
                           tmp_path / "out.zarr", "--iterations", "auto", "--device", "cpu"], capsys)
     assert code == 0, err
     crop = image[1:15, 11:36, 11:36]  # 14 x 25 x 25, centred
-    count = choose_iterations(crop, psf, 100, voxel_size=VOXEL, device="cpu").iterations
-    assert count != choose_iterations(image, psf, 100, voxel_size=VOXEL, device="cpu").iterations
+    count = choose_iterations(crop, psf, AUTO_MAX_ITERATIONS, voxel_size=VOXEL, device="cpu").iterations
+    assert count != choose_iterations(image, psf, AUTO_MAX_ITERATIONS, voxel_size=VOXEL, device="cpu").iterations
     assert f"chose {count} iterations (" in out and "on a centred 14 x 25 x 25 crop)" in out, out
     result, _, _, attrs = read_ome_zarr(tmp_path / "out.zarr")
     parameters = attrs["deconv3d"]["parameters"]
@@ -106,8 +107,9 @@ def test_saturated_voxels_are_fitted_as_clipped_while_choosing(tmp_path, capsys,
                           tmp_path / "out.zarr", "--iterations", "auto", "--device", "cpu", "--saturation",
                           level if saturation == "level" else "auto"], capsys)
     assert code == 0, err
-    count = choose_iterations(image, psf, 100, voxel_size=VOXEL, device="cpu", clipped=image >= level).iterations
-    assert count != choose_iterations(image, psf, 100, voxel_size=VOXEL, device="cpu").iterations
+    count = choose_iterations(image, psf, AUTO_MAX_ITERATIONS, voxel_size=VOXEL, device="cpu",
+                              clipped=image >= level).iterations
+    assert count != choose_iterations(image, psf, AUTO_MAX_ITERATIONS, voxel_size=VOXEL, device="cpu").iterations
     assert f"chose {count} iterations (" in out and "tried, the saturated voxels fitted as clipped, on the whole" in out
     parameters = read_ome_zarr(tmp_path / "out.zarr")[3]["deconv3d"]["parameters"]
     assert parameters["iterations"] == count and parameters["accelerate"] is False
@@ -176,7 +178,8 @@ def test_the_crop_is_held_to_the_memory_limit(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(auto_iterations, "CHOICE_OVERHEAD", 8 * 10**9)
     code, out, err = run([*argv, "-o", tmp_path / "held.zarr"], capsys)
     assert code == 0, err
-    count = choose_iterations(image[1:15, 17:31, 17:31], psf, 100, voxel_size=VOXEL, device="cpu").iterations
+    count = choose_iterations(image[1:15, 17:31, 17:31], psf, AUTO_MAX_ITERATIONS, voxel_size=VOXEL,
+                              device="cpu").iterations
     assert f"chose {count} iterations (" in out and "on a centred 14 x 14 x 14 crop)" in out, out
     monkeypatch.undo()
     monkeypatch.setattr(system_memory, "planning_baseline", lambda: 0)  # (the process's memory: it varies)

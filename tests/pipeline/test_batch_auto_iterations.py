@@ -11,6 +11,7 @@ from cli_helpers import run
 from deconv3d.classical import choose_iterations, richardson_lucy
 from deconv3d.io import write_tiff
 from deconv3d.omezarr import read_ome_zarr
+from deconv3d.pipeline.auto_iterations import AUTO_MAX_ITERATIONS
 from deconv3d.psf import prepare_psf
 
 from .conftest import blurred_beads, gaussian_psf
@@ -45,7 +46,7 @@ def _check_auto_outputs(folder, out, stdout):
     psf = prepare_psf(gaussian_psf(), SHAPE, psf_voxel=VOXEL, image_voxel=VOXEL)
     counts = {}
     for name, image in _images().items():
-        choice = choose_iterations(image, psf, 100, voxel_size=VOXEL, device="cpu")
+        choice = choose_iterations(image, psf, AUTO_MAX_ITERATIONS, voxel_size=VOXEL, device="cpu")
         counts[name] = choice.iterations
         result, _, _, attrs = read_ome_zarr(out / f"{name}.zarr")
         parameters = attrs["deconv3d"]["parameters"]

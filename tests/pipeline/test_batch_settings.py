@@ -94,7 +94,8 @@ def test_a_wiener_batch_finished_before_the_unit_dc_gain_is_redone(folder, capsy
     settings = make_settings({"psf": str(folder / "psf.tif"), "method": "wiener", "balance": 0.05})
     fields = []  # what the fingerprint hashes, less the gain: the hash the earlier versions wrote
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(settings_fingerprint, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
+        patch.setattr(settings_fingerprint, "json",
+                      types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
         settings.fingerprint()
     assert fields[0].pop("wiener_dc_gain") == "unit"
     older = hashlib.sha256(json.dumps(fields[0], sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -119,7 +120,8 @@ def test_a_wiener_batch_redoes_its_files_for_the_zero_boundary_only(folder, caps
 
     fields = []  # every hash of a default Wiener batch holds the boundary as the versions that ignored it did
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(settings_fingerprint, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
+        patch.setattr(settings_fingerprint, "json",
+                      types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
         make_settings({"psf": str(folder / "psf.tif"), "method": "wiener"}).finished_fingerprints()
     assert len(fields) > 1 and all(f["boundary"] == "bertero" for f in fields), fields
     (folder / "wiener.toml").write_text('method = "wiener"\nboundary = "bertero"\n')
@@ -534,25 +536,59 @@ def test_a_batch_finished_with_the_gaussian_model_and_ns_is_resumed_not_refused_
 def test_an_auto_count_s_fingerprint_leaves_out_acceleration_and_still_matches_earlier_records(folder, monkeypatch,
                                                                                              method):
     """iterations = "auto" runs its chosen counts without acceleration: with and without --no-accelerate its
-    fingerprint is one (the default's, as before), and the hash earlier versions wrote for --no-accelerate
-    (accelerate as given, Wiener's balance, ignored, at its default: not the legacy hash) is still finished; a
-    numeric count's fingerprint still follows accelerate."""
-    import types
-
-    from deconv3d.pipeline import settings_fingerprint
-
+    fingerprint is one (the default's, as before), and the hash of the rule earlier versions followed for
+    --no-accelerate (accelerate as given, Wiener's balance, ignored, at its default: not the legacy hash) is still
+    among the finished ones; a numeric count's fingerprint still follows accelerate. (The records those versions
+    wrote lack the search's cap, which the fingerprint now holds: they are redone once, as the cap's own test
+    checks.)"""
     base = {"psf": str(folder / "psf.tif"), "method": method, "balance": 0.1}
     auto, plain = (make_settings({**base, "iterations": "auto", "accelerate": a}) for a in (True, False))
     assert plain.fingerprint() == auto.fingerprint()
-    fields = []  # what the fingerprint hashes: accelerate at its default, True
-    with monkeypatch.context() as patch:
-        patch.setattr(settings_fingerprint, "json", types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
-        plain.fingerprint()
+    fields = [_hashed_fields(plain, monkeypatch)]  # what the fingerprint hashes: accelerate at its default, True
     assert fields[0]["accelerate"] is True
     fields[0]["accelerate"] = False  # as the earlier versions hashed it
-    earlier = hashlib.sha256(json.dumps(fields[0], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    earlier = _digest(fields[0])
     assert earlier not in (plain.fingerprint(), plain.fingerprint(legacy=True))
     assert earlier in plain.finished_fingerprints()
     assert earlier not in auto.finished_fingerprints()
     counted = [make_settings({**base, "iterations": 20, "accelerate": a}).fingerprint() for a in (True, False)]
     assert counted[0] != counted[1]
+
+
+def _hashed_fields(settings, monkeypatch) -> dict:
+    """What ``settings.fingerprint()`` hashes (the fields it passes to json.dumps)."""
+    import types
+
+    from deconv3d.pipeline import settings_fingerprint
+
+    fields = []
+    with monkeypatch.context() as patch:
+        patch.setattr(settings_fingerprint, "json",
+                      types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
+        settings.fingerprint()
+    return fields[0]
+
+
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("method", ["rl", "rl-tv"])
+def test_an_auto_count_s_fingerprint_holds_the_most_iterations_it_tries(folder, monkeypatch, method):
+    """iterations = "auto" tried at most 100 iterations, and now AUTO_MAX_ITERATIONS: a count it stopped at 100
+    may now be larger, so its fingerprint holds the cap, and a batch finished before (records hashed without it)
+    is redone once. A numeric count's fingerprint, and Wiener's with "auto" (which it ignores), hold no cap."""
+    from deconv3d.pipeline import settings_fingerprint
+    from deconv3d.pipeline.auto_iterations import AUTO_MAX_ITERATIONS
+
+    base = {"psf": str(folder / "psf.tif"), "method": method}
+    auto = make_settings({**base, "iterations": "auto"})
+    fields = _hashed_fields(auto, monkeypatch)
+    assert fields["auto_max_iterations"] == AUTO_MAX_ITERATIONS
+    earlier = _digest({k: v for k, v in fields.items() if k != "auto_max_iterations"})  # as the versions capped at
+    assert earlier not in auto.finished_fingerprints()  # 100 hashed it: redone once
+    assert _digest(fields) == auto.fingerprint()
+    monkeypatch.setattr(settings_fingerprint, "AUTO_MAX_ITERATIONS", 100)
+    assert _digest(fields) != auto.fingerprint()
+    for other in ({**base, "iterations": 20}, {**base, "method": "wiener", "iterations": "auto"}):
+        assert "auto_max_iterations" not in _hashed_fields(make_settings(other), monkeypatch), other
