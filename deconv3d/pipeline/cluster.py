@@ -275,12 +275,8 @@ def _out_of_ctrl_c_reach(build, run: object):
 
     if not hasattr(signal, "pthread_sigmask"):
         return build()
-    # multiprocessing starts its resource tracker on the first Queue, unblocking SIGINT in the starting
-    # thread after (distributed's IO loop, which starts the workers): started here first, it is left be.
     import multiprocessing
-    from multiprocessing import resource_tracker
 
-    resource_tracker.ensure_running()
     built, lock = {}, threading.Lock()
 
     def target():
@@ -297,21 +293,41 @@ def _out_of_ctrl_c_reach(build, run: object):
     thread = threading.Thread(target=target, name="deconv3d cluster start", daemon=True)
     before = set(multiprocessing.active_children())
     try:  # (a Ctrl-C that came while SIGINT was blocked is raised as the block ends: the thread may be building)
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            thread.start()  # (a thread starts with its starter's mask)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _start_with_sigint_blocked(thread)
         thread.join()  # (Ctrl-C here raises KeyboardInterrupt in this thread)
     except KeyboardInterrupt:
         with lock:
             built["stopped"] = True
-        for process in _worker_processes(run) & (set(multiprocessing.active_children()) - before):
-            process.terminate()  # (a worker still starting, deaf to Ctrl-C, held its nanny's close 10 s)
+        _end_starting_workers(run, before)
         raise  # (the caller closes what has started of this run's cluster)
     if "error" in built:
         raise built["error"]
     return built["cluster"]
+
+
+def _start_with_sigint_blocked(thread) -> None:
+    """Start ``thread`` with SIGINT blocked (a thread starts with its starter's mask); the caller's mask is given
+    back. multiprocessing starts its resource tracker on the first Queue and unblocks SIGINT in the starting thread
+    after (distributed's IO loop, which starts the workers): it is started here first, and then left be."""
+    import signal
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _end_starting_workers(run: object, before: set) -> None:
+    """Terminate the worker processes of the cluster marked ``run`` that were not running ``before`` (a set of
+    :func:`multiprocessing.active_children`): a worker still starting, deaf to Ctrl-C, held its nanny's close
+    10 s."""
+    import multiprocessing
+
+    for process in _worker_processes(run) & (set(multiprocessing.active_children()) - before):
+        process.terminate()
 
 
 def _worker_processes(run: object) -> set:
