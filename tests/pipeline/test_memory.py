@@ -383,7 +383,7 @@ def test_the_in_memory_estimate_counts_a_generated_psf():
     memory past the free memory (found by the diff review)."""
     import argparse
 
-    from deconv3d.cli.classical import _psf_estimate
+    from deconv3d.cli.memory_estimate import _psf_estimate
 
     args = argparse.Namespace(psf=None, psf_model="gibson-lanni", na=1.4, wavelength=0.52, voxel_size=None,
                               method="rl")
@@ -399,7 +399,7 @@ def test_the_in_memory_estimate_counts_wiener_mirror_from_the_psf_file(tmp_path)
     import argparse
 
     from deconv3d.classical.wiener import wiener_reach
-    from deconv3d.cli.classical import _psf_estimate
+    from deconv3d.cli.memory_estimate import _psf_estimate
     from deconv3d.io import write_tiff
     from deconv3d.pipeline.batch import build_block_fn, make_settings
     from deconv3d.psf import prepare_psf
@@ -429,7 +429,7 @@ def test_the_in_memory_wiener_estimate_takes_the_psf_as_the_run_uses_it(tmp_path
     import argparse
 
     from deconv3d.classical.wiener import wiener_reach
-    from deconv3d.cli.classical import _psf_estimate
+    from deconv3d.cli.memory_estimate import _psf_estimate
     from deconv3d.io import write_tiff
     from deconv3d.psf import generate_psf, prepare_psf
     from deconv3d.psf.generate import generated_psf_shape
