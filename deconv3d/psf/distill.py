@@ -149,10 +149,7 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     fwhm = _fwhm(smooth - background, brightest)
     half = _box_half(size, fwhm, beads.ndim)
     measured_box = size is None and threshold is None  # (both set from the brightest unclipped maximum)
-    if threshold is not None and not np.isfinite(threshold):
-        raise InputError(f"threshold must be a finite intensity, got {threshold}")
-    if threshold is None:
-        threshold = background + max(10 * spread, 0.2 * (float(smooth[brightest]) - background))
+    threshold = _threshold(threshold, smooth, background, spread, brightest)
     if min_distance is None:
         min_distance = max(1, int(round(min(fwhm) / 2)))
     centres, peaks = _isolated_beads(smooth, half, int(min_distance), float(threshold), background)
@@ -171,14 +168,30 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
         why = _why_no_beads(smooth, peaks, half, background, _smoothed_noise(despiked, 1.0), float(threshold), fwhm)
         raise InputError(f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold "
                          f"{float(threshold):.3g}): {why}")
+    _warn_of_cut_tails(cut, smooth, found, half)
+    return normalize_psf(_quiet_tails(np.sum(boxes, axis=0)))
+
+
+def _threshold(threshold, smooth, background: float, spread: float, brightest):
+    """``threshold`` as given, refused where it is not finite; not given, the background plus the larger of
+    10 noise spreads and 20 % of the brightest unsaturated smoothed peak above the background."""
+    if threshold is not None and not np.isfinite(threshold):
+        raise InputError(f"threshold must be a finite intensity, got {threshold}")
+    if threshold is None:
+        threshold = background + max(10 * spread, 0.2 * (float(smooth[brightest]) - background))
+    return threshold
+
+
+def _warn_of_cut_tails(cut, smooth, found, half) -> None:
+    """Warn (at :func:`distill_psf`'s caller) where the box holds less than :data:`MIN_BOX_SHARE` of a bead's
+    light (:func:`_tail_share`, against a box twice as wide)."""
     measured, wide = _tail_share(cut, smooth, found, half)
     share, margin = measured or (1.0, 0.0)
     if share + margin < MIN_BOX_SHARE:
         warnings.warn(f"the bead box {tuple(int(v) for v in 2 * half + 1)} holds about {share:.0%} of a bead's "
                       f"light (against a box twice as wide): the PSF's tails are cut, and deconvolution with it "
                       f"leaves haze; give a larger box, e.g. size {tuple(int(v) for v in 2 * wide + 1)}",
-                      RuntimeWarning, stacklevel=2)
-    return normalize_psf(_quiet_tails(np.sum(boxes, axis=0)))
+                      RuntimeWarning, stacklevel=3)
 
 
 def _check_beads(beads) -> np.ndarray:
