@@ -19,7 +19,7 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
     Without this the PSF would be used at whatever sampling it has: a PSF sampled twice as finely
     as the image then deconvolves with the wrong width, silently.
     """
-    from deconv3d.io import _sizes, psf_voxel_size, read_psf
+    from deconv3d.io import _sizes, read_psf
 
     if psf_path is None:
         return voxel_size
@@ -28,14 +28,8 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
         return voxel_size
     own = tuple(psf.voxel_size) if psf.voxel_size is not None else None
     if voxel_size is not None:
-        if own is None and psf.partial_voxel is not None:
-            completed = psf_voxel_size(psf, voxel_size)
-            missing = "/".join(a for a, v in zip("zyx"[-ndim:], psf.partial_voxel) if v is None)
-            warn(f"deconv3d: warning: the PSF file {psf_path} records no {missing} voxel size; taking the image's "
-                 f"for it ({_sizes(completed)} µm)", warnings)
-        elif own is None:
-            warn(f"deconv3d: warning: the PSF file {psf_path} carries no voxel size; taking it as sampled like "
-                 f"the image ({_sizes(voxel_size)} µm)", warnings)
+        if own is None:
+            _warn_psf_takes_image_voxel(psf, psf_path, voxel_size, ndim, warnings)
         return voxel_size
     if partial is not None and len(partial) == ndim:
         missing = "/".join(a for a, v in zip("zyx"[-ndim:], partial) if v is None)
@@ -57,3 +51,18 @@ def assume_psf_voxel(voxel_size, psf_path, ndim: int, source, warnings: list | N
     warning_naming_image(lambda image: f"deconv3d: warning: {image} carries no voxel size; assuming the PSF's "
                          f"{own} µm (pass --voxel-size to set it)", source, warnings)
     return own
+
+
+def _warn_psf_takes_image_voxel(psf, psf_path, voxel_size, ndim: int, warnings: list | None) -> None:
+    """Warn that the PSF file ``psf_path`` (read as ``psf``), which records no voxel size or only some axes',
+    is taken as sampled like the image of ``voxel_size``: :func:`assume_psf_voxel`'s warning for a known one."""
+    from deconv3d.io import _sizes, psf_voxel_size
+
+    if psf.partial_voxel is not None:
+        completed = psf_voxel_size(psf, voxel_size)
+        missing = "/".join(a for a, v in zip("zyx"[-ndim:], psf.partial_voxel) if v is None)
+        warn(f"deconv3d: warning: the PSF file {psf_path} records no {missing} voxel size; taking the image's "
+             f"for it ({_sizes(completed)} µm)", warnings)
+    else:
+        warn(f"deconv3d: warning: the PSF file {psf_path} carries no voxel size; taking it as sampled like "
+             f"the image ({_sizes(voxel_size)} µm)", warnings)
