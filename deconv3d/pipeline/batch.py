@@ -56,29 +56,9 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
     from deconv3d._saturation import saturation_record
     from deconv3d.pipeline.memory_model import MemoryModel
     from deconv3d.pipeline.methods import RichardsonLucyBlock, WienerBlock
-    from deconv3d.pipeline.network_block import NetworkBlock
 
     if settings.method == "ssl":
-        from deconv3d.selfsup import load_checkpoint
-
-        model_file = model_file or settings.model
-        trained = load_checkpoint(model_file, device="cpu") if trained is None else trained
-        try:
-            trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
-        except InputError as exc:  # one model of several (one per channel): which one, the line says. (Another
-            # PSF is refused for the whole batch first where the model records its voxel size: per file here
-            # where the PSF is resampled to each file's own, _refuse_a_model_for_another_psf)
-            if model_file and len(_many(settings.model)) > 1:
-                raise InputError(f"model {path_text(model_file)}: {exc}") from None
-            raise
-        block = NetworkBlock(trained, device=settings.run_device, tta=settings.tta, amp=settings.amp,
-                             band_limit=settings.band_limit or None)
-        model = network_memory_model(block)
-        # a model file's recipe as the checkpoint holds it; else the network was trained in the run (its record)
-        source = {**trained.record(), "model": recorded_path(model_file)} if model_file else {}
-        # (the inference precision on this machine, as fingerprinted: a cluster's workers on other CPUs may differ)
-        return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit, "amp": settings.amp,
-                              "inference_precision": settings.precision()}
+        return _network_block_fn(settings, psf, voxel, ndim, trained, model_file)
     if settings.method == "wiener":
         from deconv3d.classical.wiener import wiener_reach
 
@@ -93,6 +73,31 @@ def build_block_fn(settings: Settings, psf, voxel, ndim: Optional[int] = None, t
                                 settings.run_device, saturation=settings.saturation)
     return block, MemoryModel(settings.method, psf.shape, accelerate=settings.accelerate,
                               boundary=settings.boundary, saturation=settings.saturation != "none"), params
+
+
+def _network_block_fn(settings: Settings, psf, voxel, ndim: Optional[int], trained, model_file):
+    """:func:`build_block_fn` for ``ssl``: the network's block, checked against ``psf``, ``voxel`` and ``ndim``."""
+    from deconv3d.pipeline.network_block import NetworkBlock
+    from deconv3d.selfsup import load_checkpoint
+
+    model_file = model_file or settings.model
+    trained = load_checkpoint(model_file, device="cpu") if trained is None else trained
+    try:
+        trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
+    except InputError as exc:  # one model of several (one per channel): which one, the line says. (Another
+        # PSF is refused for the whole batch first where the model records its voxel size: per file here
+        # where the PSF is resampled to each file's own, _refuse_a_model_for_another_psf)
+        if model_file and len(_many(settings.model)) > 1:
+            raise InputError(f"model {path_text(model_file)}: {exc}") from None
+        raise
+    block = NetworkBlock(trained, device=settings.run_device, tta=settings.tta, amp=settings.amp,
+                         band_limit=settings.band_limit or None)
+    model = network_memory_model(block)
+    # a model file's recipe as the checkpoint holds it; else the network was trained in the run (its record)
+    source = {**trained.record(), "model": recorded_path(model_file)} if model_file else {}
+    # (the inference precision on this machine, as fingerprinted: a cluster's workers on other CPUs may differ)
+    return block, model, {**source, "tta": settings.tta, "band_limit": settings.band_limit, "amp": settings.amp,
+                          "inference_precision": settings.precision()}
 
 
 def network_memory_model(block):
