@@ -181,51 +181,63 @@ class MemoryModel:
     def block_bytes(self, block_shape: Sequence[int], core_shape: Sequence[int] | None = None) -> int:
         """Bytes for one block of ``block_shape`` (core and halo) whose core is ``core_shape``
         (default: the whole block, which has no halo)."""
-        block = math.prod(block_shape)
         if self.method in ("rl", "rl-tv"):
-            if self.boundary == "reflect":
-                block_shape = [n + k - 1 for n, k in zip(block_shape, self.psf_shape)]
-                block = math.prod(block_shape)
-            fft = [n + k - 1 for n, k in zip(block_shape, self.psf_shape)]
-            full, half = _fft_sizes(fft)
-            fftw, fused = _rl_backends(fft)
-            reals = 4 + (not fftw) + (3 if fused else 5) * bool(self.accelerate)
-            reals += (len(block_shape) + 2) * (self.method == "rl-tv")
-            total = reals * full * _F32 + 4 * half * _C64 + 2 * block * _F32
-            total += (block + full) * _F32 * bool(self.saturation)
-            return int(ARRAY_SAFETY * total + BLOCK_OVERHEAD)
+            return self._rl_bytes(block_shape)
         if self.method == "wiener":
-            from deconv3d.classical.wiener import mirror_box, reach_for_widths
-
-            reach = self.reach
-            if not reach and core_shape is not None:  # a chunked run's halo is Wiener's reach (wiener_halo)
-                reach = tuple((n - c) // 2 for n, c in zip(block_shape, core_shape))
-            if not any(reach):  # the widest PSF of this size (RMS width (k - 1) / 2) at the default balance
-                reach = reach_for_widths([(k - 1) / 2 for k in self.psf_shape], 1e-3)
-            if self.boundary == "zero":  # the PSF's size of zeros on each side (wiener._wiener_extend)
-                box = [n + 2 * k for n, k in zip(block_shape, self.psf_shape)]
-            else:
-                box = mirror_box(block_shape, self.psf_shape, reach)[0]
-            full, half = _fft_sizes(box)
-            total = 2 * full * _F32 + 3 * half * _C64 + block * _F32
-            return int(ARRAY_SAFETY * total + BLOCK_OVERHEAD)
-        if self.method == "ssl":
-            # The activations scale with the window the network sees: a tile of the core (all of
-            # it when it fits predict_tiled's budget) plus the context on every side. Counted on
-            # the block alone, a 2 GB limit was exceeded 2.85 times (context 56 around 88-voxel
-            # cores, when the network also mirrored context around the whole block).
-            # Per window voxel and channel: 4 full-resolution activations, and the coarser levels'
-            # sum(r**l), r = 2 / 2**ndim (channels double as each level halves every axis): 4/3 in
-            # 3D, 2 in 2D. Measured with base 16 and context 56 (predict_tiled's peak RSS growth
-            # against this count with SAFETY): 16x128x128 0.86, 1536^2 0.80, 1024^2 0.84-0.87, 512^2 0.96-1.02
-            # (0.77 with RESIDENT_ALLOWANCE); with 3 + 4/3 in both, 1.02 (3D) and 1.09-1.30 (2D).
-            ratio = 2 / 2 ** len(block_shape)
-            per_channel = 4 + 1 / (1 - ratio)
-            window = _network_window(block_shape if core_shape is None else core_shape, self.context)
-            total = 4 * block * _F32 + per_channel * self.base_channels * window * _F32 + self.weights_bytes
-        else:
+            return self._wiener_bytes(block_shape, core_shape)
+        if self.method != "ssl":
             raise InputError(f"no memory model for method {self.method!r}")
-        return int(SAFETY * total)
+        return int(SAFETY * self._network_bytes(block_shape, core_shape))
+
+    def _rl_bytes(self, block_shape: Sequence[int]) -> int:
+        """:meth:`block_bytes` of rl and rl-tv."""
+        block = math.prod(block_shape)
+        if self.boundary == "reflect":
+            block_shape = [n + k - 1 for n, k in zip(block_shape, self.psf_shape)]
+            block = math.prod(block_shape)
+        fft = [n + k - 1 for n, k in zip(block_shape, self.psf_shape)]
+        full, half = _fft_sizes(fft)
+        fftw, fused = _rl_backends(fft)
+        reals = 4 + (not fftw) + (3 if fused else 5) * bool(self.accelerate)
+        reals += (len(block_shape) + 2) * (self.method == "rl-tv")
+        total = reals * full * _F32 + 4 * half * _C64 + 2 * block * _F32
+        total += (block + full) * _F32 * bool(self.saturation)
+        return int(ARRAY_SAFETY * total + BLOCK_OVERHEAD)
+
+    def _wiener_bytes(self, block_shape: Sequence[int], core_shape: Sequence[int] | None) -> int:
+        """:meth:`block_bytes` of Wiener."""
+        from deconv3d.classical.wiener import mirror_box, reach_for_widths
+
+        block = math.prod(block_shape)
+        reach = self.reach
+        if not reach and core_shape is not None:  # a chunked run's halo is Wiener's reach (wiener_halo)
+            reach = tuple((n - c) // 2 for n, c in zip(block_shape, core_shape))
+        if not any(reach):  # the widest PSF of this size (RMS width (k - 1) / 2) at the default balance
+            reach = reach_for_widths([(k - 1) / 2 for k in self.psf_shape], 1e-3)
+        if self.boundary == "zero":  # the PSF's size of zeros on each side (wiener._wiener_extend)
+            box = [n + 2 * k for n, k in zip(block_shape, self.psf_shape)]
+        else:
+            box = mirror_box(block_shape, self.psf_shape, reach)[0]
+        full, half = _fft_sizes(box)
+        total = 2 * full * _F32 + 3 * half * _C64 + block * _F32
+        return int(ARRAY_SAFETY * total + BLOCK_OVERHEAD)
+
+    def _network_bytes(self, block_shape: Sequence[int], core_shape: Sequence[int] | None) -> float:
+        """:meth:`block_bytes` of ssl, before its ``SAFETY`` factor."""
+        block = math.prod(block_shape)
+        # The activations scale with the window the network sees: a tile of the core (all of
+        # it when it fits predict_tiled's budget) plus the context on every side. Counted on
+        # the block alone, a 2 GB limit was exceeded 2.85 times (context 56 around 88-voxel
+        # cores, when the network also mirrored context around the whole block).
+        # Per window voxel and channel: 4 full-resolution activations, and the coarser levels'
+        # sum(r**l), r = 2 / 2**ndim (channels double as each level halves every axis): 4/3 in
+        # 3D, 2 in 2D. Measured with base 16 and context 56 (predict_tiled's peak RSS growth
+        # against this count with SAFETY): 16x128x128 0.86, 1536^2 0.80, 1024^2 0.84-0.87, 512^2 0.96-1.02
+        # (0.77 with RESIDENT_ALLOWANCE); with 3 + 4/3 in both, 1.02 (3D) and 1.09-1.30 (2D).
+        ratio = 2 / 2 ** len(block_shape)
+        per_channel = 4 + 1 / (1 - ratio)
+        window = _network_window(block_shape if core_shape is None else core_shape, self.context)
+        return 4 * block * _F32 + per_channel * self.base_channels * window * _F32 + self.weights_bytes
 
     def array_bytes(self, block_shape: Sequence[int], core_shape: Sequence[int] | None = None) -> int:
         """:meth:`block_bytes` less the constant a classical block adds whatever its size
