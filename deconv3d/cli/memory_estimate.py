@@ -1,6 +1,6 @@
 """Whether ``deconvolve`` of one image goes to the chunked pipeline: an image of several channels or time
-points, or one whose in-memory run would not fit in memory, judged from an estimate of the PSF as the run
-will prepare it; for :func:`deconv3d.cli.classical.cmd_deconvolve`."""
+points, or one whose in-memory run would not fit in memory (the memory model of the network, or of the PSF
+as the run will prepare it: :func:`_psf_estimate`); for :func:`deconv3d.cli.classical.cmd_deconvolve`."""
 
 from __future__ import annotations
 
