@@ -23,7 +23,7 @@ def _deconvolve_in_memory(args, warnings: list) -> int:
     from deconv3d.pipeline import provenance, psf_source, tiff_properties
     from deconv3d.pipeline.settings import check_tv_weight
 
-    image = read_image(args.input)  # (one 2D/3D image: a hyperstack goes chunked, classical._go_out_of_core_if_needed)
+    image = read_image(args.input)  # (one 2D/3D image: a hyperstack goes chunked)
     # Each file is hashed once read (at the end, a file replaced meanwhile was recorded in place of
     # the one the run used): the input here, the model and PSF files below.
     input_sha256 = hashed(args.input, "deconvolve: hashing the input")
@@ -61,7 +61,7 @@ def _voxel_model_and_psf(args, image, warnings: list):
     if trained is not None:  # before the PSF, which is resampled to the voxel size the model may supply
         voxel = trained.voxel_for(voxel, image.data.ndim, args.input, warnings)
     voxel = assume_psf_voxel(voxel, args.psf, image.data.ndim, args.input, warnings, partial=image.partial_voxel)
-    made = getattr(args, "estimated_psf", None)  # (generated for the memory estimate: cli.classical._generated_as_used)
+    made = getattr(args, "estimated_psf", None)  # (made by memory_estimate._generated_as_used)
     if made is not None and args.psf is None and trained is None and voxel is not None \
             and made[:2] == (tuple(image.data.shape), tuple(voxel)):
         return voxel, trained, model_sha256, made[2]

@@ -73,7 +73,7 @@ def _well_image(ome: dict) -> str | None:
 
 def _group_attributes(folder: Path) -> dict:
     """The OME attributes of the zarr group in ``folder`` (v0.5's ``ome``, v0.4's top level), read through zarr
-    as the image's own are (:func:`deconv3d.omezarr.reading._image_group`), or {} where they cannot be read."""
+    as the image's own are (:func:`deconv3d.omezarr.zarr_group._image_group`), or {} where they cannot be read."""
     import zarr
 
     try:
