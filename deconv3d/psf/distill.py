@@ -190,7 +190,8 @@ def _warn_of_cut_tails(cut, smooth, found, half) -> None:
     if share + margin < MIN_BOX_SHARE:
         warnings.warn(f"the bead box {tuple(int(v) for v in 2 * half + 1)} holds about {share:.0%} of a bead's "
                       f"light (against a box twice as wide): the PSF's tails are cut, and deconvolution with it "
-                      f"leaves haze; give a larger box, e.g. size {tuple(int(v) for v in 2 * wide + 1)}",
+                      f"leaves haze (for a widefield bead, whose out-of-focus light reaches every plane, no box holds "
+                      f"much more); give a larger box, e.g. size {tuple(int(v) for v in 2 * wide + 1)}",
                       RuntimeWarning, stacklevel=3)
 
 
