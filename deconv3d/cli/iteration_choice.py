@@ -16,7 +16,9 @@ def _choose_iterations(image, psf, params: dict, voxel, device, clipped=None, wh
     where the crop lies (``, on a centred 32 x 256 x 256 crop``), in the line printed and the record."""
     from deconv3d.classical import choose_iterations
 
-    bar, callback = progress(AUTO_MAX_ITERATIONS, "choosing iterations")
+    # The cap named, not the bar's total: the search stops by patience long before it, mostly, and a time left
+    # counted to 400 overstated the wait several-fold (as train's RL reference search does, cli/selfsup.py).
+    bar, callback = progress(None, f"choosing iterations (at most {AUTO_MAX_ITERATIONS})")
     with bar:
         choice = choose_iterations(image, psf, AUTO_MAX_ITERATIONS, boundary=params["boundary"],
                                    tv_weight=params["tv_weight"], voxel_size=voxel, device=device, callback=callback,

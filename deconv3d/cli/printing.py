@@ -159,7 +159,7 @@ def say_long_step(nbytes: int, line: str) -> None:
         say(line)
 
 
-def progress(total: int, desc: str):
+def progress(total: int | None, desc: str):
     """A progress bar on stderr (:func:`make_bar`) and an RL callback feeding it (which reads no
     estimate: RL on data of extreme intensities hands it no scaled copy per iteration)."""
     from deconv3d.classical.rl import _ignores_estimate
