@@ -3,7 +3,7 @@ printed and recorded; for an in-memory run, and per channel on a crop for a chun
 
 from __future__ import annotations
 
-from deconv3d.pipeline.auto_iterations import AUTO_MAX_ITERATIONS
+from deconv3d._auto_cap import AUTO_MAX_ITERATIONS
 
 from .printing import progress
 

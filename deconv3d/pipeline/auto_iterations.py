@@ -8,16 +8,9 @@ import math
 
 import numpy as np
 
-__all__ = ["AUTO_MAX_ITERATIONS", "AUTO_CROP_VOXELS", "crop_box", "crop_voxels", "chosen_settings"]
+from deconv3d._auto_cap import AUTO_MAX_ITERATIONS
 
-#: The most iterations ``--iterations auto`` tries (choose_iterations' ``max_iterations``), in memory, on a
-#: chunked run's crop and in a batch, whose settings' fingerprint holds it. It was 100, where the truth-picked
-#: count lay past 200 (Gibson-Lanni PSF, 1000 photons up) and 0.9-2.6 dB were lost. On a 32 x 96 x 96 phantom
-#: (Gibson-Lanni PSF at NA 1.3, Poisson noise, seed 0) 400 gained 1.8 dB at 1000 photons (stopped at 371 by the
-#: error's rise; truth-picked 329) and 3.9 dB at 10^4 (stopped at 400; the error was still falling at 1000, where
-#: the restoration was 1.3 dB better still); the search and run took 83 s against 31 s at 1000 photons and 132 s
-#: against 21 s at 10^4 (2 threads, a shared 2-core CPU). Where the error stops falling first, nothing changes.
-AUTO_MAX_ITERATIONS = 400
+__all__ = ["AUTO_MAX_ITERATIONS", "AUTO_CROP_VOXELS", "crop_box", "crop_voxels", "chosen_settings"]
 
 #: Voxels of the crop on which a chunked ``--iterations auto`` chooses each channel's count: a volume of
 #: at most this many is taken whole. The search holds the crop in memory with its working arrays: a

@@ -87,23 +87,7 @@ class Fingerprinted:
         fields["device"] = self.device_kind()
         if self.method == "ssl":  # (so an ssl batch finished by an earlier version is redone once)
             fields["precision"] = self.precision()
-        if tv_rule and (self.method == "rl-tv" or (self.method == "ssl" and self.model is None)):
-            # the TV term's rule (RL-TV, and a trained network's reference): a batch finished before 21fbe06 is redone once
-            fields["tv_differences"] = tv_term_rule()
-        if self.accelerated_rl() and self.iterations >= 3:  # the least adaptive step (from the third iteration
-            from deconv3d.classical._iterate import ALPHA_FLOOR  # on): a batch finished before it had one is redone once
-
-            fields["acceleration_floor"] = ALPHA_FLOOR
-        if self.method in ("rl", "rl-tv") and self.saturation != "none":
-            # how the flagged voxels are fitted: a batch finished when they were left out of the fit is redone once
-            fields["saturation_fit"] = SATURATION_FIT
-        if self.iterations == "auto" and self.method in ("rl", "rl-tv"):  # the most the search tries: a batch
-            fields["auto_max_iterations"] = AUTO_MAX_ITERATIONS  # finished under the cap of 100 is redone once
-        if self.method == "wiener":  # its gain at zero frequency: a batch finished before acf0a16 (whose outputs
-            from deconv3d.classical.wiener import DC_GAIN, MIRROR_DEPTH  # were balance / (1 + balance) dimmer) is
-
-            fields["wiener_dc_gain"] = DC_GAIN  # redone once; so is one finished while the reflect boundary
-            fields["wiener_mirror"] = MIRROR_DEPTH  # mirrored by the PSF's size (3e-2 of the peak at the faces)
+        fields.update(self._rule_fields(tv_rule))
         if self.memory_limit is not None:  # 4G, 4000MB and 4GB alike (records made with "4GB" still match)
             from deconv3d.pipeline.system_memory import format_bytes, parse_memory
 
@@ -114,6 +98,29 @@ class Fingerprinted:
 
                 fields[key] = [unchanged_file_sha256(f) for f in _many(fields[key])]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _rule_fields(self, tv_rule: bool = True) -> dict:
+        """The numerical rules this configuration's output follows, which the fingerprint holds so that a batch
+        finished under an earlier rule is redone once (``tv_rule=False``: without the TV term's rule)."""
+        rules: dict = {}
+        if tv_rule and (self.method == "rl-tv" or (self.method == "ssl" and self.model is None)):
+            # the TV term's rule (RL-TV, and a trained network's reference): a batch finished before 21fbe06 is redone once
+            rules["tv_differences"] = tv_term_rule()
+        if self.accelerated_rl() and self.iterations >= 3:  # the least adaptive step (from the third iteration
+            from deconv3d.classical._iterate import ALPHA_FLOOR  # on): a batch finished before it had one is redone once
+
+            rules["acceleration_floor"] = ALPHA_FLOOR
+        if self.method in ("rl", "rl-tv") and self.saturation != "none":
+            # how the flagged voxels are fitted: a batch finished when they were left out of the fit is redone once
+            rules["saturation_fit"] = SATURATION_FIT
+        if self.iterations == "auto" and self.method in ("rl", "rl-tv"):  # the most the search tries: a batch
+            rules["auto_max_iterations"] = AUTO_MAX_ITERATIONS  # finished under the cap of 100 is redone once
+        if self.method == "wiener":  # its gain at zero frequency: a batch finished before acf0a16 (whose outputs
+            from deconv3d.classical.wiener import DC_GAIN, MIRROR_DEPTH  # were balance / (1 + balance) dimmer) is
+
+            rules["wiener_dc_gain"] = DC_GAIN  # redone once; so is one finished while the reflect boundary
+            rules["wiener_mirror"] = MIRROR_DEPTH  # mirrored by the PSF's size (3e-2 of the peak at the faces)
+        return rules
 
     def _wiener_boundary_counts(self) -> bool:
         """Whether the boundary is in a Wiener run's fingerprint: only where it is not Wiener's default,
@@ -132,7 +139,8 @@ class Fingerprinted:
         without ``--no-accelerate`` a batch had redone its finished files); ``auto_accelerated``: as the
         versions did that kept it in the hash, so that a batch they finished with it is skipped, not redone."""
         ignored = [k for k, methods in _METHOD_ONLY.items() if self.method not in methods]
-        ignored.remove("boundary") if self._wiener_boundary_counts() else None
+        if self._wiener_boundary_counts():
+            ignored.remove("boundary")
         ignored += ["accelerate"] if self.iterations == "auto" and not auto_accelerated else []
         ignored += ["pyramid_levels"] if self.output_format != "zarr" else []
         if self.psf_model is None:  # a PSF file (or a model's own): the optics generate nothing
