@@ -140,11 +140,15 @@ def save_checkpoint(trained, path, plane_shape=None, pixel_size=None, training_s
     weights or buffers, a ``pixel_size`` that is not two positive finite numbers and a
     ``training_stacks`` entry that is not made of strings, numbers, lists and dicts (a
     ``pathlib.Path``, say) are refused with :class:`InputError` before anything is written:
-    :func:`load_checkpoint` would refuse the file anyway.
+    :func:`load_checkpoint` would refuse the file anyway. So is a ``training_stacks`` that is not a
+    list (one path as a string, say), which :func:`load_checkpoint` would drop from the run record.
     """
     if getattr(trained, "reason", None) == "non-finite loss":
         raise InputError("training diverged (non-finite loss), so there is no model to save: lower the learning "
                          "rate or check the stacks")
+    if training_stacks is not None and not isinstance(training_stacks, list):
+        raise InputError(f"training_stacks must be a list, got {type(training_stacks).__name__}: give a list of "
+                         "the stacks' records, e.g. [{'path': 'a.tif', 'sha256': ...}], even for one stack")
     if not isinstance(trained, TrainedAutoencoder):
         trained = TrainedAutoencoder.from_result(trained, plane_shape, pixel_size)
     if trained.run is not None:  # (a file from before the run record has none to extend)

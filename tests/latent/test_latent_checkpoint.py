@@ -298,3 +298,20 @@ def test_what_loading_would_refuse_is_not_saved(tmp_path, options, words):
     save_checkpoint(dataclasses.replace(model, pixel_size=(0.1, 0.1)), path,
                     training_stacks=[{"path": "a.tif", "sha256": "0" * 64}])  # plain values load
     assert load_checkpoint(path).run["training_stacks"] == [{"path": "a.tif", "sha256": "0" * 64}]
+
+
+@pytest.mark.parametrize("stacks", ["a.tif", ("a.tif",), {"path": "a.tif", "sha256": "0" * 64}])
+def test_training_stacks_that_are_not_a_list_are_refused_before_writing(tmp_path, stacks):
+    """A string (one path) was saved and read back with no training_stacks in the run record: the
+    record's type is a list, and load_checkpoint drops what is not. Refused, naming the fix; a file
+    already at the path is left as it was."""
+    path = tmp_path / "ae.ckpt"
+    path.write_bytes(b"before")
+    model = dataclasses.replace(trained(), run={"train_steps": 7, "stopped": "completed", "precision": "float32"})
+    with pytest.raises(InputError, match=r"training_stacks must be a list, got \w+: give a list") as info:
+        save_checkpoint(model, path, training_stacks=stacks)
+    assert "\n" not in str(info.value)
+    assert path.read_bytes() == b"before" and os.listdir(tmp_path) == ["ae.ckpt"]
+    one = [{"path": "a.tif", "sha256": "0" * 64}]  # the fix the line names: a list, of one stack here
+    save_checkpoint(model, path, training_stacks=one)
+    assert load_checkpoint(path).run["training_stacks"] == one
