@@ -342,3 +342,33 @@ def test_a_batch_progress_line_of_a_name_with_a_newline_stays_one_line(folder, c
     assert code == 0, err
     lines = [line for line in out.splitlines() if line.startswith("[1/1]")]
     assert len(lines) == 1 and lines[0].endswith("a\\nb.tif"), out
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_a_batch_ssl_output_records_the_precision_its_network_ran_in(folder, capsys, monkeypatch, amx):
+    """A chunked ssl batch's output names the precision its network's inference ran in (bfloat16 where amp is on
+    and the CPU has AMX, float32 with --no-amp or without AMX: amp alone does not say which), as the
+    precision the run's predictions asked for. (A mutation audit found that dropping it from the ssl block's
+    parameters went unnoticed by these tests.)"""
+    import torch
+
+    from deconv3d import _torch_common
+    from deconv3d.io import read_image
+    from deconv3d.omezarr import read_ome_zarr
+    from deconv3d.selfsup import network_runner
+
+    from .test_channel_models import _untrained_model
+
+    monkeypatch.setattr(_torch_common, "cpu_has_amx", lambda: amx)
+    ran = []  # the autocast dtype each of the run's networks was given (None: float32)
+    real = network_runner.amp_dtype
+    monkeypatch.setattr(network_runner, "amp_dtype", lambda amp, device: ran.append(real(amp, device)) or ran[-1])
+    _untrained_model(folder / "m.ckpt", gaussian_psf(), read_image(folder / "img.tif").data)
+    for extra, precision in (([], "bfloat16" if amx else "float32"), (["--no-amp"], "float32")):
+        out, ran[:] = folder / f"out{len(extra)}", []
+        code, _, err = run(["batch", folder, "-o", out, "--method", "ssl", "--model", "m.ckpt", "--pattern", "img.tif",
+                            "--chunks", "8", "16", "16", "--device", "cpu", *extra], capsys)
+        assert code == 0, err
+        params = read_ome_zarr(out / "img.zarr")[3]["deconv3d"]["parameters"]
+        assert params["inference_precision"] == precision
+        assert ran and {_torch_common.dtype_name(d or torch.float32) for d in ran} == {precision}
