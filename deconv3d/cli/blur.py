@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from .arguments import DEVICE_HELP, DEVICES, Parser, add_common, non_negative_float, positive_float, positive_int
+from .arguments import (DEVICE_HELP, DEVICES, Parser, _looks_like_a_file, add_common, non_negative_float, positive_float,
+                        positive_int)
 from .blur_synth_deblur import cmd_deblur, cmd_synth
 from .blur_train import cmd_train
 
@@ -38,10 +39,8 @@ def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        import os
-
         taken = (" (a file name: give the files before this option, whose values run up to the next option)"
-                 if os.path.splitext(text)[1][1:2].isalpha() else "")  # (not '0.1x', a number mistyped)
+                 if _looks_like_a_file(text) else "")  # (as the parser's greedy hints tell a file; not '0.1x')
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}{taken}") from None
 
 
