@@ -160,9 +160,8 @@ def _close_quietly(*closing) -> None:
     import logging
 
     from distributed.deploy.spec import SpecCluster
-    from distributed.utils import silence_logging_cmgr
 
-    with silence_logging_cmgr(logging.CRITICAL + 1):
+    with _distributed_logs_from(logging.CRITICAL + 1):
         for each in closing:
             with contextlib.suppress(Exception):
                 each.close()
@@ -173,26 +172,36 @@ def _close_quietly(*closing) -> None:
 def _close_at_the_end(client, cluster) -> None:
     """Close a finished run's client and local cluster without distributed's WARNINGs: a worker slower than 4 s
     to exit on a loaded machine had its nanny log "Worker process still alive after 4.0 seconds, killing" between
-    the run's last lines (seen in 1-2 of 3 two-worker batches here), which tells the user nothing to do.
+    the run's last lines (seen in 1-2 of 3 two-worker batches here), which tells the user nothing to do."""
+    import logging
 
-    The WARNINGs are filtered out, not silenced by the handlers' level: the cluster's close gives the handlers back
-    the level it found (a cluster silences them to WARNING while it runs), and a level set around it and given
-    back afterwards left them at WARNING after the run (distributed's INFO lines hidden from then on)."""
+    with _distributed_logs_from(logging.ERROR):
+        client.close()
+        cluster.close()
+
+
+@contextlib.contextmanager
+def _distributed_logs_from(level: int):
+    """Within this context distributed's stream handlers show only records of ``level`` or above.
+
+    They are filtered, not set to that level (distributed's ``silence_logging_cmgr``): a cluster's close gives
+    the handlers back the level it found (a cluster silences them to WARNING while it runs), and a level set
+    around it and given back afterwards left them at WARNING after the run (distributed's INFO lines hidden
+    from then on)."""
     import logging
 
     handlers = [h for h in logging.getLogger("distributed").handlers if isinstance(h, logging.StreamHandler)]
 
-    def errors_only(record) -> bool:
-        return record.levelno >= logging.ERROR
+    def at_level(record) -> bool:
+        return record.levelno >= level
 
     for handler in handlers:
-        handler.addFilter(errors_only)
+        handler.addFilter(at_level)
     try:
-        client.close()
-        cluster.close()
+        yield
     finally:
         for handler in handlers:
-            handler.removeFilter(errors_only)
+            handler.removeFilter(at_level)
 
 
 @contextlib.contextmanager

@@ -303,6 +303,11 @@ def test_a_finished_run_gives_distributed_s_log_level_back(monkeypatch):
         with scheduler_client("processes", workers=1):
             assert handler.level == logging.WARNING
         assert handler.level == logging.INFO and not handler.filters
+        # a run stopped by Ctrl-C closes quietly the same way (it put WARNING back too)
+        with pytest.raises(KeyboardInterrupt), scheduler_client("processes", workers=1):
+            assert handler.level == logging.WARNING
+            raise KeyboardInterrupt
+        assert handler.level == logging.INFO and not handler.filters
     finally:
         logging.getLogger("distributed").removeHandler(handler)
 
