@@ -25,7 +25,7 @@ import numpy as np
 import tifffile
 
 from deconv3d._paths import _one_line
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, naming_image
 
 
 # What a file with a channel or time axis (or more than three) should become, by what it is
@@ -42,6 +42,15 @@ def _named(path, what: str = "image", bare: bool = False) -> str:
     message whose wording shows that it is about the file being read, an image is named by its path
     alone; a PSF is still named as one (its errors read as if about the image otherwise)."""
     return str(path) if bare and what == "image" else f"{what} {path}"
+
+
+def _refusal(say, path, what: str = "image", bare: bool = True) -> InputError:
+    """The refusal ``say(name)``, ``say`` wording the line about the file it is given the name of, ``name``
+    the file ``path`` as :func:`_named` says it; about an image (the input), with ``say("the image")`` as its
+    ``without_file``: a batch's line names the input before the reason."""
+    if what == "image":
+        return naming_image(say, _named(path, what, bare))
+    return InputError(say(_named(path, what, bare)))
 
 
 def _unreadable_tiff(path, exc: Exception, what: str = "image") -> InputError:
@@ -98,15 +107,14 @@ def open_tiff(path: Path, what: str = "image"):
     (a thumbnail, subfile type 1) or a transparency mask (type 4) is not another image,
     wherever it is stored. Errors name the file as ``what`` is (:func:`_named`).
     """
-    name = _named(path, what, bare=True)
     reopen: dict = {}
     tif = tifffile.TiffFile(path)
     try:
         images = [s for s in tif.series if not (s.pages and (s.pages[0].is_reduced or s.pages[0].is_mask))]
         images = images or list(tif.series[:1])
         if not images:
-            raise InputError(f"{name} holds no image, only a TIFF header (a save that was interrupted?): export or "
-                             "copy it again")
+            raise _refusal(lambda name: f"{name} holds no image, only a TIFF header (a save that was interrupted?): "
+                           "export or copy it again", path, what)
         if len(images) > 1:
             shapes = {(tuple(n for n in s.shape if n != 1), np.dtype(s.dtype)) for s in images}
             planes = len(shapes) == 1 and len(next(iter(shapes))[0]) == 2 and not tif.is_ome
@@ -118,8 +126,8 @@ def open_tiff(path: Path, what: str = "image"):
                 listed = ", ".join(f"{tuple(s.shape)} {np.dtype(s.dtype)}" for s in images[:3]) + (
                     ", ..." if len(images) > 3 else "")
                 keep = "the PSF" if what == "PSF" else "the one to deconvolve"
-                raise InputError(f"{name} holds {len(images)} separate images (shapes {listed}): save {keep} as its "
-                                 "own file (Fiji: open it with Bio-Formats, then File > Save As)")
+                raise _refusal(lambda name: f"{name} holds {len(images)} separate images (shapes {listed}): save "
+                               f"{keep} as its own file (Fiji: open it with Bio-Formats, then File > Save As)", path, what)
             images = [tif.series[0]]
         _check_decodable(images[0], path, what)
         _check_data_offsets(images[0], path, what)
@@ -134,30 +142,30 @@ def _check_decodable(series, path: Path, what: str = "image") -> None:
     exports; a lazy read found out only while computing, as an internal error; the advice to install
     it is given only where it would help), and grey-level samples per pixel, which ImageJ opens as
     channels (stored as planes they were read as z)."""
-    name = _named(path, what, bare=True)
     page = series.pages[0] if series.pages else None
     compression = page.compression if page is not None else None
     if compression is not None and compression not in tifffile.TIFF.DECOMPRESSORS:
         codec = getattr(compression, "name", str(compression))
         if _imagecodecs_would_decode(compression, tifffile.COMPRESSION):
-            raise InputError(f"{name} is {codec}-compressed, which needs the imagecodecs package: pip install "
-                             "imagecodecs, or save the file uncompressed (Fiji: File > Save As > Tiff)")
-        raise InputError(f"{name} uses compression {codec}, which deconv3d cannot decode: the file may be damaged, "
-                         "or re-save it uncompressed (Fiji: File > Save As > Tiff)")
+            raise _refusal(lambda name: f"{name} is {codec}-compressed, which needs the imagecodecs package: pip "
+                           "install imagecodecs, or save the file uncompressed (Fiji: File > Save As > Tiff)", path, what)
+        raise _refusal(lambda name: f"{name} uses compression {codec}, which deconv3d cannot decode: the file may be "
+                       "damaged, or re-save it uncompressed (Fiji: File > Save As > Tiff)", path, what)
     predictor = getattr(page, "predictor", None)
     if predictor is not None and predictor not in tifffile.TIFF.UNPREDICTORS:  # GDAL's and tifffile's float one
         codec = getattr(predictor, "name", str(predictor)).lower().replace("_", " ")
         if _imagecodecs_would_decode(predictor, tifffile.PREDICTOR):
-            raise InputError(f"{name} is compressed with a {codec} predictor, which needs the imagecodecs package: "
-                             "pip install imagecodecs, or save the file uncompressed (Fiji: File > Save As > Tiff)")
-        raise InputError(f"{name} uses predictor {codec}, which deconv3d cannot decode: the file may be damaged, or "
-                         "re-save it uncompressed (Fiji: File > Save As > Tiff)")
+            raise _refusal(lambda name: f"{name} is compressed with a {codec} predictor, which needs the imagecodecs "
+                           "package: pip install imagecodecs, or save the file uncompressed (Fiji: File > Save As > "
+                           "Tiff)", path, what)
+        raise _refusal(lambda name: f"{name} uses predictor {codec}, which deconv3d cannot decode: the file may be "
+                       "damaged, or re-save it uncompressed (Fiji: File > Save As > Tiff)", path, what)
     samples = getattr(page, "samplesperpixel", 1)
     grey = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
     if samples > 1 and getattr(page, "photometric", None) in grey:  # stored per pixel or as planes alike
         fix = "save one per file and pick it" if what == "image" else _ONE_CHANNEL[what]
-        raise InputError(f"{_named(path, what)} has {samples} grey-level samples per pixel (axes {series.axes}): they "
-                         f"are channels; {fix}")
+        raise _refusal(lambda name: f"{name} has {samples} grey-level samples per pixel (axes {series.axes}): they "
+                       f"are channels; {fix}", path, what, bare=False)
     _refuse_palette(page, path, what)
 
 
@@ -177,10 +185,10 @@ def _refuse_palette(page, path: Path, what: str = "image") -> None:
         steps = np.diff(colormap, axis=-1)
         if (steps >= 0).all() or (steps <= 0).all():
             return
-    raise InputError(f"{_named(path, what)} is an indexed-colour (palette) TIFF: its pixel values are entries of a "
-                     "colour table, not intensities; if it is 8-bit data shown with a colour lookup table, give it a "
-                     "grey one and save it again (Fiji: Image > Lookup Tables > Grays, then File > Save As > Tiff); a "
-                     "colour picture (Fiji's 8-bit Color) holds no intensities to deconvolve")
+    raise _refusal(lambda name: f"{name} is an indexed-colour (palette) TIFF: its pixel values are entries of a colour "
+                   "table, not intensities; if it is 8-bit data shown with a colour lookup table, give it a grey one "
+                   "and save it again (Fiji: Image > Lookup Tables > Grays, then File > Save As > Tiff); a colour "
+                   "picture (Fiji's 8-bit Color) holds no intensities to deconvolve", path, what, bare=False)
 
 
 def _imagecodecs_would_decode(code, known) -> bool:
@@ -211,41 +219,43 @@ def _check_data_offsets(series, path: Path, what: str = "image") -> None:
         if page is None:  # a plane no page holds: _check_ome_planes says so
             continue
         size, name = page.parent.filehandle.size, page.parent.filename
-        name = _named(path if name == path.name else name, what, bare=True)
+        # (another file of a multi-file OME-TIFF: named by its own name, not said of "the image")
+        refusal = _refusal if name == path.name else lambda say, *_: InputError(say(_named(name, what, bare=True)))
         kind = "tile" if page.keyframe.is_tiled else "strip"
         for offset, count in [block] if block else zip(page.dataoffsets, page.databytecounts):
             if offset == 0 and count > 0:
-                raise InputError(f"page {page.index} of {name} has no pixel data ({kind} offset 0): the file is "
-                                 "damaged; copy or export it again")
+                raise refusal(lambda name: f"page {page.index} of {name} has no pixel data ({kind} offset 0): the "
+                              "file is damaged; copy or export it again", path, what)
             if offset + count > size:
-                raise InputError(f"page {page.index} of {name} has pixel data past the end of the file (a {kind} of "
-                                 f"{count} bytes at byte {offset}, in a file of {size}): the file is truncated or "
-                                 "damaged; copy or export it again")
+                raise refusal(lambda name: f"page {page.index} of {name} has pixel data past the end of the file (a "
+                              f"{kind} of {count} bytes at byte {offset}, in a file of {size}): the file is truncated "
+                              "or damaged; copy or export it again", path, what)
 
 
 def _check_complete(tif: tifffile.TiffFile, series, log, path: Path, what: str = "image") -> None:
     """Refuse a file that tifffile could read only in part (truncated, bad page offsets)."""
-    name = _named(path, what, bare=True)
     ij = tif.imagej_metadata or {}
     for record in log:  # a multi-file OME-TIFF whose partner file is missing: tifffile zeroes its planes
         missing = re.search(r"failed to read '([^']+)'", record.getMessage())
         if missing:
-            raise InputError(f"{name} is one file of a multi-file OME-TIFF, and its part {missing.group(1)} is "
-                             "missing or unreadable (its planes would be zeros): keep all files of the image together")
-    _check_ome_planes(tif, series, name)
+            raise _refusal(lambda name: f"{name} is one file of a multi-file OME-TIFF, and its part "
+                           f"{missing.group(1)} is missing or unreadable (its planes would be zeros): keep all files "
+                           "of the image together", path, what)
+    _check_ome_planes(tif, series, path, what)
     planes = math.prod(n for n, a in zip(series.shape, series.axes) if a not in "YXS")
     expected = ij.get("images")
     broken = [r.getMessage() for r in log if any(w in r.getMessage().lower() for w in ("corrupt", "page offset"))]
     if (expected is not None and int(expected) != planes) or broken:
         found = f"its ImageJ header lists {int(expected)} planes but {planes} could be read" if expected else broken[0]
-        raise InputError(f"{name} is truncated or corrupt ({_one_line(found)}): copy or export it again")
+        raise _refusal(lambda name: f"{name} is truncated or corrupt ({_one_line(found)}): copy or export it again",
+                       path, what)
 
 
-def _check_ome_planes(tif: tifffile.TiffFile, series, name: str) -> None:
+def _check_ome_planes(tif: tifffile.TiffFile, series, path: Path, what: str = "image") -> None:
     """Refuse an OME-TIFF whose OME-XML (Size*, TiffData) lists other planes than the file holds:
     tifffile reads it anyway, zeroing the planes the file lacks (SizeZ="20" over 16 pages) or
     leaving out the pages beyond (SizeZ="8"), and only logs it. Reduced-resolution and mask pages
-    are not planes. ``name``: the file as errors name it (:func:`_named`)."""
+    are not planes. ``path``, ``what``: the file, and how errors name it (:func:`_named`)."""
     if series.kind != "ome":
         return
     listed = len(series)
@@ -260,5 +270,5 @@ def _check_ome_planes(tif: tifffile.TiffFile, series, name: str) -> None:
         problem = f"its OME-XML lists {listed} planes but {held}"
     else:
         problem = f"its OME-XML maps {listed - found} of its {listed} planes to no page of the file"
-    raise InputError(f"{name}: {problem}: export it again, or correct the SizeZ/SizeC/SizeT and TiffData entries "
-                     "of its OME-XML")
+    raise _refusal(lambda name: f"{name}: {problem}: export it again, or correct the SizeZ/SizeC/SizeT and TiffData "
+                   "entries of its OME-XML", path, what)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d._tiff_voxel_sizes import _checked_voxel, _size_in_um, _unit_factor
-from deconv3d.errors import InputError, warning_naming_image
+from deconv3d.errors import InputError, naming_image, warning_naming_image
 
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 
@@ -31,9 +31,11 @@ def _multiscale(attrs: dict, path: Path) -> dict:
     if scales is None:
         field = _first_field(ome, path)
         if field is not None:  # (a plate's or a well's: bioformats2raw writes plates so)
-            raise InputError(f"{path} is an OME-Zarr high-content screening {'plate' if 'plate' in ome else 'well'}, "
-                             f"not an image: give one of its fields, e.g. {Path(path, field)}")
-        raise InputError(f"{path} is not an OME-Zarr image (no 'multiscales' metadata): give an image group")
+            raise naming_image(lambda image: f"{image} is an OME-Zarr high-content screening "
+                               f"{'plate' if 'plate' in ome else 'well'}, not an image: give one of its fields, e.g. "
+                               f"{Path(path, field)}", path)
+        raise naming_image(lambda image: f"{image} is not an OME-Zarr image (no 'multiscales' metadata): give an image "
+                           "group", path)
     key = _multiscales_key(attrs)
     if not isinstance(scales, list) or not scales or not isinstance(scales[0], dict):
         raise _malformed(path, key, scales, "a list of multiscale images (objects with 'axes' and 'datasets')")
@@ -91,12 +93,17 @@ def _multiscales_key(attrs: dict) -> str:
 
 def _malformed(path: Path, key: str, value, wanted: str) -> InputError:
     """The one-line error for the entry ``key`` (``ome.multiscales[0].axes``) of the OME-Zarr metadata
-    of the group at ``path``, which holds ``value`` (None: nothing) where a reader needs ``wanted``."""
-    file = next((path / name for name in ("zarr.json", ".zattrs") if (path / name).is_file()), path)
+    of the group at ``path``, which holds ``value`` (None: nothing) where a reader needs ``wanted``. Its
+    ``without_file`` names the metadata file as the image's (``the image's zarr.json: ...``)."""
+    name = next((name for name in ("zarr.json", ".zattrs") if (path / name).is_file()), None)
     text = json.dumps(value, ensure_ascii=False, default=str)  # as the file writes it: an editor finds it
     found = "missing, where it should be" if value is None else f"{text if len(text) <= 60 else text[:57] + '...'}, not"
-    return InputError(f"{file}: {key} is {found} {wanted}: fix that entry of the image's OME-Zarr metadata, or "
-                      "export the image again")
+
+    def say(file):
+        return (f"{file}: {key} is {found} {wanted}: fix that entry of the image's OME-Zarr metadata, or export the "
+                "image again")
+    return InputError(say(path / name if name else path),
+                      without_file=say(f"the image's {name}" if name else "the image"))
 
 
 def _axes_of(ms: dict, ndim: int, path: Path, metadata: tuple | None = None) -> tuple[str, list]:
@@ -126,16 +133,17 @@ def _axes_of(ms: dict, ndim: int, path: Path, metadata: tuple | None = None) -> 
     names = [n.lower() if isinstance(n, str) else n for n in names]
     units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
     if len(names) != ndim or any(n not in _AXIS_TYPES for n in names):
-        raise InputError(f"{path}: unsupported OME-Zarr axes {names}: deconv3d reads t, c, z, y, x")
+        raise naming_image(lambda image: f"{image}: unsupported OME-Zarr axes {names}: deconv3d reads t, c, z, y, x",
+                           path)
     for a, n in zip(axes, names):
         kind = a.get("type") if isinstance(a, dict) else None
         if kind is not None and kind != _AXIS_TYPES[n]:
-            raise InputError(f"{path}: OME-Zarr axis {n!r} has type {kind!r}, not {_AXIS_TYPES[n]!r}: fix the "
-                             "image's axes metadata")
+            raise naming_image(lambda image: f"{image}: OME-Zarr axis {n!r} has type {kind!r}, not "
+                               f"{_AXIS_TYPES[n]!r}: fix the image's axes metadata", path)
     letters = "".join(names)
     if not _in_order(letters, "tczyx"):
-        raise InputError(f"{path}: OME-Zarr axes {''.join(names)} are not in t, c, z, y, x order: deconv3d reads "
-                         "that order (spatial axes z, y, x); reorder the image's axes")
+        raise naming_image(lambda image: f"{image}: OME-Zarr axes {''.join(names)} are not in t, c, z, y, x order: "
+                           "deconv3d reads that order (spatial axes z, y, x); reorder the image's axes", path)
     return letters.upper(), units
 
 
@@ -160,7 +168,7 @@ def _level_transform(ms: dict, level: int, ndim: int, path: Path | None = None,
     of its multiscales, :func:`_multiscales_key`): skipped, a misspelt ``"Scale"`` was read as 1.
     """
     scale, origin = [1.0] * ndim, [0.0] * ndim
-    where = f"{path}: level {ms['datasets'][level].get('path', level)!r}"
+    at = f"level {ms['datasets'][level].get('path', level)!r}"
     group, key = metadata or (path, "multiscales")
     for owner, transforms in ((f"{key}[0].datasets[{level}]", ms["datasets"][level].get("coordinateTransformations")),
                               (f"{key}[0]", ms.get("coordinateTransformations"))):
@@ -175,16 +183,17 @@ def _level_transform(ms: dict, level: int, ndim: int, path: Path | None = None,
                 raise _malformed(group, f"{owner}.coordinateTransformations[{i}]", tr, 'a "scale" or "translation" '
                                  "transformation (what OME-Zarr 0.4 and 0.5 levels hold)")
             if tr.get(kind) is None and "path" in tr:
-                raise InputError(f"{where} keeps its {kind} outside the metadata ({tr['path']!r}), which deconv3d "
-                                 f"does not read: write the {kind} values into the image's metadata")
+                raise naming_image(lambda image: f"{image}: {at} keeps its {kind} outside the metadata "
+                                   f"({tr['path']!r}), which deconv3d does not read: write the {kind} values into the "
+                                   "image's metadata", path)
             try:  # (a list: the string "111" is no scale of 1, and true no number)
                 values = [float(v) for v in tr[kind] if not isinstance(v, bool)] if isinstance(tr[kind], list) else []
             except (KeyError, TypeError, ValueError):
                 values = []
             if len(values) != ndim or not all(np.isfinite(values)) or (kind == "scale" and min(values) <= 0):
-                raise InputError(f"{where} has {kind} {tr.get(kind)!r}, not {ndim} "
-                                 f"{'positive numbers' if kind == 'scale' else 'numbers'} (one per axis): fix the "
-                                 "image's coordinateTransformations")
+                raise naming_image(lambda image: f"{image}: {at} has {kind} {tr.get(kind)!r}, not {ndim} "
+                                   f"{'positive numbers' if kind == 'scale' else 'numbers'} (one per axis): fix the "
+                                   "image's coordinateTransformations", path)
             if kind == "scale":
                 scale = [a * b for a, b in zip(scale, values)]
                 origin = [o * b for o, b in zip(origin, values)]

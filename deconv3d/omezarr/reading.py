@@ -16,7 +16,7 @@ import numpy as np
 from deconv3d._arrays import refuse_complex, refuse_non_numeric
 from deconv3d._paths import TIFF_SUFFIXES, _one_line, special_file_problem
 from deconv3d._tiff_voxel_sizes import _unit_factor
-from deconv3d.errors import InputError, refusing_image
+from deconv3d.errors import InputError, naming_image, refusing_image
 from deconv3d.omezarr.lazy_image import (LazyImage, _content_identity, _float32_block, _refuse_unreadable, _region,
                                          _verify_unchanged)
 from deconv3d.omezarr.ngff_metadata import (_axes_of, _has_scale, _level_transform, _malformed, _multiscale,
@@ -51,11 +51,12 @@ def open_lazy(path, omero_warning: bool = True) -> LazyImage:
     if suffix == ZARR_SUFFIX or is_zarr_folder(path):
         return _open_ome_zarr(path, omero_warning=omero_warning)
     if path.is_dir():
-        raise InputError(f"{path} is a folder but not a zarr image (no zarr.json or .zgroup in it): give a TIFF file "
-                         "or an OME-Zarr folder")
+        raise naming_image(lambda image: f"{image} is a folder but not a zarr image (no zarr.json or .zgroup in it): "
+                           "give a TIFF file or an OME-Zarr folder", path)
     if suffix in TIFF_SUFFIXES:
         return _open_tiff(path)
-    raise InputError(f"unsupported input format '{path.suffix}' for {path}: use .tif, .tiff or .zarr")
+    raise naming_image(lambda image: f"unsupported input format '{path.suffix}' for {image}: use .tif, .tiff or .zarr",
+                       path)
 
 
 def image_header(path) -> tuple[str, tuple[int, ...], tuple[float, ...] | None]:
@@ -244,7 +245,7 @@ def _open_ome_zarr(path: Path, level: int = 0, omero_warning: bool = True) -> La
     attrs = dict(group.attrs)
     ms, metadata = _multiscale(attrs, image_path), (image_path, _multiscales_key(attrs))
     if level >= len(ms["datasets"]):
-        raise InputError(f"{path} has no resolution level {level}")
+        raise naming_image(lambda image: f"{image} has no resolution level {level}", path)
     component = ms["datasets"][level]["path"]
     data = _level_array(image_path, component, level, metadata)
     refuse_non_numeric(data.dtype, f"image {path}")
@@ -280,8 +281,9 @@ def _level_array(image_path: Path, component: str, level: int, metadata):
         if not any((image_path / component.strip("/") / name).exists() for name in ("zarr.json", ".zarray")):
             raise _malformed(image_path, f"{metadata[1]}[0].datasets[{level}].path", component, "the name of an "
                              "array in the image (it holds none of that name)") from exc
-        raise InputError(f"cannot read level {component!r} of {image_path} ({_zarr_problem(exc, image_path / component)}"
-                         "): export the image again, e.g. with deconv3d or bioformats2raw") from exc
+        problem = _zarr_problem(exc, image_path / component)
+        raise naming_image(lambda image: f"cannot read level {component!r} of {image} ({problem}): export the image "
+                           "again, e.g. with deconv3d or bioformats2raw", image_path) from exc
 
 
 def _open_array(root, component: str):

@@ -22,7 +22,7 @@ from deconv3d._tiff_checks import _check_complete, _tifffile_log, _unreadable_ti
 from deconv3d._tiff_metadata import calibrated, imagej_calibration
 from deconv3d._tiff_voxel_sizes import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
                                         spatial_letters, z_step_assumed)
-from deconv3d.errors import InputError, refusing_image
+from deconv3d.errors import InputError, naming_image, refusing_image
 from deconv3d.io import _refuse_colour
 from deconv3d.omezarr.lazy_image import (LazyImage, _content_identity, _float32_block, _refuse_unreadable, _region,
                                          _verify_unchanged)
@@ -234,20 +234,21 @@ def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:
     """
     kept = [a for a, n in zip(axes, shape) if n != 1]
     if len(kept) < 2:
-        raise InputError(f"image {path} is {len(kept)}D once its axes of length 1 are dropped (shape {tuple(shape)}): "
-                         "a 2D or 3D image is needed")
+        raise naming_image(lambda image: f"{image} is {len(kept)}D once its axes of length 1 are dropped (shape "
+                           f"{tuple(shape)}): a 2D or 3D image is needed", f"image {path}")
     letters = ["Z" if a in _GENERIC_AXES else a for a in kept]
     spatial = [i for i, a in enumerate(letters) if a in "ZYX"]
     if len(spatial) < 2 and any(a in "TC" for a in letters):
-        raise InputError(f"image {path} has axes {''.join(kept)} (shape {tuple(shape)}), {len(spatial)} of them "
-                         "spatial once its axes of length 1 are dropped: a 2D or 3D image is needed")
+        raise naming_image(lambda image: f"{image} has axes {''.join(kept)} (shape {tuple(shape)}), {len(spatial)} "
+                           "of them spatial once its axes of length 1 are dropped: a 2D or 3D image is needed",
+                           f"image {path}")
     at = spatial[-2:] if len(spatial) >= 2 else [len(kept) - 2, len(kept) - 1]  # the plane's positions
     rest = [i for i in range(len(kept)) if i not in at]
     lead = [letters[i] for i in rest]
     plane = spatial_letters("".join(kept[i] for i in at), 2)
     if any(a not in "TCZ" for a in lead) or len(set(lead)) != len(lead) or (plane[0] == "Z" and "Z" in lead):
-        raise InputError(f"image {path} has axes {''.join(kept)} that are not T, C, Z, Y, X: save it as "
-                         "an ImageJ hyperstack or OME-TIFF with labelled axes")
+        raise naming_image(lambda image: f"{image} has axes {''.join(kept)} that are not T, C, Z, Y, X: save it as "
+                           "an ImageJ hyperstack or OME-TIFF with labelled axes", f"image {path}")
     order = tuple(sorted(rest, key=lambda i: "TCZ".index(letters[i]))) + tuple(at)
     return "".join(letters[i] for i in order[:-2]) + plane, order
 

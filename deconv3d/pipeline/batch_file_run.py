@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from deconv3d._paths import check_name_length, special_file_problem
-from deconv3d.errors import InputError, NonFiniteValues, said_of_the_image
+from deconv3d.errors import InputError, NonFiniteValues, naming_image, said_of_the_image
 from deconv3d.pipeline.completion_records import (input_state, outputs_written, read_completion_record,
                                                   write_json_atomic)
 from deconv3d.pipeline.locks import note_writer
@@ -118,8 +118,9 @@ def _check_unchanged(shared: dict, settings: Settings, path: Path) -> None:
     ``shared`` (:func:`_shared_hashes`) held it before its run: which one the run read is not known."""
     changed = [f for f, digest in _shared_hashes(settings).items() if shared.get(f) != digest]
     if changed:
-        raise InputError(f"{', '.join(map(str, changed))} changed while {path_text(path)} was processed (which version "
-                         "the run read is not known): rerun the batch to redo it with the file as it is now")
+        raise naming_image(lambda image: f"{', '.join(map(str, changed))} changed while {image} was processed (which "
+                           "version the run read is not known): rerun the batch to redo it with the file as it is now",
+                           path_text(path))
 
 
 def _reason(exc: Exception, path=None) -> str:

@@ -24,7 +24,7 @@ from deconv3d._tensors import psf_fingerprint, resolve_device
 from deconv3d._torch_common import (atomic_torch_save, checked_run_record, empty_network, refuse_non_finite,
                                      safe_torch_load)
 from deconv3d._voxel import checked_voxel_size
-from deconv3d.errors import InputError, warn
+from deconv3d.errors import InputError, warning_naming_image
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import Reference, TrainConfig, UNetConfig, from_dict, to_dict
 from deconv3d.selfsup.unet import ResUNet
@@ -104,8 +104,8 @@ class TrainedModel:
         if voxel_size is not None or own is None or len(own) != ndim:
             return voxel_size
         flag = "--voxel-size DZ DY DX" if ndim == 3 else "--voxel-size DY DX"  # (the axes the option takes)
-        warn(f"deconv3d: warning: {source} carries no voxel size; assuming the model's {tuple(own)} µm "
-             f"(pass {flag} to check it)", warnings)
+        warning_naming_image(lambda image: f"deconv3d: warning: {image} carries no voxel size; assuming the model's "
+                             f"{tuple(own)} µm (pass {flag} to check it)", source, warnings)
         return tuple(own)
 
     def check_compatible(self, image_ndim: int, psf=None, voxel_size: Sequence[float] | None = None) -> None:

@@ -1,0 +1,180 @@
+"""Each reader's refusal of an input gives a batch its reason said of "the image" itself (InputError.without_file,
+set where it is worded), not by the fallback that rewords a line naming the input's path (said_of_the_image, made
+to change nothing here). The folder's name has spaces and brackets; a single deconvolve's lines are checked in
+test_batch_reason_lines and the reader's own tests."""
+
+import contextlib
+import io
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from deconv3d.io import write_tiff
+from .conftest import gaussian_psf
+
+VOXEL = (0.3, 0.1, 0.1)
+FOLDER = "d a(t)+[1]"
+AXES = "deconv3d reads that order (spatial axes z, y, x); reorder the image's axes"
+#: Each input's file name, and its reason in a batch's line (after "failed  FOLDER/NAME: ").
+REASONS = {
+    "plate.zarr": "the image is an OME-Zarr high-content screening plate, not an image: give one of its fields, e.g. "
+                  f"{FOLDER}/plate.zarr/A/1/0",
+    "nomulti.zarr": "the image is not an OME-Zarr image (no 'multiscales' metadata): give an image group",
+    "malformed.zarr": "the image's zarr.json: ome.multiscales[0].axes is \"zyx\", not a list of 3 axes ({\"name\": "
+                      "\"z\", \"type\": \"space\", ...}), one per dimension of the image's 3D array: fix that entry of "
+                      "the image's OME-Zarr metadata, or export the image again",
+    "axesnames.zarr": "the image: unsupported OME-Zarr axes ['q', 'y', 'x']: deconv3d reads t, c, z, y, x",
+    "axistype.zarr": "the image: OME-Zarr axis 'z' has type 'time', not 'space': fix the image's axes metadata",
+    "axesorder.zarr": f"the image: OME-Zarr axes xyz are not in t, c, z, y, x order: {AXES}",
+    "outside.zarr": "the image: level '0' keeps its scale outside the metadata ('s.bin'), which deconv3d does not "
+                    "read: write the scale values into the image's metadata",
+    "badscale.zarr": "the image: level '0' has scale [1, -1, 1], not 3 positive numbers (one per axis): fix the "
+                     "image's coordinateTransformations",
+    "level.zarr": "cannot read level '0' of the image (its metadata is not valid JSON: Expecting property name "
+                  "enclosed in double quotes at line 1 column 2): export the image again, e.g. with deconv3d or "
+                  "bioformats2raw",
+    "folder.tif": "the image is a folder but not a zarr image (no zarr.json or .zgroup in it): give a TIFF file or an "
+                  "OME-Zarr folder",
+    "header.tif": "the image holds no image, only a TIFF header (a save that was interrupted?): export or copy it again",
+    "two.tif": "the image holds 2 separate images (shapes (8, 24, 24) float32, (8, 10, 24) float32): save the one to "
+               "deconvolve as its own file (Fiji: open it with Bio-Formats, then File > Save As)",
+    "samples.tif": "the image has 2 grey-level samples per pixel (axes YXS): they are channels; save one per file and "
+                   "pick it",
+    "palette.tif": "the image is an indexed-colour (palette) TIFF: its pixel values are entries of a colour table, not "
+                   "intensities; if it is 8-bit data shown with a colour lookup table, give it a grey one and save it "
+                   "again (Fiji: Image > Lookup Tables > Grays, then File > Save As > Tiff); a colour picture (Fiji's "
+                   "8-bit Color) holds no intensities to deconvolve",
+    "cut.tif": "page 0 of the image has pixel data past the end of the file (a strip of 18432 bytes at byte 272, in a "
+               "file of 9975): the file is truncated or damaged; copy or export it again",
+    "planes.tif": "the image is truncated or corrupt (its ImageJ header lists 9 planes but 8 could be read): copy or "
+                  "export it again",
+    "line.tif": "the image is 1D once its axes of length 1 are dropped (shape (1, 1, 24)): a 2D or 3D image is needed",
+}
+
+
+def _ome_zarr(folder, name, edit, volume):
+    from deconv3d.omezarr import write_ome_zarr
+
+    write_ome_zarr(folder / name, volume, voxel_size=VOXEL)
+    attributes = json.loads((folder / name / "zarr.json").read_text())
+    edit(attributes["attributes"]["ome"])
+    (folder / name / "zarr.json").write_text(json.dumps(attributes))
+
+
+def _plate(ome):
+    ome.pop("multiscales")
+    ome["plate"] = {"wells": [{"path": "A/1"}]}
+
+
+def _swap_z_and_x(ome):
+    axes = ome["multiscales"][0]["axes"]
+    axes[0], axes[2] = axes[2], axes[0]
+
+
+def _level_transforms(transforms):
+    return lambda ome: ome["multiscales"][0]["datasets"][0].__setitem__("coordinateTransformations", transforms)
+
+
+ZARR_EDITS = {
+    "plate.zarr": _plate,
+    "nomulti.zarr": lambda ome: ome.pop("multiscales"),
+    "malformed.zarr": lambda ome: ome["multiscales"][0].__setitem__("axes", "zyx"),
+    "axesnames.zarr": lambda ome: ome["multiscales"][0]["axes"][0].__setitem__("name", "q"),
+    "axistype.zarr": lambda ome: ome["multiscales"][0]["axes"][0].__setitem__("type", "time"),
+    "axesorder.zarr": _swap_z_and_x,
+    "outside.zarr": _level_transforms([{"type": "scale", "path": "s.bin"}]),
+    "badscale.zarr": _level_transforms([{"type": "scale", "scale": [1, -1, 1]}]),
+    "level.zarr": lambda ome: None,  # (its array's metadata is damaged below)
+}
+
+
+def _tiffs(folder, volume):
+    import tifffile
+
+    (folder / "folder.tif").mkdir()
+    (folder / "folder.tif" / "x").write_text("x")
+    (folder / "header.tif").write_bytes(b"II*\x00\x00\x00\x00\x00")
+    with tifffile.TiffWriter(folder / "two.tif") as tif:
+        tif.write(volume)
+        tif.write(volume[:, :10])
+    tifffile.imwrite(folder / "samples.tif", np.ones((24, 24, 2), np.uint16), photometric="minisblack",
+                     planarconfig="contig")
+    tifffile.imwrite(folder / "palette.tif", np.ones((24, 24), np.uint8), photometric="palette",
+                     colormap=np.random.default_rng(1).integers(0, 65535, (3, 256)).astype(np.uint16))
+    tifffile.imwrite(folder / "cut.tif", volume)
+    whole = (folder / "cut.tif").read_bytes()
+    (folder / "cut.tif").write_bytes(whole[:len(whole) // 2])
+    tifffile.imwrite(folder / "planes.tif", volume, imagej=True)
+    (folder / "planes.tif").write_bytes((folder / "planes.tif").read_bytes().replace(b"images=8", b"images=9"))
+    tifffile.imwrite(folder / "line.tif", np.ones((1, 1, 24), np.float32))
+
+
+@pytest.fixture(scope="module")
+def batch_lines(tmp_path_factory):
+    """The batch's failure lines over a folder of one input of each of REASONS (and a.tif, which runs), with
+    said_of_the_image made to change nothing: {name: reason} from stdout, stderr and the report."""
+    from deconv3d.cli import main
+    from deconv3d.pipeline import batch_file_run
+
+    root = tmp_path_factory.mktemp("reasons")
+    folder = root / FOLDER
+    folder.mkdir()
+    write_tiff(root / "psf.tif", gaussian_psf((5, 5, 5)), voxel_size=VOXEL)
+    volume = np.random.default_rng(0).uniform(1, 2, (8, 24, 24)).astype(np.float32)
+    write_tiff(folder / "a.tif", volume, voxel_size=VOXEL)
+    for name, edit in ZARR_EDITS.items():
+        _ome_zarr(folder, name, edit, volume)
+    (folder / "level.zarr" / "0" / "zarr.json").write_text("{bad")
+    _tiffs(folder, volume)
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        patch.chdir(root)
+        patch.setattr(batch_file_run, "said_of_the_image", lambda text, *names: text)
+        code = main(["batch", FOLDER, "-o", "OUT", "--psf", "psf.tif", "--method", "wiener"])
+    assert code == 3, err.getvalue()
+    said = {"out": out.getvalue().splitlines(), "err": err.getvalue().splitlines()}
+    rows = json.loads((root / "OUT" / "batch_report.json").read_text())["files"]
+    return said, {os.path.basename(row["file"]): row.get("reason") for row in rows}
+
+
+@pytest.mark.parametrize("name", sorted(REASONS))
+def test_a_batch_line_says_the_refused_input_is_the_image(batch_lines, name):
+    said, rows = batch_lines
+    line = f"failed  {FOLDER}/{name}: {REASONS[name]}"
+    assert [text.split("] ", 1)[1] for text in said["out"] if f"/{name}: " in text] == [line], said["out"]
+    assert f"deconv3d: failed: {FOLDER}/{name}: {REASONS[name]}" in said["err"], said["err"]
+    assert rows[name] == REASONS[name]
+
+
+def test_a_psf_changed_during_a_files_run_is_said_of_the_image():
+    from deconv3d.errors import InputError
+    from deconv3d.pipeline import batch_file_run
+
+    settings = SimpleNamespace(psf="psf.tif", model=None)
+    tail = ("was processed (which version the run read is not known): rerun the batch to redo it with the file as it "
+            "is now")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batch_file_run, "_shared_hashes", lambda settings: {"psf.tif": "new"})
+        patch.setattr(batch_file_run, "said_of_the_image", lambda text, *names: text)  # (said so by the refusal)
+        with pytest.raises(InputError) as refused:
+            batch_file_run._check_unchanged({"psf.tif": "old"}, settings, f"{FOLDER}/b.tif")
+        assert str(refused.value) == f"psf.tif changed while {FOLDER}/b.tif {tail}"
+        assert batch_file_run._reason(refused.value, f"{FOLDER}/b.tif") == f"psf.tif changed while the image {tail}"
+
+
+def test_a_model_voxel_size_taken_for_an_input_warns_of_the_image_too():
+    """The ssl run's warning for an input without a voxel size: its row in a batch says "the image"."""
+    from deconv3d.errors import OptionWarning
+    from deconv3d.selfsup.checkpoint import TrainedModel
+
+    with pytest.warns(OptionWarning) as record:
+        taken = TrainedModel.voxel_for(SimpleNamespace(voxel_size=VOXEL), None, 3, f"{FOLDER}/b.tif")
+    assert taken == VOXEL and len(record) == 1
+    said = "carries no voxel size; assuming the model's (0.3, 0.1, 0.1) µm (pass {} to check it)"
+    warning = record[0].message
+    assert warning.command_line == f"{FOLDER}/b.tif {said.format('--voxel-size DZ DY DX')}"
+    assert warning.command_line_without_file == f"the image {said.format('--voxel-size DZ DY DX')}"
+    assert warning.without_file == f"the image {said.format('voxel_size DZ DY DX')}"
