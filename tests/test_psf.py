@@ -1373,3 +1373,16 @@ def test_the_larger_than_image_refusal_is_pickled_and_copied_with_its_shapes():
     for again in (pickle.loads(pickle.dumps(refusal)), copy.copy(refusal)):
         assert type(again) is PSFLargerThanImage and str(again) == str(refusal)
         assert (again.psf_shape, again.image_shape) == ((31, 31, 31), (9, 64, 64))
+
+
+@pytest.mark.parametrize("shape, count", [((3, 40, 40), "3 planes"), ((4, 40, 40), "4 planes"),
+                                          ((12, 40, 4), "4 voxels along x"), ((4, 40), "4 voxels along y")])
+def test_distill_refuses_a_bead_image_too_thin_for_a_box(shape, count):
+    """Found by the review of this stop: a 3-plane stack was searched for beads on its border planes and
+    told that every box reaches past the border, to give a smaller --size, which no size fits: a box of 3
+    planes and its plane of margin either side need 5."""
+    beads = np.random.default_rng(0).poisson(np.full(shape, 100.0)).astype(np.float32)
+    beads[tuple(n // 2 for n in shape)] += 3000
+    with pytest.raises(InputError, match=f"has {count}: a bead's box needs at least 5") as error:
+        distill_psf(beads)
+    assert "\n" not in str(error.value)

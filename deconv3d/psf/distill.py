@@ -201,6 +201,13 @@ def _check_beads(beads) -> np.ndarray:
         raise InputError(f"bead image must be 2D or 3D, got shape {beads.shape}: check the file")
     if not np.isfinite(beads).all():
         raise InputError("bead image contains NaN or Inf values: replace them and try again")
+    thin = [(n, name) for n, name in zip(beads.shape, ("z", "y", "x")[-beads.ndim:]) if n < 5]
+    if thin:
+        n, name = thin[0]
+        count = f"{n} planes" if name == "z" and beads.ndim == 3 else f"{n} voxels along {name}"
+        raise InputError(f"bead image of shape {beads.shape} has {count}: a bead's box needs at least 5 (3 and one "
+                         "of margin either side); image more"
+                         + (" planes, or give a single plane as a 2D image" if count.endswith("planes") else ""))
     if float(beads.max()) <= float(beads.min()):
         raise InputError("bead image is constant: no beads to distil; check the file")
     return beads
