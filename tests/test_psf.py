@@ -1386,3 +1386,14 @@ def test_distill_refuses_a_bead_image_too_thin_for_a_box(shape, count):
     with pytest.raises(InputError, match=f"has {count}: a bead's box needs at least 5") as error:
         distill_psf(beads)
     assert "\n" not in str(error.value)
+
+
+def test_distill_leaves_out_a_doublet_beside_a_single_bead():
+    """Found by the review of this stop: the doublet check compared each box with the median of three or
+    more, and a doublet beside one single bead was averaged in without a word (the PSF wider along x)."""
+    beads = gaussian_beads((24, 56, 48), [(c, 2000.0, (2.0, 1.4, 1.4)) for c in [(12, 16, 16), (12, 40, 22.5),
+                                                                                (12, 40, 25.5)]], seed=1)
+    with pytest.warns(RuntimeWarning, match=r"1 of 2 beads were left out as unresolved doublets .* the other bead's"):
+        psf = distill_psf(beads, size=(11, 11, 11))
+    truth = gaussian((11, 11, 11), (2.0, 1.4, 1.4))
+    assert second_moment_width(psf, 2) == pytest.approx(second_moment_width(truth, 2), rel=0.05)

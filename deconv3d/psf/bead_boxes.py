@@ -268,17 +268,22 @@ def _reject_outliers(boxes: list) -> list:
     Twice the median alone let two beads 2-4 voxels apart, found as one peak, in at 1.99 times the
     median (the PSF 18 % too wide along the pair's axis) and left them out at 2.01, as the noise fell;
     their core is 20 % wider or more. A single bead 1.5 to 2 times as bright as the median has the
-    median's shape and is kept."""
-    if len(boxes) < 3:
+    median's shape and is kept.
+
+    Of two boxes the fainter is the reference (the median of two is their mean, which no box exceeds
+    twice): a doublet beside one single bead was averaged in, without a word. Neither is left out for
+    its light alone, and the cores' scatter is unknown (no :data:`DOUBLET_SPREAD`)."""
+    if len(boxes) < 2:
         return boxes
     sums = np.array([b.sum() for b in boxes])
-    median = np.median(sums)
     widths = np.array([_core_widths(b) for b in boxes])
-    typical = np.median(widths, axis=0)
-    spread = 1.4826 * np.median(np.abs(widths - typical), axis=0)  # the noise of a core's width
+    pair = len(boxes) == 2
+    median = sums.min() if pair else np.median(sums)
+    typical = widths[np.argmin(sums)] if pair else np.median(widths, axis=0)
+    spread = 0.0 if pair else 1.4826 * np.median(np.abs(widths - typical), axis=0)  # the noise of a core's width
     wider = (widths > np.maximum(DOUBLET_WIDTH * np.maximum(typical, DOUBLET_CORE),
                                  typical + DOUBLET_SPREAD * spread)).any(axis=1)
-    bright = sums > 2 * median
+    bright = sums > (np.inf if pair else 2 * median)
     doublets = ~bright & (sums > DOUBLET_LIGHT * median) & wider
     if bright.any():
         warnings.warn(f"{int(bright.sum())} of {len(boxes)} beads were left out: their boxes hold over twice the "
@@ -286,7 +291,8 @@ def _reject_outliers(boxes: list) -> list:
                       "one with an even background, for them to count", RuntimeWarning, stacklevel=3)
     if doublets.any():
         warnings.warn(f"{int(doublets.sum())} of {len(boxes)} beads were left out as unresolved doublets or "
-                      f"clusters (over {DOUBLET_LIGHT} times the median bead's light and wider): use a sparser bead "
+                      f"clusters (over {DOUBLET_LIGHT} times the {'other' if pair else 'median'} bead's light and "
+                      "wider): use a sparser bead "
                       "image for them to count", RuntimeWarning, stacklevel=3)
     return [b for b, s, c in zip(boxes, sums, bright | doublets) if s > 0 and not c]
 
