@@ -1397,3 +1397,17 @@ def test_distill_leaves_out_a_doublet_beside_a_single_bead():
         psf = distill_psf(beads, size=(11, 11, 11))
     truth = gaussian((11, 11, 11), (2.0, 1.4, 1.4))
     assert second_moment_width(psf, 2) == pytest.approx(second_moment_width(truth, 2), rel=0.05)
+
+
+def test_distill_names_crowding_not_saturation_when_one_bead_is_clipped():
+    """Found by the review of this stop: beads 12 voxels apart, crowding each other's default box, beside
+    one bead clipped at 65535 were told that every bead had saturated voxels."""
+    rng = np.random.default_rng(0)
+    centres = [(12 + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5), x + rng.uniform(-0.5, 0.5))
+               for y in (10, 22, 34, 46) for x in (10, 22, 34, 46)]
+    beads = gaussian_beads((24, 84, 84), [(c, 3000.0, (2.0, 1.4, 1.4)) for c in centres]
+                           + [((12, 70, 70), 2e5, (2.0, 1.4, 1.4))], seed=0)
+    with pytest.warns(RuntimeWarning, match="1 of 1 beads have saturated voxels"):
+        with pytest.raises(InputError, match="every bead has a neighbour within one box width") as error:
+            distill_psf(np.minimum(beads, 65535))
+    assert "saturated" not in str(error.value)

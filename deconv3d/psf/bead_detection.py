@@ -18,7 +18,8 @@ from deconv3d.psf.center_crop import SPIKE_RATIO
 from deconv3d.psf.validate import _positive_ints
 
 
-def _why_no_beads(smooth, peaks, half, background: float, noise: float, threshold: float, fwhm) -> str:
+def _why_no_beads(smooth, peaks, half, background: float, noise: float, threshold: float, fwhm,
+                  clipped=None) -> str:
     """Why no bead was found, and what to do, for the error :func:`distill_psf` raises.
 
     Not always "a lower threshold": with a threshold of 110 (or 0) over a background of 100, the
@@ -36,7 +37,11 @@ def _why_no_beads(smooth, peaks, half, background: float, noise: float, threshol
     background rising by 600 across the image were told that no bead stands out where a lower
     threshold finds them. Light that stands out from it is no bead either when the brightest peak is
     too wide (``fwhm``) for its default box to fit the image along any axis: a smooth blob of +500
-    over a background of 100 (no bead), told to give a smaller box, gave a PSF made of the blob's top."""
+    over a background of 100 (no bead), told to give a smaller box, gave a PSF made of the blob's top.
+
+    ``clipped`` marks the voxels near saturated ones: a peak there is left out (:func:`_unsaturated`),
+    so it is no isolated bead that a sparser image would not help (beads crowded 12 voxels apart beside
+    one clipped bead were told to use a sparser image, a smaller box or a lower threshold alike)."""
     floor = background + 10 * noise
     top = float(smooth.max())
     wide = (2 * np.maximum(1, np.ceil(1.5 * np.asarray(fwhm))) + 3 > np.asarray(smooth.shape)).all()
@@ -49,13 +54,19 @@ def _why_no_beads(smooth, peaks, half, background: float, noise: float, threshol
                 "brighter or sum several stacks of them")
     peaks = np.asarray(peaks).reshape(-1, smooth.ndim)
     height = np.array([float(smooth[tuple(p)]) for p in peaks])
-    shape = np.asarray(smooth.shape)
     if not (height >= threshold).any():
         return f"no bead reaches the threshold (brightest smoothed value {top:.3g}): lower --threshold"
-    inside = peaks[(height >= max(threshold, floor)) & (peaks - half - 1 >= 0).all(axis=1)
-                   & (peaks + half + 1 < shape).all(axis=1)]
+    unclipped = np.ones(len(peaks), bool) if clipped is None else ~np.array([clipped[tuple(p)] for p in peaks], bool)
+    inside = peaks[(height >= max(threshold, floor)) & unclipped & (peaks - half - 1 >= 0).all(axis=1)
+                   & (peaks + half + 1 < np.asarray(smooth.shape)).all(axis=1)]
     if not len(inside):
         return "every bead's box reaches past the image's border: give a smaller --size or image the beads further in"
+    return _crowding(peaks, height, inside, half, background, noise, floor)
+
+
+def _crowding(peaks, height, inside, half, background: float, noise: float, floor: float) -> str:
+    """:func:`_why_no_beads` for beads whose boxes fit the image (``inside``): the neighbours in their
+    boxes, beads or noise peaks (below ``floor``), and the smaller box that leaves some bead alone."""
     crowding = [(np.abs(peaks - p) <= 2 * half).all(axis=1) & (peaks != p).any(axis=1) for p in inside]
     if not all(near.any() for near in crowding):  # some bead is isolated but was left out later
         return "use a sparser bead image, a smaller --size or a lower --threshold"
@@ -254,9 +265,10 @@ def _clip_note(beads) -> str:
             "below it, as a camera clips them")
 
 
-def _unsaturated(beads, centres, half) -> list:
+def _unsaturated(beads, centres, half, clipped_only: bool = True) -> list:
     """``centres`` less the beads whose box holds a clipped voxel (:func:`_clipped`), with a warning;
-    an error when every bead does.
+    an error when every bead does and ``clipped_only`` (every peak that reaches the threshold is clipped):
+    where unclipped beads were left out for crowding, the error :func:`distill_psf` raises names that.
 
     A clipped bead's core is flat-topped: five 2x-overexposed beads in a 16-bit image gave a PSF
     whose peak was 42 % low, without a word; clipped at no camera's range's top (a camera's full well,
@@ -268,7 +280,7 @@ def _unsaturated(beads, centres, half) -> list:
     kept = [c for c in centres if not clipped[tuple(slice(max(p - h - 1, 0), p + h + 2)
                                                    for p, h in zip(c, half))].any()]
     where = _clip_note(beads)
-    if centres and not kept:
+    if centres and not kept and clipped_only:
         raise InputError(f"every bead found has saturated voxels ({where}): image the beads with less exposure "
                          "or gain")
     if len(kept) < len(centres):

@@ -153,23 +153,41 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     if min_distance is None:
         min_distance = max(1, int(round(min(fwhm) / 2)))
     centres, peaks = _isolated_beads(smooth, half, int(min_distance), float(threshold), background)
-    centres = _unsaturated(beads, centres, half)
+    clipped_only = _clipped_beads_only(beads, smooth, peaks, float(threshold))
+    centres = _unsaturated(beads, centres, half, clipped_only)
     cut = _without_hot_voxels(beads, despiked)  # what the boxes are cut from
     found = [_surroundings(cut, c, peaks, half) for c in centres]  # (centre, wider box, background)
     boxes = [_aligned_box(cut, c, half, level) for c, _, level in found]
     boxes = _reject_outliers([b for b in boxes if b is not None])
-    if not boxes and measured_box and _clipped(beads).any():
+    if not boxes and measured_box and clipped_only:
         # With every bead clipped, the brightest unclipped maximum is a bump of their defocus light, whose
         # width set a box of 25 x 67 x 61 voxels (widefield beads clipped at half their peak): no crowding.
         # A box or threshold given is not set by that bump: a bead left out for them is told why.
         raise InputError(f"every bead found has saturated voxels ({_clip_note(beads)}), or the box was measured "
                          "on what lies beside them: image the beads with less exposure or gain")
     if not boxes:
-        why = _why_no_beads(smooth, peaks, half, background, _smoothed_noise(despiked, 1.0), float(threshold), fwhm)
+        why = _why_no_beads(smooth, peaks, half, background, _smoothed_noise(despiked, 1.0), float(threshold), fwhm,
+                            _near_clipped(beads))
         raise InputError(f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold "
                          f"{float(threshold):.3g}): {why}")
     _warn_of_cut_tails(cut, smooth, found, half)
     return normalize_psf(_quiet_tails(np.sum(boxes, axis=0)))
+
+
+def _clipped_beads_only(beads, smooth, peaks, threshold: float) -> bool:
+    """Whether every peak that reaches ``threshold`` has a clipped voxel (:func:`_clipped`) within 2 voxels
+    of it (and one does): then no bead was found for their saturation. Beads crowded 12 voxels apart beside
+    one clipped bead were told that every bead was saturated, not that their boxes overlap."""
+    near = _near_clipped(beads)
+    found = [tuple(p) for p in np.asarray(peaks).reshape(-1, beads.ndim) if smooth[tuple(p)] >= threshold]
+    return bool(found) and all(near[p] for p in found)
+
+
+def _near_clipped(beads) -> np.ndarray:
+    """The voxels within 2 voxels of a clipped one (:func:`_clipped`)."""
+    from scipy import ndimage
+
+    return ndimage.maximum_filter(_clipped(beads), size=5)
 
 
 def _threshold(threshold, smooth, background: float, spread: float, brightest):
