@@ -47,15 +47,29 @@ def _quiet_tails(total: np.ndarray, level: float = 8.0, width: float = 3.0) -> n
     return np.clip(np.where(core, total, tails), 0, None)
 
 
-#: :func:`distill_psf` warns when its box holds less than this share of the brightest bead's light.
-#: A widefield bead's light does not end along z (each plane of a Gibson-Lanni PSF, NA 1.3, holds
-#: within 2 % of the focal plane's light 2.5 µm from it), so against a box twice as wide any box holds
-#: about half of it (51-54 % of the true PSF, boxes of 7 x 11 x 11 to 23 x 51 x 51 voxels of
-#: 0.25 x 0.1 x 0.1 µm); measured on nine beads of 4e4-1e6 photons (NA 1.4, voxels 0.2 x 0.1 x 0.1 µm),
-#: 54-72 % while the background was read on all faces of the wider box (they held part of the cone),
-#: 42-54 % in the default box and 40-42 % in a 21 x 31 x 31 one since it is read near the focal plane
-#: (:func:`_focal_background`).
+#: :func:`distill_psf` warns when its box holds less than this share of the brightest bead's light
+#: against a box twice as wide; in 3D both laterally, within the planes ``size[0] // 6`` (at least 1)
+#: either side of the bead's. A widefield bead's light does not end along z (each plane of a
+#: Gibson-Lanni PSF, NA 1.3, holds within 2 % of the focal plane's light 2.5 µm from it), so against a
+#: box twice as wide along z too any box held about half of it (51-55 % of noise-free Gibson-Lanni
+#: NA 1.4 and vectorial NA 1.2 PSFs, voxels 0.2 x 0.1 x 0.1 µm, in their default box, half of it and
+#: twice it) and the warning could not be met; near the focal plane the default box holds 92-96 % of
+#: their light, a Gaussian halo (sigma 6 x 5 x 5 voxels, 6 % of the peak) cut by a 17 x 11 x 11 box 77 %.
 MIN_BOX_SHARE = 0.8
+
+#: :func:`distill_psf` also warns when the mean of a face pair of the summed boxes (the PSF before it is
+#: normalised) exceeds this share of its peak: the box cuts the PSF where it is still bright, along any
+#: axis, z included. Noise-free, the default box's faces held 1.3 % (Gibson-Lanni, NA 1.4) and 1.7 %
+#: (vectorial, NA 1.2) of the peak, half that box's 9 %; a Gaussian's face pair in a box 2 sigma
+#: either side about 5 %, 2.5 sigma 2 % (the box then holds 96 % of its light).
+MAX_FACE_LEVEL = 0.03
+
+
+def _face_levels(total: np.ndarray) -> np.ndarray:
+    """Per axis, the mean of ``total``'s two faces along it as a share of its peak (0 without light)."""
+    peak = float(total.max())
+    levels = [np.mean([np.moveaxis(total, a, 0)[i].mean() for i in (0, -1)]) for a in range(total.ndim)]
+    return np.asarray(levels) / peak if peak > 0 else np.zeros(total.ndim)
 
 
 def _tail_share(beads, smooth, found, half) -> tuple[tuple[float, float] | None, np.ndarray]:
@@ -98,13 +112,18 @@ def _wider_box(shape, centre, peaks, half) -> np.ndarray | None:
 
 
 def _light_in_box(beads, centre, half, wide, background: float) -> tuple[float, float, float] | None:
-    """A bead's light inside its box and inside the wider box of half-widths ``wide``, and the
+    """A bead's light inside its box and inside the wider box of half-widths ``wide`` (in 3D both within
+    the planes ``half[0] // 3``, at least 1, either side of the bead's: see :data:`MIN_BOX_SHARE`), and the
     variance the noise gives the share of the two, scaled by the total squared (None without light).
     Both lose ``background``, the wide box's own (:func:`_surroundings`): against the image's
     median, an uneven background of +-10 % made a box that held all of a bead's light look like
     34 %. A widefield PSF's out-of-focus cone holds much of its light far from the peak: 3 FWHM
     kept 42 %."""
     big = beads[tuple(slice(c - r, c + r + 1) for c, r in zip(centre, wide))].astype(np.float64) - background
+    if big.ndim == 3:  # laterally, near the focal plane (MIN_BOX_SHARE)
+        reach = min(max(1, int(half[0]) // 3), int(wide[0]))
+        big = big[wide[0] - reach:wide[0] + reach + 1]
+        wide, half = (reach, *wide[1:]), (reach, *half[1:])
     inner = big[tuple(slice(w - h, w + h + 1) for w, h in zip(wide, half))]
     total = float(big.sum())
     if total <= 0:

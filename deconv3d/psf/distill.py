@@ -12,8 +12,8 @@ import numpy as np
 
 from deconv3d._arrays import as_numpy
 from deconv3d.errors import InputError
-from deconv3d.psf.bead_boxes import (MIN_BOX_SHARE, _aligned_box, _quiet_tails, _reject_outliers, _surroundings,
-                                     _tail_share)
+from deconv3d.psf.bead_boxes import (MAX_FACE_LEVEL, MIN_BOX_SHARE, _aligned_box, _face_levels, _quiet_tails,
+                                     _reject_outliers, _surroundings, _tail_share)
 from deconv3d.psf.bead_detection import (_box_half, _brightest_unsaturated, _clip_note, _clipped, _despiked, _fwhm,
                                          _isolated_beads, _robust_background, _smoothed_noise, _unsaturated,
                                          _why_no_beads, _without_hot_voxels)
@@ -63,8 +63,9 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     Warns
     -----
     RuntimeWarning
-        When the box holds less than :data:`MIN_BOX_SHARE` of the brightest bead's light,
-        measured against a box twice as wide; when beads with saturated voxels were left out
+        When the box cuts the PSF's tails: it holds less than :data:`MIN_BOX_SHARE` of the brightest
+        bead's light against a box twice as wide (in 3D across, near the focal plane), or the summed
+        boxes' faces along an axis over :data:`MAX_FACE_LEVEL` of their peak; when beads with saturated voxels were left out
         (:func:`_unsaturated`: voxels at an 8- to 16-bit camera's ceiling, or at the image's maximum
         where a clipped plateau holds it, wherever it was clipped (:func:`_flat_tops`); all of them
         saturated is an error); when beads were left out for
@@ -115,7 +116,9 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     of the faint tails cancels instead of leaving its positive half after clamping. The
     result is clamped at 0 and scaled to unit sum. Finally the brightest bead's light inside
     the box is compared with that in a box twice as wide (limited by the image border and
-    narrowed to stay on the bead's side of any neighbouring peak), which gives the warning above.
+    narrowed to stay on the bead's side of any neighbouring peak; in 3D across only, within the
+    planes ``size[0] // 6`` either side of the bead's, since a widefield bead's cone reaches every
+    plane), and the faces of the summed boxes with their peak, which give the warning above.
 
     Examples
     --------
@@ -170,8 +173,9 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
                             _near_clipped(beads))
         raise InputError(f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold "
                          f"{float(threshold):.3g}): {why}")
-    _warn_of_cut_tails(cut, smooth, found, half)
-    return normalize_psf(_quiet_tails(np.sum(boxes, axis=0)))
+    total = np.sum(boxes, axis=0)
+    _warn_of_cut_tails(cut, smooth, found, half, total)
+    return normalize_psf(_quiet_tails(total))
 
 
 def _clipped_beads_only(beads, smooth, peaks, threshold: float) -> bool:
@@ -200,16 +204,24 @@ def _threshold(threshold, smooth, background: float, spread: float, brightest):
     return threshold
 
 
-def _warn_of_cut_tails(cut, smooth, found, half) -> None:
+def _warn_of_cut_tails(cut, smooth, found, half, total) -> None:
     """Warn (at :func:`distill_psf`'s caller) where the box holds less than :data:`MIN_BOX_SHARE` of a bead's
-    light (:func:`_tail_share`, against a box twice as wide)."""
+    light (:func:`_tail_share`, against a box twice as wide, in 3D laterally near the focal plane), or the
+    summed boxes' faces along some axis hold over :data:`MAX_FACE_LEVEL` of their peak (:func:`_face_levels`);
+    the box advised is twice as wide along those axes, as far as the image and the neighbours leave room
+    (:func:`_wider_box`)."""
     measured, wide = _tail_share(cut, smooth, found, half)
     share, margin = measured or (1.0, 0.0)
+    faces = _face_levels(total)
+    cut_axes = faces > MAX_FACE_LEVEL
     if share + margin < MIN_BOX_SHARE:
-        warnings.warn(f"the bead box {tuple(int(v) for v in 2 * half + 1)} holds about {share:.0%} of a bead's "
-                      f"light (against a box twice as wide): the PSF's tails are cut, and deconvolution with it "
-                      f"leaves haze (for a widefield bead, whose out-of-focus light reaches every plane, no box holds "
-                      f"much more); give a larger box, e.g. size {tuple(int(v) for v in 2 * wide + 1)}",
+        cut_axes[-2:] = True  # the lateral axes (all of a 2D image's)
+    if cut_axes.any():
+        wider = np.where(cut_axes & (wide > half), wide, half)
+        warnings.warn(f"the bead box {tuple(int(v) for v in 2 * half + 1)} cuts the PSF's tails (it holds about "
+                      f"{share:.0%} of a bead's light near its focal plane, against a box twice as wide, and its "
+                      f"faces up to {faces.max():.0%} of the peak): deconvolution with it leaves haze; give "
+                      f"a larger box, e.g. size {tuple(int(v) for v in 2 * wider + 1)}",
                       RuntimeWarning, stacklevel=3)
 
 
