@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 from deconv3d.errors import InputError
 
@@ -62,8 +63,19 @@ def repeat_hint(given) -> str:
     return ""
 
 
+#: A negative number as an argument, not an option: argparse's own pattern (``-4``, ``-.5``, ``-0.5``) took
+#: ``-4e0`` and ``-1.5e-1`` for options, so ``--levels -4e0`` met "expected at least one argument".
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors follow the contract: one line, exit status 2."""
+    """argparse whose usage errors follow the contract: one line, exit status 2, and which reads a negative
+    number in scientific notation as a value (:data:`NEGATIVE_NUMBER`); the command's sub-parsers are of this
+    class too (``parser_class=Parser``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def parse_known_args(self, args=None, namespace=None):
         self._given = list(args) if args is not None else []  # (a subcommand's parser gets its own part)

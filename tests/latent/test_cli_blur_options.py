@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cli_helpers import assert_one_line_error, run
-from deconv3d.io import read_image
+from cli_helpers import assert_one_line_error, run, tiff_properties
+from deconv3d.io import read_image, write_tiff
 from deconv3d.latent.checkpoint import load_checkpoint
 
 from .test_cli_blur import TINY, write_stacks
@@ -259,3 +259,30 @@ def test_a_mistyped_number_is_not_called_a_file_name(tmp_path, make_stacks, caps
     code, _, err = run(["blur", "train", stack, "-o", tmp_path / "ae.ckpt", "--val-fraction", "0.1x"], capsys)
     assert_one_line_error(code, err, "must be a number, got '0.1x'")
     assert "file name" not in err
+
+
+def test_negative_numbers_in_scientific_notation_are_values_not_options(tmp_path, make_stacks, capsys):
+    """argparse took '-4e0' and '-1.5e-1' for options (its own pattern knows '-4' and '-0.5' only): '--levels
+    -4e0 -2e0 0' met "expected at least one argument" and '--range -1.5e-1 1' "expected 2 arguments". They are
+    values now, in every blur command; an unknown option ('-x') is still refused as one."""
+    stacks = write_stacks(tmp_path, make_stacks)
+    model = tmp_path / "ae.ckpt"
+    code, _, err = run(["blur", "train", *stacks, "-o", model, *TINY, "--levels", "-4e0", "-2E+0", "0"], capsys)
+    assert code == 0, err
+    assert load_checkpoint(model).levels.tolist() == [-4.0, -2.0, 0.0]
+    stack = read_image(stacks[0]).data
+    for name, plane in (("far", stack[0]), ("near", stack[2])):
+        write_tiff(tmp_path / f"{name}.tif", plane, voxel_size=(0.1, 0.1))
+    pair = ["--model", model, tmp_path / "far.tif", tmp_path / "near.tif"]
+    out = tmp_path / "levels.tif"
+    code, _, err = run(["blur", "synth", *pair, "--levels", "3", "--range", "-1.5e-1", "1", "-o", out,
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert tiff_properties(out)["fractions"] == [-0.15, 0.425, 1.0]
+    for argv, words in ((["synth", *pair, "--levels", "-3e0"], ["--levels", "positive", "'-3e0'"]),
+                        (["deblur", *pair, "--alpha", "-5e-1"], ["--alpha", "between 0 and 1", "-5e-1"]),
+                        (["synth", *pair, "--levels", "3", "-x"], ["unrecognized arguments: -x"])):
+        code, _, err = run(["blur", *argv, "-o", tmp_path / "bad.tif", "--device", "cpu"], capsys)
+        assert_one_line_error(code, err, *words)
+        assert "expected" not in err
+        assert not (tmp_path / "bad.tif").exists()
