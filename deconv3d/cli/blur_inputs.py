@@ -111,8 +111,18 @@ def _read_plane(path, role: str) -> tuple[np.ndarray, tuple | None]:
     return image.data, _pixel_size(image, path)
 
 
+#: What the plane given after FAR is, for the refusal of one file given as both.
+_ROLES = {"NEAR": "the in-focus one", "LEVEL": "the one to deblur"}
+
+
 def _read_pair(far_path, other_path, other_role: str):
-    """The FAR plane and another plane of the same shape, with their common pixel size (or None)."""
+    """The FAR plane and another plane of the same shape, with their common pixel size (or None). One file given
+    as both (also as ./a.tif and a.tif, or through a symlink) is refused: synth and deblur worked on the plane
+    paired with itself, without a word."""
+    identity = _file_identity(far_path)
+    if identity is not None and identity == _file_identity(other_path):
+        raise InputError(f"FAR {far_path} and {other_role} {other_path} are the same file: give two planes of one "
+                         f"field of view, FAR the most blurred and {other_role} {_ROLES[other_role]}")
     far, far_pixel = _read_plane(far_path, "FAR")
     other, other_pixel = _read_plane(other_path, other_role)
     if far.shape != other.shape:

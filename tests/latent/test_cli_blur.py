@@ -39,6 +39,7 @@ def planes(tmp_path, make_stacks):
         write_tiff(paths[name], 50 * plane, voxel_size=(0.1, 0.1))
     write_tiff(tmp_path / "big.tif", np.ones((20, 20)) + np.eye(20))
     write_tiff(tmp_path / "small.tif", np.ones((8, 8)) + np.eye(8))
+    write_tiff(tmp_path / "small2.tif", np.ones((8, 8)) + np.eye(8)[::-1])
     write_tiff(tmp_path / "stack.tif", stack)
     return tmp_path, paths
 
@@ -292,7 +293,7 @@ def test_synth_and_deblur_errors(planes, model, capsys):
         (["synth", *base, p["far"], p["near"], "--levels", 1], "levels"),
         (["synth", *base, p["far"], p["near"], "--levels", 3, "--range", 0, "inf"], "--range"),
         (["synth", *base, p["far"], p["near"], "--levels", 3, "--range", "nan", 1], "--range"),
-        (["synth", *base, folder / "small.tif", folder / "small.tif", "--levels", 3], "another size"),
+        (["synth", *base, folder / "small.tif", folder / "small2.tif", "--levels", 3], "another size"),
         (["deblur", *base, p["far"], p["mid"], "--alpha", 1.0], "alpha"),
         (["deblur", *base, p["far"], p["mid"], "--alpha", 0], "alpha"),
         (["deblur", *base, p["far"], p["mid"], "--alpha", -0.5], "alpha"),
@@ -300,7 +301,7 @@ def test_synth_and_deblur_errors(planes, model, capsys):
         (["deblur", *base, p["far"], p["mid"], "--alpha", 0.9999], "extrapolates 1e+04-fold, past the 11"),
         (["deblur", *base, p["far"], p["mid"]], "alpha"),
         (["deblur", *base, p["far"], folder / "big.tif", "--alpha", 0.5], "shape"),
-        (["deblur", *base, folder / "small.tif", folder / "small.tif", "--alpha", 0.5], "another size"),
+        (["deblur", *base, folder / "small.tif", folder / "small2.tif", "--alpha", 0.5], "another size"),
         (["deblur", "--model", folder / "missing.ckpt", p["far"], p["mid"], "--alpha", 0.5], "does not exist"),
         (["synth", *base, p["far"], folder / "coarse.tif", "--levels", 3], "pixel size"),  # two samplings
         (["deblur", *base, folder / "coarse.tif", folder / "coarse2.tif", "--alpha", 0.5], "trained on planes of"),
@@ -498,3 +499,21 @@ def test_blur_train_names_a_synth_output_for_what_it_is(planes, model, make_stac
     code, _, err = run(["blur", "train", stacks[0], folder / "frames.tif", "-o", tmp_path / "x.ckpt", *TINY], capsys)
     assert code == 2 and "time axis" in err, err
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_one_file_given_as_both_planes_is_refused(planes, model, capsys, monkeypatch):
+    """'blur synth far.tif far.tif' (or ./far.tif, or a symlink to it) paired the plane with itself, and
+    'blur deblur far.tif far.tif' too, without a word; the line names both arguments, and nothing is written
+    (the model is not even loaded)."""
+    import deconv3d.latent.checkpoint as checkpoint
+
+    folder, p = planes
+    (folder / "link.tif").symlink_to(p["far"])
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda *a, **k: pytest.fail("loaded the model"))
+    out = folder / "out.tif"
+    for again in (p["far"], folder / "." / "far.tif", folder / "link.tif"):
+        for command, role, rest in (("synth", "NEAR", ["--levels", 3]), ("deblur", "LEVEL", ["--alpha", 0.5])):
+            code, _, err = run(["blur", command, "--model", model, p["far"], again, *rest, "-o", out], capsys)
+            assert_one_line_error(code, err, f"FAR {p['far']} and {role} {again} are the same file",
+                                  "give two planes")
+            assert not out.exists()
