@@ -141,22 +141,48 @@ def save_checkpoint(trained, path, plane_shape=None, pixel_size=None, training_s
     ``training_stacks`` entry that is not made of strings, numbers, lists and dicts (a
     ``pathlib.Path``, say) are refused with :class:`InputError` before anything is written:
     :func:`load_checkpoint` would refuse the file anyway. So is a ``training_stacks`` that is not a
-    list (one path as a string, say), which :func:`load_checkpoint` would drop from the run record.
+    list (one path as a string, say), given or in ``trained.run``, which :func:`load_checkpoint` would
+    drop from the run record, and a run record whose other keys it would drop or refuse.
     """
     if getattr(trained, "reason", None) == "non-finite loss":
         raise InputError("training diverged (non-finite loss), so there is no model to save: lower the learning "
                          "rate or check the stacks")
     if training_stacks is not None and not isinstance(training_stacks, list):
-        raise InputError(f"training_stacks must be a list, got {type(training_stacks).__name__}: give a list of "
-                         "the stacks' records, e.g. [{'path': 'a.tif', 'sha256': ...}], even for one stack")
+        raise InputError(_NOT_A_LIST.format(type(training_stacks).__name__))
     if not isinstance(trained, TrainedAutoencoder):
         trained = TrainedAutoencoder.from_result(trained, plane_shape, pixel_size)
     if trained.run is not None:  # (a file from before the run record has none to extend)
         trained = replace(trained, run={**trained.run, **saving_record(training_stacks=training_stacks)})
+        _refuse_unkept_run(trained.run)
     payload = _payload(trained)
     refuse_non_finite(payload["state_dict"])
     _refuse_unloadable(payload)
     atomic_torch_save(payload, path)
+
+
+_NOT_A_LIST = ("training_stacks must be a list, got {}: give a list of the stacks' records, e.g. "
+               "[{{'path': 'a.tif', 'sha256': ...}}], even for one stack")
+
+
+def _refuse_unkept_run(run: dict) -> None:
+    """Refuse a run record that :func:`load_checkpoint` would not read back whole (``checked_run_record``): a
+    :data:`LATER_RECORD` key of another type was dropped on loading (``training_stacks`` given as one path in
+    ``TrainedAutoencoder.run``, say: saved, and read back with no record of the stacks), a :data:`RUN_RECORD`
+    key of another type, or missing, made the whole file refused as damaged. Each key is checked by the
+    loading's own rule, as one the record must hold."""
+    for key, kind in {**RUN_RECORD, **LATER_RECORD}.items():
+        if key in LATER_RECORD and key not in run:
+            continue
+        try:
+            checked_run_record(run, {key: kind})
+            continue
+        except TypeError:
+            pass
+        if key == "training_stacks":
+            raise InputError(_NOT_A_LIST.format(type(run[key]).__name__))
+        got = f"got {type(run[key]).__name__}" if key in run else "it is missing"
+        raise InputError(f"the run record's {key} must be of type {kind.__name__}, {got}: give the value "
+                         "the training recorded (LatentTrainResult), or leave the run record None")
 
 
 def _pixel_problem(pixel) -> bool:

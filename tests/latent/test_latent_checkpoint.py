@@ -4,6 +4,7 @@ import dataclasses
 import os
 import pathlib
 import pickle
+import re
 import shlex
 
 import numpy as np
@@ -315,3 +316,24 @@ def test_training_stacks_that_are_not_a_list_are_refused_before_writing(tmp_path
     one = [{"path": "a.tif", "sha256": "0" * 64}]  # the fix the line names: a list, of one stack here
     save_checkpoint(model, path, training_stacks=one)
     assert load_checkpoint(path).run["training_stacks"] == one
+
+
+@pytest.mark.parametrize("changed, words", [
+    ({"training_stacks": "a.tif"}, "training_stacks must be a list, got str: give a list"),
+    ({"best_step": "3"}, "run record's best_step must be of type int, got str"),
+    ({"precision": None}, "run record's precision must be of type str, got NoneType"),
+])
+def test_a_run_record_that_would_not_read_back_is_refused_before_writing(tmp_path, changed, words):
+    """training_stacks='a.tif' in TrainedAutoencoder.run (not given to save_checkpoint, whose own argument
+    was checked) was saved, and read back with no training_stacks: load_checkpoint drops a later key of
+    another type. A required key of another type was saved and the file then refused as damaged."""
+    path = tmp_path / "ae.ckpt"
+    path.write_bytes(b"before")
+    run = {"train_steps": 7, "stopped": "completed", "precision": "float32"}
+    with pytest.raises(InputError, match=re.escape(words)) as info:
+        save_checkpoint(dataclasses.replace(trained(), run={**run, **changed}), path)
+    assert "\n" not in str(info.value)
+    assert path.read_bytes() == b"before" and os.listdir(tmp_path) == ["ae.ckpt"]
+    one = [{"path": "a.tif", "sha256": "0" * 64}]
+    save_checkpoint(dataclasses.replace(trained(), run={**run, "best_step": 3, "training_stacks": one}), path)
+    assert load_checkpoint(path).run["training_stacks"] == one and load_checkpoint(path).run["best_step"] == 3
