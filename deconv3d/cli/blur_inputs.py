@@ -54,13 +54,13 @@ def _read_stacks(paths) -> tuple[np.ndarray, tuple | None]:
             image = read_image(path)
         except InputError:
             _refuse_synthesised_levels(path)  # (its time axis's refusal spoke of time data)
+            _refuse_squeezed_planes(path, _STACKS_NEEDED)
             raise
         data = image.data
         sizes[path] = _pixel_size(image, path)
         if data.ndim == 2 and image.axes[0] == "Z":  # (its planes are one pixel high or wide: that axis was dropped)
             side = "high" if image.axes[1] == "X" else "wide"
-            raise InputError(f"{path} holds {data.shape[0]} planes only 1 pixel {side}: blur train needs "
-                             "through-focus stacks of 2D planes, at least 2 pixels a side")
+            raise InputError(f"{path} holds {data.shape[0]} planes only 1 pixel {side}: {_STACKS_NEEDED}")
         if data.ndim != 3 or data.shape[0] < 3:
             planes = 1 if data.ndim == 2 else data.shape[0]
             raise InputError(f"{path} holds {planes} plane(s): blur train needs through-focus stacks of at "
@@ -84,6 +84,26 @@ def _file_identity(path):
     return info.st_dev, info.st_ino
 
 
+_STACKS_NEEDED = "blur train needs through-focus stacks of 2D planes, at least 2 pixels a side"
+
+
+def _refuse_squeezed_planes(path, needs: str) -> None:
+    """Refuse an ImageJ TIFF of planes 1 pixel wide as what it is, not as "truncated or corrupt" (the reader's
+    word for it): tifffile writes a (3, 1, 1) or (3, 2, 1) stack as one (3, 1) or (3, 2) page, its length-1
+    axis dropped, under a header that lists 3 images. Return for any other file."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            images = (tif.imagej_metadata or {}).get("images")
+            shape = tif.pages[0].shape if len(tif.pages) == 1 else None
+    except Exception:  # noqa: BLE001 - unreadable: the reader's own refusal says why
+        return
+    if isinstance(images, int) and images > 1 and shape is not None and len(shape) == 2 and shape[0] == images:
+        side = "high and wide" if shape[1] == 1 else "high or wide"
+        raise InputError(f"{path} holds {images} planes only 1 pixel {side}: {needs}")
+
+
 def _refuse_synthesised_levels(path) -> None:
     """Refuse a ``blur synth`` output given to ``blur train`` as what it is (levels the model made, written as
     frames: :data:`~deconv3d.cli.blur_synth_deblur.FIRST_AXIS`), not as time data; return for any other file."""
@@ -104,7 +124,11 @@ def _refuse_synthesised_levels(path) -> None:
 def _read_plane(path, role: str) -> tuple[np.ndarray, tuple | None]:
     from deconv3d.io import read_image
 
-    image = read_image(path)
+    try:
+        image = read_image(path)
+    except InputError:
+        _refuse_squeezed_planes(path, f"give {role} as a single 2D plane, at least 2 pixels a side")
+        raise
     if image.data.ndim != 2:
         raise InputError(f"{role} {path} holds {image.data.shape[0]} planes: give a single 2D plane "
                          "(extract it from the stack first)")

@@ -217,10 +217,12 @@ def test_a_stack_given_twice_is_refused(tmp_path, make_stacks, capsys):
     assert not (tmp_path / "ae.ckpt").exists()
 
 
-@pytest.mark.parametrize("shape, side", [((3, 1, 9), "high"), ((3, 9, 2), None)])
+@pytest.mark.parametrize("shape, side", [((3, 1, 9), "high"), ((3, 9, 2), None), ((3, 1, 1), "high and wide"),
+                                         ((3, 2, 1), "high or wide")])
 def test_a_stack_of_lines_is_not_called_one_plane(tmp_path, capsys, shape, side):
     """A stack of 3 planes 1 pixel high reads as a 2D (3, 9) image once its length-1 axis is dropped, and
-    was refused as holding '1 plane(s)'."""
+    was refused as holding '1 plane(s)'. One of planes 1 pixel wide (tifffile writes it as one page under a
+    header of 3 images) was called "truncated or corrupt", by blur train and as FAR of synth and deblur."""
     import tifffile
 
     path = tmp_path / "lines.tif"
@@ -232,6 +234,15 @@ def test_a_stack_of_lines_is_not_called_one_plane(tmp_path, capsys, shape, side)
         assert code == 0, err
         return
     assert_one_line_error(code, err, f"holds 3 planes only 1 pixel {side}", "at least 2 pixels a side")
+    if shape[-1] == 1:
+        import shutil
+
+        other = shutil.copy(path, tmp_path / "other.tif")
+        for command, rest in (("synth", ["--levels", "3"]), ("deblur", ["--alpha", "0.5"])):
+            code, _, err = run(["blur", command, "--model", tmp_path / "ae.ckpt", path, other, *rest, "-o",
+                                tmp_path / "out.tif"], capsys)
+            assert_one_line_error(code, err, f"{path} holds 3 planes only 1 pixel {side}", "give FAR as a single")
+            assert "truncated" not in err
 
 
 @pytest.mark.parametrize("command, words", [
