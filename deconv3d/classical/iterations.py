@@ -213,11 +213,8 @@ def choose_iterations(
     # as richardson_lucy runs it, but over every voxel of positive weight: the held-out ones are the risk's targets,
     # which a power of two set by the kept ones alone could overflow; the risk is scaled back by 4**exponent
     y, exponent = _working_data(y, w)
-    problem = _holdout_fit(y, h, boundary, keep, w)
-    problem, scaled_by = (problem, keep) if flags is None else _censor(problem, flags, h, boundary, keep,
-                                                                       _scaled(tv_weight, None))
-    tv = _tv_for(problem, tv_weight, voxel_size, None, y, scaled_by)  # richardson_lucy's with these weights
-    del flags, scaled_by
+    problem, tv = _censored_holdout_fit(y, h, boundary, keep, w, flags, tv_weight, voxel_size)
+    del flags
     predictions = _holdout_predictions(problem, int(max_iterations), tv)
     return _search(predictions, y, scored, exponent, patience, callback, holdout)
 
@@ -284,6 +281,17 @@ def _holdout_fit(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torch.Te
         unseen = _transpose_of(problem, fitted) < MIN_KEPT_SHARE * _transpose_of_ones(problem, h)
         problem.inv_weight.masked_fill_(unseen, 0.0)
     return problem
+
+
+def _censored_holdout_fit(y: torch.Tensor, h: torch.Tensor, boundary: str, keep: torch.Tensor, weights, flags,
+                          tv_weight: float, voxel_size) -> tuple:
+    """(problem, TV term) of the held-out fit (:func:`_holdout_fit`) of the working data ``y``: the
+    clipped voxels it keeps (``flags``, where given) fitted as lower bounds, and the TV term
+    :func:`richardson_lucy` would use with these weights."""
+    problem = _holdout_fit(y, h, boundary, keep, weights)
+    problem, scaled_by = (problem, keep) if flags is None else _censor(problem, flags, h, boundary, keep,
+                                                                       _scaled(tv_weight, None))
+    return problem, _tv_for(problem, tv_weight, voxel_size, None, y, scaled_by)
 
 
 def _holdout_predictions(p: _Problem, iterations: int, tv):
