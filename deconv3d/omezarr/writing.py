@@ -138,12 +138,8 @@ def write_omero(path, channels, workers: int | None = None) -> None:
     chunks at a time). A colour that is not six hex digits becomes white
     (:func:`~deconv3d._tiff_channels.omero_color`)."""
     import dask.array as da
-    import zarr
 
-    group = zarr.open_group(str(path), mode="r+")
-    attrs = dict(group.attrs)
-    ms = attrs["ome"]["multiscales"][0]
-    axes = "".join(a["name"] for a in ms["axes"]).upper()
+    group, attrs, ms, axes = _opened_image(path)
     level = da.from_zarr(str(path), component=ms["datasets"][0]["path"])
     if "C" in axes:
         level = da.moveaxis(level, axes.index("C"), 0)
@@ -152,8 +148,7 @@ def write_omero(path, channels, workers: int | None = None) -> None:
     if len(channels) != level.shape[0]:
         raise InputError(f"{len(channels)} channel entries for an image of {level.shape[0]} channels")
     others = tuple(range(1, level.ndim))
-    low, high = da.compute(level.min(axis=others), level.max(axis=others),
-                           **({"num_workers": max(1, int(workers))} if workers else {}))
+    low, high = da.compute(level.min(axis=others), level.max(axis=others), **_num_workers(workers))
     entries = []
     for channel, lo, hi in zip(channels, low, high):
         entry = {**channel, "color": omero_color(channel.get("color", ""))}
@@ -182,7 +177,7 @@ def _dataset(path: str, scale, translation=None) -> dict:
 
 
 def write_pyramid(path, levels: int, scheduler=None, workers: int | None = None) -> None:
-    """Add ``levels`` down-sampled levels (2x mean in y and x, and in z while it stays above 8),
+    """Add ``levels`` down-sampled levels (2x mean in y and x, and in z while it has at least 16 planes),
     or as many as the shape holds: down-sampling stops at 1 voxel in y and x, with a warning
     saying how many levels were written (more asked for were dropped without a word).
 
@@ -193,30 +188,19 @@ def write_pyramid(path, levels: int, scheduler=None, workers: int | None = None)
     memory limit went 20 % over it here, where its blocks had stayed within).
     """
     import dask.array as da
-    import zarr
 
-    group = zarr.open_group(str(path), mode="r+")
-    attrs = dict(group.attrs)
-    ms = attrs["ome"]["multiscales"][0]
-    axes = "".join(a["name"] for a in ms["axes"]).upper()
+    group, attrs, ms, axes = _opened_image(path)
     factors = [1] * len(axes)
     base, start = _level_transform(ms, 0, len(axes), Path(path))
     full = _spatial(axes, group[ms["datasets"][0]["path"]].shape)
     for level in range(1, levels + 1):
         src = da.from_zarr(str(path), component=ms["datasets"][level - 1]["path"])
-        step = [2 if (a in "YX" or (a == "Z" and n >= 16)) and n >= 2 else 1 for a, n in zip(axes, src.shape)]
+        step = _halving_steps(axes, src.shape)
         if all(s == 1 for s in step):
             warn(f"deconv3d: warning: --pyramid-levels {levels} is more than a {full} image holds: wrote {level - 1}, "
                  f"the last of {_spatial(axes, src.shape)} voxels (each level halves y and x, down to 1 voxel)")
             break
-        trimmed = src[tuple(slice(0, n - n % s) for n, s in zip(src.shape, step))]
-        down = da.coarsen(np.mean, trimmed, dict(enumerate(step))).astype(np.float32)
-        # a chunk no larger than its level's, nor than the cap (a level of one chunk was decoded whole per tile)
-        chunks = tuple(min(c, k) for c, k in zip(src.chunksize, capped_chunks(axes, down.shape)))
-        arr = group.create_array(str(level), shape=down.shape, chunks=chunks,
-                                 dtype="float32", fill_value=0.0, dimension_names=list(axes.lower()))
-        down.rechunk(arr.chunks).store(arr, lock=False, scheduler=scheduler,
-                                       **({"num_workers": max(1, int(workers))} if workers else {}))
+        _store_mean_level(group, str(level), src, step, axes, scheduler, workers)
         factors = [f * s for f, s in zip(factors, step)]
         # A mean over f voxels is centred (f - 1) / 2 voxels in: the level's origin moves by that.
         shift = [s + b * (f - 1) / 2 for s, b, f in zip(start, base, factors)]
@@ -227,6 +211,42 @@ def write_pyramid(path, levels: int, scheduler=None, workers: int | None = None)
                                          "planes) voxels of the level above",
                           "method": "dask.array.coarsen(numpy.mean)"}
     group.attrs.update(attrs)
+
+
+def _opened_image(path):
+    """(group, its attributes as a dict to update and write back, their first multiscale, its axes in
+    upper case) of the OME-Zarr image at ``path``, opened for writing."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = dict(group.attrs)
+    ms = attrs["ome"]["multiscales"][0]
+    return group, attrs, ms, "".join(a["name"] for a in ms["axes"]).upper()
+
+
+def _num_workers(workers: int | None) -> dict:
+    """dask's ``num_workers`` keyword for ``workers`` chunks at once; none (dask's default) without."""
+    return {"num_workers": max(1, int(workers))} if workers else {}
+
+
+def _halving_steps(axes: str, shape) -> list[int]:
+    """The down-sampling factor of the level below one of ``shape``, per axis: 2 in y and x, and in z
+    while it has at least 16 planes, where the axis has at least 2 voxels; else 1."""
+    return [2 if (a in "YX" or (a == "Z" and n >= 16)) and n >= 2 else 1 for a, n in zip(axes, shape)]
+
+
+def _store_mean_level(group, name: str, src, step, axes: str, scheduler, workers) -> None:
+    """Write the means of ``src`` (the level above, a dask array) over blocks of ``step`` voxels as the
+    array ``name`` of ``group``, the voxels past a whole block dropped."""
+    import dask.array as da
+
+    trimmed = src[tuple(slice(0, n - n % s) for n, s in zip(src.shape, step))]
+    down = da.coarsen(np.mean, trimmed, dict(enumerate(step))).astype(np.float32)
+    # a chunk no larger than its level's, nor than the cap (a level of one chunk was decoded whole per tile)
+    chunks = tuple(min(c, k) for c, k in zip(src.chunksize, capped_chunks(axes, down.shape)))
+    arr = group.create_array(name, shape=down.shape, chunks=chunks,
+                             dtype="float32", fill_value=0.0, dimension_names=list(axes.lower()))
+    down.rechunk(arr.chunks).store(arr, lock=False, scheduler=scheduler, **_num_workers(workers))
 
 
 def _spatial(axes: str, shape) -> tuple:
