@@ -161,13 +161,11 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     time_problem = getattr(data, "time_problem", None) if time_axis is None else None  # (the input's, taken)
     reader, axes, time_axis, origin, channels, voxel_size = _source(data, axes, time_axis, origin, channels,
                                                                     voxel_size)
-    fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
-    _check_block_fn_count(fns, reader.shape, axes)
+    fns = _per_channel_fns(block_fn, reader.shape, axes)
     plan, cap, indices = _planned(reader, axes, fns or [block_fn], chunks, halo, memory_limit, model, workers, client)
     total = plan.blocks * len(indices)
     execution = plan.execution(total, workers, client, asked_limit=memory_limit)
-    if provenance is not None:  # how it ran, recorded before the output is published (not after)
-        provenance = _provenance_with_run(provenance, execution, plan, fns or [block_fn])
+    provenance = _provenance_with_run(provenance, execution, plan, fns or [block_fn])  # before it is published
     _before_the_first_block(progress, total, cancel, time_problem, axes)
     # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (allocator.py);
     # the measuring box and every block are one run for FFTW's measuring budget (measuring_run)
@@ -227,8 +225,11 @@ def _checked_output(output, data) -> Path:
     return output
 
 
-def _provenance_with_run(provenance: dict, execution: dict, plan: RunPlan, block_fns) -> dict:
-    """The provenance with how the run goes and, where it records an environment, its blocks' FFT backend."""
+def _provenance_with_run(provenance: dict | None, execution: dict, plan: RunPlan, block_fns) -> dict | None:
+    """The provenance with how the run goes and, where it records an environment, its blocks' FFT backend
+    (None without one): recorded before the output is published, not after."""
+    if provenance is None:
+        return None
     provenance = {**provenance, "execution": execution}
     if "environment" in provenance:  # the FFT backend of these blocks' transforms
         transforms = plan.fft_shapes(block_fns)
@@ -286,14 +287,17 @@ def _check_whole_numbers(chunks, halo, workers, pyramid_levels) -> None:
         raise InputError(f"pyramid_levels must be a whole number >= 0, got {pyramid_levels!r}")
 
 
-def _check_block_fn_count(fns, shape, axes: str) -> None:
-    """Refuse, before any work, a sequence of block callables that is not one per channel (an image
+def _per_channel_fns(block_fn, shape, axes: str) -> list | None:
+    """``block_fn`` as a list where it is a sequence of block callables, one per channel; None where it is
+    one callable for all. Refuse, before any work, a sequence that is not one per channel (an image
     without a ``C`` axis has one): three for two channels ran the first two, the third left unused, and two
     for one channel ran the first on every time point, without a word."""
+    fns = list(block_fn) if isinstance(block_fn, (list, tuple)) else None
     count = shape[axes.index("C")] if "C" in axes else 1
     if fns is not None and len(fns) != count:
         raise InputError(f"{len(fns)} block function(s) for an image of {count} channel(s): "
                          "give one per channel, or one callable for all")
+    return fns
 
 
 def _source(data, axes, time_axis, origin, channels, voxel_size=None):
