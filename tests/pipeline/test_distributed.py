@@ -467,6 +467,52 @@ def _ctrl_c_once_a_worker_starts(preload, started, meanwhile=lambda: None) -> No
         signal.signal(signal.SIGINT, inherited)
 
 
+def test_ctrl_c_while_a_finished_run_closes_its_cluster_ends_the_workers_and_leaves_nothing_to_close_at_exit(
+        tmp_path):
+    """Ctrl-C while a finished run's cluster closed cancelled the close where it was (distributed's ``sync``): the
+    cluster stayed "closing", its workers ran on, and distributed's close at exit waited for it 10 s before
+    ``batch --scheduler processes`` ended. The run now ends the workers and leaves no cluster unclosed for that
+    close. A user's preload whose teardown takes its time stands in for a worker slow to close."""
+    import signal
+    import threading
+    import time
+
+    import dask
+    from distributed.core import Status
+    from distributed.deploy.spec import SpecCluster
+
+    closing = tmp_path / "closing"
+    (tmp_path / "slow_close.py").write_text(
+        "import os, pathlib, time\n"
+        "def dask_teardown(worker):\n"
+        f"    pathlib.Path({str(closing)!r}).write_text(str(os.getpid()))\n"
+        "    time.sleep(60)\n")
+
+    def ctrl_c_once_closing():
+        while not closing.exists():
+            time.sleep(0.05)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with dask.config.set({"distributed.worker.preload": [str(tmp_path / "slow_close.py")]}):
+            with pytest.raises(KeyboardInterrupt):
+                with scheduler_client("processes", workers=1):
+                    threading.Thread(target=ctrl_c_once_closing, daemon=True).start()
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    assert not [c for c in SpecCluster._instances if c.status != Status.closed]  # (distributed's close at exit)
+    pid = int(closing.read_text())
+    for _ in range(100):  # (reaped by distributed's thread that watches it)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
 def test_a_cluster_run_runs_chunked_s_block_task_as_it_is_when_the_run_starts(monkeypatch, tmp_path, psf3d):
     """Found by the review of this stop's diff: once the cluster's runner moved to cluster_blocks.py, it ran the
     block task it had imported, and a replacement of chunked._block_task (as test_batch_resume's slow task)
