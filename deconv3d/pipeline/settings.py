@@ -34,6 +34,16 @@ OUTPUT_FORMATS = ("zarr", "tif")
 TV_WEIGHT_MAX = 0.5
 
 
+class _NotGiven(str):
+    """A setting's default that the method decides: equal to the value it stands for (and hashed as it),
+    but told apart by its type from the same value given."""
+
+
+#: The boundary of Settings that give none: RL's, bertero; for method wiener its own, reflect. A bertero
+#: given with method wiener is refused, as the command line and a batch config refuse it.
+DEFAULT_BOUNDARY = _NotGiven("bertero")
+
+
 @dataclass(frozen=True)
 class Settings(Fingerprinted):
     """One deconvolution configuration, shared by all files of a batch (keys: long option names); its
@@ -51,7 +61,7 @@ class Settings(Fingerprinted):
     iterations: int | str = 20  # RL's count, or "auto": each file's chosen (the chunked deconvolve_file's chooser)
     tv_weight: float = 0.002
     accelerate: bool = True
-    boundary: str = "bertero"
+    boundary: str = DEFAULT_BOUNDARY  # (not given: bertero, Wiener's reflect for method wiener)
     saturation: float | str = "none"  # a level (voxels at or above it are fitted as clipped), "auto" or "none"
     balance: float = 1e-3
     voxel_size: Optional[tuple] = None
@@ -84,8 +94,10 @@ class Settings(Fingerprinted):
             object.__setattr__(self, "saturation", parse_saturation(self.saturation, _n("saturation")))
         except InputError as exc:
             _check(False, str(exc))
-        if self.method == "wiener" and self.boundary == "bertero":  # (RL's default, not given: Wiener's own)
-            object.__setattr__(self, "boundary", "reflect")
+        if self.method == "wiener" and isinstance(self.boundary, _NotGiven):  # (RL's default: Wiener's own)
+            from deconv3d.classical.wiener import RUN_BOUNDARIES
+
+            object.__setattr__(self, "boundary", RUN_BOUNDARIES[0])
         if isinstance(self.iterations, str) and self.iterations.strip().lower() == "auto":  # ("Auto" in a TOML)
             object.__setattr__(self, "iterations", "auto")
         if isinstance(self.pattern, (str, list)):
@@ -106,6 +118,11 @@ class Settings(Fingerprinted):
     def _check_method_values(self) -> None:
         """The method, its boundary, output format, iterations, balance, saturation and RL-TV weight."""
         _check(self.method in METHODS, f"{_n('method')} must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "wiener":  # (bertero, RL's, refused in the command line's words)
+            from deconv3d.classical.wiener import run_boundary_problem
+
+            problem = run_boundary_problem(self.boundary, _n("boundary"))
+            _check(problem is None, problem)
         _check(self.boundary in BOUNDARIES, f"{_n('boundary')} must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
         _check(self.output_format in OUTPUT_FORMATS, f"{_n('output_format')} must be zarr or tif, got {self.output_format!r}")
         _check(self.iterations == "auto" or (isinstance(self.iterations, int) and not isinstance(self.iterations, bool)
@@ -302,12 +319,6 @@ def make_settings(values: dict, options: bool = False) -> Settings:
     """
     token = _AS_OPTIONS.set(bool(options))
     try:
-        if values.get("method") == "wiener":  # a boundary given is checked; the dataclass's default is RL's
-            from deconv3d.classical.wiener import RUN_BOUNDARIES, run_boundary_problem
-
-            values = {"boundary": RUN_BOUNDARIES[0], **values}
-            problem = run_boundary_problem(values["boundary"], _n("boundary"))
-            _check(problem is None, problem)
         return Settings(**values)
     except TypeError as exc:
         raise InputError(f"batch configuration: {exc}") from exc

@@ -13,7 +13,7 @@ from deconv3d.cli import main
 from deconv3d.errors import InputError
 from deconv3d.io import write_tiff
 from deconv3d.pipeline.batch_config import WINDOWS_PATHS, load_config
-from deconv3d.pipeline.settings import make_settings
+from deconv3d.pipeline.settings import Settings, make_settings
 
 from .conftest import blurred_beads, gaussian_psf
 
@@ -127,6 +127,28 @@ def test_a_wiener_batch_redoes_its_files_for_the_zero_boundary_only(folder, caps
     (folder / "wiener.toml").write_text('method = "wiener"\nboundary = "bertero"\n')
     with pytest.raises(InputError, match="batch configuration: boundary 'bertero' is Richardson-Lucy's"):
         make_settings({"psf": str(folder / "psf.tif"), **load_config(folder / "wiener.toml")})
+
+
+def test_settings_made_in_python_refuse_rl_s_boundary_for_wiener_as_a_config_does(folder):
+    """Settings(method="wiener", boundary="bertero") ran with the reflect boundary without a word, where
+    make_settings (a config, the command line) refuses it: the same line now. Given no boundary, Wiener's
+    settings take reflect (a config without one, as the versions before wrote them, still loads) and the
+    others RL's bertero, which they still hash as before."""
+    psf = str(folder / "psf.tif")
+    expected = ("batch configuration: boundary 'bertero' is Richardson-Lucy's, not Wiener's: Wiener takes "
+                "boundary reflect (the default) or zero")
+    for make in (lambda values: Settings(**values), make_settings):
+        with pytest.raises(InputError) as error:
+            make({"method": "wiener", "psf": psf, "boundary": "bertero"})
+        assert str(error.value) == expected
+    with pytest.raises(InputError, match="^--boundary 'bertero' is Richardson-Lucy's"):  # (deconvolve's options)
+        make_settings({"method": "wiener", "psf": psf, "boundary": "bertero"}, options=True)
+    (folder / "wiener.toml").write_text('method = "wiener"\nbalance = 0.01\n')
+    assert make_settings({"psf": psf, **load_config(folder / "wiener.toml")}).boundary == "reflect"
+    assert Settings(method="wiener", psf=psf).boundary == "reflect"
+    rl = Settings(psf=psf)
+    assert rl.boundary == "bertero" and Settings(psf=psf, boundary="bertero").fingerprint() == rl.fingerprint()
+    assert dataclasses.replace(rl, method="wiener").boundary == "reflect"  # (RL's default is not a boundary given)
 
 
 @pytest.mark.parametrize("boundary", ["Zero", "periodic", "mirror"])
