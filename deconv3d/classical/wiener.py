@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 
 import numpy as np
@@ -30,9 +28,6 @@ MIRROR_DEPTH = "2x-reach"
 #: The mirror's depth in multiples of :func:`wiener_reach`.
 MIRROR_REACHES = 2
 REGULARIZERS = ("identity", "laplacian")
-#: The faces of a chunked run's block that lie inside the volume, per axis ``(before, after)``, while
-#: :func:`inner_faces` holds them (:class:`~deconv3d.pipeline.methods.WienerBlock`); None elsewhere.
-_INNER_FACES: contextvars.ContextVar = contextvars.ContextVar("wiener_inner_faces", default=None)
 
 
 def wiener(
@@ -142,6 +137,14 @@ def wiener(
     >>> wiener(np.ones((16, 16), np.float32), psf, device="cpu").shape
     (16, 16)
     """
+    return _wiener(image, psf, balance, regularizer=regularizer, boundary=boundary, clip=clip, device=device,
+                   dtype=dtype)
+
+
+def _wiener(image, psf, balance, *, regularizer, boundary, clip, device, dtype, inner=None):
+    """:func:`wiener`, its reflect boundary mirroring the faces that ``inner`` marks (per axis ``(before,
+    after)``: a chunked run's block's faces inside the volume, beyond its halo) only the PSF's size deep
+    (:func:`mirror_box`'s ``inner``; :class:`~deconv3d.pipeline.methods.WienerBlock`)."""
     dev = resolve_device(device)
     y, h = _check_inputs(image, psf, dev, dtype)
     check_balance(balance)
@@ -155,7 +158,7 @@ def wiener(
     if boundary not in WIENER_BOUNDARIES:
         raise InputError(f"unknown boundary {boundary!r} for Wiener: choose one of {', '.join(WIENER_BOUNDARIES)}")
     conv = FFTConvolver(h, device=dev, dtype=dtype, cache=False)  # dropped after the call
-    padded, crop = _wiener_extend(y, tuple(h.shape), boundary, wiener_reach(h, balance))
+    padded, crop = _wiener_extend(y, tuple(h.shape), boundary, wiener_reach(h, balance), inner)
     fft_shape = tuple(padded.shape)
     otf = _otf(conv, fft_shape)
     penalty = _regularizer_power(regularizer, y.ndim, fft_shape, dev, dtype)
@@ -210,18 +213,6 @@ def reach_for_widths(widths, balance: float) -> tuple[int, ...]:
     return tuple(math.ceil(s * factor) for s in widths)
 
 
-@contextlib.contextmanager
-def inner_faces(faces):
-    """Within this context the reflect boundary mirrors the faces that ``faces`` marks (per axis
-    ``(before, after)``: a block's faces inside the volume, beyond its halo) only the PSF's size deep
-    (:func:`mirror_box`'s ``inner``)."""
-    token = _INNER_FACES.set(tuple(tuple(bool(f) for f in pair) for pair in faces))
-    try:
-        yield
-    finally:
-        _INNER_FACES.reset(token)
-
-
 def mirror_box(shape, kernel_shape, reach, inner=None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The reflect boundary's FFT box and the image's offset in it, per axis.
 
@@ -252,13 +243,13 @@ def mirror_box(shape, kernel_shape, reach, inner=None) -> tuple[tuple[int, ...],
     and 0.97 against 1.14 on 32 x 256 x 256 (box 64, not 62); the deep box 3.36 against 3.30, 1.22
     against 1.31 and 0.86 against 0.80. (64 x 512 x 512 uses the deep box, 120 planes, already.)
 
-    ``inner`` (per axis ``(before, after)``, :func:`inner_faces`): the faces of a chunked run's block
-    that lie inside the volume, which the block's halo (one reach of real data) already separates from
-    its core. They are mirrored only the PSF's size deep: on a 48 x 160 x 160 bead volume in blocks of
-    16 x 64 x 64 (PSF 9^3, sigma 1.5, 1.2, 1.2) the blocks came within 86.06, 84.58 and 75.30 dB of the
-    whole volume's result at balances 1e-2, 1e-3 and 1e-4 with it, 86.06, 84.58 and 75.29 dB mirrored
-    twice the reach deep there (84.30 dB both in blocks of 24 x 40 x 40, at 1e-3), and the run took 1.64,
-    1.55 and 2.20 s against 2.11, 2.65 and 2.65 s (1.68 against 2.52 s). With no mirror there (the box's
+    ``inner`` (per axis ``(before, after)``, :class:`~deconv3d.pipeline.methods.WienerBlock`'s): the faces of
+    a chunked run's block that lie inside the volume, which the block's halo (one reach of real data) already
+    separates from its core. They are mirrored only the PSF's size deep: on a 48 x 160 x 160 bead volume in
+    blocks of 16 x 64 x 64 (PSF 9^3, sigma 1.5, 1.2, 1.2) the blocks came within 86.06, 84.58 and 75.30 dB of
+    the whole volume's result at balances 1e-2, 1e-3 and 1e-4 with it, 86.06, 84.58 and 75.29 dB mirrored
+    twice the reach deep there (84.30 dB both in blocks of 24 x 40 x 40, at 1e-3), and the run took 1.64, 1.55
+    and 2.20 s against 2.11, 2.65 and 2.65 s (1.68 against 2.52 s). With no mirror there (the box's
     wrap-around at the halo) 85.81, 74.17 dB at 1e-2 and 1e-4.
     """
     inner = inner or ((False, False),) * len(shape)
@@ -272,9 +263,9 @@ def mirror_box(shape, kernel_shape, reach, inner=None) -> tuple[tuple[int, ...],
     return tuple(box), tuple(before)
 
 
-def _wiener_extend(y: torch.Tensor, kernel_shape, boundary: str, reach):
-    """Extend the image for the FFT: mirrored (:func:`mirror_box`), by the kernel size on each side
-    with zeros up to a fast FFT size, or not at all (periodic).
+def _wiener_extend(y: torch.Tensor, kernel_shape, boundary: str, reach, inner=None):
+    """Extend the image for the FFT: mirrored (:func:`mirror_box`, ``inner`` its faces inside a volume), by
+    the kernel size on each side with zeros up to a fast FFT size, or not at all (periodic).
 
     The reflection fills the whole FFT box: zeros left between it and the box's end would be an
     edge that the inverse filter, whose gain reaches ``1 / (2 sqrt(λ))``, rings across the image
@@ -287,7 +278,7 @@ def _wiener_extend(y: torch.Tensor, kernel_shape, boundary: str, reach):
     if boundary == "periodic":
         return y, tuple(slice(0, n) for n in y.shape)
     if boundary == "reflect":
-        box, before = mirror_box(y.shape, kernel_shape, reach, _INNER_FACES.get())
+        box, before = mirror_box(y.shape, kernel_shape, reach, inner)
     else:
         before = tuple(kernel_shape)
         box = fast_shape([n + 2 * k for n, k in zip(y.shape, kernel_shape)])
