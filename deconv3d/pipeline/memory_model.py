@@ -44,7 +44,9 @@ reflect boundary runs the Bertero model on the block mirrored by the PSF half-si
 
 Wiener: the padded block (``F`` the box of :func:`deconv3d.classical.wiener.mirror_box`: the block
 mirrored by the PSF's size or twice the filter's reach, whichever is deeper, at most ``2 (n - 1)`` per
-axis; an upper bound for a block whose faces inside the volume are mirrored the PSF's size deep; with
+axis; given the core, one face of each axis where the block is longer than its core the PSF's size deep, as
+the run mirrors a block's faces inside the volume: a block of the largest side may have its halo on one side
+only, the other face the volume's, and one with a halo on both sides has a smaller box; with
 ``boundary="zero"`` the block with the PSF's size of zeros on each side, which the period box of a block
 hardly deeper than the PSF does not bound: 48 against 30 planes for 16 planes and a PSF of 15), the OTF,
 the quotient spectrum, the
@@ -216,8 +218,9 @@ class MemoryModel:
             reach = reach_for_widths([(k - 1) / 2 for k in self.psf_shape], 1e-3)
         if self.boundary == "zero":  # the PSF's size of zeros on each side (wiener._wiener_extend)
             box = [n + 2 * k for n, k in zip(block_shape, self.psf_shape)]
-        else:
-            box = mirror_box(block_shape, self.psf_shape, reach)[0]
+        else:  # (a face the run mirrors the PSF's size deep: one, on each axis where the block has a halo)
+            inner = None if core_shape is None else tuple((False, n > c) for n, c in zip(block_shape, core_shape))
+            box = mirror_box(block_shape, self.psf_shape, reach, inner)[0]
         full, half = _fft_sizes(box)
         total = 2 * full * _F32 + 3 * half * _C64 + block * _F32
         return int(ARRAY_SAFETY * total + BLOCK_OVERHEAD)

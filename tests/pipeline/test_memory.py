@@ -112,11 +112,13 @@ def test_reflect_rl_counts_its_mirrored_block():
 def test_wiener_s_count_is_of_the_fft_box_its_filter_transforms(monkeypatch, shape, balance):
     """Wiener's reflect boundary mirrors the block by the PSF's size or twice the filter's reach; the
     model counted ``block + 2 psf``, short of the deeper mirror at small balances. Its count is of the
-    box the filter transforms: given the reach in memory, and from the halo of a chunked block."""
+    box the filter transforms: given the reach in memory, and from the halo of a chunked block, whose
+    face beyond its halo is mirrored the PSF's size deep (a block with its halo on one side of each axis)."""
     import importlib
 
     from deconv3d.classical import wiener
     from deconv3d.pipeline import WienerBlock, memory_model
+    from deconv3d.pipeline.block_geometry import Placement
 
     from .conftest import gaussian_psf
 
@@ -131,7 +133,9 @@ def test_wiener_s_count_is_of_the_fft_box_its_filter_transforms(monkeypatch, sha
     halo = WienerBlock(psf, balance).halo()
     core = tuple(n - 2 * h for n, h in zip(shape, halo))
     MemoryModel("wiener", psf.shape).block_bytes(shape, core)
-    assert counted == filtered * 2
+    cores = tuple(slice(0, n - h) for n, h in zip(shape, halo))
+    WienerBlock(psf, balance)(np.ones(shape, np.float32), Placement((0,) * len(shape), cores, shape))
+    assert counted == filtered and filtered[0] != filtered[1]
     assert filtered[0] != tuple(n + 2 * k for n, k in zip(shape, psf.shape))  # deeper than the PSF's size
 
 
@@ -870,3 +874,34 @@ def test_wiener_s_count_is_what_its_tensors_hold_at_their_peak(shape, boundary, 
     model = MemoryModel("wiener", psf.shape, boundary=boundary, reach=reach)
     counted = (model.block_bytes(shape) - BLOCK_OVERHEAD) / ARRAY_SAFETY
     assert tensors.peak == pytest.approx(counted, rel=0.1)
+
+
+@pytest.mark.parametrize("balance", [1e-1, 1e-3])
+@pytest.mark.parametrize("core", [(16, 96, 96), (40, 200, 160)])
+def test_wiener_s_count_of_a_chunked_block_mirrors_a_face_per_axis_the_psf_s_size_deep(core, balance):
+    """A chunked run's block mirrors its faces inside the volume (beyond its halo) only the PSF's size deep,
+    and the count took every face as deep as the volume's: the tensors of a block of the largest side with
+    its halo on one side of every axis peaked at 0.72-0.81 of it. It counts, on each axis where the block
+    is longer than its core, one face the PSF's size deep: that block's peak within 10 %, and one with its
+    halo on both sides (a smaller box) below it."""
+    from deconv3d.classical.wiener import wiener_reach
+    from deconv3d.pipeline import WienerBlock
+    from deconv3d.pipeline.block_geometry import Placement
+    from deconv3d.pipeline.memory_model import ARRAY_SAFETY, BLOCK_OVERHEAD
+
+    from .conftest import gaussian_psf
+
+    psf = gaussian_psf((5, 9, 9), (1.5, 1.2, 1.2))
+    reach = wiener_reach(psf, balance)
+    block = tuple(c + 2 * r for c, r in zip(core, reach))
+    counted = (MemoryModel("wiener", psf.shape, reach=reach).block_bytes(block, core) - BLOCK_OVERHEAD) / ARRAY_SAFETY
+    peaks = {}
+    for halo, cores in (("after", [slice(0, n - r) for n, r in zip(block, reach)]),
+                        ("before", [slice(r, n) for n, r in zip(block, reach)]),
+                        ("both", [slice(r, r + c) for c, r in zip(core, reach)])):
+        tensors = _LiveTensors()
+        with tensors.mode:
+            WienerBlock(psf, balance=balance)(np.ones(block, np.float32), Placement((0,) * 3, tuple(cores), block))
+        peaks[halo] = tensors.peak
+    assert peaks["after"] == pytest.approx(counted, rel=0.1) and peaks["before"] == pytest.approx(counted, rel=0.1)
+    assert peaks["both"] < counted
