@@ -616,7 +616,7 @@ def test_distill_warns_of_cut_tails_only_beyond_the_noise(photons, cut, size):
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         distill_psf(beads, size=size)
-    assert any("the PSF's tails are cut" in str(w.message) for w in record) is cut
+    assert any("cuts the PSF's tails" in str(w.message) for w in record) is cut
 
 
 def test_distill_measures_the_tails_on_the_beads_side_of_its_neighbours():
