@@ -90,9 +90,10 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
 
     *Alignment.* Around each bead the box with its one-voxel margin is cut from the raw
     (unsmoothed) image less its hot voxels (:func:`_without_hot_voxels`) and the bead's background
-    subtracted: the level of the faces of the wider box that the tail share below uses, the lower
-    of all its faces' (:func:`_face_background`) and of its y and x faces within the planes
-    ``size[0] // 6`` (at least 1) either side of the bead's (:func:`_focal_background`), or of the box
+    subtracted: the level of the faces of the wider box that the tail share below uses, from
+    all its faces (:func:`_face_background`) and its y and x faces within the planes
+    ``size[0] // 6`` (at least 1) either side of the bead's (:func:`_focal_background`): their mean
+    when they agree within their noise, else the lower (:func:`_background`), or the level of the box
     with its margin where neighbours or the image border leave no room beyond it. The background is
     what the image would hold without the beads: a bead's own light in its box, the defocus light that
     a widefield PSF spreads over every plane included, is part of the PSF returned (the bead's PSF
