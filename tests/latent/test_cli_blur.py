@@ -207,7 +207,9 @@ def test_synth_and_deblur_default_to_the_form_the_model_was_trained_in(planes, m
 def test_synth_extrapolates_and_pads_odd_sizes(planes, model, capsys):
     folder, p = planes
     out = folder / "ext.tif"
-    code, _, err = run(["blur", "synth", "--model", model, folder / "big.tif", folder / "big.tif", "--levels", 3,
+    near = folder / "big_near.tif"  # (one file given as both planes is refused)
+    write_tiff(near, np.ones((20, 20)) + np.eye(20)[::-1])
+    code, _, err = run(["blur", "synth", "--model", model, folder / "big.tif", near, "--levels", 3,
                         "--range", "-0.5", "1.5", "-o", out, "--device", "cpu"], capsys)
     assert code == 0, err
     assert tifffile.imread(out).shape == (3, 20, 20)
