@@ -55,15 +55,16 @@ def time_axis_of(tif: tifffile.TiffFile) -> tuple | None:
     if problem:
         from deconv3d.errors import warn
 
-        warn(f"deconv3d: warning: {problem}")
+        warn(f"deconv3d: warning: {problem(tif.filename)}")
     return None if axis is None else axis[:2]
 
 
 def time_axis_and_problem(tif: tifffile.TiffFile) -> tuple:
-    """(:func:`time_axis_of`, the warning about its unit or None), without warning: an image's reader
-    keeps the warning (:attr:`~deconv3d.omezarr.LazyImage.time_problem`) for the run that writes
-    that axis, which gives it once its checks pass (opened twice, a refused run warned twice first).
-    The axis is ``(step, unit[, start])``: an ImageJ hyperstack's property ``time_origin``, which
+    """(:func:`time_axis_of`, the warning about its unit or None), without warning: the warning as a
+    function of the name to say the file by (:func:`named_time_unit`). An image's reader keeps it, said of
+    the input as given and of "the image" (:attr:`~deconv3d.omezarr.LazyImage.time_problem`), for the run
+    that writes that axis, which gives it once its checks pass (opened twice, a refused run warned twice
+    first). The axis is ``(step, unit[, start])``: an ImageJ hyperstack's property ``time_origin``, which
     deconv3d writes where it is not 0 (ImageJ has no key for it), is its start."""
     step, unit, symbols, start = None, None, {}, None
     if tif.is_ome and tif.ome_metadata:
@@ -82,20 +83,21 @@ def time_axis_and_problem(tif: tifffile.TiffFile) -> tuple:
     step = _finite(step)
     if step is None or not step > 0:
         return None, None
-    name, problem = named_time_unit(unit, step, tif.filename, symbols, "sec, min, hr, day, ms, us or ns")
+    name, problem = named_time_unit(unit, step, symbols, "sec, min, hr, day, ms, us or ns")
     return (step, name) + ((start,) if start else ()), problem
 
 
-def named_time_unit(unit, step: float, where, names: dict, spellings: str) -> tuple:
-    """``(name, problem)``: the OME-Zarr name of the time ``unit`` that ``where`` (a file) records with the
-    ``step`` (looked up in ``names`` as written, then among the usual spellings), and None with the warning
-    that says so where it has none (the step is kept without it; ``spellings``: the units to use instead)."""
+def named_time_unit(unit, step: float, names: dict, spellings: str) -> tuple:
+    """``(name, problem)``: the OME-Zarr name of the time ``unit`` that a file records with the ``step``
+    (looked up in ``names`` as written, then among the usual spellings), and None; else None, and the
+    warning that says the file has none (the step is kept without it; ``spellings``: the units to use
+    instead) as ``problem(where)``, said of the file named ``where`` (its path, or "the image")."""
     unit = str(unit).strip()
     name = names.get(unit) or _TIME_UNITS.get(_unit_key(unit))
     if name is not None or not unit:
         return name, None
-    return None, (f"{where} records its time step in {unit!r}, a unit deconv3d cannot name: the t axis keeps the "
-                  f"step {step:g} without a unit (use {spellings})")
+    return None, lambda where: (f"{where} records its time step in {unit!r}, a unit deconv3d cannot name: the t "
+                                f"axis keeps the step {step:g} without a unit (use {spellings})")
 
 
 def _finite(value) -> float | None:

@@ -1340,11 +1340,13 @@ def test_an_imagej_time_unit_without_a_name_is_warned_about_by_the_run(tmp_path)
     with warnings.catch_warnings():  # opening it says nothing: each open warned, before any refusal
         warnings.simplefilter("error")
         lazy = open_lazy(fortnight_series(tmp_path / "t.tif"))
-    assert lazy.time_axis == (2.5, None) and lazy.time_problem.startswith("t.tif records its time step in 'fortnight'")
+    said = "records its time step in 'fortnight', a unit deconv3d cannot name"
+    assert lazy.time_axis == (2.5, None) and lazy.time_problem.startswith(f"{tmp_path / 't.tif'} {said}")
     gc.collect()  # files earlier tests left unclosed: else their ResourceWarnings may land in the count below
-    with pytest.warns(Deconv3dWarning, match=r"^t.tif records its time step in 'fortnight', a unit") as caught:
+    with pytest.warns(Deconv3dWarning, match=rf"^{re.escape(str(tmp_path / 't.tif'))} {said}") as caught:
         run_chunked(lazy, lambda b: b, tmp_path / "o.zarr")
     assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert caught[0].message.without_file.startswith(f"the image {said}")  # (a batch's row names the file)
     with warnings.catch_warnings():  # a time axis given: the file's unit is not written, nor warned about
         warnings.simplefilter("error")
         run_chunked(lazy, lambda b: b, tmp_path / "given.zarr", time_axis=(2.5, "second"))
@@ -1357,19 +1359,38 @@ def test_the_command_line_warns_of_a_time_unit_once_and_not_before_a_refusal(tmp
     psf = np.zeros((3, 3, 3), np.float32)
     psf[1, 1, 1] = 1
     tifffile.imwrite(tmp_path / "psf.tif", psf, imagej=True, metadata={"axes": "ZYX"})
-    line = "deconv3d: warning: t.tif records its time step in 'fortnight'"
+    line = "records its time step in 'fortnight'"
     code, _, err = run(["deconvolve", tmp_path / "t.tif", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "o.tif",
                         "--iterations", 1], capsys)
-    assert code == 0 and err.count(line) == 1, err  # (a TIFF hyperstack: the warning came twice)
+    assert code == 0 and err.count(f"deconv3d: warning: {tmp_path / 't.tif'} {line}") == 1, err  # (it came twice)
     code, _, err = run(["deconvolve", tmp_path / "t.tif", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "o.zarr",
                         "--iterations", 1], capsys)
-    assert code == 0 and err.count(line) == 1, err
+    assert code == 0 and err.count(f"deconv3d: warning: {tmp_path / 't.tif'} {line}") == 1, err
     (tmp_path / "in").mkdir()
     for name in ("a", "b"):
         fortnight_series(tmp_path / "in" / f"{name}.tif")
     code, _, err = run(["batch", tmp_path / "in", "-o", tmp_path / "out", "--psf", tmp_path / "psf.tif",
                         "--iterations", 1, "--output-format", "zarr"], capsys)
-    assert code == 0 and [err.count(line.replace("t.tif", f"{n}.tif")) for n in "ab"] == [1, 1], err
+    assert code == 0 and [err.count(f"{tmp_path / 'in' / n}.tif {line}") for n in "ab"] == [1, 1], err
+
+
+@pytest.mark.parametrize("output", ["o.tif", "o.zarr"])
+def test_a_time_unit_without_a_name_is_said_of_the_input_as_given(tmp_path, capsys, monkeypatch, output):
+    """The TIFF's warning named the file's base name alone (``t.tif records ...`` for ``IN/t.tif``), where every
+    other line of a single deconvolve names the input as given."""
+    from cli_helpers import run
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "IN").mkdir()
+    fortnight_series(tmp_path / "IN" / "t.tif")
+    psf = np.zeros((3, 3, 3), np.float32)
+    psf[1, 1, 1] = 1
+    tifffile.imwrite("psf.tif", psf, imagej=True, metadata={"axes": "ZYX"})
+    code, _, err = run(["deconvolve", "IN/t.tif", "--psf", "psf.tif", "-o", output, "--iterations", 1], capsys)
+    said = [line for line in err.splitlines() if "records its time step" in line]
+    assert code == 0 and said == ["deconv3d: warning: IN/t.tif records its time step in 'fortnight', a unit deconv3d "
+                                  "cannot name: the t axis keeps the step 2.5 without a unit (use sec, min, hr, day, "
+                                  "ms, us or ns)"], err
 
 
 @pytest.mark.parametrize("writer", ["run_chunked", "write_ome_zarr"])

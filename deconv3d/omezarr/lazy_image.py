@@ -41,6 +41,7 @@ class LazyImage:
     channels: tuple | None = None  # OME-Zarr omero channels, OME-TIFF Channels: dicts of label, color, active
     time_problem: str | None = None  # a warning that the T axis's unit has no OME-Zarr name (its step is kept):
     # given by the run that writes the axis (run_chunked, deconvolve_file), not each time the file is opened
+    time_problem_without_file: str | None = None  # time_problem said of "the image", for a batch's row
 
 
 def _float32_block(block, path) -> np.ndarray:

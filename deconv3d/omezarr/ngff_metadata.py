@@ -267,15 +267,17 @@ def _time_axis(axes: str, scale, units, shift):
 
 
 def _time_axis_and_problem(axes: str, scale, units, shift, path) -> dict:
-    """:func:`_time_axis` and the warning about its unit, as LazyImage's ``time_axis`` and ``time_problem``: a
-    unit OME-Zarr does not name (``frame``) was passed on to the output, whose readers then stumbled on it. A
-    usual spelling (``sec``, ``s``) takes its OME-Zarr name; another is left out, the step kept, and warned
-    about by the run that writes the axis, as for a TIFF (:func:`~deconv3d._tiff_metadata.time_axis_and_problem`)."""
+    """:func:`_time_axis` and the warning about its unit, as LazyImage's ``time_axis`` and ``time_problem`` (and
+    ``time_problem_without_file``, that warning said of "the image"): a unit OME-Zarr does not name (``frame``)
+    was passed on to the output, whose readers then stumbled on it. A usual spelling (``sec``, ``s``) takes its
+    OME-Zarr name; another is left out, the step kept, and warned about by the run that writes the axis, as for
+    a TIFF (:func:`~deconv3d._tiff_metadata.time_axis_and_problem`)."""
     from deconv3d._tiff_metadata import _OME_TIME_UNITS, named_time_unit
 
     axis = _time_axis(axes, scale, units, shift)
     if axis is None or not axis[1]:
         return {"time_axis": axis, "time_problem": None}
-    name, problem = named_time_unit(axis[1], axis[0], path, {n: n for n in _OME_TIME_UNITS.values()},
+    name, problem = named_time_unit(axis[1], axis[0], {n: n for n in _OME_TIME_UNITS.values()},
                                     "second, minute, hour, millisecond, microsecond or nanosecond")
-    return {"time_axis": (axis[0], name, *axis[2:]), "time_problem": problem}
+    return {"time_axis": (axis[0], name, *axis[2:]), "time_problem": problem and problem(path),
+            "time_problem_without_file": problem and problem("the image")}

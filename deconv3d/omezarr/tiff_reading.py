@@ -164,7 +164,7 @@ class _TiffHeader:
     voxel_problem: str | None
     sizes: object  # the calibrated sizes of the kept spatial axes (:func:`_kept_voxel`)
     time_axis: tuple | None
-    time_problem: str | None
+    time_problem: object  # None, or the warning about the T axis's unit said of a name (named_time_unit)
     channels: tuple | None
 
 
@@ -220,7 +220,15 @@ def _open_tiff(path: Path) -> LazyImage:
                      reader=TiffReader(source, order, h.calibration), voxel_problem=h.voxel_problem,
                      voxel_problem_without_file=_checked_voxel(h.sizes, "the image")[1],
                      partial_voxel=_partial_voxel(h.sizes), channels=h.channels, z_step_assumed=z_step_assumed(h.sizes),
-                     time_problem=h.time_problem if "T" in h.axes else None)
+                     **_time_problem(h, path))
+
+
+def _time_problem(h: _TiffHeader, path: Path) -> dict:
+    """LazyImage's ``time_problem``, said of the file ``path`` as given, and ``time_problem_without_file``,
+    said of "the image"; neither where it keeps no T axis, or its unit has a name."""
+    if h.time_problem is None or "T" not in h.axes:
+        return {}
+    return {"time_problem": h.time_problem(path), "time_problem_without_file": h.time_problem("the image")}
 
 
 def _tiff_axes(axes: str, shape, path: Path) -> tuple[str, tuple[int, ...]]:

@@ -138,7 +138,7 @@ def _warn_of_axes(lazy, ndim: int, warnings) -> None:
     """Warn of planes that may be z, and of a time axis's problem, once with the others."""
     warn_of_planes_that_may_be_z(lazy, ndim, warnings)
     if lazy.time_problem and "T" in lazy.axes:  # once, with the others (run_chunked, given the axis, is silent)
-        warn(f"deconv3d: warning: {lazy.time_problem}", warnings)
+        warn(f"deconv3d: warning: {lazy.time_problem}", warnings, without_file=lazy.time_problem_without_file)
 
 
 def _checked_voxel(settings, lazy, ndim: int, name: str, warnings):

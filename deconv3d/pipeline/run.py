@@ -158,7 +158,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     start = time.perf_counter()
     _check_whole_numbers(chunks, halo, workers, pyramid_levels)
     output = _checked_output(output, data)
-    time_problem = getattr(data, "time_problem", None) if time_axis is None else None  # (the input's, taken)
+    unnamed_time = data if time_axis is None else None  # (the input, whose time axis is taken: its unit's warning)
     reader, axes, time_axis, origin, channels, voxel_size = _source(data, axes, time_axis, origin, channels,
                                                                     voxel_size)
     fns = _per_channel_fns(block_fn, reader.shape, axes)
@@ -166,7 +166,7 @@ def run_chunked(data, block_fn: Callable | Sequence[Callable], output, *, axes: 
     total = plan.blocks * len(indices)
     execution = plan.execution(total, workers, client, asked_limit=memory_limit)
     provenance = _provenance_with_run(provenance, execution, plan, fns or [block_fn])  # before it is published
-    _before_the_first_block(progress, total, cancel, time_problem, axes)
+    _before_the_first_block(progress, total, cancel, unnamed_time, axes)
     # under a limit, freed arrays are unmapped: else heap fragments pile up block after block (allocator.py);
     # the measuring box and every block are one run for FFTW's measuring budget (measuring_run)
     with large_allocations_returned(plan.memory_limit is not None), measuring_run(), atomic_output(output, folder=True) as tmp:
@@ -195,14 +195,17 @@ def _planned(reader, axes, block_fns, chunks, halo, memory_limit, model, workers
     return plan, cap, list(np.ndindex(*reader.shape[:lead]))
 
 
-def _before_the_first_block(progress, total, cancel, time_problem, axes) -> None:
+def _before_the_first_block(progress, total, cancel, unnamed_time, axes) -> None:
     """Once planned (the total is known, nothing written yet): raise :class:`Cancelled` where ``progress(0,
-    total)`` returns True or ``cancel`` is set, then warn of a time unit without a name."""
+    total)`` returns True or ``cancel`` is set, then warn of a time unit without a name: ``unnamed_time``'s
+    ``time_problem`` (a :class:`~deconv3d.omezarr.LazyImage`'s; None: no warning), with its
+    ``time_problem_without_file``."""
     # planned: the total is known, nothing written yet
     if (progress is not None and progress(0, total)) or cancel_requested(cancel):
         raise Cancelled("cancelled before the first block")
-    if time_problem and "T" in axes:  # a time unit without a name: said once, by the run that writes the axis
-        warn(f"deconv3d: warning: {time_problem}")
+    problem = getattr(unnamed_time, "time_problem", None)
+    if problem and "T" in axes:  # a time unit without a name: said once, by the run that writes the axis
+        warn(f"deconv3d: warning: {problem}", without_file=getattr(unnamed_time, "time_problem_without_file", None))
 
 
 def _run_info(reader, plan: RunPlan, axes, channels, indices, seconds, execution, provenance, decided, clips,
