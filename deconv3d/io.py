@@ -323,10 +323,13 @@ def _squeeze(data: np.ndarray, axes: str, path: Path, what: str = "image") -> tu
 
 
 def _refuse_colour(kept_axes: str, path: Path, what: str = "image") -> None:
-    """An RGB file keeps a sample axis ``S`` (grey-level samples are refused by _check_decodable)."""
+    """An RGB file keeps a sample axis ``S`` (grey-level samples are refused by _check_decodable); the refusal of
+    an image says it of "the image" too (its ``without_file``)."""
+    from deconv3d._tiff_checks import _refusal
+
     if "S" in kept_axes:
-        raise InputError(f"{_named(path, what)} is an RGB/colour image (axes {kept_axes}): convert it to greyscale or "
-                         "split the channels and keep one (Fiji: Image > Color > Split Channels)")
+        raise _refusal(lambda name: f"{name} is an RGB/colour image (axes {kept_axes}): convert it to greyscale or "
+                       "split the channels and keep one (Fiji: Image > Color > Split Channels)", path, what, bare=False)
 
 
 def _as_float32(data: np.ndarray, path: Path, what: str = "image") -> np.ndarray:

@@ -11,10 +11,12 @@ import stat
 from pathlib import Path
 
 
-def special_file_problem(path, role: str = "input") -> str | None:
+def special_file_problem(path, role: str = "input", name: str | None = None) -> str | None:
     """Why ``path`` cannot be read as an image or a PSF, as a one-line message, where it exists but is
     neither a regular file nor a folder: a named pipe (opening it waited forever for a writer, and
-    ``deconvolve`` hung), a socket or a device. None otherwise (a missing path is left to the caller)."""
+    ``deconvolve`` hung), a socket or a device. None otherwise (a missing path is left to the caller).
+    The message names the file as ``name`` where given ("the image": a batch's line, which names the
+    file before the reason), else as ``role`` and ``path`` (``input in/a.tif``)."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -23,7 +25,7 @@ def special_file_problem(path, role: str = "input") -> str | None:
         return None
     kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
     what = "model" if role == "model" else "image"
-    return f"{role} {path} is {kind}, not a regular file: save the {what} to a file and give that"
+    return f"{name or f'{role} {path}'} is {kind}, not a regular file: save the {what} to a file and give that"
 
 
 def existing_ancestor(path: Path) -> Path:

@@ -23,18 +23,9 @@ from deconv3d.pipeline.settings_checks import _many
 
 
 def _process(path, output, record, settings, process_one, row, hash_input=None) -> None:
-    from deconv3d.omezarr import file_sha256
-
-    hash_input = hash_input or file_sha256
     start, finishing = time.perf_counter(), False
     try:
-        names = _record_unfinished(path, output, record)
-        state, digest = input_state(path), hash_input(path)  # before reading: a change meanwhile shows
-        # The PSF and model files as this file's run reads them (each file's run loads them again, and one
-        # replaced during the batch had its outputs recorded under the first one's hash), then the
-        # fingerprint that holds them: a file replaced before the fingerprint or during the run fails it.
-        shared = _shared_hashes(settings)
-        settings_hash = settings.fingerprint()
+        names, state, digest, shared, settings_hash = _claimed(path, output, record, settings, hash_input)
 
         def finish():
             nonlocal finishing
@@ -42,7 +33,7 @@ def _process(path, output, record, settings, process_one, row, hash_input=None) 
             row["settings"] = settings_hash
             finishing = True
             # In the try: a record that cannot be written (a full disk) fails this file, not the batch; the
-            # unfinished record above stays, so that a rerun redoes the output.
+            # unfinished record (_claimed) stays, so that a rerun redoes the output.
             _record_finished(path, output, record, names, state, digest, settings_hash)
 
         _run_one(path, output, digest, process_one, row, finish, start)
@@ -60,13 +51,28 @@ def _process(path, output, record, settings, process_one, row, hash_input=None) 
     row["seconds"] = round(time.perf_counter() - start, 3)
 
 
+def _claimed(path, output, record, settings, hash_input=None) -> tuple:
+    """(the outputs the record lists, the input's state, its SHA-256 by ``hash_input`` (default
+    :func:`~deconv3d.omezarr.file_sha256`), the PSF and model files' hashes, the settings' fingerprint) once
+    the output is recorded as the input's, not finished (:func:`_record_unfinished`)."""
+    from deconv3d.omezarr import file_sha256
+
+    names = _record_unfinished(path, output, record)
+    state, digest = input_state(path), (hash_input or file_sha256)(path)  # before reading: a change meanwhile shows
+    # The PSF and model files as this file's run reads them (each file's run loads them again, and one
+    # replaced during the batch had its outputs recorded under the first one's hash), then the
+    # fingerprint that holds them: a file replaced before the fingerprint or during the run fails it.
+    shared = _shared_hashes(settings)
+    return names, state, digest, shared, settings.fingerprint()
+
+
 def _record_unfinished(path, output, record) -> list:
     """Check the output's names and the input, then record the output as this input's, not finished;
     returns the outputs that record lists."""
     # (named by the input: a name too long is the input's to shorten, to what both names allow)
     check_name_length(output, record, renamed=path, scratch=True)  # (a TIFF: built by deconvolve_file's scratch)
     if (problem := special_file_problem(path)) is not None:  # (hashing a named pipe waited forever)
-        raise InputError(problem)
+        raise InputError(problem, without_file=special_file_problem(path, name="the image"))
     # Not finished, but the output stays this input's (an interrupted run's next one may replace it).
     names = sorted(set(outputs_written(read_completion_record(record))) | {output.name})
     note_writer(record.parent, output, record.name)  # (where runs into this folder find it: output_owners)

@@ -52,6 +52,18 @@ REASONS = {
     "planes.tif": "the image is truncated or corrupt (its ImageJ header lists 9 planes but 8 could be read): copy or "
                   "export it again",
     "line.tif": "the image is 1D once its axes of length 1 are dropped (shape (1, 1, 24)): a 2D or 3D image is needed",
+    "rgb.tif": "the image is an RGB/colour image (axes YXS): convert it to greyscale or split the channels and keep one "
+               "(Fiji: Image > Color > Split Channels)",
+    "text.zarr": "the image has non-numeric values (dtype <U1): save it as numbers (integers or floats)",
+}
+if hasattr(os, "mkfifo"):
+    REASONS["pipe.tif"] = "the image is a named pipe, not a regular file: save the image to a file and give that"
+#: Each input that runs with a warning about its time unit, and that warning in its row (the file's name left out).
+TIME_UNITS = {
+    "fortnight.tif": "the image records its time step in 'fortnight', a unit deconv3d cannot name: the t axis keeps "
+                     "the step 2.5 without a unit (use sec, min, hr, day, ms, us or ns)",
+    "frame.zarr": "the image records its time step in 'frame', a unit deconv3d cannot name: the t axis keeps the step "
+                  "2.5 without a unit (use second, minute, hour, millisecond, microsecond or nanosecond)",
 }
 
 
@@ -110,14 +122,44 @@ def _tiffs(folder, volume):
     tifffile.imwrite(folder / "planes.tif", volume, imagej=True)
     (folder / "planes.tif").write_bytes((folder / "planes.tif").read_bytes().replace(b"images=8", b"images=9"))
     tifffile.imwrite(folder / "line.tif", np.ones((1, 1, 24), np.float32))
+    tifffile.imwrite(folder / "rgb.tif", np.ones((24, 24, 3), np.uint8), photometric="rgb")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(folder / "pipe.tif")
+    tifffile.imwrite(folder / "fortnight.tif", np.stack([volume, volume]), imagej=True,
+                     metadata={"axes": "TZYX", "finterval": 2.5, "tunit": "fortnight", "spacing": VOXEL[0]},
+                     resolution=(1 / VOXEL[1], 1 / VOXEL[2]))
+
+
+def _zarrs_of_other_kinds(folder, volume):
+    """An OME-Zarr of strings, and one whose t axis is in frames."""
+    import warnings
+
+    import zarr
+
+    from deconv3d.omezarr import write_ome_zarr
+
+    with warnings.catch_warnings():  # (zarr: strings have no Zarr v3 specification yet)
+        warnings.simplefilter("ignore")
+        group = zarr.open_group(str(folder / "text.zarr"), mode="w")
+        group.create_array("0", data=np.ones((4, 5, 6), "str"), chunks=(4, 5, 6))
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * 3}]}]}]}
+    write_ome_zarr(folder / "frame.zarr", np.stack([volume, volume]), axes="TZYX", voxel_size=VOXEL)
+    attributes = json.loads((folder / "frame.zarr" / "zarr.json").read_text())
+    ome = attributes["attributes"]["ome"]
+    ome["multiscales"][0]["axes"][0]["unit"] = "frame"
+    for dataset in ome["multiscales"][0]["datasets"]:
+        dataset["coordinateTransformations"][0]["scale"][0] = 2.5
+    (folder / "frame.zarr" / "zarr.json").write_text(json.dumps(attributes))
 
 
 @pytest.fixture(scope="module")
 def batch_lines(tmp_path_factory):
-    """The batch's failure lines over a folder of one input of each of REASONS (and a.tif, which runs), with
-    said_of_the_image made to change nothing: {name: reason} from stdout, stderr and the report."""
+    """The batch's lines over a folder of one input of each of REASONS (and a.tif and those of TIME_UNITS, which
+    run), with said_of_the_image made to change nothing: the printed lines, and each report row by name."""
     from deconv3d.cli import main
-    from deconv3d.pipeline import batch_file_run
+    from deconv3d.pipeline import batch_file_run, row_warnings
 
     root = tmp_path_factory.mktemp("reasons")
     folder = root / FOLDER
@@ -129,15 +171,18 @@ def batch_lines(tmp_path_factory):
         _ome_zarr(folder, name, edit, volume)
     (folder / "level.zarr" / "0" / "zarr.json").write_text("{bad")
     _tiffs(folder, volume)
+    _zarrs_of_other_kinds(folder, volume)
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         patch.chdir(root)
-        patch.setattr(batch_file_run, "said_of_the_image", lambda text, *names: text)
+        for module in (batch_file_run, row_warnings):
+            patch.setattr(module, "said_of_the_image", lambda text, *names: text)
+        patch.setattr("deconv3d.errors.said_of_the_image", lambda text, *names: text)  # (cli/batch.py's, when called)
         code = main(["batch", FOLDER, "-o", "OUT", "--psf", "psf.tif", "--method", "wiener"])
     assert code == 3, err.getvalue()
     said = {"out": out.getvalue().splitlines(), "err": err.getvalue().splitlines()}
     rows = json.loads((root / "OUT" / "batch_report.json").read_text())["files"]
-    return said, {os.path.basename(row["file"]): row.get("reason") for row in rows}
+    return said, {os.path.basename(row["file"]): row for row in rows}
 
 
 @pytest.mark.parametrize("name", sorted(REASONS))
@@ -146,7 +191,16 @@ def test_a_batch_line_says_the_refused_input_is_the_image(batch_lines, name):
     line = f"failed  {FOLDER}/{name}: {REASONS[name]}"
     assert [text.split("] ", 1)[1] for text in said["out"] if f"/{name}: " in text] == [line], said["out"]
     assert f"deconv3d: failed: {FOLDER}/{name}: {REASONS[name]}" in said["err"], said["err"]
-    assert rows[name] == REASONS[name]
+    assert rows[name]["reason"] == REASONS[name]
+
+
+@pytest.mark.parametrize("name", sorted(TIME_UNITS))
+def test_a_time_unit_without_a_name_is_listed_in_the_row_of_the_image(batch_lines, name):
+    """Its line names the file as the batch gives it (a TIFF's named its base name alone, so that the row, too, kept
+    "fortnight.tif records its time step ..."); its row says "the image"."""
+    said, rows = batch_lines
+    assert rows[name]["status"] == "done" and rows[name]["warnings"] == [TIME_UNITS[name]], rows[name]
+    assert f"deconv3d: warning: {FOLDER}/{name} {TIME_UNITS[name].removeprefix('the image ')}" in said["err"]
 
 
 def test_a_psf_changed_during_a_files_run_is_said_of_the_image():
