@@ -59,7 +59,8 @@ def add_training_options(p, steps_flag: str) -> None:
     _add_network_options(g)
     _add_estimate_options(g)
     g.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
-                   help="stop training after this many seconds")
+                   help="stop training after this many seconds, counted from the start of training: its set-up and "
+                        "the search for the Richardson-Lucy reference included (one step is always run)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help=AMP_HELP)
 

@@ -153,7 +153,9 @@ def train(
     a network trained only through ``H`` recovers each frequency in proportion to ``|H|^2``
     and needs many steps to reach what RL reaches in seconds, while a direct regression has
     no such attenuation. Those steps take one network pass instead of two; the Siamese loss
-    then takes over from that start. The RL run counts in the time budget, and its search for
+    then takes over from that start. ``config.time_budget`` counts from the start of this call: the
+    set-up (standardisation, the data term's weight, the network) and the RL reference count in it,
+    and at least one step is run whatever is left. The RL run counts in the time budget, and its search for
     the count (and TV weight) stops at half the budget with the best found by then. ``"auto"`` (the
     default, with ``precondition="auto"``) spends 3/8 of ``config.steps`` on it, and at most
     3/8 of ``config.time_budget``, so that a budgeted run still trains the Siamese loss; on the
@@ -189,6 +191,7 @@ def train(
     >>> res.steps_done, res.reason
     (2, 'completed')
     """
+    started = time.perf_counter()  # the time budget counts the set-up and the reference search too
     require_config(config, TrainConfig, "config")
     if unet is not None:
         require_config(unet, UNetConfig, "unet")
@@ -199,7 +202,6 @@ def train(
     if config.residual:  # a signed correction: positivity applies to the sum (clamped at zero intensity)
         unet = replace(unet, positive=False)
     (mean, std), sampler, steps = _training_loop(img, psf, unet, config, dev, positive_sum)
-    started = time.perf_counter()
     (image_key, target, reference), (step, history, terms, reason, warm_done) = _reference_and_steps(
         img, psf, steps.forward, sampler, steps, config, dev, started, (mean, std), callback, on_reference)
     model = _final_model(steps.model, steps.average)

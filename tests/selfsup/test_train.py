@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deconv3d.classical import richardson_lucy
-from deconv3d.errors import InputError
+from deconv3d.errors import InputError, OptionWarning
 from deconv3d.metrics import psnr_rescaled
 from deconv3d.selfsup import TrainConfig, UNetConfig, apply_model, default_context, deconvolve, train
 from deconv3d.selfsup.predict import predict_tiled
@@ -129,6 +129,34 @@ def test_callback_cancels_and_time_budget_stops():
                 callback=lambda step, loss: seen.append(step) and False)
     assert res.reason == "time_budget" and 1 <= res.steps_done < 10_000
     assert seen and 0 not in seen  # (step 0: the search for the RL reference, which did not run)
+
+
+def test_the_time_budget_counts_the_set_up(monkeypatch):
+    """``--time-budget 3`` ran 7.3 s: the clock started after the set-up (standardisation, the data term's
+    weight, the network). A clock that the set-up moves on by more than the budget (a fake one, no timing)
+    leaves time for the one step that is always run, and the search for the RL reference sees its deadline
+    passed."""
+    import importlib
+    import time
+
+    train_module = importlib.import_module("deconv3d.selfsup.train")
+    _, noisy, psf = problem(2, sigma=0.1)
+    offset = [0.0]
+    real_clock, real_standardize = time.perf_counter, train_module.standardize
+
+    def slow_standardize(image):  # the set-up's first stage, which now takes "100 s"
+        offset[0] += 100.0
+        return real_standardize(image)
+
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + offset[0])
+    monkeypatch.setattr(train_module, "standardize", slow_standardize)
+    paper = dict(residual=False, warm_start=0, steps=3, patch=16, batch=1)  # (no RL reference)
+    res = train(noisy, psf, config=TrainConfig(time_budget=50.0, **paper), unet=TINY[2], device="cpu")
+    assert (res.reason, res.steps_done) == ("time_budget", 1) and res.seconds >= 100
+    with pytest.warns(OptionWarning, match="the time budget ended the search"):  # (the residual form's reference)
+        res = train(noisy, psf, config=TrainConfig(steps=3, patch=16, batch=1, time_budget=50.0), unet=TINY[2],
+                    device="cpu")
+    assert (res.reason, res.steps_done) == ("time_budget", 1)
 
 
 @pytest.mark.parametrize("variant", [dict(invariance="after-psf"), dict(invariance="both"),
