@@ -36,7 +36,7 @@ from deconv3d.selfsup.patches import _PatchSampler
 from deconv3d.selfsup.rl_reference import (REFERENCE_SHARE, SMALL_IMAGE_ITERATIONS, WARM_TV_WEIGHTS,
                                            _reference_on_field, _set_reference, warm_start_target)
 from deconv3d.selfsup.steps import _Steps
-from deconv3d.selfsup.train_setup import (_check_inputs, _data_weight, _field_geometry, build_model,
+from deconv3d.selfsup.train_setup import (_check_inputs, _data_weight, _field_geometry, build_model, check_patch,
                                           make_forward_model, standardize, trainable_model)
 from deconv3d.selfsup.unet import ResUNet
 
@@ -197,6 +197,7 @@ def train(
         require_config(unet, UNetConfig, "unet")
     dev = resolve_device(device)
     img, psf, unet, voxel_size = _check_inputs(image, psf, unet, voxel_size)
+    check_patch(config.patch, img.shape, unet)
     positive_asked = unet.positive
     positive_sum = config.residual and positive_asked
     if config.residual:  # a signed correction: positivity applies to the sum (clamped at zero intensity)

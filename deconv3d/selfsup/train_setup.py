@@ -21,7 +21,7 @@ from deconv3d.selfsup.forward_model import ForwardModel
 from deconv3d.selfsup.losses import AUTO_EPS, snr_gain
 from deconv3d.selfsup.unet import ResUNet
 
-__all__ = ["make_forward_model", "standardize", "build_model", "trainable_model"]
+__all__ = ["make_forward_model", "standardize", "build_model", "trainable_model", "check_patch"]
 
 
 def make_forward_model(psf, device="cpu") -> ForwardModel:
@@ -60,6 +60,25 @@ def _check_inputs(image, psf, unet, voxel_size):
         raise InputError(f"network is {unet.ndim}D but the image is {img.ndim}D: set UNetConfig(ndim={img.ndim})")
     return img, psf, unet, checked_voxel_size(voxel_size, img.ndim)
 
+
+
+def check_patch(patch: int, image_shape, unet: UNetConfig) -> None:
+    """Refuse a training patch side (``TrainConfig.patch``, ``--patch``) that the network cannot take:
+    smaller than its down-sampling factor ``unet.divisor`` (or than the image, where that is smaller), or
+    larger than the image along every axis (the compared regions are cut from the image)."""
+    shape, largest = tuple(int(n) for n in image_shape), max(image_shape)
+    if patch > largest:
+        raise InputError(f"a training patch of {patch} is larger than the image {shape}: use a patch of {largest} "
+                         "or less (--patch)")
+    smallest = min(unet.divisor, largest)
+    if patch < smallest < unet.divisor:  # (an image smaller than the factor: the depth is checked with the fields)
+        raise InputError(f"a training patch of {patch} is smaller than the image {shape}, itself smaller than "
+                         f"{unet.divisor}, the down-sampling factor of a UNet of depth {unet.depth} (2**depth): use "
+                         f"a patch of {largest} (--patch)")
+    if patch < smallest:
+        raise InputError(f"a training patch of {patch} is smaller than {smallest}, the down-sampling factor of a UNet "
+                         f"of depth {unet.depth} (2**depth): use a patch of {smallest} or more (--patch), or a "
+                         "smaller depth (--unet-depth)")
 
 
 def _data_weight(forward: ForwardModel, data_shape, precondition, image, psf):

@@ -213,22 +213,23 @@ def test_a_batch_that_leaves_one_value_per_channel_at_the_bottom_is_refused():
     """Batch normalisation in training needs two values per channel: one small field in a batch of
     one ended in torch's ValueError (an internal error, exit 1); two fields are fine."""
     _, noisy, psf = problem(2, sigma=0.1)
-    small, psf = noisy[:6, :6], psf[1:-1, 1:-1]  # patch 4 and a 5x5 PSF: 8x8 fields, 1x1 after three halvings
+    small, psf = noisy[:6, :6], psf[2:-2, 2:-2]  # patch 6 and a 3x3 PSF: 8x8 fields, 1x1 after three halvings
     unet = UNetConfig(ndim=2, base_channels=4, depth=3)
     with pytest.raises(InputError, match="a batch of 1 training field.*use a batch of 2 or more or a larger patch"):
-        train(small, psf, config=TrainConfig(steps=1, patch=4, batch=1), unet=unet, device="cpu")
+        train(small, psf, config=TrainConfig(steps=1, patch=6, batch=1), unet=unet, device="cpu")
     # (too small to choose the reference's RL count by held-out voxels: a fixed count, said)
     with pytest.warns(RuntimeWarning, match=r"too small to choose the Richardson-Lucy reference's iteration count"):
-        res = train(small, psf, config=TrainConfig(steps=1, patch=4, batch=2), unet=unet, device="cpu")
+        res = train(small, psf, config=TrainConfig(steps=1, patch=6, batch=2), unet=unet, device="cpu")
     assert res.steps_done == 1 and res.reference.iterations == 20
 
 
 def test_a_unet_deeper_than_its_fields_is_refused_before_it_allocates():
     """--unet-depth 10 padded 16-voxel fields to 1024 voxels a side: the run was killed for memory
     (23.6 GB) without a message. Padding up to twice the field still trains, as before."""
-    _, noisy, psf = problem(2, sigma=0.1)  # 7x7 PSF: a 16-voxel patch makes fields of 22 voxels
-    small = UNetConfig(ndim=2, base_channels=4, depth=5)  # 32 voxels a side: padded, allowed
-    assert train(noisy, psf, config=TrainConfig(steps=1, patch=16, batch=2), unet=small, device="cpu").steps_done == 1
-    with pytest.raises(InputError, match="depth 6 pads the training fields to 64 voxels.*22.*use a depth of 5 or less"):
-        train(noisy, psf, config=TrainConfig(steps=1, patch=16, batch=2), unet=UNetConfig(ndim=2, base_channels=4,
-                                                                                         depth=6), device="cpu")
+    _, noisy, psf = problem(2, sigma=0.1)  # 7x7 PSF: a 32-voxel patch makes fields of 38 voxels
+    small = UNetConfig(ndim=2, base_channels=4, depth=5)  # 64 voxels a side: padded, allowed
+    assert train(noisy, psf, config=TrainConfig(steps=1, patch=32, batch=2), unet=small, device="cpu").steps_done == 1
+    # (a patch of the whole 48x48 image: fields of 54 voxels; a patch smaller than 2**depth is refused first)
+    with pytest.raises(InputError, match="depth 7 pads the training fields to 128 voxels.*54.*use a depth of 6 or less"):
+        train(noisy, psf, config=TrainConfig(steps=1, patch=48, batch=2), unet=UNetConfig(ndim=2, base_channels=4,
+                                                                                         depth=7), device="cpu")
