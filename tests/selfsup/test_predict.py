@@ -194,6 +194,25 @@ def test_tta_equals_mean_of_eight_transforms(shape):
     assert not np.allclose(got, np.maximum(run_numpy(model, x, 2.5, 0.3), 0), atol=1e-3)
 
 
+@pytest.mark.parametrize("shape", [(16, 24), (8, 16, 24)])
+def test_tta_gives_the_network_channels_last_copies_on_the_cpu(shape):
+    """TTA's rotated and flipped inputs reached the network as strided views, which oneDNN ran about 4x
+    slower than a dense copy (measured: the 8 passes over a 32x96x64 window, base 16, depth 3, 2 threads:
+    7.3 s before, 1.6 s after, warm). Each of the 8 passes now gets a channels-last copy."""
+    layout = torch.channels_last_3d if len(shape) == 3 else torch.channels_last
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(x.is_contiguous(memory_format=layout))
+            return x
+
+    x = (2 + np.random.default_rng(3).random(shape)).astype(np.float32)
+    out = predict_tiled(Spy(), x, mean=2.5, std=0.3, divisor=8, tta=True, device="cpu")
+    np.testing.assert_allclose(out, x, atol=1e-5, rtol=0)
+    assert len(seen) == 8 and all(seen), seen
+
+
 def test_tta_handles_non_square_padded_tiles():
     x = volume(3, seed=4)  # 20 x 26 in xy; windows are padded to 24 x 32 (and 16 x 24 tiles)
     model = Identity()
