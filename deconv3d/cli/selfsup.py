@@ -191,7 +191,9 @@ def train_with_progress(image, psf, args, voxel, notes=(), stop=None):
     the bar turns to the training steps at 0 as soon as the search has chosen: RL at that count and
     the first step (slower than the next ones) follow with no report. A log gets the bar's lines.
     ``stop`` (a :class:`~deconv3d.cli.stopping.StopRequest`) is armed once the first step is done: a
-    signal then ends training after the step it comes in (the result's reason is "cancelled")."""
+    signal then ends training after the step it comes in (the result's reason is "cancelled"). The loss
+    shown is the step's total; with ``--precondition`` its data term is frequency-weighted
+    (:func:`~deconv3d.selfsup.losses.data_term`), so it compares steps of one run, not runs on other images."""
     from deconv3d.selfsup import train
     from deconv3d.selfsup.rl_reference import search_cap
 

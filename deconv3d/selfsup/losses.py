@@ -109,6 +109,14 @@ def data_term(data: torch.Tensor, blurred: torch.Tensor, weight: SpectralWeight 
     which is what keeps plain gradient descent (and a network trained through ``H``) from
     recovering fine detail in few steps. Beyond Papkov et al. [1]_; ``ε`` plays the role of
     the regularisation of a Wiener/Landweber preconditioner.
+
+    The weighted value is not the data's MSE, and it is not comparable between images: it is the
+    MSE with each frequency counted ``W`` times (up to ``(1 + ε) / ε``, about 1000 for ``"auto"``,
+    where the OTF is small but :func:`snr_gain` finds signal), so it grows with how much of the
+    residual sits at such frequencies (the noise level, the PSF, the image). The normalisation is
+    the same in 2D and 3D (``W = 1`` gives the plain MSE in both). Measured after 30 steps on the
+    tests' phantoms (``TrainConfig.precondition="auto"``): 1.3 to 7 times the plain MSE in 2D and
+    1.2 to 23 times in 3D, the factor rising as the noise falls (sigma 0.1 to 0.005).
     """
     if weight is None:
         return mse(data, blurred)
