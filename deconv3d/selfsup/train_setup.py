@@ -63,22 +63,20 @@ def _check_inputs(image, psf, unet, voxel_size):
 
 
 def check_patch(patch: int, image_shape, unet: UNetConfig) -> None:
-    """Refuse a training patch side (``TrainConfig.patch``, ``--patch``) that the network cannot take:
-    smaller than its down-sampling factor ``unet.divisor`` (or than the image, where that is smaller), or
-    larger than the image along every axis (the compared regions are cut from the image)."""
+    """Refuse a training patch side (``TrainConfig.patch``, ``--patch``) smaller than the network's
+    down-sampling factor ``unet.divisor``, or than the image where the image is smaller than it. A patch
+    larger than the image is not refused: the compared regions take the image's size along shorter axes
+    (:func:`_field_geometry`), as the default 32 does on small images."""
     shape, largest = tuple(int(n) for n in image_shape), max(image_shape)
-    if patch > largest:
-        raise InputError(f"a training patch of {patch} is larger than the image {shape}: use a patch of {largest} "
-                         "or less (--patch)")
-    smallest = min(unet.divisor, largest)
-    if patch < smallest < unet.divisor:  # (an image smaller than the factor: the depth is checked with the fields)
+    if patch >= min(unet.divisor, largest):
+        return
+    if largest < unet.divisor:  # (the depth itself is checked with the fields)
         raise InputError(f"a training patch of {patch} is smaller than the image {shape}, itself smaller than "
                          f"{unet.divisor}, the down-sampling factor of a UNet of depth {unet.depth} (2**depth): use "
                          f"a patch of {largest} (--patch)")
-    if patch < smallest:
-        raise InputError(f"a training patch of {patch} is smaller than {smallest}, the down-sampling factor of a UNet "
-                         f"of depth {unet.depth} (2**depth): use a patch of {smallest} or more (--patch), or a "
-                         "smaller depth (--unet-depth)")
+    raise InputError(f"a training patch of {patch} is smaller than {unet.divisor}, the down-sampling factor of a UNet "
+                     f"of depth {unet.depth} (2**depth): use a patch of {unet.divisor} or more (--patch), or a "
+                     "smaller depth (--unet-depth)")
 
 
 def _data_weight(forward: ForwardModel, data_shape, precondition, image, psf):

@@ -233,3 +233,14 @@ def test_a_unet_deeper_than_its_fields_is_refused_before_it_allocates():
     with pytest.raises(InputError, match="depth 7 pads the training fields to 128 voxels.*54.*use a depth of 6 or less"):
         train(noisy, psf, config=TrainConfig(steps=1, patch=48, batch=2), unet=UNetConfig(ndim=2, base_channels=4,
                                                                                          depth=7), device="cpu")
+
+
+def test_a_patch_larger_than_the_image_takes_the_image_and_one_below_the_unet_s_factor_is_refused():
+    """The compared regions take the image's size along axes shorter than the patch: the default 32 on a
+    small image trains. A patch below the UNet's 2**depth (``--patch 1``, which trained) is refused."""
+    _, noisy, psf = problem(2, sigma=0.1)  # 48x48
+    res = train(noisy, psf, config=TrainConfig(steps=1, patch=64, batch=1, residual=False, warm_start=0),
+                unet=TINY[2], device="cpu")
+    assert res.steps_done == 1
+    with pytest.raises(InputError, match=r"a training patch of 1 is smaller than \d+, the down-sampling factor"):
+        train(noisy, psf, config=TrainConfig(steps=1, patch=1, batch=1), unet=TINY[2], device="cpu")
