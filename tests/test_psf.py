@@ -106,6 +106,30 @@ def test_a_psf_nearly_flat_across_its_box_is_refused_and_no_file_written(tmp_pat
     assert not out.exists()
 
 
+def test_a_psf_shape_too_large_to_compute_is_refused_before_psfmodels_runs(tmp_path, capsys, monkeypatch):
+    """Found by the psf/deconvolve bug hunt: 'deconv3d psf --shape 2001 2001 2001' ended in "not enough
+    memory for this run (std::bad_array_new_length): use smaller sizes (batch, widths, levels, chunks) or
+    set --memory-limit", options the command does not have. It is refused, before psfmodels is called,
+    naming the shape; the largest grid still computed is made."""
+    import deconv3d.psf.generate as generate
+    from cli_helpers import assert_one_line_error, run
+
+    calls = []
+    real = generate._make_psf
+    monkeypatch.setattr(generate, "_make_psf", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for model, shape in (("gaussian", (2001, 2001, 2001)), ("vectorial", (3, 9001, 9001)), ("gibson-lanni", (13001, 13001))):
+        with pytest.raises(InputError, match=rf"a PSF of shape {' x '.join(map(str, shape))} at .* give a smaller shape"):
+            generate_psf(model, shape, VOXEL[-len(shape):], na=1.2, wavelength=0.52)
+    assert calls == []
+    monkeypatch.setattr(generate, "MAX_GENERATED_VOXELS", 9 * 33 * 33)  # (9, 31, 31): 33 x 33 voxels a plane
+    assert generate_psf("gaussian", (9, 31, 31), VOXEL, na=1.2, wavelength=0.52).shape == (9, 31, 31)
+    out = tmp_path / "psf.tif"
+    code, _, err = run(["psf", "-o", out, "--shape", 9, 33, 33, "--voxel-size", *VOXEL, "--na", 1.2,
+                        "--wavelength", 0.52], capsys)
+    assert_one_line_error(code, err, "a PSF of shape 9 x 33 x 33", "give a smaller shape")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

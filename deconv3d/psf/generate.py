@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 
-from deconv3d._voxel import checked_voxel_size, refuse_nanometres
+from deconv3d._voxel import checked_voxel_size, format_sizes, refuse_nanometres
 from deconv3d.errors import WARNINGS_LOCK, InputError
 from deconv3d.psf.center_crop import _core_centroid
 from deconv3d.psf.prepare import _centred_zoom, _voxel_integrated
@@ -60,7 +60,8 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     ------
     InputError
         For an unknown model or a non-physical parameter, and for a PSF nearly flat across its box
-        in its plane of best focus (:data:`FLAT_LEVEL`; voxel sizes in other units than µm).
+        in its plane of best focus (:data:`FLAT_LEVEL`; voxel sizes in other units than µm), and for a
+        shape computed on more than :data:`MAX_GENERATED_VOXELS` voxels.
 
     Notes
     -----
@@ -137,6 +138,7 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     half = max((ny - 1) // 2 * dy, (nx - 1) // 2 * dx) / dxy
     margin = 1 if fine == 1 else int(np.ceil(max(step) / 2)) + 1  # the integration reaches half a voxel past the box
     n_gen = 2 * (int(np.ceil(half - 1e-9)) + margin) + 1  # odd
+    _refuse_a_huge_grid(shape, voxel3[-len(shape):], (nz | 1) * n_gen**2)
     def planes_about(shift):  # the stack's planes centred ``shift`` µm below the nominal focus
         return _make_psf(model_name, _focal_positions(nz | 1, dz, depth + shift), n_gen, dxy, na, wavelength, ni, ns,
                          depth, oversample=3 if fine == 1 else 1)
@@ -177,6 +179,21 @@ def _refuse_a_flat_psf(psf: np.ndarray, model, voxel, na, wavelength) -> None:
 #: the peak: NA 1.2 at 0.1 µm, 0.56; an NA 0.5 PSF in a box of 3 x 3 voxels of 0.1 µm, narrower than its
 #: core, 0.91.)
 FLAT_LEVEL = 0.9
+
+
+#: The most voxels :func:`generate_psf` computes a PSF on (512^3, as :data:`~deconv3d.psf.prepare.MAX_RESAMPLED_VOXELS`):
+#: psfmodels took 40 (vectorial) to 115 (gaussian) bytes a voxel at 61 x 257 x 257, and a shape of 2001
+#: on each side ended in "not enough memory for this run ... use smaller sizes (batch, widths, levels,
+#: chunks) or set --memory-limit", options 'deconv3d psf' does not have.
+MAX_GENERATED_VOXELS = 512**3
+
+
+def _refuse_a_huge_grid(shape, voxel, voxels: int) -> None:
+    """Refuse, before psfmodels allocates it, a grid of more than :data:`MAX_GENERATED_VOXELS`."""
+    if voxels > MAX_GENERATED_VOXELS:
+        raise InputError(f"a PSF of shape {' x '.join(map(str, shape))} at {format_sizes(voxel)} µm is computed on "
+                         f"{voxels:.3g} voxels, more than the {MAX_GENERATED_VOXELS:.3g} deconv3d computes: give a "
+                         "smaller shape, a few times the PSF's extent (e.g. 31 63 63 at 0.2 0.1 0.1 µm)")
 
 
 _PSFMODELS_LOCK = threading.Lock()
