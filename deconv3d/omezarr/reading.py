@@ -288,13 +288,13 @@ def _level_array(image_path: Path, component: str, level: int, metadata):
 
 def _open_array(root, component: str):
     """The zarr array ``component`` of the store at ``root``, read-only, its chunks read through
-    :class:`~deconv3d.omezarr.chunk_store.CheckedLocalStore`: a chunk whose file is a folder or a broken
-    link is refused, not read as the fill value (zeros)."""
+    :class:`~deconv3d.omezarr._chunk_bytes.WholeChunkStore`: a chunk whose file is a folder or a broken
+    link, or is empty or cut short, is refused, not read as the fill value (zeros)."""
     import zarr
 
-    from deconv3d.omezarr.chunk_store import CheckedLocalStore
+    from deconv3d.omezarr._chunk_bytes import WholeChunkStore
 
-    return zarr.open_array(store=CheckedLocalStore(root, read_only=True), path=component, mode="r")
+    return zarr.open_array(store=WholeChunkStore(root, read_only=True), path=component, mode="r")
 
 
 def _drop_single_z(data, axes: str, *per_axis):

@@ -153,3 +153,66 @@ def test_a_chunk_file_that_cannot_be_opened_is_refused_by_name(tmp_path, image, 
     with pytest.raises(InputError, match=f"chunk c/0/0/1 of the zarr array .*in.zarr.0 cannot be read "
                                          rf"\(Permission denied\).*: {FIX}$"):
         lazy.data.compute() if how == "dask array" else lazy.reader.read((slice(None),) * 3)
+
+
+def _sharded_image(tmp_path, data):
+    """in.zarr: ``data`` (16 x 32 x 32) in two shards of 8 x 32 x 32, each of four chunks of 4 x 16 x 32."""
+    import zarr
+
+    group = zarr.open_group(tmp_path / "in.zarr", mode="w", zarr_format=3)
+    group.create_array("0", shape=data.shape, chunks=(4, 16, 32), shards=(8, 32, 32), dtype="float32",
+                       fill_value=0.0)[:] = data
+    scale = [{"type": "scale", "scale": [0.3, 0.1, 0.1]}]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": scale}]}]}
+    return tmp_path / "in.zarr" / "0" / "c" / "1" / "0" / "0"
+
+
+@pytest.mark.parametrize("how", ["read_ome_zarr", "dask array", "whole shard", "one chunk"])
+def test_an_empty_chunk_or_shard_file_is_refused_not_read_as_zeros(tmp_path, image, how):
+    """zarr's sharding codec read an empty (0-byte) shard file, read whole, as a shard of missing chunks: zeros,
+    and no error. No chunk encodes to 0 bytes: an empty file, or one shorter than the bytes zarr asks of it
+    (here a shard's index), is damage, refused naming the chunk."""
+    from deconv3d.omezarr import open_lazy, read_ome_zarr
+
+    shard = _sharded_image(tmp_path, image)
+    shard.write_bytes(b"")
+    path = tmp_path / "in.zarr"
+    read = {"read_ome_zarr": lambda: read_ome_zarr(path)[0], "dask array": lambda: open_lazy(path).data.compute(),
+            "whole shard": lambda: open_lazy(path).reader.read((slice(8, 16), slice(None), slice(None))),
+            "one chunk": lambda: open_lazy(path).reader.read((slice(8, 12), slice(0, 16), slice(None)))}[how]
+    words = "is empty \\(0 bytes\\)" if how == "whole shard" else "(is empty|ends before the 68 bytes zarr asked)"
+    with pytest.raises(InputError, match=f"^chunk c/1/0/0 of the zarr array .*in.zarr.0 {words}.*: {FIX}$"):
+        read()
+
+
+def test_an_empty_unsharded_chunk_file_is_refused(tmp_path, image):
+    from deconv3d.omezarr import open_lazy
+
+    _chunk(tmp_path).write_bytes(b"")
+    with pytest.raises(InputError, match=f"^chunk c/0/0/1 of the zarr array .*in.zarr.0 is empty \\(0 bytes\\).*: "
+                                         f"{FIX}$"):
+        open_lazy(tmp_path / "in.zarr").reader.read((slice(None),) * 3)
+
+
+def test_deconvolve_refuses_an_empty_shard_file_and_writes_nothing(tmp_path, image, capsys):
+    """Blocks of a whole shard (``--chunks 8 32 32``) read the empty shard as zeros before."""
+    _sharded_image(tmp_path, image).write_bytes(b"")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run(["deconvolve", tmp_path / "in.zarr", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "out.zarr",
+                        "--method", "rl", "--iterations", 2, "--device", "cpu", "--chunks", 8, 32, 32], capsys)
+    assert_one_line_error(code, err, f"chunk c/1/0/0 of the zarr array {tmp_path / 'in.zarr' / '0'} is empty", FIX)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary
+
+
+def test_batch_fails_an_image_with_an_empty_shard_file_and_writes_no_output_of_it(tmp_path, image, capsys):
+    (tmp_path / "in").mkdir()
+    _sharded_image(tmp_path / "in", image).write_bytes(b"")
+    code, out, err = run(["batch", tmp_path / "in", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "out",
+                          "--method", "rl", "--iterations", 2, "--device", "cpu", "--chunks", 8, 32, 32], capsys)
+    assert code != 0, err
+    assert f"failed  {tmp_path / 'in' / 'in.zarr'}: chunk c/1/0/0 of the zarr array " in out + err
+    assert f"{tmp_path / 'in' / 'in.zarr' / '0'} is empty (0 bytes)" in out + err
+    assert not (tmp_path / "out" / "in.zarr").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith((".", "batch_report"))] == []
