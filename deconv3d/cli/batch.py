@@ -18,7 +18,7 @@ from deconv3d.errors import InputError, always_show_own_warnings
 
 from ._common import Terminated
 from .batch_output_folder import _check_output_folder
-from .pipeline import OPTICS, _bar, _setting_values, _trainer, settings_from_args, writing_bar
+from .pipeline import OPTICS, _bar, _setting_values, _trainer, run_option_warnings, settings_from_args, writing_bar
 from .printing import hashed, print_warnings, say_last, show_warning, warning_text
 
 
@@ -73,7 +73,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     check_input_folder(args.input_dir)  # (before the output folder's checks: a missing input is named first)
     _check_output_folder(output_dir, args.input_dir, settings.pattern)
     _check_shared_files(settings)
-    print_warnings(_unused_settings_warnings(settings, given, [k for k in config if getattr(args, k, None) is None]))
+    print_warnings(_unused_settings_warnings(settings, given, [k for k in config if getattr(args, k, None) is None])
+                   + run_option_warnings(args))
     start = time.perf_counter()
     gpus = gpu_count(settings.run_device) if args.scheduler == "processes" else 0
     rows: list[dict] = []

@@ -93,6 +93,18 @@ def _setting_values(args, base: dict | None = None) -> dict:
     return values
 
 
+def run_option_warnings(args) -> list[str]:
+    """The warning naming ``--workers`` (``workers`` where the config gave it) where the batch's scheduler is the
+    address of a running one: its cluster has workers of its own, and the batch runs as many blocks at once as
+    they have threads; the number of workers is read only for a cluster the batch starts (``threads``,
+    ``processes``). Printed with the warnings about the settings, once the input has been checked."""
+    if args.workers is None or args.scheduler in ("threads", "processes"):
+        return []
+    name = "--workers" if "workers" in getattr(args, "_given_options", ()) else "workers"
+    return [f"deconv3d: warning: {name} sizes a cluster the batch starts (--scheduler threads or processes), and "
+            f"the scheduler {args.scheduler} runs it on its own cluster's workers; ignored"]
+
+
 def _bar(desc: str, unit: str, on_start=None):
     """A progress bar (:func:`~deconv3d.cli.printing.make_bar`) and its ``(done, total)`` callback;
     ``on_start()`` runs at the first report."""

@@ -261,6 +261,37 @@ def test_a_batch_warns_about_options_its_method_ignores_and_skips_what_they_do_n
     assert os.path.isdir(out / "img0.zarr")
 
 
+def test_a_batch_on_a_running_scheduler_warns_that_workers_is_ignored(folder, capsys, monkeypatch):
+    """--workers sizes a cluster the batch starts; a scheduler's address runs the batch on that cluster's own
+    workers, and --workers went unused without a word. (The connection is replaced: the batch runs on threads.)"""
+    import contextlib
+
+    from deconv3d.pipeline import cluster
+
+    pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    asked = []
+
+    @contextlib.contextmanager
+    def connected(spec, workers=None, gpus=0):
+        asked.append(spec)
+        yield None
+
+    monkeypatch.setattr(cluster, "scheduler_client", connected)
+    out, address = folder / "out", "tcp://127.0.0.1:8786"
+    argv = ["batch", folder / "in", "-o", out, "--psf", folder / "psf.tif", "--method", "wiener"]
+    code, _, err = run([*argv, "--scheduler", address, "--workers", 3], capsys)
+    assert code == 0 and statuses(out) == ["done", "done"] and asked == [address], err
+    warning = (f"--workers sizes a cluster the batch starts (--scheduler threads or processes), and the scheduler "
+               f"{address} runs it on its own cluster's workers; ignored")
+    assert [line for line in err.splitlines() if "warning" in line] == [f"deconv3d: warning: {warning}"], err
+    (folder / "batch.toml").write_text(f'scheduler = "{address}"\nworkers = 3\n', encoding="utf-8")
+    code, _, err = run([*argv, "--config", folder / "batch.toml"], capsys)  # from a config: named as its key
+    assert code == 0 and f"deconv3d: warning: {warning.replace('--workers', 'workers', 1)}" in err.splitlines(), err
+    for scheduler in ([], ["--scheduler", address]):  # --workers with threads, or no --workers: no warning
+        code, _, err = run([*argv, *scheduler, *([] if scheduler else ["--workers", 2])], capsys)
+        assert code == 0 and "warning" not in err, err
+
+
 def test_config_paths_are_the_config_folder_s_and_tilde_is_home(tmp_path, monkeypatch, capsys):
     """A TOML file has no shell to expand ~, and its relative paths are not the working directory's
     (as --psf's are): both are said in batch --help."""
