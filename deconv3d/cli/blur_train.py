@@ -62,22 +62,23 @@ def _refuse_crop(crop: int, widths, plane_shape) -> None:
 
 
 def _training_stacks(args):
-    """``blur train``'s stacks, their pixel size and levels, planes ordered by blur, after refusing options
-    and outputs it cannot use and stacks with a constant or repeated plane."""
+    """``blur train``'s stacks, their pixel size and levels, planes ordered by blur, after refusing options it
+    cannot use, stacks with a constant or repeated plane, and then (the input's problems are named first) an
+    output it cannot write."""
     from deconv3d.latent.train import plane_problem
 
     _refuse_latent_options(args)
     if args.stop_after is not None and args.stop_after > args.steps:
         raise InputError(f"--stop-after {args.stop_after} is more than --steps {args.steps}: it stops after K of "
                          "the --steps steps; give at most that many")
-    check_output(args.output, args.stacks, suffixes=(".ckpt", ".pt"))
-    stacks, pixel = _read_stacks(args.stacks)
+    stacks, pixel = _read_stacks(args.stacks)  # (the stacks' problems first, then the output's, as train's)
     problem = plane_problem(stacks)  # in the files' own order and numbering, before sorting and tiling
     if problem is not None:
         i, k, what = problem
         raise InputError(f"{args.stacks[i]} {what} (plane {k}, counting from 0): "
                          + ("it carries no blur to learn; remove it" if what.endswith("constant")
                             else "each plane must be its own focal level; remove the copy"))
+    check_output(args.output, args.stacks, suffixes=(".ckpt", ".pt"))
     stacks, levels = _ordered_levels(args, stacks.shape[1], stacks)
     return stacks, pixel, levels
 

@@ -483,6 +483,24 @@ def test_blur_commands_hash_large_inputs_with_a_bar(planes, make_stacks, tmp_pat
         assert [line.split(": ")[1] for line in hashing if "(100%)" in line] == [f"hashing {f}" for f in files], err
 
 
+@pytest.mark.parametrize("where", ["missing folder", "under a file"])
+def test_blur_train_names_a_missing_or_bad_stack_before_an_unwritable_output(make_stacks, tmp_path, capsys, where):
+    """The input's problems come first (as deconvolve's and train's): an output in a folder that does not exist,
+    or under a file, was named before a missing stack, or a stack with a constant plane (as root too)."""
+    (tmp_path / "file").write_bytes(b"")
+    output = tmp_path / ("nowhere" if where == "missing folder" else "file") / "m.ckpt"
+    stacks = write_stacks(tmp_path, make_stacks)
+    code, _, err = run(["blur", "train", stacks[0], tmp_path / "gone.tif", "-o", output, *TINY], capsys)
+    assert_one_line_error(code, err, f"input file not found: {tmp_path / 'gone.tif'}")
+    flat = np.stack([tifffile.imread(stacks[1])[0]] * 2 + [np.ones((16, 16), np.float32)])
+    tifffile.imwrite(tmp_path / "flat.tif", flat.astype(np.float32), photometric="minisblack")
+    code, _, err = run(["blur", "train", stacks[0], tmp_path / "flat.tif", "-o", output, *TINY], capsys)
+    assert_one_line_error(code, err, f"{tmp_path / 'flat.tif'} ")
+    assert "output" not in err, err
+    code, _, err = run(["blur", "train", *stacks, "-o", output, *TINY], capsys)  # good stacks: the output's turn
+    assert_one_line_error(code, err, f"output directory not found: {output.parent}")
+
+
 def test_blur_train_names_a_synth_output_for_what_it_is(planes, model, make_stacks, tmp_path, capsys):
     """A 'blur synth' output (levels written as frames) given to 'blur train' was refused as time data ('has a
     time axis ... multi-channel/time data are not supported'); it now says the file holds synthesised levels.
