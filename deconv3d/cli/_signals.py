@@ -26,7 +26,7 @@ def _terminate_as_interrupt(program: bool = False):
     is being handled (its clean-up: the except and finally blocks and context managers' exits it runs)
     are let pass, and one that comes while an output is put in place is raised once it is there
     (:func:`~deconv3d._paths.signals_deferred`), as is Ctrl-C's SIGINT (under Python's handler or a
-    caller's, which then runs). One that Python could not raise, raised in a C library's callback into Python (llvmlite's while numba compiles, a finalizer's, a gc callback's:
+    caller's, which then runs). One that Python could not raise (a Ctrl-C too), raised in a C library's callback into Python (llvmlite's while numba compiles, a finalizer's, a gc callback's:
     printed as "Exception ignored ..." and dropped), is sent again once the hook that reports it has
     returned, or raised as the command ends where that has not happened yet (its ``ended``: the command
     had finished). The previous handlers, and logging as it was, are restored afterwards (main called from
@@ -111,13 +111,33 @@ class _Signals:
         raise Terminated(signum)
 
     def _interrupted(self, signum, frame):
-        if not defer_signal(signum):  # (an output being put in place: Ctrl-C there removed it and the earlier one)
+        hook = next((f for f in _stack(frame) if f.f_code is _Signals._swallowed.__code__), None)
+        if hook is not None:  # (raised in the hook it would be dropped too: sent again once the hook has returned)
+            _send_again(signum, hook, self.lock, self.active, self.pending)
+        elif not defer_signal(signum):  # (an output being put in place: Ctrl-C there removed it and the earlier one)
+            self.pending.clear()  # (one dropped before: this one ends the run)
             self.interrupt_before(signum, frame)
 
     def _swallowed(self, unraisable):
-        if not isinstance(unraisable.exc_value, Terminated) or not _send_again(
-                unraisable.exc_value.signum, sys._getframe(), self.lock, self.active, self.pending):
+        signum = _signal_of(unraisable.exc_value, unraisable.exc_traceback)
+        if signum is None or not _send_again(signum, sys._getframe(), self.lock, self.active, self.pending):
             self.hook_before(unraisable)
+
+
+def _signal_of(exc, tb) -> int | None:
+    """The signal whose handler raised ``exc`` (its traceback ``tb``), where a handler of :class:`_Signals` did: a
+    :class:`Terminated`'s, or SIGINT for a KeyboardInterrupt raised through :meth:`_Signals._interrupted` (Ctrl-C);
+    None for any other exception. A Ctrl-C raised in a finalizer (a ``__del__``, a weakref or gc callback) of the
+    main thread was printed as "Exception ignored in ..." and dropped, and the run went on to the end with exit 0
+    (seen once in a ``batch --scheduler processes`` stopped 6 s in)."""
+    import traceback
+
+    if isinstance(exc, Terminated):
+        return exc.signum
+    if isinstance(exc, KeyboardInterrupt) and any(
+            frame.f_code is _Signals._interrupted.__code__ for frame, _ in traceback.walk_tb(tb)):
+        return signal.SIGINT
+    return None
 
 
 def _install_terminating(handler, before: dict) -> None:
@@ -144,10 +164,11 @@ def _put_back(before: dict, swallowed, hook_before, disabled) -> None:
 def _raise_late(late_signals: list, failed: list) -> None:
     """A signal dropped as the command ended, not sent again in time, or one that came as it ended (the first of
     ``late_signals``): the command had ended with exit 0 and no word of it. It ends the run here, unless one
-    already does (``failed``: the type of what the command raised, if it raised): raised as a Terminated whose
-    ``ended`` says whether the command had finished (what it wrote stands)."""
+    already does (``failed``: the type of what the command raised, if it raised): raised as a Terminated (a
+    KeyboardInterrupt for Ctrl-C's SIGINT) whose ``ended`` says whether the command had finished (what it wrote
+    stands)."""
     if late_signals and not (failed and issubclass(failed[0], KeyboardInterrupt)):
-        late = Terminated(late_signals[0])
+        late = KeyboardInterrupt() if late_signals[0] == signal.SIGINT else Terminated(late_signals[0])
         late.ended = not failed  # (the command had finished: what it wrote stands)
         raise late
 

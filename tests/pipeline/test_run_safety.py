@@ -884,6 +884,71 @@ def test_a_termination_a_c_callback_dropped_is_sent_again(stack, monkeypatch, ca
     assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
 
 
+def test_a_ctrl_c_a_c_callback_dropped_is_sent_again(stack, monkeypatch, capsys):
+    """A Ctrl-C whose KeyboardInterrupt was raised in a C callback or a finalizer of the main thread (a
+    ``batch --scheduler processes`` stopped 6 s in: "Exception ignored in ... KeyboardInterrupt:") was printed
+    and dropped, and the run finished with exit 0, its output written. It is sent again, as a SIGTERM is: the
+    run stops with its one line, and no traceback."""
+    folder, _ = stack
+    monkeypatch.chdir(folder)
+    dropped = _dropped_in_a_c_callback(monkeypatch, signal.SIGINT)
+    code, _, err = run(["deconvolve", "img.tif", "-o", "out.zarr", "--psf", "psf.tif", "--chunks", 8, 16, 16,
+                        "--iterations", 2], capsys)
+    assert dropped and code == 130 and err.strip().splitlines() == ["deconv3d: interrupted; no output was written"], err
+    assert not (folder / "out.zarr").exists() and _leftovers(folder) == []
+
+
+def test_a_dropped_ctrl_c_sent_again_and_handled_by_the_command_is_not_raised_again_as_it_ends():
+    """A batch handles the Ctrl-C itself (its report, its line) and returns: the dropped one, sent again and
+    raised, must not be raised a second time as the command ends (a second line, "interrupted as the command
+    ended")."""
+    import ctypes
+    import time
+
+    from deconv3d.cli import _terminate_as_interrupt
+
+    handled, ending = [], _terminate_as_interrupt()
+    ending.__enter__()
+    try:
+        ctypes.CFUNCTYPE(None)(lambda: signal.raise_signal(signal.SIGINT))()  # dropped, sent again
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        handled.append("the command's")
+    try:
+        ending.__exit__(None, None, None)  # (the command returned)
+    except KeyboardInterrupt:
+        handled.append("raised again as the command ended")
+    assert handled == ["the command's"]
+
+
+def test_a_ctrl_c_dropped_as_the_command_ends_still_ends_it(monkeypatch):
+    """A dropped Ctrl-C not yet sent again as the command ends is raised there as a KeyboardInterrupt (the
+    command had finished: ``ended``), not as a Terminated naming SIGINT; a KeyboardInterrupt that no handler of
+    the command raised (a finalizer's own) is left to the hook before, as it was."""
+    import ctypes
+
+    import deconv3d.cli._signals
+    from deconv3d.cli import _terminate_as_interrupt
+    from deconv3d.cli._common import Terminated
+
+    monkeypatch.setattr(deconv3d.cli._signals, "_send_again", lambda signum, hook, lock, active, pending:
+                        pending.append(signum) or True)  # (left for the thread that would send it again)
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    def own_interrupt():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught, _terminate_as_interrupt():
+        ctypes.CFUNCTYPE(None)(own_interrupt)()
+        assert len(reported) == 1  # (not a Ctrl-C: reported as before)
+        ctypes.CFUNCTYPE(None)(lambda: signal.raise_signal(signal.SIGINT))()  # dropped
+    assert type(caught.value) is KeyboardInterrupt and not isinstance(caught.value, Terminated)
+    assert caught.value.ended and len(reported) == 1
+
+
 def test_a_signal_while_a_dropped_termination_is_reported_is_not_raised_in_the_hook(monkeypatch):
     """A second SIGTERM while the hook that was given the dropped Terminated runs: raised there, it was dropped
     too (Python's "Exception ignored in sys.unraisablehook"), before the first one could be sent again."""
@@ -907,6 +972,31 @@ def test_a_signal_while_a_dropped_termination_is_reported_is_not_raised_in_the_h
         while time.monotonic() < deadline:  # (sent again within milliseconds)
             time.sleep(0.01)
     assert caught.value.name == "SIGTERM"
+
+
+def test_a_ctrl_c_while_a_dropped_one_is_reported_is_not_raised_in_the_hook(monkeypatch):
+    """A second Ctrl-C while the hook that was given a dropped one runs: raised there, it would be dropped too
+    (Python's "Exception ignored in sys.unraisablehook"), before the first one could be sent again."""
+    import ctypes
+    import time
+
+    import deconv3d.cli._signals
+    from deconv3d.cli import _terminate_as_interrupt
+
+    send_again, sent = deconv3d.cli._signals._send_again, []
+
+    def signalled_meanwhile(*args):
+        if not sent:  # (the second Ctrl-C, once)
+            sent.append(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return send_again(*args)
+
+    monkeypatch.setattr(deconv3d.cli._signals, "_send_again", signalled_meanwhile)
+    with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
+        ctypes.CFUNCTYPE(None)(lambda: signal.raise_signal(signal.SIGINT))()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # (sent again within milliseconds)
+            time.sleep(0.01)
 
 
 def test_a_termination_a_c_callback_dropped_wakes_a_main_thread_that_waits():
