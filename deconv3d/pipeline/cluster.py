@@ -7,6 +7,7 @@ import re
 
 from deconv3d._paths import _one_line as _one_line_text
 from deconv3d.errors import InputError
+from deconv3d.pipeline._cluster_close import _close_at_the_end, _close_quietly, _cluster_worker_processes, _instances
 
 __all__ = ["check_scheduler", "scheduler_client", "gpu_count", "gpu_worker_ids"]
 
@@ -130,13 +131,6 @@ def _worker_preload() -> dict:
             "preload_argv": argv}
 
 
-def _instances(kind):
-    """The live clients or clusters distributed keeps (a private weak set; an empty set in a version
-    without it, where a run stopped while its workers start is then closed by distributed at exit)."""
-    found = getattr(kind, "_instances", None)
-    return found if found is not None else set()
-
-
 def _forget_closed_schedulers() -> None:
     """Let a closed local cluster's scheduler be freed. distributed memoises, per handler, whether it
     takes a comm (``distributed.core._expects_comm``, an unbounded ``functools.cache`` in 2026.8), and
@@ -149,116 +143,6 @@ def _forget_closed_schedulers() -> None:
     cache_clear = getattr(getattr(distributed.core, "_expects_comm", None), "cache_clear", None)
     if cache_clear is not None:
         cache_clear()
-
-
-def _close_quietly(*closing) -> None:
-    """Close clients and local clusters on the way out of a run that Ctrl-C or SIGTERM stopped:
-    distributed's log lines are held back meanwhile (a busy worker killed after 4 s: a nanny's
-    WARNING), its errors are not raised, and no cluster is left for distributed to close again at
-    exit. Stopped while its workers started, a run printed 29-50 lines of tracebacks after its own
-    line (an AssertionError at exit, "Nanny failed to start worker process")."""
-    import logging
-
-    from distributed.deploy.spec import SpecCluster
-
-    with _distributed_logs_from(logging.CRITICAL + 1):
-        for each in closing:
-            with contextlib.suppress(Exception):
-                each.close()
-            with contextlib.suppress(Exception):  # (one stopped before distributed set it up whole raised here)
-                _instances(SpecCluster).discard(each)  # (a client: not there)
-
-
-def _close_at_the_end(client, cluster) -> None:
-    """Close a finished run's client and local cluster without distributed's WARNINGs: a worker slower than 4 s
-    to exit on a loaded machine had its nanny log "Worker process still alive after 4.0 seconds, killing" between
-    the run's last lines (seen in 1-2 of 3 two-worker batches here), which tells the user nothing to do.
-
-    The close runs in a thread of its own, which the caller waits for; a Ctrl-C meanwhile ends the cluster's
-    worker processes, gives the close :data:`_HURRIED_CLOSE` seconds more and is raised (:func:`_hurry`). Ctrl-C
-    had cancelled the close where it was (distributed's ``sync``), which left the cluster "closing" for good:
-    distributed's own close at exit waited for it 10 s (``close_clusters``' timeout) before the command ended."""
-    import logging
-    import threading
-
-    failed, closed = [], threading.Event()
-
-    def close():
-        try:
-            client.close()
-            cluster.close()
-        except BaseException as exc:  # (raised in the caller's thread below)
-            failed.append(exc)
-        finally:
-            closed.set()
-
-    with _distributed_logs_from(logging.ERROR):
-        threading.Thread(target=close, name="deconv3d cluster close", daemon=True).start()
-        try:  # (not Thread.join: one that Ctrl-C cuts short marks the thread as ended, in Python 3.11)
-            closed.wait()
-        except KeyboardInterrupt:
-            _hurry(closed, cluster)
-            raise
-    if failed:
-        raise failed[0]
-
-
-#: How long a cluster's close at the end of a run is waited for once Ctrl-C came, its worker processes ended.
-_HURRIED_CLOSE = 1.0
-
-
-def _hurry(closed, cluster) -> None:
-    """Ctrl-C came while a thread closed ``cluster`` at the end of a run (``closed``: an Event it sets as it ends):
-    end the cluster's worker processes (the run has finished: nothing of theirs is lost) and wait up to
-    :data:`_HURRIED_CLOSE` s for the close, distributed's logs held back. A close that has not finished by then is
-    left to end with the process, and distributed is not asked to close the cluster again at exit."""
-    import logging
-
-    from distributed.deploy.spec import SpecCluster
-
-    with _distributed_logs_from(logging.CRITICAL + 1):
-        _end_processes(_cluster_worker_processes(cluster))
-        closed.wait(_HURRIED_CLOSE)
-    if not closed.is_set():
-        _instances(SpecCluster).discard(cluster)
-
-
-def _end_processes(processes, grace: float = 0.5) -> None:
-    """Terminate the multiprocessing ``processes`` that are alive, and kill those that have not ended ``grace``
-    seconds later (their exits waited for on their sentinels)."""
-    from multiprocessing.connection import wait
-
-    alive = [process for process in processes if process.is_alive()]
-    for process in alive:
-        process.terminate()
-    wait([process.sentinel for process in alive], timeout=grace)
-    for process in alive:
-        if process.is_alive():
-            process.kill()
-
-
-@contextlib.contextmanager
-def _distributed_logs_from(level: int):
-    """Within this context distributed's stream handlers show only records of ``level`` or above.
-
-    They are filtered, not set to that level (distributed's ``silence_logging_cmgr``): a cluster's close gives
-    the handlers back the level it found (a cluster silences them to WARNING while it runs), and a level set
-    around it and given back afterwards left them at WARNING after the run (distributed's INFO lines hidden
-    from then on)."""
-    import logging
-
-    handlers = [h for h in logging.getLogger("distributed").handlers if isinstance(h, logging.StreamHandler)]
-
-    def at_level(record) -> bool:
-        return record.levelno >= level
-
-    for handler in handlers:
-        handler.addFilter(at_level)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(at_level)
 
 
 @contextlib.contextmanager
@@ -405,18 +289,6 @@ def _worker_processes(run: object) -> set:
     for cluster in list(_instances(SpecCluster)):
         if getattr(cluster, "_deconv3d_run", None) is run:
             found |= _cluster_worker_processes(cluster)
-    return found
-
-
-def _cluster_worker_processes(cluster) -> set:
-    """The multiprocessing processes of ``cluster``'s workers, started or starting: those of the nannies it has
-    created (distributed's private ``_created``, a nanny's ``process.process._process``; none where a version
-    lacks them, and the run then waits for its workers)."""
-    found = set()
-    for nanny in list(getattr(cluster, "_created", ())):
-        process = getattr(getattr(getattr(nanny, "process", None), "process", None), "_process", None)
-        if process is not None:
-            found.add(process)
     return found
 
 
