@@ -1,6 +1,6 @@
 """The close of a local cluster that :func:`deconv3d.pipeline.cluster.scheduler_client` started: at the end of a run
-(:func:`_close_at_the_end`) and on the way out of a stopped one (:func:`_close_quietly`), distributed's log lines
-held back as it closes."""
+(:func:`_close_at_the_end`) and on the way out of a stopped one (:func:`_close_quietly`), each run in a thread of its
+own that a Ctrl-C meanwhile cuts short (:func:`_hurry`), distributed's log lines held back as it closes."""
 
 from __future__ import annotations
 
@@ -20,66 +20,79 @@ def _close_quietly(*closing) -> None:
     distributed's log lines are held back meanwhile (a busy worker killed after 4 s: a nanny's
     WARNING), its errors are not raised, and no cluster is left for distributed to close again at
     exit. Stopped while its workers started, a run printed 29-50 lines of tracebacks after its own
-    line (an AssertionError at exit, "Nanny failed to start worker process")."""
+    line (an AssertionError at exit, "Nanny failed to start worker process"). A second Ctrl-C meanwhile
+    cuts the close short as at the end of a run (:func:`_closed_in_a_thread`)."""
     from distributed.deploy.spec import SpecCluster
 
-    with _distributed_logs_from(logging.CRITICAL + 1):
+    def close():
         for each in closing:
             with contextlib.suppress(Exception):
                 each.close()
             with contextlib.suppress(Exception):  # (one stopped before distributed set it up whole raised here)
                 _instances(SpecCluster).discard(each)  # (a client: not there)
 
+    _closed_in_a_thread(close, closing, logging.CRITICAL + 1)
+
 
 def _close_at_the_end(client, cluster) -> None:
     """Close a finished run's client and local cluster without distributed's WARNINGs: a worker slower than 4 s
     to exit on a loaded machine had its nanny log "Worker process still alive after 4.0 seconds, killing" between
-    the run's last lines (seen in 1-2 of 3 two-worker batches here), which tells the user nothing to do.
+    the run's last lines (seen in 1-2 of 3 two-worker batches here), which tells the user nothing to do. A Ctrl-C
+    meanwhile cuts the close short (:func:`_closed_in_a_thread`)."""
+    def close():
+        client.close()
+        cluster.close()
 
-    The close runs in a thread of its own, which the caller waits for; a Ctrl-C meanwhile ends the cluster's
-    worker processes, gives the close :data:`_HURRIED_CLOSE` seconds more and is raised (:func:`_hurry`). Ctrl-C
-    had cancelled the close where it was (distributed's ``sync``), which left the cluster "closing" for good:
-    distributed's own close at exit waited for it 10 s (``close_clusters``' timeout) before the command ended."""
+    _closed_in_a_thread(close, (cluster,), logging.ERROR)
+
+
+def _closed_in_a_thread(close, clusters, level: int) -> None:
+    """Run ``close()`` (which closes ``clusters``, and maybe clients) in a thread of its own and wait for it,
+    distributed's stream handlers showing only records of ``level`` or above meanwhile; what it raises is raised
+    here. A Ctrl-C meanwhile ends the clusters' worker processes, gives the close :data:`_HURRIED_CLOSE` seconds
+    more and is raised (:func:`_hurry`). Ctrl-C had cancelled the close where it was (distributed's ``sync``),
+    which left the cluster "closing" for good: distributed's own close at exit waited for it 10 s
+    (``close_clusters``' timeout) before the command ended."""
     import threading
 
     failed, closed = [], threading.Event()
 
-    def close():
+    def closing():
         try:
-            client.close()
-            cluster.close()
+            close()
         except BaseException as exc:  # (raised in the caller's thread below)
             failed.append(exc)
         finally:
             closed.set()
 
-    with _distributed_logs_from(logging.ERROR):
-        threading.Thread(target=close, name="deconv3d cluster close", daemon=True).start()
+    with _distributed_logs_from(level):
+        threading.Thread(target=closing, name="deconv3d cluster close", daemon=True).start()
         try:  # (not Thread.join: one that Ctrl-C cuts short marks the thread as ended, in Python 3.11)
             closed.wait()
         except KeyboardInterrupt:
-            _hurry(closed, cluster)
+            _hurry(closed, clusters)
             raise
     if failed:
         raise failed[0]
 
 
-#: How long a cluster's close at the end of a run is waited for once Ctrl-C came, its worker processes ended.
+#: How long a cluster's close is waited for once Ctrl-C came, its worker processes ended.
 _HURRIED_CLOSE = 1.0
 
 
-def _hurry(closed, cluster) -> None:
-    """Ctrl-C came while a thread closed ``cluster`` at the end of a run (``closed``: an Event it sets as it ends):
-    end the cluster's worker processes (the run has finished: nothing of theirs is lost) and wait up to
+def _hurry(closed, clusters) -> None:
+    """Ctrl-C came while a thread closed ``clusters`` (``closed``: an Event it sets as it ends): end their
+    worker processes (the run has finished or been stopped: nothing of theirs is wanted) and wait up to
     :data:`_HURRIED_CLOSE` s for the close, distributed's logs held back. A close that has not finished by then is
-    left to end with the process, and distributed is not asked to close the cluster again at exit."""
+    left to end with the process, and distributed is not asked to close the clusters again at exit."""
     from distributed.deploy.spec import SpecCluster
 
     with _distributed_logs_from(logging.CRITICAL + 1):
-        _end_processes(_cluster_worker_processes(cluster))
+        _end_processes(set().union(*map(_cluster_worker_processes, clusters)))
         closed.wait(_HURRIED_CLOSE)
     if not closed.is_set():
-        _instances(SpecCluster).discard(cluster)
+        for cluster in clusters:
+            _instances(SpecCluster).discard(cluster)
 
 
 def _end_processes(processes, grace: float = 0.5) -> None:
@@ -121,7 +134,7 @@ def _distributed_logs_from(level: int):
 def _cluster_worker_processes(cluster) -> set:
     """The multiprocessing processes of ``cluster``'s workers, started or starting: those of the nannies it has
     created (distributed's private ``_created``, a nanny's ``process.process._process``; none where a version
-    lacks them, and the run then waits for its workers)."""
+    lacks them, or for a client, and the run then waits for its workers)."""
     found = set()
     for nanny in list(getattr(cluster, "_created", ())):
         process = getattr(getattr(getattr(nanny, "process", None), "process", None), "_process", None)

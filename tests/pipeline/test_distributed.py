@@ -467,12 +467,13 @@ def _ctrl_c_once_a_worker_starts(preload, started, meanwhile=lambda: None) -> No
         signal.signal(signal.SIGINT, inherited)
 
 
-def test_ctrl_c_while_a_finished_run_closes_its_cluster_ends_the_workers_and_leaves_nothing_to_close_at_exit(
-        tmp_path):
+@pytest.mark.parametrize("run", ["finished", "stopped"])
+def test_ctrl_c_while_a_run_closes_its_cluster_ends_the_workers_and_leaves_nothing_to_close_at_exit(tmp_path, run):
     """Ctrl-C while a finished run's cluster closed cancelled the close where it was (distributed's ``sync``): the
     cluster stayed "closing", its workers ran on, and distributed's close at exit waited for it 10 s before
     ``batch --scheduler processes`` ended. The run now ends the workers and leaves no cluster unclosed for that
-    close. A user's preload whose teardown takes its time stands in for a worker slow to close."""
+    close; so does a second Ctrl-C while a stopped run's cluster closes (which went the old way, cancelled where it
+    was). A user's preload whose teardown takes its time stands in for a worker slow to close."""
     import signal
     import threading
     import time
@@ -499,6 +500,8 @@ def test_ctrl_c_while_a_finished_run_closes_its_cluster_ends_the_workers_and_lea
             with pytest.raises(KeyboardInterrupt):
                 with scheduler_client("processes", workers=1):
                     threading.Thread(target=ctrl_c_once_closing, daemon=True).start()
+                    if run == "stopped":
+                        raise KeyboardInterrupt  # (the first Ctrl-C: the run stops, and its cluster closes)
     finally:
         signal.signal(signal.SIGINT, inherited)
     assert not [c for c in SpecCluster._instances if c.status != Status.closed]  # (distributed's close at exit)
