@@ -273,11 +273,33 @@ def _start_with_sigint_blocked(thread) -> None:
 def _end_starting_workers(run: object, before: set) -> None:
     """Terminate the worker processes of the cluster marked ``run`` that were not running ``before`` (a set of
     :func:`multiprocessing.active_children`): a worker still starting, deaf to Ctrl-C, held its nanny's close
-    10 s."""
-    import multiprocessing
+    10 s. Those not started yet (or not yet made) are terminated as they start, by a thread that looks for them
+    every 10 ms for :data:`_LATE_STARTS` s: such a worker started all the same (distributed's thread starts it), and
+    its nanny's close waited for it to have started whole before ending it (7-11 s on this loaded machine, where a
+    Ctrl-C came as a worker's process was made but not started)."""
+    import threading
+    import time
 
-    for process in _worker_processes(run) & (set(multiprocessing.active_children()) - before):
-        process.terminate()
+    ended: set = set()
+
+    def end_started() -> None:
+        for process in _worker_processes(run) - before - ended:
+            if process.is_alive():
+                process.terminate()
+                ended.add(process)
+
+    def end_as_they_start():  # (a nanny may not have made its worker's process yet either: looked for throughout)
+        deadline = time.monotonic() + _LATE_STARTS
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+            end_started()
+
+    end_started()
+    threading.Thread(target=end_as_they_start, name="deconv3d late worker ends", daemon=True).start()
+
+
+#: How long after a Ctrl-C while its workers start a run's worker processes not started yet are ended as they start.
+_LATE_STARTS = 5.0
 
 
 def _worker_processes(run: object) -> set:

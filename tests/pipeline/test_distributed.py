@@ -412,6 +412,44 @@ def test_ctrl_c_while_a_worker_starts_stops_that_worker(tmp_path):
     assert not finished.exists()
 
 
+def test_ctrl_c_before_a_worker_s_process_starts_ends_it_as_it_starts(tmp_path):
+    """A worker whose process was made but not started at the Ctrl-C was not ended: distributed's thread started it
+    all the same, and its nanny's close waited for it to have started whole (its preloads run) before ending it,
+    7-11 s on a loaded machine. It is now ended as it starts, before its preloads run."""
+    import signal
+    import threading
+    import time
+
+    import dask
+    from distributed.deploy.spec import SpecCluster
+
+    started = tmp_path / "started"
+    (tmp_path / "mark_start.py").write_text(
+        "import pathlib\n"
+        "def dask_setup(worker):\n"
+        f"    pathlib.Path({str(started)!r}).write_text('')\n")
+
+    def ctrl_c_once_a_process_is_made():
+        while True:
+            for cluster in list(SpecCluster._instances):
+                for nanny in list(getattr(cluster, "_created", ())):
+                    process = getattr(getattr(nanny, "process", None), "process", None)
+                    if getattr(process, "_process", None) is not None and process._process.pid is None:
+                        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                        return
+            time.sleep(0.0005)
+
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=ctrl_c_once_a_process_is_made, daemon=True).start()
+        with dask.config.set({"distributed.worker.preload": [str(tmp_path / "mark_start.py")]}):
+            with pytest.raises(KeyboardInterrupt), scheduler_client("processes", workers=1):
+                pass
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    assert not started.exists()
+
+
 def test_ctrl_c_while_a_worker_starts_leaves_other_processes_be(tmp_path):
     """Found by the review of this stop's diff: stopped while its workers started, the run ended every
     multiprocessing child this process had started since it began building its cluster, a user's own (or
