@@ -284,7 +284,7 @@ def _end_starting_workers(run: object, before: set) -> None:
 
     def end_started() -> None:
         for process in _worker_processes(run) - before - ended:
-            if process.is_alive():
+            if process.pid is not None:  # (started; not is_alive(), whose wait could reap it before distributed's)
                 process.terminate()
                 ended.add(process)
 
