@@ -113,31 +113,33 @@ def _finite(value) -> float | None:
 _IJ_STRAIGHT_LINE, _IJ_NONE = 0, 20
 
 
-def imagej_calibration(tif: tifffile.TiffFile, dtype, path) -> tuple[float, float] | None:
+def imagej_calibration(tif: tifffile.TiffFile, dtype, path, what: str = "image") -> tuple[float, float] | None:
     """``(offset, scale)`` of an ImageJ file's linear intensity calibration: the values Fiji shows
     are ``offset + scale * stored``. Fiji keeps signed 16-bit data (a DeltaVision file opened with
     Bio-Formats) as unsigned with ``cf=0 c0=-32768 c1=1``: read raw, every value is 32768 too
     high. None for no calibration, for the identity and for float data (ImageJ calibrates only
     8- and 16-bit images; converting to 32-bit applies the calibration to the values). Another
-    function (a polynomial, optical density) is refused: deconvolution needs linear values.
+    function (a polynomial, optical density) is refused: deconvolution needs linear values. The refusal is
+    about the file ``path``, read as ``what`` (``"image"``, ``"PSF"``), as :func:`deconv3d._tiff_checks._refusal`
+    words it: an image's is said of "the image" too (a batch's line names the file before the reason), a PSF's not.
     """
-    from deconv3d.errors import InputError
+    from deconv3d._tiff_checks import _refusal as refusal
 
     ij = tif.imagej_metadata or {}
     function = ij.get("cf")
     if function is None or function == _IJ_NONE or not np.issubdtype(np.dtype(dtype), np.integer):
         return None
     if function != _IJ_STRAIGHT_LINE:
-        raise InputError(f"{path} has an ImageJ intensity calibration (function {function}) that is not a straight "
-                         "line: deconvolution needs values linear in the light; remove it in Fiji (Analyze > "
-                         "Calibrate..., Function: None) and save again")
+        raise refusal(lambda name: f"{name} has an ImageJ intensity calibration (function {function}) that is not a "
+                      "straight line: deconvolution needs values linear in the light; remove it in Fiji (Analyze > "
+                      "Calibrate..., Function: None) and save again", path, what)
     try:
         offset, scale = float(ij.get("c0", 0.0)), float(ij.get("c1", 1.0))
     except (TypeError, ValueError):
         offset = scale = float("nan")
     if not (math.isfinite(offset) and math.isfinite(scale) and scale != 0):
-        raise InputError(f"{path} has an ImageJ intensity calibration with coefficients c0={ij.get('c0')!r}, "
-                         f"c1={ij.get('c1')!r}: fix or remove it in Fiji (Analyze > Calibrate...)")
+        raise refusal(lambda name: f"{name} has an ImageJ intensity calibration with coefficients c0={ij.get('c0')!r}, "
+                      f"c1={ij.get('c1')!r}: fix or remove it in Fiji (Analyze > Calibrate...)", path, what)
     return None if (offset, scale) == (0.0, 1.0) else (offset, scale)
 
 

@@ -82,13 +82,14 @@ def check_assumed_z_step(source, voxel, warnings: list | None = None) -> None:
     below :data:`LEAST_ASSUMED_Z_STEP`, a file in nanometres, or above :data:`NANOMETRE_LIKE`, a file
     in millimetres or centimetres (which was refused as "looks like nanometres: the file's unit is
     wrong", where its pixel sizes were right and the z step missing), and warn of any other
-    (:func:`assumed_z_step_warning`, into ``warnings``). Called before :func:`refuse_nanometres`."""
-    from deconv3d.errors import warn
+    (:func:`assumed_z_step_warning`, into ``warnings``; said of "the image" too, for a batch's row). Called
+    before :func:`refuse_nanometres`."""
+    from deconv3d.errors import warning_naming_image
 
     if implausible_assumed_z_step(source, voxel[0]):
         raise naming_image(lambda image: f"{implausible_assumed_z_step(image, voxel[0])}: pass --voxel-size DZ DY DX "
                            "(in µm), or record the z step in the file (Fiji: Image > Properties)", source)
-    warn(assumed_z_step_warning(source, voxel), warnings)
+    warning_naming_image(lambda image: assumed_z_step_warning(image, voxel), source, warnings)
 
 
 def implausible_assumed_z_step(source, z: float) -> str | None:

@@ -34,7 +34,7 @@ class InputError(ValueError):
     ``without_file``: where the message names the input file (as ``a.tif is 2D``), the same message
     said of "the image" without its name (``the image is 2D``), set by the code that builds it
     (:func:`naming_image`); None where it is not given. A batch's lines name the file before the reason
-    (:func:`deconv3d.pipeline.batch_file_run._reason`).
+    (:func:`deconv3d.pipeline.batch_file_run._reason`), and give this text where it is set, else the message.
     """
 
     without_file: str | None = None
@@ -69,21 +69,6 @@ def refusing_image(refuse, name) -> None:
             except InputError as said:
                 exc.without_file = str(said)
         raise
-
-
-def said_of_the_image(text: str, *names) -> str:
-    """``text`` said of "the image" where it names the input file by one of ``names`` (its path as given,
-    its absolute path): ``image NAME``, ``the image NAME``, ``input NAME``, ``input image NAME`` and ``NAME`` alike
-    (``IN/b.tif was changed during the run`` -> ``the image was changed during the run``), and as "it" after
-    "cannot read" or "cannot open" (``cannot read it as a TIFF image``). For a line that a batch gives under
-    the file's name (a failure's reason, a warning in the file's row) where the code that builds the message
-    cannot say it so itself (:func:`naming_image`). A name is replaced where it stands as a whole path only:
-    ``b.tif`` is left in ``OUT/b.tif`` and ``ab.tif``."""
-    for name in sorted({str(n) for n in names if n}, key=len, reverse=True):
-        whole = rf"(?<![\w./\\-]){re.escape(name)}(?![\w/\\~-]|\.\w)"  # (b.tif~ is another file)
-        text = re.sub(rf"(?<=\bcannot read |\bcannot open ){whole}", "it", text)
-        text = re.sub(rf"(?:\b(?:the )?(?:input (?:image )?|image ))?{whole}", "the image", text)
-    return text
 
 
 class BeyondFloat32(InputError):

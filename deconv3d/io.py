@@ -126,7 +126,7 @@ def _read_tiff(path, what: str) -> Image:
     try:
         with _tifffile_log() as log:
             with open_tiff(path, what) as (tif, series, _):
-                calibration = imagej_calibration(tif, series.dtype, _named(path, what, bare=True))
+                calibration = imagej_calibration(tif, series.dtype, path, what)
                 data = series.asarray()
                 file_axes = series.axes
                 voxel = _voxel_size_um(tif, series)

@@ -247,16 +247,13 @@ class _BatchWarnings:
 
     def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
         from deconv3d._paths import path_text, recorded_path
-        from deconv3d.errors import said_of_the_image
-        from deconv3d.pipeline.row_warnings import file_names
 
         text = warning_text(message)
         kind = text
         if self.file is not None:  # (the row names the file: its warnings say "the image")
             without_file = getattr(message, "command_line_without_file", None) or \
                 getattr(message, "without_file", None)
-            self.by_file.setdefault(recorded_path(self.file), []).append(
-                path_text(without_file or said_of_the_image(text, *file_names(self.file))))
+            self.by_file.setdefault(recorded_path(self.file), []).append(path_text(without_file or text))
             kind = text.replace(str(self.file), "\0").replace(self.file.name, "\0")
         if text in self.printed or (kind != text and self.kinds.get(kind, 0) >= WARNINGS_SHOWN):
             return

@@ -46,7 +46,7 @@ def open_lazy(path, omero_warning: bool = True) -> LazyImage:
     if not path.exists():
         raise InputError(f"input not found: {path}: check the path", without_file="not found: check the path")
     if (problem := special_file_problem(path)) is not None:  # (before opening: a named pipe's waited forever)
-        raise InputError(problem)
+        raise InputError(problem, without_file=special_file_problem(path, name="the image"))
     suffix = path.suffix.lower()
     if suffix == ZARR_SUFFIX or is_zarr_folder(path):
         return _open_ome_zarr(path, omero_warning=omero_warning)

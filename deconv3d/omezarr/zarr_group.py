@@ -28,8 +28,9 @@ def _image_group(path: Path):
     group = _open_group(path)
     series = _series_of(path, dict(group.attrs))
     if len(series) > 1:  # OME-NGFF: readers SHOULD tell that there is more than one image
-        raise InputError(f"{path} holds {len(series)} images (bioformats2raw series {', '.join(series[:5])}"
-                         f"{', ...' if len(series) > 5 else ''}): give one, e.g. {path / series[0]}")
+        raise naming_image(lambda image: f"{image} holds {len(series)} images (bioformats2raw series "
+                           f"{', '.join(series[:5])}{', ...' if len(series) > 5 else ''}): give one, e.g. "
+                           f"{path / series[0]}", path)
     if series:
         return _open_group(path / series[0]), path / series[0]
     return group, path

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 from deconv3d._paths import check_name_length, special_file_problem
-from deconv3d.errors import InputError, NonFiniteValues, naming_image, said_of_the_image
+from deconv3d.errors import InputError, NonFiniteValues, naming_image
 from deconv3d.pipeline.completion_records import (input_state, outputs_written, read_completion_record,
                                                   write_json_atomic)
 from deconv3d.pipeline.locks import note_writer
 from deconv3d.pipeline.records import path_text
-from deconv3d.pipeline.row_warnings import file_names, warnings_into
+from deconv3d.pipeline.row_warnings import warnings_into
 from deconv3d.pipeline.settings import Settings
 from deconv3d.pipeline.settings_checks import _many
 
@@ -91,7 +91,7 @@ def _record_finished(path, output, record, names, state, digest, settings_hash) 
 def _run_one(path, output, digest, process_one, row, finish, start) -> None:
     """Run ``process_one`` with its warnings into the row; interrupted as the output was put in place,
     record it finished (``finish``) before the interruption goes on."""
-    with warnings_into(row, path):
+    with warnings_into(row):
         try:
             process_one(path, output, digest)
         except KeyboardInterrupt as exc:
@@ -132,10 +132,7 @@ def _check_unchanged(shared: dict, settings: Settings, path: Path) -> None:
 def _reason(exc: Exception, path=None) -> str:
     """A failed file's reason in one line: an OS error as "FILE: what happened" (not "[Errno 28] ..."; FILE left
     out where it is the input ``path``, which the line names); a refusal that names the input file as said of
-    "the image" (``without_file``), as the line names the file, and where the refusal has none (built by a
-    reader: a voxel unit it cannot read, a file it cannot open, an input changed during the run; a PSF changed
-    while it was processed), its line with the input ``path``, as given or absolute, said so
-    (:func:`~deconv3d.errors.said_of_the_image`)."""
+    "the image" (``without_file``, set where it is worded), as the line names the file; any other as it is."""
     from deconv3d._paths import out_of_space
 
     if isinstance(exc, OSError) and exc.strerror:  # (not "IN/b.tif: IN/b.tif: No such file or directory")
@@ -147,7 +144,4 @@ def _reason(exc: Exception, path=None) -> str:
         return exc.line(with_file=False)
     if isinstance(exc, InputError) and exc.without_file:  # (as said of "the image": not naming it twice)
         return " ".join(exc.without_file.split())
-    text = str(exc)
-    if isinstance(exc, InputError) and path is not None:
-        text = said_of_the_image(text, *file_names(path))
-    return " ".join(text.split()) or type(exc).__name__
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from deconv3d._paths import path_text
-from deconv3d.errors import InputError, warn
+from deconv3d.errors import naming_image, warning_naming_image
 
 
 def _default_configs(settings, ndim: int):
@@ -39,8 +39,8 @@ def train_on_image(lazy, psf, voxel, settings, trainer=None, memory_limit=None):
         config, unet = _default_configs(settings, image.ndim)
         result = train(image, psf, config=config, unet=unet, device=settings.run_device, voxel_size=voxel)
         if result.reason == "non-finite loss":
-            raise InputError(f"training on {name} diverged at step {result.steps_done} (non-finite loss): check "
-                             "the PSF")
+            raise naming_image(lambda image: f"training on {image} diverged at step {result.steps_done} (non-finite "
+                               "loss): check the PSF", name)
     else:
         result = trainer(image, psf, voxel)
     del image
@@ -56,12 +56,13 @@ def _refuse_untrainable(lazy, memory_limit) -> list:
     name = path_text(lazy.path)
     lead = [n for a, n in zip(lazy.axes, lazy.data.shape) if a in "TC"]
     if any(n > 1 for n in lead):
-        raise InputError(f"{name} has axes {lazy.axes} of shape {lazy.data.shape}: training on the image takes one "
-                         f"channel and time point; {_retrain_hint(lazy)}")
+        raise naming_image(lambda image: f"{image} has axes {lazy.axes} of shape {lazy.data.shape}: training on the "
+                           f"image takes one channel and time point; {_retrain_hint(lazy)}", name)
     size = 4 * math.prod(lazy.data.shape)
     if memory_limit is not None and 4 * size > parse_memory(memory_limit):
-        raise InputError(f"training on {name} holds it in memory ({format_bytes(size)} as float32), too much for "
-                         f"--memory-limit {memory_limit}: train on a crop with 'deconv3d train', then pass --model")
+        raise naming_image(lambda image: f"training on {image} holds it in memory ({format_bytes(size)} as "
+                           f"float32), too much for --memory-limit {memory_limit}: train on a crop with 'deconv3d "
+                           "train', then pass --model", name)
     return lead
 
 
@@ -128,21 +129,25 @@ def intensity_statistics(data, axes: str) -> list[tuple[float, float, bool]]:
 
 
 def warn_of_another_scale(trained, lazy, warnings: list | None) -> None:
-    """Warn (:func:`deconv3d.errors.warn`) when a channel of ``lazy`` is on another intensity scale
-    than the image ``trained`` (a network, or a list of one per channel) was trained on, as an
-    in-memory run warns (:func:`deconv3d.selfsup.scale_mismatch`), from :func:`intensity_statistics`."""
+    """Warn (:func:`deconv3d.errors.warning_naming_image`: said of "the image" too, for a batch's row) when a
+    channel of ``lazy`` is on another intensity scale than the image ``trained`` (a network, or a list of one per
+    channel) was trained on, as an in-memory run warns (:func:`deconv3d.selfsup.scale_mismatch`), from
+    :func:`intensity_statistics`."""
     from deconv3d.selfsup import scale_mismatch
 
     name = path_text(lazy.path)
     networks = trained if isinstance(trained, list) else [trained]
     statistics = intensity_statistics(lazy, lazy.axes)
     for c, (mean, std, sampled) in enumerate(statistics):
-        subject = (f"{name}'s intensities" if len(statistics) == 1 else f"the intensities of {name}'s channel {c}") \
-            + (" in a sample" if sampled else "")
         # (one network per channel given: the one to redo is this channel's, not a network per channel)
         retrain = (f"train channel {c}'s network again with 'deconv3d train' on one time point of that channel saved "
                    "as a TIFF, then give it in its place among the --model files" if len(networks) > 1
                    else _retrain_hint(lazy))
-        message = scale_mismatch(networks[c % len(networks)], mean, std, subject, retrain=retrain)
-        if message:
-            warn(f"deconv3d: warning: {message}", warnings)
+
+        def message(image):  # (said of the file's name, and of "the image" for a batch's row)
+            subject = (f"{image}'s intensities" if len(statistics) == 1 else
+                       f"the intensities of {image}'s channel {c}") + (" in a sample" if sampled else "")
+            return scale_mismatch(networks[c % len(networks)], mean, std, subject, retrain=retrain)
+
+        if message(name):
+            warning_naming_image(lambda image: f"deconv3d: warning: {message(image)}", name, warnings)

@@ -27,18 +27,15 @@ still shown, and listed, once per file.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import warnings
-from pathlib import Path
 
 from deconv3d._paths import path_text
-from deconv3d.errors import WARNINGS_LOCK, always_show_own_warnings, said_of_the_image
+from deconv3d.errors import WARNINGS_LOCK, always_show_own_warnings
 
 _ROWS_LOCK = threading.Lock()  # around _ROWS (the dispatcher takes only this one)
-#: A thread's id -> (warnings list, hook, names) of the rows listening in it, the innermost last: the hook
-#: in place in that thread when the row began (a caller's catch_warnings(record=True) recorder), and the
-#: names of the row's input file that its warnings say as "the image" (:func:`warnings_into`).
+#: A thread's id -> (warnings list, hook) of the rows listening in it, the innermost last: the hook
+#: in place in that thread when the row began (a caller's catch_warnings(record=True) recorder).
 _ROWS: dict[int, list[tuple]] = {}
 _replaced = warnings.showwarning  # the hook in place when the first row began: put back after the last
 #: A thread's id -> the hook of its last row to end while other threads' rows listened, and the
@@ -63,40 +60,33 @@ def _dispatch(message, category, filename, lineno, file=None, line=None) -> None
         own = _ROWS.get(threading.get_ident())
         listening = [rows[-1] for rows in _ROWS.values()]
         row = own[-1] if own else listening[0] if len(listening) == 1 else None
-        if row is not None:  # (listed, hook, names)
-            row[0].append(path_text(getattr(message, "without_file", None)
-                                    or said_of_the_image(str(message), *row[2])))
+        if row is not None:  # (listed, hook)
+            row[0].append(path_text(getattr(message, "without_file", None) or str(message)))
         hook = own[-1][1] if own else _replaced
     hook(message, category, filename, lineno, file, line)
 
 
 @contextlib.contextmanager
-def warnings_into(row: dict, file=None):
+def warnings_into(row: dict):
     """Add the text of each warning shown while the block runs (in this thread, or in another thread
     while no other row listens) to ``row["warnings"]``, and show it as before, through the caller's
     ``warnings.showwarning`` (a GUI's hook, ``catch_warnings``' recorder, the command line's). The
-    caller's warning filters decide which are shown, and so listed ("ignore": none). Where a warning names
-    the row's input ``file`` (as given, or by its absolute path), the row lists it said of "the image"
-    (:func:`~deconv3d.errors.said_of_the_image`): the row names the file (``in/b.tif carries no voxel size``
-    is listed as ``the image carries no voxel size``); it is shown as it was. The warning's ``without_file``
-    (:class:`~deconv3d.errors.Deconv3dWarning`), where the code that words it sets one, is that text."""
+    caller's warning filters decide which are shown, and so listed ("ignore": none). Where the code that
+    words a warning about the input file sets its text said of "the image" (the warning's ``without_file``:
+    :class:`~deconv3d.errors.Deconv3dWarning`), the row lists that text, as the row names the file
+    (``in/b.tif carries no voxel size`` is listed as ``the image carries no voxel size``); it is shown as it
+    was."""
     listed, thread = row["warnings"], threading.get_ident()
-    _start_listing(listed, thread, file_names(file))
+    _start_listing(listed, thread)
     try:
         yield
     finally:
         _stop_listing(listed, thread)
 
 
-def file_names(file) -> tuple:
-    """The names a warning may give the input ``file`` by (none for None): the path as given, and absolute."""
-    return () if file is None else (file, Path(file), os.path.abspath(file))
-
-
-def _start_listing(listed: list, thread: int, names: tuple = ()) -> None:
+def _start_listing(listed: list, thread: int) -> None:
     """Register ``listed`` as the list of a row of ``thread``, with the hook its warnings are shown
-    through and the ``names`` of its input, and put :func:`_dispatch` in place (the first row: also the
-    filter of deconv3d's own)."""
+    through, and put :func:`_dispatch` in place (the first row: also the filter of deconv3d's own)."""
     global _replaced
     with WARNINGS_LOCK:  # (not inside a library's catch_warnings block, which would undo it)
         with _ROWS_LOCK:
@@ -112,7 +102,7 @@ def _start_listing(listed: list, thread: int, names: tuple = ()) -> None:
             # Python's) took that one instead, and the first row's end put it back for good.
             if first:
                 _replaced = hook
-            _ROWS.setdefault(thread, []).append((listed, hook, names))
+            _ROWS.setdefault(thread, []).append((listed, hook))
         warnings.showwarning = _dispatch
         if first:
             _show_own_always()

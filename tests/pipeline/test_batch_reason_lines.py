@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import run
-from deconv3d.errors import BeyondFloat32, InputError, naming_image, said_of_the_image
+from deconv3d.errors import BeyondFloat32, InputError, naming_image
 from deconv3d.io import write_tiff
 from .conftest import gaussian_psf
 
@@ -170,10 +170,9 @@ def test_a_single_deconvolve_names_an_input_the_readers_refuse_as_given(unreadab
 
 def test_an_input_changed_during_its_run_is_named_once_in_a_batch(tmp_path, capsys, monkeypatch):
     """Before: 'failed  IN/b.tif: /ABSOLUTE/IN/b.tif was changed, moved or deleted during the run ...'. A single
-    deconvolve's line is as it was. The batch's line comes from the refusal's without_file, not from rewording
-    its line (said_of_the_image is made to change nothing)."""
+    deconvolve's line is as it was. The batch's line comes from the refusal's without_file."""
     import deconv3d.pipeline.files as files
-    from deconv3d.pipeline import batch_file_run, chunked
+    from deconv3d.pipeline import chunked
 
     monkeypatch.chdir(tmp_path)
     write_tiff(tmp_path / "psf.tif", gaussian_psf((5, 5, 5)), voxel_size=VOXEL)
@@ -196,7 +195,6 @@ def test_an_input_changed_during_its_run_is_named_once_in_a_batch(tmp_path, caps
 
     monkeypatch.setattr(chunked, "_apply", rewritten_as_b_runs)
     monkeypatch.setattr(files, "deconvolve_file", noting)
-    monkeypatch.setattr(batch_file_run, "said_of_the_image", _verbatim)  # (the refusal says "the image" itself)
     changed = ("was changed, moved or deleted during the run: nothing was written; run again once the image is "
                "complete and left in place")
     code, out, err = run(["batch", "IN", "-o", "OUT", "--psf", "psf.tif", "--method", "wiener"], capsys)
@@ -214,21 +212,6 @@ def test_a_beyond_float32_refusal_keeps_its_fields_through_pickling():
     for again in (pickle.loads(pickle.dumps(refusal)), copy.copy(refusal)):
         assert type(again) is BeyondFloat32 and str(again) == str(refusal) == f"image /abs/a.tif {HUGE}"
         assert again.said_of("the image") == f"the image {HUGE}"
-
-
-@pytest.mark.parametrize("text, said", [
-    ("IN/b.tif is a bare zarr array", "the image is a bare zarr array"),
-    ("image /abs/IN/b.tif has complex values", "the image has complex values"),
-    ("larger than the image IN/b.tif (2, 24, 24)", "larger than the image (2, 24, 24)"),
-    ("input IN/b.tif is a named pipe", "the image is a named pipe"),
-    ("the input image IN/b.tif and input image /abs/IN/b.tif", "the image and the image"),  # (not "input the image")
-    ("IN/b.tif~ is a backup of IN/b.tif", "IN/b.tif~ is a backup of the image"),
-    ("cannot read IN/b.tif as a TIFF image", "cannot read it as a TIFF image"),
-    ("IN/b.tif's voxels; OUT/IN/b.tif, IN/b.tiff, xIN/b.tif and IN/b.tif.json", "the image's voxels; OUT/IN/b.tif, "
-     "IN/b.tiff, xIN/b.tif and IN/b.tif.json"),
-])
-def test_a_line_is_said_of_the_image_where_it_names_the_input_by_its_whole_path(text, said):
-    assert said_of_the_image(text, "IN/b.tif", "/abs/IN/b.tif") == said
 
 
 def test_an_input_gone_before_its_run_is_named_once_in_a_batch(tmp_path, capsys, monkeypatch):
@@ -252,23 +235,13 @@ def test_an_input_gone_before_its_run_is_named_once_in_a_batch(tmp_path, capsys,
         "[1/2] done    IN/a.tif", "[2/2] failed  IN/b.tif: No such file or directory"], out + err
 
 
-def _verbatim(text, *names):
-    return text
-
-
-def test_the_readers_refusals_and_warnings_say_the_image_themselves(unreadable, capsys, monkeypatch):
-    """The batch's lines and rows above, with the fallback that rewords a line naming the input
-    (said_of_the_image) made to change nothing: each reader's refusal and each warning about the input
-    carries its text said of "the image" (without_file), set where it is worded."""
+def test_the_readers_refusals_and_warnings_say_the_image_themselves(unreadable, capsys):
+    """The batch's lines and rows above: each reader's refusal and each warning about the input carries its
+    text said of "the image" (without_file), set where it is worded."""
     import tifffile
-
-    from deconv3d.pipeline import batch_file_run, row_warnings
 
     tifffile.imwrite(unreadable / "IN" / "neg.tif", np.random.default_rng(1).uniform(-1, 0.5, (8, 24, 24))
                      .astype(np.float32))
-    for module in (batch_file_run, row_warnings):
-        monkeypatch.setattr(module, "said_of_the_image", _verbatim)
-    monkeypatch.setattr("deconv3d.errors.said_of_the_image", _verbatim)  # (cli/batch.py imports it when called)
     code, out, err = run(["batch", "IN", "-o", "OUT", "--psf", "psf.tif", "--method", "wiener"], capsys)
     assert code == 3, err
     lines = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("[")]

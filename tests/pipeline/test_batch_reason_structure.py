@@ -1,7 +1,7 @@
 """Each reader's refusal of an input gives a batch its reason said of "the image" itself (InputError.without_file,
-set where it is worded), not by the fallback that rewords a line naming the input's path (said_of_the_image, made
-to change nothing here). The folder's name has spaces and brackets; a single deconvolve's lines are checked in
-test_batch_reason_lines and the reader's own tests."""
+set where it is worded; nothing rewords a line that names the input's path), and so does each warning about the
+input in the input's row (Deconv3dWarning.without_file). The folder's name has spaces and brackets; a single
+deconvolve's lines are checked in test_batch_reason_lines and the reader's own tests."""
 
 import contextlib
 import io
@@ -55,15 +55,23 @@ REASONS = {
     "rgb.tif": "the image is an RGB/colour image (axes YXS): convert it to greyscale or split the channels and keep one "
                "(Fiji: Image > Color > Split Channels)",
     "text.zarr": "the image has non-numeric values (dtype <U1): save it as numbers (integers or floats)",
+    "cal_poly.tif": "the image has an ImageJ intensity calibration (function 1) that is not a straight line: "
+                    "deconvolution needs values linear in the light; remove it in Fiji (Analyze > Calibrate..., "
+                    "Function: None) and save again",
+    "cal_bad.tif": "the image has an ImageJ intensity calibration with coefficients c0=-32768.0, c1=0.0: fix or remove "
+                   "it in Fiji (Analyze > Calibrate...)",
 }
 if hasattr(os, "mkfifo"):
     REASONS["pipe.tif"] = "the image is a named pipe, not a regular file: save the image to a file and give that"
-#: Each input that runs with a warning about its time unit, and that warning in its row (the file's name left out).
-TIME_UNITS = {
+#: Each input that runs with a warning about it (its time unit, its z step), and that warning in its row (the file's
+#: name left out).
+ROW_WARNINGS = {
     "fortnight.tif": "the image records its time step in 'fortnight', a unit deconv3d cannot name: the t axis keeps "
                      "the step 2.5 without a unit (use sec, min, hr, day, ms, us or ns)",
     "frame.zarr": "the image records its time step in 'frame', a unit deconv3d cannot name: the t axis keeps the step "
                   "2.5 without a unit (use second, minute, hour, millisecond, microsecond or nanosecond)",
+    "noz.tif": "the image records no z step, so ImageJ's default is taken, as Fiji takes it: 1 µm (the voxel size the "
+               "run and its output take); pass --voxel-size DZ DY DX if its planes are not 1 µm apart",
 }
 
 
@@ -128,6 +136,12 @@ def _tiffs(folder, volume):
     tifffile.imwrite(folder / "fortnight.tif", np.stack([volume, volume]), imagej=True,
                      metadata={"axes": "TZYX", "finterval": 2.5, "tunit": "fortnight", "spacing": VOXEL[0]},
                      resolution=(1 / VOXEL[1], 1 / VOXEL[2]))
+    tifffile.imwrite(folder / "noz.tif", volume, imagej=True, resolution=(10, 10),
+                     metadata={"unit": "um", "axes": "ZYX"})
+    for name, calibration in (("cal_poly.tif", {"cf": 1, "c2": 0.1}), ("cal_bad.tif", {"c1": 0.0})):
+        tifffile.imwrite(folder / name, np.full(volume.shape, 32868, np.uint16), imagej=True, resolution=(10, 10),
+                         metadata={"axes": "ZYX", "spacing": 0.3, "unit": "um", "cf": 0, "c0": -32768.0, "c1": 1.0,
+                                   **calibration})
 
 
 def _zarrs_of_other_kinds(folder, volume):
@@ -156,10 +170,9 @@ def _zarrs_of_other_kinds(folder, volume):
 
 @pytest.fixture(scope="module")
 def batch_lines(tmp_path_factory):
-    """The batch's lines over a folder of one input of each of REASONS (and a.tif and those of TIME_UNITS, which
-    run), with said_of_the_image made to change nothing: the printed lines, and each report row by name."""
+    """The batch's lines over a folder of one input of each of REASONS (and a.tif and those of ROW_WARNINGS, which
+    run): the printed lines, and each report row by name."""
     from deconv3d.cli import main
-    from deconv3d.pipeline import batch_file_run, row_warnings
 
     root = tmp_path_factory.mktemp("reasons")
     folder = root / FOLDER
@@ -175,9 +188,6 @@ def batch_lines(tmp_path_factory):
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         patch.chdir(root)
-        for module in (batch_file_run, row_warnings):
-            patch.setattr(module, "said_of_the_image", lambda text, *names: text)
-        patch.setattr("deconv3d.errors.said_of_the_image", lambda text, *names: text)  # (cli/batch.py's, when called)
         code = main(["batch", FOLDER, "-o", "OUT", "--psf", "psf.tif", "--method", "wiener"])
     assert code == 3, err.getvalue()
     said = {"out": out.getvalue().splitlines(), "err": err.getvalue().splitlines()}
@@ -194,13 +204,13 @@ def test_a_batch_line_says_the_refused_input_is_the_image(batch_lines, name):
     assert rows[name]["reason"] == REASONS[name]
 
 
-@pytest.mark.parametrize("name", sorted(TIME_UNITS))
-def test_a_time_unit_without_a_name_is_listed_in_the_row_of_the_image(batch_lines, name):
-    """Its line names the file as the batch gives it (a TIFF's named its base name alone, so that the row, too, kept
-    "fortnight.tif records its time step ..."); its row says "the image"."""
+@pytest.mark.parametrize("name", sorted(ROW_WARNINGS))
+def test_a_warning_about_the_input_is_listed_in_the_row_of_the_image(batch_lines, name):
+    """Its line names the file as the batch gives it (a TIFF's time unit named its base name alone, so that the
+    row, too, kept "fortnight.tif records its time step ..."); its row says "the image"."""
     said, rows = batch_lines
-    assert rows[name]["status"] == "done" and rows[name]["warnings"] == [TIME_UNITS[name]], rows[name]
-    assert f"deconv3d: warning: {FOLDER}/{name} {TIME_UNITS[name].removeprefix('the image ')}" in said["err"]
+    assert rows[name]["status"] == "done" and rows[name]["warnings"] == [ROW_WARNINGS[name]], rows[name]
+    assert f"deconv3d: warning: {FOLDER}/{name} {ROW_WARNINGS[name].removeprefix('the image ')}" in said["err"]
 
 
 def test_a_psf_changed_during_a_files_run_is_said_of_the_image():
@@ -212,7 +222,6 @@ def test_a_psf_changed_during_a_files_run_is_said_of_the_image():
             "is now")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(batch_file_run, "_shared_hashes", lambda settings: {"psf.tif": "new"})
-        patch.setattr(batch_file_run, "said_of_the_image", lambda text, *names: text)  # (said so by the refusal)
         with pytest.raises(InputError) as refused:
             batch_file_run._check_unchanged({"psf.tif": "old"}, settings, f"{FOLDER}/b.tif")
         assert str(refused.value) == f"psf.tif changed while {FOLDER}/b.tif {tail}"
@@ -232,3 +241,47 @@ def test_a_model_voxel_size_taken_for_an_input_warns_of_the_image_too():
     assert warning.command_line == f"{FOLDER}/b.tif {said.format('--voxel-size DZ DY DX')}"
     assert warning.command_line_without_file == f"the image {said.format('--voxel-size DZ DY DX')}"
     assert warning.without_file == f"the image {said.format('voxel_size DZ DY DX')}"
+
+
+def test_a_psf_s_intensity_calibration_is_refused_of_the_psf_only(tmp_path):
+    """The calibration check words its refusal for an image and a PSF alike: a PSF's carries no text said of "the
+    image", which a batch's line would have given as the input's."""
+    import tifffile
+
+    from deconv3d.errors import InputError
+    from deconv3d.io import read_image, read_psf
+
+    tifffile.imwrite(tmp_path / "cal.tif", np.full((4, 8, 8), 32868, np.uint16), imagej=True,
+                     metadata={"spacing": 0.3, "unit": "um", "cf": 1, "c0": -32768.0, "c1": 1.0})
+    said = ("has an ImageJ intensity calibration (function 1) that is not a straight line: deconvolution needs values "
+            "linear in the light; remove it in Fiji (Analyze > Calibrate..., Function: None) and save again")
+    for read, line, without_file in ((read_image, f"{tmp_path / 'cal.tif'} {said}", f"the image {said}"),
+                                     (read_psf, f"PSF {tmp_path / 'cal.tif'} {said}", None)):
+        with pytest.raises(InputError) as refused:
+            read(tmp_path / "cal.tif")
+        assert (str(refused.value), refused.value.without_file) == (line, without_file)
+
+
+def test_open_lazy_s_own_refusals_are_said_of_the_image_too(tmp_path):
+    """Refusals a batch does not reach (it gives each series of a bioformats2raw folder as an input of its own, and
+    refuses a named pipe before opening it), said of "the image" where they are worded all the same."""
+    import zarr
+
+    from deconv3d.errors import InputError
+    from deconv3d.omezarr import open_lazy
+
+    root = zarr.open_group(str(tmp_path / "b2r.zarr"), mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    for series in "01":
+        root.create_group(series).create_array("0", data=np.ones((2, 4, 4), np.float32))
+    refusals = {tmp_path / "b2r.zarr": ("{} holds 2 images (bioformats2raw series 0, 1): give one, e.g. "
+                                        f"{tmp_path / 'b2r.zarr' / '0'}")}
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.tif")
+        refusals[tmp_path / "pipe.tif"] = ("{} is a named pipe, not a regular file: save the image to a file and give "
+                                           "that")
+    for path, say in refusals.items():
+        with pytest.raises(InputError) as refused:
+            open_lazy(path)
+        named = say.format(f"input {path}" if path.name == "pipe.tif" else path)
+        assert (str(refused.value), refused.value.without_file) == (named, say.format("the image"))
