@@ -60,21 +60,11 @@ def _check_shared_files(settings) -> None:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from deconv3d.pipeline.batch import load_config, run_batch
-    from deconv3d.pipeline.batch_inputs import check_input_folder
     from deconv3d.pipeline.batch_report import report_as_files_finish
-    from deconv3d.pipeline.cluster import check_scheduler, gpu_count, scheduler_client
+    from deconv3d.pipeline.cluster import gpu_count, scheduler_client
 
     config = load_config(args.config) if args.config else {}
-    _take_run_options(args, config)
-    check_scheduler(args.scheduler)
-    given = _setting_values(args, config)
-    settings = settings_from_args(args, config)
-    output_dir = Path(args.output)
-    check_input_folder(args.input_dir)  # (before the output folder's checks: a missing input is named first)
-    _check_output_folder(output_dir, args.input_dir, settings.pattern)
-    _check_shared_files(settings)
-    print_warnings(_unused_settings_warnings(settings, given, [k for k in config if getattr(args, k, None) is None])
-                   + run_option_warnings(args))
+    settings, output_dir = _checked_run(args, config)
     start = time.perf_counter()
     gpus = gpu_count(settings.run_device) if args.scheduler == "processes" else 0
     rows: list[dict] = []
@@ -94,6 +84,25 @@ def cmd_batch(args: argparse.Namespace) -> int:
             _write_reports(output_dir, warned.fill([row for row in rows if row["status"]]))
         raise
     return _finished(rows, output_dir, warned, start, args.input_dir)
+
+
+def _checked_run(args: argparse.Namespace, config: dict):
+    """The batch's settings and output folder, once its options, input folder, output folder and shared files
+    are checked (a missing input named before the output folder's problems); the options' warnings printed."""
+    from deconv3d.pipeline.batch_inputs import check_input_folder
+    from deconv3d.pipeline.cluster import check_scheduler
+
+    _take_run_options(args, config)
+    check_scheduler(args.scheduler)
+    given = _setting_values(args, config)
+    settings = settings_from_args(args, config)
+    output_dir = Path(args.output)
+    check_input_folder(args.input_dir)  # (before the output folder's checks: a missing input is named first)
+    _check_output_folder(output_dir, args.input_dir, settings.pattern)
+    _check_shared_files(settings)
+    print_warnings(_unused_settings_warnings(settings, given, [k for k in config if getattr(args, k, None) is None])
+                   + run_option_warnings(args))
+    return settings, output_dir
 
 
 def _file_runner(settings, client, workers: int, warned: _BatchWarnings):
