@@ -1,5 +1,5 @@
-"""Writing TIFF for :mod:`deconv3d.io`: float32 ImageJ hyperstacks that carry their voxel size,
-written atomically, and streamed plane by plane from zarr or dask arrays larger than memory. The
+"""Writing TIFF for :mod:`deconv3d.io`: float32 ImageJ hyperstacks that carry their voxel size (an
+OME-TIFF where the name ends in ``.ome.tif``/``.ome.tiff``), written atomically, and streamed plane by plane from zarr or dask arrays larger than memory. The
 hyperstacks of several channels and/or time points are written by :mod:`deconv3d._tiff_hyperstack`
 over this module's write path."""
 
@@ -22,12 +22,15 @@ __all__ = ["write_tiff", "ZarrPlanes"]
 
 def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | None = None,
                axes: str | None = None) -> None:
-    """Write a float32 ImageJ-compatible TIFF carrying the voxel size, atomically.
+    """Write a float32 ImageJ-compatible TIFF (or OME-TIFF) carrying the voxel size, atomically.
 
     Parameters
     ----------
     path : str or os.PathLike
-        Output ``.tif``/``.tiff`` path; an existing file is replaced.
+        Output ``.tif``/``.tiff`` path; an existing file is replaced. A name ending in ``.ome.tif``
+        or ``.ome.tiff`` (any case) gives an OME-TIFF instead of an ImageJ TIFF: OME-XML with the axes,
+        ``PhysicalSizeX/Y/Z`` in µm for the voxel size, and ``metadata`` as one ``MapAnnotation``
+        (the same text per key); tifffile writes it as a BigTIFF beyond 4 GB.
     data : array_like
         2D ``(y, x)`` or 3D ``(z, y, x)`` array; written as float32. A 3D zarr or dask
         array is streamed into the file plane by plane (in slabs of at most 256 MiB), so
@@ -84,15 +87,28 @@ def write_tiff(path, data, voxel_size=None, metadata=None, *, slab_bytes: int | 
     data, voxel_size = _as_stack(data, voxel_size, axes, path)
     if metadata is not None and not isinstance(metadata, dict):
         raise InputError(f"metadata must be a dict of ImageJ properties, got {type(metadata).__name__}")
-    kwargs = _imagej_kwargs(data, voxel_size, metadata)
-    shape = _with_samples(tuple(data.shape), kwargs["metadata"])
-    kwargs.update(_contiguous_if_large(shape))
+    shape, kwargs = _file_kwargs(path, data, voxel_size, metadata)
     if streamed:  # page by page from slabs of planes: never the whole volume in memory
         _write_atomically(path, lambda fh: tifffile.imwrite(
-            fh, data=_pages(data, slab_bytes or _SLAB_BYTES, path), shape=shape, dtype=np.float32,
-            imagej=True, **kwargs))
+            fh, data=_pages(data, slab_bytes or _SLAB_BYTES, path), shape=shape, dtype=np.float32, **kwargs))
     else:
-        _write_atomically(path, lambda fh: tifffile.imwrite(fh, data.reshape(shape), imagej=True, **kwargs))
+        _write_atomically(path, lambda fh: tifffile.imwrite(fh, data.reshape(shape), **kwargs))
+
+
+def _file_kwargs(path: Path, data, voxel_size, metadata) -> tuple[tuple, dict]:
+    """``(shape, keyword arguments of tifffile.imwrite)`` for ``data``: an OME-TIFF where ``path`` is named
+    as one (:func:`is_ome_tiff_name`; tifffile makes it a BigTIFF beyond 4 GB), else an ImageJ hyperstack."""
+    if is_ome_tiff_name(path):  # (OME-XML keeps a section's x axis of one: no sample axis is needed)
+        return tuple(data.shape), {**_ome_kwargs(data, voxel_size, metadata), "ome": True}
+    kwargs = _imagej_kwargs(data, voxel_size, metadata)
+    shape = _with_samples(tuple(data.shape), kwargs["metadata"])
+    return shape, {**kwargs, "imagej": True, **_contiguous_if_large(shape)}
+
+
+def is_ome_tiff_name(path) -> bool:
+    """Whether ``path`` is named as an OME-TIFF (``.ome.tif`` or ``.ome.tiff``, in any case), the
+    suffix by which Bio-Formats and napari's readers take a TIFF's OME-XML."""
+    return Path(path).name.lower().endswith((".ome.tif", ".ome.tiff"))
 
 
 def _with_samples(shape: tuple, md: dict) -> tuple:
@@ -216,13 +232,9 @@ def _as_stack(data, voxel_size, axes, path):
 
 def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
     """Keyword arguments of ``tifffile.imwrite`` for an ImageJ hyperstack."""
-    if data.ndim not in (2, 3):
-        raise InputError(f"cannot write a {data.ndim}D array as an image: a 2D or 3D array is needed")
     md: dict = {"axes": "ZYX"[-data.ndim:]}
     kwargs: dict = {"metadata": md}
-    if voxel_size is not None:
-        lateral_only = np.ndim(voxel_size) == 1 and len(voxel_size) == 2  # (y, x) of a stack: no z spacing
-        voxel = checked_voxel_size(voxel_size, 2 if lateral_only else data.ndim)
+    if (voxel := _written_voxel(data, voxel_size)) is not None:
         kwargs["resolution"] = (1.0 / voxel[-1], 1.0 / voxel[-2])
         md["unit"] = "um"
         if len(voxel) == 3:
@@ -230,6 +242,30 @@ def _imagej_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
     if metadata:
         md["Properties"] = {str(k): _property_text(v) for k, v in metadata.items() if v is not None}  # None: unknown
     return kwargs
+
+
+def _written_voxel(data: np.ndarray, voxel_size) -> tuple | None:
+    """The checked voxel size to record for 2D or 3D ``data`` (other dimensions refused): one value per
+    axis, or ``(y, x)`` only for a stack whose planes are not z steps; None for none."""
+    if data.ndim not in (2, 3):
+        raise InputError(f"cannot write a {data.ndim}D array as an image: a 2D or 3D array is needed")
+    if voxel_size is None:
+        return None
+    lateral_only = np.ndim(voxel_size) == 1 and len(voxel_size) == 2  # (y, x) of a stack: no z spacing
+    return checked_voxel_size(voxel_size, 2 if lateral_only else data.ndim)
+
+
+def _ome_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
+    """Keyword arguments of ``tifffile.imwrite`` for an OME-TIFF: the axes, ``PhysicalSizeZ/Y/X`` in µm
+    (no z size for a stack given the ``(y, x)`` pixel size only, as :func:`_imagej_kwargs` writes no
+    ``spacing``), and the ``metadata`` as one OME ``MapAnnotation`` holding the ImageJ properties' text."""
+    md: dict = {"axes": "ZYX"[-data.ndim:]}
+    if (voxel := _written_voxel(data, voxel_size)) is not None:
+        for axis, size in zip("ZYX"[-len(voxel):], voxel):
+            md[f"PhysicalSize{axis}"], md[f"PhysicalSize{axis}Unit"] = float(size), "\u00b5m"
+    if metadata:
+        md["MapAnnotation"] = {str(k): _property_text(v) for k, v in metadata.items() if v is not None}
+    return {"metadata": md}
 
 
 def _property_text(value) -> str:
