@@ -12,12 +12,20 @@ from .arguments import spatial_sizes
 from .printing import _log_interval
 
 
-def check_output(output, inputs=(), **kwargs) -> None:
+def check_output(output, inputs=(), *, psfs=(), **kwargs) -> None:
     """:func:`deconv3d.io.check_output_path`, then remove what killed runs left of this output on
     this machine: hidden temporaries as large as the output, which only chunked runs swept before
-    (a killed in-memory run to .tif left its own for good)."""
-    from deconv3d._paths import check_output_path, remove_stale_temporaries
+    (a killed in-memory run to .tif left its own for good). An output that is one of the ``psfs``
+    (PSF files among the ``inputs``; None entries ignored) is refused as the PSF: ``-o psf.tif
+    --psf psf.tif`` was refused as "the input psf.tif", the name of the image's role."""
+    from pathlib import Path
 
+    from deconv3d._paths import _same_file, check_output_path, refuse_unnamable, remove_stale_temporaries
+
+    refuse_unnamable(Path(output))  # (as check_output_path does first: looking at such a path raises)
+    for psf in psfs:
+        if psf is not None and _same_file(Path(output), Path(psf)):
+            raise InputError(f"output path equals the PSF {psf}: choose another output name")
     check_output_path(output, inputs, **kwargs)
     _refuse_unwritable_folder(output)
     remove_stale_temporaries(output)

@@ -1,0 +1,24 @@
+"""An output path that is the PSF is refused naming it as the PSF, not as "the input"."""
+
+import numpy as np
+import pytest
+
+from deconv3d.cli._common import check_output
+from deconv3d.errors import InputError
+from deconv3d.io import write_tiff
+
+
+@pytest.fixture
+def files(tmp_path):
+    write_tiff(tmp_path / "image.tif", np.ones((6, 12, 12)) + 0.1, voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", np.ones((3, 5, 5)), voxel_size=(0.3, 0.1, 0.1))
+    return tmp_path / "image.tif", tmp_path / "psf.tif"
+
+
+def test_check_output_names_a_psf_as_the_psf_and_the_image_as_the_input(files):
+    image, psf = files
+    with pytest.raises(InputError, match=f"^output path equals the PSF {psf}: choose another output name$"):
+        check_output(psf, [image, psf], psfs=[psf])
+    with pytest.raises(InputError, match=f"^output path equals the input {image}: "):
+        check_output(image, [image, psf], psfs=[psf, None])
+    check_output(image.with_name("out.tif"), [image, psf], psfs=[psf])  # another name: taken
