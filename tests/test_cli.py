@@ -1024,6 +1024,19 @@ def test_psf_refuses_a_y_or_x_side_of_1_that_deconvolve_could_not_read_back(data
     assert not (data / "p1.tif").exists()
 
 
+def test_psf_of_one_plane_prints_the_2d_psf_it_reads_back_as(data, capsys):
+    """'deconv3d psf --shape 1 31 31' printed "PSF (1, 31, 31), voxel (0.5, 0.1, 0.1)", but the file reads
+    back as a 2D PSF (31, 31) at (0.1, 0.1) (the reader drops an axis of one), which deconvolve takes for 2D
+    images and refuses for 3D ones: the line says what the file reads back as."""
+    argv = ["psf", "-o", data / "p1.tif", "--model", "gaussian", "--shape", 1, 15, 15, "--voxel-size", 0.5, 0.1, 0.1,
+            "--na", 1.2, "--wavelength", 0.5]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    written = read_image(data / "p1.tif")
+    assert written.data.shape == (15, 15) and written.voxel_size == pytest.approx((0.1, 0.1))
+    assert "PSF (15, 15), voxel (0.1, 0.1) µm (one plane: it reads back as a 2D PSF, for 2D images)" in out, out
+
+
 @pytest.mark.parametrize("threshold", [10**5, 10**5 - 1])
 def test_a_large_file_is_hashed_with_a_bar_and_the_same_hash(tmp_path, capsys, monkeypatch, threshold):
     """`train` and `deconvolve` hash their input, a second whole read that left the command silent on a

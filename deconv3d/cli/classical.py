@@ -195,7 +195,10 @@ def cmd_psf(args) -> int:
     meta = {"deconv3d": __version__, "psf_model": args.model, "na": args.na, "wavelength_um": args.wavelength,
             "ni": args.ni, "ns": args.ns, "depth_um": args.depth}
     write_tiff(args.output, psf, voxel_size=tuple(args.voxel_size), metadata=meta)
-    print(f"wrote {line_text(args.output)}: {args.model} PSF {psf.shape}, voxel {tuple(args.voxel_size)} µm")
+    shape, voxel, note = psf.shape, tuple(args.voxel_size), ""
+    if len(shape) == 3 and shape[0] == 1:  # read_image drops an axis of one: what the file reads back as
+        shape, voxel, note = shape[1:], voxel[1:], " (one plane: it reads back as a 2D PSF, for 2D images)"
+    print(f"wrote {line_text(args.output)}: {args.model} PSF {shape}, voxel {voxel} µm{note}")
     return 0
 
 
