@@ -22,3 +22,15 @@ def test_check_output_names_a_psf_as_the_psf_and_the_image_as_the_input(files):
     with pytest.raises(InputError, match=f"^output path equals the input {image}: "):
         check_output(image, [image, psf], psfs=[psf, None])
     check_output(image.with_name("out.tif"), [image, psf], psfs=[psf])  # another name: taken
+
+
+@pytest.mark.parametrize("route", [[], ["--chunks", "6", "12", "12"]], ids=["in-memory", "chunked"])
+def test_deconvolve_refuses_an_output_that_is_its_psf_naming_the_psf(files, capsys, route):
+    from cli_helpers import run
+
+    image, psf = files
+    before = psf.read_bytes()
+    code, _, err = run(["deconvolve", image, "--psf", psf, "-o", psf, "--iterations", "2", *route], capsys)
+    assert code == 2 and err.strip().splitlines() == [f"deconv3d: error: output path equals the PSF {psf}: "
+                                                      "choose another output name"], err
+    assert psf.read_bytes() == before

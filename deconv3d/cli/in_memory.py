@@ -72,7 +72,7 @@ def _voxel_model_and_psf(args, image, warnings: list):
 
 def _checked_voxel(args, image, warnings: list):
     """The in-memory run's checks of the output, the options and the image; the image's voxel size."""
-    check_output(args.output, [f for f in (args.input, args.psf, args.model) if f])
+    check_output(args.output, [f for f in (args.input, args.psf, args.model) if f], psfs=[args.psf])
     if args.method == "rl-tv" and not args.tv_weight > 0:
         raise InputError("--method rl-tv needs a positive --tv-weight (try 0.002)")
     voxel = voxel_size_of(args, image, warnings)

@@ -144,7 +144,8 @@ def cmd_deconvolve_chunked(args, warnings=(), iterations_chooser=None) -> int:
     if not Path(args.input).exists():
         raise InputError(f"input not found: {args.input}: check the path")
     psfs, models = ([v] if not isinstance(v, list) else v for v in (args.psf, args.model))  # one per channel, or one
-    check_output(args.output, [f for f in (args.input, *psfs, *models) if f], suffixes=OUTPUT_SUFFIXES, scratch=True)
+    check_output(args.output, [f for f in (args.input, *psfs, *models) if f], psfs=psfs, suffixes=OUTPUT_SUFFIXES,
+                 scratch=True)
     if Path(args.output).suffix.lower() == ".zarr" and Path(args.output).is_file():
         raise InputError(f"output {args.output} is a file: give a new .zarr folder name")
     settings = settings_from_args(args, {"output_format": "zarr"})
