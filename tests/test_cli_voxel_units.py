@@ -339,6 +339,17 @@ def test_a_voxel_size_count_other_than_two_or_three_is_a_usage_error(planes, cap
     assert not (planes / "o.tif").exists()
 
 
+@pytest.mark.parametrize("values", [["-1e0", 0.1, 0.1], [0.3, "-inf", 0.1], [0.3, 0.1, "-NaN"], ["-Infinity", 0.1]])
+def test_a_negative_voxel_size_is_refused_as_a_value_not_taken_for_an_option(planes, capsys, values):
+    """argparse took '-inf' and '-nan' (which float reads) for options, so '--voxel-size 0.3 -inf 0.1' said
+    "expected 3 values ..., got 1" instead of refusing the value (found by the review of this stop's diff)."""
+    code, _, err = run(["deconvolve", planes / "plain.tif", "-o", planes / "o.tif", "--psf", planes / "psf_bare.tif",
+                        "--voxel-size", *values], capsys)
+    given = next(v for v in values if isinstance(v, str))
+    assert_one_line_error(code, err, "--voxel-size", "must be a positive finite number", f"got {given}")
+    assert not (planes / "o.tif").exists()
+
+
 @pytest.mark.parametrize("option, values", [("--voxel-size", [0.1, 0.1]), ("--chunks", [12, 16])])
 def test_two_values_before_the_input_are_told_to_follow_it(planes, capsys, option, values):
     """'--voxel-size 0.1 0.1 in.tif' said only "invalid positive_float value: 'in.tif'"."""

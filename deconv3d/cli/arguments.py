@@ -64,8 +64,10 @@ def repeat_hint(given) -> str:
 
 
 #: A negative number as an argument, not an option: argparse's own pattern (``-4``, ``-.5``, ``-0.5``) took
-#: ``-4e0`` and ``-1.5e-1`` for options, so ``--levels -4e0`` met "expected at least one argument".
-NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+#: ``-4e0`` and ``-1.5e-1`` for options, so ``--levels -4e0`` met "expected at least one argument"; ``-inf`` and
+#: ``-nan`` (which ``float`` reads) likewise, so ``--voxel-size -inf 1 1`` met "expected 3 values, got 0"
+#: instead of the option's own refusal of the value.
+NEGATIVE_NUMBER = re.compile(r"^-((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|(?i:inf|infinity|nan))$")
 
 
 class Parser(argparse.ArgumentParser):
