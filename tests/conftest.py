@@ -82,3 +82,23 @@ def asymmetric_psf(shape, seed=0):
     blob = np.exp(-sum((g - 0.3 * (i + 1) / len(shape)) ** 2 * (3 + i) for i, g in enumerate(grids)))
     psf = blob * (0.5 + r.random(shape))
     return (psf / psf.sum()).astype(np.float32)
+
+
+@pytest.fixture
+def computed(monkeypatch):
+    """How many OTFs and Bertero weights have been computed (the RL set-up that deconv3d.classical._reuse shares)."""
+    from deconv3d import fft
+    from deconv3d.classical import _problem
+
+    counts = {"otf": 0, "weight": 0}
+    otf, weight = fft.FFTConvolver.otf, _problem._bertero_inverse_weight
+
+    def counted(name, f):
+        def call(*args, **kwargs):
+            counts[name] += 1
+            return f(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(fft.FFTConvolver, "otf", counted("otf", otf))
+    monkeypatch.setattr(_problem, "_bertero_inverse_weight", counted("weight", weight))
+    return counts

@@ -4,28 +4,9 @@ for the owner its caller names (a chunked run) and while that lives; results are
 import gc
 
 import numpy as np
-import pytest
 
 from conftest import asymmetric_psf
-from deconv3d import fft
-from deconv3d.classical import _problem, _reuse, richardson_lucy, wiener
-
-
-@pytest.fixture
-def computed(monkeypatch):
-    """How many OTFs and Bertero weights have been computed."""
-    counts = {"otf": 0, "weight": 0}
-    otf, weight = fft.FFTConvolver.otf, _problem._bertero_inverse_weight
-
-    def counted(name, f):
-        def call(*args, **kwargs):
-            counts[name] += 1
-            return f(*args, **kwargs)
-        return call
-
-    monkeypatch.setattr(fft.FFTConvolver, "otf", counted("otf", otf))
-    monkeypatch.setattr(_problem, "_bertero_inverse_weight", counted("weight", weight))
-    return counts
+from deconv3d.classical import _reuse, richardson_lucy, wiener
 
 
 class _Run:

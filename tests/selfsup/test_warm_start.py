@@ -288,29 +288,18 @@ def test_on_reference_hears_the_chosen_reference_before_rl_runs_at_it(monkeypatc
     assert events == [1, 2]  # the paper's recipe: no reference
 
 
-def test_the_search_and_the_reference_build_the_rl_set_up_once(monkeypatch):
+def test_the_search_and_the_reference_build_the_rl_set_up_once(monkeypatch, computed):
     """Each held-out fit of the search built the OTF twice and Bertero's 1 / H^T 1 once, and the reference's
     RL both again: 13 OTFs and 7 weights for warm_tv="auto", where one of each serves. They depend on the PSF and
     shape alone, so sharing them leaves the reference and its estimate unchanged, to the bit."""
     import contextlib
     import importlib
 
-    import deconv3d.classical._problem as problem_module
     from deconv3d.classical import _reuse
 
     reference_module = importlib.import_module("deconv3d.selfsup.rl_reference")
     _, noisy, psf = problem(3, sigma=0.02)
-    builds = {"otf": 0, "weight": 0}
-    otf, weight = problem_module.FFTConvolver.otf, problem_module._bertero_inverse_weight
-
-    def counted(kind, build):
-        def call(*args, **kwargs):
-            builds[kind] += 1
-            return build(*args, **kwargs)
-        return call
-
-    monkeypatch.setattr(problem_module.FFTConvolver, "otf", counted("otf", otf))
-    monkeypatch.setattr(problem_module, "_bertero_inverse_weight", counted("weight", weight))
+    builds = computed
     with monkeypatch.context() as unshared:
         unshared.setattr(reference_module, "_one_setup", contextlib.nullcontext)
         before = warm_start_target(noisy, psf, "cpu", "auto", extended=True)
