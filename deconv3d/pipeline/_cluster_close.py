@@ -66,8 +66,8 @@ def _closed_in_a_thread(close, clusters, level: int) -> None:
             closed.set()
 
     with _distributed_logs_from(level):
-        threading.Thread(target=closing, name="deconv3d cluster close", daemon=True).start()
         try:  # (not Thread.join: one that Ctrl-C cuts short marks the thread as ended, in Python 3.11)
+            threading.Thread(target=closing, name="deconv3d cluster close", daemon=True).start()
             closed.wait()
         except KeyboardInterrupt:
             _hurry(closed, clusters)
@@ -84,29 +84,37 @@ def _hurry(closed, clusters) -> None:
     """Ctrl-C came while a thread closed ``clusters`` (``closed``: an Event it sets as it ends): end their
     worker processes (the run has finished or been stopped: nothing of theirs is wanted) and wait up to
     :data:`_HURRIED_CLOSE` s for the close, distributed's logs held back. A close that has not finished by then is
-    left to end with the process, and distributed is not asked to close the clusters again at exit."""
+    left to end with the process, and distributed is not asked to close the clusters again at exit (also where
+    one more Ctrl-C cuts this short: distributed's close at exit had waited 10 s for the cluster still closing)."""
     from distributed.deploy.spec import SpecCluster
 
-    with _distributed_logs_from(logging.CRITICAL + 1):
-        _end_processes(set().union(*map(_cluster_worker_processes, clusters)))
-        closed.wait(_HURRIED_CLOSE)
-    if not closed.is_set():
-        for cluster in clusters:
-            _instances(SpecCluster).discard(cluster)
+    try:
+        with _distributed_logs_from(logging.CRITICAL + 1):
+            _end_processes(set().union(*map(_cluster_worker_processes, clusters)))
+            closed.wait(_HURRIED_CLOSE)
+    finally:
+        if not closed.is_set():
+            for cluster in clusters:
+                _instances(SpecCluster).discard(cluster)
 
 
 def _end_processes(processes, grace: float = 0.5) -> None:
-    """Terminate the multiprocessing ``processes`` that are alive, and kill those that have not ended ``grace``
-    seconds later (their exits waited for on their sentinels)."""
+    """Terminate the multiprocessing ``processes`` that have started and not ended, and kill those that have not
+    ended ``grace`` seconds later. An end is told by the process's sentinel, not by ``is_alive()``, whose wait
+    could reap a worker before distributed's thread that joins it (which then logs "exit status was already
+    read")."""
     from multiprocessing.connection import wait
 
-    alive = [process for process in processes if process.is_alive()]
+    def running(started):
+        ended = set(wait([process.sentinel for process in started], timeout=0))
+        return [process for process in started if process.sentinel not in ended]
+
+    alive = running([process for process in processes if process.pid is not None])
     for process in alive:
         process.terminate()
     wait([process.sentinel for process in alive], timeout=grace)
-    for process in alive:
-        if process.is_alive():
-            process.kill()
+    for process in running(alive):
+        process.kill()
 
 
 @contextlib.contextmanager

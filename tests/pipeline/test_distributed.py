@@ -554,6 +554,61 @@ def test_ctrl_c_while_a_run_closes_its_cluster_ends_the_workers_and_leaves_nothi
         os.kill(pid, 0)
 
 
+def test_one_more_ctrl_c_while_a_close_is_hurried_still_leaves_nothing_to_close_at_exit(monkeypatch):
+    """Found by the review of this stop's diff: a Ctrl-C while the close cut short by the first one ended the
+    workers or gave the close its last second left the cluster, still closing, among distributed's clusters,
+    whose close at exit waited for it 10 s."""
+    import signal
+    import threading
+    import time
+
+    from distributed.deploy.spec import SpecCluster
+
+    import deconv3d.pipeline._cluster_close as closing
+
+    cluster, release = _Cluster(), threading.Event()
+
+    def slow_close():  # (Ctrl-C comes as the close runs, which then takes its time)
+        time.sleep(0.2)  # (the close's thread started and waited for)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        release.wait(30)
+
+    def ctrl_c_again(processes):
+        raise KeyboardInterrupt  # (while the worker processes are ended)
+
+    monkeypatch.setattr(closing, "_end_processes", ctrl_c_again)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            closing._closed_in_a_thread(slow_close, (cluster,), 0)
+        assert cluster not in SpecCluster._instances
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+        release.set()
+        SpecCluster._instances.discard(cluster)
+
+
+def test_the_hurried_close_leaves_an_ended_worker_s_exit_status_to_the_thread_that_joins_it():
+    """Found by the review of this stop's diff: the hurried close told a worker process that had ended by
+    ``is_alive()``, whose wait reaped it before distributed's thread that joins it (which then logs "exit status
+    was already read"), as 5725177 found of the late worker ends."""
+    import multiprocessing
+    import time
+    from multiprocessing.connection import wait
+
+    from deconv3d.pipeline._cluster_close import _end_processes
+
+    process = multiprocessing.get_context("spawn").Process(target=int)
+    process.start()
+    assert wait([process.sentinel], timeout=60)
+    for _ in range(200):  # (ended: a zombie, its exit status not read)
+        if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            break
+        time.sleep(0.01)
+    _end_processes({process})
+    assert os.waitpid(process.pid, 0) == (process.pid, 0)  # (its exit status still there to be read)
+
+
 def test_a_cluster_run_runs_chunked_s_block_task_as_it_is_when_the_run_starts(monkeypatch, tmp_path, psf3d):
     """Found by the review of this stop's diff: once the cluster's runner moved to cluster_blocks.py, it ran the
     block task it had imported, and a replacement of chunked._block_task (as test_batch_resume's slow task)
