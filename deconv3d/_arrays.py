@@ -56,14 +56,10 @@ def refuse_complex(x, name: str = "the input", fix: str = "give real intensities
 
 def refuse_non_numeric(dtype, name: str = "the input") -> None:
     """Refuse a dtype that holds no numbers (strings, bytes, objects, structured records, dates), in
-    one line naming ``name``: read as far as the blocks, they were called damaged chunks. Where ``name``
-    names the input file as the readers do (``image PATH``), the refusal's ``without_file`` says "the image"."""
+    one line naming ``name``: read as far as the blocks, they were called damaged chunks."""
     dtype = np.dtype(dtype)
     if dtype.kind not in "biufc":
-        def say(image):
-            return f"{image} has non-numeric values (dtype {dtype}): save it as numbers (integers or floats)"
-
-        raise InputError(say(name), without_file=say("the image") if name.startswith("image ") else None)
+        raise InputError(f"{name} has non-numeric values (dtype {dtype}): save it as numbers (integers or floats)")
 
 
 def is_whole(value, least: int | None = None) -> bool:

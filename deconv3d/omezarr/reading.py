@@ -248,7 +248,7 @@ def _open_ome_zarr(path: Path, level: int = 0, omero_warning: bool = True) -> La
         raise naming_image(lambda image: f"{image} has no resolution level {level}", path)
     component = ms["datasets"][level]["path"]
     data = _level_array(image_path, component, level, metadata)
-    refuse_non_numeric(data.dtype, f"image {path}")
+    refusing_image(lambda image: refuse_non_numeric(data.dtype, image), f"image {path}")
     refusing_image(lambda image: refuse_complex(data.dtype, image, "save the intensity (magnitude) instead"),
                    f"image {path}")
     axes, units = _axes_of(ms, data.ndim, path, metadata)
