@@ -60,6 +60,20 @@ REASONS = {
                     "Function: None) and save again",
     "cal_bad.tif": "the image has an ImageJ intensity calibration with coefficients c0=-32768.0, c1=0.0: fix or remove "
                    "it in Fiji (Analyze > Calibrate...)",
+    "headcut.tif": "cannot read it as a TIFF image: unpack requires a buffer of 4 bytes: check that it is one, or "
+                   "export it again",
+    "plane.tif": "PSF psf.tif is 3D but the image is 2D: a 2D image needs a 2D PSF: the in-focus plane of a 3D one, or "
+                 "a plane made by 'deconv3d psf --shape 63 63 --voxel-size DY DX ...'",
+    "small.tif": "PSF psf.tif (5, 5, 5) is larger than the image (3, 4, 4) along z, y, x (in the image's voxels): use a "
+                 "PSF made for this image, e.g. 'deconv3d psf --shape 3 3 3 --voxel-size ...' at its voxel size (or the "
+                 "PSF cropped to that), or image a larger volume",
+    "nan.tif": "image contains NaN or Inf values (one at z-y-x (2, 3, 4)): replace them (e.g. with 0) and save it again",
+    "parsec.zarr": "the image records its voxel size in 'parsec', a unit deconv3d cannot convert to µm: pass "
+                   "--voxel-size DZ DY DX (in µm)",
+    "bare_line.tif": "the image is 1D once its axes of length 1 are dropped (shape (24,)): a 2D or 3D image is needed",
+    "rgb_stack.tif": "the image is an RGB/colour image (axes QYXS): convert it to greyscale or split the channels and "
+                     "keep one (Fiji: Image > Color > Split Channels)",
+    "vanished.tif": "not found: check the path",
 }
 if hasattr(os, "mkfifo"):
     REASONS["pipe.tif"] = "the image is a named pipe, not a regular file: save the image to a file and give that"
@@ -108,7 +122,22 @@ ZARR_EDITS = {
     "outside.zarr": _level_transforms([{"type": "scale", "path": "s.bin"}]),
     "badscale.zarr": _level_transforms([{"type": "scale", "scale": [1, -1, 1]}]),
     "level.zarr": lambda ome: None,  # (its array's metadata is damaged below)
+    "parsec.zarr": lambda ome: ome["multiscales"][0]["axes"][0].__setitem__("unit", "parsec"),
 }
+
+
+def _refused_tiffs(folder, stack):
+    """TIFFs of a header only, two images (``stack``, and a part of it), grey-level samples and a palette."""
+    import tifffile
+
+    (folder / "header.tif").write_bytes(b"II*\x00\x00\x00\x00\x00")
+    with tifffile.TiffWriter(folder / "two.tif") as tif:
+        tif.write(stack)
+        tif.write(stack[:, :10])
+    tifffile.imwrite(folder / "samples.tif", np.ones((*stack.shape[1:], 2), np.uint16), photometric="minisblack",
+                     planarconfig="contig")
+    tifffile.imwrite(folder / "palette.tif", np.ones(stack.shape[1:], np.uint8), photometric="palette",
+                     colormap=np.random.default_rng(1).integers(0, 65535, (3, 256)).astype(np.uint16))
 
 
 def _tiffs(folder, volume):
@@ -116,14 +145,7 @@ def _tiffs(folder, volume):
 
     (folder / "folder.tif").mkdir()
     (folder / "folder.tif" / "x").write_text("x")
-    (folder / "header.tif").write_bytes(b"II*\x00\x00\x00\x00\x00")
-    with tifffile.TiffWriter(folder / "two.tif") as tif:
-        tif.write(volume)
-        tif.write(volume[:, :10])
-    tifffile.imwrite(folder / "samples.tif", np.ones((24, 24, 2), np.uint16), photometric="minisblack",
-                     planarconfig="contig")
-    tifffile.imwrite(folder / "palette.tif", np.ones((24, 24), np.uint8), photometric="palette",
-                     colormap=np.random.default_rng(1).integers(0, 65535, (3, 256)).astype(np.uint16))
+    _refused_tiffs(folder, volume)
     tifffile.imwrite(folder / "cut.tif", volume)
     whole = (folder / "cut.tif").read_bytes()
     (folder / "cut.tif").write_bytes(whole[:len(whole) // 2])
@@ -142,6 +164,24 @@ def _tiffs(folder, volume):
         tifffile.imwrite(folder / name, np.full(volume.shape, 32868, np.uint16), imagej=True, resolution=(10, 10),
                          metadata={"axes": "ZYX", "spacing": 0.3, "unit": "um", "cf": 0, "c0": -32768.0, "c1": 1.0,
                                    **calibration})
+
+
+def _more_kinds(folder, volume):
+    """A TIFF cut short in its header, a plane and a stack too small for the 3D PSF, NaN values, a bare line, an RGB
+    stack, and a file that vanishes before its run (removed by the batch_lines fixture)."""
+    import tifffile
+
+    write_tiff(folder / "headcut.tif", volume, voxel_size=VOXEL)
+    (folder / "headcut.tif").write_bytes((folder / "headcut.tif").read_bytes()[:6])
+    write_tiff(folder / "plane.tif", volume[0], voxel_size=VOXEL[1:])
+    write_tiff(folder / "small.tif", volume[:3, :4, :4], voxel_size=VOXEL)
+    with_nan = volume.copy()
+    with_nan[2, 3, 4] = np.nan
+    tifffile.imwrite(folder / "nan.tif", with_nan, imagej=True, resolution=(10, 10),
+                     metadata={"axes": "ZYX", "spacing": VOXEL[0], "unit": "um"})
+    tifffile.imwrite(folder / "bare_line.tif", np.ones(24, np.float32))
+    tifffile.imwrite(folder / "rgb_stack.tif", np.ones((4, 24, 24, 3), np.uint8), photometric="rgb")
+    write_tiff(folder / "vanished.tif", volume, voxel_size=VOXEL)
 
 
 def _zarrs_of_other_kinds(folder, volume):
@@ -173,6 +213,7 @@ def batch_lines(tmp_path_factory):
     """The batch's lines over a folder of one input of each of REASONS (and a.tif and those of ROW_WARNINGS, which
     run): the printed lines, and each report row by name."""
     from deconv3d.cli import main
+    from deconv3d.pipeline import batch_file_run
 
     root = tmp_path_factory.mktemp("reasons")
     folder = root / FOLDER
@@ -185,9 +226,18 @@ def batch_lines(tmp_path_factory):
     (folder / "level.zarr" / "0" / "zarr.json").write_text("{bad")
     _tiffs(folder, volume)
     _zarrs_of_other_kinds(folder, volume)
+    _more_kinds(folder, volume)
     out, err = io.StringIO(), io.StringIO()
+    run_one = batch_file_run._run_one
+
+    def vanishing(path, *args):  # (listed by the batch, gone when its run opens it)
+        if path.name == "vanished.tif":
+            path.unlink()
+        return run_one(path, *args)
+
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         patch.chdir(root)
+        patch.setattr(batch_file_run, "_run_one", vanishing)
         code = main(["batch", FOLDER, "-o", "OUT", "--psf", "psf.tif", "--method", "wiener"])
     assert code == 3, err.getvalue()
     said = {"out": out.getvalue().splitlines(), "err": err.getvalue().splitlines()}
@@ -285,3 +335,33 @@ def test_open_lazy_s_own_refusals_are_said_of_the_image_too(tmp_path):
             open_lazy(path)
         named = say.format(f"input {path}" if path.name == "pipe.tif" else path)
         assert (str(refused.value), refused.value.without_file) == (named, say.format("the image"))
+
+
+def _bad_psfs(folder):
+    """PSF files the TIFF checks refuse, by name."""
+    import tifffile
+
+    psf = gaussian_psf((5, 12, 12))
+    _refused_tiffs(folder, psf)
+    (folder / "headcut.tif").write_bytes(b"II*\x00")
+    tifffile.imwrite(folder / "cut.tif", np.ones((5, 50, 50), np.float32))
+    (folder / "cut.tif").write_bytes((folder / "cut.tif").read_bytes()[:25000])
+    tifffile.imwrite(folder / "planes.tif", psf, imagej=True)
+    (folder / "planes.tif").write_bytes((folder / "planes.tif").read_bytes().replace(b"images=5", b"images=6"))
+    tifffile.imwrite(folder / "rgb.tif", np.ones((5, 5, 3), np.uint8), photometric="rgb")
+    tifffile.imwrite(folder / "line.tif", np.ones((1, 1, 5), np.float32))
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_psf_s_tiff_refusals_are_said_of_the_psf_only(tmp_path):
+    """The TIFF checks word a refusal for an image and a PSF alike (_tiff_checks._refusal): a PSF's names the PSF
+    and carries no text said of "the image", which a batch's line would give as the input's."""
+    from deconv3d.errors import InputError
+    from deconv3d.io import read_psf
+
+    for name in _bad_psfs(tmp_path):
+        with pytest.raises(InputError) as refused:
+            read_psf(tmp_path / name)
+        line = str(refused.value)
+        assert f"PSF {tmp_path / name}" in line and "the image" not in line, line
+        assert refused.value.without_file is None, (name, refused.value.without_file)
