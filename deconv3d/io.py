@@ -21,7 +21,7 @@ import numpy as np
 
 from deconv3d._arrays import refuse_complex
 from deconv3d._paths import (TIFF_SUFFIXES, _check_suffix, check_output_path, file_identity, path_text,
-                            special_file_problem)
+                            refuse_special_file, special_file_problem)
 from deconv3d._psf_voxel import assume_psf_voxel
 from deconv3d._tiff_checks import _ONE_CHANNEL, _check_complete, _named, _tifffile_log, _unreadable_tiff, open_tiff
 from deconv3d._tiff_metadata import calibrated, imagej_calibration, time_axis_of
@@ -118,8 +118,7 @@ def _read_tiff(path, what: str) -> Image:
         kind = "an OME-Zarr folder" if path.suffix.lower() == ".zarr" else "a folder"
         raise InputError(f"{path} is {kind}, and this reads a TIFF file: give a .tif"
                          + (" (save the image as one)" if path.suffix.lower() == ".zarr" else ""))
-    if (problem := special_file_problem(path)) is not None:  # (a named pipe was "not found")
-        raise InputError(problem)
+    refuse_special_file(path, "input" if what == "image" else what)  # (a named pipe was "not found")
     if not path.is_file():
         raise InputError(f"input file not found: {path}: check the path")
     _check_suffix(path, "input" if what == "image" else what)

@@ -151,8 +151,12 @@ def test_a_named_pipe_is_refused_before_it_is_opened(tmp_path, monkeypatch, caps
     with _readers_let_through(pipe):
         if reader in ("read_image", "read_psf", "open_lazy"):
             function = {"read_image": read_image, "read_psf": read_psf, "open_lazy": open_lazy}[reader]
-            with pytest.raises(InputError, match=r"^(input|PSF) pipe.tif is a named pipe, not a regular file"):
+            with pytest.raises(InputError, match=r"^(input|PSF) pipe.tif is a named pipe, not a regular file") as info:
                 function("pipe.tif")
+            # an image's refusal is also said of "the image" (a batch's line); a PSF's is not
+            assert info.value.without_file == (None if reader == "read_psf" else
+                                               "the image is a named pipe, not a regular file: save the image to a file"
+                                               " and give that")
         elif reader == "batch":
             code, _, err = run(["batch", "raw", "-o", "out", "--psf", "psf.tif", "--iterations", 1], capsys)
             row, = json.loads((tmp_path / "out" / "batch_report.json").read_text(encoding="utf-8"))["files"]

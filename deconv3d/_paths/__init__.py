@@ -15,8 +15,8 @@ folders), :mod:`~deconv3d._paths.name_length` (name and path length limits),
 A test that replaces one of them patches the module that holds it, where it is looked up."""
 
 from deconv3d._paths.globbing import glob_hides, glob_shown
-from deconv3d._paths.locations import (_same_file, existing_ancestor, file_identity, relative_to_folder,
-                                       special_file_problem)
+from deconv3d._paths.locations import (_same_file, existing_ancestor, file_identity, refuse_special_file,
+                                       relative_to_folder, special_file_problem)
 from deconv3d._paths.name_length import check_name_length
 from deconv3d._paths.names import (IMAGE_SUFFIXES, OUTPUT_SUFFIXES, SPACE_ERRORS, TIFF_SUFFIXES, _check_suffix,
                                    _one_line, image_stem, line_text, out_of_space, path_text, recorded_path)
@@ -34,7 +34,7 @@ __all__ = ["IMAGE_SUFFIXES", "OTHER_HOST_STALE_AGE", "OUTPUT_SUFFIXES", "SPACE_E
            "_waiting_for_its_turn", "added_entries", "check_name_length", "check_output_path", "create_temporary",
            "defer_signal", "existing_ancestor", "file_identity", "glob_hides", "glob_shown", "host_tag", "image_stem",
            "keep_mode", "line_text", "out_of_space", "path_text", "publishing", "recorded_path",
-           "refuse_input_overlap", "refuse_output_link", "refuse_unnamable", "refuse_unreplaceable",
+           "refuse_input_overlap", "refuse_output_link", "refuse_special_file", "refuse_unnamable", "refuse_unreplaceable",
            "refuse_write_protected", "relative_to_folder", "remove_stale_temporaries",
            "remove_stale_temporaries_in", "replaceable_folder", "settle_zarr", "signals_deferred",
            "special_file_problem", "temporary_name"]

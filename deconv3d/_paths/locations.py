@@ -2,7 +2,7 @@
 inside a folder however that folder is spelled (:func:`relative_to_folder`), what tells a file's
 contents apart without reading them (:func:`file_identity`), the nearest existing folder above a path
 (:func:`existing_ancestor`), and a path that is neither a regular file nor a folder, a named pipe
-say (:func:`special_file_problem`)."""
+say (:func:`special_file_problem`, :func:`refuse_special_file`)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ def special_file_problem(path, role: str = "input", name: str | None = None) -> 
     kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
     what = "model" if role == "model" else "image"
     return f"{name or f'{role} {path}'} is {kind}, not a regular file: save the {what} to a file and give that"
+
+
+def refuse_special_file(path, role: str = "input") -> None:
+    """Refuse ``path`` where :func:`special_file_problem` finds it is not a regular file or folder; an input
+    image's refusal (``role`` "input") is also said of "the image" (its ``without_file``, a batch's line)."""
+    if (problem := special_file_problem(path, role)) is not None:
+        from deconv3d.errors import InputError
+
+        raise InputError(problem, without_file=special_file_problem(path, name="the image") if role == "input" else None)
 
 
 def existing_ancestor(path: Path) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d._arrays import refuse_complex, refuse_non_numeric
-from deconv3d._paths import TIFF_SUFFIXES, _one_line, special_file_problem
+from deconv3d._paths import TIFF_SUFFIXES, _one_line, refuse_special_file, special_file_problem
 from deconv3d._tiff_voxel_sizes import _unit_factor
 from deconv3d.errors import InputError, naming_image, refusing_image
 from deconv3d.omezarr.lazy_image import (LazyImage, _content_identity, _float32_block, _refuse_unreadable, _region,
@@ -45,8 +45,7 @@ def open_lazy(path, omero_warning: bool = True) -> LazyImage:
     path = Path(path)
     if not path.exists():
         raise InputError(f"input not found: {path}: check the path", without_file="not found: check the path")
-    if (problem := special_file_problem(path)) is not None:  # (before opening: a named pipe's waited forever)
-        raise InputError(problem, without_file=special_file_problem(path, name="the image"))
+    refuse_special_file(path)  # (before opening: a named pipe's waited forever)
     suffix = path.suffix.lower()
     if suffix == ZARR_SUFFIX or is_zarr_folder(path):
         return _open_ome_zarr(path, omero_warning=omero_warning)

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from deconv3d._paths import check_name_length, special_file_problem
+from deconv3d._paths import check_name_length, refuse_special_file
 from deconv3d.errors import InputError, NonFiniteValues, naming_image
 from deconv3d.pipeline.completion_records import (input_state, outputs_written, read_completion_record,
                                                   write_json_atomic)
@@ -71,8 +71,7 @@ def _record_unfinished(path, output, record) -> list:
     returns the outputs that record lists."""
     # (named by the input: a name too long is the input's to shorten, to what both names allow)
     check_name_length(output, record, renamed=path, scratch=True)  # (a TIFF: built by deconvolve_file's scratch)
-    if (problem := special_file_problem(path)) is not None:  # (hashing a named pipe waited forever)
-        raise InputError(problem, without_file=special_file_problem(path, name="the image"))
+    refuse_special_file(path)  # (hashing a named pipe waited forever)
     # Not finished, but the output stays this input's (an interrupted run's next one may replace it).
     names = sorted(set(outputs_written(read_completion_record(record))) | {output.name})
     note_writer(record.parent, output, record.name)  # (where runs into this folder find it: output_owners)
