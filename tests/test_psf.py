@@ -1521,3 +1521,18 @@ def test_a_generated_psf_in_a_box_cut_into_its_core_is_not_taken_for_a_camera_of
     with pytest.warns(RuntimeWarning, match="a flat background"):
         prepare_psf(2656 * bead / bead.max() + 100, (32, 64, 64))
 
+
+def test_distill_advises_only_a_box_that_the_image_holds_with_its_margin():
+    """Found by the review of this stop's diff: Gaussian beads (sigma 2.5 voxels along z) in a 5-plane box
+    of a 7-plane stack were advised a 7-plane box, which needs 9 planes with its margin and found no bead;
+    in a 9-plane stack a 9-plane one. The advice now stops where the image ends, and says so when no
+    larger box fits."""
+    for nz, advice, advised in ((9, r"e\.g\. size \(7, 9, 9\)", (7, 9, 9)), (7, "no larger box fits the image", None)):
+        beads = gaussian_beads((nz, 64, 64), [((nz // 2, y, x), 3000.0, (2.5, 1.0, 1.0)) for y in (16, 48)
+                                              for x in (16, 48)])
+        with pytest.warns(RuntimeWarning, match=rf"box \(5, 9, 9\) cuts the PSF's tails .*{advice}"):
+            distill_psf(beads, size=(5, 9, 9))
+        if advised:
+            with warnings.catch_warnings(record=True):
+                warnings.simplefilter("always")
+                assert distill_psf(beads, size=advised).shape == advised

@@ -209,8 +209,9 @@ def _warn_of_cut_tails(cut, smooth, found, half, total) -> None:
     """Warn (at :func:`distill_psf`'s caller) where the box holds less than :data:`MIN_BOX_SHARE` of a bead's
     light (:func:`_tail_share`, against a box twice as wide, in 3D laterally near the focal plane), or the
     summed boxes' faces along some axis hold over :data:`MAX_FACE_LEVEL` of their peak (:func:`_face_levels`);
-    the box advised is twice as wide along those axes, as far as the image and the neighbours leave room
-    (:func:`_wider_box`)."""
+    the box advised is twice as wide along those axes, as far as the neighbours leave room (:func:`_wider_box`)
+    and the image holds it with its one-voxel margin (a 7-plane stack was advised a 7-plane box, which
+    then found no bead)."""
     measured, wide = _tail_share(cut, smooth, found, half)
     share, margin = measured or (1.0, 0.0)
     faces = _face_levels(total)
@@ -218,11 +219,13 @@ def _warn_of_cut_tails(cut, smooth, found, half, total) -> None:
     if share + margin < MIN_BOX_SHARE:
         cut_axes[-2:] = True  # the lateral axes (all of a 2D image's)
     if cut_axes.any():
-        wider = np.where(cut_axes & (wide > half), wide, half)
+        fits = (np.asarray(cut.shape) - 3) // 2  # the widest box (half-widths) the image holds with its margin
+        wider = np.where(cut_axes, np.maximum(half, np.minimum(wide, fits)), half)
+        advice = (f"give a larger box, e.g. size {tuple(int(v) for v in 2 * wider + 1)}" if (wider > half).any()
+                  else "no larger box fits the image with a voxel of margin: image more planes or a larger field")
         warnings.warn(f"the bead box {tuple(int(v) for v in 2 * half + 1)} cuts the PSF's tails (it holds about "
                       f"{share:.0%} of a bead's light near its focal plane, against a box twice as wide, and its "
-                      f"faces up to {faces.max():.0%} of the peak): deconvolution with it leaves haze; give "
-                      f"a larger box, e.g. size {tuple(int(v) for v in 2 * wider + 1)}",
+                      f"faces up to {faces.max():.0%} of the peak): deconvolution with it leaves haze; {advice}",
                       RuntimeWarning, stacklevel=3)
 
 
