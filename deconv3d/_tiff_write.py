@@ -258,14 +258,16 @@ def _written_voxel(data: np.ndarray, voxel_size) -> tuple | None:
 def _ome_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
     """Keyword arguments of ``tifffile.imwrite`` for an OME-TIFF: the axes, ``PhysicalSizeZ/Y/X`` in µm
     (no z size for a stack given the ``(y, x)`` pixel size only, as :func:`_imagej_kwargs` writes no
-    ``spacing``), and the ``metadata`` as one OME ``MapAnnotation`` holding the ImageJ properties' text."""
+    ``spacing``), and the ``metadata`` as one OME ``MapAnnotation`` holding the ImageJ properties' text;
+    grey planes (``photometric='minisblack'``): without it tifffile took a stack whose x axis is 3 or 4 long
+    for RGB(A) samples, and refused its axes ("axes do not match stored shape")."""
     md: dict = {"axes": "ZYX"[-data.ndim:]}
     if (voxel := _written_voxel(data, voxel_size)) is not None:
         for axis, size in zip("ZYX"[-len(voxel):], voxel):
             md[f"PhysicalSize{axis}"], md[f"PhysicalSize{axis}Unit"] = float(size), "\u00b5m"
     if metadata:
         md["MapAnnotation"] = {str(k): _property_text(v) for k, v in metadata.items() if v is not None}
-    return {"metadata": md}
+    return {"metadata": md, "photometric": "minisblack"}
 
 
 def _property_text(value) -> str:
