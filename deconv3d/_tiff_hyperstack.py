@@ -1,6 +1,7 @@
 """Writing ImageJ hyperstacks for the pipeline: a zarr array of several channels and/or time points as one
-float32 TIFF with its time step, channel names, colours and display ranges, read in slabs and written
-atomically by :mod:`deconv3d._tiff_write`'s write path."""
+float32 TIFF with its time step, channel names, colours and display ranges (an OME-TIFF, without the display
+ranges, where the name ends in ``.ome.tif``/``.ome.tiff``), read in slabs and written atomically by
+:mod:`deconv3d._tiff_write`'s write path."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import tifffile
 
 from deconv3d._paths import _check_writable_target
 from deconv3d._tiff_channels import omero_color
-from deconv3d._tiff_write import (_SLAB_BYTES, _as_stack, _contiguous_if_large, _imagej_kwargs, _property_text, _slabs,
-                                  _with_samples, _write_atomically)
+from deconv3d._tiff_metadata import _OME_TIME_UNITS
+from deconv3d._tiff_write import (_SLAB_BYTES, _as_stack, _contiguous_if_large, _imagej_kwargs, _ome_kwargs,
+                                  _property_text, _slabs, _with_samples, _write_atomically, is_ome_tiff_name)
 from deconv3d.errors import InputError
 
 __all__ = ["write_hyperstack"]
@@ -25,12 +27,16 @@ _IMAGEJ_TIME_UNITS = {"second": "sec", "minute": "min", "hour": "hr", "day": "da
 
 def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, time_axis=None, channels=None,
                      slab_bytes: int | None = None) -> None:
-    """Write a zarr array of several channels and/or time points as a float32 ImageJ hyperstack, atomically.
+    """Write a zarr array of several channels and/or time points as a float32 ImageJ hyperstack (or
+    OME-TIFF), atomically.
 
     Parameters
     ----------
     path : str or os.PathLike
-        Output ``.tif``/``.tiff`` path; an existing file is replaced.
+        Output ``.tif``/``.tiff`` path; an existing file is replaced. A name ending in ``.ome.tif`` or
+        ``.ome.tiff`` (any case; :func:`~deconv3d._tiff_write.is_ome_tiff_name`) gives an OME-TIFF instead,
+        the planes in the same order (OME's DimensionOrder XYCZT), as :func:`_ome_hyperstack_kwargs`
+        describes its OME-XML.
     array : zarr.Array
         The image, with ``axes``; never loaded whole: every time point is read in slabs of
         z-planes of all its channels, at most ``slab_bytes`` (default 256 MiB), or, where one
@@ -69,22 +75,70 @@ def write_hyperstack(path, array, axes: str, voxel_size=None, metadata=None, *, 
     if metadata is not None and not isinstance(metadata, dict):
         raise InputError(f"metadata must be a dict of ImageJ properties, got {type(metadata).__name__}")
     _, voxel_size = _as_stack(np.empty((1,) * len(spatial)), voxel_size, spatial, path)
-    kwargs = _imagej_kwargs(np.empty((1,) * (3 if "Z" in spatial else 2)), voxel_size, metadata)
     sizes = dict(zip(letters, array.shape))
     sizes.update({"Y": sizes.get("Y", 1), "X": sizes.get("X", 1)})  # (a section's lateral axis of one)
     order = "".join(a for a in "TZCYX" if a in sizes)
-    kwargs["metadata"]["axes"] = order
-    if "T" in letters:
-        time_keys, time_properties = _imagej_time_axis(time_axis)
-        kwargs["metadata"].update(time_keys)
-        if time_properties:
-            kwargs["metadata"].setdefault("Properties", {}).update(time_properties)
-    kwargs["metadata"].update(_imagej_channels(channels, sizes, path))
+    plane = np.empty((1,) * (3 if "Z" in spatial else 2))  # (the spatial dimensions, for the voxel size)
+    time_axis, channels = time_axis if "T" in letters else None, _checked_channels(channels, sizes, path)
+    if is_ome_tiff_name(path):
+        shape, kwargs = tuple(sizes[a] for a in order), _ome_hyperstack_kwargs(
+            plane, voxel_size, metadata, order, time_axis, channels)
+    else:
+        shape, kwargs = _imagej_hyperstack_kwargs(plane, voxel_size, metadata, order, sizes, time_axis, channels)
     pages = _hyperstack_pages(array, letters, slab_bytes or _SLAB_BYTES, path)
+    _write_atomically(path, lambda fh: tifffile.imwrite(fh, data=pages, shape=shape, dtype=np.float32, **kwargs))
+
+
+def _imagej_hyperstack_kwargs(plane, voxel_size, metadata, order: str, sizes: dict, time_axis,
+                              channels) -> tuple[tuple, dict]:
+    """``(shape, keyword arguments of tifffile.imwrite)`` of an ImageJ hyperstack with axes ``order``
+    (TZCYX, the lengths ``sizes``), the time step (:func:`_imagej_time_axis`) and the ``channels``
+    (:func:`_imagej_channels`)."""
+    kwargs = _imagej_kwargs(plane, voxel_size, metadata)
+    kwargs["metadata"]["axes"] = order
+    time_keys, time_properties = _imagej_time_axis(time_axis)
+    kwargs["metadata"].update(time_keys)
+    if time_properties:
+        kwargs["metadata"].setdefault("Properties", {}).update(
+            {key: _property_text(value) for key, value in time_properties.items()})
+    kwargs["metadata"].update(_imagej_channels(channels, sizes))
     shape = _with_samples(tuple(sizes[a] for a in order), kwargs["metadata"])
-    kwargs.update(_contiguous_if_large(shape))
-    _write_atomically(path, lambda fh: tifffile.imwrite(fh, data=pages, shape=shape,
-                                                        dtype=np.float32, imagej=True, **kwargs))
+    return shape, {**kwargs, "imagej": True, **_contiguous_if_large(shape)}
+
+
+#: OME-XML's ``TimeIncrementUnit`` symbol (UnitsTime) of each OME-Zarr time unit that has one.
+_OME_TIME_SYMBOLS = {name: symbol for symbol, name in _OME_TIME_UNITS.items()}
+
+
+def _ome_hyperstack_kwargs(plane, voxel_size, metadata, order: str, time_axis, channels) -> dict:
+    """Keyword arguments of ``tifffile.imwrite`` for an OME-TIFF hyperstack with axes ``order`` (TZCYX:
+    OME's DimensionOrder XYCZT, the planes in the order the ImageJ path writes them): as
+    :func:`~deconv3d._tiff_write._ome_kwargs` writes a 2D or 3D image, plus the time step as ``TimeIncrement``
+    and ``TimeIncrementUnit`` where its unit has an OME symbol (else the step as the property ``time_step``,
+    and the unit, if any, as ``time_unit``), a start other than 0 as the property ``time_origin``, and each
+    channel's ``Name`` (its label) and ``Color`` (its colour, white where it has none, as the ImageJ path's
+    lookup tables) where ``channels`` are given. OME-XML has no channel display range: windows are not kept."""
+    step, unit, start = (*time_axis, 0.0)[:3] if time_axis is not None else (None, None, 0.0)
+    symbol = _OME_TIME_SYMBOLS.get(unit)
+    extra = {} if step is None or symbol else {"time_step": float(step), "time_unit": unit or None}
+    if start:
+        extra["time_origin"] = float(start)
+    kwargs = _ome_kwargs(plane, voxel_size, {**(metadata or {}), **extra})
+    md = kwargs["metadata"]
+    md["axes"] = order
+    if symbol:
+        md["TimeIncrement"], md["TimeIncrementUnit"] = float(step), symbol
+    if channels:
+        md["Channel"] = [{**({"Name": str(c["label"])} if c.get("label") else {}),
+                          "Color": _ome_color(c.get("color"))} for c in channels]
+    return {**kwargs, "ome": True}
+
+
+def _ome_color(color) -> int:
+    """OME-XML's ``Color`` of a channel colour (six hex digits RRGGBB; white otherwise, as
+    :func:`~deconv3d._tiff_channels.omero_color` makes it): RGBA, opaque, as a signed 32-bit integer."""
+    rgba = int(omero_color(color), 16) << 8 | 0xFF
+    return rgba - 2**32 if rgba >= 2**31 else rgba
 
 
 def _imagej_time_axis(time_axis) -> tuple[dict, dict]:
@@ -96,13 +150,23 @@ def _imagej_time_axis(time_axis) -> tuple[dict, dict]:
         return {}, {}
     step, unit, start = (*time_axis, 0.0)[:3]
     keys = {"finterval": float(step), "tunit": _IMAGEJ_TIME_UNITS.get(unit, unit)} if unit else {}
-    properties = {} if unit else {"time_step": _property_text(float(step))}
+    properties = {} if unit else {"time_step": float(step)}
     if start:
-        properties["time_origin"] = _property_text(float(start))
+        properties["time_origin"] = float(start)
     return keys, properties
 
 
-def _imagej_channels(channels, sizes: dict, path) -> dict:
+def _checked_channels(channels, sizes: dict, path):
+    """``channels`` (:func:`write_hyperstack`), refused unless one entry per channel (``sizes``: the
+    length of each of the hyperstack's axes); None for none."""
+    count = sizes.get("C", 1)
+    if channels and len(channels) != count:
+        raise InputError(f"cannot write {path}: {len(channels)} channel entries for an image of {count} channels: "
+                         "give one per channel")
+    return channels or None
+
+
+def _imagej_channels(channels, sizes: dict) -> dict:
     """ImageJ's display of a hyperstack's channels (``sizes``: the length of each of its TZCYX axes):
     ``composite`` mode for several, and from ``channels`` (:func:`write_hyperstack`) the planes'
     ``Labels`` (channel fastest, ImageJ's order), the ``LUTs`` and the display ``Ranges``. One channel
@@ -112,9 +176,6 @@ def _imagej_channels(channels, sizes: dict, path) -> dict:
     md: dict = {"mode": "composite"} if count > 1 else {}
     if not channels:
         return md
-    if len(channels) != count:
-        raise InputError(f"cannot write {path}: {len(channels)} channel entries for an image of {count} channels: "
-                         "give one per channel")
     if count == 1:
         md["mode"] = "color"
     labels = [str(c.get("label") or "") for c in channels]
