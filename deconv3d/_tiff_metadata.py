@@ -27,6 +27,16 @@ def _ome_pixels(xml: str):
     return next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
 
 
+def _ome_map_annotation(xml: str) -> dict:
+    """The keys and texts of an OME-XML document's ``MapAnnotation`` entries (``<M K="key">text</M>``, any
+    namespace): the properties deconv3d writes into an OME-TIFF. Empty where there are none."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    return {el.get("K"): el.text for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "M" and el.get("K")}
+
+
 # OME-Zarr (UDUNITS) names of OME-XML's time units (UnitsTime), by symbol, case and all: "Ms" is a
 # megasecond, "ms" a millisecond. OME-Zarr names no decasecond ("das"): it is left without a unit.
 _OME_TIME_UNITS = {"Ys": "yottasecond", "Zs": "zettasecond", "Es": "exasecond", "Ps": "petasecond",
@@ -65,13 +75,19 @@ def time_axis_and_problem(tif: tifffile.TiffFile) -> tuple:
     the input as given and of "the image" (:attr:`~deconv3d.omezarr.LazyImage.time_problem`), for the run
     that writes that axis, which gives it once its checks pass (opened twice, a refused run warned twice
     first). The axis is ``(step, unit[, start])``: an ImageJ hyperstack's property ``time_origin``, which
-    deconv3d writes where it is not 0 (ImageJ has no key for it), is its start."""
+    deconv3d writes where it is not 0 (ImageJ has no key for it), is its start; in an OME-TIFF, the
+    ``MapAnnotation``'s ``time_origin``, and its ``time_step`` and ``time_unit`` where OME-XML's
+    ``TimeIncrement`` is not written (a unit without an OME symbol, or none)."""
     step, unit, symbols, start = None, None, {}, None
     if tif.is_ome and tif.ome_metadata:
-        pixels = _ome_pixels(tif.ome_metadata)
+        pixels, properties = _ome_pixels(tif.ome_metadata), _ome_map_annotation(tif.ome_metadata)
         if pixels is not None and pixels.get("TimeIncrement") is not None:
             step, unit = pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s")
             symbols = _OME_TIME_UNITS
+        else:  # a step whose unit has no OME symbol, or none, as deconv3d writes it (properties)
+            step, unit = properties.get("time_step"), properties.get("time_unit", "")
+            symbols = {name: name for name in _OME_TIME_UNITS.values()}
+        start = _finite(properties.get("time_origin"))
     elif tif.imagej_metadata:
         ij = tif.imagej_metadata
         properties = ij.get("Properties") if isinstance(ij.get("Properties"), dict) else {}

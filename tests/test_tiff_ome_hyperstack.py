@@ -97,6 +97,11 @@ def test_an_ome_hyperstack_keeps_a_step_without_an_ome_unit_and_a_start_as_prope
     assert {k: json.loads(v) for k, v in pairs.items() if k.startswith("time_") and k != "time_unit"} == \
         {k: v for k, v in properties.items() if k != "time_unit"}
     assert pairs.get("time_unit") == properties.get("time_unit")
+    # read back as the ImageJ path's are: the step, its unit where deconv3d can name it, the start
+    imagej = tmp_path / "h.tif"
+    write_hyperstack(imagej, np.ones((2, 3, 4, 4), np.float32), "TZYX", VOXEL, {"method": "rl"}, time_axis=time_axis)
+    lazy, expected = open_lazy(tmp_path / "h.ome.tif"), open_lazy(imagej)
+    assert lazy.time_axis == expected.time_axis == (time_axis if time_axis[1] != "decasecond" else (2.0, None))
 
 
 def test_channel_entries_that_do_not_match_are_refused_before_an_ome_tiff_is_written(tmp_path):
