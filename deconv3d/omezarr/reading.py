@@ -288,12 +288,16 @@ def _level_array(image_path: Path, component: str, level: int, metadata):
 def _open_array(root, component: str):
     """The zarr array ``component`` of the store at ``root``, read-only, its chunks read through
     :class:`~deconv3d.omezarr._chunk_bytes.WholeChunkStore`: a chunk whose file is a folder or a broken
-    link, or is empty or cut short, is refused, not read as the fill value (zeros)."""
+    link, or is empty or cut short, is refused, not read as the fill value (zeros); and decoded through
+    :func:`~deconv3d.omezarr._chunk_decoding.refusing_damaged_chunks`: a chunk whose bytes do not decode,
+    whatever its codec, is refused in one line naming it, read by :class:`ZarrReader` or the dask array."""
     import zarr
 
     from deconv3d.omezarr._chunk_bytes import WholeChunkStore
+    from deconv3d.omezarr._chunk_decoding import refusing_damaged_chunks
 
-    return zarr.open_array(store=WholeChunkStore(root, read_only=True), path=component, mode="r")
+    return refusing_damaged_chunks(zarr.open_array(store=WholeChunkStore(root, read_only=True), path=component,
+                                                   mode="r"))
 
 
 def _drop_single_z(data, axes: str, *per_axis):

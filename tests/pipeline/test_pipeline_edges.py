@@ -666,7 +666,7 @@ def test_a_damaged_chunk_of_a_zarr_input_is_named_not_an_internal_error(tmp_path
     chunk.write_bytes(b"\x00\x01")
     code, _, err = run(["deconvolve", tmp_path / "in.zarr", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "o.zarr",
                         "--iterations", 1, "--device", "cpu"], capsys)
-    assert_one_line_error(code, err, "in.zarr", "a chunk is damaged")
+    assert_one_line_error(code, err, "in.zarr", "is damaged: its bytes do not decode")
     assert not (tmp_path / "o.zarr").exists()
 
 

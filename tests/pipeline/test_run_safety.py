@@ -534,7 +534,7 @@ def test_a_zarr_read_failing_over_many_chunks_ends_with_its_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", SLOW_CHUNKS, *argv], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)  # (a guard against a hang only)
-    assert_one_line_error(done.returncode, done.stderr, "cannot read", "img.zarr", "a chunk is damaged")
+    assert_one_line_error(done.returncode, done.stderr, "chunk c/0/0/0 of the zarr array", "img.zarr", "is damaged")
     assert not (tmp_path / "out.zarr").exists() and _leftovers(tmp_path) == []
 
 
@@ -594,7 +594,8 @@ def test_a_damaged_chunk_read_inside_the_output_stops_its_other_chunks_at_once(t
     held = _chunks_read_after_a_failure(monkeypatch, "c/2/0/0")
     code, _, err = run(["deconvolve", tmp_path / "in.zarr", "--psf", tmp_path / "psf.tif", "-o", tmp_path / out,
                         "--iterations", 1, "--device", "cpu", *extra], capsys)
-    assert_one_line_error(code, err, "cannot read", "in.zarr", "a chunk is damaged", "copy or convert the image again")
+    assert_one_line_error(code, err, "chunk c/2/0/0 of the zarr array", "in.zarr", "is damaged",
+                          "restore the chunk file or re-export the image")
     assert not (tmp_path / out).exists() and _leftovers(tmp_path) == []
     # the chunks begun before the failure, at most zarr's limit of concurrent reads, and none of the 60 queued
     assert 0 < len(held) <= zarr.config.get("async.concurrency"), held
