@@ -93,5 +93,5 @@ def _refusal(root, key: str, problem: str, above: int = 0) -> InputError:
     array, chunk = Path(root, *parts[:depth]), "/".join(parts[depth:])
     problem = problem.format("/".join(parts[depth:above]))
     return InputError(f"chunk {chunk} of the zarr array {array} {problem}, so it cannot be read (a chunk with no "
-                      "file at all would read as the fill value, zeros): restore the chunk file or re-export "
+                      "file at all would read as the array's fill value): restore the chunk file or re-export "
                       "the image")

@@ -183,7 +183,8 @@ def test_an_empty_chunk_or_shard_file_is_refused_not_read_as_zeros(tmp_path, ima
             "whole shard": lambda: open_lazy(path).reader.read((slice(8, 16), slice(None), slice(None))),
             "one chunk": lambda: open_lazy(path).reader.read((slice(8, 12), slice(0, 16), slice(None)))}[how]
     words = "is empty \\(0 bytes\\)" if how == "whole shard" else "(is empty|ends before the 68 bytes zarr asked)"
-    with pytest.raises(InputError, match=f"^chunk c/1/0/0 of the zarr array .*in.zarr.0 {words}.*: {FIX}$"):
+    with pytest.raises(InputError, match=f"^chunk c/1/0/0 of the zarr array .*in.zarr.0 {words}.*, so it cannot be "
+                       f"read \\(a chunk with no file at all would read as the array's fill value\\): {FIX}$"):
         read()
 
 
