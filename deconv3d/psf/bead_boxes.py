@@ -342,15 +342,19 @@ def _reject_outliers(boxes: list) -> list:
         return boxes
     sums = np.array([b.sum() for b in boxes])
     widths = np.array([_core_widths(b) for b in boxes])
-    pair = len(boxes) == 2
-    median = sums.min() if pair else np.median(sums)
-    typical = widths[np.argmin(sums)] if pair else np.median(widths, axis=0)
-    spread = 0.0 if pair else 1.4826 * np.median(np.abs(widths - typical), axis=0)  # the noise of a core's width
     smoothed = np.array([_core_widths(ndimage.gaussian_filter(b, 1.0)) for b in boxes])  # (noise: DOUBLET_WIDTH)
+    pair = len(boxes) == 2
+    faint = int(np.argmin(sums))
+
+    def reference(values: np.ndarray) -> np.ndarray:  # the fainter box of a pair, else the median box
+        return values[faint] if pair else np.median(values, axis=0)
+
+    median, typical = reference(sums), reference(widths)
+    # A pair: no cores' scatter, and neither left out for its light alone
+    spread, most = (0.0, np.inf) if pair else (1.4826 * np.median(np.abs(widths - typical), axis=0), 2 * median)
     wider = ((widths > np.maximum(DOUBLET_WIDTH * np.maximum(typical, DOUBLET_CORE), typical + DOUBLET_SPREAD * spread))
-             & (smoothed > DOUBLET_WIDTH * (smoothed[np.argmin(sums)] if pair else np.median(smoothed, axis=0)))
-             ).any(axis=1)
-    bright = sums > (np.inf if pair else 2 * median)
+             & (smoothed > DOUBLET_WIDTH * reference(smoothed))).any(axis=1)
+    bright = sums > most
     doublets = ~bright & (sums > DOUBLET_LIGHT * median) & wider
     if bright.any():
         warnings.warn(f"{int(bright.sum())} of {len(boxes)} beads were left out: their boxes hold over twice the "
