@@ -1485,6 +1485,29 @@ def test_distill_names_crowding_not_saturation_when_one_bead_is_clipped():
     assert "saturated" not in str(error.value)
 
 
+def test_distill_filters_the_image_for_clipped_voxels_once_on_its_failure_path(monkeypatch):
+    """Found by the review of this stop: a distillation that found no bead filtered the whole image for
+    the voxels near a clipped one twice (for the clipped-beads check and for the failure's reason); the
+    filter is now run once and the message is the same."""
+    import deconv3d.psf.distill as distill
+
+    calls = []
+
+    def counted(beads):
+        calls.append(beads.shape)
+        return near_clipped(beads)
+
+    near_clipped = distill._near_clipped
+    monkeypatch.setattr(distill, "_near_clipped", counted)
+    centres = [(12, y, x) for y in (10, 22, 34) for x in (10, 22, 34)]
+    beads = gaussian_beads((24, 72, 72), [(c, 3000.0, (2.0, 1.4, 1.4)) for c in centres]
+                           + [((12, 58, 58), 2e5, (2.0, 1.4, 1.4))], seed=0)
+    with pytest.warns(RuntimeWarning, match="1 of 1 beads have saturated voxels"):
+        with pytest.raises(InputError, match="every bead has a neighbour within one box width"):
+            distill_psf(np.minimum(beads, 65535))
+    assert calls == [(24, 72, 72)]
+
+
 @pytest.mark.parametrize("model, na", [("gibson-lanni", 1.4), ("vectorial", 1.2)])
 def test_distill_warns_of_a_box_too_small_for_a_gaussian_bead_but_not_of_widefield_beads_default_box(model, na):
     """Found by the review of this stop: against a box twice as wide along z too, any box held about half

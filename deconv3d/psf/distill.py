@@ -157,7 +157,8 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     if min_distance is None:
         min_distance = max(1, int(round(min(fwhm) / 2)))
     centres, peaks = _isolated_beads(smooth, half, int(min_distance), float(threshold), background)
-    clipped_only = _clipped_beads_only(beads, smooth, peaks, float(threshold))
+    near_clipped = _near_clipped(beads)  # (a full-image filter: computed once, also for the failure's reason)
+    clipped_only = _clipped_beads_only(near_clipped, smooth, peaks, float(threshold))
     centres = _unsaturated(beads, centres, half, clipped_only)
     cut = _without_hot_voxels(beads, despiked)  # what the boxes are cut from
     found = [_surroundings(cut, c, peaks, half) for c in centres]  # (centre, wider box, background)
@@ -171,7 +172,7 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
                          "on what lies beside them: image the beads with less exposure or gain")
     if not boxes:
         why = _why_no_beads(smooth, peaks, half, background, _smoothed_noise(despiked, 1.0), float(threshold), fwhm,
-                            _near_clipped(beads))
+                            near_clipped)
         raise InputError(f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold "
                          f"{float(threshold):.3g}): {why}")
     total = np.sum(boxes, axis=0)
@@ -179,12 +180,12 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     return normalize_psf(_quiet_tails(total))
 
 
-def _clipped_beads_only(beads, smooth, peaks, threshold: float) -> bool:
+def _clipped_beads_only(near, smooth, peaks, threshold: float) -> bool:
     """Whether every peak that reaches ``threshold`` has a clipped voxel (:func:`_clipped`) within 2 voxels
-    of it (and one does): then no bead was found for their saturation. Beads crowded 12 voxels apart beside
-    one clipped bead were told that every bead was saturated, not that their boxes overlap."""
-    near = _near_clipped(beads)
-    found = [tuple(p) for p in np.asarray(peaks).reshape(-1, beads.ndim) if smooth[tuple(p)] >= threshold]
+    of it (``near``, :func:`_near_clipped`), and one does: then no bead was found for their saturation. Beads
+    crowded 12 voxels apart beside one clipped bead were told that every bead was saturated, not that their
+    boxes overlap."""
+    found = [tuple(p) for p in np.asarray(peaks).reshape(-1, near.ndim) if smooth[tuple(p)] >= threshold]
     return bool(found) and all(near[p] for p in found)
 
 
