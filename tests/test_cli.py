@@ -224,6 +224,36 @@ def test_deconvolve_with_generated_psf(data, capsys):
     assert out.exists()
 
 
+def test_psf_out_of_memory_names_the_shape_its_memory_and_a_smaller_shape(data, capsys, monkeypatch):
+    """Found by the review of this stop's psf changes: below the grid limit psfmodels may still run out of
+    memory (40-115 bytes a voxel); its MemoryError (std::bad_alloc through pybind11) ended in the generic
+    "use smaller sizes (batch, widths, levels, chunks) or set --memory-limit". 'psf' names the shape, the
+    memory estimated and a smaller --shape; 'deconvolve --psf-model', whose shape the command chose, names
+    the voxel size and a --psf file instead, over the limit too. No file either way."""
+    import deconv3d.psf.generate as generate
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("std::bad_alloc")
+
+    monkeypatch.setattr(generate, "_make_psf", out_of_memory)
+    out = data / "generated.tif"
+    code, _, err = run(["psf", "-o", out, "--model", "gibson-lanni", "--shape", 9, 15, 15, "--voxel-size", 0.2, 0.1,
+                        0.1, "--na", 1.0, "--wavelength", 0.6], capsys)
+    assert_one_line_error(code, err, "not enough memory to compute a PSF of shape 9 x 15 x 15", "GB",
+                          "give a smaller --shape")
+    assert not out.exists()
+    deconvolve = ["deconvolve", data / "image.tif", "--psf-model", "gaussian", "--na", 1.2, "--wavelength", 0.5,
+                  "-o", data / "o.tif", "--iterations", 2, "--device", "cpu"]
+    code, _, err = run(deconvolve, capsys)
+    assert_one_line_error(code, err, "not enough memory to compute a PSF of shape", "GB", "--voxel-size", "--psf")
+    assert "smaller shape" not in err and not (data / "o.tif").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(generate, "MAX_GENERATED_VOXELS", 100)
+    code, _, err = run(deconvolve, capsys)
+    assert_one_line_error(code, err, "more than the 100 deconv3d computes", "took that shape from the image", "--voxel-size", "--psf")
+    assert "smaller shape" not in err and not (data / "o.tif").exists()
+
+
 def test_psf_command(tmp_path, capsys):
     out = tmp_path / "psf.tif"
     code, _, err = run(["psf", "-o", out, "--model", "gaussian", "--shape", 9, 15, 15, "--voxel-size", 0.2, 0.1, 0.1,

@@ -126,7 +126,7 @@ def test_a_psf_shape_too_large_to_compute_is_refused_before_psfmodels_runs(tmp_p
     out = tmp_path / "psf.tif"
     code, _, err = run(["psf", "-o", out, "--shape", 9, 33, 33, "--voxel-size", *VOXEL, "--na", 1.2,
                         "--wavelength", 0.52], capsys)
-    assert_one_line_error(code, err, "a PSF of shape 9 x 33 x 33", "give a smaller shape")
+    assert_one_line_error(code, err, "a PSF of shape 9 x 33 x 33", "give a smaller --shape")
     assert not out.exists()
 
 

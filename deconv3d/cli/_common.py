@@ -141,7 +141,7 @@ def load_psf(args, image, voxel, fit_image: bool = True, warnings: list | None =
     A warning about the PSF file is appended to ``warnings`` (printed by the caller once the input is checked)."""
     from deconv3d.io import naming_psf_and_image, psf_dimension_problem, psf_voxel_size, read_psf
     from deconv3d.psf import generate_psf, prepare_psf
-    from deconv3d.psf.generate import generated_psf_shape
+    from deconv3d.psf.generate import GridTooLarge, generated_psf_shape
 
     if args.psf:
         psf = read_psf(args.psf)
@@ -164,8 +164,13 @@ def load_psf(args, image, voxel, fit_image: bool = True, warnings: list | None =
         raise InputError(f"--psf-model needs the image's voxel size, and the image records no {missing} size: "
                          f"pass --voxel-size {_sizes(partial)}")
     shape = generated_psf_shape(image.data.shape, voxel, args.na, args.wavelength)
-    psf = generate_psf(args.psf_model, shape, voxel, args.na, args.wavelength, ni=args.ni, ns=args.ns,
-                       depth=args.depth)
+    try:
+        psf = generate_psf(args.psf_model, shape, voxel, args.na, args.wavelength, ni=args.ni, ns=args.ns,
+                           depth=args.depth)
+    except GridTooLarge as exc:  # a shape the command chose, not the user: name what sets it
+        raise InputError(f"{exc.problem}; --psf-model took that shape from the image (its planes, and 8 Airy radii "
+                         "across within its width): check the voxel size (--voxel-size), or make a PSF of fewer "
+                         "voxels with 'deconv3d psf --shape' and give it as --psf") from None
     return prepare_psf(psf, image.data.shape, psf_voxel=voxel, image_voxel=voxel)
 
 

@@ -180,6 +180,7 @@ def _unused_option_warnings(args) -> list[str]:
 def cmd_psf(args) -> int:
     from deconv3d.io import write_tiff
     from deconv3d.psf import generate_psf
+    from deconv3d.psf.generate import GridTooLarge
 
     check_output(args.output, [])
     if len(args.shape) != len(args.voxel_size):
@@ -190,8 +191,11 @@ def cmd_psf(args) -> int:
                          "cannot use as a PSF: give Y and X of at least 2, wide enough to hold the PSF (e.g. 63 63)")
     if args.model == "gaussian" and "ns" in getattr(args, "_given_options", ()):
         print_warnings([f"deconv3d: warning: --ns is {_GAUSSIAN_NS}; ignored"])
-    psf = generate_psf(args.model, tuple(args.shape), tuple(args.voxel_size), args.na, args.wavelength,
-                       ni=args.ni, ns=args.ns, depth=args.depth)
+    try:
+        psf = generate_psf(args.model, tuple(args.shape), tuple(args.voxel_size), args.na, args.wavelength,
+                           ni=args.ni, ns=args.ns, depth=args.depth)
+    except GridTooLarge as exc:  # the shape is --shape
+        raise GridTooLarge(exc.problem, "--shape") from None
     meta = {"deconv3d": __version__, "psf_model": args.model, "na": args.na, "wavelength_um": args.wavelength,
             "ni": args.ni, "ns": args.ns, "depth_um": args.depth}
     write_tiff(args.output, psf, voxel_size=tuple(args.voxel_size), metadata=meta)

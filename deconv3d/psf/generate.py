@@ -60,8 +60,11 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     ------
     InputError
         For an unknown model or a non-physical parameter, and for a PSF nearly flat across its box
-        in its plane of best focus (:data:`FLAT_LEVEL`; voxel sizes in other units than µm), and for a
-        shape computed on more than :data:`MAX_GENERATED_VOXELS` voxels.
+        in its plane of best focus (:data:`FLAT_LEVEL`; voxel sizes in other units than µm).
+    GridTooLarge
+        (an :class:`InputError`) For a shape computed on more than :data:`MAX_GENERATED_VOXELS` voxels, and
+        when the computation runs out of memory (a MemoryError, as pybind11 raises psfmodels'
+        ``std::bad_alloc``): it names the shape, its grid and the memory estimated for it.
 
     Notes
     -----
@@ -138,18 +141,28 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     half = max((ny - 1) // 2 * dy, (nx - 1) // 2 * dx) / dxy
     margin = 1 if fine == 1 else int(np.ceil(max(step) / 2)) + 1  # the integration reaches half a voxel past the box
     n_gen = 2 * (int(np.ceil(half - 1e-9)) + margin) + 1  # odd
-    _refuse_a_huge_grid(shape, voxel3[-len(shape):], (nz | 1) * n_gen**2)
+    voxels = (nz | 1) * n_gen**2
+    _refuse_a_huge_grid(shape, voxel3[-len(shape):], voxels)
     def planes_about(shift):  # the stack's planes centred ``shift`` µm below the nominal focus
         return _make_psf(model_name, _focal_positions(nz | 1, dz, depth + shift), n_gen, dxy, na, wavelength, ni, ns,
                          depth, oversample=3 if fine == 1 else 1)
 
-    shift = _focal_shift(model_name, na, wavelength, ni, ns, depth)
-    psf = planes_about(shift)
-    if shift and nz > 1 and abs(error := _core_offset(psf)) > CORE_OFFSET_TOLERANCE:
-        psf = planes_about(shift + error * dz)
-    if fine > 1:
-        psf = _voxel_integrated(psf, step)
-    psf = _centred_zoom(psf, step, (nz, ny, nx), order=3)
+    def computed():
+        shift = _focal_shift(model_name, na, wavelength, ni, ns, depth)
+        psf = planes_about(shift)
+        if shift and nz > 1 and abs(error := _core_offset(psf)) > CORE_OFFSET_TOLERANCE:
+            psf = planes_about(shift + error * dz)
+        if fine > 1:
+            psf = _voxel_integrated(psf, step)
+        return _centred_zoom(psf, step, (nz, ny, nx), order=3)
+
+    try:
+        psf = computed()
+    except MemoryError:  # (psfmodels' std::bad_alloc too)
+        raise GridTooLarge(f"not enough memory to compute a PSF of shape {' x '.join(map(str, shape))} at "
+                           f"{format_sizes(voxel3[-len(shape):])} µm on {voxels:.3g} voxels (up to "
+                           f"{voxels * GENERATED_BYTES_PER_VOXEL / 1e9:.3g} GB at {GENERATED_BYTES_PER_VOXEL} bytes a "
+                           "voxel)") from None
     psf = np.clip(psf, 0, None)
     _refuse_a_flat_psf(psf, model, voxel3, na, wavelength)
     if len(shape) == 2:
@@ -186,14 +199,27 @@ FLAT_LEVEL = 0.9
 #: on each side ended in "not enough memory for this run ... use smaller sizes (batch, widths, levels,
 #: chunks) or set --memory-limit", options 'deconv3d psf' does not have.
 MAX_GENERATED_VOXELS = 512**3
+#: The most memory a voxel of the grid took psfmodels (gaussian, 61 x 257 x 257; :data:`MAX_GENERATED_VOXELS`):
+#: the estimate :class:`GridTooLarge` gives when the computation runs out of memory.
+GENERATED_BYTES_PER_VOXEL = 115
+
+
+class GridTooLarge(InputError):
+    """:func:`generate_psf`'s refusal of a grid it cannot compute (over :data:`MAX_GENERATED_VOXELS` voxels, or
+    out of memory). ``problem`` says so without a fix, for a caller that chose the shape itself to name its
+    own (``deconvolve --psf-model``); the message adds "give a smaller shape"."""
+
+    def __init__(self, problem: str, shape_name: str = "shape"):
+        self.problem = problem
+        super().__init__(f"{problem}: give a smaller {shape_name}, a few times the PSF's extent (e.g. 31 63 63 at "
+                         "0.2 0.1 0.1 µm)")
 
 
 def _refuse_a_huge_grid(shape, voxel, voxels: int) -> None:
     """Refuse, before psfmodels allocates it, a grid of more than :data:`MAX_GENERATED_VOXELS`."""
     if voxels > MAX_GENERATED_VOXELS:
-        raise InputError(f"a PSF of shape {' x '.join(map(str, shape))} at {format_sizes(voxel)} µm is computed on "
-                         f"{voxels:.3g} voxels, more than the {MAX_GENERATED_VOXELS:.3g} deconv3d computes: give a "
-                         "smaller shape, a few times the PSF's extent (e.g. 31 63 63 at 0.2 0.1 0.1 µm)")
+        raise GridTooLarge(f"a PSF of shape {' x '.join(map(str, shape))} at {format_sizes(voxel)} µm is computed on "
+                           f"{voxels:.3g} voxels, more than the {MAX_GENERATED_VOXELS:.3g} deconv3d computes")
 
 
 _PSFMODELS_LOCK = threading.Lock()
