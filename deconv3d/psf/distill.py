@@ -164,20 +164,29 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     found = [_surroundings(cut, c, peaks, half) for c in centres]  # (centre, wider box, background)
     boxes = [_aligned_box(cut, c, half, level) for c, _, level in found]
     boxes = _reject_outliers([b for b in boxes if b is not None])
-    if not boxes and measured_box and clipped_only:
-        # With every bead clipped, the brightest unclipped maximum is a bump of their defocus light, whose
-        # width set a box of 25 x 67 x 61 voxels (widefield beads clipped at half their peak): no crowding.
-        # A box or threshold given is not set by that bump: a bead left out for them is told why.
-        raise InputError(f"every bead found has saturated voxels ({_clip_note(beads)}), or the box was measured "
-                         "on what lies beside them: image the beads with less exposure or gain")
     if not boxes:
-        why = _why_no_beads(smooth, peaks, half, background, _smoothed_noise(despiked, 1.0), float(threshold), fwhm,
-                            near_clipped)
-        raise InputError(f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold "
-                         f"{float(threshold):.3g}): {why}")
+        raise _no_beads(beads, despiked, smooth, peaks, half, background, float(threshold), fwhm, near_clipped,
+                        measured_box and clipped_only)
     total = np.sum(boxes, axis=0)
     _warn_of_cut_tails(cut, smooth, found, half, total)
     return normalize_psf(_quiet_tails(total))
+
+
+
+def _no_beads(beads, despiked, smooth, peaks, half, background, threshold: float, fwhm, near_clipped,
+              all_clipped: bool) -> InputError:
+    """The refusal of a bead image no box was kept from (:func:`distill_psf`); ``all_clipped``: every bead
+    is clipped and the box was measured."""
+    if all_clipped:
+        # With every bead clipped, the brightest unclipped maximum is a bump of their defocus light, whose
+        # width set a box of 25 x 67 x 61 voxels (widefield beads clipped at half their peak): no crowding.
+        # A box or threshold given is not set by that bump: a bead left out for them is told why.
+        return InputError(f"every bead found has saturated voxels ({_clip_note(beads)}), or the box was measured "
+                          "on what lies beside them: image the beads with less exposure or gain")
+    why = _why_no_beads(smooth, peaks, half, background, _smoothed_noise(despiked, 1.0), threshold, fwhm,
+                        near_clipped)
+    return InputError(f"no isolated beads found (box {tuple(int(v) for v in 2 * half + 1)}, threshold "
+                      f"{threshold:.3g}): {why}")
 
 
 def _clipped_beads_only(near, smooth, peaks, threshold: float) -> bool:

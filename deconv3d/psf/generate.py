@@ -132,15 +132,7 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     model_name, shape3, voxel3 = _check_generate_args(model, shape, voxel_size, na, wavelength, ni, ns, depth)
     nz, ny, nx = shape3
     dz, dy, dx = voxel3
-    # Unequal lateral voxels: computed on a grid PIXEL_SUBSAMPLES times finer without psfmodels' own
-    # oversampling, then averaged over each voxel (scalar and vectorial models; psfmodels' Gaussian is
-    # point-sampled at any pixel size).
-    fine = PIXEL_SUBSAMPLES if not np.isclose(dy, dx, rtol=1e-6, atol=0) and model_name != "gaussian" else 1
-    dxy = min(dy, dx) / fine
-    step = (1.0, dy / dxy, dx / dxy)
-    half = max((ny - 1) // 2 * dy, (nx - 1) // 2 * dx) / dxy
-    margin = 1 if fine == 1 else int(np.ceil(max(step) / 2)) + 1  # the integration reaches half a voxel past the box
-    n_gen = 2 * (int(np.ceil(half - 1e-9)) + margin) + 1  # odd
+    fine, dxy, step, n_gen = _lateral_grid(model_name, ny, nx, dy, dx)
     voxels = (nz | 1) * n_gen**2
     _refuse_a_huge_grid(shape, voxel3[-len(shape):], voxels)
     def planes_about(shift):  # the stack's planes centred ``shift`` µm below the nominal focus
@@ -159,15 +151,35 @@ def generate_psf(model, shape, voxel_size, na, wavelength, ni=1.515, ns=1.33, de
     try:
         psf = computed()
     except MemoryError:  # (psfmodels' std::bad_alloc too)
-        raise GridTooLarge(f"not enough memory to compute a PSF of shape {' x '.join(map(str, shape))} at "
-                           f"{format_sizes(voxel3[-len(shape):])} µm on {voxels:.3g} voxels (up to "
-                           f"{voxels * GENERATED_BYTES_PER_VOXEL / 1e9:.3g} GB at {GENERATED_BYTES_PER_VOXEL} bytes a "
-                           "voxel)") from None
+        raise _out_of_memory(shape, voxel3[-len(shape):], voxels) from None
     psf = np.clip(psf, 0, None)
     _refuse_a_flat_psf(psf, model, voxel3, na, wavelength)
     if len(shape) == 2:
         psf = psf[0]
     return normalize_psf(psf)
+
+
+
+def _lateral_grid(model_name: str, ny: int, nx: int, dy: float, dx: float) -> tuple:
+    """``(fine, dxy, step, n_gen)``: the lateral grid the PSF of ``ny`` x ``nx`` voxels of ``dy`` x ``dx`` µm
+    is computed on, ``n_gen`` (odd) points a side ``dxy`` µm apart, ``step`` the voxel in grid steps per axis.
+    Unequal lateral voxels: a grid ``fine`` = PIXEL_SUBSAMPLES times finer without psfmodels' own
+    oversampling, then averaged over each voxel (scalar and vectorial models; psfmodels' Gaussian is
+    point-sampled at any pixel size)."""
+    fine = PIXEL_SUBSAMPLES if not np.isclose(dy, dx, rtol=1e-6, atol=0) and model_name != "gaussian" else 1
+    dxy = min(dy, dx) / fine
+    step = (1.0, dy / dxy, dx / dxy)
+    half = max((ny - 1) // 2 * dy, (nx - 1) // 2 * dx) / dxy
+    margin = 1 if fine == 1 else int(np.ceil(max(step) / 2)) + 1  # the integration reaches half a voxel past the box
+    return fine, dxy, step, 2 * (int(np.ceil(half - 1e-9)) + margin) + 1
+
+
+def _out_of_memory(shape, voxel, voxels: int) -> "GridTooLarge":
+    """The refusal of a PSF of ``shape`` at ``voxel`` µm whose grid of ``voxels`` points ran out of memory."""
+    return GridTooLarge(f"not enough memory to compute a PSF of shape {' x '.join(map(str, shape))} at "
+                        f"{format_sizes(voxel)} µm on {voxels:.3g} voxels (up to "
+                        f"{voxels * GENERATED_BYTES_PER_VOXEL / 1e9:.3g} GB at {GENERATED_BYTES_PER_VOXEL} bytes a "
+                        "voxel)")
 
 
 def _refuse_a_flat_psf(psf: np.ndarray, model, voxel, na, wavelength) -> None:
