@@ -126,8 +126,9 @@ class NonFiniteValues(InputError):
 
     def line(self, with_file: bool = True) -> str:
         """The one line: ``image a.tif contains NaN or Inf values (one at z-y-x (2, 3, 4) of time point 1):
-        FIX``, without the file's name where ``with_file`` is False."""
-        name = f"{self.what} {self.file}" if self.file and with_file else self.what
+        FIX``; where ``with_file`` is False, said of ``the image`` (as a batch's other reasons say it) without
+        the file's name."""
+        name = f"the {self.what}" if not with_file else f"{self.what} {self.file}" if self.file else self.what
         of = f" of {self.volume}" if self.volume else ""
         at = f" (one at {'-'.join(self.letters.lower())} {self.position}{of})" if self.position else \
             f" (in {self.volume})" if self.volume else ""

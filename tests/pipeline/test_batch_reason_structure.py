@@ -67,7 +67,8 @@ REASONS = {
     "small.tif": "PSF psf.tif (5, 5, 5) is larger than the image (3, 4, 4) along z, y, x (in the image's voxels): use a "
                  "PSF made for this image, e.g. 'deconv3d psf --shape 3 3 3 --voxel-size ...' at its voxel size (or the "
                  "PSF cropped to that), or image a larger volume",
-    "nan.tif": "image contains NaN or Inf values (one at z-y-x (2, 3, 4)): replace them (e.g. with 0) and save it again",
+    "nan.tif": "the image contains NaN or Inf values (one at z-y-x (2, 3, 4)): replace them (e.g. with 0) and save it "
+               "again",
     "parsec.zarr": "the image records its voxel size in 'parsec', a unit deconv3d cannot convert to µm: pass "
                    "--voxel-size DZ DY DX (in µm)",
     "bare_line.tif": "the image is 1D once its axes of length 1 are dropped (shape (24,)): a 2D or 3D image is needed",

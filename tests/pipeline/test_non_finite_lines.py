@@ -66,11 +66,25 @@ def test_a_batch_line_names_the_file_once(folder, capsys):
     tifffile.imwrite(folder / "IN" / "sub" / "a.tif", image)
     code, out, err = run(["batch", "IN", "-o", "OUT", "--psf", "psf.tif", *VOXEL, "--pattern", "**/*.tif",
                           "--chunks", 4, 32, 32], capsys)
-    reason = f"image contains NaN or Inf values (one at z-y-x (2, 3, 4)): {FIX}"
+    reason = f"the image contains NaN or Inf values (one at z-y-x (2, 3, 4)): {FIX}"
     assert code == 3, err
     assert f"failed  IN/sub/a.tif: {reason}\n" in out
     assert f"deconv3d: failed: IN/sub/a.tif: {reason}\n" in err
     assert not (folder / "OUT" / "a.zarr").exists() and (folder / "OUT" / "b.zarr").is_dir()
+
+
+def test_the_line_without_the_file_says_the_image():
+    """A batch's reason (the line without the file's name) says "the image", as its other reasons do; a single
+    run's lines, with the file's name or without one known, are as they were."""
+    from deconv3d.errors import NonFiniteValues
+
+    named = NonFiniteValues("image", FIX, position=(6, 3, 4), volume="channel 1", file="a.tif")
+    assert str(named) == f"image a.tif contains NaN or Inf values (one at z-y-x (6, 3, 4) of channel 1): {FIX}"
+    assert named.line(with_file=False) == (f"the image contains NaN or Inf values (one at z-y-x (6, 3, 4) of "
+                                           f"channel 1): {FIX}")
+    unnamed = NonFiniteValues("image", "clean or crop it first")
+    assert str(unnamed) == "image contains NaN or Inf values: clean or crop it first"
+    assert unnamed.line(with_file=False) == "the image contains NaN or Inf values: clean or crop it first"
 
 
 def test_the_refusal_is_pickled_and_copied_with_its_fields():
