@@ -57,6 +57,12 @@ def refuse_nanometres(voxel_size, fix, what: str = "voxel size", image=None) -> 
         raise naming_image(say, image) if image is not None else InputError(say(None))
 
 
+def wrong_unit_fix(how: str) -> str:
+    """What to do about a file whose voxel size looks like nanometres (:func:`refuse_nanometres`), ``how``
+    (``"--voxel-size"``) naming the voxel size to pass instead: the same words wherever the check is made."""
+    return f"fix it (Fiji: Image > Properties) or pass {how} in µm"
+
+
 def recorded_voxel(image, how: str) -> tuple[float, ...] | None:
     """The voxel size ``image`` (a :class:`~deconv3d.omezarr.LazyImage`) records, for a run given
     none: refused in one line where its unit cannot be read (``voxel_problem``) or where it, or the
@@ -66,7 +72,7 @@ def recorded_voxel(image, how: str) -> tuple[float, ...] | None:
     if problem:
         raise InputError(f"{problem}: pass {how} (in µm)")
     for recorded in (image.voxel_size, getattr(image, "partial_voxel", None)):
-        refuse_nanometres(recorded, lambda name: f"the unit of {name} is wrong: fix it or pass {how} in µm",
+        refuse_nanometres(recorded, lambda name: f"the unit of {name} is wrong: {wrong_unit_fix(how)}",
                           image=path_text(image.path))
     return image.voxel_size
 

@@ -17,8 +17,9 @@ from deconv3d.io import write_tiff
 from .conftest import blurred_beads, gaussian_psf
 
 NEGATIVE = "{} has no positive values, so rl would return only zeros: add the subtracted offset back"
+#: (the fix as a single run's in memory gives it: "the file's unit is wrong: fix it (Fiji: Image > Properties) ...")
 NANOMETRES = ("voxel size 300 100 100 µm looks like nanometres (or a print resolution in dpi): the unit of {} is "
-              "wrong: fix it or pass --voxel-size DZ DY DX in µm")
+              "wrong: fix it (Fiji: Image > Properties) or pass --voxel-size DZ DY DX in µm")
 DIMENSIONS = ("PSF {} is 3D but {} is 2D: a 2D image needs a 2D PSF: the in-focus plane of a 3D one, or a plane "
               "made by 'deconv3d psf --shape 63 63 --voxel-size DY DX ...'")
 CHANNELS = "{} has 1 channel(s) but 2 PSFs were given: give one PSF (or wavelength) per channel, or one for all"
@@ -122,3 +123,19 @@ def test_deconvolve_names_its_input_as_given_in_memory_and_chunked_alike(inputs,
         assert code == 2 and err == f"deconv3d: error: {NEGATIVE.format(shown)}\n", (output, err)
         assert not (inputs / output).exists()
     assert np.all(tifffile.imread(inputs / shown) < 0)  # (the input untouched)
+
+
+def test_a_unit_in_nanometres_is_given_the_same_fix_in_a_batch_as_in_a_single_run(inputs, capsys):
+    """A batch's reason (and a chunked run's line, worded at the same place) said only "fix it or pass
+    --voxel-size DZ DY DX in µm", where an in-memory run's line says how to fix the unit in Fiji."""
+    shown, psf = os.path.join("in", "sub", "nm.tif"), os.path.join("psfs", "psf.tif")
+    fix = "fix it (Fiji: Image > Properties) or pass --voxel-size"
+    code, _, err = run(["deconvolve", shown, "-o", "nm.tif", "--psf", psf], capsys)
+    assert code == 2 and err == ("deconv3d: error: voxel size 300 100 100 µm looks like nanometres (or a print "
+                                 f"resolution in dpi): the file's unit is wrong: {fix} in µm\n"), err
+    code, _, err = run(["deconvolve", shown, "-o", "nm.zarr", "--psf", psf, "--chunks", 4, 8, 8], capsys)
+    assert code == 2 and err == f"deconv3d: error: {NANOMETRES.format(shown)}\n", err
+    code, out, _ = run(["batch", "in", "-o", "out", "--psf", psf, "--pattern", "*/nm.tif"], capsys)
+    assert code == 3 and out.splitlines()[0] == f"[1/1] failed  {shown}: {NANOMETRES.format(IMAGE)}", out
+    assert f"the unit of the image is wrong: {fix} DZ DY DX in µm" in out
+    assert not (inputs / "nm.tif").exists() and not (inputs / "nm.zarr").exists()
