@@ -153,6 +153,8 @@ def test_a_named_pipe_is_refused_before_it_is_opened(tmp_path, monkeypatch, caps
             function = {"read_image": read_image, "read_psf": read_psf, "open_lazy": open_lazy}[reader]
             with pytest.raises(InputError, match=r"^(input|PSF) pipe.tif is a named pipe, not a regular file") as info:
                 function("pipe.tif")
+            saved = "PSF" if reader == "read_psf" else "image"  # (a PSF's said "save the image")
+            assert str(info.value).endswith(f": save the {saved} to a file and give that"), info.value
             # an image's refusal is also said of "the image" (a batch's line); a PSF's is not
             assert info.value.without_file == (None if reader == "read_psf" else
                                                "the image is a named pipe, not a regular file: save the image to a file"
@@ -164,7 +166,8 @@ def test_a_named_pipe_is_refused_before_it_is_opened(tmp_path, monkeypatch, caps
         else:
             given = ["pipe.tif", "--psf", "psf.tif"] if reader == "deconvolve" else ["psf.tif", "--psf", "pipe.tif"]
             code, _, err = run(["deconvolve", *given, "-o", "out.tif", "--iterations", 1], capsys)
-            assert_one_line_error(code, err, "pipe.tif is a named pipe, not a regular file", "save the image")
+            saved = "save the image" if reader == "deconvolve" else "save the PSF"
+            assert_one_line_error(code, err, "pipe.tif is a named pipe, not a regular file", saved)
             assert not os.path.exists("out.tif")
 
 

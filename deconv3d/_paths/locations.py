@@ -16,7 +16,8 @@ def special_file_problem(path, role: str = "input", name: str | None = None) -> 
     neither a regular file nor a folder: a named pipe (opening it waited forever for a writer, and
     ``deconvolve`` hung), a socket or a device. None otherwise (a missing path is left to the caller).
     The message names the file as ``name`` where given ("the image": a batch's line, which names the
-    file before the reason), else as ``role`` and ``path`` (``input in/a.tif``)."""
+    file before the reason), else as ``role`` and ``path`` (``input in/a.tif``); its fix names what to
+    save to a file as the role is (the model, the PSF, else the image)."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -24,7 +25,7 @@ def special_file_problem(path, role: str = "input", name: str | None = None) -> 
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
     kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-    what = "model" if role == "model" else "image"
+    what = {"model": "model", "PSF": "PSF"}.get(role, "image")
     return f"{name or f'{role} {path}'} is {kind}, not a regular file: save the {what} to a file and give that"
 
 
