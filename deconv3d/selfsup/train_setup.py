@@ -66,14 +66,19 @@ def check_patch(patch: int, image_shape, unet: UNetConfig) -> None:
     """Refuse a training patch side (``TrainConfig.patch``, ``--patch``) smaller than the network's
     down-sampling factor ``unet.divisor``, or than the image where the image is smaller than it. A patch
     larger than the image is not refused: the compared regions take the image's size along shorter axes
-    (:func:`_field_geometry`), as the default 32 does on small images."""
+    (:func:`_field_geometry`), as the default 32 does on small images.
+
+    For an image smaller than ``unet.divisor`` the advice names a batch of 2 or more too: a patch of the
+    whole image makes fields that a PSF's halo may not take past one ``divisor`` a side, one value per
+    channel at the network's coarsest level, which a batch of 1 leaves too few for batch normalisation
+    (``_field_geometry``'s refusal) and no larger patch can change."""
     shape, largest = tuple(int(n) for n in image_shape), max(image_shape)
     if patch >= min(unet.divisor, largest):
         return
     if largest < unet.divisor:  # (the depth itself is checked with the fields)
         raise InputError(f"a training patch of {patch} is smaller than the image {shape}, itself smaller than "
                          f"{unet.divisor}, the down-sampling factor of a UNet of depth {unet.depth} (2**depth): use "
-                         f"a patch of {largest} (--patch)")
+                         f"a patch of {largest} and a batch of 2 or more (--patch, --batch)")
     raise InputError(f"a training patch of {patch} is smaller than {unet.divisor}, the down-sampling factor of a UNet "
                      f"of depth {unet.depth} (2**depth): use a patch of {unet.divisor} or more (--patch), or a "
                      "smaller depth (--unet-depth)")

@@ -223,6 +223,26 @@ def test_a_batch_that_leaves_one_value_per_channel_at_the_bottom_is_refused():
     assert res.steps_done == 1 and res.reference.iterations == 20
 
 
+def test_a_patch_below_an_image_smaller_than_the_unet_s_factor_is_advised_a_batch_too():
+    """On a 6x6 image and a UNet of depth 3, a patch of 2 was told "use a patch of 6 (--patch)", which a batch of 1
+    then failed on (one value per channel at the coarsest level), and no larger patch could help: the advice names
+    the batch of 2 too, and the run it advises trains."""
+    import re
+
+    _, noisy, psf = problem(2, sigma=0.1)
+    small, psf = noisy[:6, :6], psf[2:-2, 2:-2]  # a 3x3 PSF: patch 6 makes 8x8 fields, 1x1 after three halvings
+    unet = UNetConfig(ndim=2, base_channels=4, depth=3)
+    with pytest.raises(InputError) as refused:
+        train(small, psf, config=TrainConfig(steps=1, patch=2, batch=1), unet=unet, device="cpu")
+    assert str(refused.value) == ("a training patch of 2 is smaller than the image (6, 6), itself smaller than 8, the "
+                                  "down-sampling factor of a UNet of depth 3 (2**depth): use a patch of 6 and a batch "
+                                  "of 2 or more (--patch, --batch)")
+    patch, batch = map(int, re.search(r"use a patch of (\d+) and a batch of (\d+)", str(refused.value)).groups())
+    with pytest.warns(RuntimeWarning, match=r"too small to choose the Richardson-Lucy reference's iteration count"):
+        res = train(small, psf, config=TrainConfig(steps=1, patch=patch, batch=batch), unet=unet, device="cpu")
+    assert res.steps_done == 1
+
+
 def test_a_unet_deeper_than_its_fields_is_refused_before_it_allocates():
     """--unet-depth 10 padded 16-voxel fields to 1024 voxels a side: the run was killed for memory
     (23.6 GB) without a message. Padding up to twice the field still trains, as before."""
