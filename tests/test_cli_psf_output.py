@@ -24,6 +24,17 @@ def test_check_output_names_a_psf_as_the_psf_and_the_image_as_the_input(files):
     check_output(image.with_name("out.tif"), [image, psf], psfs=[psf])  # another name: taken
 
 
+def test_check_output_names_a_psf_inside_the_output_folder_as_the_psf(files, tmp_path):
+    image, _ = files
+    out = tmp_path / "out.zarr"
+    (out / "psfs").mkdir(parents=True)
+    psf = out / "psfs" / "psf.tif"
+    write_tiff(psf, np.ones((3, 5, 5)), voxel_size=(0.3, 0.1, 0.1))
+    with pytest.raises(InputError, match=f"^output {out} and PSF {psf} lie one inside the other: choose an output "
+                                         "outside the PSF, and not one that contains it$"):
+        check_output(out, [image, psf], psfs=[psf])
+
+
 @pytest.mark.parametrize("route", [[], ["--chunks", "6", "12", "12"]], ids=["in-memory", "chunked"])
 def test_deconvolve_refuses_an_output_that_is_its_psf_naming_the_psf(files, capsys, route):
     from cli_helpers import run

@@ -50,20 +50,21 @@ def check_output_path(output, inputs=(), suffixes=None, scratch: bool = False) -
     check_name_length(output, scratch=scratch)
 
 
-def refuse_input_overlap(output, inputs=()) -> None:
+def refuse_input_overlap(output, inputs=(), role: str = "input") -> None:
     """Refuse an output that is one of the ``inputs`` (a path, or an iterable of them; None entries
-    are ignored), lies inside one or holds one: it would replace or change what it is computed from."""
+    are ignored), lies inside one or holds one: it would replace or change what it is computed from.
+    The refusal names each of them as ``role`` (``"PSF"``: the inputs are PSF files)."""
     output = Path(output)
     refuse_unnamable(output)  # (looking at it raised "File name too long", from the library's writers too)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     for inp in inputs:
         if inp is not None and _same_file(output, Path(inp)):
-            raise InputError(f"output path equals the input {inp}: choose another output name")
+            raise InputError(f"output path equals the {role} {inp}: choose another output name")
         # An output folder (.zarr) is replaced whole, and one inside an input folder changes it.
         if inp is not None and (_inside(output, Path(inp)) or _inside(Path(inp), output)):
-            raise InputError(f"output {output} and input {inp} lie one inside the other: choose an output "
-                             "outside the input, and not one that contains it")
+            raise InputError(f"output {output} and {role} {inp} lie one inside the other: choose an output "
+                             f"outside the {role}, and not one that contains it")
 
 
 def _check_writable_target(path: Path, check_suffix: bool = True) -> None:

@@ -18,14 +18,9 @@ def check_output(output, inputs=(), *, psfs=(), **kwargs) -> None:
     (a killed in-memory run to .tif left its own for good). An output that is one of the ``psfs``
     (PSF files among the ``inputs``; None entries ignored) is refused as the PSF: ``-o psf.tif
     --psf psf.tif`` was refused as "the input psf.tif", the name of the image's role."""
-    from pathlib import Path
+    from deconv3d._paths import check_output_path, refuse_input_overlap, remove_stale_temporaries
 
-    from deconv3d._paths import _same_file, check_output_path, refuse_unnamable, remove_stale_temporaries
-
-    refuse_unnamable(Path(output))  # (as check_output_path does first: looking at such a path raises)
-    for psf in psfs:
-        if psf is not None and _same_file(Path(output), Path(psf)):
-            raise InputError(f"output path equals the PSF {psf}: choose another output name")
+    refuse_input_overlap(output, psfs, role="PSF")
     check_output_path(output, inputs, **kwargs)
     _refuse_unwritable_folder(output)
     remove_stale_temporaries(output)
