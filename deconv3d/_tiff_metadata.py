@@ -27,6 +27,16 @@ def _ome_pixels(xml: str):
     return next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
 
 
+def tiff_properties(tif: tifffile.TiffFile) -> dict:
+    """The properties deconv3d writes into a TIFF with the image (its record, the time step without a unit,
+    ``first_axis``...), as texts by key: an OME-TIFF's ``MapAnnotation`` entries, an ImageJ TIFF's
+    ``Properties``; empty where there are none."""
+    if tif.is_ome and tif.ome_metadata:
+        return _ome_map_annotation(tif.ome_metadata)
+    properties = (tif.imagej_metadata or {}).get("Properties")
+    return properties if isinstance(properties, dict) else {}
+
+
 def _ome_map_annotation(xml: str) -> dict:
     """The keys and texts of an OME-XML document's ``MapAnnotation`` entries (``<M K="key">text</M>``, any
     namespace): the properties deconv3d writes into an OME-TIFF. Empty where there are none."""
@@ -78,24 +88,22 @@ def time_axis_and_problem(tif: tifffile.TiffFile) -> tuple:
     deconv3d writes where it is not 0 (ImageJ has no key for it), is its start; in an OME-TIFF, the
     ``MapAnnotation``'s ``time_origin``, and its ``time_step`` and ``time_unit`` where OME-XML's
     ``TimeIncrement`` is not written (a unit without an OME symbol, or none)."""
-    step, unit, symbols, start = None, None, {}, None
+    step, unit, symbols, properties = None, None, {}, tiff_properties(tif)
     if tif.is_ome and tif.ome_metadata:
-        pixels, properties = _ome_pixels(tif.ome_metadata), _ome_map_annotation(tif.ome_metadata)
+        pixels = _ome_pixels(tif.ome_metadata)
         if pixels is not None and pixels.get("TimeIncrement") is not None:
             step, unit = pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s")
             symbols = _OME_TIME_UNITS
         else:  # a step whose unit has no OME symbol, or none, as deconv3d writes it (properties)
             step, unit = properties.get("time_step"), properties.get("time_unit", "")
             symbols = {name: name for name in _OME_TIME_UNITS.values()}
-        start = _finite(properties.get("time_origin"))
     elif tif.imagej_metadata:
         ij = tif.imagej_metadata
-        properties = ij.get("Properties") if isinstance(ij.get("Properties"), dict) else {}
         if ij.get("finterval"):
             step, unit = ij["finterval"], ij.get("tunit", "sec")
         else:  # a step with no unit, as deconv3d writes it (a finterval would read as seconds)
             step, unit = properties.get("time_step"), ""
-        start = _finite(properties.get("time_origin"))
+    start = _finite(properties.get("time_origin"))
     step = _finite(step)
     if step is None or not step > 0:
         return None, None

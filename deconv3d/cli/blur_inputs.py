@@ -109,14 +109,16 @@ def _refuse_synthesised_levels(path) -> None:
     frames: :data:`~deconv3d.cli.blur_synth_deblur.FIRST_AXIS`), not as time data; return for any other file."""
     import tifffile
 
+    from deconv3d._tiff_metadata import tiff_properties
+
     from .blur_synth_deblur import FIRST_AXIS
 
     try:
         with tifffile.TiffFile(path) as tif:
-            properties = (tif.imagej_metadata or {}).get("Properties", {})
+            properties = tiff_properties(tif)  # (an ImageJ TIFF's or an OME-TIFF's)
     except Exception:  # noqa: BLE001 - unreadable: the reader's own refusal says why
         return
-    if isinstance(properties, dict) and properties.get("first_axis") == FIRST_AXIS:  # (as _tiff_metadata reads them)
+    if properties.get("first_axis") == FIRST_AXIS:
         raise InputError(f"{path} holds blur levels that 'blur synth' made, not a through-focus stack: train on "
                          "recorded stacks (their planes ordered by blur)")
 

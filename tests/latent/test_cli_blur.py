@@ -501,12 +501,14 @@ def test_blur_train_names_a_missing_or_bad_stack_before_an_unwritable_output(mak
     assert_one_line_error(code, err, f"output directory not found: {output.parent}")
 
 
-def test_blur_train_names_a_synth_output_for_what_it_is(planes, model, make_stacks, tmp_path, capsys):
+@pytest.mark.parametrize("name", ["levels.tif", "levels.ome.tif"])
+def test_blur_train_names_a_synth_output_for_what_it_is(planes, model, make_stacks, tmp_path, capsys, name):
     """A 'blur synth' output (levels written as frames) given to 'blur train' was refused as time data ('has a
-    time axis ... multi-channel/time data are not supported'); it now says the file holds synthesised levels.
-    Other refused files keep their own line."""
+    time axis ... multi-channel/time data are not supported'); it now says the file holds synthesised levels,
+    an OME-TIFF one too (its record in the MapAnnotation, not ImageJ's properties). Other refused files keep
+    their own line."""
     folder, p = planes
-    levels = folder / "levels.tif"
+    levels = folder / name
     code, _, err = run(["blur", "synth", "--model", model, p["far"], p["near"], "--levels", 4, "-o", levels,
                         "--device", "cpu"], capsys)
     assert code == 0, err
