@@ -1417,6 +1417,11 @@ def test_distill_refuses_a_bead_image_too_thin_for_a_box(shape, count):
     with pytest.raises(InputError, match=f"has {count}: a bead's box needs at least 5") as error:
         distill_psf(beads)
     assert "\n" not in str(error.value)
+    # the fix names what to image: more planes, or a wider field along the thin lateral axis (a lateral one was
+    # told "image more", ending there; found by the second review of this stop's diff)
+    axis = count.split()[-1]
+    assert str(error.value).endswith("image more planes, or give a single plane as a 2D image" if axis == "planes"
+                                     else f"image a field wider along {axis}")
 
 
 def test_distill_leaves_out_a_doublet_beside_a_single_bead():

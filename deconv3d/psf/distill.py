@@ -250,8 +250,9 @@ def _check_beads(beads) -> np.ndarray:
         n, name = thin[0]
         count = f"{n} planes" if name == "z" and beads.ndim == 3 else f"{n} voxels along {name}"
         raise InputError(f"bead image of shape {beads.shape} has {count}: a bead's box needs at least 5 (3 and one "
-                         "of margin either side); image more"
-                         + (" planes, or give a single plane as a 2D image" if count.endswith("planes") else ""))
+                         "of margin either side); "
+                         + ("image more planes, or give a single plane as a 2D image" if count.endswith("planes")
+                            else f"image a field wider along {name}"))
     if float(beads.max()) <= float(beads.min()):
         raise InputError("bead image is constant: no beads to distil; check the file")
     return beads
