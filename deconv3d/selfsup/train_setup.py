@@ -127,7 +127,9 @@ def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config
                          "(--unet-depth)")
     geometry = forward.geometry(data_shape, unet.divisor)
     if config.batch * math.prod(n // unet.divisor for n in geometry.field_shape) < 2:
+        # (a patch already as large as the image along every axis: a larger one is the same, check_patch)
+        larger = " or a larger patch (--batch, --patch)" if data_shape != list(image_shape) else " (--batch)"
         raise InputError(f"a batch of {config.batch} training field(s) of {geometry.field_shape} voxels leaves one value "
                          "per channel at the network's coarsest level, too few for batch normalisation: use a batch "
-                         "of 2 or more or a larger patch (--batch, --patch)")
+                         f"of 2 or more{larger}")
     return geometry
