@@ -1564,3 +1564,26 @@ def test_distill_advises_only_a_box_that_the_image_holds_with_its_margin():
             with warnings.catch_warnings(record=True):
                 warnings.simplefilter("always")
                 assert distill_psf(beads, size=advised).shape == advised
+
+
+def test_the_cut_tails_warning_names_the_box_it_measured_against_and_why_no_larger_box_is_advised():
+    """Found by the second review of this stop's diff: the warning said a bead's share was measured "against a box
+    twice as wide" where the image or the neighbours had left it narrower, "near its focal plane" for 2D beads
+    too, and "no larger box fits the image" where the beads' neighbours, not the image, left no room."""
+    from deconv3d.psf.distill import _larger_box_advice
+
+    beads = gaussian_beads((15, 64, 64), [((7, y, x), 3000.0, (2.0, 2.0, 2.0)) for y in (16, 48) for x in (16, 48)])
+    with pytest.warns(RuntimeWarning, match=r"box \(5, 5, 5\) cuts the PSF's tails \(it holds about \d+% of a bead's "
+                                            r"light near its focal plane against a box of size \(9, 9, 9\), and its "
+                                            r"faces hold up to"):
+        distill_psf(beads, size=(5, 5, 5))
+    plane = gaussian_beads((3, 64, 64), [((1, y, x), 3000.0, (0.5, 2.0, 2.0)) for y in (16, 48) for x in (16, 48)])[1]
+    with pytest.warns(RuntimeWarning, match=r"box \(5, 5\) cuts the PSF's tails \(it holds about \d+% of a bead's "
+                                            r"light against a box of size \(9, 9\), and"):  # (no focal plane in 2D)
+        distill_psf(plane, size=(5, 5))
+    half, cut = np.array([2, 4, 4]), np.array([True, False, False])
+    assert _larger_box_advice(half, np.array([4, 4, 4]), np.array([9, 9, 9]), cut) == ("give a larger box, e.g. "
+                                                                                        "size (9, 9, 9)")
+    assert _larger_box_advice(half, half, np.array([2, 30, 30]), cut).startswith("no larger box fits the image")
+    assert _larger_box_advice(half, half, np.array([9, 30, 30]), cut) == ("the beads' neighbours leave no room for a "
+                                                                          "larger box: image sparser beads")

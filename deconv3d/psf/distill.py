@@ -231,12 +231,27 @@ def _warn_of_cut_tails(cut, smooth, found, half, total) -> None:
     if cut_axes.any():
         fits = (np.asarray(cut.shape) - 3) // 2  # the widest box (half-widths) the image holds with its margin
         wider = np.where(cut_axes, np.maximum(half, np.minimum(wide, fits)), half)
-        advice = (f"give a larger box, e.g. size {tuple(int(v) for v in 2 * wider + 1)}" if (wider > half).any()
-                  else "no larger box fits the image with a voxel of margin: image more planes or a larger field")
-        warnings.warn(f"the bead box {tuple(int(v) for v in 2 * half + 1)} cuts the PSF's tails (it holds about "
-                      f"{share:.0%} of a bead's light near its focal plane, against a box twice as wide, and its "
-                      f"faces up to {faces.max():.0%} of the peak): deconvolution with it leaves haze; {advice}",
+        held = "" if measured is None else (  # (the box measured against: twice as wide where there is room)
+            f"it holds about {share:.0%} of a bead's light{' near its focal plane' if cut.ndim == 3 else ''} against "
+            f"a box of size {tuple(int(v) for v in 2 * np.asarray(wide) + 1)}, and ")
+        warnings.warn(f"the bead box {_size(half)} cuts the PSF's tails ({held}its faces hold up to {faces.max():.0%} "
+                      f"of the peak): deconvolution with it leaves haze; {_larger_box_advice(half, wider, fits, cut_axes)}",
                       RuntimeWarning, stacklevel=3)
+
+
+def _size(half) -> tuple:
+    """A box's size (voxels per axis) from its half-widths."""
+    return tuple(int(v) for v in 2 * np.asarray(half) + 1)
+
+
+def _larger_box_advice(half, wider, fits, cut_axes) -> str:
+    """What the cut-tails warning advises: the ``wider`` box where it is larger than ``half``; else why none is
+    along the ``cut_axes``: the image (``fits``: the half-widths it holds with its margin) or the beads' neighbours."""
+    if (np.asarray(wider) > half).any():
+        return f"give a larger box, e.g. size {_size(wider)}"
+    if (np.asarray(fits)[cut_axes] <= np.asarray(half)[cut_axes]).all():
+        return "no larger box fits the image with a voxel of margin: image more planes or a larger field"
+    return "the beads' neighbours leave no room for a larger box: image sparser beads"
 
 
 def _check_beads(beads) -> np.ndarray:
