@@ -184,7 +184,6 @@ def _start_local_cluster(workers: int | None, gpus: int):
     client. Ctrl-C while its workers start closes what was started of them (marked as this run's: in no
     variable yet) before it goes on."""
     from distributed import Client, LocalCluster
-    from distributed.deploy.spec import SpecCluster
 
     run = object()  # (marks this run's cluster)
 
@@ -200,7 +199,7 @@ def _start_local_cluster(workers: int | None, gpus: int):
         cluster = _out_of_ctrl_c_reach(build, run)
         return Client(cluster), cluster
     except KeyboardInterrupt:  # while its workers start: the cluster (or client) is in no variable yet
-        ours = [c for c in list(_instances(SpecCluster)) if getattr(c, "_deconv3d_run", None) is run]
+        ours = _clusters_of(run)
         clients = [c for c in list(_instances(Client)) if any(getattr(c, "cluster", None) is o for o in ours)]
         _close_quietly(*clients, *ours)
         _forget_closed_schedulers()
@@ -248,7 +247,7 @@ def _out_of_ctrl_c_reach(build, run: object):
     except KeyboardInterrupt:
         with lock:
             built["stopped"] = True
-        _end_starting_workers(run, before)
+        _end_starting_workers(run, before, thread)
         raise  # (the caller closes what has started of this run's cluster)
     if "error" in built:
         raise built["error"]
@@ -270,27 +269,34 @@ def _start_with_sigint_blocked(thread) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def _end_starting_workers(run: object, before: set) -> None:
+def _end_starting_workers(run: object, before: set, building) -> None:
     """Terminate the worker processes of the cluster marked ``run`` that were not running ``before`` (a set of
     :func:`multiprocessing.active_children`): a worker still starting, deaf to Ctrl-C, held its nanny's close
     10 s. Those not started yet (or not yet made) are terminated as they start, by a thread that looks for them
-    every 10 ms for :data:`_LATE_STARTS` s: such a worker started all the same (distributed's thread starts it), and
-    its nanny's close waited for it to have started whole before ending it (7-11 s on this loaded machine, where a
-    Ctrl-C came as a worker's process was made but not started)."""
+    every 10 ms for up to :data:`_LATE_STARTS` s: such a worker started all the same (distributed's thread starts it),
+    and its nanny's close waited for it to have started whole before ending it (7-11 s on this loaded machine, where
+    a Ctrl-C came as a worker's process was made but not started). The thread stops as soon as nothing of the run
+    is left: the thread ``building`` the cluster has ended, no cluster marked ``run`` is among distributed's, and
+    every worker process it saw has been ended (it had polled the whole 5 s, the cluster long closed)."""
     import threading
     import time
 
+    seen: set = set()
     ended: set = set()
 
     def end_started() -> None:
-        for process in _worker_processes(run) - before - ended:
+        seen.update(_worker_processes(run) - before)
+        for process in seen - ended:
             if process.pid is not None:  # (started; not is_alive(), whose wait could reap it before distributed's)
                 process.terminate()
                 ended.add(process)
 
+    def left() -> bool:  # (the build's end first: a cluster it registers meanwhile is then found)
+        return building.is_alive() or bool(_clusters_of(run)) or bool(seen - ended)
+
     def end_as_they_start():  # (a nanny may not have made its worker's process yet either: looked for throughout)
         deadline = time.monotonic() + _LATE_STARTS
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and left():
             time.sleep(0.01)
             end_started()
 
@@ -298,20 +304,22 @@ def _end_starting_workers(run: object, before: set) -> None:
     threading.Thread(target=end_as_they_start, name="deconv3d late worker ends", daemon=True).start()
 
 
-#: How long after a Ctrl-C while its workers start a run's worker processes not started yet are ended as they start.
+#: How long after a Ctrl-C while its workers start a run's worker processes not started yet are ended as they start
+#: (at most: :func:`_end_starting_workers` stops looking once nothing of the run is left).
 _LATE_STARTS = 5.0
+
+
+def _clusters_of(run: object) -> list:
+    """The clusters marked ``run`` (:func:`_marked`) among distributed's."""
+    from distributed.deploy.spec import SpecCluster
+
+    return [cluster for cluster in list(_instances(SpecCluster)) if getattr(cluster, "_deconv3d_run", None) is run]
 
 
 def _worker_processes(run: object) -> set:
     """The multiprocessing processes of the workers of the clusters marked ``run`` (:func:`_marked`), started
     or starting (:func:`_cluster_worker_processes`)."""
-    from distributed.deploy.spec import SpecCluster
-
-    found = set()
-    for cluster in list(_instances(SpecCluster)):
-        if getattr(cluster, "_deconv3d_run", None) is run:
-            found |= _cluster_worker_processes(cluster)
-    return found
+    return set().union(*map(_cluster_worker_processes, _clusters_of(run)))
 
 
 def _connect(spec: str):

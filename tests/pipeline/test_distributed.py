@@ -588,6 +588,35 @@ def test_one_more_ctrl_c_while_a_close_is_hurried_still_leaves_nothing_to_close_
         SpecCluster._instances.discard(cluster)
 
 
+def test_the_late_worker_ends_stop_once_nothing_of_the_run_is_left(monkeypatch):
+    """The thread that ends a run's workers as they start, after a Ctrl-C while they started, looked for them for
+    its whole 5 s, the run's cluster long closed and gone: a library caller's process kept it past the run. It now
+    stops once the cluster's build has ended and no cluster of the run is among distributed's."""
+    import threading
+
+    from distributed.deploy.spec import SpecCluster
+
+    from deconv3d.pipeline import cluster as clusters
+
+    monkeypatch.setattr(clusters, "_LATE_STARTS", 600.0)  # (ended by its deadline: fails below)
+    built = threading.Thread(target=int)
+    built.start()
+    built.join()
+    run, others = object(), set(threading.enumerate())
+    cluster = _Cluster()
+    cluster._deconv3d_run = run
+    try:
+        clusters._end_starting_workers(run, set(), built)
+        late = [t for t in set(threading.enumerate()) - others if t.name == "deconv3d late worker ends"]
+        assert len(late) == 1
+        late[0].join(0.3)
+        assert late[0].is_alive()  # (the run's cluster is still among distributed's)
+    finally:
+        SpecCluster._instances.discard(cluster)
+    late[0].join(60)
+    assert not late[0].is_alive()
+
+
 def test_the_hurried_close_leaves_an_ended_worker_s_exit_status_to_the_thread_that_joins_it():
     """Found by the review of this stop's diff: the hurried close told a worker process that had ended by
     ``is_alive()``, whose wait reaped it before distributed's thread that joins it (which then logs "exit status
