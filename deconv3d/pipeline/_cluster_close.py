@@ -119,7 +119,9 @@ def _end_processes(processes, grace: float = 0.5) -> None:
 
 @contextlib.contextmanager
 def _distributed_logs_from(level: int):
-    """Within this context distributed's stream handlers show only records of ``level`` or above.
+    """Within this context distributed's stream handlers show only records of ``level`` or above; above CRITICAL
+    (the close of a run that Ctrl-C or SIGTERM stopped, or cut short) asyncio's reports of distributed's tasks
+    whose exception nobody retrieved are held back too (:func:`_distributed_task_unretrieved`).
 
     They are filtered, not set to that level (distributed's ``silence_logging_cmgr``): a cluster's close gives
     the handlers back the level it found (a cluster silences them to WARNING while it runs), and a level set
@@ -132,11 +134,40 @@ def _distributed_logs_from(level: int):
 
     for handler in handlers:
         handler.addFilter(at_level)
+    asyncio_logger = logging.getLogger("asyncio") if level > logging.CRITICAL else None
+    if asyncio_logger is not None:
+        asyncio_logger.addFilter(_distributed_task_unretrieved)
     try:
         yield
     finally:
         for handler in handlers:
             handler.removeFilter(at_level)
+        if asyncio_logger is not None:
+            asyncio_logger.removeFilter(_distributed_task_unretrieved)
+
+
+def _distributed_task_unretrieved(record) -> bool:
+    """A filter of asyncio's logger: False for its "Task/Future exception was never retrieved" record where the
+    exception's traceback begins in distributed's code (the task's coroutine is distributed's). Ctrl-C during a
+    batch's scatter left the scheduler's handler of it to fail as the stopped run's workers went (a KeyError), and
+    asyncio printed its 15-line traceback before the run's own line. asyncio's logger is not distributed's: its
+    handlers' filters did not hold it back."""
+    import os
+    import traceback
+
+    if not str(record.msg).startswith(("Task exception was never retrieved", "Future exception was never retrieved")):
+        return True
+    frames = list(traceback.walk_tb(record.exc_info[2])) if record.exc_info and record.exc_info[2] else []
+    return not (frames and _in_distributed(os.path.abspath(frames[0][0].f_code.co_filename)))
+
+
+def _in_distributed(filename: str) -> bool:
+    """Whether ``filename`` (absolute) is a module of the distributed package."""
+    import os
+
+    import distributed
+
+    return filename.startswith(os.path.dirname(os.path.abspath(distributed.__file__)) + os.sep)
 
 
 def _cluster_worker_processes(cluster) -> set:

@@ -588,6 +588,76 @@ def test_one_more_ctrl_c_while_a_close_is_hurried_still_leaves_nothing_to_close_
         SpecCluster._instances.discard(cluster)
 
 
+def _left_unretrieved(coroutine_function) -> None:
+    """Run a task of ``coroutine_function`` (which raises) to its end and drop it, its exception never retrieved:
+    asyncio logs "Task exception was never retrieved" as the task is freed."""
+    import asyncio
+    import gc
+
+    async def main():
+        task = asyncio.ensure_future(coroutine_function())
+        while not task.done():
+            await asyncio.sleep(0)
+        del task
+        gc.collect()
+
+    asyncio.run(main())
+
+
+def _a_distributed_coroutine_function():
+    """A coroutine function that raises, whose code is a module of distributed's (as the scheduler's handler of a
+    scatter, which failed with a KeyError as a stopped run's workers went)."""
+    import distributed
+
+    namespace: dict = {}
+    exec(compile("async def _handle_comm():\n    raise KeyError('tcp://127.0.0.1:1')\n",
+                 os.path.join(os.path.dirname(distributed.__file__), "core.py"), "exec"), namespace)
+    return namespace["_handle_comm"]
+
+
+def test_a_stopped_run_s_close_holds_back_asyncio_s_reports_of_distributed_s_failed_tasks(monkeypatch):
+    """Ctrl-C during a batch's scatter left the scheduler's handler of it to fail as the stopped run's workers went
+    (a KeyError), and asyncio's logger (not distributed's: its filter did not hold it back) printed "Task exception
+    was never retrieved" and a 15-line traceback before the run's own line. Held back while the stopped run's
+    cluster closes; a user's own task's report then, and distributed's after the run or in a finished run's close,
+    still show."""
+    import logging
+
+    import distributed
+
+    handle_comm = _a_distributed_coroutine_function()
+
+    async def users_own():
+        raise ValueError("the user's")
+
+    class Failing(_Cluster):
+        def close(self, timeout=None):
+            _left_unretrieved(handle_comm)
+            _left_unretrieved(users_own)
+
+    class Reported(logging.Handler):
+        def emit(self, record):
+            reported.append(record.getMessage())
+
+    reported, handler = [], Reported()
+    monkeypatch.setattr(distributed, "LocalCluster", Failing)
+    monkeypatch.setattr(distributed, "Client", _Client)
+    logging.getLogger("asyncio").addHandler(handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), scheduler_client("processes", workers=1):
+            raise KeyboardInterrupt
+        assert len(reported) == 1 and "Task exception was never retrieved" in reported[0]
+        assert "users_own" in reported[0]
+        _left_unretrieved(handle_comm)  # (after the run: shown)
+        assert len(reported) == 2 and "_handle_comm" in reported[1]
+        monkeypatch.setattr(distributed, "Client", type("Client", (_Client,), {"close": lambda self: None}))
+        with scheduler_client("processes", workers=1):  # (a finished run's close: both shown)
+            pass
+        assert len(reported) == 4 and "_handle_comm" in reported[2] and "users_own" in reported[3]
+    finally:
+        logging.getLogger("asyncio").removeHandler(handler)
+
+
 def test_the_late_worker_ends_stop_once_nothing_of_the_run_is_left(monkeypatch):
     """The thread that ends a run's workers as they start, after a Ctrl-C while they started, looked for them for
     its whole 5 s, the run's cluster long closed and gone: a library caller's process kept it past the run. It now
