@@ -10,12 +10,12 @@ a linear ramp across their overlap, so that no seam shows.
 from __future__ import annotations
 
 import itertools
-import numbers
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from deconv3d._arrays import is_whole
 from deconv3d._tensors import resolve_device
 from deconv3d._torch_common import precision_name
 from deconv3d.errors import Cancelled, InputError
@@ -180,9 +180,9 @@ def _as_volume(image) -> np.ndarray:
 def _check_options(mean, std, divisor, batch_size, context) -> None:
     if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
         raise InputError(f"normalisation needs a finite mean and a positive std, got mean={mean}, std={std}: use the values stored with the model")
-    if not all(_whole(n) and n >= 1 for n in (divisor, batch_size)):
+    if not all(is_whole(n, 1) for n in (divisor, batch_size)):
         raise InputError(f"divisor and batch_size must be positive integers, got {divisor!r} and {batch_size!r}")
-    if not (_whole(context) and context >= 0):
+    if not is_whole(context, 0):
         raise InputError(f"context must be a non-negative whole number of voxels, got {context!r}")
 
 
@@ -192,11 +192,6 @@ def _check_divisor(model, divisor: int) -> None:
     if divisor % own:
         raise InputError(f"divisor {divisor} is not a multiple of the network's {own} (2**depth): pass "
                          f"divisor={own} (UNetConfig.divisor)")
-
-
-def _whole(value) -> bool:
-    """Whether ``value`` is a whole number (an integer type, NumPy's included; not a bool)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _blend_tiles(run, volume, box, tiles, window: _Window, batch_size: int, callback) -> torch.Tensor:
