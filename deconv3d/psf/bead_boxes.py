@@ -111,6 +111,13 @@ def _wider_box(shape, centre, peaks, half) -> np.ndarray | None:
     return None if (wide <= half).all() else np.maximum(wide, half)
 
 
+def _near_focus(box: np.ndarray, half, wide) -> tuple[np.ndarray, int]:
+    """The planes of a 3D bead's wider ``box`` (half-widths ``wide``, around a box of ``half``) within
+    ``half[0] // 3`` (at least 1, at most ``wide[0]``) either side of the bead's, and that reach."""
+    reach = min(max(1, int(half[0]) // 3), int(wide[0]))
+    return box[wide[0] - reach:wide[0] + reach + 1], reach
+
+
 def _light_in_box(beads, centre, half, wide, background: float) -> tuple[float, float, float] | None:
     """A bead's light inside its box and inside the wider box of half-widths ``wide`` (in 3D both within
     the planes ``half[0] // 3``, at least 1, either side of the bead's: see :data:`MIN_BOX_SHARE`), and the
@@ -121,8 +128,7 @@ def _light_in_box(beads, centre, half, wide, background: float) -> tuple[float, 
     kept 42 %."""
     big = beads[tuple(slice(c - r, c + r + 1) for c, r in zip(centre, wide))].astype(np.float64) - background
     if big.ndim == 3:  # laterally, near the focal plane (MIN_BOX_SHARE)
-        reach = min(max(1, int(half[0]) // 3), int(wide[0]))
-        big = big[wide[0] - reach:wide[0] + reach + 1]
+        big, reach = _near_focus(big, half, wide)
         wide, half = (reach, *wide[1:]), (reach, *half[1:])
     inner = big[tuple(slice(w - h, w + h + 1) for w, h in zip(wide, half))]
     total = float(big.sum())
@@ -184,8 +190,7 @@ def _focal_background(box: np.ndarray, half, wide) -> tuple[float, float] | None
     room = [a for a in (1, 2) if box.ndim == 3 and wide[a] > half[a]]
     if not room:
         return None
-    reach = min(max(1, int(half[0]) // 3), int(wide[0]))
-    slab = box[wide[0] - reach:wide[0] + reach + 1]
+    slab, _ = _near_focus(box, half, wide)
     pairs = [_face_pair(slab, a) for a in room]
     return float(np.mean([p[0] for p in pairs])), float(np.sqrt(sum(p[1] ** 2 for p in pairs))) / len(pairs)
 
