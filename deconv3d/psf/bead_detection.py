@@ -238,9 +238,10 @@ def _ceiling(beads) -> float | None:
     return top if top in SENSOR_CEILINGS and np.count_nonzero(beads == top) >= 2 else None
 
 
-def _brightest_unsaturated(beads, smooth) -> tuple:
+def _brightest_unsaturated(smooth, near) -> tuple:
     """The index of the brightest local maximum of ``smooth`` with no clipped voxel (:func:`_clipped`)
-    within 2 voxels of it; of the brightest voxel when there is no such maximum.
+    within 2 voxels of it (``near`` marks the voxels that have one); of the brightest voxel when there is no
+    such maximum.
 
     It sets the default box and threshold: one bead clipped at 65535 among eight of 3000 set them
     from its flat-topped core and halo (box 23 x 17 x 17, threshold 12400), so that the eight
@@ -248,9 +249,7 @@ def _brightest_unsaturated(beads, smooth) -> tuple:
     alone should have been left out (:func:`_unsaturated`)."""
     from scipy import ndimage
 
-    clipped = _clipped(beads)
-    if clipped.any():
-        near = ndimage.maximum_filter(clipped, size=5)
+    if near.any():
         maxima = (smooth == ndimage.maximum_filter(smooth, size=3)) & ~near
         if maxima.any():
             return np.unravel_index(np.argmax(np.where(maxima, smooth, -np.inf)), smooth.shape)
@@ -265,8 +264,8 @@ def _clip_note(beads) -> str:
             "below it, as a camera clips them")
 
 
-def _unsaturated(beads, centres, half, clipped_only: bool = True) -> list:
-    """``centres`` less the beads whose box holds a clipped voxel (:func:`_clipped`), with a warning;
+def _unsaturated(beads, centres, half, clipped, clipped_only: bool = True) -> list:
+    """``centres`` less the beads whose box holds a clipped voxel (``clipped``, :func:`_clipped`), with a warning;
     an error when every bead does and ``clipped_only`` (every peak that reaches the threshold is clipped):
     where unclipped beads were left out for crowding, the error :func:`distill_psf` raises names that.
 
@@ -274,7 +273,6 @@ def _unsaturated(beads, centres, half, clipped_only: bool = True) -> list:
     whose peak was 42 % low, without a word; clipped at no camera's range's top (a camera's full well,
     or 65535 less a subtracted background) they were averaged in all the same.
     """
-    clipped = _clipped(beads)
     if not clipped.any():
         return centres
     kept = [c for c in centres if not clipped[tuple(slice(max(p - h - 1, 0), p + h + 2)

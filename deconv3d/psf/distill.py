@@ -149,7 +149,9 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     despiked = _despiked(beads)
     smooth = ndimage.gaussian_filter(despiked, 1.0)
     background, spread = _robust_background(smooth)  # the spread sets the default threshold
-    brightest = _brightest_unsaturated(beads, smooth)
+    clipped = _clipped(beads)  # (full-image: computed once, for the brightest bead, the boxes and the failure)
+    near_clipped = _near_clipped(clipped)
+    brightest = _brightest_unsaturated(smooth, near_clipped)
     fwhm = _fwhm(smooth - background, brightest)
     half = _box_half(size, fwhm, beads.ndim)
     measured_box = size is None and threshold is None  # (both set from the brightest unclipped maximum)
@@ -157,9 +159,8 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
     if min_distance is None:
         min_distance = max(1, int(round(min(fwhm) / 2)))
     centres, peaks = _isolated_beads(smooth, half, int(min_distance), float(threshold), background)
-    near_clipped = _near_clipped(beads)  # (a full-image filter: computed once, also for the failure's reason)
     clipped_only = _clipped_beads_only(near_clipped, smooth, peaks, float(threshold))
-    centres = _unsaturated(beads, centres, half, clipped_only)
+    centres = _unsaturated(beads, centres, half, clipped, clipped_only)
     cut = _without_hot_voxels(beads, despiked)  # what the boxes are cut from
     found = [_surroundings(cut, c, peaks, half) for c in centres]  # (centre, wider box, background)
     boxes = [_aligned_box(cut, c, half, level) for c, _, level in found]
@@ -198,11 +199,11 @@ def _clipped_beads_only(near, smooth, peaks, threshold: float) -> bool:
     return bool(found) and all(near[p] for p in found)
 
 
-def _near_clipped(beads) -> np.ndarray:
-    """The voxels within 2 voxels of a clipped one (:func:`_clipped`)."""
+def _near_clipped(clipped) -> np.ndarray:
+    """The voxels within 2 voxels of a ``clipped`` one (:func:`_clipped`)."""
     from scipy import ndimage
 
-    return ndimage.maximum_filter(_clipped(beads), size=5)
+    return ndimage.maximum_filter(clipped, size=5)
 
 
 def _threshold(threshold, smooth, background: float, spread: float, brightest):
