@@ -7,7 +7,16 @@ file (``c/0`` a file where ``c/0/0/0`` is looked for) as a missing chunk: the fi
 a run deconvolved zeros there and exited 0. A chunk file that is not there at all is still the fill
 value (a sparse array writes no file for a chunk of fill values). The check costs one ``stat`` per
 chunk read (more only where the file is missing), and none when the array is opened: an array may
-have millions of chunks. Imported only where a zarr array is opened (it imports zarr).
+have millions of chunks.
+
+Its reads also refuse a chunk file holding fewer bytes than zarr asked of it (:func:`_whole`). zarr's
+sharding codec reads a shard file that is empty (0 bytes) as a shard of missing chunks when it reads
+the shard whole: the fill value (zeros), so a block covering a whole shard of a damaged sharded image
+read as zeros without an error. A range zarr asks for (a shard's index, a chunk inside a shard) that
+the file ends before is refused likewise. No chunk of a zarr array encodes to 0 bytes, so an empty
+chunk file is damage; a chunk with no file at all is still the fill value. That check costs nothing
+more than the read: it looks at the length of the bytes read. Imported only where a zarr array is
+opened (it imports zarr).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import os
 import stat
 from pathlib import Path
 
+from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.storage import LocalStore
 
 from deconv3d.errors import InputError
@@ -29,22 +39,25 @@ class CheckedLocalStore(LocalStore):
     :class:`~deconv3d.errors.InputError` (one line naming the array folder and the chunk key) where
     the key's path exists but is not a readable regular file: a folder, a broken symbolic link, a
     named pipe or other special file (reading one waited for ever), a path under a file, or a file
-    that cannot be opened (permissions). Where nothing is at the path, the chunk is missing, as
+    that cannot be opened (permissions); and where the file is there but empty, or ends before the
+    byte range asked of it (:func:`_whole`). Where nothing is at the path, the chunk is missing, as
     LocalStore reads it (the fill value)."""
 
     async def get(self, key, prototype=None, byte_range=None):
         self._check_chunk(key)
         try:
-            return await super().get(key, prototype, byte_range)
+            buffer = await super().get(key, prototype, byte_range)
         except PermissionError as exc:
             raise _unreadable(self.root, key, exc) from exc
+        return _whole(self.root, key, byte_range, buffer)
 
     def get_sync(self, key, *, prototype=None, byte_range=None):
         self._check_chunk(key)
         try:
-            return super().get_sync(key, prototype=prototype, byte_range=byte_range)
+            buffer = super().get_sync(key, prototype=prototype, byte_range=byte_range)
         except PermissionError as exc:
             raise _unreadable(self.root, key, exc) from exc
+        return _whole(self.root, key, byte_range, buffer)
 
     def _check_chunk(self, key: str) -> None:
         """Refuse the chunk ``key`` where its path is there but is no regular file (see the class)."""
@@ -76,6 +89,25 @@ class CheckedLocalStore(LocalStore):
                     raise _refusal(self.root, key, "lies under {}, which is not a folder", len(parts))
                 return
             parts.pop()
+
+
+def _whole(root, key: str, byte_range, buffer):
+    """``buffer``, the bytes read of ``key`` (None: no file, the fill value), where they are all that was
+    asked; else the refusal of the chunk."""
+    if buffer is None or key.rsplit("/", 1)[-1] in _METADATA:
+        return buffer
+    size = len(buffer)
+    if isinstance(byte_range, RangeByteRequest):
+        wanted = byte_range.end - byte_range.start
+    elif isinstance(byte_range, SuffixByteRequest):
+        wanted = byte_range.suffix
+    else:  # the whole file, or from an offset on: any byte at all
+        wanted = 1
+    if size >= wanted:
+        return buffer
+    problem = ("is empty (0 bytes)" if byte_range is None else
+               f"ends before the {wanted} bytes zarr asked of it (it gave {size}): the file is cut short")
+    raise _refusal(root, key, problem)
 
 
 def _unreadable(root, key: str, exc: OSError) -> InputError:

@@ -287,7 +287,7 @@ def _level_array(image_path: Path, component: str, level: int, metadata):
 
 def _open_array(root, component: str):
     """The zarr array ``component`` of the store at ``root``, read-only, its chunks read through
-    :class:`~deconv3d.omezarr._chunk_bytes.WholeChunkStore`: a chunk whose file is a folder or a broken
+    :class:`~deconv3d.omezarr.chunk_store.CheckedLocalStore`: a chunk whose file is a folder or a broken
     link, or is empty or cut short, is refused, not read as the fill value (zeros); and decoded through
     :func:`~deconv3d.omezarr._chunk_decoding.refusing_damaged_chunks`: a chunk whose bytes do not decode,
     whatever its codec, is refused in one line naming it, read by :class:`ZarrReader` or the dask array."""
@@ -296,14 +296,14 @@ def _open_array(root, component: str):
     import zarr
 
     from deconv3d.errors import WARNINGS_LOCK
-    from deconv3d.omezarr._chunk_bytes import WholeChunkStore
     from deconv3d.omezarr._chunk_decoding import refusing_damaged_chunks
+    from deconv3d.omezarr.chunk_store import CheckedLocalStore
 
     # (zarr warns, opening a v3 array of a numcodecs codec such as zlib, that other implementations may not
     # support it: advice for whoever writes such an array, which a run reading it cannot act on)
     with WARNINGS_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3", category=UserWarning)
-        array = zarr.open_array(store=WholeChunkStore(root, read_only=True), path=component, mode="r")
+        array = zarr.open_array(store=CheckedLocalStore(root, read_only=True), path=component, mode="r")
     return refusing_damaged_chunks(array)
 
 
