@@ -131,7 +131,7 @@ def _ome_hyperstack_kwargs(plane, voxel_size, metadata, order: str, time_axis, c
     if channels:
         md["Channel"] = [{**({"Name": str(c["label"])} if c.get("label") else {}),
                           "Color": _ome_color(c.get("color"))} for c in channels]
-    return {**kwargs, "ome": True}
+    return kwargs
 
 
 def _ome_color(color) -> int:

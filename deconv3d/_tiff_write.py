@@ -99,7 +99,7 @@ def _file_kwargs(path: Path, data, voxel_size, metadata) -> tuple[tuple, dict]:
     """``(shape, keyword arguments of tifffile.imwrite)`` for ``data``: an OME-TIFF where ``path`` is named
     as one (:func:`is_ome_tiff_name`; tifffile makes it a BigTIFF beyond 4 GB), else an ImageJ hyperstack."""
     if is_ome_tiff_name(path):  # (OME-XML keeps a section's x axis of one: no sample axis is needed)
-        return tuple(data.shape), {**_ome_kwargs(data, voxel_size, metadata), "ome": True}
+        return tuple(data.shape), _ome_kwargs(data, voxel_size, metadata)
     kwargs = _imagej_kwargs(data, voxel_size, metadata)
     shape = _with_samples(tuple(data.shape), kwargs["metadata"])
     return shape, {**kwargs, "imagej": True, **_contiguous_if_large(shape)}
@@ -256,7 +256,7 @@ def _written_voxel(data: np.ndarray, voxel_size) -> tuple | None:
 
 
 def _ome_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
-    """Keyword arguments of ``tifffile.imwrite`` for an OME-TIFF: the axes, ``PhysicalSizeZ/Y/X`` in µm
+    """Keyword arguments of ``tifffile.imwrite`` for an OME-TIFF (``ome=True``): the axes, ``PhysicalSizeZ/Y/X`` in µm
     (no z size for a stack given the ``(y, x)`` pixel size only, as :func:`_imagej_kwargs` writes no
     ``spacing``), and the ``metadata`` as one OME ``MapAnnotation`` holding the ImageJ properties' text;
     grey planes (``photometric='minisblack'``): without it tifffile took a stack whose x axis is 3 or 4 long
@@ -267,7 +267,7 @@ def _ome_kwargs(data: np.ndarray, voxel_size, metadata) -> dict:
             md[f"PhysicalSize{axis}"], md[f"PhysicalSize{axis}Unit"] = float(size), "\u00b5m"
     if metadata:
         md["MapAnnotation"] = {str(k): _property_text(v) for k, v in metadata.items() if v is not None}
-    return {"metadata": md, "photometric": "minisblack"}
+    return {"metadata": md, "photometric": "minisblack", "ome": True}
 
 
 def _property_text(value) -> str:
