@@ -23,7 +23,8 @@ from deconv3d._arrays import refuse_complex
 from deconv3d._paths import (TIFF_SUFFIXES, _check_suffix, check_output_path, file_identity, path_text,
                             refuse_special_file, special_file_problem)
 from deconv3d._psf_voxel import assume_psf_voxel
-from deconv3d._tiff_checks import _ONE_CHANNEL, _check_complete, _named, _tifffile_log, _unreadable_tiff, open_tiff
+from deconv3d._tiff_checks import (_ONE_CHANNEL, _check_complete, _named, _refusal, _tifffile_log, _unreadable_tiff,
+                                   open_tiff)
 from deconv3d._tiff_metadata import calibrated, imagej_calibration, time_axis_of
 from deconv3d._tiff_voxel_sizes import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
                                         spatial_letters, z_step_assumed)
@@ -324,8 +325,6 @@ def _squeeze(data: np.ndarray, axes: str, path: Path, what: str = "image") -> tu
 def _refuse_colour(kept_axes: str, path: Path, what: str = "image") -> None:
     """An RGB file keeps a sample axis ``S`` (grey-level samples are refused by _check_decodable); the refusal of
     an image says it of "the image" too (its ``without_file``)."""
-    from deconv3d._tiff_checks import _refusal
-
     if "S" in kept_axes:
         raise _refusal(lambda name: f"{name} is an RGB/colour image (axes {kept_axes}): convert it to greyscale or "
                        "split the channels and keep one (Fiji: Image > Color > Split Channels)", path, what, bare=False)
