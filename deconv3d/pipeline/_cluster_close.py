@@ -90,7 +90,7 @@ def _hurry(closed, clusters) -> None:
 
     try:
         with _distributed_logs_from(logging.CRITICAL + 1):
-            _end_processes(set().union(*map(_cluster_worker_processes, clusters)))
+            _end_processes(_worker_processes(clusters))
             closed.wait(_HURRIED_CLOSE)
     finally:
         if not closed.is_set():
@@ -170,13 +170,14 @@ def _in_distributed(filename: str) -> bool:
     return filename.startswith(os.path.dirname(os.path.abspath(distributed.__file__)) + os.sep)
 
 
-def _cluster_worker_processes(cluster) -> set:
-    """The multiprocessing processes of ``cluster``'s workers, started or starting: those of the nannies it has
-    created (distributed's private ``_created``, a nanny's ``process.process._process``; none where a version
+def _worker_processes(clusters) -> set:
+    """The multiprocessing processes of the workers of ``clusters``, started or starting: those of the nannies each
+    has created (distributed's private ``_created``, a nanny's ``process.process._process``; none where a version
     lacks them, or for a client, and the run then waits for its workers)."""
     found = set()
-    for nanny in list(getattr(cluster, "_created", ())):
-        process = getattr(getattr(getattr(nanny, "process", None), "process", None), "_process", None)
-        if process is not None:
-            found.add(process)
+    for cluster in clusters:
+        for nanny in list(getattr(cluster, "_created", ())):
+            process = getattr(getattr(getattr(nanny, "process", None), "process", None), "_process", None)
+            if process is not None:
+                found.add(process)
     return found

@@ -7,7 +7,7 @@ import re
 
 from deconv3d._paths import _one_line as _one_line_text
 from deconv3d.errors import InputError
-from deconv3d.pipeline._cluster_close import _close_at_the_end, _close_quietly, _cluster_worker_processes, _instances
+from deconv3d.pipeline._cluster_close import _close_at_the_end, _close_quietly, _instances, _worker_processes
 
 __all__ = ["check_scheduler", "scheduler_client", "gpu_count", "gpu_worker_ids"]
 
@@ -285,7 +285,7 @@ def _end_starting_workers(run: object, before: set, building) -> None:
     ended: set = set()
 
     def end_started() -> None:
-        seen.update(_worker_processes(run) - before)
+        seen.update(_worker_processes(_clusters_of(run)) - before)
         for process in seen - ended:
             if process.pid is not None:  # (started; not is_alive(), whose wait could reap it before distributed's)
                 process.terminate()
@@ -314,12 +314,6 @@ def _clusters_of(run: object) -> list:
     from distributed.deploy.spec import SpecCluster
 
     return [cluster for cluster in list(_instances(SpecCluster)) if getattr(cluster, "_deconv3d_run", None) is run]
-
-
-def _worker_processes(run: object) -> set:
-    """The multiprocessing processes of the workers of the clusters marked ``run`` (:func:`_marked`), started
-    or starting (:func:`_cluster_worker_processes`)."""
-    return set().union(*map(_cluster_worker_processes, _clusters_of(run)))
 
 
 def _connect(spec: str):
