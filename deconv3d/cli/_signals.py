@@ -93,8 +93,7 @@ class _Signals:
         # C callback dropped left the run deaf to SIGTERM and SIGHUP (it finished, exit 0, its output written).
         # (A Terminated of this command's, being handled: not a caller's, within whose except block main(argv) ran,
         # which left the whole run deaf to SIGTERM and SIGHUP.)
-        if (self.stopped and _handling(Terminated)) or any(f.f_code is _Signals._swallowed.__code__
-                                                           for f in _stack(frame)):
+        if (self.stopped and _handling(Terminated)) or _hook_frame(frame) is not None:
             return  # (within the hook: the dropped one is sent again, and ends the run)
         # (As the command ends: raised once the handlers are back; one sent again is still pending, and raised so,
         # but a new one, a user's kill, came only here and was lost.)
@@ -111,7 +110,7 @@ class _Signals:
         raise Terminated(signum)
 
     def _interrupted(self, signum, frame):
-        hook = next((f for f in _stack(frame) if f.f_code is _Signals._swallowed.__code__), None)
+        hook = _hook_frame(frame)
         if hook is not None:  # (raised in the hook it would be dropped too: sent again once the hook has returned)
             _send_again(signum, hook, self.lock, self.active, self.pending)
         elif not defer_signal(signum):  # (an output being put in place: Ctrl-C there removed it and the earlier one)
@@ -190,6 +189,12 @@ def _stack(frame):
     while frame is not None:
         yield frame
         frame = frame.f_back
+
+
+def _hook_frame(frame):
+    """The frame of :meth:`_Signals._swallowed` (the unraisable hook) among ``frame`` and its callers: a signal
+    handled within the hook; None where there is none."""
+    return next((f for f in _stack(frame) if f.f_code is _Signals._swallowed.__code__), None)
 
 
 def _send_again(signum: int, hook, lock, active, pending) -> bool:
