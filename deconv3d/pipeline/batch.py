@@ -82,14 +82,9 @@ def _network_block_fn(settings: Settings, psf, voxel, ndim: Optional[int], train
 
     model_file = model_file or settings.model
     trained = load_checkpoint(model_file, device="cpu") if trained is None else trained
-    try:
-        trained.check_compatible(trained.unet.ndim if ndim is None else ndim, psf, voxel)
-    except InputError as exc:  # one model of several (one per channel): which one, the line says. (Another
-        # PSF is refused for the whole batch first where the model records its voxel size: per file here
-        # where the PSF is resampled to each file's own, _refuse_a_model_for_another_psf)
-        if model_file and len(_many(settings.model)) > 1:
-            raise InputError(f"model {path_text(model_file)}: {exc}") from None
-        raise
+    # (Another PSF is refused for the whole batch first where the model records its voxel size: per file here
+    # where the PSF is resampled to each file's own, _refuse_a_model_for_another_psf)
+    _check_compatible(trained, trained.unet.ndim if ndim is None else ndim, psf, voxel, model_file, settings)
     block = NetworkBlock(trained, device=settings.run_device, tta=settings.tta, amp=settings.amp,
                          band_limit=settings.band_limit or None)
     model = network_memory_model(block)
@@ -196,10 +191,19 @@ def _refuse_a_model_for_another_psf(settings: Settings) -> None:
                                fit_image=False, warnings=[])  # (fit_image False: the shape only gives the ndim)
         except InputError:
             continue
-        try:
-            network.check_compatible(network.unet.ndim, psf, voxel)
-        except InputError as exc:
-            raise InputError(f"model {path_text(model)}: {exc}" if len(models) > 1 else str(exc)) from None
+        _check_compatible(network, network.unet.ndim, psf, voxel, model, settings)
+
+
+def _check_compatible(trained, ndim: int, psf, voxel, model_file, settings: Settings) -> None:
+    """Refuse the network ``trained`` (read from ``model_file``, None for one trained in the run) for a PSF,
+    voxel size or dimensionality other than its own (its ``check_compatible``); where the settings give one
+    model of several (one per channel), the line names which."""
+    try:
+        trained.check_compatible(ndim, psf, voxel)
+    except InputError as exc:
+        if model_file and len(_many(settings.model)) > 1:
+            raise InputError(f"model {path_text(model_file)}: {exc}") from None
+        raise
 
 
 def _inputs_and_outputs(input_dir, output_dir: Path, settings: Settings):
