@@ -25,7 +25,7 @@ import numpy as np
 import tifffile
 
 from deconv3d._paths import _one_line
-from deconv3d.errors import InputError, naming_image
+from deconv3d.errors import InputError, naming_file, naming_image
 
 
 # What a file with a channel or time axis (or more than three) should become, by what it is
@@ -65,7 +65,7 @@ def _unreadable_tiff(path, exc: Exception, what: str = "image") -> InputError:
             return f"cannot read {name} as a TIFF image: {_one_line(exc)}: check that it is one, or export it again"
     if what != "image":
         return InputError(say(_named(path, what)))
-    return InputError(say(path), without_file=say("it"))  # (said in a batch's line that names the file)
+    return naming_file(say, path)  # (said in a batch's line that names the file)
 
 
 @contextlib.contextmanager

@@ -56,6 +56,12 @@ def naming_image(say, name) -> InputError:
     return InputError(say(name), without_file=say("the image"))
 
 
+def naming_file(say, path) -> InputError:
+    """The refusal ``say(path)`` that names the input file ``path``, with ``say("it")`` as its ``without_file``:
+    for a line that reads well after a batch's naming of the file (``a.tif: cannot read it ...``)."""
+    return InputError(say(path), without_file=say("it"))
+
+
 def refusing_image(refuse, name) -> None:
     """Run ``refuse(name)``, a check that raises an :class:`InputError` naming the input file ``name``, with
     ``refuse("the image")``'s line as the refusal's ``without_file``: for a check written elsewhere that

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from deconv3d._paths import _one_line
-from deconv3d.errors import InputError, naming_image
+from deconv3d.errors import naming_file, naming_image
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _refuse_unreadable(path, key, exc: BaseException) -> None:
         def say(image):
             return (f"cannot read {image} (region {_region(key)}): {_one_line(exc)}: check that the image is still "
                     "there and readable (it was moved, deleted or unmounted during the run?)")
-        raise InputError(say(path), without_file=say("it")) from exc  # (said in a batch's line naming the file)
+        raise naming_file(say, path) from exc  # (said in a batch's line naming the file)
 
 
 def _region(key) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from deconv3d._arrays import refuse_complex, refuse_non_numeric
 from deconv3d._paths import TIFF_SUFFIXES, _one_line, refuse_special_file, special_file_problem
 from deconv3d._tiff_voxel_sizes import _unit_factor
-from deconv3d.errors import InputError, naming_image, refusing_image
+from deconv3d.errors import InputError, naming_file, naming_image, refusing_image
 from deconv3d.omezarr.lazy_image import (LazyImage, _content_identity, _float32_block, _refuse_unreadable, _region,
                                          _verify_unchanged)
 from deconv3d.omezarr.ngff_metadata import (_axes_of, _has_scale, _level_transform, _malformed, _multiscale,
@@ -154,7 +154,7 @@ class ZarrReader:
             def say(image):
                 return (f"cannot read {image} (array {self.component!r}, region {_region(key)}): {problem}: "
                         "a chunk is damaged; copy or convert the image again")
-            raise InputError(say(self.path), without_file=say("it")) from exc
+            raise naming_file(say, self.path) from exc
 
     __getitem__ = read
 

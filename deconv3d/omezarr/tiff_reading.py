@@ -22,7 +22,7 @@ from deconv3d._tiff_checks import _check_complete, _tifffile_log, _unreadable_ti
 from deconv3d._tiff_metadata import calibrated, imagej_calibration
 from deconv3d._tiff_voxel_sizes import (_GENERIC_AXES, _checked_voxel, _kept_voxel, _partial_voxel, _voxel_size_um,
                                         spatial_letters, z_step_assumed)
-from deconv3d.errors import InputError, naming_image, refusing_image
+from deconv3d.errors import InputError, naming_file, naming_image, refusing_image
 from deconv3d.io import _refuse_colour
 from deconv3d.omezarr.lazy_image import (LazyImage, _content_identity, _float32_block, _refuse_unreadable, _region,
                                          _verify_unchanged)
@@ -82,7 +82,7 @@ class _TiffArray:
             def say(image):
                 return (f"cannot read {image} (region {_region(key)}): {problem}: a strip or tile is damaged; "
                         "copy or export the image again")
-            raise InputError(say(self.path), without_file=say("it")) from exc
+            raise naming_file(say, self.path) from exc
         finally:
             with self._lock:
                 self._users -= 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deconv3d._paths import _one_line
-from deconv3d.errors import InputError, naming_image
+from deconv3d.errors import InputError, naming_file, naming_image
 
 
 #: Files that make a folder a zarr group: zarr v3, and v2 (OME-Zarr v0.4, bioformats2raw's output).
@@ -72,7 +72,7 @@ def _open_group(path: Path):
         def say(image):
             return (f"cannot open {image} as OME-Zarr ({problem}): give an OME-Zarr image group, e.g. one written "
                     "by deconv3d or bioformats2raw")
-        raise InputError(say(path), without_file=say("it")) from exc  # (said in a batch's line naming the file)
+        raise naming_file(say, path) from exc  # (said in a batch's line naming the file)
 
 
 def _zarr_problem(exc: Exception, folder: Path) -> str:
