@@ -7,11 +7,10 @@ into a shard either): only the indexes are read, never the chunks."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from deconv3d.omezarr.reading import ZarrReader, _open_ome_zarr
+from deconv3d.omezarr.reading import ZarrReader, open_lazy
 
 
 def unstored_chunks_fix(path, position: tuple = ()) -> str | None:
@@ -21,7 +20,7 @@ def unstored_chunks_fix(path, position: tuple = ()) -> str | None:
     ``position`` (the spatial index of the value met, as :class:`~deconv3d.errors.NonFiniteValues` keeps it) lies
     in stored chunks only (at each time point and channel): that value is in the file."""
     try:
-        reader = _open_ome_zarr(Path(path), omero_warning=False).reader  # (its run warned of the image already)
+        reader = open_lazy(path, omero_warning=False).reader  # (its run warned of the image already)
         array = reader._open() if isinstance(reader, ZarrReader) else None
         fill = None if array is None else array.fill_value
         if fill is None or np.isfinite(np.asarray(fill, dtype=np.float64)).all():
