@@ -59,15 +59,23 @@ def refuse_nanometres(voxel_size, fix, what: str = "voxel size", image=None) -> 
 
 def wrong_unit_fix(how: str) -> str:
     """What to do about a file whose voxel size looks like nanometres (:func:`refuse_nanometres`), ``how``
-    (``"--voxel-size"``) naming the voxel size to pass instead: the same words wherever the check is made."""
+    (:func:`voxel_size_option`) naming the voxel size to pass instead: the same words wherever the check is made."""
     return f"fix it (Fiji: Image > Properties) or pass {how} in µm"
 
 
-def recorded_voxel(image, how: str) -> tuple[float, ...] | None:
+def voxel_size_option(ndim: int) -> str:
+    """The option to pass for an image of ``ndim`` spatial axes: ``--voxel-size DZ DY DX``, or
+    ``--voxel-size DY DX`` for a 2D image."""
+    return " ".join(("--voxel-size", *("DZ", "DY", "DX")[-ndim:]))
+
+
+def recorded_voxel(image, how: str | None = None) -> tuple[float, ...] | None:
     """The voxel size ``image`` (a :class:`~deconv3d.omezarr.LazyImage`) records, for a run given
     none: refused in one line where its unit cannot be read (``voxel_problem``) or where it, or the
     sizes of the axes it calibrates, look like nanometres (:func:`refuse_nanometres`); the message
-    says to pass ``how`` (``"--voxel-size DZ DY DX"``) instead."""
+    says to pass ``how`` instead (None: :func:`voxel_size_option` for the image's spatial axes)."""
+    if how is None:
+        how = voxel_size_option(sum(a in "ZYX" for a in image.axes))
     problem = getattr(image, "voxel_problem", None)
     if problem:
         raise InputError(f"{problem}: pass {how} (in µm)")

@@ -5,7 +5,7 @@ size (:func:`voxel_size_of`), the PSF (:func:`load_psf`) and data with negative 
 
 from __future__ import annotations
 
-from deconv3d._voxel import refuse_nanometres, wrong_unit_fix
+from deconv3d._voxel import refuse_nanometres, voxel_size_option, wrong_unit_fix
 from deconv3d.errors import InputError
 
 from .arguments import spatial_sizes
@@ -115,7 +115,7 @@ def voxel_size_of(args, image, warnings: list | None = None):
     name = getattr(args, "input", None) or getattr(args, "beads", "the image")
     voxel = spatial_sizes(args.voxel_size, image.data.ndim, "--voxel-size", name, "DZ DY DX") or image.voxel_size
     fix = ("give --voxel-size in micrometres" if args.voxel_size else
-           f"the file's unit is wrong: {wrong_unit_fix('--voxel-size')}")
+           f"the file's unit is wrong: {wrong_unit_fix(voxel_size_option(image.data.ndim))}")
     if voxel is None:
         if not args.voxel_size:  # the sizes a file records for some axes only
             refuse_nanometres(getattr(image, "partial_voxel", None), fix)

@@ -321,7 +321,7 @@ def spatial_voxel(settings: Settings, lazy) -> Optional[tuple]:
                                path_text(lazy.path))
         return tuple(float(v) for v in settings.voxel_size)[-spatial:]  # (nanometres: refused by Settings)
     try:
-        return recorded_voxel(lazy, "--voxel-size DZ DY DX")
+        return recorded_voxel(lazy)
     except InputError as exc:  # a unit the reader cannot read: the reader's line said of "the image" too
         problem, said = getattr(lazy, "voxel_problem", None), getattr(lazy, "voxel_problem_without_file", None)
         if exc.without_file is None and problem and said and str(exc).startswith(problem):

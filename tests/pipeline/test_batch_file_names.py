@@ -132,10 +132,28 @@ def test_a_unit_in_nanometres_is_given_the_same_fix_in_a_batch_as_in_a_single_ru
     fix = "fix it (Fiji: Image > Properties) or pass --voxel-size"
     code, _, err = run(["deconvolve", shown, "-o", "nm.tif", "--psf", psf], capsys)
     assert code == 2 and err == ("deconv3d: error: voxel size 300 100 100 µm looks like nanometres (or a print "
-                                 f"resolution in dpi): the file's unit is wrong: {fix} in µm\n"), err
+                                 f"resolution in dpi): the file's unit is wrong: {fix} DZ DY DX in µm\n"), err
     code, _, err = run(["deconvolve", shown, "-o", "nm.zarr", "--psf", psf, "--chunks", 4, 8, 8], capsys)
     assert code == 2 and err == f"deconv3d: error: {NANOMETRES.format(shown)}\n", err
     code, out, _ = run(["batch", "in", "-o", "out", "--psf", psf, "--pattern", "*/nm.tif"], capsys)
     assert code == 3 and out.splitlines()[0] == f"[1/1] failed  {shown}: {NANOMETRES.format(IMAGE)}", out
     assert f"the unit of the image is wrong: {fix} DZ DY DX in µm" in out
     assert not (inputs / "nm.tif").exists() and not (inputs / "nm.zarr").exists()
+
+
+def test_a_2d_image_in_nanometres_is_told_to_pass_two_voxel_sizes_in_a_batch_and_a_single_run(inputs, capsys):
+    """The fix said "--voxel-size DZ DY DX" in a batch (three values, for a 2D image) and a bare
+    "--voxel-size" in a single run: both now name the 2D image's two sizes."""
+    (inputs / "flat").mkdir()
+    _imagej(inputs / "flat" / "nm2d.tif", blurred_beads((8, 16, 16), gaussian_psf((5, 5, 5)))[4], "YX", pixel=100)
+    write_tiff(inputs / "psfs" / "psf2d.tif", gaussian_psf((5, 5, 5))[2], voxel_size=(0.1, 0.1))
+    shown, psf = os.path.join("flat", "nm2d.tif"), os.path.join("psfs", "psf2d.tif")
+    fix = "fix it (Fiji: Image > Properties) or pass --voxel-size DY DX in µm"
+    code, _, err = run(["deconvolve", shown, "-o", "nm2d.tif", "--psf", psf], capsys)
+    assert code == 2 and err == ("deconv3d: error: voxel size 100 100 µm looks like nanometres (or a print "
+                                 f"resolution in dpi): the file's unit is wrong: {fix}\n"), err
+    code, out, _ = run(["batch", "flat", "-o", "out", "--psf", psf], capsys)
+    assert code == 3 and out.splitlines()[0] == (f"[1/1] failed  {shown}: voxel size 100 100 µm looks like "
+                                                 "nanometres (or a print resolution in dpi): the unit of the image is "
+                                                 f"wrong: {fix}"), out
+    assert not (inputs / "nm2d.tif").exists() and not (inputs / "out" / "nm2d.tif").exists()
