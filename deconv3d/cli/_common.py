@@ -17,11 +17,12 @@ def check_output(output, inputs=(), *, psfs=(), **kwargs) -> None:
     this machine: hidden temporaries as large as the output, which only chunked runs swept before
     (a killed in-memory run to .tif left its own for good). An output that is one of the ``psfs``
     (PSF files among the ``inputs``; None entries ignored) is refused as the PSF: ``-o psf.tif
-    --psf psf.tif`` was refused as "the input psf.tif", the name of the image's role."""
+    --psf psf.tif`` was refused as "the input psf.tif", the name of the image's role. The PSFs' overlap with
+    the output is checked here only, the other inputs' by :func:`check_output_path`."""
     from deconv3d._paths import check_output_path, refuse_input_overlap, remove_stale_temporaries
 
     refuse_input_overlap(output, psfs, role="PSF")
-    check_output_path(output, inputs, **kwargs)
+    check_output_path(output, [path for path in inputs if path not in psfs], **kwargs)
     _refuse_unwritable_folder(output)
     remove_stale_temporaries(output)
 
