@@ -769,6 +769,30 @@ def test_a_count_that_is_not_a_whole_number_says_so(data, capsys, value):
     assert_one_line_error(code, err, f"must be a positive whole number or auto, got '{value}'")
 
 
+@pytest.mark.parametrize("args, said", [
+    (["train", "in.tif", "-o", "n.ckpt", "--seed", "-1e0"], "--seed: must be a whole number in digits alone, got "
+                                                            "'-1e0': pass -1"),
+    (["train", "in.tif", "-o", "n.ckpt", "--seed", "3.0"], "--seed: must be a whole number in digits alone, got "
+                                                           "'3.0': pass 3"),
+    (["train", "in.tif", "-o", "n.ckpt", "--seed", "1.5"], "--seed: must be a whole number, got '1.5': pass e.g. 1 "
+                                                           "or 2"),
+    (["batch", "in", "-o", "out", "--seed", "-1e0"], "--seed: must be 0 or more, got -1 (given as '-1e0')"),
+    (["batch", "in", "-o", "out", "--seed", "-0.5"], "--seed: must be a whole number, got '-0.5': pass e.g. 0"),
+    (["deconvolve", "in.tif", "-o", "o.zarr", "--pyramid-levels", "inf"], "--pyramid-levels: must be a whole "
+                                                                          "number, got 'inf': pass one in digits"),
+])
+def test_a_whole_number_option_given_a_decimal_or_an_exponent_says_what_to_pass(capsys, args, said):
+    """``--seed -1e0`` (a negative number to the parser, :data:`~deconv3d.cli.arguments.NEGATIVE_NUMBER`)
+    met argparse's "invalid int value: '-1e0'", or "invalid _non_negative_int value" (the converter's name)."""
+    code, _, err = run(args, capsys)
+    assert_one_line_error(code, err, f"argument {said}")
+
+
+def test_a_whole_number_option_given_a_word_keeps_argparse_s_line(capsys):
+    code, _, err = run(["train", "in.tif", "-o", "n.ckpt", "--seed", "abc"], capsys)
+    assert_one_line_error(code, err, "argument --seed: invalid int value: 'abc'")
+
+
 @pytest.mark.parametrize("command", [
     ["deconvolve", "image.tif", "--psf", "psf.tif", "--iterations", "2", "-o", "out.tif"],
     ["psf", "--model", "gaussian", "--shape", "5", "9", "9", "--voxel-size", "0.2", "0.1", "0.1", "--na", "1.2",

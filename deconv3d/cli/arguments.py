@@ -121,6 +121,19 @@ class Parser(argparse.ArgumentParser):
             count += 1
         return count
 
+    def _get_value(self, action, arg_string):
+        """argparse's conversion, where a whole-number option given a number with a fraction, an exponent
+        or a decimal point (``--seed -1e0``, which :data:`NEGATIVE_NUMBER` lets through as a value) is
+        refused as such, with what to pass, not as argparse's "invalid int value"."""
+        try:
+            return super()._get_value(action, arg_string)
+        except argparse.ArgumentError as exc:
+            if isinstance(exc.__context__, (TypeError, ValueError)):  # (not the type's own ArgumentTypeError)
+                problem = _not_whole(self._registry_get("type", action.type, action.type), arg_string)
+                if problem is not None:
+                    raise argparse.ArgumentError(action, problem) from None
+            raise
+
     def error(self, message):
         raise InputError(f"{message}{self._greedy_hint(message)} (see '{self.prog} --help')")
 
@@ -156,6 +169,38 @@ class Parser(argparse.ArgumentParser):
                     return (f": {option} took {' '.join(values)} (it takes one value per channel, up to the next "
                             f"option); give the {option} values after the input, or end them with another option")
         return ""
+
+
+def _not_whole(convert, text: str) -> str | None:
+    """Why ``text``, a number that the whole-number type ``convert`` (``int``, :func:`positive_int`) did not
+    read, is refused, and what to pass: the whole number it equals (``-1e0``: ``-1``), or those either side of
+    it (``1.5``: ``1 or 2``), each as ``convert`` takes it. None where ``convert`` reads no whole numbers or
+    ``text`` is no number."""
+    def taken(candidate: int) -> str | None:
+        try:
+            value = convert(str(candidate))
+        except (argparse.ArgumentTypeError, TypeError, ValueError):
+            return None
+        return str(candidate) if isinstance(value, int) and not isinstance(value, bool) else None
+
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if taken(0) is None and taken(1) is None:  # (not a whole-number option)
+        return None
+    if not math.isfinite(number):
+        return f"must be a whole number, got {text!r}: pass one in digits alone"
+    if number == int(number):
+        if (whole := taken(int(number))) is not None:
+            return f"must be a whole number in digits alone, got {text!r}: pass {whole}"
+        try:
+            convert(str(int(number)))
+        except argparse.ArgumentTypeError as exc:  # (its own refusal of that number: -1 for a count from 0)
+            return f"{exc} (given as {text!r})"
+        return f"must be a whole number in digits alone, got {text!r}"
+    near = [w for w in (taken(math.floor(number)), taken(math.ceil(number))) if w is not None]
+    return f"must be a whole number, got {text!r}" + (f": pass e.g. {' or '.join(near)}" if near else "")
 
 
 def positive_float(text: str) -> float:
