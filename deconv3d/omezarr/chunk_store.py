@@ -114,16 +114,19 @@ def _unreadable(root, key: str, exc: OSError) -> InputError:
     return _refusal(root, key, f"cannot be read ({exc.strerror or exc})")
 
 
-def _refusal(root, key: str, problem: str, above: int = 0) -> InputError:
+#: What :func:`_refusal` says after the problem of a chunk by default: a chunk file there but not read whole.
+CHUNK_FILE_FIX = (", so it cannot be read (a chunk with no file at all would read as the array's fill value): "
+                  "restore the chunk file or re-export the image")
+
+
+def _refusal(root, key: str, problem: str, above: int = 0, fix: str = CHUNK_FILE_FIX) -> InputError:
     """The one-line error for the chunk ``key`` of the store at ``root``: it names the array's folder
     (the nearest folder above the chunk with zarr metadata) and the chunk's key within it. ``problem``
     says what is wrong; its ``{}``, where it has one, is given the first ``above`` parts of ``key``,
-    a folder above the chunk, as the array names it."""
+    a folder above the chunk, as the array names it. ``fix`` follows it."""
     parts = key.split("/")
     depth = next((d for d in range(len(parts) - 1, -1, -1)
                   if any(Path(root, *parts[:d], name).is_file() for name in ("zarr.json", ".zarray"))), 0)
     array, chunk = Path(root, *parts[:depth]), "/".join(parts[depth:])
     problem = problem.format("/".join(parts[depth:above]))
-    return InputError(f"chunk {chunk} of the zarr array {array} {problem}, so it cannot be read (a chunk with no "
-                      "file at all would read as the array's fill value): restore the chunk file or re-export "
-                      "the image")
+    return InputError(f"chunk {chunk} of the zarr array {array} {problem}{fix}")

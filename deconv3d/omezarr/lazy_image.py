@@ -79,13 +79,16 @@ def _verify_unchanged(path, now: tuple | None, then: tuple | None) -> None:
                            "written; run again once the image is complete and left in place", path)
 
 
+#: What to do about an input that cannot be read during a run (not a damaged one).
+UNREADABLE_FIX = "check that the image is still there and readable (it was moved, deleted or unmounted during the run?)"
+
+
 def _refuse_unreadable(path, key, exc: BaseException) -> None:
     """A file that went away or cannot be read during a run (not a damaged one): say so in one line.
     Other errors (MemoryError) are left to the caller to raise."""
     if isinstance(exc, OSError):
         def say(image):
-            return (f"cannot read {image} (region {_region(key)}): {_one_line(exc)}: check that the image is still "
-                    "there and readable (it was moved, deleted or unmounted during the run?)")
+            return f"cannot read {image} (region {_region(key)}): {_one_line(exc)}: {UNREADABLE_FIX}"
         raise naming_file(say, path) from exc  # (said in a batch's line naming the file)
 
 

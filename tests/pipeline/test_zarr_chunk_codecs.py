@@ -174,31 +174,67 @@ def test_batch_fails_an_image_with_a_chunk_that_does_not_decode_and_writes_no_ou
     assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith((".", "batch_report"))] == []
 
 
-@pytest.mark.parametrize("how", ["reader", "dask array"])
-def test_an_oserror_fetching_a_chunk_is_not_called_damage(tmp_path, data, monkeypatch, how):
-    """A chunk file that cannot be read (an I/O error, a disk gone) is no damaged chunk: the reader says to
-    check that the image is still there; the dask array raises the OSError as it was."""
+#: What a chunk file that cannot be read (an I/O error, a disk gone) is told, on every path that reads it.
+UNREADABLE = ("chunk c/1/0/0 of the zarr array {} cannot be read: Input/output error: check that the image is still "
+              "there and readable (it was moved, deleted or unmounted during the run?)")
+
+
+def _failing_chunk(monkeypatch, chunk, when=lambda: True) -> None:
+    """Fetching the file ``chunk`` fails with an I/O error (``when`` it returns True)."""
     from zarr.storage import _local
 
-    from deconv3d.omezarr import open_lazy
-
-    chunk, _ = _image(tmp_path, data, "gzip", "v3")
     get = _local._get
 
     def failing(path, *args, **kwargs):
-        if str(path) == str(chunk):
+        if str(path) == str(chunk) and when():
             raise OSError(errno.EIO, "Input/output error")
         return get(path, *args, **kwargs)
 
     monkeypatch.setattr(_local, "_get", failing)
+
+
+@pytest.mark.parametrize("how", ["reader", "dask array", "read_ome_zarr"])
+def test_an_oserror_fetching_a_chunk_is_not_called_damage(tmp_path, data, monkeypatch, how):
+    """A chunk file that cannot be read (an I/O error, a disk gone) is no damaged chunk: one line names the chunk
+    and says to check that the image is still there, on each path (the dask array raised the bare OSError)."""
+    from deconv3d.omezarr import open_lazy, read_ome_zarr
+
+    chunk, _ = _image(tmp_path, data, "gzip", "v3")
+    _failing_chunk(monkeypatch, chunk)
     lazy = open_lazy(tmp_path / "in.zarr")
-    if how == "reader":
-        with pytest.raises(InputError, match="Input/output error: check that the image is still there"):
-            lazy.reader.read((slice(None),) * 3)
-    else:
-        with pytest.raises(OSError, match="Input/output error") as info:
-            lazy.data.compute()
-        assert not isinstance(info.value, InputError)
+    read = {"reader": lambda: lazy.reader.read((slice(None),) * 3), "dask array": lazy.data.compute,
+            "read_ome_zarr": lambda: read_ome_zarr(tmp_path / "in.zarr")}[how]
+    with pytest.raises(InputError) as info:
+        read()
+    assert str(info.value) == UNREADABLE.format(tmp_path / "in.zarr" / "0")
+
+
+def test_deconvolve_says_in_one_line_that_a_chunk_read_through_dask_cannot_be_read(tmp_path, data, monkeypatch,
+                                                                                    capsys):
+    """A run that trains on the image reads it through its dask array, where an I/O error fetching a chunk came
+    out as "internal error" with the bare OSError. The chunk fails only there (the blocks read before it by the
+    run's checks read it whole); nothing is written."""
+    import dask.array
+
+    chunk, _ = _image(tmp_path, data, "gzip", "v3")
+    write_tiff(tmp_path / "psf.tif", gaussian_psf(), voxel_size=(0.3, 0.1, 0.1))
+    computing = []
+    to_numpy = dask.array.Array.__array__
+
+    def through_dask(self, *args, **kwargs):
+        computing.append(True)
+        try:
+            return to_numpy(self, *args, **kwargs)
+        finally:
+            computing.pop()
+
+    monkeypatch.setattr(dask.array.Array, "__array__", through_dask)
+    _failing_chunk(monkeypatch, chunk, when=lambda: bool(computing))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run(["deconvolve", tmp_path / "in.zarr", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "out.zarr",
+                        "--method", "ssl", "--train-steps", 1, "--device", "cpu"], capsys)
+    assert code == 2 and err == f"deconv3d: error: {UNREADABLE.format(tmp_path / 'in.zarr' / '0')}\n", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary
 
 
 def test_running_out_of_memory_decoding_a_chunk_is_not_called_damage(tmp_path, data, monkeypatch):
