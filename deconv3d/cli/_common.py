@@ -59,15 +59,20 @@ def creating_fails(folder) -> OSError | None:
 
 
 def refuse_ssl_options(args) -> None:
-    """--model and --train-steps belong to ``--method ssl``: refused with another method, naming those given (both
-    were named where one was)."""
-    if args.method == "ssl":
-        return
-    given = [flag for flag, value in (("--model", args.model), ("--train-steps", args.steps)) if value]
-    if given:
-        verb = "apply" if len(given) > 1 else "applies"
-        raise InputError(f"{' and '.join(given)} {verb} to --method ssl, not {args.method}: drop "
-                         f"{'them' if len(given) > 1 else 'it'}, or choose --method ssl")
+    """--model and --train-steps belong to ``--method ssl``: refused with another method, naming those given,
+    by the check a batch's settings make (:meth:`~deconv3d.pipeline.settings.Settings._check_training`, which
+    owns its wording), the settings named as options."""
+    from types import SimpleNamespace
+
+    from deconv3d.pipeline.settings import Settings
+    from deconv3d.pipeline.settings_checks import _AS_OPTIONS
+
+    token = _AS_OPTIONS.set(True)  # (--model, not the batch configuration's model)
+    try:  # (seed 0: only the options of --method ssl are checked here, as they were)
+        Settings._check_training(SimpleNamespace(method=args.method, model=args.model or None,
+                                                 train_steps=args.steps, seed=0))
+    finally:
+        _AS_OPTIONS.reset(token)
 
 
 def check_environment() -> None:

@@ -203,9 +203,11 @@ class Settings(Fingerprinted):
 
     def _check_training(self) -> None:
         """The model and training steps (ssl only), the training steps and the seed."""
+        # (the one wording of this check: deconvolve's refuse_ssl_options calls this method with its options)
         extra = [_n(k) for k in ("model", "train_steps") if getattr(self, k) is not None]
         _check(self.method == "ssl" or not extra, f"{' and '.join(extra)} {'apply' if len(extra) > 1 else 'applies'} "
-               f"to {_n('method')} ssl only: remove {'them' if len(extra) > 1 else 'it'} for {self.method}")
+               f"to {_n('method')} ssl only: remove {'them' if len(extra) > 1 else 'it'} for {self.method}, or "
+               f"choose {_n('method')} ssl")
         _check(self.train_steps is None or (is_whole(self.train_steps) and self.train_steps >= 1),
                f"{_n('train_steps')} must be a positive whole number, got {self.train_steps!r}")
         _check(is_whole(self.seed) and 0 <= self.seed < 2**63, f"{_n('seed')} must be a whole number >= 0, "

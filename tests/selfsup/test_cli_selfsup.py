@@ -294,11 +294,11 @@ class Payload:
 @pytest.mark.parametrize("argv, word", [
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--method", "ssl"], "PSF is needed"),
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--psf", "{d}/psf.tif", "--method", "rl",
-      "--train-steps", "3"], "--train-steps applies to --method ssl, not rl: drop it"),
+      "--train-steps", "3"], "--train-steps applies to --method ssl only: remove it for rl"),
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--psf", "{d}/psf.tif", "--method", "wiener",
-      "--model", "{d}/none.ckpt"], "--model applies to --method ssl, not wiener: drop it"),
+      "--model", "{d}/none.ckpt"], "--model applies to --method ssl only: remove it for wiener"),
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.zarr", "--psf", "{d}/psf.tif", "--method", "rl",
-      "--model", "{d}/none.ckpt", "--train-steps", "3"], "--model and --train-steps apply to --method ssl, not rl"),
+      "--model", "{d}/none.ckpt", "--train-steps", "3"], "--model and --train-steps apply to --method ssl only: remove them"),
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--method", "ssl", "--model", "{d}/evil.ckpt"],
      "not a safe deconv3d checkpoint"),
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--method", "ssl", "--model", "{d}/none.ckpt"],
@@ -334,6 +334,31 @@ def test_bad_input_one_line_and_no_output(data, capsys, argv, word):
     assert one_line_error(code, err, word), err
     assert "payload ran" not in out
     assert not (data / "out.tif").exists() and not (data / "m.ckpt").exists() and not (data / "model.tif").exists()
+
+
+
+@pytest.mark.parametrize("method, given", [("rl", ["--model", "{d}/none.ckpt"]), ("wiener", ["--train-steps", "3"]),
+                                           ("rl-tv", ["--model", "{d}/none.ckpt", "--train-steps", "3"])])
+@pytest.mark.parametrize("output", ["out.tif", "out.zarr"])  # (the in-memory and the chunked paths)
+def test_options_of_ssl_alone_are_refused_in_the_words_of_the_settings(data, capsys, method, given, output):
+    """deconvolve's refusal of --model or --train-steps with another method is the one a batch's settings
+    make (Settings._check_training), named as options: the two had their own words for one check."""
+    from deconv3d.errors import InputError
+    from deconv3d.pipeline.settings import make_settings
+
+    argv = ["deconvolve", "{d}/image.tif", "-o", "{d}/" + output, "--psf", "{d}/psf.tif", "--method", method,
+            "--tv-weight", "0.002"] + given
+    code, _, err = run([a.format(d=data) for a in argv], capsys)
+    values = {"method": method, "psf": str(data / "psf.tif"), "tv_weight": 0.002}
+    if "--model" in given:
+        (data / "none.ckpt").write_bytes(b"")  # (the settings check that a model file exists, after this check)
+        values["model"] = str(data / "none.ckpt")
+    if "--train-steps" in given:
+        values["train_steps"] = 3
+    with pytest.raises(InputError) as said:
+        make_settings(values, options=True)
+    assert code == 2 and err.strip() == f"deconv3d: error: {said.value}"
+    assert not (data / output).exists()
 
 
 def test_band_limit_option(data, capsys):
