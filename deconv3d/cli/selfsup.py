@@ -272,7 +272,7 @@ def cmd_train(args) -> int:
     warnings = _unused_option_warnings(args)
     image, psf, voxel, notes = _read_inputs(args)
     config, unet = configs(args, image.data.ndim)
-    check_patch(config.patch, image.data.shape, unet)  # before the input is hashed
+    check_patch(config.patch, image.data.shape, unet, psf.shape)  # before the input is hashed
     start = time.perf_counter()
     notes = warnings + notes
     # The file as it was read, hashed before the training: not seconds of hashing after it, in which a

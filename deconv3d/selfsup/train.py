@@ -197,7 +197,7 @@ def train(
         require_config(unet, UNetConfig, "unet")
     dev = resolve_device(device)
     img, psf, unet, voxel_size = _check_inputs(image, psf, unet, voxel_size)
-    check_patch(config.patch, img.shape, unet)
+    check_patch(config.patch, img.shape, unet, psf.shape)
     positive_asked = unet.positive
     positive_sum = config.residual and positive_asked
     if config.residual:  # a signed correction: positivity applies to the sum (clamped at zero intensity)

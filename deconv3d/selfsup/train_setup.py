@@ -62,7 +62,7 @@ def _check_inputs(image, psf, unet, voxel_size):
 
 
 
-def check_patch(patch: int, image_shape, unet: UNetConfig) -> None:
+def check_patch(patch: int, image_shape, unet: UNetConfig, psf_shape=None) -> None:
     """Refuse a training patch side (``TrainConfig.patch``, ``--patch``) smaller than the network's
     down-sampling factor ``unet.divisor``, or than the image where the image is smaller than it. A patch
     larger than the image is not refused: the compared regions take the image's size along shorter axes
@@ -71,17 +71,31 @@ def check_patch(patch: int, image_shape, unet: UNetConfig) -> None:
     For an image smaller than ``unet.divisor`` the advice names a batch of 2 or more too: a patch of the
     whole image makes fields that a PSF's halo may not take past one ``divisor`` a side, one value per
     channel at the network's coarsest level, which a batch of 1 leaves too few for batch normalisation
-    (``_field_geometry``'s refusal) and no larger patch can change."""
+    (``_field_geometry``'s refusal) and no larger patch can change. Where the fields of the whole image
+    (with the halo of a PSF of ``psf_shape``; without it, the image alone, so a depth that may be lower
+    than needed) could be too small for the depth (``_field_geometry``'s other refusal), it names the
+    deepest network they take, so that the options it advises are accepted together."""
     shape, largest = tuple(int(n) for n in image_shape), max(image_shape)
     if patch >= min(unet.divisor, largest):
         return
     if largest < unet.divisor:  # (the depth itself is checked with the fields)
+        halo = [0] * len(shape) if psf_shape is None else [int(k) - 1 for k in psf_shape]
+        deepest = _deepest(max(n + h for n, h in zip(shape, halo)))
+        advice = (f"a patch of {largest}, a batch of 2 or more and a depth of {deepest} or less (--patch, --batch, "
+                  "--unet-depth)" if unet.depth > deepest else
+                  f"a patch of {largest} and a batch of 2 or more (--patch, --batch)")
         raise InputError(f"a training patch of {patch} is smaller than the image {shape}, itself smaller than "
                          f"{unet.divisor}, the down-sampling factor of a UNet of depth {unet.depth} (2**depth): use "
-                         f"a patch of {largest} and a batch of 2 or more (--patch, --batch)")
+                         f"{advice}")
     raise InputError(f"a training patch of {patch} is smaller than {unet.divisor}, the down-sampling factor of a UNet "
                      f"of depth {unet.depth} (2**depth): use a patch of {unet.divisor} or more (--patch), or a "
                      "smaller depth (--unet-depth)")
+
+
+def _deepest(side: int) -> int:
+    """The deepest UNet whose padding of training fields of ``side`` voxels a side does not more than
+    double them (:func:`_field_geometry`): ``2**depth <= 2 * side``."""
+    return (2 * side).bit_length() - 1
 
 
 def _data_weight(forward: ForwardModel, data_shape, precondition, image, psf):
@@ -123,7 +137,7 @@ def _field_geometry(forward: ForwardModel, image_shape, unet: UNetConfig, config
     side = max(n + b + a for n, b, a in zip(data_shape, forward.halo_before, forward.halo_after))
     if unet.divisor > 2 * side:  # fields are padded up to 2**depth voxels a side: more than twice what they hold
         raise InputError(f"a UNet of depth {unet.depth} pads the training fields to {unet.divisor} voxels a side, more "
-                         f"than twice the {side} they hold: use a depth of {(2 * side).bit_length() - 1} or less "
+                         f"than twice the {side} they hold: use a depth of {_deepest(side)} or less "
                          "(--unet-depth)")
     geometry = forward.geometry(data_shape, unet.divisor)
     if config.batch * math.prod(n // unet.divisor for n in geometry.field_shape) < 2:

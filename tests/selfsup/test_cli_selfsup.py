@@ -361,6 +361,24 @@ def test_options_of_ssl_alone_are_refused_in_the_words_of_the_settings(data, cap
     assert not (data / output).exists()
 
 
+def test_train_accepts_the_options_its_patch_advice_names_on_a_small_image(tmp_path, capsys):
+    """On a 12x12 image with --unet-depth 5 (2**5 = 32), the advice for --patch 4 was a patch of 12 and a batch
+    of 2, which then met the depth's refusal: it names the depth too, and train runs with what it advises."""
+    import re
+
+    rng = np.random.default_rng(0)
+    write_tiff(tmp_path / "image.tif", rng.random((12, 12)).astype(np.float32) + 0.1, voxel_size=(0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", np.ones((3, 3), np.float32), voxel_size=(0.1, 0.1))
+    argv = ["train", tmp_path / "image.tif", "--psf", tmp_path / "psf.tif", "-o", tmp_path / "m.ckpt", "--steps", 1,
+            "--base-channels", 4, "--device", "cpu"]
+    code, _, err = run(argv + ["--patch", 4, "--batch", 1, "--unet-depth", 5], capsys)
+    assert one_line_error(code, err, "use a patch of 12"), err
+    advised = re.search(r"use a patch of (\d+), a batch of (\d+) or more and a depth of (\d+) or less", err)
+    assert advised and not (tmp_path / "m.ckpt").exists(), err
+    patch, batch, depth = advised.groups()
+    code, _, err = run(argv + ["--patch", patch, "--batch", batch, "--unet-depth", depth], capsys)
+    assert code == 0 and (tmp_path / "m.ckpt").is_file(), err
+
 def test_band_limit_option(data, capsys):
     """The default (and ``--band-limit 0``) gives the network's raw output; ``--band-limit EPS``
     filters it by the PSF's band."""

@@ -246,6 +246,29 @@ def test_a_patch_below_an_image_smaller_than_the_unet_s_factor_is_advised_a_batc
     assert res.steps_done == 1
 
 
+@pytest.mark.parametrize("side, psf_side, depth", [(12, 3, 5), (8, 7, 5), (6, 1, 4), (6, 3, 6)])
+def test_the_advice_for_a_patch_below_a_small_image_is_accepted_when_followed(side, psf_side, depth):
+    """On an image smaller than 2**depth, the advice for a smaller patch (the whole image, a batch of 2) led to
+    the next refusal, of the depth (a 12x12 image, a 3x3 PSF, depth 5: "pads the training fields to 32 voxels
+    ... use a depth of 4 or less"): the advice names the depth that the fields take too, and the options it
+    advises train."""
+    import re
+
+    _, noisy, _ = problem(2, sigma=0.1)
+    small, psf = noisy[:side, :side], np.ones((psf_side, psf_side), np.float32)
+    with pytest.raises(InputError) as refused:
+        train(small, psf, config=TrainConfig(steps=1, patch=2, batch=1), unet=UNetConfig(ndim=2, base_channels=4,
+                                                                                          depth=depth), device="cpu")
+    advised = re.search(r"use a patch of (\d+), a batch of (\d+) or more and a depth of (\d+) or less \(--patch, "
+                        r"--batch, --unet-depth\)$", str(refused.value))
+    assert advised, str(refused.value)
+    patch, batch, depth = map(int, advised.groups())
+    with pytest.warns(RuntimeWarning, match=r"too small to choose the Richardson-Lucy reference's iteration count"):
+        res = train(small, psf, config=TrainConfig(steps=1, patch=patch, batch=batch),
+                    unet=UNetConfig(ndim=2, base_channels=4, depth=depth), device="cpu")
+    assert res.steps_done == 1
+
+
 def test_a_unet_deeper_than_its_fields_is_refused_before_it_allocates():
     """--unet-depth 10 padded 16-voxel fields to 1024 voxels a side: the run was killed for memory
     (23.6 GB) without a message. Padding up to twice the field still trains, as before."""
