@@ -60,7 +60,11 @@ def add_training_options(p, steps_flag: str) -> None:
     _add_estimate_options(g)
     g.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                    help="stop training after this many seconds, counted from the start of training: its set-up and "
-                        "the search for the Richardson-Lucy reference included (one step is always run)")
+                        "the search for the Richardson-Lucy reference included. A step is not started that would end "
+                        "past it by the time the last steps took; the set-up, the search's first iteration, "
+                        "Richardson-Lucy at the chosen count and the first step always run, and can take a small "
+                        "budget past its end. deconvolve's prediction after training (8 passes with --tta) is not "
+                        "counted")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help=AMP_HELP)
 

@@ -79,8 +79,8 @@ class TrainConfig:
     lambda_bound: float = 0.1
     augment: bool = True  # rot90/flip in the xy plane
     seed: int = 0
-    # seconds from the start of train(), its set-up and the RL reference included; stops after the step that
-    # exceeds it (one step at least: a model must exist)
+    # seconds from the start of train(), its set-up and the RL reference included; a step that the last steps'
+    # times say would end past it is not started (one step at least: a model must exist)
     time_budget: float | None = None
     # mixed precision for the network: float16 on CUDA, bfloat16 on a CPU with AMX (about 2x faster steps);
     # float32 on other CPUs, where bfloat16 is slower (deconv3d._torch_common.amp_dtype)

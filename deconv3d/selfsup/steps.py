@@ -61,6 +61,49 @@ def _warm_step(model, batch: _Batch, region, optimizer, precision: MixedPrecisio
     return {"warm": value, "total": value}
 
 
+def _still_warming(step: int, warm_steps: int, warm_until: float | None, now: float) -> bool:
+    """Whether ``step`` (1-based) of a run still in its warm start is a warm-start step: within ``warm_steps``
+    and, under a time budget with ``warm_start="auto"``, started before ``warm_until``."""
+    return step <= warm_steps and (warm_until is None or now < warm_until)
+
+
+def _passes(warming: bool) -> int:
+    """The network passes of a step: one in a warm-start step, two (the full and the masked input) in a Siamese one."""
+    return 1 if warming else 2
+
+
+#: How many of the last steps' times :class:`_StepClock` takes the longest of.
+RECENT_STEPS = 3
+
+
+class _StepClock:
+    """Whether the next training step would end past ``time_budget`` (seconds from ``started``, a
+    ``time.perf_counter()`` value; None: no budget), so that it is not started: a started step always
+    finishes, so the one begun just before the budget ended took the run past it by up to a step's time.
+
+    The next step's time is taken as the longest of the last :data:`RECENT_STEPS` steps per network pass,
+    times the next step's passes (a Siamese step after warm-start steps runs two where they ran one). The
+    first step, which also sets up the network's kernels and may take longer than the next ones, counts only
+    while it is the only one measured. A step slower than those it follows still ends past the budget, by the
+    difference."""
+
+    def __init__(self, time_budget: float | None, started: float):
+        self.time_budget, self.started = time_budget, started
+        self.per_pass: list[float] = []  # seconds per network pass of each step run
+
+    def record(self, seconds: float, passes: int) -> None:
+        """A step run: it took ``seconds`` and ran the network ``passes`` times."""
+        self.per_pass.append(seconds / passes)
+
+    def estimate(self, passes: int) -> float:
+        """Seconds a step of ``passes`` network passes is expected to take (0 before any step is measured)."""
+        recent = self.per_pass[1:][-RECENT_STEPS:] or self.per_pass
+        return max(recent, default=0.0) * passes
+
+    def would_overrun(self, now: float, passes: int) -> bool:
+        """Whether a step of ``passes`` passes started at ``now`` would end past the budget."""
+        return self.time_budget is not None and now - self.started + self.estimate(passes) > self.time_budget
+
 
 @dataclass
 class _Steps:
@@ -83,17 +126,21 @@ class _Steps:
     precision: MixedPrecision
 
     def run(self, sampler: _PatchSampler, callback, started: float) -> tuple:
-        """Steps until :func:`~deconv3d._torch_common.stop_reason` gives a reason: the warm-start
-        steps first (``config.warm_steps``; "auto" under a time budget also ends them at 3/8 of it).
-        Returns (steps, history, last terms, reason, warm-start steps run)."""
+        """Steps until :func:`~deconv3d._torch_common.stop_reason` gives a reason, or until the next step
+        would end past ``config.time_budget`` by the time the recent steps took (:class:`_StepClock`; reason
+        "time_budget", at least one step run): the warm-start steps first (``config.warm_steps``; "auto"
+        under a time budget also ends them at 3/8 of it). Returns (steps, history, last terms, reason,
+        warm-start steps run)."""
         config = self.config
         warm_until = None
         if config.warm_start == "auto" and config.time_budget is not None:
             warm_until = started + WARM_SHARE[0] / WARM_SHARE[1] * config.time_budget
+        clock = _StepClock(config.time_budget, started)
         history, step, warming, warm_done = [], 0, config.warm_steps > 0, 0
         while True:
             step += 1
-            if warming and (step > config.warm_steps or (warm_until is not None and time.perf_counter() >= warm_until)):
+            begun = time.perf_counter()
+            if warming and not _still_warming(step, config.warm_steps, warm_until, begun):
                 warming = False
                 if not config.anchor_weight:
                     sampler.set_target(None)
@@ -106,6 +153,11 @@ class _Steps:
                 self.average.update(self.model)
             history.append((step, terms["total"]))
             reason = stop_reason(step, terms["total"], config.steps, config.time_budget, callback, started)
+            ended = time.perf_counter()
+            clock.record(ended - begun, _passes(warming))
+            if reason is None:  # (the step after a warm one may be a Siamese one, of two passes)
+                next_warm = warming and _still_warming(step + 1, config.warm_steps, warm_until, ended)
+                reason = "time_budget" if clock.would_overrun(ended, _passes(next_warm)) else None
             if reason is not None:
                 return step, history, terms, reason, warm_done
 

@@ -155,8 +155,12 @@ def train(
     no such attenuation. Those steps take one network pass instead of two; the Siamese loss
     then takes over from that start. ``config.time_budget`` counts from the start of this call: the
     set-up (standardisation, the data term's weight, the network) and the RL reference count in it,
-    and at least one step is run whatever is left. The RL run counts in the time budget, and its search for
-    the count (and TV weight) stops at half the budget with the best found by then. ``"auto"`` (the
+    and at least one step is run whatever is left. A later step is not started when the time the last
+    steps took says it would end past the budget (:class:`~deconv3d.selfsup.steps._StepClock`); one slower
+    than those still ends past it. The RL run counts in the time budget, and its search for
+    the count (and TV weight) stops at half the budget with the best found by then, checked after each
+    RL iteration: its first iteration (with RL's set-up), RL at the chosen count, the rest of the set-up and
+    the first step are not cut short, so they alone can take a run past a small budget. ``"auto"`` (the
     default, with ``precondition="auto"``) spends 3/8 of ``config.steps`` on it, and at most
     3/8 of ``config.time_budget``, so that a budgeted run still trains the Siamese loss; on the
     bench_selfsup volumes the two together scored above the paper's recipe on every volume

@@ -159,6 +159,55 @@ def test_the_time_budget_counts_the_set_up(monkeypatch):
     assert (res.reason, res.steps_done) == ("time_budget", 1)
 
 
+def test_a_step_that_would_end_past_the_time_budget_is_not_started(monkeypatch):
+    """A step always finished, so the one started just before the budget ended ran past it by a step's time
+    (seconds on a CPU). On a fake clock where each step takes 30 s and nothing else any time, a budget of
+    100 s runs 3 steps (90 s): a fourth would end at 120 s."""
+    import time
+
+    from deconv3d.selfsup.steps import _Steps
+
+    now = [0.0]
+    real_once = _Steps._once
+
+    def thirty_seconds(self, batch, warming):
+        now[0] += 30.0
+        return real_once(self, batch, warming)
+
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(_Steps, "_once", thirty_seconds)
+    _, noisy, psf = problem(2, sigma=0.1)
+    paper = dict(residual=False, warm_start=0, patch=16, batch=1)  # (no RL reference)
+    res = train(noisy, psf, config=TrainConfig(steps=10, time_budget=100.0, **paper), unet=TINY[2], device="cpu")
+    assert (res.reason, res.steps_done, res.seconds) == ("time_budget", 3, 90.0)
+    # a budget the last step fits in exactly runs it; one step always runs
+    res = train(noisy, psf, config=TrainConfig(steps=10, time_budget=90.0, **paper), unet=TINY[2], device="cpu")
+    assert (res.reason, res.steps_done) == ("time_budget", 3)
+    res = train(noisy, psf, config=TrainConfig(steps=10, time_budget=10.0, **paper), unet=TINY[2], device="cpu")
+    assert (res.reason, res.steps_done) == ("time_budget", 1)
+
+
+def test_the_step_clock_takes_the_longest_recent_step_per_pass():
+    """_StepClock's estimate: the longest of the last 3 steps per network pass, times the next step's passes
+    (a Siamese step, 2, after warm-start steps, 1); the first step only while it is the only one."""
+    from deconv3d.selfsup.steps import _StepClock
+
+    clock = _StepClock(100.0, started=10.0)
+    assert clock.estimate(2) == 0 and not clock.would_overrun(109.0, 2)
+    clock.record(20.0, 2)  # the first step, slower
+    assert clock.estimate(2) == 20.0 and clock.would_overrun(91.0, 2) and not clock.would_overrun(90.0, 2)
+    clock.record(4.0, 2)  # (the first no longer counts)
+    assert clock.estimate(2) == 4.0
+    for seconds in (6.0, 5.0, 4.0, 4.0):
+        clock.record(seconds, 2)
+    assert clock.estimate(2) == 5.0 and clock.would_overrun(105.5, 2) and not clock.would_overrun(105.0, 2)
+    warm = _StepClock(100.0, started=0.0)
+    for seconds in (9.0, 2.0, 3.0):  # warm-start steps of one pass: the Siamese step after them runs two
+        warm.record(seconds, 1)
+    assert warm.estimate(1) == 3.0 and warm.estimate(2) == 6.0 and warm.would_overrun(94.5, 2)
+    assert not _StepClock(None, started=0.0).would_overrun(1e9, 2)
+
+
 @pytest.mark.parametrize("variant", [dict(invariance="after-psf"), dict(invariance="both"),
                                      dict(invariance="none", lambda_bsp=1.0)])
 def test_every_loss_position_trains(variant):
