@@ -60,19 +60,12 @@ def creating_fails(folder) -> OSError | None:
 
 def refuse_ssl_options(args) -> None:
     """--model and --train-steps belong to ``--method ssl``: refused with another method, naming those given,
-    by the check a batch's settings make (:meth:`~deconv3d.pipeline.settings.Settings._check_training`, which
-    owns its wording), the settings named as options."""
-    from types import SimpleNamespace
+    in the words of a batch's settings (:func:`~deconv3d.pipeline.settings_checks.check_ssl_only`), named as
+    options."""
+    from deconv3d.pipeline.settings_checks import check_ssl_only, settings_as_options
 
-    from deconv3d.pipeline.settings import Settings
-    from deconv3d.pipeline.settings_checks import _AS_OPTIONS
-
-    token = _AS_OPTIONS.set(True)  # (--model, not the batch configuration's model)
-    try:  # (seed 0: only the options of --method ssl are checked here, as they were)
-        Settings._check_training(SimpleNamespace(method=args.method, model=args.model or None,
-                                                 train_steps=args.steps, seed=0))
-    finally:
-        _AS_OPTIONS.reset(token)
+    with settings_as_options():
+        check_ssl_only(args.method, args.model or None, args.steps)
 
 
 def check_environment() -> None:

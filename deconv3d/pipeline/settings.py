@@ -18,8 +18,8 @@ from deconv3d._paths import special_file_problem
 from deconv3d._saturation import method_problem, parse_saturation
 from deconv3d._voxel import NANOMETRE_LIKE, format_sizes
 from deconv3d.errors import InputError, naming_image
-from deconv3d.pipeline.settings_checks import (_AS_OPTIONS, _check, _is_number, _many, _n, _positive, _shown,
-                                               _sized)
+from deconv3d.pipeline.settings_checks import (_check, _is_number, _many, _n, _positive, _shown, _sized,
+                                               check_ssl_only, settings_as_options)
 from deconv3d.pipeline.settings_fingerprint import Fingerprinted, tv_term_rule
 
 # (tv_term_rule: its home is settings_fingerprint, kept importable from here)
@@ -203,11 +203,7 @@ class Settings(Fingerprinted):
 
     def _check_training(self) -> None:
         """The model and training steps (ssl only), the training steps and the seed."""
-        # (the one wording of this check: deconvolve's refuse_ssl_options calls this method with its options)
-        extra = [_n(k) for k in ("model", "train_steps") if getattr(self, k) is not None]
-        _check(self.method == "ssl" or not extra, f"{' and '.join(extra)} {'apply' if len(extra) > 1 else 'applies'} "
-               f"to {_n('method')} ssl only: remove {'them' if len(extra) > 1 else 'it'} for {self.method}, or "
-               f"choose {_n('method')} ssl")
+        check_ssl_only(self.method, self.model, self.train_steps)  # (deconvolve's options are checked by it too)
         _check(self.train_steps is None or (is_whole(self.train_steps) and self.train_steps >= 1),
                f"{_n('train_steps')} must be a positive whole number, got {self.train_steps!r}")
         _check(is_whole(self.seed) and 0 <= self.seed < 2**63, f"{_n('seed')} must be a whole number >= 0, "
@@ -319,10 +315,8 @@ def make_settings(values: dict, options: bool = False) -> Settings:
     a refusal names them as options (``--tv-weight``), without the "batch configuration" of a
     batch, whose TOML keys and options both take the settings' names.
     """
-    token = _AS_OPTIONS.set(bool(options))
-    try:
-        return Settings(**values)
-    except TypeError as exc:
-        raise InputError(f"batch configuration: {exc}") from exc
-    finally:
-        _AS_OPTIONS.reset(token)
+    with settings_as_options(options):
+        try:
+            return Settings(**values)
+        except TypeError as exc:
+            raise InputError(f"batch configuration: {exc}") from exc

@@ -4,6 +4,7 @@ positive, a list, one value or one per channel) and how a refusal of one is word
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 import numbers
@@ -33,6 +34,25 @@ def _positive(v) -> bool:
 
 #: True while :func:`make_settings` builds settings from a command's options (``deconvolve``).
 _AS_OPTIONS = contextvars.ContextVar("deconv3d_settings_as_options", default=False)
+
+
+@contextlib.contextmanager
+def settings_as_options(options: bool = True):
+    """Within it, refusals name the settings as a command's options (``--tv-weight``), without a batch's
+    "batch configuration:"."""
+    token = _AS_OPTIONS.set(bool(options))
+    try:
+        yield
+    finally:
+        _AS_OPTIONS.reset(token)
+
+
+def check_ssl_only(method: str, model, train_steps) -> None:
+    """A model or training steps (ssl's alone) refused with another method, naming those given."""
+    extra = [_n(k) for k, v in (("model", model), ("train_steps", train_steps)) if v is not None]
+    _check(method == "ssl" or not extra, f"{' and '.join(extra)} {'apply' if len(extra) > 1 else 'applies'} "
+           f"to {_n('method')} ssl only: remove {'them' if len(extra) > 1 else 'it'} for {method}, or "
+           f"choose {_n('method')} ssl")
 
 
 def _n(name: str) -> str:

@@ -294,7 +294,7 @@ class Payload:
 @pytest.mark.parametrize("argv, word", [
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--method", "ssl"], "PSF is needed"),
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--psf", "{d}/psf.tif", "--method", "rl",
-      "--train-steps", "3"], "--train-steps applies to --method ssl only: remove it for rl"),
+      "--train-steps", "3"], "--train-steps applies to --method ssl only: remove it for rl, or choose --method ssl"),
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.tif", "--psf", "{d}/psf.tif", "--method", "wiener",
       "--model", "{d}/none.ckpt"], "--model applies to --method ssl only: remove it for wiener"),
     (["deconvolve", "{d}/image.tif", "-o", "{d}/out.zarr", "--psf", "{d}/psf.tif", "--method", "rl",
