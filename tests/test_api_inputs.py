@@ -392,6 +392,38 @@ def test_normalize_psf_names_what_is_not_a_psf(bad, words):
         normalize_psf(bad)
 
 
+_NOT_ARRAYS = [("psf.tif", "^got the file name 'psf.tif' where an array is needed: .*read_psf"),
+               (None, "^the PSF has non-numeric values"), ([[1.0, 2.0], [3.0]], "^cannot make an array of numbers from")]
+_NOT_PSFS = [(np.full((5, 5), np.nan), "^PSF contains NaN or Inf values"),
+             (np.ones((5, 5)) - 0.5 * np.eye(5) - 0.6, r"^PSF has negative values \(min"),
+             (np.zeros((5, 5)), "^PSF is all zero"), (np.ones(5), "^PSF (must be a non-empty 2D or 3D array|is 1D)")]
+
+
+@pytest.mark.parametrize("call", ["validate_psf", "center_psf", "crop_psf", "resample_psf", "prepare_psf", "fit_psf",
+                                  "normalize_psf"])
+@pytest.mark.parametrize("bad, words", _NOT_ARRAYS + _NOT_PSFS)
+def test_every_psf_function_names_what_is_not_a_psf(call, bad, words):
+    """API review: center_psf and crop_psf took NaN ("PSF sum is not positive", with numpy's warnings),
+    negative PSFs (crop_psf returned negative values), 1D ones and None ("`pad_width` must be of integral
+    type"); validate_psf, center_psf, crop_psf and resample_psf met a file name or ragged lists with
+    numpy's "could not convert string to float"; fit_psf returned a file name as an array; prepare_psf
+    called it "PSF is 0D"; normalize_psf called NaN "PSF sum is not positive"."""
+    from deconv3d import psf as psfs
+
+    takes = {"fit_psf": _NOT_PSFS, "normalize_psf": _NOT_PSFS[1:]}.get(call, [])
+    if any(bad is b for b, _ in takes):
+        pytest.skip("fit_psf crops any numbers; normalize_psf scales any shape whose sum is positive")
+    run = {"resample_psf": lambda p: psfs.resample_psf(p, 0.1, 0.2), "prepare_psf": lambda p: psfs.prepare_psf(p, (9, 9)),
+           "fit_psf": lambda p: psfs.fit_psf(p, (3, 3))}.get(call, getattr(psfs, call))
+    given = bad.copy() if isinstance(bad, np.ndarray) else bad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's invalid-value warnings came with the refusal
+        with pytest.raises(InputError, match=words):
+            run(bad)
+    if isinstance(bad, np.ndarray):
+        np.testing.assert_array_equal(bad, given)
+
+
 @pytest.mark.parametrize("mode, padding", [("same", "zero"), ("full", "zero"), ("same", "circular"),
                                            ("same", "reflect")])
 def test_fft_convolve_names_an_empty_image_as_empty(psf, mode, padding):

@@ -12,9 +12,8 @@ import numbers
 
 import numpy as np
 
-from deconv3d._arrays import as_numpy, refuse_complex
 from deconv3d.errors import InputError
-from deconv3d.psf.validate import _warn, normalize_psf
+from deconv3d.psf.validate import _psf_array, _warn, normalize_psf, validate_psf
 
 
 def _centroid(arr: np.ndarray) -> np.ndarray:
@@ -100,10 +99,15 @@ def center_psf(psf) -> np.ndarray:
     -------
     numpy.ndarray
         float32, odd-shaped, centred, unit-sum PSF.
+    Raises
+    ------
+    InputError
+        For a PSF that :func:`~deconv3d.psf.validate_psf` refuses (not 2D/3D real numbers, NaN or
+        Inf, negative beyond round-off, all zero).
     """
     from scipy import ndimage
 
-    psf = np.clip(as_numpy(psf, dtype=np.float32), 0, None)
+    psf = np.clip(validate_psf(psf), 0, None)  # (NaN, negative, all-zero or 1D PSFs refused by name)
     psf = np.pad(psf, [(0, 1 - n % 2) for n in psf.shape])
     target = (np.asarray(psf.shape) - 1) / 2.0
     # Measured without hot voxels: one at 2x the bead's peak had been taken for the core, which put
@@ -162,8 +166,7 @@ def fit_psf(psf: np.ndarray, shape) -> np.ndarray:
         ``psf`` itself (no copy) when it fits; else the crop, float32 (float64 stays float64),
         summed in float64 (a float16 PSF's sum had overflowed and come back all zero).
     """
-    psf = as_numpy(psf)
-    refuse_complex(psf, "the PSF")
+    psf = _psf_array(psf)
     if all(k <= n for k, n in zip(psf.shape, shape)):
         return psf
     # The PSF's origin (k-1)//2 lands on the crop's origin (m-1)//2, so convolution does not shift.
@@ -193,10 +196,14 @@ def crop_psf(psf, energy=0.999) -> np.ndarray:
     -------
     numpy.ndarray
         Cropped float32 PSF with unit sum and odd sizes.
+    Raises
+    ------
+    InputError
+        For an ``energy`` outside ``(0, 1]`` and a PSF that :func:`~deconv3d.psf.validate_psf` refuses.
     """
     if not (isinstance(energy, numbers.Real) and not isinstance(energy, bool) and 0 < energy <= 1):
         raise InputError(f"PSF crop energy must be a number in (0, 1], got {energy!r}")
-    psf = as_numpy(psf, dtype=np.float32)
+    psf = validate_psf(psf)  # (NaN, negative, all-zero or 1D PSFs refused by name)
     # An even axis gets a zero plane in front: its centre voxel n/2 - 1 becomes (n+1 - 1)//2 = n/2,
     # the same voxel, and odd boxes around it can then hold the whole axis (they missed its last plane).
     psf = np.pad(psf, [(1 - n % 2, 0) for n in psf.shape])

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from deconv3d._arrays import as_numpy
 from deconv3d._voxel import checked_voxel_size, format_sizes
 from deconv3d.errors import InputError, PSFLargerThanImage
 from deconv3d.psf.center_crop import CROP_SLACK, center_psf, crop_psf, fit_psf
-from deconv3d.psf.validate import _positive_ints, _warn, _warn_of_an_offset, normalize_psf, validate_psf
+from deconv3d.psf.validate import _positive_ints, _psf_array, _warn, _warn_of_an_offset, normalize_psf, validate_psf
 
 #: prepare_psf and resample_psf, and the public PSF steps that were defined here before they moved to
 #: :mod:`deconv3d.psf.validate` and :mod:`deconv3d.psf.center_crop` (still importable from here).
@@ -103,7 +102,7 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     Raises
     ------
     InputError
-        For a voxel size that is not positive, for voxel sizes :data:`MAX_VOXEL_RATIO` times
+        For a PSF that :func:`validate_psf` refuses, for a voxel size that is not positive, for voxel sizes :data:`MAX_VOXEL_RATIO` times
         apart along an axis, and when the resampled PSF would be more than
         :data:`MAX_RESAMPLED_VOXELS` voxels: these come from voxel sizes in different units
         (nanometres given as micrometres).
@@ -117,7 +116,7 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     on it; planes are taken at one focus each, so z is interpolated only. The output spans the
     input's physical extent, rounded to whole voxels.
     """
-    psf = as_numpy(psf, dtype=np.float32)
+    psf = validate_psf(psf)  # (NaN, negative or all-zero PSFs were "PSF sum is not positive")
     src, dst = (np.asarray(checked_voxel_size(v if v is not None else (), psf.ndim, what))
                 for v, what in ((psf_voxel, "PSF voxel size"), (image_voxel, "image voxel size")))
     if np.allclose(src, dst, rtol=1e-6, atol=0):
@@ -173,7 +172,7 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     if np.ndim(image_shape) != 1:
         raise InputError(f"image_shape must be the image's shape (a tuple of ints), got an array of shape "
                          f"{np.shape(image_shape)}: pass image.shape")
-    psf = as_numpy(psf)
+    psf = _psf_array(psf)  # (a file name was "PSF is 0D")
     if psf.ndim != len(image_shape):
         raise InputError(
             f"PSF is {psf.ndim}D but image is {len(image_shape)}D: "

@@ -34,6 +34,22 @@ def _positive_ints(values, what: str) -> tuple[int, ...]:
     return ints
 
 
+def _psf_array(psf) -> np.ndarray:
+    """``psf`` (an array, a tensor, nested lists) as a numpy array of real numbers, refused in one line
+    naming the PSF where it is a file name, ragged lists, not numbers or complex: the first check of
+    every PSF function here (numpy's "could not convert string to float" or pad's "`pad_width` must be of
+    integral type" had reached users of some of them)."""
+    refuse_file_name(psf, "deconv3d.io.read_psf(path).data")
+    try:
+        psf = as_numpy(psf)
+    except (ValueError, TypeError):  # ragged nested lists
+        raise InputError(f"cannot make an array of numbers from the PSF ({type(psf).__name__}): give a numeric "
+                         "array") from None
+    refuse_non_numeric(psf.dtype, "the PSF")  # (None was "PSF sum is not positive")
+    refuse_complex(psf.dtype, "the PSF")  # (was named "the input")
+    return psf
+
+
 def validate_psf(psf) -> np.ndarray:
     """Check that an array can serve as a PSF.
 
@@ -50,10 +66,11 @@ def validate_psf(psf) -> np.ndarray:
     Raises
     ------
     InputError
-        If the PSF is not 2D/3D, is empty, has NaN/Inf, has values beyond float32's range
-        (3.4e38), has negative values below ``-1e-6 * max`` or is all zero.
+        If the PSF is a file name or not real numbers, is not 2D/3D, is empty, has NaN/Inf, has
+        values beyond float32's range (3.4e38), has negative values below ``-1e-6 * max`` or is
+        all zero.
     """
-    psf = as_numpy(psf)
+    psf = _psf_array(psf)
     if psf.dtype.kind == "f" and psf.size and np.isfinite(psf).all() and np.abs(psf).max() > np.finfo(np.float32).max:
         raise InputError(f"PSF values up to {float(np.abs(psf).max()):.3g} are too large for float32 (3.4e38): "
                          "rescale the PSF (e.g. divide by its maximum)")
@@ -170,23 +187,18 @@ def normalize_psf(psf) -> np.ndarray:
     Raises
     ------
     InputError
-        If the PSF is a file name, not numbers or empty, or its sum is not a positive finite number,
-        or too large for float64.
+        If the PSF is a file name, not numbers or empty, has NaN or Inf values, or its sum is not
+        positive, or too large for float64.
     """
-    refuse_file_name(psf, "deconv3d.io.read_psf(path).data")
-    try:
-        psf = as_numpy(psf)
-    except (ValueError, TypeError):  # ragged nested lists
-        raise InputError(f"cannot make an array of numbers from the PSF ({type(psf).__name__}): give a numeric "
-                         "array") from None
-    refuse_non_numeric(psf.dtype, "the PSF")  # (None was "PSF sum is not positive")
-    refuse_complex(psf.dtype, "the PSF")  # (was named "the input")
+    psf = _psf_array(psf)
     refuse_empty(psf.shape, "PSF")
     psf = as_numpy(psf, dtype=np.float64)
     with np.errstate(over="ignore"):
         total = float(psf.sum())
     if np.isinf(total) and np.isfinite(psf).all():
         raise InputError("PSF values are too large to sum in float64: rescale the PSF (e.g. divide by its maximum)")
-    if not (np.isfinite(total) and total > 0):
+    if not np.isfinite(total):  # (NaN or Inf values were "PSF sum is not positive")
+        raise InputError("PSF contains NaN or Inf values: check the PSF file or regenerate it")
+    if not total > 0:
         raise InputError("PSF sum is not positive: check the PSF file or regenerate it")
     return (psf / total).astype(np.float32)
