@@ -29,7 +29,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from deconv3d._arrays import refuse_complex
+from deconv3d._arrays import refuse_complex, refuse_file_name
 from deconv3d._fft_convolver import PADDINGS, FFTConvolver
 from deconv3d._fft_shapes import fast_shape, fast_size, kernel_origin, pad_spatial
 from deconv3d._spectral import BLIND, band_limit, band_limit_halo, psf_rms_width, tapered_crop, white_noise_variance
@@ -57,7 +57,12 @@ def get_convolver(psf, device="cpu", dtype: torch.dtype = torch.float32) -> FFTC
     """A shared :class:`FFTConvolver` for this PSF, device and dtype (small LRU cache, thread safe);
     its kernel is fixed (a PSF tensor's graph is not kept: see :func:`fft_convolve`)."""
     dev = resolve_device(device)
-    psf = psf.detach() if isinstance(psf, torch.Tensor) else psf
+    if isinstance(psf, torch.Tensor):
+        psf = psf.detach()
+    else:  # refused by name before hashing: a file name, ragged lists or None met numpy's errors, complex a warning
+        refuse_file_name(psf, "deconv3d.io.read_psf(path).data")
+        psf = as_array(psf)
+    refuse_complex(psf, "PSF")
     key = (psf_fingerprint(psf, np.float64 if dtype == torch.float64 else np.float32), str(dev), dtype)
     with _CACHE_LOCK:
         conv = _CONVOLVERS.get(key)

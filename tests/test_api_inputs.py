@@ -243,6 +243,25 @@ def test_fft_convolve_refuses_what_rl_refuses(image, psf):
         fft_convolve(image, psf, "same", "zero", "cpu")
 
 
+@pytest.mark.parametrize("name", ["fft_convolve", "fft_correlate", "get_convolver"])
+@pytest.mark.parametrize("bad, words", [
+    ("psf.tif", "^got the file name 'psf.tif' where an array is needed: .*read_psf"),  # numpy: could not convert
+    ([[1.0, 2.0], [3.0]], "^cannot make an array of numbers from list"),  # numpy: setting an array element
+    (np.ones((3, 3), np.complex64), "^PSF has complex values"),  # ... after numpy's ComplexWarning
+    (torch.ones((3, 3), dtype=torch.complex64), "^PSF has complex values"),  # ... after numpy's ComplexWarning
+])
+def test_fft_functions_name_what_is_not_a_psf(image, name, bad, words):
+    """API review: the convolver cache hashed the PSF before any check, so a file name or ragged lists met
+    numpy's ValueError and a complex PSF its ComplexWarning (an error under warnings-as-errors) first."""
+    from deconv3d import fft
+
+    call = fft.get_convolver if name == "get_convolver" else lambda p: getattr(fft, name)(image[0], p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=words):
+            call(bad)
+
+
 @pytest.mark.parametrize("name", ["fft_convolve", "fft_correlate"])
 def test_fft_convolve_refuses_an_overflow_as_wiener_does(image, psf, name):
     """A float64 image of 1e40 (beyond float32) and float32 ones of 1e37 and 3e38 (whose transform's
