@@ -109,7 +109,9 @@ def as_finite_tensor(x, name: str, device, dtype: torch.dtype, fix: str = "repla
                      ) -> torch.Tensor:
     """``x`` as a tensor of ``dtype`` on ``device`` (:func:`as_tensor`), refused by ``name`` when complex
     or not finite there (one pass over the cast): finite values beyond ``dtype``'s range (a float64
-    image of 1e40 computed in float32) are told apart from NaN and Inf, which ``fix`` says what to do with."""
+    image of 1e40 computed in float32) are told apart from NaN and Inf, which ``fix`` says what to do with;
+    values a wider float type held that all fall below ``dtype``'s normal range are refused too
+    (:func:`_refuse_underflow`)."""
     refuse_complex(x if isinstance(x, torch.Tensor) else as_array(x), name)
     with np.errstate(over="ignore", invalid="ignore"):  # values beyond the dtype's range: refused below, by name
         t = as_tensor(x, device, dtype)
@@ -119,7 +121,25 @@ def as_finite_tensor(x, name: str, device, dtype: torch.dtype, fix: str = "repla
             raise InputError(f"{name} has values beyond the range of {t.dtype} that deconv3d computes in: rescale "
                              "it to a smaller range")
         raise NonFiniteValues(name, fix)
+    _refuse_underflow(x, t, name)
     return t
+
+
+def _refuse_underflow(x, t: torch.Tensor, name: str) -> None:
+    """Refuse ``x`` cast from a wider float type to ``t`` where every value of ``t`` lies below ``t``'s
+    smallest normal number: a float64 image or PSF of peak 1e-45 became float32 zeros and subnormals
+    of 1.4e-45 steps, and came back as noise (fft_convolve 168 % off scipy's result) or zeros, without
+    a word. Inputs already in ``t``'s dtype take no extra pass (the cast cannot lose them)."""
+    given = x if isinstance(x, torch.Tensor) else as_numpy(x)  # (as_array would copy a strided array again)
+    wider = given.element_size() if isinstance(given, torch.Tensor) else given.dtype.itemsize
+    floating = given.is_floating_point() if isinstance(given, torch.Tensor) else given.dtype.kind == "f"
+    if not (floating and wider > t.element_size() and t.is_floating_point() and t.numel()):
+        return
+    low, high = torch.aminmax(t)
+    tiny = torch.finfo(t.dtype).tiny
+    if max(-float(low), float(high)) < tiny and bool((given != 0).any()):
+        raise InputError(f"{name} has values below the range of {t.dtype} that deconv3d computes in (all under "
+                         f"{tiny:.3g}): rescale it to a larger range (e.g. divide by its maximum)")
 
 
 def checked_result(result: torch.Tensor) -> torch.Tensor:

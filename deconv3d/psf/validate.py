@@ -67,13 +67,18 @@ def validate_psf(psf) -> np.ndarray:
     ------
     InputError
         If the PSF is a file name or not real numbers, is not 2D/3D, is empty, has NaN/Inf, has
-        values beyond float32's range (3.4e38), has negative values below ``-1e-6 * max`` or is
-        all zero.
+        values beyond float32's range (3.4e38) or only below its smallest normal number (1.2e-38),
+        has negative values below ``-1e-6 * max`` or is all zero.
     """
     psf = _psf_array(psf)
-    if psf.dtype.kind == "f" and psf.size and np.isfinite(psf).all() and np.abs(psf).max() > np.finfo(np.float32).max:
-        raise InputError(f"PSF values up to {float(np.abs(psf).max()):.3g} are too large for float32 (3.4e38): "
-                         "rescale the PSF (e.g. divide by its maximum)")
+    if psf.dtype.kind == "f" and psf.size and np.isfinite(psf).all():
+        largest = float(np.abs(psf).max())
+        if largest > float(np.finfo(np.float32).max):
+            raise InputError(f"PSF values up to {largest:.3g} are too large for float32 (3.4e38): "
+                             "rescale the PSF (e.g. divide by its maximum)")
+        if 0 < largest < float(np.finfo(np.float32).tiny):  # (float64 values of 1e-45 became float32 0s and 1.4e-45s)
+            raise InputError(f"PSF values up to {largest:.3g} are too small for float32 (1.2e-38): "
+                             "rescale the PSF (e.g. divide by its maximum)")
     psf = as_numpy(psf, dtype=np.float32)
     if psf.ndim not in (2, 3) or psf.size == 0:
         raise InputError(f"PSF must be a non-empty 2D or 3D array, got shape {psf.shape}: check the PSF file")
