@@ -35,14 +35,22 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise InputError(f"device {str(device)!r} is not supported: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return dev
 
-def as_tensor(x, device: torch.device | None = None, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+def as_tensor(x, device: torch.device | None = None, dtype: torch.dtype | None = torch.float32,
+              name: str = "the input") -> torch.Tensor:
     """Tensor view of an array or tensor on ``device`` with ``dtype`` (no copy if already so);
-    what is not numbers is refused by name (:func:`as_array`)."""
+    what is not numbers is refused by name (:func:`as_array`), and complex values asked for as a
+    real ``dtype`` by ``name`` (torch cast them with only a UserWarning, as numpy does; :func:`as_numpy`
+    refuses them likewise)."""
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise InputError(f"dtype must be a torch dtype such as torch.float32, got {dtype!r}")
+    real = dtype is not None and not dtype.is_complex
     if isinstance(x, torch.Tensor):
+        if real:
+            refuse_complex(x, name, "give real values (e.g. the magnitude, torch.abs)")
         return x.to(device=device or x.device, dtype=dtype or x.dtype)
     arr = as_array(x)
+    if real:
+        refuse_complex(arr, name, "give real values (e.g. the magnitude, numpy.abs)")
     if not arr.dtype.isnative:  # torch takes native byte order only (big-endian files, FITS)
         arr = arr.astype(arr.dtype.newbyteorder("="))
     elif not arr.flags.writeable:  # memory maps, broadcasts, read-only chunks: torch wants writable memory

@@ -262,6 +262,25 @@ def test_fft_functions_name_what_is_not_a_psf(image, name, bad, words):
             call(bad)
 
 
+def test_complex_weights_clipped_flags_and_tensors_are_refused_not_cast(image, psf):
+    """API review: complex ``weights`` and ``clipped`` maps, and a complex tensor given to fft_convolve (whose
+    tensors are not checked), were cast to real with only torch's UserWarning, their imaginary parts
+    dropped, where complex images and PSFs are refused; ``extended="no"`` returned the extended domain."""
+    from deconv3d.fft import fft_convolve
+
+    ones = np.ones(image.shape, np.complex64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "Casting complex values to real discards the imaginary part"
+        with pytest.raises(InputError, match="^weights has complex values: give real values"):
+            richardson_lucy(image, psf, 2, weights=ones, device="cpu")
+        with pytest.raises(InputError, match="^clipped has complex values: give real values"):
+            richardson_lucy(image, psf, 2, clipped=torch.from_numpy(ones * 0), device="cpu")
+        with pytest.raises(InputError, match="^the input has complex values: give real values .*torch.abs"):
+            fft_convolve(torch.from_numpy(ones), psf)
+        with pytest.raises(InputError, match="^extended must be True or False, got 'no'"):
+            richardson_lucy(image, psf, 2, extended="no", device="cpu")
+
+
 @pytest.mark.parametrize("name", ["richardson_lucy", "wiener", "fft_convolve", "fft_correlate"])
 def test_float64_values_below_float32s_range_are_refused_not_zeroed(image, psf, name):
     """API review: a float64 image or PSF of peak 1e-45 was cast to float32 zeros and subnormals and came

@@ -325,7 +325,7 @@ def _transpose_of(p: _Problem, data: torch.Tensor) -> torch.Tensor:
 
 
 def _check_weights(weights, y: torch.Tensor) -> torch.Tensor:
-    w = as_tensor(weights, y.device, y.dtype)
+    w = as_tensor(weights, y.device, y.dtype, "weights")
     if tuple(w.shape) != tuple(y.shape):
         raise InputError(f"weights have shape {tuple(w.shape)} but the image {tuple(y.shape)}: give one weight per voxel")
     if not (torch.isfinite(w).all() and (w >= 0).all() and (w <= 1).all() and (w > 0).any()):
@@ -335,7 +335,7 @@ def _check_weights(weights, y: torch.Tensor) -> torch.Tensor:
 
 def _check_clipped(clipped, y: torch.Tensor) -> torch.Tensor:
     """``clipped`` as a new 0/1 tensor of ``y``'s dtype, refused unless of ``y``'s shape and 0/1 (or bool)."""
-    c = as_tensor(clipped, y.device)
+    c = as_tensor(clipped, y.device, name="clipped")
     if tuple(c.shape) != tuple(y.shape):
         raise InputError(f"clipped has shape {tuple(c.shape)} but the image {tuple(y.shape)}: give one flag per voxel")
     if not bool(((c == 0) | (c == 1)).all()):

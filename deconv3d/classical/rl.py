@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
 from deconv3d._fft_shapes import kernel_origin
@@ -260,6 +261,8 @@ def _richardson_lucy(image, psf, iterations: int, *, boundary: str = "bertero", 
     accelerate = _check_accelerate(accelerate)
     if callback is not None and not callable(callback):
         raise InputError(f"callback must be a function callback(iteration, estimate), got {callback!r}")
+    if not isinstance(extended, (bool, np.bool_)):  # ("no" returned the extended domain)
+        raise InputError(f"extended must be True or False, got {extended!r}")
     if extended and boundary != "bertero":
         raise InputError(f"extended=True needs boundary='bertero' (the only one that estimates the object beyond "
                          f"the image), got {boundary!r}")
