@@ -44,11 +44,14 @@ def richardson_lucy(
 
     Parameters
     ----------
-    image : ndarray or torch.Tensor
-        2D or 3D image (non-negative intensities, not normalised).
-    psf : ndarray or torch.Tensor
-        PSF with the image's dimensionality; scaled to unit sum here if it is not (a PSF's
-        total only scales the result).
+    image : array_like or torch.Tensor
+        2D or 3D image (intensities, not normalised) of any real dtype: integers (uint8, uint16
+        ...), bool, float16/32/64, either byte order, views and read-only arrays are cast to
+        ``dtype`` in a copy, never written; complex values are refused. Negative values are set to
+        zero (see Notes).
+    psf : array_like or torch.Tensor
+        PSF with the image's dimensionality, of any real dtype as the image; scaled to unit sum
+        here if it is not (a PSF's total only scales the result).
     iterations : int
         Maximum number of iterations.
     boundary : {"bertero", "zero", "reflect", "periodic"}
@@ -96,7 +99,7 @@ def richardson_lucy(
         RL's 20-iteration quality up to three iterations sooner, never later, than from Biggs &
         Andrews' own step, which lags after the flat start). A sequence
         gives a fixed step schedule ``α_1, α_2, ...`` (see :func:`rl_alpha_schedule`) instead
-        of the adaptive one: every voxel's update is then local, so chunked runs over blocks
+        of the adaptive one (iterations past its end take plain RL steps, ``α = 0``): every voxel's update is then local, so chunked runs over blocks
         of one volume agree with a whole-volume run (the adaptive α depends on the whole image).
     tol : float, optional
         Stop when ``||u_k+1 - u_k|| / ||u_k||`` falls below ``tol``, measured on the image's
@@ -109,7 +112,10 @@ def richardson_lucy(
         convergence, take a smaller ``tol`` or ``accelerate=False``.
     callback : callable, optional
         ``callback(iteration, estimate)`` after every iteration (1-based); returning
-        ``True`` stops early (use it for progress bars and cancel buttons). ``estimate`` is
+        ``True`` stops early (use it for progress bars and cancel buttons). Any true value
+        stops it (1, a non-empty string): so does ``lambda i, e: bar.update()`` with tqdm, whose
+        ``update`` returns True when it redraws, which ended a 20-iteration run after the
+        first; end such a callback with ``return None``. An exception it raises ends the call. ``estimate`` is
         a torch tensor on ``device`` (also for array input) that views the working estimate
         on the image's field, without a copy per iteration: it is valid during the call only,
         so copy it to keep it (``estimate.clone()``, or ``estimate.cpu().numpy().copy()``),

@@ -45,8 +45,11 @@ def wiener(
 
     Parameters
     ----------
-    image, psf : ndarray or torch.Tensor
-        2D or 3D image and a PSF of the same dimensionality (scaled to unit sum here).
+    image, psf : array_like or torch.Tensor
+        2D or 3D image and a PSF of the same dimensionality (scaled to unit sum here), of any real
+        dtype (integers, bool, float16/32/64, either byte order; cast to ``dtype`` in a copy, never
+        written); complex values are refused. The filter is linear: negative image values
+        (background-subtracted data) are filtered as they are, and only the estimate is clipped.
     balance : float
         Regularisation weight λ (relative to the OTF's peak of 1); larger is smoother.
         Roughly the noise-to-signal power ratio. It is a fixed number, not scaled by the image:
