@@ -461,6 +461,16 @@ def test_normalize_psf_names_what_is_not_a_psf(bad, words):
         normalize_psf(bad)
 
 
+def test_prepare_psf_takes_fit_image_as_a_bool_only():
+    """API review: prepare_psf(fit_image="no") refused a PSF larger than the image, as True does."""
+    from deconv3d.psf import prepare_psf
+
+    psf = asymmetric_psf((9, 5, 5))
+    with pytest.raises(InputError, match="^fit_image must be True or False, got 'no'"):
+        prepare_psf(psf, (3, 16, 16), fit_image="no")
+    assert prepare_psf(psf, (3, 16, 16), fit_image=np.False_).shape[0] > 3
+
+
 _NOT_ARRAYS = [("psf.tif", "^got the file name 'psf.tif' where an array is needed: .*read_psf"),
                (None, "^the PSF has non-numeric values"), ([[1.0, 2.0], [3.0]], "^cannot make an array of numbers from")]
 _NOT_PSFS = [(np.full((5, 5), np.nan), "^PSF contains NaN or Inf values"),

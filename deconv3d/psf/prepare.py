@@ -172,6 +172,8 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     if np.ndim(image_shape) != 1:
         raise InputError(f"image_shape must be the image's shape (a tuple of ints), got an array of shape "
                          f"{np.shape(image_shape)}: pass image.shape")
+    if not isinstance(fit_image, (bool, np.bool_)):  # ("no" refused a PSF larger than the image)
+        raise InputError(f"fit_image must be True or False, got {fit_image!r}")
     psf = _psf_array(psf)  # (a file name was "PSF is 0D")
     if psf.ndim != len(image_shape):
         raise InputError(
