@@ -103,6 +103,10 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     padding : {"zero", "reflect", "circular"}
         How ``x`` continues beyond its border: zeros, a mirror image, or wrapping around
         (periodic). ``"reflect"`` and ``"circular"`` work with ``mode="same"`` only.
+        ``"reflect"`` mirrors without repeating the edge voxel (``scipy.ndimage``'s ``"mirror"``)
+        up to ``n - 1`` voxels deep; where the kernel reaches further (an axis shorter than the
+        kernel's extent on a side plus one: 2 planes under a 5-plane PSF), the rest repeats the
+        edge voxel, which differs from scipy's endless mirror there.
     device : str or torch.device, optional
         Where the work runs and the result lives; ``None`` (default) is ``x``'s device for a
         tensor, else the CPU; ``"auto"`` picks CUDA when present.
