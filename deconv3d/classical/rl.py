@@ -53,7 +53,10 @@ def richardson_lucy(
         PSF with the image's dimensionality, of any real dtype as the image; scaled to unit sum
         here if it is not (a PSF's total only scales the result).
     iterations : int
-        Maximum number of iterations.
+        Maximum number of iterations, a whole number of 0 or more (``3.0`` is taken, ``2.5``,
+        ``True`` and negative counts are refused). 0 returns the flat start: the data's mean
+        (negative values set to zero) everywhere (``"reflect"``: the mirrored field's mean),
+        where scikit-image's ``num_iter=0`` returns 0.5.
     boundary : {"bertero", "zero", "reflect", "periodic"}
         ``"zero"`` treats the object as zero outside the image (identical to
         :func:`skimage.restoration.richardson_lucy` with ``clip=False`` for odd PSF sides;
