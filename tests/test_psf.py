@@ -1587,3 +1587,22 @@ def test_the_cut_tails_warning_names_the_box_it_measured_against_and_why_no_larg
     assert _larger_box_advice(half, half, np.array([2, 30, 30]), cut).startswith("no larger box fits the image")
     assert _larger_box_advice(half, half, np.array([9, 30, 30]), cut) == ("the beads' neighbours leave no room for a "
                                                                           "larger box: image sparser beads")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_distill_warns_of_a_lone_doublet_and_not_of_a_lone_single_bead(seed):
+    """Found by the review of this stop: two beads merged into one blob, the image's only bead box, became
+    the PSF without a word (with other beads to compare with, such a box is left out). Its core is longer
+    across along the line joining them; a single bead's is round. Beads (sigma 2 x 1.4 x 1.4 voxels) one
+    lateral FWHM (3.3 voxels) apart along x or the diagonal, against one bead at sub-voxel positions."""
+    rng = np.random.default_rng(seed)
+    centre = np.array([12.0, 24.0, 24.0]) + rng.uniform(-0.5, 0.5, 3)
+    single = gaussian_beads((24, 48, 48), [(centre, 2000.0, (2.0, 1.4, 1.4))], seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        distill_psf(single)
+    for step in [(0, 0, 1.65), (0, 1.17, 1.17)]:
+        pair = [(centre + side * np.array(step), 2000.0, (2.0, 1.4, 1.4)) for side in (-1, 1)]
+        with pytest.warns(RuntimeWarning, match=r"the only bead found is \d\.\d\d times as long as it is wide across "
+                                                r".* image more beads, or a sparser field"):
+            distill_psf(gaussian_beads((24, 48, 48), pair, seed=seed))

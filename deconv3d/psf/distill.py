@@ -70,7 +70,8 @@ def distill_psf(beads, size=None, min_distance=None, threshold=None) -> np.ndarr
         where a clipped plateau holds it, wherever it was clipped (:func:`_flat_tops`); all of them
         saturated is an error); when beads were left out for
         holding over twice the median bead's light, or as doublets or clusters
-        (:func:`_reject_outliers`).
+        (:func:`_reject_outliers`); when the only bead box's core is elongated across, as two beads
+        merged into one blob (:func:`_warn_of_a_lone_doublet`; lateral pairs only).
 
     Notes
     -----
