@@ -40,6 +40,7 @@ def wiener(
     clip: bool = True,
     device="auto",
     dtype: torch.dtype = torch.float32,
+    inner=None,
 ):
     """Wiener/Tikhonov deconvolution: a regularised inverse filter in one FFT pass.
 
@@ -96,6 +97,11 @@ def wiener(
     device, dtype
         Where (``"auto"``: CUDA when present, else the CPU) and in which precision
         (``torch.float32`` or ``torch.float64``) to compute.
+    inner : sequence of (bool, bool), optional
+        Per axis ``(before, after)``, the faces of a chunked run's block that lie inside the volume
+        (:class:`~deconv3d.pipeline.methods.WienerBlock` passes them): the reflect boundary mirrors those
+        only the PSF's size deep (:func:`mirror_box`'s ``inner``). None (the default): every face is the
+        image's own.
 
     Returns
     -------
@@ -141,7 +147,7 @@ def wiener(
     (16, 16)
     """
     return _wiener(image, psf, balance, regularizer=regularizer, boundary=boundary, clip=clip, device=device,
-                   dtype=dtype)
+                   dtype=dtype, inner=inner)
 
 
 def _wiener(image, psf, balance, *, regularizer, boundary, clip, device, dtype, inner=None):

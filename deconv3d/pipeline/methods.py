@@ -306,16 +306,14 @@ class WienerBlock:
         tells its faces inside the volume (where the core stops short of the block's edge); the OTF of one FFT
         shape is kept for the next blocks of the run (:mod:`deconv3d.classical._reuse`, as
         :class:`RichardsonLucyBlock` keeps its set-up)."""
-        import torch
-
         from deconv3d.classical._reuse import reusing_setup
-        from deconv3d.classical.wiener import _wiener
+        from deconv3d.classical.wiener import wiener
 
         faces = ((False, False),) * block.ndim if placement is None else \
             tuple((c.start > 0, c.stop < n) for c, n in zip(placement.core, block.shape))
         with reusing_setup(block_run()):
-            result = _wiener(block, fit_psf(self.psf, block.shape), self.balance, regularizer="identity",
-                             boundary=self.boundary, clip=True, device=self.device, dtype=torch.float32, inner=faces)
+            result = wiener(block, fit_psf(self.psf, block.shape), self.balance, boundary=self.boundary,
+                            device=self.device, inner=faces)  # (wiener's defaults otherwise: identity, clipped, float32)
         return _finite(result, block)
 
     def halo(self) -> tuple[int, ...]:

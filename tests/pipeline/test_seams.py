@@ -309,6 +309,19 @@ def test_wiener_pads_a_block_s_inner_faces_by_the_psf_s_size(monkeypatch):
     assert checked >= 8, [(s, i, tuple(p.shape)) for s, _, _, i, (p, _) in seen]
 
 
+@pytest.mark.parametrize("default, value", [("regularizer", "laplacian"), ("clip", False)])
+def test_wiener_blocks_take_wiener_s_own_defaults(monkeypatch, default, value):
+    """WienerBlock called the internal _wiener with wiener()'s defaults written out again (the identity
+    regularizer, clipped, float32): a default changed in wiener would have left the blocks on the old one.
+    They call wiener, whose defaults (changed here) they follow, its blocks' inner faces passed as ``inner``."""
+    from deconv3d.classical import wiener as wiener_function
+
+    volume, psf = ramped_beads()
+    monkeypatch.setitem(wiener_function.__kwdefaults__, default, value)
+    expected = wiener_function(volume, psf, 1e-2, device="cpu")
+    assert np.array_equal(WienerBlock(psf, balance=1e-2)(volume), expected)
+
+
 @pytest.fixture(scope="module")
 def network():
     """A tiny 2D network (depth 2: pooling grid of 4), its image, and its whole-image inference.
