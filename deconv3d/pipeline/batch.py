@@ -178,20 +178,31 @@ def _refuse_a_model_for_another_psf(settings: Settings) -> None:
             len(psfs) > 1 and len(models) > 1 and len(psfs) != len(models):
         return
     from deconv3d.pipeline.prepared_psfs import load_psf_for
-    from deconv3d.selfsup import load_checkpoint
 
+    networks = {model: _network_or_none(model) for model in dict.fromkeys(models)}  # (each file read once)
     for number in range(max(len(models), len(psfs))):  # (channel by channel, as each file's run pairs them)
         model = models[number % len(models)]
+        network = networks[model]
+        voxel = None if network is None else network.voxel_size
+        if voxel is None:
+            continue
         try:
-            network = load_checkpoint(model, device="cpu")
-            voxel = network.voxel_size
-            if voxel is None:
-                continue
             psf = load_psf_for(settings, (1,) * network.unet.ndim, tuple(voxel), psf=psfs[number % len(psfs)],
                                fit_image=False, warnings=[])  # (fit_image False: the shape only gives the ndim)
         except InputError:
             continue
         _check_compatible(network, network.unet.ndim, psf, voxel, model, settings)
+
+
+def _network_or_none(model):
+    """The network in the file ``model``, None where it does not load (left to each file's run, which
+    refuses it with the file's name)."""
+    from deconv3d.selfsup import load_checkpoint
+
+    try:
+        return load_checkpoint(model, device="cpu")
+    except InputError:
+        return None
 
 
 def _check_compatible(trained, ndim: int, psf, voxel, model_file, settings: Settings) -> None:

@@ -155,6 +155,26 @@ def test_a_batch_config_takes_one_model_per_channel(two_channels):
         make_settings({"method": "ssl", "model": settings.model, "psf": [str(d / "psf0.tif")] * 3})
 
 
+def test_a_batch_reads_one_model_once_for_every_channel_s_psf(two_channels, monkeypatch):
+    """The batch's check before any file runs loaded the one model again for each channel's PSF (a network's
+    checkpoint, once per PSF given); it reads it once, and still refuses the PSF it was not trained with."""
+    import deconv3d.selfsup
+    from deconv3d.errors import InputError
+    from deconv3d.pipeline.batch import _refuse_a_model_for_another_psf, make_settings
+
+    d, _ = two_channels
+    real, loads = deconv3d.selfsup.load_checkpoint, []
+    monkeypatch.setattr(deconv3d.selfsup, "load_checkpoint", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    model = str(d / "m0.ckpt")
+    _refuse_a_model_for_another_psf(make_settings({"method": "ssl", "model": model, "psf": [str(d / "psf0.tif")] * 3}))
+    assert loads == [model]
+    loads.clear()
+    with pytest.raises(InputError, match="another PSF"):
+        _refuse_a_model_for_another_psf(make_settings({"method": "ssl", "model": [model, model],
+                                                       "psf": [str(d / "psf0.tif"), str(d / "psf1.tif")]}))
+    assert loads == [model]
+
+
 @pytest.mark.parametrize("command", ["deconvolve", "batch"])
 def test_model_before_the_input_takes_one_file(tmp_path, capsys, command):
     """``--method ssl --model m.ckpt INPUT`` ran, until --model took several files and swallowed
