@@ -279,6 +279,12 @@ class RichardsonLucyBlock:
         return method_fft_shapes("rl", block_shape, self.psf.shape, self.boundary)
 
 
+#: How deep :class:`WienerBlock` mirrors a block's faces inside the volume: the PSF's size (ebc6823; twice
+#: the filter's reach before, as at the volume's faces). Batch fingerprints hold it, as they hold
+#: :data:`~deconv3d.classical.wiener.MIRROR_DEPTH`, so that outputs of the earlier blocks are redone.
+INNER_MIRROR = "psf-size"
+
+
 @dataclass
 class WienerBlock:
     """``block -> wiener(block, psf, balance, boundary=boundary)``, its reflect boundary (the default) mirroring

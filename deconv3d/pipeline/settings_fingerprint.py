@@ -2,9 +2,9 @@
 changes the output, which a completion record holds (:mod:`~deconv3d.pipeline.completion_records`), and the
 rules of what it counts: settings a method ignores at their defaults, settings added later left out at
 theirs, the numerical rules an output follows (the TV term's, the acceleration floor, how saturated
-voxels are fitted, Wiener's gain at zero frequency, the most iterations ``iterations = "auto"`` tries),
-and the hashes earlier versions wrote for the same command. :class:`Fingerprinted` gives
-:class:`~deconv3d.pipeline.settings.Settings` these methods."""
+voxels are fitted, Wiener's gain at zero frequency and how deep it mirrors, the most iterations
+``iterations = "auto"`` tries), and the hashes earlier versions wrote for the same command.
+:class:`Fingerprinted` gives :class:`~deconv3d.pipeline.settings.Settings` these methods."""
 
 from __future__ import annotations
 
@@ -120,6 +120,10 @@ class Fingerprinted:
 
             rules["wiener_dc_gain"] = DC_GAIN  # redone once; so is one finished while the reflect boundary
             rules["wiener_mirror"] = MIRROR_DEPTH  # mirrored by the PSF's size (3e-2 of the peak at the faces)
+        if self.method == "wiener" and self.boundary == "reflect":  # and one whose blocks mirrored their faces
+            from deconv3d.pipeline.methods import INNER_MIRROR  # inside the volume twice the filter's reach deep
+
+            rules["wiener_inner_mirror"] = INNER_MIRROR  # (the zero boundary pads those faces as before)
         return rules
 
     def _wiener_boundary_counts(self) -> bool:

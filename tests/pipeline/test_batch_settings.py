@@ -56,6 +56,7 @@ def test_settings_the_method_ignores_are_not_in_the_fingerprint(folder, method):
     if method == "wiener":  # its gain at zero frequency: Wiener batches finished before acf0a16 are redone once
         before["wiener_dc_gain"] = "unit"
         before["wiener_mirror"] = "2x-reach"  # its mirror's depth: batches finished before the rule are redone once
+        before["wiener_inner_mirror"] = "psf-size"  # its blocks' inner faces' mirror: likewise
         before["boundary"] = "bertero"  # its own, reflect, as it was hashed while Wiener ignored the boundary
     if method != "wiener":  # accelerated RL's least step: batches finished before it had one are redone once
         before["acceleration_floor"] = 0.65  # (20 iterations: from the third on)
@@ -179,6 +180,32 @@ def test_the_fingerprint_follows_wiener_s_mirror_rule(folder, monkeypatch, base,
     now = settings.finished_fingerprints()
     monkeypatch.setattr(importlib.import_module("deconv3d.classical.wiener"), "MIRROR_DEPTH", "psf")
     assert (not set(now) & set(settings.finished_fingerprints())) is follows
+
+
+@pytest.mark.parametrize("base, follows", [({"method": "wiener"}, True), ({"method": "wiener", "boundary": "zero"}, False),
+                                           ({"method": "rl"}, False), ({"method": "rl-tv"}, False),
+                                           ({"method": "ssl", "train_steps": 5}, False)])
+def test_the_fingerprint_follows_how_deep_wiener_blocks_mirror_their_inner_faces(folder, base, follows):
+    """Wiener's blocks mirrored their faces inside the volume twice the filter's reach deep, then the PSF's
+    size deep (ebc6823), which changes chunked outputs; a resumed batch kept the files made the first way as
+    finished beside new ones. The hashes the earlier versions wrote (the fields less the inner mirror's rule)
+    no longer match a Wiener batch with the reflect boundary; the zero boundary (which pads those faces as
+    before) and other methods keep their records."""
+    import types
+
+    from deconv3d.pipeline import settings_fingerprint
+
+    settings = make_settings({"psf": str(folder / "psf.tif"), **base})
+    fields = []  # what every hash of these settings holds
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(settings_fingerprint, "json",
+                      types.SimpleNamespace(dumps=lambda f, **k: fields.append(f) or "{}"))
+        settings.finished_fingerprints()
+    rules = [f.pop("wiener_inner_mirror", None) for f in fields]
+    assert rules == (["psf-size"] if follows else [None]) * len(fields)
+    older = {hashlib.sha256(json.dumps(f, sort_keys=True, default=str).encode()).hexdigest()[:16] for f in fields}
+    now = set(settings.finished_fingerprints())
+    assert (not older & now) if follows else older == now
 
 
 @pytest.mark.parametrize("base, follows", [({"method": "rl", "saturation": 4095}, True),
