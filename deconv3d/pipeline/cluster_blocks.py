@@ -1,6 +1,6 @@
 """The block runner on a dask.distributed cluster (:func:`deconv3d.pipeline.chunked.run_blocks` with a client):
 the blocks are submitted as tasks, at most one per cluster thread in flight (two where the workers read the
-source themselves), the block function and a path-based reader sent to every worker once, and a failure, a
+source themselves), the block function and a path-based reader sent to the workers once, and a failure, a
 cancel or a lost scheduler said in one line."""
 
 from __future__ import annotations
@@ -81,12 +81,39 @@ def _abandon_distributed(abandon, client, futures: set) -> None:
 
 
 def _scatter_shared(client, fn, reader=None) -> list:
-    """Send the block function ``fn`` to every worker once, not with every task, and a path-based ``reader``
-    (given where every worker opens the source itself) too: their futures, ``fn``'s first."""
-    refs = [client.scatter(fn, broadcast=True, hash=False)]
-    if reader is not None:
-        refs.append(client.scatter(reader, broadcast=True, hash=False))
-    return refs
+    """Send the block function ``fn`` to the workers once, not with every task, and a path-based ``reader``
+    (given where every worker opens the source itself) too: their futures, ``fn``'s first.
+
+    Scattered data is lost with the workers that hold it: where a cluster's only worker died (killed at its
+    memory limit, say), the blocks left were cancelled although its nanny restarted it. On this process's own
+    cluster of restarted workers (``--scheduler processes``: :func:`_restarts_its_workers`) they are the
+    results of tasks instead, which the scheduler computes again on the restarted worker, and the blocks
+    that were running are retried there, as on a cluster of two, where the other worker holds them. Elsewhere
+    they are scattered to every worker: where none of them is restarted, the run fails in one line
+    (:func:`_dropped_by_the_cluster`) rather than wait for a worker."""
+    shared = [fn] if reader is None else [fn, reader]
+    if not _restarts_its_workers(client):
+        return [client.scatter(value, broadcast=True, hash=False) for value in shared]
+    import dask
+
+    # (sent once as the task's argument, as scatter sends it: a network's weights over 10 MB drew
+    # distributed's "Sending large graph" warning, whose advice is to scatter)
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1 TiB"}):
+        return [client.submit(_shared, value, pure=False) for value in shared]
+
+
+def _shared(value):
+    """A task's result that is ``value`` (:func:`_scatter_shared`)."""
+    return value
+
+
+def _restarts_its_workers(client) -> bool:
+    """Whether ``client``'s cluster is this process's own and each of its workers runs under a nanny, which
+    starts it again where it dies (a LocalCluster of processes: ``--scheduler processes``)."""
+    if getattr(client, "cluster", None) is None:
+        return False
+    workers = client.scheduler_info().get("workers", {})
+    return bool(workers) and all(info.get("nanny") for info in workers.values())
 
 
 def _settle_distributed(futures: set, at_most: int, wait, timeout, finished, check) -> None:

@@ -1036,3 +1036,50 @@ def test_local_worker_processes_each_get_a_share_of_the_free_memory(monkeypatch)
         warnings.simplefilter("error")
         elsewhere = planning.RunPlan.make(shape, [block], None, None, None, model, 1, AddressClient())
     assert elsewhere.memory_limit is None and elsewhere.blocks == 1
+
+
+def test_a_one_worker_cluster_retries_the_blocks_of_a_worker_that_died(tmp_path, capsys, monkeypatch):
+    """``batch --scheduler processes --workers 1`` whose worker died (here: killed by its first block) failed the
+    file, "the dask cluster cancelled a block": the block function the run had scattered died with the worker,
+    and the one its nanny restarted lacked it. Retried on the restarted worker, as on a cluster of two, where the
+    other worker holds it: the output is the threads' bit for bit."""
+    import dataclasses
+    import signal
+
+    from cli_helpers import run
+
+    from deconv3d.pipeline import batch
+    from deconv3d.pipeline.methods import WienerBlock
+
+    from .conftest import blurred_beads, gaussian_psf
+
+    psf = gaussian_psf((5, 5, 5))
+    (tmp_path / "in").mkdir()
+    write_tiff(tmp_path / "in" / "img.tif", blurred_beads((16, 48, 48), psf), voxel_size=(0.3, 0.1, 0.1))
+    write_tiff(tmp_path / "psf.tif", psf, voxel_size=(0.3, 0.1, 0.1))
+    killed = tmp_path / "killed"
+
+    class KilledOnce(WienerBlock):  # (defined here: sent to the worker by value)
+        def __call__(self, block, placement=None):
+            if not killed.exists():  # the first block to run kills its worker, once
+                killed.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().__call__(block, placement)
+
+    real = batch.build_block_fn
+
+    def killing(*args, **kwargs):
+        block, *rest = real(*args, **kwargs)
+        return (KilledOnce(**{f.name: getattr(block, f.name) for f in dataclasses.fields(block)}), *rest)
+
+    monkeypatch.setattr(batch, "build_block_fn", killing)
+    argv = ["batch", tmp_path / "in", "-o", tmp_path / "procs", "--psf", tmp_path / "psf.tif", "--method", "wiener",
+            "--chunks", 8, 24, 24, "--device", "cpu"]
+    code, _, err = run([*argv, "--scheduler", "processes", "--workers", 1], capsys)
+    assert code == 0, err
+    assert killed.exists() and int(killed.read_text()) != os.getpid()  # (a worker process died)
+    argv[3] = tmp_path / "threads"
+    code, _, err = run(argv, capsys)  # (no worker killed: the file exists)
+    assert code == 0, err
+    procs, threads = (read_ome_zarr(tmp_path / name / "img.zarr")[0] for name in ("procs", "threads"))
+    assert np.array_equal(procs, threads)
