@@ -132,9 +132,23 @@ def _settle_distributed(futures: set, at_most: int, wait, timeout, finished, che
         check()
         for future in ready.done if ready else ():
             futures.discard(future)
-            result = future.result()  # a block's failure is raised here
+            result = _block_result(future)  # a block's failure is raised here
             future.release()
             finished(result)
+
+
+def _block_result(future):
+    """The ``future``'s result, its block's failure raised; where every worker that ran the block died running it
+    (distributed's KilledWorker, after its allowed failures: a block that needs more memory than a worker has,
+    say), a one-line RuntimeError that names the fix, not distributed's line that names a task and a log."""
+    from distributed import KilledWorker
+
+    try:
+        return future.result()
+    except KilledWorker:
+        raise RuntimeError("the dask cluster's workers died running a block, each time it was tried (killed at their "
+                           "memory limit, say: see their logs): rerun with more memory per worker or smaller "
+                           "--chunks") from None
 
 
 def _dropped_by_the_cluster(exc: CancelledError) -> RuntimeError:

@@ -1083,3 +1083,28 @@ def test_a_one_worker_cluster_retries_the_blocks_of_a_worker_that_died(tmp_path,
     assert code == 0, err
     procs, threads = (read_ome_zarr(tmp_path / name / "img.zarr")[0] for name in ("procs", "threads"))
     assert np.array_equal(procs, threads)
+
+
+def test_a_block_whose_workers_all_die_running_it_is_said_in_one_line(tmp_path):
+    """A block that kills every worker that runs it (as one over a worker's memory limit) ended a run with
+    distributed's KilledWorker line, which names a task and the workers' logs but no fix (a one-worker cluster
+    said the block was cancelled, until its restarted worker retried the block)."""
+    import signal
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    class Kills:  # (defined here: sent to the worker by value)
+        def __call__(self, block):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        with pytest.raises(RuntimeError) as caught:
+            run_chunked(np.ones((4, 8, 8), np.float32), Kills(), tmp_path / "out.zarr", chunks=(4, 8, 8),
+                        halo=(0, 0, 0), client=client)
+    assert str(caught.value) == ("the dask cluster's workers died running a block, each time it was tried (killed at "
+                                 "their memory limit, say: see their logs): rerun with more memory per worker or "
+                                 "smaller --chunks")
+    assert not (tmp_path / "out.zarr").exists()
