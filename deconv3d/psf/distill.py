@@ -13,7 +13,8 @@ import numpy as np
 from deconv3d._arrays import as_numpy
 from deconv3d.errors import InputError
 from deconv3d.psf.bead_boxes import (MAX_FACE_LEVEL, MIN_BOX_SHARE, _aligned_box, _face_levels, _quiet_tails,
-                                     _reject_outliers, _surroundings, _tail_share)
+                                     _surroundings, _tail_share)
+from deconv3d.psf.bead_outliers import _reject_outliers
 from deconv3d.psf.bead_detection import (_box_half, _brightest_unsaturated, _clip_note, _clipped, _despiked, _fwhm,
                                          _isolated_beads, _robust_background, _smoothed_noise, _unsaturated,
                                          _why_no_beads, _without_hot_voxels)
