@@ -136,6 +136,20 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     return normalize_psf(np.clip(out, 0, None))
 
 
+def _warn_of_one_voxel_size(ndim: int, psf_voxel, image_voxel) -> None:
+    """Warn where only one of the PSF's and the image's voxel sizes is given: the PSF is then used as if
+    sampled like the image."""
+    if psf_voxel is not None:  # (the command line completes the image's from the PSF's before)
+        _warn(f"the image's voxel size is not given (image_voxel=None), so the PSF, sampled at "
+              f"{format_sizes(checked_voxel_size(psf_voxel, ndim, 'PSF voxel size'))} µm, is used as if "
+              "sampled like the image: pass image_voxel (read_image(...).voxel_size, or partial_voxel "
+              "completed by hand)", stacklevel=4)
+    elif image_voxel is not None:  # (the command line passes the image's for a PSF file that records none)
+        _warn(f"the PSF's voxel size is not given (psf_voxel=None), so the PSF is used as if sampled like "
+              f"the image, at {format_sizes(checked_voxel_size(image_voxel, ndim, 'image voxel size'))} "
+              "µm: pass psf_voxel (read_psf(...).voxel_size, or its partial_voxel completed by hand)", stacklevel=4)
+
+
 def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999, fit_image: bool = True) -> np.ndarray:
     """Make a PSF ready for deconvolving an image.
 
@@ -185,15 +199,8 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     _warn_of_an_offset(psf)
     if psf_voxel is not None and image_voxel is not None:
         psf = resample_psf(psf, psf_voxel, image_voxel)
-    elif psf_voxel is not None:  # (the command line completes the image's from the PSF's before)
-        _warn(f"the image's voxel size is not given (image_voxel=None), so the PSF, sampled at "
-              f"{format_sizes(checked_voxel_size(psf_voxel, psf.ndim, 'PSF voxel size'))} µm, is used as if "
-              "sampled like the image: pass image_voxel (read_image(...).voxel_size, or partial_voxel "
-              "completed by hand)", stacklevel=3)
-    elif image_voxel is not None:  # (the command line passes the image's for a PSF file that records none)
-        _warn(f"the PSF's voxel size is not given (psf_voxel=None), so the PSF is used as if sampled like "
-              f"the image, at {format_sizes(checked_voxel_size(image_voxel, psf.ndim, 'image voxel size'))} "
-              "µm: pass psf_voxel (read_psf(...).voxel_size, or its partial_voxel completed by hand)", stacklevel=3)
+    else:
+        _warn_of_one_voxel_size(psf.ndim, psf_voxel, image_voxel)
     given = psf.shape
     psf = crop_psf(center_psf(psf), energy)
     if fit_image and any(p > n for p, n in zip(psf.shape, image_shape)):
