@@ -34,7 +34,7 @@ import torch
 from deconv3d._arrays import as_numpy
 from deconv3d._environment import run_environment
 from deconv3d._tensors import resolve_device
-from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, autocast, stop_reason
+from deconv3d._torch_common import MixedPrecision, WeightAverage, _StepClock, amp_dtype, autocast, stop_reason
 from deconv3d.errors import InputError, require_config
 from deconv3d.latent.config import LatentTrainConfig, config_to_dict, train_config_from_dict
 from deconv3d.latent.data import (TripletSampler, all_triplets, check_levels, dyadic_triplets,
@@ -287,7 +287,10 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
     half the step time; float16 on CUDA) with its output layer, the latent arithmetic and the
     losses in float32; a step whose reduced-precision pass is not finite is redone in
     float32, as is the rest of the run (``LatentTrainResult.precision`` says so).
-    Validation runs in float32.
+    Validation runs in float32. Under ``config.time_budget`` a step is not started when the
+    longest of the last few steps' times says it would end past the budget
+    (:class:`~deconv3d._torch_common._StepClock`; reason ``"time_budget"``, at least one step
+    run); validation on held-out stacks, not counted in those times, runs after the last step too.
 
     Examples
     --------
@@ -340,16 +343,19 @@ def _run_steps(sampler, once, precision: MixedPrecision, model, average, schedul
     """Train until :func:`_stop_reason` gives a reason. Returns (history of (step, loss), the last step's
     terms, steps done, the reason, the network evaluated: the weight average where there is one)."""
     history, terms, step = [], {}, 0
+    clock = _StepClock(config.time_budget, started)
     while True:
         step += 1
+        begun = time.perf_counter()
         batch = sampler.sample(config.batch)
         terms = precision.step(lambda: once(*batch), step, model, stacklevel=3)  # (the caller of train)
         if math.isfinite(terms["total"]) and average is not None:
             average.update(model)
         schedule.step()
         history.append((step, terms["total"]))
+        clock.record(time.perf_counter() - begun, 1)  # (validation, every val_every steps, not counted)
         evaluated = average.model if average is not None else model
-        reason = _stop_reason(step, terms, config, callback, started, model, evaluated, validator)
+        reason = _stop_reason(step, terms, config, callback, started, model, evaluated, validator, clock)
         if reason is not None:
             return history, terms, step, reason, evaluated
 
@@ -364,11 +370,15 @@ def _model_and_optimiser(ae_config: AEConfig, config: LatentTrainConfig, dev):
     return model, average, optimizer, _schedule(optimizer, config)
 
 
-def _stop_reason(step, terms, config: LatentTrainConfig, callback, started, model, evaluated, validator):
+def _stop_reason(step, terms, config: LatentTrainConfig, callback, started, model, evaluated, validator,
+                 clock: _StepClock):
     """Why training stops after this step (None: it goes on), validating ``evaluated`` when due: a
-    network, weight average or validation score that is not finite stops it as "non-finite loss"."""
+    network, weight average or validation score that is not finite stops it as "non-finite loss";
+    "time_budget" also when ``clock`` says the next step would end past the budget."""
     reason = stop_reason(step, terms["total"], config.steps, config.time_budget, callback, started,
                          config.stop_after)
+    if reason is None and clock.would_overrun(time.perf_counter(), 1):
+        reason = "time_budget"
     if not _all_finite(model, evaluated):  # diverged with a finite loss (see _all_finite)
         reason = "non-finite loss"
     if step % config.val_every == 0 or reason is not None:

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from deconv3d._torch_common import MixedPrecision, WeightAverage, autocast, stop_reason
+from deconv3d._torch_common import MixedPrecision, WeightAverage, _StepClock, autocast, stop_reason
 from deconv3d.selfsup.config import WARM_SHARE, TrainConfig
 from deconv3d.selfsup.forward_model import ForwardModel
 from deconv3d.selfsup.losses import LossWeights, mse, siamese_loss
@@ -70,39 +70,6 @@ def _still_warming(step: int, warm_steps: int, warm_until: float | None, now: fl
 def _passes(warming: bool) -> int:
     """The network passes of a step: one in a warm-start step, two (the full and the masked input) in a Siamese one."""
     return 1 if warming else 2
-
-
-#: How many of the last steps' times :class:`_StepClock` takes the longest of.
-RECENT_STEPS = 3
-
-
-class _StepClock:
-    """Whether the next training step would end past ``time_budget`` (seconds from ``started``, a
-    ``time.perf_counter()`` value; None: no budget), so that it is not started: a started step always
-    finishes, so the one begun just before the budget ended took the run past it by up to a step's time.
-
-    The next step's time is taken as the longest of the last :data:`RECENT_STEPS` steps per network pass,
-    times the next step's passes (a Siamese step after warm-start steps runs two where they ran one). The
-    first step, which also sets up the network's kernels and may take longer than the next ones, counts only
-    while it is the only one measured. A step slower than those it follows still ends past the budget, by the
-    difference."""
-
-    def __init__(self, time_budget: float | None, started: float):
-        self.time_budget, self.started = time_budget, started
-        self.per_pass: list[float] = []  # seconds per network pass of each step run
-
-    def record(self, seconds: float, passes: int) -> None:
-        """A step run: it took ``seconds`` and ran the network ``passes`` times."""
-        self.per_pass.append(seconds / passes)
-
-    def estimate(self, passes: int) -> float:
-        """Seconds a step of ``passes`` network passes is expected to take (0 before any step is measured)."""
-        recent = self.per_pass[1:][-RECENT_STEPS:] or self.per_pass
-        return max(recent, default=0.0) * passes
-
-    def would_overrun(self, now: float, passes: int) -> bool:
-        """Whether a step of ``passes`` passes started at ``now`` would end past the budget."""
-        return self.time_budget is not None and now - self.started + self.estimate(passes) > self.time_budget
 
 
 @dataclass
