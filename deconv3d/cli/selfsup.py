@@ -192,8 +192,9 @@ def train_with_progress(image, psf, args, voxel, notes=(), stop=None):
     reference, or the first step), once training has accepted the input. The search's RL
     iterations are counted on the bar, its description naming their cap
     (:func:`~deconv3d.selfsup.rl_reference.search_cap`; the search usually stops long before it), and
-    the bar turns to the training steps at 0 as soon as the search has chosen: RL at that count and
-    the first step (slower than the next ones) follow with no report. A log gets the bar's lines.
+    the bar turns to the training steps at 0 as soon as the search has chosen, its description naming
+    RL at that count until the first step (slower than the next ones) is done; without a reference it
+    says "setting up" until then. A log gets the bar's lines (a description alone writes none).
     ``stop`` (a :class:`~deconv3d.cli.stopping.StopRequest`) is armed once the first step is done: a
     signal then ends training after the step it comes in (the result's reason is "cancelled"). The loss
     shown is the step's total; with ``--precondition`` its data term is frequency-weighted
@@ -207,7 +208,7 @@ def train_with_progress(image, psf, args, voxel, notes=(), stop=None):
     # The search's cap in its description, not as the bar's total: it usually stops long before (66 of 600 on
     # noise), and a time left counted to the cap said an hour for a search of minutes.
     bar = (make_bar(None, f"train: choosing the RL reference (at most {search_cap(config.warm_tv)} iterations)", "it")
-           if preparing else make_bar(config.steps, "train", "step"))
+           if preparing else make_bar(config.steps, "train: setting up", "step"))
     callback, on_reference = _training_callbacks(bar, config.steps, list(notes), stop)
     with bar:
         result = train(image, psf, config=config, unet=unet, device=args.device, callback=callback, voxel_size=voxel,
@@ -221,10 +222,12 @@ def _training_callbacks(bar, steps: int, pending: list, stop):
     """:func:`train_with_progress`'s ``callback(step, loss)`` and ``on_reference(reference)`` for train():
     the callback prints the ``pending`` warnings at the first report, counts the search's RL iterations on
     ``bar`` (step 0), then the training steps, and arms ``stop`` at each step and returns whether it was
-    asked; ``on_reference`` turns ``bar`` to the ``steps`` training steps, at 0, when the search has chosen."""
+    asked; ``on_reference`` turns ``bar`` to the ``steps`` training steps, at 0, when the search has chosen,
+    described as RL at the chosen count until the first step, which makes the description "train"."""
 
-    def on_reference(_reference) -> None:
-        bar.set_description("train", refresh=False)
+    def on_reference(reference) -> None:
+        count = reference.iterations
+        bar.set_description(f"train: running the RL reference ({count} iteration{'s' * (count != 1)})", refresh=False)
         bar.unit = "step"
         bar.set_postfix(refresh=False)
         bar.reset(total=steps)  # the rate and ETA count training steps only
@@ -239,6 +242,8 @@ def _training_callbacks(bar, steps: int, pending: list, stop):
             return
         if stop is not None:  # armed before the step's line is written: a signal as it shows keeps the step
             stop.arm()
+        if step == 1:  # the set-up or the RL reference the description named is done
+            bar.set_description("train", refresh=False)
         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)  # before update, which may write the line
         bar.update(step - bar.n)
         return stop is not None and stop.asked

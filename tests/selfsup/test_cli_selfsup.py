@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -724,7 +725,8 @@ def test_the_search_bar_names_its_cap_and_turns_to_the_steps_when_it_has_chosen(
     its cap (100 RL iterations per TV weight: 600 for --warm-tv auto), and the bar turns to the
     steps, at 0, as soon as the search has chosen; no file is left beside the model. The cap is named in the
     bar's description, not made its total: a time left counted to the cap said "about 1 h 14 min" for a search
-    that stopped at 66 of 600."""
+    that stopped at 66 of 600. Found by review: the bar then showed "train" at 0 with no word of RL running
+    at the chosen count; it names that run until step 1 is done, and "setting up" where no reference is run."""
     import deconv3d.cli.selfsup as cli
     from deconv3d.cli.printing import LogBar
     from deconv3d.selfsup.steps import _Steps
@@ -740,6 +742,11 @@ def test_the_search_bar_names_its_cap_and_turns_to_the_steps_when_it_has_chosen(
             super().reset(total)
             events.append(("reset", total, self.desc, self.unit))
 
+        def update(self, k=1):
+            if self.unit == "step":  # (not the search's iterations)
+                events.append(("update", self.desc))
+            super().update(k)
+
     once = _Steps._once
     monkeypatch.setattr(cli, "make_bar", Recorded)
     monkeypatch.setattr(_Steps, "_once", lambda self, *a: events.append("step") or once(self, *a))
@@ -748,8 +755,16 @@ def test_the_search_bar_names_its_cap_and_turns_to_the_steps_when_it_has_chosen(
     assert code == 0, err
     # (--warm-tv auto: 6 weights; the cap said, not the total: a time left counted to it said an hour for minutes)
     assert events[0] == ("bar", None, "train: choosing the RL reference (at most 600 iterations)", "it"), events
-    assert events[1:] == [("reset", 2, "train", "step"), "step", "step"], events
+    running = events[1][2]
+    assert re.fullmatch(r"train: running the RL reference \((1 iteration|\d+ iterations)\)", running), events
+    assert events[1:] == [("reset", 2, running, "step"), "step", ("update", "train"), "step", ("update", "train")]
     assert sorted(p.name for p in data.iterdir()) == ["image.tif", "m.ckpt", "psf.tif"]
+    events.clear()
+    code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "m2.ckpt", "--steps", 2,
+                        "--no-residual", "--warm-start", 0] + TINY, capsys)  # (no RL reference)
+    assert code == 0, err
+    assert events == [("bar", 2, "train: setting up", "step"), "step", ("update", "train"), "step",
+                      ("update", "train")], events
 
 
 @pytest.mark.parametrize("folder, words", [
