@@ -16,7 +16,7 @@ import torch
 from deconv3d._arrays import refuse_empty
 from deconv3d._fft_shapes import fast_shape, irfftn, kernel_origin, pad_spatial, same_fft_shape
 from deconv3d._otf_cache import OtfCache
-from deconv3d._tensors import as_finite_tensor, as_tensor, resolve_device
+from deconv3d._tensors import as_finite_tensor, as_tensor, checked_result, resolve_device
 from deconv3d.errors import InputError
 
 PADDINGS = ("zero", "reflect", "circular")
@@ -156,15 +156,34 @@ class FFTConvolver:
             Output the input's size (centred as scipy does) or the full linear convolution.
         padding : {"zero", "reflect", "circular"}
             How the input continues beyond its border ("same" mode only for the latter two).
+
+        Raises
+        ------
+        InputError
+            For an array ``x`` (not a tensor) that is complex, holds NaN or Inf or values beyond
+            the convolver's dtype, or whose result overflows it (a float32 array of 1e37: its
+            transform's zero frequency sums past 3.4e38), as :func:`~deconv3d.fft.fft_convolve`
+            refuses them; a tensor ``x`` is not checked (no extra pass, nor a GPU synchronisation,
+            per call). Also for fewer dimensions than the PSF, an empty ``x``, or an unknown
+            ``mode`` or ``padding``.
         """
-        return self._apply(x, mode, padding, adjoint=False)
+        return self._checked(x, mode, padding, adjoint=False)
 
     def correlate(self, x, mode: str = "same", padding: str = "zero") -> torch.Tensor:
         """Correlate ``x`` with the kernel: the adjoint (transpose) of :meth:`convolve` for
         ``padding="zero"`` and ``"circular"``. With ``"reflect"`` both mirror ``x`` first, which
         is not the adjoint of mirroring (that folds the margins back): use autograd through
-        :meth:`convolve` where the exact transpose of the reflect model is needed."""
-        return self._apply(x, mode, padding, adjoint=True)
+        :meth:`convolve` where the exact transpose of the reflect model is needed. An array ``x`` is
+        checked, and its result, as by :meth:`convolve`; a tensor is not."""
+        return self._checked(x, mode, padding, adjoint=True)
+
+    def _checked(self, x, mode: str, padding: str, adjoint: bool) -> torch.Tensor:
+        """:meth:`convolve` (``adjoint`` False) or :meth:`correlate`: an array ``x`` is cast and checked by
+        :func:`as_finite_tensor` and its result by :func:`checked_result`; a tensor is not."""
+        if isinstance(x, torch.Tensor):
+            return self._apply(x, mode, padding, adjoint)
+        x = as_finite_tensor(x, "image", self.device, self.dtype)
+        return checked_result(self._apply(x, mode, padding, adjoint))
 
     def _apply(self, x, mode: str, padding: str, adjoint: bool) -> torch.Tensor:
         x = as_tensor(x, self.device, self.dtype)

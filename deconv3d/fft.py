@@ -33,7 +33,7 @@ from deconv3d._arrays import refuse_complex, refuse_file_name
 from deconv3d._fft_convolver import PADDINGS, FFTConvolver
 from deconv3d._fft_shapes import fast_shape, fast_size, kernel_origin, pad_spatial
 from deconv3d._spectral import BLIND, band_limit, band_limit_halo, psf_rms_width, tapered_crop, white_noise_variance
-from deconv3d._tensors import as_array, as_finite_tensor, as_tensor, checked_result, psf_fingerprint, resolve_device
+from deconv3d._tensors import as_array, as_tensor, psf_fingerprint, resolve_device
 
 __all__ = [
     "FFTConvolver", "fft_convolve", "fft_correlate", "get_convolver", "resolve_device", "fast_size", "fast_shape",
@@ -168,16 +168,7 @@ def fft_convolve(x, psf, mode: str = "same", padding: str = "zero", *, device=No
     >>> tuple(fft_convolve(x, psf, mode="full").shape)
     (8, 11)
     """
-    return _checked_apply(x, psf, device, dtype, mode, padding, adjoint=False)
-
-
-def _checked_apply(x, psf, device, dtype, mode: str, padding: str, adjoint: bool) -> torch.Tensor:
-    """:func:`fft_convolve` (``adjoint`` False) or :func:`fft_correlate`: an array ``x`` is cast and
-    checked by :func:`as_finite_tensor` and its result by :func:`checked_result`; a tensor is not."""
-    conv = convolver_for(x, psf, device, dtype)
-    if isinstance(x, torch.Tensor):
-        return conv._apply(x, mode, padding, adjoint)
-    return checked_result(conv._apply(as_finite_tensor(x, "image", conv.device, conv.dtype), mode, padding, adjoint))
+    return convolver_for(x, psf, device, dtype).convolve(x, mode, padding)  # (which checks an array x)
 
 
 def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", *, device=None, dtype=torch.float32):
@@ -231,7 +222,7 @@ def fft_correlate(x, psf, mode: str = "same", padding: str = "zero", *, device=N
     >>> abs(lhs - rhs) < 1e-9
     True
     """
-    return _checked_apply(x, psf, device, dtype, mode, padding, adjoint=True)
+    return convolver_for(x, psf, device, dtype).correlate(x, mode, padding)
 
 
 def convolver_for(x, psf, device, dtype) -> FFTConvolver:

@@ -335,6 +335,29 @@ def test_fft_convolve_refuses_an_overflow_as_wiener_does(image, psf, name):
                                1e40 * apply(unit, psf, dtype=torch.float64).numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["convolve", "correlate"])
+def test_fft_convolver_refuses_the_arrays_fft_convolve_refuses(image, psf, method):
+    """Found by review: FFTConvolver (public: deconv3d.FFTConvolver) spread one NaN of an array over
+    its whole output, and a float32 array of 1e37 came back all NaN, where fft_convolve refuses both;
+    the check is now the convolver's own, which fft_convolve goes through. A tensor is not checked, as
+    by fft_convolve."""
+    from deconv3d.fft import FFTConvolver
+
+    apply = getattr(FFTConvolver(psf), method)
+    holed = image.copy()
+    holed[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="image contains NaN or Inf"):
+        apply(holed)
+    unit = image.astype(np.float64) / image.max()
+    with pytest.raises(InputError, match="^image has values beyond the range of torch.float32"):
+        apply(unit * 1e40)
+    with pytest.raises(InputError, match="^the result overflowed torch.float32: .* rescale it"):
+        apply((unit * 1e37).astype(np.float32))
+    with pytest.raises(InputError, match="image has complex values"):
+        apply(image.astype(np.complex64))
+    assert torch.isnan(apply(torch.from_numpy(holed))).all()  # a tensor: no extra pass
+
+
 def test_small_validation_gaps(image, psf):
     from deconv3d.classical import choose_iterations
     from deconv3d.io import read_image
