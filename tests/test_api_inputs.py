@@ -358,6 +358,25 @@ def test_fft_convolver_refuses_the_arrays_fft_convolve_refuses(image, psf, metho
     assert torch.isnan(apply(torch.from_numpy(holed))).all()  # a tensor: no extra pass
 
 
+def test_an_image_of_one_plane_under_a_3d_psf_is_told_to_go_2d(image, psf):
+    """Found by review: a 1 x Y x X image with a 3D PSF was told to "crop the PSF", which no crop along z
+    fits (a PSF of one plane is no 3D PSF); the fix is a 2D image with a 2D PSF, its in-focus plane.
+    An image of two planes still gets the crop."""
+    from deconv3d.psf import prepare_psf
+    from deconv3d.selfsup import TrainConfig, train
+
+    plane, thick = image[:1], np.pad(psf, ((1, 1), (0, 0), (0, 0)))  # (1, 20, 22) and a 5-plane PSF
+    for call in (lambda y: richardson_lucy(y, thick, 2, device="cpu"), lambda y: wiener(y, thick, device="cpu"),
+                 lambda y: prepare_psf(thick, y.shape), lambda y: train(y, thick, config=TrainConfig(steps=1),
+                                                                        device="cpu")):
+        with pytest.raises(InputError, match=r"\(1, 20, 22\).*: an image of one plane is 2D: give it as a 2D array "
+                                             r"\(image\[0\]\) with a 2D PSF, the in-focus plane") as refused:
+            call(plane)
+        assert "crop" not in str(refused.value)
+        with pytest.raises(InputError, match="crop the PSF"):
+            call(image[:2])
+
+
 def test_small_validation_gaps(image, psf):
     from deconv3d.classical import choose_iterations
     from deconv3d.io import read_image

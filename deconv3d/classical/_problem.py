@@ -20,6 +20,7 @@ from deconv3d.classical._reuse import kept_or_built
 from deconv3d.errors import InputError
 from deconv3d.fft import FFTConvolver
 from deconv3d.psf.center_crop import fit_shape
+from deconv3d.psf.prepare import larger_psf_fix
 from deconv3d.psf.validate import NEGATIVE_TOLERANCE
 
 BOUNDARIES = ("zero", "reflect", "bertero", "periodic")
@@ -82,7 +83,8 @@ def _check_inputs(image, psf, device, dtype, method: str | None = None):
     if abs(total - 1.0) > 1e-5:  # an already normalised PSF is used as given, bit for bit
         h = h / total
     if any(k > n for k, n in zip(h.shape, y.shape)):
-        raise InputError(f"PSF {tuple(h.shape)} is larger than the image {tuple(y.shape)}: crop the PSF")
+        fix = larger_psf_fix(tuple(h.shape), tuple(y.shape), "crop the PSF")
+        raise InputError(f"PSF {tuple(h.shape)} is larger than the image {tuple(y.shape)}: {fix}")
     return y, h
 
 

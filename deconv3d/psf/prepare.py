@@ -150,6 +150,16 @@ def _warn_of_one_voxel_size(ndim: int, psf_voxel, image_voxel) -> None:
               "µm: pass psf_voxel (read_psf(...).voxel_size, or its partial_voxel completed by hand)", stacklevel=4)
 
 
+def larger_psf_fix(psf_shape, image_shape, crop: str) -> str:
+    """The fix a refusal of a PSF of ``psf_shape`` larger than an image of ``image_shape`` names: ``crop``
+    (cropping the PSF), except for an image of one plane (1 x Y x X) under a PSF of several, which no
+    crop along z fits: that plane is a 2D image, deconvolved with a 2D PSF."""
+    if len(image_shape) == 3 and image_shape[0] == 1 and len(psf_shape) == 3 and psf_shape[0] > 1:
+        return ("an image of one plane is 2D: give it as a 2D array (image[0]) with a 2D PSF, the in-focus plane "
+                "of this one (the plane of its peak)")
+    return crop
+
+
 def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999, fit_image: bool = True) -> np.ndarray:
     """Make a PSF ready for deconvolving an image.
 
@@ -206,9 +216,9 @@ def prepare_psf(psf, image_shape, psf_voxel=None, image_voxel=None, energy=0.999
     if fit_image and any(p > n for p, n in zip(psf.shape, image_shape)):
         # (per axis: a PSF wider than the image laterally but cropped to fit, and padded to odd along z, fits)
         if any(p > n and g > n for p, g, n in zip(psf.shape, given, image_shape)):
-            raise PSFLargerThanImage(
-                f"PSF {given} is larger than the image {image_shape}: crop the PSF (or generate it "
-                "with a smaller shape) or use a larger image", given, image_shape)
+            fix = larger_psf_fix(given, image_shape, "crop the PSF (or generate it with a smaller shape) or use a "
+                                                     "larger image")
+            raise PSFLargerThanImage(f"PSF {given} is larger than the image {image_shape}: {fix}", given, image_shape)
         # An even axis as long as the image's, padded to odd by centring: keep the largest odd box that fits.
         psf = fit_psf(psf, tuple(n - 1 + n % 2 for n in image_shape))
     return normalize_psf(psf)

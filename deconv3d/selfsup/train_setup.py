@@ -16,6 +16,7 @@ from deconv3d._torch_common import WeightAverage, build_seeded
 from deconv3d._voxel import checked_voxel_size
 from deconv3d.errors import InputError, NonFiniteValues
 from deconv3d.psf import normalize_psf, validate_psf
+from deconv3d.psf.prepare import larger_psf_fix
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
 from deconv3d.selfsup.forward_model import ForwardModel
 from deconv3d.selfsup.losses import AUTO_EPS, snr_gain
@@ -53,8 +54,8 @@ def _check_inputs(image, psf, unet, voxel_size):
     if psf.ndim != img.ndim:
         raise InputError(f"image is {img.ndim}D but the PSF is {psf.ndim}D: give them the same dimensions")
     if any(n < k for n, k in zip(img.shape, psf.shape)):
-        raise InputError(f"image {img.shape} is smaller than the PSF {psf.shape} in some axis: "
-                         "crop the PSF (deconv3d.psf.crop_psf) or use a larger image")
+        fix = larger_psf_fix(psf.shape, img.shape, "crop the PSF (deconv3d.psf.crop_psf) or use a larger image")
+        raise InputError(f"image {img.shape} is smaller than the PSF {psf.shape} in some axis: {fix}")
     unet = UNetConfig(ndim=img.ndim) if unet is None else unet
     if unet.ndim != img.ndim:
         raise InputError(f"network is {unet.ndim}D but the image is {img.ndim}D: set UNetConfig(ndim={img.ndim})")
