@@ -10,14 +10,16 @@ from deconv3d._paths.names import path_text
 from deconv3d.errors import InputError, naming_image
 
 
-def checked_voxel_size(voxel_size, ndim: int, what: str = "voxel size") -> tuple[float, ...] | None:
+def checked_voxel_size(voxel_size, ndim: int, what: str = "voxel size",
+                       required: bool = False) -> tuple[float, ...] | None:
     """``voxel_size`` as ``ndim`` positive finite floats, ``(z, y, x)`` or ``(y, x)`` in µm;
-    ``None`` stays ``None`` and one number means isotropic voxels. ``what`` names it in the error.
+    ``None`` stays ``None`` (refused, as given, where ``required``) and one number means isotropic
+    voxels. ``what`` names it in the error.
 
     >>> checked_voxel_size(0.1, 2), checked_voxel_size([0.3, 0.1, 0.1], 3)
     ((0.1, 0.1), (0.3, 0.1, 0.1))
     """
-    if voxel_size is None:
+    if voxel_size is None and not required:
         return None
     import numpy as np  # here: the command line's --help and --version do without numpy
 

@@ -170,6 +170,15 @@ def test_resampling_refuses_a_single_voxel_or_a_giant_psf():
     assert resample_psf(gaussian_3d((41, 15, 15), (4, 1.5, 1.5)), (0.5, 0.1, 0.1), (4, 1.625, 1.625)).shape[1:] == (1, 1)
 
 
+def test_resampling_shows_a_missing_voxel_size_as_given():
+    """Found by review: resample_psf(psf, None, v) said "PSF voxel size () must be ...", a value no one gave."""
+    psf = np.ones((5, 9, 9)) / 405
+    with pytest.raises(InputError, match=r"^PSF voxel size None must be 3 positive finite numbers"):
+        resample_psf(psf, None, (0.3, 0.1, 0.1))
+    with pytest.raises(InputError, match=r"^image voxel size None must be 3 positive finite numbers"):
+        resample_psf(psf, 0.1, None)
+
+
 @pytest.mark.parametrize("name, write", [
     ("partial.tif", lambda p, a: tifffile.imwrite(p, a, resolution=(72 / 2.54,) * 2, resolutionunit="CENTIMETER",
                                                   metadata={"axes": "ZYX"})),  # a 72 dpi export

@@ -117,7 +117,7 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     input's physical extent, rounded to whole voxels.
     """
     psf = validate_psf(psf)  # (NaN, negative or all-zero PSFs were "PSF sum is not positive")
-    src, dst = (np.asarray(checked_voxel_size(v if v is not None else (), psf.ndim, what))
+    src, dst = (np.asarray(checked_voxel_size(v, psf.ndim, what, required=True))
                 for v, what in ((psf_voxel, "PSF voxel size"), (image_voxel, "image voxel size")))
     if np.allclose(src, dst, rtol=1e-6, atol=0):
         return psf.copy()
