@@ -374,7 +374,8 @@ def _stop_reason(step, terms, config: LatentTrainConfig, callback, started, mode
                  clock: _StepClock):
     """Why training stops after this step (None: it goes on), validating ``evaluated`` when due: a
     network, weight average or validation score that is not finite stops it as "non-finite loss";
-    "time_budget" also when ``clock`` says the next step would end past the budget."""
+    "time_budget" also when ``clock`` says the next step would end past the budget, asked before and again
+    after the validation (the next step starts after it)."""
     reason = stop_reason(step, terms["total"], config.steps, config.time_budget, callback, started,
                          config.stop_after)
     if reason is None and clock.would_overrun(time.perf_counter(), 1):
@@ -385,6 +386,8 @@ def _stop_reason(step, terms, config: LatentTrainConfig, callback, started, mode
         score = validator(step, evaluated)
         if score is not None and not math.isfinite(score):
             reason = "non-finite loss"
+    if reason is None and clock.would_overrun(time.perf_counter(), 1):  # (the next step starts after the validation)
+        reason = "time_budget"
     return reason
 
 

@@ -86,6 +86,37 @@ def test_a_step_that_would_end_past_the_time_budget_is_not_started(stacks, monke
     assert (result.reason, result.steps_done) == ("time_budget", 1)
 
 
+def test_a_step_after_a_validation_that_leaves_too_little_budget_is_not_started(make_stacks, monkeypatch):
+    """Found by the review of this stop's diff: the time budget was asked before the step's validation
+    ran, so the step after it started when the validation had left too little of the budget (and ran
+    past it by up to a step). On a fake clock, steps of 30 s and a validation of 20 s every 2 steps:
+    under a budget of 100 s, step 2 and its validation end at 80 s, and a third step would end at 110 s."""
+    import time
+
+    train_module = importlib.import_module("deconv3d.latent.train")
+    now = [0.0]
+    real_step_function, real_validate = train_module._step_function, train_module._Validator.__call__
+
+    def thirty_second_steps(*args):
+        once = real_step_function(*args)
+
+        def slow(*batch):
+            now[0] += 30.0
+            return once(*batch)
+        return slow
+
+    def twenty_second_validation(self, step, model):
+        now[0] += 20.0
+        return real_validate(self, step, model)
+
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(train_module, "_step_function", thirty_second_steps)
+    monkeypatch.setattr(train_module._Validator, "__call__", twenty_second_validation)
+    config = quick(steps=10, val_every=2, val_fraction=0.5, time_budget=100.0)
+    result = train(make_stacks(n_images=4), LEVELS, config, TINY, device="cpu")
+    assert (result.reason, result.steps_done, result.seconds) == ("time_budget", 2, 80.0)
+
+
 def test_training_is_reproducible_from_seed(stacks):
     runs = [train(stacks, LEVELS, quick(steps=3), TINY, device="cpu") for _ in range(2)]
     assert runs[0].history == runs[1].history
