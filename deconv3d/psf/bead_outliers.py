@@ -100,8 +100,10 @@ def _lateral_elongation(box: np.ndarray) -> float:
     """How many times as wide a box's core is along its most extended lateral direction as across it:
     the square root of the ratio of the eigenvalues of the second moments, over the last two axes, of the
     excess over half the maximum of a copy smoothed by a Gaussian of 1 voxel, within the voxels above
-    that level connected to the maximum. A single bead's core is round across (1 within the noise);
-    two beads merged into one blob are longer along the line joining them."""
+    that level connected to the maximum. A single bead's core is round across (1 within the noise) on
+    square pixels; two beads merged into one blob are longer along the line joining them. Measured in
+    voxels: where the y and x pixel sizes differ, a single bead measures about their ratio (1.44 for a
+    Gaussian bead 1.5 times as many pixels wide along x as along y)."""
     from scipy import ndimage
 
     smooth = ndimage.gaussian_filter(box, 1.0)
@@ -120,14 +122,16 @@ def _warn_of_a_lone_doublet(boxes: list) -> None:
     """Warn when the image's only bead box (nothing to compare it with, :func:`_reject_outliers`) has a
     core over :data:`LONE_DOUBLET_ELONGATION` times as long across as it is wide: two beads merged into one
     blob, whose PSF would be too wide along the line joining them. Only lateral pairs are seen: along z a
-    single bead's own extent is unknown here."""
+    single bead's own extent is unknown here. The pixels are taken as square (no voxel size is given here):
+    a single bead of an image whose y and x pixel sizes differ about 1.5 times or more is warned about too."""
     if len(boxes) != 1 or boxes[0].ndim < 2:
         return
     elongation = _lateral_elongation(boxes[0])
     if elongation > LONE_DOUBLET_ELONGATION:
         warnings.warn(f"the only bead found is {elongation:.2f} times as long as it is wide across (a single bead's "
-                      "core is round): it may be two beads merged, which widens the PSF along the line joining them; "
-                      "image more beads, or a sparser field, for the doublet to be told from single beads",
+                      "core is round on square pixels): it may be two beads merged, which widens the PSF along the "
+                      "line joining them; image more beads, or a sparser field, for the doublet to be told from "
+                      "single beads",
                       RuntimeWarning, stacklevel=4)
 
 
