@@ -57,17 +57,15 @@ def test_callback_cancels_and_reports_every_step(stacks):
     assert result.reason == "cancelled" and result.steps_done == 3 and seen == [1, 2, 3]
 
 
-def test_a_step_that_would_end_past_the_time_budget_is_not_started(stacks, monkeypatch):
-    """A step always finished, so the one started just before the budget ended ran past it by a step's time
-    (0.4-4.6 s at the command's defaults on 2 cores). On a fake clock where each step takes 30 s and nothing
-    else any time, a budget of 100 s runs 3 steps (90 s): a fourth would end at 120 s."""
+def thirty_second_steps(monkeypatch) -> list:
+    """A fake clock (``[seconds]``, returned) on which each training step takes 30 s and nothing else any time."""
     import time
 
     train_module = importlib.import_module("deconv3d.latent.train")
     now = [0.0]
     real_step_function = train_module._step_function
 
-    def thirty_second_steps(*args):
+    def slow_step_function(*args):
         once = real_step_function(*args)
 
         def slow(*batch):
@@ -76,7 +74,15 @@ def test_a_step_that_would_end_past_the_time_budget_is_not_started(stacks, monke
         return slow
 
     monkeypatch.setattr(time, "perf_counter", lambda: now[0])
-    monkeypatch.setattr(train_module, "_step_function", thirty_second_steps)
+    monkeypatch.setattr(train_module, "_step_function", slow_step_function)
+    return now
+
+
+def test_a_step_that_would_end_past_the_time_budget_is_not_started(stacks, monkeypatch):
+    """A step always finished, so the one started just before the budget ended ran past it by a step's time
+    (0.4-4.6 s at the command's defaults on 2 cores). On a fake clock where each step takes 30 s and nothing
+    else any time, a budget of 100 s runs 3 steps (90 s): a fourth would end at 120 s."""
+    thirty_second_steps(monkeypatch)
     result = train(stacks, LEVELS, quick(steps=10, time_budget=100.0), TINY, device="cpu")
     assert (result.reason, result.steps_done, result.seconds) == ("time_budget", 3, 90.0)
     # a budget the last step fits in exactly runs it; one step always runs
@@ -91,26 +97,14 @@ def test_a_step_after_a_validation_that_leaves_too_little_budget_is_not_started(
     ran, so the step after it started when the validation had left too little of the budget (and ran
     past it by up to a step). On a fake clock, steps of 30 s and a validation of 20 s every 2 steps:
     under a budget of 100 s, step 2 and its validation end at 80 s, and a third step would end at 110 s."""
-    import time
-
     train_module = importlib.import_module("deconv3d.latent.train")
-    now = [0.0]
-    real_step_function, real_validate = train_module._step_function, train_module._Validator.__call__
-
-    def thirty_second_steps(*args):
-        once = real_step_function(*args)
-
-        def slow(*batch):
-            now[0] += 30.0
-            return once(*batch)
-        return slow
+    now = thirty_second_steps(monkeypatch)
+    real_validate = train_module._Validator.__call__
 
     def twenty_second_validation(self, step, model):
         now[0] += 20.0
         return real_validate(self, step, model)
 
-    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
-    monkeypatch.setattr(train_module, "_step_function", thirty_second_steps)
     monkeypatch.setattr(train_module._Validator, "__call__", twenty_second_validation)
     config = quick(steps=10, val_every=2, val_fraction=0.5, time_budget=100.0)
     result = train(make_stacks(n_images=4), LEVELS, config, TINY, device="cpu")
