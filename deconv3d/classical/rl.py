@@ -102,8 +102,9 @@ def richardson_lucy(
         RL's 20-iteration quality up to three iterations sooner, never later, than from Biggs &
         Andrews' own step, which lags after the flat start). A sequence
         gives a fixed step schedule ``α_1, α_2, ...`` (see :func:`rl_alpha_schedule`) instead
-        of the adaptive one (iterations past its end take plain RL steps, ``α = 0``): every voxel's update is then local, so chunked runs over blocks
-        of one volume agree with a whole-volume run (the adaptive α depends on the whole image).
+        of the adaptive one (iterations past its end take plain RL steps, ``α = 0``): every voxel's
+        update is then local, so chunked runs over blocks of one volume agree with a whole-volume run
+        (the adaptive α depends on the whole image).
     tol : float, optional
         Stop when ``||u_k+1 - u_k|| / ||u_k||`` falls below ``tol``, measured on the image's
         field, not on Bertero's margins (also with ``extended=True``) or the mirrored copies of

@@ -99,6 +99,7 @@ def center_psf(psf) -> np.ndarray:
     -------
     numpy.ndarray
         float32, odd-shaped, centred, unit-sum PSF.
+
     Raises
     ------
     InputError
@@ -196,6 +197,7 @@ def crop_psf(psf, energy=0.999) -> np.ndarray:
     -------
     numpy.ndarray
         Cropped float32 PSF with unit sum and odd sizes.
+
     Raises
     ------
     InputError

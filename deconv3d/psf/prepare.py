@@ -102,9 +102,9 @@ def resample_psf(psf, psf_voxel, image_voxel) -> np.ndarray:
     Raises
     ------
     InputError
-        For a PSF that :func:`validate_psf` refuses, for a voxel size that is not positive, for voxel sizes :data:`MAX_VOXEL_RATIO` times
-        apart along an axis, and when the resampled PSF would be more than
-        :data:`MAX_RESAMPLED_VOXELS` voxels: these come from voxel sizes in different units
+        For a PSF that :func:`validate_psf` refuses; for a voxel size that is not positive, for voxel
+        sizes :data:`MAX_VOXEL_RATIO` times apart along an axis, and when the resampled PSF would be
+        more than :data:`MAX_RESAMPLED_VOXELS` voxels: these come from voxel sizes in different units
         (nanometres given as micrometres).
 
     Notes
