@@ -520,8 +520,8 @@ _NOT_PSFS = [(np.full((5, 5), np.nan), "^PSF contains NaN or Inf values"),
              (np.zeros((5, 5)), "^PSF is all zero"), (np.ones(5), "^PSF (must be a non-empty 2D or 3D array|is 1D)")]
 
 
-#: What each PSF function takes of _NOT_PSFS: fit_psf crops any numbers; normalize_psf scales any shape whose
-#: sum is positive.
+#: What each PSF function takes of _NOT_PSFS, or refuses in other words: fit_psf crops any numbers; normalize_psf
+#: scales any shape whose sum is positive, and refuses an all-zero PSF as "PSF sum is not positive".
 _TAKEN = {"fit_psf": _NOT_PSFS, "normalize_psf": _NOT_PSFS[1:]}
 
 
