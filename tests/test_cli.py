@@ -780,6 +780,8 @@ def test_a_count_that_is_not_a_whole_number_says_so(data, capsys, value):
     (["batch", "in", "-o", "out", "--seed", "-0.5"], "--seed: must be a whole number, got '-0.5': pass e.g. 0"),
     (["deconvolve", "in.tif", "-o", "o.zarr", "--pyramid-levels", "inf"], "--pyramid-levels: must be a whole "
                                                                           "number, got 'inf': pass one in digits"),
+    (["blur", "train", "a.tif", "-o", "m.ckpt", "--seed", "2.5"], "--seed: must be a whole number, got '2.5': pass "
+                                                                  "e.g. 2 or 3"),
 ])
 def test_a_whole_number_option_given_a_decimal_or_an_exponent_says_what_to_pass(capsys, args, said):
     """``--seed -1e0`` (a negative number to the parser, :data:`~deconv3d.cli.arguments.NEGATIVE_NUMBER`)
@@ -788,8 +790,10 @@ def test_a_whole_number_option_given_a_decimal_or_an_exponent_says_what_to_pass(
     assert_one_line_error(code, err, f"argument {said}")
 
 
-def test_a_whole_number_option_given_a_word_keeps_argparse_s_line(capsys):
-    code, _, err = run(["train", "in.tif", "-o", "n.ckpt", "--seed", "abc"], capsys)
+@pytest.mark.parametrize("command", [["train", "in.tif", "-o", "n.ckpt"], ["batch", "in", "-o", "out"]])
+def test_a_whole_number_option_given_a_word_keeps_argparse_s_line(capsys, command):
+    """(batch's --seed said "invalid _non_negative_int value", its converter's name.)"""
+    code, _, err = run([*command, "--seed", "abc"], capsys)
     assert_one_line_error(code, err, "argument --seed: invalid int value: 'abc'")
 
 

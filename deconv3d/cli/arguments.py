@@ -1,9 +1,9 @@
 """The command line's parser and the argument kinds its commands share: :class:`Parser`, whose
 usage errors follow the contract (one line, exit status 2) and name the fix where an option took
 the input's place; :class:`SpatialSizes` and :func:`spatial_sizes` for a value per spatial axis;
-the number types (:func:`positive_float`, :func:`non_negative_float`, :func:`positive_int`); the
-option groups several commands add (:func:`add_optics`, :func:`add_common`); and the choices and
-help texts of ``--psf-model``, ``--device`` and ``--amp``."""
+the number types (:func:`positive_float`, :func:`non_negative_float`, :func:`positive_int`,
+:func:`whole_int`); the option groups several commands add (:func:`add_optics`, :func:`add_common`); and
+the choices and help texts of ``--psf-model``, ``--device`` and ``--amp``."""
 
 from __future__ import annotations
 
@@ -121,19 +121,6 @@ class Parser(argparse.ArgumentParser):
             count += 1
         return count
 
-    def _get_value(self, action, arg_string):
-        """argparse's conversion, where a whole-number option given a number with a fraction, an exponent
-        or a decimal point (``--seed -1e0``, which :data:`NEGATIVE_NUMBER` lets through as a value) is
-        refused as such, with what to pass, not as argparse's "invalid int value"."""
-        try:
-            return super()._get_value(action, arg_string)
-        except argparse.ArgumentError as exc:
-            if isinstance(exc.__context__, (TypeError, ValueError)):  # (not the type's own ArgumentTypeError)
-                problem = _not_whole(self._registry_get("type", action.type, action.type), arg_string)
-                if problem is not None:
-                    raise argparse.ArgumentError(action, problem) from None
-            raise
-
     def error(self, message):
         raise InputError(f"{message}{self._greedy_hint(message)} (see '{self.prog} --help')")
 
@@ -171,35 +158,34 @@ class Parser(argparse.ArgumentParser):
         return ""
 
 
-def _not_whole(convert, text: str) -> str | None:
-    """Why ``text``, a number that the whole-number type ``convert`` (``int``, :func:`positive_int`) did not
-    read, is refused, and what to pass: the whole number it equals (``-1e0``: ``-1``), or those either side of
-    it (``1.5``: ``1 or 2``), each as ``convert`` takes it. None where ``convert`` reads no whole numbers or
-    ``text`` is no number."""
-    def taken(candidate: int) -> str | None:
-        try:
-            value = convert(str(candidate))
-        except (argparse.ArgumentTypeError, TypeError, ValueError):
-            return None
-        return str(candidate) if isinstance(value, int) and not isinstance(value, bool) else None
+def whole_int(text: str, least: int | None = None) -> int:
+    """``int(text)``, at least ``least`` where given. A number with a fraction, an exponent or a decimal point
+    (``--seed -1e0``, which :data:`NEGATIVE_NUMBER` lets through as a value) is refused as such, with what to
+    pass (:func:`_not_whole`), not as argparse's "invalid int value"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(_not_whole(text, least)) from None
+    if least is not None and value < least:
+        raise argparse.ArgumentTypeError(f"must be {least} or more, got {text}")
+    return value
 
+
+def _not_whole(text: str, least: int | None) -> str:
+    """Why ``text``, which ``int`` did not read, is refused, and what to pass: the whole number it equals
+    (``-1e0``: ``-1``), or those either side of it (``1.5``: ``1 or 2``), each at least ``least``; text that
+    is no number at all gets argparse's own words for ``int``."""
     try:
         number = float(text)
     except ValueError:
-        return None
-    if taken(0) is None and taken(1) is None:  # (not a whole-number option)
-        return None
+        return f"invalid int value: {text!r}"
     if not math.isfinite(number):
         return f"must be a whole number, got {text!r}: pass one in digits alone"
     if number == int(number):
-        if (whole := taken(int(number))) is not None:
-            return f"must be a whole number in digits alone, got {text!r}: pass {whole}"
-        try:
-            convert(str(int(number)))
-        except argparse.ArgumentTypeError as exc:  # (its own refusal of that number: -1 for a count from 0)
-            return f"{exc} (given as {text!r})"
-        return f"must be a whole number in digits alone, got {text!r}"
-    near = [w for w in (taken(math.floor(number)), taken(math.ceil(number))) if w is not None]
+        if least is not None and number < least:
+            return f"must be {least} or more, got {int(number)} (given as {text!r})"
+        return f"must be a whole number in digits alone, got {text!r}: pass {int(number)}"
+    near = [str(w) for w in (math.floor(number), math.ceil(number)) if least is None or w >= least]
     return f"must be a whole number, got {text!r}" + (f": pass e.g. {' or '.join(near)}" if near else "")
 
 

@@ -15,7 +15,7 @@ from deconv3d.errors import InputError
 
 from ._common import check_output, refuse_ssl_options
 from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SATURATION_HELP, SpatialSizes, add_common, add_optics,
-                        iterations_value, positive_float, positive_int, saturation_value)
+                        iterations_value, positive_float, positive_int, saturation_value, whole_int)
 from .printing import hashed, make_bar, megabyte_bar, print_warnings
 from .selfsup import DEFAULT_STEPS
 
@@ -315,7 +315,4 @@ def _add_ssl_options(p) -> None:
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+    return whole_int(text, least=0)
