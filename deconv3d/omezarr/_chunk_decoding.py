@@ -5,10 +5,12 @@ short), ``gzip.BadGzipFile`` and bz2's "Invalid data stream" (both ``OSError``),
 blosc's, lz4's and zstd's ``RuntimeError``, the sharding index checksum's or a wrong-sized chunk's
 ``ValueError``. Read through :class:`~deconv3d.omezarr.ZarrReader` some were called damaged, the
 ``OSError`` ones an image moved or deleted, and the others escaped as they were; through the dask
-array (``read_ome_zarr``, a whole-image read) all came out as they were. Here every exception raised while zarr's codec pipeline reads a chunk, but for those the
-store raised fetching its bytes (a file gone or unreadable, said as such by the reader; the store's
-own refusals) and ``MemoryError``, becomes one :class:`~deconv3d.errors.InputError` naming the chunk
-file, its array and the fix, on every path that reads the array. Imported only where a zarr array is
+array (``read_ome_zarr``, a whole-image read) all came out as they were. Here every exception raised
+while zarr's codec pipeline reads a chunk, but for those the store raised fetching its bytes (the
+store's own refusals, and any other error there) and ``MemoryError``, becomes one
+:class:`~deconv3d.errors.InputError` naming the chunk file, its array and the fix, on every path that
+reads the array; so does an ``OSError`` fetching a chunk's bytes (:class:`_Fetching`: an I/O error, a
+disk gone), said as a chunk that cannot be read, not as damage. Imported only where a zarr array is
 opened (it imports zarr).
 """
 
