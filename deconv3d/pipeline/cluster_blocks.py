@@ -140,12 +140,18 @@ def _settle_distributed(futures: set, at_most: int, wait, timeout, finished, che
 def _block_result(future):
     """The ``future``'s result, its block's failure raised; where every worker that ran the block died running it
     (distributed's KilledWorker, after its allowed failures: a block that needs more memory than a worker has,
-    say), a one-line RuntimeError that names the fix, not distributed's line that names a task and a log."""
+    say), a one-line RuntimeError that names the fix, not distributed's line that names a task and a log. Where
+    they died on the task that gives them the block function or reader (:func:`_scatter_shared`), the block's
+    KilledWorker names that task: said as such, without smaller ``--chunks``, which does not shrink it."""
     from distributed import KilledWorker
 
     try:
         return future.result()
-    except KilledWorker:
+    except KilledWorker as exc:
+        if exc.task != future.key:
+            raise RuntimeError("the dask cluster's workers died taking in the run's block function, each time it was "
+                               "sent (killed at their memory limit, say: see their logs): rerun with more memory per "
+                               "worker") from None
         raise RuntimeError("the dask cluster's workers died running a block, each time it was tried (killed at their "
                            "memory limit, say: see their logs): rerun with more memory per worker or smaller "
                            "--chunks") from None

@@ -1091,20 +1091,51 @@ def test_a_block_whose_workers_all_die_running_it_is_said_in_one_line(tmp_path):
     said the block was cancelled, until its restarted worker retried the block)."""
     import signal
 
-    import dask
-    from distributed import Client, LocalCluster
-
     class Kills:  # (defined here: sent to the worker by value)
         def __call__(self, block):
             os.kill(os.getpid(), signal.SIGKILL)
+
+    assert _dying_run_error(tmp_path, Kills()) == ("the dask cluster's workers died running a block, each time it was "
+                                                   "tried (killed at their memory limit, say: see their logs): rerun "
+                                                   "with more memory per worker or smaller --chunks")
+
+
+def _dying_run_error(tmp_path, fn) -> str:
+    """The RuntimeError's line of a run of ``fn`` on a one-worker processes cluster that allows one failure;
+    nothing is written."""
+    import dask
+    from distributed import Client, LocalCluster
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
             LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                          dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         with pytest.raises(RuntimeError) as caught:
-            run_chunked(np.ones((4, 8, 8), np.float32), Kills(), tmp_path / "out.zarr", chunks=(4, 8, 8),
+            run_chunked(np.ones((4, 8, 8), np.float32), fn, tmp_path / "out.zarr", chunks=(4, 8, 8),
                         halo=(0, 0, 0), client=client)
-    assert str(caught.value) == ("the dask cluster's workers died running a block, each time it was tried (killed at "
-                                 "their memory limit, say: see their logs): rerun with more memory per worker or "
-                                 "smaller --chunks")
     assert not (tmp_path / "out.zarr").exists()
+    return str(caught.value)
+
+
+def test_workers_that_die_taking_in_the_block_function_are_not_told_to_use_smaller_chunks(tmp_path):
+    """Found by the review of this stop's diff: on a processes cluster the block function is a task's result
+    (8e70384); workers that died taking it in (here: killed as they unpickle it) ended the run with the line of a
+    block that dies running, whose fix, smaller --chunks, does not shrink the function."""
+    import signal
+
+    here = os.getpid()
+
+    def arrive():  # (run where the function is unpickled: by the scheduler here, and by the worker)
+        if os.getpid() != here:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return Arrives()
+
+    class Arrives:  # (defined here: sent to the worker by value)
+        def __reduce__(self):
+            return arrive, ()
+
+        def __call__(self, block):
+            return block
+
+    assert _dying_run_error(tmp_path, Arrives()) == ("the dask cluster's workers died taking in the run's block "
+                                                     "function, each time it was sent (killed at their memory limit, "
+                                                     "say: see their logs): rerun with more memory per worker")
