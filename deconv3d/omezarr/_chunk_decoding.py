@@ -101,4 +101,4 @@ def _damaged(getter, exc: BaseException) -> InputError:
     """The refusal of the chunk ``getter`` reads (a store path: its store's root and its key), whose bytes
     did not decode, raising ``exc``."""
     problem = f"is damaged: its bytes do not decode ({_one_line(exc)})"
-    return _refusal(getter.store.root, getter.path, problem.replace("{", "{{").replace("}", "}}"))
+    return _refusal(getter.store.root, getter.path, problem)

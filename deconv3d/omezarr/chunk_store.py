@@ -122,11 +122,13 @@ CHUNK_FILE_FIX = (", so it cannot be read (a chunk with no file at all would rea
 def _refusal(root, key: str, problem: str, above: int = 0, fix: str = CHUNK_FILE_FIX) -> InputError:
     """The one-line error for the chunk ``key`` of the store at ``root``: it names the array's folder
     (the nearest folder above the chunk with zarr metadata) and the chunk's key within it. ``problem``
-    says what is wrong; its ``{}``, where it has one, is given the first ``above`` parts of ``key``,
-    a folder above the chunk, as the array names it. ``fix`` follows it."""
+    says what is wrong; with ``above``, its ``{}`` is given the first ``above`` parts of ``key``, a
+    folder above the chunk, as the array names it (without, ``problem`` is taken as it is: an error's
+    text in it may hold braces). ``fix`` follows it."""
     parts = key.split("/")
     depth = next((d for d in range(len(parts) - 1, -1, -1)
                   if any(Path(root, *parts[:d], name).is_file() for name in ("zarr.json", ".zarray"))), 0)
     array, chunk = Path(root, *parts[:depth]), "/".join(parts[depth:])
-    problem = problem.format("/".join(parts[depth:above]))
+    if above:
+        problem = problem.format("/".join(parts[depth:above]))
     return InputError(f"chunk {chunk} of the zarr array {array} {problem}{fix}")

@@ -250,3 +250,16 @@ def test_running_out_of_memory_decoding_a_chunk_is_not_called_damage(tmp_path, d
     monkeypatch.setattr(numcodecs.Zlib, "decode", no_memory)
     with pytest.raises(MemoryError):
         open_lazy(tmp_path / "in.zarr").reader.read((slice(None),) * 3)
+
+
+@pytest.mark.parametrize("exc", [OSError("no such thing as {x} or {}"), OSError(5, "I/O {error}")])
+def test_a_chunk_refusal_keeps_braces_in_the_error_s_text(tmp_path, exc):
+    """Review of this stop's diff: the refusal's text went through str.format, so an OSError whose text
+    held braces raised KeyError/IndexError instead of the one-line refusal."""
+    from deconv3d.omezarr.chunk_store import _unreadable
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "zarr.json").write_text("{}")
+    message = str(_unreadable(tmp_path, "a/c/0/0", exc))
+    assert message.startswith(f"chunk c/0/0 of the zarr array {tmp_path / 'a'} cannot be read (")
+    assert (exc.strerror or str(exc)) in message
