@@ -34,7 +34,8 @@ import torch
 from deconv3d._arrays import as_numpy
 from deconv3d._environment import run_environment
 from deconv3d._tensors import resolve_device
-from deconv3d._torch_common import MixedPrecision, WeightAverage, _StepClock, amp_dtype, autocast, stop_reason
+from deconv3d._torch_common import MixedPrecision, WeightAverage, amp_dtype, autocast
+from deconv3d._training_stop import _StepClock, stop_reason
 from deconv3d.errors import InputError, require_config
 from deconv3d.latent.config import LatentTrainConfig, config_to_dict, train_config_from_dict
 from deconv3d.latent.data import (TripletSampler, all_triplets, check_levels, dyadic_triplets,
@@ -289,7 +290,7 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
     float32, as is the rest of the run (``LatentTrainResult.precision`` says so).
     Validation runs in float32. Under ``config.time_budget`` a step is not started when the
     longest of the last few steps' times says it would end past the budget
-    (:class:`~deconv3d._torch_common._StepClock`; reason ``"time_budget"``, at least one step
+    (:class:`~deconv3d._training_stop._StepClock`; reason ``"time_budget"``, at least one step
     run); validation on held-out stacks, not counted in those times, runs after the last step too.
 
     Examples

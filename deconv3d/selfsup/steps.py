@@ -11,7 +11,8 @@ from typing import Optional
 
 import torch
 
-from deconv3d._torch_common import MixedPrecision, WeightAverage, _StepClock, autocast, stop_reason
+from deconv3d._torch_common import MixedPrecision, WeightAverage, autocast
+from deconv3d._training_stop import _StepClock, stop_reason
 from deconv3d.selfsup.config import WARM_SHARE, TrainConfig
 from deconv3d.selfsup.forward_model import ForwardModel
 from deconv3d.selfsup.losses import LossWeights, mse, siamese_loss
@@ -93,7 +94,7 @@ class _Steps:
     precision: MixedPrecision
 
     def run(self, sampler: _PatchSampler, callback, started: float) -> tuple:
-        """Steps until :func:`~deconv3d._torch_common.stop_reason` gives a reason, or until the next step
+        """Steps until :func:`~deconv3d._training_stop.stop_reason` gives a reason, or until the next step
         would end past ``config.time_budget`` by the time the recent steps took (:class:`_StepClock`; reason
         "time_budget", at least one step run): the warm-start steps first (``config.warm_steps``; "auto"
         under a time budget also ends them at 3/8 of it). Returns (steps, history, last terms, reason,

@@ -156,7 +156,7 @@ def train(
     then takes over from that start. ``config.time_budget`` counts from the start of this call: the
     set-up (standardisation, the data term's weight, the network) and the RL reference count in it,
     and at least one step is run whatever is left. A later step is not started when the time the last
-    steps took says it would end past the budget (:class:`~deconv3d._torch_common._StepClock`); one slower
+    steps took says it would end past the budget (:class:`~deconv3d._training_stop._StepClock`); one slower
     than those still ends past it. The RL run counts in the time budget, and its search for
     the count (and TV weight) stops at half the budget with the best found by then, checked after each
     RL iteration: its first iteration (with RL's set-up), RL at the chosen count, the rest of the set-up and

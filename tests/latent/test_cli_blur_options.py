@@ -104,11 +104,11 @@ def test_a_run_the_time_budget_stopped_is_reproduced_by_stop_after(tmp_path, mak
     import importlib
     from types import SimpleNamespace
 
-    import deconv3d._torch_common
+    import deconv3d._training_stop
 
     ticks = iter(range(10**6))
     clock = SimpleNamespace(perf_counter=lambda: 0.01 * next(ticks))
-    monkeypatch.setattr(deconv3d._torch_common, "time", clock)
+    monkeypatch.setattr(deconv3d._training_stop, "time", clock)
     monkeypatch.setattr(importlib.import_module("deconv3d.latent.train"), "time", clock)
     paths = write_stacks(tmp_path, make_stacks)
     options = ["--widths", "4", "8", "--crop", "16", "--batch", "2", "--device", "cpu", "--no-amp"]
@@ -120,7 +120,7 @@ def test_a_run_the_time_budget_stopped_is_reproduced_by_stop_after(tmp_path, mak
         runs[name] = load_checkpoint(tmp_path / f"{name}.ckpt")
         return out
 
-    out = train("budget", "--steps", "40", "--time-budget", "0.055")
+    out = train("budget", "--steps", "40", "--time-budget", "0.15")
     k = runs["budget"].run["train_steps"]
     assert runs["budget"].run["stopped"] == "time_budget" and 1 < k < 40
     assert f"--steps 40 --stop-after {k} reproduces it" in out

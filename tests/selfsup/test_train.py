@@ -190,7 +190,7 @@ def test_a_step_that_would_end_past_the_time_budget_is_not_started(monkeypatch):
 def test_the_step_clock_takes_the_longest_recent_step_per_pass():
     """_StepClock's estimate: the longest of the last 3 steps per network pass, times the next step's passes
     (a Siamese step, 2, after warm-start steps, 1); the first step only while it is the only one."""
-    from deconv3d._torch_common import _StepClock
+    from deconv3d._training_stop import _StepClock
 
     clock = _StepClock(100.0, started=10.0)
     assert clock.estimate(2) == 0 and not clock.would_overrun(109.0, 2)
