@@ -18,7 +18,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from deconv3d._torch_common import MixedPrecision, amp_dtype, autocast, stop_reason
+from deconv3d._torch_common import MixedPrecision, amp_dtype, autocast
+from deconv3d._training_stop import stop_reason
 from deconv3d.psf import normalize_psf, validate_psf
 from deconv3d.selfsup.config import TrainConfig, UNetConfig
 from deconv3d.selfsup.forward_model import ForwardModel
