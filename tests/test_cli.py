@@ -770,8 +770,10 @@ def test_a_count_that_is_not_a_whole_number_says_so(data, capsys, value):
 
 
 @pytest.mark.parametrize("args, said", [
-    (["train", "in.tif", "-o", "n.ckpt", "--seed", "-1e0"], "--seed: must be a whole number in digits alone, got "
-                                                            "'-1e0': pass -1"),
+    (["train", "in.tif", "-o", "n.ckpt", "--seed", "-1e0"], "--seed: must be 0 or more, got -1 (given as '-1e0')"),
+    (["blur", "train", "a.tif", "-o", "m.ckpt", "--seed", "-1"], "--seed: must be 0 or more, got -1"),
+    (["deconvolve", "in.tif", "-o", "o.tif", "--seed", "-0.5"], "--seed: must be a whole number, got '-0.5': pass "
+                                                                "e.g. 0"),
     (["train", "in.tif", "-o", "n.ckpt", "--seed", "3.0"], "--seed: must be a whole number in digits alone, got "
                                                            "'3.0': pass 3"),
     (["train", "in.tif", "-o", "n.ckpt", "--seed", "1.5"], "--seed: must be a whole number, got '1.5': pass e.g. 1 "
@@ -785,7 +787,8 @@ def test_a_count_that_is_not_a_whole_number_says_so(data, capsys, value):
 ])
 def test_a_whole_number_option_given_a_decimal_or_an_exponent_says_what_to_pass(capsys, args, said):
     """``--seed -1e0`` (a negative number to the parser, :data:`~deconv3d.cli.arguments.NEGATIVE_NUMBER`)
-    met argparse's "invalid int value: '-1e0'", or "invalid _non_negative_int value" (the converter's name)."""
+    met argparse's "invalid int value: '-1e0'", or "invalid _non_negative_int value" (the converter's name);
+    a seed is 0 or more on every command (train's "pass -1" led to the settings' refusal of -1)."""
     code, _, err = run(args, capsys)
     assert_one_line_error(code, err, f"argument {said}")
 

@@ -171,6 +171,11 @@ def whole_int(text: str, least: int | None = None) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """:func:`whole_int` of 0 or more (seeds, pyramid levels)."""
+    return whole_int(text, least=0)
+
+
 def _not_whole(text: str, least: int | None) -> str:
     """Why ``text``, which ``int`` did not read, is refused, and what to pass: the whole number it equals
     (``-1e0``: ``-1``), or those either side of it (``1.5``: ``1 or 2``), each at least ``least``; text that

@@ -13,7 +13,7 @@ import argparse
 import math
 
 from .arguments import (DEVICE_HELP, DEVICES, Parser, _looks_like_a_file, add_common, non_negative_float, positive_float,
-                        positive_int, whole_int)
+                        non_negative_int, positive_int)
 from .blur_synth_deblur import cmd_deblur, cmd_synth
 from .blur_train import cmd_train
 
@@ -120,7 +120,7 @@ def _add_training_options(p) -> None:
                         "default for implicit and explicit; --no-residual: the paper's form)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--val-fraction", type=_val_fraction, default=0.25, help="held-out share of the stacks (default 0.25)")
-    p.add_argument("--seed", type=whole_int, default=0, help="seed of weights, split and crops (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of weights, split and crops (default 0)")
     p.add_argument("--time-budget", type=positive_float, help="stop after this many seconds")
     p.add_argument("--stop-after", type=positive_int, metavar="K",
                    help="stop after K of the --steps steps, on the learning-rate schedule of all of them: "

@@ -15,7 +15,7 @@ from deconv3d.errors import InputError
 
 from ._common import check_output, refuse_ssl_options
 from .arguments import (DEVICE_HELP, DEVICES, PSF_MODELS, SATURATION_HELP, SpatialSizes, add_common, add_optics,
-                        iterations_value, positive_float, positive_int, saturation_value, whole_int)
+                        iterations_value, non_negative_int, positive_float, positive_int, saturation_value)
 from .printing import hashed, make_bar, megabyte_bar, print_warnings
 from .selfsup import DEFAULT_STEPS
 
@@ -34,7 +34,7 @@ def add_chunk_options(p, defaults=True) -> None:
     g.add_argument("--memory-limit", metavar="SIZE", help="peak memory budget of one process, e.g. 4GB: picks "
                    "the largest blocks that fit (default: the whole volume unless --chunks; a run that would not "
                    "fit in the free memory goes block by block within 80%% of it, with a warning)")
-    g.add_argument("--pyramid-levels", type=_non_negative_int, default=0 if defaults else None, metavar="N",
+    g.add_argument("--pyramid-levels", type=non_negative_int, default=0 if defaults else None, metavar="N",
                    help="extra 2x down-sampled levels in a .zarr output (default 0); halving y and x stops at "
                    "1 voxel, and a warning says how many were written where that is fewer")
 
@@ -304,7 +304,7 @@ def _add_ssl_options(p) -> None:
     p.add_argument("--train-steps", type=positive_int, metavar="N",
                    help="ssl without --model: train a network on each image first, N steps of the default recipe "
                    "('deconv3d train' sets the others)")
-    p.add_argument("--seed", type=_non_negative_int, help="random seed of that training (default 0)")
+    p.add_argument("--seed", type=non_negative_int, help="random seed of that training (default 0)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="ssl: mixed precision of that training and of the network's inference: bfloat16 on CPUs with "
                         "AMX, float16 on CUDA (default on; --no-amp: float32)")
@@ -314,5 +314,3 @@ def _add_ssl_options(p) -> None:
                    help="ssl: damp frequencies the PSF does not pass, e.g. 0.01 on noisy stacks (default 0: off)")
 
 
-def _non_negative_int(text: str) -> int:
-    return whole_int(text, least=0)

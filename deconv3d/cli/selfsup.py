@@ -11,7 +11,7 @@ from deconv3d.errors import InputError
 
 from ._common import check_negative, check_output, voxel_size_of
 from .arguments import (AMP_HELP, DEVICE_HELP, DEVICES, SpatialSizes, add_common, non_negative_float, positive_float,
-                        positive_int, whole_int)
+                        non_negative_int, positive_int)
 from .printing import counted, hashed, make_bar, print_warnings, say_last
 from .stopping import stop_request
 
@@ -65,7 +65,7 @@ def add_training_options(p, steps_flag: str) -> None:
                         "Richardson-Lucy at the chosen count and the first step always run, and can take a small "
                         "budget past its end. deconvolve's prediction after training (8 passes with --tta) is not "
                         "counted")
-    g.add_argument("--seed", type=whole_int, default=0, help="random seed (default 0)")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help=AMP_HELP)
 
 
