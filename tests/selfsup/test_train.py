@@ -316,6 +316,10 @@ def test_the_advice_for_a_patch_below_a_small_image_is_accepted_when_followed(si
         res = train(small, psf, config=TrainConfig(steps=1, patch=patch, batch=batch),
                     unet=UNetConfig(ndim=2, base_channels=4, depth=depth), device="cpu")
     assert res.steps_done == 1
+    # the deepest the fields (the image and the PSF's halo) take: one deeper is refused
+    with pytest.raises(InputError, match=rf"use a depth of {depth} or less"):
+        train(small, psf, config=TrainConfig(steps=1, patch=patch, batch=batch),
+              unet=UNetConfig(ndim=2, base_channels=4, depth=depth + 1), device="cpu")
 
 
 def test_a_unet_deeper_than_its_fields_is_refused_before_it_allocates():
