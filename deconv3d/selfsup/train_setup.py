@@ -63,7 +63,7 @@ def _check_inputs(image, psf, unet, voxel_size):
 
 
 
-def check_patch(patch: int, image_shape, unet: UNetConfig, psf_shape=None) -> None:
+def check_patch(patch: int, image_shape, unet: UNetConfig, psf_shape) -> None:
     """Refuse a training patch side (``TrainConfig.patch``, ``--patch``) smaller than the network's
     down-sampling factor ``unet.divisor``, or than the image where the image is smaller than it. A patch
     larger than the image is not refused: the compared regions take the image's size along shorter axes
@@ -73,15 +73,13 @@ def check_patch(patch: int, image_shape, unet: UNetConfig, psf_shape=None) -> No
     whole image makes fields that a PSF's halo may not take past one ``divisor`` a side, one value per
     channel at the network's coarsest level, which a batch of 1 leaves too few for batch normalisation
     (``_field_geometry``'s refusal) and no larger patch can change. Where the fields of the whole image
-    (with the halo of a PSF of ``psf_shape``; without it, the image alone, so a depth that may be lower
-    than needed) could be too small for the depth (``_field_geometry``'s other refusal), it names the
-    deepest network they take, so that the options it advises are accepted together."""
+    (with the halo of a PSF of ``psf_shape``) could be too small for the depth (``_field_geometry``'s other
+    refusal), it names the deepest network they take, so that the options it advises are accepted together."""
     shape, largest = tuple(int(n) for n in image_shape), max(image_shape)
     if patch >= min(unet.divisor, largest):
         return
     if largest < unet.divisor:  # (the depth itself is checked with the fields)
-        halo = [0] * len(shape) if psf_shape is None else [int(k) - 1 for k in psf_shape]
-        deepest = _deepest(max(n + h for n, h in zip(shape, halo)))
+        deepest = _deepest(max(n + int(k) - 1 for n, k in zip(shape, psf_shape)))
         advice = (f"a patch of {largest}, a batch of 2 or more and a depth of {deepest} or less (--patch, --batch, "
                   "--unet-depth)" if unet.depth > deepest else
                   f"a patch of {largest} and a batch of 2 or more (--patch, --batch)")
