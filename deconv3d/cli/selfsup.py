@@ -226,8 +226,8 @@ def _training_callbacks(bar, steps: int, pending: list, stop):
     described as RL at the chosen count until the first step, which makes the description "train"."""
 
     def on_reference(reference) -> None:
-        count = reference.iterations
-        bar.set_description(f"train: running the RL reference ({count} iteration{'s' * (count != 1)})", refresh=False)
+        bar.set_description(f"train: running the RL reference ({counted(reference.iterations, 'iteration')})",
+                            refresh=False)
         bar.unit = "step"
         bar.set_postfix(refresh=False)
         bar.reset(total=steps)  # the rate and ETA count training steps only
