@@ -337,7 +337,6 @@ def test_bad_input_one_line_and_no_output(data, capsys, argv, word):
     assert not (data / "out.tif").exists() and not (data / "m.ckpt").exists() and not (data / "model.tif").exists()
 
 
-
 @pytest.mark.parametrize("method, given", [("rl", ["--model", "{d}/none.ckpt"]), ("wiener", ["--train-steps", "3"]),
                                            ("rl-tv", ["--model", "{d}/none.ckpt", "--train-steps", "3"])])
 @pytest.mark.parametrize("output", ["out.tif", "out.zarr"])  # (the in-memory and the chunked paths)
@@ -365,8 +364,6 @@ def test_options_of_ssl_alone_are_refused_in_the_words_of_the_settings(data, cap
 def test_train_accepts_the_options_its_patch_advice_names_on_a_small_image(tmp_path, capsys):
     """On a 12x12 image with --unet-depth 5 (2**5 = 32), the advice for --patch 4 was a patch of 12 and a batch
     of 2, which then met the depth's refusal: it names the depth too, and train runs with what it advises."""
-    import re
-
     rng = np.random.default_rng(0)
     write_tiff(tmp_path / "image.tif", rng.random((12, 12)).astype(np.float32) + 0.1, voxel_size=(0.1, 0.1))
     write_tiff(tmp_path / "psf.tif", np.ones((3, 3), np.float32), voxel_size=(0.1, 0.1))
@@ -379,6 +376,7 @@ def test_train_accepts_the_options_its_patch_advice_names_on_a_small_image(tmp_p
     patch, batch, depth = advised.groups()
     code, _, err = run(argv + ["--patch", patch, "--batch", batch, "--unet-depth", depth], capsys)
     assert code == 0 and (tmp_path / "m.ckpt").is_file(), err
+
 
 def test_band_limit_option(data, capsys):
     """The default (and ``--band-limit 0``) gives the network's raw output; ``--band-limit EPS``
