@@ -288,10 +288,9 @@ def train(stacks, levels, config: LatentTrainConfig = LatentTrainConfig(), ae_co
     half the step time; float16 on CUDA) with its output layer, the latent arithmetic and the
     losses in float32; a step whose reduced-precision pass is not finite is redone in
     float32, as is the rest of the run (``LatentTrainResult.precision`` says so).
-    Validation runs in float32. Under ``config.time_budget`` a step is not started when the
-    longest of the last few steps' times says it would end past the budget
-    (:class:`~deconv3d._training_stop._StepClock`; reason ``"time_budget"``, at least one step
-    run); validation on held-out stacks, not counted in those times, runs after the last step too.
+    Validation runs in float32. Under ``config.time_budget`` a step is not started when the longest of the
+    last few steps' times says it would end past the budget (:class:`~deconv3d._training_stop._StepClock`;
+    reason ``"time_budget"``, at least one step run); validation, not counted in them, follows the last step too.
 
     Examples
     --------
