@@ -1,7 +1,8 @@
 """A PSF distilled from an image of sub-resolution beads: :func:`distill_psf`.
 
 The beads are found in :mod:`deconv3d.psf.bead_detection` and their boxes cut, aligned, measured and
-averaged in :mod:`deconv3d.psf.bead_boxes`; this module checks the bead image and runs the steps.
+averaged in :mod:`deconv3d.psf.bead_boxes`, the boxes left out chosen in :mod:`deconv3d.psf.bead_outliers`;
+this module checks the bead image and runs the steps.
 """
 
 from __future__ import annotations
