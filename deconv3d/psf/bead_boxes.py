@@ -288,10 +288,18 @@ def _core_weights(box: np.ndarray) -> np.ndarray:
     within 0.02 at 1e6 photons, as before (also for the confocal beads of :func:`_aligned_box`)."""
     from scipy import ndimage
 
-    smooth = ndimage.gaussian_filter(box, 1.0)
-    top = float(smooth.max())
+    _, top, core = _smoothed_core(box, ALIGN_LEVEL)
     if top <= 0:
         return np.zeros_like(box)
-    labels, _ = ndimage.label(smooth > ALIGN_LEVEL * top)
-    core = ndimage.binary_dilation(labels == labels[np.unravel_index(np.argmax(smooth), smooth.shape)])
-    return np.clip(box - ALIGN_LEVEL * top, 0, None) * core
+    return np.clip(box - ALIGN_LEVEL * top, 0, None) * ndimage.binary_dilation(core)
+
+
+def _smoothed_core(box: np.ndarray, level: float) -> tuple:
+    """A copy of ``box`` smoothed by a Gaussian of 1 voxel, that copy's maximum, and its core: the voxels
+    of the copy above ``level`` times the maximum that are connected to it."""
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(box, 1.0)
+    top = float(smooth.max())
+    labels, _ = ndimage.label(smooth > level * top)
+    return smooth, top, labels == labels[np.unravel_index(np.argmax(smooth), smooth.shape)]

@@ -10,6 +10,8 @@ import warnings
 
 import numpy as np
 
+from deconv3d.psf.bead_boxes import _smoothed_core
+
 
 #: :func:`distill_psf` leaves out, as an unresolved doublet, a box that holds more than this many
 #: times the median box's light and whose core is wider along an axis than :data:`DOUBLET_WIDTH` times
@@ -104,12 +106,7 @@ def _lateral_elongation(box: np.ndarray) -> float:
     square pixels; two beads merged into one blob are longer along the line joining them. Measured in
     voxels: where the y and x pixel sizes differ, a single bead measures about their ratio (1.44 for a
     Gaussian bead 1.5 times as many pixels wide along x as along y)."""
-    from scipy import ndimage
-
-    smooth = ndimage.gaussian_filter(box, 1.0)
-    top = float(smooth.max())
-    labels, _ = ndimage.label(smooth > 0.5 * top)
-    core = labels == labels[np.unravel_index(np.argmax(smooth), smooth.shape)]
+    smooth, top, core = _smoothed_core(box, 0.5)
     weights = (np.clip(smooth - 0.5 * top, 0, None) * core).ravel()
     grids = np.indices(box.shape)[-2:].reshape(2, -1).astype(np.float64)
     offsets = grids - (grids * weights).sum(axis=1, keepdims=True) / weights.sum()
