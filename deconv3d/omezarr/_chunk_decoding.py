@@ -22,8 +22,7 @@ from zarr.core.codec_pipeline import BatchedCodecPipeline
 
 from deconv3d._paths import _one_line
 from deconv3d.errors import InputError
-from deconv3d.omezarr.chunk_store import _refusal
-from deconv3d.omezarr.lazy_image import UNREADABLE_FIX
+from deconv3d.omezarr.chunk_store import _refusal, _unreadable
 
 
 def refusing_damaged_chunks(array):
@@ -72,7 +71,7 @@ class _RefusingPipeline(BatchedCodecPipeline):
 class _Fetching:
     """A chunk's byte getter (its :class:`~zarr.storage.StorePath`) that notes, in ``failures``, what its
     store raises, so that the pipeline tells a file that cannot be fetched from bytes that do not decode. An
-    ``OSError`` fetching the chunk (an I/O error, a disk gone) is raised as :func:`_unfetched`'s one line, on
+    ``OSError`` fetching the chunk (an I/O error, a disk gone) is raised as :func:`~deconv3d.omezarr.chunk_store._unreadable`'s one line, on
     every path that reads the array (the dask array's too, where it came out as the bare ``OSError``)."""
 
     def __init__(self, getter, failures: list):
@@ -82,19 +81,12 @@ class _Fetching:
         try:
             return await self.getter.get(*args, **kwargs)
         except OSError as exc:
-            refusal = _unfetched(self.getter, exc)
+            refusal = _unreadable(self.getter.store.root, self.getter.path, exc)
             self.failures.append(refusal)
             raise refusal from exc
         except BaseException as exc:
             self.failures.append(exc)
             raise
-
-
-def _unfetched(getter, exc: OSError) -> InputError:
-    """The refusal of the chunk ``getter`` reads (a store path), whose file could not be read (``exc``): as
-    :class:`~deconv3d.omezarr.ZarrReader` words a file gone or unreadable during a run, naming the chunk."""
-    return _refusal(getter.store.root, getter.path, "cannot be read",
-                    fix=f": {exc.strerror or _one_line(exc)}: {UNREADABLE_FIX}")
 
 
 def _damaged(getter, exc: BaseException) -> InputError:

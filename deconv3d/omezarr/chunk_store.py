@@ -28,6 +28,7 @@ from pathlib import Path
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.storage import LocalStore
 
+from deconv3d._paths import _one_line
 from deconv3d.errors import InputError
 
 #: Keys of a zarr store that are metadata, not chunks: read as zarr reads them.
@@ -110,8 +111,14 @@ def _whole(root, key: str, byte_range, buffer):
     raise _refusal(root, key, problem)
 
 
+#: What to do about an input that cannot be read during a run (not a damaged one).
+UNREADABLE_FIX = "check that the image is still there and readable (it was moved, deleted or unmounted during the run?)"
+
+
 def _unreadable(root, key: str, exc: OSError) -> InputError:
-    return _refusal(root, key, f"cannot be read ({exc.strerror or exc})")
+    """The refusal of the chunk ``key`` of the store at ``root`` whose file could not be read (``exc``: no
+    permission, an I/O error, a disk gone), on every path that reads it."""
+    return _refusal(root, key, "cannot be read", fix=f": {exc.strerror or _one_line(exc)}: {UNREADABLE_FIX}")
 
 
 #: What :func:`_refusal` says after the problem of a chunk by default: a chunk file there but not read whole.

@@ -15,6 +15,7 @@ import numpy as np
 
 from deconv3d._paths import _one_line
 from deconv3d.errors import naming_file, naming_image
+from deconv3d.omezarr.chunk_store import UNREADABLE_FIX
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,6 @@ def _verify_unchanged(path, now: tuple | None, then: tuple | None) -> None:
                            "written; run again once the image is complete and left in place", path)
 
 
-#: What to do about an input that cannot be read during a run (not a damaged one).
-UNREADABLE_FIX = "check that the image is still there and readable (it was moved, deleted or unmounted during the run?)"
 
 
 def _refuse_unreadable(path, key, exc: BaseException) -> None:

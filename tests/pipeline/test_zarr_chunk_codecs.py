@@ -261,5 +261,5 @@ def test_a_chunk_refusal_keeps_braces_in_the_error_s_text(tmp_path, exc):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "zarr.json").write_text("{}")
     message = str(_unreadable(tmp_path, "a/c/0/0", exc))
-    assert message.startswith(f"chunk c/0/0 of the zarr array {tmp_path / 'a'} cannot be read (")
+    assert message.startswith(f"chunk c/0/0 of the zarr array {tmp_path / 'a'} cannot be read: ")
     assert (exc.strerror or str(exc)) in message
