@@ -184,6 +184,26 @@ def test_an_infinite_progress_interval_turns_the_lines_off(data, capsys, monkeyp
     assert capsys.readouterr().err.startswith("rl: 3/3 it")
 
 
+def test_a_time_budget_bounds_the_time_left_a_progress_line_gives(capsys, monkeypatch):
+    """train --time-budget 30 with --steps 100000 logged "about 179 h left": the time left was counted to the
+    steps alone. It is now at most what is left of the budget; tqdm's bar on a terminal then gives none."""
+    from deconv3d.cli import printing
+
+    monkeypatch.setenv("DECONV3D_PROGRESS_SECONDS", "0")
+    now = [100.0]
+    monkeypatch.setattr("time.monotonic", lambda: now[0])
+    for budget, said in [(None, "about 27 h 46 min left"), (30.0, "about 20 s left"), (5.0, "about 0 s left")]:
+        now[0] = 100.0
+        bar = printing.LogBar(10**4, "train", "step", budget)
+        now[0] += 10.0  # one step in 10 s
+        bar.update(1)
+        assert said in capsys.readouterr().err
+    monkeypatch.setattr(printing.sys.stderr, "isatty", lambda: True, raising=False)
+    for budget, kept in [(30.0, printing.BUDGET_BAR_FORMAT), (None, None)]:
+        with printing.make_bar(10, "train", "step", budget) as bar:
+            assert bar.bar_format == kept
+
+
 def _run_with_output(command, data, output, capsys):
     """Run ``command`` (deconvolve, psf or train) on the test data with ``-o output``."""
     argv = {"deconvolve": ["deconvolve", data / "image.tif", "--psf", data / "psf.tif", "-o", output],

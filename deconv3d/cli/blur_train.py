@@ -27,7 +27,7 @@ def cmd_train(args) -> int:
     ae = AEConfig(widths=tuple(args.widths), crop=args.crop, skip_interp=args.skip)
     stacks, val_fraction = _validation_split(stacks, ae.crop, args.val_fraction)
     config = _train_config(args, val_fraction)
-    bar, callback = progress(args.stop_after or args.steps, f"blur train ({args.variant})")
+    bar, callback = progress(args.stop_after or args.steps, f"blur train ({args.variant})", args.time_budget)
     with bar:
         result = train(stacks, levels, config, ae, device=args.device, callback=callback)
     if result.reason == "non-finite loss":

@@ -19,15 +19,23 @@ from deconv3d.errors import PREFIX, InputError
 LOG_INTERVAL = 30.0
 
 
-def make_bar(total=None, desc: str = "", unit: str = "it"):
+#: tqdm's bar without its time left, for a run that a time budget may end first (tqdm's default, less
+#: ``<{remaining}``).
+BUDGET_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+
+
+def make_bar(total=None, desc: str = "", unit: str = "it", budget: float | None = None):
     """A progress bar on stderr: tqdm's on a terminal; elsewhere (a log file, a cluster job's
     output) a :class:`LogBar`, whose plain lines tell how far a long run is (tqdm hides itself
-    there, so a run of hours logged nothing until it ended)."""
+    there, so a run of hours logged nothing until it ended). ``budget`` (seconds from now: a
+    ``--time-budget`` that may end the run before ``total``) bounds the time left a log's line
+    gives; tqdm's bar then gives none (counted to ``total``, it said hours for a run of a minute)."""
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, leave=False)
-    return LogBar(total, desc, unit)
+        return tqdm(total=total, desc=desc, unit=unit, leave=False,
+                    **({"bar_format": BUDGET_BAR_FORMAT} if budget is not None else {}))
+    return LogBar(total, desc, unit, budget)
 
 
 class LogBar:
@@ -35,12 +43,13 @@ class LogBar:
     most every :data:`LOG_INTERVAL` seconds, and a last one at the end of a run that wrote any
     (short runs write none). The part of tqdm's interface the commands use."""
 
-    def __init__(self, total=None, desc: str = "", unit: str = "it"):
+    def __init__(self, total=None, desc: str = "", unit: str = "it", budget: float | None = None):
         import time
 
         self._clock = time.monotonic
         self.total, self.desc, self.unit, self.n, self._postfix = total, desc, unit, 0, ""
         self._start = self._last = self._clock()
+        self._ends_by = None if budget is None else self._start + budget  # (a time budget's end)
         self._wrote, self._said = False, None  # (the count the last line gave)
 
     def update(self, k=1) -> None:
@@ -56,7 +65,10 @@ class LogBar:
             done += f" ({100 * self.n / self.total:.0f}%)"
         text = f"{self.desc}: {done}, {_duration(elapsed)}"
         if not end and self.total and 0 < self.n < self.total:
-            text += f", about {_duration(elapsed * (self.total - self.n) / self.n)} left"
+            left = elapsed * (self.total - self.n) / self.n
+            if self._ends_by is not None:
+                left = max(min(left, self._ends_by - now), 0.0)
+            text += f", about {_duration(left)} left"
         print(text + (f" [{self._postfix}]" if self._postfix else ""), file=sys.stderr, flush=True)
         self._last, self._wrote, self._said = now, True, self.n
 
@@ -159,12 +171,12 @@ def say_long_step(nbytes: int, line: str) -> None:
         say(line)
 
 
-def progress(total: int | None, desc: str):
-    """A progress bar on stderr (:func:`make_bar`) and an RL callback feeding it (which reads no
-    estimate: RL on data of extreme intensities hands it no scaled copy per iteration)."""
+def progress(total: int | None, desc: str, budget: float | None = None):
+    """A progress bar on stderr (:func:`make_bar`, ``budget`` as it takes it) and an RL callback feeding
+    it (which reads no estimate: RL on data of extreme intensities hands it no scaled copy per iteration)."""
     from deconv3d.classical.rl import _ignores_estimate
 
-    bar = make_bar(total, desc, "it")
+    bar = make_bar(total, desc, "it", budget)
 
     @_ignores_estimate
     def callback(iteration, _estimate):

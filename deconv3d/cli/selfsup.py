@@ -207,8 +207,9 @@ def train_with_progress(image, psf, args, voxel, notes=(), stop=None):
     preparing = bool(config.residual or config.warm_steps or config.anchor_weight)  # as train() decides
     # The search's cap in its description, not as the bar's total: it usually stops long before (66 of 600 on
     # noise), and a time left counted to the cap said an hour for a search of minutes.
-    bar = (make_bar(None, f"train: choosing the RL reference (at most {search_cap(config.warm_tv)} iterations)", "it")
-           if preparing else make_bar(config.steps, "train: setting up", "step"))
+    bar = (make_bar(None, f"train: choosing the RL reference (at most {search_cap(config.warm_tv)} iterations)", "it",
+                    config.time_budget)
+           if preparing else make_bar(config.steps, "train: setting up", "step", config.time_budget))
     callback, on_reference = _training_callbacks(bar, config.steps, list(notes), stop)
     with bar:
         result = train(image, psf, config=config, unet=unet, device=args.device, callback=callback, voxel_size=voxel,

@@ -729,12 +729,13 @@ def test_the_search_bar_names_its_cap_and_turns_to_the_steps_when_it_has_chosen(
     from deconv3d.cli.printing import LogBar
     from deconv3d.selfsup.steps import _Steps
 
-    events = []
+    events, budgets = [], []
 
     class Recorded(LogBar):
-        def __init__(self, total=None, desc="", unit="it"):
-            super().__init__(total, desc, unit)
+        def __init__(self, total=None, desc="", unit="it", budget=None):
+            super().__init__(total, desc, unit, budget)
             events.append(("bar", total, desc, unit))
+            budgets.append(budget)
 
         def reset(self, total=None):
             super().reset(total)
@@ -759,10 +760,11 @@ def test_the_search_bar_names_its_cap_and_turns_to_the_steps_when_it_has_chosen(
     assert sorted(p.name for p in data.iterdir()) == ["image.tif", "m.ckpt", "psf.tif"]
     events.clear()
     code, _, err = run(["train", data / "image.tif", "--psf", data / "psf.tif", "-o", data / "m2.ckpt", "--steps", 2,
-                        "--no-residual", "--warm-start", 0] + TINY, capsys)  # (no RL reference)
+                        "--no-residual", "--warm-start", 0, "--time-budget", 1000] + TINY, capsys)  # (no RL reference)
     assert code == 0, err
     assert events == [("bar", 2, "train: setting up", "step"), "step", ("update", "train"), "step",
                       ("update", "train")], events
+    assert budgets == [None, 1000.0]  # (the time left a line gives is at most the budget's)
 
 
 @pytest.mark.parametrize("folder, words", [

@@ -164,8 +164,7 @@ def test_a_signal_as_the_first_steps_line_shows_keeps_that_step(data, capsys, mo
             if self.unit == "step" and self.n == 1:
                 signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(cli_selfsup, "make_bar", lambda total=None, desc="", unit="it": SignalOnFirstStep(
-        total, desc, unit))
+    monkeypatch.setattr(cli_selfsup, "make_bar", SignalOnFirstStep)
     code, _, err = run(_train_argv(data, *NO_SEARCH), capsys)
     model = data / "m.ckpt"
     assert code == 130, err
