@@ -120,7 +120,12 @@ def test_a_run_the_time_budget_stopped_is_reproduced_by_stop_after(tmp_path, mak
         runs[name] = load_checkpoint(tmp_path / f"{name}.ckpt")
         return out
 
+    import deconv3d.cli.blur_train as blur_cli
+
+    budgets, real_progress = [], blur_cli.progress
+    monkeypatch.setattr(blur_cli, "progress", lambda *a: budgets.append(a[2:]) or real_progress(*a))
     out = train("budget", "--steps", "40", "--time-budget", "0.15")
+    assert budgets == [(0.15,)]  # (the bar's time left is at most the budget's)
     k = runs["budget"].run["train_steps"]
     assert runs["budget"].run["stopped"] == "time_budget" and 1 < k < 40
     assert f"--steps 40 --stop-after {k} reproduces it" in out
